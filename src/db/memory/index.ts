@@ -1,0 +1,261 @@
+import { ConflictError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type {
+  Changes,
+  DbManager,
+  DbTransaction,
+  JournalQuery,
+  LedgerQuery,
+  LoadRequest,
+  LoadedState,
+  ScanCursor,
+} from "../types.js";
+
+interface UserData {
+  account: Account | null;
+  /** Grants with remaining > 0 and not closed. */
+  open: Map<string, Grant>;
+  /** Every grant, by id, in insertion order. */
+  grants: Map<string, Grant>;
+  active: Map<string, Reservation>;
+  reservations: Map<string, Reservation>;
+  /** journal[seq - 1] */
+  journal: JournalEntry[];
+  byKey: Map<string, JournalEntry>;
+}
+
+/**
+ * The default store: everything in process memory, for tests, development and single-process
+ * services that can afford to lose state on restart. Units of work on one account run one after
+ * another (a per-account lock); different accounts run concurrently. Writes apply synchronously at
+ * `save`, so a unit of work that throws leaves nothing behind.
+ *
+ * The objects the library hands to `save` are frozen, so reads return them without copying.
+ */
+export class InMemoryDbManager implements DbManager {
+  readonly name = "memory";
+  readonly capabilities = { multiProcess: false } as const;
+
+  private readonly users = new Map<string, UserData>();
+  private readonly grantsById = new Map<string, Grant>();
+  private readonly reservationsById = new Map<string, Reservation>();
+  /** Open grants that can expire, by id (scanned by `findDueGrants`). */
+  private readonly expiring = new Map<string, Grant>();
+  private readonly ledger: LedgerEntry[] = [];
+  private readonly locks = new Map<string, Promise<void>>();
+
+  async init(): Promise<void> {}
+
+  async close(): Promise<void> {}
+
+  async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    const previous = this.locks.get(userId);
+    let unlock!: () => void;
+    const mine = new Promise<void>((resolve) => (unlock = resolve));
+    const tail = previous === undefined ? mine : previous.then(() => mine);
+    this.locks.set(userId, tail);
+    if (previous !== undefined) await previous;
+    try {
+      return await fn(new MemoryTransaction(this, userId));
+    } finally {
+      unlock();
+      if (this.locks.get(userId) === tail) this.locks.delete(userId);
+    }
+  }
+
+  /** @internal */
+  user(userId: string): UserData | undefined {
+    return this.users.get(userId);
+  }
+
+  /** @internal Applies a unit of work's changes at once. */
+  apply(userId: string, changes: Changes): void {
+    let u = this.users.get(userId);
+    const currentSeq = u?.account?.seq ?? null;
+    if (currentSeq !== changes.previousSeq) {
+      throw new ConflictError(`account ${userId} changed during the unit of work`);
+    }
+    // Check uniques before writing anything, so a refused save leaves no trace.
+    for (const e of changes.entries) {
+      if (e.idempotencyKey !== null && u?.byKey.has(e.idempotencyKey)) {
+        throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
+      }
+    }
+    if (u === undefined) {
+      u = {
+        account: null,
+        open: new Map(),
+        grants: new Map(),
+        active: new Map(),
+        reservations: new Map(),
+        journal: [],
+        byKey: new Map(),
+      };
+      this.users.set(userId, u);
+    }
+    u.account = changes.account;
+    for (const g of changes.insertGrants) this.putGrant(u, g);
+    for (const g of changes.updateGrants) this.putGrant(u, g);
+    for (const r of changes.insertReservations) this.putReservation(u, r);
+    for (const r of changes.updateReservations) this.putReservation(u, r);
+    for (const e of changes.entries) {
+      u.journal.push(e);
+      if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, e);
+    }
+  }
+
+  private putGrant(u: UserData, g: Grant): void {
+    u.grants.set(g.id, g);
+    this.grantsById.set(g.id, g);
+    const open = g.remaining > 0 && g.closedAt === null;
+    if (open) u.open.set(g.id, g);
+    else u.open.delete(g.id);
+    if (open && g.expiresAt !== null) this.expiring.set(g.id, g);
+    else this.expiring.delete(g.id);
+  }
+
+  private putReservation(u: UserData, r: Reservation): void {
+    u.reservations.set(r.id, r);
+    this.reservationsById.set(r.id, r);
+    if (r.status === "active") u.active.set(r.id, r);
+    else u.active.delete(r.id);
+  }
+
+  async getAccount(userId: string): Promise<Account | null> {
+    return this.users.get(userId)?.account ?? null;
+  }
+
+  async getGrant(grantId: string): Promise<Grant | null> {
+    return this.grantsById.get(grantId) ?? null;
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    return this.reservationsById.get(reservationId) ?? null;
+  }
+
+  async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
+    const u = this.users.get(userId);
+    if (u === undefined) return [];
+    return [...(options?.includeInactive ? u.grants : u.open).values()];
+  }
+
+  async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
+    const u = this.users.get(userId);
+    if (u === undefined) return [];
+    const status = options?.status;
+    if (status === "active") return [...u.active.values()];
+    const all = [...u.reservations.values()];
+    return status === undefined ? all : all.filter((r) => r.status === status);
+  }
+
+  async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
+    const journal = this.users.get(userId)?.journal;
+    if (journal === undefined) return [];
+    const out: JournalEntry[] = [];
+    const types = q.types === undefined ? null : new Set(q.types);
+    const matches = (e: JournalEntry) =>
+      (types === null || types.has(e.type)) &&
+      (q.from === undefined || e.createdAt.getTime() >= q.from.getTime()) &&
+      (q.to === undefined || e.createdAt.getTime() < q.to.getTime());
+    if (q.order === "desc") {
+      const start = Math.min(journal.length, (q.beforeSeq ?? journal.length + 1) - 1);
+      for (let i = start - 1; i >= 0 && out.length < q.limit; i--) {
+        const e = journal[i] as JournalEntry;
+        if (matches(e)) out.push(e);
+      }
+    } else {
+      for (let i = Math.max(0, q.afterSeq ?? 0); i < journal.length && out.length < q.limit; i++) {
+        const e = journal[i] as JournalEntry;
+        if (matches(e)) out.push(e);
+      }
+    }
+    return out;
+  }
+
+  async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
+    const t = asOf.getTime();
+    const due: Grant[] = [];
+    for (const g of this.expiring.values()) {
+      if ((g.expiresAt as Date).getTime() <= t && isAfter(g.expiresAt as Date, g.id, after)) due.push(g);
+    }
+    return due.sort(byExpiry).slice(0, limit);
+  }
+
+  async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
+    const t = asOf.getTime();
+    const due: Reservation[] = [];
+    for (const u of this.users.values()) {
+      for (const r of u.active.values()) {
+        if (r.expiresAt.getTime() <= t && isAfter(r.expiresAt, r.id, after)) due.push(r);
+      }
+    }
+    return due.sort(byExpiry).slice(0, limit);
+  }
+
+  async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
+    this.ledger.push(entry);
+  }
+
+  async listLedgerEntries(q: LedgerQuery): Promise<LedgerEntry[]> {
+    const out: LedgerEntry[] = [];
+    for (let i = this.ledger.length - 1; i >= 0 && out.length < q.limit; i--) {
+      const e = this.ledger[i] as LedgerEntry;
+      if (q.eventType !== undefined && e.eventType !== q.eventType) continue;
+      if (q.userId !== undefined && e.userId !== q.userId) continue;
+      if (q.before !== undefined && e.createdAt.getTime() >= q.before.getTime()) continue;
+      out.push(e);
+    }
+    return out;
+  }
+}
+
+class MemoryTransaction implements DbTransaction {
+  private saved = false;
+  constructor(
+    private readonly db: InMemoryDbManager,
+    readonly userId: string,
+  ) {}
+
+  async load(request?: LoadRequest): Promise<LoadedState> {
+    const u = this.db.user(this.userId);
+    if (u === undefined) return { account: null, grants: [], reservations: [], idempotent: null };
+    const key = request?.idempotencyKey;
+    return {
+      account: u.account,
+      grants: [...u.open.values()],
+      reservations: u.active.size === 0 ? [] : [...u.active.values()],
+      idempotent: key === undefined ? null : (u.byKey.get(key) ?? null),
+    };
+  }
+
+  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
+    const u = this.db.user(this.userId);
+    const out: Grant[] = [];
+    for (const id of grantIds) {
+      const g = u?.grants.get(id);
+      if (g !== undefined) out.push(g);
+    }
+    return out;
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    return this.db.user(this.userId)?.reservations.get(reservationId) ?? null;
+  }
+
+  async save(changes: Changes): Promise<void> {
+    if (this.saved) throw new Error("save() may be called once per unit of work");
+    this.saved = true;
+    this.db.apply(this.userId, changes);
+  }
+}
+
+function isAfter(expiresAt: Date, id: string, after: ScanCursor | undefined): boolean {
+  if (after === undefined) return true;
+  const d = expiresAt.getTime() - after.expiresAt.getTime();
+  return d > 0 || (d === 0 && id > after.id);
+}
+
+function byExpiry(a: { expiresAt: Date | null; id: string }, b: { expiresAt: Date | null; id: string }): number {
+  const d = (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime();
+  return d !== 0 ? d : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}

@@ -1,0 +1,130 @@
+import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+
+/**
+ * The storage contract. Adapters hold no business rules: every rule lives once in `src/domain`
+ * and the services call it inside a unit of work. An adapter only has to
+ *
+ *  1. run `transaction(userId, fn)` atomically and isolated per account (and retry `fn` on a
+ *     write conflict, so `fn` must have no side effects outside the transaction object);
+ *  2. hand `fn` the account's state with `load()` and persist the computed changes with `save()`;
+ *  3. answer the read and scan queries below with indexed lookups (never "load every user").
+ *
+ * `credit-management/testing` holds the contract suite that proves an adapter does this.
+ * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
+ * afterwards by the library.
+ */
+export interface DbManager {
+  /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
+  readonly name: string;
+  /** What the backend can do; the contract suite reads these flags. */
+  readonly capabilities: DbCapabilities;
+  /** Creates collections/tables and indexes. Idempotent. */
+  init(): Promise<void>;
+  /** Releases resources the adapter created (not a client/pool handed to it). */
+  close(): Promise<void>;
+
+  /**
+   * Runs `fn` as one atomic unit of work on `userId`'s account: no other unit of work on the same
+   * account interleaves with it, and either everything `fn` saved is committed or nothing is.
+   * On a write conflict the adapter retries `fn` from the start.
+   */
+  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T>;
+
+  getAccount(userId: string): Promise<Account | null>;
+  getGrant(grantId: string): Promise<Grant | null>;
+  getReservation(reservationId: string): Promise<Reservation | null>;
+  /** A user's grants, oldest first; closed and spent ones only when asked. */
+  listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]>;
+  /** A user's reservations, oldest first, optionally of one status. */
+  listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]>;
+  /** A page of a user's journal, by seq (see `JournalQuery`). */
+  listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]>;
+  /** Open grants (remaining > 0, not closed) with expiresAt <= asOf, by expiresAt then id. */
+  findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]>;
+  /** Active reservations with expiresAt <= asOf, by expiresAt then id. */
+  findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]>;
+
+  insertLedgerEntry(entry: LedgerEntry): Promise<void>;
+  /** System and error events, newest first. Transaction events are the journal. */
+  listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;
+}
+
+export interface DbCapabilities {
+  /** Several processes may share the store (false for in-memory). */
+  readonly multiProcess: boolean;
+}
+
+/** Position in a scan ordered by (expiresAt, id): resume strictly after it. */
+export interface ScanCursor {
+  expiresAt: Date;
+  id: string;
+}
+
+export interface JournalQuery {
+  /** "desc": newest first, below `beforeSeq`; "asc": oldest first, above `afterSeq`. */
+  order: "asc" | "desc";
+  beforeSeq?: number;
+  afterSeq?: number;
+  limit: number;
+  types?: readonly EntryType[];
+  /** createdAt >= from */
+  from?: Date;
+  /** createdAt < to */
+  to?: Date;
+}
+
+export interface LedgerQuery {
+  eventType?: Exclude<LedgerEventType, "transaction">;
+  userId?: string;
+  /** createdAt < before (for paging). */
+  before?: Date;
+  limit: number;
+}
+
+/** What a unit of work asks to read along with the locked account. */
+export interface LoadRequest {
+  /** Also return the journal entry that carries this idempotency key, if any. */
+  idempotencyKey?: string;
+}
+
+/** The locked account's state. */
+export interface LoadedState {
+  /** null before the account's first entry. */
+  account: Account | null;
+  /** Open grants: remaining > 0 and not closed (any order). */
+  grants: Grant[];
+  /** Active reservations (any order). */
+  reservations: Reservation[];
+  /** The entry carrying the requested idempotency key, or null. */
+  idempotent: JournalEntry | null;
+}
+
+/** Everything one unit of work changes, written at once by `save`. */
+export interface Changes {
+  /** The account after the change. */
+  account: Account;
+  /** The account's seq when it was loaded; null when it did not exist (insert). Adapters guard on it. */
+  previousSeq: number | null;
+  insertGrants: Grant[];
+  updateGrants: Grant[];
+  insertReservations: Reservation[];
+  updateReservations: Reservation[];
+  /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
+  entries: JournalEntry[];
+}
+
+export interface DbTransaction {
+  readonly userId: string;
+  /** Reads the account (locking it where the backend locks) with its open grants and active holds. */
+  load(request?: LoadRequest): Promise<LoadedState>;
+  /** Reads grants of this account by id, whatever their state. */
+  getGrants(grantIds: readonly string[]): Promise<Grant[]>;
+  /** Reads a reservation of this account by id, whatever its state. */
+  getReservation(reservationId: string): Promise<Reservation | null>;
+  /**
+   * Persists the changes. Called at most once per attempt. Throws `ConflictError` when the
+   * account moved since `load` (the adapter then retries the unit of work), or
+   * `IdempotencyConflictError`-worthy unique violations as `ConflictError` too.
+   */
+  save(changes: Changes): Promise<void>;
+}

@@ -1,0 +1,482 @@
+import type { Changes, LoadedState } from "../db/types.js";
+import { InsufficientCreditsError } from "../errors.js";
+import type {
+  Account,
+  EntryType,
+  Grant,
+  GrantPortion,
+  GrantSource,
+  JournalEntry,
+  Reservation,
+} from "../models/index.js";
+import { hashEntry } from "./hash.js";
+import { compareGrants, isDue, isUsable } from "./order.js";
+
+/** Fields of an entry that come from the caller's options. */
+export interface EntryMeta {
+  description?: string | undefined;
+  idempotencyKey?: string | undefined;
+  fingerprint?: string | undefined;
+  correlationId?: string | undefined;
+  metadata?: Record<string, unknown> | undefined;
+}
+
+export interface NewGrant {
+  expiresAt: Date | null;
+  priority: number;
+  source: GrantSource;
+  sourceRef: string | null;
+  description: string | null;
+  metadata: Record<string, unknown> | null;
+}
+
+/**
+ * The rules of DESIGN §3, once, as a pure state machine over one account.
+ *
+ * A unit of work loads the account's state, builds an `AccountWork`, calls the operations below
+ * (each appends journal entries and keeps `balance == Σ remaining + Σ holds − debt`), and saves
+ * `changes()`. No I/O happens here; every backend therefore behaves identically.
+ *
+ * Loaded objects are never mutated: every change replaces the object in the working maps.
+ */
+export class AccountWork {
+  readonly userId: string;
+  readonly now: Date;
+  private readonly newId: () => string;
+  private readonly original: Account | null;
+  account: Account;
+  private readonly grants = new Map<string, Grant>();
+  private readonly holds = new Map<string, Reservation>();
+  private readonly insertedGrants = new Set<string>();
+  private readonly updatedGrants = new Set<string>();
+  private readonly insertedHolds = new Set<string>();
+  private readonly updatedHolds = new Set<string>();
+  readonly entries: JournalEntry[] = [];
+
+  constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
+    this.userId = userId;
+    this.now = now;
+    this.newId = newId;
+    this.original = state.account;
+    this.account = state.account ?? {
+      userId,
+      balance: 0,
+      reserved: 0,
+      debt: 0,
+      seq: 0,
+      lastHash: null,
+      nextExpiryAt: null,
+      createdAt: now,
+      updatedAt: now,
+    };
+    for (const g of state.grants) this.grants.set(g.id, g);
+    for (const r of state.reservations) this.holds.set(r.id, r);
+  }
+
+  /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
+  include(grants: readonly Grant[]): void {
+    for (const g of grants) if (!this.grants.has(g.id)) this.grants.set(g.id, g);
+  }
+
+  getHold(id: string): Reservation | undefined {
+    return this.holds.get(id);
+  }
+
+  /** Credits that can be reserved or deducted without overdraft. */
+  get available(): number {
+    return this.account.balance - this.account.reserved;
+  }
+
+  /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
+  get needsSettle(): boolean {
+    const next = this.account.nextExpiryAt;
+    return next !== null && next.getTime() <= this.now.getTime();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Settlement: what time has done since the account was last touched.
+
+  /** Expires due grants and releases lapsed holds. Returns the credits expired. */
+  settle(): number {
+    let expired = 0;
+    const lapsed = [...this.holds.values()]
+      .filter((h) => h.status === "active" && h.expiresAt.getTime() <= this.now.getTime())
+      .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
+    // Grants first, so credits a lapsed hold returns to an expired grant expire with it at once.
+    expired += this.expireDue(this.now, {});
+    for (const hold of lapsed) {
+      expired += this.releaseHold(hold, "expired", { description: "reservation expired" }).expired;
+    }
+    return expired;
+  }
+
+  /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
+  expireDue(asOf: Date, meta: EntryMeta): number {
+    const due = [...this.grants.values()].filter((g) => isDue(g, asOf)).sort(compareGrants);
+    if (due.length === 0) return 0;
+    const portions: GrantPortion[] = [];
+    for (const g of due) {
+      if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
+      this.putGrant({ ...g, remaining: 0, closedAt: this.now, closedReason: "expired" });
+    }
+    const total = sum(portions);
+    if (total > 0) {
+      this.account = { ...this.account, balance: this.account.balance - total };
+      this.emit("expire", total, portions, null, { description: "credits expired", ...meta });
+    }
+    return total;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Operations.
+
+  /** Adds credits: pays debt first, the rest forms a new grant. */
+  add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
+    const debtPaid = Math.min(this.account.debt, amount);
+    const grantAmount = amount - debtPaid;
+    const portions: GrantPortion[] = [];
+    if (grantAmount > 0) {
+      const id = this.newId();
+      const g: Grant = {
+        id,
+        userId: this.userId,
+        amount: grantAmount,
+        remaining: grantAmount,
+        expiresAt: grant.expiresAt,
+        priority: grant.priority,
+        source: grant.source,
+        sourceRef: grant.sourceRef,
+        description: grant.description,
+        metadata: grant.metadata as Grant["metadata"],
+        createdAt: this.now,
+        closedAt: null,
+        closedReason: null,
+      };
+      this.grants.set(id, g);
+      this.insertedGrants.add(id);
+      portions.push({ grantId: id, amount: grantAmount });
+    }
+    this.account = {
+      ...this.account,
+      balance: this.account.balance + amount,
+      debt: this.account.debt - debtPaid,
+    };
+    return this.emit("add", amount, portions, null, meta);
+  }
+
+  /**
+   * Deducts credits. Without `allowDebt` the account must have `available >= amount`. With it
+   * (usage already delivered) unheld grants give what they have and the rest becomes debt, as long
+   * as available stays >= −overdraftLimit. Held credits are never taken.
+   */
+  deduct(
+    amount: number,
+    meta: EntryMeta,
+    options: { allowDebt: boolean; overdraftLimit: number | null; reservationId?: string | null },
+  ): JournalEntry {
+    const available = this.available;
+    if (!options.allowDebt && available < amount) {
+      throw new InsufficientCreditsError(
+        `Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`,
+        { requested: amount, available },
+      );
+    }
+    if (options.allowDebt && options.overdraftLimit !== null && available - amount < -options.overdraftLimit) {
+      throw new InsufficientCreditsError(
+        `Cannot deduct ${amount} credits: it would exceed the overdraft limit of ${options.overdraftLimit} (available ${available}).`,
+        { requested: amount, available, overdraftLimit: options.overdraftLimit },
+      );
+    }
+    const portions = this.draw(amount);
+    const drawn = sum(portions);
+    this.account = {
+      ...this.account,
+      balance: this.account.balance - amount,
+      debt: this.account.debt + (amount - drawn),
+    };
+    return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
+  }
+
+  /** Earmarks credits from grants in burn-down order into a new hold. */
+  reserve(
+    amount: number,
+    ttlSeconds: number,
+    reason: string | null,
+    meta: EntryMeta,
+  ): { reservation: Reservation; entry: JournalEntry } {
+    const available = this.available;
+    if (available < amount) {
+      throw new InsufficientCreditsError(
+        `Cannot reserve ${amount} credits: only ${Math.max(available, 0)} available.`,
+        { requested: amount, available },
+      );
+    }
+    const allocations = this.draw(amount);
+    const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
+    const reservation: Reservation = {
+      id: this.newId(),
+      userId: this.userId,
+      amount,
+      status: "active",
+      allocations,
+      expiresAt,
+      reason,
+      metadata: (meta.metadata ?? null) as Reservation["metadata"],
+      createdAt: this.now,
+      settledAt: null,
+      committedAmount: null,
+    };
+    this.holds.set(reservation.id, reservation);
+    this.insertedHolds.add(reservation.id);
+    this.account = {
+      ...this.account,
+      reserved: this.account.reserved + amount,
+      nextExpiryAt: minDate(this.account.nextExpiryAt, expiresAt),
+    };
+    const entry = this.emit("reserve", amount, allocations, reservation.id, meta);
+    return { reservation, entry };
+  }
+
+  /**
+   * Captures a hold. `amount` <= hold: that much is spent from the held grants (in their order) and
+   * the rest returns. `amount` > hold: the whole hold is spent and the excess is taken like an
+   * after-service deduction (it may fail with `InsufficientCreditsError` past the overdraft limit,
+   * before anything changes). Returns the commit entry.
+   */
+  commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    const excess = amount - hold.amount;
+    if (excess > 0 && overdraftLimit !== null) {
+      // Checked up front so a refused over-commit changes nothing (the hold stays active).
+      const availableAfter = this.available - excess;
+      if (availableAfter < -overdraftLimit) {
+        throw new InsufficientCreditsError(
+          `Cannot commit ${amount} credits on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${overdraftLimit}.`,
+          { requested: amount, held: hold.amount, available: this.available, overdraftLimit },
+        );
+      }
+    }
+    const captured = Math.min(amount, hold.amount);
+    const consumed: GrantPortion[] = [];
+    const leftover: GrantPortion[] = [];
+    let toTake = captured;
+    for (const p of hold.allocations) {
+      const take = Math.min(p.amount, toTake);
+      toTake -= take;
+      if (take > 0) consumed.push({ grantId: p.grantId, amount: take });
+      if (p.amount - take > 0) leftover.push({ grantId: p.grantId, amount: p.amount - take });
+    }
+    const settled: Reservation = {
+      ...hold,
+      status: "committed",
+      settledAt: this.now,
+      committedAmount: amount,
+      allocations: leftover,
+      amount: hold.amount - captured,
+    };
+    this.account = {
+      ...this.account,
+      balance: this.account.balance - captured,
+      reserved: this.account.reserved - captured,
+    };
+    this.putHold(settled);
+    const entry = this.emit("commit_reserved", captured, consumed, hold.id, meta);
+    if (settled.amount > 0) {
+      // Under-commit: the rest goes back to its grants.
+      this.returnToGrants(settled, { description: "unused part of committed reservation" });
+    }
+    if (excess > 0) {
+      this.deduct(excess, { description: "committed beyond reservation" }, {
+        allowDebt: true,
+        overdraftLimit: null,
+        reservationId: hold.id,
+      });
+    }
+    // The stored hold keeps what it originally held; allocations are what it consumed.
+    this.putHold({ ...settled, amount: hold.amount, allocations: hold.allocations });
+    return entry;
+  }
+
+  /** Returns a hold's credits to their grants. Returns the release entry and credits that expired. */
+  releaseHold(
+    hold: Reservation,
+    status: "released" | "expired",
+    meta: EntryMeta,
+  ): { entry: JournalEntry; expired: number } {
+    this.putHold({ ...hold, status, settledAt: this.now });
+    const { entry, expired } = this.returnToGrants(hold, meta);
+    return { entry, expired };
+  }
+
+  /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
+  voidGrant(grant: Grant, meta: EntryMeta): JournalEntry {
+    const current = this.grants.get(grant.id) ?? grant;
+    const amount = current.remaining;
+    this.putGrant({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
+    this.account = { ...this.account, balance: this.account.balance - amount };
+    return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Results.
+
+  /** Everything this work changed, for `DbTransaction.save`. */
+  changes(): Changes {
+    this.account = Object.freeze({ ...this.account, nextExpiryAt: this.computeNextExpiry(), updatedAt: this.now });
+    const pick = <T extends object>(map: Map<string, T>, ids: Set<string>): T[] =>
+      [...ids].map((id) => freeze(map.get(id) as T));
+    return {
+      account: this.account,
+      previousSeq: this.original === null ? null : this.original.seq,
+      insertGrants: pick(this.grants, this.insertedGrants),
+      updateGrants: pick(this.grants, this.updatedGrants),
+      insertReservations: pick(this.holds, this.insertedHolds),
+      updateReservations: pick(this.holds, this.updatedHolds),
+      entries: this.entries.map(freeze),
+    };
+  }
+
+  get changed(): boolean {
+    return this.entries.length > 0 || this.updatedGrants.size > 0 || this.updatedHolds.size > 0;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Internals.
+
+  /** Draws up to `amount` from usable grants in burn-down order. */
+  private draw(amount: number): GrantPortion[] {
+    const usable = [...this.grants.values()].filter((g) => isUsable(g, this.now));
+    if (usable.length > 1) usable.sort(compareGrants);
+    const portions: GrantPortion[] = [];
+    let left = amount;
+    for (const g of usable) {
+      if (left === 0) break;
+      const take = Math.min(g.remaining, left);
+      left -= take;
+      portions.push({ grantId: g.id, amount: take });
+      this.putGrant({ ...g, remaining: g.remaining - take });
+    }
+    return portions;
+  }
+
+  /**
+   * Ends `hold`'s earmark: its allocations go back to their grants, debt is paid from them first,
+   * and what lands on a closed grant expires (or is voided) at once.
+   */
+  private returnToGrants(hold: Reservation, meta: EntryMeta): { entry: JournalEntry; expired: number } {
+    let debt = this.account.debt;
+    const returned: GrantPortion[] = [];
+    for (const p of hold.allocations) {
+      const pay = Math.min(debt, p.amount);
+      debt -= pay;
+      const back = p.amount - pay;
+      if (back === 0) continue;
+      returned.push({ grantId: p.grantId, amount: back });
+      const g = this.grants.get(p.grantId);
+      if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
+      this.putGrant({ ...g, remaining: g.remaining + back });
+    }
+    this.account = { ...this.account, reserved: this.account.reserved - hold.amount, debt };
+    const entry = this.emit("release_reserved", hold.amount, returned, hold.id, meta);
+    let expired = 0;
+    for (const reason of ["expired", "voided"] as const) {
+      const closed = returned.filter((p) => this.grants.get(p.grantId)?.closedReason === reason);
+      if (closed.length === 0) continue;
+      for (const p of closed) {
+        const g = this.grants.get(p.grantId) as Grant;
+        this.putGrant({ ...g, remaining: g.remaining - p.amount });
+      }
+      const total = sum(closed);
+      this.account = { ...this.account, balance: this.account.balance - total };
+      this.emit(reason === "expired" ? "expire" : "void", total, closed, hold.id, {
+        description: `returned credits of a ${reason} grant`,
+      });
+      if (reason === "expired") expired += total;
+    }
+    // Credits returned to a grant that is past its expiry but not yet closed expire now too.
+    if (this.grants.size > 0 && returned.some((p) => isDue(this.grants.get(p.grantId) as Grant, this.now))) {
+      expired += this.expireDue(this.now, {});
+    }
+    return { entry, expired };
+  }
+
+  private putGrant(g: Grant): void {
+    this.grants.set(g.id, g);
+    if (!this.insertedGrants.has(g.id)) this.updatedGrants.add(g.id);
+  }
+
+  private putHold(h: Reservation): void {
+    this.holds.set(h.id, h);
+    if (!this.insertedHolds.has(h.id)) this.updatedHolds.add(h.id);
+  }
+
+  private computeNextExpiry(): Date | null {
+    let next: Date | null = null;
+    for (const g of this.grants.values()) {
+      if (g.closedAt === null && g.expiresAt !== null && g.remaining > 0) next = minDate(next, g.expiresAt);
+    }
+    for (const h of this.holds.values()) {
+      if (h.status === "active") next = minDate(next, h.expiresAt);
+    }
+    return next;
+  }
+
+  private emit(
+    type: EntryType,
+    amount: number,
+    grants: GrantPortion[],
+    reservationId: string | null,
+    meta: EntryMeta,
+  ): JournalEntry {
+    const a = this.account;
+    const base = {
+      id: this.newId(),
+      userId: this.userId,
+      seq: a.seq + 1,
+      type,
+      amount,
+      balanceAfter: a.balance,
+      reservedAfter: a.reserved,
+      debtAfter: a.debt,
+      grants,
+      reservationId,
+      idempotencyKey: meta.idempotencyKey ?? null,
+      fingerprint: meta.fingerprint ?? null,
+      correlationId: meta.correlationId ?? null,
+      description: meta.description ?? null,
+      metadata: (meta.metadata ?? null) as JournalEntry["metadata"],
+      createdAt: this.now,
+      prevHash: a.lastHash,
+    };
+    const entry: JournalEntry = { ...base, hash: hashEntry(base) };
+    this.account = { ...a, seq: entry.seq, lastHash: entry.hash };
+    this.entries.push(entry);
+    return entry;
+  }
+}
+
+/**
+ * Freezes what the library stores (and its arrays of portions), so a store that keeps objects in
+ * memory can hand them out without copying and nobody can change them behind the journal's back.
+ */
+function freeze<T extends object>(o: T): T {
+  if (Object.isFrozen(o)) return o;
+  for (const v of Object.values(o)) {
+    if (Array.isArray(v)) {
+      for (const p of v) if (p !== null && typeof p === "object") Object.freeze(p);
+      Object.freeze(v);
+    }
+  }
+  return Object.freeze(o);
+}
+
+export function sum(portions: readonly GrantPortion[]): number {
+  let total = 0;
+  for (const p of portions) total += p.amount;
+  return total;
+}
+
+function minDate(a: Date | null, b: Date | null): Date | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return a.getTime() <= b.getTime() ? a : b;
+}

@@ -1,0 +1,49 @@
+import { createHash } from "node:crypto";
+import { stringify } from "safe-stable-stringify";
+import type { JournalEntry } from "../models/index.js";
+
+/**
+ * The canonical form of an entry that its hash covers: every field but `hash`, in a fixed order,
+ * with object keys sorted, dates as ISO strings. Stable across backends and key reorderings
+ * (PostgreSQL's JSONB reorders keys).
+ */
+export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
+  return (
+    stringify([
+      entry.id,
+      entry.userId,
+      entry.seq,
+      entry.type,
+      entry.amount,
+      entry.balanceAfter,
+      entry.reservedAfter,
+      entry.debtAfter,
+      entry.grants.map((g) => [g.grantId, g.amount]),
+      entry.reservationId,
+      entry.idempotencyKey,
+      entry.fingerprint,
+      entry.correlationId,
+      entry.description,
+      entry.metadata,
+      entry.createdAt.toISOString(),
+    ]) ?? ""
+  );
+}
+
+/** sha256(prevHash ‖ canonical entry), hex. */
+export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
+  return createHash("sha256")
+    .update(entry.prevHash ?? "")
+    .update("\n")
+    .update(canonicalEntry(entry))
+    .digest("hex");
+}
+
+/** Digest of a request's arguments, stored with its idempotency key. */
+export function fingerprint(operation: string, args: unknown): string {
+  return createHash("sha256")
+    .update(operation)
+    .update("\n")
+    .update(stringify(args) ?? "")
+    .digest("base64url");
+}

@@ -1,0 +1,200 @@
+import type { Account, Grant, JournalEntry, Reservation } from "../models/index.js";
+import { hashEntry } from "./hash.js";
+
+/** Result of `audit(userId)`. */
+export interface AuditReport {
+  userId: string;
+  /** True when the journal is intact and the stored state equals what it recomputes. */
+  ok: boolean;
+  /** What is wrong, in plain words (empty when ok). */
+  problems: string[];
+  /** Journal entries checked. */
+  entries: number;
+  /** Recomputed from the journal. */
+  balance: number;
+  reserved: number;
+  debt: number;
+  available: number;
+  /** Recomputed `remaining` of every grant the journal mentions. */
+  grants: Record<string, number>;
+  /** Recomputed amounts of the holds still active. */
+  activeReservations: Record<string, number>;
+}
+
+/**
+ * Replays a user's journal from zero and compares it with the stored state.
+ *
+ * Each entry type has one effect (see README "The journal"):
+ * add +balance, grants created, debt paid by amount − Σgrants; deduct −balance, grants drawn,
+ * debt += amount − Σgrants; expire/void −balance, grants removed; reserve +reserved, grants moved
+ * into the hold; commit_reserved −balance −reserved, taken from the hold; release_reserved
+ * −reserved, the hold's remaining allocations return (net of debt paid from them).
+ *
+ * This is deliberately a second, independent statement of the rules in `AccountWork`.
+ */
+export function replayJournal(
+  userId: string,
+  entries: readonly JournalEntry[],
+  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] },
+): AuditReport {
+  const problems: string[] = [];
+  let balance = 0;
+  let reserved = 0;
+  let debt = 0;
+  let prevHash: string | null = null;
+  const remaining = new Map<string, number>();
+  const holds = new Map<string, Map<string, number>>();
+  const created = new Set<string>();
+
+  const sumOf = (e: JournalEntry) => e.grants.reduce((s, g) => s + g.amount, 0);
+  const take = (grantId: string, amount: number, seq: number) => {
+    const left = (remaining.get(grantId) ?? 0) - amount;
+    if (!created.has(grantId)) problems.push(`entry ${seq} draws from grant ${grantId} that no add entry created`);
+    if (left < 0) problems.push(`entry ${seq} takes grant ${grantId} below zero`);
+    remaining.set(grantId, left);
+  };
+
+  entries.forEach((e, i) => {
+    const where = `entry ${e.seq}`;
+    if (e.userId !== userId) problems.push(`${where} belongs to another account`);
+    if (e.seq !== i + 1) problems.push(`${where} is out of sequence: expected seq ${i + 1}`);
+    if (e.prevHash !== prevHash) problems.push(`${where} does not chain to the previous entry`);
+    const { hash, ...rest } = e;
+    if (hashEntry(rest) !== hash) problems.push(`${where} was altered: its hash does not match its content`);
+    prevHash = hash;
+    const s = sumOf(e);
+    switch (e.type) {
+      case "add":
+        if (s > e.amount) problems.push(`${where} creates more than it adds`);
+        for (const g of e.grants) {
+          created.add(g.grantId);
+          remaining.set(g.grantId, g.amount);
+        }
+        balance += e.amount;
+        debt -= e.amount - s;
+        break;
+      case "deduct":
+        for (const g of e.grants) take(g.grantId, g.amount, e.seq);
+        balance -= e.amount;
+        debt += e.amount - s;
+        break;
+      case "expire":
+      case "void":
+        if (s !== e.amount) problems.push(`${where} removes ${s} from grants but says ${e.amount}`);
+        for (const g of e.grants) take(g.grantId, g.amount, e.seq);
+        balance -= e.amount;
+        break;
+      case "reserve": {
+        if (s !== e.amount) problems.push(`${where} holds ${s} from grants but says ${e.amount}`);
+        if (e.reservationId === null) problems.push(`${where} has no reservation id`);
+        const alloc = new Map<string, number>();
+        for (const g of e.grants) {
+          take(g.grantId, g.amount, e.seq);
+          alloc.set(g.grantId, (alloc.get(g.grantId) ?? 0) + g.amount);
+        }
+        holds.set(e.reservationId ?? "", alloc);
+        reserved += e.amount;
+        break;
+      }
+      case "commit_reserved": {
+        const alloc = holds.get(e.reservationId ?? "");
+        if (alloc === undefined) {
+          problems.push(`${where} commits a reservation that is not active`);
+          break;
+        }
+        if (s !== e.amount) problems.push(`${where} takes ${s} from the hold but says ${e.amount}`);
+        for (const g of e.grants) {
+          const left = (alloc.get(g.grantId) ?? 0) - g.amount;
+          if (left < 0) problems.push(`${where} takes more of grant ${g.grantId} than the hold had`);
+          alloc.set(g.grantId, left);
+        }
+        balance -= e.amount;
+        reserved -= e.amount;
+        if ([...alloc.values()].every((v) => v === 0)) holds.delete(e.reservationId ?? "");
+        break;
+      }
+      case "release_reserved": {
+        const alloc = holds.get(e.reservationId ?? "");
+        if (alloc === undefined) {
+          problems.push(`${where} releases a reservation that is not active`);
+          break;
+        }
+        const held = [...alloc.values()].reduce((a, b) => a + b, 0);
+        if (held !== e.amount) problems.push(`${where} releases ${e.amount} but the hold had ${held}`);
+        for (const g of e.grants) {
+          if (g.amount > (alloc.get(g.grantId) ?? 0)) problems.push(`${where} returns more to ${g.grantId} than was held`);
+          remaining.set(g.grantId, (remaining.get(g.grantId) ?? 0) + g.amount);
+        }
+        reserved -= e.amount;
+        debt -= e.amount - s;
+        holds.delete(e.reservationId ?? "");
+        break;
+      }
+    }
+    if (e.balanceAfter !== balance) problems.push(`${where}: balanceAfter ${e.balanceAfter}, replay gives ${balance}`);
+    if (e.reservedAfter !== reserved) problems.push(`${where}: reservedAfter ${e.reservedAfter}, replay gives ${reserved}`);
+    if (e.debtAfter !== debt) problems.push(`${where}: debtAfter ${e.debtAfter}, replay gives ${debt}`);
+    if (debt < 0) problems.push(`${where}: debt below zero`);
+    if (reserved < 0) problems.push(`${where}: reserved below zero`);
+  });
+
+  // Invariants of DESIGN §3 on the replayed state.
+  let sumRemaining = 0;
+  for (const v of remaining.values()) sumRemaining += v;
+  const activeReservations: Record<string, number> = {};
+  let sumHolds = 0;
+  for (const [id, alloc] of holds) {
+    const v = [...alloc.values()].reduce((a, b) => a + b, 0);
+    activeReservations[id] = v;
+    sumHolds += v;
+  }
+  if (reserved !== sumHolds) problems.push(`reserved ${reserved} != Σ active holds ${sumHolds}`);
+  if (balance !== sumRemaining + sumHolds - debt) {
+    problems.push(`balance ${balance} != Σ grant.remaining ${sumRemaining} + Σ holds ${sumHolds} − debt ${debt}`);
+  }
+  if (debt > 0 && sumRemaining > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumRemaining}`);
+
+  // The stored state must be what the journal says.
+  const acc = stored.account;
+  if (acc === null) {
+    if (entries.length > 0) problems.push("journal has entries but the account does not exist");
+  } else {
+    if (acc.seq !== entries.length) problems.push(`account seq ${acc.seq} != ${entries.length} journal entries`);
+    if (acc.balance !== balance) problems.push(`stored balance ${acc.balance} != replayed ${balance}`);
+    if (acc.reserved !== reserved) problems.push(`stored reserved ${acc.reserved} != replayed ${reserved}`);
+    if (acc.debt !== debt) problems.push(`stored debt ${acc.debt} != replayed ${debt}`);
+    if (acc.lastHash !== prevHash) problems.push("stored lastHash is not the hash of the last entry");
+  }
+  const storedGrants = new Map(stored.grants.map((g) => [g.id, g]));
+  for (const [id, v] of remaining) {
+    const g = storedGrants.get(id);
+    if (g === undefined) problems.push(`grant ${id} is in the journal but not stored`);
+    else if (g.remaining !== v) problems.push(`grant ${id}: stored remaining ${g.remaining}, replayed ${v}`);
+    if (g && g.remaining < 0) problems.push(`grant ${id} below zero`);
+  }
+  for (const g of stored.grants) {
+    if (!remaining.has(g.id) && g.remaining !== 0) problems.push(`grant ${g.id} is stored with credits but no entry created it`);
+  }
+  const storedActive = stored.reservations.filter((r) => r.status === "active");
+  for (const r of storedActive) {
+    if (activeReservations[r.id] !== r.amount) {
+      problems.push(`reservation ${r.id}: stored active with ${r.amount}, replayed ${activeReservations[r.id] ?? "not active"}`);
+    }
+  }
+  if (storedActive.length !== Object.keys(activeReservations).length) {
+    problems.push(`${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`);
+  }
+
+  return {
+    userId,
+    ok: problems.length === 0,
+    problems,
+    entries: entries.length,
+    balance,
+    reserved,
+    debt,
+    available: balance - reserved,
+    grants: Object.fromEntries(remaining),
+    activeReservations,
+  };
+}

@@ -1,0 +1,129 @@
+/**
+ * Typed errors. Every error the library throws on purpose is a `CreditError` with a stable
+ * UPPER_SNAKE `code` and the HTTP `status` it maps to. Messages say what was asked and what
+ * was available for the caller's own account, never anything about another user.
+ */
+
+export type CreditErrorCode =
+  | "VALIDATION_ERROR"
+  | "INSUFFICIENT_CREDITS"
+  | "NOT_FOUND"
+  | "RESERVATION_NOT_ACTIVE"
+  | "RESERVATION_EXPIRED"
+  | "IDEMPOTENCY_CONFLICT"
+  | "CONFLICT"
+  | "CONFIGURATION_ERROR"
+  | "STORAGE_ERROR";
+
+/** Base class of every error the library throws on purpose. */
+export class CreditError extends Error {
+  /** Stable machine-readable code. */
+  readonly code: CreditErrorCode;
+  /** HTTP status this error maps to. */
+  readonly status: number;
+  /** Structured, caller-safe details (field issues, amounts asked and available, …). */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(
+    code: CreditErrorCode,
+    status: number,
+    message: string,
+    options?: { details?: Record<string, unknown>; cause?: unknown },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.status = status;
+    this.details = options?.details;
+  }
+
+  toJSON(): { code: CreditErrorCode; message: string; details?: Record<string, unknown> } {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+/** One field-level problem of a rejected input. */
+export interface ValidationIssue {
+  /** Dotted path of the field ("" for the whole value). */
+  path: string;
+  message: string;
+}
+
+/** Input did not match its zod model. Nothing was changed. */
+export class ValidationError extends CreditError {
+  readonly issues: ValidationIssue[];
+  constructor(message: string, issues: ValidationIssue[] = [], cause?: unknown) {
+    super("VALIDATION_ERROR", 400, message, { details: { issues }, cause });
+    this.issues = issues;
+  }
+}
+
+/** The account does not have the credits an operation needs. Nothing was changed. */
+export class InsufficientCreditsError extends CreditError {
+  constructor(message: string, details: { requested: number; available: number; [k: string]: unknown }) {
+    super("INSUFFICIENT_CREDITS", 402, message, { details });
+  }
+}
+
+export class NotFoundError extends CreditError {
+  constructor(message: string, details?: Record<string, unknown>) {
+    super("NOT_FOUND", 404, message, details === undefined ? undefined : { details });
+  }
+}
+
+/** The reservation was already committed or released. */
+export class ReservationNotActiveError extends CreditError {
+  constructor(reservationId: string, status: string) {
+    super("RESERVATION_NOT_ACTIVE", 409, `Reservation ${reservationId} is not active (it is ${status}).`, {
+      details: { reservationId, status },
+    });
+  }
+}
+
+/** The reservation passed its TTL before it was committed; its credits were released. */
+export class ReservationExpiredError extends CreditError {
+  constructor(reservationId: string, expiresAt: Date) {
+    super("RESERVATION_EXPIRED", 410, `Reservation ${reservationId} expired at ${expiresAt.toISOString()}.`, {
+      details: { reservationId, expiresAt: expiresAt.toISOString() },
+    });
+  }
+}
+
+/** An idempotency key was reused with different arguments. */
+export class IdempotencyConflictError extends CreditError {
+  constructor(idempotencyKey: string) {
+    super(
+      "IDEMPOTENCY_CONFLICT",
+      409,
+      `Idempotency key "${idempotencyKey}" was already used with different arguments.`,
+      { details: { idempotencyKey } },
+    );
+  }
+}
+
+/** A concurrent write won; the operation may be retried. Adapters retry these themselves first. */
+export class ConflictError extends CreditError {
+  constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
+    super("CONFLICT", 409, message, { details, cause });
+  }
+}
+
+/** The library or a backend is set up wrongly (missing option, standalone MongoDB, …). */
+export class ConfigurationError extends CreditError {
+  constructor(message: string, cause?: unknown) {
+    super("CONFIGURATION_ERROR", 500, message, { cause });
+  }
+}
+
+/** The store failed in a way that is not a conflict (connection lost, …). */
+export class StorageError extends CreditError {
+  constructor(message: string, cause?: unknown) {
+    super("STORAGE_ERROR", 503, message, { cause });
+  }
+}
+
+export function isCreditError(error: unknown): error is CreditError {
+  return error instanceof CreditError;
+}

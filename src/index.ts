@@ -1,0 +1,25 @@
+export { createCreditManager, CreditManagerOptions, type CreditManager } from "./manager.js";
+export {
+  CreditService,
+  type CreditServiceOptions,
+  type ExpiringCredits,
+  type HistoryPage,
+} from "./services/credit-service.js";
+export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
+export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
+export { InMemoryDbManager } from "./db/memory/index.js";
+export type {
+  Changes,
+  DbCapabilities,
+  DbManager,
+  DbTransaction,
+  JournalQuery,
+  LedgerQuery,
+  LoadRequest,
+  LoadedState,
+  ScanCursor,
+} from "./db/types.js";
+export type { AuditReport } from "./domain/replay.js";
+export { compareGrants } from "./domain/order.js";
+export * from "./errors.js";
+export * from "./models/index.js";

@@ -1,0 +1,139 @@
+import * as z from "zod";
+import { EntityId, Metadata, NonNegativeAmount, Priority, SignedAmount, UserId } from "./common.js";
+
+/** Where a grant's credits came from. */
+export const GrantSource = z.enum([
+  "manual",
+  "subscription",
+  "rollover",
+  "promo",
+  "payment",
+  "trial",
+  "refund",
+  "adjustment",
+  "other",
+]);
+export type GrantSource = z.infer<typeof GrantSource>;
+
+/** Journal entry types: one per kind of change to balance or reserved. */
+export const EntryType = z.enum(["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"]);
+export type EntryType = z.infer<typeof EntryType>;
+
+/** One account per user, created on first use. `available = balance - reserved`. */
+export const Account = z.object({
+  userId: UserId,
+  /** Posted credits: Σ grant.remaining + Σ active holds − debt. */
+  balance: SignedAmount,
+  /** Sum of active holds. */
+  reserved: NonNegativeAmount,
+  /** Overdraft not covered by any grant; paid first by the next addition. */
+  debt: NonNegativeAmount,
+  /** Number of journal entries; increases by one with each. */
+  seq: NonNegativeAmount,
+  /** Hash of the latest journal entry (null before the first). */
+  lastHash: z.string().nullable(),
+  /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
+  nextExpiryAt: z.date().nullable(),
+  createdAt: z.date(),
+  updatedAt: z.date(),
+});
+export type Account = z.infer<typeof Account>;
+
+/** A lot of credits. Every addition creates one; draws follow the burn-down order. */
+export const Grant = z.object({
+  id: EntityId,
+  userId: UserId,
+  /** Credits the grant was created with. */
+  amount: NonNegativeAmount,
+  /** Credits neither spent, held, expired nor voided. */
+  remaining: NonNegativeAmount,
+  expiresAt: z.date().nullable(),
+  priority: Priority,
+  source: GrantSource,
+  sourceRef: z.string().max(255).nullable(),
+  description: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  /** Set when the grant expired or was voided: credits returned to it later go at once. */
+  closedAt: z.date().nullable(),
+  closedReason: z.enum(["expired", "voided"]).nullable(),
+});
+export type Grant = z.infer<typeof Grant>;
+
+/** Part of an amount drawn from, or returned to, one grant. */
+export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount });
+export type GrantPortion = z.infer<typeof GrantPortion>;
+
+export const ReservationStatus = z.enum(["active", "committed", "released", "expired"]);
+export type ReservationStatus = z.infer<typeof ReservationStatus>;
+
+/** A hold: credits earmarked from grants until committed, released or expired. */
+export const Reservation = z.object({
+  id: EntityId,
+  userId: UserId,
+  amount: NonNegativeAmount,
+  status: ReservationStatus,
+  /** The grants the held credits came from, in burn-down order. */
+  allocations: z.array(GrantPortion),
+  expiresAt: z.date(),
+  reason: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  settledAt: z.date().nullable(),
+  /** Credits captured by the commit (null until committed). */
+  committedAmount: NonNegativeAmount.nullable(),
+});
+export type Reservation = z.infer<typeof Reservation>;
+
+/**
+ * One change of balance or reserved (the seed's `Transaction`). Append-only and hash-chained:
+ * `hash = sha256(prevHash ‖ canonical entry)`.
+ */
+export const JournalEntry = z.object({
+  id: EntityId,
+  userId: UserId,
+  seq: NonNegativeAmount,
+  type: EntryType,
+  amount: NonNegativeAmount,
+  balanceAfter: SignedAmount,
+  reservedAfter: NonNegativeAmount,
+  debtAfter: NonNegativeAmount,
+  /** Per-grant amounts this entry drew, created, held, returned or removed (see README). */
+  grants: z.array(GrantPortion),
+  reservationId: EntityId.nullable(),
+  idempotencyKey: z.string().nullable(),
+  /** Digest of the request that carried the idempotency key (detects reuse with other arguments). */
+  fingerprint: z.string().nullable(),
+  correlationId: z.string().nullable(),
+  description: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  prevHash: z.string().nullable(),
+  hash: z.string(),
+});
+export type JournalEntry = z.infer<typeof JournalEntry>;
+
+export const LedgerEventType = z.enum(["transaction", "error", "system"]);
+export type LedgerEventType = z.infer<typeof LedgerEventType>;
+
+/** An audit-ledger event. Transaction events are the journal entries themselves (see README). */
+export const LedgerEntry = z.object({
+  id: EntityId,
+  eventType: LedgerEventType,
+  userId: UserId.nullable(),
+  correlationId: z.string().nullable(),
+  message: z.string(),
+  details: z.record(z.string(), z.unknown()),
+  createdAt: z.date(),
+});
+export type LedgerEntry = z.infer<typeof LedgerEntry>;
+
+/** What `getUserCreditsInfo` returns. */
+export const CreditsInfo = z.object({
+  userId: UserId,
+  balance: SignedAmount,
+  reserved: NonNegativeAmount,
+  available: SignedAmount,
+  debt: NonNegativeAmount,
+});
+export type CreditsInfo = z.infer<typeof CreditsInfo>;

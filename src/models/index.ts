@@ -1,0 +1,4 @@
+export * from "./common.js";
+export * from "./entities.js";
+export * from "./inputs.js";
+export { parse } from "./parse.js";

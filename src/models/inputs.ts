@@ -1,0 +1,67 @@
+import * as z from "zod";
+import { DateInput, IdempotencyKey, Metadata, NonNegativeAmount, Priority, ShortText } from "./common.js";
+import { EntryType, GrantSource } from "./entities.js";
+
+/** Options every mutation accepts. */
+export const MutationOptions = z.strictObject({
+  description: ShortText.optional(),
+  /** Same key + same arguments → the first result, nothing changed. Unique per user. */
+  idempotencyKey: IdempotencyKey.optional(),
+  /** Ties entries of one business operation together across services. */
+  correlationId: z.string().min(1).max(255).optional(),
+  metadata: Metadata.optional(),
+});
+export type MutationOptions = z.input<typeof MutationOptions>;
+
+export const AddCreditsOptions = MutationOptions.extend({
+  /** When unspent credits of this grant expire; omitted or null: never. */
+  expiresAt: DateInput.nullable().optional(),
+  /** Lower numbers are drawn first. Default 0. */
+  priority: Priority.optional(),
+  source: GrantSource.optional(),
+  /** External reference (payment id, promo code, subscription period, …). */
+  sourceRef: z.string().min(1).max(255).optional(),
+});
+export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
+
+export const DeductOptions = MutationOptions;
+export type DeductOptions = MutationOptions;
+
+/** Longest hold TTL accepted: 30 days, in seconds. */
+export const MAX_TTL_SECONDS = 30 * 24 * 3600;
+
+export const ReserveOptions = MutationOptions.extend({
+  /** Seconds until the hold lapses and its credits return. Default: the manager's option (900). */
+  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+  reason: ShortText.optional(),
+});
+export type ReserveOptions = z.input<typeof ReserveOptions>;
+
+export const CommitOptions = MutationOptions.extend({
+  /** Credits to capture; default the full hold. Less returns the rest; more takes the excess as usage. */
+  amount: NonNegativeAmount.optional(),
+});
+export type CommitOptions = z.input<typeof CommitOptions>;
+
+export const ReleaseOptions = MutationOptions;
+export type ReleaseOptions = MutationOptions;
+
+export const VoidGrantOptions = MutationOptions;
+export type VoidGrantOptions = MutationOptions;
+
+export const HistoryQuery = z.strictObject({
+  /** Page size, 1–1000, default 50. */
+  limit: z.number().int().min(1).max(1000).optional(),
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor: z.string().regex(/^[0-9]+$/, { error: "cursor is not one this library returned" }).optional(),
+  types: z.array(EntryType).min(1).optional(),
+  /** Inclusive lower bound of createdAt. */
+  from: DateInput.optional(),
+  /** Exclusive upper bound of createdAt. */
+  to: DateInput.optional(),
+});
+export type HistoryQuery = z.input<typeof HistoryQuery>;
+
+/** Days ahead to look for expiring credits: 0–3650. */
+export const ExpiringDays = z.number().min(0).max(3650);
+export const AsOf = DateInput.optional();

@@ -1,0 +1,435 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import type { Cache } from "../cache/index.js";
+import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
+import { AccountWork, type EntryMeta } from "../domain/account-work.js";
+import { fingerprint } from "../domain/hash.js";
+import { compareGrants } from "../domain/order.js";
+import { replayJournal, type AuditReport } from "../domain/replay.js";
+import {
+  ConflictError,
+  IdempotencyConflictError,
+  NotFoundError,
+  ReservationExpiredError,
+  ReservationNotActiveError,
+  ValidationError,
+} from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import {
+  AddCreditsOptions,
+  AsOf,
+  CommitOptions,
+  CreditsInfo,
+  DeductOptions,
+  EntityId,
+  ExpiringDays,
+  HistoryQuery,
+  ReleaseOptions,
+  ReserveOptions,
+  UserId,
+  VoidGrantOptions,
+  Amount,
+  parse,
+  type Grant,
+  type JournalEntry,
+  type Reservation,
+} from "../models/index.js";
+
+export interface CreditServiceOptions {
+  db: DbManager;
+  /** The audit ledger; omit for none (journal entries are still stored). */
+  ledger?: LedgerLogger;
+  /** Caches `getUserCreditsInfo` reads. Never consulted for a decision that moves credits. */
+  cache?: Cache;
+  /** Source of "now". Default `() => new Date()`. */
+  clock?: () => Date;
+  logger?: Logger;
+  /** TTL of a hold when `reserveCredits` gets none, in seconds. Default 900. */
+  defaultReservationTtlSeconds?: number;
+  /**
+   * How far below zero `available` may go through after-service deductions and over-commits, in
+   * credits. Default null: unlimited, as in the seed.
+   */
+  overdraftLimit?: number | null;
+  /** TTL of cached credit-info reads, in seconds. Default 30. */
+  cacheTtlSeconds?: number;
+}
+
+/** What `getExpiringCredits` returns. */
+export interface ExpiringCredits {
+  userId: string;
+  /** Credits that expire within the window (unspent, unheld). */
+  total: number;
+  /** The grants behind them, soonest expiry first. */
+  grants: Grant[];
+}
+
+/** A page of journal entries, newest first. */
+export interface HistoryPage {
+  items: JournalEntry[];
+  /** Pass as `cursor` for the next (older) page; null on the last page. */
+  nextCursor: string | null;
+}
+
+const infoKey = (userId: string) => `credits:info:${userId}`;
+
+/**
+ * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
+ * audit. Every mutation is one unit of work on the account (`DbManager.transaction`), validated by
+ * the zod models before anything is read, and resolves to its journal entry (or reservation).
+ */
+export class CreditService {
+  readonly db: DbManager;
+  private readonly ledger: LedgerLogger | undefined;
+  private readonly cache: Cache | undefined;
+  private readonly clock: () => Date;
+  private readonly logger: Logger | undefined;
+  private readonly defaultTtl: number;
+  private readonly overdraftLimit: number | null;
+  private readonly cacheTtl: number;
+
+  constructor(options: CreditServiceOptions) {
+    this.db = options.db;
+    this.ledger = options.ledger;
+    this.cache = options.cache;
+    this.clock = options.clock ?? (() => new Date());
+    this.logger = options.logger;
+    this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
+    this.overdraftLimit = options.overdraftLimit ?? null;
+    this.cacheTtl = options.cacheTtlSeconds ?? 30;
+  }
+
+  /** Adds credits as a new grant (after paying any debt). */
+  async addCredits(userId: string, amount: number, options: AddCreditsOptions = {}): Promise<JournalEntry> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = parse(AddCreditsOptions, options, "options");
+    const now = this.clock();
+    if (o.expiresAt && o.expiresAt.getTime() <= now.getTime()) {
+      throw new ValidationError(`Invalid options.expiresAt: ${o.expiresAt.toISOString()} is not in the future`, [
+        { path: "expiresAt", message: "must be in the future" },
+      ]);
+    }
+    const meta = this.meta("addCredits", o, { amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null });
+    return this.mutate(user, meta, async (work) =>
+      work.add(
+        n,
+        {
+          expiresAt: o.expiresAt ?? null,
+          priority: o.priority ?? 0,
+          source: o.source ?? "manual",
+          sourceRef: o.sourceRef ?? null,
+          description: o.description ?? null,
+          metadata: o.metadata ?? null,
+        },
+        meta,
+      ),
+    );
+  }
+
+  /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
+  async deductCredits(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+    return this.deduct("deductCredits", userId, amount, options, false);
+  }
+
+  /**
+   * Deducts for usage already delivered: takes what unheld grants have and records the rest as
+   * debt, within the overdraft limit. Held credits are never taken.
+   */
+  async deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+    return this.deduct("deductCreditsAfterService", userId, amount, options, true);
+  }
+
+  /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
+  async reserveCredits(userId: string, amount: number, options: ReserveOptions = {}): Promise<Reservation> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = parse(ReserveOptions, options, "options");
+    const ttl = o.ttlSeconds ?? this.defaultTtl;
+    const meta = this.meta("reserveCredits", o, { amount: n, ...o, ttlSeconds: ttl });
+    return this.mutate(
+      user,
+      meta,
+      async (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
+      async (entry, tx) => {
+        const r = await tx.getReservation(entry.reservationId ?? "");
+        if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
+        return r;
+      },
+    );
+  }
+
+  /**
+   * Captures a hold: all of it by default, or `amount` (less returns the rest to its grants; more
+   * takes the excess like an after-service deduction). Resolves to the commit entry.
+   */
+  async commitReservedCredits(reservationId: string, options: CommitOptions = {}): Promise<JournalEntry> {
+    const id = parse(EntityId, reservationId, "reservationId");
+    const o = parse(CommitOptions, options, "options");
+    const found = await this.findReservation(id);
+    const meta = this.meta("commitReservedCredits", o, { reservationId: id, ...o });
+    return this.mutate(found.userId, meta, async (work, tx) => {
+      const hold = await this.activeHold(work, tx, id);
+      if (hold.expiresAt.getTime() <= work.now.getTime()) {
+        throw new ReservationExpiredError(id, hold.expiresAt);
+      }
+      return work.commit(hold, o.amount ?? hold.amount, meta, this.overdraftLimit);
+    });
+  }
+
+  /** Returns everything a hold earmarked. Resolves to the release entry. */
+  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = {}): Promise<JournalEntry> {
+    const id = parse(EntityId, reservationId, "reservationId");
+    const o = parse(ReleaseOptions, options, "options");
+    const found = await this.findReservation(id);
+    const meta = this.meta("releaseReservedCredits", o, { reservationId: id, ...o });
+    return this.mutate(found.userId, meta, async (work, tx) => {
+      const hold = await this.activeHold(work, tx, id);
+      return work.releaseHold(hold, "released", meta).entry;
+    });
+  }
+
+  /** Removes what is left of a grant (refunds, disputes). Held parts go when their hold ends. */
+  async voidGrant(grantId: string, options: VoidGrantOptions = {}): Promise<JournalEntry> {
+    const id = parse(EntityId, grantId, "grantId");
+    const o = parse(VoidGrantOptions, options, "options");
+    const grant = await this.db.getGrant(id);
+    if (grant === null) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
+    const meta = this.meta("voidGrant", o, { grantId: id, ...o });
+    return this.mutate(grant.userId, meta, async (work, tx) => {
+      const [current] = await tx.getGrants([id]);
+      if (current === undefined) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
+      work.include([current]);
+      if (current.closedReason !== null) {
+        throw new ConflictError(`Grant ${id} is already ${current.closedReason}.`, { grantId: id, closedReason: current.closedReason });
+      }
+      return work.voidGrant(current, meta);
+    });
+  }
+
+  /**
+   * Expires the unspent credits of this user's grants due at `asOf` (default now; never later than
+   * now) and releases lapsed holds. Resolves to the credits expired.
+   */
+  async expireCredits(userId: string, asOf?: Date | string): Promise<number> {
+    const user = parse(UserId, userId, "userId");
+    const at = parse(AsOf, asOf, "asOf");
+    const now = this.clock();
+    if (at !== undefined && at.getTime() > now.getTime()) {
+      throw new ValidationError(`Invalid asOf: ${at.toISOString()} is in the future`, [
+        { path: "asOf", message: "must not be in the future" },
+      ]);
+    }
+    return this.mutate(user, {}, async (work) => work.expireDue(at ?? work.now, {}), undefined, {
+      settle: false,
+    });
+  }
+
+  /** Balance, reserved, available and debt. Settles due expiries first, so the numbers are current. */
+  async getUserCreditsInfo(userId: string): Promise<CreditsInfo> {
+    const user = parse(UserId, userId, "userId");
+    if (this.cache !== undefined) {
+      const hit = await this.cacheGet<CreditsInfo>(infoKey(user));
+      if (hit !== undefined) return hit;
+    }
+    let account = await this.db.getAccount(user);
+    const now = this.clock();
+    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
+      // Something lapsed since the account was last touched: settle it so we never report it.
+      await this.mutate(user, {}, async () => undefined);
+      account = await this.db.getAccount(user);
+    }
+    const info: CreditsInfo = account
+      ? {
+          userId: user,
+          balance: account.balance,
+          reserved: account.reserved,
+          available: account.balance - account.reserved,
+          debt: account.debt,
+        }
+      : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
+    if (this.cache !== undefined) {
+      let ttl = this.cacheTtl;
+      if (account?.nextExpiryAt) ttl = Math.min(ttl, Math.max(0, (account.nextExpiryAt.getTime() - now.getTime()) / 1000));
+      if (ttl >= 1) await this.cacheSet(infoKey(user), info, Math.floor(ttl));
+    }
+    return info;
+  }
+
+  /** The journal, newest first, with cursor paging and filters. */
+  async getCreditHistory(userId: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+    const user = parse(UserId, userId, "userId");
+    const q = parse(HistoryQuery, query, "query");
+    const limit = q.limit ?? 50;
+    const rows = await this.db.listJournal(user, {
+      order: "desc",
+      beforeSeq: q.cursor === undefined ? undefined : Number(q.cursor),
+      limit: limit + 1,
+      types: q.types,
+      from: q.from,
+      to: q.to,
+    });
+    const items = rows.slice(0, limit);
+    const last = items[items.length - 1];
+    return { items, nextCursor: rows.length > limit && last ? String(last.seq) : null };
+  }
+
+  /** Unspent, unheld credits that expire within `days` days from now. */
+  async getExpiringCredits(userId: string, days: number): Promise<ExpiringCredits> {
+    const user = parse(UserId, userId, "userId");
+    const d = parse(ExpiringDays, days, "days");
+    const now = this.clock().getTime();
+    const until = now + d * 86_400_000;
+    const grants = (await this.db.listGrants(user))
+      .filter((g) => g.remaining > 0 && g.closedAt === null && g.expiresAt !== null)
+      .filter((g) => (g.expiresAt as Date).getTime() > now && (g.expiresAt as Date).getTime() <= until)
+      .sort((a, b) => (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime());
+    return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants };
+  }
+
+  /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
+  async getGrants(userId: string, options: { includeInactive?: boolean } = {}): Promise<Grant[]> {
+    const user = parse(UserId, userId, "userId");
+    const grants = await this.db.listGrants(user, { includeInactive: options.includeInactive === true });
+    return grants.sort(compareGrants);
+  }
+
+  /** A reservation by id. */
+  async getReservation(reservationId: string): Promise<Reservation> {
+    return this.findReservation(parse(EntityId, reservationId, "reservationId"));
+  }
+
+  /**
+   * Replays the user's journal from zero: checks the hash chain, seq, every entry's balanceAfter,
+   * reservedAfter and debtAfter, the invariants, and that the stored account, grants and holds are
+   * what the journal says.
+   */
+  async audit(userId: string): Promise<AuditReport> {
+    const user = parse(UserId, userId, "userId");
+    const entries: JournalEntry[] = [];
+    for (;;) {
+      const page = await this.db.listJournal(user, { order: "asc", afterSeq: entries.length, limit: 1000 });
+      entries.push(...page);
+      if (page.length < 1000) break;
+    }
+    const [account, grants, reservations] = await Promise.all([
+      this.db.getAccount(user),
+      this.db.listGrants(user, { includeInactive: true }),
+      this.db.listReservations(user),
+    ]);
+    return replayJournal(user, entries, { account, grants, reservations });
+  }
+
+  // -----------------------------------------------------------------------------------------------
+
+  private async deduct(
+    operation: string,
+    userId: string,
+    amount: number,
+    options: DeductOptions,
+    allowDebt: boolean,
+  ): Promise<JournalEntry> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = parse(DeductOptions, options, "options");
+    const meta = this.meta(operation, o, { amount: n, ...o });
+    return this.mutate(user, meta, async (work) =>
+      work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
+    );
+  }
+
+  private meta(operation: string, o: DeductOptions & { idempotencyKey?: string }, args: Record<string, unknown>): EntryMeta {
+    const { correlationId: _c, idempotencyKey: _k, ...rest } = args;
+    return {
+      description: o.description,
+      idempotencyKey: o.idempotencyKey,
+      fingerprint: o.idempotencyKey === undefined ? undefined : fingerprint(operation, rest),
+      correlationId: o.correlationId,
+      metadata: o.metadata,
+    };
+  }
+
+  /**
+   * One unit of work: load, answer a repeated idempotency key with the first result, settle what
+   * time has done, run `body`, save; then (only after the commit) mirror to the ledger file and
+   * invalidate the cache.
+   */
+  private async mutate<T>(
+    userId: string,
+    meta: EntryMeta,
+    body: (work: AccountWork, tx: DbTransaction) => Promise<T>,
+    replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
+    options: { settle: boolean } = { settle: true },
+  ): Promise<T> {
+    const key = meta.idempotencyKey;
+    const { value, entries } = await this.db.transaction(userId, async (tx) => {
+      const state: LoadedState = await tx.load(key === undefined ? undefined : { idempotencyKey: key });
+      if (key !== undefined && state.idempotent !== null) {
+        const first = state.idempotent;
+        if (first.fingerprint !== meta.fingerprint) throw new IdempotencyConflictError(key);
+        return { value: replay ? await replay(first, tx) : (first as T), entries: [] as JournalEntry[] };
+      }
+      const work = new AccountWork(userId, state, this.clock(), randomUUID);
+      if (options.settle && work.needsSettle) {
+        await this.includeHeldGrants(work, tx, state.reservations);
+        work.settle();
+      }
+      const result = await body(work, tx);
+      if (work.changed) await tx.save(work.changes());
+      return { value: result, entries: work.entries };
+    });
+    if (entries.length > 0) {
+      this.ledger?.recordTransactions(entries);
+      if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
+    }
+    return value;
+  }
+
+  /** Loads the grants that holds point at but that are not open (fully held, closed). */
+  private async includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void> {
+    const missing = new Set<string>();
+    for (const h of holds) for (const p of h.allocations) missing.add(p.grantId);
+    if (missing.size > 0) work.include(await tx.getGrants([...missing]));
+  }
+
+  private async activeHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
+    const hold = work.getHold(id) ?? (await tx.getReservation(id));
+    if (hold === null || hold === undefined) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+    // A hold that lapsed (just now, in settlement, or earlier) says so with its own error.
+    if (hold.status === "expired") throw new ReservationExpiredError(id, hold.expiresAt);
+    if (hold.status !== "active") throw new ReservationNotActiveError(id, hold.status);
+    await this.includeHeldGrants(work, tx, [hold]);
+    return hold;
+  }
+
+  private async findReservation(id: string): Promise<Reservation> {
+    const r = await this.db.getReservation(id);
+    if (r === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+    return r;
+  }
+
+  private async cacheGet<T>(key: string): Promise<T | undefined> {
+    try {
+      return await (this.cache as Cache).get<T>(key);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache read failed; reading the store");
+      return undefined;
+    }
+  }
+
+  private async cacheSet(key: string, value: unknown, ttl: number): Promise<void> {
+    try {
+      await (this.cache as Cache).set(key, value, ttl);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
+    }
+  }
+
+  private async cacheDelete(key: string): Promise<void> {
+    try {
+      await (this.cache as Cache).delete(key);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
+    }
+  }
+}
