@@ -1,0 +1,56 @@
+/** One row of the `npm run bench` table. Figures are ratios against a baseline measured in the same run. */
+export interface BenchRow {
+  /** Which store ("memory", "postgres", …). */
+  backend: string;
+  /** What was measured, e.g. "deductCredits (16 callers, 1,000 users)". */
+  scenario: string;
+  /** Operations per second. */
+  opsPerSec: number;
+  /** Name of the baseline row this one is compared with (same run), if any. */
+  baseline?: string;
+  /** opsPerSec / baseline opsPerSec. */
+  ratio?: number;
+  /** Target, e.g. ">= 0.25 of baseline" or ">= 150,000 ops/s", and whether it was met. */
+  target?: string;
+  met?: boolean;
+  note?: string;
+}
+
+/** Runs `op` `count` times with `concurrency` callers; returns ops/s. */
+export async function measure(count: number, concurrency: number, op: (i: number) => Promise<unknown>): Promise<number> {
+  let next = 0;
+  const start = process.hrtime.bigint();
+  const worker = async () => {
+    for (;;) {
+      const i = next++;
+      if (i >= count) return;
+      await op(i);
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  return count / seconds;
+}
+
+export function formatOps(n: number): string {
+  return Math.round(n).toLocaleString("en-US");
+}
+
+/** Prints the rows as a Markdown table (pasteable into the README). */
+export function printTable(rows: readonly BenchRow[]): void {
+  const header = ["backend", "scenario", "ops/s", "vs baseline", "target", "met"];
+  const lines = rows.map((r) => [
+    r.backend,
+    r.scenario,
+    formatOps(r.opsPerSec),
+    r.ratio === undefined ? "" : `${r.ratio.toFixed(2)}× ${r.baseline ?? ""}`.trim(),
+    r.target ?? "",
+    r.met === undefined ? "" : r.met ? "yes" : "NO",
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? "").length)));
+  const row = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  console.log(row(header));
+  console.log(`| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`);
+  for (const l of lines) console.log(row(l));
+  for (const r of rows) if (r.note) console.log(`- ${r.backend} / ${r.scenario}: ${r.note}`);
+}
