@@ -78,6 +78,10 @@ export class AccountWork {
     for (const g of grants) if (!this.grants.has(g.id)) this.grants.set(g.id, g);
   }
 
+  getGrant(id: string): Grant | undefined {
+    return this.grants.get(id);
+  }
+
   getHold(id: string): Reservation | undefined {
     return this.holds.get(id);
   }

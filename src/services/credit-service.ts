@@ -4,7 +4,7 @@ import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { compareGrants } from "../domain/order.js";
+import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import {
   ConflictError,
@@ -197,11 +197,14 @@ export class CreditService {
     if (grant === null) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
     const meta = this.meta("voidGrant", o, { grantId: id, ...o });
     return this.mutate(grant.userId, meta, async (work, tx) => {
-      const [current] = await tx.getGrants([id]);
+      // The work's copy first: settlement may just have expired it.
+      const current = work.getGrant(id) ?? (await tx.getGrants([id]))[0];
       if (current === undefined) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
       work.include([current]);
-      if (current.closedReason !== null) {
-        throw new ConflictError(`Grant ${id} is already ${current.closedReason}.`, { grantId: id, closedReason: current.closedReason });
+      // A grant past its expiry is expired whether or not settlement has closed it yet.
+      const closedReason = current.closedReason ?? (isDue(current, work.now) ? "expired" : null);
+      if (closedReason !== null) {
+        throw new ConflictError(`Grant ${id} is already ${closedReason}.`, { grantId: id, closedReason });
       }
       return work.voidGrant(current, meta);
     });

@@ -56,7 +56,11 @@ export class InMemoryDbManager implements DbManager {
     this.locks.set(userId, tail);
     if (previous !== undefined) await previous;
     try {
-      return await fn(new MemoryTransaction(this, userId));
+      const tx = new MemoryTransaction(this, userId);
+      const result = await fn(tx);
+      // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
+      if (tx.pending !== null) this.apply(userId, tx.pending);
+      return result;
     } finally {
       unlock();
       if (this.locks.get(userId) === tail) this.locks.delete(userId);
@@ -68,9 +72,9 @@ export class InMemoryDbManager implements DbManager {
     return this.users.get(userId);
   }
 
-  /** @internal Applies a unit of work's changes at once. */
-  apply(userId: string, changes: Changes): void {
-    let u = this.users.get(userId);
+  /** @internal Refuses changes that would break the seq guard or a unique key. */
+  check(userId: string, changes: Changes): void {
+    const u = this.users.get(userId);
     const currentSeq = u?.account?.seq ?? null;
     if (currentSeq !== changes.previousSeq) {
       throw new ConflictError(`account ${userId} changed during the unit of work`);
@@ -81,6 +85,12 @@ export class InMemoryDbManager implements DbManager {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
+  }
+
+  /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
+  apply(userId: string, changes: Changes): void {
+    this.check(userId, changes);
+    let u = this.users.get(userId);
     if (u === undefined) {
       u = {
         account: null,
@@ -211,6 +221,8 @@ export class InMemoryDbManager implements DbManager {
 
 class MemoryTransaction implements DbTransaction {
   private saved = false;
+  /** Changes to apply when the unit of work returns. */
+  pending: Changes | null = null;
   constructor(
     private readonly db: InMemoryDbManager,
     readonly userId: string,
@@ -245,7 +257,8 @@ class MemoryTransaction implements DbTransaction {
   async save(changes: Changes): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
-    this.db.apply(this.userId, changes);
+    this.db.check(this.userId, changes);
+    this.pending = changes;
   }
 }
 
