@@ -38,6 +38,8 @@ export class LedgerLogger {
   private readonly dest: Destination | null;
   private readonly counters: LedgerStats = { linesWritten: 0, fileErrors: 0, lastFileError: null };
   private closed = false;
+  /** The file opened; until then (or if it never does) there is nothing to flush or wait for. */
+  private ready = false;
 
   constructor(options: LedgerLoggerOptions) {
     this.db = options.db;
@@ -52,6 +54,7 @@ export class LedgerLogger {
     // Lines are the ledger entries as they are, so we hand it finished JSON (no level/pid noise).
     this.dest = pino.destination({ dest: this.filePath, sync: false, mkdir: true, minLength: 8 * 1024 });
     this.dest.on("error", (error: Error) => this.fileFailed(error));
+    this.dest.once("ready", () => (this.ready = true));
   }
 
   /** Mirrors committed journal entries to the file (they are already in the store). */
@@ -101,6 +104,7 @@ export class LedgerLogger {
   async flush(): Promise<void> {
     const dest = this.dest;
     if (dest === null || this.closed) return;
+    if (!(await this.opened())) return;
     await new Promise<void>((resolve) => {
       try {
         dest.flush((error?: Error | null) => {
@@ -128,6 +132,11 @@ export class LedgerLogger {
   async close(): Promise<void> {
     const dest = this.dest;
     if (dest === null || this.closed) return;
+    if (!(await this.opened())) {
+      this.closed = true;
+      dest.destroy();
+      return;
+    }
     this.closed = true;
     await new Promise<void>((resolve) => {
       const done = () => resolve();
@@ -140,6 +149,24 @@ export class LedgerLogger {
         resolve();
       }
     });
+  }
+
+  /** Waits for a pending open (briefly, never forever); false when the file could not be opened. */
+  private async opened(): Promise<boolean> {
+    const dest = this.dest;
+    if (dest === null) return false;
+    if (this.ready) return true;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      timer.unref();
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      dest.once("ready", done);
+      dest.once("error", done);
+    });
+    return this.ready;
   }
 
   private async record(

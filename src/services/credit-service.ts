@@ -231,12 +231,13 @@ export class CreditService {
   /** Balance, reserved, available and debt. Settles due expiries first, so the numbers are current. */
   async getUserCreditsInfo(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
+    const now = this.clock();
     if (this.cache !== undefined) {
-      const hit = await this.cacheGet<CreditsInfo>(infoKey(user));
-      if (hit !== undefined) return hit;
+      const hit = await this.cacheGet<{ info: CreditsInfo; validUntil: number | null }>(infoKey(user));
+      // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
+      if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
     }
     let account = await this.db.getAccount(user);
-    const now = this.clock();
     if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
       // Something lapsed since the account was last touched: settle it so we never report it.
       await this.mutate(user, {}, async () => undefined);
@@ -252,9 +253,8 @@ export class CreditService {
         }
       : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
     if (this.cache !== undefined) {
-      let ttl = this.cacheTtl;
-      if (account?.nextExpiryAt) ttl = Math.min(ttl, Math.max(0, (account.nextExpiryAt.getTime() - now.getTime()) / 1000));
-      if (ttl >= 1) await this.cacheSet(infoKey(user), info, Math.floor(ttl));
+      const validUntil = account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null;
+      await this.cacheSet(infoKey(user), { info, validUntil }, this.cacheTtl);
     }
     return info;
   }
