@@ -81,8 +81,9 @@ describe("audit", () => {
     // Reach into the store as an attacker with database access would.
     const internal = (db as unknown as { users: Map<string, { journal: object[]; account: object }> }).users.get("u");
     if (internal === undefined) throw new Error("no user");
-    const original = internal.journal[1] as { amount: number };
-    internal.journal[1] = { ...original, amount: 1 };
+    // The in-memory store keeps entries compactly: `a` is the amount.
+    const original = internal.journal[1] as { a: number };
+    internal.journal[1] = { ...original, a: 1 };
     const altered = await m.credits.audit("u");
     expect(altered.ok).toBe(false);
     expect(altered.problems.join("\n")).toMatch(/entry 2 was altered/);

@@ -325,9 +325,8 @@ export class AccountWork {
 
   /** Everything this work changed, for `DbTransaction.save`. */
   changes(): Changes {
-    this.account = Object.freeze({ ...this.account, nextExpiryAt: this.computeNextExpiry(), updatedAt: this.now });
-    const pick = <T extends object>(map: Map<string, T>, ids: Set<string>): T[] =>
-      [...ids].map((id) => freeze(map.get(id) as T));
+    this.account = { ...this.account, nextExpiryAt: this.computeNextExpiry(), updatedAt: this.now };
+    const pick = <T>(map: Map<string, T>, ids: Set<string>): T[] => [...ids].map((id) => map.get(id) as T);
     return {
       account: this.account,
       previousSeq: this.original === null ? null : this.original.seq,
@@ -335,7 +334,7 @@ export class AccountWork {
       updateGrants: pick(this.grants, this.updatedGrants),
       insertReservations: pick(this.holds, this.insertedHolds),
       updateReservations: pick(this.holds, this.updatedHolds),
-      entries: this.entries.map(freeze),
+      entries: this.entries,
     };
   }
 
@@ -456,21 +455,6 @@ export class AccountWork {
     this.entries.push(entry);
     return entry;
   }
-}
-
-/**
- * Freezes what the library stores (and its arrays of portions), so a store that keeps objects in
- * memory can hand them out without copying and nobody can change them behind the journal's back.
- */
-function freeze<T extends object>(o: T): T {
-  if (Object.isFrozen(o)) return o;
-  for (const v of Object.values(o)) {
-    if (Array.isArray(v)) {
-      for (const p of v) if (p !== null && typeof p === "object") Object.freeze(p);
-      Object.freeze(v);
-    }
-  }
-  return Object.freeze(o);
 }
 
 export function sum(portions: readonly GrantPortion[]): number {

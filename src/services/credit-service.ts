@@ -15,11 +15,12 @@ import {
   ValidationError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import type {
+  CreditsInfo} from "../models/index.js";
 import {
   AddCreditsOptions,
   AsOf,
   CommitOptions,
-  CreditsInfo,
   DeductOptions,
   EntityId,
   ExpiringDays,
@@ -30,6 +31,7 @@ import {
   VoidGrantOptions,
   Amount,
   parse,
+  type Account,
   type Grant,
   type JournalEntry,
   type Reservation,
@@ -72,6 +74,9 @@ export interface HistoryPage {
 }
 
 const infoKey = (userId: string) => `credits:info:${userId}`;
+
+/** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
+const copy = <T>(o: T): T => structuredClone(o);
 
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
@@ -237,12 +242,7 @@ export class CreditService {
       // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
       if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
     }
-    let account = await this.db.getAccount(user);
-    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
-      // Something lapsed since the account was last touched: settle it so we never report it.
-      await this.mutate(user, {}, async () => undefined);
-      account = await this.db.getAccount(user);
-    }
+    const account = await this.settledAccount(user, now);
     const info: CreditsInfo = account
       ? {
           userId: user,
@@ -287,14 +287,15 @@ export class CreditService {
       .filter((g) => g.remaining > 0 && g.closedAt === null && g.expiresAt !== null)
       .filter((g) => (g.expiresAt as Date).getTime() > now && (g.expiresAt as Date).getTime() <= until)
       .sort((a, b) => (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime());
-    return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants };
+    return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants: grants.map(copy) };
   }
 
   /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
   async getGrants(userId: string, options: { includeInactive?: boolean } = {}): Promise<Grant[]> {
     const user = parse(UserId, userId, "userId");
+    await this.settledAccount(user, this.clock());
     const grants = await this.db.listGrants(user, { includeInactive: options.includeInactive === true });
-    return grants.sort(compareGrants);
+    return grants.sort(compareGrants).map(copy);
   }
 
   /** A reservation by id. */
@@ -388,6 +389,19 @@ export class CreditService {
     return value;
   }
 
+  /**
+   * The account, after settling what lapsed since it was last touched (so reads never report
+   * expired credits or lapsed holds). One read when nothing is due.
+   */
+  private async settledAccount(userId: string, now: Date): Promise<Account | null> {
+    const account = await this.db.getAccount(userId);
+    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
+      await this.mutate(userId, {}, async () => undefined);
+      return this.db.getAccount(userId);
+    }
+    return account;
+  }
+
   /** Loads the grants that holds point at but that are not open (fully held, closed). */
   private async includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void> {
     const missing = new Set<string>();
@@ -408,7 +422,7 @@ export class CreditService {
   private async findReservation(id: string): Promise<Reservation> {
     const r = await this.db.getReservation(id);
     if (r === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
-    return r;
+    return copy(r);
   }
 
   private async cacheGet<T>(key: string): Promise<T | undefined> {
