@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { pino, type Logger } from "pino";
 import type { DbManager } from "../db/types.js";
+import { ledgerLine } from "../domain/hash.js";
 import type { JournalEntry, LedgerEntry } from "../models/index.js";
 
 export interface LedgerLoggerOptions {
@@ -60,17 +61,7 @@ export class LedgerLogger {
   /** Mirrors committed journal entries to the file (they are already in the store). */
   recordTransactions(entries: readonly JournalEntry[]): void {
     if (this.dest === null || this.closed) return;
-    for (const e of entries) {
-      this.line({
-        id: e.id,
-        eventType: "transaction",
-        userId: e.userId,
-        correlationId: e.correlationId,
-        message: `${e.type} ${e.amount}`,
-        details: e,
-        createdAt: e.createdAt,
-      });
-    }
+    for (const e of entries) this.write(ledgerLine(e));
   }
 
   /** Records an error event (store + file). */
@@ -185,13 +176,13 @@ export class LedgerLogger {
       createdAt: this.clock(),
     };
     await this.db.insertLedgerEntry(entry);
-    if (this.dest !== null && !this.closed) this.line(entry);
+    if (this.dest !== null && !this.closed) this.write(`${JSON.stringify(entry)}\n`);
     return entry;
   }
 
-  private line(entry: LedgerEntry | (Omit<LedgerEntry, "details"> & { details: unknown })): void {
+  private write(line: string): void {
     try {
-      (this.dest as Destination).write(JSON.stringify(entry) + "\n");
+      (this.dest as Destination).write(line);
       this.counters.linesWritten++;
     } catch (error) {
       this.fileFailed(error as Error);

@@ -73,6 +73,10 @@ export interface HistoryPage {
   nextCursor: string | null;
 }
 
+/** The default options object: known valid, so not parsed again on the hot path. */
+const NO_OPTIONS: DeductOptions = Object.freeze({});
+const NO_META: EntryMeta = Object.freeze({});
+
 const infoKey = (userId: string) => `credits:info:${userId}`;
 
 /** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
@@ -133,7 +137,7 @@ export class CreditService {
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
-  async deductCredits(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+  async deductCredits(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCredits", userId, amount, options, false);
   }
 
@@ -141,7 +145,7 @@ export class CreditService {
    * Deducts for usage already delivered: takes what unheld grants have and records the rest as
    * debt, within the overdraft limit. Held credits are never taken.
    */
-  async deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+  async deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
@@ -155,7 +159,10 @@ export class CreditService {
     return this.mutate(
       user,
       meta,
-      async (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
+      async (work) => {
+        const r = work.reserve(n, ttl, o.reason ?? null, meta).reservation;
+        return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
+      },
       async (entry, tx) => {
         const r = await tx.getReservation(entry.reservationId ?? "");
         if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
@@ -300,7 +307,7 @@ export class CreditService {
 
   /** A reservation by id. */
   async getReservation(reservationId: string): Promise<Reservation> {
-    return this.findReservation(parse(EntityId, reservationId, "reservationId"));
+    return copy(await this.findReservation(parse(EntityId, reservationId, "reservationId")));
   }
 
   /**
@@ -335,8 +342,8 @@ export class CreditService {
   ): Promise<JournalEntry> {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
-    const o = parse(DeductOptions, options, "options");
-    const meta = this.meta(operation, o, { amount: n, ...o });
+    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
+    const meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, { amount: n, ...o });
     return this.mutate(user, meta, async (work) =>
       work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
     );
@@ -422,7 +429,7 @@ export class CreditService {
   private async findReservation(id: string): Promise<Reservation> {
     const r = await this.db.getReservation(id);
     if (r === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
-    return copy(r);
+    return r;
   }
 
   private async cacheGet<T>(key: string): Promise<T | undefined> {

@@ -133,19 +133,19 @@ export class InMemoryDbManager implements DbManager {
   /** Open grants that can expire, by id (scanned by `findDueGrants`). */
   private readonly expiring = new Map<string, Grant>();
   private readonly ledger: LedgerEntry[] = [];
-  private readonly locks = new Map<string, Promise<void>>();
+  /** userId → callers waiting for the account (present while someone holds it). */
+  private readonly locks = new Map<string, Array<() => void>>();
 
   async init(): Promise<void> {}
 
   async close(): Promise<void> {}
 
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    const previous = this.locks.get(userId);
-    let unlock!: () => void;
-    const mine = new Promise<void>((resolve) => (unlock = resolve));
-    const tail = previous === undefined ? mine : previous.then(() => mine);
-    this.locks.set(userId, tail);
-    if (previous !== undefined) await previous;
+    // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
+    // in order. No promise is made unless someone has to wait.
+    const queue = this.locks.get(userId);
+    if (queue === undefined) this.locks.set(userId, []);
+    else await new Promise<void>((resolve) => queue.push(resolve));
     try {
       const tx = new MemoryTransaction(this, userId);
       const result = await fn(tx);
@@ -153,8 +153,10 @@ export class InMemoryDbManager implements DbManager {
       if (tx.pending !== null) this.apply(userId, tx.pending);
       return result;
     } finally {
-      unlock();
-      if (this.locks.get(userId) === tail) this.locks.delete(userId);
+      const waiting = this.locks.get(userId) as Array<() => void>;
+      const next = waiting.shift();
+      if (next === undefined) this.locks.delete(userId);
+      else next();
     }
   }
 
