@@ -60,7 +60,7 @@ describe("ledger", () => {
     await m.credits.addCredits("u", 1);
     await m.ledger.flush();
     renameSync(file, join(dir, "ledger.1.jsonl"));
-    m.ledger.reopen();
+    await m.ledger.reopen();
     await m.credits.addCredits("u", 2);
     await m.close();
     expect(readFileSync(join(dir, "ledger.1.jsonl"), "utf8").trim().split("\n")).toHaveLength(1);

@@ -30,7 +30,7 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
  * canonical form plus `hash`) as `details`.
  */
 export function ledgerLine(entry: JournalEntry): string {
-  const canonical = canonicalEntry(entry);
+  const canonical = canonicalCache.get(entry) ?? canonicalEntry(entry);
   return (
     `{"id":${JSON.stringify(entry.id)},"eventType":"transaction","userId":${JSON.stringify(entry.userId)},` +
     `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}",` +
@@ -48,8 +48,16 @@ const sha256: (data: string, encoding: "hex" | "base64url") => string =
 
 /** sha256(prevHash ‖ "\n" ‖ canonical entry), hex. */
 export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
-  return sha256(`${entry.prevHash ?? ""}\n${canonicalEntry(entry)}`, "hex");
+  const canonical = canonicalEntry(entry);
+  canonicalCache.set(entry, canonical);
+  return sha256(`${entry.prevHash ?? ""}\n${canonical}`, "hex");
 }
+
+/**
+ * Canonical text of entries hashed in this process, so the ledger line (written right after the
+ * commit) does not build it again. Weak: it goes with the entry.
+ */
+const canonicalCache = new WeakMap<object, string>();
 
 /** Digest of a request's arguments, stored with its idempotency key. */
 export function fingerprint(operation: string, args: unknown): string {
