@@ -1,0 +1,578 @@
+/**
+ * `credit-management/testing`: the `DbManager` contract suite. An adapter's test file is a few
+ * lines:
+ *
+ * ```ts
+ * import { runDbManagerContract } from "credit-management/testing";
+ * runDbManagerContract({ name: "my-store", create: async () => new MyDbManager(...) });
+ * ```
+ *
+ * It runs on vitest (a peer dependency of this entry point) and fast-check. It checks the store
+ * directly and through `CreditService`: burn-down, expiry, holds, debt, idempotency, concurrency,
+ * and a property test of random operation sequences against an independent model.
+ */
+import { randomUUID } from "node:crypto";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { DbManager } from "../db/types.js";
+import { AccountWork } from "../domain/account-work.js";
+import {
+  ConflictError,
+  IdempotencyConflictError,
+  InsufficientCreditsError,
+  ReservationExpiredError,
+  ReservationNotActiveError,
+} from "../errors.js";
+import type { JournalEntry, Reservation } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { CreditModel, type ModelHold } from "./model.js";
+
+export { CreditModel } from "./model.js";
+
+export interface ContractOptions {
+  /** Shown in the describe block. */
+  name: string;
+  /** A fresh store; the suite calls `init()` (twice, to prove it idempotent) and `close()`. */
+  create: () => Promise<DbManager>;
+  /** Drops what `create` made (database, schema), after `close()`. */
+  destroy?: (db: DbManager) => Promise<void>;
+  /** fast-check runs of the property test. Default 60. */
+  propertyRuns?: number;
+  /** Concurrent callers in the race tests (1,000 deductions of 1 on 500). Default 1,000. */
+  raceSize?: number;
+}
+
+const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+const DAY = 86_400_000;
+
+/** A service over `db` whose clock the test moves. */
+export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: number | null = null) {
+  const clock = { now: start };
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
+  return { credits, clock };
+}
+
+export function runDbManagerContract(options: ContractOptions): void {
+  const runs = options.propertyRuns ?? 60;
+  const race = options.raceSize ?? 1000;
+
+  describe(`DbManager contract: ${options.name}`, () => {
+    let db: DbManager;
+    const user = () => `u-${randomUUID()}`;
+
+    beforeAll(async () => {
+      db = await options.create();
+      await db.init();
+      await db.init();
+    });
+    afterAll(async () => {
+      await db.close();
+      await options.destroy?.(db);
+    });
+
+    describe("store", () => {
+      it("has no account, grants or journal for an unknown user", async () => {
+        const u = user();
+        expect(await db.getAccount(u)).toBeNull();
+        expect(await db.listGrants(u)).toEqual([]);
+        expect(await db.listJournal(u, { order: "desc", limit: 10 })).toEqual([]);
+        expect(await db.getGrant(randomUUID())).toBeNull();
+        expect(await db.getReservation(randomUUID())).toBeNull();
+      });
+
+      it("saves a unit of work atomically and loads it back with the same shape", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const e = await credits.addCredits(u, 9_007_199_254_740_000, {
+          expiresAt: new Date(T0 + DAY),
+          priority: 3,
+          source: "promo",
+          sourceRef: "WELCOME",
+          metadata: { nested: { b: 1, a: [1, "x", null] } },
+          description: "big",
+        });
+        const account = await db.getAccount(u);
+        expect(account).toMatchObject({ userId: u, balance: 9_007_199_254_740_000, reserved: 0, debt: 0, seq: 1 });
+        expect(account?.lastHash).toBe(e.hash);
+        expect(account?.nextExpiryAt?.getTime()).toBe(T0 + DAY);
+        const [g] = await db.listGrants(u);
+        expect(g).toEqual({
+          id: e.grants[0]?.grantId,
+          userId: u,
+          amount: 9_007_199_254_740_000,
+          remaining: 9_007_199_254_740_000,
+          expiresAt: new Date(T0 + DAY),
+          priority: 3,
+          source: "promo",
+          sourceRef: "WELCOME",
+          description: "big",
+          metadata: { nested: { b: 1, a: [1, "x", null] } },
+          createdAt: new Date(T0),
+          closedAt: null,
+          closedReason: null,
+        });
+        const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
+        expect(stored).toEqual(e);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("refuses a save whose account moved (seq guard) with ConflictError and writes nothing", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 10);
+        await expect(
+          db.transaction(u, async (tx) => {
+            const state = await tx.load();
+            const work = new AccountWork(u, { ...state, account: state.account && { ...state.account, seq: 99 } }, new Date(T0), randomUUID);
+            work.add(5, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+            await tx.save(work.changes());
+          }),
+        ).rejects.toBeInstanceOf(ConflictError);
+        expect((await db.getAccount(u))?.balance).toBe(10);
+        expect(await db.listJournal(u, { order: "asc", limit: 10 })).toHaveLength(1);
+      });
+
+      it("rolls back everything when the unit of work throws", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 10);
+        await expect(
+          db.transaction(u, async (tx) => {
+            const state = await tx.load();
+            const work = new AccountWork(u, state, new Date(T0), randomUUID);
+            work.add(5, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+            await tx.save(work.changes());
+            throw new Error("boom after save");
+          }),
+        ).rejects.toThrow("boom after save");
+        expect((await db.getAccount(u))?.balance).toBe(10);
+        expect(await db.listGrants(u)).toHaveLength(1);
+      });
+
+      it("pages the journal both ways with type and time filters", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        for (let i = 0; i < 5; i++) {
+          await credits.addCredits(u, 10);
+          clock.now += 1000;
+          await credits.deductCredits(u, 1);
+          clock.now += 1000;
+        }
+        const desc = await db.listJournal(u, { order: "desc", limit: 3 });
+        expect(desc.map((e) => e.seq)).toEqual([10, 9, 8]);
+        const before = await db.listJournal(u, { order: "desc", beforeSeq: 8, limit: 3 });
+        expect(before.map((e) => e.seq)).toEqual([7, 6, 5]);
+        const asc = await db.listJournal(u, { order: "asc", afterSeq: 8, limit: 10 });
+        expect(asc.map((e) => e.seq)).toEqual([9, 10]);
+        const deducts = await db.listJournal(u, { order: "desc", limit: 10, types: ["deduct"] });
+        expect(deducts.map((e) => e.seq)).toEqual([10, 8, 6, 4, 2]);
+        const window = await db.listJournal(u, {
+          order: "asc",
+          limit: 10,
+          from: new Date(T0 + 2000),
+          to: new Date(T0 + 5000),
+        });
+        expect(window.map((e) => e.seq)).toEqual([3, 4, 5]);
+      });
+
+      it("scans due grants and lapsed holds in (expiresAt, id) order with a cursor", async () => {
+        const { credits } = serviceWithClock(db);
+        const tag = randomUUID();
+        const users = [0, 1, 2].map((i) => `scan-${tag}-${i}`);
+        const far = T0 + 400 * DAY; // far from other tests' data in a shared store
+        for (const [i, u] of users.entries()) {
+          await credits.addCredits(u, 10, { expiresAt: new Date(far + i * 1000) });
+          await credits.addCredits(u, 10, { expiresAt: new Date(far + 10 * DAY) });
+          await credits.reserveCredits(u, 1, { ttlSeconds: 3600 });
+        }
+        const due = (await db.findDueGrants(new Date(far + 2000), 1000)).filter((g) => users.includes(g.userId));
+        expect(due.map((g) => g.userId)).toEqual(users);
+        const first = due[0];
+        if (first?.expiresAt == null) throw new Error("expected a due grant");
+        const rest = (await db.findDueGrants(new Date(far + 2000), 1000, { expiresAt: first.expiresAt, id: first.id })).filter((g) =>
+          users.includes(g.userId),
+        );
+        expect(rest.map((g) => g.userId)).toEqual(users.slice(1));
+        const lapsed = (await db.findExpiredReservations(new Date(T0 + 3600_000), 10_000)).filter((r) => users.includes(r.userId));
+        expect(lapsed).toHaveLength(3);
+        expect((await db.findExpiredReservations(new Date(T0 + 3599_000), 10_000)).filter((r) => users.includes(r.userId))).toHaveLength(0);
+      });
+
+      it("stores system and error ledger events and lists them newest first", async () => {
+        const u = user();
+        const base = { correlationId: null, details: { n: 1 } };
+        await db.insertLedgerEntry({ ...base, id: randomUUID(), eventType: "system", userId: u, message: "a", createdAt: new Date(T0) });
+        await db.insertLedgerEntry({ ...base, id: randomUUID(), eventType: "error", userId: u, message: "b", createdAt: new Date(T0 + 1) });
+        const all = await db.listLedgerEntries({ userId: u, limit: 10 });
+        expect(all.map((e) => e.message)).toEqual(["b", "a"]);
+        expect((await db.listLedgerEntries({ userId: u, eventType: "system", limit: 10 })).map((e) => e.message)).toEqual(["a"]);
+        expect(all[0]?.details).toEqual({ n: 1 });
+      });
+    });
+
+    describe("credits", () => {
+      it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        const never = await credits.addCredits(u, 10);
+        clock.now += 1000;
+        const late = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 9 * DAY) });
+        const soon = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
+        const low = await credits.addCredits(u, 10, { priority: 5, expiresAt: new Date(T0 + DAY) });
+        const older = await credits.addCredits(u, 10, { priority: 5 });
+        const e = await credits.deductCredits(u, 45);
+        const id = (x: JournalEntry) => x.grants[0]?.grantId;
+        expect(e.grants).toEqual([
+          { grantId: id(soon), amount: 10 },
+          { grantId: id(late), amount: 10 },
+          { grantId: id(never), amount: 10 },
+          { grantId: id(low), amount: 10 },
+          { grantId: id(older), amount: 5 },
+        ]);
+      });
+
+      it("expires only what is unspent, and never what is held until the hold ends", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
+        await credits.addCredits(u, 50);
+        await credits.deductCredits(u, 60);
+        const hold = await credits.reserveCredits(u, 30, { ttlSeconds: 3 * 86400 });
+        clock.now = T0 + DAY;
+        // 100 − 60 − 30 held = 10 unspent expire now; the held 30 stay held.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 80, reserved: 30, available: 50 });
+        const released = await credits.releaseReservedCredits(hold.id);
+        expect(released.type).toBe("release_reserved");
+        // The 30 returned to an expired grant expire at once.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 50, reserved: 0, available: 50 });
+        const types = (await credits.getCreditHistory(u)).items.map((e) => e.type);
+        expect(types.slice(0, 3)).toEqual(["expire", "release_reserved", "expire"]);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("commits less (the rest returns) and more (the excess is usage, into debt)", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 100);
+        const a = await credits.reserveCredits(u, 40);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 40, available: 60 });
+        const c = await credits.commitReservedCredits(a.id, { amount: 25 });
+        expect(c).toMatchObject({ type: "commit_reserved", amount: 25, reservationId: a.id });
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 75, reserved: 0, available: 75 });
+        expect((await credits.getReservation(a.id)).status).toBe("committed");
+        expect((await credits.getReservation(a.id)).committedAmount).toBe(25);
+        const b = await credits.reserveCredits(u, 70);
+        await credits.commitReservedCredits(b.id, { amount: 90 });
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -15, reserved: 0, available: -15, debt: 15 });
+        await credits.addCredits(u, 20);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, debt: 0, available: 5 });
+        const grants = await credits.getGrants(u);
+        expect(grants.map((g) => g.remaining)).toEqual([5]);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("refuses deductions past available, allows after-service ones into debt within the limit", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db, T0, 50);
+        await credits.addCredits(u, 30);
+        const hold = await credits.reserveCredits(u, 10);
+        await expect(credits.deductCredits(u, 21)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await credits.deductCreditsAfterService(u, 60);
+        // Held credits are never taken: 20 from grants, 40 as debt.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -30, reserved: 10, available: -40, debt: 40 });
+        await expect(credits.deductCreditsAfterService(u, 11)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await credits.deductCreditsAfterService(u, 10);
+        // Releasing the hold pays the debt from the returned credits first.
+        await credits.releaseReservedCredits(hold.id);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -40, reserved: 0, available: -40, debt: 40 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("settles holds exactly once: expired, not active, lazily released", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 10);
+        const a = await credits.reserveCredits(u, 4, { ttlSeconds: 60 });
+        await credits.commitReservedCredits(a.id);
+        await expect(credits.commitReservedCredits(a.id)).rejects.toBeInstanceOf(ReservationNotActiveError);
+        await expect(credits.releaseReservedCredits(a.id)).rejects.toBeInstanceOf(ReservationNotActiveError);
+        const b = await credits.reserveCredits(u, 5, { ttlSeconds: 60 });
+        clock.now += 61_000;
+        await expect(credits.commitReservedCredits(b.id)).rejects.toBeInstanceOf(ReservationExpiredError);
+        // Touching the account released it lazily.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 6, reserved: 0, available: 6 });
+        expect((await credits.getReservation(b.id)).status).toBe("expired");
+        await expect(credits.releaseReservedCredits(b.id)).rejects.toBeInstanceOf(ReservationExpiredError);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("answers a repeated idempotency key with the first result and changes nothing", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const a1 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
+        const a2 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
+        expect(a2).toEqual(a1);
+        await expect(credits.addCredits(u, 11, { idempotencyKey: "k-add" })).rejects.toBeInstanceOf(IdempotencyConflictError);
+        await expect(credits.deductCredits(u, 10, { idempotencyKey: "k-add" })).rejects.toBeInstanceOf(IdempotencyConflictError);
+        const r1 = await credits.reserveCredits(u, 3, { idempotencyKey: "k-res" });
+        const r2 = await credits.reserveCredits(u, 3, { idempotencyKey: "k-res" });
+        expect(r2.id).toBe(r1.id);
+        const c1 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
+        const c2 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
+        expect(c2).toEqual(c1);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 8, reserved: 0 });
+        expect((await credits.getCreditHistory(u)).items).toHaveLength(4);
+      });
+
+      it("voids what is left of a grant, and its held part when the hold ends", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const g = await credits.addCredits(u, 100);
+        await credits.addCredits(u, 5, { priority: 9 });
+        await credits.deductCredits(u, 30);
+        const hold = await credits.reserveCredits(u, 20);
+        const v = await credits.voidGrant(g.grants[0]?.grantId ?? "");
+        expect(v).toMatchObject({ type: "void", amount: 50 });
+        await expect(credits.voidGrant(g.grants[0]?.grantId ?? "")).rejects.toBeInstanceOf(ConflictError);
+        await credits.releaseReservedCredits(hold.id);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, reserved: 0 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("lists history newest first with cursor paging and type filters; expiring credits in a window", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
+        await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 10 * DAY) });
+        for (let i = 0; i < 5; i++) await credits.deductCredits(u, 1);
+        const p1 = await credits.getCreditHistory(u, { limit: 4 });
+        expect(p1.items.map((e) => e.seq)).toEqual([7, 6, 5, 4]);
+        const p2 = await credits.getCreditHistory(u, { limit: 4, cursor: p1.nextCursor ?? undefined });
+        expect(p2.items.map((e) => e.seq)).toEqual([3, 2, 1]);
+        expect(p2.nextCursor).toBeNull();
+        const adds = await credits.getCreditHistory(u, { types: ["add"] });
+        expect(adds.items.map((e) => e.type)).toEqual(["add", "add"]);
+        const soon = await credits.getExpiringCredits(u, 3);
+        expect(soon.total).toBe(5);
+        expect((await credits.getExpiringCredits(u, 30)).total).toBe(15);
+      });
+
+      it("expireCredits(asOf) expires what was due at asOf and reports the amount", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 7, { expiresAt: new Date(T0 + DAY) });
+        await credits.addCredits(u, 9, { expiresAt: new Date(T0 + 3 * DAY) });
+        clock.now = T0 + 5 * DAY;
+        expect(await credits.expireCredits(u, new Date(T0 + 2 * DAY))).toBe(7);
+        expect(await credits.expireCredits(u)).toBe(9);
+        expect(await credits.expireCredits(u)).toBe(0);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+    });
+
+    describe("concurrency", () => {
+      it(`${race} concurrent deductCredits(u, 1) on a balance of ${race / 2}: exactly ${race / 2} succeed`, async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, race / 2);
+        const results = await Promise.allSettled(Array.from({ length: race }, () => credits.deductCredits(u, 1)));
+        const ok = results.filter((r) => r.status === "fulfilled").length;
+        const refused = results.filter((r) => r.status === "rejected" && r.reason instanceof InsufficientCreditsError).length;
+        expect(ok).toBe(race / 2);
+        expect(refused).toBe(race / 2);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0, available: 0 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it(`${race} concurrent reserveCredits(u, 1) on ${race / 2}: exactly ${race / 2} holds`, async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, race / 2);
+        const results = await Promise.allSettled(Array.from({ length: race }, () => credits.reserveCredits(u, 1)));
+        expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(race / 2);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: race / 2, reserved: race / 2, available: 0 });
+        expect(await db.listReservations(u, { status: "active" })).toHaveLength(race / 2);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("one idempotency key sent 50 times at once has one effect", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 100);
+        const results = await Promise.all(
+          Array.from({ length: 50 }, () => credits.deductCredits(u, 7, { idempotencyKey: "once" })),
+        );
+        expect(new Set(results.map((e) => e.id)).size).toBe(1);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 93 });
+        const adds = await Promise.all(
+          Array.from({ length: 50 }, () => credits.addCredits(u, 5, { idempotencyKey: "once-add" })),
+        );
+        expect(new Set(adds.map((e) => e.id)).size).toBe(1);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 98 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+    });
+
+    describe("properties", () => {
+      it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {
+        await fc.assert(fc.asyncProperty(commandsArbitrary(), async (commands) => runAgainstModel(db, commands)), {
+          numRuns: runs,
+        });
+      });
+    });
+  });
+}
+
+// ------------------------------------------------------------------------------------------------
+// The property test: random commands against the real service and the model, compared each step.
+
+type Command =
+  | { op: "add"; amount: number; expiresInSec: number | null; priority: number }
+  | { op: "deduct"; amount: number }
+  | { op: "after"; amount: number }
+  | { op: "reserve"; amount: number; ttlSec: number }
+  | { op: "commit"; hold: number; amount: number | null }
+  | { op: "release"; hold: number }
+  | { op: "void"; grant: number }
+  | { op: "expire" }
+  | { op: "tick"; seconds: number };
+
+export function commandsArbitrary(): fc.Arbitrary<Command[]> {
+  const amount = fc.integer({ min: 1, max: 60 });
+  const command: fc.Arbitrary<Command> = fc.oneof(
+    { weight: 4, arbitrary: fc.record({ op: fc.constant("add" as const), amount, expiresInSec: fc.option(fc.integer({ min: 1, max: 600 }), { nil: null }), priority: fc.integer({ min: 0, max: 2 }) }) },
+    { weight: 3, arbitrary: fc.record({ op: fc.constant("deduct" as const), amount }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant("after" as const), amount }) },
+    { weight: 3, arbitrary: fc.record({ op: fc.constant("reserve" as const), amount, ttlSec: fc.integer({ min: 1, max: 600 }) }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant("commit" as const), hold: fc.nat(), amount: fc.option(fc.integer({ min: 0, max: 80 }), { nil: null }) }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant("release" as const), hold: fc.nat() }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant("void" as const), grant: fc.nat() }) },
+    { weight: 1, arbitrary: fc.record({ op: fc.constant("expire" as const) }) },
+    { weight: 2, arbitrary: fc.record({ op: fc.constant("tick" as const), seconds: fc.integer({ min: 1, max: 400 }) }) },
+  );
+  return fc.array(command, { minLength: 1, maxLength: 40 });
+}
+
+/** Runs `commands` on a fresh user of `db` and on the model; throws on the first disagreement. */
+export async function runAgainstModel(db: DbManager, commands: readonly Command[]): Promise<void> {
+  const u = `prop-${randomUUID()}`;
+  const { credits, clock } = serviceWithClock(db);
+  const model = new CreditModel(clock.now);
+  const holds: Array<{ real: Reservation; model: ModelHold }> = [];
+  const grantIds: string[] = [];
+
+  const expectOutcome = async (allowed: boolean, run: () => Promise<unknown>, what: string) => {
+    try {
+      await run();
+      if (!allowed) throw new Error(`${what}: the service accepted what the model refuses`);
+    } catch (error) {
+      if (allowed) throw new Error(`${what}: the model accepts but the service threw: ${String(error)}`);
+      if (!(error instanceof InsufficientCreditsError)) throw error;
+    }
+  };
+
+  for (const [step, c] of commands.entries()) {
+    const what = `step ${step} ${JSON.stringify(c)}`;
+    model.now = clock.now;
+    switch (c.op) {
+      case "tick":
+        clock.now += c.seconds * 1000;
+        continue;
+      case "add": {
+        model.settle();
+        const expiresAt = c.expiresInSec === null ? null : new Date(clock.now + c.expiresInSec * 1000);
+        const e = await credits.addCredits(u, c.amount, { expiresAt, priority: c.priority });
+        const gid = e.grants[0]?.grantId ?? null;
+        if (gid !== null) grantIds.push(gid);
+        model.add(gid, c.amount, expiresAt?.getTime() ?? null, c.priority);
+        break;
+      }
+      case "deduct":
+      case "after": {
+        model.settle();
+        // The model refuses before changing anything, like the service.
+        const allowed = model.deduct(c.amount, c.op === "after");
+        await expectOutcome(
+          allowed,
+          () => (c.op === "after" ? credits.deductCreditsAfterService(u, c.amount) : credits.deductCredits(u, c.amount)),
+          what,
+        );
+        break;
+      }
+      case "reserve": {
+        model.settle();
+        let real: Reservation | null = null;
+        const allowed = model.available >= c.amount;
+        await expectOutcome(allowed, async () => (real = await credits.reserveCredits(u, c.amount, { ttlSeconds: c.ttlSec })), what);
+        if (real !== null) {
+          const r: Reservation = real;
+          model.reserve(r.id, c.amount, c.ttlSec * 1000);
+          const mh = model.holds[model.holds.length - 1] as ModelHold;
+          holds.push({ real: r, model: mh });
+        }
+        break;
+      }
+      case "commit":
+      case "release": {
+        if (holds.length === 0) continue;
+        const h = holds[c.hold % holds.length] as { real: Reservation; model: ModelHold };
+        model.settle();
+        const status = h.model.status;
+        const run =
+          c.op === "commit"
+            ? () => credits.commitReservedCredits(h.real.id, c.amount === null ? {} : { amount: c.amount })
+            : () => credits.releaseReservedCredits(h.real.id);
+        if (status === "active") {
+          await run();
+          if (c.op === "commit") model.commit(h.model, c.amount ?? h.real.amount);
+          else model.release(h.model);
+        } else {
+          const expected = status === "expired" ? ReservationExpiredError : ReservationNotActiveError;
+          await expect(run(), what).rejects.toBeInstanceOf(expected);
+        }
+        break;
+      }
+      case "void": {
+        if (grantIds.length === 0) continue;
+        const id = grantIds[c.grant % grantIds.length] as string;
+        model.settle();
+        const mg = model.grants.find((g) => g.id === id);
+        if (mg === undefined) continue;
+        if (mg.closed !== null) {
+          await expect(credits.voidGrant(id), what).rejects.toBeInstanceOf(ConflictError);
+        } else {
+          await credits.voidGrant(id);
+          model.voidGrant(mg);
+        }
+        break;
+      }
+      case "expire":
+        model.settle();
+        await credits.expireCredits(u);
+        break;
+    }
+    model.settle();
+    const info = await credits.getUserCreditsInfo(u);
+    const expected = { userId: u, balance: model.balance, reserved: model.reserved, available: model.available, debt: model.debt };
+    if (JSON.stringify(info) !== JSON.stringify(expected)) {
+      throw new Error(`${what}: service ${JSON.stringify(info)} != model ${JSON.stringify(expected)}`);
+    }
+    const real = Object.fromEntries((await credits.getGrants(u)).map((g) => [g.id, g.remaining]));
+    const want = Object.fromEntries(model.grants.filter((g) => g.remaining > 0 && g.closed === null).map((g) => [g.id, g.remaining]));
+    if (JSON.stringify(sortKeys(real)) !== JSON.stringify(sortKeys(want))) {
+      throw new Error(`${what}: grants ${JSON.stringify(real)} != model ${JSON.stringify(want)}`);
+    }
+    if (!model.overdrawn && info.available < 0) throw new Error(`${what}: available below zero without overdraft`);
+  }
+  const report = await credits.audit(u);
+  if (!report.ok) throw new Error(`audit failed: ${report.problems.join("; ")}`);
+  if (report.balance !== model.balance || report.reserved !== model.reserved || report.debt !== model.debt) {
+    throw new Error(`audit ${JSON.stringify(report)} disagrees with the model`);
+  }
+  const account = await db.getAccount(u);
+  if (account !== null && account.seq !== report.entries) throw new Error("seq is not gap-free");
+}
+
+function sortKeys(o: Record<string, number>): Array<[string, number]> {
+  return Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1));
+}
