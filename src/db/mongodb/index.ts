@@ -10,7 +10,8 @@ import type {
   MongoClientOptions,
   TransactionOptions,
 } from "mongodb";
-import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
+import { isDeepStrictEqual } from "node:util";
+import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import type {
   Changes,
@@ -24,6 +25,8 @@ import type {
   ScanCursor,
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
+import { AccountLocks } from "./lock.js";
+import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
@@ -32,9 +35,18 @@ export interface MongoDbManagerOptions {
   collectionPrefix?: string;
   /**
    * Attempts of one unit of work before a write conflict surfaces as `ConflictError`: transient
-   * transaction errors the driver retries and seq-guard misses both count. Default 40.
+   * transaction errors the driver retries and seq-guard misses both count. Default 25.
    */
   maxAttempts?: number;
+  /**
+   * Accounts whose last committed state this process keeps (LRU), so a unit of work on a recently
+   * used account skips its read: the save's guard on `{ seq, _rev }` proves the state current
+   * (else the unit of work reruns on a fresh read), and a unit of work that refuses without saving
+   * re-checks `_rev`. `0` reads every time. Default 10,000.
+   */
+  stateCacheSize?: number;
+  /** @internal Tests: on every state-cache hit, also read the account and fail if they differ. */
+  verifyStateCache?: boolean;
 }
 
 /** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. */
@@ -64,6 +76,14 @@ const TRANSACTION_OPTIONS: TransactionOptions = {
   writeConcern: { w: "majority" },
   readPreference: "primary",
 };
+
+/**
+ * Reads that return a whole list ask for it in one batch (the server still caps a batch at 16 MB):
+ * one round trip instead of a `find` and `getMore`s.
+ */
+const MAX_BATCH = 10_000;
+const ONE_BATCH = { batchSize: MAX_BATCH } as const;
+const batchOf = (limit: number) => ({ batchSize: Math.max(1, Math.min(limit, MAX_BATCH)) });
 
 /** The indexes every query and guarantee of the adapter relies on (created by `init()`). */
 const INDEXES: Record<keyof Collections, IndexDescription[]> = {
@@ -114,11 +134,12 @@ export const STANDALONE_MESSAGE =
  * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
  *
  * Every unit of work is one multi-document transaction (`session.withTransaction`, snapshot read
- * concern, majority write concern) that ends by updating the account document with the guard
- * `{ _id: userId, seq: <seq when loaded> }`. Two units of work on one account therefore always
- * write the same document: MongoDB lets only one of them commit and the other is retried from the
- * start (write conflicts, guard misses and a racing first insert alike), with jittered backoff,
- * up to `maxAttempts` before a `ConflictError`. Needs a replica set (Atlas, or a single-node
+ * concern, majority write concern) that starts its writes by updating the account document with
+ * the guard `{ _id: userId, seq: <seq when loaded> }`. Two units of work on one account therefore
+ * always write the same document: MongoDB lets only one of them commit and the other is retried
+ * from the start (write conflicts, guard misses and a racing first insert alike), with jittered
+ * backoff, up to `maxAttempts` before a `ConflictError`. Within one process, units of work on one
+ * account queue for it first (FIFO), so only other processes can make a unit of work retry. Needs a replica set (Atlas, or a single-node
  * `--replSet`); `init()` says so on a standalone server.
  *
  * ```ts
@@ -138,6 +159,9 @@ export class MongoDbManager implements DbManager {
   private readonly maxAttempts: number;
   private readonly c: Collections;
   private lastLedgerOrd = 0;
+  private readonly locks = new AccountLocks();
+  private readonly states: StateCache | null;
+  private readonly verifyStates: boolean;
 
   constructor(config: MongoDbManagerConfig, ownsClient = false) {
     if ("db" in config && config.db !== undefined) {
@@ -154,10 +178,16 @@ export class MongoDbManager implements DbManager {
     }
     this.ownsClient = ownsClient;
     this.collectionPrefix = config.collectionPrefix ?? "credit_";
-    this.maxAttempts = config.maxAttempts ?? 40;
+    this.maxAttempts = config.maxAttempts ?? 25;
     if (!Number.isInteger(this.maxAttempts) || this.maxAttempts < 1) {
       throw new ConfigurationError("[credit-management] [mongodb] `maxAttempts` must be a positive integer.");
     }
+    const cacheSize = config.stateCacheSize ?? 10_000;
+    if (!Number.isInteger(cacheSize) || cacheSize < 0) {
+      throw new ConfigurationError("[credit-management] [mongodb] `stateCacheSize` must be a non-negative integer.");
+    }
+    this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
+    this.verifyStates = config.verifyStateCache === true;
     const col = (name: string) => this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS);
     this.c = {
       accounts: col("accounts"),
@@ -236,24 +266,48 @@ export class MongoDbManager implements DbManager {
   }
 
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    const wait = this.locks.acquire(userId);
+    if (wait !== undefined) await wait;
+    try {
+      return await this.attempt(userId, fn);
+    } finally {
+      this.locks.release(userId);
+    }
+  }
+
+  /** Runs the unit of work in a transaction, retrying it after a lost race (see the class doc). */
+  private async attempt<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
     let attempts = 0;
+    let cached = this.states?.get(userId);
     for (;;) {
       const session = this.client.startSession();
+      let tx: MongoTransaction | undefined;
       try {
         // withTransaction retries the callback itself on TransientTransactionError (write
         // conflicts) with backoff, and the commit on UnknownTransactionCommitResult. Its retries
-        // count against maxAttempts too.
-        return await session.withTransaction(async (s) => {
+        // count against maxAttempts too, and start from a fresh read.
+        const value = await session.withTransaction(async (s) => {
           if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts);
           attempts++;
-          return fn(new MongoTransaction(this.c, s, userId));
+          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates);
+          return tx.run(fn);
         }, TRANSACTION_OPTIONS);
+        const after = (tx as MongoTransaction | undefined)?.stateAfter;
+        if (after !== undefined) this.states?.set(userId, after);
+        return value;
       } catch (error) {
+        this.states?.delete(userId);
+        // A cached state that turned out stale: rerun at once on a fresh read.
+        if (error instanceof StaleAccount && error.fromCache) {
+          cached = undefined;
+          continue;
+        }
         // Guard misses, racing first inserts and unique-index refusals abort the transaction
         // without the transient label: the next attempt reloads and decides again (a repeated
         // idempotency key then answers with the first result or IdempotencyConflictError).
         if (error instanceof StaleAccount || isRetryableConflict(error)) {
           if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts, error);
+          cached = undefined;
           await sleep(backoffMs(attempts));
           continue;
         }
@@ -281,14 +335,14 @@ export class MongoDbManager implements DbManager {
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const filter: Filter<StoredDoc> = options?.includeInactive ? { userId } : { userId, _open: true };
-    const docs = await guard("listGrants", () => this.c.grants.find(filter).sort({ _ord: 1, _id: 1 }).toArray());
+    const docs = await guard("listGrants", () => this.c.grants.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray());
     return docs.map((d) => fromDoc(GRANT, d));
   }
 
   async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     const filter: Filter<StoredDoc> = options?.status === undefined ? { userId } : { userId, status: options.status };
     const docs = await guard("listReservations", () =>
-      this.c.reservations.find(filter).sort({ _ord: 1, _id: 1 }).toArray(),
+      this.c.reservations.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray(),
     );
     return docs.map((d) => fromDoc(RESERVATION, d));
   }
@@ -310,7 +364,7 @@ export class MongoDbManager implements DbManager {
     }
     const docs = await guard("listJournal", () =>
       this.c.journal
-        .find(filter)
+        .find(filter, batchOf(q.limit))
         .sort({ seq: q.order === "desc" ? -1 : 1 })
         .limit(q.limit)
         .toArray(),
@@ -323,7 +377,7 @@ export class MongoDbManager implements DbManager {
     // `_open: true` lets the server use the partial index of open grants.
     const filter: Filter<StoredDoc> = { _open: true, expiresAt: { $lte: asOf }, ...afterCursor(after) };
     const docs = await guard("findDueGrants", () =>
-      this.c.grants.find(filter).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
+      this.c.grants.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
     );
     return docs.map((d) => fromDoc(GRANT, d));
   }
@@ -332,7 +386,7 @@ export class MongoDbManager implements DbManager {
     if (limit <= 0) return [];
     const filter: Filter<StoredDoc> = { status: "active", expiresAt: { $lte: asOf }, ...afterCursor(after) };
     const docs = await guard("findExpiredReservations", () =>
-      this.c.reservations.find(filter).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
+      this.c.reservations.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
     );
     return docs.map((d) => fromDoc(RESERVATION, d));
   }
@@ -353,7 +407,7 @@ export class MongoDbManager implements DbManager {
     if (q.userId !== undefined) filter.userId = q.userId;
     if (q.before !== undefined) filter.createdAt = { $lt: q.before };
     const docs = await guard("listLedgerEntries", () =>
-      this.c.ledger.find(filter).sort({ createdAt: -1, _ord: -1 }).limit(q.limit).toArray(),
+      this.c.ledger.find(filter, batchOf(q.limit)).sort({ createdAt: -1, _ord: -1 }).limit(q.limit).toArray(),
     );
     return docs.map((d) => fromDoc(LEDGER, d));
   }
@@ -397,16 +451,92 @@ export function supportsTransactions(hello: Document): boolean {
 }
 
 /** The account moved since it was loaded: retry the unit of work (never leaves `transaction`). */
-class StaleAccount extends ConflictError {}
+class StaleAccount extends ConflictError {
+  constructor(
+    userId: string,
+    /** The unit of work started from the state cache (retried at once, without backoff). */
+    readonly fromCache: boolean,
+  ) {
+    super(`[credit-management] [mongodb] account ${userId} changed during the unit of work`, { userId });
+  }
+}
 
 class MongoTransaction implements DbTransaction {
   private saved = false;
+  /** The state `load()` handed out (from the cache or the database). */
+  private base: AccountState | null | undefined;
+  private baseFromCache = false;
+  /** The committed state for the cache once this unit of work commits. */
+  stateAfter: AccountState | undefined;
 
   constructor(
     private readonly c: Collections,
     private readonly session: ClientSession,
     readonly userId: string,
+    private readonly cached: AccountState | undefined,
+    private readonly verify: boolean,
   ) {}
+
+  /**
+   * Runs the unit of work. One that decided on a cached state without saving (a refusal, or
+   * nothing to change) must not be trusted before the account's `_rev` confirms the state was
+   * current: else it reruns on a fresh read.
+   */
+  async run<T>(fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    let value: T;
+    try {
+      value = await fn(this);
+    } catch (error) {
+      if (this.baseFromCache && !this.saved && error instanceof CreditError) await this.confirmCached();
+      throw error;
+    }
+    if (this.baseFromCache && !this.saved) await this.confirmCached();
+    if (!this.saved && this.base !== undefined && this.base !== null) this.stateAfter = freezeState(this.base);
+    return value;
+  }
+
+  private async confirmCached(): Promise<void> {
+    const doc = await this.c.accounts.findOne(
+      { _id: this.userId },
+      { session: this.session, projection: { _rev: 1 } },
+    );
+    if (doc?._rev !== this.base?.rev) throw new StaleAccount(this.userId, true);
+  }
+
+  /**
+   * The account, its open grants and active holds: from the state cache when this unit of work got
+   * one and no idempotency key is asked for, else from the database (`read`).
+   */
+  async load(request?: LoadRequest): Promise<LoadedState> {
+    const key = request?.idempotencyKey;
+    // The cache knows nothing of idempotency keys: a keyed unit of work always reads.
+    if (this.cached !== undefined && key === undefined) {
+      if (this.verify) await this.verifyCached();
+      this.base = this.cached;
+      this.baseFromCache = true;
+      const { account, grants, reservations } = this.cached;
+      return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
+    }
+    const { state, idempotent } = await this.read(key);
+    this.base = state;
+    this.baseFromCache = false;
+    return state === null
+      ? { account: null, grants: [], reservations: [], idempotent: null }
+      : { account: state.account, grants: [...state.grants], reservations: [...state.reservations], idempotent };
+  }
+
+  /** Tests: the cached state must be what the database holds. */
+  private async verifyCached(): Promise<void> {
+    const { state } = await this.read(undefined);
+    const byId = <T extends { id: string }>(xs: readonly T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
+    const norm = (x: AccountState | null | undefined) =>
+      x && { ...x, grants: byId(x.grants).map((g) => ({ ...g })), reservations: byId(x.reservations).map((r) => ({ ...r })) };
+    if (!isDeepStrictEqual(JSON.parse(JSON.stringify(norm(state))), JSON.parse(JSON.stringify(norm(this.cached))))) {
+      throw new Error(
+        `state cache of ${this.userId} differs from the database: ${JSON.stringify(norm(this.cached))} != ${JSON.stringify(norm(state))}`,
+      );
+    }
+  }
 
   /**
    * One round trip: the account with its open grants, active holds and (if asked) the entry of an
@@ -415,9 +545,8 @@ class MongoTransaction implements DbTransaction {
    *
    * Driver errors are not converted here: `withTransaction` must see their labels to retry.
    */
-  async load(request?: LoadRequest): Promise<LoadedState> {
+  private async read(key: string | undefined): Promise<{ state: AccountState | null; idempotent: JournalEntry | null }> {
     const userId = this.userId;
-    const key = request?.idempotencyKey;
     const pipeline: Document[] = [
       { $match: { _id: userId } },
       { $lookup: { from: this.c.grants.collectionName, pipeline: [{ $match: { userId, _open: true } }], as: "_grants" } },
@@ -439,12 +568,15 @@ class MongoTransaction implements DbTransaction {
       });
     }
     const [doc] = await this.c.accounts.aggregate<Document>(pipeline, { session: this.session }).toArray();
-    if (doc === undefined) return { account: null, grants: [], reservations: [], idempotent: null };
+    if (doc === undefined) return { state: null, idempotent: null };
     const keyed = (doc._key as Document[] | undefined)?.[0];
     return {
-      account: fromDoc(ACCOUNT, doc),
-      grants: (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)),
-      reservations: (doc._holds as Document[]).map((d) => fromDoc(RESERVATION, d)),
+      state: {
+        account: fromDoc(ACCOUNT, doc),
+        rev: typeof doc._rev === "number" ? doc._rev : 0,
+        grants: (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)),
+        reservations: (doc._holds as Document[]).map((d) => fromDoc(RESERVATION, d)),
+      },
       idempotent: keyed === undefined ? null : fromDoc(ENTRY, keyed),
     };
   }
@@ -452,7 +584,7 @@ class MongoTransaction implements DbTransaction {
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     if (grantIds.length === 0) return [];
     const docs = await this.c.grants
-      .find({ _id: { $in: [...grantIds] }, userId: this.userId }, { session: this.session })
+      .find({ _id: { $in: [...grantIds] }, userId: this.userId }, { session: this.session, ...batchOf(grantIds.length) })
       .toArray();
     return docs.map((d) => fromDoc(GRANT, d));
   }
@@ -482,17 +614,12 @@ class MongoTransaction implements DbTransaction {
     } else {
       // `_rev` makes every save a real write, so two units of work on one account always
       // conflict, even one that changes nothing but grants (MongoDB skips no-op updates).
+      // From the cache, `_rev` proves no other save committed since (saves without entries too).
       const { userId: _u, ...fields } = account;
-      const res = await this.c.accounts.updateOne(
-        { _id: this.userId, seq: changes.previousSeq },
-        { $set: fields, $inc: { _rev: 1 } },
-        { session },
-      );
-      if (res.matchedCount !== 1) {
-        throw new StaleAccount(`[credit-management] [mongodb] account ${this.userId} changed during the unit of work`, {
-          userId: this.userId,
-        });
-      }
+      const filter: Filter<StoredDoc> = { _id: this.userId, seq: changes.previousSeq };
+      if (this.baseFromCache) filter._rev = this.base?.rev;
+      const res = await this.c.accounts.updateOne(filter, { $set: fields, $inc: { _rev: 1 } }, { session });
+      if (res.matchedCount !== 1) throw new StaleAccount(this.userId, this.baseFromCache);
     }
 
     // Insertion order per user: the seq of the entry that created the grant or hold.
@@ -532,6 +659,8 @@ class MongoTransaction implements DbTransaction {
         { session, ordered: true },
       );
     }
+    // What the cache holds once the transaction commits (only a state this unit of work loaded).
+    if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
   }
 }
 
@@ -541,9 +670,9 @@ function afterCursor(after: ScanCursor | undefined): Filter<StoredDoc> {
   return { $or: [{ expiresAt: { $gt: after.expiresAt } }, { expiresAt: after.expiresAt, _id: { $gt: after.id } }] };
 }
 
-/** Jittered exponential backoff between attempts of a unit of work, in ms (at most 250). */
+/** Jittered exponential backoff between attempts of a unit of work, in ms (at most 100). */
 function backoffMs(attempt: number): number {
-  return Math.random() * Math.min(4 * 1.5 ** attempt, 250);
+  return Math.random() * Math.min(4 * 1.5 ** attempt, 100);
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
