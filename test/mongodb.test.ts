@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { MongoClient, type Db } from "mongodb";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   ConfigurationError,
   ConflictError,
@@ -277,6 +277,22 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
         expect((await ca.audit("new-0")).ok).toBe(true);
       } finally {
         await other.close();
+      }
+    });
+
+    it("close() closes a client fromUri created, never one handed in", async () => {
+      const closes = vi.spyOn(MongoClient.prototype, "close");
+      try {
+        const handedIn = fresh("close");
+        await handedIn.close();
+        expect(closes).not.toHaveBeenCalled();
+        expect(await client.db("admin").command({ ping: 1 })).toMatchObject({ ok: 1 });
+        const own = MongoDbManager.fromUri(url, dbName("close-own"));
+        await own.getAccount("nobody");
+        await own.close();
+        expect(closes).toHaveBeenCalledTimes(1);
+      } finally {
+        closes.mockRestore();
       }
     });
 

@@ -139,8 +139,10 @@ export const STANDALONE_MESSAGE =
  * always write the same document: MongoDB lets only one of them commit and the other is retried
  * from the start (write conflicts, guard misses and a racing first insert alike), with jittered
  * backoff, up to `maxAttempts` before a `ConflictError`. Within one process, units of work on one
- * account queue for it first (FIFO), so only other processes can make a unit of work retry. Needs a replica set (Atlas, or a single-node
- * `--replSet`); `init()` says so on a standalone server.
+ * account queue for it first (FIFO), so only other processes can make a unit of work retry, and
+ * the last committed state of recently used accounts is kept to skip their read (see
+ * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so on
+ * a standalone server.
  *
  * ```ts
  * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
@@ -155,7 +157,8 @@ export class MongoDbManager implements DbManager {
 
   private readonly client: MongoClient;
   private readonly db: Db;
-  private readonly ownsClient: boolean;
+  /** True when `fromUri` created the client: `close()` closes it. */
+  private ownsClient = false;
   private readonly maxAttempts: number;
   private readonly c: Collections;
   private lastLedgerOrd = 0;
@@ -163,7 +166,7 @@ export class MongoDbManager implements DbManager {
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
 
-  constructor(config: MongoDbManagerConfig, ownsClient = false) {
+  constructor(config: MongoDbManagerConfig) {
     if ("db" in config && config.db !== undefined) {
       this.db = config.db;
       this.client = config.db.client;
@@ -176,7 +179,6 @@ export class MongoDbManager implements DbManager {
     } else {
       throw new ConfigurationError("[credit-management] [mongodb] Pass `{ client, dbName }` or `{ db }`.");
     }
-    this.ownsClient = ownsClient;
     this.collectionPrefix = config.collectionPrefix ?? "credit_";
     this.maxAttempts = config.maxAttempts ?? 25;
     if (!Number.isInteger(this.maxAttempts) || this.maxAttempts < 1) {
@@ -214,7 +216,9 @@ export class MongoDbManager implements DbManager {
     } catch (error) {
       throw new ConfigurationError(`[credit-management] [mongodb] Invalid connection string: ${(error as Error).message}`, error);
     }
-    return new MongoDbManager({ client, dbName, ...rest }, true);
+    const manager = new MongoDbManager({ client, dbName, ...rest });
+    manager.ownsClient = true;
+    return manager;
   }
 
   /** Name of the database the collections live in. */
@@ -446,7 +450,7 @@ export class MongoDbManager implements DbManager {
  * True when a `hello` answer comes from a replica-set member or a mongos, which run
  * multi-document transactions; false for a standalone mongod.
  */
-export function supportsTransactions(hello: Document): boolean {
+export function supportsTransactions(hello: Record<string, unknown>): boolean {
   return typeof hello.setName === "string" || hello.msg === "isdbgrid";
 }
 
