@@ -138,8 +138,9 @@ export class LedgerLogger {
 
   private async end(stream: FileStream): Promise<void> {
     await new Promise<void>((resolve) => {
+      // Referenced on purpose: the writer's worker is not, and its "close" (all lines written, file
+      // closed) must be awaited, not raced by the process running out of work.
       const timer = setTimeout(resolve, 5000);
-      timer.unref();
       const done = () => {
         clearTimeout(timer);
         resolve();
