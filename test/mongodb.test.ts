@@ -280,6 +280,35 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       }
     });
 
+    it("a state cached by one process never decides after another process wrote", async () => {
+      const name = dbName("stale");
+      created.push(name);
+      const other = new MongoClient(url);
+      try {
+        const a = new MongoDbManager({ client, dbName: name });
+        const b = new MongoDbManager({ client: other, dbName: name });
+        await a.init();
+        const ca = new CreditService({ db: a });
+        const cb = new CreditService({ db: b });
+        await ca.addCredits("s", 5);
+        await ca.deductCredits("s", 5); // a now holds the state "balance 0"
+        await cb.addCredits("s", 10);
+        // A refusal from the cached state would be wrong: it is re-checked and decided afresh.
+        expect((await ca.deductCredits("s", 7)).balanceAfter).toBe(3);
+        await cb.deductCredits("s", 1);
+        // A write from the stale state would not land (guard on seq and _rev): it reruns fresh.
+        expect((await ca.deductCredits("s", 2)).balanceAfter).toBe(0);
+        await expect(ca.deductCredits("s", 1)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await cb.addCredits("s", 4);
+        const hold = await ca.reserveCredits("s", 4);
+        expect(hold.amount).toBe(4);
+        expect(await cb.getUserCreditsInfo("s")).toMatchObject({ balance: 4, reserved: 4, available: 0 });
+        expect((await ca.audit("s")).ok).toBe(true);
+      } finally {
+        await other.close();
+      }
+    });
+
     it("close() closes a client fromUri created, never one handed in", async () => {
       const closes = vi.spyOn(MongoClient.prototype, "close");
       try {

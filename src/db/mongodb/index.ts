@@ -645,7 +645,7 @@ class MongoTransaction implements DbTransaction {
         },
       })),
     ];
-    if (grantOps.length > 0) await this.c.grants.bulkWrite(grantOps, { session, ordered: true });
+    await write(this.c.grants, grantOps, session);
 
     const holdOps: AnyBulkWriteOperation<StoredDoc>[] = [
       ...changes.insertReservations.map((r) => ({
@@ -655,16 +655,42 @@ class MongoTransaction implements DbTransaction {
         updateOne: { filter: { _id: r.id, userId: this.userId }, update: { $set: updatableFields(RESERVATION, r) } },
       })),
     ];
-    if (holdOps.length > 0) await this.c.reservations.bulkWrite(holdOps, { session, ordered: true });
-
-    if (changes.entries.length > 0) {
-      await this.c.journal.insertMany(
-        changes.entries.map((e) => toDoc(ENTRY, e)),
-        { session, ordered: true },
-      );
-    }
+    await write(this.c.reservations, holdOps, session);
+    await write(
+      this.c.journal,
+      changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } })),
+      session,
+    );
     // What the cache holds once the transaction commits (only a state this unit of work loaded).
     if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
+  }
+}
+
+/**
+ * One command for a collection's writes: `bulkWrite` (ordered) for several, the single-operation
+ * command for one (the common case, with less work in the driver), nothing for none.
+ */
+async function write(
+  collection: Collection<StoredDoc>,
+  ops: AnyBulkWriteOperation<StoredDoc>[],
+  session: ClientSession,
+): Promise<void> {
+  const [only] = ops;
+  if (only === undefined) return;
+  let updates = 0;
+  let matched = 0;
+  if (ops.length === 1 && "insertOne" in only) {
+    await collection.insertOne(only.insertOne.document, { session });
+  } else if (ops.length === 1 && "updateOne" in only) {
+    updates = 1;
+    matched = (await collection.updateOne(only.updateOne.filter, only.updateOne.update, { session })).matchedCount;
+  } else {
+    updates = ops.filter((op) => "updateOne" in op).length;
+    matched = (await collection.bulkWrite(ops, { session, ordered: true })).matchedCount;
+  }
+  // Every update names a document of this account that its unit of work read: a miss is a bug.
+  if (matched !== updates) {
+    throw new Error(`[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`);
   }
 }
 
