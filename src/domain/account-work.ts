@@ -121,12 +121,68 @@ export class AccountWork {
     const portions: GrantPortion[] = [];
     for (const g of due) {
       if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
-      this.putGrant({ ...g, remaining: 0, closedAt: this.now, closedReason: "expired" });
+      this.putGrant({
+        ...g,
+        remaining: 0,
+        expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
+        closedAt: this.now,
+        closedReason: "expired",
+      });
     }
     const total = sum(portions);
     if (total > 0) {
       this.account.balance = this.account.balance - total;
       this.emit("expire", total, portions, null, { description: "credits expired", ...meta });
+    }
+    return total;
+  }
+
+  /**
+   * Expires, now, what the given grants have left and closes them (a plan change or cancellation
+   * that ends a period's credits early). Held parts expire when their hold returns them.
+   */
+  expireGrants(grantIds: readonly string[], meta: EntryMeta): number {
+    const portions: GrantPortion[] = [];
+    for (const id of grantIds) {
+      const g = this.grants.get(id);
+      if (g === undefined || g.closedAt !== null) continue;
+      if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
+      this.putGrant({
+        ...g,
+        remaining: 0,
+        expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
+        closedAt: this.now,
+        closedReason: "expired",
+      });
+    }
+    const total = sum(portions);
+    if (total > 0) {
+      this.account.balance = this.account.balance - total;
+      this.emit("expire", total, portions, null, meta);
+    }
+    return total;
+  }
+
+  /**
+   * Removes up to `amount` unheld credits from the given open grants, in burn-down order, leaving
+   * them open (a prorated downgrade). Recorded as a `void` entry. Returns the credits removed.
+   */
+  removeFromGrants(grantIds: readonly string[], amount: number, meta: EntryMeta): number {
+    const ids = new Set(grantIds);
+    const usable = [...this.grants.values()].filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
+    const portions: GrantPortion[] = [];
+    let left = amount;
+    for (const g of usable) {
+      if (left === 0) break;
+      const take = Math.min(g.remaining, left);
+      left -= take;
+      portions.push({ grantId: g.id, amount: take });
+      this.putGrant({ ...g, remaining: g.remaining - take });
+    }
+    const total = sum(portions);
+    if (total > 0) {
+      this.account.balance = this.account.balance - total;
+      this.emit("void", total, portions, null, meta);
     }
     return total;
   }
@@ -153,6 +209,7 @@ export class AccountWork {
         description: grant.description,
         metadata: grant.metadata as Grant["metadata"],
         createdAt: this.now,
+        expiredAmount: 0,
         closedAt: null,
         closedReason: null,
       };
@@ -383,7 +440,8 @@ export class AccountWork {
       if (closed.length === 0) continue;
       for (const p of closed) {
         const g = this.grants.get(p.grantId) as Grant;
-        this.putGrant({ ...g, remaining: g.remaining - p.amount });
+        const lost = reason === "expired" ? p.amount : 0;
+        this.putGrant({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
       }
       const total = sum(closed);
       this.account.balance = this.account.balance - total;

@@ -45,6 +45,7 @@ export function replayJournal(
   const remaining = new Map<string, number>();
   const holds = new Map<string, Map<string, number>>();
   const created = new Set<string>();
+  const expired = new Map<string, number>();
 
   const sumOf = (e: JournalEntry) => e.grants.reduce((s, g) => s + g.amount, 0);
   const take = (grantId: string, amount: number, seq: number) => {
@@ -82,6 +83,7 @@ export function replayJournal(
       case "void":
         if (s !== e.amount) problems.push(`${where} removes ${s} from grants but says ${e.amount}`);
         for (const g of e.grants) take(g.grantId, g.amount, e.seq);
+        if (e.type === "expire") for (const g of e.grants) expired.set(g.grantId, (expired.get(g.grantId) ?? 0) + g.amount);
         balance -= e.amount;
         break;
       case "reserve": {
@@ -171,6 +173,9 @@ export function replayJournal(
     if (g === undefined) problems.push(`grant ${id} is in the journal but not stored`);
     else if (g.remaining !== v) problems.push(`grant ${id}: stored remaining ${g.remaining}, replayed ${v}`);
     if (g && g.remaining < 0) problems.push(`grant ${id} below zero`);
+    if (g && (g.expiredAmount ?? 0) !== (expired.get(id) ?? 0)) {
+      problems.push(`grant ${id}: stored expiredAmount ${g.expiredAmount}, replayed ${expired.get(id) ?? 0}`);
+    }
   }
   for (const g of stored.grants) {
     if (!remaining.has(g.id) && g.remaining !== 0) problems.push(`grant ${g.id} is stored with credits but no entry created it`);

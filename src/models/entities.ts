@@ -54,6 +54,11 @@ export const Grant = z.object({
   description: z.string().nullable(),
   metadata: Metadata.nullable(),
   createdAt: z.date(),
+  /**
+   * Credits this grant lost to expiry: what was unspent when it expired, plus held credits returned
+   * to it afterwards. 0 while open. Rollover reads it, so it does not matter who expired the grant.
+   */
+  expiredAmount: NonNegativeAmount,
   /** Set when the grant expired or was voided: credits returned to it later go at once. */
   closedAt: z.date().nullable(),
   closedReason: z.enum(["expired", "voided"]).nullable(),

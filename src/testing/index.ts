@@ -108,6 +108,7 @@ export function runDbManagerContract(options: ContractOptions): void {
           description: "big",
           metadata: { nested: { b: 1, a: [1, "x", null] } },
           createdAt: new Date(T0),
+          expiredAmount: 0,
           closedAt: null,
           closedReason: null,
         });

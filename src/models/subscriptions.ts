@@ -1,0 +1,164 @@
+import * as z from "zod";
+import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+
+export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);
+export type BillingPeriod = z.infer<typeof BillingPeriod>;
+
+/** What happens at a period's end to the period's credits nobody spent: see README "Rollover". */
+export const RolloverPolicy = z.enum(["none", "all", "cap"]);
+export type RolloverPolicy = z.infer<typeof RolloverPolicy>;
+
+/** A plan id: chosen by the host (like "pro-monthly") or generated. */
+export const PlanId = z
+  .string({ error: "planId must be a string" })
+  .min(1, { error: "planId must not be empty" })
+  .max(128, { error: "planId must be at most 128 characters" })
+  .regex(/^[A-Za-z0-9._:-]+$/, { error: "planId may only contain letters, digits and . _ : -" });
+
+/** A subscription plan (DESIGN §6). */
+export const Plan = z.object({
+  id: PlanId,
+  name: z.string().min(1).max(200),
+  description: z.string().nullable(),
+  /** Credits allocated at the start of every period; 0 for pay-as-you-go plans. */
+  creditsPerPeriod: NonNegativeAmount,
+  /** Price per period in the smallest currency unit (informational: the host bills). */
+  price: NonNegativeAmount,
+  /** ISO-4217 code, upper case. */
+  currency: z.string().regex(/^[A-Z]{3}$/),
+  billingPeriod: BillingPeriod,
+  /** Days after the period's start that its credits expire; null: at the period's end. */
+  validityDays: z.number().int().min(1).max(3650).nullable(),
+  rollover: RolloverPolicy,
+  /** Most credits carried into the next period when `rollover` is "cap". */
+  rolloverCap: NonNegativeAmount.nullable(),
+  isActive: z.boolean(),
+  metadata: Metadata.nullable(),
+  /** Increases by one with every write (the guard of concurrent updates). */
+  version: NonNegativeAmount,
+  createdAt: z.date(),
+  updatedAt: z.date(),
+});
+export type Plan = z.infer<typeof Plan>;
+
+const RolloverInput = z.union([z.literal("none"), z.literal("all"), z.strictObject({ cap: NonNegativeAmount })]);
+
+export const CreatePlanInput = z.strictObject({
+  /** Default: a generated UUID. */
+  id: PlanId.optional(),
+  name: z.string().min(1).max(200),
+  description: ShortText.optional(),
+  creditsPerPeriod: NonNegativeAmount,
+  price: NonNegativeAmount.optional(),
+  currency: z.string().regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" }).optional(),
+  billingPeriod: BillingPeriod,
+  validityDays: z.number().int().min(1).max(3650).nullable().optional(),
+  /** "none" (default), "all", or `{ cap }` credits. */
+  rollover: RolloverInput.optional(),
+  isActive: z.boolean().optional(),
+  metadata: Metadata.optional(),
+});
+export type CreatePlanInput = z.input<typeof CreatePlanInput>;
+
+export const UpdatePlanInput = CreatePlanInput.omit({ id: true }).partial();
+export type UpdatePlanInput = z.input<typeof UpdatePlanInput>;
+
+export const SubscriptionStatus = z.enum(["active", "canceled", "expired"]);
+export type SubscriptionStatus = z.infer<typeof SubscriptionStatus>;
+
+export const CreditsOnChange = z.enum(["keep", "expire", "prorate"]);
+export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
+
+/**
+ * Account work a subscription still owes (allocation, rollover, expiry, proration), written with
+ * the state change that caused it and carried out by one idempotent unit of work on the account
+ * (keyed by `key`), by whoever gets to it first: the caller, another worker or the renewal job.
+ * Times are epoch milliseconds.
+ */
+export const SubscriptionIntent = z.object({
+  /** Idempotency key of the account unit of work: `sub:<id>:<periodStart ISO>[:change<n>]`. */
+  key: z.string(),
+  /** Grant a new allocation of this many credits, expiring then (ms; null never). */
+  allocate: z.object({ amount: NonNegativeAmount, expiresAt: z.number().nullable() }).nullable(),
+  /** Move what these grants lost to expiry at `periodEnd` (up to `limit`, null: all) into a rollover grant. */
+  carry: z
+    .object({
+      grantIds: z.array(z.string()),
+      periodEnd: z.number(),
+      limit: NonNegativeAmount.nullable(),
+      expiresAt: z.number().nullable(),
+    })
+    .nullable(),
+  /** Expire what these grants have left, now. */
+  expireGrantIds: z.array(z.string()),
+  /** Prorated change: > 0 adds a grant expiring at `expiresAt`; < 0 removes up to that much from the period's grants. */
+  prorate: z.object({ delta: z.number().int(), expiresAt: z.number().nullable() }).nullable(),
+  /** The period's grant ids after this work: the new grants, plus the current ones when true. */
+  keepPeriodGrants: z.boolean(),
+});
+export type SubscriptionIntent = z.infer<typeof SubscriptionIntent>;
+
+/** A user's subscription. At most one per user is `active`. */
+export const Subscription = z.object({
+  id: EntityId,
+  userId: UserId,
+  planId: PlanId,
+  status: SubscriptionStatus,
+  /** Start of the billing cycle: periods are computed from it (see `src/domain/periods.ts`). */
+  anchorAt: z.date(),
+  periodIndex: NonNegativeAmount,
+  currentPeriodStart: z.date(),
+  currentPeriodEnd: z.date(),
+  autoRenew: z.boolean(),
+  cancelAtPeriodEnd: z.boolean(),
+  /** Plan the next period switches to (`changePlan(…, { when: "period_end" })`). */
+  pendingPlanId: PlanId.nullable(),
+  /** "expire": no rollover at that switch. */
+  pendingCredits: z.enum(["keep", "expire"]).nullable(),
+  /** Grants of the current period (allocation, rollover, proration): what rollover looks at. */
+  periodGrantIds: z.array(z.string()),
+  intent: SubscriptionIntent.nullable(),
+  /** When the renewal job must look at it next (null once ended). Indexed. */
+  nextRunAt: z.date().nullable(),
+  /** Increases by one with every write (the guard of concurrent transitions). */
+  version: NonNegativeAmount,
+  idempotencyKey: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  updatedAt: z.date(),
+  canceledAt: z.date().nullable(),
+  endedAt: z.date().nullable(),
+});
+export type Subscription = z.infer<typeof Subscription>;
+
+export const SubscribeOptions = z.strictObject({
+  /** Renew at every period's end. Default true. */
+  autoRenew: z.boolean().optional(),
+  /** Start (the billing anchor). Default now; may be in the past (backdating) or the future. */
+  startAt: DateInput.optional(),
+  idempotencyKey: IdempotencyKey.optional(),
+  metadata: Metadata.optional(),
+});
+export type SubscribeOptions = z.input<typeof SubscribeOptions>;
+
+export const ChangePlanOptions = z.strictObject({
+  /** Default "now". */
+  when: z.enum(["now", "period_end"]).optional(),
+  /** Default "prorate" with "now", "keep" with "period_end" (where "prorate" is refused). */
+  credits: CreditsOnChange.optional(),
+});
+export type ChangePlanOptions = z.input<typeof ChangePlanOptions>;
+
+export const CancelOptions = z.strictObject({
+  /** Default true: the subscription runs to its period's end and then ends. */
+  atPeriodEnd: z.boolean().optional(),
+  /** Immediate cancel only: "keep" (default) leaves the period's credits to their expiry; "expire" expires them now. */
+  credits: z.enum(["keep", "expire"]).optional(),
+});
+export type CancelOptions = z.input<typeof CancelOptions>;
+
+export const ListPlansOptions = z.strictObject({ includeInactive: z.boolean().optional() });
+export type ListPlansOptions = z.input<typeof ListPlansOptions>;
+
+/** Rows per scan of a job, 1–10,000. */
+export const BatchSize = z.number().int().min(1).max(10_000);
