@@ -1,4 +1,5 @@
 import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+import type { SubscriptionStore } from "./types-subscriptions.js";
 
 /**
  * The storage contract. Adapters hold no business rules: every rule lives once in `src/domain`
@@ -13,7 +14,7 @@ import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventT
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
  */
-export interface DbManager {
+export interface DbManager extends SubscriptionStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
   readonly name: string;
   /** What the backend can do; the contract suite reads these flags. */

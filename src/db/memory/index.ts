@@ -1,5 +1,8 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Plan, Reservation, Subscription } from "../../models/index.js";
+import type { SubscriptionCursor } from "../types-subscriptions.js";
+import { DueIndex } from "./due-index.js";
+import { MemorySubscriptionStore } from "./subscriptions.js";
 import type {
   Changes,
   DbManager,
@@ -130,8 +133,13 @@ export class InMemoryDbManager implements DbManager {
   private readonly users = new Map<string, UserData>();
   private readonly grantsById = new Map<string, Grant>();
   private readonly reservationsById = new Map<string, Reservation>();
-  /** Open grants that can expire, by id (scanned by `findDueGrants`). */
+  /** Open grants that can expire, by id, and ordered by (expiresAt, id) for `findDueGrants`. */
   private readonly expiring = new Map<string, Grant>();
+  private readonly dueGrants = new DueIndex();
+  /** Holds ordered by (expiresAt, id) for `findExpiredReservations`. */
+  private readonly dueHolds = new DueIndex();
+  /** Plans and subscriptions (see `./subscriptions.ts`). */
+  private readonly subs = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
   /** userId → callers waiting for the account (present while someone holds it). */
   private readonly locks = new Map<string, Array<() => void>>();
@@ -213,11 +221,20 @@ export class InMemoryDbManager implements DbManager {
     const open = g.remaining > 0 && g.closedAt === null;
     if (open) u.open.set(g.id, g);
     else u.open.delete(g.id);
-    if (open && g.expiresAt !== null) this.expiring.set(g.id, g);
-    else this.expiring.delete(g.id);
+    const before = this.expiring.get(g.id);
+    if (open && g.expiresAt !== null) {
+      this.expiring.set(g.id, g);
+      if (before?.expiresAt?.getTime() !== g.expiresAt.getTime()) this.dueGrants.add(g.expiresAt.getTime(), g.id);
+    } else if (before !== undefined) {
+      this.expiring.delete(g.id);
+      this.dueGrants.removed();
+    }
   }
 
   private putReservation(u: UserData, r: Reservation): void {
+    const before = this.reservationsById.get(r.id);
+    if (r.status === "active" && before?.status !== "active") this.dueHolds.add(r.expiresAt.getTime(), r.id);
+    else if (r.status !== "active" && before?.status === "active") this.dueHolds.removed();
     u.reservations.set(r.id, r);
     this.reservationsById.set(r.id, r);
     if (r.status === "active") u.active.set(r.id, r);
@@ -274,23 +291,51 @@ export class InMemoryDbManager implements DbManager {
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
-    const t = asOf.getTime();
-    const due: Grant[] = [];
-    for (const g of this.expiring.values()) {
-      if ((g.expiresAt as Date).getTime() <= t && isAfter(g.expiresAt as Date, g.id, after)) due.push(g);
-    }
-    return due.sort(byExpiry).slice(0, limit);
+    const ids = this.dueGrants.scan(asOf.getTime(), limit, cursorOf(after), (id, t) => this.expiring.get(id)?.expiresAt?.getTime() === t);
+    return ids.map((id) => this.expiring.get(id) as Grant);
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
-    const t = asOf.getTime();
-    const due: Reservation[] = [];
-    for (const u of this.users.values()) {
-      for (const r of u.active.values()) {
-        if (r.expiresAt.getTime() <= t && isAfter(r.expiresAt, r.id, after)) due.push(r);
-      }
-    }
-    return due.sort(byExpiry).slice(0, limit);
+    const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after), (id) => this.reservationsById.get(id)?.status === "active");
+    return ids.map((id) => this.reservationsById.get(id) as Reservation);
+  }
+
+  // Plans and subscriptions: `MemorySubscriptionStore`.
+  insertPlan(plan: Plan): Promise<void> {
+    return this.subs.insertPlan(plan);
+  }
+  getPlan(planId: string): Promise<Plan | null> {
+    return this.subs.getPlan(planId);
+  }
+  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
+    return this.subs.listPlans(options);
+  }
+  updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
+    return this.subs.updatePlan(plan, expectedVersion);
+  }
+  deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
+    return this.subs.deletePlan(planId, expectedVersion);
+  }
+  planHasSubscribers(planId: string): Promise<boolean> {
+    return this.subs.planHasSubscribers(planId);
+  }
+  insertSubscription(subscription: Subscription): Promise<void> {
+    return this.subs.insertSubscription(subscription);
+  }
+  getSubscription(subscriptionId: string): Promise<Subscription | null> {
+    return this.subs.getSubscription(subscriptionId);
+  }
+  getActiveSubscription(userId: string): Promise<Subscription | null> {
+    return this.subs.getActiveSubscription(userId);
+  }
+  listSubscriptions(userId: string): Promise<Subscription[]> {
+    return this.subs.listSubscriptions(userId);
+  }
+  updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean> {
+    return this.subs.updateSubscription(subscription, expectedVersion);
+  }
+  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
+    return this.subs.findDueSubscriptions(asOf, limit, after);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -354,13 +399,6 @@ class MemoryTransaction implements DbTransaction {
   }
 }
 
-function isAfter(expiresAt: Date, id: string, after: ScanCursor | undefined): boolean {
-  if (after === undefined) return true;
-  const d = expiresAt.getTime() - after.expiresAt.getTime();
-  return d > 0 || (d === 0 && id > after.id);
-}
-
-function byExpiry(a: { expiresAt: Date | null; id: string }, b: { expiresAt: Date | null; id: string }): number {
-  const d = (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime();
-  return d !== 0 ? d : a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+function cursorOf(after: ScanCursor | undefined): { time: number; id: string } | undefined {
+  return after === undefined ? undefined : { time: after.expiresAt.getTime(), id: after.id };
 }

@@ -1,0 +1,117 @@
+/**
+ * An ordered index of (time, id) for the in-memory store's job scans (`findDueGrants`,
+ * `findExpiredReservations`, `findDueSubscriptions`): a sorted array searched by binary search,
+ * with additions buffered and merged on the next scan (jobs scan rarely, units of work add
+ * often) and removals lazy: the scan asks `live(id, time)` and skips what no longer qualifies;
+ * dead entries are dropped when they outnumber the live ones. A scan costs O(log n + what it
+ * returns + dead entries in its way); a job that expires a million grants touches each once.
+ */
+export class DueIndex {
+  private times: number[] = [];
+  private ids: string[] = [];
+  private addedTimes: number[] = [];
+  private addedIds: string[] = [];
+  /** Entries known dead (removed or superseded) still in the arrays. */
+  private dead = 0;
+
+  /** Records that `id` is due at `time` (ms). Add again when its time changes. */
+  add(time: number, id: string): void {
+    this.addedTimes.push(time);
+    this.addedIds.push(id);
+  }
+
+  /** Tells the index one entry died (for compaction); the scan learns it through `live` anyway. */
+  removed(): void {
+    this.dead++;
+  }
+
+  /**
+   * Up to `limit` ids with time <= `asOf`, ordered by (time, id), strictly after `after`, for
+   * which `live(id, time)` holds. Each id once.
+   */
+  scan(asOf: number, limit: number, after: { time: number; id: string } | undefined, live: (id: string, time: number) => boolean): string[] {
+    this.merge();
+    if (this.dead > 1024 && this.dead > this.times.length / 2) this.compact(live);
+    const out: string[] = [];
+    let i = after === undefined ? 0 : this.upperBound(after.time, after.id);
+    let prevT = NaN;
+    let prevId = "";
+    for (; i < this.times.length && out.length < limit; i++) {
+      const t = this.times[i] as number;
+      if (t > asOf) break;
+      const id = this.ids[i] as string;
+      if (t === prevT && id === prevId) continue; // the same entry added twice
+      prevT = t;
+      prevId = id;
+      if (live(id, t)) out.push(id);
+    }
+    return out;
+  }
+
+  get size(): number {
+    return this.times.length + this.addedTimes.length;
+  }
+
+  /** First position strictly after (time, id). */
+  private upperBound(time: number, id: string): number {
+    let lo = 0;
+    let hi = this.times.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const t = this.times[mid] as number;
+      if (t < time || (t === time && (this.ids[mid] as string) <= id)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  private merge(): void {
+    const n = this.addedTimes.length;
+    if (n === 0) return;
+    const order = Array.from({ length: n }, (_, k) => k);
+    const at = this.addedTimes;
+    const ai = this.addedIds;
+    order.sort((x, y) => (at[x] as number) - (at[y] as number) || ((ai[x] as string) < (ai[y] as string) ? -1 : (ai[x] as string) > (ai[y] as string) ? 1 : 0));
+    const times: number[] = new Array(this.times.length + n);
+    const ids: string[] = new Array(this.times.length + n);
+    let i = 0;
+    let j = 0;
+    let k = 0;
+    while (i < this.times.length || j < n) {
+      const takeOld =
+        j >= n ||
+        (i < this.times.length &&
+          ((this.times[i] as number) < (at[order[j] as number] as number) ||
+            ((this.times[i] as number) === (at[order[j] as number] as number) && (this.ids[i] as string) <= (ai[order[j] as number] as string))));
+      if (takeOld) {
+        times[k] = this.times[i] as number;
+        ids[k++] = this.ids[i++] as string;
+      } else {
+        const o = order[j++] as number;
+        times[k] = at[o] as number;
+        ids[k++] = ai[o] as string;
+      }
+    }
+    this.times = times;
+    this.ids = ids;
+    this.addedTimes = [];
+    this.addedIds = [];
+  }
+
+  private compact(live: (id: string, time: number) => boolean): void {
+    const times: number[] = [];
+    const ids: string[] = [];
+    for (let i = 0; i < this.times.length; i++) {
+      const t = this.times[i] as number;
+      const id = this.ids[i] as string;
+      if (ids.length > 0 && times[times.length - 1] === t && ids[ids.length - 1] === id) continue;
+      if (live(id, t)) {
+        times.push(t);
+        ids.push(id);
+      }
+    }
+    this.times = times;
+    this.ids = ids;
+    this.dead = 0;
+  }
+}

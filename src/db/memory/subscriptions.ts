@@ -1,0 +1,116 @@
+import { ConflictError } from "../../errors.js";
+import type { Plan, Subscription } from "../../models/index.js";
+import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
+import { DueIndex } from "./due-index.js";
+
+/**
+ * Plans and subscriptions in process memory. Every write checks and applies synchronously, so
+ * nothing interleaves between a guard and its write.
+ */
+export class MemorySubscriptionStore implements SubscriptionStore {
+  private readonly plans = new Map<string, Plan>();
+  private readonly subs = new Map<string, Subscription>();
+  /** userId → id of the active subscription */
+  private readonly active = new Map<string, string>();
+  /** userId → ids, oldest first */
+  private readonly byUser = new Map<string, string[]>();
+  private readonly due = new DueIndex();
+
+  async insertPlan(plan: Plan): Promise<void> {
+    if (this.plans.has(plan.id)) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id });
+    this.plans.set(plan.id, structuredClone(plan));
+  }
+
+  async getPlan(planId: string): Promise<Plan | null> {
+    const p = this.plans.get(planId);
+    return p === undefined ? null : structuredClone(p);
+  }
+
+  async listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
+    return [...this.plans.values()]
+      .filter((p) => options.includeInactive || p.isActive)
+      .sort((a, b) => (a.id < b.id ? -1 : 1))
+      .map((p) => structuredClone(p));
+  }
+
+  async updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
+    const current = this.plans.get(plan.id);
+    if (current === undefined || current.version !== expectedVersion) return false;
+    this.plans.set(plan.id, structuredClone(plan));
+    return true;
+  }
+
+  async deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
+    const current = this.plans.get(planId);
+    if (current === undefined || current.version !== expectedVersion) return false;
+    this.plans.delete(planId);
+    return true;
+  }
+
+  async planHasSubscribers(planId: string): Promise<boolean> {
+    for (const id of this.active.values()) {
+      const s = this.subs.get(id) as Subscription;
+      if (s.planId === planId || s.pendingPlanId === planId) return true;
+    }
+    return false;
+  }
+
+  async insertSubscription(s: Subscription): Promise<void> {
+    if (this.subs.has(s.id)) throw new ConflictError(`Subscription ${s.id} already exists.`);
+    if (s.status === "active" && this.active.has(s.userId)) {
+      throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId });
+    }
+    this.put(structuredClone(s));
+    const list = this.byUser.get(s.userId) ?? [];
+    list.push(s.id);
+    this.byUser.set(s.userId, list);
+  }
+
+  async getSubscription(id: string): Promise<Subscription | null> {
+    const s = this.subs.get(id);
+    return s === undefined ? null : structuredClone(s);
+  }
+
+  async getActiveSubscription(userId: string): Promise<Subscription | null> {
+    const id = this.active.get(userId);
+    return id === undefined ? null : structuredClone(this.subs.get(id) as Subscription);
+  }
+
+  async listSubscriptions(userId: string): Promise<Subscription[]> {
+    return (this.byUser.get(userId) ?? []).map((id) => structuredClone(this.subs.get(id) as Subscription));
+  }
+
+  async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
+    const current = this.subs.get(s.id);
+    if (current === undefined || current.version !== expectedVersion) return false;
+    if (s.status === "active" && current.status !== "active" && this.active.has(s.userId)) {
+      throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId });
+    }
+    if (current.status === "active" && s.status !== "active") this.active.delete(current.userId);
+    if (current.nextRunAt !== null) this.due.removed();
+    this.put(structuredClone(s));
+    return true;
+  }
+
+  async findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
+    const ids = this.due.scan(
+      asOf.getTime(),
+      limit,
+      after && { time: after.nextRunAt.getTime(), id: after.id },
+      (id, t) => {
+        const s = this.subs.get(id);
+        return s !== undefined && s.status === "active" && s.nextRunAt !== null && s.nextRunAt.getTime() === t;
+      },
+    );
+    return ids.map((id) => structuredClone(this.subs.get(id) as Subscription));
+  }
+
+  private put(s: Subscription): void {
+    const previous = this.subs.get(s.id);
+    this.subs.set(s.id, s);
+    if (s.status === "active") this.active.set(s.userId, s.id);
+    if (s.status === "active" && s.nextRunAt !== null && previous?.nextRunAt?.getTime() !== s.nextRunAt.getTime()) {
+      this.due.add(s.nextRunAt.getTime(), s.id);
+    }
+  }
+}
