@@ -5,6 +5,22 @@ export {
   type ExpiringCredits,
   type HistoryPage,
 } from "./services/credit-service.js";
+export {
+  SubscriptionService,
+  type AdvanceResult,
+  type SubscriptionServiceOptions,
+} from "./services/subscription-service.js";
+export {
+  ExpirationService,
+  JobOptions,
+  type ExpirationServiceOptions,
+  type ExpireGrantsReport,
+  type ReleaseHoldsReport,
+  type RenewSubscriptionsReport,
+  type RunAllReport,
+} from "./services/expiration-service.js";
+export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
+export * as periods from "./domain/periods.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

@@ -6,6 +6,8 @@ import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
 import { parse } from "./models/index.js";
 import { CreditService } from "./services/credit-service.js";
+import { ExpirationService } from "./services/expiration-service.js";
+import { SubscriptionService } from "./services/subscription-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -35,6 +37,8 @@ export type CreditManagerOptions = z.input<typeof CreditManagerOptions>;
 
 export interface CreditManager {
   credits: CreditService;
+  subscriptions: SubscriptionService;
+  expiration: ExpirationService;
   ledger: LedgerLogger;
   db: DbManager;
   /** Flushes and closes the ledger file, then closes the store. */
@@ -61,9 +65,13 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
   });
+  const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
+  const expiration = new ExpirationService({ db, credits, subscriptions, ledger, clock: o.clock, logger: o.logger });
   let closed = false;
   return {
     credits,
+    subscriptions,
+    expiration,
     ledger,
     db,
     async close() {

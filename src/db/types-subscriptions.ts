@@ -40,6 +40,6 @@ export interface SubscriptionStore {
   listSubscriptions(userId: string): Promise<Subscription[]>;
   /** Replaces the subscription if its stored version is `expectedVersion`; false otherwise. */
   updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean>;
-  /** Active subscriptions with nextRunAt <= asOf, by (nextRunAt, id). */
+  /** Subscriptions with nextRunAt <= asOf (whatever their status), by (nextRunAt, id). */
   findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]>;
 }

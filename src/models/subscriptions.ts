@@ -104,6 +104,8 @@ export const Subscription = z.object({
   userId: UserId,
   planId: PlanId,
   status: SubscriptionStatus,
+  /** The period length `anchorAt` and `periodIndex` count in (the plan's when the cycle started). */
+  billingPeriod: BillingPeriod,
   /** Start of the billing cycle: periods are computed from it (see `src/domain/periods.ts`). */
   anchorAt: z.date(),
   periodIndex: NonNegativeAmount,
@@ -118,7 +120,7 @@ export const Subscription = z.object({
   /** Grants of the current period (allocation, rollover, proration): what rollover looks at. */
   periodGrantIds: z.array(z.string()),
   intent: SubscriptionIntent.nullable(),
-  /** When the renewal job must look at it next (null once ended). Indexed. */
+  /** When the renewal job must look at it next: its period's end, now while it owes account work, null once ended. Indexed. */
   nextRunAt: z.date().nullable(),
   /** Increases by one with every write (the guard of concurrent transitions). */
   version: NonNegativeAmount,

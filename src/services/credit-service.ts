@@ -331,6 +331,26 @@ export class CreditService {
     return replayJournal(user, entries, { account, grants, reservations });
   }
 
+  /**
+   * @internal One unit of work on an account, for the other services of this package (the
+   * subscription and expiry jobs): load (with `meta`'s idempotency key), answer a repeated key with
+   * `replay`, settle, run `body`, save; then mirror to the ledger file and invalidate the cache.
+   */
+  runUnitOfWork<T>(
+    userId: string,
+    meta: EntryMeta,
+    body: (work: AccountWork, tx: DbTransaction) => Promise<T>,
+    replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
+    options: { settle: boolean } = { settle: true },
+  ): Promise<T> {
+    return this.mutate(userId, meta, body, replay, options);
+  }
+
+  /** @internal The service's clock. */
+  now(): Date {
+    return this.clock();
+  }
+
   // -----------------------------------------------------------------------------------------------
 
   private async deduct(

@@ -99,7 +99,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
       after && { time: after.nextRunAt.getTime(), id: after.id },
       (id, t) => {
         const s = this.subs.get(id);
-        return s !== undefined && s.status === "active" && s.nextRunAt !== null && s.nextRunAt.getTime() === t;
+        return s !== undefined && s.nextRunAt !== null && s.nextRunAt.getTime() === t;
       },
     );
     return ids.map((id) => structuredClone(this.subs.get(id) as Subscription));
@@ -109,7 +109,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     const previous = this.subs.get(s.id);
     this.subs.set(s.id, s);
     if (s.status === "active") this.active.set(s.userId, s.id);
-    if (s.status === "active" && s.nextRunAt !== null && previous?.nextRunAt?.getTime() !== s.nextRunAt.getTime()) {
+    if (s.nextRunAt !== null && previous?.nextRunAt?.getTime() !== s.nextRunAt.getTime()) {
       this.due.add(s.nextRunAt.getTime(), s.id);
     }
   }

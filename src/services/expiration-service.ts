@@ -1,0 +1,325 @@
+import type { Logger } from "pino";
+import * as z from "zod";
+import type { DbManager } from "../db/types.js";
+import { ValidationError } from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import { AsOf, BatchSize, UserId, parse, type Subscription } from "../models/index.js";
+import type { CreditService } from "./credit-service.js";
+import type { SubscriptionService } from "./subscription-service.js";
+
+export interface ExpirationServiceOptions {
+  db: DbManager;
+  credits: CreditService;
+  subscriptions: SubscriptionService;
+  ledger?: LedgerLogger;
+  /** Default: the credit service's clock. */
+  clock?: () => Date;
+  logger?: Logger;
+}
+
+export const JobOptions = z.strictObject({
+  /** Rows per indexed scan. Default 1,000. */
+  batchSize: BatchSize.optional(),
+  /** Accounts processed at once within a batch. Default 8. */
+  concurrency: z.number().int().min(1).max(256).optional(),
+});
+export type JobOptions = z.input<typeof JobOptions>;
+
+interface JobBase {
+  job: string;
+  /** The instant the job worked to (ISO). */
+  asOf: string;
+  /** Accounts (or subscriptions) that failed; each is logged as a ledger error and left for the next run. */
+  errors: number;
+  durationMs: number;
+}
+
+export interface ExpireGrantsReport extends JobBase {
+  job: "expireDueGrants";
+  grantsScanned: number;
+  grantsExpired: number;
+  creditsExpired: number;
+  users: number;
+}
+
+export interface ReleaseHoldsReport extends JobBase {
+  job: "releaseExpiredHolds";
+  holdsScanned: number;
+  holdsReleased: number;
+  creditsReleased: number;
+  users: number;
+}
+
+export interface RenewSubscriptionsReport extends JobBase {
+  job: "renewDueSubscriptions";
+  subscriptionsScanned: number;
+  /** Account work completed: period allocations with their rollover, prorations, expiries. */
+  intentsCompleted: number;
+  renewed: number;
+  ended: number;
+  /** Periods that had ended before the job reached them: closed without allocation. */
+  periodsSkipped: number;
+}
+
+export interface RunAllReport {
+  asOf: string;
+  releaseExpiredHolds: ReleaseHoldsReport;
+  renewDueSubscriptions: RenewSubscriptionsReport;
+  expireDueGrants: ExpireGrantsReport;
+  durationMs: number;
+}
+
+/**
+ * The jobs a scheduler calls (DESIGN §6). Each walks an indexed scan in batches — never "load every
+ * user" — and hands each account (or subscription) to the services, whose units of work and
+ * guarded writes make the job safe to run from several workers at once: a grant is expired once, a
+ * period allocated once. Each returns a report of counts and records it in the ledger as a system
+ * event. A job that did not run for a while catches up in one run (see README "Jobs").
+ */
+export class ExpirationService {
+  private readonly db: DbManager;
+  private readonly credits: CreditService;
+  private readonly subscriptions: SubscriptionService;
+  private readonly ledger: LedgerLogger | undefined;
+  private readonly clock: () => Date;
+  private readonly logger: Logger | undefined;
+
+  constructor(options: ExpirationServiceOptions) {
+    this.db = options.db;
+    this.credits = options.credits;
+    this.subscriptions = options.subscriptions;
+    this.ledger = options.ledger;
+    this.clock = options.clock ?? (() => options.credits.now());
+    this.logger = options.logger;
+  }
+
+  /** Expires the unspent part of every grant due at `now` (default: the clock), account by account. */
+  async expireDueGrants(now?: Date | string, options: JobOptions = {}): Promise<ExpireGrantsReport> {
+    const asOf = this.asOf(now);
+    const o = parse(JobOptions, options, "options");
+    const started = performance.now();
+    const report: ExpireGrantsReport = {
+      job: "expireDueGrants",
+      asOf: asOf.toISOString(),
+      grantsScanned: 0,
+      grantsExpired: 0,
+      creditsExpired: 0,
+      users: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    await this.walk(
+      (after, limit) => this.db.findDueGrants(asOf, limit, after && { expiresAt: after.at, id: after.id }),
+      (g) => ({ at: g.expiresAt as Date, id: g.id, userId: g.userId }),
+      o,
+      (n) => (report.grantsScanned += n),
+      async (userId) => {
+        const { grants, credits } = await this.credits.runUnitOfWork(
+          userId,
+          {},
+          async (work) => {
+            const before = work.entries.length;
+            const amount = work.expireDue(asOf, { description: "credits expired (expiry job)" });
+            const closed = work.entries.slice(before).reduce((n, e) => n + e.grants.length, 0);
+            return { grants: closed, credits: amount };
+          },
+          undefined,
+          { settle: false },
+        );
+        report.users++;
+        report.grantsExpired += grants;
+        report.creditsExpired += credits;
+      },
+      () => report.errors++,
+    );
+    report.durationMs = Math.round(performance.now() - started);
+    await this.record(report);
+    return report;
+  }
+
+  /** Releases every hold past its TTL at `now`, account by account (credits return to their grants). */
+  async releaseExpiredHolds(now?: Date | string, options: JobOptions = {}): Promise<ReleaseHoldsReport> {
+    const asOf = this.asOf(now);
+    const o = parse(JobOptions, options, "options");
+    const started = performance.now();
+    const report: ReleaseHoldsReport = {
+      job: "releaseExpiredHolds",
+      asOf: asOf.toISOString(),
+      holdsScanned: 0,
+      holdsReleased: 0,
+      creditsReleased: 0,
+      users: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    await this.walk(
+      (after, limit) => this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.at, id: after.id }),
+      (r) => ({ at: r.expiresAt, id: r.id, userId: r.userId }),
+      o,
+      (n) => (report.holdsScanned += n),
+      async (userId) => {
+        // The unit of work settles what lapsed (holds and grants alike) before its body runs.
+        const released = await this.credits.runUnitOfWork(userId, {}, async (work) =>
+          work.entries.filter((e) => e.type === "release_reserved" && e.description === "reservation expired"),
+        );
+        report.users++;
+        report.holdsReleased += released.length;
+        report.creditsReleased += released.reduce((n, e) => n + e.amount, 0);
+      },
+      () => report.errors++,
+    );
+    report.durationMs = Math.round(performance.now() - started);
+    await this.record(report);
+    return report;
+  }
+
+  /**
+   * Renews every subscription whose period ended by `now`: completes owed account work, allocates
+   * the new period (with rollover), moves the period on, ends subscriptions that were cancelled or
+   * do not auto-renew.
+   */
+  async renewDueSubscriptions(now?: Date | string, options: JobOptions = {}): Promise<RenewSubscriptionsReport> {
+    const asOf = this.asOf(now);
+    const o = parse(JobOptions, options, "options");
+    const started = performance.now();
+    const report: RenewSubscriptionsReport = {
+      job: "renewDueSubscriptions",
+      asOf: asOf.toISOString(),
+      subscriptionsScanned: 0,
+      intentsCompleted: 0,
+      renewed: 0,
+      ended: 0,
+      periodsSkipped: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    const byId = new Map<string, Subscription>();
+    await this.walk(
+      async (after, limit) => {
+        const page = await this.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.at, id: after.id });
+        for (const s of page) byId.set(s.id, s);
+        return page;
+      },
+      (s) => ({ at: s.nextRunAt as Date, id: s.id, userId: s.id }),
+      o,
+      (n) => (report.subscriptionsScanned += n),
+      async (subscriptionId) => {
+        const s = byId.get(subscriptionId) as Subscription;
+        byId.delete(subscriptionId);
+        const r = await this.subscriptions.advance(s, asOf);
+        report.intentsCompleted += r.intentsCompleted;
+        report.renewed += r.renewed;
+        report.ended += r.ended;
+        report.periodsSkipped += r.periodsSkipped;
+      },
+      () => report.errors++,
+    );
+    report.durationMs = Math.round(performance.now() - started);
+    await this.record(report);
+    return report;
+  }
+
+  /** The three jobs in order: release lapsed holds, renew subscriptions, expire due grants. */
+  async runAll(now?: Date | string, options: JobOptions = {}): Promise<RunAllReport> {
+    const asOf = this.asOf(now);
+    const started = performance.now();
+    const releaseExpiredHolds = await this.releaseExpiredHolds(asOf, options);
+    const renewDueSubscriptions = await this.renewDueSubscriptions(asOf, options);
+    const expireDueGrants = await this.expireDueGrants(asOf, options);
+    return {
+      asOf: asOf.toISOString(),
+      releaseExpiredHolds,
+      renewDueSubscriptions,
+      expireDueGrants,
+      durationMs: Math.round(performance.now() - started),
+    };
+  }
+
+  /** The seed's per-user check: expires this user's due grants and releases lapsed holds. */
+  async checkCreditExpiration(userId: string, asOf?: Date | string): Promise<{ userId: string; creditsExpired: number }> {
+    const user = parse(UserId, userId, "userId");
+    const at = this.asOf(asOf);
+    const creditsExpired = await this.credits.runUnitOfWork(user, {}, async (work) => {
+      const settled = work.entries.filter((e) => e.type === "expire").reduce((n, e) => n + e.amount, 0);
+      return settled + work.expireDue(at, {});
+    });
+    return { userId: user, creditsExpired };
+  }
+
+  /**
+   * The seed's per-user allocation: brings the user's subscription up to `now` (owed allocation,
+   * renewals, rollover). Idempotent. Resolves to the subscription, or null when the user has none.
+   */
+  async allocateSubscriptionCredits(userId: string, now?: Date | string): Promise<Subscription | null> {
+    const user = parse(UserId, userId, "userId");
+    const at = this.asOf(now);
+    const s = await this.db.getActiveSubscription(user);
+    if (s === null) return null;
+    return (await this.subscriptions.advance(s, at)).subscription;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  /** `now` as given (not in the future: jobs never act ahead of the clock) or the clock. */
+  private asOf(now: Date | string | undefined): Date {
+    const clock = this.clock();
+    const at = parse(AsOf, now, "now");
+    if (at === undefined) return clock;
+    if (at.getTime() > clock.getTime()) {
+      throw new ValidationError(`Invalid now: ${at.toISOString()} is in the future`, [{ path: "now", message: "must not be in the future" }]);
+    }
+    return at;
+  }
+
+  /**
+   * Walks a scan ordered by (time, id) in batches, resuming strictly after the last row of each:
+   * the walk ends even when rows stay due (a failing account). Each batch's keys (accounts or
+   * subscriptions) are processed `concurrency` at a time, each once per batch.
+   */
+  private async walk<T>(
+    scan: (after: { at: Date; id: string } | undefined, limit: number) => Promise<T[]>,
+    keyOf: (row: T) => { at: Date; id: string; userId: string },
+    o: { batchSize?: number; concurrency?: number },
+    scanned: (n: number) => void,
+    process: (key: string) => Promise<void>,
+    failed: () => void,
+  ): Promise<void> {
+    const limit = o.batchSize ?? 1000;
+    const concurrency = o.concurrency ?? 8;
+    let after: { at: Date; id: string } | undefined;
+    for (;;) {
+      const rows = await scan(after, limit);
+      if (rows.length === 0) break;
+      scanned(rows.length);
+      const keys = [...new Set(rows.map((r) => keyOf(r).userId))];
+      let next = 0;
+      const worker = async () => {
+        for (;;) {
+          const key = keys[next++];
+          if (key === undefined) return;
+          try {
+            await process(key);
+          } catch (error) {
+            failed();
+            this.logger?.error({ err: error, key }, "credit-management: job step failed");
+            await this.ledger
+              ?.logError("job step failed", { key, error: error instanceof Error ? error.message : String(error) })
+              .catch(() => undefined);
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(concurrency, keys.length) }, worker));
+      const last = keyOf(rows[rows.length - 1] as T);
+      after = { at: last.at, id: last.id };
+      if (rows.length < limit) break;
+    }
+  }
+
+  private async record(report: JobBase): Promise<void> {
+    try {
+      await this.ledger?.logSystem(`job ${report.job}`, { ...report });
+    } catch (error) {
+      this.logger?.warn({ err: error }, "credit-management: could not record the job report");
+    }
+  }
+}

@@ -1,0 +1,687 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import type { Cache } from "../cache/index.js";
+import type { DbManager, DbTransaction } from "../db/types.js";
+import type { AccountWork, EntryMeta } from "../domain/account-work.js";
+import { fingerprint } from "../domain/hash.js";
+import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "../domain/periods.js";
+import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import {
+  CancelOptions,
+  ChangePlanOptions,
+  CreatePlanInput,
+  ListPlansOptions,
+  PlanId,
+  SubscribeOptions,
+  UpdatePlanInput,
+  UserId,
+  parse,
+  type Grant,
+  type JournalEntry,
+  type Plan,
+  type Subscription,
+  type SubscriptionIntent,
+} from "../models/index.js";
+import type { CreditService } from "./credit-service.js";
+
+export interface SubscriptionServiceOptions {
+  db: DbManager;
+  /** The credit service whose units of work allocate, roll over and expire credits. */
+  credits: CreditService;
+  ledger?: LedgerLogger;
+  /** Caches `getPlan` and `listPlans`; invalidated on every plan write. */
+  cache?: Cache;
+  /** Default: the credit service's clock. */
+  clock?: () => Date;
+  logger?: Logger;
+  /** TTL of cached plans, in seconds. Default 300. */
+  cacheTtlSeconds?: number;
+}
+
+/** What `advance` did to one subscription (the renewal job sums these). */
+export interface AdvanceResult {
+  subscription: Subscription;
+  /** Account work completed (allocations, rollovers, prorations, expiries). */
+  intentsCompleted: number;
+  /** Periods moved to. */
+  renewed: number;
+  /** Periods that ended before anyone renewed them: closed without allocation. */
+  periodsSkipped: number;
+  /** 1 when the subscription ended (cancelled at period end, or not auto-renewing). */
+  ended: number;
+}
+
+const planKey = (id: string) => `plans:${id}`;
+const PLAN_LIST_KEYS = ["plans:list:active", "plans:list:all"];
+const MAX_RACES = 50;
+
+/**
+ * Plans and subscriptions (DESIGN §6). Every change of a subscription is a guarded write (its
+ * `version`), and the account work the change owes (allocation, rollover, expiry, proration) is
+ * written into the subscription as an `intent` by that same write, then carried out by one
+ * unit of work on the account keyed `sub:<id>:<periodStart>` — by the caller, another worker or
+ * the renewal job, whoever gets there first — and cleared by a second guarded write. A crash
+ * between the two leaves the intent for the next one; a second worker replays the key and changes
+ * nothing. See README "Subscriptions".
+ */
+export class SubscriptionService {
+  readonly db: DbManager;
+  private readonly credits: CreditService;
+  private readonly ledger: LedgerLogger | undefined;
+  private readonly cache: Cache | undefined;
+  private readonly clock: () => Date;
+  private readonly logger: Logger | undefined;
+  private readonly cacheTtl: number;
+
+  constructor(options: SubscriptionServiceOptions) {
+    this.db = options.db;
+    this.credits = options.credits;
+    this.ledger = options.ledger;
+    this.cache = options.cache;
+    this.clock = options.clock ?? (() => options.credits.now());
+    this.logger = options.logger;
+    this.cacheTtl = options.cacheTtlSeconds ?? 300;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Plans.
+
+  /** Creates a plan. `rollover`: "none" (default), "all" or `{ cap }`. */
+  async createPlan(input: CreatePlanInput): Promise<Plan> {
+    const i = parse(CreatePlanInput, input, "plan");
+    const now = this.clock();
+    const plan: Plan = {
+      id: i.id ?? randomUUID(),
+      name: i.name,
+      description: i.description ?? null,
+      creditsPerPeriod: i.creditsPerPeriod,
+      price: i.price ?? 0,
+      currency: (i.currency ?? "USD").toUpperCase(),
+      billingPeriod: i.billingPeriod,
+      validityDays: i.validityDays ?? null,
+      ...rolloverFields(i.rollover ?? "none"),
+      isActive: i.isActive ?? true,
+      metadata: i.metadata ?? null,
+      version: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.db.insertPlan(plan);
+    await this.invalidatePlan(plan.id);
+    return plan;
+  }
+
+  /** Changes a plan's fields. Running subscriptions see the change from their next period on. */
+  async updatePlan(planId: string, patch: UpdatePlanInput): Promise<Plan> {
+    const id = parse(PlanId, planId, "planId");
+    const p = parse(UpdatePlanInput, patch, "patch");
+    return this.writePlan(id, (plan) => {
+      const { rollover, currency, description, validityDays, metadata, ...rest } = p;
+      const next: Plan = { ...plan, ...stripUndefined(rest) };
+      if (rollover !== undefined) Object.assign(next, rolloverFields(rollover));
+      if (currency !== undefined) next.currency = currency.toUpperCase();
+      if (description !== undefined) next.description = description;
+      if (validityDays !== undefined) next.validityDays = validityDays;
+      if (metadata !== undefined) next.metadata = metadata;
+      return next;
+    });
+  }
+
+  /** Stops new subscriptions to the plan; subscribers keep renewing on it. */
+  async deactivatePlan(planId: string): Promise<Plan> {
+    const id = parse(PlanId, planId, "planId");
+    return this.writePlan(id, (plan) => ({ ...plan, isActive: false }));
+  }
+
+  /**
+   * Deletes a plan nobody is subscribed to (as plan or pending plan); else `ConflictError`.
+   * It first deactivates the plan, then looks for subscribers: a `subscribe` racing with it either
+   * is seen or sees the plan inactive and backs out.
+   */
+  async deletePlan(planId: string): Promise<void> {
+    const id = parse(PlanId, planId, "planId");
+    const before = await this.requirePlan(id);
+    const inactive = before.isActive ? await this.writePlan(id, (plan) => ({ ...plan, isActive: false })) : before;
+    if (await this.db.planHasSubscribers(id)) {
+      if (before.isActive) await this.writePlan(id, (plan) => ({ ...plan, isActive: true })).catch(() => undefined);
+      throw new ConflictError(`Plan ${id} has subscribers: it cannot be deleted (deactivate it instead).`, { planId: id });
+    }
+    if (!(await this.db.deletePlan(id, inactive.version))) {
+      throw new ConflictError(`Plan ${id} changed while it was being deleted; try again.`, { planId: id });
+    }
+    await this.invalidatePlan(id);
+  }
+
+  /** A plan by id (cached). `NotFoundError` when there is none. */
+  async getPlan(planId: string): Promise<Plan> {
+    const id = parse(PlanId, planId, "planId");
+    const hit = await this.cacheGet<Plan>(planKey(id));
+    if (hit !== undefined) return revivePlan(hit);
+    const plan = await this.requirePlan(id);
+    await this.cacheSet(planKey(id), plan);
+    return plan;
+  }
+
+  /** Active plans by id; inactive ones too with `includeInactive` (cached). */
+  async listPlans(options: ListPlansOptions = {}): Promise<Plan[]> {
+    const o = parse(ListPlansOptions, options, "options");
+    const key = o.includeInactive ? "plans:list:all" : "plans:list:active";
+    const hit = await this.cacheGet<Plan[]>(key);
+    if (hit !== undefined) return hit.map(revivePlan);
+    const plans = await this.db.listPlans({ includeInactive: o.includeInactive === true });
+    await this.cacheSet(key, plans);
+    return plans;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Subscriptions.
+
+  /**
+   * Subscribes a user (one active subscription per user: a second is a `ConflictError`, unless it
+   * repeats the first one's `idempotencyKey`) and allocates the first period's credits.
+   */
+  async subscribe(userId: string, planId: string, options: SubscribeOptions = {}): Promise<Subscription> {
+    const user = parse(UserId, userId, "userId");
+    const pid = parse(PlanId, planId, "planId");
+    const o = parse(SubscribeOptions, options, "options");
+    const now = this.clock();
+    const existing = await this.db.getActiveSubscription(user);
+    if (existing !== null) return this.repeatOrRefuse(existing, pid, o.idempotencyKey, now);
+    const plan = await this.requirePlan(pid);
+    if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
+    const anchor = o.startAt ?? now;
+    const period = periodAt(anchor, plan.billingPeriod, periodIndexAt(anchor, plan.billingPeriod, now));
+    const id = randomUUID();
+    const s: Subscription = {
+      id,
+      userId: user,
+      planId: plan.id,
+      status: "active",
+      billingPeriod: plan.billingPeriod,
+      anchorAt: anchor,
+      periodIndex: period.index,
+      currentPeriodStart: period.start,
+      currentPeriodEnd: period.end,
+      autoRenew: o.autoRenew ?? true,
+      cancelAtPeriodEnd: false,
+      pendingPlanId: null,
+      pendingCredits: null,
+      periodGrantIds: [],
+      intent: intent(`sub:${id}:${period.start.toISOString()}`, {
+        allocate: allocation(plan, period, now),
+      }),
+      nextRunAt: period.start.getTime() > now.getTime() ? period.start : now,
+      version: 1,
+      idempotencyKey: o.idempotencyKey ?? null,
+      metadata: o.metadata ?? null,
+      createdAt: now,
+      updatedAt: now,
+      canceledAt: null,
+      endedAt: null,
+    };
+    try {
+      await this.db.insertSubscription(s);
+    } catch (error) {
+      if (!(error instanceof ConflictError)) throw error;
+      const winner = await this.db.getActiveSubscription(user);
+      if (winner === null) throw error;
+      return this.repeatOrRefuse(winner, pid, o.idempotencyKey, now);
+    }
+    // The plan may have been deactivated (and be on its way to deletion) since it was read.
+    const check = await this.db.getPlan(pid);
+    if (check === null || !check.isActive) {
+      await this.write(s, (x) => ({ ...x, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now }), now);
+      throw new ConflictError(`Plan ${pid} was deactivated while subscribing.`, { planId: pid });
+    }
+    return (await this.advance(s, now)).subscription;
+  }
+
+  /** The user's active subscription (brought up to date first), or null. */
+  async getUserSubscription(userId: string): Promise<Subscription | null> {
+    const user = parse(UserId, userId, "userId");
+    const s = await this.db.getActiveSubscription(user);
+    if (s === null) return null;
+    const now = this.clock();
+    if (s.nextRunAt !== null && s.nextRunAt.getTime() <= now.getTime()) {
+      const { subscription } = await this.advance(s, now);
+      return subscription.status === "active" ? subscription : null;
+    }
+    return s;
+  }
+
+  /** Every subscription the user had, oldest first. */
+  async listUserSubscriptions(userId: string): Promise<Subscription[]> {
+    return this.db.listSubscriptions(parse(UserId, userId, "userId"));
+  }
+
+  /**
+   * Moves the user's subscription to another plan (see README "Changing plans" for the rules):
+   * `when: "now"` (default) with `credits: "prorate"` (default; same billing period only), "keep"
+   * or "expire"; `when: "period_end"` with `credits: "keep"` (default) or "expire".
+   */
+  async changePlan(userId: string, planId: string, options: ChangePlanOptions = {}): Promise<Subscription> {
+    const user = parse(UserId, userId, "userId");
+    const pid = parse(PlanId, planId, "planId");
+    const o = parse(ChangePlanOptions, options, "options");
+    const when = o.when ?? "now";
+    const credits = o.credits ?? (when === "now" ? "prorate" : "keep");
+    if (when === "period_end" && credits === "prorate") {
+      throw invalid("options.credits", 'credits "prorate" applies to changes made now; use "keep" or "expire" with period_end');
+    }
+    const plan = await this.requirePlan(pid);
+    if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
+    let s = await this.current(user);
+    if (s.planId === pid && when === "now") throw new ConflictError(`User ${user} is already on plan ${pid}.`, { planId: pid });
+    if (when === "now" && credits === "prorate" && plan.billingPeriod !== s.billingPeriod) {
+      throw invalid("options.credits", `prorating needs the same billing period (${s.billingPeriod} → ${plan.billingPeriod}); use "keep" or "expire"`);
+    }
+    const oldPlan = await this.db.getPlan(s.planId);
+    const now = this.clock();
+    s = await this.write(s, (x) => {
+      if (when === "period_end") return { ...x, pendingPlanId: pid, pendingCredits: credits as "keep" | "expire" };
+      if (credits === "prorate") {
+        const period = { start: x.currentPeriodStart, end: x.currentPeriodEnd };
+        const delta = Math.trunc(((plan.creditsPerPeriod - (oldPlan?.creditsPerPeriod ?? 0)) * fractionLeft(period.start, period.end, now)));
+        const expiresAt = allocationExpiry(period, plan.validityDays);
+        return {
+          ...x,
+          planId: pid,
+          pendingPlanId: null,
+          pendingCredits: null,
+          intent: intent(`sub:${x.id}:${period.start.toISOString()}:change${x.version}`, {
+            prorate: { delta: expiresAt.getTime() > now.getTime() ? delta : Math.min(delta, 0), expiresAt: expiresAt.getTime() },
+            keepPeriodGrants: true,
+          }),
+          nextRunAt: now,
+        };
+      }
+      const period = periodAt(now, plan.billingPeriod, 0);
+      return {
+        ...x,
+        planId: pid,
+        billingPeriod: plan.billingPeriod,
+        anchorAt: now,
+        periodIndex: 0,
+        currentPeriodStart: period.start,
+        currentPeriodEnd: period.end,
+        pendingPlanId: null,
+        pendingCredits: null,
+        intent: intent(`sub:${x.id}:${period.start.toISOString()}:change${x.version}`, {
+          allocate: allocation(plan, period, now),
+          expireGrantIds: credits === "expire" ? x.periodGrantIds : [],
+        }),
+        nextRunAt: now,
+      };
+    }, now);
+    return (await this.advance(s, now)).subscription;
+  }
+
+  /**
+   * Cancels. `atPeriodEnd` (default true): the subscription runs to its period's end, then ends
+   * without renewing (`resume` undoes it until then). `atPeriodEnd: false`: it ends now; its
+   * period's credits stay until they expire (`credits: "keep"`, default) or expire now ("expire").
+   */
+  async cancel(userId: string, options: CancelOptions = {}): Promise<Subscription> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CancelOptions, options, "options");
+    const atPeriodEnd = o.atPeriodEnd ?? true;
+    if (atPeriodEnd && o.credits === "expire") {
+      throw invalid("options.credits", 'credits "expire" applies to an immediate cancel (atPeriodEnd: false)');
+    }
+    const s = await this.current(user);
+    const now = this.clock();
+    if (atPeriodEnd) return this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: true, canceledAt: now }), now);
+    const ended = await this.write(s, (x) => ({
+      ...x,
+      status: "canceled",
+      canceledAt: now,
+      endedAt: now,
+      pendingPlanId: null,
+      pendingCredits: null,
+      intent:
+        o.credits === "expire"
+          ? intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, { expireGrantIds: x.periodGrantIds })
+          : null,
+      nextRunAt: o.credits === "expire" ? now : null,
+    }), now);
+    return (await this.advance(ended, now)).subscription;
+  }
+
+  /** Undoes a cancellation at period end (and turns renewal on). */
+  async resume(userId: string): Promise<Subscription> {
+    const user = parse(UserId, userId, "userId");
+    const s = await this.current(user);
+    if (!s.cancelAtPeriodEnd && s.autoRenew) return s;
+    return this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null }), this.clock());
+  }
+
+  /**
+   * Brings one subscription up to `now`: completes the account work it owes, then renews (or ends)
+   * every period that has ended, one guarded step at a time. Safe to call from several workers at
+   * once. Used by the renewal job and `allocateSubscriptionCredits`.
+   */
+  async advance(subscription: Subscription, now: Date = this.clock()): Promise<AdvanceResult> {
+    const result: AdvanceResult = { subscription, intentsCompleted: 0, renewed: 0, periodsSkipped: 0, ended: 0 };
+    let s = subscription;
+    for (let step = 0; ; step++) {
+      if (step > 10_000) throw new Error(`subscription ${s.id} did not settle`);
+      if (s.intent !== null) {
+        // Work for a period that has not started yet waits for its start.
+        if (s.status === "active" && s.currentPeriodStart.getTime() > now.getTime()) break;
+        const done = await this.complete(s, now);
+        if (done.completed) result.intentsCompleted++;
+        s = done.subscription;
+        continue;
+      }
+      if (s.status !== "active" || s.currentPeriodEnd.getTime() > now.getTime()) break;
+      const { value: next, won } = await this.renew(s, now);
+      if (!won) {
+        s = next; // another worker moved it first: look again
+        continue;
+      }
+      if (next.status === "active") {
+        result.renewed++;
+        const base = next.anchorAt.getTime() === s.anchorAt.getTime() ? s.periodIndex + 1 : 0;
+        result.periodsSkipped += next.periodIndex - base;
+      } else {
+        result.ended++;
+      }
+      s = next;
+    }
+    result.subscription = s;
+    return result;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  /** The period end: end the subscription, or move to the period containing `now` and owe its work. */
+  private async renew(s: Subscription, now: Date): Promise<{ value: Subscription; won: boolean }> {
+    if (s.cancelAtPeriodEnd || !s.autoRenew) {
+      return this.tryWrite(s, (x) => ({
+        ...x,
+        status: x.cancelAtPeriodEnd ? "canceled" : "expired",
+        endedAt: x.currentPeriodEnd,
+        pendingPlanId: null,
+        pendingCredits: null,
+        nextRunAt: null,
+      }), now, false);
+    }
+    const plan = await this.db.getPlan(s.pendingPlanId ?? s.planId);
+    if (plan === null) {
+      await this.ledger?.logError("subscription ended: its plan no longer exists", { subscriptionId: s.id, planId: s.planId }, { userId: s.userId });
+      return this.tryWrite(s, (x) => ({ ...x, status: "expired", endedAt: x.currentPeriodEnd, nextRunAt: null }), now, false);
+    }
+    const endingPlan = s.pendingPlanId === null ? plan : await this.db.getPlan(s.planId);
+    // A new billing period starts a new cycle at the old period's end; else the cycle goes on.
+    const sameCycle = plan.billingPeriod === s.billingPeriod;
+    const anchor = sameCycle ? s.anchorAt : s.currentPeriodEnd;
+    const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
+    const period = periodAt(anchor, plan.billingPeriod, index);
+    const policy = endingPlan?.rollover ?? "none";
+    const carry =
+      policy === "none" || s.pendingCredits === "expire" || s.periodGrantIds.length === 0
+        ? null
+        : {
+            grantIds: s.periodGrantIds,
+            periodEnd: s.currentPeriodEnd.getTime(),
+            limit: policy === "all" ? null : (endingPlan?.rolloverCap ?? 0),
+            expiresAt: period.end.getTime(),
+          };
+    return this.tryWrite(s, (x) => ({
+      ...x,
+      planId: plan.id,
+      billingPeriod: plan.billingPeriod,
+      anchorAt: anchor,
+      periodIndex: index,
+      currentPeriodStart: period.start,
+      currentPeriodEnd: period.end,
+      pendingPlanId: null,
+      pendingCredits: null,
+      intent: intent(`sub:${x.id}:${period.start.toISOString()}`, { allocate: allocation(plan, period, now), carry }),
+      nextRunAt: now,
+    }), now, false);
+  }
+
+  /**
+   * Carries out the subscription's intent in one unit of work on the account, keyed by the
+   * intent's key (a second run replays it), then clears it with a guarded write.
+   */
+  private async complete(s: Subscription, now: Date): Promise<{ subscription: Subscription; completed: boolean }> {
+    const it = s.intent as SubscriptionIntent;
+    const meta: EntryMeta = {
+      idempotencyKey: it.key,
+      fingerprint: fingerprint("subscriptionPeriod", it),
+      correlationId: it.key,
+      description: `subscription ${s.id}`,
+    };
+    const newGrants = await this.credits.runUnitOfWork(
+      s.userId,
+      meta,
+      (work, tx) => this.applyIntent(work, tx, s, it, meta),
+      async (first) => this.grantsOf(s.userId, first, it.key),
+    );
+    let completed = false;
+    for (let race = 0; ; race++) {
+      const current = race === 0 ? s : await this.db.getSubscription(s.id);
+      if (current === null || current.intent?.key !== it.key) return { subscription: current ?? s, completed };
+      const next: Subscription = {
+        ...current,
+        intent: null,
+        periodGrantIds: it.keepPeriodGrants ? [...current.periodGrantIds, ...newGrants] : newGrants,
+        nextRunAt: current.status === "active" ? current.currentPeriodEnd : null,
+        version: current.version + 1,
+        updatedAt: now,
+      };
+      if (await this.db.updateSubscription(next, current.version)) {
+        completed = true;
+        return { subscription: next, completed };
+      }
+      if (race > MAX_RACES) throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
+    }
+  }
+
+  /** The account side of an intent. Always leaves at least one entry: the key's record. */
+  private async applyIntent(
+    work: AccountWork,
+    tx: DbTransaction,
+    s: Subscription,
+    it: SubscriptionIntent,
+    meta: EntryMeta,
+  ): Promise<string[]> {
+    const start = work.entries.length;
+    // The first entry of this work carries the idempotency key; the rest the correlation id.
+    const m = (description: string): EntryMeta =>
+      work.entries.length === start ? { ...meta, description } : { correlationId: meta.correlationId, description };
+    const load = async (ids: readonly string[]): Promise<Grant[]> => {
+      const missing = ids.filter((id) => work.getGrant(id) === undefined);
+      if (missing.length > 0) work.include(await tx.getGrants(missing));
+      return ids.map((id) => work.getGrant(id)).filter((g): g is Grant => g !== undefined);
+    };
+    const created: string[] = [];
+    const add = (amount: number, expiresAt: number | null, source: "subscription" | "rollover", description: string) => {
+      const e = work.add(amount, {
+        expiresAt: expiresAt === null ? null : new Date(expiresAt),
+        priority: 0,
+        source,
+        sourceRef: it.key.slice(0, 255),
+        description,
+        metadata: { subscriptionId: s.id },
+      }, m(description));
+      for (const p of e.grants) created.push(p.grantId);
+    };
+
+    if (it.expireGrantIds.length > 0) {
+      await load(it.expireGrantIds);
+      work.expireGrants(it.expireGrantIds, m("subscription credits expired by a plan change or cancellation"));
+    }
+    if (it.carry !== null) {
+      const grants = await load(it.carry.grantIds);
+      // What these grants had unspent at the period's end: whoever expired them recorded it.
+      const eligible = grants.filter((g) => g.expiresAt !== null && g.expiresAt.getTime() === it.carry?.periodEnd);
+      const stillOpen = eligible.filter((g) => g.closedAt === null).map((g) => g.id);
+      if (stillOpen.length > 0) work.expireGrants(stillOpen, m("subscription period ended"));
+      const unspent = eligible.reduce((sum, g) => sum + ((work.getGrant(g.id) ?? g).expiredAmount ?? 0), 0);
+      const moved = it.carry.limit === null ? unspent : Math.min(unspent, it.carry.limit);
+      if (moved > 0 && (it.carry.expiresAt === null || it.carry.expiresAt > work.now.getTime())) {
+        add(moved, it.carry.expiresAt, "rollover", `rollover of ${moved} unspent credits`);
+      }
+    }
+    if (it.prorate !== null && it.prorate.delta > 0) {
+      add(it.prorate.delta, it.prorate.expiresAt, "subscription", "prorated plan change");
+    } else if (it.prorate !== null && it.prorate.delta < 0) {
+      await load(s.periodGrantIds);
+      work.removeFromGrants(s.periodGrantIds, -it.prorate.delta, m("prorated plan change"));
+    }
+    if (it.allocate !== null && it.allocate.amount > 0) {
+      add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
+    }
+    if (work.entries.length === start) {
+      // Nothing moved (a pay-as-you-go period, nothing to roll over): record the period anyway, so
+      // the key proves it was handled and a late second run cannot act on it.
+      work.add(0, { expiresAt: null, priority: 0, source: "subscription", sourceRef: null, description: null, metadata: null }, m("subscription period (no credits)"));
+    }
+    return created;
+  }
+
+  /** The grants a completed intent created, from its journal entries (committed, immutable). */
+  private async grantsOf(userId: string, first: JournalEntry, key: string): Promise<string[]> {
+    const entries = await this.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 20 });
+    const ids: string[] = [];
+    for (const e of entries) {
+      if (e.type === "add" && (e.idempotencyKey === key || e.correlationId === key)) for (const p of e.grants) ids.push(p.grantId);
+    }
+    return ids;
+  }
+
+  /** A guarded transition: re-reads and re-applies `change` until its write lands. */
+  private async write(s: Subscription, change: (s: Subscription) => Subscription, now: Date): Promise<Subscription> {
+    return (await this.tryWrite(s, change, now, false)).value;
+  }
+
+  /**
+   * Applies `change` to the subscription if its stored version is still the one read. On a lost
+   * race: `retry` re-reads and applies it again; else returns what the other worker wrote.
+   */
+  private async tryWrite(
+    s: Subscription,
+    change: (s: Subscription) => Subscription,
+    now: Date,
+    retry: boolean,
+  ): Promise<{ value: Subscription; won: boolean }> {
+    let current: Subscription | null = s;
+    for (let race = 0; race <= MAX_RACES; race++) {
+      if (current === null) throw new NotFoundError(`Subscription ${s.id} not found.`, { subscriptionId: s.id });
+      const next: Subscription = { ...change(current), version: current.version + 1, updatedAt: now };
+      if (await this.db.updateSubscription(next, current.version)) return { value: next, won: true };
+      current = await this.db.getSubscription(s.id);
+      if (!retry && current !== null) return { value: current, won: false };
+    }
+    throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
+  }
+
+  /** The user's active subscription, brought up to date; `NotFoundError` when there is none. */
+  private async current(user: string): Promise<Subscription> {
+    const s = await this.db.getActiveSubscription(user);
+    if (s === null) throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
+    const { subscription } = await this.advance(s, this.clock());
+    if (subscription.status !== "active") throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
+    return subscription;
+  }
+
+  private async repeatOrRefuse(existing: Subscription, planId: string, key: string | undefined, now: Date): Promise<Subscription> {
+    if (key !== undefined && existing.idempotencyKey === key) {
+      if (existing.planId !== planId && existing.pendingPlanId === null) throw new IdempotencyConflictError(key);
+      return (await this.advance(existing, now)).subscription;
+    }
+    throw new ConflictError(`User ${existing.userId} already has an active subscription (use changePlan).`, {
+      userId: existing.userId,
+      subscriptionId: existing.id,
+    });
+  }
+
+  private async requirePlan(id: string): Promise<Plan> {
+    const plan = await this.db.getPlan(id);
+    if (plan === null) throw new NotFoundError(`Plan ${id} not found.`, { planId: id });
+    return plan;
+  }
+
+  private async writePlan(id: string, change: (plan: Plan) => Plan): Promise<Plan> {
+    for (let race = 0; race <= MAX_RACES; race++) {
+      const plan = await this.requirePlan(id);
+      const next: Plan = { ...change(plan), id, version: plan.version + 1, createdAt: plan.createdAt, updatedAt: this.clock() };
+      if (next.rollover === "cap" && next.rolloverCap === null) throw invalid("patch.rollover", "a capped rollover needs a cap");
+      if (await this.db.updatePlan(next, plan.version)) {
+        await this.invalidatePlan(id);
+        return next;
+      }
+    }
+    throw new ConflictError(`Plan ${id} kept changing; try again.`, { planId: id });
+  }
+
+  private async invalidatePlan(id: string): Promise<void> {
+    if (this.cache === undefined) return;
+    for (const key of [planKey(id), ...PLAN_LIST_KEYS]) {
+      try {
+        await this.cache.delete(key);
+      } catch (error) {
+        this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
+      }
+    }
+  }
+
+  private async cacheGet<T>(key: string): Promise<T | undefined> {
+    if (this.cache === undefined) return undefined;
+    try {
+      return await this.cache.get<T>(key);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache read failed; reading the store");
+      return undefined;
+    }
+  }
+
+  private async cacheSet(key: string, value: unknown): Promise<void> {
+    if (this.cache === undefined) return;
+    try {
+      await this.cache.set(key, value, this.cacheTtl);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
+    }
+  }
+}
+
+function rolloverFields(r: "none" | "all" | { cap: number }): Pick<Plan, "rollover" | "rolloverCap"> {
+  return typeof r === "string" ? { rollover: r, rolloverCap: null } : { rollover: "cap", rolloverCap: r.cap };
+}
+
+function intent(key: string, parts: Partial<Omit<SubscriptionIntent, "key">>): SubscriptionIntent {
+  return {
+    key,
+    allocate: parts.allocate ?? null,
+    carry: parts.carry ?? null,
+    expireGrantIds: parts.expireGrantIds ?? [],
+    prorate: parts.prorate ?? null,
+    keepPeriodGrants: parts.keepPeriodGrants ?? false,
+  };
+}
+
+/** A period's allocation, or null when its credits could no longer be used (a period caught up late). */
+function allocation(plan: Plan, period: { start: Date; end: Date }, now: Date): SubscriptionIntent["allocate"] {
+  if (plan.creditsPerPeriod === 0) return null;
+  const expiresAt = allocationExpiry(period, plan.validityDays);
+  if (expiresAt.getTime() <= now.getTime()) return null;
+  return { amount: plan.creditsPerPeriod, expiresAt: expiresAt.getTime() };
+}
+
+function invalid(path: string, message: string): ValidationError {
+  return new ValidationError(`Invalid ${path}: ${message}`, [{ path, message }]);
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/** Plans from a cache that serialises (Redis) come back with string dates. */
+function revivePlan(p: Plan): Plan {
+  return { ...p, createdAt: new Date(p.createdAt), updatedAt: new Date(p.updatedAt) };
+}
