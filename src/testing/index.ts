@@ -26,6 +26,7 @@ import {
 import type { JournalEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
+import { subscriptionContract } from "./subscriptions.js";
 
 export { CreditModel } from "./model.js";
 
@@ -413,6 +414,8 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect((await credits.audit(u)).ok).toBe(true);
       });
     });
+
+    subscriptionContract(() => db, T0);
 
     describe("properties", () => {
       it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {

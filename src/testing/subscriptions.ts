@@ -1,0 +1,324 @@
+/**
+ * The plans, subscriptions and jobs part of the `DbManager` contract suite (called by
+ * `runDbManagerContract`). Fast on purpose: it runs on every backend.
+ */
+import { randomUUID } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { InMemoryCache } from "../cache/index.js";
+import type { DbManager } from "../db/types.js";
+import { ConflictError, NotFoundError, ValidationError } from "../errors.js";
+import { LedgerLogger } from "../ledger/index.js";
+import type { JournalEntry, Plan, Subscription } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { ExpirationService } from "../services/expiration-service.js";
+import { SubscriptionService } from "../services/subscription-service.js";
+
+const DAY = 86_400_000;
+
+/** Credit, subscription and job services over `db`, on a clock the test moves. */
+export function servicesWithClock(db: DbManager, start: number) {
+  const clock = { now: start };
+  const now = () => new Date(clock.now);
+  const ledger = new LedgerLogger({ db, clock: now });
+  const credits = new CreditService({ db, clock: now, ledger });
+  const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
+  const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
+  return { credits, subscriptions, expiration, clock };
+}
+
+async function journal(db: DbManager, userId: string): Promise<JournalEntry[]> {
+  return db.listJournal(userId, { order: "asc", limit: 10_000 });
+}
+
+/** Entries that created subscription or rollover grants, with the credits they created. */
+async function allocations(db: DbManager, userId: string) {
+  const grants = await db.listGrants(userId, { includeInactive: true });
+  return grants
+    .filter((g) => g.source === "subscription" || g.source === "rollover")
+    .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.source < b.source ? -1 : 1))
+    .map((g) => ({ source: g.source, amount: g.amount, expiresAt: g.expiresAt?.toISOString() ?? null }));
+}
+
+export function subscriptionContract(getDb: () => DbManager, base: number): void {
+  const user = () => `sub-${randomUUID()}`;
+  const planId = () => `plan-${randomUUID().slice(0, 12)}`;
+  // Jan 31 at noon, in a year far from the other tests' data.
+  const T = Date.UTC(2031, 0, 31, 12) + (base - Date.UTC(2030, 0, 1));
+
+  describe("plans and subscriptions", () => {
+    it("stores plans with guarded writes; refuses a duplicate id", async () => {
+      const db = getDb();
+      const { subscriptions } = servicesWithClock(db, T);
+      const id = planId();
+      const p = await subscriptions.createPlan({ id, name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: { cap: 50 }, price: 900, currency: "eur" });
+      expect(p).toMatchObject({ id, rollover: "cap", rolloverCap: 50, currency: "EUR", version: 1, isActive: true, validityDays: null });
+      await expect(subscriptions.createPlan({ id, name: "x", creditsPerPeriod: 1, billingPeriod: "daily" })).rejects.toBeInstanceOf(ConflictError);
+      expect(await db.updatePlan({ ...p, name: "stale" }, 7)).toBe(false);
+      expect((await subscriptions.getPlan(id)).name).toBe("Pro");
+      // Cached reads are invalidated by writes.
+      const updated = await subscriptions.updatePlan(id, { name: "Pro 2", rollover: "all" });
+      expect(updated).toMatchObject({ name: "Pro 2", rollover: "all", rolloverCap: null, version: 2 });
+      expect((await subscriptions.getPlan(id)).name).toBe("Pro 2");
+      await subscriptions.deactivatePlan(id);
+      expect((await subscriptions.listPlans()).some((x) => x.id === id)).toBe(false);
+      expect((await subscriptions.listPlans({ includeInactive: true })).some((x) => x.id === id)).toBe(true);
+      await subscriptions.deletePlan(id);
+      await expect(subscriptions.getPlan(id)).rejects.toBeInstanceOf(NotFoundError);
+      await expect(subscriptions.createPlan({ name: "bad", creditsPerPeriod: -1, billingPeriod: "monthly" } as never)).rejects.toBeInstanceOf(ValidationError);
+    });
+
+    it("subscribes once per user, allocates the first period (idempotently) and refuses deleting a plan with subscribers", async () => {
+      const db = getDb();
+      const { subscriptions, credits } = servicesWithClock(db, T);
+      const id = (await subscriptions.createPlan({ name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" })).id;
+      const u = user();
+      const s = await subscriptions.subscribe(u, id, { idempotencyKey: "signup-1" });
+      expect(s).toMatchObject({ status: "active", planId: id, periodIndex: 0, intent: null, version: 2 });
+      expect(s.currentPeriodEnd.toISOString()).toBe(new Date(Date.UTC(2031, 1, 28, 12) + (T - Date.UTC(2031, 0, 31, 12))).toISOString());
+      expect(s.nextRunAt?.getTime()).toBe(s.currentPeriodEnd.getTime());
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(100);
+      const again = await subscriptions.subscribe(u, id, { idempotencyKey: "signup-1" });
+      expect(again.id).toBe(s.id);
+      await expect(subscriptions.subscribe(u, id)).rejects.toBeInstanceOf(ConflictError);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(100);
+      const [g] = await credits.getGrants(u);
+      expect(g).toMatchObject({ source: "subscription", amount: 100, sourceRef: `sub:${s.id}:${s.currentPeriodStart.toISOString()}` });
+      expect(g?.expiresAt?.getTime()).toBe(s.currentPeriodEnd.getTime());
+      await expect(subscriptions.deletePlan(id)).rejects.toBeInstanceOf(ConflictError);
+      expect((await subscriptions.getPlan(id)).isActive).toBe(true);
+      expect(await subscriptions.getUserSubscription(user())).toBeNull();
+    });
+
+    it("renews at period end once, rolls over up to the cap even when the period's grant was expired first", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const id = (await subscriptions.createPlan({ name: "Cap", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: { cap: 30 } })).id;
+      const u = user();
+      const s = await subscriptions.subscribe(u, id);
+      await credits.deductCredits(u, 60);
+      clock.now = s.currentPeriodEnd.getTime() + 1000;
+      // A read after the period's end expires the 40 left before any renewal ran.
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+      const r1 = await expiration.renewDueSubscriptions();
+      const version = (await db.getActiveSubscription(u))?.version;
+      await expiration.renewDueSubscriptions();
+      expect(r1.renewed).toBeGreaterThanOrEqual(1);
+      expect((await db.getActiveSubscription(u))?.version).toBe(version);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(130);
+      const next = await subscriptions.getUserSubscription(u);
+      expect(next).toMatchObject({ periodIndex: 1, intent: null });
+      expect(next?.currentPeriodStart.toISOString().slice(5, 10)).toBe("02-28");
+      expect(next?.currentPeriodEnd.toISOString().slice(5, 10)).toBe("03-31");
+      expect((await allocations(db, u)).map((a) => `${a.source}:${a.amount}`)).toEqual(["subscription:100", "rollover:30", "subscription:100"]);
+      expect((await credits.audit(u)).ok).toBe(true);
+      const entries = await db.listLedgerEntries({ eventType: "system", limit: 5 });
+      expect(entries.some((e) => e.message === "job renewDueSubscriptions")).toBe(true);
+    });
+
+    it("catches up a job that did not run for three months: the current period only, rollover from the last allocated one", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const id = (await subscriptions.createPlan({ name: "All", creditsPerPeriod: 10, billingPeriod: "monthly", rollover: "all" })).id;
+      const u = user();
+      const s = await subscriptions.subscribe(u, id);
+      clock.now = T + 100 * DAY; // May 11: Feb 28, Mar 31 and Apr 30 periods were never renewed
+      const advanced = await expiration.allocateSubscriptionCredits(u);
+      expect(advanced).toMatchObject({ periodIndex: 3, intent: null });
+      expect(advanced?.currentPeriodStart.toISOString().slice(5, 10)).toBe("04-30");
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(20);
+      await expiration.renewDueSubscriptions();
+      expect((await db.getActiveSubscription(u))?.version).toBe(advanced?.version);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(20);
+      expect((await subscriptions.listUserSubscriptions(u)).map((x) => x.id)).toEqual([s.id]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("changePlan now/prorate adds or removes the prorated difference and keeps the period", async () => {
+      const db = getDb();
+      const { subscriptions, credits, clock } = servicesWithClock(db, T);
+      const small = (await subscriptions.createPlan({ name: "S", creditsPerPeriod: 100, billingPeriod: "daily" })).id;
+      const big = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 500, billingPeriod: "daily" })).id;
+      const u = user();
+      const s = await subscriptions.subscribe(u, small);
+      clock.now = T + DAY / 4;
+      const up = await subscriptions.changePlan(u, big);
+      expect(up).toMatchObject({ planId: big, currentPeriodStart: s.currentPeriodStart, currentPeriodEnd: s.currentPeriodEnd });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(100 + 300); // (500 − 100) × 3/4
+      await credits.deductCredits(u, 350);
+      clock.now = T + DAY / 2;
+      await subscriptions.changePlan(u, small, { when: "now", credits: "prorate" });
+      // (100 − 500) × 1/2 = −200, but only the 50 unspent can go.
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+      expect((await credits.audit(u)).ok).toBe(true);
+      await expect(subscriptions.changePlan(u, small)).rejects.toBeInstanceOf(ConflictError);
+    });
+
+    it("changePlan now/keep and now/expire start a new period; period_end switches at renewal", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: "all" })).id;
+      const b = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 40, billingPeriod: "weekly" })).id;
+      const u1 = user();
+      await subscriptions.subscribe(u1, a);
+      clock.now = T + 2 * DAY;
+      const kept = await subscriptions.changePlan(u1, b, { credits: "keep" });
+      expect(kept).toMatchObject({ planId: b, billingPeriod: "weekly", periodIndex: 0 });
+      expect(kept.currentPeriodStart.getTime()).toBe(clock.now);
+      expect(kept.currentPeriodEnd.getTime()).toBe(clock.now + 7 * DAY);
+      expect((await credits.getUserCreditsInfo(u1)).balance).toBe(140);
+      await expect(subscriptions.changePlan(u1, a, { credits: "prorate" })).rejects.toBeInstanceOf(ValidationError);
+      await subscriptions.changePlan(u1, a, { credits: "expire" });
+      // The weekly period's 40 expire, the monthly allocation comes; the first 100 stay.
+      expect((await credits.getUserCreditsInfo(u1)).balance).toBe(200);
+
+      clock.now = T;
+      const u2 = user();
+      const s2 = await subscriptions.subscribe(u2, a);
+      await expect(subscriptions.changePlan(u2, b, { when: "period_end", credits: "prorate" })).rejects.toBeInstanceOf(ValidationError);
+      const pending = await subscriptions.changePlan(u2, b, { when: "period_end", credits: "expire" });
+      expect(pending).toMatchObject({ planId: a, pendingPlanId: b, pendingCredits: "expire" });
+      expect((await credits.getUserCreditsInfo(u2)).balance).toBe(100);
+      clock.now = s2.currentPeriodEnd.getTime();
+      await expiration.renewDueSubscriptions();
+      const switched = await subscriptions.getUserSubscription(u2);
+      expect(switched).toMatchObject({ planId: b, billingPeriod: "weekly", periodIndex: 0, pendingPlanId: null });
+      expect(switched?.currentPeriodStart.getTime()).toBe(s2.currentPeriodEnd.getTime());
+      // "expire": no rollover of plan A's "all" at the switch.
+      expect((await credits.getUserCreditsInfo(u2)).balance).toBe(40);
+      expect((await credits.audit(u2)).ok).toBe(true);
+    });
+
+    it("cancels at period end (resume undoes it), ends non-renewing ones, cancels now with expiry; pay-as-you-go periods", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const p = (await subscriptions.createPlan({ name: "C", creditsPerPeriod: 10, billingPeriod: "weekly" })).id;
+      const payg = (await subscriptions.createPlan({ name: "PAYG", creditsPerPeriod: 0, billingPeriod: "daily" })).id;
+      const [u1, u2, u3, u4] = [user(), user(), user(), user()];
+      await subscriptions.subscribe(u1, p);
+      await subscriptions.subscribe(u2, p, { autoRenew: false });
+      await subscriptions.subscribe(u3, p);
+      await subscriptions.subscribe(u4, payg);
+      expect((await subscriptions.cancel(u1)).cancelAtPeriodEnd).toBe(true);
+      expect((await subscriptions.resume(u1)).cancelAtPeriodEnd).toBe(false);
+      await subscriptions.cancel(u1, { atPeriodEnd: true });
+      await expect(subscriptions.cancel(u3, { credits: "expire" })).rejects.toBeInstanceOf(ValidationError);
+      const now3 = await subscriptions.cancel(u3, { atPeriodEnd: false, credits: "expire" });
+      expect(now3).toMatchObject({ status: "canceled", intent: null, nextRunAt: null });
+      expect((await credits.getUserCreditsInfo(u3)).balance).toBe(0);
+      clock.now = T + 7 * DAY;
+      await expiration.renewDueSubscriptions();
+      expect(await subscriptions.getUserSubscription(u1)).toBeNull();
+      expect(await subscriptions.getUserSubscription(u2)).toBeNull();
+      const [h1] = await subscriptions.listUserSubscriptions(u1);
+      const [h2] = await subscriptions.listUserSubscriptions(u2);
+      expect(h1).toMatchObject({ status: "canceled", nextRunAt: null });
+      expect(h2).toMatchObject({ status: "expired" });
+      // Nothing allocated for a period that never came.
+      expect((await allocations(db, u1)).length).toBe(1);
+      // Pay-as-you-go: periods advance, no credits; usage goes to debt as usual.
+      const s4 = (await subscriptions.getUserSubscription(u4)) as Subscription;
+      expect(s4.periodIndex).toBe(7);
+      expect((await credits.getUserCreditsInfo(u4)).balance).toBe(0);
+      await credits.deductCreditsAfterService(u4, 5);
+      expect((await credits.getUserCreditsInfo(u4)).debt).toBe(5);
+      // A new subscription after the old one ended.
+      await subscriptions.subscribe(u1, p);
+      expect((await subscriptions.listUserSubscriptions(u1)).map((x) => x.status)).toEqual(["canceled", "active"]);
+    });
+
+    it("a crash between the allocation and the subscription write allocates once when retried", async () => {
+      const db = getDb();
+      const { subscriptions, credits, clock } = servicesWithClock(db, T);
+      const p = (await subscriptions.createPlan({ name: "Crash", creditsPerPeriod: 25, billingPeriod: "daily" })).id;
+      const u = user();
+      const s = await subscriptions.subscribe(u, p);
+      clock.now = s.currentPeriodEnd.getTime();
+      let failNext = true;
+      const flaky = new Proxy(db, {
+        get(target, prop, receiver) {
+          if (prop === "updateSubscription") {
+            return async (next: Subscription, v: number) => {
+              if (failNext && next.intent === null) {
+                failNext = false;
+                throw new Error("process died");
+              }
+              return target.updateSubscription(next, v);
+            };
+          }
+          const value = Reflect.get(target, prop, receiver) as unknown;
+          return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const crashing = servicesWithClock(flaky, clock.now).subscriptions;
+      const current = (await db.getActiveSubscription(u)) as Subscription;
+      await expect(crashing.advance(current)).rejects.toThrow("process died");
+      expect((await db.getActiveSubscription(u))?.intent).not.toBeNull();
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(25);
+      const done = await subscriptions.getUserSubscription(u);
+      expect(done).toMatchObject({ intent: null, periodIndex: 1 });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(25);
+      expect((await allocations(db, u)).length).toBe(2);
+    });
+
+    it("two job runners started together allocate each period once and expire each grant once", async () => {
+      const db = getDb();
+      const a = servicesWithClock(db, T);
+      const b = servicesWithClock(db, T);
+      const p: Plan = await a.subscriptions.createPlan({ name: "Race", creditsPerPeriod: 7, billingPeriod: "daily", rollover: { cap: 3 } });
+      const users = Array.from({ length: 12 }, user);
+      for (const u of users) {
+        await a.subscriptions.subscribe(u, p.id);
+        await a.credits.addCredits(u, 5, { expiresAt: new Date(T + DAY / 2) });
+        await a.credits.addCredits(u, 4, { expiresAt: new Date(T + DAY / 3) });
+        await a.credits.reserveCredits(u, 2, { ttlSeconds: 60 });
+      }
+      for (const s of [a, b]) s.clock.now = T + 2 * DAY + 1000;
+      const [r1, r2] = await Promise.all([a.expiration.runAll(undefined, { batchSize: 5 }), b.expiration.runAll(undefined, { batchSize: 7 })]);
+      expect(r1.renewDueSubscriptions.errors + r2.renewDueSubscriptions.errors).toBe(0);
+      for (const u of users) {
+        const entries = await journal(db, u);
+        const keys = entries.filter((e) => e.idempotencyKey?.startsWith("sub:")).map((e) => e.idempotencyKey);
+        expect(new Set(keys).size).toBe(keys.length);
+        // Periods 0 and 2: period 1 (day 2) had ended before any runner reached it.
+        expect(keys).toHaveLength(2);
+        // No grant loses more than it had (a held part returned after expiry expires in a second entry).
+        const lost = new Map<string, number>();
+        for (const e of entries.filter((x) => x.type === "expire")) for (const g of e.grants) lost.set(g.grantId, (lost.get(g.grantId) ?? 0) + g.amount);
+        for (const g of await db.listGrants(u, { includeInactive: true })) {
+          expect(lost.get(g.id) ?? 0).toBe(g.expiredAmount);
+          expect(g.expiredAmount).toBeLessThanOrEqual(g.amount);
+        }
+        // Period 2 holds its 7 and 3 (the cap) rolled over from period 0's unspent 7.
+        expect((await a.credits.getUserCreditsInfo(u)).balance).toBe(10);
+        expect((await a.credits.audit(u)).ok).toBe(true);
+        expect((await db.getActiveSubscription(u))?.periodIndex).toBe(2);
+      }
+      // Nothing of these users is left due (the renewals settled most of it, the jobs the rest).
+      const left = await db.findDueGrants(new Date(a.clock.now), 100_000);
+      expect(left.filter((g) => users.includes(g.userId))).toEqual([]);
+      const holds = await db.findExpiredReservations(new Date(a.clock.now), 100_000);
+      expect(holds.filter((h) => users.includes(h.userId))).toEqual([]);
+    });
+
+    it("scans due subscriptions in (nextRunAt, id) order with a cursor", async () => {
+      const db = getDb();
+      const { subscriptions } = servicesWithClock(db, T);
+      const p = (await subscriptions.createPlan({ name: "Scan", creditsPerPeriod: 1, billingPeriod: "daily" })).id;
+      const far = T + 5000 * DAY;
+      const users = [user(), user(), user()];
+      for (const [i, u] of users.entries()) {
+        const svc = servicesWithClock(db, far + i * 1000).subscriptions;
+        await svc.subscribe(u, p);
+      }
+      const mine = (xs: Subscription[]) => xs.filter((s) => users.includes(s.userId));
+      const due = mine(await db.findDueSubscriptions(new Date(far + DAY + 1000), 10_000));
+      expect(due.map((s) => s.userId)).toEqual(users.slice(0, 2));
+      const first = due[0] as Subscription;
+      const rest = mine(await db.findDueSubscriptions(new Date(far + DAY + 5000), 10_000, { nextRunAt: first.nextRunAt as Date, id: first.id }));
+      expect(rest.map((s) => s.userId)).toEqual(users.slice(1));
+      const stale = { ...first, planId: "other" };
+      expect(await db.updateSubscription(stale, first.version + 5)).toBe(false);
+      await expect(db.insertSubscription({ ...first, id: randomUUID() })).rejects.toBeInstanceOf(ConflictError);
+    });
+  });
+}
