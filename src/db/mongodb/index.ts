@@ -26,6 +26,9 @@ import type {
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "./lock.js";
+import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
+import type { Plan, Subscription } from "../../models/index.js";
+import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 
@@ -59,6 +62,8 @@ interface Collections {
   reservations: Collection<StoredDoc>;
   journal: Collection<StoredDoc>;
   ledger: Collection<StoredDoc>;
+  plans: Collection<StoredDoc>;
+  subscriptions: Collection<StoredDoc>;
 }
 
 /**
@@ -87,6 +92,7 @@ const batchOf = (limit: number) => ({ batchSize: Math.max(1, Math.min(limit, MAX
 
 /** The indexes every query and guarantee of the adapter relies on (created by `init()`). */
 const INDEXES: Record<keyof Collections, IndexDescription[]> = {
+  ...SUBSCRIPTION_INDEXES,
   // The account document is `_id: userId`; its `_id` index is the only one it needs.
   accounts: [],
   grants: [
@@ -161,6 +167,8 @@ export class MongoDbManager implements DbManager {
   private ownsClient = false;
   private readonly maxAttempts: number;
   private readonly c: Collections;
+  /** Plans and subscriptions (see `./subscriptions.ts`). */
+  private readonly subs: MongoSubscriptionStore;
   private lastLedgerOrd = 0;
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
@@ -197,7 +205,10 @@ export class MongoDbManager implements DbManager {
       reservations: col("reservations"),
       journal: col("journal"),
       ledger: col("ledger"),
+      plans: col("plans"),
+      subscriptions: col("subscriptions"),
     };
+    this.subs = new MongoSubscriptionStore(this.c.plans, this.c.subscriptions);
   }
 
   /**
@@ -414,6 +425,44 @@ export class MongoDbManager implements DbManager {
       this.c.ledger.find(filter, batchOf(q.limit)).sort({ createdAt: -1, _ord: -1 }).limit(q.limit).toArray(),
     );
     return docs.map((d) => fromDoc(LEDGER, d));
+  }
+
+  // Plans and subscriptions: `MongoSubscriptionStore`.
+  insertPlan(plan: Plan): Promise<void> {
+    return this.subs.insertPlan(plan);
+  }
+  getPlan(planId: string): Promise<Plan | null> {
+    return this.subs.getPlan(planId);
+  }
+  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
+    return this.subs.listPlans(options);
+  }
+  updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
+    return this.subs.updatePlan(plan, expectedVersion);
+  }
+  deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
+    return this.subs.deletePlan(planId, expectedVersion);
+  }
+  planHasSubscribers(planId: string): Promise<boolean> {
+    return this.subs.planHasSubscribers(planId);
+  }
+  insertSubscription(subscription: Subscription): Promise<void> {
+    return this.subs.insertSubscription(subscription);
+  }
+  getSubscription(subscriptionId: string): Promise<Subscription | null> {
+    return this.subs.getSubscription(subscriptionId);
+  }
+  getActiveSubscription(userId: string): Promise<Subscription | null> {
+    return this.subs.getActiveSubscription(userId);
+  }
+  listSubscriptions(userId: string): Promise<Subscription[]> {
+    return this.subs.listSubscriptions(userId);
+  }
+  updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean> {
+    return this.subs.updateSubscription(subscription, expectedVersion);
+  }
+  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
+    return this.subs.findDueSubscriptions(asOf, limit, after);
   }
 
   /** Fails with `ConfigurationError` unless the server can run multi-document transactions. */
