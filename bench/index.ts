@@ -3,6 +3,7 @@
  * In-memory at journal sizes 1k, 100k and 1M (each in its own process, for a clean peak RSS);
  * PostgreSQL and MongoDB when CREDIT_PG_URL / CREDIT_MONGO_URI are set.
  * BENCH_SIZES=1000,100000 limits the sizes; BENCH_OPS sets operations per measurement.
+ * Jobs (bench/jobs.ts): BENCH_JOBS_GRANTS / BENCH_JOBS_SUBS shrink them, BENCH_JOBS=0 skips them.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -63,6 +64,19 @@ for (const [env, file] of [
   if (!existsSync(join(here, file))) continue;
   const mod = (await import(`./${file.replace(".ts", ".js")}`)) as { run: () => Promise<BenchRow[]> };
   rows.push(...(await mod.run()));
+}
+
+// Jobs (expiry and renewals at scale), in their own process for a clean heap.
+if (process.env.BENCH_JOBS !== "0") {
+  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", "--max-old-space-size=6144", join(here, "jobs-main.ts")], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    stdio: ["ignore", "pipe", "inherit"],
+    env: process.env,
+  });
+  rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
+} else {
+  notes.push("jobs: skipped (BENCH_JOBS=0)");
 }
 
 printTable(rows);
