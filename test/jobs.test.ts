@@ -1,0 +1,57 @@
+import { describe, expect, it } from "vitest";
+import { ExpirationService, SubscriptionService, ValidationError, createCreditManager } from "../src/index.js";
+
+const T = Date.UTC(2031, 0, 31, 12);
+const DAY = 86_400_000;
+
+describe("subscriptions and jobs through createCreditManager", () => {
+  it("wires subscriptions and expiration; jobs report counts and log a system ledger entry", async () => {
+    const clock = { now: T };
+    const m = await createCreditManager({ clock: () => new Date(clock.now) });
+    expect(m.subscriptions).toBeInstanceOf(SubscriptionService);
+    expect(m.expiration).toBeInstanceOf(ExpirationService);
+    await m.credits.addCredits("a", 10, { expiresAt: new Date(T + DAY) });
+    await m.credits.addCredits("b", 5, { expiresAt: new Date(T + DAY) });
+    await m.credits.reserveCredits("b", 2, { ttlSeconds: 60 });
+    clock.now = T + 2 * DAY;
+    const report = await m.expiration.runAll();
+    expect(report.releaseExpiredHolds).toMatchObject({ holdsScanned: 1, holdsReleased: 1, creditsReleased: 2, users: 1, errors: 0 });
+    expect(report.expireDueGrants).toMatchObject({ grantsScanned: 1, users: 1, errors: 0 });
+    // b's grant expired with its hold's release (the holds job settled it); a's by the grants job.
+    expect(report.expireDueGrants.creditsExpired).toBe(10);
+    expect(await m.credits.getUserCreditsInfo("b")).toMatchObject({ balance: 0, reserved: 0 });
+    const system = await m.ledger.getEntries({ eventType: "system" });
+    expect(system.map((e) => e.message).sort()).toEqual(["job expireDueGrants", "job releaseExpiredHolds", "job renewDueSubscriptions"]);
+    expect(system.find((e) => e.message === "job expireDueGrants")?.details).toMatchObject({ grantsScanned: 1 });
+    await m.close();
+  });
+
+  it("refuses bad input and job times in the future with ValidationError", async () => {
+    const m = await createCreditManager();
+    await expect(m.expiration.expireDueGrants(new Date(Date.now() + 60_000))).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.expiration.renewDueSubscriptions(undefined, { batchSize: 0 })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.subscriptions.createPlan({ name: "x", creditsPerPeriod: 1.5, billingPeriod: "monthly" })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.subscriptions.createPlan({ name: "x", creditsPerPeriod: 1, billingPeriod: "hourly" as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.subscriptions.subscribe("u", "bad plan id!")).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.subscriptions.changePlan("u", "p", { when: "later" as never })).rejects.toBeInstanceOf(ValidationError);
+    await m.close();
+  });
+
+  it("checkCreditExpiration and allocateSubscriptionCredits work per user; a future start allocates at its start", async () => {
+    const clock = { now: T };
+    const m = await createCreditManager({ clock: () => new Date(clock.now) });
+    const plan = await m.subscriptions.createPlan({ id: "pro", name: "Pro", creditsPerPeriod: 50, billingPeriod: "weekly", validityDays: 3 });
+    const s = await m.subscriptions.subscribe("u", plan.id, { startAt: new Date(T + DAY) });
+    expect(s.intent).not.toBeNull();
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(0);
+    clock.now = T + DAY;
+    const started = await m.expiration.allocateSubscriptionCredits("u");
+    expect(started?.intent).toBeNull();
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(50);
+    // validityDays: 3 days after the period's start.
+    clock.now = T + 4 * DAY;
+    expect(await m.expiration.checkCreditExpiration("u")).toEqual({ userId: "u", creditsExpired: 50 });
+    expect(await m.expiration.allocateSubscriptionCredits("nobody")).toBeNull();
+    await m.close();
+  });
+});
