@@ -116,7 +116,8 @@ function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions):
     );
     return statements;
   }
-  statements.push(`CREATE TABLE IF NOT EXISTS ${table.qualified} (\n${lines.join(",\n")}\n);`);
+  const storage = dialect === "postgres" && table.spec.fillfactor !== undefined ? ` WITH (fillfactor = ${table.spec.fillfactor})` : "";
+  statements.push(`CREATE TABLE IF NOT EXISTS ${table.qualified} (\n${lines.join(",\n")}\n)${storage};`);
   for (const index of indexes) {
     const name = checkLength(`${table.name}_${index.name}`);
     // SQLite puts the schema on the index name, PostgreSQL on the table only.

@@ -2,7 +2,7 @@ import type * as PgModule from "pg";
 import type { Pool, PoolClient, PoolConfig, QueryResult } from "pg";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
-import type { Column } from "../../schema/columns.js";
+import { type Column, snakeCase } from "../../schema/columns.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type {
@@ -318,23 +318,35 @@ export class PostgresDbManager implements DbManager {
     }
   }
 
-  /** @internal Prepares the unit-of-work statements on a connection that lacks them. */
-  async prepare(client: PoolClient): Promise<void> {
+  /**
+   * @internal `PREPARE` text for the statements `client` lacks, to put in front of the message
+   * that runs them (prepared statements outlive a rollback, so this costs no round trip).
+   */
+  prepareFor(client: PoolClient, statements: readonly Statement[]): { text: string; names: string[] } {
+    const done = preparedOn.get(client);
+    const missing = statements.filter((s) => !done?.has(s.name));
+    return { text: missing.map((s) => `${prepareText(s)}; `).join(""), names: missing.map((s) => s.name) };
+  }
+
+  /** @internal Records statements as prepared on `client` after their message succeeded. */
+  markPrepared(client: PoolClient, names: readonly string[]): void {
+    if (names.length === 0) return;
     let done = preparedOn.get(client);
     if (done === undefined) {
       done = new Set();
       preparedOn.set(client, done);
     }
-    for (const s of [this.sql.lock, this.sql.state, this.sql.saveUpdate, this.sql.saveInsert]) {
-      if (done.has(s.name)) continue;
+    for (const n of names) done.add(n);
+  }
+
+  /** @internal After a failed message that carried PREPAREs: learn which exist now. */
+  async resyncPrepared(client: PoolClient): Promise<void> {
+    try {
       this.roundTrips++;
-      try {
-        await client.query(prepareText(s));
-      } catch (error) {
-        // 42P05: another manager with the same tables prepared it on this connection already.
-        if ((error as { code?: string }).code !== "42P05") throw error;
-      }
-      done.add(s.name);
+      const r = await client.query<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
+      preparedOn.set(client, new Set(r.rows.map((row) => row.name)));
+    } catch {
+      preparedOn.delete(client);
     }
   }
 
@@ -361,6 +373,12 @@ class PostgresTransaction implements DbTransaction {
   /** A transaction is open on the connection (BEGIN sent, neither COMMIT nor ROLLBACK yet). */
   open = false;
   private loaded: { seq: number | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } | null = null;
+  /** Rows as read in this unit of work: updates write only the columns that differ from them. */
+  private readonly originals: { account: Account | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } = {
+    account: null,
+    grants: new Map(),
+    holds: new Map(),
+  };
   private pending: Changes | null = null;
   private saved = false;
 
@@ -372,26 +390,25 @@ class PostgresTransaction implements DbTransaction {
 
   async load(request?: LoadRequest): Promise<LoadedState> {
     const { sql } = this.db;
+    const key = request?.idempotencyKey ?? null;
     const begin = this.open ? "" : "BEGIN ISOLATION LEVEL READ COMMITTED; ";
-    const results = await this.run("load", async () => {
-      await this.db.prepare(this.client);
-      this.open = true;
-      return this.multi(
-        `${begin}${executeText(sql.lock, [this.userId])}; ${executeText(sql.state, [this.userId, request?.idempotencyKey ?? null])}`,
-      );
-    });
-    const [lock, state_] = results.slice(-2);
-    const accountRow = lock?.rows[0] as Record<string, unknown> | undefined;
-    const state = state_?.rows[0] as { grants: string | null; holds: string | null; idem: string | null } | undefined;
-    const account = accountRow === undefined ? null : this.db.decode<Account>("accounts", accountRow);
-    const grants = parseRows<Grant>(sql.tables.grants, state?.grants);
-    const reservations = parseRows<Reservation>(sql.tables.reservations, state?.holds);
-    const idem = state?.idem ? decodeRow<JournalEntry>(sql.tables.journal.columns, JSON.parse(state.idem)) : null;
+    this.open = true;
+    const text = (prepares: string) =>
+      `${prepares}${begin}${executeText(sql.lock, [this.userId])}; ${executeText(sql.state, [this.userId, key])}`;
+    const [row, state] = await this.message("load", [sql.lock, sql.state], text, 2);
+    const reads = (state ?? {}) as { grants?: string | null; holds?: string | null; idem?: string | null };
+    const account = row === undefined ? null : this.db.decode<Account>("accounts", row);
+    const grants = parseRows<Grant>(sql.tables.grants, reads.grants);
+    const reservations = parseRows<Reservation>(sql.tables.reservations, reads.holds);
+    const idem = reads.idem ? decodeRow<JournalEntry>(sql.tables.journal.columns, JSON.parse(reads.idem)) : null;
     this.loaded = {
       seq: account?.seq ?? null,
       grants: new Map(grants.map((g) => [g.id, g])),
       holds: new Map(reservations.map((r) => [r.id, r])),
     };
+    this.originals.account = account;
+    for (const g of grants) this.originals.grants.set(g.id, g);
+    for (const r of reservations) this.originals.holds.set(r.id, r);
     return { account, grants: [...grants], reservations: [...reservations], idempotent: idem };
   }
 
@@ -405,6 +422,7 @@ class PostgresTransaction implements DbTransaction {
       [this.userId, [...grantIds]],
     );
     const byId = new Map(rows.map((r) => [r.id as string, this.db.decode<Grant>("grants", r)]));
+    for (const g of byId.values()) if (!this.originals.grants.has(g.id)) this.originals.grants.set(g.id, g);
     return grantIds.flatMap((id) => byId.get(id) ?? []);
   }
 
@@ -416,7 +434,10 @@ class PostgresTransaction implements DbTransaction {
       `${this.db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`,
       [this.userId, reservationId],
     );
-    return rows[0] === undefined ? null : this.db.decode<Reservation>("reservations", rows[0]);
+    if (rows[0] === undefined) return null;
+    const r = this.db.decode<Reservation>("reservations", rows[0]);
+    if (!this.originals.holds.has(r.id)) this.originals.holds.set(r.id, r);
+    return r;
   }
 
   async save(changes: Changes): Promise<void> {
@@ -425,10 +446,17 @@ class PostgresTransaction implements DbTransaction {
     if (this.loaded !== null && changes.previousSeq !== this.loaded.seq) {
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
     }
-    const foreign = [changes.account, ...changes.insertGrants, ...changes.updateGrants, ...changes.insertReservations, ...changes.updateReservations, ...changes.entries].find(
-      (o) => o.userId !== this.userId,
-    );
-    if (foreign !== undefined) throw new Error(`save() of account ${this.userId} got a row of another account`);
+    const rows: Array<{ userId: string }> = [
+      changes.account,
+      ...changes.insertGrants,
+      ...changes.updateGrants,
+      ...changes.insertReservations,
+      ...changes.updateReservations,
+      ...changes.entries,
+    ];
+    if (rows.some((o) => o.userId !== this.userId)) {
+      throw new Error(`save() of account ${this.userId} got a row of another account`);
+    }
     this.pending = changes;
   }
 
@@ -445,39 +473,59 @@ class PostgresTransaction implements DbTransaction {
     }
     const { sql } = this.db;
     const { tables } = sql;
+    const originals = this.originals;
+    const accountColumns = changes.previousSeq === null ? null : changedColumns(tables.accounts, [changes.account], () => originals.account);
+    const grantColumns = changes.updateGrants.length === 0 ? null : changedColumns(tables.grants, changes.updateGrants, (g) => originals.grants.get(g.id));
+    const reservationColumns =
+      changes.updateReservations.length === 0 ? null : changedColumns(tables.reservations, changes.updateReservations, (r) => originals.holds.get(r.id));
     const payload: Record<string, unknown> = {
-      a: toRow(tables.accounts.columns, changes.account),
-      nug: changes.updateGrants.length,
-      nur: changes.updateReservations.length,
+      a: accountColumns === null ? toRow(tables.accounts.columns, changes.account) : pick(tables.accounts, accountColumns, changes.account),
     };
     if (changes.previousSeq !== null) payload.prev = changes.previousSeq;
-    const put = (key: string, table: SqlTable, rows: readonly object[]) => {
-      if (rows.length > 0) payload[key] = rows.map((r) => toRow(table.columns, r));
-    };
-    put("ig", tables.grants, changes.insertGrants);
-    put("ug", tables.grants, changes.updateGrants);
-    put("ir", tables.reservations, changes.insertReservations);
-    put("ur", tables.reservations, changes.updateReservations);
-    put("e", tables.journal, changes.entries);
-    const save = changes.previousSeq === null ? sql.saveInsert : sql.saveUpdate;
-    await this.run("save", async () => {
-      if (!this.open) {
-        // save() without load(): the UPDATE itself takes the row lock; its guard still applies.
-        await this.db.prepare(this.client);
-        this.open = true;
-        await this.multi(`BEGIN ISOLATION LEVEL READ COMMITTED; ${executeText(save, [JSON.stringify(payload)])}; COMMIT`);
-      } else {
-        await this.multi(`${executeText(save, [JSON.stringify(payload)])}; COMMIT`);
-      }
+    if (changes.insertGrants.length > 0) payload.ig = changes.insertGrants.map((g) => toRow(tables.grants.columns, g));
+    if (grantColumns !== null) payload.ug = changes.updateGrants.map((g) => pick(tables.grants, ["id", ...grantColumns], g));
+    if (changes.insertReservations.length > 0) payload.ir = changes.insertReservations.map((r) => toRow(tables.reservations.columns, r));
+    if (reservationColumns !== null) payload.ur = changes.updateReservations.map((r) => pick(tables.reservations, ["id", ...reservationColumns], r));
+    if (changes.entries.length > 0) payload.e = changes.entries.map((e) => toRow(tables.journal.columns, e));
+    const save = sql.save({
+      accountColumns,
+      insertGrants: changes.insertGrants.length > 0,
+      grantColumns,
+      insertReservations: changes.insertReservations.length > 0,
+      reservationColumns,
+      entries: changes.entries.length > 0,
     });
+    // save() without load(): the write itself takes the row lock; its guard still applies.
+    const begin = this.open ? "" : "BEGIN ISOLATION LEVEL READ COMMITTED; ";
+    this.open = true;
+    await this.message("save", [save], (p) => `${p}${begin}${executeText(save, [this.userId, JSON.stringify(payload)])}; COMMIT`, 2);
     this.open = false;
   }
 
-  /** One simple-protocol message of several statements; its results in order. */
-  private async multi(text: string): Promise<QueryResult[]> {
-    this.db.roundTrips++;
-    const result = (await this.client.query(text)) as unknown as QueryResult | QueryResult[];
-    return Array.isArray(result) ? result : [result];
+  /**
+   * Sends one simple-protocol message of several statements (with the PREPAREs the connection
+   * lacks in front) and returns the first row of each of the last `count` statements.
+   */
+  private async message(
+    what: string,
+    statements: readonly Statement[],
+    text: (prepares: string) => string,
+    count = 1,
+  ): Promise<Array<Record<string, unknown> | undefined>> {
+    const prepare = this.db.prepareFor(this.client, statements);
+    return this.run(what, async () => {
+      this.db.roundTrips++;
+      let result: QueryResult | QueryResult[];
+      try {
+        result = (await this.client.query(text(prepare.text))) as unknown as QueryResult | QueryResult[];
+      } catch (error) {
+        if (prepare.names.length > 0) await this.db.resyncPrepared(this.client);
+        throw error;
+      }
+      this.db.markPrepared(this.client, prepare.names);
+      const list = Array.isArray(result) ? result : [result];
+      return list.slice(list.length - count).map((r) => r.rows[0] as Record<string, unknown> | undefined);
+    });
   }
 
   private async query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
@@ -512,6 +560,40 @@ function toRow(columns: readonly Column[], value: object): Record<string, unknow
   const v = value as Record<string, unknown>;
   for (const c of columns) out[c.name] = v[c.field] ?? null;
   return out;
+}
+
+/** Only `names` of a model object, by column name. */
+function pick(table: SqlTable, names: readonly string[], value: object): Record<string, unknown> {
+  const v = value as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const c of table.columns) if (names.includes(c.name)) out[c.name] = v[c.field] ?? null;
+  return out;
+}
+
+/**
+ * The columns (in table order) in which `rows` differ from the rows as read; every non-key
+ * column when a row was not read in this unit of work.
+ */
+function changedColumns<T extends object>(table: SqlTable, rows: readonly T[], original: (row: T) => object | null | undefined): string[] {
+  const keys = new Set(["user_id", "created_at", ...table.spec.primaryKey.map(snakeCase)]);
+  const candidates = table.columns.filter((c) => !keys.has(c.name));
+  const changed = new Set<string>();
+  for (const row of rows) {
+    const before = original(row) as Record<string, unknown> | null | undefined;
+    const after = row as Record<string, unknown>;
+    for (const c of candidates) {
+      if (changed.has(c.name)) continue;
+      if (before === null || before === undefined || !sameValue(before[c.field], after[c.field])) changed.add(c.name);
+    }
+  }
+  const names = candidates.filter((c) => changed.has(c.name)).map((c) => c.name);
+  return names.length > 0 ? names : candidates.map((c) => c.name);
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (a instanceof Date && b instanceof Date) return a.getTime() === b.getTime();
+  return false;
 }
 
 function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
