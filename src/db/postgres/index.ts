@@ -157,12 +157,14 @@ export class PostgresDbManager implements DbManager {
           result = await fn(tx);
         } catch (error) {
           if (tx.open) broken = await rollback(client);
+          tx.open = false;
           throw error;
         }
         await tx.finish();
         return result;
       } catch (error) {
         if (tx.open) broken = await rollback(client);
+        if (tx.resync && !broken) await this.resyncPrepared(client);
         if (!(error instanceof Retry)) throw error;
         if (isConnectionLevel(error.reason)) broken = true;
         if (attempt >= this.maxAttempts) {
@@ -381,6 +383,8 @@ class PostgresTransaction implements DbTransaction {
   };
   private pending: Changes | null = null;
   private saved = false;
+  /** A message with PREPAREs failed: the connection's prepared statements must be listed again. */
+  resync = false;
 
   constructor(
     private readonly db: PostgresDbManager,
@@ -519,7 +523,8 @@ class PostgresTransaction implements DbTransaction {
       try {
         result = (await this.client.query(text(prepare.text))) as unknown as QueryResult | QueryResult[];
       } catch (error) {
-        if (prepare.names.length > 0) await this.db.resyncPrepared(this.client);
+        // Which PREPAREs ran is learnt after the rollback (an aborted transaction answers nothing).
+        if (prepare.names.length > 0) this.resync = true;
         throw error;
       }
       this.db.markPrepared(this.client, prepare.names);
@@ -544,9 +549,10 @@ class PostgresTransaction implements DbTransaction {
       const code = (error as { code?: string }).code;
       if (code !== undefined && RETRY_CODES.has(code)) throw new Retry(error);
       if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) throw new Retry(error);
-      if (code === "26000") {
-        // Our prepared statements vanished (DISCARD/DEALLOCATE by someone else): prepare again.
-        preparedOn.delete(this.client);
+      if (code === "26000" || code === "42P05") {
+        // Our record of the connection's prepared statements was wrong (someone ran DISCARD or
+        // DEALLOCATE, or a failed message left it unsure): list them again and retry.
+        this.resync = true;
         throw new Retry(error);
       }
       throw storageError(what, error);
