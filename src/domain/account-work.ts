@@ -47,10 +47,9 @@ export class AccountWork {
   account: Account;
   private readonly grants = new Map<string, Grant>();
   private readonly holds = new Map<string, Reservation>();
-  private readonly insertedGrants = new Set<string>();
-  private readonly updatedGrants = new Set<string>();
-  private readonly insertedHolds = new Set<string>();
-  private readonly updatedHolds = new Set<string>();
+  /** Grants and holds this work created or changed: id → true when created here. */
+  private readonly touchedGrants = new Map<string, boolean>();
+  private readonly touchedHolds = new Map<string, boolean>();
   readonly entries: JournalEntry[] = [];
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
@@ -58,7 +57,8 @@ export class AccountWork {
     this.now = now;
     this.newId = newId;
     this.original = state.account;
-    this.account = state.account ?? {
+    // A private copy, updated in place (the loaded object is never mutated).
+    this.account = state.account ? { ...state.account } : {
       userId,
       balance: 0,
       reserved: 0,
@@ -125,7 +125,7 @@ export class AccountWork {
     }
     const total = sum(portions);
     if (total > 0) {
-      this.account = { ...this.account, balance: this.account.balance - total };
+      this.account.balance = this.account.balance - total;
       this.emit("expire", total, portions, null, { description: "credits expired", ...meta });
     }
     return total;
@@ -157,14 +157,11 @@ export class AccountWork {
         closedReason: null,
       };
       this.grants.set(id, g);
-      this.insertedGrants.add(id);
+      this.touchedGrants.set(id, true);
       portions.push({ grantId: id, amount: grantAmount });
     }
-    this.account = {
-      ...this.account,
-      balance: this.account.balance + amount,
-      debt: this.account.debt - debtPaid,
-    };
+    this.account.balance = this.account.balance + amount;
+    this.account.debt = this.account.debt - debtPaid;
     return this.emit("add", amount, portions, null, meta);
   }
 
@@ -193,11 +190,8 @@ export class AccountWork {
     }
     const portions = this.draw(amount);
     const drawn = sum(portions);
-    this.account = {
-      ...this.account,
-      balance: this.account.balance - amount,
-      debt: this.account.debt + (amount - drawn),
-    };
+    this.account.balance = this.account.balance - amount;
+    this.account.debt = this.account.debt + (amount - drawn);
     return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
   }
 
@@ -231,12 +225,9 @@ export class AccountWork {
       committedAmount: null,
     };
     this.holds.set(reservation.id, reservation);
-    this.insertedHolds.add(reservation.id);
-    this.account = {
-      ...this.account,
-      reserved: this.account.reserved + amount,
-      nextExpiryAt: minDate(this.account.nextExpiryAt, expiresAt),
-    };
+    this.touchedHolds.set(reservation.id, true);
+    this.account.reserved = this.account.reserved + amount;
+    this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
     const entry = this.emit("reserve", amount, allocations, reservation.id, meta);
     return { reservation, entry };
   }
@@ -277,11 +268,8 @@ export class AccountWork {
       allocations: leftover,
       amount: hold.amount - captured,
     };
-    this.account = {
-      ...this.account,
-      balance: this.account.balance - captured,
-      reserved: this.account.reserved - captured,
-    };
+    this.account.balance = this.account.balance - captured;
+    this.account.reserved = this.account.reserved - captured;
     this.putHold(settled);
     const entry = this.emit("commit_reserved", captured, consumed, hold.id, meta);
     if (settled.amount > 0) {
@@ -316,7 +304,7 @@ export class AccountWork {
     const current = this.grants.get(grant.id) ?? grant;
     const amount = current.remaining;
     this.putGrant({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
-    this.account = { ...this.account, balance: this.account.balance - amount };
+    this.account.balance = this.account.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
   }
 
@@ -325,22 +313,29 @@ export class AccountWork {
 
   /** Everything this work changed, for `DbTransaction.save`. */
   changes(): Changes {
-    this.account = Object.freeze({ ...this.account, nextExpiryAt: this.computeNextExpiry(), updatedAt: this.now });
-    const pick = <T extends object>(map: Map<string, T>, ids: Set<string>): T[] =>
-      [...ids].map((id) => freeze(map.get(id) as T));
+    this.account.nextExpiryAt = this.computeNextExpiry();
+    this.account.updatedAt = this.now;
+    const split = <T>(all: Map<string, T>, touched: Map<string, boolean>): [T[], T[]] => {
+      const inserted: T[] = [];
+      const updated: T[] = [];
+      for (const [id, isNew] of touched) (isNew ? inserted : updated).push(all.get(id) as T);
+      return [inserted, updated];
+    };
+    const [insertGrants, updateGrants] = split(this.grants, this.touchedGrants);
+    const [insertReservations, updateReservations] = split(this.holds, this.touchedHolds);
     return {
       account: this.account,
       previousSeq: this.original === null ? null : this.original.seq,
-      insertGrants: pick(this.grants, this.insertedGrants),
-      updateGrants: pick(this.grants, this.updatedGrants),
-      insertReservations: pick(this.holds, this.insertedHolds),
-      updateReservations: pick(this.holds, this.updatedHolds),
-      entries: this.entries.map(freeze),
+      insertGrants,
+      updateGrants,
+      insertReservations,
+      updateReservations,
+      entries: this.entries,
     };
   }
 
   get changed(): boolean {
-    return this.entries.length > 0 || this.updatedGrants.size > 0 || this.updatedHolds.size > 0;
+    return this.entries.length > 0 || this.touchedGrants.size > 0 || this.touchedHolds.size > 0;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -379,7 +374,8 @@ export class AccountWork {
       if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
       this.putGrant({ ...g, remaining: g.remaining + back });
     }
-    this.account = { ...this.account, reserved: this.account.reserved - hold.amount, debt };
+    this.account.reserved = this.account.reserved - hold.amount;
+    this.account.debt = debt;
     const entry = this.emit("release_reserved", hold.amount, returned, hold.id, meta);
     let expired = 0;
     for (const reason of ["expired", "voided"] as const) {
@@ -390,7 +386,7 @@ export class AccountWork {
         this.putGrant({ ...g, remaining: g.remaining - p.amount });
       }
       const total = sum(closed);
-      this.account = { ...this.account, balance: this.account.balance - total };
+      this.account.balance = this.account.balance - total;
       this.emit(reason === "expired" ? "expire" : "void", total, closed, hold.id, {
         description: `returned credits of a ${reason} grant`,
       });
@@ -405,12 +401,12 @@ export class AccountWork {
 
   private putGrant(g: Grant): void {
     this.grants.set(g.id, g);
-    if (!this.insertedGrants.has(g.id)) this.updatedGrants.add(g.id);
+    if (!this.touchedGrants.has(g.id)) this.touchedGrants.set(g.id, false);
   }
 
   private putHold(h: Reservation): void {
     this.holds.set(h.id, h);
-    if (!this.insertedHolds.has(h.id)) this.updatedHolds.add(h.id);
+    if (!this.touchedHolds.has(h.id)) this.touchedHolds.set(h.id, false);
   }
 
   private computeNextExpiry(): Date | null {
@@ -432,7 +428,7 @@ export class AccountWork {
     meta: EntryMeta,
   ): JournalEntry {
     const a = this.account;
-    const base = {
+    const entry: JournalEntry = {
       id: this.newId(),
       userId: this.userId,
       seq: a.seq + 1,
@@ -450,27 +446,14 @@ export class AccountWork {
       metadata: (meta.metadata ?? null) as JournalEntry["metadata"],
       createdAt: this.now,
       prevHash: a.lastHash,
+      hash: "",
     };
-    const entry: JournalEntry = { ...base, hash: hashEntry(base) };
-    this.account = { ...a, seq: entry.seq, lastHash: entry.hash };
+    entry.hash = hashEntry(entry);
+    a.seq = entry.seq;
+    a.lastHash = entry.hash;
     this.entries.push(entry);
     return entry;
   }
-}
-
-/**
- * Freezes what the library stores (and its arrays of portions), so a store that keeps objects in
- * memory can hand them out without copying and nobody can change them behind the journal's back.
- */
-function freeze<T extends object>(o: T): T {
-  if (Object.isFrozen(o)) return o;
-  for (const v of Object.values(o)) {
-    if (Array.isArray(v)) {
-      for (const p of v) if (p !== null && typeof p === "object") Object.freeze(p);
-      Object.freeze(v);
-    }
-  }
-  return Object.freeze(o);
 }
 
 export function sum(portions: readonly GrantPortion[]): number {

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { pino, type Logger } from "pino";
 import type { DbManager } from "../db/types.js";
+import { ledgerLine } from "../domain/hash.js";
 import type { JournalEntry, LedgerEntry } from "../models/index.js";
 
 export interface LedgerLoggerOptions {
@@ -22,20 +23,34 @@ export interface LedgerStats {
   lastFileError: string | null;
 }
 
-type Destination = ReturnType<typeof pino.destination>;
+/** The part of pino's transport stream (thread-stream) the ledger uses. */
+interface FileStream {
+  write(chunk: string): boolean;
+  flush(cb: (error?: Error | null) => void): void;
+  end(): void;
+  on(event: "error", listener: (error: Error) => void): unknown;
+  once(event: "close" | "error" | "ready", listener: (...args: unknown[]) => void): unknown;
+}
+
+/** Lines are handed to the writer in chunks of about this many characters (or each loop turn). */
+const CHUNK = 64 * 1024;
 
 /**
  * The audit ledger. Transaction events are the journal entries themselves, written to the store
  * inside their unit of work (so they are never stored twice); error and system events are written
- * to the store right away. Every event is mirrored as one JSON line to the JSONL file through pino
- * (append-only, buffered, flushed on `close()`; `reopen()` after log rotation).
+ * to the store right away. Every event is mirrored as one JSON line to the JSONL file through pino's
+ * file transport, which appends on a worker thread (so the file costs the credit operations little
+ * CPU); lines are handed over once per event-loop turn, flushed on `close()`, and `reopen()` starts
+ * a new file after log rotation.
  */
 export class LedgerLogger {
   readonly filePath: string | null;
   private readonly db: DbManager;
   private readonly clock: () => Date;
   private readonly warn: Logger | undefined;
-  private readonly dest: Destination | null;
+  private stream: FileStream | null = null;
+  private pending = "";
+  private scheduled = false;
   private readonly counters: LedgerStats = { linesWritten: 0, fileErrors: 0, lastFileError: null };
   private closed = false;
 
@@ -44,30 +59,13 @@ export class LedgerLogger {
     this.clock = options.clock ?? (() => new Date());
     this.warn = options.logger;
     this.filePath = options.filePath ? options.filePath : null;
-    if (this.filePath === null) {
-      this.dest = null;
-      return;
-    }
-    // pino's own destination (sonic-boom): buffered, asynchronous appends, reopen for rotation.
-    // Lines are the ledger entries as they are, so we hand it finished JSON (no level/pid noise).
-    this.dest = pino.destination({ dest: this.filePath, sync: false, mkdir: true, minLength: 8 * 1024 });
-    this.dest.on("error", (error: Error) => this.fileFailed(error));
+    if (this.filePath !== null) this.stream = this.open(this.filePath);
   }
 
   /** Mirrors committed journal entries to the file (they are already in the store). */
   recordTransactions(entries: readonly JournalEntry[]): void {
-    if (this.dest === null || this.closed) return;
-    for (const e of entries) {
-      this.line({
-        id: e.id,
-        eventType: "transaction",
-        userId: e.userId,
-        correlationId: e.correlationId,
-        message: `${e.type} ${e.amount}`,
-        details: e,
-        createdAt: e.createdAt,
-      });
-    }
+    if (this.stream === null || this.closed) return;
+    for (const e of entries) this.write(ledgerLine(e));
   }
 
   /** Records an error event (store + file). */
@@ -97,13 +95,14 @@ export class LedgerLogger {
     return { ...this.counters };
   }
 
-  /** Writes buffered lines to the file now. */
+  /** Hands every buffered line to the writer and waits until they are in the file. */
   async flush(): Promise<void> {
-    const dest = this.dest;
-    if (dest === null || this.closed) return;
+    const stream = this.stream;
+    if (stream === null || this.closed) return;
+    this.drain();
     await new Promise<void>((resolve) => {
       try {
-        dest.flush((error?: Error | null) => {
+        stream.flush((error) => {
           if (error) this.fileFailed(error);
           resolve();
         });
@@ -114,30 +113,44 @@ export class LedgerLogger {
     });
   }
 
-  /** Reopens the file (after log rotation moved it away). */
-  reopen(): void {
-    if (this.dest === null || this.closed) return;
-    try {
-      this.dest.reopen();
-    } catch (error) {
-      this.fileFailed(error as Error);
-    }
+  /** Starts a new file at the same path (after log rotation moved the old one away). */
+  async reopen(): Promise<void> {
+    if (this.filePath === null || this.closed) return;
+    const old = this.stream;
+    this.drain();
+    this.stream = this.open(this.filePath);
+    if (old !== null) await this.end(old);
   }
 
-  /** Flushes and closes the file. Idempotent. */
+  /** Writes what is buffered and closes the file. Idempotent. */
   async close(): Promise<void> {
-    const dest = this.dest;
-    if (dest === null || this.closed) return;
+    if (this.closed) return;
+    this.drain();
     this.closed = true;
+    if (this.stream !== null) await this.end(this.stream);
+  }
+
+  private open(filePath: string): FileStream {
+    const stream = pino.transport({ target: "pino/file", options: { destination: filePath, mkdir: true } }) as FileStream;
+    stream.on("error", (error: Error) => this.fileFailed(error));
+    return stream;
+  }
+
+  private async end(stream: FileStream): Promise<void> {
     await new Promise<void>((resolve) => {
-      const done = () => resolve();
-      dest.once("close", done);
-      dest.once("error", done);
+      // Referenced on purpose: the writer's worker is not, and its "close" (all lines written, file
+      // closed) must be awaited, not raced by the process running out of work.
+      const timer = setTimeout(resolve, 5000);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      stream.once("close", done);
       try {
-        dest.end();
+        stream.end();
       } catch (error) {
         this.fileFailed(error as Error);
-        resolve();
+        done();
       }
     });
   }
@@ -158,14 +171,27 @@ export class LedgerLogger {
       createdAt: this.clock(),
     };
     await this.db.insertLedgerEntry(entry);
-    if (this.dest !== null && !this.closed) this.line(entry);
+    if (this.stream !== null && !this.closed) this.write(`${JSON.stringify(entry)}\n`);
     return entry;
   }
 
-  private line(entry: LedgerEntry | (Omit<LedgerEntry, "details"> & { details: unknown })): void {
+  private write(line: string): void {
+    this.pending += line;
+    this.counters.linesWritten++;
+    if (this.pending.length >= CHUNK) this.drain();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.drain());
+    }
+  }
+
+  private drain(): void {
+    this.scheduled = false;
+    if (this.pending === "" || this.stream === null) return;
+    const chunk = this.pending;
+    this.pending = "";
     try {
-      (this.dest as Destination).write(JSON.stringify(entry) + "\n");
-      this.counters.linesWritten++;
+      this.stream.write(chunk);
     } catch (error) {
       this.fileFailed(error as Error);
     }

@@ -20,6 +20,7 @@ export const NonNegativeAmount = z
 /** A signed safe integer (balances can go below zero through debt). */
 export const SignedAmount = z.number().int().min(-Number.MAX_SAFE_INTEGER).max(Number.MAX_SAFE_INTEGER);
 
+// eslint-disable-next-line no-control-regex -- refusing control characters is the point
 const printable = /^[^\u0000-\u001f\u007f]+$/;
 
 /** A user (account) id chosen by the host: 1–256 printable characters. */

@@ -15,11 +15,12 @@ import {
   ValidationError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import type {
+  CreditsInfo} from "../models/index.js";
 import {
   AddCreditsOptions,
   AsOf,
   CommitOptions,
-  CreditsInfo,
   DeductOptions,
   EntityId,
   ExpiringDays,
@@ -30,6 +31,7 @@ import {
   VoidGrantOptions,
   Amount,
   parse,
+  type Account,
   type Grant,
   type JournalEntry,
   type Reservation,
@@ -71,7 +73,14 @@ export interface HistoryPage {
   nextCursor: string | null;
 }
 
+/** The default options object: known valid, so not parsed again on the hot path. */
+const NO_OPTIONS: DeductOptions = Object.freeze({});
+const NO_META: EntryMeta = Object.freeze({});
+
 const infoKey = (userId: string) => `credits:info:${userId}`;
+
+/** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
+const copy = <T>(o: T): T => structuredClone(o);
 
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
@@ -128,7 +137,7 @@ export class CreditService {
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
-  async deductCredits(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+  async deductCredits(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCredits", userId, amount, options, false);
   }
 
@@ -136,7 +145,7 @@ export class CreditService {
    * Deducts for usage already delivered: takes what unheld grants have and records the rest as
    * debt, within the overdraft limit. Held credits are never taken.
    */
-  async deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = {}): Promise<JournalEntry> {
+  async deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
@@ -150,7 +159,10 @@ export class CreditService {
     return this.mutate(
       user,
       meta,
-      async (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
+      async (work) => {
+        const r = work.reserve(n, ttl, o.reason ?? null, meta).reservation;
+        return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
+      },
       async (entry, tx) => {
         const r = await tx.getReservation(entry.reservationId ?? "");
         if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
@@ -231,17 +243,13 @@ export class CreditService {
   /** Balance, reserved, available and debt. Settles due expiries first, so the numbers are current. */
   async getUserCreditsInfo(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
-    if (this.cache !== undefined) {
-      const hit = await this.cacheGet<CreditsInfo>(infoKey(user));
-      if (hit !== undefined) return hit;
-    }
-    let account = await this.db.getAccount(user);
     const now = this.clock();
-    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
-      // Something lapsed since the account was last touched: settle it so we never report it.
-      await this.mutate(user, {}, async () => undefined);
-      account = await this.db.getAccount(user);
+    if (this.cache !== undefined) {
+      const hit = await this.cacheGet<{ info: CreditsInfo; validUntil: number | null }>(infoKey(user));
+      // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
+      if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
     }
+    const account = await this.settledAccount(user, now);
     const info: CreditsInfo = account
       ? {
           userId: user,
@@ -252,9 +260,8 @@ export class CreditService {
         }
       : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
     if (this.cache !== undefined) {
-      let ttl = this.cacheTtl;
-      if (account?.nextExpiryAt) ttl = Math.min(ttl, Math.max(0, (account.nextExpiryAt.getTime() - now.getTime()) / 1000));
-      if (ttl >= 1) await this.cacheSet(infoKey(user), info, Math.floor(ttl));
+      const validUntil = account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null;
+      await this.cacheSet(infoKey(user), { info, validUntil }, this.cacheTtl);
     }
     return info;
   }
@@ -287,19 +294,20 @@ export class CreditService {
       .filter((g) => g.remaining > 0 && g.closedAt === null && g.expiresAt !== null)
       .filter((g) => (g.expiresAt as Date).getTime() > now && (g.expiresAt as Date).getTime() <= until)
       .sort((a, b) => (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime());
-    return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants };
+    return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants: grants.map(copy) };
   }
 
   /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
   async getGrants(userId: string, options: { includeInactive?: boolean } = {}): Promise<Grant[]> {
     const user = parse(UserId, userId, "userId");
+    await this.settledAccount(user, this.clock());
     const grants = await this.db.listGrants(user, { includeInactive: options.includeInactive === true });
-    return grants.sort(compareGrants);
+    return grants.sort(compareGrants).map(copy);
   }
 
   /** A reservation by id. */
   async getReservation(reservationId: string): Promise<Reservation> {
-    return this.findReservation(parse(EntityId, reservationId, "reservationId"));
+    return copy(await this.findReservation(parse(EntityId, reservationId, "reservationId")));
   }
 
   /**
@@ -334,8 +342,8 @@ export class CreditService {
   ): Promise<JournalEntry> {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
-    const o = parse(DeductOptions, options, "options");
-    const meta = this.meta(operation, o, { amount: n, ...o });
+    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
+    const meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, { amount: n, ...o });
     return this.mutate(user, meta, async (work) =>
       work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
     );
@@ -386,6 +394,19 @@ export class CreditService {
       if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
     }
     return value;
+  }
+
+  /**
+   * The account, after settling what lapsed since it was last touched (so reads never report
+   * expired credits or lapsed holds). One read when nothing is due.
+   */
+  private async settledAccount(userId: string, now: Date): Promise<Account | null> {
+    const account = await this.db.getAccount(userId);
+    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
+      await this.mutate(userId, {}, async () => undefined);
+      return this.db.getAccount(userId);
+    }
+    return account;
   }
 
   /** Loads the grants that holds point at but that are not open (fully held, closed). */

@@ -75,15 +75,7 @@ export class CreditModel {
 
   reserve(id: string | null, amount: number, ttlMs: number): boolean {
     if (this.available < amount) return false;
-    const parts: Array<[string, number]> = [];
-    let left = amount;
-    for (const g of this.usable()) {
-      if (left === 0) break;
-      const t = Math.min(g.remaining, left);
-      g.remaining -= t;
-      left -= t;
-      parts.push([g.id, t]);
-    }
+    const parts = this.draw(amount);
     this.reserved += amount;
     if (id !== null) this.holds.push({ id, parts, expiresAt: this.now + ttlMs, status: "active" });
     return true;
@@ -136,15 +128,22 @@ export class CreditModel {
       );
   }
 
-  private take(amount: number): number {
+  /** Takes up to `amount` from usable grants in burn-down order; returns what each gave. */
+  private draw(amount: number): Array<[string, number]> {
+    const parts: Array<[string, number]> = [];
     let left = amount;
     for (const g of this.usable()) {
       if (left === 0) break;
       const t = Math.min(g.remaining, left);
       g.remaining -= t;
       left -= t;
+      parts.push([g.id, t]);
     }
-    return amount - left;
+    return parts;
+  }
+
+  private take(amount: number): number {
+    return sumParts(this.draw(amount));
   }
 
   /** Returned credits pay debt first; what lands on a closed grant is removed at once. */

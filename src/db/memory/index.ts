@@ -11,6 +11,95 @@ import type {
   ScanCursor,
 } from "../types.js";
 
+/**
+ * A journal entry as the in-memory store keeps it: `seq`, `userId` and `prevHash` are implied by
+ * position, dates are numbers, grants a flat [id, amount, …] list, rare fields in `x`. About a
+ * quarter of a full entry object's heap, which is what lets a 1M-entry journal fit in memory.
+ */
+interface CompactEntry {
+  id: string;
+  t: JournalEntry["type"];
+  a: number;
+  b: number;
+  r: number;
+  d: number;
+  g: ReadonlyArray<string | number>;
+  c: number;
+  h: string;
+  x: Extras | null;
+}
+
+type Extras = Pick<
+  JournalEntry,
+  "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description" | "metadata"
+>;
+
+const NO_GRANTS: ReadonlyArray<string | number> = Object.freeze([]);
+
+function compact(e: JournalEntry): CompactEntry {
+  let g = NO_GRANTS;
+  if (e.grants.length > 0) {
+    const flat: Array<string | number> = [];
+    for (const p of e.grants) flat.push(p.grantId, p.amount);
+    g = flat;
+  }
+  const rare =
+    e.reservationId !== null ||
+    e.idempotencyKey !== null ||
+    e.fingerprint !== null ||
+    e.correlationId !== null ||
+    e.description !== null ||
+    e.metadata !== null;
+  return {
+    id: e.id,
+    t: e.type,
+    a: e.amount,
+    b: e.balanceAfter,
+    r: e.reservedAfter,
+    d: e.debtAfter,
+    g,
+    c: e.createdAt.getTime(),
+    h: e.hash,
+    x: rare
+      ? {
+          reservationId: e.reservationId,
+          idempotencyKey: e.idempotencyKey,
+          fingerprint: e.fingerprint,
+          correlationId: e.correlationId,
+          description: e.description,
+          metadata: e.metadata === null ? null : structuredClone(e.metadata),
+        }
+      : null,
+  };
+}
+
+function expand(userId: string, journal: readonly CompactEntry[], index: number): JournalEntry {
+  const c = journal[index] as CompactEntry;
+  const grants: JournalEntry["grants"] = [];
+  for (let i = 0; i < c.g.length; i += 2) grants.push({ grantId: c.g[i] as string, amount: c.g[i + 1] as number });
+  const x = c.x;
+  return {
+    id: c.id,
+    userId,
+    seq: index + 1,
+    type: c.t,
+    amount: c.a,
+    balanceAfter: c.b,
+    reservedAfter: c.r,
+    debtAfter: c.d,
+    grants,
+    reservationId: x?.reservationId ?? null,
+    idempotencyKey: x?.idempotencyKey ?? null,
+    fingerprint: x?.fingerprint ?? null,
+    correlationId: x?.correlationId ?? null,
+    description: x?.description ?? null,
+    metadata: x?.metadata == null ? null : structuredClone(x.metadata),
+    createdAt: new Date(c.c),
+    prevHash: index === 0 ? null : (journal[index - 1] as CompactEntry).h,
+    hash: c.h,
+  };
+}
+
 interface UserData {
   account: Account | null;
   /** Grants with remaining > 0 and not closed. */
@@ -20,8 +109,9 @@ interface UserData {
   active: Map<string, Reservation>;
   reservations: Map<string, Reservation>;
   /** journal[seq - 1] */
-  journal: JournalEntry[];
-  byKey: Map<string, JournalEntry>;
+  journal: CompactEntry[];
+  /** idempotency key → index in `journal` */
+  byKey: Map<string, number>;
 }
 
 /**
@@ -30,7 +120,8 @@ interface UserData {
  * another (a per-account lock); different accounts run concurrently. Writes apply synchronously at
  * `save`, so a unit of work that throws leaves nothing behind.
  *
- * The objects the library hands to `save` are frozen, so reads return them without copying.
+ * Accounts, grants and reservations are kept as the objects handed to `save` (the library never
+ * mutates them afterwards; the service copies what it hands to callers); the journal is kept compact.
  */
 export class InMemoryDbManager implements DbManager {
   readonly name = "memory";
@@ -42,19 +133,19 @@ export class InMemoryDbManager implements DbManager {
   /** Open grants that can expire, by id (scanned by `findDueGrants`). */
   private readonly expiring = new Map<string, Grant>();
   private readonly ledger: LedgerEntry[] = [];
-  private readonly locks = new Map<string, Promise<void>>();
+  /** userId → callers waiting for the account (present while someone holds it). */
+  private readonly locks = new Map<string, Array<() => void>>();
 
   async init(): Promise<void> {}
 
   async close(): Promise<void> {}
 
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    const previous = this.locks.get(userId);
-    let unlock!: () => void;
-    const mine = new Promise<void>((resolve) => (unlock = resolve));
-    const tail = previous === undefined ? mine : previous.then(() => mine);
-    this.locks.set(userId, tail);
-    if (previous !== undefined) await previous;
+    // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
+    // in order. No promise is made unless someone has to wait.
+    const queue = this.locks.get(userId);
+    if (queue === undefined) this.locks.set(userId, []);
+    else await new Promise<void>((resolve) => queue.push(resolve));
     try {
       const tx = new MemoryTransaction(this, userId);
       const result = await fn(tx);
@@ -62,8 +153,10 @@ export class InMemoryDbManager implements DbManager {
       if (tx.pending !== null) this.apply(userId, tx.pending);
       return result;
     } finally {
-      unlock();
-      if (this.locks.get(userId) === tail) this.locks.delete(userId);
+      const waiting = this.locks.get(userId) as Array<() => void>;
+      const next = waiting.shift();
+      if (next === undefined) this.locks.delete(userId);
+      else next();
     }
   }
 
@@ -109,8 +202,8 @@ export class InMemoryDbManager implements DbManager {
     for (const r of changes.insertReservations) this.putReservation(u, r);
     for (const r of changes.updateReservations) this.putReservation(u, r);
     for (const e of changes.entries) {
-      u.journal.push(e);
-      if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, e);
+      if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
+      u.journal.push(compact(e));
     }
   }
 
@@ -163,21 +256,19 @@ export class InMemoryDbManager implements DbManager {
     if (journal === undefined) return [];
     const out: JournalEntry[] = [];
     const types = q.types === undefined ? null : new Set(q.types);
-    const matches = (e: JournalEntry) =>
-      (types === null || types.has(e.type)) &&
-      (q.from === undefined || e.createdAt.getTime() >= q.from.getTime()) &&
-      (q.to === undefined || e.createdAt.getTime() < q.to.getTime());
+    const from = q.from?.getTime();
+    const to = q.to?.getTime();
+    const take = (i: number) => {
+      const c = journal[i] as CompactEntry;
+      if ((types === null || types.has(c.t)) && (from === undefined || c.c >= from) && (to === undefined || c.c < to)) {
+        out.push(expand(userId, journal, i));
+      }
+    };
     if (q.order === "desc") {
       const start = Math.min(journal.length, (q.beforeSeq ?? journal.length + 1) - 1);
-      for (let i = start - 1; i >= 0 && out.length < q.limit; i--) {
-        const e = journal[i] as JournalEntry;
-        if (matches(e)) out.push(e);
-      }
+      for (let i = start - 1; i >= 0 && out.length < q.limit; i--) take(i);
     } else {
-      for (let i = Math.max(0, q.afterSeq ?? 0); i < journal.length && out.length < q.limit; i++) {
-        const e = journal[i] as JournalEntry;
-        if (matches(e)) out.push(e);
-      }
+      for (let i = Math.max(0, q.afterSeq ?? 0); i < journal.length && out.length < q.limit; i++) take(i);
     }
     return out;
   }
@@ -232,11 +323,12 @@ class MemoryTransaction implements DbTransaction {
     const u = this.db.user(this.userId);
     if (u === undefined) return { account: null, grants: [], reservations: [], idempotent: null };
     const key = request?.idempotencyKey;
+    const at = key === undefined ? undefined : u.byKey.get(key);
     return {
       account: u.account,
       grants: [...u.open.values()],
       reservations: u.active.size === 0 ? [] : [...u.active.values()],
-      idempotent: key === undefined ? null : (u.byKey.get(key) ?? null),
+      idempotent: at === undefined ? null : expand(this.userId, u.journal, at),
     };
   }
 

@@ -1,0 +1,71 @@
+/**
+ * npm run bench — prints a table. Figures are ratios against baselines measured in the same run.
+ * In-memory at journal sizes 1k, 100k and 1M (each in its own process, for a clean peak RSS);
+ * PostgreSQL and MongoDB when CREDIT_PG_URL / CREDIT_MONGO_URI are set.
+ * BENCH_SIZES=1000,100000 limits the sizes; BENCH_OPS sets operations per measurement.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { printTable, type BenchRow } from "./lib.js";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const sizes = (process.env.BENCH_SIZES ?? "1000,100000,1000000").split(",").map(Number);
+const rows: BenchRow[] = [];
+const notes: string[] = [];
+const deductAt = new Map<number, number>();
+
+for (const size of sizes) {
+  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", join(here, "memory.ts"), String(size)], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const result = JSON.parse(out.trim().split("\n").pop() as string) as {
+    size: number;
+    rows: BenchRow[];
+    peakRssMb: number;
+    prefillSeconds: number;
+  };
+  for (const r of result.rows) {
+    if (r.scenario.startsWith("deductCredits")) {
+      r.target = ">= 150,000 ops/s";
+      r.met = r.opsPerSec >= 150_000;
+      deductAt.set(size, r.opsPerSec);
+    }
+    rows.push(r);
+  }
+  notes.push(
+    `journal ${size.toLocaleString("en-US")}: peak RSS ${Math.round(result.peakRssMb)} MB` +
+      (size >= 1_000_000 ? ` (target <= 1,536 MB: ${result.peakRssMb <= 1536 ? "met" : "NOT met"})` : "") +
+      `, prefill ${result.prefillSeconds.toFixed(1)} s`,
+  );
+}
+
+const small = deductAt.get(Math.min(...deductAt.keys()));
+const large = deductAt.get(Math.max(...deductAt.keys()));
+if (small !== undefined && large !== undefined && deductAt.size > 1) {
+  const slower = 1 - large / small;
+  notes.push(
+    `deductCredits at the largest journal is ${(slower * 100).toFixed(1)}% ${slower >= 0 ? "slower" : "faster"} than at the smallest (target: no more than 20% slower: ${slower <= 0.2 ? "met" : "NOT met"})`,
+  );
+}
+
+for (const [env, file] of [
+  ["CREDIT_PG_URL", "postgres.ts"],
+  ["CREDIT_MONGO_URI", "mongodb.ts"],
+] as const) {
+  if (!process.env[env]) {
+    notes.push(`${file.replace(".ts", "")}: skipped (set ${env})`);
+    continue;
+  }
+  if (!existsSync(join(here, file))) continue;
+  const mod = (await import(`./${file.replace(".ts", ".js")}`)) as { run: () => Promise<BenchRow[]> };
+  rows.push(...(await mod.run()));
+}
+
+printTable(rows);
+console.log("");
+for (const n of notes) console.log(`- ${n}`);
+console.log(`- node ${process.version}, ${(await import("node:os")).cpus().length} cores; JSONL ledger on for every in-memory row`);

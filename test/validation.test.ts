@@ -1,0 +1,102 @@
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createCreditManager, CreditError, ValidationError, type CreditManager } from "../src/index.js";
+
+const badAmounts: unknown[] = [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53, "10", null, undefined, {}, 10n];
+const badUserIds: unknown[] = ["", 5, "a\u0000b", "x".repeat(257), null, undefined];
+
+describe("bad input is a ValidationError and changes nothing", () => {
+  let m: CreditManager;
+  let file: string;
+  let reservationId: string;
+  let grantId: string;
+  const U = "valid-user";
+
+  beforeAll(async () => {
+    file = join(mkdtempSync(join(tmpdir(), "cm-val-")), "ledger.jsonl");
+    m = await createCreditManager({ ledger: { filePath: file } });
+    grantId = (await m.credits.addCredits(U, 100)).grants[0]?.grantId ?? "";
+    reservationId = (await m.credits.reserveCredits(U, 10)).id;
+    await m.ledger.flush();
+  });
+  afterAll(async () => m.close());
+
+  const expectInvalid = async (call: () => Promise<unknown>, pattern?: RegExp) => {
+    const error = await call().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(ValidationError);
+    expect(error).toBeInstanceOf(CreditError);
+    expect((error as ValidationError).code).toBe("VALIDATION_ERROR");
+    expect((error as ValidationError).status).toBe(400);
+    if (pattern) expect((error as Error).message).toMatch(pattern);
+  };
+
+  it.each(badAmounts.map((a) => [String(a), a]))("amount %s is refused by every amount-taking method", async (_label, amount) => {
+    const c = m.credits;
+    await expectInvalid(() => c.addCredits(U, amount as number), /amount/);
+    await expectInvalid(() => c.deductCredits(U, amount as number), /amount/);
+    await expectInvalid(() => c.deductCreditsAfterService(U, amount as number), /amount/);
+    await expectInvalid(() => c.reserveCredits(U, amount as number), /amount/);
+  });
+
+  it.each(badUserIds.map((u) => [JSON.stringify(u) ?? "undefined", u]))("userId %s is refused by every user method", async (_label, userId) => {
+    const c = m.credits;
+    const u = userId as string;
+    await expectInvalid(() => c.addCredits(u, 1), /userId/);
+    await expectInvalid(() => c.deductCredits(u, 1), /userId/);
+    await expectInvalid(() => c.deductCreditsAfterService(u, 1), /userId/);
+    await expectInvalid(() => c.reserveCredits(u, 1), /userId/);
+    await expectInvalid(() => c.getUserCreditsInfo(u), /userId/);
+    await expectInvalid(() => c.getCreditHistory(u), /userId/);
+    await expectInvalid(() => c.getExpiringCredits(u, 7), /userId/);
+    await expectInvalid(() => c.getGrants(u), /userId/);
+    await expectInvalid(() => c.expireCredits(u), /userId/);
+    await expectInvalid(() => c.audit(u), /userId/);
+  });
+
+  it("refuses bad options with a message naming the field", async () => {
+    const c = m.credits;
+    await expectInvalid(() => c.addCredits(U, 1, { expiry: new Date() } as never), /options/);
+    await expectInvalid(() => c.addCredits(U, 1, { expiresAt: new Date(Date.now() - 1000) }), /expiresAt.*future/);
+    await expectInvalid(() => c.addCredits(U, 1, { expiresAt: "tomorrow" }), /expiresAt/);
+    await expectInvalid(() => c.addCredits(U, 1, { expiresAt: new Date(Number.NaN) }), /expiresAt/);
+    await expectInvalid(() => c.addCredits(U, 1, { priority: -1 }), /priority/);
+    await expectInvalid(() => c.addCredits(U, 1, { source: "gift" as never }), /source/);
+    await expectInvalid(() => c.addCredits(U, 1, { idempotencyKey: "" }), /idempotencyKey/);
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: { f: (() => 1) as never } }), /metadata/);
+    await expectInvalid(() => c.deductCredits(U, 1, null as never), /options/);
+    await expectInvalid(() => c.reserveCredits(U, 1, { ttlSeconds: 0 }), /ttlSeconds/);
+    await expectInvalid(() => c.reserveCredits(U, 1, { ttlSeconds: 1.5 }), /ttlSeconds/);
+    await expectInvalid(() => c.reserveCredits(U, 1, { ttlSeconds: 31 * 86400 }), /ttlSeconds/);
+    await expectInvalid(() => c.commitReservedCredits(reservationId, { amount: -1 }), /amount/);
+    await expectInvalid(() => c.commitReservedCredits(reservationId, { amount: 0.5 }), /amount/);
+    await expectInvalid(() => c.commitReservedCredits(""), /reservationId/);
+    await expectInvalid(() => c.releaseReservedCredits(42 as never), /reservationId/);
+    await expectInvalid(() => c.voidGrant("", {}), /grantId/);
+    await expectInvalid(() => c.voidGrant(grantId, { reason: "x" } as never), /options/);
+    await expectInvalid(() => c.getCreditHistory(U, { limit: 0 }), /limit/);
+    await expectInvalid(() => c.getCreditHistory(U, { cursor: "abc" }), /cursor/);
+    await expectInvalid(() => c.getCreditHistory(U, { types: ["bogus" as never] }), /types/);
+    await expectInvalid(() => c.getExpiringCredits(U, -1), /days/);
+    await expectInvalid(() => c.getExpiringCredits(U, Number.NaN), /days/);
+    await expectInvalid(() => c.expireCredits(U, new Date(Date.now() + 3_600_000)), /asOf.*future/);
+    await expectInvalid(() => createCreditManager({ bogus: true } as never), /options/);
+    await expectInvalid(() => createCreditManager({ db: {} as never }), /db/);
+  });
+
+  it("left the account, the journal and the ledger file exactly as they were", async () => {
+    const c = m.credits;
+    expect(await c.getUserCreditsInfo(U)).toEqual({ userId: U, balance: 100, reserved: 10, available: 90, debt: 0 });
+    const history = await c.getCreditHistory(U);
+    expect(history.items.map((e) => e.type)).toEqual(["reserve", "add"]);
+    expect((await c.getReservation(reservationId)).status).toBe("active");
+    await m.ledger.flush();
+    const lines = readFileSync(file, "utf8").trim().split("\n");
+    expect(lines).toHaveLength(2);
+    expect((await c.audit(U)).ok).toBe(true);
+  });
+});
