@@ -30,6 +30,17 @@ describe.skipIf(!url)("PostgresDbManager", () => {
     destroy: async () => dropSchema(contractSchema),
   });
 
+  // The same contract without prepared statements (for poolers that do not keep sessions).
+  const unpreparedSchema = newSchema("unprepared");
+  runDbManagerContract({
+    name: "postgres, preparedStatements: false",
+    create: async () =>
+      new PostgresDbManager({ connectionString: url as string, schema: unpreparedSchema, tablePrefix: "np_", preparedStatements: false, poolConfig: { max: 4 } }),
+    destroy: async () => dropSchema(unpreparedSchema),
+    propertyRuns: 15,
+    raceSize: 200,
+  });
+
   describe("setup", () => {
     const schemas: string[] = [];
     afterAll(async () => {

@@ -31,6 +31,11 @@ export interface PostgresDbManagerOptions {
   /** Put in front of every table and index name, e.g. `"credits_"`. */
   tablePrefix?: string;
   /**
+   * Prepare statements once per connection (default true). Set false behind a pooler that does
+   * not keep sessions (PgBouncer in transaction mode): every statement is then sent in full.
+   */
+  preparedStatements?: boolean;
+  /**
    * Attempts of a unit of work that meets a serialization failure, a deadlock or a concurrent
    * first write of the same new account before it fails with `ConflictError`. Default 10.
    */
@@ -79,6 +84,8 @@ export class PostgresDbManager implements DbManager {
   private readonly ownsPool: boolean;
   private readonly options: PostgresDbManagerOptions;
   private readonly maxAttempts: number;
+  /** @internal */
+  readonly prepared: boolean;
   private closed = false;
   /** Round trips to the server (for benchmarks and tests). */
   roundTrips = 0;
@@ -96,6 +103,7 @@ export class PostgresDbManager implements DbManager {
     this.pool = options.pool ?? null;
     this.ownsPool = options.pool === undefined;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
+    this.prepared = options.preparedStatements !== false;
   }
 
   /**
@@ -310,7 +318,7 @@ export class PostgresDbManager implements DbManager {
     let broken = false;
     try {
       this.roundTrips++;
-      const result = await client.query({ name: statementName(text), text, values: params });
+      const result = await client.query(this.prepared ? { name: statementName(text), text, values: params } : { text, values: params });
       return result.rows as Record<string, unknown>[];
     } catch (error) {
       broken = isConnectionLevel(error);
@@ -325,6 +333,7 @@ export class PostgresDbManager implements DbManager {
    * that runs them (prepared statements outlive a rollback, so this costs no round trip).
    */
   prepareFor(client: PoolClient, statements: readonly Statement[]): { text: string; names: string[] } {
+    if (!this.prepared) return { text: "", names: [] };
     const done = preparedOn.get(client);
     const missing = statements.filter((s) => !done?.has(s.name));
     return { text: missing.map((s) => `${prepareText(s)}; `).join(""), names: missing.map((s) => s.name) };
@@ -398,7 +407,7 @@ class PostgresTransaction implements DbTransaction {
     const begin = this.open ? "" : "BEGIN ISOLATION LEVEL READ COMMITTED; ";
     this.open = true;
     const text = (prepares: string) =>
-      `${prepares}${begin}${executeText(sql.lock, [this.userId])}; ${executeText(sql.state, [this.userId, key])}`;
+      `${prepares}${begin}${executeText(sql.lock, [this.userId], this.db.prepared)}; ${executeText(sql.state, [this.userId, key], this.db.prepared)}`;
     const [row, state] = await this.message("load", [sql.lock, sql.state], text, 2);
     const reads = (state ?? {}) as { grants?: string | null; holds?: string | null; idem?: string | null };
     const account = row === undefined ? null : this.db.decode<Account>("accounts", row);
@@ -502,7 +511,7 @@ class PostgresTransaction implements DbTransaction {
     // save() without load(): the write itself takes the row lock; its guard still applies.
     const begin = this.open ? "" : "BEGIN ISOLATION LEVEL READ COMMITTED; ";
     this.open = true;
-    await this.message("save", [save], (p) => `${p}${begin}${executeText(save, [this.userId, JSON.stringify(payload)])}; COMMIT`, 2);
+    await this.message("save", [save], (p) => `${p}${begin}${executeText(save, [this.userId, JSON.stringify(payload)], this.db.prepared)}; COMMIT`, 2);
     this.open = false;
   }
 
@@ -536,7 +545,7 @@ class PostgresTransaction implements DbTransaction {
   private async query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     return this.run(what, async () => {
       this.db.roundTrips++;
-      const r = await this.client.query({ name: statementName(text), text, values: params });
+      const r = await this.client.query(this.db.prepared ? { name: statementName(text), text, values: params } : { text, values: params });
       return r.rows as Record<string, unknown>[];
     });
   }

@@ -165,6 +165,8 @@ export function prepareText(s: Statement): string {
   return `PREPARE ${s.name}(${s.types.join(", ")}) AS ${s.text}`;
 }
 
-export function executeText(s: Statement, args: ReadonlyArray<string | null>): string {
-  return `EXECUTE ${s.name}(${args.map(literal).join(", ")})`;
+/** `EXECUTE name(args)`, or with `prepared` false the statement itself with its arguments inlined. */
+export function executeText(s: Statement, args: ReadonlyArray<string | null>, prepared = true): string {
+  if (prepared) return `EXECUTE ${s.name}(${args.map(literal).join(", ")})`;
+  return s.text.replace(/\$(\d+)/g, (_m, n: string) => `(${literal(args[Number(n) - 1] ?? null)}::${s.types[Number(n) - 1]})`);
 }
