@@ -590,8 +590,7 @@ function pick(table: SqlTable, names: readonly string[], value: object): Record<
  * column when a row was not read in this unit of work.
  */
 function changedColumns<T extends object>(table: SqlTable, rows: readonly T[], original: (row: T) => object | null | undefined): string[] {
-  const keys = new Set(["user_id", "created_at", ...table.spec.primaryKey.map(snakeCase)]);
-  const candidates = table.columns.filter((c) => !keys.has(c.name));
+  const candidates = updatable(table);
   const changed = new Set<string>();
   for (const row of rows) {
     const before = original(row) as Record<string, unknown> | null | undefined;
@@ -603,6 +602,18 @@ function changedColumns<T extends object>(table: SqlTable, rows: readonly T[], o
   }
   const names = candidates.filter((c) => changed.has(c.name)).map((c) => c.name);
   return names.length > 0 ? names : candidates.map((c) => c.name);
+}
+
+const updatableColumns = new WeakMap<SqlTable, Column[]>();
+/** Columns an update may write: not the key, the owner or the creation time. */
+function updatable(table: SqlTable): Column[] {
+  let list = updatableColumns.get(table);
+  if (list === undefined) {
+    const keys = new Set(["user_id", "created_at", ...table.spec.primaryKey.map(snakeCase)]);
+    list = table.columns.filter((c) => !keys.has(c.name));
+    updatableColumns.set(table, list);
+  }
+  return list;
 }
 
 function sameValue(a: unknown, b: unknown): boolean {
