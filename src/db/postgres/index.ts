@@ -1,21 +1,11 @@
 import type * as PgModule from "pg";
-import type { Pool, PoolClient, PoolConfig, QueryResult } from "pg";
+import type { Pool, PoolClient, PoolConfig } from "pg";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
-import { type Column, snakeCase } from "../../schema/columns.js";
 import { decodeRow } from "../../schema/codec.js";
-import type { SqlTable } from "../../schema/sql.js";
-import type {
-  Changes,
-  DbManager,
-  DbTransaction,
-  JournalQuery,
-  LedgerQuery,
-  LoadRequest,
-  LoadedState,
-  ScanCursor,
-} from "../types.js";
-import { GUARD_MARKER, PostgresSql, SCHEMA_VERSION, type Statement, executeText, prepareText } from "./sql.js";
+import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
+import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
+import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
 
 export { SCHEMA_VERSION } from "./sql.js";
 
@@ -36,24 +26,21 @@ export interface PostgresDbManagerOptions {
    */
   preparedStatements?: boolean;
   /**
+   * Group commit: units of work on different accounts that wait at the same time share one
+   * transaction (one lock statement, one read, one write, one COMMIT). `concurrency` batches run
+   * at once (each on its own connection), each with up to `maxUnits` units. `false`: every unit of
+   * work is a transaction of its own. Default `{ maxUnits: 32, concurrency: 4 }`.
+   */
+  batch?: false | { maxUnits?: number; concurrency?: number };
+  /**
    * Attempts of a unit of work that meets a serialization failure, a deadlock or a concurrent
    * first write of the same new account before it fails with `ConflictError`. Default 10.
    */
   maxAttempts?: number;
 }
 
-/** Thrown inside an attempt when the unit of work should run again. */
-class Retry extends Error {
-  constructor(readonly reason: unknown) {
-    super("retry");
-  }
-}
-
 /** Statements each pooled connection has prepared (shared by every manager on a pool). */
 const preparedOn = new WeakMap<object, Set<string>>();
-
-/** SQLSTATEs after which the whole unit of work runs again. */
-const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
 
 /**
  * The PostgreSQL store, on `pg`.
@@ -84,6 +71,10 @@ export class PostgresDbManager implements DbManager {
   private readonly ownsPool: boolean;
   private readonly options: PostgresDbManagerOptions;
   private readonly maxAttempts: number;
+  private readonly maxUnits: number;
+  private readonly batchConcurrency: number;
+  private readonly queue: Unit[] = [];
+  private active = 0;
   /** @internal */
   readonly prepared: boolean;
   private closed = false;
@@ -104,6 +95,9 @@ export class PostgresDbManager implements DbManager {
     this.ownsPool = options.pool === undefined;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
     this.prepared = options.preparedStatements !== false;
+    const batch = options.batch ?? {};
+    this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
+    this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
   }
 
   /**
@@ -154,37 +148,87 @@ export class PostgresDbManager implements DbManager {
     await pool?.end();
   }
 
-  async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      const client = await this.connect();
-      let broken = false;
-      const tx = new PostgresTransaction(this, client, userId);
-      try {
-        let result: T;
-        try {
-          result = await fn(tx);
-        } catch (error) {
-          if (tx.open) broken = await rollback(client);
-          tx.open = false;
-          throw error;
-        }
-        await tx.finish();
-        return result;
-      } catch (error) {
-        if (tx.open) broken = await rollback(client);
-        if (tx.resync && !broken) await this.resyncPrepared(client);
-        if (!(error instanceof Retry)) throw error;
-        if (isConnectionLevel(error.reason)) broken = true;
-        if (attempt >= this.maxAttempts) {
-          throw new ConflictError(
-            `[credit-management] [postgres] gave up on a unit of work on account ${userId} after ${attempt} conflicting attempts`,
-            { userId, attempts: attempt },
-            error.reason,
-          );
-        }
-        await sleep(backoff(attempt));
-      } finally {
-        client.release(broken);
+  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.enqueue({ userId, fn: fn as Unit["fn"], resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
+    });
+  }
+
+  private enqueue(unit: Unit, front = false): void {
+    if (front) this.queue.unshift(unit);
+    else this.queue.push(unit);
+    this.pump();
+  }
+
+  /** Starts batches while there is work and a free slot. */
+  private pump(): void {
+    while (this.active < this.batchConcurrency && this.queue.length > 0) {
+      const units = this.take();
+      this.active++;
+      void this.runBatch(units).finally(() => {
+        this.active--;
+        this.pump();
+      });
+    }
+  }
+
+  /** The next batch: the oldest unit, then waiting units of other accounts, up to `maxUnits`. */
+  private take(): Unit[] {
+    const first = this.queue.shift() as Unit;
+    if (first.solo || this.maxUnits === 1) return [first];
+    const batch = [first];
+    const users = new Set([first.userId]);
+    const scan = Math.min(this.queue.length, this.maxUnits * 4);
+    for (let i = 0, seen = 0; i < this.queue.length && seen < scan && batch.length < this.maxUnits; seen++) {
+      const u = this.queue[i] as Unit;
+      if (!u.solo && !users.has(u.userId)) {
+        batch.push(u);
+        users.add(u.userId);
+        this.queue.splice(i, 1);
+      } else {
+        i++;
+      }
+    }
+    return batch;
+  }
+
+  private async runBatch(units: Unit[]): Promise<void> {
+    let client: PoolClient;
+    try {
+      client = await this.connect();
+    } catch (error) {
+      for (const u of units) u.reject(error);
+      return;
+    }
+    let result: BatchResult;
+    try {
+      result = await new Batch(this, client, units).run();
+    } catch (error) {
+      client.release(true);
+      for (const u of units) u.reject(storageError("transaction", error));
+      return;
+    }
+    client.release(result.broken);
+    for (const { unit, reason, skipped } of result.retry) {
+      if (skipped) {
+        // Its account was busy: run it alone (that one waits for the lock), right away.
+        unit.solo = true;
+        this.enqueue(unit, true);
+        continue;
+      }
+      unit.attempts++;
+      if (unit.attempts >= this.maxAttempts) {
+        unit.reject(
+          new ConflictError(
+            `[credit-management] [postgres] gave up on a unit of work on account ${unit.userId} after ${unit.attempts} conflicting attempts`,
+            { userId: unit.userId, attempts: unit.attempts },
+            reason,
+          ),
+        );
+      } else {
+        // Alone from now on, so that whatever failed the batch fails only its own unit.
+        unit.solo = true;
+        setTimeout(() => this.enqueue(unit, true), backoff(unit.attempts));
       }
     }
   }
@@ -318,7 +362,7 @@ export class PostgresDbManager implements DbManager {
     let broken = false;
     try {
       this.roundTrips++;
-      const result = await client.query(this.prepared ? { name: statementName(text), text, values: params } : { text, values: params });
+      const result = await client.query(this.prepared ? { name: this.statementName(text), text, values: params } : { text, values: params });
       return result.rows as Record<string, unknown>[];
     } catch (error) {
       broken = isConnectionLevel(error);
@@ -326,6 +370,11 @@ export class PostgresDbManager implements DbManager {
     } finally {
       client.release(broken);
     }
+  }
+
+  /** @internal A stable, short name for a parameterised query (node-pg prepares it per connection). */
+  statementName(text: string): string {
+    return statementName(text);
   }
 
   /**
@@ -380,253 +429,6 @@ export class PostgresDbManager implements DbManager {
   }
 }
 
-class PostgresTransaction implements DbTransaction {
-  /** A transaction is open on the connection (BEGIN sent, neither COMMIT nor ROLLBACK yet). */
-  open = false;
-  private loaded: { seq: number | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } | null = null;
-  /** Rows as read in this unit of work: updates write only the columns that differ from them. */
-  private readonly originals: { account: Account | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } = {
-    account: null,
-    grants: new Map(),
-    holds: new Map(),
-  };
-  private pending: Changes | null = null;
-  private saved = false;
-  /** A message with PREPAREs failed: the connection's prepared statements must be listed again. */
-  resync = false;
-
-  constructor(
-    private readonly db: PostgresDbManager,
-    private readonly client: PoolClient,
-    readonly userId: string,
-  ) {}
-
-  async load(request?: LoadRequest): Promise<LoadedState> {
-    const { sql } = this.db;
-    const key = request?.idempotencyKey ?? null;
-    const begin = this.open ? "" : "BEGIN ISOLATION LEVEL READ COMMITTED; ";
-    this.open = true;
-    const text = (prepares: string) =>
-      `${prepares}${begin}${executeText(sql.lock, [this.userId], this.db.prepared)}; ${executeText(sql.state, [this.userId, key], this.db.prepared)}`;
-    const [row, state] = await this.message("load", [sql.lock, sql.state], text, 2);
-    const reads = (state ?? {}) as { grants?: string | null; holds?: string | null; idem?: string | null };
-    const account = row === undefined ? null : this.db.decode<Account>("accounts", row);
-    const grants = parseRows<Grant>(sql.tables.grants, reads.grants);
-    const reservations = parseRows<Reservation>(sql.tables.reservations, reads.holds);
-    const idem = reads.idem ? decodeRow<JournalEntry>(sql.tables.journal.columns, JSON.parse(reads.idem)) : null;
-    this.loaded = {
-      seq: account?.seq ?? null,
-      grants: new Map(grants.map((g) => [g.id, g])),
-      holds: new Map(reservations.map((r) => [r.id, r])),
-    };
-    this.originals.account = account;
-    for (const g of grants) this.originals.grants.set(g.id, g);
-    for (const r of reservations) this.originals.holds.set(r.id, r);
-    return { account, grants: [...grants], reservations: [...reservations], idempotent: idem };
-  }
-
-  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
-    // Under the account lock the loaded open grants are current: answer from them when we can.
-    const loaded = this.loaded?.grants;
-    if (loaded !== undefined && grantIds.every((id) => loaded.has(id))) return grantIds.map((id) => loaded.get(id) as Grant);
-    const rows = await this.query(
-      "getGrants",
-      `${this.db.sql.select("grants")} WHERE user_id = $1 AND id = ANY($2::text[])`,
-      [this.userId, [...grantIds]],
-    );
-    const byId = new Map(rows.map((r) => [r.id as string, this.db.decode<Grant>("grants", r)]));
-    for (const g of byId.values()) if (!this.originals.grants.has(g.id)) this.originals.grants.set(g.id, g);
-    return grantIds.flatMap((id) => byId.get(id) ?? []);
-  }
-
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const held = this.loaded?.holds.get(reservationId);
-    if (held !== undefined) return held;
-    const rows = await this.query(
-      "getReservation",
-      `${this.db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`,
-      [this.userId, reservationId],
-    );
-    if (rows[0] === undefined) return null;
-    const r = this.db.decode<Reservation>("reservations", rows[0]);
-    if (!this.originals.holds.has(r.id)) this.originals.holds.set(r.id, r);
-    return r;
-  }
-
-  async save(changes: Changes): Promise<void> {
-    if (this.saved) throw new Error("save() may be called once per unit of work");
-    this.saved = true;
-    if (this.loaded !== null && changes.previousSeq !== this.loaded.seq) {
-      throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
-    }
-    const rows: Array<{ userId: string }> = [
-      changes.account,
-      ...changes.insertGrants,
-      ...changes.updateGrants,
-      ...changes.insertReservations,
-      ...changes.updateReservations,
-      ...changes.entries,
-    ];
-    if (rows.some((o) => o.userId !== this.userId)) {
-      throw new Error(`save() of account ${this.userId} got a row of another account`);
-    }
-    this.pending = changes;
-  }
-
-  /** Writes the queued changes and commits (one round trip), or ends a read-only unit of work. */
-  async finish(): Promise<void> {
-    const changes = this.pending;
-    if (changes === null) {
-      if (this.open) {
-        this.db.roundTrips++;
-        await this.run("rollback", () => this.client.query("ROLLBACK"));
-        this.open = false;
-      }
-      return;
-    }
-    const { sql } = this.db;
-    const { tables } = sql;
-    const originals = this.originals;
-    const accountColumns = changes.previousSeq === null ? null : changedColumns(tables.accounts, [changes.account], () => originals.account);
-    const grantColumns = changes.updateGrants.length === 0 ? null : changedColumns(tables.grants, changes.updateGrants, (g) => originals.grants.get(g.id));
-    const reservationColumns =
-      changes.updateReservations.length === 0 ? null : changedColumns(tables.reservations, changes.updateReservations, (r) => originals.holds.get(r.id));
-    const payload: Record<string, unknown> = {
-      a: accountColumns === null ? toRow(tables.accounts.columns, changes.account) : pick(tables.accounts, accountColumns, changes.account),
-    };
-    if (changes.previousSeq !== null) payload.prev = changes.previousSeq;
-    if (changes.insertGrants.length > 0) payload.ig = changes.insertGrants.map((g) => toRow(tables.grants.columns, g));
-    if (grantColumns !== null) payload.ug = changes.updateGrants.map((g) => pick(tables.grants, ["id", ...grantColumns], g));
-    if (changes.insertReservations.length > 0) payload.ir = changes.insertReservations.map((r) => toRow(tables.reservations.columns, r));
-    if (reservationColumns !== null) payload.ur = changes.updateReservations.map((r) => pick(tables.reservations, ["id", ...reservationColumns], r));
-    if (changes.entries.length > 0) payload.e = changes.entries.map((e) => toRow(tables.journal.columns, e));
-    const save = sql.save({
-      accountColumns,
-      insertGrants: changes.insertGrants.length > 0,
-      grantColumns,
-      insertReservations: changes.insertReservations.length > 0,
-      reservationColumns,
-      entries: changes.entries.length > 0,
-    });
-    // save() without load(): the write itself takes the row lock; its guard still applies.
-    const begin = this.open ? "" : "BEGIN ISOLATION LEVEL READ COMMITTED; ";
-    this.open = true;
-    await this.message("save", [save], (p) => `${p}${begin}${executeText(save, [this.userId, JSON.stringify(payload)], this.db.prepared)}; COMMIT`, 2);
-    this.open = false;
-  }
-
-  /**
-   * Sends one simple-protocol message of several statements (with the PREPAREs the connection
-   * lacks in front) and returns the first row of each of the last `count` statements.
-   */
-  private async message(
-    what: string,
-    statements: readonly Statement[],
-    text: (prepares: string) => string,
-    count = 1,
-  ): Promise<Array<Record<string, unknown> | undefined>> {
-    const prepare = this.db.prepareFor(this.client, statements);
-    return this.run(what, async () => {
-      this.db.roundTrips++;
-      let result: QueryResult | QueryResult[];
-      try {
-        result = (await this.client.query(text(prepare.text))) as unknown as QueryResult | QueryResult[];
-      } catch (error) {
-        // Which PREPAREs ran is learnt after the rollback (an aborted transaction answers nothing).
-        if (prepare.names.length > 0) this.resync = true;
-        throw error;
-      }
-      this.db.markPrepared(this.client, prepare.names);
-      const list = Array.isArray(result) ? result : [result];
-      return list.slice(list.length - count).map((r) => r.rows[0] as Record<string, unknown> | undefined);
-    });
-  }
-
-  private async query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
-    return this.run(what, async () => {
-      this.db.roundTrips++;
-      const r = await this.client.query(this.db.prepared ? { name: statementName(text), text, values: params } : { text, values: params });
-      return r.rows as Record<string, unknown>[];
-    });
-  }
-
-  /** Maps driver errors: conflicts to `Retry`, the rest to `StorageError`. */
-  private async run<T>(what: string, body: () => Promise<T>): Promise<T> {
-    try {
-      return await body();
-    } catch (error) {
-      const code = (error as { code?: string }).code;
-      if (code !== undefined && RETRY_CODES.has(code)) throw new Retry(error);
-      if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) throw new Retry(error);
-      if (code === "26000" || code === "42P05") {
-        // Our record of the connection's prepared statements was wrong (someone ran DISCARD or
-        // DEALLOCATE, or a failed message left it unsure): list them again and retry.
-        this.resync = true;
-        throw new Retry(error);
-      }
-      throw storageError(what, error);
-    }
-  }
-}
-
-/** A model object as the JSON object `json_populate_record(set)` reads (column names; dates as ISO text). */
-function toRow(columns: readonly Column[], value: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  const v = value as Record<string, unknown>;
-  for (const c of columns) out[c.name] = v[c.field] ?? null;
-  return out;
-}
-
-/** Only `names` of a model object, by column name. */
-function pick(table: SqlTable, names: readonly string[], value: object): Record<string, unknown> {
-  const v = value as Record<string, unknown>;
-  const out: Record<string, unknown> = {};
-  for (const c of table.columns) if (names.includes(c.name)) out[c.name] = v[c.field] ?? null;
-  return out;
-}
-
-/**
- * The columns (in table order) in which `rows` differ from the rows as read; every non-key
- * column when a row was not read in this unit of work.
- */
-function changedColumns<T extends object>(table: SqlTable, rows: readonly T[], original: (row: T) => object | null | undefined): string[] {
-  const candidates = updatable(table);
-  const changed = new Set<string>();
-  for (const row of rows) {
-    const before = original(row) as Record<string, unknown> | null | undefined;
-    const after = row as Record<string, unknown>;
-    for (const c of candidates) {
-      if (changed.has(c.name)) continue;
-      if (before === null || before === undefined || !sameValue(before[c.field], after[c.field])) changed.add(c.name);
-    }
-  }
-  const names = candidates.filter((c) => changed.has(c.name)).map((c) => c.name);
-  return names.length > 0 ? names : candidates.map((c) => c.name);
-}
-
-const updatableColumns = new WeakMap<SqlTable, Column[]>();
-/** Columns an update may write: not the key, the owner or the creation time. */
-function updatable(table: SqlTable): Column[] {
-  let list = updatableColumns.get(table);
-  if (list === undefined) {
-    const keys = new Set(["user_id", "created_at", ...table.spec.primaryKey.map(snakeCase)]);
-    list = table.columns.filter((c) => !keys.has(c.name));
-    updatableColumns.set(table, list);
-  }
-  return list;
-}
-
-function sameValue(a: unknown, b: unknown): boolean {
-  if (a === b) return true;
-  if (a instanceof Date && b instanceof Date) return a.getTime() === b.getTime();
-  return false;
-}
-
-function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
-  if (!json) return [];
-  return (JSON.parse(json) as Record<string, unknown>[]).map((row) => decodeRow<T>(table.columns, row));
-}
-
 const names = new Map<string, string>();
 /** A stable, short prepared-statement name for a query text. */
 function statementName(text: string): string {
@@ -660,20 +462,7 @@ function isConnectionLevel(error: unknown): boolean {
   return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
 }
 
-function storageError(what: string, error: unknown): StorageError {
-  if (error instanceof StorageError) return error;
-  const e = error as { message?: string; code?: string };
-  const code = typeof e.code === "string" ? ` (${e.code})` : "";
-  return new StorageError(`[credit-management] [postgres] ${what} failed${code}: ${e.message ?? String(error)}`, error);
-}
-
 function backoff(attempt: number): number {
   const cap = Math.min(250, 4 * 2 ** attempt);
   return cap / 2 + Math.random() * (cap / 2);
 }
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-
