@@ -4,7 +4,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { PostgresDbManager, SCHEMA_VERSION } from "../src/db/postgres/index.js";
 import { AccountWork } from "../src/domain/account-work.js";
-import { ConfigurationError, ConflictError, StorageError } from "../src/errors.js";
+import { ConfigurationError, ConflictError, InsufficientCreditsError, StorageError } from "../src/errors.js";
 import type { JournalEntry } from "../src/models/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 import { runDbManagerContract } from "../src/testing/index.js";
@@ -30,12 +30,20 @@ describe.skipIf(!url)("PostgresDbManager", () => {
     destroy: async () => dropSchema(contractSchema),
   });
 
-  // The same contract without prepared statements (for poolers that do not keep sessions).
+  // The same contract with every unit of work in a transaction of its own, and without prepared
+  // statements (for poolers that do not keep sessions).
   const unpreparedSchema = newSchema("unprepared");
   runDbManagerContract({
-    name: "postgres, preparedStatements: false",
+    name: "postgres, batch: false, preparedStatements: false",
     create: async () =>
-      new PostgresDbManager({ connectionString: url as string, schema: unpreparedSchema, tablePrefix: "np_", preparedStatements: false, poolConfig: { max: 4 } }),
+      new PostgresDbManager({
+        connectionString: url as string,
+        schema: unpreparedSchema,
+        tablePrefix: "np_",
+        preparedStatements: false,
+        batch: false,
+        poolConfig: { max: 4 },
+      }),
     destroy: async () => dropSchema(unpreparedSchema),
     propertyRuns: 15,
     raceSize: 200,
@@ -205,6 +213,76 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       expect(await prefixed.getAccount(u)).toMatchObject({ balance: 9 });
       expect(await db.getAccount(u)).toBeNull();
       await prefixed.close();
+    });
+  });
+
+  describe("group commit", () => {
+    const schema = newSchema("batch");
+    let db: PostgresDbManager;
+    let credits: CreditService;
+    beforeAll(async () => {
+      db = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 6 }, batch: { concurrency: 1, maxUnits: 64 } });
+      await db.init();
+      credits = new CreditService({ db });
+    });
+    afterAll(async () => {
+      await db.close();
+      await dropSchema(schema);
+    });
+
+    it("commits the units of a batch together in two round trips; a unit that throws writes nothing", async () => {
+      const tag = randomUUID();
+      const users = Array.from({ length: 20 }, (_, i) => `b-${tag}-${i}`);
+      await Promise.all(users.map((u, i) => (i % 2 === 0 ? credits.addCredits(u, 10) : Promise.resolve())));
+      const before = db.roundTrips;
+      const results = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 4)));
+      // One batch of 20 (the lock, the reads, one write, COMMIT) instead of 40 round trips.
+      expect(db.roundTrips - before).toBeLessThanOrEqual(4);
+      results.forEach((r, i) => {
+        if (i % 2 === 0) expect(r.status).toBe("fulfilled");
+        else expect(r.status === "rejected" && r.reason).toBeInstanceOf(InsufficientCreditsError);
+      });
+      for (const [i, u] of users.entries()) {
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: i % 2 === 0 ? 6 : 0 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      }
+    });
+
+    it("a unit whose write fails fails alone: the rest of its batch is committed", async () => {
+      const tag = randomUUID();
+      const users = Array.from({ length: 8 }, (_, i) => `f-${tag}-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      const results = await Promise.allSettled(
+        users.map((u, i) => credits.addCredits(u, 5, { description: i === 3 ? "nul \u0000" : "fine" })),
+      );
+      results.forEach((r, i) => {
+        if (i === 3) expect(r.status === "rejected" && r.reason).toBeInstanceOf(StorageError);
+        else expect(r.status).toBe("fulfilled");
+      });
+      for (const [i, u] of users.entries()) {
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: i === 3 ? 10 : 15 });
+      }
+    });
+
+    it("does not hold a batch up for an account another transaction has locked", async () => {
+      const tag = randomUUID();
+      const busy = `busy-${tag}`;
+      const others = Array.from({ length: 6 }, (_, i) => `free-${tag}-${i}`);
+      await Promise.all([busy, ...others].map((u) => credits.addCredits(u, 10)));
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      await holder.query("BEGIN");
+      await holder.query(`SELECT 1 FROM "${schema}".accounts WHERE user_id = $1 FOR UPDATE`, [busy]);
+      let busyDone = false;
+      const waiting = credits.deductCredits(busy, 1).then(() => (busyDone = true));
+      const done = await Promise.all(others.map((u) => credits.deductCredits(u, 1)));
+      expect(done).toHaveLength(6);
+      expect(busyDone).toBe(false); // still waiting for the row lock, alone
+      await holder.query("COMMIT");
+      await holder.end();
+      await waiting;
+      expect(await credits.getUserCreditsInfo(busy)).toMatchObject({ balance: 9 });
+      expect((await credits.audit(busy)).ok).toBe(true);
     });
   });
 

@@ -18,6 +18,8 @@ export interface Unit {
   attempts: number;
   /** Runs alone (a retry after a failed batch, so that a culprit fails only itself). */
   solo: boolean;
+  /** Waits for its account's lock (another process held it when a batch tried). */
+  wait: boolean;
 }
 
 /** Why a unit must run again; `reason` is the driver error or the failed guard. */
@@ -101,6 +103,8 @@ export class Batch {
     readonly db: PostgresDbManager,
     readonly client: PoolClient,
     units: readonly Unit[],
+    /** Wait for the account lock (a lone waiter) instead of skipping a busy account. */
+    private readonly wait: boolean,
   ) {
     this.txs = units.map((u) => new UnitTx(this, u));
     this.waiting = this.txs.length;
@@ -181,8 +185,9 @@ export class Batch {
     const { sql } = this.db;
     const prepared = this.db.prepared;
     // A batch of several never waits for a lock: a busy account would hold up all the others.
-    const many = this.txs.length > 1;
-    const lock = many ? sql.lockSkip : sql.lockOne;
+    // Only a lone waiter waits for a row lock: a batch skips busy accounts (SKIP LOCKED).
+    const many = loaders.length > 1;
+    const lock = this.wait ? sql.lockOne : many ? sql.lockSkip : sql.lockOneSkip;
     const statements = loaders.length > 0 ? [lock, sql.state] : [];
     try {
       const results = await this.message("load", statements, (prefix) => {

@@ -28,10 +28,12 @@ export interface PostgresDbManagerOptions {
   /**
    * Group commit: units of work on different accounts that wait at the same time share one
    * transaction (one lock statement, one read, one write, one COMMIT). `concurrency` batches run
-   * at once (each on its own connection), each with up to `maxUnits` units. `false`: every unit of
-   * work is a transaction of its own. Default `{ maxUnits: 32, concurrency: 4 }`.
+   * at once (each on its own connection), each with up to `maxUnits` units; `waiters` units whose
+   * account another process holds wait for its lock at once, each on a connection of its own.
+   * `false`: every unit of work is a transaction of its own. Default
+   * `{ maxUnits: 32, concurrency: 4, waiters: 4 }`: keep `concurrency + waiters` below the pool size.
    */
-  batch?: false | { maxUnits?: number; concurrency?: number };
+  batch?: false | { maxUnits?: number; concurrency?: number; waiters?: number };
   /**
    * Attempts of a unit of work that meets a serialization failure, a deadlock or a concurrent
    * first write of the same new account before it fails with `ConflictError`. Default 10.
@@ -45,20 +47,25 @@ const preparedOn = new WeakMap<object, Set<string>>();
 /**
  * The PostgreSQL store, on `pg`.
  *
- * A unit of work is one transaction that starts by locking the account row
- * (`SELECT … FOR UPDATE`), so units of work on one account run one after another across every
- * process, while different accounts run in parallel. It costs two round trips:
+ * A unit of work runs in a transaction that locks its account row (`SELECT … FOR UPDATE`), so
+ * units of work on one account run one after another across every process. A transaction costs
+ * two round trips:
  *
  *  1. `BEGIN; EXECUTE lock; EXECUTE state` in one message: the lock, then (in a statement with a
  *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the open
  *     grants, active holds and the idempotent entry as JSON;
  *  2. `EXECUTE save; COMMIT` in one message: one statement writes everything (a CTE of inserts
- *     and updates from JSON arrays) and fails unless the account row passed its `seq` guard.
+ *     and updates from JSON arrays) and fails unless every account row passed its `seq` guard.
  *
- * `save()` therefore queues the changes and they are written when the unit of work returns; a
- * unit of work that throws after `save()` writes nothing. Unique violations (two first writes of
- * a new account, an idempotency key), serialization failures and deadlocks run the unit of work
- * again with jittered backoff; there `load()` finds the key and the service answers with the first
+ * Group commit (`batch`, on by default): units of work on different accounts that wait at the
+ * same time share one such transaction, so n units cost two round trips and one COMMIT. Batches
+ * never wait for a row lock (`SKIP LOCKED`); a unit whose account another transaction holds runs
+ * again alone and waits for it ({@link Batch}).
+ *
+ * `save()` queues the changes; they are written when the unit of work returns, so a unit of work
+ * that throws after `save()` writes nothing. Unique violations (two first writes of a new account,
+ * an idempotency key), serialization failures and deadlocks run the unit of work again, alone,
+ * with jittered backoff; there `load()` finds the key and the service answers with the first
  * result. Other database errors surface as `StorageError` with the driver's error as `cause`.
  */
 export class PostgresDbManager implements DbManager {
@@ -73,8 +80,12 @@ export class PostgresDbManager implements DbManager {
   private readonly maxAttempts: number;
   private readonly maxUnits: number;
   private readonly batchConcurrency: number;
+  private readonly maxWaiters: number;
   private readonly queue: Unit[] = [];
+  /** Accounts a running batch or waiter holds: their other units wait in the queue. */
+  private readonly busyUsers = new Set<string>();
   private active = 0;
+  private waiters = 0;
   /** @internal */
   readonly prepared: boolean;
   private closed = false;
@@ -98,6 +109,7 @@ export class PostgresDbManager implements DbManager {
     const batch = options.batch ?? {};
     this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
     this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
+    this.maxWaiters = batch === false ? Infinity : Math.max(1, batch.waiters ?? 4);
   }
 
   /**
@@ -150,7 +162,14 @@ export class PostgresDbManager implements DbManager {
 
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.enqueue({ userId, fn: fn as Unit["fn"], resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
+      const unit: Unit = { userId, fn: fn as Unit["fn"], resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false, wait: false };
+      if (this.maxUnits === 1) {
+        // No batching: every unit of work is a transaction of its own that waits for its lock.
+        unit.wait = true;
+        void this.runBatch([unit], true);
+      } else {
+        this.enqueue(unit);
+      }
     });
   }
 
@@ -160,39 +179,65 @@ export class PostgresDbManager implements DbManager {
     this.pump();
   }
 
-  /** Starts batches while there is work and a free slot. */
+  /**
+   * Starts what can start. A batch takes the oldest waiting units of distinct accounts that no
+   * running batch holds (so batches of this process never contend for a row), up to `maxUnits`,
+   * while fewer than `concurrency` batches run. Batches never wait for a row lock (SKIP LOCKED);
+   * a unit whose account another process holds becomes a waiter: it runs alone, waits for the
+   * lock on a connection of its own, and does not take a batch slot (at most one per account).
+   */
   private pump(): void {
-    while (this.active < this.batchConcurrency && this.queue.length > 0) {
-      const units = this.take();
+    const scanLimit = Math.min(this.queue.length, 4096);
+    for (let i = 0, seen = 0; i < this.queue.length && seen < scanLimit; seen++) {
+      const u = this.queue[i] as Unit;
+      if (this.busyUsers.has(u.userId)) {
+        i++;
+        continue;
+      }
+      if (u.wait) {
+        if (this.waiters >= this.maxWaiters) {
+          i++;
+          continue;
+        }
+        this.queue.splice(i, 1);
+        this.busyUsers.add(u.userId);
+        this.waiters++;
+        void this.runBatch([u], true).finally(() => {
+          this.waiters--;
+          this.busyUsers.delete(u.userId);
+          this.pump();
+        });
+        continue;
+      }
+      if (this.active >= this.batchConcurrency) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
+      const batch = [u];
+      this.busyUsers.add(u.userId);
+      if (!u.solo) {
+        for (let j = i; j < this.queue.length && batch.length < this.maxUnits && seen < scanLimit; seen++) {
+          const v = this.queue[j] as Unit;
+          if (v.solo || v.wait || this.busyUsers.has(v.userId)) {
+            j++;
+            continue;
+          }
+          this.queue.splice(j, 1);
+          batch.push(v);
+          this.busyUsers.add(v.userId);
+        }
+      }
       this.active++;
-      void this.runBatch(units).finally(() => {
+      void this.runBatch(batch, false).finally(() => {
         this.active--;
+        for (const b of batch) this.busyUsers.delete(b.userId);
         this.pump();
       });
     }
   }
 
-  /** The next batch: the oldest unit, then waiting units of other accounts, up to `maxUnits`. */
-  private take(): Unit[] {
-    const first = this.queue.shift() as Unit;
-    if (first.solo || this.maxUnits === 1) return [first];
-    const batch = [first];
-    const users = new Set([first.userId]);
-    const scan = Math.min(this.queue.length, this.maxUnits * 4);
-    for (let i = 0, seen = 0; i < this.queue.length && seen < scan && batch.length < this.maxUnits; seen++) {
-      const u = this.queue[i] as Unit;
-      if (!u.solo && !users.has(u.userId)) {
-        batch.push(u);
-        users.add(u.userId);
-        this.queue.splice(i, 1);
-      } else {
-        i++;
-      }
-    }
-    return batch;
-  }
-
-  private async runBatch(units: Unit[]): Promise<void> {
+  private async runBatch(units: Unit[], wait: boolean): Promise<void> {
     let client: PoolClient;
     try {
       client = await this.connect();
@@ -202,7 +247,7 @@ export class PostgresDbManager implements DbManager {
     }
     let result: BatchResult;
     try {
-      result = await new Batch(this, client, units).run();
+      result = await new Batch(this, client, units, wait).run();
     } catch (error) {
       client.release(true);
       for (const u of units) u.reject(storageError("transaction", error));
@@ -211,9 +256,9 @@ export class PostgresDbManager implements DbManager {
     client.release(result.broken);
     for (const { unit, reason, skipped } of result.retry) {
       if (skipped) {
-        // Its account was busy: run it alone (that one waits for the lock), right away.
-        unit.solo = true;
-        this.enqueue(unit, true);
+        // Its account is busy in another transaction: run it again alone, waiting for the lock.
+        unit.wait = true;
+        this.requeue(unit, 0);
         continue;
       }
       unit.attempts++;
@@ -228,9 +273,20 @@ export class PostgresDbManager implements DbManager {
       } else {
         // Alone from now on, so that whatever failed the batch fails only its own unit.
         unit.solo = true;
-        setTimeout(() => this.enqueue(unit, true), backoff(unit.attempts));
+        this.requeue(unit, backoff(unit.attempts));
       }
     }
+  }
+
+  /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
+  private requeue(unit: Unit, delay: number): void {
+    const again = () => {
+      if (this.maxUnits === 1) void this.runBatch([unit], true);
+      else this.enqueue(unit, true);
+    };
+    if (delay > 0) setTimeout(again, delay);
+    // After the current batch has released its accounts (its `finally` runs first).
+    else queueMicrotask(() => setImmediate(again));
   }
 
   async getAccount(userId: string): Promise<Account | null> {

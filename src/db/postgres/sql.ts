@@ -59,6 +59,8 @@ export class PostgresSql {
   readonly lockSkip: Statement;
   /** Locks one account row, waiting for it (`user_id = $1`: an index lookup whatever the statistics). */
   readonly lockOne: Statement;
+  /** Locks one account row unless another transaction holds it. */
+  readonly lockOneSkip: Statement;
   /**
    * Per user: open grants, active holds and the entry of its idempotency key, as JSON. Sent in
    * the same message as `lock` but as a statement of its own: under READ COMMITTED each statement
@@ -80,6 +82,7 @@ export class PostgresSql {
 
     const { accounts, grants, reservations, journal } = this.tables;
     this.lockOne = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
+    this.lockOneSkip = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
     this.lockSkip = statement(
       `SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`,
       ["text[]"],
