@@ -146,7 +146,7 @@ export class Batch {
       const unit = tx.unit;
       if (outcome.status === "rejected") {
         const e = outcome.reason;
-        if (e instanceof Skipped && !brokeEarly) {
+        if (e instanceof Skipped) {
           retry.push({ unit, reason: e, skipped: true });
           return;
         }
