@@ -4,8 +4,9 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "testing/index": "src/testing/index.ts",
-    "db/postgres/index": "src/db/postgres/index.ts",
+    "postgres/index": "src/db/postgres/index.ts",
     "cli/index": "src/cli/index.ts",
+    "mongodb/index": "src/db/mongodb/index.ts",
   },
   format: ["esm", "cjs"],
   dts: true,

@@ -8,6 +8,7 @@ export {
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";
+export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 export type {
   Changes,
   DbCapabilities,

@@ -412,7 +412,7 @@ export class CreditService {
   /** Loads the grants that holds point at but that are not open (fully held, closed). */
   private async includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void> {
     const missing = new Set<string>();
-    for (const h of holds) for (const p of h.allocations) missing.add(p.grantId);
+    for (const h of holds) for (const p of h.allocations) if (work.getGrant(p.grantId) === undefined) missing.add(p.grantId);
     if (missing.size > 0) work.include(await tx.getGrants([...missing]));
   }
 

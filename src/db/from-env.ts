@@ -1,0 +1,42 @@
+import { ConfigurationError } from "../errors.js";
+import { InMemoryDbManager } from "./memory/index.js";
+import type { MongoDbManager as MongoAdapter } from "./mongodb/index.js";
+import type { DbManager } from "./types.js";
+
+/** The environment variables `createDbManagerFromEnv` reads. */
+export interface DbEnv {
+  /** A MongoDB connection string (replica set or Atlas). Unset or empty: in-memory. */
+  CREDIT_MONGO_URI?: string | undefined;
+  /** The database for MongoDB. Default `credit_management`. */
+  CREDIT_MONGO_DB?: string | undefined;
+  [name: string]: string | undefined;
+}
+
+/**
+ * The store the environment asks for, like the original system's switch: `MongoDbManager` when
+ * `CREDIT_MONGO_URI` is set (database `CREDIT_MONGO_DB`, default `credit_management`; the
+ * manager owns its client, so `close()` closes it), otherwise a new `InMemoryDbManager`.
+ *
+ * The MongoDB adapter (and with it the `mongodb` driver, an optional peer dependency) is loaded
+ * only when it is asked for, so the core never pulls the driver. `createCreditManager` runs
+ * `init()`; call it yourself when wiring by hand.
+ */
+export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<DbManager> {
+  const uri = env.CREDIT_MONGO_URI;
+  if (uri === undefined || uri.trim() === "") return new InMemoryDbManager();
+  const dbName = env.CREDIT_MONGO_DB?.trim() || "credit_management";
+  let MongoDbManager: typeof MongoAdapter;
+  try {
+    ({ MongoDbManager } = await import("./mongodb/index.js"));
+  } catch (error) {
+    const missing = (error as { code?: string }).code;
+    if (missing === "ERR_MODULE_NOT_FOUND" || missing === "MODULE_NOT_FOUND") {
+      throw new ConfigurationError(
+        "[credit-management] CREDIT_MONGO_URI is set but the `mongodb` driver is not installed: npm install mongodb",
+        error,
+      );
+    }
+    throw error;
+  }
+  return MongoDbManager.fromUri(uri, dbName);
+}

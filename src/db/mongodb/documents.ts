@@ -1,0 +1,95 @@
+import type { Document } from "mongodb";
+import {
+  Account,
+  Grant,
+  JournalEntry,
+  LedgerEntry,
+  Reservation,
+  type Account as AccountT,
+  type Grant as GrantT,
+  type JournalEntry as JournalEntryT,
+  type LedgerEntry as LedgerEntryT,
+  type Reservation as ReservationT,
+} from "../../models/index.js";
+
+/**
+ * How entities are stored, in one place: the entity's id field becomes `_id` (a string), dates stay
+ * BSON dates, amounts are JS numbers (stored as int32 or double, exact up to
+ * Number.MAX_SAFE_INTEGER), nullable fields are stored as null. Fields starting with `_` other than
+ * `_id` are the adapter's own (sort keys, the open-grant flag, the account's write counter) and
+ * never leave this module.
+ */
+/** A stored document: string ids everywhere. */
+export interface StoredDoc extends Document {
+  _id: string;
+}
+
+interface Kind<T> {
+  /** The entity field stored as `_id`. */
+  readonly idField: keyof T & string;
+  /** Every field of the entity, from its zod model. */
+  readonly keys: readonly (keyof T & string)[];
+}
+
+const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>): Kind<T> => ({
+  idField,
+  keys: Object.keys(shape) as (keyof T & string)[],
+});
+
+export const ACCOUNT: Kind<AccountT> = kind("userId", Account.shape);
+export const GRANT: Kind<GrantT> = kind("id", Grant.shape);
+export const RESERVATION: Kind<ReservationT> = kind("id", Reservation.shape);
+export const ENTRY: Kind<JournalEntryT> = kind("id", JournalEntry.shape);
+export const LEDGER: Kind<LedgerEntryT> = kind("id", LedgerEntry.shape);
+
+/** Entity → document: `id` (or `userId` for accounts) moves to `_id`; `extra` adds internal fields. */
+export function toDoc<T extends object>(k: Kind<T>, entity: T, extra?: Document): StoredDoc {
+  const doc: StoredDoc = { _id: entity[k.idField] as string };
+  for (const key of k.keys) {
+    if (key === k.idField) continue;
+    const v = entity[key];
+    doc[key] = v === undefined ? null : v;
+  }
+  if (extra !== undefined) Object.assign(doc, extra);
+  return doc;
+}
+
+/**
+ * Document → plain entity of exactly the model's fields: `_id` back to the id field, internal
+ * fields dropped, missing fields as null (never undefined), 64-bit integers as numbers.
+ */
+export function fromDoc<T extends object>(k: Kind<T>, doc: Document): T {
+  const out: Record<string, unknown> = {};
+  for (const key of k.keys) {
+    const v = key === k.idField ? doc._id : doc[key];
+    out[key] = v === undefined ? null : toNumberIfLong(v);
+  }
+  return out as T;
+}
+
+/**
+ * The fields `save` writes when it updates a stored entity: all but the id, the owner and the
+ * immutable ones (`createdAt`, `metadata`). Leaving `metadata` out of `$set` matters: MongoDB
+ * refuses `$set` of a sub-document with `$`-prefixed keys, which free-form metadata may have.
+ */
+export function updatableFields<T extends object>(k: Kind<T>, entity: T): Document {
+  const set: Document = {};
+  for (const key of k.keys) {
+    if (key === k.idField || key === "userId" || key === "createdAt" || key === "metadata") continue;
+    const v = entity[key];
+    set[key] = v === undefined ? null : v;
+  }
+  return set;
+}
+
+/** A stored Int64 (written by another tool, or read with `useBigInt64`) as a JS number. */
+function toNumberIfLong(v: unknown): unknown {
+  if (typeof v === "bigint") return Number(v);
+  if (v !== null && typeof v === "object" && (v as { _bsontype?: string })._bsontype === "Long") {
+    return (v as { toNumber(): number }).toNumber();
+  }
+  return v;
+}
+
+/** A grant is open while it has credits left and was neither expired nor voided. */
+export const isOpenGrant = (g: GrantT): boolean => g.remaining > 0 && g.closedAt === null;

@@ -1,0 +1,80 @@
+import { ConflictError, CreditError, StorageError } from "../../errors.js";
+
+/** Duplicate key: a unique index refused the write. */
+export const DUPLICATE_KEY = 11000;
+/** Write conflict between transactions (MongoDB labels it TransientTransactionError). */
+export const WRITE_CONFLICT = 112;
+const NAMESPACE_EXISTS = 48;
+const INDEX_OPTIONS_CONFLICT = 85;
+const INDEX_KEY_SPECS_CONFLICT = 86;
+
+interface DriverError extends Error {
+  code?: number | string;
+  codeName?: string;
+  errorLabels?: string[];
+  hasErrorLabel?(label: string): boolean;
+  writeErrors?: { code?: number }[] | { code?: number };
+}
+
+/**
+ * A driver error (by shape, not `instanceof`: the client may come from another copy of the
+ * `mongodb` package than the one this module resolves).
+ */
+export function isDriverError(error: unknown): error is DriverError {
+  return error instanceof Error && error.name.startsWith("Mongo");
+}
+
+/** The server error code, looking into bulk write errors too. */
+export function errorCode(error: unknown): number | undefined {
+  if (!isDriverError(error)) return undefined;
+  if (typeof error.code === "number") return error.code;
+  const w = error.writeErrors;
+  const first = Array.isArray(w) ? w[0] : w;
+  return typeof first?.code === "number" ? first.code : undefined;
+}
+
+export function hasLabel(error: unknown, label: string): boolean {
+  if (!isDriverError(error)) return false;
+  if (typeof error.hasErrorLabel === "function") return error.hasErrorLabel(label);
+  return Array.isArray(error.errorLabels) && error.errorLabels.includes(label);
+}
+
+/**
+ * A driver refusal the next attempt of the unit of work can get past: another writer won the race
+ * (write conflict, duplicate key, or anything the server labels transient).
+ */
+export function isRetryableConflict(error: unknown): boolean {
+  if (!isDriverError(error)) return false;
+  const code = errorCode(error);
+  return code === WRITE_CONFLICT || code === DUPLICATE_KEY || hasLabel(error, "TransientTransactionError");
+}
+
+export const isNamespaceExists = (error: unknown): boolean => errorCode(error) === NAMESPACE_EXISTS;
+
+export const isIndexConflict = (error: unknown): boolean => {
+  const code = errorCode(error);
+  return code === INDEX_OPTIONS_CONFLICT || code === INDEX_KEY_SPECS_CONFLICT;
+};
+
+/**
+ * The one place driver errors become library errors: our own errors pass through, conflicts
+ * become `ConflictError`, every other driver failure a `StorageError`; the original is the
+ * `cause`. Anything else (a bug, a `TypeError`) passes through untouched rather than disguised.
+ */
+export function toCreditError(error: unknown, operation: string): unknown {
+  if (error instanceof CreditError || !isDriverError(error)) return error;
+  const what = `[credit-management] [mongodb] ${operation}`;
+  if (isRetryableConflict(error)) {
+    return new ConflictError(`${what}: a concurrent write won (${error.message})`, { operation }, error);
+  }
+  return new StorageError(`${what} failed: ${error.message}`, error);
+}
+
+/** Runs a driver call, converting its failure with `toCreditError`. */
+export async function guard<T>(operation: string, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (error) {
+    throw toCreditError(error, operation);
+  }
+}

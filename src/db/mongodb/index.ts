@@ -1,0 +1,710 @@
+import { MongoClient } from "mongodb";
+import type {
+  AnyBulkWriteOperation,
+  ClientSession,
+  Collection,
+  Db,
+  Document,
+  Filter,
+  IndexDescription,
+  MongoClientOptions,
+  TransactionOptions,
+} from "mongodb";
+import { isDeepStrictEqual } from "node:util";
+import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type {
+  Changes,
+  DbCapabilities,
+  DbManager,
+  DbTransaction,
+  JournalQuery,
+  LedgerQuery,
+  LoadRequest,
+  LoadedState,
+  ScanCursor,
+} from "../types.js";
+import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
+import { AccountLocks } from "./lock.js";
+import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
+import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
+
+/** Options shared by every way of building a `MongoDbManager`. */
+export interface MongoDbManagerOptions {
+  /** Prefix of the collection names (`<prefix>accounts`, `<prefix>grants`, …). Default `"credit_"`. */
+  collectionPrefix?: string;
+  /**
+   * Attempts of one unit of work before a write conflict surfaces as `ConflictError`: transient
+   * transaction errors the driver retries and seq-guard misses both count. Default 25.
+   */
+  maxAttempts?: number;
+  /**
+   * Accounts whose last committed state this process keeps (LRU), so a unit of work on a recently
+   * used account skips its read: the save's guard on `{ seq, _rev }` proves the state current
+   * (else the unit of work reruns on a fresh read), and a unit of work that refuses without saving
+   * re-checks `_rev`. `0` reads every time. Default 10,000.
+   */
+  stateCacheSize?: number;
+  /** @internal Tests: on every state-cache hit, also read the account and fail if they differ. */
+  verifyStateCache?: boolean;
+}
+
+/** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. */
+export type MongoDbManagerConfig = ({ client: MongoClient; dbName: string } | { db: Db }) & MongoDbManagerOptions;
+
+/** The collections of one manager, with the BSON options the mapping relies on. */
+interface Collections {
+  accounts: Collection<StoredDoc>;
+  grants: Collection<StoredDoc>;
+  reservations: Collection<StoredDoc>;
+  journal: Collection<StoredDoc>;
+  ledger: Collection<StoredDoc>;
+}
+
+/**
+ * Numbers come back as JS numbers (int32 and double are exact up to Number.MAX_SAFE_INTEGER; an
+ * Int64 written by another tool is converted too), whatever the client's own settings say.
+ */
+const BSON_OPTIONS = { promoteValues: true, promoteLongs: true, useBigInt64: false, ignoreUndefined: false } as const;
+
+/**
+ * Snapshot reads, majority-acknowledged commits: a unit of work sees one consistent state, and a
+ * commit it reports survives a primary failover.
+ */
+const TRANSACTION_OPTIONS: TransactionOptions = {
+  readConcern: { level: "snapshot" },
+  writeConcern: { w: "majority" },
+  readPreference: "primary",
+};
+
+/**
+ * Reads that return a whole list ask for it in one batch (the server still caps a batch at 16 MB):
+ * one round trip instead of a `find` and `getMore`s.
+ */
+const MAX_BATCH = 10_000;
+const ONE_BATCH = { batchSize: MAX_BATCH } as const;
+const batchOf = (limit: number) => ({ batchSize: Math.max(1, Math.min(limit, MAX_BATCH)) });
+
+/** The indexes every query and guarantee of the adapter relies on (created by `init()`). */
+const INDEXES: Record<keyof Collections, IndexDescription[]> = {
+  // The account document is `_id: userId`; its `_id` index is the only one it needs.
+  accounts: [],
+  grants: [
+    // load(): a user's open grants; listGrants(): a user's grants in insertion order.
+    { key: { userId: 1, _open: 1, _ord: 1 }, name: "user_open_ord" },
+    // findDueGrants(): open grants by expiry (closed grants are left out of the index).
+    { key: { expiresAt: 1, _id: 1 }, name: "due_open", partialFilterExpression: { _open: true } },
+  ],
+  reservations: [
+    // load(): a user's active holds; listReservations(): by status, in insertion order.
+    { key: { userId: 1, status: 1, _ord: 1 }, name: "user_status_ord" },
+    // findExpiredReservations(): active holds by expiry.
+    { key: { status: 1, expiresAt: 1, _id: 1 }, name: "status_expiry" },
+  ],
+  journal: [
+    // Gap-free, one entry per seq, and the cursor of listJournal().
+    { key: { userId: 1, seq: 1 }, name: "user_seq", unique: true },
+    // Idempotency keys are unique per user, where an entry has one.
+    {
+      key: { userId: 1, idempotencyKey: 1 },
+      name: "user_idempotency_key",
+      unique: true,
+      partialFilterExpression: { idempotencyKey: { $type: "string" } },
+    },
+  ],
+  ledger: [
+    { key: { createdAt: -1, _ord: -1 }, name: "created" },
+    { key: { userId: 1, createdAt: -1, _ord: -1 }, name: "user_created" },
+    { key: { eventType: 1, createdAt: -1, _ord: -1 }, name: "type_created" },
+  ],
+};
+
+/**
+ * What `init()` says on a server that cannot run multi-document transactions.
+ * @internal exported for tests
+ */
+export const STANDALONE_MESSAGE =
+  "[credit-management] [mongodb] The server is a standalone mongod: MongoDB transactions need a replica set. " +
+  "Use MongoDB Atlas, or start a single-node replica set: run `mongod --replSet rs0` and once " +
+  '`mongosh --eval "rs.initiate()"` (Docker: `docker run -d -p 27017:27017 mongo:7 --replSet rs0`, then ' +
+  "`docker exec <container> mongosh --eval \"rs.initiate()\"`), and connect with `?replicaSet=rs0` " +
+  "(or `?directConnection=true`).";
+
+/**
+ * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
+ *
+ * Every unit of work is one multi-document transaction (`session.withTransaction`, snapshot read
+ * concern, majority write concern) that starts its writes by updating the account document with
+ * the guard `{ _id: userId, seq: <seq when loaded> }`. Two units of work on one account therefore
+ * always write the same document: MongoDB lets only one of them commit and the other is retried
+ * from the start (write conflicts, guard misses and a racing first insert alike), with jittered
+ * backoff, up to `maxAttempts` before a `ConflictError`. Within one process, units of work on one
+ * account queue for it first (FIFO), so only other processes can make a unit of work retry, and
+ * the last committed state of recently used accounts is kept to skip their read (see
+ * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so on
+ * a standalone server.
+ *
+ * ```ts
+ * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
+ * const credits = await createCreditManager({ db }); // runs db.init()
+ * ```
+ */
+export class MongoDbManager implements DbManager {
+  readonly name = "mongodb";
+  readonly capabilities: DbCapabilities = { multiProcess: true };
+  /** Prefix of the collection names. */
+  readonly collectionPrefix: string;
+
+  private readonly client: MongoClient;
+  private readonly db: Db;
+  /** True when `fromUri` created the client: `close()` closes it. */
+  private ownsClient = false;
+  private readonly maxAttempts: number;
+  private readonly c: Collections;
+  private lastLedgerOrd = 0;
+  private readonly locks = new AccountLocks();
+  private readonly states: StateCache | null;
+  private readonly verifyStates: boolean;
+
+  constructor(config: MongoDbManagerConfig) {
+    if ("db" in config && config.db !== undefined) {
+      this.db = config.db;
+      this.client = config.db.client;
+    } else if ("client" in config && config.client !== undefined) {
+      if (typeof config.dbName !== "string" || config.dbName.length === 0) {
+        throw new ConfigurationError("[credit-management] [mongodb] `dbName` is required with `client`.");
+      }
+      this.client = config.client;
+      this.db = config.client.db(config.dbName);
+    } else {
+      throw new ConfigurationError("[credit-management] [mongodb] Pass `{ client, dbName }` or `{ db }`.");
+    }
+    this.collectionPrefix = config.collectionPrefix ?? "credit_";
+    this.maxAttempts = config.maxAttempts ?? 25;
+    if (!Number.isInteger(this.maxAttempts) || this.maxAttempts < 1) {
+      throw new ConfigurationError("[credit-management] [mongodb] `maxAttempts` must be a positive integer.");
+    }
+    const cacheSize = config.stateCacheSize ?? 10_000;
+    if (!Number.isInteger(cacheSize) || cacheSize < 0) {
+      throw new ConfigurationError("[credit-management] [mongodb] `stateCacheSize` must be a non-negative integer.");
+    }
+    this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
+    this.verifyStates = config.verifyStateCache === true;
+    const col = (name: string) => this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS);
+    this.c = {
+      accounts: col("accounts"),
+      grants: col("grants"),
+      reservations: col("reservations"),
+      journal: col("journal"),
+      ledger: col("ledger"),
+    };
+  }
+
+  /**
+   * A manager with its own `MongoClient` for `uri` (connected on first use); `close()` closes it.
+   * `options` go to the `MongoClient`.
+   */
+  static fromUri(
+    uri: string,
+    dbName: string,
+    options: MongoDbManagerOptions & { clientOptions?: MongoClientOptions } = {},
+  ): MongoDbManager {
+    const { clientOptions, ...rest } = options;
+    let client: MongoClient;
+    try {
+      client = new MongoClient(uri, clientOptions);
+    } catch (error) {
+      throw new ConfigurationError(`[credit-management] [mongodb] Invalid connection string: ${(error as Error).message}`, error);
+    }
+    const manager = new MongoDbManager({ client, dbName, ...rest });
+    manager.ownsClient = true;
+    return manager;
+  }
+
+  /** Name of the database the collections live in. */
+  get databaseName(): string {
+    return this.db.databaseName;
+  }
+
+  /**
+   * Checks that the server runs transactions, then creates the collections (DocumentDB and
+   * MongoDB < 4.4 cannot create them inside a transaction) and every index. Idempotent, and safe
+   * to run from several processes at once.
+   */
+  async init(): Promise<void> {
+    await this.assertTransactions();
+    const existing = await guard("init: listCollections", () =>
+      this.db.listCollections({}, { nameOnly: true }).toArray(),
+    );
+    const names = new Set(existing.map((c) => c.name));
+    for (const [key, collection] of Object.entries(this.c) as [keyof Collections, Collection<StoredDoc>][]) {
+      if (!names.has(collection.collectionName)) {
+        await guard(`init: create ${collection.collectionName}`, async () => {
+          try {
+            await this.db.createCollection(collection.collectionName);
+          } catch (error) {
+            if (!isNamespaceExists(error)) throw error; // another process created it first
+          }
+        });
+      }
+      const indexes = INDEXES[key];
+      if (indexes.length === 0) continue;
+      try {
+        await collection.createIndexes(indexes);
+      } catch (error) {
+        if (isIndexConflict(error)) {
+          throw new ConfigurationError(
+            `[credit-management] [mongodb] An index on ${collection.collectionName} has the name or keys of one ` +
+              `this version needs but other options (${(error as Error).message}). Drop it and run init() again.`,
+            error,
+          );
+        }
+        throw toCreditError(error, `init: createIndexes on ${collection.collectionName}`);
+      }
+    }
+  }
+
+  /** Closes the client if `fromUri` created it; a client handed in stays open. */
+  async close(): Promise<void> {
+    if (this.ownsClient) await this.client.close();
+  }
+
+  async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    const wait = this.locks.acquire(userId);
+    if (wait !== undefined) await wait;
+    try {
+      return await this.attempt(userId, fn);
+    } finally {
+      this.locks.release(userId);
+    }
+  }
+
+  /** Runs the unit of work in a transaction, retrying it after a lost race (see the class doc). */
+  private async attempt<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    let attempts = 0;
+    let cached = this.states?.get(userId);
+    for (;;) {
+      const session = this.client.startSession();
+      let tx: MongoTransaction | undefined;
+      try {
+        // withTransaction retries the callback itself on TransientTransactionError (write
+        // conflicts) with backoff, and the commit on UnknownTransactionCommitResult. Its retries
+        // count against maxAttempts too, and start from a fresh read.
+        const value = await session.withTransaction(async (s) => {
+          if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts);
+          attempts++;
+          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates);
+          return tx.run(fn);
+        }, TRANSACTION_OPTIONS);
+        const after = (tx as MongoTransaction | undefined)?.stateAfter;
+        if (after !== undefined) this.states?.set(userId, after);
+        return value;
+      } catch (error) {
+        this.states?.delete(userId);
+        // A cached state that turned out stale: rerun at once on a fresh read.
+        if (error instanceof StaleAccount && error.fromCache) {
+          cached = undefined;
+          continue;
+        }
+        // Guard misses, racing first inserts and unique-index refusals abort the transaction
+        // without the transient label: the next attempt reloads and decides again (a repeated
+        // idempotency key then answers with the first result or IdempotencyConflictError).
+        if (error instanceof StaleAccount || isRetryableConflict(error)) {
+          if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts, error);
+          cached = undefined;
+          await sleep(backoffMs(attempts));
+          continue;
+        }
+        throw toCreditError(error, "transaction");
+      } finally {
+        await session.endSession().catch(() => undefined);
+      }
+    }
+  }
+
+  async getAccount(userId: string): Promise<Account | null> {
+    const doc = await guard("getAccount", () => this.c.accounts.findOne({ _id: userId }));
+    return doc === null ? null : fromDoc(ACCOUNT, doc);
+  }
+
+  async getGrant(grantId: string): Promise<Grant | null> {
+    const doc = await guard("getGrant", () => this.c.grants.findOne({ _id: grantId }));
+    return doc === null ? null : fromDoc(GRANT, doc);
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    const doc = await guard("getReservation", () => this.c.reservations.findOne({ _id: reservationId }));
+    return doc === null ? null : fromDoc(RESERVATION, doc);
+  }
+
+  async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
+    const filter: Filter<StoredDoc> = options?.includeInactive ? { userId } : { userId, _open: true };
+    const docs = await guard("listGrants", () => this.c.grants.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray());
+    return docs.map((d) => fromDoc(GRANT, d));
+  }
+
+  async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
+    const filter: Filter<StoredDoc> = options?.status === undefined ? { userId } : { userId, status: options.status };
+    const docs = await guard("listReservations", () =>
+      this.c.reservations.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray(),
+    );
+    return docs.map((d) => fromDoc(RESERVATION, d));
+  }
+
+  async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
+    if (q.limit <= 0) return [];
+    const filter: Filter<StoredDoc> = { userId };
+    if (q.order === "desc") {
+      if (q.beforeSeq !== undefined) filter.seq = { $lt: q.beforeSeq };
+    } else if (q.afterSeq !== undefined) {
+      filter.seq = { $gt: q.afterSeq };
+    }
+    if (q.types !== undefined) filter.type = { $in: [...q.types] };
+    if (q.from !== undefined || q.to !== undefined) {
+      filter.createdAt = {
+        ...(q.from === undefined ? {} : { $gte: q.from }),
+        ...(q.to === undefined ? {} : { $lt: q.to }),
+      };
+    }
+    const docs = await guard("listJournal", () =>
+      this.c.journal
+        .find(filter, batchOf(q.limit))
+        .sort({ seq: q.order === "desc" ? -1 : 1 })
+        .limit(q.limit)
+        .toArray(),
+    );
+    return docs.map((d) => fromDoc(ENTRY, d));
+  }
+
+  async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
+    if (limit <= 0) return [];
+    // `_open: true` lets the server use the partial index of open grants.
+    const filter: Filter<StoredDoc> = { _open: true, expiresAt: { $lte: asOf }, ...afterCursor(after) };
+    const docs = await guard("findDueGrants", () =>
+      this.c.grants.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
+    );
+    return docs.map((d) => fromDoc(GRANT, d));
+  }
+
+  async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
+    if (limit <= 0) return [];
+    const filter: Filter<StoredDoc> = { status: "active", expiresAt: { $lte: asOf }, ...afterCursor(after) };
+    const docs = await guard("findExpiredReservations", () =>
+      this.c.reservations.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
+    );
+    return docs.map((d) => fromDoc(RESERVATION, d));
+  }
+
+  async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
+    // `_ord` keeps entries of one process in insertion order when their createdAt ties.
+    const ord = Math.max(Date.now() * 1024, this.lastLedgerOrd + 1);
+    this.lastLedgerOrd = ord;
+    const doc = toDoc(LEDGER, entry, { _ord: ord });
+    // Undefined values in free-form details are left out, as JSON would.
+    await guard("insertLedgerEntry", () => this.c.ledger.insertOne(doc, { ignoreUndefined: true }));
+  }
+
+  async listLedgerEntries(q: LedgerQuery): Promise<LedgerEntry[]> {
+    if (q.limit <= 0) return [];
+    const filter: Filter<StoredDoc> = {};
+    if (q.eventType !== undefined) filter.eventType = q.eventType;
+    if (q.userId !== undefined) filter.userId = q.userId;
+    if (q.before !== undefined) filter.createdAt = { $lt: q.before };
+    const docs = await guard("listLedgerEntries", () =>
+      this.c.ledger.find(filter, batchOf(q.limit)).sort({ createdAt: -1, _ord: -1 }).limit(q.limit).toArray(),
+    );
+    return docs.map((d) => fromDoc(LEDGER, d));
+  }
+
+  /** Fails with `ConfigurationError` unless the server can run multi-document transactions. */
+  private async assertTransactions(): Promise<void> {
+    let hello: Document;
+    try {
+      hello = await this.db.command({ hello: 1 });
+    } catch (error) {
+      if (!isDriverError(error)) throw error;
+      // Servers before 4.4.2 know only the legacy name (and cannot run our transactions anyway
+      // below 4.0, which the answer shows as no setName).
+      try {
+        hello = await this.db.command({ isMaster: 1 });
+      } catch (legacyError) {
+        throw new StorageError(
+          `[credit-management] [mongodb] Could not reach the server to check it: ${(error as Error).message}`,
+          legacyError,
+        );
+      }
+    }
+    if (!supportsTransactions(hello)) throw new ConfigurationError(STANDALONE_MESSAGE);
+  }
+
+  private exhausted(userId: string, attempts: number, cause?: unknown): ConflictError {
+    return new ConflictError(
+      `[credit-management] [mongodb] The unit of work on account ${userId} lost ${attempts} races to concurrent writers; try again.`,
+      { userId, attempts },
+      cause,
+    );
+  }
+}
+
+/**
+ * True when a `hello` answer comes from a replica-set member or a mongos, which run
+ * multi-document transactions; false for a standalone mongod.
+ */
+export function supportsTransactions(hello: Record<string, unknown>): boolean {
+  return typeof hello.setName === "string" || hello.msg === "isdbgrid";
+}
+
+/** The account moved since it was loaded: retry the unit of work (never leaves `transaction`). */
+class StaleAccount extends ConflictError {
+  constructor(
+    userId: string,
+    /** The unit of work started from the state cache (retried at once, without backoff). */
+    readonly fromCache: boolean,
+  ) {
+    super(`[credit-management] [mongodb] account ${userId} changed during the unit of work`, { userId });
+  }
+}
+
+class MongoTransaction implements DbTransaction {
+  private saved = false;
+  /** The state `load()` handed out (from the cache or the database). */
+  private base: AccountState | null | undefined;
+  private baseFromCache = false;
+  /** The committed state for the cache once this unit of work commits. */
+  stateAfter: AccountState | undefined;
+
+  constructor(
+    private readonly c: Collections,
+    private readonly session: ClientSession,
+    readonly userId: string,
+    private readonly cached: AccountState | undefined,
+    private readonly verify: boolean,
+  ) {}
+
+  /**
+   * Runs the unit of work. One that decided on a cached state without saving (a refusal, or
+   * nothing to change) must not be trusted before the account's `_rev` confirms the state was
+   * current: else it reruns on a fresh read.
+   */
+  async run<T>(fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    let value: T;
+    try {
+      value = await fn(this);
+    } catch (error) {
+      if (this.baseFromCache && !this.saved && error instanceof CreditError) await this.confirmCached();
+      throw error;
+    }
+    if (this.baseFromCache && !this.saved) await this.confirmCached();
+    if (!this.saved && this.base !== undefined && this.base !== null) this.stateAfter = freezeState(this.base);
+    return value;
+  }
+
+  private async confirmCached(): Promise<void> {
+    const doc = await this.c.accounts.findOne(
+      { _id: this.userId },
+      { session: this.session, projection: { _rev: 1 } },
+    );
+    if (doc?._rev !== this.base?.rev) throw new StaleAccount(this.userId, true);
+  }
+
+  /**
+   * The account, its open grants and active holds: from the state cache when this unit of work got
+   * one and no idempotency key is asked for, else from the database (`read`).
+   */
+  async load(request?: LoadRequest): Promise<LoadedState> {
+    const key = request?.idempotencyKey;
+    // The cache knows nothing of idempotency keys: a keyed unit of work always reads.
+    if (this.cached !== undefined && key === undefined) {
+      if (this.verify) await this.verifyCached();
+      this.base = this.cached;
+      this.baseFromCache = true;
+      const { account, grants, reservations } = this.cached;
+      return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
+    }
+    const { state, idempotent } = await this.read(key);
+    this.base = state;
+    this.baseFromCache = false;
+    return state === null
+      ? { account: null, grants: [], reservations: [], idempotent: null }
+      : { account: state.account, grants: [...state.grants], reservations: [...state.reservations], idempotent };
+  }
+
+  /** Tests: the cached state must be what the database holds. */
+  private async verifyCached(): Promise<void> {
+    const { state } = await this.read(undefined);
+    const byId = <T extends { id: string }>(xs: readonly T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
+    const norm = (x: AccountState | null | undefined) =>
+      x && { ...x, grants: byId(x.grants).map((g) => ({ ...g })), reservations: byId(x.reservations).map((r) => ({ ...r })) };
+    if (!isDeepStrictEqual(JSON.parse(JSON.stringify(norm(state))), JSON.parse(JSON.stringify(norm(this.cached))))) {
+      throw new Error(
+        `state cache of ${this.userId} differs from the database: ${JSON.stringify(norm(this.cached))} != ${JSON.stringify(norm(state))}`,
+      );
+    }
+  }
+
+  /**
+   * One round trip: the account with its open grants, active holds and (if asked) the entry of an
+   * idempotency key, through `$lookup`s. Without an account there is nothing else to find: all of a
+   * user's documents are written in the unit of work that creates or updates the account.
+   *
+   * Driver errors are not converted here: `withTransaction` must see their labels to retry.
+   */
+  private async read(key: string | undefined): Promise<{ state: AccountState | null; idempotent: JournalEntry | null }> {
+    const userId = this.userId;
+    const pipeline: Document[] = [
+      { $match: { _id: userId } },
+      { $lookup: { from: this.c.grants.collectionName, pipeline: [{ $match: { userId, _open: true } }], as: "_grants" } },
+      {
+        $lookup: {
+          from: this.c.reservations.collectionName,
+          pipeline: [{ $match: { userId, status: "active" } }],
+          as: "_holds",
+        },
+      },
+    ];
+    if (key !== undefined) {
+      pipeline.push({
+        $lookup: {
+          from: this.c.journal.collectionName,
+          pipeline: [{ $match: { userId, idempotencyKey: key } }, { $limit: 1 }],
+          as: "_key",
+        },
+      });
+    }
+    const [doc] = await this.c.accounts.aggregate<Document>(pipeline, { session: this.session }).toArray();
+    if (doc === undefined) return { state: null, idempotent: null };
+    const keyed = (doc._key as Document[] | undefined)?.[0];
+    return {
+      state: {
+        account: fromDoc(ACCOUNT, doc),
+        rev: typeof doc._rev === "number" ? doc._rev : 0,
+        grants: (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)),
+        reservations: (doc._holds as Document[]).map((d) => fromDoc(RESERVATION, d)),
+      },
+      idempotent: keyed === undefined ? null : fromDoc(ENTRY, keyed),
+    };
+  }
+
+  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
+    if (grantIds.length === 0) return [];
+    const docs = await this.c.grants
+      .find({ _id: { $in: [...grantIds] }, userId: this.userId }, { session: this.session, ...batchOf(grantIds.length) })
+      .toArray();
+    return docs.map((d) => fromDoc(GRANT, d));
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    const doc = await this.c.reservations.findOne({ _id: reservationId, userId: this.userId }, { session: this.session });
+    return doc === null ? null : fromDoc(RESERVATION, doc);
+  }
+
+  /**
+   * At most four round trips: the guarded account write first (so a loser of a race learns it
+   * before writing anything else), then grants and holds (one `bulkWrite` each) and the entries
+   * (one `insertMany`).
+   */
+  async save(changes: Changes): Promise<void> {
+    if (this.saved) throw new Error("save() may be called once per unit of work");
+    this.saved = true;
+    const { account } = changes;
+    if (account.userId !== this.userId) {
+      throw new Error(`save() got account ${account.userId} in a unit of work on ${this.userId}`);
+    }
+    const session = this.session;
+
+    if (changes.previousSeq === null) {
+      // A concurrent first insert makes this fail with a duplicate key: retried as a conflict.
+      await this.c.accounts.insertOne(toDoc(ACCOUNT, account, { _rev: 1 }), { session });
+    } else {
+      // `_rev` makes every save a real write, so two units of work on one account always
+      // conflict, even one that changes nothing but grants (MongoDB skips no-op updates).
+      // From the cache, `_rev` proves no other save committed since (saves without entries too).
+      const { userId: _u, ...fields } = account;
+      const filter: Filter<StoredDoc> = { _id: this.userId, seq: changes.previousSeq };
+      if (this.baseFromCache) filter._rev = this.base?.rev;
+      const res = await this.c.accounts.updateOne(filter, { $set: fields, $inc: { _rev: 1 } }, { session });
+      if (res.matchedCount !== 1) throw new StaleAccount(this.userId, this.baseFromCache);
+    }
+
+    // Insertion order per user: the seq of the entry that created the grant or hold.
+    const ord = new Map<string, number>();
+    for (const e of changes.entries) {
+      if (e.type === "add") for (const p of e.grants) ord.set(p.grantId, e.seq);
+      else if (e.type === "reserve" && e.reservationId !== null) ord.set(e.reservationId, e.seq);
+    }
+    const ordOf = (id: string) => ord.get(id) ?? account.seq;
+
+    const grantOps: AnyBulkWriteOperation<StoredDoc>[] = [
+      ...changes.insertGrants.map((g) => ({
+        insertOne: { document: toDoc(GRANT, g, { _open: isOpenGrant(g), _ord: ordOf(g.id) }) },
+      })),
+      ...changes.updateGrants.map((g) => ({
+        updateOne: {
+          filter: { _id: g.id, userId: this.userId },
+          update: { $set: { ...updatableFields(GRANT, g), _open: isOpenGrant(g) } },
+        },
+      })),
+    ];
+    await write(this.c.grants, grantOps, session);
+
+    const holdOps: AnyBulkWriteOperation<StoredDoc>[] = [
+      ...changes.insertReservations.map((r) => ({
+        insertOne: { document: toDoc(RESERVATION, r, { _ord: ordOf(r.id) }) },
+      })),
+      ...changes.updateReservations.map((r) => ({
+        updateOne: { filter: { _id: r.id, userId: this.userId }, update: { $set: updatableFields(RESERVATION, r) } },
+      })),
+    ];
+    await write(this.c.reservations, holdOps, session);
+    await write(
+      this.c.journal,
+      changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } })),
+      session,
+    );
+    // What the cache holds once the transaction commits (only a state this unit of work loaded).
+    if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
+  }
+}
+
+/**
+ * One command for a collection's writes: `bulkWrite` (ordered) for several, the single-operation
+ * command for one (the common case, with less work in the driver), nothing for none.
+ */
+async function write(
+  collection: Collection<StoredDoc>,
+  ops: AnyBulkWriteOperation<StoredDoc>[],
+  session: ClientSession,
+): Promise<void> {
+  const [only] = ops;
+  if (only === undefined) return;
+  let updates = 0;
+  let matched = 0;
+  if (ops.length === 1 && "insertOne" in only) {
+    await collection.insertOne(only.insertOne.document, { session });
+  } else if (ops.length === 1 && "updateOne" in only) {
+    updates = 1;
+    matched = (await collection.updateOne(only.updateOne.filter, only.updateOne.update, { session })).matchedCount;
+  } else {
+    updates = ops.filter((op) => "updateOne" in op).length;
+    matched = (await collection.bulkWrite(ops, { session, ordered: true })).matchedCount;
+  }
+  // Every update names a document of this account that its unit of work read: a miss is a bug.
+  if (matched !== updates) {
+    throw new Error(`[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`);
+  }
+}
+
+/** Resume a scan ordered by (expiresAt, _id) strictly after `after`. */
+function afterCursor(after: ScanCursor | undefined): Filter<StoredDoc> {
+  if (after === undefined) return {};
+  return { $or: [{ expiresAt: { $gt: after.expiresAt } }, { expiresAt: after.expiresAt, _id: { $gt: after.id } }] };
+}
+
+/** Jittered exponential backoff between attempts of a unit of work, in ms (at most 100). */
+function backoffMs(attempt: number): number {
+  return Math.random() * Math.min(4 * 1.5 ** attempt, 100);
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export type { DbManager } from "../types.js";

@@ -1,0 +1,454 @@
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { MongoClient, type Db } from "mongodb";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import {
+  ConfigurationError,
+  ConflictError,
+  CreditService,
+  IdempotencyConflictError,
+  InMemoryDbManager,
+  InsufficientCreditsError,
+  createDbManagerFromEnv,
+  type DbManager,
+  type DbTransaction,
+  type JournalEntry,
+} from "../src/index.js";
+import { MongoDbManager, STANDALONE_MESSAGE, supportsTransactions } from "../src/db/mongodb/index.js";
+import { AccountWork } from "../src/domain/account-work.js";
+import { fingerprint } from "../src/domain/hash.js";
+import { runDbManagerContract } from "../src/testing/index.js";
+
+const uri = process.env.CREDIT_MONGO_URI;
+if (!uri) {
+  console.warn(
+    "MongoDB suite skipped: set CREDIT_MONGO_URI to a replica-set URI to run it " +
+      "(on this machine: export CREDIT_MONGO_URI=$(bash ../shared/mongo-compat/up.sh | tail -n 1)).",
+  );
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** One database per test file run, dropped afterwards. */
+const dbName = (what: string) => `credit_test_${what}_${process.pid}_${randomUUID().slice(0, 8)}`;
+
+// --------------------------------------------------------------------------------------------------
+// Without a server.
+
+/** A `Db` that answers `command` with `answers` in turn and fails anything else. */
+function fakeDb(answers: Array<Record<string, unknown> | Error>): Db {
+  const calls: unknown[] = [];
+  const db = {
+    databaseName: "fake",
+    client: {},
+    collection: (name: string) => ({ collectionName: name }),
+    command: async (cmd: unknown) => {
+      calls.push(cmd);
+      const next = answers.shift();
+      if (next === undefined) throw new Error("unexpected command");
+      if (next instanceof Error) throw next;
+      return next;
+    },
+    listCollections: () => {
+      throw new Error("init() must stop before it touches collections");
+    },
+    calls,
+  };
+  return db as unknown as Db;
+}
+
+describe("mongodb: standalone-server detection (no server needed)", () => {
+  it("refuses a standalone mongod at init() with a ConfigurationError that says how to get a replica set", async () => {
+    const db = fakeDb([{ ismaster: true, isWritablePrimary: true, maxWireVersion: 21, ok: 1 }]);
+    const manager = new MongoDbManager({ db });
+    const error = await manager.init().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigurationError);
+    expect((error as Error).message).toBe(STANDALONE_MESSAGE);
+    expect((error as Error).message).toContain("mongod --replSet rs0");
+    expect((error as Error).message).toContain("rs.initiate()");
+    expect((error as Error).message).toContain("Atlas");
+  });
+
+  it("accepts replica-set members and mongos, by the hello answer", () => {
+    expect(supportsTransactions({ isWritablePrimary: true, setName: "rs0", ok: 1 })).toBe(true);
+    expect(supportsTransactions({ isWritablePrimary: true, msg: "isdbgrid", ok: 1 })).toBe(true);
+    expect(supportsTransactions({ isWritablePrimary: true, ok: 1 })).toBe(false);
+    expect(supportsTransactions({ ismaster: true, msg: "something else", ok: 1 })).toBe(false);
+  });
+
+  it("falls back to isMaster on servers that do not know hello", async () => {
+    const unknown = Object.assign(new Error("no such command: 'hello'"), { name: "MongoServerError", code: 59 });
+    const db = fakeDb([unknown, { ismaster: true, ok: 1 }]);
+    await expect(new MongoDbManager({ db }).init()).rejects.toBeInstanceOf(ConfigurationError);
+    expect((db as unknown as { calls: unknown[] }).calls).toEqual([{ hello: 1 }, { isMaster: 1 }]);
+  });
+
+  it("needs a client and a database name, or a Db", () => {
+    expect(() => new MongoDbManager({} as never)).toThrow(ConfigurationError);
+    expect(() => new MongoDbManager({ client: {} as MongoClient, dbName: "" })).toThrow(ConfigurationError);
+    expect(() => new MongoDbManager({ db: fakeDb([]), maxAttempts: 0 })).toThrow(ConfigurationError);
+  });
+
+  it("createDbManagerFromEnv() is in-memory without CREDIT_MONGO_URI", async () => {
+    const db = await createDbManagerFromEnv({});
+    expect(db).toBeInstanceOf(InMemoryDbManager);
+  });
+});
+
+// --------------------------------------------------------------------------------------------------
+// Against a server. Reason for the skip: it needs a MongoDB replica set (or this machine's
+// mongo-compat gateway), which a plain `npm test` does not have; CI sets CREDIT_MONGO_URI.
+
+describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
+  const url = uri as string;
+  let client: MongoClient;
+  const created: string[] = [];
+
+  beforeAll(async () => {
+    client = new MongoClient(url);
+    await client.connect();
+  });
+  afterAll(async () => {
+    for (const name of created) await client.db(name).dropDatabase();
+    await client.close();
+  });
+
+  /** A manager over a fresh database (dropped in afterAll) sharing the test client. */
+  const fresh = (
+    what: string,
+    options: { maxAttempts?: number; collectionPrefix?: string; stateCacheSize?: number; verifyStateCache?: boolean } = {},
+  ) => {
+    const name = dbName(what);
+    created.push(name);
+    return new MongoDbManager({ client, dbName: name, ...options });
+  };
+
+  runDbManagerContract({
+    name: "mongodb",
+    // Every state-cache hit is checked against a fresh read of the database.
+    create: async () => fresh("contract", { verifyStateCache: true }),
+    // 500 instead of 1,000 racing callers: the reserve race reloads every active hold in each unit
+    // of work (quadratic), which costs ~14 s on this shared 2-core machine at 1,000.
+    raceSize: 500,
+  });
+
+  describe("adapter", () => {
+    it("init() twice creates the prefixed collections and every index once", async () => {
+      const db = fresh("init", { collectionPrefix: "cm_" });
+      await db.init();
+      await db.init();
+      const mongo = client.db(db.databaseName);
+      const names = (await mongo.listCollections({}, { nameOnly: true }).toArray()).map((c) => c.name).sort();
+      expect(names).toEqual(["cm_accounts", "cm_grants", "cm_journal", "cm_ledger", "cm_reservations"]);
+      const indexes = async (c: string) => (await mongo.collection(c).listIndexes().toArray()).map((i) => i.name).sort();
+      expect(await indexes("cm_journal")).toEqual(["_id_", "user_idempotency_key", "user_seq"]);
+      expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
+      expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
+      expect(await indexes("cm_ledger")).toEqual(["_id_", "created", "type_created", "user_created"]);
+      const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find((i) => i.name === "user_idempotency_key");
+      expect(journal?.unique).toBe(true);
+      expect(journal?.partialFilterExpression).toEqual({ idempotencyKey: { $type: "string" } });
+      // Works on the prefixed collections.
+      const credits = new CreditService({ db });
+      await credits.addCredits("p", 5);
+      expect(await mongo.collection("cm_accounts").countDocuments({ _id: "p" as never })).toBe(1);
+    });
+
+    it("stores string ids, BSON dates and exact integers up to Number.MAX_SAFE_INTEGER", async () => {
+      const db = fresh("docs");
+      await db.init();
+      const credits = new CreditService({ db });
+      const add = await credits.addCredits("big", Number.MAX_SAFE_INTEGER, { metadata: { $weird: { "a.b": 1 } } });
+      const deduct = await credits.deductCredits("big", Number.MAX_SAFE_INTEGER - 1);
+      expect(deduct.balanceAfter).toBe(1);
+      const raw = client.db(db.databaseName);
+      const entry = await raw.collection("credit_journal").findOne({ _id: add.id as never });
+      expect(entry).not.toBeNull();
+      expect(typeof entry?._id).toBe("string");
+      expect(entry?.id).toBeUndefined();
+      expect(entry?.createdAt).toBeInstanceOf(Date);
+      expect(entry?.amount).toBe(Number.MAX_SAFE_INTEGER);
+      expect(entry?.metadata).toEqual({ $weird: { "a.b": 1 } });
+      const grant = await db.getGrant(add.grants[0]?.grantId as string);
+      expect(grant).not.toHaveProperty("_id");
+      expect(grant).not.toHaveProperty("_open");
+      expect(grant).toMatchObject({ amount: Number.MAX_SAFE_INTEGER, remaining: 1, closedAt: null });
+      expect((await credits.audit("big")).ok).toBe(true);
+    });
+
+    it("a unique-index refusal (user, idempotencyKey) surfaces as the operation's typed error", async () => {
+      const db = fresh("unique");
+      await db.init();
+      const raw = client.db(db.databaseName).collection("credit_journal");
+      await new CreditService({ db }).addCredits("u", 100);
+
+      // Another writer stores an entry with the same key between our load and our save (the
+      // first attempt's load cannot see it). The unique index refuses our entry; the retry
+      // finds the key and answers as an idempotent call does.
+      const theirs = (key: string, fp: string, seq: number): Record<string, unknown> => ({
+        _id: randomUUID(),
+        userId: "u",
+        seq,
+        type: "deduct",
+        amount: 7,
+        balanceAfter: 93,
+        reservedAfter: 0,
+        debtAfter: 0,
+        grants: [],
+        reservationId: null,
+        idempotencyKey: key,
+        fingerprint: fp,
+        correlationId: null,
+        description: null,
+        metadata: null,
+        createdAt: new Date(),
+        prevHash: null,
+        hash: "x",
+      });
+      let doc = theirs("k-other", "another request", 1000);
+      const other = new CreditService({
+        db: interleave(db, async () => void (await raw.insertOne(doc as never))),
+      });
+      await expect(other.deductCredits("u", 7, { idempotencyKey: "k-other" })).rejects.toBeInstanceOf(IdempotencyConflictError);
+
+      doc = theirs("k-same", fingerprint("deductCredits", { amount: 7 }), 1001);
+      const same = new CreditService({
+        db: interleave(db, async () => void (await raw.insertOne(doc as never))),
+      });
+      const first = await same.deductCredits("u", 7, { idempotencyKey: "k-same" });
+      expect(first.id).toBe(doc._id);
+      // Neither call changed the account.
+      expect((await db.getAccount("u"))?.balance).toBe(100);
+    });
+
+    it("a unique-index refusal that persists becomes ConflictError after the retries, never a driver error", async () => {
+      const db = fresh("persist", { maxAttempts: 3 });
+      await db.init();
+      const credits = new CreditService({ db });
+      const e = await credits.addCredits("u", 10);
+      let attempts = 0;
+      const error = await db
+        .transaction("u", async (tx) => {
+          attempts++;
+          const state = await tx.load();
+          const work = new AccountWork("u", state, new Date(), randomUUID);
+          work.deduct(1, {}, { allowDebt: false, overdraftLimit: null });
+          const changes = work.changes();
+          // An entry that reuses the first entry's id: the journal's _id index refuses it.
+          await tx.save({ ...changes, entries: changes.entries.map((x) => ({ ...x, id: e.id })) });
+        })
+        .catch((x: unknown) => x);
+      expect(error).toBeInstanceOf(ConflictError);
+      expect((error as Error).name).toBe("ConflictError");
+      expect((error as Error).cause).toMatchObject({ code: 11000 });
+      expect(attempts).toBe(3);
+      expect((await db.getAccount("u"))?.seq).toBe(1);
+    });
+
+    it("two clients racing on one account: the first insert and every write conflict are retried, not reported", async () => {
+      const name = dbName("race");
+      created.push(name);
+      const other = new MongoClient(url);
+      try {
+        // Two managers with their own clients: like two processes, no shared in-process lock.
+        const a = new MongoDbManager({ client, dbName: name });
+        const b = new MongoDbManager({ client: other, dbName: name });
+        await a.init();
+        const ca = new CreditService({ db: a });
+        const cb = new CreditService({ db: b });
+        const results = await Promise.all(
+          Array.from({ length: 8 }, (_, i) => (i % 2 === 0 ? ca : cb).addCredits(`new-${Math.floor(i / 2) % 2}`, 5)),
+        );
+        expect(new Set(results.map((r) => `${r.userId}:${r.seq}`)).size).toBe(8);
+        for (const u of ["new-0", "new-1"]) {
+          expect((await a.getAccount(u))?.balance).toBe(20);
+          expect((await ca.audit(u)).ok).toBe(true);
+        }
+        // Then 40 deductions of 1 on a balance of 20 through both clients: only the transaction
+        // and its seq guard stand between them (each manager's in-process queue sees half).
+        const spends = await Promise.allSettled(
+          Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? ca : cb).deductCredits("new-0", 1)),
+        );
+        expect(spends.filter((r) => r.status === "fulfilled")).toHaveLength(20);
+        const refused = spends.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason);
+        expect(refused.every((e) => e instanceof InsufficientCreditsError)).toBe(true);
+        expect((await a.getAccount("new-0"))?.balance).toBe(0);
+        expect((await ca.audit("new-0")).ok).toBe(true);
+      } finally {
+        await other.close();
+      }
+    });
+
+    it("a state cached by one process never decides after another process wrote", async () => {
+      const name = dbName("stale");
+      created.push(name);
+      const other = new MongoClient(url);
+      try {
+        const a = new MongoDbManager({ client, dbName: name });
+        const b = new MongoDbManager({ client: other, dbName: name });
+        await a.init();
+        const ca = new CreditService({ db: a });
+        const cb = new CreditService({ db: b });
+        await ca.addCredits("s", 5);
+        await ca.deductCredits("s", 5); // a now holds the state "balance 0"
+        await cb.addCredits("s", 10);
+        // A refusal from the cached state would be wrong: it is re-checked and decided afresh.
+        expect((await ca.deductCredits("s", 7)).balanceAfter).toBe(3);
+        await cb.deductCredits("s", 1);
+        // A write from the stale state would not land (guard on seq and _rev): it reruns fresh.
+        expect((await ca.deductCredits("s", 2)).balanceAfter).toBe(0);
+        await expect(ca.deductCredits("s", 1)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await cb.addCredits("s", 4);
+        const hold = await ca.reserveCredits("s", 4);
+        expect(hold.amount).toBe(4);
+        expect(await cb.getUserCreditsInfo("s")).toMatchObject({ balance: 4, reserved: 4, available: 0 });
+        expect((await ca.audit("s")).ok).toBe(true);
+      } finally {
+        await other.close();
+      }
+    });
+
+    it("close() closes a client fromUri created, never one handed in", async () => {
+      const closes = vi.spyOn(MongoClient.prototype, "close");
+      try {
+        const handedIn = fresh("close");
+        await handedIn.close();
+        expect(closes).not.toHaveBeenCalled();
+        expect(await client.db("admin").command({ ping: 1 })).toMatchObject({ ok: 1 });
+        const own = MongoDbManager.fromUri(url, dbName("close-own"));
+        await own.getAccount("nobody");
+        await own.close();
+        expect(closes).toHaveBeenCalledTimes(1);
+      } finally {
+        closes.mockRestore();
+      }
+    });
+
+    it("createDbManagerFromEnv() picks MongoDB when CREDIT_MONGO_URI is set (lazy import)", async () => {
+      const name = dbName("env");
+      created.push(name);
+      const db = await createDbManagerFromEnv({ CREDIT_MONGO_URI: url, CREDIT_MONGO_DB: name });
+      try {
+        expect(db.name).toBe("mongodb");
+        expect(db).toBeInstanceOf(MongoDbManager);
+        expect((db as MongoDbManager).databaseName).toBe(name);
+        await db.init();
+        await new CreditService({ db }).addCredits("env", 1);
+        expect((await db.getAccount("env"))?.balance).toBe(1);
+      } finally {
+        await db.close();
+      }
+      const byDefault = await createDbManagerFromEnv({ CREDIT_MONGO_URI: url });
+      expect((byDefault as MongoDbManager).databaseName).toBe("credit_management");
+      await byDefault.close();
+    });
+
+    it(
+      "two processes with their own clients hammer 20 users: no double spend, nothing lost, audit ok",
+      async () => {
+        const name = dbName("hammer");
+        created.push(name);
+        const db = new MongoDbManager({ client, dbName: name });
+        await db.init();
+        const credits = new CreditService({ db });
+        const users = Array.from({ length: 20 }, (_, i) => `h-${i}`);
+        const added = 100; // scarce: the processes run accounts dry, so refusals are exercised too
+        for (const u of users) await credits.addCredits(u, added);
+
+        const fixture = join(here, "fixtures", "mongo-hammer.ts");
+        const runs = await Promise.all(
+          [1, 2].map((seed) => runChild(fixture, [url, name, String(seed), "250", "6"])),
+        );
+
+        console.info(`mongodb hammer: ${JSON.stringify(runs.map(({ spent: _s, ...counts }) => counts))}`);
+        let spentByProcesses = 0;
+        for (const run of runs) {
+          expect(run.unexpected, JSON.stringify(run.unexpectedSamples)).toBe(0);
+          // Only the other process can make a unit of work retry; 25 lost races in a row would
+          // mean the retry loop does not converge.
+          expect(run.conflicts).toBe(0);
+          expect(run.ok).toBeGreaterThan(100);
+          expect(run.refused).toBeGreaterThan(0);
+          spentByProcesses += Object.values(run.spent).reduce((s, n) => s + n, 0);
+        }
+        let journalSpent = 0;
+        for (const u of users) {
+          const spent = runs.reduce((s, r) => s + (r.spent[u] ?? 0), 0);
+          const info = await credits.getUserCreditsInfo(u);
+          // No double spend: what the processes were told succeeded is exactly what left.
+          expect(spent).toBeLessThanOrEqual(added);
+          expect(info.balance).toBe(added - spent);
+          expect(info.debt).toBe(0);
+          const report = await credits.audit(u);
+          expect(report.ok, report.problems.join("; ")).toBe(true);
+          const history = await db.listJournal(u, { order: "asc", limit: 10_000 });
+          journalSpent += history
+            .filter((e: JournalEntry) => e.type === "deduct" || e.type === "commit_reserved")
+            .reduce((s, e) => s + e.amount, 0);
+        }
+        // Nothing reported done was lost, nothing unreported was stored.
+        expect(journalSpent).toBe(spentByProcesses);
+      },
+      120_000,
+    );
+  });
+});
+
+/** `db` with `before` run inside each unit of work's first attempt, between load and save. */
+function interleave(db: DbManager, before: () => Promise<void>): DbManager {
+  const wrapped = Object.create(db) as DbManager;
+  wrapped.transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T>) => {
+    let first = true;
+    return db.transaction(userId, (tx) => {
+      const hooked: DbTransaction = {
+        userId: tx.userId,
+        load: async (request) => {
+          const state = await tx.load(request);
+          if (first) {
+            first = false;
+            await before();
+          }
+          return state;
+        },
+        getGrants: (ids) => tx.getGrants(ids),
+        getReservation: (id) => tx.getReservation(id),
+        save: (changes) => tx.save(changes),
+      };
+      return fn(hooked);
+    });
+  };
+  return wrapped;
+}
+
+interface ChildResult {
+  ok: number;
+  refused: number;
+  conflicts: number;
+  unexpected: number;
+  unexpectedSamples: string[];
+  spent: Record<string, number>;
+}
+
+/** Runs the hammer fixture in its own Node process; resolves to the JSON it prints last. */
+function runChild(fixture: string, args: string[]): Promise<ChildResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", fixture, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => {
+      if (code !== 0) return reject(new Error(`hammer process exited with ${code}: ${err}`));
+      const last = out.trim().split("\n").pop() ?? "";
+      try {
+        resolve(JSON.parse(last) as ChildResult);
+      } catch {
+        reject(new Error(`hammer process printed no result: ${out} ${err}`));
+      }
+    });
+  });
+}
