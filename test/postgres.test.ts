@@ -7,6 +7,7 @@ import { AccountWork } from "../src/domain/account-work.js";
 import { ConfigurationError, ConflictError, InsufficientCreditsError, StorageError } from "../src/errors.js";
 import type { JournalEntry } from "../src/models/index.js";
 import { CreditService } from "../src/services/credit-service.js";
+import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 
 const url = process.env.CREDIT_PG_URL;
@@ -94,6 +95,19 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       await owned.getAccount("nobody");
       await owned.close();
       await expect(owned.getAccount("nobody")).rejects.toBeInstanceOf(StorageError);
+    });
+
+    it("createDbManagerFromEnv() picks PostgreSQL when CREDIT_PG_URL is set (and MongoDB is not)", async () => {
+      const schema = newSchema("env");
+      schemas.push(schema);
+      const db = await createDbManagerFromEnv({ CREDIT_PG_URL: url, CREDIT_PG_SCHEMA: schema });
+      expect(db).toBeInstanceOf(PostgresDbManager);
+      await db.init();
+      const service = new CreditService({ db });
+      await service.addCredits("env-user", 3);
+      expect(await db.getAccount("env-user")).toMatchObject({ balance: 3 });
+      await db.close();
+      expect(await createDbManagerFromEnv({ CREDIT_PG_URL: "  " })).toBeInstanceOf(InMemoryDbManager);
     });
 
     it("refuses a bad configuration with ConfigurationError", () => {
