@@ -1,4 +1,9 @@
-/** Runs bench/jobs.ts in its own process and prints its rows as one JSON line (for bench/index.ts). */
-import { run } from "./jobs.js";
+/**
+ * One part of bench/jobs.ts in its own process (a clean heap for each scenario), printing its rows
+ * as one JSON line for bench/index.ts: `tsx bench/jobs-main.ts expire|renew|databases`.
+ */
+import { databases, memoryExpire, memoryRenew } from "./jobs.js";
 
-console.log(JSON.stringify(await run()));
+const part = process.argv[2];
+const rows = part === "expire" ? await memoryExpire() : part === "renew" ? await memoryRenew() : await databases();
+console.log(JSON.stringify(rows));

@@ -101,18 +101,29 @@ async function renewRows(backend: string, db: DbManager, count: number, concurre
   };
 }
 
-export async function run(): Promise<BenchRow[]> {
-  const grants = Number(process.env.BENCH_JOBS_GRANTS ?? 1_000_000);
-  const subs = Number(process.env.BENCH_JOBS_SUBS ?? 100_000);
-  const dbGrants = Number(process.env.BENCH_JOBS_DB_GRANTS ?? 5000);
-  const rows: BenchRow[] = [];
-  const base: BenchRow = { backend: "memory", scenario: `baseline: Map scan closing ${grants.toLocaleString("en-US")} objects`, opsPerSec: baseline(grants) };
-  rows.push(base);
-  const withRatio = (r: BenchRow) => ({ ...r, baseline: "Map scan", ratio: r.opsPerSec / base.opsPerSec });
-  rows.push(withRatio(await expireRows("memory", new InMemoryDbManager(), grants, 1)));
-  (globalThis as { gc?: () => void }).gc?.();
-  rows.push(await renewRows("memory", new InMemoryDbManager(), subs, 1));
+const sizes = () => ({
+  grants: Number(process.env.BENCH_JOBS_GRANTS ?? 1_000_000),
+  subs: Number(process.env.BENCH_JOBS_SUBS ?? 100_000),
+  dbGrants: Number(process.env.BENCH_JOBS_DB_GRANTS ?? 5000),
+});
 
+/** In memory: the baseline and expireDueGrants over `BENCH_JOBS_GRANTS` grants. */
+export async function memoryExpire(): Promise<BenchRow[]> {
+  const { grants } = sizes();
+  const base: BenchRow = { backend: "memory", scenario: `baseline: Map scan closing ${grants.toLocaleString("en-US")} objects`, opsPerSec: baseline(grants) };
+  const row = await expireRows("memory", new InMemoryDbManager(), grants, 1);
+  return [base, { ...row, baseline: "Map scan", ratio: row.opsPerSec / base.opsPerSec }];
+}
+
+/** In memory: renewDueSubscriptions over `BENCH_JOBS_SUBS` subscriptions. */
+export async function memoryRenew(): Promise<BenchRow[]> {
+  return [await renewRows("memory", new InMemoryDbManager(), sizes().subs, 1)];
+}
+
+/** MongoDB (and PostgreSQL) when their URL is set, at `BENCH_JOBS_DB_GRANTS`. */
+export async function databases(): Promise<BenchRow[]> {
+  const { dbGrants } = sizes();
+  const rows: BenchRow[] = [];
   if (process.env.CREDIT_MONGO_URI) {
     const { MongoDbManager } = await import("../src/db/mongodb/index.js");
     const dbName = `credit_bench_jobs_${process.pid}`;
@@ -129,6 +140,32 @@ export async function run(): Promise<BenchRow[]> {
       await db.close();
     }
   }
+  if (process.env.CREDIT_PG_URL) {
+    const { PostgresDbManager } = await import("../src/db/postgres/index.js");
+    const schema = `bench_jobs_${process.pid}`;
+    const db = new PostgresDbManager({ connectionString: process.env.CREDIT_PG_URL, schema });
+    await db.init();
+    try {
+      rows.push(await expireRows("postgres", db, dbGrants, 8));
+      rows.push(await renewRows("postgres", db, Math.round(dbGrants / 10), 8));
+    } finally {
+      await db.close();
+      const pg = (await import("pg")).default;
+      const c = new pg.Client({ connectionString: process.env.CREDIT_PG_URL });
+      await c.connect();
+      await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => undefined);
+      await c.end();
+    }
+  }
+  return rows;
+}
+
+/** Everything, in this process. */
+export async function run(): Promise<BenchRow[]> {
+  const rows = await memoryExpire();
+  (globalThis as { gc?: () => void }).gc?.();
+  rows.push(...(await memoryRenew()));
+  rows.push(...(await databases()));
   return rows;
 }
 

@@ -255,7 +255,7 @@ export class ExpirationService {
     const at = this.asOf(now);
     const s = await this.db.getActiveSubscription(user);
     if (s === null) return null;
-    return (await this.subscriptions.advance(s, at)).subscription;
+    return structuredClone((await this.subscriptions.advance(s, at)).subscription);
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ export interface AdvanceResult {
 }
 
 const planKey = (id: string) => `plans:${id}`;
+/** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
+const copy = <T>(o: T): T => structuredClone(o);
 const PLAN_LIST_KEYS = ["plans:list:active", "plans:list:all"];
 const MAX_RACES = 50;
 
@@ -109,7 +111,7 @@ export class SubscriptionService {
     };
     await this.db.insertPlan(plan);
     await this.invalidatePlan(plan.id);
-    return plan;
+    return copy(plan);
   }
 
   /** Changes a plan's fields. Running subscriptions see the change from their next period on. */
@@ -158,9 +160,9 @@ export class SubscriptionService {
     const id = parse(PlanId, planId, "planId");
     const hit = await this.cacheGet<Plan>(planKey(id));
     if (hit !== undefined) return revivePlan(hit);
-    const plan = await this.requirePlan(id);
+    const plan = copy(await this.requirePlan(id));
     await this.cacheSet(planKey(id), plan);
-    return plan;
+    return copy(plan);
   }
 
   /** Active plans by id; inactive ones too with `includeInactive` (cached). */
@@ -169,9 +171,9 @@ export class SubscriptionService {
     const key = o.includeInactive ? "plans:list:all" : "plans:list:active";
     const hit = await this.cacheGet<Plan[]>(key);
     if (hit !== undefined) return hit.map(revivePlan);
-    const plans = await this.db.listPlans({ includeInactive: o.includeInactive === true });
+    const plans = copy(await this.db.listPlans({ includeInactive: o.includeInactive === true }));
     await this.cacheSet(key, plans);
-    return plans;
+    return copy(plans);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ export class SubscriptionService {
       await this.write(s, (x) => ({ ...x, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now }), now);
       throw new ConflictError(`Plan ${pid} was deactivated while subscribing.`, { planId: pid });
     }
-    return (await this.advance(s, now)).subscription;
+    return copy((await this.advance(s, now)).subscription);
   }
 
   /** The user's active subscription (brought up to date first), or null. */
@@ -245,14 +247,14 @@ export class SubscriptionService {
     const now = this.clock();
     if (s.nextRunAt !== null && s.nextRunAt.getTime() <= now.getTime()) {
       const { subscription } = await this.advance(s, now);
-      return subscription.status === "active" ? subscription : null;
+      return subscription.status === "active" ? copy(subscription) : null;
     }
-    return s;
+    return copy(s);
   }
 
   /** Every subscription the user had, oldest first. */
   async listUserSubscriptions(userId: string): Promise<Subscription[]> {
-    return this.db.listSubscriptions(parse(UserId, userId, "userId"));
+    return copy(await this.db.listSubscriptions(parse(UserId, userId, "userId")));
   }
 
   /**
@@ -314,7 +316,7 @@ export class SubscriptionService {
         nextRunAt: now,
       };
     }, now);
-    return (await this.advance(s, now)).subscription;
+    return copy((await this.advance(s, now)).subscription);
   }
 
   /**
@@ -331,7 +333,7 @@ export class SubscriptionService {
     }
     const s = await this.current(user);
     const now = this.clock();
-    if (atPeriodEnd) return this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: true, canceledAt: now }), now);
+    if (atPeriodEnd) return copy(await this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: true, canceledAt: now }), now));
     const ended = await this.write(s, (x) => ({
       ...x,
       status: "canceled",
@@ -345,15 +347,15 @@ export class SubscriptionService {
           : null,
       nextRunAt: o.credits === "expire" ? now : null,
     }), now);
-    return (await this.advance(ended, now)).subscription;
+    return copy((await this.advance(ended, now)).subscription);
   }
 
   /** Undoes a cancellation at period end (and turns renewal on). */
   async resume(userId: string): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
     const s = await this.current(user);
-    if (!s.cancelAtPeriodEnd && s.autoRenew) return s;
-    return this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null }), this.clock());
+    if (!s.cancelAtPeriodEnd && s.autoRenew) return copy(s);
+    return copy(await this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null }), this.clock()));
   }
 
   /**
@@ -592,7 +594,7 @@ export class SubscriptionService {
   private async repeatOrRefuse(existing: Subscription, planId: string, key: string | undefined, now: Date): Promise<Subscription> {
     if (key !== undefined && existing.idempotencyKey === key) {
       if (existing.planId !== planId && existing.pendingPlanId === null) throw new IdempotencyConflictError(key);
-      return (await this.advance(existing, now)).subscription;
+      return copy((await this.advance(existing, now)).subscription);
     }
     throw new ConflictError(`User ${existing.userId} already has an active subscription (use changePlan).`, {
       userId: existing.userId,

@@ -5,7 +5,9 @@ import { DueIndex } from "./due-index.js";
 
 /**
  * Plans and subscriptions in process memory. Every write checks and applies synchronously, so
- * nothing interleaves between a guard and its write.
+ * nothing interleaves between a guard and its write. Like the rest of the in-memory store, it keeps
+ * the objects handed to it and hands them out as they are: the library never mutates them (every
+ * change builds a new object) and the services copy what they return to callers.
  */
 export class MemorySubscriptionStore implements SubscriptionStore {
   private readonly plans = new Map<string, Plan>();
@@ -18,25 +20,25 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   async insertPlan(plan: Plan): Promise<void> {
     if (this.plans.has(plan.id)) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id });
-    this.plans.set(plan.id, structuredClone(plan));
+    this.plans.set(plan.id, plan);
   }
 
   async getPlan(planId: string): Promise<Plan | null> {
     const p = this.plans.get(planId);
-    return p === undefined ? null : structuredClone(p);
+    return p ?? null;
   }
 
   async listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
     return [...this.plans.values()]
       .filter((p) => options.includeInactive || p.isActive)
       .sort((a, b) => (a.id < b.id ? -1 : 1))
-      .map((p) => structuredClone(p));
+      ;
   }
 
   async updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
     const current = this.plans.get(plan.id);
     if (current === undefined || current.version !== expectedVersion) return false;
-    this.plans.set(plan.id, structuredClone(plan));
+    this.plans.set(plan.id, plan);
     return true;
   }
 
@@ -60,7 +62,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     if (s.status === "active" && this.active.has(s.userId)) {
       throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId });
     }
-    this.put(structuredClone(s));
+    this.put(s);
     const list = this.byUser.get(s.userId) ?? [];
     list.push(s.id);
     this.byUser.set(s.userId, list);
@@ -68,16 +70,16 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   async getSubscription(id: string): Promise<Subscription | null> {
     const s = this.subs.get(id);
-    return s === undefined ? null : structuredClone(s);
+    return s ?? null;
   }
 
   async getActiveSubscription(userId: string): Promise<Subscription | null> {
     const id = this.active.get(userId);
-    return id === undefined ? null : structuredClone(this.subs.get(id) as Subscription);
+    return id === undefined ? null : this.subs.get(id) as Subscription;
   }
 
   async listSubscriptions(userId: string): Promise<Subscription[]> {
-    return (this.byUser.get(userId) ?? []).map((id) => structuredClone(this.subs.get(id) as Subscription));
+    return (this.byUser.get(userId) ?? []).map((id) => this.subs.get(id) as Subscription);
   }
 
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
@@ -88,7 +90,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     }
     if (current.status === "active" && s.status !== "active") this.active.delete(current.userId);
     if (current.nextRunAt !== null) this.due.removed();
-    this.put(structuredClone(s));
+    this.put(s);
     return true;
   }
 
@@ -102,7 +104,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
         return s !== undefined && s.nextRunAt !== null && s.nextRunAt.getTime() === t;
       },
     );
-    return ids.map((id) => structuredClone(this.subs.get(id) as Subscription));
+    return ids.map((id) => this.subs.get(id) as Subscription);
   }
 
   private put(s: Subscription): void {
