@@ -69,8 +69,10 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         "cm_grants",
         "cm_journal_entries",
         "cm_ledger_entries",
+        "cm_plans",
         "cm_reservations",
         "cm_schema_version",
+        "cm_subscriptions",
       ]);
       const version = await pool.query(`SELECT component, version FROM "${schema}".cm_schema_version`);
       expect(version.rows).toEqual([{ component: "credit-management", version: SCHEMA_VERSION }]);

@@ -1,5 +1,6 @@
 import type * as z from "zod";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
+import { Plan, Subscription } from "../models/subscriptions.js";
 
 /** A condition of a partial index, on a model field. */
 export type IndexCondition =
@@ -39,7 +40,7 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
-export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger";
+export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger" | "plans" | "subscriptions";
 export type TableSpecs = Record<TableKey, TableSpec>;
 
 /**
@@ -101,6 +102,28 @@ export const tableSpecs: TableSpecs = {
       { name: "created", fields: ["createdAt"] },
       { name: "user_created", fields: ["userId", "createdAt"] },
       { name: "type_created", fields: ["eventType", "createdAt"] },
+    ],
+  },
+  plans: {
+    name: "plans",
+    model: Plan,
+    primaryKey: ["id"],
+    indexes: [],
+  },
+  subscriptions: {
+    name: "subscriptions",
+    model: Subscription,
+    primaryKey: ["id"],
+    indexes: [
+      // One active subscription per user (and getActiveSubscription).
+      { name: "user_active", fields: ["userId"], unique: true, where: [{ field: "status", op: "eq", value: "active" }] },
+      // listSubscriptions (oldest first).
+      { name: "user_created", fields: ["userId", "createdAt"] },
+      // The renewal job: subscriptions with a next run, in (nextRunAt, id) order.
+      { name: "due", fields: ["nextRunAt", "id"], where: [{ field: "nextRunAt", op: "notNull" }] },
+      // planHasSubscribers.
+      { name: "plan_active", fields: ["planId"], where: [{ field: "status", op: "eq", value: "active" }] },
+      { name: "pending_plan_active", fields: ["pendingPlanId"], where: [{ field: "status", op: "eq", value: "active" }] },
     ],
   },
 };

@@ -6,6 +6,9 @@ import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
 import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
+import { PostgresSubscriptionStore } from "./subscriptions.js";
+import type { Plan, Subscription } from "../../models/index.js";
+import type { SubscriptionCursor } from "../types-subscriptions.js";
 
 export { SCHEMA_VERSION } from "./sql.js";
 
@@ -91,6 +94,8 @@ export class PostgresDbManager implements DbManager {
   private closed = false;
   /** Round trips to the server (for benchmarks and tests). */
   roundTrips = 0;
+  /** Plans and subscriptions (see `./subscriptions.ts`). */
+  private readonly subs = new PostgresSubscriptionStore(this);
 
   constructor(options: PostgresDbManagerOptions) {
     if ((options.pool === undefined) === (options.connectionString === undefined)) {
@@ -134,7 +139,13 @@ export class PostgresDbManager implements DbManager {
         );
       }
       if (version < SCHEMA_VERSION) {
-        // Version 1 is the generator's DDL (idempotent). Later versions add their migrations here.
+        // Version 1 is the generator's DDL (idempotent). Version 2 adds grants.expired_amount and
+        // the plans and subscriptions tables (created by the DDL).
+        if (version === 1) {
+          await client.query(
+            `ALTER TABLE ${this.sql.tables.grants.qualified} ADD COLUMN IF NOT EXISTS expired_amount BIGINT NOT NULL DEFAULT 0 CHECK (expired_amount BETWEEN 0 AND 9007199254740991)`,
+          );
+        }
         await client.query(this.sql.ddl);
         await client.query(
           `INSERT INTO ${this.sql.versionTable} (component, version) VALUES ('credit-management', $1) ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now()`,
@@ -392,6 +403,44 @@ export class PostgresDbManager implements DbManager {
       `ORDER BY created_at DESC, id DESC LIMIT $${params.length}`;
     const rows = await this.read("listLedgerEntries", text, params);
     return rows.map((r) => this.decode<LedgerEntry>("ledger", r));
+  }
+
+  // Plans and subscriptions: `PostgresSubscriptionStore`.
+  insertPlan(plan: Plan): Promise<void> {
+    return this.subs.insertPlan(plan);
+  }
+  getPlan(planId: string): Promise<Plan | null> {
+    return this.subs.getPlan(planId);
+  }
+  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
+    return this.subs.listPlans(options);
+  }
+  updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
+    return this.subs.updatePlan(plan, expectedVersion);
+  }
+  deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
+    return this.subs.deletePlan(planId, expectedVersion);
+  }
+  planHasSubscribers(planId: string): Promise<boolean> {
+    return this.subs.planHasSubscribers(planId);
+  }
+  insertSubscription(subscription: Subscription): Promise<void> {
+    return this.subs.insertSubscription(subscription);
+  }
+  getSubscription(subscriptionId: string): Promise<Subscription | null> {
+    return this.subs.getSubscription(subscriptionId);
+  }
+  getActiveSubscription(userId: string): Promise<Subscription | null> {
+    return this.subs.getActiveSubscription(userId);
+  }
+  listSubscriptions(userId: string): Promise<Subscription[]> {
+    return this.subs.listSubscriptions(userId);
+  }
+  updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean> {
+    return this.subs.updateSubscription(subscription, expectedVersion);
+  }
+  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
+    return this.subs.findDueSubscriptions(asOf, limit, after);
   }
 
   // -----------------------------------------------------------------------------------------------
