@@ -457,12 +457,15 @@ export class SubscriptionService {
       correlationId: it.key,
       description: `subscription ${s.id}`,
     };
-    const newGrants = await this.credits.runUnitOfWork(
+    const outcome = await this.credits.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
       s.userId,
       meta,
-      (work, tx) => this.applyIntent(work, tx, s, it, meta),
-      async (first) => this.grantsOf(s.userId, first, it.key),
+      async (work, tx) => ({ created: await this.applyIntent(work, tx, s, it, meta) }),
+      async (first) => ({ replayed: first }),
     );
+    // Read outside the unit of work: a store with a connection pool must not be asked for a second
+    // connection while the unit of work holds one.
+    const newGrants = "created" in outcome ? outcome.created : await this.grantsOf(s.userId, outcome.replayed, it.key);
     let completed = false;
     for (let race = 0; ; race++) {
       const current = race === 0 ? s : await this.db.getSubscription(s.id);
