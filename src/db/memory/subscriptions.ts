@@ -17,6 +17,8 @@ export class MemorySubscriptionStore implements SubscriptionStore {
   /** userId → ids, oldest first */
   private readonly byUser = new Map<string, string[]>();
   private readonly due = new DueIndex();
+  /** planId → ids of active subscriptions on it (as plan or pending plan) */
+  private readonly byPlan = new Map<string, Set<string>>();
 
   async insertPlan(plan: Plan): Promise<void> {
     if (this.plans.has(plan.id)) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id });
@@ -50,11 +52,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
   }
 
   async planHasSubscribers(planId: string): Promise<boolean> {
-    for (const id of this.active.values()) {
-      const s = this.subs.get(id) as Subscription;
-      if (s.planId === planId || s.pendingPlanId === planId) return true;
-    }
-    return false;
+    return (this.byPlan.get(planId)?.size ?? 0) > 0;
   }
 
   async insertSubscription(s: Subscription): Promise<void> {
@@ -109,6 +107,15 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   private put(s: Subscription): void {
     const previous = this.subs.get(s.id);
+    if (previous?.status === "active") for (const p of [previous.planId, previous.pendingPlanId]) if (p !== null) this.byPlan.get(p)?.delete(s.id);
+    if (s.status === "active") {
+      for (const p of [s.planId, s.pendingPlanId]) {
+        if (p === null) continue;
+        let set = this.byPlan.get(p);
+        if (set === undefined) this.byPlan.set(p, (set = new Set()));
+        set.add(s.id);
+      }
+    }
     this.subs.set(s.id, s);
     if (s.status === "active") this.active.set(s.userId, s.id);
     if (s.nextRunAt !== null && previous?.nextRunAt?.getTime() !== s.nextRunAt.getTime()) {
