@@ -372,6 +372,9 @@ export function runDbManagerContract(options: ContractOptions): void {
       });
     });
 
+    // Before the races: their 500 lapsed holds on one account would be the jobs' to release.
+    subscriptionContract(() => db, T0);
+
     describe("concurrency", () => {
       it(`${race} concurrent deductCredits(u, 1) on a balance of ${race / 2}: exactly ${race / 2} succeed`, async () => {
         const u = user();
@@ -414,8 +417,6 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect((await credits.audit(u)).ok).toBe(true);
       });
     });
-
-    subscriptionContract(() => db, T0);
 
     describe("properties", () => {
       it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {
