@@ -5,6 +5,15 @@ export {
   type ExpiringCredits,
   type HistoryPage,
 } from "./services/credit-service.js";
+export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage, type ListPromosQuery } from "./services/promo-service.js";
+export {
+  PaymentService,
+  type PaymentServiceOptions,
+  type WebhookResult,
+  type PaymentPage,
+} from "./services/payment-service.js";
+export * from "./payments/index.js";
+export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";
