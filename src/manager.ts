@@ -7,7 +7,7 @@ import { LedgerLogger } from "./ledger/index.js";
 import { parse } from "./models/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { PaymentManagerOptions, buildPaymentService } from "./payments/index.js";
-import { PaymentService } from "./services/payment-service.js";
+import type { PaymentService } from "./services/payment-service.js";
 import { PromoService } from "./services/promo-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;

@@ -413,6 +413,9 @@ function interleave(db: DbManager, before: () => Promise<void>): DbManager {
         },
         getGrants: (ids) => tx.getGrants(ids),
         getReservation: (id) => tx.getReservation(id),
+        getPromo: (code) => tx.getPromo(code),
+        countPromoClaims: (code) => tx.countPromoClaims(code),
+        getPayment: (id) => tx.getPayment(id),
         save: (changes) => tx.save(changes),
       };
       return fn(hooked);

@@ -5,7 +5,7 @@ import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { canAdvancePayment, creditsToReverse, isCredited } from "../domain/payments.js";
-import { NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
+import { ConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   CreatePaymentInput,
@@ -268,7 +268,7 @@ export class PaymentService {
       description: `Payment ${payment.id} (${provider})`,
       metadata: { paymentId: payment.id, provider },
     };
-    return runAccountUnit(
+    return retryOnConflict(() => runAccountUnit(
       this.deps,
       payment.userId,
       meta,
@@ -292,7 +292,7 @@ export class PaymentService {
         return { value: result("credited", next), extra: { paymentUpdates: [next] } };
       },
       async () => result("duplicate", await this.deps.db.getPayment(payment.id)),
-    );
+    ));
   }
 
   /**
@@ -320,7 +320,7 @@ export class PaymentService {
       description: `${dispute ? "Lost dispute" : "Refund"} of payment ${payment.id} (${provider})`,
       metadata: { paymentId: payment.id, provider, refundedAmount: refunded },
     };
-    return runAccountUnit(
+    return retryOnConflict(() => runAccountUnit(
       this.deps,
       payment.userId,
       meta,
@@ -347,7 +347,7 @@ export class PaymentService {
         return { value: result(reversed > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
       },
       async () => result("duplicate", await this.deps.db.getPayment(payment.id)),
-    );
+    ));
   }
 
   /**
@@ -394,6 +394,20 @@ export class PaymentService {
       if (patch === null) return cur;
       const next: Payment = { ...cur, ...patch, version: cur.version + 1, updatedAt: this.deps.clock() };
       if (await this.deps.db.updatePayment(next)) return next;
+    }
+  }
+}
+
+/**
+ * Reruns a unit of work that lost a compare-and-set on its payment to a concurrent status update
+ * (which runs outside the account's lock): the rerun reads the payment again and decides anew.
+ */
+async function retryOnConflict<T>(run: () => Promise<T>, attempts = 8): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await run();
+    } catch (error) {
+      if (!(error instanceof ConflictError) || i >= attempts) throw error;
     }
   }
 }
