@@ -450,6 +450,32 @@ describe("payments: inputs and history", () => {
     await expect(payments.getPaymentHistory("carol", { cursor: "!!" })).rejects.toBeInstanceOf(ValidationError);
   });
 
+  it("createPaymentLink with an idempotency key: one payment, one checkout; other arguments conflict", async () => {
+    const { payments } = await setup();
+    seen.length = 0;
+    const a = await payments.createPaymentLink("erin", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    const b = await payments.createPaymentLink("erin", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    expect(b).toEqual(a);
+    expect(seen).toHaveLength(1);
+    await expect(
+      payments.createPaymentLink("erin", { amount: 800, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" }),
+    ).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    // Keys are per user.
+    const c = await payments.createPaymentLink("frank", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    expect(c.id).not.toBe(a.id);
+  });
+
+  it("rejected webhooks are recorded as ledger error events", async () => {
+    const m = await createCreditManager({
+      payments: { providers: [new RazorpayProvider({ webhookSecret: RZP_SECRET, baseUrl })] },
+    });
+    const body = rzpEvent("payment.captured", {});
+    await expect(m.payments.handleWebhook("razorpay", body, rzpSign(body, "forged"))).rejects.toBeInstanceOf(WebhookRejectedError);
+    const [e] = await m.ledger.getEntries({ eventType: "error" });
+    expect(e).toMatchObject({ eventType: "error", details: { provider: "razorpay", reason: "bad_signature" } });
+    await m.close();
+  });
+
   it("createCreditManager wires promos and payments", async () => {
     const m = await createCreditManager({
       payments: { providers: [new StripeProvider({ secretKey: "sk_test_123", webhookSecret: STRIPE_SECRET, successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl })] },

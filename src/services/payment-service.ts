@@ -1,11 +1,11 @@
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { canAdvancePayment, creditsToReverse, isCredited } from "../domain/payments.js";
-import { ConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
+import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   CreatePaymentInput,
@@ -86,7 +86,9 @@ export class PaymentService {
 
   /**
    * Opens a checkout at the provider and stores the payment as `created` with its credits.
-   * Resolves to the payment, whose `checkoutUrl` is where to send the user.
+   * Resolves to the payment, whose `checkoutUrl` is where to send the user. With an
+   * `idempotencyKey`, a repeated call returns the same payment (the same arguments) or fails with
+   * `IdempotencyConflictError` (other arguments); the key also goes to the provider where it takes one.
    */
   async createPaymentLink(userId: string, input: CreatePaymentInput): Promise<Payment> {
     const user = parse(UserId, userId, "userId");
@@ -100,8 +102,13 @@ export class PaymentService {
     }
     const now = this.deps.clock();
     const description = i.description ?? `${credits} credits`;
+    // With a key, the id is derived from it: the store's unique id makes a repeated call find the first.
+    const id =
+      i.idempotencyKey === undefined
+        ? randomUUID()
+        : `pl_${createHash("sha256").update(`${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 40)}`;
     let payment: Payment = {
-      id: randomUUID(),
+      id,
       userId: user,
       provider: provider.name,
       providerRef: null,
@@ -122,7 +129,18 @@ export class PaymentService {
       updatedAt: now,
     };
     // Stored before the provider hears of it: a webhook for this checkout always finds its payment.
-    await this.deps.db.insertPayment(payment);
+    try {
+      await this.deps.db.insertPayment(payment);
+    } catch (error) {
+      if (!(error instanceof ConflictError) || i.idempotencyKey === undefined) throw error;
+      const first = await this.deps.db.getPayment(id);
+      if (first === null || first.userId !== user) throw error;
+      const same = first.provider === provider.name && first.amount === i.amount && first.currency === i.currency;
+      if (!same) throw new IdempotencyConflictError(i.idempotencyKey);
+      // The first call got as far as a checkout (or failed): answer with it. Else finish it.
+      if (first.checkoutUrl !== null || first.status !== "created") return first;
+      payment = first;
+    }
     let checkout;
     try {
       checkout = await provider.createCheckout({
@@ -152,6 +170,20 @@ export class PaymentService {
     const provider = this.providers.get(providerName);
     if (provider === undefined) throw new NotFoundError(`No payment provider "${providerName}".`, { provider: providerName });
     const raw = typeof rawBody === "string" ? Buffer.from(rawBody, "utf8") : rawBody;
+    try {
+      return await this.applyWebhook(provider, raw, headers);
+    } catch (error) {
+      if (error instanceof WebhookRejectedError) {
+        // Refused webhooks are security-relevant: kept as ledger error events (never fatal).
+        await this.deps.ledger
+          ?.logError(`Webhook from ${provider.name} rejected: ${error.message}`, { provider: provider.name, ...error.details })
+          .catch(() => undefined);
+      }
+      throw error;
+    }
+  }
+
+  private async applyWebhook(provider: PaymentProvider, raw: Uint8Array, headers: HeadersLike): Promise<WebhookResult> {
     provider.verifyWebhook(raw, headers, this.deps.clock());
     const event = provider.parseEvent(raw);
     const result = (outcome: WebhookResult["outcome"], p: Payment | null, reason?: string): WebhookResult => ({
