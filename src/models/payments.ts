@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "./common.js";
+import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
 
 /**
  * Where a payment is. Statuses only move forward (see `canAdvancePayment`):
@@ -29,16 +29,16 @@ export const Currency = z
 /** A payment top-up: what the user pays and the credits it buys. */
 export const Payment = z.object({
   id: EntityId,
-  userId: z.string(),
+  userId: UserId,
   /** "razorpay", "stripe", or the name of a custom provider. */
-  provider: z.string(),
+  provider: z.string().max(64),
   /** The provider's object the user pays through (payment link id, Checkout Session id). */
-  providerRef: z.string().nullable(),
+  providerRef: z.string().max(255).nullable(),
   /** The provider's id of the money movement (Razorpay `pay_…`, Stripe PaymentIntent); set once paid. */
-  providerPaymentId: z.string().nullable(),
+  providerPaymentId: z.string().max(255).nullable(),
   /** In the smallest currency unit (paise, cents). */
   amount: Amount,
-  currency: z.string(),
+  currency: z.string().max(3),
   /** Credits a successful payment adds. */
   credits: Amount,
   status: PaymentStatus,

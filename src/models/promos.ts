@@ -16,7 +16,7 @@ export const PromoCode = z
 /** A promo code and its limits. `uses` counts claims over all users. */
 export const Promo = z.object({
   /** Upper-cased; unique. */
-  code: z.string(),
+  code: z.string().max(64),
   /** Credits each claim grants. */
   credits: Amount,
   /** Days after the claim until the granted credits expire; null: never. */
@@ -44,7 +44,7 @@ export type Promo = z.infer<typeof Promo>;
 /** One claim of a promo by a user: unique per (code, userId, claimNumber). */
 export const PromoClaim = z.object({
   id: EntityId,
-  code: z.string(),
+  code: z.string().max(64),
   userId: UserId,
   /** 1 for the user's first claim of this code, 2 for the second, … */
   claimNumber: z.number().int().min(1),

@@ -323,7 +323,9 @@ export class PaymentService {
         };
         return { value: result("credited", next), extra: { paymentUpdates: [next] } };
       },
-      async () => result("duplicate", await this.deps.db.getPayment(payment.id)),
+      // Inside the transaction: read through `tx` (a pool read here could wait for a connection
+      // that units of work like this one hold).
+      async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
     ));
   }
 
@@ -378,7 +380,9 @@ export class PaymentService {
         };
         return { value: result(reversed > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
       },
-      async () => result("duplicate", await this.deps.db.getPayment(payment.id)),
+      // Inside the transaction: read through `tx` (a pool read here could wait for a connection
+      // that units of work like this one hold).
+      async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
     ));
   }
 

@@ -157,7 +157,7 @@ export class PromoService {
     };
     for (let attempt = 1; ; attempt++) {
       try {
-        return await runAccountUnit(
+        return await runAccountUnit<{ claim: PromoClaim | null; entry: JournalEntry }>(
           this.deps,
           user,
           meta,
@@ -192,12 +192,15 @@ export class PromoService {
             };
             return { value: { claim, entry }, extra: { promoClaims: [claim] } };
           },
-          async (entry) => {
-            const claim = (await this.deps.db.listPromoClaims(user)).find((x) => x.entryId === entry.id);
-            if (claim === undefined) throw new NotFoundError(`Claim of idempotency key ${entry.idempotencyKey} not found.`);
-            return { claim, entry };
-          },
-        );
+          // A repeated key: the claim is looked up after the transaction (reads outside `tx`
+          // inside it could wait for a connection that units of work like this one hold).
+          async (entry) => ({ claim: null, entry }),
+        ).then(async (r) => {
+          if (r.claim !== null) return { claim: r.claim, entry: r.entry };
+          const claim = (await this.deps.db.listPromoClaims(user)).find((x) => x.entryId === r.entry.id);
+          if (claim === undefined) throw new NotFoundError(`Claim of idempotency key ${r.entry.idempotencyKey} not found.`);
+          return { claim, entry: r.entry };
+        });
       } catch (error) {
         // The promo's guarded counter or the claim's unique index refused the save (a concurrent
         // claim won): run again; the fresh read then says "exhausted" or "already claimed".
