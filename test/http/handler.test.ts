@@ -298,7 +298,7 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(validator.version).toBe("3.1");
     // The validator does refuse a broken document (so the check above means something).
     const broken = structuredClone(doc);
-    delete broken.paths["/credits/balance"].get.responses;
+    broken.paths["/credits/balance"].get.parameters = [{ name: "x", schema: { type: "string" } }]; // no "in"
     expect((await new Validator().validate(broken)).valid).toBe(false);
     // Every $ref points at something that exists.
     const refs = [...JSON.stringify(doc).matchAll(/"\$ref":"#\/components\/schemas\/([^"]+)"/g)].map((x) => x[1]);
