@@ -217,7 +217,7 @@ function withHeader(response: Response, body: ConstructorParameters<typeof Respo
   return new Response(body, { status: response.status, statusText: response.statusText, headers });
 }
 
-type Next = (error?: unknown) => void;
+type Next = (error?: Error) => void;
 type EndArgs = [chunk?: unknown, encoding?: unknown, cb?: unknown];
 
 /**
@@ -266,7 +266,8 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
           if (outcome && locals) locals.creditsDeducted = outcome.charged;
           return outcome;
         });
-      const settleByStatus = () => done(res.statusCode >= 500 ? session.release("error") : session.commit());
+      let pending: number | undefined;
+      const settleByStatus = () => done(res.statusCode >= 500 ? session.release("error") : session.commit(pending));
 
       let parts = false;
       const write = res.write;
@@ -276,20 +277,19 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
         return (write as (...a: unknown[]) => boolean).apply(this, args);
       } as typeof res.write;
       res.end = function (this: ServerResponse, ...args: EndArgs) {
-        if (parts || res.headersSent || session.settled) return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
+        if (session.settled) return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
         const [chunk] = args;
+        const body = !parts && (typeof chunk === "string" || Buffer.isBuffer(chunk)) ? chunk.toString() : null;
+        const type = res.getHeader("content-type");
+        // After writeHead(status, headers) the type may not be readable: then try the body as JSON.
+        const json = type === undefined ? body?.trimStart().startsWith("{") === true : isJsonType(String(type));
+        const amount = session.usages.length === 0 && body !== null && json ? c.usageFrom(body) : undefined;
+        if (parts || res.headersSent) {
+          pending = amount; // committed on "finish"; the header is gone already
+          return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
+        }
         void (async () => {
-          let outcome: MeterOutcome | null;
-          if (res.statusCode >= 500) outcome = await done(session.release("error"));
-          else {
-            const body = typeof chunk === "string" || Buffer.isBuffer(chunk) ? chunk.toString() : null;
-            const type = res.getHeader("content-type");
-            const amount =
-              session.usages.length === 0 && body !== null && isJsonType(typeof type === "string" ? type : null)
-                ? c.usageFrom(body)
-                : undefined;
-            outcome = await done(session.commit(amount));
-          }
+          const outcome = await done(res.statusCode >= 500 ? session.release("error") : session.commit(amount));
           if (!res.headersSent && outcome) res.setHeader(c.deductedHeader, String(outcome.charged));
           (end as (...a: EndArgs) => ServerResponse).apply(res, args);
         })();
@@ -302,7 +302,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
         if (!res.writableFinished && !session.settled) void done(session.release("aborted"));
       });
       session.run(() => next());
-    })().catch((error: unknown) => next(error));
+    })().catch((error: unknown) => next(error instanceof Error ? error : new Error(String(error))));
   };
 }
 
