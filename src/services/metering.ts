@@ -99,8 +99,8 @@ export class MeterSession {
     readonly estimate: number,
     private readonly options: Omit<MeterOptions, "estimate">,
   ) {
-    const self = this;
     const recorded = this.recorded;
+    const isSettled = () => this.settlement !== null;
     this.context = {
       userId,
       reservationId,
@@ -110,11 +110,11 @@ export class MeterSession {
         return recorded.reduce((s, u) => s + u.amount, 0);
       },
       get settled() {
-        return self.settlement !== null;
+        return isSettled();
       },
       recordUsage(usage: UsageRecord): boolean {
         const u = parse(UsageRecord, usage, "usage");
-        if (self.settlement !== null) {
+        if (isSettled()) {
           deps.logger?.warn(
             { userId, reservationId, usage: u },
             "credit-management: usage recorded after its metered call was settled; it is not billed",

@@ -71,6 +71,7 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
       body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
     });
     const text = await res.text();
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked field by field
     let json: any = null;
     try {
       json = JSON.parse(text);
