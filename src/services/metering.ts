@@ -45,7 +45,13 @@ export interface MeterContext {
   recordUsage(usage: UsageRecord): boolean;
 }
 
-const storage = new AsyncLocalStorage<MeterSession>();
+/**
+ * One store per process, even if the ESM and the CJS build are both loaded (the dual-package
+ * hazard): `recordUsage` imported one way must find a call metered the other way.
+ */
+const STORAGE_KEY = Symbol.for("credit-management.meter-context");
+const storage: AsyncLocalStorage<MeterSession> = ((globalThis as Record<symbol, unknown>)[STORAGE_KEY] ??=
+  new AsyncLocalStorage<MeterSession>()) as AsyncLocalStorage<MeterSession>;
 
 /**
  * Records usage in the metered call this code runs under (the original system's `addLlmUsage`):
