@@ -2,7 +2,10 @@ import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, HttpError, type Identity, type RouteDefinition } from "../../src/http/index.js";
-import { hosts, type Running } from "./servers.js";
+import { createServer } from "node:http";
+import express from "express";
+import { toNodeHandler } from "../../src/http/index.js";
+import { hosts, listen, type Running } from "./servers.js";
 
 /** `Authorization: Bearer <userId>`; `Bearer admin:<id>` is an admin. */
 const authenticate = (request: Request): Identity | null => {
@@ -326,6 +329,23 @@ describe("createCreditHandler setup", () => {
     expect(() => createCreditHandler(m, { authenticate: () => null, routes: [{ ...dup(), path: "/balance" }] })).toThrow(/two routes/);
     await m.close();
   });
+  it("works behind express.json() too (the parsed body is re-serialised)", async () => {
+    const m = await createCreditManager();
+    const app = express();
+    app.use(express.json());
+    app.use(toNodeHandler(createCreditHandler(m, { authenticate })));
+    const server = await listen(createServer(app));
+    const res = await fetch(`${server.url}/admin/credits/users/zoe/add`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+      body: JSON.stringify({ amount: 12 }),
+    });
+    expect(res.status).toBe(201);
+    expect((await m.credits.getUserCreditsInfo("zoe")).balance).toBe(12);
+    await server.close();
+    await m.close();
+  });
+
   it("HttpError carries its own status", () => {
     expect(new HttpError(418, "TEAPOT", "short and stout").status).toBe(418);
   });
