@@ -100,13 +100,18 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     return null;
   };
 
-  const settle = (req: Req, p: Promise<MeterOutcome>) =>
+  /** Settles (or joins the settlement already under way) and reports each session once. */
+  const reported = new WeakSet<MeterSession>();
+  const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>) =>
     p.then(
       (outcome) => {
-        try {
-          o.onSettled?.(outcome, req);
-        } catch {
-          // a failing callback must not change the response
+        if (!reported.has(session)) {
+          reported.add(session);
+          try {
+            o.onSettled?.(outcome, req);
+          } catch {
+            // a failing callback must not change the response
+          }
         }
         return outcome;
       },
@@ -157,7 +162,7 @@ export function creditMetering(options: CreditMeteringOptions) {
       } catch (error) {
         return errorResponse(error);
       }
-      const release = (reason: string) => c.settle(request, session.release(reason));
+      const release = (reason: string) => c.settle(request, session, session.release(reason));
       const onAbort = () => void release("aborted");
       request.signal.addEventListener("abort", onAbort, { once: true });
 
@@ -182,7 +187,7 @@ export function creditMetering(options: CreditMeteringOptions) {
           throw error;
         }
         const amount = session.usages.length === 0 && text !== null ? c.usageFrom(text) : undefined;
-        const outcome = await c.settle(request, session.commit(amount));
+        const outcome = await c.settle(request, session, session.commit(amount));
         request.signal.removeEventListener("abort", onAbort);
         return withHeader(response, text, c.deductedHeader, outcome?.charged ?? 0);
       }
@@ -193,7 +198,7 @@ export function creditMetering(options: CreditMeteringOptions) {
             const { done, value } = await session.run(() => reader.read());
             if (done) {
               request.signal.removeEventListener("abort", onAbort);
-              await c.settle(request, session.commit());
+              await c.settle(request, session, session.commit());
               controller.close();
             } else controller.enqueue(value);
           } catch (error) {
@@ -262,7 +267,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
         locals.creditEstimate = session.estimate;
       }
       const done = (p: Promise<MeterOutcome>) =>
-        c.settle(req, p).then((outcome) => {
+        c.settle(req, session, p).then((outcome) => {
           if (outcome && locals) locals.creditsDeducted = outcome.charged;
           return outcome;
         });

@@ -74,6 +74,25 @@ async function fetchApp(request: Request): Promise<Response> {
       await sleep(1500);
       recordUsage({ amount: 5 });
       return Response.json({ late: true });
+    case "/api/slow-stream": {
+      let stop = false;
+      return new Response(
+        new ReadableStream({
+          async start(controller) {
+            for (let i = 0; i < 20 && !stop; i++) {
+              recordUsage({ amount: 1 });
+              controller.enqueue(enc.encode(`data: ${i}\n\n`));
+              await sleep(100);
+            }
+            if (!stop) controller.close();
+          },
+          cancel() {
+            stop = true;
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      );
+    }
     case "/api/burst":
       await sleep(30);
       recordUsage({ amount: 60 });
@@ -103,6 +122,15 @@ function honoApp(): Hono {
         await sleep(10);
         recordUsage({ amount: 10, model: "m-stream" });
         await stream.writeSSE({ data: String(i) });
+      }
+    }),
+  );
+  app.get("/api/slow-stream", (c) =>
+    streamSSE(c, async (stream) => {
+      for (let i = 0; i < 20 && !stream.aborted; i++) {
+        recordUsage({ amount: 1 });
+        await stream.writeSSE({ data: String(i) });
+        await sleep(100);
       }
     }),
   );
@@ -150,6 +178,16 @@ async function nodeRoute(req: IncomingMessage, res: ServerResponse): Promise<voi
         res.write(`data: ${i}\n\n`);
       }
       res.end();
+      return;
+    case "/api/slow-stream":
+      res.setHeader("content-type", "text/event-stream");
+      res.flushHeaders();
+      for (let i = 0; i < 20 && !res.destroyed; i++) {
+        recordUsage({ amount: 1 });
+        res.write(`data: ${i}\n\n`);
+        await sleep(100);
+      }
+      if (!res.destroyed) res.end();
       return;
     case "/api/slow":
       await sleep(1500);
@@ -238,6 +276,10 @@ export const meteredHosts: MeteredHost[] = [
       app.get("/api/stream", (_req, reply) => {
         reply.hijack();
         void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
+      });
+      app.get("/api/slow-stream", (_req, reply) => {
+        reply.hijack();
+        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
       });
       app.get("/api/slow", async () => {
         await sleep(1500);

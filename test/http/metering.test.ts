@@ -146,6 +146,23 @@ describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (
     expect(outcomes).toHaveLength(1);
   });
 
+  it("releases the hold when the client leaves a stream midway", async () => {
+    await m.credits.addCredits("s1", 1000);
+    const before = await info("s1");
+    const controller = new AbortController();
+    const res = await call("GET", "/api/slow-stream", "s1", {}, controller.signal);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const first = await reader.read();
+    expect(new TextDecoder().decode(first.value)).toContain("data: 0");
+    expect((await info("s1")).reserved).toBe(100);
+    controller.abort();
+    const o = await waitFor(() => outcomes[0]);
+    expect(o).toMatchObject({ outcome: "released", releaseReason: "aborted", charged: 0 });
+    await sleep(300); // the producer noticing late must not charge anything
+    expect(await info("s1")).toEqual(before);
+    expect(outcomes.map((x) => [x.userId, x.outcome, x.releaseReason])).toEqual([["s1", "released", "aborted"]]);
+  });
+
   it("concurrent metered requests beyond the balance: 402s, no overspend, audit clean", async () => {
     await m.credits.addCredits("burst", 1000);
     const results = await Promise.all(
