@@ -14,6 +14,13 @@ export {
 } from "./services/payment-service.js";
 export * from "./payments/index.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
+export {
+  currentMeter,
+  MeterSession,
+  recordUsage,
+  type MeterContext,
+  type MeterOutcome,
+} from "./services/metering.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

@@ -4,3 +4,4 @@ export * from "./inputs.js";
 export { parse } from "./parse.js";
 export * from "./promos.js";
 export * from "./payments.js";
+export * from "./metering.js";
