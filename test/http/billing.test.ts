@@ -63,18 +63,21 @@ describe("HTTP: payments, webhooks and promos", () => {
   it("creates a payment, pages it, and hides it from other users", async () => {
     const res = await call("POST", "/credits/payments/create", { user: "ann", body: { amount: 1500, currency: "usd", provider: "stripe" } });
     expect(res.status).toBe(201);
-    const p = await res.json();
+    const p = (await res.json()) as { id: string };
     expect(p).toMatchObject({ userId: "ann", status: "created", credits: 1500, checkoutUrl: expect.stringContaining("checkout.stripe.com") });
     expect((await call("GET", `/credits/payments/${p.id}`, { user: "ann" })).status).toBe(200);
     expect((await call("GET", `/credits/payments/${p.id}`, { user: "bob" })).status).toBe(404);
-    const page = await (await call("GET", "/credits/payments/history?limit=5", { user: "ann" })).json();
-    expect(page.items.map((x: { id: string }) => x.id)).toEqual([p.id]);
+    const page = (await (await call("GET", "/credits/payments/history?limit=5", { user: "ann" })).json()) as { items: { id: string }[] };
+    expect(page.items.map((x) => x.id)).toEqual([p.id]);
     expect((await call("POST", "/credits/payments/create", { body: { amount: 1, currency: "USD", provider: "stripe" } })).status).toBe(401);
     expect((await call("POST", "/credits/payments/create", { user: "ann", body: { amount: -1, currency: "USD", provider: "stripe" } })).status).toBe(400);
   });
 
   it("POST /webhooks/stripe: raw body verified; forged → 400 and nothing credited; 20 deliveries → credited once", async () => {
-    const p = await (await call("POST", "/credits/payments/create", { user: "cat", body: { amount: 900, currency: "USD", provider: "stripe" } })).json();
+    const p = (await (await call("POST", "/credits/payments/create", { user: "cat", body: { amount: 900, currency: "USD", provider: "stripe" } })).json()) as {
+      id: string;
+      providerRef: string;
+    };
     const event = {
       id: "evt_1",
       object: "event",
@@ -96,7 +99,7 @@ describe("HTTP: payments, webhooks and promos", () => {
     const raw = JSON.stringify(event, null, 4);
     const forged = await call("POST", "/webhooks/stripe", { raw, headers: { "stripe-signature": signed(raw, "whsec_wrong"), "content-type": "application/json" } });
     expect(forged.status).toBe(400);
-    expect((await forged.json()).error).toMatchObject({ code: "WEBHOOK_REJECTED" });
+    expect(((await forged.json()) as { error: unknown }).error).toMatchObject({ code: "WEBHOOK_REJECTED" });
     const stale = await call("POST", "/webhooks/stripe", { raw, headers: { "stripe-signature": signed(raw, WHSEC, T0 - 301_000) } });
     expect(stale.status).toBe(400);
     expect((await m.credits.getUserCreditsInfo("cat")).balance).toBe(0);
@@ -104,7 +107,7 @@ describe("HTTP: payments, webhooks and promos", () => {
       Array.from({ length: 20 }, () => call("POST", "/webhooks/stripe", { raw, headers: { "stripe-signature": signed(raw), "content-type": "application/json" } })),
     );
     expect(results.every((r) => r.status === 200)).toBe(true);
-    const bodies = await Promise.all(results.map((r) => r.json()));
+    const bodies = (await Promise.all(results.map((r) => r.json()))) as { outcome: string }[];
     expect(bodies.filter((b) => b.outcome === "credited")).toHaveLength(1);
     expect((await m.credits.getUserCreditsInfo("cat")).balance).toBe(900);
     expect((await call("POST", "/webhooks/paypal", { raw: "{}" })).status).toBe(404);
@@ -122,10 +125,10 @@ describe("HTTP: payments, webhooks and promos", () => {
     });
     const claim = await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "spring" } });
     expect(claim.status).toBe(201);
-    expect((await claim.json()).claim).toMatchObject({ code: "SPRING", userId: "dan", claimNumber: 1 });
+    expect(((await claim.json()) as { claim: unknown }).claim).toMatchObject({ code: "SPRING", userId: "dan", claimNumber: 1 });
     const again = await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "spring" } });
     expect(again.status).toBe(409);
-    expect((await again.json()).error).toMatchObject({ code: "PROMO_NOT_ELIGIBLE", details: { reason: "already_claimed" } });
+    expect(((await again.json()) as { error: unknown }).error).toMatchObject({ code: "PROMO_NOT_ELIGIBLE", details: { reason: "already_claimed" } });
     expect((await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "nope" } })).status).toBe(404);
     const off = await call("POST", "/admin/credits/promos/spring/activation", { user: "admin:ops", body: { isActive: false } });
     expect(await off.json()).toMatchObject({ code: "SPRING", isActive: false, uses: 1 });
@@ -133,14 +136,14 @@ describe("HTTP: payments, webhooks and promos", () => {
       eligible: false,
       reason: "inactive",
     });
-    const list = await (await call("GET", "/admin/credits/promos", { user: "admin:ops" })).json();
+    const list = (await (await call("GET", "/admin/credits/promos", { user: "admin:ops" })).json()) as { items: unknown[] };
     expect(list.items).toEqual([expect.objectContaining({ code: "SPRING", uses: 1 })]);
     expect((await call("GET", "/admin/credits/promos", { user: "dan" })).status).toBe(403);
     expect((await m.credits.getUserCreditsInfo("dan")).balance).toBe(40);
   });
 
   it("the OpenAPI document lists the payment, webhook and promo operations", async () => {
-    const doc = await (await call("GET", "/credits/openapi.json")).json();
+    const doc = (await (await call("GET", "/credits/openapi.json")).json()) as { paths: Record<string, unknown> };
     expect(Object.keys(doc.paths)).toEqual(
       expect.arrayContaining([
         "/credits/payments/create",
