@@ -174,6 +174,20 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect((await db.getPromo(c))?.uses).toBe(1);
     });
 
+    it("status events racing a paid event: the payment ends paid, credited once", async () => {
+      const { db, payments, credits } = services();
+      const u = user();
+      const p = await payments.createPaymentLink(u, { amount: 300, currency: "EUR", provider: "test" });
+      const kinds = ["authorized", "failed", "expired", "paid"] as const;
+      const bodies = kinds.map((kind) => testEvent(p, { kind, providerPaymentId: kind === "paid" ? `pi_${p.id}` : null }));
+      const results = await Promise.all(Array.from({ length: 16 }, (_, i) => payments.handleWebhook("test", bodies[i % 4] as string, {})));
+      expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
+      expect(await db.getPayment(p.id)).toMatchObject({ status: "paid", providerPaymentId: `pi_${p.id}` });
+      // Late status events after the payment was credited change nothing.
+      for (const b of bodies.slice(0, 3)) expect((await payments.handleWebhook("test", b, {})).outcome).toBe("unchanged");
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 300 });
+    });
+
     it("a paid event delivered 20 times at once credits once; a refund after half was spent reverses the rest", async () => {
       const { db, payments, credits } = services();
       const u = user();
