@@ -23,10 +23,9 @@ export function promoEligibility(
   now: Date,
 ): PromoEligibility {
   const no = (reason: PromoIneligibility): PromoEligibility => ({ eligible: false, code, reason, message: MESSAGES[reason] });
-  // A user outside the target list learns no more than "not found" would tell them.
-  if (promo === null || (promo.userIds !== null && !promo.userIds.includes(userId))) {
-    return no(promo === null ? "not_found" : "not_targeted");
-  }
+  if (promo === null) return no("not_found");
+  // Targeting first: a user outside the list learns nothing about the promo's state or limits.
+  if (promo.userIds !== null && !promo.userIds.includes(userId)) return no("not_targeted");
   if (!promo.isActive) return no("inactive");
   const t = now.getTime();
   if (promo.validFrom !== null && t < promo.validFrom.getTime()) return no("not_started");
