@@ -87,6 +87,7 @@ export class PostgresDbManager implements DbManager {
   private readonly busyUsers = new Set<string>();
   private active = 0;
   private waiters = 0;
+  private pumpScheduled = false;
   /** @internal */
   readonly prepared: boolean;
   private closed = false;
@@ -177,7 +178,20 @@ export class PostgresDbManager implements DbManager {
   private enqueue(unit: Unit, front = false): void {
     if (front) this.queue.unshift(unit);
     else this.queue.push(unit);
-    this.pump();
+    this.schedulePump();
+  }
+
+  /**
+   * Forms batches at the end of the current turn of the event loop, not at each call: units of
+   * work started together (or resubmitted together when a batch's callers resume) travel together.
+   */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
   }
 
   /**
@@ -206,7 +220,7 @@ export class PostgresDbManager implements DbManager {
         void this.runBatch([u], true).finally(() => {
           this.waiters--;
           this.busyUsers.delete(u.userId);
-          this.pump();
+          this.schedulePump();
         });
         continue;
       }
@@ -233,7 +247,7 @@ export class PostgresDbManager implements DbManager {
       void this.runBatch(batch, false).finally(() => {
         this.active--;
         for (const b of batch) this.busyUsers.delete(b.userId);
-        this.pump();
+        this.schedulePump();
       });
     }
   }
@@ -286,8 +300,7 @@ export class PostgresDbManager implements DbManager {
       else this.enqueue(unit, true);
     };
     if (delay > 0) setTimeout(again, delay);
-    // After the current batch has released its accounts (its `finally` runs first).
-    else queueMicrotask(() => setImmediate(again));
+    else setImmediate(again); // after the current batch has released its accounts
   }
 
   async getAccount(userId: string): Promise<Account | null> {
