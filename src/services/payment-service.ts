@@ -300,33 +300,35 @@ export class PaymentService {
       description: `Payment ${payment.id} (${provider})`,
       metadata: { paymentId: payment.id, provider },
     };
-    return retryOnConflict(() => runAccountUnit(
-      this.deps,
-      payment.userId,
-      meta,
-      async (work, tx) => {
-        const p = await this.current(tx, payment.id);
-        if (isCredited(p.status)) return { value: result("duplicate", p) };
-        const entry = work.add(
-          p.credits,
-          { expiresAt: null, priority: 0, source: "payment", sourceRef: ref, description: meta.description ?? null, metadata: null },
-          meta,
-        );
-        const next: Payment = {
-          ...p,
-          status: "paid",
-          providerPaymentId: event.providerPaymentId ?? p.providerPaymentId,
-          grantId: entry.grants[0]?.grantId ?? null,
-          creditEntryId: entry.id,
-          version: p.version + 1,
-          updatedAt: work.now,
-        };
-        return { value: result("credited", next), extra: { paymentUpdates: [next] } };
-      },
-      // Inside the transaction: read through `tx` (a pool read here could wait for a connection
-      // that units of work like this one hold).
-      async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
-    ));
+    return retryOnConflict(() =>
+      runAccountUnit(
+        this.deps,
+        payment.userId,
+        meta,
+        async (work, tx) => {
+          const p = await this.current(tx, payment.id);
+          if (isCredited(p.status)) return { value: result("duplicate", p) };
+          const entry = work.add(
+            p.credits,
+            { expiresAt: null, priority: 0, source: "payment", sourceRef: ref, description: meta.description ?? null, metadata: null },
+            meta,
+          );
+          const next: Payment = {
+            ...p,
+            status: "paid",
+            providerPaymentId: event.providerPaymentId ?? p.providerPaymentId,
+            grantId: entry.grants[0]?.grantId ?? null,
+            creditEntryId: entry.id,
+            version: p.version + 1,
+            updatedAt: work.now,
+          };
+          return { value: result("credited", next), extra: { paymentUpdates: [next] } };
+        },
+        // Inside the transaction: read through `tx` (a pool read here could wait for a connection
+        // that units of work like this one hold).
+        async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
+      ),
+    );
   }
 
   /**
@@ -354,36 +356,38 @@ export class PaymentService {
       description: `${dispute ? "Lost dispute" : "Refund"} of payment ${payment.id} (${provider})`,
       metadata: { paymentId: payment.id, provider, refundedAmount: refunded },
     };
-    return retryOnConflict(() => runAccountUnit(
-      this.deps,
-      payment.userId,
-      meta,
-      async (work, tx, state) => {
-        const p = await this.current(tx, payment.id);
-        const status: PaymentStatus = dispute ? "disputed_lost" : refunded >= p.amount ? "refunded" : "partially_refunded";
-        if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
-          return { value: result(p.status === status ? "duplicate" : "unchanged", p) };
-        }
-        let reversed = 0;
-        if (isCredited(p.status)) {
-          const k = dispute ? p.credits - p.creditsReversed : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
-          if (k > 0) await this.takeBack(work, tx, state, p, k, meta);
-          reversed = k;
-        }
-        const next: Payment = {
-          ...p,
-          status,
-          refundedAmount: dispute ? p.refundedAmount : refunded,
-          creditsReversed: p.creditsReversed + reversed,
-          version: p.version + 1,
-          updatedAt: work.now,
-        };
-        return { value: result(reversed > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
-      },
-      // Inside the transaction: read through `tx` (a pool read here could wait for a connection
-      // that units of work like this one hold).
-      async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
-    ));
+    return retryOnConflict(() =>
+      runAccountUnit(
+        this.deps,
+        payment.userId,
+        meta,
+        async (work, tx, state) => {
+          const p = await this.current(tx, payment.id);
+          const status: PaymentStatus = dispute ? "disputed_lost" : refunded >= p.amount ? "refunded" : "partially_refunded";
+          if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
+            return { value: result(p.status === status ? "duplicate" : "unchanged", p) };
+          }
+          let reversed = 0;
+          if (isCredited(p.status)) {
+            const k = dispute ? p.credits - p.creditsReversed : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
+            if (k > 0) await this.takeBack(work, tx, state, p, k, meta);
+            reversed = k;
+          }
+          const next: Payment = {
+            ...p,
+            status,
+            refundedAmount: dispute ? p.refundedAmount : refunded,
+            creditsReversed: p.creditsReversed + reversed,
+            version: p.version + 1,
+            updatedAt: work.now,
+          };
+          return { value: result(reversed > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
+        },
+        // Inside the transaction: read through `tx` (a pool read here could wait for a connection
+        // that units of work like this one hold).
+        async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
+      ),
+    );
   }
 
   /**
