@@ -12,7 +12,20 @@ export {
   type WebhookResult,
   type PaymentPage,
 } from "./services/payment-service.js";
-export * from "./payments/index.js";
+export {
+  PaymentManagerOptions,
+  RazorpayProvider,
+  StripeProvider,
+  type RazorpayProviderOptions,
+  type StripeProviderOptions,
+  type CheckoutRequest,
+  type CheckoutResult,
+  type FetchLike,
+  type HeadersLike,
+  type PaymentEvent,
+  type PaymentEventKind,
+  type PaymentProvider,
+} from "./payments/index.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export {
   currentMeter,
