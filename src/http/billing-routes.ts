@@ -11,6 +11,7 @@ import {
   PromoCode,
   JournalEntry,
   PromoIneligibility,
+  UserId,
   parse,
 } from "../models/index.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
@@ -107,6 +108,19 @@ export const paymentRoutes: RouteDefinition[] = [
     response: Payment,
     errors: [404],
     handle: (ctx) => ctx.manager.payments.getPayment(self(ctx), parse(PaymentId, ctx.params.id, "path.id")),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/payments",
+    access: "admin",
+    operationId: "adminGetPaymentHistory",
+    summary: "A user's payments, newest first, with cursor paging",
+    tags: ["admin", ...payments],
+    query: PaymentHistoryParams,
+    response: PaymentPageSchema,
+    handle: (ctx) =>
+      ctx.manager.payments.getPaymentHistory(parse(UserId, ctx.params.userId, "path.userId"), ctx.query<PaymentHistoryQuery>()),
   },
   {
     method: "POST",

@@ -70,6 +70,9 @@ describe("HTTP: payments, webhooks and promos", () => {
     const page = (await (await call("GET", "/credits/payments/history?limit=5", { user: "ann" })).json()) as { items: { id: string }[] };
     expect(page.items.map((x) => x.id)).toEqual([p.id]);
     expect((await call("POST", "/credits/payments/create", { body: { amount: 1, currency: "USD", provider: "stripe" } })).status).toBe(401);
+    const asAdmin = (await (await call("GET", "/admin/credits/users/ann/payments", { user: "admin:ops" })).json()) as { items: { id: string }[] };
+    expect(asAdmin.items.map((x) => x.id)).toEqual([p.id]);
+    expect((await call("GET", "/admin/credits/users/ann/payments", { user: "bob" })).status).toBe(403);
     expect((await call("POST", "/credits/payments/create", { user: "ann", body: { amount: -1, currency: "USD", provider: "stripe" } })).status).toBe(400);
   });
 
