@@ -5,6 +5,21 @@ export {
   type ExpiringCredits,
   type HistoryPage,
 } from "./services/credit-service.js";
+export {
+  NotificationService,
+  EmitInput,
+  type NotificationServiceOptions,
+  type DispatchReport,
+  type SubscriptionEventType,
+} from "./services/notification-service.js";
+export {
+  InMemoryNotificationQueue,
+  CallbackNotificationQueue,
+  type NotificationQueue,
+  type NotificationMessage,
+} from "./queue/index.js";
+export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
+export type { Thresholds } from "./domain/notifications.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

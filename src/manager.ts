@@ -4,8 +4,10 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { parse } from "./models/index.js";
+import { ThresholdSpec, parse } from "./models/index.js";
+import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
+import { NotificationService } from "./services/notification-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -28,6 +30,21 @@ export const CreditManagerOptions = z.strictObject({
   defaultReservationTtlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
+  /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
+  queue: z.custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
+    error: "queue must implement NotificationQueue",
+  }).optional(),
+  /** Notification thresholds and delivery settings (see README "Notifications"). */
+  notifications: ThresholdSpec.extend({
+    /** Delivery attempts before a row is `failed`. Default 10. */
+    maxAttempts: z.number().int().min(1).max(1000).optional(),
+    /** First retry delay in ms (doubles per failure). Default 1,000. */
+    backoffBaseMs: z.number().int().min(1).optional(),
+    /** Longest retry delay in ms. Default 3,600,000. */
+    backoffMaxMs: z.number().int().min(1).optional(),
+    /** A dispatcher's claim on a row, in ms. Default 60,000. */
+    leaseMs: z.number().int().min(100).optional(),
+  }).optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -35,6 +52,8 @@ export type CreditManagerOptions = z.input<typeof CreditManagerOptions>;
 
 export interface CreditManager {
   credits: CreditService;
+  /** The outbox dispatcher, thresholds and emit hook; events are recorded once `queue` or `notifications` is given. */
+  notifications: NotificationService;
   ledger: LedgerLogger;
   db: DbManager;
   /** Flushes and closes the ledger file, then closes the store. */
@@ -52,6 +71,9 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger: o.logger,
     clock: o.clock,
   });
+  const n = o.notifications;
+  const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
+  const alertsOn = o.queue !== undefined || n !== undefined;
   const credits = new CreditService({
     db,
     ledger,
@@ -60,15 +82,29 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger: o.logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
+    alerts: alertsOn ? thresholds : undefined,
+  });
+  const notifications = new NotificationService({
+    db,
+    queue: o.queue,
+    thresholds,
+    clock: o.clock,
+    logger: o.logger,
+    maxAttempts: n?.maxAttempts,
+    backoffBaseMs: n?.backoffBaseMs,
+    backoffMaxMs: n?.backoffMaxMs,
+    leaseMs: n?.leaseMs,
   });
   let closed = false;
   return {
     credits,
+    notifications,
     ledger,
     db,
     async close() {
       if (closed) return;
       closed = true;
+      await notifications.stop();
       await ledger.close();
       await db.close();
     },

@@ -1,5 +1,7 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { MemoryOutbox } from "./outbox.js";
 import type {
   Changes,
   DbManager,
@@ -135,6 +137,7 @@ export class InMemoryDbManager implements DbManager {
   private readonly ledger: LedgerEntry[] = [];
   /** userId → callers waiting for the account (present while someone holds it). */
   private readonly locks = new Map<string, Array<() => void>>();
+  private readonly outbox = new MemoryOutbox();
 
   async init(): Promise<void> {}
 
@@ -178,6 +181,11 @@ export class InMemoryDbManager implements DbManager {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
+    if (changes.notifications !== undefined) {
+      for (const n of changes.notifications) {
+        if (!this.outbox.accepts(n)) throw new ConflictError(`notification key ${n.dedupeKey} is already used`);
+      }
+    }
   }
 
   /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
@@ -205,6 +213,7 @@ export class InMemoryDbManager implements DbManager {
       if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
       u.journal.push(compact(e));
     }
+    if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insert(changes.notifications);
   }
 
   private putGrant(u: UserData, g: Grant): void {
@@ -291,6 +300,22 @@ export class InMemoryDbManager implements DbManager {
       }
     }
     return due.sort(byExpiry).slice(0, limit);
+  }
+
+  async insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  async claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  async completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {

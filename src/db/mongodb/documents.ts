@@ -31,7 +31,7 @@ interface Kind<T> {
   readonly keys: readonly (keyof T & string)[];
 }
 
-const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>): Kind<T> => ({
+export const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>): Kind<T> => ({
   idField,
   keys: Object.keys(shape) as (keyof T & string)[],
 });

@@ -12,7 +12,9 @@ import type {
 } from "mongodb";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { MongoOutbox, NOTIFICATION_INDEXES } from "./outbox.js";
 import type {
   Changes,
   DbCapabilities,
@@ -59,6 +61,7 @@ interface Collections {
   reservations: Collection<StoredDoc>;
   journal: Collection<StoredDoc>;
   ledger: Collection<StoredDoc>;
+  notifications: Collection<StoredDoc>;
 }
 
 /**
@@ -117,6 +120,7 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
     { key: { userId: 1, createdAt: -1, _ord: -1 }, name: "user_created" },
     { key: { eventType: 1, createdAt: -1, _ord: -1 }, name: "type_created" },
   ],
+  notifications: NOTIFICATION_INDEXES,
 };
 
 /**
@@ -165,6 +169,7 @@ export class MongoDbManager implements DbManager {
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
+  private readonly outbox: MongoOutbox;
 
   constructor(config: MongoDbManagerConfig) {
     if ("db" in config && config.db !== undefined) {
@@ -197,7 +202,9 @@ export class MongoDbManager implements DbManager {
       reservations: col("reservations"),
       journal: col("journal"),
       ledger: col("ledger"),
+      notifications: col("notifications"),
     };
+    this.outbox = new MongoOutbox(this.c.notifications);
   }
 
   /**
@@ -393,6 +400,22 @@ export class MongoDbManager implements DbManager {
       this.c.reservations.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
     );
     return docs.map((d) => fromDoc(RESERVATION, d));
+  }
+
+  insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -661,6 +684,9 @@ class MongoTransaction implements DbTransaction {
       changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } })),
       session,
     );
+    if (changes.notifications !== undefined && changes.notifications.length > 0) {
+      await new MongoOutbox(this.c.notifications).insertInTransaction(changes.notifications, session);
+    }
     // What the cache holds once the transaction commits (only a state this unit of work loaded).
     if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
   }
