@@ -26,6 +26,7 @@ import {
 import type { JournalEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
+import { runNotificationContract } from "./notifications.js";
 
 export { CreditModel } from "./model.js";
 
@@ -420,6 +421,8 @@ export function runDbManagerContract(options: ContractOptions): void {
         });
       });
     });
+
+    runNotificationContract(() => db, { raceSize: Math.min(race, 50) });
   });
 }
 
