@@ -140,12 +140,13 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       await db.init();
       const mongo = client.db(db.databaseName);
       const names = (await mongo.listCollections({}, { nameOnly: true }).toArray()).map((c) => c.name).sort();
-      expect(names).toEqual(["cm_accounts", "cm_grants", "cm_journal", "cm_ledger", "cm_reservations"]);
+      expect(names).toEqual(["cm_accounts", "cm_grants", "cm_journal", "cm_ledger", "cm_notifications", "cm_reservations"]);
       const indexes = async (c: string) => (await mongo.collection(c).listIndexes().toArray()).map((i) => i.name).sort();
       expect(await indexes("cm_journal")).toEqual(["_id_", "user_idempotency_key", "user_seq"]);
       expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
       expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
       expect(await indexes("cm_ledger")).toEqual(["_id_", "created", "type_created", "user_created"]);
+      expect(await indexes("cm_notifications")).toEqual(["_id_", "pending_due", "user_dedupe_key", "user_status_id"]);
       const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find((i) => i.name === "user_idempotency_key");
       expect(journal?.unique).toBe(true);
       expect(journal?.partialFilterExpression).toEqual({ idempotencyKey: { $type: "string" } });
