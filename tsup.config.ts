@@ -5,6 +5,7 @@ export default defineConfig({
     index: "src/index.ts",
     "testing/index": "src/testing/index.ts",
     "mongodb/index": "src/db/mongodb/index.ts",
+    "redis/index": "src/redis/index.ts",
   },
   format: ["esm", "cjs"],
   dts: true,
