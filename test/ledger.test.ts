@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, renameSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import type { ColumnarJournal } from "../src/db/memory/journal.js";
 import { createCreditManager, InMemoryCache, InMemoryDbManager, type Cache } from "../src/index.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-"));
@@ -79,16 +80,16 @@ describe("audit", () => {
     expect(await m.credits.audit("u")).toMatchObject({ ok: true, balance: 9, entries: 3 });
 
     // Reach into the store as an attacker with database access would.
-    const internal = (db as unknown as { users: Map<string, { journal: object[]; account: object }> }).users.get("u");
+    const internal = (
+      db as unknown as { users: Map<string, { journal: ColumnarJournal; account: object }> }
+    ).users.get("u");
     if (internal === undefined) throw new Error("no user");
-    // The in-memory store keeps entries compactly: `a` is the amount.
-    const original = internal.journal[1] as { a: number };
-    internal.journal[1] = { ...original, a: 1 };
+    internal.journal.tamper(1, { amount: 1 });
     const altered = await m.credits.audit("u");
     expect(altered.ok).toBe(false);
     expect(altered.problems.join("\n")).toMatch(/entry 2 was altered/);
 
-    internal.journal[1] = original;
+    internal.journal.tamper(1, { amount: 4 });
     internal.account = { ...internal.account, balance: 1000 };
     const inflated = await m.credits.audit("u");
     expect(inflated.ok).toBe(false);

@@ -53,6 +53,8 @@ export class LedgerLogger {
   private scheduled = false;
   private readonly counters: LedgerStats = { linesWritten: 0, fileErrors: 0, lastFileError: null };
   private closed = false;
+  /** Writers that failed (could not open the file, died): nothing to wait for. */
+  private readonly broken = new WeakSet<FileStream>();
 
   constructor(options: LedgerLoggerOptions) {
     this.db = options.db;
@@ -100,13 +102,18 @@ export class LedgerLogger {
     const stream = this.stream;
     if (stream === null || this.closed) return;
     this.drain();
+    if (this.broken.has(stream)) return;
     await new Promise<void>((resolve) => {
+      // A writer that dies while flushing never answers: bounded, like close().
+      const timer = setTimeout(resolve, 5000);
       try {
         stream.flush((error) => {
+          clearTimeout(timer);
           if (error) this.fileFailed(error);
           resolve();
         });
       } catch (error) {
+        clearTimeout(timer);
         this.fileFailed(error as Error);
         resolve();
       }
@@ -132,11 +139,15 @@ export class LedgerLogger {
 
   private open(filePath: string): FileStream {
     const stream = pino.transport({ target: "pino/file", options: { destination: filePath, mkdir: true } }) as FileStream;
-    stream.on("error", (error: Error) => this.fileFailed(error));
+    stream.on("error", (error: Error) => {
+      this.broken.add(stream);
+      this.fileFailed(error);
+    });
     return stream;
   }
 
   private async end(stream: FileStream): Promise<void> {
+    if (this.broken.has(stream)) return;
     await new Promise<void>((resolve) => {
       // Referenced on purpose: the writer's worker is not, and its "close" (all lines written, file
       // closed) must be awaited, not raced by the process running out of work.
@@ -188,6 +199,11 @@ export class LedgerLogger {
   private drain(): void {
     this.scheduled = false;
     if (this.pending === "" || this.stream === null) return;
+    if (this.broken.has(this.stream)) {
+      // The lines are in the store; the file cannot take them. Counted once per failure already.
+      this.pending = "";
+      return;
+    }
     const chunk = this.pending;
     this.pending = "";
     try {

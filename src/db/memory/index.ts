@@ -1,6 +1,7 @@
 import { ConflictError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Reservation } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { ColumnarJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import type {
   Changes,
@@ -13,95 +14,6 @@ import type {
   ScanCursor,
 } from "../types.js";
 
-/**
- * A journal entry as the in-memory store keeps it: `seq`, `userId` and `prevHash` are implied by
- * position, dates are numbers, grants a flat [id, amount, …] list, rare fields in `x`. About a
- * quarter of a full entry object's heap, which is what lets a 1M-entry journal fit in memory.
- */
-interface CompactEntry {
-  id: string;
-  t: JournalEntry["type"];
-  a: number;
-  b: number;
-  r: number;
-  d: number;
-  g: ReadonlyArray<string | number>;
-  c: number;
-  h: string;
-  x: Extras | null;
-}
-
-type Extras = Pick<
-  JournalEntry,
-  "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description" | "metadata"
->;
-
-const NO_GRANTS: ReadonlyArray<string | number> = Object.freeze([]);
-
-function compact(e: JournalEntry): CompactEntry {
-  let g = NO_GRANTS;
-  if (e.grants.length > 0) {
-    const flat: Array<string | number> = [];
-    for (const p of e.grants) flat.push(p.grantId, p.amount);
-    g = flat;
-  }
-  const rare =
-    e.reservationId !== null ||
-    e.idempotencyKey !== null ||
-    e.fingerprint !== null ||
-    e.correlationId !== null ||
-    e.description !== null ||
-    e.metadata !== null;
-  return {
-    id: e.id,
-    t: e.type,
-    a: e.amount,
-    b: e.balanceAfter,
-    r: e.reservedAfter,
-    d: e.debtAfter,
-    g,
-    c: e.createdAt.getTime(),
-    h: e.hash,
-    x: rare
-      ? {
-          reservationId: e.reservationId,
-          idempotencyKey: e.idempotencyKey,
-          fingerprint: e.fingerprint,
-          correlationId: e.correlationId,
-          description: e.description,
-          metadata: e.metadata === null ? null : structuredClone(e.metadata),
-        }
-      : null,
-  };
-}
-
-function expand(userId: string, journal: readonly CompactEntry[], index: number): JournalEntry {
-  const c = journal[index] as CompactEntry;
-  const grants: JournalEntry["grants"] = [];
-  for (let i = 0; i < c.g.length; i += 2) grants.push({ grantId: c.g[i] as string, amount: c.g[i + 1] as number });
-  const x = c.x;
-  return {
-    id: c.id,
-    userId,
-    seq: index + 1,
-    type: c.t,
-    amount: c.a,
-    balanceAfter: c.b,
-    reservedAfter: c.r,
-    debtAfter: c.d,
-    grants,
-    reservationId: x?.reservationId ?? null,
-    idempotencyKey: x?.idempotencyKey ?? null,
-    fingerprint: x?.fingerprint ?? null,
-    correlationId: x?.correlationId ?? null,
-    description: x?.description ?? null,
-    metadata: x?.metadata == null ? null : structuredClone(x.metadata),
-    createdAt: new Date(c.c),
-    prevHash: index === 0 ? null : (journal[index - 1] as CompactEntry).h,
-    hash: c.h,
-  };
-}
-
 interface UserData {
   account: Account | null;
   /** Grants with remaining > 0 and not closed. */
@@ -110,8 +22,8 @@ interface UserData {
   grants: Map<string, Grant>;
   active: Map<string, Reservation>;
   reservations: Map<string, Reservation>;
-  /** journal[seq - 1] */
-  journal: CompactEntry[];
+  /** Entry seq n is at index n - 1. */
+  journal: ColumnarJournal;
   /** idempotency key → index in `journal` */
   byKey: Map<string, number>;
 }
@@ -123,7 +35,8 @@ interface UserData {
  * `save`, so a unit of work that throws leaves nothing behind.
  *
  * Accounts, grants and reservations are kept as the objects handed to `save` (the library never
- * mutates them afterwards; the service copies what it hands to callers); the journal is kept compact.
+ * mutates them afterwards; the service copies what it hands to callers); the journal is kept
+ * column-wise in typed arrays (`ColumnarJournal`).
  */
 export class InMemoryDbManager implements DbManager {
   readonly name = "memory";
@@ -199,7 +112,7 @@ export class InMemoryDbManager implements DbManager {
         grants: new Map(),
         active: new Map(),
         reservations: new Map(),
-        journal: [],
+        journal: new ColumnarJournal(),
         byKey: new Map(),
       };
       this.users.set(userId, u);
@@ -211,7 +124,7 @@ export class InMemoryDbManager implements DbManager {
     for (const r of changes.updateReservations) this.putReservation(u, r);
     for (const e of changes.entries) {
       if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
-      u.journal.push(compact(e));
+      u.journal.append(e);
     }
     if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insert(changes.notifications);
   }
@@ -268,9 +181,9 @@ export class InMemoryDbManager implements DbManager {
     const from = q.from?.getTime();
     const to = q.to?.getTime();
     const take = (i: number) => {
-      const c = journal[i] as CompactEntry;
-      if ((types === null || types.has(c.t)) && (from === undefined || c.c >= from) && (to === undefined || c.c < to)) {
-        out.push(expand(userId, journal, i));
+      const at = journal.createdAt(i);
+      if ((types === null || types.has(journal.type(i))) && (from === undefined || at >= from) && (to === undefined || at < to)) {
+        out.push(journal.get(i, userId));
       }
     };
     if (q.order === "desc") {
@@ -353,7 +266,7 @@ class MemoryTransaction implements DbTransaction {
       account: u.account,
       grants: [...u.open.values()],
       reservations: u.active.size === 0 ? [] : [...u.active.values()],
-      idempotent: at === undefined ? null : expand(this.userId, u.journal, at),
+      idempotent: at === undefined ? null : u.journal.get(at, this.userId),
     };
   }
 
