@@ -4,6 +4,8 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "testing/index": "src/testing/index.ts",
+    "postgres/index": "src/db/postgres/index.ts",
+    "cli/index": "src/cli/index.ts",
     "mongodb/index": "src/db/mongodb/index.ts",
     "redis/index": "src/redis/index.ts",
   },

@@ -39,3 +39,22 @@ export type { AuditReport } from "./domain/replay.js";
 export { compareGrants } from "./domain/order.js";
 export * from "./errors.js";
 export * from "./models/index.js";
+export {
+  type Column,
+  type ColumnKind,
+  type IndexCondition,
+  type IndexSpec,
+  type MongoCollection,
+  type MongoIndex,
+  type MongoOptions,
+  type NamingOptions,
+  type SqlDialect,
+  type SqlOptions,
+  type TableKey,
+  type TableSpec,
+  type TableSpecs,
+  columnsOf,
+  generateMongoSchema,
+  generateSql,
+  tableSpecs,
+} from "./schema/index.js";

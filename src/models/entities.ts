@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { AlertState } from "./notifications.js";
-import { EntityId, Metadata, NonNegativeAmount, Priority, SignedAmount, UserId } from "./common.js";
+import { EntityId, IdempotencyKey, Metadata, NonNegativeAmount, Priority, SignedAmount, UserId } from "./common.js";
 
 /** Where a grant's credits came from. */
 export const GrantSource = z.enum([
@@ -104,7 +104,7 @@ export const JournalEntry = z.object({
   /** Per-grant amounts this entry drew, created, held, returned or removed (see README). */
   grants: z.array(GrantPortion),
   reservationId: EntityId.nullable(),
-  idempotencyKey: z.string().nullable(),
+  idempotencyKey: IdempotencyKey.nullable(),
   /** Digest of the request that carried the idempotency key (detects reuse with other arguments). */
   fingerprint: z.string().nullable(),
   correlationId: z.string().nullable(),

@@ -1,0 +1,98 @@
+/**
+ * PostgreSQL figures for `npm run bench` (run when CREDIT_PG_URL is set), or alone:
+ * `CREDIT_PG_URL=postgres://… npx tsx bench/postgres.ts`.
+ *
+ * deductCredits with 16 concurrent callers over 1,000 users and on one hot user, each beside a
+ * baseline in the same run and on the same pool size: a raw
+ * `UPDATE balances SET balance = balance - $1 WHERE user_id = $2 AND balance >= $1`.
+ */
+import { randomUUID } from "node:crypto";
+import { pathToFileURL } from "node:url";
+import pg from "pg";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { CreditService } from "../src/services/credit-service.js";
+import { type BenchRow, measure, printTable } from "./lib.js";
+
+const CALLERS = 16;
+const USERS = 1000;
+/** Seconds each measurement aims at (after a short calibration run). */
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+
+/** Measures about SECONDS worth of `op` after a calibration run. */
+async function timed(op: (i: number) => Promise<unknown>): Promise<{ opsPerSec: number; ops: number }> {
+  const probe = await measure(400, CALLERS, op);
+  const ops = Math.max(1000, Math.min(100_000, Math.round(probe * SECONDS)));
+  return { opsPerSec: await measure(ops, CALLERS, (i) => op(i + 400)), ops };
+}
+
+export async function run(): Promise<BenchRow[]> {
+  const url = process.env.CREDIT_PG_URL;
+  if (!url) return [];
+  const schema = `cm_bench_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+  const pool = new pg.Pool({ connectionString: url, max: CALLERS });
+  const rows: BenchRow[] = [];
+  try {
+    await pool.query(`CREATE SCHEMA ${schema}`);
+    await pool.query(`CREATE TABLE ${schema}.balances (user_id TEXT PRIMARY KEY, balance BIGINT NOT NULL)`);
+    await pool.query(
+      `INSERT INTO ${schema}.balances SELECT 'u' || i, 1000000000 FROM generate_series(0, $1) i`,
+      [USERS],
+    );
+    const update = `UPDATE ${schema}.balances SET balance = balance - $1 WHERE user_id = $2 AND balance >= $1`;
+    const raw = (user: string) => pool.query({ name: `bench_${schema}`, text: update, values: [1, user] });
+
+    const db = new PostgresDbManager({ pool, schema });
+    await db.init();
+    const credits = new CreditService({ db });
+    for (let i = 0; i < USERS; i += 50) {
+      await Promise.all(Array.from({ length: 50 }, (_, j) => credits.addCredits(`u${i + j}`, 1_000_000_000)));
+    }
+    await credits.addCredits("hot", 1_000_000_000);
+    // The same store without group commit: one transaction per unit of work.
+    const plain = new PostgresDbManager({ pool, schema, batch: false });
+    const plainCredits = new CreditService({ db: plain });
+
+    const scenarios: Array<{ name: string; user: (i: number) => string }> = [
+      { name: `${CALLERS} callers, ${USERS.toLocaleString("en-US")} users`, user: (i) => `u${(i * 7919) % USERS}` },
+      { name: `${CALLERS} callers, one hot user`, user: () => "hot" },
+    ];
+    for (const s of scenarios) {
+      const base = await timed((i) => raw(s.user(i) === "hot" ? "u0" : s.user(i)));
+      const before = db.roundTrips;
+      const ours = await timed((i) => credits.deductCredits(s.user(i), 1));
+      const perOp = (db.roundTrips - before) / (ours.ops + 400);
+      const baseline = `raw UPDATE (${s.name})`;
+      rows.push({ backend: "postgres", scenario: baseline, opsPerSec: base.opsPerSec });
+      const ratio = ours.opsPerSec / base.opsPerSec;
+      const over1000 = s.user(1) !== "hot";
+      rows.push({
+        backend: "postgres",
+        scenario: `deductCredits (${s.name})`,
+        opsPerSec: ours.opsPerSec,
+        baseline,
+        ratio,
+        ...(over1000 ? { target: ">= 0.50 of baseline", met: ratio >= 0.5 } : {}),
+        note: `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1); each locks its account, reads its grants, writes account, grant and a journal entry; concurrent calls share a transaction (group commit)`,
+      });
+    }
+    const before = plain.roundTrips;
+    const single = await timed((i) => plainCredits.deductCredits(`u${(i * 7919) % USERS}`, 1));
+    rows.push({
+      backend: "postgres",
+      scenario: `deductCredits, batch: false (${CALLERS} callers, ${USERS.toLocaleString("en-US")} users)`,
+      opsPerSec: single.opsPerSec,
+      note: `${((plain.roundTrips - before) / (single.ops + 400)).toFixed(2)} round trips per deductCredits without group commit`,
+    });
+    const audit = await credits.audit("hot");
+    if (!audit.ok) throw new Error(`bench: audit of the hot user failed: ${audit.problems.join("; ")}`);
+  } finally {
+    await pool.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => {});
+    await pool.end();
+  }
+  return rows;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
+  if (!process.env.CREDIT_PG_URL) console.log("CREDIT_PG_URL is not set: no PostgreSQL figures.");
+  printTable(await run());
+}

@@ -1,0 +1,112 @@
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { generateMongoSchema } from "../schema/mongo.js";
+import { SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
+
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+export const HELP = `Usage: credit-management <command> [options]
+
+Commands:
+  schema    Print the storage schema generated from the zod models
+
+Options of "schema":
+  --backend sql|nosql              sql: DDL (default); nosql: MongoDB $jsonSchema validators and indexes (JSON)
+  --dialect postgres|mysql|sqlite  SQL dialect (default postgres)
+  --prefix PREFIX                  Put PREFIX in front of every table, collection and index name
+  --schema NAME                    PostgreSQL schema / MySQL database / SQLite attached database of the tables
+  --out FILE                       Write to FILE instead of standard output
+  -h, --help                       Show this help
+
+Examples:
+  npx credit-management schema --backend sql --dialect postgres > schema.sql
+  npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
+  npx credit-management schema --backend nosql --out validators.json
+`;
+
+class UsageError extends Error {}
+
+/**
+ * Runs the CLI with `args` (without node and the script). Returns the exit code: 0 done, 1 failed,
+ * 2 bad usage (the message says what was wrong).
+ */
+export function runCli(args: readonly string[], io: CliIo): number {
+  try {
+    return run(args, io);
+  } catch (error) {
+    if (error instanceof UsageError || isParseArgsError(error)) {
+      // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
+      const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
+      io.stderr(`credit-management: ${message}\nRun "credit-management --help" for usage.\n`);
+      return 2;
+    }
+    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
+
+function run(args: readonly string[], io: CliIo): number {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    strict: true,
+    options: {
+      backend: { type: "string" },
+      dialect: { type: "string" },
+      prefix: { type: "string" },
+      schema: { type: "string" },
+      out: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    io.stdout(HELP);
+    return 0;
+  }
+  const [command, ...rest] = positionals;
+  if (command === undefined) throw new UsageError("missing command (try \"schema\")");
+  if (command !== "schema") throw new UsageError(`unknown command "${command}"`);
+  if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+
+  const backend = values.backend ?? "sql";
+  if (backend !== "sql" && backend !== "nosql") {
+    throw new UsageError(`--backend must be "sql" or "nosql", not "${backend}"`);
+  }
+  let text: string;
+  if (backend === "sql") {
+    const dialect = values.dialect ?? "postgres";
+    if (!SQL_DIALECTS.includes(dialect as SqlDialect)) {
+      throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, not "${dialect}"`);
+    }
+    text = naming(() => generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }));
+  } else {
+    if (values.dialect !== undefined) throw new UsageError("--dialect applies to --backend sql only");
+    if (values.schema !== undefined) throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
+    text = `${JSON.stringify(naming(() => generateMongoSchema({ prefix: values.prefix })), null, 2)}\n`;
+  }
+  if (values.out !== undefined) {
+    if (values.out === "") throw new UsageError("--out needs a file name");
+    writeFileSync(values.out, text);
+    io.stderr(`credit-management: wrote ${values.out}\n`);
+  } else {
+    io.stdout(text);
+  }
+  return 0;
+}
+
+/** A bad --prefix or --schema is a usage error, not a crash. */
+function naming<T>(generate: () => T): T {
+  try {
+    return generate();
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+function isParseArgsError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
+}

@@ -1,0 +1,545 @@
+import type { PoolClient, QueryResult } from "pg";
+import { ConflictError, StorageError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, Reservation } from "../../models/index.js";
+import { type Column, snakeCase } from "../../schema/columns.js";
+import { decodeRow } from "../../schema/codec.js";
+import type { SqlTable } from "../../schema/sql.js";
+import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { PostgresDbManager } from "./index.js";
+import { GUARD_MARKER, type Statement, arrayText, executeText } from "./sql.js";
+
+/** A unit of work waiting to run: `db.transaction(userId, fn)`. */
+export interface Unit {
+  userId: string;
+  fn: (tx: DbTransaction) => Promise<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+  /** Attempts made so far. */
+  attempts: number;
+  /** Runs alone (a retry after a failed batch, so that a culprit fails only itself). */
+  solo: boolean;
+  /** Waits for its account's lock (another process held it when a batch tried). */
+  wait: boolean;
+}
+
+/** Why a unit must run again; `reason` is the driver error or the failed guard. */
+export class Retry extends Error {
+  constructor(readonly reason: unknown) {
+    super("retry");
+  }
+}
+
+/**
+ * Opens a unit-of-work transaction. Generic plans, always: the planner would otherwise re-plan
+ * the statements whose array parameters change length on every execution (it prefers custom
+ * plans for them), which costs more than running them. `SET LOCAL` ends with the transaction.
+ */
+const BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan";
+
+/** SQLSTATEs after which a unit of work runs again. */
+const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
+
+/** Thrown by `load()` in a batch whose lock skipped the account: another transaction holds it. */
+export class Skipped extends Error {
+  constructor() {
+    super("account locked by another transaction");
+  }
+}
+
+/**
+ * What a batch leaves to the dispatcher: the units to run again (`skipped`: their account was
+ * busy, which is no failure of theirs), and whether the connection is bad.
+ */
+export interface BatchResult {
+  retry: Array<{ unit: Unit; reason: unknown; skipped?: boolean }>;
+  broken: boolean;
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (error: unknown) => void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Nobody may be waiting: never an unhandled rejection.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+/**
+ * One database transaction serving one or more units of work on different accounts.
+ *
+ * Every unit's `fn` starts at once with its own `DbTransaction`. When each has asked for its
+ * state (or finished), one message begins the transaction, locks all their account rows (in user
+ * id order) and reads all their states. The units compute; `save()` only queues. When all have
+ * finished, one message writes every queued change in one statement and commits. A unit that
+ * throws writes nothing and gets its error; the others commit. So a batch of n costs two round
+ * trips and one commit instead of 2n and n.
+ *
+ * If the shared transaction fails (a conflict, a driver error), nothing of it is committed and the
+ * units that did not fail by themselves run again, each alone, so a culprit fails only itself.
+ */
+export class Batch {
+  readonly txs: UnitTx[];
+  /** Set once the transaction is open (BEGIN sent and answered). */
+  began = false;
+  readonly opened = deferred<void>();
+  /** The first driver error in the shared transaction: it is aborted, nothing will commit. */
+  failure: unknown = undefined;
+  /** A message that carried PREPAREs failed: list the connection's statements after rollback. */
+  resync = false;
+  broken = false;
+  private waiting: number;
+  private started = false;
+
+  constructor(
+    readonly db: PostgresDbManager,
+    readonly client: PoolClient,
+    units: readonly Unit[],
+    /** Wait for the account lock (a lone waiter) instead of skipping a busy account. */
+    private readonly wait: boolean,
+  ) {
+    this.txs = units.map((u) => new UnitTx(this, u));
+    this.waiting = this.txs.length;
+  }
+
+  async run(): Promise<BatchResult> {
+    const outcomes = await Promise.allSettled(
+      this.txs.map(async (tx) => {
+        try {
+          return await tx.unit.fn(tx);
+        } finally {
+          this.ready(tx);
+        }
+      }),
+    );
+    const retry: BatchResult["retry"] = [];
+    const solo = this.txs.length === 1;
+    const fromStore = (e: unknown) => e instanceof Retry || e instanceof StorageError;
+    // The shared transaction broke while the units ran: nothing of it will commit.
+    const brokeEarly = this.failure !== undefined;
+    let commitError: unknown = undefined;
+    if (!brokeEarly) {
+      const saving = this.txs.filter((tx, i) => outcomes[i]?.status === "fulfilled" && tx.pending !== null);
+      if (saving.length > 0) {
+        try {
+          await this.save(saving);
+        } catch (error) {
+          commitError = error;
+        }
+      } else if (this.began) {
+        await this.rollback(); // read-only: nothing to commit
+      }
+    }
+    if (this.began && !this.broken) await this.rollback();
+    if (this.resync && !this.broken) await this.db.resyncPrepared(this.client);
+
+    this.txs.forEach((tx, i) => {
+      const outcome = outcomes[i] as PromiseSettledResult<unknown>;
+      const unit = tx.unit;
+      if (outcome.status === "rejected") {
+        const e = outcome.reason;
+        if (e instanceof Skipped) {
+          retry.push({ unit, reason: e, skipped: true });
+          return;
+        }
+        // Its own error (insufficient credits, a refused guard, …) is final: it wrote nothing.
+        // A store error of a shared transaction may be another unit's fault: run again alone.
+        if (brokeEarly && fromStore(e) && (!solo || e instanceof Retry)) retry.push({ unit, reason: e instanceof Retry ? e.reason : e });
+        else unit.reject(e);
+        return;
+      }
+      if (brokeEarly) retry.push({ unit, reason: this.failure });
+      else if (commitError === undefined) unit.resolve(outcome.value);
+      else if (this.broken && !(commitError instanceof Retry)) unit.reject(commitError); // COMMIT's outcome is unknown: no retry
+      else if (commitError instanceof Retry) retry.push({ unit, reason: commitError.reason });
+      else if (!solo) retry.push({ unit, reason: commitError });
+      else unit.reject(commitError);
+    });
+    return { retry, broken: this.broken };
+  }
+
+  /** A unit asked for its state, used the store, or finished: once all have, open the transaction. */
+  ready(tx: UnitTx): void {
+    if (tx.isReady) return;
+    tx.isReady = true;
+    if (--this.waiting === 0) void this.start();
+  }
+
+  private async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    const loaders = this.txs.filter((tx) => tx.loadRequest !== null && !tx.loadDone).sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0));
+    const needed = loaders.length > 0 || this.txs.some((tx) => tx.needsTransaction);
+    if (!needed) {
+      this.opened.resolve();
+      return;
+    }
+    const { sql } = this.db;
+    const prepared = this.db.prepared;
+    // A batch of several never waits for a lock: a busy account would hold up all the others.
+    // Only a lone waiter waits for a row lock: a batch skips busy accounts (SKIP LOCKED).
+    const many = loaders.length > 1;
+    const lock = this.wait ? sql.lockOne : many ? sql.lockSkip : sql.lockOneSkip;
+    const statements = loaders.length > 0 ? [lock, sql.state] : [];
+    try {
+      const results = await this.message("load", statements, (prefix) => {
+        let text = `${prefix}${BEGIN}`;
+        if (loaders.length > 0) {
+          const users = arrayText(loaders.map((tx) => tx.userId));
+          const keys = arrayText(loaders.map((tx) => tx.loadRequest?.idempotencyKey ?? null));
+          const locked = many ? executeText(lock, [users], prepared) : executeText(lock, [loaders[0]?.userId ?? ""], prepared);
+          text += `; ${locked}; ${executeText(sql.state, [users, keys], prepared)}`;
+        }
+        return text;
+      }, loaders.length > 0 ? 2 : 0);
+      this.began = true;
+      if (loaders.length > 0) this.deliver(loaders, results[0] as QueryResult, results[1] as QueryResult);
+      this.opened.resolve();
+    } catch (error) {
+      // BEGIN may have run before the failure: roll back whatever is open.
+      this.began = true;
+      for (const tx of loaders) tx.loaded.reject(error);
+      this.opened.reject(error);
+    }
+  }
+
+  /** Hands each unit its account and state from the batch's lock and state results. */
+  deliver(txs: readonly UnitTx[], lock: QueryResult, state: QueryResult): void {
+    const accounts = new Map<string, Record<string, unknown>>();
+    for (const row of lock.rows as Record<string, unknown>[]) accounts.set(row.user_id as string, row);
+    const states = new Map<string, Record<string, unknown>>();
+    for (const row of state.rows as Record<string, unknown>[]) states.set(row.user_id as string, row);
+    for (const tx of txs) {
+      const account = accounts.get(tx.userId);
+      const state = states.get(tx.userId);
+      if (account === undefined && state?.present === true) tx.loaded.reject(new Skipped());
+      else tx.receive(account, state);
+    }
+  }
+
+  /** Locks and reads one more time for a unit that loads again (the lock is already held). */
+  async reload(tx: UnitTx, request: LoadRequest | undefined): Promise<void> {
+    const { sql } = this.db;
+    const prepared = this.db.prepared;
+    const users = arrayText([tx.userId]);
+    const keys = arrayText([request?.idempotencyKey ?? null]);
+    const begin = this.began ? "" : `${BEGIN}; `;
+    this.began = true;
+    const [lock, state] = await this.message(
+      "load",
+      [sql.lockOne, sql.state],
+      (prefix) => `${prefix}${begin}${executeText(sql.lockOne, [tx.userId], prepared)}; ${executeText(sql.state, [users, keys], prepared)}`,
+      2,
+    );
+    this.deliver([tx], lock as QueryResult, state as QueryResult);
+  }
+
+  /** One statement for every queued change, and COMMIT, in one message. */
+  private async save(txs: readonly UnitTx[]): Promise<void> {
+    const { sql } = this.db;
+    const { tables } = sql;
+    const updates = txs.filter((tx) => tx.pendingChanges.previousSeq !== null);
+    const accountColumns =
+      updates.length === 0
+        ? null
+        : changedColumns(tables.accounts, updates.map((tx) => [tx.pendingChanges.account, tx.originals.account] as const));
+    const grantUpdates = txs.flatMap((tx) => tx.pendingChanges.updateGrants.map((g) => [g, tx.originals.grants.get(g.id)] as const));
+    const holdUpdates = txs.flatMap((tx) => tx.pendingChanges.updateReservations.map((r) => [r, tx.originals.holds.get(r.id)] as const));
+    const grantColumns = grantUpdates.length === 0 ? null : changedColumns(tables.grants, grantUpdates);
+    const reservationColumns = holdUpdates.length === 0 ? null : changedColumns(tables.reservations, holdUpdates);
+    const single = txs.length === 1;
+    const payload: Record<string, unknown> = single ? { u: txs[0]?.userId } : {};
+    if (accountColumns !== null) {
+      payload.a = updates.map((tx) => ({
+        ...pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account),
+        prev: tx.pendingChanges.previousSeq,
+      }));
+    }
+    const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
+    const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
+    if (inserts.length > 0) payload.ai = inserts.map((a) => toRow(tables.accounts.columns, a));
+    const newGrants = all((c) => c.insertGrants);
+    if (newGrants.length > 0) payload.ig = newGrants.map((g) => toRow(tables.grants.columns, g));
+    if (grantColumns !== null) payload.ug = grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g));
+    const newHolds = all((c) => c.insertReservations);
+    if (newHolds.length > 0) payload.ir = newHolds.map((r) => toRow(tables.reservations.columns, r));
+    if (reservationColumns !== null) payload.ur = holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r));
+    const entries = all((c) => c.entries);
+    if (entries.length > 0) payload.e = entries.map((e) => toRow(tables.journal.columns, e));
+    const save = sql.save({
+      single,
+      accountColumns,
+      insertAccounts: inserts.length > 0,
+      insertGrants: newGrants.length > 0,
+      grantColumns,
+      insertReservations: newHolds.length > 0,
+      reservationColumns,
+      entries: entries.length > 0,
+    });
+    // Units that saved without loading: their account write takes the row lock; the guard holds.
+    const begin = this.began ? "" : `${BEGIN}; `;
+    this.began = true;
+    await this.message("save", [save], (prefix) => `${prefix}${begin}${executeText(save, [JSON.stringify(payload)], this.db.prepared)}; COMMIT`, 0);
+    this.began = false;
+  }
+
+  private async rollback(): Promise<void> {
+    try {
+      this.db.roundTrips++;
+      await this.client.query("ROLLBACK");
+    } catch {
+      this.broken = true;
+    }
+    this.began = false;
+  }
+
+  /**
+   * Sends one simple-protocol message of several statements (with the PREPAREs the connection
+   * lacks in front); returns the results of its last `count` statements. Driver errors become
+   * `Retry` or `StorageError` and mark the shared transaction failed.
+   */
+  async message(what: string, statements: readonly Statement[], text: (prefix: string) => string, count: number): Promise<QueryResult[]> {
+    const prepare = this.db.prepareFor(this.client, statements);
+    this.db.roundTrips++;
+    let result: QueryResult | QueryResult[];
+    try {
+      result = (await this.client.query(text(prepare.text))) as unknown as QueryResult | QueryResult[];
+    } catch (error) {
+      if (prepare.names.length > 0) this.resync = true;
+      throw this.fail(what, error);
+    }
+    this.db.markPrepared(this.client, prepare.names);
+    const list = Array.isArray(result) ? result : [result];
+    return count === 0 ? [] : list.slice(list.length - count);
+  }
+
+  /** One parameterised statement inside the transaction (reads a unit makes beyond its load). */
+  async query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    this.db.roundTrips++;
+    try {
+      const r = await this.client.query(this.db.prepared ? { name: this.db.statementName(text), text, values: params } : { text, values: params });
+      return r.rows as Record<string, unknown>[];
+    } catch (error) {
+      throw this.fail(what, error);
+    }
+  }
+
+  /** Records the first failure of the shared transaction and maps the driver error. */
+  private fail(what: string, error: unknown): Error {
+    if (this.failure === undefined) this.failure = error;
+    const code = (error as { code?: unknown } | null)?.code;
+    if (typeof code !== "string" || /^(08|57)/.test(code)) this.broken = true;
+    if (typeof code === "string" && RETRY_CODES.has(code)) return new Retry(error);
+    if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) return new Retry(error);
+    if (code === "26000" || code === "42P05") {
+      // Our record of the connection's prepared statements was wrong (someone ran DISCARD or
+      // DEALLOCATE, or a failed message left it unsure): list them again, then run again.
+      this.resync = true;
+      return new Retry(error);
+    }
+    return storageError(what, error);
+  }
+}
+
+/** The `DbTransaction` one unit of work sees inside a batch. */
+export class UnitTx implements DbTransaction {
+  readonly userId: string;
+  isReady = false;
+  /** The first `load()` request, answered by the batch. */
+  loadRequest: LoadRequest | null = null;
+  loadDone = false;
+  readonly loaded = deferred<LoadedState>();
+  /** Another method was called before the batch opened its transaction. */
+  needsTransaction = false;
+  pending: Changes | null = null;
+  private saved = false;
+  private state: { seq: number | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } | null = null;
+  /** Rows as read in this unit of work: updates write only the columns that differ from them. */
+  readonly originals: { account: Account | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } = {
+    account: null,
+    grants: new Map(),
+    holds: new Map(),
+  };
+
+  constructor(
+    private readonly batch: Batch,
+    readonly unit: Unit,
+  ) {
+    this.userId = unit.userId;
+  }
+
+  get pendingChanges(): Changes {
+    return this.pending as Changes;
+  }
+
+  async load(request?: LoadRequest): Promise<LoadedState> {
+    if (this.loadRequest === null && !this.isReady) {
+      this.loadRequest = request ?? {};
+      this.batch.ready(this);
+      return this.loaded.promise;
+    }
+    await this.batch.opened.promise;
+    const again = deferred<LoadedState>();
+    const previous = this.loaded;
+    // `receive` answers through `this.loaded`: point it at a fresh one for this reload.
+    (this as { loaded: Deferred<LoadedState> }).loaded = again;
+    try {
+      await this.batch.reload(this, request);
+    } catch (error) {
+      (this as { loaded: Deferred<LoadedState> }).loaded = previous;
+      throw error;
+    }
+    return again.promise;
+  }
+
+  /** The batch's answer to `load()`. */
+  receive(accountRow: Record<string, unknown> | undefined, stateRow: Record<string, unknown> | undefined): void {
+    const { db } = this.batch;
+    const { tables } = db.sql;
+    try {
+      const account = accountRow === undefined ? null : decodeRow<Account>(tables.accounts.columns, accountRow);
+      const grants = parseRows<Grant>(tables.grants, stateRow?.grants as string | null | undefined);
+      const reservations = parseRows<Reservation>(tables.reservations, stateRow?.holds as string | null | undefined);
+      const idemText = stateRow?.idem as string | null | undefined;
+      const idempotent = idemText ? decodeRow<JournalEntry>(tables.journal.columns, JSON.parse(idemText)) : null;
+      this.state = {
+        seq: account?.seq ?? null,
+        grants: new Map(grants.map((g) => [g.id, g])),
+        holds: new Map(reservations.map((r) => [r.id, r])),
+      };
+      this.originals.account = account;
+      for (const g of grants) this.originals.grants.set(g.id, g);
+      for (const r of reservations) this.originals.holds.set(r.id, r);
+      this.loadDone = true;
+      this.loaded.resolve({ account, grants: [...grants], reservations: [...reservations], idempotent });
+    } catch (error) {
+      this.loaded.reject(error);
+    }
+  }
+
+  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
+    // Under the account lock the loaded open grants are current: answer from them when we can.
+    const loaded = this.state?.grants;
+    if (loaded !== undefined && grantIds.every((id) => loaded.has(id))) return grantIds.map((id) => loaded.get(id) as Grant);
+    await this.opening();
+    const { db } = this.batch;
+    const rows = await this.batch.query("getGrants", `${db.sql.select("grants")} WHERE user_id = $1 AND id = ANY($2::text[])`, [this.userId, [...grantIds]]);
+    const byId = new Map(rows.map((r) => [r.id as string, decodeRow<Grant>(db.sql.tables.grants.columns, r)]));
+    for (const g of byId.values()) if (!this.originals.grants.has(g.id)) this.originals.grants.set(g.id, g);
+    return grantIds.flatMap((id) => byId.get(id) ?? []);
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    const held = this.state?.holds.get(reservationId);
+    if (held !== undefined) return held;
+    await this.opening();
+    const { db } = this.batch;
+    const rows = await this.batch.query("getReservation", `${db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`, [this.userId, reservationId]);
+    if (rows[0] === undefined) return null;
+    const r = decodeRow<Reservation>(db.sql.tables.reservations.columns, rows[0]);
+    if (!this.originals.holds.has(r.id)) this.originals.holds.set(r.id, r);
+    return r;
+  }
+
+  async save(changes: Changes): Promise<void> {
+    if (this.saved) throw new Error("save() may be called once per unit of work");
+    this.saved = true;
+    if (this.state !== null && changes.previousSeq !== this.state.seq) {
+      throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
+    }
+    const rows: Array<{ userId: string }> = [
+      changes.account,
+      ...changes.insertGrants,
+      ...changes.updateGrants,
+      ...changes.insertReservations,
+      ...changes.updateReservations,
+      ...changes.entries,
+    ];
+    if (rows.some((o) => o.userId !== this.userId)) {
+      throw new Error(`save() of account ${this.userId} got a row of another account`);
+    }
+    this.pending = changes;
+  }
+
+  /** Waits until the batch's transaction is open (reads before `load()` count as ready). */
+  private async opening(): Promise<void> {
+    if (!this.isReady) {
+      this.needsTransaction = true;
+      this.batch.ready(this);
+    }
+    await this.batch.opened.promise;
+  }
+}
+
+/** A model object as the JSON object `json_populate_record(set)` reads (column names; dates as ISO text). */
+export function toRow(columns: readonly Column[], value: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const v = value as Record<string, unknown>;
+  for (const c of columns) out[c.name] = v[c.field] ?? null;
+  return out;
+}
+
+/** Only `names` of a model object, by column name. */
+function pick(table: SqlTable, names: readonly string[], value: object): Record<string, unknown> {
+  const v = value as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const c of table.columns) if (names.includes(c.name)) out[c.name] = v[c.field] ?? null;
+  return out;
+}
+
+/**
+ * The columns (in table order) in which the rows differ from the rows as read; every updatable
+ * column when a row was not read in its unit of work.
+ */
+function changedColumns(table: SqlTable, rows: ReadonlyArray<readonly [object, object | null | undefined]>): string[] {
+  const candidates = updatable(table);
+  const changed = new Set<string>();
+  for (const [row, original] of rows) {
+    const before = original as Record<string, unknown> | null | undefined;
+    const after = row as Record<string, unknown>;
+    for (const c of candidates) {
+      if (changed.has(c.name)) continue;
+      if (before === null || before === undefined || !sameValue(before[c.field], after[c.field])) changed.add(c.name);
+    }
+  }
+  const names = candidates.filter((c) => changed.has(c.name)).map((c) => c.name);
+  return names.length > 0 ? names : candidates.map((c) => c.name);
+}
+
+const updatableColumns = new WeakMap<SqlTable, Column[]>();
+/** Columns an update may write: not the key, the owner or the creation time. */
+function updatable(table: SqlTable): Column[] {
+  let list = updatableColumns.get(table);
+  if (list === undefined) {
+    const keys = new Set(["user_id", "created_at", ...table.spec.primaryKey.map(snakeCase)]);
+    list = table.columns.filter((c) => !keys.has(c.name));
+    updatableColumns.set(table, list);
+  }
+  return list;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (a instanceof Date && b instanceof Date) return a.getTime() === b.getTime();
+  return false;
+}
+
+function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
+  if (!json) return [];
+  return (JSON.parse(json) as Record<string, unknown>[]).map((row) => decodeRow<T>(table.columns, row));
+}
+
+export function storageError(what: string, error: unknown): StorageError {
+  if (error instanceof StorageError) return error;
+  const e = error as { message?: string; code?: string };
+  const code = typeof e.code === "string" ? ` (${e.code})` : "";
+  return new StorageError(`[credit-management] [postgres] ${what} failed${code}: ${e.message ?? String(error)}`, error);
+}

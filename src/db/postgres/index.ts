@@ -1,0 +1,524 @@
+import type * as PgModule from "pg";
+import type { Pool, PoolClient, PoolConfig } from "pg";
+import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import { decodeRow } from "../../schema/codec.js";
+import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
+import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
+import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
+
+export { SCHEMA_VERSION } from "./sql.js";
+
+export interface PostgresDbManagerOptions {
+  /** An existing pool. `close()` leaves it open: it is yours. */
+  pool?: Pool;
+  /** Creates a pool (`pg` must be installed); `close()` ends it. */
+  connectionString?: string;
+  /** More settings of the pool created from `connectionString` (size, timeouts, ssl, …). */
+  poolConfig?: Omit<PoolConfig, "connectionString">;
+  /** PostgreSQL schema of the tables (created by `init()`). Default: the connection's search_path. */
+  schema?: string;
+  /** Put in front of every table and index name, e.g. `"credits_"`. */
+  tablePrefix?: string;
+  /**
+   * Prepare statements once per connection (default true). Set false behind a pooler that does
+   * not keep sessions (PgBouncer in transaction mode): every statement is then sent in full.
+   */
+  preparedStatements?: boolean;
+  /**
+   * Group commit: units of work on different accounts that wait at the same time share one
+   * transaction (one lock statement, one read, one write, one COMMIT). `concurrency` batches run
+   * at once (each on its own connection), each with up to `maxUnits` units; `waiters` units whose
+   * account another process holds wait for its lock at once, each on a connection of its own.
+   * `false`: every unit of work is a transaction of its own. Default
+   * `{ maxUnits: 32, concurrency: 4, waiters: 4 }`: keep `concurrency + waiters` below the pool size.
+   */
+  batch?: false | { maxUnits?: number; concurrency?: number; waiters?: number };
+  /**
+   * Attempts of a unit of work that meets a serialization failure, a deadlock or a concurrent
+   * first write of the same new account before it fails with `ConflictError`. Default 10.
+   */
+  maxAttempts?: number;
+}
+
+/** Statements each pooled connection has prepared (shared by every manager on a pool). */
+const preparedOn = new WeakMap<object, Set<string>>();
+
+/**
+ * The PostgreSQL store, on `pg`.
+ *
+ * A unit of work runs in a transaction that locks its account row (`SELECT … FOR UPDATE`), so
+ * units of work on one account run one after another across every process. A transaction costs
+ * two round trips:
+ *
+ *  1. `BEGIN; EXECUTE lock; EXECUTE state` in one message: the lock, then (in a statement with a
+ *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the open
+ *     grants, active holds and the idempotent entry as JSON;
+ *  2. `EXECUTE save; COMMIT` in one message: one statement writes everything (a CTE of inserts
+ *     and updates from JSON arrays) and fails unless every account row passed its `seq` guard.
+ *
+ * Group commit (`batch`, on by default): units of work on different accounts that wait at the
+ * same time share one such transaction, so n units cost two round trips and one COMMIT. Batches
+ * never wait for a row lock (`SKIP LOCKED`); a unit whose account another transaction holds runs
+ * again alone and waits for it ({@link Batch}).
+ *
+ * `save()` queues the changes; they are written when the unit of work returns, so a unit of work
+ * that throws after `save()` writes nothing. Unique violations (two first writes of a new account,
+ * an idempotency key), serialization failures and deadlocks run the unit of work again, alone,
+ * with jittered backoff; there `load()` finds the key and the service answers with the first
+ * result. Other database errors surface as `StorageError` with the driver's error as `cause`.
+ */
+export class PostgresDbManager implements DbManager {
+  readonly name = "postgres";
+  readonly capabilities = { multiProcess: true } as const;
+  /** The SQL this manager runs (table names, DDL, statements). */
+  readonly sql: PostgresSql;
+  private pool: Pool | null;
+  private poolPromise: Promise<Pool> | null = null;
+  private readonly ownsPool: boolean;
+  private readonly options: PostgresDbManagerOptions;
+  private readonly maxAttempts: number;
+  private readonly maxUnits: number;
+  private readonly batchConcurrency: number;
+  private readonly maxWaiters: number;
+  private readonly queue: Unit[] = [];
+  /** Accounts a running batch or waiter holds: their other units wait in the queue. */
+  private readonly busyUsers = new Set<string>();
+  private active = 0;
+  private waiters = 0;
+  /** @internal */
+  readonly prepared: boolean;
+  private closed = false;
+  /** Round trips to the server (for benchmarks and tests). */
+  roundTrips = 0;
+
+  constructor(options: PostgresDbManagerOptions) {
+    if ((options.pool === undefined) === (options.connectionString === undefined)) {
+      throw new ConfigurationError("[credit-management] [postgres] pass exactly one of `pool` or `connectionString`");
+    }
+    try {
+      this.sql = new PostgresSql({ schema: options.schema, prefix: options.tablePrefix });
+    } catch (error) {
+      throw new ConfigurationError(`[credit-management] [postgres] ${(error as Error).message}`, error);
+    }
+    this.options = options;
+    this.pool = options.pool ?? null;
+    this.ownsPool = options.pool === undefined;
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
+    this.prepared = options.preparedStatements !== false;
+    const batch = options.batch ?? {};
+    this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
+    this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
+    this.maxWaiters = batch === false ? Infinity : Math.max(1, batch.waiters ?? 4);
+  }
+
+  /**
+   * Creates the schema, tables and indexes (the schema generator's DDL) when the store has none or
+   * an older version, under an advisory lock so several processes may call it at once.
+   */
+  async init(): Promise<void> {
+    const client = await this.connect();
+    let broken = false;
+    try {
+      await client.query("BEGIN");
+      await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.lockKey]);
+      if (this.sql.createSchema !== null) await client.query(this.sql.createSchema);
+      await client.query(
+        `CREATE TABLE IF NOT EXISTS ${this.sql.versionTable} (component TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
+      );
+      const found = await client.query<{ version: number }>(`SELECT version FROM ${this.sql.versionTable} WHERE component = 'credit-management'`);
+      const version = found.rows[0]?.version ?? 0;
+      if (version > SCHEMA_VERSION) {
+        throw new ConfigurationError(
+          `[credit-management] [postgres] the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
+        );
+      }
+      if (version < SCHEMA_VERSION) {
+        // Version 1 is the generator's DDL (idempotent). Later versions add their migrations here.
+        await client.query(this.sql.ddl);
+        await client.query(
+          `INSERT INTO ${this.sql.versionTable} (component, version) VALUES ('credit-management', $1) ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now()`,
+          [SCHEMA_VERSION],
+        );
+      }
+      await client.query("COMMIT");
+    } catch (error) {
+      broken = await rollback(client);
+      if (error instanceof ConfigurationError) throw error;
+      throw storageError("init", error);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** Ends the pool if this manager created it. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.ownsPool) return;
+    const pool = this.pool ?? (this.poolPromise ? await this.poolPromise.catch(() => null) : null);
+    await pool?.end();
+  }
+
+  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const unit: Unit = { userId, fn: fn as Unit["fn"], resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false, wait: false };
+      if (this.maxUnits === 1) {
+        // No batching: every unit of work is a transaction of its own that waits for its lock.
+        unit.wait = true;
+        void this.runBatch([unit], true);
+      } else {
+        this.enqueue(unit);
+      }
+    });
+  }
+
+  private enqueue(unit: Unit, front = false): void {
+    if (front) this.queue.unshift(unit);
+    else this.queue.push(unit);
+    this.pump();
+  }
+
+  /**
+   * Starts what can start. A batch takes the oldest waiting units of distinct accounts that no
+   * running batch holds (so batches of this process never contend for a row), up to `maxUnits`,
+   * while fewer than `concurrency` batches run. Batches never wait for a row lock (SKIP LOCKED);
+   * a unit whose account another process holds becomes a waiter: it runs alone, waits for the
+   * lock on a connection of its own, and does not take a batch slot (at most one per account).
+   */
+  private pump(): void {
+    const scanLimit = Math.min(this.queue.length, 4096);
+    for (let i = 0, seen = 0; i < this.queue.length && seen < scanLimit; seen++) {
+      const u = this.queue[i] as Unit;
+      if (this.busyUsers.has(u.userId)) {
+        i++;
+        continue;
+      }
+      if (u.wait) {
+        if (this.waiters >= this.maxWaiters) {
+          i++;
+          continue;
+        }
+        this.queue.splice(i, 1);
+        this.busyUsers.add(u.userId);
+        this.waiters++;
+        void this.runBatch([u], true).finally(() => {
+          this.waiters--;
+          this.busyUsers.delete(u.userId);
+          this.pump();
+        });
+        continue;
+      }
+      if (this.active >= this.batchConcurrency) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
+      const batch = [u];
+      this.busyUsers.add(u.userId);
+      if (!u.solo) {
+        for (let j = i; j < this.queue.length && batch.length < this.maxUnits && seen < scanLimit; seen++) {
+          const v = this.queue[j] as Unit;
+          if (v.solo || v.wait || this.busyUsers.has(v.userId)) {
+            j++;
+            continue;
+          }
+          this.queue.splice(j, 1);
+          batch.push(v);
+          this.busyUsers.add(v.userId);
+        }
+      }
+      this.active++;
+      void this.runBatch(batch, false).finally(() => {
+        this.active--;
+        for (const b of batch) this.busyUsers.delete(b.userId);
+        this.pump();
+      });
+    }
+  }
+
+  private async runBatch(units: Unit[], wait: boolean): Promise<void> {
+    let client: PoolClient;
+    try {
+      client = await this.connect();
+    } catch (error) {
+      for (const u of units) u.reject(error);
+      return;
+    }
+    let result: BatchResult;
+    try {
+      result = await new Batch(this, client, units, wait).run();
+    } catch (error) {
+      client.release(true);
+      for (const u of units) u.reject(storageError("transaction", error));
+      return;
+    }
+    client.release(result.broken);
+    for (const { unit, reason, skipped } of result.retry) {
+      if (skipped) {
+        // Its account is busy in another transaction: run it again alone, waiting for the lock.
+        unit.wait = true;
+        this.requeue(unit, 0);
+        continue;
+      }
+      unit.attempts++;
+      if (unit.attempts >= this.maxAttempts) {
+        unit.reject(
+          new ConflictError(
+            `[credit-management] [postgres] gave up on a unit of work on account ${unit.userId} after ${unit.attempts} conflicting attempts`,
+            { userId: unit.userId, attempts: unit.attempts },
+            reason,
+          ),
+        );
+      } else {
+        // Alone from now on, so that whatever failed the batch fails only its own unit.
+        unit.solo = true;
+        this.requeue(unit, backoff(unit.attempts));
+      }
+    }
+  }
+
+  /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
+  private requeue(unit: Unit, delay: number): void {
+    const again = () => {
+      if (this.maxUnits === 1) void this.runBatch([unit], true);
+      else this.enqueue(unit, true);
+    };
+    if (delay > 0) setTimeout(again, delay);
+    // After the current batch has released its accounts (its `finally` runs first).
+    else queueMicrotask(() => setImmediate(again));
+  }
+
+  async getAccount(userId: string): Promise<Account | null> {
+    const rows = await this.read("getAccount", `${this.sql.select("accounts")} WHERE user_id = $1`, [userId]);
+    return rows[0] === undefined ? null : this.decode("accounts", rows[0]);
+  }
+
+  async getGrant(grantId: string): Promise<Grant | null> {
+    const rows = await this.read("getGrant", `${this.sql.select("grants")} WHERE id = $1`, [grantId]);
+    return rows[0] === undefined ? null : this.decode("grants", rows[0]);
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    const rows = await this.read("getReservation", `${this.sql.select("reservations")} WHERE id = $1`, [reservationId]);
+    return rows[0] === undefined ? null : this.decode("reservations", rows[0]);
+  }
+
+  async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
+    const where = options?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL";
+    const rows = await this.read("listGrants", `${this.sql.select("grants")} WHERE user_id = $1${where} ORDER BY created_at, id`, [userId]);
+    return rows.map((r) => this.decode<Grant>("grants", r));
+  }
+
+  async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
+    const params: unknown[] = [userId];
+    let where = "";
+    if (options?.status !== undefined) {
+      params.push(options.status);
+      where = " AND status = $2";
+    }
+    const rows = await this.read("listReservations", `${this.sql.select("reservations")} WHERE user_id = $1${where} ORDER BY created_at, id`, params);
+    return rows.map((r) => this.decode<Reservation>("reservations", r));
+  }
+
+  async listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
+    const params: unknown[] = [userId];
+    const where = ["user_id = $1"];
+    const add = (sql: (n: number) => string, value: unknown) => {
+      params.push(value);
+      where.push(sql(params.length));
+    };
+    if (query.order === "desc" && query.beforeSeq !== undefined) add((n) => `seq < $${n}`, query.beforeSeq);
+    if (query.order === "asc" && query.afterSeq !== undefined) add((n) => `seq > $${n}`, query.afterSeq);
+    if (query.types !== undefined) add((n) => `type = ANY($${n}::text[])`, [...query.types]);
+    if (query.from !== undefined) add((n) => `created_at >= $${n}`, query.from);
+    if (query.to !== undefined) add((n) => `created_at < $${n}`, query.to);
+    params.push(query.limit);
+    const text = `${this.sql.select("journal")} WHERE ${where.join(" AND ")} ORDER BY seq ${query.order === "desc" ? "DESC" : "ASC"} LIMIT $${params.length}`;
+    const rows = await this.read("listJournal", text, params);
+    return rows.map((r) => this.decode<JournalEntry>("journal", r));
+  }
+
+  async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
+    const params: unknown[] = [asOf];
+    let cursor = "";
+    if (after !== undefined) {
+      params.push(after.expiresAt, after.id);
+      cursor = " AND (expires_at, id) > ($2, $3)";
+    }
+    params.push(limit);
+    const text =
+      `${this.sql.select("grants")} WHERE remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1${cursor} ` +
+      `ORDER BY expires_at, id LIMIT $${params.length}`;
+    const rows = await this.read("findDueGrants", text, params);
+    return rows.map((r) => this.decode<Grant>("grants", r));
+  }
+
+  async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
+    const params: unknown[] = [asOf];
+    let cursor = "";
+    if (after !== undefined) {
+      params.push(after.expiresAt, after.id);
+      cursor = " AND (expires_at, id) > ($2, $3)";
+    }
+    params.push(limit);
+    const text =
+      `${this.sql.select("reservations")} WHERE status = 'active' AND expires_at <= $1${cursor} ` +
+      `ORDER BY expires_at, id LIMIT $${params.length}`;
+    const rows = await this.read("findExpiredReservations", text, params);
+    return rows.map((r) => this.decode<Reservation>("reservations", r));
+  }
+
+  async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
+    const t = this.sql.tables.ledger;
+    const columns = t.columns.map((c) => `"${c.name}"`).join(", ");
+    const text = `INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
+    await this.read("insertLedgerEntry", text, [JSON.stringify(toRow(t.columns, entry))]);
+  }
+
+  async listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]> {
+    const params: unknown[] = [];
+    const where: string[] = [];
+    const add = (column: string, op: string, value: unknown) => {
+      params.push(value);
+      where.push(`${column} ${op} $${params.length}`);
+    };
+    if (query.eventType !== undefined) add("event_type", "=", query.eventType);
+    if (query.userId !== undefined) add("user_id", "=", query.userId);
+    if (query.before !== undefined) add("created_at", "<", query.before);
+    params.push(query.limit);
+    const text =
+      `${this.sql.select("ledger")}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ` +
+      `ORDER BY created_at DESC, id DESC LIMIT $${params.length}`;
+    const rows = await this.read("listLedgerEntries", text, params);
+    return rows.map((r) => this.decode<LedgerEntry>("ledger", r));
+  }
+
+  // -----------------------------------------------------------------------------------------------
+
+  /** @internal */
+  decode<T>(key: keyof PostgresSql["tables"], row: Record<string, unknown>): T {
+    return decodeRow<T>(this.sql.tables[key].columns, row);
+  }
+
+  /** @internal A pooled connection; a failure to get one is a StorageError. */
+  async connect(): Promise<PoolClient> {
+    if (this.closed) throw new StorageError("[credit-management] [postgres] the store is closed");
+    try {
+      const pool = this.pool ?? (await this.createPool());
+      return await pool.connect();
+    } catch (error) {
+      throw storageError("connect", error);
+    }
+  }
+
+  /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
+  async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    const client = await this.connect();
+    let broken = false;
+    try {
+      this.roundTrips++;
+      const result = await client.query(this.prepared ? { name: this.statementName(text), text, values: params } : { text, values: params });
+      return result.rows as Record<string, unknown>[];
+    } catch (error) {
+      broken = isConnectionLevel(error);
+      throw storageError(what, error);
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** @internal A stable, short name for a parameterised query (node-pg prepares it per connection). */
+  statementName(text: string): string {
+    return statementName(text);
+  }
+
+  /**
+   * @internal `PREPARE` text for the statements `client` lacks, to put in front of the message
+   * that runs them (prepared statements outlive a rollback, so this costs no round trip).
+   */
+  prepareFor(client: PoolClient, statements: readonly Statement[]): { text: string; names: string[] } {
+    if (!this.prepared) return { text: "", names: [] };
+    const done = preparedOn.get(client);
+    const missing = statements.filter((s) => !done?.has(s.name));
+    return { text: missing.map((s) => `${prepareText(s)}; `).join(""), names: missing.map((s) => s.name) };
+  }
+
+  /** @internal Records statements as prepared on `client` after their message succeeded. */
+  markPrepared(client: PoolClient, names: readonly string[]): void {
+    if (names.length === 0) return;
+    let done = preparedOn.get(client);
+    if (done === undefined) {
+      done = new Set();
+      preparedOn.set(client, done);
+    }
+    for (const n of names) done.add(n);
+  }
+
+  /** @internal After a failed message that carried PREPAREs: learn which exist now. */
+  async resyncPrepared(client: PoolClient): Promise<void> {
+    try {
+      this.roundTrips++;
+      const r = await client.query<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
+      preparedOn.set(client, new Set(r.rows.map((row) => row.name)));
+    } catch {
+      preparedOn.delete(client);
+    }
+  }
+
+  private createPool(): Promise<Pool> {
+    this.poolPromise ??= (async () => {
+      let pg: typeof PgModule;
+      try {
+        const mod = (await import("pg")) as typeof PgModule & { default?: typeof PgModule };
+        pg = mod.default ?? mod;
+      } catch (error) {
+        throw new ConfigurationError('[credit-management] [postgres] install the "pg" package to use PostgresDbManager', error);
+      }
+      const pool = new pg.Pool({ ...this.options.poolConfig, connectionString: this.options.connectionString });
+      // An idle connection that dies must not crash the process; the next checkout reconnects.
+      pool.on("error", () => {});
+      this.pool = pool;
+      return pool;
+    })();
+    return this.poolPromise;
+  }
+}
+
+const names = new Map<string, string>();
+/** A stable, short prepared-statement name for a query text. */
+function statementName(text: string): string {
+  let name = names.get(text);
+  if (name === undefined) {
+    name = `cmq_${names.size.toString(36)}_${hash(text)}`;
+    names.set(text, name);
+  }
+  return name;
+}
+
+function hash(text: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  return (h >>> 0).toString(36);
+}
+
+/** Rolls back an open transaction; true when the connection should be thrown away. */
+async function rollback(client: PoolClient): Promise<boolean> {
+  try {
+    await client.query("ROLLBACK");
+    return false;
+  } catch {
+    return true;
+  }
+}
+
+/** Errors that leave the connection unusable (no SQLSTATE from the server, or class 08/57). */
+function isConnectionLevel(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
+}
+
+function backoff(attempt: number): number {
+  const cap = Math.min(250, 4 * 2 ** attempt);
+  return cap / 2 + Math.random() * (cap / 2);
+}

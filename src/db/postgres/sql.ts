@@ -1,0 +1,211 @@
+import { createHash } from "node:crypto";
+import type { Column } from "../../schema/columns.js";
+import { type SqlTable, generateSql, quoteIdent, sqlTables } from "../../schema/sql.js";
+import type { TableKey } from "../../schema/tables.js";
+
+/** Bump when the DDL changes; `init()` migrates older stores. */
+export const SCHEMA_VERSION = 1;
+
+const q = (name: string) => quoteIdent("postgres", name);
+
+/** A statement prepared once per connection (SQL `PREPARE`) and run with `EXECUTE`. */
+export interface Statement {
+  name: string;
+  text: string;
+  /** Parameter types of `PREPARE name(types) AS text`. */
+  types: readonly string[];
+}
+
+function statement(text: string, types: readonly string[]): Statement {
+  const name = `cm_${createHash("sha256").update(types.join(",")).update("\n").update(text).digest("hex").slice(0, 24)}`;
+  return { name, text, types };
+}
+
+export type Tables = Record<TableKey, SqlTable>;
+
+/**
+ * What one save statement writes, for one or more accounts. Updates name the columns that changed
+ * (the union over the rows; null for no updates): only those travel and are written.
+ */
+export interface SaveShape {
+  /** All rows belong to one account (`$1->>'u'`), found by equality: an index lookup for sure. */
+  single: boolean;
+  /** Columns of the guarded account updates; null when no existing account is written. */
+  accountColumns: readonly string[] | null;
+  insertAccounts: boolean;
+  insertGrants: boolean;
+  grantColumns: readonly string[] | null;
+  insertReservations: boolean;
+  reservationColumns: readonly string[] | null;
+  entries: boolean;
+}
+
+/** Text of the error the save statement raises when its guard fails. */
+export const GUARD_MARKER = "credit-management: the account moved or a row to update is missing";
+
+/** The SQL of one store configuration (schema + prefix), built once per manager. */
+export class PostgresSql {
+  readonly tables: Tables;
+  readonly ddl: string;
+  readonly versionTable: string;
+  readonly lockKey: string;
+  readonly createSchema: string | null;
+  /**
+   * Locks the account rows of a batch of several units, in user id order (so that two batches
+   * never wait for each other in a cycle), skipping rows another transaction holds: such a batch
+   * never waits (a busy account would hold up every other account of the batch); the unit whose
+   * account was busy runs again alone. Parameter: the user ids.
+   */
+  readonly lockSkip: Statement;
+  /** Locks one account row, waiting for it (`user_id = $1`: an index lookup whatever the statistics). */
+  readonly lockOne: Statement;
+  /** Locks one account row unless another transaction holds it. */
+  readonly lockOneSkip: Statement;
+  /**
+   * Per user: open grants, active holds and the entry of its idempotency key, as JSON. Sent in
+   * the same message as `lock` but as a statement of its own: under READ COMMITTED each statement
+   * takes a new snapshot, so this one sees everything the previous holders of the locks committed
+   * (reads in the locking statement itself would still see the snapshot taken before it waited).
+   * Parameters: the user ids, their idempotency keys (or NULL).
+   */
+  readonly state: Statement;
+  private readonly saves = new Map<string, Statement>();
+
+  constructor(options: { schema?: string; prefix?: string }) {
+    const list = sqlTables({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
+    this.tables = Object.fromEntries(list.map((t) => [t.key, t])) as Tables;
+    this.ddl = generateSql({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
+    const versionName = `${options.prefix ?? ""}schema_version`;
+    this.versionTable = options.schema === undefined ? q(versionName) : `${q(options.schema)}.${q(versionName)}`;
+    this.lockKey = `credit-management:${options.schema ?? ""}:${options.prefix ?? ""}`;
+    this.createSchema = options.schema === undefined ? null : `CREATE SCHEMA IF NOT EXISTS ${q(options.schema)}`;
+
+    const { accounts, grants, reservations, journal } = this.tables;
+    this.lockOne = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
+    this.lockOneSkip = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
+    this.lockSkip = statement(
+      `SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`,
+      ["text[]"],
+    );
+    this.state = statement(
+      `SELECT u.user_id, (SELECT true FROM ${accounts.qualified} a WHERE a.user_id = u.user_id LIMIT 1) AS present, ` +
+        `(SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text AS grants, ` +
+        `(SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text AS holds, ` +
+        `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE j.user_id = u.user_id AND j.idempotency_key = u.key)::text AS idem ` +
+        `FROM unnest($1::text[], $2::text[]) AS u(user_id, key)`,
+      ["text[]", "text[]"],
+    );
+  }
+
+  /** `SELECT <columns> FROM <table>` for plain reads. */
+  select(key: TableKey): string {
+    const t = this.tables[key];
+    return `SELECT ${cols(t)} FROM ${t.qualified}`;
+  }
+
+  /** The save statement for a shape of changes, built on first use. Parameter: the JSON payload. */
+  save(shape: SaveShape): Statement {
+    const key = JSON.stringify(shape);
+    let s = this.saves.get(key);
+    if (s === undefined) {
+      s = statement(saveText(this.tables, shape), ["json"]);
+      this.saves.set(key, s);
+    }
+    return s;
+  }
+}
+
+function cols(t: SqlTable, alias?: string): string {
+  return t.columns.map((c) => (alias ? `${alias}.${q(c.name)}` : q(c.name))).join(", ");
+}
+
+const PG_TYPES: Record<Column["kind"], string> = {
+  string: "text",
+  enum: "text",
+  integer: "bigint",
+  number: "double precision",
+  boolean: "boolean",
+  datetime: "timestamptz",
+  json: "jsonb",
+};
+
+/** `x(id text, remaining bigint, …)`: the record a `json_to_record(set)` call reads. */
+function recordOf(t: SqlTable, names: readonly string[], extra?: string): string {
+  const byName = new Map(t.columns.map((c) => [c.name, c]));
+  const fields = names.map((n) => `${q(n)} ${PG_TYPES[(byName.get(n) as Column).kind]}`);
+  if (extra !== undefined) fields.push(extra);
+  return `x(${fields.join(", ")})`;
+}
+
+/**
+ * One statement writes everything a batch of units of work changed: the guarded account updates
+ * (`WHERE seq = <seq at load>`), new accounts, and every insert and update of grants, holds and
+ * journal entries, each from JSON (`json_populate_recordset` for new rows, `json_to_recordset` of
+ * just the changed columns for updates), each update restricted to its own account. The final
+ * SELECT fails the statement (and so the transaction) unless every account update passed its
+ * guard and every update found its row: nothing is half-written although COMMIT travels in the
+ * same message.
+ */
+function saveText(t: Tables, shape: SaveShape): string {
+  const { accounts, grants, reservations, journal } = t;
+  const insert = (table: SqlTable, key: string) =>
+    `INSERT INTO ${table.qualified} (${cols(table)}) SELECT ${cols(table)} FROM json_populate_recordset(NULL::${table.qualified}, $1->'${key}')`;
+  const set = (names: readonly string[]) => names.map((n) => `${q(n)} = x.${q(n)}`).join(", ");
+  // Rows are found by their key (`= ANY(ARRAY(…))`, or `= $1->>'u'` for one account), so the
+  // lookup is an index scan: joined on the JSON alone, the planner (which assumes 100 JSON rows)
+  // may rather hash-join a whole table.
+  const keys = (key: string, field: string) => `ARRAY(SELECT y->>'${field}' FROM json_array_elements($1->'${key}') y)`;
+  const owner = (key: string, field: string) => (shape.single ? `t.${field} = ($1->>'u')` : `t.${field} = ANY(${keys(key, field)})`);
+  const update = (table: SqlTable, key: string, names: readonly string[]) =>
+    `UPDATE ${table.qualified} t SET ${set(names)} FROM json_to_recordset($1->'${key}') AS ${recordOf(table, ["id", "user_id", ...names])} ` +
+    `WHERE ${shape.single ? owner(key, "user_id") : owner(key, "id")} AND t.id = x.id AND t.user_id = x.user_id RETURNING 1`;
+  const ctes: string[] = [];
+  const checks: string[] = [];
+  if (shape.accountColumns !== null) {
+    ctes.push(
+      `acc AS (UPDATE ${accounts.qualified} t SET ${set(shape.accountColumns)} ` +
+        `FROM json_to_recordset($1->'a') AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint")} ` +
+        `WHERE ${owner("a", "user_id")} AND t.user_id = x.user_id AND t.seq = x.prev RETURNING 1)`,
+    );
+    checks.push(`(SELECT count(*) FROM acc) = json_array_length($1->'a')`);
+  }
+  if (shape.insertAccounts) ctes.push(`ai AS (${insert(accounts, "ai")})`);
+  if (shape.insertGrants) ctes.push(`ig AS (${insert(grants, "ig")})`);
+  if (shape.grantColumns !== null) {
+    ctes.push(`ug AS (${update(grants, "ug", shape.grantColumns)})`);
+    checks.push(`(SELECT count(*) FROM ug) = json_array_length($1->'ug')`);
+  }
+  if (shape.insertReservations) ctes.push(`ir AS (${insert(reservations, "ir")})`);
+  if (shape.reservationColumns !== null) {
+    ctes.push(`ur AS (${update(reservations, "ur", shape.reservationColumns)})`);
+    checks.push(`(SELECT count(*) FROM ur) = json_array_length($1->'ur')`);
+  }
+  if (shape.entries) ctes.push(`ie AS (${insert(journal, "e")})`);
+  const ok = checks.length === 0 ? "true" : checks.join(" AND ");
+  const seen = shape.accountColumns === null ? "0" : "(SELECT count(*) FROM acc)";
+  return (
+    `WITH ${ctes.join(", ")} ` +
+    `SELECT CASE WHEN ${ok} THEN 1 ELSE ('${GUARD_MARKER} ' || ${seen})::int END AS ok`
+  );
+}
+
+/** A string literal, safe whatever `standard_conforming_strings` says. */
+export function literal(value: string | null): string {
+  if (value === null) return "NULL";
+  return `E'${value.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
+}
+
+export function prepareText(s: Statement): string {
+  return `PREPARE ${s.name}(${s.types.join(", ")}) AS ${s.text}`;
+}
+
+/** A `text[]` literal's content: `{"a","b\\"c",NULL}`. */
+export function arrayText(values: ReadonlyArray<string | null>): string {
+  return `{${values.map((v) => (v === null ? "NULL" : `"${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`)).join(",")}}`;
+}
+
+/** `EXECUTE name(args)`, or with `prepared` false the statement itself with its arguments inlined. */
+export function executeText(s: Statement, args: ReadonlyArray<string | null>, prepared = true): string {
+  if (prepared) return `EXECUTE ${s.name}(${args.map(literal).join(", ")})`;
+  return s.text.replace(/\$(\d+)/g, (_m, n: string) => `(${literal(args[Number(n) - 1] ?? null)}::${s.types[Number(n) - 1]})`);
+}

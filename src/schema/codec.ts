@@ -1,0 +1,66 @@
+import type { Column } from "./columns.js";
+
+/**
+ * Turns a row read back from SQL (column names, driver or JSON value types) into a model object:
+ * dates become `Date`, BIGINT strings exact numbers, JSON text parsed, SQL booleans booleans.
+ * Throws when a stored integer is not a safe JavaScript integer (the DDL's checks prevent that).
+ */
+export function decodeRow<T>(columns: readonly Column[], row: Record<string, unknown>): T {
+  const out: Record<string, unknown> = {};
+  for (const c of columns) out[c.field] = decodeValue(c, row[c.name]);
+  return out as T;
+}
+
+export function decodeValue(c: Column, v: unknown): unknown {
+  if (v === null || v === undefined) return null;
+  switch (c.kind) {
+    case "datetime":
+      return v instanceof Date ? v : new Date(v as string);
+    case "integer": {
+      const n = typeof v === "number" ? v : Number(v);
+      if (!Number.isSafeInteger(n)) throw new Error(`column ${c.name} holds ${String(v)}, not a safe integer`);
+      return n;
+    }
+    case "number":
+      return typeof v === "number" ? v : Number(v);
+    case "boolean":
+      return v === true || v === 1 || v === "1" || v === "t" || v === "true";
+    case "json":
+      return typeof v === "string" ? JSON.parse(v) : v;
+    default:
+      return v;
+  }
+}
+
+/**
+ * A model object as column → value, for drivers that take parameters: dates as `Date` (or ISO
+ * text with `dates: "iso"`), JSON as text, booleans as 0/1 with `booleans: "int"`.
+ */
+export function encodeRow(
+  columns: readonly Column[],
+  value: Record<string, unknown>,
+  options: { dates?: "date" | "iso"; booleans?: "bool" | "int" } = {},
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const c of columns) {
+    const v = value[c.field];
+    if (v === null || v === undefined) {
+      out[c.name] = null;
+      continue;
+    }
+    switch (c.kind) {
+      case "datetime":
+        out[c.name] = options.dates === "iso" ? (v as Date).toISOString() : v;
+        break;
+      case "json":
+        out[c.name] = JSON.stringify(v);
+        break;
+      case "boolean":
+        out[c.name] = options.booleans === "int" ? (v ? 1 : 0) : v;
+        break;
+      default:
+        out[c.name] = v;
+    }
+  }
+  return out;
+}

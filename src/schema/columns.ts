@@ -1,0 +1,113 @@
+import * as z from "zod";
+
+/**
+ * What a model field becomes in a table: read from zod's JSON Schema output
+ * (`z.toJSONSchema`), never from a second hand-written list of the fields.
+ */
+export type ColumnKind = "string" | "enum" | "integer" | "number" | "boolean" | "datetime" | "json";
+
+export interface Column {
+  /** The model's field name (camelCase). */
+  field: string;
+  /** The column name (snake_case). */
+  name: string;
+  kind: ColumnKind;
+  /** False when the field is required and not nullable (NOT NULL). */
+  nullable: boolean;
+  /** Allowed values of an enum. */
+  values?: readonly string[];
+  /** Longest string, in characters, when the model bounds it. */
+  maxLength?: number;
+  /** Bounds of an integer or number. */
+  minimum?: number;
+  maximum?: number;
+}
+
+/** A JSON Schema node, as zod emits it. */
+export type JsonSchemaNode = Record<string, unknown>;
+
+/** Marker the date override puts on `z.date()` nodes, so a Date is never mistaken for a string. */
+export const DATE_MARKER = "x-credit-management-date";
+
+/**
+ * The model's JSON Schema (draft 2020-12, output side). `z.date()` has no JSON Schema form, so it
+ * becomes `{ type: "string", format: "date-time" }` with a marker the column mapper reads.
+ */
+export function modelJsonSchema(model: z.ZodType): JsonSchemaNode {
+  return z.toJSONSchema(model, {
+    io: "output",
+    unrepresentable: "any",
+    override: (ctx) => {
+      const def = (ctx.zodSchema as unknown as { _zod: { def: { type: string } } })._zod.def;
+      if (def.type === "date") {
+        ctx.jsonSchema.type = "string";
+        ctx.jsonSchema.format = "date-time";
+        (ctx.jsonSchema as JsonSchemaNode)[DATE_MARKER] = true;
+      }
+    },
+  }) as JsonSchemaNode;
+}
+
+/** `grantId` → `grant_id`. */
+export function snakeCase(field: string): string {
+  return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+/** The columns of a model, in the model's field order. */
+export function columnsOf(model: z.ZodType): Column[] {
+  const schema = modelJsonSchema(model);
+  if (schema.type !== "object" || typeof schema.properties !== "object" || schema.properties === null) {
+    throw new Error("a table model must be a z.object()");
+  }
+  const required = new Set((schema.required as string[] | undefined) ?? []);
+  return Object.entries(schema.properties as Record<string, JsonSchemaNode>).map(([field, node]) =>
+    toColumn(field, node, !required.has(field)),
+  );
+}
+
+function toColumn(field: string, node: JsonSchemaNode, optional: boolean): Column {
+  const { inner, nullable } = unwrapNull(node);
+  const column: Column = { field, name: snakeCase(field), kind: kindOf(inner), nullable: nullable || optional };
+  if (column.kind === "enum") column.values = inner.enum as string[];
+  if (column.kind === "string" && typeof inner.maxLength === "number") column.maxLength = inner.maxLength;
+  if (column.kind === "integer" || column.kind === "number") {
+    if (typeof inner.minimum === "number") column.minimum = inner.minimum;
+    if (typeof inner.maximum === "number") column.maximum = inner.maximum;
+  }
+  return column;
+}
+
+/** Splits `anyOf: [X, {type: "null"}]` and `type: [X, "null"]` into X and nullable. */
+function unwrapNull(node: JsonSchemaNode): { inner: JsonSchemaNode; nullable: boolean } {
+  if (Array.isArray(node.anyOf)) {
+    const branches = node.anyOf as JsonSchemaNode[];
+    const rest = branches.filter((b) => b.type !== "null");
+    const nullable = rest.length < branches.length;
+    if (rest.length === 1) return { inner: rest[0] as JsonSchemaNode, nullable };
+    return { inner: { anyOf: rest }, nullable };
+  }
+  if (Array.isArray(node.type)) {
+    const types = (node.type as string[]).filter((t) => t !== "null");
+    const nullable = types.length < (node.type as string[]).length;
+    return { inner: { ...node, type: types.length === 1 ? types[0] : types }, nullable };
+  }
+  return { inner: node, nullable: false };
+}
+
+function kindOf(node: JsonSchemaNode): ColumnKind {
+  if (node[DATE_MARKER] === true) return "datetime";
+  if (Array.isArray(node.enum) && node.enum.every((v) => typeof v === "string")) return "enum";
+  switch (node.type) {
+    case "string":
+      return "string";
+    case "integer":
+      return "integer";
+    case "number":
+      return "number";
+    case "boolean":
+      return "boolean";
+    default:
+      // Objects, arrays, unions and recursive JSON ($ref) are stored as JSON documents.
+      return "json";
+  }
+}

@@ -1,0 +1,223 @@
+import { type Column, columnsOf } from "./columns.js";
+import { type IndexCondition, type IndexSpec, type TableKey, type TableSpec, type TableSpecs, indexesOf, tableSpecs } from "./tables.js";
+
+export type SqlDialect = "postgres" | "mysql" | "sqlite";
+export const SQL_DIALECTS: readonly SqlDialect[] = ["postgres", "mysql", "sqlite"];
+
+/** Where the tables live. */
+export interface NamingOptions {
+  /** Put in front of every table and index name, e.g. `"credits_"`. Letters, digits and `_`. */
+  prefix?: string;
+  /** PostgreSQL schema / MySQL database / SQLite attached database holding the tables. */
+  schema?: string;
+}
+
+export interface SqlOptions extends NamingOptions {
+  dialect: SqlDialect;
+  /** The tables to generate; default `tableSpecs` (pass your own to see what a model change does). */
+  tables?: TableSpecs;
+}
+
+/** A table as an adapter sees it: its quoted name and its columns. */
+export interface SqlTable {
+  key: TableKey;
+  spec: TableSpec;
+  /** The name with prefix, unquoted. */
+  name: string;
+  /** Schema-qualified, quoted name for SQL text. */
+  qualified: string;
+  columns: Column[];
+}
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const PREFIX = /^[A-Za-z0-9_]*$/;
+/** PostgreSQL truncates longer identifiers; MySQL refuses them. */
+const MAX_IDENTIFIER = 63;
+
+/** Checks a prefix and schema name; throws a plain Error naming the problem. */
+export function checkNaming(options: NamingOptions): void {
+  if (options.prefix !== undefined && !PREFIX.test(options.prefix)) {
+    throw new Error(`prefix ${JSON.stringify(options.prefix)} may only contain letters, digits and "_"`);
+  }
+  if (options.schema !== undefined && !IDENTIFIER.test(options.schema)) {
+    throw new Error(
+      `schema ${JSON.stringify(options.schema)} must start with a letter or "_" and contain only letters, digits and "_"`,
+    );
+  }
+}
+
+export function quoteIdent(dialect: SqlDialect, name: string): string {
+  return dialect === "mysql" ? `\`${name.replace(/`/g, "``")}\`` : `"${name.replace(/"/g, '""')}"`;
+}
+
+/** The tables of `options`, with their columns read from the models. */
+export function sqlTables(options: SqlOptions): SqlTable[] {
+  checkNaming(options);
+  const specs = options.tables ?? tableSpecs;
+  const prefix = options.prefix ?? "";
+  return (Object.keys(specs) as TableKey[]).map((key) => {
+    const spec = specs[key];
+    const name = prefix + spec.name;
+    const q = quoteIdent(options.dialect, name);
+    return {
+      key,
+      spec,
+      name,
+      qualified: options.schema === undefined ? q : `${quoteIdent(options.dialect, options.schema)}.${q}`,
+      columns: columnsOf(spec.model),
+    };
+  });
+}
+
+/**
+ * DDL for every table, its primary key, checks and indexes, in `dialect`. Idempotent
+ * (`IF NOT EXISTS`), so it can be applied again after a partial run.
+ */
+export function generateSql(options: SqlOptions): string {
+  const { dialect } = options;
+  const tables = sqlTables(options);
+  const out: string[] = [
+    `-- credit-management: ${DIALECT_NAMES[dialect]} schema, generated from the zod models.\n` +
+      `-- Amounts are ${dialect === "sqlite" ? "INTEGER" : "BIGINT"} within ±(2^53 − 1), so they read back as exact JavaScript numbers.` +
+      (dialect === "sqlite" ? "\n-- Dates are ISO-8601 text in UTC (2030-01-01T00:00:00.000Z), which sorts chronologically." : ""),
+  ];
+  if (dialect === "postgres" && options.schema !== undefined) {
+    out.push(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(dialect, options.schema)};`);
+  }
+  for (const table of tables) out.push(...tableDdl(dialect, table, options));
+  return `${out.join("\n\n")}\n`;
+}
+
+const DIALECT_NAMES: Record<SqlDialect, string> = { postgres: "PostgreSQL", mysql: "MySQL / MariaDB", sqlite: "SQLite" };
+
+function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions): string[] {
+  const q = (n: string) => quoteIdent(dialect, n);
+  const byField = new Map(table.columns.map((c) => [c.field, c]));
+  const col = (field: string): Column => {
+    const c = byField.get(field);
+    if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
+    return c;
+  };
+  const indexes = indexesOf(table.spec);
+  const indexed = new Set(indexes.flatMap((i) => i.fields).concat(table.spec.primaryKey));
+  const lines = table.columns.map((c) => `  ${columnDdl(dialect, c, indexed.has(c.field), table.spec.name)}`);
+  const pkName = checkLength(`${table.name}_pkey`);
+  lines.push(`  CONSTRAINT ${q(pkName)} PRIMARY KEY (${table.spec.primaryKey.map((f) => q(col(f).name)).join(", ")})`);
+
+  const statements: string[] = [];
+  if (dialect === "mysql") {
+    // MySQL has neither partial indexes nor CREATE INDEX IF NOT EXISTS: keys go in the table.
+    for (const index of mysqlIndexes(indexes)) {
+      const name = checkLength(`${table.name}_${index.name}`);
+      lines.push(`  ${index.unique ? "UNIQUE KEY" : "KEY"} ${q(name)} (${index.fields.map((f) => q(col(f).name)).join(", ")})`);
+    }
+    statements.push(
+      `CREATE TABLE IF NOT EXISTS ${table.qualified} (\n${lines.join(",\n")}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;`,
+    );
+    return statements;
+  }
+  const storage = dialect === "postgres" && table.spec.fillfactor !== undefined ? ` WITH (fillfactor = ${table.spec.fillfactor})` : "";
+  statements.push(`CREATE TABLE IF NOT EXISTS ${table.qualified} (\n${lines.join(",\n")}\n)${storage};`);
+  for (const index of indexes) {
+    const name = checkLength(`${table.name}_${index.name}`);
+    // SQLite puts the schema on the index name, PostgreSQL on the table only.
+    const indexName = dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
+    const on = dialect === "sqlite" ? q(table.name) : table.qualified;
+    const where = index.where === undefined ? "" : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
+    statements.push(
+      `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${index.fields.map((f) => q(col(f).name)).join(", ")})${where};`,
+    );
+  }
+  return statements;
+}
+
+/** Partial indexes become full ones; a non-unique one that is a prefix of another is dropped. */
+function mysqlIndexes(indexes: IndexSpec[]): IndexSpec[] {
+  return indexes.filter(
+    (index) =>
+      index.unique === true ||
+      !indexes.some(
+        (other) =>
+          other !== index &&
+          other.fields.length > index.fields.length &&
+          index.fields.every((f, i) => other.fields[i] === f),
+      ),
+  );
+}
+
+function checkLength(name: string): string {
+  if (name.length > MAX_IDENTIFIER) {
+    throw new Error(`identifier "${name}" is longer than ${MAX_IDENTIFIER} characters: use a shorter prefix`);
+  }
+  return name;
+}
+
+function sqlString(value: string): string {
+  return `'${value.replace(/'/g, "''")}'`;
+}
+
+function condition(dialect: SqlDialect, column: Column, c: IndexCondition): string {
+  const name = quoteIdent(dialect, column.name);
+  switch (c.op) {
+    case "isNull":
+      return `${name} IS NULL`;
+    case "notNull":
+      return `${name} IS NOT NULL`;
+    case "gt":
+      return `${name} > ${c.value}`;
+    case "eq":
+      return `${name} = ${sqlString(c.value)}`;
+  }
+}
+
+function columnDdl(dialect: SqlDialect, c: Column, indexed: boolean, table: string): string {
+  const name = quoteIdent(dialect, c.name);
+  const checks: string[] = [];
+  let type: string;
+  switch (c.kind) {
+    case "string":
+      if (dialect === "mysql") {
+        if (c.maxLength === undefined && indexed) {
+          throw new Error(`${table}.${c.field} is a key but its model sets no maximum length (MySQL needs one)`);
+        }
+        type = c.maxLength === undefined ? "LONGTEXT" : `VARCHAR(${c.maxLength})`;
+      } else if (dialect === "postgres") {
+        // "C" collation: byte order, the order JavaScript compares ids in; and no locale surprises.
+        type = `${c.maxLength === undefined ? "TEXT" : `VARCHAR(${c.maxLength})`} COLLATE "C"`;
+      } else {
+        type = "TEXT";
+      }
+      break;
+    case "enum": {
+      const values = c.values ?? [];
+      type = dialect === "mysql" ? `VARCHAR(${Math.max(1, ...values.map((v) => v.length))})` : dialect === "postgres" ? `TEXT COLLATE "C"` : "TEXT";
+      checks.push(`${name} IN (${values.map(sqlString).join(", ")})`);
+      break;
+    }
+    case "integer":
+      type = dialect === "sqlite" ? "INTEGER" : "BIGINT";
+      if (c.minimum !== undefined && c.maximum !== undefined) checks.push(`${name} BETWEEN ${c.minimum} AND ${c.maximum}`);
+      else if (c.minimum !== undefined) checks.push(`${name} >= ${c.minimum}`);
+      else if (c.maximum !== undefined) checks.push(`${name} <= ${c.maximum}`);
+      break;
+    case "number":
+      type = dialect === "postgres" ? "DOUBLE PRECISION" : dialect === "mysql" ? "DOUBLE" : "REAL";
+      break;
+    case "boolean":
+      type = dialect === "sqlite" ? "INTEGER" : "BOOLEAN";
+      if (dialect === "sqlite") checks.push(`${name} IN (0, 1)`);
+      break;
+    case "datetime":
+      // SQLite: ISO-8601 text in UTC ("2030-01-01T00:00:00.000Z"), which sorts chronologically.
+      type = dialect === "postgres" ? "TIMESTAMPTZ" : dialect === "mysql" ? "DATETIME(3)" : "TEXT";
+      break;
+    case "json":
+      type = dialect === "postgres" ? "JSONB" : dialect === "mysql" ? "JSON" : "TEXT";
+      if (dialect === "sqlite") checks.push(`json_valid(${name})`);
+      break;
+  }
+  const parts = [name, type];
+  if (!c.nullable) parts.push("NOT NULL");
+  for (const check of checks) parts.push(`CHECK (${check})`);
+  return parts.join(" ");
+}

@@ -1,0 +1,120 @@
+import type * as z from "zod";
+import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
+
+/** A condition of a partial index, on a model field. */
+export type IndexCondition =
+  | { field: string; op: "isNull" | "notNull" }
+  | { field: string; op: "gt"; value: number }
+  | { field: string; op: "eq"; value: string };
+
+export interface IndexSpec {
+  /** Suffix of the index name (the table name is put in front). */
+  name: string;
+  /** Model fields, in key order. */
+  fields: readonly string[];
+  unique?: boolean;
+  /**
+   * Rows the index covers (a partial index in PostgreSQL, SQLite and MongoDB). MySQL has no partial
+   * indexes: there the index covers every row.
+   */
+  where?: readonly IndexCondition[];
+}
+
+/**
+ * What a model cannot say about its table: name, primary key, which field is the idempotency
+ * key, and the indexes the adapters' queries rely on. The columns come from the model.
+ */
+export interface TableSpec {
+  /** Table (collection) name before any prefix. */
+  name: string;
+  model: z.ZodObject;
+  primaryKey: readonly string[];
+  /** The field holding the idempotency key: unique per user where it is set. */
+  idempotencyKey?: string;
+  indexes: readonly IndexSpec[];
+  /**
+   * PostgreSQL fillfactor (percent): room left in each page so that updates of rows that change
+   * often stay in-page (HOT) instead of rewriting the indexes.
+   */
+  fillfactor?: number;
+}
+
+export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger";
+export type TableSpecs = Record<TableKey, TableSpec>;
+
+/**
+ * Grants not closed. Deliberately not "remaining > 0": a column in an index predicate makes
+ * PostgreSQL rewrite every index on each update of it, while an update of `remaining` alone (every
+ * deduction) can then stay a cheap in-page (HOT) update. Spent grants are filtered by the query.
+ */
+const notClosed: IndexCondition[] = [{ field: "closedAt", op: "isNull" }];
+
+/** The tables every SQL adapter and the MongoDB collections use. */
+export const tableSpecs: TableSpecs = {
+  accounts: {
+    name: "accounts",
+    model: Account,
+    primaryKey: ["userId"],
+    indexes: [],
+    fillfactor: 85,
+  },
+  grants: {
+    name: "grants",
+    model: Grant,
+    primaryKey: ["id"],
+    indexes: [
+      // A unit of work loads the open grants of its account.
+      { name: "user_open", fields: ["userId"], where: notClosed },
+      // listGrants (oldest first).
+      { name: "user_created", fields: ["userId", "createdAt"] },
+      // The expiry job: open grants due at a time, in (expiresAt, id) order.
+      { name: "due", fields: ["expiresAt", "id"], where: [...notClosed, { field: "expiresAt", op: "notNull" }] },
+    ],
+    fillfactor: 85,
+  },
+  reservations: {
+    name: "reservations",
+    model: Reservation,
+    primaryKey: ["id"],
+    indexes: [
+      // A unit of work loads the active holds of its account.
+      { name: "user_active", fields: ["userId"], where: [{ field: "status", op: "eq", value: "active" }] },
+      { name: "user_created", fields: ["userId", "createdAt"] },
+      // The expiry job: active holds past their TTL, in (expiresAt, id) order.
+      { name: "status_expiry", fields: ["status", "expiresAt", "id"] },
+    ],
+  },
+  journal: {
+    name: "journal_entries",
+    model: JournalEntry,
+    // Gap-free per-user sequence; history pages by seq. Entries are never looked up by id, so the
+    // id gets no second index (each would cost every write).
+    primaryKey: ["userId", "seq"],
+    idempotencyKey: "idempotencyKey",
+    indexes: [],
+  },
+  ledger: {
+    name: "ledger_entries",
+    model: LedgerEntry,
+    primaryKey: ["id"],
+    indexes: [
+      { name: "created", fields: ["createdAt"] },
+      { name: "user_created", fields: ["userId", "createdAt"] },
+      { name: "type_created", fields: ["eventType", "createdAt"] },
+    ],
+  },
+};
+
+/** Every index of a table, the idempotency key's unique index included. */
+export function indexesOf(spec: TableSpec): IndexSpec[] {
+  const indexes = [...spec.indexes];
+  if (spec.idempotencyKey !== undefined) {
+    indexes.unshift({
+      name: "idempotency_key",
+      fields: ["userId", spec.idempotencyKey],
+      unique: true,
+      where: [{ field: spec.idempotencyKey, op: "notNull" }],
+    });
+  }
+  return indexes;
+}

@@ -1,0 +1,83 @@
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { HELP, runCli } from "../src/cli/run.js";
+import { generateSql } from "../src/schema/index.js";
+
+function cli(...args: string[]) {
+  let stdout = "";
+  let stderr = "";
+  const code = runCli(args, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) });
+  return { code, stdout, stderr };
+}
+
+describe("credit-management CLI", () => {
+  const dir = mkdtempSync(join(tmpdir(), "cm-cli-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("prints help with --help and -h", () => {
+    for (const flag of ["--help", "-h"]) {
+      const r = cli(flag);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toBe(HELP);
+      expect(r.stdout).toContain("--dialect postgres|mysql|sqlite");
+    }
+  });
+
+  it("prints the DDL of each dialect (postgres by default)", () => {
+    expect(cli("schema").stdout).toBe(generateSql({ dialect: "postgres" }));
+    expect(cli("schema", "--backend", "sql", "--dialect", "mysql", "--prefix", "cm_").stdout).toBe(generateSql({ dialect: "mysql", prefix: "cm_" }));
+    expect(cli("schema", "--backend", "sql", "--dialect", "sqlite").stdout).toContain('CREATE TABLE IF NOT EXISTS "accounts"');
+    expect(cli("schema", "--schema", "credits").stdout).toContain('"credits"."journal_entries"');
+  });
+
+  it("prints MongoDB validators as JSON with --backend nosql", () => {
+    const r = cli("schema", "--backend", "nosql");
+    expect(r.code).toBe(0);
+    const parsed = JSON.parse(r.stdout) as Array<{ name: string; validator: { $jsonSchema: unknown } }>;
+    expect(parsed.map((c) => c.name)).toContain("journal_entries");
+    expect(parsed[0]?.validator.$jsonSchema).toMatchObject({ bsonType: "object" });
+  });
+
+  it("writes to --out instead of standard output", () => {
+    const file = join(dir, "schema.sql");
+    const r = cli("schema", "--dialect", "postgres", "--out", file);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain(file);
+    expect(readFileSync(file, "utf8")).toBe(generateSql({ dialect: "postgres" }));
+  });
+
+  it("exits 2 with a clear message on a bad flag, value or command", () => {
+    const cases: Array<[string[], RegExp]> = [
+      [["schema", "--bogus"], /Unknown option '--bogus'/],
+      [["schema", "--dialect", "oracle"], /--dialect must be one of postgres, mysql, sqlite, not "oracle"/],
+      [["schema", "--backend", "graph"], /--backend must be "sql" or "nosql"/],
+      [["schema", "--backend", "nosql", "--dialect", "mysql"], /--dialect applies to --backend sql only/],
+      [["schema", "--prefix", "bad-prefix"], /prefix "bad-prefix" may only contain/],
+      [["migrate"], /unknown command "migrate"/],
+      [[], /missing command/],
+      [["schema", "--out"], /argument missing|--out/],
+    ];
+    for (const [args, message] of cases) {
+      const r = cli(...args);
+      expect(r.code, args.join(" ")).toBe(2);
+      expect(r.stderr, args.join(" ")).toMatch(message);
+      expect(r.stderr).toContain("--help");
+      expect(r.stdout).toBe("");
+    }
+  });
+
+  it("runs as a program: exit codes reach the shell", () => {
+    const run = (...args: string[]) =>
+      spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], { encoding: "utf8", timeout: 30_000 });
+    const bad = run("schema", "--nope");
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain("Unknown option '--nope'");
+    const ok = run("schema", "--dialect", "sqlite");
+    expect(ok.status).toBe(0);
+    expect(ok.stdout).toBe(generateSql({ dialect: "sqlite" }));
+  });
+});

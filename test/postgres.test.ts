@@ -1,0 +1,372 @@
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { PostgresDbManager, SCHEMA_VERSION } from "../src/db/postgres/index.js";
+import { AccountWork } from "../src/domain/account-work.js";
+import { ConfigurationError, ConflictError, InsufficientCreditsError, StorageError } from "../src/errors.js";
+import type { JournalEntry } from "../src/models/index.js";
+import { CreditService } from "../src/services/credit-service.js";
+import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
+import { runDbManagerContract } from "../src/testing/index.js";
+
+const url = process.env.CREDIT_PG_URL;
+if (!url) console.warn("[postgres.test] CREDIT_PG_URL is not set: the PostgreSQL adapter tests are skipped.");
+
+const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+
+async function dropSchema(schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  await client.end();
+}
+
+// Skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
+describe.skipIf(!url)("PostgresDbManager", () => {
+  const contractSchema = newSchema("contract");
+  runDbManagerContract({
+    name: "postgres",
+    create: async () => new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 } }),
+    destroy: async () => dropSchema(contractSchema),
+  });
+
+  // The same contract with every unit of work in a transaction of its own, and without prepared
+  // statements (for poolers that do not keep sessions).
+  const unpreparedSchema = newSchema("unprepared");
+  runDbManagerContract({
+    name: "postgres, batch: false, preparedStatements: false",
+    create: async () =>
+      new PostgresDbManager({
+        connectionString: url as string,
+        schema: unpreparedSchema,
+        tablePrefix: "np_",
+        preparedStatements: false,
+        batch: false,
+        poolConfig: { max: 4 },
+      }),
+    destroy: async () => dropSchema(unpreparedSchema),
+    propertyRuns: 15,
+    raceSize: 200,
+  });
+
+  describe("setup", () => {
+    const schemas: string[] = [];
+    afterAll(async () => {
+      for (const s of schemas) await dropSchema(s);
+    });
+
+    it("init() from several processes at once creates the tables once and records the version", async () => {
+      const schema = newSchema("init");
+      schemas.push(schema);
+      const managers = Array.from({ length: 4 }, () => new PostgresDbManager({ connectionString: url as string, schema, tablePrefix: "cm_" }));
+      await Promise.all(managers.map((m) => m.init()));
+      await managers[0]?.init();
+      const pool = new pg.Pool({ connectionString: url });
+      const tables = await pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1`, [schema]);
+      expect(tables.rows.map((r) => r.table_name)).toEqual([
+        "cm_accounts",
+        "cm_grants",
+        "cm_journal_entries",
+        "cm_ledger_entries",
+        "cm_reservations",
+        "cm_schema_version",
+      ]);
+      const version = await pool.query(`SELECT component, version FROM "${schema}".cm_schema_version`);
+      expect(version.rows).toEqual([{ component: "credit-management", version: SCHEMA_VERSION }]);
+      // A store written by a newer release is refused rather than misread.
+      await pool.query(`UPDATE "${schema}".cm_schema_version SET version = version + 1`);
+      await expect(managers[1]?.init()).rejects.toBeInstanceOf(ConfigurationError);
+      await pool.end();
+      await Promise.all(managers.map((m) => m.close()));
+    });
+
+    it("close() ends only a pool it created", async () => {
+      const schema = newSchema("pool");
+      schemas.push(schema);
+      const pool = new pg.Pool({ connectionString: url, max: 2 });
+      const borrowed = new PostgresDbManager({ pool, schema });
+      await borrowed.init();
+      await borrowed.close();
+      expect((await pool.query("SELECT 1 AS one")).rows[0].one).toBe(1);
+      await pool.end();
+
+      const owned = new PostgresDbManager({ connectionString: url as string, schema });
+      await owned.getAccount("nobody");
+      await owned.close();
+      await expect(owned.getAccount("nobody")).rejects.toBeInstanceOf(StorageError);
+    });
+
+    it("createDbManagerFromEnv() picks PostgreSQL when CREDIT_PG_URL is set (and MongoDB is not)", async () => {
+      const schema = newSchema("env");
+      schemas.push(schema);
+      const db = await createDbManagerFromEnv({ CREDIT_PG_URL: url, CREDIT_PG_SCHEMA: schema });
+      expect(db).toBeInstanceOf(PostgresDbManager);
+      await db.init();
+      const service = new CreditService({ db });
+      await service.addCredits("env-user", 3);
+      expect(await db.getAccount("env-user")).toMatchObject({ balance: 3 });
+      await db.close();
+      expect(await createDbManagerFromEnv({ CREDIT_PG_URL: "  " })).toBeInstanceOf(InMemoryDbManager);
+    });
+
+    it("refuses a bad configuration with ConfigurationError", () => {
+      expect(() => new PostgresDbManager({} as never)).toThrow(ConfigurationError);
+      expect(() => new PostgresDbManager({ connectionString: url as string, tablePrefix: "bad-prefix" })).toThrow(ConfigurationError);
+    });
+  });
+
+  describe("units of work", () => {
+    const schema = newSchema("uow");
+    let db: PostgresDbManager;
+    let credits: CreditService;
+    beforeAll(async () => {
+      db = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 10 } });
+      await db.init();
+      credits = new CreditService({ db });
+    });
+    afterAll(async () => {
+      await db.close();
+      await dropSchema(schema);
+    });
+
+    it("costs two round trips: lock + reads, then write + commit", async () => {
+      const u = `rt-${randomUUID()}`;
+      await credits.addCredits(u, 1000);
+      await credits.deductCredits(u, 1); // warm: statements prepared on this connection
+      const hold = await credits.reserveCredits(u, 10);
+      const count = async (op: () => Promise<unknown>) => {
+        const before = db.roundTrips;
+        await op();
+        return db.roundTrips - before;
+      };
+      const deduct = await count(() => credits.deductCredits(u, 1));
+      expect(deduct).toBeLessThanOrEqual(3); // 2, plus a one-off PREPARE on a fresh connection
+      let steady = Infinity;
+      for (let i = 0; i < 12; i++) steady = Math.min(steady, await count(() => credits.deductCredits(u, 1)));
+      expect(steady).toBe(2);
+      // commit: a lookup of the hold outside the unit of work, then the same two.
+      expect(await count(() => credits.commitReservedCredits(hold.id))).toBeLessThanOrEqual(4);
+    });
+
+    it("keeps amounts up to Number.MAX_SAFE_INTEGER exact", async () => {
+      const u = `max-${randomUUID()}`;
+      await credits.addCredits(u, Number.MAX_SAFE_INTEGER - 1);
+      await credits.addCredits(u, 1);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: Number.MAX_SAFE_INTEGER });
+      const e = await credits.deductCredits(u, Number.MAX_SAFE_INTEGER);
+      expect(e.balanceAfter).toBe(0);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("creates a new account once when many first writes race", async () => {
+      const u = `new-${randomUUID()}`;
+      await Promise.all(Array.from({ length: 20 }, () => credits.addCredits(u, 5)));
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });
+      const v = `new-${randomUUID()}`;
+      const same = await Promise.all(Array.from({ length: 20 }, () => credits.addCredits(v, 5, { idempotencyKey: "first" })));
+      expect(new Set(same.map((e) => e.id)).size).toBe(1);
+      expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: 5 });
+      expect((await credits.audit(u)).ok).toBe(true);
+      expect((await credits.audit(v)).ok).toBe(true);
+    });
+
+    it("runs a unit of work again after losing the race for a new account, and gives up with ConflictError", async () => {
+      const race = async (maxAttempts: number) => {
+        const store = new PostgresDbManager({ connectionString: url as string, schema, maxAttempts });
+        const u = `race-${randomUUID()}`;
+        let attempts = 0;
+        let other: Promise<unknown> | null = null;
+        const result = store.transaction(u, async (tx) => {
+          attempts++;
+          const state = await tx.load();
+          // The first attempt sees no account; another writer creates it before this one saves.
+          if (other === null) await (other = credits.addCredits(u, 7));
+          const work = new AccountWork(u, state, new Date(), randomUUID);
+          const entry = work.add(3, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+          await tx.save(work.changes());
+          return entry;
+        });
+        try {
+          return { entry: await result, attempts, u };
+        } catch (error) {
+          return { error, attempts, u };
+        } finally {
+          await store.close();
+        }
+      };
+      const lost = await race(1);
+      expect(lost.error).toBeInstanceOf(ConflictError);
+      expect(((lost.error as ConflictError).cause as { code?: string }).code).toBe("23505");
+      expect(await credits.getUserCreditsInfo(lost.u)).toMatchObject({ balance: 7 });
+      const won = await race(3);
+      expect(won.attempts).toBe(2);
+      expect((won as { entry: JournalEntry }).entry.seq).toBe(2);
+      expect(await credits.getUserCreditsInfo(won.u)).toMatchObject({ balance: 10 });
+      expect((await credits.audit(won.u)).ok).toBe(true);
+    });
+
+    it("wraps other database errors in StorageError, keeps the cause, and writes nothing", async () => {
+      const u = `err-${randomUUID()}`;
+      await credits.addCredits(u, 10);
+      // PostgreSQL text cannot hold U+0000.
+      const error = await credits.addCredits(u, 5, { description: "nul \u0000 byte" }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(StorageError);
+      expect((error as StorageError).cause).toMatchObject({ code: expect.stringMatching(/^22/) });
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 10 });
+      await credits.deductCredits(u, 1); // the connection is usable again
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("uses the table prefix in every statement", async () => {
+      const prefixed = new PostgresDbManager({ connectionString: url as string, schema, tablePrefix: "alt_" });
+      await prefixed.init();
+      const service = new CreditService({ db: prefixed });
+      const u = `prefix-${randomUUID()}`;
+      await service.addCredits(u, 9);
+      expect(await prefixed.getAccount(u)).toMatchObject({ balance: 9 });
+      expect(await db.getAccount(u)).toBeNull();
+      await prefixed.close();
+    });
+  });
+
+  describe("group commit", () => {
+    const schema = newSchema("batch");
+    let db: PostgresDbManager;
+    let credits: CreditService;
+    beforeAll(async () => {
+      db = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 6 }, batch: { concurrency: 1, maxUnits: 64 } });
+      await db.init();
+      credits = new CreditService({ db });
+    });
+    afterAll(async () => {
+      await db.close();
+      await dropSchema(schema);
+    });
+
+    it("commits the units of a batch together in two round trips; a unit that throws writes nothing", async () => {
+      const tag = randomUUID();
+      const users = Array.from({ length: 20 }, (_, i) => `b-${tag}-${i}`);
+      await Promise.all(users.map((u, i) => (i % 2 === 0 ? credits.addCredits(u, 10) : Promise.resolve())));
+      const before = db.roundTrips;
+      const results = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 4)));
+      // One batch of 20 (the lock, the reads, one write, COMMIT) instead of 40 round trips.
+      expect(db.roundTrips - before).toBeLessThanOrEqual(4);
+      results.forEach((r, i) => {
+        if (i % 2 === 0) expect(r.status).toBe("fulfilled");
+        else expect(r.status === "rejected" && r.reason).toBeInstanceOf(InsufficientCreditsError);
+      });
+      for (const [i, u] of users.entries()) {
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: i % 2 === 0 ? 6 : 0 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      }
+    });
+
+    it("a unit whose write fails fails alone: the rest of its batch is committed", async () => {
+      const tag = randomUUID();
+      const users = Array.from({ length: 8 }, (_, i) => `f-${tag}-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      const results = await Promise.allSettled(
+        users.map((u, i) => credits.addCredits(u, 5, { description: i === 3 ? "nul \u0000" : "fine" })),
+      );
+      results.forEach((r, i) => {
+        if (i === 3) expect(r.status === "rejected" && r.reason).toBeInstanceOf(StorageError);
+        else expect(r.status).toBe("fulfilled");
+      });
+      for (const [i, u] of users.entries()) {
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: i === 3 ? 10 : 15 });
+      }
+    });
+
+    it("does not hold a batch up for an account another transaction has locked", async () => {
+      const tag = randomUUID();
+      const busy = `busy-${tag}`;
+      const others = Array.from({ length: 6 }, (_, i) => `free-${tag}-${i}`);
+      await Promise.all([busy, ...others].map((u) => credits.addCredits(u, 10)));
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      await holder.query("BEGIN");
+      await holder.query(`SELECT 1 FROM "${schema}".accounts WHERE user_id = $1 FOR UPDATE`, [busy]);
+      let busyDone = false;
+      const waiting = credits.deductCredits(busy, 1).then(() => (busyDone = true));
+      const done = await Promise.all(others.map((u) => credits.deductCredits(u, 1)));
+      expect(done).toHaveLength(6);
+      expect(busyDone).toBe(false); // still waiting for the row lock, alone
+      await holder.query("COMMIT");
+      await holder.end();
+      await waiting;
+      expect(await credits.getUserCreditsInfo(busy)).toMatchObject({ balance: 9 });
+      expect((await credits.audit(busy)).ok).toBe(true);
+    });
+  });
+
+  describe("four processes on the same 20 users", () => {
+    const schema = newSchema("procs");
+    afterAll(async () => dropSchema(schema));
+
+    it("never double-spends, loses nothing reported done, and every audit holds", { timeout: 180_000 }, async () => {
+      const db = new PostgresDbManager({ connectionString: url as string, schema });
+      await db.init();
+      const credits = new CreditService({ db, overdraftLimit: 50 });
+      const runs = await Promise.all(
+        [0, 1, 2, 3].map(
+          (worker) =>
+            new Promise<{ done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; unexpected: string[]; errors: Record<string, number> }>(
+              (resolve, reject) => {
+                const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/hammer.ts"], {
+                  env: { ...process.env, HAMMER_SCHEMA: schema, HAMMER_WORKER: String(worker), HAMMER_OPS: "250" },
+                  stdio: ["ignore", "pipe", "pipe"],
+                });
+                let out = "";
+                let err = "";
+                child.stdout.on("data", (d) => (out += d));
+                child.stderr.on("data", (d) => (err += d));
+                child.on("error", reject);
+                child.on("exit", (code) => {
+                  if (code !== 0) reject(new Error(`worker ${worker} exited ${code}: ${err}`));
+                  else resolve(JSON.parse(out.trim().split("\n").pop() as string));
+                });
+              },
+            ),
+        ),
+      );
+      for (const r of runs) expect(r.unexpected).toEqual([]);
+      const reported = new Map(runs.flatMap((r) => r.done).map((e) => [e.id, e]));
+      expect(reported.size).toBeGreaterThan(300);
+      const byKey = new Map<string, Set<string>>();
+      for (const e of runs.flatMap((r) => r.done)) {
+        if (e.idempotencyKey === null) continue;
+        const ids = byKey.get(`${e.userId}/${e.idempotencyKey}`) ?? new Set();
+        ids.add(e.id);
+        byKey.set(`${e.userId}/${e.idempotencyKey}`, ids);
+      }
+      // Every process that sent a key got the same first result.
+      for (const ids of byKey.values()) expect(ids.size).toBe(1);
+
+      for (let i = 0; i < 20; i++) {
+        const u = `h-${i}`;
+        const report = await credits.audit(u);
+        expect(report.problems, u).toEqual([]);
+        expect(report.ok).toBe(true);
+        const journal = await db.listJournal(u, { order: "asc", limit: 100_000 });
+        const stored = new Map(journal.map((e) => [e.id, e]));
+        // Nothing reported done is missing, and what was reported is what is stored.
+        for (const e of reported.values()) {
+          if (e.userId !== u) continue;
+          expect(stored.get(e.id), `entry ${e.id} of ${u}`).toMatchObject({ type: e.type, amount: e.amount });
+        }
+        // No double spend: every deduction and commit in the journal was reported to a caller
+        // (so none was applied twice), and the account never went below the overdraft limit.
+        for (const e of journal) {
+          if (e.type === "deduct" && e.reservationId === null) expect(reported.has(e.id), `unreported ${e.type} ${e.id}`).toBe(true);
+          if (e.type === "commit_reserved") expect(reported.has(e.id), `unreported commit ${e.id}`).toBe(true);
+          expect(e.balanceAfter - e.reservedAfter).toBeGreaterThanOrEqual(-50);
+        }
+        expect(journal.map((e) => e.seq)).toEqual(journal.map((_, k) => k + 1));
+        const keys = journal.filter((e) => e.idempotencyKey !== null).map((e) => e.idempotencyKey);
+        expect(new Set(keys).size).toBe(keys.length);
+      }
+      await db.close();
+    });
+  });
+});
