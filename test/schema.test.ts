@@ -98,7 +98,7 @@ describe("schema generator: columns from the zod models", () => {
 
   it("emits MongoDB validators in MongoDB's dialect with the index specs", () => {
     const collections = generateMongoSchema({ prefix: "cm_" });
-    expect(collections.map((c) => c.name)).toEqual(["cm_accounts", "cm_grants", "cm_reservations", "cm_journal_entries", "cm_ledger_entries"]);
+    expect(collections.map((c) => c.name)).toEqual(["cm_accounts", "cm_grants", "cm_reservations", "cm_journal_entries", "cm_ledger_entries", "cm_notifications"]);
     const text = JSON.stringify(collections);
     expect(text).not.toMatch(/"\$ref"|"\$defs"|"format"|"\$schema"|"propertyNames"|x-credit-management/);
     const journal = collections.find((c) => c.name === "cm_journal_entries");

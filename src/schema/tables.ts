@@ -1,5 +1,6 @@
 import type * as z from "zod";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
+import { Notification } from "../models/notifications.js";
 
 /** A condition of a partial index, on a model field. */
 export type IndexCondition =
@@ -39,7 +40,7 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
-export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger";
+export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger" | "notifications";
 export type TableSpecs = Record<TableKey, TableSpec>;
 
 /**
@@ -101,6 +102,19 @@ export const tableSpecs: TableSpecs = {
       { name: "created", fields: ["createdAt"] },
       { name: "user_created", fields: ["userId", "createdAt"] },
       { name: "type_created", fields: ["eventType", "createdAt"] },
+    ],
+  },
+  notifications: {
+    name: "notifications",
+    model: Notification,
+    primaryKey: ["id"],
+    indexes: [
+      // Dedupe keys are unique per user, where a row has one.
+      { name: "user_dedupe_key", fields: ["userId", "dedupeKey"], unique: true, where: [{ field: "dedupeKey", op: "notNull" }] },
+      // A user's oldest pending row (the only one a dispatcher may claim); listNotifications.
+      { name: "user_status_id", fields: ["userId", "status", "id"] },
+      // Dispatchers: pending rows that are due, oldest first (delivered rows leave the index).
+      { name: "pending_due", fields: ["nextAttemptAt", "id"], where: [{ field: "status", op: "eq", value: "pending" }] },
     ],
   },
 };

@@ -274,6 +274,8 @@ export class Batch {
     if (reservationColumns !== null) payload.ur = holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r));
     const entries = all((c) => c.entries);
     if (entries.length > 0) payload.e = entries.map((e) => toRow(tables.journal.columns, e));
+    const notifications = all((c) => c.notifications ?? []);
+    if (notifications.length > 0) payload.n = notifications.map((n) => toRow(tables.notifications.columns, n));
     const save = sql.save({
       single,
       accountColumns,
@@ -283,6 +285,7 @@ export class Batch {
       insertReservations: newHolds.length > 0,
       reservationColumns,
       entries: entries.length > 0,
+      ...(notifications.length > 0 ? { notifications: true } : {}),
     });
     // Units that saved without loading: their account write takes the row lock; the guard holds.
     const begin = this.began ? "" : `${BEGIN}; `;
@@ -462,6 +465,7 @@ export class UnitTx implements DbTransaction {
       ...changes.insertReservations,
       ...changes.updateReservations,
       ...changes.entries,
+      ...(changes.notifications ?? []),
     ];
     if (rows.some((o) => o.userId !== this.userId)) {
       throw new Error(`save() of account ${this.userId} got a row of another account`);

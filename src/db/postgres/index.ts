@@ -1,7 +1,9 @@
 import type * as PgModule from "pg";
 import type { Pool, PoolClient, PoolConfig } from "pg";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
@@ -81,6 +83,7 @@ export class PostgresDbManager implements DbManager {
   private readonly maxUnits: number;
   private readonly batchConcurrency: number;
   private readonly maxWaiters: number;
+  private readonly outbox: PostgresOutbox;
   private readonly queue: Unit[] = [];
   /** Accounts a running batch or waiter holds: their other units wait in the queue. */
   private readonly busyUsers = new Set<string>();
@@ -110,6 +113,7 @@ export class PostgresDbManager implements DbManager {
     this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
     this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
     this.maxWaiters = batch === false ? Infinity : Math.max(1, batch.waiters ?? 4);
+    this.outbox = new PostgresOutbox(this);
   }
 
   /**
@@ -367,6 +371,22 @@ export class PostgresDbManager implements DbManager {
       `ORDER BY expires_at, id LIMIT $${params.length}`;
     const rows = await this.read("findExpiredReservations", text, params);
     return rows.map((r) => this.decode<Reservation>("reservations", r));
+  }
+
+  insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
