@@ -1,10 +1,10 @@
 import type { ClientSession, Collection, IndexDescription } from "mongodb";
 import { Notification, type Notification as NotificationT } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
-import { fromDoc, kind, toDoc, type StoredDoc } from "./documents.js";
+import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
 import { DUPLICATE_KEY, guard, isDriverError } from "./errors.js";
 
-export const NOTIFICATION = kind<NotificationT>("id", Notification.shape);
+export const NOTIFICATION: Kind<NotificationT> = kind<NotificationT>("id", Notification.shape);
 
 /** The outbox collection's indexes (created by `init()`). */
 export const NOTIFICATION_INDEXES: IndexDescription[] = [
