@@ -201,9 +201,31 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect(await db.listNotifications(a, { status: "sent", limit: 10 })).toHaveLength(2);
     });
 
-    it("the dispatcher delivers in order per user with stable ids, retries with backoff, and marks failed", async () => {
+    it("a user whose oldest row waits for its backoff never hides other users' due rows", async () => {
       const db = getDb();
       const at = epoch(1);
+      const [blocked, other] = [user(), user()];
+      const head = { ...newNotification(blocked, "low_credits", { i: 0 }, new Date(at), null), nextAttemptAt: new Date(at + 3_600_000) };
+      const behind = Array.from({ length: 30 }, (_, i) => newNotification(blocked, "low_credits", { i: i + 1 }, new Date(at), null));
+      const mine = newNotification(other, "low_credits", { i: 99 }, new Date(at + 1), null);
+      await db.insertNotifications([head, ...behind, mine]);
+      const now = new Date(at + 1000);
+      const claimed = (await db.claimNotifications({ now, limit: 2, leaseMs: 5000, token: "b1" })).filter((r) => r.userId === blocked || r.userId === other);
+      expect(claimed.map((r) => r.payload.i)).toEqual([99]);
+      const settle = { status: "failed" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
+      expect(await db.completeNotification(mine.id, "b1", settle)).toBe(true);
+      // Settle the blocked user's rows too, so later claims in a shared store never see them.
+      let rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "b2" });
+      while (rows.length > 0) {
+        for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
+        rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "b2" });
+      }
+      expect(await db.listNotifications(blocked, { status: "pending", limit: 100 })).toEqual([]);
+    });
+
+    it("the dispatcher delivers in order per user with stable ids, retries with backoff, and marks failed", async () => {
+      const db = getDb();
+      const at = epoch(2);
       const u = user();
       const flaky = user();
       const doomed = user();

@@ -1,4 +1,4 @@
-import type { ClientSession, Collection, IndexDescription } from "mongodb";
+import type { ClientSession, Collection, Filter, IndexDescription } from "mongodb";
 import { Notification, type Notification as NotificationT } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
@@ -23,6 +23,8 @@ export const NOTIFICATION_INDEXES: IndexDescription[] = [
 
 /** How many due rows a claim looks at per row it may claim (several may belong to one user). */
 const SCAN_FACTOR = 8;
+/** Pages of due rows one claim looks at, at most. */
+const MAX_PAGES = 8;
 
 /** The MongoDB outbox: rows written in the unit of work's transaction, claimed with a lease. */
 export class MongoOutbox {
@@ -58,45 +60,50 @@ export class MongoOutbox {
   /**
    * Looks at the due pending rows (oldest first), and for each user among them claims the user's
    * oldest pending row if it is due and not claimed: one `findOneAndUpdate` per row, guarded on
-   * `status` and the lapsed lease, so of several dispatchers exactly one wins it.
+   * `status` and the lapsed lease, so of several dispatchers exactly one wins it. Users already
+   * looked at are left out of the next page (`$nin`), so a user whose oldest row waits for its
+   * backoff (with later rows due behind it) never hides the other users' rows.
    */
   async claim(q: ClaimQuery): Promise<NotificationT[]> {
     if (q.limit <= 0) return [];
-    const due = await guard("claimNotifications", () =>
-      this.c
-        .find({ status: "pending", nextAttemptAt: { $lte: q.now } }, { projection: { userId: 1 } })
-        .sort({ nextAttemptAt: 1, _id: 1 })
-        .limit(q.limit * SCAN_FACTOR)
-        .toArray(),
-    );
-    const users: string[] = [];
-    for (const d of due) {
-      const u = d.userId as string;
-      if (!users.includes(u)) users.push(u);
-      if (users.length >= q.limit) break;
-    }
+    const seen: string[] = [];
+    const claimed: NotificationT[] = [];
     const until = new Date(q.now.getTime() + q.leaseMs);
-    const claimed = await Promise.all(
-      users.map(async (userId) => {
-        const head = await this.c.findOne({ userId, status: "pending" }, { sort: { _id: 1 } });
-        if (head === null) return null;
-        if ((head.nextAttemptAt as Date).getTime() > q.now.getTime()) return null;
-        if (head.claimedUntil !== null && (head.claimedUntil as Date).getTime() > q.now.getTime()) return null;
-        return this.c.findOneAndUpdate(
-          {
-            _id: head._id,
-            status: "pending",
-            $or: [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }],
-          },
-          { $set: { claimedUntil: until, claimToken: q.token } },
-          { returnDocument: "after" },
-        );
-      }),
-    ).catch((error: unknown) => guard("claimNotifications", () => Promise.reject(error)));
-    return claimed
-      .filter((d): d is StoredDoc => d !== null)
-      .map((d) => fromDoc(NOTIFICATION, d))
-      .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+    for (let page = 0; page < MAX_PAGES && claimed.length < q.limit; page++) {
+      const filter: Filter<StoredDoc> = { status: "pending", nextAttemptAt: { $lte: q.now } };
+      if (seen.length > 0) filter.userId = { $nin: seen };
+      const due = await guard("claimNotifications", () =>
+        this.c
+          .find(filter, { projection: { userId: 1 } })
+          .sort({ nextAttemptAt: 1, _id: 1 })
+          .limit((q.limit - claimed.length) * SCAN_FACTOR)
+          .toArray(),
+      );
+      const users: string[] = [];
+      for (const d of due) {
+        const u = d.userId as string;
+        if (!users.includes(u)) users.push(u);
+        if (users.length >= q.limit - claimed.length) break;
+      }
+      if (users.length === 0) break;
+      seen.push(...users);
+      const won = await guard("claimNotifications", () => Promise.all(users.map((userId) => this.claimHead(userId, q, until))));
+      for (const doc of won) if (doc !== null) claimed.push(fromDoc(NOTIFICATION, doc));
+    }
+    return claimed.sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+  }
+
+  /** Claims `userId`'s oldest pending row if it is due and unclaimed; null otherwise or when another dispatcher won. */
+  private async claimHead(userId: string, q: ClaimQuery, until: Date): Promise<StoredDoc | null> {
+    const head = await this.c.findOne({ userId, status: "pending" }, { sort: { _id: 1 } });
+    if (head === null) return null;
+    if ((head.nextAttemptAt as Date).getTime() > q.now.getTime()) return null;
+    if (head.claimedUntil !== null && (head.claimedUntil as Date).getTime() > q.now.getTime()) return null;
+    return this.c.findOneAndUpdate(
+      { _id: head._id, status: "pending", $or: [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }] },
+      { $set: { claimedUntil: until, claimToken: q.token } },
+      { returnDocument: "after" },
+    );
   }
 
   async complete(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
