@@ -8,6 +8,7 @@ export default defineConfig({
     "cli/index": "src/cli/index.ts",
     "mongodb/index": "src/db/mongodb/index.ts",
     "redis/index": "src/redis/index.ts",
+    "http/index": "src/http/index.ts",
   },
   format: ["esm", "cjs"],
   dts: true,

@@ -20,6 +20,13 @@ export {
 } from "./queue/index.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
 export type { Thresholds } from "./domain/notifications.js";
+export {
+  currentMeter,
+  MeterSession,
+  recordUsage,
+  type MeterContext,
+  type MeterOutcome,
+} from "./services/metering.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

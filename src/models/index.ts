@@ -3,3 +3,4 @@ export * from "./entities.js";
 export * from "./inputs.js";
 export { parse } from "./parse.js";
 export * from "./notifications.js";
+export * from "./metering.js";
