@@ -44,6 +44,8 @@ export const CreditManagerOptions = z.strictObject({
     backoffMaxMs: z.number().int().min(1).optional(),
     /** A dispatcher's claim on a row, in ms. Default 60,000. */
     leaseMs: z.number().int().min(100).optional(),
+    /** Longest wait for one publish, in ms. Default half of `leaseMs`. */
+    publishTimeoutMs: z.number().int().min(1).optional(),
   }).optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
@@ -94,6 +96,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     backoffBaseMs: n?.backoffBaseMs,
     backoffMaxMs: n?.backoffMaxMs,
     leaseMs: n?.leaseMs,
+    publishTimeoutMs: n?.publishTimeoutMs,
   });
   let closed = false;
   return {

@@ -146,7 +146,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
       expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
       expect(await indexes("cm_ledger")).toEqual(["_id_", "created", "type_created", "user_created"]);
-      expect(await indexes("cm_notifications")).toEqual(["_id_", "pending_due", "user_dedupe_key", "user_status_id"]);
+      expect(await indexes("cm_notifications")).toEqual(["_id_", "pending_due", "settled", "user_dedupe_key", "user_status_id"]);
       const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find((i) => i.name === "user_idempotency_key");
       expect(journal?.unique).toBe(true);
       expect(journal?.partialFilterExpression).toEqual({ idempotencyKey: { $type: "string" } });

@@ -89,3 +89,58 @@ describe("NotificationService through createCreditManager", () => {
     await m.close();
   });
 });
+
+describe("NotificationService details", () => {
+  it("events a unit of work records (subscription events) commit with its change, in order", async () => {
+    const { CreditService, NotificationService } = await import("../src/index.js");
+    const { recordEvent } = await import("../src/domain/notifications.js");
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, alerts: { lowCredits: 50 } });
+    const notifications = new NotificationService({ db });
+    type Mutate = (u: string, meta: object, body: (work: object) => Promise<unknown>) => Promise<unknown>;
+    const mutate = (credits as unknown as { mutate: Mutate }).mutate.bind(credits);
+    await credits.addCredits("s", 100);
+    await mutate("s", {}, async (work) => {
+      recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });
+      return (work as { deduct: (n: number, m: object, o: object) => unknown }).deduct(60, {}, { allowDebt: false, overdraftLimit: null });
+    });
+    await expect(
+      mutate("s", {}, async (work) => {
+        recordEvent(work, { type: "subscription_renewed", payload: {}, dedupeKey: null });
+        throw new Error("rolled back");
+      }),
+    ).rejects.toThrow("rolled back");
+    expect((await notifications.list("s")).map((r) => r.type)).toEqual(["subscription_allocation", "low_credits"]);
+    // Without notifications on, recorded events are dropped (no outbox growth).
+    const quiet = new CreditService({ db });
+    await (quiet as unknown as { mutate: Mutate }).mutate("q", {}, async (work) => {
+      recordEvent(work, { type: "subscription_allocation", payload: {}, dedupeKey: null });
+      return (work as { add: (n: number, g: object, m: object) => unknown }).add(1, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+    });
+    expect(await notifications.list("q")).toEqual([]);
+  });
+
+  it("a publish that never answers counts as a failed attempt after publishTimeoutMs", async () => {
+    const { NotificationService } = await import("../src/index.js");
+    const db = new InMemoryDbManager();
+    const hung = { publish: () => new Promise<void>(() => undefined) };
+    const n = new NotificationService({ db, queue: hung, publishTimeoutMs: 30 });
+    await n.emit("h", { type: "subscription_ended" });
+    expect(await n.dispatchPending()).toMatchObject({ claimed: 1, retried: 1 });
+    expect((await n.list("h"))[0]).toMatchObject({ status: "pending", attempts: 1, lastError: "publish did not answer within 30 ms" });
+  });
+
+  it("purge() deletes settled rows older than the cut-off, never pending ones", async () => {
+    const { NotificationService } = await import("../src/index.js");
+    const db = new InMemoryDbManager();
+    const clock = { now: Date.parse("2030-01-01T00:00:00Z") };
+    const n = new NotificationService({ db, clock: () => new Date(clock.now) });
+    await n.emit("p", { type: "subscription_ended" });
+    await n.dispatchPending();
+    await n.emit("p", { type: "subscription_renewed" });
+    clock.now += 31 * 86_400_000;
+    expect(await n.purge()).toBe(1);
+    expect((await n.list("p")).map((r) => [r.type, r.status])).toEqual([["subscription_renewed", "pending"]]);
+    await expect(n.purge({ olderThanDays: -1 })).rejects.toBeInstanceOf(ValidationError);
+  });
+});

@@ -26,6 +26,11 @@ export interface NotificationStore {
    * Guarded by `token`: resolves to false (and changes nothing) when the claim was lost.
    */
   completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean>;
+  /**
+   * Deletes up to `limit` settled rows (`sent` or `failed`) with `settledAt < before`, oldest
+   * first (indexed). Resolves to the rows deleted. A deleted row's dedupe key is free again.
+   */
+  purgeNotifications(before: Date, limit: number): Promise<number>;
   /** A user's rows by id (oldest first), optionally of one status. */
   listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]>;
 }

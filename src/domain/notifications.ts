@@ -48,6 +48,35 @@ const LOW: readonly NotificationType[] = Object.freeze(["low_credits"]);
 const EXHAUSTED: readonly NotificationType[] = Object.freeze(["credits_exhausted"]);
 const LOW_AND_EXHAUSTED: readonly NotificationType[] = Object.freeze(["low_credits", "credits_exhausted"]);
 
+/** An event a unit of work records with its change (subscription events, …). */
+export interface WorkEvent {
+  type: NotificationType;
+  payload: Record<string, unknown>;
+  /** Unique per user where set (a second one is refused by the store, failing the unit of work). */
+  dedupeKey: string | null;
+}
+
+const workEvents = new WeakMap<object, WorkEvent[]>();
+
+/**
+ * Records `event` as part of the unit of work `work` (an `AccountWork`): the service writes it to
+ * the outbox in the same transaction as the work's change, when notifications are on (and drops it
+ * when they are off, or when the work changes nothing). The hook the subscription service uses
+ * for `subscription_allocation`, `subscription_renewed`, … inside its unit of work.
+ */
+export function recordEvent(work: object, event: WorkEvent): void {
+  const list = workEvents.get(work);
+  if (list === undefined) workEvents.set(work, [event]);
+  else list.push(event);
+}
+
+/** The events recorded on `work`, as outbox rows (none: nothing allocated). */
+export function workNotifications(work: object, userId: string, now: Date): readonly Notification[] {
+  const list = workEvents.get(work);
+  if (list === undefined) return NO_NOTIFICATIONS;
+  return list.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
+}
+
 /** No notifications (shared: the common case allocates nothing). */
 export const NO_NOTIFICATIONS: readonly Notification[] = Object.freeze([]);
 

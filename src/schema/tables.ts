@@ -115,6 +115,8 @@ export const tableSpecs: TableSpecs = {
       { name: "user_status_id", fields: ["userId", "status", "id"] },
       // Dispatchers: pending rows that are due, oldest first (delivered rows leave the index).
       { name: "pending_due", fields: ["nextAttemptAt", "id"], where: [{ field: "status", op: "eq", value: "pending" }] },
+      // purgeNotifications: settled rows by settlement time.
+      { name: "settled", fields: ["settledAt"], where: [{ field: "settledAt", op: "notNull" }] },
     ],
   },
 };

@@ -4,7 +4,7 @@ import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, type Thresholds } from "../domain/notifications.js";
+import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import {
@@ -456,13 +456,15 @@ export class CreditService {
 
   /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */
   private addNotifications(work: AccountWork, changes: Changes): void {
-    // Lapsed holds first: their release is what may move the alert level (ids follow this order).
+    // Lapsed holds first: their release is what may move the alert level (ids follow this order);
+    // then what the unit of work recorded itself (subscription events), then the alert crossing.
     const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
+    const recorded = workNotifications(work, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
-    if (expired.length === 0) {
+    if (expired.length === 0 && recorded.length === 0) {
       if (alerts.length > 0) changes.notifications = alerts;
     } else {
-      changes.notifications = alerts.length === 0 ? expired : [...expired, ...alerts];
+      changes.notifications = [...expired, ...recorded, ...alerts];
     }
   }
 

@@ -36,6 +36,11 @@ export interface NotificationServiceOptions {
    * dispatcher died is claimed again after it. Default 60,000.
    */
   leaseMs?: number;
+  /**
+   * Longest wait for one `publish`, in ms; longer counts as a failed attempt (retried). Default
+   * half of `leaseMs`, so a hung queue never holds a row past its claim nor the loop forever.
+   */
+  publishTimeoutMs?: number;
 }
 
 /** What one `dispatchPending` call did. */
@@ -78,6 +83,18 @@ const ReminderOptions = z.strictObject({
   pageSize: z.number().int().min(1).max(10_000).optional(),
 });
 const NullableThresholds = ThresholdSpec.nullable();
+const PurgeOptions = z.strictObject({
+  olderThanDays: z.number().min(0).max(36_500).optional(),
+  batchSize: z.number().int().min(1).max(100_000).optional(),
+});
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`publish did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
 
 /**
  * Notifications through an outbox (DESIGN §5). Crossing events (`low_credits`,
@@ -97,6 +114,7 @@ export class NotificationService {
   private readonly backoffBaseMs: number;
   private readonly backoffMaxMs: number;
   private readonly leaseMs: number;
+  private readonly publishTimeoutMs: number;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<unknown> | null = null;
   private stopped = true;
@@ -111,6 +129,7 @@ export class NotificationService {
     this.backoffBaseMs = options.backoffBaseMs ?? 1000;
     this.backoffMaxMs = options.backoffMaxMs ?? 3_600_000;
     this.leaseMs = options.leaseMs ?? 60_000;
+    this.publishTimeoutMs = options.publishTimeoutMs ?? Math.floor(this.leaseMs / 2);
   }
 
   /**
@@ -221,6 +240,24 @@ export class NotificationService {
     return report;
   }
 
+  /**
+   * Deletes delivered and failed rows settled more than `olderThanDays` days ago (default 30), in
+   * batches of `batchSize` (default 1,000). Pending rows are never deleted. A deleted row's dedupe
+   * key is free again: keep rows longer than your longest reminder window. Resolves to the rows
+   * deleted.
+   */
+  async purge(options: z.input<typeof PurgeOptions> = {}): Promise<number> {
+    const o = parse(PurgeOptions, options, "options");
+    const before = new Date(this.clock().getTime() - (o.olderThanDays ?? 30) * 86_400_000);
+    const batch = o.batchSize ?? 1000;
+    let total = 0;
+    for (;;) {
+      const n = await this.db.purgeNotifications(before, batch);
+      total += n;
+      if (n < batch) return total;
+    }
+  }
+
   /** Runs `dispatchPending` every `intervalMs` (default 1,000) until `stop()`. Rounds never overlap. */
   start(options: z.input<typeof StartOptions> = {}): void {
     const o = parse(StartOptions, options, "options");
@@ -258,7 +295,7 @@ export class NotificationService {
       attempt,
     };
     try {
-      await this.queue.publish(message);
+      await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
     } catch (error) {
       const now = this.clock();
       const last = attempt >= this.maxAttempts;

@@ -199,6 +199,21 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect(bRow.map((r) => r.payload.i)).toEqual([9]);
       await db.completeNotification(later.id, "t7", settle);
       expect(await db.listNotifications(a, { status: "sent", limit: 10 })).toHaveLength(2);
+      // Purging deletes rows settled before the cut-off (all above settled at +1000), never pending ones.
+      const pendingRow = { ...newNotification(a, "low_credits", { i: 50 }, new Date(at), "keep"), nextAttemptAt: new Date(at + 3_600_000) };
+      await db.insertNotifications([pendingRow]);
+      expect(await db.purgeNotifications(new Date(at + 1000), 100)).toBe(0);
+      expect(await db.purgeNotifications(new Date(at + 1001), 3)).toBe(3);
+      expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
+      expect(await db.listNotifications(b, { limit: 10 })).toEqual([]);
+      expect((await db.listNotifications(a, { limit: 10 })).map((r) => r.payload.i)).toEqual([50]);
+      const last = (await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "t8" })).filter((r) => r.userId === a);
+      expect(last.map((r) => r.payload.i)).toEqual([50]);
+      for (const r of last) await db.completeNotification(r.id, "t8", settle);
+      expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
+      // Its dedupe key is free again.
+      expect(await db.insertNotifications([{ ...newNotification(a, "low_credits", {}, new Date(at), "keep"), status: "sent", settledAt: new Date(at) }])).toBe(1);
+      expect(await db.purgeNotifications(new Date(at + 1), 100)).toBe(1);
     });
 
     it("a user whose oldest row waits for its backoff never hides other users' due rows", async () => {

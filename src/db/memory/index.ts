@@ -227,6 +227,10 @@ export class InMemoryDbManager implements DbManager {
     return this.outbox.complete(id, token, update);
   }
 
+  async purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
   async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
     return this.outbox.list(userId, query);
   }

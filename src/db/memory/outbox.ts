@@ -80,6 +80,23 @@ export class MemoryOutbox {
     return true;
   }
 
+  purge(before: Date, limit: number): number {
+    const t = before.getTime();
+    const gone: Notification[] = [];
+    for (const r of this.rows.values()) {
+      if (gone.length >= limit) break;
+      if (r.status !== "pending" && r.settledAt !== null && r.settledAt.getTime() < t) gone.push(r);
+    }
+    for (const r of gone) {
+      this.rows.delete(r.id);
+      if (r.dedupeKey !== null) this.keys.delete(dedupe(r));
+      const all = this.byUser.get(r.userId) as string[];
+      all.splice(all.indexOf(r.id), 1);
+      if (all.length === 0) this.byUser.delete(r.userId);
+    }
+    return gone.length;
+  }
+
   list(userId: string, query: { status?: Notification["status"]; limit: number }): Notification[] {
     const out: Notification[] = [];
     for (const id of this.byUser.get(userId) ?? []) {

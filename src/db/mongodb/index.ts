@@ -414,6 +414,10 @@ export class MongoDbManager implements DbManager {
     return this.outbox.complete(id, token, update);
   }
 
+  purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
   listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
     return this.outbox.list(userId, query);
   }

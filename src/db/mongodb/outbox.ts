@@ -19,6 +19,8 @@ export const NOTIFICATION_INDEXES: IndexDescription[] = [
   { key: { userId: 1, status: 1, _id: 1 }, name: "user_status_id" },
   // Dispatchers: pending rows that are due, oldest first (delivered rows leave the index).
   { key: { nextAttemptAt: 1, _id: 1 }, name: "pending_due", partialFilterExpression: { status: "pending" } },
+  // purgeNotifications(): settled rows by settlement time.
+  { key: { settledAt: 1 }, name: "settled", partialFilterExpression: { settledAt: { $type: "date" } } },
 ];
 
 /** How many due rows a claim looks at per row it may claim (several may belong to one user). */
@@ -124,6 +126,22 @@ export class MongoOutbox {
       ),
     );
     return res.matchedCount === 1;
+  }
+
+  async purge(before: Date, limit: number): Promise<number> {
+    if (limit <= 0) return 0;
+    const ids = await guard("purgeNotifications", () =>
+      this.c
+        .find({ settledAt: { $type: "date", $lt: before }, status: { $ne: "pending" } }, { projection: { _id: 1 } })
+        .sort({ settledAt: 1 })
+        .limit(limit)
+        .toArray(),
+    );
+    if (ids.length === 0) return 0;
+    const res = await guard("purgeNotifications", () =>
+      this.c.deleteMany({ _id: { $in: ids.map((d) => d._id) }, status: { $ne: "pending" } }),
+    );
+    return res.deletedCount;
   }
 
   async list(userId: string, query: { status?: NotificationT["status"]; limit: number }): Promise<NotificationT[]> {

@@ -385,6 +385,10 @@ export class PostgresDbManager implements DbManager {
     return this.outbox.complete(id, token, update);
   }
 
+  purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
   listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
     return this.outbox.list(userId, query);
   }

@@ -56,6 +56,18 @@ export class PostgresOutbox {
     return rows.length === 1;
   }
 
+  async purge(before: Date, limit: number): Promise<number> {
+    if (limit <= 0) return 0;
+    const t = this.table.qualified;
+    const rows = await this.db.read(
+      "purgeNotifications",
+      `DELETE FROM ${t} WHERE id IN (SELECT id FROM ${t} WHERE settled_at IS NOT NULL AND settled_at < $1 AND status <> 'pending' ` +
+        `ORDER BY settled_at LIMIT $2) RETURNING 1`,
+      [before, limit],
+    );
+    return rows.length;
+  }
+
   async list(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
     const params: unknown[] = [userId];
     let where = "user_id = $1";
