@@ -133,6 +133,22 @@ describe.skipIf(!url)("Redis", () => {
     }, 30_000);
   });
 
+  it("examples/notifications-worker.ts --demo --once prints each notification once", async () => {
+    const { stdout } = await new Promise<{ stdout: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, ["--import", "tsx", join(here, "../examples/notifications-worker.ts"), "--demo", "--once"], {
+        env: { ...process.env, CREDIT_STREAM: `${tag}:example` },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+      child.on("exit", (code) => (code === 0 ? resolve({ stdout: out }) : reject(new Error(`worker exited ${code}: ${err}`))));
+    });
+    const lines = stdout.split("\n").filter((l) => l.includes(" demo-user "));
+    expect(lines.map((l) => l.split(" ")[2])).toEqual(["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"]);
+  }, 60_000);
+
   describe("RedisCache", () => {
     it("gets, sets with TTL under the prefix, deletes; Dates survive", async () => {
       const cache = new RedisCache({ client: redis, keyPrefix: `${tag}:c:` });
