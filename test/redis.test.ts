@@ -4,15 +4,19 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
 import { MongoClient } from "mongodb";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CreditService, InMemoryDbManager, NotificationService } from "../src/index.js";
+import { CreditService, InMemoryDbManager, NotificationService, type DbManager } from "../src/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { RedisCache, RedisStreamQueue, type RedisCommandClient } from "../src/redis/index.js";
 
 const url = process.env.CREDIT_REDIS_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
+const pgUrl = process.env.CREDIT_PG_URL;
 if (!url) console.warn("Redis suite skipped: set CREDIT_REDIS_URL (on this machine: redis://127.0.0.1:6379) to run it.");
-if (url && !mongoUri) console.warn("Redis SIGKILL test skipped: it needs a shared store too; set CREDIT_MONGO_URI.");
+if (url && !mongoUri) console.warn("Redis SIGKILL test on MongoDB skipped: it needs a shared store; set CREDIT_MONGO_URI.");
+if (url && !pgUrl) console.warn("Redis SIGKILL test on PostgreSQL skipped: it needs a shared store; set CREDIT_PG_URL.");
 
 const here = dirname(fileURLToPath(import.meta.url));
 const tag = `cm-test-${process.pid}-${randomUUID().slice(0, 8)}`;
@@ -90,47 +94,63 @@ describe.skipIf(!url)("Redis", () => {
       expect(messages.map((m) => [m.type, m.attempt])).toEqual([["low_credits", "3"]]);
     });
 
-    it.skipIf(!mongoUri)("a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch", async () => {
-      const stream = `${tag}:crash`;
-      const dbName = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
-      const userId = `crash-${randomUUID()}`;
-      const child = spawn(process.execPath, ["--import", "tsx", join(here, "fixtures/outbox-crash.ts"), mongoUri as string, dbName, userId], {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
-      let out = "";
-      let err = "";
-      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.on("data", (d: Buffer) => {
-          out += d.toString();
-          if (out.includes("claimed")) resolve();
+    const stores = [
+      { kind: "mongodb", url: mongoUri, why: "set CREDIT_MONGO_URI" },
+      { kind: "postgres", url: pgUrl, why: "set CREDIT_PG_URL" },
+    ] as const;
+    for (const store of stores) {
+      // Needs a store several processes share (skipped without one: ${store.why}).
+      it.skipIf(!store.url)(`${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`, async () => {
+        const stream = `${tag}:crash:${store.kind}`;
+        const name = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
+        const userId = `crash-${randomUUID()}`;
+        const child = spawn(process.execPath, ["--import", "tsx", join(here, "fixtures/outbox-crash.ts"), store.kind, store.url as string, name, userId], {
+          stdio: ["ignore", "pipe", "pipe"],
         });
-        child.on("exit", (code) => reject(new Error(`child exited early (${code}): ${out} ${err}`)));
-      });
-      const exited = new Promise((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
-      child.kill("SIGKILL");
-      expect(await exited).toBe("SIGKILL");
+        let out = "";
+        let err = "";
+        child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.on("data", (d: Buffer) => {
+            out += d.toString();
+            if (out.includes("claimed")) resolve();
+          });
+          child.on("exit", (code) => reject(new Error(`child exited early (${code}): ${out} ${err}`)));
+        });
+        const exited = new Promise((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
+        child.kill("SIGKILL");
+        expect(await exited).toBe("SIGKILL");
 
-      const db = MongoDbManager.fromUri(mongoUri as string, dbName);
-      try {
-        const queue = new RedisStreamQueue({ client: redis, stream });
-        const notifications = new NotificationService({ db, queue });
-        const [row] = await notifications.list(userId);
-        expect(row).toMatchObject({ type: "low_credits", status: "pending" });
-        // Claimed by the dead process: not delivered before its lease (1.5 s) lapses …
-        expect((await notifications.dispatchPending()).claimed).toBe(0);
-        await new Promise((r) => setTimeout(r, 1600));
-        // … then delivered once.
-        expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
-        expect((await read(stream)).map((m) => [m.type, m.userId, m.id])).toEqual([["low_credits", userId, row?.id]]);
-        expect((await notifications.list(userId))[0]?.status).toBe("sent");
-      } finally {
-        await db.close();
-        const client = new MongoClient(mongoUri as string);
-        await client.db(dbName).dropDatabase().catch(() => undefined);
-        await client.close();
-      }
-    }, 30_000);
+        const db: DbManager =
+          store.kind === "mongodb"
+            ? MongoDbManager.fromUri(store.url as string, name)
+            : new PostgresDbManager({ connectionString: store.url as string, schema: name });
+        try {
+          const queue = new RedisStreamQueue({ client: redis, stream });
+          const notifications = new NotificationService({ db, queue });
+          const [row] = await notifications.list(userId);
+          expect(row).toMatchObject({ type: "low_credits", status: "pending" });
+          // Claimed by the dead process: not delivered before its lease (1.5 s) lapses …
+          expect((await notifications.dispatchPending()).claimed).toBe(0);
+          await new Promise((r) => setTimeout(r, 1600));
+          // … then delivered once.
+          expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
+          expect((await read(stream)).map((m) => [m.type, m.userId, m.id])).toEqual([["low_credits", userId, row?.id]]);
+          expect((await notifications.list(userId))[0]?.status).toBe("sent");
+        } finally {
+          await db.close();
+          if (store.kind === "mongodb") {
+            const client = new MongoClient(store.url as string);
+            await client.db(name).dropDatabase().catch(() => undefined);
+            await client.close();
+          } else {
+            const pool = new pg.Pool({ connectionString: store.url as string });
+            await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
+            await pool.end();
+          }
+        }
+      }, 30_000);
+    }
   });
 
   it("examples/notifications-worker.ts --demo --once prints each notification once", async () => {
