@@ -29,6 +29,7 @@ import { CreditModel, type ModelHold } from "./model.js";
 import { runNotificationContract } from "./notifications.js";
 
 export { CreditModel } from "./model.js";
+export { runNotificationContract } from "./notifications.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */
