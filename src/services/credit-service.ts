@@ -443,14 +443,15 @@ export class CreditService {
       }
       return { value: result, entries: work.entries };
     });
-    // With notifications on, a refusal for lack of credits is recorded once the unit of work ended.
-    const { value, entries } =
-      this.alerts === undefined
-        ? await run
-        : await run.catch(async (error: unknown) => {
-            if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
-            throw error;
-          });
+    let outcome: Awaited<typeof run>;
+    try {
+      outcome = await run;
+    } catch (error) {
+      // With notifications on, a refusal for lack of credits is recorded once the unit of work ended.
+      if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
+      throw error;
+    }
+    const { value, entries } = outcome;
     if (entries.length > 0) {
       this.ledger?.recordTransactions(entries);
       if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
