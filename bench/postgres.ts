@@ -7,6 +7,7 @@
  * `UPDATE balances SET balance = balance - $1 WHERE user_id = $2 AND balance >= $1`.
  */
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import pg from "pg";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
@@ -18,18 +19,61 @@ const USERS = 1000;
 /** Seconds each measurement aims at (after a short calibration run). */
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 
+const APP = "credit-management-bench";
+
+/**
+ * CPU time so far, in µs: this process, and the PostgreSQL backends serving the bench's pool
+ * (read from /proc, so only when the server runs on this host; null otherwise). Throughput on a
+ * shared machine moves with its load; CPU per operation does much less.
+ */
+async function cpuNow(pool: pg.Pool): Promise<{ client: number; server: number | null }> {
+  const usage = process.cpuUsage();
+  let server: number | null = null;
+  try {
+    const r = await pool.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE application_name = $1", [APP]);
+    for (const { pid } of r.rows) {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      server = (server ?? 0) + (Number(fields[11]) + Number(fields[12])) * 10_000; // clock ticks of 10 ms
+    }
+  } catch {
+    server = null;
+  }
+  return { client: usage.user + usage.system, server };
+}
+
+interface Timed {
+  opsPerSec: number;
+  ops: number;
+  /** CPU µs per operation: client, and server when measurable. */
+  cpu: { client: number; server: number | null };
+}
+
 /** Measures about SECONDS worth of `op` after a calibration run. */
-async function timed(op: (i: number) => Promise<unknown>): Promise<{ opsPerSec: number; ops: number }> {
+async function timed(pool: pg.Pool, op: (i: number) => Promise<unknown>): Promise<Timed> {
   const probe = await measure(400, CALLERS, op);
   const ops = Math.max(1000, Math.min(100_000, Math.round(probe * SECONDS)));
-  return { opsPerSec: await measure(ops, CALLERS, (i) => op(i + 400)), ops };
+  const before = await cpuNow(pool);
+  const opsPerSec = await measure(ops, CALLERS, (i) => op(i + 400));
+  const after = await cpuNow(pool);
+  const server = before.server === null || after.server === null ? null : (after.server - before.server) / ops;
+  return { opsPerSec, ops, cpu: { client: (after.client - before.client) / ops, server } };
 }
+
+/** Baseline CPU / our CPU per operation: the throughput ratio a machine bound by CPU would show. */
+const cpuRatio = (base: Timed, ours: Timed) =>
+  base.cpu.server === null || ours.cpu.server === null
+    ? ""
+    : `; ${((base.cpu.client + base.cpu.server) / (ours.cpu.client + ours.cpu.server)).toFixed(2)}× the baseline's CPU efficiency`;
+
+const cpuText = (t: Timed) =>
+  `${Math.round(t.cpu.client)} µs client${t.cpu.server === null ? "" : ` + ${Math.round(t.cpu.server)} µs server`}`;
 
 export async function run(): Promise<BenchRow[]> {
   const url = process.env.CREDIT_PG_URL;
   if (!url) return [];
   const schema = `cm_bench_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
-  const pool = new pg.Pool({ connectionString: url, max: CALLERS });
+  const pool = new pg.Pool({ connectionString: url, max: CALLERS, application_name: APP });
   const rows: BenchRow[] = [];
   try {
     await pool.query(`CREATE SCHEMA ${schema}`);
@@ -57,9 +101,9 @@ export async function run(): Promise<BenchRow[]> {
       { name: `${CALLERS} callers, one hot user`, user: () => "hot" },
     ];
     for (const s of scenarios) {
-      const base = await timed((i) => raw(s.user(i) === "hot" ? "u0" : s.user(i)));
+      const base = await timed(pool, (i) => raw(s.user(i) === "hot" ? "u0" : s.user(i)));
       const before = db.roundTrips;
-      const ours = await timed((i) => credits.deductCredits(s.user(i), 1));
+      const ours = await timed(pool, (i) => credits.deductCredits(s.user(i), 1));
       const perOp = (db.roundTrips - before) / (ours.ops + 400);
       const baseline = `raw UPDATE (${s.name})`;
       rows.push({ backend: "postgres", scenario: baseline, opsPerSec: base.opsPerSec });
@@ -72,17 +116,22 @@ export async function run(): Promise<BenchRow[]> {
         baseline,
         ratio,
         ...(over1000 ? { target: ">= 0.50 of baseline", met: ratio >= 0.5 } : {}),
-        note: `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1); each locks its account, reads its grants, writes account, grant and a journal entry; concurrent calls share a transaction (group commit)`,
+        note:
+          `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1); CPU per operation ${cpuText(ours)} ` +
+          `(baseline ${cpuText(base)}${cpuRatio(base, ours)}); each call locks its account, reads its grants, writes ` +
+          `account, grant and a journal entry; concurrent calls share a transaction (group commit)`,
       });
     }
-    const before = plain.roundTrips;
-    const single = await timed((i) => plainCredits.deductCredits(`u${(i * 7919) % USERS}`, 1));
-    rows.push({
-      backend: "postgres",
-      scenario: `deductCredits, batch: false (${CALLERS} callers, ${USERS.toLocaleString("en-US")} users)`,
-      opsPerSec: single.opsPerSec,
-      note: `${((plain.roundTrips - before) / (single.ops + 400)).toFixed(2)} round trips per deductCredits without group commit`,
-    });
+    for (const s of scenarios) {
+      const before = plain.roundTrips;
+      const single = await timed(pool, (i) => plainCredits.deductCredits(s.user(i), 1));
+      rows.push({
+        backend: "postgres",
+        scenario: `deductCredits, batch: false (${s.name})`,
+        opsPerSec: single.opsPerSec,
+        note: `${((plain.roundTrips - before) / (single.ops + 400)).toFixed(2)} round trips per deductCredits without group commit; CPU per operation ${cpuText(single)}`,
+      });
+    }
     const audit = await credits.audit("hot");
     if (!audit.ok) throw new Error(`bench: audit of the hot user failed: ${audit.problems.join("; ")}`);
   } finally {

@@ -21,6 +21,50 @@ export {
 } from "./services/expiration-service.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
 export * as periods from "./domain/periods.js";
+export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage, type ListPromosQuery } from "./services/promo-service.js";
+export {
+  PaymentService,
+  type PaymentServiceOptions,
+  type WebhookResult,
+  type PaymentPage,
+} from "./services/payment-service.js";
+export {
+  PaymentManagerOptions,
+  RazorpayProvider,
+  StripeProvider,
+  type RazorpayProviderOptions,
+  type StripeProviderOptions,
+  type CheckoutRequest,
+  type CheckoutResult,
+  type FetchLike,
+  type HeadersLike,
+  type PaymentEvent,
+  type PaymentEventKind,
+  type PaymentProvider,
+} from "./payments/index.js";
+export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
+export {
+  NotificationService,
+  EmitInput,
+  type NotificationServiceOptions,
+  type DispatchReport,
+  type SubscriptionEventType,
+} from "./services/notification-service.js";
+export {
+  InMemoryNotificationQueue,
+  CallbackNotificationQueue,
+  type NotificationQueue,
+  type NotificationMessage,
+} from "./queue/index.js";
+export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
+export type { Thresholds } from "./domain/notifications.js";
+export {
+  currentMeter,
+  MeterSession,
+  recordUsage,
+  type MeterContext,
+  type MeterOutcome,
+} from "./services/metering.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

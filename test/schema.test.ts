@@ -104,6 +104,10 @@ describe("schema generator: columns from the zod models", () => {
       "cm_reservations",
       "cm_journal_entries",
       "cm_ledger_entries",
+      "cm_promos",
+      "cm_promo_claims",
+      "cm_payments",
+      "cm_notifications",
       "cm_plans",
       "cm_subscriptions",
     ]);

@@ -1,4 +1,6 @@
-import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+import type { NotificationStore } from "./types-notifications.js";
+import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Notification, Reservation } from "../models/index.js";
+import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 
 /**
@@ -14,7 +16,7 @@ import type { SubscriptionStore } from "./types-subscriptions.js";
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
  */
-export interface DbManager extends SubscriptionStore {
+export interface DbManager extends PromoPaymentStore, NotificationStore, SubscriptionStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
   readonly name: string;
   /** What the backend can do; the contract suite reads these flags. */
@@ -101,7 +103,7 @@ export interface LoadedState {
 }
 
 /** Everything one unit of work changes, written at once by `save`. */
-export interface Changes {
+export interface Changes extends PromoPaymentChanges {
   /** The account after the change. */
   account: Account;
   /** The account's seq when it was loaded; null when it did not exist (insert). Adapters guard on it. */
@@ -112,9 +114,11 @@ export interface Changes {
   updateReservations: Reservation[];
   /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
   entries: JournalEntry[];
+  /** Outbox rows caused by this change, committed with it (ids unique; no dedupeKey clash expected). */
+  notifications?: readonly Notification[];
 }
 
-export interface DbTransaction {
+export interface DbTransaction extends PromoPaymentTransaction {
   readonly userId: string;
   /** Reads the account (locking it where the backend locks) with its open grants and active holds. */
   load(request?: LoadRequest): Promise<LoadedState>;

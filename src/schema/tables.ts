@@ -1,5 +1,7 @@
 import type * as z from "zod";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
+import { promoPaymentTableSpecs } from "./tables-promos.js";
+import { Notification } from "../models/notifications.js";
 import { Plan, Subscription } from "../models/subscriptions.js";
 
 /** A condition of a partial index, on a model field. */
@@ -40,7 +42,18 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
-export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger" | "plans" | "subscriptions";
+export type TableKey =
+  | "accounts"
+  | "grants"
+  | "reservations"
+  | "journal"
+  | "ledger"
+  | "notifications"
+  | "promos"
+  | "promoClaims"
+  | "payments"
+  | "plans"
+  | "subscriptions";
 export type TableSpecs = Record<TableKey, TableSpec>;
 
 /**
@@ -102,6 +115,22 @@ export const tableSpecs: TableSpecs = {
       { name: "created", fields: ["createdAt"] },
       { name: "user_created", fields: ["userId", "createdAt"] },
       { name: "type_created", fields: ["eventType", "createdAt"] },
+    ],
+  },
+  ...promoPaymentTableSpecs,
+  notifications: {
+    name: "notifications",
+    model: Notification,
+    primaryKey: ["id"],
+    indexes: [
+      // Dedupe keys are unique per user, where a row has one.
+      { name: "user_dedupe_key", fields: ["userId", "dedupeKey"], unique: true, where: [{ field: "dedupeKey", op: "notNull" }] },
+      // A user's oldest pending row (the only one a dispatcher may claim); listNotifications.
+      { name: "user_status_id", fields: ["userId", "status", "id"] },
+      // Dispatchers: pending rows that are due, oldest first (delivered rows leave the index).
+      { name: "pending_due", fields: ["nextAttemptAt", "id"], where: [{ field: "status", op: "eq", value: "pending" }] },
+      // purgeNotifications: settled rows by settlement time.
+      { name: "settled", fields: ["settledAt"], where: [{ field: "settledAt", op: "notNull" }] },
     ],
   },
   plans: {

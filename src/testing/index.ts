@@ -27,8 +27,11 @@ import type { JournalEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { subscriptionContract } from "./subscriptions.js";
+import { runPromoPaymentContract } from "./promos.js";
+import { runNotificationContract } from "./notifications.js";
 
 export { CreditModel } from "./model.js";
+export { runNotificationContract } from "./notifications.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */
@@ -418,6 +421,8 @@ export function runDbManagerContract(options: ContractOptions): void {
       });
     });
 
+    runPromoPaymentContract(() => db);
+
     describe("properties", () => {
       it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {
         await fc.assert(fc.asyncProperty(commandsArbitrary(), async (commands) => runAgainstModel(db, commands)), {
@@ -425,6 +430,8 @@ export function runDbManagerContract(options: ContractOptions): void {
         });
       });
     });
+
+    runNotificationContract(() => db, { raceSize: Math.min(race, 50) });
   });
 }
 

@@ -1,8 +1,23 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Plan, Reservation, Subscription } from "../../models/index.js";
+import type {
+  Account,
+  Grant,
+  JournalEntry,
+  LedgerEntry,
+  Notification,
+  Payment,
+  Plan,
+  Promo,
+  PromoClaim,
+  Reservation,
+  Subscription,
+} from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { DueIndex } from "./due-index.js";
 import { ColumnarJournal } from "./journal.js";
+import { MemoryOutbox } from "./outbox.js";
+import { MemoryPromoStore } from "./promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 import type {
   Changes,
@@ -56,6 +71,9 @@ export class InMemoryDbManager implements DbManager {
   private readonly ledger: LedgerEntry[] = [];
   /** userId → callers waiting for the account (present while someone holds it). */
   private readonly locks = new Map<string, Array<() => void>>();
+  /** @internal Promos, claims and payments. */
+  readonly promoStore = new MemoryPromoStore();
+  private readonly outbox = new MemoryOutbox();
 
   async init(): Promise<void> {}
 
@@ -99,6 +117,12 @@ export class InMemoryDbManager implements DbManager {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
+    this.promoStore.check(changes);
+    if (changes.notifications !== undefined) {
+      for (const n of changes.notifications) {
+        if (!this.outbox.accepts(n)) throw new ConflictError(`notification key ${n.dedupeKey} is already used`);
+      }
+    }
   }
 
   /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
@@ -126,6 +150,8 @@ export class InMemoryDbManager implements DbManager {
       if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
       u.journal.append(e);
     }
+    this.promoStore.apply(changes);
+    if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insert(changes.notifications);
   }
 
   private putGrant(u: UserData, g: Grant): void {
@@ -251,6 +277,38 @@ export class InMemoryDbManager implements DbManager {
     return this.subs.findDueSubscriptions(asOf, limit, after);
   }
 
+  // Promos and payments: see ./promos.ts.
+  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
+  getPromo = (code: string) => this.promoStore.getPromo(code);
+  listPromos: MemoryPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: MemoryPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
+  listPromoClaims = (userId: string): Promise<PromoClaim[]> => this.promoStore.listPromoClaims(userId);
+  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
+  getPayment = (id: string) => this.promoStore.getPayment(id);
+  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
+  listPayments: MemoryPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+  async insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  async claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  async completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  async purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
+  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
+  }
+
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     this.ledger.push(entry);
   }
@@ -302,6 +360,19 @@ class MemoryTransaction implements DbTransaction {
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
     return this.db.user(this.userId)?.reservations.get(reservationId) ?? null;
+  }
+
+  async getPromo(code: string): Promise<Promo | null> {
+    return this.db.promoStore.getPromo(code);
+  }
+
+  async countPromoClaims(code: string): Promise<number> {
+    return this.db.promoStore.countPromoClaims(code, this.userId);
+  }
+
+  async getPayment(paymentId: string): Promise<Payment | null> {
+    const p = await this.db.promoStore.getPayment(paymentId);
+    return p !== null && p.userId === this.userId ? p : null;
   }
 
   async save(changes: Changes): Promise<void> {

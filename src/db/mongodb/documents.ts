@@ -24,7 +24,7 @@ export interface StoredDoc extends Document {
   _id: string;
 }
 
-interface Kind<T> {
+export interface Kind<T> {
   /** The entity field stored as `_id`. */
   readonly idField: keyof T & string;
   /** Every field of the entity, from its zod model. */

@@ -12,7 +12,9 @@ import type {
 } from "mongodb";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { MongoOutbox, NOTIFICATION_INDEXES } from "./outbox.js";
 import type {
   Changes,
   DbCapabilities,
@@ -26,6 +28,7 @@ import type {
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "./lock.js";
+import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
@@ -62,6 +65,7 @@ interface Collections {
   reservations: Collection<StoredDoc>;
   journal: Collection<StoredDoc>;
   ledger: Collection<StoredDoc>;
+  notifications: Collection<StoredDoc>;
   plans: Collection<StoredDoc>;
   subscriptions: Collection<StoredDoc>;
 }
@@ -123,6 +127,7 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
     { key: { userId: 1, createdAt: -1, _ord: -1 }, name: "user_created" },
     { key: { eventType: 1, createdAt: -1, _ord: -1 }, name: "type_created" },
   ],
+  notifications: NOTIFICATION_INDEXES,
 };
 
 /**
@@ -173,6 +178,9 @@ export class MongoDbManager implements DbManager {
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
+  /** @internal Promos, claims and payments (./promos.ts). */
+  readonly promoStore: MongoPromoStore;
+  private readonly outbox: MongoOutbox;
 
   constructor(config: MongoDbManagerConfig) {
     if ("db" in config && config.db !== undefined) {
@@ -205,9 +213,12 @@ export class MongoDbManager implements DbManager {
       reservations: col("reservations"),
       journal: col("journal"),
       ledger: col("ledger"),
+      notifications: col("notifications"),
       plans: col("plans"),
       subscriptions: col("subscriptions"),
     };
+    this.promoStore = new MongoPromoStore(col);
+    this.outbox = new MongoOutbox(this.c.notifications);
     this.subs = new MongoSubscriptionStore(this.c.plans, this.c.subscriptions);
   }
 
@@ -273,6 +284,7 @@ export class MongoDbManager implements DbManager {
         throw toCreditError(error, `init: createIndexes on ${collection.collectionName}`);
       }
     }
+    await this.promoStore.init(this.db, names);
   }
 
   /** Closes the client if `fromUri` created it; a client handed in stays open. */
@@ -304,7 +316,7 @@ export class MongoDbManager implements DbManager {
         const value = await session.withTransaction(async (s) => {
           if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts);
           attempts++;
-          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates);
+          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates, this.promoStore);
           return tx.run(fn);
         }, TRANSACTION_OPTIONS);
         const after = (tx as MongoTransaction | undefined)?.stateAfter;
@@ -404,6 +416,38 @@ export class MongoDbManager implements DbManager {
       this.c.reservations.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
     );
     return docs.map((d) => fromDoc(RESERVATION, d));
+  }
+
+  // Promos and payments: see ./promos.ts.
+  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
+  getPromo = (code: string) => this.promoStore.getPromo(code);
+  listPromos: MongoPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: MongoPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
+  listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
+  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
+  getPayment = (id: string) => this.promoStore.getPayment(id);
+  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
+  listPayments: MongoPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+  insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -528,6 +572,7 @@ class MongoTransaction implements DbTransaction {
     readonly userId: string,
     private readonly cached: AccountState | undefined,
     private readonly verify: boolean,
+    private readonly promos: MongoPromoStore,
   ) {}
 
   /**
@@ -647,6 +692,18 @@ class MongoTransaction implements DbTransaction {
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 
+  getPromo(code: string): Promise<Promo | null> {
+    return this.promos.getPromoIn(this.session, code);
+  }
+
+  countPromoClaims(code: string): Promise<number> {
+    return this.promos.countClaimsIn(this.session, code, this.userId);
+  }
+
+  getPayment(paymentId: string): Promise<Payment | null> {
+    return this.promos.getPaymentIn(this.session, paymentId, this.userId);
+  }
+
   /**
    * At most four round trips: the guarded account write first (so a loser of a race learns it
    * before writing anything else), then grants and holds (one `bulkWrite` each) and the entries
@@ -710,6 +767,10 @@ class MongoTransaction implements DbTransaction {
       changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } })),
       session,
     );
+    await this.promos.saveIn(session, changes);
+    if (changes.notifications !== undefined && changes.notifications.length > 0) {
+      await new MongoOutbox(this.c.notifications).insertInTransaction(changes.notifications, session);
+    }
     // What the cache holds once the transaction commits (only a state this unit of work loaded).
     if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
   }

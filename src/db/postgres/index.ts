@@ -1,10 +1,13 @@
 import type * as PgModule from "pg";
 import type { Pool, PoolClient, PoolConfig } from "pg";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
+import { PostgresPromoStore } from "./promos.js";
 import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import type { Plan, Subscription } from "../../models/index.js";
@@ -84,11 +87,13 @@ export class PostgresDbManager implements DbManager {
   private readonly maxUnits: number;
   private readonly batchConcurrency: number;
   private readonly maxWaiters: number;
+  private readonly outbox: PostgresOutbox;
   private readonly queue: Unit[] = [];
-  /** Accounts a running batch or waiter holds: their other units wait in the queue. */
-  private readonly busyUsers = new Set<string>();
+  /** Batches and waiters of this process per account (at most one batch and one waiter). */
+  private readonly busy = new Map<string, number>();
   private active = 0;
   private waiters = 0;
+  private pumpScheduled = false;
   /** @internal */
   readonly prepared: boolean;
   private closed = false;
@@ -115,6 +120,7 @@ export class PostgresDbManager implements DbManager {
     this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
     this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
     this.maxWaiters = batch === false ? Infinity : Math.max(1, batch.waiters ?? 4);
+    this.outbox = new PostgresOutbox(this);
   }
 
   /**
@@ -187,36 +193,49 @@ export class PostgresDbManager implements DbManager {
   private enqueue(unit: Unit, front = false): void {
     if (front) this.queue.unshift(unit);
     else this.queue.push(unit);
-    this.pump();
+    this.schedulePump();
   }
 
   /**
-   * Starts what can start. A batch takes the oldest waiting units of distinct accounts that no
-   * running batch holds (so batches of this process never contend for a row), up to `maxUnits`,
-   * while fewer than `concurrency` batches run. Batches never wait for a row lock (SKIP LOCKED);
-   * a unit whose account another process holds becomes a waiter: it runs alone, waits for the
-   * lock on a connection of its own, and does not take a batch slot (at most one per account).
+   * Forms batches at the end of the current turn of the event loop, not at each call: units of
+   * work started together (or resubmitted together when a batch's callers resume) travel together.
+   */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /**
+   * Starts what can start. A batch takes the oldest waiting units of distinct accounts that this
+   * process is not working on, up to `maxUnits`, while fewer than `concurrency` batches run.
+   * Batches never wait for a row lock (SKIP LOCKED). A unit whose account is busy — in a batch of
+   * this process, or held by another process — becomes a waiter: it runs alone and waits for the
+   * lock on a connection of its own, outside the batch slots; at most one waiter per account and
+   * `waiters` in all, the rest wait in memory.
    */
   private pump(): void {
     const scanLimit = Math.min(this.queue.length, 4096);
     for (let i = 0, seen = 0; i < this.queue.length && seen < scanLimit; seen++) {
       const u = this.queue[i] as Unit;
-      if (this.busyUsers.has(u.userId)) {
-        i++;
-        continue;
-      }
-      if (u.wait) {
-        if (this.waiters >= this.maxWaiters) {
+      const busy = this.busy.get(u.userId) ?? 0;
+      // A unit of an account this process is already working on queues behind it in the
+      // database as a waiter (so the lock passes on the moment it is released), one at a time.
+      if (u.wait || busy > 0) {
+        if (busy > 1 || this.waiters >= this.maxWaiters) {
           i++;
           continue;
         }
         this.queue.splice(i, 1);
-        this.busyUsers.add(u.userId);
+        this.hold(u.userId, 1);
         this.waiters++;
         void this.runBatch([u], true).finally(() => {
           this.waiters--;
-          this.busyUsers.delete(u.userId);
-          this.pump();
+          this.hold(u.userId, -1);
+          this.schedulePump();
         });
         continue;
       }
@@ -226,26 +245,33 @@ export class PostgresDbManager implements DbManager {
       }
       this.queue.splice(i, 1);
       const batch = [u];
-      this.busyUsers.add(u.userId);
+      this.hold(u.userId, 1);
       if (!u.solo) {
         for (let j = i; j < this.queue.length && batch.length < this.maxUnits && seen < scanLimit; seen++) {
           const v = this.queue[j] as Unit;
-          if (v.solo || v.wait || this.busyUsers.has(v.userId)) {
+          if (v.solo || v.wait || this.busy.has(v.userId)) {
             j++;
             continue;
           }
           this.queue.splice(j, 1);
           batch.push(v);
-          this.busyUsers.add(v.userId);
+          this.hold(v.userId, 1);
         }
       }
       this.active++;
       void this.runBatch(batch, false).finally(() => {
         this.active--;
-        for (const b of batch) this.busyUsers.delete(b.userId);
-        this.pump();
+        for (const b of batch) this.hold(b.userId, -1);
+        this.schedulePump();
       });
     }
+  }
+
+  /** Counts the batches and waiters of this process working on an account. */
+  private hold(userId: string, delta: 1 | -1): void {
+    const n = (this.busy.get(userId) ?? 0) + delta;
+    if (n > 0) this.busy.set(userId, n);
+    else this.busy.delete(userId);
   }
 
   private async runBatch(units: Unit[], wait: boolean): Promise<void> {
@@ -296,8 +322,7 @@ export class PostgresDbManager implements DbManager {
       else this.enqueue(unit, true);
     };
     if (delay > 0) setTimeout(again, delay);
-    // After the current batch has released its accounts (its `finally` runs first).
-    else queueMicrotask(() => setImmediate(again));
+    else setImmediate(again); // after the current batch has released its accounts
   }
 
   async getAccount(userId: string): Promise<Account | null> {
@@ -378,6 +403,42 @@ export class PostgresDbManager implements DbManager {
       `ORDER BY expires_at, id LIMIT $${params.length}`;
     const rows = await this.read("findExpiredReservations", text, params);
     return rows.map((r) => this.decode<Reservation>("reservations", r));
+  }
+
+  // Promos and payments: see ./promos.ts.
+  private promoStoreValue: PostgresPromoStore | undefined;
+  private get promoStore(): PostgresPromoStore {
+    return (this.promoStoreValue ??= new PostgresPromoStore(this, this.sql.tables));
+  }
+  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
+  getPromo = (code: string) => this.promoStore.getPromo(code);
+  listPromos: PostgresPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: PostgresPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
+  listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
+  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
+  getPayment = (id: string) => this.promoStore.getPayment(id);
+  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
+  listPayments: PostgresPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+  insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
