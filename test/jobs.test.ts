@@ -55,3 +55,20 @@ describe("subscriptions and jobs through createCreditManager", () => {
     await m.close();
   });
 });
+
+describe("subscription events", () => {
+  it("records one subscription_allocation outbox event per period, in the allocation's unit of work", async () => {
+    const clock = { now: T };
+    const { InMemoryNotificationQueue } = await import("../src/index.js");
+    const m = await createCreditManager({ clock: () => new Date(clock.now), queue: new InMemoryNotificationQueue() });
+    await m.subscriptions.createPlan({ id: "d", name: "Daily", creditsPerPeriod: 5, billingPeriod: "daily" });
+    await m.subscriptions.subscribe("u", "d");
+    clock.now = T + DAY;
+    await Promise.all([m.expiration.renewDueSubscriptions(), m.expiration.renewDueSubscriptions()]);
+    const rows = await m.db.listNotifications("u", { limit: 100 });
+    const allocations = rows.filter((r) => r.type === "subscription_allocation");
+    expect(allocations).toHaveLength(2);
+    expect(allocations.map((r) => (r.payload as { credits: number }).credits)).toEqual([5, 5]);
+    await m.close();
+  });
+});

@@ -4,6 +4,7 @@ import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
+import { recordEvent } from "../domain/notifications.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "../domain/periods.js";
 import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -504,6 +505,7 @@ export class SubscriptionService {
       return ids.map((id) => work.getGrant(id)).filter((g): g is Grant => g !== undefined);
     };
     const created: string[] = [];
+    let creditsAdded = 0;
     const add = (amount: number, expiresAt: number | null, source: "subscription" | "rollover", description: string) => {
       const e = work.add(amount, {
         expiresAt: expiresAt === null ? null : new Date(expiresAt),
@@ -514,6 +516,7 @@ export class SubscriptionService {
         metadata: { subscriptionId: s.id },
       }, m(description));
       for (const p of e.grants) created.push(p.grantId);
+      creditsAdded += amount;
     };
 
     if (it.expireGrantIds.length > 0) {
@@ -541,6 +544,19 @@ export class SubscriptionService {
     if (it.allocate !== null && it.allocate.amount > 0) {
       add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
     }
+    // The outbox event goes with the allocation, in the same transaction (when notifications are on).
+    recordEvent(work, {
+      type: "subscription_allocation",
+      payload: {
+        subscriptionId: s.id,
+        planId: s.planId,
+        periodStart: s.currentPeriodStart.toISOString(),
+        periodEnd: s.currentPeriodEnd.toISOString(),
+        credits: creditsAdded,
+        key: it.key,
+      },
+      dedupeKey: it.key.slice(0, 255),
+    });
     if (work.entries.length === start) {
       // Nothing moved (a pay-as-you-go period, nothing to roll over): record the period anyway, so
       // the key proves it was handled and a late second run cannot act on it.
