@@ -1,7 +1,8 @@
 /**
  * npm run bench — prints a table. Figures are ratios against baselines measured in the same run.
  * In-memory at journal sizes 1k, 100k and 1M (each in its own process, for a clean peak RSS);
- * PostgreSQL and MongoDB when CREDIT_PG_URL / CREDIT_MONGO_URI are set.
+ * PostgreSQL and MongoDB when CREDIT_PG_URL / CREDIT_MONGO_URI are set; HTTP requests/s with and
+ * without metering (bench/http.ts) always.
  * BENCH_SIZES=1000,100000 limits the sizes; BENCH_OPS sets operations per measurement.
  */
 import { execFileSync } from "node:child_process";
@@ -64,6 +65,9 @@ for (const [env, file] of [
   const mod = (await import(`./${file.replace(".ts", ".js")}`)) as { run: () => Promise<BenchRow[]> };
   rows.push(...(await mod.run()));
 }
+
+// HTTP with and without metering (in-memory store; always runs, about 40 s).
+rows.push(...(await (await import("./http.js")).run()));
 
 printTable(rows);
 console.log("");

@@ -6,6 +6,7 @@
 
 export type CreditErrorCode =
   | "VALIDATION_ERROR"
+  | "RULE_VIOLATION"
   | "INSUFFICIENT_CREDITS"
   | "NOT_FOUND"
   | "RESERVATION_NOT_ACTIVE"
@@ -56,6 +57,18 @@ export class ValidationError extends CreditError {
   readonly issues: ValidationIssue[];
   constructor(message: string, issues: ValidationIssue[] = [], cause?: unknown) {
     super("VALIDATION_ERROR", 400, message, { details: { issues }, cause });
+    this.issues = issues;
+  }
+}
+
+/**
+ * The input is well-formed but a rule refuses it (an `expiresAt` that is not in the future, an
+ * `asOf` in the future). HTTP 422. Nothing was changed.
+ */
+export class RuleViolationError extends CreditError {
+  readonly issues: ValidationIssue[];
+  constructor(message: string, issues: ValidationIssue[] = []) {
+    super("RULE_VIOLATION", 422, message, { details: { issues } });
     this.issues = issues;
   }
 }

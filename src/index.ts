@@ -5,6 +5,13 @@ export {
   type ExpiringCredits,
   type HistoryPage,
 } from "./services/credit-service.js";
+export {
+  currentMeter,
+  MeterSession,
+  recordUsage,
+  type MeterContext,
+  type MeterOutcome,
+} from "./services/metering.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

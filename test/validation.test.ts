@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createCreditManager, CreditError, ValidationError, type CreditManager } from "../src/index.js";
+import { createCreditManager, CreditError, RuleViolationError, ValidationError, type CreditManager } from "../src/index.js";
 
 const badAmounts: unknown[] = [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53, "10", null, undefined, {}, 10n];
 const badUserIds: unknown[] = ["", 5, "a\u0000b", "x".repeat(257), null, undefined];
@@ -35,6 +35,18 @@ describe("bad input is a ValidationError and changes nothing", () => {
     if (pattern) expect((error as Error).message).toMatch(pattern);
   };
 
+  /** Well-formed but refused by a rule: RuleViolationError, HTTP 422. */
+  const expectRefused = async (call: () => Promise<unknown>, pattern: RegExp) => {
+    const error = await call().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(RuleViolationError);
+    expect((error as RuleViolationError).code).toBe("RULE_VIOLATION");
+    expect((error as RuleViolationError).status).toBe(422);
+    expect((error as Error).message).toMatch(pattern);
+  };
+
   it.each(badAmounts.map((a) => [String(a), a]))("amount %s is refused by every amount-taking method", async (_label, amount) => {
     const c = m.credits;
     await expectInvalid(() => c.addCredits(U, amount as number), /amount/);
@@ -61,7 +73,7 @@ describe("bad input is a ValidationError and changes nothing", () => {
   it("refuses bad options with a message naming the field", async () => {
     const c = m.credits;
     await expectInvalid(() => c.addCredits(U, 1, { expiry: new Date() } as never), /options/);
-    await expectInvalid(() => c.addCredits(U, 1, { expiresAt: new Date(Date.now() - 1000) }), /expiresAt.*future/);
+    await expectRefused(() => c.addCredits(U, 1, { expiresAt: new Date(Date.now() - 1000) }), /expiresAt.*future/);
     await expectInvalid(() => c.addCredits(U, 1, { expiresAt: "tomorrow" }), /expiresAt/);
     await expectInvalid(() => c.addCredits(U, 1, { expiresAt: new Date(Number.NaN) }), /expiresAt/);
     await expectInvalid(() => c.addCredits(U, 1, { priority: -1 }), /priority/);
@@ -83,7 +95,7 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => c.getCreditHistory(U, { types: ["bogus" as never] }), /types/);
     await expectInvalid(() => c.getExpiringCredits(U, -1), /days/);
     await expectInvalid(() => c.getExpiringCredits(U, Number.NaN), /days/);
-    await expectInvalid(() => c.expireCredits(U, new Date(Date.now() + 3_600_000)), /asOf.*future/);
+    await expectRefused(() => c.expireCredits(U, new Date(Date.now() + 3_600_000)), /asOf.*future/);
     await expectInvalid(() => createCreditManager({ bogus: true } as never), /options/);
     await expectInvalid(() => createCreditManager({ db: {} as never }), /db/);
   });

@@ -2,3 +2,4 @@ export * from "./common.js";
 export * from "./entities.js";
 export * from "./inputs.js";
 export { parse } from "./parse.js";
+export * from "./metering.js";

@@ -12,9 +12,12 @@ import {
   NotFoundError,
   ReservationExpiredError,
   ReservationNotActiveError,
+  RuleViolationError,
   ValidationError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
+import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
 import type {
   CreditsInfo} from "../models/index.js";
 import {
@@ -115,7 +118,7 @@ export class CreditService {
     const o = parse(AddCreditsOptions, options, "options");
     const now = this.clock();
     if (o.expiresAt && o.expiresAt.getTime() <= now.getTime()) {
-      throw new ValidationError(`Invalid options.expiresAt: ${o.expiresAt.toISOString()} is not in the future`, [
+      throw new RuleViolationError(`Invalid options.expiresAt: ${o.expiresAt.toISOString()} is not in the future`, [
         { path: "expiresAt", message: "must be in the future" },
       ]);
     }
@@ -231,7 +234,7 @@ export class CreditService {
     const at = parse(AsOf, asOf, "asOf");
     const now = this.clock();
     if (at !== undefined && at.getTime() > now.getTime()) {
-      throw new ValidationError(`Invalid asOf: ${at.toISOString()} is in the future`, [
+      throw new RuleViolationError(`Invalid asOf: ${at.toISOString()} is in the future`, [
         { path: "asOf", message: "must not be in the future" },
       ]);
     }
@@ -303,6 +306,36 @@ export class CreditService {
     await this.settledAccount(user, this.clock());
     const grants = await this.db.listGrants(user, { includeInactive: options.includeInactive === true });
     return grants.sort(compareGrants).map(copy);
+  }
+
+  /**
+   * Metering: reserves `options.estimate`, runs `fn` inside a usage context (AsyncLocalStorage), then
+   * commits the number `fn` returns, else the usage recorded with `recordUsage()` anywhere below
+   * it; with neither it releases the hold (or charges the estimate, `noUsage: "estimate"`). If `fn`
+   * throws, the hold is released and the error rethrown. Exactly one commit or release per call;
+   * the usages go into the commit entry's metadata. Resolves to what `fn` resolved to.
+   * `InsufficientCreditsError` when the hold cannot be placed (then `fn` does not run).
+   */
+  async meter<T>(
+    userId: string,
+    options: MeterOptions & { onSettled?: (outcome: MeterOutcome) => void },
+    fn: (context: MeterContext) => T | Promise<T>,
+  ): Promise<T> {
+    const { onSettled, ...rest } = (options ?? {}) as MeterOptions & { onSettled?: (outcome: MeterOutcome) => void };
+    const o = parse(MeterOptionsSchema, rest, "options");
+    if (typeof fn !== "function") throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
+    return runMetered({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
+  }
+
+  /**
+   * The building block of `meter()` for hosts that settle on their own schedule (the HTTP
+   * middleware commits when a streamed response ends): places the hold and returns the session;
+   * `session.run(fn)` runs code in its usage context, `session.commit(amount?)` / `session.release()`
+   * settle it once.
+   */
+  async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
+    const o = parse(MeterOptionsSchema, options, "options");
+    return openMeter({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */

@@ -1,0 +1,58 @@
+/**
+ * The server side of `bench/http.ts`, in its own process so the load generator does not share its
+ * event loop: a trivial JSON endpoint with and without metering, on node middleware and on the
+ * Fetch wrapper. Prints `{"port": n}` when listening; exits when stdin closes.
+ */
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { createCreditManager } from "../src/index.js";
+import { creditMetering, creditMeteringMiddleware, recordUsage, toNodeHandler } from "../src/http/index.js";
+
+const USERS = Number(process.argv[2] ?? 100);
+const manager = await createCreditManager();
+for (let i = 0; i < USERS; i++) await manager.credits.addCredits(`user-${i}`, 1e12);
+
+const userOf = (auth: string | null | undefined) => (auth ? { userId: auth.slice(7) } : null);
+const common = { credits: manager.credits, defaultEstimate: 10, ttlSeconds: 60 } as const;
+
+const body = '{"ok":true,"usage":{"total_tokens":3}}';
+const nodeMeter = creditMeteringMiddleware({
+  ...common,
+  pathPrefix: "/n/api",
+  authenticate: (req) => userOf(req.headers.authorization),
+});
+const fetchApp = async (request: Request): Promise<Response> => {
+  if (new URL(request.url).pathname.startsWith("/f/api")) recordUsage({ amount: 3 });
+  return new Response(body, { headers: { "content-type": "application/json" } });
+};
+const fetchNode = toNodeHandler(
+  creditMetering({ ...common, pathPrefix: "/f/api", authenticate: (r) => userOf(r.headers.get("authorization")) })(fetchApp),
+);
+
+const server = createServer((req, res) => {
+  const url = req.url ?? "/";
+  if (url.startsWith("/f/")) return void fetchNode(req, res);
+  const plain = () => {
+    res.setHeader("content-type", "application/json");
+    res.end(body);
+  };
+  // "/upstream": the handler first awaits 2 ms, like a call to a model provider.
+  const upstream = url.endsWith("/upstream");
+  const respond = () => (upstream ? void setTimeout(plain, 2) : plain());
+  if (url.startsWith("/n/api")) {
+    return nodeMeter(req, res, () => {
+      recordUsage({ amount: 3 });
+      respond();
+    });
+  }
+  respond();
+});
+server.keepAliveTimeout = 60_000;
+server.listen(0, "127.0.0.1", () => {
+  console.log(JSON.stringify({ port: (server.address() as AddressInfo).port }));
+});
+process.stdin.on("end", () => {
+  server.close();
+  void manager.close().then(() => process.exit(0));
+});
+process.stdin.resume();

@@ -1,0 +1,357 @@
+import * as z from "zod";
+import { NotFoundError } from "../errors.js";
+import {
+  AddCreditsOptions,
+  Amount,
+  CommitOptions,
+  CreditsInfo,
+  DeductOptions,
+  EntityId,
+  EntryType,
+  Grant,
+  HistoryQuery,
+  JournalEntry,
+  MutationOptions,
+  parse,
+  ReleaseOptions,
+  Reservation,
+  ReserveOptions,
+  UserId,
+} from "../models/index.js";
+import type { RouteContext, RouteDefinition } from "./router.js";
+
+// ---- request schemas (built from the core models, so HTTP and library validate alike) ----------
+
+/** `POST /credits/reservations` and the admin equivalent. */
+export const ReserveBody = ReserveOptions.extend({ amount: Amount });
+/** `POST …/reservations/:id/commit`. */
+export const CommitBody = CommitOptions;
+/** `POST …/reservations/:id/release`. */
+export const ReleaseBody = ReleaseOptions;
+/** `POST /admin/credits/users/:userId/add`. */
+export const AddBody = AddCreditsOptions.extend({ amount: Amount });
+/** `POST /admin/credits/users/:userId/deduct`. */
+export const DeductBody = DeductOptions.extend({
+  amount: Amount,
+  /** Usage already delivered: take what unheld grants have and record the rest as debt. */
+  afterService: z.boolean().optional(),
+});
+export const VoidBody = MutationOptions;
+
+export const HistoryParams = z.strictObject({
+  limit: HistoryQuery.shape.limit,
+  cursor: HistoryQuery.shape.cursor,
+  /** Comma-separated or repeated: `types=deduct,commit_reserved`. */
+  types: z.array(EntryType).min(1).optional(),
+  from: z.iso.datetime({ offset: true }).optional(),
+  to: z.iso.datetime({ offset: true }).optional(),
+});
+export const ExpiringParams = z.strictObject({
+  /** Days ahead, 0–3650, default 7. */
+  days: z.number().min(0).max(3650).optional(),
+});
+export const GrantsParams = z.strictObject({ includeInactive: z.boolean().optional() });
+
+// ---- response schemas ---------------------------------------------------------------------------
+
+export const HistoryPageSchema = z.object({ items: z.array(JournalEntry), nextCursor: z.string().nullable() });
+export const ExpiringSchema = z.object({ userId: UserId, total: z.number().int(), grants: z.array(Grant) });
+export const GrantListSchema = z.object({ items: z.array(Grant) });
+export const SettledHoldSchema = z.object({ reservation: Reservation, entry: JournalEntry });
+export const AuditSchema = z.object({
+  userId: UserId,
+  ok: z.boolean(),
+  problems: z.array(z.string()),
+  entries: z.number().int(),
+  balance: z.number().int(),
+  reserved: z.number().int(),
+  debt: z.number().int(),
+  available: z.number().int(),
+  grants: z.record(z.string(), z.number().int()),
+  activeReservations: z.record(z.string(), z.number().int()),
+});
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
+const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
+const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
+  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
+
+/**
+ * The caller's reservation, or 404 — the same 404 whether it does not exist or belongs to someone
+ * else, so ids cannot be probed. Admins reach every reservation.
+ */
+async function ownReservation(ctx: RouteContext) {
+  const id = parse(EntityId, ctx.params.id, "path.id");
+  const r = await ctx.manager.credits.getReservation(id);
+  if (!ctx.identity?.admin && r.userId !== ctx.identity?.userId) {
+    throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+  }
+  return r;
+}
+
+const history = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
+  const q = ctx.query<z.infer<typeof HistoryParams>>();
+  return ctx.manager.credits.getCreditHistory(user(ctx), q);
+};
+const expiring = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
+  ctx.manager.credits.getExpiringCredits(user(ctx), ctx.query<z.infer<typeof ExpiringParams>>().days ?? 7);
+const grants = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => ({
+  items: await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsParams>>()),
+});
+const reserve = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
+  const { amount, ...options } = await ctx.body<z.infer<typeof ReserveBody>>();
+  return ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(options, ctx));
+};
+
+const credits = ["credits"];
+const admin = ["admin"];
+const e = { notFound: 404, conflict: 409, gone: 410, payment: 402, rule: 422 };
+
+/** The credit routes: the caller's own account under `basePath`, any account under `adminBasePath`. */
+export const creditRoutes: RouteDefinition[] = [
+  {
+    method: "GET",
+    base: "user",
+    path: "/balance",
+    access: "user",
+    operationId: "getBalance",
+    summary: "The caller's balance, reserved, available and debt",
+    tags: credits,
+    response: CreditsInfo,
+    handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(self(ctx)),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/history",
+    access: "user",
+    operationId: "getHistory",
+    summary: "The caller's journal, newest first, with cursor paging and type/date filters",
+    tags: credits,
+    query: HistoryParams,
+    response: HistoryPageSchema,
+    handle: history(self),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/expiring",
+    access: "user",
+    operationId: "getExpiringCredits",
+    summary: "The caller's unspent credits expiring within `days` days (default 7)",
+    tags: credits,
+    query: ExpiringParams,
+    response: ExpiringSchema,
+    handle: expiring(self),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/grants",
+    access: "user",
+    operationId: "getGrants",
+    summary: "The caller's grants in burn-down order",
+    tags: credits,
+    query: GrantsParams,
+    response: GrantListSchema,
+    handle: grants(self),
+  },
+  {
+    method: "POST",
+    base: "user",
+    path: "/reservations",
+    access: "user",
+    operationId: "createReservation",
+    summary: "Hold credits of the caller's account",
+    tags: credits,
+    body: ReserveBody,
+    idempotent: true,
+    status: 201,
+    response: Reservation,
+    errors: [e.payment, e.conflict],
+    handle: reserve(self),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/reservations/:id",
+    access: "user",
+    operationId: "getReservation",
+    summary: "One of the caller's reservations (admins: any)",
+    tags: credits,
+    response: Reservation,
+    errors: [e.notFound],
+    handle: ownReservation,
+  },
+  {
+    method: "POST",
+    base: "user",
+    path: "/reservations/:id/commit",
+    access: "user",
+    operationId: "commitReservation",
+    summary: "Capture a hold: all of it, or `amount` (less returns the rest, more is taken as usage)",
+    tags: credits,
+    body: CommitBody,
+    idempotent: true,
+    response: SettledHoldSchema,
+    errors: [e.payment, e.notFound, e.conflict, e.gone],
+    handle: async (ctx) => {
+      const options = await ctx.body<z.infer<typeof CommitBody>>();
+      const r = await ownReservation(ctx);
+      const entry = await ctx.manager.credits.commitReservedCredits(r.id, withKey(options, ctx));
+      return { reservation: await ctx.manager.credits.getReservation(r.id), entry };
+    },
+  },
+  {
+    method: "POST",
+    base: "user",
+    path: "/reservations/:id/release",
+    access: "user",
+    operationId: "releaseReservation",
+    summary: "Return a hold's credits",
+    tags: credits,
+    body: ReleaseBody,
+    idempotent: true,
+    response: SettledHoldSchema,
+    errors: [e.notFound, e.conflict, e.gone],
+    handle: async (ctx) => {
+      const options = await ctx.body<z.infer<typeof ReleaseBody>>();
+      const r = await ownReservation(ctx);
+      const entry = await ctx.manager.credits.releaseReservedCredits(r.id, withKey(options, ctx));
+      return { reservation: await ctx.manager.credits.getReservation(r.id), entry };
+    },
+  },
+
+  // ---- admin ------------------------------------------------------------------------------------
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/balance",
+    access: "admin",
+    operationId: "adminGetBalance",
+    summary: "A user's balance",
+    tags: admin,
+    response: CreditsInfo,
+    handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(target(ctx)),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/history",
+    access: "admin",
+    operationId: "adminGetHistory",
+    summary: "A user's journal",
+    tags: admin,
+    query: HistoryParams,
+    response: HistoryPageSchema,
+    handle: history(target),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/expiring",
+    access: "admin",
+    operationId: "adminGetExpiringCredits",
+    summary: "A user's credits expiring within `days` days",
+    tags: admin,
+    query: ExpiringParams,
+    response: ExpiringSchema,
+    handle: expiring(target),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/grants",
+    access: "admin",
+    operationId: "adminGetGrants",
+    summary: "A user's grants",
+    tags: admin,
+    query: GrantsParams,
+    response: GrantListSchema,
+    handle: grants(target),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/audit",
+    access: "admin",
+    operationId: "adminAudit",
+    summary: "Replay a user's journal and check it against the stored state",
+    tags: admin,
+    response: AuditSchema,
+    handle: (ctx) => ctx.manager.credits.audit(target(ctx)),
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/add",
+    access: "admin",
+    operationId: "adminAddCredits",
+    summary: "Add credits to a user (a new grant)",
+    tags: admin,
+    body: AddBody,
+    idempotent: true,
+    status: 201,
+    response: JournalEntry,
+    errors: [e.conflict, e.rule],
+    handle: async (ctx) => {
+      const { amount, ...options } = await ctx.body<z.infer<typeof AddBody>>();
+      return ctx.manager.credits.addCredits(target(ctx), amount, withKey(options, ctx));
+    },
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/deduct",
+    access: "admin",
+    operationId: "adminDeductCredits",
+    summary: "Deduct credits from a user (`afterService: true` for usage already delivered)",
+    tags: admin,
+    body: DeductBody,
+    idempotent: true,
+    response: JournalEntry,
+    errors: [e.payment, e.conflict],
+    handle: async (ctx) => {
+      const { amount, afterService, ...options } = await ctx.body<z.infer<typeof DeductBody>>();
+      const user = target(ctx);
+      const o = withKey(options, ctx);
+      return afterService
+        ? ctx.manager.credits.deductCreditsAfterService(user, amount, o)
+        : ctx.manager.credits.deductCredits(user, amount, o);
+    },
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/reservations",
+    access: "admin",
+    operationId: "adminCreateReservation",
+    summary: "Hold credits of a user",
+    tags: admin,
+    body: ReserveBody,
+    idempotent: true,
+    status: 201,
+    response: Reservation,
+    errors: [e.payment, e.conflict],
+    handle: reserve(target),
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/grants/:grantId/void",
+    access: "admin",
+    operationId: "adminVoidGrant",
+    summary: "Remove what is left of a grant (refunds, disputes)",
+    tags: admin,
+    body: VoidBody,
+    idempotent: true,
+    response: JournalEntry,
+    errors: [e.notFound, e.conflict],
+    handle: async (ctx) => {
+      const options = await ctx.body<z.infer<typeof VoidBody>>();
+      return ctx.manager.credits.voidGrant(parse(EntityId, ctx.params.grantId, "path.grantId"), withKey(options, ctx));
+    },
+  },
+];

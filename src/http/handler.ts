@@ -1,0 +1,91 @@
+import type { CreditManager } from "../manager.js";
+import { ConfigurationError } from "../errors.js";
+import { creditRoutes } from "./credit-routes.js";
+import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
+import { createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
+
+export interface CreditHandlerOptions {
+  /** Base of the caller's own routes. Default `/credits`. */
+  basePath?: string;
+  /** Base of the admin routes. Default `/admin/credits`. */
+  adminBasePath?: string;
+  /**
+   * Who is calling: `{ userId, admin? }` or null (→ 401). Read your session, API key or JWT here.
+   * Required unless `trustUserIdHeader` is true.
+   */
+  authenticate?: Authenticate;
+  /**
+   * Take the caller's id from a client-sent `X-User-Id` header when `authenticate` finds nobody.
+   * Only behind a gateway that sets that header itself and strips it from clients: anyone who can
+   * reach the handler could otherwise act as anyone. Never grants admin. Default false.
+   */
+  trustUserIdHeader?: boolean;
+  /** Largest request body accepted, in bytes (413 beyond). Default 65,536. */
+  maxBodyBytes?: number;
+  /** More route groups (plans, subscriptions, promos, payments, your own), matched beside the credit routes. */
+  routes?: RouteDefinition[];
+  /** Fields of the OpenAPI document (`GET <basePath>/openapi.json`). */
+  openapi?: OpenApiOptions;
+  /** Called with unexpected errors (answered as a bare 500) and 5xx credit errors: log them. */
+  onError?: (error: unknown, request: Request) => void;
+}
+
+/** A Fetch-API handler: `(request) => Promise<Response>`, with what `toNodeHandler` needs. */
+export interface CreditHandler {
+  (request: Request): Promise<Response>;
+  /** The base paths it answers under (`toNodeHandler` passes other paths to `next`). */
+  readonly basePaths: readonly string[];
+  /** The routes, with their full paths. */
+  readonly routes: readonly (RouteDefinition & { fullPath: string })[];
+  /** The OpenAPI 3.1 document it serves at `<basePath>/openapi.json`. */
+  openapi(): Record<string, unknown>;
+}
+
+/**
+ * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
+ * Express and Fastify through `toNodeHandler`). Callers act on their own account under `basePath`;
+ * admins on any account under `adminBasePath`. See README "HTTP".
+ */
+export function createCreditHandler(manager: CreditManager, options: CreditHandlerOptions = {}): CreditHandler {
+  const o = {
+    basePath: options.basePath ?? "/credits",
+    adminBasePath: options.adminBasePath ?? "/admin/credits",
+    authenticate: options.authenticate,
+    trustUserIdHeader: options.trustUserIdHeader === true,
+    maxBodyBytes: options.maxBodyBytes ?? 65_536,
+    onError: options.onError,
+  };
+  if (o.authenticate === undefined && !o.trustUserIdHeader) {
+    throw new ConfigurationError(
+      "[credit-management] [http] createCreditHandler needs an `authenticate` hook (or `trustUserIdHeader: true` behind a gateway that sets X-User-Id).",
+    );
+  }
+  if (o.authenticate !== undefined && typeof o.authenticate !== "function") {
+    throw new ConfigurationError("[credit-management] [http] `authenticate` must be a function.");
+  }
+  let document: Record<string, unknown> | null = null;
+  const openapiRoute: RouteDefinition = {
+    method: "GET",
+    base: "user",
+    path: "/openapi.json",
+    access: "public",
+    operationId: "getOpenApi",
+    summary: "This OpenAPI 3.1 document",
+    tags: ["meta"],
+    handle: () => json(200, openapi(), { "cache-control": "public, max-age=300" }),
+  };
+  const all = [...creditRoutes, ...(options.routes ?? []), openapiRoute];
+  const router = createRouter(manager, all, o);
+  const routes = all.map((def) => ({ ...def, fullPath: fullPathOf(def, o) }));
+  function openapi() {
+    document ??= buildOpenApi(routes, options.openapi);
+    return document;
+  }
+  const handler = ((request: Request) => router.handle(request)) as CreditHandler;
+  Object.defineProperties(handler, {
+    basePaths: { value: router.bases },
+    routes: { value: routes },
+    openapi: { value: openapi },
+  });
+  return handler;
+}

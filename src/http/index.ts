@@ -1,0 +1,27 @@
+/**
+ * `credit-management/http`: the credit API as a Fetch handler, its node:http/Express/Fastify
+ * adapter, and metering for Fetch-style and node apps. No web framework is a dependency.
+ */
+export { createCreditHandler, type CreditHandler, type CreditHandlerOptions } from "./handler.js";
+export { toNodeHandler, toRequest, sendResponse, type FetchHandler, type NodeHandler } from "./node.js";
+export {
+  creditMetering,
+  creditMeteringMiddleware,
+  type CreditMeteringMiddlewareOptions,
+  type CreditMeteringOptions,
+  type MeteringLocals,
+  type MeteringOptionsBase,
+} from "./metering.js";
+export { buildOpenApi, type OpenApiOptions } from "./openapi.js";
+export {
+  HttpError,
+  errorResponse,
+  json,
+  type Authenticate,
+  type HttpMethod,
+  type Identity,
+  type RouteContext,
+  type RouteDefinition,
+} from "./router.js";
+export { creditRoutes } from "./credit-routes.js";
+export { currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";

@@ -1,0 +1,317 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { ValidationError } from "../errors.js";
+import { UserId, parse } from "../models/index.js";
+import type { CreditService } from "../services/credit-service.js";
+import type { MeterOutcome, MeterSession } from "../services/metering.js";
+import { errorBody, errorResponse, json, type Identity } from "./router.js";
+
+/** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
+export interface MeteringOptionsBase<Req> {
+  /** `manager.credits`. */
+  credits: Pick<CreditService, "openMeter">;
+  /** Who pays: `{ userId }` or null (→ 401). */
+  authenticate?: (request: Req) => Identity | null | undefined | Promise<Identity | null | undefined>;
+  /** Read the payer from a client-sent `X-User-Id` when `authenticate` finds nobody. Default false. */
+  trustUserIdHeader?: boolean;
+  /** Only paths under this prefix are metered. Default `/`. */
+  pathPrefix?: string;
+  /** Paths (exact, or a RegExp) never metered, e.g. `/api/health`. */
+  skipPaths?: (string | RegExp)[];
+  /** Header with the client's estimate. Default `X-Estimated-Tokens`. */
+  estimateHeader?: string;
+  /** Estimate when the header is absent. Default 100. */
+  defaultEstimate?: number;
+  /** Largest hold one request may place; larger estimates are capped. Default 100,000. */
+  maxEstimate?: number;
+  /** Hold TTL in seconds (long enough for the slowest stream). Default: the manager's default. */
+  ttlSeconds?: number;
+  /**
+   * Dotted key of the usage in a JSON response, e.g. `usage.total_tokens` (OpenAI style), used
+   * when the handler recorded no usage. Without it and without recorded usage, the hold is released.
+   */
+  usageKey?: string;
+  /** Response header with the credits charged. Default `X-Credits-Deducted`. */
+  deductedHeader?: string;
+  /** Every settled request: what was held, charged or released. Where headers cannot carry it, read it here. */
+  onSettled?: (outcome: MeterOutcome, request: Req) => void;
+}
+
+export type CreditMeteringOptions = MeteringOptionsBase<Request>;
+export type CreditMeteringMiddlewareOptions = MeteringOptionsBase<IncomingMessage>;
+
+/** What a node middleware leaves on `res.locals` (Express) for the handler and later middleware. */
+export interface MeteringLocals {
+  /** The hold of this request. */
+  creditReservationId: string;
+  creditEstimate: number;
+  /** Credits charged, once settled. */
+  creditsDeducted?: number;
+}
+
+function common<Req>(o: MeteringOptionsBase<Req>) {
+  if (!o || typeof o.credits?.openMeter !== "function") {
+    throw new TypeError("[credit-management] [metering] `credits` (manager.credits) is required.");
+  }
+  if (o.authenticate === undefined && o.trustUserIdHeader !== true) {
+    throw new TypeError("[credit-management] [metering] an `authenticate` hook (or `trustUserIdHeader: true`) is required.");
+  }
+  const prefix = (o.pathPrefix ?? "/").replace(/\/+$/, "");
+  const skip = o.skipPaths ?? [];
+  const defaultEstimate = o.defaultEstimate ?? 100;
+  const maxEstimate = o.maxEstimate ?? 100_000;
+  if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1) throw new TypeError("defaultEstimate must be a positive integer");
+  if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1) throw new TypeError("maxEstimate must be a positive integer");
+  const header = (o.estimateHeader ?? "x-estimated-tokens").toLowerCase();
+  const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
+  const usagePath = o.usageKey ? o.usageKey.split(".") : null;
+
+  const applies = (path: string) => {
+    if (prefix !== "" && path !== prefix && !path.startsWith(`${prefix}/`)) return false;
+    return !skip.some((s) => (typeof s === "string" ? s === path : s.test(path)));
+  };
+
+  /** The estimate from the header (a positive integer), else the default; capped. */
+  const estimate = (value: string | null | undefined): number => {
+    if (value === null || value === undefined || value === "") return Math.min(defaultEstimate, maxEstimate);
+    if (!/^\d{1,16}$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+      throw new ValidationError(`Invalid ${o.estimateHeader ?? "X-Estimated-Tokens"}: must be a positive integer`, [
+        { path: header, message: "must be a positive integer" },
+      ]);
+    }
+    return Math.min(Number(value), maxEstimate);
+  };
+
+  const usageFrom = (text: string): number | undefined => {
+    if (usagePath === null) return undefined;
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    for (const k of usagePath) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+    return typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  };
+
+  const identify = async (req: Req, headerValue: string | null | undefined): Promise<Identity | null> => {
+    const found = o.authenticate ? await o.authenticate(req) : null;
+    if (found) return { userId: parse(UserId, found.userId, "identity.userId"), admin: found.admin === true };
+    if (o.trustUserIdHeader && headerValue) return { userId: parse(UserId, headerValue, "X-User-Id") };
+    return null;
+  };
+
+  /** Settles (or joins the settlement already under way) and reports each session once. */
+  const reported = new WeakSet<MeterSession>();
+  const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>) =>
+    p.then(
+      (outcome) => {
+        if (!reported.has(session)) {
+          reported.add(session);
+          try {
+            o.onSettled?.(outcome, req);
+          } catch {
+            // a failing callback must not change the response
+          }
+        }
+        return outcome;
+      },
+      () => null,
+    );
+
+  return { applies, estimate, usageFrom, identify, settle, deductedHeader, ttlSeconds: o.ttlSeconds, credits: o.credits };
+}
+
+/** Opens the hold; 402 / 400 / 5xx become the error a client should see. */
+async function open(
+  credits: Pick<CreditService, "openMeter">,
+  userId: string,
+  estimate: number,
+  ttlSeconds: number | undefined,
+  reason: string,
+): Promise<MeterSession> {
+  return credits.openMeter(userId, { estimate, ttlSeconds, reason: reason.slice(0, 1000) });
+}
+
+const isJsonType = (type: string | null | undefined) => !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);
+
+/**
+ * Metering for Fetch-style apps (Hono, Next.js, Bun, Deno, `createCreditHandler` hosts): wraps a
+ * `(request) => Promise<Response>`. For each metered request it holds the estimate, runs the
+ * handler inside the usage context (`recordUsage()` works anywhere below it), and then:
+ * - a thrown handler or a status >= 500 releases the hold (a throw is rethrown);
+ * - a JSON response is read whole; the recorded usage (else the `usageKey` of the body) is
+ *   committed and `X-Credits-Deducted` is set;
+ * - any other body (server-sent events, streams) is passed through as it is produced and the
+ *   recorded usage is committed when it ends, before the client sees its end (headers are gone by
+ *   then: read the figure in `onSettled`); a client that goes away (the body is cancelled, or
+ *   `request.signal` aborts) releases the hold.
+ * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
+ */
+export function creditMetering(options: CreditMeteringOptions) {
+  const c = common(options);
+  return (handler: (request: Request) => Response | Promise<Response>) =>
+    async (request: Request): Promise<Response> => {
+      const url = new URL(request.url);
+      if (!c.applies(url.pathname)) return handler(request);
+      let session: MeterSession;
+      try {
+        const identity = await c.identify(request, request.headers.get("x-user-id"));
+        if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
+        const estimate = c.estimate(request.headers.get(options.estimateHeader ?? "x-estimated-tokens"));
+        session = await open(c.credits, identity.userId, estimate, c.ttlSeconds, `${request.method} ${url.pathname}`);
+      } catch (error) {
+        return errorResponse(error);
+      }
+      const release = (reason: string) => c.settle(request, session, session.release(reason));
+      const onAbort = () => void release("aborted");
+      request.signal.addEventListener("abort", onAbort, { once: true });
+
+      let response: Response;
+      try {
+        response = await session.run(() => handler(request));
+      } catch (error) {
+        await release("error");
+        throw error;
+      }
+      if (session.settled) return response; // the client left while the handler ran
+      if (response.status >= 500) {
+        await release("error");
+        return withHeader(response, response.body, c.deductedHeader, 0);
+      }
+      if (isJsonType(response.headers.get("content-type")) || response.body === null) {
+        let text: string | null = null;
+        try {
+          text = response.body === null ? null : await session.run(() => response.text());
+        } catch (error) {
+          await release("error");
+          throw error;
+        }
+        const amount = session.usages.length === 0 && text !== null ? c.usageFrom(text) : undefined;
+        const outcome = await c.settle(request, session, session.commit(amount));
+        request.signal.removeEventListener("abort", onAbort);
+        return withHeader(response, text, c.deductedHeader, outcome?.charged ?? 0);
+      }
+      const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          try {
+            const { done, value } = await session.run(() => reader.read());
+            if (done) {
+              request.signal.removeEventListener("abort", onAbort);
+              await c.settle(request, session, session.commit());
+              controller.close();
+            } else controller.enqueue(value);
+          } catch (error) {
+            await release("error");
+            controller.error(error);
+          }
+        },
+        async cancel(reason) {
+          await release("aborted");
+          await reader.cancel(reason).catch(() => undefined);
+        },
+      });
+      return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+    };
+}
+
+function withHeader(response: Response, body: ConstructorParameters<typeof Response>[0], name: string, charged: number): Response {
+  const headers = new Headers(response.headers);
+  headers.set(name, String(charged));
+  if (typeof body === "string") headers.delete("content-length");
+  return new Response(body, { status: response.status, statusText: response.statusText, headers });
+}
+
+type Next = (error?: Error) => void;
+type EndArgs = [chunk?: unknown, encoding?: unknown, cb?: unknown];
+
+/**
+ * Metering for node:http and Express (and anything that hands over `req, res, next`): holds the
+ * estimate, calls `next()` inside the usage context, and settles when the response ends:
+ * - `res.end(body)` with headers not yet sent (Express `res.json()`/`res.send()`, node `res.end()`):
+ *   the end waits for the commit, so `X-Credits-Deducted` is set; usage is the recorded usage, else
+ *   the `usageKey` of a JSON body;
+ * - a response written in parts (`res.write`, SSE, `res.writeHead` first, Fastify): headers are out
+ *   already, so the commit happens on `finish` and the figure goes to `onSettled` and
+ *   `res.locals.creditsDeducted` (Express);
+ * - status >= 500 releases; so does a client that disconnects before the response finished.
+ * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
+ */
+export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOptions) {
+  const c = common(options);
+  return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
+    const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
+    const path = target.split("?")[0] ?? "/";
+    if (!c.applies(path)) {
+      next();
+      return;
+    }
+    const reply = async (response: Response) => {
+      res.statusCode = response.status;
+      for (const [k, v] of response.headers) res.setHeader(k, v);
+      res.end(await response.text());
+    };
+    void (async () => {
+      let session: MeterSession;
+      try {
+        const identity = await c.identify(req, headerOf(req, "x-user-id"));
+        if (identity === null) return reply(json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
+        const estimate = c.estimate(headerOf(req, options.estimateHeader ?? "x-estimated-tokens"));
+        session = await open(c.credits, identity.userId, estimate, c.ttlSeconds, `${req.method} ${path}`);
+      } catch (error) {
+        return reply(errorResponse(error));
+      }
+      const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+      if (locals) {
+        locals.creditReservationId = session.reservationId;
+        locals.creditEstimate = session.estimate;
+      }
+      const done = (p: Promise<MeterOutcome>) =>
+        c.settle(req, session, p).then((outcome) => {
+          if (outcome && locals) locals.creditsDeducted = outcome.charged;
+          return outcome;
+        });
+      let pending: number | undefined;
+      const settleByStatus = () => done(res.statusCode >= 500 ? session.release("error") : session.commit(pending));
+
+      let parts = false;
+      const write = res.write;
+      const end = res.end;
+      res.write = function (this: ServerResponse, ...args: unknown[]) {
+        parts = true;
+        return (write as (...a: unknown[]) => boolean).apply(this, args);
+      } as typeof res.write;
+      res.end = function (this: ServerResponse, ...args: EndArgs) {
+        if (session.settled) return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
+        const [chunk] = args;
+        const body = !parts && (typeof chunk === "string" || Buffer.isBuffer(chunk)) ? chunk.toString() : null;
+        const type = res.getHeader("content-type");
+        // After writeHead(status, headers) the type may not be readable: then try the body as JSON.
+        const json = type === undefined ? body?.trimStart().startsWith("{") === true : isJsonType(String(type));
+        const amount = session.usages.length === 0 && body !== null && json ? c.usageFrom(body) : undefined;
+        if (parts || res.headersSent) {
+          pending = amount; // committed on "finish"; the header is gone already
+          return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
+        }
+        void (async () => {
+          const outcome = await done(res.statusCode >= 500 ? session.release("error") : session.commit(amount));
+          if (!res.headersSent && outcome) res.setHeader(c.deductedHeader, String(outcome.charged));
+          (end as (...a: EndArgs) => ServerResponse).apply(res, args);
+        })();
+        return res;
+      } as typeof res.end;
+      res.once("finish", () => {
+        if (!session.settled) void settleByStatus();
+      });
+      res.once("close", () => {
+        if (!res.writableFinished && !session.settled) void done(session.release("aborted"));
+      });
+      session.run(() => next());
+    })().catch((error: unknown) => next(error instanceof Error ? error : new Error(String(error))));
+  };
+}
+
+function headerOf(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name.toLowerCase()];
+  return Array.isArray(v) ? v[0] : v;
+}

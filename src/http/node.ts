@@ -1,0 +1,135 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { Readable } from "node:stream";
+
+/** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. */
+export type FetchHandler = ((request: Request) => Promise<Response>) & { basePaths?: readonly string[] };
+
+/** `(req, res, next?)`: node:http's request listener, and Express middleware when `next` is given. */
+export type NodeHandler = (
+  req: IncomingMessage,
+  res: ServerResponse,
+  next?: (error?: unknown) => void,
+) => Promise<void>;
+
+/**
+ * Runs a Fetch handler on node:http, Express or Fastify: the IncomingMessage becomes a `Request`
+ * (its body streamed untouched, so webhook signatures can be checked over the raw bytes; a client
+ * that disconnects aborts `request.signal`), and the `Response` is streamed back with backpressure
+ * (server-sent events flow as they are produced; a client that goes away cancels the body).
+ *
+ * With Express, mount it before body parsers (or where none ran); if one already consumed the
+ * stream, `req.rawBody` (a Buffer) or else the parsed `req.body` re-serialised as JSON is used.
+ * With `next` and a handler from `createCreditHandler`, paths outside its base paths go to `next()`.
+ */
+export function toNodeHandler(handler: FetchHandler): NodeHandler {
+  return async (req, res, next) => {
+    try {
+      const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
+      if (next && handler.basePaths && !underAny(target, handler.basePaths)) {
+        next();
+        return;
+      }
+      const request = toRequest(req, res, target);
+      const response = await handler(request);
+      await sendResponse(res, response, req.method === "HEAD");
+    } catch (error) {
+      if (next) {
+        next(error);
+        return;
+      }
+      if (!res.headersSent) {
+        res.statusCode = 500;
+        res.setHeader("content-type", "application/json; charset=utf-8");
+        res.end(JSON.stringify({ error: { code: "INTERNAL_ERROR", message: "Internal error." } }));
+      } else {
+        res.destroy(error as Error);
+      }
+    }
+  };
+}
+
+function underAny(target: string, bases: readonly string[]): boolean {
+  const path = target.split("?")[0] ?? "/";
+  return bases.some((b) => b === "/" || path === b || path.startsWith(`${b}/`));
+}
+
+/** The IncomingMessage as a Fetch `Request` whose signal aborts when the client goes away. */
+export function toRequest(req: IncomingMessage, res: ServerResponse, target = req.url ?? "/"): Request {
+  const headers = new Headers();
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (name.startsWith(":")) continue; // HTTP/2 pseudo-headers
+    headers.append(name, raw[i + 1] as string);
+  }
+  const encrypted = (req.socket as { encrypted?: boolean } | null)?.encrypted === true;
+  const url = new URL(target, `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}`);
+  const controller = new AbortController();
+  res.once("close", () => {
+    if (!res.writableFinished) controller.abort(new Error("The client disconnected."));
+  });
+  const method = req.method ?? "GET";
+  const init: RequestInit & { duplex?: "half" } = { method, headers, signal: controller.signal };
+  if (method !== "GET" && method !== "HEAD") {
+    const parsed = req as IncomingMessage & { rawBody?: unknown; body?: unknown };
+    if (Buffer.isBuffer(parsed.rawBody) || typeof parsed.rawBody === "string") {
+      init.body = parsed.rawBody as NonNullable<RequestInit["body"]>;
+    } else if (req.readableEnded && parsed.body !== undefined) {
+      init.body =
+        Buffer.isBuffer(parsed.body) || typeof parsed.body === "string" ? (parsed.body as NonNullable<RequestInit["body"]>) : JSON.stringify(parsed.body);
+    } else if (!req.readableEnded) {
+      init.body = Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
+      init.duplex = "half";
+    }
+  }
+  return new Request(url, init);
+}
+
+/** Writes a Fetch `Response` to a ServerResponse, streaming its body with backpressure. */
+export async function sendResponse(res: ServerResponse, response: Response, head = false): Promise<void> {
+  res.statusCode = response.status;
+  if (response.statusText) res.statusMessage = response.statusText;
+  for (const [name, value] of response.headers) {
+    if (name !== "set-cookie") res.setHeader(name, value);
+  }
+  const cookies = response.headers.getSetCookie();
+  if (cookies.length > 0) res.setHeader("set-cookie", cookies);
+  if (response.body === null || head) {
+    if (response.body !== null) await response.body.cancel().catch(() => undefined);
+    res.end();
+    return;
+  }
+  const reader = response.body.getReader();
+  let gone = false;
+  const onClose = () => {
+    if (!res.writableFinished) {
+      gone = true;
+      reader.cancel(new Error("The client disconnected.")).catch(() => undefined);
+    }
+  };
+  res.once("close", onClose);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done || gone) break;
+      if (!res.write(value)) {
+        await new Promise<void>((resolve) => {
+          const go = () => {
+            res.off("drain", go);
+            res.off("close", go);
+            resolve();
+          };
+          res.on("drain", go);
+          res.on("close", go);
+        });
+      }
+    }
+  } catch (error) {
+    // The body failed mid-stream: the status is gone already, so cut the connection.
+    res.destroy(error as Error);
+    return;
+  } finally {
+    res.off("close", onClose);
+  }
+  if (!gone) res.end();
+}

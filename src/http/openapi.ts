@@ -1,0 +1,175 @@
+import { createHash } from "node:crypto";
+import * as z from "zod";
+import type { RouteDefinition } from "./router.js";
+
+/** What the host may add to the generated document. */
+export interface OpenApiOptions {
+  info?: { title?: string; version?: string; description?: string };
+  servers?: { url: string; description?: string }[];
+  /** Default: HTTP bearer. Describe what your `authenticate` hook really reads. */
+  securitySchemes?: Record<string, unknown>;
+}
+
+type Json = Record<string, unknown>;
+
+const STATUS_TEXT: Record<number, string> = {
+  200: "OK",
+  201: "Created",
+  400: "Invalid body, query or path (field-level `details.issues`)",
+  401: "No identity",
+  402: "Insufficient credits",
+  403: "Not an admin",
+  404: "Not found (also: another user's resource)",
+  409: "Conflict: not active, idempotency key reused with other arguments, or a lost race",
+  410: "The reservation expired",
+  413: "Body too large",
+  415: "Body is not JSON",
+  422: "Well-formed but refused by a rule",
+  500: "Internal error",
+  503: "The store is unavailable",
+};
+
+/**
+ * Renders an OpenAPI 3.1 document from the route table: request bodies, query parameters and
+ * responses are the routes' zod schemas through `z.toJSONSchema` (JSON Schema 2020-12, the dialect
+ * of OpenAPI 3.1); dates become `string`/`date-time`; shared definitions (the JSON value of
+ * `metadata`) are hoisted into `components.schemas`.
+ */
+export function buildOpenApi(
+  routes: readonly (RouteDefinition & { fullPath: string })[],
+  options: OpenApiOptions = {},
+): Json {
+  const components: Record<string, unknown> = {
+    Error: {
+      type: "object",
+      required: ["error"],
+      properties: {
+        error: {
+          type: "object",
+          required: ["code", "message"],
+          properties: {
+            code: { type: "string", description: "Stable code, e.g. INSUFFICIENT_CREDITS" },
+            message: { type: "string" },
+            details: { type: "object", additionalProperties: true },
+          },
+        },
+      },
+    },
+  };
+  const defNames = new Map<string, string>();
+
+  const schema = (s: z.ZodType, io: "input" | "output"): Json => {
+    const out = z.toJSONSchema(s, {
+      target: "draft-2020-12",
+      io,
+      unrepresentable: "any",
+      override: (ctx) => {
+        const def = (ctx.zodSchema as unknown as { _zod: { def: { type: string } } })._zod.def;
+        if (def.type === "date") {
+          ctx.jsonSchema.type = "string";
+          ctx.jsonSchema.format = "date-time";
+        }
+      },
+    }) as Json;
+    delete out.$schema;
+    const defs = (out.$defs ?? {}) as Record<string, unknown>;
+    delete out.$defs;
+    const rename = new Map<string, string>();
+    for (const [key, value] of Object.entries(defs)) {
+      const text = JSON.stringify(value);
+      let name = defNames.get(text);
+      if (name === undefined) {
+        const jsonValue = ["string", "number", "boolean", "null", "array", "object"].every((t) => text.includes(`"type":"${t}"`));
+        name = jsonValue && !Object.values(Object.fromEntries(defNames)).includes("JsonValue")
+          ? "JsonValue"
+          : `Def${createHash("sha256").update(text).digest("hex").slice(0, 8)}`;
+        defNames.set(text, name);
+      }
+      rename.set(key, name);
+    }
+    if (rename.size === 0) return out;
+    const fix = (text: string) =>
+      text.replace(/"#\/\$defs\/([^"]+)"/g, (_m, key: string) => `"#/components/schemas/${rename.get(key) ?? key}"`);
+    for (const [key, value] of Object.entries(defs)) {
+      const name = rename.get(key) as string;
+      if (!(name in components)) components[name] = JSON.parse(fix(JSON.stringify(value)));
+    }
+    return JSON.parse(fix(JSON.stringify(out))) as Json;
+  };
+
+  const errorRef = (status: number) => ({
+    description: STATUS_TEXT[status] ?? "Error",
+    content: { "application/json": { schema: { $ref: "#/components/schemas/Error" } } },
+  });
+
+  const paths: Record<string, Record<string, unknown>> = {};
+  for (const r of routes) {
+    const path = r.fullPath.replace(/:([A-Za-z0-9_]+)/g, "{$1}");
+    const parameters: Json[] = [];
+    for (const m of r.fullPath.matchAll(/:([A-Za-z0-9_]+)/g)) {
+      parameters.push({ name: m[1], in: "path", required: true, schema: { type: "string" } });
+    }
+    if (r.query) {
+      const q = schema(r.query, "input");
+      const props = (q.properties ?? {}) as Record<string, Json>;
+      const required = new Set((q.required ?? []) as string[]);
+      for (const [name, s] of Object.entries(props)) {
+        const isArray = s.type === "array";
+        parameters.push({
+          name,
+          in: "query",
+          required: required.has(name),
+          schema: s,
+          ...(isArray ? { style: "form", explode: false } : {}),
+        });
+      }
+    }
+    if (r.idempotent) {
+      parameters.push({
+        name: "Idempotency-Key",
+        in: "header",
+        required: false,
+        description: "Makes the operation safe to retry: the same key and arguments return the first result.",
+        schema: { type: "string", minLength: 1, maxLength: 255 },
+      });
+    }
+    const status = r.status ?? 200;
+    const responses: Record<string, unknown> = {
+      [String(status)]: {
+        description: STATUS_TEXT[status] ?? "OK",
+        ...(r.response ? { content: { "application/json": { schema: schema(r.response, "output") } } } : {}),
+      },
+    };
+    const errors = new Set<number>([400, ...(r.access === "public" ? [] : [401]), ...(r.access === "admin" ? [403] : []), ...(r.body ? [413, 415] : []), ...(r.errors ?? []), 500]);
+    for (const code of [...errors].sort()) responses[String(code)] = errorRef(code);
+    const op: Json = {
+      operationId: r.operationId,
+      summary: r.summary,
+      ...(r.description ? { description: r.description } : {}),
+      ...(r.tags ? { tags: r.tags } : {}),
+      ...(r.access === "public" ? { security: [] } : {}),
+      ...(parameters.length > 0 ? { parameters } : {}),
+      ...(r.body
+        ? { requestBody: { required: false, content: { "application/json": { schema: schema(r.body, "input") } } } }
+        : {}),
+      responses,
+    };
+    paths[path] ??= {};
+    (paths[path] as Json)[r.method.toLowerCase()] = op;
+  }
+
+  const securitySchemes = options.securitySchemes ?? { bearerAuth: { type: "http", scheme: "bearer" } };
+  return {
+    openapi: "3.1.0",
+    info: {
+      title: options.info?.title ?? "Credits API",
+      version: options.info?.version ?? "1.0.0",
+      ...(options.info?.description ? { description: options.info.description } : {}),
+    },
+    ...(options.servers ? { servers: options.servers } : {}),
+    jsonSchemaDialect: "https://json-schema.org/draft/2020-12/schema",
+    security: Object.keys(securitySchemes).map((name) => ({ [name]: [] })),
+    paths,
+    components: { schemas: components, securitySchemes },
+  };
+}

@@ -1,0 +1,351 @@
+import type * as z from "zod";
+import type { CreditManager } from "../manager.js";
+import { CreditError, ValidationError } from "../errors.js";
+import { IdempotencyKey, parse, UserId as IdentityUserId } from "../models/index.js";
+
+/** Who is calling, as the host's `authenticate` hook says. */
+export interface Identity {
+  /** The caller's own account. */
+  userId: string;
+  /** Admins may call admin routes and act on any account. */
+  admin?: boolean;
+}
+
+/** The host's identity hook: the caller, or null (→ 401). */
+export type Authenticate = (request: Request) => Identity | null | undefined | Promise<Identity | null | undefined>;
+
+export type HttpMethod = "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+
+/** What a route handler gets. */
+export interface RouteContext {
+  request: Request;
+  url: URL;
+  /** Decoded path parameters (`:id` → `params.id`). */
+  params: Record<string, string>;
+  /** The caller; null only on public routes. */
+  identity: Identity | null;
+  manager: CreditManager;
+  /** The `Idempotency-Key` header or the body's `idempotencyKey` (they must agree). */
+  idempotencyKey: string | undefined;
+  /** The request body's raw bytes, read once (webhook signatures need them untouched). */
+  rawBody(): Promise<Uint8Array>;
+  /** The JSON body validated by the route's `body` schema ({} when empty). */
+  body<T = unknown>(): Promise<T>;
+  /** The query string validated by the route's `query` schema. */
+  query<T = unknown>(): T;
+}
+
+/**
+ * One route of the handler. Route groups (credits here; plans, subscriptions, promos, payments
+ * later) are arrays of these: the router matches them, checks access, validates body and query
+ * with their zod schemas, and the OpenAPI document is rendered from the same definitions.
+ */
+export interface RouteDefinition {
+  method: HttpMethod;
+  /** Under which base path: `user` (default `/credits`) or `admin` (default `/admin/credits`). */
+  base: "user" | "admin";
+  /** Path below the base, with `:param` segments, e.g. `/reservations/:id/commit`. */
+  path: string;
+  /** `public`: anyone; `user`: any authenticated caller; `admin`: callers marked admin. */
+  access: "public" | "user" | "admin";
+  operationId: string;
+  summary: string;
+  description?: string;
+  tags?: string[];
+  /** JSON body schema (validated; 400 with field issues). */
+  body?: z.ZodType;
+  /** Query schema, a zod object whose values are parsed from strings (validated; 400). */
+  query?: z.ZodObject;
+  /** Whether the operation takes an `Idempotency-Key` header. */
+  idempotent?: boolean;
+  /** Success status (default 200) and response schema, for the OpenAPI document. */
+  status?: number;
+  response?: z.ZodType;
+  /** Error statuses this route can answer besides 400/401/500, for the OpenAPI document. */
+  errors?: number[];
+  /** Returns a Response, or a value sent as JSON with `status`. */
+  handle(ctx: RouteContext): Promise<unknown> | unknown;
+}
+
+/** An error answered with its own status and a `{ error: { code, message, details? } }` body. */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details?: Record<string, unknown>,
+    readonly headers?: Record<string, string>,
+  ) {
+    super(message);
+    this.name = "HttpError";
+  }
+}
+
+const JSON_HEADERS = { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" };
+
+export function json(status: number, body: unknown, headers?: Record<string, string>): Response {
+  return new Response(status === 204 ? null : JSON.stringify(body), { status, headers: { ...JSON_HEADERS, ...headers } });
+}
+
+export function errorBody(code: string, message: string, details?: Record<string, unknown>) {
+  return { error: details === undefined ? { code, message } : { code, message, details } };
+}
+
+/**
+ * Maps an error to its response: `HttpError` and `CreditError` by their own status; anything else
+ * is a 500 that says nothing about its cause (the host's `onError` gets the error). 5xx messages
+ * are generic too: store or configuration trouble is the operator's business, not the caller's.
+ */
+export function errorResponse(error: unknown): Response {
+  if (error instanceof HttpError) return json(error.status, errorBody(error.code, error.message, error.details), error.headers);
+  if (error instanceof CreditError) {
+    if (error.status >= 500) return json(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
+    return json(error.status, errorBody(error.code, error.message, error.details));
+  }
+  return json(500, errorBody("INTERNAL_ERROR", "Internal error."));
+}
+
+interface Compiled {
+  def: RouteDefinition;
+  segments: string[];
+  fullPath: string;
+}
+
+export interface RouterOptions {
+  basePath: string;
+  adminBasePath: string;
+  authenticate: Authenticate | undefined;
+  trustUserIdHeader: boolean;
+  maxBodyBytes: number;
+  onError: ((error: unknown, request: Request) => void) | undefined;
+}
+
+const normalize = (p: string) => {
+  const s = `/${p}`.replace(/\/+/g, "/").replace(/\/$/, "");
+  return s === "" ? "/" : s;
+};
+
+export const fullPathOf = (def: RouteDefinition, o: Pick<RouterOptions, "basePath" | "adminBasePath">) =>
+  normalize(`${def.base === "admin" ? o.adminBasePath : o.basePath}/${def.path}`);
+
+/** Matches requests against the route table, checks access, and turns errors into responses. */
+export function createRouter(manager: CreditManager, routes: readonly RouteDefinition[], options: RouterOptions) {
+  const compiled: Compiled[] = routes.map((def) => {
+    const fullPath = fullPathOf(def, options);
+    return { def, fullPath, segments: fullPath.split("/").slice(1) };
+  });
+  const seen = new Set<string>();
+  for (const c of compiled) {
+    const key = `${c.def.method} ${c.segments.map((s) => (s.startsWith(":") ? ":" : s)).join("/")}`;
+    if (seen.has(key)) throw new Error(`credit-management/http: two routes for ${c.def.method} ${c.fullPath}`);
+    seen.add(key);
+  }
+  const bases = [normalize(options.basePath), normalize(options.adminBasePath)];
+
+  const match = (method: string, parts: string[]) => {
+    let pathMatched = false;
+    const allow = new Set<string>();
+    for (const c of compiled) {
+      if (c.segments.length !== parts.length) continue;
+      const params: Record<string, string> = {};
+      let ok = true;
+      for (let i = 0; i < parts.length; i++) {
+        const seg = c.segments[i] as string;
+        const part = parts[i] as string;
+        if (seg.startsWith(":")) {
+          if (part === "") {
+            ok = false;
+            break;
+          }
+          params[seg.slice(1)] = part;
+        } else if (seg !== part) {
+          ok = false;
+          break;
+        }
+      }
+      if (!ok) continue;
+      pathMatched = true;
+      allow.add(c.def.method);
+      if (c.def.method === method) return { route: c, params, allow };
+    }
+    return { route: null, params: {}, allow: pathMatched ? allow : null };
+  };
+
+  async function identify(request: Request): Promise<Identity | null> {
+    const found = options.authenticate ? await options.authenticate(request) : null;
+    if (found) return { userId: parse(IdentityUserId, found.userId, "identity.userId"), admin: found.admin === true };
+    if (options.trustUserIdHeader) {
+      const header = request.headers.get("x-user-id");
+      if (header !== null && header !== "") return { userId: parse(IdentityUserId, header, "X-User-Id"), admin: false };
+    }
+    return null;
+  }
+
+  async function handle(request: Request): Promise<Response> {
+    let url: URL;
+    try {
+      url = new URL(request.url);
+    } catch {
+      return json(400, errorBody("VALIDATION_ERROR", "Invalid request URL."));
+    }
+    const path = normalize(url.pathname);
+    try {
+      let parts: string[];
+      try {
+        parts = path.split("/").slice(1).map(decodeURIComponent);
+      } catch {
+        throw new HttpError(400, "VALIDATION_ERROR", "The path is not valid percent-encoding.");
+      }
+      const method = request.method.toUpperCase() === "HEAD" ? "GET" : request.method.toUpperCase();
+      const { route, params, allow } = match(method, parts);
+      if (route === null) {
+        if (allow !== null) {
+          throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
+            allow: [...allow].join(", "),
+          });
+        }
+        throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);
+      }
+      const def = route.def;
+      let identity: Identity | null = null;
+      if (def.access !== "public") {
+        identity = await identify(request);
+        if (identity === null) throw new HttpError(401, "UNAUTHORIZED", "Authentication required.");
+        if (def.access === "admin" && !identity.admin) throw new HttpError(403, "FORBIDDEN", "Admin only.");
+      }
+      const ctx = context(request, url, params, identity, def);
+      const headerKey = request.headers.get("idempotency-key");
+      if (headerKey !== null) ctx.idempotencyKey = parse(IdempotencyKey, headerKey, "Idempotency-Key");
+      const result = await def.handle(ctx);
+      return result instanceof Response ? result : json(def.status ?? 200, result);
+    } catch (error) {
+      if (!(error instanceof HttpError) && !(error instanceof CreditError && error.status < 500)) {
+        try {
+          options.onError?.(error, request);
+        } catch {
+          // the host's logger failing must not change the answer
+        }
+      }
+      return errorResponse(error);
+    }
+  }
+
+  function context(
+    request: Request,
+    url: URL,
+    params: Record<string, string>,
+    identity: Identity | null,
+    def: RouteDefinition,
+  ): RouteContext {
+    let raw: Promise<Uint8Array> | null = null;
+    let parsedBody: Promise<unknown> | null = null;
+    const ctx: RouteContext = {
+      request,
+      url,
+      params,
+      identity,
+      manager,
+      idempotencyKey: undefined,
+      rawBody() {
+        raw ??= readBody(request, options.maxBodyBytes);
+        return raw;
+      },
+      body<T>() {
+        parsedBody ??= (async () => {
+          const bytes = await ctx.rawBody();
+          let value: unknown = {};
+          if (bytes.byteLength > 0) {
+            const type = request.headers.get("content-type") ?? "";
+            if (type !== "" && !/^application\/([\w.+-]*\+)?json\b/i.test(type)) {
+              throw new HttpError(415, "UNSUPPORTED_MEDIA_TYPE", "Send the body as application/json.");
+            }
+            try {
+              value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+            } catch {
+              throw new ValidationError("Invalid body: not valid JSON", [{ path: "", message: "not valid JSON" }]);
+            }
+          }
+          const out = def.body ? parse(def.body, value, "body") : value;
+          if (out !== null && typeof out === "object" && "idempotencyKey" in out) {
+            const k = (out as { idempotencyKey?: string }).idempotencyKey;
+            if (k !== undefined && ctx.idempotencyKey !== undefined && k !== ctx.idempotencyKey) {
+              throw new ValidationError("Invalid body.idempotencyKey: differs from the Idempotency-Key header", [
+                { path: "idempotencyKey", message: "differs from the Idempotency-Key header" },
+              ]);
+            }
+            if (k !== undefined) ctx.idempotencyKey = k;
+          }
+          return out;
+        })();
+        return parsedBody as Promise<T>;
+      },
+      query<T>() {
+        return (def.query ? parse(def.query, queryObject(url.searchParams, def.query), "query") : {}) as T;
+      },
+    };
+    return ctx;
+  }
+
+  return { handle, bases, routes: compiled.map((c) => ({ ...c.def, fullPath: c.fullPath })) };
+}
+
+/** Reads the body up to `limit` bytes (413 beyond). */
+async function readBody(request: Request, limit: number): Promise<Uint8Array> {
+  if (request.body === null) return new Uint8Array(0);
+  const declared = Number(request.headers.get("content-length") ?? "NaN");
+  if (declared > limit) throw tooLarge(limit);
+  const reader = request.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge(limit);
+    }
+    chunks.push(value);
+  }
+  if (chunks.length === 1) return chunks[0] as Uint8Array;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.byteLength;
+  }
+  return out;
+}
+
+const tooLarge = (limit: number) =>
+  new HttpError(413, "PAYLOAD_TOO_LARGE", `The body is larger than ${limit} bytes.`, { limit });
+
+/**
+ * Turns a query string into the object a query schema expects: repeated or comma-separated values
+ * for array fields, numbers and booleans where the schema wants them (anything else stays a string
+ * for zod to refuse with a field-level message).
+ */
+function queryObject(params: URLSearchParams, schema: z.ZodObject): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const shape = schema.shape as Record<string, z.ZodType>;
+  for (const key of new Set(params.keys())) {
+    const all = params.getAll(key);
+    const kind = baseType(shape[key]);
+    if (kind === "array") out[key] = all.flatMap((v) => v.split(",")).filter((v) => v !== "");
+    else {
+      const v = all[all.length - 1] as string;
+      if (kind === "number" && /^-?\d+(\.\d+)?$/.test(v)) out[key] = Number(v);
+      else if (kind === "boolean" && (v === "true" || v === "false")) out[key] = v === "true";
+      else out[key] = v;
+    }
+  }
+  return out;
+}
+
+function baseType(schema: z.ZodType | undefined): string | undefined {
+  let s = schema as { _zod: { def: { type: string; innerType?: unknown } } } | undefined;
+  while (s && (s._zod.def.type === "optional" || s._zod.def.type === "nullable" || s._zod.def.type === "default")) {
+    s = s._zod.def.innerType as typeof s;
+  }
+  return s?._zod.def.type;
+}

@@ -1,0 +1,37 @@
+import * as z from "zod";
+import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "./common.js";
+import { MAX_TTL_SECONDS } from "./inputs.js";
+
+/** One usage recorded inside a metered call (the original system's `addLlmUsage`). */
+export const UsageRecord = z.strictObject({
+  /** Credits this usage costs, in the smallest unit (0 allowed: a free call still shows up). */
+  amount: NonNegativeAmount,
+  /** The model that did the work, e.g. "gpt-4o-mini". */
+  model: z.string().min(1).max(200).optional(),
+  /** The provider, e.g. "openai". */
+  provider: z.string().min(1).max(200).optional(),
+  metadata: Metadata.optional(),
+});
+export type UsageRecord = z.infer<typeof UsageRecord>;
+
+/** Options of `credits.meter(userId, options, fn)`. */
+export const MeterOptions = z.strictObject({
+  /** Credits to hold before `fn` runs. */
+  estimate: Amount,
+  /** Seconds until the hold lapses. Default: the manager's default reservation TTL. */
+  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+  /** Reason stored on the hold, e.g. "POST /api/chat". */
+  reason: ShortText.optional(),
+  description: ShortText.optional(),
+  /** Key of the hold; the commit uses `<key>:commit`, the release `<key>:release`. */
+  idempotencyKey: IdempotencyKey.optional(),
+  correlationId: z.string().min(1).max(255).optional(),
+  /** Stored with the commit entry beside the recorded usages. */
+  metadata: Metadata.optional(),
+  /**
+   * What to do when `fn` neither returns a number nor records usage: `"release"` the hold (default,
+   * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.
+   */
+  noUsage: z.enum(["release", "estimate"]).optional(),
+});
+export type MeterOptions = z.input<typeof MeterOptions>;

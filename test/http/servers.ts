@@ -1,0 +1,79 @@
+/** Real servers on loopback for each adapter the HTTP layer supports. */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { serve } from "@hono/node-server";
+import express from "express";
+import Fastify from "fastify";
+import { Hono } from "hono";
+import { toNodeHandler, type CreditHandler } from "../../src/http/index.js";
+
+export interface Running {
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function listen(server: Server): Promise<Running> {
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** Serves a Fetch handler the way each framework would host it. */
+export const hosts: Record<string, (handler: CreditHandler) => Promise<Running>> = {
+  "node:http": (handler) => listen(createServer(toNodeHandler(handler))),
+  express: (handler) => {
+    const app = express();
+    app.use(toNodeHandler(handler));
+    // Paths outside the handler's base paths fall through to the app.
+    app.get("/elsewhere", (_req, res) => {
+      res.json({ app: true });
+    });
+    return listen(createServer(app));
+  },
+  fastify: async (handler) => {
+    const app = Fastify();
+    const node = toNodeHandler(handler);
+    // onRequest runs before Fastify reads the body, so the handler gets the raw bytes.
+    app.addHook("onRequest", async (request, reply) => {
+      const path = request.url.split("?")[0] ?? "";
+      if (handler.basePaths.some((b) => path === b || path.startsWith(`${b}/`))) {
+        reply.hijack();
+        await node(request.raw, reply.raw);
+      }
+    });
+    app.get("/elsewhere", async () => ({ app: true }));
+    await app.listen({ port: 0, host: "127.0.0.1" });
+    const { port } = app.server.address() as AddressInfo;
+    return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
+  },
+  hono: async (handler) => {
+    const app = new Hono();
+    for (const base of handler.basePaths) app.all(`${base}/*`, (c) => handler(c.req.raw));
+    app.get("/elsewhere", (c) => c.json({ app: true }));
+    return serveHono(app.fetch);
+  },
+};
+
+export async function serveHono(fetch: (request: Request) => Response | Promise<Response>): Promise<Running> {
+  const server = await new Promise<Server>((resolve) => {
+    const s = serve({ fetch, port: 0, hostname: "127.0.0.1" }, () => resolve(s as Server)) as Server;
+  });
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export type NodeListener = (req: IncomingMessage, res: ServerResponse) => void;

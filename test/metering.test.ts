@@ -1,0 +1,129 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  ConfigurationError,
+  createCreditManager,
+  currentMeter,
+  InsufficientCreditsError,
+  recordUsage,
+  ValidationError,
+  type CreditManager,
+  type MeterOutcome,
+} from "../src/index.js";
+
+describe("credits.meter()", () => {
+  let m: CreditManager;
+  let now = Date.parse("2026-03-01T00:00:00Z");
+  beforeEach(async () => {
+    m = await createCreditManager({ clock: () => new Date(now) });
+    await m.credits.addCredits("u", 1000);
+  });
+  afterEach(async () => m.close());
+
+  const types = async () => (await m.credits.getCreditHistory("u")).items.map((e) => e.type).reverse();
+
+  it("commits the usage recorded anywhere below, with the usages in the commit's metadata", async () => {
+    const deep = async () => {
+      await sleep(1);
+      recordUsage({ amount: 30, model: "m-1", provider: "acme", metadata: { prompt: 10 } });
+    };
+    const value = await m.credits.meter("u", { estimate: 100 }, async (ctx) => {
+      expect(currentMeter()).toBe(ctx);
+      expect(ctx.estimate).toBe(100);
+      await Promise.all([deep(), deep()]);
+      expect(ctx.used).toBe(60);
+      return "done";
+    });
+    expect(value).toBe("done");
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 940, reserved: 0 });
+    const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"] })).items[0];
+    expect(commit?.amount).toBe(60);
+    expect(commit?.metadata?.usages).toEqual([
+      { amount: 30, model: "m-1", provider: "acme", metadata: { prompt: 10 } },
+      { amount: 30, model: "m-1", provider: "acme", metadata: { prompt: 10 } },
+    ]);
+    expect(await types()).toEqual(["add", "reserve", "commit_reserved", "release_reserved"]);
+    expect(currentMeter()).toBeUndefined();
+  });
+
+  it("commits the number fn returns (over the estimate: the excess is taken as usage)", async () => {
+    const outcomes: MeterOutcome[] = [];
+    expect(await m.credits.meter("u", { estimate: 50, onSettled: (o) => outcomes.push(o) }, () => 80)).toBe(80);
+    expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 80, estimate: 50 });
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(920);
+    expect((await m.credits.audit("u")).ok).toBe(true);
+  });
+
+  it("releases when nothing was measured, or charges the estimate with noUsage: 'estimate'", async () => {
+    await m.credits.meter("u", { estimate: 50 }, () => undefined);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(1000);
+    await m.credits.meter("u", { estimate: 50, noUsage: "estimate" }, () => "x");
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(950);
+  });
+
+  it("releases on throw and rethrows; exactly one settle", async () => {
+    const error = new Error("provider down");
+    await expect(
+      m.credits.meter("u", { estimate: 100 }, () => {
+        recordUsage({ amount: 5 });
+        throw error;
+      }),
+    ).rejects.toBe(error);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 1000, reserved: 0 });
+    expect(await types()).toEqual(["add", "reserve", "release_reserved"]);
+  });
+
+  it("refuses to start when the hold cannot be placed (fn never runs)", async () => {
+    let ran = false;
+    await expect(m.credits.meter("u", { estimate: 5000 }, () => (ran = true))).rejects.toBeInstanceOf(InsufficientCreditsError);
+    expect(ran).toBe(false);
+  });
+
+  it("recordUsage outside a metered call throws; after settlement it reports false", async () => {
+    expect(() => recordUsage({ amount: 1 })).toThrow(ConfigurationError);
+    let late: Promise<boolean> | undefined;
+    await m.credits.meter("u", { estimate: 10 }, () => {
+      late = sleep(20).then(() => recordUsage({ amount: 3 }));
+      return 1;
+    });
+    expect(await late).toBe(false);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(999);
+    await expect(m.credits.meter("u", { estimate: 10 }, () => void recordUsage({ amount: -1 } as never))).rejects.toBeInstanceOf(
+      ValidationError,
+    );
+    expect((await m.credits.getUserCreditsInfo("u")).reserved).toBe(0);
+  });
+
+  it("a call that outlives its hold is charged after service", async () => {
+    const outcomes: MeterOutcome[] = [];
+    await m.credits.meter("u", { estimate: 10, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) }, () => {
+      now += 6000;
+      recordUsage({ amount: 7 });
+    });
+    expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 7, chargedAfterService: true });
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 993, reserved: 0 });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+  });
+
+  it("an invalid returned amount releases the hold and is a ValidationError", async () => {
+    await expect(m.credits.meter("u", { estimate: 10 }, () => 1.5)).rejects.toBeInstanceOf(ValidationError);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 1000, reserved: 0 });
+  });
+
+  it("usage beyond the overdraft limit charges the hold in full and reports the shortfall", async () => {
+    const strict = await createCreditManager({ overdraftLimit: 0 });
+    await strict.credits.addCredits("s", 100);
+    const outcomes: MeterOutcome[] = [];
+    await strict.credits.meter("s", { estimate: 60, onSettled: (o) => outcomes.push(o) }, () => 150);
+    expect(outcomes[0]).toMatchObject({ charged: 60, shortfall: 90 });
+    expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 40, reserved: 0, debt: 0 });
+    expect((await strict.ledger.getEntries({ eventType: "error" }))[0]?.message).toMatch(/overdraft/);
+    await strict.close();
+  });
+
+  it("validates its options", async () => {
+    await expect(m.credits.meter("u", { estimate: 0 }, () => 1)).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.credits.meter("u", { estimate: 5, bogus: 1 } as never, () => 1)).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.credits.meter("", { estimate: 5 }, () => 1)).rejects.toBeInstanceOf(ValidationError);
+  });
+});
