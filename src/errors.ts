@@ -14,7 +14,10 @@ export type CreditErrorCode =
   | "IDEMPOTENCY_CONFLICT"
   | "CONFLICT"
   | "CONFIGURATION_ERROR"
-  | "STORAGE_ERROR";
+  | "STORAGE_ERROR"
+  | "PROMO_NOT_ELIGIBLE"
+  | "WEBHOOK_REJECTED"
+  | "PAYMENT_PROVIDER_ERROR";
 
 /** Base class of every error the library throws on purpose. */
 export class CreditError extends Error {
@@ -139,4 +142,32 @@ export class StorageError extends CreditError {
 
 export function isCreditError(error: unknown): error is CreditError {
   return error instanceof CreditError;
+}
+
+/** A promo code cannot be claimed by this account now; `reason` says why. Nothing was changed. */
+export class PromoNotEligibleError extends CreditError {
+  readonly reason: string;
+  constructor(code: string, reason: string, message: string) {
+    super("PROMO_NOT_ELIGIBLE", reason === "not_found" ? 404 : 409, message, { details: { code, reason } });
+    this.reason = reason;
+  }
+}
+
+/**
+ * A webhook was refused: bad or stale signature, unparseable body, or an event that contradicts the
+ * stored payment (other user, other amount). Nothing was changed; answer the provider with 400.
+ */
+export class WebhookRejectedError extends CreditError {
+  readonly reason: string;
+  constructor(message: string, reason: string, details?: Record<string, unknown>) {
+    super("WEBHOOK_REJECTED", 400, message, { details: { reason, ...details } });
+    this.reason = reason;
+  }
+}
+
+/** A payment provider's API refused or failed a request. */
+export class PaymentProviderError extends CreditError {
+  constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
+    super("PAYMENT_PROVIDER_ERROR", 502, message, { details, cause });
+  }
 }

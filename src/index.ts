@@ -5,6 +5,28 @@ export {
   type ExpiringCredits,
   type HistoryPage,
 } from "./services/credit-service.js";
+export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage, type ListPromosQuery } from "./services/promo-service.js";
+export {
+  PaymentService,
+  type PaymentServiceOptions,
+  type WebhookResult,
+  type PaymentPage,
+} from "./services/payment-service.js";
+export {
+  PaymentManagerOptions,
+  RazorpayProvider,
+  StripeProvider,
+  type RazorpayProviderOptions,
+  type StripeProviderOptions,
+  type CheckoutRequest,
+  type CheckoutResult,
+  type FetchLike,
+  type HeadersLike,
+  type PaymentEvent,
+  type PaymentEventKind,
+  type PaymentProvider,
+} from "./payments/index.js";
+export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export {
   currentMeter,
   MeterSession,

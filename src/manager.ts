@@ -6,6 +6,9 @@ import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
 import { parse } from "./models/index.js";
 import { CreditService } from "./services/credit-service.js";
+import { PaymentManagerOptions, buildPaymentService } from "./payments/index.js";
+import type { PaymentService } from "./services/payment-service.js";
+import { PromoService } from "./services/promo-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -28,6 +31,8 @@ export const CreditManagerOptions = z.strictObject({
   defaultReservationTtlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
+  /** Payment providers and the credits a payment buys (see README "Promo codes and payments"). */
+  payments: PaymentManagerOptions.optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -35,6 +40,8 @@ export type CreditManagerOptions = z.input<typeof CreditManagerOptions>;
 
 export interface CreditManager {
   credits: CreditService;
+  promos: PromoService;
+  payments: PaymentService;
   ledger: LedgerLogger;
   db: DbManager;
   /** Flushes and closes the ledger file, then closes the store. */
@@ -61,9 +68,14 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
   });
+  const shared = { db, ledger, cache: o.cache, clock: o.clock, logger: o.logger };
+  const promos = new PromoService(shared);
+  const payments = buildPaymentService(shared, o.payments);
   let closed = false;
   return {
     credits,
+    promos,
+    payments,
     ledger,
     db,
     async close() {

@@ -140,12 +140,24 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       await db.init();
       const mongo = client.db(db.databaseName);
       const names = (await mongo.listCollections({}, { nameOnly: true }).toArray()).map((c) => c.name).sort();
-      expect(names).toEqual(["cm_accounts", "cm_grants", "cm_journal", "cm_ledger", "cm_reservations"]);
+      expect(names).toEqual([
+        "cm_accounts",
+        "cm_grants",
+        "cm_journal",
+        "cm_ledger",
+        "cm_payments",
+        "cm_promo_claims",
+        "cm_promos",
+        "cm_reservations",
+      ]);
       const indexes = async (c: string) => (await mongo.collection(c).listIndexes().toArray()).map((i) => i.name).sort();
       expect(await indexes("cm_journal")).toEqual(["_id_", "user_idempotency_key", "user_seq"]);
       expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
       expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
       expect(await indexes("cm_ledger")).toEqual(["_id_", "created", "type_created", "user_created"]);
+      expect(await indexes("cm_promos")).toEqual(["_id_", "created"]);
+      expect(await indexes("cm_promo_claims")).toEqual(["_id_", "code_user_n", "user_created"]);
+      expect(await indexes("cm_payments")).toEqual(["_id_", "provider_payment", "provider_ref", "user_created"]);
       const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find((i) => i.name === "user_idempotency_key");
       expect(journal?.unique).toBe(true);
       expect(journal?.partialFilterExpression).toEqual({ idempotencyKey: { $type: "string" } });
@@ -413,6 +425,9 @@ function interleave(db: DbManager, before: () => Promise<void>): DbManager {
         },
         getGrants: (ids) => tx.getGrants(ids),
         getReservation: (id) => tx.getReservation(id),
+        getPromo: (code) => tx.getPromo(code),
+        countPromoClaims: (code) => tx.countPromoClaims(code),
+        getPayment: (id) => tx.getPayment(id),
         save: (changes) => tx.save(changes),
       };
       return fn(hooked);

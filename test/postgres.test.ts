@@ -69,6 +69,9 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         "cm_grants",
         "cm_journal_entries",
         "cm_ledger_entries",
+        "cm_payments",
+        "cm_promo_claims",
+        "cm_promos",
         "cm_reservations",
         "cm_schema_version",
       ]);

@@ -98,7 +98,16 @@ describe("schema generator: columns from the zod models", () => {
 
   it("emits MongoDB validators in MongoDB's dialect with the index specs", () => {
     const collections = generateMongoSchema({ prefix: "cm_" });
-    expect(collections.map((c) => c.name)).toEqual(["cm_accounts", "cm_grants", "cm_reservations", "cm_journal_entries", "cm_ledger_entries"]);
+    expect(collections.map((c) => c.name)).toEqual([
+      "cm_accounts",
+      "cm_grants",
+      "cm_reservations",
+      "cm_journal_entries",
+      "cm_ledger_entries",
+      "cm_promos",
+      "cm_promo_claims",
+      "cm_payments",
+    ]);
     const text = JSON.stringify(collections);
     expect(text).not.toMatch(/"\$ref"|"\$defs"|"format"|"\$schema"|"propertyNames"|x-credit-management/);
     const journal = collections.find((c) => c.name === "cm_journal_entries");

@@ -1,4 +1,5 @@
 import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 
 /**
  * The storage contract. Adapters hold no business rules: every rule lives once in `src/domain`
@@ -13,7 +14,7 @@ import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventT
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
  */
-export interface DbManager {
+export interface DbManager extends PromoPaymentStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
   readonly name: string;
   /** What the backend can do; the contract suite reads these flags. */
@@ -100,7 +101,7 @@ export interface LoadedState {
 }
 
 /** Everything one unit of work changes, written at once by `save`. */
-export interface Changes {
+export interface Changes extends PromoPaymentChanges {
   /** The account after the change. */
   account: Account;
   /** The account's seq when it was loaded; null when it did not exist (insert). Adapters guard on it. */
@@ -113,7 +114,7 @@ export interface Changes {
   entries: JournalEntry[];
 }
 
-export interface DbTransaction {
+export interface DbTransaction extends PromoPaymentTransaction {
   readonly userId: string;
   /** Reads the account (locking it where the backend locks) with its open grants and active holds. */
   load(request?: LoadRequest): Promise<LoadedState>;

@@ -1,5 +1,6 @@
 import type { CreditManager } from "../manager.js";
 import { ConfigurationError } from "../errors.js";
+import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
@@ -74,7 +75,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     tags: ["meta"],
     handle: () => json(200, openapi(), { "cache-control": "public, max-age=300" }),
   };
-  const all = [...creditRoutes, ...(options.routes ?? []), openapiRoute];
+  const all = [...creditRoutes, ...promoRoutes, ...paymentRoutes, ...(options.routes ?? []), openapiRoute];
   const router = createRouter(manager, all, o);
   const routes = all.map((def) => ({ ...def, fullPath: fullPathOf(def, o) }));
   function openapi() {

@@ -24,4 +24,5 @@ export {
   type RouteDefinition,
 } from "./router.js";
 export { creditRoutes } from "./credit-routes.js";
+export { paymentRoutes, promoRoutes } from "./billing-routes.js";
 export { currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";

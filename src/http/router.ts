@@ -42,8 +42,11 @@ export interface RouteContext {
  */
 export interface RouteDefinition {
   method: HttpMethod;
-  /** Under which base path: `user` (default `/credits`) or `admin` (default `/admin/credits`). */
-  base: "user" | "admin";
+  /**
+   * Under which base path: `user` (default `/credits`), `admin` (default `/admin/credits`), or
+   * `root` (no base: the path as given, e.g. the providers' `/webhooks/:provider`).
+   */
+  base: "user" | "admin" | "root";
   /** Path below the base, with `:param` segments, e.g. `/reservations/:id/commit`. */
   path: string;
   /** `public`: anyone; `user`: any authenticated caller; `admin`: callers marked admin. */
@@ -126,7 +129,7 @@ const normalize = (p: string) => {
 };
 
 export const fullPathOf = (def: RouteDefinition, o: Pick<RouterOptions, "basePath" | "adminBasePath">) =>
-  normalize(`${def.base === "admin" ? o.adminBasePath : o.basePath}/${def.path}`);
+  normalize(`${def.base === "admin" ? o.adminBasePath : def.base === "root" ? "" : o.basePath}/${def.path}`);
 
 /** Matches requests against the route table, checks access, and turns errors into responses. */
 export function createRouter(manager: CreditManager, routes: readonly RouteDefinition[], options: RouterOptions) {
@@ -140,7 +143,9 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
     if (seen.has(key)) throw new Error(`credit-management/http: two routes for ${c.def.method} ${c.fullPath}`);
     seen.add(key);
   }
-  const bases = [normalize(options.basePath), normalize(options.adminBasePath)];
+  // Root routes add their first segment (`/webhooks`), so a node adapter passes those requests on.
+  const rootBases = compiled.filter((c) => c.def.base === "root").map((c) => `/${c.segments[0] ?? ""}`);
+  const bases = [...new Set([normalize(options.basePath), normalize(options.adminBasePath), ...rootBases])];
 
   const match = (method: string, parts: string[]) => {
     let pathMatched = false;

@@ -1,5 +1,6 @@
 import type * as z from "zod";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
+import { promoPaymentTableSpecs } from "./tables-promos.js";
 
 /** A condition of a partial index, on a model field. */
 export type IndexCondition =
@@ -39,7 +40,7 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
-export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger";
+export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger" | "promos" | "promoClaims" | "payments";
 export type TableSpecs = Record<TableKey, TableSpec>;
 
 /**
@@ -103,6 +104,7 @@ export const tableSpecs: TableSpecs = {
       { name: "type_created", fields: ["eventType", "createdAt"] },
     ],
   },
+  ...promoPaymentTableSpecs,
 };
 
 /** Every index of a table, the idempotency key's unique index included. */

@@ -26,6 +26,7 @@ import {
 import type { JournalEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
+import { runPromoPaymentContract } from "./promos.js";
 
 export { CreditModel } from "./model.js";
 
@@ -412,6 +413,8 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect((await credits.audit(u)).ok).toBe(true);
       });
     });
+
+    runPromoPaymentContract(() => db);
 
     describe("properties", () => {
       it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {

@@ -1,6 +1,7 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, PromoClaim, Reservation } from "../../models/index.js";
 import { ColumnarJournal } from "./journal.js";
+import { MemoryPromoStore } from "./promos.js";
 import type {
   Changes,
   DbManager,
@@ -48,6 +49,8 @@ export class InMemoryDbManager implements DbManager {
   private readonly ledger: LedgerEntry[] = [];
   /** userId → callers waiting for the account (present while someone holds it). */
   private readonly locks = new Map<string, Array<() => void>>();
+  /** @internal Promos, claims and payments. */
+  readonly promoStore = new MemoryPromoStore();
 
   async init(): Promise<void> {}
 
@@ -91,6 +94,7 @@ export class InMemoryDbManager implements DbManager {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
+    this.promoStore.check(changes);
   }
 
   /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
@@ -118,6 +122,7 @@ export class InMemoryDbManager implements DbManager {
       if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
       u.journal.append(e);
     }
+    this.promoStore.apply(changes);
   }
 
   private putGrant(u: UserData, g: Grant): void {
@@ -206,6 +211,19 @@ export class InMemoryDbManager implements DbManager {
     return due.sort(byExpiry).slice(0, limit);
   }
 
+  // Promos and payments: see ./promos.ts.
+  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
+  getPromo = (code: string) => this.promoStore.getPromo(code);
+  listPromos: MemoryPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: MemoryPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
+  listPromoClaims = (userId: string): Promise<PromoClaim[]> => this.promoStore.listPromoClaims(userId);
+  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
+  getPayment = (id: string) => this.promoStore.getPayment(id);
+  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
+  listPayments: MemoryPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     this.ledger.push(entry);
   }
@@ -257,6 +275,19 @@ class MemoryTransaction implements DbTransaction {
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
     return this.db.user(this.userId)?.reservations.get(reservationId) ?? null;
+  }
+
+  async getPromo(code: string): Promise<Promo | null> {
+    return this.db.promoStore.getPromo(code);
+  }
+
+  async countPromoClaims(code: string): Promise<number> {
+    return this.db.promoStore.countPromoClaims(code, this.userId);
+  }
+
+  async getPayment(paymentId: string): Promise<Payment | null> {
+    const p = await this.db.promoStore.getPayment(paymentId);
+    return p !== null && p.userId === this.userId ? p : null;
   }
 
   async save(changes: Changes): Promise<void> {

@@ -12,7 +12,7 @@ import type {
 } from "mongodb";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import type {
   Changes,
   DbCapabilities,
@@ -26,6 +26,7 @@ import type {
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "./lock.js";
+import { MongoPromoStore } from "./promos.js";
 import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 
@@ -165,6 +166,8 @@ export class MongoDbManager implements DbManager {
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
+  /** @internal Promos, claims and payments (./promos.ts). */
+  readonly promoStore: MongoPromoStore;
 
   constructor(config: MongoDbManagerConfig) {
     if ("db" in config && config.db !== undefined) {
@@ -198,6 +201,7 @@ export class MongoDbManager implements DbManager {
       journal: col("journal"),
       ledger: col("ledger"),
     };
+    this.promoStore = new MongoPromoStore(col);
   }
 
   /**
@@ -262,6 +266,7 @@ export class MongoDbManager implements DbManager {
         throw toCreditError(error, `init: createIndexes on ${collection.collectionName}`);
       }
     }
+    await this.promoStore.init(this.db, names);
   }
 
   /** Closes the client if `fromUri` created it; a client handed in stays open. */
@@ -293,7 +298,7 @@ export class MongoDbManager implements DbManager {
         const value = await session.withTransaction(async (s) => {
           if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts);
           attempts++;
-          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates);
+          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates, this.promoStore);
           return tx.run(fn);
         }, TRANSACTION_OPTIONS);
         const after = (tx as MongoTransaction | undefined)?.stateAfter;
@@ -395,6 +400,19 @@ export class MongoDbManager implements DbManager {
     return docs.map((d) => fromDoc(RESERVATION, d));
   }
 
+  // Promos and payments: see ./promos.ts.
+  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
+  getPromo = (code: string) => this.promoStore.getPromo(code);
+  listPromos: MongoPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: MongoPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
+  listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
+  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
+  getPayment = (id: string) => this.promoStore.getPayment(id);
+  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
+  listPayments: MongoPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     // `_ord` keeps entries of one process in insertion order when their createdAt ties.
     const ord = Math.max(Date.now() * 1024, this.lastLedgerOrd + 1);
@@ -479,6 +497,7 @@ class MongoTransaction implements DbTransaction {
     readonly userId: string,
     private readonly cached: AccountState | undefined,
     private readonly verify: boolean,
+    private readonly promos: MongoPromoStore,
   ) {}
 
   /**
@@ -598,6 +617,18 @@ class MongoTransaction implements DbTransaction {
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 
+  getPromo(code: string): Promise<Promo | null> {
+    return this.promos.getPromoIn(this.session, code);
+  }
+
+  countPromoClaims(code: string): Promise<number> {
+    return this.promos.countClaimsIn(this.session, code, this.userId);
+  }
+
+  getPayment(paymentId: string): Promise<Payment | null> {
+    return this.promos.getPaymentIn(this.session, paymentId, this.userId);
+  }
+
   /**
    * At most four round trips: the guarded account write first (so a loser of a race learns it
    * before writing anything else), then grants and holds (one `bulkWrite` each) and the entries
@@ -661,6 +692,7 @@ class MongoTransaction implements DbTransaction {
       changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } })),
       session,
     );
+    await this.promos.saveIn(session, changes);
     // What the cache holds once the transaction commits (only a state this unit of work loaded).
     if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
   }

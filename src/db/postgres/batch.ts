@@ -1,11 +1,12 @@
 import type { PoolClient, QueryResult } from "pg";
 import { ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
+import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
 import { GUARD_MARKER, type Statement, arrayText, executeText } from "./sql.js";
 
 /** A unit of work waiting to run: `db.transaction(userId, fn)`. */
@@ -284,10 +285,18 @@ export class Batch {
       reservationColumns,
       entries: entries.length > 0,
     });
+    // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
+    const extra = promoPaymentSave(tables, txs.map((tx) => tx.pendingChanges));
+    const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
     // Units that saved without loading: their account write takes the row lock; the guard holds.
     const begin = this.began ? "" : `${BEGIN}; `;
     this.began = true;
-    await this.message("save", [save], (prefix) => `${prefix}${begin}${executeText(save, [JSON.stringify(payload)], this.db.prepared)}; COMMIT`, 0);
+    await this.message(
+      "save",
+      extra === null ? [save] : [extra.statement, save],
+      (prefix) => `${prefix}${begin}${extraText}${executeText(save, [JSON.stringify(payload)], this.db.prepared)}; COMMIT`,
+      0,
+    );
     this.began = false;
   }
 
@@ -449,6 +458,29 @@ export class UnitTx implements DbTransaction {
     return r;
   }
 
+  async getPromo(code: string): Promise<Promo | null> {
+    await this.opening();
+    const { sql } = this.batch.db;
+    const { text, params } = inUnit.getPromo(sql.tables, code);
+    const [row] = await this.batch.query("getPromo", text, params);
+    return row === undefined ? null : decodePromoRow.promo(sql.tables, row);
+  }
+
+  async countPromoClaims(code: string): Promise<number> {
+    await this.opening();
+    const { text, params } = inUnit.countClaims(this.batch.db.sql.tables, code, this.userId);
+    const [row] = await this.batch.query("countPromoClaims", text, params);
+    return Number(row?.n ?? 0);
+  }
+
+  async getPayment(paymentId: string): Promise<Payment | null> {
+    await this.opening();
+    const { sql } = this.batch.db;
+    const { text, params } = inUnit.getPayment(sql.tables, paymentId, this.userId);
+    const [row] = await this.batch.query("getPayment", text, params);
+    return row === undefined ? null : decodePromoRow.payment(sql.tables, row);
+  }
+
   async save(changes: Changes): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
@@ -462,6 +494,8 @@ export class UnitTx implements DbTransaction {
       ...changes.insertReservations,
       ...changes.updateReservations,
       ...changes.entries,
+      ...(changes.promoClaims ?? []),
+      ...(changes.paymentUpdates ?? []),
     ];
     if (rows.some((o) => o.userId !== this.userId)) {
       throw new Error(`save() of account ${this.userId} got a row of another account`);

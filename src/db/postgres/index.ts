@@ -1,10 +1,11 @@
 import type * as PgModule from "pg";
 import type { Pool, PoolClient, PoolConfig } from "pg";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
+import { PostgresPromoStore } from "./promos.js";
 import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
 
 export { SCHEMA_VERSION } from "./sql.js";
@@ -388,6 +389,23 @@ export class PostgresDbManager implements DbManager {
     const rows = await this.read("findExpiredReservations", text, params);
     return rows.map((r) => this.decode<Reservation>("reservations", r));
   }
+
+  // Promos and payments: see ./promos.ts.
+  private promoStoreValue: PostgresPromoStore | undefined;
+  private get promoStore(): PostgresPromoStore {
+    return (this.promoStoreValue ??= new PostgresPromoStore(this, this.sql.tables));
+  }
+  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
+  getPromo = (code: string) => this.promoStore.getPromo(code);
+  listPromos: PostgresPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: PostgresPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
+  listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
+  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
+  getPayment = (id: string) => this.promoStore.getPayment(id);
+  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
+  listPayments: PostgresPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     const t = this.sql.tables.ledger;

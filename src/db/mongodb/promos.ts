@@ -1,0 +1,197 @@
+import type { ClientSession, Collection, Db, Filter, IndexDescription } from "mongodb";
+import { ConfigurationError, ConflictError } from "../../errors.js";
+import { Payment, Promo, PromoClaim, type Payment as PaymentT, type Promo as PromoT, type PromoClaim as PromoClaimT } from "../../models/index.js";
+import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
+import { fromDoc, toDoc, type StoredDoc } from "./documents.js";
+import { guard, isIndexConflict, isNamespaceExists, toCreditError } from "./errors.js";
+
+const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>) => ({
+  idField,
+  keys: Object.keys(shape) as (keyof T & string)[],
+});
+const PROMO = kind<PromoT>("code", Promo.shape);
+const CLAIM = kind<PromoClaimT>("id", PromoClaim.shape);
+const PAYMENT = kind<PaymentT>("id", Payment.shape);
+
+/** The indexes the promo and payment queries and guarantees rely on. */
+const INDEXES: Record<"promos" | "claims" | "payments", IndexDescription[]> = {
+  // `_id` is the upper-cased code: unique.
+  promos: [{ key: { createdAt: -1, _id: -1 }, name: "created" }],
+  claims: [
+    // One claim per (code, user, claim number): the backstop of the per-user limit.
+    { key: { code: 1, userId: 1, claimNumber: 1 }, name: "code_user_n", unique: true },
+    { key: { userId: 1, createdAt: 1 }, name: "user_created" },
+  ],
+  payments: [
+    { key: { userId: 1, createdAt: -1, _id: -1 }, name: "user_created" },
+    { key: { provider: 1, providerRef: 1 }, name: "provider_ref", partialFilterExpression: { providerRef: { $type: "string" } } },
+    {
+      key: { provider: 1, providerPaymentId: 1 },
+      name: "provider_payment",
+      unique: true,
+      partialFilterExpression: { providerPaymentId: { $type: "string" } },
+    },
+  ],
+};
+
+/** Every field but the id, the owner and the immutable ones (see `updatableFields`). */
+function paymentSet(p: PaymentT): Record<string, unknown> {
+  const { id: _i, userId: _u, createdAt: _c, metadata: _m, ...rest } = p;
+  return rest;
+}
+
+/**
+ * Promos, claims and payments of `MongoDbManager` (collections `<prefix>promos`,
+ * `<prefix>promo_claims`, `<prefix>payments`). The unit-of-work part (`saveIn`) writes in the
+ * account's transaction: the promo's counter with the guard `uses < maxUses` (maxUses never
+ * changes once created), the claim under its unique index, payments by compare-and-set on
+ * `version`; a miss throws `ConflictError` and aborts the whole transaction.
+ * @internal
+ */
+export class MongoPromoStore implements PromoPaymentStore {
+  readonly promos: Collection<StoredDoc>;
+  readonly claims: Collection<StoredDoc>;
+  readonly payments: Collection<StoredDoc>;
+
+  constructor(col: (name: string) => Collection<StoredDoc>) {
+    this.promos = col("promos");
+    this.claims = col("promo_claims");
+    this.payments = col("payments");
+  }
+
+  async init(db: Db, existing: Set<string>): Promise<void> {
+    for (const [key, c] of [
+      ["promos", this.promos],
+      ["claims", this.claims],
+      ["payments", this.payments],
+    ] as const) {
+      if (!existing.has(c.collectionName)) {
+        await guard(`init: create ${c.collectionName}`, async () => {
+          try {
+            await db.createCollection(c.collectionName);
+          } catch (error) {
+            if (!isNamespaceExists(error)) throw error;
+          }
+        });
+      }
+      try {
+        await c.createIndexes(INDEXES[key]);
+      } catch (error) {
+        if (isIndexConflict(error)) {
+          throw new ConfigurationError(
+            `[credit-management] [mongodb] An index on ${c.collectionName} has the name or keys of one this version needs but other options. Drop it and run init() again.`,
+            error,
+          );
+        }
+        throw toCreditError(error, `init: createIndexes on ${c.collectionName}`);
+      }
+    }
+  }
+
+  // ---- Inside a unit of work (driver errors unconverted: withTransaction must see their labels).
+
+  async getPromoIn(session: ClientSession, code: string): Promise<PromoT | null> {
+    const d = await this.promos.findOne({ _id: code }, { session });
+    return d === null ? null : fromDoc<PromoT>(PROMO, d);
+  }
+
+  async countClaimsIn(session: ClientSession, code: string, userId: string): Promise<number> {
+    return this.claims.countDocuments({ code, userId }, { session });
+  }
+
+  async getPaymentIn(session: ClientSession, id: string, userId: string): Promise<PaymentT | null> {
+    const d = await this.payments.findOne({ _id: id, userId }, { session });
+    return d === null ? null : fromDoc<PaymentT>(PAYMENT, d);
+  }
+
+  async saveIn(session: ClientSession, changes: PromoPaymentChanges): Promise<void> {
+    for (const c of changes.promoClaims ?? []) {
+      const promo = await this.getPromoIn(session, c.code);
+      if (promo === null) throw new ConflictError(`[credit-management] [mongodb] promo ${c.code} does not exist`);
+      const filter: Filter<StoredDoc> = promo.maxUses === null ? { _id: c.code } : { _id: c.code, uses: { $lt: promo.maxUses } };
+      const res = await this.promos.updateOne(filter, { $inc: { uses: 1 } }, { session });
+      if (res.matchedCount !== 1) {
+        throw new ConflictError(`[credit-management] [mongodb] promo ${c.code} has no uses left`, { code: c.code, reason: "exhausted" });
+      }
+      await this.claims.insertOne(toDoc(CLAIM, c), { session });
+    }
+    for (const p of changes.paymentUpdates ?? []) {
+      const res = await this.payments.updateOne({ _id: p.id, version: p.version - 1 }, { $set: paymentSet(p) }, { session });
+      if (res.matchedCount !== 1) {
+        throw new ConflictError(`[credit-management] [mongodb] payment ${p.id} changed during the unit of work`, { paymentId: p.id });
+      }
+    }
+  }
+
+  // ---- Outside units of work.
+
+  async insertPromo(promo: PromoT): Promise<void> {
+    await guard("insertPromo", () => this.promos.insertOne(toDoc(PROMO, promo)));
+  }
+
+  async getPromo(code: string): Promise<PromoT | null> {
+    const d = await guard("getPromo", () => this.promos.findOne({ _id: code }));
+    return d === null ? null : fromDoc<PromoT>(PROMO, d);
+  }
+
+  async listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<PromoT[]> {
+    const b = query.before;
+    const filter: Filter<StoredDoc> =
+      b === undefined ? {} : { $or: [{ createdAt: { $lt: b.createdAt } }, { createdAt: b.createdAt, _id: { $lt: b.code } }] };
+    const docs = await guard("listPromos", () =>
+      this.promos.find(filter).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
+    );
+    return docs.map((d) => fromDoc<PromoT>(PROMO, d));
+  }
+
+  async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<PromoT | null> {
+    const d = await guard("setPromoActive", () =>
+      this.promos.findOneAndUpdate({ _id: code }, { $set: { isActive, updatedAt } }, { returnDocument: "after" }),
+    );
+    return d === null ? null : fromDoc<PromoT>(PROMO, d);
+  }
+
+  async countPromoClaims(code: string, userId: string): Promise<number> {
+    return guard("countPromoClaims", () => this.claims.countDocuments({ code, userId }));
+  }
+
+  async listPromoClaims(userId: string): Promise<PromoClaimT[]> {
+    const docs = await guard("listPromoClaims", () => this.claims.find({ userId }).sort({ createdAt: 1, claimNumber: 1 }).toArray());
+    return docs.map((d) => fromDoc<PromoClaimT>(CLAIM, d));
+  }
+
+  async insertPayment(payment: PaymentT): Promise<void> {
+    await guard("insertPayment", () => this.payments.insertOne(toDoc(PAYMENT, payment)));
+  }
+
+  async getPayment(paymentId: string): Promise<PaymentT | null> {
+    const d = await guard("getPayment", () => this.payments.findOne({ _id: paymentId }));
+    return d === null ? null : fromDoc<PaymentT>(PAYMENT, d);
+  }
+
+  async findPaymentByProviderId(provider: string, id: string): Promise<PaymentT | null> {
+    const d = await guard("findPaymentByProviderId", () =>
+      this.payments.findOne({ $or: [{ provider, providerRef: id }, { provider, providerPaymentId: id }] }),
+    );
+    return d === null ? null : fromDoc<PaymentT>(PAYMENT, d);
+  }
+
+  async listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<PaymentT[]> {
+    const b = query.before;
+    const filter: Filter<StoredDoc> =
+      b === undefined
+        ? { userId }
+        : { userId, $or: [{ createdAt: { $lt: b.createdAt } }, { createdAt: b.createdAt, _id: { $lt: b.id } }] };
+    const docs = await guard("listPayments", () =>
+      this.payments.find(filter).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
+    );
+    return docs.map((d) => fromDoc<PaymentT>(PAYMENT, d));
+  }
+
+  async updatePayment(payment: PaymentT): Promise<boolean> {
+    const res = await guard("updatePayment", () =>
+      this.payments.updateOne({ _id: payment.id, version: payment.version - 1 }, { $set: paymentSet(payment) }),
+    );
+    return res.matchedCount === 1;
+  }
+}

@@ -1,0 +1,57 @@
+import type { Payment, Promo, PromoClaim } from "../models/index.js";
+
+/**
+ * The part of the storage contract that promo codes and payment top-ups need (see `DbManager`).
+ *
+ * Guarantees an adapter gives:
+ *  - promo codes are unique (`insertPromo` throws `ConflictError` on a duplicate);
+ *  - a claim saved with a unit of work (`Changes.promoClaims`) takes one use from the promo with a
+ *    guarded write that is part of the unit of work's transaction — `uses = uses + 1` only where
+ *    `maxUses` is null or `uses < maxUses` — and inserts the claim, unique per
+ *    (code, userId, claimNumber); a refused guard or unique index fails the whole unit of work with
+ *    `ConflictError` (nothing saved);
+ *  - a payment update (`updatePayment`, `Changes.paymentUpdates`) is a compare-and-set on
+ *    `version`: it writes only where the stored `version` is `payment.version - 1`.
+ */
+export interface PromoPaymentStore {
+  /** Inserts a promo; `ConflictError` when its code exists. */
+  insertPromo(promo: Promo): Promise<void>;
+  /** A promo by its (upper-cased) code. */
+  getPromo(code: string): Promise<Promo | null>;
+  /** Promos, newest first, at most `limit`; `before`: createdAt strictly older than this (paging). */
+  listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<Promo[]>;
+  /** Sets `isActive` (and `updatedAt`) only, never `uses`. Returns the promo after, or null. */
+  setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<Promo | null>;
+  /** How many times `userId` claimed `code`. */
+  countPromoClaims(code: string, userId: string): Promise<number>;
+  /** A user's claims, oldest first. */
+  listPromoClaims(userId: string): Promise<PromoClaim[]>;
+
+  /** Inserts a payment; `ConflictError` when its id exists. */
+  insertPayment(payment: Payment): Promise<void>;
+  getPayment(paymentId: string): Promise<Payment | null>;
+  /** The payment of `provider` whose `providerRef` or `providerPaymentId` is `id`. */
+  findPaymentByProviderId(provider: string, id: string): Promise<Payment | null>;
+  /** A user's payments, newest first (createdAt, then id), strictly after the cursor. */
+  listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<Payment[]>;
+  /** Compare-and-set: writes `payment` where the stored version is `payment.version - 1`. False on a miss. */
+  updatePayment(payment: Payment): Promise<boolean>;
+}
+
+/** Reads a unit of work makes for promos and payments (inside its transaction). */
+export interface PromoPaymentTransaction {
+  /** The promo, read inside the transaction. */
+  getPromo(code: string): Promise<Promo | null>;
+  /** Claims of `code` by this unit of work's user. */
+  countPromoClaims(code: string): Promise<number>;
+  /** A payment of this unit of work's user, read inside the transaction. */
+  getPayment(paymentId: string): Promise<Payment | null>;
+}
+
+/** What a unit of work saves for promos and payments, atomically with its account changes. */
+export interface PromoPaymentChanges {
+  /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
+  promoClaims?: PromoClaim[];
+  /** Payments of this user to write, each a compare-and-set on `version - 1`. */
+  paymentUpdates?: Payment[];
+}

@@ -1,0 +1,39 @@
+import type { PaymentStatus } from "../models/index.js";
+
+/**
+ * Order of payment statuses: a payment moves only to a higher rank. Failed, expired and cancelled
+ * rank below paid, so money that arrives after them is still credited; nothing moves a payment
+ * back from paid, and refunded / disputed_lost are final.
+ */
+const RANK: Record<PaymentStatus, number> = {
+  created: 0,
+  failed: 1,
+  authorized: 2,
+  expired: 3,
+  cancelled: 3,
+  paid: 4,
+  partially_refunded: 5,
+  refunded: 6,
+  disputed_lost: 6,
+};
+
+/** Whether a payment in `from` may move to `to` (partially_refunded → itself: a further partial refund). */
+export function canAdvancePayment(from: PaymentStatus, to: PaymentStatus): boolean {
+  if (from === "partially_refunded" && to === "partially_refunded") return true;
+  return RANK[to] > RANK[from];
+}
+
+/** True once the payment's credits were added (paid, or later states that follow paid). */
+export const isCredited = (s: PaymentStatus): boolean => RANK[s] >= RANK.paid;
+
+/**
+ * Credits to take back after a refund of `refundedTotal` (cumulative, currency units) of a payment
+ * of `amount` that bought `credits`, of which `alreadyReversed` were taken back: proportional,
+ * rounded up (a partial refund never leaves the user a fraction of a credit they did not pay for),
+ * all of them when fully refunded.
+ */
+export function creditsToReverse(amount: number, credits: number, refundedTotal: number, alreadyReversed: number): number {
+  const target =
+    refundedTotal >= amount ? credits : Math.min(credits, Math.ceil((credits * refundedTotal) / amount));
+  return Math.max(0, target - alreadyReversed);
+}

@@ -1,0 +1,218 @@
+import * as z from "zod";
+import {
+  ClaimPromoOptions,
+  CreatePaymentInput,
+  CreatePromoInput,
+  PaymentHistoryQuery,
+  PaymentId,
+  Payment,
+  Promo,
+  PromoClaim,
+  PromoCode,
+  JournalEntry,
+  PromoIneligibility,
+  UserId,
+  parse,
+} from "../models/index.js";
+import type { RouteContext, RouteDefinition } from "./router.js";
+
+// ---- request schemas ----------------------------------------------------------------------------
+
+/** `POST /credits/payments/create`. */
+export const CreatePaymentBody = CreatePaymentInput;
+export const PaymentHistoryParams = PaymentHistoryQuery;
+/** `GET /credits/promo/eligibility?promo_code=`. */
+export const EligibilityParams = z.strictObject({ promo_code: PromoCode });
+/** `POST /credits/promo/claim`. */
+export const ClaimBody = ClaimPromoOptions.extend({ promo_code: PromoCode });
+export const ListPromosParams = z.strictObject({
+  limit: z.number().int().min(1).max(1000).optional(),
+  cursor: z.string().min(1).max(300).optional(),
+});
+/** `POST /admin/credits/promos/:code/activation`. */
+export const ActivationBody = z.strictObject({ isActive: z.boolean() });
+
+// ---- response schemas ---------------------------------------------------------------------------
+
+export const PaymentPageSchema = z.object({ items: z.array(Payment), nextCursor: z.string().nullable() });
+export const PromoPageSchema = z.object({ items: z.array(Promo), nextCursor: z.string().nullable() });
+export const EligibilitySchema = z.object({
+  eligible: z.boolean(),
+  code: z.string(),
+  credits: z.number().int().optional(),
+  creditsExpireInDays: z.number().int().nullable().optional(),
+  claimsLeftForUser: z.number().int().optional(),
+  reason: PromoIneligibility.optional(),
+  message: z.string().optional(),
+});
+export const ClaimSchema = z.object({ claim: PromoClaim, entry: JournalEntry });
+export const WebhookResultSchema = z.object({
+  received: z.literal(true),
+  outcome: z.enum(["credited", "reversed", "updated", "duplicate", "unchanged", "ignored"]),
+  eventType: z.string(),
+  paymentId: z.string().nullable(),
+  status: z.string().nullable(),
+  reason: z.string().optional(),
+});
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
+const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
+  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
+
+const payments = ["payments"];
+const promos = ["promos"];
+
+/**
+ * Payment routes: the caller's own payments under `basePath`, and the providers' webhooks at
+ * `/webhooks/:provider` (public: the signature is the authentication; the raw body is handed over
+ * untouched).
+ */
+export const paymentRoutes: RouteDefinition[] = [
+  {
+    method: "POST",
+    base: "user",
+    path: "/payments/create",
+    access: "user",
+    operationId: "createPayment",
+    summary: "Opens a checkout at the provider for a top-up; answers the pending payment with its checkoutUrl",
+    tags: payments,
+    body: CreatePaymentBody,
+    idempotent: true,
+    status: 201,
+    response: Payment,
+    errors: [409, 502],
+    handle: async (ctx) => ctx.manager.payments.createPaymentLink(self(ctx), withKey(await ctx.body<CreatePaymentInput>(), ctx)),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/payments/history",
+    access: "user",
+    operationId: "getPaymentHistory",
+    summary: "The caller's payments, newest first, with cursor paging",
+    tags: payments,
+    query: PaymentHistoryParams,
+    response: PaymentPageSchema,
+    handle: (ctx) => ctx.manager.payments.getPaymentHistory(self(ctx), ctx.query<PaymentHistoryQuery>()),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/payments/:id",
+    access: "user",
+    operationId: "getPayment",
+    summary: "One of the caller's payments (404 for another user's)",
+    tags: payments,
+    response: Payment,
+    errors: [404],
+    handle: (ctx) => ctx.manager.payments.getPayment(self(ctx), parse(PaymentId, ctx.params.id, "path.id")),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/payments",
+    access: "admin",
+    operationId: "adminGetPaymentHistory",
+    summary: "A user's payments, newest first, with cursor paging",
+    tags: ["admin", ...payments],
+    query: PaymentHistoryParams,
+    response: PaymentPageSchema,
+    handle: (ctx) =>
+      ctx.manager.payments.getPaymentHistory(parse(UserId, ctx.params.userId, "path.userId"), ctx.query<PaymentHistoryQuery>()),
+  },
+  {
+    method: "POST",
+    base: "root",
+    path: "/webhooks/:provider",
+    access: "public",
+    operationId: "paymentWebhook",
+    summary: "A payment provider's webhook (razorpay, stripe): signature checked over the raw body",
+    description:
+      "400 on a bad or stale signature or an event contradicting the stored payment (nothing changed); " +
+      "200 for everything applied, repeated or ignored, so the provider stops retrying.",
+    tags: payments,
+    response: WebhookResultSchema,
+    errors: [404],
+    handle: async (ctx) => {
+      const provider = z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/).parse(ctx.params.provider);
+      const result = await ctx.manager.payments.handleWebhook(provider, await ctx.rawBody(), ctx.request.headers);
+      return { received: true, ...result };
+    },
+  },
+];
+
+/** Promo routes: eligibility and claims for the caller; create, list and (de)activate for admins. */
+export const promoRoutes: RouteDefinition[] = [
+  {
+    method: "GET",
+    base: "user",
+    path: "/promo/eligibility",
+    access: "user",
+    operationId: "checkPromoEligibility",
+    summary: "Whether the caller may claim a promo code, or the reason why not",
+    tags: promos,
+    query: EligibilityParams,
+    response: EligibilitySchema,
+    handle: (ctx) => ctx.manager.promos.checkEligibility(self(ctx), ctx.query<z.infer<typeof EligibilityParams>>().promo_code),
+  },
+  {
+    method: "POST",
+    base: "user",
+    path: "/promo/claim",
+    access: "user",
+    operationId: "claimPromo",
+    summary: "Claims a promo code: a grant of its credits (source promo)",
+    tags: promos,
+    body: ClaimBody,
+    idempotent: true,
+    status: 201,
+    response: ClaimSchema,
+    errors: [404, 409],
+    handle: async (ctx) => {
+      const { promo_code, ...options } = await ctx.body<z.infer<typeof ClaimBody>>();
+      return ctx.manager.promos.claimPromo(self(ctx), promo_code, withKey(options, ctx));
+    },
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/promos",
+    access: "admin",
+    operationId: "createPromo",
+    summary: "Creates a promo code (case-insensitive, unique)",
+    tags: ["admin", ...promos],
+    body: CreatePromoInput,
+    status: 201,
+    response: Promo,
+    errors: [409],
+    handle: async (ctx) => ctx.manager.promos.createPromo(await ctx.body<CreatePromoInput>()),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/promos",
+    access: "admin",
+    operationId: "listPromos",
+    summary: "Promo codes, newest first, with their claim counts (uses)",
+    tags: ["admin", ...promos],
+    query: ListPromosParams,
+    response: PromoPageSchema,
+    handle: (ctx) => ctx.manager.promos.listPromos(ctx.query<z.infer<typeof ListPromosParams>>()),
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/promos/:code/activation",
+    access: "admin",
+    operationId: "setPromoActive",
+    summary: "Turns a promo code on or off",
+    tags: ["admin", ...promos],
+    body: ActivationBody,
+    response: Promo,
+    errors: [404],
+    handle: async (ctx) =>
+      ctx.manager.promos.setPromoActive(parse(PromoCode, ctx.params.code, "path.code"), (await ctx.body<{ isActive: boolean }>()).isActive),
+  },
+];

@@ -1,0 +1,82 @@
+import * as z from "zod";
+import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+
+/**
+ * Where a payment is. Statuses only move forward (see `canAdvancePayment`):
+ * created → failed → authorized → expired/cancelled → paid → partially_refunded → refunded |
+ * disputed_lost. A payment that failed, expired or was cancelled can still become paid (money
+ * received is always credited); a paid one never goes back.
+ */
+export const PaymentStatus = z.enum([
+  "created",
+  "failed",
+  "authorized",
+  "expired",
+  "cancelled",
+  "paid",
+  "partially_refunded",
+  "refunded",
+  "disputed_lost",
+]);
+export type PaymentStatus = z.infer<typeof PaymentStatus>;
+
+/** An ISO-4217 currency code, upper-cased. */
+export const Currency = z
+  .string()
+  .regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })
+  .transform((s) => s.toUpperCase());
+
+/** A payment top-up: what the user pays and the credits it buys. */
+export const Payment = z.object({
+  id: EntityId,
+  userId: UserId,
+  /** "razorpay", "stripe", or the name of a custom provider. */
+  provider: z.string().max(64),
+  /** The provider's object the user pays through (payment link id, Checkout Session id). */
+  providerRef: z.string().max(255).nullable(),
+  /** The provider's id of the money movement (Razorpay `pay_…`, Stripe PaymentIntent); set once paid. */
+  providerPaymentId: z.string().max(255).nullable(),
+  /** In the smallest currency unit (paise, cents). */
+  amount: Amount,
+  currency: z.string().max(3),
+  /** Credits a successful payment adds. */
+  credits: Amount,
+  status: PaymentStatus,
+  /** Where to send the user to pay. */
+  checkoutUrl: z.string().nullable(),
+  description: z.string().nullable(),
+  /** The grant the payment created (null until paid, or when all its credits paid debt). */
+  grantId: EntityId.nullable(),
+  /** The journal entry that credited the payment. */
+  creditEntryId: EntityId.nullable(),
+  /** Amount refunded so far (cumulative), smallest currency unit. */
+  refundedAmount: NonNegativeAmount,
+  /** Credits taken back so far by refunds and lost disputes. */
+  creditsReversed: NonNegativeAmount,
+  metadata: Metadata.nullable(),
+  /** Bumped by every write: the compare-and-set guard of updates. */
+  version: z.number().int().min(1),
+  createdAt: z.date(),
+  updatedAt: z.date(),
+});
+export type Payment = z.infer<typeof Payment>;
+
+export const CreatePaymentInput = z.strictObject({
+  amount: Amount,
+  currency: Currency,
+  provider: z.string().min(1).max(64),
+  description: ShortText.optional(),
+  metadata: Metadata.optional(),
+  /** Passed to the provider as its idempotency key where it has one (Stripe). */
+  idempotencyKey: IdempotencyKey.optional(),
+});
+export type CreatePaymentInput = z.input<typeof CreatePaymentInput>;
+
+export const PaymentHistoryQuery = z.strictObject({
+  limit: z.number().int().min(1).max(100).optional(),
+  /** `nextCursor` of the previous page. */
+  cursor: z.string().min(1).max(300).optional(),
+});
+export type PaymentHistoryQuery = z.input<typeof PaymentHistoryQuery>;
+
+export const PaymentId = EntityId;

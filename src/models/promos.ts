@@ -1,0 +1,104 @@
+import * as z from "zod";
+import { Amount, DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+
+/**
+ * A promo code as typed by users: 1–64 letters, digits, `-` or `_`. Codes are case-insensitive:
+ * they are stored and compared upper-cased.
+ */
+export const PromoCode = z
+  .string({ error: "promo code must be a string" })
+  .trim()
+  .min(1, { error: "promo code must not be empty" })
+  .max(64, { error: "promo code must be at most 64 characters" })
+  .regex(/^[A-Za-z0-9_-]+$/, { error: "promo code may only contain letters, digits, '-' and '_'" })
+  .transform((s) => s.toUpperCase());
+
+/** A promo code and its limits. `uses` counts claims over all users. */
+export const Promo = z.object({
+  /** Upper-cased; unique. */
+  code: z.string().max(64),
+  /** Credits each claim grants. */
+  credits: Amount,
+  /** Days after the claim until the granted credits expire; null: never. */
+  creditsExpireInDays: z.number().int().min(1).max(3650).nullable(),
+  /** Users who may claim it; null: everyone. */
+  userIds: z.array(UserId).nullable(),
+  /** Claims over all users; null: unlimited. */
+  maxUses: z.number().int().min(1).nullable(),
+  /** Claims per user (default 1). */
+  maxUsesPerUser: z.number().int().min(1),
+  /** Claims before this instant are refused; null: from creation. */
+  validFrom: z.date().nullable(),
+  /** Claims at or after this instant are refused; null: no end. */
+  validUntil: z.date().nullable(),
+  isActive: z.boolean(),
+  /** Claims so far, over all users. */
+  uses: NonNegativeAmount,
+  description: z.string().nullable(),
+  metadata: Metadata.nullable(),
+  createdAt: z.date(),
+  updatedAt: z.date(),
+});
+export type Promo = z.infer<typeof Promo>;
+
+/** One claim of a promo by a user: unique per (code, userId, claimNumber). */
+export const PromoClaim = z.object({
+  id: EntityId,
+  code: z.string().max(64),
+  userId: UserId,
+  /** 1 for the user's first claim of this code, 2 for the second, … */
+  claimNumber: z.number().int().min(1),
+  credits: Amount,
+  /** The grant the claim created (null when the credits all went to paying debt). */
+  grantId: EntityId.nullable(),
+  /** The journal entry of the claim. */
+  entryId: EntityId,
+  createdAt: z.date(),
+});
+export type PromoClaim = z.infer<typeof PromoClaim>;
+
+/** Input of `PromoService.createPromo`. */
+export const CreatePromoInput = z.strictObject({
+  code: PromoCode,
+  credits: Amount,
+  /** Days after each claim until its credits expire; omitted: never. */
+  creditsExpireInDays: z.number().int().min(1).max(3650).optional(),
+  /** Only these users may claim it; omitted: everyone. At most 10,000 (use a code per cohort beyond). */
+  userIds: z.array(UserId).min(1).max(10_000).optional(),
+  /** Claims over all users; omitted: unlimited. */
+  maxUses: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+  /** Claims per user. Default 1. */
+  maxUsesPerUser: z.number().int().min(1).max(1_000_000).optional(),
+  validFrom: DateInput.optional(),
+  validUntil: DateInput.optional(),
+  /** Default true. */
+  isActive: z.boolean().optional(),
+  description: ShortText.optional(),
+  metadata: Metadata.optional(),
+});
+export type CreatePromoInput = z.input<typeof CreatePromoInput>;
+
+/** Options of `PromoService.claimPromo`. */
+export const ClaimPromoOptions = z.strictObject({
+  correlationId: z.string().min(1).max(255).optional(),
+  /** A retried claim with the same key returns the first claim's entry instead of claiming again. */
+  idempotencyKey: IdempotencyKey.optional(),
+});
+export type ClaimPromoOptions = z.input<typeof ClaimPromoOptions>;
+
+/** Why a user may not claim a promo now. */
+export const PromoIneligibility = z.enum([
+  "not_found",
+  "inactive",
+  "not_started",
+  "ended",
+  "not_targeted",
+  "exhausted",
+  "already_claimed",
+]);
+export type PromoIneligibility = z.infer<typeof PromoIneligibility>;
+
+/** What `checkEligibility` answers. */
+export type PromoEligibility =
+  | { eligible: true; code: string; credits: number; creditsExpireInDays: number | null; claimsLeftForUser: number }
+  | { eligible: false; code: string; reason: PromoIneligibility; message: string };

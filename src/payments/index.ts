@@ -1,0 +1,47 @@
+import * as z from "zod";
+import { PaymentService, type PaymentServiceOptions } from "../services/payment-service.js";
+import { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
+import { StripeProvider, type StripeProviderOptions } from "./stripe.js";
+import type { PaymentProvider } from "./types.js";
+
+export { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
+export { StripeProvider, type StripeProviderOptions } from "./stripe.js";
+export type {
+  CheckoutRequest,
+  CheckoutResult,
+  FetchLike,
+  HeadersLike,
+  PaymentEvent,
+  PaymentEventKind,
+  PaymentProvider,
+} from "./types.js";
+
+const isObject = (v: unknown) => typeof v === "object" && v !== null;
+
+/** `createCreditManager({ payments })`. */
+export const PaymentManagerOptions = z.strictObject({
+  /**
+   * Providers to use. Default: Razorpay and Stripe, configured from `razorpay` / `stripe` below or
+   * the environment (`RAZORPAY_KEY_ID`, `RAZORPAY_KEY_SECRET`, `RAZORPAY_WEBHOOK_SECRET`,
+   * `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`, `APP_BASE_URL`).
+   */
+  providers: z
+    .array(z.custom<PaymentProvider>((v) => isObject(v) && typeof (v as PaymentProvider).verifyWebhook === "function"))
+    .optional(),
+  razorpay: z.custom<RazorpayProviderOptions>(isObject).optional(),
+  stripe: z.custom<StripeProviderOptions>(isObject).optional(),
+  /** Credits per smallest currency unit (default 1), or `(amount, currency) => credits`. */
+  creditsPerUnit: z
+    .union([z.number().positive().max(1e9), z.custom<(a: number, c: string) => number>((v) => typeof v === "function")])
+    .optional(),
+});
+export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
+
+/** @internal */
+export function buildPaymentService(
+  shared: Omit<PaymentServiceOptions, "providers" | "creditsPerUnit">,
+  options: z.output<typeof PaymentManagerOptions> | undefined,
+): PaymentService {
+  const providers = options?.providers ?? [new RazorpayProvider(options?.razorpay), new StripeProvider(options?.stripe)];
+  return new PaymentService({ ...shared, providers, creditsPerUnit: options?.creditsPerUnit });
+}

@@ -1,0 +1,151 @@
+import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
+import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
+import type { CheckoutRequest, CheckoutResult, FetchLike, HeadersLike, PaymentEvent, PaymentEventKind, PaymentProvider } from "./types.js";
+
+export interface RazorpayProviderOptions {
+  /** Default `process.env.RAZORPAY_KEY_ID`. */
+  keyId?: string;
+  /** Default `process.env.RAZORPAY_KEY_SECRET`. */
+  keySecret?: string;
+  /** Default `process.env.RAZORPAY_WEBHOOK_SECRET`. Webhooks are refused without it. */
+  webhookSecret?: string;
+  /** Where Razorpay sends the user after paying; default `${APP_BASE_URL}/payments/return`. */
+  callbackUrl?: string;
+  /** Default `https://api.razorpay.com`. */
+  baseUrl?: string;
+  /** Default the global `fetch`. */
+  fetch?: FetchLike;
+}
+
+const PAYMENT_EVENTS: Record<string, PaymentEventKind> = {
+  "payment.authorized": "authorized",
+  "payment.captured": "paid",
+  "payment.failed": "failed",
+  "payment_link.paid": "paid",
+  "payment_link.expired": "expired",
+  "payment_link.cancelled": "cancelled",
+  "refund.processed": "refund",
+  "payment.dispute.lost": "dispute_lost",
+};
+
+/**
+ * Razorpay Payment Links (`POST /v1/payment_links`, HTTP Basic with the key id and secret).
+ * Webhooks: `X-Razorpay-Signature` = hex HMAC-SHA256 of the raw body with the webhook secret.
+ */
+export class RazorpayProvider implements PaymentProvider {
+  readonly name = "razorpay";
+  private readonly o: Required<Omit<RazorpayProviderOptions, "keyId" | "keySecret" | "webhookSecret" | "callbackUrl">> &
+    Pick<RazorpayProviderOptions, "keyId" | "keySecret" | "webhookSecret" | "callbackUrl">;
+
+  constructor(options: RazorpayProviderOptions = {}) {
+    const env = typeof process === "undefined" ? {} : process.env;
+    const appBase = env.APP_BASE_URL;
+    this.o = {
+      keyId: options.keyId ?? env.RAZORPAY_KEY_ID,
+      keySecret: options.keySecret ?? env.RAZORPAY_KEY_SECRET,
+      webhookSecret: options.webhookSecret ?? env.RAZORPAY_WEBHOOK_SECRET,
+      callbackUrl: options.callbackUrl ?? (appBase ? `${appBase.replace(/\/$/, "")}/payments/return` : undefined),
+      baseUrl: (options.baseUrl ?? "https://api.razorpay.com").replace(/\/$/, ""),
+      fetch: options.fetch ?? ((input, init) => fetch(input, init)),
+    };
+  }
+
+  async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
+    const { keyId, keySecret } = this.o;
+    if (!keyId || !keySecret) {
+      throw new ConfigurationError("[credit-management] [razorpay] Set keyId and keySecret (or RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET).");
+    }
+    const body: Record<string, unknown> = {
+      amount: r.amount,
+      currency: r.currency,
+      description: r.description,
+      reference_id: r.paymentId,
+      notes: { credit_payment_id: r.paymentId, user_id: r.userId, credits: String(r.credits) },
+    };
+    if (this.o.callbackUrl) {
+      body.callback_url = this.o.callbackUrl;
+      body.callback_method = "get";
+    }
+    const res = await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links`, {
+      method: "POST",
+      headers: {
+        authorization: `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}`,
+        "content-type": "application/json",
+      },
+      body: JSON.stringify(body),
+    });
+    const id = str(res.id);
+    const url = str(res.short_url);
+    if (id === null || url === null) throw new PaymentProviderError("[credit-management] [razorpay] Payment link answer without id or short_url.");
+    return { providerRef: id, url };
+  }
+
+  verifyWebhook(rawBody: Uint8Array, headers: HeadersLike): void {
+    const secret = this.o.webhookSecret;
+    if (!secret) {
+      throw new ConfigurationError(
+        "[credit-management] [razorpay] No webhook secret: set webhookSecret (or RAZORPAY_WEBHOOK_SECRET). Webhooks are refused without it.",
+      );
+    }
+    const got = header(headers, "x-razorpay-signature");
+    if (got === undefined || !safeEqualHex(hmacHex(secret, rawBody), got.trim())) {
+      throw new WebhookRejectedError("Razorpay webhook signature does not match.", "bad_signature");
+    }
+  }
+
+  parseEvent(rawBody: Uint8Array): PaymentEvent {
+    const body = parseJson(rawBody);
+    const type = str(body.event) ?? "";
+    const payment = at(body, "payload", "payment", "entity");
+    const link = at(body, "payload", "payment_link", "entity");
+    const refund = at(body, "payload", "refund", "entity");
+    const notes = (at(link, "notes") ?? at(payment, "notes")) as Record<string, unknown> | undefined;
+    const kind = PAYMENT_EVENTS[type] ?? null;
+    const paymentEntityId = str(at(payment, "id")) ?? str(at(refund, "payment_id"));
+    const providerIds = [str(at(link, "id")), paymentEntityId].filter((x): x is string => x !== null);
+    let refundedTotal: number | null = null;
+    if (kind === "refund") refundedTotal = int(at(payment, "amount_refunded")) ?? int(at(refund, "amount"));
+    return {
+      eventId: str(body.id),
+      type,
+      kind,
+      paymentId: str(at(notes, "credit_payment_id")) ?? str(at(link, "reference_id")),
+      providerIds,
+      providerPaymentId: kind === "paid" ? paymentEntityId : null,
+      userId: str(at(notes, "user_id")),
+      amount: int(at(payment, "amount")) ?? int(at(link, "amount")),
+      currency: (str(at(payment, "currency")) ?? str(at(link, "currency")))?.toUpperCase() ?? null,
+      refundedTotal,
+    };
+  }
+}
+
+/** One JSON call to a provider's API; non-2xx and network failures become `PaymentProviderError`. */
+export async function call(
+  f: FetchLike,
+  provider: string,
+  url: string,
+  init: RequestInit,
+): Promise<Record<string, unknown>> {
+  let res: Response;
+  try {
+    res = await f(url, init);
+  } catch (error) {
+    throw new PaymentProviderError(`[credit-management] [${provider}] Request failed: ${(error as Error).message}`, { provider }, error);
+  }
+  const text = await res.text();
+  let json: unknown = null;
+  try {
+    json = text === "" ? null : JSON.parse(text);
+  } catch {
+    // not JSON; reported below
+  }
+  if (!res.ok || typeof json !== "object" || json === null) {
+    const message = str(at(json, "error", "description")) ?? str(at(json, "error", "message")) ?? `HTTP ${res.status}`;
+    throw new PaymentProviderError(`[credit-management] [${provider}] API refused the request: ${message}`, {
+      provider,
+      status: res.status,
+    });
+  }
+  return json as Record<string, unknown>;
+}

@@ -1,0 +1,162 @@
+import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
+import { call } from "./razorpay.js";
+import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
+import type { CheckoutRequest, CheckoutResult, FetchLike, HeadersLike, PaymentEvent, PaymentEventKind, PaymentProvider } from "./types.js";
+
+export interface StripeProviderOptions {
+  /** Default `process.env.STRIPE_SECRET_KEY`. */
+  secretKey?: string;
+  /** Default `process.env.STRIPE_WEBHOOK_SECRET` (`whsec_…`). Webhooks are refused without it. */
+  webhookSecret?: string;
+  /** Default `${APP_BASE_URL}/payments/success?payment_id=…`. */
+  successUrl?: string;
+  /** Default `${APP_BASE_URL}/payments/cancel?payment_id=…`. */
+  cancelUrl?: string;
+  /** Largest accepted age (and clock skew) of a signed event, in seconds. Default 300. */
+  toleranceSeconds?: number;
+  /** Default `https://api.stripe.com`. */
+  baseUrl?: string;
+  fetch?: FetchLike;
+}
+
+/**
+ * Stripe Checkout Sessions (`POST /v1/checkout/sessions`, form-encoded, Bearer secret key).
+ * Webhooks: `Stripe-Signature: t=<unix>,v1=<hex>` where v1 = HMAC-SHA256 of `<t>.<raw body>`;
+ * events older (or newer) than the tolerance are refused.
+ */
+export class StripeProvider implements PaymentProvider {
+  readonly name = "stripe";
+  private readonly secretKey: string | undefined;
+  private readonly webhookSecret: string | undefined;
+  private readonly successUrl: string | undefined;
+  private readonly cancelUrl: string | undefined;
+  private readonly tolerance: number;
+  private readonly baseUrl: string;
+  private readonly fetch: FetchLike;
+
+  constructor(options: StripeProviderOptions = {}) {
+    const env = typeof process === "undefined" ? {} : process.env;
+    const appBase = env.APP_BASE_URL?.replace(/\/$/, "");
+    this.secretKey = options.secretKey ?? env.STRIPE_SECRET_KEY;
+    this.webhookSecret = options.webhookSecret ?? env.STRIPE_WEBHOOK_SECRET;
+    this.successUrl = options.successUrl ?? (appBase ? `${appBase}/payments/success` : undefined);
+    this.cancelUrl = options.cancelUrl ?? (appBase ? `${appBase}/payments/cancel` : undefined);
+    this.tolerance = options.toleranceSeconds ?? 300;
+    this.baseUrl = (options.baseUrl ?? "https://api.stripe.com").replace(/\/$/, "");
+    this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
+  }
+
+  async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
+    if (!this.secretKey) {
+      throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
+    }
+    if (!this.successUrl || !this.cancelUrl) {
+      throw new ConfigurationError("[credit-management] [stripe] Set successUrl and cancelUrl (or APP_BASE_URL).");
+    }
+    const withId = (u: string) => `${u}${u.includes("?") ? "&" : "?"}payment_id=${encodeURIComponent(r.paymentId)}`;
+    const form = new URLSearchParams({
+      mode: "payment",
+      "line_items[0][quantity]": "1",
+      "line_items[0][price_data][currency]": r.currency.toLowerCase(),
+      "line_items[0][price_data][unit_amount]": String(r.amount),
+      "line_items[0][price_data][product_data][name]": r.description,
+      client_reference_id: r.paymentId,
+      "metadata[credit_payment_id]": r.paymentId,
+      "metadata[user_id]": r.userId,
+      "metadata[credits]": String(r.credits),
+      "payment_intent_data[metadata][credit_payment_id]": r.paymentId,
+      "payment_intent_data[metadata][user_id]": r.userId,
+      success_url: withId(this.successUrl),
+      cancel_url: withId(this.cancelUrl),
+    });
+    const headers: Record<string, string> = {
+      authorization: `Bearer ${this.secretKey}`,
+      "content-type": "application/x-www-form-urlencoded",
+    };
+    if (r.idempotencyKey !== undefined) headers["idempotency-key"] = r.idempotencyKey;
+    const res = await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions`, {
+      method: "POST",
+      headers,
+      body: form.toString(),
+    });
+    const id = str(res.id);
+    const url = str(res.url);
+    if (id === null || url === null) throw new PaymentProviderError("[credit-management] [stripe] Checkout Session answer without id or url.");
+    return { providerRef: id, url };
+  }
+
+  verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void {
+    const secret = this.webhookSecret;
+    if (!secret) {
+      throw new ConfigurationError(
+        "[credit-management] [stripe] No webhook secret: set webhookSecret (or STRIPE_WEBHOOK_SECRET). Webhooks are refused without it.",
+      );
+    }
+    const sig = header(headers, "stripe-signature");
+    if (sig === undefined) throw new WebhookRejectedError("Stripe-Signature header is missing.", "bad_signature");
+    let t: string | undefined;
+    const v1: string[] = [];
+    for (const part of sig.split(",")) {
+      const i = part.indexOf("=");
+      const k = part.slice(0, i).trim();
+      const v = part.slice(i + 1).trim();
+      if (k === "t") t = v;
+      else if (k === "v1") v1.push(v);
+    }
+    const ts = t !== undefined && /^[0-9]{1,12}$/.test(t) ? Number(t) : NaN;
+    if (Number.isNaN(ts) || v1.length === 0) throw new WebhookRejectedError("Stripe-Signature header is malformed.", "bad_signature");
+    const expected = hmacHex(secret, Buffer.concat([Buffer.from(`${t}.`), Buffer.from(rawBody)]));
+    // Compare against every v1 (Stripe sends several while a secret is rolled), all in constant time.
+    let ok = false;
+    for (const s of v1) ok = safeEqualHex(expected, s) || ok;
+    if (!ok) throw new WebhookRejectedError("Stripe webhook signature does not match.", "bad_signature");
+    if (Math.abs(now.getTime() / 1000 - ts) > this.tolerance) {
+      throw new WebhookRejectedError("Stripe webhook timestamp is outside the tolerance.", "stale_signature", {
+        toleranceSeconds: this.tolerance,
+      });
+    }
+  }
+
+  parseEvent(rawBody: Uint8Array): PaymentEvent {
+    const body = parseJson(rawBody);
+    const type = str(body.type) ?? "";
+    const o = at(body, "data", "object");
+    const meta = at(o, "metadata");
+    let kind: PaymentEventKind | null = null;
+    let amount: number | null = null;
+    let refundedTotal: number | null = null;
+    let providerPaymentId: string | null = null;
+    const pi = str(at(o, "payment_intent"));
+    const providerIds: string[] = [];
+    if (type.startsWith("checkout.session.")) {
+      const paid = str(at(o, "payment_status")) === "paid";
+      if (type === "checkout.session.completed") kind = paid ? "paid" : null;
+      else if (type === "checkout.session.async_payment_succeeded") kind = "paid";
+      else if (type === "checkout.session.async_payment_failed") kind = "failed";
+      else if (type === "checkout.session.expired") kind = "expired";
+      amount = int(at(o, "amount_total"));
+      providerPaymentId = kind === "paid" ? pi : null;
+      for (const id of [str(at(o, "id")), pi]) if (id !== null) providerIds.push(id);
+    } else if (type === "charge.refunded") {
+      kind = "refund";
+      amount = int(at(o, "amount"));
+      refundedTotal = int(at(o, "amount_refunded"));
+      for (const id of [pi, str(at(o, "id"))]) if (id !== null) providerIds.push(id);
+    } else if (type === "charge.dispute.closed") {
+      kind = str(at(o, "status")) === "lost" ? "dispute_lost" : null;
+      for (const id of [pi, str(at(o, "charge"))]) if (id !== null) providerIds.push(id);
+    }
+    return {
+      eventId: str(body.id),
+      type,
+      kind,
+      paymentId: str(at(meta, "credit_payment_id")) ?? str(at(o, "client_reference_id")),
+      providerIds,
+      providerPaymentId,
+      userId: str(at(meta, "user_id")),
+      amount,
+      currency: str(at(o, "currency"))?.toUpperCase() ?? null,
+      refundedTotal,
+    };
+  }
+}

@@ -1,0 +1,68 @@
+/** What a provider needs to open a checkout for a stored payment. */
+export interface CheckoutRequest {
+  /** Our payment id (sent to the provider as a note / metadata / client reference). */
+  paymentId: string;
+  userId: string;
+  /** Smallest currency unit. */
+  amount: number;
+  /** ISO-4217, upper-case. */
+  currency: string;
+  credits: number;
+  description: string;
+  /** Passed on as the provider's idempotency key where it has one. */
+  idempotencyKey?: string | undefined;
+}
+
+/** What the provider created: where to send the user, and the provider's id for it. */
+export interface CheckoutResult {
+  providerRef: string;
+  url: string;
+}
+
+/** Header lookup: a fetch `Headers`, or a plain (Node-style) header object. */
+export type HeadersLike = Headers | Record<string, string | string[] | undefined>;
+
+/** What an incoming event means for a payment, in provider-neutral terms. */
+export type PaymentEventKind = "authorized" | "paid" | "failed" | "expired" | "cancelled" | "refund" | "dispute_lost";
+
+export interface PaymentEvent {
+  /** The provider's event id, for logs. */
+  eventId: string | null;
+  /** The provider's event type, as sent. */
+  type: string;
+  /** null: an event type we do not act on. */
+  kind: PaymentEventKind | null;
+  /** Our payment id, when the event carries it (notes, metadata, client_reference_id). */
+  paymentId: string | null;
+  /** The provider's ids that may identify the payment (link / session / payment intent / pay_…). */
+  providerIds: string[];
+  /** The provider's id of the money movement (set on paid events). */
+  providerPaymentId: string | null;
+  /** The user the event says it is for, when it says. */
+  userId: string | null;
+  /** Amount of the payment, smallest unit, when the event says. */
+  amount: number | null;
+  currency: string | null;
+  /** On refunds: the total refunded so far (cumulative), smallest unit. */
+  refundedTotal: number | null;
+}
+
+/**
+ * A payment provider: opens checkouts and turns verified webhooks into `PaymentEvent`s. Both
+ * built-in providers implement it; a custom provider can too (`PaymentService({ providers })`).
+ */
+export interface PaymentProvider {
+  /** Name used in `createPaymentLink({ provider })` and `/webhooks/:provider`. */
+  readonly name: string;
+  createCheckout(request: CheckoutRequest): Promise<CheckoutResult>;
+  /**
+   * Checks the signature over the exact bytes received. Throws `WebhookRejectedError` when it does
+   * not match (or is stale), `ConfigurationError` when no webhook secret is configured.
+   */
+  verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void;
+  /** Parses a verified body. Throws `WebhookRejectedError` when it is not an event. */
+  parseEvent(rawBody: Uint8Array): PaymentEvent;
+}
+
+/** A `fetch` compatible function (injectable for tests and proxies). */
+export type FetchLike = (input: string, init: RequestInit) => Promise<Response>;

@@ -1,0 +1,453 @@
+import { createHash, randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import type { Cache } from "../cache/index.js";
+import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
+import type { AccountWork, EntryMeta } from "../domain/account-work.js";
+import { fingerprint } from "../domain/hash.js";
+import { canAdvancePayment, creditsToReverse, isCredited } from "../domain/payments.js";
+import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import {
+  CreatePaymentInput,
+  PaymentHistoryQuery,
+  PaymentId,
+  UserId,
+  parse,
+  type Payment,
+  type PaymentStatus,
+} from "../models/index.js";
+import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
+import { runAccountUnit, type UnitDeps } from "./account-unit.js";
+import { decodeCursor, encodeCursor } from "./promo-service.js";
+
+export interface PaymentServiceOptions {
+  db: DbManager;
+  /** The providers payments can use, by their `name` ("razorpay", "stripe", …). */
+  providers?: readonly PaymentProvider[];
+  /**
+   * Credits bought per smallest currency unit (1 = one credit per cent/paisa), or a function of
+   * amount (smallest unit) and currency returning the credits. Default 1.
+   */
+  creditsPerUnit?: number | ((amount: number, currency: string) => number);
+  ledger?: LedgerLogger;
+  cache?: Cache;
+  clock?: () => Date;
+  logger?: Logger;
+}
+
+/** What `handleWebhook` did. Any of these is answered with HTTP 200. */
+export interface WebhookResult {
+  /**
+   * credited: a paid payment was credited; reversed: refund/lost dispute took credits back;
+   * updated: the status moved forward; duplicate: already done (a redelivery); unchanged: the
+   * event would move the status back, so it was ignored; ignored: not an event or payment we track.
+   */
+  outcome: "credited" | "reversed" | "updated" | "duplicate" | "unchanged" | "ignored";
+  eventType: string;
+  paymentId: string | null;
+  status: PaymentStatus | null;
+  reason?: string;
+}
+
+/** A page of payments, newest first. */
+export interface PaymentPage {
+  items: Payment[];
+  nextCursor: string | null;
+}
+
+/**
+ * Payment top-ups: opens a checkout at a provider, stores a pending payment with the credits it
+ * will buy, and applies the provider's signed webhooks: each paid payment is credited exactly once
+ * (in the same unit of work that marks it paid), statuses only move forward, and refunds or lost
+ * disputes take the credits back.
+ */
+export class PaymentService {
+  private readonly deps: UnitDeps;
+  private readonly providers = new Map<string, PaymentProvider>();
+  private readonly creditsFor: (amount: number, currency: string) => number;
+
+  constructor(options: PaymentServiceOptions) {
+    this.deps = {
+      db: options.db,
+      ledger: options.ledger,
+      cache: options.cache,
+      clock: options.clock ?? (() => new Date()),
+      logger: options.logger,
+    };
+    for (const p of options.providers ?? []) this.providers.set(p.name, p);
+    const c = options.creditsPerUnit ?? 1;
+    this.creditsFor = typeof c === "function" ? c : (amount) => Math.floor(amount * c);
+  }
+
+  /** Registers (or replaces) a provider. */
+  addProvider(provider: PaymentProvider): void {
+    this.providers.set(provider.name, provider);
+  }
+
+  /**
+   * Opens a checkout at the provider and stores the payment as `created` with its credits.
+   * Resolves to the payment, whose `checkoutUrl` is where to send the user. With an
+   * `idempotencyKey`, a repeated call returns the same payment (the same arguments) or fails with
+   * `IdempotencyConflictError` (other arguments); the key also goes to the provider where it takes one.
+   */
+  async createPaymentLink(userId: string, input: CreatePaymentInput): Promise<Payment> {
+    const user = parse(UserId, userId, "userId");
+    const i = parse(CreatePaymentInput, input, "input");
+    const provider = this.provider(i.provider);
+    const credits = this.creditsFor(i.amount, i.currency);
+    if (!Number.isSafeInteger(credits) || credits < 1) {
+      throw new ValidationError(`Invalid input.amount: ${i.amount} ${i.currency} buys no whole credit`, [
+        { path: "amount", message: "buys no whole credit" },
+      ]);
+    }
+    const now = this.deps.clock();
+    const description = i.description ?? `${credits} credits`;
+    // With a key, the id is derived from it: the store's unique id makes a repeated call find the first.
+    const id =
+      i.idempotencyKey === undefined
+        ? randomUUID()
+        : `pl_${createHash("sha256").update(`${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 40)}`;
+    let payment: Payment = {
+      id,
+      userId: user,
+      provider: provider.name,
+      providerRef: null,
+      providerPaymentId: null,
+      amount: i.amount,
+      currency: i.currency,
+      credits,
+      status: "created",
+      checkoutUrl: null,
+      description,
+      grantId: null,
+      creditEntryId: null,
+      refundedAmount: 0,
+      creditsReversed: 0,
+      metadata: i.metadata ?? null,
+      version: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    // Stored before the provider hears of it: a webhook for this checkout always finds its payment.
+    try {
+      await this.deps.db.insertPayment(payment);
+    } catch (error) {
+      if (!(error instanceof ConflictError) || i.idempotencyKey === undefined) throw error;
+      const first = await this.deps.db.getPayment(id);
+      if (first === null || first.userId !== user) throw error;
+      const same = first.provider === provider.name && first.amount === i.amount && first.currency === i.currency;
+      if (!same) throw new IdempotencyConflictError(i.idempotencyKey);
+      // The first call got as far as a checkout (or failed): answer with it. Else finish it.
+      if (first.checkoutUrl !== null || first.status !== "created") return first;
+      payment = first;
+    }
+    let checkout;
+    try {
+      checkout = await provider.createCheckout({
+        paymentId: payment.id,
+        userId: user,
+        amount: i.amount,
+        currency: i.currency,
+        credits,
+        description,
+        idempotencyKey: i.idempotencyKey,
+      });
+    } catch (error) {
+      await this.advance(payment.id, (p) => (canAdvancePayment(p.status, "failed") ? { status: "failed" } : null));
+      throw error;
+    }
+    payment = await this.advance(payment.id, () => ({ providerRef: checkout.providerRef, checkoutUrl: checkout.url }));
+    return payment;
+  }
+
+  /**
+   * Applies a provider's webhook. `rawBody` must be the exact bytes received (the signature covers
+   * them). Throws `WebhookRejectedError` (HTTP 400, nothing changed) on a bad or stale signature or
+   * an event that contradicts the stored payment, `ConfigurationError` without a webhook secret,
+   * `NotFoundError` for an unknown provider.
+   */
+  async handleWebhook(providerName: string, rawBody: Uint8Array | string, headers: HeadersLike): Promise<WebhookResult> {
+    const provider = this.providers.get(providerName);
+    if (provider === undefined) throw new NotFoundError(`No payment provider "${providerName}".`, { provider: providerName });
+    const raw = typeof rawBody === "string" ? Buffer.from(rawBody, "utf8") : rawBody;
+    try {
+      return await this.applyWebhook(provider, raw, headers);
+    } catch (error) {
+      if (error instanceof WebhookRejectedError) {
+        // Refused webhooks are security-relevant: kept as ledger error events (never fatal).
+        await this.deps.ledger
+          ?.logError(`Webhook from ${provider.name} rejected: ${error.message}`, { provider: provider.name, ...error.details })
+          .catch(() => undefined);
+      }
+      throw error;
+    }
+  }
+
+  private async applyWebhook(provider: PaymentProvider, raw: Uint8Array, headers: HeadersLike): Promise<WebhookResult> {
+    provider.verifyWebhook(raw, headers, this.deps.clock());
+    const event = provider.parseEvent(raw);
+    const result = (outcome: WebhookResult["outcome"], p: Payment | null, reason?: string): WebhookResult => ({
+      outcome,
+      eventType: event.type,
+      paymentId: p?.id ?? null,
+      status: p?.status ?? null,
+      ...(reason === undefined ? {} : { reason }),
+    });
+    if (event.kind === null) return result("ignored", null, "event type not handled");
+    const payment = await this.findPayment(provider.name, event);
+    if (payment === null) return result("ignored", null, "no payment of ours");
+    this.assertConsistent(payment, event);
+
+    switch (event.kind) {
+      case "authorized":
+      case "failed":
+      case "expired":
+      case "cancelled": {
+        const to = event.kind;
+        let moved = false;
+        const p = await this.advance(payment.id, (cur) => {
+          if (!canAdvancePayment(cur.status, to)) return null;
+          moved = true;
+          return { status: to };
+        });
+        return result(moved ? "updated" : "unchanged", p);
+      }
+      case "paid":
+        return this.credit(provider.name, payment, event, result);
+      case "refund":
+      case "dispute_lost":
+        return this.reverse(provider.name, payment, event, result);
+    }
+  }
+
+  /** A payment of `userId` (`NotFoundError` for another user's, as for a missing one). */
+  async getPayment(userId: string, paymentId: string): Promise<Payment> {
+    const user = parse(UserId, userId, "userId");
+    const id = parse(PaymentId, paymentId, "paymentId");
+    const p = await this.deps.db.getPayment(id);
+    if (p === null || p.userId !== user) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
+    return p;
+  }
+
+  /** A user's payments, newest first, with cursor paging (limit 1–100, default 20). */
+  async getPaymentHistory(userId: string, query: PaymentHistoryQuery = {}): Promise<PaymentPage> {
+    const user = parse(UserId, userId, "userId");
+    const q = parse(PaymentHistoryQuery, query, "query");
+    const limit = q.limit ?? 20;
+    const c = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
+    const rows = await this.deps.db.listPayments(user, { limit: limit + 1, before: c && { createdAt: c.at, id: c.id } });
+    const items = rows.slice(0, limit);
+    const last = items[items.length - 1];
+    return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null };
+  }
+
+  // -----------------------------------------------------------------------------------------------
+
+  private provider(name: string): PaymentProvider {
+    const p = this.providers.get(name);
+    if (p === undefined) {
+      throw new ValidationError(`Invalid input.provider: "${name}" is not configured`, [
+        { path: "provider", message: `configured: ${[...this.providers.keys()].join(", ") || "none"}` },
+      ]);
+    }
+    return p;
+  }
+
+  private async findPayment(provider: string, event: PaymentEvent): Promise<Payment | null> {
+    if (event.paymentId !== null) {
+      const p = await this.deps.db.getPayment(event.paymentId);
+      if (p !== null && p.provider === provider) return p;
+    }
+    for (const id of event.providerIds) {
+      const p = await this.deps.db.findPaymentByProviderId(provider, id);
+      if (p !== null) return p;
+    }
+    return null;
+  }
+
+  /** Refuses an event that names another user, amount or currency than the stored payment. */
+  private assertConsistent(p: Payment, e: PaymentEvent): void {
+    const refuse = (what: string) => {
+      this.deps.logger?.warn({ paymentId: p.id, eventType: e.type, what }, "credit-management: webhook contradicts the stored payment");
+      return new WebhookRejectedError(`Webhook event ${e.type} does not match payment ${p.id} (${what}).`, `${what}_mismatch`, {
+        paymentId: p.id,
+      });
+    };
+    if (e.userId !== null && e.userId !== p.userId) throw refuse("user");
+    if (e.amount !== null && e.amount !== p.amount) throw refuse("amount");
+    if (e.currency !== null && e.currency !== p.currency) throw refuse("currency");
+    if (e.providerPaymentId !== null && p.providerPaymentId !== null && e.providerPaymentId !== p.providerPaymentId) {
+      throw refuse("provider_payment");
+    }
+  }
+
+  /**
+   * Credits a paid payment: one unit of work on its user's account that adds the grant (source
+   * `payment`, sourceRef and idempotency key from the provider's payment id) and marks the payment
+   * paid with a compare-and-set — so concurrent or repeated deliveries credit once.
+   */
+  private async credit(
+    provider: string,
+    payment: Payment,
+    event: PaymentEvent,
+    result: (o: WebhookResult["outcome"], p: Payment | null, reason?: string) => WebhookResult,
+  ): Promise<WebhookResult> {
+    const ref = event.providerPaymentId ?? payment.providerRef ?? payment.id;
+    const meta: EntryMeta = {
+      idempotencyKey: `payment:${provider}:${ref}`,
+      fingerprint: fingerprint("payment", { paymentId: payment.id }),
+      correlationId: payment.id,
+      description: `Payment ${payment.id} (${provider})`,
+      metadata: { paymentId: payment.id, provider },
+    };
+    return retryOnConflict(() =>
+      runAccountUnit(
+        this.deps,
+        payment.userId,
+        meta,
+        async (work, tx) => {
+          const p = await this.current(tx, payment.id);
+          if (isCredited(p.status)) return { value: result("duplicate", p) };
+          const entry = work.add(
+            p.credits,
+            { expiresAt: null, priority: 0, source: "payment", sourceRef: ref, description: meta.description ?? null, metadata: null },
+            meta,
+          );
+          const next: Payment = {
+            ...p,
+            status: "paid",
+            providerPaymentId: event.providerPaymentId ?? p.providerPaymentId,
+            grantId: entry.grants[0]?.grantId ?? null,
+            creditEntryId: entry.id,
+            version: p.version + 1,
+            updatedAt: work.now,
+          };
+          return { value: result("credited", next), extra: { paymentUpdates: [next] } };
+        },
+        // Inside the transaction: read through `tx` (a pool read here could wait for a connection
+        // that units of work like this one hold).
+        async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
+      ),
+    );
+  }
+
+  /**
+   * A refund (cumulative `refundedTotal`) or a lost dispute: takes back the credits it covers. A
+   * full reversal voids what is left of the payment's grant and deducts the part already spent
+   * (overdraft allowed: it becomes debt, in the journal); a partial refund deducts its share. The
+   * payment's `creditsReversed` and compare-and-set make redeliveries change nothing.
+   */
+  private async reverse(
+    provider: string,
+    payment: Payment,
+    event: PaymentEvent,
+    result: (o: WebhookResult["outcome"], p: Payment | null, reason?: string) => WebhookResult,
+  ): Promise<WebhookResult> {
+    const dispute = event.kind === "dispute_lost";
+    if (!dispute && event.refundedTotal === null) {
+      throw new WebhookRejectedError(`Refund event ${event.type} carries no refunded amount.`, "malformed");
+    }
+    const refunded = dispute ? payment.amount : Math.min(event.refundedTotal as number, payment.amount);
+    const key = dispute ? `dispute:${provider}:${payment.id}` : `refund:${provider}:${payment.id}:${refunded}`;
+    const meta: EntryMeta = {
+      idempotencyKey: key,
+      fingerprint: fingerprint("reversePayment", { paymentId: payment.id, refunded, dispute }),
+      correlationId: payment.id,
+      description: `${dispute ? "Lost dispute" : "Refund"} of payment ${payment.id} (${provider})`,
+      metadata: { paymentId: payment.id, provider, refundedAmount: refunded },
+    };
+    return retryOnConflict(() =>
+      runAccountUnit(
+        this.deps,
+        payment.userId,
+        meta,
+        async (work, tx, state) => {
+          const p = await this.current(tx, payment.id);
+          const status: PaymentStatus = dispute ? "disputed_lost" : refunded >= p.amount ? "refunded" : "partially_refunded";
+          if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
+            return { value: result(p.status === status ? "duplicate" : "unchanged", p) };
+          }
+          let reversed = 0;
+          if (isCredited(p.status)) {
+            const k = dispute ? p.credits - p.creditsReversed : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
+            if (k > 0) await this.takeBack(work, tx, state, p, k, meta);
+            reversed = k;
+          }
+          const next: Payment = {
+            ...p,
+            status,
+            refundedAmount: dispute ? p.refundedAmount : refunded,
+            creditsReversed: p.creditsReversed + reversed,
+            version: p.version + 1,
+            updatedAt: work.now,
+          };
+          return { value: result(reversed > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
+        },
+        // Inside the transaction: read through `tx` (a pool read here could wait for a connection
+        // that units of work like this one hold).
+        async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
+      ),
+    );
+  }
+
+  /**
+   * Takes `k` credits of payment `p` back. When the payment's grant still has no more than `k`
+   * left, that rest is voided and the remainder (already spent) deducted after the fact; credits
+   * held from the grant are voided when their hold ends (see README). Otherwise `k` is deducted.
+   */
+  private async takeBack(work: AccountWork, tx: DbTransaction, state: LoadedState, p: Payment, k: number, meta: EntryMeta): Promise<void> {
+    let left = k;
+    let first = true;
+    const next = (): EntryMeta => {
+      const m = first ? meta : { ...meta, idempotencyKey: undefined, fingerprint: undefined };
+      first = false;
+      return m;
+    };
+    if (p.grantId !== null) {
+      const grant = work.getGrant(p.grantId) ?? (await tx.getGrants([p.grantId]))[0];
+      if (grant !== undefined) {
+        work.include([grant]);
+        const g = work.getGrant(grant.id) ?? grant;
+        let held = 0;
+        for (const r of state.reservations) for (const a of r.allocations) if (a.grantId === g.id) held += a.amount;
+        if (g.closedAt === null && g.remaining > 0 && g.remaining + held <= left) {
+          const voided = work.voidGrant(g, next()).amount;
+          left -= voided + held;
+        }
+      }
+    }
+    if (left > 0) work.deduct(left, next(), { allowDebt: true, overdraftLimit: null });
+  }
+
+  private async current(tx: DbTransaction, id: string): Promise<Payment> {
+    const p = await tx.getPayment(id);
+    if (p === null) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
+    return p;
+  }
+
+  /** Compare-and-set loop on a payment outside any account: `change` returns the fields, or null for none. */
+  private async advance(id: string, change: (p: Payment) => Partial<Payment> | null): Promise<Payment> {
+    for (;;) {
+      const cur = await this.deps.db.getPayment(id);
+      if (cur === null) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
+      const patch = change(cur);
+      if (patch === null) return cur;
+      const next: Payment = { ...cur, ...patch, version: cur.version + 1, updatedAt: this.deps.clock() };
+      if (await this.deps.db.updatePayment(next)) return next;
+    }
+  }
+}
+
+/**
+ * Reruns a unit of work that lost a compare-and-set on its payment to a concurrent status update
+ * (which runs outside the account's lock): the rerun reads the payment again and decides anew.
+ */
+async function retryOnConflict<T>(run: () => Promise<T>, attempts = 8): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await run();
+    } catch (error) {
+      if (!(error instanceof ConflictError) || i >= attempts) throw error;
+    }
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * Contract tests of promo codes and payments (part of `runDbManagerContract`): what the store keeps,
+ * the guarded promo counter and payment compare-and-set, and — through the services — atomic
+ * claims, once-only crediting and refunds, on the store under test.
+ */
+import { randomUUID } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import type { DbManager } from "../db/types.js";
+import { ConflictError, PromoNotEligibleError } from "../errors.js";
+import type { Payment, Promo } from "../models/index.js";
+import type { PaymentEvent, PaymentProvider } from "../payments/types.js";
+import { CreditService } from "../services/credit-service.js";
+import { PaymentService } from "../services/payment-service.js";
+import { PromoService } from "../services/promo-service.js";
+
+const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+
+/** A provider without signatures: the body is the `PaymentEvent` as JSON. Checkouts are local. */
+export const unsignedTestProvider: PaymentProvider = {
+  name: "test",
+  async createCheckout(r) {
+    return { providerRef: `ref_${r.paymentId}`, url: `https://pay.test/${r.paymentId}` };
+  },
+  verifyWebhook() {},
+  parseEvent(raw) {
+    return JSON.parse(Buffer.from(raw).toString("utf8")) as PaymentEvent;
+  },
+};
+
+export function testEvent(p: Payment, e: Partial<PaymentEvent>): string {
+  const event: PaymentEvent = {
+    eventId: randomUUID(),
+    type: `test.${e.kind ?? "x"}`,
+    kind: null,
+    paymentId: p.id,
+    providerIds: [],
+    providerPaymentId: null,
+    userId: p.userId,
+    amount: p.amount,
+    currency: p.currency,
+    refundedTotal: null,
+    ...e,
+  };
+  return JSON.stringify(event);
+}
+
+function promo(code: string, over: Partial<Promo> = {}): Promo {
+  const now = new Date(T0);
+  return {
+    code,
+    credits: 10,
+    creditsExpireInDays: null,
+    userIds: null,
+    maxUses: null,
+    maxUsesPerUser: 1,
+    validFrom: null,
+    validUntil: null,
+    isActive: true,
+    uses: 0,
+    description: null,
+    metadata: null,
+    createdAt: now,
+    updatedAt: now,
+    ...over,
+  };
+}
+
+export function runPromoPaymentContract(getDb: () => DbManager): void {
+  const code = () => `P${randomUUID().replace(/-/g, "").slice(0, 16).toUpperCase()}`;
+  const user = () => `u-${randomUUID()}`;
+  const services = () => {
+    const db = getDb();
+    const clock = () => new Date(T0);
+    return {
+      db,
+      credits: new CreditService({ db, clock }),
+      promos: new PromoService({ db, clock }),
+      payments: new PaymentService({ db, clock, providers: [unsignedTestProvider] }),
+    };
+  };
+
+  describe("promos and payments: store", () => {
+    it("keeps promos by code, refuses a duplicate, activates without touching uses", async () => {
+      const db = getDb();
+      const c = code();
+      const p = promo(c, { userIds: ["a", "b"], maxUses: 5, metadata: { k: 1 } });
+      await db.insertPromo(p);
+      await expect(db.insertPromo(promo(c))).rejects.toBeInstanceOf(ConflictError);
+      expect(await db.getPromo(c)).toEqual(p);
+      expect(await db.getPromo(code())).toBeNull();
+      const later = new Date(T0 + 1000);
+      expect(await db.setPromoActive(c, false, later)).toEqual({ ...p, isActive: false, updatedAt: later });
+      expect(await db.setPromoActive(code(), false, later)).toBeNull();
+      const page = await db.listPromos({ limit: 1000 });
+      expect(page.find((x) => x.code === c)).toEqual({ ...p, isActive: false, updatedAt: later });
+    });
+
+    it("keeps payments, finds them by provider ids, pages newest first, updates by compare-and-set", async () => {
+      const db = getDb();
+      const u = user();
+      const mk = (i: number): Payment => ({
+        id: randomUUID(),
+        userId: u,
+        provider: "test",
+        providerRef: `ref-${i}-${u}`,
+        providerPaymentId: null,
+        amount: 100 + i,
+        currency: "USD",
+        credits: 10,
+        status: "created",
+        checkoutUrl: null,
+        description: null,
+        grantId: null,
+        creditEntryId: null,
+        refundedAmount: 0,
+        creditsReversed: 0,
+        metadata: null,
+        version: 1,
+        createdAt: new Date(T0 + i * 1000),
+        updatedAt: new Date(T0 + i * 1000),
+      });
+      const ps = [0, 1, 2].map(mk);
+      for (const p of ps) await db.insertPayment(p);
+      const [p0, p1, p2] = ps as [Payment, Payment, Payment];
+      await expect(db.insertPayment(p0)).rejects.toBeInstanceOf(ConflictError);
+      expect(await db.getPayment(p1.id)).toEqual(p1);
+      expect(await db.findPaymentByProviderId("test", p2.providerRef as string)).toEqual(p2);
+      expect(await db.findPaymentByProviderId("other", p2.providerRef as string)).toBeNull();
+      expect((await db.listPayments(u, { limit: 2 })).map((p) => p.id)).toEqual([p2.id, p1.id]);
+      expect((await db.listPayments(u, { limit: 5, before: { createdAt: p1.createdAt, id: p1.id } })).map((p) => p.id)).toEqual([p0.id]);
+      const paid = { ...p0, status: "paid" as const, providerPaymentId: `pay-${u}`, version: 2 };
+      expect(await db.updatePayment(paid)).toBe(true);
+      expect(await db.updatePayment({ ...paid, status: "failed" })).toBe(false);
+      expect(await db.getPayment(p0.id)).toEqual(paid);
+      expect(await db.findPaymentByProviderId("test", `pay-${u}`)).toEqual(paid);
+    });
+  });
+
+  describe("promos and payments: concurrency", () => {
+    it("100 users claiming a 10-use code at once: exactly 10 grants", async () => {
+      const { db, promos, credits } = services();
+      const c = code();
+      await promos.createPromo({ code: c.toLowerCase(), credits: 25, maxUses: 10 });
+      const users = Array.from({ length: 100 }, user);
+      const results = await Promise.allSettled(users.map((u) => promos.claimPromo(u, c)));
+      const ok = results.filter((r) => r.status === "fulfilled");
+      expect(ok).toHaveLength(10);
+      for (const r of results) {
+        if (r.status === "rejected") expect(r.reason).toMatchObject({ code: "PROMO_NOT_ELIGIBLE", reason: "exhausted" });
+      }
+      expect((await db.getPromo(c))?.uses).toBe(10);
+      let grants = 0;
+      for (const u of users) {
+        const gs = (await db.listGrants(u)).filter((g) => g.source === "promo" && g.sourceRef === c);
+        grants += gs.length;
+        expect(await db.countPromoClaims(c, u)).toBe(gs.length);
+      }
+      expect(grants).toBe(10);
+      const winner = (ok[0] as PromiseFulfilledResult<{ claim: { userId: string } }>).value.claim.userId;
+      expect(await credits.getUserCreditsInfo(winner)).toMatchObject({ balance: 25 });
+      expect((await credits.audit(winner)).ok).toBe(true);
+    });
+
+    it("one user claiming a once-per-user code 20 times at once: one grant", async () => {
+      const { db, promos, credits } = services();
+      const c = code();
+      await promos.createPromo({ code: c, credits: 7 });
+      const u = user();
+      const results = await Promise.allSettled(Array.from({ length: 20 }, () => promos.claimPromo(u, c)));
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+      for (const r of results) if (r.status === "rejected") expect(r.reason).toBeInstanceOf(PromoNotEligibleError);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 7 });
+      expect(await db.countPromoClaims(c, u)).toBe(1);
+      expect((await db.getPromo(c))?.uses).toBe(1);
+    });
+
+    it("status events racing a paid event: the payment ends paid, credited once", async () => {
+      const { db, payments, credits } = services();
+      const u = user();
+      const p = await payments.createPaymentLink(u, { amount: 300, currency: "EUR", provider: "test" });
+      const kinds = ["authorized", "failed", "expired", "paid"] as const;
+      const bodies = kinds.map((kind) => testEvent(p, { kind, providerPaymentId: kind === "paid" ? `pi_${p.id}` : null }));
+      const results = await Promise.all(Array.from({ length: 16 }, (_, i) => payments.handleWebhook("test", bodies[i % 4] as string, {})));
+      expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
+      expect(await db.getPayment(p.id)).toMatchObject({ status: "paid", providerPaymentId: `pi_${p.id}` });
+      // Late status events after the payment was credited change nothing.
+      for (const b of bodies.slice(0, 3)) expect((await payments.handleWebhook("test", b, {})).outcome).toBe("unchanged");
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 300 });
+    });
+
+    it("a paid event delivered 20 times at once credits once; a refund after half was spent reverses the rest", async () => {
+      const { db, payments, credits } = services();
+      const u = user();
+      const p = await payments.createPaymentLink(u, { amount: 1000, currency: "usd", provider: "test" });
+      const paid = testEvent(p, { kind: "paid", providerPaymentId: `pay_${p.id}` });
+      const results = await Promise.all(Array.from({ length: 20 }, () => payments.handleWebhook("test", paid, {})));
+      expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
+      expect(results.filter((r) => r.outcome === "duplicate")).toHaveLength(19);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 1000 });
+      const stored = (await db.getPayment(p.id)) as Payment;
+      expect(stored).toMatchObject({ status: "paid", providerPaymentId: `pay_${p.id}` });
+      const grant = await db.getGrant(stored.grantId as string);
+      expect(grant).toMatchObject({ source: "payment", sourceRef: `pay_${p.id}`, amount: 1000 });
+
+      await credits.deductCredits(u, 500);
+      const refund = testEvent(p, { kind: "refund", refundedTotal: 1000, providerIds: [`pay_${p.id}`], paymentId: null });
+      const again = await Promise.all(Array.from({ length: 5 }, () => payments.handleWebhook("test", refund, {})));
+      expect(again.filter((r) => r.outcome === "reversed")).toHaveLength(1);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -500, debt: 500 });
+      expect(await db.getPayment(p.id)).toMatchObject({ status: "refunded", creditsReversed: 1000, refundedAmount: 1000 });
+      const journal = await db.listJournal(u, { order: "asc", limit: 10 });
+      expect(journal.map((e) => [e.type, e.amount, e.balanceAfter, e.debtAfter])).toEqual([
+        ["add", 1000, 1000, 0],
+        ["deduct", 500, 500, 0],
+        ["void", 500, 0, 0],
+        ["deduct", 500, -500, 500],
+      ]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+  });
+}

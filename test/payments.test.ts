@@ -1,0 +1,492 @@
+import { createHmac } from "node:crypto";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ConfigurationError,
+  CreditService,
+  InMemoryDbManager,
+  NotFoundError,
+  PaymentProviderError,
+  PaymentService,
+  RazorpayProvider,
+  StripeProvider,
+  ValidationError,
+  WebhookRejectedError,
+  createCreditManager,
+  type Payment,
+} from "../src/index.js";
+
+const RZP_SECRET = "rzp_webhook_test_secret";
+const STRIPE_SECRET = "whsec_test_secret";
+const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+
+// ---- A local stand-in for the providers' REST APIs, checking what it is sent. ----------------------
+
+interface Seen {
+  method: string;
+  path: string;
+  auth: string | undefined;
+  type: string | undefined;
+  idem: string | undefined;
+  body: string;
+}
+let server: Server;
+let baseUrl: string;
+const seen: Seen[] = [];
+
+const readBody = (req: IncomingMessage) =>
+  new Promise<string>((resolve) => {
+    let s = "";
+    req.on("data", (c) => (s += c));
+    req.on("end", () => resolve(s));
+  });
+
+beforeAll(async () => {
+  server = createServer(async (req, res) => {
+    const body = await readBody(req);
+    const s: Seen = {
+      method: req.method ?? "",
+      path: req.url ?? "",
+      auth: req.headers.authorization,
+      type: req.headers["content-type"],
+      idem: req.headers["idempotency-key"] as string | undefined,
+      body,
+    };
+    seen.push(s);
+    const send = (status: number, json: unknown) => {
+      res.writeHead(status, { "content-type": "application/json" });
+      res.end(JSON.stringify(json));
+    };
+    if (s.method === "POST" && s.path === "/v1/payment_links") {
+      if (s.auth !== `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`) {
+        return send(401, { error: { code: "BAD_REQUEST_ERROR", description: "Authentication failed" } });
+      }
+      const b = JSON.parse(body);
+      return send(200, { id: "plink_Test123", short_url: "https://rzp.io/i/test", amount: b.amount, status: "created" });
+    }
+    if (s.method === "POST" && s.path === "/v1/checkout/sessions") {
+      if (s.auth !== "Bearer sk_test_123") return send(401, { error: { message: "Invalid API Key provided" } });
+      return send(200, { id: "cs_test_abc", url: "https://checkout.stripe.com/c/pay/cs_test_abc", object: "checkout.session" });
+    }
+    send(404, { error: { message: "not found" } });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
+// ---- Payloads in the providers' documented shapes, signed with the test secrets. --------------------
+
+function rzpSign(body: string, secret = RZP_SECRET) {
+  return { "X-Razorpay-Signature": createHmac("sha256", secret).update(body).digest("hex"), "content-type": "application/json" };
+}
+
+function stripeSign(body: string, at = T0, secret = STRIPE_SECRET) {
+  const t = Math.floor(at / 1000);
+  const v1 = createHmac("sha256", secret).update(`${t}.${body}`).digest("hex");
+  return { "stripe-signature": `t=${t},v1=${v1}` };
+}
+
+function rzpPaymentEntity(p: Payment, status: string, extra: Record<string, unknown> = {}) {
+  return {
+    id: "pay_29QQoUBi66xm2f",
+    entity: "payment",
+    amount: p.amount,
+    currency: p.currency,
+    status,
+    order_id: "order_9A33XWu170gUtm",
+    method: "card",
+    amount_refunded: 0,
+    captured: status === "captured",
+    email: "gaurav.kumar@example.com",
+    notes: { credit_payment_id: p.id, user_id: p.userId },
+    created_at: 1567674599,
+    ...extra,
+  };
+}
+
+function rzpEvent(event: string, payload: Record<string, unknown>) {
+  // A pretty-printed body: signatures must cover the bytes as sent, not a re-serialization.
+  return JSON.stringify(
+    { entity: "event", account_id: "acc_BFQ7uQEaa7j2z7", event, contains: Object.keys(payload), payload, created_at: 1567674606 },
+    null,
+    2,
+  );
+}
+
+function rzpLinkPaid(p: Payment) {
+  return rzpEvent("payment_link.paid", {
+    payment_link: {
+      entity: {
+        id: p.providerRef,
+        amount: p.amount,
+        amount_paid: p.amount,
+        currency: p.currency,
+        reference_id: p.id,
+        status: "paid",
+        notes: { credit_payment_id: p.id, user_id: p.userId },
+      },
+    },
+    payment: { entity: rzpPaymentEntity(p, "captured") },
+    order: { entity: { id: "order_9A33XWu170gUtm", amount: p.amount, status: "paid" } },
+  });
+}
+
+function stripeEvent(type: string, object: Record<string, unknown>) {
+  return JSON.stringify({
+    id: `evt_${type.replace(/\W/g, "")}`,
+    object: "event",
+    api_version: "2024-06-20",
+    created: Math.floor(T0 / 1000),
+    type,
+    data: { object },
+    livemode: false,
+    pending_webhooks: 1,
+  });
+}
+
+function stripeSession(p: Payment, payment_status: string) {
+  return {
+    id: p.providerRef,
+    object: "checkout.session",
+    amount_total: p.amount,
+    currency: p.currency.toLowerCase(),
+    client_reference_id: p.id,
+    metadata: { credit_payment_id: p.id, user_id: p.userId },
+    mode: "payment",
+    payment_intent: "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+    payment_status,
+    status: "complete",
+  };
+}
+
+async function setup(opts: { rzpSecret?: string | undefined } = {}) {
+  const db = new InMemoryDbManager();
+  const clock = { now: T0 };
+  const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+  const razorpay = new RazorpayProvider({
+    keyId: "rzp_test_key",
+    keySecret: "rzp_test_secret",
+    webhookSecret: "rzpSecret" in opts ? opts.rzpSecret : RZP_SECRET,
+    baseUrl,
+    callbackUrl: "https://app.example.com/paid",
+  });
+  const stripe = new StripeProvider({
+    secretKey: "sk_test_123",
+    webhookSecret: STRIPE_SECRET,
+    successUrl: "https://app.example.com/ok",
+    cancelUrl: "https://app.example.com/cancel",
+    baseUrl,
+  });
+  const payments = new PaymentService({ db, clock: () => new Date(clock.now), providers: [razorpay, stripe], creditsPerUnit: 0.1 });
+  return { db, clock, credits, payments };
+}
+
+describe("Razorpay payment links", () => {
+  it("creates a link through the API (path, auth, body checked) and stores a pending payment", async () => {
+    const { payments } = await setup();
+    seen.length = 0;
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "inr", provider: "razorpay", description: "Top-up" });
+    expect(p).toMatchObject({ status: "created", credits: 5000, currency: "INR", providerRef: "plink_Test123", checkoutUrl: "https://rzp.io/i/test" });
+    expect(seen).toHaveLength(1);
+    const body = JSON.parse((seen[0] as Seen).body);
+    expect(body).toEqual({
+      amount: 50_000,
+      currency: "INR",
+      description: "Top-up",
+      reference_id: p.id,
+      notes: { credit_payment_id: p.id, user_id: "alice", credits: "5000" },
+      callback_url: "https://app.example.com/paid",
+      callback_method: "get",
+    });
+    expect(await payments.getPayment("alice", p.id)).toEqual(p);
+    await expect(payments.getPayment("bob", p.id)).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it("an API refusal is a PaymentProviderError and marks the payment failed", async () => {
+    const db = new InMemoryDbManager();
+    const payments = new PaymentService({
+      db,
+      providers: [new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", webhookSecret: RZP_SECRET, baseUrl })],
+    });
+    await expect(payments.createPaymentLink("alice", { amount: 100, currency: "INR", provider: "razorpay" })).rejects.toBeInstanceOf(
+      PaymentProviderError,
+    );
+    const [p] = (await payments.getPaymentHistory("alice")).items;
+    expect(p?.status).toBe("failed");
+  });
+
+  it("credits a paid link once, even when the event arrives 20 times at once", async () => {
+    const { payments, credits, db } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const body = rzpLinkPaid(p);
+    const results = await Promise.all(Array.from({ length: 20 }, () => payments.handleWebhook("razorpay", body, rzpSign(body))));
+    expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+    const stored = await payments.getPayment("alice", p.id);
+    expect(stored).toMatchObject({ status: "paid", providerPaymentId: "pay_29QQoUBi66xm2f" });
+    expect(await db.getGrant(stored.grantId as string)).toMatchObject({ source: "payment", sourceRef: "pay_29QQoUBi66xm2f" });
+    // payment.captured for the same payment later: no second credit.
+    const captured = rzpEvent("payment.captured", { payment: { entity: rzpPaymentEntity(p, "captured") } });
+    expect((await payments.handleWebhook("razorpay", captured, rzpSign(captured))).outcome).toBe("duplicate");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+  });
+
+  it("refuses a forged signature, a re-serialized body and a missing header with 400, crediting nothing", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const body = rzpLinkPaid(p);
+    const forged = rzpSign(body, "not-the-secret");
+    await expect(payments.handleWebhook("razorpay", body, forged)).rejects.toMatchObject({ status: 400, reason: "bad_signature" });
+    // Signed over a re-serialization (what the original did): not the bytes received.
+    const reserialized = rzpSign(JSON.stringify(JSON.parse(body)));
+    await expect(payments.handleWebhook("razorpay", body, reserialized)).rejects.toBeInstanceOf(WebhookRejectedError);
+    await expect(payments.handleWebhook("razorpay", body, {})).rejects.toBeInstanceOf(WebhookRejectedError);
+    // The genuine signature over the raw bytes passes, as bytes or string.
+    expect((await payments.handleWebhook("razorpay", new TextEncoder().encode(body), rzpSign(body))).outcome).toBe("credited");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+  });
+
+  it("refuses every webhook without a webhook secret (ConfigurationError)", async () => {
+    const saved = process.env.RAZORPAY_WEBHOOK_SECRET;
+    delete process.env.RAZORPAY_WEBHOOK_SECRET;
+    try {
+      const { payments } = await setup({ rzpSecret: undefined });
+      const body = rzpEvent("payment.captured", {});
+      await expect(payments.handleWebhook("razorpay", body, rzpSign(body))).rejects.toBeInstanceOf(ConfigurationError);
+    } finally {
+      if (saved !== undefined) process.env.RAZORPAY_WEBHOOK_SECRET = saved;
+    }
+  });
+
+  it("refuses events whose user or amount differ from the stored payment", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const otherUser = rzpEvent("payment.captured", {
+      payment: { entity: rzpPaymentEntity(p, "captured", { notes: { credit_payment_id: p.id, user_id: "mallory" } }) },
+    });
+    await expect(payments.handleWebhook("razorpay", otherUser, rzpSign(otherUser))).rejects.toMatchObject({ reason: "user_mismatch" });
+    const otherAmount = rzpEvent("payment.captured", { payment: { entity: rzpPaymentEntity(p, "captured", { amount: 100 }) } });
+    await expect(payments.handleWebhook("razorpay", otherAmount, rzpSign(otherAmount))).rejects.toMatchObject({
+      reason: "amount_mismatch",
+    });
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 0 });
+    expect((await payments.getPayment("alice", p.id)).status).toBe("created");
+  });
+
+  it("events out of order: captured before authorized and failed — the status never moves back", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const captured = rzpEvent("payment.captured", { payment: { entity: rzpPaymentEntity(p, "captured") } });
+    const authorized = rzpEvent("payment.authorized", { payment: { entity: rzpPaymentEntity(p, "authorized") } });
+    const failed = rzpEvent("payment.failed", { payment: { entity: rzpPaymentEntity(p, "failed") } });
+    expect((await payments.handleWebhook("razorpay", captured, rzpSign(captured))).outcome).toBe("credited");
+    expect((await payments.handleWebhook("razorpay", authorized, rzpSign(authorized))).outcome).toBe("unchanged");
+    expect((await payments.handleWebhook("razorpay", failed, rzpSign(failed))).outcome).toBe("unchanged");
+    expect((await payments.getPayment("alice", p.id)).status).toBe("paid");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+  });
+
+  it("a failed attempt, then a successful one: credited", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const failed = rzpEvent("payment.failed", { payment: { entity: rzpPaymentEntity(p, "failed", { id: "pay_failed1" }) } });
+    expect((await payments.handleWebhook("razorpay", failed, rzpSign(failed))).outcome).toBe("updated");
+    const body = rzpLinkPaid(p);
+    expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+  });
+
+  it("a refund after half the credits were spent: voids the rest, deducts the spent half as debt, once", async () => {
+    const { payments, credits, db } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const body = rzpLinkPaid(p);
+    await payments.handleWebhook("razorpay", body, rzpSign(body));
+    await credits.deductCredits("alice", 2500);
+    const refund = rzpEvent("refund.processed", {
+      refund: { entity: { id: "rfnd_FP8QHiV938haTz", entity: "refund", amount: 50_000, currency: "INR", payment_id: "pay_29QQoUBi66xm2f", status: "processed" } },
+      payment: { entity: rzpPaymentEntity(p, "refunded", { amount_refunded: 50_000, notes: {} }) },
+    });
+    const results = await Promise.all(Array.from({ length: 5 }, () => payments.handleWebhook("razorpay", refund, rzpSign(refund))));
+    expect(results.filter((r) => r.outcome === "reversed")).toHaveLength(1);
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: -2500, debt: 2500, available: -2500 });
+    const journal = await db.listJournal("alice", { order: "asc", limit: 10 });
+    expect(journal.map((e) => [e.type, e.amount, e.balanceAfter, e.debtAfter])).toEqual([
+      ["add", 5000, 5000, 0],
+      ["deduct", 2500, 2500, 0],
+      ["void", 2500, 0, 0],
+      ["deduct", 2500, -2500, 2500],
+    ]);
+    expect(journal[2]?.correlationId).toBe(p.id);
+    expect(await payments.getPayment("alice", p.id)).toMatchObject({ status: "refunded", creditsReversed: 5000 });
+    // A late paid event after the refund credits nothing.
+    expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("duplicate");
+    expect((await credits.audit("alice")).ok).toBe(true);
+    // The next top-up pays the debt first.
+    await credits.addCredits("alice", 3000);
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 500, debt: 0 });
+  });
+
+  it("a partial refund takes back its share, rounded up; a lost dispute takes the rest", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const body = rzpLinkPaid(p);
+    await payments.handleWebhook("razorpay", body, rzpSign(body));
+    const partial = rzpEvent("refund.processed", {
+      refund: { entity: { id: "rfnd_1", amount: 10_001, payment_id: "pay_29QQoUBi66xm2f" } },
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
+    });
+    expect((await payments.handleWebhook("razorpay", partial, rzpSign(partial))).outcome).toBe("reversed");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 3999 });
+    expect(await payments.getPayment("alice", p.id)).toMatchObject({ status: "partially_refunded", creditsReversed: 1001 });
+    const lost = rzpEvent("payment.dispute.lost", {
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
+      dispute: { entity: { id: "disp_1", amount: 39_999, status: "lost", payment_id: "pay_29QQoUBi66xm2f" } },
+    });
+    expect((await payments.handleWebhook("razorpay", lost, rzpSign(lost))).outcome).toBe("reversed");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 0, debt: 0 });
+    expect((await payments.getPayment("alice", p.id)).status).toBe("disputed_lost");
+    expect((await payments.handleWebhook("razorpay", lost, rzpSign(lost))).outcome).toBe("duplicate");
+    expect((await credits.audit("alice")).ok).toBe(true);
+  });
+
+  it("ignores event types and payments it does not track", async () => {
+    const { payments } = await setup();
+    const order = rzpEvent("order.paid", { order: { entity: { id: "order_1" } } });
+    expect((await payments.handleWebhook("razorpay", order, rzpSign(order))).outcome).toBe("ignored");
+    const stranger = rzpEvent("payment.captured", { payment: { entity: { id: "pay_x", amount: 1, currency: "INR", notes: {} } } });
+    expect((await payments.handleWebhook("razorpay", stranger, rzpSign(stranger))).outcome).toBe("ignored");
+    await expect(payments.handleWebhook("paypal", "{}", {})).rejects.toBeInstanceOf(NotFoundError);
+  });
+});
+
+describe("Stripe Checkout Sessions", () => {
+  it("creates a session through the API (form body, bearer key, idempotency key)", async () => {
+    const { payments } = await setup();
+    seen.length = 0;
+    const p = await payments.createPaymentLink("bob", { amount: 1999, currency: "USD", provider: "stripe", idempotencyKey: "k1" });
+    expect(p).toMatchObject({ providerRef: "cs_test_abc", checkoutUrl: "https://checkout.stripe.com/c/pay/cs_test_abc", credits: 199 });
+    const s = seen[0] as Seen;
+    expect(s.type).toBe("application/x-www-form-urlencoded");
+    expect(s.idem).toBe("k1");
+    const form = new URLSearchParams(s.body);
+    expect(form.get("mode")).toBe("payment");
+    expect(form.get("line_items[0][price_data][currency]")).toBe("usd");
+    expect(form.get("line_items[0][price_data][unit_amount]")).toBe("1999");
+    expect(form.get("client_reference_id")).toBe(p.id);
+    expect(form.get("metadata[user_id]")).toBe("bob");
+    expect(form.get("payment_intent_data[metadata][credit_payment_id]")).toBe(p.id);
+    expect(form.get("success_url")).toBe(`https://app.example.com/ok?payment_id=${p.id}`);
+  });
+
+  it("credits checkout.session.completed once; refuses stale and forged signatures", async () => {
+    const { payments, credits, clock } = await setup();
+    const p = await payments.createPaymentLink("bob", { amount: 1999, currency: "USD", provider: "stripe" });
+    const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
+    // Signed 6 minutes ago: stale.
+    await expect(payments.handleWebhook("stripe", body, stripeSign(body, T0 - 6 * 60_000))).rejects.toMatchObject({
+      reason: "stale_signature",
+    });
+    await expect(payments.handleWebhook("stripe", body, stripeSign(body, T0, "whsec_other"))).rejects.toMatchObject({
+      status: 400,
+      reason: "bad_signature",
+    });
+    await expect(payments.handleWebhook("stripe", body, { "stripe-signature": "garbage" })).rejects.toBeInstanceOf(WebhookRejectedError);
+    expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: 0 });
+    clock.now = T0 + 4 * 60_000; // within 5 minutes
+    const results = await Promise.all(Array.from({ length: 20 }, () => payments.handleWebhook("stripe", body, stripeSign(body))));
+    expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
+    expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: 199 });
+    expect((await payments.getPayment("bob", p.id)).providerPaymentId).toBe("pi_3MtwBwLkdIwHu7ix28a3tqPa");
+  });
+
+  it("an unpaid completed session waits; async success credits; expiry after payment changes nothing", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("bob", { amount: 1999, currency: "USD", provider: "stripe" });
+    const pending = stripeEvent("checkout.session.completed", stripeSession(p, "unpaid"));
+    expect((await payments.handleWebhook("stripe", pending, stripeSign(pending))).outcome).toBe("ignored");
+    const ok = stripeEvent("checkout.session.async_payment_succeeded", stripeSession(p, "paid"));
+    expect((await payments.handleWebhook("stripe", ok, stripeSign(ok))).outcome).toBe("credited");
+    const expired = stripeEvent("checkout.session.expired", { ...stripeSession(p, "paid"), status: "expired" });
+    expect((await payments.handleWebhook("stripe", expired, stripeSign(expired))).outcome).toBe("unchanged");
+    expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: 199 });
+  });
+
+  it("charge.refunded and charge.dispute.closed (lost) find the payment by its PaymentIntent", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("bob", { amount: 2000, currency: "USD", provider: "stripe" });
+    const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
+    await payments.handleWebhook("stripe", body, stripeSign(body));
+    await credits.deductCredits("bob", 150);
+    const charge = { id: "ch_3MtwBw", object: "charge", amount: 2000, currency: "usd", payment_intent: "pi_3MtwBwLkdIwHu7ix28a3tqPa" };
+    const refunded = stripeEvent("charge.refunded", { ...charge, amount_refunded: 2000, refunded: true });
+    expect((await payments.handleWebhook("stripe", refunded, stripeSign(refunded))).outcome).toBe("reversed");
+    expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: -150, debt: 150 });
+    const lost = stripeEvent("charge.dispute.closed", { id: "dp_1", object: "dispute", amount: 2000, currency: "usd", charge: "ch_3MtwBw", payment_intent: "pi_3MtwBwLkdIwHu7ix28a3tqPa", status: "lost" });
+    expect((await payments.handleWebhook("stripe", lost, stripeSign(lost))).outcome).toBe("unchanged");
+    expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: -150 });
+  });
+});
+
+describe("payments: inputs and history", () => {
+  it("validates inputs and pages the history newest first", async () => {
+    const { payments, clock } = await setup();
+    await expect(payments.createPaymentLink("bob", { amount: 1.5, currency: "USD", provider: "stripe" })).rejects.toBeInstanceOf(ValidationError);
+    await expect(payments.createPaymentLink("bob", { amount: 100, currency: "US", provider: "stripe" })).rejects.toBeInstanceOf(ValidationError);
+    await expect(payments.createPaymentLink("bob", { amount: 100, currency: "USD", provider: "paypal" })).rejects.toBeInstanceOf(ValidationError);
+    await expect(payments.createPaymentLink("bob", { amount: 5, currency: "USD", provider: "stripe" })).rejects.toThrow(/no whole credit/);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      clock.now = T0 + i * 1000;
+      ids.push((await payments.createPaymentLink("carol", { amount: 100 + i, currency: "USD", provider: "stripe" })).id);
+    }
+    const first = await payments.getPaymentHistory("carol", { limit: 2 });
+    expect(first.items.map((p) => p.id)).toEqual([ids[4], ids[3]]);
+    const second = await payments.getPaymentHistory("carol", { limit: 2, cursor: first.nextCursor as string });
+    expect(second.items.map((p) => p.id)).toEqual([ids[2], ids[1]]);
+    const third = await payments.getPaymentHistory("carol", { limit: 2, cursor: second.nextCursor as string });
+    expect(third).toEqual({ items: [expect.objectContaining({ id: ids[0] })], nextCursor: null });
+    await expect(payments.getPaymentHistory("carol", { cursor: "!!" })).rejects.toBeInstanceOf(ValidationError);
+  });
+
+  it("createPaymentLink with an idempotency key: one payment, one checkout; other arguments conflict", async () => {
+    const { payments } = await setup();
+    seen.length = 0;
+    const a = await payments.createPaymentLink("erin", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    const b = await payments.createPaymentLink("erin", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    expect(b).toEqual(a);
+    expect(seen).toHaveLength(1);
+    await expect(
+      payments.createPaymentLink("erin", { amount: 800, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" }),
+    ).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    // Keys are per user.
+    const c = await payments.createPaymentLink("frank", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    expect(c.id).not.toBe(a.id);
+  });
+
+  it("rejected webhooks are recorded as ledger error events", async () => {
+    const m = await createCreditManager({
+      payments: { providers: [new RazorpayProvider({ webhookSecret: RZP_SECRET, baseUrl })] },
+    });
+    const body = rzpEvent("payment.captured", {});
+    await expect(m.payments.handleWebhook("razorpay", body, rzpSign(body, "forged"))).rejects.toBeInstanceOf(WebhookRejectedError);
+    const [e] = await m.ledger.getEntries({ eventType: "error" });
+    expect(e).toMatchObject({ eventType: "error", details: { provider: "razorpay", reason: "bad_signature" } });
+    await m.close();
+  });
+
+  it("createCreditManager wires promos and payments", async () => {
+    const m = await createCreditManager({
+      payments: { providers: [new StripeProvider({ secretKey: "sk_test_123", webhookSecret: STRIPE_SECRET, successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl })] },
+    });
+    const p = await m.payments.createPaymentLink("dave", { amount: 500, currency: "EUR", provider: "stripe" });
+    const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
+    expect((await m.payments.handleWebhook("stripe", body, stripeSign(body, Date.now()))).outcome).toBe("credited");
+    expect(await m.credits.getUserCreditsInfo("dave")).toMatchObject({ balance: 500 });
+    await m.promos.createPromo({ code: "hello", credits: 5 });
+    await m.promos.claimPromo("dave", "HELLO");
+    expect(await m.credits.getUserCreditsInfo("dave")).toMatchObject({ balance: 505 });
+    await m.close();
+  });
+});

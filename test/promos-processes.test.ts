@@ -1,0 +1,86 @@
+/**
+ * Promo limits and once-only crediting hold across processes sharing a store, not only within one
+ * process's per-account queue: two managers (two pools / clients, as two processes would have) on
+ * the same MongoDB database or PostgreSQL schema claim and credit at once.
+ */
+import { randomUUID } from "node:crypto";
+import { MongoClient } from "mongodb";
+import { afterAll, describe, expect, it } from "vitest";
+import { MongoDbManager } from "../src/db/mongodb/index.js";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
+import type { DbManager } from "../src/db/types.js";
+import { CreditService, PaymentService, PromoService } from "../src/index.js";
+import { testEvent, unsignedTestProvider } from "../src/testing/promos.js";
+
+const mongoUri = process.env.CREDIT_MONGO_URI;
+const pgUrl = process.env.CREDIT_PG_URL;
+if (!mongoUri) console.warn("[promos-processes] CREDIT_MONGO_URI is not set: the MongoDB two-manager promo test is skipped.");
+if (!pgUrl) console.warn("[promos-processes] CREDIT_PG_URL is not set: the PostgreSQL two-manager promo test is skipped.");
+
+const stores: Array<{ name: string; enabled: boolean; pair: () => Promise<[DbManager, DbManager]>; drop: () => Promise<void> }> = [];
+const mongoDb = `credit_test_promo_proc_${process.pid}_${randomUUID().slice(0, 8)}`;
+stores.push({
+  name: "mongodb",
+  enabled: Boolean(mongoUri),
+  pair: async () => {
+    const a = MongoDbManager.fromUri(mongoUri as string, mongoDb);
+    const b = MongoDbManager.fromUri(mongoUri as string, mongoDb);
+    await a.init();
+    return [a, b];
+  },
+  drop: async () => {
+    const client = new MongoClient(mongoUri as string);
+    await client.db(mongoDb).dropDatabase();
+    await client.close();
+  },
+});
+const pgSchema = `promo_proc_${process.pid}_${randomUUID().slice(0, 8).replace(/-/g, "")}`;
+stores.push({
+  name: "postgres",
+  enabled: Boolean(pgUrl),
+  pair: async () => {
+    const a = new PostgresDbManager({ connectionString: pgUrl as string, schema: pgSchema, poolConfig: { max: 6 } });
+    const b = new PostgresDbManager({ connectionString: pgUrl as string, schema: pgSchema, poolConfig: { max: 6 } });
+    await a.init();
+    return [a, b];
+  },
+  drop: async () => {
+    const { default: pg } = await import("pg");
+    const c = new pg.Client({ connectionString: pgUrl as string });
+    await c.connect();
+    await c.query(`DROP SCHEMA IF EXISTS "${pgSchema}" CASCADE`);
+    await c.end();
+  },
+});
+
+for (const store of stores) {
+  describe.skipIf(!store.enabled)(`promos and payments across two managers: ${store.name}`, () => {
+    const opened: DbManager[] = [];
+    afterAll(async () => {
+      for (const db of opened) await db.close();
+      await store.drop();
+    });
+
+    it("a 5-use code claimed by 40 users through two managers at once: 5 grants; a paid event through both: credited once", async () => {
+      const [a, b] = await store.pair();
+      opened.push(a, b);
+      const promosA = new PromoService({ db: a });
+      const promosB = new PromoService({ db: b });
+      const code = `MULTI${randomUUID().slice(0, 8).toUpperCase()}`;
+      await promosA.createPromo({ code, credits: 3, maxUses: 5 });
+      const users = Array.from({ length: 40 }, (_, i) => `pp-${i}-${randomUUID()}`);
+      const results = await Promise.allSettled(users.map((u, i) => (i % 2 === 0 ? promosA : promosB).claimPromo(u, code)));
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(5);
+      expect((await a.getPromo(code))?.uses).toBe(5);
+
+      const payA = new PaymentService({ db: a, providers: [unsignedTestProvider] });
+      const payB = new PaymentService({ db: b, providers: [unsignedTestProvider] });
+      const u = `pay-${randomUUID()}`;
+      const p = await payA.createPaymentLink(u, { amount: 250, currency: "USD", provider: "test" });
+      const paid = testEvent(p, { kind: "paid", providerPaymentId: `pi_${p.id}` });
+      const outcomes = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? payA : payB).handleWebhook("test", paid, {})));
+      expect(outcomes.filter((o) => o.outcome === "credited")).toHaveLength(1);
+      expect(await new CreditService({ db: b }).getUserCreditsInfo(u)).toMatchObject({ balance: 250 });
+    });
+  });
+}
