@@ -26,20 +26,28 @@ const APP = "credit-management-bench";
  * (read from /proc, so only when the server runs on this host; null otherwise). Throughput on a
  * shared machine moves with its load; CPU per operation does much less.
  */
-async function cpuNow(pool: pg.Pool): Promise<{ client: number; server: number | null }> {
+async function cpuNow(pool: pg.Pool): Promise<{ client: number; server: Map<number, number> | null }> {
   const usage = process.cpuUsage();
-  let server: number | null = null;
+  let server: Map<number, number> | null = new Map();
   try {
     const r = await pool.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE application_name = $1", [APP]);
     for (const { pid } of r.rows) {
       const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      server = (server ?? 0) + (Number(fields[11]) + Number(fields[12])) * 10_000; // clock ticks of 10 ms
+      server.set(pid, (Number(fields[11]) + Number(fields[12])) * 10_000); // clock ticks of 10 ms
     }
   } catch {
     server = null;
   }
   return { client: usage.user + usage.system, server };
+}
+
+/** Server CPU spent between two samples, per backend (a backend new since `before` counts from 0). */
+function serverDelta(before: Map<number, number> | null, after: Map<number, number> | null): number | null {
+  if (before === null || after === null) return null;
+  let total = 0;
+  for (const [pid, t] of after) total += t - (before.get(pid) ?? 0);
+  return total;
 }
 
 interface Timed {
@@ -56,7 +64,8 @@ async function timed(pool: pg.Pool, op: (i: number) => Promise<unknown>): Promis
   const before = await cpuNow(pool);
   const opsPerSec = await measure(ops, CALLERS, (i) => op(i + 400));
   const after = await cpuNow(pool);
-  const server = before.server === null || after.server === null ? null : (after.server - before.server) / ops;
+  const spent = serverDelta(before.server, after.server);
+  const server = spent === null ? null : spent / ops;
   return { opsPerSec, ops, cpu: { client: (after.client - before.client) / ops, server } };
 }
 
@@ -73,7 +82,8 @@ export async function run(): Promise<BenchRow[]> {
   const url = process.env.CREDIT_PG_URL;
   if (!url) return [];
   const schema = `cm_bench_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
-  const pool = new pg.Pool({ connectionString: url, max: CALLERS, application_name: APP });
+  // Idle connections stay open, so the backends measured before a run are still there after it.
+  const pool = new pg.Pool({ connectionString: url, max: CALLERS, application_name: APP, idleTimeoutMillis: 0 });
   const rows: BenchRow[] = [];
   try {
     await pool.query(`CREATE SCHEMA ${schema}`);
