@@ -7,6 +7,7 @@ export default defineConfig({
     "postgres/index": "src/db/postgres/index.ts",
     "cli/index": "src/cli/index.ts",
     "mongodb/index": "src/db/mongodb/index.ts",
+    "redis/index": "src/redis/index.ts",
     "http/index": "src/http/index.ts",
   },
   format: ["esm", "cjs"],

@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createCreditManager } from "../src/index.js";
+import { createCreditManager, InMemoryNotificationQueue } from "../src/index.js";
 import { measure, type BenchRow } from "./lib.js";
 
 const size = Number(process.argv[2] ?? 1000);
@@ -57,6 +57,18 @@ const rows: BenchRow[] = [
   },
   { backend: "memory", scenario: `getUserCreditsInfo (${label})`, opsPerSec: await best((i) => credits.getUserCreditsInfo(pick(i))) },
 ];
+if (size <= 1000) {
+  // The cost of notifications on the hot path: the alert level is evaluated in every unit of work
+  // (nothing is allocated unless a threshold is crossed).
+  const notifying = await createCreditManager({ queue: new InMemoryNotificationQueue(), notifications: { lowCredits: 100 } });
+  for (const u of users) await notifying.credits.addCredits(u, 1e12);
+  rows.push({
+    backend: "memory",
+    scenario: `with notifications on: deductCredits (${label})`,
+    opsPerSec: await best((i) => notifying.credits.deductCredits(pick(i), 1)),
+  });
+  await notifying.close();
+}
 for (const r of rows.slice(1)) {
   r.baseline = "Map";
   r.ratio = r.opsPerSec / baseline;

@@ -28,6 +28,21 @@ export {
 } from "./payments/index.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export {
+  NotificationService,
+  EmitInput,
+  type NotificationServiceOptions,
+  type DispatchReport,
+  type SubscriptionEventType,
+} from "./services/notification-service.js";
+export {
+  InMemoryNotificationQueue,
+  CallbackNotificationQueue,
+  type NotificationQueue,
+  type NotificationMessage,
+} from "./queue/index.js";
+export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
+export type { Thresholds } from "./domain/notifications.js";
+export {
   currentMeter,
   MeterSession,
   recordUsage,

@@ -4,11 +4,13 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { parse } from "./models/index.js";
+import { ThresholdSpec, parse } from "./models/index.js";
+import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { PaymentManagerOptions, buildPaymentService } from "./payments/index.js";
 import type { PaymentService } from "./services/payment-service.js";
 import { PromoService } from "./services/promo-service.js";
+import { NotificationService } from "./services/notification-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -33,6 +35,23 @@ export const CreditManagerOptions = z.strictObject({
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
   /** Payment providers and the credits a payment buys (see README "Promo codes and payments"). */
   payments: PaymentManagerOptions.optional(),
+  /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
+  queue: z.custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
+    error: "queue must implement NotificationQueue",
+  }).optional(),
+  /** Notification thresholds and delivery settings (see README "Notifications"). */
+  notifications: ThresholdSpec.extend({
+    /** Delivery attempts before a row is `failed`. Default 10. */
+    maxAttempts: z.number().int().min(1).max(1000).optional(),
+    /** First retry delay in ms (doubles per failure). Default 1,000. */
+    backoffBaseMs: z.number().int().min(1).optional(),
+    /** Longest retry delay in ms. Default 3,600,000. */
+    backoffMaxMs: z.number().int().min(1).optional(),
+    /** A dispatcher's claim on a row, in ms. Default 60,000. */
+    leaseMs: z.number().int().min(100).optional(),
+    /** Longest wait for one publish, in ms. Default half of `leaseMs`. */
+    publishTimeoutMs: z.number().int().min(1).optional(),
+  }).optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -42,6 +61,8 @@ export interface CreditManager {
   credits: CreditService;
   promos: PromoService;
   payments: PaymentService;
+  /** The outbox dispatcher, thresholds and emit hook; events are recorded once `queue` or `notifications` is given. */
+  notifications: NotificationService;
   ledger: LedgerLogger;
   db: DbManager;
   /** Flushes and closes the ledger file, then closes the store. */
@@ -59,6 +80,9 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger: o.logger,
     clock: o.clock,
   });
+  const n = o.notifications;
+  const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
+  const alertsOn = o.queue !== undefined || n !== undefined;
   const credits = new CreditService({
     db,
     ledger,
@@ -67,6 +91,19 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger: o.logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
+    alerts: alertsOn ? thresholds : undefined,
+  });
+  const notifications = new NotificationService({
+    db,
+    queue: o.queue,
+    thresholds,
+    clock: o.clock,
+    logger: o.logger,
+    maxAttempts: n?.maxAttempts,
+    backoffBaseMs: n?.backoffBaseMs,
+    backoffMaxMs: n?.backoffMaxMs,
+    leaseMs: n?.leaseMs,
+    publishTimeoutMs: n?.publishTimeoutMs,
   });
   const shared = { db, ledger, cache: o.cache, clock: o.clock, logger: o.logger };
   const promos = new PromoService(shared);
@@ -76,11 +113,13 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     credits,
     promos,
     payments,
+    notifications,
     ledger,
     db,
     async close() {
       if (closed) return;
       closed = true;
+      await notifications.stop();
       await ledger.close();
       await db.close();
     },

@@ -145,6 +145,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
         "cm_grants",
         "cm_journal",
         "cm_ledger",
+        "cm_notifications",
         "cm_payments",
         "cm_promo_claims",
         "cm_promos",
@@ -158,6 +159,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       expect(await indexes("cm_promos")).toEqual(["_id_", "created"]);
       expect(await indexes("cm_promo_claims")).toEqual(["_id_", "code_user_n", "user_created"]);
       expect(await indexes("cm_payments")).toEqual(["_id_", "provider_payment", "provider_ref", "user_created"]);
+      expect(await indexes("cm_notifications")).toEqual(["_id_", "pending_due", "settled", "user_dedupe_key", "user_status_id"]);
       const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find((i) => i.name === "user_idempotency_key");
       expect(journal?.unique).toBe(true);
       expect(journal?.partialFilterExpression).toEqual({ idempotencyKey: { $type: "string" } });

@@ -69,6 +69,7 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         "cm_grants",
         "cm_journal_entries",
         "cm_ledger_entries",
+        "cm_notifications",
         "cm_payments",
         "cm_promo_claims",
         "cm_promos",

@@ -107,6 +107,7 @@ describe("schema generator: columns from the zod models", () => {
       "cm_promos",
       "cm_promo_claims",
       "cm_payments",
+      "cm_notifications",
     ]);
     const text = JSON.stringify(collections);
     expect(text).not.toMatch(/"\$ref"|"\$defs"|"format"|"\$schema"|"propertyNames"|x-credit-management/);

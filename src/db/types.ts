@@ -1,4 +1,5 @@
-import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+import type { NotificationStore } from "./types-notifications.js";
+import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Notification, Reservation } from "../models/index.js";
 import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 
 /**
@@ -14,7 +15,7 @@ import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } 
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
  */
-export interface DbManager extends PromoPaymentStore {
+export interface DbManager extends PromoPaymentStore, NotificationStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
   readonly name: string;
   /** What the backend can do; the contract suite reads these flags. */
@@ -112,6 +113,8 @@ export interface Changes extends PromoPaymentChanges {
   updateReservations: Reservation[];
   /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
   entries: JournalEntry[];
+  /** Outbox rows caused by this change, committed with it (ids unique; no dedupeKey clash expected). */
+  notifications?: readonly Notification[];
 }
 
 export interface DbTransaction extends PromoPaymentTransaction {

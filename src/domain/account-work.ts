@@ -66,6 +66,7 @@ export class AccountWork {
       seq: 0,
       lastHash: null,
       nextExpiryAt: null,
+      alert: null,
       createdAt: now,
       updatedAt: now,
     };

@@ -1,4 +1,5 @@
 import * as z from "zod";
+import { AlertState } from "./notifications.js";
 import { EntityId, IdempotencyKey, Metadata, NonNegativeAmount, Priority, SignedAmount, UserId } from "./common.js";
 
 /** Where a grant's credits came from. */
@@ -34,6 +35,8 @@ export const Account = z.object({
   lastHash: z.string().nullable(),
   /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
   nextExpiryAt: z.date().nullable(),
+  /** Low-credits alert state (null until the first change this version made). See README "Notifications". */
+  alert: AlertState.nullable(),
   createdAt: z.date(),
   updatedAt: z.date(),
 });

@@ -1,6 +1,7 @@
 import type * as z from "zod";
 import { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../models/entities.js";
 import { promoPaymentTableSpecs } from "./tables-promos.js";
+import { Notification } from "../models/notifications.js";
 
 /** A condition of a partial index, on a model field. */
 export type IndexCondition =
@@ -40,7 +41,16 @@ export interface TableSpec {
   fillfactor?: number;
 }
 
-export type TableKey = "accounts" | "grants" | "reservations" | "journal" | "ledger" | "promos" | "promoClaims" | "payments";
+export type TableKey =
+  | "accounts"
+  | "grants"
+  | "reservations"
+  | "journal"
+  | "ledger"
+  | "notifications"
+  | "promos"
+  | "promoClaims"
+  | "payments";
 export type TableSpecs = Record<TableKey, TableSpec>;
 
 /**
@@ -105,6 +115,21 @@ export const tableSpecs: TableSpecs = {
     ],
   },
   ...promoPaymentTableSpecs,
+  notifications: {
+    name: "notifications",
+    model: Notification,
+    primaryKey: ["id"],
+    indexes: [
+      // Dedupe keys are unique per user, where a row has one.
+      { name: "user_dedupe_key", fields: ["userId", "dedupeKey"], unique: true, where: [{ field: "dedupeKey", op: "notNull" }] },
+      // A user's oldest pending row (the only one a dispatcher may claim); listNotifications.
+      { name: "user_status_id", fields: ["userId", "status", "id"] },
+      // Dispatchers: pending rows that are due, oldest first (delivered rows leave the index).
+      { name: "pending_due", fields: ["nextAttemptAt", "id"], where: [{ field: "status", op: "eq", value: "pending" }] },
+      // purgeNotifications: settled rows by settlement time.
+      { name: "settled", fields: ["settledAt"], where: [{ field: "settledAt", op: "notNull" }] },
+    ],
+  },
 };
 
 /** Every index of a table, the idempotency key's unique index included. */

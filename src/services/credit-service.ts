@@ -1,14 +1,16 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
-import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
+import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
+import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import {
   ConflictError,
   IdempotencyConflictError,
+  InsufficientCreditsError,
   NotFoundError,
   ReservationExpiredError,
   ReservationNotActiveError,
@@ -58,6 +60,12 @@ export interface CreditServiceOptions {
   overdraftLimit?: number | null;
   /** TTL of cached credit-info reads, in seconds. Default 30. */
   cacheTtlSeconds?: number;
+  /**
+   * Records notification events in the outbox, in the unit of work that causes them (see
+   * `NotificationService`): low credits below these thresholds, exhaustion, restoration, lapsed
+   * holds, and refusals for lack of credits. Omitted: no events are recorded.
+   */
+  alerts?: Thresholds;
 }
 
 /** What `getExpiringCredits` returns. */
@@ -99,6 +107,7 @@ export class CreditService {
   private readonly defaultTtl: number;
   private readonly overdraftLimit: number | null;
   private readonly cacheTtl: number;
+  private readonly alerts: Thresholds | undefined;
 
   constructor(options: CreditServiceOptions) {
     this.db = options.db;
@@ -109,6 +118,7 @@ export class CreditService {
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
     this.overdraftLimit = options.overdraftLimit ?? null;
     this.cacheTtl = options.cacheTtlSeconds ?? 30;
+    this.alerts = options.alerts;
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -406,7 +416,8 @@ export class CreditService {
     options: { settle: boolean } = { settle: true },
   ): Promise<T> {
     const key = meta.idempotencyKey;
-    const { value, entries } = await this.db.transaction(userId, async (tx) => {
+    let refused: { seq: number; error: InsufficientCreditsError } | undefined;
+    const run = this.db.transaction(userId, async (tx) => {
       const state: LoadedState = await tx.load(key === undefined ? undefined : { idempotencyKey: key });
       if (key !== undefined && state.idempotent !== null) {
         const first = state.idempotent;
@@ -418,15 +429,68 @@ export class CreditService {
         await this.includeHeldGrants(work, tx, state.reservations);
         work.settle();
       }
-      const result = await body(work, tx);
-      if (work.changed) await tx.save(work.changes());
+      let result: T;
+      try {
+        result = await body(work, tx);
+      } catch (error) {
+        if (error instanceof InsufficientCreditsError && this.alerts !== undefined) refused = { seq: work.account.seq, error };
+        throw error;
+      }
+      if (work.changed) {
+        const changes = work.changes();
+        if (this.alerts !== undefined) this.addNotifications(work, changes);
+        await tx.save(changes);
+      }
       return { value: result, entries: work.entries };
     });
+    let outcome: Awaited<typeof run>;
+    try {
+      outcome = await run;
+    } catch (error) {
+      // With notifications on, a refusal for lack of credits is recorded once the unit of work ended.
+      if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
+      throw error;
+    }
+    const { value, entries } = outcome;
     if (entries.length > 0) {
       this.ledger?.recordTransactions(entries);
       if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
     }
     return value;
+  }
+
+  /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */
+  private addNotifications(work: AccountWork, changes: Changes): void {
+    // Lapsed holds first: their release is what may move the alert level (ids follow this order);
+    // then what the unit of work recorded itself (subscription events), then the alert crossing.
+    const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
+    const recorded = workNotifications(work, work.userId, work.now);
+    const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
+    if (expired.length === 0 && recorded.length === 0) {
+      if (alerts.length > 0) changes.notifications = alerts;
+    } else {
+      changes.notifications = [...expired, ...recorded, ...alerts];
+    }
+  }
+
+  /**
+   * `transaction_error` for a refusal for lack of credits: once per account state (its seq), however
+   * many calls are refused before the account changes. Recorded after the refusal (nothing was
+   * committed); a store failure here is logged, the caller still gets the refusal.
+   */
+  private async recordRefusal(userId: string, seq: number, error: InsufficientCreditsError): Promise<void> {
+    const row = newNotification(
+      userId,
+      "transaction_error",
+      { code: error.code, message: error.message, ...(error.details ?? {}), seq },
+      this.clock(),
+      `transaction_error:${error.code}:${seq}`,
+    );
+    try {
+      await this.db.insertNotifications([row]);
+    } catch (failure) {
+      this.logger?.warn({ err: failure, userId }, "credit-management: could not record a transaction_error notification");
+    }
   }
 
   /**

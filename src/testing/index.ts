@@ -27,8 +27,10 @@ import type { JournalEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { runPromoPaymentContract } from "./promos.js";
+import { runNotificationContract } from "./notifications.js";
 
 export { CreditModel } from "./model.js";
+export { runNotificationContract } from "./notifications.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */
@@ -423,6 +425,8 @@ export function runDbManagerContract(options: ContractOptions): void {
         });
       });
     });
+
+    runNotificationContract(() => db, { raceSize: Math.min(race, 50) });
   });
 }
 

@@ -1,6 +1,18 @@
 import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, PromoClaim, Reservation } from "../../models/index.js";
+import type {
+  Account,
+  Grant,
+  JournalEntry,
+  LedgerEntry,
+  Notification,
+  Payment,
+  Promo,
+  PromoClaim,
+  Reservation,
+} from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { ColumnarJournal } from "./journal.js";
+import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
 import type {
   Changes,
@@ -51,6 +63,7 @@ export class InMemoryDbManager implements DbManager {
   private readonly locks = new Map<string, Array<() => void>>();
   /** @internal Promos, claims and payments. */
   readonly promoStore = new MemoryPromoStore();
+  private readonly outbox = new MemoryOutbox();
 
   async init(): Promise<void> {}
 
@@ -95,6 +108,11 @@ export class InMemoryDbManager implements DbManager {
       }
     }
     this.promoStore.check(changes);
+    if (changes.notifications !== undefined) {
+      for (const n of changes.notifications) {
+        if (!this.outbox.accepts(n)) throw new ConflictError(`notification key ${n.dedupeKey} is already used`);
+      }
+    }
   }
 
   /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
@@ -123,6 +141,7 @@ export class InMemoryDbManager implements DbManager {
       u.journal.append(e);
     }
     this.promoStore.apply(changes);
+    if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insert(changes.notifications);
   }
 
   private putGrant(u: UserData, g: Grant): void {
@@ -223,6 +242,25 @@ export class InMemoryDbManager implements DbManager {
   findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
   listPayments: MemoryPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
   updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+  async insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  async claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  async completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  async purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
+  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
+  }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     this.ledger.push(entry);

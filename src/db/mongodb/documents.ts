@@ -24,14 +24,14 @@ export interface StoredDoc extends Document {
   _id: string;
 }
 
-interface Kind<T> {
+export interface Kind<T> {
   /** The entity field stored as `_id`. */
   readonly idField: keyof T & string;
   /** Every field of the entity, from its zod model. */
   readonly keys: readonly (keyof T & string)[];
 }
 
-const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>): Kind<T> => ({
+export const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>): Kind<T> => ({
   idField,
   keys: Object.keys(shape) as (keyof T & string)[],
 });

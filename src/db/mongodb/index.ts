@@ -12,7 +12,9 @@ import type {
 } from "mongodb";
 import { isDeepStrictEqual } from "node:util";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { MongoOutbox, NOTIFICATION_INDEXES } from "./outbox.js";
 import type {
   Changes,
   DbCapabilities,
@@ -60,6 +62,7 @@ interface Collections {
   reservations: Collection<StoredDoc>;
   journal: Collection<StoredDoc>;
   ledger: Collection<StoredDoc>;
+  notifications: Collection<StoredDoc>;
 }
 
 /**
@@ -118,6 +121,7 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
     { key: { userId: 1, createdAt: -1, _ord: -1 }, name: "user_created" },
     { key: { eventType: 1, createdAt: -1, _ord: -1 }, name: "type_created" },
   ],
+  notifications: NOTIFICATION_INDEXES,
 };
 
 /**
@@ -168,6 +172,7 @@ export class MongoDbManager implements DbManager {
   private readonly verifyStates: boolean;
   /** @internal Promos, claims and payments (./promos.ts). */
   readonly promoStore: MongoPromoStore;
+  private readonly outbox: MongoOutbox;
 
   constructor(config: MongoDbManagerConfig) {
     if ("db" in config && config.db !== undefined) {
@@ -200,8 +205,10 @@ export class MongoDbManager implements DbManager {
       reservations: col("reservations"),
       journal: col("journal"),
       ledger: col("ledger"),
+      notifications: col("notifications"),
     };
     this.promoStore = new MongoPromoStore(col);
+    this.outbox = new MongoOutbox(this.c.notifications);
   }
 
   /**
@@ -412,6 +419,25 @@ export class MongoDbManager implements DbManager {
   findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
   listPayments: MongoPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
   updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+  insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
+  }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     // `_ord` keeps entries of one process in insertion order when their createdAt ties.
@@ -693,6 +719,9 @@ class MongoTransaction implements DbTransaction {
       session,
     );
     await this.promos.saveIn(session, changes);
+    if (changes.notifications !== undefined && changes.notifications.length > 0) {
+      await new MongoOutbox(this.c.notifications).insertInTransaction(changes.notifications, session);
+    }
     // What the cache holds once the transaction commits (only a state this unit of work loaded).
     if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
   }

@@ -275,6 +275,8 @@ export class Batch {
     if (reservationColumns !== null) payload.ur = holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r));
     const entries = all((c) => c.entries);
     if (entries.length > 0) payload.e = entries.map((e) => toRow(tables.journal.columns, e));
+    const notifications = all((c) => c.notifications ?? []);
+    if (notifications.length > 0) payload.n = notifications.map((n) => toRow(tables.notifications.columns, n));
     const save = sql.save({
       single,
       accountColumns,
@@ -284,6 +286,7 @@ export class Batch {
       insertReservations: newHolds.length > 0,
       reservationColumns,
       entries: entries.length > 0,
+      ...(notifications.length > 0 ? { notifications: true } : {}),
     });
     // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
     const extra = promoPaymentSave(tables, txs.map((tx) => tx.pendingChanges));
@@ -496,6 +499,7 @@ export class UnitTx implements DbTransaction {
       ...changes.entries,
       ...(changes.promoClaims ?? []),
       ...(changes.paymentUpdates ?? []),
+      ...(changes.notifications ?? []),
     ];
     if (rows.some((o) => o.userId !== this.userId)) {
       throw new Error(`save() of account ${this.userId} got a row of another account`);

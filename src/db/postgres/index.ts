@@ -1,7 +1,9 @@
 import type * as PgModule from "pg";
 import type { Pool, PoolClient, PoolConfig } from "pg";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
@@ -82,6 +84,7 @@ export class PostgresDbManager implements DbManager {
   private readonly maxUnits: number;
   private readonly batchConcurrency: number;
   private readonly maxWaiters: number;
+  private readonly outbox: PostgresOutbox;
   private readonly queue: Unit[] = [];
   /** Batches and waiters of this process per account (at most one batch and one waiter). */
   private readonly busy = new Map<string, number>();
@@ -112,6 +115,7 @@ export class PostgresDbManager implements DbManager {
     this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
     this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
     this.maxWaiters = batch === false ? Infinity : Math.max(1, batch.waiters ?? 4);
+    this.outbox = new PostgresOutbox(this);
   }
 
   /**
@@ -406,6 +410,25 @@ export class PostgresDbManager implements DbManager {
   findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
   listPayments: PostgresPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
   updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
+  insertNotifications(rows: readonly Notification[]): Promise<number> {
+    return this.outbox.insert(rows);
+  }
+
+  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
+    return this.outbox.claim(query);
+  }
+
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
+    return this.outbox.complete(id, token, update);
+  }
+
+  purgeNotifications(before: Date, limit: number): Promise<number> {
+    return this.outbox.purge(before, limit);
+  }
+
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    return this.outbox.list(userId, query);
+  }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     const t = this.sql.tables.ledger;

@@ -38,6 +38,8 @@ export interface SaveShape {
   insertReservations: boolean;
   reservationColumns: readonly string[] | null;
   entries: boolean;
+  /** Outbox rows (`Changes.notifications`). */
+  notifications?: boolean;
 }
 
 /** Text of the error the save statement raises when its guard fails. */
@@ -181,6 +183,7 @@ function saveText(t: Tables, shape: SaveShape): string {
     checks.push(`(SELECT count(*) FROM ur) = json_array_length($1->'ur')`);
   }
   if (shape.entries) ctes.push(`ie AS (${insert(journal, "e")})`);
+  if (shape.notifications === true) ctes.push(`io AS (${insert(t.notifications, "n")})`);
   const ok = checks.length === 0 ? "true" : checks.join(" AND ");
   const seen = shape.accountColumns === null ? "0" : "(SELECT count(*) FROM acc)";
   return (

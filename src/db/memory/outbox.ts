@@ -1,0 +1,113 @@
+import type { Notification } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+
+/**
+ * The in-memory outbox: rows by id, each user's pending ids in id order, and the used dedupe keys.
+ * Every method is synchronous inside, so a claim is atomic between concurrent dispatchers.
+ */
+export class MemoryOutbox {
+  private readonly rows = new Map<string, Notification>();
+  /** userId → ids of pending rows, ascending. */
+  private readonly pending = new Map<string, string[]>();
+  private readonly keys = new Set<string>();
+  /** userId → ids of every row, in insertion order. */
+  private readonly byUser = new Map<string, string[]>();
+
+  /** True when the row may be stored (its dedupe key is unused). */
+  accepts(row: Notification): boolean {
+    return row.dedupeKey === null || !this.keys.has(dedupe(row));
+  }
+
+  /** Stores rows; rows whose dedupe key is used are skipped. Returns how many were stored. */
+  insert(rows: readonly Notification[]): number {
+    let n = 0;
+    for (const row of rows) {
+      if (!this.accepts(row) || this.rows.has(row.id)) continue;
+      if (row.dedupeKey !== null) this.keys.add(dedupe(row));
+      const r = structuredClone(row);
+      this.rows.set(r.id, r);
+      let all = this.byUser.get(r.userId);
+      if (all === undefined) this.byUser.set(r.userId, (all = []));
+      all.push(r.id);
+      if (r.status === "pending") {
+        let ids = this.pending.get(r.userId);
+        if (ids === undefined) this.pending.set(r.userId, (ids = []));
+        let i = ids.length;
+        while (i > 0 && (ids[i - 1] as string) > r.id) i--;
+        ids.splice(i, 0, r.id);
+      }
+      n++;
+    }
+    return n;
+  }
+
+  claim(q: ClaimQuery): Notification[] {
+    const now = q.now.getTime();
+    const heads: Notification[] = [];
+    for (const ids of this.pending.values()) {
+      const head = this.rows.get(ids[0] as string) as Notification;
+      if (head.nextAttemptAt.getTime() > now) continue;
+      if (head.claimedUntil !== null && head.claimedUntil.getTime() > now) continue;
+      heads.push(head);
+    }
+    heads.sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+    return heads.slice(0, q.limit).map((h) => {
+      const claimed = { ...h, claimedUntil: new Date(now + q.leaseMs), claimToken: q.token };
+      this.rows.set(h.id, claimed);
+      return structuredClone(claimed);
+    });
+  }
+
+  complete(id: string, token: string, u: NotificationUpdate): boolean {
+    const row = this.rows.get(id);
+    if (row === undefined || row.status !== "pending" || row.claimToken !== token) return false;
+    const next: Notification = {
+      ...row,
+      status: u.status,
+      attempts: u.attempts,
+      nextAttemptAt: u.nextAttemptAt,
+      lastError: u.lastError,
+      settledAt: u.settledAt,
+      claimedUntil: null,
+      claimToken: null,
+    };
+    this.rows.set(id, next);
+    if (u.status !== "pending") {
+      const ids = this.pending.get(row.userId) as string[];
+      ids.splice(ids.indexOf(id), 1);
+      if (ids.length === 0) this.pending.delete(row.userId);
+    }
+    return true;
+  }
+
+  purge(before: Date, limit: number): number {
+    const t = before.getTime();
+    const gone: Notification[] = [];
+    for (const r of this.rows.values()) {
+      if (gone.length >= limit) break;
+      if (r.status !== "pending" && r.settledAt !== null && r.settledAt.getTime() < t) gone.push(r);
+    }
+    for (const r of gone) {
+      this.rows.delete(r.id);
+      if (r.dedupeKey !== null) this.keys.delete(dedupe(r));
+      const all = this.byUser.get(r.userId) as string[];
+      all.splice(all.indexOf(r.id), 1);
+      if (all.length === 0) this.byUser.delete(r.userId);
+    }
+    return gone.length;
+  }
+
+  list(userId: string, query: { status?: Notification["status"]; limit: number }): Notification[] {
+    const out: Notification[] = [];
+    for (const id of this.byUser.get(userId) ?? []) {
+      const r = this.rows.get(id) as Notification;
+      if (query.status === undefined || r.status === query.status) out.push(r);
+    }
+    return out
+      .sort((a, b) => (a.id < b.id ? -1 : 1))
+      .slice(0, query.limit)
+      .map((r) => structuredClone(r));
+  }
+}
+
+const dedupe = (row: Notification) => `${row.userId}\u0000${row.dedupeKey}`;

@@ -1,0 +1,86 @@
+import type { Notification } from "../../models/index.js";
+import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { toRow } from "./batch.js";
+import type { PostgresDbManager } from "./index.js";
+
+/**
+ * The PostgreSQL outbox. Rows of a unit of work are inserted by its save statement (the `n` part
+ * of the payload); these are the statements outside units of work.
+ */
+export class PostgresOutbox {
+  constructor(private readonly db: PostgresDbManager) {}
+
+  private get table() {
+    return this.db.sql.tables.notifications;
+  }
+
+  /** `ON CONFLICT DO NOTHING`: a row whose (user, dedupe key) is taken is skipped. */
+  async insert(rows: readonly Notification[]): Promise<number> {
+    if (rows.length === 0) return 0;
+    const t = this.table;
+    const columns = t.columns.map((c) => `"${c.name}"`).join(", ");
+    const text =
+      `INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM json_populate_recordset(NULL::${t.qualified}, $1::json) ` +
+      `ON CONFLICT DO NOTHING RETURNING 1`;
+    const out = await this.db.read("insertNotifications", text, [JSON.stringify(rows.map((r) => toRow(t.columns, r)))]);
+    return out.length;
+  }
+
+  /**
+   * One statement: the oldest pending row of each user (no older pending row of the same user
+   * exists), if due and not claimed, locked with `FOR UPDATE SKIP LOCKED` so that concurrent
+   * dispatchers take disjoint rows, then stamped with the claim. The re-check of the claim in the
+   * UPDATE covers a row another dispatcher claimed and committed between our scan and our lock.
+   */
+  async claim(q: ClaimQuery): Promise<Notification[]> {
+    if (q.limit <= 0) return [];
+    const t = this.table.qualified;
+    const text =
+      `UPDATE ${t} n SET claimed_until = $2, claim_token = $3 WHERE n.id IN (` +
+      `SELECT o.id FROM ${t} o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ` +
+      `AND (o.claimed_until IS NULL OR o.claimed_until <= $1) ` +
+      `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = o.user_id AND p.status = 'pending' AND p.id < o.id) ` +
+      `ORDER BY o.next_attempt_at, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) ` +
+      `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING n.*`;
+    const rows = await this.db.read("claimNotifications", text, [q.now, new Date(q.now.getTime() + q.leaseMs), q.token, q.limit]);
+    return rows
+      .map((r) => this.db.decode<Notification>("notifications", r))
+      .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+  }
+
+  async complete(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
+    const text =
+      `UPDATE ${this.table.qualified} SET status = $3, attempts = $4, next_attempt_at = $5, last_error = $6, settled_at = $7, ` +
+      `claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND status = 'pending' RETURNING 1`;
+    const rows = await this.db.read("completeNotification", text, [id, token, u.status, u.attempts, u.nextAttemptAt, u.lastError, u.settledAt]);
+    return rows.length === 1;
+  }
+
+  async purge(before: Date, limit: number): Promise<number> {
+    if (limit <= 0) return 0;
+    const t = this.table.qualified;
+    const rows = await this.db.read(
+      "purgeNotifications",
+      `DELETE FROM ${t} WHERE id IN (SELECT id FROM ${t} WHERE settled_at IS NOT NULL AND settled_at < $1 AND status <> 'pending' ` +
+        `ORDER BY settled_at LIMIT $2) RETURNING 1`,
+      [before, limit],
+    );
+    return rows.length;
+  }
+
+  async list(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+    const params: unknown[] = [userId];
+    let where = "user_id = $1";
+    if (query.status !== undefined) {
+      params.push(query.status);
+      where += " AND status = $2";
+    }
+    params.push(query.limit);
+    const rows = await this.db.read(
+      "listNotifications",
+      `${this.db.sql.select("notifications")} WHERE ${where} ORDER BY id LIMIT $${params.length}`,
+      params,
+    );
+    return rows.map((r) => this.db.decode<Notification>("notifications", r));
+  }
+}

@@ -1,0 +1,54 @@
+import type { Notification } from "../models/index.js";
+
+/**
+ * The outbox part of the storage contract (`DbManager` extends it).
+ *
+ * Rows are written two ways: inside a unit of work, as `Changes.notifications` (committed or
+ * rolled back with the change that caused them), or on their own with `insertNotifications` (for
+ * events that change no account: reminders, refusals, subscription events). Dispatchers then
+ * `claimNotifications` and `completeNotification` them.
+ */
+export interface NotificationStore {
+  /**
+   * Stores rows outside a unit of work. A row whose `(userId, dedupeKey)` is already stored is
+   * skipped (not an error). Resolves to the rows stored.
+   */
+  insertNotifications(rows: readonly Notification[]): Promise<number>;
+  /**
+   * Atomically claims up to `limit` pending rows with `nextAttemptAt <= now` that are not claimed
+   * (or whose claim lapsed), **only the oldest pending row (by id) of each user**, so a user's
+   * events are delivered one after another in id order. Claimed rows get `claimedUntil = now +
+   * leaseMs` and `claimToken = token`; two dispatchers never hold the same row at once.
+   */
+  claimNotifications(query: ClaimQuery): Promise<Notification[]>;
+  /**
+   * Settles a claimed row: `sent`/`failed`, or back to `pending` with a later `nextAttemptAt`.
+   * Guarded by `token`: resolves to false (and changes nothing) when the claim was lost.
+   */
+  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean>;
+  /**
+   * Deletes up to `limit` settled rows (`sent` or `failed`) with `settledAt < before`, oldest
+   * first (indexed). Resolves to the rows deleted. A deleted row's dedupe key is free again.
+   */
+  purgeNotifications(before: Date, limit: number): Promise<number>;
+  /** A user's rows by id (oldest first), optionally of one status. */
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]>;
+}
+
+export interface ClaimQuery {
+  now: Date;
+  limit: number;
+  /** How long the claim lasts, in milliseconds. */
+  leaseMs: number;
+  token: string;
+}
+
+export interface NotificationUpdate {
+  status: Notification["status"];
+  attempts: number;
+  /** For `pending`: when to try again. */
+  nextAttemptAt: Date;
+  lastError: string | null;
+  /** Set for `sent` and `failed`. */
+  settledAt: Date | null;
+}

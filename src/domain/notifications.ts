@@ -1,0 +1,204 @@
+import { randomBytes } from "node:crypto";
+import type { Account, AlertLevel, AlertState, JournalEntry, Notification, NotificationType, Reservation } from "../models/index.js";
+
+/**
+ * The notification rules of DESIGN §5, as pure functions over one account: which events a change
+ * causes. Called inside the unit of work that makes the change, so the alert state on the account
+ * and the outbox rows commit (or roll back) with it, and concurrent changes around a threshold
+ * produce exactly one event per crossing.
+ */
+
+/** A service's (or a user's) low-credits threshold. */
+export interface Thresholds {
+  /** Credits. */
+  lowCredits?: number | null | undefined;
+  /** Percent of the latest addition. */
+  lowCreditsPercent?: number | null | undefined;
+}
+
+/** The threshold in credits: the higher of the absolute one and the percentage of `lastAllocation`. */
+export function thresholdOf(spec: Thresholds, lastAllocation: number): number {
+  const absolute = spec.lowCredits ?? 0;
+  const percent = spec.lowCreditsPercent == null ? 0 : Math.floor((lastAllocation * spec.lowCreditsPercent) / 100);
+  return Math.max(absolute, percent);
+}
+
+/** `exhausted` at zero or below, `low` below the threshold, else `ok`. */
+export function levelOf(available: number, threshold: number): AlertLevel {
+  if (available <= 0) return "exhausted";
+  return available < threshold ? "low" : "ok";
+}
+
+/**
+ * The events of a move from `previous` to `next`. None from `null` (the first evaluation of an
+ * account only records its level). Falling past the threshold and zero at once gives
+ * `low_credits` then `credits_exhausted`; climbing from zero to under the threshold gives nothing
+ * (still low); back to `ok` gives `balance_restored`.
+ */
+export function crossings(previous: AlertLevel | null, next: AlertLevel, threshold: number): readonly NotificationType[] {
+  if (previous === null || previous === next) return NONE_TYPES;
+  if (next === "ok") return RESTORED;
+  if (next === "low") return previous === "ok" ? LOW : NONE_TYPES;
+  return previous === "ok" && threshold > 0 ? LOW_AND_EXHAUSTED : EXHAUSTED;
+}
+
+const NONE_TYPES: readonly NotificationType[] = Object.freeze([]);
+const RESTORED: readonly NotificationType[] = Object.freeze(["balance_restored"]);
+const LOW: readonly NotificationType[] = Object.freeze(["low_credits"]);
+const EXHAUSTED: readonly NotificationType[] = Object.freeze(["credits_exhausted"]);
+const LOW_AND_EXHAUSTED: readonly NotificationType[] = Object.freeze(["low_credits", "credits_exhausted"]);
+
+/** An event a unit of work records with its change (subscription events, …). */
+export interface WorkEvent {
+  type: NotificationType;
+  payload: Record<string, unknown>;
+  /** Unique per user where set (a second one is refused by the store, failing the unit of work). */
+  dedupeKey: string | null;
+}
+
+const workEvents = new WeakMap<object, WorkEvent[]>();
+
+/**
+ * Records `event` as part of the unit of work `work` (an `AccountWork`): the service writes it to
+ * the outbox in the same transaction as the work's change, when notifications are on (and drops it
+ * when they are off, or when the work changes nothing). The hook the subscription service uses
+ * for `subscription_allocation`, `subscription_renewed`, … inside its unit of work.
+ */
+export function recordEvent(work: object, event: WorkEvent): void {
+  const list = workEvents.get(work);
+  if (list === undefined) workEvents.set(work, [event]);
+  else list.push(event);
+}
+
+/** The events recorded on `work`, as outbox rows (none: nothing allocated). */
+export function workNotifications(work: object, userId: string, now: Date): readonly Notification[] {
+  const list = workEvents.get(work);
+  if (list === undefined) return NO_NOTIFICATIONS;
+  return list.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
+}
+
+/** No notifications (shared: the common case allocates nothing). */
+export const NO_NOTIFICATIONS: readonly Notification[] = Object.freeze([]);
+
+/**
+ * Re-evaluates `account.alert` after a change (`entries` are the change's journal entries) and
+ * returns the crossing events. Updates `account` (the unit of work's private copy) in place only
+ * when the level, threshold or last allocation moved.
+ */
+export function evaluateAlert(
+  account: Account,
+  entries: readonly JournalEntry[],
+  service: Thresholds,
+  now: Date,
+): readonly Notification[] {
+  const prev = account.alert;
+  let lastAllocation = prev === null ? 0 : prev.lastAllocation;
+  for (const e of entries) if (e.type === "add") lastAllocation = e.amount;
+  const override = prev === null ? null : prev.override;
+  const threshold = thresholdOf(override ?? service, lastAllocation);
+  const available = account.balance - account.reserved;
+  const level = levelOf(available, threshold);
+  if (prev !== null && prev.level === level && prev.threshold === threshold && prev.lastAllocation === lastAllocation) {
+    return NO_NOTIFICATIONS;
+  }
+  account.alert = { level, threshold, lastAllocation, override };
+  const types = crossings(prev === null ? null : prev.level, level, threshold);
+  if (types.length === 0) return NO_NOTIFICATIONS;
+  const payload = {
+    available,
+    threshold,
+    level,
+    previousLevel: prev === null ? null : prev.level,
+    balance: account.balance,
+    reserved: account.reserved,
+    seq: account.seq,
+  };
+  return types.map((type) => newNotification(account.userId, type, { ...payload }, now, null));
+}
+
+/** The account's alert state with a new per-user override (level recomputed). */
+export function withOverride(account: Account, override: AlertState["override"], service: Thresholds, now: Date): readonly Notification[] {
+  const prev = account.alert;
+  const lastAllocation = prev === null ? 0 : prev.lastAllocation;
+  const level = prev === null ? levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation)) : prev.level;
+  account.alert = { level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
+  return evaluateAlert(account, [], service, now);
+}
+
+/** `reservation_expired` for every hold this change expired. */
+export function expiredHoldNotifications(updated: readonly Reservation[], now: Date): readonly Notification[] {
+  let out: Notification[] | undefined;
+  for (const r of updated) {
+    if (r.status !== "expired") continue;
+    out ??= [];
+    out.push(
+      newNotification(
+        r.userId,
+        "reservation_expired",
+        { reservationId: r.id, amount: r.amount, expiresAt: r.expiresAt.toISOString(), reason: r.reason },
+        now,
+        `reservation_expired:${r.id}`,
+      ),
+    );
+  }
+  return out ?? NO_NOTIFICATIONS;
+}
+
+/** A pending outbox row, due at once. */
+export function newNotification(
+  userId: string,
+  type: NotificationType,
+  payload: Record<string, unknown>,
+  now: Date,
+  dedupeKey: string | null,
+): Notification {
+  return {
+    id: notificationId(now),
+    userId,
+    type,
+    status: "pending",
+    payload: payload as Notification["payload"],
+    dedupeKey,
+    attempts: 0,
+    nextAttemptAt: now,
+    claimedUntil: null,
+    claimToken: null,
+    lastError: null,
+    createdAt: now,
+    settledAt: null,
+  };
+}
+
+let lastMs = 0;
+let counter = 0;
+const processTag = randomBytes(3).toString("hex");
+
+/**
+ * A time-ordered id: 9 base-36 digits of milliseconds, a 5-digit per-process counter, this
+ * process's tag and 4 random bytes. Strictly increasing within a process (even when the clock
+ * steps back), so a user's events sort in the order they were made; the stable message id.
+ */
+export function notificationId(now: Date): string {
+  let ms = now.getTime();
+  if (ms <= lastMs) {
+    ms = lastMs;
+    counter++;
+    if (counter >= 36 ** 5) {
+      ms = ++lastMs;
+      counter = 0;
+    }
+  } else {
+    counter = 0;
+  }
+  lastMs = ms;
+  return `${ms.toString(36).padStart(9, "0")}${counter.toString(36).padStart(5, "0")}-${processTag}${randomBytes(4).toString("hex")}`;
+}
+
+/**
+ * Delay before attempt `attempts + 1`, in ms: `baseMs · 2^(attempts − 1)`, capped at `maxMs`, with
+ * up to 20% jitter so dispatchers do not retry in lockstep.
+ */
+export function backoffDelay(attempts: number, baseMs: number, maxMs: number, random: number = Math.random()): number {
+  const raw = Math.min(maxMs, baseMs * 2 ** Math.max(0, attempts - 1));
+  return Math.round(raw * (0.8 + 0.2 * random));
+}

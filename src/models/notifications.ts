@@ -1,0 +1,80 @@
+import * as z from "zod";
+import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
+
+/** What a notification is about (DESIGN §5, README "Notifications"). */
+export const NotificationType = z.enum([
+  "low_credits",
+  "credits_exhausted",
+  "balance_restored",
+  "expiring_credits",
+  "transaction_error",
+  "reservation_expired",
+  "subscription_renewed",
+  "subscription_allocation",
+  "subscription_cancelled",
+  "subscription_ended",
+]);
+export type NotificationType = z.infer<typeof NotificationType>;
+
+/** Where `available` stood against the low-credits threshold at the account's last change. */
+export const AlertLevel = z.enum(["ok", "low", "exhausted"]);
+export type AlertLevel = z.infer<typeof AlertLevel>;
+
+/**
+ * A low-credits threshold: absolute credits, a percentage of the user's last allocation (latest
+ * addition), or both (the higher of the two applies). Neither: only exhaustion is reported.
+ */
+export const ThresholdSpec = z.strictObject({
+  /** Credits: `low_credits` when available falls below this. */
+  lowCredits: NonNegativeAmount.optional(),
+  /** Percent (0–100) of the latest addition's amount. */
+  lowCreditsPercent: z.number().min(0).max(100).optional(),
+});
+export type ThresholdSpec = z.infer<typeof ThresholdSpec>;
+
+/**
+ * The account's alert state, stored on the account and changed only inside its unit of work, so
+ * concurrent operations around a threshold produce one event per crossing.
+ */
+export const AlertState = z.object({
+  level: AlertLevel,
+  /** The threshold (credits) `level` was computed for. */
+  threshold: NonNegativeAmount,
+  /** Amount of the latest addition (base of percentage thresholds). */
+  lastAllocation: NonNegativeAmount,
+  /** This user's own threshold; null: the service's. */
+  override: z.object({ lowCredits: NonNegativeAmount.nullable(), lowCreditsPercent: z.number().nullable() }).nullable(),
+});
+export type AlertState = z.infer<typeof AlertState>;
+
+export const NotificationStatus = z.enum(["pending", "sent", "failed"]);
+export type NotificationStatus = z.infer<typeof NotificationStatus>;
+
+/**
+ * An outbox row: written in the same transaction as the change that caused it, delivered by a
+ * dispatcher to the `NotificationQueue` at least once, in order per user.
+ */
+export const Notification = z.object({
+  /** Stable message id (time-ordered): consumers drop duplicates by it. */
+  id: EntityId,
+  userId: UserId,
+  type: NotificationType,
+  status: NotificationStatus,
+  /** What the event says (amounts, threshold, grant or reservation ids, …). */
+  payload: Metadata,
+  /** Unique per user where set: a second event with the same key is not stored. */
+  dedupeKey: z.string().max(255).nullable(),
+  /** Delivery attempts made so far. */
+  attempts: NonNegativeAmount,
+  /** Not delivered before this time (backoff). */
+  nextAttemptAt: z.date(),
+  /** A dispatcher's claim on the row lasts until then. */
+  claimedUntil: z.date().nullable(),
+  /** Token of the dispatcher holding the claim. */
+  claimToken: z.string().nullable(),
+  lastError: z.string().nullable(),
+  createdAt: z.date(),
+  /** When it was delivered (sent) or given up (failed). */
+  settledAt: z.date().nullable(),
+});
+export type Notification = z.infer<typeof Notification>;

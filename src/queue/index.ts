@@ -1,0 +1,51 @@
+import type { NotificationType } from "../models/index.js";
+
+/** What a `NotificationQueue` receives: one outbox row, as JSON-friendly values. */
+export interface NotificationMessage {
+  /** Stable across redeliveries: consumers drop a message whose id they have seen. */
+  id: string;
+  userId: string;
+  type: NotificationType;
+  payload: Record<string, unknown>;
+  /** ISO-8601 time the event was recorded. */
+  createdAt: string;
+  /** 1 on the first delivery attempt, 2 on the first retry, … */
+  attempt: number;
+}
+
+/**
+ * Where the dispatcher delivers notifications. `publish` resolving means the message was accepted
+ * (the row is then marked sent); throwing means it was not (the row is retried with backoff).
+ */
+export interface NotificationQueue {
+  publish(message: NotificationMessage): Promise<void>;
+  /** Releases what the queue created (not a client handed to it). */
+  close?(): Promise<void>;
+}
+
+/** Keeps messages in an array: for tests and development. */
+export class InMemoryNotificationQueue implements NotificationQueue {
+  readonly messages: NotificationMessage[] = [];
+
+  async publish(message: NotificationMessage): Promise<void> {
+    this.messages.push(structuredClone(message));
+  }
+
+  /** Messages of one user (and type), in delivery order. */
+  of(userId: string, type?: NotificationType): NotificationMessage[] {
+    return this.messages.filter((m) => m.userId === userId && (type === undefined || m.type === type));
+  }
+
+  clear(): void {
+    this.messages.length = 0;
+  }
+}
+
+/** Hands every message to a function the host supplies (email, SMS, push, a webhook…). */
+export class CallbackNotificationQueue implements NotificationQueue {
+  constructor(private readonly callback: (message: NotificationMessage) => void | Promise<void>) {}
+
+  async publish(message: NotificationMessage): Promise<void> {
+    await this.callback(message);
+  }
+}

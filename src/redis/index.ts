@@ -1,0 +1,270 @@
+/**
+ * `credit-management/redis`: the `Cache` and the `NotificationQueue` on Redis.
+ *
+ * Both take a client you own (an `ioredis` `Redis` or `Cluster`, or anything with ioredis's
+ * `call(command, args)`), or build their own from a URL with `connect()` (ioredis is an optional
+ * peer dependency, imported only then). Every command has a deadline, so a Redis outage costs a
+ * credit read at most `timeoutMs` before it falls back to the store.
+ */
+import type { Logger } from "pino";
+import type { Cache } from "../cache/index.js";
+import { ConfigurationError } from "../errors.js";
+import type { NotificationMessage, NotificationQueue } from "../queue/index.js";
+
+/** The one method of an ioredis client these adapters use. */
+export interface RedisCommandClient {
+  call(command: string, args: (string | number)[]): Promise<unknown>;
+  quit?(): Promise<unknown>;
+}
+
+/** Builds an ioredis client for `url` (lazily importing the optional peer). */
+async function clientFor(url: string): Promise<RedisCommandClient> {
+  let mod: { Redis: new (url: string, options: Record<string, unknown>) => RedisCommandClient };
+  try {
+    mod = (await import("ioredis")) as unknown as typeof mod;
+  } catch (error) {
+    throw new ConfigurationError("[credit-management] [redis] `ioredis` is not installed: npm install ioredis", error);
+  }
+  // One retry per command; the adapters' own deadlines bound how long a caller waits in an outage.
+  return new mod.Redis(url, { maxRetriesPerRequest: 1 });
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`[credit-management] [redis] ${what} timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+// -------------------------------------------------------------------------------------------------
+// Cache
+
+export interface RedisCacheOptions {
+  /** An ioredis client (not closed by `close()`). */
+  client: RedisCommandClient;
+  /** Put in front of every key. Default `"credit-management:"`. */
+  keyPrefix?: string;
+  /** TTL when `set` gets none, in seconds. Default 60. */
+  ttlSeconds?: number;
+  /** Deadline of one command, in ms. Default 250. */
+  timeoutMs?: number;
+  /** Where outages are reported. */
+  logger?: Logger;
+  /**
+   * Invalidations that failed and are kept to retry (beyond it, the whole prefix is flushed on
+   * recovery instead). Default 10,000.
+   */
+  maxPendingInvalidations?: number;
+}
+
+/**
+ * `Cache` on Redis: JSON values (Dates kept) under `keyPrefix`, with TTLs.
+ *
+ * An outage never yields a wrong answer: a failed `get`/`set` throws (the services log a warning
+ * and read the store), and a failed `delete` is remembered. Until every remembered invalidation has
+ * been applied (retried at most once per second), `get` refuses to answer from Redis, so a value
+ * that a write could not invalidate is never served after Redis comes back. (Other processes
+ * that could still reach Redis during a partial outage may serve such a value until its TTL.)
+ */
+export class RedisCache implements Cache {
+  readonly keyPrefix: string;
+  private client: RedisCommandClient;
+  private ownsClient = false;
+  private readonly ttl: number;
+  private readonly timeoutMs: number;
+  private readonly logger: Logger | undefined;
+  private readonly maxPending: number;
+  /** Keys whose invalidation failed. */
+  private readonly pending = new Set<string>();
+  /** Too many failed invalidations to remember: flush the prefix on recovery. */
+  private overflow = false;
+  private lastRecovery = 0;
+
+  constructor(options: RedisCacheOptions) {
+    this.client = options.client;
+    this.keyPrefix = options.keyPrefix ?? "credit-management:";
+    this.ttl = options.ttlSeconds ?? 60;
+    this.timeoutMs = options.timeoutMs ?? 250;
+    this.logger = options.logger;
+    this.maxPending = options.maxPendingInvalidations ?? 10_000;
+  }
+
+  /** A cache with its own ioredis client for `url`; `close()` closes it. */
+  static async connect(url: string, options: Omit<RedisCacheOptions, "client"> = {}): Promise<RedisCache> {
+    const cache = new RedisCache({ ...options, client: await clientFor(url) });
+    cache.ownsClient = true;
+    return cache;
+  }
+
+  /** True while invalidations that failed during an outage are not applied yet. */
+  get degraded(): boolean {
+    return this.overflow || this.pending.size > 0;
+  }
+
+  async get<T>(key: string): Promise<T | undefined> {
+    await this.recover();
+    const raw = await this.run("GET", [this.keyPrefix + key]);
+    return typeof raw === "string" ? (JSON.parse(raw, revive) as T) : undefined;
+  }
+
+  async set<T>(key: string, value: T, ttlSeconds?: number): Promise<void> {
+    const ttl = Math.max(1, Math.ceil(ttlSeconds ?? this.ttl));
+    await this.run("SET", [this.keyPrefix + key, JSON.stringify(value, replace), "EX", ttl]);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.run("DEL", [this.keyPrefix + key]);
+    } catch (error) {
+      if (this.pending.size >= this.maxPending) this.overflow = true;
+      else this.pending.add(key);
+      this.logger?.warn({ err: error, key }, "credit-management: Redis cache invalidation failed; reads bypass the cache until it is applied");
+      throw error;
+    }
+  }
+
+  /** Closes the client if `connect()` created it. */
+  async close(): Promise<void> {
+    if (this.ownsClient) await this.client.quit?.();
+  }
+
+  /** Applies remembered invalidations; throws (so reads go to the store) while that fails. */
+  private async recover(): Promise<void> {
+    if (!this.degraded) return;
+    const now = Date.now();
+    if (now - this.lastRecovery < 1000) throw new Error("[credit-management] [redis] invalidations pending after an outage");
+    this.lastRecovery = now;
+    try {
+      if (this.overflow) {
+        await this.flushPrefix();
+        this.overflow = false;
+        this.pending.clear();
+      } else {
+        const keys = [...this.pending];
+        for (let i = 0; i < keys.length; i += 500) {
+          const batch = keys.slice(i, i + 500);
+          await this.run("DEL", batch.map((k) => this.keyPrefix + k));
+          for (const k of batch) this.pending.delete(k);
+        }
+      }
+      this.logger?.warn("credit-management: Redis cache recovered; pending invalidations applied");
+    } catch (error) {
+      this.logger?.warn({ err: error }, "credit-management: Redis cache still unavailable; reading the store");
+      throw error;
+    }
+  }
+
+  private async flushPrefix(): Promise<void> {
+    let cursor = "0";
+    do {
+      const [next, keys] = (await this.run("SCAN", [cursor, "MATCH", `${escapeGlob(this.keyPrefix)}*`, "COUNT", 1000])) as [string, string[]];
+      if (keys.length > 0) await this.run("DEL", keys);
+      cursor = next;
+    } while (cursor !== "0");
+  }
+
+  private run(command: string, args: (string | number)[]): Promise<unknown> {
+    return withTimeout(this.client.call(command, args), this.timeoutMs, command);
+  }
+}
+
+/** Dates survive the JSON round trip. */
+function replace(this: Record<string, unknown>, key: string, value: unknown): unknown {
+  const original = this[key];
+  return original instanceof Date ? { $date: original.toISOString() } : value;
+}
+
+function revive(_key: string, value: unknown): unknown {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    const o = value as Record<string, unknown>;
+    if (typeof o.$date === "string" && Object.keys(o).length === 1) return new Date(o.$date);
+  }
+  return value;
+}
+
+const escapeGlob = (s: string) => s.replace(/[*?[\]\\]/g, "\\$&");
+
+// -------------------------------------------------------------------------------------------------
+// Queue
+
+export interface RedisStreamQueueOptions {
+  /** An ioredis client (not closed by `close()`). */
+  client: RedisCommandClient;
+  /** The stream (`XADD` key). Default `"credit-management:notifications"`. In a Cluster, use a hash tag (`{cm}:notifications`). */
+  stream?: string;
+  /** Trim the stream to about this many messages (`MAXLEN ~`); null: never trim. Default 100,000. */
+  maxLength?: number | null;
+  /**
+   * How long a message id is remembered to drop a redelivery (the dispatcher delivers at least
+   * once), in seconds. Default 86,400. 0: no dedupe at the stream.
+   */
+  dedupeTtlSeconds?: number;
+  /** Deadline of one publish, in ms. Default 2,000. */
+  timeoutMs?: number;
+}
+
+/**
+ * Appends each message to a Redis stream with `XADD`, fields `id`, `userId`, `type`, `payload`
+ * (JSON), `createdAt`, `attempt`. A redelivered message (same `id` within `dedupeTtlSeconds`) is not
+ * appended again: an atomic script sets a marker key `<stream>:sent:<id>` and appends only when
+ * the marker was new. Read it with a consumer group (`XREADGROUP`, see
+ * `examples/notifications-worker.ts`); consumers should still drop ids they have handled.
+ */
+export class RedisStreamQueue implements NotificationQueue {
+  readonly stream: string;
+  private readonly client: RedisCommandClient;
+  private ownsClient = false;
+  private readonly maxLength: number | null;
+  private readonly dedupeTtl: number;
+  private readonly timeoutMs: number;
+
+  constructor(options: RedisStreamQueueOptions) {
+    this.client = options.client;
+    this.stream = options.stream ?? "credit-management:notifications";
+    this.maxLength = options.maxLength === undefined ? 100_000 : options.maxLength;
+    this.dedupeTtl = options.dedupeTtlSeconds ?? 86_400;
+    this.timeoutMs = options.timeoutMs ?? 2000;
+  }
+
+  /** A queue with its own ioredis client for `url`; `close()` closes it. */
+  static async connect(url: string, options: Omit<RedisStreamQueueOptions, "client"> = {}): Promise<RedisStreamQueue> {
+    const queue = new RedisStreamQueue({ ...options, client: await clientFor(url) });
+    queue.ownsClient = true;
+    return queue;
+  }
+
+  async publish(m: NotificationMessage): Promise<void> {
+    const fields = [
+      "id", m.id,
+      "userId", m.userId,
+      "type", m.type,
+      "payload", JSON.stringify(m.payload),
+      "createdAt", m.createdAt,
+      "attempt", m.attempt,
+    ];
+    const trim = this.maxLength === null ? [] : ["MAXLEN", "~", this.maxLength];
+    const add = [this.stream, ...trim, "*", ...fields];
+    if (this.dedupeTtl === 0) {
+      await withTimeout(this.client.call("XADD", add), this.timeoutMs, "XADD");
+      return;
+    }
+    await withTimeout(
+      this.client.call("EVAL", [PUBLISH_ONCE, 2, this.stream, `${this.stream}:sent:${m.id}`, this.dedupeTtl, ...add.slice(1)]),
+      this.timeoutMs,
+      "XADD",
+    );
+  }
+
+  /** Closes the client if `connect()` created it. */
+  async close(): Promise<void> {
+    if (this.ownsClient) await this.client.quit?.();
+  }
+}
+
+/** KEYS: stream, marker. ARGV: marker TTL, then XADD's arguments after the key. */
+const PUBLISH_ONCE = `
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], unpack(ARGV, 2))
+end
+return false`;

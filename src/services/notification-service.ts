@@ -1,0 +1,330 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import * as z from "zod";
+import type { DbManager } from "../db/types.js";
+import { AccountWork } from "../domain/account-work.js";
+import { backoffDelay, newNotification, withOverride, type Thresholds } from "../domain/notifications.js";
+import {
+  ExpiringDays,
+  Metadata,
+  NotificationStatus,
+  NotificationType,
+  ThresholdSpec,
+  UserId,
+  parse,
+  type AlertState,
+  type Notification,
+} from "../models/index.js";
+import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
+
+export interface NotificationServiceOptions {
+  db: DbManager;
+  /** Where notifications go. Default: an `InMemoryNotificationQueue`. */
+  queue?: NotificationQueue;
+  /** The service's low-credits threshold (users may override it with `setThreshold`). */
+  thresholds?: ThresholdSpec;
+  clock?: () => Date;
+  logger?: Logger;
+  /** Delivery attempts before a row is marked `failed`. Default 10. */
+  maxAttempts?: number;
+  /** First retry delay, in ms; doubles with each failure (±20% jitter). Default 1,000. */
+  backoffBaseMs?: number;
+  /** Longest retry delay, in ms. Default 3,600,000 (one hour). */
+  backoffMaxMs?: number;
+  /**
+   * How long a dispatcher's claim on a row lasts, in ms: longer than a `publish` takes. A row whose
+   * dispatcher died is claimed again after it. Default 60,000.
+   */
+  leaseMs?: number;
+  /**
+   * Longest wait for one `publish`, in ms; longer counts as a failed attempt (retried). Default
+   * half of `leaseMs`, so a hung queue never holds a row past its claim nor the loop forever.
+   */
+  publishTimeoutMs?: number;
+}
+
+/** What one `dispatchPending` call did. */
+export interface DispatchReport {
+  /** Rows claimed and handed to the queue. */
+  claimed: number;
+  sent: number;
+  /** Publish failed; the row waits for its next attempt. */
+  retried: number;
+  /** Publish failed for the last allowed time; the row is `failed`. */
+  failed: number;
+  /** Delivered, but the claim had lapsed and another dispatcher took the row over (it may deliver again). */
+  lost: number;
+}
+
+/** An event the host or another service (subscriptions) records for a user. */
+export const EmitInput = z.strictObject({
+  type: NotificationType,
+  payload: Metadata.optional(),
+  /** Unique per user: a second event with the same key is not stored (once per grant and window, per period, …). */
+  dedupeKey: z.string().min(1).max(255).optional(),
+});
+export type EmitInput = z.input<typeof EmitInput>;
+
+/** The subscription events (issue 5 emits them through `emit`). */
+export type SubscriptionEventType = Extract<
+  NotificationType,
+  "subscription_renewed" | "subscription_allocation" | "subscription_cancelled" | "subscription_ended"
+>;
+
+const DispatchOptions = z.strictObject({ limit: z.number().int().min(1).max(10_000).optional() });
+const StartOptions = z.strictObject({
+  intervalMs: z.number().int().min(10).max(3_600_000).optional(),
+  limit: z.number().int().min(1).max(10_000).optional(),
+});
+const ListQuery = z.strictObject({ status: NotificationStatus.optional(), limit: z.number().int().min(1).max(1000).optional() });
+const ReminderOptions = z.strictObject({
+  days: ExpiringDays,
+  /** Grants looked at per page. */
+  pageSize: z.number().int().min(1).max(10_000).optional(),
+});
+const NullableThresholds = ThresholdSpec.nullable();
+const PurgeOptions = z.strictObject({
+  olderThanDays: z.number().min(0).max(36_500).optional(),
+  batchSize: z.number().int().min(1).max(100_000).optional(),
+});
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`publish did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Notifications through an outbox (DESIGN §5). Crossing events (`low_credits`,
+ * `credits_exhausted`, `balance_restored`, `reservation_expired`, `transaction_error`) are written
+ * by `CreditService` inside the unit of work that causes them; this service adds the events that
+ * change no account (`emit`, `sendExpiringReminders`), per-user thresholds, and the dispatcher that
+ * delivers pending rows to the `NotificationQueue`: at least once, in order per user, with
+ * exponential backoff, `failed` after `maxAttempts`.
+ */
+export class NotificationService {
+  readonly db: DbManager;
+  readonly queue: NotificationQueue;
+  private readonly thresholds: Thresholds;
+  private readonly clock: () => Date;
+  private readonly logger: Logger | undefined;
+  private readonly maxAttempts: number;
+  private readonly backoffBaseMs: number;
+  private readonly backoffMaxMs: number;
+  private readonly leaseMs: number;
+  private readonly publishTimeoutMs: number;
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<unknown> | null = null;
+  private stopped = true;
+
+  constructor(options: NotificationServiceOptions) {
+    this.db = options.db;
+    this.queue = options.queue ?? new InMemoryNotificationQueue();
+    this.thresholds = parse(ThresholdSpec, options.thresholds ?? {}, "thresholds");
+    this.clock = options.clock ?? (() => new Date());
+    this.logger = options.logger;
+    this.maxAttempts = options.maxAttempts ?? 10;
+    this.backoffBaseMs = options.backoffBaseMs ?? 1000;
+    this.backoffMaxMs = options.backoffMaxMs ?? 3_600_000;
+    this.leaseMs = options.leaseMs ?? 60_000;
+    this.publishTimeoutMs = options.publishTimeoutMs ?? Math.floor(this.leaseMs / 2);
+  }
+
+  /**
+   * Records an event for `userId` in the outbox (delivered by the dispatcher). Resolves to false
+   * when an event with the same `dedupeKey` was already recorded for the user.
+   */
+  async emit(userId: string, event: EmitInput): Promise<boolean> {
+    const user = parse(UserId, userId, "userId");
+    const e = parse(EmitInput, event, "event");
+    const row = newNotification(user, e.type, e.payload ?? {}, this.clock(), e.dedupeKey ?? null);
+    return (await this.db.insertNotifications([row])) === 1;
+  }
+
+  /**
+   * Sets (or with null, removes) this user's low-credits threshold. The alert level is recomputed
+   * at once, in a unit of work on the account: crossing the new threshold records the event.
+   */
+  async setThreshold(userId: string, thresholds: ThresholdSpec | null): Promise<void> {
+    const user = parse(UserId, userId, "userId");
+    const spec = parse(NullableThresholds, thresholds, "thresholds");
+    const override: AlertState["override"] =
+      spec === null ? null : { lowCredits: spec.lowCredits ?? null, lowCreditsPercent: spec.lowCreditsPercent ?? null };
+    await this.db.transaction(user, async (tx) => {
+      const state = await tx.load();
+      const now = this.clock();
+      const account = { ...new AccountWork(user, state, now, randomUUID).account };
+      const notifications = withOverride(account, override, this.thresholds, now);
+      account.updatedAt = now;
+      await tx.save({
+        account,
+        previousSeq: state.account === null ? null : state.account.seq,
+        insertGrants: [],
+        updateGrants: [],
+        insertReservations: [],
+        updateReservations: [],
+        entries: [],
+        notifications,
+      });
+    });
+  }
+
+  /** A user's outbox rows, oldest first. */
+  async list(userId: string, query: z.input<typeof ListQuery> = {}): Promise<Notification[]> {
+    const user = parse(UserId, userId, "userId");
+    const q = parse(ListQuery, query, "query");
+    return this.db.listNotifications(user, { status: q.status, limit: q.limit ?? 100 });
+  }
+
+  /**
+   * Records `expiring_credits` for every open grant that expires within `days` days: once per grant
+   * and window (`dedupeKey` `expiring_credits:<grantId>:<days>d`), however often the job runs.
+   * Scans grants by expiry (indexed), never every user.
+   */
+  async sendExpiringReminders(options: z.input<typeof ReminderOptions>): Promise<{ scanned: number; recorded: number }> {
+    const o = parse(ReminderOptions, options, "options");
+    const pageSize = o.pageSize ?? 500;
+    const now = this.clock();
+    const until = new Date(now.getTime() + o.days * 86_400_000);
+    let scanned = 0;
+    let recorded = 0;
+    let after: { expiresAt: Date; id: string } | undefined;
+    for (;;) {
+      const page = await this.db.findDueGrants(until, pageSize, after);
+      scanned += page.length;
+      const rows = page
+        .filter((g) => g.expiresAt !== null && g.expiresAt.getTime() > now.getTime() && g.remaining > 0)
+        .map((g) =>
+          newNotification(
+            g.userId,
+            "expiring_credits",
+            { grantId: g.id, remaining: g.remaining, expiresAt: (g.expiresAt as Date).toISOString(), days: o.days },
+            now,
+            `expiring_credits:${g.id}:${o.days}d`,
+          ),
+        );
+      if (rows.length > 0) recorded += await this.db.insertNotifications(rows);
+      const last = page[page.length - 1];
+      if (page.length < pageSize || last === undefined) break;
+      after = { expiresAt: last.expiresAt as Date, id: last.id };
+    }
+    return { scanned, recorded };
+  }
+
+  /**
+   * Delivers pending rows to the queue, up to `limit` (default 100): claims each user's oldest due
+   * row (atomically: several dispatchers never hold one row), publishes the claimed rows
+   * concurrently, marks them sent, or schedules a retry with backoff (`failed` after
+   * `maxAttempts`), then claims again until nothing is due or `limit` is reached.
+   */
+  async dispatchPending(options: z.input<typeof DispatchOptions> = {}): Promise<DispatchReport> {
+    const o = parse(DispatchOptions, options, "options");
+    const limit = o.limit ?? 100;
+    const report: DispatchReport = { claimed: 0, sent: 0, retried: 0, failed: 0, lost: 0 };
+    const token = randomUUID();
+    while (report.claimed < limit) {
+      const rows = await this.db.claimNotifications({
+        now: this.clock(),
+        limit: limit - report.claimed,
+        leaseMs: this.leaseMs,
+        token,
+      });
+      if (rows.length === 0) break;
+      report.claimed += rows.length;
+      await Promise.all(rows.map((row) => this.deliver(row, token, report)));
+      // A round whose rows all failed would claim nothing new before their backoff: stop here.
+      if (report.sent === 0 && report.lost === 0) break;
+    }
+    return report;
+  }
+
+  /**
+   * Deletes delivered and failed rows settled more than `olderThanDays` days ago (default 30), in
+   * batches of `batchSize` (default 1,000). Pending rows are never deleted. A deleted row's dedupe
+   * key is free again: keep rows longer than your longest reminder window. Resolves to the rows
+   * deleted.
+   */
+  async purge(options: z.input<typeof PurgeOptions> = {}): Promise<number> {
+    const o = parse(PurgeOptions, options, "options");
+    const before = new Date(this.clock().getTime() - (o.olderThanDays ?? 30) * 86_400_000);
+    const batch = o.batchSize ?? 1000;
+    let total = 0;
+    for (;;) {
+      const n = await this.db.purgeNotifications(before, batch);
+      total += n;
+      if (n < batch) return total;
+    }
+  }
+
+  /** Runs `dispatchPending` every `intervalMs` (default 1,000) until `stop()`. Rounds never overlap. */
+  start(options: z.input<typeof StartOptions> = {}): void {
+    const o = parse(StartOptions, options, "options");
+    if (!this.stopped) return;
+    this.stopped = false;
+    const interval = o.intervalMs ?? 1000;
+    const tick = () => {
+      this.timer = null;
+      this.running = this.dispatchPending({ limit: o.limit })
+        .catch((error: unknown) => this.logger?.error({ err: error }, "credit-management: notification dispatch failed"))
+        .finally(() => {
+          this.running = null;
+          if (!this.stopped) this.timer = setTimeout(tick, interval);
+        });
+    };
+    this.timer = setTimeout(tick, 0);
+  }
+
+  /** Stops the loop and waits for the round in flight. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    await this.running;
+  }
+
+  private async deliver(row: Notification, token: string, report: DispatchReport): Promise<void> {
+    const attempt = row.attempts + 1;
+    const message: NotificationMessage = {
+      id: row.id,
+      userId: row.userId,
+      type: row.type,
+      payload: row.payload,
+      createdAt: row.createdAt.toISOString(),
+      attempt,
+    };
+    try {
+      await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
+    } catch (error) {
+      const now = this.clock();
+      const last = attempt >= this.maxAttempts;
+      const reason = error instanceof Error ? error.message : String(error);
+      this.logger?.warn(
+        { err: error, notificationId: row.id, userId: row.userId, attempt },
+        last ? "credit-management: notification failed for good" : "credit-management: notification delivery failed; will retry",
+      );
+      const ok = await this.db.completeNotification(row.id, token, {
+        status: last ? "failed" : "pending",
+        attempts: attempt,
+        nextAttemptAt: last ? now : new Date(now.getTime() + backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs)),
+        lastError: reason.slice(0, 1000),
+        settledAt: last ? now : null,
+      });
+      if (!ok) report.lost++;
+      else if (last) report.failed++;
+      else report.retried++;
+      return;
+    }
+    const now = this.clock();
+    const ok = await this.db.completeNotification(row.id, token, {
+      status: "sent",
+      attempts: attempt,
+      nextAttemptAt: row.nextAttemptAt,
+      lastError: null,
+      settledAt: now,
+    });
+    if (ok) report.sent++;
+    else report.lost++;
+  }
+}

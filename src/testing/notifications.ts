@@ -1,0 +1,283 @@
+/**
+ * The outbox part of the `DbManager` contract: rows written in the unit of work (and rolled back
+ * with it), one event per threshold crossing under concurrency, atomic claims in order per user,
+ * guarded completion, dedupe keys, and the dispatcher's retries on top of them.
+ *
+ * Tests that claim rows run at their own early instant (`epoch`), in descending order, and settle
+ * every row they create, so the store-wide claims of one test never see rows of another.
+ */
+import { randomUUID } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import type { DbManager } from "../db/types.js";
+import { AccountWork } from "../domain/account-work.js";
+import { newNotification } from "../domain/notifications.js";
+import { InsufficientCreditsError } from "../errors.js";
+import type { Notification } from "../models/index.js";
+import { InMemoryNotificationQueue, type NotificationMessage } from "../queue/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { NotificationService } from "../services/notification-service.js";
+
+const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+const DAY = 86_400_000;
+/** Instants before any other test's rows: the k-th claiming test runs at 1999 − k. */
+const epoch = (k: number) => Date.UTC(1999 - k, 0, 1);
+
+function services(db: DbManager, start: number, thresholds = { lowCredits: 20 }, queue = new InMemoryNotificationQueue()) {
+  const clock = { now: start };
+  const now = () => new Date(clock.now);
+  const credits = new CreditService({ db, clock: now, alerts: thresholds });
+  const notifications = new NotificationService({ db, clock: now, thresholds, queue, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAttempts: 3, leaseMs: 10_000 });
+  return { credits, notifications, clock, queue };
+}
+
+const types = (rows: readonly Notification[]) => rows.map((r) => r.type);
+
+export function runNotificationContract(getDb: () => DbManager, options: { raceSize: number }): void {
+  const user = () => `n-${randomUUID()}`;
+
+  describe("notifications", () => {
+    it("records one event per crossing: low, exhausted, restored (none on the account's first change)", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications } = services(db, T0);
+      await credits.addCredits(u, 100);
+      await credits.deductCredits(u, 85); // 15 < 20: low
+      await credits.deductCredits(u, 10); // still low
+      await credits.deductCredits(u, 5); // 0: exhausted
+      await credits.addCredits(u, 10); // 10: still under the threshold, no event
+      await credits.addCredits(u, 40); // 50: restored
+      const rows = await notifications.list(u);
+      expect(types(rows)).toEqual(["low_credits", "credits_exhausted", "balance_restored"]);
+      expect(rows[0]).toMatchObject({ userId: u, status: "pending", attempts: 0, dedupeKey: null, claimedUntil: null });
+      expect(rows[0]?.payload).toMatchObject({ available: 15, threshold: 20, level: "low", previousLevel: "ok" });
+      expect((await db.getAccount(u))?.alert).toEqual({ level: "ok", threshold: 20, lastAllocation: 40, override: null });
+      expect(rows.map((r) => r.id)).toEqual([...rows.map((r) => r.id)].sort());
+    });
+
+    it("a deduction past the threshold and zero at once records low_credits then credits_exhausted", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications } = services(db, T0);
+      await credits.addCredits(u, 100);
+      await credits.deductCredits(u, 100);
+      expect(types(await notifications.list(u))).toEqual(["low_credits", "credits_exhausted"]);
+    });
+
+    it("holds count: reserving under the threshold is low; a lapsed hold records reservation_expired", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications, clock } = services(db, T0);
+      await credits.addCredits(u, 50);
+      const hold = await credits.reserveCredits(u, 40, { ttlSeconds: 60 });
+      clock.now += 61_000;
+      await credits.getUserCreditsInfo(u); // settles the lapsed hold
+      const rows = await notifications.list(u);
+      expect(types(rows)).toEqual(["low_credits", "reservation_expired", "balance_restored"]);
+      expect(rows.find((r) => r.type === "reservation_expired")).toMatchObject({
+        dedupeKey: `reservation_expired:${hold.id}`,
+        payload: { reservationId: hold.id, amount: 40 },
+      });
+    });
+
+    it(`${options.raceSize} concurrent deductions around the threshold record exactly one low_credits`, async () => {
+      const db = getDb();
+      const u = user();
+      const n = options.raceSize;
+      const { credits, notifications } = services(db, T0, { lowCredits: n });
+      await credits.addCredits(u, 2 * n);
+      await Promise.all(Array.from({ length: n + 10 }, () => credits.deductCredits(u, 2).catch((e: unknown) => e)));
+      // Every refusal happened at the same account state (seq): one transaction_error.
+      expect(types(await notifications.list(u))).toEqual(["low_credits", "credits_exhausted", "transaction_error"]);
+    });
+
+    it("writes nothing when the unit of work fails after save, or loses the seq race", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications } = services(db, T0);
+      await credits.addCredits(u, 100);
+      const attempt = (seq: number | null, fail: boolean) =>
+        db.transaction(u, async (tx) => {
+          const state = await tx.load();
+          const work = new AccountWork(u, state, new Date(T0), randomUUID);
+          work.deduct(90, {}, { allowDebt: false, overdraftLimit: null });
+          const changes = work.changes();
+          changes.notifications = [newNotification(u, "low_credits", { x: 1 }, new Date(T0), null)];
+          if (seq !== null) changes.previousSeq = seq;
+          await tx.save(changes);
+          if (fail) throw new Error("boom after save");
+        });
+      await expect(attempt(null, true)).rejects.toThrow("boom after save");
+      await expect(attempt(99, false)).rejects.toThrow();
+      expect(await notifications.list(u)).toEqual([]);
+      expect((await db.getAccount(u))?.balance).toBe(100);
+    });
+
+    it("records transaction_error once per account state for refusals for lack of credits", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications } = services(db, T0);
+      await credits.addCredits(u, 5);
+      for (let i = 0; i < 3; i++) await expect(credits.deductCredits(u, 10)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      await credits.addCredits(u, 1);
+      await expect(credits.reserveCredits(u, 10)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      const rows = (await notifications.list(u)).filter((r) => r.type === "transaction_error");
+      expect(rows.map((r) => r.payload.seq)).toEqual([1, 2]);
+      expect(rows[0]?.payload).toMatchObject({ code: "INSUFFICIENT_CREDITS", requested: 10, available: 5 });
+    });
+
+    it("per-user thresholds (absolute or a percentage of the last allocation) override the service's", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications } = services(db, T0, { lowCredits: 0 });
+      await credits.addCredits(u, 1000);
+      await notifications.setThreshold(u, { lowCreditsPercent: 25 });
+      await credits.deductCredits(u, 700); // 300 >= 250
+      expect(await notifications.list(u)).toEqual([]);
+      await credits.deductCredits(u, 60); // 240 < 250
+      expect(types(await notifications.list(u))).toEqual(["low_credits"]);
+      await notifications.setThreshold(u, { lowCredits: 100 }); // 240 >= 100: restored at once
+      expect(types(await notifications.list(u))).toEqual(["low_credits", "balance_restored"]);
+      expect((await db.getAccount(u))?.alert?.override).toEqual({ lowCredits: 100, lowCreditsPercent: null });
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("expiring_credits: once per grant and window however often the job runs", async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications } = services(db, T0);
+      const far = T0 + 500 * DAY; // no other test's grants expire this late
+      const { clock } = { clock: { now: far } };
+      const reminders = new NotificationService({ db, clock: () => new Date(clock.now) });
+      const credits2 = new CreditService({ db, clock: () => new Date(clock.now) });
+      await credits2.addCredits(u, 10, { expiresAt: new Date(far + 2 * DAY) });
+      await credits2.addCredits(u, 10, { expiresAt: new Date(far + 9 * DAY) });
+      await reminders.sendExpiringReminders({ days: 3 });
+      await reminders.sendExpiringReminders({ days: 3 });
+      await reminders.sendExpiringReminders({ days: 7 });
+      const rows = (await notifications.list(u)).filter((r) => r.type === "expiring_credits");
+      expect(rows.map((r) => r.dedupeKey?.replace(/:.*:/, ":*:"))).toEqual(["expiring_credits:*:3d", "expiring_credits:*:7d"]);
+      expect(rows[0]?.payload).toMatchObject({ remaining: 10, days: 3 });
+      void credits;
+    });
+
+    it("emit() stores an event once per dedupe key and validates its input", async () => {
+      const db = getDb();
+      const u = user();
+      const { notifications } = services(db, T0);
+      expect(await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" })).toBe(true);
+      expect(await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" })).toBe(false);
+      await expect(notifications.emit(u, { type: "nope" as never })).rejects.toMatchObject({ code: "VALIDATION_ERROR" });
+      expect(await notifications.list(u)).toHaveLength(1);
+    });
+
+    it("claims atomically: each user's oldest due row only, never one row twice; completion is guarded", async () => {
+      const db = getDb();
+      const at = epoch(0);
+      const [a, b] = [user(), user()];
+      const rows = [a, a, b].map((u, i) => newNotification(u, "low_credits", { i }, new Date(at), null));
+      const later = newNotification(b, "low_credits", { i: 9 }, new Date(at + 60_000), null);
+      expect(await db.insertNotifications([...rows, later])).toBe(4);
+      const now = new Date(at + 1000);
+      const claims = await Promise.all([1, 2, 3, 4].map((k) => db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: `t${k}` })));
+      const claimed = claims.flat().filter((r) => r.userId === a || r.userId === b);
+      expect(claimed.map((r) => r.payload.i).sort()).toEqual([0, 2]);
+      expect(new Set(claimed.map((r) => r.id)).size).toBe(2);
+      const first = claimed.find((r) => r.payload.i === 0) as Notification;
+      const settle = { status: "sent" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
+      expect(await db.completeNotification(first.id, "wrong-token", settle)).toBe(false);
+      expect(await db.completeNotification(first.id, first.claimToken as string, settle)).toBe(true);
+      expect(await db.completeNotification(first.id, first.claimToken as string, settle)).toBe(false);
+      // a's next row is now its head; b's head is still claimed, its later row is not due anyway.
+      const next = (await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "t5" })).filter((r) => r.userId === a || r.userId === b);
+      expect(next.map((r) => r.payload.i)).toEqual([1]);
+      for (const r of next) expect(await db.completeNotification(r.id, r.claimToken as string, settle)).toBe(true);
+      // b's claim lapses: claimed again by someone else.
+      const lapsed = (await db.claimNotifications({ now: new Date(at + 7000), limit: 10, leaseMs: 5000, token: "t6" })).filter((r) => r.userId === b);
+      expect(lapsed.map((r) => r.payload.i)).toEqual([2]);
+      for (const r of lapsed) expect(await db.completeNotification(r.id, r.claimToken as string, settle)).toBe(true);
+      const bRow = (await db.claimNotifications({ now: new Date(at + 61_000), limit: 10, leaseMs: 5000, token: "t7" })).filter((r) => r.userId === b);
+      expect(bRow.map((r) => r.payload.i)).toEqual([9]);
+      await db.completeNotification(later.id, "t7", settle);
+      expect(await db.listNotifications(a, { status: "sent", limit: 10 })).toHaveLength(2);
+      // Purging deletes rows settled before the cut-off (all above settled at +1000), never pending ones.
+      const pendingRow = { ...newNotification(a, "low_credits", { i: 50 }, new Date(at), "keep"), nextAttemptAt: new Date(at + 3_600_000) };
+      await db.insertNotifications([pendingRow]);
+      expect(await db.purgeNotifications(new Date(at + 1000), 100)).toBe(0);
+      expect(await db.purgeNotifications(new Date(at + 1001), 3)).toBe(3);
+      expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
+      expect(await db.listNotifications(b, { limit: 10 })).toEqual([]);
+      expect((await db.listNotifications(a, { limit: 10 })).map((r) => r.payload.i)).toEqual([50]);
+      const last = (await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "t8" })).filter((r) => r.userId === a);
+      expect(last.map((r) => r.payload.i)).toEqual([50]);
+      for (const r of last) await db.completeNotification(r.id, "t8", settle);
+      expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
+      // Its dedupe key is free again.
+      expect(await db.insertNotifications([{ ...newNotification(a, "low_credits", {}, new Date(at), "keep"), status: "sent", settledAt: new Date(at) }])).toBe(1);
+      expect(await db.purgeNotifications(new Date(at + 1), 100)).toBe(1);
+    });
+
+    it("a user whose oldest row waits for its backoff never hides other users' due rows", async () => {
+      const db = getDb();
+      const at = epoch(1);
+      const [blocked, other] = [user(), user()];
+      const head = { ...newNotification(blocked, "low_credits", { i: 0 }, new Date(at), null), nextAttemptAt: new Date(at + 3_600_000) };
+      const behind = Array.from({ length: 30 }, (_, i) => newNotification(blocked, "low_credits", { i: i + 1 }, new Date(at), null));
+      const mine = newNotification(other, "low_credits", { i: 99 }, new Date(at + 1), null);
+      await db.insertNotifications([head, ...behind, mine]);
+      const now = new Date(at + 1000);
+      const claimed = (await db.claimNotifications({ now, limit: 2, leaseMs: 5000, token: "b1" })).filter((r) => r.userId === blocked || r.userId === other);
+      expect(claimed.map((r) => r.payload.i)).toEqual([99]);
+      const settle = { status: "failed" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
+      expect(await db.completeNotification(mine.id, "b1", settle)).toBe(true);
+      // Settle the blocked user's rows too, so later claims in a shared store never see them.
+      let rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "b2" });
+      while (rows.length > 0) {
+        for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
+        rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "b2" });
+      }
+      expect(await db.listNotifications(blocked, { status: "pending", limit: 100 })).toEqual([]);
+    });
+
+    it("the dispatcher delivers in order per user with stable ids, retries with backoff, and marks failed", async () => {
+      const db = getDb();
+      const at = epoch(2);
+      const u = user();
+      const flaky = user();
+      const doomed = user();
+      const seen: NotificationMessage[] = [];
+      let failures = 0;
+      const queue = {
+        async publish(m: NotificationMessage) {
+          if (m.userId === doomed) throw new Error("queue down");
+          if (m.userId === flaky && failures++ < 2) throw new Error("transient");
+          seen.push(m);
+        },
+      };
+      const { credits, notifications, clock } = services(db, at, { lowCredits: 20 }, queue as never);
+      await credits.addCredits(u, 100);
+      await credits.deductCredits(u, 100); // low, exhausted
+      await credits.addCredits(u, 100); // restored
+      await notifications.emit(flaky, { type: "subscription_cancelled" });
+      await notifications.emit(doomed, { type: "subscription_ended" });
+      clock.now += 1;
+      let report = await notifications.dispatchPending({ limit: 100 });
+      expect(report).toMatchObject({ sent: 3, retried: 2, failed: 0 });
+      expect(seen.filter((m) => m.userId === u).map((m) => m.type)).toEqual(["low_credits", "credits_exhausted", "balance_restored"]);
+      // Not due before the backoff.
+      report = await notifications.dispatchPending();
+      expect(report.claimed).toBe(0);
+      for (let i = 0; i < 3; i++) {
+        clock.now += 120_000;
+        await notifications.dispatchPending();
+      }
+      const flakyMsgs = seen.filter((m) => m.userId === flaky);
+      expect(flakyMsgs).toHaveLength(1);
+      expect(flakyMsgs[0]?.attempt).toBe(3);
+      const [flakyRow] = await notifications.list(flaky);
+      expect(flakyRow).toMatchObject({ status: "sent", attempts: 3, id: flakyMsgs[0]?.id });
+      const [doomedRow] = await notifications.list(doomed);
+      expect(doomedRow).toMatchObject({ status: "failed", attempts: 3, lastError: "queue down" });
+      expect((await notifications.list(u, { status: "sent" })).map((r) => r.id)).toEqual(seen.filter((m) => m.userId === u).map((m) => m.id));
+    });
+  });
+}

@@ -1,0 +1,146 @@
+import { describe, expect, it } from "vitest";
+import {
+  CallbackNotificationQueue,
+  InMemoryDbManager,
+  InMemoryNotificationQueue,
+  ValidationError,
+  createCreditManager,
+  type NotificationMessage,
+} from "../src/index.js";
+import { backoffDelay, crossings, levelOf, notificationId, thresholdOf } from "../src/domain/notifications.js";
+
+describe("notification rules (pure)", () => {
+  it("levels and crossings", () => {
+    expect(levelOf(0, 10)).toBe("exhausted");
+    expect(levelOf(-5, 0)).toBe("exhausted");
+    expect(levelOf(9, 10)).toBe("low");
+    expect(levelOf(10, 10)).toBe("ok");
+    expect(crossings(null, "low", 10)).toEqual([]);
+    expect(crossings("ok", "exhausted", 10)).toEqual(["low_credits", "credits_exhausted"]);
+    expect(crossings("ok", "exhausted", 0)).toEqual(["credits_exhausted"]);
+    expect(crossings("exhausted", "low", 10)).toEqual([]);
+    expect(crossings("exhausted", "ok", 10)).toEqual(["balance_restored"]);
+    expect(crossings("low", "low", 10)).toEqual([]);
+  });
+
+  it("thresholds: the higher of absolute and percentage of the last allocation", () => {
+    expect(thresholdOf({ lowCredits: 50 }, 1000)).toBe(50);
+    expect(thresholdOf({ lowCreditsPercent: 10 }, 1000)).toBe(100);
+    expect(thresholdOf({ lowCredits: 150, lowCreditsPercent: 10 }, 1000)).toBe(150);
+    expect(thresholdOf({}, 1000)).toBe(0);
+  });
+
+  it("backoff doubles up to the cap, with at most 20% jitter below", () => {
+    expect(backoffDelay(1, 1000, 60_000, 1)).toBe(1000);
+    expect(backoffDelay(3, 1000, 60_000, 1)).toBe(4000);
+    expect(backoffDelay(30, 1000, 60_000, 1)).toBe(60_000);
+    expect(backoffDelay(3, 1000, 60_000, 0)).toBe(3200);
+  });
+
+  it("ids are strictly increasing in a process, even when the clock steps back", () => {
+    const t = new Date("2030-01-01T00:00:00Z");
+    const ids = [notificationId(t), notificationId(t), notificationId(new Date(t.getTime() - 5000)), notificationId(new Date(t.getTime() + 1))];
+    expect([...ids].sort()).toEqual(ids);
+    expect(new Set(ids).size).toBe(4);
+  });
+});
+
+describe("NotificationService through createCreditManager", () => {
+  it("records nothing unless a queue or thresholds are given", async () => {
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({ db });
+    await m.credits.addCredits("u", 10);
+    await m.credits.deductCredits("u", 10);
+    expect(await m.notifications.list("u")).toEqual([]);
+    expect((await db.getAccount("u"))?.alert).toBeNull();
+    await m.close();
+  });
+
+  it("start() delivers in the background through a callback queue; close() stops it", async () => {
+    const got: NotificationMessage[] = [];
+    const m = await createCreditManager({
+      queue: new CallbackNotificationQueue((msg) => void got.push(msg)),
+      notifications: { lowCredits: 5 },
+    });
+    m.notifications.start({ intervalMs: 10 });
+    await m.credits.addCredits("u", 10);
+    await m.credits.deductCredits("u", 6);
+    for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(got.map((g) => [g.userId, g.type, g.attempt])).toEqual([["u", "low_credits", 1]]);
+    await m.close();
+    await m.credits.deductCredits("u", 4);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(got).toHaveLength(1); // stopped
+    expect((await m.notifications.list("u", { status: "pending" })).map((r) => r.type)).toEqual(["credits_exhausted"]);
+  });
+
+  it("validates every input and changes nothing on bad input", async () => {
+    const queue = new InMemoryNotificationQueue();
+    const m = await createCreditManager({ queue });
+    await m.credits.addCredits("u", 10);
+    await expect(m.notifications.setThreshold("u", { lowCredits: -1 })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.notifications.setThreshold("u", { lowCredit: 5 } as never)).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.notifications.dispatchPending({ limit: 0 })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.notifications.sendExpiringReminders({ days: -1 })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.notifications.emit("", { type: "low_credits" })).rejects.toBeInstanceOf(ValidationError);
+    await expect(createCreditManager({ queue: {} as never })).rejects.toBeInstanceOf(ValidationError);
+    expect((await m.db.getAccount("u"))?.alert?.override).toBeNull();
+    expect(await m.notifications.list("u")).toEqual([]);
+    await m.close();
+  });
+});
+
+describe("NotificationService details", () => {
+  it("events a unit of work records (subscription events) commit with its change, in order", async () => {
+    const { CreditService, NotificationService } = await import("../src/index.js");
+    const { recordEvent } = await import("../src/domain/notifications.js");
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, alerts: { lowCredits: 50 } });
+    const notifications = new NotificationService({ db });
+    type Mutate = (u: string, meta: object, body: (work: object) => Promise<unknown>) => Promise<unknown>;
+    const mutate = (credits as unknown as { mutate: Mutate }).mutate.bind(credits);
+    await credits.addCredits("s", 100);
+    await mutate("s", {}, async (work) => {
+      recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });
+      return (work as { deduct: (n: number, m: object, o: object) => unknown }).deduct(60, {}, { allowDebt: false, overdraftLimit: null });
+    });
+    await expect(
+      mutate("s", {}, async (work) => {
+        recordEvent(work, { type: "subscription_renewed", payload: {}, dedupeKey: null });
+        throw new Error("rolled back");
+      }),
+    ).rejects.toThrow("rolled back");
+    expect((await notifications.list("s")).map((r) => r.type)).toEqual(["subscription_allocation", "low_credits"]);
+    // Without notifications on, recorded events are dropped (no outbox growth).
+    const quiet = new CreditService({ db });
+    await (quiet as unknown as { mutate: Mutate }).mutate("q", {}, async (work) => {
+      recordEvent(work, { type: "subscription_allocation", payload: {}, dedupeKey: null });
+      return (work as { add: (n: number, g: object, m: object) => unknown }).add(1, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+    });
+    expect(await notifications.list("q")).toEqual([]);
+  });
+
+  it("a publish that never answers counts as a failed attempt after publishTimeoutMs", async () => {
+    const { NotificationService } = await import("../src/index.js");
+    const db = new InMemoryDbManager();
+    const hung = { publish: () => new Promise<void>(() => undefined) };
+    const n = new NotificationService({ db, queue: hung, publishTimeoutMs: 30 });
+    await n.emit("h", { type: "subscription_ended" });
+    expect(await n.dispatchPending()).toMatchObject({ claimed: 1, retried: 1 });
+    expect((await n.list("h"))[0]).toMatchObject({ status: "pending", attempts: 1, lastError: "publish did not answer within 30 ms" });
+  });
+
+  it("purge() deletes settled rows older than the cut-off, never pending ones", async () => {
+    const { NotificationService } = await import("../src/index.js");
+    const db = new InMemoryDbManager();
+    const clock = { now: Date.parse("2030-01-01T00:00:00Z") };
+    const n = new NotificationService({ db, clock: () => new Date(clock.now) });
+    await n.emit("p", { type: "subscription_ended" });
+    await n.dispatchPending();
+    await n.emit("p", { type: "subscription_renewed" });
+    clock.now += 31 * 86_400_000;
+    expect(await n.purge()).toBe(1);
+    expect((await n.list("p")).map((r) => [r.type, r.status])).toEqual([["subscription_renewed", "pending"]]);
+    await expect(n.purge({ olderThanDays: -1 })).rejects.toBeInstanceOf(ValidationError);
+  });
+});

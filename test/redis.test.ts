@@ -1,0 +1,219 @@
+import { spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Redis } from "ioredis";
+import { MongoClient } from "mongodb";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CreditService, InMemoryDbManager, NotificationService, type DbManager } from "../src/index.js";
+import { MongoDbManager } from "../src/db/mongodb/index.js";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { RedisCache, RedisStreamQueue, type RedisCommandClient } from "../src/redis/index.js";
+
+const url = process.env.CREDIT_REDIS_URL;
+const mongoUri = process.env.CREDIT_MONGO_URI;
+const pgUrl = process.env.CREDIT_PG_URL;
+if (!url) console.warn("Redis suite skipped: set CREDIT_REDIS_URL (on this machine: redis://127.0.0.1:6379) to run it.");
+if (url && !mongoUri) console.warn("Redis SIGKILL test on MongoDB skipped: it needs a shared store; set CREDIT_MONGO_URI.");
+if (url && !pgUrl) console.warn("Redis SIGKILL test on PostgreSQL skipped: it needs a shared store; set CREDIT_PG_URL.");
+
+const here = dirname(fileURLToPath(import.meta.url));
+const tag = `cm-test-${process.pid}-${randomUUID().slice(0, 8)}`;
+
+/** A client wrapper that can be switched off, like a Redis outage. */
+function flaky(client: RedisCommandClient) {
+  const state = { down: false };
+  const wrapped: RedisCommandClient = {
+    call: (command, args) => (state.down ? Promise.reject(new Error("ECONNREFUSED (simulated outage)")) : client.call(command, args)),
+  };
+  return { state, client: wrapped };
+}
+
+type StreamEntry = [string, string[]];
+const fieldsOf = (e: StreamEntry) => {
+  const o: Record<string, string> = {};
+  for (let i = 0; i < e[1].length; i += 2) o[e[1][i] as string] = e[1][i + 1] as string;
+  return o;
+};
+
+describe.skipIf(!url)("Redis", () => {
+  let redis: Redis;
+  beforeAll(() => {
+    redis = new Redis(url as string);
+  });
+  afterAll(async () => {
+    const keys = await redis.keys(`${tag}*`);
+    if (keys.length > 0) await redis.del(...keys);
+    await redis.quit();
+  });
+  const read = async (stream: string) => ((await redis.xrange(stream, "-", "+")) as StreamEntry[]).map(fieldsOf);
+
+  describe("RedisStreamQueue", () => {
+    it("the stream receives each event once per crossing, and a redelivered message once", async () => {
+      const stream = `${tag}:once`;
+      const queue = new RedisStreamQueue({ client: redis, stream });
+      const db = new InMemoryDbManager();
+      const credits = new CreditService({ db, alerts: { lowCredits: 30 } });
+      const notifications = new NotificationService({ db, queue });
+      await credits.addCredits("u1", 100);
+      for (let i = 0; i < 10; i++) await credits.deductCredits("u1", 10); // low once, exhausted once
+      await credits.addCredits("u1", 100); // restored
+      await Promise.all(Array.from({ length: 20 }, () => credits.deductCredits("u1", 4))); // low once
+      await notifications.dispatchPending();
+      await notifications.dispatchPending();
+      const messages = await read(stream);
+      expect(messages.map((m) => m.type)).toEqual(["low_credits", "credits_exhausted", "balance_restored", "low_credits"]);
+      expect(messages[0]).toMatchObject({ userId: "u1", attempt: "1" });
+      expect(JSON.parse(messages[0]?.payload as string)).toMatchObject({ available: 20, threshold: 30 });
+      // A redelivery of the same message (a dispatcher that died after XADD) is dropped.
+      const first = messages[0] as Record<string, string>;
+      await queue.publish({ id: first.id as string, userId: "u1", type: "low_credits", payload: {}, createdAt: first.createdAt as string, attempt: 2 });
+      expect(await read(stream)).toHaveLength(4);
+    });
+
+    it("a queue that throws on the first attempts still gets the event afterwards", async () => {
+      const stream = `${tag}:retry`;
+      const { state, client } = flaky(redis);
+      const queue = new RedisStreamQueue({ client, stream });
+      const db = new InMemoryDbManager();
+      const clock = { now: Date.now() };
+      const credits = new CreditService({ db, alerts: { lowCredits: 30 }, clock: () => new Date(clock.now) });
+      const notifications = new NotificationService({ db, queue, clock: () => new Date(clock.now), backoffBaseMs: 1000 });
+      await credits.addCredits("u2", 100);
+      await credits.deductCredits("u2", 80);
+      state.down = true;
+      expect(await notifications.dispatchPending()).toMatchObject({ retried: 1, sent: 0 });
+      clock.now += 2000;
+      expect(await notifications.dispatchPending()).toMatchObject({ retried: 1, sent: 0 });
+      state.down = false;
+      expect(await notifications.dispatchPending()).toMatchObject({ claimed: 0 }); // backoff: 2 s now
+      clock.now += 5000;
+      expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
+      const messages = await read(stream);
+      expect(messages.map((m) => [m.type, m.attempt])).toEqual([["low_credits", "3"]]);
+    });
+
+    const stores = [
+      { kind: "mongodb", url: mongoUri, why: "set CREDIT_MONGO_URI" },
+      { kind: "postgres", url: pgUrl, why: "set CREDIT_PG_URL" },
+    ] as const;
+    for (const store of stores) {
+      // Needs a store several processes share (skipped without one: ${store.why}).
+      it.skipIf(!store.url)(`${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`, async () => {
+        const stream = `${tag}:crash:${store.kind}`;
+        const name = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
+        const userId = `crash-${randomUUID()}`;
+        const child = spawn(process.execPath, ["--import", "tsx", join(here, "fixtures/outbox-crash.ts"), store.kind, store.url as string, name, userId], {
+          stdio: ["ignore", "pipe", "pipe"],
+        });
+        let out = "";
+        let err = "";
+        child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        await new Promise<void>((resolve, reject) => {
+          child.stdout.on("data", (d: Buffer) => {
+            out += d.toString();
+            if (out.includes("claimed")) resolve();
+          });
+          child.on("exit", (code) => reject(new Error(`child exited early (${code}): ${out} ${err}`)));
+        });
+        const exited = new Promise((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
+        child.kill("SIGKILL");
+        expect(await exited).toBe("SIGKILL");
+
+        const db: DbManager =
+          store.kind === "mongodb"
+            ? MongoDbManager.fromUri(store.url as string, name)
+            : new PostgresDbManager({ connectionString: store.url as string, schema: name });
+        try {
+          const queue = new RedisStreamQueue({ client: redis, stream });
+          const notifications = new NotificationService({ db, queue });
+          const [row] = await notifications.list(userId);
+          expect(row).toMatchObject({ type: "low_credits", status: "pending" });
+          // Claimed by the dead process: not delivered before its lease (1.5 s) lapses …
+          expect((await notifications.dispatchPending()).claimed).toBe(0);
+          await new Promise((r) => setTimeout(r, 1600));
+          // … then delivered once.
+          expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
+          expect((await read(stream)).map((m) => [m.type, m.userId, m.id])).toEqual([["low_credits", userId, row?.id]]);
+          expect((await notifications.list(userId))[0]?.status).toBe("sent");
+        } finally {
+          await db.close();
+          if (store.kind === "mongodb") {
+            const client = new MongoClient(store.url as string);
+            await client.db(name).dropDatabase().catch(() => undefined);
+            await client.close();
+          } else {
+            const pool = new pg.Pool({ connectionString: store.url as string });
+            await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
+            await pool.end();
+          }
+        }
+      }, 30_000);
+    }
+  });
+
+  it("examples/notifications-worker.ts --demo --once prints each notification once", async () => {
+    const { stdout } = await new Promise<{ stdout: string }>((resolve, reject) => {
+      const child = spawn(process.execPath, ["--import", "tsx", join(here, "../examples/notifications-worker.ts"), "--demo", "--once"], {
+        env: { ...process.env, CREDIT_STREAM: `${tag}:example` },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+      child.on("exit", (code) => (code === 0 ? resolve({ stdout: out }) : reject(new Error(`worker exited ${code}: ${err}`))));
+    });
+    const lines = stdout.split("\n").filter((l) => l.includes(" demo-user "));
+    expect(lines.map((l) => l.split(" ")[2])).toEqual(["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"]);
+  }, 60_000);
+
+  describe("RedisCache", () => {
+    it("gets, sets with TTL under the prefix, deletes; Dates survive", async () => {
+      const cache = new RedisCache({ client: redis, keyPrefix: `${tag}:c:` });
+      expect(await cache.get("a")).toBeUndefined();
+      const value = { n: 1, at: new Date("2030-01-02T03:04:05.006Z"), list: [1, "x", null] };
+      await cache.set("a", value, 30);
+      expect(await cache.get("a")).toEqual(value);
+      expect(await redis.ttl(`${tag}:c:a`)).toBeGreaterThan(25);
+      await cache.set("b", 2);
+      expect(await redis.ttl(`${tag}:c:b`)).toBeGreaterThan(55);
+      await cache.delete("a");
+      expect(await cache.get("a")).toBeUndefined();
+      await cache.set("short", 1, 1);
+      await new Promise((r) => setTimeout(r, 1100));
+      expect(await cache.get("short")).toBeUndefined();
+    });
+
+    it("an outage degrades to the store with a warning and never serves a value it could not invalidate", async () => {
+      const { state, client } = flaky(redis);
+      const warnings: string[] = [];
+      const logger = { warn: (_o: unknown, msg?: string) => warnings.push(String(msg ?? _o)) } as never;
+      const cache = new RedisCache({ client, keyPrefix: `${tag}:o:`, logger });
+      const db = new InMemoryDbManager();
+      const credits = new CreditService({ db, cache, logger });
+      await credits.addCredits("u3", 100);
+      expect((await credits.getUserCreditsInfo("u3")).available).toBe(100); // cached now
+      state.down = true;
+      await credits.deductCredits("u3", 30); // invalidation fails
+      expect(warnings.some((w) => w.includes("invalidation failed"))).toBe(true);
+      expect((await credits.getUserCreditsInfo("u3")).available).toBe(70); // from the store
+      state.down = false;
+      // Redis is back with the stale 100 still stored: the pending invalidation goes first.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect((await credits.getUserCreditsInfo("u3")).available).toBe(70);
+      expect(cache.degraded).toBe(false);
+      expect(await redis.get(`${tag}:o:credits:info:u3`)).not.toContain('"available":100');
+    });
+
+    it("a command that hangs times out instead of holding the caller", async () => {
+      const hanging: RedisCommandClient = { call: () => new Promise(() => undefined) };
+      const cache = new RedisCache({ client: hanging, timeoutMs: 50 });
+      const t = Date.now();
+      await expect(cache.get("x")).rejects.toThrow(/timed out/);
+      expect(Date.now() - t).toBeLessThan(1000);
+    });
+  });
+});
+
