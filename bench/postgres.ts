@@ -3,7 +3,7 @@
  * `CREDIT_PG_URL=postgres://… npx tsx bench/postgres.ts`.
  *
  * deductCredits with 16 concurrent callers over 1,000 users and on one hot user, each beside a
- * baseline in the same run and on the same pool size: a raw
+ * baseline in the same run and on the same pool size (measured before and after, averaged): a raw
  * `UPDATE balances SET balance = balance - $1 WHERE user_id = $2 AND balance >= $1`.
  */
 import { randomUUID } from "node:crypto";
@@ -26,20 +26,28 @@ const APP = "credit-management-bench";
  * (read from /proc, so only when the server runs on this host; null otherwise). Throughput on a
  * shared machine moves with its load; CPU per operation does much less.
  */
-async function cpuNow(pool: pg.Pool): Promise<{ client: number; server: number | null }> {
+async function cpuNow(pool: pg.Pool): Promise<{ client: number; server: Map<number, number> | null }> {
   const usage = process.cpuUsage();
-  let server: number | null = null;
+  let server: Map<number, number> | null = new Map();
   try {
     const r = await pool.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE application_name = $1", [APP]);
     for (const { pid } of r.rows) {
       const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
       const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      server = (server ?? 0) + (Number(fields[11]) + Number(fields[12])) * 10_000; // clock ticks of 10 ms
+      server.set(pid, (Number(fields[11]) + Number(fields[12])) * 10_000); // clock ticks of 10 ms
     }
   } catch {
     server = null;
   }
   return { client: usage.user + usage.system, server };
+}
+
+/** Server CPU spent between two samples, per backend (a backend new since `before` counts from 0). */
+function serverDelta(before: Map<number, number> | null, after: Map<number, number> | null): number | null {
+  if (before === null || after === null) return null;
+  let total = 0;
+  for (const [pid, t] of after) total += t - (before.get(pid) ?? 0);
+  return total;
 }
 
 interface Timed {
@@ -56,7 +64,8 @@ async function timed(pool: pg.Pool, op: (i: number) => Promise<unknown>): Promis
   const before = await cpuNow(pool);
   const opsPerSec = await measure(ops, CALLERS, (i) => op(i + 400));
   const after = await cpuNow(pool);
-  const server = before.server === null || after.server === null ? null : (after.server - before.server) / ops;
+  const spent = serverDelta(before.server, after.server);
+  const server = spent === null ? null : spent / ops;
   return { opsPerSec, ops, cpu: { client: (after.client - before.client) / ops, server } };
 }
 
@@ -66,6 +75,11 @@ const cpuRatio = (base: Timed, ours: Timed) =>
     ? ""
     : `; ${((base.cpu.client + base.cpu.server) / (ours.cpu.client + ours.cpu.server)).toFixed(2)}× the baseline's CPU efficiency`;
 
+function mean(a: Timed, b: Timed): Timed {
+  const server = a.cpu.server === null || b.cpu.server === null ? null : (a.cpu.server + b.cpu.server) / 2;
+  return { opsPerSec: (a.opsPerSec + b.opsPerSec) / 2, ops: a.ops + b.ops, cpu: { client: (a.cpu.client + b.cpu.client) / 2, server } };
+}
+
 const cpuText = (t: Timed) =>
   `${Math.round(t.cpu.client)} µs client${t.cpu.server === null ? "" : ` + ${Math.round(t.cpu.server)} µs server`}`;
 
@@ -73,7 +87,8 @@ export async function run(): Promise<BenchRow[]> {
   const url = process.env.CREDIT_PG_URL;
   if (!url) return [];
   const schema = `cm_bench_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
-  const pool = new pg.Pool({ connectionString: url, max: CALLERS, application_name: APP });
+  // Idle connections stay open, so the backends measured before a run are still there after it.
+  const pool = new pg.Pool({ connectionString: url, max: CALLERS, application_name: APP, idleTimeoutMillis: 0 });
   const rows: BenchRow[] = [];
   try {
     await pool.query(`CREATE SCHEMA ${schema}`);
@@ -101,10 +116,15 @@ export async function run(): Promise<BenchRow[]> {
       { name: `${CALLERS} callers, one hot user`, user: () => "hot" },
     ];
     for (const s of scenarios) {
-      const base = await timed(pool, (i) => raw(s.user(i) === "hot" ? "u0" : s.user(i)));
+      // The baseline runs before and after ours and counts as their mean: on a shared machine
+      // whatever runs first or last is favoured by the load of the moment.
+      const rawOp = (i: number) => raw(s.user(i) === "hot" ? "u0" : s.user(i));
+      const first = await timed(pool, rawOp);
       const before = db.roundTrips;
       const ours = await timed(pool, (i) => credits.deductCredits(s.user(i), 1));
       const perOp = (db.roundTrips - before) / (ours.ops + 400);
+      const second = await timed(pool, rawOp);
+      const base = mean(first, second);
       const baseline = `raw UPDATE (${s.name})`;
       rows.push({ backend: "postgres", scenario: baseline, opsPerSec: base.opsPerSec });
       const ratio = ours.opsPerSec / base.opsPerSec;
