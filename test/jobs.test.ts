@@ -71,4 +71,59 @@ describe("subscription events", () => {
     expect(allocations.map((r) => (r.payload as { credits: number }).credits)).toEqual([5, 5]);
     await m.close();
   });
+  it("records subscription_cancelled on a cancel and subscription_ended when the subscription ends, once each", async () => {
+    const clock = { now: T };
+    const { InMemoryNotificationQueue } = await import("../src/index.js");
+    const m = await createCreditManager({ clock: () => new Date(clock.now), queue: new InMemoryNotificationQueue() });
+    await m.subscriptions.createPlan({ id: "d", name: "Daily", creditsPerPeriod: 5, billingPeriod: "daily", rollover: "all" });
+    const s = await m.subscriptions.subscribe("u", "d");
+    const events = async (user: string) =>
+      (await m.db.listNotifications(user, { limit: 100 })).filter((r) => r.type === "subscription_cancelled" || r.type === "subscription_ended");
+
+    // At period end: cancelled now (once, however often it is asked), ended by the renewal job.
+    await m.subscriptions.cancel("u");
+    await m.subscriptions.cancel("u");
+    expect((await events("u")).map((r) => r.type)).toEqual(["subscription_cancelled"]);
+    expect((await events("u"))[0]?.payload).toMatchObject({ subscriptionId: s.id, planId: "d", atPeriodEnd: true });
+    // Resumed and cancelled again: a second cancellation event.
+    await m.subscriptions.resume("u");
+    await m.subscriptions.cancel("u");
+    expect((await events("u")).map((r) => r.type)).toEqual(["subscription_cancelled", "subscription_cancelled"]);
+    // The cancel kept the period's grants (rollover still sees them).
+    expect((await m.subscriptions.getUserSubscription("u"))?.periodGrantIds).toHaveLength(1);
+    clock.now = T + DAY;
+    await Promise.all([m.expiration.renewDueSubscriptions(), m.expiration.renewDueSubscriptions()]);
+    const after = await events("u");
+    expect(after.map((r) => r.type)).toEqual(["subscription_cancelled", "subscription_cancelled", "subscription_ended"]);
+    expect(after[2]?.payload).toMatchObject({ subscriptionId: s.id, status: "canceled", reason: "cancelled" });
+    expect((await m.subscriptions.listUserSubscriptions("u"))[0]).toMatchObject({ status: "canceled", intent: null, nextRunAt: null });
+    await m.expiration.renewDueSubscriptions();
+    expect(await events("u")).toHaveLength(3);
+
+    // Immediately: both, in the cancel's unit of work; credits kept.
+    await m.subscriptions.subscribe("v", "d");
+    await m.subscriptions.cancel("v", { atPeriodEnd: false });
+    expect((await events("v")).map((r) => [r.type, r.payload.atPeriodEnd ?? r.payload.reason])).toEqual([
+      ["subscription_cancelled", false],
+      ["subscription_ended", "cancelled"],
+    ]);
+    expect((await m.credits.getUserCreditsInfo("v")).balance).toBe(5);
+
+    // No auto-renew: ended (expired) at the period's end, no cancellation.
+    await m.subscriptions.subscribe("w", "d", { autoRenew: false });
+    clock.now = T + 2 * DAY;
+    await m.expiration.runAll();
+    expect((await events("w")).map((r) => [r.type, r.payload.status, r.payload.reason])).toEqual([["subscription_ended", "expired", "not_renewed"]]);
+    await m.close();
+  });
+
+  it("records no lifecycle events when notifications are off, and cancels the same", async () => {
+    const m = await createCreditManager({ clock: () => new Date(T) });
+    await m.subscriptions.createPlan({ id: "d", name: "Daily", creditsPerPeriod: 5, billingPeriod: "daily" });
+    await m.subscriptions.subscribe("u", "d");
+    const done = await m.subscriptions.cancel("u", { atPeriodEnd: false });
+    expect(done).toMatchObject({ status: "canceled", intent: null });
+    expect(await m.db.listNotifications("u", { limit: 100 })).toEqual([]);
+    await m.close();
+  });
 });

@@ -2,6 +2,7 @@ import type { CreditManager } from "../manager.js";
 import { ConfigurationError } from "../errors.js";
 import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
+import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
 
@@ -23,6 +24,13 @@ export interface CreditHandlerOptions {
   trustUserIdHeader?: boolean;
   /** Largest request body accepted, in bytes (413 beyond). Default 65,536. */
   maxBodyBytes?: number;
+  /**
+   * Which plans callers may subscribe to or change to themselves (admins: any active plan, under
+   * the admin base path). `"free"` (default): plans with price 0 only, as the library takes no
+   * payment for plans; `"all"`: any active plan (your billing gates it); `"none"`: admins only.
+   * Cancelling is always allowed on one's own subscription; resuming follows this rule.
+   */
+  selfServiceSubscriptions?: SelfServiceSubscriptions;
   /** More route groups (plans, subscriptions, promos, payments, your own), matched beside the credit routes. */
   routes?: RouteDefinition[];
   /** Fields of the OpenAPI document (`GET <basePath>/openapi.json`). */
@@ -75,7 +83,12 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     tags: ["meta"],
     handle: () => json(200, openapi(), { "cache-control": "public, max-age=300" }),
   };
-  const all = [...creditRoutes, ...promoRoutes, ...paymentRoutes, ...(options.routes ?? []), openapiRoute];
+  const selfService = options.selfServiceSubscriptions ?? "free";
+  if (!["free", "all", "none"].includes(selfService)) {
+    throw new ConfigurationError('[credit-management] [http] `selfServiceSubscriptions` must be "free", "all" or "none".');
+  }
+  const planRoutes = (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
+  const all = [...creditRoutes, ...planRoutes, ...promoRoutes, ...paymentRoutes, ...(options.routes ?? []), openapiRoute];
   const router = createRouter(manager, all, o);
   const routes = all.map((def) => ({ ...def, fullPath: fullPathOf(def, o) }));
   function openapi() {

@@ -25,4 +25,5 @@ export {
 } from "./router.js";
 export { creditRoutes } from "./credit-routes.js";
 export { paymentRoutes, promoRoutes } from "./billing-routes.js";
+export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 export { currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";

@@ -95,6 +95,20 @@ export const SubscriptionIntent = z.object({
   prorate: z.object({ delta: z.number().int(), expiresAt: z.number().nullable() }).nullable(),
   /** The period's grant ids after this work: the new grants, plus the current ones when true. */
   keepPeriodGrants: z.boolean(),
+  /**
+   * Lifecycle events the state change owes (`subscription_cancelled`, `subscription_ended`),
+   * written to the notification outbox by this unit of work (when notifications are on). Not part
+   * of the work's fingerprint.
+   */
+  events: z
+    .array(
+      z.object({
+        type: z.enum(["subscription_cancelled", "subscription_ended"]),
+        payload: z.record(z.string(), z.unknown()),
+        dedupeKey: z.string().max(255),
+      }),
+    )
+    .optional(),
 });
 export type SubscriptionIntent = z.infer<typeof SubscriptionIntent>;
 

@@ -334,7 +334,25 @@ export class SubscriptionService {
     }
     const s = await this.current(user);
     const now = this.clock();
-    if (atPeriodEnd) return copy(await this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: true, canceledAt: now }), now));
+    // Cancelling at period end again changes nothing (and tells nobody twice).
+    if (atPeriodEnd && s.cancelAtPeriodEnd) return copy(s);
+    if (atPeriodEnd) {
+      const marked = await this.write(s, (x) => {
+        const cancelled = lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: true });
+        return {
+          ...x,
+          cancelAtPeriodEnd: true,
+          canceledAt: now,
+          // The event rides on account work: its own, or the work still owed (a period not started yet).
+          intent:
+            x.intent === null
+              ? intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, { keepPeriodGrants: true, events: [cancelled] })
+              : { ...x.intent, events: [...(x.intent.events ?? []), cancelled] },
+          nextRunAt: x.intent === null ? now : x.nextRunAt,
+        };
+      }, now);
+      return copy((await this.advance(marked, now)).subscription);
+    }
     const ended = await this.write(s, (x) => ({
       ...x,
       status: "canceled",
@@ -342,11 +360,15 @@ export class SubscriptionService {
       endedAt: now,
       pendingPlanId: null,
       pendingCredits: null,
-      intent:
-        o.credits === "expire"
-          ? intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, { expireGrantIds: x.periodGrantIds })
-          : null,
-      nextRunAt: o.credits === "expire" ? now : null,
+      intent: intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, {
+        expireGrantIds: o.credits === "expire" ? x.periodGrantIds : [],
+        keepPeriodGrants: o.credits !== "expire",
+        events: [
+          lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: false }),
+          lifecycleEvent(x, "subscription_ended", now, { status: "canceled", reason: "cancelled" }),
+        ],
+      }),
+      nextRunAt: now,
     }), now);
     return copy((await this.advance(ended, now)).subscription);
   }
@@ -401,19 +423,12 @@ export class SubscriptionService {
   /** The period end: end the subscription, or move to the period containing `now` and owe its work. */
   private async renew(s: Subscription, now: Date): Promise<{ value: Subscription; won: boolean }> {
     if (s.cancelAtPeriodEnd || !s.autoRenew) {
-      return this.tryWrite(s, (x) => ({
-        ...x,
-        status: x.cancelAtPeriodEnd ? "canceled" : "expired",
-        endedAt: x.currentPeriodEnd,
-        pendingPlanId: null,
-        pendingCredits: null,
-        nextRunAt: null,
-      }), now, false);
+      return this.tryWrite(s, (x) => ended(x, x.cancelAtPeriodEnd ? "canceled" : "expired", x.cancelAtPeriodEnd ? "cancelled" : "not_renewed", now), now, false);
     }
     const plan = await this.db.getPlan(s.pendingPlanId ?? s.planId);
     if (plan === null) {
       await this.ledger?.logError("subscription ended: its plan no longer exists", { subscriptionId: s.id, planId: s.planId }, { userId: s.userId });
-      return this.tryWrite(s, (x) => ({ ...x, status: "expired", endedAt: x.currentPeriodEnd, nextRunAt: null }), now, false);
+      return this.tryWrite(s, (x) => ended(x, "expired", "plan_missing", now), now, false);
     }
     const endingPlan = s.pendingPlanId === null ? plan : await this.db.getPlan(s.planId);
     // A new billing period starts a new cycle at the old period's end; else the cycle goes on.
@@ -454,7 +469,8 @@ export class SubscriptionService {
     const it = s.intent as SubscriptionIntent;
     const meta: EntryMeta = {
       idempotencyKey: it.key,
-      fingerprint: fingerprint("subscriptionPeriod", it),
+      // Events are not part of it: they may join work already owed (see cancel).
+      fingerprint: fingerprint("subscriptionPeriod", { ...it, events: undefined }),
       correlationId: it.key,
       description: `subscription ${s.id}`,
     };
@@ -544,8 +560,9 @@ export class SubscriptionService {
     if (it.allocate !== null && it.allocate.amount > 0) {
       add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
     }
-    // The outbox event goes with the allocation, in the same transaction (when notifications are on).
-    recordEvent(work, {
+    // The outbox events go with the work, in the same transaction (when notifications are on).
+    const accountWork = it.allocate !== null || it.carry !== null || it.prorate !== null || it.expireGrantIds.length > 0;
+    if (accountWork) recordEvent(work, {
       type: "subscription_allocation",
       payload: {
         subscriptionId: s.id,
@@ -557,10 +574,12 @@ export class SubscriptionService {
       },
       dedupeKey: it.key.slice(0, 255),
     });
+    for (const e of it.events ?? []) recordEvent(work, { type: e.type, payload: e.payload, dedupeKey: e.dedupeKey });
     if (work.entries.length === start) {
       // Nothing moved (a pay-as-you-go period, nothing to roll over): record the period anyway, so
       // the key proves it was handled and a late second run cannot act on it.
-      work.add(0, { expiresAt: null, priority: 0, source: "subscription", sourceRef: null, description: null, metadata: null }, m("subscription period (no credits)"));
+      const what = accountWork ? "subscription period (no credits)" : `subscription ${(it.events ?? []).map((e) => e.type.slice(13)).join(", ") || "change"}`;
+      work.add(0, { expiresAt: null, priority: 0, source: "subscription", sourceRef: null, description: null, metadata: null }, m(what));
     }
     return created;
   }
@@ -683,6 +702,42 @@ function intent(key: string, parts: Partial<Omit<SubscriptionIntent, "key">>): S
     expireGrantIds: parts.expireGrantIds ?? [],
     prorate: parts.prorate ?? null,
     keepPeriodGrants: parts.keepPeriodGrants ?? false,
+    ...(parts.events === undefined || parts.events.length === 0 ? {} : { events: parts.events }),
+  };
+}
+
+type LifecycleEvent = NonNullable<SubscriptionIntent["events"]>[number];
+
+/** A `subscription_cancelled` or `subscription_ended` event of `s`, unique per user by its key. */
+function lifecycleEvent(s: Subscription, type: LifecycleEvent["type"], at: Date, extra: Record<string, unknown>): LifecycleEvent {
+  return {
+    type,
+    payload: {
+      subscriptionId: s.id,
+      planId: s.planId,
+      periodStart: s.currentPeriodStart.toISOString(),
+      periodEnd: s.currentPeriodEnd.toISOString(),
+      at: at.toISOString(),
+      ...extra,
+    },
+    // ended: once per subscription; cancelled: once per cancel (a resumed one may be cancelled again).
+    dedupeKey: type === "subscription_ended" ? `sub:${s.id}:ended` : `sub:${s.id}:cancelled:${s.version}`,
+  };
+}
+
+/** The period end of a subscription that does not renew: it ends, and owes its `subscription_ended` event. */
+function ended(x: Subscription, status: "canceled" | "expired", reason: string, now: Date): Subscription {
+  return {
+    ...x,
+    status,
+    endedAt: x.currentPeriodEnd,
+    pendingPlanId: null,
+    pendingCredits: null,
+    intent: intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:end`, {
+      keepPeriodGrants: true,
+      events: [lifecycleEvent(x, "subscription_ended", x.currentPeriodEnd, { status, reason })],
+    }),
+    nextRunAt: now,
   };
 }
 

@@ -16,11 +16,11 @@ import { SubscriptionService } from "../services/subscription-service.js";
 const DAY = 86_400_000;
 
 /** Credit, subscription and job services over `db`, on a clock the test moves. */
-export function servicesWithClock(db: DbManager, start: number) {
+export function servicesWithClock(db: DbManager, start: number, options: { notifications?: boolean } = {}) {
   const clock = { now: start };
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now });
-  const credits = new CreditService({ db, clock: now, ledger });
+  const credits = new CreditService({ db, clock: now, ledger, alerts: options.notifications === true ? {} : undefined });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, subscriptions, expiration, clock };
@@ -46,6 +46,30 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
   const T = Date.UTC(2031, 0, 31, 12) + (base - Date.UTC(2030, 0, 1));
 
   describe("plans and subscriptions", () => {
+    it("writes subscription_cancelled and subscription_ended to the outbox once each, with concurrent renewals", async () => {
+      const db = getDb();
+      const { subscriptions, expiration, clock } = servicesWithClock(db, T, { notifications: true });
+      const id = planId();
+      await subscriptions.createPlan({ id, name: "Daily", creditsPerPeriod: 5, billingPeriod: "daily", rollover: "all" });
+      const [u1, u2] = [user(), user()];
+      const s1 = await subscriptions.subscribe(u1, id);
+      await subscriptions.subscribe(u2, id);
+      await subscriptions.cancel(u1);
+      await subscriptions.cancel(u2, { atPeriodEnd: false });
+      const lifecycle = async (u: string) =>
+        (await db.listNotifications(u, { limit: 100 }))
+          .filter((r) => r.type === "subscription_cancelled" || r.type === "subscription_ended")
+          .map((r) => r.type)
+          .sort();
+      expect(await lifecycle(u1)).toEqual(["subscription_cancelled"]);
+      expect(await lifecycle(u2)).toEqual(["subscription_cancelled", "subscription_ended"]);
+      expect((await db.getSubscription(s1.id))?.periodGrantIds).toHaveLength(1);
+      clock.now = T + DAY;
+      await Promise.all([expiration.renewDueSubscriptions(), expiration.renewDueSubscriptions()]);
+      expect(await lifecycle(u1)).toEqual(["subscription_cancelled", "subscription_ended"]);
+      expect(await db.getSubscription(s1.id)).toMatchObject({ status: "canceled", intent: null, nextRunAt: null });
+    });
+
     it("stores plans with guarded writes; refuses a duplicate id", async () => {
       const db = getDb();
       const { subscriptions } = servicesWithClock(db, T);

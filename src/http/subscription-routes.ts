@@ -1,0 +1,326 @@
+import * as z from "zod";
+import { NotFoundError } from "../errors.js";
+import {
+  CancelOptions,
+  ChangePlanOptions,
+  CreatePlanInput,
+  Plan,
+  PlanId,
+  SubscribeOptions,
+  Subscription,
+  UpdatePlanInput,
+  UserId,
+  parse,
+} from "../models/index.js";
+import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+
+// ---- request schemas ----------------------------------------------------------------------------
+
+/** `GET …/plans`: users see active plans only; admins may ask for inactive ones too. */
+export const AdminListPlansParams = z.strictObject({ includeInactive: z.boolean().optional() });
+/** `POST /credits/subscription`: no `startAt` (backdating or scheduling a start is for admins). */
+export const SelfSubscribeBody = SubscribeOptions.omit({ startAt: true }).extend({ planId: PlanId });
+/** `POST /admin/credits/users/:userId/subscription`. */
+export const AdminSubscribeBody = SubscribeOptions.extend({ planId: PlanId });
+/** `POST …/subscription/change`. */
+export const ChangePlanBody = ChangePlanOptions.extend({ planId: PlanId });
+/** `POST …/subscription/cancel`. */
+export const CancelBody = CancelOptions;
+
+// ---- response schemas ---------------------------------------------------------------------------
+
+export const PlanListSchema = z.object({ items: z.array(Plan) });
+
+// ---- options ------------------------------------------------------------------------------------
+
+/**
+ * Which plans a caller may subscribe to or change to on their own (admins: any active plan).
+ * `"free"` (default): plans whose `price` is 0 only — the library does not take payments for
+ * plans, so self-service on a paid plan would hand out its credits unpaid; `"all"`: any active
+ * plan (your own billing gates it); `"none"`: only admins subscribe and change plans.
+ */
+export type SelfServiceSubscriptions = "free" | "all" | "none";
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
+const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
+const planParam = (ctx: RouteContext) => parse(PlanId, ctx.params.planId, "path.planId");
+const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
+  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
+
+async function subscriptionOf(ctx: RouteContext, userId: string): Promise<Subscription> {
+  const s = await ctx.manager.subscriptions.getUserSubscription(userId);
+  if (s === null) throw new NotFoundError(`User ${userId} has no active subscription.`, { userId });
+  return s;
+}
+
+const plans = ["plans"];
+const subscriptions = ["subscriptions"];
+
+/**
+ * Plan and subscription routes. Users: list active plans, read a plan, read their own
+ * subscription, subscribe and change plan within `selfService`, cancel and resume their own.
+ * Admins (under the admin base path): plans' create, update, deactivate, delete, and every
+ * subscription action on any user's `/users/:userId/subscription`. See README "HTTP".
+ */
+export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free"): RouteDefinition[] {
+  /** Refuses (403) a self-service subscribe or change the rule does not allow. */
+  const mayChooseSelf = async (ctx: RouteContext, planId: string) => {
+    if (selfService === "all") return;
+    if (selfService === "free") {
+      const plan = await ctx.manager.subscriptions.getPlan(planId);
+      if (plan.price === 0) return;
+    }
+    throw new HttpError(403, "FORBIDDEN", "This plan can only be subscribed to through billing or by an admin.");
+  };
+
+  const user: RouteDefinition[] = [
+    {
+      method: "GET",
+      base: "user",
+      path: "/plans",
+      access: "user",
+      operationId: "listPlans",
+      summary: "The active plans",
+      tags: plans,
+      response: PlanListSchema,
+      handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans() }),
+    },
+    {
+      method: "GET",
+      base: "user",
+      path: "/plans/:planId",
+      access: "user",
+      operationId: "getPlan",
+      summary: "One plan (also an inactive one: a subscriber may still be on it)",
+      tags: plans,
+      response: Plan,
+      errors: [404],
+      handle: (ctx) => ctx.manager.subscriptions.getPlan(planParam(ctx)),
+    },
+    {
+      method: "GET",
+      base: "user",
+      path: "/subscription",
+      access: "user",
+      operationId: "getSubscription",
+      summary: "The caller's active subscription (404 when there is none)",
+      tags: subscriptions,
+      response: Subscription,
+      errors: [404],
+      handle: (ctx) => subscriptionOf(ctx, self(ctx)),
+    },
+    {
+      method: "POST",
+      base: "user",
+      path: "/subscription",
+      access: "user",
+      operationId: "subscribe",
+      summary: "Subscribes the caller to a plan and allocates the first period's credits",
+      description:
+        "Self-service plans only (by default those with price 0; 403 otherwise). 409 when the caller already " +
+        "has an active subscription, unless the request repeats its Idempotency-Key.",
+      tags: subscriptions,
+      body: SelfSubscribeBody,
+      idempotent: true,
+      status: 201,
+      response: Subscription,
+      errors: [403, 404, 409],
+      handle: async (ctx) => {
+        const { planId, ...options } = await ctx.body<z.infer<typeof SelfSubscribeBody>>();
+        await mayChooseSelf(ctx, planId);
+        return ctx.manager.subscriptions.subscribe(self(ctx), planId, withKey(options, ctx));
+      },
+    },
+    {
+      method: "POST",
+      base: "user",
+      path: "/subscription/change",
+      access: "user",
+      operationId: "changePlan",
+      summary: "Moves the caller's subscription to another plan (now or at the period's end)",
+      description: "Self-service plans only (by default those with price 0; 403 otherwise). See README \"Changing plans\".",
+      tags: subscriptions,
+      body: ChangePlanBody,
+      response: Subscription,
+      errors: [403, 404, 409],
+      handle: async (ctx) => {
+        const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
+        await mayChooseSelf(ctx, planId);
+        return ctx.manager.subscriptions.changePlan(self(ctx), planId, options);
+      },
+    },
+    {
+      method: "POST",
+      base: "user",
+      path: "/subscription/cancel",
+      access: "user",
+      operationId: "cancelSubscription",
+      summary: "Cancels the caller's subscription, at the period's end (default) or now",
+      tags: subscriptions,
+      body: CancelBody,
+      response: Subscription,
+      errors: [404],
+      handle: async (ctx) => ctx.manager.subscriptions.cancel(self(ctx), await ctx.body<CancelOptions>()),
+    },
+    {
+      method: "POST",
+      base: "user",
+      path: "/subscription/resume",
+      access: "user",
+      operationId: "resumeSubscription",
+      summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
+      tags: subscriptions,
+      response: Subscription,
+      errors: [403, 404],
+      handle: async (ctx) => {
+        const current = await subscriptionOf(ctx, self(ctx));
+        // Renewal allocates again: on a plan the caller may not choose, only an admin turns it back on.
+        if (current.cancelAtPeriodEnd || !current.autoRenew) await mayChooseSelf(ctx, current.planId);
+        return ctx.manager.subscriptions.resume(self(ctx));
+      },
+    },
+  ];
+
+  const admin: RouteDefinition[] = [
+    {
+      method: "GET",
+      base: "admin",
+      path: "/plans",
+      access: "admin",
+      operationId: "adminListPlans",
+      summary: "Plans, inactive ones too with includeInactive=true",
+      tags: ["admin", ...plans],
+      query: AdminListPlansParams,
+      response: PlanListSchema,
+      handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans(ctx.query<z.infer<typeof AdminListPlansParams>>()) }),
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/plans",
+      access: "admin",
+      operationId: "createPlan",
+      summary: "Creates a plan",
+      tags: ["admin", ...plans],
+      body: CreatePlanInput,
+      status: 201,
+      response: Plan,
+      errors: [409],
+      handle: async (ctx) => ctx.manager.subscriptions.createPlan(await ctx.body<CreatePlanInput>()),
+    },
+    {
+      method: "PATCH",
+      base: "admin",
+      path: "/plans/:planId",
+      access: "admin",
+      operationId: "updatePlan",
+      summary: "Changes a plan's fields (current periods keep what they were allocated)",
+      tags: ["admin", ...plans],
+      body: UpdatePlanInput,
+      response: Plan,
+      errors: [404, 409],
+      handle: async (ctx) => ctx.manager.subscriptions.updatePlan(planParam(ctx), await ctx.body<UpdatePlanInput>()),
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/plans/:planId/deactivate",
+      access: "admin",
+      operationId: "deactivatePlan",
+      summary: "Deactivates a plan: no new subscriptions; current subscribers keep it",
+      tags: ["admin", ...plans],
+      response: Plan,
+      errors: [404],
+      handle: (ctx) => ctx.manager.subscriptions.deactivatePlan(planParam(ctx)),
+    },
+    {
+      method: "DELETE",
+      base: "admin",
+      path: "/plans/:planId",
+      access: "admin",
+      operationId: "deletePlan",
+      summary: "Deletes a plan nobody is subscribed to (409 otherwise)",
+      tags: ["admin", ...plans],
+      status: 204,
+      errors: [404, 409],
+      handle: async (ctx) => {
+        await ctx.manager.subscriptions.deletePlan(planParam(ctx));
+        return null;
+      },
+    },
+    {
+      method: "GET",
+      base: "admin",
+      path: "/users/:userId/subscription",
+      access: "admin",
+      operationId: "adminGetSubscription",
+      summary: "A user's active subscription (404 when there is none)",
+      tags: ["admin", ...subscriptions],
+      response: Subscription,
+      errors: [404],
+      handle: (ctx) => subscriptionOf(ctx, target(ctx)),
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/users/:userId/subscription",
+      access: "admin",
+      operationId: "adminSubscribe",
+      summary: "Subscribes a user to any active plan (startAt may backdate or schedule the start)",
+      tags: ["admin", ...subscriptions],
+      body: AdminSubscribeBody,
+      idempotent: true,
+      status: 201,
+      response: Subscription,
+      errors: [404, 409],
+      handle: async (ctx) => {
+        const { planId, ...options } = await ctx.body<z.infer<typeof AdminSubscribeBody>>();
+        return ctx.manager.subscriptions.subscribe(target(ctx), planId, withKey(options, ctx));
+      },
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/users/:userId/subscription/change",
+      access: "admin",
+      operationId: "adminChangePlan",
+      summary: "Moves a user's subscription to another plan",
+      tags: ["admin", ...subscriptions],
+      body: ChangePlanBody,
+      response: Subscription,
+      errors: [404, 409],
+      handle: async (ctx) => {
+        const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
+        return ctx.manager.subscriptions.changePlan(target(ctx), planId, options);
+      },
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/users/:userId/subscription/cancel",
+      access: "admin",
+      operationId: "adminCancelSubscription",
+      summary: "Cancels a user's subscription",
+      tags: ["admin", ...subscriptions],
+      body: CancelBody,
+      response: Subscription,
+      errors: [404],
+      handle: async (ctx) => ctx.manager.subscriptions.cancel(target(ctx), await ctx.body<CancelOptions>()),
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/users/:userId/subscription/resume",
+      access: "admin",
+      operationId: "adminResumeSubscription",
+      summary: "Undoes a user's cancellation at period end",
+      tags: ["admin", ...subscriptions],
+      response: Subscription,
+      errors: [404],
+      handle: (ctx) => ctx.manager.subscriptions.resume(target(ctx)),
+    },
+  ];
+  return [...user, ...admin];
+}
