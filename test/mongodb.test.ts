@@ -100,7 +100,7 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
 // Against a server. Reason for the skip: it needs a MongoDB replica set (or this machine's
 // mongo-compat gateway), which a plain `npm test` does not have; CI sets CREDIT_MONGO_URI.
 
-describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
+describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped with a printed notice otherwise
   const url = uri as string;
   let client: MongoClient;
   const created: string[] = [];

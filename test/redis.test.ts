@@ -37,7 +37,7 @@ const fieldsOf = (e: StreamEntry) => {
   return o;
 };
 
-describe.skipIf(!url)("Redis", () => {
+describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   let redis: Redis;
   beforeAll(() => {
     redis = new Redis(url as string);
@@ -100,7 +100,7 @@ describe.skipIf(!url)("Redis", () => {
     ] as const;
     for (const store of stores) {
       // Needs a store several processes share (skipped without one: ${store.why}).
-      it.skipIf(!store.url)(`${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`, async () => {
+      it.skipIf(!store.url)(`${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`, async () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
         const stream = `${tag}:crash:${store.kind}`;
         const name = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
         const userId = `crash-${randomUUID()}`;

@@ -134,7 +134,7 @@ function expectRoundTrip(key: TableKey, row: Record<string, unknown>): void {
 }
 
 // Skipped without a server: CREDIT_PG_URL names the PostgreSQL to apply the DDL to.
-describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server", () => {
+describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server", () => { // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = `cm_ddl_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
   let client: pg.Client;
   beforeAll(async () => {
@@ -187,7 +187,7 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
 });
 
 // Skipped without a server: CREDIT_MYSQL_URL names the MySQL/MariaDB to apply the DDL to.
-describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", () => {
+describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", () => { // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
   const prefix = `cm_${randomUUID().replace(/-/g, "").slice(0, 8)}_`;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   let conn: any;
@@ -244,7 +244,7 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
 });
 
 // Skipped when the sqlite3 command-line shell is not installed.
-describe.skipIf(!hasSqlite)("schema generator: SQLite DDL applied with the sqlite3 shell", () => {
+describe.skipIf(!hasSqlite)("schema generator: SQLite DDL applied with the sqlite3 shell", () => { // reason: needs the sqlite3 shell (set by .ci/run); skipped with a printed notice otherwise
   it("creates every table and index, twice", () => {
     const ddl = generateSql({ dialect: "sqlite", prefix: "cm_" });
     const out = execFileSync("sqlite3", [":memory:"], {
