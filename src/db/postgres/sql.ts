@@ -157,7 +157,11 @@ function saveText(t: Tables, shape: SaveShape): string {
   // lookup is an index scan: joined on the JSON alone, the planner (which assumes 100 JSON rows)
   // may rather hash-join a whole table.
   const keys = (key: string, field: string) => `ARRAY(SELECT y->>'${field}' FROM json_array_elements($1->'${key}') y)`;
-  const owner = (key: string, field: string) => (shape.single ? `t.${field} = ($1->>'u')` : `t.${field} = ANY(${keys(key, field)})`);
+  // `(SELECT $1->>'u')`, not `$1->>'u'`: a sub-select is evaluated once (an InitPlan), while the
+  // bare expression may be pushed down as a filter on the JSON rows and then re-parses the whole
+  // `json` payload for every row of every loop of a nested-loop join: a unit of work that settles
+  // n holds cost O(n² × payload), over a minute for 300 holds.
+  const owner = (key: string, field: string) => (shape.single ? `t.${field} = (SELECT $1->>'u')` : `t.${field} = ANY(${keys(key, field)})`);
   const update = (table: SqlTable, key: string, names: readonly string[]) =>
     `UPDATE ${table.qualified} t SET ${set(names)} FROM json_to_recordset($1->'${key}') AS ${recordOf(table, ["id", "user_id", ...names])} ` +
     `WHERE ${shape.single ? owner(key, "user_id") : owner(key, "id")} AND t.id = x.id AND t.user_id = x.user_id RETURNING 1`;
