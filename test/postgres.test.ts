@@ -224,6 +224,34 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    it("settles 300 lapsed holds of one account in one unit of work quickly, batched or not", { timeout: 120_000 }, async () => {
+      const solo = new PostgresDbManager({ connectionString: url as string, schema, batch: false, poolConfig: { max: 4 } });
+      try {
+        for (const manager of [db, solo]) {
+          let now = new Date("2031-01-01T00:00:00Z");
+          const service = new CreditService({ db: manager, clock: () => now });
+          const u = `lapse-${randomUUID()}`;
+          await service.addCredits(u, 1000);
+          await Promise.all(Array.from({ length: 300 }, () => service.reserveCredits(u, 2, { ttlSeconds: 60 })));
+          expect(await service.getUserCreditsInfo(u)).toMatchObject({ balance: 1000, reserved: 600 });
+          now = new Date(now.getTime() + 3_600_000);
+          const started = Date.now();
+          const info = await service.getUserCreditsInfo(u);
+          const elapsed = Date.now() - started;
+          expect(info).toMatchObject({ balance: 1000, reserved: 0, available: 1000, debt: 0 });
+          // A regression guard for a pathological case, not a benchmark: the save statement once
+          // re-parsed its whole JSON payload for every pair of (row, payload row), which took over
+          // 30 s here; it takes well under a second now.
+          expect(elapsed).toBeLessThan(5_000);
+          expect(await manager.listReservations(u, { status: "active" })).toHaveLength(0);
+          expect(await manager.listReservations(u, { status: "expired" })).toHaveLength(300);
+          expect((await service.audit(u)).ok).toBe(true);
+        }
+      } finally {
+        await solo.close();
+      }
+    });
+
     it("uses the table prefix in every statement", async () => {
       const prefixed = new PostgresDbManager({ connectionString: url as string, schema, tablePrefix: "alt_" });
       await prefixed.init();

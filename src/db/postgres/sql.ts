@@ -28,7 +28,7 @@ export type Tables = Record<TableKey, SqlTable>;
  * (the union over the rows; null for no updates): only those travel and are written.
  */
 export interface SaveShape {
-  /** All rows belong to one account (`$1->>'u'`), found by equality: an index lookup for sure. */
+  /** All rows belong to one account (`$1->>'u'`): its account row is found by equality, an index lookup for sure. */
   single: boolean;
   /** Columns of the guarded account updates; null when no existing account is written. */
   accountColumns: readonly string[] | null;
@@ -153,14 +153,19 @@ function saveText(t: Tables, shape: SaveShape): string {
   const insert = (table: SqlTable, key: string) =>
     `INSERT INTO ${table.qualified} (${cols(table)}) SELECT ${cols(table)} FROM json_populate_recordset(NULL::${table.qualified}, $1->'${key}')`;
   const set = (names: readonly string[]) => names.map((n) => `${q(n)} = x.${q(n)}`).join(", ");
-  // Rows are found by their key (`= ANY(ARRAY(…))`, or `= $1->>'u'` for one account), so the
-  // lookup is an index scan: joined on the JSON alone, the planner (which assumes 100 JSON rows)
-  // may rather hash-join a whole table.
+  // Rows are found by their key (`= ANY(ARRAY(…))`, or `= (SELECT $1->>'u')` for one account), so
+  // the lookup is an index scan: joined on the JSON alone, the planner (which assumes 100 JSON
+  // rows) may rather hash-join a whole table. Both forms are sub-selects, evaluated once (an
+  // InitPlan): a bare `$1->>'u'` may be pushed down as a filter on the JSON rows, and then re-parses
+  // the whole `json` payload for every row of every loop of a nested-loop join (a unit of work that
+  // settled n lapsed holds cost O(n² × payload): over a minute for 300 holds).
   const keys = (key: string, field: string) => `ARRAY(SELECT y->>'${field}' FROM json_array_elements($1->'${key}') y)`;
-  const owner = (key: string, field: string) => (shape.single ? `t.${field} = ($1->>'u')` : `t.${field} = ANY(${keys(key, field)})`);
+  const owner = (key: string, field: string) => (shape.single ? `t.${field} = (SELECT $1->>'u')` : `t.${field} = ANY(${keys(key, field)})`);
+  // Grants and holds are found by id (primary key), even for one account: found by `user_id`, every
+  // row the account ever had is read and (in a nested loop) compared with every changed row.
   const update = (table: SqlTable, key: string, names: readonly string[]) =>
     `UPDATE ${table.qualified} t SET ${set(names)} FROM json_to_recordset($1->'${key}') AS ${recordOf(table, ["id", "user_id", ...names])} ` +
-    `WHERE ${shape.single ? owner(key, "user_id") : owner(key, "id")} AND t.id = x.id AND t.user_id = x.user_id RETURNING 1`;
+    `WHERE t.id = ANY(${keys(key, "id")}) AND t.id = x.id AND t.user_id = x.user_id RETURNING 1`;
   const ctes: string[] = [];
   const checks: string[] = [];
   if (shape.accountColumns !== null) {
