@@ -111,7 +111,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     leaseMs: n?.leaseMs,
     publishTimeoutMs: n?.publishTimeoutMs,
   });
-  const shared = { db, ledger, cache: o.cache, clock: o.clock, logger: o.logger };
+  const shared = { db, ledger, cache: o.cache, clock: o.clock, logger: o.logger, credits };
   const promos = new PromoService(shared);
   const payments = buildPaymentService(shared, o.payments);
   let closed = false;

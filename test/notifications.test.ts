@@ -74,6 +74,17 @@ describe("NotificationService through createCreditManager", () => {
     expect((await m.notifications.list("u", { status: "pending" })).map((r) => r.type)).toEqual(["credits_exhausted"]);
   });
 
+  it("a promo claim runs through the same unit of work as credits: it raises balance_restored too", async () => {
+    const m = await createCreditManager({ queue: new InMemoryNotificationQueue(), notifications: { lowCredits: 10 } });
+    await m.credits.addCredits("u", 20);
+    await m.credits.deductCredits("u", 15);
+    await m.promos.createPromo({ code: "BACK", credits: 50 });
+    await m.promos.claimPromo("u", "back");
+    const types = (await m.notifications.list("u", { status: "pending" })).map((r) => r.type);
+    expect(types).toEqual(["low_credits", "balance_restored"]);
+    await m.close();
+  });
+
   it("validates every input and changes nothing on bad input", async () => {
     const queue = new InMemoryNotificationQueue();
     const m = await createCreditManager({ queue });

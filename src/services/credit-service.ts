@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
+import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
@@ -66,6 +67,16 @@ export interface CreditServiceOptions {
    * holds, and refusals for lack of credits. Omitted: no events are recorded.
    */
   alerts?: Thresholds;
+}
+
+/**
+ * What a unit of work's body gets besides the work and the transaction: the state it was loaded
+ * from, and `attach` for rows other services save in the same transaction (promo claims, payment
+ * updates). @internal
+ */
+export interface UnitContext {
+  state: LoadedState;
+  attach(rows: PromoPaymentChanges): void;
 }
 
 /** What `getExpiringCredits` returns. */
@@ -382,7 +393,7 @@ export class CreditService {
   runUnitOfWork<T>(
     userId: string,
     meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction) => Promise<T>,
+    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T>,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: { settle: boolean } = { settle: true },
   ): Promise<T> {
@@ -431,7 +442,7 @@ export class CreditService {
   private async mutate<T>(
     userId: string,
     meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction) => Promise<T>,
+    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T>,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: { settle: boolean } = { settle: true },
   ): Promise<T> {
@@ -450,14 +461,17 @@ export class CreditService {
         work.settle();
       }
       let result: T;
+      let extra: PromoPaymentChanges | undefined;
+      const unit: UnitContext = { state, attach: (rows) => (extra = { ...extra, ...rows }) };
       try {
-        result = await body(work, tx);
+        result = await body(work, tx, unit);
       } catch (error) {
         if (error instanceof InsufficientCreditsError && this.alerts !== undefined) refused = { seq: work.account.seq, error };
         throw error;
       }
-      if (work.changed) {
-        const changes = work.changes();
+      const hasExtra = (extra?.promoClaims?.length ?? 0) > 0 || (extra?.paymentUpdates?.length ?? 0) > 0;
+      if (work.changed || hasExtra) {
+        const changes: Changes = { ...work.changes(), ...extra };
         if (this.alerts !== undefined) this.addNotifications(work, changes);
         await tx.save(changes);
       }

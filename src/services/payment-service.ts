@@ -17,11 +17,14 @@ import {
   type PaymentStatus,
 } from "../models/index.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
-import { runAccountUnit, type UnitDeps } from "./account-unit.js";
+import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
+import type { CreditService } from "./credit-service.js";
 import { decodeCursor, encodeCursor } from "./promo-service.js";
 
 export interface PaymentServiceOptions {
   db: DbManager;
+  /** Runs the account's units of work; default: a \`CreditService\` over \`db\` (no notifications). */
+  credits?: CreditService;
   /** The providers payments can use, by their `name` ("razorpay", "stripe", …). */
   providers?: readonly PaymentProvider[];
   /**
@@ -67,13 +70,7 @@ export class PaymentService {
   private readonly creditsFor: (amount: number, currency: string) => number;
 
   constructor(options: PaymentServiceOptions) {
-    this.deps = {
-      db: options.db,
-      ledger: options.ledger,
-      cache: options.cache,
-      clock: options.clock ?? (() => new Date()),
-      logger: options.logger,
-    };
+    this.deps = unitDeps(options);
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
     const c = options.creditsPerUnit ?? 1;
     this.creditsFor = typeof c === "function" ? c : (amount) => Math.floor(amount * c);

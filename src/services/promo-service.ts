@@ -18,10 +18,13 @@ import {
   type PromoEligibility,
 } from "../models/index.js";
 import * as z from "zod";
-import { runAccountUnit, type UnitDeps } from "./account-unit.js";
+import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
+import type { CreditService } from "./credit-service.js";
 
 export interface PromoServiceOptions {
   db: DbManager;
+  /** Runs the account's units of work; default: a \`CreditService\` over \`db\` (no notifications). */
+  credits?: CreditService;
   ledger?: LedgerLogger;
   cache?: Cache;
   clock?: () => Date;
@@ -59,13 +62,7 @@ export class PromoService {
   private readonly deps: UnitDeps;
 
   constructor(options: PromoServiceOptions) {
-    this.deps = {
-      db: options.db,
-      ledger: options.ledger,
-      cache: options.cache,
-      clock: options.clock ?? (() => new Date()),
-      logger: options.logger,
-    };
+    this.deps = unitDeps(options);
   }
 
   /** Creates a promo. Codes are case-insensitive and unique (`ConflictError` on a duplicate). */
