@@ -119,23 +119,7 @@ export class AccountWork {
   expireDue(asOf: Date, meta: EntryMeta): number {
     const due = [...this.grants.values()].filter((g) => isDue(g, asOf)).sort(compareGrants);
     if (due.length === 0) return 0;
-    const portions: GrantPortion[] = [];
-    for (const g of due) {
-      if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
-      this.putGrant({
-        ...g,
-        remaining: 0,
-        expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
-        closedAt: this.now,
-        closedReason: "expired",
-      });
-    }
-    const total = sum(portions);
-    if (total > 0) {
-      this.account.balance = this.account.balance - total;
-      this.emit("expire", total, portions, null, { description: "credits expired", ...meta });
-    }
-    return total;
+    return this.closeExpired(due, { description: "credits expired", ...meta });
   }
 
   /**
@@ -143,10 +127,18 @@ export class AccountWork {
    * that ends a period's credits early). Held parts expire when their hold returns them.
    */
   expireGrants(grantIds: readonly string[], meta: EntryMeta): number {
-    const portions: GrantPortion[] = [];
+    const open: Grant[] = [];
     for (const id of grantIds) {
       const g = this.grants.get(id);
-      if (g === undefined || g.closedAt !== null) continue;
+      if (g !== undefined && g.closedAt === null) open.push(g);
+    }
+    return this.closeExpired(open, meta);
+  }
+
+  /** Closes `grants` as expired, removing what they have left in one `expire` entry. */
+  private closeExpired(grants: readonly Grant[], meta: EntryMeta): number {
+    const portions: GrantPortion[] = [];
+    for (const g of grants) {
       if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
       this.putGrant({
         ...g,
