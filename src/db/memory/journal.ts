@@ -7,8 +7,7 @@ type Extras = Pick<
 
 const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const HEX64 = /^[0-9a-f]{64}$/;
+const LOWER_HEX = /^[0-9a-f-]*$/;
 /** Numbers kept per entry: amount, balanceAfter, reservedAfter, debtAfter, createdAt (ms). */
 const NUMS = 5;
 
@@ -25,8 +24,8 @@ export class ColumnarJournal {
   private capacity = 0;
   private nums = new Float64Array(0);
   private types = new Uint8Array(0);
-  private ids = new Uint8Array(0);
-  private hashes = new Uint8Array(0);
+  private ids = Buffer.alloc(0);
+  private hashes = Buffer.alloc(0);
   /** Start of each entry's portions in the pool; entry i's portions end where i + 1's start. */
   private portionStart = new Uint32Array(1);
   private pGrant = new Uint32Array(0);
@@ -49,10 +48,8 @@ export class ColumnarJournal {
     this.nums[n + 3] = e.debtAfter;
     this.nums[n + 4] = e.createdAt.getTime();
     this.types[i] = TYPE_CODE.get(e.type) as number;
-    if (UUID.test(e.id)) this.ids.set(Buffer.from(e.id.replaceAll("-", ""), "hex"), i * 16);
-    else this.oddIds.set(i, e.id);
-    if (HEX64.test(e.hash)) this.hashes.set(Buffer.from(e.hash, "hex"), i * 32);
-    else this.oddHashes.set(i, e.hash);
+    if (!writeUuid(this.ids, i * 16, e.id)) this.oddIds.set(i, e.id);
+    if (!writeHex(this.hashes, i * 32, e.hash, 64)) this.oddHashes.set(i, e.hash);
     for (const p of e.grants) {
       if (this.portions === this.pGrant.length) this.growPortions();
       let g = this.grantIndex.get(p.grantId);
@@ -95,7 +92,7 @@ export class ColumnarJournal {
   }
 
   hash(i: number): string {
-    return this.oddHashes.get(i) ?? Buffer.from(this.hashes.buffer, this.hashes.byteOffset + i * 32, 32).toString("hex");
+    return this.oddHashes.get(i) ?? this.hashes.toString("hex", i * 32, i * 32 + 32);
   }
 
   /** The full entry at index i (seq i + 1), as a new object. */
@@ -156,12 +153,39 @@ export class ColumnarJournal {
 }
 
 function resize<T extends Float64Array | Uint8Array | Uint32Array>(a: T, length: number): T {
-  const b = new (a.constructor as new (n: number) => T)(length);
+  const b = (Buffer.isBuffer(a) ? Buffer.alloc(length) : new (a.constructor as new (n: number) => T)(length)) as T;
   b.set(a);
   return b;
 }
 
-function uuid(bytes: Uint8Array, at: number): string {
-  const h = Buffer.from(bytes.buffer, bytes.byteOffset + at, 16).toString("hex");
+/**
+ * Writes a lower-case hex string of `chars` characters as bytes at `at`, in place (no temporary
+ * buffer). False — and the caller keeps the string as is — for anything else: a wrong length,
+ * upper case (it would not read back the same) or a character that is not hex (Buffer#write stops
+ * there and reports fewer bytes).
+ */
+function writeHex(into: Buffer, at: number, hex: string, chars: number): boolean {
+  return hex.length === chars && into.write(hex, at, chars / 2, "hex") === chars / 2 && LOWER_HEX.test(hex);
+}
+
+/** A canonical lower-case UUID (8-4-4-4-12) as 16 bytes at `at`; false for anything else. */
+function writeUuid(into: Buffer, at: number, id: string): boolean {
+  return (
+    id.length === 36 &&
+    id.charCodeAt(8) === 45 &&
+    id.charCodeAt(13) === 45 &&
+    id.charCodeAt(18) === 45 &&
+    id.charCodeAt(23) === 45 &&
+    into.write(id.slice(0, 8), at, 4, "hex") === 4 &&
+    into.write(id.slice(9, 13), at + 4, 2, "hex") === 2 &&
+    into.write(id.slice(14, 18), at + 6, 2, "hex") === 2 &&
+    into.write(id.slice(19, 23), at + 8, 2, "hex") === 2 &&
+    into.write(id.slice(24), at + 10, 6, "hex") === 6 &&
+    LOWER_HEX.test(id)
+  );
+}
+
+function uuid(bytes: Buffer, at: number): string {
+  const h = bytes.toString("hex", at, at + 16);
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }

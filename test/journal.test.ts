@@ -1,0 +1,58 @@
+import { describe, expect, it } from "vitest";
+import { ColumnarJournal } from "../src/db/memory/journal.js";
+import type { JournalEntry } from "../src/models/index.js";
+
+const HASH = "0f".repeat(32);
+
+function entry(i: number, over: Partial<JournalEntry> = {}): JournalEntry {
+  return {
+    id: `0000000${i}-aaaa-4bbb-8ccc-${String(i).padStart(12, "d")}`,
+    userId: "u",
+    seq: i + 1,
+    type: "deduct",
+    amount: i + 1,
+    balanceAfter: 100 - i,
+    reservedAfter: 0,
+    debtAfter: 0,
+    grants: [{ grantId: "g1", amount: i + 1 }],
+    reservationId: null,
+    idempotencyKey: null,
+    fingerprint: null,
+    correlationId: null,
+    description: null,
+    metadata: null,
+    createdAt: new Date(1_700_000_000_000 + i),
+    prevHash: null,
+    hash: HASH,
+    ...over,
+  };
+}
+
+describe("ColumnarJournal", () => {
+  it("gives back every entry as it was appended, compact or not", () => {
+    const j = new ColumnarJournal();
+    const odd: Array<Partial<JournalEntry>> = [
+      {},
+      { id: "not-a-uuid" },
+      { id: "0000000X-aaaa-4bbb-8ccc-dddddddddddd" }, // right shape, not hex
+      { id: "ABCDEF01-aaaa-4bbb-8ccc-dddddddddddd" }, // upper case would not read back the same
+      { id: "00000000-aaaa-4bbb-8ccc-ddddddddddd" }, // one short
+      { hash: "F".repeat(64) },
+      { hash: `${"a".repeat(63)}z` },
+      { hash: "a".repeat(62) },
+      { hash: "sha256:whatever" },
+      { idempotencyKey: "k", metadata: { a: 1 }, grants: [] },
+    ];
+    const appended: JournalEntry[] = [];
+    for (let i = 0; i < 40; i++) {
+      const e = entry(i, odd[i % odd.length]);
+      appended.push(e);
+      j.append(e);
+    }
+    for (let i = 0; i < appended.length; i++) {
+      const e = appended[i] as JournalEntry;
+      expect(j.get(i, "u")).toEqual({ ...e, prevHash: i === 0 ? null : (appended[i - 1] as JournalEntry).hash });
+      expect(j.hash(i)).toBe(e.hash);
+    }
+  });
+});
