@@ -141,7 +141,7 @@ export class LedgerLogger {
   }
 
   private open(filePath: string): FileStream {
-    const stream = pino.destination({ dest: filePath, sync: false, mkdir: true, minLength: 1 }) as unknown as FileStream;
+    const stream = pino.destination({ dest: filePath, sync: true, mkdir: true }) as unknown as FileStream;
     stream.on("error", (error: Error) => {
       this.broken.add(stream);
       this.fileFailed(error);
