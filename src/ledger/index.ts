@@ -39,12 +39,12 @@ const CHUNK = 64 * 1024;
  * The audit ledger. Transaction events are the journal entries themselves, written to the store
  * inside their unit of work (so they are never stored twice); error and system events are written
  * to the store right away. Every event is mirrored as one JSON line to the JSONL file through pino's
- * asynchronous file destination (sonic-boom: appends with `fs.write` on libuv's thread pool, so the
- * event loop never blocks on the disk); lines are handed over in chunks once per event-loop turn,
- * `flush()` waits until they are written and fsync'd, `close()` flushes and closes, and `reopen()`
- * starts a new file after log rotation. (pino's worker-thread transport was used before: copying each
- * line through a shared buffer, decoding and re-encoding it on the worker cost the event loop about
- * a third of every operation.)
+ * file destination (`pino.destination`, sonic-boom): lines are collected and written in one chunk
+ * per event-loop turn (or every 64 KiB), synchronously — a write of a chunk to the page cache costs
+ * about a microsecond per line and keeps memory bounded however long a burst runs. `flush()` and
+ * `close()` write what is collected; `reopen()` starts a new file after log rotation. (pino's
+ * worker-thread transport was used before: copying each line through a shared buffer, decoding and
+ * re-encoding it on the worker cost the event loop about a third of every operation.)
  */
 export class LedgerLogger {
   readonly filePath: string | null;
@@ -140,8 +140,15 @@ export class LedgerLogger {
     if (this.stream !== null) await this.end(this.stream);
   }
 
-  private open(filePath: string): FileStream {
-    const stream = pino.destination({ dest: filePath, sync: true, mkdir: true }) as unknown as FileStream;
+  /** The file's writer, or null (counted in `stats`) when it cannot be opened. */
+  private open(filePath: string): FileStream | null {
+    let stream: FileStream;
+    try {
+      stream = pino.destination({ dest: filePath, sync: true, mkdir: true }) as unknown as FileStream;
+    } catch (error) {
+      this.fileFailed(error as Error);
+      return null;
+    }
     stream.on("error", (error: Error) => {
       this.broken.add(stream);
       this.fileFailed(error);

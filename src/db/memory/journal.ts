@@ -7,7 +7,6 @@ type Extras = Pick<
 
 const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
-const LOWER_HEX = /^[0-9a-f-]*$/;
 /** Numbers kept per entry: amount, balanceAfter, reservedAfter, debtAfter, createdAt (ms). */
 const NUMS = 5;
 
@@ -160,29 +159,44 @@ function resize<T extends Float64Array | Uint8Array | Uint32Array>(a: T, length:
 
 /**
  * Writes a lower-case hex string of `chars` characters as bytes at `at`, in place (no temporary
- * buffer). False — and the caller keeps the string as is — for anything else: a wrong length,
- * upper case (it would not read back the same) or a character that is not hex (Buffer#write stops
- * there and reports fewer bytes).
+ * buffer, no native call). False — and the caller keeps the string as is — for anything else: a
+ * wrong length, upper case (it would not read back the same) or a character that is not hex.
  */
-function writeHex(into: Buffer, at: number, hex: string, chars: number): boolean {
-  return hex.length === chars && into.write(hex, at, chars / 2, "hex") === chars / 2 && LOWER_HEX.test(hex);
+function writeHex(into: Uint8Array, at: number, hex: string, chars: number): boolean {
+  return hex.length === chars && hexRun(into, at, hex, 0, chars);
 }
 
 /** A canonical lower-case UUID (8-4-4-4-12) as 16 bytes at `at`; false for anything else. */
-function writeUuid(into: Buffer, at: number, id: string): boolean {
+function writeUuid(into: Uint8Array, at: number, id: string): boolean {
   return (
     id.length === 36 &&
     id.charCodeAt(8) === 45 &&
     id.charCodeAt(13) === 45 &&
     id.charCodeAt(18) === 45 &&
     id.charCodeAt(23) === 45 &&
-    into.write(id.slice(0, 8), at, 4, "hex") === 4 &&
-    into.write(id.slice(9, 13), at + 4, 2, "hex") === 2 &&
-    into.write(id.slice(14, 18), at + 6, 2, "hex") === 2 &&
-    into.write(id.slice(19, 23), at + 8, 2, "hex") === 2 &&
-    into.write(id.slice(24), at + 10, 6, "hex") === 6 &&
-    LOWER_HEX.test(id)
+    hexRun(into, at, id, 0, 8) &&
+    hexRun(into, at + 4, id, 9, 13) &&
+    hexRun(into, at + 6, id, 14, 18) &&
+    hexRun(into, at + 8, id, 19, 23) &&
+    hexRun(into, at + 10, id, 24, 36)
   );
+}
+
+/** Bytes of s[from, to) (lower-case hex, even length) at `at`; false at the first other character. */
+function hexRun(into: Uint8Array, at: number, s: string, from: number, to: number): boolean {
+  for (let k = from; k < to; k += 2) {
+    const hi = nibble(s.charCodeAt(k));
+    const lo = nibble(s.charCodeAt(k + 1));
+    if ((hi | lo) < 0) return false;
+    into[at++] = (hi << 4) | lo;
+  }
+  return true;
+}
+
+function nibble(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48; // 0-9
+  if (c >= 97 && c <= 102) return c - 87; // a-f
+  return -1;
 }
 
 function uuid(bytes: Buffer, at: number): string {
