@@ -120,8 +120,12 @@ export interface Changes extends PromoPaymentChanges {
 
 export interface DbTransaction extends PromoPaymentTransaction {
   readonly userId: string;
-  /** Reads the account (locking it where the backend locks) with its open grants and active holds. */
-  load(request?: LoadRequest): Promise<LoadedState>;
+  /**
+   * Reads the account (locking it where the backend locks) with its open grants and active holds.
+   * A store that has the state at hand (in memory) may return it directly instead of a promise:
+   * the runner awaits only what is a promise.
+   */
+  load(request?: LoadRequest): Promise<LoadedState> | LoadedState;
   /** Reads grants of this account by id, whatever their state. */
   getGrants(grantIds: readonly string[]): Promise<Grant[]>;
   /** Reads a reservation of this account by id, whatever its state. */
@@ -131,5 +135,5 @@ export interface DbTransaction extends PromoPaymentTransaction {
    * account moved since `load` (the adapter then retries the unit of work), or
    * `IdempotencyConflictError`-worthy unique violations as `ConflictError` too.
    */
-  save(changes: Changes): Promise<void>;
+  save(changes: Changes): Promise<void> | void;
 }

@@ -393,7 +393,8 @@ export class AccountWork {
 
   /** Draws up to `amount` from usable grants in burn-down order. */
   private draw(amount: number): GrantPortion[] {
-    const usable = [...this.grants.values()].filter((g) => isUsable(g, this.now));
+    const usable: Grant[] = [];
+    for (const g of this.grants.values()) if (isUsable(g, this.now)) usable.push(g);
     if (usable.length > 1) usable.sort(compareGrants);
     const portions: GrantPortion[] = [];
     let left = amount;

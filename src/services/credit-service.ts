@@ -98,6 +98,27 @@ export interface HistoryPage {
 /** The default options object: known valid, so not parsed again on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
+const SETTLE = Object.freeze({ settle: true });
+
+/** True for a promise (or any thenable): what the runner must await; anything else is a value. */
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === "function";
+}
+const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
+
+interface UnitOutcome<T> {
+  value: T;
+  entries: readonly JournalEntry[];
+}
+
+/** What a unit of work's body may use besides the account: the loaded state, extra rows to save. */
+class Unit implements UnitContext {
+  extra: PromoPaymentChanges | undefined = undefined;
+  constructor(readonly state: LoadedState) {}
+  attach(rows: PromoPaymentChanges): void {
+    this.extra = { ...this.extra, ...rows };
+  }
+}
 
 const infoKey = (userId: string) => `credits:info:${userId}`;
 
@@ -144,7 +165,7 @@ export class CreditService {
       ]);
     }
     const meta = this.meta("addCredits", o, { amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null });
-    return this.mutate(user, meta, async (work) =>
+    return this.mutate(user, meta, (work) =>
       work.add(
         n,
         {
@@ -161,7 +182,7 @@ export class CreditService {
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
-  async deductCredits(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
+  deductCredits(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCredits", userId, amount, options, false);
   }
 
@@ -169,7 +190,7 @@ export class CreditService {
    * Deducts for usage already delivered: takes what unheld grants have and records the rest as
    * debt, within the overdraft limit. Held credits are never taken.
    */
-  async deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
+  deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
@@ -183,7 +204,7 @@ export class CreditService {
     return this.mutate(
       user,
       meta,
-      async (work) => {
+      (work) => {
         const r = work.reserve(n, ttl, o.reason ?? null, meta).reservation;
         return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
       },
@@ -418,9 +439,7 @@ export class CreditService {
     const n = parse(Amount, amount, "amount");
     const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
     const meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, { amount: n, ...o });
-    return this.mutate(user, meta, async (work) =>
-      work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
-    );
+    return this.mutate(user, meta, (work) => work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }));
   }
 
   private meta(operation: string, o: DeductOptions & { idempotencyKey?: string }, args: Record<string, unknown>): EntryMeta {
@@ -442,42 +461,47 @@ export class CreditService {
   private async mutate<T>(
     userId: string,
     meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T>,
+    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
-    options: { settle: boolean } = { settle: true },
+    options: { settle: boolean } = SETTLE,
   ): Promise<T> {
     const key = meta.idempotencyKey;
     let refused: { seq: number; error: InsufficientCreditsError } | undefined;
-    const run = this.db.transaction(userId, async (tx) => {
-      const state: LoadedState = await tx.load(key === undefined ? undefined : { idempotencyKey: key });
+    const run = this.db.transaction(userId, async (tx): Promise<UnitOutcome<T>> => {
+      const loading = tx.load(key === undefined ? undefined : { idempotencyKey: key });
+      // In memory the state is at hand: no promise, no extra turn of the microtask queue.
+      const state: LoadedState = isPromiseLike(loading) ? await loading : loading;
       if (key !== undefined && state.idempotent !== null) {
         const first = state.idempotent;
         if (first.fingerprint !== meta.fingerprint) throw new IdempotencyConflictError(key);
-        return { value: replay ? await replay(first, tx) : (first as T), entries: [] as JournalEntry[] };
+        return { value: replay ? await replay(first, tx) : (first as T), entries: NO_ENTRIES };
       }
       const work = new AccountWork(userId, state, this.clock(), randomUUID);
       if (options.settle && work.needsSettle) {
         await this.includeHeldGrants(work, tx, state.reservations);
         work.settle();
       }
+      const unit = new Unit(state);
       let result: T;
-      let extra: PromoPaymentChanges | undefined;
-      const unit: UnitContext = { state, attach: (rows) => (extra = { ...extra, ...rows }) };
       try {
-        result = await body(work, tx, unit);
+        const running = body(work, tx, unit);
+        result = isPromiseLike(running) ? await running : running;
       } catch (error) {
         if (error instanceof InsufficientCreditsError && this.alerts !== undefined) refused = { seq: work.account.seq, error };
         throw error;
       }
-      const hasExtra = (extra?.promoClaims?.length ?? 0) > 0 || (extra?.paymentUpdates?.length ?? 0) > 0;
+      const extra = unit.extra;
+      const hasExtra = extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
       if (work.changed || hasExtra) {
-        const changes: Changes = { ...work.changes(), ...extra };
+        const changes: Changes = work.changes();
+        if (extra !== undefined) Object.assign(changes, extra);
         if (this.alerts !== undefined) this.addNotifications(work, changes);
-        await tx.save(changes);
+        const saving = tx.save(changes);
+        if (isPromiseLike(saving)) await saving;
       }
       return { value: result, entries: work.entries };
     });
-    let outcome: Awaited<typeof run>;
+    let outcome: UnitOutcome<T>;
     try {
       outcome = await run;
     } catch (error) {
@@ -485,12 +509,11 @@ export class CreditService {
       if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
       throw error;
     }
-    const { value, entries } = outcome;
-    if (entries.length > 0) {
-      this.ledger?.recordTransactions(entries);
+    if (outcome.entries.length > 0) {
+      this.ledger?.recordTransactions(outcome.entries);
       if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
     }
-    return value;
+    return outcome.value;
   }
 
   /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */

@@ -335,7 +335,7 @@ class MemoryTransaction implements DbTransaction {
     readonly userId: string,
   ) {}
 
-  async load(request?: LoadRequest): Promise<LoadedState> {
+  load(request?: LoadRequest): LoadedState {
     const u = this.db.user(this.userId);
     if (u === undefined) return { account: null, grants: [], reservations: [], idempotent: null };
     const key = request?.idempotencyKey;
@@ -375,7 +375,7 @@ class MemoryTransaction implements DbTransaction {
     return p !== null && p.userId === this.userId ? p : null;
   }
 
-  async save(changes: Changes): Promise<void> {
+  save(changes: Changes): void {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
     this.db.check(this.userId, changes);
