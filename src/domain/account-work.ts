@@ -9,7 +9,7 @@ import type {
   JournalEntry,
   Reservation,
 } from "../models/index.js";
-import { hashEntry } from "./hash.js";
+import { canonicalEntry, hashCanonical } from "./hash.js";
 import { compareGrants, isDue, isUsable } from "./order.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -51,6 +51,8 @@ export class AccountWork {
   private readonly touchedGrants = new Map<string, boolean>();
   private readonly touchedHolds = new Map<string, boolean>();
   readonly entries: JournalEntry[] = [];
+  /** The canonical text of each entry (what its hash covers), for the ledger line. */
+  readonly canonicals: string[] = [];
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;
@@ -500,10 +502,12 @@ export class AccountWork {
       prevHash: a.lastHash,
       hash: "",
     };
-    entry.hash = hashEntry(entry);
+    const canonical = canonicalEntry(entry);
+    entry.hash = hashCanonical(entry.prevHash, canonical);
     a.seq = entry.seq;
     a.lastHash = entry.hash;
     this.entries.push(entry);
+    this.canonicals.push(canonical);
     return entry;
   }
 }

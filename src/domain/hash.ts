@@ -27,10 +27,10 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
 
 /**
  * The JSONL ledger line of a journal entry: the ledger-entry shape with the full entry (its
- * canonical form plus `hash`) as `details`.
+ * canonical form plus `hash`) as `details`. Pass the canonical text when it is at hand (the unit of
+ * work that hashed the entry keeps it), so it is not built twice.
  */
-export function ledgerLine(entry: JournalEntry): string {
-  const canonical = canonicalCache.get(entry) ?? canonicalEntry(entry);
+export function ledgerLine(entry: JournalEntry, canonical: string = canonicalEntry(entry)): string {
   return (
     `{"id":${JSON.stringify(entry.id)},"eventType":"transaction","userId":${JSON.stringify(entry.userId)},` +
     `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}",` +
@@ -63,16 +63,13 @@ const sha256: (data: string, encoding: "hex" | "base64url") => string =
 
 /** sha256(prevHash ‖ "\n" ‖ canonical entry), hex. */
 export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
-  const canonical = canonicalEntry(entry);
-  canonicalCache.set(entry, canonical);
-  return sha256(`${entry.prevHash ?? ""}\n${canonical}`, "hex");
+  return hashCanonical(entry.prevHash, canonicalEntry(entry));
 }
 
-/**
- * Canonical text of entries hashed in this process, so the ledger line (written right after the
- * commit) does not build it again. Weak: it goes with the entry.
- */
-const canonicalCache = new WeakMap<object, string>();
+/** `hashEntry` of an entry whose canonical text is already built. */
+export function hashCanonical(prevHash: string | null, canonical: string): string {
+  return sha256(`${prevHash ?? ""}\n${canonical}`, "hex");
+}
 
 /** Digest of a request's arguments, stored with its idempotency key. */
 export function fingerprint(operation: string, args: unknown): string {

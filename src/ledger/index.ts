@@ -67,10 +67,16 @@ export class LedgerLogger {
     if (this.filePath !== null) this.stream = this.open(this.filePath);
   }
 
-  /** Mirrors committed journal entries to the file (they are already in the store). */
-  recordTransactions(entries: readonly JournalEntry[]): void {
+  /**
+   * Mirrors committed journal entries to the file (they are already in the store). `canonicals`:
+   * their canonical texts where the caller has them (see `ledgerLine`).
+   */
+  recordTransactions(entries: readonly JournalEntry[], canonicals?: readonly string[]): void {
     if (this.stream === null || this.closed) return;
-    for (const e of entries) this.write(ledgerLine(e));
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i] as JournalEntry;
+      this.write(canonicals?.[i] === undefined ? ledgerLine(e) : ledgerLine(e, canonicals[i]));
+    }
   }
 
   /** Records an error event (store + file). */

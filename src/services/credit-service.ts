@@ -109,6 +109,7 @@ const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
 interface UnitOutcome<T> {
   value: T;
   entries: readonly JournalEntry[];
+  canonicals?: readonly string[];
 }
 
 /** What a unit of work's body may use besides the account: the loaded state, extra rows to save. */
@@ -499,7 +500,7 @@ export class CreditService {
         const saving = tx.save(changes);
         if (isPromiseLike(saving)) await saving;
       }
-      return { value: result, entries: work.entries };
+      return { value: result, entries: work.entries, canonicals: work.canonicals };
     });
     let outcome: UnitOutcome<T>;
     try {
@@ -510,7 +511,7 @@ export class CreditService {
       throw error;
     }
     if (outcome.entries.length > 0) {
-      this.ledger?.recordTransactions(outcome.entries);
+      this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
       if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
     }
     return outcome.value;
