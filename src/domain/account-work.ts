@@ -39,6 +39,10 @@ export interface NewGrant {
  *
  * Loaded objects are never mutated: every change replaces the object in the working maps.
  */
+/** Shared, never written: see `writableHolds`. */
+const NO_HOLDS: ReadonlyMap<string, Reservation> = new Map();
+const NO_TOUCHED: ReadonlyMap<string, boolean> = new Map();
+
 export class AccountWork {
   readonly userId: string;
   readonly now: Date;
@@ -46,10 +50,11 @@ export class AccountWork {
   private readonly original: Account | null;
   account: Account;
   private readonly grants = new Map<string, Grant>();
-  private readonly holds = new Map<string, Reservation>();
+  /** Holds of the account; the shared empty map until the first one (most units of work have none). */
+  private holds: ReadonlyMap<string, Reservation> = NO_HOLDS;
   /** Grants and holds this work created or changed: id → true when created here. */
   private readonly touchedGrants = new Map<string, boolean>();
-  private readonly touchedHolds = new Map<string, boolean>();
+  private touchedHolds: ReadonlyMap<string, boolean> = NO_TOUCHED;
   readonly entries: JournalEntry[] = [];
   /** The canonical text of each entry (what its hash covers), for the ledger line. */
   readonly canonicals: string[] = [];
@@ -73,7 +78,7 @@ export class AccountWork {
       updatedAt: now,
     };
     for (const g of state.grants) this.grants.set(g.id, g);
-    for (const r of state.reservations) this.holds.set(r.id, r);
+    if (state.reservations.length > 0) this.holds = new Map(state.reservations.map((r) => [r.id, r]));
   }
 
   /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
@@ -276,8 +281,8 @@ export class AccountWork {
       settledAt: null,
       committedAmount: null,
     };
-    this.holds.set(reservation.id, reservation);
-    this.touchedHolds.set(reservation.id, true);
+    this.writableHolds().set(reservation.id, reservation);
+    this.writableTouchedHolds().set(reservation.id, true);
     this.account.reserved = this.account.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
     const entry = this.emit("reserve", amount, allocations, reservation.id, meta);
@@ -367,23 +372,20 @@ export class AccountWork {
   changes(): Changes {
     this.account.nextExpiryAt = this.computeNextExpiry();
     this.account.updatedAt = this.now;
-    const split = <T>(all: Map<string, T>, touched: Map<string, boolean>): [T[], T[]] => {
-      const inserted: T[] = [];
-      const updated: T[] = [];
-      for (const [id, isNew] of touched) (isNew ? inserted : updated).push(all.get(id) as T);
-      return [inserted, updated];
-    };
-    const [insertGrants, updateGrants] = split(this.grants, this.touchedGrants);
-    const [insertReservations, updateReservations] = split(this.holds, this.touchedHolds);
-    return {
+    const changes: Changes = {
       account: this.account,
       previousSeq: this.original === null ? null : this.original.seq,
-      insertGrants,
-      updateGrants,
-      insertReservations,
-      updateReservations,
+      insertGrants: [],
+      updateGrants: [],
+      insertReservations: [],
+      updateReservations: [],
       entries: this.entries,
     };
+    for (const [id, isNew] of this.touchedGrants) (isNew ? changes.insertGrants : changes.updateGrants).push(this.grants.get(id) as Grant);
+    for (const [id, isNew] of this.touchedHolds) {
+      (isNew ? changes.insertReservations : changes.updateReservations).push(this.holds.get(id) as Reservation);
+    }
+    return changes;
   }
 
   get changed(): boolean {
@@ -459,8 +461,18 @@ export class AccountWork {
   }
 
   private putHold(h: Reservation): void {
-    this.holds.set(h.id, h);
-    if (!this.touchedHolds.has(h.id)) this.touchedHolds.set(h.id, false);
+    this.writableHolds().set(h.id, h);
+    if (!this.touchedHolds.has(h.id)) this.writableTouchedHolds().set(h.id, false);
+  }
+
+  private writableHolds(): Map<string, Reservation> {
+    if (this.holds === NO_HOLDS) this.holds = new Map();
+    return this.holds as Map<string, Reservation>;
+  }
+
+  private writableTouchedHolds(): Map<string, boolean> {
+    if (this.touchedHolds === NO_TOUCHED) this.touchedHolds = new Map();
+    return this.touchedHolds as Map<string, boolean>;
   }
 
   private computeNextExpiry(): Date | null {
