@@ -52,7 +52,9 @@ export class LedgerLogger {
   private readonly clock: () => Date;
   private readonly warn: Logger | undefined;
   private stream: FileStream | null = null;
-  private pending = "";
+  /** Lines not yet handed to the writer, and their length in characters. */
+  private pending: string[] = [];
+  private pendingChars = 0;
   private scheduled = false;
   private readonly counters: LedgerStats = { linesWritten: 0, fileErrors: 0, lastFileError: null };
   private closed = false;
@@ -203,9 +205,10 @@ export class LedgerLogger {
   }
 
   private write(line: string): void {
-    this.pending += line;
+    this.pending.push(line);
+    this.pendingChars += line.length;
     this.counters.linesWritten++;
-    if (this.pending.length >= CHUNK) this.drain();
+    if (this.pendingChars >= CHUNK) this.drain();
     else if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(() => this.drain());
@@ -214,14 +217,17 @@ export class LedgerLogger {
 
   private drain(): void {
     this.scheduled = false;
-    if (this.pending === "" || this.stream === null) return;
+    if (this.pending.length === 0 || this.stream === null) return;
     if (this.broken.has(this.stream)) {
       // The lines are in the store; the file cannot take them. Counted once per failure already.
-      this.pending = "";
+      this.pending = [];
+      this.pendingChars = 0;
       return;
     }
-    const chunk = this.pending;
-    this.pending = "";
+    // One flat string (join), not a rope of lines the writer would have to flatten.
+    const chunk = this.pending.join("");
+    this.pending = [];
+    this.pendingChars = 0;
     try {
       this.stream.write(chunk);
     } catch (error) {
