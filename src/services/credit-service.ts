@@ -226,12 +226,13 @@ export class CreditService {
     const o = parse(CommitOptions, options, "options");
     const found = await this.findReservation(id);
     const meta = this.meta("commitReservedCredits", o, { reservationId: id, ...o });
-    return this.mutate(found.userId, meta, async (work, tx) => {
-      const hold = await this.activeHold(work, tx, id);
-      if (hold.expiresAt.getTime() <= work.now.getTime()) {
-        throw new ReservationExpiredError(id, hold.expiresAt);
-      }
-      return work.commit(hold, o.amount ?? hold.amount, meta, this.overdraftLimit);
+    return this.mutate(found.userId, meta, (work, tx) => {
+      const commit = (hold: Reservation): JournalEntry => {
+        if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
+        return work.commit(hold, o.amount ?? hold.amount, meta, this.overdraftLimit);
+      };
+      const hold = this.activeHold(work, tx, id);
+      return isPromiseLike(hold) ? Promise.resolve(hold).then(commit) : commit(hold);
     });
   }
 
@@ -241,9 +242,10 @@ export class CreditService {
     const o = parse(ReleaseOptions, options, "options");
     const found = await this.findReservation(id);
     const meta = this.meta("releaseReservedCredits", o, { reservationId: id, ...o });
-    return this.mutate(found.userId, meta, async (work, tx) => {
-      const hold = await this.activeHold(work, tx, id);
-      return work.releaseHold(hold, "released", meta).entry;
+    return this.mutate(found.userId, meta, (work, tx) => {
+      const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
+      const hold = this.activeHold(work, tx, id);
+      return isPromiseLike(hold) ? Promise.resolve(hold).then(release) : release(hold);
     });
   }
 
@@ -571,7 +573,19 @@ export class CreditService {
     if (missing.size > 0) work.include(await tx.getGrants([...missing]));
   }
 
-  private async activeHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
+  /**
+   * The active hold `id` with the grants it earmarked in the work. Synchronous when the account's
+   * loaded state has them all (the usual case); otherwise reads what is missing.
+   */
+  private activeHold(work: AccountWork, tx: DbTransaction, id: string): Reservation | Promise<Reservation> {
+    const hold = work.getHold(id);
+    if (hold !== undefined && hold.status === "active" && hold.allocations.every((p) => work.getGrant(p.grantId) !== undefined)) {
+      return hold;
+    }
+    return this.readActiveHold(work, tx, id);
+  }
+
+  private async readActiveHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
     const hold = work.getHold(id) ?? (await tx.getReservation(id));
     if (hold === null || hold === undefined) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
     // A hold that lapsed (just now, in settlement, or earlier) says so with its own error.
