@@ -31,11 +31,20 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
  * work that hashed the entry keeps it), so it is not built twice.
  */
 export function ledgerLine(entry: JournalEntry, canonical: string = canonicalEntry(entry)): string {
+  return ledgerLineHead(entry) + canonical.slice(0, -1) + ledgerLineTail(entry);
+}
+
+/** The ledger line up to its `details` (which continue with the canonical text minus its `}`). */
+export function ledgerLineHead(entry: JournalEntry): string {
   return (
     `{"id":${JSON.stringify(entry.id)},"eventType":"transaction","userId":${JSON.stringify(entry.userId)},` +
-    `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}",` +
-    `"details":${canonical.slice(0, -1)},"hash":"${entry.hash}"},"createdAt":"${iso(entry.createdAt)}"}\n`
+    `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}","details":`
   );
+}
+
+/** The ledger line after the canonical text: the hash, `createdAt`, the newline. */
+export function ledgerLineTail(entry: JournalEntry): string {
+  return `,"hash":"${entry.hash}"},"createdAt":"${iso(entry.createdAt)}"}\n`;
 }
 
 const str = (v: string | null): string => (v === null ? "null" : JSON.stringify(v));

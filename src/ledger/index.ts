@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { pino, type Logger } from "pino";
 import type { DbManager } from "../db/types.js";
-import { ledgerLine } from "../domain/hash.js";
+import { ledgerLine, ledgerLineHead, ledgerLineTail } from "../domain/hash.js";
 import type { JournalEntry, LedgerEntry } from "../models/index.js";
 
 export interface LedgerLoggerOptions {
@@ -77,7 +77,14 @@ export class LedgerLogger {
     if (this.stream === null || this.closed) return;
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i] as JournalEntry;
-      this.write(canonicals?.[i] === undefined ? ledgerLine(e) : ledgerLine(e, canonicals[i]));
+      const canonical = canonicals?.[i];
+      if (canonical === undefined) this.write(ledgerLine(e));
+      else {
+        // In three pieces, joined once with the rest of the chunk: no line-sized copy per entry.
+        this.pending.push(ledgerLineHead(e), canonical.slice(0, -1));
+        this.pendingChars += canonical.length;
+        this.write(ledgerLineTail(e));
+      }
     }
   }
 
