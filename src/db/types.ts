@@ -31,7 +31,7 @@ export interface DbManager extends PromoPaymentStore, NotificationStore, Subscri
    * account interleaves with it, and either everything `fn` saved is committed or nothing is.
    * On a write conflict the adapter retries `fn` from the start.
    */
-  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T>;
+  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T>;
 
   getAccount(userId: string): Promise<Account | null>;
   getGrant(grantId: string): Promise<Grant | null>;

@@ -121,6 +121,94 @@ class Unit implements UnitContext {
   }
 }
 
+/** What `UnitRun` needs of the service. */
+interface UnitRunDeps {
+  readonly clock: () => Date;
+  alerts: Thresholds | undefined;
+  includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void>;
+  addNotifications(work: AccountWork, changes: Changes): void;
+}
+
+/**
+ * One unit of work, as the store's transaction runs it (once, or again after a conflict): load,
+ * answer a repeated idempotency key with the first result, settle what time has done, run the body,
+ * save. Written as steps that continue synchronously while every step has its answer at hand (the
+ * in-memory store) and switch to promises only where one is needed (a database), so a unit of work
+ * in memory costs no promise of its own.
+ */
+class UnitRun<T> {
+  /** A refusal for lack of credits in the last attempt, with the account's seq then. */
+  refused: { seq: number; error: InsufficientCreditsError } | undefined;
+
+  constructor(
+    private readonly deps: UnitRunDeps,
+    private readonly userId: string,
+    private readonly meta: EntryMeta,
+    private readonly body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
+    private readonly replay: ((entry: JournalEntry, tx: DbTransaction) => Promise<T>) | undefined,
+    private readonly settle: boolean,
+  ) {}
+
+  readonly attempt = (tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> => {
+    this.refused = undefined;
+    const key = this.meta.idempotencyKey;
+    const loading = tx.load(key === undefined ? undefined : { idempotencyKey: key });
+    return isPromiseLike(loading) ? Promise.resolve(loading).then((state) => this.loaded(tx, state)) : this.loaded(tx, loading);
+  };
+
+  private loaded(tx: DbTransaction, state: LoadedState): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+    const key = this.meta.idempotencyKey;
+    if (key !== undefined && state.idempotent !== null) {
+      const first = state.idempotent;
+      if (first.fingerprint !== this.meta.fingerprint) throw new IdempotencyConflictError(key);
+      if (this.replay === undefined) return { value: first as T, entries: NO_ENTRIES };
+      return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
+    }
+    const work = new AccountWork(this.userId, state, this.deps.clock(), randomUUID);
+    if (this.settle && work.needsSettle) {
+      return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
+        work.settle();
+        return this.run(tx, state, work);
+      });
+    }
+    return this.run(tx, state, work);
+  }
+
+  private run(tx: DbTransaction, state: LoadedState, work: AccountWork): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+    const unit = new Unit(state);
+    let running: T | Promise<T>;
+    try {
+      running = this.body(work, tx, unit);
+    } catch (error) {
+      throw this.failed(error, work);
+    }
+    if (!isPromiseLike(running)) return this.finish(tx, work, unit, running);
+    return Promise.resolve(running).then(
+      (result) => this.finish(tx, work, unit, result),
+      (error: unknown) => {
+        throw this.failed(error, work);
+      },
+    );
+  }
+
+  private failed(error: unknown, work: AccountWork): unknown {
+    if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined) this.refused = { seq: work.account.seq, error };
+    return error;
+  }
+
+  private finish(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+    const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
+    const extra = unit.extra;
+    const hasExtra = extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
+    if (!work.changed && !hasExtra) return outcome;
+    const changes: Changes = work.changes();
+    if (extra !== undefined) Object.assign(changes, extra);
+    if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
+    const saving = tx.save(changes);
+    return isPromiseLike(saving) ? Promise.resolve(saving).then(() => outcome) : outcome;
+  }
+}
+
 const infoKey = (userId: string) => `credits:info:${userId}`;
 
 /** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
@@ -152,6 +240,7 @@ export class CreditService {
     this.overdraftLimit = options.overdraftLimit ?? null;
     this.cacheTtl = options.cacheTtlSeconds ?? 30;
     this.alerts = options.alerts;
+    this.runDeps.alerts = options.alerts;
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -468,47 +557,13 @@ export class CreditService {
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: { settle: boolean } = SETTLE,
   ): Promise<T> {
-    const key = meta.idempotencyKey;
-    let refused: { seq: number; error: InsufficientCreditsError } | undefined;
-    const run = this.db.transaction(userId, async (tx): Promise<UnitOutcome<T>> => {
-      const loading = tx.load(key === undefined ? undefined : { idempotencyKey: key });
-      // In memory the state is at hand: no promise, no extra turn of the microtask queue.
-      const state: LoadedState = isPromiseLike(loading) ? await loading : loading;
-      if (key !== undefined && state.idempotent !== null) {
-        const first = state.idempotent;
-        if (first.fingerprint !== meta.fingerprint) throw new IdempotencyConflictError(key);
-        return { value: replay ? await replay(first, tx) : (first as T), entries: NO_ENTRIES };
-      }
-      const work = new AccountWork(userId, state, this.clock(), randomUUID);
-      if (options.settle && work.needsSettle) {
-        await this.includeHeldGrants(work, tx, state.reservations);
-        work.settle();
-      }
-      const unit = new Unit(state);
-      let result: T;
-      try {
-        const running = body(work, tx, unit);
-        result = isPromiseLike(running) ? await running : running;
-      } catch (error) {
-        if (error instanceof InsufficientCreditsError && this.alerts !== undefined) refused = { seq: work.account.seq, error };
-        throw error;
-      }
-      const extra = unit.extra;
-      const hasExtra = extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
-      if (work.changed || hasExtra) {
-        const changes: Changes = work.changes();
-        if (extra !== undefined) Object.assign(changes, extra);
-        if (this.alerts !== undefined) this.addNotifications(work, changes);
-        const saving = tx.save(changes);
-        if (isPromiseLike(saving)) await saving;
-      }
-      return { value: result, entries: work.entries, canonicals: work.canonicals };
-    });
+    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle);
     let outcome: UnitOutcome<T>;
     try {
-      outcome = await run;
+      outcome = await this.db.transaction(userId, unit.attempt);
     } catch (error) {
       // With notifications on, a refusal for lack of credits is recorded once the unit of work ended.
+      const refused = unit.refused;
       if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
       throw error;
     }
@@ -518,6 +573,14 @@ export class CreditService {
     }
     return outcome.value;
   }
+
+  /** What `UnitRun` uses of this service (built once). */
+  private readonly runDeps: UnitRunDeps = {
+    clock: () => this.clock(),
+    alerts: undefined,
+    includeHeldGrants: (work, tx, holds) => this.includeHeldGrants(work, tx, holds),
+    addNotifications: (work, changes) => this.addNotifications(work, changes),
+  };
 
   /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */
   private addNotifications(work: AccountWork, changes: Changes): void {

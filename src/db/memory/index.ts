@@ -79,24 +79,52 @@ export class InMemoryDbManager implements DbManager {
 
   async close(): Promise<void> {}
 
-  async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+  transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
     // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
-    // in order. No promise is made unless someone has to wait.
+    // in order. No promise is made unless someone has to wait (or `fn` itself returns one).
     const queue = this.locks.get(userId);
-    if (queue === undefined) this.locks.set(userId, []);
-    else await new Promise<void>((resolve) => queue.push(resolve));
+    if (queue !== undefined) return new Promise<void>((resolve) => queue.push(resolve)).then(() => this.runLocked(userId, fn));
+    this.locks.set(userId, []);
+    return this.runLocked(userId, fn);
+  }
+
+  /** Runs `fn` holding `userId`'s lock; applies what it saved once it returned; hands the lock on. */
+  private runLocked<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
+    const tx = new MemoryTransaction(this, userId);
+    let result: T | Promise<T>;
     try {
-      const tx = new MemoryTransaction(this, userId);
-      const result = await fn(tx);
-      // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
-      if (tx.pending !== null) this.apply(userId, tx.pending);
-      return result;
-    } finally {
-      const waiting = this.locks.get(userId) as Array<() => void>;
-      const next = waiting.shift();
-      if (next === undefined) this.locks.delete(userId);
-      else next();
+      result = fn(tx);
+      if (!isPromiseLike(result)) {
+        // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
+        if (tx.pending !== null) this.apply(userId, tx.pending);
+        this.unlock(userId);
+        return Promise.resolve(result);
+      }
+    } catch (error) {
+      this.unlock(userId);
+      return Promise.reject(error as Error);
     }
+    return Promise.resolve(result).then(
+      (value) => {
+        try {
+          if (tx.pending !== null) this.apply(userId, tx.pending);
+        } finally {
+          this.unlock(userId);
+        }
+        return value;
+      },
+      (error: unknown) => {
+        this.unlock(userId);
+        throw error;
+      },
+    );
+  }
+
+  private unlock(userId: string): void {
+    const waiting = this.locks.get(userId) as Array<() => void>;
+    const next = waiting.shift();
+    if (next === undefined) this.locks.delete(userId);
+    else next();
   }
 
   /** @internal */
@@ -385,4 +413,8 @@ class MemoryTransaction implements DbTransaction {
 
 function cursorOf(after: ScanCursor | undefined): { time: number; id: string } | undefined {
   return after === undefined ? undefined : { time: after.expiresAt.getTime(), id: after.id };
+}
+
+function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
+  return typeof (value as { then?: unknown } | null)?.then === "function";
 }
