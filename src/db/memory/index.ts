@@ -96,7 +96,8 @@ export class InMemoryDbManager implements DbManager {
       result = fn(tx);
       if (!isPromiseLike(result)) {
         // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
-        if (tx.pending !== null) this.apply(userId, tx.pending);
+        // save() checked the changes and nothing ran since (no await): no need to check again.
+        if (tx.pending !== null) this.apply(userId, tx.pending, true);
         this.unlock(userId);
         return Promise.resolve(result);
       }
@@ -154,8 +155,8 @@ export class InMemoryDbManager implements DbManager {
   }
 
   /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
-  apply(userId: string, changes: Changes): void {
-    this.check(userId, changes);
+  apply(userId: string, changes: Changes, checked = false): void {
+    if (!checked) this.check(userId, changes);
     let u = this.users.get(userId);
     if (u === undefined) {
       u = {
