@@ -60,7 +60,11 @@ const rows: BenchRow[] = [
 if (size <= 1000) {
   // The cost of notifications on the hot path: the alert level is evaluated in every unit of work
   // (nothing is allocated unless a threshold is crossed).
-  const notifying = await createCreditManager({ queue: new InMemoryNotificationQueue(), notifications: { lowCredits: 100 } });
+  const notifying = await createCreditManager({
+    queue: new InMemoryNotificationQueue(),
+    notifications: { lowCredits: 100 },
+    ledger: { filePath: join(dir, "ledger-notifying.jsonl") },
+  });
   for (const u of users) await notifying.credits.addCredits(u, 1e12);
   rows.push({
     backend: "memory",
