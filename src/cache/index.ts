@@ -8,7 +8,8 @@ export interface Cache {
   get<T>(key: string): Promise<T | undefined>;
   /** `ttlSeconds` omitted: the cache's default TTL. */
   set<T>(key: string, value: T, ttlSeconds?: number): Promise<void>;
-  delete(key: string): Promise<void>;
+  /** May return nothing when done at once (the in-memory cache): callers await only a promise. */
+  delete(key: string): Promise<void> | void;
 }
 
 export interface InMemoryCacheOptions {
@@ -36,7 +37,7 @@ export class InMemoryCache implements Cache {
     this.lru.set(key, { v: value }, { ttl: ttlSeconds === undefined ? this.ttlMs : ttlSeconds * 1000 });
   }
 
-  async delete(key: string): Promise<void> {
+  delete(key: string): void {
     this.lru.delete(key);
   }
 }

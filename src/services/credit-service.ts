@@ -569,7 +569,10 @@ export class CreditService {
     }
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
-      if (this.cache !== undefined) await this.cacheDelete(infoKey(userId));
+      if (this.cache !== undefined) {
+        const deleting = this.cacheDelete(infoKey(userId));
+        if (deleting !== undefined) await deleting;
+      }
     }
     return outcome.value;
   }
@@ -681,11 +684,23 @@ export class CreditService {
     }
   }
 
-  private async cacheDelete(key: string): Promise<void> {
+  /**
+   * Invalidates a cached read; a promise only when the cache answers with one. Awaited by callers
+   * (a shared cache must not serve the old balance to the caller's next read), but a failing cache
+   * never fails the operation.
+   */
+  private cacheDelete(key: string): Promise<void> | undefined {
     try {
-      await (this.cache as Cache).delete(key);
+      const deleting = (this.cache as Cache).delete(key);
+      if (isPromiseLike(deleting)) return Promise.resolve(deleting).then(undefined, (error: unknown) => this.cacheDeleteFailed(error, key));
     } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
+      this.cacheDeleteFailed(error, key);
     }
+    return undefined;
   }
+
+  private cacheDeleteFailed(error: unknown, key: string): void {
+    this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
+  }
+
 }
