@@ -7,7 +7,7 @@ import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
-import { GUARD_MARKER, type Statement, arrayText, executeText } from "./sql.js";
+import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText } from "./sql.js";
 
 /** A unit of work waiting to run: `db.transaction(userId, fn)`. */
 export interface Unit {
@@ -261,29 +261,38 @@ export class Batch {
     const holdUpdates = txs.flatMap((tx) => tx.pendingChanges.updateReservations.map((r) => [r, tx.originals.holds.get(r.id)] as const));
     const grantColumns = grantUpdates.length === 0 ? null : changedColumns(tables.grants, grantUpdates);
     const reservationColumns = holdUpdates.length === 0 ? null : changedColumns(tables.reservations, holdUpdates);
-    const single = txs.length === 1;
-    const payload: Record<string, unknown> = single ? { u: txs[0]?.userId } : {};
+    const args: Partial<Record<SaveArg, string>> = {};
+    const json = (rows: readonly unknown[]) => JSON.stringify(rows);
     if (accountColumns !== null) {
-      payload.a = updates.map((tx) => ({
-        ...pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account),
-        prev: tx.pendingChanges.previousSeq,
-      }));
+      args.a = json(
+        updates.map((tx) => {
+          const row = pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account);
+          row.prev = tx.pendingChanges.previousSeq;
+          return row;
+        }),
+      );
+      args.ak = arrayText(updates.map((tx) => tx.userId));
     }
     const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
     const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
-    if (inserts.length > 0) payload.ai = inserts.map((a) => toRow(tables.accounts.columns, a));
+    if (inserts.length > 0) args.ai = json(inserts.map((a) => compactRow(tables.accounts.columns, a)));
     const newGrants = all((c) => c.insertGrants);
-    if (newGrants.length > 0) payload.ig = newGrants.map((g) => toRow(tables.grants.columns, g));
-    if (grantColumns !== null) payload.ug = grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g));
+    if (newGrants.length > 0) args.ig = json(newGrants.map((g) => compactRow(tables.grants.columns, g)));
+    if (grantColumns !== null) {
+      args.ug = json(grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g)));
+      args.ugk = arrayText(grantUpdates.map(([g]) => g.id));
+    }
     const newHolds = all((c) => c.insertReservations);
-    if (newHolds.length > 0) payload.ir = newHolds.map((r) => toRow(tables.reservations.columns, r));
-    if (reservationColumns !== null) payload.ur = holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r));
+    if (newHolds.length > 0) args.ir = json(newHolds.map((r) => compactRow(tables.reservations.columns, r)));
+    if (reservationColumns !== null) {
+      args.ur = json(holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r)));
+      args.urk = arrayText(holdUpdates.map(([r]) => r.id));
+    }
     const entries = all((c) => c.entries);
-    if (entries.length > 0) payload.e = entries.map((e) => toRow(tables.journal.columns, e));
+    if (entries.length > 0) args.e = json(entries.map((e) => compactRow(tables.journal.columns, e)));
     const notifications = all((c) => c.notifications ?? []);
-    if (notifications.length > 0) payload.n = notifications.map((n) => toRow(tables.notifications.columns, n));
+    if (notifications.length > 0) args.n = json(notifications.map((n) => compactRow(tables.notifications.columns, n)));
     const save = sql.save({
-      single,
       accountColumns,
       insertAccounts: inserts.length > 0,
       insertGrants: newGrants.length > 0,
@@ -293,6 +302,7 @@ export class Batch {
       entries: entries.length > 0,
       ...(notifications.length > 0 ? { notifications: true } : {}),
     });
+    const saveArgs = save.args.map((name) => args[name] ?? null);
     // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
     const extra = promoPaymentSave(tables, txs.map((tx) => tx.pendingChanges));
     const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
@@ -302,7 +312,7 @@ export class Batch {
     await this.message(
       "save",
       extra === null ? [save] : [extra.statement, save],
-      (prefix) => `${prefix}${begin}${extraText}${executeText(save, [JSON.stringify(payload)], this.db.prepared)}; COMMIT`,
+      (prefix) => `${prefix}${begin}${extraText}${executeText(save, saveArgs, this.db.prepared)}; COMMIT`,
       0,
     );
     this.began = false;
@@ -530,11 +540,30 @@ export function toRow(columns: readonly Column[], value: object): Record<string,
   return out;
 }
 
-/** Only `names` of a model object, by column name. */
+/**
+ * A model object as the JSON object `json_populate_record(set)` reads, without its null and
+ * undefined fields: a key the JSON lacks reads as NULL, and the statement's payload (parsed by the
+ * server, built and sent by the client) is that much shorter.
+ */
+function compactRow(columns: readonly Column[], value: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const v = value as Record<string, unknown>;
+  for (const c of columns) {
+    const x = v[c.field];
+    if (x !== null && x !== undefined) out[c.name] = x;
+  }
+  return out;
+}
+
+/** Only `names` of a model object, by column name (null fields left out: they read as NULL). */
 function pick(table: SqlTable, names: readonly string[], value: object): Record<string, unknown> {
   const v = value as Record<string, unknown>;
   const out: Record<string, unknown> = {};
-  for (const c of table.columns) if (names.includes(c.name)) out[c.name] = v[c.field] ?? null;
+  for (const c of table.columns) {
+    if (!names.includes(c.name)) continue;
+    const x = v[c.field];
+    if (x !== null && x !== undefined) out[c.name] = x;
+  }
   return out;
 }
 
