@@ -66,7 +66,7 @@ export class PostgresSql {
    * Locks the account rows of a batch of several units, in user id order (so that two batches
    * never wait for each other in a cycle), skipping rows another transaction holds: such a batch
    * never waits (a busy account would hold up every other account of the batch); the unit whose
-   * account was busy runs again alone. Parameter: the user ids.
+   * account was busy runs again alone. Parameter: the user ids. Returns the ids it locked.
    */
   readonly lockSkip: Statement;
   /** Locks one account row, waiting for it (`user_id = $1`: an index lookup whatever the statistics). */
@@ -74,11 +74,13 @@ export class PostgresSql {
   /** Locks one account row unless another transaction holds it. */
   readonly lockOneSkip: Statement;
   /**
-   * Per user: open grants, active holds and the entry of its idempotency key, as JSON. Sent in
-   * the same message as `lock` but as a statement of its own: under READ COMMITTED each statement
-   * takes a new snapshot, so this one sees everything the previous holders of the locks committed
-   * (reads in the locking statement itself would still see the snapshot taken before it waited).
-   * Parameters: the user ids, their idempotency keys (or NULL).
+   * Per user: whether the account exists, its row's `xmin`, and unless that is the `xmin` of the
+   * cached state the unit of work has, the account row, open grants and active holds as JSON; and
+   * the entry of its idempotency key. Sent in the same message as `lock` but as a statement of its
+   * own: under READ COMMITTED each statement takes a new snapshot, so this one sees everything the
+   * previous holders of the locks committed (reads in the locking statement itself would still see
+   * the snapshot taken before it waited). Parameters: the user ids, their idempotency keys (or
+   * NULL), the `xmin` of their cached states (or NULL).
    */
   readonly state: Statement;
   private readonly saves = new Map<string, SaveStatement>();
@@ -93,19 +95,20 @@ export class PostgresSql {
     this.createSchema = options.schema === undefined ? null : `CREATE SCHEMA IF NOT EXISTS ${q(options.schema)}`;
 
     const { accounts, grants, reservations, journal } = this.tables;
-    this.lockOne = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
-    this.lockOneSkip = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
-    this.lockSkip = statement(
-      `SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`,
-      ["text[]"],
-    );
+    this.lockOne = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
+    this.lockOneSkip = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
+    this.lockSkip = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`, ["text[]"]);
+    // `a.xmin` is that of the row version the lock holds: a cached state made by the transaction
+    // that wrote it is current (see ./state-cache.ts), and grants and holds need no reading.
+    const fresh = `a.xmin::text IS DISTINCT FROM u.xmin`;
     this.state = statement(
-      `SELECT u.user_id, (SELECT true FROM ${accounts.qualified} a WHERE a.user_id = u.user_id LIMIT 1) AS present, ` +
-        `(SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text AS grants, ` +
-        `(SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text AS holds, ` +
+      `SELECT u.user_id, a.user_id IS NOT NULL AS present, a.xmin::text AS xmin, ` +
+        `CASE WHEN ${fresh} THEN row_to_json(a)::text END AS account, ` +
+        `CASE WHEN ${fresh} THEN (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text END AS grants, ` +
+        `CASE WHEN ${fresh} THEN (SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text END AS holds, ` +
         `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE j.user_id = u.user_id AND j.idempotency_key = u.key)::text AS idem ` +
-        `FROM unnest($1::text[], $2::text[]) AS u(user_id, key)`,
-      ["text[]", "text[]"],
+        `FROM unnest($1::text[], $2::text[], $3::text[]) AS u(user_id, key, xmin) LEFT JOIN ${accounts.qualified} a ON a.user_id = u.user_id`,
+      ["text[]", "text[]", "text[]"],
     );
   }
 
@@ -213,7 +216,9 @@ function saveText(t: Tables, shape: SaveShape): { text: string; args: SaveArg[];
   const text =
     `WITH ${ctes.join(", ")} ` +
     // Not a constant (the planner would fold a constant cast and fail every time).
-    `SELECT CASE WHEN ${ok} THEN 1 ELSE ('${GUARD_MARKER} ' || ${seen})::int END AS ok`;
+    `SELECT CASE WHEN ${ok} THEN 1 ELSE ('${GUARD_MARKER} ' || ${seen})::int END AS ok, ` +
+    // The `xmin` of every row this transaction writes (its 32-bit id): the cached states' version.
+    `(txid_current() % 4294967296)::text AS xid`;
   return { text, args, types };
 }
 
