@@ -70,8 +70,9 @@ const preparedOn = new WeakMap<object, Set<string>>();
  * two round trips:
  *
  *  1. `BEGIN; EXECUTE lock; EXECUTE state` in one message: the lock, then (in a statement with a
- *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the open
- *     grants, active holds and the idempotent entry as JSON;
+ *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the
+ *     account, open grants, active holds and the idempotent entry as JSON — or, when the locked
+ *     row is the version (`xmin`) this process's state cache holds, none of them but the entry;
  *  2. `EXECUTE save; COMMIT` in one message: one statement writes everything (a CTE of inserts
  *     and updates from JSON arrays) and fails unless every account row passed its `seq` guard.
  *
