@@ -121,8 +121,10 @@ export async function run(): Promise<BenchRow[]> {
       const rawOp = (i: number) => raw(s.user(i) === "hot" ? "u0" : s.user(i));
       const first = await timed(pool, rawOp);
       const before = db.roundTrips;
+      const hitsBefore = db.stateCacheHits;
       const ours = await timed(pool, (i) => credits.deductCredits(s.user(i), 1));
       const perOp = (db.roundTrips - before) / (ours.ops + 400);
+      const hits = (db.stateCacheHits - hitsBefore) / (ours.ops + 400);
       const second = await timed(pool, rawOp);
       const base = mean(first, second);
       const baseline = `raw UPDATE (${s.name})`;
@@ -137,7 +139,8 @@ export async function run(): Promise<BenchRow[]> {
         ratio,
         ...(over1000 ? { target: ">= 0.50 of baseline", met: ratio >= 0.5 } : {}),
         note:
-          `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1); CPU per operation ${cpuText(ours)} ` +
+          `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1); ${Math.round(hits * 100)}% of loads from the state cache; ` +
+          `CPU per operation ${cpuText(ours)} ` +
           `(baseline ${cpuText(base)}${cpuRatio(base, ours)}); each call locks its account, reads its grants, writes ` +
           `account, grant and a journal entry; concurrent calls share a transaction (group commit)`,
       });

@@ -27,7 +27,8 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
   const contractSchema = newSchema("contract");
   runDbManagerContract({
     name: "postgres",
-    create: async () => new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 } }),
+    // Every state taken from the state cache is compared with the database.
+    create: async () => new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 }, verifyStateCache: true }),
     destroy: async () => dropSchema(contractSchema),
   });
 
@@ -153,6 +154,53 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
       expect(steady).toBe(2);
       // commit: a lookup of the hold outside the unit of work, then the same two.
       expect(await count(() => credits.commitReservedCredits(hold.id))).toBeLessThanOrEqual(4);
+    });
+
+    it("starts units of work from the state cache until another process writes the account", async () => {
+      const u = `sc-${randomUUID()}`;
+      // Two managers on the same tables, each with its own cache: two processes.
+      const a = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 4 }, verifyStateCache: true });
+      const b = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 4 } });
+      const ca = new CreditService({ db: a });
+      const cb = new CreditService({ db: b });
+      try {
+        await ca.addCredits(u, 100);
+        const hits = a.stateCacheHits;
+        await ca.deductCredits(u, 1);
+        await ca.reserveCredits(u, 5);
+        expect(a.stateCacheHits - hits).toBe(2);
+        // The other process spends from the grant and adds a new one: a's cached state is stale.
+        await cb.deductCredits(u, 90);
+        await cb.addCredits(u, 7);
+        const before = a.stateCacheHits;
+        // Available: 100 − 1 − 90 + 7 − 5 held = 11 (the stale state would say 94).
+        await expect(ca.deductCredits(u, 12)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await ca.deductCredits(u, 11);
+        expect(a.stateCacheHits - before).toBe(1); // the first read again, the second started from what it read
+        expect(await ca.getUserCreditsInfo(u)).toMatchObject({ balance: 5, reserved: 5, available: 0 });
+        expect((await ca.audit(u)).ok).toBe(true);
+        // The same through the other manager, whose cache missed the last write of a.
+        expect(await cb.getUserCreditsInfo(u)).toMatchObject({ balance: 5, reserved: 5 });
+        await expect(cb.deductCredits(u, 1)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+
+    it("refuses a bad stateCacheSize with ConfigurationError; 0 keeps no state", async () => {
+      for (const bad of [-1, 1.5, Number.NaN]) {
+        expect(() => new PostgresDbManager({ connectionString: url as string, schema, stateCacheSize: bad })).toThrow(ConfigurationError);
+      }
+      const none = new PostgresDbManager({ connectionString: url as string, schema, stateCacheSize: 0, poolConfig: { max: 2 } });
+      const credits = new CreditService({ db: none });
+      const u = `nc-${randomUUID()}`;
+      await credits.addCredits(u, 3);
+      await credits.deductCredits(u, 1);
+      await credits.deductCredits(u, 2);
+      expect(none.stateCacheHits).toBe(0);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0 });
+      await none.close();
     });
 
     it("keeps amounts up to Number.MAX_SAFE_INTEGER exact", async () => {

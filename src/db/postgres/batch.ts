@@ -7,7 +7,8 @@ import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
-import { GUARD_MARKER, type Statement, arrayText, executeText } from "./sql.js";
+import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText } from "./sql.js";
+import { type AccountState, stateAfter } from "./state-cache.js";
 
 /** A unit of work waiting to run: `db.transaction(userId, fn)`. */
 export interface Unit {
@@ -33,9 +34,14 @@ export class Retry extends Error {
 /**
  * Opens a unit-of-work transaction. Generic plans, always: the planner would otherwise re-plan
  * the statements whose array parameters change length on every execution (it prefers custom
- * plans for them), which costs more than running them. `SET LOCAL` ends with the transaction.
+ * plans for them), which costs more than running them. No sequential scans: every statement of
+ * a unit of work finds its rows by key, but on a small table (a few thousand rows) the planner
+ * prefers reading it whole and testing `key = ANY(array)` on every row, one array element after
+ * another: a batch of 16 units then compared every account and grant row 16 times, three times
+ * over, which cost more server CPU than all the rest of the batch. `SET LOCAL` ends with the
+ * transaction.
  */
-const BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan";
+const BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /** SQLSTATEs after which a unit of work runs again. */
 const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
@@ -196,8 +202,11 @@ export class Batch {
         if (loaders.length > 0) {
           const users = arrayText(loaders.map((tx) => tx.userId));
           const keys = arrayText(loaders.map((tx) => tx.loadRequest?.idempotencyKey ?? null));
+          const states = this.db.states;
+          for (const tx of loaders) tx.cached = states?.get(tx.userId);
+          const xmins = arrayText(loaders.map((tx) => tx.cached?.xmin ?? null));
           const locked = many ? executeText(lock, [users], prepared) : executeText(lock, [loaders[0]?.userId ?? ""], prepared);
-          text += `; ${locked}; ${executeText(sql.state, [users, keys], prepared)}`;
+          text += `; ${locked}; ${executeText(sql.state, [users, keys, xmins], prepared)}`;
         }
         return text;
       }, loaders.length > 0 ? 2 : 0);
@@ -214,15 +223,14 @@ export class Batch {
 
   /** Hands each unit its account and state from the batch's lock and state results. */
   deliver(txs: readonly UnitTx[], lock: QueryResult, state: QueryResult): void {
-    const accounts = new Map<string, Record<string, unknown>>();
-    for (const row of lock.rows as Record<string, unknown>[]) accounts.set(row.user_id as string, row);
+    const locked = new Set<string>();
+    for (const row of lock.rows as Record<string, unknown>[]) locked.add(row.user_id as string);
     const states = new Map<string, Record<string, unknown>>();
     for (const row of state.rows as Record<string, unknown>[]) states.set(row.user_id as string, row);
     for (const tx of txs) {
-      const account = accounts.get(tx.userId);
-      const state = states.get(tx.userId);
-      if (account === undefined && state?.present === true) tx.loaded.reject(new Skipped());
-      else tx.receive(account, state);
+      const row = states.get(tx.userId);
+      if (!locked.has(tx.userId) && row?.present === true) tx.loaded.reject(new Skipped());
+      else tx.receive(row);
     }
   }
 
@@ -232,12 +240,13 @@ export class Batch {
     const prepared = this.db.prepared;
     const users = arrayText([tx.userId]);
     const keys = arrayText([request?.idempotencyKey ?? null]);
+    tx.cached = undefined;
     const begin = this.began ? "" : `${BEGIN}; `;
     this.began = true;
     const [lock, state] = await this.message(
       "load",
       [sql.lockOne, sql.state],
-      (prefix) => `${prefix}${begin}${executeText(sql.lockOne, [tx.userId], prepared)}; ${executeText(sql.state, [users, keys], prepared)}`,
+      (prefix) => `${prefix}${begin}${executeText(sql.lockOne, [tx.userId], prepared)}; ${executeText(sql.state, [users, keys, "{NULL}"], prepared)}`,
       2,
     );
     this.deliver([tx], lock as QueryResult, state as QueryResult);
@@ -256,29 +265,38 @@ export class Batch {
     const holdUpdates = txs.flatMap((tx) => tx.pendingChanges.updateReservations.map((r) => [r, tx.originals.holds.get(r.id)] as const));
     const grantColumns = grantUpdates.length === 0 ? null : changedColumns(tables.grants, grantUpdates);
     const reservationColumns = holdUpdates.length === 0 ? null : changedColumns(tables.reservations, holdUpdates);
-    const single = txs.length === 1;
-    const payload: Record<string, unknown> = single ? { u: txs[0]?.userId } : {};
+    const args: Partial<Record<SaveArg, string>> = {};
+    const json = (rows: readonly unknown[]) => JSON.stringify(rows);
     if (accountColumns !== null) {
-      payload.a = updates.map((tx) => ({
-        ...pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account),
-        prev: tx.pendingChanges.previousSeq,
-      }));
+      args.a = json(
+        updates.map((tx) => {
+          const row = pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account);
+          row.prev = tx.pendingChanges.previousSeq;
+          return row;
+        }),
+      );
+      args.ak = arrayText(updates.map((tx) => tx.userId));
     }
     const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
     const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
-    if (inserts.length > 0) payload.ai = inserts.map((a) => toRow(tables.accounts.columns, a));
+    if (inserts.length > 0) args.ai = json(inserts.map((a) => compactRow(tables.accounts.columns, a)));
     const newGrants = all((c) => c.insertGrants);
-    if (newGrants.length > 0) payload.ig = newGrants.map((g) => toRow(tables.grants.columns, g));
-    if (grantColumns !== null) payload.ug = grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g));
+    if (newGrants.length > 0) args.ig = json(newGrants.map((g) => compactRow(tables.grants.columns, g)));
+    if (grantColumns !== null) {
+      args.ug = json(grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g)));
+      args.ugk = arrayText(grantUpdates.map(([g]) => g.id));
+    }
     const newHolds = all((c) => c.insertReservations);
-    if (newHolds.length > 0) payload.ir = newHolds.map((r) => toRow(tables.reservations.columns, r));
-    if (reservationColumns !== null) payload.ur = holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r));
+    if (newHolds.length > 0) args.ir = json(newHolds.map((r) => compactRow(tables.reservations.columns, r)));
+    if (reservationColumns !== null) {
+      args.ur = json(holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r)));
+      args.urk = arrayText(holdUpdates.map(([r]) => r.id));
+    }
     const entries = all((c) => c.entries);
-    if (entries.length > 0) payload.e = entries.map((e) => toRow(tables.journal.columns, e));
+    if (entries.length > 0) args.e = json(entries.map((e) => compactRow(tables.journal.columns, e)));
     const notifications = all((c) => c.notifications ?? []);
-    if (notifications.length > 0) payload.n = notifications.map((n) => toRow(tables.notifications.columns, n));
+    if (notifications.length > 0) args.n = json(notifications.map((n) => compactRow(tables.notifications.columns, n)));
     const save = sql.save({
-      single,
       accountColumns,
       insertAccounts: inserts.length > 0,
       insertGrants: newGrants.length > 0,
@@ -288,19 +306,29 @@ export class Batch {
       entries: entries.length > 0,
       ...(notifications.length > 0 ? { notifications: true } : {}),
     });
+    const saveArgs = save.args.map((name) => args[name] ?? null);
     // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
     const extra = promoPaymentSave(tables, txs.map((tx) => tx.pendingChanges));
     const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
     // Units that saved without loading: their account write takes the row lock; the guard holds.
     const begin = this.began ? "" : `${BEGIN}; `;
     this.began = true;
-    await this.message(
+    const [saved] = await this.message(
       "save",
       extra === null ? [save] : [extra.statement, save],
-      (prefix) => `${prefix}${begin}${extraText}${executeText(save, [JSON.stringify(payload)], this.db.prepared)}; COMMIT`,
-      0,
+      (prefix) => `${prefix}${begin}${extraText}${executeText(save, saveArgs, this.db.prepared)}; COMMIT`,
+      2,
     );
     this.began = false;
+    // Committed: what the accounts now hold, for the next units of work on them.
+    const states = this.db.states;
+    if (states === null) return;
+    const xid = (saved?.rows[0] as { xid?: unknown } | undefined)?.xid;
+    for (const tx of txs) {
+      // A unit that saved without loading knows nothing of the rest of the account's state.
+      if (!tx.loadDone || typeof xid !== "string") states.delete(tx.userId);
+      else states.set(tx.userId, stateAfter(tx.base, tx.pendingChanges, xid));
+    }
   }
 
   private async rollback(): Promise<void> {
@@ -372,6 +400,12 @@ export class UnitTx implements DbTransaction {
   /** Another method was called before the batch opened its transaction. */
   needsTransaction = false;
   pending: Changes | null = null;
+  /** The cached state whose `xmin` the load statement compared with the account row's. */
+  cached: AccountState | undefined = undefined;
+  /** The account, open grants and active holds as loaded (null: no account yet): the cache's next state starts from them. */
+  base: Omit<AccountState, "xmin"> | null = null;
+  /** Tests: the state came from the cache; compare it with the database. */
+  private verifyHit = false;
   private saved = false;
   private state: { seq: number | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } | null = null;
   /** Rows as read in this unit of work: updates write only the columns that differ from them. */
@@ -396,7 +430,9 @@ export class UnitTx implements DbTransaction {
     if (this.loadRequest === null && !this.isReady) {
       this.loadRequest = request ?? {};
       this.batch.ready(this);
-      return this.loaded.promise;
+      const state = await this.loaded.promise;
+      if (this.verifyHit) await this.verifyCached(state);
+      return state;
     }
     await this.batch.opened.promise;
     const again = deferred<LoadedState>();
@@ -412,14 +448,28 @@ export class UnitTx implements DbTransaction {
     return again.promise;
   }
 
-  /** The batch's answer to `load()`. */
-  receive(accountRow: Record<string, unknown> | undefined, stateRow: Record<string, unknown> | undefined): void {
+  /** The batch's answer to `load()`: the state statement's row (undefined: no account). */
+  receive(stateRow: Record<string, unknown> | undefined): void {
     const { db } = this.batch;
     const { tables } = db.sql;
     try {
-      const account = accountRow === undefined ? null : decodeRow<Account>(tables.accounts.columns, accountRow);
-      const grants = parseRows<Grant>(tables.grants, stateRow?.grants as string | null | undefined);
-      const reservations = parseRows<Reservation>(tables.reservations, stateRow?.holds as string | null | undefined);
+      const xmin = typeof stateRow?.xmin === "string" ? stateRow.xmin : null;
+      const cached = this.cached;
+      let account: Account | null;
+      let grants: readonly Grant[];
+      let reservations: readonly Reservation[];
+      if (stateRow?.present === true && cached !== undefined && xmin === cached.xmin) {
+        // The account row is the version the cached state was made from: nothing changed since.
+        ({ account, grants, reservations } = cached);
+        db.stateCacheHits++;
+        this.verifyHit = db.verifyStates;
+      } else {
+        const accountText = stateRow?.present === true ? (stateRow.account as string | null) : null;
+        account = accountText ? decodeRow<Account>(tables.accounts.columns, JSON.parse(accountText)) : null;
+        grants = parseRows<Grant>(tables.grants, stateRow?.grants as string | null | undefined);
+        reservations = parseRows<Reservation>(tables.reservations, stateRow?.holds as string | null | undefined);
+        if (account !== null && xmin !== null) db.states?.set(this.userId, { xmin, account, grants, reservations });
+      }
       const idemText = stateRow?.idem as string | null | undefined;
       const idempotent = idemText ? decodeRow<JournalEntry>(tables.journal.columns, JSON.parse(idemText)) : null;
       this.state = {
@@ -427,6 +477,7 @@ export class UnitTx implements DbTransaction {
         grants: new Map(grants.map((g) => [g.id, g])),
         holds: new Map(reservations.map((r) => [r.id, r])),
       };
+      this.base = account === null ? null : { account, grants, reservations };
       this.originals.account = account;
       for (const g of grants) this.originals.grants.set(g.id, g);
       for (const r of reservations) this.originals.holds.set(r.id, r);
@@ -434,6 +485,45 @@ export class UnitTx implements DbTransaction {
       this.loaded.resolve({ account, grants: [...grants], reservations: [...reservations], idempotent });
     } catch (error) {
       this.loaded.reject(error);
+    }
+  }
+
+  /** Tests (`verifyStateCache`): a state from the cache must be what the database holds. */
+  private async verifyCached(state: LoadedState): Promise<void> {
+    const { db } = this.batch;
+    const [row] = await this.batch.query("verifyStateCache", db.sql.state.text, [[this.userId], [null], [null]]);
+    const { tables } = db.sql;
+    const account = row?.account ? decodeRow<Account>(tables.accounts.columns, JSON.parse(row.account as string)) : null;
+    // Stored columns only, keys sorted, null and undefined alike, dates as ISO text.
+    const canon = (v: unknown): unknown => {
+      if (v instanceof Date) return v.toISOString();
+      if (Array.isArray(v)) return v.map(canon);
+      if (v === null || typeof v !== "object") return v;
+      const o = v as Record<string, unknown>;
+      return Object.fromEntries(
+        Object.keys(o)
+          .sort()
+          .filter((k) => o[k] !== null && o[k] !== undefined)
+          .map((k) => [k, canon(o[k])]),
+      );
+    };
+    const rows = (table: SqlTable, xs: ReadonlyArray<{ id: string }>) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1)).map((x) => toRow(table.columns, x));
+    const norm = (s: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] }) =>
+      JSON.stringify(
+        canon({
+          account: s.account === null ? null : toRow(tables.accounts.columns, s.account),
+          grants: rows(tables.grants, s.grants),
+          reservations: rows(tables.reservations, s.reservations),
+        }),
+      );
+    const read = {
+      account,
+      grants: parseRows<Grant>(tables.grants, row?.grants as string | null),
+      reservations: parseRows<Reservation>(tables.reservations, row?.holds as string | null),
+    };
+    const cached = { account: state.account, grants: state.grants, reservations: state.reservations };
+    if (norm(read) !== norm(cached)) {
+      throw new Error(`state cache of ${this.userId} differs from the database: ${norm(cached)} != ${norm(read)}`);
     }
   }
 
@@ -525,11 +615,30 @@ export function toRow(columns: readonly Column[], value: object): Record<string,
   return out;
 }
 
-/** Only `names` of a model object, by column name. */
+/**
+ * A model object as the JSON object `json_populate_record(set)` reads, without its null and
+ * undefined fields: a key the JSON lacks reads as NULL, and the statement's payload (parsed by the
+ * server, built and sent by the client) is that much shorter.
+ */
+function compactRow(columns: readonly Column[], value: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const v = value as Record<string, unknown>;
+  for (const c of columns) {
+    const x = v[c.field];
+    if (x !== null && x !== undefined) out[c.name] = x;
+  }
+  return out;
+}
+
+/** Only `names` of a model object, by column name (null fields left out: they read as NULL). */
 function pick(table: SqlTable, names: readonly string[], value: object): Record<string, unknown> {
   const v = value as Record<string, unknown>;
   const out: Record<string, unknown> = {};
-  for (const c of table.columns) if (names.includes(c.name)) out[c.name] = v[c.field] ?? null;
+  for (const c of table.columns) {
+    if (!names.includes(c.name)) continue;
+    const x = v[c.field];
+    if (x !== null && x !== undefined) out[c.name] = x;
+  }
   return out;
 }
 

@@ -9,6 +9,7 @@ import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } 
 import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
 import { PostgresPromoStore } from "./promos.js";
 import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
+import { StateCache } from "./state-cache.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
@@ -41,6 +42,17 @@ export interface PostgresDbManagerOptions {
    */
   batch?: false | { maxUnits?: number; concurrency?: number; waiters?: number };
   /**
+   * Accounts whose last committed state (account row, open grants, active holds) this process
+   * keeps (default 10,000; 0: none). A unit of work on such an account locks it as always; the
+   * same statement then reads its grants and holds only if the account row is no longer the
+   * version the kept state was made from (another process, or another manager, wrote it since),
+   * which the server tells by the row's `xmin`. Less work for the server and the client; every
+   * guarantee stays.
+   */
+  stateCacheSize?: number;
+  /** @internal Tests: on every state-cache hit, also read the state and fail if they differ. */
+  verifyStateCache?: boolean;
+  /**
    * Attempts of a unit of work that meets a serialization failure, a deadlock or a concurrent
    * first write of the same new account before it fails with `ConflictError`. Default 10.
    */
@@ -58,8 +70,9 @@ const preparedOn = new WeakMap<object, Set<string>>();
  * two round trips:
  *
  *  1. `BEGIN; EXECUTE lock; EXECUTE state` in one message: the lock, then (in a statement with a
- *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the open
- *     grants, active holds and the idempotent entry as JSON;
+ *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the
+ *     account, open grants, active holds and the idempotent entry as JSON — or, when the locked
+ *     row is the version (`xmin`) this process's state cache holds, none of them but the entry;
  *  2. `EXECUTE save; COMMIT` in one message: one statement writes everything (a CTE of inserts
  *     and updates from JSON arrays) and fails unless every account row passed its `seq` guard.
  *
@@ -96,9 +109,15 @@ export class PostgresDbManager implements DbManager {
   private pumpScheduled = false;
   /** @internal */
   readonly prepared: boolean;
+  /** @internal Last committed states of recently used accounts (null: none kept). */
+  readonly states: StateCache | null;
+  /** @internal */
+  readonly verifyStates: boolean;
   private closed = false;
   /** Round trips to the server (for benchmarks and tests). */
   roundTrips = 0;
+  /** Loads answered from the state cache (for benchmarks and tests). */
+  stateCacheHits = 0;
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   private readonly subs = new PostgresSubscriptionStore(this);
 
@@ -115,6 +134,12 @@ export class PostgresDbManager implements DbManager {
     this.pool = options.pool ?? null;
     this.ownsPool = options.pool === undefined;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
+    const cacheSize = options.stateCacheSize ?? 10_000;
+    if (!Number.isSafeInteger(cacheSize) || cacheSize < 0) {
+      throw new ConfigurationError("[credit-management] [postgres] `stateCacheSize` must be a non-negative integer");
+    }
+    this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
+    this.verifyStates = options.verifyStateCache === true;
     this.prepared = options.preparedStatements !== false;
     const batch = options.batch ?? {};
     this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);

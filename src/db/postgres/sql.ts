@@ -28,8 +28,6 @@ export type Tables = Record<TableKey, SqlTable>;
  * (the union over the rows; null for no updates): only those travel and are written.
  */
 export interface SaveShape {
-  /** All rows belong to one account (`$1->>'u'`): its account row is found by equality, an index lookup for sure. */
-  single: boolean;
   /** Columns of the guarded account updates; null when no existing account is written. */
   accountColumns: readonly string[] | null;
   insertAccounts: boolean;
@@ -40,6 +38,18 @@ export interface SaveShape {
   entries: boolean;
   /** Outbox rows (`Changes.notifications`). */
   notifications?: boolean;
+}
+
+/**
+ * The arguments of a save statement, by name: a JSON array of rows per part (`a` account updates,
+ * `ai` new accounts, `ig`/`ug` grants, `ir`/`ur` holds, `e` journal entries, `n` outbox rows) and
+ * the keys of the rows each update finds (`ak`, `ugk`, `urk`: `text[]`).
+ */
+export type SaveArg = "a" | "ak" | "ai" | "ig" | "ug" | "ugk" | "ir" | "ur" | "urk" | "e" | "n";
+
+/** A save statement and the names of its parameters, in order. */
+export interface SaveStatement extends Statement {
+  args: readonly SaveArg[];
 }
 
 /** Text of the error the save statement raises when its guard fails. */
@@ -56,7 +66,7 @@ export class PostgresSql {
    * Locks the account rows of a batch of several units, in user id order (so that two batches
    * never wait for each other in a cycle), skipping rows another transaction holds: such a batch
    * never waits (a busy account would hold up every other account of the batch); the unit whose
-   * account was busy runs again alone. Parameter: the user ids.
+   * account was busy runs again alone. Parameter: the user ids. Returns the ids it locked.
    */
   readonly lockSkip: Statement;
   /** Locks one account row, waiting for it (`user_id = $1`: an index lookup whatever the statistics). */
@@ -64,14 +74,16 @@ export class PostgresSql {
   /** Locks one account row unless another transaction holds it. */
   readonly lockOneSkip: Statement;
   /**
-   * Per user: open grants, active holds and the entry of its idempotency key, as JSON. Sent in
-   * the same message as `lock` but as a statement of its own: under READ COMMITTED each statement
-   * takes a new snapshot, so this one sees everything the previous holders of the locks committed
-   * (reads in the locking statement itself would still see the snapshot taken before it waited).
-   * Parameters: the user ids, their idempotency keys (or NULL).
+   * Per user: whether the account exists, its row's `xmin`, and unless that is the `xmin` of the
+   * cached state the unit of work has, the account row, open grants and active holds as JSON; and
+   * the entry of its idempotency key. Sent in the same message as `lock` but as a statement of its
+   * own: under READ COMMITTED each statement takes a new snapshot, so this one sees everything the
+   * previous holders of the locks committed (reads in the locking statement itself would still see
+   * the snapshot taken before it waited). Parameters: the user ids, their idempotency keys (or
+   * NULL), the `xmin` of their cached states (or NULL).
    */
   readonly state: Statement;
-  private readonly saves = new Map<string, Statement>();
+  private readonly saves = new Map<string, SaveStatement>();
 
   constructor(options: { schema?: string; prefix?: string }) {
     const list = sqlTables({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
@@ -83,19 +95,20 @@ export class PostgresSql {
     this.createSchema = options.schema === undefined ? null : `CREATE SCHEMA IF NOT EXISTS ${q(options.schema)}`;
 
     const { accounts, grants, reservations, journal } = this.tables;
-    this.lockOne = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
-    this.lockOneSkip = statement(`SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
-    this.lockSkip = statement(
-      `SELECT ${cols(accounts)} FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`,
-      ["text[]"],
-    );
+    this.lockOne = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
+    this.lockOneSkip = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
+    this.lockSkip = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`, ["text[]"]);
+    // `a.xmin` is that of the row version the lock holds: a cached state made by the transaction
+    // that wrote it is current (see ./state-cache.ts), and grants and holds need no reading.
+    const fresh = `a.xmin::text IS DISTINCT FROM u.xmin`;
     this.state = statement(
-      `SELECT u.user_id, (SELECT true FROM ${accounts.qualified} a WHERE a.user_id = u.user_id LIMIT 1) AS present, ` +
-        `(SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text AS grants, ` +
-        `(SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text AS holds, ` +
+      `SELECT u.user_id, a.user_id IS NOT NULL AS present, a.xmin::text AS xmin, ` +
+        `CASE WHEN ${fresh} THEN row_to_json(a)::text END AS account, ` +
+        `CASE WHEN ${fresh} THEN (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text END AS grants, ` +
+        `CASE WHEN ${fresh} THEN (SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text END AS holds, ` +
         `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE j.user_id = u.user_id AND j.idempotency_key = u.key)::text AS idem ` +
-        `FROM unnest($1::text[], $2::text[]) AS u(user_id, key)`,
-      ["text[]", "text[]"],
+        `FROM unnest($1::text[], $2::text[], $3::text[]) AS u(user_id, key, xmin) LEFT JOIN ${accounts.qualified} a ON a.user_id = u.user_id`,
+      ["text[]", "text[]", "text[]"],
     );
   }
 
@@ -105,12 +118,13 @@ export class PostgresSql {
     return `SELECT ${cols(t)} FROM ${t.qualified}`;
   }
 
-  /** The save statement for a shape of changes, built on first use. Parameter: the JSON payload. */
-  save(shape: SaveShape): Statement {
+  /** The save statement for a shape of changes, built on first use. */
+  save(shape: SaveShape): SaveStatement {
     const key = JSON.stringify(shape);
     let s = this.saves.get(key);
     if (s === undefined) {
-      s = statement(saveText(this.tables, shape), ["json"]);
+      const { text, args, types } = saveText(this.tables, shape);
+      s = { ...statement(text, types), args };
       this.saves.set(key, s);
     }
     return s;
@@ -142,59 +156,70 @@ function recordOf(t: SqlTable, names: readonly string[], extra?: string): string
 /**
  * One statement writes everything a batch of units of work changed: the guarded account updates
  * (`WHERE seq = <seq at load>`), new accounts, and every insert and update of grants, holds and
- * journal entries, each from JSON (`json_populate_recordset` for new rows, `json_to_recordset` of
- * just the changed columns for updates), each update restricted to its own account. The final
- * SELECT fails the statement (and so the transaction) unless every account update passed its
- * guard and every update found its row: nothing is half-written although COMMIT travels in the
- * same message.
+ * journal entries, each from a JSON array parameter of its own (`json_populate_recordset` for new
+ * rows, `json_to_recordset` of just the changed columns for updates), each update restricted to
+ * its own account. The final SELECT fails the statement (and so the transaction) unless every
+ * account update passed its guard and every update found its row: nothing is half-written
+ * although COMMIT travels in the same message.
+ *
+ * One parameter per part, not one JSON document with a member per part: the server re-parses a
+ * `json` value from its first byte for every `->` on it, and the counts and keys the statement
+ * needs would each parse it again. Rows are found by their key (`= ANY($n::text[])`, keys the
+ * client sends beside the rows: an index scan, as units of work run without sequential scans):
+ * joined on the JSON alone, the planner (which assumes 100 JSON rows) may rather hash-join a whole
+ * table. Grants and holds are found by id (primary key): found by `user_id`, every row the account
+ * ever had would be read and compared with every changed row.
  */
-function saveText(t: Tables, shape: SaveShape): string {
+function saveText(t: Tables, shape: SaveShape): { text: string; args: SaveArg[]; types: string[] } {
   const { accounts, grants, reservations, journal } = t;
-  const insert = (table: SqlTable, key: string) =>
-    `INSERT INTO ${table.qualified} (${cols(table)}) SELECT ${cols(table)} FROM json_populate_recordset(NULL::${table.qualified}, $1->'${key}')`;
+  const args: SaveArg[] = [];
+  const types: string[] = [];
+  const param = (name: SaveArg, type: "json" | "text[]") => {
+    args.push(name);
+    types.push(type);
+    return `$${args.length}`;
+  };
+  const insert = (table: SqlTable, name: SaveArg) =>
+    `INSERT INTO ${table.qualified} (${cols(table)}) SELECT ${cols(table)} FROM json_populate_recordset(NULL::${table.qualified}, ${param(name, "json")})`;
   const set = (names: readonly string[]) => names.map((n) => `${q(n)} = x.${q(n)}`).join(", ");
-  // Rows are found by their key (`= ANY(ARRAY(…))`, or `= (SELECT $1->>'u')` for one account), so
-  // the lookup is an index scan: joined on the JSON alone, the planner (which assumes 100 JSON
-  // rows) may rather hash-join a whole table. Both forms are sub-selects, evaluated once (an
-  // InitPlan): a bare `$1->>'u'` may be pushed down as a filter on the JSON rows, and then re-parses
-  // the whole `json` payload for every row of every loop of a nested-loop join (a unit of work that
-  // settled n lapsed holds cost O(n² × payload): over a minute for 300 holds).
-  const keys = (key: string, field: string) => `ARRAY(SELECT y->>'${field}' FROM json_array_elements($1->'${key}') y)`;
-  const owner = (key: string, field: string) => (shape.single ? `t.${field} = (SELECT $1->>'u')` : `t.${field} = ANY(${keys(key, field)})`);
-  // Grants and holds are found by id (primary key), even for one account: found by `user_id`, every
-  // row the account ever had is read and (in a nested loop) compared with every changed row.
-  const update = (table: SqlTable, key: string, names: readonly string[]) =>
-    `UPDATE ${table.qualified} t SET ${set(names)} FROM json_to_recordset($1->'${key}') AS ${recordOf(table, ["id", "user_id", ...names])} ` +
-    `WHERE t.id = ANY(${keys(key, "id")}) AND t.id = x.id AND t.user_id = x.user_id RETURNING 1`;
   const ctes: string[] = [];
   const checks: string[] = [];
+  const update = (name: "ug" | "ur", table: SqlTable, names: readonly string[]) => {
+    const rows = param(name, "json");
+    const ids = param(`${name}k`, "text[]");
+    ctes.push(
+      `${name} AS (UPDATE ${table.qualified} t SET ${set(names)} FROM json_to_recordset(${rows}) AS ${recordOf(table, ["id", "user_id", ...names])} ` +
+        `WHERE t.id = ANY(${ids}) AND t.id = x.id AND t.user_id = x.user_id RETURNING 1)`,
+    );
+    checks.push(`(SELECT count(*) FROM ${name}) = cardinality(${ids})`);
+  };
+  let accountKeys = "";
   if (shape.accountColumns !== null) {
+    const rows = param("a", "json");
+    accountKeys = param("ak", "text[]");
     ctes.push(
       `acc AS (UPDATE ${accounts.qualified} t SET ${set(shape.accountColumns)} ` +
-        `FROM json_to_recordset($1->'a') AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint")} ` +
-        `WHERE ${owner("a", "user_id")} AND t.user_id = x.user_id AND t.seq = x.prev RETURNING 1)`,
+        `FROM json_to_recordset(${rows}) AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint")} ` +
+        `WHERE t.user_id = ANY(${accountKeys}) AND t.user_id = x.user_id AND t.seq = x.prev RETURNING 1)`,
     );
-    checks.push(`(SELECT count(*) FROM acc) = json_array_length($1->'a')`);
+    checks.push(`(SELECT count(*) FROM acc) = cardinality(${accountKeys})`);
   }
   if (shape.insertAccounts) ctes.push(`ai AS (${insert(accounts, "ai")})`);
   if (shape.insertGrants) ctes.push(`ig AS (${insert(grants, "ig")})`);
-  if (shape.grantColumns !== null) {
-    ctes.push(`ug AS (${update(grants, "ug", shape.grantColumns)})`);
-    checks.push(`(SELECT count(*) FROM ug) = json_array_length($1->'ug')`);
-  }
+  if (shape.grantColumns !== null) update("ug", grants, shape.grantColumns);
   if (shape.insertReservations) ctes.push(`ir AS (${insert(reservations, "ir")})`);
-  if (shape.reservationColumns !== null) {
-    ctes.push(`ur AS (${update(reservations, "ur", shape.reservationColumns)})`);
-    checks.push(`(SELECT count(*) FROM ur) = json_array_length($1->'ur')`);
-  }
+  if (shape.reservationColumns !== null) update("ur", reservations, shape.reservationColumns);
   if (shape.entries) ctes.push(`ie AS (${insert(journal, "e")})`);
   if (shape.notifications === true) ctes.push(`io AS (${insert(t.notifications, "n")})`);
   const ok = checks.length === 0 ? "true" : checks.join(" AND ");
   const seen = shape.accountColumns === null ? "0" : "(SELECT count(*) FROM acc)";
-  return (
+  const text =
     `WITH ${ctes.join(", ")} ` +
-    `SELECT CASE WHEN ${ok} THEN 1 ELSE ('${GUARD_MARKER} ' || ${seen})::int END AS ok`
-  );
+    // Not a constant (the planner would fold a constant cast and fail every time).
+    `SELECT CASE WHEN ${ok} THEN 1 ELSE ('${GUARD_MARKER} ' || ${seen})::int END AS ok, ` +
+    // The `xmin` of every row this transaction writes (its 32-bit id): the cached states' version.
+    `(txid_current() % 4294967296)::text AS xid`;
+  return { text, args, types };
 }
 
 /** A string literal, safe whatever `standard_conforming_strings` says. */
