@@ -435,8 +435,12 @@ export class MongoDbManager implements DbManager {
     for (const { unit, reason } of retry) {
       unit.attempts++;
       if (unit.attempts >= this.maxAttempts) {
-        unit.reject(this.exhausted(unit.userId, unit.attempts, reason));
-        continue;
+        // A batch of several may have failed for a batch-mate: every unit gets one try alone.
+        if (units.length === 1) {
+          unit.reject(this.exhausted(unit.userId, unit.attempts, reason));
+          continue;
+        }
+        unit.attempts = this.maxAttempts - 1;
       }
       // Alone from now on, so that whatever failed the batch fails only its own unit.
       unit.solo = true;
