@@ -236,7 +236,7 @@ export class MongoDbManager implements DbManager {
     }
     this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
     this.verifyStates = config.verifyStateCache === true;
-    const batch = BatchOption.safeParse(config.batch ?? {});
+    const batch = BatchOption.safeParse(config.batch === undefined ? {} : config.batch);
     if (!batch.success) {
       throw new ConfigurationError(
         "[credit-management] [mongodb] `batch` must be false or { maxUnits?: integer 1..1000, concurrency?: integer 1..64 }: " +
