@@ -175,6 +175,11 @@ export const STANDALONE_MESSAGE =
  * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so on
  * a standalone server.
  *
+ * Group commit (`batch`, on by default): units of work on different accounts that wait at the same
+ * moment share one transaction ({@link MongoBatch}), with one command per collection for all their
+ * writes and one commit; each account write keeps its guard, and a failed batch runs its units
+ * again one by one as above, so that a culprit fails only itself.
+ *
  * ```ts
  * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
  * const credits = await createCreditManager({ db }); // runs db.init()
