@@ -335,11 +335,10 @@ export class MongoBatch {
         tx.unit.reject(outcome.reason);
         return;
       }
-      if (tx.pending !== null) {
-        if (tx.base !== undefined) states?.set(tx.userId, stateAfter(tx.base, tx.pending));
-      } else if (tx.base !== undefined && tx.base !== null) {
-        states?.set(tx.userId, freezeState(tx.base));
-      }
+      // What the cache holds now: only a state this unit of work loaded (and what it changed).
+      if (tx.pending !== null && tx.base !== undefined) states?.set(tx.userId, stateAfter(tx.base, tx.pending));
+      else if (tx.pending === null && tx.base !== undefined && tx.base !== null) states?.set(tx.userId, freezeState(tx.base));
+      else states?.delete(tx.userId);
       tx.unit.resolve(outcome.value);
     });
     return { retry };
