@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { MongoClient, type Db } from "mongodb";
+import { ClientSession, MongoClient, MongoServerError, type Db } from "mongodb";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   ConfigurationError,
@@ -11,6 +11,7 @@ import {
   IdempotencyConflictError,
   InMemoryDbManager,
   InsufficientCreditsError,
+  StorageError,
   createDbManagerFromEnv,
   type DbManager,
   type DbTransaction,
@@ -344,6 +345,58 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       });
       const balances = await Promise.all(users.map(async (u) => (await db.getAccount(u))?.balance));
       expect(balances).toEqual([93, 93, 100, 93, 93, 93]);
+    });
+
+    it("a batch's callers learn of success only from its commit: a refused commit reruns them, an unknown outcome is never rerun", async () => {
+      const name = dbName("batch-commit");
+      created.push(name);
+      const db = new MongoDbManager({ client, dbName: name });
+      await db.init();
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 5 }, (_, i) => `c-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      const original = ClientSession.prototype.commitTransaction;
+      const labelled = (label: string) =>
+        new MongoServerError({ message: `test: ${label}`, code: 50, codeName: "MaxTimeMSExpired", errorLabels: [label] });
+
+      // 1. The server refuses the batch's commit (nothing committed): every unit runs again, once.
+      let refusals = 1;
+      const refuse = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(function (this: ClientSession, ...args) {
+        if (refusals-- > 0) return Promise.reject(labelled("TransientTransactionError"));
+        return original.apply(this, args);
+      });
+      try {
+        const done = await Promise.all(users.map((u) => credits.deductCredits(u, 2)));
+        expect(done.map((e) => e.balanceAfter)).toEqual(users.map(() => 8));
+      } finally {
+        refuse.mockRestore();
+      }
+      for (const u of users) {
+        expect((await db.getAccount(u))?.balance).toBe(8);
+        expect((await db.listJournal(u, { order: "asc", limit: 10 })).filter((e) => e.type === "deduct")).toHaveLength(1);
+      }
+
+      // 2. The commit happens but its answer is lost every time it is asked: the callers get a
+      // StorageError, and the deductions are not run a second time.
+      const unknown = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (this: ClientSession, ...args) {
+        await original.apply(this, args);
+        throw labelled("UnknownTransactionCommitResult");
+      });
+      let outcomes: PromiseSettledResult<JournalEntry>[];
+      try {
+        outcomes = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
+      } finally {
+        unknown.mockRestore();
+      }
+      for (const o of outcomes) {
+        expect(o.status).toBe("rejected");
+        expect((o as PromiseRejectedResult).reason).toBeInstanceOf(StorageError);
+      }
+      for (const u of users) expect((await db.getAccount(u))?.balance).toBe(5);
+      // Asking again with the same keys tells what happened: the first (committed) result.
+      const replays = await Promise.all(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
+      expect(replays.map((e) => e.balanceAfter)).toEqual(users.map(() => 5));
+      for (const u of users) expect((await credits.audit(u)).ok).toBe(true);
     });
 
     it("batch: false runs every unit of work in a transaction of its own", async () => {
