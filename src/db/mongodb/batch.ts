@@ -336,9 +336,13 @@ export class MongoBatch {
         return;
       }
       // What the cache holds now: only a state this unit of work loaded (and what it changed).
-      if (tx.pending !== null && tx.base !== undefined) states?.set(tx.userId, stateAfter(tx.base, tx.pending));
-      else if (tx.pending === null && tx.base !== undefined && tx.base !== null) states?.set(tx.userId, freezeState(tx.base));
-      else states?.delete(tx.userId);
+      try {
+        if (tx.pending !== null && tx.base !== undefined) states?.set(tx.userId, stateAfter(tx.base, tx.pending));
+        else if (tx.pending === null && tx.base !== undefined && tx.base !== null) states?.set(tx.userId, freezeState(tx.base));
+        else states?.delete(tx.userId);
+      } catch {
+        states?.delete(tx.userId); // the next unit of work reads instead
+      }
       tx.unit.resolve(outcome.value);
     });
     return { retry };

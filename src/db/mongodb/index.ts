@@ -434,8 +434,10 @@ export class MongoDbManager implements DbManager {
     try {
       ({ retry } = await new MongoBatch(this.batchContext, units).run());
     } catch (error) {
-      // A bug in the batch itself: nothing was reported done, so every unit may run again.
-      retry = units.map((unit) => ({ unit, reason: error }));
+      // A bug in the batch itself: whether it committed is unknown, so no unit may run again
+      // (rejecting a unit already told its outcome does nothing).
+      for (const unit of units) unit.reject(toCreditError(error, "transaction"));
+      return;
     }
     for (const { unit, reason } of retry) {
       unit.attempts++;
