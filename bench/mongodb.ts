@@ -70,10 +70,11 @@ export async function run(): Promise<BenchRow[]> {
     const perOp = (s: ReturnType<typeof stats>) =>
       `${(s.commands / s.ops).toFixed(2)} round trips and ${Math.round(s.cpu / s.ops)} µs of client CPU per operation`;
 
-    // Warm both paths, then alternate rounds. Each store runs its rounds before the next one
-    // writes: another manager's writes leave its cached states stale.
+    // Warm both paths (every user a round touches is then in the state cache), then alternate
+    // rounds. Each store runs its rounds before the next one writes: another manager's writes
+    // leave its cached states stale.
     await measure(100, CALLERS, baselineOp);
-    await measure(100, CALLERS, deductOp);
+    await measure(ops, CALLERS, deductOp);
     const baseline = stats();
     const deduct = stats();
     const deductSingle = stats();
@@ -82,7 +83,7 @@ export async function run(): Promise<BenchRow[]> {
       await round(baseline, ops * 3, baselineOp);
       await round(deduct, ops, deductOp);
     }
-    await measure(100, CALLERS, singleOp);
+    await measure(ops, CALLERS, singleOp);
     for (let r = 0; r < 2; r++) {
       await round(baseline, ops * 3, baselineOp);
       await round(deductSingle, ops, singleOp);
