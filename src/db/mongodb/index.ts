@@ -58,7 +58,8 @@ export interface MongoDbManagerOptions {
    * their writes (the account updates each keep their guard; if one misses, the batch aborts and
    * its units run again alone), one commit. A caller's promise resolves only after its batch
    * committed. `concurrency` batches run at once, each with up to `maxUnits` units.
-   * `false`: every unit of work is a transaction of its own. Default `{ maxUnits: 32, concurrency: 2 }`.
+   * `false` (or `maxUnits: 1`): every unit of work is a transaction of its own.
+   * Default `{ maxUnits: 32, concurrency: 2 }`.
    */
   batch?: false | { maxUnits?: number; concurrency?: number };
   /** @internal Tests: on every state-cache hit, also read the account and fail if they differ. */
