@@ -223,9 +223,12 @@ function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-/** What a batch leaves to its manager: the units to run again, alone. */
+/**
+ * What a batch leaves to its manager: the units to run again — alone, or (`batch: true`, after a
+ * guard miss on a cached state) in a batch again, on fresh reads.
+ */
 export interface BatchResult {
-  retry: Array<{ unit: Unit; reason: unknown }>;
+  retry: Array<{ unit: Unit; reason: unknown; batch?: boolean }>;
 }
 
 /** Times a commit whose outcome is unknown is retried (as `withTransaction` does) before giving up. */
@@ -243,9 +246,10 @@ const COMMIT_RETRIES = 3;
  *
  * A unit that throws writes nothing and gets its own error (after a refusal decided on a cached
  * state is confirmed current: one read of `_rev` for all such units). If the shared transaction
- * fails (a guard miss, a write conflict, a duplicate key, any driver error), nothing of it is
- * committed and every unit runs again, alone, so a culprit fails only itself. A commit whose
- * outcome stays unknown is never rerun: its units get a `StorageError`.
+ * fails (a write conflict, a duplicate key, any driver error), nothing of it is committed and
+ * every unit runs again, alone, so a culprit fails only itself. A guard miss (a cached state that
+ * another process made stale) fails no unit: the batch's units run again together, on fresh reads.
+ * A commit whose outcome stays unknown is never rerun: its units get a `StorageError`.
  */
 export class MongoBatch {
   readonly txs: BatchTx[];
@@ -312,8 +316,16 @@ export class MongoBatch {
       if (savers.length > 0) await this.save(savers);
     } catch (error) {
       const reason = error instanceof BatchFailed ? error.reason : error;
+      if (reason instanceof GuardMissed) {
+        // Some account moved since its state was cached (another process wrote it). Nothing
+        // committed; every unit runs again in a batch, its cached state dropped: the next batch
+        // reads them all (one read) inside its transaction, where a state cannot be stale.
+        for (const tx of this.txs) again(tx, reason);
+        for (const r of retry) r.batch = true;
+        return { retry };
+      }
       if (!this.committing || hasLabel(reason, "TransientTransactionError")) {
-        // Nothing committed: everyone runs again (savers and refusals alike).
+        // Nothing committed: everyone runs again (savers and refusals alike), alone.
         for (const tx of this.txs) again(tx, reason);
         return { retry };
       }
@@ -329,7 +341,12 @@ export class MongoBatch {
     }
     this.txs.forEach((tx, i) => {
       const outcome = outcomes[i] as PromiseSettledResult<unknown>;
-      if (stale.has(tx)) return again(tx, new ConflictError(`account ${tx.userId} changed since its state was cached`));
+      if (stale.has(tx)) {
+        // Decided on a stale cached state: run again (in a batch, on a fresh read).
+        again(tx, new ConflictError(`account ${tx.userId} changed since its state was cached`));
+        (retry[retry.length - 1] as BatchResult["retry"][number]).batch = true;
+        return;
+      }
       if (outcome.status === "rejected") {
         states?.delete(tx.userId);
         tx.unit.reject(outcome.reason);

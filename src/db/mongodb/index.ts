@@ -33,7 +33,7 @@ import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
-import { MongoBatch, type BatchContext, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
+import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
@@ -56,7 +56,7 @@ export interface MongoDbManagerOptions {
    * Group commit: units of work on different accounts that wait at the same moment share one
    * transaction — one read for those whose state is not cached, one command per collection for
    * their writes (the account updates each keep their guard; if one misses, the batch aborts and
-   * its units run again alone), one commit. A caller's promise resolves only after its batch
+   * its units run again on fresh reads; after any other failure, each alone), one commit. A caller's promise resolves only after its batch
    * committed. `concurrency` batches run at once, each with up to `maxUnits` units.
    * `false` (or `maxUnits: 1`): every unit of work is a transaction of its own.
    * Default `{ maxUnits: 32, concurrency: 2 }`.
@@ -179,7 +179,8 @@ export const STANDALONE_MESSAGE =
  * Group commit (`batch`, on by default): units of work on different accounts that wait at the same
  * moment share one transaction ({@link MongoBatch}), with one command per collection for all their
  * writes and one commit; each account write keeps its guard, and a failed batch runs its units
- * again one by one as above, so that a culprit fails only itself.
+ * again one by one as above, so that a culprit fails only itself (after a guard miss, which is no
+ * unit's failure, together again on fresh reads).
  *
  * ```ts
  * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
@@ -429,9 +430,9 @@ export class MongoDbManager implements DbManager {
     if (this.queue.length > 0) this.schedulePump();
   }
 
-  /** Runs one batch; its failed units run again alone, at the front of the queue. */
+  /** Runs one batch; its units that must run again go to the front of the queue. */
   private async runBatch(units: Unit[]): Promise<void> {
-    let retry: Array<{ unit: Unit; reason: unknown }>;
+    let retry: BatchResult["retry"];
     try {
       ({ retry } = await new MongoBatch(this.batchContext, units).run());
     } catch (error) {
@@ -440,7 +441,8 @@ export class MongoDbManager implements DbManager {
       for (const unit of units) unit.reject(toCreditError(error, "transaction"));
       return;
     }
-    for (const { unit, reason } of retry) {
+    const again: Unit[] = [];
+    for (const { unit, reason, batch } of retry) {
       unit.attempts++;
       if (unit.attempts >= this.maxAttempts) {
         // A batch of several may have failed for a batch-mate: every unit gets one try alone.
@@ -449,11 +451,16 @@ export class MongoDbManager implements DbManager {
           continue;
         }
         unit.attempts = this.maxAttempts - 1;
+        unit.solo = true;
+      } else {
+        // Alone from now on, so that whatever failed the batch fails only its own unit; after a
+        // guard miss (no unit's failure) together again, on fresh reads.
+        unit.solo = batch !== true;
       }
-      // Alone from now on, so that whatever failed the batch fails only its own unit.
-      unit.solo = true;
-      this.queue.unshift(unit);
+      again.push(unit);
     }
+    // At the front of the queue, in their order: they are the oldest of their accounts.
+    this.queue.unshift(...again);
   }
 
   /** Runs the unit of work in a transaction, retrying it after a lost race (see the class doc). */
