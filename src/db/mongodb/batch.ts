@@ -46,9 +46,10 @@ export interface StateRequest {
 }
 
 /**
- * One round trip: the accounts with their open grants, active holds and (where asked) the entry
- * of an idempotency key, through `$lookup`s (`let` + `$expr` `$eq`, which MongoDB ≥ 5.0 answers
- * from the `{ userId, … }` indexes). Accounts that do not exist are missing from the answer.
+ * The accounts with their open grants and active holds, through `$lookup`s (`let` + `$expr` `$eq`,
+ * which MongoDB ≥ 5.0 answers from the `{ userId, … }` indexes), in one round trip; the entries of
+ * the idempotency keys asked for come in the same one for one account, in a second (one indexed
+ * `find`) for several. Accounts that do not exist are missing from the answer.
  * Driver errors are not converted here: the caller needs their labels.
  */
 export async function readStates(
@@ -171,9 +172,9 @@ export async function write(
   collection: Collection<StoredDoc>,
   ops: AnyBulkWriteOperation<StoredDoc>[],
   session: ClientSession,
-): Promise<number> {
+): Promise<void> {
   const [only] = ops;
-  if (only === undefined) return 0;
+  if (only === undefined) return;
   let updates = 0;
   let matched = 0;
   if (ops.length === 1 && "insertOne" in only) {
@@ -189,7 +190,6 @@ export async function write(
   if (matched !== updates) {
     throw new Error(`[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`);
   }
-  return 1;
 }
 
 /** The shared transaction failed: nothing of it commits, and its units run again alone. */
