@@ -4,6 +4,12 @@
  * server — a raw guarded `findOneAndUpdate({ _id, balance: { $gte: n } }, { $inc: { balance: -n } })`
  * at the same concurrency. Target: at least 25% of the baseline's ops/s.
  *
+ * Also `deductCredits` with `batch: false` (one transaction per deduction, no group commit), with
+ * `stateCacheSize: 0`, and from two managers with clients of their own (two processes: 8 callers
+ * each) drawing on the same accounts, so each one's cached states keep going stale. Each deductCredits row gives the commands sent per deduction (the
+ * driver's command monitoring: every command, `commitTransaction` included, is one round trip) and
+ * the client's CPU per deduction (this process: driver and library).
+ *
  * Runs in a fresh database that it drops afterwards; bounded to a few seconds (BENCH_MONGO_OPS sets
  * the deductions per round). Alone: `tsx bench/mongodb.ts`.
  */
@@ -24,8 +30,14 @@ export async function run(): Promise<BenchRow[]> {
   if (!uri) return [];
   const ops = Number(process.env.BENCH_MONGO_OPS ?? 400);
   const dbName = `credit_bench_${process.pid}_${randomUUID().slice(0, 8)}`;
-  const client = new MongoClient(uri);
+  const client = new MongoClient(uri, { monitorCommands: true });
+  let commands = 0;
+  client.on("commandStarted", () => commands++);
+  // The second "process" of the shared-accounts row.
+  const other = new MongoClient(uri, { monitorCommands: true });
+  other.on("commandStarted", () => commands++);
   await client.connect();
+  await other.connect();
   try {
     const db = new MongoDbManager({ client, dbName });
     await db.init();
@@ -33,6 +45,8 @@ export async function run(): Promise<BenchRow[]> {
     // The same store without the state cache: every unit of work reads its account first (what a
     // process sees for accounts other processes keep changing).
     const uncached = new CreditService({ db: new MongoDbManager({ client, dbName, stateCacheSize: 0 }) });
+    // Without group commit: one transaction per deduction (state cache on).
+    const single = new CreditService({ db: new MongoDbManager({ client, dbName, batch: false }) });
     const users = Array.from({ length: USERS }, (_, i) => `user-${i}`);
     const pick = (i: number) => users[(i * 7919) % USERS] as string;
 
@@ -44,55 +58,124 @@ export async function run(): Promise<BenchRow[]> {
     const baselineOp = (i: number) =>
       raw.findOneAndUpdate({ _id: pick(i) as never, balance: { $gte: 1 } }, { $inc: { balance: -1 } });
     const deductOp = (i: number) => credits.deductCredits(pick(i), 1);
+    const singleOp = (i: number) => single.deductCredits(pick(i), 1);
     const uncachedOp = (i: number) => uncached.deductCredits(pick(i), 1);
 
-    // Warm both paths, then alternate rounds.
+    /** Best ops/s of the rounds, with commands and client CPU (µs) per operation over all of them. */
+    const stats = () => ({ best: 0, ops: 0, commands: 0, cpu: 0 });
+    const round = async (s: ReturnType<typeof stats>, count: number, op: (i: number) => Promise<unknown>) => {
+      const c0 = commands;
+      const cpu0 = process.cpuUsage();
+      s.best = Math.max(s.best, await measure(count, CALLERS, op));
+      const cpu = process.cpuUsage(cpu0);
+      s.ops += count;
+      s.commands += commands - c0;
+      s.cpu += cpu.user + cpu.system;
+    };
+    const perOp = (s: ReturnType<typeof stats>) =>
+      `${(s.commands / s.ops).toFixed(2)} round trips and ${Math.round(s.cpu / s.ops)} µs of client CPU per operation`;
+
+    // Warm both paths (every user a round touches is then in the state cache), then alternate
+    // rounds. Each store runs its rounds before the next one writes: another manager's writes
+    // leave its cached states stale.
     await measure(100, CALLERS, baselineOp);
-    await measure(100, CALLERS, deductOp);
-    let baseline = 0;
-    let deduct = 0;
-    let deductUncached = 0;
+    await measure(ops, CALLERS, deductOp);
+    const baseline = stats();
+    const deduct = stats();
+    const deductSingle = stats();
+    const deductUncached = stats();
+    const deductShared = stats();
     for (let r = 0; r < ROUNDS; r++) {
-      baseline = Math.max(baseline, await measure(ops * 3, CALLERS, baselineOp));
-      deduct = Math.max(deduct, await measure(ops, CALLERS, deductOp));
+      await round(baseline, ops * 3, baselineOp);
+      await round(deduct, ops, deductOp);
     }
-    // Last: its writes leave the first manager's cached states stale.
+    await measure(ops, CALLERS, singleOp);
     for (let r = 0; r < 2; r++) {
-      baseline = Math.max(baseline, await measure(ops * 3, CALLERS, baselineOp));
-      deductUncached = Math.max(deductUncached, await measure(ops, CALLERS, uncachedOp));
+      await round(baseline, ops * 3, baselineOp);
+      await round(deductSingle, ops, singleOp);
     }
-    const ratio = deduct / baseline;
+    for (let r = 0; r < 2; r++) {
+      await round(baseline, ops * 3, baselineOp);
+      await round(deductUncached, ops, uncachedOp);
+    }
+    // Two managers with clients of their own (like two processes) on the same accounts, each
+    // touching them in its own order: a state one caches is often stale by its next use.
+    const p1 = new CreditService({ db: new MongoDbManager({ client, dbName }) });
+    const p2 = new CreditService({ db: new MongoDbManager({ client: other, dbName }) });
+    const half = CALLERS / 2;
+    const sharedOp = async (n: number) => {
+      await Promise.all([
+        measure(n / 2, half, (i) => p1.deductCredits(pick(i), 1)),
+        measure(n / 2, half, (i) => p2.deductCredits(users[(i * 6007 + 500) % USERS] as string, 1)),
+      ]);
+    };
+    await sharedOp(ops);
+    for (let r = 0; r < 2; r++) {
+      await round(baseline, ops * 3, baselineOp);
+      const c0 = commands;
+      const cpu0 = process.cpuUsage();
+      const t0 = process.hrtime.bigint();
+      await sharedOp(ops);
+      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      const cpu = process.cpuUsage(cpu0);
+      deductShared.best = Math.max(deductShared.best, ops / seconds);
+      deductShared.ops += ops;
+      deductShared.commands += commands - c0;
+      deductShared.cpu += cpu.user + cpu.system;
+    }
+    const ratio = deduct.best / baseline.best;
     const server = (await client.db("admin").command({ buildInfo: 1 })) as { version?: string };
     return [
       {
         backend: "mongodb",
         scenario: `baseline: guarded findOneAndUpdate + $inc (${CALLERS} callers, ${USERS.toLocaleString("en-US")} docs)`,
-        opsPerSec: baseline,
+        opsPerSec: baseline.best,
+        note: perOp(baseline),
       },
       {
         backend: "mongodb",
         scenario: `deductCredits (${CALLERS} callers, ${USERS.toLocaleString("en-US")} users)`,
-        opsPerSec: deduct,
+        opsPerSec: deduct.best,
         baseline: "findOneAndUpdate",
         ratio,
         target: ">= 0.25 of baseline",
         met: ratio >= 0.25,
         note:
-          `server ${server.version ?? "?"}; one transaction per deduction: guarded account update, grant update, ` +
-          `journal insert, commit — 4 round trips vs the baseline's 1 (the account's state comes from the state cache)`,
+          `server ${server.version ?? "?"}; ${perOp(deduct)}; group commit: deductions on different accounts waiting ` +
+          `together share one transaction — guarded account updates, grant updates, journal inserts (one command each), ` +
+          `one commit (the accounts' states come from the state cache)`,
+      },
+      {
+        backend: "mongodb",
+        scenario: `deductCredits, batch: false (${CALLERS} callers, ${USERS.toLocaleString("en-US")} users)`,
+        opsPerSec: deductSingle.best,
+        baseline: "findOneAndUpdate",
+        ratio: deductSingle.best / baseline.best,
+        note: `${perOp(deductSingle)}; one transaction per deduction: guarded account update, grant update, journal insert, commit`,
       },
       {
         backend: "mongodb",
         scenario: `deductCredits, stateCacheSize 0 (${CALLERS} callers, ${USERS.toLocaleString("en-US")} users)`,
-        opsPerSec: deductUncached,
+        opsPerSec: deductUncached.best,
         baseline: "findOneAndUpdate",
-        ratio: deductUncached / baseline,
-        note: "every unit of work first reads the account, its open grants and holds ($lookup): 5 round trips",
+        ratio: deductUncached.best / baseline.best,
+        note: `${perOp(deductUncached)}; every unit of work first reads its account, open grants and holds ($lookup), one read per batch`,
+      },
+      {
+        backend: "mongodb",
+        scenario: `deductCredits, two managers on shared accounts (2 × ${half} callers, ${USERS.toLocaleString("en-US")} users)`,
+        opsPerSec: deductShared.best,
+        baseline: "findOneAndUpdate",
+        ratio: deductShared.best / baseline.best,
+        note:
+          `${perOp(deductShared)} (both clients); like two processes: a batch with a state the other one made stale ` +
+          `aborts on its guard and runs again on fresh reads`,
       },
     ];
   } finally {
     await client.db(dbName).dropDatabase().catch(() => undefined);
     await client.close();
+    await other.close();
   }
 }
 

@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { MongoClient, type Db } from "mongodb";
+import { ClientSession, MongoClient, MongoServerError, type Db } from "mongodb";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   ConfigurationError,
@@ -11,6 +11,7 @@ import {
   IdempotencyConflictError,
   InMemoryDbManager,
   InsufficientCreditsError,
+  StorageError,
   createDbManagerFromEnv,
   type DbManager,
   type DbTransaction,
@@ -90,6 +91,24 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
     expect(() => new MongoDbManager({ db: fakeDb([]), maxAttempts: 0 })).toThrow(ConfigurationError);
   });
 
+  it("validates the batch option: false or { maxUnits, concurrency } of positive integers", () => {
+    const db = fakeDb([]);
+    expect(() => new MongoDbManager({ db, batch: false })).not.toThrow();
+    expect(() => new MongoDbManager({ db, batch: { maxUnits: 8, concurrency: 3 } })).not.toThrow();
+    for (const batch of [true, { maxUnits: 0 }, { maxUnits: 1.5 }, { concurrency: 0 }, { concurrency: "2" }, { maxUnit: 4 }, null]) {
+      const error = (() => {
+        try {
+          new MongoDbManager({ db, batch: batch as never });
+        } catch (e) {
+          return e;
+        }
+        return undefined;
+      })();
+      expect(error, JSON.stringify(batch)).toBeInstanceOf(ConfigurationError);
+      expect((error as Error).message).toContain("`batch`");
+    }
+  });
+
   it("createDbManagerFromEnv() is in-memory without CREDIT_MONGO_URI", async () => {
     const db = await createDbManagerFromEnv({});
     expect(db).toBeInstanceOf(InMemoryDbManager);
@@ -117,12 +136,38 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
   /** A manager over a fresh database (dropped in afterAll) sharing the test client. */
   const fresh = (
     what: string,
-    options: { maxAttempts?: number; collectionPrefix?: string; stateCacheSize?: number; verifyStateCache?: boolean } = {},
+    options: {
+      maxAttempts?: number;
+      collectionPrefix?: string;
+      stateCacheSize?: number;
+      verifyStateCache?: boolean;
+      batch?: false | { maxUnits?: number; concurrency?: number };
+    } = {},
   ) => {
     const name = dbName(what);
     created.push(name);
     return new MongoDbManager({ client, dbName: name, ...options });
   };
+
+  /** A client whose commands are counted by name (`counts()`), closed in afterAll. */
+  const monitored: MongoClient[] = [];
+  const countingClient = async () => {
+    const c = new MongoClient(url, { monitorCommands: true });
+    const seen = new Map<string, number>();
+    /** The most account updates one command carried. */
+    let widest = 0;
+    c.on("commandStarted", (e) => {
+      seen.set(e.commandName, (seen.get(e.commandName) ?? 0) + 1);
+      const cmd = e.command as { update?: string; updates?: unknown[] };
+      if (e.commandName === "update" && cmd.update === "credit_accounts") widest = Math.max(widest, cmd.updates?.length ?? 0);
+    });
+    await c.connect();
+    monitored.push(c);
+    return { client: c, count: (name: string) => seen.get(name) ?? 0, widestAccountUpdate: () => widest };
+  };
+  afterAll(async () => {
+    for (const c of monitored) await c.close();
+  });
 
   runDbManagerContract({
     name: "mongodb",
@@ -131,6 +176,246 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
     // 500 instead of 1,000 racing callers: the reserve race reloads every active hold in each unit
     // of work (quadratic), which costs ~14 s on this shared 2-core machine at 1,000.
     raceSize: 500,
+  });
+
+  // The same contract without group commit: one transaction per unit of work.
+  runDbManagerContract({
+    name: "mongodb, batch: false",
+    create: async () => fresh("contract-nobatch", { batch: false, verifyStateCache: true }),
+    raceSize: 200,
+    propertyRuns: 30,
+  });
+
+  describe("group commit (batch)", () => {
+    it("concurrent deductions over many users and on one hot user: exact balances, no overspend, fewer commits than deductions", async () => {
+      const { client: counted, count } = await countingClient();
+      const name = dbName("batch-many");
+      created.push(name);
+      const db = new MongoDbManager({ client: counted, dbName: name });
+      await db.init();
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 40 }, (_, i) => `m-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      await credits.addCredits("hot", 20);
+      const commitsBefore = count("commitTransaction");
+      // 15 deductions of 1 per user (10 can succeed), and 60 on the hot user (20 can), interleaved.
+      const calls: Array<{ user: string; p: Promise<unknown> }> = [];
+      for (let round = 0; round < 15; round++) {
+        for (const u of users) calls.push({ user: u, p: credits.deductCredits(u, 1) });
+        for (let k = 0; k < 4; k++) calls.push({ user: "hot", p: credits.deductCredits("hot", 1) });
+      }
+      const settled = await Promise.allSettled(calls.map((c) => c.p));
+      const ok = new Map<string, number>();
+      settled.forEach((r, i) => {
+        const user = (calls[i] as { user: string }).user;
+        if (r.status === "fulfilled") ok.set(user, (ok.get(user) ?? 0) + 1);
+        else expect(r.reason).toBeInstanceOf(InsufficientCreditsError);
+      });
+      for (const u of users) {
+        expect(ok.get(u)).toBe(10);
+        expect((await db.getAccount(u))?.balance).toBe(0);
+        expect((await credits.audit(u)).ok).toBe(true);
+      }
+      expect(ok.get("hot")).toBe(20);
+      expect((await db.getAccount("hot"))?.balance).toBe(0);
+      expect((await credits.audit("hot")).ok).toBe(true);
+      // 420 successful deductions: batches shared their commits.
+      const commits = count("commitTransaction") - commitsBefore;
+      expect(commits).toBeGreaterThan(0);
+      expect(commits).toBeLessThan(420 / 4);
+      // Nothing lost: every success is in the journal, nothing more.
+      const deducted = await Promise.all(
+        [...users, "hot"].map(async (u) => (await db.listJournal(u, { order: "asc", limit: 100 })).filter((e) => e.type === "deduct").length),
+      );
+      expect(deducted.reduce((a, b) => a + b, 0)).toBe(420);
+    });
+
+    it("a unit whose guard misses (another process wrote its account) does not fail its batch-mates", async () => {
+      const { client: counted, count, widestAccountUpdate } = await countingClient();
+      const name = dbName("batch-guard");
+      created.push(name);
+      const a = new MongoDbManager({ client: counted, dbName: name });
+      const b = new MongoDbManager({ client, dbName: name }); // another process: its own cache
+      await a.init();
+      const ca = new CreditService({ db: a });
+      const cb = new CreditService({ db: b });
+      const users = Array.from({ length: 8 }, (_, i) => `g-${i}`);
+      await Promise.all(users.map((u) => ca.addCredits(u, 10))); // a caches every account
+      await cb.deductCredits("g-3", 4); // a's cached state of g-3 is now stale
+      const aborts = count("abortTransaction");
+      const commits = count("commitTransaction");
+      const reads = count("aggregate");
+      const results = await Promise.allSettled(users.map((u) => ca.deductCredits(u, 5)));
+      expect(results.map((r) => r.status)).toEqual(users.map(() => "fulfilled"));
+      // The eight shared one account write, which aborted on g-3's guard; they ran again
+      // together on fresh reads (one read for all) and committed once.
+      expect(widestAccountUpdate()).toBe(users.length);
+      expect(count("abortTransaction") - aborts).toBe(1);
+      expect(count("aggregate") - reads).toBe(1);
+      expect(count("commitTransaction") - commits).toBe(1);
+      expect((results[3] as PromiseFulfilledResult<{ balanceAfter: number }>).value.balanceAfter).toBe(1);
+      for (const u of users) {
+        expect((await a.getAccount(u))?.balance).toBe(u === "g-3" ? 1 : 5);
+        expect((await ca.audit(u)).ok).toBe(true);
+      }
+      // And now a's cache holds g-3's new state: a refusal is decided right, a deduction lands.
+      await expect(ca.deductCredits("g-3", 2)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      expect((await ca.deductCredits("g-3", 1)).balanceAfter).toBe(0);
+    });
+
+    it("a unit that fails by itself (refusal, throw after save) fails alone; its batch-mates commit once together", async () => {
+      const { client: counted, count } = await countingClient();
+      const name = dbName("batch-own");
+      created.push(name);
+      const db = new MongoDbManager({ client: counted, dbName: name });
+      await db.init();
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 6 }, (_, i) => `o-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      const commits = count("commitTransaction");
+      const boom = new Error("after save");
+      const results = await Promise.allSettled([
+        credits.deductCredits("o-0", 3),
+        credits.deductCredits("o-1", 11), // refused
+        db.transaction("o-2", async (tx) => {
+          const state = await tx.load();
+          const work = new AccountWork("o-2", state, new Date(), randomUUID);
+          work.deduct(5, {}, { allowDebt: false, overdraftLimit: null });
+          await tx.save(work.changes());
+          throw boom; // nothing of it may be written
+        }),
+        credits.deductCredits("o-3", 3),
+        credits.deductCredits("o-4", 3),
+        credits.deductCredits("o-5", 3),
+      ]);
+      expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "rejected", "fulfilled", "fulfilled", "fulfilled"]);
+      expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(InsufficientCreditsError);
+      expect((results[2] as PromiseRejectedResult).reason).toBe(boom);
+      expect(count("commitTransaction") - commits).toBe(1);
+      const balances = await Promise.all(users.map(async (u) => (await db.getAccount(u))?.balance));
+      expect(balances).toEqual([7, 10, 10, 7, 7, 7]);
+    });
+
+    it("idempotency keys in a batch: a key another writer took fails only its unit; replays answer with the first result", async () => {
+      const name = dbName("batch-keys");
+      created.push(name);
+      const db = new MongoDbManager({ client, dbName: name });
+      await db.init();
+      const raw = client.db(name).collection("credit_journal");
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 6 }, (_, i) => `k-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 100)));
+      // Between k-2's load and its save, another writer stores an entry with k-2's key (another request).
+      let stolen = false;
+      const hooked = interleave(db, async () => {
+        if (stolen) return;
+        stolen = true;
+        await raw.insertOne({
+          _id: randomUUID(),
+          userId: "k-2",
+          seq: 1000,
+          type: "deduct",
+          amount: 1,
+          balanceAfter: 99,
+          reservedAfter: 0,
+          debtAfter: 0,
+          grants: [],
+          reservationId: null,
+          idempotencyKey: "key-k-2",
+          fingerprint: "another request",
+          correlationId: null,
+          description: null,
+          metadata: null,
+          createdAt: new Date(),
+          prevHash: null,
+          hash: "x",
+        } as never);
+      }, "k-2");
+      const keyed = new CreditService({ db: hooked });
+      const first = await Promise.allSettled(users.map((u) => keyed.deductCredits(u, 7, { idempotencyKey: `key-${u}` })));
+      expect(stolen).toBe(true);
+      expect(first.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled", "fulfilled", "fulfilled"]);
+      expect((first[2] as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyConflictError);
+      // The same calls again, at once: one batch of replays, no second effect.
+      const again = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 7, { idempotencyKey: `key-${u}` })));
+      users.forEach((u, i) => {
+        if (i === 2) {
+          expect((again[i] as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyConflictError);
+          return;
+        }
+        expect((again[i] as PromiseFulfilledResult<JournalEntry>).value.id).toBe((first[i] as PromiseFulfilledResult<JournalEntry>).value.id);
+      });
+      const balances = await Promise.all(users.map(async (u) => (await db.getAccount(u))?.balance));
+      expect(balances).toEqual([93, 93, 100, 93, 93, 93]);
+    });
+
+    it("a batch's callers learn of success only from its commit: a refused commit reruns them, an unknown outcome is never rerun", async () => {
+      const name = dbName("batch-commit");
+      created.push(name);
+      const db = new MongoDbManager({ client, dbName: name });
+      await db.init();
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 5 }, (_, i) => `c-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 10)));
+      const original = ClientSession.prototype.commitTransaction;
+      const labelled = (label: string) =>
+        new MongoServerError({ message: `test: ${label}`, code: 50, codeName: "MaxTimeMSExpired", errorLabels: [label] });
+
+      // 1. The server refuses the batch's commit (nothing committed): every unit runs again, once.
+      let refusals = 1;
+      const refuse = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(function (this: ClientSession, ...args) {
+        if (refusals-- > 0) return Promise.reject(labelled("TransientTransactionError"));
+        return original.apply(this, args);
+      });
+      try {
+        const done = await Promise.all(users.map((u) => credits.deductCredits(u, 2)));
+        expect(done.map((e) => e.balanceAfter)).toEqual(users.map(() => 8));
+      } finally {
+        refuse.mockRestore();
+      }
+      for (const u of users) {
+        expect((await db.getAccount(u))?.balance).toBe(8);
+        expect((await db.listJournal(u, { order: "asc", limit: 10 })).filter((e) => e.type === "deduct")).toHaveLength(1);
+      }
+
+      // 2. The commit happens but its answer is lost every time it is asked: the callers get a
+      // StorageError, and the deductions are not run a second time.
+      const unknown = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (this: ClientSession, ...args) {
+        await original.apply(this, args);
+        throw labelled("UnknownTransactionCommitResult");
+      });
+      let outcomes: PromiseSettledResult<JournalEntry>[];
+      try {
+        outcomes = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
+      } finally {
+        unknown.mockRestore();
+      }
+      for (const o of outcomes) {
+        expect(o.status).toBe("rejected");
+        expect((o as PromiseRejectedResult).reason).toBeInstanceOf(StorageError);
+      }
+      for (const u of users) expect((await db.getAccount(u))?.balance).toBe(5);
+      // Asking again with the same keys tells what happened: the first (committed) result.
+      const replays = await Promise.all(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
+      expect(replays.map((e) => e.balanceAfter)).toEqual(users.map(() => 5));
+      for (const u of users) expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("batch: false runs every unit of work in a transaction of its own", async () => {
+      const { client: counted, count } = await countingClient();
+      const name = dbName("nobatch");
+      created.push(name);
+      const db = new MongoDbManager({ client: counted, dbName: name, batch: false });
+      await db.init();
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 10 }, (_, i) => `n-${i}`);
+      await Promise.all(users.map((u) => credits.addCredits(u, 5)));
+      const commits = count("commitTransaction");
+      const results = await Promise.allSettled([...users, ...users].map((u) => credits.deductCredits(u, 3)));
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(10);
+      expect(count("commitTransaction") - commits).toBe(10);
+      for (const u of users) expect((await db.getAccount(u))?.balance).toBe(2);
+    });
   });
 
   describe("adapter", () => {
@@ -412,11 +697,14 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
   });
 });
 
-/** `db` with `before` run inside each unit of work's first attempt, between load and save. */
-function interleave(db: DbManager, before: () => Promise<void>): DbManager {
+/**
+ * `db` with `before` run inside each unit of work's first attempt (of `only`'s account, if given),
+ * between load and save.
+ */
+function interleave(db: DbManager, before: () => Promise<void>, only?: string): DbManager {
   const wrapped = Object.create(db) as DbManager;
   wrapped.transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T>) => {
-    let first = true;
+    let first = only === undefined || only === userId;
     return db.transaction(userId, (tx) => {
       const hooked: DbTransaction = {
         userId: tx.userId,

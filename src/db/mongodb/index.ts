@@ -1,6 +1,5 @@
 import { MongoClient } from "mongodb";
 import type {
-  AnyBulkWriteOperation,
   ClientSession,
   Collection,
   Db,
@@ -11,6 +10,7 @@ import type {
   TransactionOptions,
 } from "mongodb";
 import { isDeepStrictEqual } from "node:util";
+import { z } from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
@@ -26,13 +26,14 @@ import type {
   LoadedState,
   ScanCursor,
 } from "../types.js";
-import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
+import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "./lock.js";
 import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
+import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
@@ -51,9 +52,29 @@ export interface MongoDbManagerOptions {
    * re-checks `_rev`. `0` reads every time. Default 10,000.
    */
   stateCacheSize?: number;
+  /**
+   * Group commit: units of work on different accounts that wait at the same moment share one
+   * transaction — one read for those whose state is not cached, one command per collection for
+   * their writes (the account updates each keep their guard; if one misses, the batch aborts and
+   * its units run again on fresh reads; after any other failure, each alone), one commit. A caller's promise resolves only after its batch
+   * committed. `concurrency` batches run at once, each with up to `maxUnits` units.
+   * `false` (or `maxUnits: 1`): every unit of work is a transaction of its own.
+   * Default `{ maxUnits: 32, concurrency: 2 }`.
+   */
+  batch?: false | { maxUnits?: number; concurrency?: number };
   /** @internal Tests: on every state-cache hit, also read the account and fail if they differ. */
   verifyStateCache?: boolean;
 }
+
+const BatchOption = z.union([
+  z.literal(false),
+  z
+    .object({
+      maxUnits: z.number().int().min(1).max(1000).optional(),
+      concurrency: z.number().int().min(1).max(64).optional(),
+    })
+    .strict(),
+]);
 
 /** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. */
 export type MongoDbManagerConfig = ({ client: MongoClient; dbName: string } | { db: Db }) & MongoDbManagerOptions;
@@ -155,6 +176,12 @@ export const STANDALONE_MESSAGE =
  * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so on
  * a standalone server.
  *
+ * Group commit (`batch`, on by default): units of work on different accounts that wait at the same
+ * moment share one transaction ({@link MongoBatch}), with one command per collection for all their
+ * writes and one commit; each account write keeps its guard, and a failed batch runs its units
+ * again one by one as above, so that a culprit fails only itself (after a guard miss, which is no
+ * unit's failure, together again on fresh reads).
+ *
  * ```ts
  * const db = MongoDbManager.fromUri(process.env.MONGO_URI!, "billing");
  * const credits = await createCreditManager({ db }); // runs db.init()
@@ -178,6 +205,16 @@ export class MongoDbManager implements DbManager {
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
+  /** Group commit (`batch`): 1 when off. */
+  private readonly maxUnits: number;
+  private readonly batchConcurrency: number;
+  /** Units of work waiting for a batch, oldest first. */
+  private readonly queue: Unit[] = [];
+  /** Accounts a batch or a lone unit of work of this process is working on. */
+  private readonly busy = new Set<string>();
+  private activeBatches = 0;
+  private pumpScheduled = false;
+  private readonly batchContext: BatchContext;
   /** @internal Promos, claims and payments (./promos.ts). */
   readonly promoStore: MongoPromoStore;
   private readonly outbox: MongoOutbox;
@@ -206,6 +243,16 @@ export class MongoDbManager implements DbManager {
     }
     this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
     this.verifyStates = config.verifyStateCache === true;
+    const batch = BatchOption.safeParse(config.batch === undefined ? {} : config.batch);
+    if (!batch.success) {
+      throw new ConfigurationError(
+        "[credit-management] [mongodb] `batch` must be false or { maxUnits?: integer 1..1000, concurrency?: integer 1..64 }: " +
+          batch.error.issues.map((i) => `${i.path.join(".") || "batch"}: ${i.message}`).join("; "),
+        batch.error,
+      );
+    }
+    this.maxUnits = batch.data === false ? 1 : (batch.data.maxUnits ?? 32);
+    this.batchConcurrency = batch.data === false ? 1 : (batch.data.concurrency ?? 2);
     const col = (name: string) => this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS);
     this.c = {
       accounts: col("accounts"),
@@ -220,6 +267,15 @@ export class MongoDbManager implements DbManager {
     this.promoStore = new MongoPromoStore(col);
     this.outbox = new MongoOutbox(this.c.notifications);
     this.subs = new MongoSubscriptionStore(this.c.plans, this.c.subscriptions);
+    this.batchContext = {
+      client: this.client,
+      c: this.c,
+      states: this.states,
+      verify: this.verifyStates,
+      promos: this.promoStore,
+      outbox: this.outbox,
+      transactionOptions: TRANSACTION_OPTIONS,
+    };
   }
 
   /**
@@ -293,6 +349,11 @@ export class MongoDbManager implements DbManager {
   }
 
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    if (this.maxUnits > 1) {
+      return new Promise<T>((resolve, reject) => {
+        this.enqueue({ userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
+      });
+    }
     const wait = this.locks.acquire(userId);
     if (wait !== undefined) await wait;
     try {
@@ -302,9 +363,109 @@ export class MongoDbManager implements DbManager {
     }
   }
 
+  private enqueue(unit: Unit): void {
+    this.queue.push(unit);
+    this.schedulePump();
+  }
+
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    // At the end of this turn of the event loop: units of work started together travel together.
+    setImmediate(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    });
+  }
+
+  /**
+   * Starts what can start, oldest first. A unit of work whose account this process is already
+   * working on waits in the queue (FIFO per account, as without batching). A unit that must run
+   * alone (after a failed batch) runs at once in a transaction of its own. The others form
+   * batches of distinct accounts, up to `maxUnits` each, while fewer than `concurrency` run.
+   */
+  private pump(): void {
+    const scanLimit = Math.min(this.queue.length, 4096);
+    for (let i = 0, seen = 0; i < this.queue.length && seen < scanLimit; seen++) {
+      const u = this.queue[i] as Unit;
+      if (this.busy.has(u.userId)) {
+        i++;
+        continue;
+      }
+      if (u.solo) {
+        this.queue.splice(i, 1);
+        this.busy.add(u.userId);
+        void this.attempt(u.userId, u.fn, u.attempts)
+          .then(u.resolve, u.reject)
+          .finally(() => this.releaseAccounts([u]));
+        continue;
+      }
+      if (this.activeBatches >= this.batchConcurrency) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
+      const units = [u];
+      this.busy.add(u.userId);
+      for (let j = i; j < this.queue.length && units.length < this.maxUnits && seen < scanLimit; seen++) {
+        const v = this.queue[j] as Unit;
+        if (v.solo || this.busy.has(v.userId)) {
+          j++;
+          continue;
+        }
+        this.queue.splice(j, 1);
+        units.push(v);
+        this.busy.add(v.userId);
+      }
+      this.activeBatches++;
+      void this.runBatch(units).finally(() => {
+        this.activeBatches--;
+        this.releaseAccounts(units);
+      });
+    }
+  }
+
+  private releaseAccounts(units: readonly Unit[]): void {
+    for (const u of units) this.busy.delete(u.userId);
+    if (this.queue.length > 0) this.schedulePump();
+  }
+
+  /** Runs one batch; its units that must run again go to the front of the queue. */
+  private async runBatch(units: Unit[]): Promise<void> {
+    let retry: BatchResult["retry"];
+    try {
+      ({ retry } = await new MongoBatch(this.batchContext, units).run());
+    } catch (error) {
+      // A bug in the batch itself: whether it committed is unknown, so no unit may run again
+      // (rejecting a unit already told its outcome does nothing).
+      for (const unit of units) unit.reject(toCreditError(error, "transaction"));
+      return;
+    }
+    const again: Unit[] = [];
+    for (const { unit, reason, batch } of retry) {
+      unit.attempts++;
+      if (unit.attempts >= this.maxAttempts) {
+        // A batch of several may have failed for a batch-mate: every unit gets one try alone.
+        if (units.length === 1) {
+          unit.reject(this.exhausted(unit.userId, unit.attempts, reason));
+          continue;
+        }
+        unit.attempts = this.maxAttempts - 1;
+        unit.solo = true;
+      } else {
+        // Alone from now on, so that whatever failed the batch fails only its own unit; after a
+        // guard miss (no unit's failure) together again, on fresh reads.
+        unit.solo = batch !== true;
+      }
+      again.push(unit);
+    }
+    // At the front of the queue, in their order: they are the oldest of their accounts.
+    this.queue.unshift(...again);
+  }
+
   /** Runs the unit of work in a transaction, retrying it after a lost race (see the class doc). */
-  private async attempt<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    let attempts = 0;
+  private async attempt<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>, attemptsBefore = 0): Promise<T> {
+    let attempts = attemptsBefore;
     let cached = this.states?.get(userId);
     for (;;) {
       const session = this.client.startSession();
@@ -644,39 +805,8 @@ class MongoTransaction implements DbTransaction {
    * Driver errors are not converted here: `withTransaction` must see their labels to retry.
    */
   private async read(key: string | undefined): Promise<{ state: AccountState | null; idempotent: JournalEntry | null }> {
-    const userId = this.userId;
-    const pipeline: Document[] = [
-      { $match: { _id: userId } },
-      { $lookup: { from: this.c.grants.collectionName, pipeline: [{ $match: { userId, _open: true } }], as: "_grants" } },
-      {
-        $lookup: {
-          from: this.c.reservations.collectionName,
-          pipeline: [{ $match: { userId, status: "active" } }],
-          as: "_holds",
-        },
-      },
-    ];
-    if (key !== undefined) {
-      pipeline.push({
-        $lookup: {
-          from: this.c.journal.collectionName,
-          pipeline: [{ $match: { userId, idempotencyKey: key } }, { $limit: 1 }],
-          as: "_key",
-        },
-      });
-    }
-    const [doc] = await this.c.accounts.aggregate<Document>(pipeline, { session: this.session }).toArray();
-    if (doc === undefined) return { state: null, idempotent: null };
-    const keyed = (doc._key as Document[] | undefined)?.[0];
-    return {
-      state: {
-        account: fromDoc(ACCOUNT, doc),
-        rev: typeof doc._rev === "number" ? doc._rev : 0,
-        grants: (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)),
-        reservations: (doc._holds as Document[]).map((d) => fromDoc(RESERVATION, d)),
-      },
-      idempotent: keyed === undefined ? null : fromDoc(ENTRY, keyed),
-    };
+    const found = (await readStates(this.c, this.session, [{ userId: this.userId, key }])).get(this.userId);
+    return found === undefined ? { state: null, idempotent: null } : found;
   }
 
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
@@ -712,95 +842,29 @@ class MongoTransaction implements DbTransaction {
   async save(changes: Changes): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
-    const { account } = changes;
-    if (account.userId !== this.userId) {
-      throw new Error(`save() got account ${account.userId} in a unit of work on ${this.userId}`);
-    }
+    checkOwner(this.userId, changes);
     const session = this.session;
 
-    if (changes.previousSeq === null) {
-      // A concurrent first insert makes this fail with a duplicate key: retried as a conflict.
-      await this.c.accounts.insertOne(toDoc(ACCOUNT, account, { _rev: 1 }), { session });
-    } else {
-      // `_rev` makes every save a real write, so two units of work on one account always
-      // conflict, even one that changes nothing but grants (MongoDB skips no-op updates).
-      // From the cache, `_rev` proves no other save committed since (saves without entries too).
-      const { userId: _u, ...fields } = account;
-      const filter: Filter<StoredDoc> = { _id: this.userId, seq: changes.previousSeq };
-      if (this.baseFromCache) filter._rev = this.base?.rev;
-      const res = await this.c.accounts.updateOne(filter, { $set: fields, $inc: { _rev: 1 } }, { session });
+    // A concurrent first insert fails with a duplicate key; a guard miss (`seq`, and `_rev`, which
+    // proves that no other save committed since the state was read or cached) matches nothing:
+    // either way the unit of work is retried.
+    const op = accountOp(changes, this.base);
+    if ("insertOne" in op) {
+      await this.c.accounts.insertOne(op.insertOne.document, { session });
+    } else if ("updateOne" in op) {
+      const res = await this.c.accounts.updateOne(op.updateOne.filter, op.updateOne.update, { session });
       if (res.matchedCount !== 1) throw new StaleAccount(this.userId, this.baseFromCache);
     }
-
-    // Insertion order per user: the seq of the entry that created the grant or hold.
-    const ord = new Map<string, number>();
-    for (const e of changes.entries) {
-      if (e.type === "add") for (const p of e.grants) ord.set(p.grantId, e.seq);
-      else if (e.type === "reserve" && e.reservationId !== null) ord.set(e.reservationId, e.seq);
-    }
-    const ordOf = (id: string) => ord.get(id) ?? account.seq;
-
-    const grantOps: AnyBulkWriteOperation<StoredDoc>[] = [
-      ...changes.insertGrants.map((g) => ({
-        insertOne: { document: toDoc(GRANT, g, { _open: isOpenGrant(g), _ord: ordOf(g.id) }) },
-      })),
-      ...changes.updateGrants.map((g) => ({
-        updateOne: {
-          filter: { _id: g.id, userId: this.userId },
-          update: { $set: { ...updatableFields(GRANT, g), _open: isOpenGrant(g) } },
-        },
-      })),
-    ];
-    await write(this.c.grants, grantOps, session);
-
-    const holdOps: AnyBulkWriteOperation<StoredDoc>[] = [
-      ...changes.insertReservations.map((r) => ({
-        insertOne: { document: toDoc(RESERVATION, r, { _ord: ordOf(r.id) }) },
-      })),
-      ...changes.updateReservations.map((r) => ({
-        updateOne: { filter: { _id: r.id, userId: this.userId }, update: { $set: updatableFields(RESERVATION, r) } },
-      })),
-    ];
-    await write(this.c.reservations, holdOps, session);
-    await write(
-      this.c.journal,
-      changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } })),
-      session,
-    );
+    const { grants, holds } = itemOps(changes);
+    await write(this.c.grants, grants, session);
+    await write(this.c.reservations, holds, session);
+    await write(this.c.journal, entryOps(changes), session);
     await this.promos.saveIn(session, changes);
     if (changes.notifications !== undefined && changes.notifications.length > 0) {
       await new MongoOutbox(this.c.notifications).insertInTransaction(changes.notifications, session);
     }
     // What the cache holds once the transaction commits (only a state this unit of work loaded).
     if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
-  }
-}
-
-/**
- * One command for a collection's writes: `bulkWrite` (ordered) for several, the single-operation
- * command for one (the common case, with less work in the driver), nothing for none.
- */
-async function write(
-  collection: Collection<StoredDoc>,
-  ops: AnyBulkWriteOperation<StoredDoc>[],
-  session: ClientSession,
-): Promise<void> {
-  const [only] = ops;
-  if (only === undefined) return;
-  let updates = 0;
-  let matched = 0;
-  if (ops.length === 1 && "insertOne" in only) {
-    await collection.insertOne(only.insertOne.document, { session });
-  } else if (ops.length === 1 && "updateOne" in only) {
-    updates = 1;
-    matched = (await collection.updateOne(only.updateOne.filter, only.updateOne.update, { session })).matchedCount;
-  } else {
-    updates = ops.filter((op) => "updateOne" in op).length;
-    matched = (await collection.bulkWrite(ops, { session, ordered: true })).matchedCount;
-  }
-  // Every update names a document of this account that its unit of work read: a miss is a bug.
-  if (matched !== updates) {
-    throw new Error(`[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`);
   }
 }
 
