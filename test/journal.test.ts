@@ -42,6 +42,9 @@ describe("ColumnarJournal", () => {
       { hash: "a".repeat(62) },
       { hash: "sha256:whatever" },
       { idempotencyKey: "k", metadata: { a: 1 }, grants: [] },
+      { type: "reserve", reservationId: "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab" },
+      { type: "commit_reserved", reservationId: "res-1", description: "odd id" },
+      { type: "release_reserved", reservationId: "0F0E0D0C-AAAA-4BBB-8CCC-0123456789AB" },
     ];
     const appended: JournalEntry[] = [];
     for (let i = 0; i < 40; i++) {

@@ -7,14 +7,16 @@ type Extras = Pick<
 
 const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
+/** Flag in an entry's type byte: its reservation id is in the `resIds` column. */
+const HAS_RESERVATION = 0x80;
 /** Numbers kept per entry: amount, balanceAfter, reservedAfter, debtAfter, createdAt (ms). */
 const NUMS = 5;
 
 /**
  * One account's journal, stored column-wise in typed arrays: ids and hashes as bytes, numbers as
- * float64 (exact for safe integers), grant portions in a pool of (grant index, amount). About 110
- * bytes an entry that the garbage collector never has to trace, instead of several small objects
- * and strings per entry — which is what keeps a million-entry store small and its per-operation
+ * float64 (exact for safe integers), reservation ids as bytes, grant portions in a pool of (grant
+ * index, amount). About 126 bytes an entry that the garbage collector never has to trace, instead
+ * of several small objects and strings per entry — which is what keeps a million-entry store small and its per-operation
  * cost flat. `seq`, `userId` and `prevHash` are implied; rare fields live in a sparse map.
  * Anything that does not fit the compact form (an id that is not a UUID, say) is kept as is.
  */
@@ -25,6 +27,8 @@ export class ColumnarJournal {
   private types = new Uint8Array(0);
   private ids = Buffer.alloc(0);
   private hashes = Buffer.alloc(0);
+  /** Reservation ids as bytes, for entries whose type byte has `HAS_RESERVATION` set. */
+  private resIds = Buffer.alloc(0);
   /** Start of each entry's portions in the pool; entry i's portions end where i + 1's start. */
   private portionStart = new Uint32Array(1);
   private pGrant = new Uint32Array(0);
@@ -46,7 +50,11 @@ export class ColumnarJournal {
     this.nums[n + 2] = e.reservedAfter;
     this.nums[n + 3] = e.debtAfter;
     this.nums[n + 4] = e.createdAt.getTime();
-    this.types[i] = TYPE_CODE.get(e.type) as number;
+    let code = TYPE_CODE.get(e.type) as number;
+    const r = e.reservationId;
+    const oddReservation = r !== null && !writeUuid(this.resIds, i * 16, r);
+    if (r !== null && !oddReservation) code |= HAS_RESERVATION;
+    this.types[i] = code;
     if (!writeUuid(this.ids, i * 16, e.id)) this.oddIds.set(i, e.id);
     if (!writeHex(this.hashes, i * 32, e.hash, 64)) this.oddHashes.set(i, e.hash);
     for (const p of e.grants) {
@@ -63,7 +71,7 @@ export class ColumnarJournal {
     }
     this.portionStart[i + 1] = this.portions;
     if (
-      e.reservationId !== null ||
+      oddReservation ||
       e.idempotencyKey !== null ||
       e.fingerprint !== null ||
       e.correlationId !== null ||
@@ -71,7 +79,7 @@ export class ColumnarJournal {
       e.metadata !== null
     ) {
       this.extras.set(i, {
-        reservationId: e.reservationId,
+        reservationId: oddReservation ? r : null,
         idempotencyKey: e.idempotencyKey,
         fingerprint: e.fingerprint,
         correlationId: e.correlationId,
@@ -83,7 +91,7 @@ export class ColumnarJournal {
   }
 
   type(i: number): EntryType {
-    return TYPES[this.types[i] as number] as EntryType;
+    return TYPES[(this.types[i] as number) & ~HAS_RESERVATION] as EntryType;
   }
 
   createdAt(i: number): number {
@@ -112,7 +120,7 @@ export class ColumnarJournal {
       reservedAfter: this.nums[n + 2] as number,
       debtAfter: this.nums[n + 3] as number,
       grants,
-      reservationId: x?.reservationId ?? null,
+      reservationId: ((this.types[i] as number) & HAS_RESERVATION) !== 0 ? uuid(this.resIds, i * 16) : (x?.reservationId ?? null),
       idempotencyKey: x?.idempotencyKey ?? null,
       fingerprint: x?.fingerprint ?? null,
       correlationId: x?.correlationId ?? null,
@@ -140,6 +148,7 @@ export class ColumnarJournal {
     this.types = resize(this.types, cap);
     this.ids = resize(this.ids, cap * 16);
     this.hashes = resize(this.hashes, cap * 32);
+    this.resIds = resize(this.resIds, cap * 16);
     this.portionStart = resize(this.portionStart, cap + 1);
     this.capacity = cap;
   }
