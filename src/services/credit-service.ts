@@ -149,12 +149,12 @@ class UnitRun<T> {
     private readonly settle: boolean,
   ) {}
 
-  readonly attempt = (tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> => {
+  attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     this.refused = undefined;
     const key = this.meta.idempotencyKey;
     const loading = tx.load(key === undefined ? undefined : { idempotencyKey: key });
     return isPromiseLike(loading) ? Promise.resolve(loading).then((state) => this.loaded(tx, state)) : this.loaded(tx, loading);
-  };
+  }
 
   private loaded(tx: DbTransaction, state: LoadedState): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     const key = this.meta.idempotencyKey;
@@ -560,7 +560,7 @@ export class CreditService {
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle);
     let outcome: UnitOutcome<T>;
     try {
-      outcome = await this.db.transaction(userId, unit.attempt);
+      outcome = await this.db.transaction(userId, (tx) => unit.attempt(tx));
     } catch (error) {
       // With notifications on, a refusal for lack of credits is recorded once the unit of work ended.
       const refused = unit.refused;
