@@ -101,9 +101,6 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     return null;
   };
 
-  const identify = async (req: Req, headerValue: string | null | undefined): Promise<Identity | null> =>
-    identityOf(o.authenticate ? await o.authenticate(req) : null, headerValue);
-
   /** The options of the hold: only the keys that are set. */
   const ttlSeconds = o.ttlSeconds;
   const meterOptions = (estimate: number, method: string | undefined, path: string): MeterOptions => {
@@ -147,27 +144,14 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     usageFrom,
     usageOfBody,
     usagePath,
-    identify,
     identityOf,
     meterOptions,
     settle,
     deductedHeader,
     estimateHeaderName: header,
     onSettled: o.onSettled,
-    ttlSeconds: o.ttlSeconds,
     credits: o.credits,
   };
-}
-
-/** Opens the hold; 402 / 400 / 5xx become the error a client should see. */
-async function open(
-  credits: Pick<CreditService, "openMeter">,
-  userId: string,
-  estimate: number,
-  ttlSeconds: number | undefined,
-  reason: string,
-): Promise<MeterSession> {
-  return credits.openMeter(userId, { estimate, ttlSeconds, reason: reason.slice(0, 1000) });
 }
 
 const isJsonType = (type: string | null | undefined) => !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);
@@ -187,16 +171,19 @@ const isJsonType = (type: string | null | undefined) => !!type && /^application\
  */
 export function creditMetering(options: CreditMeteringOptions) {
   const c = common(options);
+  const estimateHeader = c.estimateHeaderName;
   return (handler: (request: Request) => Response | Promise<Response>) =>
     async (request: Request): Promise<Response> => {
-      const url = new URL(request.url);
-      if (!c.applies(url.pathname)) return handler(request);
+      const path = pathnameOf(request.url);
+      if (!c.applies(path)) return handler(request);
       let session: MeterSession;
       try {
-        const identity = await c.identify(request, request.headers.get("x-user-id"));
+        let found = options.authenticate ? options.authenticate(request) : null;
+        if (found !== null && found !== undefined && typeof (found as Promise<unknown>).then === "function") found = await found;
+        const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
-        const estimate = c.estimate(request.headers.get(options.estimateHeader ?? "x-estimated-tokens"));
-        session = await open(c.credits, identity.userId, estimate, c.ttlSeconds, `${request.method} ${url.pathname}`);
+        const estimate = c.estimate(request.headers.get(estimateHeader));
+        session = await c.credits.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
       } catch (error) {
         return errorResponse(error);
       }
@@ -206,7 +193,7 @@ export function creditMetering(options: CreditMeteringOptions) {
 
       let response: Response;
       try {
-        response = await session.run(() => handler(request));
+        response = await session.run(handler, request);
       } catch (error) {
         await release("error");
         throw error;
@@ -219,7 +206,7 @@ export function creditMetering(options: CreditMeteringOptions) {
       if (isJsonType(response.headers.get("content-type")) || response.body === null) {
         let text: string | null = null;
         try {
-          text = response.body === null ? null : await session.run(() => response.text());
+          text = response.body === null ? null : await session.run(textOf, response);
         } catch (error) {
           await release("error");
           throw error;
@@ -253,9 +240,35 @@ export function creditMetering(options: CreditMeteringOptions) {
     };
 }
 
+const textOf = (response: Response) => response.text();
+
+/**
+ * The path of a `Request`'s URL without building a `URL`: `request.url` is already parsed and
+ * serialised (dot segments resolved, percent-encoding normalised), so its path is the text between
+ * the authority and `?`/`#`. Anything unexpected goes through `URL`.
+ */
+function pathnameOf(url: string): string {
+  const scheme = url.startsWith("https://") ? 8 : url.startsWith("http://") ? 7 : -1;
+  if (scheme === -1) return new URL(url).pathname;
+  const start = url.indexOf("/", scheme);
+  if (start === -1) return "/";
+  let end = url.length;
+  for (let i = start; i < end; i++) {
+    const ch = url.charCodeAt(i);
+    if (ch === 63 /* ? */ || ch === 35 /* # */) end = i;
+  }
+  return url.slice(start, end);
+}
+
 function withHeader(response: Response, body: ConstructorParameters<typeof Response>[0], name: string, charged: number): Response {
-  const headers = new Headers(response.headers);
-  headers.set(name, String(charged));
+  let headers = response.headers;
+  try {
+    // A Response the handler built has mutable headers: no copy. One from fetch() is immutable.
+    headers.set(name, String(charged));
+  } catch {
+    headers = new Headers(response.headers);
+    headers.set(name, String(charged));
+  }
   if (typeof body === "string") headers.delete("content-length");
   return new Response(body, { status: response.status, statusText: response.statusText, headers });
 }

@@ -158,9 +158,9 @@ export class MeterSession {
     return (this.contextObject ??= new SessionContext(this));
   }
 
-  /** Runs `fn` inside this call's usage context (AsyncLocalStorage): `recordUsage` finds it. */
-  run<T>(fn: () => T): T {
-    return storage.run(this, fn);
+  /** Runs `fn(...args)` inside this call's usage context (AsyncLocalStorage): `recordUsage` finds it. */
+  run<A extends unknown[], T>(fn: (...args: A) => T, ...args: A): T {
+    return storage.run(this, fn, ...args);
   }
 
   get settled(): boolean {
