@@ -4,6 +4,7 @@ import { UserId, parse } from "../models/index.js";
 import type { CreditService } from "../services/credit-service.js";
 import type { MeterOptions } from "../models/index.js";
 import type { MeterOutcome, MeterSession } from "../services/metering.js";
+import { textResponse } from "./node.js";
 import { errorBody, errorResponse, json, type Identity } from "./router.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
@@ -269,8 +270,10 @@ function withHeader(response: Response, body: ConstructorParameters<typeof Respo
     headers = new Headers(response.headers);
     headers.set(name, String(charged));
   }
-  if (typeof body === "string") headers.delete("content-length");
-  return new Response(body, { status: response.status, statusText: response.statusText, headers });
+  const init = { status: response.status, statusText: response.statusText, headers };
+  if (typeof body !== "string") return new Response(body, init);
+  headers.delete("content-length");
+  return textResponse(body, init);
 }
 
 type Next = (error?: Error) => void;
