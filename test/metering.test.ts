@@ -121,6 +121,26 @@ describe("credits.meter()", () => {
     await strict.close();
   });
 
+  it("validates every usage record, the plain { amount } ones too, and stores exactly what was given", async () => {
+    const bad = [{ amount: 1.5 }, { amount: -1 }, { amount: Number.MAX_SAFE_INTEGER + 1 }, { amount: "3" }, { amount: 3, bogus: 1 }, null];
+    for (const usage of bad) {
+      const outcomes: MeterOutcome[] = [];
+      await expect(
+        m.credits.meter("u", { estimate: 10, onSettled: (o) => outcomes.push(o) }, () => void recordUsage(usage as never)),
+      ).rejects.toBeInstanceOf(ValidationError);
+      expect(outcomes[0]).toMatchObject({ outcome: "released", releaseReason: "error", usages: [] });
+    }
+    await m.credits.meter("u", { estimate: 10 }, (ctx) => {
+      recordUsage({ amount: 0 });
+      recordUsage({ amount: 4, model: undefined });
+      expect(ctx.used).toBe(4);
+    });
+    const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"] })).items[0];
+    expect(commit?.amount).toBe(4);
+    expect(commit?.metadata?.usages).toEqual([{ amount: 0 }, { amount: 4 }]);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(996);
+  });
+
   it("validates its options", async () => {
     await expect(m.credits.meter("u", { estimate: 0 }, () => 1)).rejects.toBeInstanceOf(ValidationError);
     await expect(m.credits.meter("u", { estimate: 5, bogus: 1 } as never, () => 1)).rejects.toBeInstanceOf(ValidationError);

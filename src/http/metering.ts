@@ -2,7 +2,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ValidationError } from "../errors.js";
 import { UserId, parse } from "../models/index.js";
 import type { CreditService } from "../services/credit-service.js";
+import type { MeterOptions } from "../models/index.js";
 import type { MeterOutcome, MeterSession } from "../services/metering.js";
+import { textResponse } from "./node.js";
 import { errorBody, errorResponse, json, type Identity } from "./router.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
@@ -93,11 +95,30 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     return typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
   };
 
-  const identify = async (req: Req, headerValue: string | null | undefined): Promise<Identity | null> => {
-    const found = o.authenticate ? await o.authenticate(req) : null;
+  /** The payer: what `authenticate` found, else (when trusted) the `X-User-Id` header, else null. */
+  const identityOf = (found: Identity | null | undefined, headerValue: string | null | undefined): Identity | null => {
     if (found) return { userId: parse(UserId, found.userId, "identity.userId"), admin: found.admin === true };
     if (o.trustUserIdHeader && headerValue) return { userId: parse(UserId, headerValue, "X-User-Id") };
     return null;
+  };
+
+  /** The options of the hold: only the keys that are set. */
+  const ttlSeconds = o.ttlSeconds;
+  const meterOptions = (estimate: number, method: string | undefined, path: string): MeterOptions => {
+    const reason = `${method ?? "GET"} ${path}`;
+    const out: MeterOptions = { estimate, reason: reason.length > 1000 ? reason.slice(0, 1000) : reason };
+    if (ttlSeconds !== undefined) out.ttlSeconds = ttlSeconds;
+    return out;
+  };
+
+  /** The `usageKey` of a node response's last chunk, when it is the whole body and JSON. */
+  const usageOfBody = (res: ServerResponse, chunk: unknown): number | undefined => {
+    if (typeof chunk !== "string" && !Buffer.isBuffer(chunk)) return undefined;
+    const body = chunk.toString();
+    const type = res.getHeader("content-type");
+    // After writeHead(status, headers) the type may not be readable: then try the body as JSON.
+    const isJson = type === undefined ? body.trimStart().startsWith("{") : isJsonType(String(type));
+    return isJson ? usageFrom(body) : undefined;
   };
 
   /** Settles (or joins the settlement already under way) and reports each session once. */
@@ -118,18 +139,20 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
       () => null,
     );
 
-  return { applies, estimate, usageFrom, identify, settle, deductedHeader, ttlSeconds: o.ttlSeconds, credits: o.credits };
-}
-
-/** Opens the hold; 402 / 400 / 5xx become the error a client should see. */
-async function open(
-  credits: Pick<CreditService, "openMeter">,
-  userId: string,
-  estimate: number,
-  ttlSeconds: number | undefined,
-  reason: string,
-): Promise<MeterSession> {
-  return credits.openMeter(userId, { estimate, ttlSeconds, reason: reason.slice(0, 1000) });
+  return {
+    applies,
+    estimate,
+    usageFrom,
+    usageOfBody,
+    usagePath,
+    identityOf,
+    meterOptions,
+    settle,
+    deductedHeader,
+    estimateHeaderName: header,
+    onSettled: o.onSettled,
+    credits: o.credits,
+  };
 }
 
 const isJsonType = (type: string | null | undefined) => !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);
@@ -149,16 +172,19 @@ const isJsonType = (type: string | null | undefined) => !!type && /^application\
  */
 export function creditMetering(options: CreditMeteringOptions) {
   const c = common(options);
+  const estimateHeader = c.estimateHeaderName;
   return (handler: (request: Request) => Response | Promise<Response>) =>
     async (request: Request): Promise<Response> => {
-      const url = new URL(request.url);
-      if (!c.applies(url.pathname)) return handler(request);
+      const path = pathnameOf(request.url);
+      if (!c.applies(path)) return handler(request);
       let session: MeterSession;
       try {
-        const identity = await c.identify(request, request.headers.get("x-user-id"));
+        let found = options.authenticate ? options.authenticate(request) : null;
+        if (found !== null && found !== undefined && typeof (found as Promise<unknown>).then === "function") found = await found;
+        const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
-        const estimate = c.estimate(request.headers.get(options.estimateHeader ?? "x-estimated-tokens"));
-        session = await open(c.credits, identity.userId, estimate, c.ttlSeconds, `${request.method} ${url.pathname}`);
+        const estimate = c.estimate(request.headers.get(estimateHeader));
+        session = await c.credits.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
       } catch (error) {
         return errorResponse(error);
       }
@@ -168,7 +194,7 @@ export function creditMetering(options: CreditMeteringOptions) {
 
       let response: Response;
       try {
-        response = await session.run(() => handler(request));
+        response = await session.run(handler, request);
       } catch (error) {
         await release("error");
         throw error;
@@ -181,7 +207,7 @@ export function creditMetering(options: CreditMeteringOptions) {
       if (isJsonType(response.headers.get("content-type")) || response.body === null) {
         let text: string | null = null;
         try {
-          text = response.body === null ? null : await session.run(() => response.text());
+          text = response.body === null ? null : await session.run(textOf, response);
         } catch (error) {
           await release("error");
           throw error;
@@ -215,15 +241,156 @@ export function creditMetering(options: CreditMeteringOptions) {
     };
 }
 
+const textOf = (response: Response) => response.text();
+
+/**
+ * The path of a `Request`'s URL without building a `URL`: `request.url` is already parsed and
+ * serialised (dot segments resolved, percent-encoding normalised), so its path is the text between
+ * the authority and `?`/`#`. Anything unexpected goes through `URL`.
+ */
+function pathnameOf(url: string): string {
+  const scheme = url.startsWith("https://") ? 8 : url.startsWith("http://") ? 7 : -1;
+  if (scheme === -1) return new URL(url).pathname;
+  const start = url.indexOf("/", scheme);
+  if (start === -1) return "/";
+  let end = url.length;
+  for (let i = start; i < end; i++) {
+    const ch = url.charCodeAt(i);
+    if (ch === 63 /* ? */ || ch === 35 /* # */) end = i;
+  }
+  return url.slice(start, end);
+}
+
 function withHeader(response: Response, body: ConstructorParameters<typeof Response>[0], name: string, charged: number): Response {
-  const headers = new Headers(response.headers);
-  headers.set(name, String(charged));
-  if (typeof body === "string") headers.delete("content-length");
-  return new Response(body, { status: response.status, statusText: response.statusText, headers });
+  let headers = response.headers;
+  try {
+    // A Response the handler built has mutable headers: no copy. One from fetch() is immutable.
+    headers.set(name, String(charged));
+  } catch {
+    headers = new Headers(response.headers);
+    headers.set(name, String(charged));
+  }
+  const init = { status: response.status, statusText: response.statusText, headers };
+  if (typeof body !== "string") return new Response(body, init);
+  headers.delete("content-length");
+  return textResponse(body, init);
 }
 
 type Next = (error?: Error) => void;
-type EndArgs = [chunk?: unknown, encoding?: unknown, cb?: unknown];
+type Common = ReturnType<typeof common<IncomingMessage>>;
+type End = (this: ServerResponse, chunk?: unknown, encoding?: unknown, cb?: unknown) => ServerResponse;
+type Write = (this: ServerResponse, ...args: unknown[]) => boolean;
+
+/** Where a metered ServerResponse keeps its request's state (one object per request, no closures). */
+const METERED = Symbol("credit-management.metered");
+type MeteredResponse = ServerResponse & { [METERED]?: NodeMetered };
+
+/** One metered node request: its session, the response's own `write`/`end`, what `end` deferred. */
+class NodeMetered {
+  /** Written in parts (`res.write`): the headers are out before the end. */
+  parts = false;
+  /** Usage read from the body of an end that could not wait (committed when the response closes). */
+  pending: number | undefined = undefined;
+  private reported = false;
+  private endChunk: unknown;
+  private endEncoding: unknown;
+  private endCallback: unknown;
+
+  constructor(
+    readonly c: Common,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly session: MeterSession,
+    readonly locals: Partial<MeteringLocals> | undefined,
+    readonly write: Write,
+    readonly end: End,
+  ) {}
+
+  /** Reports the settlement once (`onSettled`, `res.locals`); a failed settlement reports nothing. */
+  settle(p: Promise<MeterOutcome>): Promise<MeterOutcome | null> {
+    return p.then(
+      (outcome) => {
+        this.report(outcome);
+        return outcome;
+      },
+      () => null,
+    );
+  }
+
+  private report(outcome: MeterOutcome): void {
+    if (this.reported) return;
+    this.reported = true;
+    if (this.locals) this.locals.creditsDeducted = outcome.charged;
+    const onSettled = this.c.onSettled;
+    if (onSettled) {
+      try {
+        onSettled(outcome, this.req);
+      } catch {
+        // a failing callback must not change the response
+      }
+    }
+  }
+
+  /** `res.end(body)` before the headers went out: settle first, then end with the header set. */
+  endAfterSettling(p: Promise<MeterOutcome>, chunk: unknown, encoding: unknown, cb: unknown): void {
+    this.endChunk = chunk;
+    this.endEncoding = encoding;
+    this.endCallback = cb;
+    p.then(
+      (outcome) => {
+        this.report(outcome);
+        this.finishEnd(outcome.charged);
+      },
+      () => this.finishEnd(null),
+    );
+  }
+
+  private finishEnd(charged: number | null): void {
+    const res = this.res;
+    if (charged !== null && !res.headersSent) res.setHeader(this.c.deductedHeader, String(charged));
+    this.end.call(res, this.endChunk, this.endEncoding, this.endCallback);
+    this.endChunk = this.endEncoding = this.endCallback = undefined;
+  }
+}
+
+function meteredWrite(this: MeteredResponse): boolean {
+  const m = this[METERED] as NodeMetered;
+  m.parts = true;
+  // eslint-disable-next-line prefer-rest-params
+  return m.write.apply(this, arguments as unknown as unknown[]);
+}
+
+function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+  const m = this[METERED] as NodeMetered;
+  const session = m.session;
+  // eslint-disable-next-line prefer-rest-params
+  if (session.settled) return m.end.apply(this, arguments as unknown as Parameters<End>);
+  // The usage of the body: only with a `usageKey` and when the handler recorded none.
+  const amount = m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
+  if (m.parts || this.headersSent) {
+    m.pending = amount; // committed when the response closes; the header is gone already
+    // eslint-disable-next-line prefer-rest-params
+    return m.end.apply(this, arguments as unknown as Parameters<End>);
+  }
+  m.endAfterSettling(this.statusCode >= 500 ? session.release("error") : session.commit(amount), chunk, encoding, cb);
+  return this;
+}
+
+/** The response is done (finished, or its client went away): settle whatever is not settled yet. */
+function onMeteredClose(this: MeteredResponse): void {
+  const m = this[METERED];
+  if (m === undefined || m.session.settled) return;
+  const session = m.session;
+  if (!this.writableFinished) void m.settle(session.release("aborted"));
+  else void m.settle(this.statusCode >= 500 ? session.release("error") : session.commit(m.pending));
+}
+
+/** Writes a Fetch `Response` built by the error helpers (401, 400, 402, 5xx) to a node response. */
+function reply(res: ServerResponse, response: Response): void {
+  res.statusCode = response.status;
+  for (const [k, v] of response.headers) res.setHeader(k, v);
+  void response.text().then((text) => res.end(text));
+}
 
 /**
  * Metering for node:http and Express (and anything that hands over `req, res, next`): holds the
@@ -232,86 +399,76 @@ type EndArgs = [chunk?: unknown, encoding?: unknown, cb?: unknown];
  *   the end waits for the commit, so `X-Credits-Deducted` is set; usage is the recorded usage, else
  *   the `usageKey` of a JSON body;
  * - a response written in parts (`res.write`, SSE, `res.writeHead` first, Fastify): headers are out
- *   already, so the commit happens on `finish` and the figure goes to `onSettled` and
+ *   already, so the commit happens when the response is done and the figure goes to `onSettled` and
  *   `res.locals.creditsDeducted` (Express);
  * - status >= 500 releases; so does a client that disconnects before the response finished.
  * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
  */
 export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOptions) {
   const c = common(options);
-  return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
-    const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
-    const path = target.split("?")[0] ?? "/";
-    if (!c.applies(path)) {
-      next();
-      return;
-    }
-    const reply = async (response: Response) => {
-      res.statusCode = response.status;
-      for (const [k, v] of response.headers) res.setHeader(k, v);
-      res.end(await response.text());
-    };
-    void (async () => {
-      let session: MeterSession;
-      try {
-        const identity = await c.identify(req, headerOf(req, "x-user-id"));
-        if (identity === null) return reply(json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
-        const estimate = c.estimate(headerOf(req, options.estimateHeader ?? "x-estimated-tokens"));
-        session = await open(c.credits, identity.userId, estimate, c.ttlSeconds, `${req.method} ${path}`);
-      } catch (error) {
-        return reply(errorResponse(error));
-      }
+  const estimateHeader = c.estimateHeaderName;
+
+  /** The hold is placed: intercept the end of the response and run the rest of the chain. */
+  const start = (req: IncomingMessage, res: MeteredResponse, next: Next, session: MeterSession): void => {
+    try {
       const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
       if (locals) {
         locals.creditReservationId = session.reservationId;
         locals.creditEstimate = session.estimate;
       }
-      const done = (p: Promise<MeterOutcome>) =>
-        c.settle(req, session, p).then((outcome) => {
-          if (outcome && locals) locals.creditsDeducted = outcome.charged;
-          return outcome;
-        });
-      let pending: number | undefined;
-      const settleByStatus = () => done(res.statusCode >= 500 ? session.release("error") : session.commit(pending));
+      res[METERED] = new NodeMetered(c, req, res, session, locals, res.write as unknown as Write, res.end as unknown as End);
+      res.write = meteredWrite as unknown as typeof res.write;
+      res.end = meteredEnd as unknown as typeof res.end;
+      res.on("close", onMeteredClose);
+      session.run(next);
+    } catch (error) {
+      next(error instanceof Error ? error : new Error(String(error)));
+    }
+  };
 
-      let parts = false;
-      const write = res.write;
-      const end = res.end;
-      res.write = function (this: ServerResponse, ...args: unknown[]) {
-        parts = true;
-        return (write as (...a: unknown[]) => boolean).apply(this, args);
-      } as typeof res.write;
-      res.end = function (this: ServerResponse, ...args: EndArgs) {
-        if (session.settled) return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
-        const [chunk] = args;
-        const body = !parts && (typeof chunk === "string" || Buffer.isBuffer(chunk)) ? chunk.toString() : null;
-        const type = res.getHeader("content-type");
-        // After writeHead(status, headers) the type may not be readable: then try the body as JSON.
-        const json = type === undefined ? body?.trimStart().startsWith("{") === true : isJsonType(String(type));
-        const amount = session.usages.length === 0 && body !== null && json ? c.usageFrom(body) : undefined;
-        if (parts || res.headersSent) {
-          pending = amount; // committed on "finish"; the header is gone already
-          return (end as (...a: EndArgs) => ServerResponse).apply(this, args);
-        }
-        void (async () => {
-          const outcome = await done(res.statusCode >= 500 ? session.release("error") : session.commit(amount));
-          if (!res.headersSent && outcome) res.setHeader(c.deductedHeader, String(outcome.charged));
-          (end as (...a: EndArgs) => ServerResponse).apply(res, args);
-        })();
-        return res;
-      } as typeof res.end;
-      res.once("finish", () => {
-        if (!session.settled) void settleByStatus();
-      });
-      res.once("close", () => {
-        if (!res.writableFinished && !session.settled) void done(session.release("aborted"));
-      });
-      session.run(() => next());
-    })().catch((error: unknown) => next(error instanceof Error ? error : new Error(String(error))));
+  /** Who pays and how much to hold; then place the hold. */
+  const proceed = (req: IncomingMessage, res: ServerResponse, next: Next, path: string, found: Identity | null | undefined): void => {
+    let userId: string;
+    let estimate: number;
+    try {
+      const identity = c.identityOf(found, headerOf(req, "x-user-id"));
+      if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
+      userId = identity.userId;
+      estimate = c.estimate(headerOf(req, estimateHeader));
+    } catch (error) {
+      return reply(res, errorResponse(error));
+    }
+    c.credits.openMeter(userId, c.meterOptions(estimate, req.method, path)).then(
+      (session) => start(req, res, next, session),
+      (error: unknown) => reply(res, errorResponse(error)),
+    );
+  };
+
+  return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
+    const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
+    const q = target.indexOf("?");
+    const path = q === -1 ? target : target.slice(0, q);
+    if (!c.applies(path)) {
+      next();
+      return;
+    }
+    let found: ReturnType<NonNullable<typeof options.authenticate>> | null;
+    try {
+      found = options.authenticate ? options.authenticate(req) : null;
+    } catch (error) {
+      return reply(res, errorResponse(error));
+    }
+    if (found !== null && found !== undefined && typeof (found as Promise<unknown>).then === "function") {
+      (found as Promise<Identity | null | undefined>).then(
+        (identity) => proceed(req, res, next, path, identity),
+        (error: unknown) => reply(res, errorResponse(error)),
+      );
+    } else proceed(req, res, next, path, found as Identity | null | undefined);
   };
 }
 
+/** A request header by its lower-case name. */
 function headerOf(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name.toLowerCase()];
+  const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
 }

@@ -85,6 +85,19 @@ export function toRequest(req: IncomingMessage, res: ServerResponse, target = re
   return new Request(url, init);
 }
 
+/** The text of Responses this package built from a string it still holds (see `textResponse`). */
+const knownText = new WeakMap<Response, string>();
+
+/**
+ * @internal A `Response` over `text` that `sendResponse` writes with one `res.end(text)` instead of
+ * reading it back through its web stream (the metering wrapper re-emits JSON bodies it read whole).
+ */
+export function textResponse(text: string, init: ResponseInit): Response {
+  const response = new Response(text, init);
+  knownText.set(response, text);
+  return response;
+}
+
 /** Writes a Fetch `Response` to a ServerResponse, streaming its body with backpressure. */
 export async function sendResponse(res: ServerResponse, response: Response, head = false): Promise<void> {
   res.statusCode = response.status;
@@ -94,6 +107,13 @@ export async function sendResponse(res: ServerResponse, response: Response, head
   }
   const cookies = response.headers.getSetCookie();
   if (cookies.length > 0) res.setHeader("set-cookie", cookies);
+  const text = knownText.get(response);
+  if (text !== undefined && !response.bodyUsed) {
+    // Nobody read it since it was built: its stream is untouched and the text is the body.
+    if (head) res.end();
+    else res.end(text);
+    return;
+  }
   if (response.body === null || head) {
     if (response.body !== null) await response.body.cancel().catch(() => undefined);
     res.end();

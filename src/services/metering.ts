@@ -70,7 +70,7 @@ export function recordUsage(usage: UsageRecord): boolean {
       "recordUsage() was called outside a metered call (credits.meter(), creditMetering() or creditMeteringMiddleware()).",
     );
   }
-  return session.context.recordUsage(usage);
+  return session.recordUsage(usage);
 }
 
 /** The metered call this code runs under, or undefined. */
@@ -89,13 +89,60 @@ interface SessionDeps {
   logger?: Logger | undefined;
 }
 
+/** `MeterContext` of a session: prototype getters over the session, no per-call closures. */
+class SessionContext implements MeterContext {
+  constructor(private readonly session: MeterSession) {}
+  get userId(): string {
+    return this.session.userId;
+  }
+  get reservationId(): string {
+    return this.session.reservationId;
+  }
+  get estimate(): number {
+    return this.session.estimate;
+  }
+  get usages(): readonly UsageRecord[] {
+    return this.session.usages;
+  }
+  get used(): number {
+    return this.session.used;
+  }
+  get settled(): boolean {
+    return this.session.settled;
+  }
+  recordUsage(usage: UsageRecord): boolean {
+    return this.session.recordUsage(usage);
+  }
+}
+
+const isAmount = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+
+/**
+ * The common usage `{ amount }` (a safe integer >= 0, no other key) needs no schema run; anything
+ * else goes through `UsageRecord` and its error messages.
+ */
+function usageRecord(usage: UsageRecord): UsageRecord {
+  if (usage !== null && typeof usage === "object" && isAmount(usage.amount) && Object.getPrototypeOf(usage) === Object.prototype) {
+    let only = true;
+    for (const k in usage) {
+      if (k !== "amount") {
+        only = false;
+        break;
+      }
+    }
+    if (only) return { amount: usage.amount };
+  }
+  return stripUndefined(parse(UsageRecord, usage, "usage"));
+}
+
 /**
  * A placed hold and its usage context. `commit()` and `release()` settle it; whichever comes first
  * wins and every later call gets the same outcome, so one metered call is one commit or one release.
  */
 export class MeterSession {
-  readonly context: MeterContext;
+  private contextObject: MeterContext | null = null;
   private readonly recorded: UsageRecord[] = [];
+  private sum = 0;
   private settlement: Promise<MeterOutcome> | null = null;
 
   constructor(
@@ -104,38 +151,16 @@ export class MeterSession {
     readonly reservationId: string,
     readonly estimate: number,
     private readonly options: Omit<MeterOptions, "estimate">,
-  ) {
-    const recorded = this.recorded;
-    const isSettled = () => this.settlement !== null;
-    this.context = {
-      userId,
-      reservationId,
-      estimate,
-      usages: recorded,
-      get used() {
-        return recorded.reduce((s, u) => s + u.amount, 0);
-      },
-      get settled() {
-        return isSettled();
-      },
-      recordUsage(usage: UsageRecord): boolean {
-        const u = parse(UsageRecord, usage, "usage");
-        if (isSettled()) {
-          deps.logger?.warn(
-            { userId, reservationId, usage: u },
-            "credit-management: usage recorded after its metered call was settled; it is not billed",
-          );
-          return false;
-        }
-        recorded.push(stripUndefined(u));
-        return true;
-      },
-    };
+  ) {}
+
+  /** The usage context `currentMeter()` returns (one object per session). */
+  get context(): MeterContext {
+    return (this.contextObject ??= new SessionContext(this));
   }
 
-  /** Runs `fn` inside this call's usage context (AsyncLocalStorage): `recordUsage` finds it. */
-  run<T>(fn: () => T): T {
-    return storage.run(this, fn);
+  /** Runs `fn(...args)` inside this call's usage context (AsyncLocalStorage): `recordUsage` finds it. */
+  run<A extends unknown[], T>(fn: (...args: A) => T, ...args: A): T {
+    return storage.run(this, fn, ...args);
   }
 
   get settled(): boolean {
@@ -146,6 +171,26 @@ export class MeterSession {
     return this.recorded;
   }
 
+  /** Σ recorded amounts. */
+  get used(): number {
+    return this.sum;
+  }
+
+  /** Records usage in this call; false (and a warning) if the call is already settled. */
+  recordUsage(usage: UsageRecord): boolean {
+    const u = usageRecord(usage);
+    if (this.settlement !== null) {
+      this.deps.logger?.warn(
+        { userId: this.userId, reservationId: this.reservationId, usage: u },
+        "credit-management: usage recorded after its metered call was settled; it is not billed",
+      );
+      return false;
+    }
+    this.recorded.push(u);
+    this.sum += u.amount;
+    return true;
+  }
+
   /**
    * Commits `amount`, or (omitted) the recorded usage. With neither, follows `noUsage` (default:
    * release). A hold that lapsed meanwhile is charged as an after-service deduction; usage beyond
@@ -153,7 +198,7 @@ export class MeterSession {
    */
   commit(amount?: number): Promise<MeterOutcome> {
     if (this.settlement !== null) return this.settlement;
-    if (amount !== undefined) {
+    if (amount !== undefined && !isAmount(amount)) {
       try {
         parse(NonNegativeAmount, amount, "usage amount");
       } catch (error) {
@@ -164,7 +209,7 @@ export class MeterSession {
     if (amount === undefined && this.recorded.length === 0 && (this.options.noUsage ?? "release") === "release") {
       this.settlement = this.doRelease("no-usage");
     } else {
-      const n = amount ?? (this.recorded.length > 0 ? this.context.used : this.estimate);
+      const n = amount ?? (this.recorded.length > 0 ? this.sum : this.estimate);
       this.settlement = this.doCommit(n);
     }
     return this.settlement;
@@ -177,66 +222,69 @@ export class MeterSession {
     return this.settlement;
   }
 
-  private key(suffix: string): string | undefined {
-    return this.options.idempotencyKey === undefined ? undefined : `${this.options.idempotencyKey}:${suffix}`;
+  /**
+   * The options of a commit, release or after-service deduction: only the keys that are set (each
+   * one more is one more field for the store's validation to walk).
+   */
+  private mutation(suffix: string, extra: Record<string, unknown> | null) {
+    const o = this.options;
+    const out: { description?: string; correlationId?: string; idempotencyKey?: string; metadata?: Record<string, never> } = {};
+    if (o.description !== undefined) out.description = o.description;
+    if (o.correlationId !== undefined) out.correlationId = o.correlationId;
+    if (o.idempotencyKey !== undefined) out.idempotencyKey = `${o.idempotencyKey}:${suffix}`;
+    if (o.metadata === undefined && extra === null) {
+      // As before: `{}` when there is nothing to say (the entries, their hashes and fingerprints are unchanged).
+      out.metadata = (this.recorded.length > 0 ? { usages: this.recorded } : {}) as Record<string, never>;
+    } else {
+      out.metadata = {
+        ...(o.metadata ?? {}),
+        ...extra,
+        ...(this.recorded.length > 0 ? { usages: this.recorded } : {}),
+      } as Record<string, never>;
+    }
+    return out;
   }
 
-  private metadata(extra: Record<string, unknown> = {}) {
-    return {
-      ...(this.options.metadata ?? {}),
-      ...extra,
-      ...(this.recorded.length > 0 ? { usages: this.recorded } : {}),
-    } as Record<string, never>;
-  }
-
-  private base(): MeterOutcome {
+  private outcome(outcome: MeterOutcome["outcome"], charged: number, entry: JournalEntry | null): MeterOutcome {
     return {
       userId: this.userId,
       reservationId: this.reservationId,
       estimate: this.estimate,
-      outcome: "released",
-      charged: 0,
-      usages: [...this.recorded],
-      entry: null,
+      outcome,
+      charged,
+      usages: this.recorded.slice(),
+      entry,
     };
   }
 
   private async doCommit(amount: number): Promise<MeterOutcome> {
     const { credits } = this.deps;
-    const common = {
-      description: this.options.description,
-      correlationId: this.options.correlationId,
-    };
     try {
-      const entry = await credits.commitReservedCredits(this.reservationId, {
-        ...common,
-        amount,
-        idempotencyKey: this.key("commit"),
-        metadata: this.metadata(),
-      });
-      return { ...this.base(), outcome: "committed", charged: amount, entry };
+      const options = this.mutation("commit", null) as { amount?: number };
+      options.amount = amount;
+      const entry = await credits.commitReservedCredits(this.reservationId, options);
+      return this.outcome("committed", amount, entry);
     } catch (error) {
       if (error instanceof ReservationExpiredError) {
         // The call outlived its hold: the credits went back, the usage was still delivered.
         const entry =
           amount > 0
-            ? await credits.deductCreditsAfterService(this.userId, amount, {
-                ...common,
-                idempotencyKey: this.key("after-service"),
-                metadata: this.metadata({ reservationId: this.reservationId, holdExpired: true }),
-              })
+            ? await credits.deductCreditsAfterService(
+                this.userId,
+                amount,
+                this.mutation("after-service", { reservationId: this.reservationId, holdExpired: true }),
+              )
             : null;
-        return { ...this.base(), outcome: "committed", charged: amount, chargedAfterService: true, entry };
+        const outcome = this.outcome("committed", amount, entry);
+        outcome.chargedAfterService = true;
+        return outcome;
       }
       if (error instanceof InsufficientCreditsError && amount > this.estimate) {
         // Past the overdraft limit: charge what was held and report the rest.
-        const entry = await credits.commitReservedCredits(this.reservationId, {
-          ...common,
-          amount: this.estimate,
-          idempotencyKey: this.key("commit"),
-          metadata: this.metadata({ requested: amount, shortfall: amount - this.estimate }),
-        });
         const shortfall = amount - this.estimate;
+        const options = this.mutation("commit", { requested: amount, shortfall }) as { amount?: number };
+        options.amount = this.estimate;
+        const entry = await credits.commitReservedCredits(this.reservationId, options);
         await this.deps.ledger
           ?.logError(
             "metered usage exceeded the overdraft limit; the hold was charged in full",
@@ -244,7 +292,9 @@ export class MeterSession {
             { userId: this.userId, correlationId: this.options.correlationId },
           )
           .catch(() => undefined);
-        return { ...this.base(), outcome: "committed", charged: this.estimate, shortfall, entry };
+        const outcome = this.outcome("committed", this.estimate, entry);
+        outcome.shortfall = shortfall;
+        return outcome;
       }
       // Anything else (the store is down, …): try to return the hold rather than leave it until its TTL.
       await this.tryRelease("error");
@@ -254,17 +304,14 @@ export class MeterSession {
 
   private async doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
     await this.tryRelease(reason, true);
-    return { ...this.base(), releaseReason: reason };
+    const outcome = this.outcome("released", 0, null);
+    outcome.releaseReason = reason;
+    return outcome;
   }
 
   private async tryRelease(reason: string, raise = false): Promise<void> {
     try {
-      await this.deps.credits.releaseReservedCredits(this.reservationId, {
-        description: this.options.description,
-        correlationId: this.options.correlationId,
-        idempotencyKey: this.key("release"),
-        metadata: this.metadata({ releaseReason: reason }),
-      });
+      await this.deps.credits.releaseReservedCredits(this.reservationId, this.mutation("release", { releaseReason: reason }));
     } catch (error) {
       if (error instanceof ReservationExpiredError) return; // already back
       this.deps.logger?.warn(
@@ -278,13 +325,14 @@ export class MeterSession {
 
 /** Places the hold of a metered call (`InsufficientCreditsError` when it cannot be placed). */
 export async function openMeter(deps: SessionDeps, userId: string, options: MeterOptions): Promise<MeterSession> {
-  const { estimate, ttlSeconds, reason, noUsage: _n, metadata: _m, ...rest } = options;
-  const hold = await deps.credits.reserveCredits(userId, estimate, {
-    ...rest,
-    ttlSeconds,
-    reason,
-    idempotencyKey: options.idempotencyKey === undefined ? undefined : `${options.idempotencyKey}:reserve`,
-  });
+  // Only the keys that are set: the reservation's options are validated again by reserveCredits.
+  const reserve: { ttlSeconds?: number; reason?: string; description?: string; correlationId?: string; idempotencyKey?: string } = {};
+  if (options.ttlSeconds !== undefined) reserve.ttlSeconds = options.ttlSeconds;
+  if (options.reason !== undefined) reserve.reason = options.reason;
+  if (options.description !== undefined) reserve.description = options.description;
+  if (options.correlationId !== undefined) reserve.correlationId = options.correlationId;
+  if (options.idempotencyKey !== undefined) reserve.idempotencyKey = `${options.idempotencyKey}:reserve`;
+  const hold = await deps.credits.reserveCredits(userId, options.estimate, reserve);
   return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
 }
 
@@ -303,7 +351,7 @@ export async function runMetered<T>(
   const session = await openMeter(deps, userId, options);
   let value: T;
   try {
-    value = await session.run(() => fn(session.context));
+    value = await storage.run(session, fn, session.context);
   } catch (error) {
     const outcome = await session.release("error").catch(() => null);
     if (outcome) onSettled?.(outcome);

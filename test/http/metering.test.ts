@@ -78,8 +78,17 @@ describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (
   it("leaves skipped paths and paths outside the prefix alone", async () => {
     const seq = (await m.credits.getCreditHistory("u1", { limit: 1 })).items[0]?.seq;
     expect((await call("GET", "/api/health")).status).toBe(200);
+    expect((await call("GET", "/api/health?probe=1")).status).toBe(200); // metered, it would be a 401
     expect((await call("GET", "/public")).status).toBe(200);
     expect((await m.credits.getCreditHistory("u1", { limit: 1 })).items[0]?.seq).toBe(seq);
+  });
+
+  it("meters by path alone: a query string neither skips the call nor goes into the hold's reason", async () => {
+    const res = await call("POST", "/api/chat?stream=false#x", "u1");
+    expect(res.status).toBe(200);
+    const o = await waitFor(() => outcomes[0]);
+    expect(o).toMatchObject({ outcome: "committed", charged: 42 });
+    expect((await m.credits.getReservation(o.reservationId)).reason).toBe("POST /api/chat");
   });
 
   it("401 without identity, 400 for a malformed estimate, 402 when the hold cannot be placed", async () => {
