@@ -115,23 +115,8 @@ class SessionContext implements MeterContext {
   }
 }
 
-const isAmount = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
-
-/**
- * The common usage `{ amount }` (a safe integer >= 0, no other key) needs no schema run; anything
- * else goes through `UsageRecord` and its error messages.
- */
+/** A usage record as `UsageRecord` validates it, without keys set to undefined. */
 function usageRecord(usage: UsageRecord): UsageRecord {
-  if (usage !== null && typeof usage === "object" && isAmount(usage.amount) && Object.getPrototypeOf(usage) === Object.prototype) {
-    let only = true;
-    for (const k in usage) {
-      if (k !== "amount") {
-        only = false;
-        break;
-      }
-    }
-    if (only) return { amount: usage.amount };
-  }
   return stripUndefined(parse(UsageRecord, usage, "usage"));
 }
 
@@ -198,7 +183,8 @@ export class MeterSession {
    */
   commit(amount?: number): Promise<MeterOutcome> {
     if (this.settlement !== null) return this.settlement;
-    if (amount !== undefined && !isAmount(amount)) {
+    if (amount !== undefined) {
+      // parse() answers a number it accepted before from memory: no schema run per call.
       try {
         parse(NonNegativeAmount, amount, "usage amount");
       } catch (error) {
