@@ -17,13 +17,30 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     `{"id":${JSON.stringify(entry.id)},"userId":${JSON.stringify(entry.userId)},"seq":${entry.seq},` +
     `"type":"${entry.type}","amount":${entry.amount},"balanceAfter":${entry.balanceAfter},` +
     `"reservedAfter":${entry.reservedAfter},"debtAfter":${entry.debtAfter},"grants":[${grants}],` +
-    `"reservationId":${str(entry.reservationId)},"idempotencyKey":${str(entry.idempotencyKey)},` +
-    `"fingerprint":${str(entry.fingerprint)},"correlationId":${str(entry.correlationId)},` +
-    `"description":${str(entry.description)},` +
+    optionalFields(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
     `"createdAt":"${iso(entry.createdAt)}","prevHash":${str(entry.prevHash)}}`
   );
 }
+
+/** The five optional text fields, most often all null: then one constant instead of ten pieces. */
+function optionalFields(entry: Omit<JournalEntry, "hash">): string {
+  if (
+    entry.reservationId === null &&
+    entry.idempotencyKey === null &&
+    entry.fingerprint === null &&
+    entry.correlationId === null &&
+    entry.description === null
+  ) {
+    return ALL_NULL;
+  }
+  return (
+    `"reservationId":${str(entry.reservationId)},"idempotencyKey":${str(entry.idempotencyKey)},` +
+    `"fingerprint":${str(entry.fingerprint)},"correlationId":${str(entry.correlationId)},` +
+    `"description":${str(entry.description)},`
+  );
+}
+const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,`;
 
 /**
  * The JSONL ledger line of a journal entry: the ledger-entry shape with the full entry (its

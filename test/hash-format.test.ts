@@ -1,0 +1,55 @@
+import { describe, expect, it } from "vitest";
+import { canonicalEntry, hashEntry, ledgerLine } from "../src/domain/hash.js";
+import type { JournalEntry } from "../src/models/index.js";
+
+// The canonical form and the hash chain are a storage format: journals already written must keep
+// verifying after any change to how the text is built. These values were computed once and are
+// pinned; change them only with a migration story for stored hashes.
+const plain: Omit<JournalEntry, "hash"> = {
+  id: "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b",
+  userId: "user-42",
+  seq: 7,
+  type: "deduct",
+  amount: 25,
+  balanceAfter: 975,
+  reservedAfter: 10,
+  debtAfter: 0,
+  grants: [
+    { grantId: "g-1", amount: 20 },
+    { grantId: "g-2", amount: 5 },
+  ],
+  reservationId: null,
+  idempotencyKey: null,
+  fingerprint: null,
+  correlationId: null,
+  description: null,
+  metadata: null,
+  createdAt: new Date("2026-01-02T03:04:05.678Z"),
+  prevHash: "ab".repeat(32),
+};
+const full: Omit<JournalEntry, "hash"> = {
+  ...plain,
+  type: "commit_reserved",
+  reservationId: "r-1",
+  idempotencyKey: "key \"1\"",
+  fingerprint: "fp",
+  correlationId: "c-1",
+  description: "café ☕",
+  metadata: { z: 1, a: { y: [1, "two", null], b: true } },
+  prevHash: null,
+};
+
+describe("journal hash format", () => {
+  it("builds the canonical text of an entry exactly as pinned", () => {
+    expect(canonicalEntry(plain)).toMatchInlineSnapshot(`"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"deduct","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,"metadata":null,"createdAt":"2026-01-02T03:04:05.678Z","prevHash":"abababababababababababababababababababababababababababababababab"}"`);
+    expect(canonicalEntry(full)).toMatchInlineSnapshot(`"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"commit_reserved","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":"r-1","idempotencyKey":"key \\"1\\"","fingerprint":"fp","correlationId":"c-1","description":"café ☕","metadata":{"a":{"b":true,"y":[1,"two",null]},"z":1},"createdAt":"2026-01-02T03:04:05.678Z","prevHash":null}"`);
+  });
+
+  it("hashes entries exactly as pinned, and the ledger line carries the same text", () => {
+    expect(hashEntry(plain)).toMatchInlineSnapshot(`"c117d33e1efaab559748fd1c27969f4dc7d3dbb1bed528bb5808a2c4ec4a01f9"`);
+    expect(hashEntry(full)).toMatchInlineSnapshot(`"e3eef0a3deeb423eb8ca174ca80749d9c8fac40513fa3239282692dca325d69b"`);
+    const entry = { ...full, hash: hashEntry(full) };
+    const line = JSON.parse(ledgerLine(entry)) as { details: unknown };
+    expect(line.details).toEqual(JSON.parse(JSON.stringify(entry)));
+  });
+});
