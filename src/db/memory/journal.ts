@@ -7,32 +7,41 @@ type Extras = Pick<
 
 const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
-/** Flag in an entry's type byte: its reservation id is in the `resIds` column. */
+/** Flag in an entry's type byte: its reservation id is stored in the row. */
 const HAS_RESERVATION = 0x80;
-/** Numbers kept per entry: amount, balanceAfter, reservedAfter, debtAfter, createdAt (ms). */
-const NUMS = 5;
 
 /**
- * One account's journal, stored column-wise in typed arrays: ids and hashes as bytes, numbers as
- * float64 (exact for safe integers), reservation ids as bytes, grant portions in a pool of (grant
- * index, amount). About 126 bytes an entry that the garbage collector never has to trace, instead
- * of several small objects and strings per entry — which is what keeps a million-entry store small and its per-operation
- * cost flat. `seq`, `userId` and `prevHash` are implied; rare fields live in a sparse map.
- * Anything that does not fit the compact form (an id that is not a UUID, say) is kept as is.
+ * One entry's fixed part, in bytes: five float64 (amount, balanceAfter, reservedAfter, debtAfter,
+ * createdAt ms) at 0–39, the id at 40–55, the hash at 56–87, the reservation id at 88–103, the type
+ * byte at 104, and at 108 (a uint32) where the entry's grant portions end in the pool.
+ */
+const ROW = 112;
+const F64_PER_ROW = ROW / 8;
+const U32_PER_ROW = ROW / 4;
+const AT_ID = 40;
+const AT_HASH = 56;
+const AT_RESERVATION = 88;
+const AT_TYPE = 104;
+const U32_PORTIONS_END = 27;
+
+/**
+ * One account's journal, stored as fixed-size rows in one buffer: ids and hashes as bytes, numbers
+ * as float64 (exact for safe integers), grant portions in a pool of (grant index, amount) pairs.
+ * About 130 bytes an entry that the garbage collector never has to trace, instead of several small
+ * objects and strings per entry — which is what keeps a million-entry store small and its
+ * per-operation cost flat; and an entry's fields share one or two cache lines, so appending to one
+ * of many accounts touches little memory. `seq`, `userId` and `prevHash` are implied; rare fields
+ * live in a sparse map. Anything that does not fit the compact form (an id that is not a UUID, say)
+ * is kept as is.
  */
 export class ColumnarJournal {
   length = 0;
   private capacity = 0;
-  private nums = new Float64Array(0);
-  private types = new Uint8Array(0);
-  private ids = Buffer.alloc(0);
-  private hashes = Buffer.alloc(0);
-  /** Reservation ids as bytes, for entries whose type byte has `HAS_RESERVATION` set. */
-  private resIds = Buffer.alloc(0);
-  /** Start of each entry's portions in the pool; entry i's portions end where i + 1's start. */
-  private portionStart = new Uint32Array(1);
-  private pGrant = new Uint32Array(0);
-  private pAmount = new Float64Array(0);
+  private bytes = Buffer.alloc(0);
+  private f64 = new Float64Array(0);
+  private u32 = new Uint32Array(0);
+  /** (grant index, amount) pairs of every entry, in order. */
+  private pool = new Float64Array(0);
   private portions = 0;
   private readonly grantIds: string[] = [];
   private readonly grantIndex = new Map<string, number>();
@@ -44,32 +53,33 @@ export class ColumnarJournal {
   append(e: JournalEntry): void {
     const i = this.length;
     if (i === this.capacity) this.grow();
-    const n = i * NUMS;
-    this.nums[n] = e.amount;
-    this.nums[n + 1] = e.balanceAfter;
-    this.nums[n + 2] = e.reservedAfter;
-    this.nums[n + 3] = e.debtAfter;
-    this.nums[n + 4] = e.createdAt.getTime();
+    const f = i * F64_PER_ROW;
+    const row = i * ROW;
+    this.f64[f] = e.amount;
+    this.f64[f + 1] = e.balanceAfter;
+    this.f64[f + 2] = e.reservedAfter;
+    this.f64[f + 3] = e.debtAfter;
+    this.f64[f + 4] = e.createdAt.getTime();
     let code = TYPE_CODE.get(e.type) as number;
     const r = e.reservationId;
-    const oddReservation = r !== null && !writeUuid(this.resIds, i * 16, r);
+    const oddReservation = r !== null && !writeUuid(this.bytes, row + AT_RESERVATION, r);
     if (r !== null && !oddReservation) code |= HAS_RESERVATION;
-    this.types[i] = code;
-    if (!writeUuid(this.ids, i * 16, e.id)) this.oddIds.set(i, e.id);
-    if (!writeHex(this.hashes, i * 32, e.hash, 64)) this.oddHashes.set(i, e.hash);
+    this.bytes[row + AT_TYPE] = code;
+    if (!writeUuid(this.bytes, row + AT_ID, e.id)) this.oddIds.set(i, e.id);
+    if (!writeHex(this.bytes, row + AT_HASH, e.hash, 64)) this.oddHashes.set(i, e.hash);
     for (const p of e.grants) {
-      if (this.portions === this.pGrant.length) this.growPortions();
+      if (2 * this.portions === this.pool.length) this.growPool();
       let g = this.grantIndex.get(p.grantId);
       if (g === undefined) {
         g = this.grantIds.length;
         this.grantIds.push(p.grantId);
         this.grantIndex.set(p.grantId, g);
       }
-      this.pGrant[this.portions] = g;
-      this.pAmount[this.portions] = p.amount;
+      this.pool[2 * this.portions] = g;
+      this.pool[2 * this.portions + 1] = p.amount;
       this.portions++;
     }
-    this.portionStart[i + 1] = this.portions;
+    this.u32[i * U32_PER_ROW + U32_PORTIONS_END] = this.portions;
     if (
       oddReservation ||
       e.idempotencyKey !== null ||
@@ -91,42 +101,47 @@ export class ColumnarJournal {
   }
 
   type(i: number): EntryType {
-    return TYPES[(this.types[i] as number) & ~HAS_RESERVATION] as EntryType;
+    return TYPES[(this.bytes[i * ROW + AT_TYPE] as number) & ~HAS_RESERVATION] as EntryType;
   }
 
   createdAt(i: number): number {
-    return this.nums[i * NUMS + 4] as number;
+    return this.f64[i * F64_PER_ROW + 4] as number;
   }
 
   hash(i: number): string {
-    return this.oddHashes.get(i) ?? this.hashes.toString("hex", i * 32, i * 32 + 32);
+    const at = i * ROW + AT_HASH;
+    return this.oddHashes.get(i) ?? this.bytes.toString("hex", at, at + 32);
   }
 
   /** The full entry at index i (seq i + 1), as a new object. */
   get(i: number, userId: string): JournalEntry {
-    const n = i * NUMS;
+    const f = i * F64_PER_ROW;
+    const row = i * ROW;
     const grants: JournalEntry["grants"] = [];
-    for (let p = this.portionStart[i] as number; p < (this.portionStart[i + 1] as number); p++) {
-      grants.push({ grantId: this.grantIds[this.pGrant[p] as number] as string, amount: this.pAmount[p] as number });
+    const from = i === 0 ? 0 : (this.u32[(i - 1) * U32_PER_ROW + U32_PORTIONS_END] as number);
+    const to = this.u32[i * U32_PER_ROW + U32_PORTIONS_END] as number;
+    for (let p = from; p < to; p++) {
+      grants.push({ grantId: this.grantIds[this.pool[2 * p] as number] as string, amount: this.pool[2 * p + 1] as number });
     }
     const x = this.extras.get(i);
+    const compactReservation = ((this.bytes[row + AT_TYPE] as number) & HAS_RESERVATION) !== 0;
     return {
-      id: this.oddIds.get(i) ?? uuid(this.ids, i * 16),
+      id: this.oddIds.get(i) ?? uuid(this.bytes, row + AT_ID),
       userId,
       seq: i + 1,
       type: this.type(i),
-      amount: this.nums[n] as number,
-      balanceAfter: this.nums[n + 1] as number,
-      reservedAfter: this.nums[n + 2] as number,
-      debtAfter: this.nums[n + 3] as number,
+      amount: this.f64[f] as number,
+      balanceAfter: this.f64[f + 1] as number,
+      reservedAfter: this.f64[f + 2] as number,
+      debtAfter: this.f64[f + 3] as number,
       grants,
-      reservationId: ((this.types[i] as number) & HAS_RESERVATION) !== 0 ? uuid(this.resIds, i * 16) : (x?.reservationId ?? null),
+      reservationId: compactReservation ? uuid(this.bytes, row + AT_RESERVATION) : (x?.reservationId ?? null),
       idempotencyKey: x?.idempotencyKey ?? null,
       fingerprint: x?.fingerprint ?? null,
       correlationId: x?.correlationId ?? null,
       description: x?.description ?? null,
       metadata: x?.metadata == null ? null : structuredClone(x.metadata),
-      createdAt: new Date(this.nums[n + 4] as number),
+      createdAt: new Date(this.f64[f + 4] as number),
       prevHash: i === 0 ? null : this.hash(i - 1),
       hash: this.hash(i),
     };
@@ -138,33 +153,28 @@ export class ColumnarJournal {
    * @internal
    */
   tamper(i: number, change: Partial<Pick<JournalEntry, "amount" | "balanceAfter">>): void {
-    if (change.amount !== undefined) this.nums[i * NUMS] = change.amount;
-    if (change.balanceAfter !== undefined) this.nums[i * NUMS + 1] = change.balanceAfter;
+    if (change.amount !== undefined) this.f64[i * F64_PER_ROW] = change.amount;
+    if (change.balanceAfter !== undefined) this.f64[i * F64_PER_ROW + 1] = change.balanceAfter;
   }
 
   private grow(): void {
     const cap = Math.max(8, this.capacity * 2);
-    this.nums = resize(this.nums, cap * NUMS);
-    this.types = resize(this.types, cap);
-    this.ids = resize(this.ids, cap * 16);
-    this.hashes = resize(this.hashes, cap * 32);
-    this.resIds = resize(this.resIds, cap * 16);
-    this.portionStart = resize(this.portionStart, cap + 1);
+    const buffer = new ArrayBuffer(cap * ROW);
+    const bytes = Buffer.from(buffer);
+    bytes.set(this.bytes);
+    this.bytes = bytes;
+    this.f64 = new Float64Array(buffer);
+    this.u32 = new Uint32Array(buffer);
     this.capacity = cap;
   }
 
-  private growPortions(): void {
-    const cap = Math.max(8, this.pGrant.length * 2);
-    this.pGrant = resize(this.pGrant, cap);
-    this.pAmount = resize(this.pAmount, cap);
+  private growPool(): void {
+    const next = new Float64Array(Math.max(16, this.pool.length * 2));
+    next.set(this.pool);
+    this.pool = next;
   }
 }
 
-function resize<T extends Float64Array | Uint8Array | Uint32Array>(a: T, length: number): T {
-  const b = (Buffer.isBuffer(a) ? Buffer.alloc(length) : new (a.constructor as new (n: number) => T)(length)) as T;
-  b.set(a);
-  return b;
-}
 
 /**
  * Writes a lower-case hex string of `chars` characters as bytes at `at`, in place (no temporary
