@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ColumnarJournal } from "../src/db/memory/journal.js";
+import { CompactJournal } from "../src/db/memory/journal.js";
 import type { JournalEntry } from "../src/models/index.js";
 
 const HASH = "0f".repeat(32);
@@ -28,9 +28,9 @@ function entry(i: number, over: Partial<JournalEntry> = {}): JournalEntry {
   };
 }
 
-describe("ColumnarJournal", () => {
+describe("CompactJournal", () => {
   it("gives back every entry as it was appended, compact or not", () => {
-    const j = new ColumnarJournal();
+    const j = new CompactJournal();
     const odd: Array<Partial<JournalEntry>> = [
       {},
       { id: "not-a-uuid" },

@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, renameSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import type { ColumnarJournal } from "../src/db/memory/journal.js";
+import type { CompactJournal } from "../src/db/memory/journal.js";
 import { createCreditManager, InMemoryCache, InMemoryDbManager, type Cache } from "../src/index.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-"));
@@ -81,7 +81,7 @@ describe("audit", () => {
 
     // Reach into the store as an attacker with database access would.
     const internal = (
-      db as unknown as { users: Map<string, { journal: ColumnarJournal; account: object }> }
+      db as unknown as { users: Map<string, { journal: CompactJournal; account: object }> }
     ).users.get("u");
     if (internal === undefined) throw new Error("no user");
     internal.journal.tamper(1, { amount: 1 });

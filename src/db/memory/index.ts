@@ -15,7 +15,7 @@ import type {
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { DueIndex } from "./due-index.js";
-import { ColumnarJournal } from "./journal.js";
+import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
@@ -39,7 +39,7 @@ interface UserData {
   active: Map<string, Reservation>;
   reservations: Map<string, Reservation>;
   /** Entry seq n is at index n - 1. */
-  journal: ColumnarJournal;
+  journal: CompactJournal;
   /** idempotency key → index in `journal` */
   byKey: Map<string, number>;
 }
@@ -51,8 +51,8 @@ interface UserData {
  * `save`, so a unit of work that throws leaves nothing behind.
  *
  * Accounts, grants and reservations are kept as the objects handed to `save` (the library never
- * mutates them afterwards; the service copies what it hands to callers); the journal is kept
- * column-wise in typed arrays (`ColumnarJournal`).
+ * mutates them afterwards; the service copies what it hands to callers); the journal is kept as
+ * fixed-size binary rows in one buffer per account (`CompactJournal`).
  */
 export class InMemoryDbManager implements DbManager {
   readonly name = "memory";
@@ -165,7 +165,7 @@ export class InMemoryDbManager implements DbManager {
         grants: new Map(),
         active: new Map(),
         reservations: new Map(),
-        journal: new ColumnarJournal(),
+        journal: new CompactJournal(),
         byKey: new Map(),
       };
       this.users.set(userId, u);

@@ -34,7 +34,7 @@ const U32_PORTIONS_END = 27;
  * live in a sparse map. Anything that does not fit the compact form (an id that is not a UUID, say)
  * is kept as is.
  */
-export class ColumnarJournal {
+export class CompactJournal {
   length = 0;
   private capacity = 0;
   private bytes = Buffer.alloc(0);
