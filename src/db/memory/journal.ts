@@ -201,22 +201,27 @@ function writeUuid(into: Uint8Array, at: number, id: string): boolean {
   );
 }
 
-/** Bytes of s[from, to) (lower-case hex, even length) at `at`; false at the first other character. */
+/** Bytes of s[from, to) (lower-case hex, even length) at `at`; false if any other character is there. */
 function hexRun(into: Uint8Array, at: number, s: string, from: number, to: number): boolean {
+  let bad = 0;
   for (let k = from; k < to; k += 2) {
-    const hi = nibble(s.charCodeAt(k));
-    const lo = nibble(s.charCodeAt(k + 1));
-    if ((hi | lo) < 0) return false;
-    into[at++] = (hi << 4) | lo;
+    const a = s.charCodeAt(k);
+    const b = s.charCodeAt(k + 1);
+    const hi = a < 128 ? (HEX_VALUE[a] as number) : -1;
+    const lo = b < 128 ? (HEX_VALUE[b] as number) : -1;
+    bad |= hi | lo;
+    into[at++] = (hi << 4) | (lo & 15);
   }
-  return true;
+  return bad >= 0;
 }
 
-function nibble(c: number): number {
-  if (c >= 48 && c <= 57) return c - 48; // 0-9
-  if (c >= 97 && c <= 102) return c - 87; // a-f
-  return -1;
-}
+/** Value of each ASCII code as a lower-case hex digit, -1 for every other character. */
+const HEX_VALUE = (() => {
+  const table = new Int8Array(128).fill(-1);
+  for (let c = 48; c <= 57; c++) table[c] = c - 48; // 0-9
+  for (let c = 97; c <= 102; c++) table[c] = c - 87; // a-f
+  return table;
+})();
 
 function uuid(bytes: Buffer, at: number): string {
   const h = bytes.toString("hex", at, at + 16);
