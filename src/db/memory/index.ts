@@ -69,8 +69,11 @@ export class InMemoryDbManager implements DbManager {
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   private readonly subs = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
-  /** userId → callers waiting for the account (present while someone holds it). */
-  private readonly locks = new Map<string, Array<() => void>>();
+  /**
+   * userId → callers waiting for the account, present while someone holds it (null: held, nobody
+   * waiting — no array is made for the usual uncontended unit of work).
+   */
+  private readonly locks = new Map<string, Array<() => void> | null>();
   /** @internal Promos, claims and payments. */
   readonly promoStore = new MemoryPromoStore();
   private readonly outbox = new MemoryOutbox();
@@ -83,8 +86,12 @@ export class InMemoryDbManager implements DbManager {
     // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
     // in order. No promise is made unless someone has to wait (or `fn` itself returns one).
     const queue = this.locks.get(userId);
-    if (queue !== undefined) return new Promise<void>((resolve) => queue.push(resolve)).then(() => this.runLocked(userId, fn));
-    this.locks.set(userId, []);
+    if (queue !== undefined) {
+      let waiting = queue;
+      if (waiting === null) this.locks.set(userId, (waiting = []));
+      return new Promise<void>((resolve) => waiting.push(resolve)).then(() => this.runLocked(userId, fn));
+    }
+    this.locks.set(userId, null);
     return this.runLocked(userId, fn);
   }
 
@@ -122,8 +129,8 @@ export class InMemoryDbManager implements DbManager {
   }
 
   private unlock(userId: string): void {
-    const waiting = this.locks.get(userId) as Array<() => void>;
-    const next = waiting.shift();
+    const waiting = this.locks.get(userId);
+    const next = waiting?.shift();
     if (next === undefined) this.locks.delete(userId);
     else next();
   }
