@@ -14,7 +14,7 @@ const USERS = 1000;
 const CALLERS = 64;
 // Small beside the journal sizes, so the measurement itself barely grows the journal it measures.
 const OPS = Number(process.env.BENCH_OPS ?? 30_000);
-const ROUNDS = 3;
+const ROUNDS = 5;
 
 const dir = mkdtempSync(join(tmpdir(), "cm-bench-"));
 const manager = await createCreditManager({ ledger: { filePath: join(dir, "ledger.jsonl") } });
