@@ -520,19 +520,27 @@ export class CreditService {
 
   // -----------------------------------------------------------------------------------------------
 
-  private async deduct(
+  private deduct(
     operation: string,
     userId: string,
     amount: number,
     options: DeductOptions,
     allowDebt: boolean,
   ): Promise<JournalEntry> {
-    const user = parse(UserId, userId, "userId");
-    const n = parse(Amount, amount, "amount");
-    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
-    const meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, { amount: n, ...o });
+    let user: string;
+    let n: number;
+    let meta: EntryMeta;
+    try {
+      user = parse(UserId, userId, "userId");
+      n = parse(Amount, amount, "amount");
+      const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
+      meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, { amount: n, ...o });
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
     return this.mutate(user, meta, (work) => work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }));
   }
+
 
   private meta(operation: string, o: DeductOptions & { idempotencyKey?: string }, args: Record<string, unknown>): EntryMeta {
     const { correlationId: _c, idempotencyKey: _k, ...rest } = args;
@@ -550,7 +558,7 @@ export class CreditService {
    * time has done, run `body`, save; then (only after the commit) mirror to the ledger file and
    * invalidate the cache.
    */
-  private async mutate<T>(
+  private mutate<T>(
     userId: string,
     meta: EntryMeta,
     body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
@@ -558,23 +566,33 @@ export class CreditService {
     options: { settle: boolean } = SETTLE,
   ): Promise<T> {
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle);
-    let outcome: UnitOutcome<T>;
-    try {
-      outcome = await this.db.transaction(userId, (tx) => unit.attempt(tx));
-    } catch (error) {
-      // With notifications on, a refusal for lack of credits is recorded once the unit of work ended.
-      const refused = unit.refused;
-      if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
-      throw error;
-    }
+    return this.db.transaction(userId, (tx) => unit.attempt(tx)).then(
+      (outcome) => this.committed(userId, outcome),
+      (error: unknown) => this.refusedOrFailed(userId, unit, error),
+    );
+  }
+
+  /**
+   * After the commit (never before): mirror to the ledger file and invalidate the cache — awaited
+   * when the cache answers with a promise (a shared cache must not serve the old balance to the
+   * caller's next read).
+   */
+  private committed<T>(userId: string, outcome: UnitOutcome<T>): T | Promise<T> {
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
       if (this.cache !== undefined) {
         const deleting = this.cacheDelete(infoKey(userId));
-        if (deleting !== undefined) await deleting;
+        if (deleting !== undefined) return deleting.then(() => outcome.value);
       }
     }
     return outcome.value;
+  }
+
+  /** With notifications on, a refusal for lack of credits is recorded once the unit of work ended. */
+  private async refusedOrFailed(userId: string, unit: UnitRun<unknown>, error: unknown): Promise<never> {
+    const refused = unit.refused;
+    if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
+    throw error;
   }
 
   /** What `UnitRun` uses of this service (built once). */
