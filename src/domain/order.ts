@@ -16,6 +16,14 @@ export function compareGrants(a: Grant, b: Grant): number {
   return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
 }
 
+/**
+ * A grant the account loads with its state: not closed and with credits left (expiry aside). What
+ * every store's "open grants" are (the in-memory index, the adapters' queries and state caches).
+ */
+export function isOpenGrant(grant: Grant): boolean {
+  return grant.remaining > 0 && grant.closedAt === null;
+}
+
 /** A grant credits can be drawn from at `now`: open, unspent and not past its expiry. */
 export function isUsable(grant: Grant, now: Date): boolean {
   return (

@@ -1,4 +1,5 @@
 import { ConflictError } from "../../errors.js";
+import { isOpenGrant } from "../../domain/order.js";
 import type {
   Account,
   Grant,
@@ -193,7 +194,7 @@ export class InMemoryDbManager implements DbManager {
   private putGrant(u: UserData, g: Grant): void {
     u.grants.set(g.id, g);
     this.grantsById.set(g.id, g);
-    const open = g.remaining > 0 && g.closedAt === null;
+    const open = isOpenGrant(g);
     if (open) u.open.set(g.id, g);
     else u.open.delete(g.id);
     const before = this.expiring.get(g.id);

@@ -6,7 +6,7 @@ import { ACCOUNT, ENTRY, GRANT, RESERVATION, fromDoc, isOpenGrant, toDoc, updata
 import { hasLabel, toCreditError } from "./errors.js";
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "./promos.js";
-import { type AccountState, type StateCache, freezeState, stateAfter } from "./state-cache.js";
+import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
 
 /** The collections a unit of work writes. */
 export interface UnitCollections {
@@ -355,7 +355,7 @@ export class MongoBatch {
       // What the cache holds now: only a state this unit of work loaded (and what it changed).
       try {
         if (tx.pending !== null && tx.base !== undefined) states?.set(tx.userId, stateAfter(tx.base, tx.pending));
-        else if (tx.pending === null && tx.base !== undefined && tx.base !== null) states?.set(tx.userId, freezeState(tx.base));
+        else if (tx.pending === null && tx.base !== undefined && tx.base !== null) states?.set(tx.userId, tx.base);
         else states?.delete(tx.userId);
       } catch {
         states?.delete(tx.userId); // the next unit of work reads instead
@@ -556,12 +556,7 @@ export class BatchTx implements DbTransaction {
   /** Tests (`verifyStateCache`): the cached state must be what the database holds. */
   private async verifyCached(): Promise<void> {
     const found = await this.batch.op((s) => readStates(this.batch.ctx.c, s, [{ userId: this.userId, key: undefined }]));
-    const byId = <T extends { id: string }>(xs: readonly T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
-    const norm = (x: AccountState | null | undefined) =>
-      x && { ...x, grants: byId(x.grants).map((g) => ({ ...g })), reservations: byId(x.reservations).map((r) => ({ ...r })) };
-    const a = JSON.stringify(norm(found.get(this.userId)?.state ?? null));
-    const b = JSON.stringify(norm(this.cached));
-    if (a !== b) throw new Error(`state cache of ${this.userId} differs from the database: ${b} != ${a}`);
+    checkCachedState(this.userId, this.cached, found.get(this.userId)?.state ?? null);
   }
 
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {

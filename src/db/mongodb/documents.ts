@@ -92,4 +92,4 @@ function toNumberIfLong(v: unknown): unknown {
 }
 
 /** A grant is open while it has credits left and was neither expired nor voided. */
-export const isOpenGrant = (g: GrantT): boolean => g.remaining > 0 && g.closedAt === null;
+export { isOpenGrant } from "../../domain/order.js";

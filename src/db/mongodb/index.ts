@@ -9,7 +9,6 @@ import type {
   MongoClientOptions,
   TransactionOptions,
 } from "mongodb";
-import { isDeepStrictEqual } from "node:util";
 import { z } from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
@@ -32,7 +31,7 @@ import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
-import { StateCache, freezeState, stateAfter, type AccountState } from "./state-cache.js";
+import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
 import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 
@@ -750,7 +749,7 @@ class MongoTransaction implements DbTransaction {
       throw error;
     }
     if (this.baseFromCache && !this.saved) await this.confirmCached();
-    if (!this.saved && this.base !== undefined && this.base !== null) this.stateAfter = freezeState(this.base);
+    if (!this.saved && this.base !== undefined && this.base !== null) this.stateAfter = this.base;
     return value;
   }
 
@@ -787,14 +786,7 @@ class MongoTransaction implements DbTransaction {
   /** Tests: the cached state must be what the database holds. */
   private async verifyCached(): Promise<void> {
     const { state } = await this.read(undefined);
-    const byId = <T extends { id: string }>(xs: readonly T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
-    const norm = (x: AccountState | null | undefined) =>
-      x && { ...x, grants: byId(x.grants).map((g) => ({ ...g })), reservations: byId(x.reservations).map((r) => ({ ...r })) };
-    if (!isDeepStrictEqual(JSON.parse(JSON.stringify(norm(state))), JSON.parse(JSON.stringify(norm(this.cached))))) {
-      throw new Error(
-        `state cache of ${this.userId} differs from the database: ${JSON.stringify(norm(this.cached))} != ${JSON.stringify(norm(state))}`,
-      );
-    }
+    checkCachedState(this.userId, this.cached, state);
   }
 
   /**
