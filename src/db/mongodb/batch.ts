@@ -7,6 +7,7 @@ import { hasLabel, toCreditError } from "./errors.js";
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "./promos.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
+import { deferred } from "../deferred.js";
 
 /** The collections a unit of work writes. */
 export interface UnitCollections {
@@ -206,22 +207,6 @@ class GuardMissed extends ConflictError {
   }
 }
 
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (error: unknown) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  promise.catch(() => {}); // nobody may be waiting: never an unhandled rejection
-  return { promise, resolve, reject };
-}
 
 /**
  * What a batch leaves to its manager: the units to run again — alone, or (`batch: true`, after a

@@ -9,6 +9,7 @@ import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
 import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
+import { type Deferred, deferred } from "../deferred.js";
 
 /** A unit of work waiting to run: `db.transaction(userId, fn)`. */
 export interface Unit {
@@ -62,23 +63,6 @@ export interface BatchResult {
   broken: boolean;
 }
 
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (error: unknown) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: unknown) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  // Nobody may be waiting: never an unhandled rejection.
-  promise.catch(() => {});
-  return { promise, resolve, reject };
-}
 
 /**
  * One database transaction serving one or more units of work on different accounts.

@@ -401,21 +401,23 @@ export class PostgresDbManager implements DbManager {
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
-    const params: unknown[] = [asOf];
-    let cursor = "";
-    if (after !== undefined) {
-      params.push(after.expiresAt, after.id);
-      cursor = " AND (expires_at, id) > ($2, $3)";
-    }
-    params.push(limit);
-    const text =
-      `${this.sql.select("grants")} WHERE remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= $1${cursor} ` +
-      `ORDER BY expires_at, id LIMIT $${params.length}`;
-    const rows = await this.read("findDueGrants", text, params);
-    return rows.map((r) => this.decode<Grant>("grants", r));
+    const where = "remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL";
+    return this.scanDue<Grant>("findDueGrants", "grants", where, asOf, limit, after);
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
+    return this.scanDue<Reservation>("findExpiredReservations", "reservations", "status = 'active'", asOf, limit, after);
+  }
+
+  /** Rows of `table` matching `where` with `expires_at <= asOf`, in (expires_at, id) order after the cursor. */
+  private async scanDue<T>(
+    operation: string,
+    table: "grants" | "reservations",
+    where: string,
+    asOf: Date,
+    limit: number,
+    after: ScanCursor | undefined,
+  ): Promise<T[]> {
     const params: unknown[] = [asOf];
     let cursor = "";
     if (after !== undefined) {
@@ -424,10 +426,10 @@ export class PostgresDbManager implements DbManager {
     }
     params.push(limit);
     const text =
-      `${this.sql.select("reservations")} WHERE status = 'active' AND expires_at <= $1${cursor} ` +
+      `${this.sql.select(table)} WHERE ${where} AND expires_at <= $1${cursor} ` +
       `ORDER BY expires_at, id LIMIT $${params.length}`;
-    const rows = await this.read("findExpiredReservations", text, params);
-    return rows.map((r) => this.decode<Reservation>("reservations", r));
+    const rows = await this.read(operation, text, params);
+    return rows.map((r) => this.decode<T>(table, r));
   }
 
   // Promos and payments: see ./promos.ts.
