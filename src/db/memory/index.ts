@@ -7,14 +7,11 @@ import type {
   LedgerEntry,
   Notification,
   Payment,
-  Plan,
   Promo,
   PromoClaim,
   Reservation,
-  Subscription,
 } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
-import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { DueIndex } from "./due-index.js";
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
@@ -30,6 +27,7 @@ import type {
   LoadedState,
   ScanCursor,
 } from "../types.js";
+import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 
 interface UserData {
   account: Account | null;
@@ -55,7 +53,7 @@ interface UserData {
  * mutates them afterwards; the service copies what it hands to callers); the journal is kept as
  * fixed-size binary rows in one buffer per account (`CompactJournal`).
  */
-export class InMemoryDbManager implements DbManager {
+export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbManager {
   readonly name = "memory";
   readonly capabilities = { multiProcess: false } as const;
 
@@ -68,7 +66,7 @@ export class InMemoryDbManager implements DbManager {
   /** Holds ordered by (expiresAt, id) for `findExpiredReservations`. */
   private readonly dueHolds = new DueIndex();
   /** Plans and subscriptions (see `./subscriptions.ts`). */
-  private readonly subs = new MemorySubscriptionStore();
+  protected readonly subscriptionStore = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
   /**
    * userId → callers waiting for the account, present while someone holds it (null: held, nobody
@@ -276,43 +274,6 @@ export class InMemoryDbManager implements DbManager {
     return ids.map((id) => this.reservationsById.get(id) as Reservation);
   }
 
-  // Plans and subscriptions: `MemorySubscriptionStore`.
-  insertPlan(plan: Plan): Promise<void> {
-    return this.subs.insertPlan(plan);
-  }
-  getPlan(planId: string): Promise<Plan | null> {
-    return this.subs.getPlan(planId);
-  }
-  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
-    return this.subs.listPlans(options);
-  }
-  updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
-    return this.subs.updatePlan(plan, expectedVersion);
-  }
-  deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
-    return this.subs.deletePlan(planId, expectedVersion);
-  }
-  planHasSubscribers(planId: string): Promise<boolean> {
-    return this.subs.planHasSubscribers(planId);
-  }
-  insertSubscription(subscription: Subscription): Promise<void> {
-    return this.subs.insertSubscription(subscription);
-  }
-  getSubscription(subscriptionId: string): Promise<Subscription | null> {
-    return this.subs.getSubscription(subscriptionId);
-  }
-  getActiveSubscription(userId: string): Promise<Subscription | null> {
-    return this.subs.getActiveSubscription(userId);
-  }
-  listSubscriptions(userId: string): Promise<Subscription[]> {
-    return this.subs.listSubscriptions(userId);
-  }
-  updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean> {
-    return this.subs.updateSubscription(subscription, expectedVersion);
-  }
-  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
-    return this.subs.findDueSubscriptions(asOf, limit, after);
-  }
 
   // Promos and payments: see ./promos.ts.
   insertPromo = (p: Promo) => this.promoStore.insertPromo(p);

@@ -29,11 +29,10 @@ import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type Stored
 import { AccountLocks } from "./lock.js";
 import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
-import type { Plan, Subscription } from "../../models/index.js";
-import type { SubscriptionCursor } from "../types-subscriptions.js";
 import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
 import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
+import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
 export interface MongoDbManagerOptions {
@@ -186,7 +185,7 @@ export const STANDALONE_MESSAGE =
  * const credits = await createCreditManager({ db }); // runs db.init()
  * ```
  */
-export class MongoDbManager implements DbManager {
+export class MongoDbManager extends SubscriptionStoreDelegate implements DbManager {
   readonly name = "mongodb";
   readonly capabilities: DbCapabilities = { multiProcess: true };
   /** Prefix of the collection names. */
@@ -199,7 +198,7 @@ export class MongoDbManager implements DbManager {
   private readonly maxAttempts: number;
   private readonly c: Collections;
   /** Plans and subscriptions (see `./subscriptions.ts`). */
-  private readonly subs: MongoSubscriptionStore;
+  protected readonly subscriptionStore: MongoSubscriptionStore;
   private lastLedgerOrd = 0;
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
@@ -219,6 +218,7 @@ export class MongoDbManager implements DbManager {
   private readonly outbox: MongoOutbox;
 
   constructor(config: MongoDbManagerConfig) {
+    super();
     if ("db" in config && config.db !== undefined) {
       this.db = config.db;
       this.client = config.db.client;
@@ -265,7 +265,7 @@ export class MongoDbManager implements DbManager {
     };
     this.promoStore = new MongoPromoStore(col);
     this.outbox = new MongoOutbox(this.c.notifications);
-    this.subs = new MongoSubscriptionStore(this.c.plans, this.c.subscriptions);
+    this.subscriptionStore = new MongoSubscriptionStore(this.c.plans, this.c.subscriptions);
     this.batchContext = {
       client: this.client,
       c: this.c,
@@ -631,43 +631,6 @@ export class MongoDbManager implements DbManager {
     return docs.map((d) => fromDoc(LEDGER, d));
   }
 
-  // Plans and subscriptions: `MongoSubscriptionStore`.
-  insertPlan(plan: Plan): Promise<void> {
-    return this.subs.insertPlan(plan);
-  }
-  getPlan(planId: string): Promise<Plan | null> {
-    return this.subs.getPlan(planId);
-  }
-  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
-    return this.subs.listPlans(options);
-  }
-  updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
-    return this.subs.updatePlan(plan, expectedVersion);
-  }
-  deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
-    return this.subs.deletePlan(planId, expectedVersion);
-  }
-  planHasSubscribers(planId: string): Promise<boolean> {
-    return this.subs.planHasSubscribers(planId);
-  }
-  insertSubscription(subscription: Subscription): Promise<void> {
-    return this.subs.insertSubscription(subscription);
-  }
-  getSubscription(subscriptionId: string): Promise<Subscription | null> {
-    return this.subs.getSubscription(subscriptionId);
-  }
-  getActiveSubscription(userId: string): Promise<Subscription | null> {
-    return this.subs.getActiveSubscription(userId);
-  }
-  listSubscriptions(userId: string): Promise<Subscription[]> {
-    return this.subs.listSubscriptions(userId);
-  }
-  updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean> {
-    return this.subs.updateSubscription(subscription, expectedVersion);
-  }
-  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
-    return this.subs.findDueSubscriptions(asOf, limit, after);
-  }
 
   /** Fails with `ConfigurationError` unless the server can run multi-document transactions. */
   private async assertTransactions(): Promise<void> {

@@ -11,8 +11,7 @@ import { PostgresPromoStore } from "./promos.js";
 import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
 import { StateCache } from "./state-cache.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
-import type { Plan, Subscription } from "../../models/index.js";
-import type { SubscriptionCursor } from "../types-subscriptions.js";
+import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 
 export { SCHEMA_VERSION } from "./sql.js";
 
@@ -87,7 +86,7 @@ const preparedOn = new WeakMap<object, Set<string>>();
  * with jittered backoff; there `load()` finds the key and the service answers with the first
  * result. Other database errors surface as `StorageError` with the driver's error as `cause`.
  */
-export class PostgresDbManager implements DbManager {
+export class PostgresDbManager extends SubscriptionStoreDelegate implements DbManager {
   readonly name = "postgres";
   readonly capabilities = { multiProcess: true } as const;
   /** The SQL this manager runs (table names, DDL, statements). */
@@ -119,9 +118,10 @@ export class PostgresDbManager implements DbManager {
   /** Loads answered from the state cache (for benchmarks and tests). */
   stateCacheHits = 0;
   /** Plans and subscriptions (see `./subscriptions.ts`). */
-  private readonly subs = new PostgresSubscriptionStore(this);
+  protected readonly subscriptionStore = new PostgresSubscriptionStore(this);
 
   constructor(options: PostgresDbManagerOptions) {
+    super();
     if ((options.pool === undefined) === (options.connectionString === undefined)) {
       throw new ConfigurationError("[credit-management] [postgres] pass exactly one of `pool` or `connectionString`");
     }
@@ -493,43 +493,6 @@ export class PostgresDbManager implements DbManager {
     return rows.map((r) => this.decode<LedgerEntry>("ledger", r));
   }
 
-  // Plans and subscriptions: `PostgresSubscriptionStore`.
-  insertPlan(plan: Plan): Promise<void> {
-    return this.subs.insertPlan(plan);
-  }
-  getPlan(planId: string): Promise<Plan | null> {
-    return this.subs.getPlan(planId);
-  }
-  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
-    return this.subs.listPlans(options);
-  }
-  updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
-    return this.subs.updatePlan(plan, expectedVersion);
-  }
-  deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
-    return this.subs.deletePlan(planId, expectedVersion);
-  }
-  planHasSubscribers(planId: string): Promise<boolean> {
-    return this.subs.planHasSubscribers(planId);
-  }
-  insertSubscription(subscription: Subscription): Promise<void> {
-    return this.subs.insertSubscription(subscription);
-  }
-  getSubscription(subscriptionId: string): Promise<Subscription | null> {
-    return this.subs.getSubscription(subscriptionId);
-  }
-  getActiveSubscription(userId: string): Promise<Subscription | null> {
-    return this.subs.getActiveSubscription(userId);
-  }
-  listSubscriptions(userId: string): Promise<Subscription[]> {
-    return this.subs.listSubscriptions(userId);
-  }
-  updateSubscription(subscription: Subscription, expectedVersion: number): Promise<boolean> {
-    return this.subs.updateSubscription(subscription, expectedVersion);
-  }
-  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
-    return this.subs.findDueSubscriptions(asOf, limit, after);
-  }
 
   // -----------------------------------------------------------------------------------------------
 
