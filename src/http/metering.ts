@@ -6,6 +6,7 @@ import type { MeterOptions } from "../models/index.js";
 import type { MeterOutcome, MeterSession } from "../services/metering.js";
 import { textResponse } from "./node.js";
 import { errorBody, errorResponse, json, type Identity } from "./router.js";
+import { isPromiseLike } from "../util/promise.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
 export interface MeteringOptionsBase<Req> {
@@ -180,7 +181,7 @@ export function creditMetering(options: CreditMeteringOptions) {
       let session: MeterSession;
       try {
         let found = options.authenticate ? options.authenticate(request) : null;
-        if (found !== null && found !== undefined && typeof (found as Promise<unknown>).then === "function") found = await found;
+        if (isPromiseLike(found)) found = await found;
         const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
         const estimate = c.estimate(request.headers.get(estimateHeader));
@@ -458,8 +459,8 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     } catch (error) {
       return reply(res, errorResponse(error));
     }
-    if (found !== null && found !== undefined && typeof (found as Promise<unknown>).then === "function") {
-      (found as Promise<Identity | null | undefined>).then(
+    if (isPromiseLike(found)) {
+      (found as PromiseLike<Identity | null | undefined>).then(
         (identity) => proceed(req, res, next, path, identity),
         (error: unknown) => reply(res, errorResponse(error)),
       );

@@ -42,6 +42,7 @@ import {
   type JournalEntry,
   type Reservation,
 } from "../models/index.js";
+import { isPromiseLike } from "../util/promise.js";
 
 export interface CreditServiceOptions {
   db: DbManager;
@@ -100,10 +101,6 @@ const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
 const SETTLE = Object.freeze({ settle: true });
 
-/** True for a promise (or any thenable): what the runner must await; anything else is a value. */
-function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
-  return typeof (value as { then?: unknown } | null)?.then === "function";
-}
 const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
 
 interface UnitOutcome<T> {

@@ -28,6 +28,7 @@ import type {
   ScanCursor,
 } from "../types.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
+import { isPromiseLike } from "../../util/promise.js";
 
 interface UserData {
   account: Account | null;
@@ -385,6 +386,3 @@ function cursorOf(after: ScanCursor | undefined): { time: number; id: string } |
   return after === undefined ? undefined : { time: after.expiresAt.getTime(), id: after.id };
 }
 
-function isPromiseLike<T>(value: T | PromiseLike<T>): value is PromiseLike<T> {
-  return typeof (value as { then?: unknown } | null)?.then === "function";
-}
