@@ -1,5 +1,6 @@
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, hashEntry, ledgerLine } from "../src/domain/hash.js";
+import { canonicalEntry, hashEntry, ledgerLine, quote } from "../src/domain/hash.js";
 import type { JournalEntry } from "../src/models/index.js";
 
 // The canonical form and the hash chain are a storage format: journals already written must keep
@@ -51,5 +52,17 @@ describe("journal hash format", () => {
     const entry = { ...full, hash: hashEntry(full) };
     const line = JSON.parse(ledgerLine(entry)) as { details: unknown };
     expect(line.details).toEqual(JSON.parse(JSON.stringify(entry)));
+  });
+
+  it("quotes every string exactly as JSON.stringify does (the fast path is only a shortcut)", () => {
+    for (const s of ["", "plain-id", 'a"b', "a\\b", "tab\there", "\u0000", "\u001f", "\u007f", "\u2028", "café ☕", "😀", "\ud800", "x\udfff", "\udfff\ud800"]) {
+      expect(quote(s)).toBe(JSON.stringify(s));
+    }
+    fc.assert(
+      fc.property(fc.oneof(fc.string(), fc.string({ unit: "binary" }), fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) })), (s) => {
+        expect(quote(s)).toBe(JSON.stringify(s));
+      }),
+      { numRuns: 2000 },
+    );
   });
 });

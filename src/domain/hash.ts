@@ -11,10 +11,10 @@ import type { JournalEntry } from "../models/index.js";
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
   let grants = "";
   for (const g of entry.grants) {
-    grants += `${grants === "" ? "" : ","}{"grantId":${JSON.stringify(g.grantId)},"amount":${g.amount}}`;
+    grants += `${grants === "" ? "" : ","}{"grantId":${quote(g.grantId)},"amount":${g.amount}}`;
   }
   return (
-    `{"id":${JSON.stringify(entry.id)},"userId":${JSON.stringify(entry.userId)},"seq":${entry.seq},` +
+    `{"id":${quote(entry.id)},"userId":${quote(entry.userId)},"seq":${entry.seq},` +
     `"type":"${entry.type}","amount":${entry.amount},"balanceAfter":${entry.balanceAfter},` +
     `"reservedAfter":${entry.reservedAfter},"debtAfter":${entry.debtAfter},"grants":[${grants}],` +
     optionalFields(entry) +
@@ -54,7 +54,7 @@ export function ledgerLine(entry: JournalEntry, canonical: string = canonicalEnt
 /** The ledger line up to its `details` (which continue with the canonical text minus its `}`). */
 export function ledgerLineHead(entry: JournalEntry): string {
   return (
-    `{"id":${JSON.stringify(entry.id)},"eventType":"transaction","userId":${JSON.stringify(entry.userId)},` +
+    `{"id":${quote(entry.id)},"eventType":"transaction","userId":${quote(entry.userId)},` +
     `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}","details":`
   );
 }
@@ -64,7 +64,18 @@ export function ledgerLineTail(entry: JournalEntry): string {
   return `,"hash":"${entry.hash}"},"createdAt":"${iso(entry.createdAt)}"}\n`;
 }
 
-const str = (v: string | null): string => (v === null ? "null" : JSON.stringify(v));
+const str = (v: string | null): string => (v === null ? "null" : quote(v));
+
+/** Strings JSON writes as they are, between quotes: no quote, backslash, control character or surrogate. */
+const PLAIN = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/;
+
+/**
+ * `JSON.stringify(s)` for a string, without the general path when nothing needs escaping (ids,
+ * keys and hashes: nearly always) — about a third of the cost. Same text in every case.
+ */
+export function quote(s: string): string {
+  return PLAIN.test(s) ? `"${s}"` : JSON.stringify(s);
+}
 
 /**
  * `date.toISOString()`, remembering the last one: a busy account writes many entries in the same

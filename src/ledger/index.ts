@@ -25,7 +25,7 @@ export interface LedgerStats {
 
 /** The part of pino's file destination (sonic-boom) the ledger uses. */
 interface FileStream {
-  write(chunk: string): boolean;
+  write(chunk: Buffer): boolean;
   flush(cb: (error?: Error | null) => void): void;
   end(): void;
   on(event: "error", listener: (error: Error) => void): unknown;
@@ -159,7 +159,9 @@ export class LedgerLogger {
   private open(filePath: string): FileStream | null {
     let stream: FileStream;
     try {
-      stream = pino.destination({ dest: filePath, sync: true, mkdir: true }) as unknown as FileStream;
+      // Buffer mode: the chunk is encoded once, here. In its default (utf8) mode sonic-boom measures
+      // every string chunk (Buffer.byteLength) and encodes it a second time after writing it.
+      stream = pino.destination({ dest: filePath, sync: true, mkdir: true, contentMode: "buffer" }) as unknown as FileStream;
     } catch (error) {
       this.fileFailed(error as Error);
       return null;
@@ -232,7 +234,7 @@ export class LedgerLogger {
       return;
     }
     // One flat string (join), not a rope of lines the writer would have to flatten.
-    const chunk = this.pending.join("");
+    const chunk = Buffer.from(this.pending.join(""), "utf8");
     this.pending = [];
     this.pendingChars = 0;
     try {

@@ -42,6 +42,24 @@ interface UserData {
   journal: CompactJournal;
   /** idempotency key → index in `journal` */
   byKey: Map<string, number>;
+  /**
+   * The account's lock: undefined when free, null when held with nobody waiting, else the callers
+   * waiting in order (kept here, not in a map of its own: one lookup per unit of work).
+   */
+  lock: Array<() => void> | null | undefined;
+}
+
+function emptyUser(): UserData {
+  return {
+    account: null,
+    open: new Map(),
+    grants: new Map(),
+    active: new Map(),
+    reservations: new Map(),
+    journal: new CompactJournal(),
+    byKey: new Map(),
+    lock: undefined,
+  };
 }
 
 /**
@@ -59,8 +77,9 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   readonly capabilities = { multiProcess: false } as const;
 
   private readonly users = new Map<string, UserData>();
-  private readonly grantsById = new Map<string, Grant>();
-  private readonly reservationsById = new Map<string, Reservation>();
+  /** Grant and hold id → the account's data (set once, at insert: the objects are in its maps). */
+  private readonly grantOwner = new Map<string, UserData>();
+  private readonly holdOwner = new Map<string, UserData>();
   /** Open grants that can expire, by id, and ordered by (expiresAt, id) for `findDueGrants`. */
   private readonly expiring = new Map<string, Grant>();
   private readonly dueGrants = new DueIndex();
@@ -69,11 +88,6 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   protected readonly subscriptionStore = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
-  /**
-   * userId → callers waiting for the account, present while someone holds it (null: held, nobody
-   * waiting — no array is made for the usual uncontended unit of work).
-   */
-  private readonly locks = new Map<string, Array<() => void> | null>();
   /** @internal Promos, claims and payments. */
   readonly promoStore = new MemoryPromoStore();
   private readonly outbox = new MemoryOutbox();
@@ -85,54 +99,57 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
     // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
     // in order. No promise is made unless someone has to wait (or `fn` itself returns one).
-    const queue = this.locks.get(userId);
-    if (queue !== undefined) {
-      let waiting = queue;
-      if (waiting === null) this.locks.set(userId, (waiting = []));
-      return new Promise<void>((resolve) => waiting.push(resolve)).then(() => this.runLocked(userId, fn));
+    let u = this.users.get(userId);
+    if (u === undefined) this.users.set(userId, (u = emptyUser()));
+    if (u.lock !== undefined) {
+      let waiting = u.lock;
+      if (waiting === null) u.lock = waiting = [];
+      const held = u;
+      return new Promise<void>((resolve) => waiting.push(resolve)).then(() => this.runLocked(userId, held, fn));
     }
-    this.locks.set(userId, null);
-    return this.runLocked(userId, fn);
+    u.lock = null;
+    return this.runLocked(userId, u, fn);
   }
 
   /** Runs `fn` holding `userId`'s lock; applies what it saved once it returned; hands the lock on. */
-  private runLocked<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
-    const tx = new MemoryTransaction(this, userId);
+  private runLocked<T>(userId: string, u: UserData, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
+    const tx = new MemoryTransaction(this, userId, u);
     let result: T | Promise<T>;
     try {
       result = fn(tx);
       if (!isPromiseLike(result)) {
         // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
         // save() checked the changes and nothing ran since (no await): no need to check again.
-        if (tx.pending !== null) this.apply(userId, tx.pending, true);
-        this.unlock(userId);
+        if (tx.pending !== null) this.apply(u, tx.pending, true);
+        this.unlock(userId, u);
         return Promise.resolve(result);
       }
     } catch (error) {
-      this.unlock(userId);
+      this.unlock(userId, u);
       return Promise.reject(error as Error);
     }
     return Promise.resolve(result).then(
       (value) => {
         try {
-          if (tx.pending !== null) this.apply(userId, tx.pending);
+          if (tx.pending !== null) this.apply(u, tx.pending);
         } finally {
-          this.unlock(userId);
+          this.unlock(userId, u);
         }
         return value;
       },
       (error: unknown) => {
-        this.unlock(userId);
+        this.unlock(userId, u);
         throw error;
       },
     );
   }
 
-  private unlock(userId: string): void {
-    const waiting = this.locks.get(userId);
-    const next = waiting?.shift();
-    if (next === undefined) this.locks.delete(userId);
-    else next();
+  private unlock(userId: string, u: UserData): void {
+    const next = u.lock?.shift();
+    if (next !== undefined) return next();
+    u.lock = undefined;
+    // An account that nothing was ever saved to leaves no trace (a refused first operation).
+    if (u.account === null && this.users.get(userId) === u) this.users.delete(userId);
   }
 
   /** @internal */
@@ -141,15 +158,14 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   /** @internal Refuses changes that would break the seq guard or a unique key. */
-  check(userId: string, changes: Changes): void {
-    const u = this.users.get(userId);
-    const currentSeq = u?.account?.seq ?? null;
+  check(u: UserData, changes: Changes): void {
+    const currentSeq = u.account?.seq ?? null;
     if (currentSeq !== changes.previousSeq) {
-      throw new ConflictError(`account ${userId} changed during the unit of work`);
+      throw new ConflictError(`account ${changes.account.userId} changed during the unit of work`);
     }
     // Check uniques before writing anything, so a refused save leaves no trace.
     for (const e of changes.entries) {
-      if (e.idempotencyKey !== null && u?.byKey.has(e.idempotencyKey)) {
+      if (e.idempotencyKey !== null && u.byKey.has(e.idempotencyKey)) {
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
@@ -162,21 +178,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   /** @internal Applies a unit of work's changes at once (synchronously: nothing interleaves). */
-  apply(userId: string, changes: Changes, checked = false): void {
-    if (!checked) this.check(userId, changes);
-    let u = this.users.get(userId);
-    if (u === undefined) {
-      u = {
-        account: null,
-        open: new Map(),
-        grants: new Map(),
-        active: new Map(),
-        reservations: new Map(),
-        journal: new CompactJournal(),
-        byKey: new Map(),
-      };
-      this.users.set(userId, u);
-    }
+  apply(u: UserData, changes: Changes, checked = false): void {
+    if (!checked) this.check(u, changes);
     u.account = changes.account;
     for (const g of changes.insertGrants) this.putGrant(u, g);
     for (const g of changes.updateGrants) this.putGrant(u, g);
@@ -191,8 +194,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   private putGrant(u: UserData, g: Grant): void {
+    if (!u.grants.has(g.id)) this.grantOwner.set(g.id, u);
     u.grants.set(g.id, g);
-    this.grantsById.set(g.id, g);
     const open = isOpenGrant(g);
     if (open) u.open.set(g.id, g);
     else u.open.delete(g.id);
@@ -207,11 +210,11 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   private putReservation(u: UserData, r: Reservation): void {
-    const before = this.reservationsById.get(r.id);
+    const before = u.reservations.get(r.id);
+    if (before === undefined) this.holdOwner.set(r.id, u);
     if (r.status === "active" && before?.status !== "active") this.dueHolds.add(r.expiresAt.getTime(), r.id);
     else if (r.status !== "active" && before?.status === "active") this.dueHolds.removed();
     u.reservations.set(r.id, r);
-    this.reservationsById.set(r.id, r);
     if (r.status === "active") u.active.set(r.id, r);
     else u.active.delete(r.id);
   }
@@ -221,11 +224,11 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async getGrant(grantId: string): Promise<Grant | null> {
-    return this.grantsById.get(grantId) ?? null;
+    return this.grantOwner.get(grantId)?.grants.get(grantId) ?? null;
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    return this.reservationsById.get(reservationId) ?? null;
+    return this.holdOwner.get(reservationId)?.reservations.get(reservationId) ?? null;
   }
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
@@ -271,8 +274,9 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
-    const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after), (id) => this.reservationsById.get(id)?.status === "active");
-    return ids.map((id) => this.reservationsById.get(id) as Reservation);
+    const hold = (id: string) => this.holdOwner.get(id)?.reservations.get(id);
+    const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after), (id) => hold(id)?.status === "active");
+    return ids.map((id) => hold(id) as Reservation);
   }
 
 
@@ -332,11 +336,12 @@ class MemoryTransaction implements DbTransaction {
   constructor(
     private readonly db: InMemoryDbManager,
     readonly userId: string,
+    private readonly u: UserData,
   ) {}
 
   load(request?: LoadRequest): LoadedState {
-    const u = this.db.user(this.userId);
-    if (u === undefined) return { account: null, grants: [], reservations: [], idempotent: null };
+    const u = this.u;
+    if (u.account === null) return { account: null, grants: [], reservations: [], idempotent: null };
     const key = request?.idempotencyKey;
     const at = key === undefined ? undefined : u.byKey.get(key);
     return {
@@ -348,17 +353,16 @@ class MemoryTransaction implements DbTransaction {
   }
 
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
-    const u = this.db.user(this.userId);
     const out: Grant[] = [];
     for (const id of grantIds) {
-      const g = u?.grants.get(id);
+      const g = this.u.grants.get(id);
       if (g !== undefined) out.push(g);
     }
     return out;
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    return this.db.user(this.userId)?.reservations.get(reservationId) ?? null;
+    return this.u.reservations.get(reservationId) ?? null;
   }
 
   async getPromo(code: string): Promise<Promo | null> {
@@ -377,7 +381,7 @@ class MemoryTransaction implements DbTransaction {
   save(changes: Changes): void {
     if (this.saved) throw new Error("save() may be called once per unit of work");
     this.saved = true;
-    this.db.check(this.userId, changes);
+    this.db.check(this.u, changes);
     this.pending = changes;
   }
 }
