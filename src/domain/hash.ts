@@ -67,6 +67,8 @@ export function ledgerLineTail(entry: JournalEntry): string {
 const str = (v: string | null): string => (v === null ? "null" : quote(v));
 
 /** Strings JSON writes as they are, between quotes: no quote, backslash, control character or surrogate. */
+// Control characters are exactly what the pattern must find (JSON escapes them).
+// eslint-disable-next-line no-control-regex
 const PLAIN = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/;
 
 /**
