@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, hashEntry, ledgerLine, quote } from "../src/domain/hash.js";
+import { canonicalEntry, hashEntry, hashNewEntry, ledgerLine, quote } from "../src/domain/hash.js";
 import type { JournalEntry } from "../src/models/index.js";
 
 // The canonical form and the hash chain are a storage format: journals already written must keep
@@ -52,6 +52,10 @@ describe("journal hash format", () => {
     const entry = { ...full, hash: hashEntry(full) };
     const line = JSON.parse(ledgerLine(entry)) as { details: unknown };
     expect(line.details).toEqual(JSON.parse(JSON.stringify(entry)));
+  });
+
+  it("hashes a new entry (hashNewEntry, the write path) exactly as hashEntry does, with the same canonical text", () => {
+    for (const e of [plain, full]) expect(hashNewEntry(e)).toEqual({ hash: hashEntry(e), canonical: canonicalEntry(e) });
   });
 
   it("quotes every string exactly as JSON.stringify does (the fast path is only a shortcut)", () => {

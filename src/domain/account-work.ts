@@ -9,7 +9,7 @@ import type {
   JournalEntry,
   Reservation,
 } from "../models/index.js";
-import { canonicalEntry, hashCanonical } from "./hash.js";
+import { hashNewEntry } from "./hash.js";
 import { compareGrants, isDue, isUsable } from "./order.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -514,8 +514,8 @@ export class AccountWork {
       prevHash: a.lastHash,
       hash: "",
     };
-    const canonical = canonicalEntry(entry);
-    entry.hash = hashCanonical(entry.prevHash, canonical);
+    const { hash, canonical } = hashNewEntry(entry);
+    entry.hash = hash;
     a.seq = entry.seq;
     a.lastHash = entry.hash;
     this.entries.push(entry);

@@ -110,6 +110,19 @@ export function hashCanonical(prevHash: string | null, canonical: string): strin
   return sha256(`${prevHash ?? ""}\n${canonical}`, "hex");
 }
 
+/**
+ * Hashes a new entry and returns its canonical text with the hash: `hashEntry`, built so that the
+ * text is made flat once. The hashed text (prevHash, newline, canonical entry) is built as one
+ * string; hashing flattens it, and the canonical text is a slice of it (no copy), which the ledger
+ * line slices again. Building the canonical text first and prefixing it would flatten it twice.
+ */
+export function hashNewEntry(entry: Omit<JournalEntry, "hash">): { hash: string; canonical: string } {
+  const prefix = entry.prevHash === null ? "\n" : `${entry.prevHash}\n`;
+  const text = prefix + canonicalEntry(entry);
+  const hash = sha256(text, "hex");
+  return { hash, canonical: text.slice(prefix.length) };
+}
+
 /** Digest of a request's arguments, stored with its idempotency key. */
 export function fingerprint(operation: string, args: unknown): string {
   return sha256(`${operation}\n${stringify(args) ?? ""}`, "base64url");

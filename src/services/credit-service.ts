@@ -563,7 +563,27 @@ export class CreditService {
     options: { settle: boolean } = SETTLE,
   ): Promise<T> {
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle);
-    return this.db.transaction(userId, (tx) => unit.attempt(tx)).then(
+    const run = (tx: DbTransaction) => unit.attempt(tx);
+    const db = this.db;
+    let done: UnitOutcome<T> | Promise<UnitOutcome<T>>;
+    if (db.transactionNow === undefined) done = db.transaction(userId, run);
+    else {
+      // A store in memory answers at once: no promise until the one this method returns.
+      try {
+        done = db.transactionNow(userId, run);
+      } catch (error) {
+        return this.refusedOrFailed(userId, unit, error);
+      }
+      if (!isPromiseLike(done)) {
+        try {
+          const value = this.committed(userId, done);
+          return isPromiseLike(value) ? (value as Promise<T>) : Promise.resolve(value);
+        } catch (error) {
+          return Promise.reject(error as Error);
+        }
+      }
+    }
+    return Promise.resolve(done).then(
       (outcome) => this.committed(userId, outcome),
       (error: unknown) => this.refusedOrFailed(userId, unit, error),
     );

@@ -97,6 +97,15 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   async close(): Promise<void> {}
 
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
+    try {
+      const result = this.transactionNow(userId, fn);
+      return isPromiseLike(result) ? (result as Promise<T>) : Promise.resolve(result);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+  }
+
+  transactionNow<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): T | Promise<T> {
     // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
     // in order. No promise is made unless someone has to wait (or `fn` itself returns one).
     let u = this.users.get(userId);
@@ -111,8 +120,11 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     return this.runLocked(userId, u, fn);
   }
 
-  /** Runs `fn` holding `userId`'s lock; applies what it saved once it returned; hands the lock on. */
-  private runLocked<T>(userId: string, u: UserData, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
+  /**
+   * Runs `fn` holding `userId`'s lock; applies what it saved once it returned; hands the lock on.
+   * A synchronous `fn`'s result (or error) comes back as such.
+   */
+  private runLocked<T>(userId: string, u: UserData, fn: (tx: DbTransaction) => Promise<T> | T): T | Promise<T> {
     const tx = new MemoryTransaction(this, userId, u);
     let result: T | Promise<T>;
     try {
@@ -122,11 +134,11 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
         // save() checked the changes and nothing ran since (no await): no need to check again.
         if (tx.pending !== null) this.apply(u, tx.pending, true);
         this.unlock(userId, u);
-        return Promise.resolve(result);
+        return result;
       }
     } catch (error) {
       this.unlock(userId, u);
-      return Promise.reject(error as Error);
+      throw error;
     }
     return Promise.resolve(result).then(
       (value) => {
