@@ -1,9 +1,13 @@
 import type { EntryType, JournalEntry } from "../../models/index.js";
 
-type Extras = Pick<
-  JournalEntry,
-  "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description" | "metadata"
->;
+/**
+ * An entry's rare fields. Metadata is kept as its JSON text: a string needs no copy to be safe from
+ * the caller, and writing and reading JSON costs a tenth of `structuredClone` on small objects
+ * (metadata is JSON by its model).
+ */
+type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description"> & {
+  metadata: string | null;
+};
 
 const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
@@ -94,7 +98,7 @@ export class CompactJournal {
         fingerprint: e.fingerprint,
         correlationId: e.correlationId,
         description: e.description,
-        metadata: e.metadata === null ? null : structuredClone(e.metadata),
+        metadata: e.metadata === null ? null : JSON.stringify(e.metadata),
       });
     }
     this.length = i + 1;
@@ -140,7 +144,7 @@ export class CompactJournal {
       fingerprint: x?.fingerprint ?? null,
       correlationId: x?.correlationId ?? null,
       description: x?.description ?? null,
-      metadata: x?.metadata == null ? null : structuredClone(x.metadata),
+      metadata: x?.metadata == null ? null : (JSON.parse(x.metadata) as JournalEntry["metadata"]),
       createdAt: new Date(this.f64[f + 4] as number),
       prevHash: i === 0 ? null : this.hash(i - 1),
       hash: this.hash(i),
