@@ -37,6 +37,20 @@ describe("ledger", () => {
     expect((await m.ledger.getEntries({ eventType: "system" }))[0]?.message).toBe("job finished");
   });
 
+  it("writes text outside ASCII byte-exactly (UTF-8), and each line's details are the stored entry", async () => {
+    const file = join(tmp(), "ledger.jsonl");
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({ db, ledger: { filePath: file } });
+    await m.credits.addCredits("ü-ser ☕", 10, { description: "café 😀 \u2028", metadata: { note: "naïve ✓", lone: "x\ud800y" } });
+    await m.credits.deductCredits("ü-ser ☕", 3, { correlationId: "c-é", metadata: { emoji: "🚀" } });
+    await m.close();
+    const text = readFileSync(file, "utf8");
+    expect(text).not.toContain("\ufffd"); // nothing was mis-encoded
+    const lines = text.trim().split("\n").map((l) => JSON.parse(l) as { details: unknown });
+    const journal = await db.listJournal("ü-ser ☕", { order: "asc", limit: 10 });
+    expect(lines.map((l) => l.details)).toEqual(journal.map((e) => JSON.parse(JSON.stringify(e))));
+  });
+
   it("a failing file never fails a credit operation; it is counted", async () => {
     // A path below a regular file can never be created.
     const blocker = join(tmp(), "file");
