@@ -13,26 +13,14 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import type { BenchRow } from "./lib.js";
+import { mainThreadCpu, type BenchRow } from "./lib.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const USERS = 100;
 const CONNECTIONS = 32;
-
-/** CPU time of a process's main thread in µs (Linux), else null. */
-function mainThreadCpu(pid: number | undefined): number | null {
-  if (pid === undefined || process.platform !== "linux") return null;
-  try {
-    const fields = (readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
-    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100; // clock ticks of 1/100 s (USER_HZ)
-  } catch {
-    return null;
-  }
-}
 
 interface Measured {
   reqPerSec: number;

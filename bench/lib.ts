@@ -1,3 +1,20 @@
+import { readFileSync } from "node:fs";
+
+/**
+ * CPU time of a process's main (event-loop) thread in µs, from /proc (Linux), else null. Steadier
+ * than ops/s on a shared machine: another process's load slows the wall clock far more than it
+ * changes the CPU an operation needs.
+ */
+export function mainThreadCpu(pid: number | undefined = process.pid): number | null {
+  if (pid === undefined || process.platform !== "linux") return null;
+  try {
+    const fields = (readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
+    return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100; // clock ticks of 1/100 s (USER_HZ)
+  } catch {
+    return null;
+  }
+}
+
 /** One row of the `npm run bench` table. Figures are ratios against a baseline measured in the same run. */
 export interface BenchRow {
   /** Which store ("memory", "postgres", …). */
