@@ -170,15 +170,7 @@ export class AccountWork {
   removeFromGrants(grantIds: readonly string[], amount: number, meta: EntryMeta): number {
     const ids = new Set(grantIds);
     const usable = [...this.grants.values()].filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
-    const portions: GrantPortion[] = [];
-    let left = amount;
-    for (const g of usable) {
-      if (left === 0) break;
-      const take = Math.min(g.remaining, left);
-      left -= take;
-      portions.push({ grantId: g.id, amount: take });
-      this.putGrant({ ...g, remaining: g.remaining - take });
-    }
+    const portions = this.takeInOrder(usable, amount);
     const total = sum(portions);
     if (total > 0) {
       this.account.balance = this.account.balance - total;
@@ -400,9 +392,14 @@ export class AccountWork {
     const usable: Grant[] = [];
     for (const g of this.grants.values()) if (isUsable(g, this.now)) usable.push(g);
     if (usable.length > 1) usable.sort(compareGrants);
+    return this.takeInOrder(usable, amount);
+  }
+
+  /** Takes up to `amount` from `grants`, already in burn-down order, each as far as it goes. */
+  private takeInOrder(grants: readonly Grant[], amount: number): GrantPortion[] {
     const portions: GrantPortion[] = [];
     let left = amount;
-    for (const g of usable) {
+    for (const g of grants) {
       if (left === 0) break;
       const take = Math.min(g.remaining, left);
       left -= take;
