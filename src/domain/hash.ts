@@ -100,19 +100,14 @@ const sha256: (data: string, encoding: "hex" | "base64url") => string =
     ? (data, encoding) => (crypto as unknown as { hash: (a: string, d: string, e: string) => string }).hash("sha256", data, encoding)
     : (data, encoding) => crypto.createHash("sha256").update(data).digest(encoding);
 
-/** sha256(prevHash ‖ "\n" ‖ canonical entry), hex. */
+/** sha256(prevHash ‖ "\n" ‖ canonical entry), hex: what an entry's `hash` must be. */
 export function hashEntry(entry: Omit<JournalEntry, "hash">): string {
-  return hashCanonical(entry.prevHash, canonicalEntry(entry));
-}
-
-/** `hashEntry` of an entry whose canonical text is already built. */
-export function hashCanonical(prevHash: string | null, canonical: string): string {
-  return sha256(`${prevHash ?? ""}\n${canonical}`, "hex");
+  return hashNewEntry(entry).hash;
 }
 
 /**
- * Hashes a new entry and returns its canonical text with the hash: `hashEntry`, built so that the
- * text is made flat once. The hashed text (prevHash, newline, canonical entry) is built as one
+ * An entry's hash (`hashEntry`, the one place its text is defined) with its canonical text, for the
+ * write path that needs both. The hashed text (prevHash, newline, canonical entry) is built as one
  * string; hashing flattens it, and the canonical text is a slice of it (no copy), which the ledger
  * line slices again. Building the canonical text first and prefixing it would flatten it twice.
  */
