@@ -7,7 +7,7 @@ import { hasLabel, toCreditError } from "./errors.js";
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "./promos.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
-import { deferred } from "../deferred.js";
+import { type QueuedUnit, deferred } from "../deferred.js";
 
 /** The collections a unit of work writes. */
 export interface UnitCollections {
@@ -28,17 +28,8 @@ export interface BatchContext {
   readonly transactionOptions: TransactionOptions;
 }
 
-/** A unit of work waiting to run: `db.transaction(userId, fn)`. */
-export interface Unit {
-  userId: string;
-  fn: (tx: DbTransaction) => Promise<unknown>;
-  resolve: (value: unknown) => void;
-  reject: (error: unknown) => void;
-  /** Batches it took part in that failed (they count against `maxAttempts`). */
-  attempts: number;
-  /** Runs alone from now on (after a failed batch, so that a culprit fails only itself). */
-  solo: boolean;
-}
+/** A unit of work waiting to run; `attempts` counts the failed batches it took part in. */
+export type Unit = QueuedUnit;
 
 /** A read for the state of several accounts, with an idempotency key each (or none). */
 export interface StateRequest {

@@ -33,6 +33,7 @@ import { StateCache, checkCachedState, stateAfter, type AccountState } from "./s
 import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
 import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
+import { oncePerTurn } from "../deferred.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
 export interface MongoDbManagerOptions {
@@ -211,7 +212,8 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
   /** Accounts a batch or a lone unit of work of this process is working on. */
   private readonly busy = new Set<string>();
   private activeBatches = 0;
-  private pumpScheduled = false;
+  /** Forms batches at the end of this turn of the event loop. */
+  private readonly schedulePump = oncePerTurn(() => this.pump());
   private readonly batchContext: BatchContext;
   /** @internal Promos, claims and payments (./promos.ts). */
   readonly promoStore: MongoPromoStore;
@@ -365,16 +367,6 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
   private enqueue(unit: Unit): void {
     this.queue.push(unit);
     this.schedulePump();
-  }
-
-  private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    // At the end of this turn of the event loop: units of work started together travel together.
-    setImmediate(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
   }
 
   /**

@@ -9,18 +9,10 @@ import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
 import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
-import { type Deferred, deferred } from "../deferred.js";
+import { type Deferred, type QueuedUnit, deferred } from "../deferred.js";
 
-/** A unit of work waiting to run: `db.transaction(userId, fn)`. */
-export interface Unit {
-  userId: string;
-  fn: (tx: DbTransaction) => Promise<unknown>;
-  resolve: (value: unknown) => void;
-  reject: (error: unknown) => void;
-  /** Attempts made so far. */
-  attempts: number;
-  /** Runs alone (a retry after a failed batch, so that a culprit fails only itself). */
-  solo: boolean;
+/** A unit of work waiting to run. */
+export interface Unit extends QueuedUnit {
   /** Waits for its account's lock (another process held it when a batch tried). */
   wait: boolean;
 }

@@ -12,6 +12,7 @@ import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.
 import { StateCache } from "./state-cache.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
+import { oncePerTurn } from "../deferred.js";
 
 export { SCHEMA_VERSION } from "./sql.js";
 
@@ -105,7 +106,8 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   private readonly busy = new Map<string, number>();
   private active = 0;
   private waiters = 0;
-  private pumpScheduled = false;
+  /** Forms batches at the end of this turn of the event loop, not at each call. */
+  private readonly schedulePump = oncePerTurn(() => this.pump());
   /** @internal */
   readonly prepared: boolean;
   /** @internal Last committed states of recently used accounts (null: none kept). */
@@ -219,19 +221,6 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     if (front) this.queue.unshift(unit);
     else this.queue.push(unit);
     this.schedulePump();
-  }
-
-  /**
-   * Forms batches at the end of the current turn of the event loop, not at each call: units of
-   * work started together (or resubmitted together when a batch's callers resume) travel together.
-   */
-  private schedulePump(): void {
-    if (this.pumpScheduled) return;
-    this.pumpScheduled = true;
-    setImmediate(() => {
-      this.pumpScheduled = false;
-      this.pump();
-    });
   }
 
   /**
