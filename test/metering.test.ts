@@ -141,6 +141,35 @@ describe("credits.meter()", () => {
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(996);
   });
 
+  it("an idempotency key leaves room for every suffix it derives (up to :after-service)", async () => {
+    const history = async () => (await m.credits.getCreditHistory("u")).items.length;
+    const before = await history();
+    await expect(m.credits.meter("u", { estimate: 10, idempotencyKey: "k".repeat(242) }, () => 1)).rejects.toThrow(/at most 241/);
+    expect(await history()).toBe(before); // refused before the hold
+    // The longest key allowed, on the longest path: the hold lapses, the usage is charged after service.
+    const key = "k".repeat(241);
+    const outcomes: MeterOutcome[] = [];
+    await m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
+      now += 6000;
+      recordUsage({ amount: 7 });
+    });
+    expect(outcomes[0]).toMatchObject({ charged: 7, chargedAfterService: true });
+    expect(outcomes[0]?.entry?.idempotencyKey).toBe(`${key}:after-service`);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(993);
+  });
+
+  it("usages that add up beyond Number.MAX_SAFE_INTEGER release the hold with a ValidationError", async () => {
+    const outcomes: MeterOutcome[] = [];
+    await expect(
+      m.credits.meter("u", { estimate: 10, onSettled: (o) => outcomes.push(o) }, () => {
+        recordUsage({ amount: Number.MAX_SAFE_INTEGER });
+        recordUsage({ amount: 2 });
+      }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 1000, reserved: 0 });
+    expect(await types()).toEqual(["add", "reserve", "release_reserved"]);
+  });
+
   it("validates its options", async () => {
     await expect(m.credits.meter("u", { estimate: 0 }, () => 1)).rejects.toBeInstanceOf(ValidationError);
     await expect(m.credits.meter("u", { estimate: 5, bogus: 1 } as never, () => 1)).rejects.toBeInstanceOf(ValidationError);

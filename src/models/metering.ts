@@ -14,6 +14,9 @@ export const UsageRecord = z.strictObject({
 });
 export type UsageRecord = z.infer<typeof UsageRecord>;
 
+/** 255 less the longest suffix metering appends (`:after-service`). */
+const MAX_METER_KEY = 255 - ":after-service".length;
+
 /** Options of `credits.meter(userId, options, fn)`. */
 export const MeterOptions = z.strictObject({
   /** Credits to hold before `fn` runs. */
@@ -23,8 +26,12 @@ export const MeterOptions = z.strictObject({
   /** Reason stored on the hold, e.g. "POST /api/chat". */
   reason: ShortText.optional(),
   description: ShortText.optional(),
-  /** Key of the hold; the commit uses `<key>:commit`, the release `<key>:release`. */
-  idempotencyKey: IdempotencyKey.optional(),
+  /**
+   * Key of the hold (`<key>:reserve`); the commit uses `<key>:commit`, the release `<key>:release`,
+   * a charge after the hold lapsed `<key>:after-service`. At most 241 characters, so that each of
+   * those is a valid idempotency key (255).
+   */
+  idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, { error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 14)` }).optional(),
   correlationId: z.string().min(1).max(255).optional(),
   /** Stored with the commit entry beside the recorded usages. */
   metadata: Metadata.optional(),

@@ -43,6 +43,12 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { isPromiseLike } from "../util/promise.js";
+import type * as z from "zod";
+
+/** Options as their models return them (validated). */
+type ParsedMutationOptions = z.output<typeof ReleaseOptions>;
+type ParsedReserveOptions = z.output<typeof ReserveOptions>;
+type ParsedCommitOptions = z.output<typeof CommitOptions>;
 
 export interface CreditServiceOptions {
   db: DbManager;
@@ -286,15 +292,21 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
     const o = parse(ReserveOptions, options, "options");
+    const r = await this.placeHold(user, n, o);
+    return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
+  }
+
+  /**
+   * @internal `reserveCredits` for input its models already accepted (metering parses its options
+   * once, up front). Resolves to the stored reservation: read it, never change it.
+   */
+  placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
     const meta = this.meta("reserveCredits", o, { amount: n, ...o, ttlSeconds: ttl });
     return this.mutate(
       user,
       meta,
-      (work) => {
-        const r = work.reserve(n, ttl, o.reason ?? null, meta).reservation;
-        return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
-      },
+      (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
       async (entry, tx) => {
         const r = await tx.getReservation(entry.reservationId ?? "");
         if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
@@ -311,8 +323,16 @@ export class CreditService {
     const id = parse(EntityId, reservationId, "reservationId");
     const o = parse(CommitOptions, options, "options");
     const found = await this.findReservation(id);
+    return this.commitHold(found.userId, id, o);
+  }
+
+  /**
+   * @internal `commitReservedCredits` of a hold of `userId` (known to the caller: no lookup), for
+   * input its models already accepted.
+   */
+  commitHold(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, { reservationId: id, ...o });
-    return this.mutate(found.userId, meta, (work, tx) => {
+    return this.mutate(userId, meta, (work, tx) => {
       const commit = (hold: Reservation): JournalEntry => {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
         return work.commit(hold, o.amount ?? hold.amount, meta, this.overdraftLimit);
@@ -327,8 +347,13 @@ export class CreditService {
     const id = parse(EntityId, reservationId, "reservationId");
     const o = parse(ReleaseOptions, options, "options");
     const found = await this.findReservation(id);
+    return this.releaseHold(found.userId, id, o);
+  }
+
+  /** @internal `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
+  releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
     const meta = this.meta("releaseReservedCredits", o, { reservationId: id, ...o });
-    return this.mutate(found.userId, meta, (work, tx) => {
+    return this.mutate(userId, meta, (work, tx) => {
       const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
       const hold = this.activeHold(work, tx, id);
       return isPromiseLike(hold) ? Promise.resolve(hold).then(release) : release(hold);

@@ -78,10 +78,12 @@ export function currentMeter(): MeterContext | undefined {
   return storage.getStore()?.context;
 }
 
-type Credits = Pick<
-  CreditService,
-  "reserveCredits" | "commitReservedCredits" | "releaseReservedCredits" | "deductCreditsAfterService"
->;
+/**
+ * What a session uses of the credit service: the hold operations for input already validated (the
+ * meter's options once, when it opens; each usage when it is recorded), so one metered call runs
+ * no model twice.
+ */
+type Credits = Pick<CreditService, "placeHold" | "commitHold" | "releaseHold" | "deductCreditsAfterService">;
 
 interface SessionDeps {
   credits: Credits;
@@ -183,21 +185,20 @@ export class MeterSession {
    */
   commit(amount?: number): Promise<MeterOutcome> {
     if (this.settlement !== null) return this.settlement;
-    if (amount !== undefined) {
-      // parse() answers a number it accepted before from memory: no schema run per call.
-      try {
-        parse(NonNegativeAmount, amount, "usage amount");
-      } catch (error) {
-        this.settlement = this.doRelease("error");
-        return this.settlement.then(() => Promise.reject(error));
-      }
-    }
     if (amount === undefined && this.recorded.length === 0 && (this.options.noUsage ?? "release") === "release") {
       this.settlement = this.doRelease("no-usage");
-    } else {
-      const n = amount ?? (this.recorded.length > 0 ? this.sum : this.estimate);
-      this.settlement = this.doCommit(n);
+      return this.settlement;
     }
+    const n = amount ?? (this.recorded.length > 0 ? this.sum : this.estimate);
+    try {
+      // A number it accepted before is answered from memory: no schema run per call. A sum of
+      // usages beyond Number.MAX_SAFE_INTEGER is refused here too.
+      parse(NonNegativeAmount, n, "usage amount");
+    } catch (error) {
+      this.settlement = this.doRelease("error");
+      return this.settlement.then(() => Promise.reject(error));
+    }
+    this.settlement = this.doCommit(n);
     return this.settlement;
   }
 
@@ -212,21 +213,21 @@ export class MeterSession {
    * The options of a commit, release or after-service deduction: only the keys that are set (each
    * one more is one more field for the store's validation to walk).
    */
-  private mutation(suffix: string, extra: Record<string, unknown> | null) {
+  private mutation(suffix: string, extra: Record<string, unknown> | null): MutationInput {
     const o = this.options;
-    const out: { description?: string; correlationId?: string; idempotencyKey?: string; metadata?: Record<string, never> } = {};
+    const out: MutationInput = {};
     if (o.description !== undefined) out.description = o.description;
     if (o.correlationId !== undefined) out.correlationId = o.correlationId;
     if (o.idempotencyKey !== undefined) out.idempotencyKey = `${o.idempotencyKey}:${suffix}`;
     if (o.metadata === undefined && extra === null) {
       // As before: `{}` when there is nothing to say (the entries, their hashes and fingerprints are unchanged).
-      out.metadata = (this.recorded.length > 0 ? { usages: this.recorded } : {}) as Record<string, never>;
+      out.metadata = (this.recorded.length > 0 ? { usages: this.recorded } : {}) as Json;
     } else {
       out.metadata = {
         ...(o.metadata ?? {}),
         ...extra,
         ...(this.recorded.length > 0 ? { usages: this.recorded } : {}),
-      } as Record<string, never>;
+      } as Json;
     }
     return out;
   }
@@ -246,9 +247,9 @@ export class MeterSession {
   private async doCommit(amount: number): Promise<MeterOutcome> {
     const { credits } = this.deps;
     try {
-      const options = this.mutation("commit", null) as { amount?: number };
+      const options: CommitInput = this.mutation("commit", null);
       options.amount = amount;
-      const entry = await credits.commitReservedCredits(this.reservationId, options);
+      const entry = await credits.commitHold(this.userId, this.reservationId, options);
       return this.outcome("committed", amount, entry);
     } catch (error) {
       if (error instanceof ReservationExpiredError) {
@@ -268,9 +269,9 @@ export class MeterSession {
       if (error instanceof InsufficientCreditsError && amount > this.estimate) {
         // Past the overdraft limit: charge what was held and report the rest.
         const shortfall = amount - this.estimate;
-        const options = this.mutation("commit", { requested: amount, shortfall }) as { amount?: number };
+        const options: CommitInput = this.mutation("commit", { requested: amount, shortfall });
         options.amount = this.estimate;
-        const entry = await credits.commitReservedCredits(this.reservationId, options);
+        const entry = await credits.commitHold(this.userId, this.reservationId, options);
         await this.deps.ledger
           ?.logError(
             "metered usage exceeded the overdraft limit; the hold was charged in full",
@@ -297,7 +298,7 @@ export class MeterSession {
 
   private async tryRelease(reason: string, raise = false): Promise<void> {
     try {
-      await this.deps.credits.releaseReservedCredits(this.reservationId, this.mutation("release", { releaseReason: reason }));
+      await this.deps.credits.releaseHold(this.userId, this.reservationId, this.mutation("release", { releaseReason: reason }));
     } catch (error) {
       if (error instanceof ReservationExpiredError) return; // already back
       this.deps.logger?.warn(
@@ -309,16 +310,19 @@ export class MeterSession {
   }
 }
 
-/** Places the hold of a metered call (`InsufficientCreditsError` when it cannot be placed). */
+/**
+ * Places the hold of a metered call (`InsufficientCreditsError` when it cannot be placed). `userId`
+ * and `options` are validated already (`UserId`, `MeterOptions`).
+ */
 export async function openMeter(deps: SessionDeps, userId: string, options: MeterOptions): Promise<MeterSession> {
-  // Only the keys that are set: the reservation's options are validated again by reserveCredits.
+  // Only the keys that are set: each one more is one more field of the entry's fingerprint.
   const reserve: { ttlSeconds?: number; reason?: string; description?: string; correlationId?: string; idempotencyKey?: string } = {};
   if (options.ttlSeconds !== undefined) reserve.ttlSeconds = options.ttlSeconds;
   if (options.reason !== undefined) reserve.reason = options.reason;
   if (options.description !== undefined) reserve.description = options.description;
   if (options.correlationId !== undefined) reserve.correlationId = options.correlationId;
   if (options.idempotencyKey !== undefined) reserve.idempotencyKey = `${options.idempotencyKey}:reserve`;
-  const hold = await deps.credits.reserveCredits(userId, options.estimate, reserve);
+  const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
   return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
 }
 
@@ -347,6 +351,17 @@ export async function runMetered<T>(
   onSettled?.(outcome);
   return value;
 }
+
+/** JSON metadata as the models type it. */
+type Json = NonNullable<Parameters<Credits["releaseHold"]>[2]["metadata"]>;
+/** The options of a commit, release or after-service deduction a session builds. */
+interface MutationInput {
+  description?: string;
+  correlationId?: string;
+  idempotencyKey?: string;
+  metadata?: Json;
+}
+type CommitInput = MutationInput & { amount?: number };
 
 function stripUndefined<T extends object>(o: T): T {
   const out: Record<string, unknown> = {};
