@@ -13,6 +13,7 @@ import type {
 } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { DueIndex } from "./due-index.js";
+import { SettledHolds } from "./holds.js";
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
@@ -31,13 +32,15 @@ import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 import { isPromiseLike } from "../../util/promise.js";
 
 interface UserData {
+  readonly userId: string;
   account: Account | null;
   /** Grants with remaining > 0 and not closed. */
   open: Map<string, Grant>;
   /** Every grant, by id, in insertion order. */
   grants: Map<string, Grant>;
+  /** Active holds, as objects; settled ones (which never change again) as compact rows. */
   active: Map<string, Reservation>;
-  reservations: Map<string, Reservation>;
+  settled: SettledHolds;
   /** Entry seq n is at index n - 1. */
   journal: CompactJournal;
   /** idempotency key → index in `journal` */
@@ -49,13 +52,14 @@ interface UserData {
   lock: Array<() => void> | null | undefined;
 }
 
-function emptyUser(): UserData {
+function emptyUser(userId: string): UserData {
   return {
+    userId,
     account: null,
     open: new Map(),
     grants: new Map(),
     active: new Map(),
-    reservations: new Map(),
+    settled: new SettledHolds(),
     journal: new CompactJournal(),
     byKey: new Map(),
     lock: undefined,
@@ -68,9 +72,10 @@ function emptyUser(): UserData {
  * another (a per-account lock); different accounts run concurrently. Writes apply synchronously at
  * `save`, so a unit of work that throws leaves nothing behind.
  *
- * Accounts, grants and reservations are kept as the objects handed to `save` (the library never
- * mutates them afterwards; the service copies what it hands to callers); the journal is kept as
- * fixed-size binary rows in one buffer per account (`CompactJournal`).
+ * Accounts, grants and active reservations are kept as the objects handed to `save` (the library
+ * never mutates them afterwards; the service copies what it hands to callers); the journal and the
+ * settled reservations (one per metered request, never changed again) are kept as fixed-size binary
+ * rows in one buffer per account (`CompactJournal`, `SettledHolds`).
  */
 export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbManager {
   readonly name = "memory";
@@ -109,7 +114,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     // Per-account lock: the first caller runs at once; later ones queue and are handed the lock
     // in order. No promise is made unless someone has to wait (or `fn` itself returns one).
     let u = this.users.get(userId);
-    if (u === undefined) this.users.set(userId, (u = emptyUser()));
+    if (u === undefined) this.users.set(userId, (u = emptyUser(userId)));
     if (u.lock !== undefined) {
       let waiting = u.lock;
       if (waiting === null) u.lock = waiting = [];
@@ -222,13 +227,18 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   private putReservation(u: UserData, r: Reservation): void {
-    const before = u.reservations.get(r.id);
-    if (before === undefined) this.holdOwner.set(r.id, u);
-    if (r.status === "active" && before?.status !== "active") this.dueHolds.add(r.expiresAt.getTime(), r.id);
-    else if (r.status !== "active" && before?.status === "active") this.dueHolds.removed();
-    u.reservations.set(r.id, r);
-    if (r.status === "active") u.active.set(r.id, r);
-    else u.active.delete(r.id);
+    const wasActive = u.active.has(r.id);
+    if (!wasActive && !u.settled.has(r.id)) this.holdOwner.set(r.id, u);
+    if (r.status === "active") {
+      if (!wasActive) this.dueHolds.add(r.expiresAt.getTime(), r.id);
+      u.active.set(r.id, r);
+    } else {
+      if (wasActive) {
+        this.dueHolds.removed();
+        u.active.delete(r.id);
+      }
+      u.settled.set(r);
+    }
   }
 
   async getAccount(userId: string): Promise<Account | null> {
@@ -240,7 +250,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    return this.holdOwner.get(reservationId)?.reservations.get(reservationId) ?? null;
+    const u = this.holdOwner.get(reservationId);
+    return u === undefined ? null : holdOf(u, reservationId);
   }
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
@@ -254,8 +265,12 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     if (u === undefined) return [];
     const status = options?.status;
     if (status === "active") return [...u.active.values()];
-    const all = [...u.reservations.values()];
-    return status === undefined ? all : all.filter((r) => r.status === status);
+    const settled = u.settled.values(userId);
+    if (status !== undefined) return settled.filter((r) => r.status === status);
+    // By creation, as the other stores list them.
+    return [...u.active.values(), ...settled].sort(
+      (a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
+    );
   }
 
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
@@ -286,7 +301,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
-    const hold = (id: string) => this.holdOwner.get(id)?.reservations.get(id);
+    const hold = (id: string) => this.holdOwner.get(id)?.active.get(id);
     const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after), (id) => hold(id)?.status === "active");
     return ids.map((id) => hold(id) as Reservation);
   }
@@ -374,7 +389,7 @@ class MemoryTransaction implements DbTransaction {
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    return this.u.reservations.get(reservationId) ?? null;
+    return holdOf(this.u, reservationId);
   }
 
   async getPromo(code: string): Promise<Promo | null> {
@@ -396,6 +411,11 @@ class MemoryTransaction implements DbTransaction {
     this.db.check(this.u, changes);
     this.pending = changes;
   }
+}
+
+/** A hold of the account: the stored object while active, else a copy from its settled row. */
+function holdOf(u: UserData, id: string): Reservation | null {
+  return u.active.get(id) ?? u.settled.get(id, u.userId) ?? null;
 }
 
 function cursorOf(after: ScanCursor | undefined): { time: number; id: string } | undefined {

@@ -1,0 +1,124 @@
+import type { Reservation } from "../../models/index.js";
+import { PortionPool, RowBuffer, readUuid, writeUuid } from "./rows.js";
+
+const STATUSES: readonly Reservation["status"][] = ["active", "committed", "released", "expired"];
+const STATUS_CODE = new Map(STATUSES.map((s, i) => [s, i]));
+
+/**
+ * One hold's fixed part, in bytes: five float64 (amount, expiresAt ms, createdAt ms, settledAt ms
+ * or NaN, committedAmount or NaN) at 0–39, the id at 40–55, at 56 (a uint32) the reason's number
+ * (0: none), the status byte at 60, and at 64 and 68 (uint32) where its allocations end and begin
+ * in the pool.
+ */
+const ROW = 72;
+const F64_PER_ROW = ROW / 8;
+const U32_PER_ROW = ROW / 4;
+const AT_ID = 40;
+const U32_REASON = 14;
+const AT_STATUS = 60;
+const U32_ALLOCATIONS_END = 16;
+const U32_ALLOCATIONS_START = 17;
+
+/**
+ * One account's settled holds (committed, released, expired), as fixed-size rows in one buffer,
+ * like `CompactJournal`. A settled hold never changes again, is read rarely (`getReservation`, an
+ * audit, a repeated idempotency key) and is kept forever — one per metered request. As objects
+ * (dates, allocation arrays, a reason string each) they held about 0.6 KB of heap apiece, which a
+ * long-running metered service on this store grew without end; a row is 72 bytes outside the heap
+ * plus its id. Reasons are interned (a route's holds share one), metadata is kept as JSON text,
+ * and an id that is not a UUID is kept as is. Reads build a new object each time.
+ */
+export class SettledHolds {
+  private length = 0;
+  private readonly rowBuffer = new RowBuffer(ROW);
+  /** The allocations of every hold, in order. */
+  private readonly portions = new PortionPool();
+  /** Reason number n (from 1) is `reasons[n - 1]`. */
+  private readonly reasons: string[] = [];
+  private readonly reasonIndex = new Map<string, number>();
+  private readonly metadata = new Map<number, string>();
+  private readonly oddIds = new Map<number, string>();
+  /** Hold id → row. */
+  private readonly rows = new Map<string, number>();
+
+  get size(): number {
+    return this.length;
+  }
+
+  has(id: string): boolean {
+    return this.rows.has(id);
+  }
+
+  /** Stores a settled hold (a hold stored again replaces its row; holds do not change once settled). */
+  set(r: Reservation): void {
+    let i = this.rows.get(r.id);
+    if (i === undefined) {
+      i = this.length++;
+      this.rowBuffer.reserve(i);
+      this.rows.set(r.id, i);
+    }
+    const { f64, u32, bytes } = this.rowBuffer;
+    const f = i * F64_PER_ROW;
+    const row = i * ROW;
+    f64[f] = r.amount;
+    f64[f + 1] = r.expiresAt.getTime();
+    f64[f + 2] = r.createdAt.getTime();
+    f64[f + 3] = r.settledAt === null ? NaN : r.settledAt.getTime();
+    f64[f + 4] = r.committedAmount === null ? NaN : r.committedAmount;
+    if (!writeUuid(bytes, row + AT_ID, r.id)) this.oddIds.set(i, r.id);
+    else this.oddIds.delete(i);
+    u32[i * U32_PER_ROW + U32_REASON] = r.reason === null ? 0 : this.intern(r.reason);
+    bytes[row + AT_STATUS] = STATUS_CODE.get(r.status) as number;
+    u32[i * U32_PER_ROW + U32_ALLOCATIONS_START] = this.portions.length;
+    u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
+    if (r.metadata !== null) this.metadata.set(i, JSON.stringify(r.metadata));
+    else this.metadata.delete(i);
+  }
+
+  /** The hold `id` as a new object, or undefined. */
+  get(id: string, userId: string): Reservation | undefined {
+    const i = this.rows.get(id);
+    return i === undefined ? undefined : this.at(i, userId);
+  }
+
+  /** Every settled hold, in the order they were first stored. */
+  values(userId: string): Reservation[] {
+    const out: Reservation[] = [];
+    for (let i = 0; i < this.length; i++) out.push(this.at(i, userId));
+    return out;
+  }
+
+  private at(i: number, userId: string): Reservation {
+    const { f64, u32, bytes } = this.rowBuffer;
+    const f = i * F64_PER_ROW;
+    const row = i * ROW;
+    const allocations = this.portions.read(u32[i * U32_PER_ROW + U32_ALLOCATIONS_START] as number, u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] as number);
+    const reason = u32[i * U32_PER_ROW + U32_REASON] as number;
+    const settledAt = f64[f + 3] as number;
+    const committed = f64[f + 4] as number;
+    const metadata = this.metadata.get(i);
+    return {
+      id: this.oddIds.get(i) ?? readUuid(bytes, row + AT_ID),
+      userId,
+      amount: f64[f] as number,
+      status: STATUSES[bytes[row + AT_STATUS] as number] as Reservation["status"],
+      allocations,
+      expiresAt: new Date(f64[f + 1] as number),
+      reason: reason === 0 ? null : (this.reasons[reason - 1] as string),
+      metadata: metadata === undefined ? null : (JSON.parse(metadata) as Reservation["metadata"]),
+      createdAt: new Date(f64[f + 2] as number),
+      settledAt: Number.isNaN(settledAt) ? null : new Date(settledAt),
+      committedAmount: Number.isNaN(committed) ? null : committed,
+    };
+  }
+
+  private intern(reason: string): number {
+    let n = this.reasonIndex.get(reason);
+    if (n === undefined) {
+      this.reasons.push(reason);
+      n = this.reasons.length;
+      this.reasonIndex.set(reason, n);
+    }
+    return n;
+  }
+}

@@ -1,0 +1,120 @@
+import type { GrantPortion } from "../../models/index.js";
+
+/**
+ * Fixed-size rows in one buffer that doubles as it fills, seen as bytes, float64 and uint32 (the
+ * in-memory store's compact journal and settled holds): numbers and ids as bytes, outside the heap
+ * the garbage collector traces.
+ */
+export class RowBuffer {
+  bytes = Buffer.alloc(0);
+  f64 = new Float64Array(0);
+  u32 = new Uint32Array(0);
+  private capacity = 0;
+
+  constructor(private readonly rowBytes: number) {}
+
+  /** Makes room for row `i` (rows are added in order). */
+  reserve(i: number): void {
+    if (i < this.capacity) return;
+    const cap = Math.max(8, this.capacity * 2);
+    const buffer = new ArrayBuffer(cap * this.rowBytes);
+    const bytes = Buffer.from(buffer);
+    bytes.set(this.bytes);
+    this.bytes = bytes;
+    this.f64 = new Float64Array(buffer);
+    this.u32 = new Uint32Array(buffer);
+    this.capacity = cap;
+  }
+}
+
+/** The grant portions of many rows, in order, as (grant index, amount) pairs; grant ids stored once. */
+export class PortionPool {
+  private pool = new Float64Array(0);
+  /** Pairs stored so far: where the next row's portions begin. */
+  length = 0;
+  private readonly grantIds: string[] = [];
+  private readonly grantIndex = new Map<string, number>();
+
+  /** Appends `portions`; returns where they end (the row keeps it). */
+  add(portions: readonly GrantPortion[]): number {
+    for (const p of portions) {
+      if (2 * this.length === this.pool.length) {
+        const next = new Float64Array(Math.max(16, this.pool.length * 2));
+        next.set(this.pool);
+        this.pool = next;
+      }
+      let g = this.grantIndex.get(p.grantId);
+      if (g === undefined) {
+        g = this.grantIds.length;
+        this.grantIds.push(p.grantId);
+        this.grantIndex.set(p.grantId, g);
+      }
+      this.pool[2 * this.length] = g;
+      this.pool[2 * this.length + 1] = p.amount;
+      this.length++;
+    }
+    return this.length;
+  }
+
+  /** Portions [from, to) as new objects. */
+  read(from: number, to: number): GrantPortion[] {
+    const out: GrantPortion[] = [];
+    for (let p = from; p < to; p++) {
+      out.push({ grantId: this.grantIds[this.pool[2 * p] as number] as string, amount: this.pool[2 * p + 1] as number });
+    }
+    return out;
+  }
+}
+
+/**
+ * Writes a lower-case hex string of `chars` characters as bytes at `at`, in place (no temporary
+ * buffer, no native call). False — and the caller keeps the string as is — for anything else: a
+ * wrong length, upper case (it would not read back the same) or a character that is not hex.
+ */
+export function writeHex(into: Uint8Array, at: number, hex: string, chars: number): boolean {
+  return hex.length === chars && hexRun(into, at, hex, 0, chars);
+}
+
+/** A canonical lower-case UUID (8-4-4-4-12) as 16 bytes at `at`; false for anything else. */
+export function writeUuid(into: Uint8Array, at: number, id: string): boolean {
+  return (
+    id.length === 36 &&
+    id.charCodeAt(8) === 45 &&
+    id.charCodeAt(13) === 45 &&
+    id.charCodeAt(18) === 45 &&
+    id.charCodeAt(23) === 45 &&
+    hexRun(into, at, id, 0, 8) &&
+    hexRun(into, at + 4, id, 9, 13) &&
+    hexRun(into, at + 6, id, 14, 18) &&
+    hexRun(into, at + 8, id, 19, 23) &&
+    hexRun(into, at + 10, id, 24, 36)
+  );
+}
+
+/** The UUID written at `at` by `writeUuid`. */
+export function readUuid(bytes: Buffer, at: number): string {
+  const h = bytes.toString("hex", at, at + 16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/** Bytes of s[from, to) (lower-case hex, even length) at `at`; false if any other character is there. */
+function hexRun(into: Uint8Array, at: number, s: string, from: number, to: number): boolean {
+  let bad = 0;
+  for (let k = from; k < to; k += 2) {
+    const a = s.charCodeAt(k);
+    const b = s.charCodeAt(k + 1);
+    const hi = a < 128 ? (HEX_VALUE[a] as number) : -1;
+    const lo = b < 128 ? (HEX_VALUE[b] as number) : -1;
+    bad |= hi | lo;
+    into[at++] = (hi << 4) | (lo & 15);
+  }
+  return bad >= 0;
+}
+
+/** Value of each ASCII code as a lower-case hex digit, -1 for every other character. */
+const HEX_VALUE = (() => {
+  const table = new Int8Array(128).fill(-1);
+  for (let c = 48; c <= 57; c++) table[c] = c - 48; // 0-9
+  for (let c = 97; c <= 102; c++) table[c] = c - 87; // a-f
+  return table;
+})();
