@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createCreditManager, InMemoryNotificationQueue } from "../src/index.js";
+import { createCreditManager, InMemoryNotificationQueue, recordUsage } from "../src/index.js";
 import { mainThreadCpu, measure, type BenchRow } from "./lib.js";
 
 const size = Number(process.argv[2] ?? 1000);
@@ -78,6 +78,20 @@ const rows: BenchRow[] = [
   await row(`getUserCreditsInfo (${label})`, (i) => credits.getUserCreditsInfo(pick(i))),
 ];
 if (size <= 1000) {
+  // A metered call as the middleware makes it (hold 10, record 3: reserve, commit, release of the
+  // rest), and the heap it leaves behind for good (settled hold, journal rows' side data).
+  const gc = (globalThis as { gc?: () => void }).gc;
+  const heap = () => {
+    gc?.();
+    return process.memoryUsage().heapUsed;
+  };
+  const before = heap();
+  const metered = await row(`meter(): hold 10, record 3 (${label})`, (i) =>
+    credits.meter(pick(i), { estimate: 10, reason: "POST /api/chat" }, () => void recordUsage({ amount: 3 })),
+  OPS / 4);
+  const retained = (heap() - before) / ((OPS / 4) * ROUNDS);
+  if (gc) metered.note = `${metered.note ?? ""}; heap retained ${Math.round(retained)} B/call`.replace(/^; /, "");
+  rows.push(metered);
   // The cost of notifications on the hot path: the alert level is evaluated in every unit of work
   // (nothing is allocated unless a threshold is crossed).
   const notifying = await createCreditManager({
