@@ -16,6 +16,11 @@ const userOf = (auth: string | null | undefined) => (auth ? { userId: auth.slice
 const common = { credits: manager.credits, defaultEstimate: 10, ttlSeconds: 60 } as const;
 
 const body = '{"ok":true,"usage":{"total_tokens":3}}';
+const BUSY_US = Number(process.env.BENCH_BUSY_US ?? 10);
+const spin = (us: number) => {
+  const end = performance.now() + us / 1000;
+  while (performance.now() < end);
+};
 const nodeMeter = creditMeteringMiddleware({
   ...common,
   pathPrefix: "/n/api",
@@ -36,8 +41,10 @@ const server = createServer((req, res) => {
     res.setHeader("content-type", "application/json");
     res.end(body);
   };
-  // "/upstream": the handler first awaits 2 ms, like a call to a model provider.
+  // "/upstream": the handler first awaits 2 ms, like a call to a model provider. "/busy": it first
+  // spins for BUSY_US µs of CPU (calibration: what that much work per request costs the throughput).
   const upstream = url.endsWith("/upstream");
+  if (url.endsWith("/busy")) spin(BUSY_US);
   const respond = () => (upstream ? void setTimeout(plain, 2) : plain());
   if (url.startsWith("/n/api")) {
     return nodeMeter(req, res, () => {

@@ -10,6 +10,9 @@
  * much CPU the load generator leaves over, and other load on the machine moves it a lot. On Linux
  * each row's note also gives the server's main-thread CPU per request (utime + stime from
  * /proc/<pid>/task/<pid>/stat over the round): the figure other load hardly moves.
+ *
+ * Calibration row: the unmetered endpoint whose handler first spins 10 µs of CPU. It shows what the
+ * 20% budget means on the machine at hand — roughly that much work per request, all of it.
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -61,7 +64,15 @@ export async function run(): Promise<BenchRow[]> {
     const base = `http://127.0.0.1:${port}`;
     await load(`${base}/n/api/ping`, 1); // warm-up (JIT, keep-alive sockets)
     await load(`${base}/f/api/ping`, 1);
-    const paths = { nPlain: "/n/ping", nMeter: "/n/api/ping", fPlain: "/f/ping", fMeter: "/f/api/ping", uPlain: "/n/upstream", uMeter: "/n/api/upstream" };
+    const paths = {
+      nPlain: "/n/ping",
+      nMeter: "/n/api/ping",
+      nBusy: "/n/busy",
+      fPlain: "/f/ping",
+      fMeter: "/f/api/ping",
+      uPlain: "/n/upstream",
+      uMeter: "/n/api/upstream",
+    };
     type Key = keyof typeof paths;
     const best = {} as Record<Key, number>;
     const cpu = {} as Record<Key, number | null>;
@@ -89,6 +100,7 @@ export async function run(): Promise<BenchRow[]> {
     return [
       row("HTTP node:http, unmetered (req/s)", "nPlain"),
       row("HTTP node:http + creditMeteringMiddleware", "nMeter", "nPlain"),
+      row("HTTP node:http, unmetered, handler spins 10 µs of CPU (calibration)", "nBusy", "nPlain", false),
       row("HTTP toNodeHandler(fetch), unmetered", "fPlain"),
       row("HTTP toNodeHandler(creditMetering(fetch))", "fMeter", "fPlain"),
       row("HTTP node:http, handler awaits 2 ms upstream, unmetered", "uPlain"),
