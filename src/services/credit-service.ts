@@ -102,7 +102,7 @@ export interface HistoryPage {
   nextCursor: string | null;
 }
 
-/** The default options object: known valid, so not parsed again on the hot path. */
+/** The default options object of every mutation: known valid, so not parsed on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
 const SETTLE = Object.freeze({ settle: true });
@@ -288,10 +288,10 @@ export class CreditService {
   }
 
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
-  async reserveCredits(userId: string, amount: number, options: ReserveOptions = {}): Promise<Reservation> {
+  async reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
-    const o = parse(ReserveOptions, options, "options");
+    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
     const r = await this.placeHold(user, n, o);
     return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
   }
@@ -319,9 +319,9 @@ export class CreditService {
    * Captures a hold: all of it by default, or `amount` (less returns the rest to its grants; more
    * takes the excess like an after-service deduction). Resolves to the commit entry.
    */
-  async commitReservedCredits(reservationId: string, options: CommitOptions = {}): Promise<JournalEntry> {
+  async commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
     const id = parse(EntityId, reservationId, "reservationId");
-    const o = parse(CommitOptions, options, "options");
+    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(CommitOptions, options, "options");
     const found = await this.findReservation(id);
     return this.commitHold(found.userId, id, o);
   }
@@ -343,9 +343,9 @@ export class CreditService {
   }
 
   /** Returns everything a hold earmarked. Resolves to the release entry. */
-  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = {}): Promise<JournalEntry> {
+  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
     const id = parse(EntityId, reservationId, "reservationId");
-    const o = parse(ReleaseOptions, options, "options");
+    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReleaseOptions, options, "options");
     const found = await this.findReservation(id);
     return this.releaseHold(found.userId, id, o);
   }
