@@ -45,6 +45,10 @@ describe("CompactJournal", () => {
       { type: "reserve", reservationId: "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab" },
       { type: "commit_reserved", reservationId: "res-1", description: "odd id" },
       { type: "release_reserved", reservationId: "0F0E0D0C-AAAA-4BBB-8CCC-0123456789AB" },
+      { description: "unused part of committed reservation" },
+      { description: "unused part of committed reservation", metadata: { usages: [{ amount: 3 }] } },
+      { description: "", metadata: {} },
+      { description: "émoji 🙂 and a lone \ud800", correlationId: "c-1" },
     ];
     const appended: JournalEntry[] = [];
     for (let i = 0; i < 40; i++) {
@@ -57,5 +61,15 @@ describe("CompactJournal", () => {
       expect(j.get(i, "u")).toEqual({ ...e, prevHash: i === 0 ? null : (appended[i - 1] as JournalEntry).hash });
       expect(j.hash(i)).toBe(e.hash);
     }
+  });
+
+  it("numbers descriptions in the rows while it can, then keeps them with the rare fields", () => {
+    const j = new CompactJournal(3); // rows number three descriptions at most
+    const descriptions = ["a", "b", "a", "c", "d", "a", "e", null, "d", "c"];
+    const appended = descriptions.map((description, i) => entry(i, { description, metadata: i % 2 === 0 ? { i } : null }));
+    for (const e of appended) j.append(e);
+    appended.forEach((e, i) => {
+      expect(j.get(i, "u")).toEqual({ ...e, prevHash: i === 0 ? null : HASH });
+    });
   });
 });

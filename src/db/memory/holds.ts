@@ -1,5 +1,5 @@
 import type { Reservation } from "../../models/index.js";
-import { PortionPool, RowBuffer, readUuid, writeUuid } from "./rows.js";
+import { Interned, PortionPool, RowBuffer, readUuid, writeUuid } from "./rows.js";
 
 const STATUSES: readonly Reservation["status"][] = ["active", "committed", "released", "expired"];
 const STATUS_CODE = new Map(STATUSES.map((s, i) => [s, i]));
@@ -33,9 +33,8 @@ export class SettledHolds {
   private readonly rowBuffer = new RowBuffer(ROW);
   /** The allocations of every hold, in order. */
   private readonly portions = new PortionPool();
-  /** Reason number n (from 1) is `reasons[n - 1]`. */
-  private readonly reasons: string[] = [];
-  private readonly reasonIndex = new Map<string, number>();
+  /** Reasons by number (a row's 0: none). */
+  private readonly reasons = new Interned();
   private readonly metadata = new Map<number, string>();
   private readonly oddIds = new Map<number, string>();
   /** Hold id → row. */
@@ -67,7 +66,7 @@ export class SettledHolds {
     f64[f + 4] = r.committedAmount === null ? NaN : r.committedAmount;
     if (!writeUuid(bytes, row + AT_ID, r.id)) this.oddIds.set(i, r.id);
     else this.oddIds.delete(i);
-    u32[i * U32_PER_ROW + U32_REASON] = r.reason === null ? 0 : this.intern(r.reason);
+    u32[i * U32_PER_ROW + U32_REASON] = r.reason === null ? 0 : this.reasons.number(r.reason);
     bytes[row + AT_STATUS] = STATUS_CODE.get(r.status) as number;
     u32[i * U32_PER_ROW + U32_ALLOCATIONS_START] = this.portions.length;
     u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
@@ -104,21 +103,11 @@ export class SettledHolds {
       status: STATUSES[bytes[row + AT_STATUS] as number] as Reservation["status"],
       allocations,
       expiresAt: new Date(f64[f + 1] as number),
-      reason: reason === 0 ? null : (this.reasons[reason - 1] as string),
+      reason: reason === 0 ? null : this.reasons.at(reason),
       metadata: metadata === undefined ? null : (JSON.parse(metadata) as Reservation["metadata"]),
       createdAt: new Date(f64[f + 2] as number),
       settledAt: Number.isNaN(settledAt) ? null : new Date(settledAt),
       committedAmount: Number.isNaN(committed) ? null : committed,
     };
-  }
-
-  private intern(reason: string): number {
-    let n = this.reasonIndex.get(reason);
-    if (n === undefined) {
-      this.reasons.push(reason);
-      n = this.reasons.length;
-      this.reasonIndex.set(reason, n);
-    }
-    return n;
   }
 }

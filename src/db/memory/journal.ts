@@ -1,14 +1,11 @@
 import type { EntryType, JournalEntry } from "../../models/index.js";
-import { PortionPool, RowBuffer, readUuid, writeHex, writeUuid } from "./rows.js";
+import { Interned, PortionPool, RowBuffer, readUuid, writeHex, writeUuid } from "./rows.js";
 
-/**
- * An entry's rare fields. Metadata is kept as its JSON text: a string needs no copy to be safe from
- * the caller, and writing and reading JSON costs a tenth of `structuredClone` on small objects
- * (metadata is JSON by its model).
- */
-type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description"> & {
-  metadata: string | null;
-};
+/** An entry's rare fields (its description only when the row could not take its number). */
+type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description">;
+
+/** Descriptions a journal numbers in its rows (24 bits); beyond, they go with the rare fields. */
+const MAX_DESCRIPTIONS = 0xffffff;
 
 const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
@@ -18,7 +15,8 @@ const HAS_RESERVATION = 0x80;
 /**
  * One entry's fixed part, in bytes: five float64 (amount, balanceAfter, reservedAfter, debtAfter,
  * createdAt ms) at 0–39, the id at 40–55, the hash at 56–87, the reservation id at 88–103, the type
- * byte at 104, and at 108 (a uint32) where the entry's grant portions end in the pool.
+ * byte at 104, the description's number at 105–107 (24 bits, little-endian; 0: none, or kept with
+ * the rare fields), and at 108 (a uint32) where the entry's grant portions end in the pool.
  */
 const ROW = 112;
 const F64_PER_ROW = ROW / 8;
@@ -27,6 +25,7 @@ const AT_ID = 40;
 const AT_HASH = 56;
 const AT_RESERVATION = 88;
 const AT_TYPE = 104;
+const AT_DESCRIPTION = 105;
 const U32_PORTIONS_END = 27;
 
 /**
@@ -35,7 +34,10 @@ const U32_PORTIONS_END = 27;
  * About 130 bytes an entry that the garbage collector never has to trace, instead of several small
  * objects and strings per entry — which is what keeps a million-entry store small and its
  * per-operation cost flat; and an entry's fields share one or two cache lines, so appending to one
- * of many accounts touches little memory. `seq`, `userId` and `prevHash` are implied; rare fields
+ * of many accounts touches little memory. `seq`, `userId` and `prevHash` are implied; descriptions
+ * are numbered (the library's own — "unused part of committed reservation" — and a host's usual
+ * few are each stored once); metadata is kept as its JSON text (a string needs no copy to be safe
+ * from the caller, and JSON costs a tenth of `structuredClone` on small objects); the rarer fields
  * live in a sparse map. Anything that does not fit the compact form (an id that is not a UUID, say)
  * is kept as is.
  */
@@ -45,9 +47,16 @@ export class CompactJournal {
   /** Grant portions of every entry, in order. */
   private readonly portions = new PortionPool();
   private readonly extras = new Map<number, Extras>();
+  private readonly descriptions: Interned;
+  private readonly metadata = new Map<number, string>();
   /** Ids and hashes that are not in the compact form. */
   private readonly oddIds = new Map<number, string>();
   private readonly oddHashes = new Map<number, string>();
+
+  /** `maxDescriptions`: how many descriptions the rows number (tests lower it). */
+  constructor(maxDescriptions = MAX_DESCRIPTIONS) {
+    this.descriptions = new Interned(maxDescriptions);
+  }
 
   append(e: JournalEntry): void {
     const i = this.length;
@@ -69,21 +78,19 @@ export class CompactJournal {
     if (!writeUuid(bytes, row + AT_ID, e.id)) this.oddIds.set(i, e.id);
     if (!writeHex(bytes, row + AT_HASH, e.hash, 64)) this.oddHashes.set(i, e.hash);
     rows.u32[i * U32_PER_ROW + U32_PORTIONS_END] = this.portions.add(e.grants);
-    if (
-      oddReservation ||
-      e.idempotencyKey !== null ||
-      e.fingerprint !== null ||
-      e.correlationId !== null ||
-      e.description !== null ||
-      e.metadata !== null
-    ) {
+    const d = e.description;
+    const dn = d === null ? 0 : this.descriptions.number(d);
+    bytes[row + AT_DESCRIPTION] = dn & 0xff;
+    bytes[row + AT_DESCRIPTION + 1] = (dn >>> 8) & 0xff;
+    bytes[row + AT_DESCRIPTION + 2] = dn >>> 16;
+    if (e.metadata !== null) this.metadata.set(i, JSON.stringify(e.metadata));
+    if (oddReservation || e.idempotencyKey !== null || e.fingerprint !== null || e.correlationId !== null || (d !== null && dn === 0)) {
       this.extras.set(i, {
         reservationId: oddReservation ? r : null,
         idempotencyKey: e.idempotencyKey,
         fingerprint: e.fingerprint,
         correlationId: e.correlationId,
-        description: e.description,
-        metadata: e.metadata === null ? null : JSON.stringify(e.metadata),
+        description: dn === 0 ? d : null,
       });
     }
     this.length = i + 1;
@@ -110,6 +117,8 @@ export class CompactJournal {
     const from = i === 0 ? 0 : (u32[(i - 1) * U32_PER_ROW + U32_PORTIONS_END] as number);
     const grants = this.portions.read(from, u32[i * U32_PER_ROW + U32_PORTIONS_END] as number);
     const x = this.extras.get(i);
+    const dn = (bytes[row + AT_DESCRIPTION] as number) | ((bytes[row + AT_DESCRIPTION + 1] as number) << 8) | ((bytes[row + AT_DESCRIPTION + 2] as number) << 16);
+    const metadata = this.metadata.get(i);
     const compactReservation = ((bytes[row + AT_TYPE] as number) & HAS_RESERVATION) !== 0;
     return {
       id: this.oddIds.get(i) ?? readUuid(bytes, row + AT_ID),
@@ -125,8 +134,8 @@ export class CompactJournal {
       idempotencyKey: x?.idempotencyKey ?? null,
       fingerprint: x?.fingerprint ?? null,
       correlationId: x?.correlationId ?? null,
-      description: x?.description ?? null,
-      metadata: x?.metadata == null ? null : (JSON.parse(x.metadata) as JournalEntry["metadata"]),
+      description: dn === 0 ? (x?.description ?? null) : this.descriptions.at(dn),
+      metadata: metadata === undefined ? null : (JSON.parse(metadata) as JournalEntry["metadata"]),
       createdAt: new Date(f64[f + 4] as number),
       prevHash: i === 0 ? null : this.hash(i - 1),
       hash: this.hash(i),

@@ -118,3 +118,29 @@ const HEX_VALUE = (() => {
   for (let c = 97; c <= 102; c++) table[c] = c - 87; // a-f
   return table;
 })();
+
+/** Strings stored once and referred to by number (from 1): reasons of holds, descriptions of entries. */
+export class Interned {
+  private readonly values: string[] = [];
+  private readonly index = new Map<string, number>();
+
+  /** `max`: how many strings the table takes; beyond it `number()` answers 0. */
+  constructor(private readonly max = 0xffffffff) {}
+
+  /** The number of `s`, added if new; 0 when the table is full (the caller keeps `s` itself). */
+  number(s: string): number {
+    let n = this.index.get(s);
+    if (n === undefined) {
+      if (this.values.length >= this.max) return 0;
+      this.values.push(s);
+      n = this.values.length;
+      this.index.set(s, n);
+    }
+    return n;
+  }
+
+  /** The string of number `n` (>= 1). */
+  at(n: number): string {
+    return this.values[n - 1] as string;
+  }
+}
