@@ -47,21 +47,22 @@ const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,
  * canonical form plus `hash`) as `details`. Pass the canonical text when it is at hand (the unit of
  * work that hashed the entry keeps it), so it is not built twice.
  */
-export function ledgerLine(entry: JournalEntry, canonical: string = canonicalEntry(entry)): string {
-  return ledgerLineHead(entry) + canonical.slice(0, -1) + ledgerLineTail(entry);
+export function ledgerLine(entry: JournalEntry, canonical?: string): string {
+  return ledgerLinePieces(entry, canonical).join("");
 }
 
-/** The ledger line up to its `details` (which continue with the canonical text minus its `}`). */
-export function ledgerLineHead(entry: JournalEntry): string {
-  return (
+/**
+ * `ledgerLine` as the three texts it is joined from — up to `details`, the canonical text without
+ * its closing brace, then the hash, `createdAt` and the newline — for a writer that joins many
+ * lines at once (no line-sized copy per entry).
+ */
+export function ledgerLinePieces(entry: JournalEntry, canonical: string = canonicalEntry(entry)): [string, string, string] {
+  return [
     `{"id":${quote(entry.id)},"eventType":"transaction","userId":${quote(entry.userId)},` +
-    `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}","details":`
-  );
-}
-
-/** The ledger line after the canonical text: the hash, `createdAt`, the newline. */
-export function ledgerLineTail(entry: JournalEntry): string {
-  return `,"hash":"${entry.hash}"},"createdAt":"${iso(entry.createdAt)}"}\n`;
+      `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}","details":`,
+    canonical.slice(0, -1),
+    `,"hash":"${entry.hash}"},"createdAt":"${iso(entry.createdAt)}"}\n`,
+  ];
 }
 
 const str = (v: string | null): string => (v === null ? "null" : quote(v));

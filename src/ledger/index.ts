@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { pino, type Logger } from "pino";
 import type { DbManager } from "../db/types.js";
-import { ledgerLine, ledgerLineHead, ledgerLineTail } from "../domain/hash.js";
+import { ledgerLinePieces } from "../domain/hash.js";
 import type { JournalEntry, LedgerEntry } from "../models/index.js";
 
 export interface LedgerLoggerOptions {
@@ -76,15 +76,11 @@ export class LedgerLogger {
   recordTransactions(entries: readonly JournalEntry[], canonicals?: readonly string[]): void {
     if (this.stream === null || this.closed) return;
     for (let i = 0; i < entries.length; i++) {
-      const e = entries[i] as JournalEntry;
-      const canonical = canonicals?.[i];
-      if (canonical === undefined) this.write(ledgerLine(e));
-      else {
-        // In three pieces, joined once with the rest of the chunk: no line-sized copy per entry.
-        this.pending.push(ledgerLineHead(e), canonical.slice(0, -1));
-        this.pendingChars += canonical.length;
-        this.write(ledgerLineTail(e));
-      }
+      // In three pieces, joined once with the rest of the chunk.
+      const [head, details, tail] = ledgerLinePieces(entries[i] as JournalEntry, canonicals?.[i]);
+      this.pending.push(head, details);
+      this.pendingChars += head.length + details.length;
+      this.write(tail);
     }
   }
 
