@@ -42,7 +42,7 @@ import {
   type JournalEntry,
   type Reservation,
 } from "../models/index.js";
-import { isPromiseLike } from "../util/promise.js";
+import { andThen, isPromiseLike } from "../util/promise.js";
 import type * as z from "zod";
 
 /** Options as their models return them (validated). */
@@ -155,8 +155,7 @@ class UnitRun<T> {
   attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     this.refused = undefined;
     const key = this.meta.idempotencyKey;
-    const loading = tx.load(key === undefined ? undefined : { idempotencyKey: key });
-    return isPromiseLike(loading) ? Promise.resolve(loading).then((state) => this.loaded(tx, state)) : this.loaded(tx, loading);
+    return andThen(tx.load(key === undefined ? undefined : { idempotencyKey: key }), (state) => this.loaded(tx, state));
   }
 
   private loaded(tx: DbTransaction, state: LoadedState): UnitOutcome<T> | Promise<UnitOutcome<T>> {
@@ -207,8 +206,7 @@ class UnitRun<T> {
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
-    const saving = tx.save(changes);
-    return isPromiseLike(saving) ? Promise.resolve(saving).then(() => outcome) : outcome;
+    return andThen(tx.save(changes), () => outcome);
   }
 }
 
@@ -337,8 +335,7 @@ export class CreditService {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
         return work.commit(hold, o.amount ?? hold.amount, meta, this.overdraftLimit);
       };
-      const hold = this.activeHold(work, tx, id);
-      return isPromiseLike(hold) ? Promise.resolve(hold).then(commit) : commit(hold);
+      return andThen(this.activeHold(work, tx, id), commit);
     });
   }
 
@@ -355,8 +352,7 @@ export class CreditService {
     const meta = this.meta("releaseReservedCredits", o, { reservationId: id, ...o });
     return this.mutate(userId, meta, (work, tx) => {
       const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
-      const hold = this.activeHold(work, tx, id);
-      return isPromiseLike(hold) ? Promise.resolve(hold).then(release) : release(hold);
+      return andThen(this.activeHold(work, tx, id), release);
     });
   }
 
@@ -562,7 +558,6 @@ export class CreditService {
     }
     return this.mutate(user, meta, (work) => work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }));
   }
-
 
   private meta(operation: string, o: DeductOptions & { idempotencyKey?: string }, args: Record<string, unknown>): EntryMeta {
     const { correlationId: _c, idempotencyKey: _k, ...rest } = args;

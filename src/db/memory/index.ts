@@ -119,18 +119,18 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
       let waiting = u.lock;
       if (waiting === null) u.lock = waiting = [];
       const held = u;
-      return new Promise<void>((resolve) => waiting.push(resolve)).then(() => this.runLocked(userId, held, fn));
+      return new Promise<void>((resolve) => waiting.push(resolve)).then(() => this.runLocked(held, fn));
     }
     u.lock = null;
-    return this.runLocked(userId, u, fn);
+    return this.runLocked(u, fn);
   }
 
   /**
-   * Runs `fn` holding `userId`'s lock; applies what it saved once it returned; hands the lock on.
+   * Runs `fn` holding the account's lock; applies what it saved once it returned; hands the lock on.
    * A synchronous `fn`'s result (or error) comes back as such.
    */
-  private runLocked<T>(userId: string, u: UserData, fn: (tx: DbTransaction) => Promise<T> | T): T | Promise<T> {
-    const tx = new MemoryTransaction(this, userId, u);
+  private runLocked<T>(u: UserData, fn: (tx: DbTransaction) => Promise<T> | T): T | Promise<T> {
+    const tx = new MemoryTransaction(this, u);
     let result: T | Promise<T>;
     try {
       result = fn(tx);
@@ -138,11 +138,11 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
         // Applied only once `fn` has returned: a unit of work that throws after save() leaves nothing.
         // save() checked the changes and nothing ran since (no await): no need to check again.
         if (tx.pending !== null) this.apply(u, tx.pending, true);
-        this.unlock(userId, u);
+        this.unlock(u);
         return result;
       }
     } catch (error) {
-      this.unlock(userId, u);
+      this.unlock(u);
       throw error;
     }
     return Promise.resolve(result).then(
@@ -150,23 +150,23 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
         try {
           if (tx.pending !== null) this.apply(u, tx.pending);
         } finally {
-          this.unlock(userId, u);
+          this.unlock(u);
         }
         return value;
       },
       (error: unknown) => {
-        this.unlock(userId, u);
+        this.unlock(u);
         throw error;
       },
     );
   }
 
-  private unlock(userId: string, u: UserData): void {
+  private unlock(u: UserData): void {
     const next = u.lock?.shift();
     if (next !== undefined) return next();
     u.lock = undefined;
     // An account that nothing was ever saved to leaves no trace (a refused first operation).
-    if (u.account === null && this.users.get(userId) === u) this.users.delete(userId);
+    if (u.account === null && this.users.get(u.userId) === u) this.users.delete(u.userId);
   }
 
   /** @internal */
@@ -362,9 +362,12 @@ class MemoryTransaction implements DbTransaction {
   pending: Changes | null = null;
   constructor(
     private readonly db: InMemoryDbManager,
-    readonly userId: string,
     private readonly u: UserData,
   ) {}
+
+  get userId(): string {
+    return this.u.userId;
+  }
 
   load(request?: LoadRequest): LoadedState {
     const u = this.u;
