@@ -122,19 +122,26 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     return isJson ? usageFrom(body) : undefined;
   };
 
-  /** Settles (or joins the settlement already under way) and reports each session once. */
+  /**
+   * Reports a settled session once: `onSettled`, and the charge on `res.locals` (Express) when
+   * there are locals. A failing callback changes nothing.
+   */
   const reported = new WeakSet<MeterSession>();
-  const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>) =>
+  const report = (req: Req, session: MeterSession, outcome: MeterOutcome, locals?: Partial<MeteringLocals>): void => {
+    if (reported.has(session)) return;
+    reported.add(session);
+    if (locals) locals.creditsDeducted = outcome.charged;
+    try {
+      o.onSettled?.(outcome, req);
+    } catch {
+      // a failing callback must not change the response
+    }
+  };
+  /** Settles (or joins the settlement already under way) and reports it once; null if it failed. */
+  const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>, locals?: Partial<MeteringLocals>) =>
     p.then(
       (outcome) => {
-        if (!reported.has(session)) {
-          reported.add(session);
-          try {
-            o.onSettled?.(outcome, req);
-          } catch {
-            // a failing callback must not change the response
-          }
-        }
+        report(req, session, outcome, locals);
         return outcome;
       },
       () => null,
@@ -148,10 +155,10 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     usagePath,
     identityOf,
     meterOptions,
+    report,
     settle,
     deductedHeader,
     estimateHeaderName: header,
-    onSettled: o.onSettled,
     credits: o.credits,
   };
 }
@@ -292,7 +299,6 @@ class NodeMetered {
   parts = false;
   /** Usage read from the body of an end that could not wait (committed when the response closes). */
   pending: number | undefined = undefined;
-  private reported = false;
   private endChunk: unknown;
   private endEncoding: unknown;
   private endCallback: unknown;
@@ -307,29 +313,9 @@ class NodeMetered {
     readonly end: End,
   ) {}
 
-  /** Reports the settlement once (`onSettled`, `res.locals`); a failed settlement reports nothing. */
+  /** Settles and reports once (`onSettled`, `res.locals`); a failed settlement reports nothing. */
   settle(p: Promise<MeterOutcome>): Promise<MeterOutcome | null> {
-    return p.then(
-      (outcome) => {
-        this.report(outcome);
-        return outcome;
-      },
-      () => null,
-    );
-  }
-
-  private report(outcome: MeterOutcome): void {
-    if (this.reported) return;
-    this.reported = true;
-    if (this.locals) this.locals.creditsDeducted = outcome.charged;
-    const onSettled = this.c.onSettled;
-    if (onSettled) {
-      try {
-        onSettled(outcome, this.req);
-      } catch {
-        // a failing callback must not change the response
-      }
-    }
+    return this.c.settle(this.req, this.session, p, this.locals);
   }
 
   /** `res.end(body)` before the headers went out: settle first, then end with the header set. */
@@ -339,7 +325,7 @@ class NodeMetered {
     this.endCallback = cb;
     p.then(
       (outcome) => {
-        this.report(outcome);
+        this.c.report(this.req, this.session, outcome, this.locals);
         this.finishEnd(outcome.charged);
       },
       () => this.finishEnd(null),

@@ -209,26 +209,15 @@ export class MeterSession {
     return this.settlement;
   }
 
-  /**
-   * The options of a commit, release or after-service deduction: only the keys that are set (each
-   * one more is one more field for the store's validation to walk).
-   */
+  /** The options of a commit, release or after-service deduction: only the keys that are set. */
   private mutation(suffix: string, extra: Record<string, unknown> | null): MutationInput {
     const o = this.options;
     const out: MutationInput = {};
     if (o.description !== undefined) out.description = o.description;
     if (o.correlationId !== undefined) out.correlationId = o.correlationId;
     if (o.idempotencyKey !== undefined) out.idempotencyKey = `${o.idempotencyKey}:${suffix}`;
-    if (o.metadata === undefined && extra === null) {
-      // As before: `{}` when there is nothing to say (the entries, their hashes and fingerprints are unchanged).
-      out.metadata = (this.recorded.length > 0 ? { usages: this.recorded } : {}) as Json;
-    } else {
-      out.metadata = {
-        ...(o.metadata ?? {}),
-        ...extra,
-        ...(this.recorded.length > 0 ? { usages: this.recorded } : {}),
-      } as Json;
-    }
+    // `{}` when there is nothing to say.
+    out.metadata = { ...o.metadata, ...extra, ...(this.recorded.length > 0 ? { usages: this.recorded } : {}) } as Json;
     return out;
   }
 
