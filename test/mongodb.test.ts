@@ -142,6 +142,8 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       stateCacheSize?: number;
       verifyStateCache?: boolean;
       batch?: false | { maxUnits?: number; concurrency?: number };
+      /** Another client than the test's (a counting one). */
+      client?: MongoClient;
     } = {},
   ) => {
     const name = dbName(what);
@@ -189,9 +191,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
   describe("group commit (batch)", () => {
     it("concurrent deductions over many users and on one hot user: exact balances, no overspend, fewer commits than deductions", async () => {
       const { client: counted, count } = await countingClient();
-      const name = dbName("batch-many");
-      created.push(name);
-      const db = new MongoDbManager({ client: counted, dbName: name });
+      const db = fresh("batch-many", { client: counted });
       await db.init();
       const credits = new CreditService({ db });
       const users = Array.from({ length: 40 }, (_, i) => `m-${i}`);
@@ -265,9 +265,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
 
     it("a unit that fails by itself (refusal, throw after save) fails alone; its batch-mates commit once together", async () => {
       const { client: counted, count } = await countingClient();
-      const name = dbName("batch-own");
-      created.push(name);
-      const db = new MongoDbManager({ client: counted, dbName: name });
+      const db = fresh("batch-own", { client: counted });
       await db.init();
       const credits = new CreditService({ db });
       const users = Array.from({ length: 6 }, (_, i) => `o-${i}`);
@@ -403,9 +401,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
 
     it("batch: false runs every unit of work in a transaction of its own", async () => {
       const { client: counted, count } = await countingClient();
-      const name = dbName("nobatch");
-      created.push(name);
-      const db = new MongoDbManager({ client: counted, dbName: name, batch: false });
+      const db = fresh("nobatch", { client: counted, batch: false });
       await db.init();
       const credits = new CreditService({ db });
       const users = Array.from({ length: 10 }, (_, i) => `n-${i}`);
