@@ -348,9 +348,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
     });
 
     it("a batch's callers learn of success only from its commit: a refused commit reruns them, an unknown outcome is never rerun", async () => {
-      const name = dbName("batch-commit");
-      created.push(name);
-      const db = new MongoDbManager({ client, dbName: name });
+      const db = fresh("batch-commit");
       await db.init();
       const credits = new CreditService({ db });
       const users = Array.from({ length: 5 }, (_, i) => `c-${i}`);
