@@ -1,6 +1,8 @@
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, renameSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import type { CompactJournal } from "../src/db/memory/journal.js";
 import { createCreditManager, InMemoryCache, InMemoryDbManager, type Cache } from "../src/index.js";
@@ -66,6 +68,20 @@ describe("ledger", () => {
     expect(m.ledger.stats.fileErrors).toBeGreaterThan(0);
     expect(m.ledger.stats.lastFileError).toEqual(expect.any(String));
     await m.close();
+  });
+
+  // The lines of the last turn are written on the process's "exit" event, however it leaves.
+  it.each(["throw", "reject", "exit"])("a process that leaves in the same turn (%s) still writes the lines of what it reported done", (how) => {
+    const file = join(tmp(), "ledger.jsonl");
+    const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit.ts");
+    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, how], { encoding: "utf8" });
+    expect(child.status, child.stderr).toBe(how === "exit" ? 3 : 1);
+    const ids = JSON.parse(child.stdout) as string[];
+    const lines = readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    expect(lines.map((l) => [l.id, l.message])).toEqual([
+      [ids[0], "add 10"],
+      [ids[1], "deduct 3"],
+    ]);
   });
 
   it("reopen() continues in a new file after rotation", async () => {

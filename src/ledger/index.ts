@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import onExit from "on-exit-leak-free";
 import { pino, type Logger } from "pino";
 import type { DbManager } from "../db/types.js";
 import { ledgerLinePieces } from "../domain/hash.js";
@@ -42,7 +43,10 @@ const CHUNK = 64 * 1024;
  * file destination (`pino.destination`, sonic-boom): lines are collected and written in one chunk
  * per event-loop turn (or every 64 KiB), synchronously — a write of a chunk to the page cache costs
  * about a microsecond per line and keeps memory bounded however long a burst runs. `flush()` and
- * `close()` write what is collected; `reopen()` starts a new file after log rotation. (pino's
+ * `close()` write what is collected; `reopen()` starts a new file after log rotation. A process that
+ * exits before the next turn — `process.exit()`, an uncaught exception, an unhandled rejection —
+ * writes what is collected on its way out (the process's "exit" event, through on-exit-leak-free,
+ * which holds the ledger weakly), so an operation that was reported done never misses its line. (pino's
  * worker-thread transport was used before: copying each line through a shared buffer, decoding and
  * re-encoding it on the worker cost the event loop about a third of every operation.)
  */
@@ -66,7 +70,15 @@ export class LedgerLogger {
     this.clock = options.clock ?? (() => new Date());
     this.warn = options.logger;
     this.filePath = options.filePath ? options.filePath : null;
-    if (this.filePath !== null) this.stream = this.open(this.filePath);
+    if (this.filePath !== null) {
+      this.stream = this.open(this.filePath);
+      onExit.register(this, LedgerLogger.beforeExit);
+    }
+  }
+
+  /** On the process's way out: the lines of the last turn, written synchronously like any chunk. */
+  private static beforeExit(ledger: LedgerLogger): void {
+    if (!ledger.closed) ledger.drain();
   }
 
   /**
@@ -148,6 +160,7 @@ export class LedgerLogger {
     if (this.closed) return;
     this.drain();
     this.closed = true;
+    onExit.unregister(this);
     if (this.stream !== null) await this.end(this.stream);
   }
 
