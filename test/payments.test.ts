@@ -427,6 +427,28 @@ describe("Stripe Checkout Sessions", () => {
     expect((await payments.handleWebhook("stripe", lost, stripeSign(lost))).outcome).toBe("unchanged");
     expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: -150 });
   });
+
+  it("a user cannot take the keys of the library's own operations: a refund and a lost dispute still take their credits back", async () => {
+    const { payments, credits, db } = await setup();
+    const p = await payments.createPaymentLink("mallory", { amount: 2000, currency: "USD", provider: "stripe" });
+    const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
+    expect((await payments.handleWebhook("stripe", body, stripeSign(body))).outcome).toBe("credited");
+    // The reserved prefix is refused before anything changes …
+    for (const key of [`cm:dispute:stripe:${p.id}`, `cm:refund:stripe:${p.id}:2000`, "cm:anything"]) {
+      await expect(credits.reserveCredits("mallory", 1, { idempotencyKey: key })).rejects.toMatchObject({ code: "VALIDATION_ERROR" });
+      await expect(credits.addCredits("mallory", 1, { idempotencyKey: key })).rejects.toThrow(/reserved for the library's own operations/);
+    }
+    // … and the keys without it (what the library used to use) are just the user's own.
+    for (const key of [`dispute:stripe:${p.id}`, `refund:stripe:${p.id}:2000`]) {
+      await credits.releaseReservedCredits((await credits.reserveCredits("mallory", 1, { idempotencyKey: key })).id);
+    }
+    const charge = { id: "ch_1", object: "charge", amount: 2000, currency: "usd", payment_intent: "pi_3MtwBwLkdIwHu7ix28a3tqPa" };
+    const refunded = stripeEvent("charge.refunded", { ...charge, amount_refunded: 2000, refunded: true });
+    expect((await payments.handleWebhook("stripe", refunded, stripeSign(refunded))).outcome).toBe("reversed");
+    expect(await credits.getUserCreditsInfo("mallory")).toMatchObject({ balance: 0, available: 0 });
+    const keys = (await db.listJournal("mallory", { order: "asc", limit: 100 })).map((e) => e.idempotencyKey).filter((k) => k?.startsWith("cm:"));
+    expect(keys).toEqual([`cm:payment:stripe:pi_3MtwBwLkdIwHu7ix28a3tqPa`, `cm:refund:stripe:${p.id}:2000`]);
+  });
 });
 
 describe("payments: inputs and history", () => {

@@ -37,12 +37,24 @@ export const EntityId = z
   .max(128, { error: "id must be at most 128 characters" })
   .regex(printable, { error: "id must not contain control characters" });
 
+/**
+ * The prefix of the idempotency keys the library gives its own operations on an account (crediting
+ * a payment, taking back a refund or a lost dispute, a subscription period's unit of work). A
+ * client's key may not start with it: keys are unique per user, and a user who could pick one of
+ * these keys first (a 1-credit hold through the HTTP API's `Idempotency-Key` header, say) would
+ * make the library's own operation fail as a conflict — a refund that never takes its credits back.
+ */
+export const SYSTEM_KEY_PREFIX = "cm:";
+
 /** Client-chosen key that makes a mutation safe to retry. Unique per user. */
 export const IdempotencyKey = z
   .string({ error: "idempotencyKey must be a string" })
   .min(1, { error: "idempotencyKey must not be empty" })
   .max(255, { error: "idempotencyKey must be at most 255 characters" })
-  .regex(printable, { error: "idempotencyKey must not contain control characters" });
+  .regex(printable, { error: "idempotencyKey must not contain control characters" })
+  .regex(/^(?!cm:)/, {
+    error: `idempotencyKey must not start with "${SYSTEM_KEY_PREFIX}": that prefix is reserved for the library's own operations (payments, refunds, disputes, subscription periods)`,
+  });
 
 /** Free-form JSON metadata stored with an entry. */
 export const Metadata = z.record(z.string(), z.json());

@@ -16,6 +16,7 @@ import {
   type Payment,
   type PaymentStatus,
 } from "../models/index.js";
+import { systemKey } from "../domain/keys.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
 import type { CreditService } from "./credit-service.js";
@@ -291,7 +292,7 @@ export class PaymentService {
   ): Promise<WebhookResult> {
     const ref = event.providerPaymentId ?? payment.providerRef ?? payment.id;
     const meta: EntryMeta = {
-      idempotencyKey: `payment:${provider}:${ref}`,
+      idempotencyKey: systemKey(`payment:${provider}:${ref}`),
       fingerprint: fingerprint("payment", { paymentId: payment.id }),
       correlationId: payment.id,
       description: `Payment ${payment.id} (${provider})`,
@@ -345,7 +346,7 @@ export class PaymentService {
       throw new WebhookRejectedError(`Refund event ${event.type} carries no refunded amount.`, "malformed");
     }
     const refunded = dispute ? payment.amount : Math.min(event.refundedTotal as number, payment.amount);
-    const key = dispute ? `dispute:${provider}:${payment.id}` : `refund:${provider}:${payment.id}:${refunded}`;
+    const key = systemKey(dispute ? `dispute:${provider}:${payment.id}` : `refund:${provider}:${payment.id}:${refunded}`);
     const meta: EntryMeta = {
       idempotencyKey: key,
       fingerprint: fingerprint("reversePayment", { paymentId: payment.id, refunded, dispute }),

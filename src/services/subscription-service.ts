@@ -24,6 +24,7 @@ import {
   type Subscription,
   type SubscriptionIntent,
 } from "../models/index.js";
+import { systemKey } from "../domain/keys.js";
 import type { CreditService } from "./credit-service.js";
 
 export interface SubscriptionServiceOptions {
@@ -468,7 +469,7 @@ export class SubscriptionService {
   private async complete(s: Subscription, now: Date): Promise<{ subscription: Subscription; completed: boolean }> {
     const it = s.intent as SubscriptionIntent;
     const meta: EntryMeta = {
-      idempotencyKey: it.key,
+      idempotencyKey: systemKey(it.key),
       // Events are not part of it: they may join work already owed (see cancel).
       fingerprint: fingerprint("subscriptionPeriod", { ...it, events: undefined }),
       correlationId: it.key,

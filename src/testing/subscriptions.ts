@@ -301,7 +301,7 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect(r1.renewDueSubscriptions.errors + r2.renewDueSubscriptions.errors).toBe(0);
       for (const u of users) {
         const entries = await journal(db, u);
-        const keys = entries.filter((e) => e.idempotencyKey?.startsWith("sub:")).map((e) => e.idempotencyKey);
+        const keys = entries.filter((e) => e.idempotencyKey?.startsWith("cm:sub:")).map((e) => e.idempotencyKey);
         expect(new Set(keys).size).toBe(keys.length);
         // Periods 0 and 2: period 1 (day 2) had ended before any runner reached it.
         expect(keys).toHaveLength(2);
