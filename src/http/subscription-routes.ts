@@ -75,6 +75,18 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
     throw new HttpError(403, "FORBIDDEN", "This plan can only be subscribed to through billing or by an admin.");
   };
 
+  /**
+   * A free plan's credits cost nothing to allocate again, so a user moves on or off one only at a
+   * period's end: otherwise cancelling now and subscribing again, or changing now between free plans
+   * (each change a new cycle with its full allocation, or a prorated top-up after spending), would
+   * allocate its credits over and over within one period. Admins are not bound by this.
+   */
+  const notNowOnFree = async (ctx: RouteContext, planId: string, what: string) => {
+    if ((await ctx.manager.subscriptions.getPlan(planId)).price === 0) {
+      throw new HttpError(403, "FORBIDDEN", `${what} takes effect at the period's end on a free plan; only an admin can do it now.`);
+    }
+  };
+
   const user: RouteDefinition[] = [
     {
       method: "GET",
@@ -140,7 +152,9 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       access: "user",
       operationId: "changePlan",
       summary: "Moves the caller's subscription to another plan (now or at the period's end)",
-      description: "Self-service plans only (by default those with price 0; 403 otherwise). See README \"Changing plans\".",
+      description:
+        "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
+        "the period's end (when: period_end); now is 403 (admins only). See README \"Changing plans\".",
       tags: subscriptions,
       body: ChangePlanBody,
       response: Subscription,
@@ -148,6 +162,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       handle: async (ctx) => {
         const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
         await mayChooseSelf(ctx, planId);
+        if ((options.when ?? "now") === "now") await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
         return ctx.manager.subscriptions.changePlan(self(ctx), planId, options);
       },
     },
@@ -158,11 +173,18 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       access: "user",
       operationId: "cancelSubscription",
       summary: "Cancels the caller's subscription, at the period's end (default) or now",
+      description: "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
       tags: subscriptions,
       body: CancelBody,
       response: Subscription,
-      errors: [404],
-      handle: async (ctx) => ctx.manager.subscriptions.cancel(self(ctx), await ctx.body<CancelOptions>()),
+      errors: [403, 404],
+      handle: async (ctx) => {
+        const options = await ctx.body<CancelOptions>();
+        if (options.atPeriodEnd === false) {
+          await notNowOnFree(ctx, (await subscriptionOf(ctx, self(ctx))).planId, "Cancelling (use atPeriodEnd: true)");
+        }
+        return ctx.manager.subscriptions.cancel(self(ctx), options);
+      },
     },
     {
       method: "POST",

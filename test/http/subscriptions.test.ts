@@ -133,6 +133,33 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect((await m.credits.getUserCreditsInfo("alice")).available).toBe(1100);
   });
 
+  it("a user cannot farm a free plan: no cancelling now and subscribing again, no changing now to a free plan", async () => {
+    await call("POST", "/admin/credits/plans", { user: admin, body: { id: "free-b", name: "Free B", creditsPerPeriod: 100, billingPeriod: "monthly" } });
+    for (const base of [server, open]) {
+      const user = `mallory-${base === server ? "free" : "all"}`;
+      const prefix = base === server ? "/credits" : "/all";
+      expect((await call("POST", `${prefix}/subscription`, { user, base, body: { planId: "free" } })).status).toBe(201);
+      await m.credits.deductCredits(user, 100); // spent: "expire" would not take it back
+      const now = await call("POST", `${prefix}/subscription/cancel`, { user, base, body: { atPeriodEnd: false, credits: "expire" } });
+      expect(now.status).toBe(403);
+      expect(now.json.error.message).toMatch(/period's end/);
+      for (const credits of ["keep", "expire", "prorate"]) {
+        const change = await call("POST", `${prefix}/subscription/change`, { user, base, body: { planId: "free-b", credits } });
+        expect(change.status).toBe(403);
+      }
+      // At the period's end is allowed, and allocates nothing now.
+      const later = await call("POST", `${prefix}/subscription/change`, { user, base, body: { planId: "free-b", when: "period_end" } });
+      expect(later.status).toBe(200);
+      expect((await call("POST", `${prefix}/subscription/cancel`, { user, base, body: {} })).json.cancelAtPeriodEnd).toBe(true);
+      expect((await call("POST", `${prefix}/subscription`, { user, base, body: { planId: "free" } })).status).toBe(409);
+      expect((await m.credits.getUserCreditsInfo(user)).balance).toBe(0);
+      expect((await m.subscriptions.getUserSubscription(user))?.planId).toBe("free");
+    }
+    // An admin may still end it now.
+    const ended = await call("POST", "/admin/credits/users/mallory-free/subscription/cancel", { user: admin, body: { atPeriodEnd: false } });
+    expect(ended.json.status).toBe("canceled");
+  });
+
   it("cancel and resume: the caller's own; admins act on any user's under the admin base path", async () => {
     expect((await call("POST", "/credits/subscription/cancel", { user: "carol" })).status).toBe(404);
     const bad = await call("POST", "/credits/subscription/cancel", { user: "alice", body: { atPeriodEnd: "yes" } });
