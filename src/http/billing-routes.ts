@@ -14,7 +14,7 @@ import {
   UserId,
   parse,
 } from "../models/index.js";
-import type { RouteContext, RouteDefinition } from "./router.js";
+import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
 
@@ -29,6 +29,8 @@ export const ListPromosParams = z.strictObject({
   limit: z.number().int().min(1).max(1000).optional(),
   cursor: z.string().min(1).max(300).optional(),
 });
+/** What a payment provider's name looks like in `/webhooks/:provider`. */
+const ProviderName = z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/);
 /** `POST /admin/credits/promos/:code/activation`. */
 export const ActivationBody = z.strictObject({ isActive: z.boolean() });
 
@@ -135,8 +137,12 @@ export const paymentRoutes: RouteDefinition[] = [
     tags: payments,
     response: WebhookResultSchema,
     errors: [404],
+    rawBody: true,
     handle: async (ctx) => {
-      const provider = z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/).parse(ctx.params.provider);
+      const name = ProviderName.safeParse(ctx.params.provider);
+      // A name no provider can have is as unknown as one nobody configured (not a 500).
+      if (!name.success) throw new HttpError(404, "NOT_FOUND", "No such payment provider.");
+      const provider = name.data;
       const result = await ctx.manager.payments.handleWebhook(provider, await ctx.rawBody(), ctx.request.headers);
       return { received: true, ...result };
     },

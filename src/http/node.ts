@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Readable } from "node:stream";
+import { errorResponse, HttpError } from "./router.js";
 
 /** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. */
 export type FetchHandler = ((request: Request) => Promise<Response>) & { basePaths?: readonly string[] };
@@ -29,7 +30,15 @@ export function toNodeHandler(handler: FetchHandler): NodeHandler {
         next();
         return;
       }
-      const request = toRequest(req, res, target);
+      let request: Request;
+      try {
+        request = toRequest(req, res, target);
+      } catch (error) {
+        // The client's own request cannot be a URL (a malformed Host header): theirs to fix, a 400.
+        if (!(error instanceof HttpError)) throw error;
+        await sendResponse(res, errorResponse(error));
+        return;
+      }
       const response = await handler(request);
       await sendResponse(res, response, req.method === "HEAD");
     } catch (error) {
@@ -53,7 +62,10 @@ function underAny(target: string, bases: readonly string[]): boolean {
   return bases.some((b) => b === "/" || path === b || path.startsWith(`${b}/`));
 }
 
-/** The IncomingMessage as a Fetch `Request` whose signal aborts when the client goes away. */
+/**
+ * The IncomingMessage as a Fetch `Request` whose signal aborts when the client goes away. Throws an
+ * `HttpError` 400 when the Host header and target make no URL.
+ */
 export function toRequest(req: IncomingMessage, res: ServerResponse, target = req.url ?? "/"): Request {
   const headers = new Headers();
   const raw = req.rawHeaders;
@@ -63,7 +75,12 @@ export function toRequest(req: IncomingMessage, res: ServerResponse, target = re
     headers.append(name, raw[i + 1] as string);
   }
   const encrypted = (req.socket as { encrypted?: boolean } | null)?.encrypted === true;
-  const url = new URL(target, `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}`);
+  let url: URL;
+  try {
+    url = new URL(target, `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}`);
+  } catch {
+    throw new HttpError(400, "VALIDATION_ERROR", "Invalid request URL (the Host header or the request target).");
+  }
   const controller = new AbortController();
   res.once("close", () => {
     if (!res.writableFinished) controller.abort(new Error("The client disconnected."));
@@ -120,28 +137,36 @@ export async function sendResponse(res: ServerResponse, response: Response, head
     return;
   }
   const reader = response.body.getReader();
-  let gone = false;
+  // Whether the client is gone: it may have left before this started ("close" already emitted, when
+  // writes return false and no "drain" ever comes), or leaves while the body streams.
+  const gone = () => res.destroyed || res.writableEnded;
   const onClose = () => {
-    if (!res.writableFinished) {
-      gone = true;
-      reader.cancel(new Error("The client disconnected.")).catch(() => undefined);
-    }
+    if (!res.writableFinished) reader.cancel(new Error("The client disconnected.")).catch(() => undefined);
   };
+  if (gone()) {
+    onClose();
+    return;
+  }
   res.once("close", onClose);
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (done || gone) break;
+      if (done || gone()) break;
       if (!res.write(value)) {
         await new Promise<void>((resolve) => {
           const go = () => {
             res.off("drain", go);
             res.off("close", go);
+            res.off("error", go);
             resolve();
           };
           res.on("drain", go);
           res.on("close", go);
+          res.on("error", go);
+          // "close" may have come between the write and now.
+          if (gone()) go();
         });
+        if (gone()) break;
       }
     }
   } catch (error) {
@@ -151,5 +176,10 @@ export async function sendResponse(res: ServerResponse, response: Response, head
   } finally {
     res.off("close", onClose);
   }
-  if (!gone) res.end();
+  if (gone()) {
+    // Left mid-stream: the body is cancelled, nothing more to write.
+    await reader.cancel(new Error("The client disconnected.")).catch(() => undefined);
+    return;
+  }
+  res.end();
 }

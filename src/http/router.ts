@@ -1,4 +1,4 @@
-import type * as z from "zod";
+import * as z from "zod";
 import type { CreditManager } from "../manager.js";
 import { CreditError, ValidationError } from "../errors.js";
 import { IdempotencyKey, parse, UserId as IdentityUserId } from "../models/index.js";
@@ -55,8 +55,17 @@ export interface RouteDefinition {
   summary: string;
   description?: string;
   tags?: string[];
-  /** JSON body schema (validated; 400 with field issues). */
+  /**
+   * JSON body schema (validated; 400 with field issues). A POST, PUT, PATCH or DELETE route without
+   * one takes no body: an empty one, or the JSON `{}` (415 for another media type, 400 for any
+   * field), unless it sets `rawBody`.
+   */
   body?: z.ZodType;
+  /**
+   * The route reads the request body itself through `ctx.rawBody()` (a webhook checking a signature
+   * over the bytes): without a `body` schema, the router then leaves the body alone.
+   */
+  rawBody?: boolean;
   /** Query schema, a zod object whose values are parsed from strings (validated; 400). */
   query?: z.ZodObject;
   /** Whether the operation takes an `Idempotency-Key` header. */
@@ -218,9 +227,12 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
         if (identity === null) throw new HttpError(401, "UNAUTHORIZED", "Authentication required.");
         if (def.access === "admin" && !identity.admin) throw new HttpError(403, "FORBIDDEN", "Admin only.");
       }
-      const ctx = context(request, url, params, identity, def);
+      const ctx = context(request, url, params, identity, def, method);
       const headerKey = request.headers.get("idempotency-key");
       if (headerKey !== null) ctx.idempotencyKey = parse(IdempotencyKey, headerKey, "Idempotency-Key");
+      // A mutation that declares no body takes none: refused before it runs (a text/plain POST is a
+      // form a browser sends cross-site without asking), not silently ignored.
+      if (takesNoBody(def, method)) await ctx.body();
       const result = await def.handle(ctx);
       return result instanceof Response ? result : json(def.status ?? 200, result);
     } catch (error) {
@@ -241,6 +253,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
     params: Record<string, string>,
     identity: Identity | null,
     def: RouteDefinition,
+    method: string,
   ): RouteContext {
     let raw: Promise<Uint8Array> | null = null;
     let parsedBody: Promise<unknown> | null = null;
@@ -270,7 +283,8 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
               throw new ValidationError("Invalid body: not valid JSON", [{ path: "", message: "not valid JSON" }]);
             }
           }
-          const out = def.body ? parse(def.body, value, "body") : value;
+          const schema = def.body ?? (takesNoBody(def, method) ? NoBody : undefined);
+          const out = schema ? parse(schema, value, "body") : value;
           if (out !== null && typeof out === "object" && "idempotencyKey" in out) {
             const k = (out as { idempotencyKey?: string }).idempotencyKey;
             if (k !== undefined && ctx.idempotencyKey !== undefined && k !== ctx.idempotencyKey) {
@@ -293,6 +307,12 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
 
   return { handle, bases, routes: compiled.map((c) => ({ ...c.def, fullPath: c.fullPath })) };
 }
+
+/** What a mutation without a `body` schema accepts: nothing, or `{}`. */
+const NoBody = z.strictObject({});
+
+const takesNoBody = (def: RouteDefinition, method: string) =>
+  def.body === undefined && def.rawBody !== true && (method === "POST" || method === "PUT" || method === "PATCH" || method === "DELETE");
 
 /** Reads the body up to `limit` bytes (413 beyond). */
 async function readBody(request: Request, limit: number): Promise<Uint8Array> {
@@ -331,11 +351,13 @@ const tooLarge = (limit: number) =>
  * for zod to refuse with a field-level message).
  */
 function queryObject(params: URLSearchParams, schema: z.ZodObject): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+  // No prototype: `?__proto__=x` is a key like any other (refused as unknown), not a setter.
+  const out = Object.create(null) as Record<string, unknown>;
   const shape = schema.shape as Record<string, z.ZodType>;
   for (const key of new Set(params.keys())) {
     const all = params.getAll(key);
-    const kind = baseType(shape[key]);
+    // Own fields only: `?constructor=1` or `?toString=1` must not find Object.prototype's.
+    const kind = baseType(Object.hasOwn(shape, key) ? shape[key] : undefined);
     if (kind === "array") out[key] = all.flatMap((v) => v.split(",")).filter((v) => v !== "");
     else {
       const v = all[all.length - 1] as string;

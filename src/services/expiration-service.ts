@@ -235,10 +235,18 @@ export class ExpirationService {
     };
   }
 
-  /** The seed's per-user check: expires this user's due grants and releases lapsed holds. */
+  /**
+   * The seed's per-user check: expires this user's due grants and releases lapsed holds. With
+   * `asOf` (not in the future), only what was due by then expires — like `credits.expireCredits` —
+   * and nothing that lapsed after it is settled (holds are left to the next unit of work or job).
+   */
   async checkCreditExpiration(userId: string, asOf?: Date | string): Promise<{ userId: string; creditsExpired: number }> {
     const user = parse(UserId, userId, "userId");
     const at = this.asOf(asOf);
+    if (asOf !== undefined) {
+      const creditsExpired = await this.credits.runUnitOfWork(user, {}, async (work) => work.expireDue(at, {}), undefined, { settle: false });
+      return { userId: user, creditsExpired };
+    }
     const creditsExpired = await this.credits.runUnitOfWork(user, {}, async (work) => {
       const settled = work.entries.filter((e) => e.type === "expire").reduce((n, e) => n + e.amount, 0);
       return settled + work.expireDue(at, {});

@@ -182,16 +182,24 @@ export class SubscriptionService {
   // Subscriptions.
 
   /**
-   * Subscribes a user (one active subscription per user: a second is a `ConflictError`, unless it
-   * repeats the first one's `idempotencyKey`) and allocates the first period's credits.
+   * Subscribes a user (one active subscription per user: a second is a `ConflictError`) and
+   * allocates the first period's credits. A call that repeats an earlier one's `idempotencyKey`
+   * returns the subscription that call created (even if it has ended since), and changes nothing;
+   * with arguments that subscription contradicts, it is an `IdempotencyConflictError`.
    */
   async subscribe(userId: string, planId: string, options: SubscribeOptions = {}): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
     const pid = parse(PlanId, planId, "planId");
     const o = parse(SubscribeOptions, options, "options");
     const now = this.clock();
-    const existing = await this.db.getActiveSubscription(user);
-    if (existing !== null) return this.repeatOrRefuse(existing, pid, o.idempotencyKey, now);
+    if (o.idempotencyKey !== undefined) {
+      // Any of the user's subscriptions, active or not: a retry after a cancel must not subscribe again.
+      const first = (await this.db.listSubscriptions(user)).find((x) => x.idempotencyKey === o.idempotencyKey);
+      if (first !== undefined) return this.repeat(first, pid, o, now);
+    }
+    // One whose period ended (cancelled at period end, not renewing) ends first, as a read would see it.
+    const existing = await this.activeAt(user, now);
+    if (existing !== null) throw alreadySubscribed(existing);
     const plan = await this.requirePlan(pid);
     if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
     const anchor = o.startAt ?? now;
@@ -230,12 +238,16 @@ export class SubscriptionService {
       if (!(error instanceof ConflictError)) throw error;
       const winner = await this.db.getActiveSubscription(user);
       if (winner === null) throw error;
-      return this.repeatOrRefuse(winner, pid, o.idempotencyKey, now);
+      if (o.idempotencyKey !== undefined && winner.idempotencyKey === o.idempotencyKey) return this.repeat(winner, pid, o, now);
+      throw alreadySubscribed(winner);
     }
     // The plan may have been deactivated (and be on its way to deletion) since it was read.
     const check = await this.db.getPlan(pid);
     if (check === null || !check.isActive) {
-      await this.write(s, (x) => ({ ...x, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now }), now);
+      // Retried until it lands: another worker may have completed the first period's work meanwhile.
+      await this.tryWrite(s, (x) => x.status !== "active"
+        ? x
+        : { ...x, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now }, now, true);
       throw new ConflictError(`Plan ${pid} was deactivated while subscribing.`, { planId: pid });
     }
     return copy((await this.advance(s, now)).subscription);
@@ -244,14 +256,8 @@ export class SubscriptionService {
   /** The user's active subscription (brought up to date first), or null. */
   async getUserSubscription(userId: string): Promise<Subscription | null> {
     const user = parse(UserId, userId, "userId");
-    const s = await this.db.getActiveSubscription(user);
-    if (s === null) return null;
-    const now = this.clock();
-    if (s.nextRunAt !== null && s.nextRunAt.getTime() <= now.getTime()) {
-      const { subscription } = await this.advance(s, now);
-      return subscription.status === "active" ? copy(subscription) : null;
-    }
-    return copy(s);
+    const s = await this.activeAt(user, this.clock());
+    return s === null ? null : copy(s);
   }
 
   /** Every subscription the user had, oldest first. */
@@ -275,34 +281,40 @@ export class SubscriptionService {
     }
     const plan = await this.requirePlan(pid);
     if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
-    let s = await this.current(user);
-    if (s.planId === pid && when === "now") throw new ConflictError(`User ${user} is already on plan ${pid}.`, { planId: pid });
-    if (when === "now" && credits === "prorate" && plan.billingPeriod !== s.billingPeriod) {
-      throw invalid("options.credits", `prorating needs the same billing period (${s.billingPeriod} → ${plan.billingPeriod}); use "keep" or "expire"`);
-    }
-    const oldPlan = await this.db.getPlan(s.planId);
-    const now = this.clock();
-    s = await this.write(s, (x) => {
-      if (when === "period_end") return { ...x, pendingPlanId: pid, pendingCredits: credits as "keep" | "expire" };
+    return this.transition(user, async (s, now) => {
+      if (s.planId === pid && when === "now") throw new ConflictError(`User ${user} is already on plan ${pid}.`, { planId: pid });
+      if (when === "now" && credits === "prorate" && plan.billingPeriod !== s.billingPeriod) {
+        throw invalid("options.credits", `prorating needs the same billing period (${s.billingPeriod} → ${plan.billingPeriod}); use "keep" or "expire"`);
+      }
+      if (when === "period_end") return { ...s, pendingPlanId: pid, pendingCredits: credits as "keep" | "expire" };
+      // Up to date, the subscription owes work only for a period that has not started yet: that
+      // work (its allocation, the events riding on it) was not done, so it is rebuilt, not dropped.
+      const pending = s.intent;
+      const key = `sub:${s.id}:${s.currentPeriodStart.toISOString()}:change${s.version}`;
       if (credits === "prorate") {
-        const period = { start: x.currentPeriodStart, end: x.currentPeriodEnd };
+        const period = { start: s.currentPeriodStart, end: s.currentPeriodEnd };
+        const changed = { ...s, planId: pid, pendingPlanId: null, pendingCredits: null };
+        if (pending !== null) {
+          // Nothing of the period was allocated or used: it gets the new plan's allocation in full.
+          const { key: _old, ...rest } = pending;
+          return { ...changed, intent: intent(key, { ...rest, allocate: allocation(plan, period, now), prorate: null }) };
+        }
+        const oldPlan = await this.db.getPlan(s.planId);
         const delta = Math.trunc(((plan.creditsPerPeriod - (oldPlan?.creditsPerPeriod ?? 0)) * fractionLeft(period.start, period.end, now)));
         const expiresAt = allocationExpiry(period, plan.validityDays);
         return {
-          ...x,
-          planId: pid,
-          pendingPlanId: null,
-          pendingCredits: null,
-          intent: intent(`sub:${x.id}:${period.start.toISOString()}:change${x.version}`, {
+          ...changed,
+          intent: intent(key, {
             prorate: { delta: expiresAt.getTime() > now.getTime() ? delta : Math.min(delta, 0), expiresAt: expiresAt.getTime() },
             keepPeriodGrants: true,
           }),
           nextRunAt: now,
         };
       }
+      // A new cycle starts now: the unstarted period (if any) is replaced, its events are kept.
       const period = periodAt(now, plan.billingPeriod, 0);
       return {
-        ...x,
+        ...s,
         planId: pid,
         billingPeriod: plan.billingPeriod,
         anchorAt: now,
@@ -311,14 +323,14 @@ export class SubscriptionService {
         currentPeriodEnd: period.end,
         pendingPlanId: null,
         pendingCredits: null,
-        intent: intent(`sub:${x.id}:${period.start.toISOString()}:change${x.version}`, {
+        intent: intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
           allocate: allocation(plan, period, now),
-          expireGrantIds: credits === "expire" ? x.periodGrantIds : [],
+          expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
+          events: pending?.events,
         }),
         nextRunAt: now,
       };
-    }, now);
-    return copy((await this.advance(s, now)).subscription);
+    });
   }
 
   /**
@@ -333,12 +345,10 @@ export class SubscriptionService {
     if (atPeriodEnd && o.credits === "expire") {
       throw invalid("options.credits", 'credits "expire" applies to an immediate cancel (atPeriodEnd: false)');
     }
-    const s = await this.current(user);
-    const now = this.clock();
-    // Cancelling at period end again changes nothing (and tells nobody twice).
-    if (atPeriodEnd && s.cancelAtPeriodEnd) return copy(s);
-    if (atPeriodEnd) {
-      const marked = await this.write(s, (x) => {
+    return this.transition(user, (x, now) => {
+      if (atPeriodEnd) {
+        // Cancelling at period end again changes nothing (and tells nobody twice).
+        if (x.cancelAtPeriodEnd) return null;
         const cancelled = lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: true });
         return {
           ...x,
@@ -351,35 +361,35 @@ export class SubscriptionService {
               : { ...x.intent, events: [...(x.intent.events ?? []), cancelled] },
           nextRunAt: x.intent === null ? now : x.nextRunAt,
         };
-      }, now);
-      return copy((await this.advance(marked, now)).subscription);
-    }
-    const ended = await this.write(s, (x) => ({
-      ...x,
-      status: "canceled",
-      canceledAt: now,
-      endedAt: now,
-      pendingPlanId: null,
-      pendingCredits: null,
-      intent: intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, {
-        expireGrantIds: o.credits === "expire" ? x.periodGrantIds : [],
-        keepPeriodGrants: o.credits !== "expire",
-        events: [
-          lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: false }),
-          lifecycleEvent(x, "subscription_ended", now, { status: "canceled", reason: "cancelled" }),
-        ],
-      }),
-      nextRunAt: now,
-    }), now);
-    return copy((await this.advance(ended, now)).subscription);
+      }
+      return {
+        ...x,
+        status: "canceled",
+        canceledAt: now,
+        endedAt: now,
+        pendingPlanId: null,
+        pendingCredits: null,
+        intent: intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, {
+          expireGrantIds: o.credits === "expire" ? x.periodGrantIds : [],
+          keepPeriodGrants: o.credits !== "expire",
+          events: [
+            // Events still owed by an unstarted period's work (an earlier cancel) are not dropped.
+            ...(x.intent?.events ?? []),
+            lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: false }),
+            lifecycleEvent(x, "subscription_ended", now, { status: "canceled", reason: "cancelled" }),
+          ],
+        }),
+        nextRunAt: now,
+      };
+    });
   }
 
   /** Undoes a cancellation at period end (and turns renewal on). */
   async resume(userId: string): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
-    const s = await this.current(user);
-    if (!s.cancelAtPeriodEnd && s.autoRenew) return copy(s);
-    return copy(await this.write(s, (x) => ({ ...x, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null }), this.clock()));
+    return this.transition(user, (x) =>
+      !x.cancelAtPeriodEnd && x.autoRenew ? null : { ...x, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null },
+    );
   }
 
   /**
@@ -595,9 +605,25 @@ export class SubscriptionService {
     return ids;
   }
 
-  /** A guarded transition: re-reads and re-applies `change` until its write lands. */
-  private async write(s: Subscription, change: (s: Subscription) => Subscription, now: Date): Promise<Subscription> {
-    return (await this.tryWrite(s, change, now, false)).value;
+  /**
+   * A change of the user's active subscription that is saved or refused, never lost: reads it
+   * (brought up to date), lets `decide` check the preconditions and return the changed subscription
+   * (null: nothing to change), and writes that guarded by the version read. When another writer got
+   * there first, it reads again and decides again on what that writer saved.
+   */
+  private async transition(
+    user: string,
+    decide: (s: Subscription, now: Date) => Subscription | null | Promise<Subscription | null>,
+  ): Promise<Subscription> {
+    for (let race = 0; race <= MAX_RACES; race++) {
+      const now = this.clock();
+      const s = await this.current(user, now);
+      const next = await decide(s, now);
+      if (next === null) return copy(s);
+      const { value, won } = await this.tryWrite(s, () => next, now, false);
+      if (won) return copy((await this.advance(value, now)).subscription);
+    }
+    throw new ConflictError(`The subscription of user ${user} kept changing; try again.`, { userId: user });
   }
 
   /**
@@ -622,23 +648,37 @@ export class SubscriptionService {
   }
 
   /** The user's active subscription, brought up to date; `NotFoundError` when there is none. */
-  private async current(user: string): Promise<Subscription> {
+  private async current(user: string, now: Date): Promise<Subscription> {
     const s = await this.db.getActiveSubscription(user);
     if (s === null) throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
-    const { subscription } = await this.advance(s, this.clock());
+    const { subscription } = await this.advance(s, now);
     if (subscription.status !== "active") throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
     return subscription;
   }
 
-  private async repeatOrRefuse(existing: Subscription, planId: string, key: string | undefined, now: Date): Promise<Subscription> {
-    if (key !== undefined && existing.idempotencyKey === key) {
-      if (existing.planId !== planId && existing.pendingPlanId === null) throw new IdempotencyConflictError(key);
-      return copy((await this.advance(existing, now)).subscription);
-    }
-    throw new ConflictError(`User ${existing.userId} already has an active subscription (use changePlan).`, {
-      userId: existing.userId,
-      subscriptionId: existing.id,
-    });
+  /** The user's active subscription, advanced when it is due (its period ended, or work is owed); null when none is active. */
+  private async activeAt(user: string, now: Date): Promise<Subscription | null> {
+    const s = await this.db.getActiveSubscription(user);
+    if (s === null) return null;
+    if (s.nextRunAt === null || s.nextRunAt.getTime() > now.getTime()) return s;
+    const { subscription } = await this.advance(s, now);
+    return subscription.status === "active" ? subscription : null;
+  }
+
+  /**
+   * A `subscribe` that repeats the idempotency key `first` was created with: `first` (brought up to
+   * date while active), or `IdempotencyConflictError` when its arguments contradict what `first`
+   * records of its own: plan, `autoRenew`, `startAt` (its anchor), metadata.
+   */
+  private async repeat(first: Subscription, planId: string, o: SubscribeOptions & { startAt?: Date }, now: Date): Promise<Subscription> {
+    const same =
+      first.planId === planId &&
+      first.autoRenew === (o.autoRenew ?? true) &&
+      (o.startAt === undefined || o.startAt.getTime() === first.anchorAt.getTime()) &&
+      fingerprint("metadata", o.metadata ?? null) === fingerprint("metadata", first.metadata);
+    if (!same) throw new IdempotencyConflictError(first.idempotencyKey ?? "");
+    if (first.status !== "active") return copy(first);
+    return copy((await this.advance(first, now)).subscription);
   }
 
   private async requirePlan(id: string): Promise<Plan> {
@@ -748,6 +788,13 @@ function allocation(plan: Plan, period: { start: Date; end: Date }, now: Date): 
   const expiresAt = allocationExpiry(period, plan.validityDays);
   if (expiresAt.getTime() <= now.getTime()) return null;
   return { amount: plan.creditsPerPeriod, expiresAt: expiresAt.getTime() };
+}
+
+function alreadySubscribed(s: Subscription): ConflictError {
+  return new ConflictError(`User ${s.userId} already has an active subscription (use changePlan).`, {
+    userId: s.userId,
+    subscriptionId: s.id,
+  });
 }
 
 function invalid(path: string, message: string): ValidationError {

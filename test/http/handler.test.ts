@@ -41,6 +41,7 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     access: "public",
     operationId: "echoRaw",
     summary: "answers with the raw body bytes it received (as webhooks will need)",
+    rawBody: true,
     handle: async (ctx) => new Response(await ctx.rawBody(), { headers: { "content-type": "application/octet-stream" } }),
   };
 

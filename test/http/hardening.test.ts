@@ -1,0 +1,217 @@
+/** Client input that must be a 4xx (never a 500), and clients that leave early (never a hang). */
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from "node:http";
+import { connect } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createCreditManager, type CreditManager } from "../../src/index.js";
+import { createCreditHandler, toNodeHandler, type CreditHandler, type Identity, type RouteDefinition } from "../../src/http/index.js";
+import { listen } from "./servers.js";
+
+const authenticate = (request: Request): Identity | null => {
+  const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
+  if (!token) return null;
+  return token.startsWith("admin:") ? { userId: token, admin: true } : { userId: token };
+};
+const ADMIN = "admin:ops";
+
+describe("HTTP hardening: bad client input is a 4xx", () => {
+  let m: CreditManager;
+  let handler: CreditHandler;
+  const errors: unknown[] = [];
+  let ran = 0;
+  const noBody: RouteDefinition = {
+    method: "POST",
+    base: "user",
+    path: "/ping",
+    access: "user",
+    operationId: "ping",
+    summary: "declares no body",
+    handle: () => ({ ran: ++ran }),
+  };
+
+  beforeAll(async () => {
+    m = await createCreditManager();
+    handler = createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes: [noBody], onError: (e) => errors.push(e) });
+  });
+  afterAll(async () => m.close());
+
+  const call = async (method: string, path: string, who: string | null, body?: unknown, headers: Record<string, string> = {}) => {
+    const h: Record<string, string> = { ...(who ? { authorization: `Bearer ${who}` } : {}), ...headers };
+    if (body !== undefined && h["content-type"] === undefined) h["content-type"] = "application/json";
+    const res = await handler(
+      new Request(`http://localhost${path}`, {
+        method,
+        headers: h,
+        body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+      }),
+    );
+    const text = await res.text();
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- error bodies are checked field by field
+    return { status: res.status, json: (text === "" ? null : JSON.parse(text)) as any };
+  };
+
+  it("query keys named like Object.prototype's members are unknown keys (400), not a 500", async () => {
+    await call("POST", "/admin/credits/users/alice/add", ADMIN, { amount: 10 });
+    const paths = ["/credits/history", "/credits/grants", "/credits/expiring", "/credits/payments/history", "/admin/credits/promos"];
+    for (const path of paths) {
+      for (const key of ["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf", "isPrototypeOf"]) {
+        const r = await call("GET", `${path}?${key}=1`, path.startsWith("/admin") ? ADMIN : "alice");
+        expect({ path, key, status: r.status, code: r.json.error?.code }).toEqual({ path, key, status: 400, code: "VALIDATION_ERROR" });
+        expect(r.json.error.message).toContain(key);
+      }
+    }
+    // The known keys still parse (numbers, booleans, arrays).
+    const history = await call("GET", "/credits/history?limit=1&types=add", "alice");
+    expect(history.status).toBe(200);
+    expect(history.json.items).toHaveLength(1);
+    expect((await call("GET", "/credits/grants?includeInactive=true", "alice")).status).toBe(200);
+    expect(errors).toEqual([]);
+  });
+
+  it("a webhook provider name no provider can have is a 404 like an unknown one, not a 500", async () => {
+    for (const name of ["Stripe", "stripe.v2", "x".repeat(65), "a%20b", "%E2%9C%93"]) {
+      const r = await call("POST", `/webhooks/${name}`, null, "{}");
+      expect({ name, status: r.status, code: r.json.error?.code }).toEqual({ name, status: 404, code: "NOT_FOUND" });
+    }
+    expect((await call("POST", "/webhooks/paypal", null, "{}")).status).toBe(404);
+    expect(errors).toEqual([]);
+  });
+
+  it("mutations that declare no body take none: JSON only (415), the empty object only (400), before they run", async () => {
+    await call("POST", "/admin/credits/plans", ADMIN, { id: "basic", name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" });
+    await call("POST", "/admin/credits/plans", ADMIN, { id: "gone", name: "Gone", creditsPerPeriod: 1, billingPeriod: "monthly" });
+    expect((await call("POST", "/credits/subscription", "bob", { planId: "basic" })).status).toBe(201);
+    expect((await call("POST", "/credits/subscription/cancel", "bob", {})).status).toBe(200);
+
+    // A cross-site "simple" form POST (text/plain) and other media types: 415, nothing done.
+    const plain = await call("POST", "/credits/subscription/resume", "bob", "planId=basic", { "content-type": "text/plain" });
+    expect([plain.status, plain.json.error.code]).toEqual([415, "UNSUPPORTED_MEDIA_TYPE"]);
+    const form = await call("POST", "/credits/subscription/resume", "bob", "a=1", { "content-type": "application/x-www-form-urlencoded" });
+    expect(form.status).toBe(415);
+    const xml = await call("POST", "/admin/credits/plans/gone/deactivate", ADMIN, "<xml/>", { "content-type": "application/xml" });
+    expect(xml.status).toBe(415);
+    // Fields where none are taken: 400 naming them; not JSON: 400.
+    const fields = await call("POST", "/credits/subscription/resume", "bob", { evil: true, planId: "pro" });
+    expect([fields.status, fields.json.error.code]).toEqual([400, "VALIDATION_ERROR"]);
+    expect(fields.json.error.message).toContain("evil");
+    expect((await call("DELETE", "/admin/credits/plans/gone", ADMIN, { unknown: 1 })).status).toBe(400);
+    expect((await call("POST", "/admin/credits/plans/gone/deactivate", ADMIN, "[]")).status).toBe(400);
+    expect((await call("POST", "/admin/credits/plans/gone/deactivate", ADMIN, "{not json")).status).toBe(400);
+    // None of those ran.
+    expect((await m.subscriptions.getUserSubscription("bob"))?.cancelAtPeriodEnd).toBe(true);
+    expect((await m.subscriptions.getPlan("gone")).isActive).toBe(true);
+    expect((await call("POST", "/credits/ping", "bob", "x", { "content-type": "text/plain" })).status).toBe(415);
+    expect((await call("POST", "/credits/ping", "bob", { x: 1 })).status).toBe(400);
+    expect(ran).toBe(0);
+
+    // No body, or `{}`, is what they take.
+    const resumed = await call("POST", "/credits/subscription/resume", "bob");
+    expect(resumed.status).toBe(200);
+    expect(resumed.json.cancelAtPeriodEnd).toBe(false);
+    expect((await call("POST", "/admin/credits/plans/gone/deactivate", ADMIN, {})).json.isActive).toBe(false);
+    expect((await call("DELETE", "/admin/credits/plans/gone", ADMIN)).status).toBe(204);
+    expect((await call("POST", "/credits/ping", "bob", {})).json).toEqual({ ran: 1 });
+    // Access is checked first: 401 stays 401 whatever the body.
+    expect((await call("POST", "/credits/ping", null, "x", { "content-type": "text/plain" })).status).toBe(401);
+    expect(errors).toEqual([]);
+  });
+});
+
+describe("HTTP hardening: toNodeHandler", () => {
+  /** Sends raw bytes and returns the raw answer (for requests fetch would not send). */
+  const rawRequest = (url: string, text: string) =>
+    new Promise<string>((resolve, reject) => {
+      const { port, hostname } = new URL(url);
+      const s = connect(Number(port), hostname, () => s.write(text));
+      let buf = "";
+      s.on("data", (d) => (buf += String(d)));
+      s.on("error", reject);
+      s.on("close", () => resolve(buf));
+    });
+
+  it("a malformed Host header is a 400 with the error body, with or without next", async () => {
+    const m = await createCreditManager();
+    const node = toNodeHandler(createCreditHandler(m, { authenticate }));
+    const passed: unknown[] = [];
+    const plain = await listen(createServer((req, res) => void node(req, res)));
+    const withNext = await listen(createServer((req, res) => void node(req, res, (e) => passed.push(e ?? "next"))));
+    try {
+      for (const server of [plain, withNext]) {
+        for (const host of ["[", "a b", "exa mple.com:80"]) {
+          const answer = await rawRequest(server.url, `GET /credits/openapi.json HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+          expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
+          const body = JSON.parse(/\{.*\}/s.exec(answer)?.[0] ?? "null") as { error: { code: string } };
+          expect(body.error.code).toBe("VALIDATION_ERROR");
+        }
+        const ok = await rawRequest(server.url, "GET /credits/openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        expect(ok.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
+      }
+      expect(passed).toEqual([]);
+    } finally {
+      await plain.close();
+      await withNext.close();
+      await m.close();
+    }
+  });
+
+  /** A server whose handler answers after `delay` with an endless body; reports when toNodeHandler settles. */
+  async function endless(delay: number) {
+    const state = { pulls: 0, cancelled: false, settled: false };
+    const node = toNodeHandler(async () => {
+      await sleep(delay);
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          async pull(c) {
+            state.pulls++;
+            c.enqueue(new TextEncoder().encode("data: x\n\n"));
+            await sleep(5);
+          },
+          cancel() {
+            state.cancelled = true;
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      );
+    });
+    const server = await listen(
+      createServer((req: IncomingMessage, res: ServerResponse) => void node(req, res).then(() => (state.settled = true))),
+    );
+    return { state, server };
+  }
+
+  const waitFor = async (cond: () => boolean, ms = 2000) => {
+    for (let t = 0; t < ms && !cond(); t += 10) await sleep(10);
+  };
+
+  it("a client gone before the response started: the body is cancelled and the handler settles", async () => {
+    const { state, server } = await endless(150);
+    try {
+      const { port } = new URL(server.url);
+      const req = httpRequest({ host: "127.0.0.1", port: Number(port), path: "/" });
+      req.on("error", () => undefined);
+      req.end();
+      await sleep(50);
+      req.destroy(); // before the handler has its Response
+      await waitFor(() => state.settled && state.cancelled);
+      expect(state).toMatchObject({ settled: true, cancelled: true });
+      expect(state.pulls).toBeLessThanOrEqual(2);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("a client gone mid-stream: the body is cancelled and the handler settles", async () => {
+    const { state, server } = await endless(0);
+    try {
+      const controller = new AbortController();
+      const res = await fetch(server.url, { signal: controller.signal });
+      const reader = res.body!.getReader();
+      await reader.read();
+      controller.abort();
+      await waitFor(() => state.settled && state.cancelled);
+      expect(state).toMatchObject({ settled: true, cancelled: true });
+    } finally {
+      await server.close();
+    }
+  });
+});
