@@ -16,9 +16,13 @@ export interface MeteringOptionsBase<Req> {
   authenticate?: (request: Req) => Identity | null | undefined | Promise<Identity | null | undefined>;
   /** Read the payer from a client-sent `X-User-Id` when `authenticate` finds nobody. Default false. */
   trustUserIdHeader?: boolean;
-  /** Only paths under this prefix are metered. Default `/`. */
+  /**
+   * Only paths under this prefix are metered. Default `/`. Compared without case, and against the
+   * percent-decoded, slash-collapsed and dot-resolved readings of the path too (README, "Which
+   * paths are metered").
+   */
   pathPrefix?: string;
-  /** Paths (exact, or a RegExp) never metered, e.g. `/api/health`. */
+  /** Paths (exact and case-sensitive, or a RegExp) never metered, e.g. `/api/health`. */
   skipPaths?: (string | RegExp)[];
   /** Header with the client's estimate. Default `X-Estimated-Tokens`. */
   estimateHeader?: string;
@@ -58,7 +62,9 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
   if (o.authenticate === undefined && o.trustUserIdHeader !== true) {
     throw new TypeError("[credit-management] [metering] an `authenticate` hook (or `trustUserIdHeader: true`) is required.");
   }
-  const prefix = (o.pathPrefix ?? "/").replace(/\/+$/, "");
+  // The prefix in the form paths are compared in: decoded, `/`-led, lower case, no trailing `/`.
+  const prefix = foldCase(normalisePath(o.pathPrefix ?? "/")).replace(/\/+$/, "");
+  const prefixSlash = `${prefix}/`;
   const skip = o.skipPaths ?? [];
   const defaultEstimate = o.defaultEstimate ?? 100;
   const maxEstimate = o.maxEstimate ?? 100_000;
@@ -68,9 +74,33 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
   const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
   const usagePath = o.usageKey ? o.usageKey.split(".") : null;
 
-  const applies = (path: string) => {
-    if (prefix !== "" && path !== prefix && !path.startsWith(`${prefix}/`)) return false;
-    return !skip.some((s) => (typeof s === "string" ? s === path : s.test(path)));
+  /** A plain path under the prefix, ASCII letters compared without case (no allocation). */
+  const plainUnderPrefix = (path: string): boolean =>
+    prefix === "" ||
+    (startsWithAsciiFolded(path, prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47 /* / */));
+  /** Any path under the prefix, compared case-folded. */
+  const underPrefix = (path: string): boolean => {
+    if (prefix === "") return true;
+    const folded = foldCase(path);
+    return folded === prefix || folded.startsWith(prefixSlash);
+  };
+  const skipped = (path: string): boolean => {
+    for (let i = 0; i < skip.length; i++) {
+      const s = skip[i] as string | RegExp;
+      if (typeof s === "string" ? s === path : s.test(path)) return true;
+    }
+    return false;
+  };
+  /**
+   * Whether a request path is metered. Routers disagree on what a path means (Express ignores
+   * case, Hono decodes `%xx`, Fetch hosts resolve dot segments, ...), so a path is metered when any
+   * reading of it is under the prefix (ignoring case) and not skipped: an odd spelling can be
+   * over-metered, never slip through. A plain path (the common case) is the only reading of itself.
+   */
+  const applies = (path: string): boolean => {
+    if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path);
+    for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p)) return true;
+    return false;
   };
 
   /** The estimate from the header (a positive integer), else the default; capped. */
@@ -163,6 +193,110 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
   };
 }
 
+/**
+ * True when a path has one reading only: `/`-led printable ASCII without `%`, `\`, `#`, `//` or a
+ * segment starting with `.`. No allocation: this is the per-request fast path.
+ */
+function isPlainPath(path: string): boolean {
+  if (path.charCodeAt(0) !== 47 /* / */) return false;
+  let prev = 47;
+  for (let i = 1; i < path.length; i++) {
+    const ch = path.charCodeAt(i);
+    if (ch <= 32 || ch >= 127 || ch === 37 /* % */ || ch === 92 /* \ */ || ch === 35 /* # */) return false;
+    if (prev === 47 && (ch === 47 || ch === 46 /* . */)) return false;
+    prev = ch;
+  }
+  return true;
+}
+
+/** `path` starts with `lower` (lower-case ASCII), ASCII letters compared without case. */
+function startsWithAsciiFolded(path: string, lower: string): boolean {
+  if (path.length < lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    let ch = path.charCodeAt(i);
+    if (ch >= 65 && ch <= 90) ch |= 32;
+    if (ch !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** Case folded for comparison (`ſ`, `K` and the like fold to their ASCII letter too). */
+const foldCase = (s: string): string => s.toUpperCase().toLowerCase();
+
+/** `%xx` decoded (valid sequences only; invalid UTF-8 byte by byte), repeatedly for `%25xx`. */
+function percentDecode(path: string): string {
+  for (let round = 0; round < 4 && path.includes("%"); round++) {
+    const next = path.replace(/(?:%[0-9a-fA-F]{2})+/g, (run) => {
+      try {
+        return decodeURIComponent(run);
+      } catch {
+        return run.replace(/%([0-9a-fA-F]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+      }
+    });
+    if (next === path) break;
+    path = next;
+  }
+  return path;
+}
+
+/** Decoded, `\` as `/`, `/`-led, repeated slashes collapsed. */
+function normalisePath(path: string): string {
+  const p = percentDecode(path).replace(/\\/g, "/").replace(/\/{2,}/g, "/");
+  return p.startsWith("/") ? p : `/${p}`;
+}
+
+/** `.` and `..` segments resolved (after decoding, so `%2e%2e` counts). */
+function resolveDots(path: string): string {
+  const out: string[] = [];
+  const segments = path.split("/");
+  for (let i = 1; i < segments.length; i++) {
+    const seg = segments[i] as string;
+    const last = i === segments.length - 1;
+    if (seg === "..") {
+      out.pop();
+      if (last) out.push("");
+    } else if (seg === ".") {
+      if (last) out.push("");
+    } else out.push(seg);
+  }
+  return `/${out.join("/")}`;
+}
+
+/**
+ * The readings of a path that is not plain: as sent (Express routes on that, ignoring case; an
+ * absolute-form target `http://host/p` by its path), as a Fetch host sees it (WHATWG URL: dot
+ * segments and `\` resolved), decoded with slashes collapsed (Hono and others decode before
+ * routing), and that with its dot segments resolved.
+ */
+function readingsOf(path: string): string[] {
+  const out: string[] = [];
+  const add = (p: string) => {
+    if (!out.includes(p)) out.push(p);
+  };
+  const addAll = (p: string) => {
+    add(p);
+    try {
+      const pathname = new URL(p.startsWith("/") ? p : `/${p}`, "http://h").pathname;
+      add(pathname);
+      add(normalisePath(pathname));
+    } catch {
+      // not parseable as a path: the other readings still apply
+    }
+    const decoded = normalisePath(p);
+    add(decoded);
+    add(resolveDots(decoded));
+  };
+  addAll(path);
+  if (!path.startsWith("/")) {
+    try {
+      addAll(new URL(path).pathname);
+    } catch {
+      // not an absolute URL
+    }
+  }
+  return out;
+}
+
 const isJsonType = (type: string | null | undefined) => !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);
 
 /**
@@ -175,7 +309,8 @@ const isJsonType = (type: string | null | undefined) => !!type && /^application\
  * - any other body (server-sent events, streams) is passed through as it is produced and the
  *   recorded usage is committed when it ends, before the client sees its end (headers are gone by
  *   then: read the figure in `onSettled`); a client that goes away (the body is cancelled, or
- *   `request.signal` aborts) releases the hold.
+ *   `request.signal` aborts) releases the hold; one already gone when the hold is placed gets a
+ *   499 and the handler does not run.
  * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
  */
 export function creditMetering(options: CreditMeteringOptions) {
@@ -197,6 +332,11 @@ export function creditMetering(options: CreditMeteringOptions) {
         return errorResponse(error);
       }
       const release = (reason: string) => c.settle(request, session, session.release(reason));
+      if (request.signal.aborted) {
+        // The client left while it was authenticated or the hold placed: nobody to answer.
+        await release("aborted");
+        return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), { [c.deductedHeader]: "0" });
+      }
       const onAbort = () => void release("aborted");
       request.signal.addEventListener("abort", onAbort, { once: true });
 
@@ -388,7 +528,8 @@ function reply(res: ServerResponse, response: Response): void {
  * - a response written in parts (`res.write`, SSE, `res.writeHead` first, Fastify): headers are out
  *   already, so the commit happens when the response is done and the figure goes to `onSettled` and
  *   `res.locals.creditsDeducted` (Express);
- * - status >= 500 releases; so does a client that disconnects before the response finished.
+ * - status >= 500 releases; so does a client that disconnects before the response finished (one
+ *   already gone when the hold is placed: released at once, `next()` is not called).
  * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
  */
 export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOptions) {
@@ -399,6 +540,12 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
   const start = (req: IncomingMessage, res: MeteredResponse, next: Next, session: MeterSession): void => {
     try {
       const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+      if (res.destroyed || res.writableEnded) {
+        // The client left (or the response ended) while it was authenticated or the hold placed:
+        // "close" has fired already, so release now and run nothing.
+        void c.settle(req, session, session.release("aborted"), locals);
+        return;
+      }
       if (locals) {
         locals.creditReservationId = session.reservationId;
         locals.creditEstimate = session.estimate;
