@@ -351,6 +351,36 @@ describe("Razorpay payment links", () => {
     expect((await credits.audit("alice")).ok).toBe(true);
   });
 
+  it("a refund or lost dispute of another attempt at the link (not the payment credited) is ignored", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    // pay_other: authorized, never captured; then the credited attempt.
+    const auth = rzpEvent("payment.authorized", { payment: { entity: rzpPaymentEntity(p, "authorized", { id: "pay_other" }) } });
+    expect((await payments.handleWebhook("razorpay", auth, rzpSign(auth))).outcome).toBe("updated");
+    const body = rzpLinkPaid(p);
+    expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
+    // Razorpay auto-refunds pay_other: the event names our payment in the notes, but not the credited pay_….
+    const autoRefund = rzpEvent("refund.processed", {
+      refund: { entity: { id: "rfnd_auto", entity: "refund", amount: 50_000, currency: "INR", payment_id: "pay_other", status: "processed" } },
+      payment: { entity: rzpPaymentEntity(p, "refunded", { id: "pay_other", captured: false, amount_refunded: 50_000 }) },
+    });
+    expect(await payments.handleWebhook("razorpay", autoRefund, rzpSign(autoRefund))).toMatchObject({ outcome: "ignored", paymentId: p.id, status: "paid" });
+    const lost = rzpEvent("payment.dispute.lost", {
+      payment: { entity: rzpPaymentEntity(p, "captured", { id: "pay_other" }) },
+      dispute: { entity: { id: "disp_1", amount: 50_000, status: "lost", payment_id: "pay_other" } },
+    });
+    expect((await payments.handleWebhook("razorpay", lost, rzpSign(lost))).outcome).toBe("ignored");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+    expect(await payments.getPayment("alice", p.id)).toMatchObject({ status: "paid", creditsReversed: 0, refundedAmount: 0 });
+    // The credited attempt's refund still takes the credits back.
+    const refund = rzpEvent("refund.processed", {
+      refund: { entity: { id: "rfnd_2", entity: "refund", amount: 50_000, currency: "INR", payment_id: "pay_29QQoUBi66xm2f", status: "processed" } },
+      payment: { entity: rzpPaymentEntity(p, "refunded", { amount_refunded: 50_000 }) },
+    });
+    expect((await payments.handleWebhook("razorpay", refund, rzpSign(refund))).outcome).toBe("reversed");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 0 });
+  });
+
   it("ignores event types and payments it does not track", async () => {
     const { payments } = await setup();
     const order = rzpEvent("order.paid", { order: { entity: { id: "order_1" } } });
@@ -369,7 +399,8 @@ describe("Stripe Checkout Sessions", () => {
     expect(p).toMatchObject({ providerRef: "cs_test_abc", checkoutUrl: "https://checkout.stripe.com/c/pay/cs_test_abc", credits: 199 });
     const s = seen[0] as Seen;
     expect(s.type).toBe("application/x-www-form-urlencoded");
-    expect(s.idem).toBe("k1");
+    // Not the raw key (Stripe's keys are per account, ours per user): the payment id derived from both.
+    expect(s.idem).toBe(p.id);
     const form = new URLSearchParams(s.body);
     expect(form.get("mode")).toBe("payment");
     expect(form.get("line_items[0][price_data][currency]")).toBe("usd");
@@ -378,6 +409,21 @@ describe("Stripe Checkout Sessions", () => {
     expect(form.get("metadata[user_id]")).toBe("bob");
     expect(form.get("payment_intent_data[metadata][credit_payment_id]")).toBe(p.id);
     expect(form.get("success_url")).toBe(`https://app.example.com/ok?payment_id=${p.id}`);
+  });
+
+  it("two users' identical idempotency keys send different Stripe Idempotency-Keys", async () => {
+    const { payments } = await setup();
+    seen.length = 0;
+    const a = await payments.createPaymentLink("alice", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    const b = await payments.createPaymentLink("bob", { amount: 900, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    const keys = seen.map((x) => x.idem);
+    expect(keys).toEqual([a.id, b.id]);
+    expect(a.id).not.toBe(b.id);
+    expect(keys).not.toContain("buy-1");
+    // Without a key, none is sent.
+    seen.length = 0;
+    await payments.createPaymentLink("alice", { amount: 700, currency: "USD", provider: "stripe" });
+    expect(seen[0]?.idem).toBeUndefined();
   });
 
   it("credits checkout.session.completed once; refuses stale and forged signatures", async () => {
@@ -419,6 +465,11 @@ describe("Stripe Checkout Sessions", () => {
     const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
     await payments.handleWebhook("stripe", body, stripeSign(body));
     await credits.deductCredits("bob", 150);
+    // A refund of another PaymentIntent naming our payment in its metadata is not of the money credited.
+    const other = { id: "ch_other", object: "charge", amount: 2000, currency: "usd", payment_intent: "pi_other", metadata: { credit_payment_id: p.id, user_id: "bob" } };
+    const otherRefunded = stripeEvent("charge.refunded", { ...other, amount_refunded: 2000, refunded: true });
+    expect((await payments.handleWebhook("stripe", otherRefunded, stripeSign(otherRefunded))).outcome).toBe("ignored");
+    expect(await credits.getUserCreditsInfo("bob")).toMatchObject({ balance: 50 });
     const charge = { id: "ch_3MtwBw", object: "charge", amount: 2000, currency: "usd", payment_intent: "pi_3MtwBwLkdIwHu7ix28a3tqPa" };
     const refunded = stripeEvent("charge.refunded", { ...charge, amount_refunded: 2000, refunded: true });
     expect((await payments.handleWebhook("stripe", refunded, stripeSign(refunded))).outcome).toBe("reversed");
@@ -485,6 +536,65 @@ describe("payments: inputs and history", () => {
     // Keys are per user.
     const c = await payments.createPaymentLink("frank", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
     expect(c.id).not.toBe(a.id);
+  });
+
+  it("createPaymentLink with an idempotency key: another description or metadata conflicts too", async () => {
+    const { payments } = await setup();
+    const args = { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "k", description: "Top-up", metadata: { plan: "a", n: 1 } };
+    const a = await payments.createPaymentLink("erin", args);
+    seen.length = 0;
+    for (const other of [{ description: "something else" }, { description: undefined }, { metadata: { plan: "b", n: 1 } }, { metadata: undefined }]) {
+      await expect(payments.createPaymentLink("erin", { ...args, ...other })).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    }
+    // The same metadata in another key order is the same argument.
+    expect(await payments.createPaymentLink("erin", { ...args, metadata: { n: 1, plan: "a" } })).toEqual(a);
+    expect(seen).toHaveLength(0);
+    expect((await payments.getPaymentHistory("erin")).items).toEqual([a]);
+  });
+
+  it("creditsPerUnit: exact decimal products are not short-changed by floating point; fractions still round down", async () => {
+    const cases: [number, number, number][] = [
+      [0.29, 100, 29], // 28.999999999999996 in doubles
+      [0.57, 100, 57],
+      [1.13, 100, 113],
+      [2.01, 100, 201],
+      [0.07, 100, 7], // 7.000000000000001: not rounded up past 7
+      [0.29, 101, 29], // 29.29
+      [1.13, 99, 111], // 111.87
+    ];
+    for (const [rate, amount, credits] of cases) {
+      const payments = new PaymentService({
+        db: new InMemoryDbManager(),
+        creditsPerUnit: rate,
+        providers: [new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl })],
+      });
+      const p = await payments.createPaymentLink("alice", { amount, currency: "USD", provider: "stripe" });
+      expect([rate, amount, p.credits]).toEqual([rate, amount, credits]);
+    }
+  });
+
+  it("creditsPerUnit per currency: other currencies are refused with a ValidationError, nothing stored or sent", async () => {
+    const stripe = new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl });
+    const m = await createCreditManager({ payments: { providers: [stripe], creditsPerUnit: { INR: 1, USD: 85 } } });
+    expect((await m.payments.createPaymentLink("eve", { amount: 100, currency: "usd", provider: "stripe" })).credits).toBe(8500);
+    expect((await m.payments.createPaymentLink("eve", { amount: 100, currency: "INR", provider: "stripe" })).credits).toBe(100);
+    seen.length = 0;
+    for (const currency of ["VND", "XYZ", "EUR"]) {
+      const error = await m.payments.createPaymentLink("eve", { amount: 100_000, currency, provider: "stripe" }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ValidationError);
+      expect(error).toMatchObject({ issues: [{ path: "currency", message: "accepted: INR, USD" }] });
+    }
+    expect(seen).toHaveLength(0);
+    expect((await m.payments.getPaymentHistory("eve")).items.map((p) => p.currency)).toEqual(["INR", "USD"]);
+    await m.close();
+    // A rate table that names nothing, or not as codes, or a bad rate, is refused up front.
+    for (const creditsPerUnit of [{}, { usd: 1 }, { USD: 0 }, { USD: Number.NaN }] as Record<string, number>[]) {
+      await expect(createCreditManager({ payments: { providers: [stripe], creditsPerUnit } })).rejects.toBeInstanceOf(ValidationError);
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), creditsPerUnit })).toThrow(ConfigurationError);
+    }
+    for (const creditsPerUnit of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), creditsPerUnit })).toThrow(ConfigurationError);
+    }
   });
 
   it("rejected webhooks are recorded as ledger error events", async () => {

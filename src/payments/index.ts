@@ -30,9 +30,18 @@ export const PaymentManagerOptions = z.strictObject({
     .optional(),
   razorpay: z.custom<RazorpayProviderOptions>(isObject).optional(),
   stripe: z.custom<StripeProviderOptions>(isObject).optional(),
-  /** Credits per smallest currency unit (default 1), or `(amount, currency) => credits`. */
+  /**
+   * Credits per smallest currency unit (default 1) in any currency; or per currency
+   * (`{ INR: 1, USD: 85 }`: other currencies are refused); or `(amount, currency) => credits`.
+   */
   creditsPerUnit: z
-    .union([z.number().positive().max(1e9), z.custom<(a: number, c: string) => number>((v) => typeof v === "function")])
+    .union([
+      z.number().positive().max(1e9),
+      z
+        .record(z.string().regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" }), z.number().positive().max(1e9))
+        .refine((r) => Object.keys(r).length > 0, { error: "name at least one currency" }),
+      z.custom<(a: number, c: string) => number>((v) => typeof v === "function"),
+    ])
     .optional(),
 });
 export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;

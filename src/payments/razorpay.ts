@@ -99,6 +99,7 @@ export class RazorpayProvider implements PaymentProvider {
     const payment = at(body, "payload", "payment", "entity");
     const link = at(body, "payload", "payment_link", "entity");
     const refund = at(body, "payload", "refund", "entity");
+    const dispute = at(body, "payload", "dispute", "entity");
     const notes = (at(link, "notes") ?? at(payment, "notes")) as Record<string, unknown> | undefined;
     const kind = PAYMENT_EVENTS[type] ?? null;
     const paymentEntityId = str(at(payment, "id")) ?? str(at(refund, "payment_id"));
@@ -111,13 +112,24 @@ export class RazorpayProvider implements PaymentProvider {
       kind,
       paymentId: str(at(notes, "credit_payment_id")) ?? str(at(link, "reference_id")),
       providerIds,
-      providerPaymentId: kind === "paid" ? paymentEntityId : null,
+      providerPaymentId: providerPaymentId(kind, paymentEntityId, refund, dispute),
       userId: str(at(notes, "user_id")),
       amount: int(at(payment, "amount")) ?? int(at(link, "amount")),
       currency: (str(at(payment, "currency")) ?? str(at(link, "currency")))?.toUpperCase() ?? null,
       refundedTotal,
     };
   }
+}
+
+/**
+ * The `pay_…` an event is about: the one paid, or the one a refund or dispute is of (its own
+ * `payment_id` first). Lets a refund of another attempt at the same link be told apart.
+ */
+function providerPaymentId(kind: PaymentEventKind | null, payment: string | null, refund: unknown, dispute: unknown): string | null {
+  if (kind === "paid") return payment;
+  if (kind === "refund") return str(at(refund, "payment_id")) ?? payment;
+  if (kind === "dispute_lost") return str(at(dispute, "payment_id")) ?? payment;
+  return null;
 }
 
 /** One JSON call to a provider's API; non-2xx and network failures become `PaymentProviderError`. */

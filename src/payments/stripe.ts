@@ -141,9 +141,11 @@ export class StripeProvider implements PaymentProvider {
       kind = "refund";
       amount = int(at(o, "amount"));
       refundedTotal = int(at(o, "amount_refunded"));
+      providerPaymentId = pi;
       for (const id of [pi, str(at(o, "id"))]) if (id !== null) providerIds.push(id);
     } else if (type === "charge.dispute.closed") {
       kind = str(at(o, "status")) === "lost" ? "dispute_lost" : null;
+      providerPaymentId = pi;
       for (const id of [pi, str(at(o, "charge"))]) if (id !== null) providerIds.push(id);
     }
     return {

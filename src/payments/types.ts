@@ -9,7 +9,11 @@ export interface CheckoutRequest {
   currency: string;
   credits: number;
   description: string;
-  /** Passed on as the provider's idempotency key where it has one. */
+  /**
+   * Set when the caller gave an `idempotencyKey`: our payment id derived from user and key (unique
+   * across users, stable across retries), to pass on as the provider's idempotency key where it has
+   * one. Not the caller's key itself: ours are per user, a provider's per merchant account.
+   */
   idempotencyKey?: string | undefined;
 }
 
@@ -36,7 +40,10 @@ export interface PaymentEvent {
   paymentId: string | null;
   /** The provider's ids that may identify the payment (link / session / payment intent / pay_…). */
   providerIds: string[];
-  /** The provider's id of the money movement (set on paid events). */
+  /**
+   * The provider's id of the money movement: on paid events the one paid, on refund and dispute
+   * events the one refunded or disputed (ignored when it is not the one credited).
+   */
   providerPaymentId: string | null;
   /** The user the event says it is for, when it says. */
   userId: string | null;

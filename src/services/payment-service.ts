@@ -1,11 +1,12 @@
 import { createHash, randomUUID } from "node:crypto";
 import type { Logger } from "pino";
+import { stringify } from "safe-stable-stringify";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { canAdvancePayment, creditsToReverse, isCredited } from "../domain/payments.js";
-import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
+import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   CreatePaymentInput,
@@ -29,10 +30,13 @@ export interface PaymentServiceOptions {
   /** The providers payments can use, by their `name` ("razorpay", "stripe", …). */
   providers?: readonly PaymentProvider[];
   /**
-   * Credits bought per smallest currency unit (1 = one credit per cent/paisa), or a function of
-   * amount (smallest unit) and currency returning the credits. Default 1.
+   * Credits bought per smallest currency unit (1 = one credit per cent/paisa), the same in every
+   * currency; or per currency (`{ INR: 1, USD: 85 }`, upper-case ISO-4217 codes), when payments in
+   * any other currency are refused with `ValidationError` — use this form when end users pick the
+   * currency; or a function of amount (smallest unit) and currency returning the credits. Default 1.
+   * Rates give `amount × rate` rounded down (exact decimal products are not lost to floating point).
    */
-  creditsPerUnit?: number | ((amount: number, currency: string) => number);
+  creditsPerUnit?: number | Readonly<Record<string, number>> | ((amount: number, currency: string) => number);
   ledger?: LedgerLogger;
   cache?: Cache;
   clock?: () => Date;
@@ -44,7 +48,8 @@ export interface WebhookResult {
   /**
    * credited: a paid payment was credited; reversed: refund/lost dispute took credits back;
    * updated: the status moved forward; duplicate: already done (a redelivery); unchanged: the
-   * event would move the status back, so it was ignored; ignored: not an event or payment we track.
+   * event would move the status back, so it was ignored; ignored: not an event or payment we track,
+   * or a refund/dispute of another provider payment than the one credited (e.g. another attempt).
    */
   outcome: "credited" | "reversed" | "updated" | "duplicate" | "unchanged" | "ignored";
   eventType: string;
@@ -69,12 +74,31 @@ export class PaymentService {
   private readonly deps: UnitDeps;
   private readonly providers = new Map<string, PaymentProvider>();
   private readonly creditsFor: (amount: number, currency: string) => number;
+  /** The currencies payments may be made in (from a per-currency `creditsPerUnit`); null: any. */
+  private readonly rates: ReadonlyMap<string, number> | null = null;
 
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options);
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
     const c = options.creditsPerUnit ?? 1;
-    this.creditsFor = typeof c === "function" ? c : (amount) => Math.floor(amount * c);
+    if (typeof c === "function") {
+      this.creditsFor = c;
+    } else if (typeof c === "number") {
+      checkRate(c, "creditsPerUnit");
+      this.creditsFor = (amount) => creditsAtRate(amount, c);
+    } else {
+      const rates = new Map<string, number>();
+      for (const [currency, rate] of Object.entries(c)) {
+        if (!/^[A-Z]{3}$/.test(currency)) {
+          throw new ConfigurationError(`[credit-management] creditsPerUnit: "${currency}" is not an upper-case ISO-4217 currency code.`);
+        }
+        checkRate(rate, `creditsPerUnit.${currency}`);
+        rates.set(currency, rate);
+      }
+      if (rates.size === 0) throw new ConfigurationError("[credit-management] creditsPerUnit: name at least one currency.");
+      this.rates = rates;
+      this.creditsFor = (amount, currency) => creditsAtRate(amount, rates.get(currency) as number);
+    }
   }
 
   /** Registers (or replaces) a provider. */
@@ -92,6 +116,11 @@ export class PaymentService {
     const user = parse(UserId, userId, "userId");
     const i = parse(CreatePaymentInput, input, "input");
     const provider = this.provider(i.provider);
+    if (this.rates !== null && !this.rates.has(i.currency)) {
+      throw new ValidationError(`Invalid input.currency: "${i.currency}" is not accepted`, [
+        { path: "currency", message: `accepted: ${[...this.rates.keys()].join(", ")}` },
+      ]);
+    }
     const credits = this.creditsFor(i.amount, i.currency);
     if (!Number.isSafeInteger(credits) || credits < 1) {
       throw new ValidationError(`Invalid input.amount: ${i.amount} ${i.currency} buys no whole credit`, [
@@ -133,7 +162,13 @@ export class PaymentService {
       if (!(error instanceof ConflictError) || i.idempotencyKey === undefined) throw error;
       const first = await this.deps.db.getPayment(id);
       if (first === null || first.userId !== user) throw error;
-      const same = first.provider === provider.name && first.amount === i.amount && first.currency === i.currency;
+      // Every argument counts (metadata compared key-order-free: a store may reorder JSON keys).
+      const same =
+        first.provider === provider.name &&
+        first.amount === i.amount &&
+        first.currency === i.currency &&
+        first.description === description &&
+        stringify(first.metadata) === stringify(payment.metadata);
       if (!same) throw new IdempotencyConflictError(i.idempotencyKey);
       // The first call got as far as a checkout (or failed): answer with it. Else finish it.
       if (first.checkoutUrl !== null || first.status !== "created") return first;
@@ -148,7 +183,9 @@ export class PaymentService {
         currency: i.currency,
         credits,
         description,
-        idempotencyKey: i.idempotencyKey,
+        // Not the caller's key: ours are per user, a provider's per merchant account (two users'
+        // "buy-1" would collide). The id derived from user and key is unique and stable.
+        idempotencyKey: i.idempotencyKey === undefined ? undefined : payment.id,
       });
     } catch (error) {
       await this.advance(payment.id, (p) => (canAdvancePayment(p.status, "failed") ? { status: "failed" } : null));
@@ -263,7 +300,11 @@ export class PaymentService {
     return null;
   }
 
-  /** Refuses an event that names another user, amount or currency than the stored payment. */
+  /**
+   * Refuses an event that names another user, amount or currency than the stored payment, or a paid
+   * event for another provider payment than the one credited. (A refund or dispute of another
+   * attempt is not a contradiction: `reverse` ignores it.)
+   */
   private assertConsistent(p: Payment, e: PaymentEvent): void {
     const refuse = (what: string) => {
       this.deps.logger?.warn({ paymentId: p.id, eventType: e.type, what }, "credit-management: webhook contradicts the stored payment");
@@ -274,9 +315,7 @@ export class PaymentService {
     if (e.userId !== null && e.userId !== p.userId) throw refuse("user");
     if (e.amount !== null && e.amount !== p.amount) throw refuse("amount");
     if (e.currency !== null && e.currency !== p.currency) throw refuse("currency");
-    if (e.providerPaymentId !== null && p.providerPaymentId !== null && e.providerPaymentId !== p.providerPaymentId) {
-      throw refuse("provider_payment");
-    }
+    if (e.kind !== "refund" && e.kind !== "dispute_lost" && otherAttempt(p, e)) throw refuse("provider_payment");
   }
 
   /**
@@ -361,6 +400,16 @@ export class PaymentService {
         meta,
         async (work, tx, state) => {
           const p = await this.current(tx, payment.id);
+          // A refund or dispute of another attempt at this payment (e.g. Razorpay auto-refunding an
+          // authorized, never captured one): not the money that was credited. Checked here, under
+          // the account's lock, so a concurrent paid event cannot slip in between.
+          if (otherAttempt(p, event)) {
+            this.deps.logger?.warn(
+              { paymentId: p.id, eventType: event.type, providerPaymentId: event.providerPaymentId, credited: p.providerPaymentId },
+              "credit-management: refund or dispute of another payment attempt ignored",
+            );
+            return { value: result("ignored", p, "refund or dispute of another payment attempt") };
+          }
           const status: PaymentStatus = dispute ? "disputed_lost" : refunded >= p.amount ? "refunded" : "partially_refunded";
           if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
             return { value: result(p.status === status ? "duplicate" : "unchanged", p) };
@@ -434,6 +483,29 @@ export class PaymentService {
       if (await this.deps.db.updatePayment(next)) return next;
     }
   }
+}
+
+function checkRate(rate: unknown, what: string): void {
+  if (typeof rate !== "number" || !Number.isFinite(rate) || rate <= 0 || rate > 1e9) {
+    throw new ConfigurationError(`[credit-management] ${what} must be a positive number (at most 1e9), got ${String(rate)}.`);
+  }
+}
+
+/** The event names another provider payment than the one the payment was credited with. */
+function otherAttempt(p: Payment, e: PaymentEvent): boolean {
+  return e.providerPaymentId !== null && p.providerPaymentId !== null && e.providerPaymentId !== p.providerPaymentId;
+}
+
+/**
+ * `amount × rate` rounded down to whole credits, without binary floating point short-changing exact
+ * products: 100 × 0.29 is 28.999999999999996 in doubles, and is 29 credits. A product within
+ * 2 × `Number.EPSILON` (relative) of an integer — the rounding error of the rate and of the
+ * multiplication — snaps to it; anything else is floored.
+ */
+function creditsAtRate(amount: number, rate: number): number {
+  const x = amount * rate;
+  const nearest = Math.round(x);
+  return Math.abs(x - nearest) <= Math.abs(x) * 2 * Number.EPSILON ? nearest : Math.floor(x);
 }
 
 /**
