@@ -61,6 +61,21 @@ export const Payment = z.object({
 });
 export type Payment = z.infer<typeof Payment>;
 
+/** A rate of credits per smallest currency unit. */
+const Rate = z.number({ error: "a rate must be a number" }).positive({ error: "a rate must be positive" }).max(1e9, { error: "a rate must be at most 1e9" });
+
+/**
+ * `creditsPerUnit`: one rate for every currency, a rate per currency (upper-case ISO-4217 codes;
+ * payments in others are refused), or a function of amount and currency returning the credits.
+ */
+export const CreditsPerUnit = z.union([
+  Rate,
+  z
+    .record(z.string().regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" }), Rate)
+    .refine((r) => Object.keys(r).length > 0, { error: "name at least one currency" }),
+  z.custom<(amount: number, currency: string) => number>((v) => typeof v === "function"),
+]);
+
 export const CreatePaymentInput = z.strictObject({
   amount: Amount,
   currency: Currency,

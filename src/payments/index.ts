@@ -1,4 +1,5 @@
 import * as z from "zod";
+import { CreditsPerUnit } from "../models/index.js";
 import { PaymentService, type PaymentServiceOptions } from "../services/payment-service.js";
 import { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
 import { StripeProvider, type StripeProviderOptions } from "./stripe.js";
@@ -34,15 +35,7 @@ export const PaymentManagerOptions = z.strictObject({
    * Credits per smallest currency unit (default 1) in any currency; or per currency
    * (`{ INR: 1, USD: 85 }`: other currencies are refused); or `(amount, currency) => credits`.
    */
-  creditsPerUnit: z
-    .union([
-      z.number().positive().max(1e9),
-      z
-        .record(z.string().regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" }), z.number().positive().max(1e9))
-        .refine((r) => Object.keys(r).length > 0, { error: "name at least one currency" }),
-      z.custom<(a: number, c: string) => number>((v) => typeof v === "function"),
-    ])
-    .optional(),
+  creditsPerUnit: CreditsPerUnit.optional(),
 });
 export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 

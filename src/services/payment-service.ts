@@ -8,8 +8,10 @@ import { fingerprint } from "../domain/hash.js";
 import { canAdvancePayment, creditsToReverse, isCredited } from "../domain/payments.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
+import type * as z from "zod";
 import {
   CreatePaymentInput,
+  CreditsPerUnit,
   PaymentHistoryQuery,
   PaymentId,
   UserId,
@@ -80,22 +82,18 @@ export class PaymentService {
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options);
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
-    const c = options.creditsPerUnit ?? 1;
+    let c: z.output<typeof CreditsPerUnit>;
+    try {
+      c = parse(CreditsPerUnit, options.creditsPerUnit ?? 1, "creditsPerUnit");
+    } catch (error) {
+      throw new ConfigurationError(`[credit-management] ${(error as Error).message}`, error);
+    }
     if (typeof c === "function") {
       this.creditsFor = c;
     } else if (typeof c === "number") {
-      checkRate(c, "creditsPerUnit");
       this.creditsFor = (amount) => creditsAtRate(amount, c);
     } else {
-      const rates = new Map<string, number>();
-      for (const [currency, rate] of Object.entries(c)) {
-        if (!/^[A-Z]{3}$/.test(currency)) {
-          throw new ConfigurationError(`[credit-management] creditsPerUnit: "${currency}" is not an upper-case ISO-4217 currency code.`);
-        }
-        checkRate(rate, `creditsPerUnit.${currency}`);
-        rates.set(currency, rate);
-      }
-      if (rates.size === 0) throw new ConfigurationError("[credit-management] creditsPerUnit: name at least one currency.");
+      const rates = new Map(Object.entries(c));
       this.rates = rates;
       this.creditsFor = (amount, currency) => creditsAtRate(amount, rates.get(currency) as number);
     }
@@ -482,12 +480,6 @@ export class PaymentService {
       const next: Payment = { ...cur, ...patch, version: cur.version + 1, updatedAt: this.deps.clock() };
       if (await this.deps.db.updatePayment(next)) return next;
     }
-  }
-}
-
-function checkRate(rate: unknown, what: string): void {
-  if (typeof rate !== "number" || !Number.isFinite(rate) || rate <= 0 || rate > 1e9) {
-    throw new ConfigurationError(`[credit-management] ${what} must be a positive number (at most 1e9), got ${String(rate)}.`);
   }
 }
 
