@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, toNodeHandler, type CreditHandler, type Identity, type RouteDefinition } from "../../src/http/index.js";
-import { listen } from "./servers.js";
+import { listen, waitFor } from "./servers.js";
 
 const authenticate = (request: Request): Identity | null => {
   const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
@@ -179,10 +179,6 @@ describe("HTTP hardening: toNodeHandler", () => {
     return { state, server };
   }
 
-  const waitFor = async (cond: () => boolean, ms = 2000) => {
-    for (let t = 0; t < ms && !cond(); t += 10) await sleep(10);
-  };
-
   it("a client gone before the response started: the body is cancelled and the handler settles", async () => {
     const { state, server } = await endless(150);
     try {
@@ -192,7 +188,7 @@ describe("HTTP hardening: toNodeHandler", () => {
       req.end();
       await sleep(50);
       req.destroy(); // before the handler has its Response
-      await waitFor(() => state.settled && state.cancelled);
+      await waitFor(() => (state.settled && state.cancelled) || undefined, 2000);
       expect(state).toMatchObject({ settled: true, cancelled: true });
       expect(state.pulls).toBeLessThanOrEqual(2);
     } finally {
@@ -208,7 +204,7 @@ describe("HTTP hardening: toNodeHandler", () => {
       const reader = res.body!.getReader();
       await reader.read();
       controller.abort();
-      await waitFor(() => state.settled && state.cancelled);
+      await waitFor(() => (state.settled && state.cancelled) || undefined, 2000);
       expect(state).toMatchObject({ settled: true, cancelled: true });
     } finally {
       await server.close();

@@ -7,17 +7,7 @@ import { Hono } from "hono";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
 import { creditMetering, creditMeteringMiddleware, recordUsage } from "../../src/http/index.js";
-import { listen, serveHono, type Running } from "./servers.js";
-
-async function waitFor<T>(fn: () => T | undefined, ms = 5000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error("timed out waiting");
-    await sleep(5);
-  }
-}
+import { listen, serveHono, waitFor, type Running } from "./servers.js";
 
 /** Sends `METHOD target` exactly as written (no URL normalisation by the client); the status. */
 function rawStatus(url: string, method: string, target: string, headers: Record<string, string> = {}): Promise<number> {

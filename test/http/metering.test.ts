@@ -2,17 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
 import { meteredHosts } from "./metering-apps.js";
-import type { Running } from "./servers.js";
-
-async function waitFor<T>(fn: () => T | undefined, ms = 5000): Promise<T> {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > until) throw new Error("timed out waiting");
-    await sleep(5);
-  }
-}
+import { waitFor, type Running } from "./servers.js";
 
 describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (_name, host) => {
   let m: CreditManager;

@@ -77,3 +77,14 @@ export async function serveHono(fetch: (request: Request) => Response | Promise<
 }
 
 export type NodeListener = (req: IncomingMessage, res: ServerResponse) => void;
+
+/** Polls `fn` every 5 ms until it returns something (or `ms` pass: then throws). */
+export async function waitFor<T>(fn: () => T | undefined, ms = 5000): Promise<T> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > until) throw new Error("timed out waiting");
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
