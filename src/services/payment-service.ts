@@ -1,6 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
 import type { Logger } from "pino";
-import { stringify } from "safe-stable-stringify";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
@@ -166,7 +165,7 @@ export class PaymentService {
         first.amount === i.amount &&
         first.currency === i.currency &&
         first.description === description &&
-        stringify(first.metadata) === stringify(payment.metadata);
+        fingerprint("metadata", first.metadata) === fingerprint("metadata", payment.metadata);
       if (!same) throw new IdempotencyConflictError(i.idempotencyKey);
       // The first call got as far as a checkout (or failed): answer with it. Else finish it.
       if (first.checkoutUrl !== null || first.status !== "created") return first;
