@@ -6,10 +6,10 @@ import { afterAll, describe, expect, it } from "vitest";
 import { HELP, runCli } from "../src/cli/run.js";
 import { generateSql } from "../src/schema/index.js";
 
-function cli(...args: string[]) {
+async function cli(...args: string[]) {
   let stdout = "";
   let stderr = "";
-  const code = runCli(args, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) });
+  const code = await runCli(args, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) });
   return { code, stdout, stderr };
 }
 
@@ -17,40 +17,40 @@ describe("credit-management CLI", () => {
   const dir = mkdtempSync(join(tmpdir(), "cm-cli-"));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("prints help with --help and -h", () => {
+  it("prints help with --help and -h", async () => {
     for (const flag of ["--help", "-h"]) {
-      const r = cli(flag);
+      const r = await cli(flag);
       expect(r.code).toBe(0);
       expect(r.stdout).toBe(HELP);
       expect(r.stdout).toContain("--dialect postgres|mysql|sqlite");
     }
   });
 
-  it("prints the DDL of each dialect (postgres by default)", () => {
-    expect(cli("schema").stdout).toBe(generateSql({ dialect: "postgres" }));
-    expect(cli("schema", "--backend", "sql", "--dialect", "mysql", "--prefix", "cm_").stdout).toBe(generateSql({ dialect: "mysql", prefix: "cm_" }));
-    expect(cli("schema", "--backend", "sql", "--dialect", "sqlite").stdout).toContain('CREATE TABLE IF NOT EXISTS "accounts"');
-    expect(cli("schema", "--schema", "credits").stdout).toContain('"credits"."journal_entries"');
+  it("prints the DDL of each dialect (postgres by default)", async () => {
+    expect((await cli("schema")).stdout).toBe(generateSql({ dialect: "postgres" }));
+    expect((await cli("schema", "--backend", "sql", "--dialect", "mysql", "--prefix", "cm_")).stdout).toBe(generateSql({ dialect: "mysql", prefix: "cm_" }));
+    expect((await cli("schema", "--backend", "sql", "--dialect", "sqlite")).stdout).toContain('CREATE TABLE IF NOT EXISTS "accounts"');
+    expect((await cli("schema", "--schema", "credits")).stdout).toContain('"credits"."journal_entries"');
   });
 
-  it("prints MongoDB validators as JSON with --backend nosql", () => {
-    const r = cli("schema", "--backend", "nosql");
+  it("prints MongoDB validators as JSON with --backend nosql", async () => {
+    const r = await cli("schema", "--backend", "nosql");
     expect(r.code).toBe(0);
     const parsed = JSON.parse(r.stdout) as Array<{ name: string; validator: { $jsonSchema: unknown } }>;
     expect(parsed.map((c) => c.name)).toContain("journal_entries");
     expect(parsed[0]?.validator.$jsonSchema).toMatchObject({ bsonType: "object" });
   });
 
-  it("writes to --out instead of standard output", () => {
+  it("writes to --out instead of standard output", async () => {
     const file = join(dir, "schema.sql");
-    const r = cli("schema", "--dialect", "postgres", "--out", file);
+    const r = await cli("schema", "--dialect", "postgres", "--out", file);
     expect(r.code).toBe(0);
     expect(r.stdout).toBe("");
     expect(r.stderr).toContain(file);
     expect(readFileSync(file, "utf8")).toBe(generateSql({ dialect: "postgres" }));
   });
 
-  it("exits 2 with a clear message on a bad flag, value or command", () => {
+  it("exits 2 with a clear message on a bad flag, value or command", async () => {
     const cases: Array<[string[], RegExp]> = [
       [["schema", "--bogus"], /Unknown option '--bogus'/],
       [["schema", "--dialect", "oracle"], /--dialect must be one of postgres, mysql, sqlite, not "oracle"/],
@@ -60,9 +60,14 @@ describe("credit-management CLI", () => {
       [["migrate"], /unknown command "migrate"/],
       [[], /missing command/],
       [["schema", "--out"], /argument missing|--out/],
+      [["audit"], /audit needs --user ID \(repeatable\) or --all/],
+      [["audit", "--user", ""], /--user needs an account id/],
+      [["audit", "--all", "--dialect", "mysql"], /--dialect applies to "schema" only/],
+      [["schema", "--all"], /--all applies to "audit" only/],
+      [["audit", "--all", "--ledger-file", ""], /--ledger-file needs a file name/],
     ];
     for (const [args, message] of cases) {
-      const r = cli(...args);
+      const r = await cli(...args);
       expect(r.code, args.join(" ")).toBe(2);
       expect(r.stderr, args.join(" ")).toMatch(message);
       expect(r.stderr).toContain("--help");
@@ -70,7 +75,7 @@ describe("credit-management CLI", () => {
     }
   });
 
-  it("runs as a program: exit codes reach the shell", () => {
+  it("runs as a program: exit codes reach the shell", async () => {
     const run = (...args: string[]) =>
       spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], { encoding: "utf8", timeout: 30_000 });
     const bad = run("schema", "--nope");

@@ -1,5 +1,6 @@
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
+import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { generateMongoSchema } from "../schema/mongo.js";
 import { SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
 
@@ -12,6 +13,7 @@ export const HELP = `Usage: credit-management <command> [options]
 
 Commands:
   schema    Print the storage schema generated from the zod models
+  audit     Replay accounts' journals and check them against the store (and the JSONL ledger files)
 
 Options of "schema":
   --backend sql|nosql              sql: DDL (default); nosql: MongoDB $jsonSchema validators and indexes (JSON)
@@ -19,25 +21,37 @@ Options of "schema":
   --prefix PREFIX                  Put PREFIX in front of every table, collection and index name
   --schema NAME                    PostgreSQL schema / MySQL database / SQLite attached database of the tables
   --out FILE                       Write to FILE instead of standard output
+
+Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_PG_URL and CREDIT_PG_SCHEMA):
+  --user ID                        An account to audit (repeatable)
+  --all                            Every account of the store
+  --ledger-file FILE               A JSONL ledger file to check against the store (repeatable: give
+                                   the rotated files too); each line's hash must recompute, and the
+                                   audited accounts' entries must be in the files exactly as stored
+  --json                           One JSON object per account (and per bad line); summary on stderr
+  Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage.
+
   -h, --help                       Show this help
 
 Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
   npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
   npx credit-management schema --backend nosql --out validators.json
+  CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
 `;
 
 class UsageError extends Error {}
 
 /**
- * Runs the CLI with `args` (without node and the script). Returns the exit code: 0 done, 1 failed,
- * 2 bad usage (the message says what was wrong).
+ * Runs the CLI with `args` (without node and the script). Resolves to the exit code: 0 done, 1
+ * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong).
+ * `source`: the store `audit` reads instead of the environment's (tests).
  */
-export function runCli(args: readonly string[], io: CliIo): number {
+export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
   try {
-    return run(args, io);
+    return await run(args, io, source);
   } catch (error) {
-    if (error instanceof UsageError || isParseArgsError(error)) {
+    if (error instanceof UsageError || error instanceof AuditUsageError || isParseArgsError(error)) {
       // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
       const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
       io.stderr(`credit-management: ${message}\nRun "credit-management --help" for usage.\n`);
@@ -48,7 +62,7 @@ export function runCli(args: readonly string[], io: CliIo): number {
   }
 }
 
-function run(args: readonly string[], io: CliIo): number {
+async function run(args: readonly string[], io: CliIo, source: AuditSource): Promise<number> {
   const { values, positionals } = parseArgs({
     args: [...args],
     allowPositionals: true,
@@ -59,6 +73,10 @@ function run(args: readonly string[], io: CliIo): number {
       prefix: { type: "string" },
       schema: { type: "string" },
       out: { type: "string" },
+      user: { type: "string", multiple: true },
+      all: { type: "boolean" },
+      "ledger-file": { type: "string", multiple: true },
+      json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -67,9 +85,24 @@ function run(args: readonly string[], io: CliIo): number {
     return 0;
   }
   const [command, ...rest] = positionals;
-  if (command === undefined) throw new UsageError("missing command (try \"schema\")");
-  if (command !== "schema") throw new UsageError(`unknown command "${command}"`);
+  if (command === undefined) throw new UsageError('missing command (try "schema" or "audit")');
+  if (command !== "schema" && command !== "audit") throw new UsageError(`unknown command "${command}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
+  const only = (names: readonly string[], of: string) => {
+    for (const name of names) {
+      if ((values as Record<string, unknown>)[name] !== undefined) throw new UsageError(`--${name} applies to "${of}" only`);
+    }
+  };
+  if (command === "audit") {
+    only(["backend", "dialect", "prefix", "schema", "out"], "schema");
+    const users = values.user ?? [];
+    if (users.length === 0 && values.all !== true) throw new UsageError("audit needs --user ID (repeatable) or --all");
+    for (const user of users) if (user.trim() === "") throw new UsageError("--user needs an account id");
+    const ledgerFiles = values["ledger-file"] ?? [];
+    for (const file of ledgerFiles) if (file === "") throw new UsageError("--ledger-file needs a file name");
+    return runAudit({ users, all: values.all === true, json: values.json === true, ledgerFiles }, io, source);
+  }
+  only(["user", "all", "ledger-file", "json"], "audit");
 
   const backend = values.backend ?? "sql";
   if (backend !== "sql" && backend !== "nosql") {

@@ -50,6 +50,12 @@ export interface DbManager extends PromoPaymentStore, NotificationStore, Subscri
   listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]>;
   /** A page of a user's journal, by seq (see `JournalQuery`). */
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]>;
+  /**
+   * Optional: the ids of accounts (users with at least one journal entry or account row), in
+   * ascending code-unit order, after `after` (exclusive; null from the start), at most `limit`.
+   * `credit-management audit --all` pages through the store with it.
+   */
+  listAccountIds?(after: string | null, limit: number): Promise<string[]>;
   /** Open grants (remaining > 0, not closed) with expiresAt <= asOf, by expiresAt then id. */
   findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]>;
   /** Active reservations with expiresAt <= asOf, by expiresAt then id. */

@@ -245,6 +245,14 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     return this.users.get(userId)?.account ?? null;
   }
 
+  async listAccountIds(after: string | null, limit: number): Promise<string[]> {
+    const ids: string[] = [];
+    for (const [userId, user] of this.users) {
+      if (user.account !== null && user.account !== undefined && (after === null || userId > after)) ids.push(userId);
+    }
+    return ids.sort().slice(0, limit);
+  }
+
   async getGrant(grantId: string): Promise<Grant | null> {
     return this.grantOwner.get(grantId)?.grants.get(grantId) ?? null;
   }

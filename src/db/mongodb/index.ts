@@ -502,6 +502,17 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
     return doc === null ? null : fromDoc(ACCOUNT, doc);
   }
 
+  async listAccountIds(after: string | null, limit: number): Promise<string[]> {
+    const docs = await guard("listAccountIds", () =>
+      this.c.accounts
+        .find(after === null ? {} : { _id: { $gt: after } }, { projection: { _id: 1 } })
+        .sort({ _id: 1 })
+        .limit(limit)
+        .toArray(),
+    );
+    return docs.map((d) => d._id);
+  }
+
   async getGrant(grantId: string): Promise<Grant | null> {
     const doc = await guard("getGrant", () => this.c.grants.findOne({ _id: grantId }));
     return doc === null ? null : fromDoc(GRANT, doc);

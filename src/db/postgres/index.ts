@@ -344,6 +344,15 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     return rows[0] === undefined ? null : this.decode("accounts", rows[0]);
   }
 
+  async listAccountIds(after: string | null, limit: number): Promise<string[]> {
+    // The primary key's own order (its collation breaks ties by bytes: a total order to page by).
+    const rows =
+      after === null
+        ? await this.read("listAccountIds", `SELECT user_id FROM ${this.sql.tables.accounts.qualified} ORDER BY user_id LIMIT $1`, [limit])
+        : await this.read("listAccountIds", `SELECT user_id FROM ${this.sql.tables.accounts.qualified} WHERE user_id > $1 ORDER BY user_id LIMIT $2`, [after, limit]);
+    return rows.map((r) => r.user_id as string);
+  }
+
   async getGrant(grantId: string): Promise<Grant | null> {
     const rows = await this.read("getGrant", `${this.sql.select("grants")} WHERE id = $1`, [grantId]);
     return rows[0] === undefined ? null : this.decode("grants", rows[0]);

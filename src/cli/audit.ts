@@ -1,0 +1,200 @@
+import { createReadStream } from "node:fs";
+import { createInterface } from "node:readline";
+import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
+import { InMemoryDbManager } from "../db/memory/index.js";
+import type { DbManager } from "../db/types.js";
+import { hashEntry } from "../domain/hash.js";
+import type { AuditReport } from "../domain/replay.js";
+import { createCreditManager } from "../manager.js";
+import type { JournalEntry } from "../models/index.js";
+
+export interface AuditCommand {
+  /** Accounts named on the command line (`--user`). */
+  users: readonly string[];
+  /** Every account of the store (`--all`). */
+  all: boolean;
+  /** One JSON object per account on standard output instead of text. */
+  json: boolean;
+  /** JSONL ledger files to check against the store (`--ledger-file`, all of them, rotated ones too). */
+  ledgerFiles: readonly string[];
+}
+
+export interface AuditIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+/** Where the audited store comes from: the environment (as `createDbManagerFromEnv`), or a given one. */
+export interface AuditSource {
+  env?: DbEnv;
+  /** A store to audit instead of the environment's (tests, or a host wiring its own). Not closed. */
+  db?: DbManager;
+}
+
+/** Accounts are listed from the store this many at a time (`--all`). */
+const PAGE = 1000;
+
+/** What one ledger file line says about a transaction, by user and seq. */
+interface FileLine {
+  hash: string;
+  file: string;
+  line: number;
+}
+
+/**
+ * `credit-management audit`: replays every named account's journal (`credits.audit`) — hash chain,
+ * gap-free seq, balance, reserved, debt and grants recomputed and compared with the stored state —
+ * and, with ledger files, checks every transaction line: its hash recomputes from its own text, and
+ * it and the store's entry agree, both ways. Read-only: the store is opened without `init()` and no
+ * ledger file is written. Resolves to the exit code: 0 all consistent, 1 a problem found.
+ */
+export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
+  const db = source.db ?? (await createDbManagerFromEnv(source.env ?? process.env));
+  if (source.db === undefined && db instanceof InMemoryDbManager) {
+    throw new AuditUsageError("audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_PG_URL (and CREDIT_PG_SCHEMA)");
+  }
+  const manager = await createCreditManager({ db, init: false, ledger: false });
+  try {
+    if (command.all && db.listAccountIds === undefined) {
+      throw new AuditUsageError("this store cannot list its accounts: name them with --user");
+    }
+    const fileLines = new Map<string, Map<number, FileLine>>();
+    let failed = 0;
+    let accounts = 0;
+    let fileProblems = 0;
+    for (const file of command.ledgerFiles) fileProblems += await readLedgerFile(file, fileLines, io, command.json);
+
+    const audit = async (userId: string): Promise<void> => {
+      accounts++;
+      const report = await manager.credits.audit(userId);
+      const problems = [...report.problems];
+      if (command.ledgerFiles.length > 0) problems.push(...(await compareWithFile(db, userId, fileLines.get(userId))));
+      fileLines.delete(userId);
+      if (problems.length > 0) failed++;
+      print(io, command.json, { ...report, ok: problems.length === 0, problems });
+    };
+    for (const userId of command.users) await audit(userId);
+    if (command.all) {
+      const named = new Set(command.users);
+      let after: string | null = null;
+      for (;;) {
+        const page: string[] = await (db.listAccountIds as NonNullable<DbManager["listAccountIds"]>)(after, PAGE);
+        for (const userId of page) if (!named.has(userId)) await audit(userId);
+        if (page.length < PAGE) break;
+        after = page[page.length - 1] as string;
+      }
+      // Lines of accounts the store does not have at all.
+      for (const [userId, lines] of fileLines) {
+        for (const [seq, at] of lines) {
+          fileProblems++;
+          problem(io, command.json, at, `user ${JSON.stringify(userId)} seq ${seq} is in the file but the store has no such account`);
+        }
+      }
+    }
+    const summary = `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed} consistent, ${failed} with problems` +
+      (command.ledgerFiles.length > 0 ? `; ${fileProblems} problem${fileProblems === 1 ? "" : "s"} in the ledger files` : "");
+    if (command.json) io.stderr(`${summary}\n`);
+    else io.stdout(`${summary}\n`);
+    return failed > 0 || fileProblems > 0 ? 1 : 0;
+  } finally {
+    // A store given by the caller stays open; one made from the environment is closed.
+    if (source.db === undefined) await manager.close();
+    else await manager.ledger.close();
+  }
+}
+
+/** A mistake on the command line (exit code 2). */
+export class AuditUsageError extends Error {}
+
+function print(io: AuditIo, json: boolean, report: AuditReport): void {
+  if (json) {
+    io.stdout(`${JSON.stringify({ userId: report.userId, ok: report.ok, entries: report.entries, balance: report.balance, reserved: report.reserved, debt: report.debt, problems: report.problems })}\n`);
+    return;
+  }
+  const id = JSON.stringify(report.userId);
+  if (report.ok) {
+    io.stdout(`ok    ${id}: ${report.entries} entries, balance ${report.balance}, reserved ${report.reserved}, debt ${report.debt}\n`);
+    return;
+  }
+  io.stdout(`FAIL  ${id}: ${report.problems.length} problem${report.problems.length === 1 ? "" : "s"}\n`);
+  for (const p of report.problems) io.stdout(`      - ${p}\n`);
+}
+
+function problem(io: AuditIo, json: boolean, at: { file: string; line: number }, message: string): void {
+  if (json) io.stdout(`${JSON.stringify({ file: at.file, line: at.line, problem: message })}\n`);
+  else io.stdout(`FAIL  ${at.file}:${at.line}: ${message}\n`);
+}
+
+/**
+ * Reads a JSONL ledger file: every transaction line must parse and its hash must recompute from the
+ * entry it carries (a line edited after it was written does not). Keeps each line's hash by user
+ * and seq for the comparison with the store. Returns the number of problems printed.
+ */
+async function readLedgerFile(file: string, into: Map<string, Map<number, FileLine>>, io: AuditIo, json: boolean): Promise<number> {
+  let problems = 0;
+  let n = 0;
+  const lines = createInterface({ input: createReadStream(file, { encoding: "utf8" }), crlfDelay: Infinity });
+  for await (const text of lines) {
+    n++;
+    if (text.trim() === "") continue;
+    const at = { file, line: n };
+    let event: { eventType?: unknown; details?: unknown };
+    try {
+      event = JSON.parse(text) as typeof event;
+    } catch {
+      problems++;
+      problem(io, json, at, "not a JSON line");
+      continue;
+    }
+    if (event.eventType !== "transaction") continue;
+    const entry = event.details as (Omit<JournalEntry, "createdAt"> & { createdAt: string }) | undefined;
+    if (entry === undefined || entry === null || typeof entry !== "object" || typeof entry.userId !== "string" || typeof entry.seq !== "number") {
+      problems++;
+      problem(io, json, at, "a transaction line without its entry");
+      continue;
+    }
+    let recomputed: string | null = null;
+    try {
+      recomputed = hashEntry({ ...entry, createdAt: new Date(entry.createdAt) });
+    } catch {
+      // An entry too broken to hash: reported below as a mismatch.
+    }
+    if (recomputed !== entry.hash) {
+      problems++;
+      problem(io, json, at, `user ${JSON.stringify(entry.userId)} seq ${entry.seq}: the line's hash does not match its content`);
+    }
+    let byUser = into.get(entry.userId);
+    if (byUser === undefined) into.set(entry.userId, (byUser = new Map()));
+    const seen = byUser.get(entry.seq);
+    if (seen !== undefined && seen.hash !== entry.hash) {
+      problems++;
+      problem(io, json, at, `user ${JSON.stringify(entry.userId)} seq ${entry.seq} differs from the line at ${seen.file}:${seen.line}`);
+      continue;
+    }
+    byUser.set(entry.seq, { hash: entry.hash, file, line: n });
+  }
+  return problems;
+}
+
+/** The store's journal of one account against the file's lines for it: missing, extra, different. */
+async function compareWithFile(db: DbManager, userId: string, lines: Map<number, FileLine> | undefined): Promise<string[]> {
+  const problems: string[] = [];
+  const file = lines ?? new Map<number, FileLine>();
+  let afterSeq = 0;
+  let last = 0;
+  for (;;) {
+    const page = await db.listJournal(userId, { order: "asc", afterSeq, limit: PAGE });
+    for (const entry of page) {
+      const line = file.get(entry.seq);
+      if (line === undefined) problems.push(`seq ${entry.seq} is in the store but in none of the ledger files`);
+      else if (line.hash !== entry.hash) problems.push(`seq ${entry.seq} differs between the store and ${line.file}:${line.line}`);
+      last = entry.seq;
+    }
+    if (page.length < PAGE) break;
+    afterSeq = last;
+  }
+  for (const [seq, line] of file) {
+    if (seq > last) problems.push(`seq ${seq} is in ${line.file}:${line.line} but not in the store`);
+  }
+  return problems;
+}
