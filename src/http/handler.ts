@@ -25,6 +25,17 @@ export interface CreditHandlerOptions {
   /** Largest request body accepted, in bytes (413 beyond). Default 65,536. */
   maxBodyBytes?: number;
   /**
+   * Refuse requests a browser may send cross-site with the victim's cookies without asking first.
+   * Default true: a POST, PUT, PATCH or DELETE on a route that needs identity must carry
+   * `Content-Type: application/json` (or a `+json` type) even when its body is empty or optional —
+   * commit, release, resume, cancel, deactivate, delete — else 415 `UNSUPPORTED_MEDIA_TYPE`, before
+   * the route runs (a `rawBody` route may take another type, but not none, `text/plain` or a form
+   * type). Public routes (the webhooks) are not affected. Set false only when no browser holds
+   * credentials for these routes (bearer tokens, no cookies) and clients send body-less mutations
+   * without a type.
+   */
+  csrfProtection?: boolean;
+  /**
    * Which plans callers may subscribe to or change to themselves (admins: any active plan, under
    * the admin base path). `"free"` (default): plans with price 0 only, as the library takes no
    * payment for plans; `"all"`: any active plan (your billing gates it); `"none"`: admins only.
@@ -63,7 +74,11 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     trustUserIdHeader: options.trustUserIdHeader === true,
     maxBodyBytes: options.maxBodyBytes ?? 65_536,
     onError: options.onError,
+    csrfProtection: options.csrfProtection ?? true,
   };
+  if (typeof o.csrfProtection !== "boolean") {
+    throw new ConfigurationError("[credit-management] [http] `csrfProtection` must be true or false.");
+  }
   if (o.authenticate === undefined && !o.trustUserIdHeader) {
     throw new ConfigurationError(
       "[credit-management] [http] createCreditHandler needs an `authenticate` hook (or `trustUserIdHeader: true` behind a gateway that sets X-User-Id).",

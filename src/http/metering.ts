@@ -22,8 +22,25 @@ export interface MeteringOptionsBase<Req> {
    * paths are metered").
    */
   pathPrefix?: string;
-  /** Paths (exact and case-sensitive, or a RegExp) never metered, e.g. `/api/health`. */
+  /**
+   * Paths never metered, e.g. `/api/health`: exact strings, or RegExps tested as given. A request
+   * is skipped only when every reading of its path (as sent, percent-decoded, dot-resolved, ...) is
+   * skipped, so `/api/health/../chat` or `/api/%68ealth` stay metered. Letter case follows
+   * `caseSensitive`.
+   */
   skipPaths?: (string | RegExp)[];
+  /**
+   * Whether the router behind tells paths apart by letter case; only `skipPaths` depend on it (the
+   * prefix is always compared without case). `false`: a skip string matches in any ASCII case and
+   * a RegExp is tried on the lower-cased path too, so `/API/health` is skipped like `/api/health`.
+   * Only say `false` when every route behind is matched without case: on a case-sensitive router
+   * `/api/HEALTH` may reach another route (`/api/:model`), which would then run unmetered.
+   * Default: `creditMeteringMiddleware` follows an Express app's "case sensitive routing" setting
+   * (`req.app`; off by default, so Express skips case-insensitively) and is `true` on anything
+   * else (node:http, Fastify); `creditMetering` is `true` (Hono, Next.js, Bun route by case). Set
+   * `true` when routes behind Express sit in an `express.Router({ caseSensitive: true })`.
+   */
+  caseSensitive?: boolean;
   /** Header with the client's estimate. Default `X-Estimated-Tokens`. */
   estimateHeader?: string;
   /** Estimate when the header is absent. Default 100. */
@@ -66,6 +83,12 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
   const prefix = foldCase(normalisePath(o.pathPrefix ?? "/")).replace(/\/+$/, "");
   const prefixSlash = `${prefix}/`;
   const skip = o.skipPaths ?? [];
+  if (!Array.isArray(skip) || skip.some((s) => typeof s !== "string" && !(s instanceof RegExp))) {
+    throw new TypeError("[credit-management] [metering] `skipPaths` must be an array of strings and RegExps.");
+  }
+  if (o.caseSensitive !== undefined && typeof o.caseSensitive !== "boolean") {
+    throw new TypeError("[credit-management] [metering] `caseSensitive` must be a boolean.");
+  }
   const defaultEstimate = o.defaultEstimate ?? 100;
   const maxEstimate = o.maxEstimate ?? 100_000;
   if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1) throw new TypeError("defaultEstimate must be a positive integer");
@@ -84,10 +107,26 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     const folded = foldCase(path);
     return folded === prefix || folded.startsWith(prefixSlash);
   };
-  const skipped = (path: string): boolean => {
+  /**
+   * Whether one reading of a path is a skip path. `anyCase` (the router ignores case): a string
+   * matches in any ASCII case, a RegExp the path as given or lower-cased. Only ASCII letters fold:
+   * Express (path-to-regexp's `i` flag) folds at least those, so this never skips more than it routes.
+   */
+  const skipped = (path: string, anyCase: boolean): boolean => {
+    let lower: string | undefined;
     for (let i = 0; i < skip.length; i++) {
       const s = skip[i] as string | RegExp;
-      if (typeof s === "string" ? s === path : s.test(path)) return true;
+      if (typeof s === "string") {
+        if (s === path || (anyCase && equalsAsciiFolded(s, path))) return true;
+      } else {
+        s.lastIndex = 0; // a `g` or `y` RegExp keeps state between tests
+        if (s.test(path)) return true;
+        if (anyCase) {
+          lower ??= asciiLower(path);
+          s.lastIndex = 0;
+          if (lower !== path && s.test(lower)) return true;
+        }
+      }
     }
     return false;
   };
@@ -95,12 +134,21 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
    * Whether a request path is metered. Routers disagree on what a path means (Express ignores
    * case, Hono decodes `%xx`, Fetch hosts resolve dot segments, ...), so a path is metered when any
    * reading of it is under the prefix (ignoring case) and not skipped: an odd spelling can be
-   * over-metered, never slip through. A plain path (the common case) is the only reading of itself.
+   * over-metered, never slip through, and a skip holds only when every reading is skipped. A plain
+   * path (the common case) is the only reading of itself. `anyCase`: the router ignores case.
    */
-  const applies = (path: string): boolean => {
-    if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path);
-    for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p)) return true;
+  const applies = (path: string, anyCase: boolean): boolean => {
+    if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path, anyCase);
+    for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p, anyCase)) return true;
     return false;
+  };
+  /** Whether skip paths match without case for this request (see `caseSensitive`). */
+  const anyCaseFor = (req: Req): boolean => {
+    if (skip.length === 0) return false;
+    if (o.caseSensitive !== undefined) return !o.caseSensitive;
+    // Express puts its app on the request; its router ignores case unless the app says otherwise.
+    const app = (req as { app?: { enabled?: unknown } } | null)?.app;
+    return typeof app?.enabled === "function" && !(app.enabled as (name: string) => boolean)("case sensitive routing");
   };
 
   /** The estimate from the header (a positive integer), else the default; capped. */
@@ -179,6 +227,7 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
 
   return {
     applies,
+    anyCaseFor,
     estimate,
     usageFrom,
     usageOfBody,
@@ -216,6 +265,25 @@ function startsWithAsciiFolded(path: string, lower: string): boolean {
     let ch = path.charCodeAt(i);
     if (ch >= 65 && ch <= 90) ch |= 32;
     if (ch !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** ASCII letters lower-cased (nothing else changes). */
+function asciiLower(s: string): string {
+  return /[A-Z]/.test(s) ? s.replace(/[A-Z]+/g, (m) => m.toLowerCase()) : s;
+}
+
+/** `a` and `b` are equal with ASCII letters compared without case (no allocation). */
+function equalsAsciiFolded(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 65 && x <= 90) x |= 32;
+    if (y >= 65 && y <= 90) y |= 32;
+    if (x !== y || x < 97 || x > 122) return false;
   }
   return true;
 }
@@ -319,7 +387,7 @@ export function creditMetering(options: CreditMeteringOptions) {
   return (handler: (request: Request) => Response | Promise<Response>) =>
     async (request: Request): Promise<Response> => {
       const path = pathnameOf(request.url);
-      if (!c.applies(path)) return handler(request);
+      if (!c.applies(path, c.anyCaseFor(request))) return handler(request);
       let session: MeterSession;
       try {
         let found = options.authenticate ? options.authenticate(request) : null;
@@ -582,7 +650,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
     const q = target.indexOf("?");
     const path = q === -1 ? target : target.slice(0, q);
-    if (!c.applies(path)) {
+    if (!c.applies(path, c.anyCaseFor(req))) {
       next();
       return;
     }

@@ -23,7 +23,7 @@ const STATUS_TEXT: Record<number, string> = {
   409: "Conflict: not active, idempotency key reused with other arguments, or a lost race",
   410: "The reservation expired",
   413: "Body too large",
-  415: "Body is not JSON",
+  415: "Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too)",
   422: "Well-formed but refused by a rule",
   500: "Internal error",
   503: "The store is unavailable",
@@ -140,7 +140,7 @@ export function buildOpenApi(
         ...(r.response ? { content: { "application/json": { schema: schema(r.response, "output") } } } : {}),
       },
     };
-    const errors = new Set<number>([400, ...(r.access === "public" ? [] : [401]), ...(r.access === "admin" ? [403] : []), ...(r.body ? [413, 415] : []), ...(r.errors ?? []), 500]);
+    const errors = new Set<number>([400, ...(r.access === "public" ? [] : [401]), ...(r.access === "admin" ? [403] : []), ...(r.body ? [413, 415] : r.method !== "GET" && !(r.rawBody === true && r.access === "public") ? [415] : []), ...(r.errors ?? []), 500]);
     for (const code of [...errors].sort()) responses[String(code)] = errorRef(code);
     const op: Json = {
       operationId: r.operationId,

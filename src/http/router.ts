@@ -58,12 +58,15 @@ export interface RouteDefinition {
   /**
    * JSON body schema (validated; 400 with field issues). A POST, PUT, PATCH or DELETE route without
    * one takes no body: an empty one, or the JSON `{}` (415 for another media type, 400 for any
-   * field), unless it sets `rawBody`.
+   * field), unless it sets `rawBody`. Unless the route is public or the handler's `csrfProtection`
+   * is off, such a request must be typed `application/json` even when its body is empty (415).
    */
   body?: z.ZodType;
   /**
    * The route reads the request body itself through `ctx.rawBody()` (a webhook checking a signature
-   * over the bytes): without a `body` schema, the router then leaves the body alone.
+   * over the bytes): without a `body` schema, the router then leaves the body alone. Unless the
+   * route is public, `csrfProtection` still refuses (415) a mutation with no Content-Type,
+   * `text/plain` or a form type; check the type you expect yourself.
    */
   rawBody?: boolean;
   /** Query schema, a zod object whose values are parsed from strings (validated; 400). */
@@ -130,6 +133,12 @@ export interface RouterOptions {
   trustUserIdHeader: boolean;
   maxBodyBytes: number;
   onError: ((error: unknown, request: Request) => void) | undefined;
+  /**
+   * Refuse (415) mutations on routes that need identity unless they are typed as JSON, even with
+   * an empty body (a `rawBody` route: any type but none, `text/plain` and the form types). Default
+   * true in `createCreditHandler`.
+   */
+  csrfProtection?: boolean;
 }
 
 const normalize = (p: string) => {
@@ -227,6 +236,14 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
         if (identity === null) throw new HttpError(401, "UNAUTHORIZED", "Authentication required.");
         if (def.access === "admin" && !identity.admin) throw new HttpError(403, "FORBIDDEN", "Admin only.");
       }
+      // A browser sends a POST cross-site, with the victim's cookies, without asking the server
+      // first when it has no Content-Type or a "simple" one (text/plain, a form); a JSON type needs
+      // a CORS preflight. So a mutation that acts on the caller's account must be typed, even when
+      // its body is empty or optional (commit, release, resume). PUT/PATCH/DELETE too: a host's
+      // method override (`?_method=DELETE`) can turn a form POST into one.
+      if (options.csrfProtection !== false && def.access !== "public" && isMutation(method)) {
+        refuseCrossSiteForm(def, request.headers.get("content-type"));
+      }
       const ctx = context(request, url, params, identity, def, method);
       const headerKey = request.headers.get("idempotency-key");
       if (headerKey !== null) ctx.idempotencyKey = parse(IdempotencyKey, headerKey, "Idempotency-Key");
@@ -274,7 +291,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
           let value: unknown = {};
           if (bytes.byteLength > 0) {
             const type = request.headers.get("content-type") ?? "";
-            if (type !== "" && !/^application\/([\w.+-]*\+)?json\b/i.test(type)) {
+            if (type !== "" && !JSON_TYPE.test(type)) {
               throw new HttpError(415, "UNSUPPORTED_MEDIA_TYPE", "Send the body as application/json.");
             }
             try {
@@ -308,11 +325,38 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
   return { handle, bases, routes: compiled.map((c) => ({ ...c.def, fullPath: c.fullPath })) };
 }
 
+const isMutation = (method: string) => method === "POST" || method === "PUT" || method === "PATCH" || method === "DELETE";
+
+const JSON_TYPE = /^application\/([\w.+-]*\+)?json\b/i;
+
+/** The media types (and none) a browser sends cross-site without a CORS preflight. */
+const SIMPLE_TYPE = /^\s*(text\/plain|application\/x-www-form-urlencoded|multipart\/form-data)\s*(;|$)/i;
+
+/**
+ * 415 for a mutation a browser could have sent cross-site without a preflight: the route's body is
+ * JSON, so its type must say so (an empty body too); a `rawBody` route takes its own types, but
+ * not none nor a "simple" one.
+ */
+function refuseCrossSiteForm(def: RouteDefinition, type: string | null): void {
+  if (def.rawBody === true && def.body === undefined) {
+    if (type !== null && type.trim() !== "" && !SIMPLE_TYPE.test(type)) return;
+    throw new HttpError(415, "UNSUPPORTED_MEDIA_TYPE", "Send this request with a Content-Type header that is not text/plain or a form type.", {
+      contentType: "not text/plain, application/x-www-form-urlencoded or multipart/form-data",
+    });
+  }
+  if (type !== null && JSON_TYPE.test(type)) return;
+  throw new HttpError(
+    415,
+    "UNSUPPORTED_MEDIA_TYPE",
+    "Send POST, PUT, PATCH and DELETE requests with Content-Type: application/json, also when the body is empty.",
+    { contentType: "application/json" },
+  );
+}
+
 /** What a mutation without a `body` schema accepts: nothing, or `{}`. */
 const NoBody = z.strictObject({});
 
-const takesNoBody = (def: RouteDefinition, method: string) =>
-  def.body === undefined && def.rawBody !== true && (method === "POST" || method === "PUT" || method === "PATCH" || method === "DELETE");
+const takesNoBody = (def: RouteDefinition, method: string) => def.body === undefined && def.rawBody !== true && isMutation(method);
 
 /** Reads the body up to `limit` bytes (413 beyond). */
 async function readBody(request: Request, limit: number): Promise<Uint8Array> {

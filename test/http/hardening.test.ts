@@ -5,7 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, toNodeHandler, type CreditHandler, type Identity, type RouteDefinition } from "../../src/http/index.js";
-import { listen, waitFor } from "./servers.js";
+import { hosts, listen, waitFor, type Running } from "./servers.js";
 
 const authenticate = (request: Request): Identity | null => {
   const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
@@ -37,7 +37,8 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
 
   const call = async (method: string, path: string, who: string | null, body?: unknown, headers: Record<string, string> = {}) => {
     const h: Record<string, string> = { ...(who ? { authorization: `Bearer ${who}` } : {}), ...headers };
-    if (body !== undefined && h["content-type"] === undefined) h["content-type"] = "application/json";
+    // A JSON client types every mutation, body or not (csrfProtection refuses untyped ones).
+    if ((body !== undefined || (method !== "GET" && method !== "HEAD")) && h["content-type"] === undefined) h["content-type"] = "application/json";
     const res = await handler(
       new Request(`http://localhost${path}`, {
         method,
@@ -114,6 +115,140 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
     // Access is checked first: 401 stays 401 whatever the body.
     expect((await call("POST", "/credits/ping", null, "x", { "content-type": "text/plain" })).status).toBe(401);
     expect(errors).toEqual([]);
+  });
+});
+
+describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refused (csrfProtection) on %s", (host) => {
+  let m: CreditManager;
+  let server: Running;
+  let optOut: Running;
+  let ran = 0;
+  /** A user route that reads its own bytes (an upload, say), and a public one. */
+  const rawUser: RouteDefinition = {
+    method: "POST",
+    base: "user",
+    path: "/upload",
+    access: "user",
+    operationId: "upload",
+    summary: "reads its own bytes",
+    rawBody: true,
+    handle: async (ctx) => ({ ran: ++ran, bytes: (await ctx.rawBody()).byteLength }),
+  };
+  const rawPublic: RouteDefinition = { ...rawUser, path: "/beacon", access: "public", operationId: "beacon" };
+  let reservation: string;
+  let grant: string;
+
+  beforeAll(async () => {
+    m = await createCreditManager();
+    const routes = [rawUser, rawPublic];
+    server = await hosts[host]!(createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes }));
+    optOut = await hosts[host]!(createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes, csrfProtection: false }));
+    await m.subscriptions.createPlan({ id: "basic", name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" });
+    await m.subscriptions.createPlan({ id: "other", name: "Other", creditsPerPeriod: 5, billingPeriod: "monthly" });
+    await m.subscriptions.subscribe("bob", "basic");
+    await m.subscriptions.cancel("bob", { atPeriodEnd: true });
+    await m.promos.createPromo({ code: "WELCOME", credits: 5 });
+    grant = (await m.credits.addCredits("bob", 1000)).grants[0]!.grantId;
+    reservation = (await m.credits.reserveCredits("bob", 10)).id;
+  });
+  afterAll(async () => {
+    await server.close();
+    await optOut.close();
+    await m.close();
+  });
+
+  /** A request as a browser's cross-site form or `fetch(no-cors)` would send it: no preflight. */
+  const send = async (base: string, method: string, path: string, type: string | null, body: string, who = "bob") => {
+    const headers: Record<string, string> = { authorization: `Bearer ${who}` };
+    if (type !== null) headers["content-type"] = type;
+    // Bytes, not a string: fetch would add `text/plain` to a string body by itself.
+    const res = await fetch(base + path, { method, headers, body: method === "GET" ? undefined : new TextEncoder().encode(body) });
+    const text = await res.text();
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- error bodies are checked field by field
+    return { status: res.status, json: (text === "" ? null : JSON.parse(text)) as any };
+  };
+  /** What the requests could have changed. */
+  const state = async () => ({
+    bob: await m.credits.getUserCreditsInfo("bob"),
+    history: (await m.credits.getCreditHistory("bob", { limit: 100 })).items.length,
+    reservation: (await m.credits.getReservation(reservation)).status,
+    subscription: await m.subscriptions.getUserSubscription("bob"),
+    plans: await m.subscriptions.listPlans({ includeInactive: true }),
+    promos: (await m.promos.listPromos()).items,
+    ran,
+  });
+  const paramsOf: Record<string, () => string> = { id: () => reservation, userId: () => "bob", grantId: () => grant, planId: () => "other", code: () => "WELCOME" };
+  const VARIANTS: [string | null, string][] = [
+    [null, ""], // an empty POST (a body-less form, fetch without a body)
+    [null, "{}"], // JSON text without a type (fetch no-cors with a Blob)
+    ["text/plain", ""],
+    ["text/plain;charset=UTF-8", "{}"],
+    ["application/x-www-form-urlencoded", ""],
+    ["multipart/form-data; boundary=x", ""],
+  ];
+
+  it("every mutation that needs identity refuses an untyped, text/plain or form request with 415, before it runs", async () => {
+    const handler = createCreditHandler(m, { authenticate, routes: [rawUser, rawPublic] });
+    const mutations = handler.routes.filter((r) => r.method !== "GET" && r.access !== "public" && r.rawBody !== true);
+    expect(mutations.length).toBeGreaterThanOrEqual(23); // credits 7, billing 4, plans and subscriptions 12
+    const before = await state();
+    for (const r of mutations) {
+      const path = r.fullPath.replace(/:(\w+)/g, (_, name: string) => (paramsOf[name] as () => string)());
+      const who = r.access === "admin" ? ADMIN : "bob";
+      for (const [type, body] of VARIANTS) {
+        const res = await send(server.url, r.method, path, type, body, who);
+        expect({ route: `${r.method} ${r.fullPath}`, type, body, status: res.status, error: res.json?.error }).toEqual({
+          route: `${r.method} ${r.fullPath}`,
+          type,
+          body,
+          status: 415,
+          error: {
+            code: "UNSUPPORTED_MEDIA_TYPE",
+            message: "Send POST, PUT, PATCH and DELETE requests with Content-Type: application/json, also when the body is empty.",
+            details: { contentType: "application/json" },
+          },
+        });
+      }
+    }
+    expect(await state()).toEqual(before);
+  });
+
+  it("the same requests typed application/json with an empty body go through", async () => {
+    const json = "application/json";
+    expect((await send(server.url, "POST", `/credits/reservations/${reservation}/commit`, json, "")).status).toBe(200);
+    const r2 = (await m.credits.reserveCredits("bob", 5)).id;
+    expect((await send(server.url, "POST", `/credits/reservations/${r2}/release`, "application/json; charset=utf-8", "")).json.reservation.status).toBe("released");
+    expect((await send(server.url, "POST", "/credits/subscription/resume", json, "")).json.cancelAtPeriodEnd).toBe(false);
+    expect((await send(server.url, "POST", "/credits/subscription/cancel", "application/merge-patch+json", "")).json.cancelAtPeriodEnd).toBe(true);
+    expect((await send(server.url, "POST", "/admin/credits/plans/other/deactivate", json, "", ADMIN)).json.isActive).toBe(false);
+    expect((await send(server.url, "DELETE", "/admin/credits/plans/other", json, "", ADMIN)).status).toBe(204);
+    reservation = (await m.credits.reserveCredits("bob", 10)).id;
+  });
+
+  it("a rawBody route needing identity takes its own types but not none, text/plain or a form; public routes are not affected", async () => {
+    for (const [type, body] of VARIANTS) {
+      const res = await send(server.url, "POST", "/credits/upload", type, body);
+      expect({ type, status: res.status, code: res.json?.error?.code }).toEqual({ type, status: 415, code: "UNSUPPORTED_MEDIA_TYPE" });
+    }
+    expect(ran).toBe(0);
+    expect((await send(server.url, "POST", "/credits/upload", "application/octet-stream", "abc")).json).toEqual({ ran: 1, bytes: 3 });
+    // A public route (the webhooks) has no caller's credentials to abuse.
+    expect((await send(server.url, "POST", "/credits/beacon", "text/plain", "abcd", "")).json).toEqual({ ran: 2, bytes: 4 });
+    expect((await send(server.url, "POST", "/credits/beacon", null, "", "")).status).toBe(200);
+    // Identity is still checked first: 401 stays 401.
+    const anon = await fetch(`${server.url}/credits/reservations/${reservation}/release`, { method: "POST", headers: { "content-type": "text/plain" } });
+    expect(anon.status).toBe(401);
+  });
+
+  it("csrfProtection: false takes untyped and empty text/plain mutations as before", async () => {
+    const r = (await m.credits.reserveCredits("bob", 3)).id;
+    expect((await send(optOut.url, "POST", `/credits/reservations/${r}/release`, null, "")).status).toBe(200);
+    const hold = await send(optOut.url, "POST", "/credits/reservations", null, JSON.stringify({ amount: 4 }));
+    expect([hold.status, hold.json.amount]).toEqual([201, 4]);
+    expect((await send(optOut.url, "POST", `/credits/reservations/${hold.json.id}/release`, "text/plain", "")).status).toBe(200);
+    // A body in another media type is still not JSON.
+    expect((await send(optOut.url, "POST", "/credits/reservations", "text/plain", JSON.stringify({ amount: 4 }))).status).toBe(415);
+    expect(() => createCreditHandler(m, { authenticate, csrfProtection: "yes" as unknown as boolean })).toThrow(/csrfProtection/);
   });
 });
 

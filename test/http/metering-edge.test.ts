@@ -132,9 +132,15 @@ describe("metering matches the prefix on every reading of the path", () => {
     expect(outcomes).toHaveLength(0);
   });
 
-  it("a skip path is exact: another spelling of it is metered rather than skipped", async () => {
-    expect(await rawStatus(expressUrl, "GET", "/API/health")).toBe(401);
+  it("a skip path matches in the router's case only; another spelling of it is metered rather than skipped", async () => {
+    // Express routes without case: /API/health is its /api/health route, skipped.
+    expect(await rawStatus(expressUrl, "GET", "/API/health")).toBe(200);
+    // Express does not decode before routing; Hono does, but the skip must hold for every reading.
+    expect(await rawStatus(expressUrl, "GET", "/api/%68ealth")).toBe(401);
     expect(await rawStatus(honoUrl, "GET", "/api/%68ealth")).toBe(401);
+    // node:http here routes by case: /API/health is not its /api/health.
+    expect(await rawStatus(nodeUrl, "GET", "/API/health")).toBe(401);
+    expect(outcomes).toHaveLength(0);
   });
 
   it("normalises pathPrefix itself (case, trailing slash, missing leading slash)", async () => {
@@ -144,6 +150,158 @@ describe("metering matches the prefix on every reading of the path", () => {
       expect((await metered(new Request("http://h/api/chat"))).status).toBe(401);
       expect((await metered(new Request("http://h/apiary"))).status).toBe(200);
     }
+  });
+});
+
+describe("skip paths follow the router's case, and hold only when every reading is skipped", () => {
+  let m: CreditManager;
+  const outcomes: MeterOutcome[] = [];
+  const servers: Record<string, Running> = {};
+  /** Paid handler runs, by server. */
+  const paid: Record<string, number> = {};
+  const url = (name: string) => (servers[name] as Running).url;
+
+  /** Express with the health, public and paid (`/api/:model`) routes; `caseSensitive`: its app setting. */
+  async function expressApp(name: string, caseSensitiveRouting: boolean) {
+    const app = express();
+    if (caseSensitiveRouting) app.set("case sensitive routing", true);
+    app.use(creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) }));
+    app.get("/api/health", (_req, res) => void res.json({ ok: true }));
+    app.get("/api/public/:file", (_req, res) => void res.json({ file: true }));
+    app.all("/api/:model", (_req, res) => {
+      paid[name] = (paid[name] ?? 0) + 1;
+      res.json({ usage: { total_tokens: 7 } });
+    });
+    servers[name] = await listen(createServer(app));
+  }
+
+  /** node:http with its own router (lower-casing the path first when `fold`). */
+  async function nodeApp(name: string, fold: boolean, extra: { caseSensitive?: boolean } = {}) {
+    const meter = creditMeteringMiddleware({ ...options(m, outcomes), ...extra, authenticate: (req) => bearer(req.headers.authorization) });
+    const route = (req: IncomingMessage, res: ServerResponse) => {
+      const raw = new URL(req.url ?? "/", "http://h").pathname;
+      const path = fold ? raw.toLowerCase() : raw;
+      const free = path === "/api/health" || path.startsWith("/api/public/");
+      if (!free) paid[name] = (paid[name] ?? 0) + 1;
+      res.setHeader("content-type", "application/json");
+      res.end(JSON.stringify(free ? { ok: true } : { usage: { total_tokens: 7 } }));
+    };
+    servers[name] = await listen(createServer((req, res) => meter(req, res, () => route(req, res))));
+  }
+
+  /** Hono behind creditMetering; `fold`: a getPath that lower-cases (a case-insensitive Hono). */
+  async function honoApp(name: string, fold: boolean, extra: { caseSensitive?: boolean } = {}) {
+    const hono = fold ? new Hono({ getPath: (req) => decodeURI(new URL(req.url).pathname).toLowerCase() }) : new Hono();
+    hono.get("/api/health", (c) => c.json({ ok: true }));
+    hono.get("/api/public/:file", (c) => c.json({ file: true }));
+    hono.all("/api/:model", (c) => {
+      paid[name] = (paid[name] ?? 0) + 1;
+      return c.json({ usage: { total_tokens: 7 } });
+    });
+    const metered = creditMetering({ ...options(m, outcomes), ...extra, authenticate: (r) => bearer(r.headers.get("authorization")) });
+    servers[name] = await serveHono(metered(hono.fetch));
+  }
+
+  beforeAll(async () => {
+    m = await createCreditManager();
+    await expressApp("express", false);
+    await expressApp("expressByCase", true);
+    await nodeApp("node", false);
+    await nodeApp("nodeFolding", true, { caseSensitive: false });
+    await honoApp("hono", false);
+    await honoApp("honoFolding", true, { caseSensitive: false });
+  });
+  afterAll(async () => {
+    for (const s of Object.values(servers)) await s.close();
+    await m.close();
+  });
+  beforeEach(() => {
+    outcomes.length = 0;
+    for (const k of Object.keys(paid)) delete paid[k];
+  });
+
+  /** Without credentials: 401 from the meter, the paid route not run. With them: run and charged. */
+  async function expectMetered(name: string, method: string, target: string, reachesPaid: boolean) {
+    expect({ name, target, status: await rawStatus(url(name), method, target) }).toEqual({ name, target, status: 401 });
+    expect(paid[name]).toBeUndefined();
+    if (!reachesPaid) return;
+    const user = `${name}-${target}`;
+    await m.credits.addCredits(user, 100);
+    expect(await rawStatus(url(name), method, target, { authorization: `Bearer ${user}` })).toBe(200);
+    expect(paid[name]).toBe(1);
+    expect(await waitFor(() => outcomes.find((o) => o.userId === user))).toMatchObject({ outcome: "committed", charged: 7 });
+    delete paid[name];
+  }
+
+  it.each(["/API/health", "/Api/Health", "/API/PUBLIC/file", "http://evil.example/API/health", "/API/health?x=1"])(
+    "Express (routes without case by default): %s is a skip path in another case: not metered",
+    async (target) => {
+      expect(await rawStatus(url("express"), "GET", target)).toBe(200);
+      expect(outcomes).toHaveLength(0);
+      expect(paid.express).toBeUndefined();
+    },
+  );
+
+  it.each([
+    ["/api/%68ealth", true], // Express routes it to /api/:model (it does not decode before routing)
+    ["/API/HEALTHZ", true],
+    ["/api/health.json", true],
+    ["/API/health/../chat", false],
+    ["/api/health/%2e%2e/chat", false],
+    ["/API/PUBLIC/../chat", false],
+    ["/API/public/%2E%2E/chat", false],
+    ["/api//health", false],
+  ] as const)("Express: %s is not every reading a skip path: metered", async (target, reachesPaid) => {
+    await expectMetered("express", "POST", target, reachesPaid);
+  });
+
+  it("Express with case sensitive routing: /api/HEALTH reaches /api/:model, so it is metered and charged", async () => {
+    await expectMetered("expressByCase", "GET", "/api/HEALTH", true);
+    await expectMetered("expressByCase", "GET", "/API/health", false);
+    expect(await rawStatus(url("expressByCase"), "GET", "/api/health")).toBe(200);
+  });
+
+  it("node:http (no Express): skip paths match by case unless caseSensitive: false", async () => {
+    await expectMetered("node", "GET", "/API/health", true); // this router sends /API/health to the paid route
+    expect(await rawStatus(url("node"), "GET", "/api/health")).toBe(200);
+    outcomes.length = 0;
+    // A router that folds case, declared with caseSensitive: false.
+    expect(await rawStatus(url("nodeFolding"), "GET", "/API/Health")).toBe(200);
+    expect(await rawStatus(url("nodeFolding"), "GET", "/API/PUBLIC/x")).toBe(200);
+    expect(outcomes).toHaveLength(0);
+    await expectMetered("nodeFolding", "POST", "/API/health/../chat", true);
+    await expectMetered("nodeFolding", "POST", "/API/PUBLIC/%2e%2e/chat", true);
+    await expectMetered("nodeFolding", "POST", "/api/HEALTHZ", true);
+  });
+
+  it("Hono (routes by case): /api/HEALTH reaches /api/:model, so it is metered and charged", async () => {
+    await expectMetered("hono", "GET", "/api/HEALTH", true);
+    await expectMetered("hono", "GET", "/API/public/x", false);
+    expect(await rawStatus(url("hono"), "GET", "/api/health")).toBe(200);
+    expect(await rawStatus(url("hono"), "GET", "/api/public/x")).toBe(200);
+  });
+
+  it("Hono folding case, with caseSensitive: false: the skip path in any case is skipped, other routes stay metered", async () => {
+    expect(await rawStatus(url("honoFolding"), "GET", "/API/Health")).toBe(200);
+    expect(await rawStatus(url("honoFolding"), "GET", "/Api/Public/x")).toBe(200);
+    expect(outcomes).toHaveLength(0);
+    await expectMetered("honoFolding", "POST", "/API/health/../chat", true);
+    await expectMetered("honoFolding", "POST", "/api/HEALTH/%2e%2e/chat", true);
+    await expectMetered("honoFolding", "GET", "/API/HEALTHZ", true);
+    // Decoded it would be the health route; as sent it is not a skip path: metered (never under-metered).
+    await expectMetered("honoFolding", "GET", "/API/%68EALTH", false);
+  });
+
+  it("a RegExp skip path with the g flag skips every time", async () => {
+    const metered = creditMetering({ credits: m.credits, authenticate: () => null, skipPaths: [/^\/api\/health$/g] })(() => Response.json({ ok: true }));
+    for (let i = 0; i < 3; i++) expect((await metered(new Request("http://h/api/health"))).status).toBe(200);
+    expect((await metered(new Request("http://h/api/chat"))).status).toBe(401);
+  });
+
+  it("skipPaths and caseSensitive are checked when the metering is made", () => {
+    const base = { credits: m.credits, authenticate: () => null };
+    expect(() => creditMeteringMiddleware({ ...base, caseSensitive: "no" as unknown as boolean })).toThrow(TypeError);
+    expect(() => creditMetering({ ...base, skipPaths: [42 as unknown as string] })).toThrow(/skipPaths/);
   });
 });
 

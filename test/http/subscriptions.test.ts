@@ -36,7 +36,8 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
   ) => {
     const headers: Record<string, string> = { ...o.headers };
     if (o.user) headers.authorization = `Bearer ${o.user}`;
-    if (o.body !== undefined) headers["content-type"] = "application/json";
+    // A JSON client types every mutation, body or not (csrfProtection refuses untyped ones).
+    if (o.body !== undefined || (method !== "GET" && method !== "HEAD")) headers["content-type"] ??= "application/json";
     const r = await fetch(`${(o.base ?? server).url}${path}`, {
       method,
       headers,
