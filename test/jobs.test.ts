@@ -1,5 +1,17 @@
+import { randomUUID } from "node:crypto";
+import { MongoClient } from "mongodb";
+import pg from "pg";
 import { describe, expect, it } from "vitest";
-import { ExpirationService, SubscriptionService, ValidationError, createCreditManager } from "../src/index.js";
+import { MongoDbManager } from "../src/db/mongodb/index.js";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
+import {
+  ExpirationService,
+  InMemoryDbManager,
+  SubscriptionService,
+  ValidationError,
+  createCreditManager,
+  type DbManager,
+} from "../src/index.js";
 
 const T = Date.UTC(2031, 0, 31, 12);
 const DAY = 86_400_000;
@@ -125,5 +137,119 @@ describe("subscription events", () => {
     expect(done).toMatchObject({ status: "canceled", intent: null });
     expect(await m.db.listNotifications("u", { limit: 100 })).toEqual([]);
     await m.close();
+  });
+});
+
+/**
+ * Stores to run a scenario on: memory always; MongoDB and PostgreSQL when their URL is set (as in
+ * test/mongodb.test.ts and test/postgres.test.ts), each on a fresh database/schema dropped after.
+ */
+const stores: Array<{ name: string; open: () => Promise<{ db: DbManager; drop: () => Promise<void> }> }> = [
+  { name: "memory", open: async () => ({ db: new InMemoryDbManager(), drop: async () => undefined }) },
+];
+const mongoUri = process.env.CREDIT_MONGO_URI;
+if (mongoUri) {
+  stores.push({
+    name: "mongodb",
+    open: async () => {
+      const client = await new MongoClient(mongoUri).connect();
+      const dbName = `credit_test_jobs_${process.pid}_${randomUUID().slice(0, 8)}`;
+      return {
+        db: new MongoDbManager({ client, dbName }),
+        drop: async () => {
+          await client.db(dbName).dropDatabase();
+          await client.close();
+        },
+      };
+    },
+  });
+}
+const pgUrl = process.env.CREDIT_PG_URL;
+if (pgUrl) {
+  stores.push({
+    name: "postgres",
+    open: async () => {
+      const schema = `cm_jobs_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+      return {
+        db: new PostgresDbManager({ connectionString: pgUrl, schema, poolConfig: { max: 4 } }),
+        drop: async () => {
+          const client = new pg.Client({ connectionString: pgUrl });
+          await client.connect();
+          await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+          await client.end();
+        },
+      };
+    },
+  });
+}
+
+describe.each(stores)("releaseExpiredHolds(asOf) on $name", ({ open }) => {
+  const MIN = 60_000;
+  it("releases exactly the holds lapsed at asOf (not those lapsed by the clock), settling the account as of asOf", async () => {
+    const clock = { now: T };
+    const { db, drop } = await open();
+    const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    try {
+      const u = `u-${randomUUID()}`;
+      const v = `v-${randomUUID()}`;
+      await m.credits.addCredits(u, 100); // never expires, drawn first (priority 0)
+      const late = await m.credits.addCredits(u, 50, { expiresAt: new Date(T + 90 * MIN), priority: 5 });
+      const lateGrant = late.grants[0]?.grantId as string;
+      const h1 = await m.credits.reserveCredits(u, 10, { ttlSeconds: 60 }); // lapses at T+1min
+      const h2 = await m.credits.reserveCredits(u, 20, { ttlSeconds: 3600 }); // lapses at T+60min
+      await m.credits.addCredits(v, 10);
+      const hv = await m.credits.reserveCredits(v, 5, { ttlSeconds: 7200 }); // lapses at T+120min
+
+      clock.now = T + 180 * MIN; // everything has lapsed by the clock
+      // A future asOf would release live holds early: refused, and nothing changes.
+      await expect(m.expiration.releaseExpiredHolds(new Date(clock.now + 1))).rejects.toBeInstanceOf(ValidationError);
+      expect((await db.getReservation(h1.id))?.status).toBe("active");
+
+      const past = await m.expiration.releaseExpiredHolds(new Date(T + 30 * MIN));
+      expect(past).toMatchObject({ asOf: new Date(T + 30 * MIN).toISOString(), holdsScanned: 1, holdsReleased: 1, creditsReleased: 10, users: 1, errors: 0 });
+      // h1 released, recorded when it happened (the clock); h2 and v's hold lapsed after asOf: untouched.
+      expect(await db.getReservation(h1.id)).toMatchObject({ status: "expired", settledAt: new Date(clock.now) });
+      expect((await db.getReservation(h2.id))?.status).toBe("active");
+      expect((await db.getReservation(hv.id))?.status).toBe("active");
+      expect(await db.getAccount(u)).toMatchObject({ balance: 150, reserved: 20 });
+      // The grant due at T+90min was not expired by a run as of T+30min.
+      expect(await db.getGrant(lateGrant)).toMatchObject({ remaining: 50, closedAt: null });
+      expect((await db.listJournal(u, { order: "desc", limit: 1 }))[0]).toMatchObject({ type: "release_reserved", amount: 10, reservationId: h1.id });
+
+      // The same run again changes nothing; a run by the clock releases the rest and expires the
+      // late grant (grants first), as a settlement of the account would.
+      expect(await m.expiration.releaseExpiredHolds(new Date(T + 30 * MIN))).toMatchObject({ holdsScanned: 0, holdsReleased: 0 });
+      const now = await m.expiration.releaseExpiredHolds();
+      expect(now).toMatchObject({ holdsScanned: 2, holdsReleased: 2, creditsReleased: 25, users: 2, errors: 0 });
+      expect(await db.getGrant(lateGrant)).toMatchObject({ remaining: 0, closedReason: "expired", expiredAmount: 50 });
+      expect(await db.getAccount(u)).toMatchObject({ balance: 100, reserved: 0 });
+      expect(await db.getAccount(v)).toMatchObject({ balance: 10, reserved: 0 });
+      expect((await m.credits.audit(u)).ok).toBe(true);
+      expect((await m.credits.audit(v)).ok).toBe(true);
+    } finally {
+      await m.close();
+      await drop();
+    }
+  });
+
+  it("runAll(asOf) releases holds as of asOf too", async () => {
+    const clock = { now: T };
+    const { db, drop } = await open();
+    const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    try {
+      const u = `u-${randomUUID()}`;
+      await m.credits.addCredits(u, 100);
+      await m.credits.reserveCredits(u, 10, { ttlSeconds: 60 });
+      const h2 = await m.credits.reserveCredits(u, 20, { ttlSeconds: 3600 });
+      clock.now = T + 180 * MIN;
+      const r = await m.expiration.runAll(new Date(T + 30 * MIN));
+      expect(r.releaseExpiredHolds).toMatchObject({ holdsReleased: 1, creditsReleased: 10 });
+      expect((await db.getReservation(h2.id))?.status).toBe("active");
+      // Committing it is judged by the clock: the hold has lapsed (a past asOf never extends a TTL).
+      await expect(m.credits.commitReservedCredits(h2.id)).rejects.toMatchObject({ code: "RESERVATION_EXPIRED" });
+    } finally {
+      await m.close();
+      await drop();
+    }
   });
 });

@@ -3,12 +3,15 @@ import { describe, expect, it } from "vitest";
 import {
   addMonths,
   allocationExpiry,
+  daysInMonth,
   fractionLeft,
   periodAt,
   periodContaining,
   periodIndexAt,
+  periodStart,
   type BillingPeriod,
 } from "../src/domain/periods.js";
+import { ValidationError, createCreditManager } from "../src/index.js";
 
 const d = (s: string) => new Date(s);
 const iso = (x: Date) => x.toISOString();
@@ -102,5 +105,99 @@ describe("periods", () => {
       }),
       { numRuns: 2000 },
     );
+  });
+});
+
+/** ISO text of a date, including years 0–99 and beyond 9999 (toISOString does both right). */
+const ymd = (x: Date) => iso(x).replace(/T.*/, "");
+/** Days in a month by the Gregorian rule alone (no Date involved): the reference. */
+const refDays = (y: number, m: number) =>
+  m === 1 ? (y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28) : [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m]!;
+const DAY = 86_400_000;
+/** The last and first instants a JavaScript Date holds. */
+const MAX_DATE = new Date(8.64e15);
+const MIN_DATE = new Date(-8.64e15);
+
+describe("periods in years 0–99 (not 1900–1999)", () => {
+  it("monthly and yearly periods stay in the anchor's century", () => {
+    expect(starts("0050-01-31T00:00:00Z", "monthly", 4)).toEqual(["0050-01-31", "0050-02-28", "0050-03-31", "0050-04-30"]);
+    expect(iso(periodAt(d("0050-01-31T06:07:08.009Z"), "monthly", 0).end)).toBe("0050-02-28T06:07:08.009Z");
+    // Year 0 (1 BC) is a leap year; 100 is not; 1900 is not: each by its own rule.
+    expect(starts("0000-01-31T00:00:00Z", "monthly", 2)).toEqual(["0000-01-31", "0000-02-29"]);
+    expect(starts("0096-02-29T12:00:00Z", "yearly", 9)).toEqual([
+      "0096-02-29", "0097-02-28", "0098-02-28", "0099-02-28", "0100-02-28", "0101-02-28", "0102-02-28", "0103-02-28", "0104-02-29",
+    ]);
+    expect(starts("0099-12-15T00:00:00Z", "monthly", 2)).toEqual(["0099-12-15", "0100-01-15"]);
+    expect(iso(addMonths(d("0001-03-31T00:00:00Z"), -2))).toBe("0001-01-31T00:00:00.000Z");
+    expect(iso(addMonths(d("0001-01-31T00:00:00Z"), -11))).toBe("0000-02-29T00:00:00.000Z");
+    expect([daysInMonth(0, 1), daysInMonth(4, 1), daysInMonth(100, 1), daysInMonth(1900, 1), daysInMonth(2000, 1)]).toEqual([29, 29, 28, 28, 29]);
+    expect(daysInMonth(99, 12)).toBe(31); // month 12 of 99 is January of 100
+  });
+
+  it("finds the period containing an instant in years 0–99", () => {
+    const a = d("0050-01-31T00:00:00Z");
+    expect(periodIndexAt(a, "monthly", d("0050-03-15T00:00:00Z"))).toBe(1);
+    expect(periodIndexAt(a, "monthly", d("0050-03-31T00:00:00Z"))).toBe(2);
+    expect(periodIndexAt(a, "yearly", d("0051-06-01T00:00:00Z"))).toBe(1);
+    const c = periodContaining(a, "monthly", d("0050-02-28T00:00:00Z"));
+    expect([ymd(c.start), ymd(c.end)]).toEqual(["0050-02-28", "0050-03-31"]);
+  });
+
+  it("property: over the whole calendar (negative years to beyond 9999), months are anchored and contiguous", () => {
+    const anchor = fc.date({ min: new Date("-010000-01-01T00:00:00Z"), max: new Date("+020000-01-01T00:00:00Z"), noInvalidDate: true });
+    const period = fc.constantFrom<BillingPeriod>("monthly", "yearly");
+    fc.assert(
+      fc.property(anchor, period, fc.integer({ min: -300, max: 300 }), (a, p, i) => {
+        const cur = periodAt(a, p, i);
+        expect(cur.end.getTime()).toBe(periodAt(a, p, i + 1).start.getTime());
+        expect(cur.start.getTime()).toBeLessThan(cur.end.getTime());
+        const months = a.getUTCFullYear() * 12 + a.getUTCMonth() + (p === "monthly" ? i : i * 12);
+        const y = Math.floor(months / 12);
+        const m = months - y * 12;
+        expect([cur.start.getUTCFullYear(), cur.start.getUTCMonth()]).toEqual([y, m]);
+        expect(cur.start.getUTCDate()).toBe(Math.min(a.getUTCDate(), refDays(y, m)));
+        expect(Math.abs(cur.start.getTime() - a.getTime()) % DAY).toBe(0); // the anchor's time of day
+        if (i >= 0) expect(periodIndexAt(a, p, cur.start)).toBe(i);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+});
+
+describe("periods at the ends of the Date range", () => {
+  it("a period that would end past the last Date is a ValidationError, never a RangeError", () => {
+    const lastDay = new Date(MAX_DATE.getTime() - DAY);
+    for (const p of ["monthly", "yearly", "weekly"] as const) {
+      expect(() => periodAt(lastDay, p, 0)).toThrow(ValidationError);
+      expect(() => periodAt(lastDay, p, 0)).toThrow(/outside the dates a JavaScript Date can hold/);
+    }
+    // The last whole day is still a period: it ends exactly at the last instant.
+    expect(periodAt(lastDay, "daily", 0).end.getTime()).toBe(MAX_DATE.getTime());
+    expect(() => periodAt(lastDay, "daily", 1)).toThrow(ValidationError);
+    expect(() => periodAt(new Date(MIN_DATE.getTime() + DAY), "monthly", -1)).toThrow(ValidationError);
+    expect(() => periodStart(d("2031-01-01T00:00:00Z"), "daily", 2 ** 53)).toThrow(ValidationError);
+    expect(() => addMonths(d("2031-01-01T00:00:00Z"), 3_300_000)).toThrow(ValidationError);
+    expect(() => allocationExpiry({ start: lastDay, end: MAX_DATE }, 2)).toThrow(ValidationError);
+    // The period containing an instant whose period has no representable end.
+    expect(() => periodIndexAt(d("2031-01-15T00:00:00Z"), "monthly", new Date(MAX_DATE.getTime() - 2 * DAY))).toThrow(ValidationError);
+    // Invalid input is refused the same way.
+    expect(() => periodAt(new Date(Number.NaN), "monthly", 0)).toThrow(ValidationError);
+    expect(() => periodAt(d("2031-01-01T00:00:00Z"), "monthly", 1.5)).toThrow(ValidationError);
+    expect(() => periodAt(d("2031-01-01T00:00:00Z"), "hourly" as BillingPeriod, 0)).toThrow(ValidationError);
+  });
+
+  it("subscribe with a startAt near the end of the Date range is a ValidationError and changes nothing", async () => {
+    const m = await createCreditManager({ clock: () => new Date("2031-01-10T12:00:00Z") });
+    await m.subscriptions.createPlan({ id: "y", name: "Y", creditsPerPeriod: 100, billingPeriod: "yearly" });
+    const startAt = new Date(MAX_DATE.getTime() - DAY);
+    const error = await m.subscriptions.subscribe("z", "y", { startAt }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ValidationError);
+    expect(error).toMatchObject({ code: "VALIDATION_ERROR", status: 400 });
+    expect(await m.subscriptions.listUserSubscriptions("z")).toEqual([]);
+    expect(await m.credits.getUserCreditsInfo("z")).toMatchObject({ balance: 0, reserved: 0 });
+    // A far but representable start works.
+    const s = await m.subscriptions.subscribe("w", "y", { startAt: "9999-12-31T00:00:00Z" });
+    expect(iso(s.currentPeriodEnd)).toBe("+010000-12-31T00:00:00.000Z");
+    await m.close();
   });
 });

@@ -137,7 +137,16 @@ export class ExpirationService {
     return report;
   }
 
-  /** Releases every hold past its TTL at `now`, account by account (credits return to their grants). */
+  /**
+   * Releases every hold whose TTL ended at or before `now` (default: the clock; never later than
+   * the clock), account by account: their credits return to their grants. Like a lazy settlement
+   * of the account made at `now`, each unit of work first expires the account's grants due at
+   * `now`, then releases its holds lapsed at `now`, oldest first. With a past `now`, a hold that
+   * lapsed after it is left active for a later run (or the account's next touch, which settles by
+   * the clock); it was already unusable by its holder, who is judged by the clock. The release is
+   * recorded when it happens (the clock), as the grants job records an expiry; credits a hold
+   * returns to a grant that is past its expiry by then expire at once (DESIGN §3).
+   */
   async releaseExpiredHolds(now?: Date | string, options: JobOptions = {}): Promise<ReleaseHoldsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
@@ -158,13 +167,31 @@ export class ExpirationService {
       o,
       (n) => (report.holdsScanned += n),
       async (userId) => {
-        // The unit of work settles what lapsed (holds and grants alike) before its body runs.
-        const released = await this.credits.runUnitOfWork(userId, {}, async (work) =>
-          work.entries.filter((e) => e.type === "release_reserved" && e.description === "reservation expired"),
+        // Settled as of `asOf`, not the clock (settle: false): what lapsed after it is left alone.
+        const released = await this.credits.runUnitOfWork(
+          userId,
+          {},
+          async (work, tx, unit) => {
+            const lapsed = unit.state.reservations
+              .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
+              .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
+            if (lapsed.length === 0) return { holds: 0, credits: 0 };
+            // Grants first, so credits a lapsed hold returns to an expired grant expire with it.
+            work.expireDue(asOf, {});
+            // Closed or spent grants the holds drew from are not part of the loaded state.
+            const missing = new Set<string>();
+            for (const h of lapsed) for (const p of h.allocations) if (work.getGrant(p.grantId) === undefined) missing.add(p.grantId);
+            if (missing.size > 0) work.include(await tx.getGrants([...missing]));
+            let credits = 0;
+            for (const h of lapsed) credits += work.releaseHold(h, "expired", { description: "reservation expired" }).entry.amount;
+            return { holds: lapsed.length, credits };
+          },
+          undefined,
+          { settle: false },
         );
         report.users++;
-        report.holdsReleased += released.length;
-        report.creditsReleased += released.reduce((n, e) => n + e.amount, 0);
+        report.holdsReleased += released.holds;
+        report.creditsReleased += released.credits;
       },
       () => report.errors++,
     );
