@@ -217,3 +217,214 @@ describe("checkCreditExpiration(user, asOf)", () => {
     await m.close();
   });
 });
+
+describe("proration prorates against what the period is on", () => {
+  it("ignores an operator's updatePlan of the current plan mid-period (it applies from the next period)", async () => {
+    const { m, clock } = await setup();
+    await m.subscriptions.createPlan({ id: "pro-b", name: "Pro B", creditsPerPeriod: 1000, billingPeriod: "monthly" });
+    await m.subscriptions.subscribe("u", "pro");
+    await m.subscriptions.updatePlan("pro", { creditsPerPeriod: 0 });
+    clock.now += 60_000;
+    const changed = await m.subscriptions.changePlan("u", "pro-b", { when: "now", credits: "prorate" });
+    expect(changed).toMatchObject({ planId: "pro-b", periodCredits: 1000 });
+    // 1000 → 1000: nothing to prorate (against the plan's new 0 it would have added ~1000).
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(1000);
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+
+  it("a second prorated change prorates against the plan the first one moved to, as it was then", async () => {
+    const { m, clock } = await setup();
+    for (const [id, credits] of [["d100", 100], ["d500", 500], ["d300", 300]] as const) {
+      await m.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
+    }
+    await m.subscriptions.subscribe("u", "d100");
+    clock.now = T + DAY / 4;
+    await m.subscriptions.changePlan("u", "d500");
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(100 + 300); // (500 − 100) × 3/4
+    await m.subscriptions.updatePlan("d500", { creditsPerPeriod: 50 });
+    clock.now = T + DAY / 2;
+    const changed = await m.subscriptions.changePlan("u", "d300");
+    expect(changed.periodCredits).toBe(300);
+    // (300 − 500) × 1/2 = −100 (against the updated 50 it would have added 125).
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(300);
+    // The next period gets the plan's figure as it is then.
+    clock.now = T + DAY;
+    await m.expiration.runAll();
+    expect(await m.subscriptions.getUserSubscription("u")).toMatchObject({ planId: "d300", periodCredits: 300, periodIndex: 1 });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+});
+
+describe("rollover of credits held at the period's end", () => {
+  const H = 3_600_000;
+  // A daily plan of 100 rolling everything over; 40 held from 23:00 over the period's end at 24:00.
+  const scenarios: Record<string, (m: Manager, clock: { now: number }, holdId: string) => Promise<void>> = {
+    "the job runs at the period's end, the hold is released later": async (m, clock, id) => {
+      clock.now = T + 24 * H;
+      await m.expiration.runAll();
+      clock.now = T + 25 * H;
+      await m.credits.releaseReservedCredits(id);
+    },
+    "the hold is released before the job runs": async (m, clock, id) => {
+      clock.now = T + 25 * H;
+      await m.credits.releaseReservedCredits(id);
+    },
+    "the hold lapses before the job runs": async (_m, clock) => {
+      clock.now = T + 27 * H;
+    },
+    "the hold is committed in part before the job runs": async (m, clock, id) => {
+      clock.now = T + 25 * H;
+      await m.credits.commitReservedCredits(id, { amount: 30 });
+    },
+  };
+  for (const [name, between] of Object.entries(scenarios)) {
+    it(`carries what was unspent and unheld then (60), whenever the job runs: ${name}`, async () => {
+      const { m, clock } = await setup();
+      await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" });
+      await m.subscriptions.subscribe("u", "daily");
+      clock.now = T + 23 * H;
+      const hold = await m.credits.reserveCredits("u", 40, { ttlSeconds: 3 * 3600 });
+      await between(m, clock, hold.id);
+      clock.now = T + 27.5 * H;
+      await m.expiration.runAll();
+      const grants = await m.credits.getGrants("u", { includeInactive: true });
+      expect(grants.filter((g) => g.source === "rollover").map((g) => g.amount)).toEqual([60]);
+      // The held 40 expired (what was not spent of it) with the period's grant.
+      const first = grants.find((g) => g.source === "subscription" && g.createdAt.getTime() === T);
+      expect(first?.expiredAmount).toBe(name.includes("committed") ? 70 : 100);
+      expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(160);
+      expect((await m.credits.audit("u")).ok).toBe(true);
+      await m.close();
+    });
+  }
+});
+
+describe("rollover of a period whose credits were all held at its end", () => {
+  it("carries nothing when the hold returns them after the end (the grant is closed before they come back)", async () => {
+    const H = 3_600_000;
+    const { m, clock } = await setup();
+    await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" });
+    await m.subscriptions.subscribe("u", "daily");
+    clock.now = T + 23 * H;
+    const hold = await m.credits.reserveCredits("u", 100, { ttlSeconds: 3 * 3600 });
+    clock.now = T + 25 * H;
+    await m.credits.releaseReservedCredits(hold.id); // nothing else was due: this unit of work settles nothing first
+    const entries = await m.db.listJournal("u", { order: "asc", limit: 100 });
+    expect(entries.filter((e) => e.type === "expire").map((e) => [e.amount, e.reservationId])).toEqual([[100, hold.id]]);
+    clock.now = T + 26 * H;
+    await m.expiration.runAll();
+    const grants = await m.credits.getGrants("u", { includeInactive: true });
+    expect(grants.filter((g) => g.source === "rollover")).toEqual([]);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(100);
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+});
+
+describe("rollover of credits a hold had stopped holding before the period's end", () => {
+  const H = 3_600_000;
+  for (const touched of [false, true]) {
+    it(`carries them, whether or not the lapsed hold was settled before the end (${touched ? "it was" : "it was not"})`, async () => {
+      const { m, clock } = await setup();
+      await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" });
+      await m.subscriptions.subscribe("u", "daily");
+      clock.now = T + 20 * H;
+      await m.credits.reserveCredits("u", 40, { ttlSeconds: 2 * 3600 }); // lapses at 22:00, before the end at 24:00
+      if (touched) {
+        clock.now = T + 23 * H;
+        expect((await m.credits.getUserCreditsInfo("u")).available).toBe(100);
+      }
+      clock.now = T + 25 * H;
+      await m.expiration.runAll();
+      const grants = await m.credits.getGrants("u", { includeInactive: true });
+      expect(grants.filter((g) => g.source === "rollover").map((g) => g.amount)).toEqual([100]);
+      expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(200);
+      expect((await m.credits.audit("u")).ok).toBe(true);
+      await m.close();
+    });
+  }
+});
+
+describe("renewDueSubscriptions with a past asOf", () => {
+  it("never allocates a period that has already ended: the outcome is that of a run now", async () => {
+    const results: unknown[] = [];
+    for (const pastRunFirst of [false, true]) {
+      const clock = { now: Date.UTC(2031, 0, 1) };
+      const m = await createCreditManager({ clock: () => new Date(clock.now) });
+      await m.subscriptions.createPlan({ id: "p", name: "P", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: "all" });
+      await m.subscriptions.subscribe("u", "p");
+      await m.credits.deductCredits("u", 60);
+      clock.now = Date.UTC(2031, 3, 15); // the scheduler was down until Apr 15
+      if (pastRunFirst) {
+        const r = await m.expiration.renewDueSubscriptions(new Date(Date.UTC(2031, 1, 15)));
+        expect(r).toMatchObject({ renewed: 1, periodsSkipped: 2, errors: 0 });
+      }
+      await m.expiration.runAll();
+      const grants = await m.credits.getGrants("u", { includeInactive: true });
+      // No grant was born expired.
+      for (const g of grants) expect(g.expiresAt === null || g.expiresAt.getTime() > g.createdAt.getTime()).toBe(true);
+      expect((await m.credits.audit("u")).ok).toBe(true);
+      results.push({
+        balance: (await m.credits.getUserCreditsInfo("u")).balance,
+        grants: grants.map((g) => `${g.source}:${g.amount}:${g.expiresAt?.toISOString().slice(0, 10)}`).sort(),
+        period: (await m.subscriptions.getUserSubscription("u"))?.currentPeriodStart.toISOString().slice(0, 10),
+      });
+      await m.close();
+    }
+    // January's unspent 40 rolls into April (the last allocated period's unspent, once).
+    expect(results[0]).toEqual({
+      balance: 140,
+      grants: ["rollover:40:2031-05-01", "subscription:100:2031-02-01", "subscription:100:2031-05-01"],
+      period: "2031-04-01",
+    });
+    expect(results[1]).toEqual(results[0]);
+  });
+});
+
+describe("subscribe retries are compared with the call that subscribed", () => {
+  for (const credits of ["prorate", "keep", "expire"] as const) {
+    it(`an exact retry after changePlan(now, ${credits}) returns the subscription and changes nothing`, async () => {
+      const { m, clock } = await setup();
+      const first = await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 } });
+      clock.now += DAY;
+      const changed = await m.subscriptions.changePlan("u", "pro", { when: "now", credits });
+      const balance = (await m.credits.getUserCreditsInfo("u")).balance;
+      clock.now += 60_000;
+      const again = await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 } });
+      expect(again).toMatchObject({ id: first.id, planId: "pro", version: changed.version });
+      expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(balance);
+      expect(await m.subscriptions.listUserSubscriptions("u")).toHaveLength(1);
+      // Still compared: the plan it is on now is not the plan that call asked for.
+      for (const plan of ["pro", "mini"]) {
+        await expect(m.subscriptions.subscribe("u", plan, { idempotencyKey: "k1", metadata: { order: 1 } }))
+          .rejects.toBeInstanceOf(IdempotencyConflictError);
+      }
+      await m.close();
+    });
+  }
+
+  it("an exact retry after resume (autoRenew) or with the first call's startAt after a new cycle returns the subscription", async () => {
+    const { m, clock } = await setup();
+    const a = await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", autoRenew: false });
+    await m.subscriptions.resume("u");
+    expect(await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", autoRenew: false })).toMatchObject({ id: a.id, autoRenew: true });
+    await expect(m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1" })).rejects.toBeInstanceOf(IdempotencyConflictError);
+
+    const startAt = new Date(T - 5 * DAY);
+    const b = await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt });
+    clock.now += DAY;
+    await m.subscriptions.changePlan("v", "pro", { when: "now", credits: "keep" }); // a new cycle: anchor = now
+    expect(await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt })).toMatchObject({ id: b.id, planId: "pro" });
+    expect(await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2" })).toMatchObject({ id: b.id });
+    await expect(m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt: new Date(clock.now - DAY) }))
+      .rejects.toBeInstanceOf(IdempotencyConflictError);
+    // Without startAt the cycle started at the call's time: that is the startAt it is compared with.
+    const c = await m.subscriptions.subscribe("w", "basic", { idempotencyKey: "k3" });
+    clock.now += 60_000;
+    await m.subscriptions.changePlan("w", "pro", { when: "now", credits: "keep" });
+    expect(await m.subscriptions.subscribe("w", "basic", { idempotencyKey: "k3", startAt: c.createdAt })).toMatchObject({ id: c.id });
+    await m.close();
+  });
+});

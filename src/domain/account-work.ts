@@ -411,9 +411,19 @@ export class AccountWork {
 
   /**
    * Ends `hold`'s earmark: its allocations go back to their grants, debt is paid from them first,
-   * and what lands on a closed grant expires (or is voided) at once.
+   * and what lands on a closed (or past-expiry) grant expires (or is voided) at once.
    */
   private returnToGrants(hold: Reservation, meta: EntryMeta): { entry: JournalEntry; expired: number } {
+    // A grant the hold drew from that is past its expiry but not closed yet (a unit of work that
+    // does not settle) is closed first, so its expiry records exactly what it had unspent and
+    // unheld when it expired; what the hold returns to it then expires as the hold's own entry
+    // (`reservationId` set), as it does for a grant closed earlier. Rollover reads the difference.
+    const due: Grant[] = [];
+    for (const p of hold.allocations) {
+      const g = this.grants.get(p.grantId);
+      if (g !== undefined && isDue(g, this.now) && !due.includes(g)) due.push(g);
+    }
+    let expired = due.length === 0 ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
     let debt = this.account.debt;
     const returned: GrantPortion[] = [];
     for (const p of hold.allocations) {
@@ -429,7 +439,6 @@ export class AccountWork {
     this.account.reserved = this.account.reserved - hold.amount;
     this.account.debt = debt;
     const entry = this.emit("release_reserved", hold.amount, returned, hold.id, meta);
-    let expired = 0;
     for (const reason of ["expired", "voided"] as const) {
       const closed = returned.filter((p) => this.grants.get(p.grantId)?.closedReason === reason);
       if (closed.length === 0) continue;
@@ -444,10 +453,6 @@ export class AccountWork {
         description: `returned credits of a ${reason} grant`,
       });
       if (reason === "expired") expired += total;
-    }
-    // Credits returned to a grant that is past its expiry but not yet closed expire now too.
-    if (this.grants.size > 0 && returned.some((p) => isDue(this.grants.get(p.grantId) as Grant, this.now))) {
-      expired += this.expireDue(this.now, {});
     }
     return { entry, expired };
   }

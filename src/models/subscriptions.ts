@@ -112,6 +112,15 @@ export const SubscriptionIntent = z.object({
 });
 export type SubscriptionIntent = z.infer<typeof SubscriptionIntent>;
 
+/** The arguments of the `subscribe` call that created a subscription (see `Subscription.request`). */
+export const SubscribeRequest = z.object({
+  planId: PlanId,
+  autoRenew: z.boolean(),
+  /** Epoch ms; null: no `startAt` was given (the cycle started at `createdAt`). */
+  startAt: z.number().int().nullable(),
+});
+export type SubscribeRequest = z.infer<typeof SubscribeRequest>;
+
 /** A user's subscription. At most one per user is `active`. */
 export const Subscription = z.object({
   id: EntityId,
@@ -144,6 +153,20 @@ export const Subscription = z.object({
   updatedAt: z.date(),
   canceledAt: z.date().nullable(),
   endedAt: z.date().nullable(),
+  /**
+   * Credits per period the current period is on: its allocation (0 when it got none), or the
+   * `creditsPerPeriod` of the plan a prorated `changePlan` moved it to. What proration prorates
+   * against (an operator's `updatePlan` mid-period does not change it). Null on subscriptions
+   * stored before this field existed (absent or null): the plan's current figure is used then.
+   */
+  periodCredits: NonNegativeAmount.nullable().optional(),
+  /**
+   * What the `subscribe` call that created the subscription asked for (`startAt` in epoch ms, null
+   * when not given), so a retry with its idempotency key is compared with that call, not with what
+   * plan changes, `resume` or a new cycle made of the subscription since. Null on subscriptions
+   * stored before this field existed (absent or null).
+   */
+  request: SubscribeRequest.nullable().optional(),
 });
 export type Subscription = z.infer<typeof Subscription>;
 

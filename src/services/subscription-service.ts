@@ -21,6 +21,7 @@ import {
   type Grant,
   type JournalEntry,
   type Plan,
+  type Reservation,
   type Subscription,
   type SubscriptionIntent,
 } from "../models/index.js";
@@ -205,6 +206,7 @@ export class SubscriptionService {
     const anchor = o.startAt ?? now;
     const period = periodAt(anchor, plan.billingPeriod, periodIndexAt(anchor, plan.billingPeriod, now));
     const id = randomUUID();
+    const first = allocation(plan, period, now);
     const s: Subscription = {
       id,
       userId: user,
@@ -220,9 +222,7 @@ export class SubscriptionService {
       pendingPlanId: null,
       pendingCredits: null,
       periodGrantIds: [],
-      intent: intent(`sub:${id}:${period.start.toISOString()}`, {
-        allocate: allocation(plan, period, now),
-      }),
+      intent: intent(`sub:${id}:${period.start.toISOString()}`, { allocate: first }),
       nextRunAt: period.start.getTime() > now.getTime() ? period.start : now,
       version: 1,
       idempotencyKey: o.idempotencyKey ?? null,
@@ -231,6 +231,8 @@ export class SubscriptionService {
       updatedAt: now,
       canceledAt: null,
       endedAt: null,
+      periodCredits: first?.amount ?? 0,
+      request: { planId: plan.id, autoRenew: o.autoRenew ?? true, startAt: o.startAt?.getTime() ?? null },
     };
     try {
       await this.db.insertSubscription(s);
@@ -297,13 +299,18 @@ export class SubscriptionService {
         if (pending !== null) {
           // Nothing of the period was allocated or used: it gets the new plan's allocation in full.
           const { key: _old, ...rest } = pending;
-          return { ...changed, intent: intent(key, { ...rest, allocate: allocation(plan, period, now), prorate: null }) };
+          const allocate = allocation(plan, period, now);
+          return { ...changed, intent: intent(key, { ...rest, allocate, prorate: null }), periodCredits: allocate?.amount ?? 0 };
         }
-        const oldPlan = await this.db.getPlan(s.planId);
-        const delta = Math.trunc(((plan.creditsPerPeriod - (oldPlan?.creditsPerPeriod ?? 0)) * fractionLeft(period.start, period.end, now)));
+        // Prorated against what this period is on (its allocation, or the plan of an earlier
+        // prorated change), not the old plan's current figure: an operator's updatePlan applies
+        // from the next period on. Subscriptions stored before `periodCredits` existed fall back to it.
+        const current = s.periodCredits ?? (await this.db.getPlan(s.planId))?.creditsPerPeriod ?? 0;
+        const delta = Math.trunc(((plan.creditsPerPeriod - current) * fractionLeft(period.start, period.end, now)));
         const expiresAt = allocationExpiry(period, plan.validityDays);
         return {
           ...changed,
+          periodCredits: plan.creditsPerPeriod,
           intent: intent(key, {
             prorate: { delta: expiresAt.getTime() > now.getTime() ? delta : Math.min(delta, 0), expiresAt: expiresAt.getTime() },
             keepPeriodGrants: true,
@@ -313,6 +320,7 @@ export class SubscriptionService {
       }
       // A new cycle starts now: the unstarted period (if any) is replaced, its events are kept.
       const period = periodAt(now, plan.billingPeriod, 0);
+      const allocate = allocation(plan, period, now);
       return {
         ...s,
         planId: pid,
@@ -324,11 +332,12 @@ export class SubscriptionService {
         pendingPlanId: null,
         pendingCredits: null,
         intent: intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
-          allocate: allocation(plan, period, now),
+          allocate,
           expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
           events: pending?.events,
         }),
         nextRunAt: now,
+        periodCredits: allocate?.amount ?? 0,
       };
     });
   }
@@ -396,8 +405,15 @@ export class SubscriptionService {
    * Brings one subscription up to `now`: completes the account work it owes, then renews (or ends)
    * every period that has ended, one guarded step at a time. Safe to call from several workers at
    * once. Used by the renewal job and `allocateSubscriptionCredits`.
+   *
+   * A `now` before the clock (a job run with a past `asOf`) brings it up to the clock instead: the
+   * account work happens now and cannot be backdated, so moving to a period that has already ended
+   * would allocate credits born expired (and roll them over), and leave a result that depends on
+   * how the job was run. Periods that ended meanwhile are skipped, as in any late catch-up.
    */
-  async advance(subscription: Subscription, now: Date = this.clock()): Promise<AdvanceResult> {
+  async advance(subscription: Subscription, asOf: Date = this.clock()): Promise<AdvanceResult> {
+    const clock = this.clock();
+    const now = asOf.getTime() < clock.getTime() ? clock : asOf;
     const result: AdvanceResult = { subscription, intentsCompleted: 0, renewed: 0, periodsSkipped: 0, ended: 0 };
     let s = subscription;
     for (let step = 0; ; step++) {
@@ -457,6 +473,7 @@ export class SubscriptionService {
             limit: policy === "all" ? null : (endingPlan?.rolloverCap ?? 0),
             expiresAt: period.end.getTime(),
           };
+    const allocate = allocation(plan, period, now);
     return this.tryWrite(s, (x) => ({
       ...x,
       planId: plan.id,
@@ -467,8 +484,9 @@ export class SubscriptionService {
       currentPeriodEnd: period.end,
       pendingPlanId: null,
       pendingCredits: null,
-      intent: intent(`sub:${x.id}:${period.start.toISOString()}`, { allocate: allocation(plan, period, now), carry }),
+      intent: intent(`sub:${x.id}:${period.start.toISOString()}`, { allocate, carry }),
       nextRunAt: now,
+      periodCredits: allocate?.amount ?? 0,
     }), now, false);
   }
 
@@ -485,12 +503,23 @@ export class SubscriptionService {
       correlationId: it.key,
       description: `subscription ${s.id}`,
     };
-    const outcome = await this.credits.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
-      s.userId,
-      meta,
-      async (work, tx) => ({ created: await this.applyIntent(work, tx, s, it, meta) }),
-      async (first) => ({ replayed: first }),
-    );
+    let outcome: { created: string[] } | { replayed: JournalEntry } | undefined;
+    for (let race = 0; outcome === undefined; race++) {
+      // What the period's grants had unspent when they expired, as far as committed work shows it
+      // (read outside the unit of work, which checks that nothing changed it since).
+      const expiry = it.carry === null ? null : await this.periodEndExpiry(s.userId, it.carry);
+      try {
+        outcome = await this.credits.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
+          s.userId,
+          meta,
+          async (work, tx) => ({ created: await this.applyIntent(work, tx, s, it, meta, expiry) }),
+          async (first) => ({ replayed: first }),
+        );
+      } catch (error) {
+        if (!(error instanceof ExpiryMoved)) throw error;
+        if (race >= MAX_RACES) throw new ConflictError(`The credits of subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
+      }
+    }
     // Read outside the unit of work: a store with a connection pool must not be asked for a second
     // connection while the unit of work holds one.
     const newGrants = "created" in outcome ? outcome.created : await this.grantsOf(s.userId, outcome.replayed, it.key);
@@ -514,6 +543,54 @@ export class SubscriptionService {
     }
   }
 
+  /**
+   * For each of the carried grants that expire at the period's end: how much it has expired in all
+   * (`expired`), and how much of that it had unspent and unheld at the period's end (`atExpiry`):
+   * what its closing `expire` entry took, plus what holds that had lapsed by then returned later.
+   * The rest is credits held at the period's end by a hold still live then, which expired when it
+   * returned them (`expire` entries with that `reservationId`, see `AccountWork`). Reads the user's
+   * `expire` entries newest first, only as far back as each grant's closing entry.
+   */
+  private async periodEndExpiry(userId: string, carry: NonNullable<SubscriptionIntent["carry"]>): Promise<PeriodEndExpiry> {
+    const out: PeriodEndExpiry = new Map();
+    const open = new Map<string, { expired: number; seen: number; held: number }>();
+    for (const id of carry.grantIds) {
+      const g = await this.db.getGrant(id);
+      if (g === null || g.userId !== userId || g.expiresAt?.getTime() !== carry.periodEnd) continue;
+      const expired = g.expiredAmount ?? 0;
+      if (g.closedAt === null || expired === 0) out.set(id, { expired, atExpiry: expired });
+      else open.set(id, { expired, seen: 0, held: 0 });
+    }
+    const holds = new Map<string, Reservation | null>();
+    const heldAtEnd = async (reservationId: string): Promise<boolean> => {
+      if (!holds.has(reservationId)) holds.set(reservationId, await this.db.getReservation(reservationId));
+      return liveAt(holds.get(reservationId) ?? null, carry.periodEnd);
+    };
+    const PAGE = 200;
+    let beforeSeq: number | undefined;
+    while (open.size > 0) {
+      const page = await this.db.listJournal(userId, { order: "desc", types: ["expire"], limit: PAGE, ...(beforeSeq === undefined ? {} : { beforeSeq }) });
+      for (const e of page) {
+        for (const p of e.grants) {
+          const x = open.get(p.grantId);
+          if (x === undefined) continue;
+          x.seen += p.amount;
+          if (e.reservationId !== null && (await heldAtEnd(e.reservationId))) x.held += p.amount;
+          // Its closing entry (or all it expired) reached: every later return has been seen.
+          if (e.reservationId === null || x.seen >= x.expired) {
+            out.set(p.grantId, { expired: x.expired, atExpiry: Math.max(0, x.expired - x.held) });
+            open.delete(p.grantId);
+          }
+        }
+      }
+      if (page.length < PAGE) break;
+      beforeSeq = (page[page.length - 1] as JournalEntry).seq;
+    }
+    // Not reached (a journal written before returns were told apart): the best estimate.
+    for (const [id, x] of open) out.set(id, { expired: x.expired, atExpiry: Math.max(0, x.expired - x.held) });
+    return out;
+  }
+
   /** The account side of an intent. Always leaves at least one entry: the key's record. */
   private async applyIntent(
     work: AccountWork,
@@ -521,6 +598,7 @@ export class SubscriptionService {
     s: Subscription,
     it: SubscriptionIntent,
     meta: EntryMeta,
+    expiry: PeriodEndExpiry | null,
   ): Promise<string[]> {
     const start = work.entries.length;
     // The first entry of this work carries the idempotency key; the rest the correlation id.
@@ -552,11 +630,30 @@ export class SubscriptionService {
     }
     if (it.carry !== null) {
       const grants = await load(it.carry.grantIds);
-      // What these grants had unspent at the period's end: whoever expired them recorded it.
+      // What these grants had unspent at the period's end, whoever expired them and whenever. Not
+      // what was held then: those credits expire when their hold returns them, before or after
+      // this runs (the amount must not depend on when the job runs).
       const eligible = grants.filter((g) => g.expiresAt !== null && g.expiresAt.getTime() === it.carry?.periodEnd);
       const stillOpen = eligible.filter((g) => g.closedAt === null).map((g) => g.id);
       if (stillOpen.length > 0) work.expireGrants(stillOpen, m("subscription period ended"));
-      const unspent = eligible.reduce((sum, g) => sum + ((work.getGrant(g.id) ?? g).expiredAmount ?? 0), 0);
+      let unspent = 0;
+      for (const g of eligible) {
+        // Expiries in this unit of work (its settlement, the line above): the closing one, returns.
+        let expiredHere = 0;
+        let heldHere = 0;
+        for (const e of work.entries) {
+          if (e.type !== "expire") continue;
+          for (const p of e.grants) {
+            if (p.grantId !== g.id) continue;
+            expiredHere += p.amount;
+            if (e.reservationId !== null && liveAt(work.getHold(e.reservationId) ?? null, it.carry.periodEnd)) heldHere += p.amount;
+          }
+        }
+        const seen = expiry?.get(g.id) ?? { expired: 0, atExpiry: 0 };
+        // Someone expired or returned credits of it since it was read: read again.
+        if (((work.getGrant(g.id) ?? g).expiredAmount ?? 0) !== seen.expired + expiredHere) throw new ExpiryMoved();
+        unspent += seen.atExpiry + expiredHere - heldHere;
+      }
       const moved = it.carry.limit === null ? unspent : Math.min(unspent, it.carry.limit);
       if (moved > 0 && (it.carry.expiresAt === null || it.carry.expiresAt > work.now.getTime())) {
         add(moved, it.carry.expiresAt, "rollover", `rollover of ${moved} unspent credits`);
@@ -667,14 +764,18 @@ export class SubscriptionService {
 
   /**
    * A `subscribe` that repeats the idempotency key `first` was created with: `first` (brought up to
-   * date while active), or `IdempotencyConflictError` when its arguments contradict what `first`
-   * records of its own: plan, `autoRenew`, `startAt` (its anchor), metadata.
+   * date while active), or `IdempotencyConflictError` when its arguments contradict those of the
+   * call that created it (`first.request`): plan, `autoRenew`, `startAt` (omitted: any), metadata.
+   * What happened to the subscription since (a plan change, `resume`, a new cycle) does not matter.
    */
   private async repeat(first: Subscription, planId: string, o: SubscribeOptions & { startAt?: Date }, now: Date): Promise<Subscription> {
+    // Subscriptions stored before `request` existed: compared with what they record now.
+    const asked = first.request ?? { planId: first.planId, autoRenew: first.autoRenew, startAt: first.anchorAt.getTime() };
     const same =
-      first.planId === planId &&
-      first.autoRenew === (o.autoRenew ?? true) &&
-      (o.startAt === undefined || o.startAt.getTime() === first.anchorAt.getTime()) &&
+      asked.planId === planId &&
+      asked.autoRenew === (o.autoRenew ?? true) &&
+      // No startAt started the cycle at the call's own time (`createdAt`).
+      (o.startAt === undefined || o.startAt.getTime() === (asked.startAt ?? first.createdAt.getTime())) &&
       fingerprint("metadata", o.metadata ?? null) === fingerprint("metadata", first.metadata);
     if (!same) throw new IdempotencyConflictError(first.idempotencyKey ?? "");
     if (first.status !== "active") return copy(first);
@@ -728,6 +829,25 @@ export class SubscriptionService {
     } catch (error) {
       this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
     }
+  }
+}
+
+/** Per carried grant: credits it expired in all, and what it had unspent and unheld when it expired. */
+type PeriodEndExpiry = Map<string, { expired: number; atExpiry: number }>;
+
+/**
+ * True when `hold` (one that returned credits to a grant after the grant's expiry at `at`) still
+ * held them at `at`: it had not lapsed by then. A lapsed hold (status "expired") cannot be released
+ * or committed, so one that ended otherwise was settled after `at`, while live. Unknown: held.
+ */
+function liveAt(hold: Reservation | null, at: number): boolean {
+  return hold === null || hold.status !== "expired" || hold.expiresAt.getTime() > at;
+}
+
+/** The expiry of a carried grant changed between its read and the unit of work: read again. */
+class ExpiryMoved extends Error {
+  constructor() {
+    super("subscription credits changed while the rollover was computed");
   }
 }
 

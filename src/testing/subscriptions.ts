@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { InMemoryCache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
-import { ConflictError, NotFoundError, ValidationError } from "../errors.js";
+import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
 import { LedgerLogger } from "../ledger/index.js";
 import type { JournalEntry, Plan, Subscription } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
@@ -175,6 +175,66 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
       expect((await credits.audit(u)).ok).toBe(true);
       await expect(subscriptions.changePlan(u, small)).rejects.toBeInstanceOf(ConflictError);
+    });
+
+    it("prorates against what the period is on, stored with it (not the plan's figure an operator changed since)", async () => {
+      const db = getDb();
+      const { subscriptions, credits, clock } = servicesWithClock(db, T);
+      const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 100, billingPeriod: "daily" })).id;
+      const b = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 500, billingPeriod: "daily" })).id;
+      const u = user();
+      await subscriptions.subscribe(u, a);
+      expect((await db.getActiveSubscription(u))?.periodCredits).toBe(100);
+      await subscriptions.updatePlan(a, { creditsPerPeriod: 0 });
+      clock.now = T + DAY / 4;
+      await subscriptions.changePlan(u, b);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(100 + 300); // (500 − 100) × 3/4
+      expect((await db.getActiveSubscription(u))?.periodCredits).toBe(500);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("answers an exact subscribe retry after changePlan(now) with the subscription (the call's arguments are stored)", async () => {
+      const db = getDb();
+      const { subscriptions, credits, clock } = servicesWithClock(db, T);
+      const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 10, billingPeriod: "monthly" })).id;
+      const b = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 20, billingPeriod: "monthly" })).id;
+      const u = user();
+      const startAt = new Date(T - 3 * DAY);
+      const first = await subscriptions.subscribe(u, a, { idempotencyKey: "signup", autoRenew: false, startAt });
+      expect((await db.getSubscription(first.id))?.request).toEqual({ planId: a, autoRenew: false, startAt: startAt.getTime() });
+      clock.now = T + DAY;
+      await subscriptions.changePlan(u, b, { when: "now", credits: "keep" });
+      await subscriptions.resume(u);
+      const balance = (await credits.getUserCreditsInfo(u)).balance;
+      const again = await subscriptions.subscribe(u, a, { idempotencyKey: "signup", autoRenew: false, startAt });
+      expect(again).toMatchObject({ id: first.id, planId: b, autoRenew: true });
+      await expect(subscriptions.subscribe(u, b, { idempotencyKey: "signup", autoRenew: false })).rejects.toBeInstanceOf(IdempotencyConflictError);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(balance);
+      expect(await subscriptions.listUserSubscriptions(u)).toHaveLength(1);
+    });
+
+    it("rolls over what was unspent and unheld at the period's end, whenever the job runs", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const p = (await subscriptions.createPlan({ name: "Held", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" })).id;
+      const H = DAY / 24;
+      const [u1, u2, u3] = [user(), user(), user()];
+      for (const u of [u1, u2, u3]) await subscriptions.subscribe(u, p);
+      clock.now = T + 20 * H;
+      await credits.reserveCredits(u3, 30, { ttlSeconds: 2 * 3600 }); // lapses before the end: not held then
+      clock.now = T + 23 * H;
+      const h1 = await credits.reserveCredits(u1, 40, { ttlSeconds: 3 * 3600 }); // released after the end
+      await credits.reserveCredits(u2, 40, { ttlSeconds: 2 * 3600 }); // lapses after the end
+      clock.now = T + 25 * H;
+      await credits.releaseReservedCredits(h1.id);
+      clock.now = T + 26 * H;
+      await expiration.runAll();
+      const rolled = async (u: string) =>
+        (await db.listGrants(u, { includeInactive: true })).filter((g) => g.source === "rollover").map((g) => g.amount);
+      expect(await rolled(u1)).toEqual([60]);
+      expect(await rolled(u2)).toEqual([60]);
+      expect(await rolled(u3)).toEqual([100]);
+      for (const u of [u1, u2, u3]) expect((await credits.audit(u)).ok).toBe(true);
     });
 
     it("changePlan now/keep and now/expire start a new period; period_end switches at renewal", async () => {

@@ -173,13 +173,19 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       }
       if (version < SCHEMA_VERSION) {
         // Version 1 is the generator's DDL (idempotent). Version 2 adds grants.expired_amount and
-        // the plans and subscriptions tables (created by the DDL).
+        // the plans and subscriptions tables (created by the DDL). Version 3 adds
+        // subscriptions.period_credits and subscriptions.request (nullable: null on older rows).
         if (version === 1) {
           await client.query(
             `ALTER TABLE ${this.sql.tables.grants.qualified} ADD COLUMN IF NOT EXISTS expired_amount BIGINT NOT NULL DEFAULT 0 CHECK (expired_amount BETWEEN 0 AND 9007199254740991)`,
           );
         }
         await client.query(this.sql.ddl);
+        if (version === 2) {
+          await client.query(
+            `ALTER TABLE ${this.sql.tables.subscriptions.qualified} ADD COLUMN IF NOT EXISTS period_credits BIGINT CHECK (period_credits BETWEEN 0 AND 9007199254740991), ADD COLUMN IF NOT EXISTS request JSONB`,
+          );
+        }
         await client.query(
           `INSERT INTO ${this.sql.versionTable} (component, version) VALUES ('credit-management', $1) ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now()`,
           [SCHEMA_VERSION],

@@ -4,7 +4,7 @@ import { type SqlTable, generateSql, quoteIdent, sqlTables } from "../../schema/
 import type { TableKey } from "../../schema/tables.js";
 
 /** Bump when the DDL changes; `init()` migrates older stores. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 const q = (name: string) => quoteIdent("postgres", name);
 
