@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ConfigurationError,
+  ConflictError,
   CreditService,
   InMemoryDbManager,
   NotFoundError,
@@ -14,7 +15,10 @@ import {
   ValidationError,
   WebhookRejectedError,
   createCreditManager,
+  type CheckoutRequest,
+  type CheckoutResult,
   type Payment,
+  type PaymentProvider,
 } from "../src/index.js";
 
 const RZP_SECRET = "rzp_webhook_test_secret";
@@ -68,6 +72,14 @@ beforeAll(async () => {
     if (s.method === "POST" && s.path === "/v1/checkout/sessions") {
       if (s.auth !== "Bearer sk_test_123") return send(401, { error: { message: "Invalid API Key provided" } });
       return send(200, { id: "cs_test_abc", url: "https://checkout.stripe.com/c/pay/cs_test_abc", object: "checkout.session" });
+    }
+    if (s.method === "POST" && /^\/v1\/payment_links\/[^/]+\/cancel$/.test(s.path)) {
+      if (s.auth !== `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`) return send(401, { error: { description: "Authentication failed" } });
+      return send(200, { id: s.path.split("/")[3], status: "cancelled" });
+    }
+    if (s.method === "POST" && /^\/v1\/checkout\/sessions\/[^/]+\/expire$/.test(s.path)) {
+      if (s.auth !== "Bearer sk_test_123") return send(401, { error: { message: "Invalid API Key provided" } });
+      return send(200, { id: s.path.split("/")[4], object: "checkout.session", status: "expired" });
     }
     send(404, { error: { message: "not found" } });
   });
@@ -620,5 +632,149 @@ describe("payments: inputs and history", () => {
     await m.promos.claimPromo("dave", "HELLO");
     expect(await m.credits.getUserCreditsInfo("dave")).toMatchObject({ balance: 505 });
     await m.close();
+  });
+});
+
+// ---- One checkout per (user, idempotency key) -----------------------------------------------------
+
+/** A provider whose checkouts the test answers by hand (each call waits on its own deferred). */
+function manualProvider(name = "manual") {
+  const calls: { request: CheckoutRequest; resolve: (r: CheckoutResult) => void; reject: (e: Error) => void }[] = [];
+  const cancelled: string[] = [];
+  const provider: PaymentProvider = {
+    name,
+    createCheckout: (request) => new Promise((resolve, reject) => calls.push({ request, resolve, reject })),
+    async cancelCheckout(ref) {
+      cancelled.push(ref);
+    },
+    verifyWebhook() {},
+    parseEvent() {
+      throw new Error("not used");
+    },
+  };
+  return { provider, calls, cancelled };
+}
+
+const until = async (cond: () => boolean) => {
+  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+  expect(cond()).toBe(true);
+};
+
+describe("payments: one checkout per idempotency key", () => {
+  it("concurrent calls with one key, over two services sharing a store (two processes), open one checkout and answer the same payment", async () => {
+    const db = new InMemoryDbManager();
+    const mk = () =>
+      new PaymentService({
+        db,
+        providers: [new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", webhookSecret: RZP_SECRET, baseUrl })],
+      });
+    const [a, b] = [mk(), mk()];
+    seen.length = 0;
+    const input = { amount: 50_000, currency: "INR", provider: "razorpay", idempotencyKey: "buy-1" };
+    const all = await Promise.all([0, 1, 2, 3, 4, 5].map((n) => (n % 2 === 0 ? a : b).createPaymentLink("alice", input)));
+    expect(seen.filter((x) => x.path === "/v1/payment_links")).toHaveLength(1);
+    for (const p of all) expect(p).toEqual(all[0]);
+    expect(all[0]).toMatchObject({ providerRef: "plink_Test123", checkoutUrl: "https://rzp.io/i/test", status: "created" });
+    expect(await a.getPayment("alice", all[0]!.id)).toEqual(all[0]);
+    // The paid link is credited.
+    const body = rzpLinkPaid(all[0]!);
+    expect((await a.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
+  });
+
+  it("a call waiting on another's checkout fails with a retryable ConflictError; a claim older than checkoutStaleSeconds is taken over, and the late first checkout is cancelled, never handed out", async () => {
+    const clock = { now: T0 };
+    const { provider, calls, cancelled } = manualProvider();
+    const m = await createCreditManager({
+      clock: () => new Date(clock.now),
+      payments: { providers: [provider], checkoutWaitMs: 40, checkoutStaleSeconds: 30 },
+    });
+    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "buy-1" };
+    // The first call claims the payment and hangs at the provider (or its process died).
+    const first = m.payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 1);
+    const started = performance.now();
+    const err = await m.payments.createPaymentLink("erin", input).catch((e: unknown) => e);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(35);
+    expect(err).toBeInstanceOf(ConflictError);
+    expect(err).toMatchObject({ code: "CONFLICT", details: { reason: "checkout_in_progress", paymentId: calls[0]!.request.paymentId } });
+    expect(calls).toHaveLength(1);
+    // Still within checkoutStaleSeconds: still waits.
+    clock.now += 29_000;
+    await expect(m.payments.createPaymentLink("erin", input)).rejects.toBeInstanceOf(ConflictError);
+    expect(calls).toHaveLength(1);
+    // Past it: a retry takes the claim over and opens the checkout, with the same provider idempotency key.
+    clock.now += 1_000;
+    const retry = m.payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 2);
+    expect(calls[1]!.request).toEqual(calls[0]!.request);
+    expect(calls[1]!.request.idempotencyKey).toBe(calls[1]!.request.paymentId);
+    // A third call meanwhile waits for the take-over instead of taking it again.
+    const third = m.payments.createPaymentLink("erin", input);
+    calls[1]!.resolve({ providerRef: "ref_2", url: "https://pay.test/2" });
+    const p = await retry;
+    expect(p).toMatchObject({ providerRef: "ref_2", checkoutUrl: "https://pay.test/2", status: "created" });
+    expect(await third).toEqual(p);
+    // The first call's provider answers late with another checkout: it is cancelled and its caller
+    // gets the recorded one.
+    calls[0]!.resolve({ providerRef: "ref_1", url: "https://pay.test/1" });
+    expect(await first).toEqual(p);
+    expect(cancelled).toEqual(["ref_1"]);
+    expect(await m.payments.getPayment("erin", p.id)).toEqual(p);
+    expect(calls).toHaveLength(2);
+    const [e] = await m.ledger.getEntries({ eventType: "system", userId: "erin" });
+    expect(e).toMatchObject({ details: { paymentId: p.id, discardedRef: "ref_1", recordedRef: "ref_2" } });
+    await m.close();
+  });
+
+  it("a first call that fails after its claim was taken over leaves the take-over's checkout standing", async () => {
+    const clock = { now: T0 };
+    const { provider, calls, cancelled } = manualProvider();
+    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
+    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
+    const first = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 1);
+    clock.now += 5_000;
+    const retry = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 2);
+    calls[1]!.resolve({ providerRef: "ref_2", url: "https://pay.test/2" });
+    const p = await retry;
+    calls[0]!.reject(new PaymentProviderError("timeout"));
+    expect(await first).toEqual(p);
+    expect(await payments.getPayment("erin", p.id)).toMatchObject({ status: "created", providerRef: "ref_2" });
+    expect(cancelled).toEqual([]);
+  });
+
+  it("a provider failure of the claim holder marks the payment failed; a waiting call answers with it", async () => {
+    const { provider, calls } = manualProvider();
+    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(T0), providers: [provider] });
+    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
+    const first = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 1);
+    const second = payments.createPaymentLink("erin", input);
+    await new Promise((r) => setTimeout(r, 20));
+    calls[0]!.reject(new PaymentProviderError("refused"));
+    await expect(first).rejects.toBeInstanceOf(PaymentProviderError);
+    expect(await second).toMatchObject({ status: "failed", checkoutUrl: null });
+    expect(calls).toHaveLength(1);
+  });
+
+  it("checkoutWaitMs and checkoutStaleSeconds must be finite and >= 0", () => {
+    for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), checkoutWaitMs: bad })).toThrow(ConfigurationError);
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), checkoutStaleSeconds: bad })).toThrow(ConfigurationError);
+    }
+  });
+
+  it("the built-in providers cancel a checkout: Razorpay cancels the link, Stripe expires the session", async () => {
+    seen.length = 0;
+    await new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", baseUrl }).cancelCheckout("plink_X1");
+    await new StripeProvider({ secretKey: "sk_test_123", baseUrl }).cancelCheckout("cs_test_X2");
+    expect(seen.map((x) => [x.method, x.path])).toEqual([
+      ["POST", "/v1/payment_links/plink_X1/cancel"],
+      ["POST", "/v1/checkout/sessions/cs_test_X2/expire"],
+    ]);
+    await expect(new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).cancelCheckout("plink_X1")).rejects.toBeInstanceOf(
+      PaymentProviderError,
+    );
   });
 });

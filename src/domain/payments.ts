@@ -1,4 +1,4 @@
-import type { PaymentStatus } from "../models/index.js";
+import type { Payment, PaymentStatus } from "../models/index.js";
 
 /**
  * Order of payment statuses: a payment moves only to a higher rank. Failed, expired and cancelled
@@ -37,3 +37,24 @@ export function creditsToReverse(amount: number, credits: number, refundedTotal:
     refundedTotal >= amount ? credits : Math.min(credits, Math.ceil((credits * refundedTotal) / amount));
   return Math.max(0, target - alreadyReversed);
 }
+
+/**
+ * Where a payment's checkout stands, for a `createPaymentLink` call that found the payment already
+ * stored under its idempotency key. The stored row is the claim: while it is `created` without a
+ * checkout, the call that inserted it (or last took it over) is talking to the provider, and only
+ * claimers write to it (a webhook always moves the status on).
+ *  - settled: it has a checkout, or it moved on (failed to open, paid, …): answer with it;
+ *  - claimed: another call is opening its checkout: wait for it;
+ *  - stale: claimed at least `staleMs` ago (`updatedAt`) and still without a checkout — its
+ *    caller is presumed dead (a crash between the claim and the provider's answer): take it over.
+ */
+export function checkoutState(p: Payment, now: Date, staleMs: number): "settled" | "claimed" | "stale" {
+  if (!awaitsCheckout(p)) return "settled";
+  return now.getTime() - p.updatedAt.getTime() >= staleMs ? "stale" : "claimed";
+}
+
+/**
+ * True while a payment may take a checkout: `created`, and none recorded yet. The first checkout
+ * recorded wins; any other one opened for the payment is handed to no one.
+ */
+export const awaitsCheckout = (p: Payment): boolean => p.status === "created" && p.checkoutUrl === null && p.providerRef === null;

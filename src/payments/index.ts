@@ -36,14 +36,27 @@ export const PaymentManagerOptions = z.strictObject({
    * (`{ INR: 1, USD: 85 }`: other currencies are refused); or `(amount, currency) => credits`.
    */
   creditsPerUnit: CreditsPerUnit.optional(),
+  /**
+   * How long a `createPaymentLink` waits for a concurrent call with the same idempotency key to
+   * open the payment's checkout before a retryable `ConflictError` (milliseconds, default 10,000).
+   */
+  checkoutWaitMs: z.number().finite().min(0).optional(),
+  /** After how many seconds a claimed payment still without a checkout is taken over by a retry (default 60). */
+  checkoutStaleSeconds: z.number().finite().min(0).optional(),
 });
 export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 
 /** @internal */
 export function buildPaymentService(
-  shared: Omit<PaymentServiceOptions, "providers" | "creditsPerUnit">,
+  shared: Omit<PaymentServiceOptions, "providers" | "creditsPerUnit" | "checkoutWaitMs" | "checkoutStaleSeconds">,
   options: z.output<typeof PaymentManagerOptions> | undefined,
 ): PaymentService {
   const providers = options?.providers ?? [new RazorpayProvider(options?.razorpay), new StripeProvider(options?.stripe)];
-  return new PaymentService({ ...shared, providers, creditsPerUnit: options?.creditsPerUnit });
+  return new PaymentService({
+    ...shared,
+    providers,
+    creditsPerUnit: options?.creditsPerUnit,
+    checkoutWaitMs: options?.checkoutWaitMs,
+    checkoutStaleSeconds: options?.checkoutStaleSeconds,
+  });
 }

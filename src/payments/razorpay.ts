@@ -80,6 +80,18 @@ export class RazorpayProvider implements PaymentProvider {
     return { providerRef: id, url };
   }
 
+  /** `POST /v1/payment_links/:id/cancel`: the link can no longer be paid. */
+  async cancelCheckout(providerRef: string): Promise<void> {
+    const { keyId, keySecret } = this.o;
+    if (!keyId || !keySecret) {
+      throw new ConfigurationError("[credit-management] [razorpay] Set keyId and keySecret (or RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET).");
+    }
+    await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`, {
+      method: "POST",
+      headers: { authorization: `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}` },
+    });
+  }
+
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike): void {
     const secret = this.o.webhookSecret;
     if (!secret) {

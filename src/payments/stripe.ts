@@ -85,6 +85,17 @@ export class StripeProvider implements PaymentProvider {
     return { providerRef: id, url };
   }
 
+  /** `POST /v1/checkout/sessions/:id/expire`: the session can no longer be paid. */
+  async cancelCheckout(providerRef: string): Promise<void> {
+    if (!this.secretKey) {
+      throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
+    }
+    await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${this.secretKey}` },
+    });
+  }
+
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void {
     const secret = this.webhookSecret;
     if (!secret) {

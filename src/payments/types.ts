@@ -63,6 +63,13 @@ export interface PaymentProvider {
   readonly name: string;
   createCheckout(request: CheckoutRequest): Promise<CheckoutResult>;
   /**
+   * Optional: closes a checkout so it can no longer be paid (Razorpay cancels the payment link,
+   * Stripe expires the Checkout Session). Called only for a checkout the library opened but never
+   * handed out — a concurrent or taken-over `createPaymentLink` of the same payment recorded
+   * another one first.
+   */
+  cancelCheckout?(providerRef: string): Promise<void>;
+  /**
    * Checks the signature over the exact bytes received. Throws `WebhookRejectedError` when it does
    * not match (or is stale), `ConfigurationError` when no webhook secret is configured.
    */

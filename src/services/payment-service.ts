@@ -4,7 +4,7 @@ import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { canAdvancePayment, creditsToReverse, isCredited } from "../domain/payments.js";
+import { awaitsCheckout, canAdvancePayment, checkoutState, creditsToReverse, isCredited } from "../domain/payments.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
@@ -19,7 +19,7 @@ import {
   type PaymentStatus,
 } from "../models/index.js";
 import { systemKey } from "../domain/keys.js";
-import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
+import type { CheckoutResult, HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
 import type { CreditService } from "./credit-service.js";
 import { decodeCursor, encodeCursor } from "./promo-service.js";
@@ -38,6 +38,19 @@ export interface PaymentServiceOptions {
    * Rates give `amount × rate` rounded down (exact decimal products are not lost to floating point).
    */
   creditsPerUnit?: number | Readonly<Record<string, number>> | ((amount: number, currency: string) => number);
+  /**
+   * How long (milliseconds) a `createPaymentLink` call waits for a concurrent call with the same
+   * idempotency key that is opening the payment's checkout, before it fails with a retryable
+   * `ConflictError` (`details.reason: "checkout_in_progress"`). Default 10,000.
+   */
+  checkoutWaitMs?: number;
+  /**
+   * A payment claimed by a `createPaymentLink` (stored, no checkout yet) this many seconds ago by
+   * the clock is presumed abandoned — its caller crashed before the provider answered — and a call
+   * with the same key takes it over and opens the checkout. Keep it above the provider's slowest
+   * answer. Default 60.
+   */
+  checkoutStaleSeconds?: number;
   ledger?: LedgerLogger;
   cache?: Cache;
   clock?: () => Date;
@@ -77,9 +90,13 @@ export class PaymentService {
   private readonly creditsFor: (amount: number, currency: string) => number;
   /** The currencies payments may be made in (from a per-currency `creditsPerUnit`); null: any. */
   private readonly rates: ReadonlyMap<string, number> | null = null;
+  private readonly checkoutWaitMs: number;
+  private readonly checkoutStaleMs: number;
 
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options);
+    this.checkoutWaitMs = nonNegative(options.checkoutWaitMs, 10_000, "checkoutWaitMs");
+    this.checkoutStaleMs = nonNegative(options.checkoutStaleSeconds, 60, "checkoutStaleSeconds") * 1000;
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
     let c: z.output<typeof CreditsPerUnit>;
     try {
@@ -108,6 +125,13 @@ export class PaymentService {
    * Resolves to the payment, whose `checkoutUrl` is where to send the user. With an
    * `idempotencyKey`, a repeated call returns the same payment (the same arguments) or fails with
    * `IdempotencyConflictError` (other arguments); the key also goes to the provider where it takes one.
+   *
+   * One checkout per payment: the payment row, inserted under its unique id before the provider is
+   * called, is the claim. A call with the same key that finds it still without a checkout waits for
+   * it (up to `checkoutWaitMs`, then a retryable `ConflictError`), or takes it over once it is older
+   * than `checkoutStaleSeconds` (its first caller crashed). Should two checkouts still be opened (a
+   * provider slower than `checkoutStaleSeconds`), the first recorded is the payment's; the other is
+   * handed to no one and cancelled at the provider where it can be.
    */
   async createPaymentLink(userId: string, input: CreatePaymentInput): Promise<Payment> {
     const user = parse(UserId, userId, "userId");
@@ -131,7 +155,7 @@ export class PaymentService {
       i.idempotencyKey === undefined
         ? randomUUID()
         : `pl_${createHash("sha256").update(`${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 40)}`;
-    let payment: Payment = {
+    let claim: Payment = {
       id,
       userId: user,
       provider: provider.name,
@@ -152,9 +176,10 @@ export class PaymentService {
       createdAt: now,
       updatedAt: now,
     };
-    // Stored before the provider hears of it: a webhook for this checkout always finds its payment.
+    // Stored before the provider hears of it: a webhook for this checkout always finds its payment,
+    // and the insert is the claim only one caller wins (the store's unique id, across processes).
     try {
-      await this.deps.db.insertPayment(payment);
+      await this.deps.db.insertPayment(claim);
     } catch (error) {
       if (!(error instanceof ConflictError) || i.idempotencyKey === undefined) throw error;
       const first = await this.deps.db.getPayment(id);
@@ -165,31 +190,128 @@ export class PaymentService {
         first.amount === i.amount &&
         first.currency === i.currency &&
         first.description === description &&
-        fingerprint("metadata", first.metadata) === fingerprint("metadata", payment.metadata);
+        fingerprint("metadata", first.metadata) === fingerprint("metadata", claim.metadata);
       if (!same) throw new IdempotencyConflictError(i.idempotencyKey);
-      // The first call got as far as a checkout (or failed): answer with it. Else finish it.
-      if (first.checkoutUrl !== null || first.status !== "created") return first;
-      payment = first;
+      // The first call got as far as a checkout (or failed): answer with it. Else wait for it, or
+      // take over its abandoned claim.
+      const outcome = await this.awaitCheckout(first);
+      if (outcome.settled) return outcome.payment;
+      claim = outcome.payment;
     }
-    let checkout;
+    return this.openCheckout(provider, claim, i.idempotencyKey !== undefined);
+  }
+
+  /**
+   * Waits until the claimed payment has a checkout or moved on (`settled`), or takes the claim over
+   * by compare-and-set once it is stale (only one caller wins that too). Fails with a retryable
+   * `ConflictError` when the claimer has not finished within `checkoutWaitMs`.
+   */
+  private async awaitCheckout(first: Payment): Promise<{ settled: boolean; payment: Payment }> {
+    const deadline = performance.now() + this.checkoutWaitMs;
+    let pause = 5;
+    for (let cur = first; ; ) {
+      const now = this.deps.clock();
+      const state = checkoutState(cur, now, this.checkoutStaleMs);
+      if (state === "settled") return { settled: true, payment: cur };
+      if (state === "stale") {
+        const taken: Payment = { ...cur, version: cur.version + 1, updatedAt: now };
+        if (await this.deps.db.updatePayment(taken)) {
+          this.deps.logger?.warn(
+            { paymentId: cur.id, claimedAt: cur.updatedAt.toISOString() },
+            "credit-management: createPaymentLink took over a payment whose checkout was never opened",
+          );
+          return { settled: false, payment: taken };
+        }
+      } else {
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          throw new ConflictError(
+            `Payment ${cur.id}: a concurrent call with this idempotency key is still opening its checkout; retry shortly.`,
+            { paymentId: cur.id, reason: "checkout_in_progress", retryAfterSeconds: 1 },
+          );
+        }
+        await sleep(Math.min(pause, left));
+        pause = Math.min(pause * 2, 200);
+      }
+      const next = await this.deps.db.getPayment(cur.id);
+      if (next === null) throw new NotFoundError(`Payment ${cur.id} not found.`, { paymentId: cur.id });
+      cur = next;
+    }
+  }
+
+  /**
+   * Opens the checkout of a payment this call has claimed and records it, unless another call
+   * recorded one first (then this one is discarded and the recorded payment returned).
+   */
+  private async openCheckout(provider: PaymentProvider, claim: Payment, keyed: boolean): Promise<Payment> {
+    let checkout: CheckoutResult;
     try {
       checkout = await provider.createCheckout({
-        paymentId: payment.id,
-        userId: user,
-        amount: i.amount,
-        currency: i.currency,
-        credits,
-        description,
+        paymentId: claim.id,
+        userId: claim.userId,
+        amount: claim.amount,
+        currency: claim.currency,
+        credits: claim.credits,
+        description: claim.description ?? `${claim.credits} credits`,
         // Not the caller's key: ours are per user, a provider's per merchant account (two users'
-        // "buy-1" would collide). The id derived from user and key is unique and stable.
-        idempotencyKey: i.idempotencyKey === undefined ? undefined : payment.id,
+        // "buy-1" would collide). The id derived from user and key is unique and stable — the same
+        // on a take-over, so a provider that takes it (Stripe) answers with the same checkout.
+        idempotencyKey: keyed ? claim.id : undefined,
       });
     } catch (error) {
-      await this.advance(payment.id, (p) => (canAdvancePayment(p.status, "failed") ? { status: "failed" } : null));
+      // Failed only while the claim is still this call's: a call that took it over meanwhile goes on.
+      const failed: Payment = { ...claim, status: "failed", version: claim.version + 1, updatedAt: this.deps.clock() };
+      if (!(await this.deps.db.updatePayment(failed))) {
+        const cur = await this.deps.db.getPayment(claim.id);
+        if (cur !== null && cur.checkoutUrl !== null) return cur;
+      }
       throw error;
     }
-    payment = await this.advance(payment.id, () => ({ providerRef: checkout.providerRef, checkoutUrl: checkout.url }));
-    return payment;
+    for (let cur: Payment | null = claim; ; ) {
+      if (cur === null) throw new NotFoundError(`Payment ${claim.id} not found.`, { paymentId: claim.id });
+      if (awaitsCheckout(cur)) {
+        const next: Payment = {
+          ...cur,
+          providerRef: checkout.providerRef,
+          checkoutUrl: checkout.url,
+          version: cur.version + 1,
+          updatedAt: this.deps.clock(),
+        };
+        if (await this.deps.db.updatePayment(next)) return next;
+      } else {
+        if (cur.providerRef !== checkout.providerRef) await this.discardCheckout(provider, cur, checkout);
+        return cur;
+      }
+      cur = await this.deps.db.getPayment(claim.id);
+    }
+  }
+
+  /**
+   * A checkout opened for a payment that recorded another one (or moved on) first: it is handed to
+   * no one, cancelled at the provider where it can be, and recorded as a ledger event — kept with
+   * its id should money ever arrive on it (the webhook still finds the payment by its id).
+   */
+  private async discardCheckout(provider: PaymentProvider, p: Payment, checkout: CheckoutResult): Promise<void> {
+    const details = { paymentId: p.id, provider: provider.name, discardedRef: checkout.providerRef, recordedRef: p.providerRef, status: p.status };
+    let cancelled = false;
+    let reason: string | undefined;
+    if (provider.cancelCheckout !== undefined) {
+      try {
+        await provider.cancelCheckout(checkout.providerRef);
+        cancelled = true;
+      } catch (error) {
+        reason = (error as Error).message;
+      }
+    } else {
+      reason = "the provider cannot cancel checkouts";
+    }
+    this.deps.logger?.warn({ ...details, cancelled, reason }, "credit-management: a second checkout opened for one payment was discarded");
+    const context = { userId: p.userId, correlationId: p.id };
+    const message = `A second checkout ${checkout.providerRef} of payment ${p.id} (${provider.name}) was not handed out`;
+    await (cancelled
+      ? this.deps.ledger?.logSystem(`${message}; cancelled at the provider`, details, context)
+      : this.deps.ledger?.logError(`${message}; NOT cancelled (${reason})`, { ...details, reason }, context)
+    )?.catch(() => undefined);
   }
 
   /**
@@ -481,6 +603,16 @@ export class PaymentService {
     }
   }
 }
+
+function nonNegative(v: number | undefined, fallback: number, name: string): number {
+  if (v === undefined) return fallback;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) {
+    throw new ConfigurationError(`[credit-management] ${name} must be a finite number >= 0 (got ${String(v)}).`);
+  }
+  return v;
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** The event names another provider payment than the one the payment was credited with. */
 function otherAttempt(p: Payment, e: PaymentEvent): boolean {

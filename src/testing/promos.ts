@@ -174,6 +174,46 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect((await db.getPromo(c))?.uses).toBe(1);
     });
 
+    it("createPaymentLink with one key from two services at once (two processes): one checkout; a stale claim is taken over once", async () => {
+      const db = getDb();
+      const u = user();
+      let now = T0;
+      const clock = () => new Date(now);
+      const calls: string[] = [];
+      let hang = false;
+      const provider: PaymentProvider = {
+        ...unsignedTestProvider,
+        async createCheckout(r) {
+          calls.push(r.idempotencyKey ?? "");
+          // A caller that never hears back: its process died between the claim and the answer.
+          if (hang) return new Promise<never>(() => undefined);
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          return unsignedTestProvider.createCheckout(r);
+        },
+      };
+      const a = new PaymentService({ db, clock, providers: [provider] });
+      const b = new PaymentService({ db, clock, providers: [provider] });
+      const input = (key: string) => ({ amount: 500, currency: "EUR", provider: "test", idempotencyKey: key });
+      const all = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k1"))));
+      expect(calls).toHaveLength(1);
+      for (const p of all) expect(p).toEqual(all[0]);
+      expect(all[0]).toMatchObject({ status: "created", checkoutUrl: expect.any(String) });
+      expect(await db.getPayment(all[0]!.id)).toEqual(all[0]);
+
+      hang = true;
+      a.createPaymentLink(u, input("k2")).catch(() => undefined);
+      for (let i = 0; i < 200 && calls.length < 2; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+      expect(calls).toHaveLength(2);
+      hang = false;
+      now += 60_000;
+      const retries = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k2"))));
+      expect(calls).toHaveLength(3);
+      expect(calls[2]).toBe(calls[1]);
+      for (const p of retries) expect(p).toEqual(retries[0]);
+      expect(retries[0]).toMatchObject({ status: "created", checkoutUrl: expect.any(String) });
+      expect(await db.getPayment(retries[0]!.id)).toEqual(retries[0]);
+    });
+
     it("status events racing a paid event: the payment ends paid, credited once", async () => {
       const { db, payments, credits } = services();
       const u = user();
