@@ -158,6 +158,22 @@ function program(env: Record<string, string>, ...args: string[]) {
   });
 }
 
+/**
+ * The program on a database `activity()` filled: consistent, then — after `change` edited alice's
+ * deduction (seq 3) in the database, returning how many rows it changed — alice fails, alone.
+ */
+async function intactThenChanged(env: Record<string, string>, file: string, change: () => Promise<number>): Promise<void> {
+  const ok = program(env, "--all", "--ledger-file", file);
+  expect(ok.stderr).toBe("");
+  expect(ok.status).toBe(0);
+  expect(ok.stdout).toContain("3 accounts audited: 3 consistent, 0 with problems; 0 problems in the ledger files");
+  expect(await change()).toBe(1);
+  const bad = program(env, "--all", "--ledger-file", file);
+  expect(bad.status).toBe(1);
+  expect(bad.stdout).toContain('FAIL  "alice"');
+  expect(bad.stdout).toContain("2 consistent, 1 with problems");
+}
+
 const pgUrl = process.env.CREDIT_PG_URL;
 describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_URL)", () => { // reason: needs its database URL (set by .ci/run); skipped otherwise
   const schema = `cm_audit_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -176,21 +192,13 @@ describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_U
   });
 
   it("exits 0 on an intact store, 1 after an entry was changed in the database", async () => {
-    const env = { CREDIT_PG_URL: pgUrl as string, CREDIT_PG_SCHEMA: schema };
-    const ok = program(env, "--all", "--ledger-file", file);
-    expect(ok.stderr).toBe("");
-    expect(ok.status).toBe(0);
-    expect(ok.stdout).toContain("3 accounts audited: 3 consistent, 0 with problems; 0 problems in the ledger files");
-
-    const client = new pg.Client({ connectionString: pgUrl });
-    await client.connect();
-    const changed = await client.query(`UPDATE "${schema}".journal_entries SET amount = 4 WHERE user_id = 'alice' AND seq = 3`);
-    expect(changed.rowCount).toBe(1);
-    await client.end();
-    const bad = program(env, "--all", "--ledger-file", file);
-    expect(bad.status).toBe(1);
-    expect(bad.stdout).toContain('FAIL  "alice"');
-    expect(bad.stdout).toContain("2 consistent, 1 with problems");
+    await intactThenChanged({ CREDIT_PG_URL: pgUrl as string, CREDIT_PG_SCHEMA: schema }, file, async () => {
+      const client = new pg.Client({ connectionString: pgUrl });
+      await client.connect();
+      const changed = await client.query(`UPDATE "${schema}".journal_entries SET amount = 4 WHERE user_id = 'alice' AND seq = 3`);
+      await client.end();
+      return changed.rowCount ?? 0;
+    });
   });
 });
 
@@ -213,20 +221,12 @@ describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONG
   });
 
   it("exits 0 on an intact store, 1 after an entry was changed in the database", async () => {
-    const env = { CREDIT_MONGO_URI: mongoUri as string, CREDIT_MONGO_DB: dbName };
-    const ok = program(env, "--all", "--ledger-file", file);
-    expect(ok.stderr).toBe("");
-    expect(ok.status).toBe(0);
-    expect(ok.stdout).toContain("3 accounts audited: 3 consistent, 0 with problems; 0 problems in the ledger files");
-
-    const { MongoClient } = await import("mongodb");
-    const client = new MongoClient(mongoUri as string);
-    const changed = await client.db(dbName).collection("credit_journal").updateOne({ userId: "alice", seq: 3 }, { $set: { amount: 4 } });
-    expect(changed.modifiedCount).toBe(1);
-    await client.close();
-    const bad = program(env, "--all", "--ledger-file", file);
-    expect(bad.status).toBe(1);
-    expect(bad.stdout).toContain('FAIL  "alice"');
-    expect(bad.stdout).toContain("2 consistent, 1 with problems");
+    await intactThenChanged({ CREDIT_MONGO_URI: mongoUri as string, CREDIT_MONGO_DB: dbName }, file, async () => {
+      const { MongoClient } = await import("mongodb");
+      const client = new MongoClient(mongoUri as string);
+      const changed = await client.db(dbName).collection("credit_journal").updateOne({ userId: "alice", seq: 3 }, { $set: { amount: 4 } });
+      await client.close();
+      return changed.modifiedCount;
+    });
   });
 });
