@@ -67,6 +67,10 @@ beforeAll(async () => {
         return send(401, { error: { code: "BAD_REQUEST_ERROR", description: "Authentication failed" } });
       }
       const b = JSON.parse(body);
+      // As Razorpay documents it: a reference_id of at most 40 characters.
+      if (typeof b.reference_id === "string" && b.reference_id.length > 40) {
+        return send(400, { error: { code: "BAD_REQUEST_ERROR", description: "The reference id may not be greater than 40 characters.", field: "reference_id" } });
+      }
       return send(200, { id: "plink_Test123", short_url: "https://rzp.io/i/test", amount: b.amount, status: "created" });
     }
     if (s.method === "POST" && s.path === "/v1/checkout/sessions") {
@@ -661,6 +665,20 @@ const until = async (cond: () => boolean) => {
 };
 
 describe("payments: one checkout per idempotency key", () => {
+  it("a keyed payment's id fits Razorpay's 40-character reference_id (an unkeyed one too)", async () => {
+    const service = new PaymentService({
+      db: new InMemoryDbManager(),
+      providers: [new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", webhookSecret: RZP_SECRET, baseUrl })],
+    });
+    seen.length = 0;
+    const keyed = await service.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay", idempotencyKey: "k".repeat(255) });
+    const plain = await service.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const sent = seen.filter((x) => x.path === "/v1/payment_links").map((x) => (JSON.parse(x.body) as { reference_id: string }).reference_id);
+    expect(sent).toEqual([keyed.id, plain.id]);
+    for (const ref of sent) expect(ref.length).toBeLessThanOrEqual(40);
+    expect(keyed).toMatchObject({ providerRef: "plink_Test123", status: "created" });
+  });
+
   it("concurrent calls with one key, over two services sharing a store (two processes), open one checkout and answer the same payment", async () => {
     const db = new InMemoryDbManager();
     const mk = () =>

@@ -151,10 +151,12 @@ export class PaymentService {
     const now = this.deps.clock();
     const description = i.description ?? `${credits} credits`;
     // With a key, the id is derived from it: the store's unique id makes a repeated call find the first.
+    // 40 characters at most (148 bits of the hash): Razorpay takes it as the link's `reference_id`,
+    // which it limits to 40.
     const id =
       i.idempotencyKey === undefined
         ? randomUUID()
-        : `pl_${createHash("sha256").update(`${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 40)}`;
+        : `pl_${createHash("sha256").update(`${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 37)}`;
     let claim: Payment = {
       id,
       userId: user,
