@@ -41,6 +41,14 @@ export interface MeteringOptionsBase<Req> {
    * `true` when routes behind Express sit in an `express.Router({ caseSensitive: true })`.
    */
   caseSensitive?: boolean;
+  /**
+   * Whether the router behind routes `/api/health/` like `/api/health`; only `skipPaths` depend on
+   * it. `true`: a skip path also matches with one trailing `/`. Default: `creditMeteringMiddleware`
+   * follows an Express app's "strict routing" setting (off by default, so Express routes both
+   * alike) and is `false` on anything else (node:http; set `true` for Fastify's
+   * `ignoreTrailingSlash`); `creditMetering` is `false` (Hono is strict by default).
+   */
+  ignoreTrailingSlash?: boolean;
   /** Header with the client's estimate. Default `X-Estimated-Tokens`. */
   estimateHeader?: string;
   /** Estimate when the header is absent. Default 100. */
@@ -89,6 +97,9 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
   if (o.caseSensitive !== undefined && typeof o.caseSensitive !== "boolean") {
     throw new TypeError("[credit-management] [metering] `caseSensitive` must be a boolean.");
   }
+  if (o.ignoreTrailingSlash !== undefined && typeof o.ignoreTrailingSlash !== "boolean") {
+    throw new TypeError("[credit-management] [metering] `ignoreTrailingSlash` must be a boolean.");
+  }
   const defaultEstimate = o.defaultEstimate ?? 100;
   const maxEstimate = o.maxEstimate ?? 100_000;
   if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1) throw new TypeError("defaultEstimate must be a positive integer");
@@ -108,11 +119,17 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     return folded === prefix || folded.startsWith(prefixSlash);
   };
   /**
-   * Whether one reading of a path is a skip path. `anyCase` (the router ignores case): a string
-   * matches in any ASCII case, a RegExp the path as given or lower-cased. Only ASCII letters fold:
-   * Express (path-to-regexp's `i` flag) folds at least those, so this never skips more than it routes.
+   * Whether one reading of a path is a skip path. `router`: what the router behind ignores
+   * (`ANY_CASE`, `ANY_SLASH`). Ignoring case, a string matches in any ASCII case, a RegExp the path
+   * as given or lower-cased; only ASCII letters fold: Express (path-to-regexp's `i` flag) folds at
+   * least those, so this never skips more than it routes. Ignoring a trailing slash, the path is
+   * also tried without its one trailing `/`.
    */
-  const skipped = (path: string, anyCase: boolean): boolean => {
+  const skipped = (path: string, router: number): boolean => {
+    if (skipped1(path, (router & ANY_CASE) !== 0)) return true;
+    return (router & ANY_SLASH) !== 0 && path.length > 1 && path.endsWith("/") && skipped1(path.slice(0, -1), (router & ANY_CASE) !== 0);
+  };
+  const skipped1 = (path: string, anyCase: boolean): boolean => {
     let lower: string | undefined;
     for (let i = 0; i < skip.length; i++) {
       const s = skip[i] as string | RegExp;
@@ -135,20 +152,25 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
    * case, Hono decodes `%xx`, Fetch hosts resolve dot segments, ...), so a path is metered when any
    * reading of it is under the prefix (ignoring case) and not skipped: an odd spelling can be
    * over-metered, never slip through, and a skip holds only when every reading is skipped. A plain
-   * path (the common case) is the only reading of itself. `anyCase`: the router ignores case.
+   * path (the common case) is the only reading of itself. `router`: what the router ignores.
    */
-  const applies = (path: string, anyCase: boolean): boolean => {
-    if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path, anyCase);
-    for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p, anyCase)) return true;
+  const applies = (path: string, router: number): boolean => {
+    if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path, router);
+    for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p, router)) return true;
     return false;
   };
-  /** Whether skip paths match without case for this request (see `caseSensitive`). */
-  const anyCaseFor = (req: Req): boolean => {
-    if (skip.length === 0) return false;
-    if (o.caseSensitive !== undefined) return !o.caseSensitive;
-    // Express puts its app on the request; its router ignores case unless the app says otherwise.
+  /**
+   * What the router behind ignores for this request (see `caseSensitive`, `ignoreTrailingSlash`):
+   * the options, else an Express app's settings (Express puts its app on the request; it ignores
+   * case and a trailing slash unless the app says otherwise), else nothing.
+   */
+  const routerFor = (req: Req): number => {
+    if (skip.length === 0) return 0;
     const app = (req as { app?: { enabled?: unknown } } | null)?.app;
-    return typeof app?.enabled === "function" && !(app.enabled as (name: string) => boolean)("case sensitive routing");
+    const enabled = typeof app?.enabled === "function" ? (app.enabled as (name: string) => boolean).bind(app) : null;
+    const anyCase = o.caseSensitive !== undefined ? !o.caseSensitive : enabled !== null && !enabled("case sensitive routing");
+    const anySlash = o.ignoreTrailingSlash !== undefined ? o.ignoreTrailingSlash : enabled !== null && !enabled("strict routing");
+    return (anyCase ? ANY_CASE : 0) | (anySlash ? ANY_SLASH : 0);
   };
 
   /** The estimate from the header (a positive integer), else the default; capped. */
@@ -227,7 +249,7 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
 
   return {
     applies,
-    anyCaseFor,
+    routerFor,
     estimate,
     usageFrom,
     usageOfBody,
@@ -241,6 +263,10 @@ function common<Req>(o: MeteringOptionsBase<Req>) {
     credits: o.credits,
   };
 }
+
+/** What a router ignores when it matches a path to a route (bits of `routerFor`'s answer). */
+const ANY_CASE = 1;
+const ANY_SLASH = 2;
 
 /**
  * True when a path has one reading only: `/`-led printable ASCII without `%`, `\`, `#`, `//` or a
@@ -387,7 +413,7 @@ export function creditMetering(options: CreditMeteringOptions) {
   return (handler: (request: Request) => Response | Promise<Response>) =>
     async (request: Request): Promise<Response> => {
       const path = pathnameOf(request.url);
-      if (!c.applies(path, c.anyCaseFor(request))) return handler(request);
+      if (!c.applies(path, c.routerFor(request))) return handler(request);
       let session: MeterSession;
       try {
         let found = options.authenticate ? options.authenticate(request) : null;
@@ -650,7 +676,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
     const q = target.indexOf("?");
     const path = q === -1 ? target : target.slice(0, q);
-    if (!c.applies(path, c.anyCaseFor(req))) {
+    if (!c.applies(path, c.routerFor(req))) {
       next();
       return;
     }

@@ -161,10 +161,11 @@ describe("skip paths follow the router's case, and hold only when every reading 
   const paid: Record<string, number> = {};
   const url = (name: string) => (servers[name] as Running).url;
 
-  /** Express with the health, public and paid (`/api/:model`) routes; `caseSensitive`: its app setting. */
-  async function expressApp(name: string, caseSensitiveRouting: boolean) {
+  /** Express with the health, public and paid (`/api/:model`) routes; `caseSensitive`, `strict`: its app settings. */
+  async function expressApp(name: string, caseSensitiveRouting: boolean, strictRouting = false) {
     const app = express();
     if (caseSensitiveRouting) app.set("case sensitive routing", true);
+    if (strictRouting) app.set("strict routing", true);
     app.use(creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) }));
     app.get("/api/health", (_req, res) => void res.json({ ok: true }));
     app.get("/api/public/:file", (_req, res) => void res.json({ file: true }));
@@ -176,11 +177,13 @@ describe("skip paths follow the router's case, and hold only when every reading 
   }
 
   /** node:http with its own router (lower-casing the path first when `fold`). */
-  async function nodeApp(name: string, fold: boolean, extra: { caseSensitive?: boolean } = {}) {
+  async function nodeApp(name: string, fold: boolean, extra: { caseSensitive?: boolean; ignoreTrailingSlash?: boolean } = {}) {
     const meter = creditMeteringMiddleware({ ...options(m, outcomes), ...extra, authenticate: (req) => bearer(req.headers.authorization) });
     const route = (req: IncomingMessage, res: ServerResponse) => {
       const raw = new URL(req.url ?? "/", "http://h").pathname;
-      const path = fold ? raw.toLowerCase() : raw;
+      const cased = fold ? raw.toLowerCase() : raw;
+      // A router told to ignore one trailing slash (as Fastify's ignoreTrailingSlash does).
+      const path = extra.ignoreTrailingSlash === true && cased.length > 1 && cased.endsWith("/") ? cased.slice(0, -1) : cased;
       const free = path === "/api/health" || path.startsWith("/api/public/");
       if (!free) paid[name] = (paid[name] ?? 0) + 1;
       res.setHeader("content-type", "application/json");
@@ -206,6 +209,8 @@ describe("skip paths follow the router's case, and hold only when every reading 
     m = await createCreditManager();
     await expressApp("express", false);
     await expressApp("expressByCase", true);
+    await expressApp("expressStrict", false, true);
+    await nodeApp("nodeSlash", false, { ignoreTrailingSlash: true });
     await nodeApp("node", false);
     await nodeApp("nodeFolding", true, { caseSensitive: false });
     await honoApp("hono", false);
@@ -261,6 +266,31 @@ describe("skip paths follow the router's case, and hold only when every reading 
     expect(await rawStatus(url("expressByCase"), "GET", "/api/health")).toBe(200);
   });
 
+  it("Express (routes /api/health/ like /api/health by default): a skip path with a trailing slash is skipped", async () => {
+    for (const target of ["/api/health/", "/API/health/", "/api/public/file/"]) {
+      expect({ target, status: await rawStatus(url("express"), "GET", target) }).toEqual({ target, status: 200 });
+    }
+    expect(outcomes).toHaveLength(0);
+    expect(paid.express).toBeUndefined();
+    // One slash only, and only at the end: these are other paths, metered.
+    await expectMetered("express", "GET", "/api/health//", false);
+    await expectMetered("express", "POST", "/api/healthz/", true);
+  });
+
+  it("Express with strict routing, node:http and Hono (by default): /api/health/ is another path, metered", async () => {
+    await expectMetered("expressStrict", "GET", "/api/health/", false);
+    expect(await rawStatus(url("expressStrict"), "GET", "/api/health")).toBe(200);
+    await expectMetered("node", "GET", "/api/health/", true); // this router sends it to the paid route
+    await expectMetered("hono", "GET", "/api/health/", false);
+  });
+
+  it("node:http with ignoreTrailingSlash: true (a router that ignores it): the skip path with a slash is skipped", async () => {
+    expect(await rawStatus(url("nodeSlash"), "GET", "/api/health/")).toBe(200);
+    expect(outcomes).toHaveLength(0);
+    expect(paid.nodeSlash).toBeUndefined();
+    await expectMetered("nodeSlash", "GET", "/api/healthz/", true);
+  });
+
   it("node:http (no Express): skip paths match by case unless caseSensitive: false", async () => {
     await expectMetered("node", "GET", "/API/health", true); // this router sends /API/health to the paid route
     expect(await rawStatus(url("node"), "GET", "/api/health")).toBe(200);
@@ -301,6 +331,7 @@ describe("skip paths follow the router's case, and hold only when every reading 
   it("skipPaths and caseSensitive are checked when the metering is made", () => {
     const base = { credits: m.credits, authenticate: () => null };
     expect(() => creditMeteringMiddleware({ ...base, caseSensitive: "no" as unknown as boolean })).toThrow(TypeError);
+    expect(() => creditMeteringMiddleware({ ...base, ignoreTrailingSlash: 1 as unknown as boolean })).toThrow(TypeError);
     expect(() => creditMetering({ ...base, skipPaths: [42 as unknown as string] })).toThrow(/skipPaths/);
   });
 });
