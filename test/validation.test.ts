@@ -92,6 +92,9 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => c.voidGrant(grantId, { reason: "x" } as never), /options/);
     await expectInvalid(() => c.getCreditHistory(U, { limit: 0 }), /limit/);
     await expectInvalid(() => c.getCreditHistory(U, { cursor: "abc" }), /cursor/);
+    // Digits only, but beyond any seq (PostgreSQL answered these with a StorageError).
+    await expectInvalid(() => c.getCreditHistory(U, { cursor: "9223372036854775808" }), /cursor/);
+    await expectInvalid(() => c.getCreditHistory(U, { cursor: "99999999999999999999999" }), /cursor/);
     await expectInvalid(() => c.getCreditHistory(U, { types: ["bogus" as never] }), /types/);
     await expectInvalid(() => c.getExpiringCredits(U, -1), /days/);
     await expectInvalid(() => c.getExpiringCredits(U, Number.NaN), /days/);

@@ -1,5 +1,5 @@
 import type { Changes, LoadedState } from "../db/types.js";
-import { InsufficientCreditsError } from "../errors.js";
+import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
   EntryType,
@@ -108,14 +108,17 @@ export class AccountWork {
   // ---------------------------------------------------------------------------------------------
   // Settlement: what time has done since the account was last touched.
 
-  /** Expires due grants and releases lapsed holds. Returns the credits expired. */
-  settle(): number {
+  /**
+   * Expires grants due at `asOf` (default now; never later) and releases holds lapsed at `asOf`,
+   * oldest first. Returns the credits expired. The grants the holds drew from must be loaded.
+   */
+  settle(asOf: Date = this.now): number {
     let expired = 0;
     const lapsed = [...this.holds.values()]
-      .filter((h) => h.status === "active" && h.expiresAt.getTime() <= this.now.getTime())
+      .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
       .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
     // Grants first, so credits a lapsed hold returns to an expired grant expire with it at once.
-    expired += this.expireDue(this.now, {});
+    expired += this.expireDue(asOf, {});
     for (const hold of lapsed) {
       expired += this.releaseHold(hold, "expired", { description: "reservation expired" }).expired;
     }
@@ -184,6 +187,7 @@ export class AccountWork {
 
   /** Adds credits: pays debt first, the rest forms a new grant. */
   add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
+    if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     const debtPaid = Math.min(this.account.debt, amount);
     const grantAmount = amount - debtPaid;
     const portions: GrantPortion[] = [];
@@ -237,8 +241,11 @@ export class AccountWork {
         { requested: amount, available, overdraftLimit: options.overdraftLimit },
       );
     }
+    if (this.account.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     const portions = this.draw(amount);
     const drawn = sum(portions);
+    // (A refusal after the draw is safe: a unit of work that throws saves nothing.)
+    if (this.account.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
     this.account.balance = this.account.balance - amount;
     this.account.debt = this.account.debt + (amount - drawn);
     return this.emit("deduct", amount, portions, options.reservationId ?? null, meta);
@@ -427,13 +434,16 @@ export class AccountWork {
     let debt = this.account.debt;
     const returned: GrantPortion[] = [];
     for (const p of hold.allocations) {
-      const pay = Math.min(debt, p.amount);
+      const g = this.grants.get(p.grantId);
+      if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
+      // Debt is paid from credits that go back to a grant still open. What goes back to a closed
+      // grant (voided, or expired — closed just above when it was due) is removed below and pays
+      // nothing: a voided grant's credits must not settle usage, nor expired ones.
+      const pay = g.closedAt === null ? Math.min(debt, p.amount) : 0;
       debt -= pay;
       const back = p.amount - pay;
       if (back === 0) continue;
       returned.push({ grantId: p.grantId, amount: back });
-      const g = this.grants.get(p.grantId);
-      if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
       this.putGrant({ ...g, remaining: g.remaining + back });
     }
     this.account.reserved = this.account.reserved - hold.amount;
@@ -536,4 +546,15 @@ function minDate(a: Date | null, b: Date | null): Date | null {
   if (a === null) return b;
   if (b === null) return a;
   return a.getTime() <= b.getTime() ? a : b;
+}
+
+/**
+ * An operation that would take the balance (or the debt) beyond the safe-integer range, where
+ * arithmetic stops being exact: refused before anything changes.
+ */
+function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationError {
+  return new RuleViolationError(
+    `Cannot move ${amount} credits: the account's ${what} would go beyond ±${Number.MAX_SAFE_INTEGER}, the largest exact amount.`,
+    [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
+  );
 }

@@ -53,7 +53,11 @@ export const HistoryQuery = z.strictObject({
   /** Page size, 1–1000, default 50. */
   limit: z.number().int().min(1).max(1000).optional(),
   /** Opaque cursor from a previous page's `nextCursor`. */
-  cursor: z.string().regex(/^[0-9]+$/, { error: "cursor is not one this library returned" }).optional(),
+  cursor: z
+    .string()
+    .regex(/^[0-9]{1,16}$/, { error: "cursor is not one this library returned" })
+    .refine((c) => Number.isSafeInteger(Number(c)), { error: "cursor is not one this library returned" })
+    .optional(),
   types: z.array(EntryType).min(1).optional(),
   /** Inclusive lower bound of createdAt. */
   from: DateInput.optional(),

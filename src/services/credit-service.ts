@@ -249,15 +249,19 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
     const o = parse(AddCreditsOptions, options, "options");
-    const now = this.clock();
-    if (o.expiresAt && o.expiresAt.getTime() <= now.getTime()) {
-      throw new RuleViolationError(`Invalid options.expiresAt: ${o.expiresAt.toISOString()} is not in the future`, [
+    const expiresAt = o.expiresAt ?? null;
+    const past = (now: Date) => expiresAt !== null && expiresAt.getTime() <= now.getTime();
+    const refuse = () =>
+      new RuleViolationError(`Invalid options.expiresAt: ${expiresAt?.toISOString()} is not in the future`, [
         { path: "expiresAt", message: "must be in the future" },
       ]);
-    }
+    // Without a key, refused before any work; with one, only once it is known not to be a retry
+    // (a retry of an addition that was made while its expiry was ahead answers with the first entry).
+    if (o.idempotencyKey === undefined && past(this.clock())) throw refuse();
     const meta = this.meta("addCredits", o, { amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null });
-    return this.mutate(user, meta, (work) =>
-      work.add(
+    return this.mutate(user, meta, (work) => {
+      if (past(work.now)) throw refuse();
+      return work.add(
         n,
         {
           expiresAt: o.expiresAt ?? null,
@@ -268,8 +272,8 @@ export class CreditService {
           metadata: o.metadata ?? null,
         },
         meta,
-      ),
-    );
+      );
+    });
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
@@ -390,9 +394,17 @@ export class CreditService {
         { path: "asOf", message: "must not be in the future" },
       ]);
     }
-    return this.mutate(user, {}, async (work) => work.expireDue(at ?? work.now, {}), undefined, {
-      settle: false,
-    });
+    // Settled as of `asOf` (settle: false: not by the clock first), lapsed holds included.
+    return this.mutate(
+      user,
+      {},
+      async (work, tx, unit) => {
+        await this.includeHeldGrants(work, tx, unit.state.reservations);
+        return work.settle(at ?? work.now);
+      },
+      undefined,
+      { settle: false },
+    );
   }
 
   /** Balance, reserved, available and debt. Settles due expiries first, so the numbers are current. */
@@ -475,6 +487,9 @@ export class CreditService {
   ): Promise<T> {
     const { onSettled, ...rest } = (options ?? {}) as MeterOptions & { onSettled?: (outcome: MeterOutcome) => void };
     const o = parse(MeterOptionsSchema, rest, "options");
+    if (onSettled !== undefined && typeof onSettled !== "function") {
+      throw new ValidationError("Invalid options.onSettled: must be a function", [{ path: "onSettled", message: "must be a function" }]);
+    }
     if (typeof fn !== "function") throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
     return runMetered({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
   }

@@ -293,6 +293,31 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect((await credits.audit(u)).ok).toBe(true);
       });
 
+      it("credits a hold returns to a voided or expired grant are removed, never pay debt", async () => {
+        // Voided: a refund voids the grant while 60 of it are held; usage then runs into debt.
+        const u = user();
+        const { credits, clock } = serviceWithClock(db, T0, 50);
+        const g = await credits.addCredits(u, 100);
+        const hold = await credits.reserveCredits(u, 60);
+        await credits.voidGrant(g.grants[0]?.grantId as string);
+        await credits.deductCreditsAfterService(u, 30);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 30, reserved: 60, debt: 30 });
+        await credits.releaseReservedCredits(hold.id);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -30, reserved: 0, available: -30, debt: 30 });
+        expect((await credits.audit(u)).ok).toBe(true);
+
+        // Expired: the grant expires while 60 are held; debt run up after it does not eat them.
+        const v = user();
+        await credits.addCredits(v, 100, { expiresAt: new Date(clock.now + 10_000) });
+        const held = await credits.reserveCredits(v, 60, { ttlSeconds: 3600 });
+        clock.now += 11_000;
+        await credits.deductCreditsAfterService(v, 30);
+        expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: 30, reserved: 60, debt: 30 });
+        await credits.releaseReservedCredits(held.id);
+        expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: -30, reserved: 0, debt: 30 });
+        expect((await credits.audit(v)).ok).toBe(true);
+      });
+
       it("settles holds exactly once: expired, not active, lazily released", async () => {
         const u = user();
         const { credits, clock } = serviceWithClock(db);

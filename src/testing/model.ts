@@ -146,16 +146,21 @@ export class CreditModel {
     return sumParts(this.draw(amount));
   }
 
-  /** Returned credits pay debt first; what lands on a closed grant is removed at once. */
+  /**
+   * Returned credits pay debt first if their grant is still open; what lands on a closed grant
+   * (voided or expired) is removed at once and pays nothing.
+   */
   private giveBack(parts: Array<[string, number]>): void {
     for (const [gid, a] of parts) {
-      const pay = Math.min(this.debt, a);
-      this.debt -= pay;
-      const back = a - pay;
       const g = this.grants.find((x) => x.id === gid);
       if (g === undefined) continue;
-      if (g.closed !== null) this.balance -= back;
-      else g.remaining += back;
+      if (g.closed !== null) {
+        this.balance -= a;
+        continue;
+      }
+      const pay = Math.min(this.debt, a);
+      this.debt -= pay;
+      g.remaining += a - pay;
     }
   }
 }

@@ -1,0 +1,95 @@
+// Core edge cases found by an audit of the credit service (scratch/audit2-core): each test failed
+// before its fix.
+import { describe, expect, it } from "vitest";
+import { createCreditManager, RuleViolationError, ValidationError, type CreditManager } from "../src/index.js";
+
+const T0 = Date.UTC(2031, 0, 1);
+
+async function managerAt(start = T0): Promise<{ m: CreditManager; clock: { now: number } }> {
+  const clock = { now: start };
+  const m = await createCreditManager({ clock: () => new Date(clock.now) });
+  return { m, clock };
+}
+
+describe("expireCredits releases lapsed holds too", () => {
+  it("without asOf: a lapsed hold on an expired grant is released and its credits expire", async () => {
+    const { m, clock } = await managerAt();
+    await m.credits.addCredits("u", 100, { expiresAt: new Date(T0 + 100_000) });
+    const hold = await m.credits.reserveCredits("u", 40, { ttlSeconds: 60 });
+    clock.now += 200_000;
+    expect(await m.credits.expireCredits("u")).toBe(100);
+    expect((await m.credits.getReservation(hold.id)).status).toBe("expired");
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 0, reserved: 0 });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+
+  it("with a past asOf: only what had lapsed by then", async () => {
+    const { m, clock } = await managerAt();
+    await m.credits.addCredits("u", 100);
+    const early = await m.credits.reserveCredits("u", 10, { ttlSeconds: 60 });
+    const late = await m.credits.reserveCredits("u", 20, { ttlSeconds: 600 });
+    clock.now += 1_000_000;
+    expect(await m.credits.expireCredits("u", new Date(T0 + 120_000))).toBe(0);
+    expect((await m.credits.getReservation(early.id)).status).toBe("expired");
+    expect((await m.credits.getReservation(late.id)).status).toBe("active");
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+});
+
+describe("addCredits: a retry after its expiresAt passed", () => {
+  it("answers with the first entry (same key, same arguments); a new call is still refused", async () => {
+    const { m, clock } = await managerAt();
+    const expiresAt = new Date(T0 + 60_000);
+    const first = await m.credits.addCredits("u", 50, { expiresAt, idempotencyKey: "webhook-1" });
+    clock.now += 120_000;
+    const again = await m.credits.addCredits("u", 50, { expiresAt, idempotencyKey: "webhook-1" });
+    expect(again.id).toBe(first.id);
+    await expect(m.credits.addCredits("u", 50, { expiresAt, idempotencyKey: "webhook-2" })).rejects.toBeInstanceOf(RuleViolationError);
+    await expect(m.credits.addCredits("u", 50, { expiresAt })).rejects.toBeInstanceOf(RuleViolationError);
+    expect((await m.credits.getCreditHistory("u")).items.filter((e) => e.type === "add")).toHaveLength(1);
+    await m.close();
+  });
+});
+
+describe("meter(): options are checked before the hold", () => {
+  it("a non-function onSettled is a ValidationError and nothing is charged", async () => {
+    const { m } = await managerAt();
+    await m.credits.addCredits("u", 100);
+    let ran = false;
+    await expect(
+      m.credits.meter("u", { estimate: 10, onSettled: "log" as never }, () => {
+        ran = true;
+        return 7;
+      }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    expect(ran).toBe(false);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 100, reserved: 0 });
+    await m.close();
+  });
+});
+
+describe("amounts stay in the safe-integer range", () => {
+  const MAX = Number.MAX_SAFE_INTEGER;
+
+  it("an addition that would take the balance past MAX_SAFE_INTEGER is refused and changes nothing", async () => {
+    const { m } = await managerAt();
+    await m.credits.addCredits("u", MAX);
+    await expect(m.credits.addCredits("u", 2)).rejects.toBeInstanceOf(RuleViolationError);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: MAX });
+    await m.credits.deductCredits("u", MAX);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 0, debt: 0 });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+
+  it("a deduction after service that would take the debt past it is refused and changes nothing", async () => {
+    const { m } = await managerAt();
+    await m.credits.deductCreditsAfterService("u", MAX);
+    await expect(m.credits.deductCreditsAfterService("u", 1)).rejects.toBeInstanceOf(RuleViolationError);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -MAX, debt: MAX });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+    await m.close();
+  });
+});
