@@ -158,6 +158,99 @@ describe("credits.meter()", () => {
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(993);
   });
 
+  it("a call that outlives its hold, beyond the overdraft limit, is charged what the limit allows and reports the shortfall", async () => {
+    const limited = await createCreditManager({ overdraftLimit: 10, clock: () => new Date(now) });
+    await limited.credits.addCredits("l", 100);
+    const outcomes: MeterOutcome[] = [];
+    const value = await limited.credits.meter("l", { estimate: 100, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) }, () => {
+      now += 6000;
+      recordUsage({ amount: 150 });
+      return "answer";
+    });
+    expect(value).toBe("answer");
+    expect(outcomes).toHaveLength(1);
+    expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 110, shortfall: 40, chargedAfterService: true });
+    expect(outcomes[0]?.entry).toMatchObject({ type: "deduct", amount: 110 });
+    expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 150, shortfall: 40, holdExpired: true });
+    expect(await limited.credits.getUserCreditsInfo("l")).toMatchObject({ balance: -10, reserved: 0, available: -10, debt: 10 });
+    const deducts = (await limited.credits.getCreditHistory("l", { types: ["deduct"] })).items;
+    expect(deducts.map((e) => e.amount)).toEqual([110]); // exactly one charge
+    expect((await limited.ledger.getEntries({ eventType: "error" }))[0]?.message).toMatch(/overdraft/);
+    expect((await limited.credits.audit("l")).ok).toBe(true);
+
+    // Nothing left under the limit: nothing charged, the whole usage is the shortfall.
+    const strict = await createCreditManager({ overdraftLimit: 0, clock: () => new Date(now) });
+    await strict.credits.addCredits("s", 100);
+    outcomes.length = 0;
+    const v2 = await strict.credits.meter("s", { estimate: 50, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) }, async () => {
+      now += 6000;
+      await strict.credits.deductCredits("s", 100); // the lapsed hold's credits were spent meanwhile
+      recordUsage({ amount: 30 });
+      return "late";
+    });
+    expect(v2).toBe("late");
+    expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 0, shortfall: 30, chargedAfterService: true, entry: null });
+    expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 0, reserved: 0, debt: 0 });
+    expect((await strict.credits.audit("s")).ok).toBe(true);
+    await limited.close();
+    await strict.close();
+  });
+
+  it("a keyed call retried after a failed attempt holds again under a derived key, runs fn once and charges once", async () => {
+    await expect(
+      m.credits.meter("u", { estimate: 10, idempotencyKey: "m1" }, () => {
+        throw new Error("boom");
+      }),
+    ).rejects.toThrow("boom");
+    let ran = 0;
+    const outcomes: MeterOutcome[] = [];
+    const retry = () =>
+      m.credits.meter("u", { estimate: 10, idempotencyKey: "m1", onSettled: (o) => outcomes.push(o) }, async () => {
+        ran++;
+        await sleep(1);
+        recordUsage({ amount: 7 });
+        return "ok";
+      });
+    // Two concurrent retries meet on the same derived hold and commit key: one charge.
+    expect(await Promise.all([retry(), retry()])).toEqual(["ok", "ok"]);
+    expect(ran).toBe(2);
+    expect(outcomes.map((o) => [o.outcome, o.charged, o.entry?.idempotencyKey])).toEqual([
+      ["committed", 7, "m1:attempt-2:commit"],
+      ["committed", 7, "m1:attempt-2:commit"],
+    ]);
+    expect(outcomes[0]?.entry?.id).toBe(outcomes[1]?.entry?.id);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 993, reserved: 0 });
+    // A retry of the completed call replays its commit: not charged again.
+    expect(await retry()).toBe("ok");
+    expect(outcomes[2]?.entry?.id).toBe(outcomes[0]?.entry?.id);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 993, reserved: 0 });
+    expect(await types()).toEqual(["add", "reserve", "release_reserved", "reserve", "commit_reserved", "release_reserved"]);
+    expect((await m.credits.audit("u")).ok).toBe(true);
+  });
+
+  it("each failed attempt of a keyed call moves the next to a new derived key; the longest key too", async () => {
+    const key = "k".repeat(241);
+    for (let i = 0; i < 2; i++) {
+      await expect(
+        m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key }, () => {
+          throw new Error(`fail ${i}`);
+        }),
+      ).rejects.toThrow(`fail ${i}`);
+    }
+    const outcomes: MeterOutcome[] = [];
+    await m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
+      now += 6000;
+      recordUsage({ amount: 4 });
+    });
+    const used = outcomes[0]?.entry?.idempotencyKey ?? "";
+    expect(outcomes[0]).toMatchObject({ charged: 4, chargedAfterService: true });
+    expect(used).toMatch(/~[0-9a-f]{16}:attempt-3:after-service$/);
+    expect(used.length).toBe(255);
+    const reserves = (await m.credits.getCreditHistory("u", { types: ["reserve"] })).items.map((e) => e.idempotencyKey);
+    expect(new Set(reserves).size).toBe(3);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 996, reserved: 0 });
+  });
+
   it("usages that add up beyond Number.MAX_SAFE_INTEGER release the hold with a ValidationError", async () => {
     const outcomes: MeterOutcome[] = [];
     await expect(

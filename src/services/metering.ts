@@ -1,4 +1,5 @@
 import { AsyncLocalStorage } from "node:async_hooks";
+import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import { ConfigurationError, InsufficientCreditsError, ReservationExpiredError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -241,20 +242,7 @@ export class MeterSession {
       const entry = await credits.commitHold(this.userId, this.reservationId, options);
       return this.outcome("committed", amount, entry);
     } catch (error) {
-      if (error instanceof ReservationExpiredError) {
-        // The call outlived its hold: the credits went back, the usage was still delivered.
-        const entry =
-          amount > 0
-            ? await credits.deductCreditsAfterService(
-                this.userId,
-                amount,
-                this.mutation("after-service", { reservationId: this.reservationId, holdExpired: true }),
-              )
-            : null;
-        const outcome = this.outcome("committed", amount, entry);
-        outcome.chargedAfterService = true;
-        return outcome;
-      }
+      if (error instanceof ReservationExpiredError) return this.chargeAfterService(amount);
       if (error instanceof InsufficientCreditsError && amount > this.estimate) {
         // Past the overdraft limit: charge what was held and report the rest.
         const shortfall = amount - this.estimate;
@@ -276,6 +264,65 @@ export class MeterSession {
       await this.tryRelease("error");
       throw error;
     }
+  }
+
+  /**
+   * The call outlived its hold: the credits went back, the usage was still delivered, so it is
+   * charged as an after-service deduction. Beyond the overdraft limit, the most the limit allows is
+   * charged (possibly nothing) and the rest reported as the `shortfall`, as for an active hold.
+   */
+  private async chargeAfterService(amount: number): Promise<MeterOutcome> {
+    const { credits } = this.deps;
+    const held = { reservationId: this.reservationId, holdExpired: true };
+    let entry: JournalEntry | null = null;
+    let refused: InsufficientCreditsError | null = null;
+    if (amount > 0) {
+      try {
+        entry = await credits.deductCreditsAfterService(this.userId, amount, this.mutation("after-service", held));
+      } catch (error) {
+        if (!(error instanceof InsufficientCreditsError)) throw error;
+        refused = error;
+      }
+    }
+    if (refused === null) {
+      const outcome = this.outcome("committed", amount, entry);
+      outcome.chargedAfterService = true;
+      return outcome;
+    }
+    // Past the overdraft limit: charge what it allows, never more. The account may move between
+    // the refusal and the charge (another call): each refusal says what it allows now.
+    let charged = 0;
+    for (let tries = 0; tries < 3; tries++) {
+      const allowed = allowedByLimit(refused);
+      if (allowed === null) throw refused;
+      charged = Math.min(amount, Math.max(0, allowed));
+      if (charged === 0) break;
+      const shortfall = amount - charged;
+      try {
+        entry = await credits.deductCreditsAfterService(
+          this.userId,
+          charged,
+          this.mutation("after-service", { ...held, requested: amount, shortfall }),
+        );
+        break;
+      } catch (error) {
+        if (!(error instanceof InsufficientCreditsError) || tries === 2) throw error;
+        refused = error;
+      }
+    }
+    const shortfall = amount - charged;
+    const outcome = this.outcome("committed", charged, entry);
+    outcome.chargedAfterService = true;
+    if (shortfall === 0) return outcome; // the account moved: the limit allowed it all after all
+    await this.deps.ledger
+      ?.logError(
+        "metered usage after its hold lapsed exceeded the overdraft limit; charged what the limit allows",
+        { reservationId: this.reservationId, requested: amount, charged, shortfall, holdExpired: true },
+        { userId: this.userId, correlationId: this.options.correlationId },
+      )
+      .catch(() => undefined);
+    outcome.shortfall = shortfall;
+    return outcome;
   }
 
   private async doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
@@ -310,10 +357,42 @@ export async function openMeter(deps: SessionDeps, userId: string, options: Mete
   if (options.reason !== undefined) reserve.reason = options.reason;
   if (options.description !== undefined) reserve.description = options.description;
   if (options.correlationId !== undefined) reserve.correlationId = options.correlationId;
-  if (options.idempotencyKey !== undefined) reserve.idempotencyKey = `${options.idempotencyKey}:reserve`;
-  const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
-  return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
+  const key = options.idempotencyKey;
+  if (key === undefined) {
+    const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
+    return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
+  }
+  // A retry of a keyed call. Attempt 1 holds under `<key>:reserve`. A hold that comes back released
+  // belongs to an attempt that failed (fn threw, nothing measured, its client left): nothing was
+  // charged under it, so this call is a new attempt under the next derived key, `<key>:attempt-2`,
+  // … — deterministic, so concurrent retries meet on the same hold and the same commit key. A hold
+  // that comes back committed, expired or active is this attempt's: its commit (or after-service)
+  // key replays what was charged, so a completed call is never charged twice.
+  for (let attempt = 1; ; attempt++) {
+    const base = attemptKey(key, attempt);
+    reserve.idempotencyKey = `${base}:reserve`;
+    const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
+    if (hold.status === "released") continue;
+    const o = attempt === 1 ? options : { ...options, idempotencyKey: base };
+    return new MeterSession(deps, hold.userId, hold.id, hold.amount, o);
+  }
 }
+
+/**
+ * The idempotency key of attempt `n` of a metered call keyed `key`: the key itself, then
+ * `<key>:attempt-<n>`. A key too long for that (each derived key leaves room for
+ * `:after-service`) is cut and tagged with a hash of the whole key, so it stays unique.
+ */
+function attemptKey(key: string, n: number): string {
+  if (n === 1) return key;
+  const tag = `:attempt-${n}`;
+  if (key.length + tag.length <= MAX_METER_KEY) return key + tag;
+  const tail = `~${createHash("sha256").update(key).digest("hex").slice(0, 16)}${tag}`;
+  return key.slice(0, MAX_METER_KEY - tail.length) + tail;
+}
+
+/** The longest key a metered call may derive from (`MeterOptions.idempotencyKey`). */
+const MAX_METER_KEY = 255 - ":after-service".length;
 
 /**
  * Reserves `estimate`, runs `fn` in a usage context, then commits the number `fn` returns, else the
@@ -351,6 +430,16 @@ interface MutationInput {
   metadata?: Json;
 }
 type CommitInput = MutationInput & { amount?: number };
+
+/**
+ * What an after-service deduction refused for the overdraft limit could have taken:
+ * `available + overdraftLimit` at the refusal; null when the refusal does not say.
+ */
+function allowedByLimit(error: InsufficientCreditsError): number | null {
+  const available = error.details?.available;
+  const limit = error.details?.overdraftLimit;
+  return typeof available === "number" && typeof limit === "number" ? available + limit : null;
+}
 
 function stripUndefined<T extends object>(o: T): T {
   const out: Record<string, unknown> = {};
