@@ -94,6 +94,33 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       expect(messages.map((m) => [m.type, m.attempt])).toEqual([["low_credits", "3"]]);
     });
 
+    it("an XADD that fails leaves no dedupe marker: the retry appends the event (not marked sent while lost)", async () => {
+      const stream = `${tag}:xaddfail`;
+      const queue = new RedisStreamQueue({ client: redis, stream });
+      const db = new InMemoryDbManager();
+      const clock = { now: Date.now() };
+      const credits = new CreditService({ db, alerts: { lowCredits: 30 }, clock: () => new Date(clock.now) });
+      const notifications = new NotificationService({ db, queue, clock: () => new Date(clock.now), backoffBaseMs: 1000 });
+      await credits.addCredits("u5", 100);
+      await credits.deductCredits("u5", 80);
+      await redis.set(stream, "not-a-stream"); // XADD fails inside the script (WRONGTYPE)
+      expect(await notifications.dispatchPending()).toMatchObject({ retried: 1, sent: 0 });
+      const [row] = await notifications.list("u5");
+      expect(await redis.exists(`${stream}:sent:${row?.id}`)).toBe(0);
+      await redis.del(stream);
+      clock.now += 5000;
+      expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
+      expect((await read(stream)).map((m) => [m.type, m.id, m.attempt])).toEqual([["low_credits", row?.id, "2"]]);
+      // The marker is set once the append succeeded: a redelivery is still dropped.
+      await queue.publish({ id: row?.id as string, userId: "u5", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 3 });
+      expect(await read(stream)).toHaveLength(1);
+      // The error reaches the caller directly too.
+      await redis.set(`${stream}:direct`, "x");
+      const direct = new RedisStreamQueue({ client: redis, stream: `${stream}:direct` });
+      await expect(direct.publish({ id: "m1", userId: "u5", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 1 })).rejects.toThrow(/WRONGTYPE/);
+      expect(await redis.exists(`${stream}:direct:sent:m1`)).toBe(0);
+    });
+
     const stores = [
       { kind: "mongodb", url: mongoUri, why: "set CREDIT_MONGO_URI" },
       { kind: "postgres", url: pgUrl, why: "set CREDIT_PG_URL" },
@@ -205,6 +232,95 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       expect((await credits.getUserCreditsInfo("u3")).available).toBe(70);
       expect(cache.degraded).toBe(false);
       expect(await redis.get(`${tag}:o:credits:info:u3`)).not.toContain('"available":100');
+    });
+
+    it("overflowing maxPendingInvalidations invalidates only the cache's entries (a stream under the same prefix survives), in every process", async () => {
+      // The README's layout: one client, cache prefix "billing:", stream "billing:notifications".
+      const ns = `${tag}:billing:`;
+      const stream = `${ns}notifications`;
+      const failDel = { on: false };
+      const client: RedisCommandClient = {
+        call: (command, args) => (failDel.on && command === "DEL" ? Promise.reject(new Error("ECONNRESET (simulated)")) : redis.call(command, ...args)),
+      };
+      const cache = new RedisCache({ client, keyPrefix: ns, maxPendingInvalidations: 1 });
+      const other = new RedisCache({ client: redis, keyPrefix: ns }); // another process on the same Redis
+      const queue = new RedisStreamQueue({ client: redis, stream });
+      await queue.publish({ id: "m1", userId: "u1", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 1 });
+      await redis.xgroup("CREATE", stream, "workers", "0");
+      await redis.set(`${ns}unrelated`, "keep");
+      await cache.set("credits:info:a", { available: 100 });
+      await cache.set("credits:info:b", { available: 200 });
+      expect(await other.get("credits:info:a")).toEqual({ available: 100 });
+
+      failDel.on = true; // the writes' invalidations fail: 2 > maxPendingInvalidations
+      await expect(cache.delete("credits:info:a")).rejects.toThrow();
+      await expect(cache.delete("credits:info:b")).rejects.toThrow();
+      failDel.on = false;
+      expect(cache.degraded).toBe(true);
+
+      // Recovered: the stale values are served by no process …
+      expect(await cache.get("credits:info:a")).toBeUndefined();
+      expect(cache.degraded).toBe(false);
+      expect(await cache.get("credits:info:b")).toBeUndefined();
+      expect(await other.get("credits:info:a")).toBeUndefined();
+      expect(await other.get("credits:info:b")).toBeUndefined();
+      // … and nothing else under the prefix was touched: stream, consumer group, dedupe marker.
+      expect(await redis.xlen(stream)).toBe(1);
+      expect(await redis.xinfo("GROUPS", stream)).toHaveLength(1);
+      expect(await redis.exists(`${stream}:sent:m1`)).toBe(1);
+      expect(await redis.get(`${ns}unrelated`)).toBe("keep");
+      await queue.publish({ id: "m1", userId: "u1", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 2 });
+      expect(await redis.xlen(stream)).toBe(1); // the redelivery is still dropped
+      // The cache works normally in the new generation, for both processes.
+      await cache.set("credits:info:a", { available: 70 });
+      expect(await other.get("credits:info:a")).toEqual({ available: 70 });
+      await other.set("credits:info:b", { available: 50 });
+      expect(await cache.get("credits:info:b")).toEqual({ available: 50 });
+    });
+
+    it("recovery never scans or deletes keys it was not given, even with an empty keyPrefix", async () => {
+      const commands: { command: string; args: (string | number)[] }[] = [];
+      const failDel = { on: false };
+      const client: RedisCommandClient = {
+        call: (command, args) => {
+          commands.push({ command, args });
+          if (["SCAN", "KEYS", "FLUSHDB", "FLUSHALL", "UNLINK"].includes(command)) return Promise.reject(new Error(`refused in this test: ${command}`));
+          if (failDel.on && command === "DEL") return Promise.reject(new Error("ECONNRESET (simulated)"));
+          return redis.call(command, ...args);
+        },
+      };
+      const cache = new RedisCache({ client, keyPrefix: "", maxPendingInvalidations: 0 });
+      const hadGeneration = (await redis.exists(cache.generationKey)) === 1;
+      try {
+        const key = `${tag}:empty:k`;
+        await redis.set(`${tag}:empty:unrelated`, "keep");
+        await cache.set(key, 1);
+        failDel.on = true;
+        await expect(cache.delete(key)).rejects.toThrow();
+        failDel.on = false;
+        await new Promise((r) => setTimeout(r, 1000));
+        expect(await cache.get(key)).toBeUndefined();
+        expect(cache.degraded).toBe(false);
+        expect(await redis.get(`${tag}:empty:unrelated`)).toBe("keep");
+        expect(commands.map((c) => c.command).filter((c) => !["GET", "SET", "DEL"].includes(c))).toEqual([]);
+        const written = commands.filter((c) => c.command === "SET" || c.command === "DEL").flatMap((c) => (c.command === "SET" ? [c.args[0]] : c.args));
+        expect(new Set(written)).toEqual(new Set([key, cache.generationKey]));
+      } finally {
+        if (!hadGeneration) await redis.del(cache.generationKey);
+      }
+    });
+
+    it("an entry of another generation, or of a lost generation key, is a miss", async () => {
+      const prefix = `${tag}:g:`;
+      const cache = new RedisCache({ client: redis, keyPrefix: prefix });
+      await cache.set("k", { n: 1 });
+      expect(await cache.get("k")).toEqual({ n: 1 });
+      await redis.del(cache.generationKey); // evicted or flushed
+      expect(await cache.get("k")).toBeUndefined();
+      await redis.set(`${prefix}plain`, JSON.stringify({ n: 2 })); // written without a generation
+      expect(await cache.get("plain")).toBeUndefined();
+      await cache.set("k", { n: 3 });
+      expect(await cache.get("k")).toEqual({ n: 3 });
     });
 
     it("a command that hangs times out instead of holding the caller", async () => {

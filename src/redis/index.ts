@@ -6,6 +6,7 @@
  * peer dependency, imported only then). Every command has a deadline, so a Redis outage costs a
  * credit read at most `timeoutMs` before it falls back to the store.
  */
+import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
 import { ConfigurationError } from "../errors.js";
@@ -52,14 +53,22 @@ export interface RedisCacheOptions {
   /** Where outages are reported. */
   logger?: Logger;
   /**
-   * Invalidations that failed and are kept to retry (beyond it, the whole prefix is flushed on
-   * recovery instead). Default 10,000.
+   * Invalidations that failed and are kept to retry (beyond it, recovery starts a new cache
+   * generation instead, which makes every entry written before it a miss). Default 10,000.
    */
   maxPendingInvalidations?: number;
 }
 
 /**
  * `Cache` on Redis: JSON values (Dates kept) under `keyPrefix`, with TTLs.
+ *
+ * Every entry is tagged with the cache's generation, a random token stored at
+ * `<keyPrefix>__generation__` (no TTL); `get` reads it alongside the entry and treats an entry of
+ * another generation as a miss. Replacing the token (one `SET`) thus invalidates every entry at
+ * once, in every process sharing the Redis, without touching any other key: the cache only ever
+ * writes or deletes `<keyPrefix><key>` for keys it was given and its generation key, never a
+ * pattern, so other data under the same prefix (a notification stream) is safe. A missing
+ * generation key (evicted, flushed) is recreated with a new token, so old entries stay misses.
  *
  * An outage never yields a wrong answer: a failed `get`/`set` throws (the services log a warning
  * and read the store), and a failed `delete` is remembered. Until every remembered invalidation has
@@ -77,9 +86,13 @@ export class RedisCache implements Cache {
   private readonly maxPending: number;
   /** Keys whose invalidation failed. */
   private readonly pending = new Set<string>();
-  /** Too many failed invalidations to remember: flush the prefix on recovery. */
+  /** Too many failed invalidations to remember: start a new generation on recovery. */
   private overflow = false;
   private lastRecovery = 0;
+  /** Where the generation token lives. */
+  readonly generationKey: string;
+  /** The generation this process last saw (what `set` tags entries with). */
+  private generation: string | undefined;
 
   constructor(options: RedisCacheOptions) {
     this.client = options.client;
@@ -88,6 +101,7 @@ export class RedisCache implements Cache {
     this.timeoutMs = options.timeoutMs ?? 250;
     this.logger = options.logger;
     this.maxPending = options.maxPendingInvalidations ?? 10_000;
+    this.generationKey = `${this.keyPrefix}__generation__`;
   }
 
   /** A cache with its own ioredis client for `url`; `close()` closes it. */
@@ -104,13 +118,23 @@ export class RedisCache implements Cache {
 
   async get<T>(key: string): Promise<T | undefined> {
     await this.recover();
-    const raw = await this.run("GET", [this.keyPrefix + key]);
-    return typeof raw === "string" ? (JSON.parse(raw, revive) as T) : undefined;
+    // Two commands sent together (one round trip; no script, so keys may live on different
+    // Cluster nodes): the current generation and the entry.
+    const [generation, raw] = await Promise.all([this.readGeneration(), this.run("GET", [this.keyPrefix + key])]);
+    if (typeof raw !== "string") return undefined;
+    const bar = raw.indexOf("|");
+    // An entry of another generation (or in an older format) is a miss.
+    if (bar < 0 || raw.slice(0, bar) !== generation) return undefined;
+    return JSON.parse(raw.slice(bar + 1), revive) as T;
   }
 
   async set<T>(key: string, value: T, ttlSeconds?: number): Promise<void> {
     const ttl = Math.max(1, Math.ceil(ttlSeconds ?? this.ttl));
-    await this.run("SET", [this.keyPrefix + key, JSON.stringify(value, replace), "EX", ttl]);
+    // Tagged with the last generation seen: if another process has started a new one since, the
+    // entry is a miss, never a stale hit. (Not valid JSON, so an older version reading it fails
+    // and reads the store instead of misreading it.)
+    const generation = this.generation ?? (await this.readGeneration());
+    await this.run("SET", [this.keyPrefix + key, `${generation}|${JSON.stringify(value, replace)}`, "EX", ttl]);
   }
 
   async delete(key: string): Promise<void> {
@@ -137,7 +161,10 @@ export class RedisCache implements Cache {
     this.lastRecovery = now;
     try {
       if (this.overflow) {
-        await this.flushPrefix();
+        // O(1) and touches no other key: every entry written before is a miss from now on.
+        const generation = newGeneration();
+        await this.run("SET", [this.generationKey, generation]);
+        this.generation = generation;
         this.overflow = false;
         this.pending.clear();
       } else {
@@ -155,13 +182,16 @@ export class RedisCache implements Cache {
     }
   }
 
-  private async flushPrefix(): Promise<void> {
-    let cursor = "0";
-    do {
-      const [next, keys] = (await this.run("SCAN", [cursor, "MATCH", `${escapeGlob(this.keyPrefix)}*`, "COUNT", 1000])) as [string, string[]];
-      if (keys.length > 0) await this.run("DEL", keys);
-      cursor = next;
-    } while (cursor !== "0");
+  /** The current generation, created (by whichever process comes first) if missing. */
+  private async readGeneration(): Promise<string> {
+    let generation = await this.run("GET", [this.generationKey]);
+    if (typeof generation !== "string") {
+      await this.run("SET", [this.generationKey, newGeneration(), "NX"]);
+      generation = await this.run("GET", [this.generationKey]);
+      if (typeof generation !== "string") throw new Error("[credit-management] [redis] the cache generation key vanished");
+    }
+    this.generation = generation;
+    return generation;
   }
 
   private run(command: string, args: (string | number)[]): Promise<unknown> {
@@ -183,7 +213,7 @@ function revive(_key: string, value: unknown): unknown {
   return value;
 }
 
-const escapeGlob = (s: string) => s.replace(/[*?[\]\\]/g, "\\$&");
+const newGeneration = () => randomBytes(8).toString("hex");
 
 // -------------------------------------------------------------------------------------------------
 // Queue
@@ -207,8 +237,9 @@ export interface RedisStreamQueueOptions {
 /**
  * Appends each message to a Redis stream with `XADD`, fields `id`, `userId`, `type`, `payload`
  * (JSON), `createdAt`, `attempt`. A redelivered message (same `id` within `dedupeTtlSeconds`) is not
- * appended again: an atomic script sets a marker key `<stream>:sent:<id>` and appends only when
- * the marker was new. Read it with a consumer group (`XREADGROUP`, see
+ * appended again: an atomic script appends only when no marker key `<stream>:sent:<id>` exists,
+ * and sets the marker only once the append succeeded (a failed `XADD` fails the publish, which
+ * the dispatcher retries). Read it with a consumer group (`XREADGROUP`, see
  * `examples/notifications-worker.ts`); consumers should still drop ids they have handled.
  */
 export class RedisStreamQueue implements NotificationQueue {
@@ -262,9 +293,17 @@ export class RedisStreamQueue implements NotificationQueue {
   }
 }
 
-/** KEYS: stream, marker. ARGV: marker TTL, then XADD's arguments after the key. */
+/**
+ * KEYS: stream, marker. ARGV: marker TTL, then XADD's arguments after the key. Scripts do not roll
+ * back, so the marker is set only after XADD succeeded; XADD's error is returned as the reply.
+ */
 const PUBLISH_ONCE = `
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[1], unpack(ARGV, 2))
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return false
 end
-return false`;
+local id = redis.pcall('XADD', KEYS[1], unpack(ARGV, 2))
+if type(id) == 'table' and id.err then
+  return id
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return id`;
