@@ -93,3 +93,25 @@ describe("amounts stay in the safe-integer range", () => {
     await m.close();
   });
 });
+
+describe("smaller input and idempotency gaps", () => {
+  it("getGrants validates its options (null, unknown keys) as a ValidationError", async () => {
+    const { m } = await managerAt();
+    await m.credits.addCredits("u", 5);
+    await expect(m.credits.getGrants("u", null as never)).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.credits.getGrants("u", { inactive: true } as never)).rejects.toBeInstanceOf(ValidationError);
+    expect(await m.credits.getGrants("u", { includeInactive: true })).toHaveLength(1);
+    await m.close();
+  });
+
+  it("a keyed commit of the full hold and its retry naming the hold's amount are the same call", async () => {
+    const { m } = await managerAt();
+    await m.credits.addCredits("u", 100);
+    const hold = await m.credits.reserveCredits("u", 40);
+    const first = await m.credits.commitReservedCredits(hold.id, { idempotencyKey: "c-1" });
+    const again = await m.credits.commitReservedCredits(hold.id, { idempotencyKey: "c-1", amount: 40 });
+    expect(again.id).toBe(first.id);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 60, reserved: 0 });
+    await m.close();
+  });
+});

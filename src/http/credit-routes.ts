@@ -9,6 +9,7 @@ import {
   EntityId,
   EntryType,
   Grant,
+  GrantsQuery,
   HistoryQuery,
   JournalEntry,
   MutationOptions,
@@ -50,7 +51,8 @@ export const ExpiringParams = z.strictObject({
   /** Days ahead, 0–3650, default 7. */
   days: z.number().min(0).max(3650).optional(),
 });
-export const GrantsParams = z.strictObject({ includeInactive: z.boolean().optional() });
+/** The grants query: the library's own model. */
+export const GrantsParams = GrantsQuery;
 
 // ---- response schemas ---------------------------------------------------------------------------
 

@@ -68,4 +68,9 @@ export type HistoryQuery = z.input<typeof HistoryQuery>;
 
 /** Days ahead to look for expiring credits: 0–3650. */
 export const ExpiringDays = z.number().min(0).max(3650);
+export const GrantsQuery = z.strictObject({
+  /** Closed and spent grants too. Default false. */
+  includeInactive: z.boolean().optional(),
+});
+export type GrantsQuery = z.input<typeof GrantsQuery>;
 export const AsOf = DateInput.optional();

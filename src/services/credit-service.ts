@@ -30,6 +30,7 @@ import {
   DeductOptions,
   EntityId,
   ExpiringDays,
+  GrantsQuery,
   HistoryQuery,
   ReleaseOptions,
   ReserveOptions,
@@ -325,7 +326,10 @@ export class CreditService {
     const id = parse(EntityId, reservationId, "reservationId");
     const o = options === NO_OPTIONS ? NO_OPTIONS : parse(CommitOptions, options, "options");
     const found = await this.findReservation(id);
-    return this.commitHold(found.userId, id, o);
+    // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
+    const parsed = o as ParsedCommitOptions;
+    const full = parsed.amount === undefined && parsed.idempotencyKey !== undefined ? { ...parsed, amount: found.amount } : o;
+    return this.commitHold(found.userId, id, full);
   }
 
   /**
@@ -465,10 +469,11 @@ export class CreditService {
   }
 
   /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
-  async getGrants(userId: string, options: { includeInactive?: boolean } = {}): Promise<Grant[]> {
+  async getGrants(userId: string, options: GrantsQuery = {}): Promise<Grant[]> {
     const user = parse(UserId, userId, "userId");
+    const o = parse(GrantsQuery, options, "options");
     await this.settledAccount(user, this.clock());
-    const grants = await this.db.listGrants(user, { includeInactive: options.includeInactive === true });
+    const grants = await this.db.listGrants(user, { includeInactive: o.includeInactive === true });
     return grants.sort(compareGrants).map(copy);
   }
 
