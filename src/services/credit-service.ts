@@ -231,6 +231,11 @@ export class CreditService {
   private readonly overdraftLimit: number | null;
   private readonly cacheTtl: number;
   private readonly alerts: Thresholds | undefined;
+  /**
+   * Balance reads in flight, by account (only with a cache): writes of the account committed
+   * meanwhile are counted, and a read that saw one does not cache what it read.
+   */
+  private readonly reads = new Map<string, { writes: number; readers: number }>();
 
   constructor(options: CreditServiceOptions) {
     this.db = options.db;
@@ -420,7 +425,21 @@ export class CreditService {
       // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
       if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
     }
-    const account = await this.settledAccount(user, now);
+    // A write of this account that commits while the store is read makes what was read too old to
+    // cache: its invalidation may already have run (see `committed`).
+    let read: { writes: number; readers: number } | undefined;
+    if (this.cache !== undefined) {
+      read = this.reads.get(user);
+      if (read === undefined) this.reads.set(user, (read = { writes: 0, readers: 0 }));
+      read.readers++;
+    }
+    const before = read?.writes ?? 0;
+    let account: Account | null;
+    try {
+      account = await this.settledAccount(user, now);
+    } finally {
+      if (read !== undefined && --read.readers === 0) this.reads.delete(user);
+    }
     const info: CreditsInfo = account
       ? {
           userId: user,
@@ -430,7 +449,7 @@ export class CreditService {
           debt: account.debt,
         }
       : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
-    if (this.cache !== undefined) {
+    if (this.cache !== undefined && (read === undefined || read.writes === before)) {
       const validUntil = account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null;
       await this.cacheSet(infoKey(user), { info, validUntil }, this.cacheTtl);
     }
@@ -638,6 +657,8 @@ export class CreditService {
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
       if (this.cache !== undefined) {
+        const read = this.reads.get(userId);
+        if (read !== undefined) read.writes++;
         const deleting = this.cacheDelete(infoKey(userId));
         if (deleting !== undefined) return deleting.then(() => outcome.value);
       }
