@@ -110,19 +110,22 @@ export class AccountWork {
 
   /**
    * Expires grants due at `asOf` (default now; never later) and releases holds lapsed at `asOf`,
-   * oldest first. Returns the credits expired. The grants the holds drew from must be loaded.
+   * oldest first. The grants the holds drew from must be loaded.
    */
-  settle(asOf: Date = this.now): number {
-    let expired = 0;
+  settle(asOf: Date = this.now): Settlement {
+    const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0 };
     const lapsed = [...this.holds.values()]
       .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
       .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
     // Grants first, so credits a lapsed hold returns to an expired grant expire with it at once.
-    expired += this.expireDue(asOf, {});
+    out.expired += this.expireDue(asOf, {});
     for (const hold of lapsed) {
-      expired += this.releaseHold(hold, "expired", { description: "reservation expired" }).expired;
+      const { entry, expired } = this.releaseHold(hold, "expired", { description: "reservation expired" });
+      out.expired += expired;
+      out.holdsReleased++;
+      out.creditsReleased += entry.amount;
     }
-    return expired;
+    return out;
   }
 
   /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
@@ -546,6 +549,13 @@ function minDate(a: Date | null, b: Date | null): Date | null {
   if (a === null) return b;
   if (b === null) return a;
   return a.getTime() <= b.getTime() ? a : b;
+}
+
+/** What `AccountWork.settle` did: credits expired (grants and returned holds), holds released. */
+export interface Settlement {
+  expired: number;
+  holdsReleased: number;
+  creditsReleased: number;
 }
 
 /**

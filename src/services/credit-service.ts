@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { PromoPaymentChanges } from "../db/types-promos.js";
-import { AccountWork, type EntryMeta } from "../domain/account-work.js";
+import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
@@ -403,13 +403,20 @@ export class CreditService {
         { path: "asOf", message: "must not be in the future" },
       ]);
     }
-    // Settled as of `asOf` (settle: false: not by the clock first), lapsed holds included.
+    return (await this.settleAsOf(user, at)).expired;
+  }
+
+  /**
+   * @internal One account settled as of `asOf` (default now; the caller checks it is not later):
+   * grants due and holds lapsed by then, not by the clock (`expireCredits`, the hold-release job).
+   */
+  settleAsOf(userId: string, asOf?: Date): Promise<Settlement> {
     return this.mutate(
-      user,
+      userId,
       {},
       async (work, tx, unit) => {
         await this.includeHeldGrants(work, tx, unit.state.reservations);
-        return work.settle(at ?? work.now);
+        return work.settle(asOf ?? work.now);
       },
       undefined,
       { settle: false },

@@ -167,31 +167,11 @@ export class ExpirationService {
       o,
       (n) => (report.holdsScanned += n),
       async (userId) => {
-        // Settled as of `asOf`, not the clock (settle: false): what lapsed after it is left alone.
-        const released = await this.credits.runUnitOfWork(
-          userId,
-          {},
-          async (work, tx, unit) => {
-            const lapsed = unit.state.reservations
-              .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
-              .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
-            if (lapsed.length === 0) return { holds: 0, credits: 0 };
-            // Grants first, so credits a lapsed hold returns to an expired grant expire with it.
-            work.expireDue(asOf, {});
-            // Closed or spent grants the holds drew from are not part of the loaded state.
-            const missing = new Set<string>();
-            for (const h of lapsed) for (const p of h.allocations) if (work.getGrant(p.grantId) === undefined) missing.add(p.grantId);
-            if (missing.size > 0) work.include(await tx.getGrants([...missing]));
-            let credits = 0;
-            for (const h of lapsed) credits += work.releaseHold(h, "expired", { description: "reservation expired" }).entry.amount;
-            return { holds: lapsed.length, credits };
-          },
-          undefined,
-          { settle: false },
-        );
+        // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
+        const released = await this.credits.settleAsOf(userId, asOf);
         report.users++;
-        report.holdsReleased += released.holds;
-        report.creditsReleased += released.credits;
+        report.holdsReleased += released.holdsReleased;
+        report.creditsReleased += released.creditsReleased;
       },
       () => report.errors++,
     );
