@@ -295,6 +295,29 @@ export class CreditService {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
+  /**
+   * @internal An after-service deduction of `amount`, or of what the overdraft limit allows when
+   * that is less (the metering of a call that outlived its hold: the usage was delivered). Decided
+   * inside the unit of work, so the account cannot move in between; a clamped entry's metadata adds
+   * `requested` and `shortfall`. Resolves to null when the limit allows nothing. A repeated key
+   * answers with the first entry, as `deductCreditsAfterService` does.
+   */
+  chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
+    let meta: EntryMeta;
+    try {
+      meta = this.meta("deductCreditsAfterService", parse(DeductOptions, options, "options"), { amount, ...options });
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    return this.mutate(userId, meta, (work) => {
+      const limit = this.overdraftLimit;
+      const charge = limit === null ? amount : Math.min(amount, Math.max(0, work.available + limit));
+      if (charge === 0) return null;
+      const m = charge === amount ? meta : { ...meta, metadata: { ...meta.metadata, requested: amount, shortfall: amount - charge } };
+      return work.deduct(charge, m, { allowDebt: true, overdraftLimit: limit });
+    });
+  }
+
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
   async reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
     const user = parse(UserId, userId, "userId");

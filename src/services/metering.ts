@@ -84,7 +84,7 @@ export function currentMeter(): MeterContext | undefined {
  * meter's options once, when it opens; each usage when it is recorded), so one metered call runs
  * no model twice.
  */
-type Credits = Pick<CreditService, "placeHold" | "commitHold" | "releaseHold" | "deductCreditsAfterService">;
+type Credits = Pick<CreditService, "placeHold" | "commitHold" | "releaseHold" | "chargeUpToLimit">;
 
 interface SessionDeps {
   credits: Credits;
@@ -272,48 +272,13 @@ export class MeterSession {
    * charged (possibly nothing) and the rest reported as the `shortfall`, as for an active hold.
    */
   private async chargeAfterService(amount: number): Promise<MeterOutcome> {
-    const { credits } = this.deps;
     const held = { reservationId: this.reservationId, holdExpired: true };
-    let entry: JournalEntry | null = null;
-    let refused: InsufficientCreditsError | null = null;
-    if (amount > 0) {
-      try {
-        entry = await credits.deductCreditsAfterService(this.userId, amount, this.mutation("after-service", held));
-      } catch (error) {
-        if (!(error instanceof InsufficientCreditsError)) throw error;
-        refused = error;
-      }
-    }
-    if (refused === null) {
-      const outcome = this.outcome("committed", amount, entry);
-      outcome.chargedAfterService = true;
-      return outcome;
-    }
-    // Past the overdraft limit: charge what it allows, never more. The account may move between
-    // the refusal and the charge (another call): each refusal says what it allows now.
-    let charged = 0;
-    for (let tries = 0; tries < 3; tries++) {
-      const allowed = allowedByLimit(refused);
-      if (allowed === null) throw refused;
-      charged = Math.min(amount, Math.max(0, allowed));
-      if (charged === 0) break;
-      const shortfall = amount - charged;
-      try {
-        entry = await credits.deductCreditsAfterService(
-          this.userId,
-          charged,
-          this.mutation("after-service", { ...held, requested: amount, shortfall }),
-        );
-        break;
-      } catch (error) {
-        if (!(error instanceof InsufficientCreditsError) || tries === 2) throw error;
-        refused = error;
-      }
-    }
-    const shortfall = amount - charged;
+    const entry = amount > 0 ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation("after-service", held)) : null;
+    const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);
     outcome.chargedAfterService = true;
-    if (shortfall === 0) return outcome; // the account moved: the limit allowed it all after all
+    const shortfall = amount - charged;
+    if (shortfall === 0) return outcome;
     await this.deps.ledger
       ?.logError(
         "metered usage after its hold lapsed exceeded the overdraft limit; charged what the limit allows",
@@ -430,16 +395,6 @@ interface MutationInput {
   metadata?: Json;
 }
 type CommitInput = MutationInput & { amount?: number };
-
-/**
- * What an after-service deduction refused for the overdraft limit could have taken:
- * `available + overdraftLimit` at the refusal; null when the refusal does not say.
- */
-function allowedByLimit(error: InsufficientCreditsError): number | null {
-  const available = error.details?.available;
-  const limit = error.details?.overdraftLimit;
-  return typeof available === "number" && typeof limit === "number" ? available + limit : null;
-}
 
 function stripUndefined<T extends object>(o: T): T {
   const out: Record<string, unknown> = {};
