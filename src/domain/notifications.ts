@@ -30,13 +30,13 @@ export function levelOf(available: number, threshold: number): AlertLevel {
 }
 
 /**
- * The events of a move from `previous` to `next`. None from `null` (the first evaluation of an
- * account only records its level). Falling past the threshold and zero at once gives
+ * The events of a move from `previous` to `next`. None from or to `null` (the first evaluation of an
+ * account only records its level; an account with no history has none). Falling past the threshold and zero at once gives
  * `low_credits` then `credits_exhausted`; climbing from zero to under the threshold gives nothing
  * (still low); back to `ok` gives `balance_restored`.
  */
-export function crossings(previous: AlertLevel | null, next: AlertLevel, threshold: number): readonly NotificationType[] {
-  if (previous === null || previous === next) return NONE_TYPES;
+export function crossings(previous: AlertLevel | null, next: AlertLevel | null, threshold: number): readonly NotificationType[] {
+  if (previous === null || next === null || previous === next) return NONE_TYPES;
   if (next === "ok") return RESTORED;
   if (next === "low") return previous === "ok" ? LOW : NONE_TYPES;
   return previous === "ok" && threshold > 0 ? LOW_AND_EXHAUSTED : EXHAUSTED;
@@ -97,7 +97,10 @@ export function evaluateAlert(
   const override = prev === null ? null : prev.override;
   const threshold = thresholdOf(override ?? service, lastAllocation);
   const available = account.balance - account.reserved;
-  const level = levelOf(available, threshold);
+  // An account with no history (a threshold set before its first addition) has no level yet: its
+  // first change only records one, as for any account, instead of reading 0 as "exhausted" and
+  // calling the first top-up a restoration.
+  const level = account.seq === 0 ? null : levelOf(available, threshold);
   if (prev !== null && prev.level === level && prev.threshold === threshold && prev.lastAllocation === lastAllocation) {
     return NO_NOTIFICATIONS;
   }
@@ -120,7 +123,8 @@ export function evaluateAlert(
 export function withOverride(account: Account, override: AlertState["override"], service: Thresholds, now: Date): readonly Notification[] {
   const prev = account.alert;
   const lastAllocation = prev === null ? 0 : prev.lastAllocation;
-  const level = prev === null ? levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation)) : prev.level;
+  const level =
+    prev !== null ? prev.level : account.seq === 0 ? null : levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation));
   account.alert = { level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
   return evaluateAlert(account, [], service, now);
 }

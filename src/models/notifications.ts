@@ -37,7 +37,8 @@ export type ThresholdSpec = z.infer<typeof ThresholdSpec>;
  * concurrent operations around a threshold produce one event per crossing.
  */
 export const AlertState = z.object({
-  level: AlertLevel,
+  /** Null: not evaluated yet (a threshold set on an account with no history). */
+  level: AlertLevel.nullable(),
   /** The threshold (credits) `level` was computed for. */
   threshold: NonNegativeAmount,
   /** Amount of the latest addition (base of percentage thresholds). */

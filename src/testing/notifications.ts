@@ -141,6 +141,28 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    it("a threshold set before an account's first addition: the first top-up only records the level", async () => {
+      const db = getDb();
+      const { credits, notifications } = services(db, T0, { lowCredits: 0 });
+      const u = user();
+      await notifications.setThreshold(u, { lowCredits: 50 });
+      expect((await db.getAccount(u))?.alert).toEqual({ level: null, threshold: 50, lastAllocation: 0, override: { lowCredits: 50, lowCreditsPercent: null } });
+      await credits.addCredits(u, 100); // not a restoration: the account was never low
+      expect(await notifications.list(u)).toEqual([]);
+      expect((await db.getAccount(u))?.alert).toMatchObject({ level: "ok", threshold: 50 });
+      await credits.deductCredits(u, 60); // 40 < 50
+      expect(types(await notifications.list(u))).toEqual(["low_credits"]);
+      // A first top-up under the threshold is the account's first level, not a crossing either.
+      const v = user();
+      await notifications.setThreshold(v, { lowCredits: 50 });
+      await notifications.setThreshold(v, { lowCredits: 60 }); // still no history
+      await credits.addCredits(v, 30);
+      expect(await notifications.list(v)).toEqual([]);
+      expect((await db.getAccount(v))?.alert).toMatchObject({ level: "low", threshold: 60 });
+      await credits.addCredits(v, 40); // 70 >= 60: restored
+      expect(types(await notifications.list(v))).toEqual(["balance_restored"]);
+    });
+
     it("expiring_credits: once per grant and window however often the job runs", async () => {
       const db = getDb();
       const u = user();
