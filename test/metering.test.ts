@@ -141,21 +141,30 @@ describe("credits.meter()", () => {
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(996);
   });
 
-  it("an idempotency key leaves room for every suffix it derives (up to :after-service)", async () => {
+  it("an idempotency key leaves room for every suffix it derives (up to :reserve and :release)", async () => {
     const history = async () => (await m.credits.getCreditHistory("u")).items.length;
     const before = await history();
-    await expect(m.credits.meter("u", { estimate: 10, idempotencyKey: "k".repeat(242) }, () => 1)).rejects.toThrow(/at most 241/);
+    await expect(m.credits.meter("u", { estimate: 10, idempotencyKey: "k".repeat(248) }, () => 1)).rejects.toThrow(/at most 247/);
     expect(await history()).toBe(before); // refused before the hold
-    // The longest key allowed, on the longest path: the hold lapses, the usage is charged after service.
-    const key = "k".repeat(241);
+    // The longest key allowed: the hold lapses, the usage is charged after service under the charge key.
+    const key = "k".repeat(247);
     const outcomes: MeterOutcome[] = [];
     await m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
       now += 6000;
       recordUsage({ amount: 7 });
     });
     expect(outcomes[0]).toMatchObject({ charged: 7, chargedAfterService: true });
-    expect(outcomes[0]?.entry?.idempotencyKey).toBe(`${key}:after-service`);
+    expect(outcomes[0]?.entry?.idempotencyKey).toBe(`${key}:charge`);
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(993);
+    // A release of the longest key (fn throws).
+    await expect(
+      m.credits.meter("u", { estimate: 10, idempotencyKey: key.replace(/k$/, "j") }, () => {
+        throw new Error("boom");
+      }),
+    ).rejects.toThrow("boom");
+    const release = (await m.credits.getCreditHistory("u", { types: ["release_reserved"] })).items[0];
+    expect(release?.idempotencyKey).toBe(`${key.replace(/k$/, "j")}:release`);
+    expect(release?.idempotencyKey?.length).toBe(255);
   });
 
   it("a call that outlives its hold, beyond the overdraft limit, is charged what the limit allows and reports the shortfall", async () => {
@@ -196,7 +205,7 @@ describe("credits.meter()", () => {
     await strict.close();
   });
 
-  it("a keyed call retried after a failed attempt holds again under a derived key, runs fn once and charges once", async () => {
+  it("a keyed call retried after a failed attempt holds again under a derived key and charges once under the call's charge key", async () => {
     await expect(
       m.credits.meter("u", { estimate: 10, idempotencyKey: "m1" }, () => {
         throw new Error("boom");
@@ -215,8 +224,8 @@ describe("credits.meter()", () => {
     expect(await Promise.all([retry(), retry()])).toEqual(["ok", "ok"]);
     expect(ran).toBe(2);
     expect(outcomes.map((o) => [o.outcome, o.charged, o.entry?.idempotencyKey])).toEqual([
-      ["committed", 7, "m1:attempt-2:commit"],
-      ["committed", 7, "m1:attempt-2:commit"],
+      ["committed", 7, "m1:charge"],
+      ["committed", 7, "m1:charge"],
     ]);
     expect(outcomes[0]?.entry?.id).toBe(outcomes[1]?.entry?.id);
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 993, reserved: 0 });
@@ -229,7 +238,7 @@ describe("credits.meter()", () => {
   });
 
   it("each failed attempt of a keyed call moves the next to a new derived key; the longest key too", async () => {
-    const key = "k".repeat(241);
+    const key = "k".repeat(247);
     for (let i = 0; i < 2; i++) {
       await expect(
         m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key }, () => {
@@ -242,12 +251,12 @@ describe("credits.meter()", () => {
       now += 6000;
       recordUsage({ amount: 4 });
     });
-    const used = outcomes[0]?.entry?.idempotencyKey ?? "";
     expect(outcomes[0]).toMatchObject({ charged: 4, chargedAfterService: true });
-    expect(used).toMatch(/~[0-9a-f]{16}:attempt-3:after-service$/);
-    expect(used.length).toBe(255);
-    const reserves = (await m.credits.getCreditHistory("u", { types: ["reserve"] })).items.map((e) => e.idempotencyKey);
+    expect(outcomes[0]?.entry?.idempotencyKey).toBe(`${key}:charge`);
+    const reserves = (await m.credits.getCreditHistory("u", { types: ["reserve"] })).items.map((e) => e.idempotencyKey ?? "");
     expect(new Set(reserves).size).toBe(3);
+    expect(reserves[0]).toMatch(/~[0-9a-f]{16}:attempt-3:reserve$/);
+    expect(reserves[0]?.length).toBe(255);
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 996, reserved: 0 });
   });
 

@@ -14,8 +14,8 @@ export const UsageRecord = z.strictObject({
 });
 export type UsageRecord = z.infer<typeof UsageRecord>;
 
-/** 255 less the longest suffix metering appends (`:after-service`). */
-const MAX_METER_KEY = 255 - ":after-service".length;
+/** 255 less the longest suffix metering appends (`:reserve`, `:release`). */
+const MAX_METER_KEY = 255 - ":reserve".length;
 
 /** Options of `credits.meter(userId, options, fn)`. */
 export const MeterOptions = z.strictObject({
@@ -27,11 +27,13 @@ export const MeterOptions = z.strictObject({
   reason: ShortText.optional(),
   description: ShortText.optional(),
   /**
-   * Key of the hold (`<key>:reserve`); the commit uses `<key>:commit`, the release `<key>:release`,
-   * a charge after the hold lapsed `<key>:after-service`. At most 241 characters, so that each of
-   * those is a valid idempotency key (255).
+   * Makes the call safe to retry. The hold is placed under `<key>:reserve` and released under
+   * `<key>:release`; an attempt that retries a failed one holds under `<key>:attempt-<n>:reserve`.
+   * The charge — a commit, or an after-service deduction — of every attempt is `<key>:charge`, so a
+   * call is charged once. At most 247 characters, so that each of those is a valid idempotency key
+   * (255).
    */
-  idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, { error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 14)` }).optional(),
+  idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, { error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)` }).optional(),
   correlationId: z.string().min(1).max(255).optional(),
   /** Stored with the commit entry beside the recorded usages. */
   metadata: Metadata.optional(),

@@ -1,9 +1,16 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
-import { ConfigurationError, InsufficientCreditsError, ReservationExpiredError } from "../errors.js";
+import {
+  ConfigurationError,
+  IdempotencyConflictError,
+  InsufficientCreditsError,
+  ReservationExpiredError,
+  ReservationNotActiveError,
+} from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { NonNegativeAmount, parse, UsageRecord, type JournalEntry, type MeterOptions } from "../models/index.js";
+import { andThen } from "../util/promise.js";
 import type { CreditService } from "./credit-service.js";
 
 /** What one metered call did with its hold, reported once it is settled. */
@@ -21,10 +28,18 @@ export interface MeterOutcome {
   /** Everything `recordUsage` recorded, in order. */
   usages: UsageRecord[];
   /**
-   * The hold lapsed (TTL) before the call ended: its credits had gone back, so the usage was
-   * charged as an after-service deduction instead of a commit.
+   * The hold lapsed (TTL) before the call ended — or, for a keyed call, another attempt released
+   * it: its credits had gone back, so the usage was charged as an after-service deduction instead
+   * of a commit.
    */
   chargedAfterService?: boolean;
+  /**
+   * Keyed calls: another attempt of the same `idempotencyKey` was charged first, with other usage.
+   * This attempt's usage (in `usages`) was not charged; `charged` and `entry` are that charge, the
+   * one charge of the call. (An attempt that shared the charged attempt's hold and measured the same
+   * usage gets the same charge back as an idempotent replay, without this flag.)
+   */
+  replayed?: boolean;
   /** Usage beyond what the overdraft limit let us charge (the hold itself was charged in full). */
   shortfall?: number;
   /** The commit (or after-service deduction) entry; null when released or nothing was charged. */
@@ -82,9 +97,9 @@ export function currentMeter(): MeterContext | undefined {
 /**
  * What a session uses of the credit service: the hold operations for input already validated (the
  * meter's options once, when it opens; each usage when it is recorded), so one metered call runs
- * no model twice.
+ * no model twice; and the store, to read the charge another attempt of a keyed call made.
  */
-type Credits = Pick<CreditService, "placeHold" | "commitHold" | "releaseHold" | "chargeUpToLimit">;
+type Credits = Pick<CreditService, "placeHold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db">;
 
 interface SessionDeps {
   credits: Credits;
@@ -126,6 +141,13 @@ function usageRecord(usage: UsageRecord): UsageRecord {
 /**
  * A placed hold and its usage context. `commit()` and `release()` settle it; whichever comes first
  * wins and every later call gets the same outcome, so one metered call is one commit or one release.
+ *
+ * A keyed call (`idempotencyKey`) may have several attempts at once — retries that start while an
+ * earlier attempt still runs — and they may share a hold. Whichever way an attempt charges (a
+ * commit, or an after-service deduction when its hold lapsed or another attempt released it), it
+ * charges under the call's one charge key, `<key>:charge`. The store keeps one entry per key, so the
+ * call is charged once whatever order the attempts finish in, and whichever process judged the
+ * hold lapsed by its own clock; every other attempt is answered with that charge.
  */
 export class MeterSession {
   private contextObject: MeterContext | null = null;
@@ -133,12 +155,17 @@ export class MeterSession {
   private sum = 0;
   private settlement: Promise<MeterOutcome> | null = null;
 
+  /**
+   * @param holdKey the key this attempt's hold was placed under (`<key>` or `<key>:attempt-<n>`,
+   *   see `openMeter`); its release uses `<holdKey>:release`. Default: the call's key.
+   */
   constructor(
     private readonly deps: SessionDeps,
     readonly userId: string,
     readonly reservationId: string,
     readonly estimate: number,
     private readonly options: Omit<MeterOptions, "estimate">,
+    private readonly holdKey: string | undefined = options.idempotencyKey,
   ) {}
 
   /** The usage context `currentMeter()` returns (one object per session). */
@@ -210,13 +237,22 @@ export class MeterSession {
     return this.settlement;
   }
 
-  /** The options of a commit, release or after-service deduction: only the keys that are set. */
-  private mutation(suffix: string, extra: Record<string, unknown> | null): MutationInput {
+  /** The key every attempt of a keyed call charges under (undefined without a key). */
+  private get chargeKey(): string | undefined {
+    const key = this.options.idempotencyKey;
+    return key === undefined ? undefined : `${key}:charge`;
+  }
+
+  /**
+   * The options of a commit, release or after-service deduction: only the keys that are set.
+   * `key`: the idempotency key of this step (undefined for an unkeyed call).
+   */
+  private mutation(key: string | undefined, extra: Record<string, unknown> | null): MutationInput {
     const o = this.options;
     const out: MutationInput = {};
     if (o.description !== undefined) out.description = o.description;
     if (o.correlationId !== undefined) out.correlationId = o.correlationId;
-    if (o.idempotencyKey !== undefined) out.idempotencyKey = `${o.idempotencyKey}:${suffix}`;
+    if (key !== undefined) out.idempotencyKey = key;
     // `{}` when there is nothing to say.
     out.metadata = { ...o.metadata, ...extra, ...(this.recorded.length > 0 ? { usages: this.recorded } : {}) } as Json;
     return out;
@@ -235,30 +271,32 @@ export class MeterSession {
   }
 
   private async doCommit(amount: number): Promise<MeterOutcome> {
-    const { credits } = this.deps;
     try {
-      const options: CommitInput = this.mutation("commit", null);
+      const options: CommitInput = this.mutation(this.chargeKey, null);
       options.amount = amount;
-      const entry = await credits.commitHold(this.userId, this.reservationId, options);
+      const entry = await this.deps.credits.commitHold(this.userId, this.reservationId, options);
       return this.outcome("committed", amount, entry);
     } catch (error) {
-      if (error instanceof ReservationExpiredError) return this.chargeAfterService(amount);
-      if (error instanceof InsufficientCreditsError && amount > this.estimate) {
-        // Past the overdraft limit: charge what was held and report the rest.
-        const shortfall = amount - this.estimate;
-        const options: CommitInput = this.mutation("commit", { requested: amount, shortfall });
-        options.amount = this.estimate;
-        const entry = await credits.commitHold(this.userId, this.reservationId, options);
-        await this.deps.ledger
-          ?.logError(
-            "metered usage exceeded the overdraft limit; the hold was charged in full",
-            { reservationId: this.reservationId, requested: amount, charged: this.estimate, shortfall },
-            { userId: this.userId, correlationId: this.options.correlationId },
-          )
-          .catch(() => undefined);
-        const outcome = this.outcome("committed", this.estimate, entry);
-        outcome.shortfall = shortfall;
-        return outcome;
+      return this.commitFailed(amount, error);
+    }
+  }
+
+  /** The commit was refused: charge after service when the hold is gone, or past the overdraft limit the hold. */
+  private async commitFailed(amount: number, refusal: unknown): Promise<MeterOutcome> {
+    try {
+      if (refusal instanceof ReservationExpiredError) return await this.chargeAfterService(amount, { holdExpired: true });
+      // A keyed hold is shared by the attempts that meet on it: one that failed released it while
+      // this one still ran. The usage was delivered, so it is charged like a lapsed hold's (the
+      // charge key keeps the call to one charge). A hold committed otherwise is not charged again.
+      if (this.chargeKey !== undefined && refusal instanceof ReservationNotActiveError && refusal.details?.status === "released") {
+        return await this.chargeAfterService(amount, { holdReleased: true });
+      }
+      if (refusal instanceof InsufficientCreditsError && amount > this.estimate) return await this.chargeHold(amount);
+      throw refusal;
+    } catch (error) {
+      // The call's charge key holds another attempt's charge (with other usage): the call is charged.
+      if (error instanceof IdempotencyConflictError && this.chargeKey !== undefined && error.details?.idempotencyKey === this.chargeKey) {
+        return this.chargedElsewhere(amount, error);
       }
       // Anything else (the store is down, …): try to return the hold rather than leave it until its TTL.
       await this.tryRelease("error");
@@ -266,14 +304,40 @@ export class MeterSession {
     }
   }
 
+  /** Usage past the overdraft limit: charge what was held and report the rest. */
+  private async chargeHold(amount: number): Promise<MeterOutcome> {
+    const shortfall = amount - this.estimate;
+    const options: CommitInput = this.mutation(this.chargeKey, { requested: amount, shortfall });
+    options.amount = this.estimate;
+    let entry: JournalEntry;
+    try {
+      entry = await this.deps.credits.commitHold(this.userId, this.reservationId, options);
+    } catch (error) {
+      // It lapsed in between: after service, within the limit, like any lapsed hold.
+      if (error instanceof ReservationExpiredError) return this.chargeAfterService(amount, { holdExpired: true });
+      throw error;
+    }
+    await this.deps.ledger
+      ?.logError(
+        "metered usage exceeded the overdraft limit; the hold was charged in full",
+        { reservationId: this.reservationId, requested: amount, charged: this.estimate, shortfall },
+        { userId: this.userId, correlationId: this.options.correlationId },
+      )
+      .catch(() => undefined);
+    const outcome = this.outcome("committed", this.estimate, entry);
+    outcome.shortfall = shortfall;
+    return outcome;
+  }
+
   /**
-   * The call outlived its hold: the credits went back, the usage was still delivered, so it is
-   * charged as an after-service deduction. Beyond the overdraft limit, the most the limit allows is
-   * charged (possibly nothing) and the rest reported as the `shortfall`, as for an active hold.
+   * The call outlived its hold (or, keyed, another attempt released it): the credits went back, the
+   * usage was still delivered, so it is charged as an after-service deduction. Beyond the overdraft
+   * limit, the most the limit allows is charged (possibly nothing) and the rest reported as the
+   * `shortfall`, as for an active hold.
    */
-  private async chargeAfterService(amount: number): Promise<MeterOutcome> {
-    const held = { reservationId: this.reservationId, holdExpired: true };
-    const entry = amount > 0 ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation("after-service", held)) : null;
+  private async chargeAfterService(amount: number, why: { holdExpired: true } | { holdReleased: true }): Promise<MeterOutcome> {
+    const held = { reservationId: this.reservationId, ...why };
+    const entry = amount > 0 ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation(this.chargeKey, held)) : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);
     outcome.chargedAfterService = true;
@@ -281,12 +345,44 @@ export class MeterSession {
     if (shortfall === 0) return outcome;
     await this.deps.ledger
       ?.logError(
-        "metered usage after its hold lapsed exceeded the overdraft limit; charged what the limit allows",
-        { reservationId: this.reservationId, requested: amount, charged, shortfall, holdExpired: true },
+        "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows",
+        { reservationId: this.reservationId, requested: amount, charged, shortfall, ...why },
         { userId: this.userId, correlationId: this.options.correlationId },
       )
       .catch(() => undefined);
     outcome.shortfall = shortfall;
+    return outcome;
+  }
+
+  /**
+   * Another attempt of this keyed call was charged first, with other usage: this attempt's usage is
+   * not charged. Its own hold, if it is another one and still held, goes back; the answer is the
+   * call's one charge, read from the store; a system event records the usage left uncharged.
+   */
+  private async chargedElsewhere(amount: number, conflict: IdempotencyConflictError): Promise<MeterOutcome> {
+    const key = this.chargeKey as string;
+    await this.tryRelease("already-charged");
+    const first = await this.deps.credits.db.transaction(this.userId, (tx) =>
+      andThen(tx.load({ idempotencyKey: key }), (state) => state.idempotent),
+    );
+    if (first === null) throw conflict; // not a charge of this call after all
+    const entry = structuredClone(first);
+    const outcome = this.outcome("committed", entry.amount, entry);
+    outcome.replayed = true;
+    if (entry.type === "deduct") outcome.chargedAfterService = true;
+    await this.deps.ledger
+      ?.logSystem(
+        "metered attempt not charged: another attempt of the same idempotency key was charged first",
+        {
+          idempotencyKey: this.options.idempotencyKey,
+          reservationId: this.reservationId,
+          requested: amount,
+          charged: entry.amount,
+          chargeEntryId: entry.id,
+        },
+        { userId: this.userId, correlationId: this.options.correlationId },
+      )
+      .catch(() => undefined);
     return outcome;
   }
 
@@ -298,10 +394,14 @@ export class MeterSession {
   }
 
   private async tryRelease(reason: string, raise = false): Promise<void> {
+    const key = this.holdKey === undefined ? undefined : `${this.holdKey}:release`;
     try {
-      await this.deps.credits.releaseHold(this.userId, this.reservationId, this.mutation("release", { releaseReason: reason }));
+      await this.deps.credits.releaseHold(this.userId, this.reservationId, this.mutation(key, { releaseReason: reason }));
     } catch (error) {
       if (error instanceof ReservationExpiredError) return; // already back
+      // A keyed hold is shared by the attempts that meet on it: another one settled it already
+      // (committed it under the call's charge key, or released it under this release key).
+      if (key !== undefined && (error instanceof ReservationNotActiveError || error instanceof IdempotencyConflictError)) return;
       this.deps.logger?.warn(
         { err: error, reservationId: this.reservationId },
         "credit-management: releasing a metered hold failed; it lapses at its TTL",
@@ -328,25 +428,24 @@ export async function openMeter(deps: SessionDeps, userId: string, options: Mete
     return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
   }
   // A retry of a keyed call. Attempt 1 holds under `<key>:reserve`. A hold that comes back released
-  // belongs to an attempt that failed (fn threw, nothing measured, its client left): nothing was
-  // charged under it, so this call is a new attempt under the next derived key, `<key>:attempt-2`,
-  // … — deterministic, so concurrent retries meet on the same hold and the same commit key. A hold
-  // that comes back committed, expired or active is this attempt's: its commit (or after-service)
-  // key replays what was charged, so a completed call is never charged twice.
+  // belongs to an attempt that failed (fn threw, nothing measured, its client left), so this call
+  // is a new attempt that holds under the next derived key, `<key>:attempt-2`, … — deterministic,
+  // so concurrent retries meet on the same hold. A hold that comes back committed, expired or
+  // active is shared with the attempt that placed it. Every attempt charges under the call's one
+  // key, `<key>:charge` (see `MeterSession`), so a call is never charged twice.
   for (let attempt = 1; ; attempt++) {
     const base = attemptKey(key, attempt);
     reserve.idempotencyKey = `${base}:reserve`;
     const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
     if (hold.status === "released") continue;
-    const o = attempt === 1 ? options : { ...options, idempotencyKey: base };
-    return new MeterSession(deps, hold.userId, hold.id, hold.amount, o);
+    return new MeterSession(deps, hold.userId, hold.id, hold.amount, options, base);
   }
 }
 
 /**
- * The idempotency key of attempt `n` of a metered call keyed `key`: the key itself, then
- * `<key>:attempt-<n>`. A key too long for that (each derived key leaves room for
- * `:after-service`) is cut and tagged with a hash of the whole key, so it stays unique.
+ * The key of attempt `n`'s hold of a metered call keyed `key`: the key itself, then
+ * `<key>:attempt-<n>`. A key too long for that (each derived key leaves room for `:reserve` and
+ * `:release`) is cut and tagged with a hash of the whole key, so it stays unique.
  */
 function attemptKey(key: string, n: number): string {
   if (n === 1) return key;
@@ -357,7 +456,7 @@ function attemptKey(key: string, n: number): string {
 }
 
 /** The longest key a metered call may derive from (`MeterOptions.idempotencyKey`). */
-const MAX_METER_KEY = 255 - ":after-service".length;
+const MAX_METER_KEY = 255 - ":reserve".length;
 
 /**
  * Reserves `estimate`, runs `fn` in a usage context, then commits the number `fn` returns, else the
