@@ -3,13 +3,36 @@ import { LRUCache } from "lru-cache";
 /**
  * A cache of plans and credit-info reads. Writes invalidate; no decision that moves credits ever
  * reads it. Implementations may fail: the services log the failure and read the store instead.
+ *
+ * `lease` and `setLeased` are optional, and go together (a cache with only one of them is used
+ * as one with neither). With them, a read that missed fills the cache only if no `delete` of the
+ * key ran since it took its lease, so a read cannot put back what a write (in any process sharing
+ * the cache) has just invalidated. Without them, reads fill with `set`, guarded only against the
+ * writes of the same service instance: a read in one process can then cache a balance that a
+ * write in another process invalidated meanwhile, served until the TTL.
  */
 export interface Cache {
   get<T>(key: string): Promise<T | undefined>;
   /** `ttlSeconds` omitted: the cache's default TTL. */
   set<T>(key: string, value: T, ttlSeconds?: number): Promise<void>;
-  /** May return nothing when done at once (the in-memory cache): callers await only a promise. */
+  /**
+   * May return nothing when done at once (the in-memory cache): callers await only a promise.
+   * Ends every lease of `key` taken before it.
+   */
   delete(key: string): Promise<void> | void;
+  /**
+   * Taken after a miss and before reading the source: a token for `setLeased`. Leaves a
+   * placeholder (a miss for `get`) for `ttlSeconds` (default: the cache's TTL) if `key` has no
+   * live lease; a lease that no `delete` has ended since it was taken (a placeholder, or a value
+   * stored with it) may be handed to several readers. Must be atomic with `delete` and `setLeased`.
+   */
+  lease?(key: string, ttlSeconds?: number): Promise<string>;
+  /**
+   * Stores `value` only if `lease` is still the key's live lease (no `delete` since it was taken,
+   * not expired, not evicted), as one atomic compare-and-set. Resolves to whether it stored.
+   * Whenever in doubt, store nothing: a missed fill costs one more read of the source.
+   */
+  setLeased?<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean>;
 }
 
 export interface InMemoryCacheOptions {
@@ -19,10 +42,22 @@ export interface InMemoryCacheOptions {
   ttlSeconds?: number;
 }
 
-/** `Cache` on lru-cache, in process memory. */
+/** An entry: a value (`has`), and the lease it was filled under or is waiting for. */
+interface Entry {
+  v: unknown;
+  has: boolean;
+  lease: string | undefined;
+}
+
+/**
+ * `Cache` on lru-cache, in process memory. Leases are supported, so services sharing one instance
+ * (several managers in a process) never cache a read that another one's write overtook.
+ */
 export class InMemoryCache implements Cache {
-  private readonly lru: LRUCache<string, { v: unknown }>;
+  private readonly lru: LRUCache<string, Entry>;
   private readonly ttlMs: number;
+  /** Lease tokens: never reused by this cache. */
+  private leases = 0;
 
   constructor(options: InMemoryCacheOptions = {}) {
     this.ttlMs = (options.ttlSeconds ?? 60) * 1000;
@@ -30,14 +65,34 @@ export class InMemoryCache implements Cache {
   }
 
   async get<T>(key: string): Promise<T | undefined> {
-    return this.lru.get(key)?.v as T | undefined;
+    const e = this.lru.get(key);
+    return e?.has ? (e.v as T) : undefined;
   }
 
   async set<T>(key: string, value: T, ttlSeconds?: number): Promise<void> {
-    this.lru.set(key, { v: value }, { ttl: ttlSeconds === undefined ? this.ttlMs : ttlSeconds * 1000 });
+    this.lru.set(key, { v: value, has: true, lease: undefined }, { ttl: this.ttl(ttlSeconds) });
   }
 
   delete(key: string): void {
     this.lru.delete(key);
+  }
+
+  async lease(key: string, ttlSeconds?: number): Promise<string> {
+    const e = this.lru.get(key);
+    if (e?.lease !== undefined) return e.lease;
+    const lease = String(++this.leases);
+    this.lru.set(key, { v: undefined, has: false, lease }, { ttl: this.ttl(ttlSeconds) });
+    return lease;
+  }
+
+  async setLeased<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean> {
+    // An evicted or expired placeholder is a refusal too: nothing is stored that might be old.
+    if (this.lru.get(key)?.lease !== lease) return false;
+    this.lru.set(key, { v: value, has: true, lease }, { ttl: this.ttl(ttlSeconds) });
+    return true;
+  }
+
+  private ttl(ttlSeconds: number | undefined): number {
+    return ttlSeconds === undefined ? this.ttlMs : ttlSeconds * 1000;
   }
 }

@@ -60,7 +60,17 @@ export interface RedisCacheOptions {
 }
 
 /**
- * `Cache` on Redis: JSON values (Dates kept) under `keyPrefix`, with TTLs.
+ * `Cache` on Redis: JSON values (Dates kept) under `keyPrefix`, with TTLs, and leases (see
+ * `Cache.lease`), so a read in one process never caches a balance that a write in another process
+ * invalidated meanwhile.
+ *
+ * An entry is the string `v2|<generation>|<lease>|<json>`: `<lease>` is empty for a plain `set`,
+ * and `<json>` is empty for a lease's placeholder (a miss). `lease` and `setLeased` are each one
+ * Lua script on the entry's key alone (so they work in a Cluster): `lease` hands out the key's
+ * lease if it has one, else writes a placeholder with a new random one; `setLeased` writes the
+ * value only if the key still holds that lease. `delete` (a plain `DEL`) removes the entry, and
+ * with it the lease. A placeholder that expires or is evicted makes the fill a no-op, never a stale
+ * hit.
  *
  * Every entry is tagged with the cache's generation, a random token stored at
  * `<keyPrefix>__generation__` (no TTL); `get` reads it alongside the entry and treats an entry of
@@ -69,12 +79,18 @@ export interface RedisCacheOptions {
  * writes or deletes `<keyPrefix><key>` for keys it was given and its generation key, never a
  * pattern, so other data under the same prefix (a notification stream) is safe. A missing
  * generation key (evicted, flushed) is recreated with a new token, so old entries stay misses.
+ * Entries in another format (written by an earlier release) are misses too.
+ *
+ * Values are JSON in which a Date is `{ "$date": "<ISO>" }` and an object of the value whose only
+ * key is `$date` or `$escape` is wrapped as `{ "$escape": <object> }`, so every JSON value (and
+ * Dates) reads back exactly as it was written.
  *
  * An outage never yields a wrong answer: a failed `get`/`set` throws (the services log a warning
  * and read the store), and a failed `delete` is remembered. Until every remembered invalidation has
- * been applied (retried at most once per second), `get` refuses to answer from Redis, so a value
- * that a write could not invalidate is never served after Redis comes back. (Other processes
- * that could still reach Redis during a partial outage may serve such a value until its TTL.)
+ * been applied (retried at most once per second), `get` and `lease` refuse to answer from Redis, so
+ * a value that a write could not invalidate is never served after Redis comes back. (Other
+ * processes that could still reach Redis during a partial outage may serve such a value, or fill
+ * one under a lease the failed `delete` did not end, until its TTL.)
  */
 export class RedisCache implements Cache {
   readonly keyPrefix: string;
@@ -121,20 +137,17 @@ export class RedisCache implements Cache {
     // Two commands sent together (one round trip; no script, so keys may live on different
     // Cluster nodes): the current generation and the entry.
     const [generation, raw] = await Promise.all([this.readGeneration(), this.run("GET", [this.keyPrefix + key])]);
-    if (typeof raw !== "string") return undefined;
-    const bar = raw.indexOf("|");
-    // An entry of another generation (or in an older format) is a miss.
-    if (bar < 0 || raw.slice(0, bar) !== generation) return undefined;
-    return JSON.parse(raw.slice(bar + 1), revive) as T;
+    const entry = typeof raw === "string" ? parseEntry(raw) : undefined;
+    // An entry of another generation (or format), or a lease's placeholder, is a miss.
+    if (entry === undefined || entry.generation !== generation || entry.json === "") return undefined;
+    return decodeValue(entry.json) as T;
   }
 
   async set<T>(key: string, value: T, ttlSeconds?: number): Promise<void> {
-    const ttl = Math.max(1, Math.ceil(ttlSeconds ?? this.ttl));
     // Tagged with the last generation seen: if another process has started a new one since, the
-    // entry is a miss, never a stale hit. (Not valid JSON, so an older version reading it fails
-    // and reads the store instead of misreading it.)
+    // entry is a miss, never a stale hit. (An earlier release reads `v2|…` as a miss.)
     const generation = this.generation ?? (await this.readGeneration());
-    await this.run("SET", [this.keyPrefix + key, `${generation}|${JSON.stringify(value, replace)}`, "EX", ttl]);
+    await this.run("SET", [this.keyPrefix + key, `${ENTRY}${generation}||${encodeValue(value)}`, "EX", this.ttlOf(ttlSeconds)]);
   }
 
   async delete(key: string): Promise<void> {
@@ -148,9 +161,31 @@ export class RedisCache implements Cache {
     }
   }
 
+  async lease(key: string, ttlSeconds?: number): Promise<string> {
+    // Not while invalidations of this process are pending: one of them may be this key's.
+    await this.recover();
+    const generation = this.generation ?? (await this.readGeneration());
+    const head = `${ENTRY}${generation}|`;
+    const lease = await this.run("EVAL", [LEASE, 1, this.keyPrefix + key, head, newToken(), this.ttlOf(ttlSeconds)]);
+    if (typeof lease !== "string") throw new Error("[credit-management] [redis] unexpected reply to the lease script");
+    return `${head}${lease}|`;
+  }
+
+  async setLeased<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean> {
+    // `lease` is the entry's head under it (see `lease`): the script compares, then writes.
+    if (!lease.startsWith(ENTRY) || !lease.endsWith("|")) return false;
+    await this.recover();
+    const stored = await this.run("EVAL", [SET_LEASED, 1, this.keyPrefix + key, lease, encodeValue(value), this.ttlOf(ttlSeconds)]);
+    return stored === 1;
+  }
+
   /** Closes the client if `connect()` created it. */
   async close(): Promise<void> {
     if (this.ownsClient) await this.client.quit?.();
+  }
+
+  private ttlOf(ttlSeconds: number | undefined): number {
+    return Math.max(1, Math.ceil(ttlSeconds ?? this.ttl));
   }
 
   /** Applies remembered invalidations; throws (so reads go to the store) while that fails. */
@@ -199,20 +234,124 @@ export class RedisCache implements Cache {
   }
 }
 
-/** Dates survive the JSON round trip. */
-function replace(this: Record<string, unknown>, key: string, value: unknown): unknown {
-  const original = this[key];
-  return original instanceof Date ? { $date: original.toISOString() } : value;
+/** The head of an entry in this format: `v2|<generation>|<lease>|<json>`. */
+const ENTRY = "v2|";
+
+function parseEntry(raw: string): { generation: string; lease: string; json: string } | undefined {
+  if (!raw.startsWith(ENTRY)) return undefined;
+  const a = raw.indexOf("|", ENTRY.length);
+  const b = a < 0 ? -1 : raw.indexOf("|", a + 1);
+  if (b < 0) return undefined;
+  return { generation: raw.slice(ENTRY.length, a), lease: raw.slice(a + 1, b), json: raw.slice(b + 1) };
 }
 
-function revive(_key: string, value: unknown): unknown {
-  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
-    const o = value as Record<string, unknown>;
-    if (typeof o.$date === "string" && Object.keys(o).length === 1) return new Date(o.$date);
-  }
+/**
+ * KEYS: the entry. ARGV: the head `v2|<generation>|`, a new lease, the placeholder's TTL. Returns
+ * the lease of the entry if it is of this generation and has one (a placeholder, or a value filled
+ * under it: no `DEL` has ended it), else writes a placeholder under the new lease and returns it.
+ */
+const LEASE = `
+local e = redis.call('GET', KEYS[1])
+local n = #ARGV[1]
+if e and string.sub(e, 1, n) == ARGV[1] then
+  local bar = string.find(e, '|', n + 1, true)
+  if bar and bar > n + 1 then
+    return string.sub(e, n + 1, bar - 1)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2] .. '|', 'EX', ARGV[3])
+return ARGV[2]`;
+
+/**
+ * KEYS: the entry. ARGV: the head `v2|<generation>|<lease>|`, the JSON, the TTL. Writes the value
+ * only if the entry still has that head (that generation and lease); returns 1 if it did, else 0.
+ */
+const SET_LEASED = `
+local e = redis.call('GET', KEYS[1])
+if e and string.sub(e, 1, #ARGV[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1] .. ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0`;
+
+// The value codec. In the JSON, `{ "$date": "<ISO>" }` is a Date, and `{ "$escape": <object> }` is
+// that object taken as it is: every object of the value whose only key is `$date` or `$escape` is
+// written wrapped so, so no value can read back as something else.
+
+/** The wrapper of an object of the value that looks like a marker (serialises as `{ "$escape": … }`). */
+class Escaped {
+  constructor(readonly $escape: object) {}
+}
+
+function encodeValue(value: unknown): string {
+  return JSON.stringify(value, encodeMember);
+}
+
+function encodeMember(this: unknown, key: string, value: unknown): unknown {
+  // `value` is after `toJSON` (a Date is a string by then); the holder still has the original.
+  const original = (this as Record<string, unknown>)[key];
+  if (original instanceof Date) return { $date: original.toISOString() };
+  // The object inside a wrapper is written as it is (its members are still encoded).
+  if (this instanceof Escaped) return value;
+  if (typeof value === "object" && value !== null && !Array.isArray(value) && looksLikeMarker(value)) return new Escaped(value);
   return value;
 }
 
+/** True when the object's JSON has exactly one member, named `$date` or `$escape`. */
+function looksLikeMarker(o: object): boolean {
+  let only: string | undefined;
+  for (const k of Object.keys(o)) {
+    const v = (o as Record<string, unknown>)[k];
+    // Members JSON leaves out.
+    if (v === undefined || typeof v === "function" || typeof v === "symbol") continue;
+    if (only !== undefined) return false;
+    only = k;
+  }
+  return only === "$date" || only === "$escape";
+}
+
+function decodeValue(json: string): unknown {
+  return decode(JSON.parse(json));
+}
+
+/** Top down (a reviver works bottom up, and would read a wrapped object's content as a marker). */
+function decode(v: unknown): unknown {
+  if (typeof v !== "object" || v === null) return v;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const d = decode(v[i]);
+      if (d !== v[i]) v[i] = d;
+    }
+    return v;
+  }
+  const o = v as Record<string, unknown>;
+  const only = soleKey(o);
+  if (only === "$date" && typeof o.$date === "string") return new Date(o.$date);
+  if (only === "$escape" && typeof o.$escape === "object" && o.$escape !== null && !Array.isArray(o.$escape)) {
+    return decodeMembers(o.$escape as Record<string, unknown>);
+  }
+  return decodeMembers(o);
+}
+
+/** Decodes the members of a parsed object in place (JSON.parse made `__proto__` an own member). */
+function decodeMembers(o: Record<string, unknown>): Record<string, unknown> {
+  for (const k of Object.keys(o)) {
+    const d = decode(o[k]);
+    if (d !== o[k]) o[k] = d;
+  }
+  return o;
+}
+
+function soleKey(o: object): string | undefined {
+  let only: string | undefined;
+  for (const k in o) {
+    if (only !== undefined) return undefined;
+    only = k;
+  }
+  return only;
+}
+
+const newToken = () => randomBytes(8).toString("hex");
 const newGeneration = () => randomBytes(8).toString("hex");
 
 // -------------------------------------------------------------------------------------------------

@@ -450,13 +450,20 @@ export class CreditService {
   async getUserCreditsInfo(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
     const now = this.clock();
-    if (this.cache !== undefined) {
+    const cache = this.cache;
+    // With a cache that leases, the lease is taken before the store is read: a write committed
+    // after that (in any process) invalidates, which ends the lease, so the fill below stores nothing.
+    const leasing = cache !== undefined && typeof cache.lease === "function" && typeof cache.setLeased === "function";
+    let lease: string | undefined;
+    if (cache !== undefined) {
       const hit = await this.cacheGet<{ info: CreditsInfo; validUntil: number | null }>(infoKey(user));
       // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
       if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
+      if (leasing) lease = await this.cacheLease(infoKey(user));
     }
     // A write of this account that commits while the store is read makes what was read too old to
-    // cache: its invalidation may already have run (see `committed`).
+    // cache: its invalidation may already have run (see `committed`). (Without leases, this is
+    // all that guards the fill, and only against this service's own writes.)
     let read: { writes: number; readers: number } | undefined;
     if (this.cache !== undefined) {
       read = this.reads.get(user);
@@ -479,9 +486,11 @@ export class CreditService {
           debt: account.debt,
         }
       : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
-    if (this.cache !== undefined && (read === undefined || read.writes === before)) {
+    if (cache !== undefined && (read === undefined || read.writes === before)) {
       const validUntil = account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null;
-      await this.cacheSet(infoKey(user), { info, validUntil }, this.cacheTtl);
+      // A lease that could not be taken: not cached (a plain `set` could put back an old balance).
+      if (!leasing) await this.cacheSet(infoKey(user), { info, validUntil }, this.cacheTtl);
+      else if (lease !== undefined) await this.cacheSetLeased(infoKey(user), lease, { info, validUntil }, this.cacheTtl);
     }
     return info;
   }
@@ -681,7 +690,8 @@ export class CreditService {
   /**
    * After the commit (never before): mirror to the ledger file and invalidate the cache — awaited
    * when the cache answers with a promise (a shared cache must not serve the old balance to the
-   * caller's next read).
+   * caller's next read). The invalidation also ends the leases of reads in flight (`Cache.lease`),
+   * in every process sharing the cache, so none of them caches what it read before this commit.
    */
   private committed<T>(userId: string, outcome: UnitOutcome<T>): T | Promise<T> {
     if (outcome.entries.length > 0) {
@@ -805,6 +815,24 @@ export class CreditService {
   private async cacheSet(key: string, value: unknown, ttl: number): Promise<void> {
     try {
       await (this.cache as Cache).set(key, value, ttl);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
+    }
+  }
+
+  /** A lease for filling `key` (see `Cache.lease`); undefined when the cache failed (then nothing is cached). */
+  private async cacheLease(key: string): Promise<string | undefined> {
+    try {
+      return await (this.cache as Required<Cache>).lease(key, this.cacheTtl);
+    } catch (error) {
+      this.logger?.warn({ err: error, key }, "credit-management: cache lease failed; this read is not cached");
+      return undefined;
+    }
+  }
+
+  private async cacheSetLeased(key: string, lease: string, value: unknown, ttl: number): Promise<void> {
+    try {
+      await (this.cache as Required<Cache>).setLeased(key, lease, value, ttl);
     } catch (error) {
       this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
     }

@@ -78,6 +78,8 @@ export class SubscriptionService {
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
   private readonly cacheTtl: number;
+  /** Plan writes of this service so far (a read that saw this move must not fill the cache). */
+  private planWrites = 0;
 
   constructor(options: SubscriptionServiceOptions) {
     this.db = options.db;
@@ -163,9 +165,7 @@ export class SubscriptionService {
     const id = parse(PlanId, planId, "planId");
     const hit = await this.cacheGet<Plan>(planKey(id));
     if (hit !== undefined) return revivePlan(hit);
-    const plan = copy(await this.requirePlan(id));
-    await this.cacheSet(planKey(id), plan);
-    return copy(plan);
+    return copy(await this.readThrough(planKey(id), async () => copy(await this.requirePlan(id))));
   }
 
   /** Active plans by id; inactive ones too with `includeInactive` (cached). */
@@ -174,9 +174,7 @@ export class SubscriptionService {
     const key = o.includeInactive ? "plans:list:all" : "plans:list:active";
     const hit = await this.cacheGet<Plan[]>(key);
     if (hit !== undefined) return hit.map(revivePlan);
-    const plans = copy(await this.db.listPlans({ includeInactive: o.includeInactive === true }));
-    await this.cacheSet(key, plans);
-    return copy(plans);
+    return copy(await this.readThrough(key, async () => copy(await this.db.listPlans({ includeInactive: o.includeInactive === true }))));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -801,7 +799,41 @@ export class SubscriptionService {
     throw new ConflictError(`Plan ${id} kept changing; try again.`, { planId: id });
   }
 
+  /**
+   * Reads `key` from the store after a cache miss and fills the cache, unless a plan write may have
+   * overtaken the read: with a cache that leases (`Cache.lease`), the lease is taken before the
+   * read and any invalidation since (in any process sharing the cache) makes the fill a no-op;
+   * with any cache, a plan write of this service while the read was in flight skips the fill.
+   * Otherwise an old plan could be served until the cache TTL.
+   */
+  private async readThrough<T>(key: string, read: () => Promise<T>): Promise<T> {
+    const cache = this.cache;
+    if (cache === undefined) return read();
+    const leasing = typeof cache.lease === "function" && typeof cache.setLeased === "function";
+    let lease: string | undefined;
+    if (leasing) {
+      try {
+        lease = await (cache as Required<Cache>).lease(key, this.cacheTtl);
+      } catch (error) {
+        this.logger?.warn({ err: error, key }, "credit-management: cache lease failed; this read is not cached");
+      }
+    }
+    const writes = this.planWrites;
+    const value = await read();
+    if (this.planWrites !== writes) return value;
+    if (!leasing) await this.cacheSet(key, value);
+    else if (lease !== undefined) {
+      try {
+        await (cache as Required<Cache>).setLeased(key, lease, value, this.cacheTtl);
+      } catch (error) {
+        this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
+      }
+    }
+    return value;
+  }
+
   private async invalidatePlan(id: string): Promise<void> {
+    this.planWrites++;
     if (this.cache === undefined) return;
     for (const key of [planKey(id), ...PLAN_LIST_KEYS]) {
       try {
