@@ -1,7 +1,7 @@
 import { createHmac } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import {
   ConfigurationError,
   ConflictError,
@@ -26,6 +26,19 @@ const STRIPE_SECRET = "whsec_test_secret";
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 
 // ---- A local stand-in for the providers' REST APIs, checking what it is sent. ----------------------
+//
+// Built from the providers' documentation, not tried against them:
+// - Razorpay: `reference_id` is "the unique reference number" of a link (at most 40 characters);
+//   "Fetch All Payment Links" (`GET /v1/payment_links`) takes `reference_id` (and `payment_id`) as
+//   query parameters and answers `{ payment_links: [...] }`. A second link with a reference_id
+//   in use is refused here with a 400; the docs found give no text for that refusal, and the
+//   library does not read it (a failed attempt to open a link is followed by a look-up).
+//   https://razorpay.com/docs/api/payments/payment-links/fetch-all-standard
+//   https://razorpay.com/docs/api/payments/payment-links/update-standard ("a unique reference number")
+//   https://github.com/razorpay/razorpay-node/blob/master/documents/paymentLink.md
+// - Stripe: the status and body of the first request with an `Idempotency-Key`, once the endpoint
+//   started executing, are saved and returned to every retry with that key, 500s included; a
+//   request refused before that saves nothing. https://docs.stripe.com/api/idempotent_requests
 
 interface Seen {
   method: string;
@@ -38,6 +51,22 @@ interface Seen {
 let server: Server;
 let baseUrl: string;
 const seen: Seen[] = [];
+
+/** Razorpay links by reference_id; Stripe's saved answers by Idempotency-Key. */
+const rzpLinks = new Map<string, Record<string, unknown>>();
+const stripeSaved = new Map<string, { status: number; json: unknown }>();
+let made = 0;
+/**
+ * Faults the next matching requests (method, path prefix) meet, in order: `before` (refused with a
+ * 500 before anything is made or read), `after` (the checkout is made, then the answer is a 500),
+ * `drop` (made, then the connection is cut: the caller never hears back).
+ */
+const faults: { method: string; path: string; mode: "before" | "after" | "drop" }[] = [];
+beforeEach(() => {
+  rzpLinks.clear();
+  stripeSaved.clear();
+  faults.length = 0;
+});
 
 const readBody = (req: IncomingMessage) =>
   new Promise<string>((resolve) => {
@@ -62,20 +91,48 @@ beforeAll(async () => {
       res.writeHead(status, { "content-type": "application/json" });
       res.end(JSON.stringify(json));
     };
+    const fi = faults.findIndex((f) => f.method === s.method && s.path.startsWith(f.path));
+    const fault = fi < 0 ? undefined : faults.splice(fi, 1)[0]?.mode;
+    if (fault === "before") return send(500, { error: { code: "SERVER_ERROR", description: "The server encountered an error." } });
+    /** The answer to a create that made its object: as planned, or lost to the fault. */
+    const answer = (status: number, json: unknown) => {
+      if (fault === "drop") return res.socket?.destroy();
+      if (fault === "after") return send(500, { error: { code: "SERVER_ERROR", message: "Something went wrong on our end." } });
+      send(status, json);
+    };
+    const rzpAuth = s.auth === `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`;
     if (s.method === "POST" && s.path === "/v1/payment_links") {
-      if (s.auth !== `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`) {
-        return send(401, { error: { code: "BAD_REQUEST_ERROR", description: "Authentication failed" } });
-      }
+      if (!rzpAuth) return send(401, { error: { code: "BAD_REQUEST_ERROR", description: "Authentication failed" } });
       const b = JSON.parse(body);
-      // As Razorpay documents it: a reference_id of at most 40 characters.
+      // As Razorpay documents it: a reference_id of at most 40 characters, unique per link.
       if (typeof b.reference_id === "string" && b.reference_id.length > 40) {
         return send(400, { error: { code: "BAD_REQUEST_ERROR", description: "The reference id may not be greater than 40 characters.", field: "reference_id" } });
       }
-      return send(200, { id: "plink_Test123", short_url: "https://rzp.io/i/test", amount: b.amount, status: "created" });
+      if (typeof b.reference_id === "string" && rzpLinks.has(b.reference_id)) {
+        return send(400, { error: { code: "BAD_REQUEST_ERROR", description: "reference_id is not unique", field: "reference_id" } });
+      }
+      const n = ++made;
+      const link = { ...b, id: `plink_T${n}`, short_url: `https://rzp.io/i/T${n}`, amount_paid: 0, status: "created", payments: null };
+      if (typeof b.reference_id === "string") rzpLinks.set(b.reference_id, link);
+      return answer(200, link);
+    }
+    if (s.method === "GET" && s.path.startsWith("/v1/payment_links?")) {
+      if (!rzpAuth) return send(401, { error: { code: "BAD_REQUEST_ERROR", description: "Authentication failed" } });
+      const ref = new URLSearchParams(s.path.slice(s.path.indexOf("?") + 1)).get("reference_id");
+      const links = ref === null ? [...rzpLinks.values()] : [rzpLinks.get(ref)].filter((x) => x !== undefined);
+      return send(200, { payment_links: links });
     }
     if (s.method === "POST" && s.path === "/v1/checkout/sessions") {
       if (s.auth !== "Bearer sk_test_123") return send(401, { error: { message: "Invalid API Key provided" } });
-      return send(200, { id: "cs_test_abc", url: "https://checkout.stripe.com/c/pay/cs_test_abc", object: "checkout.session" });
+      const saved = s.idem === undefined ? undefined : stripeSaved.get(s.idem);
+      if (saved !== undefined) return send(saved.status, saved.json);
+      const n = ++made;
+      const session = { id: `cs_test_${n}`, url: `https://checkout.stripe.com/c/pay/cs_test_${n}`, object: "checkout.session" };
+      // Saved once the endpoint started: the session, or the 500 its answer turned into.
+      const status = fault === "after" ? 500 : 200;
+      const json = fault === "after" ? { error: { type: "api_error", message: "Something went wrong on our end." } } : session;
+      if (s.idem !== undefined) stripeSaved.set(s.idem, { status, json });
+      return answer(200, session);
     }
     if (s.method === "POST" && /^\/v1\/payment_links\/[^/]+\/cancel$/.test(s.path)) {
       if (s.auth !== `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`) return send(401, { error: { description: "Authentication failed" } });
@@ -204,7 +261,8 @@ describe("Razorpay payment links", () => {
     const { payments } = await setup();
     seen.length = 0;
     const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "inr", provider: "razorpay", description: "Top-up" });
-    expect(p).toMatchObject({ status: "created", credits: 5000, currency: "INR", providerRef: "plink_Test123", checkoutUrl: "https://rzp.io/i/test" });
+    expect(p).toMatchObject({ status: "created", credits: 5000, currency: "INR", providerRef: expect.stringMatching(/^plink_T\d+$/) });
+    expect(p.checkoutUrl).toBe(`https://rzp.io/i/${(p.providerRef as string).slice(6)}`);
     expect(seen).toHaveLength(1);
     const body = JSON.parse((seen[0] as Seen).body);
     expect(body).toEqual({
@@ -302,6 +360,32 @@ describe("Razorpay payment links", () => {
     expect((await payments.handleWebhook("razorpay", failed, rzpSign(failed))).outcome).toBe("unchanged");
     expect((await payments.getPayment("alice", p.id)).status).toBe("paid");
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+  });
+
+  it("the cancellation or expiry of another link of the payment (a discarded second checkout) leaves it open; its own ends it", async () => {
+    const { payments, credits } = await setup();
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const linkEvent = (event: string, id: string, status: string) =>
+      rzpEvent(event, {
+        payment_link: {
+          entity: { id, amount: p.amount, currency: p.currency, reference_id: p.id, status, notes: { credit_payment_id: p.id, user_id: p.userId } },
+        },
+      });
+    for (const [event, status] of [["payment_link.cancelled", "cancelled"], ["payment_link.expired", "expired"]] as const) {
+      const other = linkEvent(event, "plink_discarded_second", status);
+      expect(await payments.handleWebhook("razorpay", other, rzpSign(other))).toMatchObject({ outcome: "ignored", status: "created" });
+    }
+    expect((await payments.getPayment("alice", p.id)).status).toBe("created");
+    // Paying the recorded link still credits.
+    const paid = rzpLinkPaid(p);
+    expect((await payments.handleWebhook("razorpay", paid, rzpSign(paid))).outcome).toBe("credited");
+    expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
+    // The payment's own link cancelled: that one counts (on an unpaid payment).
+    const q = await payments.createPaymentLink("alice", { amount: 100, currency: "INR", provider: "razorpay" });
+    const own = rzpEvent("payment_link.cancelled", {
+      payment_link: { entity: { id: q.providerRef, amount: q.amount, currency: q.currency, reference_id: q.id, status: "cancelled", notes: { credit_payment_id: q.id } } },
+    });
+    expect(await payments.handleWebhook("razorpay", own, rzpSign(own))).toMatchObject({ outcome: "updated", status: "cancelled" });
   });
 
   it("a failed attempt, then a successful one: credited", async () => {
@@ -412,7 +496,8 @@ describe("Stripe Checkout Sessions", () => {
     const { payments } = await setup();
     seen.length = 0;
     const p = await payments.createPaymentLink("bob", { amount: 1999, currency: "USD", provider: "stripe", idempotencyKey: "k1" });
-    expect(p).toMatchObject({ providerRef: "cs_test_abc", checkoutUrl: "https://checkout.stripe.com/c/pay/cs_test_abc", credits: 199 });
+    expect(p).toMatchObject({ providerRef: expect.stringMatching(/^cs_test_\d+$/), credits: 199 });
+    expect(p.checkoutUrl).toBe(`https://checkout.stripe.com/c/pay/${p.providerRef}`);
     const s = seen[0] as Seen;
     expect(s.type).toBe("application/x-www-form-urlencoded");
     // Not the raw key (Stripe's keys are per account, ours per user): the payment id derived from both.
@@ -676,7 +761,7 @@ describe("payments: one checkout per idempotency key", () => {
     const sent = seen.filter((x) => x.path === "/v1/payment_links").map((x) => (JSON.parse(x.body) as { reference_id: string }).reference_id);
     expect(sent).toEqual([keyed.id, plain.id]);
     for (const ref of sent) expect(ref.length).toBeLessThanOrEqual(40);
-    expect(keyed).toMatchObject({ providerRef: "plink_Test123", status: "created" });
+    expect(keyed).toMatchObject({ providerRef: expect.stringMatching(/^plink_T/), status: "created" });
   });
 
   it("concurrent calls with one key, over two services sharing a store (two processes), open one checkout and answer the same payment", async () => {
@@ -692,7 +777,7 @@ describe("payments: one checkout per idempotency key", () => {
     const all = await Promise.all([0, 1, 2, 3, 4, 5].map((n) => (n % 2 === 0 ? a : b).createPaymentLink("alice", input)));
     expect(seen.filter((x) => x.path === "/v1/payment_links")).toHaveLength(1);
     for (const p of all) expect(p).toEqual(all[0]);
-    expect(all[0]).toMatchObject({ providerRef: "plink_Test123", checkoutUrl: "https://rzp.io/i/test", status: "created" });
+    expect(all[0]).toMatchObject({ providerRef: expect.stringMatching(/^plink_T/), checkoutUrl: expect.stringMatching(/^https:\/\/rzp.io\/i\/T/), status: "created" });
     expect(await a.getPayment("alice", all[0]!.id)).toEqual(all[0]);
     // The paid link is credited.
     const body = rzpLinkPaid(all[0]!);
@@ -794,5 +879,245 @@ describe("payments: one checkout per idempotency key", () => {
     await expect(new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).cancelCheckout("plink_X1")).rejects.toBeInstanceOf(
       PaymentProviderError,
     );
+  });
+});
+
+// ---- Retrying a payment whose checkout failed to open; finding a checkout already opened -----------
+
+/** A Razorpay provider whose `fetch` holds (until released) or swallows the answer of link creations, in order. */
+function razorpayWith(plan: ("crash" | "hold")[]) {
+  const held: (() => void)[] = [];
+  const provider = new RazorpayProvider({
+    keyId: "rzp_test_key",
+    keySecret: "rzp_test_secret",
+    webhookSecret: RZP_SECRET,
+    baseUrl,
+    fetch: async (url, init) => {
+      const mode = init.method === "POST" && url.endsWith("/v1/payment_links") ? plan.shift() : undefined;
+      if (mode === "hold") await new Promise<void>((resolve) => held.push(resolve));
+      const res = await fetch(url, init);
+      // The link is made; the process that asked dies before it hears the answer.
+      if (mode === "crash") return res.text().then(() => new Promise<never>(() => undefined));
+      return res;
+    },
+  });
+  return { provider, held };
+}
+
+const rzpInput = { amount: 50_000, currency: "INR", provider: "razorpay", idempotencyKey: "buy-1" };
+const stripeInput = { amount: 1999, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" };
+const requests = () => seen.map((x) => `${x.method} ${x.path}`);
+
+describe("payments: a retry with the same key after the checkout failed to open", () => {
+  it("Razorpay refused before making the link: the retry opens it (one link) and answers the payment", async () => {
+    const { payments } = await setup();
+    faults.push({ method: "POST", path: "/v1/payment_links", mode: "before" });
+    await expect(payments.createPaymentLink("alice", rzpInput)).rejects.toBeInstanceOf(PaymentProviderError);
+    const [failed] = (await payments.getPaymentHistory("alice")).items;
+    expect(failed).toMatchObject({ status: "failed", checkoutUrl: null, providerRef: null });
+    seen.length = 0;
+    const p = await payments.createPaymentLink("alice", rzpInput);
+    expect(p).toMatchObject({ id: failed!.id, status: "created", providerRef: expect.stringMatching(/^plink_T/) });
+    // Asked first for a link of an earlier attempt (none), then opened one with the same reference_id.
+    expect(requests()).toEqual([`GET /v1/payment_links?reference_id=${p.id}`, "POST /v1/payment_links"]);
+    expect(JSON.parse(seen[1]!.body)).toMatchObject({ reference_id: p.id });
+    expect([...rzpLinks.values()].map((l) => l.id)).toEqual([p.providerRef]);
+    expect((await payments.getPaymentHistory("alice")).items).toEqual([p]);
+    // Done: a further retry answers the payment, asking nothing.
+    seen.length = 0;
+    expect(await payments.createPaymentLink("alice", rzpInput)).toEqual(p);
+    expect(seen).toHaveLength(0);
+    const body = rzpLinkPaid(p);
+    expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
+  });
+
+  it("Razorpay made the link but its answer was lost (and the look-up failed too): the retry finds the link, opens none", async () => {
+    const { payments } = await setup();
+    faults.push({ method: "POST", path: "/v1/payment_links", mode: "drop" }, { method: "GET", path: "/v1/payment_links", mode: "before" });
+    await expect(payments.createPaymentLink("alice", rzpInput)).rejects.toThrow(/Request failed/);
+    expect(rzpLinks.size).toBe(1);
+    seen.length = 0;
+    const p = await payments.createPaymentLink("alice", rzpInput);
+    const [link] = [...rzpLinks.values()];
+    expect(p).toMatchObject({ status: "created", providerRef: link!.id, checkoutUrl: link!.short_url });
+    expect(requests()).toEqual([`GET /v1/payment_links?reference_id=${p.id}`]);
+    expect(rzpLinks.size).toBe(1);
+  });
+
+  it("Razorpay made the link and answered an error: the same call finds the link and answers it", async () => {
+    const { payments } = await setup();
+    faults.push({ method: "POST", path: "/v1/payment_links", mode: "after" });
+    seen.length = 0;
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const [link] = [...rzpLinks.values()];
+    expect(p).toMatchObject({ status: "created", providerRef: link!.id });
+    expect(requests()).toEqual(["POST /v1/payment_links", `GET /v1/payment_links?reference_id=${p.id}`]);
+  });
+
+  it("Stripe made the session but the answer was lost: the retry sends the same Idempotency-Key and records that session", async () => {
+    const { payments } = await setup();
+    faults.push({ method: "POST", path: "/v1/checkout/sessions", mode: "drop" });
+    await expect(payments.createPaymentLink("bob", stripeInput)).rejects.toBeInstanceOf(PaymentProviderError);
+    expect((await payments.getPaymentHistory("bob")).items[0]).toMatchObject({ status: "failed", checkoutUrl: null });
+    const p = await payments.createPaymentLink("bob", stripeInput);
+    const [saved] = [...stripeSaved.values()];
+    expect(stripeSaved.size).toBe(1);
+    expect(p).toMatchObject({ status: "created", providerRef: (saved!.json as { id: string }).id });
+    const posts = seen.filter((x) => x.path === "/v1/checkout/sessions");
+    expect(posts.map((x) => x.idem)).toEqual([p.id, p.id]);
+    expect(posts[1]!.body).toBe(posts[0]!.body);
+  });
+
+  it("Stripe refused before starting (nothing saved): the retry opens the session; a saved 500 is replayed to the retry (use a new key)", async () => {
+    const { payments } = await setup();
+    faults.push({ method: "POST", path: "/v1/checkout/sessions", mode: "before" });
+    await expect(payments.createPaymentLink("bob", stripeInput)).rejects.toBeInstanceOf(PaymentProviderError);
+    expect(await payments.createPaymentLink("bob", stripeInput)).toMatchObject({ status: "created", providerRef: expect.stringMatching(/^cs_test_/) });
+
+    // A 500 once the endpoint ran is saved under the key: Stripe answers every retry with it.
+    const input = { ...stripeInput, idempotencyKey: "buy-2" };
+    faults.push({ method: "POST", path: "/v1/checkout/sessions", mode: "after" });
+    await expect(payments.createPaymentLink("bob", input)).rejects.toBeInstanceOf(PaymentProviderError);
+    seen.length = 0;
+    await expect(payments.createPaymentLink("bob", input)).rejects.toMatchObject({ details: { status: 500 } });
+    expect(seen).toHaveLength(1);
+    expect((await payments.getPaymentHistory("bob")).items[0]).toMatchObject({ status: "failed", checkoutUrl: null });
+    expect(await payments.createPaymentLink("bob", { ...stripeInput, idempotencyKey: "buy-3" })).toMatchObject({ status: "created" });
+  });
+
+  it("retries at once make one provider call and answer one payment; a retry that fails answers its waiters with it", async () => {
+    const { provider, calls } = manualProvider();
+    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(T0), providers: [provider] });
+    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
+    const first = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 1);
+    calls[0]!.reject(new PaymentProviderError("HTTP 503"));
+    await expect(first).rejects.toBeInstanceOf(PaymentProviderError);
+
+    // Two retries at once: one takes the payment over and calls the provider, the other waits.
+    const a = payments.createPaymentLink("erin", input);
+    const b = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 2);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(calls).toHaveLength(2);
+    expect(calls[1]!.request).toEqual(calls[0]!.request);
+    expect(calls[1]!.request.idempotencyKey).toBe(calls[1]!.request.paymentId);
+    // That attempt fails too: the waiter answers with it rather than trying once more.
+    calls[1]!.reject(new PaymentProviderError("HTTP 503"));
+    await expect(a).rejects.toBeInstanceOf(PaymentProviderError);
+    expect(await b).toMatchObject({ status: "failed", checkoutUrl: null });
+    expect(calls).toHaveLength(2);
+
+    // The next retries: one call, which succeeds; both answer the same payment.
+    const c = payments.createPaymentLink("erin", input);
+    const d = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 3);
+    await new Promise((r) => setTimeout(r, 20));
+    calls[2]!.resolve({ providerRef: "ref_3", url: "https://pay.test/3" });
+    const p = await c;
+    expect(p).toMatchObject({ status: "created", providerRef: "ref_3", checkoutUrl: "https://pay.test/3" });
+    expect(await d).toEqual(p);
+    expect(calls).toHaveLength(3);
+  });
+
+  it("a late checkout of an earlier attempt is recorded on a payment whose retry failed (not cancelled)", async () => {
+    const clock = { now: T0 };
+    const { provider, calls, cancelled } = manualProvider();
+    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
+    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
+    const first = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 1);
+    clock.now += 5_000;
+    const retry = payments.createPaymentLink("erin", input);
+    await until(() => calls.length === 2);
+    calls[1]!.reject(new PaymentProviderError("timeout"));
+    await expect(retry).rejects.toBeInstanceOf(PaymentProviderError);
+    calls[0]!.resolve({ providerRef: "ref_1", url: "https://pay.test/1" });
+    const p = await first;
+    expect(p).toMatchObject({ status: "created", providerRef: "ref_1", checkoutUrl: "https://pay.test/1" });
+    expect(await payments.getPayment("erin", p.id)).toEqual(p);
+    expect(cancelled).toEqual([]);
+  });
+
+  it("what a retry does not reopen: a failed payment attempt on a checkout, a payment the provider moved on, other arguments", async () => {
+    const { payments, db } = await setup();
+    // A payment attempt failed on the link (the link is still payable): the retry answers the payment.
+    const p = await payments.createPaymentLink("alice", rzpInput);
+    const failed = rzpEvent("payment.failed", { payment: { entity: rzpPaymentEntity(p, "failed", { id: "pay_failed1" }) } });
+    expect((await payments.handleWebhook("razorpay", failed, rzpSign(failed))).outcome).toBe("updated");
+    seen.length = 0;
+    expect(await payments.createPaymentLink("alice", rzpInput)).toMatchObject({ id: p.id, status: "failed", checkoutUrl: p.checkoutUrl });
+    expect(seen).toHaveLength(0);
+
+    // No checkout, but the provider's word moved it on (e.g. an unrecorded session expired): answered as stored.
+    const input = { ...rzpInput, idempotencyKey: "buy-2" };
+    faults.push({ method: "POST", path: "/v1/payment_links", mode: "before" });
+    await expect(payments.createPaymentLink("alice", input)).rejects.toBeInstanceOf(PaymentProviderError);
+    const f = (await payments.getPaymentHistory("alice")).items.find((x) => x.id !== p.id);
+    await db.updatePayment({ ...f!, status: "expired", version: f!.version + 1 });
+    seen.length = 0;
+    expect(await payments.createPaymentLink("alice", input)).toMatchObject({ id: f!.id, status: "expired", checkoutUrl: null });
+
+    // Other arguments with the key of a failed payment: still a conflict, nothing sent.
+    const input3 = { ...rzpInput, idempotencyKey: "buy-3" };
+    faults.push({ method: "POST", path: "/v1/payment_links", mode: "before" });
+    await expect(payments.createPaymentLink("alice", input3)).rejects.toBeInstanceOf(PaymentProviderError);
+    seen.length = 0;
+    await expect(payments.createPaymentLink("alice", { ...input3, amount: 60_000 })).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    expect(seen).toHaveLength(0);
+  });
+});
+
+describe("payments: Razorpay links found by reference_id", () => {
+  it("a crash between opening a link and recording it: the take-over finds the link by reference_id, records it, opens no second one", async () => {
+    const clock = { now: T0 };
+    const { provider } = razorpayWith(["crash"]);
+    const db = new InMemoryDbManager();
+    const payments = new PaymentService({ db, clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 60 });
+    seen.length = 0;
+    void payments.createPaymentLink("alice", rzpInput);
+    await until(() => rzpLinks.size === 1);
+    const [link] = [...rzpLinks.values()];
+    clock.now += 60_000;
+    const p = await payments.createPaymentLink("alice", rzpInput);
+    expect(p).toMatchObject({ status: "created", providerRef: link!.id, checkoutUrl: link!.short_url });
+    expect(requests()).toEqual(["POST /v1/payment_links", `GET /v1/payment_links?reference_id=${p.id}`]);
+    expect(rzpLinks.size).toBe(1);
+    expect(await payments.getPayment("alice", p.id)).toEqual(p);
+    // The link is paid: credited.
+    const body = rzpLinkPaid(p);
+    expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
+    expect(await new CreditService({ db }).getUserCreditsInfo("alice")).toMatchObject({ balance: 50_000 });
+  });
+
+  it("a take-over racing a slow first attempt: one link, recorded once, none cancelled", async () => {
+    const clock = { now: T0 };
+    const { provider, held } = razorpayWith(["hold"]);
+    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
+    seen.length = 0;
+    const first = payments.createPaymentLink("alice", rzpInput);
+    await until(() => held.length === 1);
+    clock.now += 5_000;
+    const p = await payments.createPaymentLink("alice", rzpInput);
+    expect(rzpLinks.size).toBe(1);
+    // The first attempt's request reaches Razorpay now: refused (its reference_id is taken), it
+    // looks the link up and answers the one recorded.
+    held[0]!();
+    expect(await first).toEqual(p);
+    expect(rzpLinks.size).toBe(1);
+    expect(requests().filter((r) => r.includes("/cancel"))).toEqual([]);
+    expect(requests().filter((r) => r.startsWith("POST /v1/payment_links"))).toHaveLength(2);
+  });
+
+  it("findCheckout: the link with the payment's reference_id; null without one; a link of another amount or payment is refused", async () => {
+    const provider = new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", baseUrl });
+    const request: CheckoutRequest = { paymentId: "pl_abc", userId: "alice", amount: 500, currency: "INR", credits: 500, description: "x" };
+    expect(await provider.findCheckout(request)).toBeNull();
+    rzpLinks.set("pl_abc", { id: "plink_X", short_url: "https://rzp.io/i/X", reference_id: "pl_abc", amount: 500, currency: "INR", notes: { credit_payment_id: "pl_abc" } });
+    expect(await provider.findCheckout(request)).toEqual({ providerRef: "plink_X", url: "https://rzp.io/i/X" });
+    await expect(provider.findCheckout({ ...request, amount: 600 })).rejects.toThrow(/not this payment's/);
+    rzpLinks.set("pl_abc", { id: "plink_Y", short_url: "https://rzp.io/i/Y", reference_id: "pl_abc", amount: 500, currency: "INR", notes: { credit_payment_id: "pl_other" } });
+    await expect(provider.findCheckout(request)).rejects.toBeInstanceOf(PaymentProviderError);
+    await expect(new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).findCheckout(request)).rejects.toBeInstanceOf(PaymentProviderError);
   });
 });

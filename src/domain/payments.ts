@@ -43,18 +43,39 @@ export function creditsToReverse(amount: number, credits: number, refundedTotal:
  * stored under its idempotency key. The stored row is the claim: while it is `created` without a
  * checkout, the call that inserted it (or last took it over) is talking to the provider, and only
  * claimers write to it (a webhook always moves the status on).
- *  - settled: it has a checkout, or it moved on (failed to open, paid, …): answer with it;
+ *  - settled: it has a checkout, or the provider moved it on (paid, expired, …): answer with it;
  *  - claimed: another call is opening its checkout: wait for it;
  *  - stale: claimed at least `staleMs` ago (`updatedAt`) and still without a checkout — its
- *    caller is presumed dead (a crash between the claim and the provider's answer): take it over.
+ *    caller is presumed dead (a crash between the claim and the provider's answer): take it over;
+ *  - failed: opening its checkout failed (see `mayReopenCheckout`): a new call takes it over and
+ *    tries again.
  */
-export function checkoutState(p: Payment, now: Date, staleMs: number): "settled" | "claimed" | "stale" {
+export function checkoutState(p: Payment, now: Date, staleMs: number): "settled" | "claimed" | "stale" | "failed" {
+  if (mayReopenCheckout(p)) return "failed";
   if (!awaitsCheckout(p)) return "settled";
   return now.getTime() - p.updatedAt.getTime() >= staleMs ? "stale" : "claimed";
 }
+
+/** True once a checkout was recorded for the payment (it was handed out: the user may be paying on it). */
+export const hasCheckout = (p: Payment): boolean => p.checkoutUrl !== null || p.providerRef !== null;
 
 /**
  * True while a payment may take a checkout: `created`, and none recorded yet. The first checkout
  * recorded wins; any other one opened for the payment is handed to no one.
  */
-export const awaitsCheckout = (p: Payment): boolean => p.status === "created" && p.checkoutUrl === null && p.providerRef === null;
+export const awaitsCheckout = (p: Payment): boolean => p.status === "created" && !hasCheckout(p);
+
+/**
+ * True when a payment is `failed` without ever having had a checkout recorded: `createPaymentLink`
+ * failed to open it (provider error, network, timeout). Nothing was handed to the user, so no one
+ * can have paid or failed to pay on it — a retry may open it again (the provider is asked with the
+ * same idempotency key / reference, so a checkout its first request did open is found, not doubled).
+ * A `failed` payment with a checkout is a failed payment attempt on it (the checkout is still
+ * payable), and `authorized`, `expired`, `cancelled`, `paid` and later are the provider's word:
+ * none of these is retried.
+ */
+export const mayReopenCheckout = (p: Payment): boolean =>
+  p.status === "failed" && !hasCheckout(p) && p.providerPaymentId === null && p.grantId === null;
+
+/** True while a checkout answered for the payment may still be recorded as its own. */
+export const mayRecordCheckout = (p: Payment): boolean => awaitsCheckout(p) || mayReopenCheckout(p);

@@ -82,7 +82,11 @@ export const CreatePaymentInput = z.strictObject({
   provider: z.string().min(1).max(64),
   description: ShortText.optional(),
   metadata: Metadata.optional(),
-  /** Passed to the provider as its idempotency key where it has one (Stripe). */
+  /**
+   * Makes the call idempotent per user (same key, same arguments: the same payment; a retry after
+   * its checkout failed to open tries again). The payment id derived from user and key goes to the
+   * provider as its idempotency key (Stripe) and the link's reference_id (Razorpay).
+   */
   idempotencyKey: IdempotencyKey.optional(),
 });
 export type CreatePaymentInput = z.input<typeof CreatePaymentInput>;

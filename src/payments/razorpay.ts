@@ -29,7 +29,9 @@ const PAYMENT_EVENTS: Record<string, PaymentEventKind> = {
 };
 
 /**
- * Razorpay Payment Links (`POST /v1/payment_links`, HTTP Basic with the key id and secret).
+ * Razorpay Payment Links (`POST /v1/payment_links`, HTTP Basic with the key id and secret), with
+ * our payment id as the link's `reference_id` — unique per link at Razorpay, so a link already
+ * opened for a payment is found again by it (`GET /v1/payment_links?reference_id=…`).
  * Webhooks: `X-Razorpay-Signature` = hex HMAC-SHA256 of the raw body with the webhook secret.
  */
 export class RazorpayProvider implements PaymentProvider {
@@ -51,10 +53,6 @@ export class RazorpayProvider implements PaymentProvider {
   }
 
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
-    const { keyId, keySecret } = this.o;
-    if (!keyId || !keySecret) {
-      throw new ConfigurationError("[credit-management] [razorpay] Set keyId and keySecret (or RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET).");
-    }
     const body: Record<string, unknown> = {
       amount: r.amount,
       currency: r.currency,
@@ -68,10 +66,7 @@ export class RazorpayProvider implements PaymentProvider {
     }
     const res = await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links`, {
       method: "POST",
-      headers: {
-        authorization: `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}`,
-        "content-type": "application/json",
-      },
+      headers: { authorization: this.auth(), "content-type": "application/json" },
       body: JSON.stringify(body),
     });
     const id = str(res.id);
@@ -80,16 +75,54 @@ export class RazorpayProvider implements PaymentProvider {
     return { providerRef: id, url };
   }
 
+  /**
+   * The link already opened for this payment: `GET /v1/payment_links?reference_id=<payment id>`
+   * (Razorpay's "Fetch All Payment Links", filtered by the reference_id it keeps unique per link).
+   * A link with our reference_id for another amount, currency or payment (notes) is not ours —
+   * another store sharing this Razorpay account — and is refused with `PaymentProviderError`
+   * rather than handed to this payment's user.
+   */
+  async findCheckout(r: CheckoutRequest): Promise<CheckoutResult | null> {
+    const query = `${this.o.baseUrl}/v1/payment_links?reference_id=${encodeURIComponent(r.paymentId)}`;
+    const res = await call(this.o.fetch, "razorpay", query, { method: "GET", headers: { authorization: this.auth() } });
+    const links = Array.isArray(res.payment_links) ? (res.payment_links as unknown[]) : [];
+    for (const link of links) {
+      if (str(at(link, "reference_id")) !== r.paymentId) continue;
+      const id = str(at(link, "id"));
+      const url = str(at(link, "short_url"));
+      const notes = at(link, "notes");
+      const notedId = str(at(notes, "credit_payment_id"));
+      if (
+        int(at(link, "amount")) !== r.amount ||
+        str(at(link, "currency"))?.toUpperCase() !== r.currency ||
+        (notedId !== null && notedId !== r.paymentId) ||
+        id === null ||
+        url === null
+      ) {
+        throw new PaymentProviderError(
+          `[credit-management] [razorpay] Payment link ${id ?? "?"} has reference_id ${r.paymentId} but is not this payment's (amount, currency or notes differ): is another store using this Razorpay account?`,
+          { provider: "razorpay", providerRef: id },
+        );
+      }
+      return { providerRef: id, url };
+    }
+    return null;
+  }
+
   /** `POST /v1/payment_links/:id/cancel`: the link can no longer be paid. */
   async cancelCheckout(providerRef: string): Promise<void> {
+    await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`, {
+      method: "POST",
+      headers: { authorization: this.auth() },
+    });
+  }
+
+  private auth(): string {
     const { keyId, keySecret } = this.o;
     if (!keyId || !keySecret) {
       throw new ConfigurationError("[credit-management] [razorpay] Set keyId and keySecret (or RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET).");
     }
-    await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`, {
-      method: "POST",
-      headers: { authorization: `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}` },
-    });
+    return `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}`;
   }
 
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike): void {

@@ -63,6 +63,15 @@ export interface PaymentProvider {
   readonly name: string;
   createCheckout(request: CheckoutRequest): Promise<CheckoutResult>;
   /**
+   * Optional: the checkout this provider already opened for `request.paymentId`, or null when it
+   * has none. Asked before a checkout is opened again for a payment an earlier attempt may have
+   * opened one for (a take-over of an abandoned claim, a retry after a failure), and after an
+   * attempt to open one failed — so a request that reached the provider before its answer was lost
+   * does not leave a second checkout. Razorpay implements it (links by `reference_id`); a provider
+   * whose `createCheckout` honours `idempotencyKey` (Stripe) need not.
+   */
+  findCheckout?(request: CheckoutRequest): Promise<CheckoutResult | null>;
+  /**
    * Optional: closes a checkout so it can no longer be paid (Razorpay cancels the payment link,
    * Stripe expires the Checkout Session). Called only for a checkout the library opened but never
    * handed out — a concurrent or taken-over `createPaymentLink` of the same payment recorded

@@ -4,7 +4,8 @@ import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { awaitsCheckout, canAdvancePayment, checkoutState, creditsToReverse, isCredited } from "../domain/payments.js";
+import type { Thresholds } from "../domain/notifications.js";
+import { canAdvancePayment, checkoutState, creditsToReverse, isCredited, mayRecordCheckout } from "../domain/payments.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
@@ -19,15 +20,27 @@ import {
   type PaymentStatus,
 } from "../models/index.js";
 import { systemKey } from "../domain/keys.js";
-import type { CheckoutResult, HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
+import type { CheckoutRequest, CheckoutResult, HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
 import type { CreditService } from "./credit-service.js";
 import { decodeCursor, encodeCursor } from "./promo-service.js";
 
 export interface PaymentServiceOptions {
   db: DbManager;
-  /** Runs the account's units of work; default: a \`CreditService\` over \`db\` (no notifications). */
+  /**
+   * Runs the account's units of work — pass the one your application uses (as `createCreditManager`
+   * does), so its notification thresholds apply to payments too. Default: a
+   * `CreditService` over `db` with the `alerts` below.
+   */
   credits?: CreditService;
+  /**
+   * Without `credits`: the thresholds of the `CreditService` built here (`CreditService({ alerts })`),
+   * so its changes record notification events (low_credits, credits_exhausted, balance_restored, …)
+   * like every other change of the account. Omitted: none are recorded (and a warning is logged the
+   * first time it changes an account another service records alerts for). With `credits`: a
+   * `ConfigurationError` (that service's own `alerts` apply).
+   */
+  alerts?: Thresholds;
   /** The providers payments can use, by their `name` ("razorpay", "stripe", …). */
   providers?: readonly PaymentProvider[];
   /**
@@ -94,7 +107,7 @@ export class PaymentService {
   private readonly checkoutStaleMs: number;
 
   constructor(options: PaymentServiceOptions) {
-    this.deps = unitDeps(options);
+    this.deps = unitDeps(options, "PaymentService");
     this.checkoutWaitMs = nonNegative(options.checkoutWaitMs, 10_000, "checkoutWaitMs");
     this.checkoutStaleMs = nonNegative(options.checkoutStaleSeconds, 60, "checkoutStaleSeconds") * 1000;
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
@@ -129,9 +142,13 @@ export class PaymentService {
    * One checkout per payment: the payment row, inserted under its unique id before the provider is
    * called, is the claim. A call with the same key that finds it still without a checkout waits for
    * it (up to `checkoutWaitMs`, then a retryable `ConflictError`), or takes it over once it is older
-   * than `checkoutStaleSeconds` (its first caller crashed). Should two checkouts still be opened (a
-   * provider slower than `checkoutStaleSeconds`), the first recorded is the payment's; the other is
-   * handed to no one and cancelled at the provider where it can be.
+   * than `checkoutStaleSeconds` (its first caller crashed). A call with the same key that finds it
+   * `failed` to open its checkout (see `mayReopenCheckout`) takes it over and tries again; calls
+   * already waiting on the failed attempt answer with its outcome. A take-over asks the provider for
+   * the checkout an earlier attempt may have opened (same idempotency key; `findCheckout`) before
+   * opening one. Should two checkouts still be opened (a provider slower than
+   * `checkoutStaleSeconds`), the first recorded is the payment's; the other is handed to no one and
+   * cancelled at the provider where it can be.
    */
   async createPaymentLink(userId: string, input: CreatePaymentInput): Promise<Payment> {
     const user = parse(UserId, userId, "userId");
@@ -180,6 +197,8 @@ export class PaymentService {
     };
     // Stored before the provider hears of it: a webhook for this checkout always finds its payment,
     // and the insert is the claim only one caller wins (the store's unique id, across processes).
+    // `resumed`: this call took over a payment an earlier attempt may have opened a checkout for.
+    let resumed = false;
     try {
       await this.deps.db.insertPayment(claim);
     } catch (error) {
@@ -194,37 +213,50 @@ export class PaymentService {
         first.description === description &&
         fingerprint("metadata", first.metadata) === fingerprint("metadata", claim.metadata);
       if (!same) throw new IdempotencyConflictError(i.idempotencyKey);
-      // The first call got as far as a checkout (or failed): answer with it. Else wait for it, or
-      // take over its abandoned claim.
+      // The first call got as far as a checkout (or the provider moved the payment on): answer with
+      // it. Else wait for it, or take over its abandoned claim or its failed attempt.
       const outcome = await this.awaitCheckout(first);
       if (outcome.settled) return outcome.payment;
       claim = outcome.payment;
+      resumed = true;
     }
-    return this.openCheckout(provider, claim, i.idempotencyKey !== undefined);
+    return this.openCheckout(provider, claim, i.idempotencyKey !== undefined, resumed);
   }
 
   /**
    * Waits until the claimed payment has a checkout or moved on (`settled`), or takes the claim over
-   * by compare-and-set once it is stale (only one caller wins that too). Fails with a retryable
-   * `ConflictError` when the claimer has not finished within `checkoutWaitMs`.
+   * by compare-and-set once it is stale, or when this call found its checkout failed to open (only
+   * one caller wins either). A failure that happens while this call waits is the outcome of the
+   * attempt it waited for: answered, not retried. Fails with a retryable `ConflictError` when the
+   * claimer has not finished within `checkoutWaitMs`.
    */
   private async awaitCheckout(first: Payment): Promise<{ settled: boolean; payment: Payment }> {
     const deadline = performance.now() + this.checkoutWaitMs;
     let pause = 5;
+    let waited = false;
     for (let cur = first; ; ) {
       const now = this.deps.clock();
       const state = checkoutState(cur, now, this.checkoutStaleMs);
-      if (state === "settled") return { settled: true, payment: cur };
-      if (state === "stale") {
-        const taken: Payment = { ...cur, version: cur.version + 1, updatedAt: now };
+      if (state === "settled" || (state === "failed" && waited)) return { settled: true, payment: cur };
+      if (state === "stale" || state === "failed") {
+        // Back to `created`: the claim of this call (a failed attempt left nothing to keep).
+        const taken: Payment = { ...cur, status: "created", version: cur.version + 1, updatedAt: now };
         if (await this.deps.db.updatePayment(taken)) {
-          this.deps.logger?.warn(
-            { paymentId: cur.id, claimedAt: cur.updatedAt.toISOString() },
-            "credit-management: createPaymentLink took over a payment whose checkout was never opened",
-          );
+          if (state === "stale") {
+            this.deps.logger?.warn(
+              { paymentId: cur.id, claimedAt: cur.updatedAt.toISOString() },
+              "credit-management: createPaymentLink took over a payment whose checkout was never opened",
+            );
+          } else {
+            this.deps.logger?.info(
+              { paymentId: cur.id, failedAt: cur.updatedAt.toISOString() },
+              "credit-management: createPaymentLink retries a payment whose checkout failed to open",
+            );
+          }
           return { settled: false, payment: taken };
         }
       } else {
+        waited = true;
         const left = deadline - performance.now();
         if (left <= 0) {
           throw new ConflictError(
@@ -245,10 +277,10 @@ export class PaymentService {
    * Opens the checkout of a payment this call has claimed and records it, unless another call
    * recorded one first (then this one is discarded and the recorded payment returned).
    */
-  private async openCheckout(provider: PaymentProvider, claim: Payment, keyed: boolean): Promise<Payment> {
+  private async openCheckout(provider: PaymentProvider, claim: Payment, keyed: boolean, resumed: boolean): Promise<Payment> {
     let checkout: CheckoutResult;
     try {
-      checkout = await provider.createCheckout({
+      checkout = await this.checkout(provider, {
         paymentId: claim.id,
         userId: claim.userId,
         amount: claim.amount,
@@ -257,9 +289,10 @@ export class PaymentService {
         description: claim.description ?? `${claim.credits} credits`,
         // Not the caller's key: ours are per user, a provider's per merchant account (two users'
         // "buy-1" would collide). The id derived from user and key is unique and stable — the same
-        // on a take-over, so a provider that takes it (Stripe) answers with the same checkout.
+        // on a take-over or a retry, so a provider that takes it (Stripe) answers with the same
+        // checkout, and one that keys checkouts by our id (Razorpay's reference_id) finds it.
         idempotencyKey: keyed ? claim.id : undefined,
-      });
+      }, resumed);
     } catch (error) {
       // Failed only while the claim is still this call's: a call that took it over meanwhile goes on.
       const failed: Payment = { ...claim, status: "failed", version: claim.version + 1, updatedAt: this.deps.clock() };
@@ -271,9 +304,11 @@ export class PaymentService {
     }
     for (let cur: Payment | null = claim; ; ) {
       if (cur === null) throw new NotFoundError(`Payment ${claim.id} not found.`, { paymentId: claim.id });
-      if (awaitsCheckout(cur)) {
+      if (mayRecordCheckout(cur)) {
+        // Also onto a payment whose later attempt failed meanwhile: this checkout is as good.
         const next: Payment = {
           ...cur,
+          status: "created",
           providerRef: checkout.providerRef,
           checkoutUrl: checkout.url,
           version: cur.version + 1,
@@ -286,6 +321,37 @@ export class PaymentService {
       }
       cur = await this.deps.db.getPayment(claim.id);
     }
+  }
+
+  /**
+   * The provider's checkout for the payment. After a take-over or a retry (`resumed`), a provider
+   * that can look checkouts up by our payment id (`findCheckout`) is asked first: a request of an
+   * earlier attempt may have opened one whose answer was lost (a crash, a timeout). A failed open is
+   * followed by one more look-up: a refusal can mean the checkout exists already (Razorpay refuses a
+   * second link with the same reference_id), and a concurrent, slower attempt may have opened it.
+   * A look-up that fails before opening fails the attempt: opening blind could make a second checkout.
+   */
+  private async checkout(provider: PaymentProvider, request: CheckoutRequest, resumed: boolean): Promise<CheckoutResult> {
+    const find = provider.findCheckout?.bind(provider);
+    if (find !== undefined && resumed) {
+      const found = await find(request);
+      if (found !== null) return this.adopted(provider, request, found, "before opening");
+    }
+    try {
+      return await provider.createCheckout(request);
+    } catch (error) {
+      const found = find === undefined ? null : await find(request).catch(() => null);
+      if (found === null) throw error;
+      return this.adopted(provider, request, found, `after: ${(error as Error).message}`);
+    }
+  }
+
+  private adopted(provider: PaymentProvider, request: CheckoutRequest, found: CheckoutResult, when: string): CheckoutResult {
+    this.deps.logger?.warn(
+      { paymentId: request.paymentId, provider: provider.name, providerRef: found.providerRef, when },
+      "credit-management: createPaymentLink found the checkout an earlier attempt had opened, and uses it",
+    );
+    return found;
   }
 
   /**
@@ -354,6 +420,11 @@ export class PaymentService {
     if (payment === null) return result("ignored", null, "no payment of ours");
     this.assertConsistent(payment, event);
 
+    if ((event.kind === "expired" || event.kind === "cancelled") && isOtherCheckout(payment, event)) {
+      // The end of a checkout that was never the payment's: a second one opened by a slow or
+      // taken-over attempt and then cancelled (or left to expire). The recorded checkout is open.
+      return result("ignored", payment, "event for another checkout than the payment's");
+    }
     switch (event.kind) {
       case "authorized":
       case "failed":
@@ -645,4 +716,13 @@ async function retryOnConflict<T>(run: () => Promise<T>, attempts = 8): Promise<
       if (!(error instanceof ConflictError) || i >= attempts) throw error;
     }
   }
+}
+
+/**
+ * True when a checkout-level event (`expired`, `cancelled`) names checkouts of the provider and the
+ * payment's recorded one is not among them. An event that names none (a custom provider) is the
+ * payment's, as before.
+ */
+function isOtherCheckout(p: Payment, e: PaymentEvent): boolean {
+  return p.providerRef !== null && e.providerIds.length > 0 && !e.providerIds.includes(p.providerRef);
 }

@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
 import { fingerprint } from "../domain/hash.js";
+import type { Thresholds } from "../domain/notifications.js";
 import { promoEligibility } from "../domain/promos.js";
 import { ConflictError, NotFoundError, PromoNotEligibleError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -23,8 +24,20 @@ import type { CreditService } from "./credit-service.js";
 
 export interface PromoServiceOptions {
   db: DbManager;
-  /** Runs the account's units of work; default: a \`CreditService\` over \`db\` (no notifications). */
+  /**
+   * Runs the account's units of work — pass the one your application uses (as `createCreditManager`
+   * does), so its notification thresholds apply to promo claims too. Default: a
+   * `CreditService` over `db` with the `alerts` below.
+   */
   credits?: CreditService;
+  /**
+   * Without `credits`: the thresholds of the `CreditService` built here (`CreditService({ alerts })`),
+   * so its changes record notification events (low_credits, credits_exhausted, balance_restored, …)
+   * like every other change of the account. Omitted: none are recorded (and a warning is logged the
+   * first time it changes an account another service records alerts for). With `credits`: a
+   * `ConfigurationError` (that service's own `alerts` apply).
+   */
+  alerts?: Thresholds;
   ledger?: LedgerLogger;
   cache?: Cache;
   clock?: () => Date;
@@ -62,7 +75,7 @@ export class PromoService {
   private readonly deps: UnitDeps;
 
   constructor(options: PromoServiceOptions) {
-    this.deps = unitDeps(options);
+    this.deps = unitDeps(options, "PromoService");
   }
 
   /** Creates a promo. Codes are case-insensitive and unique (`ConflictError` on a duplicate). */

@@ -6,7 +6,7 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { DbManager } from "../db/types.js";
-import { ConflictError, PromoNotEligibleError } from "../errors.js";
+import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../errors.js";
 import type { Payment, Promo } from "../models/index.js";
 import type { PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { CreditService } from "../services/credit-service.js";
@@ -212,6 +212,67 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       for (const p of retries) expect(p).toEqual(retries[0]);
       expect(retries[0]).toMatchObject({ status: "created", checkoutUrl: expect.any(String) });
       expect(await db.getPayment(retries[0]!.id)).toEqual(retries[0]);
+    });
+
+    it("createPaymentLink retried with its key after the checkout failed to open: one provider call for concurrent retries; a checkout a crashed attempt opened is found, not doubled", async () => {
+      const db = getDb();
+      const u = user();
+      let now = T0;
+      const clock = () => new Date(now);
+      // The provider's checkouts by our payment id (as Razorpay keeps links by reference_id).
+      const opened = new Map<string, string>();
+      let calls = 0;
+      let failures = 0;
+      let crash = false;
+      const provider: PaymentProvider = {
+        ...unsignedTestProvider,
+        async createCheckout(r) {
+          calls++;
+          await new Promise((resolve) => setTimeout(resolve, 20));
+          if (failures > 0) {
+            failures--;
+            throw new PaymentProviderError("HTTP 503");
+          }
+          if (opened.has(r.paymentId)) throw new PaymentProviderError("reference in use");
+          const ref = `ref_${r.paymentId}_${calls}`;
+          opened.set(r.paymentId, ref);
+          // The caller's process dies after the provider opened the checkout.
+          if (crash) return new Promise<never>(() => undefined);
+          return { providerRef: ref, url: `https://pay.test/${ref}` };
+        },
+        async findCheckout(r) {
+          const ref = opened.get(r.paymentId);
+          return ref === undefined ? null : { providerRef: ref, url: `https://pay.test/${ref}` };
+        },
+      };
+      const a = new PaymentService({ db, clock, providers: [provider] });
+      const b = new PaymentService({ db, clock, providers: [provider] });
+      const input = (key: string) => ({ amount: 500, currency: "EUR", provider: "test", idempotencyKey: key });
+
+      failures = 1;
+      await expect(a.createPaymentLink(u, input("k1"))).rejects.toBeInstanceOf(PaymentProviderError);
+      const [failed] = await db.listPayments(u, { limit: 10 });
+      expect(failed).toMatchObject({ status: "failed", checkoutUrl: null, providerRef: null });
+      calls = 0;
+      const retries = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k1"))));
+      expect(calls).toBe(1);
+      for (const p of retries) expect(p).toEqual(retries[0]);
+      expect(retries[0]).toMatchObject({ id: failed!.id, status: "created", providerRef: opened.get(failed!.id) });
+      expect(await db.getPayment(failed!.id)).toEqual(retries[0]);
+
+      crash = true;
+      void a.createPaymentLink(u, input("k2")).catch(() => undefined);
+      for (let i = 0; i < 200 && opened.size < 2; i++) await new Promise((resolve) => setTimeout(resolve, 5));
+      expect(opened.size).toBe(2);
+      crash = false;
+      now += 60_000;
+      calls = 0;
+      const taken = await Promise.all(Array.from({ length: 4 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k2"))));
+      expect(calls).toBe(0);
+      for (const p of taken) expect(p).toEqual(taken[0]);
+      expect(taken[0]).toMatchObject({ status: "created", providerRef: opened.get(taken[0]!.id) });
+      expect(await db.getPayment(taken[0]!.id)).toEqual(taken[0]);
+      expect(await db.listPayments(u, { limit: 10 })).toHaveLength(2);
     });
 
     it("status events racing a paid event: the payment ends paid, credited once", async () => {
