@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, CreditError, RuleViolationError, ValidationError, type CreditManager } from "../src/index.js";
 
 const badAmounts: unknown[] = [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53, "10", null, undefined, {}, 10n];
-const badUserIds: unknown[] = ["", 5, "a\u0000b", "x".repeat(257), null, undefined];
+// Lone UTF-16 surrogates: stores would turn them into U+FFFD and mix up two ids.
+const badUserIds: unknown[] = ["", 5, "a\u0000b", "x".repeat(257), null, undefined, "a\uD800", "\uDC00b", "a\uDBFF\uDBFF"];
 
 describe("bad input is a ValidationError and changes nothing", () => {
   let m: CreditManager;
@@ -80,6 +81,12 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => c.addCredits(U, 1, { source: "gift" as never }), /source/);
     await expectInvalid(() => c.addCredits(U, 1, { idempotencyKey: "" }), /idempotencyKey/);
     await expectInvalid(() => c.addCredits(U, 1, { metadata: { f: (() => 1) as never } }), /metadata/);
+    await expectInvalid(() => c.addCredits(U, 1, { idempotencyKey: "top-up-\uD800" }), /idempotencyKey.*well-formed/);
+    await expectInvalid(() => c.addCredits(U, 1, { description: "d\uDFFF" }), /description.*well-formed/);
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: { a: { b: ["ok", "x\uD800"] } } }), /options\.metadata\.a\.b\.1.*well-formed/);
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: { "k\uD800": 1 } }), /metadata.*well-formed/);
+    await expectInvalid(() => c.deductCredits(U, 1, { correlationId: "\uDC00" }), /correlationId.*well-formed/);
+    await expectInvalid(() => c.addCredits(U, 1, { expiresAt: new Date(Date.UTC(10_000, 0, 1)) }), /expiresAt.*9999/);
     await expectInvalid(() => c.deductCredits(U, 1, null as never), /options/);
     await expectInvalid(() => c.reserveCredits(U, 1, { ttlSeconds: 0 }), /ttlSeconds/);
     await expectInvalid(() => c.reserveCredits(U, 1, { ttlSeconds: 1.5 }), /ttlSeconds/);
@@ -113,5 +120,22 @@ describe("bad input is a ValidationError and changes nothing", () => {
     const lines = readFileSync(file, "utf8").trim().split("\n");
     expect(lines).toHaveLength(2);
     expect((await c.audit(U)).ok).toBe(true);
+  });
+});
+
+describe("text with characters outside the Basic Multilingual Plane", () => {
+  it("is accepted when well-formed (surrogate pairs), and reads back as written", async () => {
+    const m = await createCreditManager();
+    const u = "user-\u{1F600}";
+    const entry = await m.credits.addCredits(u, 5, {
+      description: "gift \u{1F381}",
+      idempotencyKey: "key-\u{1F511}",
+      metadata: { "\u{1F4E6}": ["\u{1D11E}"] },
+      expiresAt: new Date(Date.UTC(9999, 11, 31)),
+    });
+    expect(entry).toMatchObject({ userId: u, description: "gift \u{1F381}", metadata: { "\u{1F4E6}": ["\u{1D11E}"] } });
+    expect((await m.credits.getUserCreditsInfo(u)).balance).toBe(5);
+    expect((await m.credits.audit(u)).ok).toBe(true);
+    await m.close();
   });
 });

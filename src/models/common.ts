@@ -59,11 +59,20 @@ export const IdempotencyKey = z
 /** Free-form JSON metadata stored with an entry. */
 export const Metadata = z.record(z.string(), z.json());
 
-/** A date given as a Date or an ISO-8601 string with offset; always a valid instant. */
+/** The instants every store can keep as written: years 1–9999 (UTC). */
+const MIN_DATE = new Date(0).setUTCFullYear(1, 0, 1); // Date.UTC reads years 0–99 as 1900–1999
+const MAX_DATE = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
+
+/**
+ * A date given as a Date or an ISO-8601 string with offset; always a valid instant in years 1–9999
+ * (UTC). Beyond them an ISO string needs an expanded year (`+010000-…`) that PostgreSQL refuses,
+ * and year 0 does not exist there: refused here for every store alike.
+ */
 export const DateInput = z
   .union([z.date(), z.iso.datetime({ offset: true })], { error: "must be a Date or an ISO-8601 date-time" })
   .transform((v) => (typeof v === "string" ? new Date(v) : v))
-  .refine((d) => !Number.isNaN(d.getTime()), { error: "must be a valid date" });
+  .refine((d) => !Number.isNaN(d.getTime()), { error: "must be a valid date" })
+  .refine((d) => d.getTime() >= MIN_DATE && d.getTime() <= MAX_DATE, { error: "must be between the years 1 and 9999 (UTC)" });
 
 /** Priority of a grant: lower numbers are drawn first. */
 export const Priority = z.number().int({ error: "priority must be an integer" }).min(0).max(1_000_000);

@@ -21,6 +21,12 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
   }
   const result = schema.safeParse(value);
   if (result.success) {
+    const bad = illFormedAt(result.data, "");
+    if (bad !== null) {
+      const path = bad === "" ? what : `${what}.${bad}`;
+      const message = "must be well-formed text (a lone UTF-16 surrogate cannot be stored: stores would replace it and mix up ids and keys)";
+      throw new ValidationError(`Invalid ${path}: ${message}`, [{ path: bad, message }]);
+    }
     // Our schemas are pure: a string or number one accepted unchanged it always accepts unchanged.
     if (primitive && result.data === value) {
       if (seen === undefined) accepted.set(schema, (seen = new Set()));
@@ -37,4 +43,40 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
   const where = first && first.path ? `${what}.${first.path}` : what;
   const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : "";
   throw new ValidationError(`Invalid ${where}: ${first?.message ?? "invalid value"}${more}`, issues, result.error);
+}
+
+/** A lone UTF-16 surrogate: half of a pair, without the other half. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const wellFormed: (s: string) => boolean =
+  typeof (String.prototype as { isWellFormed?: unknown }).isWellFormed === "function"
+    ? (s) => (s as unknown as { isWellFormed(): boolean }).isWellFormed()
+    : (s) => !LONE_SURROGATE.test(s);
+
+/**
+ * The path of the first string — or object key — in a parsed input that is not well-formed UTF-16
+ * (it holds a lone surrogate), "" for the value itself, null when all are. Every public input is
+ * checked here, after its schema: MongoDB's BSON encoder and PostgreSQL's driver turn a lone
+ * surrogate into U+FFFD (PostgreSQL's JSON parser refuses it outright), so two different user ids or
+ * idempotency keys would become one in the store — another user's balance, a top-up answered as
+ * the replay of another — and stored text would no longer hash as written.
+ */
+function illFormedAt(v: unknown, path: string): string | null {
+  if (typeof v === "string") return wellFormed(v) ? null : path;
+  if (typeof v !== "object" || v === null) return null;
+  if (Array.isArray(v)) {
+    for (let i = 0; i < v.length; i++) {
+      const bad = illFormedAt(v[i], path === "" ? String(i) : `${path}.${i}`);
+      if (bad !== null) return bad;
+    }
+    return null;
+  }
+  const proto = Object.getPrototypeOf(v) as unknown;
+  if (proto !== Object.prototype && proto !== null) return null; // a Date, …: no text of the caller's
+  for (const [k, x] of Object.entries(v)) {
+    const at = path === "" ? k : `${path}.${k}`;
+    if (!wellFormed(k)) return at;
+    const bad = illFormedAt(x, at);
+    if (bad !== null) return bad;
+  }
+  return null;
 }
