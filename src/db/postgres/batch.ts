@@ -25,7 +25,10 @@ export class Retry extends Error {
 }
 
 /**
- * Opens a unit-of-work transaction. Generic plans, always: the planner would otherwise re-plan
+ * Opens a unit-of-work transaction. `TimeZone` UTC: the state statement reads rows as JSON, whose
+ * dates are ISO 8601 whatever the session's `DateStyle` but carry the session's offset, and under
+ * a far-off zone a date near year 1 or 9999 prints as what JavaScript cannot parse (year 10000, or
+ * a local-mean-time offset in seconds). Generic plans, always: the planner would otherwise re-plan
  * the statements whose array parameters change length on every execution (it prefers custom
  * plans for them), which costs more than running them. No sequential scans: every statement of
  * a unit of work finds its rows by key, but on a small table (a few thousand rows) the planner
@@ -34,7 +37,8 @@ export class Retry extends Error {
  * over, which cost more server CPU than all the rest of the batch. `SET LOCAL` ends with the
  * transaction.
  */
-const BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+const BEGIN =
+  "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL TimeZone = 'UTC'";
 
 /** SQLSTATEs after which a unit of work runs again. */
 const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
@@ -51,8 +55,11 @@ export class Skipped extends Error {
  * busy, which is no failure of theirs), and whether the connection is bad.
  */
 export interface BatchResult {
-  retry: Array<{ unit: Unit; reason: unknown; skipped?: boolean }>;
+  /** `lost`: the connection was lost before anything was written (a failure, not a conflict, if it lasts). */
+  retry: Array<{ unit: Unit; reason: unknown; skipped?: boolean; lost?: boolean }>;
   broken: boolean;
+  /** Why the connection is bad (the driver error), when it is. */
+  brokenBy: unknown;
 }
 
 
@@ -79,6 +86,10 @@ export class Batch {
   /** A message that carried PREPAREs failed: list the connection's statements after rollback. */
   resync = false;
   broken = false;
+  /** The driver error that made `broken` true. */
+  brokenBy: unknown = undefined;
+  /** The connection was lost (socket closed or reset, server shut the session down) in `failure`. */
+  lost = false;
   private waiting: number;
   private started = false;
 
@@ -112,11 +123,14 @@ export class Batch {
     if (!brokeEarly) {
       const saving = this.txs.filter((tx, i) => outcomes[i]?.status === "fulfilled" && tx.pending !== null);
       if (saving.length > 0) {
+        let xid: unknown;
         try {
-          await this.save(saving);
+          xid = await this.save(saving);
         } catch (error) {
           commitError = error;
         }
+        // Committed: nothing from here on may fail the units (a failure would run them again).
+        if (commitError === undefined) this.remember(saving, xid);
       } else if (this.began) {
         await this.rollback(); // read-only: nothing to commit
       }
@@ -134,19 +148,23 @@ export class Batch {
           return;
         }
         // Its own error (insufficient credits, a refused guard, …) is final: it wrote nothing.
-        // A store error of a shared transaction may be another unit's fault: run again alone.
-        if (brokeEarly && fromStore(e) && (!solo || e instanceof Retry)) retry.push({ unit, reason: e instanceof Retry ? e.reason : e });
-        else unit.reject(e);
+        // A store error of a shared transaction may be another unit's fault: run again alone. So
+        // does a unit alone whose connection was lost before its save was sent: nothing of it
+        // was written (every write is in the save message), and a stale pooled connection (its
+        // server restarted, a load balancer dropped it) is the usual cause.
+        if (brokeEarly && fromStore(e) && (!solo || e instanceof Retry || this.lost)) {
+          retry.push({ unit, reason: e instanceof Retry ? e.reason : e, ...(this.lost ? { lost: true } : {}) });
+        } else unit.reject(e);
         return;
       }
-      if (brokeEarly) retry.push({ unit, reason: this.failure });
+      if (brokeEarly) retry.push({ unit, reason: this.failure, ...(this.lost ? { lost: true } : {}) });
       else if (commitError === undefined) unit.resolve(outcome.value);
       else if (this.broken && !(commitError instanceof Retry)) unit.reject(commitError); // COMMIT's outcome is unknown: no retry
       else if (commitError instanceof Retry) retry.push({ unit, reason: commitError.reason });
       else if (!solo) retry.push({ unit, reason: commitError });
       else unit.reject(commitError);
     });
-    return { retry, broken: this.broken };
+    return { retry, broken: this.broken, brokenBy: this.brokenBy };
   }
 
   /** A unit asked for its state, used the store, or finished: once all have, open the transaction. */
@@ -177,7 +195,8 @@ export class Batch {
         let text = `${prefix}${BEGIN}`;
         if (loaders.length > 0) {
           const users = arrayText(loaders.map((tx) => tx.userId));
-          const keys = arrayText(loaders.map((tx) => tx.loadRequest?.idempotencyKey ?? null));
+          for (const tx of loaders) tx.key = tx.loadRequest?.idempotencyKey ?? null;
+          const keys = arrayText(loaders.map((tx) => tx.key));
           const states = this.db.states;
           for (const tx of loaders) tx.cached = states?.get(tx.userId);
           const xmins = arrayText(loaders.map((tx) => tx.cached?.xmin ?? null));
@@ -215,7 +234,8 @@ export class Batch {
     const { sql } = this.db;
     const prepared = this.db.prepared;
     const users = arrayText([tx.userId]);
-    const keys = arrayText([request?.idempotencyKey ?? null]);
+    tx.key = request?.idempotencyKey ?? null;
+    const keys = arrayText([tx.key]);
     tx.cached = undefined;
     const begin = this.began ? "" : `${BEGIN}; `;
     this.began = true;
@@ -228,8 +248,8 @@ export class Batch {
     this.deliver([tx], lock as QueryResult, state as QueryResult);
   }
 
-  /** One statement for every queued change, and COMMIT, in one message. */
-  private async save(txs: readonly UnitTx[]): Promise<void> {
+  /** One statement for every queued change, and COMMIT, in one message; returns the committing transaction's id. */
+  private async save(txs: readonly UnitTx[]): Promise<unknown> {
     const { sql } = this.db;
     const { tables } = sql;
     const updates = txs.filter((tx) => tx.pendingChanges.previousSeq !== null);
@@ -296,14 +316,29 @@ export class Batch {
       2,
     );
     this.began = false;
-    // Committed: what the accounts now hold, for the next units of work on them.
+    return (saved?.rows[0] as { xid?: unknown } | undefined)?.xid;
+  }
+
+  /**
+   * After COMMIT: what the accounts now hold, for the next units of work on them. It must not
+   * throw: `run()` would take it for a failed commit and run committed units again. A state it
+   * cannot keep is dropped (the next unit of work on the account reads it).
+   */
+  private remember(txs: readonly UnitTx[], xid: unknown): void {
     const states = this.db.states;
     if (states === null) return;
-    const xid = (saved?.rows[0] as { xid?: unknown } | undefined)?.xid;
     for (const tx of txs) {
-      // A unit that saved without loading knows nothing of the rest of the account's state.
-      if (!tx.loadDone || typeof xid !== "string") states.delete(tx.userId);
-      else states.set(tx.userId, stateAfter(tx.base, tx.pendingChanges, xid));
+      try {
+        // A unit that saved without loading knows nothing of the rest of the account's state.
+        if (!tx.loadDone || typeof xid !== "string") states.delete(tx.userId);
+        else states.set(tx.userId, stateAfter(tx.base, tx.pendingChanges, xid));
+      } catch {
+        try {
+          states.delete(tx.userId);
+        } catch {
+          // Nothing more to do: the kept state is checked against the row's xmin before use.
+        }
+      }
     }
   }
 
@@ -311,8 +346,9 @@ export class Batch {
     try {
       this.db.roundTrips++;
       await this.client.query("ROLLBACK");
-    } catch {
+    } catch (error) {
       this.broken = true;
+      this.brokenBy ??= error;
     }
     this.began = false;
   }
@@ -332,7 +368,11 @@ export class Batch {
       if (prepare.names.length > 0) this.resync = true;
       throw this.fail(what, error);
     }
-    this.db.markPrepared(this.client, prepare.names);
+    try {
+      this.db.markPrepared(this.client, prepare.names);
+    } catch {
+      this.resync = true; // (the message may have committed: this must not fail it)
+    }
     const list = Array.isArray(result) ? result : [result];
     return count === 0 ? [] : list.slice(list.length - count);
   }
@@ -350,9 +390,15 @@ export class Batch {
 
   /** Records the first failure of the shared transaction and maps the driver error. */
   private fail(what: string, error: unknown): Error {
-    if (this.failure === undefined) this.failure = error;
+    if (this.failure === undefined) {
+      this.failure = error;
+      this.lost = isLostConnection(error);
+    }
     const code = (error as { code?: unknown } | null)?.code;
-    if (typeof code !== "string" || /^(08|57)/.test(code)) this.broken = true;
+    if (typeof code !== "string" || /^(08|57)/.test(code)) {
+      this.broken = true;
+      this.brokenBy ??= error;
+    }
     if (typeof code === "string" && RETRY_CODES.has(code)) return new Retry(error);
     if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) return new Retry(error);
     if (code === "26000" || code === "42P05") {
@@ -371,6 +417,8 @@ export class UnitTx implements DbTransaction {
   isReady = false;
   /** The first `load()` request, answered by the batch. */
   loadRequest: LoadRequest | null = null;
+  /** The idempotency key the load in flight asks for (null: none). */
+  key: string | null = null;
   loadDone = false;
   readonly loaded = deferred<LoadedState>();
   /** Another method was called before the batch opened its transaction. */
@@ -429,6 +477,16 @@ export class UnitTx implements DbTransaction {
     const { db } = this.batch;
     const { tables } = db.sql;
     try {
+      const idemText = stateRow?.idem as string | null | undefined;
+      const idempotent = idemText ? decodeRow<JournalEntry>(tables.journal.columns, JSON.parse(idemText)) : null;
+      if (idempotent !== null && idempotent.idempotencyKey !== this.key) {
+        // The server compared the key as it arrived, which is not always the key asked for (node-pg
+        // sends a lone UTF-16 surrogate as U+FFFD, so keys JavaScript tells apart can arrive as
+        // one). Another key's entry must never be answered as a replay of this operation.
+        throw new StorageError(
+          `[credit-management] [postgres] the idempotency key ${JSON.stringify(this.key)} of account ${this.userId} found the entry of key ${JSON.stringify(idempotent.idempotencyKey)}: the database cannot tell them apart`,
+        );
+      }
       const xmin = typeof stateRow?.xmin === "string" ? stateRow.xmin : null;
       const cached = this.cached;
       let account: Account | null;
@@ -446,8 +504,6 @@ export class UnitTx implements DbTransaction {
         reservations = parseRows<Reservation>(tables.reservations, stateRow?.holds as string | null | undefined);
         if (account !== null && xmin !== null) db.states?.set(this.userId, { xmin, account, grants, reservations });
       }
-      const idemText = stateRow?.idem as string | null | undefined;
-      const idempotent = idemText ? decodeRow<JournalEntry>(tables.journal.columns, JSON.parse(idemText)) : null;
       this.state = {
         seq: account?.seq ?? null,
         grants: new Map(grants.map((g) => [g.id, g])),
@@ -658,6 +714,18 @@ function sameValue(a: unknown, b: unknown): boolean {
 function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
   if (!json) return [];
   return (JSON.parse(json) as Record<string, unknown>[]).map((row) => decodeRow<T>(table.columns, row));
+}
+
+/**
+ * Whether a driver error means the connection is gone rather than that a statement failed: an
+ * error the server did not send (the socket closed or was reset, a client no longer queryable
+ * after its connection failed), or a server error of class 08 (connection exception) or 57P01–03
+ * (the server is shutting down or starting, the session was terminated).
+ */
+export function isLostConnection(error: unknown): boolean {
+  const e = error as { code?: unknown; severity?: unknown } | null;
+  if (typeof e?.severity !== "string") return true;
+  return typeof e.code === "string" && /^(08|57P0[123])/.test(e.code);
 }
 
 export function storageError(what: string, error: unknown): StorageError {

@@ -17,9 +17,16 @@ import { oncePerTurn } from "../deferred.js";
 export { SCHEMA_VERSION } from "./sql.js";
 
 export interface PostgresDbManagerOptions {
-  /** An existing pool. `close()` leaves it open: it is yours. */
+  /**
+   * An existing pool. `close()` leaves it open: it is yours, and so are the errors of its idle
+   * connections (give it a `pool.on("error", …)` listener, as node-pg asks: without one a dropped
+   * idle connection crashes the process). Connections this manager has checked out have one.
+   */
   pool?: Pool;
-  /** Creates a pool (`pg` must be installed); `close()` ends it. */
+  /**
+   * Creates a pool (`pg` must be installed: without it every call fails with ConfigurationError);
+   * `close()` ends it. Errors of its idle connections are ignored (the pool drops them).
+   */
   connectionString?: string;
   /** More settings of the pool created from `connectionString` (size, timeouts, ssl, …). */
   poolConfig?: Omit<PoolConfig, "connectionString">;
@@ -62,6 +69,13 @@ export interface PostgresDbManagerOptions {
 /** Statements each pooled connection has prepared (shared by every manager on a pool). */
 const preparedOn = new WeakMap<object, Set<string>>();
 
+/** A connection this process has checked out: its 'error' listener, and the first error it heard. */
+interface Lease {
+  listener: (error: Error) => void;
+  error: Error | undefined;
+}
+const leases = new WeakMap<PoolClient, Lease>();
+
 /**
  * The PostgreSQL store, on `pg`.
  *
@@ -85,7 +99,11 @@ const preparedOn = new WeakMap<object, Set<string>>();
  * that throws after `save()` writes nothing. Unique violations (two first writes of a new account,
  * an idempotency key), serialization failures and deadlocks run the unit of work again, alone,
  * with jittered backoff; there `load()` finds the key and the service answers with the first
- * result. Other database errors surface as `StorageError` with the driver's error as `cause`.
+ * result. A unit of work whose connection is lost before its save message was sent (nothing of it
+ * written) runs again the same way, on another connection. Other database errors surface as
+ * `StorageError` with the driver's error as `cause`; a connection lost while its COMMIT was in
+ * flight too (the outcome is unknown: it does not run again). A connection that failed is closed,
+ * never handed out again.
  */
 export class PostgresDbManager extends SubscriptionStoreDelegate implements DbManager {
   readonly name = "postgres";
@@ -156,11 +174,28 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
    */
   async init(): Promise<void> {
     const client = await this.connect();
-    let broken = false;
+    let broken: unknown = false;
     try {
       await client.query("BEGIN");
+      // The schema is shared by every table prefix, whose locks differ: two managers with other
+      // prefixes would both insert it (CREATE SCHEMA IF NOT EXISTS takes no lock: the second fails
+      // with a unique violation). So every init takes the schema's lock, then its own; and a
+      // concurrent creator that takes neither (an older release, another tool) is tolerated.
+      if (this.sql.createSchema !== null) await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.schemaLockKey]);
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.lockKey]);
-      if (this.sql.createSchema !== null) await client.query(this.sql.createSchema);
+      if (this.sql.createSchema !== null) {
+        await client.query("SAVEPOINT cm_schema");
+        try {
+          await client.query(this.sql.createSchema);
+        } catch (error) {
+          const code = (error as { code?: unknown }).code;
+          if (code !== "23505" && code !== "42P06") throw error;
+          // Created concurrently and committed (we waited for it): now the statement finds it.
+          await client.query("ROLLBACK TO SAVEPOINT cm_schema");
+          await client.query(this.sql.createSchema);
+        }
+        await client.query("RELEASE SAVEPOINT cm_schema");
+      }
       await client.query(
         `CREATE TABLE IF NOT EXISTS ${this.sql.versionTable} (component TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
       );
@@ -193,11 +228,11 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       }
       await client.query("COMMIT");
     } catch (error) {
-      broken = await rollback(client);
+      broken = (await rollback(client)) && error;
       if (error instanceof ConfigurationError) throw error;
       throw storageError("init", error);
     } finally {
-      client.release(broken);
+      this.release(client, broken);
     }
   }
 
@@ -306,12 +341,12 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     try {
       result = await new Batch(this, client, units, wait).run();
     } catch (error) {
-      client.release(true);
+      this.release(client, error);
       for (const u of units) u.reject(storageError("transaction", error));
       return;
     }
-    client.release(result.broken);
-    for (const { unit, reason, skipped } of result.retry) {
+    this.release(client, result.broken && (result.brokenBy ?? true));
+    for (const { unit, reason, skipped, lost } of result.retry) {
       if (skipped) {
         // Its account is busy in another transaction: run it again alone, waiting for the lock.
         unit.wait = true;
@@ -319,7 +354,10 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
         continue;
       }
       unit.attempts++;
-      if (unit.attempts >= this.maxAttempts) {
+      if (unit.attempts >= this.maxAttempts && lost === true) {
+        // The connection kept failing: that is the database's state, not a conflict.
+        unit.reject(storageError("transaction", reason));
+      } else if (unit.attempts >= this.maxAttempts) {
         unit.reject(
           new ConflictError(
             `[credit-management] [postgres] gave up on a unit of work on account ${unit.userId} after ${unit.attempts} conflicting attempts`,
@@ -371,7 +409,8 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const where = options?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL";
-    const rows = await this.read("listGrants", `${this.sql.select("grants")} WHERE user_id = $1${where} ORDER BY created_at, id`, [userId]);
+    const order = `${this.sql.column("grants", "created_at")}, id`;
+    const rows = await this.read("listGrants", `${this.sql.select("grants")} WHERE user_id = $1${where} ORDER BY ${order}`, [userId]);
     return rows.map((r) => this.decode<Grant>("grants", r));
   }
 
@@ -382,7 +421,8 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       params.push(options.status);
       where = " AND status = $2";
     }
-    const rows = await this.read("listReservations", `${this.sql.select("reservations")} WHERE user_id = $1${where} ORDER BY created_at, id`, params);
+    const order = `${this.sql.column("reservations", "created_at")}, id`;
+    const rows = await this.read("listReservations", `${this.sql.select("reservations")} WHERE user_id = $1${where} ORDER BY ${order}`, params);
     return rows.map((r) => this.decode<Reservation>("reservations", r));
   }
 
@@ -431,7 +471,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     params.push(limit);
     const text =
       `${this.sql.select(table)} WHERE ${where} AND expires_at <= $1${cursor} ` +
-      `ORDER BY expires_at, id LIMIT $${params.length}`;
+      `ORDER BY ${this.sql.column(table, "expires_at")}, id LIMIT $${params.length}`;
     const rows = await this.read(operation, text, params);
     return rows.map((r) => this.decode<T>(table, r));
   }
@@ -492,7 +532,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     params.push(query.limit);
     const text =
       `${this.sql.select("ledger")}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ` +
-      `ORDER BY created_at DESC, id DESC LIMIT $${params.length}`;
+      `ORDER BY ${this.sql.column("ledger", "created_at")} DESC, id DESC LIMIT $${params.length}`;
     const rows = await this.read("listLedgerEntries", text, params);
     return rows.map((r) => this.decode<LedgerEntry>("ledger", r));
   }
@@ -505,30 +545,65 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     return decodeRow<T>(this.sql.tables[key].columns, row);
   }
 
-  /** @internal A pooled connection; a failure to get one is a StorageError. */
+  /**
+   * @internal A pooled connection, to give back with {@link release}. A failure to get one is a
+   * StorageError; a missing `pg` package a ConfigurationError.
+   *
+   * pg-pool takes its own 'error' listener off a client while it is checked out, and node-pg emits
+   * 'error' on a client whose connection dies (a closed or reset socket, a FATAL from the server:
+   * a terminated backend, `idle_in_transaction_session_timeout`). With no listener that event
+   * crashes the process. The query in flight, if any, fails with the same error by itself (and a
+   * later one with "not queryable"), and that failure is what the caller gets, as StorageError;
+   * the listener only keeps the error, so that the connection is closed rather than reused.
+   */
   async connect(): Promise<PoolClient> {
     if (this.closed) throw new StorageError("[credit-management] [postgres] the store is closed");
+    let client: PoolClient;
     try {
       const pool = this.pool ?? (await this.createPool());
-      return await pool.connect();
+      client = await pool.connect();
     } catch (error) {
+      if (error instanceof ConfigurationError) throw error;
       throw storageError("connect", error);
     }
+    const lease: Lease = {
+      error: undefined,
+      listener: (error) => {
+        lease.error ??= error;
+      },
+    };
+    client.on("error", lease.listener);
+    leases.set(client, lease);
+    return client;
+  }
+
+  /**
+   * @internal Gives a connection from {@link connect} back to the pool. One that failed, or may be
+   * unusable (`failure`: the error, or true), or whose connection died while checked out, is
+   * closed instead (`release(error)`), never handed out again.
+   */
+  release(client: PoolClient, failure: unknown = false): void {
+    const lease = leases.get(client);
+    leases.delete(client);
+    if (lease !== undefined) client.removeListener("error", lease.listener);
+    const reason = lease?.error ?? failure;
+    if (reason === false || reason === undefined || reason === null) client.release();
+    else client.release(reason instanceof Error ? reason : new Error("[credit-management] [postgres] connection closed after a failure"));
   }
 
   /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
   async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     const client = await this.connect();
-    let broken = false;
+    let failure: unknown = false;
     try {
       this.roundTrips++;
       const result = await client.query(this.prepared ? { name: this.statementName(text), text, values: params } : { text, values: params });
       return result.rows as Record<string, unknown>[];
     } catch (error) {
-      broken = isConnectionLevel(error);
+      if (isConnectionLevel(error)) failure = error;
       throw storageError(what, error);
     } finally {
-      client.release(broken);
+      this.release(client, failure);
     }
   }
 

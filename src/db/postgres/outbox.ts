@@ -2,6 +2,7 @@ import type { Notification } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { toRow } from "./batch.js";
 import type { PostgresDbManager } from "./index.js";
+import { output } from "./sql.js";
 
 /**
  * The PostgreSQL outbox. Rows of a unit of work are inserted by its save statement (the `n` part
@@ -41,7 +42,7 @@ export class PostgresOutbox {
       `AND (o.claimed_until IS NULL OR o.claimed_until <= $1) ` +
       `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = o.user_id AND p.status = 'pending' AND p.id < o.id) ` +
       `ORDER BY o.next_attempt_at, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) ` +
-      `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING n.*`;
+      `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING ${output(this.table, "n")}`;
     const rows = await this.db.read("claimNotifications", text, [q.now, new Date(q.now.getTime() + q.leaseMs), q.token, q.limit]);
     return rows
       .map((r) => this.db.decode<Notification>("notifications", r))

@@ -5,10 +5,13 @@ import { decodeRow } from "../../schema/codec.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
 import { toRow } from "./batch.js";
-import { GUARD_MARKER, type Statement, type Tables } from "./sql.js";
+import { GUARD_MARKER, type Statement, type Tables, output } from "./sql.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
+/** Column names (insert lists); what reads return is `output(t)` (dates whatever the session's DateStyle). */
 const cols = (t: SqlTable) => t.columns.map((c) => q(c.name)).join(", ");
+/** A table's column by its qualified name, for ORDER BY (a bare name would mean the output column). */
+const col = (t: SqlTable, name: string) => `${t.qualified}.${q(name)}`;
 
 /** What the promo/payment store needs of `PostgresDbManager`. */
 interface Reader {
@@ -70,13 +73,13 @@ export function promoPaymentSave(t: Tables, changes: readonly PromoPaymentChange
 
 /** @internal Reads a unit of work makes inside its transaction. */
 export const inUnit = {
-  getPromo: (t: Tables, code: string) => ({ text: `SELECT ${cols(t.promos)} FROM ${t.promos.qualified} WHERE code = $1`, params: [code] }),
+  getPromo: (t: Tables, code: string) => ({ text: `SELECT ${output(t.promos)} FROM ${t.promos.qualified} WHERE code = $1`, params: [code] }),
   countClaims: (t: Tables, code: string, userId: string) => ({
     text: `SELECT count(*)::int AS n FROM ${t.promoClaims.qualified} WHERE code = $1 AND user_id = $2`,
     params: [code, userId],
   }),
   getPayment: (t: Tables, id: string, userId: string) => ({
-    text: `SELECT ${cols(t.payments)} FROM ${t.payments.qualified} WHERE id = $1 AND user_id = $2`,
+    text: `SELECT ${output(t.payments)} FROM ${t.payments.qualified} WHERE id = $1 AND user_id = $2`,
     params: [id, userId],
   }),
 };
@@ -127,7 +130,7 @@ export class PostgresPromoStore implements PromoPaymentStore {
     const params: unknown[] = b === undefined ? [query.limit] : [query.limit, b.createdAt, b.code];
     const rows = await this.db.read(
       "listPromos",
-      `SELECT ${cols(this.t.promos)} FROM ${this.t.promos.qualified} ${where}ORDER BY created_at DESC, code DESC LIMIT $1`,
+      `SELECT ${output(this.t.promos)} FROM ${this.t.promos.qualified} ${where}ORDER BY ${col(this.t.promos, "created_at")} DESC, code DESC LIMIT $1`,
       params,
     );
     return rows.map((r) => decode.promo(this.t, r));
@@ -136,7 +139,7 @@ export class PostgresPromoStore implements PromoPaymentStore {
   async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<Promo | null> {
     const rows = await this.db.read(
       "setPromoActive",
-      `UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING ${cols(this.t.promos)}`,
+      `UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING ${output(this.t.promos)}`,
       [code, isActive, updatedAt],
     );
     return rows[0] === undefined ? null : decode.promo(this.t, rows[0]);
@@ -151,7 +154,7 @@ export class PostgresPromoStore implements PromoPaymentStore {
   async listPromoClaims(userId: string): Promise<PromoClaim[]> {
     const rows = await this.db.read(
       "listPromoClaims",
-      `SELECT ${cols(this.t.promoClaims)} FROM ${this.t.promoClaims.qualified} WHERE user_id = $1 ORDER BY created_at, claim_number`,
+      `SELECT ${output(this.t.promoClaims)} FROM ${this.t.promoClaims.qualified} WHERE user_id = $1 ORDER BY ${col(this.t.promoClaims, "created_at")}, claim_number`,
       [userId],
     );
     return rows.map((r) => decode.claim(this.t, r));
@@ -162,7 +165,7 @@ export class PostgresPromoStore implements PromoPaymentStore {
   }
 
   async getPayment(paymentId: string): Promise<Payment | null> {
-    const [row] = await this.db.read("getPayment", `SELECT ${cols(this.t.payments)} FROM ${this.t.payments.qualified} WHERE id = $1`, [
+    const [row] = await this.db.read("getPayment", `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified} WHERE id = $1`, [
       paymentId,
     ]);
     return row === undefined ? null : decode.payment(this.t, row);
@@ -172,8 +175,8 @@ export class PostgresPromoStore implements PromoPaymentStore {
     const p = this.t.payments;
     const [row] = await this.db.read(
       "findPaymentByProviderId",
-      `SELECT ${cols(p)} FROM ${p.qualified} WHERE provider = $1 AND provider_ref = $2 ` +
-        `UNION ALL SELECT ${cols(p)} FROM ${p.qualified} WHERE provider = $1 AND provider_payment_id = $2 LIMIT 1`,
+      `SELECT ${output(p)} FROM ${p.qualified} WHERE provider = $1 AND provider_ref = $2 ` +
+        `UNION ALL SELECT ${output(p)} FROM ${p.qualified} WHERE provider = $1 AND provider_payment_id = $2 LIMIT 1`,
       [provider, id],
     );
     return row === undefined ? null : decode.payment(this.t, row);
@@ -185,7 +188,7 @@ export class PostgresPromoStore implements PromoPaymentStore {
     const params: unknown[] = b === undefined ? [userId, query.limit] : [userId, query.limit, b.createdAt, b.id];
     const rows = await this.db.read(
       "listPayments",
-      `SELECT ${cols(this.t.payments)} FROM ${this.t.payments.qualified} WHERE user_id = $1 ${where}ORDER BY created_at DESC, id DESC LIMIT $2`,
+      `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified} WHERE user_id = $1 ${where}ORDER BY ${col(this.t.payments, "created_at")} DESC, id DESC LIMIT $2`,
       params,
     );
     return rows.map((r) => decode.payment(this.t, r));

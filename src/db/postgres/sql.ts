@@ -60,7 +60,10 @@ export class PostgresSql {
   readonly tables: Tables;
   readonly ddl: string;
   readonly versionTable: string;
+  /** Advisory lock of `init()` on this configuration's tables (schema and prefix). */
   readonly lockKey: string;
+  /** Advisory lock of `init()` on the schema itself (every prefix), taken before `lockKey`. */
+  readonly schemaLockKey: string;
   readonly createSchema: string | null;
   /**
    * Locks the account rows of a batch of several units, in user id order (so that two batches
@@ -92,6 +95,7 @@ export class PostgresSql {
     const versionName = `${options.prefix ?? ""}schema_version`;
     this.versionTable = options.schema === undefined ? q(versionName) : `${q(options.schema)}.${q(versionName)}`;
     this.lockKey = `credit-management:${options.schema ?? ""}:${options.prefix ?? ""}`;
+    this.schemaLockKey = `credit-management-schema:${options.schema ?? ""}`;
     this.createSchema = options.schema === undefined ? null : `CREATE SCHEMA IF NOT EXISTS ${q(options.schema)}`;
 
     const { accounts, grants, reservations, journal } = this.tables;
@@ -112,10 +116,19 @@ export class PostgresSql {
     );
   }
 
-  /** `SELECT <columns> FROM <table>` for plain reads. */
+  /**
+   * `SELECT <columns> FROM <table>` for plain reads, dates as {@link output} renders them. An
+   * `ORDER BY` after it names datetime columns through {@link column}: a bare name would sort by
+   * the text output column of that name (in the same order, but without the index).
+   */
   select(key: TableKey): string {
     const t = this.tables[key];
-    return `SELECT ${cols(t)} FROM ${t.qualified}`;
+    return `SELECT ${output(t)} FROM ${t.qualified}`;
+  }
+
+  /** A column of a table as `"schema"."table"."column"` (the input column, never an output alias). */
+  column(key: TableKey, name: string): string {
+    return `${this.tables[key].qualified}.${q(name)}`;
   }
 
   /** The save statement for a shape of changes, built on first use. */
@@ -133,6 +146,29 @@ export class PostgresSql {
 
 function cols(t: SqlTable, alias?: string): string {
   return t.columns.map((c) => (alias ? `${alias}.${q(c.name)}` : q(c.name))).join(", ");
+}
+
+/** `to_char` pattern of {@link output}'s dates: ISO 8601 in UTC, milliseconds (as JavaScript keeps them). */
+const ISO_UTC = `'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'`;
+
+/**
+ * The columns of `t` as a SELECT or RETURNING list that reads back the same whatever the session's
+ * `DateStyle` and `TimeZone`. node-pg parses a `timestamptz` from its text form, which the session
+ * decides: under `DateStyle = SQL, DMY` (or German, or Postgres), set by the connection's options,
+ * the role or the database, it gives `null` for every date. Forcing `DateStyle` would change the
+ * sessions of a pool the user owns and not hold behind a pooler in transaction mode; so datetime
+ * columns travel as `to_char(<col> AT TIME ZONE 'UTC', …)` instead (a fixed pattern: no session
+ * setting changes it), under their own names, and `decodeRow` makes them `Date`s. (Units of work
+ * read their state as JSON, whose dates are ISO 8601 whatever the `DateStyle`; see `BEGIN` in
+ * ./batch.ts for their `TimeZone`.)
+ */
+export function output(t: SqlTable, alias?: string): string {
+  return t.columns
+    .map((c) => {
+      const ref = alias ? `${alias}.${q(c.name)}` : q(c.name);
+      return c.kind === "datetime" ? `to_char(${ref} AT TIME ZONE 'UTC', ${ISO_UTC}) AS ${q(c.name)}` : ref;
+    })
+    .join(", ");
 }
 
 const PG_TYPES: Record<Column["kind"], string> = {

@@ -8,7 +8,11 @@ import { toRow } from "./batch.js";
 interface Runner {
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
   decode<T>(key: "plans" | "subscriptions", row: Record<string, unknown>): T;
-  readonly sql: { tables: { plans: SqlTable; subscriptions: SqlTable }; select(key: "plans" | "subscriptions"): string };
+  readonly sql: {
+    tables: { plans: SqlTable; subscriptions: SqlTable };
+    select(key: "plans" | "subscriptions"): string;
+    column(key: "plans" | "subscriptions", name: string): string;
+  };
 }
 
 const UNIQUE_VIOLATION = "23505";
@@ -115,7 +119,7 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   async listSubscriptions(userId: string): Promise<Subscription[]> {
     const rows = await this.db.read(
       "listSubscriptions",
-      `${this.db.sql.select("subscriptions")} WHERE user_id = $1 ORDER BY created_at, id`,
+      `${this.db.sql.select("subscriptions")} WHERE user_id = $1 ORDER BY ${this.db.sql.column("subscriptions", "created_at")}, id`,
       [userId],
     );
     return rows.map((r) => this.db.decode<Subscription>("subscriptions", r));
@@ -142,7 +146,7 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     params.push(limit);
     const rows = await this.db.read(
       "findDueSubscriptions",
-      `${this.db.sql.select("subscriptions")} WHERE next_run_at IS NOT NULL AND next_run_at <= $1${cursor} ORDER BY next_run_at, id LIMIT $${params.length}`,
+      `${this.db.sql.select("subscriptions")} WHERE next_run_at IS NOT NULL AND next_run_at <= $1${cursor} ORDER BY ${this.db.sql.column("subscriptions", "next_run_at")}, id LIMIT $${params.length}`,
       params,
     );
     return rows.map((r) => this.db.decode<Subscription>("subscriptions", r));
