@@ -410,6 +410,29 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       expect(count("commitTransaction") - commits).toBe(10);
       for (const u of users) expect((await db.getAccount(u))?.balance).toBe(2);
     });
+
+    it("batch: false — a failure after the commit (keeping the state) never reports a committed unit as failed", async () => {
+      const db = fresh("nobatch-after", { batch: false });
+      await db.init();
+      const credits = new CreditService({ db });
+      // The state cache's write throws once per account: after the commit, before the caller hears.
+      const states = (db as unknown as { states: { set(u: string, s: unknown): void } }).states;
+      const set = states.set.bind(states);
+      const failed = new Set<string>();
+      states.set = (u, s) => {
+        if (!failed.has(u)) {
+          failed.add(u);
+          throw new Error("state cache write failed");
+        }
+        set(u, s);
+      };
+      const entry = await credits.addCredits("after-commit", 10, { idempotencyKey: "once" });
+      expect(entry.balanceAfter).toBe(10);
+      expect(failed.has("after-commit")).toBe(true);
+      await credits.deductCredits("after-commit", 4);
+      expect((await db.getAccount("after-commit"))?.balance).toBe(6);
+      expect((await credits.audit("after-commit")).ok).toBe(true);
+    });
   });
 
   describe("adapter", () => {

@@ -471,8 +471,16 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
           tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates, this.promoStore);
           return tx.run(fn);
         }, TRANSACTION_OPTIONS);
+        // Committed: nothing from here on may turn it into a failure (the caller would retry a
+        // change that happened). A state that cannot be kept is dropped: the next load reads it.
         const after = (tx as MongoTransaction | undefined)?.stateAfter;
-        if (after !== undefined) this.states?.set(userId, after);
+        if (after !== undefined) {
+          try {
+            this.states?.set(userId, after);
+          } catch {
+            this.states?.delete(userId);
+          }
+        }
         return value;
       } catch (error) {
         this.states?.delete(userId);
