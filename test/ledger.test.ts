@@ -43,7 +43,7 @@ describe("ledger", () => {
     const file = join(tmp(), "ledger.jsonl");
     const db = new InMemoryDbManager();
     const m = await createCreditManager({ db, ledger: { filePath: file } });
-    await m.credits.addCredits("ü-ser ☕", 10, { description: "café 😀 \u2028", metadata: { note: "naïve ✓", lone: "x\ud800y" } });
+    await m.credits.addCredits("ü-ser ☕", 10, { description: "café 😀 \u2028", metadata: { note: "naïve ✓", pair: "x\ud83d\ude00y" } });
     await m.credits.deductCredits("ü-ser ☕", 3, { correlationId: "c-é", metadata: { emoji: "🚀" } });
     await m.close();
     const text = readFileSync(file, "utf8");
