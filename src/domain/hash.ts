@@ -47,22 +47,47 @@ const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,
  * canonical form plus `hash`) as `details`. Pass the canonical text when it is at hand (the unit of
  * work that hashed the entry keeps it), so it is not built twice.
  */
-export function ledgerLine(entry: JournalEntry, canonical?: string): string {
-  return ledgerLinePieces(entry, canonical).join("");
+export function ledgerLine(entry: JournalEntry, canonical: string = canonicalEntry(entry)): string {
+  return ledgerLineOf(canonical, entry.hash);
 }
 
 /**
- * `ledgerLine` as the three texts it is joined from — up to `details`, the canonical text without
- * its closing brace, then the hash, `createdAt` and the newline — for a writer that joins many
- * lines at once (no line-sized copy per entry).
+ * `ledgerLine` from an entry's canonical text and hash alone: what the ledger hands its writer
+ * thread, which builds the lines off the event loop. The line's `id`, `userId`, `correlationId`,
+ * `message` and `createdAt` are the canonical text's own pieces (its layout is fixed: it is what the
+ * hash covers), so nothing is parsed or quoted again: each string field is found by scanning its
+ * JSON literal, and metadata — the one part with keys of the host's choosing — is never searched
+ * (`createdAt` is found from the end, after it). Self-contained but for `literalEnd`: the writer
+ * thread runs the source of both (see `src/ledger/file.ts`), so the line is defined here only. (No
+ * function expressions inside: tools that keep function names, as tsx does, wrap those in a helper
+ * the thread would not have.)
  */
-export function ledgerLinePieces(entry: JournalEntry, canonical: string = canonicalEntry(entry)): [string, string, string] {
-  return [
-    `{"id":${quote(entry.id)},"eventType":"transaction","userId":${quote(entry.userId)},` +
-      `"correlationId":${str(entry.correlationId)},"message":"${entry.type} ${entry.amount}","details":`,
-    canonical.slice(0, -1),
-    `,"hash":"${entry.hash}"},"createdAt":"${iso(entry.createdAt)}"}\n`,
-  ];
+export function ledgerLineOf(canonical: string, hash: string): string {
+  const idEnd = literalEnd(canonical, 6); // {"id":
+  const userAt = idEnd + 10; // ,"userId":
+  const userEnd = literalEnd(canonical, userAt);
+  const typeAt = canonical.indexOf(',"type":"', userEnd) + 9;
+  const typeEnd = canonical.indexOf('"', typeAt);
+  const amountAt = typeEnd + 11; // ","amount":
+  const amountEnd = canonical.indexOf(",", amountAt);
+  const correlationAt = canonical.indexOf(',"correlationId":', amountEnd) + 17;
+  const createdAt = canonical.lastIndexOf(',"createdAt":"') + 14;
+  return (
+    `{"id":${canonical.slice(6, idEnd)},"eventType":"transaction","userId":${canonical.slice(userAt, userEnd)},` +
+    `"correlationId":${canonical.slice(correlationAt, literalEnd(canonical, correlationAt))},` +
+    `"message":"${canonical.slice(typeAt, typeEnd)} ${canonical.slice(amountAt, amountEnd)}","details":` +
+    `${canonical.slice(0, -1)},"hash":"${hash}"},"createdAt":"${canonical.slice(createdAt, canonical.indexOf('"', createdAt))}"}\n`
+  );
+}
+
+/** Where the JSON string (or `null`) starting at `at` in `text` ends. */
+export function literalEnd(text: string, at: number): number {
+  if (text.charCodeAt(at) !== 34) return at + 4;
+  for (let i = at + 1; ; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 92) i++;
+    else if (c === 34) return i + 1;
+  }
 }
 
 const str = (v: string | null): string => (v === null ? "null" : quote(v));

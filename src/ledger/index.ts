@@ -1,9 +1,10 @@
 import { randomUUID } from "node:crypto";
 import onExit from "on-exit-leak-free";
-import { pino, type Logger } from "pino";
+import type { Logger } from "pino";
 import type { DbManager } from "../db/types.js";
-import { ledgerLinePieces } from "../domain/hash.js";
+import { canonicalEntry } from "../domain/hash.js";
 import type { JournalEntry, LedgerEntry } from "../models/index.js";
+import { LedgerFile } from "./file.js";
 
 export interface LedgerLoggerOptions {
   db: DbManager;
@@ -24,46 +25,46 @@ export interface LedgerStats {
   lastFileError: string | null;
 }
 
-/** The part of pino's file destination (sonic-boom) the ledger uses. */
-interface FileStream {
-  write(chunk: Buffer): boolean;
-  flush(cb: (error?: Error | null) => void): void;
-  end(): void;
-  on(event: "error", listener: (error: Error) => void): unknown;
-  once(event: "close" | "error" | "ready", listener: (...args: unknown[]) => void): unknown;
-}
-
 /** Lines are handed to the writer in chunks of about this many characters (or each loop turn). */
 const CHUNK = 64 * 1024;
+
+/** The file of a ledger dropped unclosed is finished all the same (its thread would stay). */
+const unclosed = new FinalizationRegistry<LedgerFile>((file) => void file.close());
+
+/** A ledger's report of its file's failures, holding it weakly (its file's thread must not keep it). */
+const reporter = (ledger: LedgerLogger) => {
+  const ref = new WeakRef(ledger);
+  return (error: Error) => ref.deref()?.fileFailed(error);
+};
 
 /**
  * The audit ledger. Transaction events are the journal entries themselves, written to the store
  * inside their unit of work (so they are never stored twice); error and system events are written
- * to the store right away. Every event is mirrored as one JSON line to the JSONL file through pino's
- * file destination (`pino.destination`, sonic-boom): lines are collected and written in one chunk
- * per event-loop turn (or every 64 KiB), synchronously — a write of a chunk to the page cache costs
- * about a microsecond per line and keeps memory bounded however long a burst runs. `flush()` and
- * `close()` write what is collected; `reopen()` starts a new file after log rotation. A process that
- * exits before the next turn — `process.exit()`, an uncaught exception, an unhandled rejection —
- * writes what is collected on its way out (the process's "exit" event, through on-exit-leak-free,
- * which holds the ledger weakly), so an operation that was reported done never misses its line. (pino's
- * worker-thread transport was used before: copying each line through a shared buffer, decoding and
- * re-encoding it on the worker cost the event loop about a third of every operation.)
+ * to the store right away. Every event is mirrored as one JSON line to the JSONL file: lines are
+ * collected and handed over in one chunk per event-loop turn (or every 64 KiB) to the file's writer
+ * thread (`LedgerFile`), which builds a journal entry's line from its canonical text and hash and
+ * appends the chunk — the event loop only keeps the two texts the unit of work made anyway, joins
+ * them and posts the chunk. `flush()` and `close()` write what is collected and wait for the file;
+ * `reopen()` starts a new file after log rotation. A process that exits before the next turn —
+ * `process.exit()`, an uncaught exception, an unhandled rejection — hands over what is collected on
+ * its way out and waits for the thread to write it (the process's "exit" event, through
+ * on-exit-leak-free, which holds the ledger weakly), so an operation that was reported done never
+ * misses its line. (pino's worker-thread transport was used before: copying each line through a
+ * shared buffer, decoding and re-encoding it on the worker cost the event loop about a third of
+ * every operation; a chunk is posted as one string, a copy of a few microseconds.)
  */
 export class LedgerLogger {
   readonly filePath: string | null;
   private readonly db: DbManager;
   private readonly clock: () => Date;
   private readonly warn: Logger | undefined;
-  private stream: FileStream | null = null;
-  /** Lines not yet handed to the writer, and their length in characters. */
+  private file: LedgerFile | null = null;
+  /** Lines not yet handed to the writer (as pairs of texts, see `LedgerFile`), and their length in characters. */
   private pending: string[] = [];
   private pendingChars = 0;
   private scheduled = false;
   private readonly counters: LedgerStats = { linesWritten: 0, fileErrors: 0, lastFileError: null };
   private closed = false;
-  /** Writers that failed (could not open the file, died): nothing to wait for. */
-  private readonly broken = new WeakSet<FileStream>();
 
   constructor(options: LedgerLoggerOptions) {
     this.db = options.db;
@@ -71,14 +72,17 @@ export class LedgerLogger {
     this.warn = options.logger;
     this.filePath = options.filePath ? options.filePath : null;
     if (this.filePath !== null) {
-      this.stream = this.open(this.filePath);
+      this.file = new LedgerFile(this.filePath, reporter(this));
+      void this.file.reopen();
       onExit.register(this, LedgerLogger.beforeExit);
+      unclosed.register(this, this.file, this);
     }
   }
 
-  /** On the process's way out: the lines of the last turn, written synchronously like any chunk. */
+  /** On the process's way out: the lines of the last turn handed over, and everything written. */
   private static beforeExit(ledger: LedgerLogger): void {
     if (!ledger.closed) ledger.drain();
+    ledger.file?.settle();
   }
 
   /**
@@ -86,13 +90,14 @@ export class LedgerLogger {
    * their canonical texts where the caller has them (see `ledgerLine`).
    */
   recordTransactions(entries: readonly JournalEntry[], canonicals?: readonly string[]): void {
-    if (this.stream === null || this.closed) return;
+    if (this.file === null || this.closed) return;
     for (let i = 0; i < entries.length; i++) {
-      // In three pieces, joined once with the rest of the chunk.
-      const [head, details, tail] = ledgerLinePieces(entries[i] as JournalEntry, canonicals?.[i]);
-      this.pending.push(head, details);
-      this.pendingChars += head.length + details.length;
-      this.write(tail);
+      // The canonical text and the hash: the writer thread makes the line of them (`ledgerLineOf`).
+      const entry = entries[i] as JournalEntry;
+      const canonical = canonicals?.[i] ?? canonicalEntry(entry);
+      this.pending.push(canonical);
+      this.pendingChars += canonical.length;
+      this.write(entry.hash);
     }
   }
 
@@ -125,34 +130,16 @@ export class LedgerLogger {
 
   /** Hands every buffered line to the writer and waits until they are in the file. */
   async flush(): Promise<void> {
-    const stream = this.stream;
-    if (stream === null || this.closed) return;
+    if (this.file === null || this.closed) return;
     this.drain();
-    if (this.broken.has(stream)) return;
-    await new Promise<void>((resolve) => {
-      // A writer that dies while flushing never answers: bounded, like close().
-      const timer = setTimeout(resolve, 5000);
-      try {
-        stream.flush((error) => {
-          clearTimeout(timer);
-          if (error) this.fileFailed(error);
-          resolve();
-        });
-      } catch (error) {
-        clearTimeout(timer);
-        this.fileFailed(error as Error);
-        resolve();
-      }
-    });
+    await this.file.flush();
   }
 
   /** Starts a new file at the same path (after log rotation moved the old one away). */
   async reopen(): Promise<void> {
-    if (this.filePath === null || this.closed) return;
-    const old = this.stream;
+    if (this.file === null || this.closed) return;
     this.drain();
-    this.stream = this.open(this.filePath);
-    if (old !== null) await this.end(old);
+    await this.file.reopen();
   }
 
   /** Writes what is buffered and closes the file. Idempotent. */
@@ -160,46 +147,12 @@ export class LedgerLogger {
     if (this.closed) return;
     this.drain();
     this.closed = true;
-    onExit.unregister(this);
-    if (this.stream !== null) await this.end(this.stream);
-  }
-
-  /** The file's writer, or null (counted in `stats`) when it cannot be opened. */
-  private open(filePath: string): FileStream | null {
-    let stream: FileStream;
-    try {
-      // Buffer mode: the chunk is encoded once, here. In its default (utf8) mode sonic-boom measures
-      // every string chunk (Buffer.byteLength) and encodes it a second time after writing it.
-      stream = pino.destination({ dest: filePath, sync: true, mkdir: true, contentMode: "buffer" }) as unknown as FileStream;
-    } catch (error) {
-      this.fileFailed(error as Error);
-      return null;
+    // Registered until the file is finished: a process that leaves meanwhile still waits for it.
+    if (this.file !== null) {
+      unclosed.unregister(this);
+      await this.file.close();
     }
-    stream.on("error", (error: Error) => {
-      this.broken.add(stream);
-      this.fileFailed(error);
-    });
-    return stream;
-  }
-
-  private async end(stream: FileStream): Promise<void> {
-    if (this.broken.has(stream)) return;
-    await new Promise<void>((resolve) => {
-      // Referenced on purpose: its "close" (all lines written, file closed) must be awaited, not
-      // raced by the process running out of work.
-      const timer = setTimeout(resolve, 5000);
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      stream.once("close", done);
-      try {
-        stream.end();
-      } catch (error) {
-        this.fileFailed(error as Error);
-        done();
-      }
-    });
+    onExit.unregister(this);
   }
 
   private async record(
@@ -218,7 +171,11 @@ export class LedgerLogger {
       createdAt: this.clock(),
     };
     await this.db.insertLedgerEntry(entry);
-    if (this.stream !== null && !this.closed) this.write(`${JSON.stringify(entry)}\n`);
+    if (this.file !== null && !this.closed) {
+      // A line as it is: after an empty first text.
+      this.pending.push("");
+      this.write(JSON.stringify(entry));
+    }
     return entry;
   }
 
@@ -235,25 +192,16 @@ export class LedgerLogger {
 
   private drain(): void {
     this.scheduled = false;
-    if (this.pending.length === 0 || this.stream === null) return;
-    if (this.broken.has(this.stream)) {
-      // The lines are in the store; the file cannot take them. Counted once per failure already.
-      this.pending = [];
-      this.pendingChars = 0;
-      return;
-    }
-    // One flat string (join), not a rope of lines the writer would have to flatten.
-    const chunk = Buffer.from(this.pending.join(""), "utf8");
+    if (this.pending.length === 0 || this.file === null) return;
+    // One flat string (join), not a rope of texts the thread would have to flatten.
+    const chunk = this.pending.join("\n");
     this.pending = [];
     this.pendingChars = 0;
-    try {
-      this.stream.write(chunk);
-    } catch (error) {
-      this.fileFailed(error as Error);
-    }
+    this.file.write(chunk);
   }
 
-  private fileFailed(error: Error): void {
+  /** @internal Counts (and logs) a failure of the file. */
+  fileFailed(error: Error): void {
     this.counters.fileErrors++;
     this.counters.lastFileError = error.message;
     this.warn?.warn({ err: error, filePath: this.filePath }, "credit-management: ledger file write failed");

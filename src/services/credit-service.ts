@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
@@ -44,6 +43,7 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
+import { newId } from "../util/uuid.js";
 import type * as z from "zod";
 
 /** Options as their models return them (validated). */
@@ -156,7 +156,9 @@ class UnitRun<T> {
   attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     this.refused = undefined;
     const key = this.meta.idempotencyKey;
-    return andThen(tx.load(key === undefined ? undefined : { idempotencyKey: key }), (state) => this.loaded(tx, state));
+    const state = tx.load(key === undefined ? undefined : { idempotencyKey: key });
+    // (`andThen` by hand: no closure when the store answered at once.)
+    return isPromiseLike(state) ? Promise.resolve(state).then((s) => this.loaded(tx, s)) : this.loaded(tx, state);
   }
 
   private loaded(tx: DbTransaction, state: LoadedState): UnitOutcome<T> | Promise<UnitOutcome<T>> {
@@ -167,7 +169,7 @@ class UnitRun<T> {
       if (this.replay === undefined) return { value: first as T, entries: NO_ENTRIES };
       return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
     }
-    const work = new AccountWork(this.userId, state, this.deps.clock(), randomUUID);
+    const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
     if (this.settle && work.needsSettle) {
       return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
         work.settle();
@@ -207,7 +209,8 @@ class UnitRun<T> {
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
-    return andThen(tx.save(changes), () => outcome);
+    const saved = tx.save(changes);
+    return isPromiseLike(saved) ? Promise.resolve(saved).then(() => outcome) : outcome;
   }
 }
 

@@ -186,7 +186,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
         throw new ConflictError(`idempotency key ${e.idempotencyKey} is already used`);
       }
     }
-    this.promoStore.check(changes);
+    if (hasPromoRows(changes)) this.promoStore.check(changes);
     if (changes.notifications !== undefined) {
       for (const n of changes.notifications) {
         if (!this.outbox.accepts(n)) throw new ConflictError(`notification key ${n.dedupeKey} is already used`);
@@ -198,20 +198,21 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   apply(u: UserData, changes: Changes, checked = false): void {
     if (!checked) this.check(u, changes);
     u.account = changes.account;
-    for (const g of changes.insertGrants) this.putGrant(u, g);
-    for (const g of changes.updateGrants) this.putGrant(u, g);
-    for (const r of changes.insertReservations) this.putReservation(u, r);
-    for (const r of changes.updateReservations) this.putReservation(u, r);
+    for (const g of changes.insertGrants) this.putGrant(u, g, true);
+    for (const g of changes.updateGrants) this.putGrant(u, g, false);
+    for (const r of changes.insertReservations) this.putReservation(u, r, true);
+    for (const r of changes.updateReservations) this.putReservation(u, r, false);
     for (const e of changes.entries) {
       if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
       u.journal.append(e);
     }
-    this.promoStore.apply(changes);
+    if (hasPromoRows(changes)) this.promoStore.apply(changes);
     if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insert(changes.notifications);
   }
 
-  private putGrant(u: UserData, g: Grant): void {
-    if (!u.grants.has(g.id)) this.grantOwner.set(g.id, u);
+  /** `isNew`: an inserted grant (else one of the account's, updated). */
+  private putGrant(u: UserData, g: Grant, isNew: boolean): void {
+    if (isNew) this.grantOwner.set(g.id, u);
     u.grants.set(g.id, g);
     const open = isOpenGrant(g);
     if (open) u.open.set(g.id, g);
@@ -226,9 +227,10 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     }
   }
 
-  private putReservation(u: UserData, r: Reservation): void {
-    const wasActive = u.active.has(r.id);
-    if (!wasActive && !u.settled.has(r.id)) this.holdOwner.set(r.id, u);
+  /** `isNew`: an inserted hold (else one of the account's, updated). */
+  private putReservation(u: UserData, r: Reservation, isNew: boolean): void {
+    const wasActive = !isNew && u.active.has(r.id);
+    if (isNew) this.holdOwner.set(r.id, u);
     if (r.status === "active") {
       if (!wasActive) this.dueHolds.add(r.expiresAt.getTime(), r.id);
       u.active.set(r.id, r);
@@ -385,7 +387,7 @@ class MemoryTransaction implements DbTransaction {
     return {
       account: u.account,
       grants: [...u.open.values()],
-      reservations: u.active.size === 0 ? [] : [...u.active.values()],
+      reservations: u.active.size === 0 ? NO_HOLDS : [...u.active.values()],
       idempotent: at === undefined ? null : u.journal.get(at, this.userId),
     };
   }
@@ -423,6 +425,14 @@ class MemoryTransaction implements DbTransaction {
     this.pending = changes;
   }
 }
+
+/** Whether a unit of work saves promo claims or payment updates (few do: the rest skip that store). */
+function hasPromoRows(changes: Changes): boolean {
+  return changes.promoClaims !== undefined || changes.paymentUpdates !== undefined;
+}
+
+/** The loaded holds of an account with none (most): shared, so never written. */
+const NO_HOLDS = Object.freeze([]) as unknown as Reservation[];
 
 /** A hold of the account: the stored object while active, else a copy from its settled row. */
 function holdOf(u: UserData, id: string): Reservation | null {
