@@ -3,8 +3,10 @@
  * `findExpiredReservations`, `findDueSubscriptions`): a sorted array searched by binary search,
  * with additions buffered and merged on the next scan (jobs scan rarely, units of work add
  * often) and removals lazy: the scan asks `live(id, time)` and skips what no longer qualifies;
- * dead entries are dropped when they outnumber the live ones. A scan costs O(log n + what it
- * returns + dead entries in its way); a job that expires a million grants touches each once.
+ * dead entries are dropped when they outnumber the live ones — at the next scan, or at once when
+ * the index knows what is live (`live`), so a store whose jobs never run does not keep one entry
+ * for every hold it ever had. A scan costs O(log n + what it returns + dead entries in its way); a
+ * job that expires a million grants touches each once.
  */
 export class DueIndex {
   private times: number[] = [];
@@ -14,15 +16,26 @@ export class DueIndex {
   /** Entries known dead (removed or superseded) still in the arrays. */
   private dead = 0;
 
+  /** `live(id, time)`: whether an entry still qualifies, for compacting between scans. */
+  constructor(private readonly live?: (id: string, time: number) => boolean) {}
+
   /** Records that `id` is due at `time` (ms). Add again when its time changes. */
   add(time: number, id: string): void {
     this.addedTimes.push(time);
     this.addedIds.push(id);
   }
 
-  /** Tells the index one entry died (for compaction); the scan learns it through `live` anyway. */
+  /**
+   * Tells the index one entry died (call it once the entry no longer qualifies); the scan learns it
+   * through `live` anyway. With `live` known, dead entries that outnumber the live ones are dropped
+   * at once (O(n) every n/2 removals: O(1) each).
+   */
   removed(): void {
     this.dead++;
+    if (this.live !== undefined && this.dead > 1024 && this.dead > this.size / 2) {
+      this.merge();
+      this.compact(this.live);
+    }
   }
 
   /**

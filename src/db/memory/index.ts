@@ -87,9 +87,9 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   private readonly holdOwner = new Map<string, UserData>();
   /** Open grants that can expire, by id, and ordered by (expiresAt, id) for `findDueGrants`. */
   private readonly expiring = new Map<string, Grant>();
-  private readonly dueGrants = new DueIndex();
+  private readonly dueGrants = new DueIndex((id, t) => this.expiring.get(id)?.expiresAt?.getTime() === t);
   /** Holds ordered by (expiresAt, id) for `findExpiredReservations`. */
-  private readonly dueHolds = new DueIndex();
+  private readonly dueHolds = new DueIndex((id) => this.holdOwner.get(id)?.active.has(id) === true);
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   protected readonly subscriptionStore = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
@@ -236,8 +236,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
       u.active.set(r.id, r);
     } else {
       if (wasActive) {
-        this.dueHolds.removed();
         u.active.delete(r.id);
+        this.dueHolds.removed();
       }
       u.settled.set(r);
     }

@@ -1,0 +1,35 @@
+// The in-memory store's job indexes (holds and grants ordered by expiry) must not keep an entry for
+// every hold or grant an account ever had when no job scans them: a service that never runs the
+// expiry jobs (tests, a dev server) would grow them forever.
+import { describe, expect, it } from "vitest";
+import { CreditService, InMemoryDbManager } from "../src/index.js";
+
+const sizeOf = (db: InMemoryDbManager, index: "dueHolds" | "dueGrants") => (db as unknown as Record<string, { size: number }>)[index]!.size;
+
+describe("in-memory due indexes", () => {
+  it("drop settled holds and closed grants without a job scanning, and still find what is due", async () => {
+    const clock = { now: Date.parse("2030-01-01T00:00:00Z") };
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+    await credits.addCredits("u", 1_000_000);
+    for (let i = 0; i < 3000; i++) {
+      const hold = await credits.reserveCredits("u", 1, { ttlSeconds: 60 });
+      if (i % 2 === 0) await credits.releaseReservedCredits(hold.id);
+      else await credits.commitReservedCredits(hold.id);
+    }
+    expect(sizeOf(db, "dueHolds")).toBeLessThan(1500);
+    for (let i = 0; i < 3000; i++) {
+      const entry = await credits.addCredits("g", 1, { expiresAt: new Date(clock.now + 3_600_000) });
+      await credits.voidGrant(entry.grants[0]!.grantId);
+    }
+    expect(sizeOf(db, "dueGrants")).toBeLessThan(1500);
+    // What is still due is found, and only that.
+    const open = await Promise.all(Array.from({ length: 5 }, () => credits.reserveCredits("u", 2, { ttlSeconds: 30 })));
+    clock.now += 31_000;
+    const due = await db.findExpiredReservations(new Date(clock.now), 100);
+    expect(due.map((r) => r.id).sort()).toEqual(open.map((r) => r.id).sort());
+    const grant = await credits.addCredits("g", 7, { expiresAt: new Date(clock.now + 1000) });
+    const dueGrants = await db.findDueGrants(new Date(clock.now + 1000), 100);
+    expect(dueGrants.map((g) => g.id)).toEqual([grant.grants[0]!.grantId]);
+  });
+});
