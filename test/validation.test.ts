@@ -106,6 +106,11 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => c.getExpiringCredits(U, -1), /days/);
     await expectInvalid(() => c.getExpiringCredits(U, Number.NaN), /days/);
     await expectRefused(() => c.expireCredits(U, new Date(Date.now() + 3_600_000)), /asOf.*future/);
+    await expectInvalid(() => m.ledger.getEntries({ eventType: "transaction" as never }), /eventType/);
+    await expectInvalid(() => m.ledger.getEntries({ limit: 0 }), /limit/);
+    await expectInvalid(() => m.ledger.getEntries({ before: "yesterday" as never }), /before/);
+    await expectInvalid(() => m.ledger.getEntries({ userId: "" }), /userId/);
+    await expectInvalid(() => m.ledger.getEntries({ user: "u" } as never), /query/);
     await expectInvalid(() => createCreditManager({ bogus: true } as never), /options/);
     await expectInvalid(() => createCreditManager({ db: {} as never }), /db/);
   });

@@ -3,7 +3,7 @@ import onExit from "on-exit-leak-free";
 import type { Logger } from "pino";
 import type { DbManager } from "../db/types.js";
 import { canonicalEntry } from "../domain/hash.js";
-import type { JournalEntry, LedgerEntry } from "../models/index.js";
+import { LedgerEntriesQuery, parse, type JournalEntry, type LedgerEntry } from "../models/index.js";
 import { LedgerFile } from "./file.js";
 
 export interface LedgerLoggerOptions {
@@ -120,8 +120,9 @@ export class LedgerLogger {
   }
 
   /** System and error events, newest first. For transactions read the journal (`getCreditHistory`). */
-  async getEntries(query: { eventType?: "error" | "system"; userId?: string; before?: Date; limit?: number } = {}) {
-    return this.db.listLedgerEntries({ ...query, limit: query.limit ?? 100 });
+  async getEntries(query: LedgerEntriesQuery = {}): Promise<LedgerEntry[]> {
+    const q = parse(LedgerEntriesQuery, query, "query");
+    return this.db.listLedgerEntries({ ...q, limit: q.limit ?? 100 });
   }
 
   get stats(): LedgerStats {

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { DateInput, IdempotencyKey, Metadata, NonNegativeAmount, Priority, ShortText } from "./common.js";
+import { DateInput, IdempotencyKey, Metadata, NonNegativeAmount, Priority, ShortText, UserId } from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
 
 /** Options every mutation accepts. */
@@ -74,3 +74,13 @@ export const GrantsQuery = z.strictObject({
 });
 export type GrantsQuery = z.input<typeof GrantsQuery>;
 export const AsOf = DateInput.optional();
+
+/** `ledger.getEntries(query)`: system and error events, newest first. */
+export const LedgerEntriesQuery = z.strictObject({
+  eventType: z.enum(["error", "system"]).optional(),
+  userId: UserId.optional(),
+  /** createdAt < before (paging: the last entry's createdAt). */
+  before: DateInput.optional(),
+  limit: z.number().int({ error: "limit must be an integer" }).min(1).max(1000).optional(),
+});
+export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;
