@@ -110,6 +110,7 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => m.ledger.getEntries({ limit: 0 }), /limit/);
     await expectInvalid(() => m.ledger.getEntries({ before: "yesterday" as never }), /before/);
     await expectInvalid(() => m.ledger.getEntries({ userId: "" }), /userId/);
+    await expectInvalid(() => m.ledger.getEntries({ beforeId: "x" }), /beforeId/);
     await expectInvalid(() => m.ledger.getEntries({ user: "u" } as never), /query/);
     await expectInvalid(() => createCreditManager({ bogus: true } as never), /options/);
     await expectInvalid(() => createCreditManager({ db: {} as never }), /db/);

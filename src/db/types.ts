@@ -95,6 +95,13 @@ export interface LedgerQuery {
   userId?: string;
   /** createdAt < before (for paging). */
   before?: Date;
+  /**
+   * With `before`: the id of the last entry of the previous page (whose createdAt is `before`):
+   * entries of that same instant that come after it in the store's order are included too, so
+   * paging skips nothing. Each store orders by createdAt, newest first, then by its own stable
+   * tie-break (insertion order within a process).
+   */
+  beforeId?: string;
   limit: number;
 }
 

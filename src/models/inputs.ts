@@ -81,6 +81,8 @@ export const LedgerEntriesQuery = z.strictObject({
   userId: UserId.optional(),
   /** createdAt < before (paging: the last entry's createdAt). */
   before: DateInput.optional(),
+  /** With `before`: the last entry's id, so entries of the same millisecond are not skipped. */
+  beforeId: z.string().min(1).max(128).optional(),
   limit: z.number().int({ error: "limit must be an integer" }).min(1).max(1000).optional(),
-});
+}).refine((q) => q.beforeId === undefined || q.before !== undefined, { error: "beforeId needs before (the entry's createdAt)", path: ["beforeId"] });
 export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;

@@ -23,7 +23,7 @@ import {
   ReservationExpiredError,
   ReservationNotActiveError,
 } from "../errors.js";
-import type { JournalEntry, Reservation } from "../models/index.js";
+import type { JournalEntry, LedgerEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { subscriptionContract } from "./subscriptions.js";
@@ -212,6 +212,25 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect(all.map((e) => e.message)).toEqual(["b", "a"]);
         expect((await db.listLedgerEntries({ userId: u, eventType: "system", limit: 10 })).map((e) => e.message)).toEqual(["a"]);
         expect(all[0]?.details).toEqual({ n: 1 });
+      });
+
+      it("pages ledger events with before/beforeId without skipping or repeating those of one millisecond", async () => {
+        const u = user();
+        const base = { correlationId: null, details: {}, eventType: "system" as const, userId: u };
+        const instants = [T0, T0 + 5, T0 + 5, T0 + 5, T0 + 5, T0 + 5, T0 + 9, T0 + 9];
+        for (const [k, t] of instants.entries()) await db.insertLedgerEntry({ ...base, id: randomUUID(), message: `m${k}`, createdAt: new Date(t) });
+        const seen: string[] = [];
+        let page = await db.listLedgerEntries({ userId: u, limit: 2 });
+        while (page.length > 0) {
+          seen.push(...page.map((e) => e.message));
+          const last = page[page.length - 1] as LedgerEntry;
+          page = await db.listLedgerEntries({ userId: u, limit: 2, before: last.createdAt, beforeId: last.id });
+        }
+        expect([...seen].sort()).toEqual(instants.map((_, k) => `m${k}`).sort());
+        expect(seen.slice(0, 2).sort()).toEqual(["m6", "m7"]);
+        expect(seen[seen.length - 1]).toBe("m0");
+        // Without beforeId, `before` alone still means "strictly older".
+        expect((await db.listLedgerEntries({ userId: u, limit: 10, before: new Date(T0 + 5) })).map((e) => e.message)).toEqual(["m0"]);
       });
     });
 

@@ -354,15 +354,26 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async listLedgerEntries(q: LedgerQuery): Promise<LedgerEntry[]> {
-    const out: LedgerEntry[] = [];
-    for (let i = this.ledger.length - 1; i >= 0 && out.length < q.limit; i--) {
+    // Newest first by createdAt, then by insertion (the store's tie-break); a page resumes after
+    // (before, the insertion index of beforeId).
+    const before = q.before?.getTime();
+    let anchor = -1;
+    if (before !== undefined && q.beforeId !== undefined) {
+      const i = this.ledger.findIndex((e) => e.id === q.beforeId);
+      if (i >= 0 && this.ledger[i]?.createdAt.getTime() === before) anchor = i;
+    }
+    const matches: number[] = [];
+    for (let i = 0; i < this.ledger.length; i++) {
       const e = this.ledger[i] as LedgerEntry;
       if (q.eventType !== undefined && e.eventType !== q.eventType) continue;
       if (q.userId !== undefined && e.userId !== q.userId) continue;
-      if (q.before !== undefined && e.createdAt.getTime() >= q.before.getTime()) continue;
-      out.push(e);
+      const t = e.createdAt.getTime();
+      if (before !== undefined && !(t < before || (t === before && i < anchor))) continue;
+      matches.push(i);
     }
-    return out;
+    const at = (i: number) => (this.ledger[i] as LedgerEntry).createdAt.getTime();
+    matches.sort((a, b) => at(b) - at(a) || b - a);
+    return matches.slice(0, q.limit).map((i) => this.ledger[i] as LedgerEntry);
   }
 }
 

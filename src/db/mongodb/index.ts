@@ -635,9 +635,23 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
     const filter: Filter<StoredDoc> = {};
     if (q.eventType !== undefined) filter.eventType = q.eventType;
     if (q.userId !== undefined) filter.userId = q.userId;
-    if (q.before !== undefined) filter.createdAt = { $lt: q.before };
+    if (q.before !== undefined) {
+      const anchor =
+        q.beforeId === undefined
+          ? null
+          : await guard("listLedgerEntries", () => this.c.ledger.findOne({ _id: q.beforeId as string }, { projection: { createdAt: 1, _ord: 1 } }));
+      if (anchor !== null && anchor.createdAt instanceof Date && anchor.createdAt.getTime() === q.before.getTime()) {
+        // The same instant as the previous page's last entry: those after it in (_ord, _id) order.
+        const at = q.before;
+        filter.$or = [
+          { createdAt: { $lt: at } },
+          { createdAt: at, _ord: { $lt: anchor._ord } },
+          { createdAt: at, _ord: anchor._ord, _id: { $lt: q.beforeId as string } },
+        ];
+      } else filter.createdAt = { $lt: q.before };
+    }
     const docs = await guard("listLedgerEntries", () =>
-      this.c.ledger.find(filter, batchOf(q.limit)).sort({ createdAt: -1, _ord: -1 }).limit(q.limit).toArray(),
+      this.c.ledger.find(filter, batchOf(q.limit)).sort({ createdAt: -1, _ord: -1, _id: -1 }).limit(q.limit).toArray(),
     );
     return docs.map((d) => fromDoc(LEDGER, d));
   }

@@ -528,7 +528,11 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     };
     if (query.eventType !== undefined) add("event_type", "=", query.eventType);
     if (query.userId !== undefined) add("user_id", "=", query.userId);
-    if (query.before !== undefined) add("created_at", "<", query.before);
+    if (query.before !== undefined && query.beforeId !== undefined) {
+      // The same instant as the previous page's last entry: those after it in (created_at, id) order.
+      params.push(query.before, query.beforeId);
+      where.push(`(created_at < $${params.length - 1} OR (created_at = $${params.length - 1} AND id < $${params.length}))`);
+    } else if (query.before !== undefined) add("created_at", "<", query.before);
     params.push(query.limit);
     const text =
       `${this.sql.select("ledger")}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ` +
