@@ -3,9 +3,8 @@
  * `findExpiredReservations`, `findDueSubscriptions`): a sorted array searched by binary search,
  * with additions buffered and merged on the next scan (jobs scan rarely, units of work add
  * often) and removals lazy: the scan asks `live(id, time)` and skips what no longer qualifies;
- * dead entries are dropped when they outnumber the live ones — at the next scan, or at once when
- * the index knows what is live (`live`), so a store whose jobs never run does not keep one entry
- * for every hold it ever had. A scan costs O(log n + what it returns + dead entries in its way); a
+ * dead entries are dropped when they outnumber the live ones — as soon as `removed()` counts
+ * them, so a store whose jobs never run does not keep one entry for every hold it ever had. A scan costs O(log n + what it returns + dead entries in its way); a
  * job that expires a million grants touches each once.
  */
 export class DueIndex {
@@ -16,8 +15,8 @@ export class DueIndex {
   /** Entries known dead (removed or superseded) still in the arrays. */
   private dead = 0;
 
-  /** `live(id, time)`: whether an entry still qualifies, for compacting between scans. */
-  constructor(private readonly live?: (id: string, time: number) => boolean) {}
+  /** `live(id, time)`: whether an entry still qualifies (its row still has that time). */
+  constructor(private readonly live: (id: string, time: number) => boolean) {}
 
   /** Records that `id` is due at `time` (ms). Add again when its time changes. */
   add(time: number, id: string): void {
@@ -27,14 +26,14 @@ export class DueIndex {
 
   /**
    * Tells the index one entry died (call it once the entry no longer qualifies); the scan learns it
-   * through `live` anyway. With `live` known, dead entries that outnumber the live ones are dropped
-   * at once (O(n) every n/2 removals: O(1) each).
+   * through `live` anyway. Dead entries that outnumber the live ones are dropped at once (O(n)
+   * every n/2 removals: O(1) each).
    */
   removed(): void {
     this.dead++;
-    if (this.live !== undefined && this.dead > 1024 && this.dead > this.size / 2) {
+    if (this.dead > 1024 && this.dead > this.size / 2) {
       this.merge();
-      this.compact(this.live);
+      this.compact();
     }
   }
 
@@ -42,9 +41,10 @@ export class DueIndex {
    * Up to `limit` ids with time <= `asOf`, ordered by (time, id), strictly after `after`, for
    * which `live(id, time)` holds. Each id once.
    */
-  scan(asOf: number, limit: number, after: { time: number; id: string } | undefined, live: (id: string, time: number) => boolean): string[] {
+  scan(asOf: number, limit: number, after: { time: number; id: string } | undefined): string[] {
     this.merge();
-    if (this.dead > 1024 && this.dead > this.times.length / 2) this.compact(live);
+    if (this.dead > 1024 && this.dead > this.times.length / 2) this.compact();
+    const live = this.live;
     const out: string[] = [];
     let i = after === undefined ? 0 : this.upperBound(after.time, after.id);
     let prevT = NaN;
@@ -111,7 +111,8 @@ export class DueIndex {
     this.addedIds = [];
   }
 
-  private compact(live: (id: string, time: number) => boolean): void {
+  private compact(): void {
+    const live = this.live;
     const times: number[] = [];
     const ids: string[] = [];
     for (let i = 0; i < this.times.length; i++) {

@@ -306,14 +306,13 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
-    const ids = this.dueGrants.scan(asOf.getTime(), limit, cursorOf(after), (id, t) => this.expiring.get(id)?.expiresAt?.getTime() === t);
+    const ids = this.dueGrants.scan(asOf.getTime(), limit, cursorOf(after));
     return ids.map((id) => this.expiring.get(id) as Grant);
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
-    const hold = (id: string) => this.holdOwner.get(id)?.active.get(id);
-    const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after), (id) => hold(id)?.status === "active");
-    return ids.map((id) => hold(id) as Reservation);
+    const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after));
+    return ids.map((id) => this.holdOwner.get(id)?.active.get(id) as Reservation);
   }
 
 

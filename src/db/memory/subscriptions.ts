@@ -16,7 +16,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
   private readonly active = new Map<string, string>();
   /** userId → ids, oldest first */
   private readonly byUser = new Map<string, string[]>();
-  private readonly due = new DueIndex();
+  private readonly due = new DueIndex((id, t) => this.subs.get(id)?.nextRunAt?.getTime() === t);
   /** planId → ids of active subscriptions on it (as plan or pending plan) */
   private readonly byPlan = new Map<string, Set<string>>();
 
@@ -87,21 +87,13 @@ export class MemorySubscriptionStore implements SubscriptionStore {
       throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId });
     }
     if (current.status === "active" && s.status !== "active") this.active.delete(current.userId);
-    if (current.nextRunAt !== null) this.due.removed();
     this.put(s);
+    if (current.nextRunAt !== null) this.due.removed(); // after the write: compaction asks what is live
     return true;
   }
 
   async findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
-    const ids = this.due.scan(
-      asOf.getTime(),
-      limit,
-      after && { time: after.nextRunAt.getTime(), id: after.id },
-      (id, t) => {
-        const s = this.subs.get(id);
-        return s !== undefined && s.nextRunAt !== null && s.nextRunAt.getTime() === t;
-      },
-    );
+    const ids = this.due.scan(asOf.getTime(), limit, after && { time: after.nextRunAt.getTime(), id: after.id });
     return ids.map((id) => this.subs.get(id) as Subscription);
   }
 
