@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import type { Cache } from "../cache/index.js";
+import { startFill, type Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
@@ -454,15 +454,13 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     const now = this.clock();
     const cache = this.cache;
-    // With a cache that leases, the lease is taken before the store is read: a write committed
-    // after that (in any process) invalidates, which ends the lease, so the fill below stores nothing.
-    const leasing = cache !== undefined && typeof cache.lease === "function" && typeof cache.setLeased === "function";
-    let lease: string | undefined;
+    // Taken before the store is read (a lease, where the cache has them: see `startFill`).
+    let fill: ((value: unknown) => Promise<void>) | undefined;
     if (cache !== undefined) {
       const hit = await this.cacheGet<{ info: CreditsInfo; validUntil: number | null }>(infoKey(user));
       // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
       if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
-      if (leasing) lease = await this.cacheLease(infoKey(user));
+      fill = await startFill(cache, infoKey(user), this.cacheTtl, this.logger);
     }
     // A write of this account that commits while the store is read makes what was read too old to
     // cache: its invalidation may already have run (see `committed`). (Without leases, this is
@@ -489,11 +487,8 @@ export class CreditService {
           debt: account.debt,
         }
       : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
-    if (cache !== undefined && (read === undefined || read.writes === before)) {
-      const validUntil = account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null;
-      // A lease that could not be taken: not cached (a plain `set` could put back an old balance).
-      if (!leasing) await this.cacheSet(infoKey(user), { info, validUntil }, this.cacheTtl);
-      else if (lease !== undefined) await this.cacheSetLeased(infoKey(user), lease, { info, validUntil }, this.cacheTtl);
+    if (fill !== undefined && (read === undefined || read.writes === before)) {
+      await fill({ info, validUntil: account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null });
     }
     return info;
   }
@@ -812,32 +807,6 @@ export class CreditService {
     } catch (error) {
       this.logger?.warn({ err: error, key }, "credit-management: cache read failed; reading the store");
       return undefined;
-    }
-  }
-
-  private async cacheSet(key: string, value: unknown, ttl: number): Promise<void> {
-    try {
-      await (this.cache as Cache).set(key, value, ttl);
-    } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
-    }
-  }
-
-  /** A lease for filling `key` (see `Cache.lease`); undefined when the cache failed (then nothing is cached). */
-  private async cacheLease(key: string): Promise<string | undefined> {
-    try {
-      return await (this.cache as Required<Cache>).lease(key, this.cacheTtl);
-    } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache lease failed; this read is not cached");
-      return undefined;
-    }
-  }
-
-  private async cacheSetLeased(key: string, lease: string, value: unknown, ttl: number): Promise<void> {
-    try {
-      await (this.cache as Required<Cache>).setLeased(key, lease, value, ttl);
-    } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
     }
   }
 

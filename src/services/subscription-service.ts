@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
-import type { Cache } from "../cache/index.js";
+import { startFill, type Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
@@ -807,28 +807,11 @@ export class SubscriptionService {
    * Otherwise an old plan could be served until the cache TTL.
    */
   private async readThrough<T>(key: string, read: () => Promise<T>): Promise<T> {
-    const cache = this.cache;
-    if (cache === undefined) return read();
-    const leasing = typeof cache.lease === "function" && typeof cache.setLeased === "function";
-    let lease: string | undefined;
-    if (leasing) {
-      try {
-        lease = await (cache as Required<Cache>).lease(key, this.cacheTtl);
-      } catch (error) {
-        this.logger?.warn({ err: error, key }, "credit-management: cache lease failed; this read is not cached");
-      }
-    }
+    if (this.cache === undefined) return read();
+    const fill = await startFill(this.cache, key, this.cacheTtl, this.logger);
     const writes = this.planWrites;
     const value = await read();
-    if (this.planWrites !== writes) return value;
-    if (!leasing) await this.cacheSet(key, value);
-    else if (lease !== undefined) {
-      try {
-        await (cache as Required<Cache>).setLeased(key, lease, value, this.cacheTtl);
-      } catch (error) {
-        this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
-      }
-    }
+    if (this.planWrites === writes) await fill(value);
     return value;
   }
 
@@ -854,14 +837,6 @@ export class SubscriptionService {
     }
   }
 
-  private async cacheSet(key: string, value: unknown): Promise<void> {
-    if (this.cache === undefined) return;
-    try {
-      await this.cache.set(key, value, this.cacheTtl);
-    } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache write failed");
-    }
-  }
 }
 
 /** Per carried grant: credits it expired in all, and what it had unspent and unheld when it expired. */
