@@ -96,7 +96,7 @@ const cases: Case[] = [
 ];
 
 describe.each(cases)("plan cache race: $name", (c) => {
-  it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => {
+  it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const db = new InMemoryDbManager();
     const pause = pausingStore(db);
     const { reader: readerCache, writer: writerCache } = c.caches();
@@ -115,7 +115,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
     expect((await writer.getPlan(plan.id)).creditsPerPeriod).toBe(200);
   });
 
-  it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => {
+  it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const db = new InMemoryDbManager();
     const pause = pausingStore(db);
     const { reader: readerCache, writer: writerCache } = c.caches();
@@ -133,7 +133,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
     expect(await reader.listPlans()).toEqual([]);
   });
 
-  it.skipIf(c.skip === true)("a read that no write overtook is cached", async () => {
+  it.skipIf(c.skip === true)("a read that no write overtook is cached", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const db = new InMemoryDbManager();
     const { reader: readerCache } = c.caches();
     const reader = new SubscriptionService({ db, credits: new CreditService({ db }), cache: readerCache });
