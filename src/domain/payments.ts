@@ -79,3 +79,11 @@ export const mayReopenCheckout = (p: Payment): boolean =>
 
 /** True while a checkout answered for the payment may still be recorded as its own. */
 export const mayRecordCheckout = (p: Payment): boolean => awaitsCheckout(p) || mayReopenCheckout(p);
+
+/**
+ * True when a checkout-level event (`expired`, `cancelled`) names checkouts of the provider
+ * (`providerIds`) and the payment's recorded one is not among them: the end of a second checkout
+ * that was never the payment's. An event that names none (a custom provider) is the payment's.
+ */
+export const isOtherCheckout = (p: Payment, providerIds: readonly string[]): boolean =>
+  p.providerRef !== null && providerIds.length > 0 && !providerIds.includes(p.providerRef);

@@ -5,7 +5,7 @@ import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
-import { canAdvancePayment, checkoutState, creditsToReverse, isCredited, mayRecordCheckout } from "../domain/payments.js";
+import { canAdvancePayment, checkoutState, creditsToReverse, isCredited, isOtherCheckout, mayRecordCheckout } from "../domain/payments.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
@@ -420,7 +420,7 @@ export class PaymentService {
     if (payment === null) return result("ignored", null, "no payment of ours");
     this.assertConsistent(payment, event);
 
-    if ((event.kind === "expired" || event.kind === "cancelled") && isOtherCheckout(payment, event)) {
+    if ((event.kind === "expired" || event.kind === "cancelled") && isOtherCheckout(payment, event.providerIds)) {
       // The end of a checkout that was never the payment's: a second one opened by a slow or
       // taken-over attempt and then cancelled (or left to expire). The recorded checkout is open.
       return result("ignored", payment, "event for another checkout than the payment's");
@@ -716,13 +716,4 @@ async function retryOnConflict<T>(run: () => Promise<T>, attempts = 8): Promise<
       if (!(error instanceof ConflictError) || i >= attempts) throw error;
     }
   }
-}
-
-/**
- * True when a checkout-level event (`expired`, `cancelled`) names checkouts of the provider and the
- * payment's recorded one is not among them. An event that names none (a custom provider) is the
- * payment's, as before.
- */
-function isOtherCheckout(p: Payment, e: PaymentEvent): boolean {
-  return p.providerRef !== null && e.providerIds.length > 0 && !e.providerIds.includes(p.providerRef);
 }
