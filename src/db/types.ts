@@ -115,8 +115,16 @@ export interface LoadRequest {
 export interface LoadedState {
   /** null before the account's first entry. */
   account: Account | null;
-  /** Open grants: remaining > 0 and not closed (any order). */
-  grants: Grant[];
+  /**
+   * Open grants: remaining > 0 and not closed (any order, unless `grantsInOrder`). The store may
+   * hand its own list: the unit of work only reads it, and is done with it before `save`.
+   */
+  grants: readonly Grant[];
+  /**
+   * True when `grants` are in burn-down order (`compareGrants`): a deduction then reads only the
+   * grants it draws from, so its cost does not grow with the account's open grants.
+   */
+  grantsInOrder?: boolean;
   /** Active reservations (any order). */
   reservations: Reservation[];
   /** The entry carrying the requested idempotency key, or null. */

@@ -49,7 +49,24 @@ export class AccountWork {
   private readonly newId: () => string;
   private readonly original: Account | null;
   account: Account;
+  /**
+   * The open grants loaded with the state, never changed here: in burn-down order when the store
+   * says so (`grantsInOrder`). Building a map of them would cost every unit of work time in
+   * proportion to the account's open grants; most units touch one or two.
+   */
+  private readonly loaded: readonly Grant[];
+  /** Grants this work created, changed or included, by id: they shadow `loaded`. */
   private readonly grants = new Map<string, Grant>();
+  /** Ids in `grants` that are not in `loaded` (created or included here), in the order added. */
+  private readonly extra: string[] = [];
+  /** `loaded` by id, when lookups in a long list are many. */
+  private loadedById: Map<string, Grant> | null = null;
+  /** Lookups that scanned `loaded` (see `loadedGrant`). */
+  private scans = 0;
+  /** While true, `loaded` is in burn-down order and no grant was added: a draw stops early. */
+  private ordered: boolean;
+  /** True once `settle()` ran: the next expiry is then computed from everything again. */
+  private settled = false;
   /** Holds of the account; the shared empty map until the first one (most units of work have none). */
   private holds: ReadonlyMap<string, Reservation> = NO_HOLDS;
   /** Grants and holds this work created or changed: id → true when created here. */
@@ -77,7 +94,8 @@ export class AccountWork {
       createdAt: now,
       updatedAt: now,
     };
-    for (const g of state.grants) this.grants.set(g.id, g);
+    this.loaded = state.grants;
+    this.ordered = state.grantsInOrder === true;
     if (state.reservations.length > 0) {
       const holds = new Map<string, Reservation>();
       for (const r of state.reservations) holds.set(r.id, r);
@@ -87,11 +105,45 @@ export class AccountWork {
 
   /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
   include(grants: readonly Grant[]): void {
-    for (const g of grants) if (!this.grants.has(g.id)) this.grants.set(g.id, g);
+    for (const g of grants) if (this.getGrant(g.id) === undefined) this.addGrant(g);
   }
 
   getGrant(id: string): Grant | undefined {
-    return this.grants.get(id);
+    return this.grants.get(id) ?? this.loadedGrant(id);
+  }
+
+  /**
+   * A loaded grant by id (as loaded). A scan: ids compare in a few instructions, and a unit of work
+   * looks up the few grants of one hold. Past a few scans of a long list, an index is built once.
+   */
+  private loadedGrant(id: string): Grant | undefined {
+    const loaded = this.loaded;
+    if (this.loadedById === null && (loaded.length <= 64 || this.scans++ < 4)) {
+      for (const g of loaded) if (g.id === id) return g;
+      return undefined;
+    }
+    let index = this.loadedById;
+    if (index === null) {
+      index = new Map();
+      for (const g of loaded) index.set(g.id, g);
+      this.loadedById = index;
+    }
+    return index.get(id);
+  }
+
+  /** Every grant of the work as it stands: the loaded ones (in their order), then those added. */
+  private currentGrants(): Grant[] {
+    const out: Grant[] = [];
+    for (const g of this.loaded) out.push(this.grants.get(g.id) ?? g);
+    for (const id of this.extra) out.push(this.grants.get(id) as Grant);
+    return out;
+  }
+
+  /** Makes a grant that is not loaded part of the work (created here, or read separately). */
+  private addGrant(g: Grant): void {
+    this.grants.set(g.id, g);
+    this.extra.push(g.id);
+    this.ordered = false;
   }
 
   getHold(id: string): Reservation | undefined {
@@ -117,6 +169,7 @@ export class AccountWork {
    * oldest first. The grants the holds drew from must be loaded.
    */
   settle(asOf: Date = this.now): Settlement {
+    this.settled = true;
     const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0 };
     const lapsed = [...this.holds.values()]
       .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
@@ -134,7 +187,7 @@ export class AccountWork {
 
   /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
   expireDue(asOf: Date, meta: EntryMeta): number {
-    const due = [...this.grants.values()].filter((g) => isDue(g, asOf)).sort(compareGrants);
+    const due = this.currentGrants().filter((g) => isDue(g, asOf)).sort(compareGrants);
     if (due.length === 0) return 0;
     return this.closeExpired(due, { description: "credits expired", ...meta });
   }
@@ -146,7 +199,7 @@ export class AccountWork {
   expireGrants(grantIds: readonly string[], meta: EntryMeta): number {
     const open: Grant[] = [];
     for (const id of grantIds) {
-      const g = this.grants.get(id);
+      const g = this.getGrant(id);
       if (g !== undefined && g.closedAt === null) open.push(g);
     }
     return this.closeExpired(open, meta);
@@ -179,7 +232,7 @@ export class AccountWork {
    */
   removeFromGrants(grantIds: readonly string[], amount: number, meta: EntryMeta): number {
     const ids = new Set(grantIds);
-    const usable = [...this.grants.values()].filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
+    const usable = this.currentGrants().filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
     const portions = this.takeInOrder(usable, amount);
     const total = sum(portions);
     if (total > 0) {
@@ -216,7 +269,7 @@ export class AccountWork {
         closedAt: null,
         closedReason: null,
       };
-      this.grants.set(id, g);
+      this.addGrant(g);
       this.touchedGrants.set(id, true);
       portions.push({ grantId: id, amount: grantAmount });
     }
@@ -357,7 +410,11 @@ export class AccountWork {
 
   /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
   voidGrant(grant: Grant, meta: EntryMeta): JournalEntry {
-    const current = this.grants.get(grant.id) ?? grant;
+    let current = this.getGrant(grant.id);
+    if (current === undefined) {
+      this.addGrant(grant);
+      current = grant;
+    }
     const amount = current.remaining;
     this.putGrant({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
     this.account.balance = this.account.balance - amount;
@@ -396,18 +453,25 @@ export class AccountWork {
 
   /** Draws up to `amount` from usable grants in burn-down order. */
   private draw(amount: number): GrantPortion[] {
+    // Loaded in order and nothing added: the first usable grants are the ones to take.
+    if (this.ordered) return this.takeInOrder(this.loaded, amount);
     const usable: Grant[] = [];
-    for (const g of this.grants.values()) if (isUsable(g, this.now)) usable.push(g);
+    for (const g of this.currentGrants()) if (isUsable(g, this.now)) usable.push(g);
     if (usable.length > 1) usable.sort(compareGrants);
     return this.takeInOrder(usable, amount);
   }
 
-  /** Takes up to `amount` from `grants`, already in burn-down order, each as far as it goes. */
+  /**
+   * Takes up to `amount` from `grants`, already in burn-down order, each as far as it goes; each is
+   * read as it stands in this work, and those not usable now are passed over.
+   */
   private takeInOrder(grants: readonly Grant[], amount: number): GrantPortion[] {
     const portions: GrantPortion[] = [];
     let left = amount;
-    for (const g of grants) {
+    for (const listed of grants) {
       if (left === 0) break;
+      const g = this.grants.get(listed.id) ?? listed;
+      if (!isUsable(g, this.now)) continue;
       const take = Math.min(g.remaining, left);
       left -= take;
       portions.push({ grantId: g.id, amount: take });
@@ -427,7 +491,7 @@ export class AccountWork {
     // (`reservationId` set), as it does for a grant closed earlier. Rollover reads the difference.
     const due: Grant[] = [];
     for (const p of hold.allocations) {
-      const g = this.grants.get(p.grantId);
+      const g = this.getGrant(p.grantId);
       if (g !== undefined && isDue(g, this.now) && !due.includes(g)) due.push(g);
     }
     let expired = due.length === 0 ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
@@ -435,7 +499,7 @@ export class AccountWork {
     const returned: GrantPortion[] = [];
     let toClosed = false;
     for (const p of hold.allocations) {
-      const g = this.grants.get(p.grantId);
+      const g = this.getGrant(p.grantId);
       if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
       // Debt is paid from credits that go back to a grant still open. What goes back to a closed
       // grant (voided, or expired — closed just above when it was due) is removed below and pays
@@ -454,10 +518,10 @@ export class AccountWork {
     // (Nearly always every grant is open: then there is nothing to remove.)
     if (!toClosed) return { entry, expired };
     for (const reason of ["expired", "voided"] as const) {
-      const closed = returned.filter((p) => this.grants.get(p.grantId)?.closedReason === reason);
+      const closed = returned.filter((p) => this.getGrant(p.grantId)?.closedReason === reason);
       if (closed.length === 0) continue;
       for (const p of closed) {
-        const g = this.grants.get(p.grantId) as Grant;
+        const g = this.getGrant(p.grantId) as Grant;
         const lost = reason === "expired" ? p.amount : 0;
         this.putGrant({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
       }
@@ -491,10 +555,42 @@ export class AccountWork {
     return this.touchedHolds as Map<string, boolean>;
   }
 
+  /**
+   * The account's next expiry after this work: the soonest `expiresAt` among its open grants with
+   * credits left and its active holds. The stored value is kept unless a grant or hold this work
+   * touched moves it: one that counts can only bring it forward, and only one that stopped counting
+   * at or before it can push it back — then, and after a settlement, everything is read again.
+   */
   private computeNextExpiry(): Date | null {
+    let next = this.account.nextExpiryAt;
+    let rescan = this.settled;
+    for (const id of this.touchedGrants.keys()) {
+      const g = this.grants.get(id) as Grant;
+      if (g.expiresAt === null) continue;
+      if (g.closedAt === null && g.remaining > 0) next = minDate(next, g.expiresAt);
+      else if (next !== null && g.expiresAt.getTime() <= next.getTime()) rescan = true;
+    }
+    for (const id of this.touchedHolds.keys()) {
+      const h = this.holds.get(id) as Reservation;
+      if (h.status === "active") next = minDate(next, h.expiresAt);
+      else if (next !== null && h.expiresAt.getTime() <= next.getTime()) rescan = true;
+    }
+    return rescan ? this.scanNextExpiry() : next;
+  }
+
+  /** `computeNextExpiry` from every grant and hold. */
+  private scanNextExpiry(): Date | null {
     let next: Date | null = null;
-    for (const g of this.grants.values()) {
-      if (g.closedAt === null && g.expiresAt !== null && g.remaining > 0) next = minDate(next, g.expiresAt);
+    const counts = (g: Grant) => g.closedAt === null && g.remaining > 0;
+    // A grant's expiry never changes: those loaded without one are passed over unread.
+    for (const listed of this.loaded) {
+      if (listed.expiresAt === null) continue;
+      const g = this.grants.get(listed.id) ?? listed;
+      if (counts(g)) next = minDate(next, g.expiresAt);
+    }
+    for (const id of this.extra) {
+      const g = this.grants.get(id) as Grant;
+      if (g.expiresAt !== null && counts(g)) next = minDate(next, g.expiresAt);
     }
     for (const h of this.holds.values()) {
       if (h.status === "active") next = minDate(next, h.expiresAt);

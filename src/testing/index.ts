@@ -619,6 +619,7 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
       throw new Error(`${what}: grants ${JSON.stringify(real)} != model ${JSON.stringify(want)}`);
     }
     if (!model.overdrawn && info.available < 0) throw new Error(`${what}: available below zero without overdraft`);
+    await expectNextExpiry(db, u, what);
   }
   const report = await credits.audit(u);
   if (!report.ok) throw new Error(`audit failed: ${report.problems.join("; ")}`);
@@ -627,6 +628,21 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
   }
   const account = await db.getAccount(u);
   if (account !== null && account.seq !== report.entries) throw new Error("seq is not gap-free");
+}
+
+/**
+ * The stored account's `nextExpiryAt` is the soonest expiry among its open grants with credits left
+ * and its active holds (the unit of work keeps it up to date without reading them all).
+ */
+async function expectNextExpiry(db: DbManager, u: string, what: string): Promise<void> {
+  const account = await db.getAccount(u);
+  if (account === null) return;
+  let next: number | null = null;
+  const consider = (t: number) => void (next = next === null ? t : Math.min(next, t));
+  for (const g of await db.listGrants(u)) if (g.expiresAt !== null) consider(g.expiresAt.getTime());
+  for (const h of await db.listReservations(u, { status: "active" })) consider(h.expiresAt.getTime());
+  const stored = account.nextExpiryAt === null ? null : account.nextExpiryAt.getTime();
+  if (stored !== next) throw new Error(`${what}: account.nextExpiryAt ${String(stored)} != soonest open expiry ${String(next)}`);
 }
 
 function sortKeys(o: Record<string, number>): Array<[string, number]> {

@@ -29,13 +29,14 @@ import type {
   ScanCursor,
 } from "../types.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
+import { OpenGrants } from "./open-grants.js";
 import { isPromiseLike } from "../../util/promise.js";
 
 interface UserData {
   readonly userId: string;
   account: Account | null;
-  /** Grants with remaining > 0 and not closed. */
-  open: Map<string, Grant>;
+  /** Grants with remaining > 0 and not closed, in burn-down order. */
+  open: OpenGrants;
   /** Every grant, by id, in insertion order. */
   grants: Map<string, Grant>;
   /** Active holds, as objects; settled ones (which never change again) as compact rows. */
@@ -56,7 +57,7 @@ function emptyUser(userId: string): UserData {
   return {
     userId,
     account: null,
-    open: new Map(),
+    open: new OpenGrants(),
     grants: new Map(),
     active: new Map(),
     settled: new SettledHolds(),
@@ -215,8 +216,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     if (isNew) this.grantOwner.set(g.id, u);
     u.grants.set(g.id, g);
     const open = isOpenGrant(g);
-    if (open) u.open.set(g.id, g);
-    else u.open.delete(g.id);
+    if (open) u.open.set(g);
+    else u.open.delete(g);
     const before = this.expiring.get(g.id);
     if (open && g.expiresAt !== null) {
       this.expiring.set(g.id, g);
@@ -267,7 +268,9 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const u = this.users.get(userId);
     if (u === undefined) return [];
-    return [...(options?.includeInactive ? u.grants : u.open).values()];
+    if (options?.includeInactive) return [...u.grants.values()];
+    // Oldest first, as the other stores answer (the open list is in burn-down order).
+    return u.open.values().sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   }
 
   async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
@@ -396,7 +399,8 @@ class MemoryTransaction implements DbTransaction {
     const at = key === undefined ? undefined : u.byKey.get(key);
     return {
       account: u.account,
-      grants: [...u.open.values()],
+      grants: u.open.live(),
+      grantsInOrder: true,
       reservations: u.active.size === 0 ? NO_HOLDS : [...u.active.values()],
       idempotent: at === undefined ? null : u.journal.get(at, this.userId),
     };
