@@ -126,7 +126,7 @@ export interface LoadedState {
    */
   grantsInOrder?: boolean;
   /** Active reservations (any order). */
-  reservations: Reservation[];
+  reservations: readonly Reservation[];
   /** The entry carrying the requested idempotency key, or null. */
   idempotent: JournalEntry | null;
 }

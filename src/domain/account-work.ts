@@ -11,6 +11,7 @@ import type {
 } from "../models/index.js";
 import { hashNewEntry } from "./hash.js";
 import { compareGrants, isDue, isUsable } from "./order.js";
+import { WorkingSet } from "./working-set.js";
 
 /** Fields of an entry that come from the caller's options. */
 export interface EntryMeta {
@@ -39,8 +40,7 @@ export interface NewGrant {
  *
  * Loaded objects are never mutated: every change replaces the object in the working maps.
  */
-/** Shared, never written: see `writableHolds`. */
-const NO_HOLDS: ReadonlyMap<string, Reservation> = new Map();
+/** Shared, never written: see `writableTouchedHolds`. */
 const NO_TOUCHED: ReadonlyMap<string, boolean> = new Map();
 
 export class AccountWork {
@@ -50,25 +50,16 @@ export class AccountWork {
   private readonly original: Account | null;
   account: Account;
   /**
-   * The open grants loaded with the state, never changed here: in burn-down order when the store
-   * says so (`grantsInOrder`). Building a map of them would cost every unit of work time in
-   * proportion to the account's open grants; most units touch one or two.
+   * The account's open grants (loaded in burn-down order when the store says so, `grantsInOrder`)
+   * and active holds, under what this work writes: nothing is copied or indexed per unit of work,
+   * so its cost does not grow with the account's open grants or holds.
    */
-  private readonly loaded: readonly Grant[];
-  /** Grants this work created, changed or included, by id: they shadow `loaded`. */
-  private readonly grants = new Map<string, Grant>();
-  /** Ids in `grants` that are not in `loaded` (created or included here), in the order added. */
-  private readonly extra: string[] = [];
-  /** `loaded` by id, when lookups in a long list are many. */
-  private loadedById: Map<string, Grant> | null = null;
-  /** Lookups that scanned `loaded` (see `loadedGrant`). */
-  private scans = 0;
-  /** While true, `loaded` is in burn-down order and no grant was added: a draw stops early. */
+  private readonly grants: WorkingSet<Grant>;
+  private readonly holds: WorkingSet<Reservation>;
+  /** While true, the loaded grants are in burn-down order and none was added: a draw stops early. */
   private ordered: boolean;
   /** True once `settle()` ran: the next expiry is then computed from everything again. */
   private settled = false;
-  /** Holds of the account; the shared empty map until the first one (most units of work have none). */
-  private holds: ReadonlyMap<string, Reservation> = NO_HOLDS;
   /** Grants and holds this work created or changed: id → true when created here. */
   private readonly touchedGrants = new Map<string, boolean>();
   private touchedHolds: ReadonlyMap<string, boolean> = NO_TOUCHED;
@@ -94,55 +85,23 @@ export class AccountWork {
       createdAt: now,
       updatedAt: now,
     };
-    this.loaded = state.grants;
+    this.grants = new WorkingSet(state.grants);
+    this.holds = new WorkingSet(state.reservations);
     this.ordered = state.grantsInOrder === true;
-    if (state.reservations.length > 0) {
-      const holds = new Map<string, Reservation>();
-      for (const r of state.reservations) holds.set(r.id, r);
-      this.holds = holds;
-    }
   }
 
   /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
   include(grants: readonly Grant[]): void {
-    for (const g of grants) if (this.getGrant(g.id) === undefined) this.addGrant(g);
+    for (const g of grants) if (this.grants.get(g.id) === undefined) this.addGrant(g);
   }
 
   getGrant(id: string): Grant | undefined {
-    return this.grants.get(id) ?? this.loadedGrant(id);
-  }
-
-  /**
-   * A loaded grant by id (as loaded). A scan: ids compare in a few instructions, and a unit of work
-   * looks up the few grants of one hold. Past a few scans of a long list, an index is built once.
-   */
-  private loadedGrant(id: string): Grant | undefined {
-    const loaded = this.loaded;
-    if (this.loadedById === null && (loaded.length <= 64 || this.scans++ < 4)) {
-      for (const g of loaded) if (g.id === id) return g;
-      return undefined;
-    }
-    let index = this.loadedById;
-    if (index === null) {
-      index = new Map();
-      for (const g of loaded) index.set(g.id, g);
-      this.loadedById = index;
-    }
-    return index.get(id);
-  }
-
-  /** Every grant of the work as it stands: the loaded ones (in their order), then those added. */
-  private currentGrants(): Grant[] {
-    const out: Grant[] = [];
-    for (const g of this.loaded) out.push(this.grants.get(g.id) ?? g);
-    for (const id of this.extra) out.push(this.grants.get(id) as Grant);
-    return out;
+    return this.grants.get(id);
   }
 
   /** Makes a grant that is not loaded part of the work (created here, or read separately). */
   private addGrant(g: Grant): void {
-    this.grants.set(g.id, g);
-    this.extra.push(g.id);
+    this.grants.add(g);
     this.ordered = false;
   }
 
@@ -171,7 +130,8 @@ export class AccountWork {
   settle(asOf: Date = this.now): Settlement {
     this.settled = true;
     const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0 };
-    const lapsed = [...this.holds.values()]
+    const lapsed = this.holds
+      .all()
       .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
       .sort((a, b) => a.expiresAt.getTime() - b.expiresAt.getTime() || (a.id < b.id ? -1 : 1));
     // Grants first, so credits a lapsed hold returns to an expired grant expire with it at once.
@@ -187,7 +147,7 @@ export class AccountWork {
 
   /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
   expireDue(asOf: Date, meta: EntryMeta): number {
-    const due = this.currentGrants().filter((g) => isDue(g, asOf)).sort(compareGrants);
+    const due = this.grants.all().filter((g) => isDue(g, asOf)).sort(compareGrants);
     if (due.length === 0) return 0;
     return this.closeExpired(due, { description: "credits expired", ...meta });
   }
@@ -199,7 +159,7 @@ export class AccountWork {
   expireGrants(grantIds: readonly string[], meta: EntryMeta): number {
     const open: Grant[] = [];
     for (const id of grantIds) {
-      const g = this.getGrant(id);
+      const g = this.grants.get(id);
       if (g !== undefined && g.closedAt === null) open.push(g);
     }
     return this.closeExpired(open, meta);
@@ -232,7 +192,7 @@ export class AccountWork {
    */
   removeFromGrants(grantIds: readonly string[], amount: number, meta: EntryMeta): number {
     const ids = new Set(grantIds);
-    const usable = this.currentGrants().filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
+    const usable = this.grants.all().filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
     const portions = this.takeInOrder(usable, amount);
     const total = sum(portions);
     if (total > 0) {
@@ -340,7 +300,7 @@ export class AccountWork {
       settledAt: null,
       committedAmount: null,
     };
-    this.writableHolds().set(reservation.id, reservation);
+    this.holds.add(reservation);
     this.writableTouchedHolds().set(reservation.id, true);
     this.account.reserved = this.account.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
@@ -410,7 +370,7 @@ export class AccountWork {
 
   /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
   voidGrant(grant: Grant, meta: EntryMeta): JournalEntry {
-    let current = this.getGrant(grant.id);
+    let current = this.grants.get(grant.id);
     if (current === undefined) {
       this.addGrant(grant);
       current = grant;
@@ -454,9 +414,9 @@ export class AccountWork {
   /** Draws up to `amount` from usable grants in burn-down order. */
   private draw(amount: number): GrantPortion[] {
     // Loaded in order and nothing added: the first usable grants are the ones to take.
-    if (this.ordered) return this.takeInOrder(this.loaded, amount);
+    if (this.ordered) return this.takeInOrder(this.grants.loaded, amount);
     const usable: Grant[] = [];
-    for (const g of this.currentGrants()) if (isUsable(g, this.now)) usable.push(g);
+    for (const g of this.grants.all()) if (isUsable(g, this.now)) usable.push(g);
     if (usable.length > 1) usable.sort(compareGrants);
     return this.takeInOrder(usable, amount);
   }
@@ -470,7 +430,7 @@ export class AccountWork {
     let left = amount;
     for (const listed of grants) {
       if (left === 0) break;
-      const g = this.grants.get(listed.id) ?? listed;
+      const g = this.grants.current(listed);
       if (!isUsable(g, this.now)) continue;
       const take = Math.min(g.remaining, left);
       left -= take;
@@ -491,7 +451,7 @@ export class AccountWork {
     // (`reservationId` set), as it does for a grant closed earlier. Rollover reads the difference.
     const due: Grant[] = [];
     for (const p of hold.allocations) {
-      const g = this.getGrant(p.grantId);
+      const g = this.grants.get(p.grantId);
       if (g !== undefined && isDue(g, this.now) && !due.includes(g)) due.push(g);
     }
     let expired = due.length === 0 ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
@@ -499,7 +459,7 @@ export class AccountWork {
     const returned: GrantPortion[] = [];
     let toClosed = false;
     for (const p of hold.allocations) {
-      const g = this.getGrant(p.grantId);
+      const g = this.grants.get(p.grantId);
       if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
       // Debt is paid from credits that go back to a grant still open. What goes back to a closed
       // grant (voided, or expired — closed just above when it was due) is removed below and pays
@@ -518,10 +478,10 @@ export class AccountWork {
     // (Nearly always every grant is open: then there is nothing to remove.)
     if (!toClosed) return { entry, expired };
     for (const reason of ["expired", "voided"] as const) {
-      const closed = returned.filter((p) => this.getGrant(p.grantId)?.closedReason === reason);
+      const closed = returned.filter((p) => this.grants.get(p.grantId)?.closedReason === reason);
       if (closed.length === 0) continue;
       for (const p of closed) {
-        const g = this.getGrant(p.grantId) as Grant;
+        const g = this.grants.get(p.grantId) as Grant;
         const lost = reason === "expired" ? p.amount : 0;
         this.putGrant({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
       }
@@ -536,18 +496,13 @@ export class AccountWork {
   }
 
   private putGrant(g: Grant): void {
-    this.grants.set(g.id, g);
+    this.grants.put(g);
     if (!this.touchedGrants.has(g.id)) this.touchedGrants.set(g.id, false);
   }
 
   private putHold(h: Reservation): void {
-    this.writableHolds().set(h.id, h);
+    this.holds.put(h);
     if (!this.touchedHolds.has(h.id)) this.writableTouchedHolds().set(h.id, false);
-  }
-
-  private writableHolds(): Map<string, Reservation> {
-    if (this.holds === NO_HOLDS) this.holds = new Map();
-    return this.holds as Map<string, Reservation>;
   }
 
   private writableTouchedHolds(): Map<string, boolean> {
@@ -583,16 +538,15 @@ export class AccountWork {
     let next: Date | null = null;
     const counts = (g: Grant) => g.closedAt === null && g.remaining > 0;
     // A grant's expiry never changes: those loaded without one are passed over unread.
-    for (const listed of this.loaded) {
+    for (const listed of this.grants.loaded) {
       if (listed.expiresAt === null) continue;
-      const g = this.grants.get(listed.id) ?? listed;
+      const g = this.grants.current(listed);
       if (counts(g)) next = minDate(next, g.expiresAt);
     }
-    for (const id of this.extra) {
-      const g = this.grants.get(id) as Grant;
+    for (const g of this.grants.added()) {
       if (g.expiresAt !== null && counts(g)) next = minDate(next, g.expiresAt);
     }
-    for (const h of this.holds.values()) {
+    for (const h of this.holds.all()) {
       if (h.status === "active") next = minDate(next, h.expiresAt);
     }
     return next;

@@ -41,6 +41,11 @@ interface UserData {
   grants: Map<string, Grant>;
   /** Active holds, as objects; settled ones (which never change again) as compact rows. */
   active: Map<string, Reservation>;
+  /**
+   * `active` as a list, handed to units of work as it is (they only read it): built at the first
+   * load after a change, then shared, so a deduction on an account with many holds copies none.
+   */
+  activeList: readonly Reservation[] | null;
   settled: SettledHolds;
   /** Entry seq n is at index n - 1. */
   journal: CompactJournal;
@@ -60,6 +65,7 @@ function emptyUser(userId: string): UserData {
     open: new OpenGrants(),
     grants: new Map(),
     active: new Map(),
+    activeList: null,
     settled: new SettledHolds(),
     journal: new CompactJournal(),
     byKey: new Map(),
@@ -235,9 +241,11 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     if (r.status === "active") {
       if (!wasActive) this.dueHolds.add(r.expiresAt.getTime(), r.id);
       u.active.set(r.id, r);
+      u.activeList = null;
     } else {
       if (wasActive) {
         u.active.delete(r.id);
+        u.activeList = null;
         this.dueHolds.removed();
       }
       u.settled.set(r);
@@ -401,7 +409,7 @@ class MemoryTransaction implements DbTransaction {
       account: u.account,
       grants: u.open.live(),
       grantsInOrder: true,
-      reservations: u.active.size === 0 ? NO_HOLDS : [...u.active.values()],
+      reservations: u.active.size === 0 ? NO_HOLDS : (u.activeList ??= [...u.active.values()]),
       idempotent: at === undefined ? null : u.journal.get(at, this.userId),
     };
   }

@@ -1,0 +1,67 @@
+/**
+ * What a unit of work holds of one kind of row (grants, holds): the rows loaded with the account,
+ * never changed, under the versions this work wrote. Nothing is copied or indexed up front, so a
+ * unit of work costs the same whether the account has one open grant or hundreds: most touch one
+ * or two rows, found by a scan (ids compare in a few instructions); past a few scans of a long
+ * list an index is built once.
+ */
+export class WorkingSet<T extends { readonly id: string }> {
+  /** Rows this work wrote (changed or created) or included, by id: they shadow `loaded`. */
+  private readonly written = new Map<string, T>();
+  /** Ids of rows that are not in `loaded` (created or included here), in the order added. */
+  private readonly extra: string[] = [];
+  private index: Map<string, T> | null = null;
+  private scans = 0;
+
+  /** `loaded` may be the store's own list: it is only read. */
+  constructor(readonly loaded: readonly T[]) {}
+
+  /** The row as it stands in this work, or undefined when it is neither loaded nor added. */
+  get(id: string): T | undefined {
+    return this.written.get(id) ?? this.loadedById(id);
+  }
+
+  /** `listed` (a loaded or added row) as it stands in this work. */
+  current(listed: T): T {
+    return this.written.get(listed.id) ?? listed;
+  }
+
+  /** Writes a new version of a row that `get` finds. */
+  put(row: T): void {
+    this.written.set(row.id, row);
+  }
+
+  /** Makes a row that is not loaded part of the work (created here, or read separately). */
+  add(row: T): void {
+    this.written.set(row.id, row);
+    this.extra.push(row.id);
+  }
+
+  /** Every row as it stands: the loaded ones (in their order), then those added. */
+  all(): T[] {
+    const out: T[] = [];
+    for (const row of this.loaded) out.push(this.written.get(row.id) ?? row);
+    for (const id of this.extra) out.push(this.written.get(id) as T);
+    return out;
+  }
+
+  /** The rows added (created or included here), as they stand. */
+  added(): T[] {
+    return this.extra.map((id) => this.written.get(id) as T);
+  }
+
+  private loadedById(id: string): T | undefined {
+    const loaded = this.loaded;
+    if (this.index === null && (loaded.length <= 64 || this.scans++ < 4)) {
+      for (const row of loaded) if (row.id === id) return row;
+      return undefined;
+    }
+    let index = this.index;
+    if (index === null) {
+      index = new Map();
+      for (const row of loaded) index.set(row.id, row);
+      this.index = index;
+    }
+    return index.get(id);
+  }
+}

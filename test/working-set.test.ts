@@ -1,0 +1,48 @@
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { WorkingSet } from "../src/domain/working-set.js";
+
+interface Row {
+  readonly id: string;
+  readonly v: number;
+}
+
+describe("WorkingSet (a unit of work's grants and holds)", () => {
+  it("answers like a map of the loaded rows overlaid with the written and added ones, short lists and long", () => {
+    const step = fc.oneof(
+      fc.record({ op: fc.constant("put" as const), n: fc.nat(), v: fc.integer() }),
+      fc.record({ op: fc.constant("add" as const), v: fc.integer() }),
+      fc.record({ op: fc.constant("get" as const), n: fc.integer({ min: 0, max: 400 }) }),
+    );
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 150 }), fc.array(step, { maxLength: 60 }), (size, steps) => {
+        const loaded: Row[] = Array.from({ length: size }, (_, i) => ({ id: `r${i}`, v: i }));
+        const frozen = Object.freeze([...loaded]);
+        const set = new WorkingSet<Row>(frozen);
+        const model = new Map(loaded.map((r) => [r.id, r]));
+        const order = loaded.map((r) => r.id);
+        let added = 0;
+        for (const s of steps) {
+          if (s.op === "put" && order.length > 0) {
+            const id = order[s.n % order.length] as string;
+            set.put({ id, v: s.v });
+            model.set(id, { id, v: s.v });
+          } else if (s.op === "add") {
+            const row = { id: `new${added++}`, v: s.v };
+            set.add(row);
+            model.set(row.id, row);
+            order.push(row.id);
+          } else if (s.op === "get") {
+            const id = s.n % 2 === 0 ? `r${s.n / 2}` : `new${(s.n - 1) / 2}`;
+            expect(set.get(id)).toEqual(model.get(id));
+          }
+        }
+        expect(set.all()).toEqual(order.map((id) => model.get(id)));
+        expect(set.added().map((r) => r.id)).toEqual(order.slice(size));
+        for (const r of loaded) expect(set.current(r)).toEqual(model.get(r.id));
+        expect(frozen).toEqual(loaded); // the store's list is only read
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
