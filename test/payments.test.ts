@@ -674,6 +674,32 @@ describe("payments: inputs and history", () => {
     }
   });
 
+  it("keyNamespace: two stores on one provider account open their own checkouts for the same user and key", async () => {
+    const stripe = new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl });
+    const open = async (keyNamespace?: string) => {
+      const payments = new PaymentService({ db: new InMemoryDbManager(), providers: [stripe], ...(keyNamespace ? { keyNamespace } : {}) });
+      seen.length = 0;
+      const p = await payments.createPaymentLink("alice", { amount: 100, currency: "USD", provider: "stripe", idempotencyKey: "order-7" });
+      return { p, idem: seen[0]?.idem };
+    };
+    // Without namespaces both stores derive one id: the second gets the first's saved session.
+    const [a, b] = [await open(), await open()];
+    expect(b.p.id).toBe(a.p.id);
+    expect(b.p.providerRef).toBe(a.p.providerRef);
+    // With their own namespaces: two ids, two Idempotency-Keys, two sessions; each store's retry finds its own.
+    const [eu, us] = [await open("eu"), await open("us")];
+    expect(new Set([a.p.id, eu.p.id, us.p.id]).size).toBe(3);
+    expect(eu.idem).toBe(eu.p.id);
+    expect(us.idem).toBe(us.p.id);
+    expect(eu.p.providerRef).not.toBe(us.p.providerRef);
+    expect(eu.p.id).toMatch(/^pl_[0-9a-f]{37}$/);
+    // Validated up front.
+    for (const keyNamespace of ["", "x".repeat(65), "a\u0000b"]) {
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), keyNamespace })).toThrow(ConfigurationError);
+      await expect(createCreditManager({ payments: { providers: [stripe], keyNamespace } })).rejects.toBeInstanceOf(ValidationError);
+    }
+  });
+
   it("creditsPerUnit per currency: other currencies are refused with a ValidationError, nothing stored or sent", async () => {
     const stripe = new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl });
     const m = await createCreditManager({ payments: { providers: [stripe], creditsPerUnit: { INR: 1, USD: 85 } } });

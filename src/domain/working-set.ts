@@ -6,10 +6,13 @@
  * list an index is built once.
  */
 export class WorkingSet<T extends { readonly id: string }> {
-  /** Rows this work wrote (changed or created) or included, by id: they shadow `loaded`. */
-  private readonly written = new Map<string, T>();
+  /**
+   * Rows this work wrote (changed or created) or included, by id: they shadow `loaded`. The shared
+   * empty map until the first write (many units of work write no hold).
+   */
+  private written: ReadonlyMap<string, T> = NOTHING;
   /** Ids of rows that are not in `loaded` (created or included here), in the order added. */
-  private readonly extra: string[] = [];
+  private extra: string[] | null = null;
   private index: Map<string, T> | null = null;
   private scans = 0;
 
@@ -28,26 +31,31 @@ export class WorkingSet<T extends { readonly id: string }> {
 
   /** Writes a new version of a row that `get` finds. */
   put(row: T): void {
-    this.written.set(row.id, row);
+    this.writable().set(row.id, row);
   }
 
   /** Makes a row that is not loaded part of the work (created here, or read separately). */
   add(row: T): void {
-    this.written.set(row.id, row);
-    this.extra.push(row.id);
+    this.writable().set(row.id, row);
+    (this.extra ??= []).push(row.id);
   }
 
   /** Every row as it stands: the loaded ones (in their order), then those added. */
   all(): T[] {
     const out: T[] = [];
     for (const row of this.loaded) out.push(this.written.get(row.id) ?? row);
-    for (const id of this.extra) out.push(this.written.get(id) as T);
+    if (this.extra !== null) for (const id of this.extra) out.push(this.written.get(id) as T);
     return out;
   }
 
   /** The rows added (created or included here), as they stand. */
   added(): T[] {
-    return this.extra.map((id) => this.written.get(id) as T);
+    return this.extra === null ? [] : this.extra.map((id) => this.written.get(id) as T);
+  }
+
+  private writable(): Map<string, T> {
+    if (this.written === NOTHING) this.written = new Map<string, T>();
+    return this.written as Map<string, T>;
   }
 
   private loadedById(id: string): T | undefined {
@@ -65,3 +73,6 @@ export class WorkingSet<T extends { readonly id: string }> {
     return index.get(id);
   }
 }
+
+/** Shared, never written: see `writable`. */
+const NOTHING: ReadonlyMap<string, never> = new Map<string, never>();

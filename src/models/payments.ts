@@ -68,6 +68,13 @@ const Rate = z.number({ error: "a rate must be a number" }).positive({ error: "a
  * `creditsPerUnit`: one rate for every currency, a rate per currency (upper-case ISO-4217 codes;
  * payments in others are refused), or a function of amount and currency returning the credits.
  */
+/** `keyNamespace` of the payments: 1–64 characters without NUL (it is joined to the key with one). */
+export const KeyNamespace = z
+  .string()
+  .min(1, { error: "must not be empty" })
+  .max(64, { error: "must be at most 64 characters" })
+  .refine((s) => !s.includes("\u0000"), { error: "must not contain NUL" });
+
 export const CreditsPerUnit = z.union([
   Rate,
   z

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { CreditsPerUnit } from "../models/index.js";
+import { CreditsPerUnit, KeyNamespace } from "../models/index.js";
 import { PaymentService, type PaymentServiceOptions } from "../services/payment-service.js";
 import { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
 import { StripeProvider, type StripeProviderOptions } from "./stripe.js";
@@ -43,12 +43,18 @@ export const PaymentManagerOptions = z.strictObject({
   checkoutWaitMs: z.number().finite().min(0).optional(),
   /** After how many seconds a claimed payment still without a checkout is taken over by a retry (default 60). */
   checkoutStaleSeconds: z.number().finite().min(0).optional(),
+  /**
+   * Mixed into payment ids derived from idempotency keys (what providers see as Razorpay's
+   * `reference_id` and Stripe's `Idempotency-Key`): give each store sharing one provider account its
+   * own. Default none.
+   */
+  keyNamespace: KeyNamespace.optional(),
 });
 export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 
 /** @internal */
 export function buildPaymentService(
-  shared: Omit<PaymentServiceOptions, "providers" | "creditsPerUnit" | "checkoutWaitMs" | "checkoutStaleSeconds">,
+  shared: Omit<PaymentServiceOptions, "providers" | "creditsPerUnit" | "checkoutWaitMs" | "checkoutStaleSeconds" | "keyNamespace">,
   options: z.output<typeof PaymentManagerOptions> | undefined,
 ): PaymentService {
   const providers = options?.providers ?? [new RazorpayProvider(options?.razorpay), new StripeProvider(options?.stripe)];
@@ -58,5 +64,6 @@ export function buildPaymentService(
     creditsPerUnit: options?.creditsPerUnit,
     checkoutWaitMs: options?.checkoutWaitMs,
     checkoutStaleSeconds: options?.checkoutStaleSeconds,
+    keyNamespace: options?.keyNamespace,
   });
 }

@@ -12,6 +12,7 @@ import type * as z from "zod";
 import {
   CreatePaymentInput,
   CreditsPerUnit,
+  KeyNamespace,
   PaymentHistoryQuery,
   PaymentId,
   UserId,
@@ -64,6 +65,13 @@ export interface PaymentServiceOptions {
    * answer. Default 60.
    */
   checkoutStaleSeconds?: number;
+  /**
+   * Mixed into the payment id derived from a user and an idempotency key — the id the providers see
+   * as Razorpay's `reference_id` and Stripe's `Idempotency-Key`. Give each store that shares one
+   * provider account its own (e.g. "eu", "us"), so the same user and key in two stores open two
+   * checkouts instead of finding each other's. 1–64 characters; default none (ids as before).
+   */
+  keyNamespace?: string;
   ledger?: LedgerLogger;
   cache?: Cache;
   clock?: () => Date;
@@ -105,6 +113,8 @@ export class PaymentService {
   private readonly rates: ReadonlyMap<string, number> | null = null;
   private readonly checkoutWaitMs: number;
   private readonly checkoutStaleMs: number;
+  /** `keyNamespace` with its separator, or "" (see `PaymentServiceOptions.keyNamespace`). */
+  private readonly keyPrefix: string;
 
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options, "PaymentService");
@@ -113,6 +123,8 @@ export class PaymentService {
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
     let c: z.output<typeof CreditsPerUnit>;
     try {
+      const ns = options.keyNamespace === undefined ? undefined : parse(KeyNamespace, options.keyNamespace, "keyNamespace");
+      this.keyPrefix = ns === undefined ? "" : `${ns}\u0000`;
       c = parse(CreditsPerUnit, options.creditsPerUnit ?? 1, "creditsPerUnit");
     } catch (error) {
       throw new ConfigurationError(`[credit-management] ${(error as Error).message}`, error);
@@ -173,7 +185,7 @@ export class PaymentService {
     const id =
       i.idempotencyKey === undefined
         ? randomUUID()
-        : `pl_${createHash("sha256").update(`${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 37)}`;
+        : `pl_${createHash("sha256").update(`${this.keyPrefix}${user}\u0000${i.idempotencyKey}`).digest("hex").slice(0, 37)}`;
     let claim: Payment = {
       id,
       userId: user,
