@@ -12,6 +12,7 @@ describe("WorkingSet (a unit of work's grants and holds)", () => {
     const step = fc.oneof(
       fc.record({ op: fc.constant("put" as const), n: fc.nat(), v: fc.integer() }),
       fc.record({ op: fc.constant("add" as const), v: fc.integer() }),
+      fc.record({ op: fc.constant("create" as const), v: fc.integer() }),
       fc.record({ op: fc.constant("get" as const), n: fc.integer({ min: 0, max: 400 }) }),
     );
     fc.assert(
@@ -22,14 +23,20 @@ describe("WorkingSet (a unit of work's grants and holds)", () => {
         const model = new Map(loaded.map((r) => [r.id, r]));
         const order = loaded.map((r) => r.id);
         let added = 0;
+        const touched = new Map<string, boolean>(); // id → created here, in the order first written
         for (const s of steps) {
           if (s.op === "put" && order.length > 0) {
             const id = order[s.n % order.length] as string;
             set.put({ id, v: s.v });
             model.set(id, { id, v: s.v });
-          } else if (s.op === "add") {
+            if (!touched.has(id)) touched.set(id, false);
+          } else if (s.op === "add" || s.op === "create") {
             const row = { id: `new${added++}`, v: s.v };
-            set.add(row);
+            if (s.op === "add") set.add(row);
+            else {
+              set.create(row);
+              touched.set(row.id, true);
+            }
             model.set(row.id, row);
             order.push(row.id);
           } else if (s.op === "get") {
@@ -40,6 +47,11 @@ describe("WorkingSet (a unit of work's grants and holds)", () => {
         expect(set.all()).toEqual(order.map((id) => model.get(id)));
         expect(set.added().map((r) => r.id)).toEqual(order.slice(size));
         for (const r of loaded) expect(set.current(r)).toEqual(model.get(r.id));
+        // What the work saves: the rows it changed or created, as they stand, in first-write order.
+        const saved: Array<[Row, boolean]> = [];
+        set.forEachTouched((row, created) => saved.push([row, created]));
+        expect(saved).toEqual([...touched].map(([id, created]) => [model.get(id), created]));
+        expect(set.changed).toBe(touched.size > 0);
         expect(frozen).toEqual(loaded); // the store's list is only read
       }),
       { numRuns: 300 },

@@ -40,8 +40,6 @@ export interface NewGrant {
  *
  * Loaded objects are never mutated: every change replaces the object in the working maps.
  */
-/** Shared, never written: see `writableTouchedHolds`. */
-const NO_TOUCHED: ReadonlyMap<string, boolean> = new Map();
 
 export class AccountWork {
   readonly userId: string;
@@ -60,9 +58,6 @@ export class AccountWork {
   private ordered: boolean;
   /** True once `settle()` ran: the next expiry is then computed from everything again. */
   private settled = false;
-  /** Grants and holds this work created or changed: id → true when created here. */
-  private readonly touchedGrants = new Map<string, boolean>();
-  private touchedHolds: ReadonlyMap<string, boolean> = NO_TOUCHED;
   readonly entries: JournalEntry[] = [];
   /** The canonical text of each entry (what its hash covers), for the ledger line. */
   readonly canonicals: string[] = [];
@@ -99,7 +94,7 @@ export class AccountWork {
     return this.grants.get(id);
   }
 
-  /** Makes a grant that is not loaded part of the work (created here, or read separately). */
+  /** Makes a grant read separately part of the work (draws then sort what they see). */
   private addGrant(g: Grant): void {
     this.grants.add(g);
     this.ordered = false;
@@ -170,7 +165,7 @@ export class AccountWork {
     const portions: GrantPortion[] = [];
     for (const g of grants) {
       if (g.remaining > 0) portions.push({ grantId: g.id, amount: g.remaining });
-      this.putGrant({
+      this.grants.put({
         ...g,
         remaining: 0,
         expiredAmount: (g.expiredAmount ?? 0) + g.remaining,
@@ -229,8 +224,8 @@ export class AccountWork {
         closedAt: null,
         closedReason: null,
       };
-      this.addGrant(g);
-      this.touchedGrants.set(id, true);
+      this.grants.create(g);
+      this.ordered = false;
       portions.push({ grantId: id, amount: grantAmount });
     }
     this.account.balance = this.account.balance + amount;
@@ -300,8 +295,7 @@ export class AccountWork {
       settledAt: null,
       committedAmount: null,
     };
-    this.holds.add(reservation);
-    this.writableTouchedHolds().set(reservation.id, true);
+    this.holds.create(reservation);
     this.account.reserved = this.account.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
     const entry = this.emit("reserve", amount, allocations, reservation.id, meta);
@@ -339,7 +333,7 @@ export class AccountWork {
     const settled = holdWith(hold, "committed", this.now, amount, hold.amount - captured, leftover);
     this.account.balance = this.account.balance - captured;
     this.account.reserved = this.account.reserved - captured;
-    this.putHold(settled);
+    this.holds.put(settled);
     const entry = this.emit("commit_reserved", captured, consumed, hold.id, meta);
     if (settled.amount > 0) {
       // Under-commit: the rest goes back to its grants.
@@ -353,7 +347,7 @@ export class AccountWork {
       });
     }
     // The stored hold keeps what it originally held; allocations are what it consumed.
-    this.putHold(holdWith(settled, settled.status, settled.settledAt, settled.committedAmount, hold.amount, hold.allocations));
+    this.holds.put(holdWith(settled, settled.status, settled.settledAt, settled.committedAmount, hold.amount, hold.allocations));
     return entry;
   }
 
@@ -363,7 +357,7 @@ export class AccountWork {
     status: "released" | "expired",
     meta: EntryMeta,
   ): { entry: JournalEntry; expired: number } {
-    this.putHold(holdWith(hold, status, this.now, hold.committedAmount, hold.amount, hold.allocations));
+    this.holds.put(holdWith(hold, status, this.now, hold.committedAmount, hold.amount, hold.allocations));
     const { entry, expired } = this.returnToGrants(hold, meta);
     return { entry, expired };
   }
@@ -376,7 +370,7 @@ export class AccountWork {
       current = grant;
     }
     const amount = current.remaining;
-    this.putGrant({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
+    this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
     this.account.balance = this.account.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
   }
@@ -397,15 +391,13 @@ export class AccountWork {
       updateReservations: [],
       entries: this.entries,
     };
-    for (const [id, isNew] of this.touchedGrants) (isNew ? changes.insertGrants : changes.updateGrants).push(this.grants.get(id) as Grant);
-    for (const [id, isNew] of this.touchedHolds) {
-      (isNew ? changes.insertReservations : changes.updateReservations).push(this.holds.get(id) as Reservation);
-    }
+    this.grants.forEachTouched((g, created) => (created ? changes.insertGrants : changes.updateGrants).push(g));
+    this.holds.forEachTouched((h, created) => (created ? changes.insertReservations : changes.updateReservations).push(h));
     return changes;
   }
 
   get changed(): boolean {
-    return this.entries.length > 0 || this.touchedGrants.size > 0 || this.touchedHolds.size > 0;
+    return this.entries.length > 0 || this.grants.changed || this.holds.changed;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -435,7 +427,7 @@ export class AccountWork {
       const take = Math.min(g.remaining, left);
       left -= take;
       portions.push({ grantId: g.id, amount: take });
-      this.putGrant(withRemaining(g, g.remaining - take));
+      this.grants.put(withRemaining(g, g.remaining - take));
     }
     return portions;
   }
@@ -469,7 +461,7 @@ export class AccountWork {
       const back = p.amount - pay;
       if (back === 0) continue;
       returned.push({ grantId: p.grantId, amount: back });
-      this.putGrant(withRemaining(g, g.remaining + back));
+      this.grants.put(withRemaining(g, g.remaining + back));
       if (g.closedReason !== null) toClosed = true;
     }
     this.account.reserved = this.account.reserved - hold.amount;
@@ -483,7 +475,7 @@ export class AccountWork {
       for (const p of closed) {
         const g = this.grants.get(p.grantId) as Grant;
         const lost = reason === "expired" ? p.amount : 0;
-        this.putGrant({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
+        this.grants.put({ ...g, remaining: g.remaining - p.amount, expiredAmount: (g.expiredAmount ?? 0) + lost });
       }
       const total = sum(closed);
       this.account.balance = this.account.balance - total;
@@ -495,21 +487,6 @@ export class AccountWork {
     return { entry, expired };
   }
 
-  private putGrant(g: Grant): void {
-    this.grants.put(g);
-    if (!this.touchedGrants.has(g.id)) this.touchedGrants.set(g.id, false);
-  }
-
-  private putHold(h: Reservation): void {
-    this.holds.put(h);
-    if (!this.touchedHolds.has(h.id)) this.writableTouchedHolds().set(h.id, false);
-  }
-
-  private writableTouchedHolds(): Map<string, boolean> {
-    if (this.touchedHolds === NO_TOUCHED) this.touchedHolds = new Map();
-    return this.touchedHolds as Map<string, boolean>;
-  }
-
   /**
    * The account's next expiry after this work: the soonest `expiresAt` among its open grants with
    * credits left and its active holds. The stored value is kept unless a grant or hold this work
@@ -519,17 +496,13 @@ export class AccountWork {
   private computeNextExpiry(): Date | null {
     let next = this.account.nextExpiryAt;
     let rescan = this.settled;
-    for (const id of this.touchedGrants.keys()) {
-      const g = this.grants.get(id) as Grant;
-      if (g.expiresAt === null) continue;
-      if (g.closedAt === null && g.remaining > 0) next = minDate(next, g.expiresAt);
-      else if (next !== null && g.expiresAt.getTime() <= next.getTime()) rescan = true;
-    }
-    for (const id of this.touchedHolds.keys()) {
-      const h = this.holds.get(id) as Reservation;
-      if (h.status === "active") next = minDate(next, h.expiresAt);
-      else if (next !== null && h.expiresAt.getTime() <= next.getTime()) rescan = true;
-    }
+    const touched = (expiresAt: Date | null, counts: boolean) => {
+      if (expiresAt === null) return;
+      if (counts) next = minDate(next, expiresAt);
+      else if (next !== null && expiresAt.getTime() <= next.getTime()) rescan = true;
+    };
+    this.grants.forEachTouched((g) => touched(g.expiresAt, g.closedAt === null && g.remaining > 0));
+    this.holds.forEachTouched((h) => touched(h.expiresAt, h.status === "active"));
     return rescan ? this.scanNextExpiry() : next;
   }
 

@@ -13,6 +13,8 @@ export class WorkingSet<T extends { readonly id: string }> {
   private written: ReadonlyMap<string, T> = NOTHING;
   /** Ids of rows that are not in `loaded` (created or included here), in the order added. */
   private extra: string[] | null = null;
+  /** What this work changed or created (id → true when created here), in the order first written: what it saves. */
+  private touched: Map<string, boolean> | null = null;
   private index: Map<string, T> | null = null;
   private scans = 0;
 
@@ -32,12 +34,30 @@ export class WorkingSet<T extends { readonly id: string }> {
   /** Writes a new version of a row that `get` finds. */
   put(row: T): void {
     this.writable().set(row.id, row);
+    const touched = (this.touched ??= new Map());
+    if (!touched.has(row.id)) touched.set(row.id, false);
   }
 
-  /** Makes a row that is not loaded part of the work (created here, or read separately). */
+  /** Adds a row this work creates. */
+  create(row: T): void {
+    this.add(row);
+    (this.touched ??= new Map()).set(row.id, true);
+  }
+
+  /** Makes a row read separately part of the work (it is saved only if changed). */
   add(row: T): void {
     this.writable().set(row.id, row);
     (this.extra ??= []).push(row.id);
+  }
+
+  /** True when this work changed or created a row. */
+  get changed(): boolean {
+    return this.touched !== null;
+  }
+
+  /** Calls `fn` with each row this work changed or created, as it stands, in the order first written. */
+  forEachTouched(fn: (row: T, created: boolean) => void): void {
+    if (this.touched !== null) for (const [id, created] of this.touched) fn(this.written.get(id) as T, created);
   }
 
   /** Every row as it stands: the loaded ones (in their order), then those added. */

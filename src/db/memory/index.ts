@@ -278,7 +278,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     if (u === undefined) return [];
     if (options?.includeInactive) return [...u.grants.values()];
     // Oldest first, as the other stores answer (the open list is in burn-down order).
-    return u.open.values().sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return u.open.values().sort(oldestFirst);
   }
 
   async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
@@ -289,9 +289,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     const settled = u.settled.values(userId);
     if (status !== undefined) return settled.filter((r) => r.status === status);
     // By creation, as the other stores list them.
-    return [...u.active.values(), ...settled].sort(
-      (a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
-    );
+    return [...u.active.values(), ...settled].sort(oldestFirst);
   }
 
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
@@ -453,8 +451,12 @@ function hasPromoRows(changes: Changes): boolean {
   return changes.promoClaims !== undefined || changes.paymentUpdates !== undefined;
 }
 
-/** The loaded holds of an account with none (most): shared, so never written. */
-const NO_HOLDS = Object.freeze([]) as unknown as Reservation[];
+/** The loaded holds of an account with none (most): shared, never written. */
+const NO_HOLDS: readonly Reservation[] = Object.freeze([]);
+
+/** By creation, then id: the order the stores list grants and holds in. */
+const oldestFirst = (a: { createdAt: Date; id: string }, b: { createdAt: Date; id: string }): number =>
+  a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
 /** A hold of the account: the stored object while active, else a copy from its settled row. */
 function holdOf(u: UserData, id: string): Reservation | null {
