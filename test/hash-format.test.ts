@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, hashEntry, hashNewEntry, ledgerLine, quote } from "../src/domain/hash.js";
+import { canonicalEntry, hashEntry, hashNewEntry, ledgerLineOf, quote } from "../src/domain/hash.js";
 import type { JournalEntry } from "../src/models/index.js";
 
 // The canonical form and the hash chain are a storage format: journals already written must keep
@@ -50,7 +50,7 @@ describe("journal hash format", () => {
     expect(hashEntry(plain)).toMatchInlineSnapshot(`"c117d33e1efaab559748fd1c27969f4dc7d3dbb1bed528bb5808a2c4ec4a01f9"`);
     expect(hashEntry(full)).toMatchInlineSnapshot(`"e3eef0a3deeb423eb8ca174ca80749d9c8fac40513fa3239282692dca325d69b"`);
     const entry = { ...full, hash: hashEntry(full) };
-    const line = JSON.parse(ledgerLine(entry)) as { details: unknown };
+    const line = JSON.parse(ledgerLineOf(canonicalEntry(entry), entry.hash)) as { details: unknown };
     expect(line.details).toEqual(JSON.parse(JSON.stringify(entry)));
   });
 

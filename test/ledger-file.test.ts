@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import type { Worker } from "node:worker_threads";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { canonicalEntry, ledgerLine, ledgerLineOf } from "../src/domain/hash.js";
+import { canonicalEntry, ledgerLineOf } from "../src/domain/hash.js";
 import { createCreditManager, InMemoryDbManager, type JournalEntry } from "../src/index.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-file-"));
@@ -66,7 +66,7 @@ describe("ledger file (writer thread)", () => {
     const text = readFileSync(file, "utf8");
     const written = text.split("\n").slice(0, journal.length).map((l) => `${l}\n`);
     expect(written).toEqual(journal.map(expectedLine));
-    expect(journal.map((e) => ledgerLine(e))).toEqual(journal.map(expectedLine));
+    expect(journal.map((e) => ledgerLineOf(canonicalEntry(e), e.hash))).toEqual(journal.map(expectedLine));
     expect(JSON.parse(text.trim().split("\n").at(-1) as string)).toMatchObject({ eventType: "system", message: "done", details: { note: "café" } });
   });
 

@@ -6,7 +6,7 @@ import type { JournalEntry } from "../models/index.js";
  * The canonical form of an entry that its hash covers: a JSON object of every field but `hash`, in
  * a fixed key order, with metadata keys sorted, dates as ISO strings. Stable across backends and key
  * reorderings (PostgreSQL's JSONB reorders keys). Built by hand: it is on every write's path, and
- * the ledger file reuses it as the line's `details` (see `ledgerLine`).
+ * the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
   let grants = "";
@@ -43,17 +43,9 @@ function optionalFields(entry: Omit<JournalEntry, "hash">): string {
 const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,`;
 
 /**
- * The JSONL ledger line of a journal entry: the ledger-entry shape with the full entry (its
- * canonical form plus `hash`) as `details`. Pass the canonical text when it is at hand (the unit of
- * work that hashed the entry keeps it), so it is not built twice.
- */
-export function ledgerLine(entry: JournalEntry, canonical: string = canonicalEntry(entry)): string {
-  return ledgerLineOf(canonical, entry.hash);
-}
-
-/**
- * `ledgerLine` from an entry's canonical text and hash alone: what the ledger hands its writer
- * thread, which builds the lines off the event loop. The line's `id`, `userId`, `correlationId`,
+ * The JSONL ledger line of a journal entry — the ledger-entry shape with the full entry (its
+ * canonical form plus `hash`) as `details` — from the entry's canonical text and hash alone: what
+ * the ledger hands its writer thread, which builds the lines off the event loop. The line's `id`, `userId`, `correlationId`,
  * `message` and `createdAt` are the canonical text's own pieces (its layout is fixed: it is what the
  * hash covers), so nothing is parsed or quoted again: each string field is found by scanning its
  * JSON literal, and metadata — the one part with keys of the host's choosing — is never searched

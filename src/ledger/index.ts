@@ -87,7 +87,7 @@ export class LedgerLogger {
 
   /**
    * Mirrors committed journal entries to the file (they are already in the store). `canonicals`:
-   * their canonical texts where the caller has them (see `ledgerLine`).
+   * their canonical texts where the caller has them (see `ledgerLineOf`).
    */
   recordTransactions(entries: readonly JournalEntry[], canonicals?: readonly string[]): void {
     if (this.file === null || this.closed) return;

@@ -197,7 +197,7 @@ export class RedisCache implements Cache {
     try {
       if (this.overflow) {
         // O(1) and touches no other key: every entry written before is a miss from now on.
-        const generation = newGeneration();
+        const generation = newToken();
         await this.run("SET", [this.generationKey, generation]);
         this.generation = generation;
         this.overflow = false;
@@ -221,7 +221,7 @@ export class RedisCache implements Cache {
   private async readGeneration(): Promise<string> {
     let generation = await this.run("GET", [this.generationKey]);
     if (typeof generation !== "string") {
-      await this.run("SET", [this.generationKey, newGeneration(), "NX"]);
+      await this.run("SET", [this.generationKey, newToken(), "NX"]);
       generation = await this.run("GET", [this.generationKey]);
       if (typeof generation !== "string") throw new Error("[credit-management] [redis] the cache generation key vanished");
     }
@@ -237,12 +237,13 @@ export class RedisCache implements Cache {
 /** The head of an entry in this format: `v2|<generation>|<lease>|<json>`. */
 const ENTRY = "v2|";
 
-function parseEntry(raw: string): { generation: string; lease: string; json: string } | undefined {
+/** An entry's generation and JSON (its lease, between them, is the Lua scripts' business). */
+function parseEntry(raw: string): { generation: string; json: string } | undefined {
   if (!raw.startsWith(ENTRY)) return undefined;
   const a = raw.indexOf("|", ENTRY.length);
   const b = a < 0 ? -1 : raw.indexOf("|", a + 1);
   if (b < 0) return undefined;
-  return { generation: raw.slice(ENTRY.length, a), lease: raw.slice(a + 1, b), json: raw.slice(b + 1) };
+  return { generation: raw.slice(ENTRY.length, a), json: raw.slice(b + 1) };
 }
 
 /**
@@ -351,8 +352,8 @@ function soleKey(o: object): string | undefined {
   return only;
 }
 
+/** A random token: a lease, or a cache generation. */
 const newToken = () => randomBytes(8).toString("hex");
-const newGeneration = () => randomBytes(8).toString("hex");
 
 // -------------------------------------------------------------------------------------------------
 // Queue
