@@ -459,7 +459,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       expect(await indexes("cm_journal")).toEqual(["_id_", "user_idempotency_key", "user_seq"]);
       expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
       expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
-      expect(await indexes("cm_ledger")).toEqual(["_id_", "created", "type_created", "user_created"]);
+      expect(await indexes("cm_ledger")).toEqual(["_id_", "created_id", "type_created_id", "user_created_id"]);
       expect(await indexes("cm_promos")).toEqual(["_id_", "created"]);
       expect(await indexes("cm_promo_claims")).toEqual(["_id_", "code_user_n", "user_created"]);
       expect(await indexes("cm_payments")).toEqual(["_id_", "provider_payment", "provider_ref", "user_created"]);

@@ -142,10 +142,12 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
       partialFilterExpression: { idempotencyKey: { $type: "string" } },
     },
   ],
+  // listLedgerEntries(): newest first in (createdAt, _ord, _id) order — the sort's own keys, so a
+  // page reads `limit` entries off the index instead of sorting every match.
   ledger: [
-    { key: { createdAt: -1, _ord: -1 }, name: "created" },
-    { key: { userId: 1, createdAt: -1, _ord: -1 }, name: "user_created" },
-    { key: { eventType: 1, createdAt: -1, _ord: -1 }, name: "type_created" },
+    { key: { createdAt: -1, _ord: -1, _id: -1 }, name: "created_id" },
+    { key: { userId: 1, createdAt: -1, _ord: -1, _id: -1 }, name: "user_created_id" },
+    { key: { eventType: 1, createdAt: -1, _ord: -1, _id: -1 }, name: "type_created_id" },
   ],
   notifications: NOTIFICATION_INDEXES,
 };
