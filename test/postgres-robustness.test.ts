@@ -317,14 +317,16 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => { // reason
     await dropSchema(schema);
   });
 
-  it("never answers a load with the entry of another key that reached the server as the same text", async () => {
+  it("never answers a unit of work with the entry of another key that reached the server as the same text", async () => {
     const credits = new CreditService({ db });
     const u = `idem-${randomUUID()}`;
     const first = await credits.addCredits(u, 100, { idempotencyKey: "top-up-\uFFFD" });
-    // A store's caller below the service's validation: node-pg sends the lone surrogate as U+FFFD.
-    const load = (key: string) => db.transaction(u, async (tx) => (await tx.load({ idempotencyKey: key })).idempotent);
-    expect((await load("top-up-\uFFFD"))?.id).toBe(first.id);
-    const error = await load("top-up-\uD800").catch((e: unknown) => e);
+    // A unit of work below the service's validation: node-pg sends the lone surrogate as U+FFFD,
+    // so the load finds the first key's entry, and the unit of work refuses it as a replay.
+    const unit = (key: string) =>
+      credits.runUnitOfWork(u, { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined }, async () => "ran", async (e) => e.id);
+    expect(await unit("top-up-\uFFFD")).toBe(first.id);
+    const error = await unit("top-up-\uD800").catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StorageError);
     expect((error as Error).message).toMatch(/cannot tell them apart/);
     expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });

@@ -15,6 +15,7 @@ import {
   ReservationExpiredError,
   ReservationNotActiveError,
   RuleViolationError,
+  StorageError,
   ValidationError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -165,6 +166,14 @@ class UnitRun<T> {
     const key = this.meta.idempotencyKey;
     if (key !== undefined && state.idempotent !== null) {
       const first = state.idempotent;
+      if (first.idempotencyKey !== key) {
+        // The store compared the key as it arrived, which is not always the key asked for (node-pg
+        // and BSON turn a lone UTF-16 surrogate into U+FFFD, so keys JavaScript tells apart can
+        // arrive as one). Another key's entry must never be answered as a replay of this operation.
+        throw new StorageError(
+          `[credit-management] the idempotency key ${JSON.stringify(key)} of account ${this.userId} found the entry of key ${JSON.stringify(first.idempotencyKey)}: the store cannot tell them apart`,
+        );
+      }
       if (first.fingerprint !== this.meta.fingerprint) throw new IdempotencyConflictError(key);
       if (this.replay === undefined) return { value: first as T, entries: NO_ENTRIES };
       return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));

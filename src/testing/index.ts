@@ -22,6 +22,7 @@ import {
   InsufficientCreditsError,
   ReservationExpiredError,
   ReservationNotActiveError,
+  StorageError,
 } from "../errors.js";
 import type { JournalEntry, LedgerEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
@@ -135,6 +136,28 @@ export function runDbManagerContract(options: ContractOptions): void {
         ).rejects.toBeInstanceOf(ConflictError);
         expect((await db.getAccount(u))?.balance).toBe(10);
         expect(await db.listJournal(u, { order: "asc", limit: 10 })).toHaveLength(1);
+      });
+
+      it("never answers a unit of work with the entry of another key, even one the store cannot tell apart", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const first = await credits.addCredits(u, 100, { idempotencyKey: "top-up-\uFFFD" });
+        // Below the service's validation (which refuses lone surrogates): node-pg and BSON send a
+        // lone surrogate as U+FFFD, so the store may find the first key's entry for this one.
+        const unit = (key: string) =>
+          credits.runUnitOfWork(
+            u,
+            { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
+            async () => "ran",
+            async (entry) => entry.id,
+          );
+        expect(await unit("top-up-\uFFFD")).toBe(first.id);
+        const other = await unit("top-up-\uD800").catch((e: unknown) => e);
+        if (other !== "ran") {
+          expect(other).toBeInstanceOf(StorageError);
+          expect((other as Error).message).toMatch(/cannot tell them apart/);
+        }
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });
       });
 
       it("rolls back everything when the unit of work throws", async () => {

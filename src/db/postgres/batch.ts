@@ -479,14 +479,6 @@ export class UnitTx implements DbTransaction {
     try {
       const idemText = stateRow?.idem as string | null | undefined;
       const idempotent = idemText ? decodeRow<JournalEntry>(tables.journal.columns, JSON.parse(idemText)) : null;
-      if (idempotent !== null && idempotent.idempotencyKey !== this.key) {
-        // The server compared the key as it arrived, which is not always the key asked for (node-pg
-        // sends a lone UTF-16 surrogate as U+FFFD, so keys JavaScript tells apart can arrive as
-        // one). Another key's entry must never be answered as a replay of this operation.
-        throw new StorageError(
-          `[credit-management] [postgres] the idempotency key ${JSON.stringify(this.key)} of account ${this.userId} found the entry of key ${JSON.stringify(idempotent.idempotencyKey)}: the database cannot tell them apart`,
-        );
-      }
       const xmin = typeof stateRow?.xmin === "string" ? stateRow.xmin : null;
       const cached = this.cached;
       let account: Account | null;
