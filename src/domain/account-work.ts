@@ -109,6 +109,14 @@ export class AccountWork {
     return this.account.balance - this.account.reserved;
   }
 
+  /**
+   * The most an after-service charge may take now: what keeps available >= −overdraftLimit
+   * (unbounded without a limit). Deductions and over-commits past it are refused.
+   */
+  headroom(overdraftLimit: number | null): number {
+    return overdraftLimit === null ? Infinity : Math.max(0, this.available + overdraftLimit);
+  }
+
   /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
   get needsSettle(): boolean {
     const next = this.account.nextExpiryAt;
@@ -250,7 +258,7 @@ export class AccountWork {
         { requested: amount, available },
       );
     }
-    if (options.allowDebt && options.overdraftLimit !== null && available - amount < -options.overdraftLimit) {
+    if (options.allowDebt && amount > this.headroom(options.overdraftLimit)) {
       throw new InsufficientCreditsError(
         `Cannot deduct ${amount} credits: it would exceed the overdraft limit of ${options.overdraftLimit} (available ${available}).`,
         { requested: amount, available, overdraftLimit: options.overdraftLimit },
@@ -310,15 +318,12 @@ export class AccountWork {
    */
   commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     const excess = amount - hold.amount;
-    if (excess > 0 && overdraftLimit !== null) {
-      // Checked up front so a refused over-commit changes nothing (the hold stays active).
-      const availableAfter = this.available - excess;
-      if (availableAfter < -overdraftLimit) {
-        throw new InsufficientCreditsError(
-          `Cannot commit ${amount} credits on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${overdraftLimit}.`,
-          { requested: amount, held: hold.amount, available: this.available, overdraftLimit },
-        );
-      }
+    // Checked up front so a refused over-commit changes nothing (the hold stays active).
+    if (excess > 0 && excess > this.headroom(overdraftLimit)) {
+      throw new InsufficientCreditsError(
+        `Cannot commit ${amount} credits on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${overdraftLimit}.`,
+        { requested: amount, held: hold.amount, available: this.available, overdraftLimit },
+      );
     }
     const captured = Math.min(amount, hold.amount);
     const consumed: GrantPortion[] = [];

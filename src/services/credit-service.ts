@@ -323,7 +323,7 @@ export class CreditService {
     }
     return this.mutate(userId, meta, (work) => {
       const limit = this.overdraftLimit;
-      const charge = limit === null ? amount : Math.min(amount, Math.max(0, work.available + limit));
+      const charge = Math.min(amount, work.headroom(limit));
       if (charge === 0) return null;
       const m = charge === amount ? meta : { ...meta, metadata: { ...meta.metadata, requested: amount, shortfall: amount - charge } };
       return work.deduct(charge, m, { allowDebt: true, overdraftLimit: limit });
