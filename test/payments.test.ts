@@ -693,7 +693,11 @@ describe("payments: inputs and history", () => {
     expect(us.idem).toBe(us.p.id);
     expect(eu.p.providerRef).not.toBe(us.p.providerRef);
     expect(eu.p.id).toMatch(/^pl_[0-9a-f]{37}$/);
-    // Validated up front.
+    // Validated up front, as the wait options are.
+    for (const bad of [{ checkoutWaitMs: -1 }, { checkoutStaleSeconds: Number.NaN }]) {
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), ...bad })).toThrow(ConfigurationError);
+      await expect(createCreditManager({ payments: { providers: [stripe], ...bad } })).rejects.toBeInstanceOf(ValidationError);
+    }
     for (const keyNamespace of ["", "x".repeat(65), "a\u0000b"]) {
       expect(() => new PaymentService({ db: new InMemoryDbManager(), keyNamespace })).toThrow(ConfigurationError);
       await expect(createCreditManager({ payments: { providers: [stripe], keyNamespace } })).rejects.toBeInstanceOf(ValidationError);

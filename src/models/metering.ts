@@ -14,8 +14,8 @@ export const UsageRecord = z.strictObject({
 });
 export type UsageRecord = z.infer<typeof UsageRecord>;
 
-/** 255 less the longest suffix metering appends (`:reserve`, `:release`). */
-const MAX_METER_KEY = 255 - ":reserve".length;
+/** 255 less the longest suffix metering appends (`:reserve`, `:release`): the longest meter key. */
+export const MAX_METER_KEY = 255 - ":reserve".length;
 
 /** Options of `credits.meter(userId, options, fn)`. */
 export const MeterOptions = z.strictObject({

@@ -68,6 +68,9 @@ const Rate = z.number({ error: "a rate must be a number" }).positive({ error: "a
  * `creditsPerUnit`: one rate for every currency, a rate per currency (upper-case ISO-4217 codes;
  * payments in others are refused), or a function of amount and currency returning the credits.
  */
+/** `checkoutWaitMs` / `checkoutStaleSeconds` of the payments: a finite number >= 0. */
+export const WaitDuration = z.number().finite().min(0);
+
 /** `keyNamespace` of the payments: 1–64 characters without NUL (it is joined to the key with one). */
 export const KeyNamespace = z
   .string()

@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { CreditsPerUnit, KeyNamespace } from "../models/index.js";
+import { CreditsPerUnit, KeyNamespace, WaitDuration } from "../models/index.js";
 import { PaymentService, type PaymentServiceOptions } from "../services/payment-service.js";
 import { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
 import { StripeProvider, type StripeProviderOptions } from "./stripe.js";
@@ -40,9 +40,9 @@ export const PaymentManagerOptions = z.strictObject({
    * How long a `createPaymentLink` waits for a concurrent call with the same idempotency key to
    * open the payment's checkout before a retryable `ConflictError` (milliseconds, default 10,000).
    */
-  checkoutWaitMs: z.number().finite().min(0).optional(),
+  checkoutWaitMs: WaitDuration.optional(),
   /** After how many seconds a claimed payment still without a checkout is taken over by a retry (default 60). */
-  checkoutStaleSeconds: z.number().finite().min(0).optional(),
+  checkoutStaleSeconds: WaitDuration.optional(),
   /**
    * Mixed into payment ids derived from idempotency keys (what providers see as Razorpay's
    * `reference_id` and Stripe's `Idempotency-Key`): give each store sharing one provider account its

@@ -47,9 +47,7 @@ export class StripeProvider implements PaymentProvider {
   }
 
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
-    if (!this.secretKey) {
-      throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
-    }
+    const authorization = this.auth();
     if (!this.successUrl || !this.cancelUrl) {
       throw new ConfigurationError("[credit-management] [stripe] Set successUrl and cancelUrl (or APP_BASE_URL).");
     }
@@ -70,7 +68,7 @@ export class StripeProvider implements PaymentProvider {
       cancel_url: withId(this.cancelUrl),
     });
     const headers: Record<string, string> = {
-      authorization: `Bearer ${this.secretKey}`,
+      authorization,
       "content-type": "application/x-www-form-urlencoded",
     };
     if (r.idempotencyKey !== undefined) headers["idempotency-key"] = r.idempotencyKey;
@@ -85,14 +83,17 @@ export class StripeProvider implements PaymentProvider {
     return { providerRef: id, url };
   }
 
+  /** The API's `authorization` header; a `ConfigurationError` without a secret key. */
+  private auth(): string {
+    if (!this.secretKey) throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
+    return `Bearer ${this.secretKey}`;
+  }
+
   /** `POST /v1/checkout/sessions/:id/expire`: the session can no longer be paid. */
   async cancelCheckout(providerRef: string): Promise<void> {
-    if (!this.secretKey) {
-      throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
-    }
     await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`, {
       method: "POST",
-      headers: { authorization: `Bearer ${this.secretKey}` },
+      headers: { authorization: this.auth() },
     });
   }
 

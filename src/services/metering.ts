@@ -9,7 +9,7 @@ import {
   ReservationNotActiveError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { NonNegativeAmount, parse, UsageRecord, type JournalEntry, type MeterOptions } from "../models/index.js";
+import { MAX_METER_KEY, NonNegativeAmount, parse, UsageRecord, type JournalEntry, type MeterOptions } from "../models/index.js";
 import { andThen } from "../util/promise.js";
 import type { CreditService } from "./credit-service.js";
 
@@ -454,9 +454,6 @@ function attemptKey(key: string, n: number): string {
   const tail = `~${createHash("sha256").update(key).digest("hex").slice(0, 16)}${tag}`;
   return key.slice(0, MAX_METER_KEY - tail.length) + tail;
 }
-
-/** The longest key a metered call may derive from (`MeterOptions.idempotencyKey`). */
-const MAX_METER_KEY = 255 - ":reserve".length;
 
 /**
  * Reserves `estimate`, runs `fn` in a usage context, then commits the number `fn` returns, else the

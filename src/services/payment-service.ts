@@ -13,6 +13,7 @@ import {
   CreatePaymentInput,
   CreditsPerUnit,
   KeyNamespace,
+  WaitDuration,
   PaymentHistoryQuery,
   PaymentId,
   UserId,
@@ -118,11 +119,11 @@ export class PaymentService {
 
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options, "PaymentService");
-    this.checkoutWaitMs = nonNegative(options.checkoutWaitMs, 10_000, "checkoutWaitMs");
-    this.checkoutStaleMs = nonNegative(options.checkoutStaleSeconds, 60, "checkoutStaleSeconds") * 1000;
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
     let c: z.output<typeof CreditsPerUnit>;
     try {
+      this.checkoutWaitMs = parse(WaitDuration, options.checkoutWaitMs ?? 10_000, "checkoutWaitMs");
+      this.checkoutStaleMs = parse(WaitDuration, options.checkoutStaleSeconds ?? 60, "checkoutStaleSeconds") * 1000;
       const ns = options.keyNamespace === undefined ? undefined : parse(KeyNamespace, options.keyNamespace, "keyNamespace");
       this.keyPrefix = ns === undefined ? "" : `${ns}\u0000`;
       c = parse(CreditsPerUnit, options.creditsPerUnit ?? 1, "creditsPerUnit");
@@ -689,13 +690,6 @@ export class PaymentService {
   }
 }
 
-function nonNegative(v: number | undefined, fallback: number, name: string): number {
-  if (v === undefined) return fallback;
-  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) {
-    throw new ConfigurationError(`[credit-management] ${name} must be a finite number >= 0 (got ${String(v)}).`);
-  }
-  return v;
-}
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
