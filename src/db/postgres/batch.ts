@@ -395,7 +395,7 @@ export class Batch {
       this.lost = isLostConnection(error);
     }
     const code = (error as { code?: unknown } | null)?.code;
-    if (typeof code !== "string" || /^(08|57)/.test(code)) {
+    if (isConnectionLevel(error)) {
       this.broken = true;
       this.brokenBy ??= error;
     }
@@ -714,6 +714,15 @@ function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
  * after its connection failed), or a server error of class 08 (connection exception) or 57P01–03
  * (the server is shutting down or starting, the session was terminated).
  */
+/**
+ * Errors that leave the connection unusable, so it is closed, not pooled: no SQLSTATE from the
+ * server (a socket error such as ECONNRESET, a timeout), or class 08/57.
+ */
+export function isConnectionLevel(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
+}
+
 export function isLostConnection(error: unknown): boolean {
   const e = error as { code?: unknown; severity?: unknown } | null;
   if (typeof e?.severity !== "string") return true;

@@ -6,7 +6,7 @@ import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
-import { Batch, type BatchResult, type Unit, storageError, toRow } from "./batch.js";
+import { Batch, type BatchResult, type Unit, isConnectionLevel, storageError, toRow } from "./batch.js";
 import { PostgresPromoStore } from "./promos.js";
 import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
 import { StateCache } from "./state-cache.js";
@@ -695,11 +695,6 @@ async function rollback(client: PoolClient): Promise<boolean> {
   }
 }
 
-/** Errors that leave the connection unusable (no SQLSTATE from the server, or class 08/57). */
-function isConnectionLevel(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
-}
 
 function backoff(attempt: number): number {
   const cap = Math.min(250, 4 * 2 ** attempt);

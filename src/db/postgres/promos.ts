@@ -5,13 +5,9 @@ import { decodeRow } from "../../schema/codec.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
 import { toRow } from "./batch.js";
-import { GUARD_MARKER, type Statement, type Tables, output } from "./sql.js";
+import { GUARD_MARKER, type Statement, type Tables, column as col, cols, output } from "./sql.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
-/** Column names (insert lists); what reads return is `output(t)` (dates whatever the session's DateStyle). */
-const cols = (t: SqlTable) => t.columns.map((c) => q(c.name)).join(", ");
-/** A table's column by its qualified name, for ORDER BY (a bare name would mean the output column). */
-const col = (t: SqlTable, name: string) => `${t.qualified}.${q(name)}`;
 
 /** What the promo/payment store needs of `PostgresDbManager`. */
 interface Reader {

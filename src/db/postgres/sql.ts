@@ -128,7 +128,7 @@ export class PostgresSql {
 
   /** A column of a table as `"schema"."table"."column"` (the input column, never an output alias). */
   column(key: TableKey, name: string): string {
-    return `${this.tables[key].qualified}.${q(name)}`;
+    return column(this.tables[key], name);
   }
 
   /** The save statement for a shape of changes, built on first use. */
@@ -144,7 +144,13 @@ export class PostgresSql {
   }
 }
 
-function cols(t: SqlTable, alias?: string): string {
+/** A table's column by its qualified name, for ORDER BY (a bare name would mean the output column). */
+export function column(t: SqlTable, name: string): string {
+  return `${t.qualified}.${q(name)}`;
+}
+
+/** Column names, for insert lists (what reads return is {@link output}). */
+export function cols(t: SqlTable, alias?: string): string {
   return t.columns.map((c) => (alias ? `${alias}.${q(c.name)}` : q(c.name))).join(", ");
 }
 
