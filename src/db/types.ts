@@ -137,12 +137,13 @@ export interface Changes extends PromoPaymentChanges {
   account: Account;
   /** The account's seq when it was loaded; null when it did not exist (insert). Adapters guard on it. */
   previousSeq: number | null;
-  insertGrants: Grant[];
-  updateGrants: Grant[];
-  insertReservations: Reservation[];
-  updateReservations: Reservation[];
+  /** The lists below are only read. */
+  insertGrants: readonly Grant[];
+  updateGrants: readonly Grant[];
+  insertReservations: readonly Reservation[];
+  updateReservations: readonly Reservation[];
   /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
-  entries: JournalEntry[];
+  entries: readonly JournalEntry[];
   /** Outbox rows caused by this change, committed with it (ids unique; no dedupeKey clash expected). */
   notifications?: readonly Notification[];
 }

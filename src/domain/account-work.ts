@@ -58,9 +58,9 @@ export class AccountWork {
   private ordered: boolean;
   /** True once `settle()` ran: the next expiry is then computed from everything again. */
   private settled = false;
-  readonly entries: JournalEntry[] = [];
-  /** The canonical text of each entry (what its hash covers), for the ledger line. */
-  readonly canonicals: string[] = [];
+  /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
+  private made: JournalEntry[] = [];
+  private texts: string[] = [];
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;
@@ -83,6 +83,16 @@ export class AccountWork {
     this.grants = new WorkingSet(state.grants);
     this.holds = new WorkingSet(state.reservations);
     this.ordered = state.grantsInOrder === true;
+  }
+
+  /** The journal entries this work made, in seq order. */
+  get entries(): readonly JournalEntry[] {
+    return this.made;
+  }
+
+  /** The canonical text of each of `entries` (what its hash covers), for the ledger line. */
+  get canonicals(): readonly string[] {
+    return this.texts;
   }
 
   /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
@@ -387,18 +397,15 @@ export class AccountWork {
   changes(): Changes {
     this.account.nextExpiryAt = this.computeNextExpiry();
     this.account.updatedAt = this.now;
-    const changes: Changes = {
+    return {
       account: this.account,
       previousSeq: this.original === null ? null : this.original.seq,
-      insertGrants: [],
-      updateGrants: [],
-      insertReservations: [],
-      updateReservations: [],
+      insertGrants: this.grants.saved(true),
+      updateGrants: this.grants.saved(false),
+      insertReservations: this.holds.saved(true),
+      updateReservations: this.holds.saved(false),
       entries: this.entries,
     };
-    this.grants.forEachTouched((g, created) => (created ? changes.insertGrants : changes.updateGrants).push(g));
-    this.holds.forEachTouched((h, created) => (created ? changes.insertReservations : changes.updateReservations).push(h));
-    return changes;
   }
 
   get changed(): boolean {
@@ -562,8 +569,14 @@ export class AccountWork {
     entry.hash = hash;
     a.seq = entry.seq;
     a.lastHash = entry.hash;
-    this.entries.push(entry);
-    this.canonicals.push(canonical);
+    // (Arrays made to measure: a first push would make room for seventeen.)
+    if (this.made.length === 0) {
+      this.made = [entry];
+      this.texts = [canonical];
+    } else {
+      this.made.push(entry);
+      this.texts.push(canonical);
+    }
     return entry;
   }
 }
