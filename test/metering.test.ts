@@ -110,14 +110,51 @@ describe("credits.meter()", () => {
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 1000, reserved: 0 });
   });
 
-  it("usage beyond the overdraft limit charges the hold in full and reports the shortfall", async () => {
+  it("usage beyond the overdraft limit charges the hold and what the limit allows beyond it, and reports the shortfall", async () => {
+    // Limit 0: the hold (60) and the 40 still available are charged; the rest (50) is the shortfall.
     const strict = await createCreditManager({ overdraftLimit: 0 });
     await strict.credits.addCredits("s", 100);
     const outcomes: MeterOutcome[] = [];
     await strict.credits.meter("s", { estimate: 60, onSettled: (o) => outcomes.push(o) }, () => 150);
-    expect(outcomes[0]).toMatchObject({ charged: 60, shortfall: 90 });
-    expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 40, reserved: 0, debt: 0 });
-    expect((await strict.ledger.getEntries({ eventType: "error" }))[0]?.message).toMatch(/overdraft/);
+    expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 100, shortfall: 50 });
+    expect(outcomes[0]?.chargedAfterService).toBeUndefined();
+    expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 150, shortfall: 50 });
+    expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 0, reserved: 0, debt: 0 });
+    const [error] = await strict.ledger.getEntries({ eventType: "error" });
+    expect(error?.message).toMatch(/overdraft/);
+    expect(error?.details).toMatchObject({ requested: 150, charged: 100, shortfall: 50 });
+    expect((await strict.credits.audit("s")).ok).toBe(true);
+    await strict.close();
+
+    // Limit 30: the charge may go 30 into debt, as an after-service deduction may.
+    const owing = await createCreditManager({ overdraftLimit: 30 });
+    await owing.credits.addCredits("o", 100);
+    await owing.credits.meter("o", { estimate: 60, onSettled: (o) => outcomes.push(o) }, () => 150);
+    expect(outcomes[1]).toMatchObject({ charged: 130, shortfall: 20 });
+    expect(await owing.credits.getUserCreditsInfo("o")).toMatchObject({ balance: -30, reserved: 0, debt: 30 });
+    // Within the limit nothing is cut.
+    await owing.credits.addCredits("o", 130);
+    await owing.credits.meter("o", { estimate: 10, onSettled: (o) => outcomes.push(o) }, () => 110);
+    expect(outcomes[2]).toMatchObject({ charged: 110 });
+    expect(outcomes[2]?.shortfall).toBeUndefined();
+    expect(outcomes[2]?.entry?.metadata).not.toHaveProperty("shortfall");
+    expect((await owing.credits.audit("o")).ok).toBe(true);
+    await owing.close();
+  });
+
+  it("a keyed call cut by the overdraft limit answers its retry with the same charge and shortfall", async () => {
+    const strict = await createCreditManager({ overdraftLimit: 0 });
+    await strict.credits.addCredits("k", 100);
+    const outcomes: MeterOutcome[] = [];
+    for (let i = 0; i < 2; i++) {
+      await strict.credits.meter("k", { estimate: 60, idempotencyKey: "call-1", onSettled: (o) => outcomes.push(o) }, () => 150);
+    }
+    expect(outcomes.map((o) => [o.charged, o.shortfall])).toEqual([
+      [100, 50],
+      [100, 50],
+    ]);
+    expect(outcomes[1]?.entry?.id).toBe(outcomes[0]?.entry?.id);
+    expect(await strict.credits.getUserCreditsInfo("k")).toMatchObject({ balance: 0, reserved: 0 });
     await strict.close();
   });
 

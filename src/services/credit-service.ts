@@ -223,6 +223,11 @@ class UnitRun<T> {
   }
 }
 
+/** The meta of a charge of usage already delivered that the overdraft limit cut from `requested` to `charge`. */
+function clamped(meta: EntryMeta, requested: number, charge: number): EntryMeta {
+  return charge === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested, shortfall: requested - charge } };
+}
+
 const infoKey = (userId: string) => `credits:info:${userId}`;
 
 /** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
@@ -325,8 +330,7 @@ export class CreditService {
       const limit = this.overdraftLimit;
       const charge = Math.min(amount, work.headroom(limit));
       if (charge === 0) return null;
-      const m = charge === amount ? meta : { ...meta, metadata: { ...meta.metadata, requested: amount, shortfall: amount - charge } };
-      return work.deduct(charge, m, { allowDebt: true, overdraftLimit: limit });
+      return work.deduct(charge, clamped(meta, amount, charge), { allowDebt: true, overdraftLimit: limit });
     });
   }
 
@@ -377,11 +381,29 @@ export class CreditService {
    * input its models already accepted.
    */
   commitHold(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
+    return this.commitWith(userId, id, o, false);
+  }
+
+  /**
+   * @internal `commitHold` of usage already delivered (metering): past the overdraft limit it
+   * commits what the limit allows — the hold and the headroom beyond it — instead of refusing,
+   * decided inside the unit of work as `chargeUpToLimit` decides; a clamped commit entry's metadata
+   * adds `requested` and `shortfall`.
+   */
+  commitHoldUpToLimit(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
+    return this.commitWith(userId, id, o, true);
+  }
+
+  private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, { reservationId: id, ...o });
     return this.mutate(userId, meta, (work, tx) => {
       const commit = (hold: Reservation): JournalEntry => {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
-        return work.commit(hold, o.amount ?? hold.amount, meta, this.overdraftLimit);
+        const limit = this.overdraftLimit;
+        const requested = o.amount ?? hold.amount;
+        if (!upToLimit) return work.commit(hold, requested, meta, limit);
+        const charge = Math.min(requested, hold.amount + work.headroom(limit));
+        return work.commit(hold, charge, clamped(meta, requested, charge), limit);
       };
       return andThen(this.activeHold(work, tx, id), commit);
     });

@@ -4,7 +4,6 @@ import type { Logger } from "pino";
 import {
   ConfigurationError,
   IdempotencyConflictError,
-  InsufficientCreditsError,
   ReservationExpiredError,
   ReservationNotActiveError,
 } from "../errors.js";
@@ -99,7 +98,7 @@ export function currentMeter(): MeterContext | undefined {
  * meter's options once, when it opens; each usage when it is recorded), so one metered call runs
  * no model twice; and the store, to read the charge another attempt of a keyed call made.
  */
-type Credits = Pick<CreditService, "placeHold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db">;
+type Credits = Pick<CreditService, "placeHold" | "commitHoldUpToLimit" | "releaseHold" | "chargeUpToLimit" | "db">;
 
 interface SessionDeps {
   credits: Credits;
@@ -274,14 +273,19 @@ export class MeterSession {
     try {
       const options: CommitInput = this.mutation(this.chargeKey, null);
       options.amount = amount;
-      const entry = await this.deps.credits.commitHold(this.userId, this.reservationId, options);
-      return this.outcome("committed", amount, entry);
+      // Past the overdraft limit the commit takes what the limit allows (decided in its unit of
+      // work) and its entry says what was left: also when a retry replays it.
+      const entry = await this.deps.credits.commitHoldUpToLimit(this.userId, this.reservationId, options);
+      const shortfall = typeof entry.metadata?.shortfall === "number" ? entry.metadata.shortfall : 0;
+      const outcome = this.outcome("committed", amount - shortfall, entry);
+      if (shortfall > 0) await this.reportShortfall(outcome, shortfall, "metered usage exceeded the overdraft limit; charged the hold and what the limit allows", {});
+      return outcome;
     } catch (error) {
       return this.commitFailed(amount, error);
     }
   }
 
-  /** The commit was refused: charge after service when the hold is gone, or past the overdraft limit the hold. */
+  /** The commit was refused: charge after service when the hold is gone (lapsed, or released by another attempt). */
   private async commitFailed(amount: number, refusal: unknown): Promise<MeterOutcome> {
     try {
       if (refusal instanceof ReservationExpiredError) return await this.chargeAfterService(amount, { holdExpired: true });
@@ -291,7 +295,6 @@ export class MeterSession {
       if (this.chargeKey !== undefined && refusal instanceof ReservationNotActiveError && refusal.details?.status === "released") {
         return await this.chargeAfterService(amount, { holdReleased: true });
       }
-      if (refusal instanceof InsufficientCreditsError && amount > this.estimate) return await this.chargeHold(amount);
       throw refusal;
     } catch (error) {
       // The call's charge key holds another attempt's charge (with other usage): the call is charged.
@@ -302,31 +305,6 @@ export class MeterSession {
       await this.tryRelease("error");
       throw error;
     }
-  }
-
-  /** Usage past the overdraft limit: charge what was held and report the rest. */
-  private async chargeHold(amount: number): Promise<MeterOutcome> {
-    const shortfall = amount - this.estimate;
-    const options: CommitInput = this.mutation(this.chargeKey, { requested: amount, shortfall });
-    options.amount = this.estimate;
-    let entry: JournalEntry;
-    try {
-      entry = await this.deps.credits.commitHold(this.userId, this.reservationId, options);
-    } catch (error) {
-      // It lapsed in between: after service, within the limit, like any lapsed hold.
-      if (error instanceof ReservationExpiredError) return this.chargeAfterService(amount, { holdExpired: true });
-      throw error;
-    }
-    await this.deps.ledger
-      ?.logError(
-        "metered usage exceeded the overdraft limit; the hold was charged in full",
-        { reservationId: this.reservationId, requested: amount, charged: this.estimate, shortfall },
-        { userId: this.userId, correlationId: this.options.correlationId },
-      )
-      .catch(() => undefined);
-    const outcome = this.outcome("committed", this.estimate, entry);
-    outcome.shortfall = shortfall;
-    return outcome;
   }
 
   /**
@@ -342,16 +320,20 @@ export class MeterSession {
     const outcome = this.outcome("committed", charged, entry);
     outcome.chargedAfterService = true;
     const shortfall = amount - charged;
-    if (shortfall === 0) return outcome;
+    if (shortfall > 0) await this.reportShortfall(outcome, shortfall, "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows", why);
+    return outcome;
+  }
+
+  /** Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger. */
+  private async reportShortfall(outcome: MeterOutcome, shortfall: number, message: string, why: Record<string, unknown>): Promise<void> {
+    outcome.shortfall = shortfall;
     await this.deps.ledger
       ?.logError(
-        "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows",
-        { reservationId: this.reservationId, requested: amount, charged, shortfall, ...why },
+        message,
+        { reservationId: this.reservationId, requested: outcome.charged + shortfall, charged: outcome.charged, shortfall, ...why },
         { userId: this.userId, correlationId: this.options.correlationId },
       )
       .catch(() => undefined);
-    outcome.shortfall = shortfall;
-    return outcome;
   }
 
   /**
