@@ -98,20 +98,15 @@ export async function runAccountUnit<T>(
   body: (work: AccountWork, tx: DbTransaction, state: LoadedState) => Promise<UnitResult<T>>,
   replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
 ): Promise<T> {
-  return deps.credits.runUnitOfWork(
+  // Seen inside the unit of work (which a store may run again), reported once it has ended: no
+  // side effect from within a transaction.
+  const off = deps.alertsOff;
+  let unrecorded = false;
+  const running = deps.credits.runUnitOfWork(
     userId,
     meta,
     async (work, tx, unit) => {
-      const off = deps.alertsOff;
-      if (off !== undefined && !off.warned && work.account.alert !== null) {
-        // The account has an alert level, so some service records alerts for it; this one's own
-        // CreditService does not: its changes move the balance without the events they cause.
-        off.warned = true;
-        deps.logger?.warn(
-          { userId, service: off.service },
-          `credit-management: ${off.service} records no notification events (built without \`credits\` or \`alerts\`), but this account's alerts are kept by another service: pass the same \`credits\`, or \`alerts\``,
-        );
-      }
+      if (off !== undefined && !off.warned && work.account.alert !== null) unrecorded = true;
       const result = await body(work, tx, unit.state);
       if (result.extra !== undefined) unit.attach(result.extra);
       return result.value;
@@ -121,4 +116,16 @@ export async function runAccountUnit<T>(
         throw new IdempotencyConflictError(meta.idempotencyKey ?? "");
       }),
   );
+  if (off === undefined) return running;
+  const warn = () => {
+    if (!unrecorded || off.warned) return;
+    // The account has an alert level, so some service records alerts for it; this one's own
+    // CreditService does not: its changes move the balance without the events they cause.
+    off.warned = true;
+    deps.logger?.warn(
+      { userId, service: off.service },
+      `credit-management: ${off.service} records no notification events (built without \`credits\` or \`alerts\`), but this account's alerts are kept by another service: pass the same \`credits\`, or \`alerts\``,
+    );
+  };
+  return running.finally(warn);
 }
