@@ -1,17 +1,12 @@
 import { randomUUID } from "node:crypto";
-import { MongoClient } from "mongodb";
-import pg from "pg";
 import { describe, expect, it } from "vitest";
-import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { PostgresDbManager } from "../src/db/postgres/index.js";
 import {
   ExpirationService,
-  InMemoryDbManager,
   SubscriptionService,
   ValidationError,
   createCreditManager,
-  type DbManager,
 } from "../src/index.js";
+import { testStores } from "./fixtures/stores.js";
 
 const T = Date.UTC(2031, 0, 31, 12);
 const DAY = 86_400_000;
@@ -140,48 +135,8 @@ describe("subscription events", () => {
   });
 });
 
-/**
- * Stores to run a scenario on: memory always; MongoDB and PostgreSQL when their URL is set (as in
- * test/mongodb.test.ts and test/postgres.test.ts), each on a fresh database/schema dropped after.
- */
-const stores: Array<{ name: string; open: () => Promise<{ db: DbManager; drop: () => Promise<void> }> }> = [
-  { name: "memory", open: async () => ({ db: new InMemoryDbManager(), drop: async () => undefined }) },
-];
-const mongoUri = process.env.CREDIT_MONGO_URI;
-if (mongoUri) {
-  stores.push({
-    name: "mongodb",
-    open: async () => {
-      const client = await new MongoClient(mongoUri).connect();
-      const dbName = `credit_test_jobs_${process.pid}_${randomUUID().slice(0, 8)}`;
-      return {
-        db: new MongoDbManager({ client, dbName }),
-        drop: async () => {
-          await client.db(dbName).dropDatabase();
-          await client.close();
-        },
-      };
-    },
-  });
-}
-const pgUrl = process.env.CREDIT_PG_URL;
-if (pgUrl) {
-  stores.push({
-    name: "postgres",
-    open: async () => {
-      const schema = `cm_jobs_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
-      return {
-        db: new PostgresDbManager({ connectionString: pgUrl, schema, poolConfig: { max: 4 } }),
-        drop: async () => {
-          const client = new pg.Client({ connectionString: pgUrl });
-          await client.connect();
-          await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-          await client.end();
-        },
-      };
-    },
-  });
-}
+/** Stores to run a scenario on (see test/fixtures/stores.ts). */
+const stores = testStores("jobs");
 
 describe.each(stores)("releaseExpiredHolds(asOf) on $name", ({ open }) => {
   const MIN = 60_000;

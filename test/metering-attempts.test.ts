@@ -1,20 +1,17 @@
 import { randomUUID } from "node:crypto";
-import { MongoClient } from "mongodb";
-import pg from "pg";
 import { describe, expect, it } from "vitest";
-import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { PostgresDbManager } from "../src/db/postgres/index.js";
 import {
   createCreditManager,
-  InMemoryDbManager,
   recordUsage,
   ReservationExpiredError,
   type CreditManager,
   type DbManager,
   type DbTransaction,
   type JournalEntry,
+  type MeterOptions,
   type MeterOutcome,
 } from "../src/index.js";
+import { testStores } from "./fixtures/stores.js";
 
 /**
  * The attempts of one keyed `meter()` call — a retry that starts while an earlier attempt still
@@ -24,61 +21,8 @@ import {
 
 const T = Date.parse("2026-03-01T00:00:00Z");
 
-/**
- * Stores to run on: memory always; MongoDB and PostgreSQL when their URL is set. `open` gives a
- * fresh store; `another` a second handle on the same data, as another process has.
- */
-interface Store {
-  name: string;
-  open: () => Promise<{ db: DbManager; another: () => DbManager; drop: () => Promise<void> }>;
-}
-const stores: Store[] = [
-  {
-    name: "memory",
-    open: async () => {
-      const db = new InMemoryDbManager();
-      return { db, another: () => db, drop: async () => undefined };
-    },
-  },
-];
-const mongoUri = process.env.CREDIT_MONGO_URI;
-if (mongoUri) {
-  stores.push({
-    name: "mongodb",
-    open: async () => {
-      const client = await new MongoClient(mongoUri).connect();
-      const dbName = `credit_test_meter_${process.pid}_${randomUUID().slice(0, 8)}`;
-      return {
-        db: new MongoDbManager({ client, dbName }),
-        another: () => new MongoDbManager({ client, dbName }),
-        drop: async () => {
-          await client.db(dbName).dropDatabase();
-          await client.close();
-        },
-      };
-    },
-  });
-}
-const pgUrl = process.env.CREDIT_PG_URL;
-if (pgUrl) {
-  stores.push({
-    name: "postgres",
-    open: async () => {
-      const schema = `cm_meter_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
-      const handle = () => new PostgresDbManager({ connectionString: pgUrl, schema, poolConfig: { max: 4 } });
-      return {
-        db: handle(),
-        another: handle,
-        drop: async () => {
-          const client = new pg.Client({ connectionString: pgUrl });
-          await client.connect();
-          await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-          await client.end();
-        },
-      };
-    },
-  });
-}
+/** Stores to run on (see test/fixtures/stores.ts); `another()` is a second handle, as another process has. */
+const stores = testStores("meter");
 
 /** A promise and the function that resolves it. */
 function signal(): { done: Promise<void>; fire: () => void } {
@@ -120,6 +64,29 @@ function pausing(db: DbManager): { db: DbManager; paused: Promise<void>; resume:
   return { db: proxy, paused: paused.done, resume: resumed.fire };
 }
 
+/**
+ * Starts an attempt whose `fn` waits for `finish()`, then records `usage` (null: nothing) and
+ * returns `value`; resolves once `fn` runs (its hold is placed).
+ */
+async function blocked<V>(
+  m: CreditManager,
+  u: string,
+  options: MeterOptions,
+  usage: number | null,
+  value: V,
+): Promise<{ result: Promise<V>; finish: () => void }> {
+  const started = signal();
+  const finish = signal();
+  const result = m.credits.meter(u, options, async () => {
+    started.fire();
+    await finish.done;
+    if (usage !== null) recordUsage({ amount: usage });
+    return value;
+  });
+  await started.done;
+  return { result, finish: finish.fire };
+}
+
 /** The journal entries that charged a keyed call (each carries the call's charge key). */
 async function charges(m: CreditManager, userId: string): Promise<JournalEntry[]> {
   const items = (await m.credits.getCreditHistory(userId, { limit: 100 })).items;
@@ -141,6 +108,20 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
     }
   }
 
+  /** A manager on a fresh store, with its clock and a user holding 1,000 credits; closed after `body`. */
+  async function withAccount(body: (s: { m: CreditManager; u: string; clock: { now: number } }) => Promise<void>) {
+    await withStore(async ({ db, clock }) => {
+      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+      try {
+        const u = `u-${randomUUID()}`;
+        await m.credits.addCredits(u, 1000);
+        await body({ m, u, clock });
+      } finally {
+        await m.close();
+      }
+    });
+  }
+
   it("two processes with clocks a second apart: the retry judges the hold lapsed while the first attempt commits it — one charge", async () => {
     await withStore(async ({ db, another, clock }) => {
       const m1 = await createCreditManager({ db, clock: () => new Date(clock.now) });
@@ -151,15 +132,7 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
         await m1.credits.addCredits(u, 1000);
         const outcomes: Record<string, MeterOutcome> = {};
         const options = (name: string) => ({ estimate: 10, ttlSeconds: 5, idempotencyKey: "call-1", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-        const started = signal();
-        const finish = signal();
-        const first = m1.credits.meter(u, options("first"), async () => {
-          started.fire();
-          await finish.done;
-          recordUsage({ amount: 9 });
-          return "first";
-        });
-        await started.done;
+        const { result: first, finish: finish } = await blocked(m1, u, options("first"), 9, "first");
         // 4.5 s on process 1's clock: its hold has 0.5 s left. Process 2, a second ahead, sees it lapsed.
         clock.now = T + 4500;
         const retry = m2.credits.meter(u, options("retry"), () => {
@@ -167,7 +140,7 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
           return "retry";
         });
         await p2.paused; // the retry found the hold lapsed and is about to charge after service
-        finish.fire();
+        finish();
         expect(await first).toBe("first"); // committed by process 1, whose clock says the hold is live
         p2.resume();
         expect(await retry).toBe("retry");
@@ -189,256 +162,175 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
   });
 
   it("the first attempt outlives its hold, the retry charges, then the first finishes: it returns its value, charged once", async () => {
-    await withStore(async ({ db, clock }) => {
-      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
-      try {
-        const u = `u-${randomUUID()}`;
-        await m.credits.addCredits(u, 1000);
-        const outcomes: Record<string, MeterOutcome> = {};
-        const options = (name: string) => ({ estimate: 10, ttlSeconds: 5, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-        const started = signal();
-        const finish = signal();
-        const first = m.credits.meter(u, options("first"), async () => {
-          started.fire();
-          await finish.done;
-          recordUsage({ amount: 9 });
-          return "first";
-        });
-        await started.done;
-        clock.now = T + 6000; // the hold lapsed; the caller gave up and retries
-        expect(
-          await m.credits.meter(u, options("retry"), () => {
-            recordUsage({ amount: 7 });
-            return "retry";
-          }),
-        ).toBe("retry");
-        expect(outcomes.retry).toMatchObject({ outcome: "committed", charged: 7, chargedAfterService: true });
-        expect(outcomes.retry?.entry?.idempotencyKey).toBe("k:charge");
-        finish.fire();
-        expect(await first).toBe("first");
-        expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 7, replayed: true, chargedAfterService: true, usages: [{ amount: 9 }] });
-        expect(outcomes.first?.entry?.id).toBe(outcomes.retry?.entry?.id);
+    await withAccount(async ({ m, u, clock }) => {
+      const outcomes: Record<string, MeterOutcome> = {};
+      const options = (name: string) => ({ estimate: 10, ttlSeconds: 5, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+      const { result: first, finish: finish } = await blocked(m, u, options("first"), 9, "first");
+      clock.now = T + 6000; // the hold lapsed; the caller gave up and retries
+      expect(
+        await m.credits.meter(u, options("retry"), () => {
+          recordUsage({ amount: 7 });
+          return "retry";
+        }),
+      ).toBe("retry");
+      expect(outcomes.retry).toMatchObject({ outcome: "committed", charged: 7, chargedAfterService: true });
+      expect(outcomes.retry?.entry?.idempotencyKey).toBe("k:charge");
+      finish();
+      expect(await first).toBe("first");
+      expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 7, replayed: true, chargedAfterService: true, usages: [{ amount: 9 }] });
+      expect(outcomes.first?.entry?.id).toBe(outcomes.retry?.entry?.id);
 
-        expect((await charges(m, u)).map((e) => e.amount)).toEqual([7]);
-        expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
-        expect(await types(m, u)).toEqual(["add", "reserve", "release_reserved", "deduct"]);
-        // The usage that was not charged is on record.
-        const events = await m.ledger.getEntries({ eventType: "system", userId: u });
-        expect(events.map((e) => [e.message, e.details])).toEqual([
-          [
-            expect.stringMatching(/another attempt/),
-            expect.objectContaining({ idempotencyKey: "k", requested: 9, charged: 7, chargeEntryId: outcomes.retry?.entry?.id }),
-          ],
-        ]);
-        expect((await m.credits.audit(u)).ok).toBe(true);
-      } finally {
-        await m.close();
-      }
+      expect((await charges(m, u)).map((e) => e.amount)).toEqual([7]);
+      expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
+      expect(await types(m, u)).toEqual(["add", "reserve", "release_reserved", "deduct"]);
+      // The usage that was not charged is on record.
+      const events = await m.ledger.getEntries({ eventType: "system", userId: u });
+      expect(events.map((e) => [e.message, e.details])).toEqual([
+        [
+          expect.stringMatching(/another attempt/),
+          expect.objectContaining({ idempotencyKey: "k", requested: 9, charged: 7, chargeEntryId: outcomes.retry?.entry?.id }),
+        ],
+      ]);
+      expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });
 
   it("a retry of a call that was charged (after its hold lapsed, or committed) runs fn and is answered with that charge, whatever it measured", async () => {
-    await withStore(async ({ db, clock }) => {
-      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
-      try {
-        const u = `u-${randomUUID()}`;
-        await m.credits.addCredits(u, 1000);
-        const outcomes: MeterOutcome[] = [];
-        const call = (key: string, amount: number, lapse = false) =>
-          m.credits.meter(u, { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
-            if (lapse) clock.now += 6000;
-            recordUsage({ amount });
-            return amount;
-          });
-        // Lapsed: charged after service, then retried with other usage (the caller never saw the answer).
-        expect(await call("lapsed", 9, true)).toBe(9);
-        expect(await call("lapsed", 4)).toBe(4);
-        // Committed, then retried: same usage and other usage alike get the charge back.
-        expect(await call("done", 5)).toBe(5);
-        expect(await call("done", 5)).toBe(5);
-        expect(await call("done", 6)).toBe(6);
-        expect(outcomes.map((o) => [o.charged, o.replayed ?? false, o.entry?.idempotencyKey])).toEqual([
-          [9, false, "lapsed:charge"],
-          [9, true, "lapsed:charge"],
-          [5, false, "done:charge"],
-          [5, false, "done:charge"], // the same usage: an idempotent replay of the same charge
-          [5, true, "done:charge"],
-        ]);
-        expect(outcomes[1]?.entry?.id).toBe(outcomes[0]?.entry?.id);
-        expect(outcomes[4]?.entry?.id).toBe(outcomes[2]?.entry?.id);
-        expect((await charges(m, u)).map((e) => e.amount).sort()).toEqual([5, 9]);
-        expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 986, reserved: 0 });
-        expect((await m.credits.audit(u)).ok).toBe(true);
-      } finally {
-        await m.close();
-      }
+    await withAccount(async ({ m, u, clock }) => {
+      const outcomes: MeterOutcome[] = [];
+      const call = (key: string, amount: number, lapse = false) =>
+        m.credits.meter(u, { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
+          if (lapse) clock.now += 6000;
+          recordUsage({ amount });
+          return amount;
+        });
+      // Lapsed: charged after service, then retried with other usage (the caller never saw the answer).
+      expect(await call("lapsed", 9, true)).toBe(9);
+      expect(await call("lapsed", 4)).toBe(4);
+      // Committed, then retried: same usage and other usage alike get the charge back.
+      expect(await call("done", 5)).toBe(5);
+      expect(await call("done", 5)).toBe(5);
+      expect(await call("done", 6)).toBe(6);
+      expect(outcomes.map((o) => [o.charged, o.replayed ?? false, o.entry?.idempotencyKey])).toEqual([
+        [9, false, "lapsed:charge"],
+        [9, true, "lapsed:charge"],
+        [5, false, "done:charge"],
+        [5, false, "done:charge"], // the same usage: an idempotent replay of the same charge
+        [5, true, "done:charge"],
+      ]);
+      expect(outcomes[1]?.entry?.id).toBe(outcomes[0]?.entry?.id);
+      expect(outcomes[4]?.entry?.id).toBe(outcomes[2]?.entry?.id);
+      expect((await charges(m, u)).map((e) => e.amount).sort()).toEqual([5, 9]);
+      expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 986, reserved: 0 });
+      expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });
 
   it("an attempt whose shared hold another attempt released still charges its usage once; a later attempt is answered with that charge", async () => {
-    await withStore(async ({ db, clock }) => {
-      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
-      try {
-        const u = `u-${randomUUID()}`;
-        await m.credits.addCredits(u, 1000);
-        const outcomes: Record<string, MeterOutcome> = {};
-        const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-        const firstStarted = signal();
-        const firstFinish = signal();
-        const first = m.credits.meter(u, options("first"), async () => {
-          firstStarted.fire();
-          await firstFinish.done;
-          recordUsage({ amount: 9 });
-          return "first";
-        });
-        await firstStarted.done;
-        // A concurrent retry meets the same hold and fails: it releases the hold the first still runs on.
-        await expect(
-          m.credits.meter(u, options("failed"), () => {
-            throw new Error("boom");
-          }),
-        ).rejects.toThrow("boom");
-        // The next retry holds again (attempt 2) and runs.
-        const thirdStarted = signal();
-        const thirdFinish = signal();
-        const third = m.credits.meter(u, options("third"), async () => {
-          thirdStarted.fire();
-          await thirdFinish.done;
-          recordUsage({ amount: 7 });
-          return "third";
-        });
-        await thirdStarted.done;
-        firstFinish.fire();
-        expect(await first).toBe("first");
-        expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 9, chargedAfterService: true });
-        expect(outcomes.first?.entry).toMatchObject({ type: "deduct", idempotencyKey: "k:charge" });
-        expect(outcomes.first?.entry?.metadata).toMatchObject({ holdReleased: true });
-        thirdFinish.fire();
-        expect(await third).toBe("third");
-        expect(outcomes.third).toMatchObject({ outcome: "committed", charged: 9, replayed: true, usages: [{ amount: 7 }] });
-        expect(outcomes.third?.entry?.id).toBe(outcomes.first?.entry?.id);
+    await withAccount(async ({ m, u }) => {
+      const outcomes: Record<string, MeterOutcome> = {};
+      const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+      const { result: first, finish: firstFinish } = await blocked(m, u, options("first"), 9, "first");
+      // A concurrent retry meets the same hold and fails: it releases the hold the first still runs on.
+      await expect(
+        m.credits.meter(u, options("failed"), () => {
+          throw new Error("boom");
+        }),
+      ).rejects.toThrow("boom");
+      // The next retry holds again (attempt 2) and runs.
+      const { result: third, finish: thirdFinish } = await blocked(m, u, options("third"), 7, "third");
+      firstFinish();
+      expect(await first).toBe("first");
+      expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 9, chargedAfterService: true });
+      expect(outcomes.first?.entry).toMatchObject({ type: "deduct", idempotencyKey: "k:charge" });
+      expect(outcomes.first?.entry?.metadata).toMatchObject({ holdReleased: true });
+      thirdFinish();
+      expect(await third).toBe("third");
+      expect(outcomes.third).toMatchObject({ outcome: "committed", charged: 9, replayed: true, usages: [{ amount: 7 }] });
+      expect(outcomes.third?.entry?.id).toBe(outcomes.first?.entry?.id);
 
-        expect((await charges(m, u)).map((e) => e.amount)).toEqual([9]);
-        // The third attempt's own hold went back.
-        expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 991, reserved: 0 });
-        expect(await types(m, u)).toEqual(["add", "reserve", "release_reserved", "reserve", "deduct", "release_reserved"]);
-        const releases = (await m.credits.getCreditHistory(u, { types: ["release_reserved"] })).items;
-        expect(releases.map((e) => [e.idempotencyKey, e.metadata?.releaseReason])).toEqual([
-          ["k:attempt-2:release", "already-charged"],
-          ["k:release", "error"],
-        ]);
-        expect((await m.credits.audit(u)).ok).toBe(true);
-      } finally {
-        await m.close();
-      }
+      expect((await charges(m, u)).map((e) => e.amount)).toEqual([9]);
+      // The third attempt's own hold went back.
+      expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 991, reserved: 0 });
+      expect(await types(m, u)).toEqual(["add", "reserve", "release_reserved", "reserve", "deduct", "release_reserved"]);
+      const releases = (await m.credits.getCreditHistory(u, { types: ["release_reserved"] })).items;
+      expect(releases.map((e) => [e.idempotencyKey, e.metadata?.releaseReason])).toEqual([
+        ["k:attempt-2:release", "already-charged"],
+        ["k:release", "error"],
+      ]);
+      expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });
 
   it("the later attempt charges first: an attempt whose shared hold was released and settles last is answered with that charge", async () => {
-    await withStore(async ({ db, clock }) => {
-      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
-      try {
-        const u = `u-${randomUUID()}`;
-        await m.credits.addCredits(u, 1000);
-        const outcomes: Record<string, MeterOutcome> = {};
-        const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-        const started = signal();
-        const finish = signal();
-        const first = m.credits.meter(u, options("first"), async () => {
-          started.fire();
-          await finish.done;
-          recordUsage({ amount: 9 });
-          return "first";
-        });
-        await started.done;
-        await expect(
-          m.credits.meter(u, options("failed"), () => {
-            throw new Error("boom");
-          }),
-        ).rejects.toThrow("boom");
-        expect(
-          await m.credits.meter(u, options("third"), () => {
-            recordUsage({ amount: 7 });
-            return "third";
-          }),
-        ).toBe("third");
-        expect(outcomes.third).toMatchObject({ outcome: "committed", charged: 7 });
-        expect(outcomes.third?.entry).toMatchObject({ type: "commit_reserved", idempotencyKey: "k:charge" });
-        finish.fire();
-        expect(await first).toBe("first");
-        expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 7, replayed: true, usages: [{ amount: 9 }] });
-        expect((await charges(m, u)).map((e) => e.amount)).toEqual([7]);
-        expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
-        expect((await m.credits.audit(u)).ok).toBe(true);
-      } finally {
-        await m.close();
-      }
+    await withAccount(async ({ m, u }) => {
+      const outcomes: Record<string, MeterOutcome> = {};
+      const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+      const { result: first, finish: finish } = await blocked(m, u, options("first"), 9, "first");
+      await expect(
+        m.credits.meter(u, options("failed"), () => {
+          throw new Error("boom");
+        }),
+      ).rejects.toThrow("boom");
+      expect(
+        await m.credits.meter(u, options("third"), () => {
+          recordUsage({ amount: 7 });
+          return "third";
+        }),
+      ).toBe("third");
+      expect(outcomes.third).toMatchObject({ outcome: "committed", charged: 7 });
+      expect(outcomes.third?.entry).toMatchObject({ type: "commit_reserved", idempotencyKey: "k:charge" });
+      finish();
+      expect(await first).toBe("first");
+      expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 7, replayed: true, usages: [{ amount: 9 }] });
+      expect((await charges(m, u)).map((e) => e.amount)).toEqual([7]);
+      expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
+      expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });
 
   it("an attempt that measured nothing, on a hold another attempt committed meanwhile, is released quietly and returns its value", async () => {
-    await withStore(async ({ db, clock }) => {
-      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
-      try {
-        const u = `u-${randomUUID()}`;
-        await m.credits.addCredits(u, 1000);
-        const outcomes: Record<string, MeterOutcome> = {};
-        const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-        const started = signal();
-        const finish = signal();
-        const quiet = m.credits.meter(u, options("quiet"), async () => {
-          started.fire();
-          await finish.done;
-          return "nothing measured";
-        });
-        await started.done;
-        expect(
-          await m.credits.meter(u, options("measured"), () => {
-            recordUsage({ amount: 4 });
-            return "measured";
-          }),
-        ).toBe("measured");
-        finish.fire();
-        expect(await quiet).toBe("nothing measured");
-        expect(outcomes.quiet).toMatchObject({ outcome: "released", releaseReason: "no-usage", charged: 0 });
-        expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 996, reserved: 0 });
-        expect(await types(m, u)).toEqual(["add", "reserve", "commit_reserved", "release_reserved"]);
-        expect((await m.credits.audit(u)).ok).toBe(true);
-      } finally {
-        await m.close();
-      }
+    await withAccount(async ({ m, u }) => {
+      const outcomes: Record<string, MeterOutcome> = {};
+      const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+      const { result: quiet, finish } = await blocked(m, u, options("quiet"), null, "nothing measured");
+      expect(
+        await m.credits.meter(u, options("measured"), () => {
+          recordUsage({ amount: 4 });
+          return "measured";
+        }),
+      ).toBe("measured");
+      finish();
+      expect(await quiet).toBe("nothing measured");
+      expect(outcomes.quiet).toMatchObject({ outcome: "released", releaseReason: "no-usage", charged: 0 });
+      expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 996, reserved: 0 });
+      expect(await types(m, u)).toEqual(["add", "reserve", "commit_reserved", "release_reserved"]);
+      expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });
 
   it("a crash between the hold and the charge: the retry charges once, and the attempt after it is answered with that charge", async () => {
-    await withStore(async ({ db, clock }) => {
-      const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
-      try {
-        const u = `u-${randomUUID()}`;
-        await m.credits.addCredits(u, 1000);
-        const options = { estimate: 10, ttlSeconds: 5, idempotencyKey: "k" };
-        // The process that held died before settling: the hold is left to lapse.
-        const lost = await m.credits.openMeter(u, options);
-        lost.recordUsage({ amount: 3 });
-        clock.now = T + 6000;
-        const outcomes: MeterOutcome[] = [];
-        const retry = (amount: number) =>
-          m.credits.meter(u, { ...options, onSettled: (o) => outcomes.push(o) }, () => {
-            recordUsage({ amount });
-            return amount;
-          });
-        expect(await retry(7)).toBe(7);
-        expect(await retry(8)).toBe(8);
-        expect(outcomes.map((o) => [o.charged, o.replayed ?? false, o.chargedAfterService])).toEqual([
-          [7, false, true],
-          [7, true, true],
-        ]);
-        expect((await charges(m, u)).map((e) => [e.amount, e.idempotencyKey])).toEqual([[7, "k:charge"]]);
-        expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
-        expect((await m.credits.audit(u)).ok).toBe(true);
-      } finally {
-        await m.close();
-      }
+    await withAccount(async ({ m, u, clock }) => {
+      const options = { estimate: 10, ttlSeconds: 5, idempotencyKey: "k" };
+      // The process that held died before settling: the hold is left to lapse.
+      const lost = await m.credits.openMeter(u, options);
+      lost.recordUsage({ amount: 3 });
+      clock.now = T + 6000;
+      const outcomes: MeterOutcome[] = [];
+      const retry = (amount: number) =>
+        m.credits.meter(u, { ...options, onSettled: (o) => outcomes.push(o) }, () => {
+          recordUsage({ amount });
+          return amount;
+        });
+      expect(await retry(7)).toBe(7);
+      expect(await retry(8)).toBe(8);
+      expect(outcomes.map((o) => [o.charged, o.replayed ?? false, o.chargedAfterService])).toEqual([
+        [7, false, true],
+        [7, true, true],
+      ]);
+      expect((await charges(m, u)).map((e) => [e.amount, e.idempotencyKey])).toEqual([[7, "k:charge"]]);
+      expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
+      expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });
 });
