@@ -96,13 +96,19 @@ const cases: Case[] = [
 ];
 
 describe.each(cases)("plan cache race: $name", (c) => {
-  it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+  /** A reader whose store can be paused mid-read, a writer (the same service, or another process's), and a plan. */
+  async function racing() {
     const db = new InMemoryDbManager();
     const pause = pausingStore(db);
     const { reader: readerCache, writer: writerCache } = c.caches();
     const reader = new SubscriptionService({ db: pause.store, credits: new CreditService({ db: pause.store }), cache: readerCache });
     const writer = c.sameService ? reader : new SubscriptionService({ db, credits: new CreditService({ db }), cache: writerCache });
     const plan = await writer.createPlan({ name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly" });
+    return { pause, reader, writer, plan };
+  }
+
+  it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+    const { pause, reader, writer, plan } = await racing();
 
     pause.arm();
     const reading = reader.getPlan(plan.id);
@@ -116,12 +122,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
   });
 
   it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
-    const db = new InMemoryDbManager();
-    const pause = pausingStore(db);
-    const { reader: readerCache, writer: writerCache } = c.caches();
-    const reader = new SubscriptionService({ db: pause.store, credits: new CreditService({ db: pause.store }), cache: readerCache });
-    const writer = c.sameService ? reader : new SubscriptionService({ db, credits: new CreditService({ db }), cache: writerCache });
-    const plan = await writer.createPlan({ name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly" });
+    const { pause, reader, writer, plan } = await racing();
 
     pause.arm();
     const reading = reader.listPlans();
