@@ -779,6 +779,23 @@ const until = async (cond: () => boolean) => {
   expect(cond()).toBe(true);
 };
 
+/**
+ * A first call for erin's key "k" whose provider call hangs, and a retry 5 s later (the claim is
+ * stale) that takes the payment over and calls the provider again; both provider calls unanswered.
+ */
+async function takenOver() {
+  const clock = { now: T0 };
+  const { provider, calls, cancelled } = manualProvider();
+  const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
+  const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
+  const first = payments.createPaymentLink("erin", input);
+  await until(() => calls.length === 1);
+  clock.now += 5_000;
+  const retry = payments.createPaymentLink("erin", input);
+  await until(() => calls.length === 2);
+  return { payments, calls, cancelled, first, retry };
+}
+
 describe("payments: one checkout per idempotency key", () => {
   it("a keyed payment's id fits Razorpay's 40-character reference_id (an unkeyed one too)", async () => {
     const service = new PaymentService({
@@ -860,15 +877,7 @@ describe("payments: one checkout per idempotency key", () => {
   });
 
   it("a first call that fails after its claim was taken over leaves the take-over's checkout standing", async () => {
-    const clock = { now: T0 };
-    const { provider, calls, cancelled } = manualProvider();
-    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
-    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
-    const first = payments.createPaymentLink("erin", input);
-    await until(() => calls.length === 1);
-    clock.now += 5_000;
-    const retry = payments.createPaymentLink("erin", input);
-    await until(() => calls.length === 2);
+    const { payments, calls, cancelled, first, retry } = await takenOver();
     calls[1]!.resolve({ providerRef: "ref_2", url: "https://pay.test/2" });
     const p = await retry;
     calls[0]!.reject(new PaymentProviderError("timeout"));
@@ -1051,15 +1060,7 @@ describe("payments: a retry with the same key after the checkout failed to open"
   });
 
   it("a late checkout of an earlier attempt is recorded on a payment whose retry failed (not cancelled)", async () => {
-    const clock = { now: T0 };
-    const { provider, calls, cancelled } = manualProvider();
-    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
-    const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
-    const first = payments.createPaymentLink("erin", input);
-    await until(() => calls.length === 1);
-    clock.now += 5_000;
-    const retry = payments.createPaymentLink("erin", input);
-    await until(() => calls.length === 2);
+    const { payments, calls, cancelled, first, retry } = await takenOver();
     calls[1]!.reject(new PaymentProviderError("timeout"));
     await expect(retry).rejects.toBeInstanceOf(PaymentProviderError);
     calls[0]!.resolve({ providerRef: "ref_1", url: "https://pay.test/1" });
