@@ -140,3 +140,28 @@ describe("the balance cache and a write that races a read", () => {
     await m.close();
   });
 });
+
+describe("cached reads are the caller's own", () => {
+  it("a result changed by its caller changes neither the cache nor the next read", async () => {
+    const m = await createCreditManager({ cache: new InMemoryCache({ max: 100, ttlSeconds: 60 }) });
+    await m.credits.addCredits("u", 100);
+    const missed = await m.credits.getUserCreditsInfo("u"); // read from the store, then cached
+    missed.balance = -1;
+    missed.available = 1e9;
+    const hit = await m.credits.getUserCreditsInfo("u"); // from the cache
+    expect(hit).toEqual({ userId: "u", balance: 100, reserved: 0, available: 100, debt: 0 });
+    hit.balance = -2;
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(100);
+    const plan = await m.subscriptions.createPlan({ name: "Pro", creditsPerPeriod: 10, billingPeriod: "monthly", metadata: { tier: 1 } });
+    const read = await m.subscriptions.getPlan(plan.id); // from the store, then cached
+    read.name = "changed";
+    const cached = await m.subscriptions.getPlan(plan.id); // from the cache
+    expect(cached.name).toBe("Pro");
+    (cached.metadata as { tier: number }).tier = 2;
+    const [listed] = await m.subscriptions.listPlans();
+    (listed as { name: string }).name = "changed";
+    expect(await m.subscriptions.getPlan(plan.id)).toMatchObject({ name: "Pro", metadata: { tier: 1 } });
+    expect((await m.subscriptions.listPlans())[0]?.name).toBe("Pro");
+    await m.close();
+  });
+});

@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
-import { startFill, type Cache } from "../cache/index.js";
+import { CacheAside } from "../cache/aside.js";
+import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
@@ -241,28 +242,22 @@ const copy = <T>(o: T): T => structuredClone(o);
 export class CreditService {
   readonly db: DbManager;
   private readonly ledger: LedgerLogger | undefined;
-  private readonly cache: Cache | undefined;
+  /** The balance cache, when there is one. */
+  private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
   private readonly defaultTtl: number;
   private readonly overdraftLimit: number | null;
-  private readonly cacheTtl: number;
   private readonly alerts: Thresholds | undefined;
-  /**
-   * Balance reads in flight, by account (only with a cache): writes of the account committed
-   * meanwhile are counted, and a read that saw one does not cache what it read.
-   */
-  private readonly reads = new Map<string, { writes: number; readers: number }>();
 
   constructor(options: CreditServiceOptions) {
     this.db = options.db;
     this.ledger = options.ledger;
-    this.cache = options.cache;
+    this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
     this.clock = options.clock ?? (() => new Date());
     this.logger = options.logger;
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
     this.overdraftLimit = options.overdraftLimit ?? null;
-    this.cacheTtl = options.cacheTtlSeconds ?? 30;
     this.alerts = options.alerts;
     this.runDeps.alerts = options.alerts;
   }
@@ -485,43 +480,17 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     const now = this.clock();
     const cache = this.cache;
-    // Taken before the store is read (a lease, where the cache has them: see `startFill`).
-    let fill: ((value: unknown) => Promise<void>) | undefined;
-    if (cache !== undefined) {
-      const hit = await this.cacheGet<{ info: CreditsInfo; validUntil: number | null }>(infoKey(user));
-      // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
-      if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
-      fill = await startFill(cache, infoKey(user), this.cacheTtl, this.logger);
-    }
-    // A write of this account that commits while the store is read makes what was read too old to
-    // cache: its invalidation may already have run (see `committed`). (Without leases, this is
-    // all that guards the fill, and only against this service's own writes.)
-    let read: { writes: number; readers: number } | undefined;
-    if (this.cache !== undefined) {
-      read = this.reads.get(user);
-      if (read === undefined) this.reads.set(user, (read = { writes: 0, readers: 0 }));
-      read.readers++;
-    }
-    const before = read?.writes ?? 0;
-    let account: Account | null;
-    try {
-      account = await this.settledAccount(user, now);
-    } finally {
-      if (read !== undefined && --read.readers === 0) this.reads.delete(user);
-    }
-    const info: CreditsInfo = account
-      ? {
-          userId: user,
-          balance: account.balance,
-          reserved: account.reserved,
-          available: account.balance - account.reserved,
-          debt: account.debt,
-        }
-      : { userId: user, balance: 0, reserved: 0, available: 0, debt: 0 };
-    if (fill !== undefined && (read === undefined || read.writes === before)) {
-      await fill({ info, validUntil: account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null });
-    }
-    return info;
+    if (cache === undefined) return creditsInfo(user, await this.settledAccount(user, now));
+    const key = infoKey(user);
+    const hit = await cache.get<{ info: CreditsInfo; validUntil: number | null }>(key);
+    // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
+    if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
+    const account = await cache.readThrough(
+      key,
+      () => this.settledAccount(user, now),
+      (read) => ({ info: creditsInfo(user, read), validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null }),
+    );
+    return creditsInfo(user, account);
   }
 
   /** The journal, newest first, with cursor paging and filters. */
@@ -725,12 +694,8 @@ export class CreditService {
   private committed<T>(userId: string, outcome: UnitOutcome<T>): T | Promise<T> {
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
-      if (this.cache !== undefined) {
-        const read = this.reads.get(userId);
-        if (read !== undefined) read.writes++;
-        const deleting = this.cacheDelete(infoKey(userId));
-        if (deleting !== undefined) return deleting.then(() => outcome.value);
-      }
+      const deleting = this.cache?.invalidate(infoKey(userId));
+      if (deleting !== undefined) return deleting.then(() => outcome.value);
     }
     return outcome.value;
   }
@@ -831,33 +796,11 @@ export class CreditService {
     if (r === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
     return r;
   }
+}
 
-  private async cacheGet<T>(key: string): Promise<T | undefined> {
-    try {
-      return await (this.cache as Cache).get<T>(key);
-    } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache read failed; reading the store");
-      return undefined;
-    }
-  }
-
-  /**
-   * Invalidates a cached read; a promise only when the cache answers with one. Awaited by callers
-   * (a shared cache must not serve the old balance to the caller's next read), but a failing cache
-   * never fails the operation.
-   */
-  private cacheDelete(key: string): Promise<void> | undefined {
-    try {
-      const deleting = (this.cache as Cache).delete(key);
-      if (isPromiseLike(deleting)) return Promise.resolve(deleting).then(undefined, (error: unknown) => this.cacheDeleteFailed(error, key));
-    } catch (error) {
-      this.cacheDeleteFailed(error, key);
-    }
-    return undefined;
-  }
-
-  private cacheDeleteFailed(error: unknown, key: string): void {
-    this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
-  }
-
+/** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
+function creditsInfo(userId: string, account: Account | null): CreditsInfo {
+  return account
+    ? { userId, balance: account.balance, reserved: account.reserved, available: account.balance - account.reserved, debt: account.debt }
+    : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
-import { startFill, type Cache } from "../cache/index.js";
+import { CacheAside } from "../cache/aside.js";
+import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
@@ -74,21 +75,18 @@ export class SubscriptionService {
   readonly db: DbManager;
   private readonly credits: CreditService;
   private readonly ledger: LedgerLogger | undefined;
-  private readonly cache: Cache | undefined;
+  /** The plan cache, when there is one. */
+  private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
-  private readonly cacheTtl: number;
-  /** Plan writes of this service so far (a read that saw this move must not fill the cache). */
-  private planWrites = 0;
 
   constructor(options: SubscriptionServiceOptions) {
     this.db = options.db;
     this.credits = options.credits;
     this.ledger = options.ledger;
-    this.cache = options.cache;
+    this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 300, options.logger);
     this.clock = options.clock ?? (() => options.credits.now());
     this.logger = options.logger;
-    this.cacheTtl = options.cacheTtlSeconds ?? 300;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -163,18 +161,14 @@ export class SubscriptionService {
   /** A plan by id (cached). `NotFoundError` when there is none. */
   async getPlan(planId: string): Promise<Plan> {
     const id = parse(PlanId, planId, "planId");
-    const hit = await this.cacheGet<Plan>(planKey(id));
-    if (hit !== undefined) return revivePlan(hit);
-    return copy(await this.readThrough(planKey(id), async () => copy(await this.requirePlan(id))));
+    return this.readPlans(planKey(id), () => this.requirePlan(id), revivePlan);
   }
 
   /** Active plans by id; inactive ones too with `includeInactive` (cached). */
   async listPlans(options: ListPlansOptions = {}): Promise<Plan[]> {
     const o = parse(ListPlansOptions, options, "options");
     const key = o.includeInactive ? "plans:list:all" : "plans:list:active";
-    const hit = await this.cacheGet<Plan[]>(key);
-    if (hit !== undefined) return hit.map(revivePlan);
-    return copy(await this.readThrough(key, async () => copy(await this.db.listPlans({ includeInactive: o.includeInactive === true }))));
+    return this.readPlans(key, () => this.db.listPlans({ includeInactive: o.includeInactive === true }), (hit) => hit.map(revivePlan));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -800,43 +794,23 @@ export class SubscriptionService {
   }
 
   /**
-   * Reads `key` from the store after a cache miss and fills the cache, unless a plan write may have
-   * overtaken the read: with a cache that leases (`Cache.lease`), the lease is taken before the
-   * read and any invalidation since (in any process sharing the cache) makes the fill a no-op;
-   * with any cache, a plan write of this service while the read was in flight skips the fill.
-   * Otherwise an old plan could be served until the cache TTL.
+   * A plan or a list of plans: from the cache (`revive`d: a cache that serialises, like Redis,
+   * returns string dates), else from the store through it (see `CacheAside.readThrough`). The
+   * caller always gets a copy of its own: changing it changes nothing cached.
    */
-  private async readThrough<T>(key: string, read: () => Promise<T>): Promise<T> {
-    if (this.cache === undefined) return read();
-    const fill = await startFill(this.cache, key, this.cacheTtl, this.logger);
-    const writes = this.planWrites;
-    const value = await read();
-    if (this.planWrites === writes) await fill(value);
-    return value;
+  private async readPlans<T>(key: string, read: () => Promise<T>, revive: (hit: T) => T): Promise<T> {
+    const cache = this.cache;
+    if (cache === undefined) return copy(await read());
+    const hit = await cache.get<T>(key);
+    if (hit !== undefined) return revive(copy(hit));
+    return copy(await cache.readThrough(key, read, copy));
   }
 
+  /** After a plan write: its cached reads are dropped (and fills of reads in flight skipped). */
   private async invalidatePlan(id: string): Promise<void> {
-    this.planWrites++;
-    if (this.cache === undefined) return;
-    for (const key of [planKey(id), ...PLAN_LIST_KEYS]) {
-      try {
-        await this.cache.delete(key);
-      } catch (error) {
-        this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
-      }
-    }
+    const cache = this.cache;
+    if (cache !== undefined) await Promise.all([planKey(id), ...PLAN_LIST_KEYS].map((key) => cache.invalidate(key)));
   }
-
-  private async cacheGet<T>(key: string): Promise<T | undefined> {
-    if (this.cache === undefined) return undefined;
-    try {
-      return await this.cache.get<T>(key);
-    } catch (error) {
-      this.logger?.warn({ err: error, key }, "credit-management: cache read failed; reading the store");
-      return undefined;
-    }
-  }
-
 }
 
 /** Per carried grant: credits it expired in all, and what it had unspent and unheld when it expired. */
