@@ -4,6 +4,7 @@ import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
 import { createCreditManager, CreditService, InMemoryCache, InMemoryDbManager, type Cache } from "../src/index.js";
+import { slowAccountReads } from "./fixtures/slow-reads.js";
 import { RedisCache } from "../src/redis/index.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;
@@ -145,13 +146,7 @@ describe("CreditService and leases", () => {
   it("a cache without leases is filled with set, and a read overtaken by a write of the same service does not cache", async () => {
     const { cache, calls, map } = plainCache();
     const db = new InMemoryDbManager();
-    const getAccount = db.getAccount.bind(db);
-    let slow = false;
-    db.getAccount = async (userId) => {
-      const account = await getAccount(userId);
-      if (slow) await new Promise((r) => setTimeout(r, 20));
-      return account;
-    };
+    const reads = slowAccountReads(db);
     const m = await createCreditManager({ db, cache });
     await m.credits.addCredits("u", 100);
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(100);
@@ -160,10 +155,10 @@ describe("CreditService and leases", () => {
     expect(calls.slice(3)).toEqual(["get"]);
 
     await m.credits.deductCredits("u", 10);
-    slow = true;
+    reads.slow = true;
     const read = m.credits.getUserCreditsInfo("u");
     await new Promise((r) => setTimeout(r, 5));
-    slow = false;
+    reads.slow = false;
     await m.credits.addCredits("u", 50); // commits and invalidates while the read is in flight
     expect((await read).balance).toBe(90);
     expect(map.has("credits:info:u")).toBe(false);

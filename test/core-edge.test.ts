@@ -2,6 +2,7 @@
 // before its fix.
 import { describe, expect, it } from "vitest";
 import { createCreditManager, InMemoryCache, InMemoryDbManager, RuleViolationError, ValidationError, type CreditManager } from "../src/index.js";
+import { slowAccountReads } from "./fixtures/slow-reads.js";
 
 const T0 = Date.UTC(2031, 0, 1);
 
@@ -119,20 +120,13 @@ describe("smaller input and idempotency gaps", () => {
 describe("the balance cache and a write that races a read", () => {
   it("a read whose store answer is overtaken by a write does not cache the old balance", async () => {
     const db = new InMemoryDbManager();
-    const getAccount = db.getAccount.bind(db);
-    let slow = false;
-    // A slow query: the account as it was, delivered 20 ms later.
-    db.getAccount = async (userId) => {
-      const account = await getAccount(userId);
-      if (slow) await new Promise((r) => setTimeout(r, 20));
-      return account;
-    };
+    const query = slowAccountReads(db);
     const m = await createCreditManager({ db, cache: new InMemoryCache({ max: 100, ttlSeconds: 60 }) });
     await m.credits.addCredits("u", 100);
-    slow = true;
+    query.slow = true;
     const reads = [m.credits.getUserCreditsInfo("u"), m.credits.getUserCreditsInfo("u")];
     await new Promise((r) => setTimeout(r, 5));
-    slow = false;
+    query.slow = false;
     await m.credits.addCredits("u", 50); // commits and invalidates while both reads are in flight
     expect((await Promise.all(reads)).map((i) => i.balance)).toEqual([100, 100]); // what they read
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(150); // not the old value, cached
