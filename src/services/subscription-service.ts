@@ -7,6 +7,7 @@ import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { recordEvent } from "../domain/notifications.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "../domain/periods.js";
+import { expiriesIn, liveAt, unspentAtEnd, type PeriodEndExpiry } from "../domain/rollover.js";
 import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
@@ -570,7 +571,7 @@ export class SubscriptionService {
           if (e.reservationId !== null && (await heldAtEnd(e.reservationId))) x.held += p.amount;
           // Its closing entry (or all it expired) reached: every later return has been seen.
           if (e.reservationId === null || x.seen >= x.expired) {
-            out.set(p.grantId, { expired: x.expired, atExpiry: Math.max(0, x.expired - x.held) });
+            out.set(p.grantId, { expired: x.expired, atExpiry: unspentAtEnd(x) });
             open.delete(p.grantId);
           }
         }
@@ -579,7 +580,7 @@ export class SubscriptionService {
       beforeSeq = (page[page.length - 1] as JournalEntry).seq;
     }
     // Not reached (a journal written before returns were told apart): the best estimate.
-    for (const [id, x] of open) out.set(id, { expired: x.expired, atExpiry: Math.max(0, x.expired - x.held) });
+    for (const [id, x] of open) out.set(id, { expired: x.expired, atExpiry: unspentAtEnd(x) });
     return out;
   }
 
@@ -631,20 +632,11 @@ export class SubscriptionService {
       let unspent = 0;
       for (const g of eligible) {
         // Expiries in this unit of work (its settlement, the line above): the closing one, returns.
-        let expiredHere = 0;
-        let heldHere = 0;
-        for (const e of work.entries) {
-          if (e.type !== "expire") continue;
-          for (const p of e.grants) {
-            if (p.grantId !== g.id) continue;
-            expiredHere += p.amount;
-            if (e.reservationId !== null && liveAt(work.getHold(e.reservationId) ?? null, it.carry.periodEnd)) heldHere += p.amount;
-          }
-        }
+        const here = expiriesIn(work.entries, g.id, it.carry.periodEnd, (id) => work.getHold(id));
         const seen = expiry?.get(g.id) ?? { expired: 0, atExpiry: 0 };
         // Someone expired or returned credits of it since it was read: read again.
-        if (((work.getGrant(g.id) ?? g).expiredAmount ?? 0) !== seen.expired + expiredHere) throw new ExpiryMoved();
-        unspent += seen.atExpiry + expiredHere - heldHere;
+        if (((work.getGrant(g.id) ?? g).expiredAmount ?? 0) !== seen.expired + here.expired) throw new ExpiryMoved();
+        unspent += seen.atExpiry + here.expired - here.held;
       }
       const moved = it.carry.limit === null ? unspent : Math.min(unspent, it.carry.limit);
       if (moved > 0 && (it.carry.expiresAt === null || it.carry.expiresAt > work.now.getTime())) {
@@ -811,18 +803,6 @@ export class SubscriptionService {
     const cache = this.cache;
     if (cache !== undefined) await Promise.all([planKey(id), ...PLAN_LIST_KEYS].map((key) => cache.invalidate(key)));
   }
-}
-
-/** Per carried grant: credits it expired in all, and what it had unspent and unheld when it expired. */
-type PeriodEndExpiry = Map<string, { expired: number; atExpiry: number }>;
-
-/**
- * True when `hold` (one that returned credits to a grant after the grant's expiry at `at`) still
- * held them at `at`: it had not lapsed by then. A lapsed hold (status "expired") cannot be released
- * or committed, so one that ended otherwise was settled after `at`, while live. Unknown: held.
- */
-function liveAt(hold: Reservation | null, at: number): boolean {
-  return hold === null || hold.status !== "expired" || hold.expiresAt.getTime() > at;
 }
 
 /** The expiry of a carried grant changed between its read and the unit of work: read again. */
