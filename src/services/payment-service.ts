@@ -315,25 +315,15 @@ export class PaymentService {
       }
       throw error;
     }
-    for (let cur: Payment | null = claim; ; ) {
-      if (cur === null) throw new NotFoundError(`Payment ${claim.id} not found.`, { paymentId: claim.id });
-      if (mayRecordCheckout(cur)) {
-        // Also onto a payment whose later attempt failed meanwhile: this checkout is as good.
-        const next: Payment = {
-          ...cur,
-          status: "created",
-          providerRef: checkout.providerRef,
-          checkoutUrl: checkout.url,
-          version: cur.version + 1,
-          updatedAt: this.deps.clock(),
-        };
-        if (await this.deps.db.updatePayment(next)) return next;
-      } else {
-        if (cur.providerRef !== checkout.providerRef) await this.discardCheckout(provider, cur, checkout);
-        return cur;
-      }
-      cur = await this.deps.db.getPayment(claim.id);
-    }
+    // Also onto a payment whose later attempt failed meanwhile: this checkout is as good. One that
+    // another call recorded a checkout on keeps it, and ours is discarded.
+    const recorded = await this.advance(
+      claim.id,
+      (cur) => (mayRecordCheckout(cur) ? { status: "created", providerRef: checkout.providerRef, checkoutUrl: checkout.url } : null),
+      claim,
+    );
+    if (recorded.providerRef !== checkout.providerRef) await this.discardCheckout(provider, recorded, checkout);
+    return recorded;
   }
 
   /**
@@ -677,10 +667,13 @@ export class PaymentService {
     return p;
   }
 
-  /** Compare-and-set loop on a payment outside any account: `change` returns the fields, or null for none. */
-  private async advance(id: string, change: (p: Payment) => Partial<Payment> | null): Promise<Payment> {
-    for (;;) {
-      const cur = await this.deps.db.getPayment(id);
+  /**
+   * Compare-and-set loop on a payment outside any account: `change` returns the fields, or null for
+   * none. `first`: the payment as the caller has it (tried before reading it again).
+   */
+  private async advance(id: string, change: (p: Payment) => Partial<Payment> | null, first?: Payment): Promise<Payment> {
+    for (let known = first; ; known = undefined) {
+      const cur = known ?? (await this.deps.db.getPayment(id));
       if (cur === null) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
       const patch = change(cur);
       if (patch === null) return cur;
@@ -689,7 +682,6 @@ export class PaymentService {
     }
   }
 }
-
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
