@@ -57,8 +57,7 @@ export class Skipped extends Error {
 export interface BatchResult {
   /** `lost`: the connection was lost before anything was written (a failure, not a conflict, if it lasts). */
   retry: Array<{ unit: Unit; reason: unknown; skipped?: boolean; lost?: boolean }>;
-  broken: boolean;
-  /** Why the connection is bad (the driver error), when it is. */
+  /** Why the connection is bad (the driver error, or true), when it is: undefined while it is usable. */
   brokenBy: unknown;
 }
 
@@ -85,8 +84,7 @@ export class Batch {
   failure: unknown = undefined;
   /** A message that carried PREPAREs failed: list the connection's statements after rollback. */
   resync = false;
-  broken = false;
-  /** The driver error that made `broken` true. */
+  /** The driver error (true if the error was no value) that made the connection unusable; undefined while it is usable. */
   brokenBy: unknown = undefined;
   /** The connection was lost (socket closed or reset, server shut the session down) in `failure`. */
   lost = false;
@@ -164,7 +162,7 @@ export class Batch {
       else if (!solo) retry.push({ unit, reason: commitError });
       else unit.reject(commitError);
     });
-    return { retry, broken: this.broken, brokenBy: this.brokenBy };
+    return { retry, brokenBy: this.brokenBy };
   }
 
   /** A unit asked for its state, used the store, or finished: once all have, open the transaction. */
@@ -342,13 +340,21 @@ export class Batch {
     }
   }
 
+  /** The connection is unusable (it is closed, not pooled). */
+  get broken(): boolean {
+    return this.brokenBy !== undefined;
+  }
+
+  private breaks(error: unknown): void {
+    this.brokenBy ??= error ?? true;
+  }
+
   private async rollback(): Promise<void> {
     try {
       this.db.roundTrips++;
       await this.client.query("ROLLBACK");
     } catch (error) {
-      this.broken = true;
-      this.brokenBy ??= error;
+      this.breaks(error);
     }
     this.began = false;
   }
@@ -396,8 +402,7 @@ export class Batch {
     }
     const code = (error as { code?: unknown } | null)?.code;
     if (isConnectionLevel(error)) {
-      this.broken = true;
-      this.brokenBy ??= error;
+      this.breaks(error);
     }
     if (typeof code === "string" && RETRY_CODES.has(code)) return new Retry(error);
     if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) return new Retry(error);
@@ -709,12 +714,6 @@ function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
 }
 
 /**
- * Whether a driver error means the connection is gone rather than that a statement failed: an
- * error the server did not send (the socket closed or was reset, a client no longer queryable
- * after its connection failed), or a server error of class 08 (connection exception) or 57P01–03
- * (the server is shutting down or starting, the session was terminated).
- */
-/**
  * Errors that leave the connection unusable, so it is closed, not pooled: no SQLSTATE from the
  * server (a socket error such as ECONNRESET, a timeout), or class 08/57.
  */
@@ -723,6 +722,12 @@ export function isConnectionLevel(error: unknown): boolean {
   return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
 }
 
+/**
+ * Whether a driver error means the connection is gone rather than that a statement failed: an
+ * error the server did not send (the socket closed or was reset, a client no longer queryable
+ * after its connection failed), or a server error of class 08 (connection exception) or 57P01–03
+ * (the server is shutting down or starting, the session was terminated).
+ */
 export function isLostConnection(error: unknown): boolean {
   const e = error as { code?: unknown; severity?: unknown } | null;
   if (typeof e?.severity !== "string") return true;

@@ -345,7 +345,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       for (const u of units) u.reject(storageError("transaction", error));
       return;
     }
-    this.release(client, result.broken && (result.brokenBy ?? true));
+    this.release(client, result.brokenBy);
     for (const { unit, reason, skipped, lost } of result.retry) {
       if (skipped) {
         // Its account is busy in another transaction: run it again alone, waiting for the lock.
