@@ -10,7 +10,7 @@ import type {
   Reservation,
 } from "../models/index.js";
 import { hashNewEntry } from "./hash.js";
-import { compareGrants, isDue, isUsable } from "./order.js";
+import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { WorkingSet } from "./working-set.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -513,7 +513,7 @@ export class AccountWork {
       if (counts) next = minDate(next, expiresAt);
       else if (next !== null && expiresAt.getTime() <= next.getTime()) rescan = true;
     };
-    this.grants.forEachTouched((g) => touched(g.expiresAt, g.closedAt === null && g.remaining > 0));
+    this.grants.forEachTouched((g) => touched(g.expiresAt, isOpenGrant(g)));
     this.holds.forEachTouched((h) => touched(h.expiresAt, h.status === "active"));
     return rescan ? this.scanNextExpiry() : next;
   }
@@ -521,15 +521,14 @@ export class AccountWork {
   /** `computeNextExpiry` from every grant and hold. */
   private scanNextExpiry(): Date | null {
     let next: Date | null = null;
-    const counts = (g: Grant) => g.closedAt === null && g.remaining > 0;
     // A grant's expiry never changes: those loaded without one are passed over unread.
     for (const listed of this.grants.loaded) {
       if (listed.expiresAt === null) continue;
       const g = this.grants.current(listed);
-      if (counts(g)) next = minDate(next, g.expiresAt);
+      if (isOpenGrant(g)) next = minDate(next, g.expiresAt);
     }
     for (const g of this.grants.added()) {
-      if (g.expiresAt !== null && counts(g)) next = minDate(next, g.expiresAt);
+      if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
     }
     for (const h of this.holds.all()) {
       if (h.status === "active") next = minDate(next, h.expiresAt);
