@@ -1,12 +1,12 @@
 import type { Logger } from "pino";
 import { isPromiseLike } from "../util/promise.js";
-import { startFill, type Cache } from "./index.js";
+import type { Cache } from "./index.js";
 
 /**
  * How a service uses its `Cache` (cache-aside), in one place for every service: a failed read is
  * a miss, a failed invalidation is logged (the store was written; the answer stands), and a read
  * after a miss fills the cache only if no invalidation of its key may have overtaken it — in any
- * process sharing a cache that leases (`startFill`), and with any cache at least this instance's
+ * process sharing a cache that leases (see `startFill`), and with any cache at least this instance's
  * own invalidations, counted while reads of the key are in flight. Otherwise a read that began
  * before a write could put back what the write just invalidated, served until the TTL.
  */
@@ -71,4 +71,37 @@ export class CacheAside {
   private invalidationFailed(error: unknown, key: string): void {
     this.logger?.warn({ err: error, key }, "credit-management: cache invalidation failed");
   }
+}
+
+/**
+ * How a service fills `key` after a miss: call before reading the source, then pass what was read
+ * to the returned function (or skip it when the read is known to be stale). With a cache that
+ * leases, the lease is taken here, so the fill stores nothing if an invalidation ran meanwhile (in
+ * any process); a lease that cannot be taken means no fill (a plain `set` could put back an old
+ * value). Otherwise the fill is a plain `set`. Cache failures are logged, never thrown: the store
+ * was read, the answer stands.
+ */
+async function startFill(
+  cache: Cache,
+  key: string,
+  ttlSeconds: number,
+  logger: Logger | undefined,
+): Promise<(value: unknown) => Promise<void>> {
+  const failed = (error: unknown, what: string) => logger?.warn({ err: error, key }, `credit-management: ${what}`);
+  if (typeof cache.lease !== "function" || typeof cache.setLeased !== "function") {
+    return (value) => cache.set(key, value, ttlSeconds).catch((error: unknown) => failed(error, "cache write failed"));
+  }
+  const leasing = cache as Required<Cache>;
+  let lease: string;
+  try {
+    lease = await leasing.lease(key, ttlSeconds);
+  } catch (error) {
+    failed(error, "cache lease failed; this read is not cached");
+    return async () => undefined;
+  }
+  return (value) =>
+    leasing.setLeased(key, lease, value, ttlSeconds).then(
+      () => undefined,
+      (error: unknown) => failed(error, "cache write failed"),
+    );
 }

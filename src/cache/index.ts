@@ -1,5 +1,4 @@
 import { LRUCache } from "lru-cache";
-import type { Logger } from "pino";
 
 /**
  * A cache of plans and credit-info reads. Writes invalidate; no decision that moves credits ever
@@ -34,39 +33,6 @@ export interface Cache {
    * Whenever in doubt, store nothing: a missed fill costs one more read of the source.
    */
   setLeased?<T>(key: string, lease: string, value: T, ttlSeconds?: number): Promise<boolean>;
-}
-
-/**
- * How a service fills `key` after a miss: call before reading the source, then pass what was read
- * to the returned function (or skip it when the read is known to be stale). With a cache that
- * leases, the lease is taken here, so the fill stores nothing if an invalidation ran meanwhile (in
- * any process); a lease that cannot be taken means no fill (a plain `set` could put back an old
- * value). Otherwise the fill is a plain `set`. Cache failures are logged, never thrown: the store
- * was read, the answer stands.
- */
-export async function startFill(
-  cache: Cache,
-  key: string,
-  ttlSeconds: number,
-  logger: Logger | undefined,
-): Promise<(value: unknown) => Promise<void>> {
-  const failed = (error: unknown, what: string) => logger?.warn({ err: error, key }, `credit-management: ${what}`);
-  if (typeof cache.lease !== "function" || typeof cache.setLeased !== "function") {
-    return (value) => cache.set(key, value, ttlSeconds).catch((error: unknown) => failed(error, "cache write failed"));
-  }
-  const leasing = cache as Required<Cache>;
-  let lease: string;
-  try {
-    lease = await leasing.lease(key, ttlSeconds);
-  } catch (error) {
-    failed(error, "cache lease failed; this read is not cached");
-    return async () => undefined;
-  }
-  return (value) =>
-    leasing.setLeased(key, lease, value, ttlSeconds).then(
-      () => undefined,
-      (error: unknown) => failed(error, "cache write failed"),
-    );
 }
 
 export interface InMemoryCacheOptions {
