@@ -5,8 +5,10 @@
  */
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { createCreditManager } from "../src/index.js";
-import { creditMetering, creditMeteringMiddleware, recordUsage, toNodeHandler } from "../src/http/index.js";
+import { core, http } from "./pkg.js";
+
+const { createCreditManager } = core;
+const { creditMetering, creditMeteringMiddleware, recordUsage, toNodeHandler } = http;
 
 const USERS = Number(process.argv[2] ?? 100);
 const manager = await createCreditManager();

@@ -5,6 +5,8 @@
  * without metering (bench/http.ts) always.
  * BENCH_SIZES=1000,100000 limits the sizes; BENCH_OPS sets operations per measurement.
  * Jobs (bench/jobs.ts): BENCH_JOBS_GRANTS / BENCH_JOBS_SUBS shrink them, BENCH_JOBS=0 skips them.
+ * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
+ * or the sources with BENCH_SOURCE=1.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -87,4 +89,6 @@ rows.push(...(await (await import("./http.js")).run()));
 printTable(rows);
 console.log("");
 for (const n of notes) console.log(`- ${n}`);
-console.log(`- node ${process.version}, ${(await import("node:os")).cpus().length} cores; JSONL ledger on for every in-memory row`);
+console.log(
+  `- node ${process.version}, ${(await import("node:os")).cpus().length} cores; JSONL ledger on for every in-memory row; measured: ${process.env.BENCH_SOURCE === "1" ? "src/ as tsx runs it (BENCH_SOURCE=1)" : "the built package (dist/)"}`,
+);

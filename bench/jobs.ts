@@ -11,8 +11,11 @@
  */
 import { randomUUID } from "node:crypto";
 import { pathToFileURL } from "node:url";
-import { CreditService, ExpirationService, InMemoryDbManager, SubscriptionService, type DbManager } from "../src/index.js";
+import type { DbManager } from "../src/index.js";
+import { core, mongodb, postgres } from "./pkg.js";
 import { printTable, type BenchRow } from "./lib.js";
+
+const { CreditService, ExpirationService, InMemoryDbManager, SubscriptionService } = core;
 
 const HOUR = 3_600_000;
 const T0 = Date.UTC(2031, 0, 31, 12);
@@ -125,7 +128,7 @@ export async function databases(): Promise<BenchRow[]> {
   const { dbGrants } = sizes();
   const rows: BenchRow[] = [];
   if (process.env.CREDIT_MONGO_URI) {
-    const { MongoDbManager } = await import("../src/db/mongodb/index.js");
+    const { MongoDbManager } = await mongodb();
     const dbName = `credit_bench_jobs_${process.pid}`;
     const db = MongoDbManager.fromUri(process.env.CREDIT_MONGO_URI, dbName);
     await db.init();
@@ -141,7 +144,7 @@ export async function databases(): Promise<BenchRow[]> {
     }
   }
   if (process.env.CREDIT_PG_URL) {
-    const { PostgresDbManager } = await import("../src/db/postgres/index.js");
+    const { PostgresDbManager } = await postgres();
     const schema = `bench_jobs_${process.pid}`;
     const db = new PostgresDbManager({ connectionString: process.env.CREDIT_PG_URL, schema });
     await db.init();

@@ -8,8 +8,10 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createCreditManager, InMemoryNotificationQueue, recordUsage } from "../src/index.js";
+import { core } from "./pkg.js";
 import { mainThreadCpu, measure, type BenchRow } from "./lib.js";
+
+const { createCreditManager, InMemoryNotificationQueue, recordUsage } = core;
 
 const size = Number(process.argv[2] ?? 1000);
 const USERS = 1000;

@@ -16,9 +16,11 @@
 import { randomUUID } from "node:crypto";
 import { pathToFileURL } from "node:url";
 import { MongoClient, type Document } from "mongodb";
-import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { CreditService } from "../src/index.js";
+import { core, mongodb } from "./pkg.js";
 import { measure, printTable, type BenchRow } from "./lib.js";
+
+const { CreditService } = core;
+const { MongoDbManager } = await mongodb();
 
 const USERS = 1000;
 const CALLERS = 16;

@@ -10,9 +10,11 @@ import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import pg from "pg";
-import { PostgresDbManager } from "../src/db/postgres/index.js";
-import { CreditService } from "../src/services/credit-service.js";
+import { core, postgres } from "./pkg.js";
 import { type BenchRow, measure, printTable } from "./lib.js";
+
+const { CreditService } = core;
+const { PostgresDbManager } = await postgres();
 
 const CALLERS = 16;
 const USERS = 1000;
