@@ -3,8 +3,8 @@
  * credit-management` gives; `npm run bench` builds it first), not the TypeScript sources as tsx
  * runs them. tsx keeps function names by wrapping every function expression in a `__name(…)` call,
  * made again each time the enclosing function runs — on the hot path, a property definition per
- * closure per call that the published build does not have. Measured against the sources, the same
- * machine gave 3–14% less for `deductCredits` and 10–40% less for a reserve + commit cycle.
+ * closure per call that the published build does not have (six alternating pairs of runs: the
+ * sources cost more CPU per reserve + commit cycle in all six, per deduction in four).
  * `BENCH_SOURCE=1` measures src/ (as tsx runs it) instead, without a build.
  *
  * Types come from src/ either way (dist/ may not exist when the bench is type-checked).
