@@ -8,7 +8,6 @@ import {
   type DbManager,
   type DbTransaction,
   type JournalEntry,
-  type MeterOptions,
   type MeterOutcome,
 } from "../src/index.js";
 import { testStores } from "./fixtures/stores.js";
@@ -71,7 +70,7 @@ function pausing(db: DbManager): { db: DbManager; paused: Promise<void>; resume:
 async function blocked<V>(
   m: CreditManager,
   u: string,
-  options: MeterOptions,
+  options: AttemptOptions,
   usage: number | null,
   value: V,
 ): Promise<{ result: Promise<V>; finish: () => void }> {
@@ -85,6 +84,34 @@ async function blocked<V>(
   });
   await started.done;
   return { result, finish: finish.fire };
+}
+
+/** `meter()`'s options, `onSettled` included. */
+type AttemptOptions = Parameters<CreditManager["credits"]["meter"]>[1];
+
+/** Options for attempts of one keyed call (estimate 10); each records its settlement under its name. */
+function attempts(idempotencyKey: string, ttlSeconds: number): { outcomes: Record<string, MeterOutcome>; options: (name: string) => AttemptOptions } {
+  const outcomes: Record<string, MeterOutcome> = {};
+  const options = (name: string): AttemptOptions => ({ estimate: 10, ttlSeconds, idempotencyKey, onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+  return { outcomes, options };
+}
+
+/**
+ * A first attempt ("first", usage 9) blocked on its hold, then a retry with the same key
+ * ("failed") that throws: it releases the hold the first still runs on.
+ */
+async function firstThenFailedRetry(
+  m: CreditManager,
+  u: string,
+  options: (name: string) => AttemptOptions,
+): Promise<{ result: Promise<string>; finish: () => void }> {
+  const first = await blocked(m, u, options("first"), 9, "first");
+  await expect(
+    m.credits.meter(u, options("failed"), () => {
+      throw new Error("boom");
+    }),
+  ).rejects.toThrow("boom");
+  return first;
 }
 
 /** The journal entries that charged a keyed call (each carries the call's charge key). */
@@ -130,8 +157,7 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
       try {
         const u = `u-${randomUUID()}`;
         await m1.credits.addCredits(u, 1000);
-        const outcomes: Record<string, MeterOutcome> = {};
-        const options = (name: string) => ({ estimate: 10, ttlSeconds: 5, idempotencyKey: "call-1", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+        const { outcomes, options } = attempts("call-1", 5);
         const { result: first, finish: finish } = await blocked(m1, u, options("first"), 9, "first");
         // 4.5 s on process 1's clock: its hold has 0.5 s left. Process 2, a second ahead, sees it lapsed.
         clock.now = T + 4500;
@@ -163,8 +189,7 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
 
   it("the first attempt outlives its hold, the retry charges, then the first finishes: it returns its value, charged once", async () => {
     await withAccount(async ({ m, u, clock }) => {
-      const outcomes: Record<string, MeterOutcome> = {};
-      const options = (name: string) => ({ estimate: 10, ttlSeconds: 5, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+      const { outcomes, options } = attempts("k", 5);
       const { result: first, finish: finish } = await blocked(m, u, options("first"), 9, "first");
       clock.now = T + 6000; // the hold lapsed; the caller gave up and retries
       expect(
@@ -228,15 +253,9 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
 
   it("an attempt whose shared hold another attempt released still charges its usage once; a later attempt is answered with that charge", async () => {
     await withAccount(async ({ m, u }) => {
-      const outcomes: Record<string, MeterOutcome> = {};
-      const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-      const { result: first, finish: firstFinish } = await blocked(m, u, options("first"), 9, "first");
+      const { outcomes, options } = attempts("k", 60);
       // A concurrent retry meets the same hold and fails: it releases the hold the first still runs on.
-      await expect(
-        m.credits.meter(u, options("failed"), () => {
-          throw new Error("boom");
-        }),
-      ).rejects.toThrow("boom");
+      const { result: first, finish: firstFinish } = await firstThenFailedRetry(m, u, options);
       // The next retry holds again (attempt 2) and runs.
       const { result: third, finish: thirdFinish } = await blocked(m, u, options("third"), 7, "third");
       firstFinish();
@@ -264,14 +283,8 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
 
   it("the later attempt charges first: an attempt whose shared hold was released and settles last is answered with that charge", async () => {
     await withAccount(async ({ m, u }) => {
-      const outcomes: Record<string, MeterOutcome> = {};
-      const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
-      const { result: first, finish: finish } = await blocked(m, u, options("first"), 9, "first");
-      await expect(
-        m.credits.meter(u, options("failed"), () => {
-          throw new Error("boom");
-        }),
-      ).rejects.toThrow("boom");
+      const { outcomes, options } = attempts("k", 60);
+      const { result: first, finish } = await firstThenFailedRetry(m, u, options);
       expect(
         await m.credits.meter(u, options("third"), () => {
           recordUsage({ amount: 7 });
@@ -291,8 +304,7 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
 
   it("an attempt that measured nothing, on a hold another attempt committed meanwhile, is released quietly and returns its value", async () => {
     await withAccount(async ({ m, u }) => {
-      const outcomes: Record<string, MeterOutcome> = {};
-      const options = (name: string) => ({ estimate: 10, ttlSeconds: 60, idempotencyKey: "k", onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+      const { outcomes, options } = attempts("k", 60);
       const { result: quiet, finish } = await blocked(m, u, options("quiet"), null, "nothing measured");
       expect(
         await m.credits.meter(u, options("measured"), () => {
