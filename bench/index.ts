@@ -13,6 +13,7 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { printTable, type BenchRow } from "./lib.js";
+import { measured } from "./pkg.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const sizes = (process.env.BENCH_SIZES ?? "1000,100000,1000000").split(",").map(Number);
@@ -90,5 +91,5 @@ printTable(rows);
 console.log("");
 for (const n of notes) console.log(`- ${n}`);
 console.log(
-  `- node ${process.version}, ${(await import("node:os")).cpus().length} cores; JSONL ledger on for every in-memory row; measured: ${process.env.BENCH_SOURCE === "1" ? "src/ as tsx runs it (BENCH_SOURCE=1)" : "the built package (dist/)"}`,
+  `- node ${process.version}, ${(await import("node:os")).cpus().length} cores; JSONL ledger on for every in-memory row; measured: ${measured}`,
 );

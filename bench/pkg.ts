@@ -16,7 +16,7 @@ import type * as Postgres from "../src/db/postgres/index.js";
 
 const SOURCE = process.env.BENCH_SOURCE === "1";
 
-/** Imports one entry point: dist/<entry>/index.js, or src/<source>/index.ts with BENCH_SOURCE=1. */
+/** Imports one entry point: dist/<built>index.js, or src/<source>index.ts (as tsx resolves index.js) with BENCH_SOURCE=1. */
 async function entry<T>(built: string, source: string): Promise<T> {
   const url = new URL(SOURCE ? `../src/${source}index.js` : `../dist/${built}index.js`, import.meta.url);
   try {
@@ -29,8 +29,8 @@ async function entry<T>(built: string, source: string): Promise<T> {
   }
 }
 
-/** What is measured: "dist" (the built package) or "src" (BENCH_SOURCE=1). */
-export const measured = SOURCE ? "src" : "dist";
+/** What is measured, for the table's footer. */
+export const measured = SOURCE ? "src/ as tsx runs it (BENCH_SOURCE=1)" : "the built package (dist/)";
 export const core = await entry<typeof Core>("", "");
 export const http = await entry<typeof Http>("http/", "http/");
 /** Store adapters load only when their bench runs (their drivers are optional). */
