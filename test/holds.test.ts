@@ -1,4 +1,6 @@
+import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { HoldIndex } from "../src/db/memory/hold-index.js";
 import { SettledHolds } from "../src/db/memory/holds.js";
 import { InMemoryDbManager, createCreditManager } from "../src/index.js";
 import type { Reservation } from "../src/models/index.js";
@@ -38,32 +40,86 @@ describe("SettledHolds", () => {
     for (let i = 0; i < 40; i++) {
       const h = hold(i, odd[i % odd.length]);
       if (stored.some((x) => x.id === h.id)) continue;
+      expect(s.set(h)).toBe(stored.length); // rows in the order stored
       stored.push(h);
-      s.set(h);
     }
     expect(s.size).toBe(stored.length);
-    for (const h of stored) {
-      expect(s.has(h.id)).toBe(true);
-      expect(s.get(h.id, "u")).toEqual(h);
-    }
+    stored.forEach((h, row) => expect(s.at(row, "u")).toEqual(h));
     expect(s.values("u")).toEqual(stored);
-    expect(s.get("missing", "u")).toBeUndefined();
     // A copy each time: changing one changes nothing stored.
-    const copy = s.get(stored[0]!.id, "u")!;
+    const copy = s.at(0, "u");
     copy.allocations.push({ grantId: "x", amount: 1 });
-    expect(s.get(stored[0]!.id, "u")).toEqual(stored[0]);
+    expect(s.at(0, "u")).toEqual(stored[0]);
   });
 
   it("a hold stored again replaces its row (allocations, metadata and odd id included)", () => {
     const s = new SettledHolds();
     const first = hold(1, { id: "odd-id", metadata: { a: 1 } });
-    s.set(first);
+    const row = s.set(first);
     s.set(hold(2));
     const again = { ...first, status: "released" as const, allocations: [{ grantId: "g9", amount: 2 }], metadata: null };
-    s.set(again);
+    expect(s.set(again, row)).toBe(row);
     expect(s.size).toBe(2);
-    expect(s.get("odd-id", "u")).toEqual(again);
-    expect(s.get(hold(2).id, "u")).toEqual(hold(2));
+    expect(s.at(row, "u")).toEqual(again);
+    expect(s.at(1, "u")).toEqual(hold(2));
+  });
+});
+
+/** A canonical UUID from four 32-bit words (any bits: the index must not care whether they look random). */
+const uuidOf = (w: readonly number[]) => {
+  const h = w.map((x) => (x >>> 0).toString(16).padStart(8, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+};
+
+describe("HoldIndex", () => {
+  it("answers owner and settled row as a Map would, for random, sequential and odd ids, across growth", () => {
+    const word = fc.integer({ min: 0, max: 0xffffffff });
+    const id = fc.oneof(
+      fc.tuple(word, word, word, word).map(uuidOf),
+      fc.integer({ min: 0, max: 5000 }).map((n) => uuidOf([0, 0, 0, n])), // sequential: differ in a few bits
+      fc.constantFrom("not-a-uuid", "ABCDEF01-aaaa-4bbb-8ccc-dddddddddddd", "", "00000000-0000-0000-0000-00000000000g"),
+    );
+    const op = fc.oneof(
+      fc.record({ kind: fc.constant("add" as const), id, owner: fc.nat(50) }),
+      fc.record({ kind: fc.constant("settle" as const), id, owner: fc.nat(50), row: fc.nat(10_000) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 3000 }), fc.array(id, { maxLength: 50 }), (ops, probes) => {
+        const index = new HoldIndex();
+        const model = new Map<string, { owner: number; row: number }>();
+        for (const o of ops) {
+          if (o.kind === "add") {
+            index.add(o.id, o.owner);
+            model.set(o.id, { owner: o.owner, row: -1 });
+          } else {
+            index.settle(o.id, o.owner, o.row);
+            model.set(o.id, { owner: o.owner, row: o.row });
+          }
+        }
+        expect(index.size).toBe(model.size);
+        for (const x of [...model.keys(), ...probes]) {
+          const m = model.get(x);
+          expect(index.owner(x)).toBe(m?.owner ?? -1);
+          expect(index.settledRow(x, m?.owner ?? 0)).toBe(m?.row ?? -1);
+          // Another account asking gets nothing (a transaction reads only its own account's holds).
+          if (m !== undefined) expect(index.settledRow(x, m.owner + 1)).toBe(-1);
+        }
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  it("keeps every one of 100,000 holds through its doublings", () => {
+    const index = new HoldIndex();
+    const ids = Array.from({ length: 100_000 }, (_, i) => uuidOf([i * 2654435761, i, 0x4000, i >>> 3]));
+    ids.forEach((x, i) => index.add(x, i % 997));
+    ids.forEach((x, i) => {
+      if (i % 3 === 0) index.settle(x, i % 997, i);
+    });
+    expect(index.size).toBe(ids.length);
+    const wrong = ids.filter((x, i) => index.owner(x) !== i % 997 || index.settledRow(x, i % 997) !== (i % 3 === 0 ? i : -1));
+    expect(wrong).toEqual([]);
+    expect(index.owner(uuidOf([1, 2, 3, 4]))).toBe(-1);
   });
 });
 

@@ -63,6 +63,36 @@ describe("CompactJournal", () => {
     }
   });
 
+  it("keeps metadata of every size and script through the growth of its text pool, beside entries without", () => {
+    const j = new CompactJournal();
+    const types: JournalEntry["type"][] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
+    const appended: JournalEntry[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const metadata =
+        i % 3 === 0
+          ? null
+          : { usages: [{ amount: i, model: i % 2 ? "gpt-4o-mini" : "模型-🙂\u2028" }], note: "x".repeat(i % 700), deep: { n: -i, ok: i % 5 === 0 } };
+      const e = entry(i % 9, {
+        seq: i + 1,
+        type: types[i % types.length],
+        reservationId: i % 4 === 0 ? "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab" : null,
+        metadata,
+      });
+      appended.push(e);
+      j.append(e);
+    }
+    const wrong = appended.filter((e, i) => {
+      const got = j.get(i, "u");
+      return j.type(i) !== e.type || JSON.stringify(got.metadata) !== JSON.stringify(e.metadata) || got.reservationId !== e.reservationId;
+    });
+    expect(wrong).toEqual([]);
+    expect(j.get(2999, "u").metadata).toEqual(appended[2999]!.metadata);
+    // A new object each time: changing one changes nothing stored.
+    const first = j.get(1, "u").metadata as { note: string };
+    first.note = "changed";
+    expect(j.get(1, "u").metadata).toEqual(appended[1]!.metadata);
+  });
+
   it("numbers descriptions in the rows while it can, then keeps them with the rare fields", () => {
     const j = new CompactJournal(3); // rows number three descriptions at most
     const descriptions = ["a", "b", "a", "c", "d", "a", "e", null, "d", "c"];

@@ -24,9 +24,10 @@ const U32_ALLOCATIONS_START = 17;
  * like `CompactJournal`. A settled hold never changes again, is read rarely (`getReservation`, an
  * audit, a repeated idempotency key) and is kept forever — one per metered request. As objects
  * (dates, allocation arrays, a reason string each) they held about 0.6 KB of heap apiece, which a
- * long-running metered service on this store grew without end; a row is 72 bytes outside the heap
- * plus its id. Reasons are interned (a route's holds share one), metadata is kept as JSON text,
- * and an id that is not a UUID is kept as is. Reads build a new object each time.
+ * long-running metered service on this store grew without end; a row is 72 bytes outside the heap,
+ * and the store's `HoldIndex` finds it by id (24 bytes a slot, also outside the heap). Reasons are
+ * interned (a route's holds share one), metadata is kept as JSON text, and an id that is not a UUID
+ * is kept as is. Reads build a new object each time.
  */
 export class SettledHolds {
   private length = 0;
@@ -37,24 +38,21 @@ export class SettledHolds {
   private readonly reasons = new Interned();
   private readonly metadata = new Map<number, string>();
   private readonly oddIds = new Map<number, string>();
-  /** Hold id → row. */
-  private readonly rows = new Map<string, number>();
 
   get size(): number {
     return this.length;
   }
 
-  has(id: string): boolean {
-    return this.rows.has(id);
-  }
-
-  /** Stores a settled hold (a hold stored again replaces its row; holds do not change once settled). */
-  set(r: Reservation): void {
-    let i = this.rows.get(r.id);
-    if (i === undefined) {
+  /**
+   * Stores a settled hold in row `at` (a hold stored again replaces its row; holds do not change
+   * once settled), or in a new row when `at` is -1. Returns the row. (Which row a hold has is the
+   * store's `HoldIndex`'s to know.)
+   */
+  set(r: Reservation, at = -1): number {
+    let i = at;
+    if (i < 0) {
       i = this.length++;
       this.rowBuffer.reserve(i);
-      this.rows.set(r.id, i);
     }
     const { f64, u32, bytes } = this.rowBuffer;
     const f = i * F64_PER_ROW;
@@ -72,12 +70,7 @@ export class SettledHolds {
     u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
     if (r.metadata !== null) this.metadata.set(i, JSON.stringify(r.metadata));
     else this.metadata.delete(i);
-  }
-
-  /** The hold `id` as a new object, or undefined. */
-  get(id: string, userId: string): Reservation | undefined {
-    const i = this.rows.get(id);
-    return i === undefined ? undefined : this.at(i, userId);
+    return i;
   }
 
   /** Every settled hold, in the order they were first stored. */
@@ -87,7 +80,8 @@ export class SettledHolds {
     return out;
   }
 
-  private at(i: number, userId: string): Reservation {
+  /** The hold at row `i` as a new object. */
+  at(i: number, userId: string): Reservation {
     const { f64, u32, bytes } = this.rowBuffer;
     const f = i * F64_PER_ROW;
     const row = i * ROW;

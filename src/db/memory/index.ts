@@ -13,6 +13,7 @@ import type {
 } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { DueIndex } from "./due-index.js";
+import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
@@ -47,6 +48,8 @@ interface UserData {
    */
   activeList: readonly Reservation[] | null;
   settled: SettledHolds;
+  /** The account's number in the store's `HoldIndex`, given at its first hold (-1: none yet). */
+  holder: number;
   /** Entry seq n is at index n - 1. */
   journal: CompactJournal;
   /** idempotency key → index in `journal` */
@@ -67,6 +70,7 @@ function emptyUser(userId: string): UserData {
     active: new Map(),
     activeList: null,
     settled: new SettledHolds(),
+    holder: -1,
     journal: new CompactJournal(),
     byKey: new Map(),
     lock: undefined,
@@ -89,14 +93,17 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   readonly capabilities = { multiProcess: false } as const;
 
   private readonly users = new Map<string, UserData>();
-  /** Grant and hold id → the account's data (set once, at insert: the objects are in its maps). */
+  /** Grant id → the account's data (set once, at insert: the objects are in its maps). */
   private readonly grantOwner = new Map<string, UserData>();
-  private readonly holdOwner = new Map<string, UserData>();
+  /** Hold id → the account's number (`holders`) and the hold's settled row, once settled. */
+  private readonly holds = new HoldIndex();
+  /** Accounts with holds, by their number in `holds` (an account with a hold is never dropped). */
+  private readonly holders: UserData[] = [];
   /** Open grants that can expire, by id, and ordered by (expiresAt, id) for `findDueGrants`. */
   private readonly expiring = new Map<string, Grant>();
   private readonly dueGrants = new DueIndex((id, t) => this.expiring.get(id)?.expiresAt?.getTime() === t);
   /** Holds ordered by (expiresAt, id) for `findExpiredReservations`. */
-  private readonly dueHolds = new DueIndex((id) => this.holdOwner.get(id)?.active.has(id) === true);
+  private readonly dueHolds = new DueIndex((id) => this.holderOf(id)?.active.has(id) === true);
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   protected readonly subscriptionStore = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
@@ -237,7 +244,10 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   /** `isNew`: an inserted hold (else one of the account's, updated). */
   private putReservation(u: UserData, r: Reservation, isNew: boolean): void {
     const wasActive = !isNew && u.active.has(r.id);
-    if (isNew) this.holdOwner.set(r.id, u);
+    if (isNew) {
+      if (u.holder < 0) u.holder = this.holders.push(u) - 1;
+      this.holds.add(r.id, u.holder);
+    }
     if (r.status === "active") {
       if (!wasActive) this.dueHolds.add(r.expiresAt.getTime(), r.id);
       u.active.set(r.id, r);
@@ -248,8 +258,24 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
         u.activeList = null;
         this.dueHolds.removed();
       }
-      u.settled.set(r);
+      const row = this.holds.settledRow(r.id, u.holder);
+      const at = u.settled.set(r, row);
+      if (row < 0) this.holds.settle(r.id, u.holder, at);
     }
+  }
+
+  /** The account whose hold `id` is, if any. */
+  private holderOf(id: string): UserData | undefined {
+    const n = this.holds.owner(id);
+    return n < 0 ? undefined : this.holders[n];
+  }
+
+  /** @internal A hold of the account: the stored object while active, else a copy from its settled row. */
+  holdOf(u: UserData, id: string): Reservation | null {
+    const active = u.active.get(id);
+    if (active !== undefined) return active;
+    const row = u.holder < 0 ? -1 : this.holds.settledRow(id, u.holder);
+    return row < 0 ? null : u.settled.at(row, u.userId);
   }
 
   async getAccount(userId: string): Promise<Account | null> {
@@ -269,8 +295,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    const u = this.holdOwner.get(reservationId);
-    return u === undefined ? null : holdOf(u, reservationId);
+    const u = this.holderOf(reservationId);
+    return u === undefined ? null : this.holdOf(u, reservationId);
   }
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
@@ -321,7 +347,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
     const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after));
-    return ids.map((id) => this.holdOwner.get(id)?.active.get(id) as Reservation);
+    return ids.map((id) => this.holderOf(id)?.active.get(id) as Reservation);
   }
 
 
@@ -422,7 +448,7 @@ class MemoryTransaction implements DbTransaction {
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    return holdOf(this.u, reservationId);
+    return this.db.holdOf(this.u, reservationId);
   }
 
   async getPromo(code: string): Promise<Promo | null> {
@@ -457,11 +483,6 @@ const NO_HOLDS: readonly Reservation[] = Object.freeze([]);
 /** By creation, then id: the order the stores list grants and holds in. */
 const oldestFirst = (a: { createdAt: Date; id: string }, b: { createdAt: Date; id: string }): number =>
   a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
-
-/** A hold of the account: the stored object while active, else a copy from its settled row. */
-function holdOf(u: UserData, id: string): Reservation | null {
-  return u.active.get(id) ?? u.settled.get(id, u.userId) ?? null;
-}
 
 function cursorOf(after: ScanCursor | undefined): { time: number; id: string } | undefined {
   return after === undefined ? undefined : { time: after.expiresAt.getTime(), id: after.id };

@@ -11,12 +11,17 @@ const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 /** Flag in an entry's type byte: its reservation id is stored in the row. */
 const HAS_RESERVATION = 0x80;
+/** Flag in an entry's type byte: it has metadata (its JSON text is in the journal's text pool). */
+const HAS_METADATA = 0x40;
+/** The type's code in the type byte. */
+const TYPE_BITS = 0x3f;
 
 /**
  * One entry's fixed part, in bytes: five float64 (amount, balanceAfter, reservedAfter, debtAfter,
  * createdAt ms) at 0–39, the id at 40–55, the hash at 56–87, the reservation id at 88–103, the type
- * byte at 104, the description's number at 105–107 (24 bits, little-endian; 0: none, or kept with
- * the rare fields), and at 108 (a uint32) where the entry's grant portions end in the pool.
+ * byte at 104 (with two flags: the reservation id is in the row, the entry has metadata), the
+ * description's number at 105–107 (24 bits, little-endian; 0: none, or kept with the rare fields),
+ * and at 108 (a uint32) where the entry's grant portions end in the pool.
  */
 const ROW = 112;
 const F64_PER_ROW = ROW / 8;
@@ -36,9 +41,9 @@ const U32_PORTIONS_END = 27;
  * per-operation cost flat; and an entry's fields share one or two cache lines, so appending to one
  * of many accounts touches little memory. `seq`, `userId` and `prevHash` are implied; descriptions
  * are numbered (the library's own — "unused part of committed reservation" — and a host's usual
- * few are each stored once); metadata is kept as its JSON text (a string needs no copy to be safe
- * from the caller, and JSON costs a tenth of `structuredClone` on small objects); the rarer fields
- * live in a sparse map. Anything that does not fit the compact form (an id that is not a UUID, say)
+ * few are each stored once); metadata is kept as its JSON text (JSON costs a tenth of
+ * `structuredClone` on small objects), in UTF-8 in one growing buffer — a metered call's usages
+ * leave nothing on the traced heap; the rarer fields live in a sparse map. Anything that does not fit the compact form (an id that is not a UUID, say)
  * is kept as is.
  */
 export class CompactJournal {
@@ -48,7 +53,12 @@ export class CompactJournal {
   private readonly portions = new PortionPool();
   private readonly extras = new Map<number, Extras>();
   private readonly descriptions: Interned;
-  private readonly metadata = new Map<number, string>();
+  /** The metadata of every entry that has some, as UTF-8 JSON text, one after another. */
+  private metaText = Buffer.alloc(0);
+  private metaBytes = 0;
+  /** Per entry with metadata, in order: its index and where its text ends in `metaText`. */
+  private metaEnds = new Uint32Array(0);
+  private metaCount = 0;
   /** Ids and hashes that are not in the compact form. */
   private readonly oddIds = new Map<number, string>();
   private readonly oddHashes = new Map<number, string>();
@@ -83,7 +93,10 @@ export class CompactJournal {
     bytes[row + AT_DESCRIPTION] = dn & 0xff;
     bytes[row + AT_DESCRIPTION + 1] = (dn >>> 8) & 0xff;
     bytes[row + AT_DESCRIPTION + 2] = dn >>> 16;
-    if (e.metadata !== null) this.metadata.set(i, JSON.stringify(e.metadata));
+    if (e.metadata !== null) {
+      this.addMetadata(i, JSON.stringify(e.metadata));
+      bytes[row + AT_TYPE] = code | HAS_METADATA;
+    }
     if (oddReservation || e.idempotencyKey !== null || e.fingerprint !== null || e.correlationId !== null || (d !== null && dn === 0)) {
       this.extras.set(i, {
         reservationId: oddReservation ? r : null,
@@ -97,7 +110,41 @@ export class CompactJournal {
   }
 
   type(i: number): EntryType {
-    return TYPES[(this.rows.bytes[i * ROW + AT_TYPE] as number) & ~HAS_RESERVATION] as EntryType;
+    return TYPES[(this.rows.bytes[i * ROW + AT_TYPE] as number) & TYPE_BITS] as EntryType;
+  }
+
+  /** Appends entry i's metadata text (entries come in order, so `metaEnds` stays sorted by index). */
+  private addMetadata(i: number, json: string): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit (a pair: 4 bytes for 2 units).
+    const need = this.metaBytes + 3 * json.length;
+    if (need > this.metaText.length) {
+      const grown = Buffer.alloc(Math.max(need, 2 * this.metaText.length, 256));
+      this.metaText.copy(grown, 0, 0, this.metaBytes);
+      this.metaText = grown;
+    }
+    this.metaBytes += this.metaText.write(json, this.metaBytes, "utf8");
+    if (2 * this.metaCount === this.metaEnds.length) {
+      const grown = new Uint32Array(Math.max(16, 2 * this.metaEnds.length));
+      grown.set(this.metaEnds);
+      this.metaEnds = grown;
+    }
+    this.metaEnds[2 * this.metaCount] = i;
+    this.metaEnds[2 * this.metaCount + 1] = this.metaBytes;
+    this.metaCount++;
+  }
+
+  /** Entry i's metadata (it has some), parsed: a new object. */
+  private metadataOf(i: number): JournalEntry["metadata"] {
+    const ends = this.metaEnds;
+    let lo = 0;
+    let hi = this.metaCount - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((ends[2 * mid] as number) < i) lo = mid + 1;
+      else hi = mid;
+    }
+    const start = lo === 0 ? 0 : (ends[2 * lo - 1] as number);
+    return JSON.parse(this.metaText.toString("utf8", start, ends[2 * lo + 1] as number)) as JournalEntry["metadata"];
   }
 
   createdAt(i: number): number {
@@ -118,8 +165,8 @@ export class CompactJournal {
     const grants = this.portions.read(from, u32[i * U32_PER_ROW + U32_PORTIONS_END] as number);
     const x = this.extras.get(i);
     const dn = (bytes[row + AT_DESCRIPTION] as number) | ((bytes[row + AT_DESCRIPTION + 1] as number) << 8) | ((bytes[row + AT_DESCRIPTION + 2] as number) << 16);
-    const metadata = this.metadata.get(i);
-    const compactReservation = ((bytes[row + AT_TYPE] as number) & HAS_RESERVATION) !== 0;
+    const typeByte = bytes[row + AT_TYPE] as number;
+    const compactReservation = (typeByte & HAS_RESERVATION) !== 0;
     return {
       id: this.oddIds.get(i) ?? readUuid(bytes, row + AT_ID),
       userId,
@@ -135,7 +182,7 @@ export class CompactJournal {
       fingerprint: x?.fingerprint ?? null,
       correlationId: x?.correlationId ?? null,
       description: dn === 0 ? (x?.description ?? null) : this.descriptions.at(dn),
-      metadata: metadata === undefined ? null : (JSON.parse(metadata) as JournalEntry["metadata"]),
+      metadata: (typeByte & HAS_METADATA) === 0 ? null : this.metadataOf(i),
       createdAt: new Date(f64[f + 4] as number),
       prevHash: i === 0 ? null : this.hash(i - 1),
       hash: this.hash(i),
