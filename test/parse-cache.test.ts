@@ -1,7 +1,7 @@
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { ValidationError } from "../src/errors.js";
-import { Amount, NonNegativeAmount, UserId, parse } from "../src/models/index.js";
+import { Amount, EntityId, NonNegativeAmount, UserId, parse } from "../src/models/index.js";
 import { PromoCode } from "../src/models/promos.js";
 
 /** What the schema alone says about a value: its output, or that it refuses it. */
@@ -27,9 +27,9 @@ describe("parse() remembers accepted strings and numbers", () => {
       fc.integer({ min: -5, max: 5 }),
       fc.constantFrom(0, -0, 1, 1.5, Number.NaN, Infinity, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1, 2 ** 60),
     );
-    const schemas = [UserId, Amount, NonNegativeAmount, PromoCode] as const;
+    const schemas = [UserId, Amount, NonNegativeAmount, PromoCode, EntityId] as const;
     fc.assert(
-      fc.property(fc.array(fc.tuple(fc.constantFrom(0, 1, 2, 3), values), { maxLength: 60 }), (calls) => {
+      fc.property(fc.array(fc.tuple(fc.constantFrom(0, 1, 2, 3, 4), values), { maxLength: 60 }), (calls) => {
         for (const [i, v] of calls) {
           const schema = schemas[i] as (typeof schemas)[number];
           // Twice: the second call may be answered from memory.
@@ -39,5 +39,21 @@ describe("parse() remembers accepted strings and numbers", () => {
       }),
       { numRuns: 300 },
     );
+  });
+
+  it("remembers user ids, but not hold and grant ids (each is new: remembering them only churns the set)", () => {
+    const user = vi.spyOn(UserId, "safeParse");
+    const id = vi.spyOn(EntityId, "safeParse");
+    try {
+      for (let i = 0; i < 3; i++) {
+        parse(UserId, "parse-cache-user", "userId");
+        parse(EntityId, "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab", "reservationId");
+      }
+      expect(user).toHaveBeenCalledTimes(1);
+      expect(id).toHaveBeenCalledTimes(3);
+    } finally {
+      user.mockRestore();
+      id.mockRestore();
+    }
   });
 });

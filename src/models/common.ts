@@ -1,4 +1,5 @@
 import * as z from "zod";
+import { neverRemember } from "./parse.js";
 
 /**
  * An amount of credits: a safe integer in the smallest unit the host bills (like cents).
@@ -30,12 +31,14 @@ export const UserId = z
   .max(256, { error: "userId must be at most 256 characters" })
   .regex(printable, { error: "userId must not contain control characters" });
 
-/** An id the library generated (grant, reservation, entry). */
-export const EntityId = z
-  .string({ error: "id must be a string" })
-  .min(1, { error: "id must not be empty" })
-  .max(128, { error: "id must be at most 128 characters" })
-  .regex(printable, { error: "id must not contain control characters" });
+/** An id the library generated (grant, reservation, entry): each seldom comes back, so `parse` does not remember it. */
+export const EntityId = neverRemember(
+  z
+    .string({ error: "id must be a string" })
+    .min(1, { error: "id must not be empty" })
+    .max(128, { error: "id must be at most 128 characters" })
+    .regex(printable, { error: "id must not contain control characters" }),
+);
 
 /**
  * The prefix of the idempotency keys the library gives its own operations on an account (crediting

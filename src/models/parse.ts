@@ -7,6 +7,17 @@ import { ValidationError } from "../errors.js";
  */
 const accepted = new WeakMap<z.ZodType, Set<unknown>>();
 const ACCEPTED_MAX = 4096;
+/** Schemas whose values seldom come back (ids of holds and grants): remembering them is waste. */
+const unremembered = new WeakSet<z.ZodType>();
+
+/**
+ * Marks a schema whose accepted values `parse` should not remember: each value is new (a
+ * reservation id is committed once), so remembering it would only fill and clear the set.
+ */
+export function neverRemember<S extends z.ZodType>(schema: S): S {
+  unremembered.add(schema);
+  return schema;
+}
 
 /**
  * Validates `value` against `schema`; a mismatch becomes a `ValidationError` naming the argument
@@ -28,7 +39,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
       throw new ValidationError(`Invalid ${path}: ${message}`, [{ path: bad, message }]);
     }
     // Our schemas are pure: a string or number one accepted unchanged it always accepts unchanged.
-    if (primitive && result.data === value) {
+    if (primitive && result.data === value && !unremembered.has(schema)) {
       if (seen === undefined) accepted.set(schema, (seen = new Set()));
       else if (seen.size >= ACCEPTED_MAX) seen.clear();
       seen.add(value);
