@@ -43,8 +43,8 @@ const U32_PORTIONS_END = 27;
  * are numbered (the library's own — "unused part of committed reservation" — and a host's usual
  * few are each stored once); metadata is kept as its JSON text (JSON costs a tenth of
  * `structuredClone` on small objects), in UTF-8 in one growing buffer — a metered call's usages
- * leave nothing on the traced heap; the rarer fields live in a sparse map. Anything that does not fit the compact form (an id that is not a UUID, say)
- * is kept as is.
+ * leave nothing on the traced heap; the rarer fields live in a sparse map. Anything that does not
+ * fit the compact form (an id that is not a UUID, say) is kept as is.
  */
 export class CompactJournal {
   length = 0;
