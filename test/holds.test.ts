@@ -40,8 +40,9 @@ describe("SettledHolds", () => {
     for (let i = 0; i < 40; i++) {
       const h = hold(i, odd[i % odd.length]);
       if (stored.some((x) => x.id === h.id)) continue;
-      expect(s.set(h)).toBe(stored.length); // rows in the order stored
+      s.set(h); // a new row at the end: rows in the order stored
       stored.push(h);
+      expect(s.size).toBe(stored.length);
     }
     expect(s.size).toBe(stored.length);
     stored.forEach((h, row) => expect(s.at(row, "u")).toEqual(h));
@@ -55,10 +56,11 @@ describe("SettledHolds", () => {
   it("a hold stored again replaces its row (allocations, metadata and odd id included)", () => {
     const s = new SettledHolds();
     const first = hold(1, { id: "odd-id", metadata: { a: 1 } });
-    const row = s.set(first);
+    const row = s.size;
+    s.set(first);
     s.set(hold(2));
     const again = { ...first, status: "released" as const, allocations: [{ grantId: "g9", amount: 2 }], metadata: null };
-    expect(s.set(again, row)).toBe(row);
+    s.set(again, row);
     expect(s.size).toBe(2);
     expect(s.at(row, "u")).toEqual(again);
     expect(s.at(1, "u")).toEqual(hold(2));
@@ -81,7 +83,7 @@ describe("HoldIndex", () => {
     );
     const op = fc.oneof(
       fc.record({ kind: fc.constant("add" as const), id, owner: fc.nat(50) }),
-      fc.record({ kind: fc.constant("settle" as const), id, owner: fc.nat(50), row: fc.nat(10_000) }),
+      fc.record({ kind: fc.constant("settle" as const), id, owner: fc.nat(50), next: fc.nat(10_000) }),
     );
     fc.assert(
       fc.property(fc.array(op, { maxLength: 3000 }), fc.array(id, { maxLength: 50 }), (ops, probes) => {
@@ -92,8 +94,11 @@ describe("HoldIndex", () => {
             index.add(o.id, o.owner);
             model.set(o.id, { owner: o.owner, row: -1 });
           } else {
-            index.settle(o.id, o.owner, o.row);
-            model.set(o.id, { owner: o.owner, row: o.row });
+            // A hold settled before keeps its row; otherwise it takes the next one.
+            const had = model.get(o.id);
+            const row = had !== undefined && had.owner === o.owner && had.row >= 0 ? had.row : o.next;
+            expect(index.settle(o.id, o.owner, o.next)).toBe(row);
+            model.set(o.id, { owner: o.owner, row });
           }
         }
         expect(index.size).toBe(model.size);

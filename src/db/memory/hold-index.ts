@@ -63,15 +63,23 @@ export class HoldIndex {
     return slot >= 0 && this.owners[slot] === owner + 1 ? (this.rows[slot] as number) : -1;
   }
 
-  /** Records that hold `id` of account `owner` is settled, at `row` of the account's settled holds. */
-  settle(id: string, owner: number, row: number): void {
+  /**
+   * The row of hold `id` among account `owner`'s settled holds: the one it has, or else `next`
+   * (the row a new settled hold takes), recorded as its row now. One lookup for the store's
+   * settling of a hold, which looks for its row and records a new one in the same step.
+   */
+  settle(id: string, owner: number, next: number): number {
     const slot = this.slotOf(id, true);
     if (slot === -1) {
-      this.odd.set(id, { owner, row });
-      return;
+      const o = this.odd.get(id);
+      if (o !== undefined && o.owner === owner && o.row >= 0) return o.row;
+      this.odd.set(id, { owner, row: next });
+      return next;
     }
+    if (this.owners[slot] === owner + 1 && (this.rows[slot] as number) >= 0) return this.rows[slot] as number;
     this.owners[slot] = owner + 1;
-    this.rows[slot] = row;
+    this.rows[slot] = next;
+    return next;
   }
 
   /**

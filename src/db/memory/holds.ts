@@ -44,14 +44,13 @@ export class SettledHolds {
   }
 
   /**
-   * Stores a settled hold in row `at` (a hold stored again replaces its row; holds do not change
-   * once settled), or in a new row when `at` is -1. Returns the row. (Which row a hold has is the
+   * Stores a settled hold in row `i`: an existing row (a hold stored again replaces its row; holds
+   * do not change once settled), or `size`, a new row at the end. (Which row a hold has is the
    * store's `HoldIndex`'s to know.)
    */
-  set(r: Reservation, at = -1): number {
-    let i = at;
-    if (i < 0) {
-      i = this.length++;
+  set(r: Reservation, i = this.length): void {
+    if (i === this.length) {
+      this.length++;
       this.rowBuffer.reserve(i);
     }
     const { f64, u32, bytes } = this.rowBuffer;
@@ -70,7 +69,6 @@ export class SettledHolds {
     u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
     if (r.metadata !== null) this.metadata.set(i, JSON.stringify(r.metadata));
     else this.metadata.delete(i);
-    return i;
   }
 
   /** Every settled hold, in the order they were first stored. */

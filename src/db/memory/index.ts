@@ -258,9 +258,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
         u.activeList = null;
         this.dueHolds.removed();
       }
-      const row = this.holds.settledRow(r.id, u.holder);
-      const at = u.settled.set(r, row);
-      if (row < 0) this.holds.settle(r.id, u.holder, at);
+      u.settled.set(r, this.holds.settle(r.id, u.holder, u.settled.size));
     }
   }
 
