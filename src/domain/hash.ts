@@ -45,8 +45,8 @@ const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,
 /**
  * The JSONL ledger line of a journal entry — the ledger-entry shape with the full entry (its
  * canonical form plus `hash`) as `details` — from the entry's canonical text and hash alone: what
- * the ledger hands its writer thread, which builds the lines off the event loop. The line's `id`, `userId`, `correlationId`,
- * `message` and `createdAt` are the canonical text's own pieces (its layout is fixed: it is what the
+ * the ledger hands its writer thread, which builds the lines off the event loop. The line's `id`,
+ * `userId`, `correlationId`, `message` and `createdAt` are the canonical text's own pieces (its layout is fixed: it is what the
  * hash covers), so nothing is parsed or quoted again: each string field is found by scanning its
  * JSON literal, and metadata — the one part with keys of the host's choosing — is never searched
  * (`createdAt` is found from the end, after it). Self-contained but for `literalEnd`: the writer

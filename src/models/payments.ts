@@ -64,10 +64,6 @@ export type Payment = z.infer<typeof Payment>;
 /** A rate of credits per smallest currency unit. */
 const Rate = z.number({ error: "a rate must be a number" }).positive({ error: "a rate must be positive" }).max(1e9, { error: "a rate must be at most 1e9" });
 
-/**
- * `creditsPerUnit`: one rate for every currency, a rate per currency (upper-case ISO-4217 codes;
- * payments in others are refused), or a function of amount and currency returning the credits.
- */
 /** `checkoutWaitMs` / `checkoutStaleSeconds` of the payments: a finite number >= 0. */
 export const WaitDuration = z.number().finite().min(0);
 
@@ -78,6 +74,10 @@ export const KeyNamespace = z
   .max(64, { error: "must be at most 64 characters" })
   .refine((s) => !s.includes("\u0000"), { error: "must not contain NUL" });
 
+/**
+ * `creditsPerUnit`: one rate for every currency, a rate per currency (upper-case ISO-4217 codes;
+ * payments in others are refused), or a function of amount and currency returning the credits.
+ */
 export const CreditsPerUnit = z.union([
   Rate,
   z
