@@ -12,7 +12,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { printTable, type BenchRow } from "./lib.js";
+import { machineCpu, printTable, stolen, type BenchRow } from "./lib.js";
 import { measured } from "./pkg.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,7 +21,16 @@ const rows: BenchRow[] = [];
 const notes: string[] = [];
 const deductAt = new Map<number, number>();
 
+/** Appends the share of CPU the host stole from this machine during `part` to the notes. */
+function stealNote(part: string, before: ReturnType<typeof machineCpu>): void {
+  const share = stolen(before, machineCpu());
+  if (share !== null) steal.push(`${part} ${share}`);
+}
+const steal: string[] = [];
+const runStart = machineCpu();
+
 for (const size of sizes) {
+  const sizeStart = machineCpu();
   const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", join(here, "memory.ts"), String(size)], {
     encoding: "utf8",
     maxBuffer: 1 << 20,
@@ -41,6 +50,7 @@ for (const size of sizes) {
     }
     rows.push(r);
   }
+  stealNote(`journal ${size.toLocaleString("en-US")}`, sizeStart);
   notes.push(
     `journal ${size.toLocaleString("en-US")}: peak RSS ${Math.round(result.peakRssMb)} MB` +
       (size >= 1_000_000 ? ` (target <= 1,536 MB: ${result.peakRssMb <= 1536 ? "met" : "NOT met"})` : "") +
@@ -85,7 +95,13 @@ if (process.env.BENCH_JOBS !== "0") {
   notes.push("jobs: skipped (BENCH_JOBS=0)");
 }
 // HTTP with and without metering (in-memory store; always runs, about 40 s).
+const httpStart = machineCpu();
 rows.push(...(await (await import("./http.js")).run()));
+stealNote("HTTP", httpStart);
+stealNote("whole run", runStart);
+if (steal.length > 0) {
+  notes.push(`CPU stolen by the host (other guests' share of this machine's time, /proc/stat): ${steal.join(", ")}`);
+}
 
 printTable(rows);
 console.log("");

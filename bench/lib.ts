@@ -15,6 +15,29 @@ export function mainThreadCpu(pid: number | undefined = process.pid): number | n
   }
 }
 
+/**
+ * The whole machine's CPU time from /proc/stat (Linux), in ticks: all of it, and what the host
+ * gave to other guests while this one wanted to run ("steal"); null elsewhere. On a shared VM the
+ * stolen share is what moves identical runs apart: printed beside each part of the run.
+ */
+export function machineCpu(): { total: number; steal: number } | null {
+  if (process.platform !== "linux") return null;
+  try {
+    // cpu  user nice system idle iowait irq softirq steal …
+    const fields = (readFileSync("/proc/stat", "utf8").split("\n", 1)[0] ?? "").trim().split(/\s+/).slice(1, 9).map(Number);
+    if (fields.length < 8 || fields.some((n) => !Number.isFinite(n))) return null;
+    return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] as number };
+  } catch {
+    return null;
+  }
+}
+
+/** The share of the machine's CPU time stolen by the host between two `machineCpu()` readings, as "n.n%" (null if unknown). */
+export function stolen(before: ReturnType<typeof machineCpu>, after: ReturnType<typeof machineCpu>): string | null {
+  if (before === null || after === null || after.total <= before.total) return null;
+  return `${((100 * (after.steal - before.steal)) / (after.total - before.total)).toFixed(1)}%`;
+}
+
 /** One row of the `npm run bench` table. Figures are ratios against a baseline measured in the same run. */
 export interface BenchRow {
   /** Which store ("memory", "postgres", …). */
