@@ -21,12 +21,12 @@ const rows: BenchRow[] = [];
 const notes: string[] = [];
 const deductAt = new Map<number, number>();
 
-/** Appends the share of CPU the host stole from this machine during `part` to the notes. */
+/** Per part of the run, the share of CPU the host stole from this machine (one note line at the end). */
+const steal: string[] = [];
 function stealNote(part: string, before: ReturnType<typeof machineCpu>): void {
   const share = stolen(before, machineCpu());
   if (share !== null) steal.push(`${part} ${share}`);
 }
-const steal: string[] = [];
 const runStart = machineCpu();
 
 for (const size of sizes) {
@@ -50,9 +50,10 @@ for (const size of sizes) {
     }
     rows.push(r);
   }
-  stealNote(`journal ${size.toLocaleString("en-US")}`, sizeStart);
+  const label = `journal ${size.toLocaleString("en-US")}`;
+  stealNote(label, sizeStart);
   notes.push(
-    `journal ${size.toLocaleString("en-US")}: peak RSS ${Math.round(result.peakRssMb)} MB` +
+    `${label}: peak RSS ${Math.round(result.peakRssMb)} MB` +
       (size >= 1_000_000 ? ` (target <= 1,536 MB: ${result.peakRssMb <= 1536 ? "met" : "NOT met"})` : "") +
       `, prefill ${result.prefillSeconds.toFixed(1)} s`,
   );
