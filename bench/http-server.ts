@@ -1,10 +1,11 @@
 /**
  * The server side of `bench/http.ts`, in its own process so the load generator does not share its
- * event loop: a trivial JSON endpoint with and without metering, on node middleware and on the
- * Fetch wrapper. Prints `{"port": n}` when listening; exits when stdin closes.
+ * event loop: a trivial JSON endpoint with and without metering, on node middleware (bare node:http
+ * and an Express app) and on the Fetch wrapper. Prints `{"port": n}` when listening; exits when stdin closes.
  */
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import express from "express";
 import { core, http } from "./pkg.js";
 
 const { createCreditManager } = core;
@@ -36,9 +37,21 @@ const fetchNode = toNodeHandler(
   creditMetering({ ...common, pathPrefix: "/f/api", authenticate: (r) => userOf(r.headers.get("authorization")) })(fetchApp),
 );
 
+// Express: the same endpoint as a route (`res.json`), metered by the same middleware mounted with
+// `app.use` — what a trivial endpoint costs in the framework most of our users meter with.
+const app = express();
+app.use(creditMeteringMiddleware({ ...common, pathPrefix: "/e/api", authenticate: (req) => userOf(req.headers.authorization) }));
+const expressReply = { ok: true, usage: { total_tokens: 3 } };
+app.get("/e/ping", (_req, res) => void res.json(expressReply));
+app.get("/e/api/ping", (_req, res) => {
+  recordUsage({ amount: 3 });
+  res.json(expressReply);
+});
+
 const server = createServer((req, res) => {
   const url = req.url ?? "/";
   if (url.startsWith("/f/")) return void fetchNode(req, res);
+  if (url.startsWith("/e/")) return void app(req, res);
   const plain = () => {
     res.setHeader("content-type", "application/json");
     res.end(body);

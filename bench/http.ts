@@ -3,6 +3,8 @@
  * autocannon over loopback against a server in its own process (`bench/http-server.ts`). Each
  * metered request places a hold of 10 and commits the 3 the handler records (reserve + commit with
  * release of the rest: two units of work, three journal entries). Target: metering costs <= 20%.
+ * Hosts: bare node:http with creditMeteringMiddleware, toNodeHandler over creditMetering(fetch), an
+ * Express 5 route with the middleware mounted by app.use, and a node:http handler awaiting 2 ms.
  *   tsx bench/http.ts           (also run by `npm run bench`)
  * BENCH_HTTP_SECONDS sets the seconds per measurement (default 3).
  *
@@ -64,12 +66,15 @@ export async function run(): Promise<BenchRow[]> {
     const base = `http://127.0.0.1:${port}`;
     await load(`${base}/n/api/ping`, 1); // warm-up (JIT, keep-alive sockets)
     await load(`${base}/f/api/ping`, 1);
+    await load(`${base}/e/api/ping`, 1);
     const paths = {
       nPlain: "/n/ping",
       nMeter: "/n/api/ping",
       nBusy: "/n/busy",
       fPlain: "/f/ping",
       fMeter: "/f/api/ping",
+      ePlain: "/e/ping",
+      eMeter: "/e/api/ping",
       uPlain: "/n/upstream",
       uMeter: "/n/api/upstream",
     };
@@ -103,6 +108,8 @@ export async function run(): Promise<BenchRow[]> {
       row("HTTP node:http, unmetered, handler spins 10 µs of CPU (calibration)", "nBusy", "nPlain", false),
       row("HTTP toNodeHandler(fetch), unmetered", "fPlain"),
       row("HTTP toNodeHandler(creditMetering(fetch))", "fMeter", "fPlain"),
+      row("HTTP Express, unmetered", "ePlain"),
+      row("HTTP Express + creditMeteringMiddleware", "eMeter", "ePlain"),
       row("HTTP node:http, handler awaits 2 ms upstream, unmetered", "uPlain"),
       row("HTTP node:http, 2 ms upstream + creditMeteringMiddleware", "uMeter", "uPlain", false),
     ];

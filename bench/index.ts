@@ -95,7 +95,7 @@ if (process.env.BENCH_JOBS !== "0") {
 } else {
   notes.push("jobs: skipped (BENCH_JOBS=0)");
 }
-// HTTP with and without metering (in-memory store; always runs, about 40 s).
+// HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
 rows.push(...(await (await import("./http.js")).run()));
 stealNote("HTTP", httpStart);
