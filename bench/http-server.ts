@@ -24,11 +24,10 @@ const spin = (us: number) => {
   const end = performance.now() + us / 1000;
   while (performance.now() < end);
 };
-const nodeMeter = creditMeteringMiddleware({
-  ...common,
-  pathPrefix: "/n/api",
-  authenticate: (req) => userOf(req.headers.authorization),
-});
+/** The node middleware (bare node:http and Express) for requests under `pathPrefix`. */
+const nodeMetering = (pathPrefix: string) =>
+  creditMeteringMiddleware({ ...common, pathPrefix, authenticate: (req) => userOf(req.headers.authorization) });
+const nodeMeter = nodeMetering("/n/api");
 const fetchApp = async (request: Request): Promise<Response> => {
   if (new URL(request.url).pathname.startsWith("/f/api")) recordUsage({ amount: 3 });
   return new Response(body, { headers: { "content-type": "application/json" } });
@@ -40,8 +39,8 @@ const fetchNode = toNodeHandler(
 // Express: the same endpoint as a route (`res.json`), metered by the same middleware mounted with
 // `app.use` — what a trivial endpoint costs in the framework most of our users meter with.
 const app = express();
-app.use(creditMeteringMiddleware({ ...common, pathPrefix: "/e/api", authenticate: (req) => userOf(req.headers.authorization) }));
-const expressReply = { ok: true, usage: { total_tokens: 3 } };
+app.use(nodeMetering("/e/api"));
+const expressReply: unknown = JSON.parse(body);
 app.get("/e/ping", (_req, res) => void res.json(expressReply));
 app.get("/e/api/ping", (_req, res) => {
   recordUsage({ amount: 3 });
