@@ -46,13 +46,13 @@ const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,
  * The JSONL ledger line of a journal entry — the ledger-entry shape with the full entry (its
  * canonical form plus `hash`) as `details` — from the entry's canonical text and hash alone: what
  * the ledger hands its writer thread, which builds the lines off the event loop. The line's `id`,
- * `userId`, `correlationId`, `message` and `createdAt` are the canonical text's own pieces (its layout is fixed: it is what the
- * hash covers), so nothing is parsed or quoted again: each string field is found by scanning its
- * JSON literal, and metadata — the one part with keys of the host's choosing — is never searched
- * (`createdAt` is found from the end, after it). Self-contained but for `literalEnd`: the writer
- * thread runs the source of both (see `src/ledger/file.ts`), so the line is defined here only. (No
- * function expressions inside: tools that keep function names, as tsx does, wrap those in a helper
- * the thread would not have.)
+ * `userId`, `correlationId`, `message` and `createdAt` are the canonical text's own pieces (its
+ * layout is fixed: it is what the hash covers), so nothing is parsed or quoted again: each string
+ * field is found by scanning its JSON literal, and metadata — the one part with keys of the host's
+ * choosing — is never searched (`createdAt` is found from the end, after it). Self-contained but
+ * for `literalEnd`: the writer thread runs the source of both (see `src/ledger/file.ts`), so the
+ * line is defined here only. (No function expressions inside: tools that keep function names, as
+ * tsx does, wrap those in a helper the thread would not have.)
  */
 export function ledgerLineOf(canonical: string, hash: string): string {
   const idEnd = literalEnd(canonical, 6); // {"id":
