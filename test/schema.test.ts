@@ -14,6 +14,7 @@ import {
   quoteIdent,
   sqlTables,
   tableSpecs,
+  versionTableName,
 } from "../src/schema/index.js";
 import { samples } from "./fixtures/samples.js";
 
@@ -207,6 +208,7 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
   afterAll(async () => {
     if (!conn) return;
     for (const table of sqlTables({ dialect: "mysql", prefix })) await conn.query(`DROP TABLE IF EXISTS ${table.qualified}`);
+    await conn.query(`DROP TABLE IF EXISTS ${versionTableName("mysql", { prefix })}`);
     await conn.end();
   });
 
@@ -254,5 +256,6 @@ describe.skipIf(!hasSqlite)("schema generator: SQLite DDL applied with the sqlit
     expect(out).toContain("table cm_journal_entries");
     expect(out).toContain("index cm_journal_entries_idempotency_key");
     expect(out).toContain("index cm_grants_due");
+    expect(out).toContain("table cm_schema_version");
   });
 });

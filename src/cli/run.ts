@@ -2,7 +2,8 @@ import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { generateMongoSchema } from "../schema/mongo.js";
-import { SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
+import { generateUpgradeSql } from "../schema/migrations.js";
+import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
 
 export interface CliIo {
   stdout: (text: string) => void;
@@ -20,6 +21,8 @@ Options of "schema":
   --dialect postgres|mysql|sqlite  SQL dialect (default postgres)
   --prefix PREFIX                  Put PREFIX in front of every table, collection and index name
   --schema NAME                    PostgreSQL schema / MySQL database / SQLite attached database of the tables
+  --from-version N                 Upgrade statements for a store at schema version N (sql), instead
+                                   of the whole schema; the version row is set last
   --out FILE                       Write to FILE instead of standard output
 
 Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_PG_URL and CREDIT_PG_SCHEMA):
@@ -37,6 +40,7 @@ Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
   npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
   npx credit-management schema --backend nosql --out validators.json
+  npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
 `;
 
@@ -73,6 +77,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       prefix: { type: "string" },
       schema: { type: "string" },
       out: { type: "string" },
+      "from-version": { type: "string" },
       user: { type: "string", multiple: true },
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
@@ -94,7 +99,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     }
   };
   if (command === "audit") {
-    only(["backend", "dialect", "prefix", "schema", "out"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
     const users = values.user ?? [];
     if (users.length === 0 && values.all !== true) throw new UsageError("audit needs --user ID (repeatable) or --all");
     for (const user of users) if (user.trim() === "") throw new UsageError("--user needs an account id");
@@ -114,9 +119,21 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     if (!SQL_DIALECTS.includes(dialect as SqlDialect)) {
       throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, not "${dialect}"`);
     }
-    text = naming(() => generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }));
+    const from = values["from-version"];
+    if (from === undefined) {
+      text = naming(() => generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }));
+    } else {
+      const fromVersion = /^[0-9]+$/.test(from) ? Number(from) : NaN;
+      if (!(fromVersion >= 1 && fromVersion <= SCHEMA_VERSION)) {
+        throw new UsageError(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}, not "${from}"`);
+      }
+      text = naming(() => generateUpgradeSql({ dialect: dialect as SqlDialect, fromVersion, prefix: values.prefix, schema: values.schema }));
+    }
   } else {
     if (values.dialect !== undefined) throw new UsageError("--dialect applies to --backend sql only");
+    if (values["from-version"] !== undefined) {
+      throw new UsageError("--from-version applies to --backend sql only (MongoDB: apply the validators and indexes again; init() records the version)");
+    }
     if (values.schema !== undefined) throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
     text = `${JSON.stringify(naming(() => generateMongoSchema({ prefix: values.prefix })), null, 2)}\n`;
   }

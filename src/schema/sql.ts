@@ -16,7 +16,22 @@ export interface SqlOptions extends NamingOptions {
   dialect: SqlDialect;
   /** The tables to generate; default `tableSpecs` (pass your own to see what a model change does). */
   tables?: TableSpecs;
+  /**
+   * End with the version table and its row at `SCHEMA_VERSION` (default true), so a store made from
+   * this DDL passes the version check of an adapter that does not migrate (`migrate: false`).
+   */
+  versionRow?: boolean;
 }
+
+/**
+ * The version of the storage schema this release writes and reads, kept in the
+ * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
+ * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
+ */
+export const SCHEMA_VERSION = 3;
+
+/** The row of the version table that holds our version. */
+export const SCHEMA_COMPONENT = "credit-management";
 
 /** A table as an adapter sees it: its quoted name and its columns. */
 export interface SqlTable {
@@ -85,7 +100,41 @@ export function generateSql(options: SqlOptions): string {
     out.push(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(dialect, options.schema)};`);
   }
   for (const table of tables) out.push(...tableDdl(dialect, table, options));
+  if (options.versionRow !== false) out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
   return `${out.join("\n\n")}\n`;
+}
+
+/** The version table's name, quoted and qualified. */
+export function versionTableName(dialect: SqlDialect, naming: NamingOptions): string {
+  const name = quoteIdent(dialect, checkLength(`${naming.prefix ?? ""}schema_version`));
+  return naming.schema === undefined ? name : `${quoteIdent(dialect, naming.schema)}.${name}`;
+}
+
+/** `CREATE TABLE IF NOT EXISTS` of the version table. */
+export function versionTableSql(dialect: SqlDialect, naming: NamingOptions): string {
+  const table = versionTableName(dialect, naming);
+  switch (dialect) {
+    case "postgres":
+      return `CREATE TABLE IF NOT EXISTS ${table} (component TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now());`;
+    case "mysql":
+      return `CREATE TABLE IF NOT EXISTS ${table} (component VARCHAR(64) NOT NULL PRIMARY KEY, version INT NOT NULL, updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;`;
+    case "sqlite":
+      return `CREATE TABLE IF NOT EXISTS ${table} (component TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')));`;
+  }
+}
+
+/** Sets the version row to `version` (an upsert). */
+export function versionRowSql(dialect: SqlDialect, naming: NamingOptions, version: number): string {
+  const table = versionTableName(dialect, naming);
+  const values = `(component, version) VALUES ('${SCHEMA_COMPONENT}', ${version})`;
+  switch (dialect) {
+    case "postgres":
+      return `INSERT INTO ${table} ${values} ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now();`;
+    case "mysql":
+      return `INSERT INTO ${table} ${values} ON DUPLICATE KEY UPDATE version = VALUES(version), updated_at = CURRENT_TIMESTAMP(3);`;
+    case "sqlite":
+      return `INSERT INTO ${table} ${values} ON CONFLICT (component) DO UPDATE SET version = excluded.version, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now');`;
+  }
 }
 
 const DIALECT_NAMES: Record<SqlDialect, string> = { postgres: "PostgreSQL", mysql: "MySQL / MariaDB", sqlite: "SQLite" };
@@ -100,7 +149,7 @@ function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions):
   };
   const indexes = indexesOf(table.spec);
   const indexed = new Set(indexes.flatMap((i) => i.fields).concat(table.spec.primaryKey));
-  const lines = table.columns.map((c) => `  ${columnDdl(dialect, c, indexed.has(c.field), table.spec.name)}`);
+  const lines = table.columns.map((c) => `  ${columnSql(dialect, c, indexed.has(c.field), table.spec.name)}`);
   const pkName = checkLength(`${table.name}_pkey`);
   lines.push(`  CONSTRAINT ${q(pkName)} PRIMARY KEY (${table.spec.primaryKey.map((f) => q(col(f).name)).join(", ")})`);
 
@@ -170,7 +219,11 @@ function condition(dialect: SqlDialect, column: Column, c: IndexCondition): stri
   }
 }
 
-function columnDdl(dialect: SqlDialect, c: Column, indexed: boolean, table: string): string {
+/**
+ * One column's definition. `fill`: a DEFAULT for the rows a table already has when the column is
+ * added to it (an upgrade); a fresh table's columns have none.
+ */
+export function columnSql(dialect: SqlDialect, c: Column, indexed: boolean, table: string, fill?: string): string {
   const name = quoteIdent(dialect, c.name);
   const checks: string[] = [];
   let type: string;
@@ -218,6 +271,7 @@ function columnDdl(dialect: SqlDialect, c: Column, indexed: boolean, table: stri
   }
   const parts = [name, type];
   if (!c.nullable) parts.push("NOT NULL");
+  if (fill !== undefined) parts.push(`DEFAULT ${fill}`);
   for (const check of checks) parts.push(`CHECK (${check})`);
   return parts.join(" ");
 }

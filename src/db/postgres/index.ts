@@ -8,13 +8,15 @@ import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, isConnectionLevel, storageError, toRow } from "./batch.js";
 import { PostgresPromoStore } from "./promos.js";
-import { PostgresSql, SCHEMA_VERSION, type Statement, prepareText } from "./sql.js";
+import { PostgresSql, type Statement, prepareText } from "./sql.js";
+import { upgradeStatements } from "../../schema/migrations.js";
+import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache } from "./state-cache.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 import { oncePerTurn } from "../deferred.js";
 
-export { SCHEMA_VERSION } from "./sql.js";
+export { SCHEMA_VERSION } from "../../schema/sql.js";
 
 export interface PostgresDbManagerOptions {
   /**
@@ -64,6 +66,13 @@ export interface PostgresDbManagerOptions {
    * first write of the same new account before it fails with `ConflictError`. Default 10.
    */
   maxAttempts?: number;
+  /**
+   * `init()` creates a missing schema and upgrades an older one (default true). `false`, for teams
+   * that own their DDL (`npx credit-management schema [--from-version N]`, applied by their
+   * migration tool): `init()` only checks that the store is at this release's `SCHEMA_VERSION`
+   * and throws `ConfigurationError` naming the command to run when it is older, newer or absent.
+   */
+  migrate?: boolean;
 }
 
 /** Statements each pooled connection has prepared (shared by every manager on a pool). */
@@ -133,6 +142,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   /** @internal */
   readonly verifyStates: boolean;
   private closed = false;
+  private readonly migrate: boolean;
   /** Round trips to the server (for benchmarks and tests). */
   roundTrips = 0;
   /** Loads answered from the state cache (for benchmarks and tests). */
@@ -151,6 +161,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       throw new ConfigurationError(`[credit-management] [postgres] ${(error as Error).message}`, error);
     }
     this.options = options;
+    this.migrate = options.migrate !== false;
     this.pool = options.pool ?? null;
     this.ownsPool = options.pool === undefined;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
@@ -183,7 +194,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       // concurrent creator that takes neither (an older release, another tool) is tolerated.
       if (this.sql.createSchema !== null) await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.schemaLockKey]);
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.lockKey]);
-      if (this.sql.createSchema !== null) {
+      if (this.sql.createSchema !== null && this.migrate) {
         await client.query("SAVEPOINT cm_schema");
         try {
           await client.query(this.sql.createSchema);
@@ -196,35 +207,33 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
         }
         await client.query("RELEASE SAVEPOINT cm_schema");
       }
-      await client.query(
-        `CREATE TABLE IF NOT EXISTS ${this.sql.versionTable} (component TEXT PRIMARY KEY, version INTEGER NOT NULL, updated_at TIMESTAMPTZ NOT NULL DEFAULT now())`,
-      );
-      const found = await client.query<{ version: number }>(`SELECT version FROM ${this.sql.versionTable} WHERE component = 'credit-management'`);
+      const naming = { schema: this.options.schema, prefix: this.options.tablePrefix };
+      await client.query("SAVEPOINT cm_version");
+      const found = await client.query<{ version: number }>(
+        `SELECT version FROM ${this.sql.versionTable} WHERE component = '${SCHEMA_COMPONENT}'`,
+      ).catch(async (error: unknown) => {
+        if ((error as { code?: unknown }).code !== "42P01") throw error; // undefined_table: a new store
+        await client.query("ROLLBACK TO SAVEPOINT cm_version");
+        return { rows: [] as { version: number }[] };
+      });
       const version = found.rows[0]?.version ?? 0;
       if (version > SCHEMA_VERSION) {
         throw new ConfigurationError(
           `[credit-management] [postgres] the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
         );
       }
-      if (version < SCHEMA_VERSION) {
-        // Version 1 is the generator's DDL (idempotent). Version 2 adds grants.expired_amount and
-        // the plans and subscriptions tables (created by the DDL). Version 3 adds
-        // subscriptions.period_credits and subscriptions.request (nullable: null on older rows).
-        if (version === 1) {
-          await client.query(
-            `ALTER TABLE ${this.sql.tables.grants.qualified} ADD COLUMN IF NOT EXISTS expired_amount BIGINT NOT NULL DEFAULT 0 CHECK (expired_amount BETWEEN 0 AND 9007199254740991)`,
-          );
-        }
-        await client.query(this.sql.ddl);
-        if (version === 2) {
-          await client.query(
-            `ALTER TABLE ${this.sql.tables.subscriptions.qualified} ADD COLUMN IF NOT EXISTS period_credits BIGINT CHECK (period_credits BETWEEN 0 AND 9007199254740991), ADD COLUMN IF NOT EXISTS request JSONB`,
-          );
-        }
-        await client.query(
-          `INSERT INTO ${this.sql.versionTable} (component, version) VALUES ('credit-management', $1) ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now()`,
-          [SCHEMA_VERSION],
+      if (version < SCHEMA_VERSION && !this.migrate) {
+        throw new ConfigurationError(
+          version === 0
+            ? `[credit-management] [postgres] the store has no credit-management schema (no version row in ${this.sql.versionTable}) and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect postgres\` first`
+            : `[credit-management] [postgres] the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect postgres --from-version ${version}\` first`,
         );
+      }
+      if (version < SCHEMA_VERSION) {
+        // The steps of every later version (columns added to tables the store has), then today's
+        // DDL, which creates what is missing and sets the version row (src/schema/migrations.ts).
+        if (version > 0) for (const statement of upgradeStatements({ dialect: "postgres", fromVersion: version, ...naming })) await client.query(statement);
+        await client.query(this.sql.ddl);
       }
       await client.query("COMMIT");
     } catch (error) {

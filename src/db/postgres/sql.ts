@@ -1,10 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Column } from "../../schema/columns.js";
-import { type SqlTable, generateSql, quoteIdent, sqlTables } from "../../schema/sql.js";
+import { type SqlTable, generateSql, quoteIdent, sqlTables, versionTableName } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
-
-/** Bump when the DDL changes; `init()` migrates older stores. */
-export const SCHEMA_VERSION = 3;
 
 const q = (name: string) => quoteIdent("postgres", name);
 
@@ -92,8 +89,7 @@ export class PostgresSql {
     const list = sqlTables({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
     this.tables = Object.fromEntries(list.map((t) => [t.key, t])) as Tables;
     this.ddl = generateSql({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
-    const versionName = `${options.prefix ?? ""}schema_version`;
-    this.versionTable = options.schema === undefined ? q(versionName) : `${q(options.schema)}.${q(versionName)}`;
+    this.versionTable = versionTableName("postgres", options);
     this.lockKey = `credit-management:${options.schema ?? ""}:${options.prefix ?? ""}`;
     this.schemaLockKey = `credit-management-schema:${options.schema ?? ""}`;
     this.createSchema = options.schema === undefined ? null : `CREATE SCHEMA IF NOT EXISTS ${q(options.schema)}`;

@@ -1,0 +1,125 @@
+import {
+  type NamingOptions,
+  type SqlDialect,
+  SCHEMA_VERSION,
+  columnSql,
+  generateSql,
+  quoteIdent,
+  sqlTables,
+  versionRowSql,
+  versionTableSql,
+} from "./sql.js";
+import type { TableKey } from "./tables.js";
+
+/** A column added to a table that existed before. */
+interface AddedColumn {
+  table: TableKey;
+  /** The model's field (camelCase). */
+  field: string;
+  /** SQL literal filling existing rows of a NOT NULL column; dropped again afterwards. */
+  fill?: string;
+}
+
+interface Migration {
+  /** The version this step reaches. */
+  to: number;
+  summary: string;
+  columns: readonly AddedColumn[];
+}
+
+/**
+ * What each version changed in tables that existed before it. Tables a version introduced need no
+ * step: the DDL creates them whole (`CREATE TABLE IF NOT EXISTS`), and so for indexes.
+ */
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    to: 2,
+    summary:
+      "accounts.alert (notification level) and grants.expired_amount; new tables for promos, payments, notifications, plans and subscriptions",
+    columns: [
+      { table: "accounts", field: "alert" },
+      { table: "grants", field: "expiredAmount", fill: "0" },
+    ],
+  },
+  {
+    to: 3,
+    summary: "subscriptions.period_credits and subscriptions.request",
+    columns: [
+      { table: "subscriptions", field: "periodCredits" },
+      { table: "subscriptions", field: "request" },
+    ],
+  },
+];
+
+/** The version a table first appeared in (1 when it is not listed). */
+const TABLE_SINCE: Partial<Record<TableKey, number>> = {
+  notifications: 2,
+  plans: 2,
+  subscriptions: 2,
+  promos: 2,
+  promoClaims: 2,
+  payments: 2,
+};
+
+/** Options of `generateUpgradeSql`. */
+export interface UpgradeSqlOptions extends NamingOptions {
+  dialect: SqlDialect;
+  /** The version the store is at now (1 … SCHEMA_VERSION). */
+  fromVersion: number;
+}
+
+/**
+ * The statements that bring a store at `fromVersion` to `SCHEMA_VERSION`, in order: the columns
+ * each later version added to tables the store already has, then the current DDL (idempotent: it
+ * creates the tables and indexes the store lacks), then the version row. Applied to a store made
+ * by `generateSql` of `fromVersion` (or by `init()` of that release), the result has the same
+ * tables, columns, keys, checks and indexes as a fresh install. PostgreSQL's statements can run
+ * again after a partial run; MySQL and SQLite have no `ADD COLUMN IF NOT EXISTS`, so run theirs
+ * once, in a transaction where the server allows it.
+ */
+export function upgradeStatements(options: UpgradeSqlOptions): string[] {
+  const { dialect, fromVersion } = options;
+  if (!Number.isSafeInteger(fromVersion) || fromVersion < 1 || fromVersion > SCHEMA_VERSION) {
+    throw new Error(`fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(fromVersion)}`);
+  }
+  const naming: NamingOptions = { prefix: options.prefix, schema: options.schema };
+  const tables = new Map(sqlTables({ dialect, ...naming }).map((t) => [t.key, t]));
+  const out: string[] = [];
+  for (const step of MIGRATIONS) {
+    if (step.to <= fromVersion) continue;
+    for (const added of step.columns) {
+      // A table that appeared after fromVersion is created whole by the DDL below.
+      if ((TABLE_SINCE[added.table] ?? 1) > fromVersion) continue;
+      const table = tables.get(added.table);
+      const column = table?.columns.find((c) => c.field === added.field);
+      if (table === undefined || column === undefined) throw new Error(`migration to ${step.to}: no column ${added.table}.${added.field}`);
+      const ifMissing = dialect === "postgres" ? "IF NOT EXISTS " : "";
+      const definition = columnSql(dialect, column, false, table.spec.name, added.fill);
+      out.push(`ALTER TABLE ${table.qualified} ADD COLUMN ${ifMissing}${definition};`);
+      // The fill is for the rows already there; a fresh install's column has no default.
+      if (added.fill !== undefined && dialect !== "sqlite") {
+        out.push(`ALTER TABLE ${table.qualified} ALTER COLUMN ${quoteIdent(dialect, column.name)} DROP DEFAULT;`);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * An upgrade script from `fromVersion` to `SCHEMA_VERSION` (see `upgradeStatements`), with the
+ * version table and row, for teams that apply DDL themselves (`credit-management schema
+ * --from-version N`). At the current version it only makes sure the version row is there.
+ */
+export function generateUpgradeSql(options: UpgradeSqlOptions): string {
+  const { dialect, fromVersion } = options;
+  const naming: NamingOptions = { prefix: options.prefix, schema: options.schema };
+  const steps = MIGRATIONS.filter((m) => m.to > fromVersion);
+  const header = [
+    `-- credit-management: upgrade of the ${dialect} schema from version ${fromVersion} to ${SCHEMA_VERSION}.`,
+    ...steps.map((m) => `-- version ${m.to}: ${m.summary}`),
+  ].join("\n");
+  const statements = upgradeStatements(options);
+  // The DDL of today, without its own version row: that is set last, once everything else is done.
+  const ddl = generateSql({ dialect, ...naming, versionRow: false });
+  return `${header}\n\n${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, SCHEMA_VERSION)}\n`;
+}
