@@ -208,9 +208,11 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       scribble(claimed);
       scribble(await list());
       expect(await list()).toEqual(before);
-      // Completed, so no later claim (of another test in a shared store) takes it.
+      // Settled and purged, so neither a later claim nor a later purge (of another test in a shared store) meets it.
       const done = { status: "sent" as const, attempts: 1, nextAttemptAt: new Date(at + 1000), lastError: null, settledAt: new Date(at + 1000) };
       expect(await db.completeNotification(id, "copies", done)).toBe(true);
+      await db.purgeNotifications(new Date(at + 1001), 100);
+      expect(await list()).toEqual([]);
     });
 
     it("claims atomically: each user's oldest due row only, never one row twice; completion is guarded", async () => {
