@@ -123,6 +123,18 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect((await credits.audit(u)).ok).toBe(true);
       });
 
+      it("keeps metadata keys named like Object.prototype's members (constructor, prototype, toString) as data, through the hash", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        // "__proto__" is refused by validation: assigning it sets the prototype, so a copy would drop it.
+        const metadata = JSON.parse('{"constructor":{"name":"x"},"prototype":1,"toString":"s","hasOwnProperty":[1]}') as Record<string, never>;
+        const e = await credits.addCredits(u, 5, { metadata });
+        expect(e.metadata).toEqual(metadata);
+        expect((await db.listGrants(u))[0]?.metadata).toEqual(metadata);
+        expect((await db.listJournal(u, { order: "asc", limit: 1 }))[0]?.metadata).toEqual(metadata);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
       it("refuses a save whose account moved (seq guard) with ConflictError and writes nothing", async () => {
         const u = user();
         const { credits } = serviceWithClock(db);
