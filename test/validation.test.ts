@@ -116,6 +116,75 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => createCreditManager({ db: {} as never }), /db/);
   });
 
+  it("refuses options that are not plain objects (a Map's entries would be ignored), on every service", async () => {
+    const c = m.credits;
+    // Before, zod read these as objects without fields: a Map's idempotencyKey was lost, so a retry deducted twice.
+    const notPlain: [string, object][] = [
+      ["Map", new Map([["idempotencyKey", "k"]])],
+      ["Date", new Date()],
+      ["Set", new Set(["k"])],
+      ["Foo", new (class Foo {})()],
+      ["an array", []],
+    ];
+    for (const [name, o] of notPlain) {
+      const bad = o as never;
+      const pattern = new RegExp(`options: must be a plain object.*${name}`);
+      await expectInvalid(() => c.deductCredits(U, 1, bad), pattern);
+      await expectInvalid(() => c.deductCreditsAfterService(U, 1, bad), pattern);
+      await expectInvalid(() => c.chargeUpToLimit(U, 1, bad), pattern);
+      await expectInvalid(() => c.addCredits(U, 1, bad), pattern);
+      await expectInvalid(() => c.reserveCredits(U, 1, bad), pattern);
+      await expectInvalid(() => c.commitReservedCredits(reservationId, bad), pattern);
+      await expectInvalid(() => c.releaseReservedCredits(reservationId, bad), pattern);
+      await expectInvalid(() => c.voidGrant(grantId, bad), pattern);
+      await expectInvalid(() => c.getGrants(U, bad), pattern);
+      await expectInvalid(() => c.getCreditHistory(U, bad), /query: must be a plain object/);
+      await expectInvalid(() => m.ledger.getEntries(bad), /query: must be a plain object/);
+      await expectInvalid(() => m.subscriptions.subscribe(U, "plan", bad), pattern);
+      await expectInvalid(() => m.subscriptions.changePlan(U, "plan", bad), pattern);
+      await expectInvalid(() => m.subscriptions.cancel(U, bad), pattern);
+      await expectInvalid(() => m.subscriptions.listPlans(bad), pattern);
+      await expectInvalid(() => m.promos.claimPromo(U, "CODE", bad), pattern);
+      await expectInvalid(() => m.expiration.runAll(undefined, bad), pattern);
+      await expectInvalid(() => m.notifications.dispatchPending(bad), pattern);
+      await expectInvalid(() => createCreditManager(bad), pattern);
+    }
+    // A plain object without a prototype is a plain object.
+    const bare = Object.assign(Object.create(null) as object, { limit: 1 });
+    expect((await c.getCreditHistory(U, bare)).items).toHaveLength(1);
+  });
+
+  it("refuses cyclic, deep, large or non-JSON metadata and the key __proto__, with the path, and with the call's other errors", async () => {
+    const c = m.credits;
+    const loop: Record<string, unknown> = { a: 1 };
+    loop.self = loop;
+    const cyclic = loop as never; // not JSON, so not of the metadata's type
+    const nest = (levels: number) => {
+      const root: Record<string, unknown> = {};
+      let at = root;
+      for (let i = 1; i < levels; i++) at = (at.x = {}) as Record<string, unknown>;
+      return root as never;
+    };
+    // A raw RangeError (stack overflow) before: through HTTP, a 500.
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: cyclic }), /options\.metadata\.self: .*cycle/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { list: [cyclic] } }), /options\.metadata\.list\.0\.self: .*cycle/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: nest(2000) }), /options\.metadata\.(x\.){31}x: .*32 levels/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: nest(33) }), /32 levels/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { s: "x".repeat(70_000) } }), /options\.metadata\.s: .*65536 characters/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { a: new Array(40_000).fill(0) } }), /65536 characters/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { at: new Date() as never } }), /options\.metadata\.at: .*plain objects/);
+    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { m: new Map() as never } }), /options\.metadata\.m: .*plain objects/);
+    // JSON.parse makes "__proto__" an own key; copying would set the prototype instead and drop it.
+    const proto = JSON.parse('{"__proto__":{"x":1},"y":2}') as Record<string, never>;
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: proto }), /options\.metadata\.__proto__: .*"__proto__"/);
+    await expectInvalid(() => c.addCredits(U, 1, { metadata: { a: [proto] } }), /options\.metadata\.a\.0\.__proto__/);
+    await expectInvalid(() => m.subscriptions.subscribe(U, "plan", { metadata: cyclic }), /metadata\.self: .*cycle/);
+    // The metadata's problem is one issue among the call's others, not the only one reported.
+    const error = (await c.reserveCredits(U, 1, { metadata: cyclic, ttlSeconds: 0 }).catch((e: unknown) => e)) as ValidationError;
+    expect(error).toBeInstanceOf(ValidationError);
+    expect(error.issues.map((i) => i.path).sort()).toEqual(["metadata.self", "ttlSeconds"]);
+  });
+
   it("left the account, the journal and the ledger file exactly as they were", async () => {
     const c = m.credits;
     expect(await c.getUserCreditsInfo(U)).toEqual({ userId: U, balance: 100, reserved: 10, available: 90, debt: 0 });
@@ -143,5 +212,31 @@ describe("text with characters outside the Basic Multilingual Plane", () => {
     expect((await m.credits.getUserCreditsInfo(u)).balance).toBe(5);
     expect((await m.credits.audit(u)).ok).toBe(true);
     await m.close();
+  });
+});
+
+describe("metadata within the limits", () => {
+  let m: CreditManager;
+  beforeAll(async () => {
+    m = await createCreditManager();
+  });
+  afterAll(async () => m.close());
+
+  it("keeps metadata at the limits, shared (not cyclic) values, and the keys constructor and prototype as data", async () => {
+    const shared = { s: 1 };
+    const nest = (levels: number) => {
+      const root: Record<string, unknown> = {};
+      let at = root;
+      for (let i = 1; i < levels; i++) at = (at.x = {}) as Record<string, unknown>;
+      return root as never;
+    };
+    const u = "metadata-limits";
+    await m.credits.addCredits(u, 10, { metadata: nest(32) });
+    await m.credits.addCredits(u, 10, { metadata: { a: shared, b: [shared], constructor: 1, prototype: { toString: 2 } } });
+    await m.credits.addCredits(u, 10, { metadata: { s: "x".repeat(60_000) } });
+    const items = (await m.credits.getCreditHistory(u)).items;
+    expect(items[1]?.metadata).toEqual({ a: { s: 1 }, b: [{ s: 1 }], constructor: 1, prototype: { toString: 2 } });
+    expect(JSON.stringify(items[2]?.metadata).split("x").length - 1).toBe(31);
+    expect((await m.credits.audit(u)).ok).toBe(true);
   });
 });

@@ -585,10 +585,12 @@ export class AccountWork {
  * V8 copies these objects (whose number fields change representation as amounts grow) with
  * `{ ...o }` on its slow path, a property at a time — about 7% of a deduction — and a literal of
  * one shape in a few instructions. `satisfies` keeps each list complete: a field added to the model
- * and missing here does not compile.
+ * and missing here does not compile. (The in-memory store's public reads build their deep copies
+ * on these: `src/db/memory/copies.ts`.)
  */
 
-function copyAccount(a: Account): Account {
+/** @internal `{ ...a }`. */
+export function copyAccount(a: Account): Account {
   return {
     userId: a.userId,
     balance: a.balance,
@@ -603,8 +605,8 @@ function copyAccount(a: Account): Account {
   } satisfies Record<keyof Account, unknown>;
 }
 
-/** `{ ...g, remaining }`. */
-function withRemaining(g: Grant, remaining: number): Grant {
+/** @internal `{ ...g, remaining }`. */
+export function withRemaining(g: Grant, remaining: number): Grant {
   return {
     id: g.id,
     userId: g.userId,
@@ -623,8 +625,8 @@ function withRemaining(g: Grant, remaining: number): Grant {
   } satisfies Record<keyof Grant, unknown>;
 }
 
-/** `{ ...h, status, settledAt, committedAmount, amount, allocations }`. */
-function holdWith(
+/** @internal `{ ...h, status, settledAt, committedAmount, amount, allocations }`. */
+export function holdWith(
   h: Reservation,
   status: Reservation["status"],
   settledAt: Date | null,

@@ -59,8 +59,84 @@ export const IdempotencyKey = z
     error: `idempotencyKey must not start with "${SYSTEM_KEY_PREFIX}": that prefix is reserved for the library's own operations (payments, refunds, disputes, subscription periods)`,
   });
 
-/** Free-form JSON metadata stored with an entry. */
-export const Metadata = z.record(z.string(), z.json());
+/** Deepest nesting of metadata: the metadata object itself is level 1. */
+export const METADATA_MAX_DEPTH = 32;
+/** Largest metadata, in characters of its JSON text (not counting escapes). */
+export const METADATA_MAX_LENGTH = 65_536;
+
+const JsonRecord = z.record(z.string(), z.json());
+
+/**
+ * Free-form JSON metadata stored with an entry: plain objects, arrays, strings, finite numbers,
+ * booleans and null, at most {@link METADATA_MAX_DEPTH} levels deep and
+ * {@link METADATA_MAX_LENGTH} characters as JSON. Refused before the JSON schema walks it (a cycle
+ * or a deep nesting would overflow the stack there): cycles, anything deeper or larger, objects
+ * that are not plain (a Map, a Date, a class instance) and the key `"__proto__"` — JavaScript
+ * reads that key as the object's prototype, not as data, so copying the metadata (into the store,
+ * into the journal's hash) would drop it silently.
+ */
+export const Metadata = z.preprocess<unknown, typeof JsonRecord, z.input<typeof JsonRecord>>((value, ctx) => {
+  if (typeof value === "object" && value !== null) {
+    const problem = metadataProblem(value);
+    if (problem !== null) ctx.issues.push({ code: "custom", message: problem.message, path: problem.path, input: value });
+  }
+  return value;
+}, JsonRecord);
+
+/** The first reason `metadata` cannot be stored as JSON, with its path; null when it can. */
+function metadataProblem(metadata: object): { path: string[]; message: string } | null {
+  const open = new Set<object>(); // the objects being walked: one of them again is a cycle
+  const path: string[] = [];
+  let length = 0;
+  const walk = (v: unknown): string | null => {
+    switch (typeof v) {
+      case "string":
+        length += v.length + 2;
+        break;
+      case "number":
+        length += String(v).length;
+        break;
+      case "boolean":
+        length += 5;
+        break;
+      case "object": {
+        if (v === null) {
+          length += 4;
+          break;
+        }
+        if (open.has(v)) return "must not contain itself (a cycle cannot be stored as JSON)";
+        if (open.size >= METADATA_MAX_DEPTH) return `must not be nested more than ${METADATA_MAX_DEPTH} levels deep`;
+        const array = Array.isArray(v);
+        const proto = Object.getPrototypeOf(v) as unknown;
+        if (array ? proto !== Array.prototype : proto !== Object.prototype && proto !== null) {
+          return "must hold only plain objects, arrays, strings, numbers, booleans and null";
+        }
+        open.add(v);
+        length += 2;
+        const keys = Object.keys(v);
+        for (const key of keys) {
+          path.push(key);
+          if (!array && key === "__proto__") {
+            return 'must not use the key "__proto__" (JavaScript reads it as the object\'s prototype, not as data: it would be lost)';
+          }
+          length += (array ? 1 : key.length + 4);
+          const bad = length > METADATA_MAX_LENGTH ? null : walk((v as Record<string, unknown>)[key]);
+          if (bad !== null) return bad;
+          if (length > METADATA_MAX_LENGTH) return `must be at most ${METADATA_MAX_LENGTH} characters as JSON`;
+          path.pop();
+        }
+        open.delete(v);
+        break;
+      }
+      default:
+        break; // undefined, a function, …: the JSON schema refuses them with their path
+    }
+    return null;
+  };
+  const message = walk(metadata);
+  if (message !== null) return { path, message };
+  return length > METADATA_MAX_LENGTH ? { path, message: `must be at most ${METADATA_MAX_LENGTH} characters as JSON` } : null;
+}
 
 /** The instants every store can keep as written: years 1–9999 (UTC). */
 const MIN_DATE = new Date(0).setUTCFullYear(1, 0, 1); // Date.UTC reads years 0–99 as 1900–1999

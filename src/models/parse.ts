@@ -30,6 +30,13 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
     seen = accepted.get(schema);
     if (seen?.has(value)) return value as z.output<S>;
   }
+  if (typeof value === "object" && value !== null && takesObject(schema)) {
+    const proto = Object.getPrototypeOf(value) as unknown;
+    if (proto !== Object.prototype && proto !== null) {
+      const message = `must be a plain object ({ … }), not ${describe(value)}: its contents would be ignored`;
+      throw new ValidationError(`Invalid ${what}: ${message}`, [{ path: "", message }]);
+    }
+  }
   const result = schema.safeParse(value);
   if (result.success) {
     const bad = illFormedAt(result.data, "");
@@ -54,6 +61,45 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
   const where = first && first.path ? `${what}.${first.path}` : what;
   const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : "";
   throw new ValidationError(`Invalid ${where}: ${first?.message ?? "invalid value"}${more}`, issues, result.error);
+}
+
+/** Whether a schema takes an object of fields (seen through optional, nullable, default and pipe). */
+const objectTaking = new WeakMap<z.ZodType, boolean>();
+
+/**
+ * Whether `schema` takes an object of named fields (options, a query). zod reads such an object's
+ * own enumerable keys only, so a Map, a Date, a Set or a class instance would pass as an object
+ * with no fields: `deductCredits(u, 10, new Map([["idempotencyKey", "k"]]))` would deduct without
+ * its key, and a retry would deduct twice. `parse` refuses any object but a plain one for these.
+ */
+function takesObject(schema: z.ZodType): boolean {
+  let known = objectTaking.get(schema);
+  if (known === undefined) {
+    let def = (schema as unknown as { _zod: { def: SchemaDef } })._zod.def;
+    for (;;) {
+      if (def.type === "pipe" && def.in) def = def.in._zod.def;
+      else if (WRAPPERS.has(def.type) && def.innerType) def = def.innerType._zod.def;
+      else break;
+    }
+    known = def.type === "object" || def.type === "record";
+    objectTaking.set(schema, known);
+  }
+  return known;
+}
+
+interface SchemaDef {
+  type: string;
+  in?: { _zod: { def: SchemaDef } };
+  innerType?: { _zod: { def: SchemaDef } };
+}
+const WRAPPERS = new Set(["optional", "nullable", "default", "prefault", "readonly", "nonoptional", "catch"]);
+
+/** "a Map", "an array", "a Date", "an instance of Foo", for a message. */
+function describe(value: object): string {
+  if (Array.isArray(value)) return "an array";
+  const name = (value as { constructor?: { name?: unknown } }).constructor?.name;
+  if (typeof name !== "string" || name === "" || name === "Object") return "an object with another prototype";
+  return /^[AEIOU]/.test(name) ? `an ${name}` : `a ${name}`;
 }
 
 /** A lone UTF-16 surrogate: half of a pair, without the other half. */

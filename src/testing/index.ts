@@ -27,6 +27,7 @@ import {
 import type { JournalEntry, LedgerEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { CreditModel, type ModelHold } from "./model.js";
+import { scribble } from "./scribble.js";
 import { subscriptionContract } from "./subscriptions.js";
 import { runPromoPaymentContract } from "./promos.js";
 import { runNotificationContract } from "./notifications.js";
@@ -119,6 +120,18 @@ export function runDbManagerContract(options: ContractOptions): void {
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("keeps metadata keys named like Object.prototype's members (constructor, prototype, toString) as data, through the hash", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        // "__proto__" is refused by validation: assigning it sets the prototype, so a copy would drop it.
+        const metadata = JSON.parse('{"constructor":{"name":"x"},"prototype":1,"toString":"s","hasOwnProperty":[1]}') as Record<string, never>;
+        const e = await credits.addCredits(u, 5, { metadata });
+        expect(e.metadata).toEqual(metadata);
+        expect((await db.listGrants(u))[0]?.metadata).toEqual(metadata);
+        expect((await db.listJournal(u, { order: "asc", limit: 1 }))[0]?.metadata).toEqual(metadata);
         expect((await credits.audit(u)).ok).toBe(true);
       });
 
@@ -235,6 +248,42 @@ export function runDbManagerContract(options: ContractOptions): void {
         expect(all.map((e) => e.message)).toEqual(["b", "a"]);
         expect((await db.listLedgerEntries({ userId: u, eventType: "system", limit: 10 })).map((e) => e.message)).toEqual(["a"]);
         expect(all[0]?.details).toEqual({ n: 1 });
+      });
+
+      it("hands out copies: mutating a returned row (or a row after inserting it) changes nothing stored", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const far = T0 + 500 * DAY; // a scan window of its own in a shared store
+        await credits.addCredits(u, 100, { expiresAt: new Date(far), metadata: { tags: ["a"], n: { v: 1 } } });
+        const settled = await credits.reserveCredits(u, 5, { metadata: { m: [1] } });
+        await credits.commitReservedCredits(settled.id);
+        const active = await credits.reserveCredits(u, 7, { ttlSeconds: 60, metadata: { m: [2] } });
+        const event: LedgerEntry = { id: randomUUID(), eventType: "system", userId: u, message: "m", correlationId: null, details: { d: [1] }, createdAt: new Date(T0) };
+        await db.insertLedgerEntry(event);
+        scribble(event);
+        const reads = async () => ({
+          account: await db.getAccount(u),
+          grant: await db.getGrant(((await db.listGrants(u))[0] ?? { id: "" }).id),
+          grants: await db.listGrants(u),
+          allGrants: await db.listGrants(u, { includeInactive: true }),
+          active: await db.getReservation(active.id),
+          settled: await db.getReservation(settled.id),
+          holds: await db.listReservations(u),
+          activeHolds: await db.listReservations(u, { status: "active" }),
+          committedHolds: await db.listReservations(u, { status: "committed" }),
+          journal: await db.listJournal(u, { order: "asc", limit: 10 }),
+          due: (await db.findDueGrants(new Date(far), 10_000)).filter((g) => g.userId === u),
+          lapsed: (await db.findExpiredReservations(new Date(T0 + 60_000), 10_000)).filter((r) => r.userId === u),
+          events: await db.listLedgerEntries({ userId: u, limit: 10 }),
+        });
+        const before = await reads();
+        expect(before.due).toHaveLength(1);
+        expect(before.lapsed).toHaveLength(1);
+        expect(before.events[0]).toMatchObject({ message: "m", details: { d: [1] }, createdAt: new Date(T0) });
+        scribble(await reads());
+        expect(await reads()).toEqual(before);
+        expect((await credits.audit(u)).ok).toBe(true);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 95, reserved: 7, available: 88 });
       });
 
       it("pages ledger events with before/beforeId without skipping or repeating those of one millisecond", async () => {
@@ -671,3 +720,4 @@ async function expectNextExpiry(db: DbManager, u: string, what: string): Promise
 function sortKeys(o: Record<string, number>): Array<[string, number]> {
   return Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1));
 }
+

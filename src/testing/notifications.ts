@@ -16,6 +16,7 @@ import type { Notification } from "../models/index.js";
 import { InMemoryNotificationQueue, type NotificationMessage } from "../queue/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
+import { scribble } from "./scribble.js";
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 const DAY = 86_400_000;
@@ -190,6 +191,28 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect(await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" })).toBe(false);
       await expect(notifications.emit(u, { type: "nope" as never })).rejects.toMatchObject({ code: "VALIDATION_ERROR" });
       expect(await notifications.list(u)).toHaveLength(1);
+    });
+
+    it("hands out copies: mutating an outbox row read, claimed (or written) changes nothing stored", async () => {
+      const db = getDb();
+      const at = epoch(3);
+      const u = user();
+      const row = newNotification(u, "low_credits", { nested: { n: 1 } }, new Date(at), null);
+      const id = row.id;
+      await db.insertNotifications([row]);
+      scribble(row);
+      const [claimed] = (await db.claimNotifications({ now: new Date(at + 1000), limit: 100, leaseMs: 5000, token: "copies" })).filter((r) => r.userId === u);
+      expect(claimed).toMatchObject({ id, payload: { nested: { n: 1 } } });
+      const list = () => db.listNotifications(u, { limit: 10 });
+      const before = await list();
+      scribble(claimed);
+      scribble(await list());
+      expect(await list()).toEqual(before);
+      // Settled and purged, so neither a later claim nor a later purge (of another test in a shared store) meets it.
+      const done = { status: "sent" as const, attempts: 1, nextAttemptAt: new Date(at + 1000), lastError: null, settledAt: new Date(at + 1000) };
+      expect(await db.completeNotification(id, "copies", done)).toBe(true);
+      await db.purgeNotifications(new Date(at + 1001), 100);
+      expect(await list()).toEqual([]);
     });
 
     it("claims atomically: each user's oldest due row only, never one row twice; completion is guarded", async () => {

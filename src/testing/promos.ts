@@ -12,6 +12,7 @@ import type { PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { CreditService } from "../services/credit-service.js";
 import { PaymentService } from "../services/payment-service.js";
 import { PromoService } from "../services/promo-service.js";
+import { scribble } from "./scribble.js";
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 
@@ -93,6 +94,38 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect(await db.setPromoActive(code(), false, later)).toBeNull();
       const page = await db.listPromos({ limit: 1000 });
       expect(page.find((x) => x.code === c)).toEqual({ ...p, isActive: false, updatedAt: later });
+    });
+
+    it("hands out copies: mutating a promo, claim or payment read (or written) changes nothing stored", async () => {
+      const { db, promos } = services();
+      const u = user();
+      const c = code();
+      const p = promo(c, { userIds: [u], maxUses: 5, metadata: { k: [1] } });
+      await db.insertPromo(p);
+      scribble(p);
+      await promos.claimPromo(u, c);
+      const pay: Payment = {
+        id: randomUUID(), userId: u, provider: "test", providerRef: `ref-${u}`, providerPaymentId: null, amount: 100, currency: "USD",
+        credits: 10, status: "created", checkoutUrl: null, description: null, grantId: null, creditEntryId: null, refundedAmount: 0,
+        creditsReversed: 0, metadata: { order: { n: 1 } }, version: 1, createdAt: new Date(T0), updatedAt: new Date(T0),
+      };
+      const payId = pay.id;
+      await db.insertPayment(pay);
+      scribble(pay);
+      const reads = async () => ({
+        promo: await db.getPromo(c),
+        promos: (await db.listPromos({ limit: 1000 })).filter((x) => x.code === c),
+        claims: await db.listPromoClaims(u),
+        payment: await db.getPayment(payId),
+        byProvider: await db.findPaymentByProviderId("test", `ref-${u}`),
+        payments: await db.listPayments(u, { limit: 10 }),
+      });
+      const before = await reads();
+      expect(before.promo).toMatchObject({ code: c, uses: 1, userIds: [u], metadata: { k: [1] } });
+      expect(before.payment).toMatchObject({ id: payId, amount: 100, metadata: { order: { n: 1 } } });
+      expect(before.claims).toHaveLength(1);
+      scribble(await reads());
+      expect(await reads()).toEqual(before);
     });
 
     it("keeps payments, finds them by provider ids, pages newest first, updates by compare-and-set", async () => {

@@ -12,6 +12,7 @@ import type { JournalEntry, Plan, Subscription } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
+import { scribble } from "./scribble.js";
 
 const DAY = 86_400_000;
 
@@ -68,6 +69,33 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       await Promise.all([expiration.renewDueSubscriptions(), expiration.renewDueSubscriptions()]);
       expect(await lifecycle(u1)).toEqual(["subscription_cancelled", "subscription_ended"]);
       expect(await db.getSubscription(s1.id)).toMatchObject({ status: "canceled", intent: null, nextRunAt: null });
+    });
+
+    it("hands out copies: mutating a plan or subscription read (or written) changes nothing stored", async () => {
+      const db = getDb();
+      const { subscriptions } = servicesWithClock(db, T);
+      const id = (await subscriptions.createPlan({ name: "Copies", creditsPerPeriod: 10, billingPeriod: "daily", metadata: { tier: ["a"] } })).id;
+      const u = user();
+      const sub = await subscriptions.subscribe(u, id, { metadata: { from: { ad: 1 } } });
+      const extra: Plan = { ...((await db.getPlan(id)) as Plan), id: planId(), metadata: { k: [1] } };
+      const extraId = extra.id;
+      await db.insertPlan(extra);
+      scribble(extra);
+      const reads = async () => ({
+        plan: await db.getPlan(id),
+        extra: await db.getPlan(extraId),
+        plans: (await db.listPlans({ includeInactive: true })).filter((p) => p.id === id),
+        sub: await db.getSubscription(sub.id),
+        active: await db.getActiveSubscription(u),
+        subs: await db.listSubscriptions(u),
+        due: (await db.findDueSubscriptions(new Date(T + 2 * DAY), 10_000)).filter((s) => s.userId === u),
+      });
+      const before = await reads();
+      expect(before.extra?.metadata).toEqual({ k: [1] });
+      expect(before.due).toHaveLength(1);
+      scribble(await reads());
+      expect(await reads()).toEqual(before);
+      expect(await subscriptions.getUserSubscription(u)).toMatchObject({ id: sub.id, planId: id, status: "active" });
     });
 
     it("stores plans with guarded writes; refuses a duplicate id", async () => {

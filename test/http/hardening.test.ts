@@ -69,6 +69,25 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
     expect(errors).toEqual([]);
   });
 
+  it("deep or __proto__ metadata in a body is a 400 naming the path, not a 500, and changes nothing", async () => {
+    await call("POST", "/admin/credits/users/meta/add", ADMIN, { amount: 10 });
+    const before = (await call("GET", "/credits/balance", "meta")).json;
+    // 2,000 levels of JSON parse fine but would overflow the stack of the metadata schema (a RangeError).
+    const deep = `{"amount":1,"metadata":${'{"x":'.repeat(2000)}1${"}".repeat(2000)}}`;
+    const bodies: [string, string | object, RegExp][] = [
+      ["/credits/reservations", deep, /metadata(\.x){32}: .*32 levels/],
+      ["/admin/credits/users/meta/deduct", deep, /32 levels/],
+      ["/admin/credits/users/meta/add", '{"amount":1,"metadata":{"__proto__":{"x":1},"y":2}}', /metadata\.__proto__: .*"__proto__"/],
+    ];
+    for (const [path, body, message] of bodies) {
+      const r = await call("POST", path, path.startsWith("/admin") ? ADMIN : "meta", body);
+      expect({ path, status: r.status, code: r.json.error?.code }).toEqual({ path, status: 400, code: "VALIDATION_ERROR" });
+      expect(r.json.error.message).toMatch(message);
+    }
+    expect((await call("GET", "/credits/balance", "meta")).json).toEqual(before);
+    expect(errors).toEqual([]);
+  });
+
   it("a webhook provider name no provider can have is a 404 like an unknown one, not a 500", async () => {
     for (const name of ["Stripe", "stripe.v2", "x".repeat(65), "a%20b", "%E2%9C%93"]) {
       const r = await call("POST", `/webhooks/${name}`, null, "{}");

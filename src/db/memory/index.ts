@@ -15,6 +15,7 @@ import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { DueIndex } from "./due-index.js";
 import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
+import { copyAccount, copyGrant, copyLedgerEntry, copyReservation } from "./copies.js";
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
@@ -277,7 +278,8 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async getAccount(userId: string): Promise<Account | null> {
-    return this.users.get(userId)?.account ?? null;
+    const account = this.users.get(userId)?.account;
+    return account === null || account === undefined ? null : copyAccount(account);
   }
 
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
@@ -289,31 +291,35 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async getGrant(grantId: string): Promise<Grant | null> {
-    return this.grantOwner.get(grantId)?.grants.get(grantId) ?? null;
+    const grant = this.grantOwner.get(grantId)?.grants.get(grantId);
+    return grant === undefined ? null : copyGrant(grant);
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
     const u = this.holderOf(reservationId);
-    return u === undefined ? null : this.holdOf(u, reservationId);
+    const hold = u === undefined ? null : this.holdOf(u, reservationId);
+    // An active hold is the stored object; a settled one is already a new object, made from its row.
+    return hold !== null && hold.status === "active" ? copyReservation(hold) : hold;
   }
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const u = this.users.get(userId);
     if (u === undefined) return [];
-    if (options?.includeInactive) return [...u.grants.values()];
+    if (options?.includeInactive) return [...u.grants.values()].map(copyGrant);
     // Oldest first, as the other stores answer (the open list is in burn-down order).
-    return u.open.values().sort(oldestFirst);
+    return u.open.values().sort(oldestFirst).map(copyGrant);
   }
 
   async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     const u = this.users.get(userId);
     if (u === undefined) return [];
     const status = options?.status;
-    if (status === "active") return [...u.active.values()];
-    const settled = u.settled.values(userId);
+    const active = () => [...u.active.values()].map(copyReservation);
+    if (status === "active") return active();
+    const settled = u.settled.values(userId); // new objects, made from the settled rows
     if (status !== undefined) return settled.filter((r) => r.status === status);
     // By creation, as the other stores list them.
-    return [...u.active.values(), ...settled].sort(oldestFirst);
+    return [...active(), ...settled].sort(oldestFirst);
   }
 
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
@@ -340,12 +346,12 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     const ids = this.dueGrants.scan(asOf.getTime(), limit, cursorOf(after));
-    return ids.map((id) => this.expiring.get(id) as Grant);
+    return ids.map((id) => copyGrant(this.expiring.get(id) as Grant));
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
     const ids = this.dueHolds.scan(asOf.getTime(), limit, cursorOf(after));
-    return ids.map((id) => this.holderOf(id)?.active.get(id) as Reservation);
+    return ids.map((id) => copyReservation(this.holderOf(id)?.active.get(id) as Reservation));
   }
 
 
@@ -382,7 +388,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
-    this.ledger.push(entry);
+    this.ledger.push(copyLedgerEntry(entry));
   }
 
   async listLedgerEntries(q: LedgerQuery): Promise<LedgerEntry[]> {
@@ -405,7 +411,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     }
     const at = (i: number) => (this.ledger[i] as LedgerEntry).createdAt.getTime();
     matches.sort((a, b) => at(b) - at(a) || b - a);
-    return matches.slice(0, q.limit).map((i) => this.ledger[i] as LedgerEntry);
+    return matches.slice(0, q.limit).map((i) => copyLedgerEntry(this.ledger[i] as LedgerEntry));
   }
 }
 

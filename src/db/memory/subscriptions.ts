@@ -3,11 +3,13 @@ import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
 import { DueIndex } from "./due-index.js";
 
+const copy = <T>(o: T): T => structuredClone(o);
+
 /**
  * Plans and subscriptions in process memory. Every write checks and applies synchronously, so
- * nothing interleaves between a guard and its write. Like the rest of the in-memory store, it keeps
- * the objects handed to it and hands them out as they are: the library never mutates them (every
- * change builds a new object) and the services copy what they return to callers.
+ * nothing interleaves between a guard and its write. It keeps copies of the rows handed to it and
+ * hands out copies (as the promo store does): a caller that changed a row it wrote or read would
+ * otherwise change the store.
  */
 export class MemorySubscriptionStore implements SubscriptionStore {
   private readonly plans = new Map<string, Plan>();
@@ -22,25 +24,25 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   async insertPlan(plan: Plan): Promise<void> {
     if (this.plans.has(plan.id)) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id });
-    this.plans.set(plan.id, plan);
+    this.plans.set(plan.id, copy(plan));
   }
 
   async getPlan(planId: string): Promise<Plan | null> {
     const p = this.plans.get(planId);
-    return p ?? null;
+    return p === undefined ? null : copy(p);
   }
 
   async listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
     return [...this.plans.values()]
       .filter((p) => options.includeInactive || p.isActive)
       .sort((a, b) => (a.id < b.id ? -1 : 1))
-      ;
+      .map(copy);
   }
 
   async updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
     const current = this.plans.get(plan.id);
     if (current === undefined || current.version !== expectedVersion) return false;
-    this.plans.set(plan.id, plan);
+    this.plans.set(plan.id, copy(plan));
     return true;
   }
 
@@ -68,16 +70,16 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   async getSubscription(id: string): Promise<Subscription | null> {
     const s = this.subs.get(id);
-    return s ?? null;
+    return s === undefined ? null : copy(s);
   }
 
   async getActiveSubscription(userId: string): Promise<Subscription | null> {
     const id = this.active.get(userId);
-    return id === undefined ? null : this.subs.get(id) as Subscription;
+    return id === undefined ? null : copy(this.subs.get(id) as Subscription);
   }
 
   async listSubscriptions(userId: string): Promise<Subscription[]> {
-    return (this.byUser.get(userId) ?? []).map((id) => this.subs.get(id) as Subscription);
+    return (this.byUser.get(userId) ?? []).map((id) => copy(this.subs.get(id) as Subscription));
   }
 
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
@@ -94,10 +96,11 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   async findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
     const ids = this.due.scan(asOf.getTime(), limit, after && { time: after.nextRunAt.getTime(), id: after.id });
-    return ids.map((id) => this.subs.get(id) as Subscription);
+    return ids.map((id) => copy(this.subs.get(id) as Subscription));
   }
 
-  private put(s: Subscription): void {
+  private put(row: Subscription): void {
+    const s = copy(row);
     const previous = this.subs.get(s.id);
     if (previous?.status === "active") for (const p of [previous.planId, previous.pendingPlanId]) if (p !== null) this.byPlan.get(p)?.delete(s.id);
     if (s.status === "active") {
