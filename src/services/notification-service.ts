@@ -15,6 +15,7 @@ import {
   type AlertState,
   type Notification,
 } from "../models/index.js";
+import { ConfigurationError } from "../errors.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
 export interface NotificationServiceOptions {
@@ -130,6 +131,12 @@ export class NotificationService {
     this.backoffMaxMs = options.backoffMaxMs ?? 3_600_000;
     this.leaseMs = options.leaseMs ?? 60_000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? Math.floor(this.leaseMs / 2);
+    if (this.publishTimeoutMs > this.leaseMs) {
+      // A publish still running when its claim lapses lets another dispatcher deliver the row again.
+      throw new ConfigurationError(
+        `[credit-management] notifications: publishTimeoutMs (${this.publishTimeoutMs}) must not exceed leaseMs (${this.leaseMs}): a publish must end before its claim lapses`,
+      );
+    }
   }
 
   /**
@@ -233,9 +240,11 @@ export class NotificationService {
       });
       if (rows.length === 0) break;
       report.claimed += rows.length;
+      const settled = report.sent + report.failed;
       await Promise.all(rows.map((row) => this.deliver(row, token, report)));
-      // A round whose rows all failed would claim nothing new before their backoff: stop here.
-      if (report.sent === 0 && report.lost === 0) break;
+      // Only a row settled in this round (sent, or failed for good) can have made its user's next
+      // row due; rows that wait for a retry free nothing, so a round that settled none ends it.
+      if (report.sent + report.failed === settled) break;
     }
     return report;
   }

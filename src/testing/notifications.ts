@@ -11,7 +11,7 @@ import { describe, expect, it } from "vitest";
 import type { DbManager } from "../db/types.js";
 import { AccountWork } from "../domain/account-work.js";
 import { newNotification } from "../domain/notifications.js";
-import { InsufficientCreditsError } from "../errors.js";
+import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
 import type { Notification } from "../models/index.js";
 import { InMemoryNotificationQueue, type NotificationMessage } from "../queue/index.js";
 import { CreditService } from "../services/credit-service.js";
@@ -323,6 +323,57 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const [doomedRow] = await notifications.list(doomed);
       expect(doomedRow).toMatchObject({ status: "failed", attempts: 3, lastError: "queue down" });
       expect((await notifications.list(u, { status: "sent" })).map((r) => r.id)).toEqual(seen.filter((m) => m.userId === u).map((m) => m.id));
+    });
+    /** @see issue 24, item 3: PostgreSQL claimed every due row whatever the limit. */
+    it("claims at most `limit` rows, in the store and through dispatchPending({ limit })", async () => {
+      const db = getDb();
+      const at = epoch(3);
+      const rows = Array.from({ length: 8 }, (_, i) => newNotification(user(), "low_credits", { i }, new Date(at + i), null));
+      await db.insertNotifications(rows);
+      const now = new Date(at + 1000);
+      const first = await db.claimNotifications({ now, limit: 3, leaseMs: 30_000, token: "l1" });
+      expect(first.map((r) => r.payload.i)).toEqual([0, 1, 2]);
+      const sent: NotificationMessage[] = [];
+      const notifications = new NotificationService({ db, clock: () => new Date(at + 10_000), queue: { publish: async (m) => void sent.push(m) } });
+      const report = await notifications.dispatchPending({ limit: 3 });
+      expect(report).toMatchObject({ claimed: 3, sent: 3 });
+      expect(sent.map((m) => m.payload.i)).toEqual([3, 4, 5]);
+      // The rest: two due now; the three claimed first once their lease has lapsed.
+      const rest = await notifications.dispatchPending({ limit: 100 });
+      expect(rest).toMatchObject({ claimed: 2, sent: 2 });
+      const late = new NotificationService({ db, clock: () => new Date(at + 60_000), queue: { publish: async (m) => void sent.push(m) } });
+      expect(await late.dispatchPending({ limit: 100 })).toMatchObject({ claimed: 3, sent: 3 });
+      expect(sent.map((m) => m.payload.i).sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    });
+
+    /** @see issue 24, item 4: a round that only failed a row for good ended the call. */
+    it("dispatchPending goes on after a row fails for good: that user's next row is due at once", async () => {
+      const db = getDb();
+      const at = epoch(4);
+      const u = user();
+      // The head row has used all but one of its attempts (maxAttempts 3 in services()).
+      const head = { ...newNotification(u, "low_credits", { i: 0 }, new Date(at), null), attempts: 2 };
+      const next = newNotification(u, "balance_restored", { i: 1 }, new Date(at), null);
+      await db.insertNotifications([head, next]);
+      const sent: NotificationMessage[] = [];
+      const queue = {
+        async publish(m: NotificationMessage) {
+          if (m.payload.i === 0) throw new Error("rejected");
+          sent.push(m);
+        },
+      };
+      const { notifications } = services(db, at + 1, { lowCredits: 20 }, queue as never);
+      const report = await notifications.dispatchPending();
+      expect(report).toMatchObject({ claimed: 2, sent: 1, failed: 1, retried: 0 });
+      expect(sent.map((m) => m.type)).toEqual(["balance_restored"]);
+      expect((await notifications.list(u)).map((r) => r.status)).toEqual(["failed", "sent"]);
+    });
+
+    /** @see issue 24, item 6 */
+    it("refuses a publish timeout longer than the lease", () => {
+      const db = getDb();
+      expect(() => new NotificationService({ db, leaseMs: 1000, publishTimeoutMs: 1001 })).toThrow(ConfigurationError);
+      expect(() => new NotificationService({ db, leaseMs: 1000, publishTimeoutMs: 1000 })).not.toThrow();
     });
   });
 }

@@ -30,18 +30,22 @@ export class PostgresOutbox {
   /**
    * One statement: the oldest pending row of each user (no older pending row of the same user
    * exists), if due and not claimed, locked with `FOR UPDATE SKIP LOCKED` so that concurrent
-   * dispatchers take disjoint rows, then stamped with the claim. The re-check of the claim in the
-   * UPDATE covers a row another dispatcher claimed and committed between our scan and our lock.
+   * dispatchers take disjoint rows, then stamped with the claim. The pick is a `MATERIALIZED` CTE:
+   * as a sub-select of the UPDATE (`WHERE id IN (SELECT … LIMIT n)`) the planner may run it again
+   * for every row it updates, and every run skips the rows the last one locked, so `LIMIT` bounded
+   * nothing (8 due rows, limit 3: 8 claimed). The re-check of the claim in the UPDATE covers a row
+   * another dispatcher claimed and committed between our scan and our lock.
    */
   async claim(q: ClaimQuery): Promise<Notification[]> {
     if (q.limit <= 0) return [];
     const t = this.table.qualified;
     const text =
-      `UPDATE ${t} n SET claimed_until = $2, claim_token = $3 WHERE n.id IN (` +
+      `WITH picked AS MATERIALIZED (` +
       `SELECT o.id FROM ${t} o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ` +
       `AND (o.claimed_until IS NULL OR o.claimed_until <= $1) ` +
       `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = o.user_id AND p.status = 'pending' AND p.id < o.id) ` +
       `ORDER BY o.next_attempt_at, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) ` +
+      `UPDATE ${t} n SET claimed_until = $2, claim_token = $3 FROM picked WHERE n.id = picked.id ` +
       `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING ${output(this.table, "n")}`;
     const rows = await this.db.read("claimNotifications", text, [q.now, new Date(q.now.getTime() + q.leaseMs), q.token, q.limit]);
     return rows
@@ -62,8 +66,9 @@ export class PostgresOutbox {
     const t = this.table.qualified;
     const rows = await this.db.read(
       "purgeNotifications",
-      `DELETE FROM ${t} WHERE id IN (SELECT id FROM ${t} WHERE settled_at IS NOT NULL AND settled_at < $1 AND status <> 'pending' ` +
-        `ORDER BY settled_at LIMIT $2) RETURNING 1`,
+      // A MATERIALIZED pick, as in claim(): the LIMIT bounds what one call deletes.
+      `WITH picked AS MATERIALIZED (SELECT id FROM ${t} WHERE settled_at IS NOT NULL AND settled_at < $1 AND status <> 'pending' ` +
+        `ORDER BY settled_at LIMIT $2) DELETE FROM ${t} d USING picked WHERE d.id = picked.id RETURNING 1`,
       [before, limit],
     );
     return rows.length;
