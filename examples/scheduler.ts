@@ -1,5 +1,8 @@
 /**
- * A worker process that runs the jobs every minute and logs each report with pino:
+ * A worker process that runs the jobs every minute and logs each report with pino. `runAll()` is
+ * everything a deployment schedules: lapsed holds, renewals, expiry and — once the manager has a
+ * `queue` (or `notifications`) — the expiring-credit reminders and the delivery of the outbox.
+ *
  *
  *   npx tsx examples/scheduler.ts            (in-memory store: a demo)
  *   CREDIT_MONGO_URI=… npx tsx examples/scheduler.ts

@@ -51,8 +51,10 @@ export const CreditManagerOptions = z.strictObject({
     backoffMaxMs: z.number().int().min(1).optional(),
     /** A dispatcher's claim on a row, in ms. Default 60,000. */
     leaseMs: z.number().int().min(100).optional(),
-    /** Longest wait for one publish, in ms. Default half of `leaseMs`. */
+    /** Longest wait for one publish, in ms (at most `leaseMs`). Default half of `leaseMs`. */
     publishTimeoutMs: z.number().int().min(1).optional(),
+    /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
+    reminderDays: z.array(z.number().min(0).max(3650)).max(16).optional(),
   }).optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
@@ -98,7 +100,6 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     alerts: alertsOn ? thresholds : undefined,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
-  const expiration = new ExpirationService({ db, credits, subscriptions, ledger, clock: o.clock, logger: o.logger });
   const notifications = new NotificationService({
     db,
     queue: o.queue,
@@ -110,6 +111,16 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     backoffMaxMs: n?.backoffMaxMs,
     leaseMs: n?.leaseMs,
     publishTimeoutMs: n?.publishTimeoutMs,
+  });
+  const expiration = new ExpirationService({
+    db,
+    credits,
+    subscriptions,
+    ledger,
+    clock: o.clock,
+    logger: o.logger,
+    notifications: alertsOn ? notifications : undefined,
+    reminderDays: n?.reminderDays,
   });
   const shared = { db, ledger, cache: o.cache, clock: o.clock, logger: o.logger, credits };
   const promos = new PromoService(shared);

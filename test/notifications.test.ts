@@ -155,3 +155,50 @@ describe("NotificationService details", () => {
     await expect(n.purge({ olderThanDays: -1 })).rejects.toBeInstanceOf(ValidationError);
   });
 });
+
+/** @see issue 24, item 5: the documented schedule sent no reminders and delivered nothing. */
+describe("expiration.runAll() runs everything a deployment schedules", () => {
+  const DAY = 86_400_000;
+
+  it("with notifications on: the jobs, then the expiring reminders, then delivery of the outbox", async () => {
+    let now = Date.now();
+    const queue = new InMemoryNotificationQueue();
+    const manager = await createCreditManager({ queue, clock: () => new Date(now), notifications: { lowCredits: 50 } });
+    const { credits, expiration } = manager;
+    await credits.addCredits("soon", 100, { expiresAt: new Date(now + 3 * DAY) });
+    await credits.addCredits("later", 100, { expiresAt: new Date(now + 30 * DAY) });
+    await credits.deductCredits("later", 60); // low: 40 < 50
+    await credits.reserveCredits("later", 10, { ttlSeconds: 60 });
+    now += 120_000;
+    const report = await expiration.runAll();
+    expect(report.releaseExpiredHolds.holdsReleased).toBe(1);
+    expect(report.sendExpiringReminders).toEqual([{ days: 7, scanned: 1, recorded: 1 }]);
+    expect(report.dispatchPending).toMatchObject({ sent: 3, failed: 0 });
+    expect(queue.of("soon").map((m) => m.type)).toEqual(["expiring_credits"]);
+    expect(queue.of("later").map((m) => m.type)).toEqual(["low_credits", "reservation_expired"]);
+    // A second run finds nothing new: the reminder is once per grant and window.
+    const again = await expiration.runAll();
+    expect(again.sendExpiringReminders).toEqual([{ days: 7, scanned: 1, recorded: 0 }]);
+    expect(again.dispatchPending).toMatchObject({ claimed: 0 });
+    await manager.close();
+  });
+
+  it("reminder windows are configurable; with notifications off, neither step runs", async () => {
+    const now = Date.now();
+    const queue = new InMemoryNotificationQueue();
+    const on = await createCreditManager({ queue, clock: () => new Date(now), notifications: { reminderDays: [1, 30] } });
+    await on.credits.addCredits("u", 100, { expiresAt: new Date(now + 3 * DAY) });
+    const report = await on.expiration.runAll();
+    expect(report.sendExpiringReminders?.map((r) => [r.days, r.recorded])).toEqual([[1, 0], [30, 1]]);
+    expect(queue.of("u", "expiring_credits")).toHaveLength(1);
+    await on.close();
+    const off = await createCreditManager({ clock: () => new Date(now) });
+    await off.credits.addCredits("u", 100, { expiresAt: new Date(now + 3 * DAY) });
+    const quiet = await off.expiration.runAll();
+    expect(quiet.sendExpiringReminders).toBeNull();
+    expect(quiet.dispatchPending).toBeNull();
+    await off.close();
+    await expect(createCreditManager({ notifications: { reminderDays: [-1] } })).rejects.toBeInstanceOf(ValidationError);
+    await expect(createCreditManager({ notifications: { leaseMs: 1000, publishTimeoutMs: 5000 } })).rejects.toThrow(/publishTimeoutMs/);
+  });
+});

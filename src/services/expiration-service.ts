@@ -3,8 +3,9 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { AsOf, BatchSize, UserId, parse, type Subscription } from "../models/index.js";
+import { AsOf, BatchSize, ExpiringDays, UserId, parse, type Subscription } from "../models/index.js";
 import type { CreditService } from "./credit-service.js";
+import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
 
 export interface ExpirationServiceOptions {
@@ -15,6 +16,13 @@ export interface ExpirationServiceOptions {
   /** Default: the credit service's clock. */
   clock?: () => Date;
   logger?: Logger;
+  /**
+   * With notifications on: `runAll()` also records the expiring-credit reminders and delivers the
+   * outbox (`createCreditManager` passes its `notifications` when `queue` or `notifications` is given).
+   */
+  notifications?: NotificationService;
+  /** The reminder windows `runAll()` records, in days (`sendExpiringReminders`). Default `[7]`; `[]`: none. */
+  reminderDays?: readonly number[];
 }
 
 export const JobOptions = z.strictObject({
@@ -24,6 +32,11 @@ export const JobOptions = z.strictObject({
   concurrency: z.number().int().min(1).max(256).optional(),
 });
 export type JobOptions = z.input<typeof JobOptions>;
+
+/** Reminder windows in days, each as `sendExpiringReminders` takes it. */
+const ReminderDays = z.array(ExpiringDays).max(16);
+/** Outbox rows one `runAll()` delivers at most (what is left waits for the next run or `start()`). */
+const DISPATCH_LIMIT = 10_000;
 
 interface JobBase {
   job: string;
@@ -66,6 +79,10 @@ export interface RunAllReport {
   releaseExpiredHolds: ReleaseHoldsReport;
   renewDueSubscriptions: RenewSubscriptionsReport;
   expireDueGrants: ExpireGrantsReport;
+  /** Per reminder window: grants looked at and reminders recorded. Null with notifications off. */
+  sendExpiringReminders: { days: number; scanned: number; recorded: number }[] | null;
+  /** The outbox delivered after the jobs (their events included). Null with notifications off. */
+  dispatchPending: DispatchReport | null;
   durationMs: number;
 }
 
@@ -83,6 +100,8 @@ export class ExpirationService {
   private readonly ledger: LedgerLogger | undefined;
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
+  private readonly notifications: NotificationService | undefined;
+  private readonly reminderDays: readonly number[];
 
   constructor(options: ExpirationServiceOptions) {
     this.db = options.db;
@@ -91,6 +110,8 @@ export class ExpirationService {
     this.ledger = options.ledger;
     this.clock = options.clock ?? (() => options.credits.now());
     this.logger = options.logger;
+    this.notifications = options.notifications;
+    this.reminderDays = parse(ReminderDays, options.reminderDays ?? [7], "reminderDays");
   }
 
   /** Expires the unspent part of every grant due at `now` (default: the clock), account by account. */
@@ -226,18 +247,37 @@ export class ExpirationService {
     return report;
   }
 
-  /** The three jobs in order: release lapsed holds, renew subscriptions, expire due grants. */
+  /**
+   * Everything a deployment schedules, in order: release lapsed holds, renew subscriptions, expire
+   * due grants; then, with notifications on, record the expiring-credit reminders (`reminderDays`)
+   * and deliver the outbox (up to 10,000 rows a run). One call per minute from one or several
+   * workers is enough; each step is safe to run concurrently.
+   */
   async runAll(now?: Date | string, options: JobOptions = {}): Promise<RunAllReport> {
     const asOf = this.asOf(now);
     const started = performance.now();
     const releaseExpiredHolds = await this.releaseExpiredHolds(asOf, options);
     const renewDueSubscriptions = await this.renewDueSubscriptions(asOf, options);
     const expireDueGrants = await this.expireDueGrants(asOf, options);
+    let sendExpiringReminders: RunAllReport["sendExpiringReminders"] = null;
+    let dispatchPending: DispatchReport | null = null;
+    const notifications = this.notifications;
+    if (notifications !== undefined) {
+      // Last, so that the events of the jobs above are delivered in the same run.
+      const pageSize = options.batchSize;
+      sendExpiringReminders = [];
+      for (const days of this.reminderDays) {
+        sendExpiringReminders.push({ days, ...(await notifications.sendExpiringReminders({ days, pageSize })) });
+      }
+      dispatchPending = await notifications.dispatchPending({ limit: DISPATCH_LIMIT });
+    }
     return {
       asOf: asOf.toISOString(),
       releaseExpiredHolds,
       renewDueSubscriptions,
       expireDueGrants,
+      sendExpiringReminders,
+      dispatchPending,
       durationMs: Math.round(performance.now() - started),
     };
   }
