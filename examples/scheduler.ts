@@ -3,7 +3,6 @@
  * everything a deployment schedules: lapsed holds, renewals, expiry and — once the manager has a
  * `queue` (or `notifications`) — the expiring-credit reminders and the delivery of the outbox.
  *
- *
  *   npx tsx examples/scheduler.ts            (in-memory store: a demo)
  *   CREDIT_MONGO_URI=… npx tsx examples/scheduler.ts
  *
