@@ -90,6 +90,12 @@ export class Batch {
   lost = false;
   private waiting: number;
   private started = false;
+  /**
+   * The statement in flight on `client`. The units of a batch run at once and share its one
+   * connection, and node-pg takes one query at a time per client (a second one while the first
+   * runs is deprecated, and refused from pg 9): each statement waits for the one before it.
+   */
+  private inFlight: Promise<unknown> | null = null;
 
   constructor(
     readonly db: PostgresDbManager,
@@ -352,7 +358,7 @@ export class Batch {
   private async rollback(): Promise<void> {
     try {
       this.db.roundTrips++;
-      await this.client.query("ROLLBACK");
+      await this.inTurn(() => this.client.query("ROLLBACK"));
     } catch (error) {
       this.breaks(error);
     }
@@ -364,7 +370,26 @@ export class Batch {
    * lacks in front); returns the results of its last `count` statements. Driver errors become
    * `Retry` or `StorageError` and mark the shared transaction failed.
    */
-  async message(what: string, statements: readonly Statement[], text: (prefix: string) => string, count: number): Promise<QueryResult[]> {
+  message(what: string, statements: readonly Statement[], text: (prefix: string) => string, count: number): Promise<QueryResult[]> {
+    return this.inTurn(() => this.send(what, statements, text, count));
+  }
+
+  /** Runs `fn` once the statement in flight on the client (if any) has answered. */
+  private inTurn<T>(fn: () => Promise<T>): Promise<T> {
+    const before = this.inFlight;
+    const run = before === null ? fn() : before.then(fn, fn);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight = settled;
+    void settled.then(() => {
+      if (this.inFlight === settled) this.inFlight = null;
+    });
+    return run;
+  }
+
+  private async send(what: string, statements: readonly Statement[], text: (prefix: string) => string, count: number): Promise<QueryResult[]> {
     const prepare = this.db.prepareFor(this.client, statements);
     this.db.roundTrips++;
     let result: QueryResult | QueryResult[];
@@ -384,7 +409,11 @@ export class Batch {
   }
 
   /** One parameterised statement inside the transaction (reads a unit makes beyond its load). */
-  async query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+  query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    return this.inTurn(() => this.read(what, text, params));
+  }
+
+  private async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     this.db.roundTrips++;
     try {
       const r = await this.client.query(this.db.prepared ? { name: this.db.statementName(text), text, values: params } : { text, values: params });
