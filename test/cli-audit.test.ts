@@ -112,6 +112,28 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
     expect(r2.stdout).toContain('user "dave" seq 1 is in the file but the store has no such account');
   });
 
+  /** @see issue 24, item 15: file order was not checked. */
+  it("finds an account's lines out of seq order, or written twice, within a file (--unordered accepts the order)", async () => {
+    const all = lines(file);
+    const [two, three] = [lineOf(all, "alice", 2), lineOf(all, "alice", 3)];
+    const swapped = [...all];
+    [swapped[two], swapped[three]] = [all[three] as string, all[two] as string];
+    const unordered = join(dir, "unordered.jsonl");
+    writeFileSync(unordered, `${swapped.join("\n")}\n`);
+    const r = await cli(["audit", "--all", "--ledger-file", unordered], db);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain(`FAIL  ${unordered}:${three + 1}: user "alice" seq 2 comes after seq 3 (line ${two + 1}): an account's lines are out of order`);
+    expect(r.stdout).toContain("3 consistent, 0 with problems; 1 problem in the ledger files");
+    expect((await cli(["audit", "--all", "--unordered", "--ledger-file", unordered], db)).code).toBe(0);
+
+    const twice = join(dir, "twice.jsonl");
+    writeFileSync(twice, `${[...all, all[two] as string].join("\n")}\n`);
+    const r2 = await cli(["audit", "--all", "--unordered", "--ledger-file", twice], db);
+    expect(r2.code).toBe(1);
+    expect(r2.stdout).toContain(`user "alice" seq 2 is written twice (first at ${twice}:${two + 1})`);
+    expect((await cli(["audit", "--all", "--unordered"], db)).code).toBe(2); // only with --ledger-file
+  });
+
   it("finds a journal entry changed in the store", async () => {
     // The store as someone who edited an entry would leave it: alice's deduction says 4, not 5.
     const tampered = Object.create(db) as DbManager;

@@ -405,6 +405,94 @@ describe.skipIf(!url)("PostgresDbManager after a commit", () => { // reason: nee
   });
 });
 
+/**
+ * A TCP proxy that, once armed, holds back the server's answer to the next client message that
+ * contains `match` for `ms` milliseconds (on that connection only): one slow answer on a busy
+ * machine, made to happen every time.
+ */
+async function startDelayingProxy(target: URL): Promise<{ url: string; arm(match: string, ms: number): void; close(): Promise<void> }> {
+  let armed: { match: string; ms: number } | null = null;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(target.port || 5432), target.hostname);
+    sockets.add(client).add(upstream);
+    let delay = 0;
+    client.on("data", (d) => {
+      if (armed !== null && d.includes(armed.match)) {
+        delay = armed.ms;
+        armed = null;
+      }
+      upstream.write(d);
+    });
+    upstream.on("data", (d) => {
+      if (delay === 0) client.write(d);
+      else {
+        const ms = delay;
+        delay = 0;
+        upstream.pause();
+        setTimeout(() => {
+          client.write(d);
+          upstream.resume();
+        }, ms);
+      }
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", end).on("close", end);
+    upstream.on("error", end).on("close", end);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const t = new URL(target.toString());
+  t.hostname = "127.0.0.1";
+  t.port = String((server.address() as net.AddressInfo).port);
+  return {
+    url: t.toString(),
+    arm: (match, ms) => void (armed = { match, ms }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+describe.skipIf(!url)("PostgresDbManager answers an account's units in commit order", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  /** @see issue 24, item 15: the ledger file had an account's lines out of seq order. */
+  it("a unit that locks the account after an earlier one committed resolves after it, however late the earlier COMMIT's answer", async () => {
+    const schema = newSchema("order");
+    const proxy = await startDelayingProxy(new URL(url as string));
+    const db = new PostgresDbManager({ connectionString: proxy.url, schema });
+    const manager = await createCreditManager({ db });
+    try {
+      const { credits } = manager;
+      await credits.addCredits("hot", 100);
+      const resolved: number[] = [];
+      const recorded: number[] = [];
+      const record = manager.ledger.recordTransactions.bind(manager.ledger);
+      manager.ledger.recordTransactions = (entries, canonicals) => {
+        for (const e of entries) recorded.push(e.seq);
+        record(entries, canonicals);
+      };
+      // The first deduction's COMMIT is applied at once, but its answer comes 300 ms late; the
+      // second, started meanwhile, waits for the row lock, gets it at that COMMIT, and is answered first.
+      proxy.arm("; COMMIT\u0000", 300); // the save message, not BEGIN … READ COMMITTED
+      const first = credits.deductCredits("hot", 1).then((e) => void resolved.push(e.seq));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const second = credits.deductCredits("hot", 2).then((e) => void resolved.push(e.seq));
+      await Promise.all([first, second]);
+      expect(resolved).toEqual([2, 3]);
+      expect(recorded).toEqual([2, 3]);
+      expect((await credits.audit("hot")).ok).toBe(true);
+    } finally {
+      await manager.close();
+      await proxy.close();
+      await dropSchema(schema);
+    }
+  });
+});
+
 describe("PostgresDbManager without the pg package", () => {
   afterEach(() => {
     vi.doUnmock("pg");

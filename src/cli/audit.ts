@@ -17,6 +17,11 @@ export interface AuditCommand {
   json: boolean;
   /** JSONL ledger files to check against the store (`--ledger-file`, all of them, rotated ones too). */
   ledgerFiles: readonly string[];
+  /**
+   * Accept an account's lines out of `seq` order within a file (`--unordered`): for a file that
+   * several processes appended to at once. Default false: one writer keeps each account in order.
+   */
+  unordered?: boolean;
 }
 
 export interface AuditIo {
@@ -62,7 +67,7 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
     let failed = 0;
     let accounts = 0;
     let fileProblems = 0;
-    for (const file of command.ledgerFiles) fileProblems += await readLedgerFile(file, fileLines, io, command.json);
+    for (const file of command.ledgerFiles) fileProblems += await readLedgerFile(file, fileLines, io, command.json, command.unordered === true);
 
     const audit = async (userId: string): Promise<void> => {
       accounts++;
@@ -127,12 +132,22 @@ function problem(io: AuditIo, json: boolean, at: { file: string; line: number },
 
 /**
  * Reads a JSONL ledger file: every transaction line must parse and its hash must recompute from the
- * entry it carries (a line edited after it was written does not). Keeps each line's hash by user
- * and seq for the comparison with the store. Returns the number of problems printed.
+ * entry it carries (a line edited after it was written does not); each account's lines come once
+ * and, unless `unordered`, in `seq` order within the file (a reader that follows the hash chain
+ * line by line relies on it). Keeps each line's hash by user and seq for the comparison with the
+ * store. Returns the number of problems printed.
  */
-async function readLedgerFile(file: string, into: Map<string, Map<number, FileLine>>, io: AuditIo, json: boolean): Promise<number> {
+async function readLedgerFile(
+  file: string,
+  into: Map<string, Map<number, FileLine>>,
+  io: AuditIo,
+  json: boolean,
+  unordered: boolean,
+): Promise<number> {
   let problems = 0;
   let n = 0;
+  /** Per user, the last seq of this file and its line. */
+  const last = new Map<string, { seq: number; line: number }>();
   const lines = createInterface({ input: createReadStream(file, { encoding: "utf8" }), crlfDelay: Infinity });
   for await (const text of lines) {
     n++;
@@ -166,11 +181,24 @@ async function readLedgerFile(file: string, into: Map<string, Map<number, FileLi
     let byUser = into.get(entry.userId);
     if (byUser === undefined) into.set(entry.userId, (byUser = new Map()));
     const seen = byUser.get(entry.seq);
-    if (seen !== undefined && seen.hash !== entry.hash) {
+    if (seen !== undefined) {
       problems++;
-      problem(io, json, at, `user ${JSON.stringify(entry.userId)} seq ${entry.seq} differs from the line at ${seen.file}:${seen.line}`);
+      problem(
+        io,
+        json,
+        at,
+        seen.hash !== entry.hash
+          ? `user ${JSON.stringify(entry.userId)} seq ${entry.seq} differs from the line at ${seen.file}:${seen.line}`
+          : `user ${JSON.stringify(entry.userId)} seq ${entry.seq} is written twice (first at ${seen.file}:${seen.line})`,
+      );
       continue;
     }
+    const before = last.get(entry.userId);
+    if (!unordered && before !== undefined && entry.seq < before.seq) {
+      problems++;
+      problem(io, json, at, `user ${JSON.stringify(entry.userId)} seq ${entry.seq} comes after seq ${before.seq} (line ${before.line}): an account's lines are out of order`);
+    }
+    if (before === undefined || entry.seq > before.seq) last.set(entry.userId, { seq: entry.seq, line: n });
     byUser.set(entry.seq, { hash: entry.hash, file, line: n });
   }
   return problems;

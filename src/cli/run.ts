@@ -31,6 +31,8 @@ Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_P
   --ledger-file FILE               A JSONL ledger file to check against the store (repeatable: give
                                    the rotated files too); each line's hash must recompute, and the
                                    audited accounts' entries must be in the files exactly as stored
+  --unordered                      Accept an account's lines out of seq order within a file (a file
+                                   several processes appended to at once); lines must still be there once
   --json                           One JSON object per account (and per bad line); summary on stderr
   Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage.
 
@@ -81,6 +83,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       user: { type: "string", multiple: true },
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
+      unordered: { type: "boolean" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -105,9 +108,10 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     for (const user of users) if (user.trim() === "") throw new UsageError("--user needs an account id");
     const ledgerFiles = values["ledger-file"] ?? [];
     for (const file of ledgerFiles) if (file === "") throw new UsageError("--ledger-file needs a file name");
-    return runAudit({ users, all: values.all === true, json: values.json === true, ledgerFiles }, io, source);
+    if (values.unordered === true && ledgerFiles.length === 0) throw new UsageError("--unordered applies to --ledger-file");
+    return runAudit({ users, all: values.all === true, json: values.json === true, ledgerFiles, unordered: values.unordered === true }, io, source);
   }
-  only(["user", "all", "ledger-file", "json"], "audit");
+  only(["user", "all", "ledger-file", "json", "unordered"], "audit");
 
   const backend = values.backend ?? "sql";
   if (backend !== "sql" && backend !== "nosql") {

@@ -106,6 +106,12 @@ export class Batch {
   ) {
     this.txs = units.map((u) => new UnitTx(this, u));
     this.waiting = this.txs.length;
+    for (const tx of this.txs) db.track(tx);
+  }
+
+  /** Forgets the units that are settled here (all but those whose resolution waits its turn). */
+  untrackSettled(): void {
+    for (const tx of this.txs) if (!tx.deferred) this.db.untrack(tx);
   }
 
   async run(): Promise<BatchResult> {
@@ -162,13 +168,36 @@ export class Batch {
         return;
       }
       if (brokeEarly) retry.push({ unit, reason: this.failure, ...(this.lost ? { lost: true } : {}) });
-      else if (commitError === undefined) unit.resolve(outcome.value);
+      else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
       else if (this.broken && !(commitError instanceof Retry)) unit.reject(commitError); // COMMIT's outcome is unknown: no retry
       else if (commitError instanceof Retry) retry.push({ unit, reason: commitError.reason });
       else if (!solo) retry.push({ unit, reason: commitError });
       else unit.reject(commitError);
     });
+    this.untrackSettled();
     return { retry, brokenBy: this.brokenBy };
+  }
+
+  /**
+   * Resolves a committed unit once every unit of the same account that committed before it in this
+   * process has been resolved, so that what callers do after a commit (the ledger file's lines
+   * above all) follows the account's `seq`. Their answers can arrive in the other order: the
+   * server grants the next unit the row lock as soon as the earlier one commits, on another
+   * connection, and on a busy machine the next unit's whole round trip can beat the earlier one's
+   * COMMIT answer. An earlier unit has its entries in hand by then (it sent its save before this
+   * one could lock), so comparing their first `seq` finds exactly those to wait for.
+   */
+  private resolveInOrder(tx: UnitTx, value: unknown): void {
+    const before = this.db.committedBefore(tx);
+    if (before === null) {
+      tx.unit.resolve(value); // (untracked with the others at the end of run())
+      return;
+    }
+    tx.deferred = true;
+    void before.then(() => {
+      tx.unit.resolve(value);
+      this.db.untrack(tx);
+    });
   }
 
   /** A unit asked for its state, used the store, or finished: once all have, open the transaction. */
@@ -458,6 +487,10 @@ export class UnitTx implements DbTransaction {
   /** Another method was called before the batch opened its transaction. */
   needsTransaction = false;
   pending: Changes | null = null;
+  /** Resolved once the unit is settled here (see `Batch.resolveInOrder`). */
+  readonly done = deferred<void>();
+  /** Its resolution waits for an earlier unit of the account: `untrack` comes then. */
+  deferred = false;
   /** The cached state whose `xmin` the load statement compared with the account row's. */
   cached: AccountState | undefined = undefined;
   /** The account, open grants and active holds as loaded (null: no account yet): the cache's next state starts from them. */

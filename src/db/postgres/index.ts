@@ -6,7 +6,7 @@ import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
-import { Batch, type BatchResult, type Unit, isConnectionLevel, storageError, toRow } from "./batch.js";
+import { Batch, type BatchResult, type Unit, type UnitTx, isConnectionLevel, storageError, toRow } from "./batch.js";
 import { PostgresPromoStore } from "./promos.js";
 import { PostgresSql, type Statement, prepareText } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
@@ -131,6 +131,8 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   private readonly queue: Unit[] = [];
   /** Batches and waiters of this process per account (at most one batch and one waiter). */
   private readonly busy = new Map<string, number>();
+  /** The units of work of this process in a batch now, per account (see `committedBefore`). */
+  private readonly running = new Map<string, UnitTx[]>();
   private active = 0;
   private waiters = 0;
   /** Forms batches at the end of this turn of the event loop, not at each call. */
@@ -347,9 +349,11 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       return;
     }
     let result: BatchResult;
+    const batch = new Batch(this, client, units, wait);
     try {
-      result = await new Batch(this, client, units, wait).run();
+      result = await batch.run();
     } catch (error) {
+      batch.untrackSettled(); // a unit that waits for this batch's units must not wait for ever
       this.release(client, error);
       for (const u of units) u.reject(storageError("transaction", error));
       return;
@@ -380,6 +384,39 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
         this.requeue(unit, backoff(unit.attempts));
       }
     }
+  }
+
+  /** @internal A batch took `tx` on. */
+  track(tx: UnitTx): void {
+    const list = this.running.get(tx.userId);
+    if (list === undefined) this.running.set(tx.userId, [tx]);
+    else list.push(tx);
+  }
+
+  /** @internal `tx` is settled (resolved, rejected or handed back for a retry). */
+  untrack(tx: UnitTx): void {
+    tx.done.resolve();
+    const list = this.running.get(tx.userId);
+    if (list === undefined) return;
+    const at = list.indexOf(tx);
+    if (at >= 0) list.splice(at, 1);
+    if (list.length === 0) this.running.delete(tx.userId);
+  }
+
+  /**
+   * @internal Settles once the other units of `tx`'s account whose entries come before its own
+   * are settled; null when there are none (the usual case: nothing to wait for).
+   */
+  committedBefore(tx: UnitTx): Promise<unknown> | null {
+    const list = this.running.get(tx.userId);
+    const first = tx.pending?.entries[0]?.seq;
+    if (list === undefined || list.length < 2 || first === undefined) return null;
+    let waits: Promise<void>[] | null = null;
+    for (const other of list) {
+      const seq = other === tx ? undefined : other.pending?.entries[0]?.seq;
+      if (seq !== undefined && seq < first) (waits ??= []).push(other.done.promise);
+    }
+    return waits === null ? null : Promise.all(waits);
   }
 
   /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
