@@ -250,6 +250,9 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
       // A mutation that declares no body takes none: refused before it runs (a text/plain POST is a
       // form a browser sends cross-site without asking), not silently ignored.
       if (takesNoBody(def, method)) await ctx.body();
+      // Every route checks its query string, one that takes none too: `?userId=bob` on a route that
+      // acts on the caller must be refused, not ignored.
+      ctx.query();
       const result = await def.handle(ctx);
       return result instanceof Response ? result : json(def.status ?? 200, result);
     } catch (error) {
@@ -273,6 +276,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
     method: string,
   ): RouteContext {
     let raw: Promise<Uint8Array> | null = null;
+    let parsedQuery: unknown;
     let parsedBody: Promise<unknown> | null = null;
     const ctx: RouteContext = {
       request,
@@ -316,7 +320,9 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
         return parsedBody as Promise<T>;
       },
       query<T>() {
-        return (def.query ? parse(def.query, queryObject(url.searchParams, def.query), "query") : {}) as T;
+        const schema = def.query ?? NoQuery;
+        parsedQuery ??= parse(schema, queryObject(url.searchParams, schema), "query");
+        return parsedQuery as T;
       },
     };
     return ctx;
@@ -355,6 +361,7 @@ function refuseCrossSiteForm(def: RouteDefinition, type: string | null): void {
 
 /** What a mutation without a `body` schema accepts: nothing, or `{}`. */
 const NoBody = z.strictObject({});
+const NoQuery = z.strictObject({});
 
 const takesNoBody = (def: RouteDefinition, method: string) => def.body === undefined && def.rawBody !== true && isMutation(method);
 

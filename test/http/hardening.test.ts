@@ -69,6 +69,26 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
     expect(errors).toEqual([]);
   });
 
+  /** @see issue 24, item 7: `?userId=bob` on a route that takes no query answered the caller's own data. */
+  it("every route refuses a query key it does not take (400 naming it), before it acts", async () => {
+    await call("POST", "/admin/credits/users/alice/add", ADMIN, { amount: 10 });
+    const before = (await call("GET", "/credits/balance", "alice")).json;
+    expect(handler.routes.length).toBeGreaterThan(30);
+    for (const route of handler.routes) {
+      const path = route.fullPath.replace(/:(\w+)/g, "x");
+      const who = route.access === "admin" ? ADMIN : route.access === "user" ? "alice" : null;
+      const r = await call(route.method, `${path}?userId=bob`, who, route.method === "GET" || route.method === "HEAD" ? undefined : {});
+      // The unknown key is named (beside any field the route requires and did not get).
+      expect({ route: `${route.method} ${route.fullPath}`, status: r.status, code: r.json?.error?.code, error: JSON.stringify(r.json?.error) }).toMatchObject({
+        status: 400,
+        code: "VALIDATION_ERROR",
+        error: expect.stringContaining("userId"),
+      });
+    }
+    expect((await call("GET", "/credits/balance", "alice")).json).toEqual(before);
+    expect(errors).toEqual([]);
+  });
+
   it("deep or __proto__ metadata in a body is a 400 naming the path, not a 500, and changes nothing", async () => {
     await call("POST", "/admin/credits/users/meta/add", ADMIN, { amount: 10 });
     const before = (await call("GET", "/credits/balance", "meta")).json;
