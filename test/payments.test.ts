@@ -322,13 +322,15 @@ describe("Razorpay payment links", () => {
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
   });
 
-  it("refuses every webhook without a webhook secret (ConfigurationError)", async () => {
+  /** @see issue 24, item 8: a provider without a secret made every anonymous webhook a 500. */
+  it("answers a webhook for a provider without a webhook secret as for an unknown one (NotFoundError: HTTP 404)", async () => {
     const saved = process.env.RAZORPAY_WEBHOOK_SECRET;
     delete process.env.RAZORPAY_WEBHOOK_SECRET;
     try {
       const { payments } = await setup({ rzpSecret: undefined });
       const body = rzpEvent("payment.captured", {});
-      await expect(payments.handleWebhook("razorpay", body, rzpSign(body))).rejects.toBeInstanceOf(ConfigurationError);
+      await expect(payments.handleWebhook("razorpay", body, rzpSign(body))).rejects.toBeInstanceOf(NotFoundError);
+      expect(payments.webhookProviders()).not.toContain("razorpay");
     } finally {
       if (saved !== undefined) process.env.RAZORPAY_WEBHOOK_SECRET = saved;
     }

@@ -42,8 +42,18 @@ export interface CreditHandlerOptions {
    * Cancelling is always allowed on one's own subscription; resuming follows this rule.
    */
   selfServiceSubscriptions?: SelfServiceSubscriptions;
-  /** More route groups (plans, subscriptions, promos, payments, your own), matched beside the credit routes. */
+  /**
+   * Your own routes, matched beside the built-in ones (credits, plans and subscriptions, promos,
+   * payments and webhooks are always there: adding one of those again is a `ConfigurationError`).
+   */
   routes?: RouteDefinition[];
+  /**
+   * Where the payment providers' webhooks are received: `<webhookBasePath>/<provider>`. Default
+   * `/webhooks`; `false`: no webhook routes. Only the providers that can check a signature (a
+   * webhook secret is configured) are answered: through `toNodeHandler` with `next`, any other
+   * path under it (`/webhooks/github`) goes on to the host's routes.
+   */
+  webhookBasePath?: string | false;
   /** Fields of the OpenAPI document (`GET <basePath>/openapi.json`). */
   openapi?: OpenApiOptions;
   /** Called with unexpected errors (answered as a bare 500) and 5xx credit errors: log them. */
@@ -60,6 +70,8 @@ export interface CreditHandler {
   /** The OpenAPI 3.1 document it serves at `<basePath>/openapi.json`. */
   openapi(): Record<string, unknown>;
 }
+
+const WEBHOOK_OPERATION = "paymentWebhook";
 
 /**
  * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
@@ -103,8 +115,33 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     throw new ConfigurationError('[credit-management] [http] `selfServiceSubscriptions` must be "free", "all" or "none".');
   }
   const planRoutes = (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
-  const all = [...creditRoutes, ...planRoutes, ...promoRoutes, ...paymentRoutes, ...(options.routes ?? []), openapiRoute];
+  const webhookBase = options.webhookBasePath ?? "/webhooks";
+  if (webhookBase !== false && (typeof webhookBase !== "string" || !/^\/[A-Za-z0-9._~\/-]*$/.test(webhookBase))) {
+    throw new ConfigurationError('[credit-management] [http] `webhookBasePath` must be a path such as "/webhooks", or false.');
+  }
+  const webhookRoot = webhookBase === false ? null : webhookBase.replace(/\/+$/, "");
+  const payRoutes = paymentRoutes.flatMap((def) =>
+    def.operationId !== WEBHOOK_OPERATION ? [def] : webhookRoot === null ? [] : [{ ...def, path: `${webhookRoot}/:provider` }],
+  );
+  const builtIn = [...creditRoutes, ...planRoutes, ...promoRoutes, ...payRoutes];
+  const ids = new Set(builtIn.map((def) => def.operationId));
+  for (const def of options.routes ?? []) {
+    if (ids.has(def.operationId)) {
+      throw new ConfigurationError(
+        `[credit-management] [http] the route "${def.operationId}" is built in: credit, plan, subscription, promo and payment routes are always served; pass only your own in \`routes\`.`,
+      );
+    }
+  }
+  const all = [...builtIn, ...(options.routes ?? []), openapiRoute];
   const router = createRouter(manager, all, o);
+  // The webhook paths of the providers that receive webhooks, not the whole folder: a host's own
+  // `/webhooks/github` after this handler is reached through `next`.
+  const webhookBases =
+    webhookRoot === null || (manager as Partial<CreditManager>).payments === undefined
+      ? []
+      : manager.payments.webhookProviders().map((name) => `${webhookRoot}/${name}`);
+  const routerRoot = webhookRoot === null ? null : `/${webhookRoot.split("/")[1] ?? ""}`;
+  const basePaths = [...router.bases.filter((b) => b !== routerRoot || b === o.basePath || b === o.adminBasePath), ...webhookBases];
   const routes = all.map((def) => ({ ...def, fullPath: fullPathOf(def, o) }));
   function openapi() {
     document ??= buildOpenApi(routes, options.openapi);
@@ -112,7 +149,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
   }
   const handler = ((request: Request) => router.handle(request)) as CreditHandler;
   Object.defineProperties(handler, {
-    basePaths: { value: router.bases },
+    basePaths: { value: basePaths },
     routes: { value: routes },
     openapi: { value: openapi },
   });

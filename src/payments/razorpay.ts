@@ -52,6 +52,10 @@ export class RazorpayProvider implements PaymentProvider {
     };
   }
 
+  get receivesWebhooks(): boolean {
+    return Boolean(this.o.webhookSecret);
+  }
+
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
     const body: Record<string, unknown> = {
       amount: r.amount,

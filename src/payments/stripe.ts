@@ -46,6 +46,10 @@ export class StripeProvider implements PaymentProvider {
     this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
   }
 
+  get receivesWebhooks(): boolean {
+    return Boolean(this.webhookSecret);
+  }
+
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
     const authorization = this.auth();
     if (!this.successUrl || !this.cancelUrl) {

@@ -79,6 +79,12 @@ export interface PaymentProvider {
    */
   cancelCheckout?(providerRef: string): Promise<void>;
   /**
+   * Optional: false when this provider has no webhook secret, so it cannot check a webhook's
+   * signature. The HTTP handler then answers its webhook path 404 (as for an unknown provider) and
+   * passes it on to the host's `next`, instead of a 500 for every anonymous request. Omitted: true.
+   */
+  readonly receivesWebhooks?: boolean;
+  /**
    * Checks the signature over the exact bytes received. Throws `WebhookRejectedError` when it does
    * not match (or is stale), `ConfigurationError` when no webhook secret is configured.
    */

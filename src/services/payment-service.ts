@@ -391,9 +391,18 @@ export class PaymentService {
    * an event that contradicts the stored payment, `ConfigurationError` without a webhook secret,
    * `NotFoundError` for an unknown provider.
    */
+  /** The providers whose webhooks can be received (a webhook secret is configured). */
+  webhookProviders(): string[] {
+    return [...this.providers.values()].filter((p) => p.receivesWebhooks !== false).map((p) => p.name);
+  }
+
   async handleWebhook(providerName: string, rawBody: Uint8Array | string, headers: HeadersLike): Promise<WebhookResult> {
     const provider = this.providers.get(providerName);
-    if (provider === undefined) throw new NotFoundError(`No payment provider "${providerName}".`, { provider: providerName });
+    // A provider without a webhook secret cannot check a signature: as unknown as one never
+    // configured (404), not a configuration error (500) that any anonymous request could cause.
+    if (provider === undefined || provider.receivesWebhooks === false) {
+      throw new NotFoundError(`No payment provider "${providerName}" receives webhooks here.`, { provider: providerName });
+    }
     const raw = typeof rawBody === "string" ? Buffer.from(rawBody, "utf8") : rawBody;
     try {
       return await this.applyWebhook(provider, raw, headers);

@@ -1,7 +1,9 @@
 import { createHmac } from "node:crypto";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createCreditManager, StripeProvider, type CreditManager } from "../../src/index.js";
-import { createCreditHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
+import { ConfigurationError, createCreditManager, StripeProvider, type CreditManager } from "../../src/index.js";
+import { createCreditHandler, paymentRoutes, promoRoutes, toNodeHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
 
 const WHSEC = "whsec_http_test";
 const T0 = Date.parse("2030-01-01T00:00:00Z");
@@ -114,7 +116,9 @@ describe("HTTP: payments, webhooks and promos", () => {
     expect(bodies.filter((b) => b.outcome === "credited")).toHaveLength(1);
     expect((await m.credits.getUserCreditsInfo("cat")).balance).toBe(900);
     expect((await call("POST", "/webhooks/paypal", { raw: "{}" })).status).toBe(404);
-    expect(handler.basePaths).toContain("/webhooks");
+    // Only the webhook paths of providers that can check a signature belong to the handler.
+    expect(handler.basePaths).toContain("/webhooks/stripe");
+    expect(handler.basePaths).not.toContain("/webhooks");
   });
 
   it("promo eligibility and claim for users; create, list and activation for admins only", async () => {
@@ -159,5 +163,72 @@ describe("HTTP: payments, webhooks and promos", () => {
         "/admin/credits/promos/{code}/activation",
       ]),
     );
+  });
+});
+
+/** @see issue 24, items 8, 9 and 10 */
+describe("HTTP: the webhook paths and the host's own routes", () => {
+  const stripe = () => new StripeProvider({ secretKey: "sk", webhookSecret: WHSEC, successUrl: "https://app/ok", cancelUrl: "https://app/no" });
+
+  it("a manager without payment configuration answers a webhook 404 and calls no onError (it was a 500 blaming the store)", async () => {
+    const saved = { s: process.env.STRIPE_WEBHOOK_SECRET, r: process.env.RAZORPAY_WEBHOOK_SECRET };
+    delete process.env.STRIPE_WEBHOOK_SECRET;
+    delete process.env.RAZORPAY_WEBHOOK_SECRET;
+    try {
+      const m = await createCreditManager();
+      const errors: unknown[] = [];
+      const h = createCreditHandler(m, { authenticate, onError: (e) => errors.push(e) });
+      for (const provider of ["stripe", "razorpay"]) {
+        const res = await h(new Request(`http://x/webhooks/${provider}`, { method: "POST", body: "{}", headers: { "content-type": "application/json" } }));
+        expect(res.status).toBe(404);
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe("NOT_FOUND");
+      }
+      expect(errors).toEqual([]);
+      expect(h.basePaths).toEqual(["/credits", "/admin/credits"]);
+      await m.close();
+    } finally {
+      if (saved.s !== undefined) process.env.STRIPE_WEBHOOK_SECRET = saved.s;
+      if (saved.r !== undefined) process.env.RAZORPAY_WEBHOOK_SECRET = saved.r;
+    }
+  });
+
+  it("through toNodeHandler, the host's own /webhooks/github after the handler is reached; the base path is configurable", async () => {
+    const m = await createCreditManager({ payments: { providers: [stripe()] } });
+    const h = createCreditHandler(m, { authenticate, webhookBasePath: "/hooks/pay" });
+    const node = toNodeHandler(h);
+    const server = createServer((req, res) => {
+      void node(req, res, () => {
+        res.writeHead(200, { "content-type": "text/plain" });
+        res.end(`host ${req.method} ${req.url}`);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    try {
+      const post = (path: string) => fetch(`${base}${path}`, { method: "POST", body: "{}", headers: { "content-type": "application/json" } });
+      expect(await (await post("/webhooks/github")).text()).toBe("host POST /webhooks/github");
+      expect(await (await post("/hooks/pay/github")).text()).toBe("host POST /hooks/pay/github");
+      expect(await (await post("/webhooks/stripe")).text()).toBe("host POST /webhooks/stripe"); // not the base any more
+      const ours = await post("/hooks/pay/stripe"); // ours: the signature is missing
+      expect(ours.status).toBe(400);
+      expect(((await ours.json()) as { error: { code: string } }).error.code).toBe("WEBHOOK_REJECTED");
+      expect(h.basePaths).toContain("/hooks/pay/stripe");
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+      await m.close();
+    }
+    const off = createCreditHandler(m, { authenticate, webhookBasePath: false });
+    expect(off.routes.some((r) => r.operationId === "paymentWebhook")).toBe(false);
+    expect(() => createCreditHandler(m, { authenticate, webhookBasePath: "hooks" })).toThrow(ConfigurationError);
+  });
+
+  it("the built-in route groups are always there: passing one again in `routes` is a ConfigurationError", async () => {
+    const m = await createCreditManager();
+    expect(() => createCreditHandler(m, { authenticate, routes: paymentRoutes })).toThrow(/is built in/);
+    expect(() => createCreditHandler(m, { authenticate, routes: [...promoRoutes] })).toThrow(ConfigurationError);
+    const h = createCreditHandler(m, { authenticate });
+    const ids = h.routes.map((r) => r.operationId);
+    for (const def of [...paymentRoutes, ...promoRoutes]) expect(ids).toContain(def.operationId);
+    await m.close();
   });
 });
