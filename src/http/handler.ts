@@ -116,7 +116,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
   }
   const planRoutes = (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
   const webhookBase = options.webhookBasePath ?? "/webhooks";
-  if (webhookBase !== false && (typeof webhookBase !== "string" || !/^\/[A-Za-z0-9._~\/-]*$/.test(webhookBase))) {
+  if (webhookBase !== false && (typeof webhookBase !== "string" || !/^\/[A-Za-z0-9._~/-]*$/.test(webhookBase))) {
     throw new ConfigurationError('[credit-management] [http] `webhookBasePath` must be a path such as "/webhooks", or false.');
   }
   const webhookRoot = webhookBase === false ? null : webhookBase.replace(/\/+$/, "");
