@@ -103,3 +103,5 @@ export {
   generateSql,
   tableSpecs,
 } from "./schema/index.js";
+export { runCli, type CliIo } from "./cli/run.js";
+export type { AuditSource } from "./cli/audit.js";

@@ -75,12 +75,45 @@ describe("credit-management CLI", () => {
     }
   });
 
+  /** @see issue 24, item 13 */
+  it("prints its version, and each command's own help", async () => {
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+    for (const flag of ["--version", "-v"]) expect(await cli(flag)).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: "" });
+    const schema = await cli("schema", "--help");
+    expect(schema.code).toBe(0);
+    expect(schema.stdout).toMatch(/^Usage: credit-management schema /);
+    expect(schema.stdout).toContain("--from-version N");
+    expect(schema.stdout).not.toContain("--ledger-file");
+    const audit = await cli("audit", "-h");
+    expect(audit.stdout).toMatch(/^Usage: credit-management audit /);
+    expect(audit.stdout).toContain("3: an account named with --user does not exist");
+    expect(audit.stdout).not.toContain("--dialect");
+  });
+
+  /** @see issue 24, items 13 and 20: runCli is exported, and an account that does not exist is not "ok". */
+  it("audit --user of an account that does not exist says so, with exit code 3 (runCli from the package root)", async () => {
+    const { InMemoryDbManager, createCreditManager, runCli: exported } = await import("../src/index.js");
+    const db = new InMemoryDbManager();
+    const manager = await createCreditManager({ db });
+    await manager.credits.addCredits("alice", 5);
+    let stdout = "";
+    const io = { stdout: (t: string) => void (stdout += t), stderr: () => undefined };
+    expect(await exported(["audit", "--user", "alice", "--user", "nobody"], io, { db })).toBe(3);
+    expect(stdout).toContain('MISSING "nobody": no such account in the store');
+    expect(stdout).toMatch(/^ok {4}"alice": 1 entries/m);
+    expect(stdout).toContain("2 accounts audited: 1 consistent, 0 with problems, 1 not found");
+    stdout = "";
+    expect(await exported(["audit", "--user", "alice"], io, { db })).toBe(0);
+    await manager.close();
+  });
+
   it("runs as a program: exit codes reach the shell", async () => {
     const run = (...args: string[]) =>
       spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], { encoding: "utf8", timeout: 30_000 });
     const bad = run("schema", "--nope");
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain("Unknown option '--nope'");
+    expect(run("--version").stdout).toMatch(/^\d+\.\d+\.\d+/);
     const ok = run("schema", "--dialect", "sqlite");
     expect(ok.status).toBe(0);
     expect(ok.stdout).toBe(generateSql({ dialect: "sqlite" }));

@@ -51,7 +51,8 @@ interface FileLine {
  * gap-free seq, balance, reserved, debt and grants recomputed and compared with the stored state —
  * and, with ledger files, checks every transaction line: its hash recomputes from its own text, and
  * it and the store's entry agree, both ways. Read-only: the store is opened without `init()` and no
- * ledger file is written. Resolves to the exit code: 0 all consistent, 1 a problem found.
+ * ledger file is written. Resolves to the exit code: 0 all consistent, 1 a problem found, 3 an
+ * account named with `--user` does not exist (and nothing else was wrong).
  */
 export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
   const db = source.db ?? (await createDbManagerFromEnv(source.env ?? process.env));
@@ -65,26 +66,37 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
     }
     const fileLines = new Map<string, Map<number, FileLine>>();
     let failed = 0;
+    let missing = 0;
     let accounts = 0;
     let fileProblems = 0;
     for (const file of command.ledgerFiles) fileProblems += await readLedgerFile(file, fileLines, io, command.json, command.unordered === true);
 
-    const audit = async (userId: string): Promise<void> => {
+    const audit = async (userId: string, named: boolean): Promise<void> => {
       accounts++;
       const report = await manager.credits.audit(userId);
+      // A name with no account and no journal is most likely a typo: "ok, 0 entries" would hide it.
+      if (named && report.entries === 0 && (await db.getAccount(userId)) === null) {
+        missing++;
+        const lines = fileLines.get(userId);
+        fileLines.delete(userId);
+        if (lines !== undefined && lines.size > 0) failed++;
+        if (command.json) io.stdout(`${JSON.stringify({ userId, ok: false, missing: true, problems: ["no such account in the store"] })}\n`);
+        else io.stdout(`MISSING ${JSON.stringify(userId)}: no such account in the store\n`);
+        return;
+      }
       const problems = [...report.problems];
       if (command.ledgerFiles.length > 0) problems.push(...(await compareWithFile(db, userId, fileLines.get(userId))));
       fileLines.delete(userId);
       if (problems.length > 0) failed++;
       print(io, command.json, { ...report, ok: problems.length === 0, problems });
     };
-    for (const userId of command.users) await audit(userId);
+    for (const userId of command.users) await audit(userId, true);
     if (command.all) {
       const named = new Set(command.users);
       let after: string | null = null;
       for (;;) {
         const page: string[] = await (db.listAccountIds as NonNullable<DbManager["listAccountIds"]>)(after, PAGE);
-        for (const userId of page) if (!named.has(userId)) await audit(userId);
+        for (const userId of page) if (!named.has(userId)) await audit(userId, false);
         if (page.length < PAGE) break;
         after = page[page.length - 1] as string;
       }
@@ -96,11 +108,12 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
         }
       }
     }
-    const summary = `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed} consistent, ${failed} with problems` +
+    const summary = `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed - missing} consistent, ${failed} with problems` +
+      (missing > 0 ? `, ${missing} not found` : "") +
       (command.ledgerFiles.length > 0 ? `; ${fileProblems} problem${fileProblems === 1 ? "" : "s"} in the ledger files` : "");
     if (command.json) io.stderr(`${summary}\n`);
     else io.stdout(`${summary}\n`);
-    return failed > 0 || fileProblems > 0 ? 1 : 0;
+    return failed > 0 || fileProblems > 0 ? 1 : missing > 0 ? 3 : 0;
   } finally {
     // A store given by the caller stays open; one made from the environment is closed.
     if (source.db === undefined) await manager.close();

@@ -1,4 +1,6 @@
 import { writeFileSync } from "node:fs";
+// Inlined by the build: the CLI prints the version it was built as.
+import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { generateMongoSchema } from "../schema/mongo.js";
@@ -10,13 +12,7 @@ export interface CliIo {
   stderr: (text: string) => void;
 }
 
-export const HELP = `Usage: credit-management <command> [options]
-
-Commands:
-  schema    Print the storage schema generated from the zod models
-  audit     Replay accounts' journals and check them against the store (and the JSONL ledger files)
-
-Options of "schema":
+const SCHEMA_OPTIONS = `Options of "schema":
   --backend sql|nosql              sql: DDL (default); nosql: MongoDB $jsonSchema validators and indexes (JSON)
   --dialect postgres|mysql|sqlite  SQL dialect (default postgres)
   --prefix PREFIX                  Put PREFIX in front of every table, collection and index name
@@ -24,8 +20,9 @@ Options of "schema":
   --from-version N                 Upgrade statements for a store at schema version N (sql), instead
                                    of the whole schema; the version row is set last
   --out FILE                       Write to FILE instead of standard output
+`;
 
-Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_PG_URL and CREDIT_PG_SCHEMA):
+const AUDIT_OPTIONS = `Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_PG_URL and CREDIT_PG_SCHEMA):
   --user ID                        An account to audit (repeatable)
   --all                            Every account of the store
   --ledger-file FILE               A JSONL ledger file to check against the store (repeatable: give
@@ -34,9 +31,20 @@ Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_P
   --unordered                      Accept an account's lines out of seq order within a file (a file
                                    several processes appended to at once); lines must still be there once
   --json                           One JSON object per account (and per bad line); summary on stderr
-  Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage.
+  Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage;
+  3: an account named with --user does not exist (and nothing else was wrong).
+`;
 
-  -h, --help                       Show this help
+export const HELP = `Usage: credit-management <command> [options]
+
+Commands:
+  schema    Print the storage schema generated from the zod models
+  audit     Replay accounts' journals and check them against the store (and the JSONL ledger files)
+
+${SCHEMA_OPTIONS}
+${AUDIT_OPTIONS}
+  -h, --help                       Show this help (credit-management <command> --help: that command's)
+  -v, --version                    Print the version
 
 Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
@@ -45,6 +53,12 @@ Examples:
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
 `;
+
+/** Each command's own help (`credit-management schema --help`). */
+const COMMAND_HELP: Record<string, string> = {
+  schema: `Usage: credit-management schema [options]\n\nPrints the storage schema generated from the zod models.\n\n${SCHEMA_OPTIONS}`,
+  audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
+};
 
 class UsageError extends Error {}
 
@@ -86,13 +100,18 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       unordered: { type: "boolean" },
       json: { type: "boolean" },
       help: { type: "boolean", short: "h" },
+      version: { type: "boolean", short: "v" },
     },
   });
+  const [command, ...rest] = positionals;
   if (values.help) {
-    io.stdout(HELP);
+    io.stdout((command !== undefined && COMMAND_HELP[command]) || HELP);
     return 0;
   }
-  const [command, ...rest] = positionals;
+  if (values.version) {
+    io.stdout(`${packageJson.version}\n`);
+    return 0;
+  }
   if (command === undefined) throw new UsageError('missing command (try "schema" or "audit")');
   if (command !== "schema" && command !== "audit") throw new UsageError(`unknown command "${command}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
