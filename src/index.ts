@@ -31,6 +31,7 @@ export {
 export {
   PaymentManagerOptions,
   RazorpayProvider,
+  STRIPE_API_VERSION,
   StripeProvider,
   type RazorpayProviderOptions,
   type StripeProviderOptions,

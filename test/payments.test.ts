@@ -11,12 +11,14 @@ import {
   PaymentProviderError,
   PaymentService,
   RazorpayProvider,
+  STRIPE_API_VERSION,
   StripeProvider,
   ValidationError,
   WebhookRejectedError,
   createCreditManager,
   type CheckoutRequest,
   type CheckoutResult,
+  type FetchLike,
   type Payment,
   type PaymentProvider,
 } from "../src/index.js";
@@ -912,7 +914,7 @@ describe("payments: one checkout per idempotency key", () => {
   it("the built-in providers cancel a checkout: Razorpay cancels the link, Stripe expires the session", async () => {
     seen.length = 0;
     await new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", baseUrl }).cancelCheckout("plink_X1");
-    await new StripeProvider({ secretKey: "sk_test_123", baseUrl }).cancelCheckout("cs_test_X2");
+    await new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://app/ok", cancelUrl: "https://app/no", baseUrl }).cancelCheckout("cs_test_X2");
     expect(seen.map((x) => [x.method, x.path])).toEqual([
       ["POST", "/v1/payment_links/plink_X1/cancel"],
       ["POST", "/v1/checkout/sessions/cs_test_X2/expire"],
@@ -1152,5 +1154,49 @@ describe("payments: Razorpay links found by reference_id", () => {
     rzpLinks.set("pl_abc", { id: "plink_Y", short_url: "https://rzp.io/i/Y", reference_id: "pl_abc", amount: 500, currency: "INR", notes: { credit_payment_id: "pl_other" } });
     await expect(provider.findCheckout(request)).rejects.toBeInstanceOf(PaymentProviderError);
     await expect(new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).findCheckout(request)).rejects.toBeInstanceOf(PaymentProviderError);
+  });
+});
+
+/** @see issue 24, item 14 */
+describe("payment providers: time-outs, a pinned Stripe API version, configuration checked at startup", () => {
+  const urls = { successUrl: "https://app/ok", cancelUrl: "https://app/no" };
+
+  it("a provider API that does not answer fails the call after timeoutMs with PaymentProviderError", async () => {
+    const hang: FetchLike = (_url, init) =>
+      new Promise((_, reject) => init.signal?.addEventListener("abort", () => reject(init.signal?.reason as Error)));
+    const stripe = new StripeProvider({ secretKey: "sk", ...urls, fetch: hang, timeoutMs: 50 });
+    const error = await stripe.cancelCheckout("cs_1").catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PaymentProviderError);
+    expect((error as Error).message).toContain("did not answer within 50 ms");
+    const razorpay = new RazorpayProvider({ keyId: "k", keySecret: "s", fetch: hang, timeoutMs: 50 });
+    await expect(razorpay.cancelCheckout("plink_1")).rejects.toThrow(/did not answer within 50 ms/);
+    expect(() => new StripeProvider({ timeoutMs: 0 })).toThrow(ConfigurationError);
+  });
+
+  it("every Stripe call names the API version (default STRIPE_API_VERSION, or the configured one)", async () => {
+    const versions: (string | undefined)[] = [];
+    const api: FetchLike = async (_url, init) => {
+      versions.push((init.headers as Record<string, string>)["stripe-version"]);
+      return new Response(JSON.stringify({ id: "cs_1", url: "https://checkout.stripe.com/c/pay/cs_1" }), { status: 200 });
+    };
+    const request = { paymentId: "p1", userId: "u", amount: 100, currency: "USD", credits: 10, description: "top-up" };
+    await new StripeProvider({ secretKey: "sk", ...urls, fetch: api }).createCheckout(request);
+    await new StripeProvider({ secretKey: "sk", ...urls, fetch: api, apiVersion: "2025-01-27.acacia" }).cancelCheckout("cs_1");
+    expect(versions).toEqual([STRIPE_API_VERSION, "2025-01-27.acacia"]);
+  });
+
+  it("a Stripe key without return pages is refused at startup; an unconfigured provider records no failed payment", async () => {
+    const saved = process.env.APP_BASE_URL;
+    delete process.env.APP_BASE_URL;
+    try {
+      expect(() => new StripeProvider({ secretKey: "sk" })).toThrow(/no successUrl and cancelUrl/);
+      await expect(createCreditManager({ payments: { stripe: { secretKey: "sk" } } })).rejects.toBeInstanceOf(ConfigurationError);
+      const manager = await createCreditManager({ payments: { providers: [new StripeProvider({ secretKey: undefined, ...urls })] } });
+      await expect(manager.payments.createPaymentLink("u", { amount: 500, currency: "USD", provider: "stripe" })).rejects.toBeInstanceOf(ConfigurationError);
+      expect((await manager.payments.getPaymentHistory("u")).items).toEqual([]);
+      await manager.close();
+    } finally {
+      if (saved !== undefined) process.env.APP_BASE_URL = saved;
+    }
   });
 });

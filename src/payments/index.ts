@@ -6,7 +6,7 @@ import { StripeProvider, type StripeProviderOptions } from "./stripe.js";
 import type { PaymentProvider } from "./types.js";
 
 export { RazorpayProvider, type RazorpayProviderOptions } from "./razorpay.js";
-export { StripeProvider, type StripeProviderOptions } from "./stripe.js";
+export { STRIPE_API_VERSION, StripeProvider, type StripeProviderOptions } from "./stripe.js";
 export type {
   CheckoutRequest,
   CheckoutResult,

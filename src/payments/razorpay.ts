@@ -1,4 +1,5 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
+import { call, checkTimeout } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
 import type { CheckoutRequest, CheckoutResult, FetchLike, HeadersLike, PaymentEvent, PaymentEventKind, PaymentProvider } from "./types.js";
 
@@ -15,6 +16,8 @@ export interface RazorpayProviderOptions {
   baseUrl?: string;
   /** Default the global `fetch`. */
   fetch?: FetchLike;
+  /** Longest wait for one API call, in ms (then `PaymentProviderError`). Default 30,000. */
+  timeoutMs?: number;
 }
 
 const PAYMENT_EVENTS: Record<string, PaymentEventKind> = {
@@ -49,11 +52,17 @@ export class RazorpayProvider implements PaymentProvider {
       callbackUrl: options.callbackUrl ?? (appBase ? `${appBase.replace(/\/$/, "")}/payments/return` : undefined),
       baseUrl: (options.baseUrl ?? "https://api.razorpay.com").replace(/\/$/, ""),
       fetch: options.fetch ?? ((input, init) => fetch(input, init)),
+      timeoutMs: checkTimeout("razorpay", options.timeoutMs),
     };
   }
 
   get receivesWebhooks(): boolean {
     return Boolean(this.o.webhookSecret);
+  }
+
+  /** False until a key id and secret are configured: no checkout can be opened. */
+  get opensCheckouts(): boolean {
+    return Boolean(this.o.keyId && this.o.keySecret);
   }
 
   async createCheckout(r: CheckoutRequest): Promise<CheckoutResult> {
@@ -72,7 +81,7 @@ export class RazorpayProvider implements PaymentProvider {
       method: "POST",
       headers: { authorization: this.auth(), "content-type": "application/json" },
       body: JSON.stringify(body),
-    });
+    }, this.o.timeoutMs);
     const id = str(res.id);
     const url = str(res.short_url);
     if (id === null || url === null) throw new PaymentProviderError("[credit-management] [razorpay] Payment link answer without id or short_url.");
@@ -88,7 +97,7 @@ export class RazorpayProvider implements PaymentProvider {
    */
   async findCheckout(r: CheckoutRequest): Promise<CheckoutResult | null> {
     const query = `${this.o.baseUrl}/v1/payment_links?reference_id=${encodeURIComponent(r.paymentId)}`;
-    const res = await call(this.o.fetch, "razorpay", query, { method: "GET", headers: { authorization: this.auth() } });
+    const res = await call(this.o.fetch, "razorpay", query, { method: "GET", headers: { authorization: this.auth() } }, this.o.timeoutMs);
     const links = Array.isArray(res.payment_links) ? (res.payment_links as unknown[]) : [];
     for (const link of links) {
       if (str(at(link, "reference_id")) !== r.paymentId) continue;
@@ -118,7 +127,7 @@ export class RazorpayProvider implements PaymentProvider {
     await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`, {
       method: "POST",
       headers: { authorization: this.auth() },
-    });
+    }, this.o.timeoutMs);
   }
 
   private auth(): string {
@@ -179,34 +188,4 @@ function providerPaymentId(kind: PaymentEventKind | null, payment: string | null
   if (kind === "refund") return str(at(refund, "payment_id")) ?? payment;
   if (kind === "dispute_lost") return str(at(dispute, "payment_id")) ?? payment;
   return null;
-}
-
-/** One JSON call to a provider's API; non-2xx and network failures become `PaymentProviderError`. */
-export async function call(
-  f: FetchLike,
-  provider: string,
-  url: string,
-  init: RequestInit,
-): Promise<Record<string, unknown>> {
-  let res: Response;
-  try {
-    res = await f(url, init);
-  } catch (error) {
-    throw new PaymentProviderError(`[credit-management] [${provider}] Request failed: ${(error as Error).message}`, { provider }, error);
-  }
-  const text = await res.text();
-  let json: unknown = null;
-  try {
-    json = text === "" ? null : JSON.parse(text);
-  } catch {
-    // not JSON; reported below
-  }
-  if (!res.ok || typeof json !== "object" || json === null) {
-    const message = str(at(json, "error", "description")) ?? str(at(json, "error", "message")) ?? `HTTP ${res.status}`;
-    throw new PaymentProviderError(`[credit-management] [${provider}] API refused the request: ${message}`, {
-      provider,
-      status: res.status,
-    });
-  }
-  return json as Record<string, unknown>;
 }

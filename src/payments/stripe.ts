@@ -1,5 +1,5 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
-import { call } from "./razorpay.js";
+import { call, checkTimeout } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
 import type { CheckoutRequest, CheckoutResult, FetchLike, HeadersLike, PaymentEvent, PaymentEventKind, PaymentProvider } from "./types.js";
 
@@ -17,7 +17,18 @@ export interface StripeProviderOptions {
   /** Default `https://api.stripe.com`. */
   baseUrl?: string;
   fetch?: FetchLike;
+  /** Longest wait for one API call, in ms (then `PaymentProviderError`). Default 30,000. */
+  timeoutMs?: number;
+  /**
+   * The Stripe API version every call names (`Stripe-Version`), so a change of the account's
+   * default version in Stripe's dashboard never changes what the library gets. Default
+   * `STRIPE_API_VERSION`, the version this release is tested against.
+   */
+  apiVersion?: string;
 }
+
+/** The Stripe API version this release is written and tested against. */
+export const STRIPE_API_VERSION = "2024-06-20";
 
 /**
  * Stripe Checkout Sessions (`POST /v1/checkout/sessions`, form-encoded, Bearer secret key).
@@ -33,6 +44,8 @@ export class StripeProvider implements PaymentProvider {
   private readonly tolerance: number;
   private readonly baseUrl: string;
   private readonly fetch: FetchLike;
+  private readonly timeoutMs: number;
+  private readonly apiVersion: string;
 
   constructor(options: StripeProviderOptions = {}) {
     const env = typeof process === "undefined" ? {} : process.env;
@@ -44,6 +57,18 @@ export class StripeProvider implements PaymentProvider {
     this.tolerance = options.toleranceSeconds ?? 300;
     this.baseUrl = (options.baseUrl ?? "https://api.stripe.com").replace(/\/$/, "");
     this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
+    this.timeoutMs = checkTimeout("stripe", options.timeoutMs);
+    this.apiVersion = options.apiVersion ?? STRIPE_API_VERSION;
+    // A key without the pages Checkout sends the user back to would fail at the first payment,
+    // after the payment was recorded: refuse it now, at startup.
+    if (this.secretKey && (!this.successUrl || !this.cancelUrl)) {
+      throw new ConfigurationError("[credit-management] [stripe] A secret key is set, but no successUrl and cancelUrl (or APP_BASE_URL): set them.");
+    }
+  }
+
+  /** False until a secret key (and the return pages) are configured: no checkout can be opened. */
+  get opensCheckouts(): boolean {
+    return Boolean(this.secretKey && this.successUrl && this.cancelUrl);
   }
 
   get receivesWebhooks(): boolean {
@@ -74,13 +99,14 @@ export class StripeProvider implements PaymentProvider {
     const headers: Record<string, string> = {
       authorization,
       "content-type": "application/x-www-form-urlencoded",
+      "stripe-version": this.apiVersion,
     };
     if (r.idempotencyKey !== undefined) headers["idempotency-key"] = r.idempotencyKey;
     const res = await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions`, {
       method: "POST",
       headers,
       body: form.toString(),
-    });
+    }, this.timeoutMs);
     const id = str(res.id);
     const url = str(res.url);
     if (id === null || url === null) throw new PaymentProviderError("[credit-management] [stripe] Checkout Session answer without id or url.");
@@ -97,8 +123,8 @@ export class StripeProvider implements PaymentProvider {
   async cancelCheckout(providerRef: string): Promise<void> {
     await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`, {
       method: "POST",
-      headers: { authorization: this.auth() },
-    });
+      headers: { authorization: this.auth(), "stripe-version": this.apiVersion },
+    }, this.timeoutMs);
   }
 
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void {

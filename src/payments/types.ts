@@ -85,6 +85,12 @@ export interface PaymentProvider {
    */
   readonly receivesWebhooks?: boolean;
   /**
+   * Optional: false when this provider lacks what opening a checkout needs (API keys, return
+   * pages). `createPaymentLink` then refuses with `ConfigurationError` before it records anything.
+   * Omitted: true.
+   */
+  readonly opensCheckouts?: boolean;
+  /**
    * Checks the signature over the exact bytes received. Throws `WebhookRejectedError` when it does
    * not match (or is stale), `ConfigurationError` when no webhook secret is configured.
    */

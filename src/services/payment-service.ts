@@ -167,6 +167,10 @@ export class PaymentService {
     const user = parse(UserId, userId, "userId");
     const i = parse(CreatePaymentInput, input, "input");
     const provider = this.provider(i.provider);
+    if (provider.opensCheckouts === false) {
+      // Refused before anything is recorded: no `failed` payment in the user's history.
+      throw new ConfigurationError(`[credit-management] [${provider.name}] is not configured to open checkouts (API keys, return pages).`);
+    }
     if (this.rates !== null && !this.rates.has(i.currency)) {
       throw new ValidationError(`Invalid input.currency: "${i.currency}" is not accepted`, [
         { path: "currency", message: `accepted: ${[...this.rates.keys()].join(", ")}` },
