@@ -193,7 +193,12 @@ export class SubscriptionService {
     }
     // One whose period ended (cancelled at period end, not renewing) ends first, as a read would see it.
     const existing = await this.activeAt(user, now);
-    if (existing !== null) throw alreadySubscribed(existing);
+    if (existing !== null) {
+      // A call with this key that committed after the lookup above is the first call, not another
+      // subscriber: its result is the answer (overlapping retries of one checkout webhook).
+      if (o.idempotencyKey !== undefined && existing.idempotencyKey === o.idempotencyKey) return this.repeat(existing, pid, o, now);
+      throw alreadySubscribed(existing);
+    }
     const plan = await this.requirePlan(pid);
     if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
     const anchor = o.startAt ?? now;

@@ -141,6 +141,25 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect(await subscriptions.getUserSubscription(user())).toBeNull();
     });
 
+    /** @see issue 24, item 1: overlapping calls with one key got "already has an active subscription". */
+    it("calls of subscribe with one idempotency key, overlapping, all answer the one subscription they made", async () => {
+      const db = getDb();
+      const { subscriptions, credits } = servicesWithClock(db, T);
+      const id = (await subscriptions.createPlan({ name: "Webhook", creditsPerPeriod: 70, billingPeriod: "monthly" })).id;
+      const u = user();
+      const calls = Array.from({ length: 40 }, (_, i) =>
+        new Promise((resolve) => setTimeout(resolve, i % 8)).then(() => subscriptions.subscribe(u, id, { idempotencyKey: "checkout-7" })),
+      );
+      const results = await Promise.allSettled(calls);
+      const rejected = results.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason as Error);
+      expect(rejected.map((e) => e.message)).toEqual([]);
+      const ids = new Set(results.map((r) => (r as PromiseFulfilledResult<{ id: string }>).value.id));
+      expect(ids.size).toBe(1);
+      expect(await subscriptions.listUserSubscriptions(u)).toHaveLength(1);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(70);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("renews at period end once, rolls over up to the cap even when the period's grant was expired first", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
