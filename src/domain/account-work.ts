@@ -142,7 +142,8 @@ export class AccountWork {
    */
   settle(asOf: Date = this.now): Settlement {
     this.settled = true;
-    const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0 };
+    const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0 };
+    for (const g of this.grants.all()) if (isPeriodGrant(g) && isDue(g, asOf)) out.periodGrantsEnded++;
     const lapsed = this.holds
       .all()
       .filter((h) => h.status === "active" && h.expiresAt.getTime() <= asOf.getTime())
@@ -666,7 +667,16 @@ export interface Settlement {
   expired: number;
   holdsReleased: number;
   creditsReleased: number;
+  /**
+   * Grants of a subscription period (its allocation, rollover or proration) that expired here: the
+   * period has most likely ended, and its subscription may owe the next one (see
+   * docs/subscriptions.md, "Periods start on time").
+   */
+  periodGrantsEnded: number;
 }
+
+/** Grants a subscription period is made of. */
+export const isPeriodGrant = (g: Grant): boolean => g.source === "subscription" || g.source === "rollover";
 
 /**
  * An operation that would take the balance (or the debt) beyond the safe-integer range, where

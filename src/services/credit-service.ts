@@ -110,6 +110,20 @@ const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
 const SETTLE = Object.freeze({ settle: true });
 
+/** Options of one unit of work: settle what time has done; bring a due subscription period first. */
+interface RunOptions {
+  settle: boolean;
+  /** Default true; false for the units other services run (the subscription service's own above all). */
+  periods?: boolean;
+}
+
+/**
+ * Thrown out of an attempt whose settlement expired a subscription period's grants while a
+ * subscription service is wired: the unit of work is abandoned (nothing written), the period is
+ * brought up to date, and the operation runs again (once).
+ */
+class PeriodDue extends Error {}
+
 const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
 
 interface UnitOutcome<T> {
@@ -153,6 +167,8 @@ class UnitRun<T> {
     private readonly body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     private readonly replay: ((entry: JournalEntry, tx: DbTransaction) => Promise<T>) | undefined,
     private readonly settle: boolean,
+    /** Abandon the attempt when settlement ends a subscription period (`PeriodDue`). */
+    private readonly periods: boolean,
   ) {}
 
   attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
@@ -182,7 +198,8 @@ class UnitRun<T> {
     const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
     if (this.settle && work.needsSettle) {
       return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
-        work.settle();
+        const settled = work.settle();
+        if (this.periods && settled.periodGrantsEnded > 0) throw new PeriodDue();
         return this.run(tx, state, work);
       });
     }
@@ -242,6 +259,8 @@ const copy = <T>(o: T): T => structuredClone(o);
 export class CreditService {
   readonly db: DbManager;
   private readonly ledger: LedgerLogger | undefined;
+  /** Set by a subscription service over this one (`bringPeriodsWith`). */
+  private periodHook: ((userId: string) => Promise<unknown>) | undefined;
   /** The balance cache, when there is one. */
   private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
@@ -604,7 +623,15 @@ export class CreditService {
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: { settle: boolean } = { settle: true },
   ): Promise<T> {
-    return this.mutate(userId, meta, body, replay, options);
+    return this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false });
+  }
+
+  /**
+   * @internal How a subscription service brings a user's due period (`SubscriptionService` sets
+   * it): credit operations and reads that find a period's grants expired call it, then run again.
+   */
+  bringPeriodsWith(hook: ((userId: string) => Promise<unknown>) | undefined): void {
+    this.periodHook = hook;
   }
 
   /** @internal The service's clock. */
@@ -656,9 +683,10 @@ export class CreditService {
     meta: EntryMeta,
     body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
-    options: { settle: boolean } = SETTLE,
+    options: RunOptions = SETTLE,
   ): Promise<T> {
-    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle);
+    const periods = options.periods !== false && this.periodHook !== undefined;
+    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods);
     const run = (tx: DbTransaction) => unit.attempt(tx);
     const db = this.db;
     let done: UnitOutcome<T> | Promise<UnitOutcome<T>>;
@@ -668,6 +696,7 @@ export class CreditService {
       try {
         done = db.transactionNow(userId, run);
       } catch (error) {
+        if (error instanceof PeriodDue) return this.afterPeriod(userId, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }));
         return this.refusedOrFailed(userId, unit, error);
       }
       if (!isPromiseLike(done)) {
@@ -681,8 +710,26 @@ export class CreditService {
     }
     return Promise.resolve(done).then(
       (outcome) => this.committed(userId, outcome),
-      (error: unknown) => this.refusedOrFailed(userId, unit, error),
+      (error: unknown) =>
+        error instanceof PeriodDue
+          ? this.afterPeriod(userId, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }))
+          : this.refusedOrFailed(userId, unit, error),
     );
+  }
+
+  /**
+   * A period's grants expired as the operation settled the account: the subscription service brings
+   * the next period (its own keyed unit of work, the one the renewal job runs, so a job or another
+   * request at the same instant allocates once), then the operation runs again. Should that fail,
+   * the operation still runs, as it would have without a subscription service.
+   */
+  private async afterPeriod<T>(userId: string, again: () => Promise<T>): Promise<T> {
+    try {
+      await this.periodHook?.(userId);
+    } catch (error) {
+      this.logger?.warn({ err: error, userId }, "credit-management: could not bring the user's subscription period up to date");
+    }
+    return again();
   }
 
   /**

@@ -88,6 +88,9 @@ export class SubscriptionService {
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 300, options.logger);
     this.clock = options.clock ?? (() => options.credits.now());
     this.logger = options.logger;
+    // A credit operation or read that finds a period ended brings the next one at once, as the
+    // renewal job would: a subscriber never sees 0 credits between the period's end and the job.
+    this.credits.bringPeriodsWith((userId) => this.activeAt(userId, this.clock()));
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -160,6 +160,31 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    /** @see issue 24, item 2: a paying subscriber had 0 credits from the period's end until the job ran. */
+    it("a credit operation or read after the period's end brings the next period at once; racing the job, it is allocated once", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const id = (await subscriptions.createPlan({ name: "Lazy", creditsPerPeriod: 100, billingPeriod: "monthly" })).id;
+      const [u, v] = [user(), user()];
+      const s = await subscriptions.subscribe(u, id);
+      await subscriptions.subscribe(v, id);
+      await credits.deductCredits(u, 30);
+      // Ten seconds into the next period, before any job ran: the deduction is served from it.
+      clock.now = s.currentPeriodEnd.getTime() + 10_000;
+      await credits.deductCredits(u, 90);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(10);
+      const keys = (await journal(db, u)).map((e) => e.idempotencyKey).filter((k) => k?.startsWith("cm:sub:"));
+      expect(keys).toEqual([`cm:sub:${s.id}:${s.currentPeriodStart.toISOString()}`, `cm:sub:${s.id}:${s.currentPeriodEnd.toISOString()}`]);
+      expect((await subscriptions.getUserSubscription(u))?.periodIndex).toBe(1);
+      // A read brings it too; the job and reads racing at the boundary allocate once.
+      const [report, info] = await Promise.all([expiration.runAll(), credits.getUserCreditsInfo(v), credits.getUserCreditsInfo(v)]);
+      expect(info.balance).toBe(100);
+      expect(report.renewDueSubscriptions.errors).toBe(0);
+      expect((await allocations(db, v)).length).toBe(2);
+      expect((await credits.getUserCreditsInfo(v)).balance).toBe(100);
+      for (const x of [u, v]) expect((await credits.audit(x)).ok).toBe(true);
+    });
+
     it("renews at period end once, rolls over up to the cap even when the period's grant was expired first", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
@@ -168,8 +193,10 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const s = await subscriptions.subscribe(u, id);
       await credits.deductCredits(u, 60);
       clock.now = s.currentPeriodEnd.getTime() + 1000;
-      // A read after the period's end expires the 40 left before any renewal ran.
-      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+      // The expiry job expires the 40 left before any renewal ran (a read would bring the next
+      // period at once: see "brings the next period" below).
+      await expiration.expireDueGrants();
+      expect((await db.getAccount(u))?.balance).toBe(0);
       const r1 = await expiration.renewDueSubscriptions();
       const version = (await db.getActiveSubscription(u))?.version;
       await expiration.renewDueSubscriptions();
