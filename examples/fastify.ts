@@ -3,15 +3,15 @@
  *
  * - The credit API runs through toNodeHandler in an `onRequest` hook (before Fastify reads the body,
  *   so the raw bytes reach the handler) and `reply.hijack()`.
- * - Metering: creditMeteringMiddleware in an `onRequest` hook for /api. Fastify writes its headers
- *   with the body, so X-Credits-Deducted cannot be added there: the figure comes from `onSettled`
+ * - Metering: the `fastifyCreditMetering` plugin for /api/chat, inside Fastify's lifecycle: the hold in
+ *   `onRequest`, the usage context around the handler, the commit and X-Credits-Deducted in `onSend`
  *   (or use `manager.credits.meter()` inside a route, as /api/summary does, to set it yourself).
  * Identity: `Authorization: Bearer <userId>`; `admin` is an admin. With no PORT set it runs a short
  * demo against itself and exits.
  */
 import Fastify from "fastify";
 import { createCreditManager, recordUsage } from "../src/index.js";
-import { createCreditHandler, creditMeteringMiddleware, toNodeHandler, type Identity } from "../src/http/index.js";
+import { createCreditHandler, fastifyCreditMetering, toNodeHandler, type Identity } from "../src/http/index.js";
 
 const manager = await createCreditManager();
 await manager.credits.addCredits("user-1", 1_000);
@@ -24,9 +24,9 @@ const identify = (authorization: string | null | undefined): Identity | null => 
 
 const credits = createCreditHandler(manager, { authenticate: (r) => identify(r.headers.get("authorization")) });
 const creditsNode = toNodeHandler(credits);
-const meter = creditMeteringMiddleware({
+const meter = fastifyCreditMetering({
   credits: manager.credits,
-  authenticate: (req) => identify(req.headers.authorization),
+  authenticate: (request) => identify(request.headers.authorization),
   pathPrefix: "/api/chat",
   defaultEstimate: 100,
   maxEstimate: 4_000,
@@ -42,7 +42,7 @@ app.addHook("onRequest", async (request, reply) => {
     await creditsNode(request.raw, reply.raw);
   }
 });
-app.addHook("onRequest", (request, reply, done) => meter(request.raw, reply.raw, done));
+await app.register(meter);
 
 // Usage read from the JSON response (`usage.total_tokens`), as OpenAI-style APIs report it.
 app.post("/api/chat", async (request) => {

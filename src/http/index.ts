@@ -12,6 +12,14 @@ export {
   type MeteringLocals,
   type MeteringOptionsBase,
 } from "./metering.js";
+export {
+  fastifyCreditMetering,
+  type FastifyCreditMeteringOptions,
+  type FastifyCreditMeteringPlugin,
+  type FastifyInstanceLike,
+  type FastifyReplyLike,
+  type FastifyRequestLike,
+} from "./fastify.js";
 export { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 export {
   HttpError,

@@ -80,7 +80,8 @@ export interface MeteringLocals {
   creditsDeducted?: number;
 }
 
-function common<Req>(o: MeteringOptionsBase<Req>) {
+/** @internal What every metering middleware shares (Fetch, node, the Fastify plugin). */
+export function common<Req>(o: MeteringOptionsBase<Req>) {
   if (!o || typeof o.credits?.openMeter !== "function") {
     throw new TypeError("[credit-management] [metering] `credits` (manager.credits) is required.");
   }

@@ -9,6 +9,7 @@ import { streamSSE } from "hono/streaming";
 import {
   creditMetering,
   creditMeteringMiddleware,
+  fastifyCreditMetering,
   recordUsage,
   toNodeHandler,
   type CreditMeteringMiddlewareOptions,
@@ -261,6 +262,54 @@ export const meteredHosts: MeteredHost[] = [
       const app = Fastify();
       const meter = creditMeteringMiddleware(middlewareOptions(o));
       app.addHook("onRequest", (request, reply, done) => meter(request.raw, reply.raw, done));
+      app.post("/api/chat", async () => {
+        await sleep(1);
+        recordUsage({ amount: 42, model: "m-1", provider: "acme" });
+        return { reply: "hello" };
+      });
+      app.post("/api/json-usage", async () => ({ reply: "hi", usage: { total_tokens: 17 } }));
+      app.get("/api/health", async () => ({ ok: true }));
+      app.get("/public", async () => ({ ok: true }));
+      app.post("/api/fail", async () => {
+        throw new Error("model crashed");
+      });
+      app.post("/api/unavailable", async (_req, reply) => reply.code(503).send({ error: "upstream down" }));
+      app.get("/api/stream", (_req, reply) => {
+        reply.hijack();
+        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
+      });
+      app.get("/api/slow-stream", (_req, reply) => {
+        reply.hijack();
+        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
+      });
+      app.get("/api/slow", async () => {
+        await sleep(1500);
+        recordUsage({ amount: 5 });
+        return { late: true };
+      });
+      app.post("/api/burst", async () => {
+        await sleep(30);
+        recordUsage({ amount: 60 });
+        return { ok: true };
+      });
+      await app.listen({ port: 0, host: "127.0.0.1" });
+      const { port } = app.server.address() as AddressInfo;
+      return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
+    },
+  },
+  {
+    /** @see issue 24, item 11: Fastify's own plugin, inside its lifecycle (no hijack for JSON routes). */
+    name: "fastify + fastifyCreditMetering (plugin)",
+    headerOnJson: true,
+    start: async (o) => {
+      const app = Fastify();
+      const base = middlewareOptions(o);
+      await app.register(
+        fastifyCreditMetering({
+          ...base,
+          authenticate: (request) => o.authenticate(userOf(request.headers.authorization)),
+        } as Parameters<typeof fastifyCreditMetering>[0]),
+      );
       app.post("/api/chat", async () => {
         await sleep(1);
         recordUsage({ amount: 42, model: "m-1", provider: "acme" });
