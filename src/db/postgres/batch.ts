@@ -1,4 +1,4 @@
-import type { PoolClient, QueryResult } from "pg";
+import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
 import { ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { type Column, snakeCase } from "../../schema/columns.js";

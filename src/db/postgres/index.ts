@@ -1,5 +1,5 @@
 import type * as PgModule from "pg";
-import type { Pool, PoolClient, PoolConfig } from "pg";
+import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
@@ -211,7 +211,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       }
       const naming = { schema: this.options.schema, prefix: this.options.tablePrefix };
       await client.query("SAVEPOINT cm_version");
-      const found = await client.query<{ version: number }>(
+      const found: { rows: { version: number }[] } = await client.query(
         `SELECT version FROM ${this.sql.versionTable} WHERE component = '${SCHEMA_COMPONENT}'`,
       ).catch(async (error: unknown) => {
         if ((error as { code?: unknown }).code !== "42P01") throw error; // undefined_table: a new store
@@ -688,7 +688,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   async resyncPrepared(client: PoolClient): Promise<void> {
     try {
       this.roundTrips++;
-      const r = await client.query<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
+      const r: { rows: { name: string }[] } = await client.query("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
       preparedOn.set(client, new Set(r.rows.map((row) => row.name)));
     } catch {
       preparedOn.delete(client);

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The package as a user gets it: packs this checkout, installs the tarball into a fresh project
+# outside the repository (with the optional peers it needs, from npm's cache when they are there),
+# then imports every subpath with ESM `import` and CJS `require`, type-checks a strict TypeScript
+# consumer under moduleResolution node16 and bundler, and runs the README's quick start.
+# Fails loudly at the first problem. Run after `npm run build` (CI does).
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d "${TMPDIR:-/tmp}/cm-tarball-XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+tarball="$(cd "$repo" && npm pack --silent --ignore-scripts --pack-destination "$work" | tail -n 1)"
+echo "packed $tarball ($(du -k "$work/$tarball" | cut -f1) KB)"
+tsver="$(node -p "require('$repo/node_modules/typescript/package.json').version")"
+pgver="$(node -p "require('$repo/node_modules/pg/package.json').version")"
+mongover="$(node -p "require('$repo/node_modules/mongodb/package.json').version")"
+ioredisver="$(node -p "require('$repo/node_modules/ioredis/package.json').version")"
+vitestver="$(node -p "require('$repo/node_modules/vitest/package.json').version")"
+fcver="$(node -p "require('$repo/node_modules/fast-check/package.json').version")"
+
+cd "$work"
+cat > package.json <<JSON
+{ "name": "consumer", "private": true, "type": "module" }
+JSON
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "vitest@$vitestver" "fast-check@$fcver" @types/node@20
+
+# Loaded at run time: every subpath but the testing suite, which loads only inside a vitest run
+# (vitest refuses to be imported elsewhere, and cannot be required); it is type-checked below.
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http"
+
+# ESM: every subpath loads and exports something.
+for p in $subpaths; do
+  node --input-type=module -e "const m = await import('$p'); if (Object.keys(m).length === 0) throw new Error('$p exports nothing');"
+done
+echo "ESM: every subpath imports"
+# CJS: the same through require.
+for p in $subpaths; do
+  node -e "const m = require('$p'); if (Object.keys(m).length === 0) throw new Error('$p exports nothing');"
+done
+echo "CJS: every subpath requires"
+
+# A strict TypeScript consumer (no @types/pg), under both resolutions.
+cat > consumer.ts <<'TS'
+import { createCreditManager, InsufficientCreditsError, type JournalEntry } from "credit-management";
+import { PostgresDbManager } from "credit-management/postgres";
+import { MongoDbManager } from "credit-management/mongodb";
+import { RedisCache } from "credit-management/redis";
+import { createCreditHandler, fastifyCreditMetering } from "credit-management/http";
+import { runDbManagerContract } from "credit-management/testing";
+
+export async function main(): Promise<JournalEntry> {
+  const manager = await createCreditManager();
+  const handler = createCreditHandler(manager, { authenticate: () => ({ userId: "u" }) });
+  void handler;
+  void fastifyCreditMetering;
+  void runDbManagerContract;
+  const classes: unknown[] = [PostgresDbManager, MongoDbManager, RedisCache, InsufficientCreditsError];
+  void classes;
+  return manager.credits.addCredits("u", 1);
+}
+TS
+for resolution in node16 bundler; do
+  module=$([ "$resolution" = node16 ] && echo node16 || echo esnext)
+  npx tsc --noEmit --strict --skipLibCheck false --types node --module "$module" --moduleResolution "$resolution" --target es2022 consumer.ts
+  echo "TypeScript: a strict consumer type-checks (moduleResolution $resolution)"
+done
+
+# The README's quick start, as a user would run it.
+node - "$repo/README.md" > quickstart.mjs <<'JS'
+const text = require("node:fs").readFileSync(process.argv[2], "utf8");
+const block = /## Quick start\n\n```ts\n([\s\S]*?)```/.exec(text);
+if (!block) throw new Error("README has no Quick start block");
+process.stdout.write(block[1].replace("logs/credit_ledger.jsonl", "logs/quickstart.jsonl"));
+JS
+out="$(node quickstart.mjs)"
+echo "$out" | grep -q "available: 527" || { echo "quick start printed:"; echo "$out"; exit 1; }
+echo "README quick start runs"
+echo "tarball check: ok"
