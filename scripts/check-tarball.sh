@@ -17,12 +17,14 @@ mongover="$(node -p "require('$repo/node_modules/mongodb/package.json').version"
 ioredisver="$(node -p "require('$repo/node_modules/ioredis/package.json').version")"
 vitestver="$(node -p "require('$repo/node_modules/vitest/package.json').version")"
 fcver="$(node -p "require('$repo/node_modules/fast-check/package.json').version")"
+expressver="$(node -p "require('$repo/node_modules/express/package.json').version")"
+typesexpressver="$(node -p "require('$repo/node_modules/@types/express/package.json').version")"
 
 cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "vitest@$vitestver" "fast-check@$fcver" @types/node@20
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "vitest@$vitestver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
 
 # Loaded at run time: every subpath but the testing suite, which loads only inside a vitest run
 # (vitest refuses to be imported elsewhere, and cannot be required); it is type-checked below.
@@ -65,10 +67,22 @@ for resolution in node16 bundler; do
   echo "TypeScript: a strict consumer type-checks (moduleResolution $resolution)"
 done
 
+# Every TypeScript block of the README, type-checked as a strict consumer would compile it.
+node - "$repo/README.md" <<'JS'
+const fs = require("node:fs");
+const text = fs.readFileSync(process.argv[2], "utf8");
+let n = 0;
+for (const m of text.matchAll(/```ts\n([\s\S]*?)```/g)) fs.writeFileSync(`readme-${++n}.mts`, `${m[1]}export {};\n`);
+if (n === 0) throw new Error("README has no TypeScript block");
+console.log(`README: ${n} TypeScript blocks`);
+JS
+npx tsc --noEmit --strict --types node --module node16 --moduleResolution node16 --target es2022 readme-*.mts
+echo "README: every TypeScript block type-checks"
+
 # The README's quick start, as a user would run it.
 node - "$repo/README.md" > quickstart.mjs <<'JS'
 const text = require("node:fs").readFileSync(process.argv[2], "utf8");
-const block = /## Quick start\n\n```ts\n([\s\S]*?)```/.exec(text);
+const block = /## Quick start\n[\s\S]*?```ts\n([\s\S]*?)```/.exec(text);
 if (!block) throw new Error("README has no Quick start block");
 process.stdout.write(block[1].replace("logs/credit_ledger.jsonl", "logs/quickstart.jsonl"));
 JS

@@ -35,13 +35,13 @@ export const CreditManagerOptions = z.strictObject({
   defaultReservationTtlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
-  /** Payment providers and the credits a payment buys (see README "Promo codes and payments"). */
+  /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: PaymentManagerOptions.optional(),
   /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
   queue: z.custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
     error: "queue must implement NotificationQueue",
   }).optional(),
-  /** Notification thresholds and delivery settings (see README "Notifications"). */
+  /** Notification thresholds and delivery settings (docs/notifications.md). */
   notifications: ThresholdSpec.extend({
     /** Delivery attempts before a row is `failed`. Default 10. */
     maxAttempts: z.number().int().min(1).max(1000).optional(),

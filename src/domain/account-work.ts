@@ -32,7 +32,7 @@ export interface NewGrant {
 }
 
 /**
- * The rules of DESIGN §3, once, as a pure state machine over one account.
+ * The rules of docs/concepts.md, once, as a pure state machine over one account.
  *
  * A unit of work loads the account's state, builds an `AccountWork`, calls the operations below
  * (each appends journal entries and keeps `balance == Σ remaining + Σ holds − debt`), and saves

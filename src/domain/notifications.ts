@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { Account, AlertLevel, AlertState, JournalEntry, Notification, NotificationType, Reservation } from "../models/index.js";
 
 /**
- * The notification rules of DESIGN §5, as pure functions over one account: which events a change
+ * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
  * causes. Called inside the unit of work that makes the change, so the alert state on the account
  * and the outbox rows commit (or roll back) with it, and concurrent changes around a threshold
  * produce exactly one event per crossing.

@@ -24,7 +24,7 @@ export interface AuditReport {
 /**
  * Replays a user's journal from zero and compares it with the stored state.
  *
- * Each entry type has one effect (see README "The journal"):
+ * Each entry type has one effect (docs/concepts.md, "The journal"):
  * add +balance, grants created, debt paid by amount − Σgrants; deduct −balance, grants drawn,
  * debt += amount − Σgrants; expire/void −balance, grants removed; reserve +reserved, grants moved
  * into the hold; commit_reserved −balance −reserved, taken from the hold; release_reserved
@@ -140,7 +140,7 @@ export function replayJournal(
     if (reserved < 0) problems.push(`${where}: reserved below zero`);
   });
 
-  // Invariants of DESIGN §3 on the replayed state.
+  // The invariants of docs/concepts.md ("Audit") on the replayed state.
   let sumRemaining = 0;
   for (const v of remaining.values()) sumRemaining += v;
   const activeReservations: Record<string, number> = {};

@@ -76,7 +76,7 @@ const WEBHOOK_OPERATION = "paymentWebhook";
 /**
  * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
  * Express and Fastify through `toNodeHandler`). Callers act on their own account under `basePath`;
- * admins on any account under `adminBasePath`. See README "HTTP".
+ * admins on any account under `adminBasePath`. See docs/http.md.
  */
 export function createCreditHandler(manager: CreditManager, options: CreditHandlerOptions = {}): CreditHandler {
   const o = {

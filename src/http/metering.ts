@@ -18,7 +18,7 @@ export interface MeteringOptionsBase<Req> {
   trustUserIdHeader?: boolean;
   /**
    * Only paths under this prefix are metered. Default `/`. Compared without case, and against the
-   * percent-decoded, slash-collapsed and dot-resolved readings of the path too (README, "Which
+   * percent-decoded, slash-collapsed and dot-resolved readings of the path too (docs/metering.md, "Which
    * paths are metered").
    */
   pathPrefix?: string;

@@ -62,7 +62,7 @@ const subscriptions = ["subscriptions"];
  * Plan and subscription routes. Users: list active plans, read a plan, read their own
  * subscription, subscribe and change plan within `selfService`, cancel and resume their own.
  * Admins (under the admin base path): plans' create, update, deactivate, delete, and every
- * subscription action on any user's `/users/:userId/subscription`. See README "HTTP".
+ * subscription action on any user's `/users/:userId/subscription`. See docs/http.md.
  */
 export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free"): RouteDefinition[] {
   /** Refuses (403) a self-service subscribe or change the rule does not allow. */
@@ -154,7 +154,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       summary: "Moves the caller's subscription to another plan (now or at the period's end)",
       description:
         "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
-        "the period's end (when: period_end); now is 403 (admins only). See README \"Changing plans\".",
+        "the period's end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, \"Changing plans\".",
       tags: subscriptions,
       body: ChangePlanBody,
       response: Subscription,

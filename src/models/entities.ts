@@ -35,7 +35,7 @@ export const Account = z.object({
   lastHash: z.string().nullable(),
   /** A lower bound of the soonest grant or hold expiry, or null: lets reads skip settling. */
   nextExpiryAt: z.date().nullable(),
-  /** Low-credits alert state (null until the first change this version made). See README "Notifications". */
+  /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
   alert: AlertState.nullable(),
   createdAt: z.date(),
   updatedAt: z.date(),
@@ -106,7 +106,7 @@ export const JournalEntry = z.object({
   balanceAfter: SignedAmount,
   reservedAfter: NonNegativeAmount,
   debtAfter: NonNegativeAmount,
-  /** Per-grant amounts this entry drew, created, held, returned or removed (see README). */
+  /** Per-grant amounts this entry drew, created, held, returned or removed (docs/concepts.md). */
   grants: z.array(GrantPortion),
   reservationId: EntityId.nullable(),
   idempotencyKey: IdempotencyKey.nullable(),
@@ -124,7 +124,7 @@ export type JournalEntry = z.infer<typeof JournalEntry>;
 export const LedgerEventType = z.enum(["transaction", "error", "system"]);
 export type LedgerEventType = z.infer<typeof LedgerEventType>;
 
-/** An audit-ledger event. Transaction events are the journal entries themselves (see README). */
+/** An audit-ledger event. Transaction events are the journal entries themselves (docs/concepts.md). */
 export const LedgerEntry = z.object({
   id: EntityId,
   eventType: LedgerEventType,

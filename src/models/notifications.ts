@@ -1,7 +1,7 @@
 import * as z from "zod";
 import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
 
-/** What a notification is about (DESIGN §5, README "Notifications"). */
+/** What a notification is about (docs/notifications.md). */
 export const NotificationType = z.enum([
   "low_credits",
   "credits_exhausted",

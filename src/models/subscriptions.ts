@@ -4,7 +4,7 @@ import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, Short
 export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);
 export type BillingPeriod = z.infer<typeof BillingPeriod>;
 
-/** What happens at a period's end to the period's credits nobody spent: see README "Rollover". */
+/** What happens at a period's end to the period's credits nobody spent: see docs/subscriptions.md, "Rollover". */
 export const RolloverPolicy = z.enum(["none", "all", "cap"]);
 export type RolloverPolicy = z.infer<typeof RolloverPolicy>;
 
@@ -15,7 +15,7 @@ export const PlanId = z
   .max(128, { error: "planId must be at most 128 characters" })
   .regex(/^[A-Za-z0-9._:-]+$/, { error: "planId may only contain letters, digits and . _ : -" });
 
-/** A subscription plan (DESIGN §6). */
+/** A subscription plan (docs/subscriptions.md). */
 export const Plan = z.object({
   id: PlanId,
   name: z.string().min(1).max(200),

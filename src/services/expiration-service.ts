@@ -87,11 +87,11 @@ export interface RunAllReport {
 }
 
 /**
- * The jobs a scheduler calls (DESIGN §6). Each walks an indexed scan in batches — never "load every
+ * The jobs a scheduler calls (docs/subscriptions.md). Each walks an indexed scan in batches — never "load every
  * user" — and hands each account (or subscription) to the services, whose units of work and
  * guarded writes make the job safe to run from several workers at once: a grant is expired once, a
  * period allocated once. Each returns a report of counts and records it in the ledger as a system
- * event. A job that did not run for a while catches up in one run (see README "Jobs").
+ * event. A job that did not run for a while catches up in one run (docs/subscriptions.md, "Jobs").
  */
 export class ExpirationService {
   private readonly db: DbManager;
@@ -166,7 +166,7 @@ export class ExpirationService {
    * lapsed after it is left active for a later run (or the account's next touch, which settles by
    * the clock); it was already unusable by its holder, who is judged by the clock. The release is
    * recorded when it happens (the clock), as the grants job records an expiry; credits a hold
-   * returns to a grant that is past its expiry by then expire at once (DESIGN §3).
+   * returns to a grant that is past its expiry by then expire at once (docs/concepts.md).
    */
   async releaseExpiredHolds(now?: Date | string, options: JobOptions = {}): Promise<ReleaseHoldsReport> {
     const asOf = this.asOf(now);

@@ -98,7 +98,7 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 }
 
 /**
- * Notifications through an outbox (DESIGN §5). Crossing events (`low_credits`,
+ * Notifications through an outbox (docs/notifications.md). Crossing events (`low_credits`,
  * `credits_exhausted`, `balance_restored`, `reservation_expired`, `transaction_error`) are written
  * by `CreditService` inside the unit of work that causes them; this service adds the events that
  * change no account (`emit`, `sendExpiringReminders`), per-user thresholds, and the dispatcher that

@@ -648,7 +648,7 @@ export class PaymentService {
   /**
    * Takes `k` credits of payment `p` back. When the payment's grant still has no more than `k`
    * left, that rest is voided and the remainder (already spent) deducted after the fact; credits
-   * held from the grant are voided when their hold ends (see README). Otherwise `k` is deducted.
+   * held from the grant are voided when their hold ends (docs/concepts.md). Otherwise `k` is deducted.
    */
   private async takeBack(work: AccountWork, tx: DbTransaction, state: LoadedState, p: Payment, k: number, meta: EntryMeta): Promise<void> {
     let left = k;

@@ -64,13 +64,13 @@ const PLAN_LIST_KEYS = ["plans:list:active", "plans:list:all"];
 const MAX_RACES = 50;
 
 /**
- * Plans and subscriptions (DESIGN §6). Every change of a subscription is a guarded write (its
+ * Plans and subscriptions (docs/subscriptions.md). Every change of a subscription is a guarded write (its
  * `version`), and the account work the change owes (allocation, rollover, expiry, proration) is
  * written into the subscription as an `intent` by that same write, then carried out by one
  * unit of work on the account keyed `sub:<id>:<periodStart>` — by the caller, another worker or
  * the renewal job, whoever gets there first — and cleared by a second guarded write. A crash
  * between the two leaves the intent for the next one; a second worker replays the key and changes
- * nothing. See README "Subscriptions".
+ * nothing. See docs/subscriptions.md.
  */
 export class SubscriptionService {
   readonly db: DbManager;
@@ -269,7 +269,7 @@ export class SubscriptionService {
   }
 
   /**
-   * Moves the user's subscription to another plan (see README "Changing plans" for the rules):
+   * Moves the user's subscription to another plan (docs/subscriptions.md, "Changing plans", has the rules):
    * `when: "now"` (default) with `credits: "prorate"` (default; same billing period only), "keep"
    * or "expire"; `when: "period_end"` with `credits: "keep"` (default) or "expire".
    */

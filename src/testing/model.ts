@@ -1,7 +1,7 @@
 /**
- * A deliberately naive, independent statement of DESIGN §3, used by the property test to check
+ * A deliberately naive, independent statement of the rules of docs/concepts.md, used by the property test to check
  * what a store + CreditService does. It shares no code with `src/domain`: if both agree over
- * thousands of random sequences, the rules are what the README says.
+ * thousands of random sequences, the rules are what docs/concepts.md says.
  */
 
 export interface ModelGrant {
