@@ -10,8 +10,8 @@
  */
 import type { AddressInfo } from "node:net";
 import express from "express";
-import { createCreditManager, recordUsage } from "../src/index.js";
-import { createCreditHandler, creditMeteringMiddleware, toNodeHandler, type Identity } from "../src/http/index.js";
+import { createCreditManager, recordUsage } from "credit-management";
+import { createCreditHandler, creditMeteringMiddleware, toNodeHandler, type Identity } from "credit-management/http";
 
 const manager = await createCreditManager();
 await manager.credits.addCredits("user-1", 1_000, { description: "welcome credits" });

@@ -10,8 +10,8 @@
  * demo against itself and exits.
  */
 import Fastify from "fastify";
-import { createCreditManager, recordUsage } from "../src/index.js";
-import { createCreditHandler, fastifyCreditMetering, toNodeHandler, type Identity } from "../src/http/index.js";
+import { createCreditManager, recordUsage } from "credit-management";
+import { createCreditHandler, fastifyCreditMetering, toNodeHandler, type Identity } from "credit-management/http";
 
 const manager = await createCreditManager();
 await manager.credits.addCredits("user-1", 1_000);

@@ -10,8 +10,8 @@
 import { serve } from "@hono/node-server";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
-import { createCreditManager, recordUsage } from "../src/index.js";
-import { createCreditHandler, creditMetering, type Identity } from "../src/http/index.js";
+import { createCreditManager, recordUsage } from "credit-management";
+import { createCreditHandler, creditMetering, type Identity } from "credit-management/http";
 
 const manager = await createCreditManager();
 await manager.credits.addCredits("user-1", 1_000);

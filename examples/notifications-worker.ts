@@ -10,8 +10,8 @@
  * on start re-reads what it was given but never acknowledged (a crash between print and XACK).
  */
 import { Redis } from "ioredis";
-import { createCreditManager } from "../src/index.js";
-import { RedisStreamQueue } from "../src/redis/index.js";
+import { createCreditManager } from "credit-management";
+import { RedisStreamQueue } from "credit-management/redis";
 
 const url = process.env.CREDIT_REDIS_URL ?? "redis://127.0.0.1:6379";
 const stream = process.env.CREDIT_STREAM ?? "credit-management:notifications";

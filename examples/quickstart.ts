@@ -5,7 +5,7 @@
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createCreditManager, InsufficientCreditsError } from "../src/index.js";
+import { createCreditManager, InsufficientCreditsError } from "credit-management";
 
 const DAY = 86_400_000;
 let now = Date.parse("2026-01-01T09:00:00Z");

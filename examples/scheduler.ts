@@ -11,7 +11,7 @@
  * previous one in the same process; SIGTERM/SIGINT finish the current run, then close the store.
  */
 import { pino } from "pino";
-import { createCreditManager, createDbManagerFromEnv } from "../src/index.js";
+import { createCreditManager, createDbManagerFromEnv } from "credit-management";
 
 const logger = pino({ name: "credit-jobs" });
 const EVERY_MS = Number(process.env.JOB_INTERVAL_MS ?? 60_000);

@@ -37,3 +37,36 @@ describe("HTTP examples", () => {
     expect(out).toMatch(/balance: 930/);
   });
 });
+
+/** The other examples, as a user runs them; they import the package by name (its built dist/). */
+describe("examples", () => {
+  const exampleWith = async (file: string, args: string[], env: Record<string, string> = {}) => {
+    const { stdout } = await run(process.execPath, ["--import", "tsx", join(root, "examples", file), ...args], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      timeout: 60_000,
+    });
+    return stdout;
+  };
+
+  it("quickstart.ts (npm run example) walks through grants, a hold, an expiry and the audit", async () => {
+    const out = await exampleWith("quickstart.ts", []);
+    expect(out).toMatch(/committed 73 of the 200 held \(127 returned\)\s+balance=407/);
+    expect(out).toContain("audit: ok");
+  });
+
+  it("scheduler.ts runs the jobs once (RUN_ONCE=1) on the in-memory store and logs the report", async () => {
+    const out = await exampleWith("scheduler.ts", [], { RUN_ONCE: "1", CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", LEDGER_FILE: "" });
+    const reports = out.split("\n").filter((l) => l.includes("credit jobs ran"));
+    expect(reports).toHaveLength(1);
+    expect(JSON.parse(reports[0] as string).report).toMatchObject({ expireDueGrants: { errors: 0 }, renewDueSubscriptions: { errors: 0 } });
+    expect(out).toContain("credit jobs stopped");
+  });
+
+  const redisUrl = process.env.CREDIT_REDIS_URL;
+  it.skipIf(!redisUrl)("notifications-worker.ts --demo --once reads the events it dispatched from a Redis stream", async () => { // reason: needs CREDIT_REDIS_URL (set by .ci/run)
+    const stream = `cm-example-${process.pid}-${Date.now()}`;
+    const out = await exampleWith("notifications-worker.ts", ["--demo", "--once"], { CREDIT_REDIS_URL: redisUrl as string, CREDIT_STREAM: stream });
+    for (const type of ["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"]) expect(out).toContain(`demo-user ${type}`);
+  });
+});
