@@ -28,7 +28,7 @@ npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescr
 
 # Loaded at run time: every subpath but the testing suite, which loads only inside a vitest run
 # (vitest refuses to be imported elsewhere, and cannot be required); it is type-checked below.
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -49,6 +49,9 @@ import { MongoDbManager } from "credit-management/mongodb";
 import { RedisCache } from "credit-management/redis";
 import { createCreditHandler, fastifyCreditMetering } from "credit-management/http";
 import { runDbManagerContract } from "credit-management/testing";
+import { AddCreditsOptions } from "credit-management/models";
+import { compareGrants, type DbManager } from "credit-management/store";
+import { generateSql } from "credit-management/schema";
 
 export async function main(): Promise<JournalEntry> {
   const manager = await createCreditManager();
@@ -56,6 +59,8 @@ export async function main(): Promise<JournalEntry> {
   void handler;
   void fastifyCreditMetering;
   void runDbManagerContract;
+  const store: DbManager = manager.db;
+  void [store, compareGrants, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
   const classes: unknown[] = [PostgresDbManager, MongoDbManager, RedisCache, InsufficientCreditsError];
   void classes;
   return manager.credits.addCredits("u", 1);

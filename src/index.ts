@@ -19,7 +19,6 @@ export {
   type RenewSubscriptionsReport,
   type RunAllReport,
 } from "./services/expiration-service.js";
-export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
 export * as periods from "./domain/periods.js";
 export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage, type ListPromosQuery } from "./services/promo-service.js";
 export {
@@ -43,7 +42,6 @@ export {
   type PaymentEventKind,
   type PaymentProvider,
 } from "./payments/index.js";
-export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export {
   NotificationService,
   EmitInput,
@@ -57,7 +55,6 @@ export {
   type NotificationQueue,
   type NotificationMessage,
 } from "./queue/index.js";
-export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
 export type { Thresholds } from "./domain/notifications.js";
 export {
   currentMeter,
@@ -70,39 +67,11 @@ export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledg
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";
 export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
-export type {
-  Changes,
-  DbCapabilities,
-  DbManager,
-  DbTransaction,
-  JournalQuery,
-  LedgerQuery,
-  LoadRequest,
-  LoadedState,
-  ScanCursor,
-} from "./db/types.js";
+// The store a manager is given (`db`): the whole contract is in `credit-management/store`.
+export type { DbManager } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
-export { compareGrants } from "./domain/order.js";
 export * from "./errors.js";
-export * from "./models/index.js";
-export {
-  type Column,
-  type ColumnKind,
-  type IndexCondition,
-  type IndexSpec,
-  type MongoCollection,
-  type MongoIndex,
-  type MongoOptions,
-  type NamingOptions,
-  type SqlDialect,
-  type SqlOptions,
-  type TableKey,
-  type TableSpec,
-  type TableSpecs,
-  columnsOf,
-  generateMongoSchema,
-  generateSql,
-  tableSpecs,
-} from "./schema/index.js";
+// The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
+export type * from "./models/index.js";
 export { runCli, type CliIo } from "./cli/run.js";
 export type { AuditSource } from "./cli/audit.js";

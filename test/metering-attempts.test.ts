@@ -6,10 +6,10 @@ import {
   ReservationExpiredError,
   type CreditManager,
   type DbManager,
-  type DbTransaction,
   type JournalEntry,
   type MeterOutcome,
 } from "../src/index.js";
+import type { DbTransaction } from "../src/store.js";
 import { testStores } from "./fixtures/stores.js";
 
 /**

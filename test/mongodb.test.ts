@@ -14,9 +14,9 @@ import {
   StorageError,
   createDbManagerFromEnv,
   type DbManager,
-  type DbTransaction,
   type JournalEntry,
 } from "../src/index.js";
+import type { DbTransaction } from "../src/store.js";
 import { MongoDbManager, STANDALONE_MESSAGE, supportsTransactions } from "../src/db/mongodb/index.js";
 import { AccountWork } from "../src/domain/account-work.js";
 import { fingerprint } from "../src/domain/hash.js";
