@@ -4,7 +4,7 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { ThresholdSpec, parse } from "./models/index.js";
+import { ThresholdSpec, TrialCredits, parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService } from "./services/expiration-service.js";
@@ -54,6 +54,8 @@ export const CreditManagerOptions = z.strictObject({
     /** Longest wait for one publish, in ms. Default half of `leaseMs`. */
     publishTimeoutMs: z.number().int().min(1).optional(),
   }).optional(),
+  /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
+  trial: TrialCredits.optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -96,6 +98,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
     alerts: alertsOn ? thresholds : undefined,
+    trial: o.trial,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
   const expiration = new ExpirationService({ db, credits, subscriptions, ledger, clock: o.clock, logger: o.logger });

@@ -46,6 +46,10 @@ export class AccountWork {
   readonly now: Date;
   private readonly newId: () => string;
   private readonly original: Account | null;
+  /** True when the unit of work loaded no account: saving it creates the account (an insert). */
+  get isNew(): boolean {
+    return this.original === null;
+  }
   account: Account;
   /**
    * The account's open grants (loaded in burn-down order when the store says so, `grantsInOrder`)

@@ -8,7 +8,9 @@ import { fingerprint } from "../domain/hash.js";
 import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
+import { grantTrial } from "../domain/trial.js";
 import {
+  ConfigurationError,
   ConflictError,
   IdempotencyConflictError,
   InsufficientCreditsError,
@@ -35,6 +37,7 @@ import {
   HistoryQuery,
   ReleaseOptions,
   ReserveOptions,
+  TrialCredits,
   UserId,
   VoidGrantOptions,
   Amount,
@@ -52,6 +55,7 @@ import type * as z from "zod";
 type ParsedMutationOptions = z.output<typeof ReleaseOptions>;
 type ParsedReserveOptions = z.output<typeof ReserveOptions>;
 type ParsedCommitOptions = z.output<typeof CommitOptions>;
+type ParsedTrial = z.output<typeof TrialCredits>;
 
 export interface CreditServiceOptions {
   db: DbManager;
@@ -77,6 +81,11 @@ export interface CreditServiceOptions {
    * holds, and refusals for lack of credits. Omitted: no events are recorded.
    */
   alerts?: Thresholds;
+  /**
+   * Trial credits granted once per user, in the unit of work that first creates the account (see
+   * `grantTrial`): never to an account that existed before, whatever its balance. Omitted: none.
+   */
+  trial?: TrialCredits;
 }
 
 /**
@@ -131,6 +140,7 @@ class Unit implements UnitContext {
 interface UnitRunDeps {
   readonly clock: () => Date;
   alerts: Thresholds | undefined;
+  trial: ParsedTrial | undefined;
   includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void>;
   addNotifications(work: AccountWork, changes: Changes): void;
 }
@@ -180,6 +190,7 @@ class UnitRun<T> {
       return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
     }
     const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
+    if (this.deps.trial !== undefined && state.account === null) grantTrial(work, this.deps.trial);
     if (this.settle && work.needsSettle) {
       return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
         work.settle();
@@ -260,6 +271,13 @@ export class CreditService {
     this.overdraftLimit = options.overdraftLimit ?? null;
     this.alerts = options.alerts;
     this.runDeps.alerts = options.alerts;
+    if (options.trial !== undefined) {
+      try {
+        this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
+      } catch (error) {
+        throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
+      }
+    }
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -711,6 +729,7 @@ export class CreditService {
   private readonly runDeps: UnitRunDeps = {
     clock: () => this.clock(),
     alerts: undefined,
+    trial: undefined,
     includeHeldGrants: (work, tx, holds) => this.includeHeldGrants(work, tx, holds),
     addNotifications: (work, changes) => this.addNotifications(work, changes),
   };
