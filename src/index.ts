@@ -81,6 +81,7 @@ export type {
   ScanCursor,
 } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
+export type { CheckResult } from "./domain/checks.js";
 export { compareGrants } from "./domain/order.js";
 export * from "./errors.js";
 export * from "./models/index.js";

@@ -4,7 +4,7 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { ThresholdSpec, TrialCredits, parse } from "./models/index.js";
+import { FeatureRules, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService } from "./services/expiration-service.js";
@@ -56,6 +56,8 @@ export const CreditManagerOptions = z.strictObject({
   }).optional(),
   /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
   trial: TrialCredits.optional(),
+  /** Per-feature rules of `credits.check()`: `{ [feature]: { minAvailable } }`. */
+  features: FeatureRules.optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -99,6 +101,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     overdraftLimit: o.overdraftLimit ?? null,
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,
+    features: o.features,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
   const expiration = new ExpirationService({ db, credits, subscriptions, ledger, clock: o.clock, logger: o.logger });

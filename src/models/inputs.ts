@@ -40,6 +40,24 @@ export const TrialCredits = z.strictObject({
 });
 export type TrialCredits = z.input<typeof TrialCredits>;
 
+/** A feature (or plugin) name in `features` rules and `check()`. */
+export const FeatureName = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.:-]+$/, {
+  error: "feature must be letters, digits and _ . : -",
+});
+
+/** Per-feature rules: the least `available` balance with which a feature is allowed. */
+export const FeatureRules = z.record(FeatureName, z.strictObject({ minAvailable: NonNegativeAmount }));
+export type FeatureRules = z.input<typeof FeatureRules>;
+
+/** `credits.check(userId, options)`. */
+export const CheckOptions = z.strictObject({
+  /** A feature configured in `features`; its `minAvailable` is required. */
+  feature: FeatureName.optional(),
+  /** Credits the caller is about to spend; required as well. */
+  amount: Amount.optional(),
+});
+export type CheckOptions = z.input<typeof CheckOptions>;
+
 export const DeductOptions = MutationOptions;
 export type DeductOptions = MutationOptions;
 

@@ -9,6 +9,7 @@ import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotificat
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { grantTrial } from "../domain/trial.js";
+import { decideCheck, type CheckResult } from "../domain/checks.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -38,6 +39,8 @@ import {
   ReleaseOptions,
   ReserveOptions,
   TrialCredits,
+  FeatureRules,
+  CheckOptions,
   UserId,
   VoidGrantOptions,
   Amount,
@@ -86,6 +89,8 @@ export interface CreditServiceOptions {
    * `grantTrial`): never to an account that existed before, whatever its balance. Omitted: none.
    */
   trial?: TrialCredits;
+  /** Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. */
+  features?: FeatureRules;
 }
 
 /**
@@ -260,6 +265,7 @@ export class CreditService {
   private readonly defaultTtl: number;
   private readonly overdraftLimit: number | null;
   private readonly alerts: Thresholds | undefined;
+  private readonly features: Readonly<Record<string, { minAvailable: number }>>;
 
   constructor(options: CreditServiceOptions) {
     this.db = options.db;
@@ -271,12 +277,11 @@ export class CreditService {
     this.overdraftLimit = options.overdraftLimit ?? null;
     this.alerts = options.alerts;
     this.runDeps.alerts = options.alerts;
-    if (options.trial !== undefined) {
-      try {
-        this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
-      } catch (error) {
-        throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
-      }
+    try {
+      if (options.trial !== undefined) this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
+      this.features = parse(FeatureRules, options.features ?? {}, "features");
+    } catch (error) {
+      throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
     }
   }
 
@@ -509,6 +514,26 @@ export class CreditService {
       (read) => ({ info: creditsInfo(user, read), validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null }),
     );
     return creditsInfo(user, account);
+  }
+
+  /**
+   * "Allowed?": whether `userId` may use `feature` (its `minAvailable` in `features`) and/or spend
+   * `amount` now (see `decideCheck`). Reads `getUserCreditsInfo`, so it is served from the cache
+   * when there is one and is never stale after this account's own writes (they invalidate it). An
+   * advisory read: a deduction still decides for itself. A feature not in `features` is a
+   * `ValidationError`.
+   */
+  async check(userId: string, options: CheckOptions = {}): Promise<CheckResult> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CheckOptions, options, "options");
+    const rule = o.feature === undefined ? undefined : this.features[o.feature];
+    if (o.feature !== undefined && rule === undefined) {
+      throw new ValidationError(`Invalid options.feature: ${JSON.stringify(o.feature)} has no rule in \`features\``, [
+        { path: "feature", message: "unknown feature" },
+      ]);
+    }
+    const info = await this.getUserCreditsInfo(user);
+    return decideCheck(info.available, rule?.minAvailable, o.amount);
   }
 
   /** The journal, newest first, with cursor paging and filters. */
