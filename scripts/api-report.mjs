@@ -6,6 +6,8 @@
 import { readFileSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import console from "node:console";
+import process from "node:process";
 import ts from "typescript";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -23,7 +25,9 @@ const checker = program.getTypeChecker();
 
 function kindOf(symbol) {
   const s = symbol.flags & ts.SymbolFlags.Alias ? checker.getAliasedSymbol(symbol) : symbol;
-  const f = s.flags;
+  // `export type { X }` of a value: only its type is exported.
+  const typeOnly = (symbol.declarations ?? []).some((d) => ts.isTypeOnlyImportOrExportDeclaration(d));
+  const f = typeOnly ? s.flags & ~(ts.SymbolFlags.Value | ts.SymbolFlags.Class | ts.SymbolFlags.Function) : s.flags;
   const kinds = [];
   if (f & ts.SymbolFlags.Class) kinds.push("class");
   else if (f & ts.SymbolFlags.Function) kinds.push("function");

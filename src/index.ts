@@ -70,8 +70,9 @@ export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
 // The store a manager is given (`db`): the whole contract is in `credit-management/store`.
 export type { DbManager } from "./db/types.js";
 export type { AuditReport } from "./domain/replay.js";
+export type { CheckResult } from "./domain/checks.js";
 export * from "./errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
-export type * from "./models/index.js";
+export type * from "./model-types.js";
 export { runCli, type CliIo } from "./cli/run.js";
 export type { AuditSource } from "./cli/audit.js";

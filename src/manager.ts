@@ -4,7 +4,7 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { ThresholdSpec, parse } from "./models/index.js";
+import { FeatureRules, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService } from "./services/expiration-service.js";
@@ -56,6 +56,10 @@ export const CreditManagerOptions = z.strictObject({
     /** The expiring-credit reminder windows `expiration.runAll()` records, in days. Default `[7]`; `[]`: none. */
     reminderDays: z.array(z.number().min(0).max(3650)).max(16).optional(),
   }).optional(),
+  /** Trial credits granted once, when a user's account is first created (see `TrialCredits`). */
+  trial: TrialCredits.optional(),
+  /** Per-feature rules of `credits.check()`: `{ [feature]: { minAvailable } }`. */
+  features: FeatureRules.optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -98,6 +102,8 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
     alerts: alertsOn ? thresholds : undefined,
+    trial: o.trial,
+    features: o.features,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
   const notifications = new NotificationService({

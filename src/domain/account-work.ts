@@ -46,6 +46,14 @@ export class AccountWork {
   readonly now: Date;
   private readonly newId: () => string;
   private readonly original: Account | null;
+  /** True when the unit of work loaded no account: saving it creates the account (an insert). */
+  get isNew(): boolean {
+    return this.original === null;
+  }
+  /** The account as the unit of work loaded it (null when new). */
+  get loaded(): Account | null {
+    return this.original;
+  }
   account: Account;
   /**
    * The account's open grants (loaded in burn-down order when the store says so, `grantsInOrder`)

@@ -3,6 +3,7 @@ import { NotFoundError } from "../errors.js";
 import {
   AddCreditsOptions,
   Amount,
+  CheckOptions,
   CommitOptions,
   CreditsInfo,
   DeductOptions,
@@ -51,6 +52,8 @@ export const ExpiringParams = z.strictObject({
   /** Days ahead, 0–3650, default 7. */
   days: z.number().min(0).max(3650).optional(),
 });
+/** `GET …/check?feature=&amount=`: the library's own model. */
+export const CheckParams = CheckOptions;
 /** The grants query: the library's own model. */
 export const GrantsParams = GrantsQuery;
 
@@ -60,6 +63,12 @@ export const HistoryPageSchema = z.object({ items: z.array(JournalEntry), nextCu
 export const ExpiringSchema = z.object({ userId: UserId, total: z.number().int(), grants: z.array(Grant) });
 export const GrantListSchema = z.object({ items: z.array(Grant) });
 export const SettledHoldSchema = z.object({ reservation: Reservation, entry: JournalEntry });
+export const CheckSchema = z.object({
+  allowed: z.boolean(),
+  available: z.number().int(),
+  required: z.number().int(),
+  reason: z.enum(["ok", "insufficient_credits"]),
+});
 export const AuditSchema = z.object({
   userId: UserId,
   ok: z.boolean(),
@@ -102,6 +111,8 @@ const expiring = (user: (ctx: RouteContext) => string) => async (ctx: RouteConte
 const grants = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => ({
   items: await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsParams>>()),
 });
+const check = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
+  ctx.manager.credits.check(user(ctx), ctx.query<z.infer<typeof CheckParams>>());
 const reserve = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
   const { amount, ...options } = await ctx.body<z.infer<typeof ReserveBody>>();
   return ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(options, ctx));
@@ -123,6 +134,18 @@ export const creditRoutes: RouteDefinition[] = [
     tags: credits,
     response: CreditsInfo,
     handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(self(ctx)),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/check",
+    access: "user",
+    operationId: "checkAllowed",
+    summary: "Whether the caller may use a feature and/or spend an amount now (allowed, available, required, reason)",
+    tags: credits,
+    query: CheckParams,
+    response: CheckSchema,
+    handle: check(self),
   },
   {
     method: "GET",
@@ -237,6 +260,18 @@ export const creditRoutes: RouteDefinition[] = [
     tags: admin,
     response: CreditsInfo,
     handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(target(ctx)),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/check",
+    access: "admin",
+    operationId: "adminCheckAllowed",
+    summary: "Whether a user may use a feature and/or spend an amount now",
+    tags: admin,
+    query: CheckParams,
+    response: CheckSchema,
+    handle: check(target),
   },
   {
     method: "GET",

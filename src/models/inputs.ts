@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { DateInput, IdempotencyKey, Metadata, NonNegativeAmount, Priority, ShortText, UserId } from "./common.js";
+import { Amount, DateInput, IdempotencyKey, Metadata, NonNegativeAmount, Priority, ShortText, UserId } from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
 
 /** Options every mutation accepts. */
@@ -23,6 +23,40 @@ export const AddCreditsOptions = MutationOptions.extend({
   sourceRef: z.string().min(1).max(255).optional(),
 });
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
+
+/**
+ * Trial credits (`createCreditManager({ trial })`, `new CreditService({ trial })`): granted once,
+ * in the unit of work that first creates a user's account — never to an account that already
+ * existed, whatever its balance.
+ */
+export const TrialCredits = z.strictObject({
+  amount: Amount,
+  /** Days until unspent trial credits expire; omitted: never. */
+  expiresInDays: z.number().int({ error: "expiresInDays must be a whole number" }).min(1).max(36_500).optional(),
+  /** Lower numbers are drawn first. Default 0. */
+  priority: Priority.optional(),
+  description: ShortText.optional(),
+  metadata: Metadata.optional(),
+});
+export type TrialCredits = z.input<typeof TrialCredits>;
+
+/** A feature (or plugin) name in `features` rules and `check()`. */
+export const FeatureName = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.:-]+$/, {
+  error: "feature must be letters, digits and _ . : -",
+});
+
+/** Per-feature rules: the least `available` balance with which a feature is allowed. */
+export const FeatureRules = z.record(FeatureName, z.strictObject({ minAvailable: NonNegativeAmount }));
+export type FeatureRules = z.input<typeof FeatureRules>;
+
+/** `credits.check(userId, options)`. */
+export const CheckOptions = z.strictObject({
+  /** A feature configured in `features`; its `minAvailable` is required. */
+  feature: FeatureName.optional(),
+  /** Credits the caller is about to spend; required as well. */
+  amount: Amount.optional(),
+});
+export type CheckOptions = z.input<typeof CheckOptions>;
 
 export const DeductOptions = MutationOptions;
 export type DeductOptions = MutationOptions;

@@ -13,6 +13,7 @@ export const NotificationType = z.enum([
   "subscription_allocation",
   "subscription_cancelled",
   "subscription_ended",
+  "feature_status_changed",
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 

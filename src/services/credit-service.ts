@@ -8,7 +8,10 @@ import { fingerprint } from "../domain/hash.js";
 import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
+import { grantTrial } from "../domain/trial.js";
+import { decideCheck, featureFlips, type CheckResult } from "../domain/checks.js";
 import {
+  ConfigurationError,
   ConflictError,
   IdempotencyConflictError,
   InsufficientCreditsError,
@@ -35,6 +38,9 @@ import {
   HistoryQuery,
   ReleaseOptions,
   ReserveOptions,
+  TrialCredits,
+  FeatureRules,
+  CheckOptions,
   UserId,
   VoidGrantOptions,
   Amount,
@@ -42,6 +48,7 @@ import {
   type Account,
   type Grant,
   type JournalEntry,
+  type Notification,
   type Reservation,
 } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
@@ -52,6 +59,7 @@ import type * as z from "zod";
 type ParsedMutationOptions = z.output<typeof ReleaseOptions>;
 type ParsedReserveOptions = z.output<typeof ReserveOptions>;
 type ParsedCommitOptions = z.output<typeof CommitOptions>;
+type ParsedTrial = z.output<typeof TrialCredits>;
 
 export interface CreditServiceOptions {
   db: DbManager;
@@ -77,6 +85,13 @@ export interface CreditServiceOptions {
    * holds, and refusals for lack of credits. Omitted: no events are recorded.
    */
   alerts?: Thresholds;
+  /**
+   * Trial credits granted once per user, in the unit of work that first creates the account (see
+   * `grantTrial`): never to an account that existed before, whatever its balance. Omitted: none.
+   */
+  trial?: TrialCredits;
+  /** Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. */
+  features?: FeatureRules;
 }
 
 /**
@@ -145,6 +160,7 @@ class Unit implements UnitContext {
 interface UnitRunDeps {
   readonly clock: () => Date;
   alerts: Thresholds | undefined;
+  trial: ParsedTrial | undefined;
   includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void>;
   addNotifications(work: AccountWork, changes: Changes): void;
 }
@@ -196,6 +212,7 @@ class UnitRun<T> {
       return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
     }
     const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
+    if (this.deps.trial !== undefined && state.account === null) grantTrial(work, this.deps.trial);
     if (this.settle && work.needsSettle) {
       return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
         const settled = work.settle();
@@ -268,6 +285,8 @@ export class CreditService {
   private readonly defaultTtl: number;
   private readonly overdraftLimit: number | null;
   private readonly alerts: Thresholds | undefined;
+  private readonly features: Readonly<Record<string, { minAvailable: number }>>;
+  private readonly hasFeatures: boolean;
 
   constructor(options: CreditServiceOptions) {
     this.db = options.db;
@@ -279,6 +298,13 @@ export class CreditService {
     this.overdraftLimit = options.overdraftLimit ?? null;
     this.alerts = options.alerts;
     this.runDeps.alerts = options.alerts;
+    try {
+      if (options.trial !== undefined) this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
+      this.features = parse(FeatureRules, options.features ?? {}, "features");
+      this.hasFeatures = Object.keys(this.features).length > 0;
+    } catch (error) {
+      throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
+    }
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -510,6 +536,26 @@ export class CreditService {
       (read) => ({ info: creditsInfo(user, read), validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null }),
     );
     return creditsInfo(user, account);
+  }
+
+  /**
+   * "Allowed?": whether `userId` may use `feature` (its `minAvailable` in `features`) and/or spend
+   * `amount` now (see `decideCheck`). Reads `getUserCreditsInfo`, so it is served from the cache
+   * when there is one and is never stale after this account's own writes (they invalidate it). An
+   * advisory read: a deduction still decides for itself. A feature not in `features` is a
+   * `ValidationError`.
+   */
+  async check(userId: string, options: CheckOptions = {}): Promise<CheckResult> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CheckOptions, options, "options");
+    const rule = o.feature === undefined ? undefined : this.features[o.feature];
+    if (o.feature !== undefined && rule === undefined) {
+      throw new ValidationError(`Invalid options.feature: ${JSON.stringify(o.feature)} has no rule in \`features\``, [
+        { path: "feature", message: "unknown feature" },
+      ]);
+    }
+    const info = await this.getUserCreditsInfo(user);
+    return decideCheck(info.available, rule?.minAvailable, o.amount);
   }
 
   /** The journal, newest first, with cursor paging and filters. */
@@ -758,21 +804,34 @@ export class CreditService {
   private readonly runDeps: UnitRunDeps = {
     clock: () => this.clock(),
     alerts: undefined,
+    trial: undefined,
     includeHeldGrants: (work, tx, holds) => this.includeHeldGrants(work, tx, holds),
     addNotifications: (work, changes) => this.addNotifications(work, changes),
   };
 
   /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */
+  /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
+  private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
+    if (!this.hasFeatures) return NO_NOTIFICATIONS;
+    const was = work.loaded;
+    const before = was === null ? 0 : was.balance - was.reserved;
+    const now = after.balance - after.reserved;
+    return featureFlips(before, now, this.features).map((f) =>
+      newNotification(work.userId, "feature_status_changed", { ...f, available: now, previousAvailable: before }, work.now, null),
+    );
+  }
+
   private addNotifications(work: AccountWork, changes: Changes): void {
     // Lapsed holds first: their release is what may move the alert level (ids follow this order);
     // then what the unit of work recorded itself (subscription events), then the alert crossing.
     const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = workNotifications(work, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
-    if (expired.length === 0 && recorded.length === 0) {
+    const features = this.featureNotifications(work, changes.account);
+    if (expired.length === 0 && recorded.length === 0 && features.length === 0) {
       if (alerts.length > 0) changes.notifications = alerts;
     } else {
-      changes.notifications = [...expired, ...recorded, ...alerts];
+      changes.notifications = [...expired, ...recorded, ...alerts, ...features];
     }
   }
 

@@ -31,6 +31,7 @@ import { scribble } from "./scribble.js";
 import { subscriptionContract } from "./subscriptions.js";
 import { runPromoPaymentContract } from "./promos.js";
 import { runNotificationContract } from "./notifications.js";
+import { runTrialContract } from "./trial.js";
 
 export { CreditModel } from "./model.js";
 export { runNotificationContract } from "./notifications.js";
@@ -538,6 +539,7 @@ export function runDbManagerContract(options: ContractOptions): void {
     });
 
     runPromoPaymentContract(() => db);
+    runTrialContract(() => db);
 
     describe("properties", () => {
       it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {

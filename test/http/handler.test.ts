@@ -46,7 +46,7 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
   };
 
   beforeAll(async () => {
-    m = await createCreditManager({ clock: () => new Date(now) });
+    m = await createCreditManager({ clock: () => new Date(now), features: { export: { minAvailable: 1000 } } });
     const handler = createCreditHandler(m, { authenticate, routes: [boom, raw], onError: (e) => errors.push(e) });
     server = await hosts[host]!(handler);
     trusting = await hosts[host]!(createCreditHandler(m, { trustUserIdHeader: true, basePath: "/t", adminBasePath: "/t-admin" }));
@@ -100,6 +100,20 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(typeof grants.json.items[0].createdAt).toBe("string");
     const admin = await call("GET", "/admin/credits/users/alice/balance", ADMIN);
     expect(admin.json.balance).toBe(500);
+  });
+
+  it("GET /credits/check and the admin check answer credits.check(); bad query 400, no peeking at others", async () => {
+    const own = await call("GET", "/credits/check?feature=export", "alice");
+    expect(own.status).toBe(200);
+    expect(own.json).toEqual({ allowed: false, available: 500, required: 1000, reason: "insufficient_credits" });
+    expect((await call("GET", "/credits/check?amount=200", "alice")).json).toMatchObject({ allowed: true, required: 200 });
+    expect((await call("GET", "/admin/credits/users/alice/check?feature=export&amount=10", ADMIN)).json).toMatchObject({
+      allowed: false,
+      available: 500,
+    });
+    expect((await call("GET", "/credits/check?feature=nope", "alice")).status).toBe(400);
+    expect((await call("GET", "/credits/check?amount=0", "alice")).status).toBe(400);
+    expect((await call("GET", "/admin/credits/users/alice/check", "mallory")).status).toBe(403);
   });
 
   it("refuses: no identity 401, a non-admin on admin routes 403, another user's data never shown", async () => {
