@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import express from "express";
-import Fastify from "fastify";
+import Fastify, { type FastifyInstance } from "fastify";
 import { Hono } from "hono";
 import { streamSSE } from "hono/streaming";
 import {
@@ -214,6 +214,43 @@ const fetchOptions = (o: Parameters<MeteredHost["start"]>[0]): CreditMeteringOpt
   authenticate: (request) => o.authenticate(userOf(request.headers.get("authorization"))),
 });
 
+/** The app's routes on a Fastify instance (metered by whatever the host registered), listening on loopback. */
+async function serveFastify(app: FastifyInstance): Promise<Running> {
+    app.post("/api/chat", async () => {
+      await sleep(1);
+      recordUsage({ amount: 42, model: "m-1", provider: "acme" });
+      return { reply: "hello" };
+    });
+    app.post("/api/json-usage", async () => ({ reply: "hi", usage: { total_tokens: 17 } }));
+    app.get("/api/health", async () => ({ ok: true }));
+    app.get("/public", async () => ({ ok: true }));
+    app.post("/api/fail", async () => {
+      throw new Error("model crashed");
+    });
+    app.post("/api/unavailable", async (_req, reply) => reply.code(503).send({ error: "upstream down" }));
+    app.get("/api/stream", (_req, reply) => {
+      reply.hijack();
+      void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
+    });
+    app.get("/api/slow-stream", (_req, reply) => {
+      reply.hijack();
+      void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
+    });
+    app.get("/api/slow", async () => {
+      await sleep(1500);
+      recordUsage({ amount: 5 });
+      return { late: true };
+    });
+    app.post("/api/burst", async () => {
+      await sleep(30);
+      recordUsage({ amount: 60 });
+      return { ok: true };
+    });
+    await app.listen({ port: 0, host: "127.0.0.1" });
+    const { port } = app.server.address() as AddressInfo;
+    return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
+}
+
 export const meteredHosts: MeteredHost[] = [
   {
     name: "node:http + toNodeHandler(creditMetering(fetch app))",
@@ -262,39 +299,7 @@ export const meteredHosts: MeteredHost[] = [
       const app = Fastify();
       const meter = creditMeteringMiddleware(middlewareOptions(o));
       app.addHook("onRequest", (request, reply, done) => meter(request.raw, reply.raw, done));
-      app.post("/api/chat", async () => {
-        await sleep(1);
-        recordUsage({ amount: 42, model: "m-1", provider: "acme" });
-        return { reply: "hello" };
-      });
-      app.post("/api/json-usage", async () => ({ reply: "hi", usage: { total_tokens: 17 } }));
-      app.get("/api/health", async () => ({ ok: true }));
-      app.get("/public", async () => ({ ok: true }));
-      app.post("/api/fail", async () => {
-        throw new Error("model crashed");
-      });
-      app.post("/api/unavailable", async (_req, reply) => reply.code(503).send({ error: "upstream down" }));
-      app.get("/api/stream", (_req, reply) => {
-        reply.hijack();
-        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
-      });
-      app.get("/api/slow-stream", (_req, reply) => {
-        reply.hijack();
-        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
-      });
-      app.get("/api/slow", async () => {
-        await sleep(1500);
-        recordUsage({ amount: 5 });
-        return { late: true };
-      });
-      app.post("/api/burst", async () => {
-        await sleep(30);
-        recordUsage({ amount: 60 });
-        return { ok: true };
-      });
-      await app.listen({ port: 0, host: "127.0.0.1" });
-      const { port } = app.server.address() as AddressInfo;
-      return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
+      return serveFastify(app);
     },
   },
   {
@@ -310,39 +315,7 @@ export const meteredHosts: MeteredHost[] = [
           authenticate: (request) => o.authenticate(userOf(request.headers.authorization)),
         } as Parameters<typeof fastifyCreditMetering>[0]),
       );
-      app.post("/api/chat", async () => {
-        await sleep(1);
-        recordUsage({ amount: 42, model: "m-1", provider: "acme" });
-        return { reply: "hello" };
-      });
-      app.post("/api/json-usage", async () => ({ reply: "hi", usage: { total_tokens: 17 } }));
-      app.get("/api/health", async () => ({ ok: true }));
-      app.get("/public", async () => ({ ok: true }));
-      app.post("/api/fail", async () => {
-        throw new Error("model crashed");
-      });
-      app.post("/api/unavailable", async (_req, reply) => reply.code(503).send({ error: "upstream down" }));
-      app.get("/api/stream", (_req, reply) => {
-        reply.hijack();
-        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
-      });
-      app.get("/api/slow-stream", (_req, reply) => {
-        reply.hijack();
-        void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
-      });
-      app.get("/api/slow", async () => {
-        await sleep(1500);
-        recordUsage({ amount: 5 });
-        return { late: true };
-      });
-      app.post("/api/burst", async () => {
-        await sleep(30);
-        recordUsage({ amount: 60 });
-        return { ok: true };
-      });
-      await app.listen({ port: 0, host: "127.0.0.1" });
-      const { port } = app.server.address() as AddressInfo;
-      return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
+      return serveFastify(app);
     },
   },
 ];
