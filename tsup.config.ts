@@ -14,7 +14,8 @@ export default defineConfig({
     "schema/index": "src/schema/index.ts",
   },
   format: ["esm", "cjs"],
-  dts: true,
+  // Members marked @internal serve the package's own modules: not in the published declarations.
+  dts: { compilerOptions: { stripInternal: true } },
   sourcemap: true,
   clean: true,
   target: "node20",

@@ -155,8 +155,10 @@ export class MeterSession {
   private settlement: Promise<MeterOutcome> | null = null;
 
   /**
+   * Sessions come from `credits.openMeter()` and `meter()`.
    * @param holdKey the key this attempt's hold was placed under (`<key>` or `<key>:attempt-<n>`,
    *   see `openMeter`); its release uses `<holdKey>:release`. Default: the call's key.
+   * @internal
    */
   constructor(
     private readonly deps: SessionDeps,

@@ -8,7 +8,7 @@ const copy = <T>(o: T): T => structuredClone(o);
  * Promos, claims and payments of `InMemoryDbManager`. The unit-of-work part (`check` then `apply`)
  * runs synchronously at commit, so the `maxUses` guard and the payment compare-and-set are checked
  * and applied with nothing interleaving, whatever other accounts do at the same time.
- * @internal
+ * (For this package's own modules; not part of the public API.)
  */
 export class MemoryPromoStore implements PromoPaymentStore {
   private readonly promos = new Map<string, Promo>();

@@ -46,7 +46,7 @@ function paymentSet(p: PaymentT): Record<string, unknown> {
  * account's transaction: the promo's counter with the guard `uses < maxUses` (maxUses never
  * changes once created), the claim under its unique index, payments by compare-and-set on
  * `version`; a miss throws `ConflictError` and aborts the whole transaction.
- * @internal
+ * (For this package's own modules; not part of the public API.)
  */
 export class MongoPromoStore implements PromoPaymentStore {
   readonly promos: Collection<StoredDoc>;

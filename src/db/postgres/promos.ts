@@ -90,7 +90,7 @@ export const decode = {
 /**
  * Promos, claims and payments of `PostgresDbManager` outside units of work (tables `promos`,
  * `promo_claims`, `payments`; see `src/schema/tables-promos.ts`).
- * @internal
+ * (For this package's own modules; not part of the public API.)
  */
 export class PostgresPromoStore implements PromoPaymentStore {
   constructor(
