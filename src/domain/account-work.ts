@@ -50,10 +50,6 @@ export class AccountWork {
   get isNew(): boolean {
     return this.original === null;
   }
-  /** The account as the unit of work loaded it (null when new). */
-  get loaded(): Account | null {
-    return this.original;
-  }
   account: Account;
   /**
    * The account's open grants (loaded in burn-down order when the store says so, `grantsInOrder`)

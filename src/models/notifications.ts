@@ -13,7 +13,6 @@ export const NotificationType = z.enum([
   "subscription_allocation",
   "subscription_cancelled",
   "subscription_ended",
-  "feature_status_changed",
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 

@@ -9,7 +9,7 @@ import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotificat
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { grantTrial } from "../domain/trial.js";
-import { decideCheck, featureFlips, type CheckResult } from "../domain/checks.js";
+import { decideCheck, type CheckResult } from "../domain/checks.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -48,7 +48,6 @@ import {
   type Account,
   type Grant,
   type JournalEntry,
-  type Notification,
   type Reservation,
 } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
@@ -286,7 +285,6 @@ export class CreditService {
   private readonly overdraftLimit: number | null;
   private readonly alerts: Thresholds | undefined;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
-  private readonly hasFeatures: boolean;
 
   constructor(options: CreditServiceOptions) {
     this.db = options.db;
@@ -301,7 +299,6 @@ export class CreditService {
     try {
       if (options.trial !== undefined) this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
       this.features = parse(FeatureRules, options.features ?? {}, "features");
-      this.hasFeatures = Object.keys(this.features).length > 0;
     } catch (error) {
       throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
     }
@@ -810,28 +807,16 @@ export class CreditService {
   };
 
   /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */
-  /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
-  private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
-    if (!this.hasFeatures) return NO_NOTIFICATIONS;
-    const was = work.loaded;
-    const before = was === null ? 0 : was.balance - was.reserved;
-    const now = after.balance - after.reserved;
-    return featureFlips(before, now, this.features).map((f) =>
-      newNotification(work.userId, "feature_status_changed", { ...f, available: now, previousAvailable: before }, work.now, null),
-    );
-  }
-
   private addNotifications(work: AccountWork, changes: Changes): void {
     // Lapsed holds first: their release is what may move the alert level (ids follow this order);
     // then what the unit of work recorded itself (subscription events), then the alert crossing.
     const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = workNotifications(work, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
-    const features = this.featureNotifications(work, changes.account);
-    if (expired.length === 0 && recorded.length === 0 && features.length === 0) {
+    if (expired.length === 0 && recorded.length === 0) {
       if (alerts.length > 0) changes.notifications = alerts;
     } else {
-      changes.notifications = [...expired, ...recorded, ...alerts, ...features];
+      changes.notifications = [...expired, ...recorded, ...alerts];
     }
   }
 

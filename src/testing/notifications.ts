@@ -37,30 +37,6 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
   const user = () => `n-${randomUUID()}`;
 
   describe("notifications", () => {
-    it("records feature_status_changed when a change of available flips a feature, in the same unit of work; none otherwise", async () => {
-      const db = getDb();
-      const u = user();
-      const now = () => new Date(T0);
-      const features = { export: { minAvailable: 50 }, chat: { minAvailable: 1 } };
-      const credits = new CreditService({ db, clock: now, alerts: {}, features });
-      const notifications = new NotificationService({ db, clock: now, thresholds: {} });
-      const flips = async () =>
-        (await notifications.list(u)).filter((r) => r.type === "feature_status_changed").map((r) => r.payload);
-      await credits.addCredits(u, 10); // chat on
-      await credits.addCredits(u, 10); // nothing flips
-      await credits.reserveCredits(u, 20); // available 0: chat off
-      expect(await flips()).toEqual([
-        { feature: "chat", allowed: true, minAvailable: 1, available: 10, previousAvailable: 0 },
-        { feature: "chat", allowed: false, minAvailable: 1, available: 0, previousAvailable: 20 },
-      ]);
-      await expect(credits.deductCredits(u, 1)).rejects.toBeInstanceOf(InsufficientCreditsError);
-      await credits.addCredits(u, 60); // both on, in name order
-      expect((await flips()).slice(2)).toEqual([
-        { feature: "chat", allowed: true, minAvailable: 1, available: 60, previousAvailable: 0 },
-        { feature: "export", allowed: true, minAvailable: 50, available: 60, previousAvailable: 0 },
-      ]);
-    });
-
     it("records one event per crossing: low, exhausted, restored (none on the account's first change)", async () => {
       const db = getDb();
       const u = user();
