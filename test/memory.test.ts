@@ -1,11 +1,13 @@
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DbTransaction } from "../src/db/types.js";
 import { AccountWork } from "../src/domain/account-work.js";
 import { InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 
-runDbManagerContract({ name: "memory", create: async () => new InMemoryDbManager(), propertyRuns: 300 });
+const test = { describe, it, expect, beforeAll, afterAll };
+
+runDbManagerContract({ name: "memory", create: async () => new InMemoryDbManager(), propertyRuns: 300, test });
 
 /** A unit of work that adds `amount` to `u` (synchronously: the in-memory store answers at once). */
 function addNow(u: string, amount: number) {

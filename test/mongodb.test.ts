@@ -172,6 +172,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
   });
 
   runDbManagerContract({
+    test: { describe, it, expect, beforeAll, afterAll },
     name: "mongodb",
     // Every state-cache hit is checked against a fresh read of the database.
     create: async () => fresh("contract", { verifyStateCache: true }),
@@ -182,6 +183,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
 
   // The same contract without group commit: one transaction per unit of work.
   runDbManagerContract({
+    test: { describe, it, expect, beforeAll, afterAll },
     name: "mongodb, batch: false",
     create: async () => fresh("contract-nobatch", { batch: false, verifyStateCache: true }),
     raceSize: 200,

@@ -26,6 +26,7 @@ async function dropSchema(schema: string): Promise<void> {
 describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const contractSchema = newSchema("contract");
   runDbManagerContract({
+    test: { describe, it, expect, beforeAll, afterAll },
     name: "postgres",
     // Every state taken from the state cache is compared with the database.
     create: async () => new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 }, verifyStateCache: true }),
@@ -36,6 +37,7 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
   // statements (for poolers that do not keep sessions).
   const unpreparedSchema = newSchema("unprepared");
   runDbManagerContract({
+    test: { describe, it, expect, beforeAll, afterAll },
     name: "postgres, batch: false, preparedStatements: false",
     create: async () =>
       new PostgresDbManager({

@@ -3,17 +3,24 @@
  * lines:
  *
  * ```ts
+ * import { afterAll, beforeAll, describe, expect, it } from "vitest";
  * import { runDbManagerContract } from "credit-management/testing";
- * runDbManagerContract({ name: "my-store", create: async () => new MyDbManager(...) });
+ * runDbManagerContract({
+ *   name: "my-store",
+ *   create: async () => new MyDbManager(...),
+ *   test: { describe, it, expect, beforeAll, afterAll },
+ * });
  * ```
  *
- * It runs on vitest (a peer dependency of this entry point) and fast-check. It checks the store
+ * It runs on the test functions it is given (vitest's, jest's; without `test`, the runner's
+ * globals), so this entry point loads with `import` and `require` under any runner; fast-check (a
+ * peer dependency of this entry point) drives its property test. It checks the store
  * directly and through `CreditService`: burn-down, expiry, holds, debt, idempotency, concurrency,
  * and a property test of random operation sequences against an independent model.
  */
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { AccountWork } from "../domain/account-work.js";
 import {
@@ -35,6 +42,7 @@ import { runTrialContract } from "./trial.js";
 
 export { CreditModel } from "./model.js";
 export { runNotificationContract } from "./notifications.js";
+export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */
@@ -47,6 +55,12 @@ export interface ContractOptions {
   propertyRuns?: number;
   /** Concurrent callers in the race tests (1,000 deductions of 1 on 500). Default 1,000. */
   raceSize?: number;
+  /**
+   * Your test runner's functions, e.g. vitest's `{ describe, it, expect, beforeAll, afterAll }`.
+   * Default: the runner's globals (vitest with `globals: true`, jest); without them the suite
+   * throws ConfigurationError.
+   */
+  test?: TestApi;
 }
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
@@ -60,6 +74,7 @@ export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: numb
 }
 
 export function runDbManagerContract(options: ContractOptions): void {
+  useTestApi(options.test);
   const runs = options.propertyRuns ?? 60;
   const race = options.raceSize ?? 1000;
 

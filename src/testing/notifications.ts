@@ -7,7 +7,7 @@
  * every row they create, so the store-wide claims of one test never see rows of another.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { AccountWork } from "../domain/account-work.js";
 import { newNotification } from "../domain/notifications.js";
@@ -33,7 +33,12 @@ function services(db: DbManager, start: number, thresholds = { lowCredits: 20 },
 
 const types = (rows: readonly Notification[]) => rows.map((r) => r.type);
 
-export function runNotificationContract(getDb: () => DbManager, options: { raceSize: number }): void {
+/**
+ * The outbox part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
+ * as in `ContractOptions.test`; by default those the suite already runs on, else the runner's globals.
+ */
+export function runNotificationContract(getDb: () => DbManager, options: { raceSize: number; test?: TestApi }): void {
+  if (options.test !== undefined) useTestApi(options.test);
   const user = () => `n-${randomUUID()}`;
 
   describe("notifications", () => {

@@ -4,7 +4,7 @@
  * claims, once-only crediting and refunds, on the store under test.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConflictError, PaymentProviderError, PromoNotEligibleError } from "../errors.js";
 import type { Payment, Promo } from "../models/index.js";

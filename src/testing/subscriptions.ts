@@ -3,7 +3,7 @@
  * `runDbManagerContract`). Fast on purpose: it runs on every backend.
  */
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it } from "./runner.js";
 import { InMemoryCache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
 import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
 import { CreditService } from "../services/credit-service.js";

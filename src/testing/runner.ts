@@ -1,0 +1,96 @@
+/**
+ * The test functions the contract suites run on. The suites do not import a test runner: they get
+ * `describe`, `it`, `expect`, `beforeAll` and `afterAll` from their caller (vitest's or jest's, or
+ * any with the same shape), so this entry point loads with `import` and `require` alike and under
+ * any runner. Without them, the runner's globals are used (vitest with `globals: true`, jest).
+ */
+import { ConfigurationError } from "../errors.js";
+
+/** What the contract suites assert with: the subset of vitest's and jest's `expect` they use. */
+export interface Assertion {
+  toBe(expected: unknown): void;
+  toEqual(expected: unknown): void;
+  toMatchObject(expected: object): void;
+  toHaveLength(length: number): void;
+  toBeNull(): void;
+  toBeInstanceOf(expected: unknown): void;
+  toMatch(expected: string | RegExp): void;
+  toThrow(expected?: string | RegExp | Error | (abstract new (...args: never[]) => unknown)): void;
+  toBeGreaterThanOrEqual(expected: number | bigint): void;
+  toBeLessThanOrEqual(expected: number | bigint): void;
+  readonly not: Assertion;
+  readonly rejects: AsyncAssertion;
+  readonly resolves: AsyncAssertion;
+}
+
+/** `expect(promise).rejects` / `.resolves`: the same matchers, awaited. */
+export interface AsyncAssertion {
+  toBe(expected: unknown): PromiseLike<unknown>;
+  toEqual(expected: unknown): PromiseLike<unknown>;
+  toMatchObject(expected: object): PromiseLike<unknown>;
+  toHaveLength(length: number): PromiseLike<unknown>;
+  toBeNull(): PromiseLike<unknown>;
+  toBeInstanceOf(expected: unknown): PromiseLike<unknown>;
+  toMatch(expected: string | RegExp): PromiseLike<unknown>;
+  toThrow(expected?: string | RegExp | Error | (abstract new (...args: never[]) => unknown)): PromiseLike<unknown>;
+  readonly not: AsyncAssertion;
+}
+
+export interface Expect {
+  (actual: unknown, message?: string): Assertion;
+  /** An asymmetric matcher: any instance of `constructor`. */
+  any(constructor: unknown): unknown;
+}
+
+/**
+ * The test functions of your runner. With vitest:
+ * `import { afterAll, beforeAll, describe, expect, it } from "vitest"` and pass
+ * `{ describe, it, expect, beforeAll, afterAll }`.
+ */
+export interface TestApi {
+  describe(name: string, body: () => void): unknown;
+  it(name: string, body: () => unknown, timeout?: number): unknown;
+  beforeAll(body: () => unknown, timeout?: number): unknown;
+  afterAll(body: () => unknown, timeout?: number): unknown;
+  expect: Expect;
+}
+
+let current: TestApi | null = null;
+
+const NAMES = ["describe", "it", "expect", "beforeAll", "afterAll"] as const;
+
+/** The runner's globals (vitest with `globals: true`, jest), or null. */
+function fromGlobals(): TestApi | null {
+  const g = globalThis as Record<string, unknown>;
+  return NAMES.every((n) => typeof g[n] === "function") ? (g as unknown as TestApi) : null;
+}
+
+/** Sets the test functions the suites use from now on: `test`, else the runner's globals. */
+export function useTestApi(test: TestApi | undefined): void {
+  if (test !== undefined) {
+    const missing = NAMES.filter((n) => typeof (test as unknown as Record<string, unknown>)[n] !== "function");
+    if (missing.length > 0) {
+      throw new ConfigurationError(`[credit-management] [testing] \`test\` lacks ${missing.join(", ")}`);
+    }
+  }
+  current = test ?? fromGlobals() ?? current;
+  if (current === null) {
+    throw new ConfigurationError(
+      "[credit-management] [testing] pass your test runner's functions: `test: { describe, it, expect, beforeAll, afterAll }` " +
+        '(with vitest: import them from "vitest"), or run with its globals on',
+    );
+  }
+}
+
+function api(): TestApi {
+  if (current === null) useTestApi(undefined);
+  return current as TestApi;
+}
+
+export const describe: TestApi["describe"] = (name, body) => api().describe(name, body);
+export const it: TestApi["it"] = (name, body, timeout) => (timeout === undefined ? api().it(name, body) : api().it(name, body, timeout));
+export const beforeAll: TestApi["beforeAll"] = (body, timeout) => (timeout === undefined ? api().beforeAll(body) : api().beforeAll(body, timeout));
+export const afterAll: TestApi["afterAll"] = (body, timeout) => (timeout === undefined ? api().afterAll(body) : api().afterAll(body, timeout));
+export const expect: Expect = Object.assign((actual: unknown, message?: string) => api().expect(actual, message), {
+  any: (constructor: unknown) => api().expect.any(constructor),
+});
