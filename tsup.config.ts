@@ -11,7 +11,7 @@ export default defineConfig({
     "http/index": "src/http/index.ts",
     "models/index": "src/models/index.ts",
     store: "src/store.ts",
-    "schema/index": "src/schema/index.ts",
+    "schema/index": "src/schema/public.ts",
   },
   format: ["esm", "cjs"],
   // Members marked @internal serve the package's own modules: not in the published declarations.

@@ -1,4 +1,11 @@
-export { createCreditManager, CreditManagerOptions, type CreditManager } from "./manager.js";
+import type * as Manager from "./manager.js";
+import type * as Metering from "./services/metering.js";
+import type * as Expiration from "./services/expiration-service.js";
+import type * as Notifications from "./services/notification-service.js";
+import type * as Payments from "./payments/index.js";
+import type * as Promos from "./services/promo-service.js";
+
+export { createCreditManager, type CreditManager } from "./manager.js";
 export {
   CreditService,
   type CreditServiceOptions,
@@ -12,7 +19,6 @@ export {
 } from "./services/subscription-service.js";
 export {
   ExpirationService,
-  JobOptions,
   type ExpirationServiceOptions,
   type ExpireGrantsReport,
   type ReleaseHoldsReport,
@@ -20,7 +26,7 @@ export {
   type RunAllReport,
 } from "./services/expiration-service.js";
 export * as periods from "./domain/periods.js";
-export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage, type ListPromosQuery } from "./services/promo-service.js";
+export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage } from "./services/promo-service.js";
 export {
   PaymentService,
   type PaymentServiceOptions,
@@ -28,7 +34,6 @@ export {
   type PaymentPage,
 } from "./services/payment-service.js";
 export {
-  PaymentManagerOptions,
   RazorpayProvider,
   STRIPE_API_VERSION,
   StripeProvider,
@@ -44,7 +49,6 @@ export {
 } from "./payments/index.js";
 export {
   NotificationService,
-  EmitInput,
   type NotificationServiceOptions,
   type DispatchReport,
   type SubscriptionEventType,
@@ -58,7 +62,6 @@ export {
 export type { Thresholds } from "./domain/notifications.js";
 export {
   currentMeter,
-  MeterSession,
   recordUsage,
   type MeterContext,
   type MeterOutcome,
@@ -74,5 +77,15 @@ export type { CheckResult } from "./domain/checks.js";
 export * from "./errors.js";
 // The entities and inputs as TypeScript types; their zod schemas are in `credit-management/models`.
 export type * from "./model-types.js";
+// Types only, as aliases (as in ./model-types.ts): these names are also values in their modules (zod
+// schemas, a class), and a type-only re-export would come out of the declaration bundler as a value
+// the JavaScript does not export.
+export type CreditManagerOptions = Manager.CreditManagerOptions;
+export type JobOptions = Expiration.JobOptions;
+export type PaymentManagerOptions = Payments.PaymentManagerOptions;
+export type EmitInput = Notifications.EmitInput;
+export type ListPromosQuery = Promos.ListPromosQuery;
+/** A metered call's hold and usage (`currentMeter()`, the metering middleware). */
+export type MeterSession = Metering.MeterSession;
 export { runCli, type CliIo } from "./cli/run.js";
 export type { AuditSource } from "./cli/audit.js";

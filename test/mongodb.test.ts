@@ -17,7 +17,8 @@ import {
   type JournalEntry,
 } from "../src/index.js";
 import type { DbTransaction } from "../src/store.js";
-import { MongoDbManager, STANDALONE_MESSAGE, supportsTransactions } from "../src/db/mongodb/index.js";
+import { MongoDbManager, supportsTransactions } from "../src/db/mongodb/index.js";
+import { STANDALONE_MESSAGE } from "../src/db/mongodb/errors.js";
 import { AccountWork } from "../src/domain/account-work.js";
 import { fingerprint } from "../src/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";

@@ -19,6 +19,7 @@ import { copyAccount, copyGrant, copyLedgerEntry, copyReservation } from "./copi
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
+import type { PromoPaymentStore } from "../types-promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 import type {
   Changes,
@@ -358,14 +359,14 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   // Promos and payments: see ./promos.ts.
   insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
   getPromo = (code: string) => this.promoStore.getPromo(code);
-  listPromos: MemoryPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
-  setPromoActive: MemoryPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  listPromos: PromoPaymentStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: PromoPaymentStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
   countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
   listPromoClaims = (userId: string): Promise<PromoClaim[]> => this.promoStore.listPromoClaims(userId);
   insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
   getPayment = (id: string) => this.promoStore.getPayment(id);
   findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
-  listPayments: MemoryPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  listPayments: PromoPaymentStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
   updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
   async insertNotifications(rows: readonly Notification[]): Promise<number> {
     return this.outbox.insert(rows);

@@ -1,5 +1,15 @@
 import { ConflictError, CreditError, StorageError } from "../../errors.js";
 
+/**
+ * What `init()` says on a server that cannot run multi-document transactions.
+ */
+export const STANDALONE_MESSAGE =
+  "[credit-management] [mongodb] The server is a standalone mongod: MongoDB transactions need a replica set. " +
+  "Use MongoDB Atlas, or start a single-node replica set: run `mongod --replSet rs0` and once " +
+  '`mongosh --eval "rs.initiate()"` (Docker: `docker run -d -p 27017:27017 mongo:7 --replSet rs0`, then ' +
+  "`docker exec <container> mongosh --eval \"rs.initiate()\"`), and connect with `?replicaSet=rs0` " +
+  "(or `?directConnection=true`).";
+
 /** Duplicate key: a unique index refused the write. */
 export const DUPLICATE_KEY = 11000;
 /** Write conflict between transactions (MongoDB labels it TransientTransactionError). */

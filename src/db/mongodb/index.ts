@@ -28,10 +28,11 @@ import type {
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "./lock.js";
 import { MongoPromoStore } from "./promos.js";
+import type { PromoPaymentStore } from "../types-promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
 import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
-import { guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
+import { STANDALONE_MESSAGE, guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 import { oncePerTurn } from "../deferred.js";
 
@@ -152,16 +153,6 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
   notifications: NOTIFICATION_INDEXES,
 };
 
-/**
- * What `init()` says on a server that cannot run multi-document transactions.
- * @internal exported for tests
- */
-export const STANDALONE_MESSAGE =
-  "[credit-management] [mongodb] The server is a standalone mongod: MongoDB transactions need a replica set. " +
-  "Use MongoDB Atlas, or start a single-node replica set: run `mongod --replSet rs0` and once " +
-  '`mongosh --eval "rs.initiate()"` (Docker: `docker run -d -p 27017:27017 mongo:7 --replSet rs0`, then ' +
-  "`docker exec <container> mongosh --eval \"rs.initiate()\"`), and connect with `?replicaSet=rs0` " +
-  "(or `?directConnection=true`).";
 
 /**
  * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
@@ -594,14 +585,14 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
   // Promos and payments: see ./promos.ts.
   insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
   getPromo = (code: string) => this.promoStore.getPromo(code);
-  listPromos: MongoPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
-  setPromoActive: MongoPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  listPromos: PromoPaymentStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: PromoPaymentStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
   countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
   listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
   insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
   getPayment = (id: string) => this.promoStore.getPayment(id);
   findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
-  listPayments: MongoPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  listPayments: PromoPaymentStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
   updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
   insertNotifications(rows: readonly Notification[]): Promise<number> {
     return this.outbox.insert(rows);

@@ -8,6 +8,7 @@ import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import { Batch, type BatchResult, type Unit, type UnitTx, isConnectionLevel, storageError, toRow } from "./batch.js";
 import { PostgresPromoStore } from "./promos.js";
+import type { PromoPaymentStore } from "../types-promos.js";
 import { PostgresSql, type Statement, prepareText } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
@@ -529,14 +530,14 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   }
   insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
   getPromo = (code: string) => this.promoStore.getPromo(code);
-  listPromos: PostgresPromoStore["listPromos"] = (q) => this.promoStore.listPromos(q);
-  setPromoActive: PostgresPromoStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
+  listPromos: PromoPaymentStore["listPromos"] = (q) => this.promoStore.listPromos(q);
+  setPromoActive: PromoPaymentStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
   countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
   listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
   insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
   getPayment = (id: string) => this.promoStore.getPayment(id);
   findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
-  listPayments: PostgresPromoStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
+  listPayments: PromoPaymentStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
   updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
   insertNotifications(rows: readonly Notification[]): Promise<number> {
     return this.outbox.insert(rows);

@@ -1,0 +1,12 @@
+/**
+ * `credit-management/schema`: the tables and collections the built-in stores create, as data
+ * (`tableSpecs`, `columnsOf`, `MIGRATIONS`) and as DDL (`generateSql` for PostgreSQL and MySQL,
+ * `generateUpgradeSql` from an older version, `generateMongoSchema` for MongoDB), for a team that
+ * runs its migrations with its own tool. The row codecs and naming helpers the stores share stay
+ * inside the package (`./index.ts`).
+ */
+export { type Column, type ColumnKind, columnsOf } from "./columns.js";
+export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
+export { MIGRATIONS, type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
+export { type NamingOptions, type SqlDialect, type SqlOptions, SCHEMA_VERSION, SQL_DIALECTS, generateSql } from "./sql.js";
+export { type IndexCondition, type IndexSpec, type TableKey, type TableSpec, type TableSpecs, tableSpecs } from "./tables.js";
