@@ -3,8 +3,9 @@
 # outside the repository (with the optional peers it needs, from npm's cache when they are there),
 # then imports every subpath with ESM `import` and CJS `require`, type-checks a strict TypeScript
 # consumer under moduleResolution node16 and bundler, and runs the README's quick start.
-# Fails loudly at the first problem. Run after `npm run build` (CI does).
+# Fails loudly at the first problem. Run after a build (CI: the one npm install runs, `prepare`).
 set -euo pipefail
+SECONDS=0
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d "${TMPDIR:-/tmp}/cm-tarball-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -15,7 +16,6 @@ tsver="$(node -p "require('$repo/node_modules/typescript/package.json').version"
 pgver="$(node -p "require('$repo/node_modules/pg/package.json').version")"
 mongover="$(node -p "require('$repo/node_modules/mongodb/package.json').version")"
 ioredisver="$(node -p "require('$repo/node_modules/ioredis/package.json').version")"
-vitestver="$(node -p "require('$repo/node_modules/vitest/package.json').version")"
 fcver="$(node -p "require('$repo/node_modules/fast-check/package.json').version")"
 expressver="$(node -p "require('$repo/node_modules/express/package.json').version")"
 typesexpressver="$(node -p "require('$repo/node_modules/@types/express/package.json').version")"
@@ -24,11 +24,10 @@ cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "vitest@$vitestver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
 
-# Loaded at run time: every subpath but the testing suite, which loads only inside a vitest run
-# (vitest refuses to be imported elsewhere, and cannot be required); it is type-checked below.
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema"
+# Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -40,6 +39,18 @@ for p in $subpaths; do
   node -e "const m = require('$p'); if (Object.keys(m).length === 0) throw new Error('$p exports nothing');"
 done
 echo "CJS: every subpath requires"
+
+# The contract suite under another runner than vitest: from CommonJS, with test functions of its
+# own, it registers its suites and tests through them.
+node -e '
+const { InMemoryDbManager } = require("credit-management");
+const { runDbManagerContract } = require("credit-management/testing");
+const tests = [];
+const test = { describe: (name, body) => body(), it: (name) => tests.push(name), beforeAll() {}, afterAll() {}, expect: Object.assign(() => { throw new Error("no test runs here"); }, { any: () => null }) };
+runDbManagerContract({ name: "tarball", create: async () => new InMemoryDbManager(), test });
+if (tests.length < 50) throw new Error(`the contract suite registered ${tests.length} tests`);
+console.log(`testing: the contract suite registers ${tests.length} tests through a runner of its caller (CJS)`);
+'
 
 # A strict TypeScript consumer (no @types/pg), under both resolutions.
 cat > consumer.ts <<'TS'
@@ -94,4 +105,4 @@ JS
 out="$(node quickstart.mjs)"
 echo "$out" | grep -q "available: 527" || { echo "quick start printed:"; echo "$out"; exit 1; }
 echo "README quick start runs"
-echo "tarball check: ok"
+echo "tarball check: ok (${SECONDS} s)"
