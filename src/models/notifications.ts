@@ -13,6 +13,17 @@ export const NotificationType = z.enum([
   "subscription_allocation",
   "subscription_cancelled",
   "subscription_ended",
+  // Schema version 4: a feature's allowed state flipped (docs/trial-and-checks.md), and the domain
+  // events (docs/events.md), recorded when `domainEvents` is on.
+  "feature_status_changed",
+  "credits_added",
+  "credits_adjusted",
+  "credits_deducted",
+  "credits_refunded",
+  "credits_voided",
+  "credits_expired",
+  "hold_placed",
+  "hold_settled",
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 
