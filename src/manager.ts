@@ -60,6 +60,11 @@ export const CreditManagerOptions = z.strictObject({
   trial: TrialCredits.optional(),
   /** Per-feature rules of `credits.check()`: `{ [feature]: { minAvailable } }`. */
   features: FeatureRules.optional(),
+  /**
+   * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns
+   * the outbox on, as `queue` and `notifications` do. Default false.
+   */
+  domainEvents: z.boolean().optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -92,7 +97,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   });
   const n = o.notifications;
   const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
-  const alertsOn = o.queue !== undefined || n !== undefined;
+  const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
   const credits = new CreditService({
     db,
     ledger,
@@ -104,6 +109,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,
     features: o.features,
+    domainEvents: o.domainEvents,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
   const notifications = new NotificationService({

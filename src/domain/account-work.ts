@@ -1,4 +1,5 @@
 import type { Changes, LoadedState } from "../db/types.js";
+import { noteAddSource } from "./events.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
@@ -49,6 +50,10 @@ export class AccountWork {
   /** True when the unit of work loaded no account: saving it creates the account (an insert). */
   get isNew(): boolean {
     return this.original === null;
+  }
+  /** The account as the unit of work loaded it (null when new). */
+  get loaded(): Account | null {
+    return this.original;
   }
   account: Account;
   /**
@@ -253,7 +258,9 @@ export class AccountWork {
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
-    return this.emit("add", amount, portions, null, meta);
+    const entry = this.emit("add", amount, portions, null, meta);
+    noteAddSource(entry, grant.source); // for its domain event (docs/events.md), also when it only paid debt
+    return entry;
   }
 
   /**
