@@ -354,6 +354,18 @@ export class CreditService {
     });
   }
 
+  /**
+   * Creates the user's account when it has none — granting the trial credits when `trial` is
+   * configured (once per user, docs/trial-and-checks.md) — and changes nothing for an account that
+   * exists (it settles what lapsed, as any operation does). For a "user created" event
+   * (docs/events.md): a redelivery changes nothing. Resolves to the account's credits.
+   */
+  async openAccount(userId: string): Promise<CreditsInfo> {
+    const user = parse(UserId, userId, "userId");
+    await this.mutate(user, NO_META, () => undefined);
+    return this.getUserCreditsInfo(user);
+  }
+
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
   deductCredits(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
     return this.deduct("deductCredits", userId, amount, options, false);
