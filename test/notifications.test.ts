@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import {
   CallbackNotificationQueue,
+  ConfigurationError,
+  CreditService,
   InMemoryDbManager,
   InMemoryNotificationQueue,
   ValidationError,
@@ -94,7 +96,11 @@ describe("NotificationService through createCreditManager", () => {
     await expect(m.notifications.dispatchPending({ limit: 0 })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.notifications.sendExpiringReminders({ days: -1 })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.notifications.emit("", { type: "low_credits" })).rejects.toBeInstanceOf(ValidationError);
+    // Domain events are the journal's: the host cannot emit one (docs/events.md).
+    await expect(m.notifications.emit("u", { type: "credits_added" as never, payload: { amount: 5 } })).rejects.toBeInstanceOf(ValidationError);
     await expect(createCreditManager({ queue: {} as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(createCreditManager({ domainEvents: "yes" as never })).rejects.toBeInstanceOf(ValidationError);
+    expect(() => new CreditService({ db: new InMemoryDbManager(), domainEvents: 1 as never })).toThrow(ConfigurationError);
     expect((await m.db.getAccount("u"))?.alert?.override).toBeNull();
     expect(await m.notifications.list("u")).toEqual([]);
     await m.close();

@@ -2,6 +2,7 @@ import { createHmac } from "node:crypto";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { DomainEvent } from "../src/models/index.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -16,6 +17,7 @@ import {
   ValidationError,
   WebhookRejectedError,
   createCreditManager,
+  eventEnvelope,
   type CheckoutRequest,
   type CheckoutResult,
   type FetchLike,
@@ -236,10 +238,10 @@ function stripeSession(p: Payment, payment_status: string) {
   };
 }
 
-async function setup(opts: { rzpSecret?: string | undefined } = {}) {
+async function setup(opts: { rzpSecret?: string | undefined; domainEvents?: boolean } = {}) {
   const db = new InMemoryDbManager();
   const clock = { now: T0 };
-  const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), domainEvents: opts.domainEvents });
   const razorpay = new RazorpayProvider({
     keyId: "rzp_test_key",
     keySecret: "rzp_test_secret",
@@ -254,7 +256,13 @@ async function setup(opts: { rzpSecret?: string | undefined } = {}) {
     cancelUrl: "https://app.example.com/cancel",
     baseUrl,
   });
-  const payments = new PaymentService({ db, clock: () => new Date(clock.now), providers: [razorpay, stripe], creditsPerUnit: 0.1 });
+  const payments = new PaymentService({
+    db,
+    clock: () => new Date(clock.now),
+    providers: [razorpay, stripe],
+    creditsPerUnit: 0.1,
+    ...(opts.domainEvents === true ? { credits } : {}),
+  });
   return { db, clock, credits, payments };
 }
 
@@ -453,6 +461,35 @@ describe("Razorpay payment links", () => {
     expect((await payments.getPayment("alice", p.id)).status).toBe("disputed_lost");
     expect((await payments.handleWebhook("razorpay", lost, rzpSign(lost))).outcome).toBe("duplicate");
     expect((await credits.audit("alice")).ok).toBe(true);
+  });
+
+  it("with domain events on: the payment is credits_added (source payment), its refund and lost dispute credits_refunded, in the webhook's unit of work", async () => {
+    const { payments, db } = await setup({ domainEvents: true });
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const body = rzpLinkPaid(p);
+    await payments.handleWebhook("razorpay", body, rzpSign(body));
+    const partial = rzpEvent("refund.processed", {
+      refund: { entity: { id: "rfnd_1", amount: 10_001, payment_id: "pay_29QQoUBi66xm2f" } },
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
+    });
+    await payments.handleWebhook("razorpay", partial, rzpSign(partial));
+    await payments.handleWebhook("razorpay", partial, rzpSign(partial)); // a duplicate webhook: no entry, no event
+    const lost = rzpEvent("payment.dispute.lost", {
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
+      dispute: { entity: { id: "disp_1", amount: 39_999, status: "lost", payment_id: "pay_29QQoUBi66xm2f" } },
+    });
+    await payments.handleWebhook("razorpay", lost, rzpSign(lost));
+    const rows = await db.listNotifications("alice", { limit: 10 });
+    const events = rows.map((r) => DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 })));
+    expect(events.map((e) => [e.type, (e.payload as { amount: number }).amount])).toEqual([
+      ["credits_added", 5000],
+      ["credits_refunded", 1001],
+      ["credits_refunded", 3999],
+      ["credits_exhausted", undefined], // the level change the dispute's take-back caused
+    ]);
+    expect(events[0]?.payload).toMatchObject({ source: "payment", sourceRef: "pay_29QQoUBi66xm2f" });
+    expect(events[1]?.payload).toMatchObject({ via: "deduct", paymentId: p.id, refundedAmount: 10_001, balanceAfter: 3999 });
+    expect(events[2]?.payload).toMatchObject({ via: "void", paymentId: p.id, refundedAmount: 50_000, balanceAfter: 0 });
   });
 
   it("a refund or lost dispute of another attempt at the link (not the payment credited) is ignored", async () => {

@@ -79,9 +79,7 @@ function base(e: JournalEntry): Record<string, unknown> {
 function refundOf(e: JournalEntry): { paymentId: string | null; refundedAmount: number | null } | null {
   const m = e.metadata;
   if (m === null || typeof m.paymentId !== "string" || !("refundedAmount" in m)) return null;
-  const key = e.idempotencyKey ?? "";
-  const refunded = typeof m.refundedAmount === "number" && !key.startsWith("cm:dispute:") ? m.refundedAmount : null;
-  return { paymentId: m.paymentId, refundedAmount: refunded };
+  return { paymentId: m.paymentId, refundedAmount: typeof m.refundedAmount === "number" ? m.refundedAmount : null };
 }
 
 function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<string, unknown>] {

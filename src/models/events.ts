@@ -71,7 +71,7 @@ export const CreditsRefundedPayload = z.object({
   ...EntryFields,
   via: z.enum(["void", "deduct"]),
   paymentId: z.string().nullable(),
-  /** The payment's refunded total (currency units) this take-back answers; null for a lost dispute. */
+  /** The payment's refunded total (currency units) this take-back answers; a lost dispute: the payment's amount. */
   refundedAmount: z.number().nullable(),
 });
 export type CreditsRefundedPayload = z.infer<typeof CreditsRefundedPayload>;
