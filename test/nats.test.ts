@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
@@ -9,6 +8,7 @@ import { MongoClient } from "mongodb";
 import pg from "pg";
 import * as z from "zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { killHard, startChildUntil } from "./fixtures/child.js";
 import {
   ConfigurationError,
   CreditService,
@@ -199,25 +199,9 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
         const { stream, subjectPrefix } = names(`crash_${store.kind}`);
         const name = `credit_test_nats_${process.pid}_${randomUUID().slice(0, 8)}`;
         const userId = `crash-${randomUUID()}`;
-        const child = spawn(
-          process.execPath,
-          ["--import", "tsx", join(here, "fixtures/nats-crash.ts"), store.kind, store.url as string, name, userId, natsUrl as string, stream, subjectPrefix],
-          { stdio: ["ignore", "pipe", "pipe"] },
-        );
-        let out = "";
-        let err = "";
-        child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-        await new Promise<void>((resolve, reject) => {
-          child.stdout.on("data", (d: Buffer) => {
-            out += d.toString();
-            if (out.includes("published")) resolve();
-          });
-          child.on("exit", (code) => reject(new Error(`child exited early (${code}): ${out} ${err}`)));
-        });
-        const exited = new Promise((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
-        child.kill("SIGKILL");
-        expect(await exited).toBe("SIGKILL");
-        const publishedId = /published (\S+)/.exec(out)?.[1];
+        const { child, output } = await startChildUntil(join(here, "fixtures/nats-crash.ts"), [store.kind, store.url as string, name, userId, natsUrl as string, stream, subjectPrefix], "published");
+        expect(await killHard(child)).toBe("SIGKILL");
+        const publishedId = /published (\S+)/.exec(output())?.[1];
 
         const db: DbManager =
           store.kind === "mongodb" ? MongoDbManager.fromUri(store.url as string, name) : new PostgresDbManager({ connectionString: store.url as string, schema: name });

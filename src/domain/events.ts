@@ -1,5 +1,5 @@
 import type { GrantSource, JournalEntry, Notification, Reservation } from "../models/index.js";
-import type { DomainEventType } from "../models/events.js";
+import type { DomainEventType } from "../models/notifications.js";
 import { NO_NOTIFICATIONS, newNotification } from "./notifications.js";
 
 /**

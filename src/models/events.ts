@@ -10,19 +10,6 @@ import { GrantPortion, GrantSource } from "./entities.js";
  * new version, documented beside the old one.
  */
 
-/** The domain event types of the journal (recorded with `domainEvents` on). */
-export const DomainEventType = z.enum([
-  "credits_added",
-  "credits_adjusted",
-  "credits_deducted",
-  "credits_refunded",
-  "credits_voided",
-  "credits_expired",
-  "hold_placed",
-  "hold_settled",
-]);
-export type DomainEventType = z.infer<typeof DomainEventType>;
-
 /** Every type a journal entry's event has: the state after it and who asked for it. */
 const EntryFields = {
   /** The journal entry this event reports (docs/concepts.md). */

@@ -16,7 +16,7 @@ import {
   type Notification,
 } from "../models/index.js";
 import { ConfigurationError } from "../errors.js";
-import { DomainEventType } from "../models/events.js";
+import { DomainEventType } from "../models/notifications.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
 export interface NotificationServiceOptions {
