@@ -259,7 +259,8 @@ export class AccountWork {
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
     const entry = this.emit("add", amount, portions, null, meta);
-    noteAddSource(entry, grant.source); // for its domain event (docs/events.md), also when it only paid debt
+    // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
+    if (grantAmount === 0) noteAddSource(entry, grant.source);
     return entry;
   }
 

@@ -8,10 +8,10 @@ import { NO_NOTIFICATIONS, newNotification } from "./notifications.js";
  * entries, the grants it created and the holds it created or settled.
  */
 
-/** The source of an `add` entry's credits, kept by the unit of work that made it (an addition that only paid debt creates no grant). */
+/** The source of an `add` entry that created no grant (it only paid debt), kept by the unit of work that made it. */
 const addSources = new WeakMap<JournalEntry, GrantSource>();
 
-/** Called by `AccountWork.add`: the source of the credits `entry` added. */
+/** Called by `AccountWork.add` for an addition that only paid debt: the source of its credits. */
 export function noteAddSource(entry: JournalEntry, source: GrantSource): void {
   addSources.set(entry, source);
 }
