@@ -260,7 +260,7 @@ export class AccountWork {
     this.account.debt = this.account.debt - debtPaid;
     const entry = this.emit("add", amount, portions, null, meta);
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
-    if (grantAmount === 0) noteAddSource(entry, grant.source);
+    if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
     return entry;
   }
 

@@ -9,11 +9,11 @@ import { NO_NOTIFICATIONS, newNotification } from "./notifications.js";
  */
 
 /** The source of an `add` entry that created no grant (it only paid debt), kept by the unit of work that made it. */
-const addSources = new WeakMap<JournalEntry, GrantSource>();
+const addSources = new WeakMap<JournalEntry, { source: GrantSource; sourceRef: string | null }>();
 
 /** Called by `AccountWork.add` for an addition that only paid debt: the source of its credits. */
-export function noteAddSource(entry: JournalEntry, source: GrantSource): void {
-  addSources.set(entry, source);
+export function noteAddSource(entry: JournalEntry, source: GrantSource, sourceRef: string | null): void {
+  addSources.set(entry, { source, sourceRef });
 }
 
 /** What the events of one change read besides its entries. */
@@ -87,14 +87,15 @@ function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<str
     case "add": {
       const grantId = e.grants[0]?.grantId ?? null;
       const grant = grantId === null ? undefined : c.insertGrants.find((g) => g.id === grantId);
-      const source: GrantSource = addSources.get(e) ?? grant?.source ?? "other";
+      const noted = addSources.get(e);
+      const source: GrantSource = grant?.source ?? noted?.source ?? "other";
       const granted = e.grants.reduce((s, g) => s + g.amount, 0);
       return [
         source === "adjustment" ? "credits_adjusted" : "credits_added",
         {
           ...base(e),
           source,
-          sourceRef: grant?.sourceRef ?? null,
+          sourceRef: grant?.sourceRef ?? noted?.sourceRef ?? null,
           grantId,
           expiresAt: grant?.expiresAt?.toISOString() ?? null,
           debtPaid: e.amount - granted,
