@@ -102,6 +102,11 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
       // A window shorter than asked, a stream that does not capture the subjects, a missing stream that may not be created.
       await expect(new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix, duplicateWindowMs: 3_600_000 }).init()).rejects.toThrow(/keeps message ids for 600000 ms/);
       await expect(new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix: `t.${tag}.other` }).init()).rejects.toThrow(/does not capture/);
+      // A stream of yours with a wider wildcard captures the subjects: accepted as it is.
+      const wide = names("wide");
+      await jsm.streams.add({ name: wide.stream, subjects: [`t.${tag}.wide.>`], duplicate_window: 3_600_000_000_000 });
+      await new NatsJetStreamQueue({ connection: nc, stream: wide.stream, subjectPrefix: `t.${tag}.wide.evt` }).init();
+      await expect(new NatsJetStreamQueue({ connection: nc, stream: wide.stream, subjectPrefix: `t.${tag}.wid` }).init()).rejects.toThrow(/does not capture/);
       await expect(new NatsJetStreamQueue({ connection: nc, stream: `${stream}_missing`, subjectPrefix, createStream: false }).init()).rejects.toThrow(/does not exist/);
       await queue.close();
       expect(nc.isClosed()).toBe(false); // a connection it was given stays open

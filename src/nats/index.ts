@@ -149,7 +149,7 @@ export class NatsJetStreamQueue implements NotificationQueue {
       }
       await jsm.streams.add({ name: this.stream, subjects: [subjects], duplicate_window: windowNanos });
     } else {
-      const covered = info.config.subjects?.some((s) => s === subjects || s === ">" || subjects.startsWith(s.replace(/>$/, "")));
+      const covered = info.config.subjects?.some((s) => captures(s, this.subjectPrefix));
       if (covered !== true) {
         throw new ConfigurationError(
           `[credit-management] NatsJetStreamQueue: stream ${this.stream} does not capture ${subjects} (its subjects: ${(info.config.subjects ?? []).join(", ")})`,
@@ -163,6 +163,15 @@ export class NatsJetStreamQueue implements NotificationQueue {
     }
     return jetstream(nc, { timeout: this.timeoutMs });
   }
+}
+
+/**
+ * Whether a stream subject captures every `<prefix>.<type>`: `<prefix>.>`, `<prefix>.*`, or a
+ * `>` wildcard at a token boundary before them (`evt.>`, `>`).
+ */
+function captures(subject: string, prefix: string): boolean {
+  if (subject === `${prefix}.>` || subject === `${prefix}.*` || subject === ">") return true;
+  return subject.endsWith(".>") && `${prefix}.`.startsWith(subject.slice(0, -1));
 }
 
 // -------------------------------------------------------------------------------------------------
