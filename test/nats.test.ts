@@ -49,6 +49,23 @@ async function deadPort(): Promise<number> {
   return port;
 }
 
+describe("credit-management/nats: options are validated without a server", () => {
+  const fakeConnection = { request: () => Promise.reject(new Error("no server")), isClosed: () => false } as never;
+  it("NatsJetStreamQueue and consumeCreditEvents refuse bad options with ConfigurationError", () => {
+    expect(() => new NatsJetStreamQueue({})).toThrow(ConfigurationError);
+    expect(() => new NatsJetStreamQueue({ connection: fakeConnection, subjectPrefix: "evt..credits" })).toThrow(ConfigurationError);
+    expect(() => new NatsJetStreamQueue({ connection: fakeConnection, timeoutMs: 0 })).toThrow(ConfigurationError);
+    expect(new NatsJetStreamQueue({ connection: fakeConnection, subjectPrefix: "evt.credits" }).subjectOf("hold_placed")).toBe("evt.credits.hold_placed");
+    const consumer = { consume: () => Promise.reject(new Error("unused")) } as never;
+    const js = { publish: () => Promise.reject(new Error("unused")) } as never;
+    const handler = inboundHandler(z.object({ id: z.string() }), async () => undefined);
+    expect(() => consumeCreditEvents({ consumer, js, handlers: { "a.b": handler }, deadLetterSubject: "dlq.>" })).toThrow(ConfigurationError);
+    expect(() => consumeCreditEvents({ consumer: {} as never, js, handlers: {}, deadLetterSubject: "dlq.x" })).toThrow(/JetStream consumer/);
+    expect(() => consumeCreditEvents({ consumer, js, handlers: { "a.b": { handle: async () => 1 } as never }, deadLetterSubject: "dlq.x" })).toThrow(/each handler/);
+    expect(() => consumeCreditEvents({ consumer, js, handlers: {}, deadLetterSubject: "dlq.x", maxDeliveries: 0 })).toThrow(ConfigurationError);
+  });
+});
+
 describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS_URL (set by .ci/run); skipped with a printed notice otherwise
   let nc: NatsConnection;
   let jsm: JetStreamManager;

@@ -235,7 +235,16 @@ export interface CreditEventConsumer {
   readonly counts: Readonly<Record<InboundOutcome, number>>;
 }
 
-const ConsumeOptions = z.object({
+const hasFunction = (name: string) => (v: unknown) => typeof v === "object" && v !== null && typeof (v as Record<string, unknown>)[name] === "function";
+const Handler = z.custom<InboundHandler<unknown>>(
+  (v) => hasFunction("handle")(v) && hasFunction("safeParse")((v as { schema?: unknown }).schema),
+  { error: "each handler must be { schema: a zod schema, handle: a function } (see inboundHandler)" },
+);
+const ConsumeOptions = z.strictObject({
+  consumer: z.custom<Consumer>(hasFunction("consume"), { error: "consumer must be a JetStream consumer (js.consumers.get(stream, durable))" }),
+  js: z.custom<JetStreamClient>(hasFunction("publish"), { error: "js must be a JetStream client (jetstream(nc))" }),
+  handlers: z.record(z.string().min(1), Handler),
+  logger: z.custom<Logger>(hasFunction("warn")).optional(),
   deadLetterSubject: Prefix,
   maxDeliveries: z.number().int().min(1).max(1000).optional(),
   retryDelayMs: z.number().int().min(0).max(3_600_000).optional(),
@@ -317,6 +326,8 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
       if (stopped) break;
     }
   })();
+  // The loop's end is reported through `done`; a failure nobody awaits is logged, not unhandled.
+  done.catch((error: unknown) => options.logger?.error({ err: error }, "credit-management: the inbound event consumer stopped"));
   return {
     counts,
     done,
