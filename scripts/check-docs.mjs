@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // Every TypeScript block of the documentation, checked against the package as a user installs it.
 //
-// Finds each ```ts / ```typescript block of README.md and of every docs/**/*.md (a new page is
-// picked up without registering it), packs this checkout (`npm pack`: exactly the files that
+// Checks that every relative link of those pages resolves (file and #heading) and that the docs
+// index, docs/README.md, links every page. Then finds each ```ts / ```typescript block of README.md
+// and of every docs/**/*.md (a new page is picked up without registering it), packs this checkout (`npm pack`: exactly the files that
 // ship, so build first), installs the tarball into a fresh project outside the repository (the
 // dependencies and peers linked from this repository's node_modules), writes each block there as a
 // module of its own, type-checks them all as a strict TypeScript consumer (module and
@@ -119,6 +120,68 @@ function extract(file) {
   return { blocks, problems };
 }
 
+/** GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens. */
+const slug = (heading) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/\s/g, "-");
+
+/** A page's text outside fenced blocks (links and headings in code are not links and headings). */
+function prose(file) {
+  const out = [];
+  let fence = null;
+  for (const [i, line] of readFileSync(file, "utf8").split("\n").entries()) {
+    const m = /^\s*(`{3,}|~{3,})/.exec(line);
+    if (m && (fence === null || (m[1][0] === fence[0] && m[1].length >= fence.length))) { fence = fence === null ? m[1] : null; continue; }
+    if (fence === null) out.push({ line: i + 1, text: line });
+  }
+  return out;
+}
+
+function anchorsOf(file) {
+  const seen = new Map();
+  const anchors = new Set();
+  for (const { text } of prose(file)) {
+    const h = /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(text);
+    if (!h) continue;
+    const base = slug(h[1]);
+    const n = seen.get(base) ?? 0;
+    seen.set(base, n + 1);
+    anchors.add(n === 0 ? base : `${base}-${n}`);
+  }
+  return anchors;
+}
+
+/**
+ * Every relative link of the pages resolves (file and #anchor), and the docs index
+ * (docs/README.md) links every page of docs/.
+ */
+function checkLinks(files) {
+  const problems = [];
+  const anchors = new Map();
+  const anchorsFor = (f) => anchors.get(f) ?? anchors.set(f, anchorsOf(f)).get(f);
+  for (const file of files) {
+    const rel = relative(root, file);
+    for (const { line, text } of prose(file)) {
+      for (const m of text.replace(/`[^`]*`/g, "").matchAll(/\]\(([^)\s]+)(?:\s+"[^"]*")?\)/g)) {
+        const target = m[1];
+        if (/^[a-z][a-z+.-]*:/i.test(target)) continue; // https:, mailto:
+        const [path, anchor] = target.split("#");
+        const to = path ? resolve(dirname(file), decodeURIComponent(path)) : file;
+        if (!existsSync(to)) { problems.push(`${rel}:${line}: link to ${target}: no such file`); continue; }
+        if (anchor && to.endsWith(".md") && !anchorsFor(to).has(anchor)) problems.push(`${rel}:${line}: link to ${target}: no such heading in ${relative(root, to)}`);
+      }
+    }
+  }
+  const index = join(root, "docs", "README.md");
+  if (existsSync(index)) {
+    const linked = new Set();
+    for (const { text } of prose(index)) for (const m of text.matchAll(/\]\(([^)#\s]+)/g)) linked.add(resolve(dirname(index), m[1]));
+    for (const f of readdirSync(join(root, "docs"), { recursive: true })) {
+      const page = join(root, "docs", String(f));
+      if (page.endsWith(".md") && page !== index && !linked.has(page)) problems.push(`docs/README.md does not link docs/${f}: add it to the index`);
+    }
+  }
+  return problems;
+}
+
 function fail(message) {
   console.error(`\ncheck-docs: ${message}`);
   process.exit(1);
@@ -134,6 +197,8 @@ for (const file of files) {
   problems.push(...page.problems);
 }
 if (problems.length) fail(`snippet markers:\n  ${problems.join("\n  ")}\nSee ${CONVENTION}.`);
+const links = checkLinks(only.length ? files : [...files, join(root, "CONTRIBUTING.md"), join(root, "CHANGELOG.md")].filter((f) => existsSync(f)));
+if (links.length) fail(`links:\n  ${links.join("\n  ")}`);
 if (blocks.length === 0) fail("no TypeScript block found");
 
 // 2. The package as it ships, in a fresh project.
