@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // Every TypeScript block of the documentation, checked against the package as a user installs it.
 //
-// Checks that every relative link of those pages resolves (file and #heading) and that the docs
-// index, docs/README.md, links every page. Then finds each ```ts / ```typescript block of README.md
-// and of every docs/**/*.md (a new page is picked up without registering it), packs this checkout (`npm pack`: exactly the files that
-// ship, so build first), installs the tarball into a fresh project outside the repository (the
-// dependencies and peers linked from this repository's node_modules), writes each block there as a
-// module of its own, type-checks them all as a strict TypeScript consumer (module and
-// moduleResolution node16) and runs the blocks marked `run` with node, each in an empty folder,
-// without any database URL in its environment.
+// First, every relative link of README.md, docs/**/*.md, CONTRIBUTING.md and CHANGELOG.md must
+// resolve (file and #heading), and the docs index, docs/README.md, must link every page. Then each
+// ```ts / ```typescript block of README.md and of every docs/**/*.md (a new page is picked up
+// without registering it) is checked: this checkout is packed (`npm pack`: exactly the files that
+// ship, so build first), the tarball is unpacked into a fresh project outside the repository (its
+// dependencies, the peers and the frameworks the pages use linked from this repository's
+// node_modules), each block is written there as a module of its own, all are type-checked as a
+// strict TypeScript consumer compiles them (module and moduleResolution node16), and the blocks
+// marked `run` are executed with node, each in an empty folder, without any database URL in its
+// environment.
 //
 // The conventions for writers (CONTRIBUTING.md#documentation-snippets):
 //   - A block is a complete ES module by default: its own imports, top-level await allowed.
@@ -57,8 +59,8 @@ function commentEndingAt(lines, end) {
 }
 
 /**
- * The blocks of one page: { file, line (1-based, first code line), code lines, flags, hidden code
- * lines (each with its Markdown line) }.
+ * The blocks of one page: { file, fenceLine (1-based), code, flags, hidden (the marker's code),
+ * reason (of a skip) }; each code line with its Markdown line.
  */
 function extract(file) {
   const text = readFileSync(file, "utf8");
