@@ -1,4 +1,4 @@
-import type { Changes, LoadedState } from "../db/types.js";
+import type { Changes, LoadedState } from "./state.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
