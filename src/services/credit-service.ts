@@ -5,7 +5,7 @@ import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types
 import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
+import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, eventNotifications, newNotification, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { grantTrial } from "../domain/trial.js";
@@ -811,7 +811,7 @@ export class CreditService {
     // Lapsed holds first: their release is what may move the alert level (ids follow this order);
     // then what the unit of work recorded itself (subscription events), then the alert crossing.
     const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
-    const recorded = workNotifications(work, work.userId, work.now);
+    const recorded = eventNotifications(work.events, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
     if (expired.length === 0 && recorded.length === 0) {
       if (alerts.length > 0) changes.notifications = alerts;

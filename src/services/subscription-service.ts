@@ -5,7 +5,6 @@ import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { recordEvent } from "../domain/notifications.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "../domain/periods.js";
 import { expiriesIn, liveAt, unspentAtEnd, type PeriodEndExpiry } from "../domain/rollover.js";
 import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
@@ -662,7 +661,7 @@ export class SubscriptionService {
     }
     // The outbox events go with the work, in the same transaction (when notifications are on).
     const accountWork = it.allocate !== null || it.carry !== null || it.prorate !== null || it.expireGrantIds.length > 0;
-    if (accountWork) recordEvent(work, {
+    if (accountWork) work.recordEvent({
       type: "subscription_allocation",
       payload: {
         subscriptionId: s.id,
@@ -674,7 +673,7 @@ export class SubscriptionService {
       },
       dedupeKey: it.key.slice(0, 255),
     });
-    for (const e of it.events ?? []) recordEvent(work, { type: e.type, payload: e.payload, dedupeKey: e.dedupeKey });
+    for (const e of it.events ?? []) work.recordEvent({ type: e.type, payload: e.payload, dedupeKey: e.dedupeKey });
     if (work.entries.length === start) {
       // Nothing moved (a pay-as-you-go period, nothing to roll over): record the period anyway, so
       // the key proves it was handled and a late second run cannot act on it.
