@@ -12,6 +12,7 @@ import type {
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
+import { headroom } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -146,7 +147,7 @@ export class AccountWork {
    * (unbounded without a limit). Deductions and over-commits past it are refused.
    */
   headroom(overdraftLimit: number | null): number {
-    return overdraftLimit === null ? Infinity : Math.max(0, this.available + overdraftLimit);
+    return headroom(this.available, overdraftLimit);
   }
 
   /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
