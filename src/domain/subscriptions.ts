@@ -213,26 +213,13 @@ export function changePlan(s: Subscription, plan: Plan, mode: ChangeMode, now: D
     };
   }
   // A new cycle starts now: the unstarted period (if any) is replaced, its events are kept.
-  const period = periodAt(now, plan.billingPeriod, 0);
+  const period = { ...periodAt(now, plan.billingPeriod, 0), anchor: now };
   const allocate = allocation(plan, period, now);
-  return {
-    ...s,
-    planId: plan.id,
-    billingPeriod: plan.billingPeriod,
-    anchorAt: now,
-    periodIndex: 0,
-    currentPeriodStart: period.start,
-    currentPeriodEnd: period.end,
-    pendingPlanId: null,
-    pendingCredits: null,
-    intent: intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
-      allocate,
-      expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
-      events: pending?.events,
-    }),
-    nextRunAt: now,
-    periodCredits: allocate?.amount ?? 0,
-  };
+  return onPeriod(s, plan, period, allocate, now, intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
+    allocate,
+    expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
+    events: pending?.events,
+  }));
 }
 
 /** How a cancel is made (`cancel`'s options, defaults applied). */
@@ -330,20 +317,31 @@ export function renew(s: Subscription, plan: Plan, endingPlan: Plan | null, now:
   const sameCycle = plan.billingPeriod === s.billingPeriod;
   const anchor = sameCycle ? s.anchorAt : s.currentPeriodEnd;
   const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
-  const period = periodAt(anchor, plan.billingPeriod, index);
-  const carry = rolloverCarry(s, endingPlan, period);
+  const period = { ...periodAt(anchor, plan.billingPeriod, index), anchor };
   const allocate = allocation(plan, period, now);
+  return onPeriod(s, plan, period, allocate, now, intent(`sub:${s.id}:${period.start.toISOString()}`, { allocate, carry: rolloverCarry(s, endingPlan, period) }));
+}
+
+/** `s` moved onto `plan` and a new period of it (of the cycle from `period.anchor`), owing `owed` now. */
+function onPeriod(
+  s: Subscription,
+  plan: Plan,
+  period: { anchor: Date; index: number; start: Date; end: Date },
+  allocate: Allocation | null,
+  now: Date,
+  owed: SubscriptionIntent,
+): Subscription {
   return {
     ...s,
     planId: plan.id,
     billingPeriod: plan.billingPeriod,
-    anchorAt: anchor,
-    periodIndex: index,
+    anchorAt: period.anchor,
+    periodIndex: period.index,
     currentPeriodStart: period.start,
     currentPeriodEnd: period.end,
     pendingPlanId: null,
     pendingCredits: null,
-    intent: intent(`sub:${s.id}:${period.start.toISOString()}`, { allocate, carry }),
+    intent: owed,
     nextRunAt: now,
     periodCredits: allocate?.amount ?? 0,
   };
