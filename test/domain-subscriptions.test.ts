@@ -126,6 +126,21 @@ describe("prorate: trunc((new − old) × fraction of the period left)", () => {
   });
 });
 
+describe("prorated changes compose", () => {
+  it("a change and its undo at the same instant cancel out: what one grants, the other removes", () => {
+    const credits = fc.integer({ min: 0, max: 1e9 });
+    fc.assert(
+      fc.property(credits, credits, fc.integer({ min: 0, max: 29 * DAY }), (a, b, offset) => {
+        const now = new Date(FEB.getTime() + offset);
+        const period = { start: FEB, end: MAR };
+        const there = proration(a, plan({ creditsPerPeriod: b }), period, now).delta;
+        const back = proration(b, plan({ creditsPerPeriod: a }), period, now).delta;
+        expect(there + back).toBe(0);
+      }),
+    );
+  });
+});
+
 describe("rollover: the carry a renewal owes and the amount it moves", () => {
   const s = active(BASIC, { periodGrantIds: ["g-a", "g-b"] });
   const next = { end: T("2024-04-01T00:00:00.000Z") };
@@ -361,6 +376,24 @@ describe("renewal at the period's end", () => {
     const next = renew(s, BASIC, BASIC, now);
     expect([next.periodIndex, next.currentPeriodStart.toISOString()]).toEqual([3, "2024-05-01T00:00:00.000Z"]);
     expect(periodsSkipped(s, next)).toBe(2);
+  });
+
+  it("however late, moves to the period that contains now, after the one that ended, skipping none it could allocate", () => {
+    const periods = fc.constantFrom("daily", "weekly", "monthly", "yearly") as fc.Arbitrary<Plan["billingPeriod"]>;
+    fc.assert(
+      fc.property(periods, fc.integer({ min: 0, max: 3 * 366 * DAY }), (billingPeriod, late) => {
+        const p = plan({ billingPeriod });
+        const s = subscribe("s-1", "u-1", p, { startAt: FEB }, FEB);
+        const now = new Date(s.currentPeriodEnd.getTime() + late);
+        const next = renew(s, p, p, now);
+        expect(next.currentPeriodStart.getTime()).toBeLessThanOrEqual(now.getTime());
+        expect(next.currentPeriodEnd.getTime()).toBeGreaterThan(now.getTime());
+        expect(next.periodIndex).toBeGreaterThan(s.periodIndex);
+        expect(periodsSkipped(s, next)).toBe(next.periodIndex - 1);
+        // The period it moved to is allocated in full: it has not ended.
+        expect(next.intent?.allocate?.amount).toBe(1000);
+      }),
+    );
   });
 
   it("onto a pending plan of another billing period: a new cycle from the old period's end", () => {
