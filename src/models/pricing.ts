@@ -151,8 +151,13 @@ export const CostUsage = z.strictObject({
 });
 export type CostUsage = z.input<typeof CostUsage>;
 
-/** How the amount of a recorded usage was arrived at. */
-export type UsageSource = "amount" | "tokens" | "cost" | "estimate" | "counted";
+/**
+ * How the amount of a recorded usage was found: `tokens` or `cost` given to `recordUsage`, the
+ * usage a response reported (`response`, read by the metering middleware), or — when a response's
+ * own usage could not be billed — the hold's `estimate` or the tokens `counted` before it ended.
+ * Absent: given as `amount`.
+ */
+export type UsageSource = "tokens" | "cost" | "response" | "estimate" | "counted";
 
 /**
  * A usage as recorded in a metered call and stored in its commit entry (`metadata.usages`): the
