@@ -328,7 +328,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
         usage = recorded(session, reading.usage, "response");
       } catch (error) {
         const problem = (error as { code?: string }).code === "UNKNOWN_MODEL" ? "unknown-model" : "unpriced";
-        return fallback(session, problem, null);
+        return fallback(session, problem, reading.usage);
       }
       session.recordPriced(usage);
       return session.commit();
