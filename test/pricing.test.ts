@@ -41,7 +41,7 @@ describe("the price book", () => {
     });
     const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
     const deducted = (await m.credits.getCreditHistory("u", { limit: 1 })).items[0];
-    const usages = commit?.metadata?.usages as RecordedUsage[];
+    const usages = commit?.metadata?.usages as unknown as RecordedUsage[];
     const charged = (commit?.amount ?? 0) + (deducted?.type === "deduct" ? deducted.amount : 0);
     return { charged, usage: usages[0] as RecordedUsage };
   };
@@ -177,7 +177,7 @@ describe("the price book", () => {
     });
     const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
     expect(commit?.amount).toBe(50_000);
-    expect((commit?.metadata?.usages as RecordedUsage[])[0]).toEqual({
+    expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toEqual({
       amount: 50_000,
       model: "gpt-4o",
       provider: "openai",
@@ -205,7 +205,7 @@ describe("the price book", () => {
     expect(pinned).toBe("2026-11-01");
     const first = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
     expect(first?.amount).toBe(6);
-    expect((first?.metadata?.usages as RecordedUsage[])[0]).toMatchObject({ priceBook: "2026-11-01", exact: "6/1" });
+    expect((first?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ priceBook: "2026-11-01", exact: "6/1" });
     // The next call holds under the new book.
     const { charged, usage: second } = await meter(usage, 5000);
     expect(charged).toBe(2000);

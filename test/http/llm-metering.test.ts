@@ -133,7 +133,7 @@ describe.each(HOSTS)("LLM usage read from the response (%s)", (host) => {
     expect(balance).toBe(START - OPENAI_CHARGE);
     expect(usage).toMatchObject({ model: OPENAI_MODEL, inputTokens: 1000, cachedTokens: 200, outputTokens: 300, priced: "gpt-4o-mini", priceBook: "test-book-1", source: "response" });
     // The commit entry keeps the counts, the model and the book's version.
-    expect((outcome.entry?.metadata?.usages as RecordedUsage[])[0]).toMatchObject({ model: OPENAI_MODEL, inputTokens: 1000, outputTokens: 300, priceBook: "test-book-1" });
+    expect((outcome.entry?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ model: OPENAI_MODEL, inputTokens: 1000, outputTokens: 300, priceBook: "test-book-1" });
   });
 
   it("bills an OpenAI stream by the usage of its final chunk (stream_options.include_usage)", async () => {
@@ -170,7 +170,7 @@ describe.each(HOSTS)("LLM usage read from the response (%s)", (host) => {
     expect(outcome.outcome).toBe("committed");
     expect(outcome.charged).toBe(ESTIMATE);
     expect(usage).toMatchObject({ amount: ESTIMATE, source: "estimate", problem: "cut" });
-    expect((outcome.entry?.metadata?.usages as RecordedUsage[])[0]).toMatchObject({ source: "estimate", problem: "cut" });
+    expect((outcome.entry?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ source: "estimate", problem: "cut" });
   });
 
   it("a cut stream with missingUsage: 'counted' is charged the tokens seen so far", async () => {
@@ -282,7 +282,7 @@ describe("node: a JSON answer ended at once", () => {
     // 10 × 1/10 + 20 × 4/10 = 9
     expect(res.headers.get("x-credits-deducted")).toBe("9");
     const commit = (await manager.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
-    expect((commit?.metadata?.usages as RecordedUsage[])[0]).toMatchObject({ provider: "openai", inputTokens: 10, outputTokens: 20 });
+    expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ provider: "openai", inputTokens: 10, outputTokens: 20 });
     await server.close();
     await manager.close();
   });
