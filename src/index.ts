@@ -67,7 +67,7 @@ export {
   type MeterContext,
   type MeterOutcome,
 } from "./services/metering.js";
-export { PricingService, type PricingServiceOptions, type UsageInput } from "./services/pricing-service.js";
+export { PricingService, usageOfResponse, type PricingServiceOptions, type UsageInput } from "./services/pricing-service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";

@@ -269,3 +269,20 @@ describe("without a price book", () => {
     await expect(createCreditManager({ pricing: { models: [{ model: "a", input: { credits: 1 } }] } as never })).rejects.toBeInstanceOf(ValidationError);
   });
 });
+
+describe("usageOfResponse", () => {
+  it("maps an SDK response's usage to recordUsage's counts, and refuses one without usage", async () => {
+    const { usageOfResponse } = await import("../src/index.js");
+    const chat = { model: "gpt-4o-2024-08-06", usage: { prompt_tokens: 1001, completion_tokens: 333, prompt_tokens_details: { cached_tokens: 3 } } };
+    expect(usageOfResponse(chat, { provider: "openai" })).toEqual({ model: "gpt-4o-2024-08-06", provider: "openai", inputTokens: 998, cachedTokens: 3, outputTokens: 333 });
+    const message = { type: "message", model: "claude-sonnet-4-5-20250929", usage: { input_tokens: 10, cache_read_input_tokens: 90, output_tokens: 5 } };
+    expect(usageOfResponse(message)).toEqual({ model: "claude-sonnet-4-5-20250929", inputTokens: 10, cachedTokens: 90, outputTokens: 5 });
+    expect(() => usageOfResponse({ model: "x" })).toThrow(ValidationError);
+    expect(() => usageOfResponse({ usage: { prompt_tokens: 1, completion_tokens: 1 } })).toThrow(/names no model/);
+    expect(() => usageOfResponse({ model: "x", usage: { prompt_tokens: -1, completion_tokens: 1 } })).toThrow(ValidationError);
+    // Priced through the book: the same as the counts given by hand.
+    const m = await createCreditManager({ pricing: BOOK });
+    expect(m.pricing.price(usageOfResponse(chat, { provider: "openai" })).amount).toBe(5829); // 998 × 5/2 + 3 × 5/4 + 333 × 10 = 5828.75
+    await m.close();
+  });
+});

@@ -327,7 +327,8 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
       try {
         usage = recorded(session, reading.usage, "response");
       } catch (error) {
-        const problem = (error as { code?: string }).code === "UNKNOWN_MODEL" ? "unknown-model" : "unpriced";
+        const code = (error as { code?: string }).code;
+        const problem = code === "UNKNOWN_MODEL" ? "unknown-model" : code === "CONFIGURATION_ERROR" ? "no-price-book" : "unpriced";
         return fallback(session, problem, reading.usage);
       }
       session.recordPriced(usage);

@@ -1,5 +1,6 @@
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { compilePriceBook, findPrice, priceCost, priceTokens, type PriceBook } from "../domain/pricing.js";
+import { usageOfJson } from "../domain/llm-usage.js";
 import {
   CostUsage,
   ModelName,
@@ -71,6 +72,26 @@ export class PricingService {
   current(): PriceBook | null {
     return this.book;
   }
+}
+
+/**
+ * The token usage an LLM response reports — an OpenAI chat completion or Responses object, or an
+ * Anthropic message, as its SDK returns it — ready for `recordUsage()`:
+ * `recordUsage(usageOfResponse(await openai.chat.completions.create({ … }), { provider: "openai" }))`.
+ * The counts are mapped as docs/llm-metering.md ("Recording usage") says. A response without usage,
+ * without a model or with a malformed usage is a `ValidationError`.
+ */
+export function usageOfResponse(response: unknown, options: { provider?: string } = {}): TokenUsage {
+  const reading = usageOfJson(response);
+  if (!reading.ok || reading.usage.model === undefined) {
+    const message = reading.ok ? "the response names no model" : (reading.detail ?? `its usage is ${reading.problem}`);
+    throw new ValidationError(`Invalid response: ${message}`, [{ path: "usage", message }]);
+  }
+  const u = reading.usage;
+  const out: TokenUsage = { model: u.model as string, inputTokens: u.inputTokens, outputTokens: u.outputTokens };
+  if (u.cachedTokens > 0) out.cachedTokens = u.cachedTokens;
+  if (options.provider !== undefined) out.provider = options.provider;
+  return out;
 }
 
 const noBook = () =>
