@@ -286,3 +286,61 @@ describe("usageOfResponse", () => {
     await m.close();
   });
 });
+
+/** The priced usages are ordinary metadata: each store keeps them as written and audit() replays them. */
+describe.each([
+  { name: "PostgreSQL", url: process.env.CREDIT_PG_URL },
+  { name: "MongoDB", url: process.env.CREDIT_MONGO_URI },
+])("priced usages on $name", ({ name, url }) => {
+  it.skipIf(!url)("the commit entry keeps the counts, the model and the book version", async () => { // reason: needs CREDIT_PG_URL / CREDIT_MONGO_URI (set by .ci/run)
+    const { randomUUID } = await import("node:crypto");
+    const tag = `cm_price_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+    let db;
+    let drop: () => Promise<void>;
+    if (name === "PostgreSQL") {
+      const { PostgresDbManager } = await import("../src/db/postgres/index.js");
+      const pg = (await import("pg")).default;
+      db = new PostgresDbManager({ connectionString: url as string, schema: tag, poolConfig: { max: 2 } });
+      drop = async () => {
+        const pool = new pg.Pool({ connectionString: url as string });
+        await pool.query(`DROP SCHEMA IF EXISTS "${tag}" CASCADE`);
+        await pool.end();
+      };
+    } else {
+      const { MongoClient } = await import("mongodb");
+      const { MongoDbManager } = await import("../src/db/mongodb/index.js");
+      const client = new MongoClient(url as string);
+      db = new MongoDbManager({ client, dbName: tag });
+      drop = async () => {
+        await client.db(tag).dropDatabase();
+        await client.close();
+      };
+    }
+    const m = await createCreditManager({ db, pricing: BOOK });
+    try {
+      await m.credits.addCredits("u", 100_000);
+      await m.credits.meter("u", { estimate: 10_000 }, () => {
+        recordUsage({ model: "gpt-4o-2024-08-06", provider: "openai", inputTokens: 1001, outputTokens: 333, cachedTokens: 3 });
+      });
+      const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
+      expect(commit?.amount).toBe(5837);
+      expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toEqual({
+        amount: 5837,
+        model: "gpt-4o-2024-08-06",
+        provider: "openai",
+        inputTokens: 1001,
+        outputTokens: 333,
+        cachedTokens: 3,
+        priceBook: "2026-11-01",
+        priced: "gpt-4o",
+        rates: { input: "5/2", output: "10/1", cachedInput: "5/4" },
+        exact: "23345/4",
+        source: "tokens",
+      });
+      expect((await m.credits.audit("u")).ok).toBe(true);
+    } finally {
+      await m.close();
+      await drop();
+    }
+  });
+});
