@@ -287,3 +287,29 @@ describe("node: a JSON answer ended at once", () => {
     await manager.close();
   });
 });
+
+describe("the llm option", () => {
+  it("is checked when the middleware is built", async () => {
+    const manager = await createCreditManager({ pricing: BOOK });
+    const base = { credits: manager.credits, authenticate: () => ({ userId: "u" }) };
+    expect(() => creditMetering({ ...base, llm: { missingUsage: "free" as never } })).toThrow(/missingUsage/);
+    expect(() => creditMeteringMiddleware({ ...base, llm: { provider: "" } })).toThrow(/provider/);
+    expect(() => creditMetering({ ...base, llm: { typo: 1 } as never })).toThrow(/unknown `llm` option "typo"/);
+    expect(() => creditMetering({ ...base, llm: "yes" as never })).toThrow(TypeError);
+    await manager.close();
+  });
+
+  it("usage the handler records itself is charged instead of the response's", async () => {
+    const manager = await createCreditManager({ pricing: BOOK });
+    await manager.credits.addCredits("u", START);
+    const { recordUsage } = await import("../../src/index.js");
+    const metered = creditMetering({ credits: manager.credits, authenticate: () => ({ userId: "u" }), defaultEstimate: ESTIMATE, llm: true })(async () => {
+      recordUsage({ model: "gpt-4o-mini", inputTokens: 10, outputTokens: 10 }); // 1 + 4 = 5
+      return Response.json({ model: OPENAI_MODEL, usage: { prompt_tokens: 1000, completion_tokens: 1000 } });
+    });
+    const res = await metered(new Request("http://h/api/chat", { method: "POST" }));
+    expect(res.headers.get("x-credits-deducted")).toBe("5");
+    expect((await manager.credits.getUserCreditsInfo("u")).balance).toBe(START - 5);
+    await manager.close();
+  });
+});
