@@ -1,6 +1,7 @@
 import { createServer } from "node:http";
 import { Readable } from "node:stream";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
+import express from "express";
 import Fastify from "fastify";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager, type MeterOutcome, type PriceBookInput, type RecordedUsage } from "../../src/index.js";
@@ -27,8 +28,8 @@ const ANTHROPIC_CHARGE = 690;
 const ESTIMATE = 1000;
 const START = 100_000;
 
-type HostName = "fetch" | "node" | "fastify";
-const HOSTS: HostName[] = ["fetch", "node", "fastify"];
+type HostName = "fetch" | "node" | "express" | "fastify";
+const HOSTS: HostName[] = ["fetch", "node", "express", "fastify"];
 
 let upstream: Running;
 beforeAll(async () => {
@@ -82,6 +83,21 @@ async function startProxy(
         }),
       ),
     );
+  }
+  if (host === "express") {
+    const app = express();
+    app.use(creditMeteringMiddleware(options));
+    app.use("/api", async (req, res) => {
+      const r = await fetch(target(req.url));
+      res.status(r.status).type(r.headers.get("content-type") ?? "application/octet-stream"); // readable: res.type sets the header
+      try {
+        for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) res.write(chunk);
+        res.end();
+      } catch (error) {
+        res.destroy(error as Error);
+      }
+    });
+    return listen(createServer(app));
   }
   const app = Fastify();
   await app.register(fastifyCreditMetering({ ...options, onSettled: (o) => void outcomes.push(o) }));
