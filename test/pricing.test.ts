@@ -26,6 +26,21 @@ const BOOK: PriceBookInput = {
   defaultCurrency: "USD",
 };
 
+/** 1,001 uncached input, 333 output and 3 cached tokens of gpt-4o (openai), as the journal keeps them. */
+const GPT_4O_USAGE = {
+  provider: "openai",
+  inputTokens: 1001,
+  outputTokens: 333,
+  cachedTokens: 3,
+  priceBook: "2026-11-01",
+  priced: "gpt-4o",
+  // 1,001 × 5/2 + 333 × 10 + 3 × 5/4 = 2502.5 + 3330 + 3.75 = 5836.25 → 5837
+  amount: 5837,
+  exact: "23345/4",
+  rates: { input: "5/2", output: "10/1", cachedInput: "5/4" },
+  source: "tokens",
+};
+
 describe("the price book", () => {
   let m: CreditManager;
   beforeEach(async () => {
@@ -47,22 +62,9 @@ describe("the price book", () => {
   };
 
   it("prices tokens exactly and rounds the call up to a whole credit", async () => {
-    // 1,001 × 5/2 + 333 × 10 + 3 × 5/4 = 2502.5 + 3330 + 3.75 = 5836.25 → 5837
     const { charged, usage } = await meter({ model: "gpt-4o", provider: "openai", inputTokens: 1001, outputTokens: 333, cachedTokens: 3 }, 10_000);
     expect(charged).toBe(5837);
-    expect(usage).toMatchObject({
-      amount: 5837,
-      model: "gpt-4o",
-      provider: "openai",
-      inputTokens: 1001,
-      outputTokens: 333,
-      cachedTokens: 3,
-      priceBook: "2026-11-01",
-      priced: "gpt-4o",
-      exact: "23345/4",
-      rates: { input: "5/2", output: "10/1", cachedInput: "5/4" },
-      source: "tokens",
-    });
+    expect(usage).toEqual({ model: "gpt-4o", ...GPT_4O_USAGE });
     expect((await m.credits.audit("u")).ok).toBe(true);
   });
 
@@ -324,19 +326,7 @@ describe.each([
       });
       const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
       expect(commit?.amount).toBe(5837);
-      expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toEqual({
-        amount: 5837,
-        model: "gpt-4o-2024-08-06",
-        provider: "openai",
-        inputTokens: 1001,
-        outputTokens: 333,
-        cachedTokens: 3,
-        priceBook: "2026-11-01",
-        priced: "gpt-4o",
-        rates: { input: "5/2", output: "10/1", cachedInput: "5/4" },
-        exact: "23345/4",
-        source: "tokens",
-      });
+      expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toEqual({ model: "gpt-4o-2024-08-06", ...GPT_4O_USAGE });
       expect((await m.credits.audit("u")).ok).toBe(true);
     } finally {
       await m.close();

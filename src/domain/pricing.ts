@@ -1,6 +1,5 @@
 import * as crypto from "node:crypto";
 import { stringify } from "safe-stable-stringify";
-import type * as z from "zod";
 import { UnknownModelError, ValidationError } from "../errors.js";
 import type { CostUsage, ModelRates, PriceBookInput, PriceQuote, TokenUsage } from "../models/index.js";
 
@@ -41,8 +40,9 @@ export interface PriceBook {
   readonly defaultCurrency: string | undefined;
 }
 
-type ParsedBook = z.output<typeof PriceBookInput>;
-type ParsedRates = z.output<typeof ModelRates>;
+/** The models' types (their schemas transform nothing: what they accept is what they return). */
+type ParsedBook = PriceBookInput;
+type ParsedRates = ModelRates;
 type ParsedRate = ParsedRates["input"];
 
 const rate = (r: ParsedRate): ExactRate => {
@@ -169,7 +169,7 @@ function credits(exact: { n: bigint; d: bigint }, what: string): number {
  * `UnknownModelError` for a model the book does not price and no default; a `ValidationError` for
  * a price beyond Number.MAX_SAFE_INTEGER.
  */
-export function priceTokens(book: PriceBook, usage: z.output<typeof TokenUsage>): PriceQuote {
+export function priceTokens(book: PriceBook, usage: TokenUsage): PriceQuote {
   const entry = findPrice(book, usage.model, usage.provider);
   if (entry === undefined) throw new UnknownModelError(usage.model, usage.provider, book.version);
   const terms: [bigint, ExactRate][] = [
@@ -230,7 +230,7 @@ function plainDecimal(int: string, frac: string, exp: number): string {
  * The credits a cost in money is worth at the book's rate for its currency, rounded up.
  * `ValidationError` for a currency the book has no rate for, or a price beyond the safe integers.
  */
-export function priceCost(book: PriceBook, usage: z.output<typeof CostUsage>): PriceQuote & { cost: string; currency: string } {
+export function priceCost(book: PriceBook, usage: CostUsage): PriceQuote & { cost: string; currency: string } {
   const currency = usage.currency ?? book.defaultCurrency;
   if (currency === undefined) {
     const message = "the price book has several currencies and no defaultCurrency: name the currency";
