@@ -60,6 +60,15 @@ export type ThresholdSpec = M.ThresholdSpec;
 export type TrialCredits = M.TrialCredits;
 export type UpdatePlanInput = M.UpdatePlanInput;
 export type UsageRecord = M.UsageRecord;
+export type RecordedUsage = M.RecordedUsage;
+export type UsageSource = M.UsageSource;
+export type TokenUsage = M.TokenUsage;
+export type CostUsage = M.CostUsage;
+export type PriceBookInput = M.PriceBookInput;
+export type ModelPrice = M.ModelPrice;
+export type ModelRates = M.ModelRates;
+export type Rate = M.Rate;
+export type PriceQuote = M.PriceQuote;
 export type VoidGrantOptions = M.VoidGrantOptions;
 // Domain events (docs/events.md); their zod schemas are in `credit-management/models`.
 export type DomainEvent = M.DomainEvent;

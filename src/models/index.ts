@@ -8,3 +8,4 @@ export * from "./payments.js";
 export * from "./notifications.js";
 export * from "./events.js";
 export * from "./metering.js";
+export * from "./pricing.js";

@@ -27,6 +27,7 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
+import type { PricingService } from "./pricing-service.js";
 import type {
   CreditsInfo} from "../models/index.js";
 import {
@@ -103,6 +104,8 @@ export interface CreditServiceOptions {
    * (as `alerts: {}` does) when `alerts` is not given. Default false.
    */
   domainEvents?: boolean;
+  /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
+  pricing?: PricingService;
 }
 
 /**
@@ -294,8 +297,10 @@ export class CreditService {
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
   private readonly hasFeatures: boolean;
   private readonly domainEvents: boolean;
+  private readonly pricing: PricingService | undefined;
 
   constructor(options: CreditServiceOptions) {
+    this.pricing = options.pricing;
     this.db = options.db;
     this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
@@ -640,7 +645,7 @@ export class CreditService {
       throw new ValidationError("Invalid options.onSettled: must be a function", [{ path: "onSettled", message: "must be a function" }]);
     }
     if (typeof fn !== "function") throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
+    return runMetered({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
   }
 
   /**
@@ -651,7 +656,7 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
+    return openMeter({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
