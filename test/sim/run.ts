@@ -3,6 +3,7 @@ import { InMemoryDbManager } from "../../src/db/memory/index.js";
 import { ConflictError, CreditError, StorageError } from "../../src/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Changes } from "../../src/store.js";
+import type { Subscription } from "../../src/models/index.js";
 import { CreditService } from "../../src/services/credit-service.js";
 import type { CreditModel } from "../../src/testing/model.js";
 import {
@@ -17,6 +18,7 @@ import {
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
 import { SimStore, type StoreEvent } from "./store.js";
+import { PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
 
 /** One client request of the simulation (what it asks; every retry asks the same). */
 export type Spec =
@@ -30,7 +32,9 @@ export type Spec =
   | { kind: "expire"; user: string }
   | { kind: "read"; user: string }
   | { kind: "expireJob" }
-  | { kind: "holdJob" };
+  | { kind: "holdJob" }
+  | SubRequest
+  | { kind: "renewJob" };
 
 export interface SimOptions {
   seed: number;
@@ -89,6 +93,8 @@ interface Op {
   commits: number;
   /** The model's answer at the request's last load of its own unit of work. */
   prediction: string | null;
+  /** At that load, and still when it answered, the user's subscription period had ended and the next was due. */
+  periodDue: boolean;
   state: "new" | "in-doubt" | "done";
 }
 
@@ -137,6 +143,13 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   const managers: CreditManager[] = [await newManager(), await newManager()];
   // Reads for the checks go straight to the store: no scheduler, no faults.
   const checker = new CreditService({ db: inner, clock: () => new Date(clock.now) });
+
+  // Plans are there before the run (written straight to the store).
+  const admin = await createCreditManager({ db: inner, clock: () => new Date(clock.now), init: false });
+  for (const [id, credits] of Object.entries(PLANS)) {
+    await admin.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
+  }
+  const subs = new SubscriptionsModel(fail);
 
   const ops = new Map<number, Op>();
   let nextOp = 1;
@@ -201,6 +214,11 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       m.settle();
       const answer = applySpec(op.spec, m, e.changes);
       if (answer !== "ok") fail(`${where}: the store committed what the model answers with ${answer}`);
+    } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:sub:") === true) {
+      // A subscription's account work (its period, a plan change, a cancel): what it owes.
+      m.settle();
+      const grants = subs.carriedOut(([...keys][0] as string).slice("cm:".length), e.changes.entries, e.changes.insertGrants);
+      for (const [id, amount, expiresAt] of grants) m.add(id, amount, expiresAt, 0);
     } else if (keys.size > 0) {
       fail(`${where}: entries with keys ${[...keys].join(", ")} the model does not expect`);
     } else if (op?.spec.kind === "expireJob") {
@@ -223,8 +241,18 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     for (; eventCursor < sim.events.length; eventCursor++) {
       const e = sim.events[eventCursor] as StoreEvent;
       const op = e.op === undefined ? undefined : ops.get(e.op.id);
-      if (e.kind === "load") {
+      if (e.kind === "end") {
+        // Still due when it answered: nobody (itself included) brought the period meanwhile.
+        if (op !== undefined && op.periodDue && "user" in op.spec) op.periodDue = subs.renewalDue(op.spec.user, model.now);
+      } else if (e.kind === "write") {
+        const request = op !== undefined && SUB_KINDS.has(op.spec.kind) ? (op.spec as SubRequest) : undefined;
+        const w = e.args[0] as Subscription;
+        trace.push(`  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`);
+        if (e.method === "insertSubscription") subs.inserted(e.args[0] as Subscription, request, model.now);
+        else if (e.method === "updateSubscription") subs.updated(e.args[0] as Subscription, request, model.now);
+      } else if (e.kind === "load") {
         if (op !== undefined && op.key !== null && e.key === op.key) {
+          op.periodDue = subs.renewalDue(e.userId, model.now);
           if (op.commits > 0) op.prediction = "ok";
           else {
             const m = cloneModel(model.of(e.userId));
@@ -271,6 +299,20 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return manager.expiration.expireDueGrants();
       case "holdJob":
         return manager.expiration.releaseExpiredHolds();
+      case "renewJob":
+        return manager.expiration.renewDueSubscriptions();
+      case "subscribe":
+        return manager.subscriptions.subscribe(spec.user, spec.plan, k);
+      case "cancelEnd":
+        return manager.subscriptions.cancel(spec.user, { atPeriodEnd: true });
+      case "cancelNow":
+        return manager.subscriptions.cancel(spec.user, { atPeriodEnd: false });
+      case "resume":
+        return manager.subscriptions.resume(spec.user);
+      case "changeEnd":
+        return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "period_end", credits: "keep" });
+      case "changeNow":
+        return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "now", credits: "keep" });
     }
   };
 
@@ -289,6 +331,13 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       [1, "read"],
       [1, "expireJob"],
       [1, "holdJob"],
+      [1, "renewJob"],
+      [2, "subscribe"],
+      [1, "cancelEnd"],
+      [1, "cancelNow"],
+      [1, "resume"],
+      [1, "changeEnd"],
+      [1, "changeNow"],
     ]);
     const amount = rng.range(1, 60);
     switch (kind) {
@@ -324,14 +373,23 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return { kind, user };
       case "expireJob":
       case "holdJob":
+      case "renewJob":
         return { kind };
+      case "subscribe":
+      case "changeEnd":
+      case "changeNow":
+        return { kind, user, plan: rng.pick(Object.keys(PLANS)) };
+      case "cancelEnd":
+      case "cancelNow":
+      case "resume":
+        return { kind, user };
       default:
         break;
     }
     return { kind: "reserve", user, amount, ttlSec: rng.range(1, 900) };
   };
 
-  const KEYED = new Set<Spec["kind"]>(["add", "deduct", "after", "reserve", "commit", "release", "void"]);
+  const KEYED = new Set<Spec["kind"]>(["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe"]);
 
   const isDefinite = (error: unknown): boolean => {
     if (error instanceof StorageError) return false;
@@ -353,6 +411,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         // A request retried several times gets through: the run must end with every outcome known.
         faults: faults && op.attempts <= 3,
         dropped: false,
+        faulted: false,
       };
       const a: Attempt = { op, ctx, slot: rng.int(managers.length), settled: false, ok: false, error: undefined };
       const manager = managers[a.slot] as CreditManager;
@@ -360,10 +419,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         () => {
           a.settled = true;
           a.ok = true;
+          sim.events.push({ kind: "end", op: ctx });
         },
         (error: unknown) => {
           a.settled = true;
           a.error = error;
+          sim.events.push({ kind: "end", op: ctx });
         },
       );
       return a;
@@ -395,6 +456,15 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         continue;
       }
       op.state = "done";
+      if (SUB_KINDS.has(op.spec.kind)) {
+        // Checked write by write (SubscriptionsModel); here only what no request may answer.
+        if (outcome !== "ok" && outcome !== "ConflictError" && outcome !== "NotFoundError") fail(`${describe(op)} answered ${outcome}`);
+        continue;
+      }
+      // (A storage error while bringing the period leaves the operation to run without it: documented.)
+      if (outcome === "InsufficientCreditsError" && op.periodDue && !a.ctx.faulted) {
+        fail(`${describe(op)} was refused for lack of credits after its subscription's period ended, without the next period brought first (docs/subscriptions.md, "Periods start on time")`);
+      }
       if (outcome === "ok") {
         if (op.commits !== 1) fail(`${describe(op)} succeeded, and the store has ${op.commits} commits of it`);
       } else {
@@ -408,7 +478,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
 
   const check = async () => {
     // A read per user through a process (it settles, like any touch), then the store itself.
-    const reads = USERS.map((user) => ({ id: nextOp++, spec: { kind: "read", user } as Spec, key: null, attempts: 0, commits: 0, prediction: null, state: "new" as const }));
+    const reads = USERS.map((user) => ({ id: nextOp++, spec: { kind: "read", user } as Spec, key: null, attempts: 0, commits: 0, prediction: null, periodDue: false, state: "new" as const }));
     for (const op of reads) ops.set(op.id, op);
     await runBatch(reads, false);
     for (const user of USERS) {
@@ -432,7 +502,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       if (JSON.stringify(holds) !== JSON.stringify(modelHolds)) fail(`${where}: active holds ${holds.join(",")}, the model ${modelHolds.join(",")}`);
       if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
       if (m.debt > 0 && Object.keys(openGrants(m)).length > 0) fail(`${where}: debt while a grant has credits`);
-      digest.update(`${user}:${m.balance}:${m.reserved}:${m.debt};`);
+      const stored = await inner.getActiveSubscription(user);
+      const modelled = subs.activeOf(user);
+      if ((stored?.id ?? null) !== (modelled?.id ?? null)) fail(`${where}: active subscription ${String(stored?.id)}, the model ${String(modelled?.id)}`);
+      digest.update(`${user}:${m.balance}:${m.reserved}:${m.debt}:${String(stored?.planId)};`);
     }
   };
 
@@ -443,7 +516,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     for (let i = 0; i < fresh; i++) {
       const spec = generate();
       const id = nextOp++;
-      const op: Op = { id, spec, key: KEYED.has(spec.kind) ? `sim-${id}` : null, attempts: 0, commits: 0, prediction: null, state: "new" };
+      const op: Op = { id, spec, key: KEYED.has(spec.kind) ? `sim-${id}` : null, attempts: 0, commits: 0, prediction: null, periodDue: false, state: "new" };
       ops.set(id, op);
       batch.push(op);
     }
@@ -454,9 +527,11 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       [3, rng.range(1, 120)],
       [2, rng.range(120, 900)],
       [1, rng.range(900, 4 * 3600)],
+      [1, rng.range(20 * 3600, 50 * 3600)],
     ]);
     clock.now += tick * 1000;
     model.now = clock.now;
+    if (tick > 0) trace.push(`tick ${tick} s → ${new Date(clock.now).toISOString()}`);
     digest.update(`t${tick};`);
   }
   // Every request in doubt is retried until its outcome is known, then the last check.
@@ -465,8 +540,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     model.now = clock.now;
     await runBatch([...ops.values()].filter((op) => op.state === "in-doubt"), false);
   }
+  // The renewal job, once nothing else runs: every period's work owed must then be done, once.
+  const job: Op = { id: nextOp++, spec: { kind: "renewJob" }, key: null, attempts: 0, commits: 0, prediction: null, periodDue: false, state: "new" };
+  ops.set(job.id, job);
+  await runBatch([job], false);
   await check();
+  for (const [key, w] of subs.owed) if (!w.done) fail(`the account work of subscription ${w.subscriptionId} under ${key} was never carried out`);
   for (const m of managers) await m.close();
+  await admin.close();
   return {
     seed,
     steps,
@@ -477,6 +558,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     digest: digest.digest("hex"),
   };
 }
+
+const SUB_KINDS = new Set<Spec["kind"]>(["subscribe", "cancelEnd", "cancelNow", "resume", "changeEnd", "changeNow"]);
 
 function sorted(o: Record<string, number>): Array<[string, number]> {
   return Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));

@@ -25,6 +25,8 @@ export interface OpContext {
   faults: boolean;
   /** Set once a verdict dropped it: none of its store calls answer again. */
   dropped: boolean;
+  /** Set once any store call of it got a fault (an error or a conflict). */
+  faulted: boolean;
 }
 
 const context = new AsyncLocalStorage<OpContext>();
@@ -91,7 +93,10 @@ export class Scheduler {
       const verdict = this.verdict(w);
       this.answered++;
       if (verdict === "drop") (w.op as OpContext).dropped = true;
-      else w.resolve(verdict);
+      else {
+        if (verdict !== "ok") (w.op as OpContext).faulted = true;
+        w.resolve(verdict);
+      }
     }
   }
 

@@ -1,7 +1,7 @@
 import { ConflictError, StorageError } from "../../src/errors.js";
 import type { InMemoryDbManager } from "../../src/db/memory/index.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
-import type { Grant, Payment, Promo, Reservation } from "../../src/models/index.js";
+import type { Grant, Payment, Promo, Reservation, Subscription } from "../../src/models/index.js";
 import type { Prng } from "./prng.js";
 import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 
@@ -9,7 +9,10 @@ import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 export type StoreEvent =
   | { kind: "load"; op: OpContext | undefined; userId: string; key: string | undefined; seq: number }
   | { kind: "commit"; op: OpContext | undefined; userId: string; changes: Changes }
-  | { kind: "write"; op: OpContext | undefined; method: string };
+  /** A request answered (pushed by the simulation, so the log orders answers among commits). */
+  | { kind: "end"; op: OpContext }
+  /** A write outside a unit of work that took effect, with the stored subscription before it (if one). */
+  | { kind: "write"; op: OpContext | undefined; method: string; args: readonly unknown[]; before: Subscription | null };
 
 /** Store calls that write outside a unit of work: they get an `ack` point (outcome unknown). */
 const WRITES = new Set([
@@ -58,18 +61,20 @@ export class SimStore {
         if (typeof value !== "function") return value;
         const method = value as (...args: unknown[]) => unknown;
         if (typeof prop !== "string" || DIRECT.has(prop)) return method.bind(target);
-        return (...args: unknown[]) => this.call(prop, () => method.apply(target, args));
+        return (...args: unknown[]) => this.call(prop, args, () => method.apply(target, args));
       },
     }) as unknown as DbManager;
   }
 
-  private async call(method: string, run: () => unknown): Promise<unknown> {
+  private async call(method: string, args: readonly unknown[], run: () => unknown): Promise<unknown> {
     const write = WRITES.has(method);
-    const before = await this.scheduler.point(write ? "write" : "read");
-    if (before === "error") throw new StorageError(`[sim] injected: ${method} failed before it ran`);
+    const verdict = await this.scheduler.point(write ? "write" : "read");
+    if (verdict === "error") throw new StorageError(`[sim] injected: ${method} failed before it ran`);
+    if (!write) return run();
+    // The memory store answers without waiting: nothing runs between this read and the write.
+    const stored = method === "updateSubscription" ? await this.inner.getSubscription((args[0] as Subscription).id) : null;
     const result = await run();
-    if (!write) return result;
-    this.events.push({ kind: "write", op: currentOp(), method });
+    if (result !== false) this.events.push({ kind: "write", op: currentOp(), method, args: structuredClone(args), before: stored });
     const ack = await this.scheduler.point("ack");
     if (ack === "error") throw new StorageError(`[sim] injected: ${method} was written, its answer lost`);
     return result;
@@ -111,6 +116,9 @@ export class SimStore {
 
 class SimTransaction implements DbTransaction {
   changes: Changes | null = null;
+  /** The account's grants and holds (all states) as of the load. */
+  private grants = new Map<string, Grant>();
+  private holds = new Map<string, Reservation>();
 
   constructor(
     private readonly sim: SimStore,
@@ -119,8 +127,16 @@ class SimTransaction implements DbTransaction {
 
   async load(request?: LoadRequest): Promise<LoadedState> {
     await this.sim.wait();
-    // A snapshot: the store's own lists move on as other units of work commit.
-    const state = structuredClone(this.sim.inner.transactionNow(this.userId, (t) => t.load(request)) as LoadedState);
+    // A snapshot, as a database transaction sees one: the state at the load, for every read of the
+    // unit of work (the store's own lists move on as other units of work commit). The memory
+    // store's methods compute their answers when called, so these three see one instant.
+    const inner = this.sim.inner;
+    const loaded = inner.transactionNow(this.userId, (t) => t.load(request)) as LoadedState;
+    const grants = inner.listGrants(this.userId, { includeInactive: true });
+    const holds = inner.listReservations(this.userId);
+    const state = structuredClone(loaded);
+    this.grants = new Map((await grants).map((g) => [g.id, g]));
+    this.holds = new Map((await holds).map((r) => [r.id, r]));
     this.sim.events.push({
       kind: "load",
       op: currentOp(),
@@ -133,18 +149,13 @@ class SimTransaction implements DbTransaction {
 
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     await this.sim.wait();
-    const out: Grant[] = [];
-    for (const id of grantIds) {
-      const g = await this.sim.inner.getGrant(id);
-      if (g !== null && g.userId === this.userId) out.push(g);
-    }
-    return out;
+    return grantIds.map((id) => this.grants.get(id)).filter((g): g is Grant => g !== undefined).map((g) => structuredClone(g));
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
     await this.sim.wait();
-    const r = await this.sim.inner.getReservation(reservationId);
-    return r !== null && r.userId === this.userId ? r : null;
+    const r = this.holds.get(reservationId);
+    return r === undefined ? null : structuredClone(r);
   }
 
   async getPromo(code: string): Promise<Promo | null> {
