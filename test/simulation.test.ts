@@ -25,15 +25,27 @@ describe("deterministic simulation", () => {
   it(`${seeds} seed(s) from ${first}, ${steps} steps each: the model, audit() and the store agree`, async () => {
     const started = Date.now();
     const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0 };
+    const outcomes: Record<string, number> = {};
     for (let seed = first; seed < first + seeds; seed++) {
       const r = await runSimulation({ seed, steps, setIdSource });
       totals.requests += r.requests;
       totals.commits += r.commits;
       totals.storeCalls += r.storeCalls;
       totals.inDoubt += r.inDoubt;
+      for (const [k, n] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + n;
     }
     console.log(`simulation: ${seeds} seeds × ${steps} steps in ${Date.now() - started} ms: ${JSON.stringify(totals)}`);
+    if (env.SIM_OUTCOMES !== undefined) console.log(Object.entries(outcomes).sort().map(([k, n]) => `${k}: ${n}`).join("\n"));
+    // Not vacuous: the runs did commit, refuse, retry in doubt, and take every kind of request.
     expect(totals.commits).toBeGreaterThan(0);
+    if (seeds >= 10) {
+      expect(totals.inDoubt).toBeGreaterThan(0);
+      for (const kind of ["add", "deduct", "reserve", "commit", "release", "void", "subscribe", "changeNow", "changeEnd", "cancelEnd", "resume", "claim"]) {
+        expect(outcomes[`${kind} ok`] ?? 0, `${kind} never succeeded`).toBeGreaterThan(0);
+      }
+      expect(outcomes["deduct InsufficientCreditsError"] ?? 0).toBeGreaterThan(0);
+      expect(outcomes["claim PromoNotEligibleError"] ?? 0).toBeGreaterThan(0);
+    }
   }, 600_000);
 
   it("replays a seed exactly: the same seed gives the same run", async () => {

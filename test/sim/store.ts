@@ -9,6 +9,8 @@ import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
 export type StoreEvent =
   | { kind: "load"; op: OpContext | undefined; userId: string; key: string | undefined; seq: number }
   | { kind: "commit"; op: OpContext | undefined; userId: string; changes: Changes }
+  /** A live read inside a unit of work (promos, payments: not from the load's snapshot). */
+  | { kind: "txread"; op: OpContext | undefined; userId: string; key: string | undefined }
   /** A request answered (pushed by the simulation, so the log orders answers among commits). */
   | { kind: "end"; op: OpContext }
   /** A write outside a unit of work that took effect, with the stored subscription before it (if one). */
@@ -119,6 +121,12 @@ class SimTransaction implements DbTransaction {
   /** The account's grants and holds (all states) as of the load. */
   private grants = new Map<string, Grant>();
   private holds = new Map<string, Reservation>();
+  /** The idempotency key the unit of work loaded with. */
+  private key: string | undefined;
+
+  private liveRead(): void {
+    this.sim.events.push({ kind: "txread", op: currentOp(), userId: this.userId, key: this.key });
+  }
 
   constructor(
     private readonly sim: SimStore,
@@ -137,6 +145,7 @@ class SimTransaction implements DbTransaction {
     const state = structuredClone(loaded);
     this.grants = new Map((await grants).map((g) => [g.id, g]));
     this.holds = new Map((await holds).map((r) => [r.id, r]));
+    this.key = request?.idempotencyKey;
     this.sim.events.push({
       kind: "load",
       op: currentOp(),
@@ -160,16 +169,19 @@ class SimTransaction implements DbTransaction {
 
   async getPromo(code: string): Promise<Promo | null> {
     await this.sim.wait();
+    this.liveRead();
     return this.sim.inner.getPromo(code);
   }
 
   async countPromoClaims(code: string): Promise<number> {
     await this.sim.wait();
+    this.liveRead();
     return this.sim.inner.countPromoClaims(code, this.userId);
   }
 
   async getPayment(paymentId: string): Promise<Payment | null> {
     await this.sim.wait();
+    this.liveRead();
     const p = await this.sim.inner.getPayment(paymentId);
     return p !== null && p.userId === this.userId ? p : null;
   }
