@@ -1,0 +1,57 @@
+import { describe, expect, it } from "vitest";
+import { createCreditManager, type PaymentEvent, type PaymentProvider } from "../src/index.js";
+
+/** A provider without network or signatures: its events are the JSON of `PaymentEvent`. */
+const provider: PaymentProvider = {
+  name: "plain",
+  async createCheckout(request) {
+    return { providerRef: `ref-${request.paymentId}`, url: `https://pay.invalid/${request.paymentId}` };
+  },
+  verifyWebhook() {},
+  parseEvent: (raw) => JSON.parse(Buffer.from(raw).toString("utf8")) as PaymentEvent,
+};
+
+const event = (kind: "paid" | "refund", paymentId: string, refundedTotal: number | null): string =>
+  JSON.stringify({
+    eventId: null,
+    type: kind,
+    kind,
+    paymentId,
+    providerIds: [],
+    providerPaymentId: `pi-${paymentId}`,
+    userId: null,
+    amount: null,
+    currency: null,
+    refundedTotal,
+  } satisfies PaymentEvent);
+
+/**
+ * @see issue 26, item 4: the simulation (seed 8) found a payment refunded in part before it was
+ * credited, then refunded again: the second refund took back credits the payment had never added
+ * (its status, partially_refunded, ranks after paid), from the user's other credits.
+ */
+describe("a payment refunded before it was credited", () => {
+  it("takes nothing back on later refunds, and a late paid event credits nothing", async () => {
+    const m = await createCreditManager({ payments: { providers: [provider] } });
+    await m.credits.addCredits("u", 500);
+    const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "plain" });
+    await expect(m.payments.handleWebhook("plain", event("refund", p.id, 50), {})).resolves.toMatchObject({ outcome: "updated" });
+    await m.payments.handleWebhook("plain", event("refund", p.id, 120), {});
+    await m.payments.handleWebhook("plain", event("refund", p.id, 200), {});
+    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
+    expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "refunded", refundedAmount: 200, creditsReversed: 0 });
+    // The 500 added by hand are untouched: nothing of the payment was ever added, nothing taken.
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 500, debt: 0 });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+  });
+
+  it("still takes back the share of a payment credited and then refunded in steps", async () => {
+    const m = await createCreditManager({ payments: { providers: [provider] } });
+    const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "plain" });
+    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
+    await m.payments.handleWebhook("plain", event("refund", p.id, 50), {});
+    await m.payments.handleWebhook("plain", event("refund", p.id, 120), {});
+    expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "partially_refunded", creditsReversed: 120 });
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(80);
+  });
+});
