@@ -623,7 +623,9 @@ export class PaymentService {
             return { value: result(p.status === status ? "duplicate" : "unchanged", p) };
           }
           let reversed = 0;
-          if (isCredited(p.status)) {
+          // Credited means its credits were added (`creditEntryId`), not a status past paid: a
+          // payment refunded before it was credited is partially_refunded, and credits nothing later.
+          if (isCredited(p.status) && p.creditEntryId !== null) {
             const k = dispute ? p.credits - p.creditsReversed : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
             if (k > 0) await this.takeBack(work, tx, state, p, k, meta);
             reversed = k;
