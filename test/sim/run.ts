@@ -3,7 +3,7 @@ import { InMemoryDbManager } from "../../src/db/memory/index.js";
 import { ConflictError, CreditError, StorageError } from "../../src/errors.js";
 import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Changes } from "../../src/store.js";
-import type { Subscription } from "../../src/models/index.js";
+import type { Payment, Subscription } from "../../src/models/index.js";
 import { CreditService } from "../../src/services/credit-service.js";
 import type { CreditModel } from "../../src/testing/model.js";
 import {
@@ -18,6 +18,7 @@ import {
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
 import { SimStore, type StoreEvent } from "./store.js";
+import { PaymentsModel, simProvider, webhook } from "./payments.js";
 import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
 
 interface PromoSpec {
@@ -52,7 +53,10 @@ export type Spec =
   | { kind: "holdJob" }
   | SubRequest
   | { kind: "renewJob" }
-  | { kind: "claim"; user: string; code: string };
+  | { kind: "claim"; user: string; code: string }
+  | { kind: "pay"; user: string; amount: number }
+  | { kind: "paid"; user: string; payment: string }
+  | { kind: "refund"; user: string; payment: string; total: number };
 
 export interface SimOptions {
   seed: number;
@@ -161,7 +165,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     throw new SimulationFailure(seed, step, what, replay, trace);
   };
 
-  const newManager = () => createCreditManager({ db: sim.db, clock: () => new Date(clock.now), init: false });
+  const newManager = () =>
+    createCreditManager({
+      db: sim.db,
+      clock: () => new Date(clock.now),
+      init: false,
+      // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
+      payments: { providers: [simProvider], creditsPerUnit: { USD: 0.29 }, checkoutWaitMs: 0, checkoutStaleSeconds: 0 },
+    });
   // Two processes serving requests; one that dies is replaced by a fresh one.
   const managers: CreditManager[] = [await newManager(), await newManager()];
   // Reads for the checks go straight to the store: no scheduler, no faults.
@@ -173,6 +184,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     await admin.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
   }
   const subs = new SubscriptionsModel(fail);
+  const payments = new PaymentsModel(fail);
   for (const [code, p] of Object.entries(PROMOS)) {
     await admin.promos.createPromo({
       code,
@@ -267,6 +279,19 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       m.settle();
       const answer = applySpec(op.spec, m, e.changes);
       if (answer !== "ok") fail(`${where}: the store committed what the model answers with ${answer}`);
+    } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:payment:") === true) {
+      m.settle();
+      const add = e.changes.entries.find((x) => x.type === "add");
+      payments.credited(m, e.changes.paymentUpdates?.[0], add?.grants[0]?.grantId ?? null, where);
+    } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:refund:") === true) {
+      m.settle();
+      const spec = op?.spec;
+      if (spec?.kind !== "refund") return fail(`${where}: a refund's work outside a refund`);
+      payments.refunded(m, e.changes.paymentUpdates?.[0], spec.total, where);
+    } else if (keys.size === 0 && e.changes.paymentUpdates !== undefined && op?.spec.kind === "refund") {
+      // A refund before the payment was credited: its status only.
+      m.settle();
+      payments.refunded(m, e.changes.paymentUpdates[0], op.spec.total, where);
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:sub:") === true) {
       // A subscription's account work (its period, a plan change, a cancel): what it owes.
       m.settle();
@@ -310,7 +335,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       } else if (e.kind === "write") {
         const request = op !== undefined && SUB_KINDS.has(op.spec.kind) ? (op.spec as SubRequest) : undefined;
         const w = e.args[0] as Subscription;
-        trace.push(`  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`);
+        if (e.method.endsWith("Subscription")) trace.push(`  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`);
+        if (e.method === "insertPayment") {
+          const spec = op?.spec;
+          if (spec?.kind !== "pay") return fail(`payment inserted outside a payment request`);
+          payments.inserted(e.args[0] as Payment, spec.user, spec.amount);
+          continue;
+        }
+        if (e.method === "updatePayment") continue;
         if (e.method === "insertSubscription") subs.inserted(e.args[0] as Subscription, request, model.now);
         else if (e.method === "updateSubscription") subs.updated(e.args[0] as Subscription, request, model.now);
       } else if (e.kind === "load") {
@@ -373,6 +405,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "now", credits: "keep" });
       case "claim":
         return manager.promos.claimPromo(spec.user, spec.code, k);
+      case "pay":
+        return manager.payments.createPaymentLink(spec.user, { ...k, amount: spec.amount, currency: "USD", provider: "sim" });
+      case "paid":
+        return manager.payments.handleWebhook("sim", webhook("paid", spec.payment, null), {});
+      case "refund":
+        return manager.payments.handleWebhook("sim", webhook("refund", spec.payment, spec.total), {});
     }
   };
 
@@ -399,6 +437,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       [1, "changeEnd"],
       [1, "changeNow"],
       [2, "claim"],
+      [2, "pay"],
+      [2, "paid"],
+      [2, "refund"],
     ]);
     const amount = rng.range(1, 60);
     switch (kind) {
@@ -446,13 +487,28 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return { kind, user };
       case "claim":
         return { kind, user, code: rng.pick(Object.keys(PROMOS)) };
+      case "pay":
+        return { kind, user, amount: rng.range(4, 400) };
+      case "paid":
+      case "refund": {
+        const mine = payments.of(user);
+        if (mine.length === 0) return { kind: "pay", user, amount: rng.range(4, 400) };
+        const p = rng.pick(mine);
+        if (kind === "paid") return { kind, user, payment: p.id };
+        const total = rng.weighted<number>([
+          [2, p.amount],
+          [2, rng.range(1, p.amount)],
+          [1, p.refunded],
+        ]);
+        return { kind, user, payment: p.id, total: Math.max(1, total) };
+      }
       default:
         break;
     }
     return { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) };
   };
 
-  const KEYED = new Set<Spec["kind"]>(["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe", "claim"]);
+  const KEYED = new Set<Spec["kind"]>(["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe", "claim", "pay", "paid", "refund"]);
 
   const isDefinite = (error: unknown): boolean => {
     if (error instanceof StorageError) return false;
@@ -492,7 +548,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       );
       return a;
     });
-    await scheduler.run(() => attempts.every((a) => a.settled || a.ctx.dropped));
+    try {
+      await scheduler.run(() => attempts.every((a) => a.settled || a.ctx.dropped));
+    } catch (error) {
+      const waiting = attempts.filter((a) => !a.settled && !a.ctx.dropped).map((a) => describe(a.op));
+      fail(`${(error as Error).message}: ${waiting.join(", ")} (a real timer, or a promise never settled)`);
+    }
     processEvents();
     for (const a of attempts) {
       const op = a.op;
@@ -502,7 +563,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         managers[a.slot] = await newManager();
         outcome = "dropped";
       } else if (a.ok) outcome = "ok";
-      else if (!isDefinite(a.error)) outcome = `in doubt: ${(a.error as Error).message}`;
+      else if (!isDefinite(a.error) || (op.spec.kind === "pay" && a.error instanceof ConflictError)) {
+        // (A checkout another call of the same key is opening is a ConflictError to retry.)
+        outcome = `in doubt: ${(a.error as Error).message}`;
+      }
       else outcome = (a.error as Error).name;
       trace.push(`step ${step} ${describe(op)} attempt ${op.attempts}: ${outcome}`);
       const tally = `${op.spec.kind} ${outcome.startsWith("in doubt") ? "in doubt" : outcome}`;
@@ -524,6 +588,11 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       if (SUB_KINDS.has(op.spec.kind)) {
         // Checked write by write (SubscriptionsModel); here only what no request may answer.
         if (outcome !== "ok" && outcome !== "ConflictError" && outcome !== "NotFoundError") fail(`${describe(op)} answered ${outcome}`);
+        continue;
+      }
+      if (PAYMENT_KINDS.has(op.spec.kind)) {
+        // Checked commit by commit (PaymentsModel); a webhook is answered 2xx or redelivered.
+        if (outcome !== "ok") fail(`${describe(op)} answered ${outcome}`);
         continue;
       }
       // (A storage error while bringing the period leaves the operation to run without it: documented.)
@@ -624,6 +693,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     digest: digest.digest("hex"),
   };
 }
+
+/** Payments and their webhooks (redelivered, like a provider does, while in doubt). */
+const PAYMENT_KINDS = new Set<Spec["kind"]>(["pay", "paid", "refund"]);
 
 const SUB_KINDS = new Set<Spec["kind"]>(["subscribe", "cancelEnd", "cancelNow", "resume", "changeEnd", "changeNow"]);
 
