@@ -40,7 +40,9 @@ describe("deterministic simulation", () => {
     expect(totals.commits).toBeGreaterThan(0);
     if (seeds >= 10) {
       expect(totals.inDoubt).toBeGreaterThan(0);
-      for (const kind of ["add", "deduct", "reserve", "commit", "release", "void", "subscribe", "changeNow", "changeEnd", "cancelEnd", "resume", "claim"]) {
+      const kinds = ["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe", "changeEnd", "cancelEnd", "resume"];
+      kinds.push("changeNow/keep", "changeNow/expire", "changeNow/prorate", "cancelNow/keep", "cancelNow/expire", "claim", "pay", "paid", "refund");
+      for (const kind of kinds) {
         expect(outcomes[`${kind} ok`] ?? 0, `${kind} never succeeded`).toBeGreaterThan(0);
       }
       expect(outcomes["deduct InsufficientCreditsError"] ?? 0).toBeGreaterThan(0);

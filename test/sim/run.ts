@@ -295,8 +295,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:sub:") === true) {
       // A subscription's account work (its period, a plan change, a cancel): what it owes.
       m.settle();
-      const grants = subs.carriedOut(([...keys][0] as string).slice("cm:".length), e.changes.entries, e.changes.insertGrants);
-      for (const [id, amount, expiresAt] of grants) m.add(id, amount, expiresAt, 0);
+      subs.carry(([...keys][0] as string).slice("cm:".length), m, e.changes.entries, e.changes.insertGrants);
     } else if (keys.size > 0) {
       fail(`${where}: entries with keys ${[...keys].join(", ")} the model does not expect`);
     } else if (op?.spec.kind === "expireJob") {
@@ -396,13 +395,13 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "cancelEnd":
         return manager.subscriptions.cancel(spec.user, { atPeriodEnd: true });
       case "cancelNow":
-        return manager.subscriptions.cancel(spec.user, { atPeriodEnd: false });
+        return manager.subscriptions.cancel(spec.user, { atPeriodEnd: false, credits: spec.credits });
       case "resume":
         return manager.subscriptions.resume(spec.user);
       case "changeEnd":
         return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "period_end", credits: "keep" });
       case "changeNow":
-        return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "now", credits: "keep" });
+        return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "now", credits: spec.credits });
       case "claim":
         return manager.promos.claimPromo(spec.user, spec.code, k);
       case "pay":
@@ -479,10 +478,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return { kind };
       case "subscribe":
       case "changeEnd":
-      case "changeNow":
         return { kind, user, plan: rng.pick(Object.keys(PLANS)) };
-      case "cancelEnd":
+      case "changeNow":
+        return { kind, user, plan: rng.pick(Object.keys(PLANS)), credits: rng.pick(["keep", "expire", "prorate"] as const) };
       case "cancelNow":
+        return { kind, user, credits: rng.pick(["keep", "expire"] as const) };
+      case "cancelEnd":
       case "resume":
         return { kind, user };
       case "claim":
@@ -569,7 +570,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       }
       else outcome = (a.error as Error).name;
       trace.push(`step ${step} ${describe(op)} attempt ${op.attempts}: ${outcome}`);
-      const tally = `${op.spec.kind} ${outcome.startsWith("in doubt") ? "in doubt" : outcome}`;
+      const variant = "credits" in op.spec ? `/${op.spec.credits}` : "";
+      const tally = `${op.spec.kind}${variant} ${outcome.startsWith("in doubt") ? "in doubt" : outcome}`;
       outcomes[tally] = (outcomes[tally] ?? 0) + 1;
       digest.update(`${op.id}:${outcome};`);
       if (a.error !== undefined && isDefinite(a.error) && !(a.error instanceof CreditError)) {

@@ -1,4 +1,6 @@
 import type { Grant, JournalEntry, Subscription } from "../../src/models/index.js";
+import type { CreditModel } from "../../src/testing/model.js";
+import { expireGrantNow, findGrant } from "./model.js";
 
 /**
  * The simulation's model of subscriptions, written from docs/subscriptions.md without the
@@ -23,7 +25,10 @@ export interface ModelSub {
   autoRenew: boolean;
   anchor: number;
   index: number;
-  /** Keys of account work owed and not yet seen committed. */
+  /** What the period is on: its allocation, or the plan of a prorated change since. */
+  periodCredits: number;
+  /** The period's grants (allocation, proration), as the model knows them. */
+  periodGrants: string[];
 }
 
 export interface OwedWork {
@@ -31,6 +36,12 @@ export interface OwedWork {
   userId: string;
   /** Subscription grants the work adds: [amount, expiresAt]. */
   grants: Array<[number, number]>;
+  /** Grants it expires now (a change or cancel with credits "expire"). */
+  expire: string[];
+  /** Credits a prorated downgrade removes, at most, from the period's unspent, unheld credits. */
+  remove: number;
+  /** The added grants replace the period's grants (a new period), else join them. */
+  replace: boolean;
   done: boolean;
 }
 
@@ -38,10 +49,10 @@ export interface OwedWork {
 export type SubRequest =
   | { kind: "subscribe"; user: string; plan: string }
   | { kind: "cancelEnd"; user: string }
-  | { kind: "cancelNow"; user: string }
+  | { kind: "cancelNow"; user: string; credits: "keep" | "expire" }
   | { kind: "resume"; user: string }
   | { kind: "changeEnd"; user: string; plan: string }
-  | { kind: "changeNow"; user: string; plan: string };
+  | { kind: "changeNow"; user: string; plan: string; credits: "keep" | "expire" | "prorate" };
 
 export const periodStart = (s: ModelSub): number => s.anchor + s.index * DAY;
 export const periodEnd = (s: ModelSub): number => s.anchor + (s.index + 1) * DAY;
@@ -64,11 +75,19 @@ export class SubscriptionsModel {
     return s !== undefined && periodEnd(s) <= now && s.autoRenew && !s.cancelAtPeriodEnd;
   }
 
-  private owe(s: Subscription, grants: Array<[number, number]>): void {
+  private owe(s: Subscription, grants: Array<[number, number]>, more: { expire?: string[]; remove?: number; replace?: boolean } = {}): void {
     const key = s.intent?.key;
     if (key === undefined) this.fail(`subscription ${s.id} owes account work but records no intent`);
     if (this.owed.has(key)) this.fail(`two transitions of subscription ${s.id} owe work under one key ${key}`);
-    this.owed.set(key, { subscriptionId: s.id, userId: s.userId, grants, done: false });
+    this.owed.set(key, {
+      subscriptionId: s.id,
+      userId: s.userId,
+      grants,
+      expire: more.expire ?? [],
+      remove: more.remove ?? 0,
+      replace: more.replace ?? false,
+      done: false,
+    });
   }
 
   /** The allocation of the period the model is in, if it can still be used at `now`. */
@@ -94,10 +113,12 @@ export class SubscriptionsModel {
       autoRenew: true,
       anchor: now,
       index: 0,
+      periodCredits: PLANS[request.plan] ?? 0,
+      periodGrants: [],
     };
     this.subs.set(s.id, m);
     this.compare(m, s, where);
-    this.owe(s, this.allocation(m, now));
+    this.owe(s, this.allocation(m, now), { replace: true });
   }
 
   /** An updateSubscription the store took (compare-and-set won), made while running `request`. */
@@ -117,6 +138,10 @@ export class SubscriptionsModel {
         m.status = m.cancelAtPeriodEnd ? "canceled" : "expired";
       } else if (request?.kind === "cancelNow") {
         m.status = "canceled";
+        m.pendingPlanId = null;
+        this.compare(m, s, where);
+        if (newIntent) this.owe(s, [], { expire: request.credits === "expire" ? m.periodGrants : [] });
+        return;
       } else {
         this.fail(`${where}: ended (${s.status}) although the model has it active to ${new Date(end).toISOString()}`);
       }
@@ -126,8 +151,21 @@ export class SubscriptionsModel {
       return;
     }
     const start = s.currentPeriodStart.getTime();
-    // A change now starts a new cycle at now (which may be the old cycle's anchor too).
-    const changedNow = request?.kind === "changeNow" && request.user === m.userId && s.planId === request.plan && m.planId !== request.plan && s.anchorAt.getTime() === now;
+    const asked = request?.kind === "changeNow" && request.user === m.userId && s.planId === request.plan && m.planId !== request.plan;
+    if (asked && request.credits === "prorate" && s.anchorAt.getTime() === m.anchor && start === periodStart(m)) {
+      // Prorated: the period keeps its dates; the difference for the time left, truncated.
+      const credits = PLANS[request.plan] ?? 0;
+      const delta = Math.trunc((credits - m.periodCredits) * Math.min(1, Math.max(0, (end - now) / (end - periodStart(m)))));
+      m.planId = request.plan;
+      m.pendingPlanId = null;
+      m.periodCredits = credits;
+      this.compare(m, s, where);
+      if (!newIntent) this.fail(`${where}: a prorated change owes no account work`);
+      this.owe(s, delta > 0 && end > now ? [[delta, end]] : [], { remove: Math.max(0, -delta) });
+      return;
+    }
+    // A change now (keep, expire) starts a new cycle at now (which may be the old cycle's anchor too).
+    const changedNow = asked && request.credits !== "prorate" && s.anchorAt.getTime() === now;
     if (start !== periodStart(m) || changedNow) {
       if (s.anchorAt.getTime() === m.anchor && !changedNow) {
         // A renewal: only at the period's end, to the period containing now, on the pending plan.
@@ -136,17 +174,22 @@ export class SubscriptionsModel {
         m.planId = m.pendingPlanId ?? m.planId;
         m.pendingPlanId = null;
         m.index = Math.max(m.index + 1, Math.floor((now - m.anchor) / DAY));
-      } else if (changedNow) {
-        m.planId = request.plan;
-        m.pendingPlanId = null;
-        m.anchor = now;
-        m.index = 0;
-      } else {
-        this.fail(`${where}: its period moved to ${s.currentPeriodStart.toISOString()} without a renewal or a plan change`);
+        m.periodCredits = PLANS[m.planId] ?? 0;
+        this.compare(m, s, where);
+        if (!newIntent) this.fail(`${where}: a new period owes no allocation`);
+        this.owe(s, this.allocation(m, now), { replace: true });
+        return;
       }
+      if (!changedNow) this.fail(`${where}: its period moved to ${s.currentPeriodStart.toISOString()} without a renewal or a plan change`);
+      const old = m.periodGrants;
+      m.planId = request.plan;
+      m.pendingPlanId = null;
+      m.anchor = now;
+      m.index = 0;
+      m.periodCredits = PLANS[m.planId] ?? 0;
       this.compare(m, s, where);
       if (!newIntent) this.fail(`${where}: a new period owes no allocation`);
-      this.owe(s, this.allocation(m, now));
+      this.owe(s, this.allocation(m, now), { replace: true, expire: request.credits === "expire" ? old : [] });
       return;
     }
     if (s.pendingPlanId !== m.pendingPlanId) {
@@ -191,14 +234,40 @@ export class SubscriptionsModel {
   }
 
   /**
-   * A unit of work carrying out the work owed under `key`: the credits its `add` entries add (the
-   * part paying debt included) must be the ones owed. Returns them as [grantId | null, amount,
-   * expiresAt] for the account model (no grant when debt took all of it).
+   * A unit of work carrying out the work owed under `key`, applied to the account's model `m`
+   * (already settled): the grants it expires, what a prorated downgrade removes (up to what is
+   * asked, from the period's unspent credits, never below zero), and the credits its `add` entries
+   * add (the part paying debt included), which must be the ones owed.
    */
-  carriedOut(key: string, entries: readonly JournalEntry[], inserted: readonly Grant[]): Array<[string | null, number, number]> {
+  carry(key: string, m: CreditModel, entries: readonly JournalEntry[], inserted: readonly Grant[]): void {
     const w = this.owed.get(key) ?? this.fail(`account work under ${key} that no subscription owes`);
     if (w.done) this.fail(`account work under ${key} carried out twice`);
     w.done = true;
+    const sub = this.subs.get(w.subscriptionId) ?? this.fail(`account work of unknown subscription ${w.subscriptionId}`);
+    for (const id of w.expire) {
+      const g = findGrant(m, id);
+      if (g !== undefined) expireGrantNow(m, g);
+    }
+    // (Voids carrying a reservationId are settlement: a lapsed hold returning credits to a voided grant.)
+    const voids = entries.filter((e) => e.type === "void" && e.reservationId === null);
+    const voided = voids.reduce((n, e) => n + e.amount, 0);
+    const unspent = sub.periodGrants.reduce((n, id) => {
+      const g = findGrant(m, id);
+      return n + (g === undefined || g.closed !== null ? 0 : g.remaining);
+    }, 0);
+    if (voided !== Math.min(w.remove, unspent)) {
+      this.fail(`account work under ${key} removed ${voided}; the model removes ${Math.min(w.remove, unspent)} (asked ${w.remove}, the period has ${unspent} unspent)`);
+    }
+    for (const e of voids) {
+      for (const part of e.grants) {
+        const g = findGrant(m, part.grantId);
+        if (g === undefined || !sub.periodGrants.includes(g.id) || g.closed !== null || g.remaining < part.amount) {
+          this.fail(`account work under ${key} removed ${part.amount} from grant ${part.grantId}, not the period's unspent credits`);
+        }
+        g.remaining -= part.amount;
+        m.balance -= part.amount;
+      }
+    }
     const adds = entries.filter((e) => e.type === "add" && e.amount > 0);
     const got = adds.map((e) => {
       const g = inserted.find((x) => x.id === e.grants[0]?.grantId);
@@ -208,6 +277,12 @@ export class SubscriptionsModel {
     if (JSON.stringify(got) !== JSON.stringify(want)) {
       this.fail(`account work under ${key} added [amount, expiry] ${JSON.stringify(got)}, the model owes ${JSON.stringify(w.grants)}`);
     }
-    return adds.map((e, i) => [e.grants[0]?.grantId ?? null, e.amount, (w.grants[i] as [number, number])[1]]);
+    const added: string[] = [];
+    adds.forEach((e, i) => {
+      const id = e.grants[0]?.grantId ?? null;
+      m.add(id, e.amount, (w.grants[i] as [number, number])[1], 0);
+      if (id !== null) added.push(id);
+    });
+    sub.periodGrants = w.replace ? added : [...sub.periodGrants, ...added];
   }
 }
