@@ -55,3 +55,39 @@ describe("a payment refunded before it was credited", () => {
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(80);
   });
 });
+
+/**
+ * @see issue 26, item 4: the simulation (seed 382 of an earlier generator) found a full refund
+ * taking back less than the payment's credits when a hold on its grant had lapsed and was
+ * released in the refund's own unit of work: the credits the hold returned were still counted as
+ * held (left to be voided when the hold ends, which had already happened), so the user kept them.
+ */
+describe("a refund right after a hold on the payment's credits lapsed", () => {
+  it("takes back all of the payment's credits", async () => {
+    const clock = { now: Date.parse("2031-01-01T00:00:00Z") };
+    const m = await createCreditManager({ clock: () => new Date(clock.now), payments: { providers: [provider] } });
+    const p = await m.payments.createPaymentLink("u", { amount: 100, currency: "USD", provider: "plain" });
+    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
+    await m.credits.deductCredits("u", 60);
+    await m.credits.reserveCredits("u", 30, { ttlSeconds: 60 });
+    clock.now += 61_000; // the hold lapsed; nothing has touched the account since
+    await m.payments.handleWebhook("plain", event("refund", p.id, 100), {});
+    // All 100 back: the 40 unspent (10 free + 30 the hold returned) voided, the 60 spent as debt.
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -60, reserved: 0, debt: 60 });
+    expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "refunded", creditsReversed: 100 });
+    expect((await m.credits.audit("u")).ok).toBe(true);
+  });
+
+  it("still leaves credits a live hold holds to be voided when it ends (documented limit)", async () => {
+    const clock = { now: Date.parse("2031-01-01T00:00:00Z") };
+    const m = await createCreditManager({ clock: () => new Date(clock.now), payments: { providers: [provider] } });
+    const p = await m.payments.createPaymentLink("u", { amount: 100, currency: "USD", provider: "plain" });
+    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
+    await m.credits.deductCredits("u", 60);
+    const hold = await m.credits.reserveCredits("u", 30, { ttlSeconds: 600 });
+    await m.payments.handleWebhook("plain", event("refund", p.id, 100), {});
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -30, reserved: 30, debt: 60 });
+    await m.credits.releaseReservedCredits(hold.id);
+    expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -60, reserved: 0, debt: 60 });
+  });
+});
