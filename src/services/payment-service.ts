@@ -666,7 +666,13 @@ export class PaymentService {
         work.include([grant]);
         const g = work.getGrant(grant.id) ?? grant;
         let held = 0;
-        for (const r of state.reservations) for (const a of r.allocations) if (a.grantId === g.id) held += a.amount;
+        for (const loaded of state.reservations) {
+          // The hold as this work has it: settlement may just have released it (its credits are
+          // back in the grant, and voided with it), so only holds still active count as held.
+          const r = work.getHold(loaded.id) ?? loaded;
+          if (r.status !== "active") continue;
+          for (const a of r.allocations) if (a.grantId === g.id) held += a.amount;
+        }
         if (g.closedAt === null && g.remaining > 0 && g.remaining + held <= left) {
           const voided = work.voidGrant(g, next()).amount;
           left -= voided + held;
