@@ -1,29 +1,10 @@
 import { describe, expect, it } from "vitest";
-import { createCreditManager, type PaymentEvent, type PaymentProvider } from "../src/index.js";
+import { createCreditManager } from "../src/index.js";
+import { simProvider, webhook } from "./sim/payments.js";
 
-/** A provider without network or signatures: its events are the JSON of `PaymentEvent`. */
-const provider: PaymentProvider = {
-  name: "plain",
-  async createCheckout(request) {
-    return { providerRef: `ref-${request.paymentId}`, url: `https://pay.invalid/${request.paymentId}` };
-  },
-  verifyWebhook() {},
-  parseEvent: (raw) => JSON.parse(Buffer.from(raw).toString("utf8")) as PaymentEvent,
-};
-
-const event = (kind: "paid" | "refund", paymentId: string, refundedTotal: number | null): string =>
-  JSON.stringify({
-    eventId: null,
-    type: kind,
-    kind,
-    paymentId,
-    providerIds: [],
-    providerPaymentId: `pi-${paymentId}`,
-    userId: null,
-    amount: null,
-    currency: null,
-    refundedTotal,
-  } satisfies PaymentEvent);
+// The simulation's provider: no network, no signatures; its events are the JSON of `PaymentEvent`.
+const event = webhook;
+const provider = simProvider;
 
 /**
  * @see issue 26, item 4: the simulation (seed 8) found a payment refunded in part before it was
@@ -34,11 +15,11 @@ describe("a payment refunded before it was credited", () => {
   it("takes nothing back on later refunds, and a late paid event credits nothing", async () => {
     const m = await createCreditManager({ payments: { providers: [provider] } });
     await m.credits.addCredits("u", 500);
-    const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "plain" });
-    await expect(m.payments.handleWebhook("plain", event("refund", p.id, 50), {})).resolves.toMatchObject({ outcome: "updated" });
-    await m.payments.handleWebhook("plain", event("refund", p.id, 120), {});
-    await m.payments.handleWebhook("plain", event("refund", p.id, 200), {});
-    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
+    const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "sim" });
+    await expect(m.payments.handleWebhook("sim", event("refund", p.id, 50), {})).resolves.toMatchObject({ outcome: "updated" });
+    await m.payments.handleWebhook("sim", event("refund", p.id, 120), {});
+    await m.payments.handleWebhook("sim", event("refund", p.id, 200), {});
+    await m.payments.handleWebhook("sim", event("paid", p.id, null), {});
     expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "refunded", refundedAmount: 200, creditsReversed: 0 });
     // The 500 added by hand are untouched: nothing of the payment was ever added, nothing taken.
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 500, debt: 0 });
@@ -47,10 +28,10 @@ describe("a payment refunded before it was credited", () => {
 
   it("still takes back the share of a payment credited and then refunded in steps", async () => {
     const m = await createCreditManager({ payments: { providers: [provider] } });
-    const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "plain" });
-    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
-    await m.payments.handleWebhook("plain", event("refund", p.id, 50), {});
-    await m.payments.handleWebhook("plain", event("refund", p.id, 120), {});
+    const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "sim" });
+    await m.payments.handleWebhook("sim", event("paid", p.id, null), {});
+    await m.payments.handleWebhook("sim", event("refund", p.id, 50), {});
+    await m.payments.handleWebhook("sim", event("refund", p.id, 120), {});
     expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "partially_refunded", creditsReversed: 120 });
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(80);
   });
@@ -63,15 +44,21 @@ describe("a payment refunded before it was credited", () => {
  * held (left to be voided when the hold ends, which had already happened), so the user kept them.
  */
 describe("a refund right after a hold on the payment's credits lapsed", () => {
-  it("takes back all of the payment's credits", async () => {
+  /** A payment of 100 credits, 60 of them spent. */
+  async function paidAndSpent() {
     const clock = { now: Date.parse("2031-01-01T00:00:00Z") };
     const m = await createCreditManager({ clock: () => new Date(clock.now), payments: { providers: [provider] } });
-    const p = await m.payments.createPaymentLink("u", { amount: 100, currency: "USD", provider: "plain" });
-    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
+    const p = await m.payments.createPaymentLink("u", { amount: 100, currency: "USD", provider: "sim" });
+    await m.payments.handleWebhook("sim", event("paid", p.id, null), {});
     await m.credits.deductCredits("u", 60);
+    return { m, p, clock };
+  }
+
+  it("takes back all of the payment's credits", async () => {
+    const { m, p, clock } = await paidAndSpent();
     await m.credits.reserveCredits("u", 30, { ttlSeconds: 60 });
     clock.now += 61_000; // the hold lapsed; nothing has touched the account since
-    await m.payments.handleWebhook("plain", event("refund", p.id, 100), {});
+    await m.payments.handleWebhook("sim", event("refund", p.id, 100), {});
     // All 100 back: the 40 unspent (10 free + 30 the hold returned) voided, the 60 spent as debt.
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -60, reserved: 0, debt: 60 });
     expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "refunded", creditsReversed: 100 });
@@ -79,13 +66,9 @@ describe("a refund right after a hold on the payment's credits lapsed", () => {
   });
 
   it("still leaves credits a live hold holds to be voided when it ends (documented limit)", async () => {
-    const clock = { now: Date.parse("2031-01-01T00:00:00Z") };
-    const m = await createCreditManager({ clock: () => new Date(clock.now), payments: { providers: [provider] } });
-    const p = await m.payments.createPaymentLink("u", { amount: 100, currency: "USD", provider: "plain" });
-    await m.payments.handleWebhook("plain", event("paid", p.id, null), {});
-    await m.credits.deductCredits("u", 60);
+    const { m, p } = await paidAndSpent();
     const hold = await m.credits.reserveCredits("u", 30, { ttlSeconds: 600 });
-    await m.payments.handleWebhook("plain", event("refund", p.id, 100), {});
+    await m.payments.handleWebhook("sim", event("refund", p.id, 100), {});
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -30, reserved: 30, debt: 60 });
     await m.credits.releaseReservedCredits(hold.id);
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: -60, reserved: 0, debt: 60 });
