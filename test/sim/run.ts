@@ -153,6 +153,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         drop: rng.pick([0, 0.005, 0.02]),
       };
   const concurrency = rng.range(1, 5);
+  // Fewer users, more contention on each account (one user: every request on one account).
+  const users = USERS.slice(0, rng.weighted<number>([
+    [1, 1],
+    [1, 2],
+    [3, 3],
+  ]));
   const scheduler = new Scheduler(rng, rates);
   const inner = new InMemoryDbManager();
   const sim = new SimStore(inner, scheduler, options.plantedBug === "lost-commit" ? rng : undefined);
@@ -414,7 +420,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   };
 
   const generate = (): Spec => {
-    const user = rng.pick(USERS);
+    const user = rng.pick(users);
     const m = model.of(user);
     const kind = rng.weighted<Spec["kind"]>([
       [5, "add"],
@@ -614,10 +620,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
 
   const check = async () => {
     // A read per user through a process (it settles, like any touch), then the store itself.
-    const reads = USERS.map((user) => ({ id: nextOp++, spec: { kind: "read", user } as Spec, key: null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" as const }));
+    const reads = users.map((user) => ({ id: nextOp++, spec: { kind: "read", user } as Spec, key: null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" as const }));
     for (const op of reads) ops.set(op.id, op);
     await runBatch(reads, false);
-    for (const user of USERS) {
+    for (const user of users) {
       const m = model.of(user);
       m.settle();
       const where = `check of ${user}`;
