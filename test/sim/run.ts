@@ -310,6 +310,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       m.settle();
     }
     const a = e.changes.account;
+    trace.push(`  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}`);
     if (a.balance !== m.balance || a.reserved !== m.reserved || a.debt !== m.debt) {
       fail(
         `${where}: the account after it is balance ${a.balance}, reserved ${a.reserved}, debt ${a.debt}; ` +
@@ -317,7 +318,6 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       );
     }
     digest.update(`c${e.userId}:${a.seq}:${a.balance}:${a.reserved}:${a.debt};`);
-    trace.push(`  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}`);
   };
 
   /** The model's answer to `op` now (a repeated key answers with the first result). */
