@@ -28,6 +28,7 @@ describe("deterministic simulation", () => {
     const outcomes: Record<string, number> = {};
     for (let seed = first; seed < first + seeds; seed++) {
       const r = await runSimulation({ seed, steps, setIdSource });
+      if (seeds === 1 || env.SIM_DIGESTS !== undefined) console.log(`seed ${seed}: digest ${r.digest}`);
       totals.requests += r.requests;
       totals.commits += r.commits;
       totals.storeCalls += r.storeCalls;
