@@ -9,11 +9,11 @@ export default tseslint.config(
     rules: {
       "@typescript-eslint/consistent-type-imports": "error",
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
-      "no-restricted-imports": ["error", { paths: ["mongodb", "pg", "ioredis"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." })) }],
+      "no-restricted-imports": ["error", { paths: ["mongodb", "pg", "ioredis", "better-sqlite3"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." })) }],
     },
   },
   {
-    files: ["src/db/mongodb/**", "src/db/postgres/**", "src/redis/**", "test/**", "bench/**", "examples/**"],
+    files: ["src/db/mongodb/**", "src/db/postgres/**", "src/db/sqlite/**", "src/redis/**", "test/**", "bench/**", "examples/**"],
     rules: { "no-restricted-imports": "off" },
   },
 );

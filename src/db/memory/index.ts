@@ -5,13 +5,10 @@ import type {
   Grant,
   JournalEntry,
   LedgerEntry,
-  Notification,
   Payment,
   Promo,
-  PromoClaim,
   Reservation,
 } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { DueIndex } from "./due-index.js";
 import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
@@ -19,7 +16,6 @@ import { copyAccount, copyGrant, copyLedgerEntry, copyReservation } from "./copi
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
-import type { PromoPaymentStore } from "../types-promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 import type {
   Changes,
