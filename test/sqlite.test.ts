@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { JournalEntry } from "../src/models/index.js";
 import { CreditService } from "../src/services/credit-service.js";
+import { runProcess } from "./fixtures/processes.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
@@ -57,28 +57,9 @@ describe("SqliteDbManager", () => {
     await db.init();
     const credits = new CreditService({ db });
     for (let u = 0; u < users; u++) await credits.addCredits(`s-${u}`, supply);
-    const runs = await Promise.all(
-      [0, 1].map(
-        (worker) =>
-          new Promise<{ done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; refused: number; unexpected: string[] }>(
-            (resolve, reject) => {
-              const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/sqlite-hammer.ts"], {
-                env: { ...process.env, HAMMER_FILE: file, HAMMER_USERS: String(users), HAMMER_OPS: String(ops) },
-                stdio: ["ignore", "pipe", "pipe"],
-              });
-              let out = "";
-              let err = "";
-              child.stdout.on("data", (d) => (out += d));
-              child.stderr.on("data", (d) => (err += d));
-              child.on("error", reject);
-              child.on("exit", (code) => {
-                if (code !== 0) reject(new Error(`worker ${worker} exited ${code}: ${err}`));
-                else resolve(JSON.parse(out.trim().split("\n").pop() as string));
-              });
-            },
-          ),
-      ),
-    );
+    type Run = { done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; refused: number; unexpected: string[] };
+    const env = { HAMMER_FILE: file, HAMMER_USERS: String(users), HAMMER_OPS: String(ops) };
+    const runs = await Promise.all([0, 1].map(() => runProcess<Run>("test/fixtures/sqlite-hammer.ts", env)));
     for (const r of runs) expect(r.unexpected).toEqual([]);
     const reported = new Map(runs.flatMap((r) => r.done).map((e) => [e.id, e]));
     // A key sent by both processes has one effect: both were told the same entry.
