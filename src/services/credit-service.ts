@@ -26,6 +26,7 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
+import type { PricingService } from "./pricing-service.js";
 import type {
   CreditsInfo} from "../models/index.js";
 import {
@@ -92,6 +93,8 @@ export interface CreditServiceOptions {
   trial?: TrialCredits;
   /** Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. */
   features?: FeatureRules;
+  /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
+  pricing?: PricingService;
 }
 
 /**
@@ -281,8 +284,10 @@ export class CreditService {
   private readonly overdraftLimit: number | null;
   private readonly alerts: Thresholds | undefined;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
+  private readonly pricing: PricingService | undefined;
 
   constructor(options: CreditServiceOptions) {
+    this.pricing = options.pricing;
     this.db = options.db;
     this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
@@ -610,7 +615,7 @@ export class CreditService {
       throw new ValidationError("Invalid options.onSettled: must be a function", [{ path: "onSettled", message: "must be a function" }]);
     }
     if (typeof fn !== "function") throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
+    return runMetered({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
   }
 
   /**
@@ -621,7 +626,7 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
+    return openMeter({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
