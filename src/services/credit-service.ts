@@ -672,7 +672,8 @@ export class CreditService {
 
   /**
    * @internal How a subscription service brings a user's due period (`SubscriptionService` sets
-   * it): credit operations and reads that find a period's grants expired call it, then run again.
+   * it): credit operations and reads that find a period's grants expired call it, then run again;
+   * so do operations refused for lack of credits, when it resolves to true (it brought a period).
    */
   bringPeriodsWith(hook: ((userId: string) => Promise<unknown>) | undefined): void {
     this.periodHook = hook;
@@ -741,6 +742,7 @@ export class CreditService {
         done = db.transactionNow(userId, run);
       } catch (error) {
         if (error instanceof PeriodDue) return this.afterPeriod(userId, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }));
+        if (periods && error instanceof InsufficientCreditsError) return this.afterRefusal(userId, unit, error, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }));
         return this.refusedOrFailed(userId, unit, error);
       }
       if (!isPromiseLike(done)) {
@@ -757,7 +759,9 @@ export class CreditService {
       (error: unknown) =>
         error instanceof PeriodDue
           ? this.afterPeriod(userId, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }))
-          : this.refusedOrFailed(userId, unit, error),
+          : periods && error instanceof InsufficientCreditsError
+            ? this.afterRefusal(userId, unit, error, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }))
+            : this.refusedOrFailed(userId, unit, error),
     );
   }
 
@@ -774,6 +778,22 @@ export class CreditService {
       this.logger?.warn({ err: error, userId }, "credit-management: could not bring the user's subscription period up to date");
     }
     return again();
+  }
+
+  /**
+   * A refusal for lack of credits may come from a period that has ended while none of its grants
+   * was left to expire (spent, voided): nothing told the unit of work. The subscription service
+   * brings the period if one is due (the same keyed work as `afterPeriod`) and says whether it did;
+   * then the operation runs once more, else the refusal stands. (Found by the simulation, issue 26.)
+   */
+  private async afterRefusal<T>(userId: string, unit: UnitRun<unknown>, error: InsufficientCreditsError, again: () => Promise<T>): Promise<T> {
+    let brought: unknown = false;
+    try {
+      brought = await this.periodHook?.(userId);
+    } catch (failure) {
+      this.logger?.warn({ err: failure, userId }, "credit-management: could not bring the user's subscription period up to date");
+    }
+    return brought === true ? again() : this.refusedOrFailed(userId, unit, error);
   }
 
   /**
