@@ -67,6 +67,7 @@ export {
   type MeterOutcome,
 } from "./services/metering.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
+export { silentLogger, type Logger } from "./logger.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";
 export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";

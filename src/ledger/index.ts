@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import onExit from "on-exit-leak-free";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import type { DbManager } from "../db/types.js";
 import { canonicalEntry } from "../domain/hash.js";
 import { LedgerEntriesQuery, parse, type JournalEntry, type LedgerEntry } from "../models/index.js";
