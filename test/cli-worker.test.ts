@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { HELP, runCli } from "../src/cli/run.js";
 import { WORKER_OPTIONS, parseDuration, workerSettings } from "../src/cli/worker.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
