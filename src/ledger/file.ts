@@ -9,7 +9,7 @@ import { canonicalEntry, ledgerLineOf, literalEnd } from "../domain/hash.js";
  * it is. Self-contained (and without function expressions, see `ledgerLineOf`): the writer thread
  * runs its source too.
  */
-function linesOf(chunk: string, lineOf: (canonical: string, hash: string) => string): string {
+export function linesOf(chunk: string, lineOf: (canonical: string, hash: string) => string): string {
   const parts = chunk.split("\n");
   let lines = "";
   for (let i = 0; i + 1 < parts.length; i += 2) {
