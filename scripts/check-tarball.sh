@@ -24,7 +24,8 @@ cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
+# bullmq: docs/operations.md schedules the work with BullMQ's Job Schedulers (type-checked below).
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20 bullmq@5
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
 subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
@@ -94,6 +95,18 @@ console.log(`README: ${n} TypeScript blocks`);
 JS
 npx tsc --noEmit --strict --types node --module node16 --moduleResolution node16 --target es2022 readme-*.mts
 echo "README: every TypeScript block type-checks"
+
+# The same for the pages whose snippets are complete programs (imports included).
+node - "$repo/docs/operations.md" <<'JS'
+const fs = require("node:fs");
+const text = fs.readFileSync(process.argv[2], "utf8");
+let n = 0;
+for (const m of text.matchAll(/```ts\n([\s\S]*?)```/g)) fs.writeFileSync(`operations-${++n}.mts`, `${m[1]}export {};\n`);
+if (n === 0) throw new Error("docs/operations.md has no TypeScript block");
+console.log(`docs/operations.md: ${n} TypeScript blocks`);
+JS
+npx tsc --noEmit --strict --types node --module node16 --moduleResolution node16 --target es2022 operations-*.mts
+echo "docs/operations.md: every TypeScript block type-checks"
 
 # The README's quick start, as a user would run it.
 node - "$repo/README.md" > quickstart.mjs <<'JS'
