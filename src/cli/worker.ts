@@ -214,7 +214,7 @@ export interface WorkerIo {
 type TaskName = "jobs" | "reminders" | "dispatch";
 interface RoundResult {
   ok: boolean;
-  /** A dispatch round that found nothing (logged at debug, not info: a dispatcher polls every second). */
+  /** A dispatch round that found nothing (on intervals logged at debug, not info: a dispatcher polls every second). */
   idle: boolean;
   report: Record<string, unknown>;
 }
@@ -314,7 +314,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         const r = await task.round();
         const line = { task: task.name, ok: r.ok, durationMs: Math.round(performance.now() - started), ...r.report };
         if (!r.ok) logger.warn(line, `${task.name} round: some work failed (left for the next round)`);
-        else if (r.idle) logger.debug(line, `${task.name} round: nothing to do`);
+        else if (r.idle && !settings.once) logger.debug(line, `${task.name} round: nothing to do`);
         else logger.info(line, `${task.name} round`);
         return r.ok;
       } catch (error) {
