@@ -293,11 +293,29 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
       expect([["add"], ["add", "expire"]]).toContainEqual(types);
       expect((await now.credits.audit(u)).ok).toBe(true);
     }
+    // The audit command agrees: every journal replays to the stored state.
+    expect((await cli(["audit", "--all"], env)).code).toBe(0);
     // The next round does exactly the rest.
     const next = startWorker(["--once"], env);
     expect((await next.exited).code).toBe(0);
     expect(next.lines.find(round("jobs"))).toMatchObject({ ok: true, expireDueGrants: { grantsExpired: 300 - done } });
     for (const u of users) expect((await journal(now, u)).map((e) => e.type)).toEqual(["add", "expire"]);
+  });
+
+  it("--once exits 1 when a round failed (a delivery, the store), and what failed is left for the next round", async () => {
+    const { now, env } = await store(0);
+    await now.notifications.emit("f", { type: "subscription_renewed", dedupeKey: "once" });
+    // Nothing listens on port 1: the publish fails, the row waits for its retry.
+    const w = startWorker(["--once"], { ...env, CREDIT_REDIS_URL: "redis://127.0.0.1:1" });
+    expect((await w.exited).code).toBe(1);
+    expect(w.lines.find(round("jobs"))).toMatchObject({ ok: true });
+    expect(w.lines.find(round("dispatch"))).toMatchObject({ ok: false, claimed: 1, sent: 0, retried: 1 });
+    const [row] = await now.notifications.list("f");
+    expect(row).toMatchObject({ status: "pending", attempts: 1 });
+    // A store that cannot be reached: the start fails, exit 1, said on the log.
+    const down = startWorker(["--once"], { CREDIT_PG_URL: "postgres://postgres@127.0.0.1:1/test" });
+    expect((await down.exited).code).toBe(1);
+    expect(down.lines.at(-1)).toMatchObject({ msg: "worker could not start" });
   });
 
   it("SIGHUP reopens the ledger file (logrotate moved it): later lines go to the new file", async () => {
