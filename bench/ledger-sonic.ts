@@ -1,9 +1,8 @@
-import { closeSync, fsyncSync, mkdirSync, openSync } from "node:fs";
-import { dirname } from "node:path";
+import { closeSync, fsyncSync } from "node:fs";
 import { createRequire } from "node:module";
 import type { SonicBoom as Sonic } from "sonic-boom";
 import { ledgerLineOf } from "../src/domain/hash.js";
-import { linesOf } from "../src/ledger/file.js";
+import { linesOf, openForAppending } from "../src/ledger/file.js";
 
 // CommonJS without named exports Node can see: loaded as it is.
 const SonicBoom = createRequire(import.meta.url)("sonic-boom") as typeof Sonic;
@@ -31,13 +30,7 @@ export class SonicLedgerFile {
   reopen(): Promise<boolean> {
     const old = this.sonic;
     const oldFd = this.fd;
-    let fd = -1;
-    try {
-      mkdirSync(dirname(this.path), { recursive: true });
-      fd = openSync(this.path, "a");
-    } catch (error) {
-      this.failed(error as Error);
-    }
+    const fd = openForAppending(this.path, this.failed);
     this.fd = fd;
     this.sonic = fd < 0 ? null : this.open(fd);
     return (old === null ? Promise.resolve() : finish(old, oldFd, this.failed)).then(() => fd >= 0);

@@ -172,13 +172,7 @@ export class LedgerFile {
    * later `reopen`.
    */
   reopen(): Promise<boolean> {
-    let fd = -1;
-    try {
-      mkdirSync(dirname(this.path), { recursive: true });
-      fd = openSync(this.path, "a");
-    } catch (error) {
-      this.failed(error as Error);
-    }
+    const fd = openForAppending(this.path, this.failed);
     const old = this.fd;
     this.fd = fd;
     if (this.thread !== null) {
@@ -353,6 +347,17 @@ export class LedgerFile {
       closeFile(this.fd, () => {});
       this.fd = -1;
     }
+  }
+}
+
+/** Opens `path` for appending (its folders created); -1 (reported) when it cannot be opened. */
+export function openForAppending(path: string, failed: (error: Error) => void): number {
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    return openSync(path, "a");
+  } catch (error) {
+    failed(error as Error);
+    return -1;
   }
 }
 
