@@ -68,10 +68,11 @@ export const WORKER_FLAGS = {
 
 export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its variable):
   --once                           One round of each task (jobs, then reminders, then dispatch), then exit:
-                                   0 every round succeeded; 1 a round failed (a job step, a delivery, the store)
+                                   0 every round succeeded; 1 a round failed (a job step, a delivery, the store).
+                                   Any mode: 2 for a bad flag or variable (the message names it)
   --jobs-every DURATION            CREDIT_WORKER_JOBS_EVERY: lapsed holds, renewals, expiry. Default 60s
-  --reminders-every DURATION       CREDIT_WORKER_REMINDERS_EVERY: expiring-credit reminders. Default 1h
-  --dispatch-every DURATION        CREDIT_WORKER_DISPATCH_EVERY: outbox delivery. Default 1s
+  --reminders-every DURATION       CREDIT_WORKER_REMINDERS_EVERY: expiring-credit reminders (notifications on). Default 1h
+  --dispatch-every DURATION        CREDIT_WORKER_DISPATCH_EVERY: outbox delivery (CREDIT_NOTIFICATIONS=deliver). Default 1s
                                    DURATION: 500ms, 30s, 5m, 1h or a number of ms; 0 or off: never
                                    (a pause counts from the end of a round: rounds of a task never overlap)
   --jitter FRACTION                CREDIT_WORKER_JITTER: each pause is the interval ± FRACTION/2 of it,
