@@ -7,7 +7,7 @@ import { Redis } from "ioredis";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { HELP, runCli } from "../src/cli/run.js";
-import { WORKER_OPTIONS, parseDuration, workerSettings } from "../src/cli/worker.js";
+import { WORKER_OPTIONS, parseDuration, pauseBefore, workerSettings } from "../src/cli/worker.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/models/index.js";
@@ -71,6 +71,14 @@ describe("credit-management worker: flags and environment", () => {
     expect(parseDuration("off", "x")).toBe(0);
     expect(() => parseDuration("5d", "--jobs-every")).toThrow(/--jobs-every must be a duration/);
     expect(() => parseDuration("25h", "--jobs-every")).toThrow(/from 10ms to 24h/);
+  });
+
+  it("spreads the rounds: the first within jitter × interval, the others within interval ± jitter/2", () => {
+    expect([0, 0.5, 0.999].map((r) => pauseBefore(60_000, 0.1, true, () => r))).toEqual([0, 3000, 5994]);
+    expect([0, 0.5, 0.999].map((r) => pauseBefore(60_000, 0.1, false, () => r))).toEqual([57_000, 60_000, 62_994]);
+    expect(pauseBefore(60_000, 0, false, () => 0.7)).toBe(60_000);
+    expect(pauseBefore(60_000, 0, true, () => 0.7)).toBe(0);
+    expect(pauseBefore(1000, 1, false, () => 0)).toBe(500);
   });
 
   it("takes its defaults and the variables, and a flag wins over its variable", () => {

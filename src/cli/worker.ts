@@ -207,6 +207,14 @@ export function parseDuration(text: string, from: string): number {
   return ms;
 }
 
+/**
+ * The pause before a task's round, in ms: the first up to `jitter × every` (replicas started
+ * together drift apart), each later one `every ± jitter/2 × every` (on average `every`).
+ */
+export function pauseBefore(everyMs: number, jitter: number, first: boolean, random: () => number = Math.random): number {
+  return Math.round(first ? everyMs * jitter * random() : everyMs * (1 - jitter / 2 + jitter * random()));
+}
+
 export interface WorkerIo {
   stdout: (text: string) => void;
   stderr: (text: string) => void;
@@ -331,8 +339,6 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         ok = (await round(task)) && ok;
       }
     } else {
-      const spread = (ms: number, first: boolean) =>
-        Math.round(first ? ms * settings.jitter * Math.random() : ms * (1 - settings.jitter / 2 + settings.jitter * Math.random()));
       const timers = new Set<NodeJS.Timeout>();
       const inFlight = new Set<Promise<unknown>>();
       const stopped = new Promise<void>((resolve) => {
@@ -349,7 +355,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
             schedule(task, false);
           });
           inFlight.add(p);
-        }, spread(task.everyMs, first));
+        }, pauseBefore(task.everyMs, settings.jitter, first));
         timers.add(timer);
       };
       for (const task of tasks) schedule(task, true);
