@@ -2,7 +2,8 @@
 # The package as a user gets it: packs this checkout, installs the tarball into a fresh project
 # outside the repository (with the optional peers it needs, from npm's cache when they are there),
 # then imports every subpath with ESM `import` and CJS `require`, type-checks a strict TypeScript
-# consumer under moduleResolution node16 and bundler, and runs the README's quick start.
+# consumer under moduleResolution node16 and bundler, and runs the README's quick start. (Every
+# TypeScript block of the README and docs/ is checked by scripts/check-docs.mjs, npm run check:docs.)
 # Fails loudly at the first problem. Run after a build (CI: the one npm install runs, `prepare`).
 set -euo pipefail
 SECONDS=0
@@ -24,8 +25,7 @@ cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-# bullmq: docs/operations.md schedules the work with BullMQ's Job Schedulers (type-checked below).
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20 bullmq@5
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
 subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
@@ -83,30 +83,6 @@ for resolution in node16 bundler; do
   npx tsc --noEmit --strict --skipLibCheck false --types node --module "$module" --moduleResolution "$resolution" --target es2022 consumer.ts
   echo "TypeScript: a strict consumer type-checks (moduleResolution $resolution)"
 done
-
-# Every TypeScript block of the README, type-checked as a strict consumer would compile it.
-node - "$repo/README.md" <<'JS'
-const fs = require("node:fs");
-const text = fs.readFileSync(process.argv[2], "utf8");
-let n = 0;
-for (const m of text.matchAll(/```ts\n([\s\S]*?)```/g)) fs.writeFileSync(`readme-${++n}.mts`, `${m[1]}export {};\n`);
-if (n === 0) throw new Error("README has no TypeScript block");
-console.log(`README: ${n} TypeScript blocks`);
-JS
-npx tsc --noEmit --strict --types node --module node16 --moduleResolution node16 --target es2022 readme-*.mts
-echo "README: every TypeScript block type-checks"
-
-# The same for the pages whose snippets are complete programs (imports included).
-node - "$repo/docs/operations.md" <<'JS'
-const fs = require("node:fs");
-const text = fs.readFileSync(process.argv[2], "utf8");
-let n = 0;
-for (const m of text.matchAll(/```ts\n([\s\S]*?)```/g)) fs.writeFileSync(`operations-${++n}.mts`, `${m[1]}export {};\n`);
-if (n === 0) throw new Error("docs/operations.md has no TypeScript block");
-console.log(`docs/operations.md: ${n} TypeScript blocks`);
-JS
-npx tsc --noEmit --strict --types node --module node16 --moduleResolution node16 --target es2022 operations-*.mts
-echo "docs/operations.md: every TypeScript block type-checks"
 
 # The README's quick start, as a user would run it.
 node - "$repo/README.md" > quickstart.mjs <<'JS'
