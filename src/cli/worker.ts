@@ -2,6 +2,7 @@ import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import type { Cache } from "../cache/index.js";
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
 import { InMemoryDbManager } from "../db/memory/index.js";
+import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
 
@@ -262,9 +263,10 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
   };
   if (settings.ledgerFile !== undefined) process.on("SIGHUP", onHup);
 
+  let db: DbManager | undefined;
   try {
     try {
-      const db = await createDbManagerFromEnv(env);
+      db = await createDbManagerFromEnv(env);
       if (db instanceof InMemoryDbManager) {
         throw new WorkerUsageError("the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_MONGO_URI (and CREDIT_MONGO_DB)");
       }
@@ -297,6 +299,8 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
     } catch (error) {
       if (error instanceof WorkerUsageError) throw error;
       logger.error({ err: error }, "worker could not start");
+      // Not the manager's yet: its pool (or client) is closed here.
+      if (manager === undefined) await db?.close().catch(() => undefined);
       return 1;
     }
     const m = manager;
