@@ -515,6 +515,7 @@ export class SubscriptionService {
           meta,
           async (work, tx) => ({ created: await this.applyIntent(work, tx, s, it, meta, expiry) }),
           async (first) => ({ replayed: first }),
+          { settle: true, operation: "subscriptionPeriod" },
         );
       } catch (error) {
         if (!(error instanceof ExpiryMoved)) throw error;
