@@ -13,6 +13,7 @@ export type {
   LoadRequest,
   LoadedState,
   ScanCursor,
+  StoreStats,
 } from "./db/types.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";

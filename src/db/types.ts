@@ -61,9 +61,35 @@ export interface DbManager extends PromoPaymentStore, NotificationStore, Subscri
   /** Active reservations with expiresAt <= asOf, by expiresAt then id. */
   findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]>;
 
+  /**
+   * Optional: one cheap round trip that proves the store answers, with the schema version it is
+   * at (null for a store without one). `manager.health()` times it; without it, it reads an
+   * account instead (docs/observability.md).
+   */
+  ping?(): Promise<{ schemaVersion: number | null }>;
+  /**
+   * Optional: counts across every account for health and metrics (docs/observability.md): active
+   * holds, the outbox's pending and failed rows. Without it they are reported as unknown (null).
+   */
+  stats?(): Promise<StoreStats>;
+
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;
+}
+
+/** What `DbManager.stats()` counts, across every account. */
+export interface StoreStats {
+  /** Holds with status `active`. */
+  activeHolds: number;
+  /** Credits those holds earmark. */
+  heldCredits: number;
+  /** Outbox rows waiting for delivery. */
+  outboxPending: number;
+  /** Outbox rows that failed for good (until purged). */
+  outboxFailed: number;
+  /** `createdAt` of the oldest pending outbox row; null when none is pending. */
+  oldestPendingAt: Date | null;
 }
 
 export interface DbCapabilities {

@@ -30,6 +30,7 @@ import type {
   LoadRequest,
   LoadedState,
   ScanCursor,
+  StoreStats,
 } from "../types.js";
 import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
 import { OpenGrants } from "./open-grants.js";
@@ -386,6 +387,22 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
 
   async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
     return this.outbox.list(userId, query);
+  }
+
+  /** Nothing to reach; no schema (docs/observability.md). */
+  async ping(): Promise<{ schemaVersion: number | null }> {
+    return { schemaVersion: null };
+  }
+
+  async stats(): Promise<StoreStats> {
+    let activeHolds = 0;
+    let heldCredits = 0;
+    for (const u of this.holders) {
+      activeHolds += u.active.size;
+      heldCredits += u.account?.reserved ?? 0;
+    }
+    const o = this.outbox.stats();
+    return { activeHolds, heldCredits, outboxPending: o.pending, outboxFailed: o.failed, oldestPendingAt: o.oldestPendingAt };
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
