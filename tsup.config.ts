@@ -12,6 +12,7 @@ export default defineConfig({
     "models/index": "src/models/index.ts",
     store: "src/store.ts",
     "schema/index": "src/schema/public.ts",
+    "otel/index": "src/otel/index.ts",
   },
   format: ["esm", "cjs"],
   // Members marked @internal serve the package's own modules: not in the published declarations.
@@ -22,5 +23,5 @@ export default defineConfig({
   splitting: true,
   treeshake: true,
   // Drivers and test runners are peers: never bundle them.
-  external: ["mongodb", "pg", "ioredis", "vitest", "fast-check"],
+  external: ["mongodb", "pg", "ioredis", "vitest", "fast-check", "@opentelemetry/api"],
 });
