@@ -73,6 +73,10 @@ export const INSTRUMENTATION_NAME = "credit-management";
 /** Seconds, from milliseconds. */
 const s = (ms: number) => ms / 1000;
 
+/** Bucket bounds in seconds: units of work (0.5 ms … 10 s) and jobs and rounds (10 ms … 10 min). */
+const FAST = { explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
+const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600] };
+
 /**
  * Subscribes to the library's diagnostics channels and records the metric set of
  * docs/observability.md, with a span around every unit of work, job run and dispatch round.
@@ -168,7 +172,7 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   const undo: (() => void)[] = [];
   const int = { valueType: ValueType.INT };
   const operations = meter.createCounter("credit_management.operations", { description: "Units of work, by operation and outcome", unit: "{operation}", ...int });
-  const duration = meter.createHistogram("credit_management.operation.duration", { description: "Duration of units of work", unit: "s" });
+  const duration = meter.createHistogram("credit_management.operation.duration", { description: "Duration of units of work", unit: "s", advice: FAST });
   const retries = meter.createCounter("credit_management.store.retries", { description: "Units of work run again after a write conflict", unit: "{retry}", ...int });
   const conflicts = meter.createCounter("credit_management.store.conflicts", {
     description: "Write conflicts met by units of work (retried, or given up as ConflictError)",
@@ -178,13 +182,13 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   const refusals = meter.createCounter("credit_management.refusals", { description: "Operations refused for lack of credits (HTTP 402)", unit: "{refusal}", ...int });
   const holds = meter.createCounter("credit_management.holds", { description: "Holds placed and ended, by action", unit: "{hold}", ...int });
   const jobRuns = meter.createCounter("credit_management.job.runs", { description: "Job runs, by job and outcome", unit: "{run}", ...int });
-  const jobDuration = meter.createHistogram("credit_management.job.duration", { description: "Duration of job runs", unit: "s" });
+  const jobDuration = meter.createHistogram("credit_management.job.duration", { description: "Duration of job runs", unit: "s", advice: SLOW });
   const jobScanned = meter.createCounter("credit_management.job.scanned", { description: "Rows job runs looked at", unit: "{row}", ...int });
   const jobChanged = meter.createCounter("credit_management.job.changed", { description: "Rows job runs changed", unit: "{row}", ...int });
   const jobErrors = meter.createCounter("credit_management.job.errors", { description: "Accounts or subscriptions a job run failed on", unit: "{error}", ...int });
   const dispatched = meter.createCounter("credit_management.outbox.dispatched", { description: "Outbox rows handed to the queue, by result", unit: "{notification}", ...int });
-  const dispatchDuration = meter.createHistogram("credit_management.outbox.dispatch.duration", { description: "Duration of dispatch rounds", unit: "s" });
-  const lag = meter.createHistogram("credit_management.outbox.lag", { description: "Age of the oldest row a dispatch round claimed", unit: "s" });
+  const dispatchDuration = meter.createHistogram("credit_management.outbox.dispatch.duration", { description: "Duration of dispatch rounds", unit: "s", advice: SLOW });
+  const lag = meter.createHistogram("credit_management.outbox.lag", { description: "Age of the oldest row a dispatch round claimed", unit: "s", advice: SLOW });
   const webhooks = meter.createCounter("credit_management.webhooks", { description: "Payment webhooks, by provider and outcome", unit: "{webhook}", ...int });
   const metered = meter.createCounter("credit_management.metering.calls", { description: "Metered calls settled, by outcome and reason", unit: "{call}", ...int });
   const meteredCredits = meter.createCounter("credit_management.metering.credits", { description: "Credits of metered calls, charged or released", unit: "{credit}", ...int });
