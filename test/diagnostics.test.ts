@@ -11,7 +11,6 @@ import {
   RazorpayProvider,
   recordUsage,
   type DbManager,
-  type DbTransaction,
   type DispatchMessage,
   type HoldMessage,
   type JobMessage,
@@ -20,6 +19,7 @@ import {
   type UnitOfWorkMessage,
   type WebhookMessage,
 } from "../src/index.js";
+import type { DbTransaction } from "../src/store.js";
 
 /** Subscriptions made by a test, undone after it. */
 const undo: (() => void)[] = [];
