@@ -5,6 +5,7 @@
  * without metering (bench/http.ts) always.
  * BENCH_SIZES=1000,100000 limits the sizes; BENCH_OPS sets operations per measurement.
  * Jobs (bench/jobs.ts): BENCH_JOBS_GRANTS / BENCH_JOBS_SUBS shrink them, BENCH_JOBS=0 skips them.
+ * Diagnostics channels (bench/diagnostics.ts): BENCH_DIAGNOSTICS=0 skips them.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -94,6 +95,19 @@ if (process.env.BENCH_JOBS !== "0") {
   }
 } else {
   notes.push("jobs: skipped (BENCH_JOBS=0)");
+}
+// The diagnostics channels: a deduction with no subscriber, with one, and with the OTel metrics
+// (bench/diagnostics.ts, its own process; about 30 s). BENCH_DIAGNOSTICS=0 skips it.
+if (process.env.BENCH_DIAGNOSTICS !== "0") {
+  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", join(here, "diagnostics.ts")], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    stdio: ["ignore", "pipe", "inherit"],
+    env: process.env,
+  });
+  rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
+} else {
+  notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 }
 // HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
