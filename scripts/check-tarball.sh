@@ -19,15 +19,16 @@ ioredisver="$(node -p "require('$repo/node_modules/ioredis/package.json').versio
 fcver="$(node -p "require('$repo/node_modules/fast-check/package.json').version")"
 expressver="$(node -p "require('$repo/node_modules/express/package.json').version")"
 typesexpressver="$(node -p "require('$repo/node_modules/@types/express/package.json').version")"
+otelver="$(node -p "require('$repo/node_modules/@opentelemetry/api/package.json').version")"
 
 cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" "@opentelemetry/api@$otelver" @types/node@20
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -63,6 +64,7 @@ import { runDbManagerContract } from "credit-management/testing";
 import { AddCreditsOptions } from "credit-management/models";
 import { compareGrants, type DbManager } from "credit-management/store";
 import { generateSql } from "credit-management/schema";
+import { instrumentCreditManagement } from "credit-management/otel";
 
 export async function main(): Promise<JournalEntry> {
   const manager = await createCreditManager();
@@ -70,6 +72,9 @@ export async function main(): Promise<JournalEntry> {
   void handler;
   void fastifyCreditMetering;
   void runDbManagerContract;
+  instrumentCreditManagement({ manager }).shutdown();
+  const health = await manager.health({ timeoutMs: 1000 });
+  void health.status;
   const store: DbManager = manager.db;
   void [store, compareGrants, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
   const classes: unknown[] = [PostgresDbManager, MongoDbManager, RedisCache, InsufficientCreditsError];

@@ -33,7 +33,7 @@ import { parse } from "../models/index.js";
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
 /** Options of `instrumentCreditManagement`, validated like every public input. */
-export const InstrumentOptions = z.strictObject({
+const InstrumentOptionsSchema = z.strictObject({
   /** Where the metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
   meterProvider: z.custom<MeterProvider>((v) => isObject(v) && typeof (v as MeterProvider).getMeter === "function", {
     error: "meterProvider must be an OpenTelemetry MeterProvider",
@@ -59,7 +59,7 @@ export const InstrumentOptions = z.strictObject({
   /** Record spans. Default true. */
   traces: z.boolean().optional(),
 });
-export type InstrumentOptions = z.input<typeof InstrumentOptions>;
+export type InstrumentOptions = z.input<typeof InstrumentOptionsSchema>;
 
 /** What `instrumentCreditManagement` returns. */
 export interface CreditInstrumentation {
@@ -83,7 +83,7 @@ const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60
  * Call it once per process (it sees every manager of the process); `shutdown()` undoes it.
  */
 export function instrumentCreditManagement(options: InstrumentOptions = {}): CreditInstrumentation {
-  const o = parse(InstrumentOptions, options, "options");
+  const o = parse(InstrumentOptionsSchema, options, "options");
   const undo: (() => void)[] = [];
   const tracer = o.traces === false ? null : (o.tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);
   if (o.metrics !== false) undo.push(...recordMetrics((o.meterProvider ?? metrics.getMeterProvider()), o));
@@ -167,7 +167,7 @@ export function instrumentCreditManagement(options: InstrumentOptions = {}): Cre
 }
 
 /** The instruments and their subscriptions; returns what undoes them. */
-function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOptions>): (() => void)[] {
+function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOptionsSchema>): (() => void)[] {
   const meter = provider.getMeter(INSTRUMENTATION_NAME);
   const undo: (() => void)[] = [];
   const int = { valueType: ValueType.INT };
