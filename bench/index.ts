@@ -82,33 +82,27 @@ for (const [env, file] of [
   rows.push(...(await mod.run()));
 }
 
-// Jobs (expiry and renewals at scale), in their own process for a clean heap.
-if (process.env.BENCH_JOBS !== "0") {
-  for (const part of ["expire", "renew", "databases"]) {
-    const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", "--max-old-space-size=6144", join(here, "jobs-main.ts"), part], {
-      encoding: "utf8",
-      maxBuffer: 1 << 20,
-      stdio: ["ignore", "pipe", "inherit"],
-      env: process.env,
-    });
-    rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
-  }
-} else {
-  notes.push("jobs: skipped (BENCH_JOBS=0)");
-}
-// The diagnostics channels: a deduction with no subscriber, with one, and with the OTel metrics
-// (bench/diagnostics.ts, its own process; about 30 s). BENCH_DIAGNOSTICS=0 skips it.
-if (process.env.BENCH_DIAGNOSTICS !== "0") {
-  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", join(here, "diagnostics.ts")], {
+/** Runs a bench script in a process of its own (a clean heap) and returns the rows of its last line. */
+function childRows(args: string[]): BenchRow[] {
+  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", ...args], {
     encoding: "utf8",
     maxBuffer: 1 << 20,
     stdio: ["ignore", "pipe", "inherit"],
     env: process.env,
   });
-  rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
-} else {
-  notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
+  return JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[];
 }
+
+// Jobs (expiry and renewals at scale), in their own process for a clean heap.
+if (process.env.BENCH_JOBS !== "0") {
+  for (const part of ["expire", "renew", "databases"]) rows.push(...childRows(["--max-old-space-size=6144", join(here, "jobs-main.ts"), part]));
+} else {
+  notes.push("jobs: skipped (BENCH_JOBS=0)");
+}
+// The diagnostics channels: a deduction with no subscriber, with one, and with the OTel metrics
+// (bench/diagnostics.ts, its own process; about 40 s). BENCH_DIAGNOSTICS=0 skips it.
+if (process.env.BENCH_DIAGNOSTICS !== "0") rows.push(...childRows([join(here, "diagnostics.ts")]));
+else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 // HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
 rows.push(...(await (await import("./http.js")).run()));
