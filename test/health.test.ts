@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { createCreditManager, InMemoryCache, InMemoryDbManager, type DbManager, type NotificationQueue } from "../src/index.js";
 import { createCreditHandler } from "../src/http/index.js";
+import { RedisCache, RedisStreamQueue } from "../src/redis/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SCHEMA_VERSION } from "../src/schema/sql.js";
 import { testStores } from "./fixtures/stores.js";
@@ -109,6 +110,20 @@ describe("manager.health() when something is wrong", () => {
     expect(report.queue).toMatchObject({ status: "degraded", checked: true, error: "broker unreachable" });
     expect(report.ledger).toMatchObject({ status: "degraded", backlog: 0 });
     expect(report.ledger?.fileErrors).toBeGreaterThan(0);
+    await m.close();
+  });
+
+  const redisUrl = process.env.CREDIT_REDIS_URL;
+  it.skipIf(!redisUrl)("Redis: the stream queue answers PING and the cache a read (ok); a closed connection degrades both", async () => { // reason: needs CREDIT_REDIS_URL (set by .ci/run)
+    const cache = await RedisCache.connect(redisUrl as string);
+    const queue = await RedisStreamQueue.connect(redisUrl as string, { stream: `cm-health-${process.pid}`, timeoutMs: 500 });
+    const m = await createCreditManager({ cache, queue });
+    const report = await m.health();
+    expect(report).toMatchObject({ status: "ok", cache: { status: "ok" }, queue: { status: "ok", checked: true } });
+    await cache.close();
+    await queue.close();
+    const after = await m.health({ timeoutMs: 1_000 });
+    expect(after).toMatchObject({ status: "degraded", store: { status: "ok" }, cache: { status: "degraded" }, queue: { status: "degraded" } });
     await m.close();
   });
 
