@@ -1,6 +1,8 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
+const drivers = ["mongodb", "pg", "ioredis"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." }));
+
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", "coverage/**", ".ci/**"] },
   js.configs.recommended,
@@ -9,7 +11,26 @@ export default tseslint.config(
     rules: {
       "@typescript-eslint/consistent-type-imports": "error",
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
-      "no-restricted-imports": ["error", { paths: ["mongodb", "pg", "ioredis"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." })) }],
+      "no-restricted-imports": ["error", { paths: drivers }],
+    },
+  },
+  {
+    // The rules live once, in pure functions (docs/concepts.md): src/domain imports only the models,
+    // the errors, itself, and what hashing needs — never storage, services or I/O.
+    files: ["src/domain/**"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          paths: drivers,
+          patterns: [
+            {
+              regex: "^(?!\\./|\\.\\./models/|\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
+              message: "src/domain imports only ../models, ../errors.js, ./ (itself), node:crypto and safe-stable-stringify.",
+            },
+          ],
+        },
+      ],
     },
   },
   {

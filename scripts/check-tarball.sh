@@ -2,7 +2,8 @@
 # The package as a user gets it: packs this checkout, installs the tarball into a fresh project
 # outside the repository (with the optional peers it needs, from npm's cache when they are there),
 # then imports every subpath with ESM `import` and CJS `require`, type-checks a strict TypeScript
-# consumer under moduleResolution node16 and bundler, and runs the README's quick start.
+# consumer under moduleResolution node16 and bundler, and runs the README's quick start. (Every
+# TypeScript block of the README and docs/ is checked by scripts/check-docs.mjs, npm run check:docs.)
 # Fails loudly at the first problem. Run after a build (CI: the one npm install runs, `prepare`).
 set -euo pipefail
 SECONDS=0
@@ -87,18 +88,6 @@ for resolution in node16 bundler; do
   npx tsc --noEmit --strict --skipLibCheck false --types node --module "$module" --moduleResolution "$resolution" --target es2022 consumer.ts
   echo "TypeScript: a strict consumer type-checks (moduleResolution $resolution)"
 done
-
-# Every TypeScript block of the README, type-checked as a strict consumer would compile it.
-node - "$repo/README.md" <<'JS'
-const fs = require("node:fs");
-const text = fs.readFileSync(process.argv[2], "utf8");
-let n = 0;
-for (const m of text.matchAll(/```ts\n([\s\S]*?)```/g)) fs.writeFileSync(`readme-${++n}.mts`, `${m[1]}export {};\n`);
-if (n === 0) throw new Error("README has no TypeScript block");
-console.log(`README: ${n} TypeScript blocks`);
-JS
-npx tsc --noEmit --strict --types node --module node16 --moduleResolution node16 --target es2022 readme-*.mts
-echo "README: every TypeScript block type-checks"
 
 # The README's quick start, as a user would run it.
 node - "$repo/README.md" > quickstart.mjs <<'JS'

@@ -84,6 +84,16 @@ describe("ledger", () => {
     ]);
   });
 
+  it("a process with a ledger file it never closed, and no line to write, ends by itself", () => {
+    const file = join(tmp(), "ledger.jsonl");
+    const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit.ts");
+    // The writer thread must not keep the process: before the fix its port did, for good.
+    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, "idle"], { encoding: "utf8", timeout: 30_000 });
+    expect(child.signal, "the process had to be killed: something kept it alive").toBeNull();
+    expect(child.status, child.stderr).toBe(0);
+    expect(JSON.parse(child.stdout)).toMatchObject({ userId: "u", balance: 0 });
+  });
+
   it("reopen() continues in a new file after rotation", async () => {
     const dir = tmp();
     const file = join(dir, "ledger.jsonl");

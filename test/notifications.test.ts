@@ -7,7 +7,8 @@ import {
   createCreditManager,
   type NotificationMessage,
 } from "../src/index.js";
-import { backoffDelay, crossings, levelOf, notificationId, thresholdOf } from "../src/domain/notifications.js";
+import type { AccountWork } from "../src/domain/account-work.js";
+import { backoffDelay, crossings, levelOf, notificationId, thresholdOf, type WorkEvent } from "../src/domain/notifications.js";
 
 describe("notification rules (pure)", () => {
   it("levels and crossings", () => {
@@ -104,7 +105,8 @@ describe("NotificationService through createCreditManager", () => {
 describe("NotificationService details", () => {
   it("events a unit of work records (subscription events) commit with its change, in order", async () => {
     const { CreditService, NotificationService } = await import("../src/index.js");
-    const { recordEvent } = await import("../src/domain/notifications.js");
+    // Events are explicit on the unit of work (`AccountWork.recordEvent`).
+    const recordEvent = (work: object, event: WorkEvent) => (work as AccountWork).recordEvent(event);
     const db = new InMemoryDbManager();
     const credits = new CreditService({ db, alerts: { lowCredits: 50 } });
     const notifications = new NotificationService({ db });

@@ -48,10 +48,5 @@ export interface PromoPaymentTransaction {
   getPayment(paymentId: string): Promise<Payment | null>;
 }
 
-/** What a unit of work saves for promos and payments, atomically with its account changes. */
-export interface PromoPaymentChanges {
-  /** Claims to record; each takes one use from its promo under the `maxUses` guard. */
-  promoClaims?: PromoClaim[];
-  /** Payments of this user to write, each a compare-and-set on `version - 1`. */
-  paymentUpdates?: Payment[];
-}
+/** What a unit of work saves for promos and payments: the domain's (src/domain/state.ts), re-exported. */
+export type { PromoPaymentChanges } from "../domain/state.js";

@@ -1,6 +1,7 @@
 import type { NotificationStore } from "./types-notifications.js";
-import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Notification, Reservation } from "../models/index.js";
-import type { PromoPaymentChanges, PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
+import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+import type { Changes, LoadedState } from "../domain/state.js";
+import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 
 /**
@@ -137,42 +138,8 @@ export interface LoadRequest {
   idempotencyKey?: string;
 }
 
-/** The locked account's state. */
-export interface LoadedState {
-  /** null before the account's first entry. */
-  account: Account | null;
-  /**
-   * Open grants: remaining > 0 and not closed (any order, unless `grantsInOrder`). The store may
-   * hand its own list: the unit of work only reads it, and is done with it before `save`.
-   */
-  grants: readonly Grant[];
-  /**
-   * True when `grants` are in burn-down order (`compareGrants`): a deduction then reads only the
-   * grants it draws from, so its cost does not grow with the account's open grants.
-   */
-  grantsInOrder?: boolean;
-  /** Active reservations (any order). */
-  reservations: readonly Reservation[];
-  /** The entry carrying the requested idempotency key, or null. */
-  idempotent: JournalEntry | null;
-}
-
-/** Everything one unit of work changes, written at once by `save`. */
-export interface Changes extends PromoPaymentChanges {
-  /** The account after the change. */
-  account: Account;
-  /** The account's seq when it was loaded; null when it did not exist (insert). Adapters guard on it. */
-  previousSeq: number | null;
-  /** The lists below are only read. */
-  insertGrants: readonly Grant[];
-  updateGrants: readonly Grant[];
-  insertReservations: readonly Reservation[];
-  updateReservations: readonly Reservation[];
-  /** New journal entries, in seq order. Unique (userId, seq) and (userId, idempotencyKey). */
-  entries: readonly JournalEntry[];
-  /** Outbox rows caused by this change, committed with it (ids unique; no dedupeKey clash expected). */
-  notifications?: readonly Notification[];
-}
+/** `Changes` and `LoadedState` are the domain's (src/domain/state.ts): re-exported for adapters. */
+export type { Changes, LoadedState } from "../domain/state.js";
 
 export interface DbTransaction extends PromoPaymentTransaction {
   readonly userId: string;

@@ -1,4 +1,4 @@
-import type { Changes, LoadedState } from "../db/types.js";
+import type { Changes, LoadedState } from "./state.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
@@ -10,7 +10,9 @@ import type {
   Reservation,
 } from "../models/index.js";
 import { hashNewEntry } from "./hash.js";
+import type { WorkEvent } from "./notifications.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
+import { headroom } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -65,6 +67,8 @@ export class AccountWork {
   /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
   private made: JournalEntry[] = [];
   private texts: string[] = [];
+  /** Events recorded with this change (none on the hot path: no array is made for them). */
+  private recorded: WorkEvent[] | undefined;
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;
@@ -99,6 +103,21 @@ export class AccountWork {
     return this.texts;
   }
 
+  /**
+   * Records `event` as part of this unit of work: the service writes it to the outbox in the same
+   * transaction as the change when notifications are on, and drops it when they are off or the
+   * work changes nothing (docs/notifications.md). How the subscription service's units of work
+   * carry `subscription_allocation`, `subscription_cancelled` and `subscription_ended`.
+   */
+  recordEvent(event: WorkEvent): void {
+    (this.recorded ??= []).push(event);
+  }
+
+  /** The events recorded with this change, in order. */
+  get events(): readonly WorkEvent[] {
+    return this.recorded ?? NO_EVENTS;
+  }
+
   /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
   include(grants: readonly Grant[]): void {
     for (const g of grants) if (this.grants.get(g.id) === undefined) this.addGrant(g);
@@ -128,7 +147,7 @@ export class AccountWork {
    * (unbounded without a limit). Deductions and over-commits past it are refused.
    */
   headroom(overdraftLimit: number | null): number {
-    return overdraftLimit === null ? Infinity : Math.max(0, this.available + overdraftLimit);
+    return headroom(this.available, overdraftLimit);
   }
 
   /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
@@ -692,3 +711,5 @@ function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationErro
     [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
   );
 }
+
+const NO_EVENTS: readonly WorkEvent[] = Object.freeze([]);

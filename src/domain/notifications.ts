@@ -48,7 +48,10 @@ const LOW: readonly NotificationType[] = Object.freeze(["low_credits"]);
 const EXHAUSTED: readonly NotificationType[] = Object.freeze(["credits_exhausted"]);
 const LOW_AND_EXHAUSTED: readonly NotificationType[] = Object.freeze(["low_credits", "credits_exhausted"]);
 
-/** An event a unit of work records with its change (subscription events, …). */
+/**
+ * An event a unit of work records with its change (subscription events, …): `AccountWork.recordEvent`
+ * keeps it on the unit of work, and the service writes it to the outbox in the same transaction.
+ */
 export interface WorkEvent {
   type: NotificationType;
   payload: Record<string, unknown>;
@@ -56,25 +59,10 @@ export interface WorkEvent {
   dedupeKey: string | null;
 }
 
-const workEvents = new WeakMap<object, WorkEvent[]>();
-
-/**
- * Records `event` as part of the unit of work `work` (an `AccountWork`): the service writes it to
- * the outbox in the same transaction as the work's change, when notifications are on (and drops it
- * when they are off, or when the work changes nothing). The hook the subscription service uses
- * for `subscription_allocation`, `subscription_renewed`, … inside its unit of work.
- */
-export function recordEvent(work: object, event: WorkEvent): void {
-  const list = workEvents.get(work);
-  if (list === undefined) workEvents.set(work, [event]);
-  else list.push(event);
-}
-
-/** The events recorded on `work`, as outbox rows (none: nothing allocated). */
-export function workNotifications(work: object, userId: string, now: Date): readonly Notification[] {
-  const list = workEvents.get(work);
-  if (list === undefined) return NO_NOTIFICATIONS;
-  return list.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
+/** The events a unit of work recorded (`AccountWork.events`), as outbox rows (none: nothing recorded). */
+export function eventNotifications(events: readonly WorkEvent[], userId: string, now: Date): readonly Notification[] {
+  if (events.length === 0) return NO_NOTIFICATIONS;
+  return events.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
 }
 
 /** No notifications (shared: the common case allocates nothing). */

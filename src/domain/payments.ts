@@ -1,4 +1,4 @@
-import type { Payment, PaymentStatus } from "../models/index.js";
+import type { Grant, Payment, PaymentStatus, Reservation } from "../models/index.js";
 
 /**
  * Order of payment statuses: a payment moves only to a higher rank. Failed, expired and cancelled
@@ -36,6 +36,81 @@ export function creditsToReverse(amount: number, credits: number, refundedTotal:
   const target =
     refundedTotal >= amount ? credits : Math.min(credits, Math.ceil((credits * refundedTotal) / amount));
   return Math.max(0, target - alreadyReversed);
+}
+
+/**
+ * The credits a payment of `amount` (smallest currency unit) buys at `rate` credits per unit
+ * (docs/promos-and-payments.md): `amount × rate` rounded down to whole credits, without binary
+ * floating point short-changing exact products — 100 × 0.29 is 28.999999999999996 in doubles,
+ * and is 29 credits. A product within 2 × `Number.EPSILON` (relative) of an integer — the
+ * rounding error of the rate and of the multiplication — snaps to it; anything else is floored.
+ */
+export function creditsAtRate(amount: number, rate: number): number {
+  const x = amount * rate;
+  const nearest = Math.round(x);
+  return Math.abs(x - nearest) <= Math.abs(x) * 2 * Number.EPSILON ? nearest : Math.floor(x);
+}
+
+/**
+ * The refunded amount a reversal event stands for, at most the payment's `amount`: all of it for a
+ * lost dispute, else the event's cumulative `refundedTotal`.
+ */
+export function refundedBy(amount: number, event: { dispute: boolean; refundedTotal: number | null }): number {
+  return event.dispute ? amount : Math.min(event.refundedTotal ?? 0, amount);
+}
+
+/**
+ * What a refund (cumulative, `refunded` by `refundedBy`) or a lost dispute does to payment `p`
+ * (docs/promos-and-payments.md, "Refunds and lost disputes take the credits back"): nothing when
+ * the status cannot move forward or a refund does not refund more than before — a redelivery of
+ * the status it is in (`duplicate`) or an older event (`unchanged`); else its new status and
+ * refunded amount, and the credits to take back: none before the payment was credited (a late
+ * paid event then credits nothing), all not yet reversed on a lost dispute, a refund's share
+ * rounded up (`creditsToReverse`).
+ */
+export function reversal(
+  p: Payment,
+  dispute: boolean,
+  refunded: number,
+):
+  | { outcome: "duplicate" | "unchanged" }
+  | { outcome: "apply"; status: PaymentStatus; refundedAmount: number; takeBack: number } {
+  const status: PaymentStatus = dispute ? "disputed_lost" : refunded >= p.amount ? "refunded" : "partially_refunded";
+  if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
+    return { outcome: p.status === status ? "duplicate" : "unchanged" };
+  }
+  const takeBack = !isCredited(p.status)
+    ? 0
+    : dispute
+      ? p.credits - p.creditsReversed
+      : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
+  return { outcome: "apply", status, refundedAmount: dispute ? p.refundedAmount : refunded, takeBack };
+}
+
+/**
+ * How `k` credits of a refunded or disputed payment are taken back from its grant (`grant`: null
+ * when there is none or it is unknown), `held` of which active holds still hold. When the grant is
+ * open with credits and its rest — what it has plus what is held of it — is no more than `k`, the
+ * rest is voided (`voidGrant`; held credits are voided when their hold ends) and the remainder,
+ * already spent, is deducted after the fact; otherwise all `k` are deducted. Deductions may go
+ * into debt (docs/concepts.md, "Overdraft and debt").
+ */
+export function takeBackPlan(
+  k: number,
+  grant: Pick<Grant, "closedAt" | "remaining"> | null,
+  held: number,
+): { voidGrant: boolean; deduct: number } {
+  if (grant !== null && grant.closedAt === null && grant.remaining > 0 && grant.remaining + held <= k) {
+    return { voidGrant: true, deduct: k - grant.remaining - held };
+  }
+  return { voidGrant: false, deduct: k };
+}
+
+/** What `holds` hold of grant `grantId`. */
+export function heldOf(holds: readonly Pick<Reservation, "allocations">[], grantId: string): number {
+  let held = 0;
+  for (const r of holds) for (const a of r.allocations) if (a.grantId === grantId) held += a.amount;
+  return held;
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { JournalEntry, Reservation } from "../models/index.js";
+import type { JournalEntry, Plan, Reservation, Subscription, SubscriptionIntent } from "../models/index.js";
 
 /**
  * Rollover: what a subscription carries into the next period is what its period's grants had
@@ -6,8 +6,46 @@ import type { JournalEntry, Reservation } from "../models/index.js";
  * Credits a hold still held at the period's end are not carried: they expire when the hold returns
  * them (an `expire` entry with that hold's `reservationId`, see `AccountWork`), before or after
  * the job. Credits a hold returned after it had lapsed by the period's end were free at the end
- * (the hold only gave them back late), so they are carried.
+ * (the hold only gave them back late), so they are carried. The rule is stated in
+ * docs/subscriptions.md ("Rollover"); `applyIntent` (subscriptions.ts) carries it out.
  */
+
+/** A rollover to carry out: `SubscriptionIntent["carry"]` when not null. */
+export type Carry = NonNullable<SubscriptionIntent["carry"]>;
+
+/**
+ * What a renewal carries into the period `next`, by the policy of the plan that is ending
+ * (docs/subscriptions.md, "Rollover"): nothing under `"none"`, after a `changePlan(…, { when:
+ * "period_end", credits: "expire" })`, or when the period had no credits of its own; else the
+ * period's grants, capped at `rolloverCap` (`"cap"`; a missing cap carries nothing) or not at all
+ * (`"all"`), as one grant that expires at the end of `next`. A plan that no longer exists carries
+ * nothing.
+ */
+export function rolloverCarry(
+  s: Pick<Subscription, "pendingCredits" | "periodGrantIds" | "currentPeriodEnd">,
+  endingPlan: Pick<Plan, "rollover" | "rolloverCap"> | null,
+  next: { end: Date },
+): Carry | null {
+  const policy = endingPlan?.rollover ?? "none";
+  if (policy === "none" || s.pendingCredits === "expire" || s.periodGrantIds.length === 0) return null;
+  return {
+    grantIds: s.periodGrantIds,
+    periodEnd: s.currentPeriodEnd.getTime(),
+    limit: policy === "all" ? null : (endingPlan?.rolloverCap ?? 0),
+    expiresAt: next.end.getTime(),
+  };
+}
+
+/**
+ * The credits a rollover grant receives: what the period's grants had unspent and unheld at its
+ * end, up to the cap (`limit`; null: no cap) — and none when the grant would be born expired
+ * (`expiresAt` at or before `now`: a period caught up late), since nobody could use it.
+ */
+export function rolloverAmount(unspent: number, carry: Pick<Carry, "limit" | "expiresAt">, now: Date): number {
+  const moved = carry.limit === null ? unspent : Math.min(unspent, carry.limit);
+  if (moved <= 0) return 0;
+  return carry.expiresAt === null || carry.expiresAt > now.getTime() ? moved : 0;
+}
 
 /** Per carried grant: what its expiries took in all (`expired`), and the part of it unspent and unheld at the period's end (`atExpiry`). */
 export type PeriodEndExpiry = Map<string, { expired: number; atExpiry: number }>;

@@ -245,13 +245,15 @@ export class LedgerFile {
     this.unfinished = [];
     try {
       const thread = new Worker(THREAD, { eval: true, execArgv: [], workerData: { fd, state: this.state, probe: probeOf() } });
-      thread.unref();
       thread.on("message", (m: { id?: number; error?: string }) => {
         if (m.error !== undefined) this.failed(new Error(m.error));
         else this.replies.get(m.id as number)?.();
       });
       thread.on("error", (error: Error) => this.ended(thread, error));
       thread.on("exit", () => this.ended(thread, null));
+      // After the listeners: a "message" listener refs the thread's port again, and a ledger that
+      // was never closed would then keep the process alive (until its finalizer ran, if ever).
+      thread.unref();
       this.thread = thread;
     } catch {
       // No thread to be had (no worker_threads, or the permission model refuses it): the event

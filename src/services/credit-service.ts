@@ -5,7 +5,8 @@ import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types
 import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, newNotification, workNotifications, type Thresholds } from "../domain/notifications.js";
+import { chargeWithinLimit, commitWithinLimit, shortfallMeta } from "../domain/overdraft.js";
+import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, eventNotifications, newNotification, type Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { grantTrial } from "../domain/trial.js";
@@ -271,11 +272,6 @@ class UnitRun<T> {
   }
 }
 
-/** The meta of a charge of usage already delivered that the overdraft limit cut from `requested` to `charge`. */
-function clamped(meta: EntryMeta, requested: number, charge: number): EntryMeta {
-  return charge === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested, shortfall: requested - charge } };
-}
-
 const infoKey = (userId: string) => `credits:info:${userId}`;
 
 /** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
@@ -379,9 +375,9 @@ export class CreditService {
     }
     return this.mutate("deductCreditsAfterService", userId, meta, (work) => {
       const limit = this.overdraftLimit;
-      const charge = Math.min(amount, work.headroom(limit));
+      const charge = chargeWithinLimit(amount, work.headroom(limit));
       if (charge === 0) return null;
-      return work.deduct(charge, clamped(meta, amount, charge), { allowDebt: true, overdraftLimit: limit });
+      return work.deduct(charge, shortfallMeta(meta, amount, charge), { allowDebt: true, overdraftLimit: limit });
     });
   }
 
@@ -454,8 +450,8 @@ export class CreditService {
         const limit = this.overdraftLimit;
         const requested = o.amount ?? hold.amount;
         if (!upToLimit) return work.commit(hold, requested, meta, limit);
-        const charge = Math.min(requested, hold.amount + work.headroom(limit));
-        return work.commit(hold, charge, clamped(meta, requested, charge), limit);
+        const charge = commitWithinLimit(requested, hold.amount, work.headroom(limit));
+        return work.commit(hold, charge, shortfallMeta(meta, requested, charge), limit);
       };
       return andThen(this.activeHold(work, tx, id), commit);
     });
@@ -869,7 +865,7 @@ export class CreditService {
     // Lapsed holds first: their release is what may move the alert level (ids follow this order);
     // then what the unit of work recorded itself (subscription events), then the alert crossing.
     const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
-    const recorded = workNotifications(work, work.userId, work.now);
+    const recorded = eventNotifications(work.events, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
     if (expired.length === 0 && recorded.length === 0) {
       if (alerts.length > 0) changes.notifications = alerts;

@@ -5,7 +5,18 @@ import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
-import { canAdvancePayment, checkoutState, creditsToReverse, isCredited, isOtherCheckout, mayRecordCheckout } from "../domain/payments.js";
+import {
+  canAdvancePayment,
+  checkoutState,
+  creditsAtRate,
+  heldOf,
+  isCredited,
+  isOtherCheckout,
+  mayRecordCheckout,
+  refundedBy,
+  reversal,
+  takeBackPlan,
+} from "../domain/payments.js";
 import { webhookChannel, type WebhookMessage } from "../diagnostics.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -19,6 +30,7 @@ import {
   PaymentId,
   UserId,
   parse,
+  type Grant,
   type Payment,
   type PaymentStatus,
 } from "../models/index.js";
@@ -611,7 +623,7 @@ export class PaymentService {
     if (!dispute && event.refundedTotal === null) {
       throw new WebhookRejectedError(`Refund event ${event.type} carries no refunded amount.`, "malformed");
     }
-    const refunded = dispute ? payment.amount : Math.min(event.refundedTotal as number, payment.amount);
+    const refunded = refundedBy(payment.amount, { dispute, refundedTotal: event.refundedTotal });
     const key = systemKey(dispute ? `dispute:${provider}:${payment.id}` : `refund:${provider}:${payment.id}:${refunded}`);
     const meta: EntryMeta = {
       idempotencyKey: key,
@@ -637,25 +649,18 @@ export class PaymentService {
             );
             return { value: result("ignored", p, "refund or dispute of another payment attempt") };
           }
-          const status: PaymentStatus = dispute ? "disputed_lost" : refunded >= p.amount ? "refunded" : "partially_refunded";
-          if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
-            return { value: result(p.status === status ? "duplicate" : "unchanged", p) };
-          }
-          let reversed = 0;
-          if (isCredited(p.status)) {
-            const k = dispute ? p.credits - p.creditsReversed : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
-            if (k > 0) await this.takeBack(work, tx, state, p, k, meta);
-            reversed = k;
-          }
+          const r = reversal(p, dispute, refunded);
+          if (r.outcome !== "apply") return { value: result(r.outcome, p) };
+          if (r.takeBack > 0) await this.takeBack(work, tx, state, p, r.takeBack, meta);
           const next: Payment = {
             ...p,
-            status,
-            refundedAmount: dispute ? p.refundedAmount : refunded,
-            creditsReversed: p.creditsReversed + reversed,
+            status: r.status,
+            refundedAmount: r.refundedAmount,
+            creditsReversed: p.creditsReversed + r.takeBack,
             version: p.version + 1,
             updatedAt: work.now,
           };
-          return { value: result(reversed > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
+          return { value: result(r.takeBack > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
         },
         // Inside the transaction: read through `tx` (a pool read here could wait for a connection
         // that units of work like this one hold).
@@ -665,32 +670,27 @@ export class PaymentService {
   }
 
   /**
-   * Takes `k` credits of payment `p` back. When the payment's grant still has no more than `k`
-   * left, that rest is voided and the remainder (already spent) deducted after the fact; credits
-   * held from the grant are voided when their hold ends (docs/concepts.md). Otherwise `k` is deducted.
+   * Takes `k` credits of payment `p` back, as `takeBackPlan` (src/domain/payments.ts) decides:
+   * voiding the rest of its grant and deducting what was spent, or deducting all of `k`.
    */
   private async takeBack(work: AccountWork, tx: DbTransaction, state: LoadedState, p: Payment, k: number, meta: EntryMeta): Promise<void> {
-    let left = k;
     let first = true;
     const next = (): EntryMeta => {
       const m = first ? meta : { ...meta, idempotencyKey: undefined, fingerprint: undefined };
       first = false;
       return m;
     };
+    let g: Grant | undefined;
     if (p.grantId !== null) {
       const grant = work.getGrant(p.grantId) ?? (await tx.getGrants([p.grantId]))[0];
       if (grant !== undefined) {
         work.include([grant]);
-        const g = work.getGrant(grant.id) ?? grant;
-        let held = 0;
-        for (const r of state.reservations) for (const a of r.allocations) if (a.grantId === g.id) held += a.amount;
-        if (g.closedAt === null && g.remaining > 0 && g.remaining + held <= left) {
-          const voided = work.voidGrant(g, next()).amount;
-          left -= voided + held;
-        }
+        g = work.getGrant(grant.id) ?? grant;
       }
     }
-    if (left > 0) work.deduct(left, next(), { allowDebt: true, overdraftLimit: null });
+    const plan = takeBackPlan(k, g ?? null, g === undefined ? 0 : heldOf(state.reservations, g.id));
+    if (plan.voidGrant) work.voidGrant(g as Grant, next());
+    if (plan.deduct > 0) work.deduct(plan.deduct, next(), { allowDebt: true, overdraftLimit: null });
   }
 
   private async current(tx: DbTransaction, id: string): Promise<Payment> {
@@ -720,18 +720,6 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 /** The event names another provider payment than the one the payment was credited with. */
 function otherAttempt(p: Payment, e: PaymentEvent): boolean {
   return e.providerPaymentId !== null && p.providerPaymentId !== null && e.providerPaymentId !== p.providerPaymentId;
-}
-
-/**
- * `amount × rate` rounded down to whole credits, without binary floating point short-changing exact
- * products: 100 × 0.29 is 28.999999999999996 in doubles, and is 29 credits. A product within
- * 2 × `Number.EPSILON` (relative) of an integer — the rounding error of the rate and of the
- * multiplication — snaps to it; anything else is floored.
- */
-function creditsAtRate(amount: number, rate: number): number {
-  const x = amount * rate;
-  const nearest = Math.round(x);
-  return Math.abs(x - nearest) <= Math.abs(x) * 2 * Number.EPSILON ? nearest : Math.floor(x);
 }
 
 /**

@@ -2,13 +2,12 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
-import type { DbManager, DbTransaction } from "../db/types.js";
-import type { AccountWork, EntryMeta } from "../domain/account-work.js";
+import type { DbManager } from "../db/types.js";
+import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { recordEvent } from "../domain/notifications.js";
-import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "../domain/periods.js";
-import { expiriesIn, liveAt, unspentAtEnd, type PeriodEndExpiry } from "../domain/rollover.js";
-import { ConflictError, IdempotencyConflictError, NotFoundError, ValidationError } from "../errors.js";
+import { liveAt, unspentAtEnd, type PeriodEndExpiry } from "../domain/rollover.js";
+import * as rules from "../domain/subscriptions.js";
+import { ConflictError, IdempotencyConflictError, NotFoundError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   CancelOptions,
@@ -20,7 +19,6 @@ import {
   UpdatePlanInput,
   UserId,
   parse,
-  type Grant,
   type JournalEntry,
   type Plan,
   type Reservation,
@@ -109,7 +107,7 @@ export class SubscriptionService {
       currency: (i.currency ?? "USD").toUpperCase(),
       billingPeriod: i.billingPeriod,
       validityDays: i.validityDays ?? null,
-      ...rolloverFields(i.rollover ?? "none"),
+      ...rules.rolloverFields(i.rollover ?? "none"),
       isActive: i.isActive ?? true,
       metadata: i.metadata ?? null,
       version: 1,
@@ -128,7 +126,7 @@ export class SubscriptionService {
     return this.writePlan(id, (plan) => {
       const { rollover, currency, description, validityDays, metadata, ...rest } = p;
       const next: Plan = { ...plan, ...stripUndefined(rest) };
-      if (rollover !== undefined) Object.assign(next, rolloverFields(rollover));
+      if (rollover !== undefined) Object.assign(next, rules.rolloverFields(rollover));
       if (currency !== undefined) next.currency = currency.toUpperCase();
       if (description !== undefined) next.description = description;
       if (validityDays !== undefined) next.validityDays = validityDays;
@@ -202,39 +200,7 @@ export class SubscriptionService {
       if (o.idempotencyKey !== undefined && existing.idempotencyKey === o.idempotencyKey) return this.repeat(existing, pid, o, now);
       throw alreadySubscribed(existing);
     }
-    const plan = await this.requirePlan(pid);
-    if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
-    const anchor = o.startAt ?? now;
-    const period = periodAt(anchor, plan.billingPeriod, periodIndexAt(anchor, plan.billingPeriod, now));
-    const id = randomUUID();
-    const first = allocation(plan, period, now);
-    const s: Subscription = {
-      id,
-      userId: user,
-      planId: plan.id,
-      status: "active",
-      billingPeriod: plan.billingPeriod,
-      anchorAt: anchor,
-      periodIndex: period.index,
-      currentPeriodStart: period.start,
-      currentPeriodEnd: period.end,
-      autoRenew: o.autoRenew ?? true,
-      cancelAtPeriodEnd: false,
-      pendingPlanId: null,
-      pendingCredits: null,
-      periodGrantIds: [],
-      intent: intent(`sub:${id}:${period.start.toISOString()}`, { allocate: first }),
-      nextRunAt: period.start.getTime() > now.getTime() ? period.start : now,
-      version: 1,
-      idempotencyKey: o.idempotencyKey ?? null,
-      metadata: o.metadata ?? null,
-      createdAt: now,
-      updatedAt: now,
-      canceledAt: null,
-      endedAt: null,
-      periodCredits: first?.amount ?? 0,
-      request: { planId: plan.id, autoRenew: o.autoRenew ?? true, startAt: o.startAt?.getTime() ?? null },
-    };
+    const s = rules.subscribe(randomUUID(), user, await this.requirePlan(pid), o, now);
     try {
       await this.db.insertSubscription(s);
     } catch (error) {
@@ -248,9 +214,7 @@ export class SubscriptionService {
     const check = await this.db.getPlan(pid);
     if (check === null || !check.isActive) {
       // Retried until it lands: another worker may have completed the first period's work meanwhile.
-      await this.tryWrite(s, (x) => x.status !== "active"
-        ? x
-        : { ...x, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now }, now, true);
+      await this.tryWrite(s, (x) => rules.abandon(x, now), now, true);
       throw new ConflictError(`Plan ${pid} was deactivated while subscribing.`, { planId: pid });
     }
     return copy((await this.advance(s, now)).subscription);
@@ -277,69 +241,12 @@ export class SubscriptionService {
     const user = parse(UserId, userId, "userId");
     const pid = parse(PlanId, planId, "planId");
     const o = parse(ChangePlanOptions, options, "options");
-    const when = o.when ?? "now";
-    const credits = o.credits ?? (when === "now" ? "prorate" : "keep");
-    if (when === "period_end" && credits === "prorate") {
-      throw invalid("options.credits", 'credits "prorate" applies to changes made now; use "keep" or "expire" with period_end');
-    }
-    const plan = await this.requirePlan(pid);
-    if (!plan.isActive) throw new ConflictError(`Plan ${pid} is not active.`, { planId: pid });
+    const mode = rules.changeMode(o);
+    const plan = rules.requireActivePlan(await this.requirePlan(pid));
     return this.transition(user, async (s, now) => {
-      if (s.planId === pid && when === "now") throw new ConflictError(`User ${user} is already on plan ${pid}.`, { planId: pid });
-      if (when === "now" && credits === "prorate" && plan.billingPeriod !== s.billingPeriod) {
-        throw invalid("options.credits", `prorating needs the same billing period (${s.billingPeriod} → ${plan.billingPeriod}); use "keep" or "expire"`);
-      }
-      if (when === "period_end") return { ...s, pendingPlanId: pid, pendingCredits: credits as "keep" | "expire" };
-      // Up to date, the subscription owes work only for a period that has not started yet: that
-      // work (its allocation, the events riding on it) was not done, so it is rebuilt, not dropped.
-      const pending = s.intent;
-      const key = `sub:${s.id}:${s.currentPeriodStart.toISOString()}:change${s.version}`;
-      if (credits === "prorate") {
-        const period = { start: s.currentPeriodStart, end: s.currentPeriodEnd };
-        const changed = { ...s, planId: pid, pendingPlanId: null, pendingCredits: null };
-        if (pending !== null) {
-          // Nothing of the period was allocated or used: it gets the new plan's allocation in full.
-          const { key: _old, ...rest } = pending;
-          const allocate = allocation(plan, period, now);
-          return { ...changed, intent: intent(key, { ...rest, allocate, prorate: null }), periodCredits: allocate?.amount ?? 0 };
-        }
-        // Prorated against what this period is on (its allocation, or the plan of an earlier
-        // prorated change), not the old plan's current figure: an operator's updatePlan applies
-        // from the next period on. Subscriptions stored before `periodCredits` existed fall back to it.
-        const current = s.periodCredits ?? (await this.db.getPlan(s.planId))?.creditsPerPeriod ?? 0;
-        const delta = Math.trunc(((plan.creditsPerPeriod - current) * fractionLeft(period.start, period.end, now)));
-        const expiresAt = allocationExpiry(period, plan.validityDays);
-        return {
-          ...changed,
-          periodCredits: plan.creditsPerPeriod,
-          intent: intent(key, {
-            prorate: { delta: expiresAt.getTime() > now.getTime() ? delta : Math.min(delta, 0), expiresAt: expiresAt.getTime() },
-            keepPeriodGrants: true,
-          }),
-          nextRunAt: now,
-        };
-      }
-      // A new cycle starts now: the unstarted period (if any) is replaced, its events are kept.
-      const period = periodAt(now, plan.billingPeriod, 0);
-      const allocate = allocation(plan, period, now);
-      return {
-        ...s,
-        planId: pid,
-        billingPeriod: plan.billingPeriod,
-        anchorAt: now,
-        periodIndex: 0,
-        currentPeriodStart: period.start,
-        currentPeriodEnd: period.end,
-        pendingPlanId: null,
-        pendingCredits: null,
-        intent: intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
-          allocate,
-          expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
-          events: pending?.events,
-        }),
-        nextRunAt: now,
-        periodCredits: allocate?.amount ?? 0,
-      };
+      // Subscriptions stored before `periodCredits` existed prorate against their plan's current figure.
+      const periodCredits = s.periodCredits ?? (await this.db.getPlan(s.planId))?.creditsPerPeriod ?? 0;
+      return rules.changePlan(s, plan, mode, now, periodCredits);
     });
   }
 
@@ -351,55 +258,14 @@ export class SubscriptionService {
   async cancel(userId: string, options: CancelOptions = {}): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CancelOptions, options, "options");
-    const atPeriodEnd = o.atPeriodEnd ?? true;
-    if (atPeriodEnd && o.credits === "expire") {
-      throw invalid("options.credits", 'credits "expire" applies to an immediate cancel (atPeriodEnd: false)');
-    }
-    return this.transition(user, (x, now) => {
-      if (atPeriodEnd) {
-        // Cancelling at period end again changes nothing (and tells nobody twice).
-        if (x.cancelAtPeriodEnd) return null;
-        const cancelled = lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: true });
-        return {
-          ...x,
-          cancelAtPeriodEnd: true,
-          canceledAt: now,
-          // The event rides on account work: its own, or the work still owed (a period not started yet).
-          intent:
-            x.intent === null
-              ? intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, { keepPeriodGrants: true, events: [cancelled] })
-              : { ...x.intent, events: [...(x.intent.events ?? []), cancelled] },
-          nextRunAt: x.intent === null ? now : x.nextRunAt,
-        };
-      }
-      return {
-        ...x,
-        status: "canceled",
-        canceledAt: now,
-        endedAt: now,
-        pendingPlanId: null,
-        pendingCredits: null,
-        intent: intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:cancel${x.version}`, {
-          expireGrantIds: o.credits === "expire" ? x.periodGrantIds : [],
-          keepPeriodGrants: o.credits !== "expire",
-          events: [
-            // Events still owed by an unstarted period's work (an earlier cancel) are not dropped.
-            ...(x.intent?.events ?? []),
-            lifecycleEvent(x, "subscription_cancelled", now, { atPeriodEnd: false }),
-            lifecycleEvent(x, "subscription_ended", now, { status: "canceled", reason: "cancelled" }),
-          ],
-        }),
-        nextRunAt: now,
-      };
-    });
+    const mode = rules.cancelMode(o);
+    return this.transition(user, (x, now) => rules.cancel(x, mode, now));
   }
 
   /** Undoes a cancellation at period end (and turns renewal on). */
   async resume(userId: string): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
-    return this.transition(user, (x) =>
-      !x.cancelAtPeriodEnd && x.autoRenew ? null : { ...x, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null },
-    );
+    return this.transition(user, (x) => rules.resume(x));
   }
 
   /**
@@ -435,8 +301,7 @@ export class SubscriptionService {
       }
       if (next.status === "active") {
         result.renewed++;
-        const base = next.anchorAt.getTime() === s.anchorAt.getTime() ? s.periodIndex + 1 : 0;
-        result.periodsSkipped += next.periodIndex - base;
+        result.periodsSkipped += rules.periodsSkipped(s, next);
       } else {
         result.ended++;
       }
@@ -450,45 +315,14 @@ export class SubscriptionService {
 
   /** The period end: end the subscription, or move to the period containing `now` and owe its work. */
   private async renew(s: Subscription, now: Date): Promise<{ value: Subscription; won: boolean }> {
-    if (s.cancelAtPeriodEnd || !s.autoRenew) {
-      return this.tryWrite(s, (x) => ended(x, x.cancelAtPeriodEnd ? "canceled" : "expired", x.cancelAtPeriodEnd ? "cancelled" : "not_renewed", now), now, false);
-    }
+    if (!rules.renews(s)) return this.tryWrite(s, (x) => rules.endAtPeriodEnd(x, now), now, false);
     const plan = await this.db.getPlan(s.pendingPlanId ?? s.planId);
     if (plan === null) {
       await this.ledger?.logError("subscription ended: its plan no longer exists", { subscriptionId: s.id, planId: s.planId }, { userId: s.userId });
-      return this.tryWrite(s, (x) => ended(x, "expired", "plan_missing", now), now, false);
+      return this.tryWrite(s, (x) => rules.endWithoutPlan(x, now), now, false);
     }
     const endingPlan = s.pendingPlanId === null ? plan : await this.db.getPlan(s.planId);
-    // A new billing period starts a new cycle at the old period's end; else the cycle goes on.
-    const sameCycle = plan.billingPeriod === s.billingPeriod;
-    const anchor = sameCycle ? s.anchorAt : s.currentPeriodEnd;
-    const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
-    const period = periodAt(anchor, plan.billingPeriod, index);
-    const policy = endingPlan?.rollover ?? "none";
-    const carry =
-      policy === "none" || s.pendingCredits === "expire" || s.periodGrantIds.length === 0
-        ? null
-        : {
-            grantIds: s.periodGrantIds,
-            periodEnd: s.currentPeriodEnd.getTime(),
-            limit: policy === "all" ? null : (endingPlan?.rolloverCap ?? 0),
-            expiresAt: period.end.getTime(),
-          };
-    const allocate = allocation(plan, period, now);
-    return this.tryWrite(s, (x) => ({
-      ...x,
-      planId: plan.id,
-      billingPeriod: plan.billingPeriod,
-      anchorAt: anchor,
-      periodIndex: index,
-      currentPeriodStart: period.start,
-      currentPeriodEnd: period.end,
-      pendingPlanId: null,
-      pendingCredits: null,
-      intent: intent(`sub:${x.id}:${period.start.toISOString()}`, { allocate, carry }),
-      nextRunAt: now,
-      periodCredits: allocate?.amount ?? 0,
-    }), now, false);
+    return this.tryWrite(s, (x) => rules.renew(x, plan, endingPlan, now), now, false);
   }
 
   /**
@@ -513,12 +347,16 @@ export class SubscriptionService {
         outcome = await this.credits.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
           s.userId,
           meta,
-          async (work, tx) => ({ created: await this.applyIntent(work, tx, s, it, meta, expiry) }),
+          async (work, tx) => {
+            const ids = rules.intentGrantIds(s, it).filter((id) => work.getGrant(id) === undefined);
+            if (ids.length > 0) work.include(await tx.getGrants(ids));
+            return { created: rules.applyIntent(work, s, it, meta, expiry) };
+          },
           async (first) => ({ replayed: first }),
           { settle: true, operation: "subscriptionPeriod" },
         );
       } catch (error) {
-        if (!(error instanceof ExpiryMoved)) throw error;
+        if (!(error instanceof rules.ExpiryMoved)) throw error;
         if (race >= MAX_RACES) throw new ConflictError(`The credits of subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
       }
     }
@@ -529,14 +367,7 @@ export class SubscriptionService {
     for (let race = 0; ; race++) {
       const current = race === 0 ? s : await this.db.getSubscription(s.id);
       if (current === null || current.intent?.key !== it.key) return { subscription: current ?? s, completed };
-      const next: Subscription = {
-        ...current,
-        intent: null,
-        periodGrantIds: it.keepPeriodGrants ? [...current.periodGrantIds, ...newGrants] : newGrants,
-        nextRunAt: current.status === "active" ? current.currentPeriodEnd : null,
-        version: current.version + 1,
-        updatedAt: now,
-      };
+      const next: Subscription = { ...rules.intentDone(current, it, newGrants), version: current.version + 1, updatedAt: now };
       if (await this.db.updateSubscription(next, current.version)) {
         completed = true;
         return { subscription: next, completed };
@@ -591,98 +422,6 @@ export class SubscriptionService {
     // Not reached (a journal written before returns were told apart): the best estimate.
     for (const [id, x] of open) out.set(id, { expired: x.expired, atExpiry: unspentAtEnd(x) });
     return out;
-  }
-
-  /** The account side of an intent. Always leaves at least one entry: the key's record. */
-  private async applyIntent(
-    work: AccountWork,
-    tx: DbTransaction,
-    s: Subscription,
-    it: SubscriptionIntent,
-    meta: EntryMeta,
-    expiry: PeriodEndExpiry | null,
-  ): Promise<string[]> {
-    const start = work.entries.length;
-    // The first entry of this work carries the idempotency key; the rest the correlation id.
-    const m = (description: string): EntryMeta =>
-      work.entries.length === start ? { ...meta, description } : { correlationId: meta.correlationId, description };
-    const load = async (ids: readonly string[]): Promise<Grant[]> => {
-      const missing = ids.filter((id) => work.getGrant(id) === undefined);
-      if (missing.length > 0) work.include(await tx.getGrants(missing));
-      return ids.map((id) => work.getGrant(id)).filter((g): g is Grant => g !== undefined);
-    };
-    const created: string[] = [];
-    let creditsAdded = 0;
-    const add = (amount: number, expiresAt: number | null, source: "subscription" | "rollover", description: string) => {
-      const e = work.add(amount, {
-        expiresAt: expiresAt === null ? null : new Date(expiresAt),
-        priority: 0,
-        source,
-        sourceRef: it.key.slice(0, 255),
-        description,
-        metadata: { subscriptionId: s.id },
-      }, m(description));
-      for (const p of e.grants) created.push(p.grantId);
-      creditsAdded += amount;
-    };
-
-    if (it.expireGrantIds.length > 0) {
-      await load(it.expireGrantIds);
-      work.expireGrants(it.expireGrantIds, m("subscription credits expired by a plan change or cancellation"));
-    }
-    if (it.carry !== null) {
-      const grants = await load(it.carry.grantIds);
-      // What these grants had unspent at the period's end, whoever expired them and whenever. Not
-      // what was held then: those credits expire when their hold returns them, before or after
-      // this runs (the amount must not depend on when the job runs).
-      const eligible = grants.filter((g) => g.expiresAt !== null && g.expiresAt.getTime() === it.carry?.periodEnd);
-      const stillOpen = eligible.filter((g) => g.closedAt === null).map((g) => g.id);
-      if (stillOpen.length > 0) work.expireGrants(stillOpen, m("subscription period ended"));
-      let unspent = 0;
-      for (const g of eligible) {
-        // Expiries in this unit of work (its settlement, the line above): the closing one, returns.
-        const here = expiriesIn(work.entries, g.id, it.carry.periodEnd, (id) => work.getHold(id));
-        const seen = expiry?.get(g.id) ?? { expired: 0, atExpiry: 0 };
-        // Someone expired or returned credits of it since it was read: read again.
-        if (((work.getGrant(g.id) ?? g).expiredAmount ?? 0) !== seen.expired + here.expired) throw new ExpiryMoved();
-        unspent += seen.atExpiry + here.expired - here.held;
-      }
-      const moved = it.carry.limit === null ? unspent : Math.min(unspent, it.carry.limit);
-      if (moved > 0 && (it.carry.expiresAt === null || it.carry.expiresAt > work.now.getTime())) {
-        add(moved, it.carry.expiresAt, "rollover", `rollover of ${moved} unspent credits`);
-      }
-    }
-    if (it.prorate !== null && it.prorate.delta > 0) {
-      add(it.prorate.delta, it.prorate.expiresAt, "subscription", "prorated plan change");
-    } else if (it.prorate !== null && it.prorate.delta < 0) {
-      await load(s.periodGrantIds);
-      work.removeFromGrants(s.periodGrantIds, -it.prorate.delta, m("prorated plan change"));
-    }
-    if (it.allocate !== null && it.allocate.amount > 0) {
-      add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
-    }
-    // The outbox events go with the work, in the same transaction (when notifications are on).
-    const accountWork = it.allocate !== null || it.carry !== null || it.prorate !== null || it.expireGrantIds.length > 0;
-    if (accountWork) recordEvent(work, {
-      type: "subscription_allocation",
-      payload: {
-        subscriptionId: s.id,
-        planId: s.planId,
-        periodStart: s.currentPeriodStart.toISOString(),
-        periodEnd: s.currentPeriodEnd.toISOString(),
-        credits: creditsAdded,
-        key: it.key,
-      },
-      dedupeKey: it.key.slice(0, 255),
-    });
-    for (const e of it.events ?? []) recordEvent(work, { type: e.type, payload: e.payload, dedupeKey: e.dedupeKey });
-    if (work.entries.length === start) {
-      // Nothing moved (a pay-as-you-go period, nothing to roll over): record the period anyway, so
-      // the key proves it was handled and a late second run cannot act on it.
-      const what = accountWork ? "subscription period (no credits)" : `subscription ${(it.events ?? []).map((e) => e.type.slice(13)).join(", ") || "change"}`;
-      work.add(0, { expiresAt: null, priority: 0, source: "subscription", sourceRef: null, description: null, metadata: null }, m(what));
-    }
-    return created;
   }
 
   /** The grants a completed intent created, from its journal entries (committed, immutable). */
@@ -762,15 +501,7 @@ export class SubscriptionService {
    * What happened to the subscription since (a plan change, `resume`, a new cycle) does not matter.
    */
   private async repeat(first: Subscription, planId: string, o: SubscribeOptions & { startAt?: Date }, now: Date): Promise<Subscription> {
-    // Subscriptions stored before `request` existed: compared with what they record now.
-    const asked = first.request ?? { planId: first.planId, autoRenew: first.autoRenew, startAt: first.anchorAt.getTime() };
-    const same =
-      asked.planId === planId &&
-      asked.autoRenew === (o.autoRenew ?? true) &&
-      // No startAt started the cycle at the call's own time (`createdAt`).
-      (o.startAt === undefined || o.startAt.getTime() === (asked.startAt ?? first.createdAt.getTime())) &&
-      fingerprint("metadata", o.metadata ?? null) === fingerprint("metadata", first.metadata);
-    if (!same) throw new IdempotencyConflictError(first.idempotencyKey ?? "");
+    if (!rules.repeatsRequest(first, planId, o)) throw new IdempotencyConflictError(first.idempotencyKey ?? "");
     if (first.status !== "active") return copy(first);
     return copy((await this.advance(first, now)).subscription);
   }
@@ -785,7 +516,7 @@ export class SubscriptionService {
     for (let race = 0; race <= MAX_RACES; race++) {
       const plan = await this.requirePlan(id);
       const next: Plan = { ...change(plan), id, version: plan.version + 1, createdAt: plan.createdAt, updatedAt: this.clock() };
-      if (next.rollover === "cap" && next.rolloverCap === null) throw invalid("patch.rollover", "a capped rollover needs a cap");
+      rules.checkRollover(next);
       if (await this.db.updatePlan(next, plan.version)) {
         await this.invalidatePlan(id);
         return next;
@@ -814,81 +545,11 @@ export class SubscriptionService {
   }
 }
 
-/** The expiry of a carried grant changed between its read and the unit of work: read again. */
-class ExpiryMoved extends Error {
-  constructor() {
-    super("subscription credits changed while the rollover was computed");
-  }
-}
-
-function rolloverFields(r: "none" | "all" | { cap: number }): Pick<Plan, "rollover" | "rolloverCap"> {
-  return typeof r === "string" ? { rollover: r, rolloverCap: null } : { rollover: "cap", rolloverCap: r.cap };
-}
-
-function intent(key: string, parts: Partial<Omit<SubscriptionIntent, "key">>): SubscriptionIntent {
-  return {
-    key,
-    allocate: parts.allocate ?? null,
-    carry: parts.carry ?? null,
-    expireGrantIds: parts.expireGrantIds ?? [],
-    prorate: parts.prorate ?? null,
-    keepPeriodGrants: parts.keepPeriodGrants ?? false,
-    ...(parts.events === undefined || parts.events.length === 0 ? {} : { events: parts.events }),
-  };
-}
-
-type LifecycleEvent = NonNullable<SubscriptionIntent["events"]>[number];
-
-/** A `subscription_cancelled` or `subscription_ended` event of `s`, unique per user by its key. */
-function lifecycleEvent(s: Subscription, type: LifecycleEvent["type"], at: Date, extra: Record<string, unknown>): LifecycleEvent {
-  return {
-    type,
-    payload: {
-      subscriptionId: s.id,
-      planId: s.planId,
-      periodStart: s.currentPeriodStart.toISOString(),
-      periodEnd: s.currentPeriodEnd.toISOString(),
-      at: at.toISOString(),
-      ...extra,
-    },
-    // ended: once per subscription; cancelled: once per cancel (a resumed one may be cancelled again).
-    dedupeKey: type === "subscription_ended" ? `sub:${s.id}:ended` : `sub:${s.id}:cancelled:${s.version}`,
-  };
-}
-
-/** The period end of a subscription that does not renew: it ends, and owes its `subscription_ended` event. */
-function ended(x: Subscription, status: "canceled" | "expired", reason: string, now: Date): Subscription {
-  return {
-    ...x,
-    status,
-    endedAt: x.currentPeriodEnd,
-    pendingPlanId: null,
-    pendingCredits: null,
-    intent: intent(`sub:${x.id}:${x.currentPeriodStart.toISOString()}:end`, {
-      keepPeriodGrants: true,
-      events: [lifecycleEvent(x, "subscription_ended", x.currentPeriodEnd, { status, reason })],
-    }),
-    nextRunAt: now,
-  };
-}
-
-/** A period's allocation, or null when its credits could no longer be used (a period caught up late). */
-function allocation(plan: Plan, period: { start: Date; end: Date }, now: Date): SubscriptionIntent["allocate"] {
-  if (plan.creditsPerPeriod === 0) return null;
-  const expiresAt = allocationExpiry(period, plan.validityDays);
-  if (expiresAt.getTime() <= now.getTime()) return null;
-  return { amount: plan.creditsPerPeriod, expiresAt: expiresAt.getTime() };
-}
-
 function alreadySubscribed(s: Subscription): ConflictError {
   return new ConflictError(`User ${s.userId} already has an active subscription (use changePlan).`, {
     userId: s.userId,
     subscriptionId: s.id,
   });
-}
-
-function invalid(path: string, message: string): ValidationError {
-  return new ValidationError(`Invalid ${path}: ${message}`, [{ path, message }]);
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

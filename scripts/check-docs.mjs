@@ -1,0 +1,305 @@
+#!/usr/bin/env node
+// Every TypeScript block of the documentation, checked against the package as a user installs it.
+//
+// First, every relative link of README.md, docs/**/*.md, CONTRIBUTING.md and CHANGELOG.md must
+// resolve (file and #heading), and the docs index, docs/README.md, must link every page. Then each
+// ```ts / ```typescript block of README.md and of every docs/**/*.md (a new page is picked up
+// without registering it) is checked: this checkout is packed (`npm pack`: exactly the files that
+// ship, so build first), the tarball is unpacked into a fresh project outside the repository (its
+// dependencies, the peers and the frameworks the pages use linked from this repository's
+// node_modules), each block is written there as a module of its own, all are type-checked as a
+// strict TypeScript consumer compiles them (module and moduleResolution node16), and the blocks
+// marked `run` are executed with node, each in an empty folder, without any database URL in its
+// environment.
+//
+// The conventions for writers (CONTRIBUTING.md#documentation-snippets):
+//   - A block is a complete ES module by default: its own imports, top-level await allowed.
+//   - `<!-- snippet: fragment -->` right before the fence: the block is compiled after the page's
+//     hidden prelude (`<!-- snippet-prelude` … `-->`, one per page) and after any code in the
+//     marker comment itself (the lines after its first), for blocks that continue a page's story.
+//   - `<!-- snippet: run -->` (also `fragment run`): the block is executed as well and must exit
+//     with 0 (in memory: no server, no network, done within the timeout).
+//   - `<!-- snippet: skip <reason> -->`: not checked; the reason is required and printed.
+//
+// Usage: node scripts/check-docs.mjs [--no-run] [--keep] [file.md …]
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, relative, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import console from "node:console";
+import { clearTimeout, setTimeout } from "node:timers";
+import process from "node:process";
+import ts from "typescript";
+
+const started = Date.now();
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const args = process.argv.slice(2);
+const noRun = args.includes("--no-run");
+const keep = args.includes("--keep");
+const only = args.filter((a) => !a.startsWith("--")).map((a) => resolve(a));
+const RUN_TIMEOUT_MS = 20_000;
+const CONVENTION = "CONTRIBUTING.md#documentation-snippets";
+
+function markdownFiles() {
+  const files = [join(root, "README.md")];
+  const docs = join(root, "docs");
+  for (const f of readdirSync(docs, { recursive: true })) {
+    if (String(f).endsWith(".md")) files.push(join(docs, String(f)));
+  }
+  files.sort();
+  return only.length ? files.filter((f) => only.includes(f)) : files;
+}
+
+/** A hidden comment ending on line `end` (0-based) and starting at or above it: its lines. */
+function commentEndingAt(lines, end) {
+  if (!lines[end].trimEnd().endsWith("-->")) return undefined;
+  for (let i = end; i >= 0; i--) if (lines[i].trimStart().startsWith("<!--")) return { start: i, end };
+  return undefined;
+}
+
+/**
+ * The blocks of one page: { file, fenceLine (1-based), code, flags, hidden (the marker's code),
+ * reason (of a skip) }; each code line with its Markdown line.
+ */
+function extract(file) {
+  const text = readFileSync(file, "utf8");
+  const lines = text.split("\n");
+  const rel = relative(root, file);
+  const problems = [];
+  let prelude;
+  const blocks = [];
+  for (let i = 0; i < lines.length; i++) {
+    const trimmed = lines[i].trim();
+    if (trimmed === "<!-- snippet-prelude") {
+      if (prelude) problems.push(`${rel}:${i + 1}: a second snippet-prelude (one per page)`);
+      const code = [];
+      let j = i + 1;
+      for (; j < lines.length && lines[j].trim() !== "-->"; j++) code.push({ text: lines[j], line: j + 1 });
+      if (j === lines.length) problems.push(`${rel}:${i + 1}: snippet-prelude without its closing -->`);
+      prelude = code;
+      i = j;
+      continue;
+    }
+    const fence = /^(\s*)(`{3,}|~{3,})\s*([\w-]*)/.exec(lines[i]);
+    if (!fence) continue;
+    const [, indent, marks, lang] = fence;
+    let j = i + 1;
+    const code = [];
+    for (; j < lines.length; j++) {
+      const close = /^\s*(`{3,}|~{3,})\s*$/.exec(lines[j]);
+      if (close && close[1][0] === marks[0] && close[1].length >= marks.length) break;
+      code.push({ text: lines[j].startsWith(indent) ? lines[j].slice(indent.length) : lines[j].trimStart(), line: j + 1 });
+    }
+    const fenceLine = i + 1;
+    i = j;
+    if (lang !== "ts" && lang !== "typescript") continue;
+    // The marker: a comment on the nearest non-blank line above the fence.
+    let above = fenceLine - 2;
+    while (above >= 0 && lines[above].trim() === "") above--;
+    const comment = above >= 0 ? commentEndingAt(lines, above) : undefined;
+    const flags = new Set();
+    const hidden = [];
+    let reason = "";
+    const head = comment && /^\s*<!--\s*snippet:\s*(.*?)\s*(-->)?\s*$/.exec(lines[comment.start]);
+    if (head) {
+      const words = head[1].split(/\s+/).filter(Boolean);
+      for (let w = 0; w < words.length; w++) {
+        if (words[w] === "skip") { flags.add("skip"); reason = words.slice(w + 1).join(" "); break; }
+        if (!["fragment", "run"].includes(words[w])) problems.push(`${rel}:${comment.start + 1}: unknown snippet flag "${words[w]}" (fragment, run, skip <reason>)`);
+        else flags.add(words[w]);
+      }
+      if (flags.has("skip") && !reason) problems.push(`${rel}:${comment.start + 1}: "snippet: skip" needs a reason`);
+      for (let k = comment.start + 1; k < comment.end; k++) hidden.push({ text: lines[k], line: k + 1 });
+      const last = lines[comment.end].replace(/-->\s*$/, "");
+      if (comment.end > comment.start && last.trim()) hidden.push({ text: last, line: comment.end + 1 });
+      if (hidden.length && !flags.has("fragment")) problems.push(`${rel}:${comment.start + 1}: code in a snippet marker needs "fragment"`);
+    }
+    blocks.push({ file: rel, fenceLine, code, flags, hidden, reason });
+  }
+  for (const b of blocks) b.prelude = b.flags.has("fragment") ? prelude ?? [] : [];
+  if (prelude && !blocks.some((b) => b.flags.has("fragment"))) problems.push(`${rel}: a snippet-prelude but no "fragment" block uses it`);
+  return { blocks, problems };
+}
+
+/** GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens. */
+const slug = (heading) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/\s/g, "-");
+
+/** A page's text outside fenced blocks (links and headings in code are not links and headings). */
+function prose(file) {
+  const out = [];
+  let fence = null;
+  for (const [i, line] of readFileSync(file, "utf8").split("\n").entries()) {
+    const m = /^\s*(`{3,}|~{3,})/.exec(line);
+    if (m && (fence === null || (m[1][0] === fence[0] && m[1].length >= fence.length))) { fence = fence === null ? m[1] : null; continue; }
+    if (fence === null) out.push({ line: i + 1, text: line });
+  }
+  return out;
+}
+
+function anchorsOf(file) {
+  const seen = new Map();
+  const anchors = new Set();
+  for (const { text } of prose(file)) {
+    const h = /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(text);
+    if (!h) continue;
+    const base = slug(h[1]);
+    const n = seen.get(base) ?? 0;
+    seen.set(base, n + 1);
+    anchors.add(n === 0 ? base : `${base}-${n}`);
+  }
+  return anchors;
+}
+
+/**
+ * Every relative link of the pages resolves (file and #anchor), and the docs index
+ * (docs/README.md) links every page of docs/.
+ */
+function checkLinks(files) {
+  const problems = [];
+  const anchors = new Map();
+  const anchorsFor = (f) => anchors.get(f) ?? anchors.set(f, anchorsOf(f)).get(f);
+  for (const file of files) {
+    const rel = relative(root, file);
+    for (const { line, text } of prose(file)) {
+      for (const m of text.replace(/`[^`]*`/g, "").matchAll(/\]\(([^)\s]+)(?:\s+"[^"]*")?\)/g)) {
+        const target = m[1];
+        if (/^[a-z][a-z+.-]*:/i.test(target)) continue; // https:, mailto:
+        const [path, anchor] = target.split("#");
+        const to = path ? resolve(dirname(file), decodeURIComponent(path)) : file;
+        if (!existsSync(to)) { problems.push(`${rel}:${line}: link to ${target}: no such file`); continue; }
+        if (anchor && to.endsWith(".md") && !anchorsFor(to).has(anchor)) problems.push(`${rel}:${line}: link to ${target}: no such heading in ${relative(root, to)}`);
+      }
+    }
+  }
+  const index = join(root, "docs", "README.md");
+  if (existsSync(index)) {
+    const linked = new Set();
+    for (const { text } of prose(index)) for (const m of text.matchAll(/\]\(([^)#\s]+)/g)) linked.add(resolve(dirname(index), m[1]));
+    for (const f of readdirSync(join(root, "docs"), { recursive: true })) {
+      const page = join(root, "docs", String(f));
+      if (page.endsWith(".md") && page !== index && !linked.has(page)) problems.push(`docs/README.md does not link docs/${f}: add it to the index`);
+    }
+  }
+  return problems;
+}
+
+function fail(message) {
+  console.error(`\ncheck-docs: ${message}`);
+  process.exit(1);
+}
+
+// 1. The blocks.
+const files = markdownFiles();
+const blocks = [];
+const problems = [];
+for (const file of files) {
+  const page = extract(file);
+  blocks.push(...page.blocks);
+  problems.push(...page.problems);
+}
+if (problems.length) fail(`snippet markers:\n  ${problems.join("\n  ")}\nSee ${CONVENTION}.`);
+const links = checkLinks(only.length ? files : [...files, join(root, "CONTRIBUTING.md"), join(root, "CHANGELOG.md")].filter((f) => existsSync(f)));
+if (links.length) fail(`links:\n  ${links.join("\n  ")}`);
+if (blocks.length === 0) fail("no TypeScript block found");
+
+// 2. The package as it ships, in a fresh project.
+if (!existsSync(join(root, "dist", "index.js")) || !existsSync(join(root, "dist", "index.d.ts"))) fail("no complete dist/: run `npm run build` first");
+const newestSource = (dir) => readdirSync(dir, { recursive: true, withFileTypes: true })
+  .filter((e) => e.isFile()).reduce((max, e) => Math.max(max, statSync(join(e.parentPath ?? e.path, e.name)).mtimeMs), 0);
+if (newestSource(join(root, "src")) > statSync(join(root, "dist", "index.js")).mtimeMs) {
+  console.warn("check-docs: warning: src/ changed after the last build; the blocks are checked against dist/ as built");
+}
+const packStarted = Date.now();
+const work = mkdtempSync(join(tmpdir(), "cm-docs-"));
+process.on("exit", () => { if (!keep) rmSync(work, { recursive: true, force: true }); });
+const tarball = execFileSync("npm", ["pack", "--silent", "--ignore-scripts", "--pack-destination", work], { cwd: root, encoding: "utf8" }).trim().split("\n").pop();
+const modules = join(work, "node_modules");
+const pkgDir = join(modules, "credit-management");
+mkdirSync(pkgDir, { recursive: true });
+execFileSync("tar", ["-xzf", join(work, tarball), "-C", pkgDir, "--strip-components=1"]);
+// Its dependencies and the peers and frameworks the pages use: this repository's installed ones.
+for (const name of readdirSync(join(root, "node_modules"))) {
+  if (name.startsWith(".") || name === "credit-management") continue;
+  symlinkSync(join(root, "node_modules", name), join(modules, name), "junction");
+}
+writeFileSync(join(work, "package.json"), JSON.stringify({ name: "docs-consumer", private: true, type: "module" }));
+const packed = Date.now();
+
+// 3. One module per block; each generated line remembers its Markdown line.
+const srcDir = join(work, "snippets");
+mkdirSync(srcDir);
+const checked = blocks.filter((b) => !b.flags.has("skip"));
+for (const [n, b] of checked.entries()) {
+  b.name = `${b.file.replace(/[^\w]+/g, "-").replace(/-md$/, "")}-L${b.fenceLine}`;
+  b.path = join(srcDir, `${b.name}.ts`);
+  b.map = [...b.prelude.map((l) => ({ ...l, where: "prelude" })), ...b.hidden.map((l) => ({ ...l, where: "marker" })), ...b.code.map((l) => ({ ...l, where: "block" }))];
+  writeFileSync(b.path, `${b.map.map((l) => l.text).join("\n")}\nexport {};\n`);
+  b.index = n;
+}
+
+// 4. Type-check (and emit, for the runnable ones) as a strict consumer.
+const program = ts.createProgram(checked.map((b) => b.path), {
+  strict: true,
+  target: ts.ScriptTarget.ES2022,
+  module: ts.ModuleKind.Node16,
+  moduleResolution: ts.ModuleResolutionKind.Node16,
+  types: ["node"],
+  typeRoots: [join(modules, "@types")],
+  skipLibCheck: true,
+  rootDir: srcDir,
+  outDir: join(work, "out"),
+  noEmitOnError: true,
+});
+const diagnostics = ts.getPreEmitDiagnostics(program);
+if (diagnostics.length) {
+  const byPath = new Map(checked.map((b) => [resolve(b.path), b]));
+  const found = [];
+  for (const d of diagnostics) {
+    const message = ts.flattenDiagnosticMessageText(d.messageText, "\n    ");
+    const b = d.file && byPath.get(resolve(d.file.fileName));
+    if (!b) { found.push({ file: d.file?.fileName ?? "", line: 0, text: `${d.file ? `${d.file.fileName}: ` : ""}TS${d.code}: ${message}` }); continue; }
+    const at = b.map[d.file.getLineAndCharacterOfPosition(d.start ?? 0).line] ?? { line: b.fenceLine, where: "block" };
+    const from = at.where === "block" ? "" : ` (in the ${at.where === "prelude" ? "page's snippet-prelude" : "snippet marker"}, for the block at line ${b.fenceLine})`;
+    found.push({ file: b.file, line: at.line, text: `${b.file}:${at.line}${from}: TS${d.code}: ${message}` });
+  }
+  found.sort((x, y) => x.file.localeCompare(y.file) || x.line - y.line);
+  const out = [...new Set(found.map((f) => f.text))];
+  fail(`${out.length} type error(s) in the documentation's TypeScript blocks:\n  ${out.join("\n  ")}\n\n` +
+    `A block is a complete module (its imports included) unless it is marked; fragments, runnable blocks\n` +
+    `and skipped ones are explained in ${CONVENTION}. Fix the docs where they are wrong.`);
+}
+const checkedAt = Date.now();
+const emitted = program.emit();
+if (emitted.emitSkipped) fail("TypeScript emitted nothing");
+
+// 5. Run the runnable blocks, each in an empty folder, two at a time.
+const runnable = noRun ? [] : checked.filter((b) => b.flags.has("run"));
+const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(CREDIT_|DATABASE_URL|MONGO|REDIS|PG|MYSQL)/.test(k)));
+function run(b) {
+  const cwd = join(work, "run", b.name);
+  mkdirSync(cwd, { recursive: true });
+  return new Promise((done) => {
+    const child = spawn(process.execPath, [join(work, "out", `${b.name}.js`)], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.on("data", (c) => { output += c; });
+    child.stderr.on("data", (c) => { output += c; });
+    const timer = setTimeout(() => { output += `\n(killed after ${RUN_TIMEOUT_MS / 1000} s: a runnable block must finish by itself)`; child.kill("SIGKILL"); }, RUN_TIMEOUT_MS);
+    child.on("close", (code, signal) => { clearTimeout(timer); done({ b, ok: code === 0, code: code ?? signal, output }); });
+  });
+}
+const results = [];
+const queue = [...runnable];
+await Promise.all([0, 1].map(async () => { for (let b; (b = queue.shift()); ) results.push(await run(b)); }));
+const failed = results.filter((r) => !r.ok);
+if (failed.length) {
+  fail(`${failed.length} runnable block(s) failed:\n${failed.map((r) => `  ${r.b.file}:${r.b.fenceLine} exited with ${r.code}:\n    ${r.output.trim().split("\n").join("\n    ")}`).join("\n")}`);
+}
+
+const skipped = blocks.filter((b) => b.flags.has("skip"));
+for (const b of skipped) console.log(`skipped ${b.file}:${b.fenceLine}: ${b.reason}`);
+const pages = new Set(blocks.map((b) => b.file)).size;
+console.log(`check-docs: ${checked.length} TypeScript blocks of ${pages} pages type-check against the packed package` +
+  `${noRun ? "" : `, ${results.length} ran`}${skipped.length ? `, ${skipped.length} skipped` : ""}`);
+const s = (ms) => `${(ms / 1000).toFixed(1)} s`;
+console.log(`check-docs: ${s(Date.now() - started)} (pack and install ${s(packed - packStarted)}, type-check ${s(checkedAt - packed)}, runs ${s(Date.now() - checkedAt)})`);
