@@ -17,7 +17,8 @@ export type CreditErrorCode =
   | "STORAGE_ERROR"
   | "PROMO_NOT_ELIGIBLE"
   | "WEBHOOK_REJECTED"
-  | "PAYMENT_PROVIDER_ERROR";
+  | "PAYMENT_PROVIDER_ERROR"
+  | "UNKNOWN_MODEL";
 
 /** Base class of every error the library throws on purpose. */
 export class CreditError extends Error {
@@ -169,5 +170,20 @@ export class WebhookRejectedError extends CreditError {
 export class PaymentProviderError extends CreditError {
   constructor(message: string, details?: Record<string, unknown>, cause?: unknown) {
     super("PAYMENT_PROVIDER_ERROR", 502, message, { details, cause });
+  }
+}
+
+/**
+ * Usage of a model the price book does not price, and the book has no `default`: refused, never
+ * billed as free (docs/llm-metering.md). Nothing was changed.
+ */
+export class UnknownModelError extends CreditError {
+  constructor(model: string, provider: string | undefined, priceBook: string) {
+    super(
+      "UNKNOWN_MODEL",
+      422,
+      `No price for model "${model}"${provider === undefined ? "" : ` of provider "${provider}"`} in price book ${priceBook}: add it to the book, or give the book a \`default\` to bill unknown models.`,
+      { details: { model, ...(provider === undefined ? {} : { provider }), priceBook } },
+    );
   }
 }

@@ -62,11 +62,13 @@ export {
 } from "./queue/index.js";
 export type { Thresholds } from "./domain/notifications.js";
 export {
+  addLlmUsage,
   currentMeter,
   recordUsage,
   type MeterContext,
   type MeterOutcome,
 } from "./services/metering.js";
+export { PricingService, usageOfResponse, type PricingServiceOptions, type UsageInput } from "./services/pricing-service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export type { HealthCheck, HealthReport, HealthStatus } from "./health.js";
 export {

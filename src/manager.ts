@@ -4,7 +4,7 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { FeatureRules, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
+import { FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService } from "./services/expiration-service.js";
@@ -14,6 +14,7 @@ import type { PaymentService } from "./services/payment-service.js";
 import { PromoService } from "./services/promo-service.js";
 import { NotificationService } from "./services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
+import { PricingService } from "./services/pricing-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -61,6 +62,13 @@ export const CreditManagerOptions = z.strictObject({
   trial: TrialCredits.optional(),
   /** Per-feature rules of `credits.check()`: `{ [feature]: { minAvailable } }`. */
   features: FeatureRules.optional(),
+  /**
+   * The price book: credits per input, output and cached token and per request of each model, and
+   * credits per unit of money, for `recordUsage({ model, inputTokens, outputTokens })`, `{ cost }`
+   * and the metering middleware's `llm` option (docs/llm-metering.md). Replace it at run time with
+   * `manager.pricing.setPriceBook()`.
+   */
+  pricing: PriceBookInput.optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -72,6 +80,8 @@ export interface CreditManager {
   expiration: ExpirationService;
   promos: PromoService;
   payments: PaymentService;
+  /** The price book of LLM usage (docs/llm-metering.md). */
+  pricing: PricingService;
   /** The outbox dispatcher, thresholds and emit hook; events are recorded once `queue` or `notifications` is given. */
   notifications: NotificationService;
   ledger: LedgerLogger;
@@ -99,6 +109,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   const n = o.notifications;
   const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
   const alertsOn = o.queue !== undefined || n !== undefined;
+  const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
   const credits = new CreditService({
     db,
     ledger,
@@ -110,6 +121,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,
     features: o.features,
+    pricing,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
   const notifications = new NotificationService({
@@ -144,6 +156,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     expiration,
     promos,
     payments,
+    pricing,
     notifications,
     ledger,
     db,

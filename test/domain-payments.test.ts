@@ -40,6 +40,8 @@ const payment = (over: Partial<Payment> = {}): Payment => ({
   amount: 1000,
   credits: 500,
   status: "paid",
+  // Paid here means credited: its credits were added by this entry.
+  creditEntryId: "7d1f0c2e-0000-4000-8000-00000000e001",
   refundedAmount: 0,
   creditsReversed: 0,
   ...over,
@@ -53,6 +55,8 @@ describe("reversal: what a refund or a lost dispute does to a payment", () => {
     ["a refund larger than the payment counts as the full amount", {}, false, 5000, { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 500 }],
     ["a lost dispute: all not yet reversed, the refunded amount stays", { status: "partially_refunded", refundedAmount: 200, creditsReversed: 100 }, true, null, { outcome: "apply", status: "disputed_lost", refundedAmount: 200, takeBack: 400 }],
     ["before the payment was credited: only the status moves", { status: "created" }, false, 1000, { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 0 }],
+    // @see issue 26, item 4 (the simulation, seed 8): its status ranks past paid, its credits were never added.
+    ["refunded in part before it was credited, refunded again: nothing to take back", { status: "partially_refunded", refundedAmount: 333, creditEntryId: null }, false, 600, { outcome: "apply", status: "partially_refunded", refundedAmount: 600, takeBack: 0 }],
     ["a redelivered full refund: duplicate", { status: "refunded", refundedAmount: 1000, creditsReversed: 500 }, false, 1000, { outcome: "duplicate" }],
     ["an older partial refund after a later one: duplicate (same status), nothing taken", { status: "partially_refunded", refundedAmount: 500, creditsReversed: 250 }, false, 333, { outcome: "duplicate" }],
     ["a partial refund after the full one: unchanged", { status: "refunded", refundedAmount: 1000, creditsReversed: 500 }, false, 333, { outcome: "unchanged" }],

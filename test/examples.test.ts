@@ -31,6 +31,17 @@ describe("HTTP examples", () => {
     expect(out).toMatch(/balance: 985/);
   });
 
+  it("llm-proxy.ts bills an OpenAI-compatible proxy per model from the usage the upstream reported", async () => {
+    const out = await example("llm-proxy.ts");
+    // gpt-4o-mini-2024-07-18 (priced as gpt-4o-mini): 176 × 3/20 + 1,024 cached × 3/40 + 350 × 3/5 = 313.2 → 314
+    expect(out).toContain("JSON: 200 \"Credits are counted per token.\" X-Credits-Deducted: 314");
+    expect(out).toContain("stream: 200, 7 events passed through");
+    expect(out.match(/committed 314 \(gpt-4o-mini-2024-07-18: 176 in, 1024 cached, 350 out, book 2026-11-01\)/g)).toHaveLength(2);
+    expect(out).toContain("mystery-model: 422 UNKNOWN_MODEL");
+    expect(out).toContain("balance: 99372");
+    expect(out).toContain("audit: ok");
+  });
+
   it("fastify.ts meters through hooks and through meter() in a route", async () => {
     const out = await example("fastify.ts");
     expect(out).toContain("committed 13");

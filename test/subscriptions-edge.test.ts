@@ -428,3 +428,37 @@ describe("subscribe retries are compared with the call that subscribed", () => {
     await m.close();
   });
 });
+
+/**
+ * @see issue 26, item 4: the simulation (seed 12) found a subscriber refused for lack of credits
+ * after the period's end, before the renewal job ran, because the period's allocation had been
+ * spent (or voided): with no open period grant left to expire, nothing told the deduction that the
+ * period had ended (docs/subscriptions.md, "Periods start on time").
+ */
+describe("a period whose credits are all spent or voided still starts the next one on time", () => {
+  for (const how of ["spent", "voided", "held and committed"] as const) {
+    it(`deduct and reserve after the period's end, with the allocation ${how}`, async () => {
+      const { m, clock } = await setup();
+      await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily" });
+      const s = await m.subscriptions.subscribe("u", "daily");
+      if (how === "spent") await m.credits.deductCredits("u", 100);
+      if (how === "voided") await m.credits.voidGrant(s.periodGrantIds[0] as string);
+      if (how === "held and committed") {
+        const hold = await m.credits.reserveCredits("u", 100);
+        await m.credits.commitReservedCredits(hold.id);
+      }
+      expect((await m.credits.getUserCreditsInfo("u")).available).toBe(0);
+      clock.now += DAY + 1000;
+      // No job has run: the deduction itself must bring the new period's 100 first.
+      await expect(m.credits.deductCredits("u", 30)).resolves.toMatchObject({ type: "deduct", amount: 30 });
+      await expect(m.credits.reserveCredits("u", 70)).resolves.toMatchObject({ amount: 70 });
+      expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 70, reserved: 70, available: 0 });
+      const current = await m.subscriptions.getUserSubscription("u");
+      expect(current?.currentPeriodStart.getTime()).toBe(T + DAY);
+      expect((await m.credits.audit("u")).ok).toBe(true);
+      // And a refusal that no period explains stays a refusal (once: nothing allocated twice).
+      await expect(m.credits.deductCredits("u", 1)).rejects.toMatchObject({ code: "INSUFFICIENT_CREDITS" });
+      expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(70);
+    });
+  }
+});

@@ -79,7 +79,9 @@ export function reversal(
   if (!canAdvancePayment(p.status, status) || (!dispute && refunded <= p.refundedAmount)) {
     return { outcome: p.status === status ? "duplicate" : "unchanged" };
   }
-  const takeBack = !isCredited(p.status)
+  // Credited means its credits were added (`creditEntryId`), not a status past paid: a payment
+  // refunded before it was credited is partially_refunded, and credits nothing later.
+  const takeBack = !isCredited(p.status) || p.creditEntryId === null
     ? 0
     : dispute
       ? p.credits - p.creditsReversed

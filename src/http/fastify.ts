@@ -1,4 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { Transform, type Readable } from "node:stream";
+import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
 import type { MeterSession } from "../services/metering.js";
 import { common, type MeteringOptionsBase } from "./metering.js";
 import { errorBody, errorResponse, type Identity } from "./router.js";
@@ -53,6 +55,8 @@ export type FastifyCreditMeteringPlugin = ((instance: FastifyInstanceLike, optio
 export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): FastifyCreditMeteringPlugin {
   const c = common(options);
   const sessions = new WeakMap<IncomingMessage, MeterSession>();
+  /** `llm`: the usage of a streamed payload, read as it passes. */
+  const readings = new WeakMap<IncomingMessage, ResponseUsageReader>();
 
   const refuse = async (reply: FastifyReplyLike, response: Response): Promise<void> => {
     reply.code(response.status);
@@ -64,7 +68,10 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   const onClose = (request: FastifyRequestLike, reply: FastifyReplyLike, session: MeterSession) => () => {
     if (session.settled) return;
     const res = reply.raw;
-    const settling = !res.writableFinished ? session.release("aborted") : reply.statusCode >= 500 ? session.release("error") : session.commit();
+    const reading = readings.get(request.raw);
+    let settling;
+    if (c.llm !== null && reading !== undefined) settling = c.settleReading(session, res.writableFinished ? reading.end() : reading.cut(), reply.statusCode);
+    else settling = !res.writableFinished ? session.release("aborted") : reply.statusCode >= 500 ? session.release("error") : session.commit();
     void c.settle(request, session, settling);
   };
 
@@ -109,9 +116,25 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     if (session === undefined || session.settled) return payload;
     const whole = typeof payload === "string" || Buffer.isBuffer(payload);
     // A stream's end is not here: it is settled when the response closes.
-    if (!whole && payload !== null && payload !== undefined) return payload;
+    if (!whole && payload !== null && payload !== undefined) {
+      if (c.llm === null || typeof (payload as Readable).pipe !== "function") return payload;
+      // `llm`: read the stream's usage as it passes through, chunk by chunk, without holding it.
+      const reading = new ResponseUsageReader(typeOf(reply));
+      readings.set(request.raw, reading);
+      const tap = new Transform({
+        transform(chunk: Buffer | string, _encoding, callback) {
+          callback(null, chunk);
+          reading.push(chunk);
+        },
+      });
+      (payload as Readable).on("error", (error) => tap.destroy(error));
+      return (payload as Readable).pipe(tap);
+    }
     let settling: Promise<unknown>;
-    if (reply.statusCode >= 500) settling = session.release("error");
+    if (c.llm !== null) {
+      const text = payload === null || payload === undefined ? "" : payload.toString();
+      settling = c.settleReading(session, usageOfText(text, typeOf(reply)), reply.statusCode);
+    } else if (reply.statusCode >= 500) settling = session.release("error");
     else {
       const amount = c.usagePath !== null && session.usages.length === 0 && whole ? c.usageOfBody(reply.raw, payload) : undefined;
       settling = session.commit(amount);
@@ -131,6 +154,11 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   plugin[Symbol.for("skip-override")] = true;
   plugin[Symbol.for("fastify.display-name")] = "credit-management-metering";
   return plugin;
+}
+
+function typeOf(reply: FastifyReplyLike): string | undefined {
+  const type = (reply as { getHeader?: (name: string) => unknown }).getHeader?.("content-type") ?? reply.raw.getHeader("content-type");
+  return type === undefined || type === null ? undefined : String(type);
 }
 
 function headerOf(request: FastifyRequestLike, name: string): string | undefined {

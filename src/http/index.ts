@@ -9,6 +9,7 @@ export {
   creditMeteringMiddleware,
   type CreditMeteringMiddlewareOptions,
   type CreditMeteringOptions,
+  type LlmMeteringOptions,
   type MeteringLocals,
   type MeteringOptionsBase,
 } from "./metering.js";
@@ -34,4 +35,4 @@ export {
 export { creditRoutes } from "./credit-routes.js";
 export { paymentRoutes, promoRoutes } from "./billing-routes.js";
 export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
-export { currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";
+export { addLlmUsage, currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";

@@ -4,6 +4,9 @@ import { UserId, parse } from "../models/index.js";
 import type { CreditService } from "../services/credit-service.js";
 import type { MeterOptions } from "../models/index.js";
 import type { MeterOutcome, MeterSession } from "../services/metering.js";
+import { recordOf } from "../services/pricing-service.js";
+import { ResponseUsageReader, usageOfText, type LlmUsage, type UsageReading } from "../domain/llm-usage.js";
+import type { RecordedUsage } from "../models/index.js";
 import { textResponse } from "./node.js";
 import { errorBody, errorResponse, json, type Identity } from "./router.js";
 import { isPromiseLike } from "../util/promise.js";
@@ -64,8 +67,31 @@ export interface MeteringOptionsBase<Req> {
   usageKey?: string;
   /** Response header with the credits charged. Default `X-Credits-Deducted`. */
   deductedHeader?: string;
+  /**
+   * Bill LLM responses by the usage they report (docs/llm-metering.md): OpenAI-compatible and
+   * Anthropic Messages bodies, streamed (SSE) or not, priced through the manager's price book.
+   * `true` for the defaults. Usage the handler records itself takes precedence.
+   */
+  llm?: boolean | LlmMeteringOptions;
   /** Every settled request: what was held, charged or released. Where headers cannot carry it, read it here. */
   onSettled?: (outcome: MeterOutcome, request: Req) => void;
+}
+
+/** The `llm` option of the metering middlewares (docs/llm-metering.md). */
+export interface LlmMeteringOptions {
+  /** The provider the usage is recorded under (it selects price-book entries that name one), e.g. "openai". */
+  provider?: string;
+  /**
+   * What a successful (2xx) response is charged when its own usage cannot be billed — a stream cut
+   * before its usage arrived (the client left, the upstream failed), a response without usage, a
+   * malformed usage object, a model the book does not price:
+   * - `"estimate"` (default): the hold's estimate;
+   * - `"counted"`: the tokens seen so far (Anthropic: `message_start`'s input and the output so far;
+   *   OpenAI-shaped streams: one output token per content chunk, input unknown), priced by the book;
+   * - `"none"`: nothing — the hold is released (`releaseReason: "usage-<problem>"`).
+   * The usage recorded says which (`source: "estimate" | "counted"`, `problem`).
+   */
+  missingUsage?: "estimate" | "counted" | "none";
 }
 
 export type CreditMeteringOptions = MeteringOptionsBase<Request>;
@@ -108,6 +134,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   const header = (o.estimateHeader ?? "x-estimated-tokens").toLowerCase();
   const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
   const usagePath = o.usageKey ? o.usageKey.split(".") : null;
+  const llm = llmOptions(o.llm);
 
   /** A plain path under the prefix, ASCII letters compared without case (no allocation). */
   const plainUnderPrefix = (path: string): boolean =>
@@ -248,7 +275,72 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
       () => null,
     );
 
+  /** A usage the middleware found (or fell back to) for the response, as priced. */
+  const recorded = (session: MeterSession, usage: LlmUsage, source: "response" | "counted", problem?: string): RecordedUsage => {
+    const tokens: Parameters<typeof recordOf>[0] = {
+      model: usage.model as string,
+      inputTokens: usage.inputTokens,
+      outputTokens: usage.outputTokens,
+    };
+    if (usage.cachedTokens > 0) tokens.cachedTokens = usage.cachedTokens;
+    if (llm?.provider !== undefined) tokens.provider = llm.provider;
+    const r = recordOf(tokens, session.priceBook);
+    r.source = source;
+    if (problem !== undefined) r.problem = problem;
+    return r;
+  };
+
+  /** A 2xx response whose own usage cannot be billed: charged as `missingUsage` says. */
+  const fallback = (session: MeterSession, problem: string, counted: LlmUsage | null): Promise<MeterOutcome> => {
+    const how = llm?.missingUsage ?? "estimate";
+    if (how === "none") return session.release(`usage-${problem}`);
+    if (how === "counted" && counted !== null) {
+      const nothing = counted.inputTokens === 0 && counted.outputTokens === 0 && counted.cachedTokens === 0;
+      try {
+        if (counted.model !== undefined) session.recordPriced(recorded(session, counted, "counted", problem));
+        else if (nothing) session.recordPriced({ amount: 0, source: "counted", problem });
+        else throw new Error("tokens without a model cannot be priced");
+        return session.commit();
+      } catch {
+        // the book cannot price what was counted: charge the estimate, never nothing
+      }
+    }
+    const usage: RecordedUsage = { amount: session.estimate, source: "estimate", problem };
+    if (counted?.model !== undefined) usage.model = counted.model;
+    if (llm?.provider !== undefined) usage.provider = llm.provider;
+    session.recordPriced(usage);
+    return session.commit();
+  };
+
+  /**
+   * Settles an LLM response from what it reported (`llm` option): usage the handler recorded
+   * itself first; status >= 500 releases; the response's usage priced by the book; a 4xx without
+   * usage releases (the API refused the call); any other response without billable usage follows
+   * `missingUsage`.
+   */
+  const settleReading = (session: MeterSession, reading: UsageReading, status: number): Promise<MeterOutcome> => {
+    if (session.settled || session.usages.length > 0) return session.commit();
+    if (status >= 500) return session.release("error");
+    if (reading.ok) {
+      if (reading.usage.model === undefined) return fallback(session, "no-model", null);
+      let usage: RecordedUsage;
+      try {
+        usage = recorded(session, reading.usage, "response");
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        const problem = code === "UNKNOWN_MODEL" ? "unknown-model" : code === "CONFIGURATION_ERROR" ? "no-price-book" : "unpriced";
+        return fallback(session, problem, reading.usage);
+      }
+      session.recordPriced(usage);
+      return session.commit();
+    }
+    if (status >= 400 && reading.problem !== "cut") return session.release("no-usage");
+    return fallback(session, reading.problem, reading.counted);
+  };
+
   return {
+    llm,
+    settleReading,
     applies,
     routerFor,
     estimate,
@@ -264,6 +356,26 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     credits: o.credits,
   };
 }
+
+/** The `llm` option with its defaults, or null when it is off. */
+function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOptions | null {
+  if (o === undefined || o === false) return null;
+  if (o === true) return {};
+  if (typeof o !== "object" || o === null) throw new TypeError("[credit-management] [metering] `llm` must be a boolean or { provider?, missingUsage? }.");
+  for (const k of Object.keys(o)) {
+    if (k !== "provider" && k !== "missingUsage") throw new TypeError(`[credit-management] [metering] unknown \`llm\` option "${k}".`);
+  }
+  if (o.missingUsage !== undefined && !["estimate", "counted", "none"].includes(o.missingUsage)) {
+    throw new TypeError('[credit-management] [metering] `llm.missingUsage` must be "estimate", "counted" or "none".');
+  }
+  if (o.provider !== undefined && (typeof o.provider !== "string" || o.provider.length === 0 || o.provider.length > 200)) {
+    throw new TypeError("[credit-management] [metering] `llm.provider` must be a non-empty string.");
+  }
+  return o;
+}
+
+/** A response with nothing to read (no body). */
+const NO_BODY: UsageReading = { ok: false, problem: "absent", counted: { shape: "openai", model: undefined, inputTokens: 0, outputTokens: 0, cachedTokens: 0 } };
 
 /** What a router ignores when it matches a path to a route (bits of `routerFor`'s answer). */
 const ANY_CASE = 1;
@@ -432,7 +544,12 @@ export function creditMetering(options: CreditMeteringOptions) {
         await release("aborted");
         return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), { [c.deductedHeader]: "0" });
       }
-      const onAbort = () => void release("aborted");
+      // LLM responses (`llm`): the usage is read from the body as it passes; a stream cut before
+      // its usage arrived is charged as `missingUsage` says, not released.
+      let reading: ResponseUsageReader | null = null;
+      let status = 200;
+      const cut = () => c.settle(request, session, reading === null ? session.release("aborted") : c.settleReading(session, reading.cut(), status));
+      const onAbort = () => void cut();
       request.signal.addEventListener("abort", onAbort, { once: true });
 
       let response: Response;
@@ -455,28 +572,38 @@ export function creditMetering(options: CreditMeteringOptions) {
           await release("error");
           throw error;
         }
-        const amount = session.usages.length === 0 && text !== null ? c.usageFrom(text) : undefined;
-        const outcome = await c.settle(request, session, session.commit(amount));
+        let settling: Promise<MeterOutcome>;
+        if (c.llm !== null) {
+          settling = c.settleReading(session, text === null ? NO_BODY : usageOfText(text, response.headers.get("content-type")), response.status);
+        } else settling = session.commit(session.usages.length === 0 && text !== null ? c.usageFrom(text) : undefined);
+        const outcome = await c.settle(request, session, settling);
         request.signal.removeEventListener("abort", onAbort);
         return withHeader(response, text, c.deductedHeader, outcome?.charged ?? 0);
       }
       const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+      status = response.status;
+      if (c.llm !== null) reading = new ResponseUsageReader(response.headers.get("content-type"));
       const body = new ReadableStream<Uint8Array>({
         async pull(controller) {
           try {
             const { done, value } = await session.run(() => reader.read());
             if (done) {
               request.signal.removeEventListener("abort", onAbort);
-              await c.settle(request, session, session.commit());
+              await c.settle(request, session, reading === null ? session.commit() : c.settleReading(session, reading.end(), status));
               controller.close();
-            } else controller.enqueue(value);
+            } else {
+              controller.enqueue(value);
+              reading?.push(value); // after the chunk is on its way: reading never delays it
+            }
           } catch (error) {
-            await release("error");
+            // The upstream failed mid-stream: released, or (LLM) charged as a cut stream.
+            if (reading === null) await release("error");
+            else await cut();
             controller.error(error);
           }
         },
         async cancel(reason) {
-          await release("aborted");
+          await cut();
           await reader.cancel(reason).catch(() => undefined);
         },
       });
@@ -534,6 +661,8 @@ class NodeMetered {
   parts = false;
   /** Usage read from the body of an end that could not wait (committed when the response closes). */
   pending: number | undefined = undefined;
+  /** `llm`: the usage of the body, read as it is written. */
+  reading: ResponseUsageReader | null = null;
   private endChunk: unknown;
   private endEncoding: unknown;
   private endCallback: unknown;
@@ -551,6 +680,17 @@ class NodeMetered {
   /** Settles and reports once (`onSettled`, `res.locals`); a failed settlement reports nothing. */
   settle(p: Promise<MeterOutcome>): Promise<MeterOutcome | null> {
     return this.c.settle(this.req, this.session, p, this.locals);
+  }
+
+  /** `llm`: reads a written chunk for its usage (after it was handed to the socket). */
+  read(chunk: unknown, encoding: unknown): void {
+    if (chunk === undefined || chunk === null || typeof chunk === "function") return;
+    const res = this.res;
+    this.reading ??= new ResponseUsageReader(typeHeader(res));
+    if (typeof chunk === "string") {
+      if (typeof encoding === "string" && encoding !== "utf8" && encoding !== "utf-8") this.reading.push(Buffer.from(chunk, encoding as BufferEncoding));
+      else this.reading.push(chunk);
+    } else if (chunk instanceof Uint8Array) this.reading.push(chunk);
   }
 
   /** `res.end(body)` before the headers went out: settle first, then end with the header set. */
@@ -575,11 +715,13 @@ class NodeMetered {
   }
 }
 
-function meteredWrite(this: MeteredResponse): boolean {
+function meteredWrite(this: MeteredResponse, chunk?: unknown, encoding?: unknown): boolean {
   const m = this[METERED] as NodeMetered;
   m.parts = true;
   // eslint-disable-next-line prefer-rest-params
-  return m.write.apply(this, arguments as unknown as unknown[]);
+  const ok = m.write.apply(this, arguments as unknown as unknown[]);
+  if (m.c.llm !== null && !m.session.settled) m.read(chunk, encoding);
+  return ok;
 }
 
 function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
@@ -587,6 +729,19 @@ function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, 
   const session = m.session;
   // eslint-disable-next-line prefer-rest-params
   if (session.settled) return m.end.apply(this, arguments as unknown as Parameters<End>);
+  if (m.c.llm !== null) {
+    if (m.parts || this.headersSent) {
+      m.read(chunk, encoding);
+      // eslint-disable-next-line prefer-rest-params
+      return m.end.apply(this, arguments as unknown as Parameters<End>); // settled when the response closes
+    }
+    // The whole body in one end: its usage now, the header set.
+    m.read(chunk, encoding);
+    const reading = m.reading === null ? NO_BODY : m.reading.end();
+    m.reading = null;
+    m.endAfterSettling(m.c.settleReading(session, reading, this.statusCode), chunk, encoding, cb);
+    return this;
+  }
   // The usage of the body: only with a `usageKey` and when the handler recorded none.
   const amount = m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
   if (m.parts || this.headersSent) {
@@ -603,8 +758,18 @@ function onMeteredClose(this: MeteredResponse): void {
   const m = this[METERED];
   if (m === undefined || m.session.settled) return;
   const session = m.session;
-  if (!this.writableFinished) void m.settle(session.release("aborted"));
+  if (m.c.llm !== null && m.reading !== null) {
+    // An LLM response that was written: billed from its usage, or as a cut stream.
+    void m.settle(m.c.settleReading(session, this.writableFinished ? m.reading.end() : m.reading.cut(), this.statusCode));
+  } else if (!this.writableFinished) void m.settle(session.release("aborted"));
+  else if (m.c.llm !== null) void m.settle(m.c.settleReading(session, NO_BODY, this.statusCode));
   else void m.settle(this.statusCode >= 500 ? session.release("error") : session.commit(m.pending));
+}
+
+/** The content type a node response set, if it is readable (after `writeHead(status, headers)` it may not be). */
+function typeHeader(res: ServerResponse): string | undefined {
+  const type = res.getHeader("content-type");
+  return type === undefined ? undefined : String(type);
 }
 
 /** Writes a Fetch `Response` built by the error helpers (401, 400, 402, 5xx) to a node response. */

@@ -7,3 +7,4 @@ export * from "./promos.js";
 export * from "./payments.js";
 export * from "./notifications.js";
 export * from "./metering.js";
+export * from "./pricing.js";

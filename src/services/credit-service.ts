@@ -27,6 +27,7 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
+import type { PricingService } from "./pricing-service.js";
 import type {
   CreditsInfo} from "../models/index.js";
 import {
@@ -94,6 +95,8 @@ export interface CreditServiceOptions {
   trial?: TrialCredits;
   /** Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. */
   features?: FeatureRules;
+  /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
+  pricing?: PricingService;
 }
 
 /**
@@ -295,8 +298,10 @@ export class CreditService {
   private readonly overdraftLimit: number | null;
   private readonly alerts: Thresholds | undefined;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
+  private readonly pricing: PricingService | undefined;
 
   constructor(options: CreditServiceOptions) {
+    this.pricing = options.pricing;
     this.db = options.db;
     this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
@@ -626,7 +631,7 @@ export class CreditService {
       throw new ValidationError("Invalid options.onSettled: must be a function", [{ path: "onSettled", message: "must be a function" }]);
     }
     if (typeof fn !== "function") throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
+    return runMetered({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
   }
 
   /**
@@ -637,7 +642,7 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter({ credits: this, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
+    return openMeter({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
@@ -683,7 +688,8 @@ export class CreditService {
 
   /**
    * @internal How a subscription service brings a user's due period (`SubscriptionService` sets
-   * it): credit operations and reads that find a period's grants expired call it, then run again.
+   * it): credit operations and reads that find a period's grants expired call it, then run again;
+   * so do operations refused for lack of credits, when it resolves to true (it brought a period).
    */
   bringPeriodsWith(hook: ((userId: string) => Promise<unknown>) | undefined): void {
     this.periodHook = hook;
@@ -793,6 +799,7 @@ export class CreditService {
         done = db.transactionNow(userId, run);
       } catch (error) {
         if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
+        if (periods && error instanceof InsufficientCreditsError) return this.afterRefusal(operation, userId, unit, error, again);
         return this.refusedOrFailed(operation, userId, unit, error);
       }
       if (!isPromiseLike(done)) {
@@ -807,7 +814,11 @@ export class CreditService {
     return Promise.resolve(done).then(
       (outcome) => this.committed(userId, outcome, message),
       (error: unknown) =>
-        error instanceof PeriodDue ? this.afterPeriod(userId, again) : this.refusedOrFailed(operation, userId, unit, error),
+        error instanceof PeriodDue
+          ? this.afterPeriod(userId, again)
+          : periods && error instanceof InsufficientCreditsError
+            ? this.afterRefusal(operation, userId, unit, error, again)
+            : this.refusedOrFailed(operation, userId, unit, error),
     );
   }
 
@@ -824,6 +835,28 @@ export class CreditService {
       this.logger?.warn({ err: error, userId }, "credit-management: could not bring the user's subscription period up to date");
     }
     return again();
+  }
+
+  /**
+   * A refusal for lack of credits may come from a period that has ended while none of its grants
+   * was left to expire (spent, voided): nothing told the unit of work. The subscription service
+   * brings the period if one is due (the same keyed work as `afterPeriod`) and says whether it did;
+   * then the operation runs once more, else the refusal stands. (Found by the simulation, issue 26.)
+   */
+  private async afterRefusal<T>(
+    operation: string,
+    userId: string,
+    unit: UnitRun<unknown>,
+    error: InsufficientCreditsError,
+    again: () => Promise<T>,
+  ): Promise<T> {
+    let brought: unknown = false;
+    try {
+      brought = await this.periodHook?.(userId);
+    } catch (failure) {
+      this.logger?.warn({ err: failure, userId }, "credit-management: could not bring the user's subscription period up to date");
+    }
+    return brought === true ? again() : this.refusedOrFailed(operation, userId, unit, error);
   }
 
   /**

@@ -8,7 +8,9 @@ import {
   ReservationNotActiveError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { MAX_METER_KEY, NonNegativeAmount, parse, UsageRecord, type JournalEntry, type MeterOptions } from "../models/index.js";
+import { MAX_METER_KEY, NonNegativeAmount, parse, type JournalEntry, type MeterOptions, type RecordedUsage } from "../models/index.js";
+import type { PriceBook } from "../domain/pricing.js";
+import { recordOf, type PricingService, type UsageInput } from "./pricing-service.js";
 import { andThen } from "../util/promise.js";
 import type { CreditService } from "./credit-service.js";
 import { meteringChannel, type MeteringMessage } from "../diagnostics.js";
@@ -25,8 +27,8 @@ export interface MeterOutcome {
   charged: number;
   /** Why the hold was released: the call failed, measured nothing, or its client went away. */
   releaseReason?: "error" | "no-usage" | "aborted" | (string & {});
-  /** Everything `recordUsage` recorded, in order. */
-  usages: UsageRecord[];
+  /** Everything `recordUsage` recorded, in order, as priced. */
+  usages: RecordedUsage[];
   /**
    * The hold lapsed (TTL) before the call ended — or, for a keyed call, another attempt released
    * it: its credits had gone back, so the usage was charged as an after-service deduction instead
@@ -51,14 +53,16 @@ export interface MeterContext {
   readonly userId: string;
   readonly reservationId: string;
   readonly estimate: number;
-  /** Usages recorded so far. */
-  readonly usages: readonly UsageRecord[];
+  /** Usages recorded so far, as priced. */
+  readonly usages: readonly RecordedUsage[];
+  /** The version of the price book this call prices tokens with (the one in force when its hold was placed); null without a book. */
+  readonly priceBook: string | null;
   /** Σ recorded amounts. */
   readonly used: number;
   /** True once the hold was committed or released: later usage is not billed. */
   readonly settled: boolean;
   /** Records usage in this call; false (and a warning) if the call is already settled. */
-  recordUsage(usage: UsageRecord): boolean;
+  recordUsage(usage: UsageInput): boolean;
 }
 
 /**
@@ -71,15 +75,19 @@ const storage: AsyncLocalStorage<MeterSession> = ((globalThis as Record<symbol, 
 
 /**
  * Records usage in the metered call this code runs under (the original system's `addLlmUsage`):
- * `recordUsage({ amount: 312, model: "gpt-4o-mini", provider: "openai" })`. The usages are summed into
- * the amount committed and stored in the commit entry's metadata.
+ * credits (`{ amount: 312, model: "gpt-4o-mini", provider: "openai" }`), tokens priced through the
+ * manager's price book (`{ model, inputTokens, outputTokens, cachedTokens? }`), or money converted
+ * at its currency rate (`{ cost: "0.05", currency: "USD" }`), see docs/llm-metering.md. The usages
+ * are summed into the amount committed and stored, as priced, in the commit entry's metadata.
+ * A usage the book cannot price is refused here (`UnknownModelError`, `ValidationError`) and not
+ * recorded.
  *
  * Returns false when the metered call has already been settled (e.g. a detached task that outlived
  * its request): that usage is not billed, and the manager's logger gets a warning. Outside any
  * metered call it throws a `ConfigurationError` — unbilled usage should be loud. Use
  * `currentMeter()` to check first in code that also runs unmetered.
  */
-export function recordUsage(usage: UsageRecord): boolean {
+export function recordUsage(usage: UsageInput): boolean {
   const session = storage.getStore();
   if (session === undefined) {
     throw new ConfigurationError(
@@ -87,6 +95,18 @@ export function recordUsage(usage: UsageRecord): boolean {
     );
   }
   return session.recordUsage(usage);
+}
+
+/**
+ * The original system's `addLlmUsage(model, provider, cost, metadata)`: records a call that cost
+ * `cost` (major units of the price book's default currency, e.g. 0.05 dollars), converted to
+ * credits at the book's rate. `recordUsage({ cost, currency, model, provider, metadata })` is the
+ * same with a currency of your choice.
+ */
+export function addLlmUsage(model: string, provider: string, cost: number | string, metadata?: Record<string, unknown>): boolean {
+  const usage: UsageInput = { model, provider, cost };
+  if (metadata !== undefined) (usage as { metadata?: unknown }).metadata = metadata;
+  return recordUsage(usage);
 }
 
 /** The metered call this code runs under, or undefined. */
@@ -103,6 +123,8 @@ type Credits = Pick<CreditService, "placeHold" | "commitHoldUpToLimit" | "releas
 
 interface SessionDeps {
   credits: Credits;
+  /** The price book; each session pins the version in force when it opens. */
+  pricing?: PricingService | undefined;
   ledger?: LedgerLogger | undefined;
   logger?: Logger | undefined;
 }
@@ -119,8 +141,11 @@ class SessionContext implements MeterContext {
   get estimate(): number {
     return this.session.estimate;
   }
-  get usages(): readonly UsageRecord[] {
+  get usages(): readonly RecordedUsage[] {
     return this.session.usages;
+  }
+  get priceBook(): string | null {
+    return this.session.priceBook?.version ?? null;
   }
   get used(): number {
     return this.session.used;
@@ -128,14 +153,9 @@ class SessionContext implements MeterContext {
   get settled(): boolean {
     return this.session.settled;
   }
-  recordUsage(usage: UsageRecord): boolean {
+  recordUsage(usage: UsageInput): boolean {
     return this.session.recordUsage(usage);
   }
-}
-
-/** A usage record as `UsageRecord` validates it, without keys set to undefined. */
-function usageRecord(usage: UsageRecord): UsageRecord {
-  return stripUndefined(parse(UsageRecord, usage, "usage"));
 }
 
 /**
@@ -151,7 +171,9 @@ function usageRecord(usage: UsageRecord): UsageRecord {
  */
 export class MeterSession {
   private contextObject: MeterContext | null = null;
-  private readonly recorded: UsageRecord[] = [];
+  private readonly recorded: RecordedUsage[] = [];
+  /** @internal The price book this call prices with: the one in force when its hold was placed. */
+  readonly priceBook: PriceBook | null;
   private sum = 0;
   private settlement: Promise<MeterOutcome> | null = null;
 
@@ -168,7 +190,9 @@ export class MeterSession {
     readonly estimate: number,
     private readonly options: Omit<MeterOptions, "estimate">,
     private readonly holdKey: string | undefined = options.idempotencyKey,
-  ) {}
+  ) {
+    this.priceBook = deps.pricing?.current() ?? null;
+  }
 
   /** The usage context `currentMeter()` returns (one object per session). */
   get context(): MeterContext {
@@ -184,7 +208,7 @@ export class MeterSession {
     return this.settlement !== null;
   }
 
-  get usages(): readonly UsageRecord[] {
+  get usages(): readonly RecordedUsage[] {
     return this.recorded;
   }
 
@@ -194,8 +218,12 @@ export class MeterSession {
   }
 
   /** Records usage in this call; false (and a warning) if the call is already settled. */
-  recordUsage(usage: UsageRecord): boolean {
-    const u = usageRecord(usage);
+  recordUsage(usage: UsageInput): boolean {
+    return this.recordPriced(recordOf(usage, this.priceBook));
+  }
+
+  /** @internal Records a usage already priced (the metering middleware's reading of a response). */
+  recordPriced(u: RecordedUsage): boolean {
     if (this.settlement !== null) {
       this.deps.logger?.warn(
         { userId: this.userId, reservationId: this.reservationId, usage: u },
@@ -485,12 +513,6 @@ interface MutationInput {
   metadata?: Json;
 }
 type CommitInput = MutationInput & { amount?: number };
-
-function stripUndefined<T extends object>(o: T): T {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
-  return out as T;
-}
 
 /** The metering channel's message for a settled call. */
 function meteringMessage(o: MeterOutcome): MeteringMessage {

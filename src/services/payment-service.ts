@@ -688,7 +688,10 @@ export class PaymentService {
         g = work.getGrant(grant.id) ?? grant;
       }
     }
-    const plan = takeBackPlan(k, g ?? null, g === undefined ? 0 : heldOf(state.reservations, g.id));
+    // The holds as this work has them: settlement may just have released one (its credits are back
+    // in the grant, and voided with it), so only holds still active count as held.
+    const active = state.reservations.map((r) => work.getHold(r.id) ?? r).filter((r) => r.status === "active");
+    const plan = takeBackPlan(k, g ?? null, g === undefined ? 0 : heldOf(active, g.id));
     if (plan.voidGrant) work.voidGrant(g as Grant, next());
     if (plan.deduct > 0) work.deduct(plan.deduct, next(), { allowDebt: true, overdraftLimit: null });
   }

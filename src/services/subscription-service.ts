@@ -88,7 +88,14 @@ export class SubscriptionService {
     this.logger = options.logger;
     // A credit operation or read that finds a period ended brings the next one at once, as the
     // renewal job would: a subscriber never sees 0 credits between the period's end and the job.
-    this.credits.bringPeriodsWith((userId) => this.activeAt(userId, this.clock()));
+    // Resolves to whether a period was due (and is now brought).
+    this.credits.bringPeriodsWith(async (userId) => {
+      const now = this.clock();
+      const s = await this.db.getActiveSubscription(userId);
+      if (s === null || s.nextRunAt === null || s.nextRunAt.getTime() > now.getTime()) return false;
+      await this.advance(s, now);
+      return true;
+    });
   }
 
   // ---------------------------------------------------------------------------------------------

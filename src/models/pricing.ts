@@ -1,0 +1,203 @@
+import * as z from "zod";
+import { Metadata } from "./common.js";
+
+/** A token or request count: a safe integer ≥ 0. */
+export const TokenCount = z
+  .number({ error: (i) => (i.input === undefined ? "a token count is required" : "a token count must be a number") })
+  .int({ error: "a token count must be a whole number" })
+  .min(0, { error: "a token count must not be negative" })
+  .max(Number.MAX_SAFE_INTEGER, { error: "a token count must not exceed Number.MAX_SAFE_INTEGER" });
+
+/** A model or provider name as an LLM API spells it, e.g. "gpt-4o-mini", "claude-sonnet-4-5-20250929". */
+export const ModelName = z.string().min(1).max(200);
+
+/**
+ * An exact rational rate: `credits` per `per` units (tokens, requests, or one unit of a currency),
+ * e.g. `{ credits: 3, per: 1_000 }` is "3 credits per 1,000 tokens". Both are safe integers, so no
+ * price is ever a binary fraction (docs/llm-metering.md, "Rates and rounding").
+ */
+export const Rate = z.strictObject({
+  /** Credits charged for every `per` units: a safe integer ≥ 0. */
+  credits: z
+    .number({ error: "credits must be a number" })
+    .int({ error: "credits must be a whole number (use `per` for fractions: 3 credits per 1,000 tokens)" })
+    .min(0, { error: "credits must not be negative" })
+    .max(Number.MAX_SAFE_INTEGER, { error: "credits must not exceed Number.MAX_SAFE_INTEGER" }),
+  /** How many units those credits pay for: a safe integer ≥ 1. Default 1. */
+  per: z
+    .number({ error: "per must be a number" })
+    .int({ error: "per must be a whole number" })
+    .min(1, { error: "per must be at least 1" })
+    .max(Number.MAX_SAFE_INTEGER, { error: "per must not exceed Number.MAX_SAFE_INTEGER" })
+    .optional(),
+});
+export type Rate = z.input<typeof Rate>;
+
+/** The rates of one model (or of the book's `default`). A rate left out is 0 only where said. */
+export const ModelRates = z.strictObject({
+  /** Credits per input (prompt) token that was not read from a cache. Required. */
+  input: Rate,
+  /** Credits per output (completion) token. Required. */
+  output: Rate,
+  /** Credits per cached input token (a prompt-cache read). Default: the `input` rate, never free. */
+  cachedInput: Rate.optional(),
+  /** Credits per request (`requests`, default 1 per recorded call). Default: none. */
+  request: Rate.optional(),
+});
+export type ModelRates = z.input<typeof ModelRates>;
+
+/** One model's entry in a price book. */
+export const ModelPrice = ModelRates.extend({
+  /** The model name as the API reports it, e.g. "gpt-4o-mini". */
+  model: ModelName,
+  /** Only usage of this provider matches (e.g. "openai"); omitted: any provider. */
+  provider: ModelName.optional(),
+  /** Other exact names of the same model, e.g. "gpt-4o-latest". */
+  aliases: z.array(ModelName).max(100).optional(),
+  /**
+   * Also match any model id that starts with `model` (e.g. `"ft:gpt-4o-mini:"` for fine-tunes).
+   * Default false: only the exact name, an alias, or the name with a date suffix
+   * (`-2024-08-06`, `-20241022`, `@20240620`) match. The longest matching prefix wins.
+   */
+  prefix: z.boolean().optional(),
+});
+export type ModelPrice = z.input<typeof ModelPrice>;
+
+/** A currency code (ISO 4217 style, or your own), e.g. "USD". */
+export const CurrencyCode = z.string().regex(/^[A-Za-z][A-Za-z0-9_-]{0,15}$/, { error: "must be a currency code such as USD" });
+
+/**
+ * A price book: the credits each model's usage costs, and what a unit of money is worth in credits.
+ * Configured with `createCreditManager({ pricing })` and replaced at run time with
+ * `manager.pricing.setPriceBook(book)` (docs/llm-metering.md).
+ */
+export const PriceBookInput = z
+  .strictObject({
+    /** Names this version (stored in every priced usage). Default: `sha256:` and 16 hex digits of the book's content. */
+    version: z.string().min(1).max(100).optional(),
+    /** The models, each with its rates. */
+    models: z.array(ModelPrice).max(10_000).optional(),
+    /**
+     * Rates for a model not in `models`. Omitted (the default): usage of an unknown model is refused
+     * with an `UnknownModelError`, never billed as free.
+     */
+    default: ModelRates.optional(),
+    /** Credits per one unit of each currency (e.g. `{ USD: { credits: 100_000 } }`: 1 credit = $0.00001). */
+    currencies: z.record(CurrencyCode, Rate).optional(),
+    /** The currency of a `cost` that names none. Default: the only currency in `currencies`, if there is one. */
+    defaultCurrency: CurrencyCode.optional(),
+  })
+  .superRefine((book, ctx) => {
+    if (book.defaultCurrency !== undefined && book.currencies?.[book.defaultCurrency] === undefined) {
+      ctx.issues.push({ code: "custom", path: ["defaultCurrency"], message: "must be one of `currencies`", input: book.defaultCurrency });
+    }
+    const seen = new Map<string, number>();
+    (book.models ?? []).forEach((m, i) => {
+      for (const name of [m.model, ...(m.aliases ?? [])]) {
+        const key = `${m.provider ?? ""}\u0000${name}`;
+        const first = seen.get(key);
+        if (first !== undefined && first !== i) {
+          ctx.issues.push({
+            code: "custom",
+            path: ["models", i, "model"],
+            message: `"${name}"${m.provider === undefined ? "" : ` (${m.provider})`} is priced twice (also models.${first})`,
+            input: name,
+          });
+        }
+        seen.set(key, i);
+      }
+    });
+  });
+export type PriceBookInput = z.input<typeof PriceBookInput>;
+
+/** Usage in tokens, priced through the manager's price book. */
+export const TokenUsage = z.strictObject({
+  /** The model that did the work, as the API reports it (dated ids match their undated entry). */
+  model: ModelName,
+  provider: ModelName.optional(),
+  /** Input (prompt) tokens not read from a cache. */
+  inputTokens: TokenCount,
+  /** Output (completion) tokens. */
+  outputTokens: TokenCount,
+  /** Input tokens read from a prompt cache (billed at `cachedInput`, else the input rate). Default 0. */
+  cachedTokens: TokenCount.optional(),
+  /** Requests made (billed at `request`). Default 1. */
+  requests: TokenCount.optional(),
+  metadata: Metadata.optional(),
+});
+export type TokenUsage = z.input<typeof TokenUsage>;
+
+/**
+ * A decimal amount of money: a number (read as the shortest decimal that prints it: 0.05 is
+ * "0.05", never 0.05000000000000000277) or a decimal string ("0.05"); ≥ 0, at most 18 decimals.
+ */
+export const MoneyAmount = z.union(
+  [
+    z.number().nonnegative({ error: "cost must not be negative" }).refine(Number.isFinite, { error: "cost must be finite" }),
+    z.string().regex(/^\d{1,30}(\.\d{1,18})?$/, { error: 'cost must be a decimal such as "0.05"' }),
+  ],
+  { error: 'cost must be a number or a decimal string such as "0.05"' },
+);
+
+/** Usage given as money (the original's `addLlmUsage(model, provider, cost, metadata)`), converted by the book's currency rate. */
+export const CostUsage = z.strictObject({
+  /** What the call cost, in major units of `currency` (e.g. 0.05 dollars). */
+  cost: MoneyAmount,
+  /** Default: the book's `defaultCurrency`. */
+  currency: CurrencyCode.optional(),
+  model: ModelName.optional(),
+  provider: ModelName.optional(),
+  metadata: Metadata.optional(),
+});
+export type CostUsage = z.input<typeof CostUsage>;
+
+/**
+ * How the amount of a recorded usage was found: `tokens` or `cost` given to `recordUsage`, the
+ * usage a response reported (`response`, read by the metering middleware), or — when a response's
+ * own usage could not be billed — the hold's `estimate` or the tokens `counted` before it ended.
+ * Absent: given as `amount`.
+ */
+export type UsageSource = "tokens" | "cost" | "response" | "estimate" | "counted";
+
+/**
+ * A usage as recorded in a metered call and stored in its commit entry (`metadata.usages`): the
+ * credits it cost and how they were computed, so an invoice or a dispute can be explained later.
+ */
+export interface RecordedUsage {
+  /** Credits this usage costs. */
+  amount: number;
+  model?: string;
+  provider?: string;
+  metadata?: Record<string, unknown>;
+  inputTokens?: number;
+  outputTokens?: number;
+  cachedTokens?: number;
+  requests?: number;
+  /** The money given (`cost` usage), as a decimal string, and its currency. */
+  cost?: string;
+  currency?: string;
+  /** The version of the price book that priced it. */
+  priceBook?: string;
+  /** The book entry that matched: the entry's `model` name, or `"default"`. */
+  priced?: string;
+  /** The rates applied, as "credits/per" fractions (`input`, `output`, `cachedInput`, `request`, or the currency's). */
+  rates?: Record<string, string>;
+  /** The exact price before rounding up, as a fraction "n/d" (the amount is its ceiling). */
+  exact?: string;
+  /** How the amount was found (absent: given as `amount`). */
+  source?: UsageSource;
+  /** When the response's own usage could not be used: why (`cut`, `absent`, `malformed`, `unknown-model`, …). */
+  problem?: string;
+}
+
+/** A price quoted by `manager.pricing.price(usage)`. */
+export interface PriceQuote {
+  /** Credits: the exact price rounded up to a whole credit. */
+  amount: number;
+  /** The exact price as a fraction "n/d". */
+  exact: string;
+  priceBook: string;
+  /** The entry that matched (`model`, or `"default"`), or the currency for a cost. */
+  priced: string;
+  rates: Record<string, string>;
+}

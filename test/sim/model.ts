@@ -1,0 +1,72 @@
+import { CreditModel, type ModelGrant, type ModelHold } from "../../src/testing/model.js";
+
+/**
+ * The simulation's model of every account: `CreditModel` (src/testing/model.ts, which shares no
+ * code with src/domain) per user, all at the simulation's virtual time, with what the sim needs
+ * beside it: a copy to predict an operation's outcome without changing anything, and expiring a
+ * grant now (a subscription's credits expired by a plan change or a cancel).
+ */
+export class AccountsModel {
+  private readonly accounts = new Map<string, CreditModel>();
+
+  constructor(public now: number) {}
+
+  of(userId: string): CreditModel {
+    let m = this.accounts.get(userId);
+    if (m === undefined) this.accounts.set(userId, (m = new CreditModel(this.now)));
+    m.now = this.now;
+    return m;
+  }
+
+  users(): string[] {
+    return [...this.accounts.keys()];
+  }
+}
+
+/** A deep copy of one account's model (for a prediction that must not change it). */
+export function cloneModel(m: CreditModel): CreditModel {
+  const c = new CreditModel(m.now);
+  c.balance = m.balance;
+  c.reserved = m.reserved;
+  c.debt = m.debt;
+  c.overdrawn = m.overdrawn;
+  c.grants = m.grants.map((g) => ({ ...g }));
+  c.holds = m.holds.map((h) => ({ ...h, parts: h.parts.map(([id, a]) => [id, a] as [string, number]) }));
+  return c;
+}
+
+export function findGrant(m: CreditModel, id: string): ModelGrant | undefined {
+  return m.grants.find((g) => g.id === id);
+}
+
+export function findHold(m: CreditModel, id: string): ModelHold | undefined {
+  return m.holds.find((h) => h.id === id);
+}
+
+export function heldAmount(h: ModelHold): number {
+  return h.parts.reduce((s, [, a]) => s + a, 0);
+}
+
+/** Expires what is left of an open grant now (its held parts expire when their hold returns them). */
+export function expireGrantNow(m: CreditModel, g: ModelGrant): number {
+  if (g.closed !== null) return 0;
+  const amount = g.remaining;
+  m.balance -= amount;
+  g.remaining = 0;
+  g.closed = "expired";
+  return amount;
+}
+
+/** Open grants with credits left, by id. */
+export function openGrants(m: CreditModel): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const g of m.grants) if (g.closed === null && g.remaining > 0) out[g.id] = g.remaining;
+  return out;
+}
+
+/** The grants half of `CreditModel.settle()` (the expiry job settles grants only, holds stay). */
+export function settleGrants(m: CreditModel): void {
+  for (const g of m.grants) {
+    if (g.closed === null && g.expiresAt !== null && g.expiresAt <= m.now) expireGrantNow(m, g);
+  }
+}

@@ -1,0 +1,712 @@
+import { createHash } from "node:crypto";
+import { InMemoryDbManager } from "../../src/db/memory/index.js";
+import { ConflictError, CreditError, StorageError } from "../../src/errors.js";
+import { createCreditManager, type CreditManager } from "../../src/manager.js";
+import type { Changes } from "../../src/store.js";
+import type { Payment, Subscription } from "../../src/models/index.js";
+import { CreditService } from "../../src/services/credit-service.js";
+import type { CreditModel } from "../../src/testing/model.js";
+import {
+  AccountsModel,
+  cloneModel,
+  findGrant,
+  findHold,
+  heldAmount,
+  openGrants,
+  settleGrants,
+} from "./model.js";
+import { Prng } from "./prng.js";
+import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
+import { SimStore, type StoreEvent } from "./store.js";
+import { PaymentsModel, simProvider, webhook } from "./payments.js";
+import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
+
+interface PromoSpec {
+  credits: number;
+  /** Claims over all users (null: unlimited). */
+  maxUses: number | null;
+  perUser: number;
+  /** Days until a claim's credits expire (null: never). */
+  days: number | null;
+  /** Ms after the start when the promo ends (null: never). */
+  endsAfter: number | null;
+}
+
+/** The promo codes of every run. */
+const PROMOS: Readonly<Record<string, PromoSpec>> = {
+  LIMITED: { credits: 50, maxUses: 4, perUser: 2, days: 1, endsAfter: 3 * DAY },
+  WELCOME: { credits: 20, maxUses: null, perUser: 1, days: null, endsAfter: null },
+};
+
+/** One client request of the simulation (what it asks; every retry asks the same). */
+export type Spec =
+  | { kind: "add"; user: string; amount: number; expiresAt: number | null; priority: number }
+  | { kind: "deduct"; user: string; amount: number }
+  | { kind: "after"; user: string; amount: number }
+  | { kind: "reserve"; user: string; amount: number; ttlSec: number }
+  | { kind: "commit"; user: string; hold: string; amount: number | null }
+  | { kind: "release"; user: string; hold: string }
+  | { kind: "void"; user: string; grant: string }
+  | { kind: "expire"; user: string }
+  | { kind: "read"; user: string }
+  | { kind: "expireJob" }
+  | { kind: "holdJob" }
+  | SubRequest
+  | { kind: "renewJob" }
+  | { kind: "claim"; user: string; code: string }
+  | { kind: "pay"; user: string; amount: number }
+  | { kind: "paid"; user: string; payment: string }
+  | { kind: "refund"; user: string; payment: string; total: number };
+
+export interface SimOptions {
+  seed: number;
+  /** Steps (batches of concurrent requests, then a check, then maybe a clock tick). */
+  steps: number;
+  /**
+   * The command that replays a seed, printed in a failure (`{seed}` and `{steps}` are filled in).
+   * Default: `SIM_SEED={seed} SIM_STEPS={steps} npx vitest run test/simulation.test.ts`.
+   */
+  replay?: string;
+  /** Makes the code under test's ids come from the simulation's PRNG (see test/simulation.test.ts). */
+  setIdSource?: (next: () => string) => void;
+  /**
+   * A planted bug, to prove the simulation catches one: `"lost-commit"` makes the store answer
+   * some commits as done without writing them.
+   */
+  plantedBug?: "lost-commit";
+}
+
+export interface SimResult {
+  seed: number;
+  steps: number;
+  requests: number;
+  commits: number;
+  storeCalls: number;
+  /** Requests whose first answer was an error or none (then retried with the same key). */
+  inDoubt: number;
+  /** Answers by request kind and outcome ("deduct ok", "claim PromoNotEligibleError", …). */
+  outcomes: Record<string, number>;
+  /** A digest of everything that happened: the same seed gives the same digest. */
+  digest: string;
+}
+
+export class SimulationFailure extends Error {
+  constructor(
+    readonly seed: number,
+    readonly step: number,
+    what: string,
+    readonly replay: string,
+    trace: readonly string[],
+  ) {
+    const shown = process.env.SIM_TRACE === undefined ? trace.slice(-15) : trace;
+    super(`simulation failed (seed ${seed}, step ${step}): ${what}\n  replay: ${replay}\n  last requests:\n    ${shown.join("\n    ")}`);
+    this.name = "SimulationFailure";
+  }
+}
+
+const USERS = ["alice", "bob", "carol"];
+const T0 = Date.parse("2031-03-01T00:00:00.000Z");
+const DEFAULT_REPLAY = "SIM_SEED={seed} SIM_STEPS={steps} npx vitest run test/simulation.test.ts  (or: npm run sim -- --seed {seed} --steps {steps} --trace)";
+
+interface Op {
+  readonly id: number;
+  readonly spec: Spec;
+  readonly key: string | null;
+  attempts: number;
+  /** Commits carrying this request's key (all attempts): exactly one once it succeeded. */
+  commits: number;
+  /**
+   * The model's answers at the request's last load of its own unit of work, and at each live read
+   * after it (a promo's uses are read live, as under read committed): the request may answer any.
+   */
+  accept: Set<string>;
+  /** At that load, and still when it answered, the user's subscription period had ended and the next was due. */
+  periodDue: boolean;
+  state: "new" | "in-doubt" | "done";
+}
+
+interface Attempt {
+  readonly op: Op;
+  readonly ctx: OpContext;
+  readonly slot: number;
+  settled: boolean;
+  ok: boolean;
+  error: unknown;
+}
+
+/** Runs one seed. Throws `SimulationFailure` (with the replay command) on the first disagreement. */
+export async function runSimulation(options: SimOptions): Promise<SimResult> {
+  const { seed, steps } = options;
+  const rng = new Prng(seed);
+  // Separate streams: the ids the code draws do not shift the schedule, and the reverse.
+  const idRng = new Prng(seed ^ 0x5eed1d5);
+  options.setIdSource?.(() => idRng.uuid());
+  const replay = (options.replay ?? DEFAULT_REPLAY).replaceAll("{seed}", String(seed)).replaceAll("{steps}", String(steps));
+
+  // Swarm testing: each seed has its own mix of faults (some none at all).
+  const rates: FaultRates = rng.chance(0.15)
+    ? NO_FAULTS
+    : {
+        storageError: rng.pick([0, 0.01, 0.04]),
+        conflict: rng.pick([0, 0.03, 0.1]),
+        ambiguous: rng.pick([0, 0.02, 0.06]),
+        drop: rng.pick([0, 0.005, 0.02]),
+      };
+  const concurrency = rng.range(1, 5);
+  // Fewer users, more contention on each account (one user: every request on one account).
+  const users = USERS.slice(0, rng.weighted<number>([
+    [1, 1],
+    [1, 2],
+    [3, 3],
+  ]));
+  const scheduler = new Scheduler(rng, rates);
+  const inner = new InMemoryDbManager();
+  const sim = new SimStore(inner, scheduler, options.plantedBug === "lost-commit" ? rng : undefined);
+  const clock = { now: T0 };
+  const model = new AccountsModel(clock.now);
+  const trace: string[] = [];
+  const digest = createHash("sha256");
+  let step = 0;
+  const fail = (what: string): never => {
+    throw new SimulationFailure(seed, step, what, replay, trace);
+  };
+
+  const newManager = () =>
+    createCreditManager({
+      db: sim.db,
+      clock: () => new Date(clock.now),
+      init: false,
+      // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
+      payments: { providers: [simProvider], creditsPerUnit: { USD: 0.29 }, checkoutWaitMs: 0, checkoutStaleSeconds: 0 },
+    });
+  // Two processes serving requests; one that dies is replaced by a fresh one.
+  const managers: CreditManager[] = [await newManager(), await newManager()];
+  // Reads for the checks go straight to the store: no scheduler, no faults.
+  const checker = new CreditService({ db: inner, clock: () => new Date(clock.now) });
+
+  // Plans are there before the run (written straight to the store).
+  const admin = await createCreditManager({ db: inner, clock: () => new Date(clock.now), init: false });
+  for (const [id, credits] of Object.entries(PLANS)) {
+    await admin.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
+  }
+  const subs = new SubscriptionsModel(fail);
+  const payments = new PaymentsModel(fail);
+  for (const [code, p] of Object.entries(PROMOS)) {
+    await admin.promos.createPromo({
+      code,
+      credits: p.credits,
+      maxUsesPerUser: p.perUser,
+      ...(p.maxUses === null ? {} : { maxUses: p.maxUses }),
+      ...(p.days === null ? {} : { creditsExpireInDays: p.days }),
+      ...(p.endsAfter === null ? {} : { validUntil: new Date(T0 + p.endsAfter) }),
+    });
+  }
+  /** Claims committed: by code, and by code and user. */
+  const promoUses = new Map<string, number>();
+  const count = (key: string) => promoUses.get(key) ?? 0;
+
+  const ops = new Map<number, Op>();
+  let nextOp = 1;
+  let eventCursor = 0;
+  let commits = 0;
+  let inDoubt = 0;
+  const outcomes: Record<string, number> = {};
+
+  const describe = (op: Op) => `#${op.id} ${JSON.stringify(op.spec)}`;
+
+  // ---------------------------------------------------------------------------------------------
+  // The model, driven by what the store committed, in commit order.
+
+  /** What the model answers `spec` on `m` (changed as the service would change it). */
+  const applySpec = (spec: Spec, m: CreditModel, changes: Changes | null): string => {
+    switch (spec.kind) {
+      case "add":
+        if (spec.expiresAt !== null && spec.expiresAt <= m.now) return "RuleViolationError";
+        m.add(changes === null ? "predicted" : (changes.insertGrants[0]?.id ?? null), spec.amount, spec.expiresAt, spec.priority);
+        return "ok";
+      case "deduct":
+        return m.deduct(spec.amount, false) ? "ok" : "InsufficientCreditsError";
+      case "after":
+        m.deduct(spec.amount, true);
+        return "ok";
+      case "reserve": {
+        if (m.available < spec.amount) return "InsufficientCreditsError";
+        const id = changes === null ? "predicted" : changes.insertReservations[0]?.id;
+        if (id === undefined) return "a reservation without a hold row";
+        m.reserve(id, spec.amount, spec.ttlSec * 1000);
+        return "ok";
+      }
+      case "commit":
+      case "release": {
+        const h = findHold(m, spec.hold);
+        if (h === undefined) return "NotFoundError";
+        if (h.status === "expired") return "ReservationExpiredError";
+        if (h.status !== "active") return "ReservationNotActiveError";
+        if (spec.kind === "commit") m.commit(h, spec.amount ?? heldAmount(h));
+        else m.release(h);
+        return "ok";
+      }
+      case "void": {
+        const g = findGrant(m, spec.grant);
+        if (g === undefined) return "NotFoundError";
+        if (g.closed !== null) return "ConflictError";
+        m.voidGrant(g);
+        return "ok";
+      }
+      case "claim": {
+        const p = PROMOS[spec.code] as PromoSpec;
+        const byUser = count(`${spec.code}/${spec.user}`);
+        const eligible =
+          (p.endsAfter === null || m.now < T0 + p.endsAfter) && byUser < p.perUser && (p.maxUses === null || count(spec.code) < p.maxUses);
+        if (!eligible) return "PromoNotEligibleError";
+        if (changes === null) return "ok";
+        const claim = changes.promoClaims?.[0];
+        if (changes.promoClaims?.length !== 1 || claim?.code !== spec.code || claim.claimNumber !== byUser + 1) {
+          return `a claim saved as ${JSON.stringify(changes.promoClaims ?? null)}`;
+        }
+        m.add(changes.insertGrants[0]?.id ?? null, p.credits, p.days === null ? null : m.now + p.days * DAY, 0);
+        promoUses.set(spec.code, count(spec.code) + 1);
+        promoUses.set(`${spec.code}/${spec.user}`, byUser + 1);
+        return "ok";
+      }
+      default:
+        return "ok";
+    }
+  };
+
+  const onCommit = (op: Op | undefined, e: Extract<StoreEvent, { kind: "commit" }>) => {
+    commits++;
+    const m = model.of(e.userId);
+    const keys = new Set(e.changes.entries.map((x) => x.idempotencyKey).filter((k): k is string => k !== null));
+    const where = `commit on ${e.userId} by ${op === undefined ? "no request" : describe(op)}`;
+    if (op !== undefined && op.key !== null && keys.has(op.key)) {
+      if (op.commits > 0) fail(`${where}: a second commit of one request (the retry must replay the first)`);
+      op.commits++;
+      m.settle();
+      const answer = applySpec(op.spec, m, e.changes);
+      if (answer !== "ok") fail(`${where}: the store committed what the model answers with ${answer}`);
+    } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:payment:") === true) {
+      m.settle();
+      const add = e.changes.entries.find((x) => x.type === "add");
+      payments.credited(m, e.changes.paymentUpdates?.[0], add?.grants[0]?.grantId ?? null, where);
+    } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:refund:") === true) {
+      m.settle();
+      const spec = op?.spec;
+      if (spec?.kind !== "refund") return fail(`${where}: a refund's work outside a refund`);
+      payments.refunded(m, e.changes.paymentUpdates?.[0], spec.total, where);
+    } else if (keys.size === 0 && e.changes.paymentUpdates !== undefined && op?.spec.kind === "refund") {
+      // A refund before the payment was credited: its status only.
+      m.settle();
+      payments.refunded(m, e.changes.paymentUpdates[0], op.spec.total, where);
+    } else if (keys.size === 1 && [...keys][0]?.startsWith("cm:sub:") === true) {
+      // A subscription's account work (its period, a plan change, a cancel): what it owes.
+      m.settle();
+      subs.carry(([...keys][0] as string).slice("cm:".length), m, e.changes.entries, e.changes.insertGrants);
+    } else if (keys.size > 0) {
+      fail(`${where}: entries with keys ${[...keys].join(", ")} the model does not expect`);
+    } else if (op?.spec.kind === "expireJob") {
+      settleGrants(m);
+    } else {
+      m.settle();
+    }
+    const a = e.changes.account;
+    trace.push(`  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}`);
+    if (a.balance !== m.balance || a.reserved !== m.reserved || a.debt !== m.debt) {
+      fail(
+        `${where}: the account after it is balance ${a.balance}, reserved ${a.reserved}, debt ${a.debt}; ` +
+          `the model says ${m.balance}, ${m.reserved}, ${m.debt}`,
+      );
+    }
+    digest.update(`c${e.userId}:${a.seq}:${a.balance}:${a.reserved}:${a.debt};`);
+  };
+
+  /** The model's answer to `op` now (a repeated key answers with the first result). */
+  const predict = (op: Op, userId: string): string => {
+    if (op.commits > 0) return "ok";
+    const m = cloneModel(model.of(userId));
+    m.settle();
+    return applySpec(op.spec, m, null);
+  };
+
+  const processEvents = () => {
+    for (; eventCursor < sim.events.length; eventCursor++) {
+      const e = sim.events[eventCursor] as StoreEvent;
+      const op = e.op === undefined ? undefined : ops.get(e.op.id);
+      if (e.kind === "txread") {
+        if (op !== undefined && op.key !== null && e.key === op.key) op.accept.add(predict(op, e.userId));
+      } else if (e.kind === "end") {
+        // Still due when it answered: nobody (itself included) brought the period meanwhile.
+        if (op !== undefined && op.periodDue && "user" in op.spec) op.periodDue = subs.renewalDue(op.spec.user, model.now);
+      } else if (e.kind === "write") {
+        const request = op !== undefined && SUB_KINDS.has(op.spec.kind) ? (op.spec as SubRequest) : undefined;
+        const w = e.args[0] as Subscription;
+        if (e.method.endsWith("Subscription")) trace.push(`  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`);
+        if (e.method === "insertPayment") {
+          const spec = op?.spec;
+          if (spec?.kind !== "pay") return fail(`payment inserted outside a payment request`);
+          payments.inserted(e.args[0] as Payment, spec.user, spec.amount);
+          continue;
+        }
+        if (e.method === "updatePayment") continue;
+        if (e.method === "insertSubscription") subs.inserted(e.args[0] as Subscription, request, model.now);
+        else if (e.method === "updateSubscription") subs.updated(e.args[0] as Subscription, request, model.now);
+      } else if (e.kind === "load") {
+        if (op !== undefined && op.key !== null && e.key === op.key) {
+          op.periodDue = subs.renewalDue(e.userId, model.now);
+          op.accept = new Set([predict(op, e.userId)]);
+        }
+      } else if (e.kind === "commit") {
+        onCommit(op, e);
+      }
+    }
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // Requests.
+
+  const execute = async (spec: Spec, manager: CreditManager, key: string | null): Promise<unknown> => {
+    const c = manager.credits;
+    const k = key === null ? {} : { idempotencyKey: key };
+    switch (spec.kind) {
+      case "add":
+        return c.addCredits(spec.user, spec.amount, {
+          ...k,
+          expiresAt: spec.expiresAt === null ? null : new Date(spec.expiresAt),
+          priority: spec.priority,
+        });
+      case "deduct":
+        return c.deductCredits(spec.user, spec.amount, k);
+      case "after":
+        return c.deductCreditsAfterService(spec.user, spec.amount, k);
+      case "reserve":
+        return c.reserveCredits(spec.user, spec.amount, { ...k, ttlSeconds: spec.ttlSec });
+      case "commit":
+        return c.commitReservedCredits(spec.hold, spec.amount === null ? k : { ...k, amount: spec.amount });
+      case "release":
+        return c.releaseReservedCredits(spec.hold, k);
+      case "void":
+        return c.voidGrant(spec.grant, k);
+      case "expire":
+        return c.expireCredits(spec.user);
+      case "read":
+        return c.getUserCreditsInfo(spec.user);
+      case "expireJob":
+        return manager.expiration.expireDueGrants();
+      case "holdJob":
+        return manager.expiration.releaseExpiredHolds();
+      case "renewJob":
+        return manager.expiration.renewDueSubscriptions();
+      case "subscribe":
+        return manager.subscriptions.subscribe(spec.user, spec.plan, k);
+      case "cancelEnd":
+        return manager.subscriptions.cancel(spec.user, { atPeriodEnd: true });
+      case "cancelNow":
+        return manager.subscriptions.cancel(spec.user, { atPeriodEnd: false, credits: spec.credits });
+      case "resume":
+        return manager.subscriptions.resume(spec.user);
+      case "changeEnd":
+        return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "period_end", credits: "keep" });
+      case "changeNow":
+        return manager.subscriptions.changePlan(spec.user, spec.plan, { when: "now", credits: spec.credits });
+      case "claim":
+        return manager.promos.claimPromo(spec.user, spec.code, k);
+      case "pay":
+        return manager.payments.createPaymentLink(spec.user, { ...k, amount: spec.amount, currency: "USD", provider: "sim" });
+      case "paid":
+        return manager.payments.handleWebhook("sim", webhook("paid", spec.payment, null), {});
+      case "refund":
+        return manager.payments.handleWebhook("sim", webhook("refund", spec.payment, spec.total), {});
+    }
+  };
+
+  const generate = (): Spec => {
+    const user = rng.pick(users);
+    const m = model.of(user);
+    const kind = rng.weighted<Spec["kind"]>([
+      [5, "add"],
+      [4, "deduct"],
+      [1, "after"],
+      [4, "reserve"],
+      [3, "commit"],
+      [2, "release"],
+      [1, "void"],
+      [1, "expire"],
+      [1, "read"],
+      [1, "expireJob"],
+      [1, "holdJob"],
+      [1, "renewJob"],
+      [3, "subscribe"],
+      [1, "cancelEnd"],
+      [1, "cancelNow"],
+      [1, "resume"],
+      [1, "changeEnd"],
+      [1, "changeNow"],
+      [2, "claim"],
+      [2, "pay"],
+      [2, "paid"],
+      [2, "refund"],
+    ]);
+    const amount = rng.range(1, 60);
+    switch (kind) {
+      case "add": {
+        const expiresAt = rng.chance(0.6) ? clock.now + rng.range(1, 3600) * 1000 : null;
+        return { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) };
+      }
+      case "deduct":
+      case "after":
+        return { kind, user, amount };
+      case "commit":
+      case "release": {
+        const active = m.holds.filter((h) => h.status === "active");
+        const pool = active.length > 0 && rng.chance(0.8) ? active : m.holds;
+        if (pool.length === 0) break;
+        const picked = rng.pick(pool);
+        const hold = picked.id;
+        if (kind === "release") return { kind, user, hold };
+        const full = heldAmount(picked);
+        const amt = rng.weighted<number | null>([
+          [3, null],
+          [3, rng.range(0, Math.max(0, full))],
+          [1, full + rng.range(1, 30)],
+        ]);
+        return { kind, user, hold, amount: amt };
+      }
+      case "void": {
+        if (m.grants.length === 0) break;
+        return { kind, user, grant: rng.pick(m.grants).id };
+      }
+      case "expire":
+      case "read":
+        return { kind, user };
+      case "expireJob":
+      case "holdJob":
+      case "renewJob":
+        return { kind };
+      case "subscribe":
+      case "changeEnd":
+        return { kind, user, plan: rng.pick(Object.keys(PLANS)) };
+      case "changeNow":
+        return { kind, user, plan: rng.pick(Object.keys(PLANS)), credits: rng.pick(["keep", "expire", "prorate"] as const) };
+      case "cancelNow":
+        return { kind, user, credits: rng.pick(["keep", "expire"] as const) };
+      case "cancelEnd":
+      case "resume":
+        return { kind, user };
+      case "claim":
+        return { kind, user, code: rng.pick(Object.keys(PROMOS)) };
+      case "pay":
+        return { kind, user, amount: rng.range(4, 400) };
+      case "paid":
+      case "refund": {
+        const mine = payments.of(user);
+        if (mine.length === 0) return { kind: "pay", user, amount: rng.range(4, 400) };
+        const p = rng.pick(mine);
+        if (kind === "paid") return { kind, user, payment: p.id };
+        const total = rng.weighted<number>([
+          [2, p.amount],
+          [2, rng.range(1, p.amount)],
+          [1, p.refunded],
+        ]);
+        return { kind, user, payment: p.id, total: Math.max(1, total) };
+      }
+      default:
+        break;
+    }
+    return { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) };
+  };
+
+  const KEYED = new Set<Spec["kind"]>(["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe", "claim", "pay", "paid", "refund"]);
+
+  const isDefinite = (error: unknown): boolean => {
+    if (error instanceof StorageError) return false;
+    // A conflict that outlived the store's retries is "try again"; a rule's conflict carries details.
+    if (error instanceof ConflictError) return error.details !== undefined;
+    return true;
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // The steps.
+
+  const runBatch = async (batch: Op[], faults: boolean) => {
+    const attempts: Attempt[] = batch.map((op) => {
+      op.attempts++;
+      const ctx: OpContext = {
+        id: op.id,
+        key: op.key,
+        label: op.spec.kind,
+        // A request retried several times gets through: the run must end with every outcome known.
+        faults: faults && op.attempts <= 3,
+        dropped: false,
+        faulted: false,
+      };
+      const a: Attempt = { op, ctx, slot: rng.int(managers.length), settled: false, ok: false, error: undefined };
+      const manager = managers[a.slot] as CreditManager;
+      void inOp(ctx, () => execute(op.spec, manager, op.key)).then(
+        () => {
+          a.settled = true;
+          a.ok = true;
+          sim.events.push({ kind: "end", op: ctx });
+        },
+        (error: unknown) => {
+          a.settled = true;
+          a.error = error;
+          sim.events.push({ kind: "end", op: ctx });
+        },
+      );
+      return a;
+    });
+    try {
+      await scheduler.run(() => attempts.every((a) => a.settled || a.ctx.dropped));
+    } catch (error) {
+      const waiting = attempts.filter((a) => !a.settled && !a.ctx.dropped).map((a) => describe(a.op));
+      fail(`${(error as Error).message}: ${waiting.join(", ")} (a real timer, or a promise never settled)`);
+    }
+    processEvents();
+    for (const a of attempts) {
+      const op = a.op;
+      let outcome: string;
+      if (a.ctx.dropped) {
+        // The process died mid-request: it is replaced, and the client retries elsewhere.
+        managers[a.slot] = await newManager();
+        outcome = "dropped";
+      } else if (a.ok) outcome = "ok";
+      else if (!isDefinite(a.error) || (op.spec.kind === "pay" && a.error instanceof ConflictError)) {
+        // (A checkout another call of the same key is opening is a ConflictError to retry.)
+        outcome = `in doubt: ${(a.error as Error).message}`;
+      }
+      else outcome = (a.error as Error).name;
+      trace.push(`step ${step} ${describe(op)} attempt ${op.attempts}: ${outcome}`);
+      const variant = "credits" in op.spec ? `/${op.spec.credits}` : "";
+      const tally = `${op.spec.kind}${variant} ${outcome.startsWith("in doubt") ? "in doubt" : outcome}`;
+      outcomes[tally] = (outcomes[tally] ?? 0) + 1;
+      digest.update(`${op.id}:${outcome};`);
+      if (a.error !== undefined && isDefinite(a.error) && !(a.error instanceof CreditError)) {
+        fail(`${describe(op)} threw ${String((a.error as Error).stack ?? a.error)}`);
+      }
+      if (op.key === null) {
+        op.state = "done";
+        continue;
+      }
+      if (outcome === "dropped" || outcome.startsWith("in doubt")) {
+        if (op.state === "new") inDoubt++;
+        op.state = "in-doubt";
+        continue;
+      }
+      op.state = "done";
+      if (SUB_KINDS.has(op.spec.kind)) {
+        // Checked write by write (SubscriptionsModel); here only what no request may answer.
+        if (outcome !== "ok" && outcome !== "ConflictError" && outcome !== "NotFoundError") fail(`${describe(op)} answered ${outcome}`);
+        continue;
+      }
+      if (PAYMENT_KINDS.has(op.spec.kind)) {
+        // Checked commit by commit (PaymentsModel); a webhook is answered 2xx or redelivered.
+        if (outcome !== "ok") fail(`${describe(op)} answered ${outcome}`);
+        continue;
+      }
+      // (A storage error while bringing the period leaves the operation to run without it: documented.)
+      if (outcome === "InsufficientCreditsError" && op.periodDue && !a.ctx.faulted) {
+        fail(`${describe(op)} was refused for lack of credits after its subscription's period ended, without the next period brought first (docs/subscriptions.md, "Periods start on time")`);
+      }
+      if (outcome === "ok") {
+        if (op.commits !== 1) fail(`${describe(op)} succeeded, and the store has ${op.commits} commits of it`);
+      } else {
+        if (op.commits > 0) fail(`${describe(op)} answered ${outcome} although an earlier attempt committed (it must replay)`);
+        if (!op.accept.has(outcome)) {
+          fail(`${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`);
+        }
+      }
+    }
+  };
+
+  const check = async () => {
+    // A read per user through a process (it settles, like any touch), then the store itself.
+    const reads = users.map((user) => ({ id: nextOp++, spec: { kind: "read", user } as Spec, key: null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" as const }));
+    for (const op of reads) ops.set(op.id, op);
+    await runBatch(reads, false);
+    for (const user of users) {
+      const m = model.of(user);
+      m.settle();
+      const where = `check of ${user}`;
+      const info = await checker.getUserCreditsInfo(user);
+      const want = { userId: user, balance: m.balance, reserved: m.reserved, available: m.available, debt: m.debt };
+      if (JSON.stringify(info) !== JSON.stringify(want)) fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
+      const report = await checker.audit(user);
+      if (!report.ok) fail(`${where}: audit found ${report.problems.join("; ")}`);
+      if (report.balance !== m.balance || report.reserved !== m.reserved || report.debt !== m.debt) {
+        fail(`${where}: audit replays ${report.balance}/${report.reserved}/${report.debt}, the model has ${m.balance}/${m.reserved}/${m.debt}`);
+      }
+      const grants = Object.fromEntries((await inner.listGrants(user)).map((g) => [g.id, g.remaining]));
+      if (JSON.stringify(sorted(grants)) !== JSON.stringify(sorted(openGrants(m)))) {
+        fail(`${where}: open grants ${JSON.stringify(sorted(grants))}, the model ${JSON.stringify(sorted(openGrants(m)))}`);
+      }
+      const holds = (await inner.listReservations(user, { status: "active" })).map((r) => r.id).sort();
+      const modelHolds = m.holds.filter((h) => h.status === "active").map((h) => h.id).sort();
+      if (JSON.stringify(holds) !== JSON.stringify(modelHolds)) fail(`${where}: active holds ${holds.join(",")}, the model ${modelHolds.join(",")}`);
+      if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
+      if (m.debt > 0 && Object.keys(openGrants(m)).length > 0) fail(`${where}: debt while a grant has credits`);
+      const stored = await inner.getActiveSubscription(user);
+      const modelled = subs.activeOf(user);
+      if ((stored?.id ?? null) !== (modelled?.id ?? null)) fail(`${where}: active subscription ${String(stored?.id)}, the model ${String(modelled?.id)}`);
+      digest.update(`${user}:${m.balance}:${m.reserved}:${m.debt}:${String(stored?.planId)};`);
+    }
+  };
+
+  for (step = 1; step <= steps; step++) {
+    model.now = clock.now;
+    const batch: Op[] = [...ops.values()].filter((op) => op.state === "in-doubt");
+    const fresh = rng.range(1, concurrency);
+    for (let i = 0; i < fresh; i++) {
+      const spec = generate();
+      const id = nextOp++;
+      const op: Op = { id, spec, key: KEYED.has(spec.kind) ? `sim-${id}` : null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" };
+      ops.set(id, op);
+      batch.push(op);
+    }
+    await runBatch(batch, true);
+    await check();
+    const tick = rng.weighted<number>([
+      [4, 0],
+      [3, rng.range(1, 120)],
+      [2, rng.range(120, 900)],
+      [1, rng.range(900, 4 * 3600)],
+      [1, rng.range(20 * 3600, 50 * 3600)],
+    ]);
+    clock.now += tick * 1000;
+    model.now = clock.now;
+    if (tick > 0) trace.push(`tick ${tick} s → ${new Date(clock.now).toISOString()}`);
+    digest.update(`t${tick};`);
+  }
+  // Every request in doubt is retried until its outcome is known, then the last check.
+  for (let round = 0; [...ops.values()].some((op) => op.state === "in-doubt"); round++) {
+    if (round > 20) fail("requests still in doubt after 20 rounds of retries");
+    model.now = clock.now;
+    await runBatch([...ops.values()].filter((op) => op.state === "in-doubt"), false);
+  }
+  // The renewal job, once nothing else runs: every period's work owed must then be done, once.
+  const job: Op = { id: nextOp++, spec: { kind: "renewJob" }, key: null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" };
+  ops.set(job.id, job);
+  await runBatch([job], false);
+  await check();
+  for (const [key, w] of subs.owed) if (!w.done) fail(`the account work of subscription ${w.subscriptionId} under ${key} was never carried out`);
+  for (const m of managers) await m.close();
+  await admin.close();
+  return {
+    seed,
+    steps,
+    requests: nextOp - 1,
+    commits,
+    storeCalls: scheduler.answered,
+    inDoubt,
+    outcomes,
+    digest: digest.digest("hex"),
+  };
+}
+
+/** Payments and their webhooks (redelivered, like a provider does, while in doubt). */
+const PAYMENT_KINDS = new Set<Spec["kind"]>(["pay", "paid", "refund"]);
+
+const SUB_KINDS = new Set<Spec["kind"]>(["subscribe", "cancelEnd", "cancelNow", "resume", "changeEnd", "changeNow"]);
+
+function sorted(o: Record<string, number>): Array<[string, number]> {
+  return Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
