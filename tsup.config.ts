@@ -14,6 +14,7 @@ export default defineConfig({
     "models/index": "src/models/index.ts",
     store: "src/store.ts",
     "schema/index": "src/schema/public.ts",
+    "otel/index": "src/otel/index.ts",
   },
   format: ["esm", "cjs"],
   // Members marked @internal serve the package's own modules: not in the published declarations.
@@ -24,5 +25,5 @@ export default defineConfig({
   splitting: true,
   treeshake: true,
   // Drivers and test runners are peers: never bundle them.
-  external: ["mongodb", "pg", "ioredis", "better-sqlite3", "vitest", "fast-check", "@nats-io/jetstream", "@nats-io/transport-node"],
+  external: ["mongodb", "pg", "ioredis", "better-sqlite3", "vitest", "fast-check", "@nats-io/jetstream", "@nats-io/transport-node", "@opentelemetry/api"],
 });

@@ -7,6 +7,7 @@
  * Jobs (bench/jobs.ts): BENCH_JOBS_GRANTS / BENCH_JOBS_SUBS shrink them, BENCH_JOBS=0 skips them.
  * The ledger file's writer, thread against sonic-boom (bench/ledger-writer.ts, from src/):
  * BENCH_LEDGER_WRITER=0 skips it.
+ * Diagnostics channels (bench/diagnostics.ts): BENCH_DIAGNOSTICS=0 skips them.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -97,20 +98,27 @@ for (const [env, file] of [
   rows.push(...(await mod.run()));
 }
 
+/** Runs a bench script in a process of its own (a clean heap) and returns the rows of its last line. */
+function childRows(args: string[]): BenchRow[] {
+  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", ...args], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    stdio: ["ignore", "pipe", "inherit"],
+    env: process.env,
+  });
+  return JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[];
+}
+
 // Jobs (expiry and renewals at scale), in their own process for a clean heap.
 if (process.env.BENCH_JOBS !== "0") {
-  for (const part of ["expire", "renew", "databases"]) {
-    const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", "--max-old-space-size=6144", join(here, "jobs-main.ts"), part], {
-      encoding: "utf8",
-      maxBuffer: 1 << 20,
-      stdio: ["ignore", "pipe", "inherit"],
-      env: process.env,
-    });
-    rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
-  }
+  for (const part of ["expire", "renew", "databases"]) rows.push(...childRows(["--max-old-space-size=6144", join(here, "jobs-main.ts"), part]));
 } else {
   notes.push("jobs: skipped (BENCH_JOBS=0)");
 }
+// The diagnostics channels: a deduction with no subscriber, with one, and with the OTel metrics
+// (bench/diagnostics.ts, its own process; about 40 s). BENCH_DIAGNOSTICS=0 skips it.
+if (process.env.BENCH_DIAGNOSTICS !== "0") rows.push(...childRows([join(here, "diagnostics.ts")]));
+else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 // HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
 rows.push(...(await (await import("./http.js")).run()));

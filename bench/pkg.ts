@@ -13,6 +13,7 @@ import type * as Core from "../src/index.js";
 import type * as Http from "../src/http/index.js";
 import type * as MongoDb from "../src/db/mongodb/index.js";
 import type * as Postgres from "../src/db/postgres/index.js";
+import type * as Otel from "../src/otel/index.js";
 
 const SOURCE = process.env.BENCH_SOURCE === "1";
 
@@ -36,3 +37,5 @@ export const http = await entry<typeof Http>("http/", "http/");
 /** Store adapters load only when their bench runs (their drivers are optional). */
 export const mongodb = () => entry<typeof MongoDb>("mongodb/", "db/mongodb/");
 export const postgres = () => entry<typeof Postgres>("postgres/", "db/postgres/");
+/** The OpenTelemetry integration (its peer, @opentelemetry/api, is a devDependency here). */
+export const otel = () => entry<typeof Otel>("otel/", "otel/");

@@ -23,12 +23,13 @@ typesexpressver="$(node -p "require('$repo/node_modules/@types/express/package.j
 natsjsver="$(node -p "require('$repo/node_modules/@nats-io/jetstream/package.json').version")"
 natstransportver="$(node -p "require('$repo/node_modules/@nats-io/transport-node/package.json').version")"
 sqlitever="$(node -p "require('$repo/node_modules/better-sqlite3/package.json').version")"
+otelver="$(node -p "require('$repo/node_modules/@opentelemetry/api/package.json').version")"
 
 cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" "@nats-io/jetstream@$natsjsver" "@nats-io/transport-node@$natstransportver" @types/node@20
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" "@nats-io/jetstream@$natsjsver" "@nats-io/transport-node@$natstransportver" "@opentelemetry/api@$otelver" @types/node@20
 # better-sqlite3, the SQLite store's peer: its native addon compiles from source here (no prebuilt
 # binary is reachable), which takes minutes, so the package is installed without its install script
 # and given the addon the repository's own install built (same version, same machine).
@@ -36,7 +37,7 @@ npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "bet
 cp -R "$repo/node_modules/better-sqlite3/build" node_modules/better-sqlite3/
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -97,6 +98,7 @@ import { runDbManagerContract } from "credit-management/testing";
 import { AddCreditsOptions } from "credit-management/models";
 import { compareGrants, defineStore, type DbManager } from "credit-management/store";
 import { generateSql } from "credit-management/schema";
+import { instrumentCreditManagement } from "credit-management/otel";
 
 export async function main(): Promise<JournalEntry> {
   const manager = await createCreditManager();
@@ -104,6 +106,9 @@ export async function main(): Promise<JournalEntry> {
   void handler;
   void fastifyCreditMetering;
   void runDbManagerContract;
+  instrumentCreditManagement({ manager }).shutdown();
+  const health = await manager.health({ timeoutMs: 1000 });
+  void health.status;
   const store: DbManager = manager.db;
   void [store, compareGrants, defineStore, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
   const classes: unknown[] = [PostgresDbManager, MongoDbManager, SqliteDbManager, RedisCache, NatsJetStreamQueue, consumeCreditEvents, InsufficientCreditsError];

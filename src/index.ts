@@ -4,6 +4,7 @@ import type * as Expiration from "./services/expiration-service.js";
 import type * as Notifications from "./services/notification-service.js";
 import type * as Payments from "./payments/index.js";
 import type * as Promos from "./services/promo-service.js";
+import type * as Health from "./health.js";
 
 export { createCreditManager, type CreditManager } from "./manager.js";
 export {
@@ -71,6 +72,19 @@ export {
 export { PricingService, usageOfResponse, type PricingServiceOptions, type UsageInput } from "./services/pricing-service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { silentLogger, type Logger } from "./logger.js";
+export type { HealthCheck, HealthReport, HealthStatus } from "./health.js";
+export {
+  DIAGNOSTICS_CHANNELS,
+  DIAGNOSTICS_VERSION,
+  type DispatchMessage,
+  type HoldMessage,
+  type JobMessage,
+  type MeteringMessage,
+  type RefusalMessage,
+  type UnitOfWorkMessage,
+  type UnitOutcome,
+  type WebhookMessage,
+} from "./diagnostics.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";
 export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";
@@ -89,6 +103,7 @@ export type JobOptions = Expiration.JobOptions;
 export type PaymentManagerOptions = Payments.PaymentManagerOptions;
 export type EmitInput = Notifications.EmitInput;
 export type ListPromosQuery = Promos.ListPromosQuery;
+export type HealthOptions = Health.HealthOptions;
 /** A metered call's hold and usage (`currentMeter()`, the metering middleware). */
 export type MeterSession = Metering.MeterSession;
 export { runCli, type CliIo } from "./cli/run.js";

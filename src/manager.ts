@@ -13,6 +13,7 @@ import { PaymentManagerOptions, buildPaymentService } from "./payments/index.js"
 import type { PaymentService } from "./services/payment-service.js";
 import { PromoService } from "./services/promo-service.js";
 import { NotificationService } from "./services/notification-service.js";
+import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
 import { PricingService } from "./services/pricing-service.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
@@ -95,6 +96,11 @@ export interface CreditManager {
   notifications: NotificationService;
   ledger: LedgerLogger;
   db: DbManager;
+  /**
+   * Checks the store (reachable, schema version), cache, queue, ledger file and outbox, each within
+   * a time-out, so a hung store answers `down` instead of hanging (docs/observability.md).
+   */
+  health(options?: HealthOptions): Promise<HealthReport>;
   /** Flushes and closes the ledger file, then closes the store. */
   close(): Promise<void>;
 }
@@ -166,6 +172,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     notifications,
     ledger,
     db,
+    health: (options) => checkHealth({ db, cache: o.cache, queue: o.queue, ledger, clock: o.clock ?? (() => new Date()) }, options),
     async close() {
       if (closed) return;
       closed = true;

@@ -17,6 +17,7 @@ export type {
   LoadedState,
   OptionalPart,
   ScanCursor,
+  StoreStats,
 } from "./db/types.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";

@@ -1,7 +1,8 @@
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 
 const run = promisify(execFile);
 const root = join(import.meta.dirname, "..");
@@ -79,5 +80,54 @@ describe("examples", () => {
     const stream = `cm-example-${process.pid}-${Date.now()}`;
     const out = await exampleWith("notifications-worker.ts", ["--demo", "--once"], { CREDIT_REDIS_URL: redisUrl as string, CREDIT_STREAM: stream });
     for (const type of ["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"]) expect(out).toContain(`demo-user ${type}`);
+  });
+});
+
+/** A free loopback port (closed again: the example listens on it). */
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+describe("examples/prometheus.ts", () => {
+  let child: ReturnType<typeof spawn> | undefined;
+  afterEach(() => {
+    child?.kill("SIGTERM");
+  });
+
+  it("serves the metrics over HTTP: after 3 deductions and one refusal the counters say 3 and 1", async () => {
+    const port = await freePort();
+    child = spawn(process.execPath, ["--import", "tsx", join(root, "examples", "prometheus.ts")], {
+      cwd: root,
+      env: { ...process.env, PORT: String(port) },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const ready = await new Promise<string>((resolve, reject) => {
+      let out = "";
+      child?.stdout?.on("data", (chunk: Buffer) => {
+        out += chunk.toString();
+        const url = /metrics at (\S+)/.exec(out)?.[1];
+        if (url) resolve(url);
+      });
+      child?.once("exit", (code) => reject(new Error(`the example exited (${code}): ${out}`)));
+    });
+    expect(ready).toBe(`http://127.0.0.1:${port}/metrics`);
+    const text = await (await fetch(ready)).text();
+    const sample = (name: string, labels: string) =>
+      Number(new RegExp(`^${name}\\{${labels}[^}]*\\} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+    expect(sample("credit_management_operations_total", 'operation="deductCredits",outcome="ok"')).toBe(3);
+    expect(sample("credit_management_operations_total", 'operation="deductCredits",outcome="refused"')).toBe(1);
+    expect(sample("credit_management_refusals_total", 'operation="deductCredits",reason="insufficient_credits"')).toBe(1);
+    expect(sample("credit_management_holds_total", 'action="reserved"')).toBe(2);
+    expect(sample("credit_management_holds_active", "")).toBe(1);
+    expect(sample("credit_management_holds_credits", "")).toBe(7);
+    expect(text).toContain("# TYPE credit_management_operation_duration histogram");
+    const exited = new Promise<number | null>((resolve) => child?.once("exit", resolve));
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    child = undefined;
   });
 });

@@ -136,7 +136,7 @@ describe("NotificationService details", () => {
     const credits = new CreditService({ db, alerts: { lowCredits: 50 } });
     const notifications = new NotificationService({ db });
     type Mutate = (u: string, meta: object, body: (work: object) => Promise<unknown>) => Promise<unknown>;
-    const mutate = (credits as unknown as { mutate: Mutate }).mutate.bind(credits);
+    const mutate = (credits as unknown as { runUnitOfWork: Mutate }).runUnitOfWork.bind(credits);
     await credits.addCredits("s", 100);
     await mutate("s", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });
@@ -151,7 +151,7 @@ describe("NotificationService details", () => {
     expect((await notifications.list("s")).map((r) => r.type)).toEqual(["subscription_allocation", "low_credits"]);
     // Without notifications on, recorded events are dropped (no outbox growth).
     const quiet = new CreditService({ db });
-    await (quiet as unknown as { mutate: Mutate }).mutate("q", {}, async (work) => {
+    await (quiet as unknown as { runUnitOfWork: Mutate }).runUnitOfWork("q", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: {}, dedupeKey: null });
       return (work as { add: (n: number, g: object, m: object) => unknown }).add(1, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
     });

@@ -26,6 +26,17 @@ export interface DbManager extends AccountStore, JournalStore, PromoPaymentStore
   init(): Promise<void>;
   /** Releases resources the adapter created (not a client/pool handed to it). Idempotent. */
   close(): Promise<void>;
+  /**
+   * Optional: one cheap round trip that proves the store answers, with the schema version it is
+   * at (null for a store without one). `manager.health()` times it; without it, it reads an
+   * account instead (docs/observability.md).
+   */
+  ping?(): Promise<{ schemaVersion: number | null }>;
+  /**
+   * Optional: counts across every account for health and metrics (docs/observability.md): active
+   * holds, the outbox's pending and failed rows. Without it they are reported as unknown (null).
+   */
+  stats?(): Promise<StoreStats>;
 }
 
 /**
@@ -75,6 +86,20 @@ export interface JournalStore {
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;
+}
+
+/** What `DbManager.stats()` counts, across every account. */
+export interface StoreStats {
+  /** Holds with status `active`. */
+  activeHolds: number;
+  /** Credits those holds earmark. */
+  heldCredits: number;
+  /** Outbox rows waiting for delivery. */
+  outboxPending: number;
+  /** Outbox rows that failed for good (until purged). */
+  outboxFailed: number;
+  /** `createdAt` of the oldest pending outbox row; null when none is pending. */
+  oldestPendingAt: Date | null;
 }
 
 export interface DbCapabilities {

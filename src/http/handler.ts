@@ -56,6 +56,15 @@ export interface CreditHandlerOptions {
   webhookBasePath?: string | false;
   /** Fields of the OpenAPI document (`GET <basePath>/openapi.json`). */
   openapi?: OpenApiOptions;
+  /**
+   * Liveness and readiness routes for probes (docs/observability.md): `GET <path>/live` answers 200
+   * while the process serves requests; `GET <path>/ready` answers `manager.health()`'s report,
+   * with 503 when the store is `down` (200 when `ok` or `degraded`). Off by default. `true` or
+   * `{}`: admins only, like the admin routes; `{ public: true }`: anyone, without `authenticate`
+   * (only where the network keeps strangers out: the report names the store and its errors).
+   * `path` defaults to `/health`; `timeoutMs` is each check's time-out (default 2,000).
+   */
+  health?: boolean | { path?: string; public?: boolean; timeoutMs?: number };
   /** Called with unexpected errors (answered as a bare 500) and 5xx credit errors: log them. */
   onError?: (error: unknown, request: Request) => void;
 }
@@ -72,6 +81,50 @@ export interface CreditHandler {
 }
 
 const WEBHOOK_OPERATION = "paymentWebhook";
+
+/** The probe routes of the `health` option (none unless asked for). */
+function healthRoutes(option: CreditHandlerOptions["health"]): RouteDefinition[] {
+  if (option === undefined || option === false) return [];
+  const o = option === true ? {} : option;
+  if (typeof o !== "object" || o === null) throw new ConfigurationError("[credit-management] [http] `health` must be true, false or `{ path?, public?, timeoutMs? }`.");
+  const path = (o.path ?? "/health").replace(/\/+$/, "");
+  if (!/^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/.test(path)) {
+    throw new ConfigurationError('[credit-management] [http] `health.path` must be a path such as "/health".');
+  }
+  if (o.public !== undefined && typeof o.public !== "boolean") throw new ConfigurationError("[credit-management] [http] `health.public` must be true or false.");
+  const timeoutMs = o.timeoutMs;
+  if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= 60_000)) {
+    throw new ConfigurationError("[credit-management] [http] `health.timeoutMs` must be a whole number of ms from 1 to 60,000.");
+  }
+  const access = o.public === true ? "public" : "admin";
+  const noStore = { "cache-control": "no-store" };
+  return [
+    {
+      method: "GET",
+      base: "root",
+      path: `${path}/live`,
+      access,
+      operationId: "healthLive",
+      summary: "Liveness: the process answers",
+      tags: ["health"],
+      handle: () => json(200, { status: "ok" }, noStore),
+    },
+    {
+      method: "GET",
+      base: "root",
+      path: `${path}/ready`,
+      access,
+      operationId: "healthReady",
+      summary: "Readiness: the health report (503 when the store is down)",
+      tags: ["health"],
+      errors: [503],
+      handle: async ({ manager }) => {
+        const report = await manager.health(timeoutMs === undefined ? {} : { timeoutMs });
+        return json(report.status === "down" ? 503 : 200, report, noStore);
+      },
+    },
+  ];
+}
 
 /**
  * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
@@ -132,7 +185,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
       );
     }
   }
-  const all = [...builtIn, ...(options.routes ?? []), openapiRoute];
+  const all = [...builtIn, ...(options.routes ?? []), ...healthRoutes(options.health), openapiRoute];
   const router = createRouter(manager, all, o);
   // The webhook paths of the providers that receive webhooks, not the whole folder: a host's own
   // `/webhooks/github` after this handler is reached through `next`.

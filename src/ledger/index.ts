@@ -140,6 +140,11 @@ export class LedgerLogger {
     return { ...this.counters };
   }
 
+  /** Lines collected for the file but not yet handed to its writer (`manager.health()`). */
+  get backlog(): number {
+    return this.pending.length / 2;
+  }
+
   /** Hands every buffered line to the writer and waits until they are in the file. */
   async flush(): Promise<void> {
     if (this.file === null || this.closed) return;

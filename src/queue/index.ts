@@ -22,6 +22,8 @@ export interface NotificationQueue {
   publish(message: NotificationMessage): Promise<void>;
   /** Releases what the queue created (not a client handed to it). */
   close?(): Promise<void>;
+  /** Optional: resolves once the queue's backend answers, rejects when it cannot (`manager.health()`). */
+  ping?(): Promise<void>;
 }
 
 /** Keeps messages in an array: for tests and development. */

@@ -405,6 +405,11 @@ export class RedisStreamQueue implements NotificationQueue {
     return queue;
   }
 
+  /** `PING`, within `timeoutMs` (`manager.health()`). */
+  async ping(): Promise<void> {
+    await withTimeout(this.client.call("PING", []), this.timeoutMs, "PING");
+  }
+
   async publish(m: NotificationMessage): Promise<void> {
     const fields = [
       "id", m.id,

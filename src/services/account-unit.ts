@@ -23,6 +23,8 @@ export interface UnitDeps {
    * whose alert level another (alerting) service keeps warns that this one records no alerts.
    */
   alertsOff?: { service: string; warned: boolean } | undefined;
+  /** The unit of work's name in diagnostics (docs/observability.md). Default `unitOfWork`. */
+  operation?: string | undefined;
 }
 
 /** What promo and payment services take to run units of work (see `PromoServiceOptions`). @internal */
@@ -115,6 +117,7 @@ export async function runAccountUnit<T>(
       (async () => {
         throw new IdempotencyConflictError(meta.idempotencyKey ?? "");
       }),
+    { settle: true, operation: deps.operation },
   );
   if (off === undefined) return running;
   const warn = () => {

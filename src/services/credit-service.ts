@@ -15,6 +15,7 @@ import { decideCheck, featureFlips, type CheckResult } from "../domain/checks.js
 import {
   ConfigurationError,
   ConflictError,
+  CreditError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   NotFoundError,
@@ -55,6 +56,7 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
+import { holdChannel, refusalChannel, traced, tracePromise, unitOfWorkChannel, type HoldMessage, type RefusalMessage, type UnitOfWorkMessage } from "../diagnostics.js";
 import { newId } from "../util/uuid.js";
 import type * as z from "zod";
 
@@ -159,6 +161,8 @@ interface UnitOutcome<T> {
   value: T;
   entries: readonly JournalEntry[];
   canonicals?: readonly string[];
+  /** The holds placed and ended, only while someone listens on the hold channel (docs/observability.md). */
+  holds?: { placed: readonly Reservation[]; ended: readonly Reservation[]; reservedAfter: number };
 }
 
 /** What a unit of work's body may use besides the account: the loaded state, extra rows to save. */
@@ -199,10 +203,16 @@ class UnitRun<T> {
     private readonly settle: boolean,
     /** Abandon the attempt when settlement ends a subscription period (`PeriodDue`). */
     private readonly periods: boolean,
+    /** The diagnostics message, while someone listens (docs/observability.md): counts attempts. */
+    private readonly message: UnitOfWorkMessage | undefined,
   ) {}
 
   attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     this.refused = undefined;
+    if (this.message !== undefined) {
+      this.message.attempts++;
+      this.message.outcome = "ok";
+    }
     const key = this.meta.idempotencyKey;
     const state = tx.load(key === undefined ? undefined : { idempotencyKey: key });
     // (`andThen` by hand: no closure when the store answered at once.)
@@ -222,6 +232,7 @@ class UnitRun<T> {
         );
       }
       if (first.fingerprint !== this.meta.fingerprint) throw new IdempotencyConflictError(key);
+      if (this.message !== undefined) this.message.outcome = "replayed";
       if (this.replay === undefined) return { value: first as T, entries: NO_ENTRIES };
       return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
     }
@@ -267,6 +278,9 @@ class UnitRun<T> {
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
+    if (holdChannel.hasSubscribers && (changes.insertReservations.length > 0 || changes.updateReservations.length > 0)) {
+      outcome.holds = { placed: changes.insertReservations, ended: changes.updateReservations, reservedAfter: changes.account.reserved };
+    }
     const saved = tx.save(changes);
     return isPromiseLike(saved) ? Promise.resolve(saved).then(() => outcome) : outcome;
   }
@@ -338,7 +352,7 @@ export class CreditService {
     // (a retry of an addition that was made while its expiry was ahead answers with the first entry).
     if (o.idempotencyKey === undefined && past(this.clock())) throw refuse();
     const meta = this.meta("addCredits", o, { amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null });
-    return this.mutate(user, meta, (work) => {
+    return this.mutate("addCredits", user, meta, (work) => {
       if (past(work.now)) throw refuse();
       return work.add(
         n,
@@ -363,7 +377,7 @@ export class CreditService {
    */
   async openAccount(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
-    await this.mutate(user, NO_META, () => undefined);
+    await this.mutate("openAccount", user, NO_META, () => undefined);
     return this.getUserCreditsInfo(user);
   }
 
@@ -394,7 +408,7 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.mutate(userId, meta, (work) => {
+    return this.mutate("deductCreditsAfterService", userId, meta, (work) => {
       const limit = this.overdraftLimit;
       const charge = chargeWithinLimit(amount, work.headroom(limit));
       if (charge === 0) return null;
@@ -419,6 +433,7 @@ export class CreditService {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
     const meta = this.meta("reserveCredits", o, { amount: n, ...o, ttlSeconds: ttl });
     return this.mutate(
+      "reserveCredits",
       user,
       meta,
       (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
@@ -464,7 +479,7 @@ export class CreditService {
 
   private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, { reservationId: id, ...o });
-    return this.mutate(userId, meta, (work, tx) => {
+    return this.mutate("commitReservedCredits", userId, meta, (work, tx) => {
       const commit = (hold: Reservation): JournalEntry => {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
         const limit = this.overdraftLimit;
@@ -488,7 +503,7 @@ export class CreditService {
   /** @internal `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
   releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
     const meta = this.meta("releaseReservedCredits", o, { reservationId: id, ...o });
-    return this.mutate(userId, meta, (work, tx) => {
+    return this.mutate("releaseReservedCredits", userId, meta, (work, tx) => {
       const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
       return andThen(this.activeHold(work, tx, id), release);
     });
@@ -501,7 +516,7 @@ export class CreditService {
     const grant = await this.db.getGrant(id);
     if (grant === null) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
     const meta = this.meta("voidGrant", o, { grantId: id, ...o });
-    return this.mutate(grant.userId, meta, async (work, tx) => {
+    return this.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
       // The work's copy first: settlement may just have expired it.
       const current = work.getGrant(id) ?? (await tx.getGrants([id]))[0];
       if (current === undefined) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
@@ -535,8 +550,9 @@ export class CreditService {
    * @internal One account settled as of `asOf` (default now; the caller checks it is not later):
    * grants due and holds lapsed by then, not by the clock (`expireCredits`, the hold-release job).
    */
-  settleAsOf(userId: string, asOf?: Date): Promise<Settlement> {
+  settleAsOf(userId: string, asOf?: Date, operation = "expireCredits"): Promise<Settlement> {
     return this.mutate(
+      operation,
       userId,
       {},
       async (work, tx, unit) => {
@@ -695,9 +711,9 @@ export class CreditService {
     meta: EntryMeta,
     body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T>,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
-    options: { settle: boolean } = { settle: true },
+    options: { settle: boolean; operation?: string } = { settle: true },
   ): Promise<T> {
-    return this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false });
+    return this.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, { settle: options.settle, periods: false });
   }
 
   /**
@@ -734,7 +750,7 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.mutate(user, meta, (work) => work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }));
+    return this.mutate(operation, user, meta, (work) => work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }));
   }
 
   private meta(operation: string, o: DeductOptions & { idempotencyKey?: string }, args: Record<string, unknown>): EntryMeta {
@@ -754,16 +770,57 @@ export class CreditService {
    * invalidate the cache.
    */
   private mutate<T>(
+    operation: string,
     userId: string,
     meta: EntryMeta,
     body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: RunOptions = SETTLE,
   ): Promise<T> {
+    // Nobody listening: five property reads, no message (docs/observability.md).
+    if (!traced(unitOfWorkChannel)) return this.run(operation, userId, meta, body, replay, options, undefined);
+    const message: UnitOfWorkMessage = {
+      operation,
+      userId,
+      store: this.db.name,
+      outcome: "ok",
+      durationMs: 0,
+      attempts: 0,
+      conflicts: 0,
+      entries: 0,
+      errorCode: null,
+    };
+    const started = performance.now();
+    return tracePromise(
+      unitOfWorkChannel,
+      message,
+      () => this.run(operation, userId, meta, body, replay, options, message),
+      (m, _value, error) => {
+        m.durationMs = performance.now() - started;
+        m.conflicts = Math.max(m.attempts - 1, 0);
+        if (error !== undefined) {
+          m.outcome = unitFailure(error);
+          m.errorCode = error instanceof CreditError ? error.code : null;
+        }
+      },
+    );
+  }
+
+  /** `mutate` itself; `message` counts the attempts and entries while someone listens. */
+  private run<T>(
+    operation: string,
+    userId: string,
+    meta: EntryMeta,
+    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
+    replay: ((entry: JournalEntry, tx: DbTransaction) => Promise<T>) | undefined,
+    options: RunOptions,
+    message: UnitOfWorkMessage | undefined,
+  ): Promise<T> {
     const periods = options.periods !== false && this.periodHook !== undefined;
-    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods);
+    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
     const run = (tx: DbTransaction) => unit.attempt(tx);
     const db = this.db;
+    const again = () => this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
     let done: UnitOutcome<T> | Promise<UnitOutcome<T>>;
     if (db.transactionNow === undefined) done = db.transaction(userId, run);
     else {
@@ -771,13 +828,13 @@ export class CreditService {
       try {
         done = db.transactionNow(userId, run);
       } catch (error) {
-        if (error instanceof PeriodDue) return this.afterPeriod(userId, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }));
-        if (periods && error instanceof InsufficientCreditsError) return this.afterRefusal(userId, unit, error, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }));
-        return this.refusedOrFailed(userId, unit, error);
+        if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
+        if (periods && error instanceof InsufficientCreditsError) return this.afterRefusal(operation, userId, unit, error, again);
+        return this.refusedOrFailed(operation, userId, unit, error);
       }
       if (!isPromiseLike(done)) {
         try {
-          const value = this.committed(userId, done);
+          const value = this.committed(userId, done, message);
           return isPromiseLike(value) ? (value as Promise<T>) : Promise.resolve(value);
         } catch (error) {
           return Promise.reject(error as Error);
@@ -785,13 +842,13 @@ export class CreditService {
       }
     }
     return Promise.resolve(done).then(
-      (outcome) => this.committed(userId, outcome),
+      (outcome) => this.committed(userId, outcome, message),
       (error: unknown) =>
         error instanceof PeriodDue
-          ? this.afterPeriod(userId, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }))
+          ? this.afterPeriod(userId, again)
           : periods && error instanceof InsufficientCreditsError
-            ? this.afterRefusal(userId, unit, error, () => this.mutate(userId, meta, body, replay, { settle: options.settle, periods: false }))
-            : this.refusedOrFailed(userId, unit, error),
+            ? this.afterRefusal(operation, userId, unit, error, again)
+            : this.refusedOrFailed(operation, userId, unit, error),
     );
   }
 
@@ -816,14 +873,20 @@ export class CreditService {
    * brings the period if one is due (the same keyed work as `afterPeriod`) and says whether it did;
    * then the operation runs once more, else the refusal stands. (Found by the simulation, issue 26.)
    */
-  private async afterRefusal<T>(userId: string, unit: UnitRun<unknown>, error: InsufficientCreditsError, again: () => Promise<T>): Promise<T> {
+  private async afterRefusal<T>(
+    operation: string,
+    userId: string,
+    unit: UnitRun<unknown>,
+    error: InsufficientCreditsError,
+    again: () => Promise<T>,
+  ): Promise<T> {
     let brought: unknown = false;
     try {
       brought = await this.periodHook?.(userId);
     } catch (failure) {
       this.logger?.warn({ err: failure, userId }, "credit-management: could not bring the user's subscription period up to date");
     }
-    return brought === true ? again() : this.refusedOrFailed(userId, unit, error);
+    return brought === true ? again() : this.refusedOrFailed(operation, userId, unit, error);
   }
 
   /**
@@ -832,7 +895,9 @@ export class CreditService {
    * caller's next read). The invalidation also ends the leases of reads in flight (`Cache.lease`),
    * in every process sharing the cache, so none of them caches what it read before this commit.
    */
-  private committed<T>(userId: string, outcome: UnitOutcome<T>): T | Promise<T> {
+  private committed<T>(userId: string, outcome: UnitOutcome<T>, message: UnitOfWorkMessage | undefined): T | Promise<T> {
+    if (message !== undefined) message.entries += outcome.entries.length;
+    if (outcome.holds !== undefined && holdChannel.hasSubscribers) publishHolds(userId, outcome.holds);
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
       const deleting = this.cache?.invalidate(infoKey(userId));
@@ -842,7 +907,8 @@ export class CreditService {
   }
 
   /** With notifications on, a refusal for lack of credits is recorded once the unit of work ended. */
-  private async refusedOrFailed(userId: string, unit: UnitRun<unknown>, error: unknown): Promise<never> {
+  private async refusedOrFailed(operation: string, userId: string, unit: UnitRun<unknown>, error: unknown): Promise<never> {
+    if (error instanceof InsufficientCreditsError && refusalChannel.hasSubscribers) refusalChannel.publish(refusal(operation, userId, error));
     const refused = unit.refused;
     if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
     throw error;
@@ -914,7 +980,7 @@ export class CreditService {
   private async settledAccount(userId: string, now: Date): Promise<Account | null> {
     const account = await this.db.getAccount(userId);
     if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
-      await this.mutate(userId, {}, async () => undefined);
+      await this.mutate("settle", userId, {}, async () => undefined);
       return this.db.getAccount(userId);
     }
     return account;
@@ -961,4 +1027,39 @@ function creditsInfo(userId: string, account: Account | null): CreditsInfo {
   return account
     ? { userId, balance: account.balance, reserved: account.reserved, available: account.balance - account.reserved, debt: account.debt }
     : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
+}
+
+/** How a unit of work that threw ended, for the diagnostics message. */
+function unitFailure(error: unknown): UnitOfWorkMessage["outcome"] {
+  if (error instanceof InsufficientCreditsError) return "refused";
+  if (error instanceof ConflictError) return "conflict";
+  if (error instanceof CreditError && error.status < 500) return "rejected";
+  return "failed";
+}
+
+/** The refusal channel's message for a refusal for lack of credits. */
+function refusal(operation: string, userId: string, error: InsufficientCreditsError): RefusalMessage {
+  const d = (error.details ?? {}) as { requested?: unknown; available?: unknown; overdraftLimit?: unknown };
+  return {
+    operation,
+    userId,
+    reason: d.overdraftLimit === undefined ? "insufficient_credits" : "overdraft_limit",
+    requested: typeof d.requested === "number" ? d.requested : 0,
+    available: typeof d.available === "number" ? d.available : 0,
+  };
+}
+
+/** One hold-channel message per hold placed or ended in a committed unit of work. */
+function publishHolds(userId: string, holds: NonNullable<UnitOutcome<unknown>["holds"]>): void {
+  const send = (r: Reservation, action: HoldMessage["action"]) =>
+    holdChannel.publish({
+      action,
+      userId,
+      reservationId: r.id,
+      amount: r.amount,
+      committed: action === "committed" ? (r.committedAmount ?? 0) : 0,
+      reservedAfter: holds.reservedAfter,
+    } satisfies HoldMessage);
+  for (const r of holds.placed) send(r, "reserved");
+  for (const r of holds.ended) if (r.status !== "active") send(r, r.status);
 }

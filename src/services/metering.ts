@@ -13,6 +13,7 @@ import type { PriceBook } from "../domain/pricing.js";
 import { recordOf, type PricingService, type UsageInput } from "./pricing-service.js";
 import { andThen } from "../util/promise.js";
 import type { CreditService } from "./credit-service.js";
+import { meteringChannel, type MeteringMessage } from "../diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. */
 export interface MeterOutcome {
@@ -243,7 +244,7 @@ export class MeterSession {
   commit(amount?: number): Promise<MeterOutcome> {
     if (this.settlement !== null) return this.settlement;
     if (amount === undefined && this.recorded.length === 0 && (this.options.noUsage ?? "release") === "release") {
-      this.settlement = this.doRelease("no-usage");
+      this.settlement = this.published(this.doRelease("no-usage"));
       return this.settlement;
     }
     const n = amount ?? (this.recorded.length > 0 ? this.sum : this.estimate);
@@ -252,18 +253,27 @@ export class MeterSession {
       // usages beyond Number.MAX_SAFE_INTEGER is refused here too.
       parse(NonNegativeAmount, n, "usage amount");
     } catch (error) {
-      this.settlement = this.doRelease("error");
+      this.settlement = this.published(this.doRelease("error"));
       return this.settlement.then(() => Promise.reject(error));
     }
-    this.settlement = this.doCommit(n);
+    this.settlement = this.published(this.doCommit(n));
     return this.settlement;
   }
 
   /** Returns the whole hold (a failed call, a client that went away). */
   release(reason: MeterOutcome["releaseReason"] = "error"): Promise<MeterOutcome> {
     if (this.settlement !== null) return this.settlement;
-    this.settlement = this.doRelease(reason);
+    this.settlement = this.published(this.doRelease(reason));
     return this.settlement;
+  }
+
+  /** Publishes the settled outcome on the metering channel while someone listens (docs/observability.md). */
+  private published(settling: Promise<MeterOutcome>): Promise<MeterOutcome> {
+    if (!meteringChannel.hasSubscribers) return settling;
+    return settling.then((o) => {
+      if (meteringChannel.hasSubscribers) meteringChannel.publish(meteringMessage(o));
+      return o;
+    });
   }
 
   /** The key every attempt of a keyed call charges under (undefined without a key). */
@@ -503,3 +513,18 @@ interface MutationInput {
   metadata?: Json;
 }
 type CommitInput = MutationInput & { amount?: number };
+
+/** The metering channel's message for a settled call. */
+function meteringMessage(o: MeterOutcome): MeteringMessage {
+  const gone = o.chargedAfterService === true;
+  return {
+    userId: o.userId,
+    reservationId: o.reservationId,
+    estimate: o.estimate,
+    outcome: o.outcome,
+    charged: o.charged,
+    released: o.outcome === "released" ? o.estimate : gone ? 0 : Math.max(o.estimate - o.charged, 0),
+    reason: o.outcome === "released" ? (o.releaseReason ?? null) : o.replayed === true ? "replayed" : gone ? "after-service" : null,
+    shortfall: o.shortfall ?? 0,
+  };
+}

@@ -17,6 +17,7 @@ import {
 } from "../models/index.js";
 import { ConfigurationError } from "../errors.js";
 import { DomainEventType } from "../models/notifications.js";
+import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
 export interface NotificationServiceOptions {
@@ -196,6 +197,11 @@ export class NotificationService {
     const o = parse(ReminderOptions, options, "options");
     const pageSize = o.pageSize ?? 500;
     const now = this.clock();
+    return traceJob("sendExpiringReminders", now, () => this.remind(o.days, pageSize, now), (r) => [r.scanned, r.recorded, 0]);
+  }
+
+  private async remind(days: number, pageSize: number, now: Date): Promise<{ scanned: number; recorded: number }> {
+    const o = { days };
     const until = new Date(now.getTime() + o.days * 86_400_000);
     let scanned = 0;
     let recorded = 0;
@@ -231,6 +237,17 @@ export class NotificationService {
   async dispatchPending(options: z.input<typeof DispatchOptions> = {}): Promise<DispatchReport> {
     const o = parse(DispatchOptions, options, "options");
     const limit = o.limit ?? 100;
+    if (!traced(dispatchChannel)) return this.dispatch(limit, undefined);
+    const started = performance.now();
+    const message: DispatchMessage = { limit, claimed: 0, sent: 0, retried: 0, failed: 0, lost: 0, maxLagMs: 0, durationMs: 0 };
+    return tracePromise(dispatchChannel, message, () => this.dispatch(limit, message), (m, report) => {
+      m.durationMs = performance.now() - started;
+      if (report !== undefined) Object.assign(m, report);
+    });
+  }
+
+  /** `dispatchPending`; `message` (while someone listens) gets the age of the oldest row claimed. */
+  private async dispatch(limit: number, message: DispatchMessage | undefined): Promise<DispatchReport> {
     const report: DispatchReport = { claimed: 0, sent: 0, retried: 0, failed: 0, lost: 0 };
     const token = randomUUID();
     while (report.claimed < limit) {
@@ -242,6 +259,10 @@ export class NotificationService {
       });
       if (rows.length === 0) break;
       report.claimed += rows.length;
+      if (message !== undefined) {
+        const now = this.clock().getTime();
+        for (const row of rows) message.maxLagMs = Math.max(message.maxLagMs, now - row.createdAt.getTime());
+      }
       const settled = report.sent + report.failed;
       await Promise.all(rows.map((row) => this.deliver(row, token, report)));
       // Only a row settled in this round (sent, or failed for good) can have made its user's next
@@ -261,12 +282,19 @@ export class NotificationService {
     const o = parse(PurgeOptions, options, "options");
     const before = new Date(this.clock().getTime() - (o.olderThanDays ?? 30) * 86_400_000);
     const batch = o.batchSize ?? 1000;
-    let total = 0;
-    for (;;) {
-      const n = await this.db.purgeNotifications(before, batch);
-      total += n;
-      if (n < batch) return total;
-    }
+    return traceJob(
+      "purgeNotifications",
+      before,
+      async () => {
+        let total = 0;
+        for (;;) {
+          const n = await this.db.purgeNotifications(before, batch);
+          total += n;
+          if (n < batch) return total;
+        }
+      },
+      (n) => [n, n, 0],
+    );
   }
 
   /** Runs `dispatchPending` every `intervalMs` (default 1,000) until `stop()`. Rounds never overlap. */

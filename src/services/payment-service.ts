@@ -17,6 +17,7 @@ import {
   reversal,
   takeBackPlan,
 } from "../domain/payments.js";
+import { webhookChannel, type WebhookMessage } from "../diagnostics.js";
 import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
@@ -420,9 +421,27 @@ export class PaymentService {
       throw new NotFoundError(`No payment provider "${providerName}" receives webhooks here.`, { provider: providerName });
     }
     const raw = typeof rawBody === "string" ? Buffer.from(rawBody, "utf8") : rawBody;
+    const started = webhookChannel.hasSubscribers ? performance.now() : 0;
     try {
-      return await this.applyWebhook(provider, raw, headers);
+      const result = await this.applyWebhook(provider, raw, headers);
+      if (webhookChannel.hasSubscribers) {
+        webhookChannel.publish({
+          provider: provider.name,
+          outcome: result.outcome,
+          eventType: result.eventType,
+          durationMs: performance.now() - started,
+        } satisfies WebhookMessage);
+      }
+      return result;
     } catch (error) {
+      if (webhookChannel.hasSubscribers) {
+        webhookChannel.publish({
+          provider: provider.name,
+          outcome: error instanceof WebhookRejectedError ? "rejected" : "failed",
+          eventType: null,
+          durationMs: performance.now() - started,
+        } satisfies WebhookMessage);
+      }
       if (error instanceof WebhookRejectedError) {
         // Refused webhooks are security-relevant: kept as ledger error events (never fatal).
         await this.deps.ledger
@@ -559,7 +578,7 @@ export class PaymentService {
     };
     return retryOnConflict(() =>
       runAccountUnit(
-        this.deps,
+        { ...this.deps, operation: "creditPayment" },
         payment.userId,
         meta,
         async (work, tx) => {
@@ -615,7 +634,7 @@ export class PaymentService {
     };
     return retryOnConflict(() =>
       runAccountUnit(
-        this.deps,
+        { ...this.deps, operation: dispute ? "reverseDispute" : "reverseRefund" },
         payment.userId,
         meta,
         async (work, tx, state) => {

@@ -168,7 +168,7 @@ export class PromoService {
     for (let attempt = 1; ; attempt++) {
       try {
         return await runAccountUnit<{ claim: PromoClaim | null; entry: JournalEntry }>(
-          this.deps,
+          { ...this.deps, operation: "claimPromo" },
           user,
           meta,
           async (work, tx) => {

@@ -360,6 +360,7 @@ export class SubscriptionService {
             return { created: rules.applyIntent(work, s, it, meta, expiry) };
           },
           async (first) => ({ replayed: first }),
+          { settle: true, operation: "subscriptionPeriod" },
         );
       } catch (error) {
         if (!(error instanceof rules.ExpiryMoved)) throw error;

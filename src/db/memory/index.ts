@@ -26,6 +26,7 @@ import type {
   LoadRequest,
   LoadedState,
   ScanCursor,
+  StoreStats,
 } from "../types.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
@@ -350,6 +351,22 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     return ids.map((id) => copyReservation(this.holderOf(id)?.active.get(id) as Reservation));
   }
 
+
+  /** Nothing to reach; no schema (docs/observability.md). */
+  async ping(): Promise<{ schemaVersion: number | null }> {
+    return { schemaVersion: null };
+  }
+
+  async stats(): Promise<StoreStats> {
+    let activeHolds = 0;
+    let heldCredits = 0;
+    for (const u of this.holders) {
+      activeHolds += u.active.size;
+      heldCredits += u.account?.reserved ?? 0;
+    }
+    const o = this.outbox.stats();
+    return { activeHolds, heldCredits, outboxPending: o.pending, outboxFailed: o.failed, oldestPendingAt: o.oldestPendingAt };
+  }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     this.ledger.push(copyLedgerEntry(entry));

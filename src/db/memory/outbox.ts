@@ -13,6 +13,21 @@ export class MemoryOutbox {
   /** userId → ids of every row, in insertion order. */
   private readonly byUser = new Map<string, string[]>();
 
+  /** Pending and failed rows, and the oldest pending row's creation (`DbManager.stats`). */
+  stats(): { pending: number; failed: number; oldestPendingAt: Date | null } {
+    let pending = 0;
+    let failed = 0;
+    let oldest: Date | null = null;
+    for (const r of this.rows.values()) {
+      if (r.status === "failed") failed++;
+      else if (r.status === "pending") {
+        pending++;
+        if (oldest === null || r.createdAt.getTime() < oldest.getTime()) oldest = r.createdAt;
+      }
+    }
+    return { pending, failed, oldestPendingAt: oldest === null ? null : new Date(oldest) };
+  }
+
   /** True when the row may be stored (its dedupe key is unused). */
   accepts(row: Notification): boolean {
     return row.dedupeKey === null || !this.keys.has(dedupe(row));

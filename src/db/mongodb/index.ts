@@ -23,6 +23,7 @@ import type {
   LoadRequest,
   LoadedState,
   ScanCursor,
+  StoreStats,
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "../store/account-locks.js";
@@ -446,6 +447,36 @@ export class MongoDbManager extends StoreBase implements DbManager {
         await session.endSession().catch(() => undefined);
       }
     }
+  }
+
+  /** A `ping` command; MongoDB stores have no schema version (docs/observability.md). */
+  async ping(): Promise<{ schemaVersion: number | null }> {
+    await guard("ping", () => this.db.command({ ping: 1 }));
+    return { schemaVersion: null };
+  }
+
+  /** Two aggregations: active holds (`status_expiry` index) and the outbox's pending and failed rows. */
+  async stats(): Promise<StoreStats> {
+    const [holds, outbox] = await guard("stats", () =>
+      Promise.all([
+        this.c.reservations.aggregate<{ n: number; held: number }>([
+          { $match: { status: "active" } },
+          { $group: { _id: null, n: { $sum: 1 }, held: { $sum: "$amount" } } },
+        ]).toArray(),
+        this.c.notifications.aggregate<{ _id: string; n: number; oldest: Date | null }>([
+          { $match: { status: { $in: ["pending", "failed"] } } },
+          { $group: { _id: "$status", n: { $sum: 1 }, oldest: { $min: "$createdAt" } } },
+        ]).toArray(),
+      ]),
+    );
+    const pending = outbox.find((g) => g._id === "pending");
+    return {
+      activeHolds: Number(holds[0]?.n ?? 0),
+      heldCredits: Number(holds[0]?.held ?? 0),
+      outboxPending: Number(pending?.n ?? 0),
+      outboxFailed: Number(outbox.find((g) => g._id === "failed")?.n ?? 0),
+      oldestPendingAt: pending?.oldest instanceof Date ? pending.oldest : null,
+    };
   }
 
   async getAccount(userId: string): Promise<Account | null> {

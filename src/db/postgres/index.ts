@@ -4,7 +4,7 @@ import { ConfigurationError, ConflictError, StorageError } from "../../errors.js
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
-import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
+import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor, StoreStats } from "../types.js";
 import { Batch, type BatchResult, type Unit, type UnitTx } from "./batch.js";
 import { isConnectionLevel, storageError } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
@@ -367,6 +367,35 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     };
     if (delay > 0) setTimeout(again, delay);
     else setImmediate(again); // after the current batch has released its accounts
+  }
+
+  /** The version row: one round trip that proves the store answers (docs/observability.md). */
+  async ping(): Promise<{ schemaVersion: number | null }> {
+    const rows = await this.read("ping", `SELECT version FROM ${this.sql.versionTable} WHERE component = $1`, [SCHEMA_COMPONENT]);
+    return { schemaVersion: rows[0] === undefined ? null : Number(rows[0].version) };
+  }
+
+  /**
+   * Active holds (the `status_expiry` index) and the outbox's pending (`pending_due`) and failed
+   * rows (failed rows have no index of their own: purge settled rows, docs/notifications.md).
+   */
+  async stats(): Promise<StoreStats> {
+    const r = this.sql.tables.reservations.qualified;
+    const n = this.sql.tables.notifications.qualified;
+    const text =
+      `SELECT (SELECT count(*) FROM ${r} WHERE status = 'active')::float8 AS holds, ` +
+      `(SELECT coalesce(sum(amount), 0) FROM ${r} WHERE status = 'active')::float8 AS held, ` +
+      `(SELECT count(*) FROM ${n} WHERE status = 'pending')::float8 AS pending, ` +
+      `(SELECT count(*) FROM ${n} WHERE status = 'failed')::float8 AS failed, ` +
+      `(SELECT extract(epoch FROM min(created_at)) * 1000 FROM ${n} WHERE status = 'pending')::float8 AS oldest`;
+    const row = (await this.read("stats", text, []))[0] ?? {};
+    return {
+      activeHolds: Number(row.holds ?? 0),
+      heldCredits: Number(row.held ?? 0),
+      outboxPending: Number(row.pending ?? 0),
+      outboxFailed: Number(row.failed ?? 0),
+      oldestPendingAt: row.oldest === null || row.oldest === undefined ? null : new Date(Number(row.oldest)),
+    };
   }
 
   async getAccount(userId: string): Promise<Account | null> {

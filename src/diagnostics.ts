@@ -1,0 +1,246 @@
+import diagnostics_channel from "node:diagnostics_channel";
+
+/**
+ * Instrumentation on `node:diagnostics_channel`, the way undici and Node itself instrument: named
+ * channels that cost one property read per operation while nobody subscribes (a message is built
+ * only when `hasSubscribers` says someone listens). Metrics and tracing integrations — ours,
+ * `credit-management/otel`, or your own — subscribe to them. See docs/observability.md.
+ *
+ * The channel names and message shapes are a versioned contract (`DIAGNOSTICS_VERSION`): within a
+ * version, fields are only ever added; a field removed or changed gets new channel names.
+ */
+export const DIAGNOSTICS_VERSION = 1;
+
+/** The channel names (`diagnostics_channel.channel(name)` / `tracingChannel(name)`). */
+export const DIAGNOSTICS_CHANNELS = {
+  /** Tracing channel (start, end, asyncStart, asyncEnd, error): one unit of work on an account. */
+  unitOfWork: "credit-management:unit-of-work",
+  /** Channel: an operation refused for lack of credits (HTTP 402). */
+  refusal: "credit-management:refusal",
+  /** Channel: a hold placed, committed, released or lapsed (after its unit of work committed). */
+  hold: "credit-management:hold",
+  /** Tracing channel: one run of a job (`expiration.*`, `notifications.sendExpiringReminders`, `purge`). */
+  job: "credit-management:job",
+  /** Tracing channel: one `notifications.dispatchPending` round. */
+  dispatch: "credit-management:dispatch",
+  /** Channel: a payment provider's webhook handled (or refused). */
+  webhook: "credit-management:webhook",
+  /** Channel: a metered call settled (charged or released). */
+  metering: "credit-management:metering",
+} as const;
+
+/** How a unit of work ended. */
+export type UnitOutcome =
+  /** Committed (or changed nothing and needed no write). */
+  | "ok"
+  /** A repeated idempotency key: answered with the first result, nothing written. */
+  | "replayed"
+  /** `InsufficientCreditsError` (402). */
+  | "refused"
+  /** Another `CreditError` below 500: validation, not found, not active, expired, idempotency conflict. */
+  | "rejected"
+  /** A write conflict that survived the store's retries (`ConflictError`). */
+  | "conflict"
+  /** The store failed, or an unexpected error. */
+  | "failed";
+
+/**
+ * The context object of the `unit-of-work` tracing channel. `start` sees the first three fields;
+ * by `asyncEnd` (and `error`) the rest are set. Node adds `result` or `error`.
+ */
+export interface UnitOfWorkMessage {
+  /** The public method, or the service step (`claimPromo`, `subscriptionPeriod`, `settle`, …). */
+  operation: string;
+  userId: string;
+  /** The store's `name` (`memory`, `postgres`, `mongodb`, …). */
+  store: string;
+  outcome: UnitOutcome;
+  /** Wall time from start to end, in milliseconds. */
+  durationMs: number;
+  /** Times the store ran the unit of work (1 unless it met write conflicts). */
+  attempts: number;
+  /** Write conflicts met and retried: `attempts - 1`. */
+  conflicts: number;
+  /** Journal entries committed. */
+  entries: number;
+  /** The `CreditError` code when it failed with one. */
+  errorCode: string | null;
+  result?: unknown;
+  error?: unknown;
+}
+
+/** One refusal for lack of credits. */
+export interface RefusalMessage {
+  operation: string;
+  userId: string;
+  /** `insufficient_credits`: `available` was short; `overdraft_limit`: usage beyond the overdraft limit. */
+  reason: "insufficient_credits" | "overdraft_limit";
+  requested: number;
+  available: number;
+}
+
+/** A hold's change, published after its unit of work committed. */
+export interface HoldMessage {
+  action: "reserved" | "committed" | "released" | "expired";
+  userId: string;
+  reservationId: string;
+  /** The credits the hold earmarked. */
+  amount: number;
+  /** Credits captured (the commit's amount; 0 unless `committed`). */
+  committed: number;
+  /** The account's `reserved` after the change. */
+  reservedAfter: number;
+}
+
+/** The context object of the `job` tracing channel. `start` sees `job` and `asOf`. */
+export interface JobMessage {
+  job: "expireDueGrants" | "releaseExpiredHolds" | "renewDueSubscriptions" | "sendExpiringReminders" | "purgeNotifications";
+  /** The instant the job works to (ISO). */
+  asOf: string;
+  /** Rows looked at (grants, holds, subscriptions, notifications). */
+  scanned: number;
+  /** Rows changed (grants expired, holds released, subscriptions advanced, reminders recorded, rows purged). */
+  changed: number;
+  /** Accounts or subscriptions that failed (left for the next run). */
+  errors: number;
+  durationMs: number;
+  result?: unknown;
+  error?: unknown;
+}
+
+/** The context object of the `dispatch` tracing channel (one `dispatchPending` call). */
+export interface DispatchMessage {
+  /** The most rows the round may claim. */
+  limit: number;
+  claimed: number;
+  sent: number;
+  retried: number;
+  failed: number;
+  lost: number;
+  /** Age of the oldest row claimed (now − its `createdAt`), in ms; 0 when none was claimed. */
+  maxLagMs: number;
+  durationMs: number;
+  result?: unknown;
+  error?: unknown;
+}
+
+/** A payment provider's webhook, once handled. */
+export interface WebhookMessage {
+  provider: string;
+  /** `WebhookResult.outcome`, or `rejected` (bad signature, contradicting event: 400), or `failed`. */
+  outcome: "credited" | "reversed" | "updated" | "duplicate" | "unchanged" | "ignored" | "rejected" | "failed";
+  /** The event's type, when it was read. */
+  eventType: string | null;
+  durationMs: number;
+}
+
+/** A metered call, once settled. */
+export interface MeteringMessage {
+  userId: string;
+  reservationId: string;
+  estimate: number;
+  outcome: "committed" | "released";
+  /** Credits charged. */
+  charged: number;
+  /** Credits of the hold returned to the account. */
+  released: number;
+  /**
+   * Why: a release's reason (`error`, `no-usage`, `aborted`, …); `after-service` when the hold was
+   * gone and the usage was deducted; `replayed` when another attempt had charged; else null.
+   */
+  reason: string | null;
+  /** Usage the overdraft limit left uncharged. */
+  shortfall: number;
+}
+
+const tracing = diagnostics_channel.tracingChannel;
+
+/** @internal */
+export const unitOfWorkChannel = tracing<unknown, UnitOfWorkMessage & object>(DIAGNOSTICS_CHANNELS.unitOfWork);
+/** @internal */
+export const jobChannel = tracing<unknown, JobMessage & object>(DIAGNOSTICS_CHANNELS.job);
+/** @internal */
+export const dispatchChannel = tracing<unknown, DispatchMessage & object>(DIAGNOSTICS_CHANNELS.dispatch);
+/** @internal */
+export const refusalChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.refusal);
+/** @internal */
+export const holdChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.hold);
+/** @internal */
+export const webhookChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.webhook);
+/** @internal */
+export const meteringChannel = diagnostics_channel.channel(DIAGNOSTICS_CHANNELS.metering);
+
+type AnyTracing = typeof unitOfWorkChannel | typeof jobChannel | typeof dispatchChannel;
+
+/**
+ * @internal Whether anyone listens to a tracing channel. (`TracingChannel.hasSubscribers` is
+ * Node ≥ 20.13; its five channels are read instead, as it does.)
+ */
+export function traced(tc: AnyTracing): boolean {
+  return tc.start.hasSubscribers || tc.end.hasSubscribers || tc.asyncStart.hasSubscribers || tc.asyncEnd.hasSubscribers || tc.error.hasSubscribers;
+}
+
+/**
+ * @internal Runs `fn` traced on `tc` with `message` as context, as `TracingChannel.tracePromise`
+ * does (start through `runStores`, end, then asyncStart and asyncEnd, error before them), after
+ * `finish` filled in the message's closing fields — with one promise reaction instead of two.
+ */
+export function tracePromise<T, M extends object>(
+  tc: diagnostics_channel.TracingChannel<unknown, M>,
+  message: M,
+  fn: () => Promise<T>,
+  finish: (message: M, value: T | undefined, error: unknown) => void,
+): Promise<T> {
+  const m = message as M & { result?: unknown; error?: unknown };
+  const settled = (failure: unknown) => {
+    if (failure !== undefined) tc.error.publish(m);
+    tc.asyncStart.publish(m);
+    tc.asyncEnd.publish(m);
+  };
+  return tc.start.runStores(m, () => {
+    let running: Promise<T>;
+    try {
+      running = fn();
+    } catch (error) {
+      finish(m, undefined, error);
+      m.error = error;
+      tc.error.publish(m);
+      tc.end.publish(m);
+      throw error;
+    }
+    tc.end.publish(m);
+    return running.then(
+      (value) => {
+        finish(m, value, undefined);
+        m.result = value;
+        settled(undefined);
+        return value;
+      },
+      (error: unknown) => {
+        finish(m, undefined, error);
+        m.error = error;
+        settled(error);
+        throw error;
+      },
+    );
+  });
+}
+
+/**
+ * @internal Runs one job run traced on the job channel (nothing but a check while nobody listens);
+ * `counts` reads scanned, changed and errors from its report.
+ */
+export function traceJob<R>(
+  job: JobMessage["job"],
+  asOf: Date,
+  run: () => Promise<R>,
+  counts: (report: R) => [number, number, number],
+): Promise<R> {
+  if (!traced(jobChannel)) return run();
+  const started = performance.now();
+  const message: JobMessage = { job, asOf: asOf.toISOString(), scanned: 0, changed: 0, errors: 0, durationMs: 0 };
+  return tracePromise(jobChannel, message, run, (m, report) => {
+    m.durationMs = performance.now() - started;
+    if (report !== undefined) [m.scanned, m.changed, m.errors] = counts(report);
+  });
+}
