@@ -43,6 +43,12 @@ import { runTrialContract } from "./trial.js";
 export { CreditModel } from "./model.js";
 export { runNotificationContract } from "./notifications.js";
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
+export {
+  runPaymentProviderContract,
+  type PaymentProviderContractOptions,
+  type PaymentProviderVectors,
+  type WebhookVector,
+} from "./payment-providers.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */
