@@ -8,6 +8,7 @@ export default defineConfig({
     "cli/index": "src/cli/index.ts",
     "mongodb/index": "src/db/mongodb/index.ts",
     "redis/index": "src/redis/index.ts",
+    "nats/index": "src/nats/index.ts",
     "http/index": "src/http/index.ts",
     "models/index": "src/models/index.ts",
     store: "src/store.ts",
@@ -22,5 +23,5 @@ export default defineConfig({
   splitting: true,
   treeshake: true,
   // Drivers and test runners are peers: never bundle them.
-  external: ["mongodb", "pg", "ioredis", "vitest", "fast-check"],
+  external: ["mongodb", "pg", "ioredis", "vitest", "fast-check", "@nats-io/jetstream", "@nats-io/transport-node"],
 });

@@ -20,15 +20,17 @@ ioredisver="$(node -p "require('$repo/node_modules/ioredis/package.json').versio
 fcver="$(node -p "require('$repo/node_modules/fast-check/package.json').version")"
 expressver="$(node -p "require('$repo/node_modules/express/package.json').version")"
 typesexpressver="$(node -p "require('$repo/node_modules/@types/express/package.json').version")"
+natsjsver="$(node -p "require('$repo/node_modules/@nats-io/jetstream/package.json').version")"
+natstransportver="$(node -p "require('$repo/node_modules/@nats-io/transport-node/package.json').version")"
 
 cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
-npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" @types/node@20
+npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" "@nats-io/jetstream@$natsjsver" "@nats-io/transport-node@$natstransportver" @types/node@20
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -59,6 +61,7 @@ import { createCreditManager, InsufficientCreditsError, type JournalEntry } from
 import { PostgresDbManager } from "credit-management/postgres";
 import { MongoDbManager } from "credit-management/mongodb";
 import { RedisCache } from "credit-management/redis";
+import { NatsJetStreamQueue, consumeCreditEvents } from "credit-management/nats";
 import { createCreditHandler, fastifyCreditMetering } from "credit-management/http";
 import { runDbManagerContract } from "credit-management/testing";
 import { AddCreditsOptions } from "credit-management/models";
@@ -73,7 +76,7 @@ export async function main(): Promise<JournalEntry> {
   void runDbManagerContract;
   const store: DbManager = manager.db;
   void [store, compareGrants, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
-  const classes: unknown[] = [PostgresDbManager, MongoDbManager, RedisCache, InsufficientCreditsError];
+  const classes: unknown[] = [PostgresDbManager, MongoDbManager, RedisCache, NatsJetStreamQueue, consumeCreditEvents, InsufficientCreditsError];
   void classes;
   return manager.credits.addCredits("u", 1);
 }

@@ -56,6 +56,7 @@ export {
 export {
   InMemoryNotificationQueue,
   CallbackNotificationQueue,
+  eventEnvelope,
   type NotificationQueue,
   type NotificationMessage,
 } from "./queue/index.js";

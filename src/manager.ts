@@ -62,6 +62,11 @@ export const CreditManagerOptions = z.strictObject({
   /** Per-feature rules of `credits.check()`: `{ [feature]: { minAvailable } }`. */
   features: FeatureRules.optional(),
   /**
+   * Record a domain event per journal entry in the outbox, with the change (docs/events.md). Turns
+   * the outbox on, as `queue` and `notifications` do. Default false.
+   */
+  domainEvents: z.boolean().optional(),
+  /**
    * The price book: credits per input, output and cached token and per request of each model, and
    * credits per unit of money, for `recordUsage({ model, inputTokens, outputTokens })`, `{ cost }`
    * and the metering middleware's `llm` option (docs/llm-metering.md). Replace it at run time with
@@ -102,7 +107,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   });
   const n = o.notifications;
   const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
-  const alertsOn = o.queue !== undefined || n !== undefined;
+  const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
   const credits = new CreditService({
     db,
@@ -115,6 +120,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,
     features: o.features,
+    domainEvents: o.domainEvents,
     pricing,
   });
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });

@@ -70,3 +70,15 @@ export type ModelRates = M.ModelRates;
 export type Rate = M.Rate;
 export type PriceQuote = M.PriceQuote;
 export type VoidGrantOptions = M.VoidGrantOptions;
+// Domain events (docs/events.md); their zod schemas are in `credit-management/models`.
+export type DomainEvent = M.DomainEvent;
+export type DomainEventType = M.DomainEventType;
+export type EventEnvelope = M.EventEnvelope;
+export type CreditsAddedPayload = M.CreditsAddedPayload;
+export type CreditsDeductedPayload = M.CreditsDeductedPayload;
+export type CreditsRefundedPayload = M.CreditsRefundedPayload;
+export type CreditsRemovedPayload = M.CreditsRemovedPayload;
+export type HoldPlacedPayload = M.HoldPlacedPayload;
+export type HoldSettledPayload = M.HoldSettledPayload;
+export type LevelChangedPayload = M.LevelChangedPayload;
+export type FeatureStatusChangedPayload = M.FeatureStatusChangedPayload;

@@ -64,6 +64,22 @@ describe("schema upgrades: the statements", () => {
     expect(upgradeStatements({ dialect: "sqlite", fromVersion: SCHEMA_VERSION })).toEqual([]);
   });
 
+  it("version 4 replaces the notifications type check of a store that has the table (PostgreSQL, MySQL, SQLite)", () => {
+    const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" });
+    expect(pg3).toHaveLength(1);
+    expect(pg3[0]).toMatch(
+      /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'\)\);$/,
+    );
+    const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 });
+    expect(my3).toEqual([expect.stringMatching(/^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/)]);
+    const lite3 = upgradeStatements({ dialect: "sqlite", fromVersion: 3 }).join("\n");
+    expect(lite3).toContain('CREATE TABLE IF NOT EXISTS "notifications__rebuild" (');
+    expect(lite3).toContain('INSERT INTO "notifications__rebuild" ("id", "user_id", "type"');
+    expect(lite3).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
+    // A version 1 store has no notifications table: the DDL creates it whole, with today's check.
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
+  });
+
   it("ends with the version row, and refuses versions it does not know", () => {
     const script = generateUpgradeSql({ dialect: "postgres", fromVersion: 1, schema: "billing" });
     expect(script.trimEnd().split("\n").at(-1)).toBe(
@@ -251,6 +267,7 @@ describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgrad
     const query = `SELECT m.name, p.name, p.type, p."notnull", p.pk FROM sqlite_master m, pragma_table_info(m.name) p
                     WHERE m.type = 'table' ORDER BY m.name, p.name;
                    SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name;
+                   SELECT sql FROM sqlite_master WHERE name = 'notifications';
                    SELECT component, version FROM schema_version;`;
     // Defaults are left out: SQLite cannot drop the DEFAULT that filled an added NOT NULL column
     // (grants.expired_amount keeps DEFAULT 0 after an upgrade; the adapters always write it).
@@ -265,5 +282,19 @@ describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgrad
       `${fixture(version, "sqlite")}\n${oldVersionRow.sqlite(version)}\n${generateUpgradeSql({ dialect: "sqlite", fromVersion: version })}`,
     );
     expect(upgraded).toBe(fresh);
+  });
+
+  it("an upgraded version 3 store keeps its notifications, accepts the new types and refuses unknown ones", () => {
+    const file = join(dir, "v3-rows.db");
+    const insert = (id: string, type: string) =>
+      `INSERT INTO notifications (id, user_id, type, status, payload, dedupe_key, attempts, next_attempt_at, claimed_until, claim_token, last_error, created_at, settled_at)
+       VALUES ('${id}', 'u1', '${type}', 'pending', '{}', NULL, 0, '2030-01-01T00:00:00.000Z', NULL, NULL, NULL, '2030-01-01T00:00:00.000Z', NULL);`;
+    const sqlite = (sql: string) => execFileSync("sqlite3", ["-bail", file], { input: sql, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"] });
+    sqlite(`${fixture(3, "sqlite")}\n${oldVersionRow.sqlite(3)}\n${insert("n1", "low_credits")}`);
+    expect(() => sqlite(insert("n2", "feature_status_changed"))).toThrow(/CHECK constraint failed/);
+    sqlite(generateUpgradeSql({ dialect: "sqlite", fromVersion: 3 }));
+    sqlite(`${insert("n2", "feature_status_changed")}\n${insert("n3", "hold_settled")}`);
+    expect(() => sqlite(insert("n4", "no_such_type"))).toThrow(/CHECK constraint failed/);
+    expect(sqlite("SELECT id, type FROM notifications ORDER BY id;")).toBe("n1|low_credits\nn2|feature_status_changed\nn3|hold_settled\n");
   });
 });

@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
 import {
   CallbackNotificationQueue,
+  ConfigurationError,
+  CreditService,
   InMemoryDbManager,
   InMemoryNotificationQueue,
   ValidationError,
@@ -86,6 +88,25 @@ describe("NotificationService through createCreditManager", () => {
     await m.close();
   });
 
+  it("domain events: an addition that only pays debt still names its source (no grant); an under-commit is one hold_settled", async () => {
+    const m = await createCreditManager({ domainEvents: true });
+    await m.credits.deductCreditsAfterService("d", 30); // into debt
+    await m.credits.addCredits("d", 20, { source: "promo", sourceRef: "WELCOME" }); // all of it pays debt
+    await m.credits.addCredits("d", 50, { source: "payment" }); // 10 debt, 40 granted
+    const hold = await m.credits.reserveCredits("d", 30);
+    await m.credits.commitReservedCredits(hold.id, { amount: 12 });
+    const rows = await m.notifications.list("d");
+    const payloads = rows.filter((r) => r.type === "credits_added").map((r) => r.payload);
+    expect(payloads).toMatchObject([
+      { source: "promo", sourceRef: "WELCOME", grantId: null, debtPaid: 20, amount: 20, debtAfter: 10 },
+      { source: "payment", debtPaid: 10, amount: 50, debtAfter: 0, balanceAfter: 40 },
+    ]);
+    expect(payloads[1]?.grantId).toEqual(expect.any(String));
+    const settled = rows.filter((r) => r.type === "hold_settled").map((r) => r.payload);
+    expect(settled).toMatchObject([{ outcome: "committed", heldAmount: 30, capturedAmount: 12, returnedAmount: 18, balanceAfter: 28, reservedAfter: 0 }]);
+    await m.close();
+  });
+
   it("validates every input and changes nothing on bad input", async () => {
     const queue = new InMemoryNotificationQueue();
     const m = await createCreditManager({ queue });
@@ -95,7 +116,11 @@ describe("NotificationService through createCreditManager", () => {
     await expect(m.notifications.dispatchPending({ limit: 0 })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.notifications.sendExpiringReminders({ days: -1 })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.notifications.emit("", { type: "low_credits" })).rejects.toBeInstanceOf(ValidationError);
+    // Domain events are the journal's: the host cannot emit one (docs/events.md).
+    await expect(m.notifications.emit("u", { type: "credits_added" as never, payload: { amount: 5 } })).rejects.toBeInstanceOf(ValidationError);
     await expect(createCreditManager({ queue: {} as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(createCreditManager({ domainEvents: "yes" as never })).rejects.toBeInstanceOf(ValidationError);
+    expect(() => new CreditService({ db: new InMemoryDbManager(), domainEvents: 1 as never })).toThrow(ConfigurationError);
     expect((await m.db.getAccount("u"))?.alert?.override).toBeNull();
     expect(await m.notifications.list("u")).toEqual([]);
     await m.close();

@@ -232,10 +232,10 @@ export function stripeSession(p: Payment, payment_status: string) {
   };
 }
 
-export async function setup(opts: { rzpSecret?: string | undefined } = {}) {
+export async function setup(opts: { rzpSecret?: string | undefined; domainEvents?: boolean } = {}) {
   const db = new InMemoryDbManager();
   const clock = { now: T0 };
-  const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), domainEvents: opts.domainEvents });
   const razorpay = new RazorpayProvider({
     keyId: "rzp_test_key",
     keySecret: "rzp_test_secret",
@@ -250,7 +250,13 @@ export async function setup(opts: { rzpSecret?: string | undefined } = {}) {
     cancelUrl: "https://app.example.com/cancel",
     baseUrl,
   });
-  const payments = new PaymentService({ db, clock: () => new Date(clock.now), providers: [razorpay, stripe], creditsPerUnit: 0.1 });
+  const payments = new PaymentService({
+    db,
+    clock: () => new Date(clock.now),
+    providers: [razorpay, stripe],
+    creditsPerUnit: 0.1,
+    ...(opts.domainEvents === true ? { credits } : {}),
+  });
   return { db, clock, credits, payments };
 }
 

@@ -1,5 +1,6 @@
 /** Razorpay payment links: checkouts, webhooks, refunds and disputes, links found by reference_id. The stand-in for the providers' APIs is in payments-fixtures.ts. */
 import { describe, expect, it } from "vitest";
+import { DomainEvent } from "../src/models/index.js";
 import {
   CreditService,
   InMemoryDbManager,
@@ -8,6 +9,7 @@ import {
   PaymentService,
   RazorpayProvider,
   WebhookRejectedError,
+  eventEnvelope,
   type CheckoutRequest,
 } from "../src/index.js";
 import {
@@ -226,6 +228,35 @@ describe("Razorpay payment links", () => {
     expect((await payments.getPayment("alice", p.id)).status).toBe("disputed_lost");
     expect((await payments.handleWebhook("razorpay", lost, rzpSign(lost))).outcome).toBe("duplicate");
     expect((await credits.audit("alice")).ok).toBe(true);
+  });
+
+  it("with domain events on: the payment is credits_added (source payment), its refund and lost dispute credits_refunded, in the webhook's unit of work", async () => {
+    const { payments, db } = await setup({ domainEvents: true });
+    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
+    const body = rzpLinkPaid(p);
+    await payments.handleWebhook("razorpay", body, rzpSign(body));
+    const partial = rzpEvent("refund.processed", {
+      refund: { entity: { id: "rfnd_1", amount: 10_001, payment_id: "pay_29QQoUBi66xm2f" } },
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
+    });
+    await payments.handleWebhook("razorpay", partial, rzpSign(partial));
+    await payments.handleWebhook("razorpay", partial, rzpSign(partial)); // a duplicate webhook: no entry, no event
+    const lost = rzpEvent("payment.dispute.lost", {
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
+      dispute: { entity: { id: "disp_1", amount: 39_999, status: "lost", payment_id: "pay_29QQoUBi66xm2f" } },
+    });
+    await payments.handleWebhook("razorpay", lost, rzpSign(lost));
+    const rows = await db.listNotifications("alice", { limit: 10 });
+    const events = rows.map((r) => DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 })));
+    expect(events.map((e) => [e.type, (e.payload as { amount: number }).amount])).toEqual([
+      ["credits_added", 5000],
+      ["credits_refunded", 1001],
+      ["credits_refunded", 3999],
+      ["credits_exhausted", undefined], // the level change the dispute's take-back caused
+    ]);
+    expect(events[0]?.payload).toMatchObject({ source: "payment", sourceRef: "pay_29QQoUBi66xm2f" });
+    expect(events[1]?.payload).toMatchObject({ via: "deduct", paymentId: p.id, refundedAmount: 10_001, balanceAfter: 3999 });
+    expect(events[2]?.payload).toMatchObject({ via: "void", paymentId: p.id, refundedAmount: 50_000, balanceAfter: 0 });
   });
 
   it("a refund or lost dispute of another attempt at the link (not the payment credited) is ignored", async () => {

@@ -6,6 +6,7 @@ import { Redis } from "ioredis";
 import { MongoClient } from "mongodb";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { killHard, startChildUntil } from "./fixtures/child.js";
 import { CreditService, InMemoryDbManager, NotificationService, type DbManager } from "../src/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
@@ -131,22 +132,8 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
         const stream = `${tag}:crash:${store.kind}`;
         const name = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
         const userId = `crash-${randomUUID()}`;
-        const child = spawn(process.execPath, ["--import", "tsx", join(here, "fixtures/outbox-crash.ts"), store.kind, store.url as string, name, userId], {
-          stdio: ["ignore", "pipe", "pipe"],
-        });
-        let out = "";
-        let err = "";
-        child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-        await new Promise<void>((resolve, reject) => {
-          child.stdout.on("data", (d: Buffer) => {
-            out += d.toString();
-            if (out.includes("claimed")) resolve();
-          });
-          child.on("exit", (code) => reject(new Error(`child exited early (${code}): ${out} ${err}`)));
-        });
-        const exited = new Promise((resolve) => child.on("exit", (_code, signal) => resolve(signal)));
-        child.kill("SIGKILL");
-        expect(await exited).toBe("SIGKILL");
+        const { child } = await startChildUntil(join(here, "fixtures/outbox-crash.ts"), [store.kind, store.url as string, name, userId], "claimed");
+        expect(await killHard(child)).toBe("SIGKILL");
 
         const db: DbManager =
           store.kind === "mongodb"

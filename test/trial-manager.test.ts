@@ -12,6 +12,21 @@ describe("createCreditManager({ trial })", () => {
     await m.close();
   });
 
+  it("credits.openAccount creates the account with its trial once; an existing account is left as it is", async () => {
+    const m = await createCreditManager({ trial: { amount: 50 } });
+    expect(await m.credits.openAccount("merchant-2")).toMatchObject({ balance: 50, available: 50 });
+    expect(await m.credits.openAccount("merchant-2")).toMatchObject({ balance: 50 }); // a redelivered "created" event
+    await m.credits.deductCredits("merchant-2", 50);
+    expect(await m.credits.openAccount("merchant-2")).toMatchObject({ balance: 0 }); // at zero: no second trial
+    expect((await m.credits.getCreditHistory("merchant-2")).items.map((e) => e.type)).toEqual(["deduct", "add"]);
+    await expect(m.credits.openAccount("")).rejects.toBeInstanceOf(ValidationError);
+    await m.close();
+    const plain = await createCreditManager();
+    expect(await plain.credits.openAccount("nobody")).toMatchObject({ balance: 0 }); // no trial: nothing to write
+    expect(await plain.db.getAccount("nobody")).toBeNull();
+    await plain.close();
+  });
+
   it("refuses an invalid trial option", async () => {
     await expect(createCreditManager({ trial: { amount: -1 } })).rejects.toBeInstanceOf(ValidationError);
   });

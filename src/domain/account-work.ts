@@ -1,4 +1,5 @@
 import type { Changes, LoadedState } from "./state.js";
+import { noteAddSource } from "./events.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
@@ -51,6 +52,10 @@ export class AccountWork {
   /** True when the unit of work loaded no account: saving it creates the account (an insert). */
   get isNew(): boolean {
     return this.original === null;
+  }
+  /** The account as the unit of work loaded it (null when new). */
+  get loaded(): Account | null {
+    return this.original;
   }
   account: Account;
   /**
@@ -272,7 +277,10 @@ export class AccountWork {
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
-    return this.emit("add", amount, portions, null, meta);
+    const entry = this.emit("add", amount, portions, null, meta);
+    // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
+    if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
+    return entry;
   }
 
   /**

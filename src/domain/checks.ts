@@ -18,3 +18,31 @@ export function decideCheck(available: number, minAvailable: number | undefined,
   const allowed = available >= required;
   return { allowed, available, required, reason: allowed ? "ok" : "insufficient_credits" };
 }
+
+/** One feature whose allowed state a change of `available` flipped. */
+export interface FeatureFlip {
+  feature: string;
+  allowed: boolean;
+  minAvailable: number;
+}
+
+/**
+ * The features whose allowed state (`available >= minAvailable`) differs between `before` and
+ * `after`: edge-triggered, like the balance alert levels — a change that leaves a feature on the
+ * same side of its minimum records nothing. Features in name order.
+ */
+export function featureFlips(
+  before: number,
+  after: number,
+  rules: Readonly<Record<string, { minAvailable: number }>>,
+): FeatureFlip[] {
+  if (before === after) return [];
+  const flips: FeatureFlip[] = [];
+  for (const feature of Object.keys(rules).sort()) {
+    const min = rules[feature]!.minAvailable;
+    const was = before >= min;
+    const is = after >= min;
+    if (was !== is) flips.push({ feature, allowed: is, minAvailable: min });
+  }
+  return flips;
+}

@@ -6,5 +6,6 @@ export * from "./subscriptions.js";
 export * from "./promos.js";
 export * from "./payments.js";
 export * from "./notifications.js";
+export * from "./events.js";
 export * from "./metering.js";
 export * from "./pricing.js";

@@ -1,6 +1,19 @@
 import * as z from "zod";
 import { EntityId, Metadata, NonNegativeAmount, UserId } from "./common.js";
 
+/** The domain event types of the journal, recorded with `domainEvents` on (docs/events.md). */
+export const DomainEventType = z.enum([
+  "credits_added",
+  "credits_adjusted",
+  "credits_deducted",
+  "credits_refunded",
+  "credits_voided",
+  "credits_expired",
+  "hold_placed",
+  "hold_settled",
+]);
+export type DomainEventType = z.infer<typeof DomainEventType>;
+
 /** What a notification is about (docs/notifications.md). */
 export const NotificationType = z.enum([
   "low_credits",
@@ -13,6 +26,10 @@ export const NotificationType = z.enum([
   "subscription_allocation",
   "subscription_cancelled",
   "subscription_ended",
+  // Schema version 4: a feature's allowed state flipped (docs/trial-and-checks.md), and the domain
+  // events (docs/events.md), recorded when `domainEvents` is on.
+  "feature_status_changed",
+  ...DomainEventType.options,
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 

@@ -1,4 +1,5 @@
 import type { NotificationType } from "../models/index.js";
+import { EVENT_VERSIONS, type EventEnvelope } from "../models/events.js";
 
 /** What a `NotificationQueue` receives: one outbox row, as JSON-friendly values. */
 export interface NotificationMessage {
@@ -48,4 +49,20 @@ export class CallbackNotificationQueue implements NotificationQueue {
   async publish(message: NotificationMessage): Promise<void> {
     await this.callback(message);
   }
+}
+
+/**
+ * The published form of an outbox message (docs/events.md): `{ type, version, id, userId,
+ * occurredAt, payload }`, with the version of the type's payload schema. What the NATS adapter
+ * sends as a message's body; parse it with the `DomainEvent` model of `credit-management/models`.
+ */
+export function eventEnvelope(message: NotificationMessage): EventEnvelope {
+  return {
+    type: message.type,
+    version: EVENT_VERSIONS[message.type] ?? 1,
+    id: message.id,
+    userId: message.userId,
+    occurredAt: message.createdAt,
+    payload: message.payload,
+  };
 }

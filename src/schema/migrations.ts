@@ -2,13 +2,17 @@ import {
   type NamingOptions,
   type SqlDialect,
   SCHEMA_VERSION,
+  columnChecks,
   columnSql,
+  createTableSql,
   generateSql,
   quoteIdent,
   sqlTables,
   versionRowSql,
   versionTableSql,
 } from "./sql.js";
+import type { Column } from "./columns.js";
+import type { SqlTable } from "./sql.js";
 import type { TableKey } from "./tables.js";
 
 /** A column added to a table that existed before. */
@@ -20,11 +24,20 @@ interface AddedColumn {
   fill?: string;
 }
 
+/** An enum column of a table that existed before, whose CHECK (the allowed values) changed. */
+interface ChangedCheck {
+  table: TableKey;
+  /** The model's field (camelCase). */
+  field: string;
+}
+
 interface Migration {
   /** The version this step reaches. */
   to: number;
   summary: string;
   columns: readonly AddedColumn[];
+  /** Enum columns whose CHECK is replaced by today's (values added). */
+  checks?: readonly ChangedCheck[];
 }
 
 /**
@@ -48,6 +61,13 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "subscriptions", field: "periodCredits" },
       { table: "subscriptions", field: "request" },
     ],
+  },
+  {
+    to: 4,
+    summary:
+      "notifications.type allows feature_status_changed and the domain events (credits_added, credits_adjusted, credits_deducted, credits_refunded, credits_voided, credits_expired, hold_placed, hold_settled)",
+    columns: [],
+    checks: [{ table: "notifications", field: "type" }],
   },
 ];
 
@@ -101,8 +121,49 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
         out.push(`ALTER TABLE ${table.qualified} ALTER COLUMN ${quoteIdent(dialect, column.name)} DROP DEFAULT;`);
       }
     }
+    for (const changed of step.checks ?? []) {
+      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
+      const table = tables.get(changed.table);
+      const column = table?.columns.find((c) => c.field === changed.field);
+      if (table === undefined || column === undefined) throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
+      out.push(...replaceCheck(dialect, table, column, naming));
+    }
   }
   return out;
+}
+
+/**
+ * Statements replacing the inline CHECK of `column` with today's. PostgreSQL: the constraint it
+ * named `<table>_<column>_check` is dropped and added again (one statement, so it can run again);
+ * MySQL/MariaDB: `MODIFY COLUMN` with today's definition (the column's check goes with it);
+ * SQLite, which cannot change a constraint: the table is rebuilt (created under a new name, rows
+ * copied, the old one dropped, the new one renamed; the DDL that follows recreates its indexes).
+ */
+function replaceCheck(dialect: SqlDialect, table: SqlTable, column: Column, naming: NamingOptions): string[] {
+  const q = (n: string) => quoteIdent(dialect, n);
+  switch (dialect) {
+    case "postgres": {
+      const name = q(`${table.name}_${column.name}_check`);
+      const checks = columnChecks(dialect, column, table.spec.name);
+      return [
+        `ALTER TABLE ${table.qualified} DROP CONSTRAINT IF EXISTS ${name}, ${checks.map((c) => `ADD CONSTRAINT ${name} CHECK (${c})`).join(", ")};`,
+      ];
+    }
+    case "mysql":
+      return [`ALTER TABLE ${table.qualified} MODIFY COLUMN ${columnSql(dialect, column, false, table.spec.name)};`];
+    case "sqlite": {
+      const rebuilt = `${table.name}__rebuild`;
+      const qualifiedRebuilt = naming.schema === undefined ? q(rebuilt) : `${q(naming.schema)}.${q(rebuilt)}`;
+      const columns = table.columns.map((c) => q(c.name)).join(", ");
+      return [
+        `DROP TABLE IF EXISTS ${qualifiedRebuilt};`,
+        createTableSql(dialect, table, qualifiedRebuilt),
+        `INSERT INTO ${qualifiedRebuilt} (${columns}) SELECT ${columns} FROM ${table.qualified};`,
+        `DROP TABLE ${table.qualified};`,
+        `ALTER TABLE ${qualifiedRebuilt} RENAME TO ${q(table.name)};`,
+      ];
+    }
+  }
 }
 
 /**

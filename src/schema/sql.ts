@@ -28,7 +28,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -139,7 +139,21 @@ export function versionRowSql(dialect: SqlDialect, naming: NamingOptions, versio
 
 const DIALECT_NAMES: Record<SqlDialect, string> = { postgres: "PostgreSQL", mysql: "MySQL / MariaDB", sqlite: "SQLite" };
 
-function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions): string[] {
+/**
+ * `CREATE TABLE IF NOT EXISTS` of `table` (columns, primary key, checks; not its indexes, except on
+ * MySQL where they are in the table) under the quoted name `as` (default its own): an upgrade
+ * that rebuilds a table (SQLite) creates today's under another name first.
+ */
+export function createTableSql(dialect: SqlDialect, table: SqlTable, as: string = table.qualified): string {
+  return tableDdl(dialect, table, {}, as)[0] as string;
+}
+
+function tableStatement(dialect: SqlDialect, table: SqlTable, lines: string[], as: string): string {
+  const storage = dialect === "postgres" && table.spec.fillfactor !== undefined ? ` WITH (fillfactor = ${table.spec.fillfactor})` : "";
+  return `CREATE TABLE IF NOT EXISTS ${as} (\n${lines.join(",\n")}\n)${storage};`;
+}
+
+function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions, as: string = table.qualified): string[] {
   const q = (n: string) => quoteIdent(dialect, n);
   const byField = new Map(table.columns.map((c) => [c.field, c]));
   const col = (field: string): Column => {
@@ -161,12 +175,11 @@ function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions):
       lines.push(`  ${index.unique ? "UNIQUE KEY" : "KEY"} ${q(name)} (${index.fields.map((f) => q(col(f).name)).join(", ")})`);
     }
     statements.push(
-      `CREATE TABLE IF NOT EXISTS ${table.qualified} (\n${lines.join(",\n")}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;`,
+      `CREATE TABLE IF NOT EXISTS ${as} (\n${lines.join(",\n")}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;`,
     );
     return statements;
   }
-  const storage = dialect === "postgres" && table.spec.fillfactor !== undefined ? ` WITH (fillfactor = ${table.spec.fillfactor})` : "";
-  statements.push(`CREATE TABLE IF NOT EXISTS ${table.qualified} (\n${lines.join(",\n")}\n)${storage};`);
+  statements.push(tableStatement(dialect, table, lines, as));
   for (const index of indexes) {
     const name = checkLength(`${table.name}_${index.name}`);
     // SQLite puts the schema on the index name, PostgreSQL on the table only.
@@ -224,6 +237,20 @@ function condition(dialect: SqlDialect, column: Column, c: IndexCondition): stri
  * added to it (an upgrade); a fresh table's columns have none.
  */
 export function columnSql(dialect: SqlDialect, c: Column, indexed: boolean, table: string, fill?: string): string {
+  const { type, checks } = columnParts(dialect, c, indexed, table);
+  const parts = [quoteIdent(dialect, c.name), type];
+  if (!c.nullable) parts.push("NOT NULL");
+  if (fill !== undefined) parts.push(`DEFAULT ${fill}`);
+  for (const check of checks) parts.push(`CHECK (${check})`);
+  return parts.join(" ");
+}
+
+/** The CHECK expressions of one column (what `columnSql` puts inline), e.g. an enum's `IN (…)`. */
+export function columnChecks(dialect: SqlDialect, c: Column, table: string): string[] {
+  return columnParts(dialect, c, false, table).checks;
+}
+
+function columnParts(dialect: SqlDialect, c: Column, indexed: boolean, table: string): { type: string; checks: string[] } {
   const name = quoteIdent(dialect, c.name);
   const checks: string[] = [];
   let type: string;
@@ -269,9 +296,5 @@ export function columnSql(dialect: SqlDialect, c: Column, indexed: boolean, tabl
       if (dialect === "sqlite") checks.push(`json_valid(${name})`);
       break;
   }
-  const parts = [name, type];
-  if (!c.nullable) parts.push("NOT NULL");
-  if (fill !== undefined) parts.push(`DEFAULT ${fill}`);
-  for (const check of checks) parts.push(`CHECK (${check})`);
-  return parts.join(" ");
+  return { type, checks };
 }

@@ -10,7 +10,8 @@ import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, eventNotific
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { grantTrial } from "../domain/trial.js";
-import { decideCheck, type CheckResult } from "../domain/checks.js";
+import { domainEvents } from "../domain/events.js";
+import { decideCheck, featureFlips, type CheckResult } from "../domain/checks.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -50,6 +51,7 @@ import {
   type Account,
   type Grant,
   type JournalEntry,
+  type Notification,
   type Reservation,
 } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
@@ -91,8 +93,17 @@ export interface CreditServiceOptions {
    * `grantTrial`): never to an account that existed before, whatever its balance. Omitted: none.
    */
   trial?: TrialCredits;
-  /** Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. */
+  /**
+   * Per-feature rules for `check()`: `{ [feature]: { minAvailable } }`. With notifications on
+   * (`alerts`), a change that flips a feature records `feature_status_changed`.
+   */
   features?: FeatureRules;
+  /**
+   * Records a domain event per journal entry in the outbox, in the unit of work of the change
+   * (`credits_added`, `credits_deducted`, `hold_placed`, …: docs/events.md). Turns the outbox on
+   * (as `alerts: {}` does) when `alerts` is not given. Default false.
+   */
+  domainEvents?: boolean;
   /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
   pricing?: PricingService;
 }
@@ -284,6 +295,8 @@ export class CreditService {
   private readonly overdraftLimit: number | null;
   private readonly alerts: Thresholds | undefined;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
+  private readonly hasFeatures: boolean;
+  private readonly domainEvents: boolean;
   private readonly pricing: PricingService | undefined;
 
   constructor(options: CreditServiceOptions) {
@@ -295,11 +308,16 @@ export class CreditService {
     this.logger = options.logger;
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
     this.overdraftLimit = options.overdraftLimit ?? null;
-    this.alerts = options.alerts;
-    this.runDeps.alerts = options.alerts;
+    if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
+      throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
+    }
+    this.domainEvents = options.domainEvents === true;
+    this.alerts = options.alerts ?? (this.domainEvents ? {} : undefined);
+    this.runDeps.alerts = this.alerts;
     try {
       if (options.trial !== undefined) this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
       this.features = parse(FeatureRules, options.features ?? {}, "features");
+      this.hasFeatures = Object.keys(this.features).length > 0;
     } catch (error) {
       throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
     }
@@ -335,6 +353,18 @@ export class CreditService {
         meta,
       );
     });
+  }
+
+  /**
+   * Creates the user's account when it has none — granting the trial credits when `trial` is
+   * configured (once per user, docs/trial-and-checks.md) — and changes nothing for an account that
+   * exists (it settles what lapsed, as any operation does). For a "user created" event
+   * (docs/events.md): a redelivery changes nothing. Resolves to the account's credits.
+   */
+  async openAccount(userId: string): Promise<CreditsInfo> {
+    const user = parse(UserId, userId, "userId");
+    await this.mutate(user, NO_META, () => undefined);
+    return this.getUserCreditsInfo(user);
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
@@ -827,17 +857,33 @@ export class CreditService {
     addNotifications: (work, changes) => this.addNotifications(work, changes),
   };
 
-  /** The outbox rows of a change: alert crossings and lapsed holds (none: nothing allocated). */
+  /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
+  private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
+    if (!this.hasFeatures) return NO_NOTIFICATIONS;
+    const was = work.loaded;
+    const before = was === null ? 0 : was.balance - was.reserved;
+    const now = after.balance - after.reserved;
+    return featureFlips(before, now, this.features).map((f) =>
+      newNotification(work.userId, "feature_status_changed", { ...f, available: now, previousAvailable: before }, work.now, null),
+    );
+  }
+
+  /**
+   * The outbox rows of a change (none: nothing allocated). In id order: the domain events of its
+   * journal entries (with `domainEvents` on), lapsed holds (their release is what may move the
+   * alert level), what the unit of work recorded itself (subscription events), the alert crossing,
+   * then the features it flipped.
+   */
   private addNotifications(work: AccountWork, changes: Changes): void {
-    // Lapsed holds first: their release is what may move the alert level (ids follow this order);
-    // then what the unit of work recorded itself (subscription events), then the alert crossing.
+    const journal = this.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : NO_NOTIFICATIONS;
     const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
-    if (expired.length === 0 && recorded.length === 0) {
+    const features = this.featureNotifications(work, changes.account);
+    if (journal.length === 0 && expired.length === 0 && recorded.length === 0 && features.length === 0) {
       if (alerts.length > 0) changes.notifications = alerts;
     } else {
-      changes.notifications = [...expired, ...recorded, ...alerts];
+      changes.notifications = [...journal, ...expired, ...recorded, ...alerts, ...features];
     }
   }
 

@@ -16,6 +16,7 @@ import {
   type Notification,
 } from "../models/index.js";
 import { ConfigurationError } from "../errors.js";
+import { DomainEventType } from "../models/notifications.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
 export interface NotificationServiceOptions {
@@ -59,7 +60,8 @@ export interface DispatchReport {
 
 /** An event the host or another service (subscriptions) records for a user. */
 export const EmitInput = z.strictObject({
-  type: NotificationType,
+  /** Any notification type but the domain events, which only the journal records (docs/events.md). */
+  type: NotificationType.exclude(DomainEventType.options),
   payload: Metadata.optional(),
   /** Unique per user: a second event with the same key is not stored (once per grant and window, per period, …). */
   dedupeKey: z.string().min(1).max(255).optional(),

@@ -13,7 +13,9 @@ import { AccountWork } from "../domain/account-work.js";
 import { newNotification } from "../domain/notifications.js";
 import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
 import type { Notification } from "../models/index.js";
-import { InMemoryNotificationQueue, type NotificationMessage } from "../queue/index.js";
+import { InMemoryNotificationQueue, eventEnvelope, type NotificationMessage } from "../queue/index.js";
+import { DomainEvent } from "../models/events.js";
+import { DomainEventType } from "../models/notifications.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { scribble } from "./scribble.js";
@@ -42,6 +44,90 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
   const user = () => `n-${randomUUID()}`;
 
   describe("notifications", () => {
+    it("records feature_status_changed when a change of available flips a feature, in the same unit of work; none otherwise", async () => {
+      const db = getDb();
+      const u = user();
+      const now = () => new Date(T0);
+      const features = { export: { minAvailable: 50 }, chat: { minAvailable: 1 } };
+      const credits = new CreditService({ db, clock: now, alerts: {}, features });
+      const notifications = new NotificationService({ db, clock: now, thresholds: {} });
+      const flips = async () =>
+        (await notifications.list(u)).filter((r) => r.type === "feature_status_changed").map((r) => r.payload);
+      await credits.addCredits(u, 10); // chat on
+      await credits.addCredits(u, 10); // nothing flips
+      await credits.reserveCredits(u, 20); // available 0: chat off
+      expect(await flips()).toEqual([
+        { feature: "chat", allowed: true, minAvailable: 1, available: 10, previousAvailable: 0 },
+        { feature: "chat", allowed: false, minAvailable: 1, available: 0, previousAvailable: 20 },
+      ]);
+      await expect(credits.deductCredits(u, 1)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      await credits.addCredits(u, 60); // both on, in name order
+      expect((await flips()).slice(2)).toEqual([
+        { feature: "chat", allowed: true, minAvailable: 1, available: 60, previousAvailable: 0 },
+        { feature: "export", allowed: true, minAvailable: 50, available: 60, previousAvailable: 0 },
+      ]);
+    });
+
+    it("records a domain event per journal entry with domainEvents on, in the unit of work and in seq order; none with it off", async () => {
+      const db = getDb();
+      const u = user();
+      const clock = { now: T0 };
+      const now = () => new Date(clock.now);
+      const credits = new CreditService({ db, clock: now, domainEvents: true }); // turns the outbox on by itself
+      const notifications = new NotificationService({ db, clock: now });
+      await credits.addCredits(u, 100, { source: "payment", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY) });
+      const adjustment = await credits.addCredits(u, 5, { source: "adjustment" });
+      await credits.deductCredits(u, 10, { idempotencyKey: "use-1" });
+      await credits.deductCredits(u, 10, { idempotencyKey: "use-1" }); // a retry: no entry, no event
+      const held = await credits.reserveCredits(u, 30, { reason: "llm-call" });
+      await credits.commitReservedCredits(held.id, { amount: 20 });
+      const released = await credits.reserveCredits(u, 10);
+      await credits.releaseReservedCredits(released.id);
+      await credits.voidGrant(adjustment.grants[0]!.grantId);
+      await expect(credits.deductCredits(u, 1000)).rejects.toBeInstanceOf(InsufficientCreditsError); // rolled back: no event
+      await credits.addCredits(u, 7, { expiresAt: new Date(T0 + DAY) });
+      clock.now = T0 + 2 * DAY;
+      await credits.expireCredits(u);
+      const rows = (await notifications.list(u)).filter((r) => r.type !== "transaction_error");
+      expect(types(rows)).toEqual([
+        "credits_added",
+        "credits_adjusted",
+        "credits_deducted",
+        "hold_placed",
+        "hold_settled",
+        "hold_placed",
+        "hold_settled",
+        "credits_voided",
+        "credits_added",
+        "credits_expired",
+      ]);
+      const events = rows.map((r) =>
+        DomainEvent.parse(eventEnvelope({ id: r.id, userId: r.userId, type: r.type, payload: r.payload, createdAt: r.createdAt.toISOString(), attempt: 1 })),
+      );
+      expect(events.map((e) => (e.payload as { seq: number }).seq)).toEqual([1, 2, 3, 4, 5, 7, 8, 9, 10, 11]); // seq 6: the unused part of the under-commit, in its hold_settled
+      expect(events[0]).toMatchObject({
+        type: "credits_added",
+        version: 1,
+        id: rows[0]!.id,
+        userId: u,
+        occurredAt: new Date(T0).toISOString(),
+        payload: { amount: 100, source: "payment", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY).toISOString(), debtPaid: 0, balanceAfter: 100, availableAfter: 100 },
+      });
+      expect(events[2]!.payload).toMatchObject({ amount: 10, idempotencyKey: "use-1", balanceAfter: 95 });
+      expect(events[3]!.payload).toMatchObject({ reservationId: held.id, reason: "llm-call", amount: 30, availableAfter: 65 });
+      expect(events[4]!.payload).toMatchObject({ reservationId: held.id, outcome: "committed", heldAmount: 30, capturedAmount: 20, returnedAmount: 10, balanceAfter: 75, reservedAfter: 0, availableAfter: 75 });
+      expect(events[6]!.payload).toMatchObject({ reservationId: released.id, outcome: "released", heldAmount: 10, capturedAmount: 0, returnedAmount: 10 });
+      expect(events[7]!.payload).toMatchObject({ amount: 5, balanceAfter: 70, grants: [{ grantId: adjustment.grants[0]!.grantId, amount: 5 }] });
+      expect(events[9]!.payload).toMatchObject({ amount: 7, balanceAfter: 70, grants: [{ amount: 7 }] });
+      expect(events[9]!.occurredAt).toBe(new Date(T0 + 2 * DAY).toISOString());
+      // Without the option, the same operations record no domain event.
+      const v = user();
+      const quiet = new CreditService({ db, clock: now, alerts: {} });
+      await quiet.addCredits(v, 10);
+      await quiet.deductCredits(v, 3);
+      expect((await notifications.list(v)).filter((r) => (DomainEventType.options as readonly string[]).includes(r.type))).toEqual([]);
+    });
+
     it("records one event per crossing: low, exhausted, restored (none on the account's first change)", async () => {
       const db = getDb();
       const u = user();

@@ -1,0 +1,143 @@
+import type { GrantSource, JournalEntry, Notification, Reservation } from "../models/index.js";
+import type { DomainEventType } from "../models/notifications.js";
+import { NO_NOTIFICATIONS, newNotification } from "./notifications.js";
+
+/**
+ * Domain events (docs/events.md): one outbox row per journal entry of a unit of work, written with
+ * it (so none is lost on a crash, and a rolled-back change records none). Pure: reads the change's
+ * entries, the grants it created and the holds it created or settled.
+ */
+
+/** The source of an `add` entry that created no grant (it only paid debt), kept by the unit of work that made it. */
+const addSources = new WeakMap<JournalEntry, { source: GrantSource; sourceRef: string | null }>();
+
+/** Called by `AccountWork.add` for an addition that only paid debt: the source of its credits. */
+export function noteAddSource(entry: JournalEntry, source: GrantSource, sourceRef: string | null): void {
+  addSources.set(entry, { source, sourceRef });
+}
+
+/** What the events of one change read besides its entries. */
+export interface EventContext {
+  /** Holds the change created (for `hold_placed`'s expiry and reason). */
+  insertReservations: readonly Reservation[];
+  /** Holds the change settled (committed, released or expired). */
+  updateReservations: readonly Reservation[];
+  /** Grants the change created, by id (an `add` entry's source and expiry). */
+  insertGrants: readonly { id: string; source: GrantSource; sourceRef: string | null; expiresAt: Date | null }[];
+}
+
+/** The domain event rows of a change's `entries` (in seq order), or none when the change made no entry. */
+export function domainEvents(userId: string, entries: readonly JournalEntry[], context: EventContext, now: Date): readonly Notification[] {
+  if (entries.length === 0) return NO_NOTIFICATIONS;
+  const out: Notification[] = [];
+  /** The `hold_settled` payload of each hold committed in this change, by reservation id. */
+  let commits: Map<string, Record<string, unknown>> | undefined;
+  for (const entry of entries) {
+    const committed = entry.type === "release_reserved" && entry.reservationId !== null ? commits?.get(entry.reservationId) : undefined;
+    if (committed !== undefined) {
+      // The unused part of an under-commit returning to its grants: one `hold_settled` per hold.
+      committed.returnedAmount = (committed.returnedAmount as number) + entry.amount;
+      committed.heldAmount = (committed.heldAmount as number) + entry.amount;
+      Object.assign(committed, after(entry));
+      continue;
+    }
+    const [type, payload] = eventOf(entry, context);
+    if (entry.type === "commit_reserved" && entry.reservationId !== null) (commits ??= new Map()).set(entry.reservationId, payload);
+    out.push(newNotification(userId, type, payload, now, null));
+  }
+  return out;
+}
+
+/** The account after `e`. */
+function after(e: JournalEntry): Record<string, number> {
+  return {
+    balanceAfter: e.balanceAfter,
+    reservedAfter: e.reservedAfter,
+    debtAfter: e.debtAfter,
+    availableAfter: e.balanceAfter - e.reservedAfter,
+  };
+}
+
+function base(e: JournalEntry): Record<string, unknown> {
+  return {
+    entryId: e.id,
+    seq: e.seq,
+    amount: e.amount,
+    ...after(e),
+    grants: e.grants.map((g) => ({ grantId: g.grantId, amount: g.amount })),
+    idempotencyKey: e.idempotencyKey,
+    correlationId: e.correlationId,
+    description: e.description,
+    metadata: e.metadata,
+  };
+}
+
+/**
+ * A payment's take-back (refund or lost dispute): the payment service's entries carry the payment
+ * in their metadata (`paymentId` and `refundedAmount`, src/services/payment-service.ts).
+ */
+function refundOf(e: JournalEntry): { paymentId: string | null; refundedAmount: number | null } | null {
+  const m = e.metadata;
+  if (m === null || typeof m.paymentId !== "string" || !("refundedAmount" in m)) return null;
+  return { paymentId: m.paymentId, refundedAmount: typeof m.refundedAmount === "number" ? m.refundedAmount : null };
+}
+
+function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<string, unknown>] {
+  switch (e.type) {
+    case "add": {
+      const grantId = e.grants[0]?.grantId ?? null;
+      const grant = grantId === null ? undefined : c.insertGrants.find((g) => g.id === grantId);
+      const noted = addSources.get(e);
+      const source: GrantSource = grant?.source ?? noted?.source ?? "other";
+      const granted = e.grants.reduce((s, g) => s + g.amount, 0);
+      return [
+        source === "adjustment" ? "credits_adjusted" : "credits_added",
+        {
+          ...base(e),
+          source,
+          sourceRef: grant?.sourceRef ?? noted?.sourceRef ?? null,
+          grantId,
+          expiresAt: grant?.expiresAt?.toISOString() ?? null,
+          debtPaid: e.amount - granted,
+        },
+      ];
+    }
+    case "deduct":
+    case "void": {
+      const refund = refundOf(e);
+      if (refund !== null) return ["credits_refunded", { ...base(e), via: e.type, ...refund }];
+      return [e.type === "deduct" ? "credits_deducted" : "credits_voided", { ...base(e), reservationId: e.reservationId }];
+    }
+    case "expire":
+      return ["credits_expired", { ...base(e), reservationId: e.reservationId }];
+    case "reserve": {
+      const hold = c.insertReservations.find((r) => r.id === e.reservationId);
+      return [
+        "hold_placed",
+        {
+          ...base(e),
+          reservationId: e.reservationId,
+          expiresAt: hold?.expiresAt.toISOString() ?? null,
+          reason: hold?.reason ?? null,
+        },
+      ];
+    }
+    case "commit_reserved":
+      // The unused part (an under-commit) is added by `domainEvents` from the entry that returns it.
+      return ["hold_settled", { ...base(e), reservationId: e.reservationId, outcome: "committed", heldAmount: e.amount, capturedAmount: e.amount, returnedAmount: 0 }];
+    case "release_reserved": {
+      const hold = c.updateReservations.find((r) => r.id === e.reservationId);
+      return [
+        "hold_settled",
+        {
+          ...base(e),
+          reservationId: e.reservationId,
+          outcome: hold?.status === "expired" ? "expired" : "released",
+          heldAmount: e.amount,
+          capturedAmount: 0,
+          returnedAmount: e.amount,
+        },
+      ];
+    }
+  }
+}

@@ -1,0 +1,166 @@
+import * as z from "zod";
+import { AlertLevel, NotificationType } from "./notifications.js";
+import { GrantPortion, GrantSource } from "./entities.js";
+
+/**
+ * Domain events (docs/events.md): what the journal records, as versioned messages. Each outbox row
+ * is published as an envelope `{ type, version, id, userId, occurredAt, payload }`; `payload`'s
+ * shape is fixed per `type` and `version`. A later release may add fields to a payload (consumers
+ * ignore what they do not know) without a new version; a field removed or changing meaning gets a
+ * new version, documented beside the old one.
+ */
+
+/** Every type a journal entry's event has: the state after it and who asked for it. */
+const EntryFields = {
+  /** The journal entry this event reports (docs/concepts.md). */
+  entryId: z.string(),
+  /** The entry's position in the user's journal (1, 2, …). */
+  seq: z.number().int(),
+  /** Credits the entry moved (always positive; its type says which way). */
+  amount: z.number().int(),
+  balanceAfter: z.number().int(),
+  reservedAfter: z.number().int(),
+  debtAfter: z.number().int(),
+  /** `balanceAfter − reservedAfter`. */
+  availableAfter: z.number().int(),
+  /** The grants the entry drew from, created, held, returned or removed. */
+  grants: z.array(GrantPortion),
+  idempotencyKey: z.string().nullable(),
+  correlationId: z.string().nullable(),
+  description: z.string().nullable(),
+  metadata: z.record(z.string(), z.unknown()).nullable(),
+};
+
+/** `credits_added` (any source but `adjustment`) and `credits_adjusted` (source `adjustment`), version 1. */
+export const CreditsAddedPayload = z.object({
+  ...EntryFields,
+  /** Where the credits came from: `payment`, `trial`, `promo`, `subscription`, `manual`, … */
+  source: GrantSource,
+  sourceRef: z.string().nullable(),
+  /** The grant created (null when the whole addition paid debt). */
+  grantId: z.string().nullable(),
+  /** ISO-8601, or null: never. */
+  expiresAt: z.string().nullable(),
+  /** Part of `amount` that paid debt first. */
+  debtPaid: z.number().int(),
+});
+export type CreditsAddedPayload = z.infer<typeof CreditsAddedPayload>;
+
+/** `credits_deducted`, version 1: usage charged (directly, or by a meter, with `reservationId`). */
+export const CreditsDeductedPayload = z.object({ ...EntryFields, reservationId: z.string().nullable() });
+export type CreditsDeductedPayload = z.infer<typeof CreditsDeductedPayload>;
+
+/**
+ * `credits_refunded`, version 1: credits taken back because a payment was refunded or a dispute lost
+ * (the payment service's entries; `via` says whether the grant's rest was voided or credits deducted).
+ */
+export const CreditsRefundedPayload = z.object({
+  ...EntryFields,
+  via: z.enum(["void", "deduct"]),
+  paymentId: z.string().nullable(),
+  /** The payment's refunded total (currency units) this take-back answers; a lost dispute: the payment's amount. */
+  refundedAmount: z.number().nullable(),
+});
+export type CreditsRefundedPayload = z.infer<typeof CreditsRefundedPayload>;
+
+/** `credits_voided` (what was left of a grant removed) and `credits_expired`, version 1. */
+export const CreditsRemovedPayload = z.object({ ...EntryFields, reservationId: z.string().nullable() });
+export type CreditsRemovedPayload = z.infer<typeof CreditsRemovedPayload>;
+
+/** `hold_placed`, version 1. */
+export const HoldPlacedPayload = z.object({
+  ...EntryFields,
+  reservationId: z.string(),
+  /** ISO-8601 time the hold lapses unless committed or released. */
+  expiresAt: z.string(),
+  reason: z.string().nullable(),
+});
+export type HoldPlacedPayload = z.infer<typeof HoldPlacedPayload>;
+
+/**
+ * `hold_settled`, version 1: a hold committed (captured), released, or lapsed; one per hold. The
+ * entry fields are the settling entry's (`commit_reserved` or `release_reserved`); an under-commit's
+ * return of the unused part is in `returnedAmount` and the `…After` fields (its journal entry, the
+ * next seq, has no event of its own). A commit beyond the hold also records a `credits_deducted`
+ * with the hold's `reservationId` for the excess.
+ */
+export const HoldSettledPayload = z.object({
+  ...EntryFields,
+  reservationId: z.string(),
+  outcome: z.enum(["committed", "released", "expired"]),
+  /** Credits the hold had. */
+  heldAmount: z.number().int(),
+  /** Credits the commit captured (0 unless committed). */
+  capturedAmount: z.number().int(),
+  /** Credits that went back to the grants (`heldAmount − capturedAmount`). */
+  returnedAmount: z.number().int(),
+});
+export type HoldSettledPayload = z.infer<typeof HoldSettledPayload>;
+
+/** `low_credits`, `credits_exhausted`, `balance_restored`, version 1 (docs/notifications.md). */
+export const LevelChangedPayload = z.object({
+  available: z.number().int(),
+  threshold: z.number().int(),
+  level: AlertLevel,
+  previousLevel: AlertLevel.nullable(),
+  balance: z.number().int(),
+  reserved: z.number().int(),
+  seq: z.number().int(),
+});
+export type LevelChangedPayload = z.infer<typeof LevelChangedPayload>;
+
+/** `feature_status_changed`, version 1 (docs/trial-and-checks.md). */
+export const FeatureStatusChangedPayload = z.object({
+  feature: z.string(),
+  allowed: z.boolean(),
+  minAvailable: z.number().int(),
+  available: z.number().int(),
+  previousAvailable: z.number().int(),
+});
+export type FeatureStatusChangedPayload = z.infer<typeof FeatureStatusChangedPayload>;
+
+const envelope = <T extends NotificationType, P extends z.ZodType>(type: T, payload: P) =>
+  z.object({
+    type: z.literal(type),
+    /** The version of `payload`'s schema. */
+    version: z.literal(1),
+    /** The outbox row's id: the same on every redelivery (consumers drop ids they have seen). */
+    id: z.string().min(1),
+    userId: z.string().min(1),
+    /** ISO-8601 time of the unit of work that recorded it. */
+    occurredAt: z.iso.datetime(),
+    payload,
+  });
+
+/** Any published domain event, by `type` (version 1 of each). */
+export const DomainEvent = z.discriminatedUnion("type", [
+  envelope("credits_added", CreditsAddedPayload),
+  envelope("credits_adjusted", CreditsAddedPayload),
+  envelope("credits_deducted", CreditsDeductedPayload),
+  envelope("credits_refunded", CreditsRefundedPayload),
+  envelope("credits_voided", CreditsRemovedPayload),
+  envelope("credits_expired", CreditsRemovedPayload),
+  envelope("hold_placed", HoldPlacedPayload),
+  envelope("hold_settled", HoldSettledPayload),
+  envelope("low_credits", LevelChangedPayload),
+  envelope("credits_exhausted", LevelChangedPayload),
+  envelope("balance_restored", LevelChangedPayload),
+  envelope("feature_status_changed", FeatureStatusChangedPayload),
+]);
+export type DomainEvent = z.infer<typeof DomainEvent>;
+
+/** The envelope of any outbox row (the other notification types' payloads are free-form objects). */
+export const EventEnvelope = z.object({
+  type: NotificationType,
+  version: z.number().int().min(1),
+  id: z.string().min(1),
+  userId: z.string().min(1),
+  occurredAt: z.iso.datetime(),
+  payload: z.record(z.string(), z.unknown()),
+});
+export type EventEnvelope = z.infer<typeof EventEnvelope>;
+
+/** The current version of every type's payload schema (1 for all in this release). */
+export const EVENT_VERSIONS: Readonly<Record<NotificationType, number>> = Object.freeze(
+  Object.fromEntries(NotificationType.options.map((t) => [t, 1])) as Record<NotificationType, number>,
+);
