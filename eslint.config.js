@@ -1,7 +1,7 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
-const drivers = ["mongodb", "pg", "ioredis"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." }));
+const drivers = ["mongodb", "pg", "ioredis", "better-sqlite3"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." }));
 
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", "coverage/**", ".ci/**"] },
@@ -34,7 +34,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ["src/db/mongodb/**", "src/db/postgres/**", "src/redis/**", "test/**", "bench/**", "examples/**"],
+    files: ["src/db/mongodb/**", "src/db/postgres/**", "src/db/sqlite/**", "src/redis/**", "test/**", "bench/**", "examples/**"],
     rules: { "no-restricted-imports": "off" },
   },
 );

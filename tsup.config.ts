@@ -7,6 +7,7 @@ export default defineConfig({
     "postgres/index": "src/db/postgres/index.ts",
     "cli/index": "src/cli/index.ts",
     "mongodb/index": "src/db/mongodb/index.ts",
+    "sqlite/index": "src/db/sqlite/index.ts",
     "redis/index": "src/redis/index.ts",
     "nats/index": "src/nats/index.ts",
     "http/index": "src/http/index.ts",
@@ -23,5 +24,5 @@ export default defineConfig({
   splitting: true,
   treeshake: true,
   // Drivers and test runners are peers: never bundle them.
-  external: ["mongodb", "pg", "ioredis", "vitest", "fast-check", "@nats-io/jetstream", "@nats-io/transport-node"],
+  external: ["mongodb", "pg", "ioredis", "better-sqlite3", "vitest", "fast-check", "@nats-io/jetstream", "@nats-io/transport-node"],
 });

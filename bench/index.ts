@@ -5,6 +5,8 @@
  * without metering (bench/http.ts) always.
  * BENCH_SIZES=1000,100000 limits the sizes; BENCH_OPS sets operations per measurement.
  * Jobs (bench/jobs.ts): BENCH_JOBS_GRANTS / BENCH_JOBS_SUBS shrink them, BENCH_JOBS=0 skips them.
+ * The ledger file's writer, thread against sonic-boom (bench/ledger-writer.ts, from src/):
+ * BENCH_LEDGER_WRITER=0 skips it.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -66,6 +68,20 @@ if (small !== undefined && large !== undefined && deductAt.size > 1) {
   notes.push(
     `deductCredits at the largest journal is ${(slower * 100).toFixed(1)}% ${slower >= 0 ? "slower" : "faster"} than at the smallest (target: no more than 20% slower: ${slower <= 0.2 ? "met" : "NOT met"})`,
   );
+}
+
+// The JSONL ledger's writer: its worker thread against pino's sonic-boom, in one process of its own.
+if (process.env.BENCH_LEDGER_WRITER !== "0") {
+  const start = machineCpu();
+  const out = execFileSync(process.execPath, ["--import", "tsx", join(here, "ledger-writer.ts")], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
+  stealNote("ledger writer", start);
+} else {
+  notes.push("ledger writer: skipped (BENCH_LEDGER_WRITER=0)");
 }
 
 for (const [env, file] of [

@@ -22,15 +22,21 @@ expressver="$(node -p "require('$repo/node_modules/express/package.json').versio
 typesexpressver="$(node -p "require('$repo/node_modules/@types/express/package.json').version")"
 natsjsver="$(node -p "require('$repo/node_modules/@nats-io/jetstream/package.json').version")"
 natstransportver="$(node -p "require('$repo/node_modules/@nats-io/transport-node/package.json').version")"
+sqlitever="$(node -p "require('$repo/node_modules/better-sqlite3/package.json').version")"
 
 cd "$work"
 cat > package.json <<JSON
 { "name": "consumer", "private": true, "type": "module" }
 JSON
 npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" "@nats-io/jetstream@$natsjsver" "@nats-io/transport-node@$natstransportver" @types/node@20
+# better-sqlite3, the SQLite store's peer: its native addon compiles from source here (no prebuilt
+# binary is reachable), which takes minutes, so the package is installed without its install script
+# and given the addon the repository's own install built (same version, same machine).
+npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$sqlitever"
+cp -R "$repo/node_modules/better-sqlite3/build" node_modules/better-sqlite3/
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -42,6 +48,29 @@ for p in $subpaths; do
   node -e "const m = require('$p'); if (Object.keys(m).length === 0) throw new Error('$p exports nothing');"
 done
 echo "CJS: every subpath requires"
+
+# The SQLite store with its peer, from ESM and CJS: a file, WAL, a unit of work, read back.
+node --input-type=module -e "
+const { createCreditManager } = await import('credit-management');
+const { SqliteDbManager } = await import('credit-management/sqlite');
+const manager = await createCreditManager({ db: new SqliteDbManager({ filename: 'esm.db' }) });
+await manager.credits.addCredits('u', 5);
+if ((await manager.credits.getUserCreditsInfo('u')).balance !== 5) throw new Error('sqlite (ESM): wrong balance');
+await manager.close();
+"
+node -e "
+const { CreditService } = require('credit-management');
+const { SqliteDbManager } = require('credit-management/sqlite');
+(async () => {
+  const db = new SqliteDbManager({ filename: 'cjs.db' });
+  await db.init();
+  const credits = new CreditService({ db });
+  await credits.addCredits('u', 7);
+  if ((await credits.getUserCreditsInfo('u')).balance !== 7) throw new Error('sqlite (CJS): wrong balance');
+  await db.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"
+echo "SQLite: the store runs with its peer (ESM and CJS)"
 
 # The contract suite under another runner than vitest: from CommonJS, with test functions of its
 # own, it registers its suites and tests through them.
@@ -60,12 +89,13 @@ cat > consumer.ts <<'TS'
 import { createCreditManager, InsufficientCreditsError, type JournalEntry } from "credit-management";
 import { PostgresDbManager } from "credit-management/postgres";
 import { MongoDbManager } from "credit-management/mongodb";
+import { SqliteDbManager } from "credit-management/sqlite";
 import { RedisCache } from "credit-management/redis";
 import { NatsJetStreamQueue, consumeCreditEvents } from "credit-management/nats";
 import { createCreditHandler, fastifyCreditMetering } from "credit-management/http";
 import { runDbManagerContract } from "credit-management/testing";
 import { AddCreditsOptions } from "credit-management/models";
-import { compareGrants, type DbManager } from "credit-management/store";
+import { compareGrants, defineStore, type DbManager } from "credit-management/store";
 import { generateSql } from "credit-management/schema";
 
 export async function main(): Promise<JournalEntry> {
@@ -75,8 +105,8 @@ export async function main(): Promise<JournalEntry> {
   void fastifyCreditMetering;
   void runDbManagerContract;
   const store: DbManager = manager.db;
-  void [store, compareGrants, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
-  const classes: unknown[] = [PostgresDbManager, MongoDbManager, RedisCache, NatsJetStreamQueue, consumeCreditEvents, InsufficientCreditsError];
+  void [store, compareGrants, defineStore, generateSql("postgres" === "postgres" ? { dialect: "postgres" } : { dialect: "mysql" }), AddCreditsOptions.parse({})];
+  const classes: unknown[] = [PostgresDbManager, MongoDbManager, SqliteDbManager, RedisCache, NatsJetStreamQueue, consumeCreditEvents, InsufficientCreditsError];
   void classes;
   return manager.credits.addCredits("u", 1);
 }

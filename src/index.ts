@@ -70,6 +70,7 @@ export {
 } from "./services/metering.js";
 export { PricingService, usageOfResponse, type PricingServiceOptions, type UsageInput } from "./services/pricing-service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
+export { silentLogger, type Logger } from "./logger.js";
 export { InMemoryCache, type Cache, type InMemoryCacheOptions } from "./cache/index.js";
 export { InMemoryDbManager } from "./db/memory/index.js";
 export { createDbManagerFromEnv, type DbEnv } from "./db/from-env.js";

@@ -1,4 +1,4 @@
-import type { Logger } from "pino";
+import { isLogger, silentLogger, type Logger } from "./logger.js";
 import * as z from "zod";
 import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
@@ -29,8 +29,13 @@ export const CreditManagerOptions = z.strictObject({
     error: "cache must implement Cache",
   }).optional(),
   clock: z.custom<() => Date>((v) => typeof v === "function", { error: "clock must be a function" }).optional(),
-  logger: z.custom<Logger>((v) => isObject(v) && typeof (v as Logger).warn === "function", {
-    error: "logger must be a pino logger",
+  /**
+   * Where the library logs (warnings: cache or ledger-file trouble, failed job steps, …): any
+   * object with pino's `error`, `warn`, `info` and `debug` — pino, a child logger, `console`,
+   * winston. Default: a logger that writes nothing.
+   */
+  logger: z.custom<Logger>((v) => isLogger(v), {
+    error: "logger must have error, warn, info and debug methods (pino, a child logger, console or winston)",
   }).optional(),
   /** TTL of a hold when none is given, in seconds. Default 900. */
   defaultReservationTtlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
@@ -98,11 +103,12 @@ export interface CreditManager {
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
   const o = parse(CreditManagerOptions, options, "options");
   const db = o.db ?? new InMemoryDbManager();
+  const logger = o.logger ?? silentLogger;
   if (o.init !== false) await db.init();
   const ledger = new LedgerLogger({
     db,
     filePath: o.ledger ? o.ledger.filePath : false,
-    logger: o.logger,
+    logger,
     clock: o.clock,
   });
   const n = o.notifications;
@@ -114,7 +120,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     ledger,
     cache: o.cache,
     clock: o.clock,
-    logger: o.logger,
+    logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
     alerts: alertsOn ? thresholds : undefined,
@@ -123,13 +129,13 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     domainEvents: o.domainEvents,
     pricing,
   });
-  const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger: o.logger });
+  const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger });
   const notifications = new NotificationService({
     db,
     queue: o.queue,
     thresholds,
     clock: o.clock,
-    logger: o.logger,
+    logger,
     maxAttempts: n?.maxAttempts,
     backoffBaseMs: n?.backoffBaseMs,
     backoffMaxMs: n?.backoffMaxMs,
@@ -142,11 +148,11 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     subscriptions,
     ledger,
     clock: o.clock,
-    logger: o.logger,
+    logger,
     notifications: alertsOn ? notifications : undefined,
     reminderDays: n?.reminderDays,
   });
-  const shared = { db, ledger, cache: o.cache, clock: o.clock, logger: o.logger, credits };
+  const shared = { db, ledger, cache: o.cache, clock: o.clock, logger, credits };
   const promos = new PromoService(shared);
   const payments = buildPaymentService(shared, o.payments);
   let closed = false;

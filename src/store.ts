@@ -1,20 +1,27 @@
 /**
- * `credit-management/store`: the contract a store implements (`DbManager` and its parts), for
- * writing your own backend; `credit-management/testing` has the suite that checks one. See
- * docs/storage.md, "Your own backend".
+ * `credit-management/store`: the contract a store implements (`DbManager` and its parts), and
+ * `defineStore`, which builds one from its parts, for writing your own backend;
+ * `credit-management/testing` has the suite that checks one, part by part. See docs/storage.md,
+ * "Your own backend".
  */
 export type {
+  AccountStore,
   Changes,
   DbCapabilities,
   DbManager,
   DbTransaction,
   JournalQuery,
+  JournalStore,
   LedgerQuery,
   LoadRequest,
   LoadedState,
+  OptionalPart,
   ScanCursor,
 } from "./db/types.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";
+export { defineStore, DefinedStore } from "./db/store/define.js";
+export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
+export type { Part } from "./db/store/parts.js";

@@ -160,7 +160,8 @@ describe("cache", () => {
       },
     };
     const warnings: unknown[] = [];
-    const logger = { warn: (...args: unknown[]) => warnings.push(args) } as never;
+    const quiet = () => undefined;
+    const logger = { warn: (...args: unknown[]) => void warnings.push(args), error: quiet, info: quiet, debug: quiet };
     const m2 = await createCreditManager({ cache: broken, logger });
     await m2.credits.addCredits("u", 10);
     await m2.credits.deductCredits("u", 1);

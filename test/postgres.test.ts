@@ -1,4 +1,3 @@
-import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -9,6 +8,7 @@ import type { JournalEntry } from "../src/models/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 import { createDbManagerFromEnv, InMemoryDbManager } from "../src/index.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { runProcess } from "./fixtures/processes.js";
 
 const url = process.env.CREDIT_PG_URL;
 if (!url) console.warn("[postgres.test] CREDIT_PG_URL is not set: the PostgreSQL adapter tests are skipped.");
@@ -392,27 +392,9 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
       const db = new PostgresDbManager({ connectionString: url as string, schema });
       await db.init();
       const credits = new CreditService({ db, overdraftLimit: 50 });
+      type Run = { done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; unexpected: string[]; errors: Record<string, number> };
       const runs = await Promise.all(
-        [0, 1, 2, 3].map(
-          (worker) =>
-            new Promise<{ done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; unexpected: string[]; errors: Record<string, number> }>(
-              (resolve, reject) => {
-                const child = spawn(process.execPath, ["--import", "tsx", "test/fixtures/hammer.ts"], {
-                  env: { ...process.env, HAMMER_SCHEMA: schema, HAMMER_WORKER: String(worker), HAMMER_OPS: "250" },
-                  stdio: ["ignore", "pipe", "pipe"],
-                });
-                let out = "";
-                let err = "";
-                child.stdout.on("data", (d) => (out += d));
-                child.stderr.on("data", (d) => (err += d));
-                child.on("error", reject);
-                child.on("exit", (code) => {
-                  if (code !== 0) reject(new Error(`worker ${worker} exited ${code}: ${err}`));
-                  else resolve(JSON.parse(out.trim().split("\n").pop() as string));
-                });
-              },
-            ),
-        ),
+        [0, 1, 2, 3].map((worker) => runProcess<Run>("test/fixtures/hammer.ts", { HAMMER_SCHEMA: schema, HAMMER_WORKER: String(worker), HAMMER_OPS: "250" })),
       );
       for (const r of runs) expect(r.unexpected).toEqual([]);
       const reported = new Map(runs.flatMap((r) => r.done).map((e) => [e.id, e]));

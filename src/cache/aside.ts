@@ -1,4 +1,4 @@
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import { isPromiseLike } from "../util/promise.js";
 import type { Cache } from "./index.js";
 

@@ -3,6 +3,7 @@ import { writeFileSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
+import { WORKER_FLAGS, WORKER_OPTIONS, WorkerUsageError, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
 import { generateUpgradeSql } from "../schema/migrations.js";
 import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
@@ -40,9 +41,12 @@ export const HELP = `Usage: credit-management <command> [options]
 Commands:
   schema    Print the storage schema generated from the zod models
   audit     Replay accounts' journals and check them against the store (and the JSONL ledger files)
+  worker    Run the jobs, the expiring-credit reminders and the notification dispatcher on intervals
+            (or once: --once), until SIGTERM/SIGINT
 
 ${SCHEMA_OPTIONS}
 ${AUDIT_OPTIONS}
+${WORKER_OPTIONS}
   -h, --help                       Show this help (credit-management <command> --help: that command's)
   -v, --version                    Print the version
 
@@ -52,11 +56,14 @@ Examples:
   npx credit-management schema --backend nosql --out validators.json
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
+  CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
+  CREDIT_PG_URL=postgres://… npx credit-management worker --once --reminders-every 0
 `;
 
 /** Each command's own help (`credit-management schema --help`). */
 const COMMAND_HELP: Record<string, string> = {
   schema: `Usage: credit-management schema [options]\n\nPrints the storage schema generated from the zod models.\n\n${SCHEMA_OPTIONS}`,
+  worker: `Usage: credit-management worker [options]\n\nRuns the jobs (lapsed holds, renewals, expiry), the expiring-credit reminders and the notification\ndispatcher, each on its own interval, or once (--once). Docs: docs/operations.md.\n\n${WORKER_OPTIONS}`,
   audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
 };
 
@@ -65,13 +72,14 @@ class UsageError extends Error {}
 /**
  * Runs the CLI with `args` (without node and the script). Resolves to the exit code: 0 done, 1
  * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong).
- * `source`: the store `audit` reads instead of the environment's (tests).
+ * `source`: the store `audit` reads, or the environment `audit` and `worker` read, instead of the
+ * process's (tests).
  */
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
   try {
     return await run(args, io, source);
   } catch (error) {
-    if (error instanceof UsageError || error instanceof AuditUsageError || isParseArgsError(error)) {
+    if (error instanceof UsageError || error instanceof AuditUsageError || error instanceof WorkerUsageError || isParseArgsError(error)) {
       // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
       const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
       io.stderr(`credit-management: ${message}\nRun "credit-management --help" for usage.\n`);
@@ -99,6 +107,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       "ledger-file": { type: "string", multiple: true },
       unordered: { type: "boolean" },
       json: { type: "boolean" },
+      ...WORKER_FLAGS,
       help: { type: "boolean", short: "h" },
       version: { type: "boolean", short: "v" },
     },
@@ -112,14 +121,22 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     io.stdout(`${packageJson.version}\n`);
     return 0;
   }
-  if (command === undefined) throw new UsageError('missing command (try "schema" or "audit")');
-  if (command !== "schema" && command !== "audit") throw new UsageError(`unknown command "${command}"`);
+  if (command === undefined) throw new UsageError('missing command (try "schema", "audit" or "worker")');
+  if (command !== "schema" && command !== "audit" && command !== "worker") throw new UsageError(`unknown command "${command}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
   const only = (names: readonly string[], of: string) => {
     for (const name of names) {
       if ((values as Record<string, unknown>)[name] !== undefined) throw new UsageError(`--${name} applies to "${of}" only`);
     }
   };
+  const workerFlags = Object.keys(WORKER_FLAGS);
+  if (command === "worker") {
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
+    only(["user", "all", "ledger-file", "json", "unordered"], "audit");
+    const env = source.env ?? process.env;
+    return runWorker(workerSettings(values, env), io, env);
+  }
+  only(workerFlags, "worker");
   if (command === "audit") {
     only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
     const users = values.user ?? [];

@@ -17,16 +17,23 @@ import type { SubscriptionStore } from "./types-subscriptions.js";
  * Objects returned by an adapter belong to the caller; objects passed to `save` are not mutated
  * afterwards by the library.
  */
-export interface DbManager extends PromoPaymentStore, NotificationStore, SubscriptionStore {
+export interface DbManager extends AccountStore, JournalStore, PromoPaymentStore, NotificationStore, SubscriptionStore {
   /** Short name for logs and errors ("memory", "mongodb", "postgres"). */
   readonly name: string;
   /** What the backend can do; the contract suite reads these flags. */
   readonly capabilities: DbCapabilities;
   /** Creates collections/tables and indexes. Idempotent. */
   init(): Promise<void>;
-  /** Releases resources the adapter created (not a client/pool handed to it). */
+  /** Releases resources the adapter created (not a client/pool handed to it). Idempotent. */
   close(): Promise<void>;
+}
 
+/**
+ * The accounts part of the storage contract: units of work and the reads of accounts, grants and
+ * holds. `defineStore` (`credit-management/store`) can run the units of work itself from a
+ * backend's `begin` (see `UnitOfWorkPart`).
+ */
+export interface AccountStore {
   /**
    * Runs `fn` as one atomic unit of work on `userId`'s account: no other unit of work on the same
    * account interleaves with it, and either everything `fn` saved is committed or nothing is.
@@ -49,8 +56,6 @@ export interface DbManager extends PromoPaymentStore, NotificationStore, Subscri
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]>;
   /** A user's reservations, oldest first, optionally of one status. */
   listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]>;
-  /** A page of a user's journal, by seq (see `JournalQuery`). */
-  listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]>;
   /**
    * Optional: the ids of accounts (users with at least one journal entry or account row), in
    * ascending code-unit order, after `after` (exclusive; null from the start), at most `limit`.
@@ -61,7 +66,12 @@ export interface DbManager extends PromoPaymentStore, NotificationStore, Subscri
   findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]>;
   /** Active reservations with expiresAt <= asOf, by expiresAt then id. */
   findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]>;
+}
 
+/** The journal part: a user's entries by seq, and the system ledger. */
+export interface JournalStore {
+  /** A page of a user's journal, by seq (see `JournalQuery`). */
+  listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]>;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;
@@ -70,7 +80,16 @@ export interface DbManager extends PromoPaymentStore, NotificationStore, Subscri
 export interface DbCapabilities {
   /** Several processes may share the store (false for in-memory). */
   readonly multiProcess: boolean;
+  /**
+   * The optional parts the store has (absent: all of them). A store built with `defineStore`
+   * without a part answers its methods with `ConfigurationError`, and the contract suite skips
+   * that part's tests: a new backend goes green part by part.
+   */
+  readonly parts?: Readonly<Record<OptionalPart, boolean>>;
 }
+
+/** The parts of the contract a store may leave out while it is being written. */
+export type OptionalPart = "subscriptions" | "promos" | "outbox";
 
 /** Position in a scan ordered by (expiresAt, id): resume strictly after it. */
 export interface ScanCursor {

@@ -9,7 +9,7 @@ import { canonicalEntry, ledgerLineOf, literalEnd } from "../domain/hash.js";
  * it is. Self-contained (and without function expressions, see `ledgerLineOf`): the writer thread
  * runs its source too.
  */
-function linesOf(chunk: string, lineOf: (canonical: string, hash: string) => string): string {
+export function linesOf(chunk: string, lineOf: (canonical: string, hash: string) => string): string {
   const parts = chunk.split("\n");
   let lines = "";
   for (let i = 0; i + 1 < parts.length; i += 2) {
@@ -172,13 +172,7 @@ export class LedgerFile {
    * later `reopen`.
    */
   reopen(): Promise<boolean> {
-    let fd = -1;
-    try {
-      mkdirSync(dirname(this.path), { recursive: true });
-      fd = openSync(this.path, "a");
-    } catch (error) {
-      this.failed(error as Error);
-    }
+    const fd = openForAppending(this.path, this.failed);
     const old = this.fd;
     this.fd = fd;
     if (this.thread !== null) {
@@ -355,6 +349,17 @@ export class LedgerFile {
       closeFile(this.fd, () => {});
       this.fd = -1;
     }
+  }
+}
+
+/** Opens `path` for appending (its folders created); -1 (reported) when it cannot be opened. */
+export function openForAppending(path: string, failed: (error: Error) => void): number {
+  try {
+    mkdirSync(dirname(path), { recursive: true });
+    return openSync(path, "a");
+  } catch (error) {
+    failed(error as Error);
+    return -1;
   }
 }
 

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import onExit from "on-exit-leak-free";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import type { DbManager } from "../db/types.js";
 import { canonicalEntry } from "../domain/hash.js";
 import { LedgerEntriesQuery, parse, type JournalEntry, type LedgerEntry } from "../models/index.js";
@@ -13,6 +13,17 @@ export interface LedgerLoggerOptions {
   /** Where the ledger reports its own trouble (a failing file). Default: silent. */
   logger?: Logger;
   clock?: () => Date;
+  /** @internal The file's writer (the benchmark compares writers). Default: `LedgerFile`. */
+  file?: (path: string, failed: (error: Error) => void) => LedgerFileLike;
+}
+
+/** @internal What the ledger asks of its file's writer (`LedgerFile`). */
+export interface LedgerFileLike {
+  reopen(): Promise<boolean>;
+  write(chunk: string): void;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  settle(): void;
 }
 
 /** Counters of the JSONL mirror. */
@@ -29,7 +40,7 @@ export interface LedgerStats {
 const CHUNK = 64 * 1024;
 
 /** The file of a ledger dropped unclosed is finished all the same (its thread would stay). */
-const unclosed = new FinalizationRegistry<LedgerFile>((file) => void file.close());
+const unclosed = new FinalizationRegistry<LedgerFileLike>((file) => void file.close());
 
 /** A ledger's report of its file's failures, holding it weakly (its file's thread must not keep it). */
 const reporter = (ledger: LedgerLogger) => {
@@ -58,7 +69,7 @@ export class LedgerLogger {
   private readonly db: DbManager;
   private readonly clock: () => Date;
   private readonly warn: Logger | undefined;
-  private file: LedgerFile | null = null;
+  private file: LedgerFileLike | null = null;
   /** Lines not yet handed to the writer (as pairs of texts, see `LedgerFile`), and their length in characters. */
   private pending: string[] = [];
   private pendingChars = 0;
@@ -72,7 +83,7 @@ export class LedgerLogger {
     this.warn = options.logger;
     this.filePath = options.filePath ? options.filePath : null;
     if (this.filePath !== null) {
-      this.file = new LedgerFile(this.filePath, reporter(this));
+      this.file = (options.file ?? ((path, failed) => new LedgerFile(path, failed)))(this.filePath, reporter(this));
       void this.file.reopen();
       onExit.register(this, LedgerLogger.beforeExit);
       unclosed.register(this, this.file, this);

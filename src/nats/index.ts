@@ -4,7 +4,7 @@
  * `@nats-io/transport-node` are optional peers: only this entry point imports them.
  */
 import { jetstream, jetstreamManager, type Consumer, type JetStreamClient, type JsMsg } from "@nats-io/jetstream";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import * as z from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../errors.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";

@@ -7,7 +7,7 @@
  * credit read at most `timeoutMs` before it falls back to the store.
  */
 import { randomBytes } from "node:crypto";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import { ConfigurationError } from "../errors.js";
 import type { NotificationMessage, NotificationQueue } from "../queue/index.js";

@@ -1,4 +1,4 @@
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { PromoPaymentChanges } from "../db/types-promos.js";

@@ -1,4 +1,4 @@
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";

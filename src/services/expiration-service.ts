@@ -1,4 +1,4 @@
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { ValidationError } from "../errors.js";

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import {
   ConfigurationError,
   IdempotencyConflictError,

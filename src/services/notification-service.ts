@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { AccountWork } from "../domain/account-work.js";

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";

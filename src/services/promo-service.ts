@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
 import { fingerprint } from "../domain/hash.js";

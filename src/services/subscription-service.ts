@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type { Logger } from "pino";
+import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";

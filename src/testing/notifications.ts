@@ -39,8 +39,9 @@ const types = (rows: readonly Notification[]) => rows.map((r) => r.type);
  * The outbox part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
  * as in `ContractOptions.test`; by default those the suite already runs on, else the runner's globals.
  */
-export function runNotificationContract(getDb: () => DbManager, options: { raceSize: number; test?: TestApi }): void {
+export function runNotificationContract(getDb: () => DbManager, options: { raceSize?: number; test?: TestApi } = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
+  const raceSize = options.raceSize ?? 50;
   const user = () => `n-${randomUUID()}`;
 
   describe("notifications", () => {
@@ -171,10 +172,10 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       });
     });
 
-    it(`${options.raceSize} concurrent deductions around the threshold record exactly one low_credits`, async () => {
+    it(`${raceSize} concurrent deductions around the threshold record exactly one low_credits`, async () => {
       const db = getDb();
       const u = user();
-      const n = options.raceSize;
+      const n = raceSize;
       const { credits, notifications } = services(db, T0, { lowCredits: n });
       await credits.addCredits(u, 2 * n);
       await Promise.all(Array.from({ length: n + 10 }, () => credits.deductCredits(u, 2).catch((e: unknown) => e)));

@@ -1,5 +1,5 @@
 /**
- * Contract tests of promo codes and payments (part of `runDbManagerContract`): what the store keeps,
+ * Contract tests of promo codes and payments (part of `runDbManagerContract`, also `runPromoPaymentContract`): what the store keeps,
  * the guarded promo counter and payment compare-and-set, and — through the services — atomic
  * claims, once-only crediting and refunds, on the store under test.
  */

@@ -5,13 +5,10 @@ import type {
   Grant,
   JournalEntry,
   LedgerEntry,
-  Notification,
   Payment,
   Promo,
-  PromoClaim,
   Reservation,
 } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import { DueIndex } from "./due-index.js";
 import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
@@ -19,7 +16,6 @@ import { copyAccount, copyGrant, copyLedgerEntry, copyReservation } from "./copi
 import { CompactJournal } from "./journal.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
-import type { PromoPaymentStore } from "../types-promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 import type {
   Changes,
@@ -31,7 +27,8 @@ import type {
   LoadedState,
   ScanCursor,
 } from "../types.js";
-import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
+import { StoreBase } from "../store/base.js";
+import type { SideParts } from "../store/parts.js";
 import { OpenGrants } from "./open-grants.js";
 import { isPromiseLike } from "../../util/promise.js";
 
@@ -90,7 +87,7 @@ function emptyUser(userId: string): UserData {
  * settled reservations (one per metered request, never changed again) are kept as fixed-size binary
  * rows in one buffer per account (`CompactJournal`, `SettledHolds`).
  */
-export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbManager {
+export class InMemoryDbManager extends StoreBase implements DbManager {
   readonly name = "memory";
   readonly capabilities = { multiProcess: false } as const;
 
@@ -106,16 +103,14 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
   private readonly dueGrants = new DueIndex((id, t) => this.expiring.get(id)?.expiresAt?.getTime() === t);
   /** Holds ordered by (expiresAt, id) for `findExpiredReservations`. */
   private readonly dueHolds = new DueIndex((id) => this.holderOf(id)?.active.has(id) === true);
-  /** Plans and subscriptions (see `./subscriptions.ts`). */
-  protected readonly subscriptionStore = new MemorySubscriptionStore();
   private readonly ledger: LedgerEntry[] = [];
   /** @internal Promos, claims and payments. */
   readonly promoStore = new MemoryPromoStore();
   private readonly outbox = new MemoryOutbox();
+  /** Plans and subscriptions, promos and payments, the outbox. */
+  protected readonly parts: SideParts = { subscriptions: new MemorySubscriptionStore(), promos: this.promoStore, outbox: this.outbox };
 
   async init(): Promise<void> {}
-
-  async close(): Promise<void> {}
 
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
     try {
@@ -223,7 +218,7 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
       u.journal.append(e);
     }
     if (hasPromoRows(changes)) this.promoStore.apply(changes);
-    if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insert(changes.notifications);
+    if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insertNotifications(changes.notifications);
   }
 
   /** `isNew`: an inserted grant (else one of the account's, updated). */
@@ -355,38 +350,6 @@ export class InMemoryDbManager extends SubscriptionStoreDelegate implements DbMa
     return ids.map((id) => copyReservation(this.holderOf(id)?.active.get(id) as Reservation));
   }
 
-
-  // Promos and payments: see ./promos.ts.
-  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
-  getPromo = (code: string) => this.promoStore.getPromo(code);
-  listPromos: PromoPaymentStore["listPromos"] = (q) => this.promoStore.listPromos(q);
-  setPromoActive: PromoPaymentStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
-  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
-  listPromoClaims = (userId: string): Promise<PromoClaim[]> => this.promoStore.listPromoClaims(userId);
-  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
-  getPayment = (id: string) => this.promoStore.getPayment(id);
-  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
-  listPayments: PromoPaymentStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
-  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
-  async insertNotifications(rows: readonly Notification[]): Promise<number> {
-    return this.outbox.insert(rows);
-  }
-
-  async claimNotifications(query: ClaimQuery): Promise<Notification[]> {
-    return this.outbox.claim(query);
-  }
-
-  async completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
-    return this.outbox.complete(id, token, update);
-  }
-
-  async purgeNotifications(before: Date, limit: number): Promise<number> {
-    return this.outbox.purge(before, limit);
-  }
-
-  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
-    return this.outbox.list(userId, query);
-  }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     this.ledger.push(copyLedgerEntry(entry));

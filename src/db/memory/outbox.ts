@@ -19,7 +19,7 @@ export class MemoryOutbox {
   }
 
   /** Stores rows; rows whose dedupe key is used are skipped. Returns how many were stored. */
-  insert(rows: readonly Notification[]): number {
+  insertNotifications(rows: readonly Notification[]): number {
     let n = 0;
     for (const row of rows) {
       if (!this.accepts(row) || this.rows.has(row.id)) continue;
@@ -41,7 +41,7 @@ export class MemoryOutbox {
     return n;
   }
 
-  claim(q: ClaimQuery): Notification[] {
+  claimNotifications(q: ClaimQuery): Notification[] {
     const now = q.now.getTime();
     const heads: Notification[] = [];
     for (const ids of this.pending.values()) {
@@ -58,7 +58,7 @@ export class MemoryOutbox {
     });
   }
 
-  complete(id: string, token: string, u: NotificationUpdate): boolean {
+  completeNotification(id: string, token: string, u: NotificationUpdate): boolean {
     const row = this.rows.get(id);
     if (row === undefined || row.status !== "pending" || row.claimToken !== token) return false;
     const next: Notification = {
@@ -80,7 +80,7 @@ export class MemoryOutbox {
     return true;
   }
 
-  purge(before: Date, limit: number): number {
+  purgeNotifications(before: Date, limit: number): number {
     const t = before.getTime();
     const gone: Notification[] = [];
     for (const r of this.rows.values()) {
@@ -97,7 +97,7 @@ export class MemoryOutbox {
     return gone.length;
   }
 
-  list(userId: string, query: { status?: Notification["status"]; limit: number }): Notification[] {
+  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Notification[] {
     const out: Notification[] = [];
     for (const id of this.byUser.get(userId) ?? []) {
       const r = this.rows.get(id) as Notification;

@@ -7,7 +7,7 @@ import { hasLabel, toCreditError } from "./errors.js";
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "./promos.js";
 import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
-import { type QueuedUnit, deferred } from "../deferred.js";
+import { type QueuedUnit, deferred } from "../store/group-commit.js";
 
 /** The collections a unit of work writes. */
 export interface UnitCollections {

@@ -11,8 +11,7 @@ import type {
 } from "mongodb";
 import { z } from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { MongoOutbox, NOTIFICATION_INDEXES } from "./outbox.js";
 import type {
   Changes,
@@ -26,15 +25,16 @@ import type {
   ScanCursor,
 } from "../types.js";
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
-import { AccountLocks } from "./lock.js";
+import { AccountLocks } from "../store/account-locks.js";
 import { MongoPromoStore } from "./promos.js";
-import type { PromoPaymentStore } from "../types-promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
 import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
 import { STANDALONE_MESSAGE, guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
-import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
-import { oncePerTurn } from "../deferred.js";
+import { StoreBase } from "../store/base.js";
+import type { SideParts } from "../store/parts.js";
+import { GroupCommit } from "../store/group-commit.js";
+import { backoff, sleep } from "../store/retry.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
 export interface MongoDbManagerOptions {
@@ -179,7 +179,7 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
  * const credits = await createCreditManager({ db }); // runs db.init()
  * ```
  */
-export class MongoDbManager extends SubscriptionStoreDelegate implements DbManager {
+export class MongoDbManager extends StoreBase implements DbManager {
   readonly name = "mongodb";
   readonly capabilities: DbCapabilities = { multiProcess: true };
   /** Prefix of the collection names. */
@@ -191,22 +191,21 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
   private ownsClient = false;
   private readonly maxAttempts: number;
   private readonly c: Collections;
-  /** Plans and subscriptions (see `./subscriptions.ts`). */
-  protected readonly subscriptionStore: MongoSubscriptionStore;
+  /** Plans and subscriptions (./subscriptions.ts), promos and payments (./promos.ts), the outbox. */
+  protected readonly parts: SideParts;
   private lastLedgerOrd = 0;
   private readonly locks = new AccountLocks();
   private readonly states: StateCache | null;
   private readonly verifyStates: boolean;
   /** Group commit (`batch`): 1 when off. */
   private readonly maxUnits: number;
-  private readonly batchConcurrency: number;
-  /** Units of work waiting for a batch, oldest first. */
-  private readonly queue: Unit[] = [];
-  /** Accounts a batch or a lone unit of work of this process is working on. */
-  private readonly busy = new Set<string>();
-  private activeBatches = 0;
-  /** Forms batches at the end of this turn of the event loop. */
-  private readonly schedulePump = oncePerTurn(() => this.pump());
+  /**
+   * Group commit, oldest first. A unit of work whose account this process is already working on
+   * waits in the queue (FIFO per account, as without batching). A unit that must run alone (after
+   * a failed batch) runs at once in a transaction of its own. The others form batches of distinct
+   * accounts, up to `maxUnits` each, while fewer than `concurrency` run.
+   */
+  private readonly group: GroupCommit<Unit>;
   private readonly batchContext: BatchContext;
   /** @internal Promos, claims and payments (./promos.ts). */
   readonly promoStore: MongoPromoStore;
@@ -246,7 +245,15 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
       );
     }
     this.maxUnits = batch.data === false ? 1 : (batch.data.maxUnits ?? 32);
-    this.batchConcurrency = batch.data === false ? 1 : (batch.data.concurrency ?? 2);
+    this.group = new GroupCommit<Unit>({
+      maxUnits: this.maxUnits,
+      concurrency: batch.data === false ? 1 : (batch.data.concurrency ?? 2),
+      maxAlone: Infinity,
+      perAccount: 1,
+      alone: (u) => u.solo,
+      runBatch: (units) => this.runBatch(units),
+      runAlone: (u) => this.attempt(u.userId, u.fn, u.attempts).then(u.resolve, u.reject),
+    });
     const col = (name: string) => this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS);
     this.c = {
       accounts: col("accounts"),
@@ -260,7 +267,7 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
     };
     this.promoStore = new MongoPromoStore(col);
     this.outbox = new MongoOutbox(this.c.notifications);
-    this.subscriptionStore = new MongoSubscriptionStore(this.c.plans, this.c.subscriptions);
+    this.parts = { subscriptions: new MongoSubscriptionStore(this.c.plans, this.c.subscriptions), promos: this.promoStore, outbox: this.outbox };
     this.batchContext = {
       client: this.client,
       c: this.c,
@@ -338,14 +345,14 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
   }
 
   /** Closes the client if `fromUri` created it; a client handed in stays open. */
-  async close(): Promise<void> {
+  protected override async closeOnce(): Promise<void> {
     if (this.ownsClient) await this.client.close();
   }
 
   async transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
     if (this.maxUnits > 1) {
       return new Promise<T>((resolve, reject) => {
-        this.enqueue({ userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
+        this.group.push(false, { userId, fn, resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false });
       });
     }
     const wait = this.locks.acquire(userId);
@@ -355,63 +362,6 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
     } finally {
       this.locks.release(userId);
     }
-  }
-
-  private enqueue(unit: Unit): void {
-    this.queue.push(unit);
-    this.schedulePump();
-  }
-
-  /**
-   * Starts what can start, oldest first. A unit of work whose account this process is already
-   * working on waits in the queue (FIFO per account, as without batching). A unit that must run
-   * alone (after a failed batch) runs at once in a transaction of its own. The others form
-   * batches of distinct accounts, up to `maxUnits` each, while fewer than `concurrency` run.
-   */
-  private pump(): void {
-    const scanLimit = Math.min(this.queue.length, 4096);
-    for (let i = 0, seen = 0; i < this.queue.length && seen < scanLimit; seen++) {
-      const u = this.queue[i] as Unit;
-      if (this.busy.has(u.userId)) {
-        i++;
-        continue;
-      }
-      if (u.solo) {
-        this.queue.splice(i, 1);
-        this.busy.add(u.userId);
-        void this.attempt(u.userId, u.fn, u.attempts)
-          .then(u.resolve, u.reject)
-          .finally(() => this.releaseAccounts([u]));
-        continue;
-      }
-      if (this.activeBatches >= this.batchConcurrency) {
-        i++;
-        continue;
-      }
-      this.queue.splice(i, 1);
-      const units = [u];
-      this.busy.add(u.userId);
-      for (let j = i; j < this.queue.length && units.length < this.maxUnits && seen < scanLimit; seen++) {
-        const v = this.queue[j] as Unit;
-        if (v.solo || this.busy.has(v.userId)) {
-          j++;
-          continue;
-        }
-        this.queue.splice(j, 1);
-        units.push(v);
-        this.busy.add(v.userId);
-      }
-      this.activeBatches++;
-      void this.runBatch(units).finally(() => {
-        this.activeBatches--;
-        this.releaseAccounts(units);
-      });
-    }
-  }
-
-  private releaseAccounts(units: readonly Unit[]): void {
-    for (const u of units) this.busy.delete(u.userId);
-    if (this.queue.length > 0) this.schedulePump();
   }
 
   /** Runs one batch; its units that must run again go to the front of the queue. */
@@ -444,7 +394,7 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
       again.push(unit);
     }
     // At the front of the queue, in their order: they are the oldest of their accounts.
-    this.queue.unshift(...again);
+    if (again.length > 0) this.group.push(true, ...again);
   }
 
   /** Runs the unit of work in a transaction, retrying it after a lost race (see the class doc). */
@@ -488,7 +438,7 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
         if (error instanceof StaleAccount || isRetryableConflict(error)) {
           if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts, error);
           cached = undefined;
-          await sleep(backoffMs(attempts));
+          await sleep(backoff(attempts, BACKOFF));
           continue;
         }
         throw toCreditError(error, "transaction");
@@ -580,38 +530,6 @@ export class MongoDbManager extends SubscriptionStoreDelegate implements DbManag
       this.c.reservations.find(filter, batchOf(limit)).sort({ expiresAt: 1, _id: 1 }).limit(limit).toArray(),
     );
     return docs.map((d) => fromDoc(RESERVATION, d));
-  }
-
-  // Promos and payments: see ./promos.ts.
-  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
-  getPromo = (code: string) => this.promoStore.getPromo(code);
-  listPromos: PromoPaymentStore["listPromos"] = (q) => this.promoStore.listPromos(q);
-  setPromoActive: PromoPaymentStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
-  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
-  listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
-  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
-  getPayment = (id: string) => this.promoStore.getPayment(id);
-  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
-  listPayments: PromoPaymentStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
-  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
-  insertNotifications(rows: readonly Notification[]): Promise<number> {
-    return this.outbox.insert(rows);
-  }
-
-  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
-    return this.outbox.claim(query);
-  }
-
-  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
-    return this.outbox.complete(id, token, update);
-  }
-
-  purgeNotifications(before: Date, limit: number): Promise<number> {
-    return this.outbox.purge(before, limit);
-  }
-
-  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
-    return this.outbox.list(userId, query);
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -848,10 +766,6 @@ function afterCursor(after: ScanCursor | undefined): Filter<StoredDoc> {
 }
 
 /** Jittered exponential backoff between attempts of a unit of work, in ms (at most 100). */
-function backoffMs(attempt: number): number {
-  return Math.random() * Math.min(4 * 1.5 ** attempt, 100);
-}
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const BACKOFF = { base: 4, factor: 1.5, max: 100, floor: 0 };
 
 export type { DbManager } from "../types.js";

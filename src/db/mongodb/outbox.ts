@@ -40,7 +40,7 @@ export class MongoOutbox {
     else await this.c.insertMany(docs, { session, ordered: true });
   }
 
-  async insert(rows: readonly NotificationT[]): Promise<number> {
+  async insertNotifications(rows: readonly NotificationT[]): Promise<number> {
     if (rows.length === 0) return 0;
     try {
       const res = await this.c.insertMany(
@@ -66,7 +66,7 @@ export class MongoOutbox {
    * looked at are left out of the next page (`$nin`), so a user whose oldest row waits for its
    * backoff (with later rows due behind it) never hides the other users' rows.
    */
-  async claim(q: ClaimQuery): Promise<NotificationT[]> {
+  async claimNotifications(q: ClaimQuery): Promise<NotificationT[]> {
     if (q.limit <= 0) return [];
     const seen: string[] = [];
     const claimed: NotificationT[] = [];
@@ -108,7 +108,7 @@ export class MongoOutbox {
     );
   }
 
-  async complete(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
+  async completeNotification(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
     const res = await guard("completeNotification", () =>
       this.c.updateOne(
         { _id: id, status: "pending", claimToken: token },
@@ -128,7 +128,7 @@ export class MongoOutbox {
     return res.matchedCount === 1;
   }
 
-  async purge(before: Date, limit: number): Promise<number> {
+  async purgeNotifications(before: Date, limit: number): Promise<number> {
     if (limit <= 0) return 0;
     const ids = await guard("purgeNotifications", () =>
       this.c
@@ -144,7 +144,7 @@ export class MongoOutbox {
     return res.deletedCount;
   }
 
-  async list(userId: string, query: { status?: NotificationT["status"]; limit: number }): Promise<NotificationT[]> {
+  async listNotifications(userId: string, query: { status?: NotificationT["status"]; limit: number }): Promise<NotificationT[]> {
     if (query.limit <= 0) return [];
     const filter = query.status === undefined ? { userId } : { userId, status: query.status };
     const docs = await guard("listNotifications", () =>

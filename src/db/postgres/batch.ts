@@ -1,5 +1,6 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
 import { ConflictError, StorageError } from "../../errors.js";
+import { isConnectionLevel, isLostConnection, storageError } from "./errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
 import { decodeRow } from "../../schema/codec.js";
@@ -7,9 +8,9 @@ import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
-import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText } from "./sql.js";
+import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText, toRow } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
-import { type Deferred, type QueuedUnit, deferred } from "../deferred.js";
+import { type Deferred, type QueuedUnit, deferred } from "../store/group-commit.js";
 
 /** A unit of work waiting to run. */
 export interface Unit extends QueuedUnit {
@@ -698,14 +699,6 @@ export class UnitTx implements DbTransaction {
   }
 }
 
-/** A model object as the JSON object `json_populate_record(set)` reads (column names; dates as ISO text). */
-export function toRow(columns: readonly Column[], value: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  const v = value as Record<string, unknown>;
-  for (const c of columns) out[c.name] = v[c.field] ?? null;
-  return out;
-}
-
 /**
  * A model object as the JSON object `json_populate_record(set)` reads, without its null and
  * undefined fields: a key the JSON lacks reads as NULL, and the statement's payload (parsed by the
@@ -773,32 +766,4 @@ function sameValue(a: unknown, b: unknown): boolean {
 function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
   if (!json) return [];
   return (JSON.parse(json) as Record<string, unknown>[]).map((row) => decodeRow<T>(table.columns, row));
-}
-
-/**
- * Errors that leave the connection unusable, so it is closed, not pooled: no SQLSTATE from the
- * server (a socket error such as ECONNRESET, a timeout), or class 08/57.
- */
-export function isConnectionLevel(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
-}
-
-/**
- * Whether a driver error means the connection is gone rather than that a statement failed: an
- * error the server did not send (the socket closed or was reset, a client no longer queryable
- * after its connection failed), or a server error of class 08 (connection exception) or 57P01–03
- * (the server is shutting down or starting, the session was terminated).
- */
-export function isLostConnection(error: unknown): boolean {
-  const e = error as { code?: unknown; severity?: unknown } | null;
-  if (typeof e?.severity !== "string") return true;
-  return typeof e.code === "string" && /^(08|57P0[123])/.test(e.code);
-}
-
-export function storageError(what: string, error: unknown): StorageError {
-  if (error instanceof StorageError) return error;
-  const e = error as { message?: string; code?: string };
-  const code = typeof e.code === "string" ? ` (${e.code})` : "";
-  return new StorageError(`[credit-management] [postgres] ${what} failed${code}: ${e.message ?? String(error)}`, error);
 }

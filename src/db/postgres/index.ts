@@ -1,23 +1,27 @@
 import type * as PgModule from "pg";
 import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Payment, Promo, Reservation } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
-import { Batch, type BatchResult, type Unit, type UnitTx, isConnectionLevel, storageError, toRow } from "./batch.js";
+import { Batch, type BatchResult, type Unit, type UnitTx } from "./batch.js";
+import { isConnectionLevel, storageError } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
-import type { PromoPaymentStore } from "../types-promos.js";
-import { PostgresSql, type Statement, prepareText } from "./sql.js";
+import { PostgresSql, type Statement, prepareText, toRow } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache } from "./state-cache.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
-import { SubscriptionStoreDelegate } from "../subscription-delegate.js";
-import { oncePerTurn } from "../deferred.js";
+import { StoreBase } from "../store/base.js";
+import type { SideParts } from "../store/parts.js";
+import { GroupCommit } from "../store/group-commit.js";
+import { backoff } from "../store/retry.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
+
+/** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
+const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };
 
 export interface PostgresDbManagerOptions {
   /**
@@ -115,7 +119,7 @@ const leases = new WeakMap<PoolClient, Lease>();
  * flight too (the outcome is unknown: it does not run again). A connection that failed is closed,
  * never handed out again.
  */
-export class PostgresDbManager extends SubscriptionStoreDelegate implements DbManager {
+export class PostgresDbManager extends StoreBase implements DbManager {
   readonly name = "postgres";
   readonly capabilities = { multiProcess: true } as const;
   /** The SQL this manager runs (table names, DDL, statements). */
@@ -126,18 +130,18 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   private readonly options: PostgresDbManagerOptions;
   private readonly maxAttempts: number;
   private readonly maxUnits: number;
-  private readonly batchConcurrency: number;
-  private readonly maxWaiters: number;
   private readonly outbox: PostgresOutbox;
-  private readonly queue: Unit[] = [];
-  /** Batches and waiters of this process per account (at most one batch and one waiter). */
-  private readonly busy = new Map<string, number>();
   /** The units of work of this process in a batch now, per account (see `committedBefore`). */
   private readonly running = new Map<string, UnitTx[]>();
-  private active = 0;
-  private waiters = 0;
-  /** Forms batches at the end of this turn of the event loop, not at each call. */
-  private readonly schedulePump = oncePerTurn(() => this.pump());
+  /**
+   * Group commit. A batch takes the oldest waiting units of distinct accounts that this process is
+   * not working on, up to `maxUnits`, while fewer than `concurrency` batches run. Batches never
+   * wait for a row lock (SKIP LOCKED). A unit whose account is busy — in a batch of this process,
+   * or held by another process — becomes a waiter: it runs alone and waits for the lock on a
+   * connection of its own, outside the batch slots, so the lock passes on the moment it is
+   * released; at most one waiter per account and `waiters` in all, the rest wait in memory.
+   */
+  private readonly group: GroupCommit<Unit>;
   /** @internal */
   readonly prepared: boolean;
   /** @internal Last committed states of recently used accounts (null: none kept). */
@@ -151,7 +155,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   /** Loads answered from the state cache (for benchmarks and tests). */
   stateCacheHits = 0;
   /** Plans and subscriptions (see `./subscriptions.ts`). */
-  protected readonly subscriptionStore = new PostgresSubscriptionStore(this);
+  private readonly subscriptionStore = new PostgresSubscriptionStore(this);
 
   constructor(options: PostgresDbManagerOptions) {
     super();
@@ -177,8 +181,15 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     this.prepared = options.preparedStatements !== false;
     const batch = options.batch ?? {};
     this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
-    this.batchConcurrency = batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4);
-    this.maxWaiters = batch === false ? Infinity : Math.max(1, batch.waiters ?? 4);
+    this.group = new GroupCommit<Unit>({
+      maxUnits: this.maxUnits,
+      concurrency: batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4),
+      maxAlone: batch === false ? Infinity : Math.max(1, batch.waiters ?? 4),
+      perAccount: 2,
+      alone: (u, busy) => u.wait || busy > 0,
+      runBatch: (units) => this.runBatch(units, false),
+      runAlone: (u) => this.runBatch([u], true),
+    });
     this.outbox = new PostgresOutbox(this);
   }
 
@@ -249,8 +260,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   }
 
   /** Ends the pool if this manager created it. */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  protected override async closeOnce(): Promise<void> {
     this.closed = true;
     if (!this.ownsPool) return;
     const pool = this.pool ?? (this.poolPromise ? await this.poolPromise.catch(() => null) : null);
@@ -265,80 +275,9 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
         unit.wait = true;
         void this.runBatch([unit], true);
       } else {
-        this.enqueue(unit);
+        this.group.push(false, unit);
       }
     });
-  }
-
-  private enqueue(unit: Unit, front = false): void {
-    if (front) this.queue.unshift(unit);
-    else this.queue.push(unit);
-    this.schedulePump();
-  }
-
-  /**
-   * Starts what can start. A batch takes the oldest waiting units of distinct accounts that this
-   * process is not working on, up to `maxUnits`, while fewer than `concurrency` batches run.
-   * Batches never wait for a row lock (SKIP LOCKED). A unit whose account is busy — in a batch of
-   * this process, or held by another process — becomes a waiter: it runs alone and waits for the
-   * lock on a connection of its own, outside the batch slots; at most one waiter per account and
-   * `waiters` in all, the rest wait in memory.
-   */
-  private pump(): void {
-    const scanLimit = Math.min(this.queue.length, 4096);
-    for (let i = 0, seen = 0; i < this.queue.length && seen < scanLimit; seen++) {
-      const u = this.queue[i] as Unit;
-      const busy = this.busy.get(u.userId) ?? 0;
-      // A unit of an account this process is already working on queues behind it in the
-      // database as a waiter (so the lock passes on the moment it is released), one at a time.
-      if (u.wait || busy > 0) {
-        if (busy > 1 || this.waiters >= this.maxWaiters) {
-          i++;
-          continue;
-        }
-        this.queue.splice(i, 1);
-        this.hold(u.userId, 1);
-        this.waiters++;
-        void this.runBatch([u], true).finally(() => {
-          this.waiters--;
-          this.hold(u.userId, -1);
-          this.schedulePump();
-        });
-        continue;
-      }
-      if (this.active >= this.batchConcurrency) {
-        i++;
-        continue;
-      }
-      this.queue.splice(i, 1);
-      const batch = [u];
-      this.hold(u.userId, 1);
-      if (!u.solo) {
-        for (let j = i; j < this.queue.length && batch.length < this.maxUnits && seen < scanLimit; seen++) {
-          const v = this.queue[j] as Unit;
-          if (v.solo || v.wait || this.busy.has(v.userId)) {
-            j++;
-            continue;
-          }
-          this.queue.splice(j, 1);
-          batch.push(v);
-          this.hold(v.userId, 1);
-        }
-      }
-      this.active++;
-      void this.runBatch(batch, false).finally(() => {
-        this.active--;
-        for (const b of batch) this.hold(b.userId, -1);
-        this.schedulePump();
-      });
-    }
-  }
-
-  /** Counts the batches and waiters of this process working on an account. */
-  private hold(userId: string, delta: 1 | -1): void {
-    const n = (this.busy.get(userId) ?? 0) + delta;
-    if (n > 0) this.busy.set(userId, n);
-    else this.busy.delete(userId);
   }
 
   private async runBatch(units: Unit[], wait: boolean): Promise<void> {
@@ -382,7 +321,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
       } else {
         // Alone from now on, so that whatever failed the batch fails only its own unit.
         unit.solo = true;
-        this.requeue(unit, backoff(unit.attempts));
+        this.requeue(unit, backoff(unit.attempts, BACKOFF));
       }
     }
   }
@@ -424,7 +363,7 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
   private requeue(unit: Unit, delay: number): void {
     const again = () => {
       if (this.maxUnits === 1) void this.runBatch([unit], true);
-      else this.enqueue(unit, true);
+      else this.group.push(true, unit);
     };
     if (delay > 0) setTimeout(again, delay);
     else setImmediate(again); // after the current batch has released its accounts
@@ -523,40 +462,10 @@ export class PostgresDbManager extends SubscriptionStoreDelegate implements DbMa
     return rows.map((r) => this.decode<T>(table, r));
   }
 
-  // Promos and payments: see ./promos.ts.
-  private promoStoreValue: PostgresPromoStore | undefined;
-  private get promoStore(): PostgresPromoStore {
-    return (this.promoStoreValue ??= new PostgresPromoStore(this, this.sql.tables));
-  }
-  insertPromo = (p: Promo) => this.promoStore.insertPromo(p);
-  getPromo = (code: string) => this.promoStore.getPromo(code);
-  listPromos: PromoPaymentStore["listPromos"] = (q) => this.promoStore.listPromos(q);
-  setPromoActive: PromoPaymentStore["setPromoActive"] = (c, a, at) => this.promoStore.setPromoActive(c, a, at);
-  countPromoClaims = (code: string, userId: string) => this.promoStore.countPromoClaims(code, userId);
-  listPromoClaims = (userId: string) => this.promoStore.listPromoClaims(userId);
-  insertPayment = (p: Payment) => this.promoStore.insertPayment(p);
-  getPayment = (id: string) => this.promoStore.getPayment(id);
-  findPaymentByProviderId = (provider: string, id: string) => this.promoStore.findPaymentByProviderId(provider, id);
-  listPayments: PromoPaymentStore["listPayments"] = (u, q) => this.promoStore.listPayments(u, q);
-  updatePayment = (p: Payment) => this.promoStore.updatePayment(p);
-  insertNotifications(rows: readonly Notification[]): Promise<number> {
-    return this.outbox.insert(rows);
-  }
-
-  claimNotifications(query: ClaimQuery): Promise<Notification[]> {
-    return this.outbox.claim(query);
-  }
-
-  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
-    return this.outbox.complete(id, token, update);
-  }
-
-  purgeNotifications(before: Date, limit: number): Promise<number> {
-    return this.outbox.purge(before, limit);
-  }
-
-  listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
-    return this.outbox.list(userId, query);
+  /** Plans and subscriptions, promos and payments (./promos.ts), the outbox. */
+  private partsValue: SideParts | undefined;
+  protected get parts(): SideParts {
+    return (this.partsValue ??= { subscriptions: this.subscriptionStore, promos: new PostgresPromoStore(this, this.sql.tables), outbox: this.outbox });
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -740,10 +649,4 @@ async function rollback(client: PoolClient): Promise<boolean> {
   } catch {
     return true;
   }
-}
-
-
-function backoff(attempt: number): number {
-  const cap = Math.min(250, 4 * 2 ** attempt);
-  return cap / 2 + Math.random() * (cap / 2);
 }

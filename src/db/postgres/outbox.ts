@@ -1,8 +1,7 @@
 import type { Notification } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
-import { toRow } from "./batch.js";
 import type { PostgresDbManager } from "./index.js";
-import { output } from "./sql.js";
+import { output, toRow } from "./sql.js";
 
 /**
  * The PostgreSQL outbox. Rows of a unit of work are inserted by its save statement (the `n` part
@@ -16,7 +15,7 @@ export class PostgresOutbox {
   }
 
   /** `ON CONFLICT DO NOTHING`: a row whose (user, dedupe key) is taken is skipped. */
-  async insert(rows: readonly Notification[]): Promise<number> {
+  async insertNotifications(rows: readonly Notification[]): Promise<number> {
     if (rows.length === 0) return 0;
     const t = this.table;
     const columns = t.columns.map((c) => `"${c.name}"`).join(", ");
@@ -36,7 +35,7 @@ export class PostgresOutbox {
    * nothing (8 due rows, limit 3: 8 claimed). The re-check of the claim in the UPDATE covers a row
    * another dispatcher claimed and committed between our scan and our lock.
    */
-  async claim(q: ClaimQuery): Promise<Notification[]> {
+  async claimNotifications(q: ClaimQuery): Promise<Notification[]> {
     if (q.limit <= 0) return [];
     const t = this.table.qualified;
     const text =
@@ -53,7 +52,7 @@ export class PostgresOutbox {
       .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
   }
 
-  async complete(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
+  async completeNotification(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
     const text =
       `UPDATE ${this.table.qualified} SET status = $3, attempts = $4, next_attempt_at = $5, last_error = $6, settled_at = $7, ` +
       `claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND status = 'pending' RETURNING 1`;
@@ -61,7 +60,7 @@ export class PostgresOutbox {
     return rows.length === 1;
   }
 
-  async purge(before: Date, limit: number): Promise<number> {
+  async purgeNotifications(before: Date, limit: number): Promise<number> {
     if (limit <= 0) return 0;
     const t = this.table.qualified;
     const rows = await this.db.read(
@@ -74,7 +73,7 @@ export class PostgresOutbox {
     return rows.length;
   }
 
-  async list(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
     const params: unknown[] = [userId];
     let where = "user_id = $1";
     if (query.status !== undefined) {

@@ -4,8 +4,7 @@ import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { toRow } from "./batch.js";
-import { GUARD_MARKER, type Statement, type Tables, column as col, cols, output } from "./sql.js";
+import { GUARD_MARKER, type Statement, type Tables, column as col, cols, output, toRow } from "./sql.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
 

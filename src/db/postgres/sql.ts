@@ -280,3 +280,11 @@ export function executeText(s: Statement, args: ReadonlyArray<string | null>, pr
   if (prepared) return `EXECUTE ${s.name}(${args.map(literal).join(", ")})`;
   return s.text.replace(/\$(\d+)/g, (_m, n: string) => `(${literal(args[Number(n) - 1] ?? null)}::${s.types[Number(n) - 1]})`);
 }
+
+/** A model object as the JSON object `json_populate_record(set)` reads (column names; dates as ISO text). */
+export function toRow(columns: readonly Column[], value: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const v = value as Record<string, unknown>;
+  for (const c of columns) out[c.name] = v[c.field] ?? null;
+  return out;
+}

@@ -1,8 +1,8 @@
 import { ConflictError, StorageError } from "../../errors.js";
+import { toRow } from "./sql.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
-import { toRow } from "./batch.js";
 
 /** What the store needs of `PostgresDbManager`. */
 interface Runner {

@@ -1,0 +1,407 @@
+import { pino, type DestinationStream, type Logger as Pino } from "pino";
+import type { Cache } from "../cache/index.js";
+import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
+import { InMemoryDbManager } from "../db/memory/index.js";
+import type { DbManager } from "../db/types.js";
+import { createCreditManager, type CreditManager } from "../manager.js";
+import type { NotificationQueue } from "../queue/index.js";
+
+/**
+ * `credit-management worker` (docs/operations.md): the jobs, the expiring-credit reminders and the
+ * notification dispatcher, each on its own interval (with jitter), or each once (`--once`).
+ * Configured from the environment (the store URLs `createDbManagerFromEnv` reads, Redis for the
+ * notification queue and the cache) and from flags, which win over their variables.
+ */
+
+/** A bad flag or variable: the CLI prints it and exits 2. */
+export class WorkerUsageError extends Error {}
+
+export type NotificationsMode = "off" | "record" | "deliver";
+export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/** The worker's settings, once read and checked. Intervals in ms; 0: that task does not run. */
+export interface WorkerSettings {
+  once: boolean;
+  jobsEveryMs: number;
+  remindersEveryMs: number;
+  dispatchEveryMs: number;
+  /** Each pause is the interval ± jitter/2 of it; the first round waits up to jitter × interval. */
+  jitter: number;
+  batchSize: number;
+  concurrency: number;
+  dispatchLimit: number;
+  reminderDays: number[];
+  notifications: NotificationsMode;
+  redisUrl: string | undefined;
+  redisStream: string;
+  cachePrefix: string | undefined;
+  lowCredits: number | undefined;
+  lowCreditsPercent: number | undefined;
+  ledgerFile: string | undefined;
+  logLevel: LogLevel;
+}
+
+/** The worker's flags as `parseArgs` gives them (strings; flags win over their variables). */
+export interface WorkerFlags {
+  once?: boolean;
+  "jobs-every"?: string;
+  "reminders-every"?: string;
+  "dispatch-every"?: string;
+  jitter?: string;
+  "batch-size"?: string;
+  concurrency?: string;
+  "dispatch-limit"?: string;
+  "log-level"?: string;
+}
+
+export const WORKER_FLAGS = {
+  once: { type: "boolean" },
+  "jobs-every": { type: "string" },
+  "reminders-every": { type: "string" },
+  "dispatch-every": { type: "string" },
+  jitter: { type: "string" },
+  "batch-size": { type: "string" },
+  concurrency: { type: "string" },
+  "dispatch-limit": { type: "string" },
+  "log-level": { type: "string" },
+} as const;
+
+export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its variable):
+  --once                           One round of each task (jobs, then reminders, then dispatch), then exit:
+                                   0 every round succeeded; 1 a round failed (a job step, a delivery, the store).
+                                   Any mode: 2 for a bad flag or variable (the message names it)
+  --jobs-every DURATION            CREDIT_WORKER_JOBS_EVERY: lapsed holds, renewals, expiry. Default 60s
+  --reminders-every DURATION       CREDIT_WORKER_REMINDERS_EVERY: expiring-credit reminders (notifications on). Default 1h
+  --dispatch-every DURATION        CREDIT_WORKER_DISPATCH_EVERY: outbox delivery (CREDIT_NOTIFICATIONS=deliver). Default 1s
+                                   DURATION: 500ms, 30s, 5m, 1h or a number of ms; 0 or off: never
+                                   (a pause counts from the end of a round: rounds of a task never overlap)
+  --jitter FRACTION                CREDIT_WORKER_JITTER: each pause is the interval ± FRACTION/2 of it,
+                                   the first up to FRACTION of it (0 to 1). Default 0.1
+  --batch-size N                   CREDIT_WORKER_BATCH_SIZE: rows per scan of the jobs and reminders. Default 1000
+  --concurrency N                  CREDIT_WORKER_CONCURRENCY: accounts a job works on at once. Default 8
+  --dispatch-limit N               CREDIT_WORKER_DISPATCH_LIMIT: notifications one dispatch round delivers. Default 1000
+  --log-level LEVEL                CREDIT_LOG_LEVEL: fatal, error, warn, info, debug, trace or silent. Default info
+Environment of "worker":
+  CREDIT_PG_URL, CREDIT_PG_SCHEMA  The PostgreSQL store (as createDbManagerFromEnv), or
+  CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store (wins when set). One of them is required
+  CREDIT_REDIS_URL                 Redis: the notification queue (a stream) and, with the prefix below, the cache
+  CREDIT_REDIS_STREAM              The stream notifications are delivered to. Default credit-management:notifications
+  CREDIT_REDIS_CACHE_PREFIX        Your services' RedisCache keyPrefix: the worker's writes invalidate their entries
+  CREDIT_NOTIFICATIONS             off: no events, no reminders, no delivery; record: events and reminders
+                                   go to the outbox, your services deliver them; deliver: and the worker
+                                   delivers them to the stream. Default deliver with CREDIT_REDIS_URL, else off
+  CREDIT_LOW_CREDITS               The low_credits threshold, in credits (as notifications.lowCredits)
+  CREDIT_LOW_CREDITS_PERCENT       The low_credits threshold, in percent (as notifications.lowCreditsPercent)
+  CREDIT_REMINDER_DAYS             Reminder windows in days, comma-separated. Default 7; none: no reminders
+  CREDIT_LEDGER_FILE               A JSONL ledger file to append to; SIGHUP reopens it (logrotate)
+Signals: SIGTERM or SIGINT finishes the rounds in flight, then exits 0 (--once: its exit code); a
+  second one exits at once (130 SIGINT, 143 SIGTERM); what a cut round did is all there or not at all.
+  One JSON line (pino) per round on standard output.
+`;
+
+type Env = Record<string, string | undefined>;
+
+/** Reads and checks the flags and the environment; throws `WorkerUsageError` saying what is wrong. */
+export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
+  const read = (flag: keyof WorkerFlags | null, name: string): { text: string; from: string } | undefined => {
+    const given = flag === null ? undefined : flags[flag];
+    if (typeof given === "string") return { text: given, from: `--${flag}` };
+    const value = env[name];
+    if (value === undefined || value.trim() === "") return undefined;
+    return { text: value.trim(), from: name };
+  };
+  const duration = (flag: keyof WorkerFlags, name: string, fallback: number): { ms: number; given: boolean } => {
+    const v = read(flag, name);
+    if (v === undefined) return { ms: fallback, given: false };
+    return { ms: parseDuration(v.text, v.from), given: true };
+  };
+  const integer = (flag: keyof WorkerFlags | null, name: string, min: number, max: number): number | undefined => {
+    const v = read(flag, name);
+    if (v === undefined) return undefined;
+    const n = /^[0-9]+$/.test(v.text) ? Number(v.text) : NaN;
+    if (!(n >= min && n <= max)) throw new WorkerUsageError(`${v.from} must be a whole number from ${min} to ${max}, not "${v.text}"`);
+    return n;
+  };
+  const number = (flag: keyof WorkerFlags | null, name: string, min: number, max: number): number | undefined => {
+    const v = read(flag, name);
+    if (v === undefined) return undefined;
+    const n = /^[0-9]+(\.[0-9]+)?$/.test(v.text) ? Number(v.text) : NaN;
+    if (!(n >= min && n <= max)) throw new WorkerUsageError(`${v.from} must be a number from ${min} to ${max}, not "${v.text}"`);
+    return n;
+  };
+
+  const redisUrl = read(null, "CREDIT_REDIS_URL")?.text;
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
+    throw new WorkerUsageError(`CREDIT_REDIS_URL must be a redis:// or rediss:// URL, not "${redisUrl}"`);
+  }
+  const modeText = read(null, "CREDIT_NOTIFICATIONS")?.text;
+  if (modeText !== undefined && modeText !== "off" && modeText !== "record" && modeText !== "deliver") {
+    throw new WorkerUsageError(`CREDIT_NOTIFICATIONS must be off, record or deliver, not "${modeText}"`);
+  }
+  const notifications: NotificationsMode = (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined ? "off" : "deliver");
+  if (notifications === "deliver" && redisUrl === undefined) {
+    throw new WorkerUsageError("CREDIT_NOTIFICATIONS=deliver needs CREDIT_REDIS_URL (the stream it delivers to)");
+  }
+  const cachePrefix = read(null, "CREDIT_REDIS_CACHE_PREFIX")?.text;
+  if (cachePrefix !== undefined && redisUrl === undefined) throw new WorkerUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+
+  const jobs = duration("jobs-every", "CREDIT_WORKER_JOBS_EVERY", 60_000);
+  const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
+  const dispatch = duration("dispatch-every", "CREDIT_WORKER_DISPATCH_EVERY", 1000);
+  if (notifications === "off" && reminders.given && reminders.ms > 0) {
+    throw new WorkerUsageError("reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)");
+  }
+  if (notifications !== "deliver" && dispatch.given && dispatch.ms > 0) {
+    throw new WorkerUsageError("dispatch needs CREDIT_NOTIFICATIONS=deliver and CREDIT_REDIS_URL (the stream it delivers to)");
+  }
+
+  const daysText = read(null, "CREDIT_REMINDER_DAYS")?.text;
+  let reminderDays = [7];
+  if (daysText !== undefined) {
+    reminderDays = daysText === "none" ? [] : daysText.split(",").map((d) => Number(d.trim()));
+    if (reminderDays.length > 16 || reminderDays.some((d, i) => !/^[0-9]+(\.[0-9]+)?$/.test(daysText.split(",")[i]?.trim() ?? "") || !(d <= 3650))) {
+      throw new WorkerUsageError(`CREDIT_REMINDER_DAYS must be up to 16 numbers of days (0 to 3650) separated by commas, or none, not "${daysText}"`);
+    }
+  }
+
+  const levelText = read("log-level", "CREDIT_LOG_LEVEL");
+  if (levelText !== undefined && !LOG_LEVELS.includes(levelText.text as LogLevel)) {
+    throw new WorkerUsageError(`${levelText.from} must be one of ${LOG_LEVELS.join(", ")}, not "${levelText.text}"`);
+  }
+  const ledgerFile = read(null, "CREDIT_LEDGER_FILE")?.text;
+
+  const settings: WorkerSettings = {
+    once: flags.once === true,
+    jobsEveryMs: jobs.ms,
+    remindersEveryMs: notifications === "off" ? 0 : reminders.ms,
+    dispatchEveryMs: notifications === "deliver" ? dispatch.ms : 0,
+    jitter: number("jitter", "CREDIT_WORKER_JITTER", 0, 1) ?? 0.1,
+    batchSize: integer("batch-size", "CREDIT_WORKER_BATCH_SIZE", 1, 10_000) ?? 1000,
+    concurrency: integer("concurrency", "CREDIT_WORKER_CONCURRENCY", 1, 256) ?? 8,
+    dispatchLimit: integer("dispatch-limit", "CREDIT_WORKER_DISPATCH_LIMIT", 1, 10_000) ?? 1000,
+    reminderDays,
+    notifications,
+    redisUrl,
+    redisStream: read(null, "CREDIT_REDIS_STREAM")?.text ?? "credit-management:notifications",
+    cachePrefix,
+    lowCredits: integer(null, "CREDIT_LOW_CREDITS", 0, Number.MAX_SAFE_INTEGER),
+    lowCreditsPercent: number(null, "CREDIT_LOW_CREDITS_PERCENT", 0, 100),
+    ledgerFile,
+    logLevel: (levelText?.text as LogLevel | undefined) ?? "info",
+  };
+  if (settings.jobsEveryMs === 0 && settings.remindersEveryMs === 0 && settings.dispatchEveryMs === 0) {
+    throw new WorkerUsageError("every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every a duration");
+  }
+  return settings;
+}
+
+/** "500ms", "30s", "5m", "1h", "60000" (ms); "0" or "off": never. At most 24 hours. */
+export function parseDuration(text: string, from: string): number {
+  if (text === "off" || text === "0") return 0;
+  const m = /^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$/.exec(text);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m?.[2] ?? "ms") as "ms" | "s" | "m" | "h"];
+  const ms = m === null ? NaN : Math.round(Number(m[1]) * unit);
+  if (!(ms >= 10 && ms <= 86_400_000)) {
+    throw new WorkerUsageError(`${from} must be a duration from 10ms to 24h (500ms, 30s, 5m, 1h or a number of ms), or 0/off, not "${text}"`);
+  }
+  return ms;
+}
+
+/**
+ * The pause before a task's round, in ms: the first up to `jitter × every` (replicas started
+ * together drift apart), each later one `every ± jitter/2 × every` (on average `every`).
+ */
+export function pauseBefore(everyMs: number, jitter: number, first: boolean, random: () => number = Math.random): number {
+  return Math.round(first ? everyMs * jitter * random() : everyMs * (1 - jitter / 2 + jitter * random()));
+}
+
+export interface WorkerIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+type TaskName = "jobs" | "reminders" | "dispatch";
+interface RoundResult {
+  ok: boolean;
+  /** A dispatch round that found nothing (on intervals logged at debug, not info: a dispatcher polls every second). */
+  idle: boolean;
+  report: Record<string, unknown>;
+}
+
+/**
+ * Runs the worker until SIGTERM/SIGINT (or, with `once`, one round of each task). Resolves to the
+ * exit code: 0 stopped cleanly (with `once`: every round succeeded), 1 a round or the start failed.
+ */
+export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbEnv): Promise<number> {
+  const destination: DestinationStream = { write: (line: string) => io.stdout(line) };
+  const logger: Pino = pino({ name: "credit-management-worker", level: settings.logLevel }, destination);
+
+  let stopping = false;
+  let wake: (() => void) | null = null;
+  const onStop = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      logger.error({ signal }, "second signal: exiting now; the rounds in flight are cut (their units of work are all there or not at all)");
+      process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+    }
+    stopping = true;
+    logger.info({ signal }, "stopping: finishing the rounds in flight");
+    wake?.();
+  };
+  const onTerm = () => onStop("SIGTERM");
+  const onInt = () => onStop("SIGINT");
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
+
+  let manager: CreditManager | undefined;
+  const closers: (() => Promise<unknown>)[] = [];
+  const onHup = () => {
+    void manager?.ledger.reopen().then(
+      () => logger.info({ ledgerFile: settings.ledgerFile }, "ledger file reopened"),
+      (error: unknown) => logger.error({ err: error }, "ledger file could not be reopened"),
+    );
+  };
+  if (settings.ledgerFile !== undefined) process.on("SIGHUP", onHup);
+
+  let db: DbManager | undefined;
+  try {
+    try {
+      db = await createDbManagerFromEnv(env);
+      if (db instanceof InMemoryDbManager) {
+        throw new WorkerUsageError("the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_MONGO_URI (and CREDIT_MONGO_DB)");
+      }
+      let queue: NotificationQueue | undefined;
+      let cache: Cache | undefined;
+      if (settings.redisUrl !== undefined) {
+        const redis = await import("../redis/index.js");
+        if (settings.notifications === "deliver") {
+          const q = await redis.RedisStreamQueue.connect(settings.redisUrl, { stream: settings.redisStream });
+          closers.push(() => q.close());
+          queue = q;
+        }
+        if (settings.cachePrefix !== undefined) {
+          const c = await redis.RedisCache.connect(settings.redisUrl, { keyPrefix: settings.cachePrefix, logger });
+          closers.push(() => c.close());
+          cache = c;
+        }
+      }
+      manager = await createCreditManager({
+        db,
+        queue,
+        cache,
+        logger,
+        ledger: settings.ledgerFile === undefined ? false : { filePath: settings.ledgerFile },
+        notifications:
+          settings.notifications === "off"
+            ? undefined
+            : { lowCredits: settings.lowCredits, lowCreditsPercent: settings.lowCreditsPercent, reminderDays: settings.reminderDays },
+      });
+    } catch (error) {
+      if (error instanceof WorkerUsageError) throw error;
+      logger.error({ err: error }, "worker could not start");
+      // Not the manager's yet: its pool (or client) is closed here.
+      if (manager === undefined) await db?.close().catch(() => undefined);
+      return 1;
+    }
+    const m = manager;
+    const tasks: { name: TaskName; everyMs: number; round: () => Promise<RoundResult> }[] = [
+      { name: "jobs" as const, everyMs: settings.jobsEveryMs, round: () => jobsRound(m, settings) },
+      { name: "reminders" as const, everyMs: settings.remindersEveryMs, round: () => remindersRound(m, settings) },
+      { name: "dispatch" as const, everyMs: settings.dispatchEveryMs, round: () => dispatchRound(m, settings) },
+    ].filter((t) => t.everyMs > 0);
+    logger.info(
+      {
+        once: settings.once,
+        notifications: settings.notifications,
+        every: Object.fromEntries(tasks.map((t) => [t.name, t.everyMs])),
+        jitter: settings.jitter,
+      },
+      "worker started",
+    );
+
+    /** One round of a task, logged as one line. */
+    const round = async (task: (typeof tasks)[number]): Promise<boolean> => {
+      logger.debug({ task: task.name }, "round started");
+      const started = performance.now();
+      try {
+        const r = await task.round();
+        const line = { task: task.name, ok: r.ok, durationMs: Math.round(performance.now() - started), ...r.report };
+        if (!r.ok) logger.warn(line, `${task.name} round: some work failed (left for the next round)`);
+        else if (r.idle && !settings.once) logger.debug(line, `${task.name} round: nothing to do`);
+        else logger.info(line, `${task.name} round`);
+        return r.ok;
+      } catch (error) {
+        logger.error({ task: task.name, ok: false, durationMs: Math.round(performance.now() - started), err: error }, `${task.name} round failed`);
+        return false;
+      }
+    };
+
+    let ok = true;
+    if (settings.once) {
+      for (const task of tasks) {
+        if (stopping) break;
+        ok = (await round(task)) && ok;
+      }
+    } else {
+      const timers = new Set<NodeJS.Timeout>();
+      const inFlight = new Set<Promise<unknown>>();
+      const stopped = new Promise<void>((resolve) => {
+        wake = resolve;
+        if (stopping) resolve();
+      });
+      const schedule = (task: (typeof tasks)[number], first: boolean) => {
+        if (stopping) return;
+        const timer = setTimeout(() => {
+          timers.delete(timer);
+          if (stopping) return;
+          const p = round(task).finally(() => {
+            inFlight.delete(p);
+            schedule(task, false);
+          });
+          inFlight.add(p);
+        }, pauseBefore(task.everyMs, settings.jitter, first));
+        timers.add(timer);
+      };
+      for (const task of tasks) schedule(task, true);
+      await stopped;
+      for (const t of timers) clearTimeout(t);
+      await Promise.all([...inFlight]);
+    }
+    await manager.close();
+    for (const close of closers.splice(0)) await close();
+    logger.info({ ok }, "worker stopped");
+    return ok ? 0 : 1;
+  } finally {
+    wake = null;
+    for (const close of closers) await close().catch(() => undefined);
+    if (manager !== undefined) await manager.close().catch(() => undefined);
+    process.off("SIGTERM", onTerm);
+    process.off("SIGINT", onInt);
+    process.off("SIGHUP", onHup);
+  }
+}
+
+/** Lapsed holds, renewals, expiry — in `runAll`'s order (docs/subscriptions.md, "Jobs"). */
+async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResult> {
+  const options = { batchSize: s.batchSize, concurrency: s.concurrency };
+  const { job: _h, asOf, ...releaseExpiredHolds } = await m.expiration.releaseExpiredHolds(undefined, options);
+  const { job: _r, asOf: _ra, ...renewDueSubscriptions } = await m.expiration.renewDueSubscriptions(asOf, options);
+  const { job: _e, asOf: _ea, ...expireDueGrants } = await m.expiration.expireDueGrants(asOf, options);
+  const errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
+  return { ok: errors === 0, idle: false, report: { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants } };
+}
+
+/** The expiring-credit reminders of each window (recorded once per grant and window). */
+async function remindersRound(m: CreditManager, s: WorkerSettings): Promise<RoundResult> {
+  const windows: { days: number; scanned: number; recorded: number }[] = [];
+  for (const days of s.reminderDays) {
+    windows.push({ days, ...(await m.notifications.sendExpiringReminders({ days, pageSize: s.batchSize })) });
+  }
+  return { ok: true, idle: false, report: { reminders: windows } };
+}
+
+/** Delivers due outbox rows to the queue; a delivery that failed (retried later) fails the round. */
+async function dispatchRound(m: CreditManager, s: WorkerSettings): Promise<RoundResult> {
+  const r = await m.notifications.dispatchPending({ limit: s.dispatchLimit });
+  return { ok: r.retried + r.failed === 0, idle: r.claimed === 0, report: { ...r } };
+}

@@ -1,0 +1,28 @@
+import type { StorageError } from "../../errors.js";
+import { storageError as driverFailure } from "../store/errors.js";
+
+/**
+ * Errors that leave the connection unusable, so it is closed, not pooled: no SQLSTATE from the
+ * server (a socket error such as ECONNRESET, a timeout), or class 08/57.
+ */
+export function isConnectionLevel(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code !== "string" || /^(08|57)/.test(code) || !/^[0-9A-Z]{5}$/.test(code);
+}
+
+/**
+ * Whether a driver error means the connection is gone rather than that a statement failed: an
+ * error the server did not send (the socket closed or was reset, a client no longer queryable
+ * after its connection failed), or a server error of class 08 (connection exception) or 57P01–03
+ * (the server is shutting down or starting, the session was terminated).
+ */
+export function isLostConnection(error: unknown): boolean {
+  const e = error as { code?: unknown; severity?: unknown } | null;
+  if (typeof e?.severity !== "string") return true;
+  return typeof e.code === "string" && /^(08|57P0[123])/.test(e.code);
+}
+
+/** A driver failure as `StorageError` (`[credit-management] [postgres] <what> failed (<SQLSTATE>): …`). */
+export function storageError(what: string, error: unknown): StorageError {
+  return driverFailure("postgres", what, error);
+}

@@ -1,0 +1,23 @@
+import { CreditError, StorageError } from "../../errors.js";
+
+/** `[credit-management] [<store>] …`: every store error names its origin. */
+export function origin(store: string, message: string): string {
+  return `[credit-management] [${store}] ${message}`;
+}
+
+/**
+ * A driver failure of `store`'s `operation` as a `StorageError` naming the store, the operation and
+ * the driver's code, with the original as `cause` (a `StorageError` passes through).
+ */
+export function storageError(store: string, operation: string, error: unknown): StorageError {
+  if (error instanceof StorageError) return error;
+  const e = error as { message?: unknown; code?: unknown } | null;
+  const code = typeof e?.code === "string" ? ` (${e.code})` : "";
+  const message = typeof e?.message === "string" ? e.message : String(error);
+  return new StorageError(origin(store, `${operation} failed${code}: ${message}`), error);
+}
+
+/** A failure as the library reports it: its own errors pass through, anything else is a `StorageError`. */
+export function storeError(store: string, operation: string, error: unknown): CreditError {
+  return error instanceof CreditError ? error : storageError(store, operation, error);
+}

@@ -1,0 +1,29 @@
+/**
+ * What the library logs through: the four methods it calls, in pino's shapes — `(obj, msg?)` or
+ * `(msg)`. pino and its child loggers fit, so do `console` and winston loggers; nothing of pino's
+ * own type (levels, bindings, serializers) is asked for (docs/api.md, "Configuration").
+ */
+export interface Logger {
+  error(obj: object, msg?: string): void;
+  error(msg: string): void;
+  warn(obj: object, msg?: string): void;
+  warn(msg: string): void;
+  info(obj: object, msg?: string): void;
+  info(msg: string): void;
+  debug(obj: object, msg?: string): void;
+  debug(msg: string): void;
+}
+
+const nothing = (): void => undefined;
+
+/** The default logger: writes nothing (as `pino({ enabled: false })`), until a `logger` is given. */
+export const silentLogger: Logger = Object.freeze({ error: nothing, warn: nothing, info: nothing, debug: nothing });
+
+const METHODS = ["error", "warn", "info", "debug"] as const;
+
+/** Whether `value` has the four methods of `Logger` (how the options check a given logger). */
+export function isLogger(value: unknown): value is Logger {
+  if ((typeof value !== "object" && typeof value !== "function") || value === null) return false;
+  const v = value as Record<string, unknown>;
+  return METHODS.every((m) => typeof v[m] === "function");
+}
