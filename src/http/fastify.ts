@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
 import type { MeterSession } from "../services/metering.js";
-import { common, type MeteringOptionsBase } from "./metering.js";
+import { common, type MeteringOptionsBase } from "./metering/common.js";
 import { errorBody, errorResponse, type Identity } from "./router.js";
 
 /**

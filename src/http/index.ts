@@ -12,7 +12,7 @@ export {
   type LlmMeteringOptions,
   type MeteringLocals,
   type MeteringOptionsBase,
-} from "./metering.js";
+} from "./metering/index.js";
 export {
   fastifyCreditMetering,
   type FastifyCreditMeteringOptions,

@@ -62,6 +62,12 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
   trialContract(getDb);
 }
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
+export {
+  runPaymentProviderContract,
+  type PaymentProviderContractOptions,
+  type PaymentProviderVectors,
+  type WebhookVector,
+} from "./payment-providers.js";
 
 export interface ContractOptions {
   /** Shown in the describe block. */

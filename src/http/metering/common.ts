@@ -1,0 +1,302 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { ValidationError } from "../../errors.js";
+import { UserId, parse } from "../../models/index.js";
+import type { CreditService } from "../../services/credit-service.js";
+import type { MeterOptions } from "../../models/index.js";
+import type { MeterOutcome, MeterSession } from "../../services/metering.js";
+import { recordOf } from "../../services/pricing-service.js";
+import type { LlmUsage, UsageReading } from "../../domain/llm-usage.js";
+import type { RecordedUsage } from "../../models/index.js";
+import type { Identity } from "../router.js";
+import { pathMatcher } from "./paths.js";
+
+/** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
+export interface MeteringOptionsBase<Req> {
+  /** `manager.credits`. */
+  credits: Pick<CreditService, "openMeter">;
+  /** Who pays: `{ userId }` or null (→ 401). */
+  authenticate?: (request: Req) => Identity | null | undefined | Promise<Identity | null | undefined>;
+  /** Read the payer from a client-sent `X-User-Id` when `authenticate` finds nobody. Default false. */
+  trustUserIdHeader?: boolean;
+  /**
+   * Only paths under this prefix are metered. Default `/`. Compared without case, and against the
+   * percent-decoded, slash-collapsed and dot-resolved readings of the path too (docs/metering.md, "Which
+   * paths are metered").
+   */
+  pathPrefix?: string;
+  /**
+   * Paths never metered, e.g. `/api/health`: exact strings, or RegExps tested as given. A request
+   * is skipped only when every reading of its path (as sent, percent-decoded, dot-resolved, ...) is
+   * skipped, so `/api/health/../chat` or `/api/%68ealth` stay metered. Letter case follows
+   * `caseSensitive`.
+   */
+  skipPaths?: (string | RegExp)[];
+  /**
+   * Whether the router behind tells paths apart by letter case; only `skipPaths` depend on it (the
+   * prefix is always compared without case). `false`: a skip string matches in any ASCII case and
+   * a RegExp is tried on the lower-cased path too, so `/API/health` is skipped like `/api/health`.
+   * Only say `false` when every route behind is matched without case: on a case-sensitive router
+   * `/api/HEALTH` may reach another route (`/api/:model`), which would then run unmetered.
+   * Default: `creditMeteringMiddleware` follows an Express app's "case sensitive routing" setting
+   * (`req.app`; off by default, so Express skips case-insensitively) and is `true` on anything
+   * else (node:http, Fastify); `creditMetering` is `true` (Hono, Next.js, Bun route by case). Set
+   * `true` when routes behind Express sit in an `express.Router({ caseSensitive: true })`.
+   */
+  caseSensitive?: boolean;
+  /**
+   * Whether the router behind routes `/api/health/` like `/api/health`; only `skipPaths` depend on
+   * it. `true`: a skip path also matches with one trailing `/`. Default: `creditMeteringMiddleware`
+   * follows an Express app's "strict routing" setting (off by default, so Express routes both
+   * alike) and is `false` on anything else (node:http; set `true` for Fastify's
+   * `ignoreTrailingSlash`); `creditMetering` is `false` (Hono is strict by default).
+   */
+  ignoreTrailingSlash?: boolean;
+  /** Header with the client's estimate. Default `X-Estimated-Tokens`. */
+  estimateHeader?: string;
+  /** Estimate when the header is absent. Default 100. */
+  defaultEstimate?: number;
+  /** Largest hold one request may place; larger estimates are capped. Default 100,000. */
+  maxEstimate?: number;
+  /** Hold TTL in seconds (long enough for the slowest stream). Default: the manager's default. */
+  ttlSeconds?: number;
+  /**
+   * Dotted key of the usage in a JSON response, e.g. `usage.total_tokens` (OpenAI style), used
+   * when the handler recorded no usage. Without it and without recorded usage, the hold is released.
+   */
+  usageKey?: string;
+  /** Response header with the credits charged. Default `X-Credits-Deducted`. */
+  deductedHeader?: string;
+  /**
+   * Bill LLM responses by the usage they report (docs/llm-metering.md): OpenAI-compatible and
+   * Anthropic Messages bodies, streamed (SSE) or not, priced through the manager's price book.
+   * `true` for the defaults. Usage the handler records itself takes precedence.
+   */
+  llm?: boolean | LlmMeteringOptions;
+  /** Every settled request: what was held, charged or released. Where headers cannot carry it, read it here. */
+  onSettled?: (outcome: MeterOutcome, request: Req) => void;
+}
+
+/** The `llm` option of the metering middlewares (docs/llm-metering.md). */
+export interface LlmMeteringOptions {
+  /** The provider the usage is recorded under (it selects price-book entries that name one), e.g. "openai". */
+  provider?: string;
+  /**
+   * What a successful (2xx) response is charged when its own usage cannot be billed — a stream cut
+   * before its usage arrived (the client left, the upstream failed), a response without usage, a
+   * malformed usage object, a model the book does not price:
+   * - `"estimate"` (default): the hold's estimate;
+   * - `"counted"`: the tokens seen so far (Anthropic: `message_start`'s input and the output so far;
+   *   OpenAI-shaped streams: one output token per content chunk, input unknown), priced by the book;
+   * - `"none"`: nothing — the hold is released (`releaseReason: "usage-<problem>"`).
+   * The usage recorded says which (`source: "estimate" | "counted"`, `problem`).
+   */
+  missingUsage?: "estimate" | "counted" | "none";
+}
+
+export type CreditMeteringOptions = MeteringOptionsBase<Request>;
+export type CreditMeteringMiddlewareOptions = MeteringOptionsBase<IncomingMessage>;
+
+/** What a node middleware leaves on `res.locals` (Express) for the handler and later middleware. */
+export interface MeteringLocals {
+  /** The hold of this request. */
+  creditReservationId: string;
+  creditEstimate: number;
+  /** Credits charged, once settled. */
+  creditsDeducted?: number;
+}
+
+/** @internal What every metering middleware shares (Fetch, node, the Fastify plugin). */
+export function common<Req>(o: MeteringOptionsBase<Req>) {
+  if (!o || typeof o.credits?.openMeter !== "function") {
+    throw new TypeError("[credit-management] [metering] `credits` (manager.credits) is required.");
+  }
+  if (o.authenticate === undefined && o.trustUserIdHeader !== true) {
+    throw new TypeError("[credit-management] [metering] an `authenticate` hook (or `trustUserIdHeader: true`) is required.");
+  }
+  const { applies, routerFor } = pathMatcher(o);
+  const defaultEstimate = o.defaultEstimate ?? 100;
+  const maxEstimate = o.maxEstimate ?? 100_000;
+  if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1) throw new TypeError("defaultEstimate must be a positive integer");
+  if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1) throw new TypeError("maxEstimate must be a positive integer");
+  const header = (o.estimateHeader ?? "x-estimated-tokens").toLowerCase();
+  const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
+  const usagePath = o.usageKey ? o.usageKey.split(".") : null;
+  const llm = llmOptions(o.llm);
+
+  /** The estimate from the header (a positive integer), else the default; capped. */
+  const estimate = (value: string | null | undefined): number => {
+    if (value === null || value === undefined || value === "") return Math.min(defaultEstimate, maxEstimate);
+    if (!/^\d{1,16}$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+      throw new ValidationError(`Invalid ${o.estimateHeader ?? "X-Estimated-Tokens"}: must be a positive integer`, [
+        { path: header, message: "must be a positive integer" },
+      ]);
+    }
+    return Math.min(Number(value), maxEstimate);
+  };
+
+  const usageFrom = (text: string): number | undefined => {
+    if (usagePath === null) return undefined;
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      return undefined;
+    }
+    for (const k of usagePath) v = v !== null && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined;
+    return typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  };
+
+  /** The payer: what `authenticate` found, else (when trusted) the `X-User-Id` header, else null. */
+  const identityOf = (found: Identity | null | undefined, headerValue: string | null | undefined): Identity | null => {
+    if (found) return { userId: parse(UserId, found.userId, "identity.userId"), admin: found.admin === true };
+    if (o.trustUserIdHeader && headerValue) return { userId: parse(UserId, headerValue, "X-User-Id") };
+    return null;
+  };
+
+  /** The options of the hold: only the keys that are set. */
+  const ttlSeconds = o.ttlSeconds;
+  const meterOptions = (estimate: number, method: string | undefined, path: string): MeterOptions => {
+    const reason = `${method ?? "GET"} ${path}`;
+    const out: MeterOptions = { estimate, reason: reason.length > 1000 ? reason.slice(0, 1000) : reason };
+    if (ttlSeconds !== undefined) out.ttlSeconds = ttlSeconds;
+    return out;
+  };
+
+  /** The `usageKey` of a node response's last chunk, when it is the whole body and JSON. */
+  const usageOfBody = (res: ServerResponse, chunk: unknown): number | undefined => {
+    if (typeof chunk !== "string" && !Buffer.isBuffer(chunk)) return undefined;
+    const body = chunk.toString();
+    const type = res.getHeader("content-type");
+    // After writeHead(status, headers) the type may not be readable: then try the body as JSON.
+    const isJson = type === undefined ? body.trimStart().startsWith("{") : isJsonType(String(type));
+    return isJson ? usageFrom(body) : undefined;
+  };
+
+  /**
+   * Reports a settled session once: `onSettled`, and the charge on `res.locals` (Express) when
+   * there are locals. A failing callback changes nothing.
+   */
+  const reported = new WeakSet<MeterSession>();
+  const report = (req: Req, session: MeterSession, outcome: MeterOutcome, locals?: Partial<MeteringLocals>): void => {
+    if (reported.has(session)) return;
+    reported.add(session);
+    if (locals) locals.creditsDeducted = outcome.charged;
+    try {
+      o.onSettled?.(outcome, req);
+    } catch {
+      // a failing callback must not change the response
+    }
+  };
+  /** Settles (or joins the settlement already under way) and reports it once; null if it failed. */
+  const settle = (req: Req, session: MeterSession, p: Promise<MeterOutcome>, locals?: Partial<MeteringLocals>) =>
+    p.then(
+      (outcome) => {
+        report(req, session, outcome, locals);
+        return outcome;
+      },
+      () => null,
+    );
+
+  /** A usage the middleware found (or fell back to) for the response, as priced. */
+  const recorded = (session: MeterSession, usage: LlmUsage, source: "response" | "counted", problem?: string): RecordedUsage => {
+    const tokens: Parameters<typeof recordOf>[0] = {
+      model: usage.model as string,
+      inputTokens: usage.inputTokens,
+      outputTokens: usage.outputTokens,
+    };
+    if (usage.cachedTokens > 0) tokens.cachedTokens = usage.cachedTokens;
+    if (llm?.provider !== undefined) tokens.provider = llm.provider;
+    const r = recordOf(tokens, session.priceBook);
+    r.source = source;
+    if (problem !== undefined) r.problem = problem;
+    return r;
+  };
+
+  /** A 2xx response whose own usage cannot be billed: charged as `missingUsage` says. */
+  const fallback = (session: MeterSession, problem: string, counted: LlmUsage | null): Promise<MeterOutcome> => {
+    const how = llm?.missingUsage ?? "estimate";
+    if (how === "none") return session.release(`usage-${problem}`);
+    if (how === "counted" && counted !== null) {
+      const nothing = counted.inputTokens === 0 && counted.outputTokens === 0 && counted.cachedTokens === 0;
+      try {
+        if (counted.model !== undefined) session.recordPriced(recorded(session, counted, "counted", problem));
+        else if (nothing) session.recordPriced({ amount: 0, source: "counted", problem });
+        else throw new Error("tokens without a model cannot be priced");
+        return session.commit();
+      } catch {
+        // the book cannot price what was counted: charge the estimate, never nothing
+      }
+    }
+    const usage: RecordedUsage = { amount: session.estimate, source: "estimate", problem };
+    if (counted?.model !== undefined) usage.model = counted.model;
+    if (llm?.provider !== undefined) usage.provider = llm.provider;
+    session.recordPriced(usage);
+    return session.commit();
+  };
+
+  /**
+   * Settles an LLM response from what it reported (`llm` option): usage the handler recorded
+   * itself first; status >= 500 releases; the response's usage priced by the book; a 4xx without
+   * usage releases (the API refused the call); any other response without billable usage follows
+   * `missingUsage`.
+   */
+  const settleReading = (session: MeterSession, reading: UsageReading, status: number): Promise<MeterOutcome> => {
+    if (session.settled || session.usages.length > 0) return session.commit();
+    if (status >= 500) return session.release("error");
+    if (reading.ok) {
+      if (reading.usage.model === undefined) return fallback(session, "no-model", null);
+      let usage: RecordedUsage;
+      try {
+        usage = recorded(session, reading.usage, "response");
+      } catch (error) {
+        const code = (error as { code?: string }).code;
+        const problem = code === "UNKNOWN_MODEL" ? "unknown-model" : code === "CONFIGURATION_ERROR" ? "no-price-book" : "unpriced";
+        return fallback(session, problem, reading.usage);
+      }
+      session.recordPriced(usage);
+      return session.commit();
+    }
+    if (status >= 400 && reading.problem !== "cut") return session.release("no-usage");
+    return fallback(session, reading.problem, reading.counted);
+  };
+
+  return {
+    llm,
+    settleReading,
+    applies,
+    routerFor,
+    estimate,
+    usageFrom,
+    usageOfBody,
+    usagePath,
+    identityOf,
+    meterOptions,
+    report,
+    settle,
+    deductedHeader,
+    estimateHeaderName: header,
+    credits: o.credits,
+  };
+}
+
+/** The `llm` option with its defaults, or null when it is off. */
+function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOptions | null {
+  if (o === undefined || o === false) return null;
+  if (o === true) return {};
+  if (typeof o !== "object" || o === null) throw new TypeError("[credit-management] [metering] `llm` must be a boolean or { provider?, missingUsage? }.");
+  for (const k of Object.keys(o)) {
+    if (k !== "provider" && k !== "missingUsage") throw new TypeError(`[credit-management] [metering] unknown \`llm\` option "${k}".`);
+  }
+  if (o.missingUsage !== undefined && !["estimate", "counted", "none"].includes(o.missingUsage)) {
+    throw new TypeError('[credit-management] [metering] `llm.missingUsage` must be "estimate", "counted" or "none".');
+  }
+  if (o.provider !== undefined && (typeof o.provider !== "string" || o.provider.length === 0 || o.provider.length > 200)) {
+    throw new TypeError("[credit-management] [metering] `llm.provider` must be a non-empty string.");
+  }
+  return o;
+}
+
+/** A response with nothing to read (no body). */
+export const NO_BODY: UsageReading = { ok: false, problem: "absent", counted: { shape: "openai", model: undefined, inputTokens: 0, outputTokens: 0, cachedTokens: 0 } };
+
+export const isJsonType = (type: string | null | undefined) => !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);

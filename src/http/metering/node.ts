@@ -1,0 +1,226 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { MeterOutcome, MeterSession } from "../../services/metering.js";
+import { ResponseUsageReader } from "../../domain/llm-usage.js";
+import { errorBody, errorResponse, json, type Identity } from "../router.js";
+import { isPromiseLike } from "../../util/promise.js";
+import { NO_BODY, common, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./common.js";
+import { nodePathOf } from "./paths.js";
+
+type Next = (error?: Error) => void;
+type Common = ReturnType<typeof common<IncomingMessage>>;
+type End = (this: ServerResponse, chunk?: unknown, encoding?: unknown, cb?: unknown) => ServerResponse;
+type Write = (this: ServerResponse, ...args: unknown[]) => boolean;
+
+/** Where a metered ServerResponse keeps its request's state (one object per request, no closures). */
+const METERED = Symbol("credit-management.metered");
+type MeteredResponse = ServerResponse & { [METERED]?: NodeMetered };
+
+/** One metered node request: its session, the response's own `write`/`end`, what `end` deferred. */
+class NodeMetered {
+  /** Written in parts (`res.write`): the headers are out before the end. */
+  parts = false;
+  /** Usage read from the body of an end that could not wait (committed when the response closes). */
+  pending: number | undefined = undefined;
+  /** `llm`: the usage of the body, read as it is written. */
+  reading: ResponseUsageReader | null = null;
+  private endChunk: unknown;
+  private endEncoding: unknown;
+  private endCallback: unknown;
+
+  constructor(
+    readonly c: Common,
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    readonly session: MeterSession,
+    readonly locals: Partial<MeteringLocals> | undefined,
+    readonly write: Write,
+    readonly end: End,
+  ) {}
+
+  /** Settles and reports once (`onSettled`, `res.locals`); a failed settlement reports nothing. */
+  settle(p: Promise<MeterOutcome>): Promise<MeterOutcome | null> {
+    return this.c.settle(this.req, this.session, p, this.locals);
+  }
+
+  /** `llm`: reads a written chunk for its usage (after it was handed to the socket). */
+  read(chunk: unknown, encoding: unknown): void {
+    if (chunk === undefined || chunk === null || typeof chunk === "function") return;
+    const res = this.res;
+    this.reading ??= new ResponseUsageReader(typeHeader(res));
+    if (typeof chunk === "string") {
+      if (typeof encoding === "string" && encoding !== "utf8" && encoding !== "utf-8") this.reading.push(Buffer.from(chunk, encoding as BufferEncoding));
+      else this.reading.push(chunk);
+    } else if (chunk instanceof Uint8Array) this.reading.push(chunk);
+  }
+
+  /** `res.end(body)` before the headers went out: settle first, then end with the header set. */
+  endAfterSettling(p: Promise<MeterOutcome>, chunk: unknown, encoding: unknown, cb: unknown): void {
+    this.endChunk = chunk;
+    this.endEncoding = encoding;
+    this.endCallback = cb;
+    p.then(
+      (outcome) => {
+        this.c.report(this.req, this.session, outcome, this.locals);
+        this.finishEnd(outcome.charged);
+      },
+      () => this.finishEnd(null),
+    );
+  }
+
+  private finishEnd(charged: number | null): void {
+    const res = this.res;
+    if (charged !== null && !res.headersSent) res.setHeader(this.c.deductedHeader, String(charged));
+    this.end.call(res, this.endChunk, this.endEncoding, this.endCallback);
+    this.endChunk = this.endEncoding = this.endCallback = undefined;
+  }
+}
+
+function meteredWrite(this: MeteredResponse, chunk?: unknown, encoding?: unknown): boolean {
+  const m = this[METERED] as NodeMetered;
+  m.parts = true;
+  // eslint-disable-next-line prefer-rest-params
+  const ok = m.write.apply(this, arguments as unknown as unknown[]);
+  if (m.c.llm !== null && !m.session.settled) m.read(chunk, encoding);
+  return ok;
+}
+
+function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+  const m = this[METERED] as NodeMetered;
+  const session = m.session;
+  // eslint-disable-next-line prefer-rest-params
+  if (session.settled) return m.end.apply(this, arguments as unknown as Parameters<End>);
+  if (m.c.llm !== null) {
+    if (m.parts || this.headersSent) {
+      m.read(chunk, encoding);
+      // eslint-disable-next-line prefer-rest-params
+      return m.end.apply(this, arguments as unknown as Parameters<End>); // settled when the response closes
+    }
+    // The whole body in one end: its usage now, the header set.
+    m.read(chunk, encoding);
+    const reading = m.reading === null ? NO_BODY : m.reading.end();
+    m.reading = null;
+    m.endAfterSettling(m.c.settleReading(session, reading, this.statusCode), chunk, encoding, cb);
+    return this;
+  }
+  // The usage of the body: only with a `usageKey` and when the handler recorded none.
+  const amount = m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
+  if (m.parts || this.headersSent) {
+    m.pending = amount; // committed when the response closes; the header is gone already
+    // eslint-disable-next-line prefer-rest-params
+    return m.end.apply(this, arguments as unknown as Parameters<End>);
+  }
+  m.endAfterSettling(this.statusCode >= 500 ? session.release("error") : session.commit(amount), chunk, encoding, cb);
+  return this;
+}
+
+/** The response is done (finished, or its client went away): settle whatever is not settled yet. */
+function onMeteredClose(this: MeteredResponse): void {
+  const m = this[METERED];
+  if (m === undefined || m.session.settled) return;
+  const session = m.session;
+  if (m.c.llm !== null && m.reading !== null) {
+    // An LLM response that was written: billed from its usage, or as a cut stream.
+    void m.settle(m.c.settleReading(session, this.writableFinished ? m.reading.end() : m.reading.cut(), this.statusCode));
+  } else if (!this.writableFinished) void m.settle(session.release("aborted"));
+  else if (m.c.llm !== null) void m.settle(m.c.settleReading(session, NO_BODY, this.statusCode));
+  else void m.settle(this.statusCode >= 500 ? session.release("error") : session.commit(m.pending));
+}
+
+/** The content type a node response set, if it is readable (after `writeHead(status, headers)` it may not be). */
+function typeHeader(res: ServerResponse): string | undefined {
+  const type = res.getHeader("content-type");
+  return type === undefined ? undefined : String(type);
+}
+
+/** Writes a Fetch `Response` built by the error helpers (401, 400, 402, 5xx) to a node response. */
+function reply(res: ServerResponse, response: Response): void {
+  res.statusCode = response.status;
+  for (const [k, v] of response.headers) res.setHeader(k, v);
+  void response.text().then((text) => res.end(text));
+}
+
+/**
+ * Metering for node:http and Express (and anything that hands over `req, res, next`): holds the
+ * estimate, calls `next()` inside the usage context, and settles when the response ends:
+ * - `res.end(body)` with headers not yet sent (Express `res.json()`/`res.send()`, node `res.end()`):
+ *   the end waits for the commit, so `X-Credits-Deducted` is set; usage is the recorded usage, else
+ *   the `usageKey` of a JSON body;
+ * - a response written in parts (`res.write`, SSE, `res.writeHead` first, Fastify): headers are out
+ *   already, so the commit happens when the response is done and the figure goes to `onSettled` and
+ *   `res.locals.creditsDeducted` (Express);
+ * - status >= 500 releases; so does a client that disconnects before the response finished (one
+ *   already gone when the hold is placed: released at once, `next()` is not called).
+ * 401 without identity, 402 when the hold cannot be placed, 400 for a malformed estimate header.
+ */
+export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOptions) {
+  const c = common(options);
+  const estimateHeader = c.estimateHeaderName;
+
+  /** The hold is placed: intercept the end of the response and run the rest of the chain. */
+  const start = (req: IncomingMessage, res: MeteredResponse, next: Next, session: MeterSession): void => {
+    try {
+      const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+      if (res.destroyed || res.writableEnded) {
+        // The client left (or the response ended) while it was authenticated or the hold placed:
+        // "close" has fired already, so release now and run nothing.
+        void c.settle(req, session, session.release("aborted"), locals);
+        return;
+      }
+      if (locals) {
+        locals.creditReservationId = session.reservationId;
+        locals.creditEstimate = session.estimate;
+      }
+      res[METERED] = new NodeMetered(c, req, res, session, locals, res.write as unknown as Write, res.end as unknown as End);
+      res.write = meteredWrite as unknown as typeof res.write;
+      res.end = meteredEnd as unknown as typeof res.end;
+      res.on("close", onMeteredClose);
+      session.run(next);
+    } catch (error) {
+      next(error instanceof Error ? error : new Error(String(error)));
+    }
+  };
+
+  /** Who pays and how much to hold; then place the hold. */
+  const proceed = (req: IncomingMessage, res: ServerResponse, next: Next, path: string, found: Identity | null | undefined): void => {
+    let userId: string;
+    let estimate: number;
+    try {
+      const identity = c.identityOf(found, headerOf(req, "x-user-id"));
+      if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
+      userId = identity.userId;
+      estimate = c.estimate(headerOf(req, estimateHeader));
+    } catch (error) {
+      return reply(res, errorResponse(error));
+    }
+    c.credits.openMeter(userId, c.meterOptions(estimate, req.method, path)).then(
+      (session) => start(req, res, next, session),
+      (error: unknown) => reply(res, errorResponse(error)),
+    );
+  };
+
+  return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
+    const path = nodePathOf(req);
+    if (!c.applies(path, c.routerFor(req))) {
+      next();
+      return;
+    }
+    let found: ReturnType<NonNullable<typeof options.authenticate>> | null;
+    try {
+      found = options.authenticate ? options.authenticate(req) : null;
+    } catch (error) {
+      return reply(res, errorResponse(error));
+    }
+    if (isPromiseLike(found)) {
+      (found as PromiseLike<Identity | null | undefined>).then(
+        (identity) => proceed(req, res, next, path, identity),
+        (error: unknown) => reply(res, errorResponse(error)),
+      );
+    } else proceed(req, res, next, path, found as Identity | null | undefined);
+  };
+}
+
+/** A request header by its lower-case name. */
+function headerOf(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
