@@ -1,7 +1,10 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
-const drivers = ["mongodb", "pg", "ioredis", "better-sqlite3"].map((name) => ({ name, message: "Drivers are optional peers: import them lazily, only in their own entry point." }));
+const drivers = ["mongodb", "pg", "ioredis", "better-sqlite3"].map((name) => ({
+  name,
+  message: "Drivers are optional peers: import them lazily, only in their own entry point.",
+}));
 
 export default tseslint.config(
   { ignores: ["dist/**", "node_modules/**", "coverage/**", ".ci/**"] },
@@ -26,7 +29,8 @@ export default tseslint.config(
           patterns: [
             {
               regex: "^(?!\\./|\\.\\./models/|\\.\\./errors\\.js$|node:crypto$|safe-stable-stringify$)",
-              message: "src/domain imports only ../models, ../errors.js, ./ (itself), node:crypto and safe-stable-stringify.",
+              message:
+                "src/domain imports only ../models, ../errors.js, ./ (itself), node:crypto and safe-stable-stringify.",
             },
           ],
         },
@@ -34,7 +38,15 @@ export default tseslint.config(
     },
   },
   {
-    files: ["src/db/mongodb/**", "src/db/postgres/**", "src/db/sqlite/**", "src/redis/**", "test/**", "bench/**", "examples/**"],
+    files: [
+      "src/db/mongodb/**",
+      "src/db/postgres/**",
+      "src/db/sqlite/**",
+      "src/redis/**",
+      "test/**",
+      "bench/**",
+      "examples/**",
+    ],
     rules: { "no-restricted-imports": "off" },
   },
 );

@@ -25,5 +25,15 @@ export default defineConfig({
   splitting: true,
   treeshake: true,
   // Drivers and test runners are peers: never bundle them.
-  external: ["mongodb", "pg", "ioredis", "better-sqlite3", "vitest", "fast-check", "@nats-io/jetstream", "@nats-io/transport-node", "@opentelemetry/api"],
+  external: [
+    "mongodb",
+    "pg",
+    "ioredis",
+    "better-sqlite3",
+    "vitest",
+    "fast-check",
+    "@nats-io/jetstream",
+    "@nats-io/transport-node",
+    "@opentelemetry/api",
+  ],
 });

@@ -37,7 +37,12 @@ function subscribeAll(): () => void {
     tc.subscribe(handlers);
     undo.push(() => tc.unsubscribe(handlers));
   }
-  for (const name of [DIAGNOSTICS_CHANNELS.refusal, DIAGNOSTICS_CHANNELS.hold, DIAGNOSTICS_CHANNELS.webhook, DIAGNOSTICS_CHANNELS.metering]) {
+  for (const name of [
+    DIAGNOSTICS_CHANNELS.refusal,
+    DIAGNOSTICS_CHANNELS.hold,
+    DIAGNOSTICS_CHANNELS.webhook,
+    DIAGNOSTICS_CHANNELS.metering,
+  ]) {
     diagnostics_channel.subscribe(name, noop);
     undo.push(() => diagnostics_channel.unsubscribe(name, noop));
   }
@@ -84,7 +89,14 @@ const N = 20_000_000;
 let hits = 0;
 const t0 = process.hrtime.bigint();
 for (let i = 0; i < N; i++) {
-  if (tc.start.hasSubscribers || tc.end.hasSubscribers || tc.asyncStart.hasSubscribers || tc.asyncEnd.hasSubscribers || tc.error.hasSubscribers) hits++;
+  if (
+    tc.start.hasSubscribers ||
+    tc.end.hasSubscribers ||
+    tc.asyncStart.hasSubscribers ||
+    tc.asyncEnd.hasSubscribers ||
+    tc.error.hasSubscribers
+  )
+    hits++;
   if (hold.hasSubscribers) hits++;
 }
 const checkNs = Number(process.hrtime.bigint() - t0) / N;
@@ -95,14 +107,22 @@ const checkNs = Number(process.hrtime.bigint() - t0) / N;
  * measured; elsewhere the ratio of ops/s.
  */
 const ratio = (mode: keyof typeof modes) =>
-  Number.isFinite(best[mode].cpu) && Number.isFinite(best.plain.cpu) ? best.plain.cpu / best[mode].cpu : best[mode].ops / best.plain.ops;
-const cpuNote = (mode: keyof typeof modes) => (Number.isFinite(best[mode].cpu) ? `main thread ${best[mode].cpu.toFixed(1)} µs CPU/op (lowest round; 10 ms ticks)` : undefined);
+  Number.isFinite(best[mode].cpu) && Number.isFinite(best.plain.cpu)
+    ? best.plain.cpu / best[mode].cpu
+    : best[mode].ops / best.plain.ops;
+const cpuNote = (mode: keyof typeof modes) =>
+  Number.isFinite(best[mode].cpu)
+    ? `main thread ${best[mode].cpu.toFixed(1)} µs CPU/op (lowest round; 10 ms ticks)`
+    : undefined;
 const label = "deductCredits (memory, 1,000 users)";
 const plainRow: BenchRow = {
   backend: "memory",
   scenario: `diagnostics: ${label}, no subscriber`,
   opsPerSec: best.plain.ops,
-  note: `${cpuNote("plain") ?? ""}; the channel checks alone: ${checkNs.toFixed(1)} ns/op${hits > 0 ? " (subscribed?)" : ""}`.replace(/^; /, ""),
+  note: `${cpuNote("plain") ?? ""}; the channel checks alone: ${checkNs.toFixed(1)} ns/op${hits > 0 ? " (subscribed?)" : ""}`.replace(
+    /^; /,
+    "",
+  ),
 };
 const rows: BenchRow[] = [
   plainRow,

@@ -33,7 +33,9 @@ const fetchApp = async (request: Request): Promise<Response> => {
   return new Response(body, { headers: { "content-type": "application/json" } });
 };
 const fetchNode = toNodeHandler(
-  creditMetering({ ...common, pathPrefix: "/f/api", authenticate: (r) => userOf(r.headers.get("authorization")) })(fetchApp),
+  creditMetering({ ...common, pathPrefix: "/f/api", authenticate: (r) => userOf(r.headers.get("authorization")) })(
+    fetchApp,
+  ),
 );
 
 // Express: the same endpoint as a route (`res.json`), metered by the same middleware mounted with

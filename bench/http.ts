@@ -51,7 +51,8 @@ async function load(url: string, seconds: number, pid?: number): Promise<Measure
     throw new Error(`bench/http: ${result.non2xx} non-2xx responses and ${result.errors} errors at ${url}`);
   }
   const after = mainThreadCpu(pid);
-  const cpuPerRequest = before === null || after === null || result.requests.total === 0 ? null : (after - before) / result.requests.total;
+  const cpuPerRequest =
+    before === null || after === null || result.requests.total === 0 ? null : (after - before) / result.requests.total;
   return { reqPerSec: result.requests.average, cpuPerRequest };
 }
 
@@ -87,19 +88,35 @@ export async function run(): Promise<BenchRow[]> {
         const m = await load(`${base}${paths[key]}`, seconds, child.pid);
         best[key] = Math.max(best[key] ?? 0, m.reqPerSec);
         const prev = cpu[key];
-        cpu[key] = m.cpuPerRequest === null ? (prev ?? null) : prev == null ? m.cpuPerRequest : Math.min(prev, m.cpuPerRequest);
+        cpu[key] =
+          m.cpuPerRequest === null ? (prev ?? null) : prev == null ? m.cpuPerRequest : Math.min(prev, m.cpuPerRequest);
       }
     }
     const us = (key: Key) => (cpu[key] == null ? null : `${(cpu[key] as number).toFixed(0)} µs`);
     const row = (scenario: string, key: Key, baselineKey?: Key, target = true): BenchRow => {
       const opsPerSec = best[key];
       const own = us(key);
-      if (!baselineKey) return { backend: "memory", scenario, opsPerSec, ...(own ? { note: `server main thread ${own} CPU/request` } : {}) };
+      if (!baselineKey)
+        return {
+          backend: "memory",
+          scenario,
+          opsPerSec,
+          ...(own ? { note: `server main thread ${own} CPU/request` } : {}),
+        };
       const base = us(baselineKey);
       const note = own && base ? `server main thread ${own} CPU/request (unmetered ${base})` : undefined;
       const ratio = opsPerSec / best[baselineKey];
       return target
-        ? { backend: "memory", scenario, opsPerSec, baseline: "unmetered", ratio, target: ">= 0.80 of unmetered", met: ratio >= 0.8, ...(note ? { note } : {}) }
+        ? {
+            backend: "memory",
+            scenario,
+            opsPerSec,
+            baseline: "unmetered",
+            ratio,
+            target: ">= 0.80 of unmetered",
+            met: ratio >= 0.8,
+            ...(note ? { note } : {}),
+          }
         : { backend: "memory", scenario, opsPerSec, baseline: "unmetered", ratio, ...(note ? { note } : {}) };
     };
     return [

@@ -34,11 +34,15 @@ const runStart = machineCpu();
 
 for (const size of sizes) {
   const sizeStart = machineCpu();
-  const out = execFileSync(process.execPath, ["--import", "tsx", "--expose-gc", join(here, "memory.ts"), String(size)], {
-    encoding: "utf8",
-    maxBuffer: 1 << 20,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const out = execFileSync(
+    process.execPath,
+    ["--import", "tsx", "--expose-gc", join(here, "memory.ts"), String(size)],
+    {
+      encoding: "utf8",
+      maxBuffer: 1 << 20,
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   const result = JSON.parse(out.trim().split("\n").pop() as string) as {
     size: number;
     rows: BenchRow[];
@@ -111,7 +115,8 @@ function childRows(args: string[]): BenchRow[] {
 
 // Jobs (expiry and renewals at scale), in their own process for a clean heap.
 if (process.env.BENCH_JOBS !== "0") {
-  for (const part of ["expire", "renew", "databases"]) rows.push(...childRows(["--max-old-space-size=6144", join(here, "jobs-main.ts"), part]));
+  for (const part of ["expire", "renew", "databases"])
+    rows.push(...childRows(["--max-old-space-size=6144", join(here, "jobs-main.ts"), part]));
 } else {
   notes.push("jobs: skipped (BENCH_JOBS=0)");
 }

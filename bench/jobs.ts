@@ -64,14 +64,28 @@ async function expireRows(backend: string, db: DbManager, grants: number, concur
   await each(users, concurrency, (u) =>
     credits.runUnitOfWork(`exp-${tag}-${u}`, {}, async (work) => {
       for (let k = 0; k < perUser; k++) {
-        work.add(10, { expiresAt: new Date(T0 + HOUR + ((u * perUser + k) % 3_600_000)), priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+        work.add(
+          10,
+          {
+            expiresAt: new Date(T0 + HOUR + ((u * perUser + k) % 3_600_000)),
+            priority: 0,
+            source: "manual",
+            sourceRef: null,
+            description: null,
+            metadata: null,
+          },
+          {},
+        );
       }
     }),
   );
   const prefillSeconds = seconds(prefill);
   clock.now = T0 + 3 * HOUR;
   const start = performance.now();
-  const report = await expiration.expireDueGrants(undefined, { batchSize: backend === "memory" ? 10_000 : 1000, concurrency });
+  const report = await expiration.expireDueGrants(undefined, {
+    batchSize: backend === "memory" ? 10_000 : 1000,
+    concurrency,
+  });
   const took = seconds(start);
   return {
     backend,
@@ -85,14 +99,22 @@ async function expireRows(backend: string, db: DbManager, grants: number, concur
 
 async function renewRows(backend: string, db: DbManager, count: number, concurrency: number): Promise<BenchRow> {
   const { clock, subscriptions, expiration } = services(db);
-  const plan = await subscriptions.createPlan({ name: "bench", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: { cap: 50 } });
+  const plan = await subscriptions.createPlan({
+    name: "bench",
+    creditsPerPeriod: 100,
+    billingPeriod: "monthly",
+    rollover: { cap: 50 },
+  });
   const tag = randomUUID().slice(0, 8);
   const prefill = performance.now();
   await each(count, concurrency, (i) => subscriptions.subscribe(`sub-${tag}-${i}`, plan.id));
   const prefillSeconds = seconds(prefill);
   clock.now = Date.UTC(2031, 1, 28, 13); // past the Jan 31 → Feb 28 period's end
   const start = performance.now();
-  const report = await expiration.renewDueSubscriptions(undefined, { batchSize: backend === "memory" ? 10_000 : 1000, concurrency });
+  const report = await expiration.renewDueSubscriptions(undefined, {
+    batchSize: backend === "memory" ? 10_000 : 1000,
+    concurrency,
+  });
   const took = seconds(start);
   return {
     backend,
@@ -113,7 +135,11 @@ const sizes = () => ({
 /** In memory: the baseline and expireDueGrants over `BENCH_JOBS_GRANTS` grants. */
 export async function memoryExpire(): Promise<BenchRow[]> {
   const { grants } = sizes();
-  const base: BenchRow = { backend: "memory", scenario: `baseline: Map scan closing ${grants.toLocaleString("en-US")} objects`, opsPerSec: baseline(grants) };
+  const base: BenchRow = {
+    backend: "memory",
+    scenario: `baseline: Map scan closing ${grants.toLocaleString("en-US")} objects`,
+    opsPerSec: baseline(grants),
+  };
   const row = await expireRows("memory", new InMemoryDbManager(), grants, 1);
   return [base, { ...row, baseline: "Map scan", ratio: row.opsPerSec / base.opsPerSec }];
 }
@@ -138,7 +164,10 @@ export async function databases(): Promise<BenchRow[]> {
     } finally {
       const { MongoClient } = await import("mongodb");
       const c = new MongoClient(process.env.CREDIT_MONGO_URI);
-      await c.db(dbName).dropDatabase().catch(() => undefined);
+      await c
+        .db(dbName)
+        .dropDatabase()
+        .catch(() => undefined);
       await c.close();
       await db.close();
     }

@@ -85,7 +85,8 @@ async function writerRound(make: Factory, file: string): Promise<{ cpuPerLine: n
   const cpu = (mainThreadCpu() as number) - cpu0;
   await w.close();
   const lines = readFileSync(file, "utf8").split("\n").length - 1;
-  if (lines !== chunks.length * PER_CHUNK) throw new Error(`${file}: ${lines} lines, expected ${chunks.length * PER_CHUNK}`);
+  if (lines !== chunks.length * PER_CHUNK)
+    throw new Error(`${file}: ${lines} lines, expected ${chunks.length * PER_CHUNK}`);
   rmSync(file);
   return { cpuPerLine: cpu / (chunks.length * PER_CHUNK), wallPerLine: (wall * 1000) / (chunks.length * PER_CHUNK) };
 }
@@ -122,7 +123,14 @@ for (const [i, w] of writers.entries()) {
     backend: "memory",
     scenario: `ledger file writer: ${w.name}, lines per event-loop CPU second`,
     opsPerSec: linesPerCpuSecond,
-    ...(i === 0 ? {} : { baseline: "thread", ratio: linesPerCpuSecond / (1e6 / base.cpuPerLine), target: ">= 1.00 of thread", met: base.cpuPerLine >= b.cpuPerLine }),
+    ...(i === 0
+      ? {}
+      : {
+          baseline: "thread",
+          ratio: linesPerCpuSecond / (1e6 / base.cpuPerLine),
+          target: ">= 1.00 of thread",
+          met: base.cpuPerLine >= b.cpuPerLine,
+        }),
     note: `event loop ${b.cpuPerLine.toFixed(2)} µs/line, wall ${b.wallPerLine.toFixed(2)} µs/line until flushed (${LINES.toLocaleString("en-US")} lines, ${PER_CHUNK} a turn, best of ${ROUNDS}, src/)`,
   });
 }
@@ -132,7 +140,14 @@ for (const [i, w] of writers.entries()) {
     backend: "memory",
     scenario: `deductCredits, ledger file by ${w.name} (64 callers)`,
     opsPerSec: b.deduct,
-    ...(i === 0 ? {} : { baseline: "thread", ratio: b.deduct / base.deduct, target: ">= 1.00 of thread", met: b.deduct >= base.deduct }),
+    ...(i === 0
+      ? {}
+      : {
+          baseline: "thread",
+          ratio: b.deduct / base.deduct,
+          target: ">= 1.00 of thread",
+          met: b.deduct >= base.deduct,
+        }),
   });
 }
 console.log(JSON.stringify(rows));

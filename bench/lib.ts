@@ -24,7 +24,11 @@ export function machineCpu(): { total: number; steal: number } | null {
   if (process.platform !== "linux") return null;
   try {
     // cpu  user nice system idle iowait irq softirq steal …
-    const fields = (readFileSync("/proc/stat", "utf8").split("\n", 1)[0] ?? "").trim().split(/\s+/).slice(1, 9).map(Number);
+    const fields = (readFileSync("/proc/stat", "utf8").split("\n", 1)[0] ?? "")
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number);
     if (fields.length < 8 || fields.some((n) => !Number.isFinite(n))) return null;
     return { total: fields.reduce((a, b) => a + b, 0), steal: fields[7] as number };
   } catch {
@@ -57,7 +61,11 @@ export interface BenchRow {
 }
 
 /** Runs `op` `count` times with `concurrency` callers; returns ops/s. */
-export async function measure(count: number, concurrency: number, op: (i: number) => Promise<unknown>): Promise<number> {
+export async function measure(
+  count: number,
+  concurrency: number,
+  op: (i: number) => Promise<unknown>,
+): Promise<number> {
   let next = 0;
   const start = process.hrtime.bigint();
   const worker = async () => {

@@ -9,7 +9,10 @@ import { streams } from "../test/http/llm-upstream.js";
 
 const enc = new TextEncoder();
 const N = 20_000;
-const openai = [...Array.from({ length: N }, () => enc.encode(streams.openai[0] as string)), ...streams.openai.slice(-2).map((c) => enc.encode(c))];
+const openai = [
+  ...Array.from({ length: N }, () => enc.encode(streams.openai[0] as string)),
+  ...streams.openai.slice(-2).map((c) => enc.encode(c)),
+];
 const anthropic = [
   enc.encode(streams.anthropic[0] as string),
   ...Array.from({ length: N }, () => enc.encode(streams.anthropic[2] as string)),
@@ -26,7 +29,10 @@ const best = (fn: () => void): number => {
   return min;
 };
 
-for (const [name, chunks] of [["OpenAI stream", openai], ["Anthropic stream", anthropic]] as const) {
+for (const [name, chunks] of [
+  ["OpenAI stream", openai],
+  ["Anthropic stream", anthropic],
+] as const) {
   const ns = best(() => {
     const reader = new ResponseUsageReader("text/event-stream");
     for (const c of chunks) reader.push(c);
@@ -36,7 +42,14 @@ for (const [name, chunks] of [["OpenAI stream", openai], ["Anthropic stream", an
 }
 
 const pricing = new PricingService({
-  book: { models: Array.from({ length: 200 }, (_, i) => ({ model: `model-${i}`, input: { credits: 3, per: 20 }, output: { credits: 3, per: 5 }, cachedInput: { credits: 3, per: 40 } })) },
+  book: {
+    models: Array.from({ length: 200 }, (_, i) => ({
+      model: `model-${i}`,
+      input: { credits: 3, per: 20 },
+      output: { credits: 3, per: 5 },
+      cachedInput: { credits: 3, per: 40 },
+    })),
+  },
 });
 const usage = { model: "model-150-2025-01-01", inputTokens: 1234, cachedTokens: 1024, outputTokens: 567 };
 const ns = best(() => {

@@ -96,9 +96,11 @@ if (size <= 1000) {
     return process.memoryUsage().heapUsed;
   };
   const before = heap();
-  const metered = await row(`meter(): hold 10, record 3 (${label})`, (i) =>
-    credits.meter(pick(i), { estimate: 10, reason: "POST /api/chat" }, () => void recordUsage({ amount: 3 })),
-  OPS / 4);
+  const metered = await row(
+    `meter(): hold 10, record 3 (${label})`,
+    (i) => credits.meter(pick(i), { estimate: 10, reason: "POST /api/chat" }, () => void recordUsage({ amount: 3 })),
+    OPS / 4,
+  );
   const retained = (heap() - before) / ((OPS / 4) * ROUNDS);
   if (gc) metered.note = `${metered.note ?? ""}; heap retained ${Math.round(retained)} B/call`.replace(/^; /, "");
   rows.push(metered);
@@ -110,7 +112,9 @@ if (size <= 1000) {
     ledger: { filePath: join(dir, "ledger-notifying.jsonl") },
   });
   for (const u of users) await notifying.credits.addCredits(u, 1e12);
-  rows.push(await row(`with notifications on: deductCredits (${label})`, (i) => notifying.credits.deductCredits(pick(i), 1)));
+  rows.push(
+    await row(`with notifications on: deductCredits (${label})`, (i) => notifying.credits.deductCredits(pick(i), 1)),
+  );
   await notifying.close();
   // Accounts with many open grants (top-ups, promos, plan allocations) and holds in flight: a
   // deduction reads only the grants it draws from, so it should cost what it costs with one grant
@@ -121,9 +125,11 @@ if (size <= 1000) {
   const many = await createCreditManager({ ledger: { filePath: join(dir, "ledger-many.jsonl") } });
   for (const u of users) await many.credits.addCredits(u, 1e12);
   for (let k = 1; k < GRANTS; k++) for (const u of users) await many.credits.addCredits(u, 1);
-  for (let k = 0; k < HOLDS; k++) for (const u of users) await many.credits.reserveCredits(u, 1, { ttlSeconds: 86_400 });
-  const manyRow = await row(`deductCredits, ${GRANTS} open grants and ${HOLDS} active holds per account (${label})`, (i) =>
-    many.credits.deductCredits(pick(i), 1),
+  for (let k = 0; k < HOLDS; k++)
+    for (const u of users) await many.credits.reserveCredits(u, 1, { ttlSeconds: 86_400 });
+  const manyRow = await row(
+    `deductCredits, ${GRANTS} open grants and ${HOLDS} active holds per account (${label})`,
+    (i) => many.credits.deductCredits(pick(i), 1),
   );
   await many.close();
   manyRow.baseline = "deductCredits with 1 grant, no hold";
@@ -149,7 +155,11 @@ function freshMemoryRow(): BenchRow {
     for (let i = 0; i < bytes.length; i += page) bytes[i] = 2;
     const t2 = performance.now();
     console.log(JSON.stringify({ pages: bytes.length / page, first: t1 - t0, again: t2 - t1 }));`;
-  const out = JSON.parse(execFileSync(process.execPath, ["-e", probe], { encoding: "utf8" })) as { pages: number; first: number; again: number };
+  const out = JSON.parse(execFileSync(process.execPath, ["-e", probe], { encoding: "utf8" })) as {
+    pages: number;
+    first: number;
+    again: number;
+  };
   const first = (out.first * 1000) / out.pages;
   const again = (out.again * 1000) / out.pages;
   return {

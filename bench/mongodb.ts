@@ -175,7 +175,10 @@ export async function run(): Promise<BenchRow[]> {
       },
     ];
   } finally {
-    await client.db(dbName).dropDatabase().catch(() => undefined);
+    await client
+      .db(dbName)
+      .dropDatabase()
+      .catch(() => undefined);
     await client.close();
     await other.close();
   }

@@ -24,7 +24,10 @@ async function entry<T>(built: string, source: string): Promise<T> {
     return (await import(url.href)) as T;
   } catch (error) {
     if (!SOURCE && (error as { code?: string }).code === "ERR_MODULE_NOT_FOUND") {
-      throw new Error(`bench: ${url.pathname} is missing: run \`npm run build\` first (npm run bench does), or set BENCH_SOURCE=1`, { cause: error });
+      throw new Error(
+        `bench: ${url.pathname} is missing: run \`npm run build\` first (npm run bench does), or set BENCH_SOURCE=1`,
+        { cause: error },
+      );
     }
     throw error;
   }

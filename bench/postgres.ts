@@ -79,7 +79,11 @@ const cpuRatio = (base: Timed, ours: Timed) =>
 
 function mean(a: Timed, b: Timed): Timed {
   const server = a.cpu.server === null || b.cpu.server === null ? null : (a.cpu.server + b.cpu.server) / 2;
-  return { opsPerSec: (a.opsPerSec + b.opsPerSec) / 2, ops: a.ops + b.ops, cpu: { client: (a.cpu.client + b.cpu.client) / 2, server } };
+  return {
+    opsPerSec: (a.opsPerSec + b.opsPerSec) / 2,
+    ops: a.ops + b.ops,
+    cpu: { client: (a.cpu.client + b.cpu.client) / 2, server },
+  };
 }
 
 const cpuText = (t: Timed) =>
@@ -95,10 +99,9 @@ export async function run(): Promise<BenchRow[]> {
   try {
     await pool.query(`CREATE SCHEMA ${schema}`);
     await pool.query(`CREATE TABLE ${schema}.balances (user_id TEXT PRIMARY KEY, balance BIGINT NOT NULL)`);
-    await pool.query(
-      `INSERT INTO ${schema}.balances SELECT 'u' || i, 1000000000 FROM generate_series(0, $1) i`,
-      [USERS],
-    );
+    await pool.query(`INSERT INTO ${schema}.balances SELECT 'u' || i, 1000000000 FROM generate_series(0, $1) i`, [
+      USERS,
+    ]);
     const update = `UPDATE ${schema}.balances SET balance = balance - $1 WHERE user_id = $2 AND balance >= $1`;
     const raw = (user: string) => pool.query({ name: `bench_${schema}`, text: update, values: [1, user] });
 

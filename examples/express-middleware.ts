@@ -32,7 +32,11 @@ async function callModel(prompt: string) {
 }
 
 const app = express();
-app.use(toNodeHandler(createCreditHandler(manager, { authenticate: (request) => identify(request.headers.get("authorization")) })));
+app.use(
+  toNodeHandler(
+    createCreditHandler(manager, { authenticate: (request) => identify(request.headers.get("authorization")) }),
+  ),
+);
 app.use(
   creditMeteringMiddleware({
     credits: manager.credits,
@@ -62,7 +66,13 @@ const server = app.listen(Number(process.env.PORT ?? 0), "127.0.0.1", async () =
     headers: { ...auth, "content-type": "application/json", "x-estimated-tokens": "200" },
     body: JSON.stringify({ prompt: "How many credits does this cost?" }),
   });
-  console.log("POST /api/chat", chat.status, "X-Credits-Deducted:", chat.headers.get("x-credits-deducted"), await chat.json());
+  console.log(
+    "POST /api/chat",
+    chat.status,
+    "X-Credits-Deducted:",
+    chat.headers.get("x-credits-deducted"),
+    await chat.json(),
+  );
   console.log("GET /credits/balance", await (await fetch(`${base}/credits/balance`, { headers: auth })).json());
   const poor = await fetch(`${base}/api/chat`, { method: "POST", headers: { authorization: "Bearer user-2" } });
   console.log("user-2 (no credits):", poor.status, await poor.json());

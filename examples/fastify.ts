@@ -55,10 +55,14 @@ app.post("/api/summary", async (request, reply) => {
   const user = identify(request.headers.authorization);
   if (!user) return reply.code(401).send({ error: { code: "UNAUTHORIZED", message: "Authentication required." } });
   let charged = 0;
-  const text = await manager.credits.meter(user.userId, { estimate: 200, onSettled: (o) => (charged = o.charged) }, async () => {
-    recordUsage({ amount: 57, model: "tiny-1" });
-    return "a short summary";
-  });
+  const text = await manager.credits.meter(
+    user.userId,
+    { estimate: 200, onSettled: (o) => (charged = o.charged) },
+    async () => {
+      recordUsage({ amount: 57, model: "tiny-1" });
+      return "a short summary";
+    },
+  );
   return reply.header("x-credits-deducted", String(charged)).send({ text });
 });
 
@@ -68,7 +72,11 @@ const base = `http://127.0.0.1:${typeof address === "object" && address ? addres
 console.log(`listening on ${base}`);
 if (!process.env.PORT) {
   const auth = { authorization: "Bearer user-1", "content-type": "application/json" };
-  const chat = await fetch(`${base}/api/chat`, { method: "POST", headers: auth, body: JSON.stringify({ prompt: "hello there" }) });
+  const chat = await fetch(`${base}/api/chat`, {
+    method: "POST",
+    headers: auth,
+    body: JSON.stringify({ prompt: "hello there" }),
+  });
   console.log("POST /api/chat", chat.status, await chat.json());
   const summary = await fetch(`${base}/api/summary`, { method: "POST", headers: auth, body: "{}" });
   console.log("POST /api/summary", summary.status, "X-Credits-Deducted:", summary.headers.get("x-credits-deducted"));

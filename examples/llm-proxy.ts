@@ -22,7 +22,12 @@ import { creditMetering, type Identity } from "credit-management/http";
 const book: PriceBookInput = {
   version: "2026-11-01",
   models: [
-    { model: "gpt-4o-mini", input: { credits: 3, per: 20 }, output: { credits: 3, per: 5 }, cachedInput: { credits: 3, per: 40 } },
+    {
+      model: "gpt-4o-mini",
+      input: { credits: 3, per: 20 },
+      output: { credits: 3, per: 5 },
+      cachedInput: { credits: 3, per: 40 },
+    },
     { model: "gpt-4o", input: { credits: 5, per: 2 }, output: { credits: 10 }, cachedInput: { credits: 5, per: 4 } },
   ],
   currencies: { USD: { credits: 1_000_000 } },
@@ -41,19 +46,32 @@ async function proxy(upstream: string, request: Request): Promise<Response> {
   if (new URL(request.url).pathname !== "/v1/chat/completions" || request.method !== "POST") {
     return Response.json({ error: { message: "not found" } }, { status: 404 });
   }
-  const body = (await request.json()) as { model?: unknown; stream?: boolean; stream_options?: Record<string, unknown> };
+  const body = (await request.json()) as {
+    model?: unknown;
+    stream?: boolean;
+    stream_options?: Record<string, unknown>;
+  };
   if (typeof body.model !== "string" || !manager.pricing.hasPrice(body.model)) {
     // Refused before forwarding (a 4xx without usage: the hold is released, nothing is charged).
-    return Response.json({ error: { code: "UNKNOWN_MODEL", message: `model ${String(body.model)} is not offered` } }, { status: 422 });
+    return Response.json(
+      { error: { code: "UNKNOWN_MODEL", message: `model ${String(body.model)} is not offered` } },
+      { status: 422 },
+    );
   }
   if (body.stream) body.stream_options = { ...body.stream_options, include_usage: true }; // so the stream reports its usage
   const answer = await fetch(`${upstream}/v1/chat/completions`, {
     method: "POST",
-    headers: { "content-type": "application/json", ...(process.env.OPENAI_API_KEY ? { authorization: `Bearer ${process.env.OPENAI_API_KEY}` } : {}) },
+    headers: {
+      "content-type": "application/json",
+      ...(process.env.OPENAI_API_KEY ? { authorization: `Bearer ${process.env.OPENAI_API_KEY}` } : {}),
+    },
     body: JSON.stringify(body),
     signal: request.signal, // a client that leaves cancels the upstream call
   });
-  return new Response(answer.body, { status: answer.status, headers: { "content-type": answer.headers.get("content-type") ?? "application/json" } });
+  return new Response(answer.body, {
+    status: answer.status,
+    headers: { "content-type": answer.headers.get("content-type") ?? "application/json" },
+  });
 }
 
 /** A stand-in for the upstream on loopback: answers like OpenAI's chat completions, streamed or not. */
@@ -62,13 +80,30 @@ async function standInUpstream(): Promise<{ url: string; server: Server }> {
     let raw = "";
     req.on("data", (chunk: Buffer) => (raw += chunk.toString()));
     req.on("end", async () => {
-      const { model, stream, stream_options } = JSON.parse(raw) as { model: string; stream?: boolean; stream_options?: { include_usage?: boolean } };
+      const { model, stream, stream_options } = JSON.parse(raw) as {
+        model: string;
+        stream?: boolean;
+        stream_options?: { include_usage?: boolean };
+      };
       const served = model === "gpt-4o-mini" ? "gpt-4o-mini-2024-07-18" : model; // the dated id, as the real API answers
-      const usage = { prompt_tokens: 1200, completion_tokens: 350, total_tokens: 1550, prompt_tokens_details: { cached_tokens: 1024 } };
+      const usage = {
+        prompt_tokens: 1200,
+        completion_tokens: 350,
+        total_tokens: 1550,
+        prompt_tokens_details: { cached_tokens: 1024 },
+      };
       const words = ["Credits", " are", " counted", " per", " token."];
       if (!stream) {
         res.writeHead(200, { "content-type": "application/json" });
-        res.end(JSON.stringify({ id: "chatcmpl-1", object: "chat.completion", model: served, choices: [{ index: 0, message: { role: "assistant", content: words.join("") }, finish_reason: "stop" }], usage }));
+        res.end(
+          JSON.stringify({
+            id: "chatcmpl-1",
+            object: "chat.completion",
+            model: served,
+            choices: [{ index: 0, message: { role: "assistant", content: words.join("") }, finish_reason: "stop" }],
+            usage,
+          }),
+        );
         return;
       }
       res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
@@ -99,7 +134,9 @@ const metered = creditMetering({
   llm: { provider: "openai", missingUsage: "estimate" },
   onSettled: (o) => {
     const u = o.usages[0];
-    const how = u ? `${u.model}: ${u.inputTokens ?? "?"} in, ${u.cachedTokens ?? 0} cached, ${u.outputTokens ?? "?"} out, book ${u.priceBook ?? "-"}` : "nothing used";
+    const how = u
+      ? `${u.model}: ${u.inputTokens ?? "?"} in, ${u.cachedTokens ?? 0} cached, ${u.outputTokens ?? "?"} out, book ${u.priceBook ?? "-"}`
+      : "nothing used";
     console.log(`  [meter] ${o.userId}: held ${o.estimate}, ${o.outcome} ${o.charged} (${how})`);
   },
 })((request) => proxy(upstream, request));
@@ -117,11 +154,14 @@ const server = serve({ fetch: metered, port: Number(process.env.PORT ?? 0), host
 
   const json = await ask("gpt-4o-mini", false);
   const answer = (await json.json()) as { choices: { message: { content: string } }[] };
-  console.log(`JSON: ${json.status} "${answer.choices[0]?.message.content}" X-Credits-Deducted: ${json.headers.get("x-credits-deducted")}`);
+  console.log(
+    `JSON: ${json.status} "${answer.choices[0]?.message.content}" X-Credits-Deducted: ${json.headers.get("x-credits-deducted")}`,
+  );
 
   const streamed = await ask("gpt-4o-mini", true);
   let events = 0;
-  for await (const part of streamed.body as unknown as AsyncIterable<Uint8Array>) events += Buffer.from(part).toString().split("data:").length - 1;
+  for await (const part of streamed.body as unknown as AsyncIterable<Uint8Array>)
+    events += Buffer.from(part).toString().split("data:").length - 1;
   console.log(`stream: ${streamed.status}, ${events} events passed through`);
 
   const unknown = await ask("mystery-model", false);

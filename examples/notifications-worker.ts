@@ -27,7 +27,11 @@ if (process.argv.includes("--demo")) {
   await manager.credits.deductCredits("demo-user", 85); // low_credits
   await manager.credits.deductCredits("demo-user", 15); // credits_exhausted
   await manager.credits.addCredits("demo-user", 50); // balance_restored
-  await manager.notifications.emit("demo-user", { type: "subscription_renewed", payload: { planId: "pro" }, dedupeKey: "demo" });
+  await manager.notifications.emit("demo-user", {
+    type: "subscription_renewed",
+    payload: { planId: "pro" },
+    dedupeKey: "demo",
+  });
   console.log("dispatched", await manager.notifications.dispatchPending());
   await manager.close();
 }
@@ -40,9 +44,18 @@ await redis.xgroup("CREATE", stream, group, "0", "MKSTREAM").catch((error: Error
 const handled = new Set<string>();
 let cursor = "0"; // first our own unacknowledged messages, then new ones (">")
 for (;;) {
-  const reply = (await redis.xreadgroup("GROUP", group, consumer, "COUNT", 100, "BLOCK", once ? 500 : 5000, "STREAMS", stream, cursor)) as
-    | Array<[string, Array<[string, string[]]>]>
-    | null;
+  const reply = (await redis.xreadgroup(
+    "GROUP",
+    group,
+    consumer,
+    "COUNT",
+    100,
+    "BLOCK",
+    once ? 500 : 5000,
+    "STREAMS",
+    stream,
+    cursor,
+  )) as Array<[string, Array<[string, string[]]>]> | null;
   const entries = reply?.[0]?.[1] ?? [];
   if (entries.length === 0) {
     if (cursor === "0") {

@@ -22,7 +22,11 @@ const show = async (label: string) => {
   console.log(`${label.padEnd(46)} balance=${info.balance} reserved=${info.reserved} available=${info.available}`);
 };
 
-await credits.addCredits(user, 500, { description: "Pro plan, January", source: "subscription", expiresAt: new Date(now + 30 * DAY) });
+await credits.addCredits(user, 500, {
+  description: "Pro plan, January",
+  source: "subscription",
+  expiresAt: new Date(now + 30 * DAY),
+});
 await show("added 500 expiring in 30 days");
 await credits.addCredits(user, 100, { description: "Welcome bonus", source: "promo" });
 await show("added 100 that never expire");
@@ -50,7 +54,8 @@ console.log(`grants left: ${grants.map((g) => `${g.remaining} (${g.source})`).jo
 
 const history = await credits.getCreditHistory(user, { limit: 10 });
 console.log("\nhistory, newest first:");
-for (const e of history.items) console.log(`  #${e.seq} ${e.type.padEnd(16)} ${String(e.amount).padStart(5)}  balance after ${e.balanceAfter}`);
+for (const e of history.items)
+  console.log(`  #${e.seq} ${e.type.padEnd(16)} ${String(e.amount).padStart(5)}  balance after ${e.balanceAfter}`);
 
 const report = await credits.audit(user);
 console.log(`\naudit: ${report.ok ? "ok" : "FAILED"} — ${report.entries} entries replayed, hash chain intact`);

@@ -17,7 +17,11 @@ const logger = pino({ name: "credit-jobs" });
 const EVERY_MS = Number(process.env.JOB_INTERVAL_MS ?? 60_000);
 
 const db = await createDbManagerFromEnv();
-const manager = await createCreditManager({ db, logger, ledger: process.env.LEDGER_FILE ? { filePath: process.env.LEDGER_FILE } : false });
+const manager = await createCreditManager({
+  db,
+  logger,
+  ledger: process.env.LEDGER_FILE ? { filePath: process.env.LEDGER_FILE } : false,
+});
 
 let running: Promise<void> | null = null;
 let stopping = false;

@@ -17,12 +17,23 @@ const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 const update = process.argv.includes("--update");
 const entries = Object.entries(pkg.exports)
   .filter(([, v]) => typeof v === "object" && v.import?.types)
-  .map(([subpath, v]) => ({ subpath, file: join(root, v.import.types), esm: join(root, v.import.default), cjs: join(root, v.require.default) }));
+  .map(([subpath, v]) => ({
+    subpath,
+    file: join(root, v.import.types),
+    esm: join(root, v.import.default),
+    cjs: join(root, v.require.default),
+  }));
 const require = createRequire(import.meta.url);
 
 const program = ts.createProgram(
   entries.map((e) => e.file),
-  { strict: true, skipLibCheck: true, module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16, noEmit: true },
+  {
+    strict: true,
+    skipLibCheck: true,
+    module: ts.ModuleKind.Node16,
+    moduleResolution: ts.ModuleResolutionKind.Node16,
+    noEmit: true,
+  },
 );
 const checker = program.getTypeChecker();
 
@@ -34,7 +45,7 @@ function kindOf(symbol) {
   const kinds = [];
   if (f & ts.SymbolFlags.Class) kinds.push("class");
   else if (f & ts.SymbolFlags.Function) kinds.push("function");
-  else if (f & (ts.SymbolFlags.Variable)) kinds.push("const");
+  else if (f & ts.SymbolFlags.Variable) kinds.push("const");
   if (f & ts.SymbolFlags.Interface) kinds.push("interface");
   if (f & ts.SymbolFlags.TypeAlias) kinds.push("type");
   if (f & ts.SymbolFlags.Enum) kinds.push("enum");
@@ -47,7 +58,9 @@ const flat = (text) => text.replace(/\s+/g, " ").trim();
 const hidden = (p) =>
   p.name.startsWith("#") ||
   p.name.startsWith("__@") ||
-  (p.declarations ?? []).some((d) => ts.getCombinedModifierFlags(d) & (ts.ModifierFlags.Private | ts.ModifierFlags.Protected));
+  (p.declarations ?? []).some(
+    (d) => ts.getCombinedModifierFlags(d) & (ts.ModifierFlags.Private | ts.ModifierFlags.Protected),
+  );
 
 /** A class's or interface's public members, one a line. */
 function members(type, at, prefix = "  ") {
@@ -60,7 +73,9 @@ function members(type, at, prefix = "  ") {
     const ro = decl && ts.getCombinedModifierFlags(decl) & ts.ModifierFlags.Readonly ? "readonly " : "";
     const opt = p.flags & ts.SymbolFlags.Optional ? "?" : "";
     const t = checker.getTypeOfSymbolAtLocation(p, at);
-    if (p.flags & ts.SymbolFlags.Method) for (const sig of t.getCallSignatures()) lines.push(`${prefix}${p.name}${opt}${checker.signatureToString(sig, at, F)}`);
+    if (p.flags & ts.SymbolFlags.Method)
+      for (const sig of t.getCallSignatures())
+        lines.push(`${prefix}${p.name}${opt}${checker.signatureToString(sig, at, F)}`);
     else lines.push(`${prefix}${ro}${p.name}${opt}: ${checker.typeToString(t, at, F)}`);
   }
   return lines;
@@ -72,29 +87,43 @@ function signature(name, exported) {
   const decl = s.valueDeclaration ?? s.declarations?.[0];
   const lines = [];
   if (s.flags & ts.SymbolFlags.Class) {
-    lines.push(`class ${name}${decl.heritageClauses ? ` ${decl.heritageClauses.map((h) => flat(h.getText())).join(" ")}` : ""}`);
-    lines.push(...members(checker.getTypeOfSymbolAtLocation(s, decl), decl, "  static ").map((l) => l.replace("static new ", "new ")));
+    lines.push(
+      `class ${name}${decl.heritageClauses ? ` ${decl.heritageClauses.map((h) => flat(h.getText())).join(" ")}` : ""}`,
+    );
+    lines.push(
+      ...members(checker.getTypeOfSymbolAtLocation(s, decl), decl, "  static ").map((l) =>
+        l.replace("static new ", "new "),
+      ),
+    );
     lines.push(...members(checker.getDeclaredTypeOfSymbol(s), decl));
   } else if (s.flags & ts.SymbolFlags.Function) {
-    for (const sig of checker.getTypeOfSymbolAtLocation(s, decl).getCallSignatures()) lines.push(`function ${name}${checker.signatureToString(sig, decl, F)}`);
+    for (const sig of checker.getTypeOfSymbolAtLocation(s, decl).getCallSignatures())
+      lines.push(`function ${name}${checker.signatureToString(sig, decl, F)}`);
   } else if (s.flags & ts.SymbolFlags.Variable) {
-    lines.push(`const ${name}: ${decl.type ? flat(decl.type.getText()) : checker.typeToString(checker.getTypeOfSymbolAtLocation(s, decl), decl, F)}`);
+    lines.push(
+      `const ${name}: ${decl.type ? flat(decl.type.getText()) : checker.typeToString(checker.getTypeOfSymbolAtLocation(s, decl), decl, F)}`,
+    );
   } else if (s.flags & ts.SymbolFlags.ValueModule) {
     for (const e of checker.getExportsOfModule(s)) lines.push(...signature(`${name}.${e.getName()}`, e));
   }
   if (s.flags & ts.SymbolFlags.Interface) {
     const i = s.declarations.find(ts.isInterfaceDeclaration);
     const params = i.typeParameters ? `<${i.typeParameters.map((p) => flat(p.getText())).join(", ")}>` : "";
-    lines.push(`interface ${name}${params}${i.heritageClauses ? ` ${i.heritageClauses.map((h) => flat(h.getText())).join(" ")}` : ""}`);
+    lines.push(
+      `interface ${name}${params}${i.heritageClauses ? ` ${i.heritageClauses.map((h) => flat(h.getText())).join(" ")}` : ""}`,
+    );
     lines.push(...members(checker.getDeclaredTypeOfSymbol(s), i));
   }
   if (s.flags & ts.SymbolFlags.TypeAlias) {
     const a = s.declarations.find(ts.isTypeAliasDeclaration);
     const params = a.typeParameters ? `<${a.typeParameters.map((p) => flat(p.getText())).join(", ")}>` : "";
     const t = checker.getDeclaredTypeOfSymbol(s);
-    lines.push(`type ${name}${params} = ${params ? flat(a.type.getText()) : checker.typeToString(t, a, F | ts.TypeFormatFlags.InTypeAlias)}`);
+    lines.push(
+      `type ${name}${params} = ${params ? flat(a.type.getText()) : checker.typeToString(t, a, F | ts.TypeFormatFlags.InTypeAlias)}`,
+    );
     // An alias of a class or interface: its members, as for the class or interface itself.
-    if (!params && t.flags & ts.TypeFlags.Object && t.objectFlags & (ts.ObjectFlags.Class | ts.ObjectFlags.Interface)) lines.push(...members(t, a));
+    if (!params && t.flags & ts.TypeFlags.Object && t.objectFlags & (ts.ObjectFlags.Class | ts.ObjectFlags.Interface))
+      lines.push(...members(t, a));
   }
   return lines;
 }
@@ -123,8 +152,10 @@ for (const { subpath, file, esm, cjs } of entries) {
     const undeclared = names.filter((n) => !declared.includes(n));
     if (missing.length + undeclared.length === 0) continue;
     mismatches++;
-    if (missing.length > 0) console.error(`${subpath} (${format}): declared as values but not exported: ${missing.join(", ")}`);
-    if (undeclared.length > 0) console.error(`${subpath} (${format}): exported but not declared: ${undeclared.join(", ")}`);
+    if (missing.length > 0)
+      console.error(`${subpath} (${format}): declared as values but not exported: ${missing.join(", ")}`);
+    if (undeclared.length > 0)
+      console.error(`${subpath} (${format}): exported but not declared: ${undeclared.join(", ")}`);
   }
   const rows = exported.map((s) => `| \`${s.getName()}\` | ${kindOf(s)} |`).sort();
   const byName = [...exported].sort((a, b) => (a.getName() < b.getName() ? -1 : a.getName() > b.getName() ? 1 : 0));
@@ -148,7 +179,10 @@ for (const { subpath, file, esm, cjs } of entries) {
   if (before === text) continue;
   changed++;
   if (update) writeFileSync(out, text);
-  else console.error(`api/${name.replace(/\//g, "__")}.api.md is out of date: the public surface of ${name} changed (run npm run api:update and review the diff)`);
+  else
+    console.error(
+      `api/${name.replace(/\//g, "__")}.api.md is out of date: the public surface of ${name} changed (run npm run api:update and review the diff)`,
+    );
 }
 if (mismatches > 0 || (!update && changed > 0)) process.exit(1);
 console.log(update ? `api reports: ${changed} written` : "api reports: up to date");

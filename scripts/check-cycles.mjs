@@ -31,7 +31,10 @@ function edges(file) {
     let typeOnly = /^type\s/.test(clause);
     const braces = clause.match(/^\{([\s\S]*)\}$/);
     if (!typeOnly && braces) {
-      const names = braces[1].split(",").map((s) => s.trim()).filter(Boolean);
+      const names = braces[1]
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean);
       typeOnly = names.length > 0 && names.every((n) => n.startsWith("type "));
     }
     if (typeOnly && !withTypes) continue;

@@ -23,7 +23,17 @@
 //
 // Usage: node scripts/check-docs.mjs [--no-run] [--keep] [file.md …]
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -89,7 +99,10 @@ function extract(file) {
     for (; j < lines.length; j++) {
       const close = /^\s*(`{3,}|~{3,})\s*$/.exec(lines[j]);
       if (close && close[1][0] === marks[0] && close[1].length >= marks.length) break;
-      code.push({ text: lines[j].startsWith(indent) ? lines[j].slice(indent.length) : lines[j].trimStart(), line: j + 1 });
+      code.push({
+        text: lines[j].startsWith(indent) ? lines[j].slice(indent.length) : lines[j].trimStart(),
+        line: j + 1,
+      });
     }
     const fenceLine = i + 1;
     i = j;
@@ -105,25 +118,39 @@ function extract(file) {
     if (head) {
       const words = head[1].split(/\s+/).filter(Boolean);
       for (let w = 0; w < words.length; w++) {
-        if (words[w] === "skip") { flags.add("skip"); reason = words.slice(w + 1).join(" "); break; }
-        if (!["fragment", "run"].includes(words[w])) problems.push(`${rel}:${comment.start + 1}: unknown snippet flag "${words[w]}" (fragment, run, skip <reason>)`);
+        if (words[w] === "skip") {
+          flags.add("skip");
+          reason = words.slice(w + 1).join(" ");
+          break;
+        }
+        if (!["fragment", "run"].includes(words[w]))
+          problems.push(
+            `${rel}:${comment.start + 1}: unknown snippet flag "${words[w]}" (fragment, run, skip <reason>)`,
+          );
         else flags.add(words[w]);
       }
       if (flags.has("skip") && !reason) problems.push(`${rel}:${comment.start + 1}: "snippet: skip" needs a reason`);
       for (let k = comment.start + 1; k < comment.end; k++) hidden.push({ text: lines[k], line: k + 1 });
       const last = lines[comment.end].replace(/-->\s*$/, "");
       if (comment.end > comment.start && last.trim()) hidden.push({ text: last, line: comment.end + 1 });
-      if (hidden.length && !flags.has("fragment")) problems.push(`${rel}:${comment.start + 1}: code in a snippet marker needs "fragment"`);
+      if (hidden.length && !flags.has("fragment"))
+        problems.push(`${rel}:${comment.start + 1}: code in a snippet marker needs "fragment"`);
     }
     blocks.push({ file: rel, fenceLine, code, flags, hidden, reason });
   }
-  for (const b of blocks) b.prelude = b.flags.has("fragment") ? prelude ?? [] : [];
-  if (prelude && !blocks.some((b) => b.flags.has("fragment"))) problems.push(`${rel}: a snippet-prelude but no "fragment" block uses it`);
+  for (const b of blocks) b.prelude = b.flags.has("fragment") ? (prelude ?? []) : [];
+  if (prelude && !blocks.some((b) => b.flags.has("fragment")))
+    problems.push(`${rel}: a snippet-prelude but no "fragment" block uses it`);
   return { blocks, problems };
 }
 
 /** GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens. */
-const slug = (heading) => heading.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/\s/g, "-");
+const slug = (heading) =>
+  heading
+    .trim()
+    .toLowerCase()
+    .replace(/[^\p{L}\p{N}\s_-]/gu, "")
+    .replace(/\s/g, "-");
 
 /** A page's text outside fenced blocks (links and headings in code are not links and headings). */
 function prose(file) {
@@ -131,7 +158,10 @@ function prose(file) {
   let fence = null;
   for (const [i, line] of readFileSync(file, "utf8").split("\n").entries()) {
     const m = /^\s*(`{3,}|~{3,})/.exec(line);
-    if (m && (fence === null || (m[1][0] === fence[0] && m[1].length >= fence.length))) { fence = fence === null ? m[1] : null; continue; }
+    if (m && (fence === null || (m[1][0] === fence[0] && m[1].length >= fence.length))) {
+      fence = fence === null ? m[1] : null;
+      continue;
+    }
     if (fence === null) out.push({ line: i + 1, text: line });
   }
   return out;
@@ -167,18 +197,24 @@ function checkLinks(files) {
         if (/^[a-z][a-z+.-]*:/i.test(target)) continue; // https:, mailto:
         const [path, anchor] = target.split("#");
         const to = path ? resolve(dirname(file), decodeURIComponent(path)) : file;
-        if (!existsSync(to)) { problems.push(`${rel}:${line}: link to ${target}: no such file`); continue; }
-        if (anchor && to.endsWith(".md") && !anchorsFor(to).has(anchor)) problems.push(`${rel}:${line}: link to ${target}: no such heading in ${relative(root, to)}`);
+        if (!existsSync(to)) {
+          problems.push(`${rel}:${line}: link to ${target}: no such file`);
+          continue;
+        }
+        if (anchor && to.endsWith(".md") && !anchorsFor(to).has(anchor))
+          problems.push(`${rel}:${line}: link to ${target}: no such heading in ${relative(root, to)}`);
       }
     }
   }
   const index = join(root, "docs", "README.md");
   if (existsSync(index)) {
     const linked = new Set();
-    for (const { text } of prose(index)) for (const m of text.matchAll(/\]\(([^)#\s]+)/g)) linked.add(resolve(dirname(index), m[1]));
+    for (const { text } of prose(index))
+      for (const m of text.matchAll(/\]\(([^)#\s]+)/g)) linked.add(resolve(dirname(index), m[1]));
     for (const f of readdirSync(join(root, "docs"), { recursive: true })) {
       const page = join(root, "docs", String(f));
-      if (page.endsWith(".md") && page !== index && !linked.has(page)) problems.push(`docs/README.md does not link docs/${f}: add it to the index`);
+      if (page.endsWith(".md") && page !== index && !linked.has(page))
+        problems.push(`docs/README.md does not link docs/${f}: add it to the index`);
     }
   }
   return problems;
@@ -199,21 +235,36 @@ for (const file of files) {
   problems.push(...page.problems);
 }
 if (problems.length) fail(`snippet markers:\n  ${problems.join("\n  ")}\nSee ${CONVENTION}.`);
-const links = checkLinks(only.length ? files : [...files, join(root, "CONTRIBUTING.md"), join(root, "CHANGELOG.md")].filter((f) => existsSync(f)));
+const links = checkLinks(
+  only.length
+    ? files
+    : [...files, join(root, "CONTRIBUTING.md"), join(root, "CHANGELOG.md")].filter((f) => existsSync(f)),
+);
 if (links.length) fail(`links:\n  ${links.join("\n  ")}`);
 if (blocks.length === 0) fail("no TypeScript block found");
 
 // 2. The package as it ships, in a fresh project.
-if (!existsSync(join(root, "dist", "index.js")) || !existsSync(join(root, "dist", "index.d.ts"))) fail("no complete dist/: run `npm run build` first");
-const newestSource = (dir) => readdirSync(dir, { recursive: true, withFileTypes: true })
-  .filter((e) => e.isFile()).reduce((max, e) => Math.max(max, statSync(join(e.parentPath ?? e.path, e.name)).mtimeMs), 0);
+if (!existsSync(join(root, "dist", "index.js")) || !existsSync(join(root, "dist", "index.d.ts")))
+  fail("no complete dist/: run `npm run build` first");
+const newestSource = (dir) =>
+  readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .reduce((max, e) => Math.max(max, statSync(join(e.parentPath ?? e.path, e.name)).mtimeMs), 0);
 if (newestSource(join(root, "src")) > statSync(join(root, "dist", "index.js")).mtimeMs) {
   console.warn("check-docs: warning: src/ changed after the last build; the blocks are checked against dist/ as built");
 }
 const packStarted = Date.now();
 const work = mkdtempSync(join(tmpdir(), "cm-docs-"));
-process.on("exit", () => { if (!keep) rmSync(work, { recursive: true, force: true }); });
-const tarball = execFileSync("npm", ["pack", "--silent", "--ignore-scripts", "--pack-destination", work], { cwd: root, encoding: "utf8" }).trim().split("\n").pop();
+process.on("exit", () => {
+  if (!keep) rmSync(work, { recursive: true, force: true });
+});
+const tarball = execFileSync("npm", ["pack", "--silent", "--ignore-scripts", "--pack-destination", work], {
+  cwd: root,
+  encoding: "utf8",
+})
+  .trim()
+  .split("\n")
+  .pop();
 const modules = join(work, "node_modules");
 const pkgDir = join(modules, "credit-management");
 mkdirSync(pkgDir, { recursive: true });
@@ -233,24 +284,31 @@ const checked = blocks.filter((b) => !b.flags.has("skip"));
 for (const [n, b] of checked.entries()) {
   b.name = `${b.file.replace(/[^\w]+/g, "-").replace(/-md$/, "")}-L${b.fenceLine}`;
   b.path = join(srcDir, `${b.name}.ts`);
-  b.map = [...b.prelude.map((l) => ({ ...l, where: "prelude" })), ...b.hidden.map((l) => ({ ...l, where: "marker" })), ...b.code.map((l) => ({ ...l, where: "block" }))];
+  b.map = [
+    ...b.prelude.map((l) => ({ ...l, where: "prelude" })),
+    ...b.hidden.map((l) => ({ ...l, where: "marker" })),
+    ...b.code.map((l) => ({ ...l, where: "block" })),
+  ];
   writeFileSync(b.path, `${b.map.map((l) => l.text).join("\n")}\nexport {};\n`);
   b.index = n;
 }
 
 // 4. Type-check (and emit, for the runnable ones) as a strict consumer.
-const program = ts.createProgram(checked.map((b) => b.path), {
-  strict: true,
-  target: ts.ScriptTarget.ES2022,
-  module: ts.ModuleKind.Node16,
-  moduleResolution: ts.ModuleResolutionKind.Node16,
-  types: ["node"],
-  typeRoots: [join(modules, "@types")],
-  skipLibCheck: true,
-  rootDir: srcDir,
-  outDir: join(work, "out"),
-  noEmitOnError: true,
-});
+const program = ts.createProgram(
+  checked.map((b) => b.path),
+  {
+    strict: true,
+    target: ts.ScriptTarget.ES2022,
+    module: ts.ModuleKind.Node16,
+    moduleResolution: ts.ModuleResolutionKind.Node16,
+    types: ["node"],
+    typeRoots: [join(modules, "@types")],
+    skipLibCheck: true,
+    rootDir: srcDir,
+    outDir: join(work, "out"),
+    noEmitOnError: true,
+  },
+);
 const diagnostics = ts.getPreEmitDiagnostics(program);
 if (diagnostics.length) {
   const byPath = new Map(checked.map((b) => [resolve(b.path), b]));
@@ -258,16 +316,28 @@ if (diagnostics.length) {
   for (const d of diagnostics) {
     const message = ts.flattenDiagnosticMessageText(d.messageText, "\n    ");
     const b = d.file && byPath.get(resolve(d.file.fileName));
-    if (!b) { found.push({ file: d.file?.fileName ?? "", line: 0, text: `${d.file ? `${d.file.fileName}: ` : ""}TS${d.code}: ${message}` }); continue; }
+    if (!b) {
+      found.push({
+        file: d.file?.fileName ?? "",
+        line: 0,
+        text: `${d.file ? `${d.file.fileName}: ` : ""}TS${d.code}: ${message}`,
+      });
+      continue;
+    }
     const at = b.map[d.file.getLineAndCharacterOfPosition(d.start ?? 0).line] ?? { line: b.fenceLine, where: "block" };
-    const from = at.where === "block" ? "" : ` (in the ${at.where === "prelude" ? "page's snippet-prelude" : "snippet marker"}, for the block at line ${b.fenceLine})`;
+    const from =
+      at.where === "block"
+        ? ""
+        : ` (in the ${at.where === "prelude" ? "page's snippet-prelude" : "snippet marker"}, for the block at line ${b.fenceLine})`;
     found.push({ file: b.file, line: at.line, text: `${b.file}:${at.line}${from}: TS${d.code}: ${message}` });
   }
   found.sort((x, y) => x.file.localeCompare(y.file) || x.line - y.line);
   const out = [...new Set(found.map((f) => f.text))];
-  fail(`${out.length} type error(s) in the documentation's TypeScript blocks:\n  ${out.join("\n  ")}\n\n` +
-    `A block is a complete module (its imports included) unless it is marked; fragments, runnable blocks\n` +
-    `and skipped ones are explained in ${CONVENTION}. Fix the docs where they are wrong.`);
+  fail(
+    `${out.length} type error(s) in the documentation's TypeScript blocks:\n  ${out.join("\n  ")}\n\n` +
+      `A block is a complete module (its imports included) unless it is marked; fragments, runnable blocks\n` +
+      `and skipped ones are explained in ${CONVENTION}. Fix the docs where they are wrong.`,
+  );
 }
 const checkedAt = Date.now();
 const emitted = program.emit();
@@ -275,31 +345,57 @@ if (emitted.emitSkipped) fail("TypeScript emitted nothing");
 
 // 5. Run the runnable blocks, each in an empty folder, two at a time.
 const runnable = noRun ? [] : checked.filter((b) => b.flags.has("run"));
-const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(CREDIT_|DATABASE_URL|MONGO|REDIS|PG|MYSQL)/.test(k)));
+const env = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => !/^(CREDIT_|DATABASE_URL|MONGO|REDIS|PG|MYSQL)/.test(k)),
+);
 function run(b) {
   const cwd = join(work, "run", b.name);
   mkdirSync(cwd, { recursive: true });
   return new Promise((done) => {
-    const child = spawn(process.execPath, [join(work, "out", `${b.name}.js`)], { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [join(work, "out", `${b.name}.js`)], {
+      cwd,
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let output = "";
-    child.stdout.on("data", (c) => { output += c; });
-    child.stderr.on("data", (c) => { output += c; });
-    const timer = setTimeout(() => { output += `\n(killed after ${RUN_TIMEOUT_MS / 1000} s: a runnable block must finish by itself)`; child.kill("SIGKILL"); }, RUN_TIMEOUT_MS);
-    child.on("close", (code, signal) => { clearTimeout(timer); done({ b, ok: code === 0, code: code ?? signal, output }); });
+    child.stdout.on("data", (c) => {
+      output += c;
+    });
+    child.stderr.on("data", (c) => {
+      output += c;
+    });
+    const timer = setTimeout(() => {
+      output += `\n(killed after ${RUN_TIMEOUT_MS / 1000} s: a runnable block must finish by itself)`;
+      child.kill("SIGKILL");
+    }, RUN_TIMEOUT_MS);
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      done({ b, ok: code === 0, code: code ?? signal, output });
+    });
   });
 }
 const results = [];
 const queue = [...runnable];
-await Promise.all([0, 1].map(async () => { for (let b; (b = queue.shift()); ) results.push(await run(b)); }));
+await Promise.all(
+  [0, 1].map(async () => {
+    for (let b; (b = queue.shift());) results.push(await run(b));
+  }),
+);
 const failed = results.filter((r) => !r.ok);
 if (failed.length) {
-  fail(`${failed.length} runnable block(s) failed:\n${failed.map((r) => `  ${r.b.file}:${r.b.fenceLine} exited with ${r.code}:\n    ${r.output.trim().split("\n").join("\n    ")}`).join("\n")}`);
+  fail(
+    `${failed.length} runnable block(s) failed:\n${failed.map((r) => `  ${r.b.file}:${r.b.fenceLine} exited with ${r.code}:\n    ${r.output.trim().split("\n").join("\n    ")}`).join("\n")}`,
+  );
 }
 
 const skipped = blocks.filter((b) => b.flags.has("skip"));
 for (const b of skipped) console.log(`skipped ${b.file}:${b.fenceLine}: ${b.reason}`);
 const pages = new Set(blocks.map((b) => b.file)).size;
-console.log(`check-docs: ${checked.length} TypeScript blocks of ${pages} pages type-check against the packed package` +
-  `${noRun ? "" : `, ${results.length} ran`}${skipped.length ? `, ${skipped.length} skipped` : ""}`);
+console.log(
+  `check-docs: ${checked.length} TypeScript blocks of ${pages} pages type-check against the packed package` +
+    `${noRun ? "" : `, ${results.length} ran`}${skipped.length ? `, ${skipped.length} skipped` : ""}`,
+);
 const s = (ms) => `${(ms / 1000).toFixed(1)} s`;
-console.log(`check-docs: ${s(Date.now() - started)} (pack and install ${s(packed - packStarted)}, type-check ${s(checkedAt - packed)}, runs ${s(Date.now() - checkedAt)})`);
+console.log(
+  `check-docs: ${s(Date.now() - started)} (pack and install ${s(packed - packStarted)}, type-check ${s(checkedAt - packed)}, runs ${s(Date.now() - checkedAt)})`,
+);

@@ -22,11 +22,16 @@ for (let i = 0; i < args.length; i++) {
   const name = names[args[i]];
   const value = args[i + 1];
   if (name === undefined || value === undefined || !/^\d+$/.test(value)) {
-    console.error(`usage: npm run sim -- [--seed N | --seeds N [--first N]] [--steps N] [--trace]  (got ${JSON.stringify(args[i])})`);
+    console.error(
+      `usage: npm run sim -- [--seed N | --seeds N [--first N]] [--steps N] [--trace]  (got ${JSON.stringify(args[i])})`,
+    );
     process.exit(2);
   }
   env[name] = value;
   i++;
 }
-const run = spawnSync("npx", ["vitest", "run", "test/simulation.test.ts", "-t", "seed\\(s\\)"], { stdio: "inherit", env });
+const run = spawnSync("npx", ["vitest", "run", "test/simulation.test.ts", "-t", "seed\\(s\\)"], {
+  stdio: "inherit",
+  env,
+});
 process.exit(run.status ?? 1);

@@ -94,7 +94,12 @@ export interface HoldMessage {
 
 /** The context object of the `job` tracing channel. `start` sees `job` and `asOf`. */
 export interface JobMessage {
-  job: "expireDueGrants" | "releaseExpiredHolds" | "renewDueSubscriptions" | "sendExpiringReminders" | "purgeNotifications";
+  job:
+    | "expireDueGrants"
+    | "releaseExpiredHolds"
+    | "renewDueSubscriptions"
+    | "sendExpiringReminders"
+    | "purgeNotifications";
   /** The instant the job works to (ISO). */
   asOf: string;
   /** Rows looked at (grants, holds, subscriptions, notifications). */
@@ -177,7 +182,13 @@ type AnyTracing = typeof unitOfWorkChannel | typeof jobChannel | typeof dispatch
  * Node ≥ 20.13; its five channels are read instead, as it does.)
  */
 export function traced(tc: AnyTracing): boolean {
-  return tc.start.hasSubscribers || tc.end.hasSubscribers || tc.asyncStart.hasSubscribers || tc.asyncEnd.hasSubscribers || tc.error.hasSubscribers;
+  return (
+    tc.start.hasSubscribers ||
+    tc.end.hasSubscribers ||
+    tc.asyncStart.hasSubscribers ||
+    tc.asyncEnd.hasSubscribers ||
+    tc.error.hasSubscribers
+  );
 }
 
 /**

@@ -93,13 +93,19 @@ function within<T>(promise: Promise<T>, ms: number): Promise<T> {
 }
 
 /** Runs `check` within `ms`: its value and latency, or the error's message. */
-async function timed<T>(ms: number, check: () => Promise<T>): Promise<{ value?: T; error?: string; latencyMs: number }> {
+async function timed<T>(
+  ms: number,
+  check: () => Promise<T>,
+): Promise<{ value?: T; error?: string; latencyMs: number }> {
   const started = performance.now();
   try {
     const value = await within(Promise.resolve().then(check), ms);
     return { value, latencyMs: Math.round(performance.now() - started) };
   } catch (error) {
-    return { error: error instanceof Error ? error.message : String(error), latencyMs: Math.round(performance.now() - started) };
+    return {
+      error: error instanceof Error ? error.message : String(error),
+      latencyMs: Math.round(performance.now() - started),
+    };
   }
 }
 
@@ -113,13 +119,18 @@ export async function checkHealth(deps: HealthDeps, options: HealthOptions = {})
   const ms = o.timeoutMs ?? 2000;
   const maxAge = o.maxOutboxAgeMs ?? 300_000;
   const { db, cache, queue, ledger } = deps;
-  const ping = db.ping === undefined ? async () => (await db.getAccount(STORE_PROBE), { schemaVersion: null }) : () => (db.ping as NonNullable<DbManager["ping"]>).call(db);
+  const ping =
+    db.ping === undefined
+      ? async () => (await db.getAccount(STORE_PROBE), { schemaVersion: null })
+      : () => (db.ping as NonNullable<DbManager["ping"]>).call(db);
   const stats = db.stats === undefined ? undefined : () => (db.stats as NonNullable<DbManager["stats"]>).call(db);
   const [s, st, c, q] = await Promise.all([
     timed(ms, ping),
     stats === undefined ? Promise.resolve(undefined) : timed<StoreStats>(ms, stats),
     cache === undefined ? Promise.resolve(undefined) : timed(ms, () => Promise.resolve(cache.get(CACHE_PROBE))),
-    queue?.ping === undefined ? Promise.resolve(undefined) : timed(ms, () => (queue.ping as NonNullable<NotificationQueue["ping"]>).call(queue)),
+    queue?.ping === undefined
+      ? Promise.resolve(undefined)
+      : timed(ms, () => (queue.ping as NonNullable<NotificationQueue["ping"]>).call(queue)),
   ]);
   const version = s.value?.schemaVersion ?? null;
   const store: HealthReport["store"] = {
@@ -130,10 +141,17 @@ export async function checkHealth(deps: HealthDeps, options: HealthOptions = {})
     expectedSchemaVersion: SCHEMA_VERSION,
   };
   if (s.error !== undefined) store.error = s.error;
-  else if (store.status === "degraded") store.error = `the store's schema is version ${version}, this release works with ${SCHEMA_VERSION}`;
+  else if (store.status === "degraded")
+    store.error = `the store's schema is version ${version}, this release works with ${SCHEMA_VERSION}`;
 
   const now = deps.clock().getTime();
-  const outbox: HealthReport["outbox"] = { status: "ok", latencyMs: st?.latencyMs ?? 0, pending: null, failed: null, oldestPendingAgeMs: null };
+  const outbox: HealthReport["outbox"] = {
+    status: "ok",
+    latencyMs: st?.latencyMs ?? 0,
+    pending: null,
+    failed: null,
+    oldestPendingAgeMs: null,
+  };
   if (st?.value !== undefined) {
     const oldest = st.value.oldestPendingAt;
     outbox.pending = st.value.outboxPending;
@@ -149,10 +167,18 @@ export async function checkHealth(deps: HealthDeps, options: HealthOptions = {})
   }
 
   const part = (r: { error?: string; latencyMs: number } | undefined): HealthCheck | null =>
-    r === undefined ? null : r.error === undefined ? { status: "ok", latencyMs: r.latencyMs } : { status: "degraded", latencyMs: r.latencyMs, error: r.error };
+    r === undefined
+      ? null
+      : r.error === undefined
+        ? { status: "ok", latencyMs: r.latencyMs }
+        : { status: "degraded", latencyMs: r.latencyMs, error: r.error };
   const cacheCheck = part(c);
   const queueCheck: HealthReport["queue"] =
-    queue === undefined ? null : q === undefined ? { status: "ok", latencyMs: 0, checked: false } : { ...(part(q) as HealthCheck), checked: true };
+    queue === undefined
+      ? null
+      : q === undefined
+        ? { status: "ok", latencyMs: 0, checked: false }
+        : { ...(part(q) as HealthCheck), checked: true };
 
   let ledgerCheck: HealthReport["ledger"] = null;
   if (ledger.filePath !== null) {
@@ -170,5 +196,13 @@ export async function checkHealth(deps: HealthDeps, options: HealthOptions = {})
   const parts = [store, cacheCheck, queueCheck, ledgerCheck, outbox];
   const status: HealthStatus =
     store.status === "down" ? "down" : parts.some((p) => p !== null && p.status !== "ok") ? "degraded" : "ok";
-  return { status, checkedAt: new Date(now).toISOString(), store, cache: cacheCheck, queue: queueCheck, ledger: ledgerCheck, outbox };
+  return {
+    status,
+    checkedAt: new Date(now).toISOString(),
+    store,
+    cache: cacheCheck,
+    queue: queueCheck,
+    ledger: ledgerCheck,
+    outbox,
+  };
 }

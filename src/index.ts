@@ -27,7 +27,12 @@ export {
   type RunAllReport,
 } from "./services/expiration-service.js";
 export * as periods from "./domain/periods.js";
-export { PromoService, type PromoServiceOptions, type PromoClaimResult, type PromoPage } from "./services/promo-service.js";
+export {
+  PromoService,
+  type PromoServiceOptions,
+  type PromoClaimResult,
+  type PromoPage,
+} from "./services/promo-service.js";
 export {
   PaymentService,
   type PaymentServiceOptions,
@@ -62,14 +67,13 @@ export {
   type NotificationMessage,
 } from "./queue/index.js";
 export type { Thresholds } from "./domain/notifications.js";
+export { addLlmUsage, currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "./services/metering.js";
 export {
-  addLlmUsage,
-  currentMeter,
-  recordUsage,
-  type MeterContext,
-  type MeterOutcome,
-} from "./services/metering.js";
-export { PricingService, usageOfResponse, type PricingServiceOptions, type UsageInput } from "./services/pricing-service.js";
+  PricingService,
+  usageOfResponse,
+  type PricingServiceOptions,
+  type UsageInput,
+} from "./services/pricing-service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
 export { silentLogger, type Logger } from "./logger.js";
 export type { HealthCheck, HealthReport, HealthStatus } from "./health.js";

@@ -21,33 +21,46 @@ const isObject = (v: unknown) => typeof v === "object" && v !== null;
 /** Options of `createCreditManager`, validated like every public input. */
 export const CreditManagerOptions = z.strictObject({
   /** The store. Default `new InMemoryDbManager()`. */
-  db: z.custom<DbManager>((v) => isObject(v) && typeof (v as DbManager).transaction === "function", {
-    error: "db must implement DbManager",
-  }).optional(),
+  db: z
+    .custom<DbManager>((v) => isObject(v) && typeof (v as DbManager).transaction === "function", {
+      error: "db must implement DbManager",
+    })
+    .optional(),
   /** `{ filePath }` mirrors the ledger to a JSONL file; `false` or omitted: no file. */
   ledger: z.union([z.literal(false), z.strictObject({ filePath: z.string().min(1) })]).optional(),
-  cache: z.custom<Cache>((v) => isObject(v) && typeof (v as Cache).get === "function", {
-    error: "cache must implement Cache",
-  }).optional(),
+  cache: z
+    .custom<Cache>((v) => isObject(v) && typeof (v as Cache).get === "function", {
+      error: "cache must implement Cache",
+    })
+    .optional(),
   clock: z.custom<() => Date>((v) => typeof v === "function", { error: "clock must be a function" }).optional(),
   /**
    * Where the library logs (warnings: cache or ledger-file trouble, failed job steps, …): any
    * object with pino's `error`, `warn`, `info` and `debug` — pino, a child logger, `console`,
    * winston. Default: a logger that writes nothing.
    */
-  logger: z.custom<Logger>((v) => isLogger(v), {
-    error: "logger must have error, warn, info and debug methods (pino, a child logger, console or winston)",
-  }).optional(),
+  logger: z
+    .custom<Logger>((v) => isLogger(v), {
+      error: "logger must have error, warn, info and debug methods (pino, a child logger, console or winston)",
+    })
+    .optional(),
   /** TTL of a hold when none is given, in seconds. Default 900. */
-  defaultReservationTtlSeconds: z.number().int().min(1).max(30 * 24 * 3600).optional(),
+  defaultReservationTtlSeconds: z
+    .number()
+    .int()
+    .min(1)
+    .max(30 * 24 * 3600)
+    .optional(),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: PaymentManagerOptions.optional(),
   /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
-  queue: z.custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
-    error: "queue must implement NotificationQueue",
-  }).optional(),
+  queue: z
+    .custom<NotificationQueue>((v) => isObject(v) && typeof (v as NotificationQueue).publish === "function", {
+      error: "queue must implement NotificationQueue",
+    })
+    .optional(),
   /** Notification thresholds and delivery settings (docs/notifications.md). */
   notifications: ThresholdSpec.extend({
     /** Delivery attempts before a row is `failed`. Default 10. */
@@ -172,7 +185,8 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     notifications,
     ledger,
     db,
-    health: (options) => checkHealth({ db, cache: o.cache, queue: o.queue, ledger, clock: o.clock ?? (() => new Date()) }, options),
+    health: (options) =>
+      checkHealth({ db, cache: o.cache, queue: o.queue, ledger, clock: o.clock ?? (() => new Date()) }, options),
     async close() {
       if (closed) return;
       closed = true;

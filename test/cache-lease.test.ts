@@ -34,7 +34,8 @@ const kinds: { name: string; skip: boolean; make(options?: { max?: number }): Le
 ];
 
 for (const kind of kinds) {
-  describe.skipIf(kind.skip)(`${kind.name} leases`, () => { // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+  describe.skipIf(kind.skip)(`${kind.name} leases`, () => {
+    // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     it("a fill under a lease lands unless a delete (or a plain set) came after the lease", async () => {
       const cache = kind.make();
       const first = await cache.lease("k");
@@ -88,7 +89,8 @@ describe("InMemoryCache leases under memory pressure", () => {
   });
 });
 
-describe.skipIf(!redisUrl)("RedisCache leases and generations", () => { // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+describe.skipIf(!redisUrl)("RedisCache leases and generations", () => {
+  // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
   it("a fill under a lease of an older generation is never served", async () => {
     redis ??= new Redis(redisUrl as string);
     const keyPrefix = `${tag}:gen:`;

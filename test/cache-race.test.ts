@@ -6,7 +6,14 @@ import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
-import { createCreditManager, InMemoryCache, InMemoryDbManager, type Cache, type CreditManager, type DbManager } from "../src/index.js";
+import {
+  createCreditManager,
+  InMemoryCache,
+  InMemoryDbManager,
+  type Cache,
+  type CreditManager,
+  type DbManager,
+} from "../src/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { RedisCache } from "../src/redis/index.js";
 
@@ -124,7 +131,13 @@ function pausingFills(inner: Cache) {
       lease: (key: string, ttl?: number) => (lease as (k: string, t?: number) => Promise<string>).call(inner, key, ttl),
       setLeased: async (key: string, token: string, value: unknown, ttl?: number) => {
         await pause();
-        return (setLeased as (k: string, l: string, v: unknown, t?: number) => Promise<boolean>).call(inner, key, token, value, ttl);
+        return (setLeased as (k: string, l: string, v: unknown, t?: number) => Promise<boolean>).call(
+          inner,
+          key,
+          token,
+          value,
+          ttl,
+        );
       },
     });
   }
@@ -160,7 +173,8 @@ const writes: { name: string; setup(m: CreditManager, u: string): Promise<() => 
 describe("a balance read racing another manager's write over a shared cache", () => {
   for (const store of stores) {
     for (const shared of caches) {
-      describe.skipIf(store.skip || shared.skip)(`${store.name} store, ${shared.name}`, () => { // reason: needs CREDIT_PG_URL / CREDIT_REDIS_URL; skipped with a printed notice otherwise
+      describe.skipIf(store.skip || shared.skip)(`${store.name} store, ${shared.name}`, () => {
+        // reason: needs CREDIT_PG_URL / CREDIT_REDIS_URL; skipped with a printed notice otherwise
         for (const write of writes) {
           it(`a read paused before its cache fill while ${write.name} commits elsewhere does not cache what it read`, async () => {
             const dbs = await store.make();
@@ -179,7 +193,10 @@ describe("a balance read racing another manager's write over a shared cache", ()
               await gate.reached; // A has read the store; its fill has not reached the cache
               await doWrite(); // B commits and invalidates
               gate.release();
-              expect(await read).toMatchObject({ balance: before?.balance, available: (before?.balance ?? 0) - (before?.reserved ?? 0) });
+              expect(await read).toMatchObject({
+                balance: before?.balance,
+                available: (before?.balance ?? 0) - (before?.reserved ?? 0),
+              });
               // Neither manager serves what A read from then on.
               const now = await b.db.getAccount(u);
               expect((now?.balance ?? Number.NaN) - (now?.reserved ?? Number.NaN)).toBe(write.after);

@@ -18,7 +18,11 @@ describe("credits.check()", () => {
     });
     expect(await m.credits.check("u", { feature: "chat", amount: 60 })).toMatchObject({ allowed: false, required: 60 });
     expect(await m.credits.check("u", { feature: "chat", amount: 50 })).toMatchObject({ allowed: true, required: 50 });
-    expect(await m.credits.check("nobody", { feature: "free" })).toMatchObject({ allowed: true, available: 0, required: 0 });
+    expect(await m.credits.check("nobody", { feature: "free" })).toMatchObject({
+      allowed: true,
+      available: 0,
+      required: 0,
+    });
     expect(await m.credits.check("nobody")).toMatchObject({ allowed: false, reason: "insufficient_credits" });
     await m.close();
   });
@@ -56,6 +60,8 @@ describe("credits.check()", () => {
     await expect(m.credits.check("u", { feature: "nope" })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.credits.check("u", { amount: 0 })).rejects.toBeInstanceOf(ValidationError);
     await m.close();
-    expect(() => new CreditService({ db: new InMemoryDbManager(), features: { x: { minAvailable: -1 } } })).toThrow(ConfigurationError);
+    expect(() => new CreditService({ db: new InMemoryDbManager(), features: { x: { minAvailable: -1 } } })).toThrow(
+      ConfigurationError,
+    );
   });
 });

@@ -16,7 +16,11 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 async function cli(args: string[], db?: DbManager, env: Record<string, string> = {}) {
   let stdout = "";
   let stderr = "";
-  const code = await runCli(args, { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) }, db === undefined ? { env } : { db });
+  const code = await runCli(
+    args,
+    { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) },
+    db === undefined ? { env } : { db },
+  );
   return { code, stdout, stderr };
 }
 
@@ -38,7 +42,9 @@ async function activity(manager: CreditManager): Promise<void> {
 
 /** The lines of a ledger file, and the index of a user's line with a given seq. */
 function lines(file: string): string[] {
-  return readFileSync(file, "utf8").split("\n").filter((l) => l !== "");
+  return readFileSync(file, "utf8")
+    .split("\n")
+    .filter((l) => l !== "");
 }
 function lineOf(all: string[], userId: string, seq: number): number {
   return all.findIndex((l) => {
@@ -84,7 +90,9 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
     writeFileSync(edited, `${all.join("\n")}\n`);
     const r = await cli(["audit", "--all", "--ledger-file", edited], db);
     expect(r.code).toBe(1);
-    expect(r.stdout).toContain(`FAIL  ${edited}:${at + 1}: user "alice" seq 3: the line's hash does not match its content`);
+    expect(r.stdout).toContain(
+      `FAIL  ${edited}:${at + 1}: user "alice" seq 3: the line's hash does not match its content`,
+    );
     expect(r.stdout).toContain("3 consistent, 0 with problems; 1 problem in the ledger files");
   });
 
@@ -122,7 +130,9 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
     writeFileSync(unordered, `${swapped.join("\n")}\n`);
     const r = await cli(["audit", "--all", "--ledger-file", unordered], db);
     expect(r.code).toBe(1);
-    expect(r.stdout).toContain(`FAIL  ${unordered}:${three + 1}: user "alice" seq 2 comes after seq 3 (line ${two + 1}): an account's lines are out of order`);
+    expect(r.stdout).toContain(
+      `FAIL  ${unordered}:${three + 1}: user "alice" seq 2 comes after seq 3 (line ${two + 1}): an account's lines are out of order`,
+    );
     expect(r.stdout).toContain("3 consistent, 0 with problems; 1 problem in the ledger files");
     expect((await cli(["audit", "--all", "--unordered", "--ledger-file", unordered], db)).code).toBe(0);
 
@@ -138,10 +148,15 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
     // The store as someone who edited an entry would leave it: alice's deduction says 4, not 5.
     const tampered = Object.create(db) as DbManager;
     tampered.listJournal = async (userId, query) =>
-      (await db.listJournal(userId, query)).map((e: JournalEntry) => (userId === "alice" && e.seq === 3 ? { ...e, amount: 4 } : e));
+      (await db.listJournal(userId, query)).map((e: JournalEntry) =>
+        userId === "alice" && e.seq === 3 ? { ...e, amount: 4 } : e,
+      );
     const r = await cli(["audit", "--all", "--json"], tampered);
     expect(r.code).toBe(1);
-    const reports = r.stdout.trim().split("\n").map((l) => JSON.parse(l) as { userId: string; ok: boolean; problems: string[] });
+    const reports = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { userId: string; ok: boolean; problems: string[] });
     expect(reports.map((x) => [x.userId, x.ok])).toEqual([
       ["alice", false],
       ["bob", true],
@@ -157,7 +172,10 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
     for (let i = 0; i < 1005; i++) await m.credits.addCredits(`u-${String(i).padStart(4, "0")}`, 1);
     const r = await cli(["audit", "--all", "--json"], big);
     expect(r.code).toBe(0);
-    const ids = r.stdout.trim().split("\n").map((l) => (JSON.parse(l) as { userId: string }).userId);
+    const ids = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => (JSON.parse(l) as { userId: string }).userId);
     expect(ids).toHaveLength(1005);
     expect(new Set(ids).size).toBe(1005);
     expect(r.stderr).toContain("1005 accounts audited: 1005 consistent");
@@ -184,7 +202,11 @@ function program(env: Record<string, string>, ...args: string[]) {
  * The program on a database `activity()` filled: consistent, then — after `change` edited alice's
  * deduction (seq 3) in the database, returning how many rows it changed — alice fails, alone.
  */
-async function intactThenChanged(env: Record<string, string>, file: string, change: () => Promise<number>): Promise<void> {
+async function intactThenChanged(
+  env: Record<string, string>,
+  file: string,
+  change: () => Promise<number>,
+): Promise<void> {
   const ok = program(env, "--all", "--ledger-file", file);
   expect(ok.stderr).toBe("");
   expect(ok.status).toBe(0);
@@ -197,12 +219,16 @@ async function intactThenChanged(env: Record<string, string>, file: string, chan
 }
 
 const pgUrl = process.env.CREDIT_PG_URL;
-describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_URL)", () => { // reason: needs its database URL (set by .ci/run); skipped otherwise
+describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_URL)", () => {
+  // reason: needs its database URL (set by .ci/run); skipped otherwise
   const schema = `cm_audit_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
   const file = join(dir, "pg.jsonl");
   beforeAll(async () => {
     const { PostgresDbManager } = await import("../src/db/postgres/index.js");
-    const manager = await createCreditManager({ db: new PostgresDbManager({ connectionString: pgUrl as string, schema }), ledger: { filePath: file } });
+    const manager = await createCreditManager({
+      db: new PostgresDbManager({ connectionString: pgUrl as string, schema }),
+      ledger: { filePath: file },
+    });
     await activity(manager);
     await manager.close();
   });
@@ -217,7 +243,9 @@ describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_U
     await intactThenChanged({ CREDIT_PG_URL: pgUrl as string, CREDIT_PG_SCHEMA: schema }, file, async () => {
       const client = new pg.Client({ connectionString: pgUrl });
       await client.connect();
-      const changed = await client.query(`UPDATE "${schema}".journal_entries SET amount = 4 WHERE user_id = 'alice' AND seq = 3`);
+      const changed = await client.query(
+        `UPDATE "${schema}".journal_entries SET amount = 4 WHERE user_id = 'alice' AND seq = 3`,
+      );
       await client.end();
       return changed.rowCount ?? 0;
     });
@@ -225,13 +253,17 @@ describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_U
 });
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
-describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONGO_URI)", () => { // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped otherwise
+describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONGO_URI)", () => {
+  // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped otherwise
   const dbName = `credit_audit_${process.pid}_${randomUUID().slice(0, 8)}`;
   const file = join(dir, "mongo.jsonl");
 
   beforeAll(async () => {
     const { MongoDbManager } = await import("../src/db/mongodb/index.js");
-    const manager = await createCreditManager({ db: MongoDbManager.fromUri(mongoUri as string, dbName), ledger: { filePath: file } });
+    const manager = await createCreditManager({
+      db: MongoDbManager.fromUri(mongoUri as string, dbName),
+      ledger: { filePath: file },
+    });
     await activity(manager);
     await manager.close();
   });
@@ -246,7 +278,10 @@ describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONG
     await intactThenChanged({ CREDIT_MONGO_URI: mongoUri as string, CREDIT_MONGO_DB: dbName }, file, async () => {
       const { MongoClient } = await import("mongodb");
       const client = new MongoClient(mongoUri as string);
-      const changed = await client.db(dbName).collection("credit_journal").updateOne({ userId: "alice", seq: 3 }, { $set: { amount: 4 } });
+      const changed = await client
+        .db(dbName)
+        .collection("credit_journal")
+        .updateOne({ userId: "alice", seq: 3 }, { $set: { amount: 4 } });
       await client.close();
       return changed.modifiedCount;
     });

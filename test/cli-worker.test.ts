@@ -83,9 +83,21 @@ describe("credit-management worker: flags and environment", () => {
 
   it("takes its defaults and the variables, and a flag wins over its variable", () => {
     const defaults = workerSettings({}, { CREDIT_PG_URL: "postgres://x" });
-    expect(defaults).toMatchObject({ once: false, jobsEveryMs: 60_000, remindersEveryMs: 0, dispatchEveryMs: 0, notifications: "off", jitter: 0.1 });
+    expect(defaults).toMatchObject({
+      once: false,
+      jobsEveryMs: 60_000,
+      remindersEveryMs: 0,
+      dispatchEveryMs: 0,
+      notifications: "off",
+      jitter: 0.1,
+    });
     const redis = workerSettings({}, { CREDIT_REDIS_URL: "redis://h:6379" });
-    expect(redis).toMatchObject({ notifications: "deliver", remindersEveryMs: 3_600_000, dispatchEveryMs: 1000, reminderDays: [7] });
+    expect(redis).toMatchObject({
+      notifications: "deliver",
+      remindersEveryMs: 3_600_000,
+      dispatchEveryMs: 1000,
+      reminderDays: [7],
+    });
     const set = workerSettings(
       { "batch-size": "50", once: true },
       {
@@ -110,7 +122,9 @@ describe("credit-management worker: flags and environment", () => {
       lowCredits: 10,
       logLevel: "debug",
     });
-    expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual([]);
+    expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual(
+      [],
+    );
   });
 
   it("refuses a bad flag or variable with exit code 2, naming it, before connecting to anything", async () => {
@@ -119,14 +133,26 @@ describe("credit-management worker: flags and environment", () => {
       [["worker", "--batch-size", "0"], {}, /--batch-size must be a whole number from 1 to 10000/],
       [["worker"], { CREDIT_WORKER_CONCURRENCY: "many" }, /CREDIT_WORKER_CONCURRENCY must be a whole number/],
       [["worker", "--jobs-every", "soon"], {}, /--jobs-every must be a duration/],
-      [["worker", "--log-level", "loud"], {}, /--log-level must be one of fatal, error, warn, info, debug, trace, silent/],
+      [
+        ["worker", "--log-level", "loud"],
+        {},
+        /--log-level must be one of fatal, error, warn, info, debug, trace, silent/,
+      ],
       [["worker"], { CREDIT_NOTIFICATIONS: "sometimes" }, /CREDIT_NOTIFICATIONS must be off, record or deliver/],
       [["worker"], { CREDIT_NOTIFICATIONS: "deliver" }, /needs CREDIT_REDIS_URL/],
       [["worker"], { CREDIT_REDIS_URL: "localhost:6379" }, /CREDIT_REDIS_URL must be a redis:\/\//],
       [["worker"], { CREDIT_REDIS_CACHE_PREFIX: "app:" }, /CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL/],
-      [["worker", "--dispatch-every", "1s"], { CREDIT_REDIS_URL: "redis://h", CREDIT_NOTIFICATIONS: "record" }, /dispatch needs CREDIT_NOTIFICATIONS=deliver/],
+      [
+        ["worker", "--dispatch-every", "1s"],
+        { CREDIT_REDIS_URL: "redis://h", CREDIT_NOTIFICATIONS: "record" },
+        /dispatch needs CREDIT_NOTIFICATIONS=deliver/,
+      ],
       [["worker", "--reminders-every", "1h"], {}, /reminders need notifications/],
-      [["worker"], { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "7,x" }, /CREDIT_REMINDER_DAYS must be up to 16 numbers/],
+      [
+        ["worker"],
+        { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "7,x" },
+        /CREDIT_REMINDER_DAYS must be up to 16 numbers/,
+      ],
       [["worker"], { CREDIT_LOW_CREDITS_PERCENT: "120" }, /CREDIT_LOW_CREDITS_PERCENT must be a number from 0 to 100/],
       [["worker", "--jobs-every", "0"], {}, /every task is off/],
       [["worker", "--dialect", "mysql"], {}, /--dialect applies to "schema" only/],
@@ -187,7 +213,15 @@ function startWorker(args: string[], env: Record<string, string>) {
       const seen = lines.find(test);
       if (seen !== undefined) return Promise.resolve(seen);
       return new Promise<Line>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no such line within ${ms} ms; got:\n${lines.map((l) => JSON.stringify(l)).join("\n")}\n${stderr}`)), ms);
+        const timer = setTimeout(
+          () =>
+            reject(
+              new Error(
+                `no such line within ${ms} ms; got:\n${lines.map((l) => JSON.stringify(l)).join("\n")}\n${stderr}`,
+              ),
+            ),
+          ms,
+        );
         waiting.push({ test, resolve: (l) => (clearTimeout(timer), resolve(l)) });
       });
     },
@@ -199,7 +233,8 @@ const round = (task: string) => (l: Line) => l.task === task && l.ok !== undefin
 const pgUrl = process.env.CREDIT_PG_URL;
 const redisUrl = process.env.CREDIT_REDIS_URL;
 
-describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CREDIT_PG_URL)", () => { // reason: needs its database URL (set by .ci/run); skipped otherwise
+describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CREDIT_PG_URL)", () => {
+  // reason: needs its database URL (set by .ci/run); skipped otherwise
   const schemas: string[] = [];
   const dir = mkdtempSync(join(tmpdir(), "cm-worker-"));
   const managers: CreditManager[] = [];
@@ -220,7 +255,10 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
       db: new PostgresDbManager({ connectionString: pgUrl as string, schema }),
       clock: () => new Date(Date.now() - daysAgo * 86_400_000),
     });
-    const now = await createCreditManager({ db: new PostgresDbManager({ connectionString: pgUrl as string, schema }), notifications: {} });
+    const now = await createCreditManager({
+      db: new PostgresDbManager({ connectionString: pgUrl as string, schema }),
+      notifications: {},
+    });
     managers.push(past, now);
     return { schema, past, now, env: { CREDIT_PG_URL: pgUrl as string, CREDIT_PG_SCHEMA: schema } };
   }
@@ -234,7 +272,8 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     );
   }
 
-  const journal = async (m: CreditManager, userId: string): Promise<JournalEntry[]> => m.db.listJournal(userId, { order: "asc", limit: 1000 });
+  const journal = async (m: CreditManager, userId: string): Promise<JournalEntry[]> =>
+    m.db.listJournal(userId, { order: "asc", limit: 1000 });
 
   /** Users with one grant each that expired an hour ago (added by a clock a day behind). */
   async function dueGrants(past: CreditManager, count: number, prefix: string): Promise<string[]> {
@@ -247,10 +286,13 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     const { past, now, env } = await store(1);
     const users = await dueGrants(past, 300, "t");
     const ledgerFile = join(dir, "sigterm.jsonl");
-    const w = startWorker(["--jobs-every", "1h", "--jitter", "0", "--batch-size", "10", "--concurrency", "1", "--log-level", "debug"], {
-      ...env,
-      CREDIT_LEDGER_FILE: ledgerFile,
-    });
+    const w = startWorker(
+      ["--jobs-every", "1h", "--jitter", "0", "--batch-size", "10", "--concurrency", "1", "--log-level", "debug"],
+      {
+        ...env,
+        CREDIT_LEDGER_FILE: ledgerFile,
+      },
+    );
     await w.waitFor((l) => l.msg === "round started" && l.task === "jobs");
     w.child.kill("SIGTERM");
     expect(await w.exited).toEqual({ code: 0, signal: null });
@@ -260,7 +302,10 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     // The signal came while the round ran; the round still did all of its work.
     expect(stopping).toBeGreaterThan(-1);
     expect(jobs).toBeGreaterThan(stopping);
-    expect(w.lines[jobs]).toMatchObject({ ok: true, expireDueGrants: { grantsExpired: 300, creditsExpired: 1500, errors: 0 } });
+    expect(w.lines[jobs]).toMatchObject({
+      ok: true,
+      expireDueGrants: { grantsExpired: 300, creditsExpired: 1500, errors: 0 },
+    });
     expect(msgs.at(-1)).toBe("worker stopped");
     // The store agrees: every grant expired exactly once, every journal replays.
     for (const u of users) {
@@ -272,14 +317,20 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     // The job's report is in the ledger (store and file), and the file has every expiry's line.
     const reports = await now.ledger.getEntries({ eventType: "system" });
     expect(reports.find((e) => e.message === "job expireDueGrants")?.details).toMatchObject({ grantsExpired: 300 });
-    const lines = readFileSync(ledgerFile, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { eventType: string; details: { type?: string } });
+    const lines = readFileSync(ledgerFile, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { eventType: string; details: { type?: string } });
     expect(lines.filter((l) => l.eventType === "transaction" && l.details.type === "expire")).toHaveLength(300);
   });
 
   it("a second signal exits at once (143); what the cut round did is whole, the rest is done by the next round", async () => {
     const { past, now, env } = await store(1);
     const users = await dueGrants(past, 300, "k");
-    const w = startWorker(["--jobs-every", "1h", "--jitter", "0", "--batch-size", "5", "--concurrency", "1", "--log-level", "debug"], env);
+    const w = startWorker(
+      ["--jobs-every", "1h", "--jitter", "0", "--batch-size", "5", "--concurrency", "1", "--log-level", "debug"],
+      env,
+    );
     await w.waitFor((l) => l.msg === "round started" && l.task === "jobs");
     w.child.kill("SIGTERM");
     await w.waitFor((l) => l.msg === "stopping: finishing the rounds in flight");
@@ -287,7 +338,13 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     const client = new pg.Client({ connectionString: pgUrl });
     await client.connect();
     const expired = async () =>
-      Number((await client.query(`SELECT count(*) AS n FROM "${env.CREDIT_PG_SCHEMA}".journal_entries WHERE type = 'expire'`)).rows[0].n);
+      Number(
+        (
+          await client.query(
+            `SELECT count(*) AS n FROM "${env.CREDIT_PG_SCHEMA}".journal_entries WHERE type = 'expire'`,
+          )
+        ).rows[0].n,
+      );
     while ((await expired()) === 0) await new Promise((r) => setTimeout(r, 20));
     w.child.kill("SIGTERM");
     expect((await w.exited).code).toBe(143);
@@ -351,24 +408,40 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     expect(users(ledgerFile)).toEqual(["h2-0", "h2-1", "h2-2"]);
   });
 
-  it.skipIf(!redisUrl)("two workers at once: each renewal, expiry and delivery happens once", async () => { // reason: needs CREDIT_REDIS_URL for the stream (set by .ci/run)
+  it.skipIf(!redisUrl)("two workers at once: each renewal, expiry and delivery happens once", async () => {
+    // reason: needs CREDIT_REDIS_URL for the stream (set by .ci/run)
     const { past, now, env } = await store(1.5);
     // Daily subscriptions started a day and a half ago: each is due for one renewal.
-    await past.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 10, price: 0, currency: "USD", billingPeriod: "daily" });
+    await past.subscriptions.createPlan({
+      id: "daily",
+      name: "Daily",
+      creditsPerPeriod: 10,
+      price: 0,
+      currency: "USD",
+      billingPeriod: "daily",
+    });
     const subscribers = Array.from({ length: 40 }, (_, i) => `s-${i}`);
     await inParallel(subscribers, 8, (u) => past.subscriptions.subscribe(u, "daily"));
     const holders = await dueGrants(past, 120, "g");
     // Events waiting in the outbox.
     const emitted = Array.from({ length: 60 }, (_, i) => `n-${i}`);
-    await inParallel(emitted, 8, (u) => now.notifications.emit(u, { type: "subscription_renewed", payload: { i: u }, dedupeKey: "seed" }));
+    await inParallel(emitted, 8, (u) =>
+      now.notifications.emit(u, { type: "subscription_renewed", payload: { i: u }, dedupeKey: "seed" }),
+    );
     const stream = `cm-worker-test:${randomUUID()}`;
-    const workerEnv = { ...env, CREDIT_REDIS_URL: redisUrl as string, CREDIT_REDIS_STREAM: stream, CREDIT_REMINDER_DAYS: "none" };
+    const workerEnv = {
+      ...env,
+      CREDIT_REDIS_URL: redisUrl as string,
+      CREDIT_REDIS_STREAM: stream,
+      CREDIT_REMINDER_DAYS: "none",
+    };
     const args = ["--once", "--batch-size", "7", "--concurrency", "4", "--dispatch-limit", "60"];
     const a = startWorker(args, workerEnv);
     const b = startWorker(args, workerEnv);
     expect([(await a.exited).code, (await b.exited).code], a.stderr() + b.stderr()).toEqual([0, 0]);
     const rounds = [...a.lines, ...b.lines];
-    const sum = (task: string, pick: (l: Line) => number) => rounds.filter(round(task)).reduce((n, l) => n + pick(l), 0);
+    const sum = (task: string, pick: (l: Line) => number) =>
+      rounds.filter(round(task)).reduce((n, l) => n + pick(l), 0);
     // Renewals: 40 in all, between the two workers; each subscriber's journal has one allocation per period.
     expect(sum("jobs", (l) => (l.renewDueSubscriptions as { renewed: number }).renewed)).toBe(40);
     for (const u of subscribers) {
@@ -381,7 +454,8 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     for (const u of holders) expect((await journal(now, u)).filter((e) => e.type === "expire")).toHaveLength(1);
     let expiredByJob = 0;
     for (const u of [...subscribers, ...holders]) {
-      for (const e of await journal(now, u)) if (e.type === "expire" && e.description === "credits expired (expiry job)") expiredByJob += e.grants.length;
+      for (const e of await journal(now, u))
+        if (e.type === "expire" && e.description === "credits expired (expiry job)") expiredByJob += e.grants.length;
     }
     expect(expiredByJob).toBeGreaterThanOrEqual(120);
     expect(sum("jobs", (l) => (l.expireDueGrants as { grantsExpired: number }).grantsExpired)).toBe(expiredByJob);
@@ -391,7 +465,8 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
       const entries = (await redis.xrange(stream, "-", "+")) as [string, string[]][];
       const ids = entries.map(([, fields]) => fields[fields.indexOf("id") + 1]);
       const rows = [];
-      for (const u of [...subscribers, ...emitted, ...holders]) rows.push(...(await now.notifications.list(u, { limit: 1000 })));
+      for (const u of [...subscribers, ...emitted, ...holders])
+        rows.push(...(await now.notifications.list(u, { limit: 1000 })));
       expect(rows.length).toBe(60 + 40); // the events seeded, and one subscription_renewed per renewal
       expect(rows.every((r) => r.status === "sent")).toBe(true);
       expect(ids.length).toBe(rows.length);

@@ -28,8 +28,12 @@ describe("credit-management CLI", () => {
 
   it("prints the DDL of each dialect (postgres by default)", async () => {
     expect((await cli("schema")).stdout).toBe(generateSql({ dialect: "postgres" }));
-    expect((await cli("schema", "--backend", "sql", "--dialect", "mysql", "--prefix", "cm_")).stdout).toBe(generateSql({ dialect: "mysql", prefix: "cm_" }));
-    expect((await cli("schema", "--backend", "sql", "--dialect", "sqlite")).stdout).toContain('CREATE TABLE IF NOT EXISTS "accounts"');
+    expect((await cli("schema", "--backend", "sql", "--dialect", "mysql", "--prefix", "cm_")).stdout).toBe(
+      generateSql({ dialect: "mysql", prefix: "cm_" }),
+    );
+    expect((await cli("schema", "--backend", "sql", "--dialect", "sqlite")).stdout).toContain(
+      'CREATE TABLE IF NOT EXISTS "accounts"',
+    );
     expect((await cli("schema", "--schema", "credits")).stdout).toContain('"credits"."journal_entries"');
   });
 
@@ -78,7 +82,8 @@ describe("credit-management CLI", () => {
   /** @see issue 24, item 13 */
   it("prints its version, and each command's own help", async () => {
     const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
-    for (const flag of ["--version", "-v"]) expect(await cli(flag)).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: "" });
+    for (const flag of ["--version", "-v"])
+      expect(await cli(flag)).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: "" });
     const schema = await cli("schema", "--help");
     expect(schema.code).toBe(0);
     expect(schema.stdout).toMatch(/^Usage: credit-management schema /);
@@ -109,7 +114,10 @@ describe("credit-management CLI", () => {
 
   it("runs as a program: exit codes reach the shell", async () => {
     const run = (...args: string[]) =>
-      spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], { encoding: "utf8", timeout: 30_000 });
+      spawnSync(process.execPath, ["--import", "tsx", "src/cli/index.ts", ...args], {
+        encoding: "utf8",
+        timeout: 30_000,
+      });
     const bad = run("schema", "--nope");
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain("Unknown option '--nope'");

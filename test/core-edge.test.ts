@@ -1,7 +1,14 @@
 // Core edge cases found by an audit of the credit service (scratch/audit2-core): each test failed
 // before its fix.
 import { describe, expect, it } from "vitest";
-import { createCreditManager, InMemoryCache, InMemoryDbManager, RuleViolationError, ValidationError, type CreditManager } from "../src/index.js";
+import {
+  createCreditManager,
+  InMemoryCache,
+  InMemoryDbManager,
+  RuleViolationError,
+  ValidationError,
+  type CreditManager,
+} from "../src/index.js";
 import { slowAccountReads } from "./fixtures/slow-reads.js";
 
 const T0 = Date.UTC(2031, 0, 1);
@@ -47,7 +54,9 @@ describe("addCredits: a retry after its expiresAt passed", () => {
     clock.now += 120_000;
     const again = await m.credits.addCredits("u", 50, { expiresAt, idempotencyKey: "webhook-1" });
     expect(again.id).toBe(first.id);
-    await expect(m.credits.addCredits("u", 50, { expiresAt, idempotencyKey: "webhook-2" })).rejects.toBeInstanceOf(RuleViolationError);
+    await expect(m.credits.addCredits("u", 50, { expiresAt, idempotencyKey: "webhook-2" })).rejects.toBeInstanceOf(
+      RuleViolationError,
+    );
     await expect(m.credits.addCredits("u", 50, { expiresAt })).rejects.toBeInstanceOf(RuleViolationError);
     expect((await m.credits.getCreditHistory("u")).items.filter((e) => e.type === "add")).toHaveLength(1);
     await m.close();
@@ -146,7 +155,12 @@ describe("cached reads are the caller's own", () => {
     expect(hit).toEqual({ userId: "u", balance: 100, reserved: 0, available: 100, debt: 0 });
     hit.balance = -2;
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(100);
-    const plan = await m.subscriptions.createPlan({ name: "Pro", creditsPerPeriod: 10, billingPeriod: "monthly", metadata: { tier: 1 } });
+    const plan = await m.subscriptions.createPlan({
+      name: "Pro",
+      creditsPerPeriod: 10,
+      billingPeriod: "monthly",
+      metadata: { tier: 1 },
+    });
     const read = await m.subscriptions.getPlan(plan.id); // from the store, then cached
     read.name = "changed";
     const cached = await m.subscriptions.getPlan(plan.id); // from the cache

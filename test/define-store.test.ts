@@ -106,7 +106,9 @@ describe("defineStore", () => {
     const three = attempts([1, 2, 3].map(() => new ConflictError("moved")));
     const error = await three.store.transaction("u", () => 7).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ConflictError);
-    expect((error as Error).message).toBe("[credit-management] [unit] gave up on a unit of work on account u after 3 conflicting attempts");
+    expect((error as Error).message).toBe(
+      "[credit-management] [unit] gave up on a unit of work on account u after 3 conflicting attempts",
+    );
     expect(three.log.committed).toBe(0);
   });
 
@@ -134,16 +136,25 @@ describe("defineStore", () => {
       await new Promise((r) => setTimeout(r, 5));
       order.push(`${name} end`);
     };
-    await Promise.all([store.transaction("u", unit("a")), store.transaction("u", unit("b")), store.transaction("v", unit("c"))]);
+    await Promise.all([
+      store.transaction("u", unit("a")),
+      store.transaction("u", unit("b")),
+      store.transaction("v", unit("c")),
+    ]);
     expect(order.slice(0, 2)).toEqual(["a start", "c start"]);
     expect(order.indexOf("b start")).toBeGreaterThan(order.indexOf("a end"));
   });
 
   it("answers the methods of a part it lacks with ConfigurationError, says so in its capabilities, and closes once", async () => {
     const { store, closes } = attempts([]);
-    expect(store.capabilities).toEqual({ multiProcess: true, parts: { subscriptions: false, promos: false, outbox: false } });
+    expect(store.capabilities).toEqual({
+      multiProcess: true,
+      parts: { subscriptions: false, promos: false, outbox: false },
+    });
     await expect(store.getPromo("X")).rejects.toBeInstanceOf(ConfigurationError);
-    await expect(store.insertPlan({} as never)).rejects.toThrow("[credit-management] [unit] has no subscriptions part (insertPlan)");
+    await expect(store.insertPlan({} as never)).rejects.toThrow(
+      "[credit-management] [unit] has no subscriptions part (insertPlan)",
+    );
     await Promise.all([store.close(), store.close()]);
     await store.close();
     expect(closes()).toBe(1);

@@ -39,7 +39,8 @@ function listen<M>(name: string): M[] {
 function trace<M extends object>(name: string): [string, M][] {
   const seen: [string, M][] = [];
   const tc = diagnostics_channel.tracingChannel<unknown, M>(name);
-  const copy = (m: M) => ({ ...m, error: (m as { error?: unknown }).error === undefined ? undefined : "error", result: undefined }) as M;
+  const copy = (m: M) =>
+    ({ ...m, error: (m as { error?: unknown }).error === undefined ? undefined : "error", result: undefined }) as M;
   const handlers = {
     start: (m: M) => seen.push(["start", copy(m)]),
     end: (m: M) => seen.push(["end", copy(m)]),
@@ -68,7 +69,9 @@ describe("diagnostics channels (docs/observability.md)", () => {
     for (let i = 0; i < 3; i++) await m.credits.deductCredits("u1", 10, { idempotencyKey: `k${i}` });
     await m.credits.deductCredits("u1", 10, { idempotencyKey: "k0" }); // a retry: replayed
     await expect(m.credits.deductCredits("u1", 1000)).rejects.toBeInstanceOf(InsufficientCreditsError);
-    await expect(m.credits.deductCredits("u1", 5, { idempotencyKey: "k1" })).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    await expect(m.credits.deductCredits("u1", 5, { idempotencyKey: "k1" })).rejects.toMatchObject({
+      code: "IDEMPOTENCY_CONFLICT",
+    });
 
     expect(units.filter(([e]) => e === "start").map(([, u]) => u.operation)).toEqual([
       "addCredits",
@@ -81,14 +84,24 @@ describe("diagnostics channels (docs/observability.md)", () => {
     ]);
     const done = ended(units);
     expect(done.map((u) => u.outcome)).toEqual(["ok", "ok", "ok", "ok", "replayed", "refused", "rejected"]);
-    expect(done[1]).toMatchObject({ operation: "deductCredits", userId: "u1", store: "memory", attempts: 1, conflicts: 0, entries: 1, errorCode: null });
+    expect(done[1]).toMatchObject({
+      operation: "deductCredits",
+      userId: "u1",
+      store: "memory",
+      attempts: 1,
+      conflicts: 0,
+      entries: 1,
+      errorCode: null,
+    });
     expect(done[4]).toMatchObject({ entries: 0 });
     expect(done[5]).toMatchObject({ errorCode: "INSUFFICIENT_CREDITS", entries: 0 });
     expect(done[6]).toMatchObject({ errorCode: "IDEMPOTENCY_CONFLICT" });
     for (const u of done) expect(u.durationMs).toBeGreaterThanOrEqual(0);
     // The failed ones went through `error` before `asyncEnd`.
     expect(units.filter(([e]) => e === "error")).toHaveLength(2);
-    expect(refusals).toEqual([{ operation: "deductCredits", userId: "u1", reason: "insufficient_credits", requested: 1000, available: 70 }]);
+    expect(refusals).toEqual([
+      { operation: "deductCredits", userId: "u1", reason: "insufficient_credits", requested: 1000, available: 70 },
+    ]);
     await m.close();
   });
 
@@ -192,12 +205,25 @@ describe("diagnostics channels (docs/observability.md)", () => {
     const hooks = listen<WebhookMessage>(DIAGNOSTICS_CHANNELS.webhook);
     const secret = "whsec_test";
     const m = await createCreditManager({
-      payments: { providers: [new RazorpayProvider({ keyId: "k", keySecret: "s", webhookSecret: secret, callbackUrl: "https://app.example/paid" })] },
+      payments: {
+        providers: [
+          new RazorpayProvider({
+            keyId: "k",
+            keySecret: "s",
+            webhookSecret: secret,
+            callbackUrl: "https://app.example/paid",
+          }),
+        ],
+      },
     });
     const body = JSON.stringify({ event: "refund.created", payload: {}, created_at: Math.floor(Date.now() / 1000) });
-    const sign = (b: string, key = secret) => ({ "X-Razorpay-Signature": createHmac("sha256", key).update(b).digest("hex") });
+    const sign = (b: string, key = secret) => ({
+      "X-Razorpay-Signature": createHmac("sha256", key).update(b).digest("hex"),
+    });
     await m.payments.handleWebhook("razorpay", body, sign(body));
-    await expect(m.payments.handleWebhook("razorpay", body, sign(body, "wrong"))).rejects.toMatchObject({ code: "WEBHOOK_REJECTED" });
+    await expect(m.payments.handleWebhook("razorpay", body, sign(body, "wrong"))).rejects.toMatchObject({
+      code: "WEBHOOK_REJECTED",
+    });
     expect(hooks.map((h) => [h.provider, h.outcome])).toEqual([
       ["razorpay", expect.stringMatching(/^(ignored|unchanged)$/)],
       ["razorpay", "rejected"],

@@ -51,7 +51,10 @@ describe("charges and commits clamped to the limit", () => {
   it("the shortfall is recorded in the metadata only when the limit cut the charge", () => {
     const meta = { idempotencyKey: "k", metadata: { route: "/chat" } };
     expect(shortfallMeta(meta, 100, 100)).toBe(meta);
-    expect(shortfallMeta(meta, 100, 60)).toEqual({ idempotencyKey: "k", metadata: { route: "/chat", requested: 100, shortfall: 40 } });
+    expect(shortfallMeta(meta, 100, 60)).toEqual({
+      idempotencyKey: "k",
+      metadata: { route: "/chat", requested: 100, shortfall: 40 },
+    });
     expect(shortfallMeta({}, 5, 0).metadata).toEqual({ requested: 5, shortfall: 5 });
   });
 });

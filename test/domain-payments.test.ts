@@ -49,18 +49,84 @@ const payment = (over: Partial<Payment> = {}): Payment => ({
 
 describe("reversal: what a refund or a lost dispute does to a payment", () => {
   it.each<[string, Partial<Payment>, boolean, number | null, ReturnType<typeof reversal>]>([
-    ["a partial refund: its share, rounded up", {}, false, 333, { outcome: "apply", status: "partially_refunded", refundedAmount: 333, takeBack: 167 }],
-    ["a further partial refund: the rest of the share", { status: "partially_refunded", refundedAmount: 333, creditsReversed: 167 }, false, 500, { outcome: "apply", status: "partially_refunded", refundedAmount: 500, takeBack: 83 }],
-    ["the full refund: all not yet reversed", { status: "partially_refunded", refundedAmount: 500, creditsReversed: 250 }, false, 1000, { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 250 }],
-    ["a refund larger than the payment counts as the full amount", {}, false, 5000, { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 500 }],
-    ["a lost dispute: all not yet reversed, the refunded amount stays", { status: "partially_refunded", refundedAmount: 200, creditsReversed: 100 }, true, null, { outcome: "apply", status: "disputed_lost", refundedAmount: 200, takeBack: 400 }],
-    ["before the payment was credited: only the status moves", { status: "created" }, false, 1000, { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 0 }],
+    [
+      "a partial refund: its share, rounded up",
+      {},
+      false,
+      333,
+      { outcome: "apply", status: "partially_refunded", refundedAmount: 333, takeBack: 167 },
+    ],
+    [
+      "a further partial refund: the rest of the share",
+      { status: "partially_refunded", refundedAmount: 333, creditsReversed: 167 },
+      false,
+      500,
+      { outcome: "apply", status: "partially_refunded", refundedAmount: 500, takeBack: 83 },
+    ],
+    [
+      "the full refund: all not yet reversed",
+      { status: "partially_refunded", refundedAmount: 500, creditsReversed: 250 },
+      false,
+      1000,
+      { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 250 },
+    ],
+    [
+      "a refund larger than the payment counts as the full amount",
+      {},
+      false,
+      5000,
+      { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 500 },
+    ],
+    [
+      "a lost dispute: all not yet reversed, the refunded amount stays",
+      { status: "partially_refunded", refundedAmount: 200, creditsReversed: 100 },
+      true,
+      null,
+      { outcome: "apply", status: "disputed_lost", refundedAmount: 200, takeBack: 400 },
+    ],
+    [
+      "before the payment was credited: only the status moves",
+      { status: "created" },
+      false,
+      1000,
+      { outcome: "apply", status: "refunded", refundedAmount: 1000, takeBack: 0 },
+    ],
     // @see issue 26, item 4 (the simulation, seed 8): its status ranks past paid, its credits were never added.
-    ["refunded in part before it was credited, refunded again: nothing to take back", { status: "partially_refunded", refundedAmount: 333, creditEntryId: null }, false, 600, { outcome: "apply", status: "partially_refunded", refundedAmount: 600, takeBack: 0 }],
-    ["a redelivered full refund: duplicate", { status: "refunded", refundedAmount: 1000, creditsReversed: 500 }, false, 1000, { outcome: "duplicate" }],
-    ["an older partial refund after a later one: duplicate (same status), nothing taken", { status: "partially_refunded", refundedAmount: 500, creditsReversed: 250 }, false, 333, { outcome: "duplicate" }],
-    ["a partial refund after the full one: unchanged", { status: "refunded", refundedAmount: 1000, creditsReversed: 500 }, false, 333, { outcome: "unchanged" }],
-    ["a refund after a lost dispute: unchanged", { status: "disputed_lost", creditsReversed: 500 }, false, 1000, { outcome: "unchanged" }],
+    [
+      "refunded in part before it was credited, refunded again: nothing to take back",
+      { status: "partially_refunded", refundedAmount: 333, creditEntryId: null },
+      false,
+      600,
+      { outcome: "apply", status: "partially_refunded", refundedAmount: 600, takeBack: 0 },
+    ],
+    [
+      "a redelivered full refund: duplicate",
+      { status: "refunded", refundedAmount: 1000, creditsReversed: 500 },
+      false,
+      1000,
+      { outcome: "duplicate" },
+    ],
+    [
+      "an older partial refund after a later one: duplicate (same status), nothing taken",
+      { status: "partially_refunded", refundedAmount: 500, creditsReversed: 250 },
+      false,
+      333,
+      { outcome: "duplicate" },
+    ],
+    [
+      "a partial refund after the full one: unchanged",
+      { status: "refunded", refundedAmount: 1000, creditsReversed: 500 },
+      false,
+      333,
+      { outcome: "unchanged" },
+    ],
+    [
+      "a refund after a lost dispute: unchanged",
+      { status: "disputed_lost", creditsReversed: 500 },
+      false,
+      1000,
+      { outcome: "unchanged" },
+    ],
   ])("%s", (_, over, dispute, refundedTotal, expected) => {
     const p = payment(over);
     expect(reversal(p, dispute, refundedBy(p.amount, { dispute, refundedTotal }))).toEqual(expected);
@@ -68,17 +134,27 @@ describe("reversal: what a refund or a lost dispute does to a payment", () => {
 
   it("over any sequence of refunds, never takes back more than the payment bought, and all of it once fully refunded", () => {
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 1e6 }), fc.integer({ min: 0, max: 1e6 }), fc.array(fc.integer({ min: 0, max: 2e6 }), { maxLength: 8 }), (amount, credits, totals) => {
-        let p = payment({ amount, credits });
-        for (const total of [...totals, amount]) {
-          const r = reversal(p, false, refundedBy(amount, { dispute: false, refundedTotal: total }));
-          if (r.outcome !== "apply") continue;
-          expect(r.takeBack).toBeGreaterThanOrEqual(0);
-          p = { ...p, status: r.status, refundedAmount: r.refundedAmount, creditsReversed: p.creditsReversed + r.takeBack };
-          expect(p.creditsReversed).toBeLessThanOrEqual(credits);
-        }
-        expect([p.status, p.creditsReversed]).toEqual(["refunded" satisfies PaymentStatus, credits]);
-      }),
+      fc.property(
+        fc.integer({ min: 1, max: 1e6 }),
+        fc.integer({ min: 0, max: 1e6 }),
+        fc.array(fc.integer({ min: 0, max: 2e6 }), { maxLength: 8 }),
+        (amount, credits, totals) => {
+          let p = payment({ amount, credits });
+          for (const total of [...totals, amount]) {
+            const r = reversal(p, false, refundedBy(amount, { dispute: false, refundedTotal: total }));
+            if (r.outcome !== "apply") continue;
+            expect(r.takeBack).toBeGreaterThanOrEqual(0);
+            p = {
+              ...p,
+              status: r.status,
+              refundedAmount: r.refundedAmount,
+              creditsReversed: p.creditsReversed + r.takeBack,
+            };
+            expect(p.creditsReversed).toBeLessThanOrEqual(credits);
+          }
+          expect([p.status, p.creditsReversed]).toEqual(["refunded" satisfies PaymentStatus, credits]);
+        },
+      ),
     );
   });
 
@@ -91,15 +167,53 @@ describe("reversal: what a refund or a lost dispute does to a payment", () => {
 
 describe("takeBackPlan: voiding what is left of the grant, or deducting", () => {
   const open = (remaining: number) => ({ closedAt: null, remaining });
-  it.each<[string, number, ReturnType<typeof open> | { closedAt: Date; remaining: number } | null, number, ReturnType<typeof takeBackPlan>]>([
+  it.each<
+    [
+      string,
+      number,
+      ReturnType<typeof open> | { closedAt: Date; remaining: number } | null,
+      number,
+      ReturnType<typeof takeBackPlan>,
+    ]
+  >([
     ["nothing spent: the whole grant is voided", 500, open(500), 0, { voidGrant: true, deduct: 0 }],
     ["part spent: the rest is voided, the spent part deducted", 500, open(200), 0, { voidGrant: true, deduct: 300 }],
-    ["part held: voided with the hold's share counted, the rest deducted", 500, open(200), 100, { voidGrant: true, deduct: 200 }],
-    ["a refund larger than what is left: void it all, deduct the rest (debt)", 800, open(500), 0, { voidGrant: true, deduct: 300 }],
-    ["a partial take-back smaller than the grant's rest: deducted, the grant stays", 100, open(500), 0, { voidGrant: false, deduct: 100 }],
-    ["what is held pushes the rest past the take-back: deducted", 450, open(400), 100, { voidGrant: false, deduct: 450 }],
+    [
+      "part held: voided with the hold's share counted, the rest deducted",
+      500,
+      open(200),
+      100,
+      { voidGrant: true, deduct: 200 },
+    ],
+    [
+      "a refund larger than what is left: void it all, deduct the rest (debt)",
+      800,
+      open(500),
+      0,
+      { voidGrant: true, deduct: 300 },
+    ],
+    [
+      "a partial take-back smaller than the grant's rest: deducted, the grant stays",
+      100,
+      open(500),
+      0,
+      { voidGrant: false, deduct: 100 },
+    ],
+    [
+      "what is held pushes the rest past the take-back: deducted",
+      450,
+      open(400),
+      100,
+      { voidGrant: false, deduct: 450 },
+    ],
     ["a grant spent to zero: deducted", 500, open(0), 0, { voidGrant: false, deduct: 500 }],
-    ["a closed grant (expired or voided): deducted", 500, { closedAt: new Date(0), remaining: 500 }, 0, { voidGrant: false, deduct: 500 }],
+    [
+      "a closed grant (expired or voided): deducted",
+      500,
+      { closedAt: new Date(0), remaining: 500 },
+      0,
+      { voidGrant: false, deduct: 500 },
+    ],
     ["no grant: deducted", 500, null, 0, { voidGrant: false, deduct: 500 }],
   ])("%s", (_, k, grant, held, expected) => {
     expect(takeBackPlan(k, grant, held)).toEqual(expected);
@@ -119,7 +233,18 @@ describe("takeBackPlan: voiding what is left of the grant, or deducting", () => 
 
   it("heldOf sums what active holds hold of one grant", () => {
     const hold = (allocations: { grantId: string; amount: number }[]) => ({ allocations });
-    expect(heldOf([hold([{ grantId: "g", amount: 3 }, { grantId: "h", amount: 4 }]), hold([{ grantId: "g", amount: 5 }])], "g")).toBe(8);
+    expect(
+      heldOf(
+        [
+          hold([
+            { grantId: "g", amount: 3 },
+            { grantId: "h", amount: 4 },
+          ]),
+          hold([{ grantId: "g", amount: 5 }]),
+        ],
+        "g",
+      ),
+    ).toBe(8);
     expect(heldOf([], "g")).toBe(0);
   });
 });

@@ -68,11 +68,21 @@ describe("allocation: a period's credits", () => {
   const period = { start: FEB, end: MAR };
   it.each([
     ["the plan's credits, expiring at the period's end", BASIC, FEB, { amount: 1000, expiresAt: MAR.getTime() }],
-    ["validityDays after the period's start", plan({ validityDays: 7 }), FEB, { amount: 1000, expiresAt: at(FEB, 7).getTime() }],
+    [
+      "validityDays after the period's start",
+      plan({ validityDays: 7 }),
+      FEB,
+      { amount: 1000, expiresAt: at(FEB, 7).getTime() },
+    ],
     ["none for pay-as-you-go (0 credits)", plan({ creditsPerPeriod: 0 }), FEB, null],
     ["none when it would be born expired (at its expiry)", BASIC, MAR, null],
     ["none when its validity is over (a period caught up late)", plan({ validityDays: 7 }), at(FEB, 7), null],
-    ["still one a millisecond before its expiry", BASIC, new Date(MAR.getTime() - 1), { amount: 1000, expiresAt: MAR.getTime() }],
+    [
+      "still one a millisecond before its expiry",
+      BASIC,
+      new Date(MAR.getTime() - 1),
+      { amount: 1000, expiresAt: MAR.getTime() },
+    ],
   ])("%s", (_, p, now, expected) => {
     expect(allocation(p, period, now)).toEqual(expected);
   });
@@ -81,7 +91,8 @@ describe("allocation: a period's credits", () => {
 describe("prorate: trunc((new − old) × fraction of the period left)", () => {
   // Feb 2024 has 29 days: 10 days in, 19/29 of it is left.
   const period = { start: FEB, end: MAR };
-  const delta = (from: number, to: number, now: Date, p = period) => proration(from, plan({ creditsPerPeriod: to }), p, now).delta;
+  const delta = (from: number, to: number, now: Date, p = period) =>
+    proration(from, plan({ creditsPerPeriod: to }), p, now).delta;
   it.each([
     ["upgrade at the period's start: the whole difference", 1000, 3000, FEB, 2000],
     ["downgrade at the period's start: the whole difference", 3000, 1000, FEB, -2000],
@@ -103,25 +114,41 @@ describe("prorate: trunc((new − old) × fraction of the period left)", () => {
 
   it("an upgrade whose grant would be born expired (the new plan's validity is over) adds nothing; a downgrade still removes", () => {
     const short = { validityDays: 5 };
-    expect(proration(1000, plan({ creditsPerPeriod: 3000, ...short }), period, at(FEB, 10))).toEqual({ delta: 0, expiresAt: at(FEB, 5).getTime() });
-    expect(proration(3000, plan({ creditsPerPeriod: 1000, ...short }), period, at(FEB, 10))).toEqual({ delta: -1310, expiresAt: at(FEB, 5).getTime() });
-    expect(proration(1000, plan({ creditsPerPeriod: 3000, validityDays: 20 }), period, at(FEB, 10))).toEqual({ delta: 1310, expiresAt: at(FEB, 20).getTime() });
+    expect(proration(1000, plan({ creditsPerPeriod: 3000, ...short }), period, at(FEB, 10))).toEqual({
+      delta: 0,
+      expiresAt: at(FEB, 5).getTime(),
+    });
+    expect(proration(3000, plan({ creditsPerPeriod: 1000, ...short }), period, at(FEB, 10))).toEqual({
+      delta: -1310,
+      expiresAt: at(FEB, 5).getTime(),
+    });
+    expect(proration(1000, plan({ creditsPerPeriod: 3000, validityDays: 20 }), period, at(FEB, 10))).toEqual({
+      delta: 1310,
+      expiresAt: at(FEB, 20).getTime(),
+    });
   });
 
   it("never grants or removes more than the plan difference, has its sign, and shrinks as the period runs out", () => {
     const credits = fc.integer({ min: 0, max: 1e12 });
     fc.assert(
-      fc.property(credits, credits, fc.integer({ min: 0, max: 400 * DAY }), fc.integer({ min: -DAY, max: 401 * DAY }), fc.nat(DAY), (from, to, length, offset, step) => {
-        const p = { start: FEB, end: new Date(FEB.getTime() + length) };
-        const d1 = delta(from, to, new Date(FEB.getTime() + offset), p);
-        const d2 = delta(from, to, new Date(FEB.getTime() + offset + step), p);
-        expect(Number.isSafeInteger(d1)).toBe(true);
-        expect(Math.abs(d1)).toBeLessThanOrEqual(Math.abs(to - from));
-        expect(d1 === 0 || Math.sign(d1) === Math.sign(to - from)).toBe(true);
-        expect(Math.abs(d2)).toBeLessThanOrEqual(Math.abs(d1));
-        if (length > 0) expect(delta(from, to, FEB, p)).toBe(to - from);
-        expect(delta(from, to, p.end, p)).toBe(0);
-      }),
+      fc.property(
+        credits,
+        credits,
+        fc.integer({ min: 0, max: 400 * DAY }),
+        fc.integer({ min: -DAY, max: 401 * DAY }),
+        fc.nat(DAY),
+        (from, to, length, offset, step) => {
+          const p = { start: FEB, end: new Date(FEB.getTime() + length) };
+          const d1 = delta(from, to, new Date(FEB.getTime() + offset), p);
+          const d2 = delta(from, to, new Date(FEB.getTime() + offset + step), p);
+          expect(Number.isSafeInteger(d1)).toBe(true);
+          expect(Math.abs(d1)).toBeLessThanOrEqual(Math.abs(to - from));
+          expect(d1 === 0 || Math.sign(d1) === Math.sign(to - from)).toBe(true);
+          expect(Math.abs(d2)).toBeLessThanOrEqual(Math.abs(d1));
+          if (length > 0) expect(delta(from, to, FEB, p)).toBe(to - from);
+          expect(delta(from, to, p.end, p)).toBe(0);
+        },
+      ),
     );
   });
 });
@@ -144,18 +171,30 @@ describe("prorated changes compose", () => {
 describe("rollover: the carry a renewal owes and the amount it moves", () => {
   const s = active(BASIC, { periodGrantIds: ["g-a", "g-b"] });
   const next = { end: T("2024-04-01T00:00:00.000Z") };
-  const carry = (p: Partial<Plan> | null, over: Partial<Subscription> = {}) => rolloverCarry({ ...s, ...over }, p === null ? null : plan(p), next);
+  const carry = (p: Partial<Plan> | null, over: Partial<Subscription> = {}) =>
+    rolloverCarry({ ...s, ...over }, p === null ? null : plan(p), next);
   it.each([
     ['"none": nothing', { rollover: "none" as const }, {}, null],
     ['"all": the period\'s grants, no cap', { rollover: "all" as const }, {}, { limit: null }],
     ["capped: up to the cap", { rollover: "cap" as const, rolloverCap: 500 }, {}, { limit: 500 }],
     ["capped without a cap: nothing can move", { rollover: "cap" as const, rolloverCap: null }, {}, { limit: 0 }],
-    ['after a period-end change with credits "expire": nothing', { rollover: "all" as const }, { pendingCredits: "expire" as const }, null],
+    [
+      'after a period-end change with credits "expire": nothing',
+      { rollover: "all" as const },
+      { pendingCredits: "expire" as const },
+      null,
+    ],
     ["a period without grants of its own: nothing", { rollover: "all" as const }, { periodGrantIds: [] }, null],
   ])("%s", (_, p, over, expected) => {
     const c = carry(p, over);
     if (expected === null) expect(c).toBeNull();
-    else expect(c).toEqual({ grantIds: ["g-a", "g-b"], periodEnd: MAR.getTime(), expiresAt: next.end.getTime(), ...expected });
+    else
+      expect(c).toEqual({
+        grantIds: ["g-a", "g-b"],
+        periodEnd: MAR.getTime(),
+        expiresAt: next.end.getTime(),
+        ...expected,
+      });
   });
 
   it("a plan that no longer exists carries nothing", () => {
@@ -216,19 +255,33 @@ describe("subscribe", () => {
       idempotencyKey: "checkout-1",
       request: { planId: "basic", autoRenew: true, startAt: null },
     });
-    expect(s.intent).toEqual(intent("sub:s-9:2024-05-10T12:00:00.000Z", { allocate: { amount: 1000, expiresAt: s.currentPeriodEnd.getTime() } }));
+    expect(s.intent).toEqual(
+      intent("sub:s-9:2024-05-10T12:00:00.000Z", {
+        allocate: { amount: 1000, expiresAt: s.currentPeriodEnd.getTime() },
+      }),
+    );
   });
 
   it("a past startAt backdates the cycle: only the current period is allocated", () => {
     const s = subscribe("s-9", "u-9", BASIC, { startAt: T("2024-01-31T00:00:00.000Z") }, T("2024-03-20T00:00:00.000Z"));
     // Jan 31 → Feb 29 (leap year) → Mar 31: Mar 20 lies in the second period.
-    expect([s.periodIndex, s.currentPeriodStart.toISOString(), s.currentPeriodEnd.toISOString()]).toEqual([1, "2024-02-29T00:00:00.000Z", "2024-03-31T00:00:00.000Z"]);
+    expect([s.periodIndex, s.currentPeriodStart.toISOString(), s.currentPeriodEnd.toISOString()]).toEqual([
+      1,
+      "2024-02-29T00:00:00.000Z",
+      "2024-03-31T00:00:00.000Z",
+    ]);
     expect(s.intent?.allocate).toEqual({ amount: 1000, expiresAt: T("2024-03-31T00:00:00.000Z").getTime() });
   });
 
   it("a future startAt waits for its start; pay-as-you-go owes no allocation", () => {
     const s = subscribe("s-9", "u-9", plan({ creditsPerPeriod: 0 }), { startAt: MAR, autoRenew: false }, FEB);
-    expect([s.nextRunAt, s.currentPeriodStart, s.intent?.allocate, s.periodCredits, s.autoRenew]).toEqual([MAR, MAR, null, 0, false]);
+    expect([s.nextRunAt, s.currentPeriodStart, s.intent?.allocate, s.periodCredits, s.autoRenew]).toEqual([
+      MAR,
+      MAR,
+      null,
+      0,
+      false,
+    ]);
   });
 
   it("an inactive plan cannot be chosen", () => {
@@ -251,7 +304,13 @@ describe("subscribe", () => {
 
   it("abandoned (its plan deactivated meanwhile): cancelled at once, owing nothing; an ended one stays", () => {
     const s = subscribe("s-9", "u-9", BASIC, {}, FEB);
-    expect(abandon(s, FEB)).toMatchObject({ status: "canceled", intent: null, nextRunAt: null, canceledAt: FEB, endedAt: FEB });
+    expect(abandon(s, FEB)).toMatchObject({
+      status: "canceled",
+      intent: null,
+      nextRunAt: null,
+      canceledAt: FEB,
+      endedAt: FEB,
+    });
     const gone = { ...s, status: "expired" as const };
     expect(abandon(gone, FEB)).toBe(gone);
   });
@@ -275,27 +334,54 @@ describe("changePlan, each mode", () => {
 
   it("period_end: only the pending plan and credits change now", () => {
     const s = active();
-    expect(changePlan(s, PRO, { when: "period_end", credits: "expire" }, mid, 1000)).toEqual({ ...s, pendingPlanId: "pro", pendingCredits: "expire" });
+    expect(changePlan(s, PRO, { when: "period_end", credits: "expire" }, mid, 1000)).toEqual({
+      ...s,
+      pendingPlanId: "pro",
+      pendingCredits: "expire",
+    });
   });
 
   it("now + prorate: same period, new plan, the prorated difference against what the period is on", () => {
     const s = active();
     const next = changePlan(s, PRO, { when: "now", credits: "prorate" }, mid, 1000);
-    expect(next).toMatchObject({ planId: "pro", currentPeriodStart: FEB, currentPeriodEnd: MAR, periodCredits: 3000, nextRunAt: mid, periodGrantIds: ["g-a", "g-b"] });
-    expect(next.intent).toEqual(intent(`sub:s-1:${FEB.toISOString()}:change2`, { prorate: { delta: 1310, expiresAt: MAR.getTime() }, keepPeriodGrants: true }));
+    expect(next).toMatchObject({
+      planId: "pro",
+      currentPeriodStart: FEB,
+      currentPeriodEnd: MAR,
+      periodCredits: 3000,
+      nextRunAt: mid,
+      periodGrantIds: ["g-a", "g-b"],
+    });
+    expect(next.intent).toEqual(
+      intent(`sub:s-1:${FEB.toISOString()}:change2`, {
+        prorate: { delta: 1310, expiresAt: MAR.getTime() },
+        keepPeriodGrants: true,
+      }),
+    );
     // What the period is on, not the old plan's current figure (an updatePlan since applies next period).
     expect(changePlan(s, PRO, { when: "now", credits: "prorate" }, mid, 2000).intent?.prorate?.delta).toBe(655);
   });
 
   it("now + prorate across billing periods is a ValidationError", () => {
-    expect(() => changePlan(active(), plan({ id: "weekly", billingPeriod: "weekly" }), { when: "now", credits: "prorate" }, mid, 1000)).toThrow(ValidationError);
+    expect(() =>
+      changePlan(
+        active(),
+        plan({ id: "weekly", billingPeriod: "weekly" }),
+        { when: "now", credits: "prorate" },
+        mid,
+        1000,
+      ),
+    ).toThrow(ValidationError);
   });
 
   it("now + prorate before the first period started: that period gets the new plan's allocation in full, its events kept", () => {
     const s = subscribe("s-1", "u-1", BASIC, { startAt: MAR }, FEB);
     const cancelled = cancel(s, { atPeriodEnd: true, credits: "keep" }, FEB) as Subscription;
     const next = changePlan(cancelled, PRO, { when: "now", credits: "prorate" }, FEB, 1000);
-    expect(next.intent).toMatchObject({ allocate: { amount: 3000, expiresAt: T("2024-04-01T00:00:00.000Z").getTime() }, prorate: null });
+    expect(next.intent).toMatchObject({
+      allocate: { amount: 3000, expiresAt: T("2024-04-01T00:00:00.000Z").getTime() },
+      prorate: null,
+    });
     expect(next.intent?.events?.map((e) => e.type)).toEqual(["subscription_cancelled"]);
     expect([next.periodCredits, next.nextRunAt]).toEqual([3000, MAR]);
   });
@@ -304,9 +390,28 @@ describe("changePlan, each mode", () => {
     ["keep", []],
     ["expire", ["g-a", "g-b"]],
   ] as const)("now + %s: a new cycle from now on the new plan, with its allocation", (credits, expired) => {
-    const next = changePlan(active(), plan({ id: "weekly", billingPeriod: "weekly", creditsPerPeriod: 70 }), { when: "now", credits }, mid, 1000);
-    expect(next).toMatchObject({ planId: "weekly", billingPeriod: "weekly", anchorAt: mid, periodIndex: 0, currentPeriodStart: mid, currentPeriodEnd: at(mid, 7), periodCredits: 70 });
-    expect(next.intent).toEqual(intent(`sub:s-1:${mid.toISOString()}:change2`, { allocate: { amount: 70, expiresAt: at(mid, 7).getTime() }, expireGrantIds: [...expired] }));
+    const next = changePlan(
+      active(),
+      plan({ id: "weekly", billingPeriod: "weekly", creditsPerPeriod: 70 }),
+      { when: "now", credits },
+      mid,
+      1000,
+    );
+    expect(next).toMatchObject({
+      planId: "weekly",
+      billingPeriod: "weekly",
+      anchorAt: mid,
+      periodIndex: 0,
+      currentPeriodStart: mid,
+      currentPeriodEnd: at(mid, 7),
+      periodCredits: 70,
+    });
+    expect(next.intent).toEqual(
+      intent(`sub:s-1:${mid.toISOString()}:change2`, {
+        allocate: { amount: 70, expiresAt: at(mid, 7).getTime() },
+        expireGrantIds: [...expired],
+      }),
+    );
   });
 });
 
@@ -322,8 +427,14 @@ describe("cancel and resume", () => {
   it("at period end: flagged, with one subscription_cancelled event on its own work; a second cancel changes nothing", () => {
     const next = cancel(active(), { atPeriodEnd: true, credits: "keep" }, mid) as Subscription;
     expect(next).toMatchObject({ status: "active", cancelAtPeriodEnd: true, canceledAt: mid, nextRunAt: mid });
-    expect(next.intent).toMatchObject({ key: `sub:s-1:${FEB.toISOString()}:cancel2`, keepPeriodGrants: true, allocate: null });
-    expect(next.intent?.events).toEqual([expect.objectContaining({ type: "subscription_cancelled", dedupeKey: "sub:s-1:cancelled:2" })]);
+    expect(next.intent).toMatchObject({
+      key: `sub:s-1:${FEB.toISOString()}:cancel2`,
+      keepPeriodGrants: true,
+      allocate: null,
+    });
+    expect(next.intent?.events).toEqual([
+      expect.objectContaining({ type: "subscription_cancelled", dedupeKey: "sub:s-1:cancelled:2" }),
+    ]);
     expect(cancel(next, { atPeriodEnd: true, credits: "keep" }, mid)).toBeNull();
   });
 
@@ -338,15 +449,24 @@ describe("cancel and resume", () => {
   it.each([
     ["keep", [], true],
     ["expire", ["g-a", "g-b"], false],
-  ] as const)("now, credits %s: ended, with subscription_cancelled and subscription_ended", (credits, expired, keep) => {
-    const next = cancel(active(), { atPeriodEnd: false, credits }, mid) as Subscription;
-    expect(next).toMatchObject({ status: "canceled", canceledAt: mid, endedAt: mid, nextRunAt: mid, pendingPlanId: null });
-    expect(next.intent).toMatchObject({ expireGrantIds: [...expired], keepPeriodGrants: keep });
-    expect(next.intent?.events?.map((e) => [e.type, e.dedupeKey])).toEqual([
-      ["subscription_cancelled", "sub:s-1:cancelled:2"],
-      ["subscription_ended", "sub:s-1:ended"],
-    ]);
-  });
+  ] as const)(
+    "now, credits %s: ended, with subscription_cancelled and subscription_ended",
+    (credits, expired, keep) => {
+      const next = cancel(active(), { atPeriodEnd: false, credits }, mid) as Subscription;
+      expect(next).toMatchObject({
+        status: "canceled",
+        canceledAt: mid,
+        endedAt: mid,
+        nextRunAt: mid,
+        pendingPlanId: null,
+      });
+      expect(next.intent).toMatchObject({ expireGrantIds: [...expired], keepPeriodGrants: keep });
+      expect(next.intent?.events?.map((e) => [e.type, e.dedupeKey])).toEqual([
+        ["subscription_cancelled", "sub:s-1:cancelled:2"],
+        ["subscription_ended", "sub:s-1:ended"],
+      ]);
+    },
+  );
 
   it("resume undoes a cancel at period end and turns renewal on; with nothing to undo, nothing changes", () => {
     const cancelled = cancel(active(), { atPeriodEnd: true, credits: "keep" }, mid) as Subscription;
@@ -360,11 +480,22 @@ describe("renewal at the period's end", () => {
   it("the cycle goes on: the next period, its allocation and the rollover of the ending plan", () => {
     const s = active(BASIC, { nextRunAt: MAR });
     const next = renew(s, BASIC, plan({ rollover: "cap", rolloverCap: 200 }), MAR);
-    expect(next).toMatchObject({ periodIndex: 1, currentPeriodStart: MAR, currentPeriodEnd: T("2024-04-01T00:00:00.000Z"), nextRunAt: MAR, periodCredits: 1000 });
+    expect(next).toMatchObject({
+      periodIndex: 1,
+      currentPeriodStart: MAR,
+      currentPeriodEnd: T("2024-04-01T00:00:00.000Z"),
+      nextRunAt: MAR,
+      periodCredits: 1000,
+    });
     expect(next.intent).toEqual(
       intent(`sub:s-1:${MAR.toISOString()}`, {
         allocate: { amount: 1000, expiresAt: T("2024-04-01T00:00:00.000Z").getTime() },
-        carry: { grantIds: ["g-a", "g-b"], periodEnd: MAR.getTime(), limit: 200, expiresAt: T("2024-04-01T00:00:00.000Z").getTime() },
+        carry: {
+          grantIds: ["g-a", "g-b"],
+          periodEnd: MAR.getTime(),
+          limit: 200,
+          expiresAt: T("2024-04-01T00:00:00.000Z").getTime(),
+        },
       }),
     );
     expect(periodsSkipped(s, next)).toBe(0);
@@ -400,7 +531,14 @@ describe("renewal at the period's end", () => {
     const s = active(BASIC, { pendingPlanId: "weekly", pendingCredits: "expire" });
     const weekly = plan({ id: "weekly", billingPeriod: "weekly", creditsPerPeriod: 70, rollover: "all" });
     const next = renew(s, weekly, BASIC, at(MAR, 8));
-    expect(next).toMatchObject({ planId: "weekly", anchorAt: MAR, periodIndex: 1, currentPeriodStart: at(MAR, 7), pendingPlanId: null, pendingCredits: null });
+    expect(next).toMatchObject({
+      planId: "weekly",
+      anchorAt: MAR,
+      periodIndex: 1,
+      currentPeriodStart: at(MAR, 7),
+      pendingPlanId: null,
+      pendingCredits: null,
+    });
     expect(next.intent?.carry).toBeNull(); // credits "expire" at that switch
     expect(periodsSkipped(s, next)).toBe(1);
   });
@@ -415,15 +553,31 @@ describe("renewal at the period's end", () => {
     ] as const) {
       const next = endAtPeriodEnd(s, at(MAR, 2));
       expect(next).toMatchObject({ status, endedAt: MAR, nextRunAt: at(MAR, 2) });
-      expect(next.intent?.events).toEqual([expect.objectContaining({ type: "subscription_ended", dedupeKey: "sub:s-1:ended", payload: expect.objectContaining({ status, reason }) })]);
+      expect(next.intent?.events).toEqual([
+        expect.objectContaining({
+          type: "subscription_ended",
+          dedupeKey: "sub:s-1:ended",
+          payload: expect.objectContaining({ status, reason }),
+        }),
+      ]);
     }
-    expect(endWithoutPlan(active(), MAR).intent?.events?.[0]?.payload).toMatchObject({ status: "expired", reason: "plan_missing" });
+    expect(endWithoutPlan(active(), MAR).intent?.events?.[0]?.payload).toMatchObject({
+      status: "expired",
+      reason: "plan_missing",
+    });
   });
 
   it("once its work is done: the period's grants, due again at the period's end (never once ended)", () => {
     const s = active(BASIC, { periodGrantIds: ["g-a"] });
-    expect(intentDone(s, intent("k", { keepPeriodGrants: true }), ["g-c"])).toMatchObject({ intent: null, periodGrantIds: ["g-a", "g-c"], nextRunAt: MAR });
-    expect(intentDone({ ...s, status: "canceled" }, intent("k", {}), ["g-c"])).toMatchObject({ periodGrantIds: ["g-c"], nextRunAt: null });
+    expect(intentDone(s, intent("k", { keepPeriodGrants: true }), ["g-c"])).toMatchObject({
+      intent: null,
+      periodGrantIds: ["g-a", "g-c"],
+      nextRunAt: MAR,
+    });
+    expect(intentDone({ ...s, status: "canceled" }, intent("k", {}), ["g-c"])).toMatchObject({
+      periodGrantIds: ["g-c"],
+      nextRunAt: null,
+    });
   });
 });
 
@@ -448,7 +602,17 @@ describe("applyIntent: the account side of an intent", () => {
     new AccountWork(
       "u-1",
       {
-        account: { ...samples.accounts, userId: "u-1", balance: grants.reduce((n, g) => n + g.remaining, 0), reserved: 0, debt: 0, seq: 0, lastHash: null, nextExpiryAt: null, alert: null },
+        account: {
+          ...samples.accounts,
+          userId: "u-1",
+          balance: grants.reduce((n, g) => n + g.remaining, 0),
+          reserved: 0,
+          debt: 0,
+          seq: 0,
+          lastHash: null,
+          nextExpiryAt: null,
+          alert: null,
+        },
         grants,
         reservations: [],
         idempotent: null,
@@ -464,7 +628,9 @@ describe("applyIntent: the account side of an intent", () => {
     const created = applyIntent(w, s, s.intent as NonNullable<Subscription["intent"]>, meta, null);
     expect(created).toHaveLength(1);
     expect(w.entries.map((e) => [e.type, e.amount, e.idempotencyKey])).toEqual([["add", 1000, "cm:sub:k"]]);
-    expect(w.events).toEqual([expect.objectContaining({ type: "subscription_allocation", payload: expect.objectContaining({ credits: 1000 }) })]);
+    expect(w.events).toEqual([
+      expect.objectContaining({ type: "subscription_allocation", payload: expect.objectContaining({ credits: 1000 }) }),
+    ]);
   });
 
   it("rolls over what the period's grants had unspent at its end, capped, then allocates", () => {
@@ -489,11 +655,19 @@ describe("applyIntent: the account side of an intent", () => {
     const closed = grant("g-a", 0, MAR, { expiredAmount: 200, closedAt: MAR, closedReason: "expired" });
     const w = work([], MAR);
     w.include([closed]);
-    expect(() => applyIntent(w, next, next.intent as NonNullable<Subscription["intent"]>, meta, null)).toThrow(ExpiryMoved);
+    expect(() => applyIntent(w, next, next.intent as NonNullable<Subscription["intent"]>, meta, null)).toThrow(
+      ExpiryMoved,
+    );
     // With what committed work showed (200 expired, all unspent at the end), it moves 200.
     const w2 = work([], MAR);
     w2.include([closed]);
-    applyIntent(w2, next, next.intent as NonNullable<Subscription["intent"]>, meta, new Map([["g-a", { expired: 200, atExpiry: 200 }]]));
+    applyIntent(
+      w2,
+      next,
+      next.intent as NonNullable<Subscription["intent"]>,
+      meta,
+      new Map([["g-a", { expired: 200, atExpiry: 200 }]]),
+    );
     expect(w2.entries.map((e) => [e.type, e.amount])).toEqual([
       ["add", 200],
       ["add", 1000],

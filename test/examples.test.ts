@@ -34,9 +34,11 @@ describe("HTTP examples", () => {
   it("llm-proxy.ts bills an OpenAI-compatible proxy per model from the usage the upstream reported", async () => {
     const out = await example("llm-proxy.ts");
     // gpt-4o-mini-2024-07-18 (priced as gpt-4o-mini): 176 × 3/20 + 1,024 cached × 3/40 + 350 × 3/5 = 313.2 → 314
-    expect(out).toContain("JSON: 200 \"Credits are counted per token.\" X-Credits-Deducted: 314");
+    expect(out).toContain('JSON: 200 "Credits are counted per token." X-Credits-Deducted: 314');
     expect(out).toContain("stream: 200, 7 events passed through");
-    expect(out.match(/committed 314 \(gpt-4o-mini-2024-07-18: 176 in, 1024 cached, 350 out, book 2026-11-01\)/g)).toHaveLength(2);
+    expect(
+      out.match(/committed 314 \(gpt-4o-mini-2024-07-18: 176 in, 1024 cached, 350 out, book 2026-11-01\)/g),
+    ).toHaveLength(2);
     expect(out).toContain("mystery-model: 422 UNKNOWN_MODEL");
     expect(out).toContain("balance: 99372");
     expect(out).toContain("audit: ok");
@@ -68,19 +70,35 @@ describe("examples", () => {
   });
 
   it("scheduler.ts runs the jobs once (RUN_ONCE=1) on the in-memory store and logs the report", async () => {
-    const out = await exampleWith("scheduler.ts", [], { RUN_ONCE: "1", CREDIT_MONGO_URI: "", CREDIT_PG_URL: "", LEDGER_FILE: "" });
+    const out = await exampleWith("scheduler.ts", [], {
+      RUN_ONCE: "1",
+      CREDIT_MONGO_URI: "",
+      CREDIT_PG_URL: "",
+      LEDGER_FILE: "",
+    });
     const reports = out.split("\n").filter((l) => l.includes("credit jobs ran"));
     expect(reports).toHaveLength(1);
-    expect(JSON.parse(reports[0] as string).report).toMatchObject({ expireDueGrants: { errors: 0 }, renewDueSubscriptions: { errors: 0 } });
+    expect(JSON.parse(reports[0] as string).report).toMatchObject({
+      expireDueGrants: { errors: 0 },
+      renewDueSubscriptions: { errors: 0 },
+    });
     expect(out).toContain("credit jobs stopped");
   });
 
   const redisUrl = process.env.CREDIT_REDIS_URL;
-  it.skipIf(!redisUrl)("notifications-worker.ts --demo --once reads the events it dispatched from a Redis stream", async () => { // reason: needs CREDIT_REDIS_URL (set by .ci/run)
-    const stream = `cm-example-${process.pid}-${Date.now()}`;
-    const out = await exampleWith("notifications-worker.ts", ["--demo", "--once"], { CREDIT_REDIS_URL: redisUrl as string, CREDIT_STREAM: stream });
-    for (const type of ["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"]) expect(out).toContain(`demo-user ${type}`);
-  });
+  it.skipIf(!redisUrl)(
+    "notifications-worker.ts --demo --once reads the events it dispatched from a Redis stream",
+    async () => {
+      // reason: needs CREDIT_REDIS_URL (set by .ci/run)
+      const stream = `cm-example-${process.pid}-${Date.now()}`;
+      const out = await exampleWith("notifications-worker.ts", ["--demo", "--once"], {
+        CREDIT_REDIS_URL: redisUrl as string,
+        CREDIT_STREAM: stream,
+      });
+      for (const type of ["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"])
+        expect(out).toContain(`demo-user ${type}`);
+    },
+  );
 });
 
 /** A free loopback port (closed again: the example listens on it). */
@@ -120,7 +138,9 @@ describe("examples/prometheus.ts", () => {
       Number(new RegExp(`^${name}\\{${labels}[^}]*\\} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
     expect(sample("credit_management_operations_total", 'operation="deductCredits",outcome="ok"')).toBe(3);
     expect(sample("credit_management_operations_total", 'operation="deductCredits",outcome="refused"')).toBe(1);
-    expect(sample("credit_management_refusals_total", 'operation="deductCredits",reason="insufficient_credits"')).toBe(1);
+    expect(sample("credit_management_refusals_total", 'operation="deductCredits",reason="insufficient_credits"')).toBe(
+      1,
+    );
     expect(sample("credit_management_holds_total", 'action="reserved"')).toBe(2);
     expect(sample("credit_management_holds_active", "")).toBe(1);
     expect(sample("credit_management_holds_credits", "")).toBe(7);

@@ -10,7 +10,8 @@ import { testEvent, unsignedTestProvider } from "../src/testing/promos.js";
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 const clock = () => new Date(T0);
-const types = async (db: InMemoryDbManager, userId: string) => (await db.listNotifications(userId, { limit: 100 })).map((n) => n.type);
+const types = async (db: InMemoryDbManager, userId: string) =>
+  (await db.listNotifications(userId, { limit: 100 })).map((n) => n.type);
 
 describe("hand-wired promo and payment services: alerts", () => {
   it("a PromoService given `alerts` records the balance_restored its claim causes", async () => {

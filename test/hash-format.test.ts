@@ -32,7 +32,7 @@ const full: Omit<JournalEntry, "hash"> = {
   ...plain,
   type: "commit_reserved",
   reservationId: "r-1",
-  idempotencyKey: "key \"1\"",
+  idempotencyKey: 'key "1"',
   fingerprint: "fp",
   correlationId: "c-1",
   description: "café ☕",
@@ -42,12 +42,18 @@ const full: Omit<JournalEntry, "hash"> = {
 
 describe("journal hash format", () => {
   it("builds the canonical text of an entry exactly as pinned", () => {
-    expect(canonicalEntry(plain)).toMatchInlineSnapshot(`"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"deduct","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,"metadata":null,"createdAt":"2026-01-02T03:04:05.678Z","prevHash":"abababababababababababababababababababababababababababababababab"}"`);
-    expect(canonicalEntry(full)).toMatchInlineSnapshot(`"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"commit_reserved","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":"r-1","idempotencyKey":"key \\"1\\"","fingerprint":"fp","correlationId":"c-1","description":"café ☕","metadata":{"a":{"b":true,"y":[1,"two",null]},"z":1},"createdAt":"2026-01-02T03:04:05.678Z","prevHash":null}"`);
+    expect(canonicalEntry(plain)).toMatchInlineSnapshot(
+      `"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"deduct","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,"metadata":null,"createdAt":"2026-01-02T03:04:05.678Z","prevHash":"abababababababababababababababababababababababababababababababab"}"`,
+    );
+    expect(canonicalEntry(full)).toMatchInlineSnapshot(
+      `"{"id":"6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b","userId":"user-42","seq":7,"type":"commit_reserved","amount":25,"balanceAfter":975,"reservedAfter":10,"debtAfter":0,"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":"r-1","idempotencyKey":"key \\"1\\"","fingerprint":"fp","correlationId":"c-1","description":"café ☕","metadata":{"a":{"b":true,"y":[1,"two",null]},"z":1},"createdAt":"2026-01-02T03:04:05.678Z","prevHash":null}"`,
+    );
   });
 
   it("hashes entries exactly as pinned, and the ledger line carries the same text", () => {
-    expect(hashEntry(plain)).toMatchInlineSnapshot(`"c117d33e1efaab559748fd1c27969f4dc7d3dbb1bed528bb5808a2c4ec4a01f9"`);
+    expect(hashEntry(plain)).toMatchInlineSnapshot(
+      `"c117d33e1efaab559748fd1c27969f4dc7d3dbb1bed528bb5808a2c4ec4a01f9"`,
+    );
     expect(hashEntry(full)).toMatchInlineSnapshot(`"e3eef0a3deeb423eb8ca174ca80749d9c8fac40513fa3239282692dca325d69b"`);
     const entry = { ...full, hash: hashEntry(full) };
     const line = JSON.parse(ledgerLineOf(canonicalEntry(entry), entry.hash)) as { details: unknown };
@@ -55,17 +61,40 @@ describe("journal hash format", () => {
   });
 
   it("hashes a new entry (hashNewEntry, the write path) exactly as hashEntry does, with the same canonical text", () => {
-    for (const e of [plain, full]) expect(hashNewEntry(e)).toEqual({ hash: hashEntry(e), canonical: canonicalEntry(e) });
+    for (const e of [plain, full])
+      expect(hashNewEntry(e)).toEqual({ hash: hashEntry(e), canonical: canonicalEntry(e) });
   });
 
   it("quotes every string exactly as JSON.stringify does (the fast path is only a shortcut)", () => {
-    for (const s of ["", "plain-id", 'a"b', "a\\b", "tab\there", "\u0000", "\u001f", "\u007f", "\u2028", "café ☕", "😀", "\ud800", "x\udfff", "\udfff\ud800"]) {
+    for (const s of [
+      "",
+      "plain-id",
+      'a"b',
+      "a\\b",
+      "tab\there",
+      "\u0000",
+      "\u001f",
+      "\u007f",
+      "\u2028",
+      "café ☕",
+      "😀",
+      "\ud800",
+      "x\udfff",
+      "\udfff\ud800",
+    ]) {
       expect(quote(s)).toBe(JSON.stringify(s));
     }
     fc.assert(
-      fc.property(fc.oneof(fc.string(), fc.string({ unit: "binary" }), fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) })), (s) => {
-        expect(quote(s)).toBe(JSON.stringify(s));
-      }),
+      fc.property(
+        fc.oneof(
+          fc.string(),
+          fc.string({ unit: "binary" }),
+          fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) }),
+        ),
+        (s) => {
+          expect(quote(s)).toBe(JSON.stringify(s));
+        },
+      ),
       { numRuns: 2000 },
     );
   });

@@ -2,7 +2,13 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { createCreditManager, InMemoryCache, InMemoryDbManager, type DbManager, type NotificationQueue } from "../src/index.js";
+import {
+  createCreditManager,
+  InMemoryCache,
+  InMemoryDbManager,
+  type DbManager,
+  type NotificationQueue,
+} from "../src/index.js";
 import { createCreditHandler } from "../src/http/index.js";
 import { RedisCache, RedisStreamQueue } from "../src/redis/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
@@ -12,7 +18,8 @@ import { testStores } from "./fixtures/stores.js";
 /** A store whose reads never answer (a hung connection), or fail at once. */
 function brokenStore(how: "hang" | "fail"): DbManager {
   const inner = new InMemoryDbManager();
-  const broken = () => (how === "hang" ? new Promise<never>(() => undefined) : Promise.reject(new Error("connection refused")));
+  const broken = () =>
+    how === "hang" ? new Promise<never>(() => undefined) : Promise.reject(new Error("connection refused"));
   return Object.create(inner, {
     ping: { value: broken },
     stats: { value: broken },
@@ -30,9 +37,16 @@ describe.each(testStores("health"))("manager.health() on $name", (store) => {
     const opened = await store.open();
     dropped.push(opened.drop);
     let now = Date.now();
-    const m = await createCreditManager({ db: opened.db, clock: () => new Date(now), notifications: { lowCredits: 50 } });
+    const m = await createCreditManager({
+      db: opened.db,
+      clock: () => new Date(now),
+      notifications: { lowCredits: 50 },
+    });
     const empty = await m.health();
-    expect(empty).toMatchObject({ status: "ok", store: { status: "ok", name: store.name, expectedSchemaVersion: SCHEMA_VERSION } });
+    expect(empty).toMatchObject({
+      status: "ok",
+      store: { status: "ok", name: store.name, expectedSchemaVersion: SCHEMA_VERSION },
+    });
     expect(empty.store.schemaVersion).toBe(store.name === "postgres" ? SCHEMA_VERSION : null);
     expect(empty.outbox).toMatchObject({ status: "ok", pending: 0, failed: 0, oldestPendingAgeMs: null });
     expect(empty.cache).toBeNull();
@@ -82,11 +96,18 @@ describe("manager.health() when something is wrong", () => {
     const m = await createCreditManager({ db: plain });
     const report = await m.health();
     expect(reads).toBe(1);
-    expect(report).toMatchObject({ status: "ok", store: { status: "ok", schemaVersion: null }, outbox: { status: "ok", pending: null, failed: null } });
+    expect(report).toMatchObject({
+      status: "ok",
+      store: { status: "ok", schemaVersion: null },
+      outbox: { status: "ok", pending: null, failed: null },
+    });
   });
 
   it("PostgreSQL that cannot be reached is down", async () => {
-    const db = new PostgresDbManager({ connectionString: "postgres://postgres@127.0.0.1:1/none", poolConfig: { connectionTimeoutMillis: 500 } });
+    const db = new PostgresDbManager({
+      connectionString: "postgres://postgres@127.0.0.1:1/none",
+      poolConfig: { connectionTimeoutMillis: 500 },
+    });
     const m = await createCreditManager({ db, init: false });
     const report = await m.health({ timeoutMs: 3_000 });
     expect(report.status).toBe("down");
@@ -98,9 +119,16 @@ describe("manager.health() when something is wrong", () => {
   it("a failing cache or queue degrades; a ledger file that cannot be written degrades", async () => {
     const cache = new InMemoryCache();
     cache.get = () => Promise.reject(new Error("cache unreachable"));
-    const queue: NotificationQueue = { publish: async () => undefined, ping: () => Promise.reject(new Error("broker unreachable")) };
+    const queue: NotificationQueue = {
+      publish: async () => undefined,
+      ping: () => Promise.reject(new Error("broker unreachable")),
+    };
     // A folder where the file should be: it cannot be opened.
-    const m = await createCreditManager({ cache, queue, ledger: { filePath: mkdtempSync(join(tmpdir(), "cm-health-")) } });
+    const m = await createCreditManager({
+      cache,
+      queue,
+      ledger: { filePath: mkdtempSync(join(tmpdir(), "cm-health-")) },
+    });
     await m.credits.addCredits("u1", 1);
     await m.ledger.flush();
     const report = await m.health();
@@ -114,18 +142,30 @@ describe("manager.health() when something is wrong", () => {
   });
 
   const redisUrl = process.env.CREDIT_REDIS_URL;
-  it.skipIf(!redisUrl)("Redis: the stream queue answers PING and the cache a read (ok); a closed connection degrades both", async () => { // reason: needs CREDIT_REDIS_URL (set by .ci/run)
-    const cache = await RedisCache.connect(redisUrl as string);
-    const queue = await RedisStreamQueue.connect(redisUrl as string, { stream: `cm-health-${process.pid}`, timeoutMs: 500 });
-    const m = await createCreditManager({ cache, queue });
-    const report = await m.health();
-    expect(report).toMatchObject({ status: "ok", cache: { status: "ok" }, queue: { status: "ok", checked: true } });
-    await cache.close();
-    await queue.close();
-    const after = await m.health({ timeoutMs: 1_000 });
-    expect(after).toMatchObject({ status: "degraded", store: { status: "ok" }, cache: { status: "degraded" }, queue: { status: "degraded" } });
-    await m.close();
-  });
+  it.skipIf(!redisUrl)(
+    "Redis: the stream queue answers PING and the cache a read (ok); a closed connection degrades both",
+    async () => {
+      // reason: needs CREDIT_REDIS_URL (set by .ci/run)
+      const cache = await RedisCache.connect(redisUrl as string);
+      const queue = await RedisStreamQueue.connect(redisUrl as string, {
+        stream: `cm-health-${process.pid}`,
+        timeoutMs: 500,
+      });
+      const m = await createCreditManager({ cache, queue });
+      const report = await m.health();
+      expect(report).toMatchObject({ status: "ok", cache: { status: "ok" }, queue: { status: "ok", checked: true } });
+      await cache.close();
+      await queue.close();
+      const after = await m.health({ timeoutMs: 1_000 });
+      expect(after).toMatchObject({
+        status: "degraded",
+        store: { status: "ok" },
+        cache: { status: "degraded" },
+        queue: { status: "degraded" },
+      });
+      await m.close();
+    },
+  );
 
   it("a queue without ping() is reported unchecked", async () => {
     const m = await createCreditManager({ queue: { publish: async () => undefined } });

@@ -32,7 +32,13 @@ describe("SettledHolds", () => {
       { status: "released", committedAmount: null, reason: "GET /other" },
       { status: "expired", allocations: [], amount: 0 },
       { metadata: { releaseReason: "aborted", nested: { a: [1, "x", null] } } },
-      { allocations: [{ grantId: "g2", amount: 3 }, { grantId: "g1", amount: 4 }], committedAmount: 0 },
+      {
+        allocations: [
+          { grantId: "g2", amount: 3 },
+          { grantId: "g1", amount: 4 },
+        ],
+        committedAmount: 0,
+      },
       { status: "active", settledAt: null, committedAmount: null }, // stored as is, whatever its status
       { amount: Number.MAX_SAFE_INTEGER, committedAmount: Number.MAX_SAFE_INTEGER, reason: "" },
     ];
@@ -59,7 +65,12 @@ describe("SettledHolds", () => {
     const row = s.size;
     s.set(first);
     s.set(hold(2));
-    const again = { ...first, status: "released" as const, allocations: [{ grantId: "g9", amount: 2 }], metadata: null };
+    const again = {
+      ...first,
+      status: "released" as const,
+      allocations: [{ grantId: "g9", amount: 2 }],
+      metadata: null,
+    };
     s.set(again, row);
     expect(s.size).toBe(2);
     expect(s.at(row, "u")).toEqual(again);
@@ -122,7 +133,9 @@ describe("HoldIndex", () => {
       if (i % 3 === 0) index.settle(x, i % 997, i);
     });
     expect(index.size).toBe(ids.length);
-    const wrong = ids.filter((x, i) => index.owner(x) !== i % 997 || index.settledRow(x, i % 997) !== (i % 3 === 0 ? i : -1));
+    const wrong = ids.filter(
+      (x, i) => index.owner(x) !== i % 997 || index.settledRow(x, i % 997) !== (i % 3 === 0 ? i : -1),
+    );
     expect(wrong).toEqual([]);
     expect(index.owner(uuidOf([1, 2, 3, 4]))).toBe(-1);
   });
@@ -152,7 +165,9 @@ describe("the in-memory store's settled holds", () => {
     expect(all.map((r) => r.id)).toEqual([committed.id, released.id, active.id]); // by creation (createdAt, then id)
     expect((await db.listReservations("u", { status: "released" })).map((r) => r.id)).toEqual([released.id]);
     // A settled hold refuses a second settlement, as before.
-    await expect(m.credits.commitReservedCredits(released.id)).rejects.toMatchObject({ code: "RESERVATION_NOT_ACTIVE" });
+    await expect(m.credits.commitReservedCredits(released.id)).rejects.toMatchObject({
+      code: "RESERVATION_NOT_ACTIVE",
+    });
     expect((await m.credits.audit("u")).ok).toBe(true);
     await m.close();
   });

@@ -1,11 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import {
-  ExpirationService,
-  SubscriptionService,
-  ValidationError,
-  createCreditManager,
-} from "../src/index.js";
+import { ExpirationService, SubscriptionService, ValidationError, createCreditManager } from "../src/index.js";
 import { testStores } from "./fixtures/stores.js";
 
 const T = Date.UTC(2031, 0, 31, 12);
@@ -22,13 +17,23 @@ describe("subscriptions and jobs through createCreditManager", () => {
     await m.credits.reserveCredits("b", 2, { ttlSeconds: 60 });
     clock.now = T + 2 * DAY;
     const report = await m.expiration.runAll();
-    expect(report.releaseExpiredHolds).toMatchObject({ holdsScanned: 1, holdsReleased: 1, creditsReleased: 2, users: 1, errors: 0 });
+    expect(report.releaseExpiredHolds).toMatchObject({
+      holdsScanned: 1,
+      holdsReleased: 1,
+      creditsReleased: 2,
+      users: 1,
+      errors: 0,
+    });
     expect(report.expireDueGrants).toMatchObject({ grantsScanned: 1, users: 1, errors: 0 });
     // b's grant expired with its hold's release (the holds job settled it); a's by the grants job.
     expect(report.expireDueGrants.creditsExpired).toBe(10);
     expect(await m.credits.getUserCreditsInfo("b")).toMatchObject({ balance: 0, reserved: 0 });
     const system = await m.ledger.getEntries({ eventType: "system" });
-    expect(system.map((e) => e.message).sort()).toEqual(["job expireDueGrants", "job releaseExpiredHolds", "job renewDueSubscriptions"]);
+    expect(system.map((e) => e.message).sort()).toEqual([
+      "job expireDueGrants",
+      "job releaseExpiredHolds",
+      "job renewDueSubscriptions",
+    ]);
     expect(system.find((e) => e.message === "job expireDueGrants")?.details).toMatchObject({ grantsScanned: 1 });
     await m.close();
   });
@@ -36,18 +41,32 @@ describe("subscriptions and jobs through createCreditManager", () => {
   it("refuses bad input and job times in the future with ValidationError", async () => {
     const m = await createCreditManager();
     await expect(m.expiration.expireDueGrants(new Date(Date.now() + 60_000))).rejects.toBeInstanceOf(ValidationError);
-    await expect(m.expiration.renewDueSubscriptions(undefined, { batchSize: 0 })).rejects.toBeInstanceOf(ValidationError);
-    await expect(m.subscriptions.createPlan({ name: "x", creditsPerPeriod: 1.5, billingPeriod: "monthly" })).rejects.toBeInstanceOf(ValidationError);
-    await expect(m.subscriptions.createPlan({ name: "x", creditsPerPeriod: 1, billingPeriod: "hourly" as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.expiration.renewDueSubscriptions(undefined, { batchSize: 0 })).rejects.toBeInstanceOf(
+      ValidationError,
+    );
+    await expect(
+      m.subscriptions.createPlan({ name: "x", creditsPerPeriod: 1.5, billingPeriod: "monthly" }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    await expect(
+      m.subscriptions.createPlan({ name: "x", creditsPerPeriod: 1, billingPeriod: "hourly" as never }),
+    ).rejects.toBeInstanceOf(ValidationError);
     await expect(m.subscriptions.subscribe("u", "bad plan id!")).rejects.toBeInstanceOf(ValidationError);
-    await expect(m.subscriptions.changePlan("u", "p", { when: "later" as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.subscriptions.changePlan("u", "p", { when: "later" as never })).rejects.toBeInstanceOf(
+      ValidationError,
+    );
     await m.close();
   });
 
   it("checkCreditExpiration and allocateSubscriptionCredits work per user; a future start allocates at its start", async () => {
     const clock = { now: T };
     const m = await createCreditManager({ clock: () => new Date(clock.now) });
-    const plan = await m.subscriptions.createPlan({ id: "pro", name: "Pro", creditsPerPeriod: 50, billingPeriod: "weekly", validityDays: 3 });
+    const plan = await m.subscriptions.createPlan({
+      id: "pro",
+      name: "Pro",
+      creditsPerPeriod: 50,
+      billingPeriod: "weekly",
+      validityDays: 3,
+    });
     const s = await m.subscriptions.subscribe("u", plan.id, { startAt: new Date(T + DAY) });
     expect(s.intent).not.toBeNull();
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(0);
@@ -82,10 +101,18 @@ describe("subscription events", () => {
     const clock = { now: T };
     const { InMemoryNotificationQueue } = await import("../src/index.js");
     const m = await createCreditManager({ clock: () => new Date(clock.now), queue: new InMemoryNotificationQueue() });
-    await m.subscriptions.createPlan({ id: "d", name: "Daily", creditsPerPeriod: 5, billingPeriod: "daily", rollover: "all" });
+    await m.subscriptions.createPlan({
+      id: "d",
+      name: "Daily",
+      creditsPerPeriod: 5,
+      billingPeriod: "daily",
+      rollover: "all",
+    });
     const s = await m.subscriptions.subscribe("u", "d");
     const events = async (user: string) =>
-      (await m.db.listNotifications(user, { limit: 100 })).filter((r) => r.type === "subscription_cancelled" || r.type === "subscription_ended");
+      (await m.db.listNotifications(user, { limit: 100 })).filter(
+        (r) => r.type === "subscription_cancelled" || r.type === "subscription_ended",
+      );
 
     // At period end: cancelled now (once, however often it is asked), ended by the renewal job.
     await m.subscriptions.cancel("u");
@@ -101,9 +128,17 @@ describe("subscription events", () => {
     clock.now = T + DAY;
     await Promise.all([m.expiration.renewDueSubscriptions(), m.expiration.renewDueSubscriptions()]);
     const after = await events("u");
-    expect(after.map((r) => r.type)).toEqual(["subscription_cancelled", "subscription_cancelled", "subscription_ended"]);
+    expect(after.map((r) => r.type)).toEqual([
+      "subscription_cancelled",
+      "subscription_cancelled",
+      "subscription_ended",
+    ]);
     expect(after[2]?.payload).toMatchObject({ subscriptionId: s.id, status: "canceled", reason: "cancelled" });
-    expect((await m.subscriptions.listUserSubscriptions("u"))[0]).toMatchObject({ status: "canceled", intent: null, nextRunAt: null });
+    expect((await m.subscriptions.listUserSubscriptions("u"))[0]).toMatchObject({
+      status: "canceled",
+      intent: null,
+      nextRunAt: null,
+    });
     await m.expiration.renewDueSubscriptions();
     expect(await events("u")).toHaveLength(3);
 
@@ -120,7 +155,9 @@ describe("subscription events", () => {
     await m.subscriptions.subscribe("w", "d", { autoRenew: false });
     clock.now = T + 2 * DAY;
     await m.expiration.runAll();
-    expect((await events("w")).map((r) => [r.type, r.payload.status, r.payload.reason])).toEqual([["subscription_ended", "expired", "not_renewed"]]);
+    expect((await events("w")).map((r) => [r.type, r.payload.status, r.payload.reason])).toEqual([
+      ["subscription_ended", "expired", "not_renewed"],
+    ]);
     await m.close();
   });
 
@@ -161,7 +198,14 @@ describe.each(stores)("releaseExpiredHolds(asOf) on $name", ({ open }) => {
       expect((await db.getReservation(h1.id))?.status).toBe("active");
 
       const past = await m.expiration.releaseExpiredHolds(new Date(T + 30 * MIN));
-      expect(past).toMatchObject({ asOf: new Date(T + 30 * MIN).toISOString(), holdsScanned: 1, holdsReleased: 1, creditsReleased: 10, users: 1, errors: 0 });
+      expect(past).toMatchObject({
+        asOf: new Date(T + 30 * MIN).toISOString(),
+        holdsScanned: 1,
+        holdsReleased: 1,
+        creditsReleased: 10,
+        users: 1,
+        errors: 0,
+      });
       // h1 released, recorded when it happened (the clock); h2 and v's hold lapsed after asOf: untouched.
       expect(await db.getReservation(h1.id)).toMatchObject({ status: "expired", settledAt: new Date(clock.now) });
       expect((await db.getReservation(h2.id))?.status).toBe("active");
@@ -169,11 +213,18 @@ describe.each(stores)("releaseExpiredHolds(asOf) on $name", ({ open }) => {
       expect(await db.getAccount(u)).toMatchObject({ balance: 150, reserved: 20 });
       // The grant due at T+90min was not expired by a run as of T+30min.
       expect(await db.getGrant(lateGrant)).toMatchObject({ remaining: 50, closedAt: null });
-      expect((await db.listJournal(u, { order: "desc", limit: 1 }))[0]).toMatchObject({ type: "release_reserved", amount: 10, reservationId: h1.id });
+      expect((await db.listJournal(u, { order: "desc", limit: 1 }))[0]).toMatchObject({
+        type: "release_reserved",
+        amount: 10,
+        reservationId: h1.id,
+      });
 
       // The same run again changes nothing; a run by the clock releases the rest and expires the
       // late grant (grants first), as a settlement of the account would.
-      expect(await m.expiration.releaseExpiredHolds(new Date(T + 30 * MIN))).toMatchObject({ holdsScanned: 0, holdsReleased: 0 });
+      expect(await m.expiration.releaseExpiredHolds(new Date(T + 30 * MIN))).toMatchObject({
+        holdsScanned: 0,
+        holdsReleased: 0,
+      });
       const now = await m.expiration.releaseExpiredHolds();
       expect(now).toMatchObject({ holdsScanned: 2, holdsReleased: 2, creditsReleased: 25, users: 2, errors: 0 });
       expect(await db.getGrant(lateGrant)).toMatchObject({ remaining: 0, closedReason: "expired", expiredAmount: 50 });

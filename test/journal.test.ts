@@ -65,13 +65,25 @@ describe("CompactJournal", () => {
 
   it("keeps metadata of every size and script through the growth of its text pool, beside entries without", () => {
     const j = new CompactJournal();
-    const types: JournalEntry["type"][] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
+    const types: JournalEntry["type"][] = [
+      "add",
+      "deduct",
+      "expire",
+      "void",
+      "reserve",
+      "commit_reserved",
+      "release_reserved",
+    ];
     const appended: JournalEntry[] = [];
     for (let i = 0; i < 3000; i++) {
       const metadata =
         i % 3 === 0
           ? null
-          : { usages: [{ amount: i, model: i % 2 ? "gpt-4o-mini" : "模型-🙂\u2028" }], note: "x".repeat(i % 700), deep: { n: -i, ok: i % 5 === 0 } };
+          : {
+              usages: [{ amount: i, model: i % 2 ? "gpt-4o-mini" : "模型-🙂\u2028" }],
+              note: "x".repeat(i % 700),
+              deep: { n: -i, ok: i % 5 === 0 },
+            };
       const e = entry(i % 9, {
         seq: i + 1,
         type: types[i % types.length],
@@ -83,7 +95,11 @@ describe("CompactJournal", () => {
     }
     const wrong = appended.filter((e, i) => {
       const got = j.get(i, "u");
-      return j.type(i) !== e.type || JSON.stringify(got.metadata) !== JSON.stringify(e.metadata) || got.reservationId !== e.reservationId;
+      return (
+        j.type(i) !== e.type ||
+        JSON.stringify(got.metadata) !== JSON.stringify(e.metadata) ||
+        got.reservationId !== e.reservationId
+      );
     });
     expect(wrong).toEqual([]);
     expect(j.get(2999, "u").metadata).toEqual(appended[2999]!.metadata);
@@ -96,7 +112,9 @@ describe("CompactJournal", () => {
   it("numbers descriptions in the rows while it can, then keeps them with the rare fields", () => {
     const j = new CompactJournal(3); // rows number three descriptions at most
     const descriptions = ["a", "b", "a", "c", "d", "a", "e", null, "d", "c"];
-    const appended = descriptions.map((description, i) => entry(i, { description, metadata: i % 2 === 0 ? { i } : null }));
+    const appended = descriptions.map((description, i) =>
+      entry(i, { description, metadata: i % 2 === 0 ? { i } : null }),
+    );
     for (const e of appended) j.append(e);
     appended.forEach((e, i) => {
       expect(j.get(i, "u")).toEqual({ ...e, prevHash: i === 0 ? null : HASH });

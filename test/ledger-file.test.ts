@@ -11,7 +11,11 @@ import { createCreditManager, InMemoryDbManager, type JournalEntry } from "../sr
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-file-"));
 const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit-burst.ts");
-const lines = (file: string) => readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l) as { id: string; details: JournalEntry });
+const lines = (file: string) =>
+  readFileSync(file, "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as { id: string; details: JournalEntry });
 
 /**
  * The line of a journal entry, built here independently of the library's line code: the ledger
@@ -44,7 +48,9 @@ describe("ledger file (writer thread)", () => {
 
   it("a chunk the thread wrote before the process left is not written again", () => {
     const file = join(tmp(), "ledger.jsonl");
-    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, "exit", "3000", "spin"], { encoding: "utf8" });
+    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, "exit", "3000", "spin"], {
+      encoding: "utf8",
+    });
     expect(child.status, child.stderr).toBe(3);
     const { ids, threaded } = JSON.parse(readFileSync(`${file}.ids`, "utf8")) as { ids: string[]; threaded: boolean };
     expect(threaded).toBe(true);
@@ -56,24 +62,41 @@ describe("ledger file (writer thread)", () => {
     const db = new InMemoryDbManager();
     const m = await createCreditManager({ db, ledger: { filePath: file } });
     const user = 'ü "quoted" \\ user ☕';
-    await m.credits.addCredits(user, 100, { description: 'a,"createdAt":"x" 😀', metadata: { createdAt: ',"correlationId":"y"', n: 1 } });
-    await m.credits.deductCredits(user, 7, { correlationId: 'c,"createdAt":"2000-01-01T00:00:00.000Z"', idempotencyKey: 'k"1"' });
+    await m.credits.addCredits(user, 100, {
+      description: 'a,"createdAt":"x" 😀',
+      metadata: { createdAt: ',"correlationId":"y"', n: 1 },
+    });
+    await m.credits.deductCredits(user, 7, {
+      correlationId: 'c,"createdAt":"2000-01-01T00:00:00.000Z"',
+      idempotencyKey: 'k"1"',
+    });
     const hold = await m.credits.reserveCredits(user, 20, { reason: "r" });
     await m.credits.commitReservedCredits(hold.id, { amount: 5, correlationId: "\u2028" });
     await m.ledger.logSystem("done", { note: "café" });
     await m.close();
     const journal = await db.listJournal(user, { order: "asc", limit: 100 });
     const text = readFileSync(file, "utf8");
-    const written = text.split("\n").slice(0, journal.length).map((l) => `${l}\n`);
+    const written = text
+      .split("\n")
+      .slice(0, journal.length)
+      .map((l) => `${l}\n`);
     expect(written).toEqual(journal.map(expectedLine));
     expect(journal.map((e) => ledgerLineOf(canonicalEntry(e), e.hash))).toEqual(journal.map(expectedLine));
-    expect(JSON.parse(text.trim().split("\n").at(-1) as string)).toMatchObject({ eventType: "system", message: "done", details: { note: "café" } });
+    expect(JSON.parse(text.trim().split("\n").at(-1) as string)).toMatchObject({
+      eventType: "system",
+      message: "done",
+      details: { note: "café" },
+    });
   });
 
   it("builds the line from the canonical text alone, whatever the strings and metadata hold", () => {
     const text = fc.string({ unit: "grapheme", maxLength: 10 });
     const tricky = fc.constantFrom('"', "\\", ',"createdAt":"', ',"correlationId":', '","amount":', "\n", "\u0001");
-    const str = fc.oneof(text, tricky, fc.tuple(text, tricky, text).map((p) => p.join("")));
+    const str = fc.oneof(
+      text,
+      tricky,
+      fc.tuple(text, tricky, text).map((p) => p.join("")),
+    );
     const entry = fc.record({
       id: str,
       userId: str,
@@ -137,7 +160,11 @@ describe("ledger file (writer thread)", () => {
       ids.push((await b.credits.addCredits("b", 1)).id);
     }
     await Promise.all([a.close(), b.close()]);
-    expect(lines(file).map((l) => l.id).sort()).toEqual([...ids].sort());
+    expect(
+      lines(file)
+        .map((l) => l.id)
+        .sort(),
+    ).toEqual([...ids].sort());
   });
 
   it("if the writer thread dies, the event loop writes what it had not and what comes after (counted once)", async () => {

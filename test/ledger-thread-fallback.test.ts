@@ -27,7 +27,12 @@ describe("ledger file whose thread cannot build the lines", () => {
     await m.close();
     const text = readFileSync(file, "utf8");
     expect(text).not.toContain("not the line");
-    expect(text.trim().split("\n").map((l) => (JSON.parse(l) as { id: string }).id)).toEqual(ids);
+    expect(
+      text
+        .trim()
+        .split("\n")
+        .map((l) => (JSON.parse(l) as { id: string }).id),
+    ).toEqual(ids);
     expect((m.ledger as unknown as { file: { threadless: boolean } }).file.threadless).toBe(true);
     expect(m.ledger.stats.fileErrors).toBe(0);
   });

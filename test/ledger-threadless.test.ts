@@ -15,7 +15,11 @@ vi.mock("node:worker_threads", () => ({
 }));
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-threadless-"));
-const ids = (file: string) => readFileSync(file, "utf8").trim().split("\n").map((l) => (JSON.parse(l) as { id: string }).id);
+const ids = (file: string) =>
+  readFileSync(file, "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => (JSON.parse(l) as { id: string }).id);
 
 describe("ledger file without a writer thread", () => {
   it("writes every line, in order, through flush, reopen and close, with no file error", async () => {

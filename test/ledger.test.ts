@@ -25,7 +25,10 @@ describe("ledger", () => {
     await m.ledger.logError("payment failed", { reason: "card declined" }, { userId: "a" });
     await m.close();
 
-    const lines = readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l));
+    const lines = readFileSync(file, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     const journal = (await Promise.all(users.map((u) => db.listJournal(u, { order: "asc", limit: 1000 })))).flat();
     const events = await db.listLedgerEntries({ limit: 1000 });
     expect(lines).toHaveLength(journal.length + events.length);
@@ -43,12 +46,18 @@ describe("ledger", () => {
     const file = join(tmp(), "ledger.jsonl");
     const db = new InMemoryDbManager();
     const m = await createCreditManager({ db, ledger: { filePath: file } });
-    await m.credits.addCredits("ü-ser ☕", 10, { description: "café 😀 \u2028", metadata: { note: "naïve ✓", pair: "x\ud83d\ude00y" } });
+    await m.credits.addCredits("ü-ser ☕", 10, {
+      description: "café 😀 \u2028",
+      metadata: { note: "naïve ✓", pair: "x\ud83d\ude00y" },
+    });
     await m.credits.deductCredits("ü-ser ☕", 3, { correlationId: "c-é", metadata: { emoji: "🚀" } });
     await m.close();
     const text = readFileSync(file, "utf8");
     expect(text).not.toContain("\ufffd"); // nothing was mis-encoded
-    const lines = text.trim().split("\n").map((l) => JSON.parse(l) as { details: unknown });
+    const lines = text
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { details: unknown });
     const journal = await db.listJournal("ü-ser ☕", { order: "asc", limit: 10 });
     expect(lines.map((l) => l.details)).toEqual(journal.map((e) => JSON.parse(JSON.stringify(e))));
   });
@@ -71,24 +80,33 @@ describe("ledger", () => {
   });
 
   // The lines of the last turn are written on the process's "exit" event, however it leaves.
-  it.each(["throw", "reject", "exit"])("a process that leaves in the same turn (%s) still writes the lines of what it reported done", (how) => {
-    const file = join(tmp(), "ledger.jsonl");
-    const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit.ts");
-    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, how], { encoding: "utf8" });
-    expect(child.status, child.stderr).toBe(how === "exit" ? 3 : 1);
-    const ids = JSON.parse(child.stdout) as string[];
-    const lines = readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l));
-    expect(lines.map((l) => [l.id, l.message])).toEqual([
-      [ids[0], "add 10"],
-      [ids[1], "deduct 3"],
-    ]);
-  });
+  it.each(["throw", "reject", "exit"])(
+    "a process that leaves in the same turn (%s) still writes the lines of what it reported done",
+    (how) => {
+      const file = join(tmp(), "ledger.jsonl");
+      const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit.ts");
+      const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, how], { encoding: "utf8" });
+      expect(child.status, child.stderr).toBe(how === "exit" ? 3 : 1);
+      const ids = JSON.parse(child.stdout) as string[];
+      const lines = readFileSync(file, "utf8")
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l));
+      expect(lines.map((l) => [l.id, l.message])).toEqual([
+        [ids[0], "add 10"],
+        [ids[1], "deduct 3"],
+      ]);
+    },
+  );
 
   it("a process with a ledger file it never closed, and no line to write, ends by itself", () => {
     const file = join(tmp(), "ledger.jsonl");
     const fixture = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "ledger-exit.ts");
     // The writer thread must not keep the process: before the fix its port did, for good.
-    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, "idle"], { encoding: "utf8", timeout: 30_000 });
+    const child = spawnSync(process.execPath, ["--import", "tsx", fixture, file, "idle"], {
+      encoding: "utf8",
+      timeout: 30_000,
+    });
     expect(child.signal, "the process had to be killed: something kept it alive").toBeNull();
     expect(child.status, child.stderr).toBe(0);
     expect(JSON.parse(child.stdout)).toMatchObject({ userId: "u", balance: 0 });
@@ -120,9 +138,9 @@ describe("audit", () => {
     expect(await m.credits.audit("u")).toMatchObject({ ok: true, balance: 9, entries: 3 });
 
     // Reach into the store as an attacker with database access would.
-    const internal = (
-      db as unknown as { users: Map<string, { journal: CompactJournal; account: object }> }
-    ).users.get("u");
+    const internal = (db as unknown as { users: Map<string, { journal: CompactJournal; account: object }> }).users.get(
+      "u",
+    );
     if (internal === undefined) throw new Error("no user");
     internal.journal.tamper(1, { amount: 1 });
     const altered = await m.credits.audit("u");

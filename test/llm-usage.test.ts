@@ -29,20 +29,40 @@ describe("reading an LLM response's usage", () => {
         expect(readInPieces(text, [at, Math.min(length, at + 3)])).toMatchObject({ ok: true, usage: want });
       }
       // byte by byte
-      expect(readInPieces(text, Array.from({ length: length - 1 }, (_, i) => i + 1))).toMatchObject({ ok: true, usage: want });
+      expect(
+        readInPieces(
+          text,
+          Array.from({ length: length - 1 }, (_, i) => i + 1),
+        ),
+      ).toMatchObject({ ok: true, usage: want });
     }
   });
 
   it("sniffs the kind when the content type is unknown", () => {
-    expect(readInPieces(streams.anthropic.join(""), [10], null)).toMatchObject({ ok: true, usage: { outputTokens: 250 } });
-    expect(readInPieces(JSON.stringify(bodies.openai), [5], null)).toMatchObject({ ok: true, usage: { inputTokens: 1000 } });
+    expect(readInPieces(streams.anthropic.join(""), [10], null)).toMatchObject({
+      ok: true,
+      usage: { outputTokens: 250 },
+    });
+    expect(readInPieces(JSON.stringify(bodies.openai), [5], null)).toMatchObject({
+      ok: true,
+      usage: { inputTokens: 1000 },
+    });
   });
 
   it("reads OpenAI's Responses API usage (cached tokens are part of input_tokens there)", () => {
-    const body = { object: "response", model: "gpt-4.1", usage: { input_tokens: 50, input_tokens_details: { cached_tokens: 20 }, output_tokens: 7, total_tokens: 57 } };
-    expect(usageOfJson(body)).toEqual({ ok: true, usage: { shape: "openai", model: "gpt-4.1", inputTokens: 30, cachedTokens: 20, outputTokens: 7 } });
+    const body = {
+      object: "response",
+      model: "gpt-4.1",
+      usage: { input_tokens: 50, input_tokens_details: { cached_tokens: 20 }, output_tokens: 7, total_tokens: 57 },
+    };
+    expect(usageOfJson(body)).toEqual({
+      ok: true,
+      usage: { shape: "openai", model: "gpt-4.1", inputTokens: 30, cachedTokens: 20, outputTokens: 7 },
+    });
     // Anthropic cache writes are billed as input
-    expect(usageOfJson({ model: "c", usage: { input_tokens: 5, cache_creation_input_tokens: 100, output_tokens: 1 } })).toMatchObject({ ok: true, usage: { inputTokens: 105, cachedTokens: 0 } });
+    expect(
+      usageOfJson({ model: "c", usage: { input_tokens: 5, cache_creation_input_tokens: 100, output_tokens: 1 } }),
+    ).toMatchObject({ ok: true, usage: { inputTokens: 105, cachedTokens: 0 } });
   });
 
   it("tells absent, malformed and cut apart", () => {
@@ -58,10 +78,18 @@ describe("reading an LLM response's usage", () => {
       expect(usageOfJson({ model: "m", usage })).toMatchObject({ ok: false, problem: "malformed" });
     }
     expect(usageOfText("not json", "application/json")).toMatchObject({ ok: false, problem: "absent" });
-    expect(usageOfText(streams.openaiNoUsage.join(""), "text/event-stream")).toMatchObject({ ok: false, problem: "absent", counted: { outputTokens: 5 } });
+    expect(usageOfText(streams.openaiNoUsage.join(""), "text/event-stream")).toMatchObject({
+      ok: false,
+      problem: "absent",
+      counted: { outputTokens: 5 },
+    });
     const cut = new ResponseUsageReader("text/event-stream");
     for (const chunk of streams.anthropic.slice(0, 4)) cut.push(enc.encode(chunk));
-    expect(cut.cut()).toMatchObject({ ok: false, problem: "cut", counted: { model: "claude-sonnet-4-5-20250929", inputTokens: 1000, cachedTokens: 500, outputTokens: 2 } });
+    expect(cut.cut()).toMatchObject({
+      ok: false,
+      problem: "cut",
+      counted: { model: "claude-sonnet-4-5-20250929", inputTokens: 1000, cachedTokens: 500, outputTokens: 2 },
+    });
     // The usage arrived before the cut: it is billed as reported.
     const late = new ResponseUsageReader("text/event-stream");
     for (const chunk of streams.openai.slice(0, -1)) late.push(enc.encode(chunk));
@@ -77,7 +105,9 @@ describe("reading an LLM response's usage", () => {
     for (const chunk of streams.openai) reader.push(enc.encode(chunk));
     expect(reader.end()).toMatchObject({ ok: true, usage: { outputTokens: 300 } }); // the usage came after it
     // The usage chunk itself too long: malformed (charged as missingUsage says), not absent.
-    const padded = streams.openai.map((c) => (c.includes('"prompt_tokens"') ? c.replace('"usage":{', `"pad":"${"y".repeat(1 << 20)}","usage":{`) : c));
+    const padded = streams.openai.map((c) =>
+      c.includes('"prompt_tokens"') ? c.replace('"usage":{', `"pad":"${"y".repeat(1 << 20)}","usage":{`) : c,
+    );
     expect(usageOfText(padded.join(""), "text/event-stream")).toMatchObject({ ok: false, problem: "malformed" });
   });
 });

@@ -1,7 +1,14 @@
 import { Writable } from "node:stream";
 import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { createCreditManager, silentLogger, ValidationError, type Cache, type CreditManagerOptions, type Logger } from "../src/index.js";
+import {
+  createCreditManager,
+  silentLogger,
+  ValidationError,
+  type Cache,
+  type CreditManagerOptions,
+  type Logger,
+} from "../src/index.js";
 
 /** A cache that fails every read: the library logs a warning and reads the store. */
 const failingCache: Cache = {
@@ -27,7 +34,10 @@ afterEach(() => vi.restoreAllMocks());
 describe("the logger option", () => {
   it("takes pino, a child logger, console and a winston-shaped logger (types and values)", async () => {
     const lines: string[] = [];
-    const root = pino({ level: "warn" }, new Writable({ write: (chunk: Buffer, _e, done) => (lines.push(chunk.toString()), done()) }));
+    const root = pino(
+      { level: "warn" },
+      new Writable({ write: (chunk: Buffer, _e, done) => (lines.push(chunk.toString()), done()) }),
+    );
     const winstonCalls: unknown[][] = [];
     const winston: WinstonLike = {
       error: (...a: unknown[]) => (winstonCalls.push(a), winston),
@@ -46,9 +56,19 @@ describe("the logger option", () => {
     }
     // Each got the cache warning, in pino's shape (obj, msg).
     const parsed = lines.map((l) => JSON.parse(l) as { msg: string; service?: string; err?: { message: string } });
-    expect(parsed.some((l) => l.msg === "credit-management: cache read failed; reading the store" && l.service === undefined && l.err?.message === "cache down")).toBe(true);
+    expect(
+      parsed.some(
+        (l) =>
+          l.msg === "credit-management: cache read failed; reading the store" &&
+          l.service === undefined &&
+          l.err?.message === "cache down",
+      ),
+    ).toBe(true);
     expect(parsed.some((l) => l.service === "billing")).toBe(true);
-    expect(console.warn).toHaveBeenCalledWith(expect.objectContaining({ key: expect.any(String) }), "credit-management: cache read failed; reading the store");
+    expect(console.warn).toHaveBeenCalledWith(
+      expect.objectContaining({ key: expect.any(String) }),
+      "credit-management: cache read failed; reading the store",
+    );
     expect(winstonCalls.some((c) => c[1] === "credit-management: cache read failed; reading the store")).toBe(true);
   });
 
@@ -70,7 +90,8 @@ describe("the logger option", () => {
     expect(out).not.toHaveBeenCalled();
     expect(err).not.toHaveBeenCalled();
     expect(warn).not.toHaveBeenCalled();
-    for (const level of ["error", "warn", "info", "debug"] as const) expect(silentLogger[level]({ a: 1 }, "x")).toBeUndefined();
+    for (const level of ["error", "warn", "info", "debug"] as const)
+      expect(silentLogger[level]({ a: 1 }, "x")).toBeUndefined();
     expect(Object.isFrozen(silentLogger)).toBe(true);
   });
 });

@@ -4,7 +4,8 @@
 import { describe, expect, it } from "vitest";
 import { CreditService, InMemoryDbManager } from "../src/index.js";
 
-const sizeOf = (db: InMemoryDbManager, index: "dueHolds" | "dueGrants") => (db as unknown as Record<string, { size: number }>)[index]!.size;
+const sizeOf = (db: InMemoryDbManager, index: "dueHolds" | "dueGrants") =>
+  (db as unknown as Record<string, { size: number }>)[index]!.size;
 
 describe("in-memory due indexes", () => {
   it("drop settled holds and closed grants without a job scanning, and still find what is due", async () => {

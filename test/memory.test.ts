@@ -15,7 +15,11 @@ function addNow(u: string, amount: number) {
     const state = tx.load();
     if (state instanceof Promise) throw new Error("the in-memory store loads synchronously");
     const work = new AccountWork(u, state, new Date(), randomUUID);
-    work.add(amount, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+    work.add(
+      amount,
+      { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+      {},
+    );
     void tx.save(work.changes());
     return work.account.balance;
   };

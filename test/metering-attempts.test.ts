@@ -90,9 +90,17 @@ async function blocked<V>(
 type AttemptOptions = Parameters<CreditManager["credits"]["meter"]>[1];
 
 /** Options for attempts of one keyed call (estimate 10); each records its settlement under its name. */
-function attempts(idempotencyKey: string, ttlSeconds: number): { outcomes: Record<string, MeterOutcome>; options: (name: string) => AttemptOptions } {
+function attempts(
+  idempotencyKey: string,
+  ttlSeconds: number,
+): { outcomes: Record<string, MeterOutcome>; options: (name: string) => AttemptOptions } {
   const outcomes: Record<string, MeterOutcome> = {};
-  const options = (name: string): AttemptOptions => ({ estimate: 10, ttlSeconds, idempotencyKey, onSettled: (o: MeterOutcome) => (outcomes[name] = o) });
+  const options = (name: string): AttemptOptions => ({
+    estimate: 10,
+    ttlSeconds,
+    idempotencyKey,
+    onSettled: (o: MeterOutcome) => (outcomes[name] = o),
+  });
   return { outcomes, options };
 }
 
@@ -126,7 +134,9 @@ async function types(m: CreditManager, userId: string): Promise<string[]> {
 
 describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
   /** One manager (or two, for two processes) on a fresh store, closed and dropped after `body`. */
-  async function withStore(body: (s: { db: DbManager; another: () => DbManager; clock: { now: number } }) => Promise<void>) {
+  async function withStore(
+    body: (s: { db: DbManager; another: () => DbManager; clock: { now: number } }) => Promise<void>,
+  ) {
     const { db, another, drop } = await open();
     try {
       await body({ db, another, clock: { now: T } });
@@ -172,11 +182,18 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
         expect(await retry).toBe("retry");
 
         const charged = await charges(m1, u);
-        expect(charged.map((e) => [e.type, e.amount, e.idempotencyKey])).toEqual([["commit_reserved", 9, "call-1:charge"]]);
+        expect(charged.map((e) => [e.type, e.amount, e.idempotencyKey])).toEqual([
+          ["commit_reserved", 9, "call-1:charge"],
+        ]);
         expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 9 });
         expect(outcomes.first?.replayed).toBeUndefined();
         // The retry is answered with the charge that stands; its own usage is not charged.
-        expect(outcomes.retry).toMatchObject({ outcome: "committed", charged: 9, replayed: true, usages: [{ amount: 7 }] });
+        expect(outcomes.retry).toMatchObject({
+          outcome: "committed",
+          charged: 9,
+          replayed: true,
+          usages: [{ amount: 7 }],
+        });
         expect(outcomes.retry?.entry?.id).toBe(charged[0]?.id);
         expect(await m1.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 991, reserved: 0, debt: 0 });
         expect((await m1.credits.audit(u)).ok).toBe(true);
@@ -202,7 +219,13 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
       expect(outcomes.retry?.entry?.idempotencyKey).toBe("k:charge");
       finish();
       expect(await first).toBe("first");
-      expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 7, replayed: true, chargedAfterService: true, usages: [{ amount: 9 }] });
+      expect(outcomes.first).toMatchObject({
+        outcome: "committed",
+        charged: 7,
+        replayed: true,
+        chargedAfterService: true,
+        usages: [{ amount: 9 }],
+      });
       expect(outcomes.first?.entry?.id).toBe(outcomes.retry?.entry?.id);
 
       expect((await charges(m, u)).map((e) => e.amount)).toEqual([7]);
@@ -213,7 +236,12 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
       expect(events.map((e) => [e.message, e.details])).toEqual([
         [
           expect.stringMatching(/another attempt/),
-          expect.objectContaining({ idempotencyKey: "k", requested: 9, charged: 7, chargeEntryId: outcomes.retry?.entry?.id }),
+          expect.objectContaining({
+            idempotencyKey: "k",
+            requested: 9,
+            charged: 7,
+            chargeEntryId: outcomes.retry?.entry?.id,
+          }),
         ],
       ]);
       expect((await m.credits.audit(u)).ok).toBe(true);
@@ -224,11 +252,15 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
     await withAccount(async ({ m, u, clock }) => {
       const outcomes: MeterOutcome[] = [];
       const call = (key: string, amount: number, lapse = false) =>
-        m.credits.meter(u, { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
-          if (lapse) clock.now += 6000;
-          recordUsage({ amount });
-          return amount;
-        });
+        m.credits.meter(
+          u,
+          { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) },
+          () => {
+            if (lapse) clock.now += 6000;
+            recordUsage({ amount });
+            return amount;
+          },
+        );
       // Lapsed: charged after service, then retried with other usage (the caller never saw the answer).
       expect(await call("lapsed", 9, true)).toBe(9);
       expect(await call("lapsed", 4)).toBe(4);
@@ -265,13 +297,25 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
       expect(outcomes.first?.entry?.metadata).toMatchObject({ holdReleased: true });
       thirdFinish();
       expect(await third).toBe("third");
-      expect(outcomes.third).toMatchObject({ outcome: "committed", charged: 9, replayed: true, usages: [{ amount: 7 }] });
+      expect(outcomes.third).toMatchObject({
+        outcome: "committed",
+        charged: 9,
+        replayed: true,
+        usages: [{ amount: 7 }],
+      });
       expect(outcomes.third?.entry?.id).toBe(outcomes.first?.entry?.id);
 
       expect((await charges(m, u)).map((e) => e.amount)).toEqual([9]);
       // The third attempt's own hold went back.
       expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 991, reserved: 0 });
-      expect(await types(m, u)).toEqual(["add", "reserve", "release_reserved", "reserve", "deduct", "release_reserved"]);
+      expect(await types(m, u)).toEqual([
+        "add",
+        "reserve",
+        "release_reserved",
+        "reserve",
+        "deduct",
+        "release_reserved",
+      ]);
       const releases = (await m.credits.getCreditHistory(u, { types: ["release_reserved"] })).items;
       expect(releases.map((e) => [e.idempotencyKey, e.metadata?.releaseReason])).toEqual([
         ["k:attempt-2:release", "already-charged"],
@@ -295,7 +339,12 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
       expect(outcomes.third?.entry).toMatchObject({ type: "commit_reserved", idempotencyKey: "k:charge" });
       finish();
       expect(await first).toBe("first");
-      expect(outcomes.first).toMatchObject({ outcome: "committed", charged: 7, replayed: true, usages: [{ amount: 9 }] });
+      expect(outcomes.first).toMatchObject({
+        outcome: "committed",
+        charged: 7,
+        replayed: true,
+        usages: [{ amount: 9 }],
+      });
       expect((await charges(m, u)).map((e) => e.amount)).toEqual([7]);
       expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 993, reserved: 0 });
       expect((await m.credits.audit(u)).ok).toBe(true);

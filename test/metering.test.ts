@@ -75,7 +75,9 @@ describe("credits.meter()", () => {
 
   it("refuses to start when the hold cannot be placed (fn never runs)", async () => {
     let ran = false;
-    await expect(m.credits.meter("u", { estimate: 5000 }, () => (ran = true))).rejects.toBeInstanceOf(InsufficientCreditsError);
+    await expect(m.credits.meter("u", { estimate: 5000 }, () => (ran = true))).rejects.toBeInstanceOf(
+      InsufficientCreditsError,
+    );
     expect(ran).toBe(false);
   });
 
@@ -88,9 +90,9 @@ describe("credits.meter()", () => {
     });
     expect(await late).toBe(false);
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(999);
-    await expect(m.credits.meter("u", { estimate: 10 }, () => void recordUsage({ amount: -1 } as never))).rejects.toBeInstanceOf(
-      ValidationError,
-    );
+    await expect(
+      m.credits.meter("u", { estimate: 10 }, () => void recordUsage({ amount: -1 } as never)),
+    ).rejects.toBeInstanceOf(ValidationError);
     expect((await m.credits.getUserCreditsInfo("u")).reserved).toBe(0);
   });
 
@@ -147,7 +149,11 @@ describe("credits.meter()", () => {
     await strict.credits.addCredits("k", 100);
     const outcomes: MeterOutcome[] = [];
     for (let i = 0; i < 2; i++) {
-      await strict.credits.meter("k", { estimate: 60, idempotencyKey: "call-1", onSettled: (o) => outcomes.push(o) }, () => 150);
+      await strict.credits.meter(
+        "k",
+        { estimate: 60, idempotencyKey: "call-1", onSettled: (o) => outcomes.push(o) },
+        () => 150,
+      );
     }
     expect(outcomes.map((o) => [o.charged, o.shortfall])).toEqual([
       [100, 50],
@@ -159,11 +165,22 @@ describe("credits.meter()", () => {
   });
 
   it("validates every usage record, the plain { amount } ones too, and stores exactly what was given", async () => {
-    const bad = [{ amount: 1.5 }, { amount: -1 }, { amount: Number.MAX_SAFE_INTEGER + 1 }, { amount: "3" }, { amount: 3, bogus: 1 }, null];
+    const bad = [
+      { amount: 1.5 },
+      { amount: -1 },
+      { amount: Number.MAX_SAFE_INTEGER + 1 },
+      { amount: "3" },
+      { amount: 3, bogus: 1 },
+      null,
+    ];
     for (const usage of bad) {
       const outcomes: MeterOutcome[] = [];
       await expect(
-        m.credits.meter("u", { estimate: 10, onSettled: (o) => outcomes.push(o) }, () => void recordUsage(usage as never)),
+        m.credits.meter(
+          "u",
+          { estimate: 10, onSettled: (o) => outcomes.push(o) },
+          () => void recordUsage(usage as never),
+        ),
       ).rejects.toBeInstanceOf(ValidationError);
       expect(outcomes[0]).toMatchObject({ outcome: "released", releaseReason: "error", usages: [] });
     }
@@ -181,15 +198,21 @@ describe("credits.meter()", () => {
   it("an idempotency key leaves room for every suffix it derives (up to :reserve and :release)", async () => {
     const history = async () => (await m.credits.getCreditHistory("u")).items.length;
     const before = await history();
-    await expect(m.credits.meter("u", { estimate: 10, idempotencyKey: "k".repeat(248) }, () => 1)).rejects.toThrow(/at most 247/);
+    await expect(m.credits.meter("u", { estimate: 10, idempotencyKey: "k".repeat(248) }, () => 1)).rejects.toThrow(
+      /at most 247/,
+    );
     expect(await history()).toBe(before); // refused before the hold
     // The longest key allowed: the hold lapses, the usage is charged after service under the charge key.
     const key = "k".repeat(247);
     const outcomes: MeterOutcome[] = [];
-    await m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
-      now += 6000;
-      recordUsage({ amount: 7 });
-    });
+    await m.credits.meter(
+      "u",
+      { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) },
+      () => {
+        now += 6000;
+        recordUsage({ amount: 7 });
+      },
+    );
     expect(outcomes[0]).toMatchObject({ charged: 7, chargedAfterService: true });
     expect(outcomes[0]?.entry?.idempotencyKey).toBe(`${key}:charge`);
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(993);
@@ -208,17 +231,26 @@ describe("credits.meter()", () => {
     const limited = await createCreditManager({ overdraftLimit: 10, clock: () => new Date(now) });
     await limited.credits.addCredits("l", 100);
     const outcomes: MeterOutcome[] = [];
-    const value = await limited.credits.meter("l", { estimate: 100, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) }, () => {
-      now += 6000;
-      recordUsage({ amount: 150 });
-      return "answer";
-    });
+    const value = await limited.credits.meter(
+      "l",
+      { estimate: 100, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) },
+      () => {
+        now += 6000;
+        recordUsage({ amount: 150 });
+        return "answer";
+      },
+    );
     expect(value).toBe("answer");
     expect(outcomes).toHaveLength(1);
     expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 110, shortfall: 40, chargedAfterService: true });
     expect(outcomes[0]?.entry).toMatchObject({ type: "deduct", amount: 110 });
     expect(outcomes[0]?.entry?.metadata).toMatchObject({ requested: 150, shortfall: 40, holdExpired: true });
-    expect(await limited.credits.getUserCreditsInfo("l")).toMatchObject({ balance: -10, reserved: 0, available: -10, debt: 10 });
+    expect(await limited.credits.getUserCreditsInfo("l")).toMatchObject({
+      balance: -10,
+      reserved: 0,
+      available: -10,
+      debt: 10,
+    });
     const deducts = (await limited.credits.getCreditHistory("l", { types: ["deduct"] })).items;
     expect(deducts.map((e) => e.amount)).toEqual([110]); // exactly one charge
     expect((await limited.ledger.getEntries({ eventType: "error" }))[0]?.message).toMatch(/overdraft/);
@@ -228,14 +260,24 @@ describe("credits.meter()", () => {
     const strict = await createCreditManager({ overdraftLimit: 0, clock: () => new Date(now) });
     await strict.credits.addCredits("s", 100);
     outcomes.length = 0;
-    const v2 = await strict.credits.meter("s", { estimate: 50, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) }, async () => {
-      now += 6000;
-      await strict.credits.deductCredits("s", 100); // the lapsed hold's credits were spent meanwhile
-      recordUsage({ amount: 30 });
-      return "late";
-    });
+    const v2 = await strict.credits.meter(
+      "s",
+      { estimate: 50, ttlSeconds: 5, onSettled: (o) => outcomes.push(o) },
+      async () => {
+        now += 6000;
+        await strict.credits.deductCredits("s", 100); // the lapsed hold's credits were spent meanwhile
+        recordUsage({ amount: 30 });
+        return "late";
+      },
+    );
     expect(v2).toBe("late");
-    expect(outcomes[0]).toMatchObject({ outcome: "committed", charged: 0, shortfall: 30, chargedAfterService: true, entry: null });
+    expect(outcomes[0]).toMatchObject({
+      outcome: "committed",
+      charged: 0,
+      shortfall: 30,
+      chargedAfterService: true,
+      entry: null,
+    });
     expect(await strict.credits.getUserCreditsInfo("s")).toMatchObject({ balance: 0, reserved: 0, debt: 0 });
     expect((await strict.credits.audit("s")).ok).toBe(true);
     await limited.close();
@@ -270,7 +312,14 @@ describe("credits.meter()", () => {
     expect(await retry()).toBe("ok");
     expect(outcomes[2]?.entry?.id).toBe(outcomes[0]?.entry?.id);
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 993, reserved: 0 });
-    expect(await types()).toEqual(["add", "reserve", "release_reserved", "reserve", "commit_reserved", "release_reserved"]);
+    expect(await types()).toEqual([
+      "add",
+      "reserve",
+      "release_reserved",
+      "reserve",
+      "commit_reserved",
+      "release_reserved",
+    ]);
     expect((await m.credits.audit("u")).ok).toBe(true);
   });
 
@@ -284,13 +333,19 @@ describe("credits.meter()", () => {
       ).rejects.toThrow(`fail ${i}`);
     }
     const outcomes: MeterOutcome[] = [];
-    await m.credits.meter("u", { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) }, () => {
-      now += 6000;
-      recordUsage({ amount: 4 });
-    });
+    await m.credits.meter(
+      "u",
+      { estimate: 10, ttlSeconds: 5, idempotencyKey: key, onSettled: (o) => outcomes.push(o) },
+      () => {
+        now += 6000;
+        recordUsage({ amount: 4 });
+      },
+    );
     expect(outcomes[0]).toMatchObject({ charged: 4, chargedAfterService: true });
     expect(outcomes[0]?.entry?.idempotencyKey).toBe(`${key}:charge`);
-    const reserves = (await m.credits.getCreditHistory("u", { types: ["reserve"] })).items.map((e) => e.idempotencyKey ?? "");
+    const reserves = (await m.credits.getCreditHistory("u", { types: ["reserve"] })).items.map(
+      (e) => e.idempotencyKey ?? "",
+    );
     expect(new Set(reserves).size).toBe(3);
     expect(reserves[0]).toMatch(/~[0-9a-f]{16}:attempt-3:reserve$/);
     expect(reserves[0]?.length).toBe(255);
@@ -311,7 +366,9 @@ describe("credits.meter()", () => {
 
   it("validates its options", async () => {
     await expect(m.credits.meter("u", { estimate: 0 }, () => 1)).rejects.toBeInstanceOf(ValidationError);
-    await expect(m.credits.meter("u", { estimate: 5, bogus: 1 } as never, () => 1)).rejects.toBeInstanceOf(ValidationError);
+    await expect(m.credits.meter("u", { estimate: 5, bogus: 1 } as never, () => 1)).rejects.toBeInstanceOf(
+      ValidationError,
+    );
     await expect(m.credits.meter("", { estimate: 5 }, () => 1)).rejects.toBeInstanceOf(ValidationError);
   });
 });

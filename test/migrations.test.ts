@@ -21,7 +21,8 @@ import {
 const PG_URL = process.env.CREDIT_PG_URL;
 const MYSQL_URL = process.env.CREDIT_MYSQL_URL;
 if (!PG_URL) console.warn("[migrations.test] CREDIT_PG_URL is not set: the PostgreSQL upgrade tests are skipped.");
-if (!MYSQL_URL) console.warn("[migrations.test] CREDIT_MYSQL_URL is not set: the MySQL/MariaDB upgrade tests are skipped.");
+if (!MYSQL_URL)
+  console.warn("[migrations.test] CREDIT_MYSQL_URL is not set: the MySQL/MariaDB upgrade tests are skipped.");
 const hasSqlite = (() => {
   try {
     execFileSync("sqlite3", ["-version"], { stdio: "ignore" });
@@ -30,7 +31,8 @@ const hasSqlite = (() => {
     return false;
   }
 })();
-if (!hasSqlite) console.warn("[migrations.test] the sqlite3 shell is not installed: the SQLite upgrade test is skipped.");
+if (!hasSqlite)
+  console.warn("[migrations.test] the sqlite3 shell is not installed: the SQLite upgrade test is skipped.");
 
 /** Every version before the current one, each with the DDL that release generated (test/fixtures/schema). */
 const OLD_VERSIONS = Array.from({ length: SCHEMA_VERSION - 1 }, (_, i) => i + 1);
@@ -71,7 +73,11 @@ describe("schema upgrades: the statements", () => {
       /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'\)\);$/,
     );
     const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 });
-    expect(my3).toEqual([expect.stringMatching(/^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/)]);
+    expect(my3).toEqual([
+      expect.stringMatching(
+        /^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/,
+      ),
+    ]);
     const lite3 = upgradeStatements({ dialect: "sqlite", fromVersion: 3 }).join("\n");
     expect(lite3).toContain('CREATE TABLE IF NOT EXISTS "notifications__rebuild" (');
     expect(lite3).toContain('INSERT INTO "notifications__rebuild" ("id", "user_id", "type"');
@@ -105,7 +111,8 @@ describe("schema upgrades: the statements", () => {
   });
 });
 
-describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgraded equals a fresh install", () => { // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgraded equals a fresh install", () => {
+  // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
   const run = randomUUID().replace(/-/g, "").slice(0, 8);
   const schemas: string[] = [];
   let client: pg.Client;
@@ -141,7 +148,9 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       `SELECT tablename, indexname, replace(indexdef, $2, '') AS def FROM pg_indexes WHERE schemaname = $1 ORDER BY tablename, indexname`,
       [schema, `${schema}.`],
     );
-    const version = await client.query(`SELECT component, version FROM ${quoteIdent("postgres", schema)}.schema_version`);
+    const version = await client.query(
+      `SELECT component, version FROM ${quoteIdent("postgres", schema)}.schema_version`,
+    );
     return { columns: columns.rows, constraints: constraints.rows, indexes: indexes.rows, version: version.rows };
   };
   let fresh: Awaited<ReturnType<typeof catalog>>;
@@ -174,7 +183,10 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       await inSchema(schema, `${fixture(version, "postgres")}\n${oldVersionRow.postgres(version)}`);
       const checking = new PostgresDbManager({ connectionString: PG_URL as string, schema, migrate: false });
       try {
-        const refused = await checking.init().then(() => null, (e: unknown) => e);
+        const refused = await checking.init().then(
+          () => null,
+          (e: unknown) => e,
+        );
         expect(refused).toBeInstanceOf(ConfigurationError);
         expect((refused as Error).message).toContain(`--from-version ${version}`);
         expect(await catalog(schema)).not.toEqual(fresh); // it changed nothing
@@ -194,9 +206,15 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
     const checking = new PostgresDbManager({ connectionString: PG_URL as string, schema: empty, migrate: false });
     try {
       await expect(checking.init()).rejects.toThrow(/no credit-management schema.*\(migrate: false\)/);
-      const tables = await client.query("SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1", [empty]);
+      const tables = await client.query(
+        "SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = $1",
+        [empty],
+      );
       expect(tables.rows[0].n).toBe(0);
-      await inSchema(empty, `${generateSql({ dialect: "postgres" })}\nUPDATE schema_version SET version = ${SCHEMA_VERSION + 1};`);
+      await inSchema(
+        empty,
+        `${generateSql({ dialect: "postgres" })}\nUPDATE schema_version SET version = ${SCHEMA_VERSION + 1};`,
+      );
       await expect(checking.init()).rejects.toThrow(/newer than this release/);
     } finally {
       await checking.close();
@@ -204,60 +222,65 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
   });
 });
 
-describe.skipIf(!MYSQL_URL)("schema upgrades on MySQL/MariaDB: every old version upgraded equals a fresh install", () => { // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
-  const run = randomUUID().replace(/-/g, "").slice(0, 8);
-  const databases: string[] = [];
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  let conn: any;
-  const newDatabase = async (label: string, sql: string): Promise<string> => {
-    const name = `cm_mig_${run}_${label}`;
-    databases.push(name);
-    await conn.query(`CREATE DATABASE \`${name}\``);
-    await conn.query(`USE \`${name}\``);
-    await conn.query(sql);
-    return name;
-  };
-  const catalog = async (db: string) => {
-    const [columns] = await conn.query(
-      `SELECT table_name AS t, column_name AS c, column_type AS type, is_nullable AS n, column_default AS d, collation_name AS coll
+describe.skipIf(!MYSQL_URL)(
+  "schema upgrades on MySQL/MariaDB: every old version upgraded equals a fresh install",
+  () => {
+    // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
+    const run = randomUUID().replace(/-/g, "").slice(0, 8);
+    const databases: string[] = [];
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    let conn: any;
+    const newDatabase = async (label: string, sql: string): Promise<string> => {
+      const name = `cm_mig_${run}_${label}`;
+      databases.push(name);
+      await conn.query(`CREATE DATABASE \`${name}\``);
+      await conn.query(`USE \`${name}\``);
+      await conn.query(sql);
+      return name;
+    };
+    const catalog = async (db: string) => {
+      const [columns] = await conn.query(
+        `SELECT table_name AS t, column_name AS c, column_type AS type, is_nullable AS n, column_default AS d, collation_name AS coll
          FROM information_schema.columns WHERE table_schema = ? ORDER BY t, c`,
-      [db],
-    );
-    const [indexes] = await conn.query(
-      `SELECT table_name AS t, index_name AS i, seq_in_index AS s, column_name AS c, non_unique AS u
+        [db],
+      );
+      const [indexes] = await conn.query(
+        `SELECT table_name AS t, index_name AS i, seq_in_index AS s, column_name AS c, non_unique AS u
          FROM information_schema.statistics WHERE table_schema = ? ORDER BY t, i, s`,
-      [db],
-    );
-    const [checks] = await conn.query(
-      `SELECT table_name AS t, constraint_name AS c, check_clause AS clause
+        [db],
+      );
+      const [checks] = await conn.query(
+        `SELECT table_name AS t, constraint_name AS c, check_clause AS clause
          FROM information_schema.check_constraints WHERE constraint_schema = ? ORDER BY t, c`,
-      [db],
-    );
-    const [version] = await conn.query(`SELECT component, version FROM \`${db}\`.schema_version`);
-    return { columns, indexes, checks, version };
-  };
-  let fresh: unknown;
+        [db],
+      );
+      const [version] = await conn.query(`SELECT component, version FROM \`${db}\`.schema_version`);
+      return { columns, indexes, checks, version };
+    };
+    let fresh: unknown;
 
-  beforeAll(async () => {
-    const mysql = await import("mysql2/promise");
-    conn = await mysql.createConnection({ uri: MYSQL_URL, multipleStatements: true });
-    fresh = await catalog(await newDatabase("fresh", generateSql({ dialect: "mysql" })));
-  });
-  afterAll(async () => {
-    for (const d of databases) await conn?.query(`DROP DATABASE IF EXISTS \`${d}\``);
-    await conn?.end();
-  });
-
-  for (const version of OLD_VERSIONS) {
-    it(`version ${version} → ${SCHEMA_VERSION} through the schema command's script`, async () => {
-      const db = await newDatabase(`v${version}`, `${fixture(version, "mysql")}\n${oldVersionRow.mysql(version)}`);
-      await conn.query(generateUpgradeSql({ dialect: "mysql", fromVersion: version }));
-      expect(await catalog(db)).toEqual(fresh);
+    beforeAll(async () => {
+      const mysql = await import("mysql2/promise");
+      conn = await mysql.createConnection({ uri: MYSQL_URL, multipleStatements: true });
+      fresh = await catalog(await newDatabase("fresh", generateSql({ dialect: "mysql" })));
     });
-  }
-});
+    afterAll(async () => {
+      for (const d of databases) await conn?.query(`DROP DATABASE IF EXISTS \`${d}\``);
+      await conn?.end();
+    });
 
-describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgraded equals a fresh install", () => { // reason: needs the sqlite3 shell; skipped with a printed notice otherwise
+    for (const version of OLD_VERSIONS) {
+      it(`version ${version} → ${SCHEMA_VERSION} through the schema command's script`, async () => {
+        const db = await newDatabase(`v${version}`, `${fixture(version, "mysql")}\n${oldVersionRow.mysql(version)}`);
+        await conn.query(generateUpgradeSql({ dialect: "mysql", fromVersion: version }));
+        expect(await catalog(db)).toEqual(fresh);
+      });
+    }
+  },
+);
+
+describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgraded equals a fresh install", () => {
+  // reason: needs the sqlite3 shell; skipped with a printed notice otherwise
   const dir = mkdtempSync(join(tmpdir(), "cm-mig-"));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   /** Runs `sql` on a new database file, then lists its columns, indexes and version row. */
@@ -289,12 +312,15 @@ describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgrad
     const insert = (id: string, type: string) =>
       `INSERT INTO notifications (id, user_id, type, status, payload, dedupe_key, attempts, next_attempt_at, claimed_until, claim_token, last_error, created_at, settled_at)
        VALUES ('${id}', 'u1', '${type}', 'pending', '{}', NULL, 0, '2030-01-01T00:00:00.000Z', NULL, NULL, NULL, '2030-01-01T00:00:00.000Z', NULL);`;
-    const sqlite = (sql: string) => execFileSync("sqlite3", ["-bail", file], { input: sql, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"] });
+    const sqlite = (sql: string) =>
+      execFileSync("sqlite3", ["-bail", file], { input: sql, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"] });
     sqlite(`${fixture(3, "sqlite")}\n${oldVersionRow.sqlite(3)}\n${insert("n1", "low_credits")}`);
     expect(() => sqlite(insert("n2", "feature_status_changed"))).toThrow(/CHECK constraint failed/);
     sqlite(generateUpgradeSql({ dialect: "sqlite", fromVersion: 3 }));
     sqlite(`${insert("n2", "feature_status_changed")}\n${insert("n3", "hold_settled")}`);
     expect(() => sqlite(insert("n4", "no_such_type"))).toThrow(/CHECK constraint failed/);
-    expect(sqlite("SELECT id, type FROM notifications ORDER BY id;")).toBe("n1|low_credits\nn2|feature_status_changed\nn3|hold_settled\n");
+    expect(sqlite("SELECT id, type FROM notifications ORDER BY id;")).toBe(
+      "n1|low_credits\nn2|feature_status_changed\nn3|hold_settled\n",
+    );
   });
 });

@@ -96,7 +96,15 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
     const db = fakeDb([]);
     expect(() => new MongoDbManager({ db, batch: false })).not.toThrow();
     expect(() => new MongoDbManager({ db, batch: { maxUnits: 8, concurrency: 3 } })).not.toThrow();
-    for (const batch of [true, { maxUnits: 0 }, { maxUnits: 1.5 }, { concurrency: 0 }, { concurrency: "2" }, { maxUnit: 4 }, null]) {
+    for (const batch of [
+      true,
+      { maxUnits: 0 },
+      { maxUnits: 1.5 },
+      { concurrency: 0 },
+      { concurrency: "2" },
+      { maxUnit: 4 },
+      null,
+    ]) {
       const error = (() => {
         try {
           new MongoDbManager({ db, batch: batch as never });
@@ -120,7 +128,8 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
 // Against a server. Reason for the skip: it needs a MongoDB replica set (or this machine's
 // mongo-compat gateway), which a plain `npm test` does not have; CI sets CREDIT_MONGO_URI.
 
-describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
+  // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped with a printed notice otherwise
   const url = uri as string;
   let client: MongoClient;
   const created: string[] = [];
@@ -162,7 +171,8 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
     c.on("commandStarted", (e) => {
       seen.set(e.commandName, (seen.get(e.commandName) ?? 0) + 1);
       const cmd = e.command as { update?: string; updates?: unknown[] };
-      if (e.commandName === "update" && cmd.update === "credit_accounts") widest = Math.max(widest, cmd.updates?.length ?? 0);
+      if (e.commandName === "update" && cmd.update === "credit_accounts")
+        widest = Math.max(widest, cmd.updates?.length ?? 0);
     });
     await c.connect();
     monitored.push(c);
@@ -228,7 +238,10 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       expect(commits).toBeLessThan(420 / 4);
       // Nothing lost: every success is in the journal, nothing more.
       const deducted = await Promise.all(
-        [...users, "hot"].map(async (u) => (await db.listJournal(u, { order: "asc", limit: 100 })).filter((e) => e.type === "deduct").length),
+        [...users, "hot"].map(
+          async (u) =>
+            (await db.listJournal(u, { order: "asc", limit: 100 })).filter((e) => e.type === "deduct").length,
+        ),
       );
       expect(deducted.reduce((a, b) => a + b, 0)).toBe(420);
     });
@@ -289,7 +302,14 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
         credits.deductCredits("o-4", 3),
         credits.deductCredits("o-5", 3),
       ]);
-      expect(results.map((r) => r.status)).toEqual(["fulfilled", "rejected", "rejected", "fulfilled", "fulfilled", "fulfilled"]);
+      expect(results.map((r) => r.status)).toEqual([
+        "fulfilled",
+        "rejected",
+        "rejected",
+        "fulfilled",
+        "fulfilled",
+        "fulfilled",
+      ]);
       expect((results[1] as PromiseRejectedResult).reason).toBeInstanceOf(InsufficientCreditsError);
       expect((results[2] as PromiseRejectedResult).reason).toBe(boom);
       expect(count("commitTransaction") - commits).toBe(1);
@@ -308,43 +328,60 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       await Promise.all(users.map((u) => credits.addCredits(u, 100)));
       // Between k-2's load and its save, another writer stores an entry with k-2's key (another request).
       let stolen = false;
-      const hooked = interleave(db, async () => {
-        if (stolen) return;
-        stolen = true;
-        await raw.insertOne({
-          _id: randomUUID(),
-          userId: "k-2",
-          seq: 1000,
-          type: "deduct",
-          amount: 1,
-          balanceAfter: 99,
-          reservedAfter: 0,
-          debtAfter: 0,
-          grants: [],
-          reservationId: null,
-          idempotencyKey: "key-k-2",
-          fingerprint: "another request",
-          correlationId: null,
-          description: null,
-          metadata: null,
-          createdAt: new Date(),
-          prevHash: null,
-          hash: "x",
-        } as never);
-      }, "k-2");
+      const hooked = interleave(
+        db,
+        async () => {
+          if (stolen) return;
+          stolen = true;
+          await raw.insertOne({
+            _id: randomUUID(),
+            userId: "k-2",
+            seq: 1000,
+            type: "deduct",
+            amount: 1,
+            balanceAfter: 99,
+            reservedAfter: 0,
+            debtAfter: 0,
+            grants: [],
+            reservationId: null,
+            idempotencyKey: "key-k-2",
+            fingerprint: "another request",
+            correlationId: null,
+            description: null,
+            metadata: null,
+            createdAt: new Date(),
+            prevHash: null,
+            hash: "x",
+          } as never);
+        },
+        "k-2",
+      );
       const keyed = new CreditService({ db: hooked });
-      const first = await Promise.allSettled(users.map((u) => keyed.deductCredits(u, 7, { idempotencyKey: `key-${u}` })));
+      const first = await Promise.allSettled(
+        users.map((u) => keyed.deductCredits(u, 7, { idempotencyKey: `key-${u}` })),
+      );
       expect(stolen).toBe(true);
-      expect(first.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled", "fulfilled", "fulfilled"]);
+      expect(first.map((r) => r.status)).toEqual([
+        "fulfilled",
+        "fulfilled",
+        "rejected",
+        "fulfilled",
+        "fulfilled",
+        "fulfilled",
+      ]);
       expect((first[2] as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyConflictError);
       // The same calls again, at once: one batch of replays, no second effect.
-      const again = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 7, { idempotencyKey: `key-${u}` })));
+      const again = await Promise.allSettled(
+        users.map((u) => credits.deductCredits(u, 7, { idempotencyKey: `key-${u}` })),
+      );
       users.forEach((u, i) => {
         if (i === 2) {
           expect((again[i] as PromiseRejectedResult).reason).toBeInstanceOf(IdempotencyConflictError);
           return;
         }
-        expect((again[i] as PromiseFulfilledResult<JournalEntry>).value.id).toBe((first[i] as PromiseFulfilledResult<JournalEntry>).value.id);
+        expect((again[i] as PromiseFulfilledResult<JournalEntry>).value.id).toBe(
+          (first[i] as PromiseFulfilledResult<JournalEntry>).value.id,
+        );
       });
       const balances = await Promise.all(users.map(async (u) => (await db.getAccount(u))?.balance));
       expect(balances).toEqual([93, 93, 100, 93, 93, 93]);
@@ -358,11 +395,19 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       await Promise.all(users.map((u) => credits.addCredits(u, 10)));
       const original = ClientSession.prototype.commitTransaction;
       const labelled = (label: string) =>
-        new MongoServerError({ message: `test: ${label}`, code: 50, codeName: "MaxTimeMSExpired", errorLabels: [label] });
+        new MongoServerError({
+          message: `test: ${label}`,
+          code: 50,
+          codeName: "MaxTimeMSExpired",
+          errorLabels: [label],
+        });
 
       // 1. The server refuses the batch's commit (nothing committed): every unit runs again, once.
       let refusals = 1;
-      const refuse = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(function (this: ClientSession, ...args) {
+      const refuse = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(function (
+        this: ClientSession,
+        ...args
+      ) {
         if (refusals-- > 0) return Promise.reject(labelled("TransientTransactionError"));
         return original.apply(this, args);
       });
@@ -374,18 +419,25 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       }
       for (const u of users) {
         expect((await db.getAccount(u))?.balance).toBe(8);
-        expect((await db.listJournal(u, { order: "asc", limit: 10 })).filter((e) => e.type === "deduct")).toHaveLength(1);
+        expect((await db.listJournal(u, { order: "asc", limit: 10 })).filter((e) => e.type === "deduct")).toHaveLength(
+          1,
+        );
       }
 
       // 2. The commit happens but its answer is lost every time it is asked: the callers get a
       // StorageError, and the deductions are not run a second time.
-      const unknown = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (this: ClientSession, ...args) {
+      const unknown = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (
+        this: ClientSession,
+        ...args
+      ) {
         await original.apply(this, args);
         throw labelled("UnknownTransactionCommitResult");
       });
       let outcomes: PromiseSettledResult<JournalEntry>[];
       try {
-        outcomes = await Promise.allSettled(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
+        outcomes = await Promise.allSettled(
+          users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })),
+        );
       } finally {
         unknown.mockRestore();
       }
@@ -395,7 +447,9 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       }
       for (const u of users) expect((await db.getAccount(u))?.balance).toBe(5);
       // Asking again with the same keys tells what happened: the first (committed) result.
-      const replays = await Promise.all(users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })));
+      const replays = await Promise.all(
+        users.map((u) => credits.deductCredits(u, 3, { idempotencyKey: `unknown-${u}` })),
+      );
       expect(replays.map((e) => e.balanceAfter)).toEqual(users.map(() => 5));
       for (const u of users) expect((await credits.audit(u)).ok).toBe(true);
     });
@@ -458,7 +512,8 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
         "cm_reservations",
         "cm_subscriptions",
       ]);
-      const indexes = async (c: string) => (await mongo.collection(c).listIndexes().toArray()).map((i) => i.name).sort();
+      const indexes = async (c: string) =>
+        (await mongo.collection(c).listIndexes().toArray()).map((i) => i.name).sort();
       expect(await indexes("cm_journal")).toEqual(["_id_", "user_idempotency_key", "user_seq"]);
       expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
       expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
@@ -466,9 +521,24 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       expect(await indexes("cm_promos")).toEqual(["_id_", "created"]);
       expect(await indexes("cm_promo_claims")).toEqual(["_id_", "code_user_n", "user_created"]);
       expect(await indexes("cm_payments")).toEqual(["_id_", "provider_payment", "provider_ref", "user_created"]);
-      expect(await indexes("cm_notifications")).toEqual(["_id_", "pending_due", "settled", "user_dedupe_key", "user_status_id"]);
-      expect(await indexes("cm_subscriptions")).toEqual(["_id_", "due", "pending_plan_live", "plan_live", "user_active", "user_created"]);
-      const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find((i) => i.name === "user_idempotency_key");
+      expect(await indexes("cm_notifications")).toEqual([
+        "_id_",
+        "pending_due",
+        "settled",
+        "user_dedupe_key",
+        "user_status_id",
+      ]);
+      expect(await indexes("cm_subscriptions")).toEqual([
+        "_id_",
+        "due",
+        "pending_plan_live",
+        "plan_live",
+        "user_active",
+        "user_created",
+      ]);
+      const journal = (await mongo.collection("cm_journal").listIndexes().toArray()).find(
+        (i) => i.name === "user_idempotency_key",
+      );
       expect(journal?.unique).toBe(true);
       expect(journal?.partialFilterExpression).toEqual({ idempotencyKey: { $type: "string" } });
       // Works on the prefixed collections.
@@ -532,7 +602,9 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       const other = new CreditService({
         db: interleave(db, async () => void (await raw.insertOne(doc as never))),
       });
-      await expect(other.deductCredits("u", 7, { idempotencyKey: "k-other" })).rejects.toBeInstanceOf(IdempotencyConflictError);
+      await expect(other.deductCredits("u", 7, { idempotencyKey: "k-other" })).rejects.toBeInstanceOf(
+        IdempotencyConflictError,
+      );
 
       doc = theirs("k-same", fingerprint("deductCredits", { amount: 7 }), 1001);
       const same = new CreditService({
@@ -666,54 +738,48 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => { // reason: needs CRE
       await byDefault.close();
     });
 
-    it(
-      "two processes with their own clients hammer 20 users: no double spend, nothing lost, audit ok",
-      async () => {
-        const name = dbName("hammer");
-        created.push(name);
-        const db = new MongoDbManager({ client, dbName: name });
-        await db.init();
-        const credits = new CreditService({ db });
-        const users = Array.from({ length: 20 }, (_, i) => `h-${i}`);
-        const added = 100; // scarce: the processes run accounts dry, so refusals are exercised too
-        for (const u of users) await credits.addCredits(u, added);
+    it("two processes with their own clients hammer 20 users: no double spend, nothing lost, audit ok", async () => {
+      const name = dbName("hammer");
+      created.push(name);
+      const db = new MongoDbManager({ client, dbName: name });
+      await db.init();
+      const credits = new CreditService({ db });
+      const users = Array.from({ length: 20 }, (_, i) => `h-${i}`);
+      const added = 100; // scarce: the processes run accounts dry, so refusals are exercised too
+      for (const u of users) await credits.addCredits(u, added);
 
-        const fixture = join(here, "fixtures", "mongo-hammer.ts");
-        const runs = await Promise.all(
-          [1, 2].map((seed) => runChild(fixture, [url, name, String(seed), "250", "6"])),
-        );
+      const fixture = join(here, "fixtures", "mongo-hammer.ts");
+      const runs = await Promise.all([1, 2].map((seed) => runChild(fixture, [url, name, String(seed), "250", "6"])));
 
-        console.info(`mongodb hammer: ${JSON.stringify(runs.map(({ spent: _s, ...counts }) => counts))}`);
-        let spentByProcesses = 0;
-        for (const run of runs) {
-          expect(run.unexpected, JSON.stringify(run.unexpectedSamples)).toBe(0);
-          // Only the other process can make a unit of work retry; 25 lost races in a row would
-          // mean the retry loop does not converge.
-          expect(run.conflicts).toBe(0);
-          expect(run.ok).toBeGreaterThan(100);
-          expect(run.refused).toBeGreaterThan(0);
-          spentByProcesses += Object.values(run.spent).reduce((s, n) => s + n, 0);
-        }
-        let journalSpent = 0;
-        for (const u of users) {
-          const spent = runs.reduce((s, r) => s + (r.spent[u] ?? 0), 0);
-          const info = await credits.getUserCreditsInfo(u);
-          // No double spend: what the processes were told succeeded is exactly what left.
-          expect(spent).toBeLessThanOrEqual(added);
-          expect(info.balance).toBe(added - spent);
-          expect(info.debt).toBe(0);
-          const report = await credits.audit(u);
-          expect(report.ok, report.problems.join("; ")).toBe(true);
-          const history = await db.listJournal(u, { order: "asc", limit: 10_000 });
-          journalSpent += history
-            .filter((e: JournalEntry) => e.type === "deduct" || e.type === "commit_reserved")
-            .reduce((s, e) => s + e.amount, 0);
-        }
-        // Nothing reported done was lost, nothing unreported was stored.
-        expect(journalSpent).toBe(spentByProcesses);
-      },
-      120_000,
-    );
+      console.info(`mongodb hammer: ${JSON.stringify(runs.map(({ spent: _s, ...counts }) => counts))}`);
+      let spentByProcesses = 0;
+      for (const run of runs) {
+        expect(run.unexpected, JSON.stringify(run.unexpectedSamples)).toBe(0);
+        // Only the other process can make a unit of work retry; 25 lost races in a row would
+        // mean the retry loop does not converge.
+        expect(run.conflicts).toBe(0);
+        expect(run.ok).toBeGreaterThan(100);
+        expect(run.refused).toBeGreaterThan(0);
+        spentByProcesses += Object.values(run.spent).reduce((s, n) => s + n, 0);
+      }
+      let journalSpent = 0;
+      for (const u of users) {
+        const spent = runs.reduce((s, r) => s + (r.spent[u] ?? 0), 0);
+        const info = await credits.getUserCreditsInfo(u);
+        // No double spend: what the processes were told succeeded is exactly what left.
+        expect(spent).toBeLessThanOrEqual(added);
+        expect(info.balance).toBe(added - spent);
+        expect(info.debt).toBe(0);
+        const report = await credits.audit(u);
+        expect(report.ok, report.problems.join("; ")).toBe(true);
+        const history = await db.listJournal(u, { order: "asc", limit: 10_000 });
+        journalSpent += history
+          .filter((e: JournalEntry) => e.type === "deduct" || e.type === "commit_reserved")
+          .reduce((s, e) => s + e.amount, 0);
+      }
+      // Nothing reported done was lost, nothing unreported was stored.
+      expect(journalSpent).toBe(spentByProcesses);
+    }, 120_000);
   });
 });
 

@@ -2,7 +2,13 @@ import { randomUUID } from "node:crypto";
 import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { AckPolicy, jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
+import {
+  AckPolicy,
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { MongoClient } from "mongodb";
 import pg from "pg";
@@ -26,9 +32,12 @@ import { NatsJetStreamQueue, consumeCreditEvents, inboundHandler } from "../src/
 const natsUrl = process.env.CREDIT_NATS_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const pgUrl = process.env.CREDIT_PG_URL;
-if (!natsUrl) console.warn("NATS suite skipped: set CREDIT_NATS_URL (on this machine: nats://127.0.0.1:4222) to run it.");
-if (natsUrl && !mongoUri) console.warn("NATS SIGKILL test on MongoDB skipped: it needs a shared store; set CREDIT_MONGO_URI.");
-if (natsUrl && !pgUrl) console.warn("NATS SIGKILL test on PostgreSQL skipped: it needs a shared store; set CREDIT_PG_URL.");
+if (!natsUrl)
+  console.warn("NATS suite skipped: set CREDIT_NATS_URL (on this machine: nats://127.0.0.1:4222) to run it.");
+if (natsUrl && !mongoUri)
+  console.warn("NATS SIGKILL test on MongoDB skipped: it needs a shared store; set CREDIT_MONGO_URI.");
+if (natsUrl && !pgUrl)
+  console.warn("NATS SIGKILL test on PostgreSQL skipped: it needs a shared store; set CREDIT_PG_URL.");
 
 const here = dirname(fileURLToPath(import.meta.url));
 /** Unique per run: other sessions use the same server at the same time. */
@@ -53,20 +62,38 @@ describe("credit-management/nats: options are validated without a server", () =>
   const fakeConnection = { request: () => Promise.reject(new Error("no server")), isClosed: () => false } as never;
   it("NatsJetStreamQueue and consumeCreditEvents refuse bad options with ConfigurationError", () => {
     expect(() => new NatsJetStreamQueue({})).toThrow(ConfigurationError);
-    expect(() => new NatsJetStreamQueue({ connection: fakeConnection, subjectPrefix: "evt..credits" })).toThrow(ConfigurationError);
+    expect(() => new NatsJetStreamQueue({ connection: fakeConnection, subjectPrefix: "evt..credits" })).toThrow(
+      ConfigurationError,
+    );
     expect(() => new NatsJetStreamQueue({ connection: fakeConnection, timeoutMs: 0 })).toThrow(ConfigurationError);
-    expect(new NatsJetStreamQueue({ connection: fakeConnection, subjectPrefix: "evt.credits" }).subjectOf("hold_placed")).toBe("evt.credits.hold_placed");
+    expect(
+      new NatsJetStreamQueue({ connection: fakeConnection, subjectPrefix: "evt.credits" }).subjectOf("hold_placed"),
+    ).toBe("evt.credits.hold_placed");
     const consumer = { consume: () => Promise.reject(new Error("unused")) } as never;
     const js = { publish: () => Promise.reject(new Error("unused")) } as never;
     const handler = inboundHandler(z.object({ id: z.string() }), async () => undefined);
-    expect(() => consumeCreditEvents({ consumer, js, handlers: { "a.b": handler }, deadLetterSubject: "dlq.>" })).toThrow(ConfigurationError);
-    expect(() => consumeCreditEvents({ consumer: {} as never, js, handlers: {}, deadLetterSubject: "dlq.x" })).toThrow(/JetStream consumer/);
-    expect(() => consumeCreditEvents({ consumer, js, handlers: { "a.b": { handle: async () => 1 } as never }, deadLetterSubject: "dlq.x" })).toThrow(/each handler/);
-    expect(() => consumeCreditEvents({ consumer, js, handlers: {}, deadLetterSubject: "dlq.x", maxDeliveries: 0 })).toThrow(ConfigurationError);
+    expect(() =>
+      consumeCreditEvents({ consumer, js, handlers: { "a.b": handler }, deadLetterSubject: "dlq.>" }),
+    ).toThrow(ConfigurationError);
+    expect(() => consumeCreditEvents({ consumer: {} as never, js, handlers: {}, deadLetterSubject: "dlq.x" })).toThrow(
+      /JetStream consumer/,
+    );
+    expect(() =>
+      consumeCreditEvents({
+        consumer,
+        js,
+        handlers: { "a.b": { handle: async () => 1 } as never },
+        deadLetterSubject: "dlq.x",
+      }),
+    ).toThrow(/each handler/);
+    expect(() =>
+      consumeCreditEvents({ consumer, js, handlers: {}, deadLetterSubject: "dlq.x", maxDeliveries: 0 }),
+    ).toThrow(ConfigurationError);
   });
 });
 
-describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS_URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!natsUrl)("NATS JetStream", () => {
+  // reason: needs CREDIT_NATS_URL (set by .ci/run); skipped with a printed notice otherwise
   let nc: NatsConnection;
   let jsm: JetStreamManager;
   let js: JetStreamClient;
@@ -117,14 +144,27 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
       expect(info.config.duplicate_window).toBe(600_000 * 1_000_000);
       await new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix, duplicateWindowMs: 600_000 }).init(); // exists: checked
       // A window shorter than asked, a stream that does not capture the subjects, a missing stream that may not be created.
-      await expect(new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix, duplicateWindowMs: 3_600_000 }).init()).rejects.toThrow(/keeps message ids for 600000 ms/);
-      await expect(new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix: `t.${tag}.other` }).init()).rejects.toThrow(/does not capture/);
+      await expect(
+        new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix, duplicateWindowMs: 3_600_000 }).init(),
+      ).rejects.toThrow(/keeps message ids for 600000 ms/);
+      await expect(
+        new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix: `t.${tag}.other` }).init(),
+      ).rejects.toThrow(/does not capture/);
       // A stream of yours with a wider wildcard captures the subjects: accepted as it is.
       const wide = names("wide");
       await jsm.streams.add({ name: wide.stream, subjects: [`t.${tag}.wide.>`], duplicate_window: 3_600_000_000_000 });
       await new NatsJetStreamQueue({ connection: nc, stream: wide.stream, subjectPrefix: `t.${tag}.wide.evt` }).init();
-      await expect(new NatsJetStreamQueue({ connection: nc, stream: wide.stream, subjectPrefix: `t.${tag}.wid` }).init()).rejects.toThrow(/does not capture/);
-      await expect(new NatsJetStreamQueue({ connection: nc, stream: `${stream}_missing`, subjectPrefix, createStream: false }).init()).rejects.toThrow(/does not exist/);
+      await expect(
+        new NatsJetStreamQueue({ connection: nc, stream: wide.stream, subjectPrefix: `t.${tag}.wid` }).init(),
+      ).rejects.toThrow(/does not capture/);
+      await expect(
+        new NatsJetStreamQueue({
+          connection: nc,
+          stream: `${stream}_missing`,
+          subjectPrefix,
+          createStream: false,
+        }).init(),
+      ).rejects.toThrow(/does not exist/);
       await queue.close();
       expect(nc.isClosed()).toBe(false); // a connection it was given stays open
     });
@@ -140,13 +180,24 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
         [`${subjectPrefix}.low_credits`, "0001-a"],
         [`${subjectPrefix}.low_credits`, "0002-b"],
       ]);
-      expect(DomainEvent.parse(stored[0]?.body)).toMatchObject({ type: "low_credits", version: 1, id: "0001-a", userId: "u1", payload: { level: "low" } });
+      expect(DomainEvent.parse(stored[0]?.body)).toMatchObject({
+        type: "low_credits",
+        version: 1,
+        id: "0001-a",
+        userId: "u1",
+        payload: { level: "low" },
+      });
     });
 
     it("delivers a manager's domain events once each, in order per user", async () => {
       const { stream, subjectPrefix } = names("order");
       const queue = new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix });
-      const manager = await createCreditManager({ queue, domainEvents: true, notifications: { lowCredits: 50 }, features: { chat: { minAvailable: 1 } } });
+      const manager = await createCreditManager({
+        queue,
+        domainEvents: true,
+        notifications: { lowCredits: 50 },
+        features: { chat: { minAvailable: 1 } },
+      });
       const users = ["a", "b", "c"].map((u) => `${tag}-${u}`);
       for (let round = 0; round < 4; round++) {
         for (const u of users) {
@@ -186,7 +237,13 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
         "credits_exhausted",
         "feature_status_changed",
       ]);
-      expect(stored.every((m) => m.subject === `${subjectPrefix}.${(m.body as { type: string }).type}` && m.msgId === (m.body as { id: string }).id)).toBe(true);
+      expect(
+        stored.every(
+          (m) =>
+            m.subject === `${subjectPrefix}.${(m.body as { type: string }).type}` &&
+            m.msgId === (m.body as { id: string }).id,
+        ),
+      ).toBe(true);
       await manager.close();
     });
 
@@ -197,7 +254,12 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
       const now = () => new Date(clock.now);
       const credits = new CreditService({ db, domainEvents: true, clock: now });
       await credits.addCredits("down-user", 10);
-      const down = new NatsJetStreamQueue({ servers: `nats://127.0.0.1:${await deadPort()}`, stream, subjectPrefix, timeoutMs: 500 });
+      const down = new NatsJetStreamQueue({
+        servers: `nats://127.0.0.1:${await deadPort()}`,
+        stream,
+        subjectPrefix,
+        timeoutMs: 500,
+      });
       const failing = new NotificationService({ db, queue: down, clock: now, backoffBaseMs: 1000 });
       expect(await failing.dispatchPending()).toMatchObject({ claimed: 1, sent: 0, retried: 1 });
       const [row] = await failing.list("down-user");
@@ -217,52 +279,76 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
       { kind: "postgres", url: pgUrl },
     ] as const;
     for (const store of stores) {
-      it.skipIf(!store.url)(`${store.kind}: a process killed (SIGKILL) after JetStream stored an event but before it was marked sent: every event once`, async () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
-        const { stream, subjectPrefix } = names(`crash_${store.kind}`);
-        const name = `credit_test_nats_${process.pid}_${randomUUID().slice(0, 8)}`;
-        const userId = `crash-${randomUUID()}`;
-        const { child, output } = await startChildUntil(join(here, "fixtures/nats-crash.ts"), [store.kind, store.url as string, name, userId, natsUrl as string, stream, subjectPrefix], "published");
-        expect(await killHard(child)).toBe("SIGKILL");
-        const publishedId = /published (\S+)/.exec(output())?.[1];
+      it.skipIf(!store.url)(
+        `${store.kind}: a process killed (SIGKILL) after JetStream stored an event but before it was marked sent: every event once`,
+        async () => {
+          // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+          const { stream, subjectPrefix } = names(`crash_${store.kind}`);
+          const name = `credit_test_nats_${process.pid}_${randomUUID().slice(0, 8)}`;
+          const userId = `crash-${randomUUID()}`;
+          const { child, output } = await startChildUntil(
+            join(here, "fixtures/nats-crash.ts"),
+            [store.kind, store.url as string, name, userId, natsUrl as string, stream, subjectPrefix],
+            "published",
+          );
+          expect(await killHard(child)).toBe("SIGKILL");
+          const publishedId = /published (\S+)/.exec(output())?.[1];
 
-        const db: DbManager =
-          store.kind === "mongodb" ? MongoDbManager.fromUri(store.url as string, name) : new PostgresDbManager({ connectionString: store.url as string, schema: name });
-        try {
-          expect((await read(stream)).map((m) => m.msgId)).toEqual([publishedId]); // stored, but the row says otherwise
-          const queue = new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix });
-          const notifications = new NotificationService({ db, queue });
-          const rows = await notifications.list(userId);
-          expect(rows.map((r) => [r.type, r.status])).toEqual([
-            ["credits_added", "pending"],
-            ["credits_deducted", "pending"],
-          ]);
-          expect(rows[0]?.id).toBe(publishedId);
-          await new Promise((r) => setTimeout(r, 1600)); // the dead process's lease lapses
-          let sent = 0;
-          for (let i = 0; i < 5 && sent < 2; i++) sent += (await notifications.dispatchPending()).sent;
-          expect(sent).toBe(2); // the first row published again: JetStream dropped it
-          const stored = await read(stream);
-          expect(stored.map((m) => m.msgId)).toEqual(rows.map((r) => r.id));
-          expect(stored.map((m) => DomainEvent.parse(m.body).type)).toEqual(["credits_added", "credits_deducted"]);
-        } finally {
-          await db.close();
-          if (store.kind === "mongodb") {
-            const client = new MongoClient(store.url as string);
-            await client.db(name).dropDatabase().catch(() => undefined);
-            await client.close();
-          } else {
-            const pool = new pg.Pool({ connectionString: store.url as string });
-            await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
-            await pool.end();
+          const db: DbManager =
+            store.kind === "mongodb"
+              ? MongoDbManager.fromUri(store.url as string, name)
+              : new PostgresDbManager({ connectionString: store.url as string, schema: name });
+          try {
+            expect((await read(stream)).map((m) => m.msgId)).toEqual([publishedId]); // stored, but the row says otherwise
+            const queue = new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix });
+            const notifications = new NotificationService({ db, queue });
+            const rows = await notifications.list(userId);
+            expect(rows.map((r) => [r.type, r.status])).toEqual([
+              ["credits_added", "pending"],
+              ["credits_deducted", "pending"],
+            ]);
+            expect(rows[0]?.id).toBe(publishedId);
+            await new Promise((r) => setTimeout(r, 1600)); // the dead process's lease lapses
+            let sent = 0;
+            for (let i = 0; i < 5 && sent < 2; i++) sent += (await notifications.dispatchPending()).sent;
+            expect(sent).toBe(2); // the first row published again: JetStream dropped it
+            const stored = await read(stream);
+            expect(stored.map((m) => m.msgId)).toEqual(rows.map((r) => r.id));
+            expect(stored.map((m) => DomainEvent.parse(m.body).type)).toEqual(["credits_added", "credits_deducted"]);
+          } finally {
+            await db.close();
+            if (store.kind === "mongodb") {
+              const client = new MongoClient(store.url as string);
+              await client
+                .db(name)
+                .dropDatabase()
+                .catch(() => undefined);
+              await client.close();
+            } else {
+              const pool = new pg.Pool({ connectionString: store.url as string });
+              await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
+              await pool.end();
+            }
           }
-        }
-      }, 30_000);
+        },
+        30_000,
+      );
     }
   });
 
   describe("consumeCreditEvents", () => {
-    const OrderPaid = z.object({ id: z.string().min(1), merchantId: z.string().min(1), orderId: z.string().min(1), credits: z.number().int().positive() });
-    const OrderRefunded = z.object({ id: z.string().min(1), merchantId: z.string().min(1), orderId: z.string().min(1), credits: z.number().int().positive() });
+    const OrderPaid = z.object({
+      id: z.string().min(1),
+      merchantId: z.string().min(1),
+      orderId: z.string().min(1),
+      credits: z.number().int().positive(),
+    });
+    const OrderRefunded = z.object({
+      id: z.string().min(1),
+      merchantId: z.string().min(1),
+      orderId: z.string().min(1),
+      credits: z.number().int().positive(),
+    });
     const MerchantCreated = z.object({ id: z.string().min(1), merchantId: z.string().min(1) });
 
     it("credits from order_paid / order_refunded / merchant.created once each; poison messages go to the dead-letter subject, acked", async () => {
@@ -270,7 +356,11 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
       const dead = names("dead");
       await jsm.streams.add({ name: inbound.stream, subjects: [`${inbound.subjectPrefix}.>`] });
       await jsm.streams.add({ name: dead.stream, subjects: [`${dead.subjectPrefix}.>`] });
-      await jsm.consumers.add(inbound.stream, { durable_name: "credits", ack_policy: AckPolicy.Explicit, ack_wait: 5_000_000_000 });
+      await jsm.consumers.add(inbound.stream, {
+        durable_name: "credits",
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: 5_000_000_000,
+      });
       const manager = await createCreditManager({ trial: { amount: 50 }, domainEvents: true });
       const s = (name: string) => `${inbound.subjectPrefix}.${name}`;
       let flaky = 0;
@@ -284,7 +374,11 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
           [s("merchant_created")]: inboundHandler(MerchantCreated, (e) => manager.credits.openAccount(e.merchantId)),
           [s("order_paid")]: inboundHandler(OrderPaid, async (e) => {
             if (e.orderId === "flaky" && flaky++ === 0) throw new Error("database hiccup"); // the first delivery fails
-            return manager.credits.addCredits(e.merchantId, e.credits, { idempotencyKey: `order_paid:${e.id}`, source: "payment", sourceRef: e.orderId });
+            return manager.credits.addCredits(e.merchantId, e.credits, {
+              idempotencyKey: `order_paid:${e.id}`,
+              source: "payment",
+              sourceRef: e.orderId,
+            });
           }),
           [s("order_refunded")]: inboundHandler(OrderRefunded, (e) =>
             manager.credits.deductCreditsAfterService(e.merchantId, e.credits, {
@@ -298,7 +392,8 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
         },
       });
       const m = `m-${tag}`;
-      const send = (name: string, body: unknown) => js.publish(s(name), typeof body === "string" ? body : JSON.stringify(body));
+      const send = (name: string, body: unknown) =>
+        js.publish(s(name), typeof body === "string" ? body : JSON.stringify(body));
       await send("merchant_created", { id: "e1", merchantId: m });
       await send("merchant_created", { id: "e1", merchantId: m }); // redelivered by the producer
       await send("order_paid", { id: "e2", merchantId: m, orderId: "o-1", credits: 100 });
@@ -310,7 +405,8 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
       await send("unknown_subject", { id: "e6" });
       await send("always_fails", {});
       const deadline = Date.now() + 15_000;
-      while (consumer.counts.applied + consumer.counts.dead_lettered < 10 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      while (consumer.counts.applied + consumer.counts.dead_lettered < 10 && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
       await consumer.stop();
       expect(consumer.counts).toEqual({ applied: 6, retry: 2, dead_lettered: 4 });
       // 50 trial + 100 + 7 − 30: each once, whatever was redelivered.
@@ -323,8 +419,12 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => { // reason: needs CREDIT_NATS
         ["credits_refunded", null],
         ["credits_added", "payment"],
       ]);
-      const letters = (await read(dead.stream)).map((x) => x.body as { reason: string; subject: string; deliveryCount: number });
-      expect(letters.map((l) => [l.reason, l.subject.slice(inbound.subjectPrefix.length + 1), l.deliveryCount])).toEqual([
+      const letters = (await read(dead.stream)).map(
+        (x) => x.body as { reason: string; subject: string; deliveryCount: number },
+      );
+      expect(
+        letters.map((l) => [l.reason, l.subject.slice(inbound.subjectPrefix.length + 1), l.deliveryCount]),
+      ).toEqual([
         ["invalid_payload", "order_paid", 1],
         ["invalid_payload", "order_paid", 1],
         ["no_handler", "unknown_subject", 1],

@@ -10,7 +10,14 @@ import {
   type NotificationMessage,
 } from "../src/index.js";
 import type { AccountWork } from "../src/domain/account-work.js";
-import { backoffDelay, crossings, levelOf, notificationId, thresholdOf, type WorkEvent } from "../src/domain/notifications.js";
+import {
+  backoffDelay,
+  crossings,
+  levelOf,
+  notificationId,
+  thresholdOf,
+  type WorkEvent,
+} from "../src/domain/notifications.js";
 
 describe("notification rules (pure)", () => {
   it("levels and crossings", () => {
@@ -42,7 +49,12 @@ describe("notification rules (pure)", () => {
 
   it("ids are strictly increasing in a process, even when the clock steps back", () => {
     const t = new Date("2030-01-01T00:00:00Z");
-    const ids = [notificationId(t), notificationId(t), notificationId(new Date(t.getTime() - 5000)), notificationId(new Date(t.getTime() + 1))];
+    const ids = [
+      notificationId(t),
+      notificationId(t),
+      notificationId(new Date(t.getTime() - 5000)),
+      notificationId(new Date(t.getTime() + 1)),
+    ];
     expect([...ids].sort()).toEqual(ids);
     expect(new Set(ids).size).toBe(4);
   });
@@ -103,7 +115,16 @@ describe("NotificationService through createCreditManager", () => {
     ]);
     expect(payloads[1]?.grantId).toEqual(expect.any(String));
     const settled = rows.filter((r) => r.type === "hold_settled").map((r) => r.payload);
-    expect(settled).toMatchObject([{ outcome: "committed", heldAmount: 30, capturedAmount: 12, returnedAmount: 18, balanceAfter: 28, reservedAfter: 0 }]);
+    expect(settled).toMatchObject([
+      {
+        outcome: "committed",
+        heldAmount: 30,
+        capturedAmount: 12,
+        returnedAmount: 18,
+        balanceAfter: 28,
+        reservedAfter: 0,
+      },
+    ]);
     await m.close();
   });
 
@@ -117,10 +138,14 @@ describe("NotificationService through createCreditManager", () => {
     await expect(m.notifications.sendExpiringReminders({ days: -1 })).rejects.toBeInstanceOf(ValidationError);
     await expect(m.notifications.emit("", { type: "low_credits" })).rejects.toBeInstanceOf(ValidationError);
     // Domain events are the journal's: the host cannot emit one (docs/events.md).
-    await expect(m.notifications.emit("u", { type: "credits_added" as never, payload: { amount: 5 } })).rejects.toBeInstanceOf(ValidationError);
+    await expect(
+      m.notifications.emit("u", { type: "credits_added" as never, payload: { amount: 5 } }),
+    ).rejects.toBeInstanceOf(ValidationError);
     await expect(createCreditManager({ queue: {} as never })).rejects.toBeInstanceOf(ValidationError);
     await expect(createCreditManager({ domainEvents: "yes" as never })).rejects.toBeInstanceOf(ValidationError);
-    expect(() => new CreditService({ db: new InMemoryDbManager(), domainEvents: 1 as never })).toThrow(ConfigurationError);
+    expect(() => new CreditService({ db: new InMemoryDbManager(), domainEvents: 1 as never })).toThrow(
+      ConfigurationError,
+    );
     expect((await m.db.getAccount("u"))?.alert?.override).toBeNull();
     expect(await m.notifications.list("u")).toEqual([]);
     await m.close();
@@ -140,7 +165,11 @@ describe("NotificationService details", () => {
     await credits.addCredits("s", 100);
     await mutate("s", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });
-      return (work as { deduct: (n: number, m: object, o: object) => unknown }).deduct(60, {}, { allowDebt: false, overdraftLimit: null });
+      return (work as { deduct: (n: number, m: object, o: object) => unknown }).deduct(
+        60,
+        {},
+        { allowDebt: false, overdraftLimit: null },
+      );
     });
     await expect(
       mutate("s", {}, async (work) => {
@@ -153,7 +182,11 @@ describe("NotificationService details", () => {
     const quiet = new CreditService({ db });
     await (quiet as unknown as { runUnitOfWork: Mutate }).runUnitOfWork("q", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: {}, dedupeKey: null });
-      return (work as { add: (n: number, g: object, m: object) => unknown }).add(1, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+      return (work as { add: (n: number, g: object, m: object) => unknown }).add(
+        1,
+        { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+        {},
+      );
     });
     expect(await notifications.list("q")).toEqual([]);
   });
@@ -165,7 +198,11 @@ describe("NotificationService details", () => {
     const n = new NotificationService({ db, queue: hung, publishTimeoutMs: 30 });
     await n.emit("h", { type: "subscription_ended" });
     expect(await n.dispatchPending()).toMatchObject({ claimed: 1, retried: 1 });
-    expect((await n.list("h"))[0]).toMatchObject({ status: "pending", attempts: 1, lastError: "publish did not answer within 30 ms" });
+    expect((await n.list("h"))[0]).toMatchObject({
+      status: "pending",
+      attempts: 1,
+      lastError: "publish did not answer within 30 ms",
+    });
   });
 
   it("purge() deletes settled rows older than the cut-off, never pending ones", async () => {
@@ -213,10 +250,17 @@ describe("expiration.runAll() runs everything a deployment schedules", () => {
   it("reminder windows are configurable; with notifications off, neither step runs", async () => {
     const now = Date.now();
     const queue = new InMemoryNotificationQueue();
-    const on = await createCreditManager({ queue, clock: () => new Date(now), notifications: { reminderDays: [1, 30] } });
+    const on = await createCreditManager({
+      queue,
+      clock: () => new Date(now),
+      notifications: { reminderDays: [1, 30] },
+    });
     await on.credits.addCredits("u", 100, { expiresAt: new Date(now + 3 * DAY) });
     const report = await on.expiration.runAll();
-    expect(report.sendExpiringReminders?.map((r) => [r.days, r.recorded])).toEqual([[1, 0], [30, 1]]);
+    expect(report.sendExpiringReminders?.map((r) => [r.days, r.recorded])).toEqual([
+      [1, 0],
+      [30, 1],
+    ]);
     expect(queue.of("u", "expiring_credits")).toHaveLength(1);
     await on.close();
     const off = await createCreditManager({ clock: () => new Date(now) });
@@ -225,7 +269,11 @@ describe("expiration.runAll() runs everything a deployment schedules", () => {
     expect(quiet.sendExpiringReminders).toBeNull();
     expect(quiet.dispatchPending).toBeNull();
     await off.close();
-    await expect(createCreditManager({ notifications: { reminderDays: [-1] } })).rejects.toBeInstanceOf(ValidationError);
-    await expect(createCreditManager({ notifications: { leaseMs: 1000, publishTimeoutMs: 5000 } })).rejects.toThrow(/publishTimeoutMs/);
+    await expect(createCreditManager({ notifications: { reminderDays: [-1] } })).rejects.toBeInstanceOf(
+      ValidationError,
+    );
+    await expect(createCreditManager({ notifications: { leaseMs: 1000, publishTimeoutMs: 5000 } })).rejects.toThrow(
+      /publishTimeoutMs/,
+    );
   });
 });

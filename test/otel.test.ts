@@ -13,7 +13,8 @@ class TestReader extends MetricReader {
 async function collect(reader: TestReader): Promise<Map<string, DataPoint<unknown>[]>> {
   const { resourceMetrics } = await reader.collect();
   const out = new Map<string, DataPoint<unknown>[]>();
-  for (const scope of resourceMetrics.scopeMetrics) for (const m of scope.metrics) out.set(m.descriptor.name, m.dataPoints as DataPoint<unknown>[]);
+  for (const scope of resourceMetrics.scopeMetrics)
+    for (const m of scope.metrics) out.set(m.descriptor.name, m.dataPoints as DataPoint<unknown>[]);
   return out;
 }
 
@@ -53,14 +54,19 @@ describe("credit-management/otel (docs/observability.md)", () => {
     const ops = m.get("credit_management.operations");
     expect(value(ops, { operation: "deductCredits", outcome: "ok", store: "memory" })).toBe(3);
     expect(value(ops, { operation: "deductCredits", outcome: "refused" })).toBe(1);
-    expect(value(m.get("credit_management.refusals"), { operation: "deductCredits", reason: "insufficient_credits" })).toBe(1);
+    expect(
+      value(m.get("credit_management.refusals"), { operation: "deductCredits", reason: "insufficient_credits" }),
+    ).toBe(1);
     expect(value(m.get("credit_management.holds"), { action: "reserved" })).toBe(3);
     expect(value(m.get("credit_management.holds"), { action: "released" })).toBe(1);
     expect(value(m.get("credit_management.holds"), { action: "committed" })).toBe(1);
     expect(value(m.get("credit_management.metering.calls"), { outcome: "committed", reason: "none" })).toBe(1);
     expect(value(m.get("credit_management.metering.credits"), { kind: "charged" })).toBe(4);
     expect(value(m.get("credit_management.metering.credits"), { kind: "released" })).toBe(6);
-    const duration = value(m.get("credit_management.operation.duration"), { operation: "deductCredits", outcome: "ok" }) as Histogram;
+    const duration = value(m.get("credit_management.operation.duration"), {
+      operation: "deductCredits",
+      outcome: "ok",
+    }) as Histogram;
     expect(duration.count).toBe(3);
     // Gauges read from the store: one hold of 15 is still active.
     expect(value(m.get("credit_management.holds.active"), {})).toBe(1);
@@ -74,7 +80,9 @@ describe("credit-management/otel (docs/observability.md)", () => {
     const manager = await createCreditManager({ notifications: { lowCredits: 10 } });
     instrumentations.push(instrumentCreditManagement({ meterProvider, tracerProvider }));
     await manager.credits.addCredits("u1", 20);
-    await expect(manager.credits.commitReservedCredits("00000000-0000-4000-8000-000000000000")).rejects.toMatchObject({ code: "NOT_FOUND" });
+    await expect(manager.credits.commitReservedCredits("00000000-0000-4000-8000-000000000000")).rejects.toMatchObject({
+      code: "NOT_FOUND",
+    });
     await manager.expiration.runAll();
     const names = spans.getFinishedSpans().map((s) => s.name);
     expect(names).toEqual(
@@ -107,8 +115,12 @@ describe("credit-management/otel (docs/observability.md)", () => {
     await manager.credits.addCredits("u1", 1);
     expect(value((await collect(reader)).get("credit_management.operations"), { operation: "addCredits" })).toBe(1);
     expect(spans.getFinishedSpans()).toHaveLength(1);
-    expect(() => instrumentCreditManagement({ meterProvider: {} as never })).toThrow(expect.objectContaining({ code: "VALIDATION_ERROR" }));
-    expect(() => instrumentCreditManagement({ statsIntervalMs: -1 })).toThrow(expect.objectContaining({ code: "VALIDATION_ERROR" }));
+    expect(() => instrumentCreditManagement({ meterProvider: {} as never })).toThrow(
+      expect.objectContaining({ code: "VALIDATION_ERROR" }),
+    );
+    expect(() => instrumentCreditManagement({ statsIntervalMs: -1 })).toThrow(
+      expect.objectContaining({ code: "VALIDATION_ERROR" }),
+    );
     await manager.close();
   });
 });

@@ -25,7 +25,17 @@ describe("parse() remembers accepted strings and numbers", () => {
       fc.string({ maxLength: 12 }),
       fc.constantFrom("", "u", "U", "abc", "ABC", "a\u0000b", "x".repeat(257), "SPRING-25", "spring-25"),
       fc.integer({ min: -5, max: 5 }),
-      fc.constantFrom(0, -0, 1, 1.5, Number.NaN, Infinity, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1, 2 ** 60),
+      fc.constantFrom(
+        0,
+        -0,
+        1,
+        1.5,
+        Number.NaN,
+        Infinity,
+        Number.MAX_SAFE_INTEGER,
+        Number.MAX_SAFE_INTEGER + 1,
+        2 ** 60,
+      ),
     );
     const schemas = [UserId, Amount, NonNegativeAmount, PromoCode, EntityId] as const;
     fc.assert(

@@ -89,11 +89,13 @@ export function serveFakeProviders(): void {
       };
       const fi = faults.findIndex((f) => f.method === s.method && s.path.startsWith(f.path));
       const fault = fi < 0 ? undefined : faults.splice(fi, 1)[0]?.mode;
-      if (fault === "before") return send(500, { error: { code: "SERVER_ERROR", description: "The server encountered an error." } });
+      if (fault === "before")
+        return send(500, { error: { code: "SERVER_ERROR", description: "The server encountered an error." } });
       /** The answer to a create that made its object: as planned, or lost to the fault. */
       const answer = (status: number, json: unknown) => {
         if (fault === "drop") return res.socket?.destroy();
-        if (fault === "after") return send(500, { error: { code: "SERVER_ERROR", message: "Something went wrong on our end." } });
+        if (fault === "after")
+          return send(500, { error: { code: "SERVER_ERROR", message: "Something went wrong on our end." } });
         send(status, json);
       };
       const rzpAuth = s.auth === `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`;
@@ -102,13 +104,28 @@ export function serveFakeProviders(): void {
         const b = JSON.parse(body);
         // As Razorpay documents it: a reference_id of at most 40 characters, unique per link.
         if (typeof b.reference_id === "string" && b.reference_id.length > 40) {
-          return send(400, { error: { code: "BAD_REQUEST_ERROR", description: "The reference id may not be greater than 40 characters.", field: "reference_id" } });
+          return send(400, {
+            error: {
+              code: "BAD_REQUEST_ERROR",
+              description: "The reference id may not be greater than 40 characters.",
+              field: "reference_id",
+            },
+          });
         }
         if (typeof b.reference_id === "string" && rzpLinks.has(b.reference_id)) {
-          return send(400, { error: { code: "BAD_REQUEST_ERROR", description: "reference_id is not unique", field: "reference_id" } });
+          return send(400, {
+            error: { code: "BAD_REQUEST_ERROR", description: "reference_id is not unique", field: "reference_id" },
+          });
         }
         const n = ++made;
-        const link = { ...b, id: `plink_T${n}`, short_url: `https://rzp.io/i/T${n}`, amount_paid: 0, status: "created", payments: null };
+        const link = {
+          ...b,
+          id: `plink_T${n}`,
+          short_url: `https://rzp.io/i/T${n}`,
+          amount_paid: 0,
+          status: "created",
+          payments: null,
+        };
         if (typeof b.reference_id === "string") rzpLinks.set(b.reference_id, link);
         return answer(200, link);
       }
@@ -123,15 +140,21 @@ export function serveFakeProviders(): void {
         const saved = s.idem === undefined ? undefined : stripeSaved.get(s.idem);
         if (saved !== undefined) return send(saved.status, saved.json);
         const n = ++made;
-        const session = { id: `cs_test_${n}`, url: `https://checkout.stripe.com/c/pay/cs_test_${n}`, object: "checkout.session" };
+        const session = {
+          id: `cs_test_${n}`,
+          url: `https://checkout.stripe.com/c/pay/cs_test_${n}`,
+          object: "checkout.session",
+        };
         // Saved once the endpoint started: the session, or the 500 its answer turned into.
         const status = fault === "after" ? 500 : 200;
-        const json = fault === "after" ? { error: { type: "api_error", message: "Something went wrong on our end." } } : session;
+        const json =
+          fault === "after" ? { error: { type: "api_error", message: "Something went wrong on our end." } } : session;
         if (s.idem !== undefined) stripeSaved.set(s.idem, { status, json });
         return answer(200, session);
       }
       if (s.method === "POST" && /^\/v1\/payment_links\/[^/]+\/cancel$/.test(s.path)) {
-        if (s.auth !== `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`) return send(401, { error: { description: "Authentication failed" } });
+        if (s.auth !== `Basic ${Buffer.from("rzp_test_key:rzp_test_secret").toString("base64")}`)
+          return send(401, { error: { description: "Authentication failed" } });
         return send(200, { id: s.path.split("/")[3], status: "cancelled" });
       }
       if (s.method === "POST" && /^\/v1\/checkout\/sessions\/[^/]+\/expire$/.test(s.path)) {
@@ -144,13 +167,15 @@ export function serveFakeProviders(): void {
     baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
   afterAll(() => new Promise<void>((r) => server.close(() => r())));
-
 }
 
 // ---- Payloads in the providers' documented shapes, signed with the test secrets. --------------------
 
 export function rzpSign(body: string, secret = RZP_SECRET) {
-  return { "X-Razorpay-Signature": createHmac("sha256", secret).update(body).digest("hex"), "content-type": "application/json" };
+  return {
+    "X-Razorpay-Signature": createHmac("sha256", secret).update(body).digest("hex"),
+    "content-type": "application/json",
+  };
 }
 
 export function stripeSign(body: string, at = T0, secret = STRIPE_SECRET) {
@@ -180,7 +205,14 @@ export function rzpPaymentEntity(p: Payment, status: string, extra: Record<strin
 export function rzpEvent(event: string, payload: Record<string, unknown>) {
   // A pretty-printed body: signatures must cover the bytes as sent, not a re-serialization.
   return JSON.stringify(
-    { entity: "event", account_id: "acc_BFQ7uQEaa7j2z7", event, contains: Object.keys(payload), payload, created_at: 1567674606 },
+    {
+      entity: "event",
+      account_id: "acc_BFQ7uQEaa7j2z7",
+      event,
+      contains: Object.keys(payload),
+      payload,
+      created_at: 1567674606,
+    },
     null,
     2,
   );
@@ -292,7 +324,12 @@ export const until = async (cond: () => boolean) => {
 export async function takenOver() {
   const clock = { now: T0 };
   const { provider, calls, cancelled } = manualProvider();
-  const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
+  const payments = new PaymentService({
+    db: new InMemoryDbManager(),
+    clock: () => new Date(clock.now),
+    providers: [provider],
+    checkoutStaleSeconds: 5,
+  });
   const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
   const first = payments.createPaymentLink("erin", input);
   await until(() => calls.length === 1);
@@ -301,7 +338,6 @@ export async function takenOver() {
   await until(() => calls.length === 2);
   return { payments, calls, cancelled, first, retry };
 }
-
 
 // ---- Retrying a payment whose checkout failed to open; finding a checkout already opened -----------
 
@@ -328,4 +364,3 @@ export function razorpayWith(plan: ("crash" | "hold")[]) {
 export const rzpInput = { amount: 50_000, currency: "INR", provider: "razorpay", idempotencyKey: "buy-1" };
 export const stripeInput = { amount: 1999, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" };
 export const requests = () => seen.map((x) => `${x.method} ${x.path}`);
-

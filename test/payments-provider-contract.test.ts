@@ -5,13 +5,33 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RazorpayProvider, StripeProvider, type Payment, type PaymentProvider } from "../src/index.js";
 import { runPaymentProviderContract } from "../src/testing/index.js";
-import { RZP_SECRET, STRIPE_SECRET, T0, rzpEvent, rzpLinkPaid, rzpPaymentEntity, rzpSign, stripeEvent, stripeSession, stripeSign } from "./payments-fixtures.js";
+import {
+  RZP_SECRET,
+  STRIPE_SECRET,
+  T0,
+  rzpEvent,
+  rzpLinkPaid,
+  rzpPaymentEntity,
+  rzpSign,
+  stripeEvent,
+  stripeSession,
+  stripeSign,
+} from "./payments-fixtures.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 const now = new Date(T0);
 const p = { id: "cm_pay_1", userId: "alice", amount: 50_000, currency: "INR", providerRef: "plink_T1" } as Payment;
 const PAY = "pay_29QQoUBi66xm2f";
-const none = { eventId: null, paymentId: null, providerIds: [], providerPaymentId: null, userId: null, amount: null, currency: null, refundedTotal: null };
+const none = {
+  eventId: null,
+  paymentId: null,
+  providerIds: [],
+  providerPaymentId: null,
+  userId: null,
+  amount: null,
+  currency: null,
+  refundedTotal: null,
+};
 
 const rzpPaid = rzpLinkPaid(p);
 const rzpFailed = rzpEvent("payment.failed", { payment: { entity: rzpPaymentEntity(p, "failed") } });
@@ -31,28 +51,69 @@ runPaymentProviderContract({
         body: rzpPaid,
         headers: rzpSign(rzpPaid),
         now,
-        event: { ...none, type: "payment_link.paid", kind: "paid", paymentId: p.id, providerIds: ["plink_T1", PAY], providerPaymentId: PAY, userId: "alice", amount: 50_000, currency: "INR" },
+        event: {
+          ...none,
+          type: "payment_link.paid",
+          kind: "paid",
+          paymentId: p.id,
+          providerIds: ["plink_T1", PAY],
+          providerPaymentId: PAY,
+          userId: "alice",
+          amount: 50_000,
+          currency: "INR",
+        },
       },
       {
         name: "payment.failed",
         body: rzpFailed,
         headers: new Headers(rzpSign(rzpFailed)),
         now,
-        event: { ...none, type: "payment.failed", kind: "failed", paymentId: p.id, providerIds: [PAY], userId: "alice", amount: 50_000, currency: "INR" },
+        event: {
+          ...none,
+          type: "payment.failed",
+          kind: "failed",
+          paymentId: p.id,
+          providerIds: [PAY],
+          userId: "alice",
+          amount: 50_000,
+          currency: "INR",
+        },
       },
       {
         name: "refund.processed (cumulative refunded total)",
         body: rzpRefund,
         headers: rzpSign(rzpRefund),
         now,
-        event: { ...none, type: "refund.processed", kind: "refund", paymentId: p.id, providerIds: [PAY], providerPaymentId: PAY, userId: "alice", amount: 50_000, currency: "INR", refundedTotal: 20_000 },
+        event: {
+          ...none,
+          type: "refund.processed",
+          kind: "refund",
+          paymentId: p.id,
+          providerIds: [PAY],
+          providerPaymentId: PAY,
+          userId: "alice",
+          amount: 50_000,
+          currency: "INR",
+          refundedTotal: 20_000,
+        },
       },
-      { name: "an event type not acted on", body: rzpOther, headers: rzpSign(rzpOther), now, event: { ...none, type: "order.paid", kind: null } },
+      {
+        name: "an event type not acted on",
+        body: rzpOther,
+        headers: rzpSign(rzpOther),
+        now,
+        event: { ...none, type: "order.paid", kind: null },
+      },
     ],
     invalid: [
       { name: "signed with a wrong secret", body: rzpPaid, headers: rzpSign(rzpPaid, "another_secret"), now },
       { name: "a signature of another body", body: rzpPaid, headers: rzpSign(rzpFailed), now },
-      { name: "a signature that is not hex", body: rzpPaid, headers: { "X-Razorpay-Signature": "not-a-signature" }, now },
+      {
+        name: "a signature that is not hex",
+        body: rzpPaid,
+        headers: { "X-Razorpay-Signature": "not-a-signature" },
+        now,
+      },
     ],
     notEvents: ["not json", "[1,2]"],
   },
@@ -61,8 +122,20 @@ runPaymentProviderContract({
 const session = stripeSession({ ...p, amount: 1999, currency: "USD", providerRef: "cs_test_1" } as Payment, "paid");
 const PI = "pi_3MtwBwLkdIwHu7ix28a3tqPa";
 const stripePaid = stripeEvent("checkout.session.completed", session);
-const stripeExpired = stripeEvent("checkout.session.expired", { ...session, payment_status: "unpaid", status: "expired" });
-const stripeRefund = stripeEvent("charge.refunded", { id: "ch_1", object: "charge", amount: 1999, amount_refunded: 500, currency: "usd", payment_intent: PI, metadata: {} });
+const stripeExpired = stripeEvent("checkout.session.expired", {
+  ...session,
+  payment_status: "unpaid",
+  status: "expired",
+});
+const stripeRefund = stripeEvent("charge.refunded", {
+  id: "ch_1",
+  object: "charge",
+  amount: 1999,
+  amount_refunded: 500,
+  currency: "usd",
+  payment_intent: PI,
+  metadata: {},
+});
 const stripeOther = stripeEvent("customer.created", { id: "cus_1", object: "customer" });
 
 runPaymentProviderContract({
@@ -93,21 +166,62 @@ runPaymentProviderContract({
         body: stripeExpired,
         headers: stripeSign(stripeExpired, T0 - 299_000),
         now,
-        event: { ...none, eventId: "evt_checkoutsessionexpired", type: "checkout.session.expired", kind: "expired", paymentId: p.id, providerIds: ["cs_test_1", PI], userId: "alice", amount: 1999, currency: "USD" },
+        event: {
+          ...none,
+          eventId: "evt_checkoutsessionexpired",
+          type: "checkout.session.expired",
+          kind: "expired",
+          paymentId: p.id,
+          providerIds: ["cs_test_1", PI],
+          userId: "alice",
+          amount: 1999,
+          currency: "USD",
+        },
       },
       {
         name: "charge.refunded (cumulative refunded total)",
         body: stripeRefund,
         headers: new Headers(stripeSign(stripeRefund)),
         now,
-        event: { ...none, eventId: "evt_chargerefunded", type: "charge.refunded", kind: "refund", providerIds: [PI, "ch_1"], providerPaymentId: PI, amount: 1999, currency: "USD", refundedTotal: 500 },
+        event: {
+          ...none,
+          eventId: "evt_chargerefunded",
+          type: "charge.refunded",
+          kind: "refund",
+          providerIds: [PI, "ch_1"],
+          providerPaymentId: PI,
+          amount: 1999,
+          currency: "USD",
+          refundedTotal: 500,
+        },
       },
-      { name: "an event type not acted on", body: stripeOther, headers: stripeSign(stripeOther), now, event: { ...none, eventId: "evt_customercreated", type: "customer.created", kind: null } },
+      {
+        name: "an event type not acted on",
+        body: stripeOther,
+        headers: stripeSign(stripeOther),
+        now,
+        event: { ...none, eventId: "evt_customercreated", type: "customer.created", kind: null },
+      },
     ],
     invalid: [
-      { name: "signed with a wrong secret", body: stripePaid, headers: stripeSign(stripePaid, T0, "whsec_another"), now },
-      { name: "a stale timestamp (signed 301 s earlier)", body: stripePaid, headers: stripeSign(stripePaid, T0 - 301_000), now },
-      { name: "a timestamp from the future (301 s ahead)", body: stripePaid, headers: stripeSign(stripePaid, T0 + 301_000), now },
+      {
+        name: "signed with a wrong secret",
+        body: stripePaid,
+        headers: stripeSign(stripePaid, T0, "whsec_another"),
+        now,
+      },
+      {
+        name: "a stale timestamp (signed 301 s earlier)",
+        body: stripePaid,
+        headers: stripeSign(stripePaid, T0 - 301_000),
+        now,
+      },
+      {
+        name: "a timestamp from the future (301 s ahead)",
+        body: stripePaid,
+        headers: stripeSign(stripePaid, T0 + 301_000),
+        now,
+      },
       { name: "a malformed signature header", body: stripePaid, headers: { "stripe-signature": "v1=abc" }, now },
     ],
     notEvents: ["not json", "null"],
@@ -116,9 +230,18 @@ runPaymentProviderContract({
 
 describe("the contract fails a provider that breaks it", () => {
   /** Runs the contract on `provider` with a runner that collects its tests (the last suite of this file: it leaves that runner set); the names of those that fail. */
-  async function failing(provider: PaymentProvider, vectors: Parameters<typeof runPaymentProviderContract>[0]["vectors"]) {
+  async function failing(
+    provider: PaymentProvider,
+    vectors: Parameters<typeof runPaymentProviderContract>[0]["vectors"],
+  ) {
     const tests: [string, () => unknown][] = [];
-    const collect = { describe: (_: string, body: () => void) => body(), it: (name: string, body: () => unknown) => void tests.push([name, body]), expect, beforeAll, afterAll };
+    const collect = {
+      describe: (_: string, body: () => void) => body(),
+      it: (name: string, body: () => unknown) => void tests.push([name, body]),
+      expect,
+      beforeAll,
+      afterAll,
+    };
     runPaymentProviderContract({ provider, vectors, test: collect });
     const failed: string[] = [];
     for (const [name, body] of tests) {
@@ -131,12 +254,33 @@ describe("the contract fails a provider that breaks it", () => {
     return failed;
   }
   const noCheckouts = () => Promise.reject(new Error("no checkouts"));
-  const vectors = { valid: [{ name: "paid", body: rzpPaid, headers: rzpSign(rzpPaid), now, event: { ...none, type: "payment_link.paid", kind: "paid" as const } }], invalid: [] };
+  const vectors = {
+    valid: [
+      {
+        name: "paid",
+        body: rzpPaid,
+        headers: rzpSign(rzpPaid),
+        now,
+        event: { ...none, type: "payment_link.paid", kind: "paid" as const },
+      },
+    ],
+    invalid: [],
+  };
 
   it("one that accepts any signature", async () => {
     const real = new RazorpayProvider({ webhookSecret: RZP_SECRET });
-    const lax = { name: "lax", createCheckout: noCheckouts, verifyWebhook: () => undefined, parseEvent: (b: Uint8Array) => real.parseEvent(b) };
-    expect(await failing(lax, { ...vectors, invalid: [{ name: "wrong secret", body: rzpPaid, headers: rzpSign(rzpPaid, "x"), now }] })).toEqual([
+    const lax = {
+      name: "lax",
+      createCheckout: noCheckouts,
+      verifyWebhook: () => undefined,
+      parseEvent: (b: Uint8Array) => real.parseEvent(b),
+    };
+    expect(
+      await failing(lax, {
+        ...vectors,
+        invalid: [{ name: "wrong secret", body: rzpPaid, headers: rzpSign(rzpPaid, "x"), now }],
+      }),
+    ).toEqual([
       "verifies and maps: paid",
       "refuses a tampered body: paid",
       "refuses it unsigned: paid",
@@ -157,6 +301,10 @@ describe("the contract fails a provider that breaks it", () => {
       },
       parseEvent: (b: Uint8Array) => ({ ...real.parseEvent(b), kind: "failed" as const }),
     };
-    expect(await failing(wrong, vectors)).toEqual(["verifies and maps: paid", "refuses a tampered body: paid", "refuses it unsigned: paid"]);
+    expect(await failing(wrong, vectors)).toEqual([
+      "verifies and maps: paid",
+      "refuses a tampered body: paid",
+      "refuses it unsigned: paid",
+    ]);
   });
 });

@@ -37,8 +37,18 @@ describe("Razorpay payment links", () => {
   it("creates a link through the API (path, auth, body checked) and stores a pending payment", async () => {
     const { payments } = await setup();
     seen.length = 0;
-    const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "inr", provider: "razorpay", description: "Top-up" });
-    expect(p).toMatchObject({ status: "created", credits: 5000, currency: "INR", providerRef: expect.stringMatching(/^plink_T\d+$/) });
+    const p = await payments.createPaymentLink("alice", {
+      amount: 50_000,
+      currency: "inr",
+      provider: "razorpay",
+      description: "Top-up",
+    });
+    expect(p).toMatchObject({
+      status: "created",
+      credits: 5000,
+      currency: "INR",
+      providerRef: expect.stringMatching(/^plink_T\d+$/),
+    });
     expect(p.checkoutUrl).toBe(`https://rzp.io/i/${(p.providerRef as string).slice(6)}`);
     expect(seen).toHaveLength(1);
     const body = JSON.parse((seen[0] as Seen).body);
@@ -61,9 +71,9 @@ describe("Razorpay payment links", () => {
       db,
       providers: [new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", webhookSecret: RZP_SECRET, baseUrl })],
     });
-    await expect(payments.createPaymentLink("alice", { amount: 100, currency: "INR", provider: "razorpay" })).rejects.toBeInstanceOf(
-      PaymentProviderError,
-    );
+    await expect(
+      payments.createPaymentLink("alice", { amount: 100, currency: "INR", provider: "razorpay" }),
+    ).rejects.toBeInstanceOf(PaymentProviderError);
     const [p] = (await payments.getPaymentHistory("alice")).items;
     expect(p?.status).toBe("failed");
   });
@@ -72,12 +82,17 @@ describe("Razorpay payment links", () => {
     const { payments, credits, db } = await setup();
     const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
     const body = rzpLinkPaid(p);
-    const results = await Promise.all(Array.from({ length: 20 }, () => payments.handleWebhook("razorpay", body, rzpSign(body))));
+    const results = await Promise.all(
+      Array.from({ length: 20 }, () => payments.handleWebhook("razorpay", body, rzpSign(body))),
+    );
     expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
     const stored = await payments.getPayment("alice", p.id);
     expect(stored).toMatchObject({ status: "paid", providerPaymentId: "pay_29QQoUBi66xm2f" });
-    expect(await db.getGrant(stored.grantId as string)).toMatchObject({ source: "payment", sourceRef: "pay_29QQoUBi66xm2f" });
+    expect(await db.getGrant(stored.grantId as string)).toMatchObject({
+      source: "payment",
+      sourceRef: "pay_29QQoUBi66xm2f",
+    });
     // payment.captured for the same payment later: no second credit.
     const captured = rzpEvent("payment.captured", { payment: { entity: rzpPaymentEntity(p, "captured") } });
     expect((await payments.handleWebhook("razorpay", captured, rzpSign(captured))).outcome).toBe("duplicate");
@@ -89,13 +104,18 @@ describe("Razorpay payment links", () => {
     const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
     const body = rzpLinkPaid(p);
     const forged = rzpSign(body, "not-the-secret");
-    await expect(payments.handleWebhook("razorpay", body, forged)).rejects.toMatchObject({ status: 400, reason: "bad_signature" });
+    await expect(payments.handleWebhook("razorpay", body, forged)).rejects.toMatchObject({
+      status: 400,
+      reason: "bad_signature",
+    });
     // Signed over a re-serialization (what the original did): not the bytes received.
     const reserialized = rzpSign(JSON.stringify(JSON.parse(body)));
     await expect(payments.handleWebhook("razorpay", body, reserialized)).rejects.toBeInstanceOf(WebhookRejectedError);
     await expect(payments.handleWebhook("razorpay", body, {})).rejects.toBeInstanceOf(WebhookRejectedError);
     // The genuine signature over the raw bytes passes, as bytes or string.
-    expect((await payments.handleWebhook("razorpay", new TextEncoder().encode(body), rzpSign(body))).outcome).toBe("credited");
+    expect((await payments.handleWebhook("razorpay", new TextEncoder().encode(body), rzpSign(body))).outcome).toBe(
+      "credited",
+    );
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
   });
 
@@ -119,8 +139,12 @@ describe("Razorpay payment links", () => {
     const otherUser = rzpEvent("payment.captured", {
       payment: { entity: rzpPaymentEntity(p, "captured", { notes: { credit_payment_id: p.id, user_id: "mallory" } }) },
     });
-    await expect(payments.handleWebhook("razorpay", otherUser, rzpSign(otherUser))).rejects.toMatchObject({ reason: "user_mismatch" });
-    const otherAmount = rzpEvent("payment.captured", { payment: { entity: rzpPaymentEntity(p, "captured", { amount: 100 }) } });
+    await expect(payments.handleWebhook("razorpay", otherUser, rzpSign(otherUser))).rejects.toMatchObject({
+      reason: "user_mismatch",
+    });
+    const otherAmount = rzpEvent("payment.captured", {
+      payment: { entity: rzpPaymentEntity(p, "captured", { amount: 100 }) },
+    });
     await expect(payments.handleWebhook("razorpay", otherAmount, rzpSign(otherAmount))).rejects.toMatchObject({
       reason: "amount_mismatch",
     });
@@ -147,12 +171,25 @@ describe("Razorpay payment links", () => {
     const linkEvent = (event: string, id: string, status: string) =>
       rzpEvent(event, {
         payment_link: {
-          entity: { id, amount: p.amount, currency: p.currency, reference_id: p.id, status, notes: { credit_payment_id: p.id, user_id: p.userId } },
+          entity: {
+            id,
+            amount: p.amount,
+            currency: p.currency,
+            reference_id: p.id,
+            status,
+            notes: { credit_payment_id: p.id, user_id: p.userId },
+          },
         },
       });
-    for (const [event, status] of [["payment_link.cancelled", "cancelled"], ["payment_link.expired", "expired"]] as const) {
+    for (const [event, status] of [
+      ["payment_link.cancelled", "cancelled"],
+      ["payment_link.expired", "expired"],
+    ] as const) {
       const other = linkEvent(event, "plink_discarded_second", status);
-      expect(await payments.handleWebhook("razorpay", other, rzpSign(other))).toMatchObject({ outcome: "ignored", status: "created" });
+      expect(await payments.handleWebhook("razorpay", other, rzpSign(other))).toMatchObject({
+        outcome: "ignored",
+        status: "created",
+      });
     }
     expect((await payments.getPayment("alice", p.id)).status).toBe("created");
     // Paying the recorded link still credits.
@@ -162,15 +199,29 @@ describe("Razorpay payment links", () => {
     // The payment's own link cancelled: that one counts (on an unpaid payment).
     const q = await payments.createPaymentLink("alice", { amount: 100, currency: "INR", provider: "razorpay" });
     const own = rzpEvent("payment_link.cancelled", {
-      payment_link: { entity: { id: q.providerRef, amount: q.amount, currency: q.currency, reference_id: q.id, status: "cancelled", notes: { credit_payment_id: q.id } } },
+      payment_link: {
+        entity: {
+          id: q.providerRef,
+          amount: q.amount,
+          currency: q.currency,
+          reference_id: q.id,
+          status: "cancelled",
+          notes: { credit_payment_id: q.id },
+        },
+      },
     });
-    expect(await payments.handleWebhook("razorpay", own, rzpSign(own))).toMatchObject({ outcome: "updated", status: "cancelled" });
+    expect(await payments.handleWebhook("razorpay", own, rzpSign(own))).toMatchObject({
+      outcome: "updated",
+      status: "cancelled",
+    });
   });
 
   it("a failed attempt, then a successful one: credited", async () => {
     const { payments, credits } = await setup();
     const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
-    const failed = rzpEvent("payment.failed", { payment: { entity: rzpPaymentEntity(p, "failed", { id: "pay_failed1" }) } });
+    const failed = rzpEvent("payment.failed", {
+      payment: { entity: rzpPaymentEntity(p, "failed", { id: "pay_failed1" }) },
+    });
     expect((await payments.handleWebhook("razorpay", failed, rzpSign(failed))).outcome).toBe("updated");
     const body = rzpLinkPaid(p);
     expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
@@ -184,10 +235,21 @@ describe("Razorpay payment links", () => {
     await payments.handleWebhook("razorpay", body, rzpSign(body));
     await credits.deductCredits("alice", 2500);
     const refund = rzpEvent("refund.processed", {
-      refund: { entity: { id: "rfnd_FP8QHiV938haTz", entity: "refund", amount: 50_000, currency: "INR", payment_id: "pay_29QQoUBi66xm2f", status: "processed" } },
+      refund: {
+        entity: {
+          id: "rfnd_FP8QHiV938haTz",
+          entity: "refund",
+          amount: 50_000,
+          currency: "INR",
+          payment_id: "pay_29QQoUBi66xm2f",
+          status: "processed",
+        },
+      },
       payment: { entity: rzpPaymentEntity(p, "refunded", { amount_refunded: 50_000, notes: {} }) },
     });
-    const results = await Promise.all(Array.from({ length: 5 }, () => payments.handleWebhook("razorpay", refund, rzpSign(refund))));
+    const results = await Promise.all(
+      Array.from({ length: 5 }, () => payments.handleWebhook("razorpay", refund, rzpSign(refund))),
+    );
     expect(results.filter((r) => r.outcome === "reversed")).toHaveLength(1);
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: -2500, debt: 2500, available: -2500 });
     const journal = await db.listJournal("alice", { order: "asc", limit: 10 });
@@ -218,7 +280,10 @@ describe("Razorpay payment links", () => {
     });
     expect((await payments.handleWebhook("razorpay", partial, rzpSign(partial))).outcome).toBe("reversed");
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 3999 });
-    expect(await payments.getPayment("alice", p.id)).toMatchObject({ status: "partially_refunded", creditsReversed: 1001 });
+    expect(await payments.getPayment("alice", p.id)).toMatchObject({
+      status: "partially_refunded",
+      creditsReversed: 1001,
+    });
     const lost = rzpEvent("payment.dispute.lost", {
       payment: { entity: rzpPaymentEntity(p, "captured", { amount_refunded: 10_001 }) },
       dispute: { entity: { id: "disp_1", amount: 39_999, status: "lost", payment_id: "pay_29QQoUBi66xm2f" } },
@@ -247,7 +312,9 @@ describe("Razorpay payment links", () => {
     });
     await payments.handleWebhook("razorpay", lost, rzpSign(lost));
     const rows = await db.listNotifications("alice", { limit: 10 });
-    const events = rows.map((r) => DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 })));
+    const events = rows.map((r) =>
+      DomainEvent.parse(eventEnvelope({ ...r, createdAt: r.createdAt.toISOString(), attempt: 1 })),
+    );
     expect(events.map((e) => [e.type, (e.payload as { amount: number }).amount])).toEqual([
       ["credits_added", 5000],
       ["credits_refunded", 1001],
@@ -255,7 +322,12 @@ describe("Razorpay payment links", () => {
       ["credits_exhausted", undefined], // the level change the dispute's take-back caused
     ]);
     expect(events[0]?.payload).toMatchObject({ source: "payment", sourceRef: "pay_29QQoUBi66xm2f" });
-    expect(events[1]?.payload).toMatchObject({ via: "deduct", paymentId: p.id, refundedAmount: 10_001, balanceAfter: 3999 });
+    expect(events[1]?.payload).toMatchObject({
+      via: "deduct",
+      paymentId: p.id,
+      refundedAmount: 10_001,
+      balanceAfter: 3999,
+    });
     expect(events[2]?.payload).toMatchObject({ via: "void", paymentId: p.id, refundedAmount: 50_000, balanceAfter: 0 });
   });
 
@@ -263,26 +335,56 @@ describe("Razorpay payment links", () => {
     const { payments, credits } = await setup();
     const p = await payments.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
     // pay_other: authorized, never captured; then the credited attempt.
-    const auth = rzpEvent("payment.authorized", { payment: { entity: rzpPaymentEntity(p, "authorized", { id: "pay_other" }) } });
+    const auth = rzpEvent("payment.authorized", {
+      payment: { entity: rzpPaymentEntity(p, "authorized", { id: "pay_other" }) },
+    });
     expect((await payments.handleWebhook("razorpay", auth, rzpSign(auth))).outcome).toBe("updated");
     const body = rzpLinkPaid(p);
     expect((await payments.handleWebhook("razorpay", body, rzpSign(body))).outcome).toBe("credited");
     // Razorpay auto-refunds pay_other: the event names our payment in the notes, but not the credited pay_….
     const autoRefund = rzpEvent("refund.processed", {
-      refund: { entity: { id: "rfnd_auto", entity: "refund", amount: 50_000, currency: "INR", payment_id: "pay_other", status: "processed" } },
-      payment: { entity: rzpPaymentEntity(p, "refunded", { id: "pay_other", captured: false, amount_refunded: 50_000 }) },
+      refund: {
+        entity: {
+          id: "rfnd_auto",
+          entity: "refund",
+          amount: 50_000,
+          currency: "INR",
+          payment_id: "pay_other",
+          status: "processed",
+        },
+      },
+      payment: {
+        entity: rzpPaymentEntity(p, "refunded", { id: "pay_other", captured: false, amount_refunded: 50_000 }),
+      },
     });
-    expect(await payments.handleWebhook("razorpay", autoRefund, rzpSign(autoRefund))).toMatchObject({ outcome: "ignored", paymentId: p.id, status: "paid" });
+    expect(await payments.handleWebhook("razorpay", autoRefund, rzpSign(autoRefund))).toMatchObject({
+      outcome: "ignored",
+      paymentId: p.id,
+      status: "paid",
+    });
     const lost = rzpEvent("payment.dispute.lost", {
       payment: { entity: rzpPaymentEntity(p, "captured", { id: "pay_other" }) },
       dispute: { entity: { id: "disp_1", amount: 50_000, status: "lost", payment_id: "pay_other" } },
     });
     expect((await payments.handleWebhook("razorpay", lost, rzpSign(lost))).outcome).toBe("ignored");
     expect(await credits.getUserCreditsInfo("alice")).toMatchObject({ balance: 5000 });
-    expect(await payments.getPayment("alice", p.id)).toMatchObject({ status: "paid", creditsReversed: 0, refundedAmount: 0 });
+    expect(await payments.getPayment("alice", p.id)).toMatchObject({
+      status: "paid",
+      creditsReversed: 0,
+      refundedAmount: 0,
+    });
     // The credited attempt's refund still takes the credits back.
     const refund = rzpEvent("refund.processed", {
-      refund: { entity: { id: "rfnd_2", entity: "refund", amount: 50_000, currency: "INR", payment_id: "pay_29QQoUBi66xm2f", status: "processed" } },
+      refund: {
+        entity: {
+          id: "rfnd_2",
+          entity: "refund",
+          amount: 50_000,
+          currency: "INR",
+          payment_id: "pay_29QQoUBi66xm2f",
+          status: "processed",
+        },
+      },
       payment: { entity: rzpPaymentEntity(p, "refunded", { amount_refunded: 50_000 }) },
     });
     expect((await payments.handleWebhook("razorpay", refund, rzpSign(refund))).outcome).toBe("reversed");
@@ -293,7 +395,9 @@ describe("Razorpay payment links", () => {
     const { payments } = await setup();
     const order = rzpEvent("order.paid", { order: { entity: { id: "order_1" } } });
     expect((await payments.handleWebhook("razorpay", order, rzpSign(order))).outcome).toBe("ignored");
-    const stranger = rzpEvent("payment.captured", { payment: { entity: { id: "pay_x", amount: 1, currency: "INR", notes: {} } } });
+    const stranger = rzpEvent("payment.captured", {
+      payment: { entity: { id: "pay_x", amount: 1, currency: "INR", notes: {} } },
+    });
     expect((await payments.handleWebhook("razorpay", stranger, rzpSign(stranger))).outcome).toBe("ignored");
     await expect(payments.handleWebhook("paypal", "{}", {})).rejects.toBeInstanceOf(NotFoundError);
   });
@@ -304,7 +408,12 @@ describe("payments: Razorpay links found by reference_id", () => {
     const clock = { now: T0 };
     const { provider } = razorpayWith(["crash"]);
     const db = new InMemoryDbManager();
-    const payments = new PaymentService({ db, clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 60 });
+    const payments = new PaymentService({
+      db,
+      clock: () => new Date(clock.now),
+      providers: [provider],
+      checkoutStaleSeconds: 60,
+    });
     seen.length = 0;
     void payments.createPaymentLink("alice", rzpInput);
     await until(() => rzpLinks.size === 1);
@@ -324,7 +433,12 @@ describe("payments: Razorpay links found by reference_id", () => {
   it("a take-over racing a slow first attempt: one link, recorded once, none cancelled", async () => {
     const clock = { now: T0 };
     const { provider, held } = razorpayWith(["hold"]);
-    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(clock.now), providers: [provider], checkoutStaleSeconds: 5 });
+    const payments = new PaymentService({
+      db: new InMemoryDbManager(),
+      clock: () => new Date(clock.now),
+      providers: [provider],
+      checkoutStaleSeconds: 5,
+    });
     seen.length = 0;
     const first = payments.createPaymentLink("alice", rzpInput);
     await until(() => held.length === 1);
@@ -342,14 +456,36 @@ describe("payments: Razorpay links found by reference_id", () => {
 
   it("findCheckout: the link with the payment's reference_id; null without one; a link of another amount or payment is refused", async () => {
     const provider = new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", baseUrl });
-    const request: CheckoutRequest = { paymentId: "pl_abc", userId: "alice", amount: 500, currency: "INR", credits: 500, description: "x" };
+    const request: CheckoutRequest = {
+      paymentId: "pl_abc",
+      userId: "alice",
+      amount: 500,
+      currency: "INR",
+      credits: 500,
+      description: "x",
+    };
     expect(await provider.findCheckout(request)).toBeNull();
-    rzpLinks.set("pl_abc", { id: "plink_X", short_url: "https://rzp.io/i/X", reference_id: "pl_abc", amount: 500, currency: "INR", notes: { credit_payment_id: "pl_abc" } });
+    rzpLinks.set("pl_abc", {
+      id: "plink_X",
+      short_url: "https://rzp.io/i/X",
+      reference_id: "pl_abc",
+      amount: 500,
+      currency: "INR",
+      notes: { credit_payment_id: "pl_abc" },
+    });
     expect(await provider.findCheckout(request)).toEqual({ providerRef: "plink_X", url: "https://rzp.io/i/X" });
     await expect(provider.findCheckout({ ...request, amount: 600 })).rejects.toThrow(/not this payment's/);
-    rzpLinks.set("pl_abc", { id: "plink_Y", short_url: "https://rzp.io/i/Y", reference_id: "pl_abc", amount: 500, currency: "INR", notes: { credit_payment_id: "pl_other" } });
+    rzpLinks.set("pl_abc", {
+      id: "plink_Y",
+      short_url: "https://rzp.io/i/Y",
+      reference_id: "pl_abc",
+      amount: 500,
+      currency: "INR",
+      notes: { credit_payment_id: "pl_other" },
+    });
     await expect(provider.findCheckout(request)).rejects.toBeInstanceOf(PaymentProviderError);
-    await expect(new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).findCheckout(request)).rejects.toBeInstanceOf(PaymentProviderError);
+    await expect(
+      new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).findCheckout(request),
+    ).rejects.toBeInstanceOf(PaymentProviderError);
   });
 });
-

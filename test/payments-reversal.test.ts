@@ -16,11 +16,17 @@ describe("a payment refunded before it was credited", () => {
     const m = await createCreditManager({ payments: { providers: [provider] } });
     await m.credits.addCredits("u", 500);
     const p = await m.payments.createPaymentLink("u", { amount: 200, currency: "USD", provider: "sim" });
-    await expect(m.payments.handleWebhook("sim", event("refund", p.id, 50), {})).resolves.toMatchObject({ outcome: "updated" });
+    await expect(m.payments.handleWebhook("sim", event("refund", p.id, 50), {})).resolves.toMatchObject({
+      outcome: "updated",
+    });
     await m.payments.handleWebhook("sim", event("refund", p.id, 120), {});
     await m.payments.handleWebhook("sim", event("refund", p.id, 200), {});
     await m.payments.handleWebhook("sim", event("paid", p.id, null), {});
-    expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "refunded", refundedAmount: 200, creditsReversed: 0 });
+    expect(await m.payments.getPayment("u", p.id)).toMatchObject({
+      status: "refunded",
+      refundedAmount: 200,
+      creditsReversed: 0,
+    });
     // The 500 added by hand are untouched: nothing of the payment was ever added, nothing taken.
     expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 500, debt: 0 });
     expect((await m.credits.audit("u")).ok).toBe(true);
@@ -32,7 +38,10 @@ describe("a payment refunded before it was credited", () => {
     await m.payments.handleWebhook("sim", event("paid", p.id, null), {});
     await m.payments.handleWebhook("sim", event("refund", p.id, 50), {});
     await m.payments.handleWebhook("sim", event("refund", p.id, 120), {});
-    expect(await m.payments.getPayment("u", p.id)).toMatchObject({ status: "partially_refunded", creditsReversed: 120 });
+    expect(await m.payments.getPayment("u", p.id)).toMatchObject({
+      status: "partially_refunded",
+      creditsReversed: 120,
+    });
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(80);
   });
 });

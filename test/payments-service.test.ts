@@ -45,14 +45,24 @@ serveFakeProviders();
 describe("payments: inputs and history", () => {
   it("validates inputs and pages the history newest first", async () => {
     const { payments, clock } = await setup();
-    await expect(payments.createPaymentLink("bob", { amount: 1.5, currency: "USD", provider: "stripe" })).rejects.toBeInstanceOf(ValidationError);
-    await expect(payments.createPaymentLink("bob", { amount: 100, currency: "US", provider: "stripe" })).rejects.toBeInstanceOf(ValidationError);
-    await expect(payments.createPaymentLink("bob", { amount: 100, currency: "USD", provider: "paypal" })).rejects.toBeInstanceOf(ValidationError);
-    await expect(payments.createPaymentLink("bob", { amount: 5, currency: "USD", provider: "stripe" })).rejects.toThrow(/no whole credit/);
+    await expect(
+      payments.createPaymentLink("bob", { amount: 1.5, currency: "USD", provider: "stripe" }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    await expect(
+      payments.createPaymentLink("bob", { amount: 100, currency: "US", provider: "stripe" }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    await expect(
+      payments.createPaymentLink("bob", { amount: 100, currency: "USD", provider: "paypal" }),
+    ).rejects.toBeInstanceOf(ValidationError);
+    await expect(payments.createPaymentLink("bob", { amount: 5, currency: "USD", provider: "stripe" })).rejects.toThrow(
+      /no whole credit/,
+    );
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
       clock.now = T0 + i * 1000;
-      ids.push((await payments.createPaymentLink("carol", { amount: 100 + i, currency: "USD", provider: "stripe" })).id);
+      ids.push(
+        (await payments.createPaymentLink("carol", { amount: 100 + i, currency: "USD", provider: "stripe" })).id,
+      );
     }
     const first = await payments.getPaymentHistory("carol", { limit: 2 });
     expect(first.items.map((p) => p.id)).toEqual([ids[4], ids[3]]);
@@ -66,25 +76,54 @@ describe("payments: inputs and history", () => {
   it("createPaymentLink with an idempotency key: one payment, one checkout; other arguments conflict", async () => {
     const { payments } = await setup();
     seen.length = 0;
-    const a = await payments.createPaymentLink("erin", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
-    const b = await payments.createPaymentLink("erin", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    const a = await payments.createPaymentLink("erin", {
+      amount: 700,
+      currency: "USD",
+      provider: "stripe",
+      idempotencyKey: "buy-1",
+    });
+    const b = await payments.createPaymentLink("erin", {
+      amount: 700,
+      currency: "USD",
+      provider: "stripe",
+      idempotencyKey: "buy-1",
+    });
     expect(b).toEqual(a);
     expect(seen).toHaveLength(1);
     await expect(
       payments.createPaymentLink("erin", { amount: 800, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" }),
     ).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
     // Keys are per user.
-    const c = await payments.createPaymentLink("frank", { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "buy-1" });
+    const c = await payments.createPaymentLink("frank", {
+      amount: 700,
+      currency: "USD",
+      provider: "stripe",
+      idempotencyKey: "buy-1",
+    });
     expect(c.id).not.toBe(a.id);
   });
 
   it("createPaymentLink with an idempotency key: another description or metadata conflicts too", async () => {
     const { payments } = await setup();
-    const args = { amount: 700, currency: "USD", provider: "stripe", idempotencyKey: "k", description: "Top-up", metadata: { plan: "a", n: 1 } };
+    const args = {
+      amount: 700,
+      currency: "USD",
+      provider: "stripe",
+      idempotencyKey: "k",
+      description: "Top-up",
+      metadata: { plan: "a", n: 1 },
+    };
     const a = await payments.createPaymentLink("erin", args);
     seen.length = 0;
-    for (const other of [{ description: "something else" }, { description: undefined }, { metadata: { plan: "b", n: 1 } }, { metadata: undefined }]) {
-      await expect(payments.createPaymentLink("erin", { ...args, ...other })).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    for (const other of [
+      { description: "something else" },
+      { description: undefined },
+      { metadata: { plan: "b", n: 1 } },
+      { metadata: undefined },
+    ]) {
+      await expect(payments.createPaymentLink("erin", { ...args, ...other })).rejects.toMatchObject({
+        code: "IDEMPOTENCY_CONFLICT",
+      });
     }
     // The same metadata in another key order is the same argument.
     expect(await payments.createPaymentLink("erin", { ...args, metadata: { n: 1, plan: "a" } })).toEqual(a);
@@ -106,7 +145,14 @@ describe("payments: inputs and history", () => {
       const payments = new PaymentService({
         db: new InMemoryDbManager(),
         creditsPerUnit: rate,
-        providers: [new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl })],
+        providers: [
+          new StripeProvider({
+            secretKey: "sk_test_123",
+            successUrl: "https://a/ok",
+            cancelUrl: "https://a/no",
+            baseUrl,
+          }),
+        ],
       });
       const p = await payments.createPaymentLink("alice", { amount, currency: "USD", provider: "stripe" });
       expect([rate, amount, p.credits]).toEqual([rate, amount, credits]);
@@ -114,11 +160,25 @@ describe("payments: inputs and history", () => {
   });
 
   it("keyNamespace: two stores on one provider account open their own checkouts for the same user and key", async () => {
-    const stripe = new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl });
+    const stripe = new StripeProvider({
+      secretKey: "sk_test_123",
+      successUrl: "https://a/ok",
+      cancelUrl: "https://a/no",
+      baseUrl,
+    });
     const open = async (keyNamespace?: string) => {
-      const payments = new PaymentService({ db: new InMemoryDbManager(), providers: [stripe], ...(keyNamespace ? { keyNamespace } : {}) });
+      const payments = new PaymentService({
+        db: new InMemoryDbManager(),
+        providers: [stripe],
+        ...(keyNamespace ? { keyNamespace } : {}),
+      });
       seen.length = 0;
-      const p = await payments.createPaymentLink("alice", { amount: 100, currency: "USD", provider: "stripe", idempotencyKey: "order-7" });
+      const p = await payments.createPaymentLink("alice", {
+        amount: 100,
+        currency: "USD",
+        provider: "stripe",
+        idempotencyKey: "order-7",
+      });
       return { p, idem: seen[0]?.idem };
     };
     // Without namespaces both stores derive one id: the second gets the first's saved session.
@@ -135,22 +195,37 @@ describe("payments: inputs and history", () => {
     // Validated up front, as the wait options are.
     for (const bad of [{ checkoutWaitMs: -1 }, { checkoutStaleSeconds: Number.NaN }]) {
       expect(() => new PaymentService({ db: new InMemoryDbManager(), ...bad })).toThrow(ConfigurationError);
-      await expect(createCreditManager({ payments: { providers: [stripe], ...bad } })).rejects.toBeInstanceOf(ValidationError);
+      await expect(createCreditManager({ payments: { providers: [stripe], ...bad } })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
     }
     for (const keyNamespace of ["", "x".repeat(65), "a\u0000b"]) {
       expect(() => new PaymentService({ db: new InMemoryDbManager(), keyNamespace })).toThrow(ConfigurationError);
-      await expect(createCreditManager({ payments: { providers: [stripe], keyNamespace } })).rejects.toBeInstanceOf(ValidationError);
+      await expect(createCreditManager({ payments: { providers: [stripe], keyNamespace } })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
     }
   });
 
   it("creditsPerUnit per currency: other currencies are refused with a ValidationError, nothing stored or sent", async () => {
-    const stripe = new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl });
+    const stripe = new StripeProvider({
+      secretKey: "sk_test_123",
+      successUrl: "https://a/ok",
+      cancelUrl: "https://a/no",
+      baseUrl,
+    });
     const m = await createCreditManager({ payments: { providers: [stripe], creditsPerUnit: { INR: 1, USD: 85 } } });
-    expect((await m.payments.createPaymentLink("eve", { amount: 100, currency: "usd", provider: "stripe" })).credits).toBe(8500);
-    expect((await m.payments.createPaymentLink("eve", { amount: 100, currency: "INR", provider: "stripe" })).credits).toBe(100);
+    expect(
+      (await m.payments.createPaymentLink("eve", { amount: 100, currency: "usd", provider: "stripe" })).credits,
+    ).toBe(8500);
+    expect(
+      (await m.payments.createPaymentLink("eve", { amount: 100, currency: "INR", provider: "stripe" })).credits,
+    ).toBe(100);
     seen.length = 0;
     for (const currency of ["VND", "XYZ", "EUR"]) {
-      const error = await m.payments.createPaymentLink("eve", { amount: 100_000, currency, provider: "stripe" }).catch((e: unknown) => e);
+      const error = await m.payments
+        .createPaymentLink("eve", { amount: 100_000, currency, provider: "stripe" })
+        .catch((e: unknown) => e);
       expect(error).toBeInstanceOf(ValidationError);
       expect(error).toMatchObject({ issues: [{ path: "currency", message: "accepted: INR, USD" }] });
     }
@@ -159,7 +234,9 @@ describe("payments: inputs and history", () => {
     await m.close();
     // A rate table that names nothing, or not as codes, or a bad rate, is refused up front.
     for (const creditsPerUnit of [{}, { usd: 1 }, { USD: 0 }, { USD: Number.NaN }] as Record<string, number>[]) {
-      await expect(createCreditManager({ payments: { providers: [stripe], creditsPerUnit } })).rejects.toBeInstanceOf(ValidationError);
+      await expect(createCreditManager({ payments: { providers: [stripe], creditsPerUnit } })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
       expect(() => new PaymentService({ db: new InMemoryDbManager(), creditsPerUnit })).toThrow(ConfigurationError);
     }
     for (const creditsPerUnit of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
@@ -172,7 +249,9 @@ describe("payments: inputs and history", () => {
       payments: { providers: [new RazorpayProvider({ webhookSecret: RZP_SECRET, baseUrl })] },
     });
     const body = rzpEvent("payment.captured", {});
-    await expect(m.payments.handleWebhook("razorpay", body, rzpSign(body, "forged"))).rejects.toBeInstanceOf(WebhookRejectedError);
+    await expect(m.payments.handleWebhook("razorpay", body, rzpSign(body, "forged"))).rejects.toBeInstanceOf(
+      WebhookRejectedError,
+    );
     const [e] = await m.ledger.getEntries({ eventType: "error" });
     expect(e).toMatchObject({ eventType: "error", details: { provider: "razorpay", reason: "bad_signature" } });
     await m.close();
@@ -180,7 +259,17 @@ describe("payments: inputs and history", () => {
 
   it("createCreditManager wires promos and payments", async () => {
     const m = await createCreditManager({
-      payments: { providers: [new StripeProvider({ secretKey: "sk_test_123", webhookSecret: STRIPE_SECRET, successUrl: "https://a/ok", cancelUrl: "https://a/no", baseUrl })] },
+      payments: {
+        providers: [
+          new StripeProvider({
+            secretKey: "sk_test_123",
+            webhookSecret: STRIPE_SECRET,
+            successUrl: "https://a/ok",
+            cancelUrl: "https://a/no",
+            baseUrl,
+          }),
+        ],
+      },
     });
     const p = await m.payments.createPaymentLink("dave", { amount: 500, currency: "EUR", provider: "stripe" });
     const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
@@ -197,12 +286,26 @@ describe("payments: one checkout per idempotency key", () => {
   it("a keyed payment's id fits Razorpay's 40-character reference_id (an unkeyed one too)", async () => {
     const service = new PaymentService({
       db: new InMemoryDbManager(),
-      providers: [new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", webhookSecret: RZP_SECRET, baseUrl })],
+      providers: [
+        new RazorpayProvider({
+          keyId: "rzp_test_key",
+          keySecret: "rzp_test_secret",
+          webhookSecret: RZP_SECRET,
+          baseUrl,
+        }),
+      ],
     });
     seen.length = 0;
-    const keyed = await service.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay", idempotencyKey: "k".repeat(255) });
+    const keyed = await service.createPaymentLink("alice", {
+      amount: 50_000,
+      currency: "INR",
+      provider: "razorpay",
+      idempotencyKey: "k".repeat(255),
+    });
     const plain = await service.createPaymentLink("alice", { amount: 50_000, currency: "INR", provider: "razorpay" });
-    const sent = seen.filter((x) => x.path === "/v1/payment_links").map((x) => (JSON.parse(x.body) as { reference_id: string }).reference_id);
+    const sent = seen
+      .filter((x) => x.path === "/v1/payment_links")
+      .map((x) => (JSON.parse(x.body) as { reference_id: string }).reference_id);
     expect(sent).toEqual([keyed.id, plain.id]);
     for (const ref of sent) expect(ref.length).toBeLessThanOrEqual(40);
     expect(keyed).toMatchObject({ providerRef: expect.stringMatching(/^plink_T/), status: "created" });
@@ -213,15 +316,28 @@ describe("payments: one checkout per idempotency key", () => {
     const mk = () =>
       new PaymentService({
         db,
-        providers: [new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", webhookSecret: RZP_SECRET, baseUrl })],
+        providers: [
+          new RazorpayProvider({
+            keyId: "rzp_test_key",
+            keySecret: "rzp_test_secret",
+            webhookSecret: RZP_SECRET,
+            baseUrl,
+          }),
+        ],
       });
     const [a, b] = [mk(), mk()];
     seen.length = 0;
     const input = { amount: 50_000, currency: "INR", provider: "razorpay", idempotencyKey: "buy-1" };
-    const all = await Promise.all([0, 1, 2, 3, 4, 5].map((n) => (n % 2 === 0 ? a : b).createPaymentLink("alice", input)));
+    const all = await Promise.all(
+      [0, 1, 2, 3, 4, 5].map((n) => (n % 2 === 0 ? a : b).createPaymentLink("alice", input)),
+    );
     expect(seen.filter((x) => x.path === "/v1/payment_links")).toHaveLength(1);
     for (const p of all) expect(p).toEqual(all[0]);
-    expect(all[0]).toMatchObject({ providerRef: expect.stringMatching(/^plink_T/), checkoutUrl: expect.stringMatching(/^https:\/\/rzp.io\/i\/T/), status: "created" });
+    expect(all[0]).toMatchObject({
+      providerRef: expect.stringMatching(/^plink_T/),
+      checkoutUrl: expect.stringMatching(/^https:\/\/rzp.io\/i\/T/),
+      status: "created",
+    });
     expect(await a.getPayment("alice", all[0]!.id)).toEqual(all[0]);
     // The paid link is credited.
     const body = rzpLinkPaid(all[0]!);
@@ -243,7 +359,10 @@ describe("payments: one checkout per idempotency key", () => {
     const err = await m.payments.createPaymentLink("erin", input).catch((e: unknown) => e);
     expect(performance.now() - started).toBeGreaterThanOrEqual(35);
     expect(err).toBeInstanceOf(ConflictError);
-    expect(err).toMatchObject({ code: "CONFLICT", details: { reason: "checkout_in_progress", paymentId: calls[0]!.request.paymentId } });
+    expect(err).toMatchObject({
+      code: "CONFLICT",
+      details: { reason: "checkout_in_progress", paymentId: calls[0]!.request.paymentId },
+    });
     expect(calls).toHaveLength(1);
     // Still within checkoutStaleSeconds: still waits.
     clock.now += 29_000;
@@ -285,7 +404,11 @@ describe("payments: one checkout per idempotency key", () => {
 
   it("a provider failure of the claim holder marks the payment failed; a waiting call answers with it", async () => {
     const { provider, calls } = manualProvider();
-    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(T0), providers: [provider] });
+    const payments = new PaymentService({
+      db: new InMemoryDbManager(),
+      clock: () => new Date(T0),
+      providers: [provider],
+    });
     const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
     const first = payments.createPaymentLink("erin", input);
     await until(() => calls.length === 1);
@@ -299,22 +422,33 @@ describe("payments: one checkout per idempotency key", () => {
 
   it("checkoutWaitMs and checkoutStaleSeconds must be finite and >= 0", () => {
     for (const bad of [-1, Number.NaN, Number.POSITIVE_INFINITY]) {
-      expect(() => new PaymentService({ db: new InMemoryDbManager(), checkoutWaitMs: bad })).toThrow(ConfigurationError);
-      expect(() => new PaymentService({ db: new InMemoryDbManager(), checkoutStaleSeconds: bad })).toThrow(ConfigurationError);
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), checkoutWaitMs: bad })).toThrow(
+        ConfigurationError,
+      );
+      expect(() => new PaymentService({ db: new InMemoryDbManager(), checkoutStaleSeconds: bad })).toThrow(
+        ConfigurationError,
+      );
     }
   });
 
   it("the built-in providers cancel a checkout: Razorpay cancels the link, Stripe expires the session", async () => {
     seen.length = 0;
-    await new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", baseUrl }).cancelCheckout("plink_X1");
-    await new StripeProvider({ secretKey: "sk_test_123", successUrl: "https://app/ok", cancelUrl: "https://app/no", baseUrl }).cancelCheckout("cs_test_X2");
+    await new RazorpayProvider({ keyId: "rzp_test_key", keySecret: "rzp_test_secret", baseUrl }).cancelCheckout(
+      "plink_X1",
+    );
+    await new StripeProvider({
+      secretKey: "sk_test_123",
+      successUrl: "https://app/ok",
+      cancelUrl: "https://app/no",
+      baseUrl,
+    }).cancelCheckout("cs_test_X2");
     expect(seen.map((x) => [x.method, x.path])).toEqual([
       ["POST", "/v1/payment_links/plink_X1/cancel"],
       ["POST", "/v1/checkout/sessions/cs_test_X2/expire"],
     ]);
-    await expect(new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).cancelCheckout("plink_X1")).rejects.toBeInstanceOf(
-      PaymentProviderError,
-    );
+    await expect(
+      new RazorpayProvider({ keyId: "wrong", keySecret: "wrong", baseUrl }).cancelCheckout("plink_X1"),
+    ).rejects.toBeInstanceOf(PaymentProviderError);
   });
 });
 describe("payments: a retry with the same key after the checkout failed to open", () => {
@@ -342,7 +476,10 @@ describe("payments: a retry with the same key after the checkout failed to open"
 
   it("Razorpay made the link but its answer was lost (and the look-up failed too): the retry finds the link, opens none", async () => {
     const { payments } = await setup();
-    faults.push({ method: "POST", path: "/v1/payment_links", mode: "drop" }, { method: "GET", path: "/v1/payment_links", mode: "before" });
+    faults.push(
+      { method: "POST", path: "/v1/payment_links", mode: "drop" },
+      { method: "GET", path: "/v1/payment_links", mode: "before" },
+    );
     await expect(payments.createPaymentLink("alice", rzpInput)).rejects.toThrow(/Request failed/);
     expect(rzpLinks.size).toBe(1);
     seen.length = 0;
@@ -381,7 +518,10 @@ describe("payments: a retry with the same key after the checkout failed to open"
     const { payments } = await setup();
     faults.push({ method: "POST", path: "/v1/checkout/sessions", mode: "before" });
     await expect(payments.createPaymentLink("bob", stripeInput)).rejects.toBeInstanceOf(PaymentProviderError);
-    expect(await payments.createPaymentLink("bob", stripeInput)).toMatchObject({ status: "created", providerRef: expect.stringMatching(/^cs_test_/) });
+    expect(await payments.createPaymentLink("bob", stripeInput)).toMatchObject({
+      status: "created",
+      providerRef: expect.stringMatching(/^cs_test_/),
+    });
 
     // A 500 once the endpoint ran is saved under the key: Stripe answers every retry with it.
     const input = { ...stripeInput, idempotencyKey: "buy-2" };
@@ -391,12 +531,18 @@ describe("payments: a retry with the same key after the checkout failed to open"
     await expect(payments.createPaymentLink("bob", input)).rejects.toMatchObject({ details: { status: 500 } });
     expect(seen).toHaveLength(1);
     expect((await payments.getPaymentHistory("bob")).items[0]).toMatchObject({ status: "failed", checkoutUrl: null });
-    expect(await payments.createPaymentLink("bob", { ...stripeInput, idempotencyKey: "buy-3" })).toMatchObject({ status: "created" });
+    expect(await payments.createPaymentLink("bob", { ...stripeInput, idempotencyKey: "buy-3" })).toMatchObject({
+      status: "created",
+    });
   });
 
   it("retries at once make one provider call and answer one payment; a retry that fails answers its waiters with it", async () => {
     const { provider, calls } = manualProvider();
-    const payments = new PaymentService({ db: new InMemoryDbManager(), clock: () => new Date(T0), providers: [provider] });
+    const payments = new PaymentService({
+      db: new InMemoryDbManager(),
+      clock: () => new Date(T0),
+      providers: [provider],
+    });
     const input = { amount: 700, currency: "USD", provider: "manual", idempotencyKey: "k" };
     const first = payments.createPaymentLink("erin", input);
     await until(() => calls.length === 1);
@@ -444,10 +590,16 @@ describe("payments: a retry with the same key after the checkout failed to open"
     const { payments, db } = await setup();
     // A payment attempt failed on the link (the link is still payable): the retry answers the payment.
     const p = await payments.createPaymentLink("alice", rzpInput);
-    const failed = rzpEvent("payment.failed", { payment: { entity: rzpPaymentEntity(p, "failed", { id: "pay_failed1" }) } });
+    const failed = rzpEvent("payment.failed", {
+      payment: { entity: rzpPaymentEntity(p, "failed", { id: "pay_failed1" }) },
+    });
     expect((await payments.handleWebhook("razorpay", failed, rzpSign(failed))).outcome).toBe("updated");
     seen.length = 0;
-    expect(await payments.createPaymentLink("alice", rzpInput)).toMatchObject({ id: p.id, status: "failed", checkoutUrl: p.checkoutUrl });
+    expect(await payments.createPaymentLink("alice", rzpInput)).toMatchObject({
+      id: p.id,
+      status: "failed",
+      checkoutUrl: p.checkoutUrl,
+    });
     expect(seen).toHaveLength(0);
 
     // No checkout, but the provider's word moved it on (e.g. an unrecorded session expired): answered as stored.
@@ -457,14 +609,20 @@ describe("payments: a retry with the same key after the checkout failed to open"
     const f = (await payments.getPaymentHistory("alice")).items.find((x) => x.id !== p.id);
     await db.updatePayment({ ...f!, status: "expired", version: f!.version + 1 });
     seen.length = 0;
-    expect(await payments.createPaymentLink("alice", input)).toMatchObject({ id: f!.id, status: "expired", checkoutUrl: null });
+    expect(await payments.createPaymentLink("alice", input)).toMatchObject({
+      id: f!.id,
+      status: "expired",
+      checkoutUrl: null,
+    });
 
     // Other arguments with the key of a failed payment: still a conflict, nothing sent.
     const input3 = { ...rzpInput, idempotencyKey: "buy-3" };
     faults.push({ method: "POST", path: "/v1/payment_links", mode: "before" });
     await expect(payments.createPaymentLink("alice", input3)).rejects.toBeInstanceOf(PaymentProviderError);
     seen.length = 0;
-    await expect(payments.createPaymentLink("alice", { ...input3, amount: 60_000 })).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    await expect(payments.createPaymentLink("alice", { ...input3, amount: 60_000 })).rejects.toMatchObject({
+      code: "IDEMPOTENCY_CONFLICT",
+    });
     expect(seen).toHaveLength(0);
   });
 });
@@ -489,11 +647,15 @@ describe("payment providers: time-outs, a pinned Stripe API version, configurati
     const versions: (string | undefined)[] = [];
     const api: FetchLike = async (_url, init) => {
       versions.push((init.headers as Record<string, string>)["stripe-version"]);
-      return new Response(JSON.stringify({ id: "cs_1", url: "https://checkout.stripe.com/c/pay/cs_1" }), { status: 200 });
+      return new Response(JSON.stringify({ id: "cs_1", url: "https://checkout.stripe.com/c/pay/cs_1" }), {
+        status: 200,
+      });
     };
     const request = { paymentId: "p1", userId: "u", amount: 100, currency: "USD", credits: 10, description: "top-up" };
     await new StripeProvider({ secretKey: "sk", ...urls, fetch: api }).createCheckout(request);
-    await new StripeProvider({ secretKey: "sk", ...urls, fetch: api, apiVersion: "2025-01-27.acacia" }).cancelCheckout("cs_1");
+    await new StripeProvider({ secretKey: "sk", ...urls, fetch: api, apiVersion: "2025-01-27.acacia" }).cancelCheckout(
+      "cs_1",
+    );
     expect(versions).toEqual([STRIPE_API_VERSION, "2025-01-27.acacia"]);
   });
 
@@ -502,9 +664,15 @@ describe("payment providers: time-outs, a pinned Stripe API version, configurati
     delete process.env.APP_BASE_URL;
     try {
       expect(() => new StripeProvider({ secretKey: "sk" })).toThrow(/no successUrl and cancelUrl/);
-      await expect(createCreditManager({ payments: { stripe: { secretKey: "sk" } } })).rejects.toBeInstanceOf(ConfigurationError);
-      const manager = await createCreditManager({ payments: { providers: [new StripeProvider({ secretKey: undefined, ...urls })] } });
-      await expect(manager.payments.createPaymentLink("u", { amount: 500, currency: "USD", provider: "stripe" })).rejects.toBeInstanceOf(ConfigurationError);
+      await expect(createCreditManager({ payments: { stripe: { secretKey: "sk" } } })).rejects.toBeInstanceOf(
+        ConfigurationError,
+      );
+      const manager = await createCreditManager({
+        payments: { providers: [new StripeProvider({ secretKey: undefined, ...urls })] },
+      });
+      await expect(
+        manager.payments.createPaymentLink("u", { amount: 500, currency: "USD", provider: "stripe" }),
+      ).rejects.toBeInstanceOf(ConfigurationError);
       expect((await manager.payments.getPaymentHistory("u")).items).toEqual([]);
       await manager.close();
     } finally {
@@ -512,4 +680,3 @@ describe("payment providers: time-outs, a pinned Stripe API version, configurati
     }
   });
 });
-

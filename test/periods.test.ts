@@ -35,11 +35,21 @@ describe("periods", () => {
 
   it("monthly from the 30th and 29th clamp only in February", () => {
     expect(starts("2025-01-30T00:00:00Z", "monthly", 3)).toEqual(["2025-01-30", "2025-02-28", "2025-03-30"]);
-    expect(starts("2023-12-29T00:00:00Z", "monthly", 4)).toEqual(["2023-12-29", "2024-01-29", "2024-02-29", "2024-03-29"]);
+    expect(starts("2023-12-29T00:00:00Z", "monthly", 4)).toEqual([
+      "2023-12-29",
+      "2024-01-29",
+      "2024-02-29",
+      "2024-03-29",
+    ]);
   });
 
   it("monthly across a year end", () => {
-    expect(starts("2025-11-30T00:00:00Z", "monthly", 4)).toEqual(["2025-11-30", "2025-12-30", "2026-01-30", "2026-02-28"]);
+    expect(starts("2025-11-30T00:00:00Z", "monthly", 4)).toEqual([
+      "2025-11-30",
+      "2025-12-30",
+      "2026-01-30",
+      "2026-02-28",
+    ]);
     expect(iso(addMonths(d("2025-12-31T00:00:00Z"), -10))).toBe("2025-02-28T00:00:00.000Z");
   });
 
@@ -83,26 +93,39 @@ describe("periods", () => {
   });
 
   it("property: periods are contiguous, never overlap, start on the anchor and contain what they claim", () => {
-    const anchor = fc.date({ min: new Date("1990-01-01T00:00:00Z"), max: new Date("2200-01-01T00:00:00Z"), noInvalidDate: true });
+    const anchor = fc.date({
+      min: new Date("1990-01-01T00:00:00Z"),
+      max: new Date("2200-01-01T00:00:00Z"),
+      noInvalidDate: true,
+    });
     const period = fc.constantFrom<BillingPeriod>("daily", "weekly", "monthly", "yearly");
     fc.assert(
-      fc.property(anchor, period, fc.integer({ min: 0, max: 400 }), fc.integer({ min: 0, max: 2_000_000_000 }), (a, p, i, offsetSec) => {
-        const cur = periodAt(a, p, i);
-        const next = periodAt(a, p, i + 1);
-        expect(cur.start.getTime()).toBeLessThan(cur.end.getTime());
-        expect(cur.end.getTime()).toBe(next.start.getTime());
-        expect(periodAt(a, p, 0).start.getTime()).toBe(a.getTime());
-        // Anchored: the day of month is the anchor's unless the month is too short.
-        if (p === "monthly" || p === "yearly") {
-          const day = cur.start.getUTCDate();
-          expect(day === a.getUTCDate() || day === new Date(Date.UTC(cur.start.getUTCFullYear(), cur.start.getUTCMonth() + 1, 0)).getUTCDate()).toBe(true);
-          expect(cur.start.getUTCHours()).toBe(a.getUTCHours());
-        }
-        const at = new Date(a.getTime() + offsetSec * 1000);
-        const c = periodContaining(a, p, at);
-        expect(c.start.getTime()).toBeLessThanOrEqual(at.getTime());
-        expect(at.getTime()).toBeLessThan(c.end.getTime());
-      }),
+      fc.property(
+        anchor,
+        period,
+        fc.integer({ min: 0, max: 400 }),
+        fc.integer({ min: 0, max: 2_000_000_000 }),
+        (a, p, i, offsetSec) => {
+          const cur = periodAt(a, p, i);
+          const next = periodAt(a, p, i + 1);
+          expect(cur.start.getTime()).toBeLessThan(cur.end.getTime());
+          expect(cur.end.getTime()).toBe(next.start.getTime());
+          expect(periodAt(a, p, 0).start.getTime()).toBe(a.getTime());
+          // Anchored: the day of month is the anchor's unless the month is too short.
+          if (p === "monthly" || p === "yearly") {
+            const day = cur.start.getUTCDate();
+            expect(
+              day === a.getUTCDate() ||
+                day === new Date(Date.UTC(cur.start.getUTCFullYear(), cur.start.getUTCMonth() + 1, 0)).getUTCDate(),
+            ).toBe(true);
+            expect(cur.start.getUTCHours()).toBe(a.getUTCHours());
+          }
+          const at = new Date(a.getTime() + offsetSec * 1000);
+          const c = periodContaining(a, p, at);
+          expect(c.start.getTime()).toBeLessThanOrEqual(at.getTime());
+          expect(at.getTime()).toBeLessThan(c.end.getTime());
+        },
+      ),
       { numRuns: 2000 },
     );
   });
@@ -112,7 +135,11 @@ describe("periods", () => {
 const ymd = (x: Date) => iso(x).replace(/T.*/, "");
 /** Days in a month by the Gregorian rule alone (no Date involved): the reference. */
 const refDays = (y: number, m: number) =>
-  m === 1 ? (y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28) : [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m]!;
+  m === 1
+    ? y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0)
+      ? 29
+      : 28
+    : [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m]!;
 const DAY = 86_400_000;
 /** The last and first instants a JavaScript Date holds. */
 const MAX_DATE = new Date(8.64e15);
@@ -120,17 +147,36 @@ const MIN_DATE = new Date(-8.64e15);
 
 describe("periods in years 0–99 (not 1900–1999)", () => {
   it("monthly and yearly periods stay in the anchor's century", () => {
-    expect(starts("0050-01-31T00:00:00Z", "monthly", 4)).toEqual(["0050-01-31", "0050-02-28", "0050-03-31", "0050-04-30"]);
+    expect(starts("0050-01-31T00:00:00Z", "monthly", 4)).toEqual([
+      "0050-01-31",
+      "0050-02-28",
+      "0050-03-31",
+      "0050-04-30",
+    ]);
     expect(iso(periodAt(d("0050-01-31T06:07:08.009Z"), "monthly", 0).end)).toBe("0050-02-28T06:07:08.009Z");
     // Year 0 (1 BC) is a leap year; 100 is not; 1900 is not: each by its own rule.
     expect(starts("0000-01-31T00:00:00Z", "monthly", 2)).toEqual(["0000-01-31", "0000-02-29"]);
     expect(starts("0096-02-29T12:00:00Z", "yearly", 9)).toEqual([
-      "0096-02-29", "0097-02-28", "0098-02-28", "0099-02-28", "0100-02-28", "0101-02-28", "0102-02-28", "0103-02-28", "0104-02-29",
+      "0096-02-29",
+      "0097-02-28",
+      "0098-02-28",
+      "0099-02-28",
+      "0100-02-28",
+      "0101-02-28",
+      "0102-02-28",
+      "0103-02-28",
+      "0104-02-29",
     ]);
     expect(starts("0099-12-15T00:00:00Z", "monthly", 2)).toEqual(["0099-12-15", "0100-01-15"]);
     expect(iso(addMonths(d("0001-03-31T00:00:00Z"), -2))).toBe("0001-01-31T00:00:00.000Z");
     expect(iso(addMonths(d("0001-01-31T00:00:00Z"), -11))).toBe("0000-02-29T00:00:00.000Z");
-    expect([daysInMonth(0, 1), daysInMonth(4, 1), daysInMonth(100, 1), daysInMonth(1900, 1), daysInMonth(2000, 1)]).toEqual([29, 29, 28, 28, 29]);
+    expect([
+      daysInMonth(0, 1),
+      daysInMonth(4, 1),
+      daysInMonth(100, 1),
+      daysInMonth(1900, 1),
+      daysInMonth(2000, 1),
+    ]).toEqual([29, 29, 28, 28, 29]);
     expect(daysInMonth(99, 12)).toBe(31); // month 12 of 99 is January of 100
   });
 
@@ -144,7 +190,11 @@ describe("periods in years 0–99 (not 1900–1999)", () => {
   });
 
   it("property: over the whole calendar (negative years to beyond 9999), months are anchored and contiguous", () => {
-    const anchor = fc.date({ min: new Date("-010000-01-01T00:00:00Z"), max: new Date("+020000-01-01T00:00:00Z"), noInvalidDate: true });
+    const anchor = fc.date({
+      min: new Date("-010000-01-01T00:00:00Z"),
+      max: new Date("+020000-01-01T00:00:00Z"),
+      noInvalidDate: true,
+    });
     const period = fc.constantFrom<BillingPeriod>("monthly", "yearly");
     fc.assert(
       fc.property(anchor, period, fc.integer({ min: -300, max: 300 }), (a, p, i) => {
@@ -179,7 +229,9 @@ describe("periods at the ends of the Date range", () => {
     expect(() => addMonths(d("2031-01-01T00:00:00Z"), 3_300_000)).toThrow(ValidationError);
     expect(() => allocationExpiry({ start: lastDay, end: MAX_DATE }, 2)).toThrow(ValidationError);
     // The period containing an instant whose period has no representable end.
-    expect(() => periodIndexAt(d("2031-01-15T00:00:00Z"), "monthly", new Date(MAX_DATE.getTime() - 2 * DAY))).toThrow(ValidationError);
+    expect(() => periodIndexAt(d("2031-01-15T00:00:00Z"), "monthly", new Date(MAX_DATE.getTime() - 2 * DAY))).toThrow(
+      ValidationError,
+    );
     // Invalid input is refused the same way.
     expect(() => periodAt(new Date(Number.NaN), "monthly", 0)).toThrow(ValidationError);
     expect(() => periodAt(d("2031-01-01T00:00:00Z"), "monthly", 1.5)).toThrow(ValidationError);

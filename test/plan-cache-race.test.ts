@@ -5,7 +5,14 @@
 import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
 import { afterAll, describe, expect, it } from "vitest";
-import { CreditService, InMemoryCache, InMemoryDbManager, SubscriptionService, type Cache, type DbManager } from "../src/index.js";
+import {
+  CreditService,
+  InMemoryCache,
+  InMemoryDbManager,
+  SubscriptionService,
+  type Cache,
+  type DbManager,
+} from "../src/index.js";
 import { RedisCache } from "../src/redis/index.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;
@@ -81,7 +88,10 @@ const cases: Case[] = [
       const a = new Redis(redisUrl as string);
       const b = new Redis(redisUrl as string);
       redisClients.push(a, b);
-      return { reader: new RedisCache({ client: a, keyPrefix: prefix }), writer: new RedisCache({ client: b, keyPrefix: prefix }) };
+      return {
+        reader: new RedisCache({ client: a, keyPrefix: prefix }),
+        writer: new RedisCache({ client: b, keyPrefix: prefix }),
+      };
     },
     sameService: false,
   },
@@ -101,13 +111,20 @@ describe.each(cases)("plan cache race: $name", (c) => {
     const db = new InMemoryDbManager();
     const pause = pausingStore(db);
     const { reader: readerCache, writer: writerCache } = c.caches();
-    const reader = new SubscriptionService({ db: pause.store, credits: new CreditService({ db: pause.store }), cache: readerCache });
-    const writer = c.sameService ? reader : new SubscriptionService({ db, credits: new CreditService({ db }), cache: writerCache });
+    const reader = new SubscriptionService({
+      db: pause.store,
+      credits: new CreditService({ db: pause.store }),
+      cache: readerCache,
+    });
+    const writer = c.sameService
+      ? reader
+      : new SubscriptionService({ db, credits: new CreditService({ db }), cache: writerCache });
     const plan = await writer.createPlan({ name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly" });
     return { pause, reader, writer, plan };
   }
 
-  it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+  it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => {
+    // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const { pause, reader, writer, plan } = await racing();
 
     pause.arm();
@@ -121,7 +138,8 @@ describe.each(cases)("plan cache race: $name", (c) => {
     expect((await writer.getPlan(plan.id)).creditsPerPeriod).toBe(200);
   });
 
-  it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+  it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => {
+    // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const { pause, reader, writer, plan } = await racing();
 
     pause.arm();
@@ -134,7 +152,8 @@ describe.each(cases)("plan cache race: $name", (c) => {
     expect(await reader.listPlans()).toEqual([]);
   });
 
-  it.skipIf(c.skip === true)("a read that no write overtook is cached", async () => { // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+  it.skipIf(c.skip === true)("a read that no write overtook is cached", async () => {
+    // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const db = new InMemoryDbManager();
     const { reader: readerCache } = c.caches();
     const reader = new SubscriptionService({ db, credits: new CreditService({ db }), cache: readerCache });

@@ -9,7 +9,8 @@ import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 
 const url = process.env.CREDIT_PG_URL;
-if (!url) console.warn("[postgres-robustness.test] CREDIT_PG_URL is not set: the PostgreSQL robustness tests are skipped.");
+if (!url)
+  console.warn("[postgres-robustness.test] CREDIT_PG_URL is not set: the PostgreSQL robustness tests are skipped.");
 
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
 
@@ -31,7 +32,9 @@ const dropSchema = (schema: string) => admin((c) => c.query(`DROP SCHEMA IF EXIS
  * message, the client never hears back — a network partition, a reset by a load balancer, a
  * pooler restart.
  */
-async function startProxy(target: URL): Promise<{ url: string; arm(match: string): void; cuts: number; close(): Promise<void> }> {
+async function startProxy(
+  target: URL,
+): Promise<{ url: string; arm(match: string): void; cuts: number; close(): Promise<void> }> {
   let armed: string | null = null;
   const sockets = new Set<net.Socket>();
   const state = {
@@ -100,7 +103,8 @@ async function startProxy(target: URL): Promise<{ url: string; arm(match: string
 const uncaught: unknown[] = [];
 const onUncaught = (error: unknown) => uncaught.push(error);
 
-describe.skipIf(!url)("PostgresDbManager when the connection dies", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = newSchema("drop");
   let proxy: Awaited<ReturnType<typeof startProxy>>;
   beforeAll(async () => {
@@ -123,7 +127,12 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => { // r
   });
 
   const through = (options: Partial<ConstructorParameters<typeof PostgresDbManager>[0]> = {}) =>
-    new PostgresDbManager({ connectionString: proxy.url, schema, poolConfig: { max: 4 }, ...options } as ConstructorParameters<typeof PostgresDbManager>[0]);
+    new PostgresDbManager({
+      connectionString: proxy.url,
+      schema,
+      poolConfig: { max: 4 },
+      ...options,
+    } as ConstructorParameters<typeof PostgresDbManager>[0]);
   /** Lets node-pg deliver the socket's 'end' and 'error' events. */
   const settle = () => new Promise((resolve) => setTimeout(resolve, 50));
 
@@ -196,7 +205,11 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => { // r
       const state = await tx.load();
       await new Promise((resolve) => setTimeout(resolve, 600)); // the FATAL arrives while no query runs
       const work = new AccountWork(u, state, new Date(), randomUUID);
-      work.add(5, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+      work.add(
+        5,
+        { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+        {},
+      );
       await tx.save(work.changes());
       return "saved";
     });
@@ -214,7 +227,8 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => { // r
   });
 });
 
-describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const T = Date.UTC(2031, 0, 31, 12);
   const DAY = 86_400_000;
   const schemas: string[] = [];
@@ -223,89 +237,116 @@ describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () =
   });
 
   // What a DBA may set on the server, the database or the role; here through the connection.
-  const sessions = ["-c DateStyle=SQL,DMY", "-c DateStyle=German -c TimeZone=Asia/Kolkata", "-c DateStyle=Postgres,MDY -c TimeZone=America/Sao_Paulo"];
+  const sessions = [
+    "-c DateStyle=SQL,DMY",
+    "-c DateStyle=German -c TimeZone=Asia/Kolkata",
+    "-c DateStyle=Postgres,MDY -c TimeZone=America/Sao_Paulo",
+  ];
 
   for (const options of sessions) {
     for (const owner of ["connectionString", "pool"] as const) {
-      it(`${options} (${owner}): dates read back as written and the jobs page through everything due`, { timeout: 60_000 }, async () => {
-        const schema = newSchema("ds");
-        schemas.push(schema);
-        const pool = owner === "pool" ? new pg.Pool({ connectionString: url, options, max: 6 }) : null;
-        const db =
-          pool === null
-            ? new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { options, max: 6 } })
-            : new PostgresDbManager({ pool, schema });
-        const clock = { now: T };
-        let m: CreditManager | null = null;
-        try {
-          m = await createCreditManager({ db, ledger: false, clock: () => new Date(clock.now) });
-          const [shown] = await db.read("DateStyle", "SELECT current_setting('DateStyle') AS d", []);
-          expect(shown?.d).not.toMatch(/^ISO/); // the session really is non-ISO
-
-          // Dates at the edges of what the models allow, through plain reads and units of work.
-          const far = new Date("9999-12-31T23:59:59.999Z");
-          const early = new Date(T + DAY + 123);
-          await m.credits.addCredits("edge", 5, { expiresAt: far });
-          await m.credits.addCredits("edge", 7, { expiresAt: early });
-          const grants = await db.listGrants("edge");
-          expect(grants.map((g) => g.expiresAt?.toISOString()).sort()).toEqual([early.toISOString(), far.toISOString()]);
-          for (const g of grants) expect((await db.getGrant(g.id))?.expiresAt?.getTime()).toBe(g.expiresAt?.getTime());
-          expect(grants.every((g) => g.createdAt.getTime() === T)).toBe(true);
-          const journal = await db.listJournal("edge", { order: "asc", limit: 10 });
-          expect(journal.map((e) => e.createdAt.getTime())).toEqual([T, T]);
-          await m.credits.deductCredits("edge", 8); // burns the soonest expiry first: needs both dates
-          expect((await db.listGrants("edge")).map((g) => [g.expiresAt?.toISOString(), g.remaining])).toEqual([[far.toISOString(), 4]]);
-          expect((await m.credits.audit("edge")).ok).toBe(true);
-          // A unit of work that reads the state from the server (no kept state): JSON dates.
-          const fresh =
+      it(
+        `${options} (${owner}): dates read back as written and the jobs page through everything due`,
+        { timeout: 60_000 },
+        async () => {
+          const schema = newSchema("ds");
+          schemas.push(schema);
+          const pool = owner === "pool" ? new pg.Pool({ connectionString: url, options, max: 6 }) : null;
+          const db =
             pool === null
-              ? new PostgresDbManager({ connectionString: url as string, schema, stateCacheSize: 0, poolConfig: { options, max: 2 } })
-              : new PostgresDbManager({ pool, schema, stateCacheSize: 0 });
+              ? new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { options, max: 6 } })
+              : new PostgresDbManager({ pool, schema });
+          const clock = { now: T };
+          let m: CreditManager | null = null;
           try {
-            await new CreditService({ db: fresh, clock: () => new Date(clock.now) }).deductCredits("edge", 1);
+            m = await createCreditManager({ db, ledger: false, clock: () => new Date(clock.now) });
+            const [shown] = await db.read("DateStyle", "SELECT current_setting('DateStyle') AS d", []);
+            expect(shown?.d).not.toMatch(/^ISO/); // the session really is non-ISO
+
+            // Dates at the edges of what the models allow, through plain reads and units of work.
+            const far = new Date("9999-12-31T23:59:59.999Z");
+            const early = new Date(T + DAY + 123);
+            await m.credits.addCredits("edge", 5, { expiresAt: far });
+            await m.credits.addCredits("edge", 7, { expiresAt: early });
+            const grants = await db.listGrants("edge");
+            expect(grants.map((g) => g.expiresAt?.toISOString()).sort()).toEqual([
+              early.toISOString(),
+              far.toISOString(),
+            ]);
+            for (const g of grants)
+              expect((await db.getGrant(g.id))?.expiresAt?.getTime()).toBe(g.expiresAt?.getTime());
+            expect(grants.every((g) => g.createdAt.getTime() === T)).toBe(true);
+            const journal = await db.listJournal("edge", { order: "asc", limit: 10 });
+            expect(journal.map((e) => e.createdAt.getTime())).toEqual([T, T]);
+            await m.credits.deductCredits("edge", 8); // burns the soonest expiry first: needs both dates
+            expect((await db.listGrants("edge")).map((g) => [g.expiresAt?.toISOString(), g.remaining])).toEqual([
+              [far.toISOString(), 4],
+            ]);
+            expect((await m.credits.audit("edge")).ok).toBe(true);
+            // A unit of work that reads the state from the server (no kept state): JSON dates.
+            const fresh =
+              pool === null
+                ? new PostgresDbManager({
+                    connectionString: url as string,
+                    schema,
+                    stateCacheSize: 0,
+                    poolConfig: { options, max: 2 },
+                  })
+                : new PostgresDbManager({ pool, schema, stateCacheSize: 0 });
+            try {
+              await new CreditService({ db: fresh, clock: () => new Date(clock.now) }).deductCredits("edge", 1);
+            } finally {
+              await fresh.close();
+            }
+            expect((await db.listGrants("edge")).map((g) => [g.expiresAt?.toISOString(), g.remaining])).toEqual([
+              [far.toISOString(), 3],
+            ]);
+            expect((await m.credits.audit("edge")).ok).toBe(true);
+
+            // Six of each due, read two to a page: every page's cursor is a date read back.
+            const users = Array.from({ length: 6 }, (_, i) => `u${i}`);
+            for (const [i, u] of users.entries()) {
+              await m.credits.addCredits(u, 100, { expiresAt: new Date(T + DAY + i * 1000) });
+              await m.credits.reserveCredits(u, 10, { ttlSeconds: 60 + i });
+            }
+            await m.subscriptions.createPlan({
+              id: "daily",
+              name: "Daily",
+              creditsPerPeriod: 3,
+              billingPeriod: "daily",
+            });
+            for (const u of users) await m.subscriptions.subscribe(u, "daily");
+            const due = await db.findDueGrants(new Date(T + 2 * DAY), 10);
+            expect(due.every((g) => g.expiresAt instanceof Date && !Number.isNaN(g.expiresAt.getTime()))).toBe(true);
+
+            clock.now = T + 600_000;
+            const holds = await m.expiration.releaseExpiredHolds(undefined, { batchSize: 2 });
+            expect(holds).toMatchObject({ holdsReleased: 6, creditsReleased: 60, errors: 0 });
+            clock.now = T + DAY + 3_600_000;
+            // The 100s and the first period's 3s (expiring at the period's end).
+            const expiry = await m.expiration.expireDueGrants(undefined, { batchSize: 2 });
+            expect(expiry).toMatchObject({ users: 6, grantsExpired: 12, creditsExpired: 618, errors: 0 });
+            const renewals = await m.expiration.renewDueSubscriptions(undefined, { batchSize: 2 });
+            expect(renewals).toMatchObject({ subscriptionsScanned: 6, renewed: 6, errors: 0 });
+            for (const u of users) {
+              expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ reserved: 0, balance: 3 }); // the second period's credits
+              expect((await m.credits.audit(u)).ok).toBe(true);
+            }
+            const system = await db.listLedgerEntries({ eventType: "system", limit: 10 });
+            expect(system.length).toBeGreaterThan(0);
+            expect(system.every((e) => e.createdAt instanceof Date && !Number.isNaN(e.createdAt.getTime()))).toBe(true);
           } finally {
-            await fresh.close();
+            await (m ? m.close() : db.close());
+            await pool?.end();
           }
-          expect((await db.listGrants("edge")).map((g) => [g.expiresAt?.toISOString(), g.remaining])).toEqual([[far.toISOString(), 3]]);
-          expect((await m.credits.audit("edge")).ok).toBe(true);
-
-          // Six of each due, read two to a page: every page's cursor is a date read back.
-          const users = Array.from({ length: 6 }, (_, i) => `u${i}`);
-          for (const [i, u] of users.entries()) {
-            await m.credits.addCredits(u, 100, { expiresAt: new Date(T + DAY + i * 1000) });
-            await m.credits.reserveCredits(u, 10, { ttlSeconds: 60 + i });
-          }
-          await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 3, billingPeriod: "daily" });
-          for (const u of users) await m.subscriptions.subscribe(u, "daily");
-          const due = await db.findDueGrants(new Date(T + 2 * DAY), 10);
-          expect(due.every((g) => g.expiresAt instanceof Date && !Number.isNaN(g.expiresAt.getTime()))).toBe(true);
-
-          clock.now = T + 600_000;
-          const holds = await m.expiration.releaseExpiredHolds(undefined, { batchSize: 2 });
-          expect(holds).toMatchObject({ holdsReleased: 6, creditsReleased: 60, errors: 0 });
-          clock.now = T + DAY + 3_600_000;
-          // The 100s and the first period's 3s (expiring at the period's end).
-          const expiry = await m.expiration.expireDueGrants(undefined, { batchSize: 2 });
-          expect(expiry).toMatchObject({ users: 6, grantsExpired: 12, creditsExpired: 618, errors: 0 });
-          const renewals = await m.expiration.renewDueSubscriptions(undefined, { batchSize: 2 });
-          expect(renewals).toMatchObject({ subscriptionsScanned: 6, renewed: 6, errors: 0 });
-          for (const u of users) {
-            expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ reserved: 0, balance: 3 }); // the second period's credits
-            expect((await m.credits.audit(u)).ok).toBe(true);
-          }
-          const system = await db.listLedgerEntries({ eventType: "system", limit: 10 });
-          expect(system.length).toBeGreaterThan(0);
-          expect(system.every((e) => e.createdAt instanceof Date && !Number.isNaN(e.createdAt.getTime()))).toBe(true);
-        } finally {
-          await (m ? m.close() : db.close());
-          await pool?.end();
-        }
-      });
+        },
+      );
     }
   }
 });
 
-describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = newSchema("idem");
   let db: PostgresDbManager;
   beforeAll(async () => {
@@ -324,7 +365,12 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => { // reason
     // A unit of work below the service's validation: node-pg sends the lone surrogate as U+FFFD,
     // so the load finds the first key's entry, and the unit of work refuses it as a replay.
     const unit = (key: string) =>
-      credits.runUnitOfWork(u, { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined }, async () => "ran", async (e) => e.id);
+      credits.runUnitOfWork(
+        u,
+        { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
+        async () => "ran",
+        async (e) => e.id,
+      );
     expect(await unit("top-up-\uFFFD")).toBe(first.id);
     const error = await unit("top-up-\uD800").catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StorageError);
@@ -333,22 +379,29 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => { // reason
   });
 });
 
-describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schemas: string[] = [];
   afterAll(async () => {
     for (const s of schemas) await dropSchema(s);
   });
 
-  it("several managers with different table prefixes create the schema once, at the same time", { timeout: 60_000 }, async () => {
-    for (let round = 0; round < 3; round++) {
-      const schema = newSchema("prefixes");
-      schemas.push(schema);
-      const managers = ["a_", "b_", "c_", "d_", "e_", "f_"].map((tablePrefix) => new PostgresDbManager({ connectionString: url as string, schema, tablePrefix }));
-      const results = await Promise.allSettled(managers.map((m) => m.init()));
-      expect(results.filter((r) => r.status === "rejected")).toEqual([]);
-      await Promise.all(managers.map((m) => m.close()));
-    }
-  });
+  it(
+    "several managers with different table prefixes create the schema once, at the same time",
+    { timeout: 60_000 },
+    async () => {
+      for (let round = 0; round < 3; round++) {
+        const schema = newSchema("prefixes");
+        schemas.push(schema);
+        const managers = ["a_", "b_", "c_", "d_", "e_", "f_"].map(
+          (tablePrefix) => new PostgresDbManager({ connectionString: url as string, schema, tablePrefix }),
+        );
+        const results = await Promise.allSettled(managers.map((m) => m.init()));
+        expect(results.filter((r) => r.status === "rejected")).toEqual([]);
+        await Promise.all(managers.map((m) => m.close()));
+      }
+    },
+  );
 
   it("waits for a schema someone else is creating, then uses it", async () => {
     const schema = newSchema("foreign");
@@ -372,13 +425,19 @@ describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => { // rea
   });
 });
 
-describe.skipIf(!url)("PostgresDbManager after a commit", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager after a commit", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = newSchema("after");
   afterAll(async () => dropSchema(schema));
 
   it("a failure after COMMIT (keeping the committed state) neither fails nor reruns the committed units", async () => {
     for (const batch of [undefined, false] as const) {
-      const db = new PostgresDbManager({ connectionString: url as string, schema, batch, tablePrefix: batch === false ? "solo_" : "" });
+      const db = new PostgresDbManager({
+        connectionString: url as string,
+        schema,
+        batch,
+        tablePrefix: batch === false ? "solo_" : "",
+      });
       await db.init();
       const states = db.states as NonNullable<typeof db.states>;
       const set = states.set.bind(states);
@@ -410,7 +469,9 @@ describe.skipIf(!url)("PostgresDbManager after a commit", () => { // reason: nee
  * contains `match` for `ms` milliseconds (on that connection only): one slow answer on a busy
  * machine, made to happen every time.
  */
-async function startDelayingProxy(target: URL): Promise<{ url: string; arm(match: string, ms: number): void; close(): Promise<void> }> {
+async function startDelayingProxy(
+  target: URL,
+): Promise<{ url: string; arm(match: string, ms: number): void; close(): Promise<void> }> {
   let armed: { match: string; ms: number } | null = null;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
@@ -458,7 +519,8 @@ async function startDelayingProxy(target: URL): Promise<{ url: string; arm(match
   };
 }
 
-describe.skipIf(!url)("PostgresDbManager answers an account's units in commit order", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager answers an account's units in commit order", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   /** @see issue 24, item 15: the ledger file had an account's lines out of seq order. */
   it("a unit that locks the account after an earlier one committed resolves after it, however late the earlier COMMIT's answer", async () => {
     const schema = newSchema("order");

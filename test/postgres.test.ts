@@ -23,13 +23,20 @@ async function dropSchema(schema: string): Promise<void> {
 }
 
 // Skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
-describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("PostgresDbManager", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const contractSchema = newSchema("contract");
   runDbManagerContract({
     test: { describe, it, expect, beforeAll, afterAll },
     name: "postgres",
     // Every state taken from the state cache is compared with the database.
-    create: async () => new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 }, verifyStateCache: true }),
+    create: async () =>
+      new PostgresDbManager({
+        connectionString: url as string,
+        schema: contractSchema,
+        poolConfig: { max: 8 },
+        verifyStateCache: true,
+      }),
     destroy: async () => dropSchema(contractSchema),
   });
 
@@ -62,11 +69,17 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
     it("init() from several processes at once creates the tables once and records the version", async () => {
       const schema = newSchema("init");
       schemas.push(schema);
-      const managers = Array.from({ length: 4 }, () => new PostgresDbManager({ connectionString: url as string, schema, tablePrefix: "cm_" }));
+      const managers = Array.from(
+        { length: 4 },
+        () => new PostgresDbManager({ connectionString: url as string, schema, tablePrefix: "cm_" }),
+      );
       await Promise.all(managers.map((m) => m.init()));
       await managers[0]?.init();
       const pool = new pg.Pool({ connectionString: url });
-      const tables = await pool.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1`, [schema]);
+      const tables = await pool.query(
+        `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1`,
+        [schema],
+      );
       expect(tables.rows.map((r) => r.table_name)).toEqual([
         "cm_accounts",
         "cm_grants",
@@ -121,7 +134,9 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
 
     it("refuses a bad configuration with ConfigurationError", () => {
       expect(() => new PostgresDbManager({} as never)).toThrow(ConfigurationError);
-      expect(() => new PostgresDbManager({ connectionString: url as string, tablePrefix: "bad-prefix" })).toThrow(ConfigurationError);
+      expect(() => new PostgresDbManager({ connectionString: url as string, tablePrefix: "bad-prefix" })).toThrow(
+        ConfigurationError,
+      );
     });
   });
 
@@ -161,7 +176,12 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
     it("starts units of work from the state cache until another process writes the account", async () => {
       const u = `sc-${randomUUID()}`;
       // Two managers on the same tables, each with its own cache: two processes.
-      const a = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 4 }, verifyStateCache: true });
+      const a = new PostgresDbManager({
+        connectionString: url as string,
+        schema,
+        poolConfig: { max: 4 },
+        verifyStateCache: true,
+      });
       const b = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 4 } });
       const ca = new CreditService({ db: a });
       const cb = new CreditService({ db: b });
@@ -192,9 +212,16 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
 
     it("refuses a bad stateCacheSize with ConfigurationError; 0 keeps no state", async () => {
       for (const bad of [-1, 1.5, Number.NaN]) {
-        expect(() => new PostgresDbManager({ connectionString: url as string, schema, stateCacheSize: bad })).toThrow(ConfigurationError);
+        expect(() => new PostgresDbManager({ connectionString: url as string, schema, stateCacheSize: bad })).toThrow(
+          ConfigurationError,
+        );
       }
-      const none = new PostgresDbManager({ connectionString: url as string, schema, stateCacheSize: 0, poolConfig: { max: 2 } });
+      const none = new PostgresDbManager({
+        connectionString: url as string,
+        schema,
+        stateCacheSize: 0,
+        poolConfig: { max: 2 },
+      });
       const credits = new CreditService({ db: none });
       const u = `nc-${randomUUID()}`;
       await credits.addCredits(u, 3);
@@ -220,7 +247,9 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
       await Promise.all(Array.from({ length: 20 }, () => credits.addCredits(u, 5)));
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });
       const v = `new-${randomUUID()}`;
-      const same = await Promise.all(Array.from({ length: 20 }, () => credits.addCredits(v, 5, { idempotencyKey: "first" })));
+      const same = await Promise.all(
+        Array.from({ length: 20 }, () => credits.addCredits(v, 5, { idempotencyKey: "first" })),
+      );
       expect(new Set(same.map((e) => e.id)).size).toBe(1);
       expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: 5 });
       expect((await credits.audit(u)).ok).toBe(true);
@@ -239,7 +268,11 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
           // The first attempt sees no account; another writer creates it before this one saves.
           if (other === null) await (other = credits.addCredits(u, 7));
           const work = new AccountWork(u, state, new Date(), randomUUID);
-          const entry = work.add(3, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
+          const entry = work.add(
+            3,
+            { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+            {},
+          );
           await tx.save(work.changes());
           return entry;
         });
@@ -274,33 +307,42 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
-    it("settles 300 lapsed holds of one account in one unit of work quickly, batched or not", { timeout: 120_000 }, async () => {
-      const solo = new PostgresDbManager({ connectionString: url as string, schema, batch: false, poolConfig: { max: 4 } });
-      try {
-        for (const manager of [db, solo]) {
-          let now = new Date("2031-01-01T00:00:00Z");
-          const service = new CreditService({ db: manager, clock: () => now });
-          const u = `lapse-${randomUUID()}`;
-          await service.addCredits(u, 1000);
-          await Promise.all(Array.from({ length: 300 }, () => service.reserveCredits(u, 2, { ttlSeconds: 60 })));
-          expect(await service.getUserCreditsInfo(u)).toMatchObject({ balance: 1000, reserved: 600 });
-          now = new Date(now.getTime() + 3_600_000);
-          const started = Date.now();
-          const info = await service.getUserCreditsInfo(u);
-          const elapsed = Date.now() - started;
-          expect(info).toMatchObject({ balance: 1000, reserved: 0, available: 1000, debt: 0 });
-          // A regression guard for a pathological case, not a benchmark: the save statement once
-          // re-parsed its whole JSON payload for every pair of (row, payload row), which took over
-          // 30 s here; it takes well under a second now.
-          expect(elapsed).toBeLessThan(5_000);
-          expect(await manager.listReservations(u, { status: "active" })).toHaveLength(0);
-          expect(await manager.listReservations(u, { status: "expired" })).toHaveLength(300);
-          expect((await service.audit(u)).ok).toBe(true);
+    it(
+      "settles 300 lapsed holds of one account in one unit of work quickly, batched or not",
+      { timeout: 120_000 },
+      async () => {
+        const solo = new PostgresDbManager({
+          connectionString: url as string,
+          schema,
+          batch: false,
+          poolConfig: { max: 4 },
+        });
+        try {
+          for (const manager of [db, solo]) {
+            let now = new Date("2031-01-01T00:00:00Z");
+            const service = new CreditService({ db: manager, clock: () => now });
+            const u = `lapse-${randomUUID()}`;
+            await service.addCredits(u, 1000);
+            await Promise.all(Array.from({ length: 300 }, () => service.reserveCredits(u, 2, { ttlSeconds: 60 })));
+            expect(await service.getUserCreditsInfo(u)).toMatchObject({ balance: 1000, reserved: 600 });
+            now = new Date(now.getTime() + 3_600_000);
+            const started = Date.now();
+            const info = await service.getUserCreditsInfo(u);
+            const elapsed = Date.now() - started;
+            expect(info).toMatchObject({ balance: 1000, reserved: 0, available: 1000, debt: 0 });
+            // A regression guard for a pathological case, not a benchmark: the save statement once
+            // re-parsed its whole JSON payload for every pair of (row, payload row), which took over
+            // 30 s here; it takes well under a second now.
+            expect(elapsed).toBeLessThan(5_000);
+            expect(await manager.listReservations(u, { status: "active" })).toHaveLength(0);
+            expect(await manager.listReservations(u, { status: "expired" })).toHaveLength(300);
+            expect((await service.audit(u)).ok).toBe(true);
+          }
+        } finally {
+          await solo.close();
         }
-      } finally {
-        await solo.close();
-      }
-    });
+      },
+    );
 
     it("uses the table prefix in every statement", async () => {
       const prefixed = new PostgresDbManager({ connectionString: url as string, schema, tablePrefix: "alt_" });
@@ -319,7 +361,12 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
     let db: PostgresDbManager;
     let credits: CreditService;
     beforeAll(async () => {
-      db = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 6 }, batch: { concurrency: 1, maxUnits: 64 } });
+      db = new PostgresDbManager({
+        connectionString: url as string,
+        schema,
+        poolConfig: { max: 6 },
+        batch: { concurrency: 1, maxUnits: 64 },
+      });
       await db.init();
       credits = new CreditService({ db });
     });
@@ -392,9 +439,19 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
       const db = new PostgresDbManager({ connectionString: url as string, schema });
       await db.init();
       const credits = new CreditService({ db, overdraftLimit: 50 });
-      type Run = { done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; unexpected: string[]; errors: Record<string, number> };
+      type Run = {
+        done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>;
+        unexpected: string[];
+        errors: Record<string, number>;
+      };
       const runs = await Promise.all(
-        [0, 1, 2, 3].map((worker) => runProcess<Run>("test/fixtures/hammer.ts", { HAMMER_SCHEMA: schema, HAMMER_WORKER: String(worker), HAMMER_OPS: "250" })),
+        [0, 1, 2, 3].map((worker) =>
+          runProcess<Run>("test/fixtures/hammer.ts", {
+            HAMMER_SCHEMA: schema,
+            HAMMER_WORKER: String(worker),
+            HAMMER_OPS: "250",
+          }),
+        ),
       );
       for (const r of runs) expect(r.unexpected).toEqual([]);
       const reported = new Map(runs.flatMap((r) => r.done).map((e) => [e.id, e]));
@@ -424,7 +481,8 @@ describe.skipIf(!url)("PostgresDbManager", () => { // reason: needs its database
         // No double spend: every deduction and commit in the journal was reported to a caller
         // (so none was applied twice), and the account never went below the overdraft limit.
         for (const e of journal) {
-          if (e.type === "deduct" && e.reservationId === null) expect(reported.has(e.id), `unreported ${e.type} ${e.id}`).toBe(true);
+          if (e.type === "deduct" && e.reservationId === null)
+            expect(reported.has(e.id), `unreported ${e.type} ${e.id}`).toBe(true);
           if (e.type === "commit_reserved") expect(reported.has(e.id), `unreported commit ${e.id}`).toBe(true);
           expect(e.balanceAfter - e.reservedAfter).toBeGreaterThanOrEqual(-50);
         }

@@ -16,9 +16,21 @@ const BOOK: PriceBookInput = {
   version: "2026-11-01",
   models: [
     // $2.50 / 1M input, $10 / 1M output, $1.25 / 1M cached input
-    { model: "gpt-4o", provider: "openai", input: { credits: 5, per: 2 }, output: { credits: 10 }, cachedInput: { credits: 5, per: 4 } },
+    {
+      model: "gpt-4o",
+      provider: "openai",
+      input: { credits: 5, per: 2 },
+      output: { credits: 10 },
+      cachedInput: { credits: 5, per: 4 },
+    },
     { model: "gpt-4o-mini", input: { credits: 3, per: 20 }, output: { credits: 3, per: 5 }, aliases: ["4o-mini"] },
-    { model: "claude-sonnet-4-5", input: { credits: 3 }, output: { credits: 15 }, cachedInput: { credits: 3, per: 10 }, request: { credits: 7 } },
+    {
+      model: "claude-sonnet-4-5",
+      input: { credits: 3 },
+      output: { credits: 15 },
+      cachedInput: { credits: 3, per: 10 },
+      request: { credits: 7 },
+    },
     { model: "ft:gpt-4o-mini:", prefix: true, input: { credits: 1 }, output: { credits: 2 } },
     { model: "tiny", input: { credits: 3, per: 1000 }, output: { credits: 3, per: 1000 } },
   ],
@@ -62,7 +74,10 @@ describe("the price book", () => {
   };
 
   it("prices tokens exactly and rounds the call up to a whole credit", async () => {
-    const { charged, usage } = await meter({ model: "gpt-4o", provider: "openai", inputTokens: 1001, outputTokens: 333, cachedTokens: 3 }, 10_000);
+    const { charged, usage } = await meter(
+      { model: "gpt-4o", provider: "openai", inputTokens: 1001, outputTokens: 333, cachedTokens: 3 },
+      10_000,
+    );
     expect(charged).toBe(5837);
     expect(usage).toEqual({ model: "gpt-4o", ...GPT_4O_USAGE });
     expect((await m.credits.audit("u")).ok).toBe(true);
@@ -82,7 +97,10 @@ describe("the price book", () => {
     expect(Math.ceil((tokens * 3) / 10)).toBe(2702159776422297); // what float arithmetic would charge
     // Large counts charged through a metered call stay exact in the journal.
     m.pricing.setPriceBook(BOOK);
-    const { charged, usage } = await meter({ model: "gpt-4o-mini", inputTokens: 123_456_789_012, outputTokens: 98_765_432_109 }, 1_000);
+    const { charged, usage } = await meter(
+      { model: "gpt-4o-mini", inputTokens: 123_456_789_012, outputTokens: 98_765_432_109 },
+      1_000,
+    );
     // 123,456,789,012 × 3/20 + 98,765,432,109 × 3/5 = 18518518351.8 + 59259259265.4 = 77777777617.2
     expect(charged).toBe(77_777_777_618);
     expect(usage.exact).toBe("388888888086/5");
@@ -90,7 +108,11 @@ describe("the price book", () => {
   });
 
   it("refuses a price beyond Number.MAX_SAFE_INTEGER with a ValidationError, and records nothing", async () => {
-    const big = { model: "claude-sonnet-4-5", inputTokens: Number.MAX_SAFE_INTEGER, outputTokens: Number.MAX_SAFE_INTEGER };
+    const big = {
+      model: "claude-sonnet-4-5",
+      inputTokens: Number.MAX_SAFE_INTEGER,
+      outputTokens: Number.MAX_SAFE_INTEGER,
+    };
     expect(() => m.pricing.price(big)).toThrow(ValidationError);
     expect(() => m.pricing.price(big)).toThrow(/more than Number.MAX_SAFE_INTEGER/);
     let used = -1;
@@ -124,17 +146,35 @@ describe("the price book", () => {
   });
 
   it("matches dated ids, aliases, providers and opt-in prefixes; never gpt-4o-mini as gpt-4o", () => {
-    expect(m.pricing.price({ model: "gpt-4o-2024-08-06", provider: "openai", inputTokens: 2, outputTokens: 0 }).priced).toBe("gpt-4o");
-    expect(m.pricing.price({ model: "claude-sonnet-4-5-20250929", inputTokens: 1, outputTokens: 0 }).priced).toBe("claude-sonnet-4-5");
-    expect(m.pricing.price({ model: "claude-sonnet-4-5@20250929", inputTokens: 1, outputTokens: 0 }).priced).toBe("claude-sonnet-4-5");
-    expect(m.pricing.price({ model: "4o-mini", inputTokens: 20, outputTokens: 0 })).toMatchObject({ priced: "gpt-4o-mini", amount: 3 });
-    expect(m.pricing.price({ model: "gpt-4o-mini-2024-07-18", inputTokens: 20, outputTokens: 0 }).priced).toBe("gpt-4o-mini");
-    expect(m.pricing.price({ model: "ft:gpt-4o-mini:acme::abc123", inputTokens: 1, outputTokens: 1 })).toMatchObject({ priced: "ft:gpt-4o-mini:", amount: 3 });
+    expect(
+      m.pricing.price({ model: "gpt-4o-2024-08-06", provider: "openai", inputTokens: 2, outputTokens: 0 }).priced,
+    ).toBe("gpt-4o");
+    expect(m.pricing.price({ model: "claude-sonnet-4-5-20250929", inputTokens: 1, outputTokens: 0 }).priced).toBe(
+      "claude-sonnet-4-5",
+    );
+    expect(m.pricing.price({ model: "claude-sonnet-4-5@20250929", inputTokens: 1, outputTokens: 0 }).priced).toBe(
+      "claude-sonnet-4-5",
+    );
+    expect(m.pricing.price({ model: "4o-mini", inputTokens: 20, outputTokens: 0 })).toMatchObject({
+      priced: "gpt-4o-mini",
+      amount: 3,
+    });
+    expect(m.pricing.price({ model: "gpt-4o-mini-2024-07-18", inputTokens: 20, outputTokens: 0 }).priced).toBe(
+      "gpt-4o-mini",
+    );
+    expect(m.pricing.price({ model: "ft:gpt-4o-mini:acme::abc123", inputTokens: 1, outputTokens: 1 })).toMatchObject({
+      priced: "ft:gpt-4o-mini:",
+      amount: 3,
+    });
     // An entry that names a provider prices that provider's usage only.
-    expect(() => m.pricing.price({ model: "gpt-4o", provider: "azure", inputTokens: 1, outputTokens: 0 })).toThrow(UnknownModelError);
+    expect(() => m.pricing.price({ model: "gpt-4o", provider: "azure", inputTokens: 1, outputTokens: 0 })).toThrow(
+      UnknownModelError,
+    );
     expect(() => m.pricing.price({ model: "gpt-4o", inputTokens: 1, outputTokens: 0 })).toThrow(UnknownModelError);
     // A suffix that is not a date is another model.
-    expect(() => m.pricing.price({ model: "gpt-4o-audio-preview", provider: "openai", inputTokens: 1, outputTokens: 0 })).toThrow(UnknownModelError);
+    expect(() =>
+      m.pricing.price({ model: "gpt-4o-audio-preview", provider: "openai", inputTokens: 1, outputTokens: 0 }),
+    ).toThrow(UnknownModelError);
     expect(m.pricing.hasPrice("gpt-4o-2024-11-20", "openai")).toBe(true);
     expect(m.pricing.hasPrice("gpt-5")).toBe(false);
   });
@@ -151,10 +191,18 @@ describe("the price book", () => {
     expect(error).toBeInstanceOf(UnknownModelError);
     expect((error as UnknownModelError).code).toBe("UNKNOWN_MODEL");
     expect((error as UnknownModelError).status).toBe(422);
-    expect((error as UnknownModelError).details).toEqual({ model: "mystery-1", provider: "acme", priceBook: "2026-11-01" });
+    expect((error as UnknownModelError).details).toEqual({
+      model: "mystery-1",
+      provider: "acme",
+      priceBook: "2026-11-01",
+    });
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(1_000_000_000); // nothing measured: released
 
-    m.pricing.setPriceBook({ ...BOOK, version: "with-default", default: { input: { credits: 20 }, output: { credits: 80 } } });
+    m.pricing.setPriceBook({
+      ...BOOK,
+      version: "with-default",
+      default: { input: { credits: 20 }, output: { credits: 80 } },
+    });
     const { charged, usage } = await meter({ model: "mystery-1", provider: "acme", inputTokens: 10, outputTokens: 10 });
     expect(charged).toBe(1000);
     expect(usage).toMatchObject({ priced: "default", priceBook: "with-default" });
@@ -163,7 +211,10 @@ describe("the price book", () => {
   it("converts money exactly: 0.1 + 0.2 dollars is 300,000 credits, not 300,000.00000000006", async () => {
     expect(m.pricing.price({ cost: 0.1 }).amount + m.pricing.price({ cost: 0.2 }).amount).toBe(300_000);
     // The float sum 0.1 + 0.2 prints as 0.30000000000000004: that is the cost given, and it is above 0.3.
-    expect(m.pricing.price({ cost: 0.1 + 0.2 })).toMatchObject({ amount: 300_001, exact: "7500000000000001/25000000000" });
+    expect(m.pricing.price({ cost: 0.1 + 0.2 })).toMatchObject({
+      amount: 300_001,
+      exact: "7500000000000001/25000000000",
+    });
     expect(m.pricing.price({ cost: "0.3" })).toMatchObject({ amount: 300_000, exact: "300000/1" });
     expect(m.pricing.price({ cost: "0.0000005" })).toMatchObject({ amount: 1, exact: "1/2" }); // half a credit: rounded up
     expect(m.pricing.price({ cost: 1e-7 })).toMatchObject({ amount: 1, exact: "1/10" });
@@ -199,7 +250,11 @@ describe("the price book", () => {
     let pinned: string | null = null;
     await m.credits.meter("u", { estimate: 100 }, (ctx) => {
       // The book changes between the hold and the commit: this call keeps its version.
-      const v = m.pricing.setPriceBook({ ...BOOK, version: "2026-12-01", models: [{ model: "tiny", input: { credits: 1 }, output: { credits: 1 } }] });
+      const v = m.pricing.setPriceBook({
+        ...BOOK,
+        version: "2026-12-01",
+        models: [{ model: "tiny", input: { credits: 1 }, output: { credits: 1 } }],
+      });
       expect(v).toBe("2026-12-01");
       pinned = ctx.priceBook;
       recordUsage(usage);
@@ -207,7 +262,10 @@ describe("the price book", () => {
     expect(pinned).toBe("2026-11-01");
     const first = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
     expect(first?.amount).toBe(6);
-    expect((first?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ priceBook: "2026-11-01", exact: "6/1" });
+    expect((first?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({
+      priceBook: "2026-11-01",
+      exact: "6/1",
+    });
     // The next call holds under the new book.
     const { charged, usage: second } = await meter(usage, 5000);
     expect(charged).toBe(2000);
@@ -221,13 +279,20 @@ describe("the price book", () => {
     const v2 = m.pricing.setPriceBook({ models: [{ model: "a", input: { credits: 1 }, output: { credits: 2 } }] });
     expect(v1).toMatch(/^sha256:[0-9a-f]{16}$/);
     expect(v2).not.toBe(v1);
-    expect(m.pricing.setPriceBook({ models: [{ model: "a", input: { credits: 1 }, output: { credits: 1 } }] })).toBe(v1);
+    expect(m.pricing.setPriceBook({ models: [{ model: "a", input: { credits: 1 }, output: { credits: 1 } }] })).toBe(
+      v1,
+    );
     for (const bad of [
       { models: [{ model: "a", input: { credits: 1.5 }, output: { credits: 1 } }] },
       { models: [{ model: "a", input: { credits: 1, per: 0 }, output: { credits: 1 } }] },
       { models: [{ model: "a", input: { credits: -1 }, output: { credits: 1 } }] },
       { models: [{ model: "a", input: { credits: 1 } }] },
-      { models: [{ model: "a", input: { credits: 1 }, output: { credits: 1 } }, { model: "a", input: { credits: 2 }, output: { credits: 2 } }] },
+      {
+        models: [
+          { model: "a", input: { credits: 1 }, output: { credits: 1 } },
+          { model: "a", input: { credits: 2 }, output: { credits: 2 } },
+        ],
+      },
       { currencies: { USD: { credits: 1 } }, defaultCurrency: "EUR" },
       { models: [], typo: true },
     ]) {
@@ -268,20 +333,42 @@ describe("without a price book", () => {
   });
 
   it("refuses a bad book given to createCreditManager", async () => {
-    await expect(createCreditManager({ pricing: { models: [{ model: "a", input: { credits: 1 } }] } as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(
+      createCreditManager({ pricing: { models: [{ model: "a", input: { credits: 1 } }] } as never }),
+    ).rejects.toBeInstanceOf(ValidationError);
   });
 });
 
 describe("usageOfResponse", () => {
   it("maps an SDK response's usage to recordUsage's counts, and refuses one without usage", async () => {
     const { usageOfResponse } = await import("../src/index.js");
-    const chat = { model: "gpt-4o-2024-08-06", usage: { prompt_tokens: 1001, completion_tokens: 333, prompt_tokens_details: { cached_tokens: 3 } } };
-    expect(usageOfResponse(chat, { provider: "openai" })).toEqual({ model: "gpt-4o-2024-08-06", provider: "openai", inputTokens: 998, cachedTokens: 3, outputTokens: 333 });
-    const message = { type: "message", model: "claude-sonnet-4-5-20250929", usage: { input_tokens: 10, cache_read_input_tokens: 90, output_tokens: 5 } };
-    expect(usageOfResponse(message)).toEqual({ model: "claude-sonnet-4-5-20250929", inputTokens: 10, cachedTokens: 90, outputTokens: 5 });
+    const chat = {
+      model: "gpt-4o-2024-08-06",
+      usage: { prompt_tokens: 1001, completion_tokens: 333, prompt_tokens_details: { cached_tokens: 3 } },
+    };
+    expect(usageOfResponse(chat, { provider: "openai" })).toEqual({
+      model: "gpt-4o-2024-08-06",
+      provider: "openai",
+      inputTokens: 998,
+      cachedTokens: 3,
+      outputTokens: 333,
+    });
+    const message = {
+      type: "message",
+      model: "claude-sonnet-4-5-20250929",
+      usage: { input_tokens: 10, cache_read_input_tokens: 90, output_tokens: 5 },
+    };
+    expect(usageOfResponse(message)).toEqual({
+      model: "claude-sonnet-4-5-20250929",
+      inputTokens: 10,
+      cachedTokens: 90,
+      outputTokens: 5,
+    });
     expect(() => usageOfResponse({ model: "x" })).toThrow(ValidationError);
     expect(() => usageOfResponse({ usage: { prompt_tokens: 1, completion_tokens: 1 } })).toThrow(/names no model/);
-    expect(() => usageOfResponse({ model: "x", usage: { prompt_tokens: -1, completion_tokens: 1 } })).toThrow(ValidationError);
+    expect(() => usageOfResponse({ model: "x", usage: { prompt_tokens: -1, completion_tokens: 1 } })).toThrow(
+      ValidationError,
+    );
     // Priced through the book: the same as the counts given by hand.
     const m = await createCreditManager({ pricing: BOOK });
     expect(m.pricing.price(usageOfResponse(chat, { provider: "openai" })).amount).toBe(5829); // 998 × 5/2 + 3 × 5/4 + 333 × 10 = 5828.75
@@ -294,7 +381,8 @@ describe.each([
   { name: "PostgreSQL", url: process.env.CREDIT_PG_URL },
   { name: "MongoDB", url: process.env.CREDIT_MONGO_URI },
 ])("priced usages on $name", ({ name, url }) => {
-  it.skipIf(!url)("the commit entry keeps the counts, the model and the book version", async () => { // reason: needs CREDIT_PG_URL / CREDIT_MONGO_URI (set by .ci/run)
+  it.skipIf(!url)("the commit entry keeps the counts, the model and the book version", async () => {
+    // reason: needs CREDIT_PG_URL / CREDIT_MONGO_URI (set by .ci/run)
     const { randomUUID } = await import("node:crypto");
     const tag = `cm_price_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
     let db;
@@ -322,11 +410,20 @@ describe.each([
     try {
       await m.credits.addCredits("u", 100_000);
       await m.credits.meter("u", { estimate: 10_000 }, () => {
-        recordUsage({ model: "gpt-4o-2024-08-06", provider: "openai", inputTokens: 1001, outputTokens: 333, cachedTokens: 3 });
+        recordUsage({
+          model: "gpt-4o-2024-08-06",
+          provider: "openai",
+          inputTokens: 1001,
+          outputTokens: 333,
+          cachedTokens: 3,
+        });
       });
       const commit = (await m.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
       expect(commit?.amount).toBe(5837);
-      expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toEqual({ model: "gpt-4o-2024-08-06", ...GPT_4O_USAGE });
+      expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toEqual({
+        model: "gpt-4o-2024-08-06",
+        ...GPT_4O_USAGE,
+      });
       expect((await m.credits.audit("u")).ok).toBe(true);
     } finally {
       await m.close();

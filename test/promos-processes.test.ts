@@ -14,10 +14,17 @@ import { testEvent, unsignedTestProvider } from "../src/testing/promos.js";
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const pgUrl = process.env.CREDIT_PG_URL;
-if (!mongoUri) console.warn("[promos-processes] CREDIT_MONGO_URI is not set: the MongoDB two-manager promo test is skipped.");
-if (!pgUrl) console.warn("[promos-processes] CREDIT_PG_URL is not set: the PostgreSQL two-manager promo test is skipped.");
+if (!mongoUri)
+  console.warn("[promos-processes] CREDIT_MONGO_URI is not set: the MongoDB two-manager promo test is skipped.");
+if (!pgUrl)
+  console.warn("[promos-processes] CREDIT_PG_URL is not set: the PostgreSQL two-manager promo test is skipped.");
 
-const stores: Array<{ name: string; enabled: boolean; pair: () => Promise<[DbManager, DbManager]>; drop: () => Promise<void> }> = [];
+const stores: Array<{
+  name: string;
+  enabled: boolean;
+  pair: () => Promise<[DbManager, DbManager]>;
+  drop: () => Promise<void>;
+}> = [];
 const mongoDb = `credit_test_promo_proc_${process.pid}_${randomUUID().slice(0, 8)}`;
 stores.push({
   name: "mongodb",
@@ -54,7 +61,8 @@ stores.push({
 });
 
 for (const store of stores) {
-  describe.skipIf(!store.enabled)(`promos and payments across two managers: ${store.name}`, () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  describe.skipIf(!store.enabled)(`promos and payments across two managers: ${store.name}`, () => {
+    // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
     const opened: DbManager[] = [];
     afterAll(async () => {
       for (const db of opened) await db.close();
@@ -69,7 +77,9 @@ for (const store of stores) {
       const code = `MULTI${randomUUID().slice(0, 8).toUpperCase()}`;
       await promosA.createPromo({ code, credits: 3, maxUses: 5 });
       const users = Array.from({ length: 40 }, (_, i) => `pp-${i}-${randomUUID()}`);
-      const results = await Promise.allSettled(users.map((u, i) => (i % 2 === 0 ? promosA : promosB).claimPromo(u, code)));
+      const results = await Promise.allSettled(
+        users.map((u, i) => (i % 2 === 0 ? promosA : promosB).claimPromo(u, code)),
+      );
       expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(5);
       expect((await a.getPromo(code))?.uses).toBe(5);
 
@@ -78,7 +88,9 @@ for (const store of stores) {
       const u = `pay-${randomUUID()}`;
       const p = await payA.createPaymentLink(u, { amount: 250, currency: "USD", provider: "test" });
       const paid = testEvent(p, { kind: "paid", providerPaymentId: `pi_${p.id}` });
-      const outcomes = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? payA : payB).handleWebhook("test", paid, {})));
+      const outcomes = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => (i % 2 === 0 ? payA : payB).handleWebhook("test", paid, {})),
+      );
       expect(outcomes.filter((o) => o.outcome === "credited")).toHaveLength(1);
       expect(await new CreditService({ db: b }).getUserCreditsInfo(u)).toMatchObject({ balance: 250 });
     });

@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { ConflictError, CreditService, InMemoryDbManager, NotFoundError, PromoNotEligibleError, PromoService, ValidationError } from "../src/index.js";
+import {
+  ConflictError,
+  CreditService,
+  InMemoryDbManager,
+  NotFoundError,
+  PromoNotEligibleError,
+  PromoService,
+  ValidationError,
+} from "../src/index.js";
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 const DAY = 86_400_000;

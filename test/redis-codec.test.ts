@@ -7,7 +7,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { RedisCache, type RedisCommandClient } from "../src/redis/index.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;
-if (!redisUrl) console.warn("[redis-codec.test] CREDIT_REDIS_URL is not set: the round trips through a real Redis are skipped.");
+if (!redisUrl)
+  console.warn("[redis-codec.test] CREDIT_REDIS_URL is not set: the round trips through a real Redis are skipped.");
 
 /** Strings in a Map, with the few commands `get`/`set` send (GET, SET [NX] [EX]). */
 function mapClient(): RedisCommandClient {
@@ -29,7 +30,10 @@ function mapClient(): RedisCommandClient {
 const iso = fc.date({ noInvalidDate: true }).map((d) => d.toISOString());
 /** Keys a marker or its escape could be confused with, among arbitrary ones. */
 const key = fc.oneof(
-  { weight: 2, arbitrary: fc.constantFrom("$date", "$escape", "__proto__", "$$date", "$", "date", "|", "v2|", "constructor") },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom("$date", "$escape", "__proto__", "$$date", "$", "date", "|", "v2|", "constructor"),
+  },
   { weight: 3, arbitrary: fc.string({ maxLength: 6 }) },
 );
 const leaf = fc.oneof(
@@ -97,7 +101,8 @@ describe("RedisCache value encoding", () => {
     expect(((await cache.get("k")) as { at: Date }).at).toBeInstanceOf(Date);
   });
 
-  describe.skipIf(!redisUrl)("through Redis", () => { // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+  describe.skipIf(!redisUrl)("through Redis", () => {
+    // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const redis = redisUrl ? new Redis(redisUrl) : undefined;
     const keyPrefix = `cm-codec-${process.pid}-${randomUUID().slice(0, 8)}:`;
     afterAll(async () => {

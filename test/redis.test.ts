@@ -15,9 +15,12 @@ import { RedisCache, RedisStreamQueue, type RedisCommandClient } from "../src/re
 const url = process.env.CREDIT_REDIS_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const pgUrl = process.env.CREDIT_PG_URL;
-if (!url) console.warn("Redis suite skipped: set CREDIT_REDIS_URL (on this machine: redis://127.0.0.1:6379) to run it.");
-if (url && !mongoUri) console.warn("Redis SIGKILL test on MongoDB skipped: it needs a shared store; set CREDIT_MONGO_URI.");
-if (url && !pgUrl) console.warn("Redis SIGKILL test on PostgreSQL skipped: it needs a shared store; set CREDIT_PG_URL.");
+if (!url)
+  console.warn("Redis suite skipped: set CREDIT_REDIS_URL (on this machine: redis://127.0.0.1:6379) to run it.");
+if (url && !mongoUri)
+  console.warn("Redis SIGKILL test on MongoDB skipped: it needs a shared store; set CREDIT_MONGO_URI.");
+if (url && !pgUrl)
+  console.warn("Redis SIGKILL test on PostgreSQL skipped: it needs a shared store; set CREDIT_PG_URL.");
 
 const here = dirname(fileURLToPath(import.meta.url));
 const tag = `cm-test-${process.pid}-${randomUUID().slice(0, 8)}`;
@@ -26,7 +29,8 @@ const tag = `cm-test-${process.pid}-${randomUUID().slice(0, 8)}`;
 function flaky(client: RedisCommandClient) {
   const state = { down: false };
   const wrapped: RedisCommandClient = {
-    call: (command, args) => (state.down ? Promise.reject(new Error("ECONNREFUSED (simulated outage)")) : client.call(command, args)),
+    call: (command, args) =>
+      state.down ? Promise.reject(new Error("ECONNREFUSED (simulated outage)")) : client.call(command, args),
   };
   return { state, client: wrapped };
 }
@@ -38,7 +42,8 @@ const fieldsOf = (e: StreamEntry) => {
   return o;
 };
 
-describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!url)("Redis", () => {
+  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   let redis: Redis;
   beforeAll(() => {
     redis = new Redis(url as string);
@@ -64,12 +69,24 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       await notifications.dispatchPending();
       await notifications.dispatchPending();
       const messages = await read(stream);
-      expect(messages.map((m) => m.type)).toEqual(["low_credits", "credits_exhausted", "balance_restored", "low_credits"]);
+      expect(messages.map((m) => m.type)).toEqual([
+        "low_credits",
+        "credits_exhausted",
+        "balance_restored",
+        "low_credits",
+      ]);
       expect(messages[0]).toMatchObject({ userId: "u1", attempt: "1" });
       expect(JSON.parse(messages[0]?.payload as string)).toMatchObject({ available: 20, threshold: 30 });
       // A redelivery of the same message (a dispatcher that died after XADD) is dropped.
       const first = messages[0] as Record<string, string>;
-      await queue.publish({ id: first.id as string, userId: "u1", type: "low_credits", payload: {}, createdAt: first.createdAt as string, attempt: 2 });
+      await queue.publish({
+        id: first.id as string,
+        userId: "u1",
+        type: "low_credits",
+        payload: {},
+        createdAt: first.createdAt as string,
+        attempt: 2,
+      });
       expect(await read(stream)).toHaveLength(4);
     });
 
@@ -80,7 +97,12 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       const db = new InMemoryDbManager();
       const clock = { now: Date.now() };
       const credits = new CreditService({ db, alerts: { lowCredits: 30 }, clock: () => new Date(clock.now) });
-      const notifications = new NotificationService({ db, queue, clock: () => new Date(clock.now), backoffBaseMs: 1000 });
+      const notifications = new NotificationService({
+        db,
+        queue,
+        clock: () => new Date(clock.now),
+        backoffBaseMs: 1000,
+      });
       await credits.addCredits("u2", 100);
       await credits.deductCredits("u2", 80);
       state.down = true;
@@ -101,7 +123,12 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       const db = new InMemoryDbManager();
       const clock = { now: Date.now() };
       const credits = new CreditService({ db, alerts: { lowCredits: 30 }, clock: () => new Date(clock.now) });
-      const notifications = new NotificationService({ db, queue, clock: () => new Date(clock.now), backoffBaseMs: 1000 });
+      const notifications = new NotificationService({
+        db,
+        queue,
+        clock: () => new Date(clock.now),
+        backoffBaseMs: 1000,
+      });
       await credits.addCredits("u5", 100);
       await credits.deductCredits("u5", 80);
       await redis.set(stream, "not-a-stream"); // XADD fails inside the script (WRONGTYPE)
@@ -113,12 +140,28 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
       expect((await read(stream)).map((m) => [m.type, m.id, m.attempt])).toEqual([["low_credits", row?.id, "2"]]);
       // The marker is set once the append succeeded: a redelivery is still dropped.
-      await queue.publish({ id: row?.id as string, userId: "u5", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 3 });
+      await queue.publish({
+        id: row?.id as string,
+        userId: "u5",
+        type: "low_credits",
+        payload: {},
+        createdAt: new Date().toISOString(),
+        attempt: 3,
+      });
       expect(await read(stream)).toHaveLength(1);
       // The error reaches the caller directly too.
       await redis.set(`${stream}:direct`, "x");
       const direct = new RedisStreamQueue({ client: redis, stream: `${stream}:direct` });
-      await expect(direct.publish({ id: "m1", userId: "u5", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 1 })).rejects.toThrow(/WRONGTYPE/);
+      await expect(
+        direct.publish({
+          id: "m1",
+          userId: "u5",
+          type: "low_credits",
+          payload: {},
+          createdAt: new Date().toISOString(),
+          attempt: 1,
+        }),
+      ).rejects.toThrow(/WRONGTYPE/);
       expect(await redis.exists(`${stream}:direct:sent:m1`)).toBe(0);
     });
 
@@ -128,59 +171,84 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
     ] as const;
     for (const store of stores) {
       // Needs a store several processes share (skipped without one: ${store.why}).
-      it.skipIf(!store.url)(`${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`, async () => { // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
-        const stream = `${tag}:crash:${store.kind}`;
-        const name = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
-        const userId = `crash-${randomUUID()}`;
-        const { child } = await startChildUntil(join(here, "fixtures/outbox-crash.ts"), [store.kind, store.url as string, name, userId], "claimed");
-        expect(await killHard(child)).toBe("SIGKILL");
+      it.skipIf(!store.url)(
+        `${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`,
+        async () => {
+          // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+          const stream = `${tag}:crash:${store.kind}`;
+          const name = `credit_test_crash_${process.pid}_${randomUUID().slice(0, 8)}`;
+          const userId = `crash-${randomUUID()}`;
+          const { child } = await startChildUntil(
+            join(here, "fixtures/outbox-crash.ts"),
+            [store.kind, store.url as string, name, userId],
+            "claimed",
+          );
+          expect(await killHard(child)).toBe("SIGKILL");
 
-        const db: DbManager =
-          store.kind === "mongodb"
-            ? MongoDbManager.fromUri(store.url as string, name)
-            : new PostgresDbManager({ connectionString: store.url as string, schema: name });
-        try {
-          const queue = new RedisStreamQueue({ client: redis, stream });
-          const notifications = new NotificationService({ db, queue });
-          const [row] = await notifications.list(userId);
-          expect(row).toMatchObject({ type: "low_credits", status: "pending" });
-          // Claimed by the dead process: not delivered before its lease (1.5 s) lapses …
-          expect((await notifications.dispatchPending()).claimed).toBe(0);
-          await new Promise((r) => setTimeout(r, 1600));
-          // … then delivered once.
-          expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
-          expect((await read(stream)).map((m) => [m.type, m.userId, m.id])).toEqual([["low_credits", userId, row?.id]]);
-          expect((await notifications.list(userId))[0]?.status).toBe("sent");
-        } finally {
-          await db.close();
-          if (store.kind === "mongodb") {
-            const client = new MongoClient(store.url as string);
-            await client.db(name).dropDatabase().catch(() => undefined);
-            await client.close();
-          } else {
-            const pool = new pg.Pool({ connectionString: store.url as string });
-            await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
-            await pool.end();
+          const db: DbManager =
+            store.kind === "mongodb"
+              ? MongoDbManager.fromUri(store.url as string, name)
+              : new PostgresDbManager({ connectionString: store.url as string, schema: name });
+          try {
+            const queue = new RedisStreamQueue({ client: redis, stream });
+            const notifications = new NotificationService({ db, queue });
+            const [row] = await notifications.list(userId);
+            expect(row).toMatchObject({ type: "low_credits", status: "pending" });
+            // Claimed by the dead process: not delivered before its lease (1.5 s) lapses …
+            expect((await notifications.dispatchPending()).claimed).toBe(0);
+            await new Promise((r) => setTimeout(r, 1600));
+            // … then delivered once.
+            expect(await notifications.dispatchPending()).toMatchObject({ sent: 1 });
+            expect((await read(stream)).map((m) => [m.type, m.userId, m.id])).toEqual([
+              ["low_credits", userId, row?.id],
+            ]);
+            expect((await notifications.list(userId))[0]?.status).toBe("sent");
+          } finally {
+            await db.close();
+            if (store.kind === "mongodb") {
+              const client = new MongoClient(store.url as string);
+              await client
+                .db(name)
+                .dropDatabase()
+                .catch(() => undefined);
+              await client.close();
+            } else {
+              const pool = new pg.Pool({ connectionString: store.url as string });
+              await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
+              await pool.end();
+            }
           }
-        }
-      }, 30_000);
+        },
+        30_000,
+      );
     }
   });
 
   it("examples/notifications-worker.ts --demo --once prints each notification once", async () => {
     const { stdout } = await new Promise<{ stdout: string }>((resolve, reject) => {
-      const child = spawn(process.execPath, ["--import", "tsx", join(here, "../examples/notifications-worker.ts"), "--demo", "--once"], {
-        env: { ...process.env, CREDIT_STREAM: `${tag}:example` },
-        stdio: ["ignore", "pipe", "pipe"],
-      });
+      const child = spawn(
+        process.execPath,
+        ["--import", "tsx", join(here, "../examples/notifications-worker.ts"), "--demo", "--once"],
+        {
+          env: { ...process.env, CREDIT_STREAM: `${tag}:example` },
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
       let out = "";
       let err = "";
       child.stdout.on("data", (d: Buffer) => (out += d.toString()));
       child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-      child.on("exit", (code) => (code === 0 ? resolve({ stdout: out }) : reject(new Error(`worker exited ${code}: ${err}`))));
+      child.on("exit", (code) =>
+        code === 0 ? resolve({ stdout: out }) : reject(new Error(`worker exited ${code}: ${err}`)),
+      );
     });
     const lines = stdout.split("\n").filter((l) => l.includes(" demo-user "));
-    expect(lines.map((l) => l.split(" ")[2])).toEqual(["low_credits", "credits_exhausted", "balance_restored", "subscription_renewed"]);
+    expect(lines.map((l) => l.split(" ")[2])).toEqual([
+      "low_credits",
+      "credits_exhausted",
+      "balance_restored",
+      "subscription_renewed",
+    ]);
   }, 60_000);
 
   describe("RedisCache", () => {
@@ -227,12 +295,22 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       const stream = `${ns}notifications`;
       const failDel = { on: false };
       const client: RedisCommandClient = {
-        call: (command, args) => (failDel.on && command === "DEL" ? Promise.reject(new Error("ECONNRESET (simulated)")) : redis.call(command, ...args)),
+        call: (command, args) =>
+          failDel.on && command === "DEL"
+            ? Promise.reject(new Error("ECONNRESET (simulated)"))
+            : redis.call(command, ...args),
       };
       const cache = new RedisCache({ client, keyPrefix: ns, maxPendingInvalidations: 1 });
       const other = new RedisCache({ client: redis, keyPrefix: ns }); // another process on the same Redis
       const queue = new RedisStreamQueue({ client: redis, stream });
-      await queue.publish({ id: "m1", userId: "u1", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 1 });
+      await queue.publish({
+        id: "m1",
+        userId: "u1",
+        type: "low_credits",
+        payload: {},
+        createdAt: new Date().toISOString(),
+        attempt: 1,
+      });
       await redis.xgroup("CREATE", stream, "workers", "0");
       await redis.set(`${ns}unrelated`, "keep");
       await cache.set("credits:info:a", { available: 100 });
@@ -256,7 +334,14 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       expect(await redis.xinfo("GROUPS", stream)).toHaveLength(1);
       expect(await redis.exists(`${stream}:sent:m1`)).toBe(1);
       expect(await redis.get(`${ns}unrelated`)).toBe("keep");
-      await queue.publish({ id: "m1", userId: "u1", type: "low_credits", payload: {}, createdAt: new Date().toISOString(), attempt: 2 });
+      await queue.publish({
+        id: "m1",
+        userId: "u1",
+        type: "low_credits",
+        payload: {},
+        createdAt: new Date().toISOString(),
+        attempt: 2,
+      });
       expect(await redis.xlen(stream)).toBe(1); // the redelivery is still dropped
       // The cache works normally in the new generation, for both processes.
       await cache.set("credits:info:a", { available: 70 });
@@ -271,7 +356,8 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
       const client: RedisCommandClient = {
         call: (command, args) => {
           commands.push({ command, args });
-          if (["SCAN", "KEYS", "FLUSHDB", "FLUSHALL", "UNLINK"].includes(command)) return Promise.reject(new Error(`refused in this test: ${command}`));
+          if (["SCAN", "KEYS", "FLUSHDB", "FLUSHALL", "UNLINK"].includes(command))
+            return Promise.reject(new Error(`refused in this test: ${command}`));
           if (failDel.on && command === "DEL") return Promise.reject(new Error("ECONNRESET (simulated)"));
           return redis.call(command, ...args);
         },
@@ -290,7 +376,9 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
         expect(cache.degraded).toBe(false);
         expect(await redis.get(`${tag}:empty:unrelated`)).toBe("keep");
         expect(commands.map((c) => c.command).filter((c) => !["GET", "SET", "DEL"].includes(c))).toEqual([]);
-        const written = commands.filter((c) => c.command === "SET" || c.command === "DEL").flatMap((c) => (c.command === "SET" ? [c.args[0]] : c.args));
+        const written = commands
+          .filter((c) => c.command === "SET" || c.command === "DEL")
+          .flatMap((c) => (c.command === "SET" ? [c.args[0]] : c.args));
         expect(new Set(written)).toEqual(new Set([key, cache.generationKey]));
       } finally {
         if (!hadGeneration) await redis.del(cache.generationKey);
@@ -319,4 +407,3 @@ describe.skipIf(!url)("Redis", () => { // reason: needs its database URL (set by
     });
   });
 });
-

@@ -13,7 +13,11 @@ const hold = (id: string, status: Reservation["status"], expiresAt: number): Res
   status,
   expiresAt: new Date(expiresAt),
 });
-const entry = (type: JournalEntry["type"], grants: [string, number][], reservationId: string | null = null): JournalEntry => ({
+const entry = (
+  type: JournalEntry["type"],
+  grants: [string, number][],
+  reservationId: string | null = null,
+): JournalEntry => ({
   ...samples.journal,
   type,
   reservationId,
@@ -39,7 +43,10 @@ describe("expiriesIn: one grant's expiries among a unit of work's entries", () =
   ]);
   const entries = [
     entry("deduct", [["g", 5]]), // not an expiry
-    entry("expire", [["g", 30], ["other", 7]]), // the period's closing expiry
+    entry("expire", [
+      ["g", 30],
+      ["other", 7],
+    ]), // the period's closing expiry
     entry("expire", [["g", 4]], "live"), // returned by a hold still live at the end: not carried
     entry("expire", [["g", 3]], "lapsed"), // returned late by a hold lapsed before the end: carried
     entry("expire", [["other", 9]], "live"),
@@ -54,7 +61,10 @@ describe("expiriesIn: one grant's expiries among a unit of work's entries", () =
   });
 
   it("a hold the unit of work does not know counts as live (its credits are not carried)", () => {
-    expect(expiriesIn([entry("expire", [["g", 6]], "gone")], "g", END, () => undefined)).toEqual({ expired: 6, held: 6 });
+    expect(expiriesIn([entry("expire", [["g", 6]], "gone")], "g", END, () => undefined)).toEqual({
+      expired: 6,
+      held: 6,
+    });
   });
 
   it("never carries less than nothing", () => {

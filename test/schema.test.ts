@@ -41,7 +41,12 @@ describe("schema generator: columns from the zod models", () => {
     }
     const grant = new Map(columnsOf(Grant).map((c) => [c.field, c]));
     expect(grant.get("expiresAt")).toMatchObject({ name: "expires_at", kind: "datetime", nullable: true });
-    expect(grant.get("amount")).toMatchObject({ kind: "integer", nullable: false, minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+    expect(grant.get("amount")).toMatchObject({
+      kind: "integer",
+      nullable: false,
+      minimum: 0,
+      maximum: Number.MAX_SAFE_INTEGER,
+    });
     expect(grant.get("closedReason")).toMatchObject({ kind: "enum", nullable: true, values: ["expired", "voided"] });
     expect(grant.get("metadata")).toMatchObject({ kind: "json", nullable: true });
     expect(grant.get("sourceRef")).toMatchObject({ kind: "string", maxLength: 255 });
@@ -54,13 +59,19 @@ describe("schema generator: columns from the zod models", () => {
     expect(ddl).toContain('"expires_at" TIMESTAMPTZ,');
     expect(ddl).toContain('"created_at" TIMESTAMPTZ NOT NULL');
     expect(ddl).toContain('"metadata" JSONB,');
-    expect(ddl).toContain(`"status" TEXT COLLATE "C" NOT NULL CHECK ("status" IN ('active', 'committed', 'released', 'expired'))`);
+    expect(ddl).toContain(
+      `"status" TEXT COLLATE "C" NOT NULL CHECK ("status" IN ('active', 'committed', 'released', 'expired'))`,
+    );
     expect(ddl).toContain('CONSTRAINT "cm_journal_entries_pkey" PRIMARY KEY ("user_id", "seq")');
     expect(ddl).toContain(
       'CREATE UNIQUE INDEX IF NOT EXISTS "cm_journal_entries_idempotency_key" ON "credits"."cm_journal_entries" ("user_id", "idempotency_key") WHERE "idempotency_key" IS NOT NULL;',
     );
-    expect(ddl).toContain('CREATE INDEX IF NOT EXISTS "cm_grants_due" ON "credits"."cm_grants" ("expires_at", "id") WHERE "closed_at" IS NULL AND "expires_at" IS NOT NULL;');
-    expect(ddl).toContain('CREATE INDEX IF NOT EXISTS "cm_reservations_status_expiry" ON "credits"."cm_reservations" ("status", "expires_at", "id");');
+    expect(ddl).toContain(
+      'CREATE INDEX IF NOT EXISTS "cm_grants_due" ON "credits"."cm_grants" ("expires_at", "id") WHERE "closed_at" IS NULL AND "expires_at" IS NOT NULL;',
+    );
+    expect(ddl).toContain(
+      'CREATE INDEX IF NOT EXISTS "cm_reservations_status_expiry" ON "credits"."cm_reservations" ("status", "expires_at", "id");',
+    );
     expect(ddl).not.toMatch(/DOUBLE PRECISION|\bTIMESTAMP\b(?!TZ)/);
   });
 
@@ -88,7 +99,9 @@ describe("schema generator: columns from the zod models", () => {
     expect(generateSql({ dialect: "mysql", tables })).toContain("`note` VARCHAR(40) NOT NULL");
     const grants = generateMongoSchema({ tables }).find((c) => c.name === "grants");
     expect(grants?.validator.$jsonSchema.required).toContain("note");
-    expect((grants?.validator.$jsonSchema.properties as Record<string, unknown>).reviewed).toEqual({ bsonType: ["bool", "null"] });
+    expect((grants?.validator.$jsonSchema.properties as Record<string, unknown>).reviewed).toEqual({
+      bsonType: ["bool", "null"],
+    });
   });
 
   it("refuses names that would need quoting tricks or exceed identifier limits", () => {
@@ -135,7 +148,8 @@ function expectRoundTrip(key: TableKey, row: Record<string, unknown>): void {
 }
 
 // Skipped without a server: CREDIT_PG_URL names the PostgreSQL to apply the DDL to.
-describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server", () => { // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server", () => {
+  // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = `cm_ddl_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
   let client: pg.Client;
   beforeAll(async () => {
@@ -175,12 +189,12 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
     await insertEntry(3, "k");
     await expect(insertEntry(3, null)).rejects.toMatchObject({ code: "23505" }); // (user_id, seq)
     await expect(insertEntry(4, "k")).rejects.toMatchObject({ code: "23505" }); // (user_id, idempotency_key)
-    await expect(
-      client.query(`UPDATE ${t.grants} SET remaining = -1 WHERE id = 'g-1'`),
-    ).rejects.toMatchObject({ code: "23514" });
-    await expect(
-      client.query(`UPDATE ${t.reservations} SET status = 'lost' WHERE id = 'r-1'`),
-    ).rejects.toMatchObject({ code: "23514" });
+    await expect(client.query(`UPDATE ${t.grants} SET remaining = -1 WHERE id = 'g-1'`)).rejects.toMatchObject({
+      code: "23514",
+    });
+    await expect(client.query(`UPDATE ${t.reservations} SET status = 'lost' WHERE id = 'r-1'`)).rejects.toMatchObject({
+      code: "23514",
+    });
     await expect(
       client.query(`UPDATE ${t.accounts} SET balance = 9007199254740992 WHERE user_id = 'user-ü-1'`),
     ).rejects.toMatchObject({ code: "23514" });
@@ -188,7 +202,8 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
 });
 
 // Skipped without a server: CREDIT_MYSQL_URL names the MySQL/MariaDB to apply the DDL to.
-describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", () => { // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", () => {
+  // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
   const prefix = `cm_${randomUUID().replace(/-/g, "").slice(0, 8)}_`;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   let conn: any;
@@ -207,7 +222,8 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
   });
   afterAll(async () => {
     if (!conn) return;
-    for (const table of sqlTables({ dialect: "mysql", prefix })) await conn.query(`DROP TABLE IF EXISTS ${table.qualified}`);
+    for (const table of sqlTables({ dialect: "mysql", prefix }))
+      await conn.query(`DROP TABLE IF EXISTS ${table.qualified}`);
     await conn.query(`DROP TABLE IF EXISTS ${versionTableName("mysql", { prefix })}`);
     await conn.end();
   });
@@ -238,7 +254,9 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
     await insertEntry(3, "k");
     await expect(insertEntry(4, "k")).rejects.toMatchObject({ code: "ER_DUP_ENTRY" });
     await expect(insertEntry(3, null)).rejects.toMatchObject({ code: "ER_DUP_ENTRY" });
-    await expect(conn.query(`UPDATE ${t.reservations} SET status = 'lost' WHERE id = 'r-1'`)).rejects.toThrow(/CONSTRAINT|check/i);
+    await expect(conn.query(`UPDATE ${t.reservations} SET status = 'lost' WHERE id = 'r-1'`)).rejects.toThrow(
+      /CONSTRAINT|check/i,
+    );
     // Ids compare case-sensitively (utf8mb4_bin): "G-1" is another grant than "g-1".
     const [rows] = await conn.query(`SELECT id FROM ${t.grants} WHERE id = 'G-1'`);
     expect(rows).toHaveLength(0);
@@ -246,7 +264,8 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
 });
 
 // Skipped when the sqlite3 command-line shell is not installed.
-describe.skipIf(!hasSqlite)("schema generator: SQLite DDL applied with the sqlite3 shell", () => { // reason: needs the sqlite3 shell (set by .ci/run); skipped with a printed notice otherwise
+describe.skipIf(!hasSqlite)("schema generator: SQLite DDL applied with the sqlite3 shell", () => {
+  // reason: needs the sqlite3 shell (set by .ci/run); skipped with a printed notice otherwise
   it("creates every table and index, twice", () => {
     const ddl = generateSql({ dialect: "sqlite", prefix: "cm_" });
     const out = execFileSync("sqlite3", [":memory:"], {

@@ -13,7 +13,10 @@ import { SimulationFailure, runSimulation, type SimResult } from "./sim/run.js";
 // The ids the code under test draws come from the seed too, so a seed replays byte for byte.
 const ids = vi.hoisted(() => ({ next: (): string => "00000000-0000-4000-8000-000000000000" }));
 vi.mock("../src/util/uuid.js", () => ({ newId: () => ids.next() }));
-vi.mock("node:crypto", async (importOriginal) => ({ ...(await importOriginal<typeof Crypto>()), randomUUID: () => ids.next() }));
+vi.mock("node:crypto", async (importOriginal) => ({
+  ...(await importOriginal<typeof Crypto>()),
+  randomUUID: () => ids.next(),
+}));
 const setIdSource = (next: () => string) => void (ids.next = next);
 
 const env = process.env;
@@ -22,34 +25,68 @@ const first = Number(env.SIM_SEED ?? env.SIM_FIRST_SEED ?? 1);
 const seeds = env.SIM_SEED !== undefined ? 1 : Number(env.SIM_SEEDS ?? 30);
 
 describe("deterministic simulation", () => {
-  it(`${seeds} seed(s) from ${first}, ${steps} steps each: the model, audit() and the store agree`, async () => {
-    const started = Date.now();
-    const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0 };
-    const outcomes: Record<string, number> = {};
-    for (let seed = first; seed < first + seeds; seed++) {
-      const r = await runSimulation({ seed, steps, setIdSource });
-      if (seeds === 1 || env.SIM_DIGESTS !== undefined) console.log(`seed ${seed}: digest ${r.digest}`);
-      totals.requests += r.requests;
-      totals.commits += r.commits;
-      totals.storeCalls += r.storeCalls;
-      totals.inDoubt += r.inDoubt;
-      for (const [k, n] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + n;
-    }
-    console.log(`simulation: ${seeds} seeds × ${steps} steps in ${Date.now() - started} ms: ${JSON.stringify(totals)}`);
-    if (env.SIM_OUTCOMES !== undefined) console.log(Object.entries(outcomes).sort().map(([k, n]) => `${k}: ${n}`).join("\n"));
-    // Not vacuous: the runs did commit, refuse, retry in doubt, and take every kind of request.
-    expect(totals.commits).toBeGreaterThan(0);
-    if (seeds >= 10) {
-      expect(totals.inDoubt).toBeGreaterThan(0);
-      const kinds = ["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe", "changeEnd", "cancelEnd", "resume"];
-      kinds.push("changeNow/keep", "changeNow/expire", "changeNow/prorate", "cancelNow/keep", "cancelNow/expire", "claim", "pay", "paid", "refund");
-      for (const kind of kinds) {
-        expect(outcomes[`${kind} ok`] ?? 0, `${kind} never succeeded`).toBeGreaterThan(0);
+  it(
+    `${seeds} seed(s) from ${first}, ${steps} steps each: the model, audit() and the store agree`,
+    async () => {
+      const started = Date.now();
+      const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0 };
+      const outcomes: Record<string, number> = {};
+      for (let seed = first; seed < first + seeds; seed++) {
+        const r = await runSimulation({ seed, steps, setIdSource });
+        if (seeds === 1 || env.SIM_DIGESTS !== undefined) console.log(`seed ${seed}: digest ${r.digest}`);
+        totals.requests += r.requests;
+        totals.commits += r.commits;
+        totals.storeCalls += r.storeCalls;
+        totals.inDoubt += r.inDoubt;
+        for (const [k, n] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + n;
       }
-      expect(outcomes["deduct InsufficientCreditsError"] ?? 0).toBeGreaterThan(0);
-      expect(outcomes["claim PromoNotEligibleError"] ?? 0).toBeGreaterThan(0);
-    }
-  }, Math.max(600_000, seeds * 5_000));
+      console.log(
+        `simulation: ${seeds} seeds × ${steps} steps in ${Date.now() - started} ms: ${JSON.stringify(totals)}`,
+      );
+      if (env.SIM_OUTCOMES !== undefined)
+        console.log(
+          Object.entries(outcomes)
+            .sort()
+            .map(([k, n]) => `${k}: ${n}`)
+            .join("\n"),
+        );
+      // Not vacuous: the runs did commit, refuse, retry in doubt, and take every kind of request.
+      expect(totals.commits).toBeGreaterThan(0);
+      if (seeds >= 10) {
+        expect(totals.inDoubt).toBeGreaterThan(0);
+        const kinds = [
+          "add",
+          "deduct",
+          "after",
+          "reserve",
+          "commit",
+          "release",
+          "void",
+          "subscribe",
+          "changeEnd",
+          "cancelEnd",
+          "resume",
+        ];
+        kinds.push(
+          "changeNow/keep",
+          "changeNow/expire",
+          "changeNow/prorate",
+          "cancelNow/keep",
+          "cancelNow/expire",
+          "claim",
+          "pay",
+          "paid",
+          "refund",
+        );
+        for (const kind of kinds) {
+          expect(outcomes[`${kind} ok`] ?? 0, `${kind} never succeeded`).toBeGreaterThan(0);
+        }
+        expect(outcomes["deduct InsufficientCreditsError"] ?? 0).toBeGreaterThan(0);
+        expect(outcomes["claim PromoNotEligibleError"] ?? 0).toBeGreaterThan(0);
+      }
+    },
+    Math.max(600_000, seeds * 5_000),
+  );
 
   it("replays a seed exactly: the same seed gives the same run", async () => {
     const a: SimResult = await runSimulation({ seed: 7, steps: 30, setIdSource });

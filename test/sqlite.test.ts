@@ -12,7 +12,11 @@ const test = { describe, it, expect, beforeAll, afterAll };
 const dir = mkdtempSync(join(tmpdir(), "cm-sqlite-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-runDbManagerContract({ name: "sqlite", create: async () => new SqliteDbManager({ filename: join(dir, "contract.db") }), test });
+runDbManagerContract({
+  name: "sqlite",
+  create: async () => new SqliteDbManager({ filename: join(dir, "contract.db") }),
+  test,
+});
 
 describe("SqliteDbManager", () => {
   it("puts the database file in WAL mode", async () => {
@@ -48,41 +52,50 @@ describe("SqliteDbManager", () => {
     await db.close();
   });
 
-  it("two processes deducting from the same accounts of one file: no double spend, nothing reported done lost, audits clean", { timeout: 120_000 }, async () => {
-    const file = join(dir, "procs.db");
-    const users = 5;
-    const supply = 60;
-    const ops = 250; // per process, round robin: 100 asks per account for 60 credits
-    const db = new SqliteDbManager({ filename: file });
-    await db.init();
-    const credits = new CreditService({ db });
-    for (let u = 0; u < users; u++) await credits.addCredits(`s-${u}`, supply);
-    type Run = { done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>; refused: number; unexpected: string[] };
-    const env = { HAMMER_FILE: file, HAMMER_USERS: String(users), HAMMER_OPS: String(ops) };
-    const runs = await Promise.all([0, 1].map(() => runProcess<Run>("test/fixtures/sqlite-hammer.ts", env)));
-    for (const r of runs) expect(r.unexpected).toEqual([]);
-    const reported = new Map(runs.flatMap((r) => r.done).map((e) => [e.id, e]));
-    // A key sent by both processes has one effect: both were told the same entry.
-    const byKey = new Map<string, Set<string>>();
-    for (const e of runs.flatMap((r) => r.done)) {
-      if (e.idempotencyKey !== null) byKey.set(e.idempotencyKey, (byKey.get(e.idempotencyKey) ?? new Set()).add(e.id));
-    }
-    for (const ids of byKey.values()) expect(ids.size).toBe(1);
-    expect(runs.reduce((n, r) => n + r.refused, 0)).toBeGreaterThan(0);
-    for (let u = 0; u < users; u++) {
-      const user = `s-${u}`;
-      const journal = await db.listJournal(user, { order: "asc", limit: 10_000 });
-      const deductions = journal.filter((e) => e.type === "deduct");
-      // Exactly the supply was spent, each deduction once, and each was reported to a caller.
-      expect(deductions.reduce((n, e) => n + e.amount, 0)).toBe(supply);
-      for (const e of deductions) expect(reported.has(e.id), `unreported ${e.id}`).toBe(true);
-      for (const e of reported.values()) if (e.userId === user) expect(journal.some((j) => j.id === e.id)).toBe(true);
-      expect(journal.map((e) => e.seq)).toEqual(journal.map((_, k) => k + 1));
-      expect(await credits.getUserCreditsInfo(user)).toMatchObject({ balance: 0 });
-      expect((await credits.audit(user)).ok).toBe(true);
-    }
-    await db.close();
-  });
+  it(
+    "two processes deducting from the same accounts of one file: no double spend, nothing reported done lost, audits clean",
+    { timeout: 120_000 },
+    async () => {
+      const file = join(dir, "procs.db");
+      const users = 5;
+      const supply = 60;
+      const ops = 250; // per process, round robin: 100 asks per account for 60 credits
+      const db = new SqliteDbManager({ filename: file });
+      await db.init();
+      const credits = new CreditService({ db });
+      for (let u = 0; u < users; u++) await credits.addCredits(`s-${u}`, supply);
+      type Run = {
+        done: Array<Pick<JournalEntry, "id" | "userId" | "type" | "amount" | "idempotencyKey">>;
+        refused: number;
+        unexpected: string[];
+      };
+      const env = { HAMMER_FILE: file, HAMMER_USERS: String(users), HAMMER_OPS: String(ops) };
+      const runs = await Promise.all([0, 1].map(() => runProcess<Run>("test/fixtures/sqlite-hammer.ts", env)));
+      for (const r of runs) expect(r.unexpected).toEqual([]);
+      const reported = new Map(runs.flatMap((r) => r.done).map((e) => [e.id, e]));
+      // A key sent by both processes has one effect: both were told the same entry.
+      const byKey = new Map<string, Set<string>>();
+      for (const e of runs.flatMap((r) => r.done)) {
+        if (e.idempotencyKey !== null)
+          byKey.set(e.idempotencyKey, (byKey.get(e.idempotencyKey) ?? new Set()).add(e.id));
+      }
+      for (const ids of byKey.values()) expect(ids.size).toBe(1);
+      expect(runs.reduce((n, r) => n + r.refused, 0)).toBeGreaterThan(0);
+      for (let u = 0; u < users; u++) {
+        const user = `s-${u}`;
+        const journal = await db.listJournal(user, { order: "asc", limit: 10_000 });
+        const deductions = journal.filter((e) => e.type === "deduct");
+        // Exactly the supply was spent, each deduction once, and each was reported to a caller.
+        expect(deductions.reduce((n, e) => n + e.amount, 0)).toBe(supply);
+        for (const e of deductions) expect(reported.has(e.id), `unreported ${e.id}`).toBe(true);
+        for (const e of reported.values()) if (e.userId === user) expect(journal.some((j) => j.id === e.id)).toBe(true);
+        expect(journal.map((e) => e.seq)).toEqual(journal.map((_, k) => k + 1));
+        expect(await credits.getUserCreditsInfo(user)).toMatchObject({ balance: 0 });
+        expect((await credits.audit(user)).ok).toBe(true);
+      }
+      await db.close();
+    },
+  );
 });
 
 describe("SqliteDbManager with a database handed in", () => {

@@ -49,7 +49,10 @@ describe("subscription changes racing other writers are saved or refused, never 
     raceNextWrite(m, () => m.subscriptions.cancel("u", { atPeriodEnd: true }));
     const changed = await m.subscriptions.changePlan("u", "pro", { when: "period_end" });
     expect(changed).toMatchObject({ cancelAtPeriodEnd: true, pendingPlanId: "pro" });
-    expect(await m.subscriptions.getUserSubscription("u")).toMatchObject({ cancelAtPeriodEnd: true, pendingPlanId: "pro" });
+    expect(await m.subscriptions.getUserSubscription("u")).toMatchObject({
+      cancelAtPeriodEnd: true,
+      pendingPlanId: "pro",
+    });
     await m.close();
   });
 
@@ -91,7 +94,10 @@ describe("subscription changes racing other writers are saved or refused, never 
 });
 
 describe("changePlan before the first period starts", () => {
-  for (const [target, credits] of [["pro", 1000], ["mini", 10]] as const) {
+  for (const [target, credits] of [
+    ["pro", 1000],
+    ["mini", 10],
+  ] as const) {
     it(`prorate to ${target}: the unstarted period gets the new plan's full allocation (${credits})`, async () => {
       const { m, clock } = await setup();
       await m.subscriptions.subscribe("u", "basic", { startAt: new Date(T + 5 * DAY) });
@@ -114,7 +120,9 @@ describe("changePlan before the first period starts", () => {
       await m.subscriptions.subscribe("u", "basic", { startAt: new Date(T + 2 * DAY) });
       await m.subscriptions.cancel("u");
       const c = await m.subscriptions.changePlan("u", "pro", { when: "now", credits });
-      expect(c.intent?.events?.map((e) => e.type) ?? []).toEqual(credits === "prorate" ? ["subscription_cancelled"] : []);
+      expect(c.intent?.events?.map((e) => e.type) ?? []).toEqual(
+        credits === "prorate" ? ["subscription_cancelled"] : [],
+      );
       clock.now = T + 2 * DAY;
       await m.expiration.runAll();
       clock.now = T + 45 * DAY;
@@ -134,7 +142,9 @@ describe("cancel before the first period starts", () => {
     await m.subscriptions.cancel("u", { atPeriodEnd: true });
     await m.subscriptions.cancel("u", { atPeriodEnd: false });
     const rows = await m.db.listNotifications("u", { limit: 100 });
-    const cancelled = rows.filter((r) => r.type === "subscription_cancelled").map((r) => (r.payload as { atPeriodEnd: boolean }).atPeriodEnd);
+    const cancelled = rows
+      .filter((r) => r.type === "subscription_cancelled")
+      .map((r) => (r.payload as { atPeriodEnd: boolean }).atPeriodEnd);
     expect(cancelled.sort()).toEqual([false, true]);
     expect(rows.filter((r) => r.type === "subscription_ended")).toHaveLength(1);
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(0);
@@ -161,16 +171,24 @@ describe("subscribe idempotency and re-subscribing", () => {
   it("a retry with the same key and other arguments is an IdempotencyConflictError and changes nothing", async () => {
     const { m } = await setup();
     const first = await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 } });
-    await expect(m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 }, autoRenew: false }))
-      .rejects.toBeInstanceOf(IdempotencyConflictError);
-    await expect(m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 2 } }))
-      .rejects.toBeInstanceOf(IdempotencyConflictError);
-    await expect(m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 }, startAt: new Date(T - DAY) }))
-      .rejects.toBeInstanceOf(IdempotencyConflictError);
+    await expect(
+      m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 }, autoRenew: false }),
+    ).rejects.toBeInstanceOf(IdempotencyConflictError);
+    await expect(
+      m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 2 } }),
+    ).rejects.toBeInstanceOf(IdempotencyConflictError);
+    await expect(
+      m.subscriptions.subscribe("u", "basic", {
+        idempotencyKey: "k1",
+        metadata: { order: 1 },
+        startAt: new Date(T - DAY),
+      }),
+    ).rejects.toBeInstanceOf(IdempotencyConflictError);
     await m.subscriptions.changePlan("u", "pro", { when: "period_end" });
     // A pending plan change does not make any plan acceptable...
-    await expect(m.subscriptions.subscribe("u", "mini", { idempotencyKey: "k1", metadata: { order: 1 } }))
-      .rejects.toBeInstanceOf(IdempotencyConflictError);
+    await expect(
+      m.subscriptions.subscribe("u", "mini", { idempotencyKey: "k1", metadata: { order: 1 } }),
+    ).rejects.toBeInstanceOf(IdempotencyConflictError);
     // ...and the exact retry still returns the first subscription.
     const again = await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", metadata: { order: 1 } });
     expect(again).toMatchObject({ id: first.id, planId: "basic", autoRenew: true, pendingPlanId: "pro" });
@@ -209,10 +227,16 @@ describe("checkCreditExpiration(user, asOf)", () => {
     const { m, clock } = await setup();
     await m.credits.addCredits("b", 10, { expiresAt: new Date(T + 2 * DAY) });
     clock.now = T + 3 * DAY;
-    expect(await m.expiration.checkCreditExpiration("b", new Date(T + DAY))).toEqual({ userId: "b", creditsExpired: 0 });
+    expect(await m.expiration.checkCreditExpiration("b", new Date(T + DAY))).toEqual({
+      userId: "b",
+      creditsExpired: 0,
+    });
     const entries = await m.db.listJournal("b", { order: "asc", limit: 100 });
     expect(entries.filter((e) => e.type === "expire")).toHaveLength(0);
-    expect(await m.expiration.checkCreditExpiration("b", new Date(T + 2 * DAY))).toEqual({ userId: "b", creditsExpired: 10 });
+    expect(await m.expiration.checkCreditExpiration("b", new Date(T + 2 * DAY))).toEqual({
+      userId: "b",
+      creditsExpired: 10,
+    });
     expect(await m.expiration.checkCreditExpiration("b")).toEqual({ userId: "b", creditsExpired: 0 });
     await m.close();
   });
@@ -235,7 +259,11 @@ describe("proration prorates against what the period is on", () => {
 
   it("a second prorated change prorates against the plan the first one moved to, as it was then", async () => {
     const { m, clock } = await setup();
-    for (const [id, credits] of [["d100", 100], ["d500", 500], ["d300", 300]] as const) {
+    for (const [id, credits] of [
+      ["d100", 100],
+      ["d500", 500],
+      ["d300", 300],
+    ] as const) {
       await m.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
     }
     await m.subscriptions.subscribe("u", "d100");
@@ -251,7 +279,11 @@ describe("proration prorates against what the period is on", () => {
     // The next period gets the plan's figure as it is then.
     clock.now = T + DAY;
     await m.expiration.runAll();
-    expect(await m.subscriptions.getUserSubscription("u")).toMatchObject({ planId: "d300", periodCredits: 300, periodIndex: 1 });
+    expect(await m.subscriptions.getUserSubscription("u")).toMatchObject({
+      planId: "d300",
+      periodCredits: 300,
+      periodIndex: 1,
+    });
     expect((await m.credits.audit("u")).ok).toBe(true);
     await m.close();
   });
@@ -282,7 +314,13 @@ describe("rollover of credits held at the period's end", () => {
   for (const [name, between] of Object.entries(scenarios)) {
     it(`carries what was unspent and unheld then (60), whenever the job runs: ${name}`, async () => {
       const { m, clock } = await setup();
-      await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" });
+      await m.subscriptions.createPlan({
+        id: "daily",
+        name: "Daily",
+        creditsPerPeriod: 100,
+        billingPeriod: "daily",
+        rollover: "all",
+      });
       await m.subscriptions.subscribe("u", "daily");
       clock.now = T + 23 * H;
       const hold = await m.credits.reserveCredits("u", 40, { ttlSeconds: 3 * 3600 });
@@ -305,14 +343,22 @@ describe("rollover of a period whose credits were all held at its end", () => {
   it("carries nothing when the hold returns them after the end (the grant is closed before they come back)", async () => {
     const H = 3_600_000;
     const { m, clock } = await setup();
-    await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" });
+    await m.subscriptions.createPlan({
+      id: "daily",
+      name: "Daily",
+      creditsPerPeriod: 100,
+      billingPeriod: "daily",
+      rollover: "all",
+    });
     await m.subscriptions.subscribe("u", "daily");
     clock.now = T + 23 * H;
     const hold = await m.credits.reserveCredits("u", 100, { ttlSeconds: 3 * 3600 });
     clock.now = T + 25 * H;
     await m.credits.releaseReservedCredits(hold.id); // nothing else was due: this unit of work settles nothing first
     const entries = await m.db.listJournal("u", { order: "asc", limit: 100 });
-    expect(entries.filter((e) => e.type === "expire").map((e) => [e.amount, e.reservationId])).toEqual([[100, hold.id]]);
+    expect(entries.filter((e) => e.type === "expire").map((e) => [e.amount, e.reservationId])).toEqual([
+      [100, hold.id],
+    ]);
     clock.now = T + 26 * H;
     await m.expiration.runAll();
     const grants = await m.credits.getGrants("u", { includeInactive: true });
@@ -328,7 +374,13 @@ describe("rollover of credits a hold had stopped holding before the period's end
   for (const touched of [false, true]) {
     it(`carries them, whether or not the lapsed hold was settled before the end (${touched ? "it was" : "it was not"})`, async () => {
       const { m, clock } = await setup();
-      await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" });
+      await m.subscriptions.createPlan({
+        id: "daily",
+        name: "Daily",
+        creditsPerPeriod: 100,
+        billingPeriod: "daily",
+        rollover: "all",
+      });
       await m.subscriptions.subscribe("u", "daily");
       clock.now = T + 20 * H;
       await m.credits.reserveCredits("u", 40, { ttlSeconds: 2 * 3600 }); // lapses at 22:00, before the end at 24:00
@@ -353,7 +405,13 @@ describe("renewDueSubscriptions with a past asOf", () => {
     for (const pastRunFirst of [false, true]) {
       const clock = { now: Date.UTC(2031, 0, 1) };
       const m = await createCreditManager({ clock: () => new Date(clock.now) });
-      await m.subscriptions.createPlan({ id: "p", name: "P", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: "all" });
+      await m.subscriptions.createPlan({
+        id: "p",
+        name: "P",
+        creditsPerPeriod: 100,
+        billingPeriod: "monthly",
+        rollover: "all",
+      });
       await m.subscriptions.subscribe("u", "p");
       await m.credits.deductCredits("u", 60);
       clock.now = Date.UTC(2031, 3, 15); // the scheduler was down until Apr 15
@@ -398,8 +456,9 @@ describe("subscribe retries are compared with the call that subscribed", () => {
       expect(await m.subscriptions.listUserSubscriptions("u")).toHaveLength(1);
       // Still compared: the plan it is on now is not the plan that call asked for.
       for (const plan of ["pro", "mini"]) {
-        await expect(m.subscriptions.subscribe("u", plan, { idempotencyKey: "k1", metadata: { order: 1 } }))
-          .rejects.toBeInstanceOf(IdempotencyConflictError);
+        await expect(
+          m.subscriptions.subscribe("u", plan, { idempotencyKey: "k1", metadata: { order: 1 } }),
+        ).rejects.toBeInstanceOf(IdempotencyConflictError);
       }
       await m.close();
     });
@@ -409,22 +468,33 @@ describe("subscribe retries are compared with the call that subscribed", () => {
     const { m, clock } = await setup();
     const a = await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", autoRenew: false });
     await m.subscriptions.resume("u");
-    expect(await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", autoRenew: false })).toMatchObject({ id: a.id, autoRenew: true });
-    await expect(m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1" })).rejects.toBeInstanceOf(IdempotencyConflictError);
+    expect(await m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1", autoRenew: false })).toMatchObject({
+      id: a.id,
+      autoRenew: true,
+    });
+    await expect(m.subscriptions.subscribe("u", "basic", { idempotencyKey: "k1" })).rejects.toBeInstanceOf(
+      IdempotencyConflictError,
+    );
 
     const startAt = new Date(T - 5 * DAY);
     const b = await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt });
     clock.now += DAY;
     await m.subscriptions.changePlan("v", "pro", { when: "now", credits: "keep" }); // a new cycle: anchor = now
-    expect(await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt })).toMatchObject({ id: b.id, planId: "pro" });
+    expect(await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt })).toMatchObject({
+      id: b.id,
+      planId: "pro",
+    });
     expect(await m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2" })).toMatchObject({ id: b.id });
-    await expect(m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt: new Date(clock.now - DAY) }))
-      .rejects.toBeInstanceOf(IdempotencyConflictError);
+    await expect(
+      m.subscriptions.subscribe("v", "basic", { idempotencyKey: "k2", startAt: new Date(clock.now - DAY) }),
+    ).rejects.toBeInstanceOf(IdempotencyConflictError);
     // Without startAt the cycle started at the call's time: that is the startAt it is compared with.
     const c = await m.subscriptions.subscribe("w", "basic", { idempotencyKey: "k3" });
     clock.now += 60_000;
     await m.subscriptions.changePlan("w", "pro", { when: "now", credits: "keep" });
-    expect(await m.subscriptions.subscribe("w", "basic", { idempotencyKey: "k3", startAt: c.createdAt })).toMatchObject({ id: c.id });
+    expect(await m.subscriptions.subscribe("w", "basic", { idempotencyKey: "k3", startAt: c.createdAt })).toMatchObject(
+      { id: c.id },
+    );
     await m.close();
   });
 });

@@ -11,12 +11,16 @@ describe("the contract suite's test functions", () => {
     const dir = new URL("../src/testing/", import.meta.url);
     const runners = readdirSync(dir)
       .filter((f) => f.endsWith(".ts"))
-      .filter((f) => /^import [^;]*from "(vitest|jest|@jest\/globals|mocha)"/m.test(readFileSync(new URL(f, dir), "utf8")));
+      .filter((f) =>
+        /^import [^;]*from "(vitest|jest|@jest\/globals|mocha)"/m.test(readFileSync(new URL(f, dir), "utf8")),
+      );
     expect(runners).toEqual([]);
   });
 
   it("without `test` and without a runner's globals, refuses with ConfigurationError that says what to pass", () => {
-    expect(() => runDbManagerContract({ name: "no runner", create: async () => new InMemoryDbManager() })).toThrow(ConfigurationError);
+    expect(() => runDbManagerContract({ name: "no runner", create: async () => new InMemoryDbManager() })).toThrow(
+      ConfigurationError,
+    );
     expect(() => runDbManagerContract({ name: "no runner", create: async () => new InMemoryDbManager() })).toThrow(
       /test: \{ describe, it, expect, beforeAll, afterAll \}/,
     );
@@ -24,9 +28,9 @@ describe("the contract suite's test functions", () => {
 
   it("refuses a `test` that lacks one of the functions", () => {
     const partial = { describe, it, expect } as unknown as TestApi;
-    expect(() => runDbManagerContract({ name: "partial", create: async () => new InMemoryDbManager(), test: partial })).toThrow(
-      /lacks beforeAll, afterAll/,
-    );
+    expect(() =>
+      runDbManagerContract({ name: "partial", create: async () => new InMemoryDbManager(), test: partial }),
+    ).toThrow(/lacks beforeAll, afterAll/);
   });
 
   it("registers every suite and test through the functions it is given (another runner's)", () => {

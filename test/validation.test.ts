@@ -2,11 +2,39 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createCreditManager, CreditError, RuleViolationError, ValidationError, type CreditManager } from "../src/index.js";
+import {
+  createCreditManager,
+  CreditError,
+  RuleViolationError,
+  ValidationError,
+  type CreditManager,
+} from "../src/index.js";
 
-const badAmounts: unknown[] = [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 53, "10", null, undefined, {}, 10n];
+const badAmounts: unknown[] = [
+  0,
+  -1,
+  1.5,
+  Number.NaN,
+  Number.POSITIVE_INFINITY,
+  2 ** 53,
+  "10",
+  null,
+  undefined,
+  {},
+  10n,
+];
 // Lone UTF-16 surrogates: stores would turn them into U+FFFD and mix up two ids.
-const badUserIds: unknown[] = ["", 5, "a\u0000b", "x".repeat(257), null, undefined, "a\uD800", "\uDC00b", "a\uDBFF\uDBFF"];
+const badUserIds: unknown[] = [
+  "",
+  5,
+  "a\u0000b",
+  "x".repeat(257),
+  null,
+  undefined,
+  "a\uD800",
+  "\uDC00b",
+  "a\uDBFF\uDBFF",
+];
 
 describe("bad input is a ValidationError and changes nothing", () => {
   let m: CreditManager;
@@ -48,28 +76,34 @@ describe("bad input is a ValidationError and changes nothing", () => {
     expect((error as Error).message).toMatch(pattern);
   };
 
-  it.each(badAmounts.map((a) => [String(a), a]))("amount %s is refused by every amount-taking method", async (_label, amount) => {
-    const c = m.credits;
-    await expectInvalid(() => c.addCredits(U, amount as number), /amount/);
-    await expectInvalid(() => c.deductCredits(U, amount as number), /amount/);
-    await expectInvalid(() => c.deductCreditsAfterService(U, amount as number), /amount/);
-    await expectInvalid(() => c.reserveCredits(U, amount as number), /amount/);
-  });
+  it.each(badAmounts.map((a) => [String(a), a]))(
+    "amount %s is refused by every amount-taking method",
+    async (_label, amount) => {
+      const c = m.credits;
+      await expectInvalid(() => c.addCredits(U, amount as number), /amount/);
+      await expectInvalid(() => c.deductCredits(U, amount as number), /amount/);
+      await expectInvalid(() => c.deductCreditsAfterService(U, amount as number), /amount/);
+      await expectInvalid(() => c.reserveCredits(U, amount as number), /amount/);
+    },
+  );
 
-  it.each(badUserIds.map((u) => [JSON.stringify(u) ?? "undefined", u]))("userId %s is refused by every user method", async (_label, userId) => {
-    const c = m.credits;
-    const u = userId as string;
-    await expectInvalid(() => c.addCredits(u, 1), /userId/);
-    await expectInvalid(() => c.deductCredits(u, 1), /userId/);
-    await expectInvalid(() => c.deductCreditsAfterService(u, 1), /userId/);
-    await expectInvalid(() => c.reserveCredits(u, 1), /userId/);
-    await expectInvalid(() => c.getUserCreditsInfo(u), /userId/);
-    await expectInvalid(() => c.getCreditHistory(u), /userId/);
-    await expectInvalid(() => c.getExpiringCredits(u, 7), /userId/);
-    await expectInvalid(() => c.getGrants(u), /userId/);
-    await expectInvalid(() => c.expireCredits(u), /userId/);
-    await expectInvalid(() => c.audit(u), /userId/);
-  });
+  it.each(badUserIds.map((u) => [JSON.stringify(u) ?? "undefined", u]))(
+    "userId %s is refused by every user method",
+    async (_label, userId) => {
+      const c = m.credits;
+      const u = userId as string;
+      await expectInvalid(() => c.addCredits(u, 1), /userId/);
+      await expectInvalid(() => c.deductCredits(u, 1), /userId/);
+      await expectInvalid(() => c.deductCreditsAfterService(u, 1), /userId/);
+      await expectInvalid(() => c.reserveCredits(u, 1), /userId/);
+      await expectInvalid(() => c.getUserCreditsInfo(u), /userId/);
+      await expectInvalid(() => c.getCreditHistory(u), /userId/);
+      await expectInvalid(() => c.getExpiringCredits(u, 7), /userId/);
+      await expectInvalid(() => c.getGrants(u), /userId/);
+      await expectInvalid(() => c.expireCredits(u), /userId/);
+      await expectInvalid(() => c.audit(u), /userId/);
+    },
+  );
 
   it("refuses bad options with a message naming the field", async () => {
     const c = m.credits;
@@ -83,7 +117,10 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => c.addCredits(U, 1, { metadata: { f: (() => 1) as never } }), /metadata/);
     await expectInvalid(() => c.addCredits(U, 1, { idempotencyKey: "top-up-\uD800" }), /idempotencyKey.*well-formed/);
     await expectInvalid(() => c.addCredits(U, 1, { description: "d\uDFFF" }), /description.*well-formed/);
-    await expectInvalid(() => c.addCredits(U, 1, { metadata: { a: { b: ["ok", "x\uD800"] } } }), /options\.metadata\.a\.b\.1.*well-formed/);
+    await expectInvalid(
+      () => c.addCredits(U, 1, { metadata: { a: { b: ["ok", "x\uD800"] } } }),
+      /options\.metadata\.a\.b\.1.*well-formed/,
+    );
     await expectInvalid(() => c.addCredits(U, 1, { metadata: { "k\uD800": 1 } }), /metadata.*well-formed/);
     await expectInvalid(() => c.deductCredits(U, 1, { correlationId: "\uDC00" }), /correlationId.*well-formed/);
     await expectInvalid(() => c.addCredits(U, 1, { expiresAt: new Date(Date.UTC(10_000, 0, 1)) }), /expiresAt.*9999/);
@@ -167,20 +204,40 @@ describe("bad input is a ValidationError and changes nothing", () => {
     };
     // A raw RangeError (stack overflow) before: through HTTP, a 500.
     await expectInvalid(() => c.addCredits(U, 1, { metadata: cyclic }), /options\.metadata\.self: .*cycle/);
-    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { list: [cyclic] } }), /options\.metadata\.list\.0\.self: .*cycle/);
-    await expectInvalid(() => c.deductCredits(U, 1, { metadata: nest(2000) }), /options\.metadata\.(x\.){31}x: .*32 levels/);
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: { list: [cyclic] } }),
+      /options\.metadata\.list\.0\.self: .*cycle/,
+    );
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: nest(2000) }),
+      /options\.metadata\.(x\.){31}x: .*32 levels/,
+    );
     await expectInvalid(() => c.deductCredits(U, 1, { metadata: nest(33) }), /32 levels/);
-    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { s: "x".repeat(70_000) } }), /options\.metadata\.s: .*65536 characters/);
-    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { a: new Array(40_000).fill(0) } }), /65536 characters/);
-    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { at: new Date() as never } }), /options\.metadata\.at: .*plain objects/);
-    await expectInvalid(() => c.deductCredits(U, 1, { metadata: { m: new Map() as never } }), /options\.metadata\.m: .*plain objects/);
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: { s: "x".repeat(70_000) } }),
+      /options\.metadata\.s: .*65536 characters/,
+    );
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: { a: new Array(40_000).fill(0) } }),
+      /65536 characters/,
+    );
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: { at: new Date() as never } }),
+      /options\.metadata\.at: .*plain objects/,
+    );
+    await expectInvalid(
+      () => c.deductCredits(U, 1, { metadata: { m: new Map() as never } }),
+      /options\.metadata\.m: .*plain objects/,
+    );
     // JSON.parse makes "__proto__" an own key; copying would set the prototype instead and drop it.
     const proto = JSON.parse('{"__proto__":{"x":1},"y":2}') as Record<string, never>;
     await expectInvalid(() => c.addCredits(U, 1, { metadata: proto }), /options\.metadata\.__proto__: .*"__proto__"/);
     await expectInvalid(() => c.addCredits(U, 1, { metadata: { a: [proto] } }), /options\.metadata\.a\.0\.__proto__/);
     await expectInvalid(() => m.subscriptions.subscribe(U, "plan", { metadata: cyclic }), /metadata\.self: .*cycle/);
     // The metadata's problem is one issue among the call's others, not the only one reported.
-    const error = (await c.reserveCredits(U, 1, { metadata: cyclic, ttlSeconds: 0 }).catch((e: unknown) => e)) as ValidationError;
+    const error = (await c
+      .reserveCredits(U, 1, { metadata: cyclic, ttlSeconds: 0 })
+      .catch((e: unknown) => e)) as ValidationError;
     expect(error).toBeInstanceOf(ValidationError);
     expect(error.issues.map((i) => i.path).sort()).toEqual(["metadata.self", "ttlSeconds"]);
   });
@@ -232,7 +289,9 @@ describe("metadata within the limits", () => {
     };
     const u = "metadata-limits";
     await m.credits.addCredits(u, 10, { metadata: nest(32) });
-    await m.credits.addCredits(u, 10, { metadata: { a: shared, b: [shared], constructor: 1, prototype: { toString: 2 } } });
+    await m.credits.addCredits(u, 10, {
+      metadata: { a: shared, b: [shared], constructor: 1, prototype: { toString: 2 } },
+    });
     await m.credits.addCredits(u, 10, { metadata: { s: "x".repeat(60_000) } });
     const items = (await m.credits.getCreditHistory(u)).items;
     expect(items[1]?.metadata).toEqual({ a: { s: 1 }, b: [{ s: 1 }], constructor: 1, prototype: { toString: 2 } });

@@ -61,7 +61,8 @@ export class CacheAside {
     if (flight !== undefined) flight.invalidations++;
     try {
       const deleting = this.cache.delete(key);
-      if (isPromiseLike(deleting)) return Promise.resolve(deleting).then(undefined, (error: unknown) => this.invalidationFailed(error, key));
+      if (isPromiseLike(deleting))
+        return Promise.resolve(deleting).then(undefined, (error: unknown) => this.invalidationFailed(error, key));
     } catch (error) {
       this.invalidationFailed(error, key);
     }

@@ -57,7 +57,9 @@ interface FileLine {
 export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
   const db = source.db ?? (await createDbManagerFromEnv(source.env ?? process.env));
   if (source.db === undefined && db instanceof InMemoryDbManager) {
-    throw new AuditUsageError("audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_PG_URL (and CREDIT_PG_SCHEMA)");
+    throw new AuditUsageError(
+      "audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_PG_URL (and CREDIT_PG_SCHEMA)",
+    );
   }
   const manager = await createCreditManager({ db, init: false, ledger: false });
   try {
@@ -69,7 +71,8 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
     let missing = 0;
     let accounts = 0;
     let fileProblems = 0;
-    for (const file of command.ledgerFiles) fileProblems += await readLedgerFile(file, fileLines, io, command.json, command.unordered === true);
+    for (const file of command.ledgerFiles)
+      fileProblems += await readLedgerFile(file, fileLines, io, command.json, command.unordered === true);
 
     const audit = async (userId: string, named: boolean): Promise<void> => {
       accounts++;
@@ -80,7 +83,10 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
         const lines = fileLines.get(userId);
         fileLines.delete(userId);
         if (lines !== undefined && lines.size > 0) failed++;
-        if (command.json) io.stdout(`${JSON.stringify({ userId, ok: false, missing: true, problems: ["no such account in the store"] })}\n`);
+        if (command.json)
+          io.stdout(
+            `${JSON.stringify({ userId, ok: false, missing: true, problems: ["no such account in the store"] })}\n`,
+          );
         else io.stdout(`MISSING ${JSON.stringify(userId)}: no such account in the store\n`);
         return;
       }
@@ -104,13 +110,21 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
       for (const [userId, lines] of fileLines) {
         for (const [seq, at] of lines) {
           fileProblems++;
-          problem(io, command.json, at, `user ${JSON.stringify(userId)} seq ${seq} is in the file but the store has no such account`);
+          problem(
+            io,
+            command.json,
+            at,
+            `user ${JSON.stringify(userId)} seq ${seq} is in the file but the store has no such account`,
+          );
         }
       }
     }
-    const summary = `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed - missing} consistent, ${failed} with problems` +
+    const summary =
+      `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed - missing} consistent, ${failed} with problems` +
       (missing > 0 ? `, ${missing} not found` : "") +
-      (command.ledgerFiles.length > 0 ? `; ${fileProblems} problem${fileProblems === 1 ? "" : "s"} in the ledger files` : "");
+      (command.ledgerFiles.length > 0
+        ? `; ${fileProblems} problem${fileProblems === 1 ? "" : "s"} in the ledger files`
+        : "");
     if (command.json) io.stderr(`${summary}\n`);
     else io.stdout(`${summary}\n`);
     return failed > 0 || fileProblems > 0 ? 1 : missing > 0 ? 3 : 0;
@@ -126,12 +140,16 @@ export class AuditUsageError extends Error {}
 
 function print(io: AuditIo, json: boolean, report: AuditReport): void {
   if (json) {
-    io.stdout(`${JSON.stringify({ userId: report.userId, ok: report.ok, entries: report.entries, balance: report.balance, reserved: report.reserved, debt: report.debt, problems: report.problems })}\n`);
+    io.stdout(
+      `${JSON.stringify({ userId: report.userId, ok: report.ok, entries: report.entries, balance: report.balance, reserved: report.reserved, debt: report.debt, problems: report.problems })}\n`,
+    );
     return;
   }
   const id = JSON.stringify(report.userId);
   if (report.ok) {
-    io.stdout(`ok    ${id}: ${report.entries} entries, balance ${report.balance}, reserved ${report.reserved}, debt ${report.debt}\n`);
+    io.stdout(
+      `ok    ${id}: ${report.entries} entries, balance ${report.balance}, reserved ${report.reserved}, debt ${report.debt}\n`,
+    );
     return;
   }
   io.stdout(`FAIL  ${id}: ${report.problems.length} problem${report.problems.length === 1 ? "" : "s"}\n`);
@@ -176,7 +194,13 @@ async function readLedgerFile(
     }
     if (event.eventType !== "transaction") continue;
     const entry = event.details as (Omit<JournalEntry, "createdAt"> & { createdAt: string }) | undefined;
-    if (entry === undefined || entry === null || typeof entry !== "object" || typeof entry.userId !== "string" || typeof entry.seq !== "number") {
+    if (
+      entry === undefined ||
+      entry === null ||
+      typeof entry !== "object" ||
+      typeof entry.userId !== "string" ||
+      typeof entry.seq !== "number"
+    ) {
       problems++;
       problem(io, json, at, "a transaction line without its entry");
       continue;
@@ -189,7 +213,12 @@ async function readLedgerFile(
     }
     if (recomputed !== entry.hash) {
       problems++;
-      problem(io, json, at, `user ${JSON.stringify(entry.userId)} seq ${entry.seq}: the line's hash does not match its content`);
+      problem(
+        io,
+        json,
+        at,
+        `user ${JSON.stringify(entry.userId)} seq ${entry.seq}: the line's hash does not match its content`,
+      );
     }
     let byUser = into.get(entry.userId);
     if (byUser === undefined) into.set(entry.userId, (byUser = new Map()));
@@ -209,7 +238,12 @@ async function readLedgerFile(
     const before = last.get(entry.userId);
     if (!unordered && before !== undefined && entry.seq < before.seq) {
       problems++;
-      problem(io, json, at, `user ${JSON.stringify(entry.userId)} seq ${entry.seq} comes after seq ${before.seq} (line ${before.line}): an account's lines are out of order`);
+      problem(
+        io,
+        json,
+        at,
+        `user ${JSON.stringify(entry.userId)} seq ${entry.seq} comes after seq ${before.seq} (line ${before.line}): an account's lines are out of order`,
+      );
     }
     if (before === undefined || entry.seq > before.seq) last.set(entry.userId, { seq: entry.seq, line: n });
     byUser.set(entry.seq, { hash: entry.hash, file, line: n });
@@ -218,7 +252,11 @@ async function readLedgerFile(
 }
 
 /** The store's journal of one account against the file's lines for it: missing, extra, different. */
-async function compareWithFile(db: DbManager, userId: string, lines: Map<number, FileLine> | undefined): Promise<string[]> {
+async function compareWithFile(
+  db: DbManager,
+  userId: string,
+  lines: Map<number, FileLine> | undefined,
+): Promise<string[]> {
   const problems: string[] = [];
   const file = lines ?? new Map<number, FileLine>();
   let afterSeq = 0;
@@ -228,7 +266,8 @@ async function compareWithFile(db: DbManager, userId: string, lines: Map<number,
     for (const entry of page) {
       const line = file.get(entry.seq);
       if (line === undefined) problems.push(`seq ${entry.seq} is in the store but in none of the ledger files`);
-      else if (line.hash !== entry.hash) problems.push(`seq ${entry.seq} differs between the store and ${line.file}:${line.line}`);
+      else if (line.hash !== entry.hash)
+        problems.push(`seq ${entry.seq} differs between the store and ${line.file}:${line.line}`);
       last = entry.seq;
     }
     if (page.length < PAGE) break;

@@ -79,7 +79,12 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
   try {
     return await run(args, io, source);
   } catch (error) {
-    if (error instanceof UsageError || error instanceof AuditUsageError || error instanceof WorkerUsageError || isParseArgsError(error)) {
+    if (
+      error instanceof UsageError ||
+      error instanceof AuditUsageError ||
+      error instanceof WorkerUsageError ||
+      isParseArgsError(error)
+    ) {
       // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
       const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
       io.stderr(`credit-management: ${message}\nRun "credit-management --help" for usage.\n`);
@@ -122,11 +127,13 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     return 0;
   }
   if (command === undefined) throw new UsageError('missing command (try "schema", "audit" or "worker")');
-  if (command !== "schema" && command !== "audit" && command !== "worker") throw new UsageError(`unknown command "${command}"`);
+  if (command !== "schema" && command !== "audit" && command !== "worker")
+    throw new UsageError(`unknown command "${command}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
   const only = (names: readonly string[], of: string) => {
     for (const name of names) {
-      if ((values as Record<string, unknown>)[name] !== undefined) throw new UsageError(`--${name} applies to "${of}" only`);
+      if ((values as Record<string, unknown>)[name] !== undefined)
+        throw new UsageError(`--${name} applies to "${of}" only`);
     }
   };
   const workerFlags = Object.keys(WORKER_FLAGS);
@@ -144,8 +151,19 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     for (const user of users) if (user.trim() === "") throw new UsageError("--user needs an account id");
     const ledgerFiles = values["ledger-file"] ?? [];
     for (const file of ledgerFiles) if (file === "") throw new UsageError("--ledger-file needs a file name");
-    if (values.unordered === true && ledgerFiles.length === 0) throw new UsageError("--unordered applies to --ledger-file");
-    return runAudit({ users, all: values.all === true, json: values.json === true, ledgerFiles, unordered: values.unordered === true }, io, source);
+    if (values.unordered === true && ledgerFiles.length === 0)
+      throw new UsageError("--unordered applies to --ledger-file");
+    return runAudit(
+      {
+        users,
+        all: values.all === true,
+        json: values.json === true,
+        ledgerFiles,
+        unordered: values.unordered === true,
+      },
+      io,
+      source,
+    );
   }
   only(["user", "all", "ledger-file", "json", "unordered"], "audit");
 
@@ -161,21 +179,37 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     }
     const from = values["from-version"];
     if (from === undefined) {
-      text = naming(() => generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }));
+      text = naming(() =>
+        generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }),
+      );
     } else {
       const fromVersion = /^[0-9]+$/.test(from) ? Number(from) : NaN;
       if (!(fromVersion >= 1 && fromVersion <= SCHEMA_VERSION)) {
         throw new UsageError(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}, not "${from}"`);
       }
-      text = naming(() => generateUpgradeSql({ dialect: dialect as SqlDialect, fromVersion, prefix: values.prefix, schema: values.schema }));
+      text = naming(() =>
+        generateUpgradeSql({
+          dialect: dialect as SqlDialect,
+          fromVersion,
+          prefix: values.prefix,
+          schema: values.schema,
+        }),
+      );
     }
   } else {
     if (values.dialect !== undefined) throw new UsageError("--dialect applies to --backend sql only");
     if (values["from-version"] !== undefined) {
-      throw new UsageError("--from-version applies to --backend sql only (MongoDB: apply the validators and indexes again; init() records the version)");
+      throw new UsageError(
+        "--from-version applies to --backend sql only (MongoDB: apply the validators and indexes again; init() records the version)",
+      );
     }
-    if (values.schema !== undefined) throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
-    text = `${JSON.stringify(naming(() => generateMongoSchema({ prefix: values.prefix })), null, 2)}\n`;
+    if (values.schema !== undefined)
+      throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
+    text = `${JSON.stringify(
+      naming(() => generateMongoSchema({ prefix: values.prefix })),
+      null,
+      2,
+    )}\n`;
   }
   if (values.out !== undefined) {
     if (values.out === "") throw new UsageError("--out needs a file name");

@@ -120,14 +120,16 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     const v = read(flag, name);
     if (v === undefined) return undefined;
     const n = /^[0-9]+$/.test(v.text) ? Number(v.text) : NaN;
-    if (!(n >= min && n <= max)) throw new WorkerUsageError(`${v.from} must be a whole number from ${min} to ${max}, not "${v.text}"`);
+    if (!(n >= min && n <= max))
+      throw new WorkerUsageError(`${v.from} must be a whole number from ${min} to ${max}, not "${v.text}"`);
     return n;
   };
   const number = (flag: keyof WorkerFlags | null, name: string, min: number, max: number): number | undefined => {
     const v = read(flag, name);
     if (v === undefined) return undefined;
     const n = /^[0-9]+(\.[0-9]+)?$/.test(v.text) ? Number(v.text) : NaN;
-    if (!(n >= min && n <= max)) throw new WorkerUsageError(`${v.from} must be a number from ${min} to ${max}, not "${v.text}"`);
+    if (!(n >= min && n <= max))
+      throw new WorkerUsageError(`${v.from} must be a number from ${min} to ${max}, not "${v.text}"`);
     return n;
   };
 
@@ -139,29 +141,40 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   if (modeText !== undefined && modeText !== "off" && modeText !== "record" && modeText !== "deliver") {
     throw new WorkerUsageError(`CREDIT_NOTIFICATIONS must be off, record or deliver, not "${modeText}"`);
   }
-  const notifications: NotificationsMode = (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined ? "off" : "deliver");
+  const notifications: NotificationsMode =
+    (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined ? "off" : "deliver");
   if (notifications === "deliver" && redisUrl === undefined) {
     throw new WorkerUsageError("CREDIT_NOTIFICATIONS=deliver needs CREDIT_REDIS_URL (the stream it delivers to)");
   }
   const cachePrefix = read(null, "CREDIT_REDIS_CACHE_PREFIX")?.text;
-  if (cachePrefix !== undefined && redisUrl === undefined) throw new WorkerUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+  if (cachePrefix !== undefined && redisUrl === undefined)
+    throw new WorkerUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
   const jobs = duration("jobs-every", "CREDIT_WORKER_JOBS_EVERY", 60_000);
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
   const dispatch = duration("dispatch-every", "CREDIT_WORKER_DISPATCH_EVERY", 1000);
   if (notifications === "off" && reminders.given && reminders.ms > 0) {
-    throw new WorkerUsageError("reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)");
+    throw new WorkerUsageError(
+      "reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)",
+    );
   }
   if (notifications !== "deliver" && dispatch.given && dispatch.ms > 0) {
-    throw new WorkerUsageError("dispatch needs CREDIT_NOTIFICATIONS=deliver and CREDIT_REDIS_URL (the stream it delivers to)");
+    throw new WorkerUsageError(
+      "dispatch needs CREDIT_NOTIFICATIONS=deliver and CREDIT_REDIS_URL (the stream it delivers to)",
+    );
   }
 
   const daysText = read(null, "CREDIT_REMINDER_DAYS")?.text;
   let reminderDays = [7];
   if (daysText !== undefined) {
     reminderDays = daysText === "none" ? [] : daysText.split(",").map((d) => Number(d.trim()));
-    if (reminderDays.length > 16 || reminderDays.some((d, i) => !/^[0-9]+(\.[0-9]+)?$/.test(daysText.split(",")[i]?.trim() ?? "") || !(d <= 3650))) {
-      throw new WorkerUsageError(`CREDIT_REMINDER_DAYS must be up to 16 numbers of days (0 to 3650) separated by commas, or none, not "${daysText}"`);
+    if (
+      reminderDays.length > 16 ||
+      reminderDays.some((d, i) => !/^[0-9]+(\.[0-9]+)?$/.test(daysText.split(",")[i]?.trim() ?? "") || !(d <= 3650))
+    ) {
+      throw new WorkerUsageError(
+        `CREDIT_REMINDER_DAYS must be up to 16 numbers of days (0 to 3650) separated by commas, or none, not "${daysText}"`,
+      );
     }
   }
 
@@ -191,7 +204,9 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     logLevel: (levelText?.text as LogLevel | undefined) ?? "info",
   };
   if (settings.jobsEveryMs === 0 && settings.remindersEveryMs === 0 && settings.dispatchEveryMs === 0) {
-    throw new WorkerUsageError("every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every a duration");
+    throw new WorkerUsageError(
+      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every a duration",
+    );
   }
   return settings;
 }
@@ -203,7 +218,9 @@ export function parseDuration(text: string, from: string): number {
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m?.[2] ?? "ms") as "ms" | "s" | "m" | "h"];
   const ms = m === null ? NaN : Math.round(Number(m[1]) * unit);
   if (!(ms >= 10 && ms <= 86_400_000)) {
-    throw new WorkerUsageError(`${from} must be a duration from 10ms to 24h (500ms, 30s, 5m, 1h or a number of ms), or 0/off, not "${text}"`);
+    throw new WorkerUsageError(
+      `${from} must be a duration from 10ms to 24h (500ms, 30s, 5m, 1h or a number of ms), or 0/off, not "${text}"`,
+    );
   }
   return ms;
 }
@@ -212,7 +229,12 @@ export function parseDuration(text: string, from: string): number {
  * The pause before a task's round, in ms: the first up to `jitter × every` (replicas started
  * together drift apart), each later one `every ± jitter/2 × every` (on average `every`).
  */
-export function pauseBefore(everyMs: number, jitter: number, first: boolean, random: () => number = Math.random): number {
+export function pauseBefore(
+  everyMs: number,
+  jitter: number,
+  first: boolean,
+  random: () => number = Math.random,
+): number {
   return Math.round(first ? everyMs * jitter * random() : everyMs * (1 - jitter / 2 + jitter * random()));
 }
 
@@ -241,7 +263,10 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
   let wake: (() => void) | null = null;
   const onStop = (signal: NodeJS.Signals) => {
     if (stopping) {
-      logger.error({ signal }, "second signal: exiting now; the rounds in flight are cut (their units of work are all there or not at all)");
+      logger.error(
+        { signal },
+        "second signal: exiting now; the rounds in flight are cut (their units of work are all there or not at all)",
+      );
       process.exit(128 + (signal === "SIGINT" ? 2 : 15));
     }
     stopping = true;
@@ -268,7 +293,9 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
     try {
       db = await createDbManagerFromEnv(env);
       if (db instanceof InMemoryDbManager) {
-        throw new WorkerUsageError("the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_MONGO_URI (and CREDIT_MONGO_DB)");
+        throw new WorkerUsageError(
+          "the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_MONGO_URI (and CREDIT_MONGO_DB)",
+        );
       }
       let queue: NotificationQueue | undefined;
       let cache: Cache | undefined;
@@ -294,7 +321,11 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         notifications:
           settings.notifications === "off"
             ? undefined
-            : { lowCredits: settings.lowCredits, lowCreditsPercent: settings.lowCreditsPercent, reminderDays: settings.reminderDays },
+            : {
+                lowCredits: settings.lowCredits,
+                lowCreditsPercent: settings.lowCreditsPercent,
+                reminderDays: settings.reminderDays,
+              },
       });
     } catch (error) {
       if (error instanceof WorkerUsageError) throw error;
@@ -331,7 +362,10 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         else logger.info(line, `${task.name} round`);
         return r.ok;
       } catch (error) {
-        logger.error({ task: task.name, ok: false, durationMs: Math.round(performance.now() - started), err: error }, `${task.name} round failed`);
+        logger.error(
+          { task: task.name, ok: false, durationMs: Math.round(performance.now() - started), err: error },
+          `${task.name} round failed`,
+        );
         return false;
       }
     };
@@ -351,15 +385,18 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       });
       const schedule = (task: (typeof tasks)[number], first: boolean) => {
         if (stopping) return;
-        const timer = setTimeout(() => {
-          timers.delete(timer);
-          if (stopping) return;
-          const p = round(task).finally(() => {
-            inFlight.delete(p);
-            schedule(task, false);
-          });
-          inFlight.add(p);
-        }, pauseBefore(task.everyMs, settings.jitter, first));
+        const timer = setTimeout(
+          () => {
+            timers.delete(timer);
+            if (stopping) return;
+            const p = round(task).finally(() => {
+              inFlight.delete(p);
+              schedule(task, false);
+            });
+            inFlight.add(p);
+          },
+          pauseBefore(task.everyMs, settings.jitter, first),
+        );
         timers.add(timer);
       };
       for (const task of tasks) schedule(task, true);
@@ -388,7 +425,11 @@ async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResu
   const { job: _r, asOf: _ra, ...renewDueSubscriptions } = await m.expiration.renewDueSubscriptions(asOf, options);
   const { job: _e, asOf: _ea, ...expireDueGrants } = await m.expiration.expireDueGrants(asOf, options);
   const errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
-  return { ok: errors === 0, idle: false, report: { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants } };
+  return {
+    ok: errors === 0,
+    idle: false,
+    report: { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants },
+  };
 }
 
 /** The expiring-credit reminders of each window (recorded once per grant and window). */

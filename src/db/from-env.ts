@@ -36,7 +36,10 @@ export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<
     try {
       ({ PostgresDbManager } = await import("./postgres/index.js"));
     } catch (error) {
-      throw new ConfigurationError("[credit-management] CREDIT_PG_URL is set but the PostgreSQL adapter could not be loaded", error);
+      throw new ConfigurationError(
+        "[credit-management] CREDIT_PG_URL is set but the PostgreSQL adapter could not be loaded",
+        error,
+      );
     }
     // The pool loads `pg` on first use and says so with a ConfigurationError if it is missing.
     return new PostgresDbManager({ connectionString: pgUrl, schema: env.CREDIT_PG_SCHEMA?.trim() || undefined });

@@ -71,5 +71,9 @@ export function freezeState<S extends AccountState>(state: S): S {
   deep(state.account);
   for (const g of state.grants) deep(g);
   for (const r of state.reservations) deep(r);
-  return Object.freeze({ ...state, grants: Object.freeze([...state.grants]), reservations: Object.freeze([...state.reservations]) });
+  return Object.freeze({
+    ...state,
+    grants: Object.freeze([...state.grants]),
+    reservations: Object.freeze([...state.reservations]),
+  });
 }

@@ -1,5 +1,13 @@
 import type { NotificationStore } from "./types-notifications.js";
-import type { Account, EntryType, Grant, JournalEntry, LedgerEntry, LedgerEventType, Reservation } from "../models/index.js";
+import type {
+  Account,
+  EntryType,
+  Grant,
+  JournalEntry,
+  LedgerEntry,
+  LedgerEventType,
+  Reservation,
+} from "../models/index.js";
 import type { Changes, LoadedState } from "../domain/state.js";
 import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";

@@ -81,18 +81,20 @@ export class AccountWork {
     this.newId = newId;
     this.original = state.account;
     // A private copy, updated in place (the loaded object is never mutated).
-    this.account = state.account ? copyAccount(state.account) : {
-      userId,
-      balance: 0,
-      reserved: 0,
-      debt: 0,
-      seq: 0,
-      lastHash: null,
-      nextExpiryAt: null,
-      alert: null,
-      createdAt: now,
-      updatedAt: now,
-    };
+    this.account = state.account
+      ? copyAccount(state.account)
+      : {
+          userId,
+          balance: 0,
+          reserved: 0,
+          debt: 0,
+          seq: 0,
+          lastHash: null,
+          nextExpiryAt: null,
+          alert: null,
+          createdAt: now,
+          updatedAt: now,
+        };
     this.grants = new WorkingSet(state.grants);
     this.holds = new WorkingSet(state.reservations);
     this.ordered = state.grantsInOrder === true;
@@ -189,7 +191,10 @@ export class AccountWork {
 
   /** Expires the unspent part of every grant due at `asOf` (<= now). Returns the credits expired. */
   expireDue(asOf: Date, meta: EntryMeta): number {
-    const due = this.grants.all().filter((g) => isDue(g, asOf)).sort(compareGrants);
+    const due = this.grants
+      .all()
+      .filter((g) => isDue(g, asOf))
+      .sort(compareGrants);
     if (due.length === 0) return 0;
     return this.closeExpired(due, { description: "credits expired", ...meta });
   }
@@ -234,7 +239,10 @@ export class AccountWork {
    */
   removeFromGrants(grantIds: readonly string[], amount: number, meta: EntryMeta): number {
     const ids = new Set(grantIds);
-    const usable = this.grants.all().filter((g) => ids.has(g.id) && isUsable(g, this.now)).sort(compareGrants);
+    const usable = this.grants
+      .all()
+      .filter((g) => ids.has(g.id) && isUsable(g, this.now))
+      .sort(compareGrants);
     const portions = this.takeInOrder(usable, amount);
     const total = sum(portions);
     if (total > 0) {
@@ -295,10 +303,10 @@ export class AccountWork {
   ): JournalEntry {
     const available = this.available;
     if (!options.allowDebt && available < amount) {
-      throw new InsufficientCreditsError(
-        `Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`,
-        { requested: amount, available },
-      );
+      throw new InsufficientCreditsError(`Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`, {
+        requested: amount,
+        available,
+      });
     }
     if (options.allowDebt && amount > this.headroom(options.overdraftLimit)) {
       throw new InsufficientCreditsError(
@@ -387,14 +395,20 @@ export class AccountWork {
       this.returnToGrants(settled, { description: "unused part of committed reservation" });
     }
     if (excess > 0) {
-      this.deduct(excess, { description: "committed beyond reservation" }, {
-        allowDebt: true,
-        overdraftLimit: null,
-        reservationId: hold.id,
-      });
+      this.deduct(
+        excess,
+        { description: "committed beyond reservation" },
+        {
+          allowDebt: true,
+          overdraftLimit: null,
+          reservationId: hold.id,
+        },
+      );
     }
     // The stored hold keeps what it originally held; allocations are what it consumed.
-    this.holds.put(holdWith(settled, settled.status, settled.settledAt, settled.committedAmount, hold.amount, hold.allocations));
+    this.holds.put(
+      holdWith(settled, settled.status, settled.settledAt, settled.committedAmount, hold.amount, hold.allocations),
+    );
     return entry;
   }
 

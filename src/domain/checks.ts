@@ -13,7 +13,11 @@ export interface CheckResult {
  * The "allowed?" rule, once: allowed when `available >= required`, where `required` is the larger
  * of the feature's `minAvailable` (1 without a feature: "has credits") and the amount asked for.
  */
-export function decideCheck(available: number, minAvailable: number | undefined, amount: number | undefined): CheckResult {
+export function decideCheck(
+  available: number,
+  minAvailable: number | undefined,
+  amount: number | undefined,
+): CheckResult {
   const required = Math.max(minAvailable ?? 1, amount ?? 0);
   const allowed = available >= required;
   return { allowed, available, required, reason: allowed ? "ok" : "insufficient_credits" };

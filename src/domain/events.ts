@@ -27,13 +27,19 @@ export interface EventContext {
 }
 
 /** The domain event rows of a change's `entries` (in seq order), or none when the change made no entry. */
-export function domainEvents(userId: string, entries: readonly JournalEntry[], context: EventContext, now: Date): readonly Notification[] {
+export function domainEvents(
+  userId: string,
+  entries: readonly JournalEntry[],
+  context: EventContext,
+  now: Date,
+): readonly Notification[] {
   if (entries.length === 0) return NO_NOTIFICATIONS;
   const out: Notification[] = [];
   /** The `hold_settled` payload of each hold committed in this change, by reservation id. */
   let commits: Map<string, Record<string, unknown>> | undefined;
   for (const entry of entries) {
-    const committed = entry.type === "release_reserved" && entry.reservationId !== null ? commits?.get(entry.reservationId) : undefined;
+    const committed =
+      entry.type === "release_reserved" && entry.reservationId !== null ? commits?.get(entry.reservationId) : undefined;
     if (committed !== undefined) {
       // The unused part of an under-commit returning to its grants: one `hold_settled` per hold.
       committed.returnedAmount = (committed.returnedAmount as number) + entry.amount;
@@ -42,7 +48,8 @@ export function domainEvents(userId: string, entries: readonly JournalEntry[], c
       continue;
     }
     const [type, payload] = eventOf(entry, context);
-    if (entry.type === "commit_reserved" && entry.reservationId !== null) (commits ??= new Map()).set(entry.reservationId, payload);
+    if (entry.type === "commit_reserved" && entry.reservationId !== null)
+      (commits ??= new Map()).set(entry.reservationId, payload);
     out.push(newNotification(userId, type, payload, now, null));
   }
   return out;
@@ -106,7 +113,10 @@ function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<str
     case "void": {
       const refund = refundOf(e);
       if (refund !== null) return ["credits_refunded", { ...base(e), via: e.type, ...refund }];
-      return [e.type === "deduct" ? "credits_deducted" : "credits_voided", { ...base(e), reservationId: e.reservationId }];
+      return [
+        e.type === "deduct" ? "credits_deducted" : "credits_voided",
+        { ...base(e), reservationId: e.reservationId },
+      ];
     }
     case "expire":
       return ["credits_expired", { ...base(e), reservationId: e.reservationId }];
@@ -124,7 +134,17 @@ function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<str
     }
     case "commit_reserved":
       // The unused part (an under-commit) is added by `domainEvents` from the entry that returns it.
-      return ["hold_settled", { ...base(e), reservationId: e.reservationId, outcome: "committed", heldAmount: e.amount, capturedAmount: e.amount, returnedAmount: 0 }];
+      return [
+        "hold_settled",
+        {
+          ...base(e),
+          reservationId: e.reservationId,
+          outcome: "committed",
+          heldAmount: e.amount,
+          capturedAmount: e.amount,
+          returnedAmount: 0,
+        },
+      ];
     case "release_reserved": {
       const hold = c.updateReservations.find((r) => r.id === e.reservationId);
       return [

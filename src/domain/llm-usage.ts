@@ -38,7 +38,8 @@ const isCount = (v: unknown): v is number => typeof v === "number" && Number.isS
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** A count that may be absent (0); undefined when present but not a count. */
-const optionalCount = (v: unknown): number | undefined => (v === undefined || v === null ? 0 : isCount(v) ? v : undefined);
+const optionalCount = (v: unknown): number | undefined =>
+  v === undefined || v === null ? 0 : isCount(v) ? v : undefined;
 
 type Parsed = { usage: LlmUsage } | { malformed: string };
 
@@ -54,11 +55,20 @@ export function parseUsageObject(usage: unknown, model: string | undefined): Par
     const input = usage.prompt_tokens;
     const output = usage.completion_tokens;
     const details = usage.prompt_tokens_details;
-    const cached = isObject(details) ? optionalCount(details.cached_tokens) : details === undefined || details === null ? 0 : undefined;
+    const cached = isObject(details)
+      ? optionalCount(details.cached_tokens)
+      : details === undefined || details === null
+        ? 0
+        : undefined;
     if (!isCount(input) || !isCount(output) || cached === undefined || cached > input) {
-      return { malformed: "usage.prompt_tokens, completion_tokens and prompt_tokens_details.cached_tokens must be counts (cached ≤ prompt)" };
+      return {
+        malformed:
+          "usage.prompt_tokens, completion_tokens and prompt_tokens_details.cached_tokens must be counts (cached ≤ prompt)",
+      };
     }
-    return { usage: { shape: "openai", model, inputTokens: input - cached, outputTokens: output, cachedTokens: cached } };
+    return {
+      usage: { shape: "openai", model, inputTokens: input - cached, outputTokens: output, cachedTokens: cached },
+    };
   }
   if ("input_tokens" in usage || "output_tokens" in usage) {
     const input = usage.input_tokens;
@@ -67,16 +77,29 @@ export function parseUsageObject(usage: unknown, model: string | undefined): Par
       const details = usage.input_tokens_details;
       const cached = isObject(details) ? optionalCount(details.cached_tokens) : details === null ? 0 : undefined;
       if (!isCount(input) || !isCount(output) || cached === undefined || cached > input) {
-        return { malformed: "usage.input_tokens, output_tokens and input_tokens_details.cached_tokens must be counts (cached ≤ input)" };
+        return {
+          malformed:
+            "usage.input_tokens, output_tokens and input_tokens_details.cached_tokens must be counts (cached ≤ input)",
+        };
       }
-      return { usage: { shape: "openai", model, inputTokens: input - cached, outputTokens: output, cachedTokens: cached } };
+      return {
+        usage: { shape: "openai", model, inputTokens: input - cached, outputTokens: output, cachedTokens: cached },
+      };
     }
     const read = optionalCount(usage.cache_read_input_tokens);
     const written = optionalCount(usage.cache_creation_input_tokens);
-    if (!isCount(input) || !isCount(output) || read === undefined || written === undefined || input + written > Number.MAX_SAFE_INTEGER) {
+    if (
+      !isCount(input) ||
+      !isCount(output) ||
+      read === undefined ||
+      written === undefined ||
+      input + written > Number.MAX_SAFE_INTEGER
+    ) {
       return { malformed: "usage.input_tokens, output_tokens and cache_*_input_tokens must be counts" };
     }
-    return { usage: { shape: "anthropic", model, inputTokens: input + written, outputTokens: output, cachedTokens: read } };
+    return {
+      usage: { shape: "anthropic", model, inputTokens: input + written, outputTokens: output, cachedTokens: read },
+    };
   }
   return { malformed: "usage has neither prompt_tokens/completion_tokens nor input_tokens/output_tokens" };
 }
@@ -86,17 +109,27 @@ const modelOf = (body: Record<string, unknown>): string | undefined => {
   return typeof m === "string" && m.length > 0 && m.length <= 200 ? m : undefined;
 };
 
-const nothing = (model: string | undefined): LlmUsage => ({ shape: "openai", model, inputTokens: 0, outputTokens: 0, cachedTokens: 0 });
+const nothing = (model: string | undefined): LlmUsage => ({
+  shape: "openai",
+  model,
+  inputTokens: 0,
+  outputTokens: 0,
+  cachedTokens: 0,
+});
 
 /** The usage of a whole (unstreamed) JSON response body, already parsed. */
 export function usageOfJson(body: unknown): UsageReading {
-  if (!isObject(body)) return { ok: false, problem: "absent", counted: nothing(undefined), detail: "the body is not a JSON object" };
+  if (!isObject(body))
+    return { ok: false, problem: "absent", counted: nothing(undefined), detail: "the body is not a JSON object" };
   const model = modelOf(body);
   const usage = body.usage ?? (isObject(body.response) ? body.response.usage : undefined);
-  if (usage === undefined || usage === null) return { ok: false, problem: "absent", counted: nothing(model), detail: "the response has no usage" };
+  if (usage === undefined || usage === null)
+    return { ok: false, problem: "absent", counted: nothing(model), detail: "the response has no usage" };
   const parsed = parseUsageObject(usage, model);
-  if (parsed === null) return { ok: false, problem: "malformed", counted: nothing(model), detail: "usage is not an object" };
-  if ("malformed" in parsed) return { ok: false, problem: "malformed", counted: nothing(model), detail: parsed.malformed };
+  if (parsed === null)
+    return { ok: false, problem: "malformed", counted: nothing(model), detail: "usage is not an object" };
+  if ("malformed" in parsed)
+    return { ok: false, problem: "malformed", counted: nothing(model), detail: parsed.malformed };
   return { ok: true, usage: parsed.usage };
 }
 
@@ -146,7 +179,11 @@ export class ResponseUsageReader {
 
   constructor(contentType: string | null | undefined) {
     const t = (contentType ?? "").toLowerCase();
-    this.kind = t.includes("text/event-stream") ? "sse" : /^application\/([\w.+-]*\+)?json\b/.test(t) ? "json" : "unknown";
+    this.kind = t.includes("text/event-stream")
+      ? "sse"
+      : /^application\/([\w.+-]*\+)?json\b/.test(t)
+        ? "json"
+        : "unknown";
   }
 
   push(chunk: Uint8Array | string): void {
@@ -288,14 +325,26 @@ export class ResponseUsageReader {
   private counted(): LlmUsage {
     const start = this.anthropicInput;
     if (start !== undefined) return { ...start, outputTokens: Math.max(start.outputTokens, this.deltas) };
-    return { shape: this.shape ?? "openai", model: this.model, inputTokens: 0, outputTokens: this.deltas, cachedTokens: 0 };
+    return {
+      shape: this.shape ?? "openai",
+      model: this.model,
+      inputTokens: 0,
+      outputTokens: this.deltas,
+      cachedTokens: 0,
+    };
   }
 
   /** The body ended as sent. */
   end(): UsageReading {
     this.pushText(this.decoder.decode());
     if (this.kind === "json") {
-      if (this.tooLarge) return { ok: false, problem: "malformed", counted: nothing(undefined), detail: "the JSON body is larger than 16 MiB" };
+      if (this.tooLarge)
+        return {
+          ok: false,
+          problem: "malformed",
+          counted: nothing(undefined),
+          detail: "the JSON body is larger than 16 MiB",
+        };
       let body: unknown;
       try {
         body = JSON.parse(this.json);
@@ -315,9 +364,14 @@ export class ResponseUsageReader {
   }
 
   private reading(missing: UsageProblem): UsageReading {
-    if (this.final !== undefined && this.malformed === undefined) return { ok: true, usage: { ...this.final, model: this.final.model ?? this.model } };
-    if (this.malformed !== undefined) return { ok: false, problem: "malformed", counted: this.counted(), detail: this.malformed };
-    const detail = missing === "cut" ? "the stream ended before its usage" : "the stream reported no usage (OpenAI: set stream_options.include_usage)";
+    if (this.final !== undefined && this.malformed === undefined)
+      return { ok: true, usage: { ...this.final, model: this.final.model ?? this.model } };
+    if (this.malformed !== undefined)
+      return { ok: false, problem: "malformed", counted: this.counted(), detail: this.malformed };
+    const detail =
+      missing === "cut"
+        ? "the stream ended before its usage"
+        : "the stream reported no usage (OpenAI: set stream_options.include_usage)";
     return { ok: false, problem: missing, counted: this.counted(), detail };
   }
 }

@@ -1,5 +1,13 @@
 import { randomBytes } from "node:crypto";
-import type { Account, AlertLevel, AlertState, JournalEntry, Notification, NotificationType, Reservation } from "../models/index.js";
+import type {
+  Account,
+  AlertLevel,
+  AlertState,
+  JournalEntry,
+  Notification,
+  NotificationType,
+  Reservation,
+} from "../models/index.js";
 
 /**
  * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
@@ -35,7 +43,11 @@ export function levelOf(available: number, threshold: number): AlertLevel {
  * `low_credits` then `credits_exhausted`; climbing from zero to under the threshold gives nothing
  * (still low); back to `ok` gives `balance_restored`.
  */
-export function crossings(previous: AlertLevel | null, next: AlertLevel | null, threshold: number): readonly NotificationType[] {
+export function crossings(
+  previous: AlertLevel | null,
+  next: AlertLevel | null,
+  threshold: number,
+): readonly NotificationType[] {
   if (previous === null || next === null || previous === next) return NONE_TYPES;
   if (next === "ok") return RESTORED;
   if (next === "low") return previous === "ok" ? LOW : NONE_TYPES;
@@ -108,11 +120,20 @@ export function evaluateAlert(
 }
 
 /** The account's alert state with a new per-user override (level recomputed). */
-export function withOverride(account: Account, override: AlertState["override"], service: Thresholds, now: Date): readonly Notification[] {
+export function withOverride(
+  account: Account,
+  override: AlertState["override"],
+  service: Thresholds,
+  now: Date,
+): readonly Notification[] {
   const prev = account.alert;
   const lastAllocation = prev === null ? 0 : prev.lastAllocation;
   const level =
-    prev !== null ? prev.level : account.seq === 0 ? null : levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation));
+    prev !== null
+      ? prev.level
+      : account.seq === 0
+        ? null
+        : levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation));
   account.alert = { level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
   return evaluateAlert(account, [], service, now);
 }

@@ -34,5 +34,7 @@ export function commitWithinLimit(requested: number, held: number, headroom: num
  * `requested` and `shortfall` (the usage delivered but not charged); unchanged when nothing was cut.
  */
 export function shortfallMeta(meta: EntryMeta, requested: number, charge: number): EntryMeta {
-  return charge === requested ? meta : { ...meta, metadata: { ...meta.metadata, requested, shortfall: requested - charge } };
+  return charge === requested
+    ? meta
+    : { ...meta, metadata: { ...meta.metadata, requested, shortfall: requested - charge } };
 }

@@ -32,9 +32,13 @@ export const isCredited = (s: PaymentStatus): boolean => RANK[s] >= RANK.paid;
  * rounded up (a partial refund never leaves the user a fraction of a credit they did not pay for),
  * all of them when fully refunded.
  */
-export function creditsToReverse(amount: number, credits: number, refundedTotal: number, alreadyReversed: number): number {
-  const target =
-    refundedTotal >= amount ? credits : Math.min(credits, Math.ceil((credits * refundedTotal) / amount));
+export function creditsToReverse(
+  amount: number,
+  credits: number,
+  refundedTotal: number,
+  alreadyReversed: number,
+): number {
+  const target = refundedTotal >= amount ? credits : Math.min(credits, Math.ceil((credits * refundedTotal) / amount));
   return Math.max(0, target - alreadyReversed);
 }
 
@@ -81,11 +85,12 @@ export function reversal(
   }
   // Credited means its credits were added (`creditEntryId`), not a status past paid: a payment
   // refunded before it was credited is partially_refunded, and credits nothing later.
-  const takeBack = !isCredited(p.status) || p.creditEntryId === null
-    ? 0
-    : dispute
-      ? p.credits - p.creditsReversed
-      : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
+  const takeBack =
+    !isCredited(p.status) || p.creditEntryId === null
+      ? 0
+      : dispute
+        ? p.credits - p.creditsReversed
+        : creditsToReverse(p.amount, p.credits, refunded, p.creditsReversed);
   return { outcome: "apply", status, refundedAmount: dispute ? p.refundedAmount : refunded, takeBack };
 }
 

@@ -151,7 +151,11 @@ export function fractionLeft(start: Date, end: Date, at: Date): number {
  */
 export function allocationExpiry(period: { start: Date; end: Date }, validityDays: number | null): Date {
   if (validityDays === null) return period.end;
-  return inRange(period.start.getTime() + validityDays * DAY_MS, "validityDays", () => `${validityDays} day(s) after ${period.start.toISOString()}`);
+  return inRange(
+    period.start.getTime() + validityDays * DAY_MS,
+    "validityDays",
+    () => `${validityDays} day(s) after ${period.start.toISOString()}`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -164,7 +168,9 @@ function validDate(d: Date, path: string): void {
 
 function whole(n: number, path: string): void {
   if (!Number.isSafeInteger(n)) {
-    throw new ValidationError(`Invalid ${path}: ${String(n)} is not an integer`, [{ path, message: "must be a safe integer" }]);
+    throw new ValidationError(`Invalid ${path}: ${String(n)} is not an integer`, [
+      { path, message: "must be a safe integer" },
+    ]);
   }
 }
 

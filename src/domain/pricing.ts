@@ -64,7 +64,13 @@ const entryOf = (name: string, provider: string | undefined, r: ParsedRates): Pr
 
 /** Compiles a book its model (`PriceBookInput`) accepted. Its version: the given one, else a hash of its content. */
 export function compilePriceBook(book: ParsedBook): PriceBook {
-  const version = book.version ?? `sha256:${crypto.createHash("sha256").update(stringify(book) ?? "").digest("hex").slice(0, 16)}`;
+  const version =
+    book.version ??
+    `sha256:${crypto
+      .createHash("sha256")
+      .update(stringify(book) ?? "")
+      .digest("hex")
+      .slice(0, 16)}`;
   const names = new Map<string, PriceEntry[]>();
   const prefixes: { prefix: string; entry: PriceEntry }[] = [];
   for (const m of book.models ?? []) {
@@ -184,7 +190,13 @@ export function priceTokens(book: PriceBook, usage: TokenUsage): PriceQuote {
     rates.request = entry.request.text;
   }
   const exact = sum(terms);
-  return { amount: credits(exact, `usage of model "${usage.model}"`), exact: `${exact.n}/${exact.d}`, priceBook: book.version, priced: entry.name, rates };
+  return {
+    amount: credits(exact, `usage of model "${usage.model}"`),
+    exact: `${exact.n}/${exact.d}`,
+    priceBook: book.version,
+    priced: entry.name,
+    rates,
+  };
 }
 
 /**

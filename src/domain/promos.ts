@@ -22,7 +22,12 @@ export function promoEligibility(
   claimedByUser: number,
   now: Date,
 ): PromoEligibility {
-  const no = (reason: PromoIneligibility): PromoEligibility => ({ eligible: false, code, reason, message: MESSAGES[reason] });
+  const no = (reason: PromoIneligibility): PromoEligibility => ({
+    eligible: false,
+    code,
+    reason,
+    message: MESSAGES[reason],
+  });
   if (promo === null) return no("not_found");
   // Targeting first: a user outside the list learns nothing about the promo's state or limits.
   if (promo.userIds !== null && !promo.userIds.includes(userId)) return no("not_targeted");

@@ -83,7 +83,8 @@ export function replayJournal(
       case "void":
         if (s !== e.amount) problems.push(`${where} removes ${s} from grants but says ${e.amount}`);
         for (const g of e.grants) take(g.grantId, g.amount, e.seq);
-        if (e.type === "expire") for (const g of e.grants) expired.set(g.grantId, (expired.get(g.grantId) ?? 0) + g.amount);
+        if (e.type === "expire")
+          for (const g of e.grants) expired.set(g.grantId, (expired.get(g.grantId) ?? 0) + g.amount);
         balance -= e.amount;
         break;
       case "reserve": {
@@ -124,7 +125,8 @@ export function replayJournal(
         const held = [...alloc.values()].reduce((a, b) => a + b, 0);
         if (held !== e.amount) problems.push(`${where} releases ${e.amount} but the hold had ${held}`);
         for (const g of e.grants) {
-          if (g.amount > (alloc.get(g.grantId) ?? 0)) problems.push(`${where} returns more to ${g.grantId} than was held`);
+          if (g.amount > (alloc.get(g.grantId) ?? 0))
+            problems.push(`${where} returns more to ${g.grantId} than was held`);
           remaining.set(g.grantId, (remaining.get(g.grantId) ?? 0) + g.amount);
         }
         reserved -= e.amount;
@@ -134,7 +136,8 @@ export function replayJournal(
       }
     }
     if (e.balanceAfter !== balance) problems.push(`${where}: balanceAfter ${e.balanceAfter}, replay gives ${balance}`);
-    if (e.reservedAfter !== reserved) problems.push(`${where}: reservedAfter ${e.reservedAfter}, replay gives ${reserved}`);
+    if (e.reservedAfter !== reserved)
+      problems.push(`${where}: reservedAfter ${e.reservedAfter}, replay gives ${reserved}`);
     if (e.debtAfter !== debt) problems.push(`${where}: debtAfter ${e.debtAfter}, replay gives ${debt}`);
     if (debt < 0) problems.push(`${where}: debt below zero`);
     if (reserved < 0) problems.push(`${where}: reserved below zero`);
@@ -178,16 +181,21 @@ export function replayJournal(
     }
   }
   for (const g of stored.grants) {
-    if (!remaining.has(g.id) && g.remaining !== 0) problems.push(`grant ${g.id} is stored with credits but no entry created it`);
+    if (!remaining.has(g.id) && g.remaining !== 0)
+      problems.push(`grant ${g.id} is stored with credits but no entry created it`);
   }
   const storedActive = stored.reservations.filter((r) => r.status === "active");
   for (const r of storedActive) {
     if (activeReservations[r.id] !== r.amount) {
-      problems.push(`reservation ${r.id}: stored active with ${r.amount}, replayed ${activeReservations[r.id] ?? "not active"}`);
+      problems.push(
+        `reservation ${r.id}: stored active with ${r.amount}, replayed ${activeReservations[r.id] ?? "not active"}`,
+      );
     }
   }
   if (storedActive.length !== Object.keys(activeReservations).length) {
-    problems.push(`${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`);
+    problems.push(
+      `${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`,
+    );
   }
 
   return {

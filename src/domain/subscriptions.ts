@@ -37,7 +37,11 @@ type LifecycleEvent = NonNullable<SubscriptionIntent["events"]>[number];
  * expiring `validityDays` after the period's start or at its end. None for a pay-as-you-go plan
  * (0 credits), nor when it would be born expired (a period caught up late: nobody could use it).
  */
-export function allocation(plan: Pick<Plan, "creditsPerPeriod" | "validityDays">, period: PeriodBounds, now: Date): Allocation | null {
+export function allocation(
+  plan: Pick<Plan, "creditsPerPeriod" | "validityDays">,
+  period: PeriodBounds,
+  now: Date,
+): Allocation | null {
   if (plan.creditsPerPeriod === 0) return null;
   const expiresAt = allocationExpiry(period, plan.validityDays);
   if (expiresAt.getTime() <= now.getTime()) return null;
@@ -60,7 +64,12 @@ export function prorate(from: number, to: number, fractionLeft: number): number 
  * the period's unspent, unheld credits. An upgrade whose grant would be born expired (the new
  * plan's `validityDays` already over) adds nothing; a downgrade still removes.
  */
-export function proration(periodCredits: number, plan: Pick<Plan, "creditsPerPeriod" | "validityDays">, period: PeriodBounds, now: Date): Proration {
+export function proration(
+  periodCredits: number,
+  plan: Pick<Plan, "creditsPerPeriod" | "validityDays">,
+  period: PeriodBounds,
+  now: Date,
+): Proration {
   const delta = prorate(periodCredits, plan.creditsPerPeriod, fractionLeft(period.start, period.end, now));
   const expiresAt = allocationExpiry(period, plan.validityDays).getTime();
   return { delta: expiresAt > now.getTime() ? delta : Math.min(delta, 0), expiresAt };
@@ -84,7 +93,8 @@ export function rolloverFields(r: "none" | "all" | { cap: number }): Pick<Plan, 
 
 /** A plan whose rollover is capped needs its cap (an update that sets "cap" alone): else `ValidationError`. */
 export function checkRollover(plan: Pick<Plan, "rollover" | "rolloverCap">): void {
-  if (plan.rollover === "cap" && plan.rolloverCap === null) throw invalid("patch.rollover", "a capped rollover needs a cap");
+  if (plan.rollover === "cap" && plan.rolloverCap === null)
+    throw invalid("patch.rollover", "a capped rollover needs a cap");
 }
 
 /** A plan that is not active cannot be chosen (subscribe, changePlan): `ConflictError`. */
@@ -139,7 +149,11 @@ export function subscribe(id: string, userId: string, plan: Plan, o: SubscribeRe
  */
 export function repeatsRequest(first: Subscription, planId: string, o: SubscribeRequestInput): boolean {
   // Subscriptions stored before `request` existed: compared with what they record now.
-  const asked = first.request ?? { planId: first.planId, autoRenew: first.autoRenew, startAt: first.anchorAt.getTime() };
+  const asked = first.request ?? {
+    planId: first.planId,
+    autoRenew: first.autoRenew,
+    startAt: first.anchorAt.getTime(),
+  };
   return (
     asked.planId === planId &&
     asked.autoRenew === (o.autoRenew ?? true) &&
@@ -151,7 +165,9 @@ export function repeatsRequest(first: Subscription, planId: string, o: Subscribe
 
 /** A subscription whose plan was deactivated while it was being created: cancelled at once, owing nothing. */
 export function abandon(s: Subscription, now: Date): Subscription {
-  return s.status !== "active" ? s : { ...s, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now };
+  return s.status !== "active"
+    ? s
+    : { ...s, status: "canceled", intent: null, nextRunAt: null, canceledAt: now, endedAt: now };
 }
 
 /** How a plan change is made (`changePlan`'s options, defaults applied). */
@@ -164,11 +180,17 @@ export interface ChangeMode {
  * `changePlan`'s options with their defaults: `when` "now"; `credits` "prorate" now, "keep" at
  * period end, where "prorate" is a `ValidationError` (there is no period left to prorate).
  */
-export function changeMode(o: { when?: ChangeMode["when"] | undefined; credits?: ChangeMode["credits"] | undefined }): ChangeMode {
+export function changeMode(o: {
+  when?: ChangeMode["when"] | undefined;
+  credits?: ChangeMode["credits"] | undefined;
+}): ChangeMode {
   const when = o.when ?? "now";
   const credits = o.credits ?? (when === "now" ? "prorate" : "keep");
   if (when === "period_end" && credits === "prorate") {
-    throw invalid("options.credits", 'credits "prorate" applies to changes made now; use "keep" or "expire" with period_end');
+    throw invalid(
+      "options.credits",
+      'credits "prorate" applies to changes made now; use "keep" or "expire" with period_end',
+    );
   }
   return { when, credits };
 }
@@ -183,11 +205,21 @@ export function changeMode(o: { when?: ChangeMode["when"] | undefined; credits?:
  *  - now, keep / expire: a new cycle from now on the new plan, with its allocation (the old
  *    period's credits expire now with "expire"). An unstarted period is replaced; its events stay.
  */
-export function changePlan(s: Subscription, plan: Plan, mode: ChangeMode, now: Date, periodCredits: number): Subscription {
+export function changePlan(
+  s: Subscription,
+  plan: Plan,
+  mode: ChangeMode,
+  now: Date,
+  periodCredits: number,
+): Subscription {
   const { when, credits } = mode;
-  if (s.planId === plan.id && when === "now") throw new ConflictError(`User ${s.userId} is already on plan ${plan.id}.`, { planId: plan.id });
+  if (s.planId === plan.id && when === "now")
+    throw new ConflictError(`User ${s.userId} is already on plan ${plan.id}.`, { planId: plan.id });
   if (when === "now" && credits === "prorate" && plan.billingPeriod !== s.billingPeriod) {
-    throw invalid("options.credits", `prorating needs the same billing period (${s.billingPeriod} → ${plan.billingPeriod}); use "keep" or "expire"`);
+    throw invalid(
+      "options.credits",
+      `prorating needs the same billing period (${s.billingPeriod} → ${plan.billingPeriod}); use "keep" or "expire"`,
+    );
   }
   if (when === "period_end") return { ...s, pendingPlanId: plan.id, pendingCredits: credits as "keep" | "expire" };
   // Up to date, the subscription owes work only for a period that has not started yet: that
@@ -201,7 +233,11 @@ export function changePlan(s: Subscription, plan: Plan, mode: ChangeMode, now: D
       // Nothing of the period was allocated or used: it gets the new plan's allocation in full.
       const { key: _old, ...rest } = pending;
       const allocate = allocation(plan, period, now);
-      return { ...changed, intent: intent(key, { ...rest, allocate, prorate: null }), periodCredits: allocate?.amount ?? 0 };
+      return {
+        ...changed,
+        intent: intent(key, { ...rest, allocate, prorate: null }),
+        periodCredits: allocate?.amount ?? 0,
+      };
     }
     // Prorated against what this period is on, not the old plan's current figure: an operator's
     // updatePlan applies from the next period on.
@@ -215,11 +251,18 @@ export function changePlan(s: Subscription, plan: Plan, mode: ChangeMode, now: D
   // A new cycle starts now: the unstarted period (if any) is replaced, its events are kept.
   const period = { ...periodAt(now, plan.billingPeriod, 0), anchor: now };
   const allocate = allocation(plan, period, now);
-  return onPeriod(s, plan, period, allocate, now, intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
+  return onPeriod(
+    s,
+    plan,
+    period,
     allocate,
-    expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
-    events: pending?.events,
-  }));
+    now,
+    intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
+      allocate,
+      expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
+      events: pending?.events,
+    }),
+  );
 }
 
 /** How a cancel is made (`cancel`'s options, defaults applied). */
@@ -229,7 +272,10 @@ export interface CancelMode {
 }
 
 /** `cancel`'s options with their defaults; `credits: "expire"` at period end is a `ValidationError`. */
-export function cancelMode(o: { atPeriodEnd?: boolean | undefined; credits?: CancelMode["credits"] | undefined }): CancelMode {
+export function cancelMode(o: {
+  atPeriodEnd?: boolean | undefined;
+  credits?: CancelMode["credits"] | undefined;
+}): CancelMode {
   const atPeriodEnd = o.atPeriodEnd ?? true;
   if (atPeriodEnd && o.credits === "expire") {
     throw invalid("options.credits", 'credits "expire" applies to an immediate cancel (atPeriodEnd: false)');
@@ -255,7 +301,10 @@ export function cancel(s: Subscription, mode: CancelMode, now: Date): Subscripti
       canceledAt: now,
       intent:
         s.intent === null
-          ? intent(`sub:${s.id}:${s.currentPeriodStart.toISOString()}:cancel${s.version}`, { keepPeriodGrants: true, events: [cancelled] })
+          ? intent(`sub:${s.id}:${s.currentPeriodStart.toISOString()}:cancel${s.version}`, {
+              keepPeriodGrants: true,
+              events: [cancelled],
+            })
           : { ...s.intent, events: [...(s.intent.events ?? []), cancelled] },
       nextRunAt: s.intent === null ? now : s.nextRunAt,
     };
@@ -284,7 +333,9 @@ export function cancel(s: Subscription, mode: CancelMode, now: Date): Subscripti
 
 /** Undoes a cancel at period end and turns renewal on; null when there is nothing to undo. */
 export function resume(s: Subscription): Subscription | null {
-  return !s.cancelAtPeriodEnd && s.autoRenew ? null : { ...s, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null };
+  return !s.cancelAtPeriodEnd && s.autoRenew
+    ? null
+    : { ...s, cancelAtPeriodEnd: false, autoRenew: true, canceledAt: null };
 }
 
 /** True when `s` renews at its period's end (it was not cancelled at period end, and auto-renews). */
@@ -319,7 +370,14 @@ export function renew(s: Subscription, plan: Plan, endingPlan: Plan | null, now:
   const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
   const period = { ...periodAt(anchor, plan.billingPeriod, index), anchor };
   const allocate = allocation(plan, period, now);
-  return onPeriod(s, plan, period, allocate, now, intent(`sub:${s.id}:${period.start.toISOString()}`, { allocate, carry: rolloverCarry(s, endingPlan, period) }));
+  return onPeriod(
+    s,
+    plan,
+    period,
+    allocate,
+    now,
+    intent(`sub:${s.id}:${period.start.toISOString()}`, { allocate, carry: rolloverCarry(s, endingPlan, period) }),
+  );
 }
 
 /** `s` moved onto `plan` and a new period of it (of the cycle from `period.anchor`), owing `owed` now. */
@@ -348,7 +406,10 @@ function onPeriod(
 }
 
 /** Periods a renewal from `before` to `after` (active) skipped: ended before anyone renewed them. */
-export function periodsSkipped(before: Pick<Subscription, "anchorAt" | "periodIndex">, after: Pick<Subscription, "anchorAt" | "periodIndex">): number {
+export function periodsSkipped(
+  before: Pick<Subscription, "anchorAt" | "periodIndex">,
+  after: Pick<Subscription, "anchorAt" | "periodIndex">,
+): number {
   const base = after.anchorAt.getTime() === before.anchorAt.getTime() ? before.periodIndex + 1 : 0;
   return after.periodIndex - base;
 }
@@ -398,7 +459,13 @@ export class ExpiryMoved extends Error {
  * entry carries `meta` (its idempotency key), the rest its correlation id. Returns the ids of the
  * grants it created. Throws `ExpiryMoved` when a carried grant's expiries differ from `expiry`.
  */
-export function applyIntent(work: AccountWork, s: Subscription, it: SubscriptionIntent, meta: EntryMeta, expiry: PeriodEndExpiry | null): string[] {
+export function applyIntent(
+  work: AccountWork,
+  s: Subscription,
+  it: SubscriptionIntent,
+  meta: EntryMeta,
+  expiry: PeriodEndExpiry | null,
+): string[] {
   const start = work.entries.length;
   const m = (description: string): EntryMeta =>
     work.entries.length === start ? { ...meta, description } : { correlationId: meta.correlationId, description };
@@ -406,25 +473,32 @@ export function applyIntent(work: AccountWork, s: Subscription, it: Subscription
   const created: string[] = [];
   let creditsAdded = 0;
   const add = (amount: number, expiresAt: number | null, source: "subscription" | "rollover", description: string) => {
-    const e = work.add(amount, {
-      expiresAt: expiresAt === null ? null : new Date(expiresAt),
-      priority: 0,
-      source,
-      sourceRef: it.key.slice(0, 255),
-      description,
-      metadata: { subscriptionId: s.id },
-    }, m(description));
+    const e = work.add(
+      amount,
+      {
+        expiresAt: expiresAt === null ? null : new Date(expiresAt),
+        priority: 0,
+        source,
+        sourceRef: it.key.slice(0, 255),
+        description,
+        metadata: { subscriptionId: s.id },
+      },
+      m(description),
+    );
     for (const p of e.grants) created.push(p.grantId);
     creditsAdded += amount;
   };
 
-  if (it.expireGrantIds.length > 0) work.expireGrants(it.expireGrantIds, m("subscription credits expired by a plan change or cancellation"));
+  if (it.expireGrantIds.length > 0)
+    work.expireGrants(it.expireGrantIds, m("subscription credits expired by a plan change or cancellation"));
   if (it.carry !== null) {
     const carry = it.carry;
     // What these grants had unspent at the period's end, whoever expired them and whenever. Not
     // what was held then: those credits expire when their hold returns them, before or after
     // this runs (the amount must not depend on when the job runs).
-    const eligible = loaded(carry.grantIds).filter((g) => g.expiresAt !== null && g.expiresAt.getTime() === carry.periodEnd);
+    const eligible = loaded(carry.grantIds).filter(
+      (g) => g.expiresAt !== null && g.expiresAt.getTime() === carry.periodEnd,
+    );
     const stillOpen = eligible.filter((g) => g.closedAt === null).map((g) => g.id);
     if (stillOpen.length > 0) work.expireGrants(stillOpen, m("subscription period ended"));
     let unspent = 0;
@@ -449,24 +523,31 @@ export function applyIntent(work: AccountWork, s: Subscription, it: Subscription
   }
   // The outbox events go with the work, in the same transaction (when notifications are on).
   const accountWork = it.allocate !== null || it.carry !== null || it.prorate !== null || it.expireGrantIds.length > 0;
-  if (accountWork) work.recordEvent({
-    type: "subscription_allocation",
-    payload: {
-      subscriptionId: s.id,
-      planId: s.planId,
-      periodStart: s.currentPeriodStart.toISOString(),
-      periodEnd: s.currentPeriodEnd.toISOString(),
-      credits: creditsAdded,
-      key: it.key,
-    },
-    dedupeKey: it.key.slice(0, 255),
-  });
+  if (accountWork)
+    work.recordEvent({
+      type: "subscription_allocation",
+      payload: {
+        subscriptionId: s.id,
+        planId: s.planId,
+        periodStart: s.currentPeriodStart.toISOString(),
+        periodEnd: s.currentPeriodEnd.toISOString(),
+        credits: creditsAdded,
+        key: it.key,
+      },
+      dedupeKey: it.key.slice(0, 255),
+    });
   for (const e of it.events ?? []) work.recordEvent({ type: e.type, payload: e.payload, dedupeKey: e.dedupeKey });
   if (work.entries.length === start) {
     // Nothing moved (a pay-as-you-go period, nothing to roll over): record the period anyway, so
     // the key proves it was handled and a late second run cannot act on it.
-    const what = accountWork ? "subscription period (no credits)" : `subscription ${(it.events ?? []).map((e) => e.type.slice(13)).join(", ") || "change"}`;
-    work.add(0, { expiresAt: null, priority: 0, source: "subscription", sourceRef: null, description: null, metadata: null }, m(what));
+    const what = accountWork
+      ? "subscription period (no credits)"
+      : `subscription ${(it.events ?? []).map((e) => e.type.slice(13)).join(", ") || "change"}`;
+    work.add(
+      0,
+      { expiresAt: null, priority: 0, source: "subscription", sourceRef: null, description: null, metadata: null },
+      m(what),
+    );
   }
   return created;
 }
@@ -487,7 +568,12 @@ export function intent(key: string, parts: Partial<Omit<SubscriptionIntent, "key
 }
 
 /** A `subscription_cancelled` or `subscription_ended` event of `s`, unique per user by its key. */
-function lifecycleEvent(s: Subscription, type: LifecycleEvent["type"], at: Date, extra: Record<string, unknown>): LifecycleEvent {
+function lifecycleEvent(
+  s: Subscription,
+  type: LifecycleEvent["type"],
+  at: Date,
+  extra: Record<string, unknown>,
+): LifecycleEvent {
   return {
     type,
     payload: {

@@ -17,7 +17,8 @@ export const trialKey = (userId: string): string => `${SYSTEM_KEY_PREFIX}trial:$
  */
 export function grantTrial(work: AccountWork, trial: TrialCredits): void {
   if (!work.isNew) return;
-  const expiresAt = trial.expiresInDays === undefined ? null : new Date(work.now.getTime() + trial.expiresInDays * DAY_MS);
+  const expiresAt =
+    trial.expiresInDays === undefined ? null : new Date(work.now.getTime() + trial.expiresInDays * DAY_MS);
   work.add(
     trial.amount,
     {

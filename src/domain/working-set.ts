@@ -98,7 +98,8 @@ export class WorkingSet<T extends { readonly id: string }> {
   }
 
   private pushAdded(out: T[]): void {
-    if (this.extras > 0) for (let slot = this.first; slot !== null; slot = slot.next) if (slot.extra) out.push(slot.row);
+    if (this.extras > 0)
+      for (let slot = this.first; slot !== null; slot = slot.next) if (slot.extra) out.push(slot.row);
   }
 
   private slotOf(id: string): Slot<T> | undefined {

@@ -30,7 +30,11 @@ export const ListPromosParams = z.strictObject({
   cursor: z.string().min(1).max(300).optional(),
 });
 /** What a payment provider's name looks like in `/webhooks/:provider`. */
-const ProviderName = z.string().min(1).max(64).regex(/^[a-z0-9_-]+$/);
+const ProviderName = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^[a-z0-9_-]+$/);
 /** `POST /admin/credits/promos/:code/activation`. */
 export const ActivationBody = z.strictObject({ isActive: z.boolean() });
 
@@ -85,7 +89,8 @@ export const paymentRoutes: RouteDefinition[] = [
     status: 201,
     response: Payment,
     errors: [409, 502],
-    handle: async (ctx) => ctx.manager.payments.createPaymentLink(self(ctx), withKey(await ctx.body<CreatePaymentInput>(), ctx)),
+    handle: async (ctx) =>
+      ctx.manager.payments.createPaymentLink(self(ctx), withKey(await ctx.body<CreatePaymentInput>(), ctx)),
   },
   {
     method: "GET",
@@ -122,7 +127,10 @@ export const paymentRoutes: RouteDefinition[] = [
     query: PaymentHistoryParams,
     response: PaymentPageSchema,
     handle: (ctx) =>
-      ctx.manager.payments.getPaymentHistory(parse(UserId, ctx.params.userId, "path.userId"), ctx.query<PaymentHistoryQuery>()),
+      ctx.manager.payments.getPaymentHistory(
+        parse(UserId, ctx.params.userId, "path.userId"),
+        ctx.query<PaymentHistoryQuery>(),
+      ),
   },
   {
     method: "POST",
@@ -161,7 +169,8 @@ export const promoRoutes: RouteDefinition[] = [
     tags: promos,
     query: EligibilityParams,
     response: EligibilitySchema,
-    handle: (ctx) => ctx.manager.promos.checkEligibility(self(ctx), ctx.query<z.infer<typeof EligibilityParams>>().promo_code),
+    handle: (ctx) =>
+      ctx.manager.promos.checkEligibility(self(ctx), ctx.query<z.infer<typeof EligibilityParams>>().promo_code),
   },
   {
     method: "POST",
@@ -219,6 +228,9 @@ export const promoRoutes: RouteDefinition[] = [
     response: Promo,
     errors: [404],
     handle: async (ctx) =>
-      ctx.manager.promos.setPromoActive(parse(PromoCode, ctx.params.code, "path.code"), (await ctx.body<{ isActive: boolean }>()).isActive),
+      ctx.manager.promos.setPromoActive(
+        parse(PromoCode, ctx.params.code, "path.code"),
+        (await ctx.body<{ isActive: boolean }>()).isActive,
+      ),
   },
 ];

@@ -70,8 +70,14 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     const res = reply.raw;
     const reading = readings.get(request.raw);
     let settling;
-    if (c.llm !== null && reading !== undefined) settling = c.settleReading(session, res.writableFinished ? reading.end() : reading.cut(), reply.statusCode);
-    else settling = !res.writableFinished ? session.release("aborted") : reply.statusCode >= 500 ? session.release("error") : session.commit();
+    if (c.llm !== null && reading !== undefined)
+      settling = c.settleReading(session, res.writableFinished ? reading.end() : reading.cut(), reply.statusCode);
+    else
+      settling = !res.writableFinished
+        ? session.release("aborted")
+        : reply.statusCode >= 500
+          ? session.release("error")
+          : session.commit();
     void c.settle(request, session, settling);
   };
 
@@ -84,7 +90,8 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     try {
       const found = options.authenticate ? await options.authenticate(request) : null;
       const identity: Identity | null = c.identityOf(found, headerOf(request, "x-user-id"));
-      if (identity === null) return refuse(reply, Response.json(errorBody("UNAUTHORIZED", "Authentication required."), { status: 401 }));
+      if (identity === null)
+        return refuse(reply, Response.json(errorBody("UNAUTHORIZED", "Authentication required."), { status: 401 }));
       userId = identity.userId;
       estimate = c.estimate(headerOf(request, c.estimateHeaderName));
     } catch (error) {
@@ -136,7 +143,8 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
       settling = c.settleReading(session, usageOfText(text, typeOf(reply)), reply.statusCode);
     } else if (reply.statusCode >= 500) settling = session.release("error");
     else {
-      const amount = c.usagePath !== null && session.usages.length === 0 && whole ? c.usageOfBody(reply.raw, payload) : undefined;
+      const amount =
+        c.usagePath !== null && session.usages.length === 0 && whole ? c.usageOfBody(reply.raw, payload) : undefined;
       settling = session.commit(amount);
     }
     const outcome = await c.settle(request, session, settling as ReturnType<MeterSession["commit"]>);
@@ -157,7 +165,9 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
 }
 
 function typeOf(reply: FastifyReplyLike): string | undefined {
-  const type = (reply as { getHeader?: (name: string) => unknown }).getHeader?.("content-type") ?? reply.raw.getHeader("content-type");
+  const type =
+    (reply as { getHeader?: (name: string) => unknown }).getHeader?.("content-type") ??
+    reply.raw.getHeader("content-type");
   return type === undefined || type === null ? undefined : String(type);
 }
 

@@ -86,15 +86,21 @@ const WEBHOOK_OPERATION = "paymentWebhook";
 function healthRoutes(option: CreditHandlerOptions["health"]): RouteDefinition[] {
   if (option === undefined || option === false) return [];
   const o = option === true ? {} : option;
-  if (typeof o !== "object" || o === null) throw new ConfigurationError("[credit-management] [http] `health` must be true, false or `{ path?, public?, timeoutMs? }`.");
+  if (typeof o !== "object" || o === null)
+    throw new ConfigurationError(
+      "[credit-management] [http] `health` must be true, false or `{ path?, public?, timeoutMs? }`.",
+    );
   const path = (o.path ?? "/health").replace(/\/+$/, "");
   if (!/^\/[A-Za-z0-9._~-]+(\/[A-Za-z0-9._~-]+)*$/.test(path)) {
     throw new ConfigurationError('[credit-management] [http] `health.path` must be a path such as "/health".');
   }
-  if (o.public !== undefined && typeof o.public !== "boolean") throw new ConfigurationError("[credit-management] [http] `health.public` must be true or false.");
+  if (o.public !== undefined && typeof o.public !== "boolean")
+    throw new ConfigurationError("[credit-management] [http] `health.public` must be true or false.");
   const timeoutMs = o.timeoutMs;
   if (timeoutMs !== undefined && !(Number.isInteger(timeoutMs) && timeoutMs >= 1 && timeoutMs <= 60_000)) {
-    throw new ConfigurationError("[credit-management] [http] `health.timeoutMs` must be a whole number of ms from 1 to 60,000.");
+    throw new ConfigurationError(
+      "[credit-management] [http] `health.timeoutMs` must be a whole number of ms from 1 to 60,000.",
+    );
   }
   const access = o.public === true ? "public" : "admin";
   const noStore = { "cache-control": "no-store" };
@@ -165,16 +171,25 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
   };
   const selfService = options.selfServiceSubscriptions ?? "free";
   if (!["free", "all", "none"].includes(selfService)) {
-    throw new ConfigurationError('[credit-management] [http] `selfServiceSubscriptions` must be "free", "all" or "none".');
+    throw new ConfigurationError(
+      '[credit-management] [http] `selfServiceSubscriptions` must be "free", "all" or "none".',
+    );
   }
-  const planRoutes = (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
+  const planRoutes =
+    (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
   const webhookBase = options.webhookBasePath ?? "/webhooks";
   if (webhookBase !== false && (typeof webhookBase !== "string" || !/^\/[A-Za-z0-9._~/-]*$/.test(webhookBase))) {
-    throw new ConfigurationError('[credit-management] [http] `webhookBasePath` must be a path such as "/webhooks", or false.');
+    throw new ConfigurationError(
+      '[credit-management] [http] `webhookBasePath` must be a path such as "/webhooks", or false.',
+    );
   }
   const webhookRoot = webhookBase === false ? null : webhookBase.replace(/\/+$/, "");
   const payRoutes = paymentRoutes.flatMap((def) =>
-    def.operationId !== WEBHOOK_OPERATION ? [def] : webhookRoot === null ? [] : [{ ...def, path: `${webhookRoot}/:provider` }],
+    def.operationId !== WEBHOOK_OPERATION
+      ? [def]
+      : webhookRoot === null
+        ? []
+        : [{ ...def, path: `${webhookRoot}/:provider` }],
   );
   const builtIn = [...creditRoutes, ...planRoutes, ...promoRoutes, ...payRoutes];
   const ids = new Set(builtIn.map((def) => def.operationId));
@@ -194,7 +209,10 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
       ? []
       : manager.payments.webhookProviders().map((name) => `${webhookRoot}/${name}`);
   const routerRoot = webhookRoot === null ? null : `/${webhookRoot.split("/")[1] ?? ""}`;
-  const basePaths = [...router.bases.filter((b) => b !== routerRoot || b === o.basePath || b === o.adminBasePath), ...webhookBases];
+  const basePaths = [
+    ...router.bases.filter((b) => b !== routerRoot || b === o.basePath || b === o.adminBasePath),
+    ...webhookBases,
+  ];
   const routes = all.map((def) => ({ ...def, fullPath: fullPathOf(def, o) }));
   function openapi() {
     document ??= buildOpenApi(routes, options.openapi);

@@ -93,7 +93,9 @@ export function toRequest(req: IncomingMessage, res: ServerResponse, target = re
       init.body = parsed.rawBody as NonNullable<RequestInit["body"]>;
     } else if (req.readableEnded && parsed.body !== undefined) {
       init.body =
-        Buffer.isBuffer(parsed.body) || typeof parsed.body === "string" ? (parsed.body as NonNullable<RequestInit["body"]>) : JSON.stringify(parsed.body);
+        Buffer.isBuffer(parsed.body) || typeof parsed.body === "string"
+          ? (parsed.body as NonNullable<RequestInit["body"]>)
+          : JSON.stringify(parsed.body);
     } else if (!req.readableEnded) {
       init.body = Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
       init.duplex = "half";

@@ -79,10 +79,13 @@ export function buildOpenApi(
       const text = JSON.stringify(value);
       let name = defNames.get(text);
       if (name === undefined) {
-        const jsonValue = ["string", "number", "boolean", "null", "array", "object"].every((t) => text.includes(`"type":"${t}"`));
-        name = jsonValue && !Object.values(Object.fromEntries(defNames)).includes("JsonValue")
-          ? "JsonValue"
-          : `Def${createHash("sha256").update(text).digest("hex").slice(0, 8)}`;
+        const jsonValue = ["string", "number", "boolean", "null", "array", "object"].every((t) =>
+          text.includes(`"type":"${t}"`),
+        );
+        name =
+          jsonValue && !Object.values(Object.fromEntries(defNames)).includes("JsonValue")
+            ? "JsonValue"
+            : `Def${createHash("sha256").update(text).digest("hex").slice(0, 8)}`;
         defNames.set(text, name);
       }
       rename.set(key, name);
@@ -140,7 +143,14 @@ export function buildOpenApi(
         ...(r.response ? { content: { "application/json": { schema: schema(r.response, "output") } } } : {}),
       },
     };
-    const errors = new Set<number>([400, ...(r.access === "public" ? [] : [401]), ...(r.access === "admin" ? [403] : []), ...(r.body ? [413, 415] : r.method !== "GET" && !(r.rawBody === true && r.access === "public") ? [415] : []), ...(r.errors ?? []), 500]);
+    const errors = new Set<number>([
+      400,
+      ...(r.access === "public" ? [] : [401]),
+      ...(r.access === "admin" ? [403] : []),
+      ...(r.body ? [413, 415] : r.method !== "GET" && !(r.rawBody === true && r.access === "public") ? [415] : []),
+      ...(r.errors ?? []),
+      500,
+    ]);
     for (const code of [...errors].sort()) responses[String(code)] = errorRef(code);
     const op: Json = {
       operationId: r.operationId,

@@ -99,7 +99,10 @@ export class HttpError extends Error {
 const JSON_HEADERS = { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" };
 
 export function json(status: number, body: unknown, headers?: Record<string, string>): Response {
-  return new Response(status === 204 ? null : JSON.stringify(body), { status, headers: { ...JSON_HEADERS, ...headers } });
+  return new Response(status === 204 ? null : JSON.stringify(body), {
+    status,
+    headers: { ...JSON_HEADERS, ...headers },
+  });
 }
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>) {
@@ -112,9 +115,11 @@ export function errorBody(code: string, message: string, details?: Record<string
  * are generic too: store or configuration trouble is the operator's business, not the caller's.
  */
 export function errorResponse(error: unknown): Response {
-  if (error instanceof HttpError) return json(error.status, errorBody(error.code, error.message, error.details), error.headers);
+  if (error instanceof HttpError)
+    return json(error.status, errorBody(error.code, error.message, error.details), error.headers);
   if (error instanceof CreditError) {
-    if (error.status >= 500) return json(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
+    if (error.status >= 500)
+      return json(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
     return json(error.status, errorBody(error.code, error.message, error.details));
   }
   return json(500, errorBody("INTERNAL_ERROR", "Internal error."));
@@ -331,7 +336,8 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
   return { handle, bases, routes: compiled.map((c) => ({ ...c.def, fullPath: c.fullPath })) };
 }
 
-const isMutation = (method: string) => method === "POST" || method === "PUT" || method === "PATCH" || method === "DELETE";
+const isMutation = (method: string) =>
+  method === "POST" || method === "PUT" || method === "PATCH" || method === "DELETE";
 
 const JSON_TYPE = /^application\/([\w.+-]*\+)?json\b/i;
 
@@ -346,9 +352,14 @@ const SIMPLE_TYPE = /^\s*(text\/plain|application\/x-www-form-urlencoded|multipa
 function refuseCrossSiteForm(def: RouteDefinition, type: string | null): void {
   if (def.rawBody === true && def.body === undefined) {
     if (type !== null && type.trim() !== "" && !SIMPLE_TYPE.test(type)) return;
-    throw new HttpError(415, "UNSUPPORTED_MEDIA_TYPE", "Send this request with a Content-Type header that is not text/plain or a form type.", {
-      contentType: "not text/plain, application/x-www-form-urlencoded or multipart/form-data",
-    });
+    throw new HttpError(
+      415,
+      "UNSUPPORTED_MEDIA_TYPE",
+      "Send this request with a Content-Type header that is not text/plain or a form type.",
+      {
+        contentType: "not text/plain, application/x-www-form-urlencoded or multipart/form-data",
+      },
+    );
   }
   if (type !== null && JSON_TYPE.test(type)) return;
   throw new HttpError(
@@ -363,7 +374,8 @@ function refuseCrossSiteForm(def: RouteDefinition, type: string | null): void {
 const NoBody = z.strictObject({});
 const NoQuery = z.strictObject({});
 
-const takesNoBody = (def: RouteDefinition, method: string) => def.body === undefined && def.rawBody !== true && isMutation(method);
+const takesNoBody = (def: RouteDefinition, method: string) =>
+  def.body === undefined && def.rawBody !== true && isMutation(method);
 
 /** Reads the body up to `limit` bytes (413 beyond). */
 async function readBody(request: Request, limit: number): Promise<Uint8Array> {

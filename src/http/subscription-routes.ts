@@ -83,7 +83,11 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
    */
   const notNowOnFree = async (ctx: RouteContext, planId: string, what: string) => {
     if ((await ctx.manager.subscriptions.getPlan(planId)).price === 0) {
-      throw new HttpError(403, "FORBIDDEN", `${what} takes effect at the period's end on a free plan; only an admin can do it now.`);
+      throw new HttpError(
+        403,
+        "FORBIDDEN",
+        `${what} takes effect at the period's end on a free plan; only an admin can do it now.`,
+      );
     }
   };
 
@@ -154,7 +158,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       summary: "Moves the caller's subscription to another plan (now or at the period's end)",
       description:
         "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
-        "the period's end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, \"Changing plans\".",
+        'the period\'s end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, "Changing plans".',
       tags: subscriptions,
       body: ChangePlanBody,
       response: Subscription,
@@ -162,7 +166,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       handle: async (ctx) => {
         const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
         await mayChooseSelf(ctx, planId);
-        if ((options.when ?? "now") === "now") await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
+        if ((options.when ?? "now") === "now")
+          await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
         return ctx.manager.subscriptions.changePlan(self(ctx), planId, options);
       },
     },
@@ -173,7 +178,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       access: "user",
       operationId: "cancelSubscription",
       summary: "Cancels the caller's subscription, at the period's end (default) or now",
-      description: "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
+      description:
+        "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
       tags: subscriptions,
       body: CancelBody,
       response: Subscription,
@@ -216,7 +222,9 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       tags: ["admin", ...plans],
       query: AdminListPlansParams,
       response: PlanListSchema,
-      handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans(ctx.query<z.infer<typeof AdminListPlansParams>>()) }),
+      handle: async (ctx) => ({
+        items: await ctx.manager.subscriptions.listPlans(ctx.query<z.infer<typeof AdminListPlansParams>>()),
+      }),
     },
     {
       method: "POST",

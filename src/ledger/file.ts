@@ -238,7 +238,11 @@ export class LedgerFile {
     this.sent = 0;
     this.unfinished = [];
     try {
-      const thread = new Worker(THREAD, { eval: true, execArgv: [], workerData: { fd, state: this.state, probe: probeOf() } });
+      const thread = new Worker(THREAD, {
+        eval: true,
+        execArgv: [],
+        workerData: { fd, state: this.state, probe: probeOf() },
+      });
       thread.on("message", (m: { id?: number; error?: string }) => {
         if (m.error !== undefined) this.failed(new Error(m.error));
         else this.replies.get(m.id as number)?.();
@@ -334,7 +338,7 @@ export class LedgerFile {
     if (this.fd < 0) return;
     const bytes = Buffer.from(linesOf(chunk, ledgerLineOf), "utf8");
     try {
-      for (let at = 0; at < bytes.length; ) {
+      for (let at = 0; at < bytes.length;) {
         try {
           at += writeSync(this.fd, bytes, at, bytes.length - at);
         } catch (error) {

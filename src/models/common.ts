@@ -78,7 +78,8 @@ const JsonRecord = z.record(z.string(), z.json());
 export const Metadata = z.preprocess<unknown, typeof JsonRecord, z.input<typeof JsonRecord>>((value, ctx) => {
   if (typeof value === "object" && value !== null) {
     const problem = metadataProblem(value);
-    if (problem !== null) ctx.issues.push({ code: "custom", message: problem.message, path: problem.path, input: value });
+    if (problem !== null)
+      ctx.issues.push({ code: "custom", message: problem.message, path: problem.path, input: value });
   }
   return value;
 }, JsonRecord);
@@ -119,7 +120,7 @@ function metadataProblem(metadata: object): { path: string[]; message: string } 
           if (!array && key === "__proto__") {
             return 'must not use the key "__proto__" (JavaScript reads it as the object\'s prototype, not as data: it would be lost)';
           }
-          length += (array ? 1 : key.length + 4);
+          length += array ? 1 : key.length + 4;
           const bad = length > METADATA_MAX_LENGTH ? null : walk((v as Record<string, unknown>)[key]);
           if (bad !== null) return bad;
           if (length > METADATA_MAX_LENGTH) return `must be at most ${METADATA_MAX_LENGTH} characters as JSON`;
@@ -135,7 +136,9 @@ function metadataProblem(metadata: object): { path: string[]; message: string } 
   };
   const message = walk(metadata);
   if (message !== null) return { path, message };
-  return length > METADATA_MAX_LENGTH ? { path, message: `must be at most ${METADATA_MAX_LENGTH} characters as JSON` } : null;
+  return length > METADATA_MAX_LENGTH
+    ? { path, message: `must be at most ${METADATA_MAX_LENGTH} characters as JSON` }
+    : null;
 }
 
 /** The instants every store can keep as written: years 1–9999 (UTC). */
@@ -151,7 +154,9 @@ export const DateInput = z
   .union([z.date(), z.iso.datetime({ offset: true })], { error: "must be a Date or an ISO-8601 date-time" })
   .transform((v) => (typeof v === "string" ? new Date(v) : v))
   .refine((d) => !Number.isNaN(d.getTime()), { error: "must be a valid date" })
-  .refine((d) => d.getTime() >= MIN_DATE && d.getTime() <= MAX_DATE, { error: "must be between the years 1 and 9999 (UTC)" });
+  .refine((d) => d.getTime() >= MIN_DATE && d.getTime() <= MAX_DATE, {
+    error: "must be between the years 1 and 9999 (UTC)",
+  });
 
 /** Priority of a grant: lower numbers are drawn first. */
 export const Priority = z.number().int({ error: "priority must be an integer" }).min(0).max(1_000_000);

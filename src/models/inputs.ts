@@ -1,5 +1,14 @@
 import * as z from "zod";
-import { Amount, DateInput, IdempotencyKey, Metadata, NonNegativeAmount, Priority, ShortText, UserId } from "./common.js";
+import {
+  Amount,
+  DateInput,
+  IdempotencyKey,
+  Metadata,
+  NonNegativeAmount,
+  Priority,
+  ShortText,
+  UserId,
+} from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
 
 /** Options every mutation accepts. */
@@ -41,9 +50,13 @@ export const TrialCredits = z.strictObject({
 export type TrialCredits = z.input<typeof TrialCredits>;
 
 /** A feature (or plugin) name in `features` rules and `check()`. */
-export const FeatureName = z.string().min(1).max(100).regex(/^[A-Za-z0-9_.:-]+$/, {
-  error: "feature must be letters, digits and _ . : -",
-});
+export const FeatureName = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[A-Za-z0-9_.:-]+$/, {
+    error: "feature must be letters, digits and _ . : -",
+  });
 
 /** Per-feature rules: the least `available` balance with which a feature is allowed. */
 export const FeatureRules = z.record(FeatureName, z.strictObject({ minAvailable: NonNegativeAmount }));
@@ -110,13 +123,18 @@ export type GrantsQuery = z.input<typeof GrantsQuery>;
 export const AsOf = DateInput.optional();
 
 /** `ledger.getEntries(query)`: system and error events, newest first. */
-export const LedgerEntriesQuery = z.strictObject({
-  eventType: z.enum(["error", "system"]).optional(),
-  userId: UserId.optional(),
-  /** createdAt < before (paging: the last entry's createdAt). */
-  before: DateInput.optional(),
-  /** With `before`: the last entry's id, so entries of the same millisecond are not skipped. */
-  beforeId: z.string().min(1).max(128).optional(),
-  limit: z.number().int({ error: "limit must be an integer" }).min(1).max(1000).optional(),
-}).refine((q) => q.beforeId === undefined || q.before !== undefined, { error: "beforeId needs before (the entry's createdAt)", path: ["beforeId"] });
+export const LedgerEntriesQuery = z
+  .strictObject({
+    eventType: z.enum(["error", "system"]).optional(),
+    userId: UserId.optional(),
+    /** createdAt < before (paging: the last entry's createdAt). */
+    before: DateInput.optional(),
+    /** With `before`: the last entry's id, so entries of the same millisecond are not skipped. */
+    beforeId: z.string().min(1).max(128).optional(),
+    limit: z.number().int({ error: "limit must be an integer" }).min(1).max(1000).optional(),
+  })
+  .refine((q) => q.beforeId === undefined || q.before !== undefined, {
+    error: "beforeId needs before (the entry's createdAt)",
+    path: ["beforeId"],
+  });
 export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;

@@ -33,7 +33,9 @@ export const MeterOptions = z.strictObject({
    * call is charged once. At most 247 characters, so that each of those is a valid idempotency key
    * (255).
    */
-  idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, { error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)` }).optional(),
+  idempotencyKey: IdempotencyKey.max(MAX_METER_KEY, {
+    error: `idempotencyKey must be at most ${MAX_METER_KEY} characters (metering appends up to 8)`,
+  }).optional(),
   correlationId: z.string().min(1).max(255).optional(),
   /** Stored with the commit entry beside the recorded usages. */
   metadata: Metadata.optional(),

@@ -42,7 +42,8 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
     const bad = illFormedAt(result.data, "");
     if (bad !== null) {
       const path = bad === "" ? what : `${what}.${bad}`;
-      const message = "must be well-formed text (a lone UTF-16 surrogate cannot be stored: stores would replace it and mix up ids and keys)";
+      const message =
+        "must be well-formed text (a lone UTF-16 surrogate cannot be stored: stores would replace it and mix up ids and keys)";
       throw new ValidationError(`Invalid ${path}: ${message}`, [{ path: bad, message }]);
     }
     // Our schemas are pure: a string or number one accepted unchanged it always accepts unchanged.

@@ -62,7 +62,10 @@ export const Payment = z.object({
 export type Payment = z.infer<typeof Payment>;
 
 /** A rate of credits per smallest currency unit. */
-const Rate = z.number({ error: "a rate must be a number" }).positive({ error: "a rate must be positive" }).max(1e9, { error: "a rate must be at most 1e9" });
+const Rate = z
+  .number({ error: "a rate must be a number" })
+  .positive({ error: "a rate must be positive" })
+  .max(1e9, { error: "a rate must be at most 1e9" });
 
 /** `checkoutWaitMs` / `checkoutStaleSeconds` of the payments: a finite number >= 0. */
 export const WaitDuration = z.number().finite().min(0);

@@ -64,7 +64,9 @@ export const ModelPrice = ModelRates.extend({
 export type ModelPrice = z.input<typeof ModelPrice>;
 
 /** A currency code (ISO 4217 style, or your own), e.g. "USD". */
-export const CurrencyCode = z.string().regex(/^[A-Za-z][A-Za-z0-9_-]{0,15}$/, { error: "must be a currency code such as USD" });
+export const CurrencyCode = z
+  .string()
+  .regex(/^[A-Za-z][A-Za-z0-9_-]{0,15}$/, { error: "must be a currency code such as USD" });
 
 /**
  * A price book: the credits each model's usage costs, and what a unit of money is worth in credits.
@@ -89,7 +91,12 @@ export const PriceBookInput = z
   })
   .superRefine((book, ctx) => {
     if (book.defaultCurrency !== undefined && book.currencies?.[book.defaultCurrency] === undefined) {
-      ctx.issues.push({ code: "custom", path: ["defaultCurrency"], message: "must be one of `currencies`", input: book.defaultCurrency });
+      ctx.issues.push({
+        code: "custom",
+        path: ["defaultCurrency"],
+        message: "must be one of `currencies`",
+        input: book.defaultCurrency,
+      });
     }
     const seen = new Map<string, number>();
     (book.models ?? []).forEach((m, i) => {
@@ -133,7 +140,10 @@ export type TokenUsage = z.input<typeof TokenUsage>;
  */
 export const MoneyAmount = z.union(
   [
-    z.number().nonnegative({ error: "cost must not be negative" }).refine(Number.isFinite, { error: "cost must be finite" }),
+    z
+      .number()
+      .nonnegative({ error: "cost must not be negative" })
+      .refine(Number.isFinite, { error: "cost must be finite" }),
     z.string().regex(/^\d{1,30}(\.\d{1,18})?$/, { error: 'cost must be a decimal such as "0.05"' }),
   ],
   { error: 'cost must be a number or a decimal string such as "0.05"' },

@@ -1,5 +1,14 @@
 import * as z from "zod";
-import { Amount, DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+import {
+  Amount,
+  DateInput,
+  EntityId,
+  IdempotencyKey,
+  Metadata,
+  NonNegativeAmount,
+  ShortText,
+  UserId,
+} from "./common.js";
 
 /**
  * A promo code as typed by users: 1–64 letters, digits, `-` or `_`. Codes are case-insensitive:

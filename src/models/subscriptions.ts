@@ -50,7 +50,10 @@ export const CreatePlanInput = z.strictObject({
   description: ShortText.optional(),
   creditsPerPeriod: NonNegativeAmount,
   price: NonNegativeAmount.optional(),
-  currency: z.string().regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" }).optional(),
+  currency: z
+    .string()
+    .regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })
+    .optional(),
   billingPeriod: BillingPeriod,
   validityDays: z.number().int().min(1).max(3650).nullable().optional(),
   /** "none" (default), "all", or `{ cap }` credits. */

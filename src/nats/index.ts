@@ -17,14 +17,26 @@ const Prefix = z
   .string()
   .min(1)
   .max(200)
-  .refine((p) => p.split(".").every((t) => SUBJECT_TOKEN.test(t)), "must be dot-separated tokens of letters, digits, _ and -");
-const StreamName = z.string().min(1).max(100).regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only");
+  .refine(
+    (p) => p.split(".").every((t) => SUBJECT_TOKEN.test(t)),
+    "must be dot-separated tokens of letters, digits, _ and -",
+  );
+const StreamName = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[A-Za-z0-9_-]+$/, "letters, digits, _ and - only");
 
 const QueueOptions = z.strictObject({
   /** A connection you own (not closed by `close()`). Or `servers`. */
-  connection: z.custom<NatsConnection>((v) => typeof v === "object" && v !== null && typeof (v as { request?: unknown }).request === "function", {
-    error: "connection must be a NATS connection",
-  }).optional(),
+  connection: z
+    .custom<NatsConnection>(
+      (v) => typeof v === "object" && v !== null && typeof (v as { request?: unknown }).request === "function",
+      {
+        error: "connection must be a NATS connection",
+      },
+    )
+    .optional(),
   /** Server URL(s): the queue connects on first use (and again after a connection closed), and closes it in `close()`. */
   servers: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
   /** The stream that stores the events. Default `CREDIT_EVENTS`. */
@@ -36,12 +48,19 @@ const QueueOptions = z.strictObject({
    * (a redelivered outbox row). Default 3,600,000 (an hour). An existing stream with a shorter one
    * is a `ConfigurationError` in `init()`.
    */
-  duplicateWindowMs: z.number().int().min(1000).max(7 * 86_400_000).optional(),
+  duplicateWindowMs: z
+    .number()
+    .int()
+    .min(1000)
+    .max(7 * 86_400_000)
+    .optional(),
   /** Create the stream in `init()` when it does not exist (default true); false: it must exist. */
   createStream: z.boolean().optional(),
   /** Longest wait for the stream's acknowledgement of one publish, in ms. Default 5,000. */
   timeoutMs: z.number().int().min(10).max(600_000).optional(),
-  logger: z.custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function").optional(),
+  logger: z
+    .custom<Logger>((v) => typeof v === "object" && v !== null && typeof (v as Logger).warn === "function")
+    .optional(),
 });
 export type NatsJetStreamQueueOptions = z.input<typeof QueueOptions>;
 
@@ -67,11 +86,16 @@ export class NatsJetStreamQueue implements NotificationQueue {
   constructor(options: NatsJetStreamQueueOptions) {
     const parsed = QueueOptions.safeParse(options);
     if (!parsed.success) {
-      throw new ConfigurationError(`[credit-management] NatsJetStreamQueue: ${z.prettifyError(parsed.error)}`, parsed.error);
+      throw new ConfigurationError(
+        `[credit-management] NatsJetStreamQueue: ${z.prettifyError(parsed.error)}`,
+        parsed.error,
+      );
     }
     const o = parsed.data;
     if ((o.connection === undefined) === (o.servers === undefined)) {
-      throw new ConfigurationError("[credit-management] NatsJetStreamQueue: give either `connection` (yours) or `servers` (the queue connects), not both nor neither");
+      throw new ConfigurationError(
+        "[credit-management] NatsJetStreamQueue: give either `connection` (yours) or `servers` (the queue connects), not both nor neither",
+      );
     }
     this.options = o;
     this.connection = o.connection;
@@ -105,7 +129,11 @@ export class NatsJetStreamQueue implements NotificationQueue {
       timeout: this.timeoutMs,
       expect: { streamName: this.stream },
     });
-    if (ack.duplicate) this.options.logger?.debug?.({ id: message.id, seq: ack.seq }, "credit-management: NATS dropped a redelivered event (duplicate id)");
+    if (ack.duplicate)
+      this.options.logger?.debug?.(
+        { id: message.id, seq: ack.seq },
+        "credit-management: NATS dropped a redelivered event (duplicate id)",
+      );
   }
 
   /** Closes the connection the queue made (`servers`); a connection you gave stays open. */
@@ -140,12 +168,18 @@ export class NatsJetStreamQueue implements NotificationQueue {
     const subjects = `${this.subjectPrefix}.>`;
     const windowNanos = this.duplicateWindowMs * 1_000_000;
     const info = await jsm.streams.info(this.stream).catch((error: unknown) => {
-      if ((error as { name?: string }).name === "StreamNotFoundError" || /stream not found/i.test(String((error as Error).message))) return null;
+      if (
+        (error as { name?: string }).name === "StreamNotFoundError" ||
+        /stream not found/i.test(String((error as Error).message))
+      )
+        return null;
       throw error;
     });
     if (info === null) {
       if (this.options.createStream === false) {
-        throw new ConfigurationError(`[credit-management] NatsJetStreamQueue: stream ${this.stream} does not exist (createStream: false)`);
+        throw new ConfigurationError(
+          `[credit-management] NatsJetStreamQueue: stream ${this.stream} does not exist (createStream: false)`,
+        );
       }
       await jsm.streams.add({ name: this.stream, subjects: [subjects], duplicate_window: windowNanos });
     } else {
@@ -201,7 +235,10 @@ export interface InboundHandler<T> {
 }
 
 /** Declares a handler, typing `handle`'s event by its schema. */
-export function inboundHandler<T>(schema: z.ZodType<T>, handle: (event: T, context: InboundContext) => Promise<unknown>): InboundHandler<T> {
+export function inboundHandler<T>(
+  schema: z.ZodType<T>,
+  handle: (event: T, context: InboundContext) => Promise<unknown>,
+): InboundHandler<T> {
   return { schema, handle };
 }
 
@@ -235,13 +272,16 @@ export interface CreditEventConsumer {
   readonly counts: Readonly<Record<InboundOutcome, number>>;
 }
 
-const hasFunction = (name: string) => (v: unknown) => typeof v === "object" && v !== null && typeof (v as Record<string, unknown>)[name] === "function";
+const hasFunction = (name: string) => (v: unknown) =>
+  typeof v === "object" && v !== null && typeof (v as Record<string, unknown>)[name] === "function";
 const Handler = z.custom<InboundHandler<unknown>>(
   (v) => hasFunction("handle")(v) && hasFunction("safeParse")((v as { schema?: unknown }).schema),
   { error: "each handler must be { schema: a zod schema, handle: a function } (see inboundHandler)" },
 );
 const ConsumeOptions = z.strictObject({
-  consumer: z.custom<Consumer>(hasFunction("consume"), { error: "consumer must be a JetStream consumer (js.consumers.get(stream, durable))" }),
+  consumer: z.custom<Consumer>(hasFunction("consume"), {
+    error: "consumer must be a JetStream consumer (js.consumers.get(stream, durable))",
+  }),
   js: z.custom<JetStreamClient>(hasFunction("publish"), { error: "js must be a JetStream client (jetstream(nc))" }),
   handlers: z.record(z.string().min(1), Handler),
   logger: z.custom<Logger>(hasFunction("warn")).optional(),
@@ -260,14 +300,23 @@ const ConsumeOptions = z.strictObject({
  */
 export function consumeCreditEvents(options: ConsumeCreditEventsOptions): CreditEventConsumer {
   const parsed = ConsumeOptions.safeParse(options);
-  if (!parsed.success) throw new ConfigurationError(`[credit-management] consumeCreditEvents: ${z.prettifyError(parsed.error)}`, parsed.error);
+  if (!parsed.success)
+    throw new ConfigurationError(
+      `[credit-management] consumeCreditEvents: ${z.prettifyError(parsed.error)}`,
+      parsed.error,
+    );
   const maxDeliveries = parsed.data.maxDeliveries ?? 5;
   const retryDelayMs = parsed.data.retryDelayMs ?? 1000;
   const counts: Record<InboundOutcome, number> = { applied: 0, retry: 0, dead_lettered: 0 };
   let stopped = false;
   let messages: Awaited<ReturnType<Consumer["consume"]>> | undefined;
 
-  const deadLetter = async (m: JsMsg, context: InboundContext, reason: string, error: unknown): Promise<InboundOutcome> => {
+  const deadLetter = async (
+    m: JsMsg,
+    context: InboundContext,
+    reason: string,
+    error: unknown,
+  ): Promise<InboundOutcome> => {
     const body = {
       reason,
       error: error instanceof Error ? `${error.name}: ${error.message}` : String(error),
@@ -277,13 +326,21 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
       data: m.string(),
     };
     try {
-      await options.js.publish(parsed.data.deadLetterSubject, JSON.stringify(body), { msgID: `dead:${context.messageId}` });
+      await options.js.publish(parsed.data.deadLetterSubject, JSON.stringify(body), {
+        msgID: `dead:${context.messageId}`,
+      });
     } catch (failure) {
-      options.logger?.warn({ err: failure, messageId: context.messageId }, "credit-management: could not dead-letter a message; it is retried");
+      options.logger?.warn(
+        { err: failure, messageId: context.messageId },
+        "credit-management: could not dead-letter a message; it is retried",
+      );
       m.nak(retryDelayMs);
       return "retry";
     }
-    options.logger?.warn({ reason, messageId: context.messageId, subject: m.subject }, "credit-management: message dead-lettered");
+    options.logger?.warn(
+      { reason, messageId: context.messageId, subject: m.subject },
+      "credit-management: message dead-lettered",
+    );
     m.ack();
     return "dead_lettered";
   };
@@ -310,7 +367,10 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
       const transient = error instanceof StorageError || error instanceof ConflictError;
       if (error instanceof CreditError && !transient) return deadLetter(m, context, "refused", error);
       if (context.deliveryCount >= maxDeliveries) return deadLetter(m, context, "failed", error);
-      options.logger?.warn({ err: error, messageId: context.messageId, deliveryCount: context.deliveryCount }, "credit-management: inbound event failed; retried");
+      options.logger?.warn(
+        { err: error, messageId: context.messageId, deliveryCount: context.deliveryCount },
+        "credit-management: inbound event failed; retried",
+      );
       m.nak(retryDelayMs * context.deliveryCount);
       return "retry";
     }
@@ -327,7 +387,9 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
     }
   })();
   // The loop's end is reported through `done`; a failure nobody awaits is logged, not unhandled.
-  done.catch((error: unknown) => options.logger?.error({ err: error }, "credit-management: the inbound event consumer stopped"));
+  done.catch((error: unknown) =>
+    options.logger?.error({ err: error }, "credit-management: the inbound event consumer stopped"),
+  );
   return {
     counts,
     done,

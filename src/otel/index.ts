@@ -35,21 +35,27 @@ const isObject = (v: unknown) => typeof v === "object" && v !== null;
 /** Options of `instrumentCreditManagement`, validated like every public input. */
 const InstrumentOptionsSchema = z.strictObject({
   /** Where the metrics go. Default: the global provider (`metrics.setGlobalMeterProvider`). */
-  meterProvider: z.custom<MeterProvider>((v) => isObject(v) && typeof (v as MeterProvider).getMeter === "function", {
-    error: "meterProvider must be an OpenTelemetry MeterProvider",
-  }).optional(),
+  meterProvider: z
+    .custom<MeterProvider>((v) => isObject(v) && typeof (v as MeterProvider).getMeter === "function", {
+      error: "meterProvider must be an OpenTelemetry MeterProvider",
+    })
+    .optional(),
   /** Where the spans go. Default: the global provider (`trace.setGlobalTracerProvider`). */
-  tracerProvider: z.custom<TracerProvider>((v) => isObject(v) && typeof (v as TracerProvider).getTracer === "function", {
-    error: "tracerProvider must be an OpenTelemetry TracerProvider",
-  }).optional(),
+  tracerProvider: z
+    .custom<TracerProvider>((v) => isObject(v) && typeof (v as TracerProvider).getTracer === "function", {
+      error: "tracerProvider must be an OpenTelemetry TracerProvider",
+    })
+    .optional(),
   /**
    * The store the gauges read (active holds, held credits, the outbox): a manager (`{ db }`) or a
    * store. Omitted, or a store without `stats()`: no gauges. Read at a collection, at most once
    * every `statsIntervalMs`.
    */
-  manager: z.custom<{ db: DbManager }>((v) => isObject(v) && isObject((v as { db?: unknown }).db), {
-    error: "manager must be a CreditManager (or { db })",
-  }).optional(),
+  manager: z
+    .custom<{ db: DbManager }>((v) => isObject(v) && isObject((v as { db?: unknown }).db), {
+      error: "manager must be a CreditManager (or { db })",
+    })
+    .optional(),
   /** Longest the gauges reuse one reading of the store, in ms. Default 10,000. */
   statsIntervalMs: z.number().int().min(0).max(3_600_000).optional(),
   /** Longest wait for the store's reading, in ms (the gauges then report nothing). Default 2,000. */
@@ -74,7 +80,9 @@ export const INSTRUMENTATION_NAME = "credit-management";
 const s = (ms: number) => ms / 1000;
 
 /** Bucket bounds in seconds: units of work (0.5 ms … 10 s) and jobs and rounds (10 ms … 10 min). */
-const FAST = { explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
+const FAST = {
+  explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+};
 const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600] };
 
 /**
@@ -85,11 +93,16 @@ const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60
 export function instrumentCreditManagement(options: InstrumentOptions = {}): CreditInstrumentation {
   const o = parse(InstrumentOptionsSchema, options, "options");
   const undo: (() => void)[] = [];
-  const tracer = o.traces === false ? null : (o.tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);
-  if (o.metrics !== false) undo.push(...recordMetrics((o.meterProvider ?? metrics.getMeterProvider()), o));
+  const tracer =
+    o.traces === false ? null : (o.tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);
+  if (o.metrics !== false) undo.push(...recordMetrics(o.meterProvider ?? metrics.getMeterProvider(), o));
   if (tracer !== null) {
     const spans = new WeakMap<object, Span>();
-    const spanned = <M extends object>(name: string, begin: (m: M) => { name: string; attributes: Attributes }, end: (m: M, span: Span) => boolean) => {
+    const spanned = <M extends object>(
+      name: string,
+      begin: (m: M) => { name: string; attributes: Attributes },
+      end: (m: M, span: Span) => boolean,
+    ) => {
       const tc = diagnostics_channel.tracingChannel<unknown, M>(name);
       const handlers = {
         start(m: M) {
@@ -119,7 +132,11 @@ export function instrumentCreditManagement(options: InstrumentOptions = {}): Cre
       DIAGNOSTICS_CHANNELS.unitOfWork,
       (m) => ({
         name: `credit-management ${m.operation}`,
-        attributes: { "credit_management.operation": m.operation, "credit_management.user_id": m.userId, "credit_management.store": m.store },
+        attributes: {
+          "credit_management.operation": m.operation,
+          "credit_management.user_id": m.userId,
+          "credit_management.store": m.store,
+        },
       }),
       (m, span) => {
         span.setAttributes({
@@ -134,9 +151,16 @@ export function instrumentCreditManagement(options: InstrumentOptions = {}): Cre
     );
     spanned<JobMessage>(
       DIAGNOSTICS_CHANNELS.job,
-      (m) => ({ name: `credit-management job ${m.job}`, attributes: { "credit_management.job": m.job, "credit_management.as_of": m.asOf } }),
+      (m) => ({
+        name: `credit-management job ${m.job}`,
+        attributes: { "credit_management.job": m.job, "credit_management.as_of": m.asOf },
+      }),
       (m, span) => {
-        span.setAttributes({ "credit_management.scanned": m.scanned, "credit_management.changed": m.changed, "credit_management.errors": m.errors });
+        span.setAttributes({
+          "credit_management.scanned": m.scanned,
+          "credit_management.changed": m.changed,
+          "credit_management.errors": m.errors,
+        });
         return m.error !== undefined;
       },
     );
@@ -171,27 +195,91 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   const meter = provider.getMeter(INSTRUMENTATION_NAME);
   const undo: (() => void)[] = [];
   const int = { valueType: ValueType.INT };
-  const operations = meter.createCounter("credit_management.operations", { description: "Units of work, by operation and outcome", unit: "{operation}", ...int });
-  const duration = meter.createHistogram("credit_management.operation.duration", { description: "Duration of units of work", unit: "s", advice: FAST });
-  const retries = meter.createCounter("credit_management.store.retries", { description: "Units of work run again after a write conflict", unit: "{retry}", ...int });
+  const operations = meter.createCounter("credit_management.operations", {
+    description: "Units of work, by operation and outcome",
+    unit: "{operation}",
+    ...int,
+  });
+  const duration = meter.createHistogram("credit_management.operation.duration", {
+    description: "Duration of units of work",
+    unit: "s",
+    advice: FAST,
+  });
+  const retries = meter.createCounter("credit_management.store.retries", {
+    description: "Units of work run again after a write conflict",
+    unit: "{retry}",
+    ...int,
+  });
   const conflicts = meter.createCounter("credit_management.store.conflicts", {
     description: "Write conflicts met by units of work (retried, or given up as ConflictError)",
     unit: "{conflict}",
     ...int,
   });
-  const refusals = meter.createCounter("credit_management.refusals", { description: "Operations refused for lack of credits (HTTP 402)", unit: "{refusal}", ...int });
-  const holds = meter.createCounter("credit_management.holds", { description: "Holds placed and ended, by action", unit: "{hold}", ...int });
-  const jobRuns = meter.createCounter("credit_management.job.runs", { description: "Job runs, by job and outcome", unit: "{run}", ...int });
-  const jobDuration = meter.createHistogram("credit_management.job.duration", { description: "Duration of job runs", unit: "s", advice: SLOW });
-  const jobScanned = meter.createCounter("credit_management.job.scanned", { description: "Rows job runs looked at", unit: "{row}", ...int });
-  const jobChanged = meter.createCounter("credit_management.job.changed", { description: "Rows job runs changed", unit: "{row}", ...int });
-  const jobErrors = meter.createCounter("credit_management.job.errors", { description: "Accounts or subscriptions a job run failed on", unit: "{error}", ...int });
-  const dispatched = meter.createCounter("credit_management.outbox.dispatched", { description: "Outbox rows handed to the queue, by result", unit: "{notification}", ...int });
-  const dispatchDuration = meter.createHistogram("credit_management.outbox.dispatch.duration", { description: "Duration of dispatch rounds", unit: "s", advice: SLOW });
-  const lag = meter.createHistogram("credit_management.outbox.lag", { description: "Age of the oldest row a dispatch round claimed", unit: "s", advice: SLOW });
-  const webhooks = meter.createCounter("credit_management.webhooks", { description: "Payment webhooks, by provider and outcome", unit: "{webhook}", ...int });
-  const metered = meter.createCounter("credit_management.metering.calls", { description: "Metered calls settled, by outcome and reason", unit: "{call}", ...int });
-  const meteredCredits = meter.createCounter("credit_management.metering.credits", { description: "Credits of metered calls, charged or released", unit: "{credit}", ...int });
+  const refusals = meter.createCounter("credit_management.refusals", {
+    description: "Operations refused for lack of credits (HTTP 402)",
+    unit: "{refusal}",
+    ...int,
+  });
+  const holds = meter.createCounter("credit_management.holds", {
+    description: "Holds placed and ended, by action",
+    unit: "{hold}",
+    ...int,
+  });
+  const jobRuns = meter.createCounter("credit_management.job.runs", {
+    description: "Job runs, by job and outcome",
+    unit: "{run}",
+    ...int,
+  });
+  const jobDuration = meter.createHistogram("credit_management.job.duration", {
+    description: "Duration of job runs",
+    unit: "s",
+    advice: SLOW,
+  });
+  const jobScanned = meter.createCounter("credit_management.job.scanned", {
+    description: "Rows job runs looked at",
+    unit: "{row}",
+    ...int,
+  });
+  const jobChanged = meter.createCounter("credit_management.job.changed", {
+    description: "Rows job runs changed",
+    unit: "{row}",
+    ...int,
+  });
+  const jobErrors = meter.createCounter("credit_management.job.errors", {
+    description: "Accounts or subscriptions a job run failed on",
+    unit: "{error}",
+    ...int,
+  });
+  const dispatched = meter.createCounter("credit_management.outbox.dispatched", {
+    description: "Outbox rows handed to the queue, by result",
+    unit: "{notification}",
+    ...int,
+  });
+  const dispatchDuration = meter.createHistogram("credit_management.outbox.dispatch.duration", {
+    description: "Duration of dispatch rounds",
+    unit: "s",
+    advice: SLOW,
+  });
+  const lag = meter.createHistogram("credit_management.outbox.lag", {
+    description: "Age of the oldest row a dispatch round claimed",
+    unit: "s",
+    advice: SLOW,
+  });
+  const webhooks = meter.createCounter("credit_management.webhooks", {
+    description: "Payment webhooks, by provider and outcome",
+    unit: "{webhook}",
+    ...int,
+  });
+  const metered = meter.createCounter("credit_management.metering.calls", {
+    description: "Metered calls settled, by outcome and reason",
+    unit: "{call}",
+    ...int,
+  });
+  const meteredCredits = meter.createCounter("credit_management.metering.credits", {
+    description: "Credits of metered calls, charged or released",
+    unit: "{credit}",
+    ...int,
+  });
 
   const on = <M>(name: string, fn: (m: M) => void) => {
     const listener = (m: unknown) => fn(m as M);
@@ -213,7 +301,9 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
     const met = m.conflicts + (m.outcome === "conflict" ? 1 : 0);
     if (met > 0) conflicts.add(met, store);
   });
-  on<RefusalMessage>(DIAGNOSTICS_CHANNELS.refusal, (m) => refusals.add(1, { operation: m.operation, reason: m.reason }));
+  on<RefusalMessage>(DIAGNOSTICS_CHANNELS.refusal, (m) =>
+    refusals.add(1, { operation: m.operation, reason: m.reason }),
+  );
   on<HoldMessage>(DIAGNOSTICS_CHANNELS.hold, (m) => holds.add(1, { action: m.action }));
   onEnd<JobMessage>(DIAGNOSTICS_CHANNELS.job, (m) => {
     const job = { job: m.job };
@@ -224,11 +314,14 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
     if (m.errors > 0) jobErrors.add(m.errors, job);
   });
   onEnd<DispatchMessage>(DIAGNOSTICS_CHANNELS.dispatch, (m) => {
-    for (const result of ["sent", "retried", "failed", "lost"] as const) if (m[result] > 0) dispatched.add(m[result], { result });
+    for (const result of ["sent", "retried", "failed", "lost"] as const)
+      if (m[result] > 0) dispatched.add(m[result], { result });
     dispatchDuration.record(s(m.durationMs));
     if (m.claimed > 0) lag.record(s(m.maxLagMs));
   });
-  on<WebhookMessage>(DIAGNOSTICS_CHANNELS.webhook, (m) => webhooks.add(1, { provider: m.provider, outcome: m.outcome }));
+  on<WebhookMessage>(DIAGNOSTICS_CHANNELS.webhook, (m) =>
+    webhooks.add(1, { provider: m.provider, outcome: m.outcome }),
+  );
   on<MeteringMessage>(DIAGNOSTICS_CHANNELS.metering, (m) => {
     metered.add(1, { outcome: m.outcome, reason: m.reason ?? "none" });
     if (m.charged > 0) meteredCredits.add(m.charged, { kind: "charged" });
@@ -238,11 +331,30 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   const db = o.manager?.db;
   if (db !== undefined && typeof db.stats === "function") {
     const read = storeReader(db, o.statsIntervalMs ?? 10_000, o.statsTimeoutMs ?? 2000);
-    const activeHolds = meter.createObservableGauge("credit_management.holds.active", { description: "Active holds (store)", unit: "{hold}", ...int });
-    const held = meter.createObservableGauge("credit_management.holds.credits", { description: "Credits earmarked by active holds (store)", unit: "{credit}", ...int });
-    const pending = meter.createObservableGauge("credit_management.outbox.pending", { description: "Outbox rows waiting for delivery (store)", unit: "{notification}", ...int });
-    const failed = meter.createObservableGauge("credit_management.outbox.failed", { description: "Outbox rows failed for good (store)", unit: "{notification}", ...int });
-    const oldest = meter.createObservableGauge("credit_management.outbox.oldest_age", { description: "Age of the oldest pending outbox row (store)", unit: "s" });
+    const activeHolds = meter.createObservableGauge("credit_management.holds.active", {
+      description: "Active holds (store)",
+      unit: "{hold}",
+      ...int,
+    });
+    const held = meter.createObservableGauge("credit_management.holds.credits", {
+      description: "Credits earmarked by active holds (store)",
+      unit: "{credit}",
+      ...int,
+    });
+    const pending = meter.createObservableGauge("credit_management.outbox.pending", {
+      description: "Outbox rows waiting for delivery (store)",
+      unit: "{notification}",
+      ...int,
+    });
+    const failed = meter.createObservableGauge("credit_management.outbox.failed", {
+      description: "Outbox rows failed for good (store)",
+      unit: "{notification}",
+      ...int,
+    });
+    const oldest = meter.createObservableGauge("credit_management.outbox.oldest_age", {
+      description: "Age of the oldest pending outbox row (store)",
+      unit: "s",
+    });
     const callback = async (result: BatchObservableResult) => {
       const stats = await read();
       if (stats === null) return;
@@ -250,7 +362,10 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
       result.observe(held, stats.heldCredits);
       result.observe(pending, stats.outboxPending);
       result.observe(failed, stats.outboxFailed);
-      result.observe(oldest, stats.oldestPendingAt === null ? 0 : Math.max(Date.now() - stats.oldestPendingAt.getTime(), 0) / 1000);
+      result.observe(
+        oldest,
+        stats.oldestPendingAt === null ? 0 : Math.max(Date.now() - stats.oldestPendingAt.getTime(), 0) / 1000,
+      );
     };
     const observables = [activeHolds, held, pending, failed, oldest];
     meter.addBatchObservableCallback(callback, observables);

@@ -9,7 +9,9 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 export function checkTimeout(provider: string, ms: number | undefined): number {
   const value = ms ?? DEFAULT_TIMEOUT_MS;
   if (!Number.isSafeInteger(value) || value < 1 || value > 600_000) {
-    throw new ConfigurationError(`[credit-management] [${provider}] timeoutMs must be a whole number of milliseconds from 1 to 600,000.`);
+    throw new ConfigurationError(
+      `[credit-management] [${provider}] timeoutMs must be a whole number of milliseconds from 1 to 600,000.`,
+    );
   }
   return value;
 }

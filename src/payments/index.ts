@@ -54,10 +54,16 @@ export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 
 /** @internal */
 export function buildPaymentService(
-  shared: Omit<PaymentServiceOptions, "providers" | "creditsPerUnit" | "checkoutWaitMs" | "checkoutStaleSeconds" | "keyNamespace">,
+  shared: Omit<
+    PaymentServiceOptions,
+    "providers" | "creditsPerUnit" | "checkoutWaitMs" | "checkoutStaleSeconds" | "keyNamespace"
+  >,
   options: z.output<typeof PaymentManagerOptions> | undefined,
 ): PaymentService {
-  const providers = options?.providers ?? [new RazorpayProvider(options?.razorpay), new StripeProvider(options?.stripe)];
+  const providers = options?.providers ?? [
+    new RazorpayProvider(options?.razorpay),
+    new StripeProvider(options?.stripe),
+  ];
   return new PaymentService({
     ...shared,
     providers,

@@ -1,7 +1,15 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
 import { call, checkTimeout } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
-import type { CheckoutRequest, CheckoutResult, FetchLike, HeadersLike, PaymentEvent, PaymentEventKind, PaymentProvider } from "./types.js";
+import type {
+  CheckoutRequest,
+  CheckoutResult,
+  FetchLike,
+  HeadersLike,
+  PaymentEvent,
+  PaymentEventKind,
+  PaymentProvider,
+} from "./types.js";
 
 export interface RazorpayProviderOptions {
   /** Default `process.env.RAZORPAY_KEY_ID`. */
@@ -77,14 +85,21 @@ export class RazorpayProvider implements PaymentProvider {
       body.callback_url = this.o.callbackUrl;
       body.callback_method = "get";
     }
-    const res = await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links`, {
-      method: "POST",
-      headers: { authorization: this.auth(), "content-type": "application/json" },
-      body: JSON.stringify(body),
-    }, this.o.timeoutMs);
+    const res = await call(
+      this.o.fetch,
+      "razorpay",
+      `${this.o.baseUrl}/v1/payment_links`,
+      {
+        method: "POST",
+        headers: { authorization: this.auth(), "content-type": "application/json" },
+        body: JSON.stringify(body),
+      },
+      this.o.timeoutMs,
+    );
     const id = str(res.id);
     const url = str(res.short_url);
-    if (id === null || url === null) throw new PaymentProviderError("[credit-management] [razorpay] Payment link answer without id or short_url.");
+    if (id === null || url === null)
+      throw new PaymentProviderError("[credit-management] [razorpay] Payment link answer without id or short_url.");
     return { providerRef: id, url };
   }
 
@@ -97,7 +112,13 @@ export class RazorpayProvider implements PaymentProvider {
    */
   async findCheckout(r: CheckoutRequest): Promise<CheckoutResult | null> {
     const query = `${this.o.baseUrl}/v1/payment_links?reference_id=${encodeURIComponent(r.paymentId)}`;
-    const res = await call(this.o.fetch, "razorpay", query, { method: "GET", headers: { authorization: this.auth() } }, this.o.timeoutMs);
+    const res = await call(
+      this.o.fetch,
+      "razorpay",
+      query,
+      { method: "GET", headers: { authorization: this.auth() } },
+      this.o.timeoutMs,
+    );
     const links = Array.isArray(res.payment_links) ? (res.payment_links as unknown[]) : [];
     for (const link of links) {
       if (str(at(link, "reference_id")) !== r.paymentId) continue;
@@ -124,16 +145,24 @@ export class RazorpayProvider implements PaymentProvider {
 
   /** `POST /v1/payment_links/:id/cancel`: the link can no longer be paid. */
   async cancelCheckout(providerRef: string): Promise<void> {
-    await call(this.o.fetch, "razorpay", `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`, {
-      method: "POST",
-      headers: { authorization: this.auth() },
-    }, this.o.timeoutMs);
+    await call(
+      this.o.fetch,
+      "razorpay",
+      `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`,
+      {
+        method: "POST",
+        headers: { authorization: this.auth() },
+      },
+      this.o.timeoutMs,
+    );
   }
 
   private auth(): string {
     const { keyId, keySecret } = this.o;
     if (!keyId || !keySecret) {
-      throw new ConfigurationError("[credit-management] [razorpay] Set keyId and keySecret (or RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET).");
+      throw new ConfigurationError(
+        "[credit-management] [razorpay] Set keyId and keySecret (or RAZORPAY_KEY_ID and RAZORPAY_KEY_SECRET).",
+      );
     }
     return `Basic ${Buffer.from(`${keyId}:${keySecret}`).toString("base64")}`;
   }
@@ -183,7 +212,12 @@ export class RazorpayProvider implements PaymentProvider {
  * The `pay_…` an event is about: the one paid, or the one a refund or dispute is of (its own
  * `payment_id` first). Lets a refund of another attempt at the same link be told apart.
  */
-function providerPaymentId(kind: PaymentEventKind | null, payment: string | null, refund: unknown, dispute: unknown): string | null {
+function providerPaymentId(
+  kind: PaymentEventKind | null,
+  payment: string | null,
+  refund: unknown,
+  dispute: unknown,
+): string | null {
   if (kind === "paid") return payment;
   if (kind === "refund") return str(at(refund, "payment_id")) ?? payment;
   if (kind === "dispute_lost") return str(at(dispute, "payment_id")) ?? payment;

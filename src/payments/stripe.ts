@@ -1,7 +1,15 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
 import { call, checkTimeout } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
-import type { CheckoutRequest, CheckoutResult, FetchLike, HeadersLike, PaymentEvent, PaymentEventKind, PaymentProvider } from "./types.js";
+import type {
+  CheckoutRequest,
+  CheckoutResult,
+  FetchLike,
+  HeadersLike,
+  PaymentEvent,
+  PaymentEventKind,
+  PaymentProvider,
+} from "./types.js";
 
 export interface StripeProviderOptions {
   /** Default `process.env.STRIPE_SECRET_KEY`. */
@@ -62,7 +70,9 @@ export class StripeProvider implements PaymentProvider {
     // A key without the pages Checkout sends the user back to would fail at the first payment,
     // after the payment was recorded: refuse it now, at startup.
     if (this.secretKey && (!this.successUrl || !this.cancelUrl)) {
-      throw new ConfigurationError("[credit-management] [stripe] A secret key is set, but no successUrl and cancelUrl (or APP_BASE_URL): set them.");
+      throw new ConfigurationError(
+        "[credit-management] [stripe] A secret key is set, but no successUrl and cancelUrl (or APP_BASE_URL): set them.",
+      );
     }
   }
 
@@ -102,29 +112,43 @@ export class StripeProvider implements PaymentProvider {
       "stripe-version": this.apiVersion,
     };
     if (r.idempotencyKey !== undefined) headers["idempotency-key"] = r.idempotencyKey;
-    const res = await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions`, {
-      method: "POST",
-      headers,
-      body: form.toString(),
-    }, this.timeoutMs);
+    const res = await call(
+      this.fetch,
+      "stripe",
+      `${this.baseUrl}/v1/checkout/sessions`,
+      {
+        method: "POST",
+        headers,
+        body: form.toString(),
+      },
+      this.timeoutMs,
+    );
     const id = str(res.id);
     const url = str(res.url);
-    if (id === null || url === null) throw new PaymentProviderError("[credit-management] [stripe] Checkout Session answer without id or url.");
+    if (id === null || url === null)
+      throw new PaymentProviderError("[credit-management] [stripe] Checkout Session answer without id or url.");
     return { providerRef: id, url };
   }
 
   /** The API's `authorization` header; a `ConfigurationError` without a secret key. */
   private auth(): string {
-    if (!this.secretKey) throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
+    if (!this.secretKey)
+      throw new ConfigurationError("[credit-management] [stripe] Set secretKey (or STRIPE_SECRET_KEY).");
     return `Bearer ${this.secretKey}`;
   }
 
   /** `POST /v1/checkout/sessions/:id/expire`: the session can no longer be paid. */
   async cancelCheckout(providerRef: string): Promise<void> {
-    await call(this.fetch, "stripe", `${this.baseUrl}/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`, {
-      method: "POST",
-      headers: { authorization: this.auth(), "stripe-version": this.apiVersion },
-    }, this.timeoutMs);
+    await call(
+      this.fetch,
+      "stripe",
+      `${this.baseUrl}/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`,
+      {
+        method: "POST",
+        headers: { authorization: this.auth(), "stripe-version": this.apiVersion },
+      },
+      this.timeoutMs,
+    );
   }
 
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void {
@@ -146,7 +170,8 @@ export class StripeProvider implements PaymentProvider {
       else if (k === "v1") v1.push(v);
     }
     const ts = t !== undefined && /^[0-9]{1,12}$/.test(t) ? Number(t) : NaN;
-    if (Number.isNaN(ts) || v1.length === 0) throw new WebhookRejectedError("Stripe-Signature header is malformed.", "bad_signature");
+    if (Number.isNaN(ts) || v1.length === 0)
+      throw new WebhookRejectedError("Stripe-Signature header is malformed.", "bad_signature");
     const expected = hmacHex(secret, Buffer.concat([Buffer.from(`${t}.`), Buffer.from(rawBody)]));
     // Compare against every v1 (Stripe sends several while a secret is rolled), all in constant time.
     let ok = false;

@@ -147,7 +147,12 @@ export class RedisCache implements Cache {
     // Tagged with the last generation seen: if another process has started a new one since, the
     // entry is a miss, never a stale hit. (An earlier release reads `v2|…` as a miss.)
     const generation = this.generation ?? (await this.readGeneration());
-    await this.run("SET", [this.keyPrefix + key, `${ENTRY}${generation}||${encodeValue(value)}`, "EX", this.ttlOf(ttlSeconds)]);
+    await this.run("SET", [
+      this.keyPrefix + key,
+      `${ENTRY}${generation}||${encodeValue(value)}`,
+      "EX",
+      this.ttlOf(ttlSeconds),
+    ]);
   }
 
   async delete(key: string): Promise<void> {
@@ -156,7 +161,10 @@ export class RedisCache implements Cache {
     } catch (error) {
       if (this.pending.size >= this.maxPending) this.overflow = true;
       else this.pending.add(key);
-      this.logger?.warn({ err: error, key }, "credit-management: Redis cache invalidation failed; reads bypass the cache until it is applied");
+      this.logger?.warn(
+        { err: error, key },
+        "credit-management: Redis cache invalidation failed; reads bypass the cache until it is applied",
+      );
       throw error;
     }
   }
@@ -175,7 +183,14 @@ export class RedisCache implements Cache {
     // `lease` is the entry's head under it (see `lease`): the script compares, then writes.
     if (!lease.startsWith(ENTRY) || !lease.endsWith("|")) return false;
     await this.recover();
-    const stored = await this.run("EVAL", [SET_LEASED, 1, this.keyPrefix + key, lease, encodeValue(value), this.ttlOf(ttlSeconds)]);
+    const stored = await this.run("EVAL", [
+      SET_LEASED,
+      1,
+      this.keyPrefix + key,
+      lease,
+      encodeValue(value),
+      this.ttlOf(ttlSeconds),
+    ]);
     return stored === 1;
   }
 
@@ -192,7 +207,8 @@ export class RedisCache implements Cache {
   private async recover(): Promise<void> {
     if (!this.degraded) return;
     const now = Date.now();
-    if (now - this.lastRecovery < 1000) throw new Error("[credit-management] [redis] invalidations pending after an outage");
+    if (now - this.lastRecovery < 1000)
+      throw new Error("[credit-management] [redis] invalidations pending after an outage");
     this.lastRecovery = now;
     try {
       if (this.overflow) {
@@ -206,7 +222,10 @@ export class RedisCache implements Cache {
         const keys = [...this.pending];
         for (let i = 0; i < keys.length; i += 500) {
           const batch = keys.slice(i, i + 500);
-          await this.run("DEL", batch.map((k) => this.keyPrefix + k));
+          await this.run(
+            "DEL",
+            batch.map((k) => this.keyPrefix + k),
+          );
           for (const k of batch) this.pending.delete(k);
         }
       }
@@ -223,7 +242,8 @@ export class RedisCache implements Cache {
     if (typeof generation !== "string") {
       await this.run("SET", [this.generationKey, newToken(), "NX"]);
       generation = await this.run("GET", [this.generationKey]);
-      if (typeof generation !== "string") throw new Error("[credit-management] [redis] the cache generation key vanished");
+      if (typeof generation !== "string")
+        throw new Error("[credit-management] [redis] the cache generation key vanished");
     }
     this.generation = generation;
     return generation;
@@ -294,7 +314,8 @@ function encodeMember(this: unknown, key: string, value: unknown): unknown {
   if (original instanceof Date) return { $date: original.toISOString() };
   // The object inside a wrapper is written as it is (its members are still encoded).
   if (this instanceof Escaped) return value;
-  if (typeof value === "object" && value !== null && !Array.isArray(value) && looksLikeMarker(value)) return new Escaped(value);
+  if (typeof value === "object" && value !== null && !Array.isArray(value) && looksLikeMarker(value))
+    return new Escaped(value);
   return value;
 }
 
@@ -412,12 +433,18 @@ export class RedisStreamQueue implements NotificationQueue {
 
   async publish(m: NotificationMessage): Promise<void> {
     const fields = [
-      "id", m.id,
-      "userId", m.userId,
-      "type", m.type,
-      "payload", JSON.stringify(m.payload),
-      "createdAt", m.createdAt,
-      "attempt", m.attempt,
+      "id",
+      m.id,
+      "userId",
+      m.userId,
+      "type",
+      m.type,
+      "payload",
+      JSON.stringify(m.payload),
+      "createdAt",
+      m.createdAt,
+      "attempt",
+      m.attempt,
     ];
     const trim = this.maxLength === null ? [] : ["MAXLEN", "~", this.maxLength];
     const add = [this.stream, ...trim, "*", ...fields];
@@ -426,7 +453,14 @@ export class RedisStreamQueue implements NotificationQueue {
       return;
     }
     await withTimeout(
-      this.client.call("EVAL", [PUBLISH_ONCE, 2, this.stream, `${this.stream}:sent:${m.id}`, this.dedupeTtl, ...add.slice(1)]),
+      this.client.call("EVAL", [
+        PUBLISH_ONCE,
+        2,
+        this.stream,
+        `${this.stream}:sent:${m.id}`,
+        this.dedupeTtl,
+        ...add.slice(1),
+      ]),
       this.timeoutMs,
       "XADD",
     );

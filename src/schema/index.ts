@@ -15,4 +15,12 @@ export {
   sqlTables,
   versionTableName,
 } from "./sql.js";
-export { type IndexCondition, type IndexSpec, type TableKey, type TableSpec, type TableSpecs, indexesOf, tableSpecs } from "./tables.js";
+export {
+  type IndexCondition,
+  type IndexSpec,
+  type TableKey,
+  type TableSpec,
+  type TableSpecs,
+  indexesOf,
+  tableSpecs,
+} from "./tables.js";

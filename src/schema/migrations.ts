@@ -112,7 +112,8 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       if ((TABLE_SINCE[added.table] ?? 1) > fromVersion) continue;
       const table = tables.get(added.table);
       const column = table?.columns.find((c) => c.field === added.field);
-      if (table === undefined || column === undefined) throw new Error(`migration to ${step.to}: no column ${added.table}.${added.field}`);
+      if (table === undefined || column === undefined)
+        throw new Error(`migration to ${step.to}: no column ${added.table}.${added.field}`);
       const ifMissing = dialect === "postgres" ? "IF NOT EXISTS " : "";
       const definition = columnSql(dialect, column, false, table.spec.name, added.fill);
       out.push(`ALTER TABLE ${table.qualified} ADD COLUMN ${ifMissing}${definition};`);
@@ -125,7 +126,8 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
       const table = tables.get(changed.table);
       const column = table?.columns.find((c) => c.field === changed.field);
-      if (table === undefined || column === undefined) throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
+      if (table === undefined || column === undefined)
+        throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
       out.push(...replaceCheck(dialect, table, column, naming));
     }
   }

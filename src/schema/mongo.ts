@@ -42,7 +42,13 @@ export function generateMongoSchema(options: MongoOptions = {}): MongoCollection
     const bsonTypeOf = (field: string): string => {
       const kind = columns.get(field)?.kind;
       if (kind === undefined) throw new Error(`collection ${spec.name}: no field "${field}" in its model`);
-      return kind === "datetime" ? "date" : kind === "integer" || kind === "number" ? "number" : kind === "boolean" ? "bool" : "string";
+      return kind === "datetime"
+        ? "date"
+        : kind === "integer" || kind === "number"
+          ? "number"
+          : kind === "boolean"
+            ? "bool"
+            : "string";
     };
     const filter = (where: readonly IndexCondition[]): Record<string, unknown> =>
       Object.fromEntries(

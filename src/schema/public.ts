@@ -8,5 +8,19 @@
 export { type Column, type ColumnKind, columnsOf } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
 export { MIGRATIONS, type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
-export { type NamingOptions, type SqlDialect, type SqlOptions, SCHEMA_VERSION, SQL_DIALECTS, generateSql } from "./sql.js";
-export { type IndexCondition, type IndexSpec, type TableKey, type TableSpec, type TableSpecs, tableSpecs } from "./tables.js";
+export {
+  type NamingOptions,
+  type SqlDialect,
+  type SqlOptions,
+  SCHEMA_VERSION,
+  SQL_DIALECTS,
+  generateSql,
+} from "./sql.js";
+export {
+  type IndexCondition,
+  type IndexSpec,
+  type TableKey,
+  type TableSpec,
+  type TableSpecs,
+  tableSpecs,
+} from "./tables.js";

@@ -1,5 +1,13 @@
 import { type Column, columnsOf } from "./columns.js";
-import { type IndexCondition, type IndexSpec, type TableKey, type TableSpec, type TableSpecs, indexesOf, tableSpecs } from "./tables.js";
+import {
+  type IndexCondition,
+  type IndexSpec,
+  type TableKey,
+  type TableSpec,
+  type TableSpecs,
+  indexesOf,
+  tableSpecs,
+} from "./tables.js";
 
 export type SqlDialect = "postgres" | "mysql" | "sqlite";
 export const SQL_DIALECTS: readonly SqlDialect[] = ["postgres", "mysql", "sqlite"];
@@ -94,13 +102,16 @@ export function generateSql(options: SqlOptions): string {
   const out: string[] = [
     `-- credit-management: ${DIALECT_NAMES[dialect]} schema, generated from the zod models.\n` +
       `-- Amounts are ${dialect === "sqlite" ? "INTEGER" : "BIGINT"} within ±(2^53 − 1), so they read back as exact JavaScript numbers.` +
-      (dialect === "sqlite" ? "\n-- Dates are ISO-8601 text in UTC (2030-01-01T00:00:00.000Z), which sorts chronologically." : ""),
+      (dialect === "sqlite"
+        ? "\n-- Dates are ISO-8601 text in UTC (2030-01-01T00:00:00.000Z), which sorts chronologically."
+        : ""),
   ];
   if (dialect === "postgres" && options.schema !== undefined) {
     out.push(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(dialect, options.schema)};`);
   }
   for (const table of tables) out.push(...tableDdl(dialect, table, options));
-  if (options.versionRow !== false) out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
+  if (options.versionRow !== false)
+    out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
   return `${out.join("\n\n")}\n`;
 }
 
@@ -137,7 +148,11 @@ export function versionRowSql(dialect: SqlDialect, naming: NamingOptions, versio
   }
 }
 
-const DIALECT_NAMES: Record<SqlDialect, string> = { postgres: "PostgreSQL", mysql: "MySQL / MariaDB", sqlite: "SQLite" };
+const DIALECT_NAMES: Record<SqlDialect, string> = {
+  postgres: "PostgreSQL",
+  mysql: "MySQL / MariaDB",
+  sqlite: "SQLite",
+};
 
 /**
  * `CREATE TABLE IF NOT EXISTS` of `table` (columns, primary key, checks; not its indexes, except on
@@ -149,11 +164,19 @@ export function createTableSql(dialect: SqlDialect, table: SqlTable, as: string 
 }
 
 function tableStatement(dialect: SqlDialect, table: SqlTable, lines: string[], as: string): string {
-  const storage = dialect === "postgres" && table.spec.fillfactor !== undefined ? ` WITH (fillfactor = ${table.spec.fillfactor})` : "";
+  const storage =
+    dialect === "postgres" && table.spec.fillfactor !== undefined
+      ? ` WITH (fillfactor = ${table.spec.fillfactor})`
+      : "";
   return `CREATE TABLE IF NOT EXISTS ${as} (\n${lines.join(",\n")}\n)${storage};`;
 }
 
-function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions, as: string = table.qualified): string[] {
+function tableDdl(
+  dialect: SqlDialect,
+  table: SqlTable,
+  options: NamingOptions,
+  as: string = table.qualified,
+): string[] {
   const q = (n: string) => quoteIdent(dialect, n);
   const byField = new Map(table.columns.map((c) => [c.field, c]));
   const col = (field: string): Column => {
@@ -172,7 +195,9 @@ function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions, 
     // MySQL has neither partial indexes nor CREATE INDEX IF NOT EXISTS: keys go in the table.
     for (const index of mysqlIndexes(indexes)) {
       const name = checkLength(`${table.name}_${index.name}`);
-      lines.push(`  ${index.unique ? "UNIQUE KEY" : "KEY"} ${q(name)} (${index.fields.map((f) => q(col(f).name)).join(", ")})`);
+      lines.push(
+        `  ${index.unique ? "UNIQUE KEY" : "KEY"} ${q(name)} (${index.fields.map((f) => q(col(f).name)).join(", ")})`,
+      );
     }
     statements.push(
       `CREATE TABLE IF NOT EXISTS ${as} (\n${lines.join(",\n")}\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;`,
@@ -183,9 +208,13 @@ function tableDdl(dialect: SqlDialect, table: SqlTable, options: NamingOptions, 
   for (const index of indexes) {
     const name = checkLength(`${table.name}_${index.name}`);
     // SQLite puts the schema on the index name, PostgreSQL on the table only.
-    const indexName = dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
+    const indexName =
+      dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
     const on = dialect === "sqlite" ? q(table.name) : table.qualified;
-    const where = index.where === undefined ? "" : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
+    const where =
+      index.where === undefined
+        ? ""
+        : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
     statements.push(
       `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${index.fields.map((f) => q(col(f).name)).join(", ")})${where};`,
     );
@@ -250,7 +279,12 @@ export function columnChecks(dialect: SqlDialect, c: Column, table: string): str
   return columnParts(dialect, c, false, table).checks;
 }
 
-function columnParts(dialect: SqlDialect, c: Column, indexed: boolean, table: string): { type: string; checks: string[] } {
+function columnParts(
+  dialect: SqlDialect,
+  c: Column,
+  indexed: boolean,
+  table: string,
+): { type: string; checks: string[] } {
   const name = quoteIdent(dialect, c.name);
   const checks: string[] = [];
   let type: string;
@@ -270,13 +304,19 @@ function columnParts(dialect: SqlDialect, c: Column, indexed: boolean, table: st
       break;
     case "enum": {
       const values = c.values ?? [];
-      type = dialect === "mysql" ? `VARCHAR(${Math.max(1, ...values.map((v) => v.length))})` : dialect === "postgres" ? `TEXT COLLATE "C"` : "TEXT";
+      type =
+        dialect === "mysql"
+          ? `VARCHAR(${Math.max(1, ...values.map((v) => v.length))})`
+          : dialect === "postgres"
+            ? `TEXT COLLATE "C"`
+            : "TEXT";
       checks.push(`${name} IN (${values.map(sqlString).join(", ")})`);
       break;
     }
     case "integer":
       type = dialect === "sqlite" ? "INTEGER" : "BIGINT";
-      if (c.minimum !== undefined && c.maximum !== undefined) checks.push(`${name} BETWEEN ${c.minimum} AND ${c.maximum}`);
+      if (c.minimum !== undefined && c.maximum !== undefined)
+        checks.push(`${name} BETWEEN ${c.minimum} AND ${c.maximum}`);
       else if (c.minimum !== undefined) checks.push(`${name} >= ${c.minimum}`);
       else if (c.maximum !== undefined) checks.push(`${name} <= ${c.maximum}`);
       break;

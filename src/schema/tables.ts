@@ -124,11 +124,20 @@ export const tableSpecs: TableSpecs = {
     primaryKey: ["id"],
     indexes: [
       // Dedupe keys are unique per user, where a row has one.
-      { name: "user_dedupe_key", fields: ["userId", "dedupeKey"], unique: true, where: [{ field: "dedupeKey", op: "notNull" }] },
+      {
+        name: "user_dedupe_key",
+        fields: ["userId", "dedupeKey"],
+        unique: true,
+        where: [{ field: "dedupeKey", op: "notNull" }],
+      },
       // A user's oldest pending row (the only one a dispatcher may claim); listNotifications.
       { name: "user_status_id", fields: ["userId", "status", "id"] },
       // Dispatchers: pending rows that are due, oldest first (delivered rows leave the index).
-      { name: "pending_due", fields: ["nextAttemptAt", "id"], where: [{ field: "status", op: "eq", value: "pending" }] },
+      {
+        name: "pending_due",
+        fields: ["nextAttemptAt", "id"],
+        where: [{ field: "status", op: "eq", value: "pending" }],
+      },
       // purgeNotifications: settled rows by settlement time.
       { name: "settled", fields: ["settledAt"], where: [{ field: "settledAt", op: "notNull" }] },
     ],
@@ -145,14 +154,23 @@ export const tableSpecs: TableSpecs = {
     primaryKey: ["id"],
     indexes: [
       // One active subscription per user (and getActiveSubscription).
-      { name: "user_active", fields: ["userId"], unique: true, where: [{ field: "status", op: "eq", value: "active" }] },
+      {
+        name: "user_active",
+        fields: ["userId"],
+        unique: true,
+        where: [{ field: "status", op: "eq", value: "active" }],
+      },
       // listSubscriptions (oldest first).
       { name: "user_created", fields: ["userId", "createdAt"] },
       // The renewal job: subscriptions with a next run, in (nextRunAt, id) order.
       { name: "due", fields: ["nextRunAt", "id"], where: [{ field: "nextRunAt", op: "notNull" }] },
       // planHasSubscribers.
       { name: "plan_active", fields: ["planId"], where: [{ field: "status", op: "eq", value: "active" }] },
-      { name: "pending_plan_active", fields: ["pendingPlanId"], where: [{ field: "status", op: "eq", value: "active" }] },
+      {
+        name: "pending_plan_active",
+        fields: ["pendingPlanId"],
+        where: [{ field: "status", op: "eq", value: "active" }],
+      },
     ],
   },
 };

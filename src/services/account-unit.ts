@@ -62,7 +62,14 @@ export function unitDeps(options: UnitOptions, service: string): UnitDeps {
   }
   const credits =
     options.credits ??
-    new CreditService({ db: options.db, ledger: options.ledger, cache: options.cache, clock, logger: options.logger, alerts });
+    new CreditService({
+      db: options.db,
+      ledger: options.ledger,
+      cache: options.cache,
+      clock,
+      logger: options.logger,
+      alerts,
+    });
   return {
     db: options.db,
     ledger: options.ledger,

@@ -6,7 +6,14 @@ import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { chargeWithinLimit, commitWithinLimit, shortfallMeta } from "../domain/overdraft.js";
-import { NO_NOTIFICATIONS, evaluateAlert, expiredHoldNotifications, eventNotifications, newNotification, type Thresholds } from "../domain/notifications.js";
+import {
+  NO_NOTIFICATIONS,
+  evaluateAlert,
+  expiredHoldNotifications,
+  eventNotifications,
+  newNotification,
+  type Thresholds,
+} from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { grantTrial } from "../domain/trial.js";
@@ -29,8 +36,7 @@ import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
-import type {
-  CreditsInfo} from "../models/index.js";
+import type { CreditsInfo } from "../models/index.js";
 import {
   AddCreditsOptions,
   AsOf,
@@ -56,7 +62,16 @@ import {
   type Reservation,
 } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
-import { holdChannel, refusalChannel, traced, tracePromise, unitOfWorkChannel, type HoldMessage, type RefusalMessage, type UnitOfWorkMessage } from "../diagnostics.js";
+import {
+  holdChannel,
+  refusalChannel,
+  traced,
+  tracePromise,
+  unitOfWorkChannel,
+  type HoldMessage,
+  type RefusalMessage,
+  type UnitOfWorkMessage,
+} from "../diagnostics.js";
 import { newId } from "../util/uuid.js";
 import type * as z from "zod";
 
@@ -266,20 +281,34 @@ class UnitRun<T> {
   }
 
   private failed(error: unknown, work: AccountWork): unknown {
-    if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined) this.refused = { seq: work.account.seq, error };
+    if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined)
+      this.refused = { seq: work.account.seq, error };
     return error;
   }
 
-  private finish(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+  private finish(
+    tx: DbTransaction,
+    work: AccountWork,
+    unit: Unit,
+    result: T,
+  ): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
-    const hasExtra = extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
+    const hasExtra =
+      extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
     if (!work.changed && !hasExtra) return outcome;
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
-    if (holdChannel.hasSubscribers && (changes.insertReservations.length > 0 || changes.updateReservations.length > 0)) {
-      outcome.holds = { placed: changes.insertReservations, ended: changes.updateReservations, reservedAfter: changes.account.reserved };
+    if (
+      holdChannel.hasSubscribers &&
+      (changes.insertReservations.length > 0 || changes.updateReservations.length > 0)
+    ) {
+      outcome.holds = {
+        placed: changes.insertReservations,
+        ended: changes.updateReservations,
+        reservedAfter: changes.account.reserved,
+      };
     }
     const saved = tx.save(changes);
     return isPromiseLike(saved) ? Promise.resolve(saved).then(() => outcome) : outcome;
@@ -390,7 +419,11 @@ export class CreditService {
    * Deducts for usage already delivered: takes what unheld grants have and records the rest as
    * debt, within the overdraft limit. Held credits are never taken.
    */
-  deductCreditsAfterService(userId: string, amount: number, options: DeductOptions = NO_OPTIONS): Promise<JournalEntry> {
+  deductCreditsAfterService(
+    userId: string,
+    amount: number,
+    options: DeductOptions = NO_OPTIONS,
+  ): Promise<JournalEntry> {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
@@ -455,7 +488,8 @@ export class CreditService {
     const found = await this.findReservation(id);
     // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
     const parsed = o as ParsedCommitOptions;
-    const full = parsed.amount === undefined && parsed.idempotencyKey !== undefined ? { ...parsed, amount: found.amount } : o;
+    const full =
+      parsed.amount === undefined && parsed.idempotencyKey !== undefined ? { ...parsed, amount: found.amount } : o;
     return this.commitHold(found.userId, id, full);
   }
 
@@ -577,7 +611,10 @@ export class CreditService {
     const account = await cache.readThrough(
       key,
       () => this.settledAccount(user, now),
-      (read) => ({ info: creditsInfo(user, read), validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null }),
+      (read) => ({
+        info: creditsInfo(user, read),
+        validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null,
+      }),
     );
     return creditsInfo(user, account);
   }
@@ -658,10 +695,19 @@ export class CreditService {
     const { onSettled, ...rest } = (options ?? {}) as MeterOptions & { onSettled?: (outcome: MeterOutcome) => void };
     const o = parse(MeterOptionsSchema, rest, "options");
     if (onSettled !== undefined && typeof onSettled !== "function") {
-      throw new ValidationError("Invalid options.onSettled: must be a function", [{ path: "onSettled", message: "must be a function" }]);
+      throw new ValidationError("Invalid options.onSettled: must be a function", [
+        { path: "onSettled", message: "must be a function" },
+      ]);
     }
-    if (typeof fn !== "function") throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o, fn, onSettled);
+    if (typeof fn !== "function")
+      throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
+    return runMetered(
+      { credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger },
+      parse(UserId, userId, "userId"),
+      o,
+      fn,
+      onSettled,
+    );
   }
 
   /**
@@ -672,7 +718,11 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter({ credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger }, parse(UserId, userId, "userId"), o);
+    return openMeter(
+      { credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger },
+      parse(UserId, userId, "userId"),
+      o,
+    );
   }
 
   /** A reservation by id. */
@@ -713,7 +763,10 @@ export class CreditService {
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: { settle: boolean; operation?: string } = { settle: true },
   ): Promise<T> {
-    return this.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, { settle: options.settle, periods: false });
+    return this.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
+      settle: options.settle,
+      periods: false,
+    });
   }
 
   /**
@@ -750,10 +803,16 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.mutate(operation, user, meta, (work) => work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }));
+    return this.mutate(operation, user, meta, (work) =>
+      work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
+    );
   }
 
-  private meta(operation: string, o: DeductOptions & { idempotencyKey?: string }, args: Record<string, unknown>): EntryMeta {
+  private meta(
+    operation: string,
+    o: DeductOptions & { idempotencyKey?: string },
+    args: Record<string, unknown>,
+  ): EntryMeta {
     const { correlationId: _c, idempotencyKey: _k, ...rest } = args;
     return {
       description: o.description,
@@ -820,7 +879,8 @@ export class CreditService {
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
     const run = (tx: DbTransaction) => unit.attempt(tx);
     const db = this.db;
-    const again = () => this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
+    const again = () =>
+      this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
     let done: UnitOutcome<T> | Promise<UnitOutcome<T>>;
     if (db.transactionNow === undefined) done = db.transaction(userId, run);
     else {
@@ -829,7 +889,8 @@ export class CreditService {
         done = db.transactionNow(userId, run);
       } catch (error) {
         if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
-        if (periods && error instanceof InsufficientCreditsError) return this.afterRefusal(operation, userId, unit, error, again);
+        if (periods && error instanceof InsufficientCreditsError)
+          return this.afterRefusal(operation, userId, unit, error, again);
         return this.refusedOrFailed(operation, userId, unit, error);
       }
       if (!isPromiseLike(done)) {
@@ -862,7 +923,10 @@ export class CreditService {
     try {
       await this.periodHook?.(userId);
     } catch (error) {
-      this.logger?.warn({ err: error, userId }, "credit-management: could not bring the user's subscription period up to date");
+      this.logger?.warn(
+        { err: error, userId },
+        "credit-management: could not bring the user's subscription period up to date",
+      );
     }
     return again();
   }
@@ -884,7 +948,10 @@ export class CreditService {
     try {
       brought = await this.periodHook?.(userId);
     } catch (failure) {
-      this.logger?.warn({ err: failure, userId }, "credit-management: could not bring the user's subscription period up to date");
+      this.logger?.warn(
+        { err: failure, userId },
+        "credit-management: could not bring the user's subscription period up to date",
+      );
     }
     return brought === true ? again() : this.refusedOrFailed(operation, userId, unit, error);
   }
@@ -895,7 +962,11 @@ export class CreditService {
    * caller's next read). The invalidation also ends the leases of reads in flight (`Cache.lease`),
    * in every process sharing the cache, so none of them caches what it read before this commit.
    */
-  private committed<T>(userId: string, outcome: UnitOutcome<T>, message: UnitOfWorkMessage | undefined): T | Promise<T> {
+  private committed<T>(
+    userId: string,
+    outcome: UnitOutcome<T>,
+    message: UnitOfWorkMessage | undefined,
+  ): T | Promise<T> {
     if (message !== undefined) message.entries += outcome.entries.length;
     if (outcome.holds !== undefined && holdChannel.hasSubscribers) publishHolds(userId, outcome.holds);
     if (outcome.entries.length > 0) {
@@ -907,8 +978,14 @@ export class CreditService {
   }
 
   /** With notifications on, a refusal for lack of credits is recorded once the unit of work ended. */
-  private async refusedOrFailed(operation: string, userId: string, unit: UnitRun<unknown>, error: unknown): Promise<never> {
-    if (error instanceof InsufficientCreditsError && refusalChannel.hasSubscribers) refusalChannel.publish(refusal(operation, userId, error));
+  private async refusedOrFailed(
+    operation: string,
+    userId: string,
+    unit: UnitRun<unknown>,
+    error: unknown,
+  ): Promise<never> {
+    if (error instanceof InsufficientCreditsError && refusalChannel.hasSubscribers)
+      refusalChannel.publish(refusal(operation, userId, error));
     const refused = unit.refused;
     if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
     throw error;
@@ -930,7 +1007,13 @@ export class CreditService {
     const before = was === null ? 0 : was.balance - was.reserved;
     const now = after.balance - after.reserved;
     return featureFlips(before, now, this.features).map((f) =>
-      newNotification(work.userId, "feature_status_changed", { ...f, available: now, previousAvailable: before }, work.now, null),
+      newNotification(
+        work.userId,
+        "feature_status_changed",
+        { ...f, available: now, previousAvailable: before },
+        work.now,
+        null,
+      ),
     );
   }
 
@@ -941,8 +1024,13 @@ export class CreditService {
    * then the features it flipped.
    */
   private addNotifications(work: AccountWork, changes: Changes): void {
-    const journal = this.domainEvents ? domainEvents(work.userId, changes.entries, changes, work.now) : NO_NOTIFICATIONS;
-    const expired = changes.updateReservations.length === 0 ? NO_NOTIFICATIONS : expiredHoldNotifications(changes.updateReservations, work.now);
+    const journal = this.domainEvents
+      ? domainEvents(work.userId, changes.entries, changes, work.now)
+      : NO_NOTIFICATIONS;
+    const expired =
+      changes.updateReservations.length === 0
+        ? NO_NOTIFICATIONS
+        : expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
     const features = this.featureNotifications(work, changes.account);
@@ -969,7 +1057,10 @@ export class CreditService {
     try {
       await this.db.insertNotifications([row]);
     } catch (failure) {
-      this.logger?.warn({ err: failure, userId }, "credit-management: could not record a transaction_error notification");
+      this.logger?.warn(
+        { err: failure, userId },
+        "credit-management: could not record a transaction_error notification",
+      );
     }
   }
 
@@ -989,7 +1080,8 @@ export class CreditService {
   /** Loads the grants that holds point at but that are not open (fully held, closed). */
   private async includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void> {
     const missing = new Set<string>();
-    for (const h of holds) for (const p of h.allocations) if (work.getGrant(p.grantId) === undefined) missing.add(p.grantId);
+    for (const h of holds)
+      for (const p of h.allocations) if (work.getGrant(p.grantId) === undefined) missing.add(p.grantId);
     if (missing.size > 0) work.include(await tx.getGrants([...missing]));
   }
 
@@ -999,7 +1091,11 @@ export class CreditService {
    */
   private activeHold(work: AccountWork, tx: DbTransaction, id: string): Reservation | Promise<Reservation> {
     const hold = work.getHold(id);
-    if (hold !== undefined && hold.status === "active" && hold.allocations.every((p) => work.getGrant(p.grantId) !== undefined)) {
+    if (
+      hold !== undefined &&
+      hold.status === "active" &&
+      hold.allocations.every((p) => work.getGrant(p.grantId) !== undefined)
+    ) {
       return hold;
     }
     return this.readActiveHold(work, tx, id);
@@ -1007,7 +1103,8 @@ export class CreditService {
 
   private async readActiveHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
     const hold = work.getHold(id) ?? (await tx.getReservation(id));
-    if (hold === null || hold === undefined) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+    if (hold === null || hold === undefined)
+      throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
     // A hold that lapsed (just now, in settlement, or earlier) says so with its own error.
     if (hold.status === "expired") throw new ReservationExpiredError(id, hold.expiresAt);
     if (hold.status !== "active") throw new ReservationNotActiveError(id, hold.status);
@@ -1025,7 +1122,13 @@ export class CreditService {
 /** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
 function creditsInfo(userId: string, account: Account | null): CreditsInfo {
   return account
-    ? { userId, balance: account.balance, reserved: account.reserved, available: account.balance - account.reserved, debt: account.debt }
+    ? {
+        userId,
+        balance: account.balance,
+        reserved: account.reserved,
+        available: account.balance - account.reserved,
+        debt: account.debt,
+      }
     : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
 }
 

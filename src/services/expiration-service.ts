@@ -119,46 +119,51 @@ export class ExpirationService {
   async expireDueGrants(now?: Date | string, options: JobOptions = {}): Promise<ExpireGrantsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
-    return traceJob("expireDueGrants", asOf, async () => {
-      const started = performance.now();
-      const report: ExpireGrantsReport = {
-        job: "expireDueGrants",
-        asOf: asOf.toISOString(),
-        grantsScanned: 0,
-        grantsExpired: 0,
-        creditsExpired: 0,
-        users: 0,
-        errors: 0,
-        durationMs: 0,
-      };
-      await this.walk(
-        (after, limit) => this.db.findDueGrants(asOf, limit, after && { expiresAt: after.at, id: after.id }),
-        (g) => ({ at: g.expiresAt as Date, id: g.id, userId: g.userId }),
-        o,
-        (n) => (report.grantsScanned += n),
-        async (userId) => {
-          const { grants, credits } = await this.credits.runUnitOfWork(
-            userId,
-            {},
-            async (work) => {
-              const before = work.entries.length;
-              const amount = work.expireDue(asOf, { description: "credits expired (expiry job)" });
-              const closed = work.entries.slice(before).reduce((n, e) => n + e.grants.length, 0);
-              return { grants: closed, credits: amount };
-            },
-            undefined,
-            { settle: false, operation: "expireDueGrants" },
-          );
-          report.users++;
-          report.grantsExpired += grants;
-          report.creditsExpired += credits;
-        },
-        () => report.errors++,
-      );
-      report.durationMs = Math.round(performance.now() - started);
-      await this.record(report);
-      return report;
-    }, (r) => [r.grantsScanned, r.grantsExpired, r.errors]);
+    return traceJob(
+      "expireDueGrants",
+      asOf,
+      async () => {
+        const started = performance.now();
+        const report: ExpireGrantsReport = {
+          job: "expireDueGrants",
+          asOf: asOf.toISOString(),
+          grantsScanned: 0,
+          grantsExpired: 0,
+          creditsExpired: 0,
+          users: 0,
+          errors: 0,
+          durationMs: 0,
+        };
+        await this.walk(
+          (after, limit) => this.db.findDueGrants(asOf, limit, after && { expiresAt: after.at, id: after.id }),
+          (g) => ({ at: g.expiresAt as Date, id: g.id, userId: g.userId }),
+          o,
+          (n) => (report.grantsScanned += n),
+          async (userId) => {
+            const { grants, credits } = await this.credits.runUnitOfWork(
+              userId,
+              {},
+              async (work) => {
+                const before = work.entries.length;
+                const amount = work.expireDue(asOf, { description: "credits expired (expiry job)" });
+                const closed = work.entries.slice(before).reduce((n, e) => n + e.grants.length, 0);
+                return { grants: closed, credits: amount };
+              },
+              undefined,
+              { settle: false, operation: "expireDueGrants" },
+            );
+            report.users++;
+            report.grantsExpired += grants;
+            report.creditsExpired += credits;
+          },
+          () => report.errors++,
+        );
+        report.durationMs = Math.round(performance.now() - started);
+        await this.record(report);
+        return report;
+      },
+      (r) => [r.grantsScanned, r.grantsExpired, r.errors],
+    );
   }
 
   /**
@@ -174,36 +179,42 @@ export class ExpirationService {
   async releaseExpiredHolds(now?: Date | string, options: JobOptions = {}): Promise<ReleaseHoldsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
-    return traceJob("releaseExpiredHolds", asOf, async () => {
-      const started = performance.now();
-      const report: ReleaseHoldsReport = {
-        job: "releaseExpiredHolds",
-        asOf: asOf.toISOString(),
-        holdsScanned: 0,
-        holdsReleased: 0,
-        creditsReleased: 0,
-        users: 0,
-        errors: 0,
-        durationMs: 0,
-      };
-      await this.walk(
-        (after, limit) => this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.at, id: after.id }),
-        (r) => ({ at: r.expiresAt, id: r.id, userId: r.userId }),
-        o,
-        (n) => (report.holdsScanned += n),
-        async (userId) => {
-          // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
-          const released = await this.credits.settleAsOf(userId, asOf, "releaseExpiredHolds");
-          report.users++;
-          report.holdsReleased += released.holdsReleased;
-          report.creditsReleased += released.creditsReleased;
-        },
-        () => report.errors++,
-      );
-      report.durationMs = Math.round(performance.now() - started);
-      await this.record(report);
-      return report;
-    }, (r) => [r.holdsScanned, r.holdsReleased, r.errors]);
+    return traceJob(
+      "releaseExpiredHolds",
+      asOf,
+      async () => {
+        const started = performance.now();
+        const report: ReleaseHoldsReport = {
+          job: "releaseExpiredHolds",
+          asOf: asOf.toISOString(),
+          holdsScanned: 0,
+          holdsReleased: 0,
+          creditsReleased: 0,
+          users: 0,
+          errors: 0,
+          durationMs: 0,
+        };
+        await this.walk(
+          (after, limit) =>
+            this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.at, id: after.id }),
+          (r) => ({ at: r.expiresAt, id: r.id, userId: r.userId }),
+          o,
+          (n) => (report.holdsScanned += n),
+          async (userId) => {
+            // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
+            const released = await this.credits.settleAsOf(userId, asOf, "releaseExpiredHolds");
+            report.users++;
+            report.holdsReleased += released.holdsReleased;
+            report.creditsReleased += released.creditsReleased;
+          },
+          () => report.errors++,
+        );
+        report.durationMs = Math.round(performance.now() - started);
+        await this.record(report);
+        return report;
+      },
+      (r) => [r.holdsScanned, r.holdsReleased, r.errors],
+    );
   }
 
   /**
@@ -214,44 +225,53 @@ export class ExpirationService {
   async renewDueSubscriptions(now?: Date | string, options: JobOptions = {}): Promise<RenewSubscriptionsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
-    return traceJob("renewDueSubscriptions", asOf, async () => {
-      const started = performance.now();
-      const report: RenewSubscriptionsReport = {
-        job: "renewDueSubscriptions",
-        asOf: asOf.toISOString(),
-        subscriptionsScanned: 0,
-        intentsCompleted: 0,
-        renewed: 0,
-        ended: 0,
-        periodsSkipped: 0,
-        errors: 0,
-        durationMs: 0,
-      };
-      const byId = new Map<string, Subscription>();
-      await this.walk(
-        async (after, limit) => {
-          const page = await this.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.at, id: after.id });
-          for (const s of page) byId.set(s.id, s);
-          return page;
-        },
-        (s) => ({ at: s.nextRunAt as Date, id: s.id, userId: s.id }),
-        o,
-        (n) => (report.subscriptionsScanned += n),
-        async (subscriptionId) => {
-          const s = byId.get(subscriptionId) as Subscription;
-          byId.delete(subscriptionId);
-          const r = await this.subscriptions.advance(s, asOf);
-          report.intentsCompleted += r.intentsCompleted;
-          report.renewed += r.renewed;
-          report.ended += r.ended;
-          report.periodsSkipped += r.periodsSkipped;
-        },
-        () => report.errors++,
-      );
-      report.durationMs = Math.round(performance.now() - started);
-      await this.record(report);
-      return report;
-    }, (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors]);
+    return traceJob(
+      "renewDueSubscriptions",
+      asOf,
+      async () => {
+        const started = performance.now();
+        const report: RenewSubscriptionsReport = {
+          job: "renewDueSubscriptions",
+          asOf: asOf.toISOString(),
+          subscriptionsScanned: 0,
+          intentsCompleted: 0,
+          renewed: 0,
+          ended: 0,
+          periodsSkipped: 0,
+          errors: 0,
+          durationMs: 0,
+        };
+        const byId = new Map<string, Subscription>();
+        await this.walk(
+          async (after, limit) => {
+            const page = await this.db.findDueSubscriptions(
+              asOf,
+              limit,
+              after && { nextRunAt: after.at, id: after.id },
+            );
+            for (const s of page) byId.set(s.id, s);
+            return page;
+          },
+          (s) => ({ at: s.nextRunAt as Date, id: s.id, userId: s.id }),
+          o,
+          (n) => (report.subscriptionsScanned += n),
+          async (subscriptionId) => {
+            const s = byId.get(subscriptionId) as Subscription;
+            byId.delete(subscriptionId);
+            const r = await this.subscriptions.advance(s, asOf);
+            report.intentsCompleted += r.intentsCompleted;
+            report.renewed += r.renewed;
+            report.ended += r.ended;
+            report.periodsSkipped += r.periodsSkipped;
+          },
+          () => report.errors++,
+        );
+        report.durationMs = Math.round(performance.now() - started);
+        await this.record(report);
+        return report;
+      },
+      (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
+    );
   }
 
   /**
@@ -294,20 +314,35 @@ export class ExpirationService {
    * `asOf` (not in the future), only what was due by then expires — like `credits.expireCredits` —
    * and nothing that lapsed after it is settled (holds are left to the next unit of work or job).
    */
-  async checkCreditExpiration(userId: string, asOf?: Date | string): Promise<{ userId: string; creditsExpired: number }> {
+  async checkCreditExpiration(
+    userId: string,
+    asOf?: Date | string,
+  ): Promise<{ userId: string; creditsExpired: number }> {
     const user = parse(UserId, userId, "userId");
     const at = this.asOf(asOf);
     if (asOf !== undefined) {
-      const creditsExpired = await this.credits.runUnitOfWork(user, {}, async (work) => work.expireDue(at, {}), undefined, {
-        settle: false,
-        operation: "checkCreditExpiration",
-      });
+      const creditsExpired = await this.credits.runUnitOfWork(
+        user,
+        {},
+        async (work) => work.expireDue(at, {}),
+        undefined,
+        {
+          settle: false,
+          operation: "checkCreditExpiration",
+        },
+      );
       return { userId: user, creditsExpired };
     }
-    const creditsExpired = await this.credits.runUnitOfWork(user, {}, async (work) => {
-      const settled = work.entries.filter((e) => e.type === "expire").reduce((n, e) => n + e.amount, 0);
-      return settled + work.expireDue(at, {});
-    }, undefined, { settle: true, operation: "checkCreditExpiration" });
+    const creditsExpired = await this.credits.runUnitOfWork(
+      user,
+      {},
+      async (work) => {
+        const settled = work.entries.filter((e) => e.type === "expire").reduce((n, e) => n + e.amount, 0);
+        return settled + work.expireDue(at, {});
+      },
+      undefined,
+      { settle: true, operation: "checkCreditExpiration" },
+    );
     return { userId: user, creditsExpired };
   }
 
@@ -331,7 +366,9 @@ export class ExpirationService {
     const at = parse(AsOf, now, "now");
     if (at === undefined) return clock;
     if (at.getTime() > clock.getTime()) {
-      throw new ValidationError(`Invalid now: ${at.toISOString()} is in the future`, [{ path: "now", message: "must not be in the future" }]);
+      throw new ValidationError(`Invalid now: ${at.toISOString()} is in the future`, [
+        { path: "now", message: "must not be in the future" },
+      ]);
     }
     return at;
   }

@@ -8,7 +8,14 @@ import {
   ReservationNotActiveError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { MAX_METER_KEY, NonNegativeAmount, parse, type JournalEntry, type MeterOptions, type RecordedUsage } from "../models/index.js";
+import {
+  MAX_METER_KEY,
+  NonNegativeAmount,
+  parse,
+  type JournalEntry,
+  type MeterOptions,
+  type RecordedUsage,
+} from "../models/index.js";
 import type { PriceBook } from "../domain/pricing.js";
 import { recordOf, type PricingService, type UsageInput } from "./pricing-service.js";
 import { andThen } from "../util/promise.js";
@@ -103,7 +110,12 @@ export function recordUsage(usage: UsageInput): boolean {
  * credits at the book's rate. `recordUsage({ cost, currency, model, provider, metadata })` is the
  * same with a currency of your choice.
  */
-export function addLlmUsage(model: string, provider: string, cost: number | string, metadata?: Record<string, unknown>): boolean {
+export function addLlmUsage(
+  model: string,
+  provider: string,
+  cost: number | string,
+  metadata?: Record<string, unknown>,
+): boolean {
   const usage: UsageInput = { model, provider, cost };
   if (metadata !== undefined) (usage as { metadata?: unknown }).metadata = metadata;
   return recordUsage(usage);
@@ -318,7 +330,13 @@ export class MeterSession {
       const entry = await this.deps.credits.commitHoldUpToLimit(this.userId, this.reservationId, options);
       const shortfall = typeof entry.metadata?.shortfall === "number" ? entry.metadata.shortfall : 0;
       const outcome = this.outcome("committed", amount - shortfall, entry);
-      if (shortfall > 0) await this.reportShortfall(outcome, shortfall, "metered usage exceeded the overdraft limit; charged the hold and what the limit allows", {});
+      if (shortfall > 0)
+        await this.reportShortfall(
+          outcome,
+          shortfall,
+          "metered usage exceeded the overdraft limit; charged the hold and what the limit allows",
+          {},
+        );
       return outcome;
     } catch (error) {
       return this.commitFailed(amount, error);
@@ -328,17 +346,26 @@ export class MeterSession {
   /** The commit was refused: charge after service when the hold is gone (lapsed, or released by another attempt). */
   private async commitFailed(amount: number, refusal: unknown): Promise<MeterOutcome> {
     try {
-      if (refusal instanceof ReservationExpiredError) return await this.chargeAfterService(amount, { holdExpired: true });
+      if (refusal instanceof ReservationExpiredError)
+        return await this.chargeAfterService(amount, { holdExpired: true });
       // A keyed hold is shared by the attempts that meet on it: one that failed released it while
       // this one still ran. The usage was delivered, so it is charged like a lapsed hold's (the
       // charge key keeps the call to one charge). A hold committed otherwise is not charged again.
-      if (this.chargeKey !== undefined && refusal instanceof ReservationNotActiveError && refusal.details?.status === "released") {
+      if (
+        this.chargeKey !== undefined &&
+        refusal instanceof ReservationNotActiveError &&
+        refusal.details?.status === "released"
+      ) {
         return await this.chargeAfterService(amount, { holdReleased: true });
       }
       throw refusal;
     } catch (error) {
       // The call's charge key holds another attempt's charge (with other usage): the call is charged.
-      if (error instanceof IdempotencyConflictError && this.chargeKey !== undefined && error.details?.idempotencyKey === this.chargeKey) {
+      if (
+        error instanceof IdempotencyConflictError &&
+        this.chargeKey !== undefined &&
+        error.details?.idempotencyKey === this.chargeKey
+      ) {
         return this.chargedElsewhere(amount, error);
       }
       // Anything else (the store is down, …): try to return the hold rather than leave it until its TTL.
@@ -353,24 +380,47 @@ export class MeterSession {
    * limit, the most the limit allows is charged (possibly nothing) and the rest reported as the
    * `shortfall`, as for an active hold.
    */
-  private async chargeAfterService(amount: number, why: { holdExpired: true } | { holdReleased: true }): Promise<MeterOutcome> {
+  private async chargeAfterService(
+    amount: number,
+    why: { holdExpired: true } | { holdReleased: true },
+  ): Promise<MeterOutcome> {
     const held = { reservationId: this.reservationId, ...why };
-    const entry = amount > 0 ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation(this.chargeKey, held)) : null;
+    const entry =
+      amount > 0
+        ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation(this.chargeKey, held))
+        : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);
     outcome.chargedAfterService = true;
     const shortfall = amount - charged;
-    if (shortfall > 0) await this.reportShortfall(outcome, shortfall, "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows", why);
+    if (shortfall > 0)
+      await this.reportShortfall(
+        outcome,
+        shortfall,
+        "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows",
+        why,
+      );
     return outcome;
   }
 
   /** Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger. */
-  private async reportShortfall(outcome: MeterOutcome, shortfall: number, message: string, why: Record<string, unknown>): Promise<void> {
+  private async reportShortfall(
+    outcome: MeterOutcome,
+    shortfall: number,
+    message: string,
+    why: Record<string, unknown>,
+  ): Promise<void> {
     outcome.shortfall = shortfall;
     await this.deps.ledger
       ?.logError(
         message,
-        { reservationId: this.reservationId, requested: outcome.charged + shortfall, charged: outcome.charged, shortfall, ...why },
+        {
+          reservationId: this.reservationId,
+          requested: outcome.charged + shortfall,
+          charged: outcome.charged,
+          shortfall,
+          ...why,
+        },
         { userId: this.userId, correlationId: this.options.correlationId },
       )
       .catch(() => undefined);
@@ -418,12 +468,20 @@ export class MeterSession {
   private async tryRelease(reason: string, raise = false): Promise<void> {
     const key = this.holdKey === undefined ? undefined : `${this.holdKey}:release`;
     try {
-      await this.deps.credits.releaseHold(this.userId, this.reservationId, this.mutation(key, { releaseReason: reason }));
+      await this.deps.credits.releaseHold(
+        this.userId,
+        this.reservationId,
+        this.mutation(key, { releaseReason: reason }),
+      );
     } catch (error) {
       if (error instanceof ReservationExpiredError) return; // already back
       // A keyed hold is shared by the attempts that meet on it: another one settled it already
       // (committed it under the call's charge key, or released it under this release key).
-      if (key !== undefined && (error instanceof ReservationNotActiveError || error instanceof IdempotencyConflictError)) return;
+      if (
+        key !== undefined &&
+        (error instanceof ReservationNotActiveError || error instanceof IdempotencyConflictError)
+      )
+        return;
       this.deps.logger?.warn(
         { err: error, reservationId: this.reservationId },
         "credit-management: releasing a metered hold failed; it lapses at its TTL",
@@ -439,7 +497,13 @@ export class MeterSession {
  */
 export async function openMeter(deps: SessionDeps, userId: string, options: MeterOptions): Promise<MeterSession> {
   // Only the keys that are set: each one more is one more field of the entry's fingerprint.
-  const reserve: { ttlSeconds?: number; reason?: string; description?: string; correlationId?: string; idempotencyKey?: string } = {};
+  const reserve: {
+    ttlSeconds?: number;
+    reason?: string;
+    description?: string;
+    correlationId?: string;
+    idempotencyKey?: string;
+  } = {};
   if (options.ttlSeconds !== undefined) reserve.ttlSeconds = options.ttlSeconds;
   if (options.reason !== undefined) reserve.reason = options.reason;
   if (options.description !== undefined) reserve.description = options.description;
@@ -524,7 +588,14 @@ function meteringMessage(o: MeterOutcome): MeteringMessage {
     outcome: o.outcome,
     charged: o.charged,
     released: o.outcome === "released" ? o.estimate : gone ? 0 : Math.max(o.estimate - o.charged, 0),
-    reason: o.outcome === "released" ? (o.releaseReason ?? null) : o.replayed === true ? "replayed" : gone ? "after-service" : null,
+    reason:
+      o.outcome === "released"
+        ? (o.releaseReason ?? null)
+        : o.replayed === true
+          ? "replayed"
+          : gone
+            ? "after-service"
+            : null,
     shortfall: o.shortfall ?? 0,
   };
 }

@@ -80,7 +80,10 @@ const StartOptions = z.strictObject({
   intervalMs: z.number().int().min(10).max(3_600_000).optional(),
   limit: z.number().int().min(1).max(10_000).optional(),
 });
-const ListQuery = z.strictObject({ status: NotificationStatus.optional(), limit: z.number().int().min(1).max(1000).optional() });
+const ListQuery = z.strictObject({
+  status: NotificationStatus.optional(),
+  limit: z.number().int().min(1).max(1000).optional(),
+});
 const ReminderOptions = z.strictObject({
   days: ExpiringDays,
   /** Grants looked at per page. */
@@ -193,11 +196,18 @@ export class NotificationService {
    * and window (`dedupeKey` `expiring_credits:<grantId>:<days>d`), however often the job runs.
    * Scans grants by expiry (indexed), never every user.
    */
-  async sendExpiringReminders(options: z.input<typeof ReminderOptions>): Promise<{ scanned: number; recorded: number }> {
+  async sendExpiringReminders(
+    options: z.input<typeof ReminderOptions>,
+  ): Promise<{ scanned: number; recorded: number }> {
     const o = parse(ReminderOptions, options, "options");
     const pageSize = o.pageSize ?? 500;
     const now = this.clock();
-    return traceJob("sendExpiringReminders", now, () => this.remind(o.days, pageSize, now), (r) => [r.scanned, r.recorded, 0]);
+    return traceJob(
+      "sendExpiringReminders",
+      now,
+      () => this.remind(o.days, pageSize, now),
+      (r) => [r.scanned, r.recorded, 0],
+    );
   }
 
   private async remind(days: number, pageSize: number, now: Date): Promise<{ scanned: number; recorded: number }> {
@@ -239,11 +249,25 @@ export class NotificationService {
     const limit = o.limit ?? 100;
     if (!traced(dispatchChannel)) return this.dispatch(limit, undefined);
     const started = performance.now();
-    const message: DispatchMessage = { limit, claimed: 0, sent: 0, retried: 0, failed: 0, lost: 0, maxLagMs: 0, durationMs: 0 };
-    return tracePromise(dispatchChannel, message, () => this.dispatch(limit, message), (m, report) => {
-      m.durationMs = performance.now() - started;
-      if (report !== undefined) Object.assign(m, report);
-    });
+    const message: DispatchMessage = {
+      limit,
+      claimed: 0,
+      sent: 0,
+      retried: 0,
+      failed: 0,
+      lost: 0,
+      maxLagMs: 0,
+      durationMs: 0,
+    };
+    return tracePromise(
+      dispatchChannel,
+      message,
+      () => this.dispatch(limit, message),
+      (m, report) => {
+        m.durationMs = performance.now() - started;
+        if (report !== undefined) Object.assign(m, report);
+      },
+    );
   }
 
   /** `dispatchPending`; `message` (while someone listens) gets the age of the oldest row claimed. */
@@ -306,7 +330,9 @@ export class NotificationService {
     const tick = () => {
       this.timer = null;
       this.running = this.dispatchPending({ limit: o.limit })
-        .catch((error: unknown) => this.logger?.error({ err: error }, "credit-management: notification dispatch failed"))
+        .catch((error: unknown) =>
+          this.logger?.error({ err: error }, "credit-management: notification dispatch failed"),
+        )
         .finally(() => {
           this.running = null;
           if (!this.stopped) this.timer = setTimeout(tick, interval);
@@ -341,12 +367,16 @@ export class NotificationService {
       const reason = error instanceof Error ? error.message : String(error);
       this.logger?.warn(
         { err: error, notificationId: row.id, userId: row.userId, attempt },
-        last ? "credit-management: notification failed for good" : "credit-management: notification delivery failed; will retry",
+        last
+          ? "credit-management: notification failed for good"
+          : "credit-management: notification delivery failed; will retry",
       );
       const ok = await this.db.completeNotification(row.id, token, {
         status: last ? "failed" : "pending",
         attempts: attempt,
-        nextAttemptAt: last ? now : new Date(now.getTime() + backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs)),
+        nextAttemptAt: last
+          ? now
+          : new Date(now.getTime() + backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs)),
         lastError: reason.slice(0, 1000),
         settledAt: last ? now : null,
       });

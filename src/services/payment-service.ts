@@ -18,7 +18,14 @@ import {
   takeBackPlan,
 } from "../domain/payments.js";
 import { webhookChannel, type WebhookMessage } from "../diagnostics.js";
-import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError, ValidationError, WebhookRejectedError } from "../errors.js";
+import {
+  ConfigurationError,
+  ConflictError,
+  IdempotencyConflictError,
+  NotFoundError,
+  ValidationError,
+  WebhookRejectedError,
+} from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
 import {
@@ -137,7 +144,8 @@ export class PaymentService {
     try {
       this.checkoutWaitMs = parse(WaitDuration, options.checkoutWaitMs ?? 10_000, "checkoutWaitMs");
       this.checkoutStaleMs = parse(WaitDuration, options.checkoutStaleSeconds ?? 60, "checkoutStaleSeconds") * 1000;
-      const ns = options.keyNamespace === undefined ? undefined : parse(KeyNamespace, options.keyNamespace, "keyNamespace");
+      const ns =
+        options.keyNamespace === undefined ? undefined : parse(KeyNamespace, options.keyNamespace, "keyNamespace");
       this.keyPrefix = ns === undefined ? "" : `${ns}\u0000`;
       c = parse(CreditsPerUnit, options.creditsPerUnit ?? 1, "creditsPerUnit");
     } catch (error) {
@@ -182,7 +190,9 @@ export class PaymentService {
     const provider = this.provider(i.provider);
     if (provider.opensCheckouts === false) {
       // Refused before anything is recorded: no `failed` payment in the user's history.
-      throw new ConfigurationError(`[credit-management] [${provider.name}] is not configured to open checkouts (API keys, return pages).`);
+      throw new ConfigurationError(
+        `[credit-management] [${provider.name}] is not configured to open checkouts (API keys, return pages).`,
+      );
     }
     if (this.rates !== null && !this.rates.has(i.currency)) {
       throw new ValidationError(`Invalid input.currency: "${i.currency}" is not accepted`, [
@@ -264,7 +274,7 @@ export class PaymentService {
     const deadline = performance.now() + this.checkoutWaitMs;
     let pause = 5;
     let waited = false;
-    for (let cur = first; ; ) {
+    for (let cur = first; ;) {
       const now = this.deps.clock();
       const state = checkoutState(cur, now, this.checkoutStaleMs);
       if (state === "settled" || (state === "failed" && waited)) return { settled: true, payment: cur };
@@ -307,22 +317,31 @@ export class PaymentService {
    * Opens the checkout of a payment this call has claimed and records it, unless another call
    * recorded one first (then this one is discarded and the recorded payment returned).
    */
-  private async openCheckout(provider: PaymentProvider, claim: Payment, keyed: boolean, resumed: boolean): Promise<Payment> {
+  private async openCheckout(
+    provider: PaymentProvider,
+    claim: Payment,
+    keyed: boolean,
+    resumed: boolean,
+  ): Promise<Payment> {
     let checkout: CheckoutResult;
     try {
-      checkout = await this.checkout(provider, {
-        paymentId: claim.id,
-        userId: claim.userId,
-        amount: claim.amount,
-        currency: claim.currency,
-        credits: claim.credits,
-        description: claim.description ?? `${claim.credits} credits`,
-        // Not the caller's key: ours are per user, a provider's per merchant account (two users'
-        // "buy-1" would collide). The id derived from user and key is unique and stable — the same
-        // on a take-over or a retry, so a provider that takes it (Stripe) answers with the same
-        // checkout, and one that keys checkouts by our id (Razorpay's reference_id) finds it.
-        idempotencyKey: keyed ? claim.id : undefined,
-      }, resumed);
+      checkout = await this.checkout(
+        provider,
+        {
+          paymentId: claim.id,
+          userId: claim.userId,
+          amount: claim.amount,
+          currency: claim.currency,
+          credits: claim.credits,
+          description: claim.description ?? `${claim.credits} credits`,
+          // Not the caller's key: ours are per user, a provider's per merchant account (two users'
+          // "buy-1" would collide). The id derived from user and key is unique and stable — the same
+          // on a take-over or a retry, so a provider that takes it (Stripe) answers with the same
+          // checkout, and one that keys checkouts by our id (Razorpay's reference_id) finds it.
+          idempotencyKey: keyed ? claim.id : undefined,
+        },
+        resumed,
+      );
     } catch (error) {
       // Failed only while the claim is still this call's: a call that took it over meanwhile goes on.
       const failed: Payment = { ...claim, status: "failed", version: claim.version + 1, updatedAt: this.deps.clock() };
@@ -336,7 +355,10 @@ export class PaymentService {
     // another call recorded a checkout on keeps it, and ours is discarded.
     const recorded = await this.advance(
       claim.id,
-      (cur) => (mayRecordCheckout(cur) ? { status: "created", providerRef: checkout.providerRef, checkoutUrl: checkout.url } : null),
+      (cur) =>
+        mayRecordCheckout(cur)
+          ? { status: "created", providerRef: checkout.providerRef, checkoutUrl: checkout.url }
+          : null,
       claim,
     );
     if (recorded.providerRef !== checkout.providerRef) await this.discardCheckout(provider, recorded, checkout);
@@ -351,7 +373,11 @@ export class PaymentService {
    * second link with the same reference_id), and a concurrent, slower attempt may have opened it.
    * A look-up that fails before opening fails the attempt: opening blind could make a second checkout.
    */
-  private async checkout(provider: PaymentProvider, request: CheckoutRequest, resumed: boolean): Promise<CheckoutResult> {
+  private async checkout(
+    provider: PaymentProvider,
+    request: CheckoutRequest,
+    resumed: boolean,
+  ): Promise<CheckoutResult> {
     const find = provider.findCheckout?.bind(provider);
     if (find !== undefined && resumed) {
       const found = await find(request);
@@ -366,7 +392,12 @@ export class PaymentService {
     }
   }
 
-  private adopted(provider: PaymentProvider, request: CheckoutRequest, found: CheckoutResult, when: string): CheckoutResult {
+  private adopted(
+    provider: PaymentProvider,
+    request: CheckoutRequest,
+    found: CheckoutResult,
+    when: string,
+  ): CheckoutResult {
     this.deps.logger?.warn(
       { paymentId: request.paymentId, provider: provider.name, providerRef: found.providerRef, when },
       "credit-management: createPaymentLink found the checkout an earlier attempt had opened, and uses it",
@@ -380,7 +411,13 @@ export class PaymentService {
    * its id should money ever arrive on it (the webhook still finds the payment by its id).
    */
   private async discardCheckout(provider: PaymentProvider, p: Payment, checkout: CheckoutResult): Promise<void> {
-    const details = { paymentId: p.id, provider: provider.name, discardedRef: checkout.providerRef, recordedRef: p.providerRef, status: p.status };
+    const details = {
+      paymentId: p.id,
+      provider: provider.name,
+      discardedRef: checkout.providerRef,
+      recordedRef: p.providerRef,
+      status: p.status,
+    };
     let cancelled = false;
     let reason: string | undefined;
     if (provider.cancelCheckout !== undefined) {
@@ -393,12 +430,16 @@ export class PaymentService {
     } else {
       reason = "the provider cannot cancel checkouts";
     }
-    this.deps.logger?.warn({ ...details, cancelled, reason }, "credit-management: a second checkout opened for one payment was discarded");
+    this.deps.logger?.warn(
+      { ...details, cancelled, reason },
+      "credit-management: a second checkout opened for one payment was discarded",
+    );
     const context = { userId: p.userId, correlationId: p.id };
     const message = `A second checkout ${checkout.providerRef} of payment ${p.id} (${provider.name}) was not handed out`;
-    await (cancelled
-      ? this.deps.ledger?.logSystem(`${message}; cancelled at the provider`, details, context)
-      : this.deps.ledger?.logError(`${message}; NOT cancelled (${reason})`, { ...details, reason }, context)
+    await (
+      cancelled
+        ? this.deps.ledger?.logSystem(`${message}; cancelled at the provider`, details, context)
+        : this.deps.ledger?.logError(`${message}; NOT cancelled (${reason})`, { ...details, reason }, context)
     )?.catch(() => undefined);
   }
 
@@ -413,12 +454,18 @@ export class PaymentService {
     return [...this.providers.values()].filter((p) => p.receivesWebhooks !== false).map((p) => p.name);
   }
 
-  async handleWebhook(providerName: string, rawBody: Uint8Array | string, headers: HeadersLike): Promise<WebhookResult> {
+  async handleWebhook(
+    providerName: string,
+    rawBody: Uint8Array | string,
+    headers: HeadersLike,
+  ): Promise<WebhookResult> {
     const provider = this.providers.get(providerName);
     // A provider without a webhook secret cannot check a signature: as unknown as one never
     // configured (404), not a configuration error (500) that any anonymous request could cause.
     if (provider === undefined || provider.receivesWebhooks === false) {
-      throw new NotFoundError(`No payment provider "${providerName}" receives webhooks here.`, { provider: providerName });
+      throw new NotFoundError(`No payment provider "${providerName}" receives webhooks here.`, {
+        provider: providerName,
+      });
     }
     const raw = typeof rawBody === "string" ? Buffer.from(rawBody, "utf8") : rawBody;
     const started = webhookChannel.hasSubscribers ? performance.now() : 0;
@@ -445,7 +492,10 @@ export class PaymentService {
       if (error instanceof WebhookRejectedError) {
         // Refused webhooks are security-relevant: kept as ledger error events (never fatal).
         await this.deps.ledger
-          ?.logError(`Webhook from ${provider.name} rejected: ${error.message}`, { provider: provider.name, ...error.details })
+          ?.logError(`Webhook from ${provider.name} rejected: ${error.message}`, {
+            provider: provider.name,
+            ...error.details,
+          })
           .catch(() => undefined);
       }
       throw error;
@@ -509,7 +559,10 @@ export class PaymentService {
     const q = parse(PaymentHistoryQuery, query, "query");
     const limit = q.limit ?? 20;
     const c = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
-    const rows = await this.deps.db.listPayments(user, { limit: limit + 1, before: c && { createdAt: c.at, id: c.id } });
+    const rows = await this.deps.db.listPayments(user, {
+      limit: limit + 1,
+      before: c && { createdAt: c.at, id: c.id },
+    });
     const items = rows.slice(0, limit);
     const last = items[items.length - 1];
     return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null };
@@ -546,10 +599,17 @@ export class PaymentService {
    */
   private assertConsistent(p: Payment, e: PaymentEvent): void {
     const refuse = (what: string) => {
-      this.deps.logger?.warn({ paymentId: p.id, eventType: e.type, what }, "credit-management: webhook contradicts the stored payment");
-      return new WebhookRejectedError(`Webhook event ${e.type} does not match payment ${p.id} (${what}).`, `${what}_mismatch`, {
-        paymentId: p.id,
-      });
+      this.deps.logger?.warn(
+        { paymentId: p.id, eventType: e.type, what },
+        "credit-management: webhook contradicts the stored payment",
+      );
+      return new WebhookRejectedError(
+        `Webhook event ${e.type} does not match payment ${p.id} (${what}).`,
+        `${what}_mismatch`,
+        {
+          paymentId: p.id,
+        },
+      );
     };
     if (e.userId !== null && e.userId !== p.userId) throw refuse("user");
     if (e.amount !== null && e.amount !== p.amount) throw refuse("amount");
@@ -586,7 +646,14 @@ export class PaymentService {
           if (isCredited(p.status)) return { value: result("duplicate", p) };
           const entry = work.add(
             p.credits,
-            { expiresAt: null, priority: 0, source: "payment", sourceRef: ref, description: meta.description ?? null, metadata: null },
+            {
+              expiresAt: null,
+              priority: 0,
+              source: "payment",
+              sourceRef: ref,
+              description: meta.description ?? null,
+              metadata: null,
+            },
             meta,
           );
           const next: Payment = {
@@ -624,7 +691,9 @@ export class PaymentService {
       throw new WebhookRejectedError(`Refund event ${event.type} carries no refunded amount.`, "malformed");
     }
     const refunded = refundedBy(payment.amount, { dispute, refundedTotal: event.refundedTotal });
-    const key = systemKey(dispute ? `dispute:${provider}:${payment.id}` : `refund:${provider}:${payment.id}:${refunded}`);
+    const key = systemKey(
+      dispute ? `dispute:${provider}:${payment.id}` : `refund:${provider}:${payment.id}:${refunded}`,
+    );
     const meta: EntryMeta = {
       idempotencyKey: key,
       fingerprint: fingerprint("reversePayment", { paymentId: payment.id, refunded, dispute }),
@@ -644,7 +713,12 @@ export class PaymentService {
           // the account's lock, so a concurrent paid event cannot slip in between.
           if (otherAttempt(p, event)) {
             this.deps.logger?.warn(
-              { paymentId: p.id, eventType: event.type, providerPaymentId: event.providerPaymentId, credited: p.providerPaymentId },
+              {
+                paymentId: p.id,
+                eventType: event.type,
+                providerPaymentId: event.providerPaymentId,
+                credited: p.providerPaymentId,
+              },
               "credit-management: refund or dispute of another payment attempt ignored",
             );
             return { value: result("ignored", p, "refund or dispute of another payment attempt") };
@@ -673,7 +747,14 @@ export class PaymentService {
    * Takes `k` credits of payment `p` back, as `takeBackPlan` (src/domain/payments.ts) decides:
    * voiding the rest of its grant and deducting what was spent, or deducting all of `k`.
    */
-  private async takeBack(work: AccountWork, tx: DbTransaction, state: LoadedState, p: Payment, k: number, meta: EntryMeta): Promise<void> {
+  private async takeBack(
+    work: AccountWork,
+    tx: DbTransaction,
+    state: LoadedState,
+    p: Payment,
+    k: number,
+    meta: EntryMeta,
+  ): Promise<void> {
     let first = true;
     const next = (): EntryMeta => {
       const m = first ? meta : { ...meta, idempotencyKey: undefined, fingerprint: undefined };
@@ -706,7 +787,11 @@ export class PaymentService {
    * Compare-and-set loop on a payment outside any account: `change` returns the fields, or null for
    * none. `first`: the payment as the caller has it (tried before reading it again).
    */
-  private async advance(id: string, change: (p: Payment) => Partial<Payment> | null, first?: Payment): Promise<Payment> {
+  private async advance(
+    id: string,
+    change: (p: Payment) => Partial<Payment> | null,
+    first?: Payment,
+  ): Promise<Payment> {
     for (let known = first; ; known = undefined) {
       const cur = known ?? (await this.deps.db.getPayment(id));
       if (cur === null) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });

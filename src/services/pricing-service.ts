@@ -65,7 +65,13 @@ export class PricingService {
    */
   price(usage: TokenUsage | CostUsage): PriceQuote {
     const r = recordOf(usage, this.current());
-    return { amount: r.amount, exact: r.exact as string, priceBook: r.priceBook as string, priced: r.priced as string, rates: r.rates as Record<string, string> };
+    return {
+      amount: r.amount,
+      exact: r.exact as string,
+      priceBook: r.priceBook as string,
+      priced: r.priced as string,
+      rates: r.rates as Record<string, string>,
+    };
   }
 
   /** @internal The compiled book in force (a metered call pins it when its hold is placed). */
@@ -105,9 +111,10 @@ const noBook = () =>
  */
 export function recordOf(usage: UsageInput, book: PriceBook | null): RecordedUsage {
   if (typeof usage !== "object" || usage === null) {
-    throw new ValidationError("Invalid usage: must be an object ({ amount }, { model, inputTokens, outputTokens } or { cost })", [
-      { path: "", message: "must be an object" },
-    ]);
+    throw new ValidationError(
+      "Invalid usage: must be an object ({ amount }, { model, inputTokens, outputTokens } or { cost })",
+      [{ path: "", message: "must be an object" }],
+    );
   }
   if ("amount" in usage) return stripUndefined(parse(UsageRecord, usage, "usage")) as RecordedUsage;
   if ("cost" in usage) {
@@ -118,7 +125,15 @@ export function recordOf(usage: UsageInput, book: PriceBook | null): RecordedUsa
     if (u.model !== undefined) out.model = u.model;
     if (u.provider !== undefined) out.provider = u.provider;
     if (u.metadata !== undefined) out.metadata = u.metadata;
-    Object.assign(out, { cost: q.cost, currency: q.currency, priceBook: q.priceBook, priced: q.priced, rates: q.rates, exact: q.exact, source: "cost" });
+    Object.assign(out, {
+      cost: q.cost,
+      currency: q.currency,
+      priceBook: q.priceBook,
+      priced: q.priced,
+      rates: q.rates,
+      exact: q.exact,
+      source: "cost",
+    });
     return out;
   }
   const u = parse(TokenUsage, usage, "usage");

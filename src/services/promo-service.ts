@@ -119,7 +119,10 @@ export class PromoService {
     const q = parse(ListPromosQuery, query, "query");
     const limit = q.limit ?? 100;
     const before = q.cursor === undefined ? undefined : decodeCursor(q.cursor);
-    const rows = await this.deps.db.listPromos({ limit: limit + 1, before: before && { createdAt: before.at, code: before.id } });
+    const rows = await this.deps.db.listPromos({
+      limit: limit + 1,
+      before: before && { createdAt: before.at, code: before.id },
+    });
     const items = rows.slice(0, limit);
     const last = items[items.length - 1];
     return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.code) : null };
@@ -208,7 +211,8 @@ export class PromoService {
         ).then(async (r) => {
           if (r.claim !== null) return { claim: r.claim, entry: r.entry };
           const claim = (await this.deps.db.listPromoClaims(user)).find((x) => x.entryId === r.entry.id);
-          if (claim === undefined) throw new NotFoundError(`Claim of idempotency key ${r.entry.idempotencyKey} not found.`);
+          if (claim === undefined)
+            throw new NotFoundError(`Claim of idempotency key ${r.entry.idempotencyKey} not found.`);
           return { claim, entry: r.entry };
         });
       } catch (error) {
@@ -241,7 +245,9 @@ export function decodeCursor(cursor: string): { at: Date; id: string } {
   const i = s.indexOf(":");
   const ms = Number(s.slice(0, i));
   if (i < 1 || !Number.isSafeInteger(ms)) {
-    throw new ValidationError("Invalid cursor: not one this library returned", [{ path: "cursor", message: "invalid" }]);
+    throw new ValidationError("Invalid cursor: not one this library returned", [
+      { path: "cursor", message: "invalid" },
+    ]);
   }
   return { at: new Date(ms), id: s.slice(i + 1) };
 }

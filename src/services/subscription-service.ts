@@ -159,7 +159,9 @@ export class SubscriptionService {
     const inactive = before.isActive ? await this.writePlan(id, (plan) => ({ ...plan, isActive: false })) : before;
     if (await this.db.planHasSubscribers(id)) {
       if (before.isActive) await this.writePlan(id, (plan) => ({ ...plan, isActive: true })).catch(() => undefined);
-      throw new ConflictError(`Plan ${id} has subscribers: it cannot be deleted (deactivate it instead).`, { planId: id });
+      throw new ConflictError(`Plan ${id} has subscribers: it cannot be deleted (deactivate it instead).`, {
+        planId: id,
+      });
     }
     if (!(await this.db.deletePlan(id, inactive.version))) {
       throw new ConflictError(`Plan ${id} changed while it was being deleted; try again.`, { planId: id });
@@ -177,7 +179,11 @@ export class SubscriptionService {
   async listPlans(options: ListPlansOptions = {}): Promise<Plan[]> {
     const o = parse(ListPlansOptions, options, "options");
     const key = o.includeInactive ? "plans:list:all" : "plans:list:active";
-    return this.readPlans(key, () => this.db.listPlans({ includeInactive: o.includeInactive === true }), (hit) => hit.map(revivePlan));
+    return this.readPlans(
+      key,
+      () => this.db.listPlans({ includeInactive: o.includeInactive === true }),
+      (hit) => hit.map(revivePlan),
+    );
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -204,7 +210,8 @@ export class SubscriptionService {
     if (existing !== null) {
       // A call with this key that committed after the lookup above is the first call, not another
       // subscriber: its result is the answer (overlapping retries of one checkout webhook).
-      if (o.idempotencyKey !== undefined && existing.idempotencyKey === o.idempotencyKey) return this.repeat(existing, pid, o, now);
+      if (o.idempotencyKey !== undefined && existing.idempotencyKey === o.idempotencyKey)
+        return this.repeat(existing, pid, o, now);
       throw alreadySubscribed(existing);
     }
     const s = rules.subscribe(randomUUID(), user, await this.requirePlan(pid), o, now);
@@ -214,7 +221,8 @@ export class SubscriptionService {
       if (!(error instanceof ConflictError)) throw error;
       const winner = await this.db.getActiveSubscription(user);
       if (winner === null) throw error;
-      if (o.idempotencyKey !== undefined && winner.idempotencyKey === o.idempotencyKey) return this.repeat(winner, pid, o, now);
+      if (o.idempotencyKey !== undefined && winner.idempotencyKey === o.idempotencyKey)
+        return this.repeat(winner, pid, o, now);
       throw alreadySubscribed(winner);
     }
     // The plan may have been deactivated (and be on its way to deletion) since it was read.
@@ -325,7 +333,11 @@ export class SubscriptionService {
     if (!rules.renews(s)) return this.tryWrite(s, (x) => rules.endAtPeriodEnd(x, now), now, false);
     const plan = await this.db.getPlan(s.pendingPlanId ?? s.planId);
     if (plan === null) {
-      await this.ledger?.logError("subscription ended: its plan no longer exists", { subscriptionId: s.id, planId: s.planId }, { userId: s.userId });
+      await this.ledger?.logError(
+        "subscription ended: its plan no longer exists",
+        { subscriptionId: s.id, planId: s.planId },
+        { userId: s.userId },
+      );
       return this.tryWrite(s, (x) => rules.endWithoutPlan(x, now), now, false);
     }
     const endingPlan = s.pendingPlanId === null ? plan : await this.db.getPlan(s.planId);
@@ -364,7 +376,10 @@ export class SubscriptionService {
         );
       } catch (error) {
         if (!(error instanceof rules.ExpiryMoved)) throw error;
-        if (race >= MAX_RACES) throw new ConflictError(`The credits of subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
+        if (race >= MAX_RACES)
+          throw new ConflictError(`The credits of subscription ${s.id} kept changing; try again.`, {
+            subscriptionId: s.id,
+          });
       }
     }
     // Read outside the unit of work: a store with a connection pool must not be asked for a second
@@ -374,12 +389,17 @@ export class SubscriptionService {
     for (let race = 0; ; race++) {
       const current = race === 0 ? s : await this.db.getSubscription(s.id);
       if (current === null || current.intent?.key !== it.key) return { subscription: current ?? s, completed };
-      const next: Subscription = { ...rules.intentDone(current, it, newGrants), version: current.version + 1, updatedAt: now };
+      const next: Subscription = {
+        ...rules.intentDone(current, it, newGrants),
+        version: current.version + 1,
+        updatedAt: now,
+      };
       if (await this.db.updateSubscription(next, current.version)) {
         completed = true;
         return { subscription: next, completed };
       }
-      if (race > MAX_RACES) throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
+      if (race > MAX_RACES)
+        throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
     }
   }
 
@@ -391,7 +411,10 @@ export class SubscriptionService {
    * returned them (`expire` entries with that `reservationId`, see `AccountWork`). Reads the user's
    * `expire` entries newest first, only as far back as each grant's closing entry.
    */
-  private async periodEndExpiry(userId: string, carry: NonNullable<SubscriptionIntent["carry"]>): Promise<PeriodEndExpiry> {
+  private async periodEndExpiry(
+    userId: string,
+    carry: NonNullable<SubscriptionIntent["carry"]>,
+  ): Promise<PeriodEndExpiry> {
     const out: PeriodEndExpiry = new Map();
     const open = new Map<string, { expired: number; seen: number; held: number }>();
     for (const id of carry.grantIds) {
@@ -409,7 +432,12 @@ export class SubscriptionService {
     const PAGE = 200;
     let beforeSeq: number | undefined;
     while (open.size > 0) {
-      const page = await this.db.listJournal(userId, { order: "desc", types: ["expire"], limit: PAGE, ...(beforeSeq === undefined ? {} : { beforeSeq }) });
+      const page = await this.db.listJournal(userId, {
+        order: "desc",
+        types: ["expire"],
+        limit: PAGE,
+        ...(beforeSeq === undefined ? {} : { beforeSeq }),
+      });
       for (const e of page) {
         for (const p of e.grants) {
           const x = open.get(p.grantId);
@@ -436,7 +464,8 @@ export class SubscriptionService {
     const entries = await this.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 20 });
     const ids: string[] = [];
     for (const e of entries) {
-      if (e.type === "add" && (e.idempotencyKey === key || e.correlationId === key)) for (const p of e.grants) ids.push(p.grantId);
+      if (e.type === "add" && (e.idempotencyKey === key || e.correlationId === key))
+        for (const p of e.grants) ids.push(p.grantId);
     }
     return ids;
   }
@@ -488,7 +517,8 @@ export class SubscriptionService {
     const s = await this.db.getActiveSubscription(user);
     if (s === null) throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
     const { subscription } = await this.advance(s, now);
-    if (subscription.status !== "active") throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
+    if (subscription.status !== "active")
+      throw new NotFoundError(`User ${user} has no active subscription.`, { userId: user });
     return subscription;
   }
 
@@ -507,7 +537,12 @@ export class SubscriptionService {
    * call that created it (`first.request`): plan, `autoRenew`, `startAt` (omitted: any), metadata.
    * What happened to the subscription since (a plan change, `resume`, a new cycle) does not matter.
    */
-  private async repeat(first: Subscription, planId: string, o: SubscribeOptions & { startAt?: Date }, now: Date): Promise<Subscription> {
+  private async repeat(
+    first: Subscription,
+    planId: string,
+    o: SubscribeOptions & { startAt?: Date },
+    now: Date,
+  ): Promise<Subscription> {
     if (!rules.repeatsRequest(first, planId, o)) throw new IdempotencyConflictError(first.idempotencyKey ?? "");
     if (first.status !== "active") return copy(first);
     return copy((await this.advance(first, now)).subscription);
@@ -522,7 +557,13 @@ export class SubscriptionService {
   private async writePlan(id: string, change: (plan: Plan) => Plan): Promise<Plan> {
     for (let race = 0; race <= MAX_RACES; race++) {
       const plan = await this.requirePlan(id);
-      const next: Plan = { ...change(plan), id, version: plan.version + 1, createdAt: plan.createdAt, updatedAt: this.clock() };
+      const next: Plan = {
+        ...change(plan),
+        id,
+        version: plan.version + 1,
+        createdAt: plan.createdAt,
+        updatedAt: this.clock(),
+      };
       rules.checkRollover(next);
       if (await this.db.updatePlan(next, plan.version)) {
         await this.invalidatePlan(id);

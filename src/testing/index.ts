@@ -155,7 +155,10 @@ export function runDbManagerContract(options: ContractOptions): void {
       }
       if (optional) {
         it(`has the ${name} part (else pass skip: { ${name}: "<reason>" })`, () => {
-          expect(db.capabilities.parts?.[name] !== false, `${options.name} has no ${name} part: skip it with a reason`).toBe(true);
+          expect(
+            db.capabilities.parts?.[name] !== false,
+            `${options.name} has no ${name} part: skip it with a reason`,
+          ).toBe(true);
         });
       }
       run();
@@ -182,425 +185,498 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
   describe("accounts", () => {
     const user = () => `u-${randomUUID()}`;
 
-  describe("store", () => {
-    it("has no account, grants or journal for an unknown user", async () => {
-      const u = user();
-      expect(await db.getAccount(u)).toBeNull();
-      expect(await db.listGrants(u)).toEqual([]);
-      expect(await db.listJournal(u, { order: "desc", limit: 10 })).toEqual([]);
-      expect(await db.getGrant(randomUUID())).toBeNull();
-      expect(await db.getReservation(randomUUID())).toBeNull();
-    });
-
-    it("saves a unit of work atomically and loads it back with the same shape", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      const e = await credits.addCredits(u, 9_007_199_254_740_000, {
-        expiresAt: new Date(T0 + DAY),
-        priority: 3,
-        source: "promo",
-        sourceRef: "WELCOME",
-        metadata: { nested: { b: 1, a: [1, "x", null] } },
-        description: "big",
+    describe("store", () => {
+      it("has no account, grants or journal for an unknown user", async () => {
+        const u = user();
+        expect(await db.getAccount(u)).toBeNull();
+        expect(await db.listGrants(u)).toEqual([]);
+        expect(await db.listJournal(u, { order: "desc", limit: 10 })).toEqual([]);
+        expect(await db.getGrant(randomUUID())).toBeNull();
+        expect(await db.getReservation(randomUUID())).toBeNull();
       });
-      const account = await db.getAccount(u);
-      expect(account).toMatchObject({ userId: u, balance: 9_007_199_254_740_000, reserved: 0, debt: 0, seq: 1 });
-      expect(account?.lastHash).toBe(e.hash);
-      expect(account?.nextExpiryAt?.getTime()).toBe(T0 + DAY);
-      const [g] = await db.listGrants(u);
-      expect(g).toEqual({
-        id: e.grants[0]?.grantId,
-        userId: u,
-        amount: 9_007_199_254_740_000,
-        remaining: 9_007_199_254_740_000,
-        expiresAt: new Date(T0 + DAY),
-        priority: 3,
-        source: "promo",
-        sourceRef: "WELCOME",
-        description: "big",
-        metadata: { nested: { b: 1, a: [1, "x", null] } },
-        createdAt: new Date(T0),
-        expiredAmount: 0,
-        closedAt: null,
-        closedReason: null,
+
+      it("saves a unit of work atomically and loads it back with the same shape", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const e = await credits.addCredits(u, 9_007_199_254_740_000, {
+          expiresAt: new Date(T0 + DAY),
+          priority: 3,
+          source: "promo",
+          sourceRef: "WELCOME",
+          metadata: { nested: { b: 1, a: [1, "x", null] } },
+          description: "big",
+        });
+        const account = await db.getAccount(u);
+        expect(account).toMatchObject({ userId: u, balance: 9_007_199_254_740_000, reserved: 0, debt: 0, seq: 1 });
+        expect(account?.lastHash).toBe(e.hash);
+        expect(account?.nextExpiryAt?.getTime()).toBe(T0 + DAY);
+        const [g] = await db.listGrants(u);
+        expect(g).toEqual({
+          id: e.grants[0]?.grantId,
+          userId: u,
+          amount: 9_007_199_254_740_000,
+          remaining: 9_007_199_254_740_000,
+          expiresAt: new Date(T0 + DAY),
+          priority: 3,
+          source: "promo",
+          sourceRef: "WELCOME",
+          description: "big",
+          metadata: { nested: { b: 1, a: [1, "x", null] } },
+          createdAt: new Date(T0),
+          expiredAmount: 0,
+          closedAt: null,
+          closedReason: null,
+        });
+        const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
+        expect(stored).toEqual(e);
+        expect((await credits.audit(u)).ok).toBe(true);
       });
-      const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
-      expect(stored).toEqual(e);
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
 
-    it("keeps metadata keys named like Object.prototype's members (constructor, prototype, toString) as data, through the hash", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      // "__proto__" is refused by validation: assigning it sets the prototype, so a copy would drop it.
-      const metadata = JSON.parse('{"constructor":{"name":"x"},"prototype":1,"toString":"s","hasOwnProperty":[1]}') as Record<string, never>;
-      const e = await credits.addCredits(u, 5, { metadata });
-      expect(e.metadata).toEqual(metadata);
-      expect((await db.listGrants(u))[0]?.metadata).toEqual(metadata);
-      expect((await db.listJournal(u, { order: "asc", limit: 1 }))[0]?.metadata).toEqual(metadata);
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
+      it("keeps metadata keys named like Object.prototype's members (constructor, prototype, toString) as data, through the hash", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        // "__proto__" is refused by validation: assigning it sets the prototype, so a copy would drop it.
+        const metadata = JSON.parse(
+          '{"constructor":{"name":"x"},"prototype":1,"toString":"s","hasOwnProperty":[1]}',
+        ) as Record<string, never>;
+        const e = await credits.addCredits(u, 5, { metadata });
+        expect(e.metadata).toEqual(metadata);
+        expect((await db.listGrants(u))[0]?.metadata).toEqual(metadata);
+        expect((await db.listJournal(u, { order: "asc", limit: 1 }))[0]?.metadata).toEqual(metadata);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
 
-    it("refuses a save whose account moved (seq guard) with ConflictError and writes nothing", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      await credits.addCredits(u, 10);
-      await expect(
-        db.transaction(u, async (tx) => {
-          const state = await tx.load();
-          const work = new AccountWork(u, { ...state, account: state.account && { ...state.account, seq: 99 } }, new Date(T0), randomUUID);
-          work.add(5, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
-          await tx.save(work.changes());
-        }),
-      ).rejects.toBeInstanceOf(ConflictError);
-      expect((await db.getAccount(u))?.balance).toBe(10);
-      expect(await db.listJournal(u, { order: "asc", limit: 10 })).toHaveLength(1);
-    });
-
-    it("never answers a unit of work with the entry of another key, even one the store cannot tell apart", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      const first = await credits.addCredits(u, 100, { idempotencyKey: "top-up-\uFFFD" });
-      // Below the service's validation (which refuses lone surrogates): node-pg and BSON send a
-      // lone surrogate as U+FFFD, so the store may find the first key's entry for this one.
-      const unit = (key: string) =>
-        credits.runUnitOfWork(
-          u,
-          { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
-          async () => "ran",
-          async (entry) => entry.id,
-        );
-      expect(await unit("top-up-\uFFFD")).toBe(first.id);
-      const other = await unit("top-up-\uD800").catch((e: unknown) => e);
-      if (other !== "ran") {
-        expect(other).toBeInstanceOf(StorageError);
-        expect((other as Error).message).toMatch(/cannot tell them apart/);
-      }
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });
-    });
-
-    it("rolls back everything when the unit of work throws", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      await credits.addCredits(u, 10);
-      await expect(
-        db.transaction(u, async (tx) => {
-          const state = await tx.load();
-          const work = new AccountWork(u, state, new Date(T0), randomUUID);
-          work.add(5, { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null }, {});
-          await tx.save(work.changes());
-          throw new Error("boom after save");
-        }),
-      ).rejects.toThrow("boom after save");
-      expect((await db.getAccount(u))?.balance).toBe(10);
-      expect(await db.listGrants(u)).toHaveLength(1);
-    });
-
-    it("pages the journal both ways with type and time filters", async () => {
-      const u = user();
-      const { credits, clock } = serviceWithClock(db);
-      for (let i = 0; i < 5; i++) {
+      it("refuses a save whose account moved (seq guard) with ConflictError and writes nothing", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
         await credits.addCredits(u, 10);
-        clock.now += 1000;
-        await credits.deductCredits(u, 1);
-        clock.now += 1000;
-      }
-      const desc = await db.listJournal(u, { order: "desc", limit: 3 });
-      expect(desc.map((e) => e.seq)).toEqual([10, 9, 8]);
-      const before = await db.listJournal(u, { order: "desc", beforeSeq: 8, limit: 3 });
-      expect(before.map((e) => e.seq)).toEqual([7, 6, 5]);
-      const asc = await db.listJournal(u, { order: "asc", afterSeq: 8, limit: 10 });
-      expect(asc.map((e) => e.seq)).toEqual([9, 10]);
-      const deducts = await db.listJournal(u, { order: "desc", limit: 10, types: ["deduct"] });
-      expect(deducts.map((e) => e.seq)).toEqual([10, 8, 6, 4, 2]);
-      const window = await db.listJournal(u, {
-        order: "asc",
-        limit: 10,
-        from: new Date(T0 + 2000),
-        to: new Date(T0 + 5000),
+        await expect(
+          db.transaction(u, async (tx) => {
+            const state = await tx.load();
+            const work = new AccountWork(
+              u,
+              { ...state, account: state.account && { ...state.account, seq: 99 } },
+              new Date(T0),
+              randomUUID,
+            );
+            work.add(
+              5,
+              { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+              {},
+            );
+            await tx.save(work.changes());
+          }),
+        ).rejects.toBeInstanceOf(ConflictError);
+        expect((await db.getAccount(u))?.balance).toBe(10);
+        expect(await db.listJournal(u, { order: "asc", limit: 10 })).toHaveLength(1);
       });
-      expect(window.map((e) => e.seq)).toEqual([3, 4, 5]);
-    });
 
-    it("scans due grants and lapsed holds in (expiresAt, id) order with a cursor", async () => {
-      const { credits } = serviceWithClock(db);
-      const tag = randomUUID();
-      const users = [0, 1, 2].map((i) => `scan-${tag}-${i}`);
-      const far = T0 + 400 * DAY; // far from other tests' data in a shared store
-      for (const [i, u] of users.entries()) {
-        await credits.addCredits(u, 10, { expiresAt: new Date(far + i * 1000) });
-        await credits.addCredits(u, 10, { expiresAt: new Date(far + 10 * DAY) });
-        await credits.reserveCredits(u, 1, { ttlSeconds: 3600 });
-      }
-      const due = (await db.findDueGrants(new Date(far + 2000), 1000)).filter((g) => users.includes(g.userId));
-      expect(due.map((g) => g.userId)).toEqual(users);
-      const first = due[0];
-      if (first?.expiresAt == null) throw new Error("expected a due grant");
-      const rest = (await db.findDueGrants(new Date(far + 2000), 1000, { expiresAt: first.expiresAt, id: first.id })).filter((g) =>
-        users.includes(g.userId),
-      );
-      expect(rest.map((g) => g.userId)).toEqual(users.slice(1));
-      const lapsed = (await db.findExpiredReservations(new Date(T0 + 3600_000), 10_000)).filter((r) => users.includes(r.userId));
-      expect(lapsed).toHaveLength(3);
-      expect((await db.findExpiredReservations(new Date(T0 + 3599_000), 10_000)).filter((r) => users.includes(r.userId))).toHaveLength(0);
-    });
-
-    it("stores system and error ledger events and lists them newest first", async () => {
-      const u = user();
-      const base = { correlationId: null, details: { n: 1 } };
-      await db.insertLedgerEntry({ ...base, id: randomUUID(), eventType: "system", userId: u, message: "a", createdAt: new Date(T0) });
-      await db.insertLedgerEntry({ ...base, id: randomUUID(), eventType: "error", userId: u, message: "b", createdAt: new Date(T0 + 1) });
-      const all = await db.listLedgerEntries({ userId: u, limit: 10 });
-      expect(all.map((e) => e.message)).toEqual(["b", "a"]);
-      expect((await db.listLedgerEntries({ userId: u, eventType: "system", limit: 10 })).map((e) => e.message)).toEqual(["a"]);
-      expect(all[0]?.details).toEqual({ n: 1 });
-    });
-
-    it("hands out copies: mutating a returned row (or a row after inserting it) changes nothing stored", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      const far = T0 + 500 * DAY; // a scan window of its own in a shared store
-      await credits.addCredits(u, 100, { expiresAt: new Date(far), metadata: { tags: ["a"], n: { v: 1 } } });
-      const settled = await credits.reserveCredits(u, 5, { metadata: { m: [1] } });
-      await credits.commitReservedCredits(settled.id);
-      const active = await credits.reserveCredits(u, 7, { ttlSeconds: 60, metadata: { m: [2] } });
-      const event: LedgerEntry = { id: randomUUID(), eventType: "system", userId: u, message: "m", correlationId: null, details: { d: [1] }, createdAt: new Date(T0) };
-      await db.insertLedgerEntry(event);
-      scribble(event);
-      const reads = async () => ({
-        account: await db.getAccount(u),
-        grant: await db.getGrant(((await db.listGrants(u))[0] ?? { id: "" }).id),
-        grants: await db.listGrants(u),
-        allGrants: await db.listGrants(u, { includeInactive: true }),
-        active: await db.getReservation(active.id),
-        settled: await db.getReservation(settled.id),
-        holds: await db.listReservations(u),
-        activeHolds: await db.listReservations(u, { status: "active" }),
-        committedHolds: await db.listReservations(u, { status: "committed" }),
-        journal: await db.listJournal(u, { order: "asc", limit: 10 }),
-        due: (await db.findDueGrants(new Date(far), 10_000)).filter((g) => g.userId === u),
-        lapsed: (await db.findExpiredReservations(new Date(T0 + 60_000), 10_000)).filter((r) => r.userId === u),
-        events: await db.listLedgerEntries({ userId: u, limit: 10 }),
+      it("never answers a unit of work with the entry of another key, even one the store cannot tell apart", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const first = await credits.addCredits(u, 100, { idempotencyKey: "top-up-\uFFFD" });
+        // Below the service's validation (which refuses lone surrogates): node-pg and BSON send a
+        // lone surrogate as U+FFFD, so the store may find the first key's entry for this one.
+        const unit = (key: string) =>
+          credits.runUnitOfWork(
+            u,
+            { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
+            async () => "ran",
+            async (entry) => entry.id,
+          );
+        expect(await unit("top-up-\uFFFD")).toBe(first.id);
+        const other = await unit("top-up-\uD800").catch((e: unknown) => e);
+        if (other !== "ran") {
+          expect(other).toBeInstanceOf(StorageError);
+          expect((other as Error).message).toMatch(/cannot tell them apart/);
+        }
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });
       });
-      const before = await reads();
-      expect(before.due).toHaveLength(1);
-      expect(before.lapsed).toHaveLength(1);
-      expect(before.events[0]).toMatchObject({ message: "m", details: { d: [1] }, createdAt: new Date(T0) });
-      scribble(await reads());
-      expect(await reads()).toEqual(before);
-      expect((await credits.audit(u)).ok).toBe(true);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 95, reserved: 7, available: 88 });
+
+      it("rolls back everything when the unit of work throws", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 10);
+        await expect(
+          db.transaction(u, async (tx) => {
+            const state = await tx.load();
+            const work = new AccountWork(u, state, new Date(T0), randomUUID);
+            work.add(
+              5,
+              { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+              {},
+            );
+            await tx.save(work.changes());
+            throw new Error("boom after save");
+          }),
+        ).rejects.toThrow("boom after save");
+        expect((await db.getAccount(u))?.balance).toBe(10);
+        expect(await db.listGrants(u)).toHaveLength(1);
+      });
+
+      it("pages the journal both ways with type and time filters", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        for (let i = 0; i < 5; i++) {
+          await credits.addCredits(u, 10);
+          clock.now += 1000;
+          await credits.deductCredits(u, 1);
+          clock.now += 1000;
+        }
+        const desc = await db.listJournal(u, { order: "desc", limit: 3 });
+        expect(desc.map((e) => e.seq)).toEqual([10, 9, 8]);
+        const before = await db.listJournal(u, { order: "desc", beforeSeq: 8, limit: 3 });
+        expect(before.map((e) => e.seq)).toEqual([7, 6, 5]);
+        const asc = await db.listJournal(u, { order: "asc", afterSeq: 8, limit: 10 });
+        expect(asc.map((e) => e.seq)).toEqual([9, 10]);
+        const deducts = await db.listJournal(u, { order: "desc", limit: 10, types: ["deduct"] });
+        expect(deducts.map((e) => e.seq)).toEqual([10, 8, 6, 4, 2]);
+        const window = await db.listJournal(u, {
+          order: "asc",
+          limit: 10,
+          from: new Date(T0 + 2000),
+          to: new Date(T0 + 5000),
+        });
+        expect(window.map((e) => e.seq)).toEqual([3, 4, 5]);
+      });
+
+      it("scans due grants and lapsed holds in (expiresAt, id) order with a cursor", async () => {
+        const { credits } = serviceWithClock(db);
+        const tag = randomUUID();
+        const users = [0, 1, 2].map((i) => `scan-${tag}-${i}`);
+        const far = T0 + 400 * DAY; // far from other tests' data in a shared store
+        for (const [i, u] of users.entries()) {
+          await credits.addCredits(u, 10, { expiresAt: new Date(far + i * 1000) });
+          await credits.addCredits(u, 10, { expiresAt: new Date(far + 10 * DAY) });
+          await credits.reserveCredits(u, 1, { ttlSeconds: 3600 });
+        }
+        const due = (await db.findDueGrants(new Date(far + 2000), 1000)).filter((g) => users.includes(g.userId));
+        expect(due.map((g) => g.userId)).toEqual(users);
+        const first = due[0];
+        if (first?.expiresAt == null) throw new Error("expected a due grant");
+        const rest = (
+          await db.findDueGrants(new Date(far + 2000), 1000, { expiresAt: first.expiresAt, id: first.id })
+        ).filter((g) => users.includes(g.userId));
+        expect(rest.map((g) => g.userId)).toEqual(users.slice(1));
+        const lapsed = (await db.findExpiredReservations(new Date(T0 + 3600_000), 10_000)).filter((r) =>
+          users.includes(r.userId),
+        );
+        expect(lapsed).toHaveLength(3);
+        expect(
+          (await db.findExpiredReservations(new Date(T0 + 3599_000), 10_000)).filter((r) => users.includes(r.userId)),
+        ).toHaveLength(0);
+      });
+
+      it("stores system and error ledger events and lists them newest first", async () => {
+        const u = user();
+        const base = { correlationId: null, details: { n: 1 } };
+        await db.insertLedgerEntry({
+          ...base,
+          id: randomUUID(),
+          eventType: "system",
+          userId: u,
+          message: "a",
+          createdAt: new Date(T0),
+        });
+        await db.insertLedgerEntry({
+          ...base,
+          id: randomUUID(),
+          eventType: "error",
+          userId: u,
+          message: "b",
+          createdAt: new Date(T0 + 1),
+        });
+        const all = await db.listLedgerEntries({ userId: u, limit: 10 });
+        expect(all.map((e) => e.message)).toEqual(["b", "a"]);
+        expect(
+          (await db.listLedgerEntries({ userId: u, eventType: "system", limit: 10 })).map((e) => e.message),
+        ).toEqual(["a"]);
+        expect(all[0]?.details).toEqual({ n: 1 });
+      });
+
+      it("hands out copies: mutating a returned row (or a row after inserting it) changes nothing stored", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const far = T0 + 500 * DAY; // a scan window of its own in a shared store
+        await credits.addCredits(u, 100, { expiresAt: new Date(far), metadata: { tags: ["a"], n: { v: 1 } } });
+        const settled = await credits.reserveCredits(u, 5, { metadata: { m: [1] } });
+        await credits.commitReservedCredits(settled.id);
+        const active = await credits.reserveCredits(u, 7, { ttlSeconds: 60, metadata: { m: [2] } });
+        const event: LedgerEntry = {
+          id: randomUUID(),
+          eventType: "system",
+          userId: u,
+          message: "m",
+          correlationId: null,
+          details: { d: [1] },
+          createdAt: new Date(T0),
+        };
+        await db.insertLedgerEntry(event);
+        scribble(event);
+        const reads = async () => ({
+          account: await db.getAccount(u),
+          grant: await db.getGrant(((await db.listGrants(u))[0] ?? { id: "" }).id),
+          grants: await db.listGrants(u),
+          allGrants: await db.listGrants(u, { includeInactive: true }),
+          active: await db.getReservation(active.id),
+          settled: await db.getReservation(settled.id),
+          holds: await db.listReservations(u),
+          activeHolds: await db.listReservations(u, { status: "active" }),
+          committedHolds: await db.listReservations(u, { status: "committed" }),
+          journal: await db.listJournal(u, { order: "asc", limit: 10 }),
+          due: (await db.findDueGrants(new Date(far), 10_000)).filter((g) => g.userId === u),
+          lapsed: (await db.findExpiredReservations(new Date(T0 + 60_000), 10_000)).filter((r) => r.userId === u),
+          events: await db.listLedgerEntries({ userId: u, limit: 10 }),
+        });
+        const before = await reads();
+        expect(before.due).toHaveLength(1);
+        expect(before.lapsed).toHaveLength(1);
+        expect(before.events[0]).toMatchObject({ message: "m", details: { d: [1] }, createdAt: new Date(T0) });
+        scribble(await reads());
+        expect(await reads()).toEqual(before);
+        expect((await credits.audit(u)).ok).toBe(true);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 95, reserved: 7, available: 88 });
+      });
+
+      it("pages ledger events with before/beforeId without skipping or repeating those of one millisecond", async () => {
+        const u = user();
+        const base = { correlationId: null, details: {}, eventType: "system" as const, userId: u };
+        const instants = [T0, T0 + 5, T0 + 5, T0 + 5, T0 + 5, T0 + 5, T0 + 9, T0 + 9];
+        for (const [k, t] of instants.entries())
+          await db.insertLedgerEntry({ ...base, id: randomUUID(), message: `m${k}`, createdAt: new Date(t) });
+        const seen: string[] = [];
+        let page = await db.listLedgerEntries({ userId: u, limit: 2 });
+        while (page.length > 0) {
+          seen.push(...page.map((e) => e.message));
+          const last = page[page.length - 1] as LedgerEntry;
+          page = await db.listLedgerEntries({ userId: u, limit: 2, before: last.createdAt, beforeId: last.id });
+        }
+        expect([...seen].sort()).toEqual(instants.map((_, k) => `m${k}`).sort());
+        expect(seen.slice(0, 2).sort()).toEqual(["m6", "m7"]);
+        expect(seen[seen.length - 1]).toBe("m0");
+        // Without beforeId, `before` alone still means "strictly older".
+        expect(
+          (await db.listLedgerEntries({ userId: u, limit: 10, before: new Date(T0 + 5) })).map((e) => e.message),
+        ).toEqual(["m0"]);
+      });
     });
 
-    it("pages ledger events with before/beforeId without skipping or repeating those of one millisecond", async () => {
-      const u = user();
-      const base = { correlationId: null, details: {}, eventType: "system" as const, userId: u };
-      const instants = [T0, T0 + 5, T0 + 5, T0 + 5, T0 + 5, T0 + 5, T0 + 9, T0 + 9];
-      for (const [k, t] of instants.entries()) await db.insertLedgerEntry({ ...base, id: randomUUID(), message: `m${k}`, createdAt: new Date(t) });
-      const seen: string[] = [];
-      let page = await db.listLedgerEntries({ userId: u, limit: 2 });
-      while (page.length > 0) {
-        seen.push(...page.map((e) => e.message));
-        const last = page[page.length - 1] as LedgerEntry;
-        page = await db.listLedgerEntries({ userId: u, limit: 2, before: last.createdAt, beforeId: last.id });
-      }
-      expect([...seen].sort()).toEqual(instants.map((_, k) => `m${k}`).sort());
-      expect(seen.slice(0, 2).sort()).toEqual(["m6", "m7"]);
-      expect(seen[seen.length - 1]).toBe("m0");
-      // Without beforeId, `before` alone still means "strictly older".
-      expect((await db.listLedgerEntries({ userId: u, limit: 10, before: new Date(T0 + 5) })).map((e) => e.message)).toEqual(["m0"]);
-    });
-  });
+    describe("credits", () => {
+      it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        const never = await credits.addCredits(u, 10);
+        clock.now += 1000;
+        const late = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 9 * DAY) });
+        const soon = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
+        const low = await credits.addCredits(u, 10, { priority: 5, expiresAt: new Date(T0 + DAY) });
+        const older = await credits.addCredits(u, 10, { priority: 5 });
+        const e = await credits.deductCredits(u, 45);
+        const id = (x: JournalEntry) => x.grants[0]?.grantId;
+        expect(e.grants).toEqual([
+          { grantId: id(soon), amount: 10 },
+          { grantId: id(late), amount: 10 },
+          { grantId: id(never), amount: 10 },
+          { grantId: id(low), amount: 10 },
+          { grantId: id(older), amount: 5 },
+        ]);
+      });
 
-  describe("credits", () => {
-    it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {
-      const u = user();
-      const { credits, clock } = serviceWithClock(db);
-      const never = await credits.addCredits(u, 10);
-      clock.now += 1000;
-      const late = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 9 * DAY) });
-      const soon = await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
-      const low = await credits.addCredits(u, 10, { priority: 5, expiresAt: new Date(T0 + DAY) });
-      const older = await credits.addCredits(u, 10, { priority: 5 });
-      const e = await credits.deductCredits(u, 45);
-      const id = (x: JournalEntry) => x.grants[0]?.grantId;
-      expect(e.grants).toEqual([
-        { grantId: id(soon), amount: 10 },
-        { grantId: id(late), amount: 10 },
-        { grantId: id(never), amount: 10 },
-        { grantId: id(low), amount: 10 },
-        { grantId: id(older), amount: 5 },
-      ]);
-    });
+      it("expires only what is unspent, and never what is held until the hold ends", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
+        await credits.addCredits(u, 50);
+        await credits.deductCredits(u, 60);
+        const hold = await credits.reserveCredits(u, 30, { ttlSeconds: 3 * 86400 });
+        clock.now = T0 + DAY;
+        // 100 − 60 − 30 held = 10 unspent expire now; the held 30 stay held.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 80, reserved: 30, available: 50 });
+        const released = await credits.releaseReservedCredits(hold.id);
+        expect(released.type).toBe("release_reserved");
+        // The 30 returned to an expired grant expire at once.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 50, reserved: 0, available: 50 });
+        const types = (await credits.getCreditHistory(u)).items.map((e) => e.type);
+        expect(types.slice(0, 3)).toEqual(["expire", "release_reserved", "expire"]);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
 
-    it("expires only what is unspent, and never what is held until the hold ends", async () => {
-      const u = user();
-      const { credits, clock } = serviceWithClock(db);
-      await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
-      await credits.addCredits(u, 50);
-      await credits.deductCredits(u, 60);
-      const hold = await credits.reserveCredits(u, 30, { ttlSeconds: 3 * 86400 });
-      clock.now = T0 + DAY;
-      // 100 − 60 − 30 held = 10 unspent expire now; the held 30 stay held.
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 80, reserved: 30, available: 50 });
-      const released = await credits.releaseReservedCredits(hold.id);
-      expect(released.type).toBe("release_reserved");
-      // The 30 returned to an expired grant expire at once.
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 50, reserved: 0, available: 50 });
-      const types = (await credits.getCreditHistory(u)).items.map((e) => e.type);
-      expect(types.slice(0, 3)).toEqual(["expire", "release_reserved", "expire"]);
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
+      it("commits less (the rest returns) and more (the excess is usage, into debt)", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 100);
+        const a = await credits.reserveCredits(u, 40);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 40, available: 60 });
+        const c = await credits.commitReservedCredits(a.id, { amount: 25 });
+        expect(c).toMatchObject({ type: "commit_reserved", amount: 25, reservationId: a.id });
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 75, reserved: 0, available: 75 });
+        expect((await credits.getReservation(a.id)).status).toBe("committed");
+        expect((await credits.getReservation(a.id)).committedAmount).toBe(25);
+        const b = await credits.reserveCredits(u, 70);
+        await credits.commitReservedCredits(b.id, { amount: 90 });
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({
+          balance: -15,
+          reserved: 0,
+          available: -15,
+          debt: 15,
+        });
+        await credits.addCredits(u, 20);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, debt: 0, available: 5 });
+        const grants = await credits.getGrants(u);
+        expect(grants.map((g) => g.remaining)).toEqual([5]);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
 
-    it("commits less (the rest returns) and more (the excess is usage, into debt)", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      await credits.addCredits(u, 100);
-      const a = await credits.reserveCredits(u, 40);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 40, available: 60 });
-      const c = await credits.commitReservedCredits(a.id, { amount: 25 });
-      expect(c).toMatchObject({ type: "commit_reserved", amount: 25, reservationId: a.id });
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 75, reserved: 0, available: 75 });
-      expect((await credits.getReservation(a.id)).status).toBe("committed");
-      expect((await credits.getReservation(a.id)).committedAmount).toBe(25);
-      const b = await credits.reserveCredits(u, 70);
-      await credits.commitReservedCredits(b.id, { amount: 90 });
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -15, reserved: 0, available: -15, debt: 15 });
-      await credits.addCredits(u, 20);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, debt: 0, available: 5 });
-      const grants = await credits.getGrants(u);
-      expect(grants.map((g) => g.remaining)).toEqual([5]);
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
+      it("refuses deductions past available, allows after-service ones into debt within the limit", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db, T0, 50);
+        await credits.addCredits(u, 30);
+        const hold = await credits.reserveCredits(u, 10);
+        await expect(credits.deductCredits(u, 21)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await credits.deductCreditsAfterService(u, 60);
+        // Held credits are never taken: 20 from grants, 40 as debt.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({
+          balance: -30,
+          reserved: 10,
+          available: -40,
+          debt: 40,
+        });
+        await expect(credits.deductCreditsAfterService(u, 11)).rejects.toBeInstanceOf(InsufficientCreditsError);
+        await credits.deductCreditsAfterService(u, 10);
+        // Releasing the hold pays the debt from the returned credits first.
+        await credits.releaseReservedCredits(hold.id);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({
+          balance: -40,
+          reserved: 0,
+          available: -40,
+          debt: 40,
+        });
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
 
-    it("refuses deductions past available, allows after-service ones into debt within the limit", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db, T0, 50);
-      await credits.addCredits(u, 30);
-      const hold = await credits.reserveCredits(u, 10);
-      await expect(credits.deductCredits(u, 21)).rejects.toBeInstanceOf(InsufficientCreditsError);
-      await credits.deductCreditsAfterService(u, 60);
-      // Held credits are never taken: 20 from grants, 40 as debt.
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -30, reserved: 10, available: -40, debt: 40 });
-      await expect(credits.deductCreditsAfterService(u, 11)).rejects.toBeInstanceOf(InsufficientCreditsError);
-      await credits.deductCreditsAfterService(u, 10);
-      // Releasing the hold pays the debt from the returned credits first.
-      await credits.releaseReservedCredits(hold.id);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -40, reserved: 0, available: -40, debt: 40 });
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
+      it("credits a hold returns to a voided or expired grant are removed, never pay debt", async () => {
+        // Voided: a refund voids the grant while 60 of it are held; usage then runs into debt.
+        const u = user();
+        const { credits, clock } = serviceWithClock(db, T0, 50);
+        const g = await credits.addCredits(u, 100);
+        const hold = await credits.reserveCredits(u, 60);
+        await credits.voidGrant(g.grants[0]?.grantId as string);
+        await credits.deductCreditsAfterService(u, 30);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 30, reserved: 60, debt: 30 });
+        await credits.releaseReservedCredits(hold.id);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({
+          balance: -30,
+          reserved: 0,
+          available: -30,
+          debt: 30,
+        });
+        expect((await credits.audit(u)).ok).toBe(true);
 
-    it("credits a hold returns to a voided or expired grant are removed, never pay debt", async () => {
-      // Voided: a refund voids the grant while 60 of it are held; usage then runs into debt.
-      const u = user();
-      const { credits, clock } = serviceWithClock(db, T0, 50);
-      const g = await credits.addCredits(u, 100);
-      const hold = await credits.reserveCredits(u, 60);
-      await credits.voidGrant(g.grants[0]?.grantId as string);
-      await credits.deductCreditsAfterService(u, 30);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 30, reserved: 60, debt: 30 });
-      await credits.releaseReservedCredits(hold.id);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -30, reserved: 0, available: -30, debt: 30 });
-      expect((await credits.audit(u)).ok).toBe(true);
+        // Expired: the grant expires while 60 are held; debt run up after it does not eat them.
+        const v = user();
+        await credits.addCredits(v, 100, { expiresAt: new Date(clock.now + 10_000) });
+        const held = await credits.reserveCredits(v, 60, { ttlSeconds: 3600 });
+        clock.now += 11_000;
+        await credits.deductCreditsAfterService(v, 30);
+        expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: 30, reserved: 60, debt: 30 });
+        await credits.releaseReservedCredits(held.id);
+        expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: -30, reserved: 0, debt: 30 });
+        expect((await credits.audit(v)).ok).toBe(true);
+      });
 
-      // Expired: the grant expires while 60 are held; debt run up after it does not eat them.
-      const v = user();
-      await credits.addCredits(v, 100, { expiresAt: new Date(clock.now + 10_000) });
-      const held = await credits.reserveCredits(v, 60, { ttlSeconds: 3600 });
-      clock.now += 11_000;
-      await credits.deductCreditsAfterService(v, 30);
-      expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: 30, reserved: 60, debt: 30 });
-      await credits.releaseReservedCredits(held.id);
-      expect(await credits.getUserCreditsInfo(v)).toMatchObject({ balance: -30, reserved: 0, debt: 30 });
-      expect((await credits.audit(v)).ok).toBe(true);
-    });
+      it("settles holds exactly once: expired, not active, lazily released", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 10);
+        const a = await credits.reserveCredits(u, 4, { ttlSeconds: 60 });
+        await credits.commitReservedCredits(a.id);
+        await expect(credits.commitReservedCredits(a.id)).rejects.toBeInstanceOf(ReservationNotActiveError);
+        await expect(credits.releaseReservedCredits(a.id)).rejects.toBeInstanceOf(ReservationNotActiveError);
+        const b = await credits.reserveCredits(u, 5, { ttlSeconds: 60 });
+        clock.now += 61_000;
+        await expect(credits.commitReservedCredits(b.id)).rejects.toBeInstanceOf(ReservationExpiredError);
+        // Touching the account released it lazily.
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 6, reserved: 0, available: 6 });
+        expect((await credits.getReservation(b.id)).status).toBe("expired");
+        await expect(credits.releaseReservedCredits(b.id)).rejects.toBeInstanceOf(ReservationExpiredError);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
 
-    it("settles holds exactly once: expired, not active, lazily released", async () => {
-      const u = user();
-      const { credits, clock } = serviceWithClock(db);
-      await credits.addCredits(u, 10);
-      const a = await credits.reserveCredits(u, 4, { ttlSeconds: 60 });
-      await credits.commitReservedCredits(a.id);
-      await expect(credits.commitReservedCredits(a.id)).rejects.toBeInstanceOf(ReservationNotActiveError);
-      await expect(credits.releaseReservedCredits(a.id)).rejects.toBeInstanceOf(ReservationNotActiveError);
-      const b = await credits.reserveCredits(u, 5, { ttlSeconds: 60 });
-      clock.now += 61_000;
-      await expect(credits.commitReservedCredits(b.id)).rejects.toBeInstanceOf(ReservationExpiredError);
-      // Touching the account released it lazily.
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 6, reserved: 0, available: 6 });
-      expect((await credits.getReservation(b.id)).status).toBe("expired");
-      await expect(credits.releaseReservedCredits(b.id)).rejects.toBeInstanceOf(ReservationExpiredError);
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
+      it("answers a repeated idempotency key with the first result and changes nothing", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const a1 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
+        const a2 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
+        expect(a2).toEqual(a1);
+        await expect(credits.addCredits(u, 11, { idempotencyKey: "k-add" })).rejects.toBeInstanceOf(
+          IdempotencyConflictError,
+        );
+        await expect(credits.deductCredits(u, 10, { idempotencyKey: "k-add" })).rejects.toBeInstanceOf(
+          IdempotencyConflictError,
+        );
+        const r1 = await credits.reserveCredits(u, 3, { idempotencyKey: "k-res" });
+        const r2 = await credits.reserveCredits(u, 3, { idempotencyKey: "k-res" });
+        expect(r2.id).toBe(r1.id);
+        const c1 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
+        const c2 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
+        expect(c2).toEqual(c1);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 8, reserved: 0 });
+        expect((await credits.getCreditHistory(u)).items).toHaveLength(4);
+      });
 
-    it("answers a repeated idempotency key with the first result and changes nothing", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      const a1 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
-      const a2 = await credits.addCredits(u, 10, { idempotencyKey: "k-add" });
-      expect(a2).toEqual(a1);
-      await expect(credits.addCredits(u, 11, { idempotencyKey: "k-add" })).rejects.toBeInstanceOf(IdempotencyConflictError);
-      await expect(credits.deductCredits(u, 10, { idempotencyKey: "k-add" })).rejects.toBeInstanceOf(IdempotencyConflictError);
-      const r1 = await credits.reserveCredits(u, 3, { idempotencyKey: "k-res" });
-      const r2 = await credits.reserveCredits(u, 3, { idempotencyKey: "k-res" });
-      expect(r2.id).toBe(r1.id);
-      const c1 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
-      const c2 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
-      expect(c2).toEqual(c1);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 8, reserved: 0 });
-      expect((await credits.getCreditHistory(u)).items).toHaveLength(4);
-    });
+      it("voids what is left of a grant, and its held part when the hold ends", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        const g = await credits.addCredits(u, 100);
+        await credits.addCredits(u, 5, { priority: 9 });
+        await credits.deductCredits(u, 30);
+        const hold = await credits.reserveCredits(u, 20);
+        const v = await credits.voidGrant(g.grants[0]?.grantId ?? "");
+        expect(v).toMatchObject({ type: "void", amount: 50 });
+        await expect(credits.voidGrant(g.grants[0]?.grantId ?? "")).rejects.toBeInstanceOf(ConflictError);
+        await credits.releaseReservedCredits(hold.id);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, reserved: 0 });
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
 
-    it("voids what is left of a grant, and its held part when the hold ends", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      const g = await credits.addCredits(u, 100);
-      await credits.addCredits(u, 5, { priority: 9 });
-      await credits.deductCredits(u, 30);
-      const hold = await credits.reserveCredits(u, 20);
-      const v = await credits.voidGrant(g.grants[0]?.grantId ?? "");
-      expect(v).toMatchObject({ type: "void", amount: 50 });
-      await expect(credits.voidGrant(g.grants[0]?.grantId ?? "")).rejects.toBeInstanceOf(ConflictError);
-      await credits.releaseReservedCredits(hold.id);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, reserved: 0 });
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
+      it("lists history newest first with cursor paging and type filters; expiring credits in a window", async () => {
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
+        await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 10 * DAY) });
+        for (let i = 0; i < 5; i++) await credits.deductCredits(u, 1);
+        const p1 = await credits.getCreditHistory(u, { limit: 4 });
+        expect(p1.items.map((e) => e.seq)).toEqual([7, 6, 5, 4]);
+        const p2 = await credits.getCreditHistory(u, { limit: 4, cursor: p1.nextCursor ?? undefined });
+        expect(p2.items.map((e) => e.seq)).toEqual([3, 2, 1]);
+        expect(p2.nextCursor).toBeNull();
+        const adds = await credits.getCreditHistory(u, { types: ["add"] });
+        expect(adds.items.map((e) => e.type)).toEqual(["add", "add"]);
+        const soon = await credits.getExpiringCredits(u, 3);
+        expect(soon.total).toBe(5);
+        expect((await credits.getExpiringCredits(u, 30)).total).toBe(15);
+      });
 
-    it("lists history newest first with cursor paging and type filters; expiring credits in a window", async () => {
-      const u = user();
-      const { credits } = serviceWithClock(db);
-      await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 2 * DAY) });
-      await credits.addCredits(u, 10, { expiresAt: new Date(T0 + 10 * DAY) });
-      for (let i = 0; i < 5; i++) await credits.deductCredits(u, 1);
-      const p1 = await credits.getCreditHistory(u, { limit: 4 });
-      expect(p1.items.map((e) => e.seq)).toEqual([7, 6, 5, 4]);
-      const p2 = await credits.getCreditHistory(u, { limit: 4, cursor: p1.nextCursor ?? undefined });
-      expect(p2.items.map((e) => e.seq)).toEqual([3, 2, 1]);
-      expect(p2.nextCursor).toBeNull();
-      const adds = await credits.getCreditHistory(u, { types: ["add"] });
-      expect(adds.items.map((e) => e.type)).toEqual(["add", "add"]);
-      const soon = await credits.getExpiringCredits(u, 3);
-      expect(soon.total).toBe(5);
-      expect((await credits.getExpiringCredits(u, 30)).total).toBe(15);
+      it("expireCredits(asOf) expires what was due at asOf and reports the amount", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 7, { expiresAt: new Date(T0 + DAY) });
+        await credits.addCredits(u, 9, { expiresAt: new Date(T0 + 3 * DAY) });
+        clock.now = T0 + 5 * DAY;
+        expect(await credits.expireCredits(u, new Date(T0 + 2 * DAY))).toBe(7);
+        expect(await credits.expireCredits(u)).toBe(9);
+        expect(await credits.expireCredits(u)).toBe(0);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
     });
-
-    it("expireCredits(asOf) expires what was due at asOf and reports the amount", async () => {
-      const u = user();
-      const { credits, clock } = serviceWithClock(db);
-      await credits.addCredits(u, 7, { expiresAt: new Date(T0 + DAY) });
-      await credits.addCredits(u, 9, { expiresAt: new Date(T0 + 3 * DAY) });
-      clock.now = T0 + 5 * DAY;
-      expect(await credits.expireCredits(u, new Date(T0 + 2 * DAY))).toBe(7);
-      expect(await credits.expireCredits(u)).toBe(9);
-      expect(await credits.expireCredits(u)).toBe(0);
-      expect((await credits.audit(u)).ok).toBe(true);
-    });
-  });
   });
 }
 
 /** Concurrent callers on one account: no double spend, one effect per idempotency key. */
-export function runConcurrencyContract(getDb: () => DbManager, options: PartOptions & { raceSize?: number } = {}): void {
+export function runConcurrencyContract(
+  getDb: () => DbManager,
+  options: PartOptions & { raceSize?: number } = {},
+): void {
   if (options.test !== undefined) useTestApi(options.test);
   const race = options.raceSize ?? 1000;
   const user = () => `u-${randomUUID()}`;
@@ -612,7 +688,9 @@ export function runConcurrencyContract(getDb: () => DbManager, options: PartOpti
       await credits.addCredits(u, race / 2);
       const results = await Promise.allSettled(Array.from({ length: race }, () => credits.deductCredits(u, 1)));
       const ok = results.filter((r) => r.status === "fulfilled").length;
-      const refused = results.filter((r) => r.status === "rejected" && r.reason instanceof InsufficientCreditsError).length;
+      const refused = results.filter(
+        (r) => r.status === "rejected" && r.reason instanceof InsufficientCreditsError,
+      ).length;
       expect(ok).toBe(race / 2);
       expect(refused).toBe(race / 2);
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 0, available: 0 });
@@ -625,7 +703,11 @@ export function runConcurrencyContract(getDb: () => DbManager, options: PartOpti
       await credits.addCredits(u, race / 2);
       const results = await Promise.allSettled(Array.from({ length: race }, () => credits.reserveCredits(u, 1)));
       expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(race / 2);
-      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: race / 2, reserved: race / 2, available: 0 });
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({
+        balance: race / 2,
+        reserved: race / 2,
+        available: 0,
+      });
       expect(await db.listReservations(u, { status: "active" })).toHaveLength(race / 2);
       expect((await credits.audit(u)).ok).toBe(true);
     });
@@ -656,9 +738,12 @@ export function runPropertyContract(getDb: () => DbManager, options: PartOptions
   const db = lazy(getDb);
   describe("properties", () => {
     it(`random operation sequences keep every invariant and match an independent model (${runs} runs)`, async () => {
-      await fc.assert(fc.asyncProperty(commandsArbitrary(), async (commands) => runAgainstModel(db, commands)), {
-        numRuns: runs,
-      });
+      await fc.assert(
+        fc.asyncProperty(commandsArbitrary(), async (commands) => runAgainstModel(db, commands)),
+        {
+          numRuns: runs,
+        },
+      );
     });
   });
 }
@@ -705,15 +790,36 @@ type Command =
 export function commandsArbitrary(): fc.Arbitrary<Command[]> {
   const amount = fc.integer({ min: 1, max: 60 });
   const command: fc.Arbitrary<Command> = fc.oneof(
-    { weight: 4, arbitrary: fc.record({ op: fc.constant("add" as const), amount, expiresInSec: fc.option(fc.integer({ min: 1, max: 600 }), { nil: null }), priority: fc.integer({ min: 0, max: 2 }) }) },
+    {
+      weight: 4,
+      arbitrary: fc.record({
+        op: fc.constant("add" as const),
+        amount,
+        expiresInSec: fc.option(fc.integer({ min: 1, max: 600 }), { nil: null }),
+        priority: fc.integer({ min: 0, max: 2 }),
+      }),
+    },
     { weight: 3, arbitrary: fc.record({ op: fc.constant("deduct" as const), amount }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant("after" as const), amount }) },
-    { weight: 3, arbitrary: fc.record({ op: fc.constant("reserve" as const), amount, ttlSec: fc.integer({ min: 1, max: 600 }) }) },
-    { weight: 2, arbitrary: fc.record({ op: fc.constant("commit" as const), hold: fc.nat(), amount: fc.option(fc.integer({ min: 0, max: 80 }), { nil: null }) }) },
+    {
+      weight: 3,
+      arbitrary: fc.record({ op: fc.constant("reserve" as const), amount, ttlSec: fc.integer({ min: 1, max: 600 }) }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        op: fc.constant("commit" as const),
+        hold: fc.nat(),
+        amount: fc.option(fc.integer({ min: 0, max: 80 }), { nil: null }),
+      }),
+    },
     { weight: 2, arbitrary: fc.record({ op: fc.constant("release" as const), hold: fc.nat() }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant("void" as const), grant: fc.nat() }) },
     { weight: 1, arbitrary: fc.record({ op: fc.constant("expire" as const) }) },
-    { weight: 2, arbitrary: fc.record({ op: fc.constant("tick" as const), seconds: fc.integer({ min: 1, max: 400 }) }) },
+    {
+      weight: 2,
+      arbitrary: fc.record({ op: fc.constant("tick" as const), seconds: fc.integer({ min: 1, max: 400 }) }),
+    },
   );
   return fc.array(command, { minLength: 1, maxLength: 40 });
 }
@@ -759,7 +865,8 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
         const allowed = model.deduct(c.amount, c.op === "after");
         await expectOutcome(
           allowed,
-          () => (c.op === "after" ? credits.deductCreditsAfterService(u, c.amount) : credits.deductCredits(u, c.amount)),
+          () =>
+            c.op === "after" ? credits.deductCreditsAfterService(u, c.amount) : credits.deductCredits(u, c.amount),
           what,
         );
         break;
@@ -768,7 +875,11 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
         model.settle();
         let real: Reservation | null = null;
         const allowed = model.available >= c.amount;
-        await expectOutcome(allowed, async () => (real = await credits.reserveCredits(u, c.amount, { ttlSeconds: c.ttlSec })), what);
+        await expectOutcome(
+          allowed,
+          async () => (real = await credits.reserveCredits(u, c.amount, { ttlSeconds: c.ttlSec })),
+          what,
+        );
         if (real !== null) {
           const r: Reservation = real;
           model.reserve(r.id, c.amount, c.ttlSec * 1000);
@@ -818,12 +929,20 @@ export async function runAgainstModel(db: DbManager, commands: readonly Command[
     }
     model.settle();
     const info = await credits.getUserCreditsInfo(u);
-    const expected = { userId: u, balance: model.balance, reserved: model.reserved, available: model.available, debt: model.debt };
+    const expected = {
+      userId: u,
+      balance: model.balance,
+      reserved: model.reserved,
+      available: model.available,
+      debt: model.debt,
+    };
     if (JSON.stringify(info) !== JSON.stringify(expected)) {
       throw new Error(`${what}: service ${JSON.stringify(info)} != model ${JSON.stringify(expected)}`);
     }
     const real = Object.fromEntries((await credits.getGrants(u)).map((g) => [g.id, g.remaining]));
-    const want = Object.fromEntries(model.grants.filter((g) => g.remaining > 0 && g.closed === null).map((g) => [g.id, g.remaining]));
+    const want = Object.fromEntries(
+      model.grants.filter((g) => g.remaining > 0 && g.closed === null).map((g) => [g.id, g.remaining]),
+    );
     if (JSON.stringify(sortKeys(real)) !== JSON.stringify(sortKeys(want))) {
       throw new Error(`${what}: grants ${JSON.stringify(real)} != model ${JSON.stringify(want)}`);
     }
@@ -851,10 +970,10 @@ async function expectNextExpiry(db: DbManager, u: string, what: string): Promise
   for (const g of await db.listGrants(u)) if (g.expiresAt !== null) consider(g.expiresAt.getTime());
   for (const h of await db.listReservations(u, { status: "active" })) consider(h.expiresAt.getTime());
   const stored = account.nextExpiryAt === null ? null : account.nextExpiryAt.getTime();
-  if (stored !== next) throw new Error(`${what}: account.nextExpiryAt ${String(stored)} != soonest open expiry ${String(next)}`);
+  if (stored !== next)
+    throw new Error(`${what}: account.nextExpiryAt ${String(stored)} != soonest open expiry ${String(next)}`);
 }
 
 function sortKeys(o: Record<string, number>): Array<[string, number]> {
   return Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1));
 }
-

@@ -25,11 +25,25 @@ const DAY = 86_400_000;
 /** Instants before any other test's rows: the k-th claiming test runs at 1999 − k. */
 const epoch = (k: number) => Date.UTC(1999 - k, 0, 1);
 
-function services(db: DbManager, start: number, thresholds = { lowCredits: 20 }, queue = new InMemoryNotificationQueue()) {
+function services(
+  db: DbManager,
+  start: number,
+  thresholds = { lowCredits: 20 },
+  queue = new InMemoryNotificationQueue(),
+) {
   const clock = { now: start };
   const now = () => new Date(clock.now);
   const credits = new CreditService({ db, clock: now, alerts: thresholds });
-  const notifications = new NotificationService({ db, clock: now, thresholds, queue, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAttempts: 3, leaseMs: 10_000 });
+  const notifications = new NotificationService({
+    db,
+    clock: now,
+    thresholds,
+    queue,
+    backoffBaseMs: 1000,
+    backoffMaxMs: 60_000,
+    maxAttempts: 3,
+    leaseMs: 10_000,
+  });
   return { credits, notifications, clock, queue };
 }
 
@@ -39,7 +53,10 @@ const types = (rows: readonly Notification[]) => rows.map((r) => r.type);
  * The outbox part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
  * as in `ContractOptions.test`; by default those the suite already runs on, else the runner's globals.
  */
-export function runNotificationContract(getDb: () => DbManager, options: { raceSize?: number; test?: TestApi } = {}): void {
+export function runNotificationContract(
+  getDb: () => DbManager,
+  options: { raceSize?: number; test?: TestApi } = {},
+): void {
   if (options.test !== undefined) useTestApi(options.test);
   const raceSize = options.raceSize ?? 50;
   const user = () => `n-${randomUUID()}`;
@@ -103,7 +120,16 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
         "credits_expired",
       ]);
       const events = rows.map((r) =>
-        DomainEvent.parse(eventEnvelope({ id: r.id, userId: r.userId, type: r.type, payload: r.payload, createdAt: r.createdAt.toISOString(), attempt: 1 })),
+        DomainEvent.parse(
+          eventEnvelope({
+            id: r.id,
+            userId: r.userId,
+            type: r.type,
+            payload: r.payload,
+            createdAt: r.createdAt.toISOString(),
+            attempt: 1,
+          }),
+        ),
       );
       expect(events.map((e) => (e.payload as { seq: number }).seq)).toEqual([1, 2, 3, 4, 5, 7, 8, 9, 10, 11]); // seq 6: the unused part of the under-commit, in its hold_settled
       expect(events[0]).toMatchObject({
@@ -112,13 +138,45 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
         id: rows[0]!.id,
         userId: u,
         occurredAt: new Date(T0).toISOString(),
-        payload: { amount: 100, source: "payment", sourceRef: "order-1", expiresAt: new Date(T0 + 30 * DAY).toISOString(), debtPaid: 0, balanceAfter: 100, availableAfter: 100 },
+        payload: {
+          amount: 100,
+          source: "payment",
+          sourceRef: "order-1",
+          expiresAt: new Date(T0 + 30 * DAY).toISOString(),
+          debtPaid: 0,
+          balanceAfter: 100,
+          availableAfter: 100,
+        },
       });
       expect(events[2]!.payload).toMatchObject({ amount: 10, idempotencyKey: "use-1", balanceAfter: 95 });
-      expect(events[3]!.payload).toMatchObject({ reservationId: held.id, reason: "llm-call", amount: 30, availableAfter: 65 });
-      expect(events[4]!.payload).toMatchObject({ reservationId: held.id, outcome: "committed", heldAmount: 30, capturedAmount: 20, returnedAmount: 10, balanceAfter: 75, reservedAfter: 0, availableAfter: 75 });
-      expect(events[6]!.payload).toMatchObject({ reservationId: released.id, outcome: "released", heldAmount: 10, capturedAmount: 0, returnedAmount: 10 });
-      expect(events[7]!.payload).toMatchObject({ amount: 5, balanceAfter: 70, grants: [{ grantId: adjustment.grants[0]!.grantId, amount: 5 }] });
+      expect(events[3]!.payload).toMatchObject({
+        reservationId: held.id,
+        reason: "llm-call",
+        amount: 30,
+        availableAfter: 65,
+      });
+      expect(events[4]!.payload).toMatchObject({
+        reservationId: held.id,
+        outcome: "committed",
+        heldAmount: 30,
+        capturedAmount: 20,
+        returnedAmount: 10,
+        balanceAfter: 75,
+        reservedAfter: 0,
+        availableAfter: 75,
+      });
+      expect(events[6]!.payload).toMatchObject({
+        reservationId: released.id,
+        outcome: "released",
+        heldAmount: 10,
+        capturedAmount: 0,
+        returnedAmount: 10,
+      });
+      expect(events[7]!.payload).toMatchObject({
+        amount: 5,
+        balanceAfter: 70,
+        grants: [{ grantId: adjustment.grants[0]!.grantId, amount: 5 }],
+      });
       expect(events[9]!.payload).toMatchObject({ amount: 7, balanceAfter: 70, grants: [{ amount: 7 }] });
       expect(events[9]!.occurredAt).toBe(new Date(T0 + 2 * DAY).toISOString());
       // Without the option, the same operations record no domain event.
@@ -126,7 +184,9 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const quiet = new CreditService({ db, clock: now, alerts: {} });
       await quiet.addCredits(v, 10);
       await quiet.deductCredits(v, 3);
-      expect((await notifications.list(v)).filter((r) => (DomainEventType.options as readonly string[]).includes(r.type))).toEqual([]);
+      expect(
+        (await notifications.list(v)).filter((r) => (DomainEventType.options as readonly string[]).includes(r.type)),
+      ).toEqual([]);
     });
 
     it("records one event per crossing: low, exhausted, restored (none on the account's first change)", async () => {
@@ -143,7 +203,12 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect(types(rows)).toEqual(["low_credits", "credits_exhausted", "balance_restored"]);
       expect(rows[0]).toMatchObject({ userId: u, status: "pending", attempts: 0, dedupeKey: null, claimedUntil: null });
       expect(rows[0]?.payload).toMatchObject({ available: 15, threshold: 20, level: "low", previousLevel: "ok" });
-      expect((await db.getAccount(u))?.alert).toEqual({ level: "ok", threshold: 20, lastAllocation: 40, override: null });
+      expect((await db.getAccount(u))?.alert).toEqual({
+        level: "ok",
+        threshold: 20,
+        lastAllocation: 40,
+        override: null,
+      });
       expect(rows.map((r) => r.id)).toEqual([...rows.map((r) => r.id)].sort());
     });
 
@@ -210,7 +275,8 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const u = user();
       const { credits, notifications } = services(db, T0);
       await credits.addCredits(u, 5);
-      for (let i = 0; i < 3; i++) await expect(credits.deductCredits(u, 10)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      for (let i = 0; i < 3; i++)
+        await expect(credits.deductCredits(u, 10)).rejects.toBeInstanceOf(InsufficientCreditsError);
       await credits.addCredits(u, 1);
       await expect(credits.reserveCredits(u, 10)).rejects.toBeInstanceOf(InsufficientCreditsError);
       const rows = (await notifications.list(u)).filter((r) => r.type === "transaction_error");
@@ -239,7 +305,12 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const { credits, notifications } = services(db, T0, { lowCredits: 0 });
       const u = user();
       await notifications.setThreshold(u, { lowCredits: 50 });
-      expect((await db.getAccount(u))?.alert).toEqual({ level: null, threshold: 50, lastAllocation: 0, override: { lowCredits: 50, lowCreditsPercent: null } });
+      expect((await db.getAccount(u))?.alert).toEqual({
+        level: null,
+        threshold: 50,
+        lastAllocation: 0,
+        override: { lowCredits: 50, lowCreditsPercent: null },
+      });
       await credits.addCredits(u, 100); // not a restoration: the account was never low
       expect(await notifications.list(u)).toEqual([]);
       expect((await db.getAccount(u))?.alert).toMatchObject({ level: "ok", threshold: 50 });
@@ -270,7 +341,10 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       await reminders.sendExpiringReminders({ days: 3 });
       await reminders.sendExpiringReminders({ days: 7 });
       const rows = (await notifications.list(u)).filter((r) => r.type === "expiring_credits");
-      expect(rows.map((r) => r.dedupeKey?.replace(/:.*:/, ":*:"))).toEqual(["expiring_credits:*:3d", "expiring_credits:*:7d"]);
+      expect(rows.map((r) => r.dedupeKey?.replace(/:.*:/, ":*:"))).toEqual([
+        "expiring_credits:*:3d",
+        "expiring_credits:*:7d",
+      ]);
       expect(rows[0]?.payload).toMatchObject({ remaining: 10, days: 3 });
       void credits;
     });
@@ -279,9 +353,15 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const db = getDb();
       const u = user();
       const { notifications } = services(db, T0);
-      expect(await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" })).toBe(true);
-      expect(await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" })).toBe(false);
-      await expect(notifications.emit(u, { type: "nope" as never })).rejects.toMatchObject({ code: "VALIDATION_ERROR" });
+      expect(
+        await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" }),
+      ).toBe(true);
+      expect(
+        await notifications.emit(u, { type: "subscription_renewed", payload: { planId: "p" }, dedupeKey: "renew:1" }),
+      ).toBe(false);
+      await expect(notifications.emit(u, { type: "nope" as never })).rejects.toMatchObject({
+        code: "VALIDATION_ERROR",
+      });
       expect(await notifications.list(u)).toHaveLength(1);
     });
 
@@ -293,7 +373,9 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const id = row.id;
       await db.insertNotifications([row]);
       scribble(row);
-      const [claimed] = (await db.claimNotifications({ now: new Date(at + 1000), limit: 100, leaseMs: 5000, token: "copies" })).filter((r) => r.userId === u);
+      const [claimed] = (
+        await db.claimNotifications({ now: new Date(at + 1000), limit: 100, leaseMs: 5000, token: "copies" })
+      ).filter((r) => r.userId === u);
       expect(claimed).toMatchObject({ id, payload: { nested: { n: 1 } } });
       const list = () => db.listNotifications(u, { limit: 10 });
       const before = await list();
@@ -301,7 +383,13 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       scribble(await list());
       expect(await list()).toEqual(before);
       // Settled and purged, so neither a later claim nor a later purge (of another test in a shared store) meets it.
-      const done = { status: "sent" as const, attempts: 1, nextAttemptAt: new Date(at + 1000), lastError: null, settledAt: new Date(at + 1000) };
+      const done = {
+        status: "sent" as const,
+        attempts: 1,
+        nextAttemptAt: new Date(at + 1000),
+        lastError: null,
+        settledAt: new Date(at + 1000),
+      };
       expect(await db.completeNotification(id, "copies", done)).toBe(true);
       await db.purgeNotifications(new Date(at + 1001), 100);
       expect(await list()).toEqual([]);
@@ -315,7 +403,9 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const later = newNotification(b, "low_credits", { i: 9 }, new Date(at + 60_000), null);
       expect(await db.insertNotifications([...rows, later])).toBe(4);
       const now = new Date(at + 1000);
-      const claims = await Promise.all([1, 2, 3, 4].map((k) => db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: `t${k}` })));
+      const claims = await Promise.all(
+        [1, 2, 3, 4].map((k) => db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: `t${k}` })),
+      );
       const claimed = claims.flat().filter((r) => r.userId === a || r.userId === b);
       expect(claimed.map((r) => r.payload.i).sort()).toEqual([0, 2]);
       expect(new Set(claimed.map((r) => r.id)).size).toBe(2);
@@ -325,31 +415,46 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect(await db.completeNotification(first.id, first.claimToken as string, settle)).toBe(true);
       expect(await db.completeNotification(first.id, first.claimToken as string, settle)).toBe(false);
       // a's next row is now its head; b's head is still claimed, its later row is not due anyway.
-      const next = (await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "t5" })).filter((r) => r.userId === a || r.userId === b);
+      const next = (await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "t5" })).filter(
+        (r) => r.userId === a || r.userId === b,
+      );
       expect(next.map((r) => r.payload.i)).toEqual([1]);
       for (const r of next) expect(await db.completeNotification(r.id, r.claimToken as string, settle)).toBe(true);
       // b's claim lapses: claimed again by someone else.
-      const lapsed = (await db.claimNotifications({ now: new Date(at + 7000), limit: 10, leaseMs: 5000, token: "t6" })).filter((r) => r.userId === b);
+      const lapsed = (
+        await db.claimNotifications({ now: new Date(at + 7000), limit: 10, leaseMs: 5000, token: "t6" })
+      ).filter((r) => r.userId === b);
       expect(lapsed.map((r) => r.payload.i)).toEqual([2]);
       for (const r of lapsed) expect(await db.completeNotification(r.id, r.claimToken as string, settle)).toBe(true);
-      const bRow = (await db.claimNotifications({ now: new Date(at + 61_000), limit: 10, leaseMs: 5000, token: "t7" })).filter((r) => r.userId === b);
+      const bRow = (
+        await db.claimNotifications({ now: new Date(at + 61_000), limit: 10, leaseMs: 5000, token: "t7" })
+      ).filter((r) => r.userId === b);
       expect(bRow.map((r) => r.payload.i)).toEqual([9]);
       await db.completeNotification(later.id, "t7", settle);
       expect(await db.listNotifications(a, { status: "sent", limit: 10 })).toHaveLength(2);
       // Purging deletes rows settled before the cut-off (all above settled at +1000), never pending ones.
-      const pendingRow = { ...newNotification(a, "low_credits", { i: 50 }, new Date(at), "keep"), nextAttemptAt: new Date(at + 3_600_000) };
+      const pendingRow = {
+        ...newNotification(a, "low_credits", { i: 50 }, new Date(at), "keep"),
+        nextAttemptAt: new Date(at + 3_600_000),
+      };
       await db.insertNotifications([pendingRow]);
       expect(await db.purgeNotifications(new Date(at + 1000), 100)).toBe(0);
       expect(await db.purgeNotifications(new Date(at + 1001), 3)).toBe(3);
       expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
       expect(await db.listNotifications(b, { limit: 10 })).toEqual([]);
       expect((await db.listNotifications(a, { limit: 10 })).map((r) => r.payload.i)).toEqual([50]);
-      const last = (await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "t8" })).filter((r) => r.userId === a);
+      const last = (
+        await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "t8" })
+      ).filter((r) => r.userId === a);
       expect(last.map((r) => r.payload.i)).toEqual([50]);
       for (const r of last) await db.completeNotification(r.id, "t8", settle);
       expect(await db.purgeNotifications(new Date(at + 1001), 100)).toBe(1);
       // Its dedupe key is free again.
-      expect(await db.insertNotifications([{ ...newNotification(a, "low_credits", {}, new Date(at), "keep"), status: "sent", settledAt: new Date(at) }])).toBe(1);
+      expect(
+        await db.insertNotifications([
+          { ...newNotification(a, "low_credits", {}, new Date(at), "keep"), status: "sent", settledAt: new Date(at) },
+        ]),
+      ).toBe(1);
       expect(await db.purgeNotifications(new Date(at + 1), 100)).toBe(1);
     });
 
@@ -357,12 +462,19 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       const db = getDb();
       const at = epoch(1);
       const [blocked, other] = [user(), user()];
-      const head = { ...newNotification(blocked, "low_credits", { i: 0 }, new Date(at), null), nextAttemptAt: new Date(at + 3_600_000) };
-      const behind = Array.from({ length: 30 }, (_, i) => newNotification(blocked, "low_credits", { i: i + 1 }, new Date(at), null));
+      const head = {
+        ...newNotification(blocked, "low_credits", { i: 0 }, new Date(at), null),
+        nextAttemptAt: new Date(at + 3_600_000),
+      };
+      const behind = Array.from({ length: 30 }, (_, i) =>
+        newNotification(blocked, "low_credits", { i: i + 1 }, new Date(at), null),
+      );
       const mine = newNotification(other, "low_credits", { i: 99 }, new Date(at + 1), null);
       await db.insertNotifications([head, ...behind, mine]);
       const now = new Date(at + 1000);
-      const claimed = (await db.claimNotifications({ now, limit: 2, leaseMs: 5000, token: "b1" })).filter((r) => r.userId === blocked || r.userId === other);
+      const claimed = (await db.claimNotifications({ now, limit: 2, leaseMs: 5000, token: "b1" })).filter(
+        (r) => r.userId === blocked || r.userId === other,
+      );
       expect(claimed.map((r) => r.payload.i)).toEqual([99]);
       const settle = { status: "failed" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
       expect(await db.completeNotification(mine.id, "b1", settle)).toBe(true);
@@ -399,7 +511,11 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       clock.now += 1;
       let report = await notifications.dispatchPending({ limit: 100 });
       expect(report).toMatchObject({ sent: 3, retried: 2, failed: 0 });
-      expect(seen.filter((m) => m.userId === u).map((m) => m.type)).toEqual(["low_credits", "credits_exhausted", "balance_restored"]);
+      expect(seen.filter((m) => m.userId === u).map((m) => m.type)).toEqual([
+        "low_credits",
+        "credits_exhausted",
+        "balance_restored",
+      ]);
       // Not due before the backoff.
       report = await notifications.dispatchPending();
       expect(report.claimed).toBe(0);
@@ -414,26 +530,38 @@ export function runNotificationContract(getDb: () => DbManager, options: { raceS
       expect(flakyRow).toMatchObject({ status: "sent", attempts: 3, id: flakyMsgs[0]?.id });
       const [doomedRow] = await notifications.list(doomed);
       expect(doomedRow).toMatchObject({ status: "failed", attempts: 3, lastError: "queue down" });
-      expect((await notifications.list(u, { status: "sent" })).map((r) => r.id)).toEqual(seen.filter((m) => m.userId === u).map((m) => m.id));
+      expect((await notifications.list(u, { status: "sent" })).map((r) => r.id)).toEqual(
+        seen.filter((m) => m.userId === u).map((m) => m.id),
+      );
     });
     /** @see issue 24, item 3: PostgreSQL claimed every due row whatever the limit. */
     it("claims at most `limit` rows, in the store and through dispatchPending({ limit })", async () => {
       const db = getDb();
       const at = epoch(3);
-      const rows = Array.from({ length: 8 }, (_, i) => newNotification(user(), "low_credits", { i }, new Date(at + i), null));
+      const rows = Array.from({ length: 8 }, (_, i) =>
+        newNotification(user(), "low_credits", { i }, new Date(at + i), null),
+      );
       await db.insertNotifications(rows);
       const now = new Date(at + 1000);
       const first = await db.claimNotifications({ now, limit: 3, leaseMs: 30_000, token: "l1" });
       expect(first.map((r) => r.payload.i)).toEqual([0, 1, 2]);
       const sent: NotificationMessage[] = [];
-      const notifications = new NotificationService({ db, clock: () => new Date(at + 10_000), queue: { publish: async (m) => void sent.push(m) } });
+      const notifications = new NotificationService({
+        db,
+        clock: () => new Date(at + 10_000),
+        queue: { publish: async (m) => void sent.push(m) },
+      });
       const report = await notifications.dispatchPending({ limit: 3 });
       expect(report).toMatchObject({ claimed: 3, sent: 3 });
       expect(sent.map((m) => m.payload.i)).toEqual([3, 4, 5]);
       // The rest: two due now; the three claimed first once their lease has lapsed.
       const rest = await notifications.dispatchPending({ limit: 100 });
       expect(rest).toMatchObject({ claimed: 2, sent: 2 });
-      const late = new NotificationService({ db, clock: () => new Date(at + 60_000), queue: { publish: async (m) => void sent.push(m) } });
+      const late = new NotificationService({
+        db,
+        clock: () => new Date(at + 60_000),
+        queue: { publish: async (m) => void sent.push(m) },
+      });
       expect(await late.dispatchPending({ limit: 100 })).toMatchObject({ claimed: 3, sent: 3 });
       expect(sent.map((m) => m.payload.i).sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     });

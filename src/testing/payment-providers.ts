@@ -42,7 +42,16 @@ export interface PaymentProviderContractOptions {
   test?: TestApi;
 }
 
-const KINDS = new Set<string | null>(["authorized", "paid", "failed", "expired", "cancelled", "refund", "dispute_lost", null]);
+const KINDS = new Set<string | null>([
+  "authorized",
+  "paid",
+  "failed",
+  "expired",
+  "cancelled",
+  "refund",
+  "dispute_lost",
+  null,
+]);
 const bytes = (body: string | Uint8Array) => (typeof body === "string" ? new TextEncoder().encode(body) : body);
 
 /** The bytes with one changed in the middle (a tampered body). */

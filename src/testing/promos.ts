@@ -105,9 +105,25 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       scribble(p);
       await promos.claimPromo(u, c);
       const pay: Payment = {
-        id: randomUUID(), userId: u, provider: "test", providerRef: `ref-${u}`, providerPaymentId: null, amount: 100, currency: "USD",
-        credits: 10, status: "created", checkoutUrl: null, description: null, grantId: null, creditEntryId: null, refundedAmount: 0,
-        creditsReversed: 0, metadata: { order: { n: 1 } }, version: 1, createdAt: new Date(T0), updatedAt: new Date(T0),
+        id: randomUUID(),
+        userId: u,
+        provider: "test",
+        providerRef: `ref-${u}`,
+        providerPaymentId: null,
+        amount: 100,
+        currency: "USD",
+        credits: 10,
+        status: "created",
+        checkoutUrl: null,
+        description: null,
+        grantId: null,
+        creditEntryId: null,
+        refundedAmount: 0,
+        creditsReversed: 0,
+        metadata: { order: { n: 1 } },
+        version: 1,
+        createdAt: new Date(T0),
+        updatedAt: new Date(T0),
       };
       const payId = pay.id;
       await db.insertPayment(pay);
@@ -160,7 +176,9 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect(await db.findPaymentByProviderId("test", p2.providerRef as string)).toEqual(p2);
       expect(await db.findPaymentByProviderId("other", p2.providerRef as string)).toBeNull();
       expect((await db.listPayments(u, { limit: 2 })).map((p) => p.id)).toEqual([p2.id, p1.id]);
-      expect((await db.listPayments(u, { limit: 5, before: { createdAt: p1.createdAt, id: p1.id } })).map((p) => p.id)).toEqual([p0.id]);
+      expect(
+        (await db.listPayments(u, { limit: 5, before: { createdAt: p1.createdAt, id: p1.id } })).map((p) => p.id),
+      ).toEqual([p0.id]);
       const paid = { ...p0, status: "paid" as const, providerPaymentId: `pay-${u}`, version: 2 };
       expect(await db.updatePayment(paid)).toBe(true);
       expect(await db.updatePayment({ ...paid, status: "failed" })).toBe(false);
@@ -179,7 +197,8 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       const ok = results.filter((r) => r.status === "fulfilled");
       expect(ok).toHaveLength(10);
       for (const r of results) {
-        if (r.status === "rejected") expect(r.reason).toMatchObject({ code: "PROMO_NOT_ELIGIBLE", reason: "exhausted" });
+        if (r.status === "rejected")
+          expect(r.reason).toMatchObject({ code: "PROMO_NOT_ELIGIBLE", reason: "exhausted" });
       }
       expect((await db.getPromo(c))?.uses).toBe(10);
       let grants = 0;
@@ -227,7 +246,9 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       const a = new PaymentService({ db, clock, providers: [provider] });
       const b = new PaymentService({ db, clock, providers: [provider] });
       const input = (key: string) => ({ amount: 500, currency: "EUR", provider: "test", idempotencyKey: key });
-      const all = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k1"))));
+      const all = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k1"))),
+      );
       expect(calls).toHaveLength(1);
       for (const p of all) expect(p).toEqual(all[0]);
       expect(all[0]).toMatchObject({ status: "created", checkoutUrl: expect.any(String) });
@@ -239,7 +260,9 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect(calls).toHaveLength(2);
       hang = false;
       now += 60_000;
-      const retries = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k2"))));
+      const retries = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k2"))),
+      );
       expect(calls).toHaveLength(3);
       expect(calls[2]).toBe(calls[1]);
       for (const p of retries) expect(p).toEqual(retries[0]);
@@ -287,7 +310,9 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       const [failed] = await db.listPayments(u, { limit: 10 });
       expect(failed).toMatchObject({ status: "failed", checkoutUrl: null, providerRef: null });
       calls = 0;
-      const retries = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k1"))));
+      const retries = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k1"))),
+      );
       expect(calls).toBe(1);
       for (const p of retries) expect(p).toEqual(retries[0]);
       expect(retries[0]).toMatchObject({ id: failed!.id, status: "created", providerRef: opened.get(failed!.id) });
@@ -300,7 +325,9 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       crash = false;
       now += 60_000;
       calls = 0;
-      const taken = await Promise.all(Array.from({ length: 4 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k2"))));
+      const taken = await Promise.all(
+        Array.from({ length: 4 }, (_, i) => (i % 2 ? a : b).createPaymentLink(u, input("k2"))),
+      );
       expect(calls).toBe(0);
       for (const p of taken) expect(p).toEqual(taken[0]);
       expect(taken[0]).toMatchObject({ status: "created", providerRef: opened.get(taken[0]!.id) });
@@ -313,12 +340,17 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       const u = user();
       const p = await payments.createPaymentLink(u, { amount: 300, currency: "EUR", provider: "test" });
       const kinds = ["authorized", "failed", "expired", "paid"] as const;
-      const bodies = kinds.map((kind) => testEvent(p, { kind, providerPaymentId: kind === "paid" ? `pi_${p.id}` : null }));
-      const results = await Promise.all(Array.from({ length: 16 }, (_, i) => payments.handleWebhook("test", bodies[i % 4] as string, {})));
+      const bodies = kinds.map((kind) =>
+        testEvent(p, { kind, providerPaymentId: kind === "paid" ? `pi_${p.id}` : null }),
+      );
+      const results = await Promise.all(
+        Array.from({ length: 16 }, (_, i) => payments.handleWebhook("test", bodies[i % 4] as string, {})),
+      );
       expect(results.filter((r) => r.outcome === "credited")).toHaveLength(1);
       expect(await db.getPayment(p.id)).toMatchObject({ status: "paid", providerPaymentId: `pi_${p.id}` });
       // Late status events after the payment was credited change nothing.
-      for (const b of bodies.slice(0, 3)) expect((await payments.handleWebhook("test", b, {})).outcome).toBe("unchanged");
+      for (const b of bodies.slice(0, 3))
+        expect((await payments.handleWebhook("test", b, {})).outcome).toBe("unchanged");
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 300 });
     });
 
@@ -337,11 +369,20 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       expect(grant).toMatchObject({ source: "payment", sourceRef: `pay_${p.id}`, amount: 1000 });
 
       await credits.deductCredits(u, 500);
-      const refund = testEvent(p, { kind: "refund", refundedTotal: 1000, providerIds: [`pay_${p.id}`], paymentId: null });
+      const refund = testEvent(p, {
+        kind: "refund",
+        refundedTotal: 1000,
+        providerIds: [`pay_${p.id}`],
+        paymentId: null,
+      });
       const again = await Promise.all(Array.from({ length: 5 }, () => payments.handleWebhook("test", refund, {})));
       expect(again.filter((r) => r.outcome === "reversed")).toHaveLength(1);
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: -500, debt: 500 });
-      expect(await db.getPayment(p.id)).toMatchObject({ status: "refunded", creditsReversed: 1000, refundedAmount: 1000 });
+      expect(await db.getPayment(p.id)).toMatchObject({
+        status: "refunded",
+        creditsReversed: 1000,
+        refundedAmount: 1000,
+      });
       const journal = await db.listJournal(u, { order: "asc", limit: 10 });
       expect(journal.map((e) => [e.type, e.amount, e.balanceAfter, e.debtAfter])).toEqual([
         ["add", 1000, 1000, 0],

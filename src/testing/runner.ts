@@ -88,9 +88,12 @@ function api(): TestApi {
 }
 
 export const describe: TestApi["describe"] = (name, body) => api().describe(name, body);
-export const it: TestApi["it"] = (name, body, timeout) => (timeout === undefined ? api().it(name, body) : api().it(name, body, timeout));
-export const beforeAll: TestApi["beforeAll"] = (body, timeout) => (timeout === undefined ? api().beforeAll(body) : api().beforeAll(body, timeout));
-export const afterAll: TestApi["afterAll"] = (body, timeout) => (timeout === undefined ? api().afterAll(body) : api().afterAll(body, timeout));
+export const it: TestApi["it"] = (name, body, timeout) =>
+  timeout === undefined ? api().it(name, body) : api().it(name, body, timeout);
+export const beforeAll: TestApi["beforeAll"] = (body, timeout) =>
+  timeout === undefined ? api().beforeAll(body) : api().beforeAll(body, timeout);
+export const afterAll: TestApi["afterAll"] = (body, timeout) =>
+  timeout === undefined ? api().afterAll(body) : api().afterAll(body, timeout);
 export const expect: Expect = Object.assign((actual: unknown, message?: string) => api().expect(actual, message), {
   any: (constructor: unknown) => api().expect.any(constructor),
 });

@@ -21,7 +21,12 @@ export function servicesWithClock(db: DbManager, start: number, options: { notif
   const clock = { now: start };
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now });
-  const credits = new CreditService({ db, clock: now, ledger, alerts: options.notifications === true ? {} : undefined });
+  const credits = new CreditService({
+    db,
+    clock: now,
+    ledger,
+    alerts: options.notifications === true ? {} : undefined,
+  });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, subscriptions, expiration, clock };
@@ -51,7 +56,13 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const db = getDb();
       const { subscriptions, expiration, clock } = servicesWithClock(db, T, { notifications: true });
       const id = planId();
-      await subscriptions.createPlan({ id, name: "Daily", creditsPerPeriod: 5, billingPeriod: "daily", rollover: "all" });
+      await subscriptions.createPlan({
+        id,
+        name: "Daily",
+        creditsPerPeriod: 5,
+        billingPeriod: "daily",
+        rollover: "all",
+      });
       const [u1, u2] = [user(), user()];
       const s1 = await subscriptions.subscribe(u1, id);
       await subscriptions.subscribe(u2, id);
@@ -74,7 +85,14 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
     it("hands out copies: mutating a plan or subscription read (or written) changes nothing stored", async () => {
       const db = getDb();
       const { subscriptions } = servicesWithClock(db, T);
-      const id = (await subscriptions.createPlan({ name: "Copies", creditsPerPeriod: 10, billingPeriod: "daily", metadata: { tier: ["a"] } })).id;
+      const id = (
+        await subscriptions.createPlan({
+          name: "Copies",
+          creditsPerPeriod: 10,
+          billingPeriod: "daily",
+          metadata: { tier: ["a"] },
+        })
+      ).id;
       const u = user();
       const sub = await subscriptions.subscribe(u, id, { metadata: { from: { ad: 1 } } });
       const extra: Plan = { ...((await db.getPlan(id)) as Plan), id: planId(), metadata: { k: [1] } };
@@ -102,9 +120,27 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const db = getDb();
       const { subscriptions } = servicesWithClock(db, T);
       const id = planId();
-      const p = await subscriptions.createPlan({ id, name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: { cap: 50 }, price: 900, currency: "eur" });
-      expect(p).toMatchObject({ id, rollover: "cap", rolloverCap: 50, currency: "EUR", version: 1, isActive: true, validityDays: null });
-      await expect(subscriptions.createPlan({ id, name: "x", creditsPerPeriod: 1, billingPeriod: "daily" })).rejects.toBeInstanceOf(ConflictError);
+      const p = await subscriptions.createPlan({
+        id,
+        name: "Pro",
+        creditsPerPeriod: 100,
+        billingPeriod: "monthly",
+        rollover: { cap: 50 },
+        price: 900,
+        currency: "eur",
+      });
+      expect(p).toMatchObject({
+        id,
+        rollover: "cap",
+        rolloverCap: 50,
+        currency: "EUR",
+        version: 1,
+        isActive: true,
+        validityDays: null,
+      });
+      await expect(
+        subscriptions.createPlan({ id, name: "x", creditsPerPeriod: 1, billingPeriod: "daily" }),
+      ).rejects.toBeInstanceOf(ConflictError);
       expect(await db.updatePlan({ ...p, name: "stale" }, 7)).toBe(false);
       expect((await subscriptions.getPlan(id)).name).toBe("Pro");
       // Cached reads are invalidated by writes.
@@ -116,17 +152,22 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect((await subscriptions.listPlans({ includeInactive: true })).some((x) => x.id === id)).toBe(true);
       await subscriptions.deletePlan(id);
       await expect(subscriptions.getPlan(id)).rejects.toBeInstanceOf(NotFoundError);
-      await expect(subscriptions.createPlan({ name: "bad", creditsPerPeriod: -1, billingPeriod: "monthly" } as never)).rejects.toBeInstanceOf(ValidationError);
+      await expect(
+        subscriptions.createPlan({ name: "bad", creditsPerPeriod: -1, billingPeriod: "monthly" } as never),
+      ).rejects.toBeInstanceOf(ValidationError);
     });
 
     it("subscribes once per user, allocates the first period (idempotently) and refuses deleting a plan with subscribers", async () => {
       const db = getDb();
       const { subscriptions, credits } = servicesWithClock(db, T);
-      const id = (await subscriptions.createPlan({ name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" })).id;
+      const id = (await subscriptions.createPlan({ name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" }))
+        .id;
       const u = user();
       const s = await subscriptions.subscribe(u, id, { idempotencyKey: "signup-1" });
       expect(s).toMatchObject({ status: "active", planId: id, periodIndex: 0, intent: null, version: 2 });
-      expect(s.currentPeriodEnd.toISOString()).toBe(new Date(Date.UTC(2031, 1, 28, 12) + (T - Date.UTC(2031, 0, 31, 12))).toISOString());
+      expect(s.currentPeriodEnd.toISOString()).toBe(
+        new Date(Date.UTC(2031, 1, 28, 12) + (T - Date.UTC(2031, 0, 31, 12))).toISOString(),
+      );
       expect(s.nextRunAt?.getTime()).toBe(s.currentPeriodEnd.getTime());
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(100);
       const again = await subscriptions.subscribe(u, id, { idempotencyKey: "signup-1" });
@@ -134,7 +175,11 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       await expect(subscriptions.subscribe(u, id)).rejects.toBeInstanceOf(ConflictError);
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(100);
       const [g] = await credits.getGrants(u);
-      expect(g).toMatchObject({ source: "subscription", amount: 100, sourceRef: `sub:${s.id}:${s.currentPeriodStart.toISOString()}` });
+      expect(g).toMatchObject({
+        source: "subscription",
+        amount: 100,
+        sourceRef: `sub:${s.id}:${s.currentPeriodStart.toISOString()}`,
+      });
       expect(g?.expiresAt?.getTime()).toBe(s.currentPeriodEnd.getTime());
       await expect(subscriptions.deletePlan(id)).rejects.toBeInstanceOf(ConflictError);
       expect((await subscriptions.getPlan(id)).isActive).toBe(true);
@@ -145,13 +190,18 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
     it("calls of subscribe with one idempotency key, overlapping, all answer the one subscription they made", async () => {
       const db = getDb();
       const { subscriptions, credits } = servicesWithClock(db, T);
-      const id = (await subscriptions.createPlan({ name: "Webhook", creditsPerPeriod: 70, billingPeriod: "monthly" })).id;
+      const id = (await subscriptions.createPlan({ name: "Webhook", creditsPerPeriod: 70, billingPeriod: "monthly" }))
+        .id;
       const u = user();
       const calls = Array.from({ length: 40 }, (_, i) =>
-        new Promise((resolve) => setTimeout(resolve, i % 8)).then(() => subscriptions.subscribe(u, id, { idempotencyKey: "checkout-7" })),
+        new Promise((resolve) => setTimeout(resolve, i % 8)).then(() =>
+          subscriptions.subscribe(u, id, { idempotencyKey: "checkout-7" }),
+        ),
       );
       const results = await Promise.allSettled(calls);
-      const rejected = results.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason as Error);
+      const rejected = results
+        .filter((r) => r.status === "rejected")
+        .map((r) => (r as PromiseRejectedResult).reason as Error);
       expect(rejected.map((e) => e.message)).toEqual([]);
       const ids = new Set(results.map((r) => (r as PromiseFulfilledResult<{ id: string }>).value.id));
       expect(ids.size).toBe(1);
@@ -174,10 +224,17 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       await credits.deductCredits(u, 90);
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(10);
       const keys = (await journal(db, u)).map((e) => e.idempotencyKey).filter((k) => k?.startsWith("cm:sub:"));
-      expect(keys).toEqual([`cm:sub:${s.id}:${s.currentPeriodStart.toISOString()}`, `cm:sub:${s.id}:${s.currentPeriodEnd.toISOString()}`]);
+      expect(keys).toEqual([
+        `cm:sub:${s.id}:${s.currentPeriodStart.toISOString()}`,
+        `cm:sub:${s.id}:${s.currentPeriodEnd.toISOString()}`,
+      ]);
       expect((await subscriptions.getUserSubscription(u))?.periodIndex).toBe(1);
       // A read brings it too; the job and reads racing at the boundary allocate once.
-      const [report, info] = await Promise.all([expiration.runAll(), credits.getUserCreditsInfo(v), credits.getUserCreditsInfo(v)]);
+      const [report, info] = await Promise.all([
+        expiration.runAll(),
+        credits.getUserCreditsInfo(v),
+        credits.getUserCreditsInfo(v),
+      ]);
       expect(info.balance).toBe(100);
       expect(report.renewDueSubscriptions.errors).toBe(0);
       expect((await allocations(db, v)).length).toBe(2);
@@ -188,7 +245,14 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
     it("renews at period end once, rolls over up to the cap even when the period's grant was expired first", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
-      const id = (await subscriptions.createPlan({ name: "Cap", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: { cap: 30 } })).id;
+      const id = (
+        await subscriptions.createPlan({
+          name: "Cap",
+          creditsPerPeriod: 100,
+          billingPeriod: "monthly",
+          rollover: { cap: 30 },
+        })
+      ).id;
       const u = user();
       const s = await subscriptions.subscribe(u, id);
       await credits.deductCredits(u, 60);
@@ -207,7 +271,11 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect(next).toMatchObject({ periodIndex: 1, intent: null });
       expect(next?.currentPeriodStart.toISOString().slice(5, 10)).toBe("02-28");
       expect(next?.currentPeriodEnd.toISOString().slice(5, 10)).toBe("03-31");
-      expect((await allocations(db, u)).map((a) => `${a.source}:${a.amount}`)).toEqual(["subscription:100", "rollover:30", "subscription:100"]);
+      expect((await allocations(db, u)).map((a) => `${a.source}:${a.amount}`)).toEqual([
+        "subscription:100",
+        "rollover:30",
+        "subscription:100",
+      ]);
       expect((await credits.audit(u)).ok).toBe(true);
       const entries = await db.listLedgerEntries({ eventType: "system", limit: 5 });
       expect(entries.some((e) => e.message === "job renewDueSubscriptions")).toBe(true);
@@ -216,7 +284,9 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
     it("catches up a job that did not run for three months: the current period only, rollover from the last allocated one", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
-      const id = (await subscriptions.createPlan({ name: "All", creditsPerPeriod: 10, billingPeriod: "monthly", rollover: "all" })).id;
+      const id = (
+        await subscriptions.createPlan({ name: "All", creditsPerPeriod: 10, billingPeriod: "monthly", rollover: "all" })
+      ).id;
       const u = user();
       const s = await subscriptions.subscribe(u, id);
       clock.now = T + 100 * DAY; // May 11: Feb 28, Mar 31 and Apr 30 periods were never renewed
@@ -240,7 +310,11 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const s = await subscriptions.subscribe(u, small);
       clock.now = T + DAY / 4;
       const up = await subscriptions.changePlan(u, big);
-      expect(up).toMatchObject({ planId: big, currentPeriodStart: s.currentPeriodStart, currentPeriodEnd: s.currentPeriodEnd });
+      expect(up).toMatchObject({
+        planId: big,
+        currentPeriodStart: s.currentPeriodStart,
+        currentPeriodEnd: s.currentPeriodEnd,
+      });
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(100 + 300); // (500 − 100) × 3/4
       await credits.deductCredits(u, 350);
       clock.now = T + DAY / 2;
@@ -275,14 +349,20 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const u = user();
       const startAt = new Date(T - 3 * DAY);
       const first = await subscriptions.subscribe(u, a, { idempotencyKey: "signup", autoRenew: false, startAt });
-      expect((await db.getSubscription(first.id))?.request).toEqual({ planId: a, autoRenew: false, startAt: startAt.getTime() });
+      expect((await db.getSubscription(first.id))?.request).toEqual({
+        planId: a,
+        autoRenew: false,
+        startAt: startAt.getTime(),
+      });
       clock.now = T + DAY;
       await subscriptions.changePlan(u, b, { when: "now", credits: "keep" });
       await subscriptions.resume(u);
       const balance = (await credits.getUserCreditsInfo(u)).balance;
       const again = await subscriptions.subscribe(u, a, { idempotencyKey: "signup", autoRenew: false, startAt });
       expect(again).toMatchObject({ id: first.id, planId: b, autoRenew: true });
-      await expect(subscriptions.subscribe(u, b, { idempotencyKey: "signup", autoRenew: false })).rejects.toBeInstanceOf(IdempotencyConflictError);
+      await expect(
+        subscriptions.subscribe(u, b, { idempotencyKey: "signup", autoRenew: false }),
+      ).rejects.toBeInstanceOf(IdempotencyConflictError);
       expect((await credits.getUserCreditsInfo(u)).balance).toBe(balance);
       expect(await subscriptions.listUserSubscriptions(u)).toHaveLength(1);
     });
@@ -290,7 +370,9 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
     it("rolls over what was unspent and unheld at the period's end, whenever the job runs", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
-      const p = (await subscriptions.createPlan({ name: "Held", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" })).id;
+      const p = (
+        await subscriptions.createPlan({ name: "Held", creditsPerPeriod: 100, billingPeriod: "daily", rollover: "all" })
+      ).id;
       const H = DAY / 24;
       const [u1, u2, u3] = [user(), user(), user()];
       for (const u of [u1, u2, u3]) await subscriptions.subscribe(u, p);
@@ -314,7 +396,9 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
     it("changePlan now/keep and now/expire start a new period; period_end switches at renewal", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
-      const a = (await subscriptions.createPlan({ name: "A", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: "all" })).id;
+      const a = (
+        await subscriptions.createPlan({ name: "A", creditsPerPeriod: 100, billingPeriod: "monthly", rollover: "all" })
+      ).id;
       const b = (await subscriptions.createPlan({ name: "B", creditsPerPeriod: 40, billingPeriod: "weekly" })).id;
       const u1 = user();
       await subscriptions.subscribe(u1, a);
@@ -332,7 +416,9 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       clock.now = T;
       const u2 = user();
       const s2 = await subscriptions.subscribe(u2, a);
-      await expect(subscriptions.changePlan(u2, b, { when: "period_end", credits: "prorate" })).rejects.toBeInstanceOf(ValidationError);
+      await expect(subscriptions.changePlan(u2, b, { when: "period_end", credits: "prorate" })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
       const pending = await subscriptions.changePlan(u2, b, { when: "period_end", credits: "expire" });
       expect(pending).toMatchObject({ planId: a, pendingPlanId: b, pendingCredits: "expire" });
       expect((await credits.getUserCreditsInfo(u2)).balance).toBe(100);
@@ -422,7 +508,12 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const db = getDb();
       const a = servicesWithClock(db, T);
       const b = servicesWithClock(db, T);
-      const p: Plan = await a.subscriptions.createPlan({ name: "Race", creditsPerPeriod: 7, billingPeriod: "daily", rollover: { cap: 3 } });
+      const p: Plan = await a.subscriptions.createPlan({
+        name: "Race",
+        creditsPerPeriod: 7,
+        billingPeriod: "daily",
+        rollover: { cap: 3 },
+      });
       const users = Array.from({ length: 12 }, user);
       for (const u of users) {
         await a.subscriptions.subscribe(u, p.id);
@@ -431,7 +522,10 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
         await a.credits.reserveCredits(u, 2, { ttlSeconds: 60 });
       }
       for (const s of [a, b]) s.clock.now = T + 2 * DAY + 1000;
-      const [r1, r2] = await Promise.all([a.expiration.runAll(undefined, { batchSize: 5 }), b.expiration.runAll(undefined, { batchSize: 7 })]);
+      const [r1, r2] = await Promise.all([
+        a.expiration.runAll(undefined, { batchSize: 5 }),
+        b.expiration.runAll(undefined, { batchSize: 7 }),
+      ]);
       expect(r1.renewDueSubscriptions.errors + r2.renewDueSubscriptions.errors).toBe(0);
       for (const u of users) {
         const entries = await journal(db, u);
@@ -441,7 +535,8 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
         expect(keys).toHaveLength(2);
         // No grant loses more than it had (a held part returned after expiry expires in a second entry).
         const lost = new Map<string, number>();
-        for (const e of entries.filter((x) => x.type === "expire")) for (const g of e.grants) lost.set(g.grantId, (lost.get(g.grantId) ?? 0) + g.amount);
+        for (const e of entries.filter((x) => x.type === "expire"))
+          for (const g of e.grants) lost.set(g.grantId, (lost.get(g.grantId) ?? 0) + g.amount);
         for (const g of await db.listGrants(u, { includeInactive: true })) {
           expect(lost.get(g.id) ?? 0).toBe(g.expiredAmount);
           expect(g.expiredAmount).toBeLessThanOrEqual(g.amount);
@@ -472,7 +567,12 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       const due = mine(await db.findDueSubscriptions(new Date(far + DAY + 1000), 10_000));
       expect(due.map((s) => s.userId)).toEqual(users.slice(0, 2));
       const first = due[0] as Subscription;
-      const rest = mine(await db.findDueSubscriptions(new Date(far + DAY + 5000), 10_000, { nextRunAt: first.nextRunAt as Date, id: first.id }));
+      const rest = mine(
+        await db.findDueSubscriptions(new Date(far + DAY + 5000), 10_000, {
+          nextRunAt: first.nextRunAt as Date,
+          id: first.id,
+        }),
+      );
       expect(rest.map((s) => s.userId)).toEqual(users.slice(1));
       const stale = { ...first, planId: "other" };
       expect(await db.updateSubscription(stale, first.version + 5)).toBe(false);

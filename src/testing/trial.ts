@@ -79,7 +79,9 @@ export function runTrialContract(getDb: () => DbManager): void {
 
     it("an invalid trial option is a ConfigurationError", () => {
       expect(() => new CreditService({ db: getDb(), trial: { amount: 0 } })).toThrow(ConfigurationError);
-      expect(() => new CreditService({ db: getDb(), trial: { amount: 5, expiresInDays: 0.5 } })).toThrow(ConfigurationError);
+      expect(() => new CreditService({ db: getDb(), trial: { amount: 5, expiresInDays: 0.5 } })).toThrow(
+        ConfigurationError,
+      );
     });
   });
 }

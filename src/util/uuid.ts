@@ -22,7 +22,8 @@ export function newId(): string {
   let at = 0;
   for (let i = 0; i < 16; i++) {
     let b = pool[taken + i] as number;
-    if (i === 6) b = (b & 0x0f) | 0x40; // version 4
+    if (i === 6)
+      b = (b & 0x0f) | 0x40; // version 4
     else if (i === 8) b = (b & 0x3f) | 0x80; // variant 10
     text[at++] = HEX[b >> 4] as number;
     text[at++] = HEX[b & 15] as number;

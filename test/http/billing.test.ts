@@ -3,7 +3,14 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ConfigurationError, createCreditManager, StripeProvider, type CreditManager } from "../../src/index.js";
-import { createCreditHandler, paymentRoutes, promoRoutes, toNodeHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
+import {
+  createCreditHandler,
+  paymentRoutes,
+  promoRoutes,
+  toNodeHandler,
+  type CreditHandler,
+  type Identity,
+} from "../../src/http/index.js";
 
 const WHSEC = "whsec_http_test";
 const T0 = Date.parse("2030-01-01T00:00:00Z");
@@ -31,7 +38,11 @@ function signed(body: string, secret = WHSEC, at = T0) {
 describe("HTTP: payments, webhooks and promos", () => {
   let m: CreditManager;
   let handler: CreditHandler;
-  const call = (method: string, path: string, options: { user?: string; body?: unknown; raw?: string; headers?: Record<string, string> } = {}) => {
+  const call = (
+    method: string,
+    path: string,
+    options: { user?: string; body?: unknown; raw?: string; headers?: Record<string, string> } = {},
+  ) => {
     const headers: Record<string, string> = { ...options.headers };
     if (options.user) headers.authorization = `Bearer ${options.user}`;
     let body: string | undefined = options.raw;
@@ -63,23 +74,50 @@ describe("HTTP: payments, webhooks and promos", () => {
   afterAll(() => m.close());
 
   it("creates a payment, pages it, and hides it from other users", async () => {
-    const res = await call("POST", "/credits/payments/create", { user: "ann", body: { amount: 1500, currency: "usd", provider: "stripe" } });
+    const res = await call("POST", "/credits/payments/create", {
+      user: "ann",
+      body: { amount: 1500, currency: "usd", provider: "stripe" },
+    });
     expect(res.status).toBe(201);
     const p = (await res.json()) as { id: string };
-    expect(p).toMatchObject({ userId: "ann", status: "created", credits: 1500, checkoutUrl: expect.stringContaining("checkout.stripe.com") });
+    expect(p).toMatchObject({
+      userId: "ann",
+      status: "created",
+      credits: 1500,
+      checkoutUrl: expect.stringContaining("checkout.stripe.com"),
+    });
     expect((await call("GET", `/credits/payments/${p.id}`, { user: "ann" })).status).toBe(200);
     expect((await call("GET", `/credits/payments/${p.id}`, { user: "bob" })).status).toBe(404);
-    const page = (await (await call("GET", "/credits/payments/history?limit=5", { user: "ann" })).json()) as { items: { id: string }[] };
+    const page = (await (await call("GET", "/credits/payments/history?limit=5", { user: "ann" })).json()) as {
+      items: { id: string }[];
+    };
     expect(page.items.map((x) => x.id)).toEqual([p.id]);
-    expect((await call("POST", "/credits/payments/create", { body: { amount: 1, currency: "USD", provider: "stripe" } })).status).toBe(401);
-    const asAdmin = (await (await call("GET", "/admin/credits/users/ann/payments", { user: "admin:ops" })).json()) as { items: { id: string }[] };
+    expect(
+      (await call("POST", "/credits/payments/create", { body: { amount: 1, currency: "USD", provider: "stripe" } }))
+        .status,
+    ).toBe(401);
+    const asAdmin = (await (await call("GET", "/admin/credits/users/ann/payments", { user: "admin:ops" })).json()) as {
+      items: { id: string }[];
+    };
     expect(asAdmin.items.map((x) => x.id)).toEqual([p.id]);
     expect((await call("GET", "/admin/credits/users/ann/payments", { user: "bob" })).status).toBe(403);
-    expect((await call("POST", "/credits/payments/create", { user: "ann", body: { amount: -1, currency: "USD", provider: "stripe" } })).status).toBe(400);
+    expect(
+      (
+        await call("POST", "/credits/payments/create", {
+          user: "ann",
+          body: { amount: -1, currency: "USD", provider: "stripe" },
+        })
+      ).status,
+    ).toBe(400);
   });
 
   it("POST /webhooks/stripe: raw body verified; forged → 400 and nothing credited; 20 deliveries → credited once", async () => {
-    const p = (await (await call("POST", "/credits/payments/create", { user: "cat", body: { amount: 900, currency: "USD", provider: "stripe" } })).json()) as {
+    const p = (await (
+      await call("POST", "/credits/payments/create", {
+        user: "cat",
+        body: { amount: 900, currency: "USD", provider: "stripe" },
+      })
+    ).json()) as {
       id: string;
       providerRef: string;
     };
@@ -102,14 +140,25 @@ describe("HTTP: payments, webhooks and promos", () => {
     };
     // Whitespace matters: the signature covers these exact bytes.
     const raw = JSON.stringify(event, null, 4);
-    const forged = await call("POST", "/webhooks/stripe", { raw, headers: { "stripe-signature": signed(raw, "whsec_wrong"), "content-type": "application/json" } });
+    const forged = await call("POST", "/webhooks/stripe", {
+      raw,
+      headers: { "stripe-signature": signed(raw, "whsec_wrong"), "content-type": "application/json" },
+    });
     expect(forged.status).toBe(400);
     expect(((await forged.json()) as { error: unknown }).error).toMatchObject({ code: "WEBHOOK_REJECTED" });
-    const stale = await call("POST", "/webhooks/stripe", { raw, headers: { "stripe-signature": signed(raw, WHSEC, T0 - 301_000) } });
+    const stale = await call("POST", "/webhooks/stripe", {
+      raw,
+      headers: { "stripe-signature": signed(raw, WHSEC, T0 - 301_000) },
+    });
     expect(stale.status).toBe(400);
     expect((await m.credits.getUserCreditsInfo("cat")).balance).toBe(0);
     const results = await Promise.all(
-      Array.from({ length: 20 }, () => call("POST", "/webhooks/stripe", { raw, headers: { "stripe-signature": signed(raw), "content-type": "application/json" } })),
+      Array.from({ length: 20 }, () =>
+        call("POST", "/webhooks/stripe", {
+          raw,
+          headers: { "stripe-signature": signed(raw), "content-type": "application/json" },
+        }),
+      ),
     );
     expect(results.every((r) => r.status === 200)).toBe(true);
     const bodies = (await Promise.all(results.map((r) => r.json()))) as { outcome: string }[];
@@ -122,28 +171,53 @@ describe("HTTP: payments, webhooks and promos", () => {
   });
 
   it("promo eligibility and claim for users; create, list and activation for admins only", async () => {
-    const created = await call("POST", "/admin/credits/promos", { user: "admin:ops", body: { code: "spring", credits: 40, maxUses: 2 } });
+    const created = await call("POST", "/admin/credits/promos", {
+      user: "admin:ops",
+      body: { code: "spring", credits: 40, maxUses: 2 },
+    });
     expect(created.status).toBe(201);
-    expect((await call("POST", "/admin/credits/promos", { user: "dan", body: { code: "x", credits: 1 } })).status).toBe(403);
-    expect((await call("POST", "/admin/credits/promos", { user: "admin:ops", body: { code: "SPRING", credits: 1 } })).status).toBe(409);
-    expect(await (await call("GET", "/credits/promo/eligibility?promo_code=Spring", { user: "dan" })).json()).toMatchObject({
+    expect((await call("POST", "/admin/credits/promos", { user: "dan", body: { code: "x", credits: 1 } })).status).toBe(
+      403,
+    );
+    expect(
+      (await call("POST", "/admin/credits/promos", { user: "admin:ops", body: { code: "SPRING", credits: 1 } })).status,
+    ).toBe(409);
+    expect(
+      await (await call("GET", "/credits/promo/eligibility?promo_code=Spring", { user: "dan" })).json(),
+    ).toMatchObject({
       eligible: true,
       credits: 40,
     });
     const claim = await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "spring" } });
     expect(claim.status).toBe(201);
-    expect(((await claim.json()) as { claim: unknown }).claim).toMatchObject({ code: "SPRING", userId: "dan", claimNumber: 1 });
+    expect(((await claim.json()) as { claim: unknown }).claim).toMatchObject({
+      code: "SPRING",
+      userId: "dan",
+      claimNumber: 1,
+    });
     const again = await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "spring" } });
     expect(again.status).toBe(409);
-    expect(((await again.json()) as { error: unknown }).error).toMatchObject({ code: "PROMO_NOT_ELIGIBLE", details: { reason: "already_claimed" } });
-    expect((await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "nope" } })).status).toBe(404);
-    const off = await call("POST", "/admin/credits/promos/spring/activation", { user: "admin:ops", body: { isActive: false } });
+    expect(((await again.json()) as { error: unknown }).error).toMatchObject({
+      code: "PROMO_NOT_ELIGIBLE",
+      details: { reason: "already_claimed" },
+    });
+    expect((await call("POST", "/credits/promo/claim", { user: "dan", body: { promo_code: "nope" } })).status).toBe(
+      404,
+    );
+    const off = await call("POST", "/admin/credits/promos/spring/activation", {
+      user: "admin:ops",
+      body: { isActive: false },
+    });
     expect(await off.json()).toMatchObject({ code: "SPRING", isActive: false, uses: 1 });
-    expect(await (await call("GET", "/credits/promo/eligibility?promo_code=spring", { user: "eve" })).json()).toMatchObject({
+    expect(
+      await (await call("GET", "/credits/promo/eligibility?promo_code=spring", { user: "eve" })).json(),
+    ).toMatchObject({
       eligible: false,
       reason: "inactive",
     });
-    const list = (await (await call("GET", "/admin/credits/promos", { user: "admin:ops" })).json()) as { items: unknown[] };
+    const list = (await (await call("GET", "/admin/credits/promos", { user: "admin:ops" })).json()) as {
+      items: unknown[];
+    };
     expect(list.items).toEqual([expect.objectContaining({ code: "SPRING", uses: 1 })]);
     expect((await call("GET", "/admin/credits/promos", { user: "dan" })).status).toBe(403);
     expect((await m.credits.getUserCreditsInfo("dan")).balance).toBe(40);
@@ -168,7 +242,13 @@ describe("HTTP: payments, webhooks and promos", () => {
 
 /** @see issue 24, items 8, 9 and 10 */
 describe("HTTP: the webhook paths and the host's own routes", () => {
-  const stripe = () => new StripeProvider({ secretKey: "sk", webhookSecret: WHSEC, successUrl: "https://app/ok", cancelUrl: "https://app/no" });
+  const stripe = () =>
+    new StripeProvider({
+      secretKey: "sk",
+      webhookSecret: WHSEC,
+      successUrl: "https://app/ok",
+      cancelUrl: "https://app/no",
+    });
 
   it("a manager without payment configuration answers a webhook 404 and calls no onError (it was a 500 blaming the store)", async () => {
     const saved = { s: process.env.STRIPE_WEBHOOK_SECRET, r: process.env.RAZORPAY_WEBHOOK_SECRET };
@@ -179,7 +259,13 @@ describe("HTTP: the webhook paths and the host's own routes", () => {
       const errors: unknown[] = [];
       const h = createCreditHandler(m, { authenticate, onError: (e) => errors.push(e) });
       for (const provider of ["stripe", "razorpay"]) {
-        const res = await h(new Request(`http://x/webhooks/${provider}`, { method: "POST", body: "{}", headers: { "content-type": "application/json" } }));
+        const res = await h(
+          new Request(`http://x/webhooks/${provider}`, {
+            method: "POST",
+            body: "{}",
+            headers: { "content-type": "application/json" },
+          }),
+        );
         expect(res.status).toBe(404);
         expect(((await res.json()) as { error: { code: string } }).error.code).toBe("NOT_FOUND");
       }
@@ -205,7 +291,8 @@ describe("HTTP: the webhook paths and the host's own routes", () => {
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
     try {
-      const post = (path: string) => fetch(`${base}${path}`, { method: "POST", body: "{}", headers: { "content-type": "application/json" } });
+      const post = (path: string) =>
+        fetch(`${base}${path}`, { method: "POST", body: "{}", headers: { "content-type": "application/json" } });
       expect(await (await post("/webhooks/github")).text()).toBe("host POST /webhooks/github");
       expect(await (await post("/hooks/pay/github")).text()).toBe("host POST /hooks/pay/github");
       expect(await (await post("/webhooks/stripe")).text()).toBe("host POST /webhooks/stripe"); // not the base any more

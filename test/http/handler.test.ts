@@ -42,14 +42,17 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     operationId: "echoRaw",
     summary: "answers with the raw body bytes it received (as webhooks will need)",
     rawBody: true,
-    handle: async (ctx) => new Response(await ctx.rawBody(), { headers: { "content-type": "application/octet-stream" } }),
+    handle: async (ctx) =>
+      new Response(await ctx.rawBody(), { headers: { "content-type": "application/octet-stream" } }),
   };
 
   beforeAll(async () => {
     m = await createCreditManager({ clock: () => new Date(now), features: { export: { minAvailable: 1000 } } });
     const handler = createCreditHandler(m, { authenticate, routes: [boom, raw], onError: (e) => errors.push(e) });
     server = await hosts[host]!(handler);
-    trusting = await hosts[host]!(createCreditHandler(m, { trustUserIdHeader: true, basePath: "/t", adminBasePath: "/t-admin" }));
+    trusting = await hosts[host]!(
+      createCreditHandler(m, { trustUserIdHeader: true, basePath: "/t", adminBasePath: "/t-admin" }),
+    );
   });
   afterAll(async () => {
     await server.close();
@@ -70,7 +73,9 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
       headers: {
         ...(who ? { authorization: `Bearer ${who}` } : {}),
         // A JSON client types every mutation, body or not (csrfProtection refuses untyped ones).
-        ...(body !== undefined || (method !== "GET" && method !== "HEAD") ? { "content-type": "application/json" } : {}),
+        ...(body !== undefined || (method !== "GET" && method !== "HEAD")
+          ? { "content-type": "application/json" }
+          : {}),
         ...headers,
       },
       body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
@@ -106,7 +111,10 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     const own = await call("GET", "/credits/check?feature=export", "alice");
     expect(own.status).toBe(200);
     expect(own.json).toEqual({ allowed: false, available: 500, required: 1000, reason: "insufficient_credits" });
-    expect((await call("GET", "/credits/check?amount=200", "alice")).json).toMatchObject({ allowed: true, required: 200 });
+    expect((await call("GET", "/credits/check?amount=200", "alice")).json).toMatchObject({
+      allowed: true,
+      required: 200,
+    });
     expect((await call("GET", "/admin/credits/users/alice/check?feature=export&amount=10", ADMIN)).json).toMatchObject({
       allowed: false,
       available: 500,
@@ -137,7 +145,14 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     const opted = await call("GET", "/t/balance", null, undefined, { "x-user-id": "alice" }, trusting.url);
     expect(opted.status).toBe(200);
     expect(opted.json.balance).toBe(500);
-    const escalate = await call("POST", "/t-admin/users/alice/add", null, { amount: 5 }, { "x-user-id": "admin:ops" }, trusting.url);
+    const escalate = await call(
+      "POST",
+      "/t-admin/users/alice/add",
+      null,
+      { amount: 5 },
+      { "x-user-id": "admin:ops" },
+      trusting.url,
+    );
     expect(escalate.status).toBe(403);
   });
 
@@ -150,7 +165,9 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(unknown.status).toBe(400);
     expect(unknown.json.error.details.issues[0].message).toMatch(/expiry/);
     expect((await call("POST", "/credits/reservations", "alice", "{not json")).status).toBe(400);
-    expect((await call("POST", "/credits/reservations", "alice", "amount=5", { "content-type": "text/plain" })).status).toBe(415);
+    expect(
+      (await call("POST", "/credits/reservations", "alice", "amount=5", { "content-type": "text/plain" })).status,
+    ).toBe(415);
     const big = await call("POST", "/credits/reservations", "alice", { amount: 5, description: "x".repeat(70_000) });
     expect(big.status).toBe(413);
     const q = await call("GET", "/credits/history?limit=abc&types=bogus", "alice");
@@ -191,7 +208,9 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(theirs.json.error.code).toBe(missing.json.error.code);
     expect(theirs.text.replaceAll(r.json.id, "ID")).toBe(missing.text.replaceAll("no-such-id", "ID"));
     expect(theirs.text).not.toContain("alice");
-    expect((await call("POST", `/credits/reservations/${r.json.id}/commit`, "mallory", { amount: 0 })).status).toBe(404);
+    expect((await call("POST", `/credits/reservations/${r.json.id}/commit`, "mallory", { amount: 0 })).status).toBe(
+      404,
+    );
     expect((await call("POST", `/credits/reservations/${r.json.id}/release`, "mallory")).status).toBe(404);
     expect((await call("GET", `/credits/reservations/${r.json.id}`, "alice")).json.status).toBe("active");
     // Admins reach every reservation.
@@ -201,7 +220,10 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
   it("402 when the hold cannot be placed, with the caller's own figures", async () => {
     const r = await call("POST", "/credits/reservations", "alice", { amount: 100_000 });
     expect(r.status).toBe(402);
-    expect(r.json.error).toMatchObject({ code: "INSUFFICIENT_CREDITS", details: { requested: 100_000, available: 427 } });
+    expect(r.json.error).toMatchObject({
+      code: "INSUFFICIENT_CREDITS",
+      details: { requested: 100_000, available: 427 },
+    });
     const d = await call("POST", "/admin/credits/users/alice/deduct", ADMIN, { amount: 100_000 });
     expect(d.status).toBe(402);
   });
@@ -231,7 +253,10 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     const late = await call("POST", `/credits/reservations/${r.json.id}/commit`, "alice", {});
     expect(late.status).toBe(410);
     expect(late.json.error.code).toBe("RESERVATION_EXPIRED");
-    const past = await call("POST", "/admin/credits/users/alice/add", ADMIN, { amount: 5, expiresAt: new Date(now - 1000).toISOString() });
+    const past = await call("POST", "/admin/credits/users/alice/add", ADMIN, {
+      amount: 5,
+      expiresAt: new Date(now - 1000).toISOString(),
+    });
     expect(past.status).toBe(422);
     expect(past.json.error.code).toBe("RULE_VIOLATION");
   });
@@ -342,7 +367,9 @@ describe("createCreditHandler setup", () => {
   it("refuses to run without an identity source", async () => {
     const m = await createCreditManager();
     expect(() => createCreditHandler(m)).toThrow(/authenticate/);
-    expect(() => createCreditHandler(m, { authenticate: () => null, routes: [{ ...dup(), path: "/balance" }] })).toThrow(/two routes/);
+    expect(() =>
+      createCreditHandler(m, { authenticate: () => null, routes: [{ ...dup(), path: "/balance" }] }),
+    ).toThrow(/two routes/);
     await m.close();
   });
   it("works behind express.json() too (the parsed body is re-serialised)", async () => {
@@ -368,5 +395,13 @@ describe("createCreditHandler setup", () => {
 });
 
 function dup(): RouteDefinition {
-  return { method: "GET", base: "user", path: "/x", access: "user", operationId: "x", summary: "x", handle: () => ({}) };
+  return {
+    method: "GET",
+    base: "user",
+    path: "/x",
+    access: "user",
+    operationId: "x",
+    summary: "x",
+    handle: () => ({}),
+  };
 }

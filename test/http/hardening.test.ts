@@ -4,7 +4,13 @@ import { connect } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
-import { createCreditHandler, toNodeHandler, type CreditHandler, type Identity, type RouteDefinition } from "../../src/http/index.js";
+import {
+  createCreditHandler,
+  toNodeHandler,
+  type CreditHandler,
+  type Identity,
+  type RouteDefinition,
+} from "../../src/http/index.js";
 import { hosts, listen, waitFor, type Running } from "./servers.js";
 
 const authenticate = (request: Request): Identity | null => {
@@ -31,14 +37,26 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
 
   beforeAll(async () => {
     m = await createCreditManager();
-    handler = createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes: [noBody], onError: (e) => errors.push(e) });
+    handler = createCreditHandler(m, {
+      authenticate,
+      selfServiceSubscriptions: "all",
+      routes: [noBody],
+      onError: (e) => errors.push(e),
+    });
   });
   afterAll(async () => m.close());
 
-  const call = async (method: string, path: string, who: string | null, body?: unknown, headers: Record<string, string> = {}) => {
+  const call = async (
+    method: string,
+    path: string,
+    who: string | null,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ) => {
     const h: Record<string, string> = { ...(who ? { authorization: `Bearer ${who}` } : {}), ...headers };
     // A JSON client types every mutation, body or not (csrfProtection refuses untyped ones).
-    if ((body !== undefined || (method !== "GET" && method !== "HEAD")) && h["content-type"] === undefined) h["content-type"] = "application/json";
+    if ((body !== undefined || (method !== "GET" && method !== "HEAD")) && h["content-type"] === undefined)
+      h["content-type"] = "application/json";
     const res = await handler(
       new Request(`http://localhost${path}`, {
         method,
@@ -53,11 +71,22 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
 
   it("query keys named like Object.prototype's members are unknown keys (400), not a 500", async () => {
     await call("POST", "/admin/credits/users/alice/add", ADMIN, { amount: 10 });
-    const paths = ["/credits/history", "/credits/grants", "/credits/expiring", "/credits/payments/history", "/admin/credits/promos"];
+    const paths = [
+      "/credits/history",
+      "/credits/grants",
+      "/credits/expiring",
+      "/credits/payments/history",
+      "/admin/credits/promos",
+    ];
     for (const path of paths) {
       for (const key of ["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf", "isPrototypeOf"]) {
         const r = await call("GET", `${path}?${key}=1`, path.startsWith("/admin") ? ADMIN : "alice");
-        expect({ path, key, status: r.status, code: r.json.error?.code }).toEqual({ path, key, status: 400, code: "VALIDATION_ERROR" });
+        expect({ path, key, status: r.status, code: r.json.error?.code }).toEqual({
+          path,
+          key,
+          status: 400,
+          code: "VALIDATION_ERROR",
+        });
         expect(r.json.error.message).toContain(key);
       }
     }
@@ -79,7 +108,12 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
       const who = route.access === "admin" ? ADMIN : route.access === "user" ? "alice" : null;
       const r = await call(route.method, `${path}?userId=bob`, who, route.method === "GET" ? undefined : {});
       // The unknown key is named (beside any field the route requires and did not get).
-      expect({ route: `${route.method} ${route.fullPath}`, status: r.status, code: r.json?.error?.code, error: JSON.stringify(r.json?.error) }).toMatchObject({
+      expect({
+        route: `${route.method} ${route.fullPath}`,
+        status: r.status,
+        code: r.json?.error?.code,
+        error: JSON.stringify(r.json?.error),
+      }).toMatchObject({
         status: 400,
         code: "VALIDATION_ERROR",
         error: expect.stringContaining("userId"),
@@ -97,11 +131,19 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
     const bodies: [string, string | object, RegExp][] = [
       ["/credits/reservations", deep, /metadata(\.x){32}: .*32 levels/],
       ["/admin/credits/users/meta/deduct", deep, /32 levels/],
-      ["/admin/credits/users/meta/add", '{"amount":1,"metadata":{"__proto__":{"x":1},"y":2}}', /metadata\.__proto__: .*"__proto__"/],
+      [
+        "/admin/credits/users/meta/add",
+        '{"amount":1,"metadata":{"__proto__":{"x":1},"y":2}}',
+        /metadata\.__proto__: .*"__proto__"/,
+      ],
     ];
     for (const [path, body, message] of bodies) {
       const r = await call("POST", path, path.startsWith("/admin") ? ADMIN : "meta", body);
-      expect({ path, status: r.status, code: r.json.error?.code }).toEqual({ path, status: 400, code: "VALIDATION_ERROR" });
+      expect({ path, status: r.status, code: r.json.error?.code }).toEqual({
+        path,
+        status: 400,
+        code: "VALIDATION_ERROR",
+      });
       expect(r.json.error.message).toMatch(message);
     }
     expect((await call("GET", "/credits/balance", "meta")).json).toEqual(before);
@@ -118,17 +160,33 @@ describe("HTTP hardening: bad client input is a 4xx", () => {
   });
 
   it("mutations that declare no body take none: JSON only (415), the empty object only (400), before they run", async () => {
-    await call("POST", "/admin/credits/plans", ADMIN, { id: "basic", name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" });
-    await call("POST", "/admin/credits/plans", ADMIN, { id: "gone", name: "Gone", creditsPerPeriod: 1, billingPeriod: "monthly" });
+    await call("POST", "/admin/credits/plans", ADMIN, {
+      id: "basic",
+      name: "Basic",
+      creditsPerPeriod: 100,
+      billingPeriod: "monthly",
+    });
+    await call("POST", "/admin/credits/plans", ADMIN, {
+      id: "gone",
+      name: "Gone",
+      creditsPerPeriod: 1,
+      billingPeriod: "monthly",
+    });
     expect((await call("POST", "/credits/subscription", "bob", { planId: "basic" })).status).toBe(201);
     expect((await call("POST", "/credits/subscription/cancel", "bob", {})).status).toBe(200);
 
     // A cross-site "simple" form POST (text/plain) and other media types: 415, nothing done.
-    const plain = await call("POST", "/credits/subscription/resume", "bob", "planId=basic", { "content-type": "text/plain" });
+    const plain = await call("POST", "/credits/subscription/resume", "bob", "planId=basic", {
+      "content-type": "text/plain",
+    });
     expect([plain.status, plain.json.error.code]).toEqual([415, "UNSUPPORTED_MEDIA_TYPE"]);
-    const form = await call("POST", "/credits/subscription/resume", "bob", "a=1", { "content-type": "application/x-www-form-urlencoded" });
+    const form = await call("POST", "/credits/subscription/resume", "bob", "a=1", {
+      "content-type": "application/x-www-form-urlencoded",
+    });
     expect(form.status).toBe(415);
-    const xml = await call("POST", "/admin/credits/plans/gone/deactivate", ADMIN, "<xml/>", { "content-type": "application/xml" });
+    const xml = await call("POST", "/admin/credits/plans/gone/deactivate", ADMIN, "<xml/>", {
+      "content-type": "application/xml",
+    });
     expect(xml.status).toBe(415);
     // Fields where none are taken: 400 naming them; not JSON: 400.
     const fields = await call("POST", "/credits/subscription/resume", "bob", { evil: true, planId: "pro" });
@@ -181,7 +239,9 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     m = await createCreditManager();
     const routes = [rawUser, rawPublic];
     server = await hosts[host]!(createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes }));
-    optOut = await hosts[host]!(createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes, csrfProtection: false }));
+    optOut = await hosts[host]!(
+      createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", routes, csrfProtection: false }),
+    );
     await m.subscriptions.createPlan({ id: "basic", name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" });
     await m.subscriptions.createPlan({ id: "other", name: "Other", creditsPerPeriod: 5, billingPeriod: "monthly" });
     await m.subscriptions.subscribe("bob", "basic");
@@ -201,7 +261,11 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     const headers: Record<string, string> = { authorization: `Bearer ${who}` };
     if (type !== null) headers["content-type"] = type;
     // Bytes, not a string: fetch would add `text/plain` to a string body by itself.
-    const res = await fetch(base + path, { method, headers, body: method === "GET" ? undefined : new TextEncoder().encode(body) });
+    const res = await fetch(base + path, {
+      method,
+      headers,
+      body: method === "GET" ? undefined : new TextEncoder().encode(body),
+    });
     const text = await res.text();
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- error bodies are checked field by field
     return { status: res.status, json: (text === "" ? null : JSON.parse(text)) as any };
@@ -216,7 +280,13 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     promos: (await m.promos.listPromos()).items,
     ran,
   });
-  const paramsOf: Record<string, () => string> = { id: () => reservation, userId: () => "bob", grantId: () => grant, planId: () => "other", code: () => "WELCOME" };
+  const paramsOf: Record<string, () => string> = {
+    id: () => reservation,
+    userId: () => "bob",
+    grantId: () => grant,
+    planId: () => "other",
+    code: () => "WELCOME",
+  };
   const VARIANTS: [string | null, string][] = [
     [null, ""], // an empty POST (a body-less form, fetch without a body)
     [null, "{}"], // JSON text without a type (fetch no-cors with a Blob)
@@ -243,7 +313,8 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
           status: 415,
           error: {
             code: "UNSUPPORTED_MEDIA_TYPE",
-            message: "Send POST, PUT, PATCH and DELETE requests with Content-Type: application/json, also when the body is empty.",
+            message:
+              "Send POST, PUT, PATCH and DELETE requests with Content-Type: application/json, also when the body is empty.",
             details: { contentType: "application/json" },
           },
         });
@@ -256,10 +327,20 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     const json = "application/json";
     expect((await send(server.url, "POST", `/credits/reservations/${reservation}/commit`, json, "")).status).toBe(200);
     const r2 = (await m.credits.reserveCredits("bob", 5)).id;
-    expect((await send(server.url, "POST", `/credits/reservations/${r2}/release`, "application/json; charset=utf-8", "")).json.reservation.status).toBe("released");
-    expect((await send(server.url, "POST", "/credits/subscription/resume", json, "")).json.cancelAtPeriodEnd).toBe(false);
-    expect((await send(server.url, "POST", "/credits/subscription/cancel", "application/merge-patch+json", "")).json.cancelAtPeriodEnd).toBe(true);
-    expect((await send(server.url, "POST", "/admin/credits/plans/other/deactivate", json, "", ADMIN)).json.isActive).toBe(false);
+    expect(
+      (await send(server.url, "POST", `/credits/reservations/${r2}/release`, "application/json; charset=utf-8", ""))
+        .json.reservation.status,
+    ).toBe("released");
+    expect((await send(server.url, "POST", "/credits/subscription/resume", json, "")).json.cancelAtPeriodEnd).toBe(
+      false,
+    );
+    expect(
+      (await send(server.url, "POST", "/credits/subscription/cancel", "application/merge-patch+json", "")).json
+        .cancelAtPeriodEnd,
+    ).toBe(true);
+    expect(
+      (await send(server.url, "POST", "/admin/credits/plans/other/deactivate", json, "", ADMIN)).json.isActive,
+    ).toBe(false);
     expect((await send(server.url, "DELETE", "/admin/credits/plans/other", json, "", ADMIN)).status).toBe(204);
     reservation = (await m.credits.reserveCredits("bob", 10)).id;
   });
@@ -267,15 +348,28 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
   it("a rawBody route needing identity takes its own types but not none, text/plain or a form; public routes are not affected", async () => {
     for (const [type, body] of VARIANTS) {
       const res = await send(server.url, "POST", "/credits/upload", type, body);
-      expect({ type, status: res.status, code: res.json?.error?.code }).toEqual({ type, status: 415, code: "UNSUPPORTED_MEDIA_TYPE" });
+      expect({ type, status: res.status, code: res.json?.error?.code }).toEqual({
+        type,
+        status: 415,
+        code: "UNSUPPORTED_MEDIA_TYPE",
+      });
     }
     expect(ran).toBe(0);
-    expect((await send(server.url, "POST", "/credits/upload", "application/octet-stream", "abc")).json).toEqual({ ran: 1, bytes: 3 });
+    expect((await send(server.url, "POST", "/credits/upload", "application/octet-stream", "abc")).json).toEqual({
+      ran: 1,
+      bytes: 3,
+    });
     // A public route (the webhooks) has no caller's credentials to abuse.
-    expect((await send(server.url, "POST", "/credits/beacon", "text/plain", "abcd", "")).json).toEqual({ ran: 2, bytes: 4 });
+    expect((await send(server.url, "POST", "/credits/beacon", "text/plain", "abcd", "")).json).toEqual({
+      ran: 2,
+      bytes: 4,
+    });
     expect((await send(server.url, "POST", "/credits/beacon", null, "", "")).status).toBe(200);
     // Identity is still checked first: 401 stays 401.
-    const anon = await fetch(`${server.url}/credits/reservations/${reservation}/release`, { method: "POST", headers: { "content-type": "text/plain" } });
+    const anon = await fetch(`${server.url}/credits/reservations/${reservation}/release`, {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+    });
     expect(anon.status).toBe(401);
   });
 
@@ -284,10 +378,16 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     expect((await send(optOut.url, "POST", `/credits/reservations/${r}/release`, null, "")).status).toBe(200);
     const hold = await send(optOut.url, "POST", "/credits/reservations", null, JSON.stringify({ amount: 4 }));
     expect([hold.status, hold.json.amount]).toEqual([201, 4]);
-    expect((await send(optOut.url, "POST", `/credits/reservations/${hold.json.id}/release`, "text/plain", "")).status).toBe(200);
+    expect(
+      (await send(optOut.url, "POST", `/credits/reservations/${hold.json.id}/release`, "text/plain", "")).status,
+    ).toBe(200);
     // A body in another media type is still not JSON.
-    expect((await send(optOut.url, "POST", "/credits/reservations", "text/plain", JSON.stringify({ amount: 4 }))).status).toBe(415);
-    expect(() => createCreditHandler(m, { authenticate, csrfProtection: "yes" as unknown as boolean })).toThrow(/csrfProtection/);
+    expect(
+      (await send(optOut.url, "POST", "/credits/reservations", "text/plain", JSON.stringify({ amount: 4 }))).status,
+    ).toBe(415);
+    expect(() => createCreditHandler(m, { authenticate, csrfProtection: "yes" as unknown as boolean })).toThrow(
+      /csrfProtection/,
+    );
   });
 });
 
@@ -312,12 +412,18 @@ describe("HTTP hardening: toNodeHandler", () => {
     try {
       for (const server of [plain, withNext]) {
         for (const host of ["[", "a b", "exa mple.com:80"]) {
-          const answer = await rawRequest(server.url, `GET /credits/openapi.json HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+          const answer = await rawRequest(
+            server.url,
+            `GET /credits/openapi.json HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+          );
           expect(answer.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request");
           const body = JSON.parse(/\{.*\}/s.exec(answer)?.[0] ?? "null") as { error: { code: string } };
           expect(body.error.code).toBe("VALIDATION_ERROR");
         }
-        const ok = await rawRequest(server.url, "GET /credits/openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        const ok = await rawRequest(
+          server.url,
+          "GET /credits/openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
         expect(ok.split("\r\n")[0]).toBe("HTTP/1.1 200 OK");
       }
       expect(passed).toEqual([]);
@@ -348,7 +454,9 @@ describe("HTTP hardening: toNodeHandler", () => {
       );
     });
     const server = await listen(
-      createServer((req: IncomingMessage, res: ServerResponse) => void node(req, res).then(() => (state.settled = true))),
+      createServer(
+        (req: IncomingMessage, res: ServerResponse) => void node(req, res).then(() => (state.settled = true)),
+      ),
     );
     return { state, server };
   }

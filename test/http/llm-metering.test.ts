@@ -4,7 +4,13 @@ import type { ReadableStream as NodeReadableStream } from "node:stream/web";
 import express from "express";
 import Fastify from "fastify";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createCreditManager, type CreditManager, type MeterOutcome, type PriceBookInput, type RecordedUsage } from "../../src/index.js";
+import {
+  createCreditManager,
+  type CreditManager,
+  type MeterOutcome,
+  type PriceBookInput,
+  type RecordedUsage,
+} from "../../src/index.js";
 import {
   creditMetering,
   creditMeteringMiddleware,
@@ -17,8 +23,18 @@ import { listen, serveHono, type Running } from "./servers.js";
 const BOOK: PriceBookInput = {
   version: "test-book-1",
   models: [
-    { model: "gpt-4o-mini", input: { credits: 1, per: 10 }, output: { credits: 4, per: 10 }, cachedInput: { credits: 1, per: 20 } },
-    { model: "claude-sonnet-4-5", input: { credits: 3, per: 10 }, output: { credits: 3, per: 2 }, cachedInput: { credits: 3, per: 100 } },
+    {
+      model: "gpt-4o-mini",
+      input: { credits: 1, per: 10 },
+      output: { credits: 4, per: 10 },
+      cachedInput: { credits: 1, per: 20 },
+    },
+    {
+      model: "claude-sonnet-4-5",
+      input: { credits: 3, per: 10 },
+      output: { credits: 3, per: 2 },
+      cachedInput: { credits: 3, per: 100 },
+    },
   ],
 };
 /** OpenAI: 1,000 uncached input × 1/10 + 200 cached × 1/20 + 300 output × 4/10 = 100 + 10 + 120. */
@@ -62,7 +78,10 @@ async function startProxy(
       creditMetering(options)(async (request) => {
         const u = new URL(request.url);
         const r = await fetch(target(u.pathname + u.search), { signal: request.signal });
-        return new Response(r.body, { status: r.status, headers: { "content-type": r.headers.get("content-type") ?? "" } });
+        return new Response(r.body, {
+          status: r.status,
+          headers: { "content-type": r.headers.get("content-type") ?? "" },
+        });
       }),
     );
   }
@@ -147,9 +166,22 @@ describe.each(HOSTS)("LLM usage read from the response (%s)", (host) => {
     expect(JSON.parse(text as string).usage.prompt_tokens).toBe(1200); // passed through untouched
     expect(outcome.charged).toBe(OPENAI_CHARGE);
     expect(balance).toBe(START - OPENAI_CHARGE);
-    expect(usage).toMatchObject({ model: OPENAI_MODEL, inputTokens: 1000, cachedTokens: 200, outputTokens: 300, priced: "gpt-4o-mini", priceBook: "test-book-1", source: "response" });
+    expect(usage).toMatchObject({
+      model: OPENAI_MODEL,
+      inputTokens: 1000,
+      cachedTokens: 200,
+      outputTokens: 300,
+      priced: "gpt-4o-mini",
+      priceBook: "test-book-1",
+      source: "response",
+    });
     // The commit entry keeps the counts, the model and the book's version.
-    expect((outcome.entry?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ model: OPENAI_MODEL, inputTokens: 1000, outputTokens: 300, priceBook: "test-book-1" });
+    expect((outcome.entry?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({
+      model: OPENAI_MODEL,
+      inputTokens: 1000,
+      outputTokens: 300,
+      priceBook: "test-book-1",
+    });
   });
 
   it("bills an OpenAI stream by the usage of its final chunk (stream_options.include_usage)", async () => {
@@ -158,13 +190,25 @@ describe.each(HOSTS)("LLM usage read from the response (%s)", (host) => {
     expect(text?.match(/"content"/g)).toHaveLength(5);
     expect(outcome.charged).toBe(OPENAI_CHARGE);
     expect(balance).toBe(START - OPENAI_CHARGE);
-    expect(usage).toMatchObject({ model: OPENAI_MODEL, inputTokens: 1000, cachedTokens: 200, outputTokens: 300, source: "response" });
+    expect(usage).toMatchObject({
+      model: OPENAI_MODEL,
+      inputTokens: 1000,
+      cachedTokens: 200,
+      outputTokens: 300,
+      source: "response",
+    });
   });
 
   it("bills an Anthropic message (JSON) by its usage, cache reads at the cached rate", async () => {
     const { outcome, usage } = await run("/json/anthropic");
     expect(outcome.charged).toBe(ANTHROPIC_CHARGE);
-    expect(usage).toMatchObject({ model: ANTHROPIC_MODEL, inputTokens: 1000, cachedTokens: 500, outputTokens: 250, priced: "claude-sonnet-4-5" });
+    expect(usage).toMatchObject({
+      model: ANTHROPIC_MODEL,
+      inputTokens: 1000,
+      cachedTokens: 500,
+      outputTokens: 250,
+      priced: "claude-sonnet-4-5",
+    });
   });
 
   it("bills an Anthropic stream from message_start and the last message_delta", async () => {
@@ -186,14 +230,23 @@ describe.each(HOSTS)("LLM usage read from the response (%s)", (host) => {
     expect(outcome.outcome).toBe("committed");
     expect(outcome.charged).toBe(ESTIMATE);
     expect(usage).toMatchObject({ amount: ESTIMATE, source: "estimate", problem: "cut" });
-    expect((outcome.entry?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ source: "estimate", problem: "cut" });
+    expect((outcome.entry?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({
+      source: "estimate",
+      problem: "cut",
+    });
   });
 
   it("a cut stream with missingUsage: 'counted' is charged the tokens seen so far", async () => {
     // message_start's 1,000 input and 500 cache reads, and 2 content deltas: 300 + 15 + 2 × 3/2
     const { outcome, usage } = await run("/cut/anthropic?n=4", { missingUsage: "counted" });
     expect(outcome.charged).toBe(318);
-    expect(usage).toMatchObject({ inputTokens: 1000, cachedTokens: 500, outputTokens: 2, source: "counted", problem: "cut" });
+    expect(usage).toMatchObject({
+      inputTokens: 1000,
+      cachedTokens: 500,
+      outputTokens: 2,
+      source: "counted",
+      problem: "cut",
+    });
     outcomes.length = 0;
     await proxy?.close();
     // OpenAI-shaped: 3 content chunks, the prompt unknown: 3 × 4/10 = 1.2 → 2
@@ -284,7 +337,12 @@ describe("node: a JSON answer ended at once", () => {
   it("is billed from its body, with X-Credits-Deducted set", async () => {
     const manager = await createCreditManager({ pricing: BOOK });
     await manager.credits.addCredits("u", START);
-    const middleware = creditMeteringMiddleware({ credits: manager.credits, authenticate: () => ({ userId: "u" }), defaultEstimate: ESTIMATE, llm: { provider: "openai" } });
+    const middleware = creditMeteringMiddleware({
+      credits: manager.credits,
+      authenticate: () => ({ userId: "u" }),
+      defaultEstimate: ESTIMATE,
+      llm: { provider: "openai" },
+    });
     const server = await listen(
       createServer((req, res) =>
         middleware(req, res, () => {
@@ -298,7 +356,11 @@ describe("node: a JSON answer ended at once", () => {
     // 10 × 1/10 + 20 × 4/10 = 9
     expect(res.headers.get("x-credits-deducted")).toBe("9");
     const commit = (await manager.credits.getCreditHistory("u", { types: ["commit_reserved"], limit: 1 })).items[0];
-    expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({ provider: "openai", inputTokens: 10, outputTokens: 20 });
+    expect((commit?.metadata?.usages as unknown as RecordedUsage[])[0]).toMatchObject({
+      provider: "openai",
+      inputTokens: 10,
+      outputTokens: 20,
+    });
     await server.close();
     await manager.close();
   });
@@ -319,7 +381,12 @@ describe("the llm option", () => {
     const manager = await createCreditManager({ pricing: BOOK });
     await manager.credits.addCredits("u", START);
     const { recordUsage } = await import("../../src/index.js");
-    const metered = creditMetering({ credits: manager.credits, authenticate: () => ({ userId: "u" }), defaultEstimate: ESTIMATE, llm: true })(async () => {
+    const metered = creditMetering({
+      credits: manager.credits,
+      authenticate: () => ({ userId: "u" }),
+      defaultEstimate: ESTIMATE,
+      llm: true,
+    })(async () => {
       recordUsage({ model: "gpt-4o-mini", inputTokens: 10, outputTokens: 10 }); // 1 + 4 = 5
       return Response.json({ model: OPENAI_MODEL, usage: { prompt_tokens: 1000, completion_tokens: 1000 } });
     });

@@ -12,10 +12,21 @@ export const ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929";
 const openaiChunk = (delta: Record<string, unknown>, usage: unknown = null) =>
   `data: ${JSON.stringify({ id: "chatcmpl-1", object: "chat.completion.chunk", created: 1, model: OPENAI_MODEL, choices: usage ? [] : [{ index: 0, delta, finish_reason: null }], usage })}\n\n`;
 
-const anthropicEvent = (type: string, data: Record<string, unknown>) => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
+const anthropicEvent = (type: string, data: Record<string, unknown>) =>
+  `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
 
-export const OPENAI_USAGE = { prompt_tokens: 1200, completion_tokens: 300, total_tokens: 1500, prompt_tokens_details: { cached_tokens: 200 } };
-export const ANTHROPIC_USAGE = { input_tokens: 1000, cache_read_input_tokens: 500, cache_creation_input_tokens: 0, output_tokens: 250 };
+export const OPENAI_USAGE = {
+  prompt_tokens: 1200,
+  completion_tokens: 300,
+  total_tokens: 1500,
+  prompt_tokens_details: { cached_tokens: 200 },
+};
+export const ANTHROPIC_USAGE = {
+  input_tokens: 1000,
+  cache_read_input_tokens: 500,
+  cache_creation_input_tokens: 0,
+  output_tokens: 250,
+};
 
 const WORDS = ["Credits", " are", " counted", " per", " token."];
 
@@ -26,21 +37,47 @@ export const streams = {
   openaiNoUsage: [...WORDS.map((w) => openaiChunk({ content: w }).replace(',"usage":null', "")), "data: [DONE]\n\n"],
   anthropic: [
     anthropicEvent("message_start", {
-      message: { id: "msg_1", type: "message", role: "assistant", model: ANTHROPIC_MODEL, content: [], usage: { ...ANTHROPIC_USAGE, output_tokens: 1 } },
+      message: {
+        id: "msg_1",
+        type: "message",
+        role: "assistant",
+        model: ANTHROPIC_MODEL,
+        content: [],
+        usage: { ...ANTHROPIC_USAGE, output_tokens: 1 },
+      },
     }),
     anthropicEvent("content_block_start", { index: 0, content_block: { type: "text", text: "" } }),
     ...WORDS.map((w) => anthropicEvent("content_block_delta", { index: 0, delta: { type: "text_delta", text: w } })),
     anthropicEvent("content_block_stop", { index: 0 }),
-    "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+    'event: ping\ndata: {"type": "ping"}\n\n',
     anthropicEvent("message_delta", { delta: { stop_reason: "end_turn" }, usage: { output_tokens: 250 } }),
     anthropicEvent("message_stop", {}),
   ],
 };
 
 export const bodies = {
-  openai: { id: "chatcmpl-1", object: "chat.completion", model: OPENAI_MODEL, choices: [{ index: 0, message: { role: "assistant", content: "Hi" } }], usage: OPENAI_USAGE },
-  anthropic: { id: "msg_1", type: "message", role: "assistant", model: ANTHROPIC_MODEL, content: [{ type: "text", text: "Hi" }], usage: ANTHROPIC_USAGE },
-  malformed: { id: "chatcmpl-2", object: "chat.completion", model: OPENAI_MODEL, choices: [], usage: { prompt_tokens: "many", completion_tokens: -1 } },
+  openai: {
+    id: "chatcmpl-1",
+    object: "chat.completion",
+    model: OPENAI_MODEL,
+    choices: [{ index: 0, message: { role: "assistant", content: "Hi" } }],
+    usage: OPENAI_USAGE,
+  },
+  anthropic: {
+    id: "msg_1",
+    type: "message",
+    role: "assistant",
+    model: ANTHROPIC_MODEL,
+    content: [{ type: "text", text: "Hi" }],
+    usage: ANTHROPIC_USAGE,
+  },
+  malformed: {
+    id: "chatcmpl-2",
+    object: "chat.completion",
+    model: OPENAI_MODEL,
+    choices: [],
+    usage: { prompt_tokens: "many", completion_tokens: -1 },
+  },
   noUsage: { id: "chatcmpl-3", object: "chat.completion", model: OPENAI_MODEL, choices: [] },
   unknownModel: { id: "chatcmpl-4", object: "chat.completion", model: "mystery-9", choices: [], usage: OPENAI_USAGE },
 };

@@ -31,7 +31,11 @@ export interface MeteredHost {
   name: string;
   /** Whether a JSON response carries X-Credits-Deducted on this host. */
   headerOnJson: boolean;
-  start(options: Omit<CreditMeteringOptions, "authenticate"> & { authenticate: (userId: string | undefined) => { userId: string } | null }): Promise<Running>;
+  start(
+    options: Omit<CreditMeteringOptions, "authenticate"> & {
+      authenticate: (userId: string | undefined) => { userId: string } | null;
+    },
+  ): Promise<Running>;
 }
 
 const enc = new TextEncoder();
@@ -216,39 +220,39 @@ const fetchOptions = (o: Parameters<MeteredHost["start"]>[0]): CreditMeteringOpt
 
 /** The app's routes on a Fastify instance (metered by whatever the host registered), listening on loopback. */
 async function serveFastify(app: FastifyInstance): Promise<Running> {
-    app.post("/api/chat", async () => {
-      await sleep(1);
-      recordUsage({ amount: 42, model: "m-1", provider: "acme" });
-      return { reply: "hello" };
-    });
-    app.post("/api/json-usage", async () => ({ reply: "hi", usage: { total_tokens: 17 } }));
-    app.get("/api/health", async () => ({ ok: true }));
-    app.get("/public", async () => ({ ok: true }));
-    app.post("/api/fail", async () => {
-      throw new Error("model crashed");
-    });
-    app.post("/api/unavailable", async (_req, reply) => reply.code(503).send({ error: "upstream down" }));
-    app.get("/api/stream", (_req, reply) => {
-      reply.hijack();
-      void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
-    });
-    app.get("/api/slow-stream", (_req, reply) => {
-      reply.hijack();
-      void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
-    });
-    app.get("/api/slow", async () => {
-      await sleep(1500);
-      recordUsage({ amount: 5 });
-      return { late: true };
-    });
-    app.post("/api/burst", async () => {
-      await sleep(30);
-      recordUsage({ amount: 60 });
-      return { ok: true };
-    });
-    await app.listen({ port: 0, host: "127.0.0.1" });
-    const { port } = app.server.address() as AddressInfo;
-    return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
+  app.post("/api/chat", async () => {
+    await sleep(1);
+    recordUsage({ amount: 42, model: "m-1", provider: "acme" });
+    return { reply: "hello" };
+  });
+  app.post("/api/json-usage", async () => ({ reply: "hi", usage: { total_tokens: 17 } }));
+  app.get("/api/health", async () => ({ ok: true }));
+  app.get("/public", async () => ({ ok: true }));
+  app.post("/api/fail", async () => {
+    throw new Error("model crashed");
+  });
+  app.post("/api/unavailable", async (_req, reply) => reply.code(503).send({ error: "upstream down" }));
+  app.get("/api/stream", (_req, reply) => {
+    reply.hijack();
+    void nodeRoute(Object.assign(reply.raw.req, { url: "/api/stream" }), reply.raw);
+  });
+  app.get("/api/slow-stream", (_req, reply) => {
+    reply.hijack();
+    void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
+  });
+  app.get("/api/slow", async () => {
+    await sleep(1500);
+    recordUsage({ amount: 5 });
+    return { late: true };
+  });
+  app.post("/api/burst", async () => {
+    await sleep(30);
+    recordUsage({ amount: 60 });
+    return { ok: true };
+  });
+  await app.listen({ port: 0, host: "127.0.0.1" });
+  const { port } = app.server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, close: async () => void (await app.close()) };
 }
 
 export const meteredHosts: MeteredHost[] = [

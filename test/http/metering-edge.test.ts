@@ -14,7 +14,9 @@ function rawStatus(url: string, method: string, target: string, headers: Record<
   const { hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
     const socket = connect(Number(port), hostname, () => {
-      const lines = Object.entries({ host: "x", "content-length": "0", connection: "close", ...headers }).map(([k, v]) => `${k}: ${v}`);
+      const lines = Object.entries({ host: "x", "content-length": "0", connection: "close", ...headers }).map(
+        ([k, v]) => `${k}: ${v}`,
+      );
       socket.write(`${method} ${target} HTTP/1.1\r\n${lines.join("\r\n")}\r\n\r\n`);
     });
     let data = "";
@@ -47,7 +49,9 @@ describe("metering matches the prefix on every reading of the path", () => {
     m = await createCreditManager();
     // Express, as in the README: case-insensitive routing, absolute-form targets routed by their path.
     const app = express();
-    app.use(creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) }));
+    app.use(
+      creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) }),
+    );
     app.get("/api/health", (_req, res) => void res.json({ ok: true }));
     app.post("/api/chat", (_req, res) => {
       paid.express++;
@@ -62,10 +66,19 @@ describe("metering matches the prefix on every reading of the path", () => {
       paid.hono++;
       return c.json({ usage: { total_tokens: 7 } });
     });
-    servers.push(await serveHono(creditMetering({ ...options(m, outcomes), authenticate: (r) => bearer(r.headers.get("authorization")) })(hono.fetch)));
+    servers.push(
+      await serveHono(
+        creditMetering({ ...options(m, outcomes), authenticate: (r) => bearer(r.headers.get("authorization")) })(
+          hono.fetch,
+        ),
+      ),
+    );
     honoUrl = (servers[1] as Running).url;
     // node:http with a router on the WHATWG reading of the path (what a Fetch app behind toNodeHandler sees).
-    const meter = creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) });
+    const meter = creditMeteringMiddleware({
+      ...options(m, outcomes),
+      authenticate: (req) => bearer(req.headers.authorization),
+    });
     const route = (req: IncomingMessage, res: ServerResponse) => {
       const path = new URL(req.url ?? "/", "http://h").pathname;
       if (path === "/api/chat") paid.node++;
@@ -97,14 +110,17 @@ describe("metering matches the prefix on every reading of the path", () => {
     },
   );
 
-  it.each(["/%61pi/chat", "/%61%70%69/chat", "/a%70i/chat"])("Hono: %s (decoded before routing) is metered", async (target) => {
-    expect(await rawStatus(honoUrl, "POST", target)).toBe(401);
-    expect(paid.hono).toBe(0);
-    await m.credits.addCredits("ho", 100);
-    expect(await rawStatus(honoUrl, "POST", target, { authorization: "Bearer ho" })).toBe(200);
-    expect(paid.hono).toBe(1);
-    expect(await waitFor(() => outcomes[0])).toMatchObject({ userId: "ho", outcome: "committed", charged: 7 });
-  });
+  it.each(["/%61pi/chat", "/%61%70%69/chat", "/a%70i/chat"])(
+    "Hono: %s (decoded before routing) is metered",
+    async (target) => {
+      expect(await rawStatus(honoUrl, "POST", target)).toBe(401);
+      expect(paid.hono).toBe(0);
+      await m.credits.addCredits("ho", 100);
+      expect(await rawStatus(honoUrl, "POST", target, { authorization: "Bearer ho" })).toBe(200);
+      expect(paid.hono).toBe(1);
+      expect(await waitFor(() => outcomes[0])).toMatchObject({ userId: "ho", outcome: "committed", charged: 7 });
+    },
+  );
 
   it("errs on the side of metering: spellings Hono does not route to /api/chat are metered too", async () => {
     for (const target of ["/%41PI/chat", "/api%2Fchat", "/%2561pi/chat"]) {
@@ -112,13 +128,17 @@ describe("metering matches the prefix on every reading of the path", () => {
     }
   });
 
-  it.each(["/x/../api/chat", "/x/%2e%2e/api/chat", "/api/public/../chat", "/api/public/%2E%2E/chat", "/x/..\\api/chat", "//api/chat"])(
-    "node:http: %s, which a WHATWG-parsing app routes to /api/chat, is metered",
-    async (target) => {
-      expect(await rawStatus(nodeUrl, "POST", target)).toBe(401);
-      expect(paid.node).toBe(0);
-    },
-  );
+  it.each([
+    "/x/../api/chat",
+    "/x/%2e%2e/api/chat",
+    "/api/public/../chat",
+    "/api/public/%2E%2E/chat",
+    "/x/..\\api/chat",
+    "//api/chat",
+  ])("node:http: %s, which a WHATWG-parsing app routes to /api/chat, is metered", async (target) => {
+    expect(await rawStatus(nodeUrl, "POST", target)).toBe(401);
+    expect(paid.node).toBe(0);
+  });
 
   it("still leaves skipped paths and paths outside the prefix alone (in the same spelling)", async () => {
     for (const url of [expressUrl, nodeUrl]) {
@@ -166,7 +186,9 @@ describe("skip paths follow the router's case, and hold only when every reading 
     const app = express();
     if (caseSensitiveRouting) app.set("case sensitive routing", true);
     if (strictRouting) app.set("strict routing", true);
-    app.use(creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) }));
+    app.use(
+      creditMeteringMiddleware({ ...options(m, outcomes), authenticate: (req) => bearer(req.headers.authorization) }),
+    );
     app.get("/api/health", (_req, res) => void res.json({ ok: true }));
     app.get("/api/public/:file", (_req, res) => void res.json({ file: true }));
     app.all("/api/:model", (_req, res) => {
@@ -177,13 +199,22 @@ describe("skip paths follow the router's case, and hold only when every reading 
   }
 
   /** node:http with its own router (lower-casing the path first when `fold`). */
-  async function nodeApp(name: string, fold: boolean, extra: { caseSensitive?: boolean; ignoreTrailingSlash?: boolean } = {}) {
-    const meter = creditMeteringMiddleware({ ...options(m, outcomes), ...extra, authenticate: (req) => bearer(req.headers.authorization) });
+  async function nodeApp(
+    name: string,
+    fold: boolean,
+    extra: { caseSensitive?: boolean; ignoreTrailingSlash?: boolean } = {},
+  ) {
+    const meter = creditMeteringMiddleware({
+      ...options(m, outcomes),
+      ...extra,
+      authenticate: (req) => bearer(req.headers.authorization),
+    });
     const route = (req: IncomingMessage, res: ServerResponse) => {
       const raw = new URL(req.url ?? "/", "http://h").pathname;
       const cased = fold ? raw.toLowerCase() : raw;
       // A router told to ignore one trailing slash (as Fastify's ignoreTrailingSlash does).
-      const path = extra.ignoreTrailingSlash === true && cased.length > 1 && cased.endsWith("/") ? cased.slice(0, -1) : cased;
+      const path =
+        extra.ignoreTrailingSlash === true && cased.length > 1 && cased.endsWith("/") ? cased.slice(0, -1) : cased;
       const free = path === "/api/health" || path.startsWith("/api/public/");
       if (!free) paid[name] = (paid[name] ?? 0) + 1;
       res.setHeader("content-type", "application/json");
@@ -201,7 +232,11 @@ describe("skip paths follow the router's case, and hold only when every reading 
       paid[name] = (paid[name] ?? 0) + 1;
       return c.json({ usage: { total_tokens: 7 } });
     });
-    const metered = creditMetering({ ...options(m, outcomes), ...extra, authenticate: (r) => bearer(r.headers.get("authorization")) });
+    const metered = creditMetering({
+      ...options(m, outcomes),
+      ...extra,
+      authenticate: (r) => bearer(r.headers.get("authorization")),
+    });
     servers[name] = await serveHono(metered(hono.fetch));
   }
 
@@ -234,7 +269,10 @@ describe("skip paths follow the router's case, and hold only when every reading 
     await m.credits.addCredits(user, 100);
     expect(await rawStatus(url(name), method, target, { authorization: `Bearer ${user}` })).toBe(200);
     expect(paid[name]).toBe(1);
-    expect(await waitFor(() => outcomes.find((o) => o.userId === user))).toMatchObject({ outcome: "committed", charged: 7 });
+    expect(await waitFor(() => outcomes.find((o) => o.userId === user))).toMatchObject({
+      outcome: "committed",
+      charged: 7,
+    });
     delete paid[name];
   }
 
@@ -323,7 +361,9 @@ describe("skip paths follow the router's case, and hold only when every reading 
   });
 
   it("a RegExp skip path with the g flag skips every time", async () => {
-    const metered = creditMetering({ credits: m.credits, authenticate: () => null, skipPaths: [/^\/api\/health$/g] })(() => Response.json({ ok: true }));
+    const metered = creditMetering({ credits: m.credits, authenticate: () => null, skipPaths: [/^\/api\/health$/g] })(
+      () => Response.json({ ok: true }),
+    );
     for (let i = 0; i < 3; i++) expect((await metered(new Request("http://h/api/health"))).status).toBe(200);
     expect((await metered(new Request("http://h/api/chat"))).status).toBe(401);
   });
@@ -331,7 +371,9 @@ describe("skip paths follow the router's case, and hold only when every reading 
   it("skipPaths and caseSensitive are checked when the metering is made", () => {
     const base = { credits: m.credits, authenticate: () => null };
     expect(() => creditMeteringMiddleware({ ...base, caseSensitive: "no" as unknown as boolean })).toThrow(TypeError);
-    expect(() => creditMeteringMiddleware({ ...base, ignoreTrailingSlash: 1 as unknown as boolean })).toThrow(TypeError);
+    expect(() => creditMeteringMiddleware({ ...base, ignoreTrailingSlash: 1 as unknown as boolean })).toThrow(
+      TypeError,
+    );
     expect(() => creditMetering({ ...base, skipPaths: [42 as unknown as string] })).toThrow(/skipPaths/);
   });
 });
@@ -380,9 +422,14 @@ describe("a client that leaves before the hold is placed", () => {
       expect(res.status).toBe(499);
       expect(res.headers.get("x-credits-deducted")).toBe("0");
       expect(ran).toBe(0);
-      expect(outcomes).toEqual([expect.objectContaining({ userId: user, outcome: "released", releaseReason: "aborted", charged: 0 })]);
+      expect(outcomes).toEqual([
+        expect.objectContaining({ userId: user, outcome: "released", releaseReason: "aborted", charged: 0 }),
+      ]);
       expect(await m.credits.getUserCreditsInfo(user)).toMatchObject({ balance: 1000, reserved: 0 });
-      expect((await m.credits.getCreditHistory(user, { limit: 2 })).items.map((e) => e.type)).toEqual(["release_reserved", "reserve"]);
+      expect((await m.credits.getCreditHistory(user, { limit: 2 })).items.map((e) => e.type)).toEqual([
+        "release_reserved",
+        "reserve",
+      ]);
     });
   });
 
@@ -423,7 +470,12 @@ describe("a client that leaves before the hold is placed", () => {
     it("a client that disconnects while authenticate is pending: released at once, next() never called", async () => {
       await m.credits.addCredits(user, 1000);
       const { port } = new URL(server.url);
-      const req = httpRequest({ host: "127.0.0.1", port: Number(port), path: "/api/stream", headers: { authorization: `Bearer ${user}` } });
+      const req = httpRequest({
+        host: "127.0.0.1",
+        port: Number(port),
+        path: "/api/stream",
+        headers: { authorization: `Bearer ${user}` },
+      });
       req.on("error", () => undefined);
       req.end();
       await sleep(50);

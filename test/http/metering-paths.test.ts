@@ -106,7 +106,10 @@ describe("path matching: a skip path folds ASCII letters only", () => {
 
 describe("path matching: what the router ignores (routerFor)", () => {
   const app = (caseSensitive: boolean, strict: boolean) => ({
-    app: { enabled: (name: string) => (name === "case sensitive routing" ? caseSensitive : name === "strict routing" ? strict : false) },
+    app: {
+      enabled: (name: string) =>
+        name === "case sensitive routing" ? caseSensitive : name === "strict routing" ? strict : false,
+    },
   });
   it("nothing to skip: nothing matters", () => {
     expect(pathMatcher({}).routerFor(app(false, false))).toBe(0);
@@ -120,8 +123,12 @@ describe("path matching: what the router ignores (routerFor)", () => {
     expect(m.routerFor(null)).toBe(0);
   });
   it("the options override the app", () => {
-    expect(pathMatcher({ skipPaths: ["/x"], caseSensitive: true, ignoreTrailingSlash: false }).routerFor(app(false, false))).toBe(0);
-    expect(pathMatcher({ skipPaths: ["/x"], caseSensitive: false, ignoreTrailingSlash: true }).routerFor({})).toBe(ANY_CASE | ANY_SLASH);
+    expect(
+      pathMatcher({ skipPaths: ["/x"], caseSensitive: true, ignoreTrailingSlash: false }).routerFor(app(false, false)),
+    ).toBe(0);
+    expect(pathMatcher({ skipPaths: ["/x"], caseSensitive: false, ignoreTrailingSlash: true }).routerFor({})).toBe(
+      ANY_CASE | ANY_SLASH,
+    );
   });
   it("rejects malformed options when made", () => {
     expect(() => pathMatcher({ skipPaths: "/x" as unknown as string[] })).toThrow(/skipPaths/);

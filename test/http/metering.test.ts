@@ -31,7 +31,13 @@ describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (
     outcomes.length = 0;
   });
 
-  const call = (method: string, path: string, user?: string, headers: Record<string, string> = {}, signal?: AbortSignal) =>
+  const call = (
+    method: string,
+    path: string,
+    user?: string,
+    headers: Record<string, string> = {},
+    signal?: AbortSignal,
+  ) =>
     fetch(server.url + path, {
       method,
       headers: { ...(user ? { authorization: `Bearer ${user}` } : {}), ...headers },
@@ -174,7 +180,13 @@ describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (
     expect(ok).toBeGreaterThanOrEqual(10);
     await waitFor(() => (outcomes.length >= ok ? true : undefined));
     const after = await info("burst");
-    expect(after).toEqual({ userId: "burst", balance: 1000 - 60 * ok, reserved: 0, available: 1000 - 60 * ok, debt: 0 });
+    expect(after).toEqual({
+      userId: "burst",
+      balance: 1000 - 60 * ok,
+      reserved: 0,
+      available: 1000 - 60 * ok,
+      debt: 0,
+    });
     expect(after.balance).toBeGreaterThanOrEqual(0);
     expect((await m.credits.audit("burst")).ok).toBe(true);
     expect((await m.credits.audit("u1")).ok).toBe(true);

@@ -8,7 +8,10 @@ describe("sendResponse of a Response built from text (textResponse)", () => {
   beforeAll(async () => {
     server = await listen(
       createServer((req, res) => {
-        const response = textResponse('{"ok":true,"n":"é"}', { status: 201, headers: { "content-type": "application/json", "x-a": "1" } });
+        const response = textResponse('{"ok":true,"n":"é"}', {
+          status: 201,
+          headers: { "content-type": "application/json", "x-a": "1" },
+        });
         void sendResponse(res, response, req.method === "HEAD");
       }),
     );

@@ -20,7 +20,12 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     m = await createCreditManager({ clock: () => new Date(now) });
     server = await hosts["node:http"]!(createCreditHandler(m, { authenticate }));
     open = await hosts["node:http"]!(
-      createCreditHandler(m, { authenticate, selfServiceSubscriptions: "all", basePath: "/all", adminBasePath: "/all-admin" }),
+      createCreditHandler(m, {
+        authenticate,
+        selfServiceSubscriptions: "all",
+        basePath: "/all",
+        adminBasePath: "/all-admin",
+      }),
     );
   });
   afterAll(async () => {
@@ -59,10 +64,20 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect(created.status).toBe(201);
     expect(created.json).toMatchObject({ id: "free", price: 0, creditsPerPeriod: 100, isActive: true });
     expect((await call("POST", "/admin/credits/plans", { user: admin, body: free })).status).toBe(409);
-    const pro = { id: "pro", name: "Pro", creditsPerPeriod: 1000, price: 2000, currency: "usd", billingPeriod: "monthly" };
+    const pro = {
+      id: "pro",
+      name: "Pro",
+      creditsPerPeriod: 1000,
+      price: 2000,
+      currency: "usd",
+      billingPeriod: "monthly",
+    };
     expect((await call("POST", "/admin/credits/plans", { user: admin, body: pro })).status).toBe(201);
 
-    const bad = await call("POST", "/admin/credits/plans", { user: admin, body: { name: "x", creditsPerPeriod: -1, billingPeriod: "hourly" } });
+    const bad = await call("POST", "/admin/credits/plans", {
+      user: admin,
+      body: { name: "x", creditsPerPeriod: -1, billingPeriod: "hourly" },
+    });
     expect(bad.status).toBe(400);
     expect(bad.json.error.code).toBe("VALIDATION_ERROR");
     expect(JSON.stringify(bad.json.error.details)).toMatch(/creditsPerPeriod/);
@@ -71,10 +86,15 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     const patched = await call("PATCH", "/admin/credits/plans/pro", { user: admin, body: { name: "Pro+" } });
     expect(patched.status).toBe(200);
     expect(patched.json.name).toBe("Pro+");
-    expect((await call("PATCH", "/admin/credits/plans/pro", { user: "alice", body: { name: "mine" } })).status).toBe(403);
+    expect((await call("PATCH", "/admin/credits/plans/pro", { user: "alice", body: { name: "mine" } })).status).toBe(
+      403,
+    );
     expect((await call("PATCH", "/admin/credits/plans/nope", { user: admin, body: { name: "n" } })).status).toBe(404);
 
-    await call("POST", "/admin/credits/plans", { user: admin, body: { id: "old", name: "Old", creditsPerPeriod: 1, billingPeriod: "daily" } });
+    await call("POST", "/admin/credits/plans", {
+      user: admin,
+      body: { id: "old", name: "Old", creditsPerPeriod: 1, billingPeriod: "daily" },
+    });
     expect((await call("POST", "/admin/credits/plans/old/deactivate", { user: "alice" })).status).toBe(403);
     const off = await call("POST", "/admin/credits/plans/old/deactivate", { user: admin });
     expect(off.json.isActive).toBe(false);
@@ -100,10 +120,15 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect(paid.status).toBe(403);
     expect(await m.subscriptions.getUserSubscription("alice")).toBeNull();
     // Backdating is for admins: the self-service body refuses startAt.
-    const backdated = await call("POST", "/credits/subscription", { user: "alice", body: { planId: "free", startAt: "2030-01-01T00:00:00Z" } });
+    const backdated = await call("POST", "/credits/subscription", {
+      user: "alice",
+      body: { planId: "free", startAt: "2030-01-01T00:00:00Z" },
+    });
     expect(backdated.status).toBe(400);
     expect((await call("POST", "/credits/subscription", { user: "alice", body: {} })).status).toBe(400);
-    expect((await call("POST", "/credits/subscription", { user: "alice", body: { planId: "missing" } })).status).toBe(404);
+    expect((await call("POST", "/credits/subscription", { user: "alice", body: { planId: "missing" } })).status).toBe(
+      404,
+    );
 
     const headers = { "idempotency-key": "sub-alice-1" };
     const first = await call("POST", "/credits/subscription", { user: "alice", body: { planId: "free" }, headers });
@@ -126,38 +151,67 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect((await call("GET", "/admin/credits/users/alice/subscription", { user: admin })).json.id).toBe(first.json.id);
 
     // A user may not change to a paid plan on the default handler; on the "all" handler they may.
-    expect((await call("POST", "/credits/subscription/change", { user: "alice", body: { planId: "pro" } })).status).toBe(403);
-    expect((await call("POST", "/credits/subscription/change", { user: "alice", body: { planId: "pro", when: "later" } })).status).toBe(400);
-    const changed = await call("POST", "/all/subscription/change", { user: "alice", base: open, body: { planId: "pro", credits: "keep" } });
+    expect(
+      (await call("POST", "/credits/subscription/change", { user: "alice", body: { planId: "pro" } })).status,
+    ).toBe(403);
+    expect(
+      (await call("POST", "/credits/subscription/change", { user: "alice", body: { planId: "pro", when: "later" } }))
+        .status,
+    ).toBe(400);
+    const changed = await call("POST", "/all/subscription/change", {
+      user: "alice",
+      base: open,
+      body: { planId: "pro", credits: "keep" },
+    });
     expect(changed.status).toBe(200);
     expect(changed.json.planId).toBe("pro");
     expect((await m.credits.getUserCreditsInfo("alice")).available).toBe(1100);
   });
 
   it("a user cannot farm a free plan: no cancelling now and subscribing again, no changing now to a free plan", async () => {
-    await call("POST", "/admin/credits/plans", { user: admin, body: { id: "free-b", name: "Free B", creditsPerPeriod: 100, billingPeriod: "monthly" } });
+    await call("POST", "/admin/credits/plans", {
+      user: admin,
+      body: { id: "free-b", name: "Free B", creditsPerPeriod: 100, billingPeriod: "monthly" },
+    });
     for (const base of [server, open]) {
       const user = `mallory-${base === server ? "free" : "all"}`;
       const prefix = base === server ? "/credits" : "/all";
       expect((await call("POST", `${prefix}/subscription`, { user, base, body: { planId: "free" } })).status).toBe(201);
       await m.credits.deductCredits(user, 100); // spent: "expire" would not take it back
-      const now = await call("POST", `${prefix}/subscription/cancel`, { user, base, body: { atPeriodEnd: false, credits: "expire" } });
+      const now = await call("POST", `${prefix}/subscription/cancel`, {
+        user,
+        base,
+        body: { atPeriodEnd: false, credits: "expire" },
+      });
       expect(now.status).toBe(403);
       expect(now.json.error.message).toMatch(/period's end/);
       for (const credits of ["keep", "expire", "prorate"]) {
-        const change = await call("POST", `${prefix}/subscription/change`, { user, base, body: { planId: "free-b", credits } });
+        const change = await call("POST", `${prefix}/subscription/change`, {
+          user,
+          base,
+          body: { planId: "free-b", credits },
+        });
         expect(change.status).toBe(403);
       }
       // At the period's end is allowed, and allocates nothing now.
-      const later = await call("POST", `${prefix}/subscription/change`, { user, base, body: { planId: "free-b", when: "period_end" } });
+      const later = await call("POST", `${prefix}/subscription/change`, {
+        user,
+        base,
+        body: { planId: "free-b", when: "period_end" },
+      });
       expect(later.status).toBe(200);
-      expect((await call("POST", `${prefix}/subscription/cancel`, { user, base, body: {} })).json.cancelAtPeriodEnd).toBe(true);
+      expect(
+        (await call("POST", `${prefix}/subscription/cancel`, { user, base, body: {} })).json.cancelAtPeriodEnd,
+      ).toBe(true);
       expect((await call("POST", `${prefix}/subscription`, { user, base, body: { planId: "free" } })).status).toBe(409);
       expect((await m.credits.getUserCreditsInfo(user)).balance).toBe(0);
       expect((await m.subscriptions.getUserSubscription(user))?.planId).toBe("free");
     }
     // An admin may still end it now.
-    const ended = await call("POST", "/admin/credits/users/mallory-free/subscription/cancel", { user: admin, body: { atPeriodEnd: false } });
+    const ended = await call("POST", "/admin/credits/users/mallory-free/subscription/cancel", {
+      user: admin,
+      body: { atPeriodEnd: false },
+    });
     expect(ended.json.status).toBe("canceled");
   });
 
@@ -176,16 +230,27 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect(resumed.json.cancelAtPeriodEnd).toBe(false);
 
     // An admin subscribes dave to the paid plan, changes it and cancels it now.
-    const sub = await call("POST", "/admin/credits/users/dave/subscription", { user: admin, body: { planId: "pro", idempotencyKey: "d1" } });
+    const sub = await call("POST", "/admin/credits/users/dave/subscription", {
+      user: admin,
+      body: { planId: "pro", idempotencyKey: "d1" },
+    });
     expect(sub.status).toBe(201);
-    expect((await call("POST", "/admin/credits/users/dave/subscription", { user: "dave", body: { planId: "pro" } })).status).toBe(403);
-    const down = await call("POST", "/admin/credits/users/dave/subscription/change", { user: admin, body: { planId: "free", credits: "expire" } });
+    expect(
+      (await call("POST", "/admin/credits/users/dave/subscription", { user: "dave", body: { planId: "pro" } })).status,
+    ).toBe(403);
+    const down = await call("POST", "/admin/credits/users/dave/subscription/change", {
+      user: admin,
+      body: { planId: "free", credits: "expire" },
+    });
     expect(down.json.planId).toBe("free");
     expect((await m.credits.getUserCreditsInfo("dave")).available).toBe(100);
     // dave, on a free plan now, may resume his own cancellation.
     await call("POST", "/credits/subscription/cancel", { user: "dave", body: {} });
     expect((await call("POST", "/credits/subscription/resume", { user: "dave" })).json.cancelAtPeriodEnd).toBe(false);
-    const ended = await call("POST", "/admin/credits/users/dave/subscription/cancel", { user: admin, body: { atPeriodEnd: false } });
+    const ended = await call("POST", "/admin/credits/users/dave/subscription/cancel", {
+      user: admin,
+      body: { atPeriodEnd: false },
+    });
     expect(ended.json.status).toBe("canceled");
     expect((await call("GET", "/credits/subscription", { user: "dave" })).status).toBe(404);
     // A plan with a subscriber (alice on pro) cannot be deleted.
@@ -196,7 +261,9 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     const doc = (await call("GET", "/credits/openapi.json")).json;
     const result = await new Validator().validate(structuredClone(doc));
     expect(result.errors ?? []).toEqual([]);
-    expect(doc.paths["/credits/subscription"].post.requestBody.content["application/json"].schema.required).toContain("planId");
+    expect(doc.paths["/credits/subscription"].post.requestBody.content["application/json"].schema.required).toContain(
+      "planId",
+    );
     expect(doc.paths["/admin/credits/plans/{planId}"].delete).toBeDefined();
     expect(doc.paths["/admin/credits/users/{userId}/subscription/cancel"].post.responses["403"]).toBeDefined();
   });

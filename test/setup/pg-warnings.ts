@@ -8,7 +8,8 @@ import { afterEach } from "vitest";
 
 const seen: string[] = [];
 process.on("warning", (warning) => {
-  if (warning.name === "DeprecationWarning" && /already executing a query/.test(warning.message)) seen.push(warning.message);
+  if (warning.name === "DeprecationWarning" && /already executing a query/.test(warning.message))
+    seen.push(warning.message);
 });
 
 afterEach(async () => {

@@ -67,10 +67,21 @@ export class PaymentsModel {
   inserted(p: Payment, user: string, amount: number): void {
     const credits = Math.floor((amount * RATE_PER_100) / 100);
     if (p.userId !== user || p.amount !== amount || p.credits !== credits) {
-      this.fail(`payment ${p.id} stored for ${p.userId}, ${p.amount} buying ${p.credits} credits; asked ${user}, ${amount}: ${credits} credits`);
+      this.fail(
+        `payment ${p.id} stored for ${p.userId}, ${p.amount} buying ${p.credits} credits; asked ${user}, ${amount}: ${credits} credits`,
+      );
     }
     if (this.payments.has(p.id)) this.fail(`payment ${p.id} inserted twice`);
-    this.payments.set(p.id, { id: p.id, userId: user, amount, credits, credited: false, grantId: null, refunded: 0, reversed: 0 });
+    this.payments.set(p.id, {
+      id: p.id,
+      userId: user,
+      amount,
+      credits,
+      credited: false,
+      grantId: null,
+      refunded: 0,
+      reversed: 0,
+    });
   }
 
   private get(update: Payment | undefined, where: string): ModelPayment {
@@ -81,7 +92,8 @@ export class PaymentsModel {
   /** A paid event's unit of work: adds the credits once. Returns the payment. */
   credited(m: CreditModel, update: Payment | undefined, grantId: string | null, where: string): void {
     const p = this.get(update, where);
-    if (p.credited || p.refunded > 0) this.fail(`${where}: payment ${p.id} credited although it was ${p.credited ? "credited" : "refunded"} already`);
+    if (p.credited || p.refunded > 0)
+      this.fail(`${where}: payment ${p.id} credited although it was ${p.credited ? "credited" : "refunded"} already`);
     p.credited = true;
     p.grantId = grantId;
     m.add(grantId, p.credits, null, 0);
@@ -94,7 +106,8 @@ export class PaymentsModel {
     if (refunded <= p.refunded) this.fail(`${where}: a refund of ${refunded} after ${p.refunded} changed the account`);
     let k = 0;
     if (p.credited) {
-      const share = refunded >= p.amount ? p.credits : Math.min(p.credits, Math.ceil((p.credits * refunded) / p.amount));
+      const share =
+        refunded >= p.amount ? p.credits : Math.min(p.credits, Math.ceil((p.credits * refunded) / p.amount));
       k = Math.max(0, share - p.reversed);
       let left = k;
       const g = p.grantId === null ? undefined : findGrant(m, p.grantId);
@@ -111,7 +124,9 @@ export class PaymentsModel {
     p.refunded = refunded;
     p.reversed += k;
     if (update !== undefined && (update.refundedAmount !== p.refunded || update.creditsReversed !== p.reversed)) {
-      this.fail(`${where}: payment saved with refundedAmount ${update.refundedAmount}, creditsReversed ${update.creditsReversed}; the model ${p.refunded}, ${p.reversed}`);
+      this.fail(
+        `${where}: payment saved with refundedAmount ${update.refundedAmount}, creditsReversed ${update.creditsReversed}; the model ${p.refunded}, ${p.reversed}`,
+      );
     }
   }
 }

@@ -6,15 +6,7 @@ import type { Changes } from "../../src/store.js";
 import type { Payment, Subscription } from "../../src/models/index.js";
 import { CreditService } from "../../src/services/credit-service.js";
 import type { CreditModel } from "../../src/testing/model.js";
-import {
-  AccountsModel,
-  cloneModel,
-  findGrant,
-  findHold,
-  heldAmount,
-  openGrants,
-  settleGrants,
-} from "./model.js";
+import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
 import { SimStore, type StoreEvent } from "./store.js";
@@ -99,14 +91,17 @@ export class SimulationFailure extends Error {
     trace: readonly string[],
   ) {
     const shown = process.env.SIM_TRACE === undefined ? trace.slice(-15) : trace;
-    super(`simulation failed (seed ${seed}, step ${step}): ${what}\n  replay: ${replay}\n  last requests:\n    ${shown.join("\n    ")}`);
+    super(
+      `simulation failed (seed ${seed}, step ${step}): ${what}\n  replay: ${replay}\n  last requests:\n    ${shown.join("\n    ")}`,
+    );
     this.name = "SimulationFailure";
   }
 }
 
 const USERS = ["alice", "bob", "carol"];
 const T0 = Date.parse("2031-03-01T00:00:00.000Z");
-const DEFAULT_REPLAY = "SIM_SEED={seed} SIM_STEPS={steps} npx vitest run test/simulation.test.ts  (or: npm run sim -- --seed {seed} --steps {steps} --trace)";
+const DEFAULT_REPLAY =
+  "SIM_SEED={seed} SIM_STEPS={steps} npx vitest run test/simulation.test.ts  (or: npm run sim -- --seed {seed} --steps {steps} --trace)";
 
 interface Op {
   readonly id: number;
@@ -141,7 +136,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   // Separate streams: the ids the code draws do not shift the schedule, and the reverse.
   const idRng = new Prng(seed ^ 0x5eed1d5);
   options.setIdSource?.(() => idRng.uuid());
-  const replay = (options.replay ?? DEFAULT_REPLAY).replaceAll("{seed}", String(seed)).replaceAll("{steps}", String(steps));
+  const replay = (options.replay ?? DEFAULT_REPLAY)
+    .replaceAll("{seed}", String(seed))
+    .replaceAll("{steps}", String(steps));
 
   // Swarm testing: each seed has its own mix of faults (some none at all).
   const rates: FaultRates = rng.chance(0.15)
@@ -154,11 +151,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       };
   const concurrency = rng.range(1, 5);
   // Fewer users, more contention on each account (one user: every request on one account).
-  const users = USERS.slice(0, rng.weighted<number>([
-    [1, 1],
-    [1, 2],
-    [3, 3],
-  ]));
+  const users = USERS.slice(
+    0,
+    rng.weighted<number>([
+      [1, 1],
+      [1, 2],
+      [3, 3],
+    ]),
+  );
   const scheduler = new Scheduler(rng, rates);
   const inner = new InMemoryDbManager();
   const sim = new SimStore(inner, scheduler, options.plantedBug === "lost-commit" ? rng : undefined);
@@ -222,7 +222,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     switch (spec.kind) {
       case "add":
         if (spec.expiresAt !== null && spec.expiresAt <= m.now) return "RuleViolationError";
-        m.add(changes === null ? "predicted" : (changes.insertGrants[0]?.id ?? null), spec.amount, spec.expiresAt, spec.priority);
+        m.add(
+          changes === null ? "predicted" : (changes.insertGrants[0]?.id ?? null),
+          spec.amount,
+          spec.expiresAt,
+          spec.priority,
+        );
         return "ok";
       case "deduct":
         return m.deduct(spec.amount, false) ? "ok" : "InsufficientCreditsError";
@@ -257,7 +262,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         const p = PROMOS[spec.code] as PromoSpec;
         const byUser = count(`${spec.code}/${spec.user}`);
         const eligible =
-          (p.endsAfter === null || m.now < T0 + p.endsAfter) && byUser < p.perUser && (p.maxUses === null || count(spec.code) < p.maxUses);
+          (p.endsAfter === null || m.now < T0 + p.endsAfter) &&
+          byUser < p.perUser &&
+          (p.maxUses === null || count(spec.code) < p.maxUses);
         if (!eligible) return "PromoNotEligibleError";
         if (changes === null) return "ok";
         const claim = changes.promoClaims?.[0];
@@ -310,7 +317,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       m.settle();
     }
     const a = e.changes.account;
-    trace.push(`  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}`);
+    trace.push(
+      `  commit ${e.userId} seq ${a.seq} by #${op?.id ?? "-"}: ${e.changes.entries.map((x) => `${x.type} ${x.amount}`).join(", ")} → ${a.balance}/${a.reserved}/${a.debt}`,
+    );
     if (a.balance !== m.balance || a.reserved !== m.reserved || a.debt !== m.debt) {
       fail(
         `${where}: the account after it is balance ${a.balance}, reserved ${a.reserved}, debt ${a.debt}; ` +
@@ -336,11 +345,15 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         if (op !== undefined && op.key !== null && e.key === op.key) op.accept.add(predict(op, e.userId));
       } else if (e.kind === "end") {
         // Still due when it answered: nobody (itself included) brought the period meanwhile.
-        if (op !== undefined && op.periodDue && "user" in op.spec) op.periodDue = subs.renewalDue(op.spec.user, model.now);
+        if (op !== undefined && op.periodDue && "user" in op.spec)
+          op.periodDue = subs.renewalDue(op.spec.user, model.now);
       } else if (e.kind === "write") {
         const request = op !== undefined && SUB_KINDS.has(op.spec.kind) ? (op.spec as SubRequest) : undefined;
         const w = e.args[0] as Subscription;
-        if (e.method.endsWith("Subscription")) trace.push(`  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`);
+        if (e.method.endsWith("Subscription"))
+          trace.push(
+            `  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`,
+          );
         if (e.method === "insertPayment") {
           const spec = op?.spec;
           if (spec?.kind !== "pay") return fail(`payment inserted outside a payment request`);
@@ -411,7 +424,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "claim":
         return manager.promos.claimPromo(spec.user, spec.code, k);
       case "pay":
-        return manager.payments.createPaymentLink(spec.user, { ...k, amount: spec.amount, currency: "USD", provider: "sim" });
+        return manager.payments.createPaymentLink(spec.user, {
+          ...k,
+          amount: spec.amount,
+          currency: "USD",
+          provider: "sim",
+        });
       case "paid":
         return manager.payments.handleWebhook("sim", webhook("paid", spec.payment, null), {});
       case "refund":
@@ -486,7 +504,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "changeEnd":
         return { kind, user, plan: rng.pick(Object.keys(PLANS)) };
       case "changeNow":
-        return { kind, user, plan: rng.pick(Object.keys(PLANS)), credits: rng.pick(["keep", "expire", "prorate"] as const) };
+        return {
+          kind,
+          user,
+          plan: rng.pick(Object.keys(PLANS)),
+          credits: rng.pick(["keep", "expire", "prorate"] as const),
+        };
       case "cancelNow":
         return { kind, user, credits: rng.pick(["keep", "expire"] as const) };
       case "cancelEnd":
@@ -515,7 +538,20 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     return { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) };
   };
 
-  const KEYED = new Set<Spec["kind"]>(["add", "deduct", "after", "reserve", "commit", "release", "void", "subscribe", "claim", "pay", "paid", "refund"]);
+  const KEYED = new Set<Spec["kind"]>([
+    "add",
+    "deduct",
+    "after",
+    "reserve",
+    "commit",
+    "release",
+    "void",
+    "subscribe",
+    "claim",
+    "pay",
+    "paid",
+    "refund",
+  ]);
 
   const isDefinite = (error: unknown): boolean => {
     if (error instanceof StorageError) return false;
@@ -573,8 +609,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       else if (!isDefinite(a.error) || (op.spec.kind === "pay" && a.error instanceof ConflictError)) {
         // (A checkout another call of the same key is opening is a ConflictError to retry.)
         outcome = `in doubt: ${(a.error as Error).message}`;
-      }
-      else outcome = (a.error as Error).name;
+      } else outcome = (a.error as Error).name;
       trace.push(`step ${step} ${describe(op)} attempt ${op.attempts}: ${outcome}`);
       const variant = "credits" in op.spec ? `/${op.spec.credits}` : "";
       const tally = `${op.spec.kind}${variant} ${outcome.startsWith("in doubt") ? "in doubt" : outcome}`;
@@ -595,7 +630,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       op.state = "done";
       if (SUB_KINDS.has(op.spec.kind)) {
         // Checked write by write (SubscriptionsModel); here only what no request may answer.
-        if (outcome !== "ok" && outcome !== "ConflictError" && outcome !== "NotFoundError") fail(`${describe(op)} answered ${outcome}`);
+        if (outcome !== "ok" && outcome !== "ConflictError" && outcome !== "NotFoundError")
+          fail(`${describe(op)} answered ${outcome}`);
         continue;
       }
       if (PAYMENT_KINDS.has(op.spec.kind)) {
@@ -605,14 +641,19 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       }
       // (A storage error while bringing the period leaves the operation to run without it: documented.)
       if (outcome === "InsufficientCreditsError" && op.periodDue && !a.ctx.faulted) {
-        fail(`${describe(op)} was refused for lack of credits after its subscription's period ended, without the next period brought first (docs/subscriptions.md, "Periods start on time")`);
+        fail(
+          `${describe(op)} was refused for lack of credits after its subscription's period ended, without the next period brought first (docs/subscriptions.md, "Periods start on time")`,
+        );
       }
       if (outcome === "ok") {
         if (op.commits !== 1) fail(`${describe(op)} succeeded, and the store has ${op.commits} commits of it`);
       } else {
-        if (op.commits > 0) fail(`${describe(op)} answered ${outcome} although an earlier attempt committed (it must replay)`);
+        if (op.commits > 0)
+          fail(`${describe(op)} answered ${outcome} although an earlier attempt committed (it must replay)`);
         if (!op.accept.has(outcome)) {
-          fail(`${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`);
+          fail(
+            `${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`,
+          );
         }
       }
     }
@@ -620,7 +661,16 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
 
   const check = async () => {
     // A read per user through a process (it settles, like any touch), then the store itself.
-    const reads = users.map((user) => ({ id: nextOp++, spec: { kind: "read", user } as Spec, key: null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" as const }));
+    const reads = users.map((user) => ({
+      id: nextOp++,
+      spec: { kind: "read", user } as Spec,
+      key: null,
+      attempts: 0,
+      commits: 0,
+      accept: new Set<string>(),
+      periodDue: false,
+      state: "new" as const,
+    }));
     for (const op of reads) ops.set(op.id, op);
     await runBatch(reads, false);
     for (const user of users) {
@@ -629,24 +679,34 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       const where = `check of ${user}`;
       const info = await checker.getUserCreditsInfo(user);
       const want = { userId: user, balance: m.balance, reserved: m.reserved, available: m.available, debt: m.debt };
-      if (JSON.stringify(info) !== JSON.stringify(want)) fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
+      if (JSON.stringify(info) !== JSON.stringify(want))
+        fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
       const report = await checker.audit(user);
       if (!report.ok) fail(`${where}: audit found ${report.problems.join("; ")}`);
       if (report.balance !== m.balance || report.reserved !== m.reserved || report.debt !== m.debt) {
-        fail(`${where}: audit replays ${report.balance}/${report.reserved}/${report.debt}, the model has ${m.balance}/${m.reserved}/${m.debt}`);
+        fail(
+          `${where}: audit replays ${report.balance}/${report.reserved}/${report.debt}, the model has ${m.balance}/${m.reserved}/${m.debt}`,
+        );
       }
       const grants = Object.fromEntries((await inner.listGrants(user)).map((g) => [g.id, g.remaining]));
       if (JSON.stringify(sorted(grants)) !== JSON.stringify(sorted(openGrants(m)))) {
-        fail(`${where}: open grants ${JSON.stringify(sorted(grants))}, the model ${JSON.stringify(sorted(openGrants(m)))}`);
+        fail(
+          `${where}: open grants ${JSON.stringify(sorted(grants))}, the model ${JSON.stringify(sorted(openGrants(m)))}`,
+        );
       }
       const holds = (await inner.listReservations(user, { status: "active" })).map((r) => r.id).sort();
-      const modelHolds = m.holds.filter((h) => h.status === "active").map((h) => h.id).sort();
-      if (JSON.stringify(holds) !== JSON.stringify(modelHolds)) fail(`${where}: active holds ${holds.join(",")}, the model ${modelHolds.join(",")}`);
+      const modelHolds = m.holds
+        .filter((h) => h.status === "active")
+        .map((h) => h.id)
+        .sort();
+      if (JSON.stringify(holds) !== JSON.stringify(modelHolds))
+        fail(`${where}: active holds ${holds.join(",")}, the model ${modelHolds.join(",")}`);
       if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
       if (m.debt > 0 && Object.keys(openGrants(m)).length > 0) fail(`${where}: debt while a grant has credits`);
       const stored = await inner.getActiveSubscription(user);
       const modelled = subs.activeOf(user);
-      if ((stored?.id ?? null) !== (modelled?.id ?? null)) fail(`${where}: active subscription ${String(stored?.id)}, the model ${String(modelled?.id)}`);
+      if ((stored?.id ?? null) !== (modelled?.id ?? null))
+        fail(`${where}: active subscription ${String(stored?.id)}, the model ${String(modelled?.id)}`);
       digest.update(`${user}:${m.balance}:${m.reserved}:${m.debt}:${String(stored?.planId)};`);
     }
   };
@@ -658,7 +718,16 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     for (let i = 0; i < fresh; i++) {
       const spec = generate();
       const id = nextOp++;
-      const op: Op = { id, spec, key: KEYED.has(spec.kind) ? `sim-${id}` : null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" };
+      const op: Op = {
+        id,
+        spec,
+        key: KEYED.has(spec.kind) ? `sim-${id}` : null,
+        attempts: 0,
+        commits: 0,
+        accept: new Set<string>(),
+        periodDue: false,
+        state: "new",
+      };
       ops.set(id, op);
       batch.push(op);
     }
@@ -680,14 +749,27 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   for (let round = 0; [...ops.values()].some((op) => op.state === "in-doubt"); round++) {
     if (round > 20) fail("requests still in doubt after 20 rounds of retries");
     model.now = clock.now;
-    await runBatch([...ops.values()].filter((op) => op.state === "in-doubt"), false);
+    await runBatch(
+      [...ops.values()].filter((op) => op.state === "in-doubt"),
+      false,
+    );
   }
   // The renewal job, once nothing else runs: every period's work owed must then be done, once.
-  const job: Op = { id: nextOp++, spec: { kind: "renewJob" }, key: null, attempts: 0, commits: 0, accept: new Set<string>(), periodDue: false, state: "new" };
+  const job: Op = {
+    id: nextOp++,
+    spec: { kind: "renewJob" },
+    key: null,
+    attempts: 0,
+    commits: 0,
+    accept: new Set<string>(),
+    periodDue: false,
+    state: "new",
+  };
   ops.set(job.id, job);
   await runBatch([job], false);
   await check();
-  for (const [key, w] of subs.owed) if (!w.done) fail(`the account work of subscription ${w.subscriptionId} under ${key} was never carried out`);
+  for (const [key, w] of subs.owed)
+    if (!w.done) fail(`the account work of subscription ${w.subscriptionId} under ${key} was never carried out`);
   for (const m of managers) await m.close();
   await admin.close();
   return {

@@ -74,9 +74,11 @@ export class SimStore {
     if (verdict === "error") throw new StorageError(`[sim] injected: ${method} failed before it ran`);
     if (!write) return run();
     // The memory store answers without waiting: nothing runs between this read and the write.
-    const stored = method === "updateSubscription" ? await this.inner.getSubscription((args[0] as Subscription).id) : null;
+    const stored =
+      method === "updateSubscription" ? await this.inner.getSubscription((args[0] as Subscription).id) : null;
     const result = await run();
-    if (result !== false) this.events.push({ kind: "write", op: currentOp(), method, args: structuredClone(args), before: stored });
+    if (result !== false)
+      this.events.push({ kind: "write", op: currentOp(), method, args: structuredClone(args), before: stored });
     const ack = await this.scheduler.point("ack");
     if (ack === "error") throw new StorageError(`[sim] injected: ${method} was written, its answer lost`);
     return result;
@@ -94,10 +96,11 @@ export class SimStore {
         if (verdict === "error") throw new StorageError("[sim] injected: storage error before the commit");
         if (verdict === "conflict") throw new ConflictError("[sim] injected: write conflict at the commit");
         // Synchronous: the seq guard, the unique keys and the write happen with nothing in between.
-        if (this.loseCommits?.chance(0.05) !== true) this.inner.transactionNow(userId, (t) => {
-          t.load();
-          t.save(changes);
-        });
+        if (this.loseCommits?.chance(0.05) !== true)
+          this.inner.transactionNow(userId, (t) => {
+            t.load();
+            t.save(changes);
+          });
       } catch (error) {
         if (error instanceof ConflictError && attempt < MAX_ATTEMPTS) continue;
         throw error;
@@ -158,7 +161,10 @@ class SimTransaction implements DbTransaction {
 
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     await this.sim.wait();
-    return grantIds.map((id) => this.grants.get(id)).filter((g): g is Grant => g !== undefined).map((g) => structuredClone(g));
+    return grantIds
+      .map((id) => this.grants.get(id))
+      .filter((g): g is Grant => g !== undefined)
+      .map((g) => structuredClone(g));
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {

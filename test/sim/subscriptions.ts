@@ -75,7 +75,11 @@ export class SubscriptionsModel {
     return s !== undefined && periodEnd(s) <= now && s.autoRenew && !s.cancelAtPeriodEnd;
   }
 
-  private owe(s: Subscription, grants: Array<[number, number]>, more: { expire?: string[]; remove?: number; replace?: boolean } = {}): void {
+  private owe(
+    s: Subscription,
+    grants: Array<[number, number]>,
+    more: { expire?: string[]; remove?: number; replace?: boolean } = {},
+  ): void {
     const key = s.intent?.key;
     if (key === undefined) this.fail(`subscription ${s.id} owes account work but records no intent`);
     if (this.owed.has(key)) this.fail(`two transitions of subscription ${s.id} owe work under one key ${key}`);
@@ -100,7 +104,8 @@ export class SubscriptionsModel {
   /** An insertSubscription the store took, made by `request`. */
   inserted(s: Subscription, request: SubRequest | undefined, now: number): void {
     const where = `subscription ${s.id} inserted`;
-    if (request?.kind !== "subscribe" || request.user !== s.userId) this.fail(`${where} by a request that is no subscribe of its user`);
+    if (request?.kind !== "subscribe" || request.user !== s.userId)
+      this.fail(`${where} by a request that is no subscribe of its user`);
     const active = this.activeOf(s.userId);
     if (active !== undefined) this.fail(`${where} while ${active.id} is active (one active subscription per user)`);
     const m: ModelSub = {
@@ -151,11 +156,17 @@ export class SubscriptionsModel {
       return;
     }
     const start = s.currentPeriodStart.getTime();
-    const asked = request?.kind === "changeNow" && request.user === m.userId && s.planId === request.plan && m.planId !== request.plan;
+    const asked =
+      request?.kind === "changeNow" &&
+      request.user === m.userId &&
+      s.planId === request.plan &&
+      m.planId !== request.plan;
     if (asked && request.credits === "prorate" && s.anchorAt.getTime() === m.anchor && start === periodStart(m)) {
       // Prorated: the period keeps its dates; the difference for the time left, truncated.
       const credits = PLANS[request.plan] ?? 0;
-      const delta = Math.trunc((credits - m.periodCredits) * Math.min(1, Math.max(0, (end - now) / (end - periodStart(m)))));
+      const delta = Math.trunc(
+        (credits - m.periodCredits) * Math.min(1, Math.max(0, (end - now) / (end - periodStart(m)))),
+      );
       m.planId = request.plan;
       m.pendingPlanId = null;
       m.periodCredits = credits;
@@ -180,7 +191,10 @@ export class SubscriptionsModel {
         this.owe(s, this.allocation(m, now), { replace: true });
         return;
       }
-      if (!changedNow) this.fail(`${where}: its period moved to ${s.currentPeriodStart.toISOString()} without a renewal or a plan change`);
+      if (!changedNow)
+        this.fail(
+          `${where}: its period moved to ${s.currentPeriodStart.toISOString()} without a renewal or a plan change`,
+        );
       const old = m.periodGrants;
       m.planId = request.plan;
       m.pendingPlanId = null;
@@ -193,7 +207,8 @@ export class SubscriptionsModel {
       return;
     }
     if (s.pendingPlanId !== m.pendingPlanId) {
-      if (request?.kind !== "changeEnd" || request.plan !== s.pendingPlanId) this.fail(`${where}: pendingPlanId ${String(s.pendingPlanId)} not asked for`);
+      if (request?.kind !== "changeEnd" || request.plan !== s.pendingPlanId)
+        this.fail(`${where}: pendingPlanId ${String(s.pendingPlanId)} not asked for`);
       m.pendingPlanId = request.plan;
     }
     if (s.cancelAtPeriodEnd !== m.cancelAtPeriodEnd || s.autoRenew !== m.autoRenew) {
@@ -230,7 +245,8 @@ export class SubscriptionsModel {
       currentPeriodStart: s.currentPeriodStart.getTime(),
       currentPeriodEnd: s.currentPeriodEnd.getTime(),
     };
-    if (JSON.stringify(want) !== JSON.stringify(got)) this.fail(`${where}: stored ${JSON.stringify(got)}, the model ${JSON.stringify(want)}`);
+    if (JSON.stringify(want) !== JSON.stringify(got))
+      this.fail(`${where}: stored ${JSON.stringify(got)}, the model ${JSON.stringify(want)}`);
   }
 
   /**
@@ -243,7 +259,8 @@ export class SubscriptionsModel {
     const w = this.owed.get(key) ?? this.fail(`account work under ${key} that no subscription owes`);
     if (w.done) this.fail(`account work under ${key} carried out twice`);
     w.done = true;
-    const sub = this.subs.get(w.subscriptionId) ?? this.fail(`account work of unknown subscription ${w.subscriptionId}`);
+    const sub =
+      this.subs.get(w.subscriptionId) ?? this.fail(`account work of unknown subscription ${w.subscriptionId}`);
     for (const id of w.expire) {
       const g = findGrant(m, id);
       if (g !== undefined) expireGrantNow(m, g);
@@ -256,13 +273,17 @@ export class SubscriptionsModel {
       return n + (g === undefined || g.closed !== null ? 0 : g.remaining);
     }, 0);
     if (voided !== Math.min(w.remove, unspent)) {
-      this.fail(`account work under ${key} removed ${voided}; the model removes ${Math.min(w.remove, unspent)} (asked ${w.remove}, the period has ${unspent} unspent)`);
+      this.fail(
+        `account work under ${key} removed ${voided}; the model removes ${Math.min(w.remove, unspent)} (asked ${w.remove}, the period has ${unspent} unspent)`,
+      );
     }
     for (const e of voids) {
       for (const part of e.grants) {
         const g = findGrant(m, part.grantId);
         if (g === undefined || !sub.periodGrants.includes(g.id) || g.closed !== null || g.remaining < part.amount) {
-          this.fail(`account work under ${key} removed ${part.amount} from grant ${part.grantId}, not the period's unspent credits`);
+          this.fail(
+            `account work under ${key} removed ${part.amount} from grant ${part.grantId}, not the period's unspent credits`,
+          );
         }
         g.remaining -= part.amount;
         m.balance -= part.amount;
@@ -275,7 +296,9 @@ export class SubscriptionsModel {
     });
     const want = w.grants.map(([amount, expiresAt], i) => [amount, got[i]?.[1] === null ? null : expiresAt]);
     if (JSON.stringify(got) !== JSON.stringify(want)) {
-      this.fail(`account work under ${key} added [amount, expiry] ${JSON.stringify(got)}, the model owes ${JSON.stringify(w.grants)}`);
+      this.fail(
+        `account work under ${key} added [amount, expiry] ${JSON.stringify(got)}, the model owes ${JSON.stringify(w.grants)}`,
+      );
     }
     const added: string[] = [];
     adds.forEach((e, i) => {

@@ -84,7 +84,11 @@ export class DueIndex {
     const order = Array.from({ length: n }, (_, k) => k);
     const at = this.addedTimes;
     const ai = this.addedIds;
-    order.sort((x, y) => (at[x] as number) - (at[y] as number) || ((ai[x] as string) < (ai[y] as string) ? -1 : (ai[x] as string) > (ai[y] as string) ? 1 : 0));
+    order.sort(
+      (x, y) =>
+        (at[x] as number) - (at[y] as number) ||
+        ((ai[x] as string) < (ai[y] as string) ? -1 : (ai[x] as string) > (ai[y] as string) ? 1 : 0),
+    );
     const times: number[] = new Array(this.times.length + n);
     const ids: string[] = new Array(this.times.length + n);
     let i = 0;
@@ -95,7 +99,8 @@ export class DueIndex {
         j >= n ||
         (i < this.times.length &&
           ((this.times[i] as number) < (at[order[j] as number] as number) ||
-            ((this.times[i] as number) === (at[order[j] as number] as number) && (this.ids[i] as string) <= (ai[order[j] as number] as string))));
+            ((this.times[i] as number) === (at[order[j] as number] as number) &&
+              (this.ids[i] as string) <= (ai[order[j] as number] as string))));
       if (takeOld) {
         times[k] = this.times[i] as number;
         ids[k++] = this.ids[i++] as string;

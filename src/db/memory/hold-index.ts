@@ -89,7 +89,7 @@ export class HoldIndex {
   private slotOf(id: string, claim: boolean): number {
     const k = this.scratch;
     if (!writeUuid(this.scratchBytes, 0, id)) return -1;
-    if (claim && (this.count + 1) > this.capacity * MAX_LOAD) this.grow();
+    if (claim && this.count + 1 > this.capacity * MAX_LOAD) this.grow();
     if (this.capacity === 0) return -2;
     const k0 = k[0] as number;
     const k1 = k[1] as number;

@@ -83,7 +83,10 @@ export class SettledHolds {
     const { f64, u32, bytes } = this.rowBuffer;
     const f = i * F64_PER_ROW;
     const row = i * ROW;
-    const allocations = this.portions.read(u32[i * U32_PER_ROW + U32_ALLOCATIONS_START] as number, u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] as number);
+    const allocations = this.portions.read(
+      u32[i * U32_PER_ROW + U32_ALLOCATIONS_START] as number,
+      u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] as number,
+    );
     const reason = u32[i * U32_PER_ROW + U32_REASON] as number;
     const settledAt = f64[f + 3] as number;
     const committed = f64[f + 4] as number;

@@ -1,14 +1,6 @@
 import { ConflictError } from "../../errors.js";
 import { isOpenGrant } from "../../domain/order.js";
-import type {
-  Account,
-  Grant,
-  JournalEntry,
-  LedgerEntry,
-  Payment,
-  Promo,
-  Reservation,
-} from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { DueIndex } from "./due-index.js";
 import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
@@ -109,7 +101,11 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   readonly promoStore = new MemoryPromoStore();
   private readonly outbox = new MemoryOutbox();
   /** Plans and subscriptions, promos and payments, the outbox. */
-  protected readonly parts: SideParts = { subscriptions: new MemorySubscriptionStore(), promos: this.promoStore, outbox: this.outbox };
+  protected readonly parts: SideParts = {
+    subscriptions: new MemorySubscriptionStore(),
+    promos: this.promoStore,
+    outbox: this.outbox,
+  };
 
   async init(): Promise<void> {}
 
@@ -219,7 +215,8 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
       u.journal.append(e);
     }
     if (hasPromoRows(changes)) this.promoStore.apply(changes);
-    if (changes.notifications !== undefined && changes.notifications.length > 0) this.outbox.insertNotifications(changes.notifications);
+    if (changes.notifications !== undefined && changes.notifications.length > 0)
+      this.outbox.insertNotifications(changes.notifications);
   }
 
   /** `isNew`: an inserted grant (else one of the account's, updated). */
@@ -328,7 +325,11 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     const to = q.to?.getTime();
     const take = (i: number) => {
       const at = journal.createdAt(i);
-      if ((types === null || types.has(journal.type(i))) && (from === undefined || at >= from) && (to === undefined || at < to)) {
+      if (
+        (types === null || types.has(journal.type(i))) &&
+        (from === undefined || at >= from) &&
+        (to === undefined || at < to)
+      ) {
         out.push(journal.get(i, userId));
       }
     };
@@ -351,7 +352,6 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     return ids.map((id) => copyReservation(this.holderOf(id)?.active.get(id) as Reservation));
   }
 
-
   /** Nothing to reach; no schema (docs/observability.md). */
   async ping(): Promise<{ schemaVersion: number | null }> {
     return { schemaVersion: null };
@@ -365,7 +365,13 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
       heldCredits += u.account?.reserved ?? 0;
     }
     const o = this.outbox.stats();
-    return { activeHolds, heldCredits, outboxPending: o.pending, outboxFailed: o.failed, oldestPendingAt: o.oldestPendingAt };
+    return {
+      activeHolds,
+      heldCredits,
+      outboxPending: o.pending,
+      outboxFailed: o.failed,
+      oldestPendingAt: o.oldestPendingAt,
+    };
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -472,4 +478,3 @@ const oldestFirst = (a: { createdAt: Date; id: string }, b: { createdAt: Date; i
 function cursorOf(after: ScanCursor | undefined): { time: number; id: string } | undefined {
   return after === undefined ? undefined : { time: after.expiresAt.getTime(), id: after.id };
 }
-

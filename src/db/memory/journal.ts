@@ -7,7 +7,15 @@ type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerpri
 /** Descriptions a journal numbers in its rows (24 bits); beyond, they go with the rare fields. */
 const MAX_DESCRIPTIONS = 0xffffff;
 
-const TYPES: readonly EntryType[] = ["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"];
+const TYPES: readonly EntryType[] = [
+  "add",
+  "deduct",
+  "expire",
+  "void",
+  "reserve",
+  "commit_reserved",
+  "release_reserved",
+];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 /** Flag in an entry's type byte: its reservation id is stored in the row. */
 const HAS_RESERVATION = 0x80;
@@ -97,7 +105,13 @@ export class CompactJournal {
       this.addMetadata(i, JSON.stringify(e.metadata));
       bytes[row + AT_TYPE] = code | HAS_METADATA;
     }
-    if (oddReservation || e.idempotencyKey !== null || e.fingerprint !== null || e.correlationId !== null || (d !== null && dn === 0)) {
+    if (
+      oddReservation ||
+      e.idempotencyKey !== null ||
+      e.fingerprint !== null ||
+      e.correlationId !== null ||
+      (d !== null && dn === 0)
+    ) {
       this.extras.set(i, {
         reservationId: oddReservation ? r : null,
         idempotencyKey: e.idempotencyKey,
@@ -164,7 +178,10 @@ export class CompactJournal {
     const from = i === 0 ? 0 : (u32[(i - 1) * U32_PER_ROW + U32_PORTIONS_END] as number);
     const grants = this.portions.read(from, u32[i * U32_PER_ROW + U32_PORTIONS_END] as number);
     const x = this.extras.get(i);
-    const dn = (bytes[row + AT_DESCRIPTION] as number) | ((bytes[row + AT_DESCRIPTION + 1] as number) << 8) | ((bytes[row + AT_DESCRIPTION + 2] as number) << 16);
+    const dn =
+      (bytes[row + AT_DESCRIPTION] as number) |
+      ((bytes[row + AT_DESCRIPTION + 1] as number) << 8) |
+      ((bytes[row + AT_DESCRIPTION + 2] as number) << 16);
     const typeByte = bytes[row + AT_TYPE] as number;
     const compactReservation = (typeByte & HAS_RESERVATION) !== 0;
     return {

@@ -102,7 +102,10 @@ export class MemoryPromoStore implements PromoPaymentStore {
     return pid === undefined ? null : this.getPayment(pid);
   }
 
-  async listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<Payment[]> {
+  async listPayments(
+    userId: string,
+    query: { limit: number; before?: { createdAt: Date; id: string } },
+  ): Promise<Payment[]> {
     const b = query.before;
     return [...(this.paymentsByUser.get(userId) ?? [])]
       .map((id) => this.payments.get(id) as Payment)

@@ -60,7 +60,10 @@ export class PortionPool {
   read(from: number, to: number): GrantPortion[] {
     const out: GrantPortion[] = [];
     for (let p = from; p < to; p++) {
-      out.push({ grantId: this.grantIds[this.pool[2 * p] as number] as string, amount: this.pool[2 * p + 1] as number });
+      out.push({
+        grantId: this.grantIds[this.pool[2 * p] as number] as string,
+        amount: this.pool[2 * p + 1] as number,
+      });
     }
     return out;
   }

@@ -102,7 +102,8 @@ export class MemorySubscriptionStore implements SubscriptionStore {
   private put(row: Subscription): void {
     const s = copy(row);
     const previous = this.subs.get(s.id);
-    if (previous?.status === "active") for (const p of [previous.planId, previous.pendingPlanId]) if (p !== null) this.byPlan.get(p)?.delete(s.id);
+    if (previous?.status === "active")
+      for (const p of [previous.planId, previous.pendingPlanId]) if (p !== null) this.byPlan.get(p)?.delete(s.id);
     if (s.status === "active") {
       for (const p of [s.planId, s.pendingPlanId]) {
         if (p === null) continue;

@@ -1,8 +1,25 @@
-import type { AnyBulkWriteOperation, ClientSession, Collection, Document, MongoClient, TransactionOptions } from "mongodb";
+import type {
+  AnyBulkWriteOperation,
+  ClientSession,
+  Collection,
+  Document,
+  MongoClient,
+  TransactionOptions,
+} from "mongodb";
 import { ConflictError, CreditError } from "../../errors.js";
 import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
-import { ACCOUNT, ENTRY, GRANT, RESERVATION, fromDoc, isOpenGrant, toDoc, updatableFields, type StoredDoc } from "./documents.js";
+import {
+  ACCOUNT,
+  ENTRY,
+  GRANT,
+  RESERVATION,
+  fromDoc,
+  isOpenGrant,
+  toDoc,
+  updatableFields,
+  type StoredDoc,
+} from "./documents.js";
 import { hasLabel, toCreditError } from "./errors.js";
 import type { MongoOutbox } from "./outbox.js";
 import type { MongoPromoStore } from "./promos.js";
@@ -76,7 +93,9 @@ export async function readStates(
       },
     });
   }
-  const docs = await c.accounts.aggregate<Document>(pipeline, { session, batchSize: Math.max(1, ids.length) }).toArray();
+  const docs = await c.accounts
+    .aggregate<Document>(pipeline, { session, batchSize: Math.max(1, ids.length) })
+    .toArray();
   // Several keys: one indexed find for all of them (a second command).
   const entries = new Map<string, Document>();
   if (!single && keyed.length > 0 && docs.length > 0) {
@@ -84,7 +103,10 @@ export async function readStates(
     const wanted = keyed.filter((r) => present.has(r.userId));
     if (wanted.length > 0) {
       const found = await c.journal
-        .find({ $or: wanted.map((r) => ({ userId: r.userId, idempotencyKey: r.key })) }, { session, batchSize: wanted.length })
+        .find(
+          { $or: wanted.map((r) => ({ userId: r.userId, idempotencyKey: r.key })) },
+          { session, batchSize: wanted.length },
+        )
         .toArray();
       for (const e of found) entries.set(e.userId as string, e);
     }
@@ -100,7 +122,8 @@ export async function readStates(
         grants: (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)),
         reservations: (doc._holds as Document[]).map((d) => fromDoc(RESERVATION, d)),
       },
-      idempotent: keyed === undefined || wanted === undefined || keyed.idempotencyKey !== wanted ? null : fromDoc(ENTRY, keyed),
+      idempotent:
+        keyed === undefined || wanted === undefined || keyed.idempotencyKey !== wanted ? null : fromDoc(ENTRY, keyed),
     });
   }
   return out;
@@ -119,7 +142,10 @@ export function accountOp(changes: Changes, base: AccountState | null | undefine
 }
 
 /** Inserts and updates of grants, then of holds, of one unit of work. */
-export function itemOps(changes: Changes): { grants: AnyBulkWriteOperation<StoredDoc>[]; holds: AnyBulkWriteOperation<StoredDoc>[] } {
+export function itemOps(changes: Changes): {
+  grants: AnyBulkWriteOperation<StoredDoc>[];
+  holds: AnyBulkWriteOperation<StoredDoc>[];
+} {
   const { account } = changes;
   const userId = account.userId;
   // Insertion order per user: the seq of the entry that created the grant or hold.
@@ -135,11 +161,16 @@ export function itemOps(changes: Changes): { grants: AnyBulkWriteOperation<Store
         insertOne: { document: toDoc(GRANT, g, { _open: isOpenGrant(g), _ord: ordOf(g.id) }) },
       })),
       ...changes.updateGrants.map((g) => ({
-        updateOne: { filter: { _id: g.id, userId }, update: { $set: { ...updatableFields(GRANT, g), _open: isOpenGrant(g) } } },
+        updateOne: {
+          filter: { _id: g.id, userId },
+          update: { $set: { ...updatableFields(GRANT, g), _open: isOpenGrant(g) } },
+        },
       })),
     ],
     holds: [
-      ...changes.insertReservations.map((r) => ({ insertOne: { document: toDoc(RESERVATION, r, { _ord: ordOf(r.id) }) } })),
+      ...changes.insertReservations.map((r) => ({
+        insertOne: { document: toDoc(RESERVATION, r, { _ord: ordOf(r.id) }) },
+      })),
       ...changes.updateReservations.map((r) => ({
         updateOne: { filter: { _id: r.id, userId }, update: { $set: updatableFields(RESERVATION, r) } },
       })),
@@ -153,7 +184,8 @@ export const entryOps = (changes: Changes): AnyBulkWriteOperation<StoredDoc>[] =
 
 /** Checks that `save()` got rows of its own account only. */
 export function checkOwner(userId: string, changes: Changes): void {
-  if (changes.account.userId !== userId) throw new Error(`save() got account ${changes.account.userId} in a unit of work on ${userId}`);
+  if (changes.account.userId !== userId)
+    throw new Error(`save() got account ${changes.account.userId} in a unit of work on ${userId}`);
 }
 
 /**
@@ -180,7 +212,9 @@ export async function write(
   }
   // Every update names a document of an account its unit of work read: a miss is a bug.
   if (matched !== updates) {
-    throw new Error(`[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`);
+    throw new Error(
+      `[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`,
+    );
   }
 }
 
@@ -197,7 +231,6 @@ class GuardMissed extends ConflictError {
     super(`[credit-management] [mongodb] ${missed} account(s) of a batch changed during the unit of work`);
   }
 }
-
 
 /**
  * What a batch leaves to its manager: the units to run again — alone, or (`batch: true`, after a
@@ -349,7 +382,10 @@ export class MongoBatch {
     const ids = txs.map((tx) => tx.userId);
     const find = (session: ClientSession | undefined) =>
       this.ctx.c.accounts
-        .find({ _id: { $in: ids } }, { projection: { _rev: 1 }, batchSize: Math.max(1, ids.length), ...(session ? { session } : {}) })
+        .find(
+          { _id: { $in: ids } },
+          { projection: { _rev: 1 }, batchSize: Math.max(1, ids.length), ...(session ? { session } : {}) },
+        )
         .toArray();
     const docs = inTransaction || this.inTransaction ? await this.op(find) : await this.plain(() => find(undefined));
     const revs = new Map(docs.map((d) => [d._id, d._rev as unknown]));
@@ -391,7 +427,8 @@ export class MongoBatch {
     if (holds.length > 0) await this.op((s) => write(c.reservations, holds, s));
     if (entries.length > 0) await this.op((s) => write(c.journal, entries, s));
     for (const ch of changes) {
-      if ((ch.promoClaims?.length ?? 0) > 0 || (ch.paymentUpdates?.length ?? 0) > 0) await this.op((s) => promos.saveIn(s, ch));
+      if ((ch.promoClaims?.length ?? 0) > 0 || (ch.paymentUpdates?.length ?? 0) > 0)
+        await this.op((s) => promos.saveIn(s, ch));
     }
     const notifications = changes.flatMap((ch) => ch.notifications ?? []);
     if (notifications.length > 0) await this.op((s) => outbox.insertInTransaction(notifications, s));
@@ -407,7 +444,12 @@ export class MongoBatch {
         this.inTransaction = false;
         return;
       } catch (error) {
-        if (hasLabel(error, "UnknownTransactionCommitResult") && !hasLabel(error, "TransientTransactionError") && i < COMMIT_RETRIES) continue;
+        if (
+          hasLabel(error, "UnknownTransactionCommitResult") &&
+          !hasLabel(error, "TransientTransactionError") &&
+          i < COMMIT_RETRIES
+        )
+          continue;
         this.inTransaction = false; // a commit was attempted: nothing to abort any more
         throw this.fail(error);
       }
@@ -526,12 +568,19 @@ export class BatchTx implements DbTransaction {
     }
     const { state, idempotent } = found;
     this.base = state;
-    this.loaded.resolve({ account: state.account, grants: [...state.grants], reservations: [...state.reservations], idempotent });
+    this.loaded.resolve({
+      account: state.account,
+      grants: [...state.grants],
+      reservations: [...state.reservations],
+      idempotent,
+    });
   }
 
   /** Tests (`verifyStateCache`): the cached state must be what the database holds. */
   private async verifyCached(): Promise<void> {
-    const found = await this.batch.op((s) => readStates(this.batch.ctx.c, s, [{ userId: this.userId, key: undefined }]));
+    const found = await this.batch.op((s) =>
+      readStates(this.batch.ctx.c, s, [{ userId: this.userId, key: undefined }]),
+    );
     checkCachedState(this.userId, this.cached, found.get(this.userId)?.state ?? null);
   }
 
@@ -542,7 +591,12 @@ export class BatchTx implements DbTransaction {
     if (grantIds.every((id) => open.has(id))) return grantIds.map((id) => open.get(id) as Grant);
     const { c } = this.batch.ctx;
     const docs = await this.batch.op((session) =>
-      c.grants.find({ _id: { $in: [...grantIds] }, userId: this.userId }, { session, batchSize: Math.max(1, grantIds.length) }).toArray(),
+      c.grants
+        .find(
+          { _id: { $in: [...grantIds] }, userId: this.userId },
+          { session, batchSize: Math.max(1, grantIds.length) },
+        )
+        .toArray(),
     );
     return docs.map((d) => fromDoc(GRANT, d));
   }
@@ -551,7 +605,9 @@ export class BatchTx implements DbTransaction {
     const held = this.base?.reservations.find((r) => r.id === reservationId);
     if (held !== undefined) return held;
     const { c } = this.batch.ctx;
-    const doc = await this.batch.op((session) => c.reservations.findOne({ _id: reservationId, userId: this.userId }, { session }));
+    const doc = await this.batch.op((session) =>
+      c.reservations.findOne({ _id: reservationId, userId: this.userId }, { session }),
+    );
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 
@@ -575,4 +631,3 @@ export class BatchTx implements DbTransaction {
     this.pending = changes;
   }
 }
-

@@ -7,7 +7,7 @@ export const STANDALONE_MESSAGE =
   "[credit-management] [mongodb] The server is a standalone mongod: MongoDB transactions need a replica set. " +
   "Use MongoDB Atlas, or start a single-node replica set: run `mongod --replSet rs0` and once " +
   '`mongosh --eval "rs.initiate()"` (Docker: `docker run -d -p 27017:27017 mongo:7 --replSet rs0`, then ' +
-  "`docker exec <container> mongosh --eval \"rs.initiate()\"`), and connect with `?replicaSet=rs0` " +
+  '`docker exec <container> mongosh --eval "rs.initiate()"`), and connect with `?replicaSet=rs0` ' +
   "(or `?directConnection=true`).";
 
 /** Duplicate key: a unique index refused the write. */

@@ -30,8 +30,27 @@ import { AccountLocks } from "../store/account-locks.js";
 import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
 import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
-import { MongoBatch, type BatchContext, type BatchResult, type Unit, accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
-import { STANDALONE_MESSAGE, guard, isDriverError, isIndexConflict, isNamespaceExists, isRetryableConflict, toCreditError } from "./errors.js";
+import {
+  MongoBatch,
+  type BatchContext,
+  type BatchResult,
+  type Unit,
+  accountOp,
+  checkOwner,
+  entryOps,
+  itemOps,
+  readStates,
+  write,
+} from "./batch.js";
+import {
+  STANDALONE_MESSAGE,
+  guard,
+  isDriverError,
+  isIndexConflict,
+  isNamespaceExists,
+  isRetryableConflict,
+  toCreditError,
+} from "./errors.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
 import { GroupCommit } from "../store/group-commit.js";
@@ -154,7 +173,6 @@ const INDEXES: Record<keyof Collections, IndexDescription[]> = {
   notifications: NOTIFICATION_INDEXES,
 };
 
-
 /**
  * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
  *
@@ -268,7 +286,11 @@ export class MongoDbManager extends StoreBase implements DbManager {
     };
     this.promoStore = new MongoPromoStore(col);
     this.outbox = new MongoOutbox(this.c.notifications);
-    this.parts = { subscriptions: new MongoSubscriptionStore(this.c.plans, this.c.subscriptions), promos: this.promoStore, outbox: this.outbox };
+    this.parts = {
+      subscriptions: new MongoSubscriptionStore(this.c.plans, this.c.subscriptions),
+      promos: this.promoStore,
+      outbox: this.outbox,
+    };
     this.batchContext = {
       client: this.client,
       c: this.c,
@@ -294,7 +316,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
     try {
       client = new MongoClient(uri, clientOptions);
     } catch (error) {
-      throw new ConfigurationError(`[credit-management] [mongodb] Invalid connection string: ${(error as Error).message}`, error);
+      throw new ConfigurationError(
+        `[credit-management] [mongodb] Invalid connection string: ${(error as Error).message}`,
+        error,
+      );
     }
     const manager = new MongoDbManager({ client, dbName, ...rest });
     manager.ownsClient = true;
@@ -412,7 +437,14 @@ export class MongoDbManager extends StoreBase implements DbManager {
         const value = await session.withTransaction(async (s) => {
           if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts);
           attempts++;
-          tx = new MongoTransaction(this.c, s, userId, attempts === 1 ? cached : undefined, this.verifyStates, this.promoStore);
+          tx = new MongoTransaction(
+            this.c,
+            s,
+            userId,
+            attempts === 1 ? cached : undefined,
+            this.verifyStates,
+            this.promoStore,
+          );
           return tx.run(fn);
         }, TRANSACTION_OPTIONS);
         // Committed: nothing from here on may turn it into a failure (the caller would retry a
@@ -459,14 +491,18 @@ export class MongoDbManager extends StoreBase implements DbManager {
   async stats(): Promise<StoreStats> {
     const [holds, outbox] = await guard("stats", () =>
       Promise.all([
-        this.c.reservations.aggregate<{ n: number; held: number }>([
-          { $match: { status: "active" } },
-          { $group: { _id: null, n: { $sum: 1 }, held: { $sum: "$amount" } } },
-        ]).toArray(),
-        this.c.notifications.aggregate<{ _id: string; n: number; oldest: Date | null }>([
-          { $match: { status: { $in: ["pending", "failed"] } } },
-          { $group: { _id: "$status", n: { $sum: 1 }, oldest: { $min: "$createdAt" } } },
-        ]).toArray(),
+        this.c.reservations
+          .aggregate<{ n: number; held: number }>([
+            { $match: { status: "active" } },
+            { $group: { _id: null, n: { $sum: 1 }, held: { $sum: "$amount" } } },
+          ])
+          .toArray(),
+        this.c.notifications
+          .aggregate<{ _id: string; n: number; oldest: Date | null }>([
+            { $match: { status: { $in: ["pending", "failed"] } } },
+            { $group: { _id: "$status", n: { $sum: 1 }, oldest: { $min: "$createdAt" } } },
+          ])
+          .toArray(),
       ]),
     );
     const pending = outbox.find((g) => g._id === "pending");
@@ -507,7 +543,9 @@ export class MongoDbManager extends StoreBase implements DbManager {
 
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const filter: Filter<StoredDoc> = options?.includeInactive ? { userId } : { userId, _open: true };
-    const docs = await guard("listGrants", () => this.c.grants.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray());
+    const docs = await guard("listGrants", () =>
+      this.c.grants.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray(),
+    );
     return docs.map((d) => fromDoc(GRANT, d));
   }
 
@@ -581,7 +619,9 @@ export class MongoDbManager extends StoreBase implements DbManager {
       const anchor =
         q.beforeId === undefined
           ? null
-          : await guard("listLedgerEntries", () => this.c.ledger.findOne({ _id: q.beforeId as string }, { projection: { createdAt: 1, _ord: 1 } }));
+          : await guard("listLedgerEntries", () =>
+              this.c.ledger.findOne({ _id: q.beforeId as string }, { projection: { createdAt: 1, _ord: 1 } }),
+            );
       if (anchor !== null && anchor.createdAt instanceof Date && anchor.createdAt.getTime() === q.before.getTime()) {
         // The same instant as the previous page's last entry: those after it in (_ord, _id) order.
         const at = q.before;
@@ -597,7 +637,6 @@ export class MongoDbManager extends StoreBase implements DbManager {
     );
     return docs.map((d) => fromDoc(LEDGER, d));
   }
-
 
   /** Fails with `ConfigurationError` unless the server can run multi-document transactions. */
   private async assertTransactions(): Promise<void> {
@@ -684,10 +723,7 @@ class MongoTransaction implements DbTransaction {
   }
 
   private async confirmCached(): Promise<void> {
-    const doc = await this.c.accounts.findOne(
-      { _id: this.userId },
-      { session: this.session, projection: { _rev: 1 } },
-    );
+    const doc = await this.c.accounts.findOne({ _id: this.userId }, { session: this.session, projection: { _rev: 1 } });
     if (doc?._rev !== this.base?.rev) throw new StaleAccount(this.userId, true);
   }
 
@@ -726,7 +762,9 @@ class MongoTransaction implements DbTransaction {
    *
    * Driver errors are not converted here: `withTransaction` must see their labels to retry.
    */
-  private async read(key: string | undefined): Promise<{ state: AccountState | null; idempotent: JournalEntry | null }> {
+  private async read(
+    key: string | undefined,
+  ): Promise<{ state: AccountState | null; idempotent: JournalEntry | null }> {
     const found = (await readStates(this.c, this.session, [{ userId: this.userId, key }])).get(this.userId);
     return found === undefined ? { state: null, idempotent: null } : found;
   }
@@ -734,13 +772,19 @@ class MongoTransaction implements DbTransaction {
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     if (grantIds.length === 0) return [];
     const docs = await this.c.grants
-      .find({ _id: { $in: [...grantIds] }, userId: this.userId }, { session: this.session, ...batchOf(grantIds.length) })
+      .find(
+        { _id: { $in: [...grantIds] }, userId: this.userId },
+        { session: this.session, ...batchOf(grantIds.length) },
+      )
       .toArray();
     return docs.map((d) => fromDoc(GRANT, d));
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    const doc = await this.c.reservations.findOne({ _id: reservationId, userId: this.userId }, { session: this.session });
+    const doc = await this.c.reservations.findOne(
+      { _id: reservationId, userId: this.userId },
+      { session: this.session },
+    );
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 

@@ -50,7 +50,11 @@ export class MongoOutbox {
       return res.insertedCount;
     } catch (error) {
       // Rows whose dedupe key is taken are skipped; anything else is a failure.
-      const e = error as { writeErrors?: { code?: number }[] | { code?: number }; insertedCount?: number; result?: { insertedCount?: number } };
+      const e = error as {
+        writeErrors?: { code?: number }[] | { code?: number };
+        insertedCount?: number;
+        result?: { insertedCount?: number };
+      };
       const errors = Array.isArray(e.writeErrors) ? e.writeErrors : e.writeErrors ? [e.writeErrors] : [];
       if (isDriverError(error) && errors.length > 0 && errors.every((w) => w.code === DUPLICATE_KEY)) {
         return e.insertedCount ?? e.result?.insertedCount ?? rows.length - errors.length;
@@ -89,7 +93,9 @@ export class MongoOutbox {
       }
       if (users.length === 0) break;
       seen.push(...users);
-      const won = await guard("claimNotifications", () => Promise.all(users.map((userId) => this.claimHead(userId, q, until))));
+      const won = await guard("claimNotifications", () =>
+        Promise.all(users.map((userId) => this.claimHead(userId, q, until))),
+      );
       for (const doc of won) if (doc !== null) claimed.push(fromDoc(NOTIFICATION, doc));
     }
     return claimed.sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
@@ -144,7 +150,10 @@ export class MongoOutbox {
     return res.deletedCount;
   }
 
-  async listNotifications(userId: string, query: { status?: NotificationT["status"]; limit: number }): Promise<NotificationT[]> {
+  async listNotifications(
+    userId: string,
+    query: { status?: NotificationT["status"]; limit: number },
+  ): Promise<NotificationT[]> {
     if (query.limit <= 0) return [];
     const filter = query.status === undefined ? { userId } : { userId, status: query.status };
     const docs = await guard("listNotifications", () =>

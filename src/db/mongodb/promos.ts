@@ -1,6 +1,13 @@
 import type { ClientSession, Collection, Db, Filter, IndexDescription } from "mongodb";
 import { ConfigurationError, ConflictError } from "../../errors.js";
-import { Payment, Promo, PromoClaim, type Payment as PaymentT, type Promo as PromoT, type PromoClaim as PromoClaimT } from "../../models/index.js";
+import {
+  Payment,
+  Promo,
+  PromoClaim,
+  type Payment as PaymentT,
+  type Promo as PromoT,
+  type PromoClaim as PromoClaimT,
+} from "../../models/index.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
 import { fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { guard, isIndexConflict, isNamespaceExists, toCreditError } from "./errors.js";
@@ -24,7 +31,11 @@ const INDEXES: Record<"promos" | "claims" | "payments", IndexDescription[]> = {
   ],
   payments: [
     { key: { userId: 1, createdAt: -1, _id: -1 }, name: "user_created" },
-    { key: { provider: 1, providerRef: 1 }, name: "provider_ref", partialFilterExpression: { providerRef: { $type: "string" } } },
+    {
+      key: { provider: 1, providerRef: 1 },
+      name: "provider_ref",
+      partialFilterExpression: { providerRef: { $type: "string" } },
+    },
     {
       key: { provider: 1, providerPaymentId: 1 },
       name: "provider_payment",
@@ -108,17 +119,27 @@ export class MongoPromoStore implements PromoPaymentStore {
     for (const c of changes.promoClaims ?? []) {
       const promo = await this.getPromoIn(session, c.code);
       if (promo === null) throw new ConflictError(`[credit-management] [mongodb] promo ${c.code} does not exist`);
-      const filter: Filter<StoredDoc> = promo.maxUses === null ? { _id: c.code } : { _id: c.code, uses: { $lt: promo.maxUses } };
+      const filter: Filter<StoredDoc> =
+        promo.maxUses === null ? { _id: c.code } : { _id: c.code, uses: { $lt: promo.maxUses } };
       const res = await this.promos.updateOne(filter, { $inc: { uses: 1 } }, { session });
       if (res.matchedCount !== 1) {
-        throw new ConflictError(`[credit-management] [mongodb] promo ${c.code} has no uses left`, { code: c.code, reason: "exhausted" });
+        throw new ConflictError(`[credit-management] [mongodb] promo ${c.code} has no uses left`, {
+          code: c.code,
+          reason: "exhausted",
+        });
       }
       await this.claims.insertOne(toDoc(CLAIM, c), { session });
     }
     for (const p of changes.paymentUpdates ?? []) {
-      const res = await this.payments.updateOne({ _id: p.id, version: p.version - 1 }, { $set: paymentSet(p) }, { session });
+      const res = await this.payments.updateOne(
+        { _id: p.id, version: p.version - 1 },
+        { $set: paymentSet(p) },
+        { session },
+      );
       if (res.matchedCount !== 1) {
-        throw new ConflictError(`[credit-management] [mongodb] payment ${p.id} changed during the unit of work`, { paymentId: p.id });
+        throw new ConflictError(`[credit-management] [mongodb] payment ${p.id} changed during the unit of work`, {
+          paymentId: p.id,
+        });
       }
     }
   }
@@ -137,7 +158,9 @@ export class MongoPromoStore implements PromoPaymentStore {
   async listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<PromoT[]> {
     const b = query.before;
     const filter: Filter<StoredDoc> =
-      b === undefined ? {} : { $or: [{ createdAt: { $lt: b.createdAt } }, { createdAt: b.createdAt, _id: { $lt: b.code } }] };
+      b === undefined
+        ? {}
+        : { $or: [{ createdAt: { $lt: b.createdAt } }, { createdAt: b.createdAt, _id: { $lt: b.code } }] };
     const docs = await guard("listPromos", () =>
       this.promos.find(filter).sort({ createdAt: -1, _id: -1 }).limit(query.limit).toArray(),
     );
@@ -156,7 +179,9 @@ export class MongoPromoStore implements PromoPaymentStore {
   }
 
   async listPromoClaims(userId: string): Promise<PromoClaimT[]> {
-    const docs = await guard("listPromoClaims", () => this.claims.find({ userId }).sort({ createdAt: 1, claimNumber: 1 }).toArray());
+    const docs = await guard("listPromoClaims", () =>
+      this.claims.find({ userId }).sort({ createdAt: 1, claimNumber: 1 }).toArray(),
+    );
     return docs.map((d) => fromDoc<PromoClaimT>(CLAIM, d));
   }
 
@@ -171,12 +196,20 @@ export class MongoPromoStore implements PromoPaymentStore {
 
   async findPaymentByProviderId(provider: string, id: string): Promise<PaymentT | null> {
     const d = await guard("findPaymentByProviderId", () =>
-      this.payments.findOne({ $or: [{ provider, providerRef: id }, { provider, providerPaymentId: id }] }),
+      this.payments.findOne({
+        $or: [
+          { provider, providerRef: id },
+          { provider, providerPaymentId: id },
+        ],
+      }),
     );
     return d === null ? null : fromDoc<PaymentT>(PAYMENT, d);
   }
 
-  async listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<PaymentT[]> {
+  async listPayments(
+    userId: string,
+    query: { limit: number; before?: { createdAt: Date; id: string } },
+  ): Promise<PaymentT[]> {
     const b = query.before;
     const filter: Filter<StoredDoc> =
       b === undefined

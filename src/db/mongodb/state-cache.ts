@@ -19,18 +19,30 @@ export class StateCache extends BaseCache<AccountState> {}
 
 /** The state after `changes` were committed on top of `before` (null: the account was new). */
 export function stateAfter(before: AccountState | null, changes: Changes): AccountState {
-  return { ...mergeChanges(before, changes), rev: changes.previousSeq === null || before === null ? 1 : before.rev + 1 };
+  return {
+    ...mergeChanges(before, changes),
+    rev: changes.previousSeq === null || before === null ? 1 : before.rev + 1,
+  };
 }
 
 /**
  * Tests (`verifyStateCache`): throws unless the cached state is the one the database holds (the
  * same fields and values; grants and holds in any order).
  */
-export function checkCachedState(userId: string, cached: AccountState | null | undefined, stored: AccountState | null | undefined): void {
+export function checkCachedState(
+  userId: string,
+  cached: AccountState | null | undefined,
+  stored: AccountState | null | undefined,
+): void {
   const byId = <T extends { id: string }>(xs: readonly T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
   const norm = (x: AccountState | null | undefined) =>
-    x && { ...x, grants: byId(x.grants).map((g) => ({ ...g })), reservations: byId(x.reservations).map((r) => ({ ...r })) };
+    x && {
+      ...x,
+      grants: byId(x.grants).map((g) => ({ ...g })),
+      reservations: byId(x.reservations).map((r) => ({ ...r })),
+    };
   const a = JSON.stringify(norm(cached));
   const b = JSON.stringify(norm(stored));
-  if (!isDeepStrictEqual(JSON.parse(a), JSON.parse(b))) throw new Error(`state cache of ${userId} differs from the database: ${a} != ${b}`);
+  if (!isDeepStrictEqual(JSON.parse(a), JSON.parse(b)))
+    throw new Error(`state cache of ${userId} differs from the database: ${a} != ${b}`);
 }

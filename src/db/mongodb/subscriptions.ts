@@ -40,7 +40,8 @@ export class MongoSubscriptionStore implements SubscriptionStore {
     try {
       await this.plans.insertOne(toDoc(PLAN, plan));
     } catch (error) {
-      if (errorCode(error) === DUPLICATE_KEY) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error);
+      if (errorCode(error) === DUPLICATE_KEY)
+        throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error);
       return guard("insertPlan", () => Promise.reject(error));
     }
   }
@@ -52,13 +53,18 @@ export class MongoSubscriptionStore implements SubscriptionStore {
 
   async listPlans(options: { includeInactive: boolean }): Promise<PlanT[]> {
     const docs = await guard("listPlans", () =>
-      this.plans.find(options.includeInactive ? {} : { isActive: true }).sort({ _id: 1 }).toArray(),
+      this.plans
+        .find(options.includeInactive ? {} : { isActive: true })
+        .sort({ _id: 1 })
+        .toArray(),
     );
     return docs.map((d) => fromDoc(PLAN, d));
   }
 
   async updatePlan(plan: PlanT, expectedVersion: number): Promise<boolean> {
-    const res = await guard("updatePlan", () => this.plans.replaceOne({ _id: plan.id, version: expectedVersion }, toDoc(PLAN, plan)));
+    const res = await guard("updatePlan", () =>
+      this.plans.replaceOne({ _id: plan.id, version: expectedVersion }, toDoc(PLAN, plan)),
+    );
     return res.matchedCount === 1;
   }
 
@@ -96,7 +102,9 @@ export class MongoSubscriptionStore implements SubscriptionStore {
   }
 
   async listSubscriptions(userId: string): Promise<SubscriptionT[]> {
-    const docs = await guard("listSubscriptions", () => this.subs.find({ userId }).sort({ createdAt: 1, _id: 1 }).toArray());
+    const docs = await guard("listSubscriptions", () =>
+      this.subs.find({ userId }).sort({ createdAt: 1, _id: 1 }).toArray(),
+    );
     return docs.map((d) => fromDoc(SUBSCRIPTION, d));
   }
 
@@ -122,7 +130,11 @@ export class MongoSubscriptionStore implements SubscriptionStore {
             $or: [{ nextRunAt: { $gt: after.nextRunAt } }, { nextRunAt: after.nextRunAt, _id: { $gt: after.id } }],
           };
     const docs = await guard("findDueSubscriptions", () =>
-      this.subs.find(range, { batchSize: Math.min(limit, 10_000) }).sort({ nextRunAt: 1, _id: 1 }).limit(limit).toArray(),
+      this.subs
+        .find(range, { batchSize: Math.min(limit, 10_000) })
+        .sort({ nextRunAt: 1, _id: 1 })
+        .limit(limit)
+        .toArray(),
     );
     return docs.map((d) => fromDoc(SUBSCRIPTION, d));
   }

@@ -62,7 +62,6 @@ export interface BatchResult {
   brokenBy: unknown;
 }
 
-
 /**
  * One database transaction serving one or more units of work on different accounts.
  *
@@ -170,7 +169,8 @@ export class Batch {
       }
       if (brokeEarly) retry.push({ unit, reason: this.failure, ...(this.lost ? { lost: true } : {}) });
       else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
-      else if (this.broken && !(commitError instanceof Retry)) unit.reject(commitError); // COMMIT's outcome is unknown: no retry
+      else if (this.broken && !(commitError instanceof Retry))
+        unit.reject(commitError); // COMMIT's outcome is unknown: no retry
       else if (commitError instanceof Retry) retry.push({ unit, reason: commitError.reason });
       else if (!solo) retry.push({ unit, reason: commitError });
       else unit.reject(commitError);
@@ -211,7 +211,9 @@ export class Batch {
   private async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
-    const loaders = this.txs.filter((tx) => tx.loadRequest !== null && !tx.loadDone).sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0));
+    const loaders = this.txs
+      .filter((tx) => tx.loadRequest !== null && !tx.loadDone)
+      .sort((a, b) => (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0));
     const needed = loaders.length > 0 || this.txs.some((tx) => tx.needsTransaction);
     if (!needed) {
       this.opened.resolve();
@@ -225,20 +227,27 @@ export class Batch {
     const lock = this.wait ? sql.lockOne : many ? sql.lockSkip : sql.lockOneSkip;
     const statements = loaders.length > 0 ? [lock, sql.state] : [];
     try {
-      const results = await this.message("load", statements, (prefix) => {
-        let text = `${prefix}${BEGIN}`;
-        if (loaders.length > 0) {
-          const users = arrayText(loaders.map((tx) => tx.userId));
-          for (const tx of loaders) tx.key = tx.loadRequest?.idempotencyKey ?? null;
-          const keys = arrayText(loaders.map((tx) => tx.key));
-          const states = this.db.states;
-          for (const tx of loaders) tx.cached = states?.get(tx.userId);
-          const xmins = arrayText(loaders.map((tx) => tx.cached?.xmin ?? null));
-          const locked = many ? executeText(lock, [users], prepared) : executeText(lock, [loaders[0]?.userId ?? ""], prepared);
-          text += `; ${locked}; ${executeText(sql.state, [users, keys, xmins], prepared)}`;
-        }
-        return text;
-      }, loaders.length > 0 ? 2 : 0);
+      const results = await this.message(
+        "load",
+        statements,
+        (prefix) => {
+          let text = `${prefix}${BEGIN}`;
+          if (loaders.length > 0) {
+            const users = arrayText(loaders.map((tx) => tx.userId));
+            for (const tx of loaders) tx.key = tx.loadRequest?.idempotencyKey ?? null;
+            const keys = arrayText(loaders.map((tx) => tx.key));
+            const states = this.db.states;
+            for (const tx of loaders) tx.cached = states?.get(tx.userId);
+            const xmins = arrayText(loaders.map((tx) => tx.cached?.xmin ?? null));
+            const locked = many
+              ? executeText(lock, [users], prepared)
+              : executeText(lock, [loaders[0]?.userId ?? ""], prepared);
+            text += `; ${locked}; ${executeText(sql.state, [users, keys, xmins], prepared)}`;
+          }
+          return text;
+        },
+        loaders.length > 0 ? 2 : 0,
+      );
       this.began = true;
       if (loaders.length > 0) this.deliver(loaders, results[0] as QueryResult, results[1] as QueryResult);
       this.opened.resolve();
@@ -276,7 +285,8 @@ export class Batch {
     const [lock, state] = await this.message(
       "load",
       [sql.lockOne, sql.state],
-      (prefix) => `${prefix}${begin}${executeText(sql.lockOne, [tx.userId], prepared)}; ${executeText(sql.state, [users, keys, "{NULL}"], prepared)}`,
+      (prefix) =>
+        `${prefix}${begin}${executeText(sql.lockOne, [tx.userId], prepared)}; ${executeText(sql.state, [users, keys, "{NULL}"], prepared)}`,
       2,
     );
     this.deliver([tx], lock as QueryResult, state as QueryResult);
@@ -290,9 +300,16 @@ export class Batch {
     const accountColumns =
       updates.length === 0
         ? null
-        : changedColumns(tables.accounts, updates.map((tx) => [tx.pendingChanges.account, tx.originals.account] as const));
-    const grantUpdates = txs.flatMap((tx) => tx.pendingChanges.updateGrants.map((g) => [g, tx.originals.grants.get(g.id)] as const));
-    const holdUpdates = txs.flatMap((tx) => tx.pendingChanges.updateReservations.map((r) => [r, tx.originals.holds.get(r.id)] as const));
+        : changedColumns(
+            tables.accounts,
+            updates.map((tx) => [tx.pendingChanges.account, tx.originals.account] as const),
+          );
+    const grantUpdates = txs.flatMap((tx) =>
+      tx.pendingChanges.updateGrants.map((g) => [g, tx.originals.grants.get(g.id)] as const),
+    );
+    const holdUpdates = txs.flatMap((tx) =>
+      tx.pendingChanges.updateReservations.map((r) => [r, tx.originals.holds.get(r.id)] as const),
+    );
     const grantColumns = grantUpdates.length === 0 ? null : changedColumns(tables.grants, grantUpdates);
     const reservationColumns = holdUpdates.length === 0 ? null : changedColumns(tables.reservations, holdUpdates);
     const args: Partial<Record<SaveArg, string>> = {};
@@ -338,7 +355,10 @@ export class Batch {
     });
     const saveArgs = save.args.map((name) => args[name] ?? null);
     // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
-    const extra = promoPaymentSave(tables, txs.map((tx) => tx.pendingChanges));
+    const extra = promoPaymentSave(
+      tables,
+      txs.map((tx) => tx.pendingChanges),
+    );
     const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
     // Units that saved without loading: their account write takes the row lock; the guard holds.
     const begin = this.began ? "" : `${BEGIN}; `;
@@ -400,7 +420,12 @@ export class Batch {
    * lacks in front); returns the results of its last `count` statements. Driver errors become
    * `Retry` or `StorageError` and mark the shared transaction failed.
    */
-  message(what: string, statements: readonly Statement[], text: (prefix: string) => string, count: number): Promise<QueryResult[]> {
+  message(
+    what: string,
+    statements: readonly Statement[],
+    text: (prefix: string) => string,
+    count: number,
+  ): Promise<QueryResult[]> {
     return this.inTurn(() => this.send(what, statements, text, count));
   }
 
@@ -419,7 +444,12 @@ export class Batch {
     return run;
   }
 
-  private async send(what: string, statements: readonly Statement[], text: (prefix: string) => string, count: number): Promise<QueryResult[]> {
+  private async send(
+    what: string,
+    statements: readonly Statement[],
+    text: (prefix: string) => string,
+    count: number,
+  ): Promise<QueryResult[]> {
     const prepare = this.db.prepareFor(this.client, statements);
     this.db.roundTrips++;
     let result: QueryResult | QueryResult[];
@@ -446,7 +476,9 @@ export class Batch {
   private async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     this.db.roundTrips++;
     try {
-      const r = await this.client.query(this.db.prepared ? { name: this.db.statementName(text), text, values: params } : { text, values: params });
+      const r = await this.client.query(
+        this.db.prepared ? { name: this.db.statementName(text), text, values: params } : { text, values: params },
+      );
       return r.rows as Record<string, unknown>[];
     } catch (error) {
       throw this.fail(what, error);
@@ -585,7 +617,9 @@ export class UnitTx implements DbTransaction {
     const { db } = this.batch;
     const [row] = await this.batch.query("verifyStateCache", db.sql.state.text, [[this.userId], [null], [null]]);
     const { tables } = db.sql;
-    const account = row?.account ? decodeRow<Account>(tables.accounts.columns, JSON.parse(row.account as string)) : null;
+    const account = row?.account
+      ? decodeRow<Account>(tables.accounts.columns, JSON.parse(row.account as string))
+      : null;
     // Stored columns only, keys sorted, null and undefined alike, dates as ISO text.
     const canon = (v: unknown): unknown => {
       if (v instanceof Date) return v.toISOString();
@@ -599,7 +633,8 @@ export class UnitTx implements DbTransaction {
           .map((k) => [k, canon(o[k])]),
       );
     };
-    const rows = (table: SqlTable, xs: ReadonlyArray<{ id: string }>) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1)).map((x) => toRow(table.columns, x));
+    const rows = (table: SqlTable, xs: ReadonlyArray<{ id: string }>) =>
+      [...xs].sort((a, b) => (a.id < b.id ? -1 : 1)).map((x) => toRow(table.columns, x));
     const norm = (s: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] }) =>
       JSON.stringify(
         canon({
@@ -622,10 +657,15 @@ export class UnitTx implements DbTransaction {
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     // Under the account lock the loaded open grants are current: answer from them when we can.
     const loaded = this.state?.grants;
-    if (loaded !== undefined && grantIds.every((id) => loaded.has(id))) return grantIds.map((id) => loaded.get(id) as Grant);
+    if (loaded !== undefined && grantIds.every((id) => loaded.has(id)))
+      return grantIds.map((id) => loaded.get(id) as Grant);
     await this.opening();
     const { db } = this.batch;
-    const rows = await this.batch.query("getGrants", `${db.sql.select("grants")} WHERE user_id = $1 AND id = ANY($2::text[])`, [this.userId, [...grantIds]]);
+    const rows = await this.batch.query(
+      "getGrants",
+      `${db.sql.select("grants")} WHERE user_id = $1 AND id = ANY($2::text[])`,
+      [this.userId, [...grantIds]],
+    );
     const byId = new Map(rows.map((r) => [r.id as string, decodeRow<Grant>(db.sql.tables.grants.columns, r)]));
     for (const g of byId.values()) if (!this.originals.grants.has(g.id)) this.originals.grants.set(g.id, g);
     return grantIds.flatMap((id) => byId.get(id) ?? []);
@@ -636,7 +676,11 @@ export class UnitTx implements DbTransaction {
     if (held !== undefined) return held;
     await this.opening();
     const { db } = this.batch;
-    const rows = await this.batch.query("getReservation", `${db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`, [this.userId, reservationId]);
+    const rows = await this.batch.query(
+      "getReservation",
+      `${db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`,
+      [this.userId, reservationId],
+    );
     if (rows[0] === undefined) return null;
     const r = decodeRow<Reservation>(db.sql.tables.reservations.columns, rows[0]);
     if (!this.originals.holds.has(r.id)) this.originals.holds.set(r.id, r);

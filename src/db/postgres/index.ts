@@ -206,7 +206,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       // prefixes would both insert it (CREATE SCHEMA IF NOT EXISTS takes no lock: the second fails
       // with a unique violation). So every init takes the schema's lock, then its own; and a
       // concurrent creator that takes neither (an older release, another tool) is tolerated.
-      if (this.sql.createSchema !== null) await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.schemaLockKey]);
+      if (this.sql.createSchema !== null)
+        await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.schemaLockKey]);
       await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [this.sql.lockKey]);
       if (this.sql.createSchema !== null && this.migrate) {
         await client.query("SAVEPOINT cm_schema");
@@ -223,13 +224,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       }
       const naming = { schema: this.options.schema, prefix: this.options.tablePrefix };
       await client.query("SAVEPOINT cm_version");
-      const found: { rows: { version: number }[] } = await client.query(
-        `SELECT version FROM ${this.sql.versionTable} WHERE component = '${SCHEMA_COMPONENT}'`,
-      ).catch(async (error: unknown) => {
-        if ((error as { code?: unknown }).code !== "42P01") throw error; // undefined_table: a new store
-        await client.query("ROLLBACK TO SAVEPOINT cm_version");
-        return { rows: [] as { version: number }[] };
-      });
+      const found: { rows: { version: number }[] } = await client
+        .query(`SELECT version FROM ${this.sql.versionTable} WHERE component = '${SCHEMA_COMPONENT}'`)
+        .catch(async (error: unknown) => {
+          if ((error as { code?: unknown }).code !== "42P01") throw error; // undefined_table: a new store
+          await client.query("ROLLBACK TO SAVEPOINT cm_version");
+          return { rows: [] as { version: number }[] };
+        });
       const version = found.rows[0]?.version ?? 0;
       if (version > SCHEMA_VERSION) {
         throw new ConfigurationError(
@@ -246,7 +247,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       if (version < SCHEMA_VERSION) {
         // The steps of every later version (columns added to tables the store has), then today's
         // DDL, which creates what is missing and sets the version row (src/schema/migrations.ts).
-        if (version > 0) for (const statement of upgradeStatements({ dialect: "postgres", fromVersion: version, ...naming })) await client.query(statement);
+        if (version > 0)
+          for (const statement of upgradeStatements({ dialect: "postgres", fromVersion: version, ...naming }))
+            await client.query(statement);
         await client.query(this.sql.ddl);
       }
       await client.query("COMMIT");
@@ -269,7 +272,15 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const unit: Unit = { userId, fn: fn as Unit["fn"], resolve: resolve as Unit["resolve"], reject, attempts: 0, solo: false, wait: false };
+      const unit: Unit = {
+        userId,
+        fn: fn as Unit["fn"],
+        resolve: resolve as Unit["resolve"],
+        reject,
+        attempts: 0,
+        solo: false,
+        wait: false,
+      };
       if (this.maxUnits === 1) {
         // No batching: every unit of work is a transaction of its own that waits for its lock.
         unit.wait = true;
@@ -371,7 +382,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   /** The version row: one round trip that proves the store answers (docs/observability.md). */
   async ping(): Promise<{ schemaVersion: number | null }> {
-    const rows = await this.read("ping", `SELECT version FROM ${this.sql.versionTable} WHERE component = $1`, [SCHEMA_COMPONENT]);
+    const rows = await this.read("ping", `SELECT version FROM ${this.sql.versionTable} WHERE component = $1`, [
+      SCHEMA_COMPONENT,
+    ]);
     return { schemaVersion: rows[0] === undefined ? null : Number(rows[0].version) };
   }
 
@@ -407,8 +420,16 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     // The primary key's own order (its collation breaks ties by bytes: a total order to page by).
     const rows =
       after === null
-        ? await this.read("listAccountIds", `SELECT user_id FROM ${this.sql.tables.accounts.qualified} ORDER BY user_id LIMIT $1`, [limit])
-        : await this.read("listAccountIds", `SELECT user_id FROM ${this.sql.tables.accounts.qualified} WHERE user_id > $1 ORDER BY user_id LIMIT $2`, [after, limit]);
+        ? await this.read(
+            "listAccountIds",
+            `SELECT user_id FROM ${this.sql.tables.accounts.qualified} ORDER BY user_id LIMIT $1`,
+            [limit],
+          )
+        : await this.read(
+            "listAccountIds",
+            `SELECT user_id FROM ${this.sql.tables.accounts.qualified} WHERE user_id > $1 ORDER BY user_id LIMIT $2`,
+            [after, limit],
+          );
     return rows.map((r) => r.user_id as string);
   }
 
@@ -425,7 +446,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const where = options?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL";
     const order = `${this.sql.column("grants", "created_at")}, id`;
-    const rows = await this.read("listGrants", `${this.sql.select("grants")} WHERE user_id = $1${where} ORDER BY ${order}`, [userId]);
+    const rows = await this.read(
+      "listGrants",
+      `${this.sql.select("grants")} WHERE user_id = $1${where} ORDER BY ${order}`,
+      [userId],
+    );
     return rows.map((r) => this.decode<Grant>("grants", r));
   }
 
@@ -437,7 +462,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       where = " AND status = $2";
     }
     const order = `${this.sql.column("reservations", "created_at")}, id`;
-    const rows = await this.read("listReservations", `${this.sql.select("reservations")} WHERE user_id = $1${where} ORDER BY ${order}`, params);
+    const rows = await this.read(
+      "listReservations",
+      `${this.sql.select("reservations")} WHERE user_id = $1${where} ORDER BY ${order}`,
+      params,
+    );
     return rows.map((r) => this.decode<Reservation>("reservations", r));
   }
 
@@ -465,7 +494,14 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   }
 
   async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
-    return this.scanDue<Reservation>("findExpiredReservations", "reservations", "status = 'active'", asOf, limit, after);
+    return this.scanDue<Reservation>(
+      "findExpiredReservations",
+      "reservations",
+      "status = 'active'",
+      asOf,
+      limit,
+      after,
+    );
   }
 
   /** Rows of `table` matching `where` with `expires_at <= asOf`, in (expires_at, id) order after the cursor. */
@@ -494,7 +530,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** Plans and subscriptions, promos and payments (./promos.ts), the outbox. */
   private partsValue: SideParts | undefined;
   protected get parts(): SideParts {
-    return (this.partsValue ??= { subscriptions: this.subscriptionStore, promos: new PostgresPromoStore(this, this.sql.tables), outbox: this.outbox });
+    return (this.partsValue ??= {
+      subscriptions: this.subscriptionStore,
+      promos: new PostgresPromoStore(this, this.sql.tables),
+      outbox: this.outbox,
+    });
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
@@ -516,7 +556,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     if (query.before !== undefined && query.beforeId !== undefined) {
       // The same instant as the previous page's last entry: those after it in (created_at, id) order.
       params.push(query.before, query.beforeId);
-      where.push(`(created_at < $${params.length - 1} OR (created_at = $${params.length - 1} AND id < $${params.length}))`);
+      where.push(
+        `(created_at < $${params.length - 1} OR (created_at = $${params.length - 1} AND id < $${params.length}))`,
+      );
     } else if (query.before !== undefined) add("created_at", "<", query.before);
     params.push(query.limit);
     const text =
@@ -525,7 +567,6 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     const rows = await this.read("listLedgerEntries", text, params);
     return rows.map((r) => this.decode<LedgerEntry>("ledger", r));
   }
-
 
   // -----------------------------------------------------------------------------------------------
 
@@ -577,7 +618,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     if (lease !== undefined) client.removeListener("error", lease.listener);
     const reason = lease?.error ?? failure;
     if (reason === false || reason === undefined || reason === null) client.release();
-    else client.release(reason instanceof Error ? reason : new Error("[credit-management] [postgres] connection closed after a failure"));
+    else
+      client.release(
+        reason instanceof Error
+          ? reason
+          : new Error("[credit-management] [postgres] connection closed after a failure"),
+      );
   }
 
   /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
@@ -586,7 +632,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     let failure: unknown = false;
     try {
       this.roundTrips++;
-      const result = await client.query(this.prepared ? { name: this.statementName(text), text, values: params } : { text, values: params });
+      const result = await client.query(
+        this.prepared ? { name: this.statementName(text), text, values: params } : { text, values: params },
+      );
       return result.rows as Record<string, unknown>[];
     } catch (error) {
       if (isConnectionLevel(error)) failure = error;
@@ -627,7 +675,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   async resyncPrepared(client: PoolClient): Promise<void> {
     try {
       this.roundTrips++;
-      const r: { rows: { name: string }[] } = await client.query("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
+      const r: { rows: { name: string }[] } = await client.query(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'",
+      );
       preparedOn.set(client, new Set(r.rows.map((row) => row.name)));
     } catch {
       preparedOn.delete(client);
@@ -641,7 +691,10 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         const mod = (await import("pg")) as typeof PgModule & { default?: typeof PgModule };
         pg = mod.default ?? mod;
       } catch (error) {
-        throw new ConfigurationError('[credit-management] [postgres] install the "pg" package to use PostgresDbManager', error);
+        throw new ConfigurationError(
+          '[credit-management] [postgres] install the "pg" package to use PostgresDbManager',
+          error,
+        );
       }
       const pool = new pg.Pool({ ...this.options.poolConfig, connectionString: this.options.connectionString });
       // An idle connection that dies must not crash the process; the next checkout reconnects.

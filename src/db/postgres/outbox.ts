@@ -46,7 +46,12 @@ export class PostgresOutbox {
       `ORDER BY o.next_attempt_at, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) ` +
       `UPDATE ${t} n SET claimed_until = $2, claim_token = $3 FROM picked WHERE n.id = picked.id ` +
       `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING ${output(this.table, "n")}`;
-    const rows = await this.db.read("claimNotifications", text, [q.now, new Date(q.now.getTime() + q.leaseMs), q.token, q.limit]);
+    const rows = await this.db.read("claimNotifications", text, [
+      q.now,
+      new Date(q.now.getTime() + q.leaseMs),
+      q.token,
+      q.limit,
+    ]);
     return rows
       .map((r) => this.db.decode<Notification>("notifications", r))
       .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
@@ -56,7 +61,15 @@ export class PostgresOutbox {
     const text =
       `UPDATE ${this.table.qualified} SET status = $3, attempts = $4, next_attempt_at = $5, last_error = $6, settled_at = $7, ` +
       `claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND status = 'pending' RETURNING 1`;
-    const rows = await this.db.read("completeNotification", text, [id, token, u.status, u.attempts, u.nextAttemptAt, u.lastError, u.settledAt]);
+    const rows = await this.db.read("completeNotification", text, [
+      id,
+      token,
+      u.status,
+      u.attempts,
+      u.nextAttemptAt,
+      u.lastError,
+      u.settledAt,
+    ]);
     return rows.length === 1;
   }
 
@@ -73,7 +86,10 @@ export class PostgresOutbox {
     return rows.length;
   }
 
-  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+  async listNotifications(
+    userId: string,
+    query: { status?: Notification["status"]; limit: number },
+  ): Promise<Notification[]> {
     const params: unknown[] = [userId];
     let where = "user_id = $1";
     if (query.status !== undefined) {

@@ -29,7 +29,10 @@ interface Reader {
 function saveStatement(t: Tables): Statement {
   const { promos, promoClaims, payments } = t;
   const skip = new Set(["id", "user_id", "created_at"]);
-  const set = payments.columns.filter((c) => !skip.has(c.name)).map((c) => `${q(c.name)} = x.${q(c.name)}`).join(", ");
+  const set = payments.columns
+    .filter((c) => !skip.has(c.name))
+    .map((c) => `${q(c.name)} = x.${q(c.name)}`)
+    .join(", ");
   const text =
     `WITH n AS (SELECT c.code, count(*)::bigint AS n FROM json_to_recordset($1->'c') AS c(code text) GROUP BY c.code), ` +
     `pc AS (UPDATE ${promos.qualified} t SET uses = t.uses + n.n FROM n WHERE t.code = n.code ` +
@@ -50,7 +53,10 @@ function saveStatement(t: Tables): Statement {
 const statements = new WeakMap<Tables, Statement>();
 
 /** @internal The save statement for promo claims and payment updates, and its JSON argument; null when there are none. */
-export function promoPaymentSave(t: Tables, changes: readonly PromoPaymentChanges[]): { statement: Statement; arg: string } | null {
+export function promoPaymentSave(
+  t: Tables,
+  changes: readonly PromoPaymentChanges[],
+): { statement: Statement; arg: string } | null {
   const claims = changes.flatMap((c) => c.promoClaims ?? []);
   const updates = changes.flatMap((c) => c.paymentUpdates ?? []);
   if (claims.length === 0 && updates.length === 0) return null;
@@ -68,7 +74,10 @@ export function promoPaymentSave(t: Tables, changes: readonly PromoPaymentChange
 
 /** @internal Reads a unit of work makes inside its transaction. */
 export const inUnit = {
-  getPromo: (t: Tables, code: string) => ({ text: `SELECT ${output(t.promos)} FROM ${t.promos.qualified} WHERE code = $1`, params: [code] }),
+  getPromo: (t: Tables, code: string) => ({
+    text: `SELECT ${output(t.promos)} FROM ${t.promos.qualified} WHERE code = $1`,
+    params: [code],
+  }),
   countClaims: (t: Tables, code: string, userId: string) => ({
     text: `SELECT count(*)::int AS n FROM ${t.promoClaims.qualified} WHERE code = $1 AND user_id = $2`,
     params: [code, userId],
@@ -104,7 +113,8 @@ export class PostgresPromoStore implements PromoPaymentStore {
       await this.db.read(what, text, [JSON.stringify(toRow(table.columns, row))]);
     } catch (error) {
       const code = (error as { cause?: { code?: unknown } }).cause?.code;
-      if (code === "23505") throw new ConflictError(`[credit-management] [postgres] ${what}: the row exists`, undefined, error);
+      if (code === "23505")
+        throw new ConflictError(`[credit-management] [postgres] ${what}: the row exists`, undefined, error);
       throw error;
     }
   }
@@ -160,9 +170,11 @@ export class PostgresPromoStore implements PromoPaymentStore {
   }
 
   async getPayment(paymentId: string): Promise<Payment | null> {
-    const [row] = await this.db.read("getPayment", `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified} WHERE id = $1`, [
-      paymentId,
-    ]);
+    const [row] = await this.db.read(
+      "getPayment",
+      `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified} WHERE id = $1`,
+      [paymentId],
+    );
     return row === undefined ? null : decode.payment(this.t, row);
   }
 
@@ -177,7 +189,10 @@ export class PostgresPromoStore implements PromoPaymentStore {
     return row === undefined ? null : decode.payment(this.t, row);
   }
 
-  async listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<Payment[]> {
+  async listPayments(
+    userId: string,
+    query: { limit: number; before?: { createdAt: Date; id: string } },
+  ): Promise<Payment[]> {
     const b = query.before;
     const where = b === undefined ? "" : "AND (created_at, id) < ($3, $4) ";
     const params: unknown[] = b === undefined ? [userId, query.limit] : [userId, query.limit, b.createdAt, b.id];
@@ -192,7 +207,10 @@ export class PostgresPromoStore implements PromoPaymentStore {
   async updatePayment(payment: Payment): Promise<boolean> {
     const p = this.t.payments;
     const skip = new Set(["id", "user_id", "created_at"]);
-    const set = p.columns.filter((c) => !skip.has(c.name)).map((c) => `${q(c.name)} = x.${q(c.name)}`).join(", ");
+    const set = p.columns
+      .filter((c) => !skip.has(c.name))
+      .map((c) => `${q(c.name)} = x.${q(c.name)}`)
+      .join(", ");
     const rows = await this.db.read(
       "updatePayment",
       `UPDATE ${p.qualified} t SET ${set} FROM json_populate_record(NULL::${p.qualified}, $1::json) x ` +
@@ -202,4 +220,3 @@ export class PostgresPromoStore implements PromoPaymentStore {
     return rows.length === 1;
   }
 }
-

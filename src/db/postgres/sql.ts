@@ -96,8 +96,14 @@ export class PostgresSql {
 
     const { accounts, grants, reservations, journal } = this.tables;
     this.lockOne = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
-    this.lockOneSkip = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`, ["text"]);
-    this.lockSkip = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`, ["text[]"]);
+    this.lockOneSkip = statement(
+      `SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`,
+      ["text"],
+    );
+    this.lockSkip = statement(
+      `SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`,
+      ["text[]"],
+    );
     // `a.xmin` is that of the row version the lock holds: a cached state made by the transaction
     // that wrote it is current (see ./state-cache.ts), and grants and holds need no reading.
     const fresh = `a.xmin::text IS DISTINCT FROM u.xmin`;
@@ -278,7 +284,10 @@ export function arrayText(values: ReadonlyArray<string | null>): string {
 /** `EXECUTE name(args)`, or with `prepared` false the statement itself with its arguments inlined. */
 export function executeText(s: Statement, args: ReadonlyArray<string | null>, prepared = true): string {
   if (prepared) return `EXECUTE ${s.name}(${args.map(literal).join(", ")})`;
-  return s.text.replace(/\$(\d+)/g, (_m, n: string) => `(${literal(args[Number(n) - 1] ?? null)}::${s.types[Number(n) - 1]})`);
+  return s.text.replace(
+    /\$(\d+)/g,
+    (_m, n: string) => `(${literal(args[Number(n) - 1] ?? null)}::${s.types[Number(n) - 1]})`,
+  );
 }
 
 /** A model object as the JSON object `json_populate_record(set)` reads (column names; dates as ISO text). */

@@ -19,7 +19,8 @@ const UNIQUE_VIOLATION = "23505";
 
 /** A unique violation, seen through the StorageError the runner wraps driver errors in. */
 function isUnique(error: unknown): boolean {
-  const cause = error instanceof StorageError ? (error.cause as { code?: string } | undefined) : (error as { code?: string });
+  const cause =
+    error instanceof StorageError ? (error.cause as { code?: string } | undefined) : (error as { code?: string });
   return cause?.code === UNIQUE_VIOLATION;
 }
 
@@ -78,7 +79,11 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
 
   async deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
     const t = this.db.sql.tables.plans;
-    const rows = await this.db.read("deletePlan", `DELETE FROM ${t.qualified} WHERE id = $1 AND version = $2 RETURNING 1`, [planId, expectedVersion]);
+    const rows = await this.db.read(
+      "deletePlan",
+      `DELETE FROM ${t.qualified} WHERE id = $1 AND version = $2 RETURNING 1`,
+      [planId, expectedVersion],
+    );
     return rows.length === 1;
   }
 
@@ -97,7 +102,8 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     try {
       await this.db.read("insertSubscription", this.insertText(t), [this.json(t, s)]);
     } catch (error) {
-      if (isUnique(error)) throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
+      if (isUnique(error))
+        throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
       throw error;
     }
   }
@@ -128,10 +134,15 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
     const t = this.db.sql.tables.subscriptions;
     try {
-      const rows = await this.db.read("updateSubscription", this.replaceText(t), [this.json(t, s), s.id, expectedVersion]);
+      const rows = await this.db.read("updateSubscription", this.replaceText(t), [
+        this.json(t, s),
+        s.id,
+        expectedVersion,
+      ]);
       return rows.length === 1;
     } catch (error) {
-      if (isUnique(error)) throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
+      if (isUnique(error))
+        throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
       throw error;
     }
   }

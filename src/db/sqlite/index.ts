@@ -1,9 +1,25 @@
 import { ConfigurationError, ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Notification, Plan, Reservation, Subscription } from "../../models/index.js";
+import type {
+  Account,
+  Grant,
+  JournalEntry,
+  LedgerEntry,
+  Notification,
+  Plan,
+  Reservation,
+  Subscription,
+} from "../../models/index.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { decodeRow, encodeRow } from "../../schema/codec.js";
 import { upgradeStatements } from "../../schema/migrations.js";
-import { SCHEMA_COMPONENT, SCHEMA_VERSION, type SqlTable, generateSql, sqlTables, versionTableName } from "../../schema/sql.js";
+import {
+  SCHEMA_COMPONENT,
+  SCHEMA_VERSION,
+  type SqlTable,
+  generateSql,
+  sqlTables,
+  versionTableName,
+} from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 import { type Attempt, DefinedStore, type StoreDefinition } from "../store/define.js";
 import { origin } from "../store/errors.js";
@@ -53,7 +69,8 @@ type Row = Record<string, unknown>;
 type Param = string | number | bigint | Buffer | null;
 
 /** A value as SQLite stores it: dates as ISO-8601 text in UTC (which sorts chronologically), booleans as 0/1. */
-const param = (v: unknown): Param => (v instanceof Date ? v.toISOString() : typeof v === "boolean" ? (v ? 1 : 0) : (v as Param) ?? null);
+const param = (v: unknown): Param =>
+  v instanceof Date ? v.toISOString() : typeof v === "boolean" ? (v ? 1 : 0) : ((v as Param) ?? null);
 
 /** The connection, its statements and the tables (the schema generator's SQLite DDL). */
 class Sqlite {
@@ -63,7 +80,9 @@ class Sqlite {
 
   constructor(private readonly options: SqliteDbManagerOptions) {
     this.db = options.database ?? null;
-    this.t = Object.fromEntries(sqlTables({ dialect: "sqlite", prefix: options.tablePrefix }).map((t) => [t.key, t])) as Record<TableKey, SqlTable>;
+    this.t = Object.fromEntries(
+      sqlTables({ dialect: "sqlite", prefix: options.tablePrefix }).map((t) => [t.key, t]),
+    ) as Record<TableKey, SqlTable>;
   }
 
   async open(): Promise<Database> {
@@ -74,7 +93,10 @@ class Sqlite {
       const mod = (await import("better-sqlite3")) as unknown as { default?: Driver } & Driver;
       Driver = mod.default ?? mod;
     } catch (error) {
-      throw new ConfigurationError(origin("sqlite", 'install the "better-sqlite3" package to use SqliteDbManager'), error);
+      throw new ConfigurationError(
+        origin("sqlite", 'install the "better-sqlite3" package to use SqliteDbManager'),
+        error,
+      );
     }
     this.db = new Driver(this.options.filename ?? ":memory:");
     return this.db;
@@ -110,7 +132,9 @@ class Sqlite {
     return row === undefined ? null : decodeRow<T>(this.t[key].columns, row);
   }
   list<T>(key: TableKey, text: string, params: readonly unknown[] = []): T[] {
-    return this.all(`SELECT * FROM ${this.t[key].qualified} ${text}`, params).map((r) => decodeRow<T>(this.t[key].columns, r));
+    return this.all(`SELECT * FROM ${this.t[key].qualified} ${text}`, params).map((r) =>
+      decodeRow<T>(this.t[key].columns, r),
+    );
   }
   one<T>(key: TableKey, text: string, params: readonly unknown[] = []): T | null {
     return this.decode<T>(key, this.all(`SELECT * FROM ${this.t[key].qualified} ${text} LIMIT 1`, params)[0]);
@@ -119,7 +143,8 @@ class Sqlite {
     const t = this.t[key];
     const text = `INSERT ${orIgnore ? "OR IGNORE " : ""}INTO ${t.qualified} (${t.columns.map((c) => `"${c.name}"`).join(", ")}) VALUES (${t.columns.map(() => "?").join(", ")})`;
     let n = 0;
-    for (const row of rows) n += this.run(text, Object.values(encodeRow(t.columns, row as Row, { dates: "iso", booleans: "int" })));
+    for (const row of rows)
+      n += this.run(text, Object.values(encodeRow(t.columns, row as Row, { dates: "iso", booleans: "int" })));
     return n;
   }
   /** Replaces a row found by its primary key (and `guard`, e.g. " AND version = ?"): false when none matched. */
@@ -130,7 +155,13 @@ class Sqlite {
     const values = encodeRow(t.columns, row as Row, { dates: "iso", booleans: "int" });
     const where = [...keys].map((k) => `"${k}" = ?`).join(" AND ");
     const text = `UPDATE ${t.qualified} SET ${cols.map((c) => `"${c.name}" = ?`).join(", ")} WHERE ${where}${guard}`;
-    return this.run(text, [...cols.map((c) => values[c.name]), ...[...keys].map((k) => values[k as string]), ...guardParams]) === 1;
+    return (
+      this.run(text, [
+        ...cols.map((c) => values[c.name]),
+        ...[...keys].map((k) => values[k as string]),
+        ...guardParams,
+      ]) === 1
+    );
   }
 
   async init(): Promise<void> {
@@ -141,15 +172,33 @@ class Sqlite {
     const naming = { prefix: this.options.tablePrefix };
     this.tx(() => {
       const table = versionTableName("sqlite", naming);
-      const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(`${naming.prefix ?? ""}schema_version`);
-      const found = exists === undefined ? undefined : (db.prepare(`SELECT version FROM ${table} WHERE component = ?`).get(SCHEMA_COMPONENT) as { version: number } | undefined);
+      const exists = db
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+        .get(`${naming.prefix ?? ""}schema_version`);
+      const found =
+        exists === undefined
+          ? undefined
+          : (db.prepare(`SELECT version FROM ${table} WHERE component = ?`).get(SCHEMA_COMPONENT) as
+              { version: number } | undefined);
       const version = found?.version ?? 0;
-      if (version > SCHEMA_VERSION) throw new ConfigurationError(origin("sqlite", `the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`));
+      if (version > SCHEMA_VERSION)
+        throw new ConfigurationError(
+          origin(
+            "sqlite",
+            `the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
+          ),
+        );
       if (version === SCHEMA_VERSION) return;
       if (this.options.migrate === false) {
-        throw new ConfigurationError(origin("sqlite", `the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect sqlite${version > 0 ? ` --from-version ${version}` : ""}\` first`));
+        throw new ConfigurationError(
+          origin(
+            "sqlite",
+            `the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect sqlite${version > 0 ? ` --from-version ${version}` : ""}\` first`,
+          ),
+        );
       }
-      if (version > 0) for (const s of upgradeStatements({ dialect: "sqlite", fromVersion: version, ...naming })) db.exec(s);
+      if (version > 0)
+        for (const s of upgradeStatements({ dialect: "sqlite", fromVersion: version, ...naming })) db.exec(s);
       db.exec(generateSql({ dialect: "sqlite", ...naming }));
     }, true);
   }
@@ -163,7 +212,12 @@ class Sqlite {
 /** A driver refusal the next attempt can get past: a unique key taken, or the write lock held past the busy timeout. */
 function isConflict(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && (code.startsWith("SQLITE_CONSTRAINT_UNIQUE") || code === "SQLITE_CONSTRAINT_PRIMARYKEY" || code.startsWith("SQLITE_BUSY"));
+  return (
+    typeof code === "string" &&
+    (code.startsWith("SQLITE_CONSTRAINT_UNIQUE") ||
+      code === "SQLITE_CONSTRAINT_PRIMARYKEY" ||
+      code.startsWith("SQLITE_BUSY"))
+  );
 }
 
 /**
@@ -187,12 +241,21 @@ class SqliteAttempt implements Attempt {
       account: s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       grants: s.list<Grant>("grants", "WHERE user_id = ? AND closed_at IS NULL AND remaining > 0", [userId]),
       reservations: s.list<Reservation>("reservations", "WHERE user_id = ? AND status = 'active'", [userId]),
-      idempotent: request?.idempotencyKey === undefined ? null : s.one<JournalEntry>("journal", "WHERE user_id = ? AND idempotency_key = ?", [userId, request.idempotencyKey]),
+      idempotent:
+        request?.idempotencyKey === undefined
+          ? null
+          : s.one<JournalEntry>("journal", "WHERE user_id = ? AND idempotency_key = ?", [
+              userId,
+              request.idempotencyKey,
+            ]),
     }));
   }
   async getGrants(ids: readonly string[]): Promise<Grant[]> {
     if (ids.length === 0) return [];
-    return this.s.list<Grant>("grants", `WHERE user_id = ? AND id IN (${ids.map(() => "?").join(", ")})`, [this.userId, ...ids]);
+    return this.s.list<Grant>("grants", `WHERE user_id = ? AND id IN (${ids.map(() => "?").join(", ")})`, [
+      this.userId,
+      ...ids,
+    ]);
   }
   async getReservation(id: string): Promise<Reservation | null> {
     return this.s.one<Reservation>("reservations", "WHERE id = ? AND user_id = ?", [id, this.userId]);
@@ -201,7 +264,12 @@ class SqliteAttempt implements Attempt {
     return this.s.one<Promo>("promos", "WHERE code = ?", [code]);
   }
   async countPromoClaims(code: string): Promise<number> {
-    return Number(this.s.all(`SELECT count(*) AS n FROM ${this.s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [code, this.userId])[0]?.n ?? 0);
+    return Number(
+      this.s.all(`SELECT count(*) AS n FROM ${this.s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [
+        code,
+        this.userId,
+      ])[0]?.n ?? 0,
+    );
   }
   async getPayment(id: string): Promise<Payment | null> {
     return this.s.one<Payment>("payments", "WHERE id = ? AND user_id = ?", [id, this.userId]);
@@ -216,7 +284,10 @@ class SqliteAttempt implements Attempt {
     const c = this.pending;
     if (c === undefined) return;
     const { s } = this;
-    const stale = () => new ConflictError(origin("sqlite", `account ${this.userId} changed during the unit of work`), { userId: this.userId });
+    const stale = () =>
+      new ConflictError(origin("sqlite", `account ${this.userId} changed during the unit of work`), {
+        userId: this.userId,
+      });
     try {
       s.tx(() => {
         if (c.previousSeq === null) s.insert("accounts", [c.account]);
@@ -227,17 +298,27 @@ class SqliteAttempt implements Attempt {
         for (const r of c.updateReservations) s.update("reservations", r);
         s.insert("journal", c.entries);
         for (const claim of c.promoClaims ?? []) {
-          const took = s.run(`UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`, [claim.code]);
-          if (took !== 1) throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
+          const took = s.run(
+            `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,
+            [claim.code],
+          );
+          if (took !== 1)
+            throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
         }
         s.insert("promoClaims", c.promoClaims ?? []);
         for (const p of c.paymentUpdates ?? []) {
-          if (!s.update("payments", p, " AND user_id = ? AND version = ?", [p.userId, p.version - 1])) throw new ConflictError(origin("sqlite", `payment ${p.id} changed`), { paymentId: p.id });
+          if (!s.update("payments", p, " AND user_id = ? AND version = ?", [p.userId, p.version - 1]))
+            throw new ConflictError(origin("sqlite", `payment ${p.id} changed`), { paymentId: p.id });
         }
         s.insert("notifications", c.notifications ?? []);
       }, true);
     } catch (error) {
-      if (isConflict(error)) throw new ConflictError(origin("sqlite", `a concurrent write won (${(error as Error).message})`), { userId: this.userId }, error);
+      if (isConflict(error))
+        throw new ConflictError(
+          origin("sqlite", `a concurrent write won (${(error as Error).message})`),
+          { userId: this.userId },
+          error,
+        );
       throw error;
     }
   }
@@ -279,20 +360,41 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       getGrant: (id) => s.one<Grant>("grants", "WHERE id = ?", [id]),
       getReservation: (id) => s.one<Reservation>("reservations", "WHERE id = ?", [id]),
-      listGrants: (userId, o) => s.list<Grant>("grants", `WHERE user_id = ?${o?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL"} ORDER BY created_at, rowid`, [userId]),
+      listGrants: (userId, o) =>
+        s.list<Grant>(
+          "grants",
+          `WHERE user_id = ?${o?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL"} ORDER BY created_at, rowid`,
+          [userId],
+        ),
       listReservations: (userId, o) =>
         o?.status === undefined
           ? s.list<Reservation>("reservations", "WHERE user_id = ? ORDER BY created_at, rowid", [userId])
-          : s.list<Reservation>("reservations", "WHERE user_id = ? AND status = ? ORDER BY created_at, rowid", [userId, o.status]),
+          : s.list<Reservation>("reservations", "WHERE user_id = ? AND status = ? ORDER BY created_at, rowid", [
+              userId,
+              o.status,
+            ]),
       listAccountIds: (from, limit) =>
-        s.all(`SELECT user_id FROM ${s.t.accounts.qualified} WHERE user_id > ? ORDER BY user_id LIMIT ?`, [from ?? "", limit]).map((r) => r.user_id as string),
+        s
+          .all(`SELECT user_id FROM ${s.t.accounts.qualified} WHERE user_id > ? ORDER BY user_id LIMIT ?`, [
+            from ?? "",
+            limit,
+          ])
+          .map((r) => r.user_id as string),
       findDueGrants: (asOf: Date, limit: number, cursor?: ScanCursor) => {
         const [more, params] = after("expires_at", cursor && { at: cursor.expiresAt, id: cursor.id });
-        return s.list<Grant>("grants", `WHERE remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?${more} ORDER BY expires_at, id LIMIT ?`, [asOf, ...params, limit]);
+        return s.list<Grant>(
+          "grants",
+          `WHERE remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?${more} ORDER BY expires_at, id LIMIT ?`,
+          [asOf, ...params, limit],
+        );
       },
       findExpiredReservations: (asOf: Date, limit: number, cursor?: ScanCursor) => {
         const [more, params] = after("expires_at", cursor && { at: cursor.expiresAt, id: cursor.id });
-        return s.list<Reservation>("reservations", `WHERE status = 'active' AND expires_at <= ?${more} ORDER BY expires_at, id LIMIT ?`, [asOf, ...params, limit]);
+        return s.list<Reservation>(
+          "reservations",
+          `WHERE status = 'active' AND expires_at <= ?${more} ORDER BY expires_at, id LIMIT ?`,
+          [asOf, ...params, limit],
+        );
       },
     },
     journal: {
@@ -304,7 +406,11 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
         if (q.types !== undefined) add(`type IN (${q.types.map(() => "?").join(", ") || "NULL"})`, ...q.types);
         if (q.from !== undefined) add("created_at >= ?", q.from);
         if (q.to !== undefined) add("created_at < ?", q.to);
-        return s.list<JournalEntry>("journal", `WHERE ${where.join(" AND ")} ORDER BY seq ${q.order === "desc" ? "DESC" : "ASC"} LIMIT ?`, [...params, q.limit]);
+        return s.list<JournalEntry>(
+          "journal",
+          `WHERE ${where.join(" AND ")} ORDER BY seq ${q.order === "desc" ? "DESC" : "ASC"} LIMIT ?`,
+          [...params, q.limit],
+        );
       },
       insertLedgerEntry: (entry: LedgerEntry) => void s.insert("ledger", [entry]),
       listLedgerEntries: (q: LedgerQuery) => {
@@ -313,10 +419,16 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
         if (q.userId !== undefined) add("user_id = ?", q.userId);
         if (q.before !== undefined && q.beforeId !== undefined) {
           // The same instant as the previous page's last entry: those inserted before it.
-          where.push(`(created_at < ? OR (created_at = ? AND rowid < coalesce((SELECT rowid FROM ${s.t.ledger.qualified} WHERE id = ?), 0)))`);
+          where.push(
+            `(created_at < ? OR (created_at = ? AND rowid < coalesce((SELECT rowid FROM ${s.t.ledger.qualified} WHERE id = ?), 0)))`,
+          );
           params.push(q.before, q.before, q.beforeId);
         } else if (q.before !== undefined) add("created_at < ?", q.before);
-        return s.list<LedgerEntry>("ledger", `${where.length > 0 ? `WHERE ${where.join(" AND ")} ` : ""}ORDER BY created_at DESC, rowid DESC LIMIT ?`, [...params, q.limit]);
+        return s.list<LedgerEntry>(
+          "ledger",
+          `${where.length > 0 ? `WHERE ${where.join(" AND ")} ` : ""}ORDER BY created_at DESC, rowid DESC LIMIT ?`,
+          [...params, q.limit],
+        );
       },
     },
     subscriptions: {
@@ -324,43 +436,73 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
       getPlan: (id) => s.one<Plan>("plans", "WHERE id = ?", [id]),
       listPlans: (o) => s.list<Plan>("plans", `${o.includeInactive ? "" : "WHERE is_active = 1 "}ORDER BY id`),
       updatePlan: (plan, expected) => s.update("plans", plan, " AND version = ?", [expected]),
-      deletePlan: (id, expected) => s.run(`DELETE FROM ${s.t.plans.qualified} WHERE id = ? AND version = ?`, [id, expected]) === 1,
-      planHasSubscribers: (id) => count(`SELECT count(*) AS n FROM ${s.t.subscriptions.qualified} WHERE status = 'active' AND (plan_id = ? OR pending_plan_id = ?)`, [id, id]) > 0,
-      insertSubscription: (sub: Subscription) => unique(`user ${sub.userId} already has an active subscription`, () => s.insert("subscriptions", [sub])),
+      deletePlan: (id, expected) =>
+        s.run(`DELETE FROM ${s.t.plans.qualified} WHERE id = ? AND version = ?`, [id, expected]) === 1,
+      planHasSubscribers: (id) =>
+        count(
+          `SELECT count(*) AS n FROM ${s.t.subscriptions.qualified} WHERE status = 'active' AND (plan_id = ? OR pending_plan_id = ?)`,
+          [id, id],
+        ) > 0,
+      insertSubscription: (sub: Subscription) =>
+        unique(`user ${sub.userId} already has an active subscription`, () => s.insert("subscriptions", [sub])),
       getSubscription: (id) => s.one<Subscription>("subscriptions", "WHERE id = ?", [id]),
-      getActiveSubscription: (userId) => s.one<Subscription>("subscriptions", "WHERE user_id = ? AND status = 'active'", [userId]),
-      listSubscriptions: (userId) => s.list<Subscription>("subscriptions", "WHERE user_id = ? ORDER BY created_at, id", [userId]),
+      getActiveSubscription: (userId) =>
+        s.one<Subscription>("subscriptions", "WHERE user_id = ? AND status = 'active'", [userId]),
+      listSubscriptions: (userId) =>
+        s.list<Subscription>("subscriptions", "WHERE user_id = ? ORDER BY created_at, id", [userId]),
       updateSubscription: (sub, expected) => {
         let done = false;
-        unique(`user ${sub.userId} already has an active subscription`, () => (done = s.update("subscriptions", sub, " AND version = ?", [expected])));
+        unique(
+          `user ${sub.userId} already has an active subscription`,
+          () => (done = s.update("subscriptions", sub, " AND version = ?", [expected])),
+        );
         return done;
       },
       findDueSubscriptions: (asOf: Date, limit: number, cursor?: SubscriptionCursor) => {
         const [more, params] = after("next_run_at", cursor && { at: cursor.nextRunAt, id: cursor.id });
-        return s.list<Subscription>("subscriptions", `WHERE next_run_at IS NOT NULL AND next_run_at <= ?${more} ORDER BY next_run_at, id LIMIT ?`, [asOf, ...params, limit]);
+        return s.list<Subscription>(
+          "subscriptions",
+          `WHERE next_run_at IS NOT NULL AND next_run_at <= ?${more} ORDER BY next_run_at, id LIMIT ?`,
+          [asOf, ...params, limit],
+        );
       },
     },
     promos: {
-      insertPromo: (promo: Promo) => unique(`insertPromo: promo ${promo.code} exists`, () => s.insert("promos", [promo])),
+      insertPromo: (promo: Promo) =>
+        unique(`insertPromo: promo ${promo.code} exists`, () => s.insert("promos", [promo])),
       getPromo: (code) => s.one<Promo>("promos", "WHERE code = ?", [code]),
       listPromos: (q) =>
         q.before === undefined
           ? s.list<Promo>("promos", "ORDER BY created_at DESC, code DESC LIMIT ?", [q.limit])
-          : s.list<Promo>("promos", "WHERE created_at < ? OR (created_at = ? AND code < ?) ORDER BY created_at DESC, code DESC LIMIT ?", [q.before.createdAt, q.before.createdAt, q.before.code, q.limit]),
+          : s.list<Promo>(
+              "promos",
+              "WHERE created_at < ? OR (created_at = ? AND code < ?) ORDER BY created_at DESC, code DESC LIMIT ?",
+              [q.before.createdAt, q.before.createdAt, q.before.code, q.limit],
+            ),
       setPromoActive: (code, isActive, at) => {
         s.run(`UPDATE ${s.t.promos.qualified} SET is_active = ?, updated_at = ? WHERE code = ?`, [isActive, at, code]);
         return s.one<Promo>("promos", "WHERE code = ?", [code]);
       },
-      countPromoClaims: (code, userId) => count(`SELECT count(*) AS n FROM ${s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [code, userId]),
-      listPromoClaims: (userId) => s.list<PromoClaim>("promoClaims", "WHERE user_id = ? ORDER BY created_at, claim_number", [userId]),
+      countPromoClaims: (code, userId) =>
+        count(`SELECT count(*) AS n FROM ${s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [code, userId]),
+      listPromoClaims: (userId) =>
+        s.list<PromoClaim>("promoClaims", "WHERE user_id = ? ORDER BY created_at, claim_number", [userId]),
       insertPayment: (p: Payment) => unique(`insertPayment: payment ${p.id} exists`, () => s.insert("payments", [p])),
       getPayment: (id) => s.one<Payment>("payments", "WHERE id = ?", [id]),
       findPaymentByProviderId: (provider, id) =>
-        s.one<Payment>("payments", "WHERE provider = ? AND provider_ref = ?", [provider, id]) ?? s.one<Payment>("payments", "WHERE provider = ? AND provider_payment_id = ?", [provider, id]),
+        s.one<Payment>("payments", "WHERE provider = ? AND provider_ref = ?", [provider, id]) ??
+        s.one<Payment>("payments", "WHERE provider = ? AND provider_payment_id = ?", [provider, id]),
       listPayments: (userId, q) =>
         q.before === undefined
-          ? s.list<Payment>("payments", "WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [userId, q.limit])
-          : s.list<Payment>("payments", "WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?", [userId, q.before.createdAt, q.before.createdAt, q.before.id, q.limit]),
+          ? s.list<Payment>("payments", "WHERE user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?", [
+              userId,
+              q.limit,
+            ])
+          : s.list<Payment>(
+              "payments",
+              "WHERE user_id = ? AND (created_at < ? OR (created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
+              [userId, q.before.createdAt, q.before.createdAt, q.before.id, q.limit],
+            ),
       updatePayment: (p: Payment) => s.update("payments", p, " AND version = ?", [p.version - 1]),
     },
     outbox: {
@@ -377,7 +519,8 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
               `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = ${t}.user_id AND p.status = 'pending' AND p.id < ${t}.id) ORDER BY next_attempt_at, id LIMIT ?`,
             [q.now, q.now, q.limit],
           );
-          for (const n of picked) s.run(`UPDATE ${t} SET claimed_until = ?, claim_token = ? WHERE id = ?`, [until, q.token, n.id]);
+          for (const n of picked)
+            s.run(`UPDATE ${t} SET claimed_until = ?, claim_token = ? WHERE id = ?`, [until, q.token, n.id]);
           return picked.map((n) => ({ ...n, claimedUntil: until, claimToken: q.token }));
         }, true);
       },
@@ -387,11 +530,20 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
           [u.status, u.attempts, u.nextAttemptAt, u.lastError, u.settledAt, id, token],
         ) === 1,
       purgeNotifications: (before, limit) =>
-        limit <= 0 ? 0 : s.run(`DELETE FROM ${s.t.notifications.qualified} WHERE id IN (SELECT id FROM ${s.t.notifications.qualified} WHERE settled_at IS NOT NULL AND settled_at < ? AND status <> 'pending' ORDER BY settled_at LIMIT ?)`, [before, limit]),
+        limit <= 0
+          ? 0
+          : s.run(
+              `DELETE FROM ${s.t.notifications.qualified} WHERE id IN (SELECT id FROM ${s.t.notifications.qualified} WHERE settled_at IS NOT NULL AND settled_at < ? AND status <> 'pending' ORDER BY settled_at LIMIT ?)`,
+              [before, limit],
+            ),
       listNotifications: (userId, q) =>
         q.status === undefined
           ? s.list<Notification>("notifications", "WHERE user_id = ? ORDER BY id LIMIT ?", [userId, q.limit])
-          : s.list<Notification>("notifications", "WHERE user_id = ? AND status = ? ORDER BY id LIMIT ?", [userId, q.status, q.limit]),
+          : s.list<Notification>("notifications", "WHERE user_id = ? AND status = ? ORDER BY id LIMIT ?", [
+              userId,
+              q.status,
+              q.limit,
+            ]),
     },
   };
 }

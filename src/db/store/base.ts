@@ -1,13 +1,7 @@
 import type { Notification, Payment, Plan, Promo, PromoClaim, Subscription } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
-import type {
-  Account,
-  Grant,
-  JournalEntry,
-  LedgerEntry,
-  Reservation,
-} from "../../models/index.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import type { DbCapabilities, DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import type { SideParts } from "./parts.js";
 
@@ -111,7 +105,10 @@ export abstract class StoreBase implements DbManager {
   async findPaymentByProviderId(provider: string, id: string): Promise<Payment | null> {
     return this.parts.promos.findPaymentByProviderId(provider, id);
   }
-  async listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<Payment[]> {
+  async listPayments(
+    userId: string,
+    query: { limit: number; before?: { createdAt: Date; id: string } },
+  ): Promise<Payment[]> {
     return this.parts.promos.listPayments(userId, query);
   }
   async updatePayment(payment: Payment): Promise<boolean> {
@@ -131,7 +128,10 @@ export abstract class StoreBase implements DbManager {
   async purgeNotifications(before: Date, limit: number): Promise<number> {
     return this.parts.outbox.purgeNotifications(before, limit);
   }
-  async listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]> {
+  async listNotifications(
+    userId: string,
+    query: { status?: Notification["status"]; limit: number },
+  ): Promise<Notification[]> {
     return this.parts.outbox.listNotifications(userId, query);
   }
 }

@@ -108,10 +108,14 @@ export class DefinedStore extends StoreBase {
   constructor(private readonly definition: StoreDefinition) {
     super();
     const name = definition.name;
-    if (typeof name !== "string" || name.length === 0) throw new ConfigurationError("[credit-management] defineStore: `name` is required");
+    if (typeof name !== "string" || name.length === 0)
+      throw new ConfigurationError("[credit-management] defineStore: `name` is required");
     this.name = name;
     this.maxAttempts = Math.max(1, definition.maxAttempts ?? 10);
-    const present = Object.fromEntries(PARTS.map((p) => [p, definition[p] !== undefined])) as Record<OptionalPart, boolean>;
+    const present = Object.fromEntries(PARTS.map((p) => [p, definition[p] !== undefined])) as Record<
+      OptionalPart,
+      boolean
+    >;
     this.capabilities = Object.freeze({ multiProcess: definition.multiProcess, parts: Object.freeze(present) });
     this.accounts = guarded(name, definition.accounts);
     this.journal = guarded(name, definition.journal);
@@ -171,7 +175,10 @@ export class DefinedStore extends StoreBase {
           if (!(error instanceof ConflictError)) throw storeError(this.name, "transaction", error);
           if (attempts >= this.maxAttempts) {
             throw new ConflictError(
-              origin(this.name, `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`),
+              origin(
+                this.name,
+                `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`,
+              ),
               { userId, attempts },
               error,
             );
@@ -224,7 +231,9 @@ export class DefinedStore extends StoreBase {
   }
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;
-    return list === undefined ? undefined : (after, limit) => this.accounts.listAccountIds?.(after, limit) as Promise<string[]>;
+    return list === undefined
+      ? undefined
+      : (after, limit) => this.accounts.listAccountIds?.(after, limit) as Promise<string[]>;
   }
 }
 
@@ -237,7 +246,8 @@ function guarded<T extends object>(store: string, part: T): T {
   return new Proxy(part, {
     get(target, key) {
       const value = Reflect.get(target, key, target) as unknown;
-      if (typeof value !== "function" || key === "begin" || key === "transaction" || key === "transactionNow") return value;
+      if (typeof value !== "function" || key === "begin" || key === "transaction" || key === "transactionNow")
+        return value;
       let wrapped = cache.get(key);
       if (wrapped === undefined) {
         const method = String(key);

@@ -5,7 +5,9 @@ import type { AccountStore, JournalStore } from "../types.js";
 
 /** A part's methods may answer at once instead of with a promise (an in-process store). */
 export type Part<T> = {
-  [K in keyof T]: NonNullable<T[K]> extends (...args: infer A) => Promise<infer R> ? (...args: A) => R | Promise<R> : T[K];
+  [K in keyof T]: NonNullable<T[K]> extends (...args: infer A) => Promise<infer R>
+    ? (...args: A) => R | Promise<R>
+    : T[K];
 };
 
 /** The sub-stores a `DbManager` forwards to (see `StoreBase` and `defineStore`). */

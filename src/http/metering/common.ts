@@ -111,13 +111,17 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     throw new TypeError("[credit-management] [metering] `credits` (manager.credits) is required.");
   }
   if (o.authenticate === undefined && o.trustUserIdHeader !== true) {
-    throw new TypeError("[credit-management] [metering] an `authenticate` hook (or `trustUserIdHeader: true`) is required.");
+    throw new TypeError(
+      "[credit-management] [metering] an `authenticate` hook (or `trustUserIdHeader: true`) is required.",
+    );
   }
   const { applies, routerFor } = pathMatcher(o);
   const defaultEstimate = o.defaultEstimate ?? 100;
   const maxEstimate = o.maxEstimate ?? 100_000;
-  if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1) throw new TypeError("defaultEstimate must be a positive integer");
-  if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1) throw new TypeError("maxEstimate must be a positive integer");
+  if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1)
+    throw new TypeError("defaultEstimate must be a positive integer");
+  if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1)
+    throw new TypeError("maxEstimate must be a positive integer");
   const header = (o.estimateHeader ?? "x-estimated-tokens").toLowerCase();
   const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
   const usagePath = o.usageKey ? o.usageKey.split(".") : null;
@@ -198,7 +202,12 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     );
 
   /** A usage the middleware found (or fell back to) for the response, as priced. */
-  const recorded = (session: MeterSession, usage: LlmUsage, source: "response" | "counted", problem?: string): RecordedUsage => {
+  const recorded = (
+    session: MeterSession,
+    usage: LlmUsage,
+    source: "response" | "counted",
+    problem?: string,
+  ): RecordedUsage => {
     const tokens: Parameters<typeof recordOf>[0] = {
       model: usage.model as string,
       inputTokens: usage.inputTokens,
@@ -250,7 +259,8 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
         usage = recorded(session, reading.usage, "response");
       } catch (error) {
         const code = (error as { code?: string }).code;
-        const problem = code === "UNKNOWN_MODEL" ? "unknown-model" : code === "CONFIGURATION_ERROR" ? "no-price-book" : "unpriced";
+        const problem =
+          code === "UNKNOWN_MODEL" ? "unknown-model" : code === "CONFIGURATION_ERROR" ? "no-price-book" : "unpriced";
         return fallback(session, problem, reading.usage);
       }
       session.recordPriced(usage);
@@ -283,20 +293,30 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOptions | null {
   if (o === undefined || o === false) return null;
   if (o === true) return {};
-  if (typeof o !== "object" || o === null) throw new TypeError("[credit-management] [metering] `llm` must be a boolean or { provider?, missingUsage? }.");
+  if (typeof o !== "object" || o === null)
+    throw new TypeError("[credit-management] [metering] `llm` must be a boolean or { provider?, missingUsage? }.");
   for (const k of Object.keys(o)) {
-    if (k !== "provider" && k !== "missingUsage") throw new TypeError(`[credit-management] [metering] unknown \`llm\` option "${k}".`);
+    if (k !== "provider" && k !== "missingUsage")
+      throw new TypeError(`[credit-management] [metering] unknown \`llm\` option "${k}".`);
   }
   if (o.missingUsage !== undefined && !["estimate", "counted", "none"].includes(o.missingUsage)) {
     throw new TypeError('[credit-management] [metering] `llm.missingUsage` must be "estimate", "counted" or "none".');
   }
-  if (o.provider !== undefined && (typeof o.provider !== "string" || o.provider.length === 0 || o.provider.length > 200)) {
+  if (
+    o.provider !== undefined &&
+    (typeof o.provider !== "string" || o.provider.length === 0 || o.provider.length > 200)
+  ) {
     throw new TypeError("[credit-management] [metering] `llm.provider` must be a non-empty string.");
   }
   return o;
 }
 
 /** A response with nothing to read (no body). */
-export const NO_BODY: UsageReading = { ok: false, problem: "absent", counted: { shape: "openai", model: undefined, inputTokens: 0, outputTokens: 0, cachedTokens: 0 } };
+export const NO_BODY: UsageReading = {
+  ok: false,
+  problem: "absent",
+  counted: { shape: "openai", model: undefined, inputTokens: 0, outputTokens: 0, cachedTokens: 0 },
+};
 
-export const isJsonType = (type: string | null | undefined) => !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);
+export const isJsonType = (type: string | null | undefined) =>
+  !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);

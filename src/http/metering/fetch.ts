@@ -42,13 +42,20 @@ export function creditMetering(options: CreditMeteringOptions) {
       if (request.signal.aborted) {
         // The client left while it was authenticated or the hold placed: nobody to answer.
         await release("aborted");
-        return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), { [c.deductedHeader]: "0" });
+        return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), {
+          [c.deductedHeader]: "0",
+        });
       }
       // LLM responses (`llm`): the usage is read from the body as it passes; a stream cut before
       // its usage arrived is charged as `missingUsage` says, not released.
       let reading: ResponseUsageReader | null = null;
       let status = 200;
-      const cut = () => c.settle(request, session, reading === null ? session.release("aborted") : c.settleReading(session, reading.cut(), status));
+      const cut = () =>
+        c.settle(
+          request,
+          session,
+          reading === null ? session.release("aborted") : c.settleReading(session, reading.cut(), status),
+        );
       const onAbort = () => void cut();
       request.signal.addEventListener("abort", onAbort, { once: true });
 
@@ -74,7 +81,11 @@ export function creditMetering(options: CreditMeteringOptions) {
         }
         let settling: Promise<MeterOutcome>;
         if (c.llm !== null) {
-          settling = c.settleReading(session, text === null ? NO_BODY : usageOfText(text, response.headers.get("content-type")), response.status);
+          settling = c.settleReading(
+            session,
+            text === null ? NO_BODY : usageOfText(text, response.headers.get("content-type")),
+            response.status,
+          );
         } else settling = session.commit(session.usages.length === 0 && text !== null ? c.usageFrom(text) : undefined);
         const outcome = await c.settle(request, session, settling);
         request.signal.removeEventListener("abort", onAbort);
@@ -89,7 +100,11 @@ export function creditMetering(options: CreditMeteringOptions) {
             const { done, value } = await session.run(() => reader.read());
             if (done) {
               request.signal.removeEventListener("abort", onAbort);
-              await c.settle(request, session, reading === null ? session.commit() : c.settleReading(session, reading.end(), status));
+              await c.settle(
+                request,
+                session,
+                reading === null ? session.commit() : c.settleReading(session, reading.end(), status),
+              );
               controller.close();
             } else {
               controller.enqueue(value);
@@ -107,13 +122,22 @@ export function creditMetering(options: CreditMeteringOptions) {
           await reader.cancel(reason).catch(() => undefined);
         },
       });
-      return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+      return new Response(body, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
     };
 }
 
 const textOf = (response: Response) => response.text();
 
-function withHeader(response: Response, body: ConstructorParameters<typeof Response>[0], name: string, charged: number): Response {
+function withHeader(
+  response: Response,
+  body: ConstructorParameters<typeof Response>[0],
+  name: string,
+  charged: number,
+): Response {
   let headers = response.headers;
   try {
     // A Response the handler built has mutable headers: no copy. One from fetch() is immutable.

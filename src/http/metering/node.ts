@@ -48,7 +48,8 @@ class NodeMetered {
     const res = this.res;
     this.reading ??= new ResponseUsageReader(typeHeader(res));
     if (typeof chunk === "string") {
-      if (typeof encoding === "string" && encoding !== "utf8" && encoding !== "utf-8") this.reading.push(Buffer.from(chunk, encoding as BufferEncoding));
+      if (typeof encoding === "string" && encoding !== "utf8" && encoding !== "utf-8")
+        this.reading.push(Buffer.from(chunk, encoding as BufferEncoding));
       else this.reading.push(chunk);
     } else if (chunk instanceof Uint8Array) this.reading.push(chunk);
   }
@@ -103,7 +104,8 @@ function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, 
     return this;
   }
   // The usage of the body: only with a `usageKey` and when the handler recorded none.
-  const amount = m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
+  const amount =
+    m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
   if (m.parts || this.headersSent) {
     m.pending = amount; // committed when the response closes; the header is gone already
     // eslint-disable-next-line prefer-rest-params
@@ -120,7 +122,9 @@ function onMeteredClose(this: MeteredResponse): void {
   const session = m.session;
   if (m.c.llm !== null && m.reading !== null) {
     // An LLM response that was written: billed from its usage, or as a cut stream.
-    void m.settle(m.c.settleReading(session, this.writableFinished ? m.reading.end() : m.reading.cut(), this.statusCode));
+    void m.settle(
+      m.c.settleReading(session, this.writableFinished ? m.reading.end() : m.reading.cut(), this.statusCode),
+    );
   } else if (!this.writableFinished) void m.settle(session.release("aborted"));
   else if (m.c.llm !== null) void m.settle(m.c.settleReading(session, NO_BODY, this.statusCode));
   else void m.settle(this.statusCode >= 500 ? session.release("error") : session.commit(m.pending));
@@ -170,7 +174,15 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
         locals.creditReservationId = session.reservationId;
         locals.creditEstimate = session.estimate;
       }
-      res[METERED] = new NodeMetered(c, req, res, session, locals, res.write as unknown as Write, res.end as unknown as End);
+      res[METERED] = new NodeMetered(
+        c,
+        req,
+        res,
+        session,
+        locals,
+        res.write as unknown as Write,
+        res.end as unknown as End,
+      );
       res.write = meteredWrite as unknown as typeof res.write;
       res.end = meteredEnd as unknown as typeof res.end;
       res.on("close", onMeteredClose);
@@ -181,7 +193,13 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
   };
 
   /** Who pays and how much to hold; then place the hold. */
-  const proceed = (req: IncomingMessage, res: ServerResponse, next: Next, path: string, found: Identity | null | undefined): void => {
+  const proceed = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    next: Next,
+    path: string,
+    found: Identity | null | undefined,
+  ): void => {
     let userId: string;
     let estimate: number;
     try {

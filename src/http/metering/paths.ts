@@ -40,7 +40,7 @@ export function pathMatcher(o: PathOptions) {
   /** A plain path under the prefix, ASCII letters compared without case (no allocation). */
   const plainUnderPrefix = (path: string): boolean =>
     prefix === "" ||
-    (startsWithAsciiFolded(path, prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47 /* / */));
+    (startsWithAsciiFolded(path, prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47)); // 47: "/"
   /** Any path under the prefix, compared case-folded. */
   const underPrefix = (path: string): boolean => {
     if (prefix === "") return true;
@@ -56,7 +56,12 @@ export function pathMatcher(o: PathOptions) {
    */
   const skipped = (path: string, router: number): boolean => {
     if (skipped1(path, (router & ANY_CASE) !== 0)) return true;
-    return (router & ANY_SLASH) !== 0 && path.length > 1 && path.endsWith("/") && skipped1(path.slice(0, -1), (router & ANY_CASE) !== 0);
+    return (
+      (router & ANY_SLASH) !== 0 &&
+      path.length > 1 &&
+      path.endsWith("/") &&
+      skipped1(path.slice(0, -1), (router & ANY_CASE) !== 0)
+    );
   };
   const skipped1 = (path: string, anyCase: boolean): boolean => {
     let lower: string | undefined;
@@ -97,8 +102,10 @@ export function pathMatcher(o: PathOptions) {
     if (skip.length === 0) return 0;
     const app = (req as { app?: { enabled?: unknown } } | null)?.app;
     const enabled = typeof app?.enabled === "function" ? (app.enabled as (name: string) => boolean).bind(app) : null;
-    const anyCase = o.caseSensitive !== undefined ? !o.caseSensitive : enabled !== null && !enabled("case sensitive routing");
-    const anySlash = o.ignoreTrailingSlash !== undefined ? o.ignoreTrailingSlash : enabled !== null && !enabled("strict routing");
+    const anyCase =
+      o.caseSensitive !== undefined ? !o.caseSensitive : enabled !== null && !enabled("case sensitive routing");
+    const anySlash =
+      o.ignoreTrailingSlash !== undefined ? o.ignoreTrailingSlash : enabled !== null && !enabled("strict routing");
     return (anyCase ? ANY_CASE : 0) | (anySlash ? ANY_SLASH : 0);
   };
 
@@ -115,7 +122,7 @@ export function isPlainPath(path: string): boolean {
   for (let i = 1; i < path.length; i++) {
     const ch = path.charCodeAt(i);
     if (ch <= 32 || ch >= 127 || ch === 37 /* % */ || ch === 92 /* \ */ || ch === 35 /* # */) return false;
-    if (prev === 47 && (ch === 47 || ch === 46 /* . */)) return false;
+    if (prev === 47 && (ch === 47 || ch === 46) /* . */) return false;
     prev = ch;
   }
   return true;
@@ -172,7 +179,9 @@ export function percentDecode(path: string): string {
 
 /** Decoded, `\` as `/`, `/`-led, repeated slashes collapsed. */
 export function normalisePath(path: string): string {
-  const p = percentDecode(path).replace(/\\/g, "/").replace(/\/{2,}/g, "/");
+  const p = percentDecode(path)
+    .replace(/\\/g, "/")
+    .replace(/\/{2,}/g, "/");
   return p.startsWith("/") ? p : `/${p}`;
 }
 
