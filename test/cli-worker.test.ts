@@ -232,7 +232,10 @@ const round = (task: string) => (l: Line) => l.task === task && l.ok !== undefin
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const redisUrl = process.env.CREDIT_REDIS_URL;
+if (!pgUrl) console.warn("[cli-worker.test] CREDIT_PG_URL is not set: the worker process cases are skipped.");
+else if (!redisUrl) console.warn("[cli-worker.test] CREDIT_REDIS_URL is not set: the two-workers case is skipped.");
 
+// reason: the worker runs as a process on a shared store; needs CREDIT_PG_URL (set by .ci/run)
 describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CREDIT_PG_URL)", () => {
   // reason: needs its database URL (set by .ci/run); skipped otherwise
   const schemas: string[] = [];
@@ -408,6 +411,7 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     expect(users(ledgerFile)).toEqual(["h2-0", "h2-1", "h2-2"]);
   });
 
+  // reason: deliveries go to a Redis stream; needs CREDIT_REDIS_URL (set by .ci/run)
   it.skipIf(!redisUrl)("two workers at once: each renewal, expiry and delivery happens once", async () => {
     // reason: needs CREDIT_REDIS_URL for the stream (set by .ci/run)
     const { past, now, env } = await store(1.5);

@@ -92,6 +92,7 @@ describe("credit-management/nats: options are validated without a server", () =>
   });
 });
 
+// reason: needs a NATS server with JetStream; CREDIT_NATS_URL (set by .ci/run), notice above
 describe.skipIf(!natsUrl)("NATS JetStream", () => {
   // reason: needs CREDIT_NATS_URL (set by .ci/run); skipped with a printed notice otherwise
   let nc: NatsConnection;
@@ -279,6 +280,7 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
       { kind: "postgres", url: pgUrl },
     ] as const;
     for (const store of stores) {
+      // reason: a store two processes share; notice above
       it.skipIf(!store.url)(
         `${store.kind}: a process killed (SIGKILL) after JetStream stored an event but before it was marked sent: every event once`,
         async () => {
