@@ -4,7 +4,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { creditsAtRate, creditsToReverse, heldOf, refundedBy, reversal, takeBackPlan } from "../src/domain/payments.js";
-import type { Payment, PaymentStatus } from "../src/models/index.js";
+import type { Payment, PaymentStatus, Reservation } from "../src/models/index.js";
 import { samples } from "./fixtures/samples.js";
 
 describe("creditsAtRate: amount × rate, rounded down, exact decimal products kept", () => {
@@ -232,7 +232,10 @@ describe("takeBackPlan: voiding what is left of the grant, or deducting", () => 
   });
 
   it("heldOf sums what active holds hold of one grant", () => {
-    const hold = (allocations: { grantId: string; amount: number }[]) => ({ allocations });
+    const hold = (allocations: { grantId: string; amount: number }[], status: Reservation["status"] = "active") => ({
+      allocations,
+      status,
+    });
     expect(
       heldOf(
         [
@@ -246,5 +249,11 @@ describe("takeBackPlan: voiding what is left of the grant, or deducting", () => 
       ),
     ).toBe(8);
     expect(heldOf([], "g")).toBe(0);
+  });
+
+  it("heldOf counts nothing of a hold that ended (released, committed or expired)", () => {
+    for (const status of ["released", "committed", "expired"] as const) {
+      expect(heldOf([{ allocations: [{ grantId: "g", amount: 5 }], status }], "g")).toBe(0);
+    }
   });
 });

@@ -113,10 +113,17 @@ export function takeBackPlan(
   return { voidGrant: false, deduct: k };
 }
 
-/** What `holds` hold of grant `grantId`. */
-export function heldOf(holds: readonly Pick<Reservation, "allocations">[], grantId: string): number {
+/**
+ * What the active ones of `holds` hold of grant `grantId`. A hold that ended — even in the unit of
+ * work asking, whose settlement may just have released it — gave its credits back to the grant (or
+ * spent them), so it holds nothing (docs/promos-and-payments.md).
+ */
+export function heldOf(holds: readonly Pick<Reservation, "allocations" | "status">[], grantId: string): number {
   let held = 0;
-  for (const r of holds) for (const a of r.allocations) if (a.grantId === grantId) held += a.amount;
+  for (const r of holds) {
+    if (r.status !== "active") continue;
+    for (const a of r.allocations) if (a.grantId === grantId) held += a.amount;
+  }
   return held;
 }
 

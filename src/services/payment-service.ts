@@ -769,10 +769,10 @@ export class PaymentService {
         g = work.getGrant(grant.id) ?? grant;
       }
     }
-    // The holds as this work has them: settlement may just have released one (its credits are back
-    // in the grant, and voided with it), so only holds still active count as held.
-    const active = state.reservations.map((r) => work.getHold(r.id) ?? r).filter((r) => r.status === "active");
-    const plan = takeBackPlan(k, g ?? null, g === undefined ? 0 : heldOf(active, g.id));
+    // The holds as this work has them: settlement may just have released one (heldOf counts only
+    // active holds).
+    const holds = state.reservations.map((r) => work.getHold(r.id) ?? r);
+    const plan = takeBackPlan(k, g ?? null, g === undefined ? 0 : heldOf(holds, g.id));
     if (plan.voidGrant) work.voidGrant(g as Grant, next());
     if (plan.deduct > 0) work.deduct(plan.deduct, next(), { allowDebt: true, overdraftLimit: null });
   }
