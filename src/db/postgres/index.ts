@@ -185,8 +185,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       maxUnits: this.maxUnits,
       concurrency: batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4),
       maxAlone: batch === false ? Infinity : Math.max(1, batch.waiters ?? 4),
-      perAccount: 2,
-      alone: (u, busy) => u.wait || busy > 0,
+      // Units of one account queued together share a batch, one after another in its transaction
+      // (`Batch.runChain`): a hot account's units wait in memory for the next batch rather than
+      // each taking a transaction of its own behind the row lock.
+      perAccount: 1,
+      perBatch: this.maxUnits,
+      alone: (u) => u.wait,
       runBatch: (units) => this.runBatch(units, false),
       runAlone: (u) => this.runBatch([u], true),
     });
@@ -310,7 +314,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       return;
     }
     this.release(client, result.brokenBy);
-    for (const { unit, reason, skipped, lost } of result.retry) {
+    for (const { unit, reason, skipped, lost, notRun, alone } of result.retry) {
+      if (notRun) {
+        // A later unit of a chain that did not run, or left it: again, no attempt counted.
+        if (alone) unit.solo = true;
+        this.requeue(unit, 0);
+        continue;
+      }
       if (skipped) {
         // Its account is busy in another transaction: run it again alone, waiting for the lock.
         unit.wait = true;
