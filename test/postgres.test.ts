@@ -173,6 +173,49 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       expect(await count(() => credits.commitReservedCredits(hold.id))).toBeLessThanOrEqual(4);
     });
 
+    it("runs units of work of one account queued together in one transaction, one after another", async () => {
+      const u = `chain-${randomUUID()}`;
+      // A new account: the first unit inserts it, the later ones build on the row it will insert.
+      await Promise.all(Array.from({ length: 10 }, () => credits.addCredits(u, 10)));
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 });
+      const before = db.roundTrips;
+      const results = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => credits.deductCredits(u, i + 1)));
+      // 30 units of one account without chains: two round trips each, one transaction after another.
+      expect(db.roundTrips - before).toBeLessThan(20);
+      const spent = results.flatMap((r, i) => (r.status === "fulfilled" ? [i + 1] : []));
+      for (const r of results) if (r.status === "rejected") expect(r.reason).toBeInstanceOf(InsufficientCreditsError);
+      const total = spent.reduce((a, b) => a + b, 0);
+      expect(total).toBeLessThanOrEqual(100);
+      expect(spent.length).toBeGreaterThan(1);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 - total });
+      // Whoever was refused was refused on what the units before it left: none would have fitted.
+      for (const r of results.slice(spent.length)) expect(r.status).toBe("rejected");
+      const audit = await credits.audit(u);
+      expect(audit.problems).toEqual([]);
+      expect(audit.ok).toBe(true);
+    });
+
+    it("a later unit of a chain sees the holds the units before it wrote, closed ones too", async () => {
+      const u = `chain-holds-${randomUUID()}`;
+      await credits.addCredits(u, 50);
+      const hold = await credits.reserveCredits(u, 20);
+      // Committing one hold twice and releasing it, all at once: one of them settles it.
+      const settled = await Promise.allSettled([
+        credits.commitReservedCredits(hold.id, { amount: 5 }),
+        credits.commitReservedCredits(hold.id, { amount: 5 }),
+        credits.releaseReservedCredits(hold.id),
+        credits.reserveCredits(u, 10),
+        credits.deductCredits(u, 1),
+      ]);
+      const settles = settled.slice(0, 3).filter((r) => r.status === "fulfilled");
+      expect(settles).toHaveLength(1);
+      expect(settled.slice(3).every((r) => r.status === "fulfilled")).toBe(true);
+      const info = await credits.getUserCreditsInfo(u);
+      const charged = settled[2]?.status === "fulfilled" ? 0 : 5;
+      expect(info).toMatchObject({ balance: 50 - charged - 1, reserved: 10 });
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("starts units of work from the state cache until another process writes the account", async () => {
       const u = `sc-${randomUUID()}`;
       // Two managers on the same tables, each with its own cache: two processes.
