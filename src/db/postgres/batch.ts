@@ -17,6 +17,8 @@ import { type Deferred, type QueuedUnit, deferred } from "../store/group-commit.
 export interface Unit extends QueuedUnit {
   /** Waits for its account's lock (another process held it when a batch tried). */
   wait: boolean;
+  /** Loads under the lock, not from the state cache (a batch that started from it failed). */
+  fresh?: boolean;
 }
 
 /** Why a unit must run again; `reason` is the driver error or the failed guard. */
@@ -60,6 +62,8 @@ export class NotRun extends Error {
 interface ChainState {
   /** The account, open grants and active holds (null: no account yet). */
   base: BaseState | null;
+  /** The first unit started from the state cache without locking: the row's `xmin` it guards on. */
+  xmin: string | null;
   /** The changes saved so far, in order: a later unit's idempotency key may be among their entries. */
   saved: Changes[];
   /** Every grant and hold they wrote, closed ones too (`getGrants` and `getReservation` read them). */
@@ -77,6 +81,7 @@ function advance(at: ChainState, changes: Changes): ChainState {
   for (const r of [...changes.insertReservations, ...changes.updateReservations]) holds.set(r.id, r);
   return {
     base: stateOnTop(at.base, changes),
+    xmin: at.xmin,
     saved: [...at.saved, changes],
     grants,
     holds,
@@ -87,6 +92,8 @@ function advance(at: ChainState, changes: Changes): ChainState {
 /** What `Batch.save` writes of one account, and what the state cache keeps after it. */
 interface SaveItem {
   readonly userId: string;
+  /** The account row's `xmin` its state was made at, when it was not locked before the save. */
+  readonly xmin: string | null;
   readonly pendingChanges: Changes;
   readonly originals: UnitTx["originals"];
   readonly loadDone: boolean;
@@ -155,7 +162,14 @@ function merged(txs: readonly UnitTx[]): SaveItem[] {
       for (const [id, r] of tx.originals.holds) if (!originals.holds.has(id)) originals.holds.set(id, r);
     }
     // The first saving unit's state is the chain's as its first unit loaded it (nothing saved before).
-    items.push({ userId: first.userId, pendingChanges, originals, loadDone: first.loadDone, base: first.base });
+    items.push({
+      userId: first.userId,
+      xmin: first.xmin,
+      pendingChanges,
+      originals,
+      loadDone: first.loadDone,
+      base: first.base,
+    });
   }
   return items;
 }
@@ -173,7 +187,15 @@ export class Skipped extends Error {
  */
 export interface BatchResult {
   /** `lost`: the connection was lost before anything was written (a failure, not a conflict, if it lasts). */
-  retry: Array<{ unit: Unit; reason: unknown; skipped?: boolean; lost?: boolean; notRun?: boolean; alone?: boolean }>;
+  retry: Array<{
+    unit: Unit;
+    reason: unknown;
+    skipped?: boolean;
+    lost?: boolean;
+    notRun?: boolean;
+    alone?: boolean;
+    fresh?: boolean;
+  }>;
   /** Why the connection is bad (the driver error, or true), when it is: undefined while it is usable. */
   brokenBy: unknown;
 }
@@ -280,7 +302,7 @@ export class Batch {
       outcomes.set(tx, outcome);
       if (!tx.follower) {
         if (!tx.loadDone) return void this.notRun(chain, outcomes);
-        at = { base: tx.base, saved: [], grants: new Map(), holds: new Map(), promos: false };
+        at = { base: tx.base, xmin: tx.xmin, saved: [], grants: new Map(), holds: new Map(), promos: false };
       }
       if (at !== null && outcome.status === "fulfilled" && tx.pending !== null) at = advance(at, tx.pending);
     }
@@ -317,6 +339,8 @@ export class Batch {
       }
     }
     if (this.began && !this.broken) await this.rollback();
+    // A failed batch may have failed on a stale cached state: its units run again from the database.
+    if (brokeEarly || commitError !== undefined) for (const tx of this.optimists) this.db.states?.delete(tx.userId);
     if (this.resync && !this.broken) await this.db.resyncPrepared(this.client);
 
     this.txs.forEach((tx, i) => {
@@ -346,7 +370,10 @@ export class Batch {
       else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
       else if (this.broken && !(commitError instanceof Retry))
         unit.reject(commitError); // COMMIT's outcome is unknown: no retry
-      else if (commitError instanceof Retry) retry.push({ unit, reason: commitError.reason });
+      else if (commitError instanceof Retry)
+        // Started from the state cache: most likely the cache was stale (another process wrote an
+        // account) or an account was busy; run them again loading under the lock, still batched.
+        retry.push({ unit, reason: commitError.reason, ...(this.optimists.length > 0 ? { fresh: true } : {}) });
       else if (!solo) retry.push({ unit, reason: commitError });
       else unit.reject(commitError);
     });
@@ -375,6 +402,27 @@ export class Batch {
       this.db.untrack(tx);
     });
   }
+
+  /**
+   * The cached state a unit may start from without locking its account first (its first load, no
+   * idempotency key, not after a failed attempt or while waiting for another process's lock):
+   * the unit then costs the batch no load statement, and a batch of such units one message
+   * (`BEGIN; save; COMMIT`). Its save writes the account row only if the row is still the version
+   * (`xmin`) the state was made from — every committed change of an account writes its row, so
+   * nothing the unit read (its state, and grants or holds it read later, outside the
+   * transaction) can have changed — and fails the batch otherwise: its units run again alone,
+   * loading under the lock (docs/storage.md#postgresql).
+   */
+  optimistic(tx: UnitTx, request: LoadRequest | undefined): AccountState | undefined {
+    if (this.wait || tx.unit.solo || tx.unit.fresh === true || tx.follower || request?.idempotencyKey !== undefined)
+      return undefined;
+    const cached = this.db.states?.get(tx.userId);
+    if (cached !== undefined) this.optimists.push(tx);
+    return cached;
+  }
+
+  /** Units that started from the state cache (`optimistic`). */
+  private readonly optimists: UnitTx[] = [];
 
   /** A unit asked for its state, used the store, or finished: once all have, open the transaction. */
   ready(tx: UnitTx): void {
@@ -494,10 +542,12 @@ export class Batch {
         updates.map((tx) => {
           const row = pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account);
           row.prev = tx.pendingChanges.previousSeq;
+          if (tx.xmin !== null) row.xmin = tx.xmin;
           return row;
         }),
       );
       args.ak = arrayText(updates.map((tx) => tx.userId));
+      args.xk = arrayText(updates.filter((tx) => tx.xmin !== null).map((tx) => tx.userId));
     }
     const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
     const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
@@ -690,6 +740,11 @@ export class UnitTx implements DbTransaction, SaveItem {
   follower = false;
   /** A later unit of a chain that asked what the chain cannot answer: it runs again on its own. */
   unchained = false;
+  /**
+   * Started from the state cache without locking (`Batch.optimistic`): the `xmin` of the account
+   * row that state was made at, which its save requires the row still to have. Null otherwise.
+   */
+  xmin: string | null = null;
   /** A later unit's chain state (null: the first unit, or a unit alone). */
   private chain: ChainState | null = null;
   /** The first `load()` request, answered by the batch. */
@@ -734,6 +789,7 @@ export class UnitTx implements DbTransaction, SaveItem {
   /** A later unit of a chain starts from what the ones before it left, under the same lock. */
   follow(at: ChainState): void {
     this.chain = at;
+    this.xmin = at.xmin;
     const base = at.base;
     this.state = {
       seq: base?.account.seq ?? null,
@@ -786,12 +842,20 @@ export class UnitTx implements DbTransaction, SaveItem {
     if (this.chain !== null) return this.loadInChain(this.chain, request);
     if (this.loadRequest === null && !this.isReady) {
       this.loadRequest = request ?? {};
+      const cached = this.batch.optimistic(this, request);
+      if (cached !== undefined) {
+        const state = this.fromCache(cached);
+        this.batch.ready(this);
+        if (this.verifyHit) await this.verifyCached(state);
+        return state;
+      }
       this.batch.ready(this);
       const state = await this.loaded.promise;
       if (this.verifyHit) await this.verifyCached(state);
       return state;
     }
     await this.batch.opened.promise;
+    this.xmin = null; // the reload locks the row: the seq guard suffices from here on
     const again = deferred<LoadedState>();
     const previous = this.loaded;
     // `receive` answers through `this.loaded`: point it at a fresh one for this reload.
@@ -803,6 +867,28 @@ export class UnitTx implements DbTransaction, SaveItem {
       throw error;
     }
     return again.promise;
+  }
+
+  /**
+   * Starts the unit from the state cache without a statement (see `Batch.optimistic`): the save
+   * then guards the account row on the `xmin` the state was made at.
+   */
+  private fromCache(cached: AccountState): LoadedState {
+    const { account, grants, reservations } = cached;
+    this.xmin = cached.xmin;
+    this.batch.db.stateCacheHits++;
+    this.verifyHit = this.batch.db.verifyStates;
+    this.state = {
+      seq: account.seq,
+      grants: new Map(grants.map((g) => [g.id, g])),
+      holds: new Map(reservations.map((r) => [r.id, r])),
+    };
+    this.base = { account, grants, reservations };
+    this.originals.account = account;
+    for (const g of grants) this.originals.grants.set(g.id, g);
+    for (const r of reservations) this.originals.holds.set(r.id, r);
+    this.loadDone = true;
+    return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
   }
 
   /** The batch's answer to `load()`: the state statement's row (undefined: no account). */
@@ -849,6 +935,9 @@ export class UnitTx implements DbTransaction, SaveItem {
   private async verifyCached(state: LoadedState): Promise<void> {
     const { db } = this.batch;
     const [row] = await this.batch.query("verifyStateCache", db.sql.state.text, [[this.userId], [null], [null]]);
+    // Started without the lock (`Batch.optimistic`): a state another process made stale since is
+    // no fault of the cache; its save's guard refuses it.
+    if (this.xmin !== null && row?.xmin !== this.xmin) return;
     const { tables } = db.sql;
     const account = row?.account
       ? decodeRow<Account>(tables.accounts.columns, JSON.parse(row.account as string))
@@ -929,7 +1018,7 @@ export class UnitTx implements DbTransaction, SaveItem {
   }
 
   async getPromo(code: string): Promise<Promo | null> {
-    if (this.chain?.promos === true) this.unchain();
+    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
     await this.opening();
     const { sql } = this.batch.db;
     const { text, params } = inUnit.getPromo(sql.tables, code);
@@ -938,7 +1027,7 @@ export class UnitTx implements DbTransaction, SaveItem {
   }
 
   async countPromoClaims(code: string): Promise<number> {
-    if (this.chain?.promos === true) this.unchain();
+    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
     await this.opening();
     const { text, params } = inUnit.countClaims(this.batch.db.sql.tables, code, this.userId);
     const [row] = await this.batch.query("countPromoClaims", text, params);
@@ -946,7 +1035,7 @@ export class UnitTx implements DbTransaction, SaveItem {
   }
 
   async getPayment(paymentId: string): Promise<Payment | null> {
-    if (this.chain?.promos === true) this.unchain();
+    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
     await this.opening();
     const { sql } = this.batch.db;
     const { text, params } = inUnit.getPayment(sql.tables, paymentId, this.userId);

@@ -314,7 +314,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       return;
     }
     this.release(client, result.brokenBy);
-    for (const { unit, reason, skipped, lost, notRun, alone } of result.retry) {
+    for (const { unit, reason, skipped, lost, notRun, alone, fresh } of result.retry) {
       if (notRun) {
         // A later unit of a chain that did not run, or left it: again, no attempt counted.
         if (alone) unit.solo = true;
@@ -339,6 +339,10 @@ export class PostgresDbManager extends StoreBase implements DbManager {
             reason,
           ),
         );
+      } else if (fresh === true && unit.fresh !== true) {
+        // A batch that started from the state cache failed: once more batched, loading under the lock.
+        unit.fresh = true;
+        this.requeue(unit, 0);
       } else {
         // Alone from now on, so that whatever failed the batch fails only its own unit.
         unit.solo = true;
