@@ -251,7 +251,8 @@ export async function run(): Promise<BenchRow[]> {
         note:
           `${(ours.opsPerSec / baseJ.opsPerSec).toFixed(2)}× the UPDATE + journal INSERT; ` +
           `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1), on the wire ${wireText(ours)}; ` +
-          `${Math.round(hits * 100)}% of loads from the state cache; ` +
+          `${Math.round(hits * 100)}% of units started from the state cache (the later units of a chain start from ` +
+          `the unit before them, and are not counted); ` +
           `CPU per operation ${cpuText(ours)} ` +
           `(baseline ${cpuText(base)}${cpuRatio(base, ours)}); each call locks its account, reads its grants, writes ` +
           `account, grant and a journal entry; concurrent calls share a transaction (group commit), ` +

@@ -275,7 +275,8 @@ export class Batch {
    * What a later unit cannot be answered from that state (a second load, a promo or payment read
    * after another unit of the chain changed promos or payments) makes it leave the chain: it runs
    * again in a transaction of its own, as does every later unit when the first could not load
-   * (its account was busy elsewhere) or the shared transaction failed.
+   * (its account was busy elsewhere) or the shared transaction failed (docs/storage.md,
+   * PostgreSQL: group commit).
    */
   private async runChain(
     chain: readonly UnitTx[],

@@ -95,7 +95,7 @@ const leases = new WeakMap<PoolClient, Lease>();
  *
  * A unit of work runs in a transaction that locks its account row (`SELECT … FOR UPDATE`), so
  * units of work on one account run one after another across every process. A transaction costs
- * two round trips:
+ * two round trips (one when the unit starts from the state cache: `Batch.optimistic`):
  *
  *  1. `BEGIN; EXECUTE lock; EXECUTE state` in one message: the lock, then (in a statement with a
  *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the
@@ -134,12 +134,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** The units of work of this process in a batch now, per account (see `committedBefore`). */
   private readonly running = new Map<string, UnitTx[]>();
   /**
-   * Group commit. A batch takes the oldest waiting units of distinct accounts that this process is
-   * not working on, up to `maxUnits`, while fewer than `concurrency` batches run. Batches never
-   * wait for a row lock (SKIP LOCKED). A unit whose account is busy — in a batch of this process,
-   * or held by another process — becomes a waiter: it runs alone and waits for the lock on a
-   * connection of its own, outside the batch slots, so the lock passes on the moment it is
-   * released; at most one waiter per account and `waiters` in all, the rest wait in memory.
+   * Group commit. A batch takes the oldest waiting units of accounts that this process is not
+   * working on, up to `maxUnits` (several of one account form a chain: `Batch.runChain`), while
+   * fewer than `concurrency` batches run. Batches never wait for a row lock (SKIP LOCKED). A unit
+   * whose account another process holds becomes a waiter: it runs alone and waits for the lock on
+   * a connection of its own, outside the batch slots, so the lock passes on the moment it is
+   * released; at most one waiter per account and `waiters` in all. Units of an account this
+   * process is working on wait in memory and join the next batch (docs/storage.md, PostgreSQL).
    */
   private readonly group: GroupCommit<Unit>;
   /** @internal */
