@@ -6,6 +6,7 @@ import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { WORKER_FLAGS, WORKER_OPTIONS, WorkerUsageError, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
 import { generateUpgradeSql } from "../schema/migrations.js";
+import { generateMongoScript } from "../schema/mongo-script.js";
 import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
 
 export interface CliIo {
@@ -16,10 +17,13 @@ export interface CliIo {
 const SCHEMA_OPTIONS = `Options of "schema":
   --backend sql|nosql              sql: DDL (default); nosql: MongoDB $jsonSchema validators and indexes (JSON)
   --dialect postgres|mysql|sqlite  SQL dialect (default postgres)
+  --dialect mongodb                A mongosh script making what MongoDbManager.init() makes: collections
+                                   with validators, indexes, the schema-version document
   --prefix PREFIX                  Put PREFIX in front of every table, collection and index name
   --schema NAME                    PostgreSQL schema / MySQL database / SQLite attached database of the tables
-  --from-version N                 Upgrade statements for a store at schema version N (sql), instead
-                                   of the whole schema; the version row is set last
+  --from-version N                 Upgrade statements for a store at schema version N (sql; mongodb:
+                                   the script also drops indexes later versions removed), instead
+                                   of the whole schema; the version row (document) is set last
   --out FILE                       Write to FILE instead of standard output
 `;
 
@@ -54,6 +58,7 @@ Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
   npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
   npx credit-management schema --backend nosql --out validators.json
+  npx credit-management schema --dialect mongodb --from-version 3 > upgrade.js && mongosh "$URI" --file upgrade.js
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
   CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
@@ -167,26 +172,26 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   }
   only(["user", "all", "ledger-file", "json", "unordered"], "audit");
 
-  const backend = values.backend ?? "sql";
+  const backend = values.backend ?? (values.dialect === "mongodb" ? "nosql" : "sql");
   if (backend !== "sql" && backend !== "nosql") {
     throw new UsageError(`--backend must be "sql" or "nosql", not "${backend}"`);
+  }
+  const from = values["from-version"];
+  const fromVersion = from === undefined ? undefined : /^[0-9]+$/.test(from) ? Number(from) : NaN;
+  if (fromVersion !== undefined && !(fromVersion >= 1 && fromVersion <= SCHEMA_VERSION)) {
+    throw new UsageError(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}, not "${from}"`);
   }
   let text: string;
   if (backend === "sql") {
     const dialect = values.dialect ?? "postgres";
     if (!SQL_DIALECTS.includes(dialect as SqlDialect)) {
-      throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, not "${dialect}"`);
+      throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, mongodb, not "${dialect}"`);
     }
-    const from = values["from-version"];
-    if (from === undefined) {
+    if (fromVersion === undefined) {
       text = naming(() =>
         generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }),
       );
     } else {
-      const fromVersion = /^[0-9]+$/.test(from) ? Number(from) : NaN;
-      if (!(fromVersion >= 1 && fromVersion <= SCHEMA_VERSION)) {
-        throw new UsageError(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}, not "${from}"`);
-      }
       text = naming(() =>
         generateUpgradeSql({
           dialect: dialect as SqlDialect,
@@ -197,19 +202,21 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       );
     }
   } else {
-    if (values.dialect !== undefined) throw new UsageError("--dialect applies to --backend sql only");
-    if (values["from-version"] !== undefined) {
+    if (values.dialect !== undefined && values.dialect !== "mongodb")
       throw new UsageError(
-        "--from-version applies to --backend sql only (MongoDB: apply the validators and indexes again; init() records the version)",
+        `--dialect applies to --backend sql only (nosql takes --dialect mongodb), not "${values.dialect}"`,
       );
-    }
     if (values.schema !== undefined)
       throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
-    text = `${JSON.stringify(
-      naming(() => generateMongoSchema({ prefix: values.prefix })),
-      null,
-      2,
-    )}\n`;
+    if (values.dialect === "mongodb" || fromVersion !== undefined) {
+      text = naming(() => generateMongoScript({ prefix: values.prefix, fromVersion }));
+    } else {
+      text = `${JSON.stringify(
+        naming(() => generateMongoSchema({ prefix: values.prefix })),
+        null,
+        2,
+      )}\n`;
+    }
   }
   if (values.out !== undefined) {
     if (values.out === "") throw new UsageError("--out needs a file name");
