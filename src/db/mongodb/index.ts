@@ -560,13 +560,17 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => d._id);
   }
 
-  async getGrant(grantId: string): Promise<Grant | null> {
-    const doc = await guard("getGrant", () => this.c.grants.findOne({ _id: grantId }));
+  async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
+    const doc = await guard("getGrant", () =>
+      this.c.grants.findOne(userId === undefined ? { _id: grantId } : { userId, _id: grantId }),
+    );
     return doc === null ? null : fromDoc(GRANT, doc);
   }
 
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const doc = await guard("getReservation", () => this.c.reservations.findOne({ _id: reservationId }));
+  async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
+    const doc = await guard("getReservation", () =>
+      this.c.reservations.findOne(userId === undefined ? { _id: reservationId } : { userId, _id: reservationId }),
+    );
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 
@@ -649,7 +653,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
         q.beforeId === undefined
           ? null
           : await guard("listLedgerEntries", () =>
-              this.c.ledger.findOne({ _id: q.beforeId as string }, { projection: { createdAt: 1, _ord: 1 } }),
+              this.c.ledger.findOne(
+                { _id: q.beforeId as string, ...(q.userId === undefined ? {} : { userId: q.userId }) },
+                { projection: { createdAt: 1, _ord: 1 } },
+              ),
             );
       if (anchor !== null && anchor.createdAt instanceof Date && anchor.createdAt.getTime() === q.before.getTime()) {
         // The same instant as the previous page's last entry: those after it in (_ord, _id) order.

@@ -78,7 +78,7 @@ export class MongoPromoStore implements PromoPaymentStore {
     }
     for (const p of changes.paymentUpdates ?? []) {
       const res = await this.payments.updateOne(
-        { _id: p.id, version: p.version - 1 },
+        { _id: p.id, userId: p.userId, version: p.version - 1 },
         { $set: paymentSet(p) },
         { session },
       );
@@ -135,8 +135,10 @@ export class MongoPromoStore implements PromoPaymentStore {
     await guard("insertPayment", () => this.payments.insertOne(toDoc(PAYMENT, payment)));
   }
 
-  async getPayment(paymentId: string): Promise<PaymentT | null> {
-    const d = await guard("getPayment", () => this.payments.findOne({ _id: paymentId }));
+  async getPayment(paymentId: string, userId?: string): Promise<PaymentT | null> {
+    const d = await guard("getPayment", () =>
+      this.payments.findOne(userId === undefined ? { _id: paymentId } : { userId, _id: paymentId }),
+    );
     return d === null ? null : fromDoc<PaymentT>(PAYMENT, d);
   }
 
@@ -169,7 +171,10 @@ export class MongoPromoStore implements PromoPaymentStore {
 
   async updatePayment(payment: PaymentT): Promise<boolean> {
     const res = await guard("updatePayment", () =>
-      this.payments.updateOne({ _id: payment.id, version: payment.version - 1 }, { $set: paymentSet(payment) }),
+      this.payments.updateOne(
+        { _id: payment.id, userId: payment.userId, version: payment.version - 1 },
+        { $set: paymentSet(payment) },
+      ),
     );
     return res.matchedCount === 1;
   }

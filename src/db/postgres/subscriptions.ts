@@ -108,8 +108,12 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     }
   }
 
-  async getSubscription(id: string): Promise<Subscription | null> {
-    const rows = await this.db.read("getSubscription", `${this.db.sql.select("subscriptions")} WHERE id = $1`, [id]);
+  async getSubscription(id: string, userId?: string): Promise<Subscription | null> {
+    const select = this.db.sql.select("subscriptions");
+    const rows =
+      userId === undefined
+        ? await this.db.read("getSubscription", `${select} WHERE id = $1`, [id])
+        : await this.db.read("getSubscription", `${select} WHERE user_id = $2 AND id = $1`, [id, userId]);
     return rows[0] === undefined ? null : this.db.decode<Subscription>("subscriptions", rows[0]);
   }
 
@@ -134,11 +138,12 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
     const t = this.db.sql.tables.subscriptions;
     try {
-      const rows = await this.db.read("updateSubscription", this.replaceText(t), [
-        this.json(t, s),
-        s.id,
-        expectedVersion,
-      ]);
+      // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
+      const rows = await this.db.read(
+        "updateSubscription",
+        `${this.replaceText(t).slice(0, -" RETURNING 1".length)} AND user_id = $4 RETURNING 1`,
+        [this.json(t, s), s.id, expectedVersion, s.userId],
+      );
       return rows.length === 1;
     } catch (error) {
       if (isUnique(error))
