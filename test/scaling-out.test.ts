@@ -13,6 +13,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { InMemoryNotificationQueue, createCreditManager, type DbManager } from "../src/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { generateSql } from "../src/schema/sql.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
@@ -47,6 +48,16 @@ const FAN_OUTS: Record<string, { tables: string[]; why: string }> = {
     why: "does any subscription use the plan (plan_live index)",
   },
 };
+
+/** Operations whose statements must have been seen (the recording works). */
+const MUST_SEE = [
+  "credits.addCredits",
+  "credits.reserveCredits",
+  "subscriptions.subscribe",
+  "promos.claimPromo",
+  "notifications.dispatchPending",
+  "expiration.runAll",
+];
 
 /** Tables every shard may hold a copy of (Citus reference tables; MongoDB unsharded collections). */
 const REFERENCE = new Set(["plans", "promos", "schema_version"]);
@@ -169,15 +180,16 @@ function unkeyed(recorded: Recorded[]): string[] {
 }
 
 describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id (CREDIT_PG_URL)", () => {
-  const schema = `mschema_scale_${process.pid}`;
+  const schemas: string[] = [];
   afterAll(async () => {
     const c = new pg.Client({ connectionString: pgUrl });
     await c.connect();
-    await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
+    for (const schema of schemas) await c.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`);
     await c.end();
   });
 
-  it("every per-account statement filters by user_id or inserts rows carrying it", async () => {
+  /** Runs the scenario on `schema`, recording every statement that names one of its tables. */
+  async function record(schema: string, db: DbManager): Promise<Recorded[]> {
     const recorded: Recorded[] = [];
     let op = "";
     const original = pg.Client.prototype.query;
@@ -196,20 +208,48 @@ describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id
       return (original as (...a: unknown[]) => unknown).apply(this, args);
     } as typeof original;
     try {
-      const db = new PostgresDbManager({ connectionString: pgUrl as string, schema });
       await scenario(db, (o) => (op = o));
     } finally {
       pg.Client.prototype.query = original;
     }
     const ops = new Set(recorded.map((r) => r.op));
-    for (const o of [
-      "credits.addCredits",
-      "subscriptions.subscribe",
-      "promos.claimPromo",
-      "notifications.dispatchPending",
-      "expiration.runAll",
-    ])
-      expect(ops, o).toContain(o);
+    for (const o of MUST_SEE) expect(ops, o).toContain(o);
+    return recorded;
+  }
+
+  it("every per-account statement filters by user_id or inserts rows carrying it", async () => {
+    const schema = `mschema_scale_${process.pid}`;
+    schemas.push(schema);
+    const recorded = await record(schema, new PostgresDbManager({ connectionString: pgUrl as string, schema }));
+    expect(unkeyed(recorded)).toEqual([]);
+  });
+
+  it("the adapter runs every operation on the distributed schema (user_id in every per-account key), migrate: false", async () => {
+    const schema = `mschema_dist_${process.pid}`;
+    schemas.push(schema);
+    const c = new pg.Client({ connectionString: pgUrl });
+    await c.connect();
+    try {
+      await c.query(generateSql({ dialect: "postgres", schema, distributed: true }));
+      const keys = await c.query<{ table_name: string; columns: string }>(
+        `SELECT tc.table_name, string_agg(k.column_name, ',' ORDER BY k.ordinal_position) AS columns
+           FROM information_schema.table_constraints tc
+           JOIN information_schema.key_column_usage k USING (constraint_schema, constraint_name)
+          WHERE tc.constraint_schema = $1 AND tc.constraint_type = 'PRIMARY KEY' GROUP BY tc.table_name`,
+        [schema],
+      );
+      const pk = Object.fromEntries(keys.rows.map((r) => [r.table_name, r.columns]));
+      for (const t of ["grants", "reservations", "notifications", "subscriptions", "payments", "promo_claims"])
+        expect(pk[t], t).toBe("user_id,id");
+      expect(pk.accounts).toBe("user_id");
+      expect(pk.journal_entries).toBe("user_id,seq");
+    } finally {
+      await c.end();
+    }
+    const recorded = await record(
+      schema,
+      new PostgresDbManager({ connectionString: pgUrl as string, schema, migrate: false }),
+    );
     expect(unkeyed(recorded)).toEqual([]);
   });
 });
@@ -274,14 +314,7 @@ describe.skipIf(!mongoUri)("scaling out: MongoDB commands filter by userId (CRED
     const db = new MongoDbManager({ client, dbName, collectionPrefix: prefix });
     await scenario(db, (o) => (op = o));
     const ops = new Set(recorded.map((r) => r.op));
-    for (const o of [
-      "credits.addCredits",
-      "subscriptions.subscribe",
-      "promos.claimPromo",
-      "notifications.dispatchPending",
-      "expiration.runAll",
-    ])
-      expect(ops, o).toContain(o);
+    for (const o of MUST_SEE) expect(ops, o).toContain(o);
     expect(unkeyed(recorded)).toEqual([]);
   });
 });

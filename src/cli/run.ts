@@ -24,6 +24,9 @@ const SCHEMA_OPTIONS = `Options of "schema":
   --from-version N                 Upgrade statements for a store at schema version N (sql; mongodb:
                                    the script also drops indexes later versions removed), instead
                                    of the whole schema; the version row (document) is set last
+  --distributed                    PostgreSQL for Citus: user_id first in every per-account table's
+                                   primary key and unique indexes, and the calls distributing the tables
+                                   (as comments); docs/scaling-out.md
   --out FILE                       Write to FILE instead of standard output
 `;
 
@@ -112,6 +115,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       schema: { type: "string" },
       out: { type: "string" },
       "from-version": { type: "string" },
+      distributed: { type: "boolean" },
       user: { type: "string", multiple: true },
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
@@ -143,14 +147,14 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   };
   const workerFlags = Object.keys(WORKER_FLAGS);
   if (command === "worker") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
     only(["user", "all", "ledger-file", "json", "unordered"], "audit");
     const env = source.env ?? process.env;
     return runWorker(workerSettings(values, env), io, env);
   }
   only(workerFlags, "worker");
   if (command === "audit") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
     const users = values.user ?? [];
     if (users.length === 0 && values.all !== true) throw new UsageError("audit needs --user ID (repeatable) or --all");
     for (const user of users) if (user.trim() === "") throw new UsageError("--user needs an account id");
@@ -187,9 +191,19 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     if (!SQL_DIALECTS.includes(dialect as SqlDialect)) {
       throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, mongodb, not "${dialect}"`);
     }
+    if (values.distributed === true && (dialect !== "postgres" || fromVersion !== undefined)) {
+      throw new UsageError(
+        "--distributed applies to a new PostgreSQL schema only (--dialect postgres, no --from-version)",
+      );
+    }
     if (fromVersion === undefined) {
       text = naming(() =>
-        generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }),
+        generateSql({
+          dialect: dialect as SqlDialect,
+          prefix: values.prefix,
+          schema: values.schema,
+          distributed: values.distributed === true,
+        }),
       );
     } else {
       text = naming(() =>
@@ -208,6 +222,10 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       );
     if (values.schema !== undefined)
       throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
+    if (values.distributed === true)
+      throw new UsageError(
+        "--distributed applies to --dialect postgres only (MongoDB: shard the collections, docs/scaling-out.md)",
+      );
     if (values.dialect === "mongodb" || fromVersion !== undefined) {
       text = naming(() => generateMongoScript({ prefix: values.prefix, fromVersion }));
     } else {
