@@ -47,6 +47,102 @@ function runScript(script: string, state: Map<string, Document[]>): Call[] {
   return calls;
 }
 
+/**
+ * The `$jsonSchema` keywords the validators use, evaluated as MongoDB documents them, on a document
+ * as the driver reads it back (numbers as JS numbers). An unknown keyword fails: nothing passes
+ * unchecked. The compat server accepts validators without enforcing them, so this is the check.
+ */
+function violations(schema: Document, value: unknown, path = "$"): string[] {
+  const out: string[] = [];
+  const typeOf = (t: string): boolean => {
+    switch (t) {
+      case "string":
+        return typeof value === "string";
+      case "bool":
+        return typeof value === "boolean";
+      case "null":
+        return value === null;
+      case "date":
+        return value instanceof Date;
+      case "array":
+        return Array.isArray(value);
+      case "object":
+        return value !== null && typeof value === "object" && !Array.isArray(value) && !(value instanceof Date);
+      case "int":
+      case "long":
+      case "double":
+      case "number":
+        return typeof value === "number";
+      default:
+        throw new Error(`bsonType ${t} not known to the checker`);
+    }
+  };
+  for (const [k, v] of Object.entries(schema)) {
+    switch (k) {
+      case "bsonType":
+        if (!(Array.isArray(v) ? (v as string[]) : [v as string]).some(typeOf)) out.push(`${path}: not ${String(v)}`);
+        break;
+      case "required":
+        if (typeOf("object"))
+          for (const f of v as string[]) if (!(f in (value as object))) out.push(`${path}.${f}: missing`);
+        break;
+      case "properties":
+        if (typeOf("object"))
+          for (const [f, sub] of Object.entries(v as Record<string, Document>))
+            if (f in (value as object)) out.push(...violations(sub, (value as Document)[f], `${path}.${f}`));
+        break;
+      case "additionalProperties":
+        if (typeOf("object") && v !== true) {
+          const known = new Set(Object.keys((schema.properties ?? {}) as object));
+          for (const [f, x] of Object.entries(value as object))
+            if (!known.has(f))
+              out.push(...(v === false ? [`${path}.${f}: not allowed`] : violations(v as Document, x, `${path}.${f}`)));
+        }
+        break;
+      case "anyOf":
+        if (!(v as Document[]).some((sub) => violations(sub, value, path).length === 0))
+          out.push(`${path}: no anyOf branch`);
+        break;
+      case "allOf":
+        for (const sub of v as Document[]) out.push(...violations(sub, value, path));
+        break;
+      case "enum":
+        if (!(v as unknown[]).includes(value)) out.push(`${path}: ${String(value)} not in enum`);
+        break;
+      case "items":
+        if (Array.isArray(value)) value.forEach((x, i) => out.push(...violations(v as Document, x, `${path}[${i}]`)));
+        break;
+      case "minimum":
+      case "maximum":
+        if (typeof value === "number" && (k === "minimum" ? value < (v as number) : value > (v as number)))
+          out.push(`${path}: ${value} out of ${k} ${String(v)}`);
+        break;
+      case "multipleOf":
+        if (typeof value === "number" && value % (v as number) !== 0)
+          out.push(`${path}: not a multiple of ${String(v)}`);
+        break;
+      case "minLength":
+      case "maxLength":
+        if (
+          typeof value === "string" &&
+          (k === "minLength" ? [...value].length < (v as number) : [...value].length > (v as number))
+        )
+          out.push(`${path}: length out of ${k}`);
+        break;
+      case "pattern":
+        if (
+          typeof value === "string" &&
+          !new RegExp((v as string).replace(/\\x\{([0-9a-fA-F]+)\}/g, "\\u{$1}"), "u").test(value)
+        )
+          out.push(`${path}: does not match ${String(v)}`);
+        break;
+      default:
+        throw new Error(`keyword ${k} not known to the checker`);
+    }
+  }
+  return out;
+}
+
 describe("mongodb schema script (no server needed)", () => {
   it("is valid JavaScript for a fresh install and from every version, and ends with the version document", () => {
     for (const fromVersion of [undefined, ...VERSIONS]) {
@@ -105,6 +201,12 @@ describe("mongodb schema script (no server needed)", () => {
     expect(accounts.required).not.toContain("userId");
     expect(Object.keys(accounts.properties as object)).toContain("_id");
     expect(storedValidator("promos").$jsonSchema.required).not.toContain("code");
+    // The checker used below refuses what the validator refuses.
+    expect(violations(grants, { _id: "g" })).toContain("$.userId: missing");
+    const journal = storedValidator("journal").$jsonSchema as { properties: Record<string, Document> };
+    expect(violations(journal.properties.idempotencyKey!, "cm:sub:x")).toEqual([]); // the library's own keys
+    expect(violations(journal.properties.idempotencyKey!, "a\u0001b")).not.toEqual([]);
+    expect(violations(journal.properties.amount!, 1.5)).toEqual(["$: not a multiple of 1"]);
   });
 
   it("credit-management schema --dialect mongodb prints the script; --from-version is checked", async () => {
@@ -295,5 +397,49 @@ describe.skipIf(!uri)("mongodb schema version (CREDIT_MONGO_URI)", () => {
     const credits = new CreditService({ db: checked });
     await credits.addCredits("u1", 5);
     expect((await checked.getAccount("u1"))?.balance).toBe(5);
+  });
+
+  it("the script's validators accept every document the adapter writes (checked here: the compat server does not enforce them)", async () => {
+    const db = fresh();
+    const manager = new MongoDbManager({ db, collectionPrefix: "cm_" });
+    const { createCreditManager, InMemoryNotificationQueue } = await import("../src/index.js");
+    const m = await createCreditManager({
+      db: manager,
+      queue: new InMemoryNotificationQueue(),
+      notifications: { lowCredits: 50 },
+      domainEvents: true,
+    });
+    await m.credits.addCredits("v1", 100, {
+      expiresAt: new Date(Date.now() + 86_400_000),
+      idempotencyKey: "k",
+      metadata: { a: [1, { b: null }] },
+    });
+    await m.credits.addCredits("v1", 3);
+    await m.credits.deductCredits("v1", 60);
+    const hold = await m.credits.reserveCredits("v1", 10);
+    await m.credits.commitReservedCredits(hold.id, { amount: 4 });
+    await m.credits.reserveCredits("v1", 5);
+    const plan = await m.subscriptions.createPlan({ name: "Pro", creditsPerPeriod: 10, billingPeriod: "monthly" });
+    await m.subscriptions.subscribe("v2", plan.id);
+    await m.subscriptions.cancel("v2");
+    await m.promos.createPromo({ code: "HELLO", credits: 5, maxUses: 10 });
+    await m.promos.claimPromo("v1", "hello");
+    await m.notifications.emit("v1", { type: "subscription_renewed", dedupeKey: "d", payload: { x: 1 } });
+    await m.notifications.dispatchPending({ limit: 100 });
+    await m.close();
+    let checked = 0;
+    for (const [key, layout] of Object.entries(MONGO_COLLECTIONS) as [
+      keyof typeof MONGO_COLLECTIONS,
+      (typeof MONGO_COLLECTIONS)[keyof typeof MONGO_COLLECTIONS],
+    ][]) {
+      const validator = storedValidator(key).$jsonSchema;
+      const docs = await db.collection(`cm_${layout.name}`).find().toArray();
+      for (const doc of docs) {
+        expect(violations(validator, doc), `${layout.name} ${JSON.stringify(doc)}`).toEqual([]);
+        checked++;
+      }
+      if (key !== "ledger" && key !== "payments") expect(docs.length, layout.name).toBeGreaterThan(0);
+    }
+    expect(checked).toBeGreaterThan(20);
   });
 });

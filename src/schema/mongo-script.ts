@@ -37,8 +37,24 @@ export function storedValidator(key: keyof typeof MONGO_COLLECTIONS): { $jsonSch
   }
   required.delete(layout.idField);
   required.add("_id");
-  return { $jsonSchema: { ...root, properties, required: [...required] } };
+  return { $jsonSchema: withLibraryKeys({ ...root, properties, required: [...required] }) as JsonSchemaNode };
 }
+
+/**
+ * The models refuse idempotency keys starting with `cm:` from callers because the library keeps
+ * that prefix for its own keys (subscriptions, promos, jobs), which it stores: a stored document's
+ * validator accepts them.
+ */
+function withLibraryKeys(node: unknown): unknown {
+  if (Array.isArray(node)) {
+    const kept = node.filter((n) => !(isRecord(n) && n.pattern === "^(?!cm:)" && Object.keys(n).length === 1));
+    return kept.map(withLibraryKeys);
+  }
+  if (!isRecord(node)) return node;
+  return Object.fromEntries(Object.entries(node).map(([k, v]) => [k, withLibraryKeys(v)]));
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
 
 /**
  * A mongosh script (`mongosh "<uri>" --file script.js`) that makes a database hold what
