@@ -38,11 +38,11 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     return `INSERT INTO ${t.qualified} (${cols(t)}) SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
   }
 
-  /** Replaces every column of the row with id $2 whose version is $3. */
-  private replaceText(t: SqlTable): string {
+  /** Replaces every column of the row with id $2 whose version is $3 (and, `byUser`, whose user_id is $4). */
+  private replaceText(t: SqlTable, byUser = false): string {
     return (
       `UPDATE ${t.qualified} SET (${cols(t)}) = (SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)) ` +
-      `WHERE id = $2 AND version = $3 RETURNING 1`
+      `WHERE id = $2 AND version = $3${byUser ? " AND user_id = $4" : ""} RETURNING 1`
     );
   }
 
@@ -139,11 +139,12 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     const t = this.db.sql.tables.subscriptions;
     try {
       // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
-      const rows = await this.db.read(
-        "updateSubscription",
-        `${this.replaceText(t).slice(0, -" RETURNING 1".length)} AND user_id = $4 RETURNING 1`,
-        [this.json(t, s), s.id, expectedVersion, s.userId],
-      );
+      const rows = await this.db.read("updateSubscription", this.replaceText(t, true), [
+        this.json(t, s),
+        s.id,
+        expectedVersion,
+        s.userId,
+      ]);
       return rows.length === 1;
     } catch (error) {
       if (isUnique(error))
