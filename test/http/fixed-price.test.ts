@@ -97,10 +97,11 @@ const hosts: { name: string; start: (o: Options) => Promise<Running> }[] = [
   {
     name: "node:http + creditMetering (Fetch)",
     start: (o) => {
-      const fetchOptions = {
+      const fetchOptions: Parameters<typeof creditMetering>[0] = {
         ...o,
         authenticate: (request: Request) => ({ userId: request.headers.get("x-payer") ?? "" }),
         price: o.price as number,
+        onSettled: o.onSettled as unknown as Parameters<typeof creditMetering>[0]["onSettled"],
       };
       const app = creditMetering(fetchOptions)(fetchRoute);
       return listen(
