@@ -46,8 +46,10 @@ async function meterCost(): Promise<number | null> {
   const n = 20_000;
   const before = mainThreadCpu();
   for (let i = 0; i < n; i++) {
-    await manager.credits.meter(`user-${i % USERS}`, { estimate: 10, reason: "GET /n/api/ping" }, () =>
-      void recordUsage({ amount: 3 }),
+    await manager.credits.meter(
+      `user-${i % USERS}`,
+      { estimate: 10, reason: "GET /n/api/ping" },
+      () => void recordUsage({ amount: 3 }),
     );
   }
   const after = mainThreadCpu();

@@ -109,7 +109,10 @@ function versusDeduct(r: BenchRow, times: number): void {
     r.note = `${r.note ?? ""}; judged on throughput (no CPU figures here)`.replace(/^; /, "");
   } else {
     r.met = cpu / base <= times;
-    r.note = `${r.note ?? ""}; ${(cpu / base).toFixed(2)}× deductCredits' ${base.toFixed(1)} µs CPU/op`.replace(/^; /, "");
+    r.note = `${r.note ?? ""}; ${(cpu / base).toFixed(2)}× deductCredits' ${base.toFixed(1)} µs CPU/op`.replace(
+      /^; /,
+      "",
+    );
   }
 }
 if (size <= 1000) {
