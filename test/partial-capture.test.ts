@@ -108,6 +108,21 @@ const head: Step[] = [
   { type: "deduct", amount: 10, balanceAfter: 90, reservedAfter: 100, debtAfter: 10, grants: [] },
 ];
 
+/** The one-entry capture of 30 on `head`: 10 of the rest paid the debt, `returned` went back to g1. */
+const capture = (returned: number, reservedAfter = 0): Step => ({
+  type: "commit_reserved",
+  amount: 30,
+  balanceAfter: 60,
+  reservedAfter,
+  debtAfter: 0,
+  grants: [
+    { grantId: "g1", amount: 30 },
+    { grantId: "g1", amount: 10, kind: "debt_paid" },
+    { grantId: "g1", amount: returned, kind: "returned" },
+  ],
+  reservationId: "r1",
+});
+
 describe("a partial capture in the journal", () => {
   it("an old journal (commit_reserved then release_reserved of the rest) audits clean", () => {
     const entries = journal([
@@ -137,22 +152,7 @@ describe("a partial capture in the journal", () => {
   });
 
   it("the one-entry shape audits clean, and a stored copy in the compact journal reads back the same", () => {
-    const entries = journal([
-      ...head,
-      {
-        type: "commit_reserved",
-        amount: 30,
-        balanceAfter: 60,
-        reservedAfter: 0,
-        debtAfter: 0,
-        grants: [
-          { grantId: "g1", amount: 30 },
-          { grantId: "g1", amount: 10, kind: "debt_paid" },
-          { grantId: "g1", amount: 60, kind: "returned" },
-        ],
-        reservationId: "r1",
-      },
-    ]);
+    const entries = journal([...head, capture(60)]);
     const report = replayJournal("u", entries, stored(entries, { g1: 60 }));
     expect(report.problems).toEqual([]);
     expect(report).toMatchObject({ ok: true, balance: 60, reserved: 0, debt: 0, activeReservations: {} });
@@ -162,22 +162,7 @@ describe("a partial capture in the journal", () => {
   });
 
   it("a kind is part of the hash: dropping it is seen as an altered entry", () => {
-    const entries = journal([
-      ...head,
-      {
-        type: "commit_reserved",
-        amount: 30,
-        balanceAfter: 60,
-        reservedAfter: 0,
-        debtAfter: 0,
-        grants: [
-          { grantId: "g1", amount: 30 },
-          { grantId: "g1", amount: 10, kind: "debt_paid" },
-          { grantId: "g1", amount: 60, kind: "returned" },
-        ],
-        reservationId: "r1",
-      },
-    ]);
+    const entries = journal([...head, capture(60)]);
     const last = entries[3] as JournalEntry;
     const tampered = { ...last, grants: last.grants.map((g) => ({ grantId: g.grantId, amount: g.amount })) };
     const report = replayJournal("u", [...entries.slice(0, 3), tampered], stored(entries, { g1: 60 }));
@@ -186,40 +171,10 @@ describe("a partial capture in the journal", () => {
   });
 
   it("a one-entry capture that leaves part of the hold held, or returns more than it had, is a problem", () => {
-    const short = journal([
-      ...head,
-      {
-        type: "commit_reserved",
-        amount: 30,
-        balanceAfter: 60,
-        reservedAfter: 10,
-        debtAfter: 0,
-        grants: [
-          { grantId: "g1", amount: 30 },
-          { grantId: "g1", amount: 10, kind: "debt_paid" },
-          { grantId: "g1", amount: 50, kind: "returned" },
-        ],
-        reservationId: "r1",
-      },
-    ]);
+    const short = journal([...head, capture(50, 10)]);
     const a = replayJournal("u", short, stored(short, { g1: 50 }));
     expect(a.problems).toContain("entry 4 returns part of the hold but leaves some of it held");
-    const over = journal([
-      ...head,
-      {
-        type: "commit_reserved",
-        amount: 30,
-        balanceAfter: 60,
-        reservedAfter: 0,
-        debtAfter: 0,
-        grants: [
-          { grantId: "g1", amount: 30 },
-          { grantId: "g1", amount: 10, kind: "debt_paid" },
-          { grantId: "g1", amount: 70, kind: "returned" },
-        ],
-        reservationId: "r1",
-      },
-    ]);
+    const over = journal([...head, capture(70)]);
     const b = replayJournal("u", over, stored(over, { g1: 70 }));
     expect(b.problems).toContain("entry 4 takes more of grant g1 than the hold had");
   });
