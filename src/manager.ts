@@ -18,8 +18,11 @@ import { PricingService } from "./services/pricing-service.js";
 import type { PgQueryable } from "./db/postgres/host.js";
 import {
   openScope,
+  runSessionTransaction,
   runTransaction,
   type ServiceFactory,
+  type SessionSource,
+  type TransactionSession,
   type TransactionOptions,
   type TransactionScope,
 } from "./transactions.js";
@@ -129,7 +132,7 @@ export interface CreditManager {
    * `rolledBack()` on the scope once the application's transaction ended. Other stores:
    * `ConfigurationError`.
    */
-  inTransaction(client: PgQueryable): TransactionScope;
+  inTransaction(client: PgQueryable | TransactionSession): TransactionScope;
   /**
    * `fn` in a transaction of its own on a connection of `pool` (a `pg` Pool), with the services
    * inside it (`tx`) and the connection (`client`) for the application's own statements: BEGIN,
@@ -141,6 +144,15 @@ export interface CreditManager {
     pool: { connect(): Promise<C> },
     fn: (tx: TransactionScope, client: C) => Promise<T>,
     options?: TransactionOptions,
+  ): Promise<T>;
+  /**
+   * MongoDB: `fn` inside `session.withTransaction` on a session of `client` (a `MongoClient`), with
+   * the services inside it and the session for the application's own operations; `committed()`
+   * after the commit, `rolledBack()` after an abort (docs/transactions.md).
+   */
+  transaction<T, S extends TransactionSession>(
+    client: SessionSource<S>,
+    fn: (tx: TransactionScope, session: S) => Promise<T>,
   ): Promise<T>;
   /** Flushes and closes the ledger file, then closes the store. */
   close(): Promise<void>;
@@ -230,14 +242,24 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     ledger,
     db,
     inTransaction: (client) => openScope({ db, ledger, cache: o.cache, logger, build }, client),
-    transaction: (pool, fn, options) =>
-      runTransaction(
-        (client) => openScope({ db, ledger, cache: o.cache, logger, build }, client),
-        pool,
+    // (One implementation of both overloads: `fn`'s second parameter is the pool's client or the session.)
+    transaction: ((
+      source: unknown,
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      fn: (tx: TransactionScope, handle: any) => Promise<unknown>,
+      options?: TransactionOptions,
+    ) => {
+      const open = (handle: unknown) => openScope({ db, ledger, cache: o.cache, logger, build }, handle);
+      if (typeof (source as Partial<SessionSource<TransactionSession>> | null)?.startSession === "function")
+        return runSessionTransaction(open, source as SessionSource<TransactionSession>, fn);
+      return runTransaction(
+        open,
+        source as { connect(): Promise<PgQueryable & { release(): void }> },
         fn,
         options,
         (db as { lockTimeoutMs?: number }).lockTimeoutMs,
-      ),
+      );
+    }) as CreditManager["transaction"],
     health: (options) =>
       checkHealth({ db, cache: o.cache, queue: o.queue, ledger, clock: o.clock ?? (() => new Date()) }, options),
     async close() {

@@ -138,6 +138,53 @@ export function openScope(
   };
 }
 
+/**
+ * A MongoDB `ClientSession` as the library uses it (structural: the core imports no driver): one
+ * with a transaction started joins it (`manager.inTransaction(session)`).
+ */
+export interface TransactionSession {
+  inTransaction(): boolean;
+}
+
+/** A `MongoClient` as `manager.transaction` uses it: sessions that run `withTransaction`. */
+export interface SessionSource<S extends TransactionSession> {
+  startSession(): S & {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the driver's callback type is its own
+    withTransaction<R>(fn: (session: any) => Promise<R>): Promise<R>;
+    endSession(): Promise<void>;
+  };
+}
+
+/**
+ * `manager.transaction(mongoClient, fn)`: `fn` inside `session.withTransaction` (which runs it
+ * again on a transient error: each run gets a new scope, the last committed one's effects follow
+ * the commit).
+ */
+export async function runSessionTransaction<T, S extends TransactionSession>(
+  open: (session: S) => TransactionScope,
+  client: SessionSource<S>,
+  fn: (tx: TransactionScope, session: S) => Promise<T>,
+): Promise<T> {
+  const session = client.startSession();
+  let scope: TransactionScope | undefined;
+  try {
+    const value = await session.withTransaction(async (s: S) => {
+      if (scope !== undefined) await scope.rolledBack(); // an earlier run, aborted
+      scope = open(s);
+      return fn(scope, s);
+    });
+    const done = scope as TransactionScope;
+    scope = undefined;
+    await done.committed();
+    return value;
+  } catch (error) {
+    await scope?.rolledBack();
+    throw error;
+  } finally {
+    await session.endSession().catch(() => undefined);
+  }
+}
+
 /** A pg client as `manager.transaction` uses it. */
 interface ClientLike {
   query(text: string, values?: unknown[]): Promise<unknown>;

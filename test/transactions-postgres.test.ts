@@ -3,11 +3,15 @@ import { mkdtempSync, readFileSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
+import { sql, type SQL } from "drizzle-orm";
+import { drizzle } from "drizzle-orm/node-postgres";
+import { CompiledQuery, Kysely, PostgresDialect } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InMemoryCache } from "../src/cache/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { ConfigurationError, ConflictError, InsufficientCreditsError, LockTimeoutError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/manager.js";
+import type { TransactionScope } from "../src/transactions.js";
 import { runProcess } from "./fixtures/processes.js";
 
 const url = process.env.CREDIT_PG_URL;
@@ -155,6 +159,66 @@ describe.skipIf(!url)("credit operations inside the application's transaction (P
     expect(await manager.db.getActiveSubscription(u)).not.toBeNull();
     expect(await manager.db.listPromoClaims(u)).toHaveLength(1);
     expect(await manager.db.getAccount(u)).toMatchObject({ balance: 57 });
+  });
+
+  /** The adapter of docs/transactions.md: `$n` become Drizzle's bound parameters. */
+  function statement(text: string, values: unknown[] = []): SQL {
+    const parts = text.split(/\$(\d+)/);
+    return sql.join(parts.map((part, i) => (i % 2 === 0 ? sql.raw(part) : sql`${values[Number(part) - 1]}`)));
+  }
+
+  it("Drizzle's db.transaction (the docs' adapter): commit and rollback", async () => {
+    const db = drizzle(pool);
+    for (const fail of [true, false]) {
+      const u = user();
+      const order = randomUUID();
+      let tx: TransactionScope | undefined;
+      try {
+        await db.transaction(async (trx) => {
+          tx = manager.inTransaction({ query: (text, values) => trx.execute(statement(text, values)) });
+          await trx.execute(sql.raw(`INSERT INTO ${orders} (id, user_id) VALUES ('${order}', '${u}')`));
+          await tx.credits.addCredits(u, 500, { idempotencyKey: `order:${order}` });
+          await tx.credits.reserveCredits(u, 100);
+          if (fail) throw new Error("declined");
+        });
+      } catch (error) {
+        await tx?.rolledBack();
+        expect(String(error)).toContain("declined");
+      }
+      if (!fail) await tx?.committed();
+      expect((await pool.query(`SELECT 1 FROM ${orders} WHERE id = $1`, [order])).rowCount).toBe(fail ? 0 : 1);
+      expect(await manager.db.getAccount(u)).toEqual(
+        fail ? null : expect.objectContaining({ balance: 500, reserved: 100 }),
+      );
+    }
+  });
+
+  it("Kysely's transaction().execute (the docs' adapter): commit and rollback", async () => {
+    const kysely = new Kysely<Record<string, { id: string; user_id: string }>>({
+      dialect: new PostgresDialect({ pool }),
+    });
+    for (const fail of [true, false]) {
+      const u = user();
+      const order = randomUUID();
+      let tx: TransactionScope | undefined;
+      try {
+        await kysely.transaction().execute(async (trx) => {
+          tx = manager.inTransaction({
+            query: (text, values) => trx.executeQuery(CompiledQuery.raw(text, values ?? [])),
+          });
+          await trx.withSchema(schema).insertInto("orders").values({ id: order, user_id: u }).execute();
+          await tx.credits.addCredits(u, 500, { idempotencyKey: `order:${order}` });
+          await tx.credits.deductCredits(u, 50);
+          if (fail) throw new Error("declined");
+        });
+      } catch (error) {
+        await tx?.rolledBack();
+        expect(String(error)).toContain("declined");
+      }
+      if (!fail) await tx?.committed();
+      expect((await pool.query(`SELECT 1 FROM ${orders} WHERE id = $1`, [order])).rowCount).toBe(fail ? 0 : 1);
+      expect(await manager.db.getAccount(u)).toEqual(fail ? null : expect.objectContaining({ balance: 450 }));
+    }
   });
 
   it("a transaction holding the account: another process waits at most lockTimeoutMs, then LockTimeoutError; no double spend", async () => {

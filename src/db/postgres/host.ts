@@ -10,6 +10,7 @@ import { PostgresOutbox } from "./outbox.js";
 import { decode as decodePromoRow, inUnit } from "./promos.js";
 import { GUARD_MARKER, type Statement, arrayText } from "./sql.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
+import { joinedStore } from "../store/joined.js";
 
 /**
  * What the application's own transaction is reached through: anything with node-pg's
@@ -76,8 +77,6 @@ function hostError(what: string, error: unknown): CreditError {
  * decides). @internal
  */
 export function hostStore(db: PostgresDbManager, client: PgQueryable): DbManager {
-  const scoped = Object.create(db) as PostgresDbManager;
-  let tail: Promise<unknown> = Promise.resolve();
   const query = async (what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> => {
     try {
       db.roundTrips++;
@@ -87,28 +86,15 @@ export function hostStore(db: PostgresDbManager, client: PgQueryable): DbManager
       throw hostError(what, error);
     }
   };
-  const transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> => {
-    const run = async () => {
-      const unit = new HostUnit(db, query, userId);
-      const value = await fn(unit);
-      await unit.write();
-      return value;
-    };
-    const result = tail.then(run, run);
-    tail = result.catch(() => undefined);
-    return result;
-  };
-  const own = {
-    read: query,
-    transaction,
-    // The sub-stores read through `read`: built on the scoped store, they use the host's client.
-    subscriptionStore: new PostgresSubscriptionStore(scoped),
-    outbox: new PostgresOutbox(scoped),
-    partsValue: undefined,
-    init: async () => {},
-    close: async () => {},
-  };
-  for (const [key, value] of Object.entries(own))
+  const scoped: PostgresDbManager = joinedStore(db, { read: query, partsValue: undefined }, async (userId, fn) => {
+    const unit = new HostUnit(db, query, userId);
+    const value = await fn(unit);
+    await unit.write();
+    return value;
+  });
+  // The sub-stores read through `read`: built on the scoped store, they use the host's client.
+  const parts = { subscriptionStore: new PostgresSubscriptionStore(scoped), outbox: new PostgresOutbox(scoped) };
+  for (const [key, value] of Object.entries(parts))
     Object.defineProperty(scoped, key, { value, writable: true, configurable: true });
   return scoped;
 }
