@@ -9,6 +9,7 @@ import { CompiledQuery, Kysely, PostgresDialect } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InMemoryCache } from "../src/cache/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { ConfigurationError, ConflictError, InsufficientCreditsError, LockTimeoutError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/manager.js";
 import type { TransactionScope } from "../src/transactions.js";
@@ -167,58 +168,61 @@ describe.skipIf(!url)("credit operations inside the application's transaction (P
     return sql.join(parts.map((part, i) => (i % 2 === 0 ? sql.raw(part) : sql`${values[Number(part) - 1]}`)));
   }
 
-  it("Drizzle's db.transaction (the docs' adapter): commit and rollback", async () => {
-    const db = drizzle(pool);
+  /**
+   * Runs `inBuilder` (the query builder's transaction: it inserts the order, grants 500 and spends
+   * 100 through the scope it sets, then throws when asked) once failing and once not, as
+   * docs/transactions.md shows, and checks that the order and the credits went together.
+   */
+  async function commitAndRollback(
+    inBuilder: (u: string, order: string, fail: boolean, set: (tx: TransactionScope) => void) => Promise<unknown>,
+  ): Promise<void> {
     for (const fail of [true, false]) {
       const u = user();
       const order = randomUUID();
       let tx: TransactionScope | undefined;
       try {
-        await db.transaction(async (trx) => {
-          tx = manager.inTransaction({ query: (text, values) => trx.execute(statement(text, values)) });
-          await trx.execute(sql.raw(`INSERT INTO ${orders} (id, user_id) VALUES ('${order}', '${u}')`));
-          await tx.credits.addCredits(u, 500, { idempotencyKey: `order:${order}` });
-          await tx.credits.reserveCredits(u, 100);
-          if (fail) throw new Error("declined");
-        });
+        await inBuilder(u, order, fail, (scope) => (tx = scope));
       } catch (error) {
         await tx?.rolledBack();
         expect(String(error)).toContain("declined");
       }
       if (!fail) await tx?.committed();
       expect((await pool.query(`SELECT 1 FROM ${orders} WHERE id = $1`, [order])).rowCount).toBe(fail ? 0 : 1);
-      expect(await manager.db.getAccount(u)).toEqual(
-        fail ? null : expect.objectContaining({ balance: 500, reserved: 100 }),
-      );
+      expect(await manager.db.getAccount(u)).toEqual(fail ? null : expect.objectContaining({ balance: 400 }));
     }
+  }
+
+  it("Drizzle's db.transaction (the docs' adapter): commit and rollback", async () => {
+    const db = drizzle(pool);
+    await commitAndRollback((u, order, fail, set) =>
+      db.transaction(async (trx) => {
+        const tx = manager.inTransaction({ query: (text, values) => trx.execute(statement(text, values)) });
+        set(tx);
+        await trx.execute(sql.raw(`INSERT INTO ${orders} (id, user_id) VALUES ('${order}', '${u}')`));
+        await tx.credits.addCredits(u, 500, { idempotencyKey: `order:${order}` });
+        await tx.credits.deductCredits(u, 100);
+        if (fail) throw new Error("declined");
+      }),
+    );
   });
 
   it("Kysely's transaction().execute (the docs' adapter): commit and rollback", async () => {
     const kysely = new Kysely<Record<string, { id: string; user_id: string }>>({
       dialect: new PostgresDialect({ pool }),
     });
-    for (const fail of [true, false]) {
-      const u = user();
-      const order = randomUUID();
-      let tx: TransactionScope | undefined;
-      try {
-        await kysely.transaction().execute(async (trx) => {
-          tx = manager.inTransaction({
-            query: (text, values) => trx.executeQuery(CompiledQuery.raw(text, values ?? [])),
-          });
-          await trx.withSchema(schema).insertInto("orders").values({ id: order, user_id: u }).execute();
-          await tx.credits.addCredits(u, 500, { idempotencyKey: `order:${order}` });
-          await tx.credits.deductCredits(u, 50);
-          if (fail) throw new Error("declined");
+    await commitAndRollback((u, order, fail, set) =>
+      kysely.transaction().execute(async (trx) => {
+        const tx = manager.inTransaction({
+          query: (text, values) => trx.executeQuery(CompiledQuery.raw(text, values ?? [])),
         });
-      } catch (error) {
-        await tx?.rolledBack();
-        expect(String(error)).toContain("declined");
-      }
-      if (!fail) await tx?.committed();
-      expect((await pool.query(`SELECT 1 FROM ${orders} WHERE id = $1`, [order])).rowCount).toBe(fail ? 0 : 1);
-      expect(await manager.db.getAccount(u)).toEqual(fail ? null : expect.objectContaining({ balance: 450 }));
-    }
+        set(tx);
+        await trx.withSchema(schema).insertInto("orders").values({ id: order, user_id: u }).execute();
+        await tx.credits.addCredits(u, 500, { idempotencyKey: `order:${order}` });
+        const hold = await tx.credits.reserveCredits(u, 100);
+        await tx.credits.commitReservedCredits(hold.id); // found by id inside the transaction
+        if (fail) throw new Error("declined");
+      }),
+    );
   });
 
   it("a transaction holding the account: another process waits at most lockTimeoutMs, then LockTimeoutError; no double spend", async () => {
@@ -281,10 +285,31 @@ describe.skipIf(!url)("credit operations inside the application's transaction (P
 });
 
 describe("stores without a transaction to join", () => {
-  it("the in-memory store refuses with a ConfigurationError", async () => {
+  const client = { query: async () => ({ rows: [] }) };
+  const pool = { connect: async () => ({ ...client, release: () => {} }) };
+
+  it("the in-memory store refuses with a ConfigurationError, before anything runs", async () => {
     const manager = await createCreditManager();
-    expect(() => manager.inTransaction({ query: async () => ({ rows: [] }) })).toThrow(ConfigurationError);
-    expect(() => manager.inTransaction({ query: async () => ({ rows: [] }) })).toThrow(/memory store cannot join/);
+    expect(() => manager.inTransaction(client)).toThrow(ConfigurationError);
+    expect(() => manager.inTransaction(client)).toThrow(/memory store cannot join/);
+    let ran = false;
+    await expect(manager.transaction(pool, async () => (ran = true))).rejects.toBeInstanceOf(ConfigurationError);
+    expect(ran).toBe(false);
     await manager.close();
+  });
+
+  it("the SQLite store refuses with a ConfigurationError", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cm-tx-sqlite-"));
+    const manager = await createCreditManager({ db: new SqliteDbManager({ filename: join(dir, "tx.db") }) });
+    expect(() => manager.inTransaction(client)).toThrow(/sqlite store cannot join/);
+    await manager.close();
+  });
+
+  it("PostgreSQL refuses a handle without query(), and a bad lockTimeoutMs", () => {
+    const db = new PostgresDbManager({ connectionString: "postgres://127.0.0.1:1/none" });
+    expect(() => db.joinTransaction({} as never)).toThrow(ConfigurationError);
+    expect(() => new PostgresDbManager({ connectionString: "postgres://x", lockTimeoutMs: -1 })).toThrow(
+      ConfigurationError,
+    );
   });
 });
