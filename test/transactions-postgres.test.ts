@@ -63,6 +63,7 @@ describe.skipIf(!url)("credit operations inside the application's transaction (P
       // Inside, the transaction's own writes; outside, nothing yet (and no wait: a plain read).
       expect((await tx.credits.getUserCreditsInfo(u)).balance).toBe(70);
       expect((await manager.credits.getUserCreditsInfo(u)).balance).toBe(0);
+      expect(await cache.get(`credits:info:${u}`)).toMatchObject({ info: { balance: 0 } }); // never the uncommitted 70
       expect(await fileText()).not.toContain(added.id); // the file follows the commit only
       return [added, spent];
     });
@@ -121,6 +122,8 @@ describe.skipIf(!url)("credit operations inside the application's transaction (P
       await client.query("BEGIN");
       const next = manager.inTransaction(client);
       const kept = await next.credits.addCredits(u, 40);
+      // A refusal writes nothing and leaves the transaction usable.
+      await expect(next.credits.deductCredits(u, 41)).rejects.toBeInstanceOf(InsufficientCreditsError);
       // Units of one scope run one after another on its connection: no conflict among them.
       const spent = await Promise.all([1, 2, 3].map(() => next.credits.deductCredits(u, 5)));
       await client.query("COMMIT");
