@@ -148,11 +148,13 @@ export interface CreditManager {
   /**
    * MongoDB: `fn` inside `session.withTransaction` on a session of `client` (a `MongoClient`), with
    * the services inside it and the session for the application's own operations; `committed()`
-   * after the commit, `rolledBack()` after an abort (docs/transactions.md).
+   * after the commit, `rolledBack()` after an abort, `fn` again on a conflict (`options.attempts`,
+   * default 3; docs/transactions.md).
    */
   transaction<T, S extends TransactionSession>(
     client: SessionSource<S>,
     fn: (tx: TransactionScope, session: S) => Promise<T>,
+    options?: TransactionOptions,
   ): Promise<T>;
   /** Flushes and closes the ledger file, then closes the store. */
   close(): Promise<void>;
@@ -251,7 +253,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     ) => {
       const open = (handle: unknown) => openScope({ db, ledger, cache: o.cache, logger, build }, handle);
       if (typeof (source as Partial<SessionSource<TransactionSession>> | null)?.startSession === "function")
-        return runSessionTransaction(open, source as SessionSource<TransactionSession>, fn);
+        return runSessionTransaction(open, source as SessionSource<TransactionSession>, fn, options);
       return runTransaction(
         open,
         source as { connect(): Promise<PgQueryable & { release(): void }> },

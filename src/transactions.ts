@@ -157,31 +157,37 @@ export interface SessionSource<S extends TransactionSession> {
 
 /**
  * `manager.transaction(mongoClient, fn)`: `fn` inside `session.withTransaction` (which runs it
- * again on a transient error: each run gets a new scope, the last committed one's effects follow
- * the commit).
+ * again on a transient error: each run gets a new scope, the committed one's effects follow the
+ * commit), and again in a new session on a `ConflictError` from a credit operation (the driver's
+ * label is not on it), up to `attempts`.
  */
 export async function runSessionTransaction<T, S extends TransactionSession>(
   open: (session: S) => TransactionScope,
   client: SessionSource<S>,
   fn: (tx: TransactionScope, session: S) => Promise<T>,
+  options: TransactionOptions | undefined,
 ): Promise<T> {
-  const session = client.startSession();
-  let scope: TransactionScope | undefined;
-  try {
-    const value = await session.withTransaction(async (s: S) => {
-      if (scope !== undefined) await scope.rolledBack(); // an earlier run, aborted
-      scope = open(s);
-      return fn(scope, s);
-    });
-    const done = scope as TransactionScope;
-    scope = undefined;
-    await done.committed();
-    return value;
-  } catch (error) {
-    await scope?.rolledBack();
-    throw error;
-  } finally {
-    await session.endSession().catch(() => undefined);
+  const attempts = checkedAttempts(options);
+  for (let attempt = 1; ; attempt++) {
+    const session = client.startSession();
+    let scope: TransactionScope | undefined;
+    try {
+      const value = await session.withTransaction(async (s: S) => {
+        if (scope !== undefined) await scope.rolledBack(); // an earlier run, aborted
+        scope = open(s);
+        return fn(scope, s);
+      });
+      const done = scope as TransactionScope;
+      scope = undefined;
+      await done.committed();
+      return value;
+    } catch (error) {
+      await scope?.rolledBack();
+      if (attempt >= attempts || !retryable(error)) throw error;
+    } finally {
+      await session.endSession().catch(() => undefined);
+    }
+    await pause(attempt);
   }
 }
 
@@ -195,7 +201,8 @@ export interface TransactionOptions {
   /**
    * Runs of `fn` when the transaction meets a conflict (`ConflictError` but not `LockTimeoutError`,
    * or PostgreSQL's serialization failure or deadlock in the application's own statements): the
-   * transaction is rolled back and `fn` runs again, in a new one. Default 3; 1: never again.
+   * transaction is rolled back (MongoDB: aborted) and `fn` runs again, in a new one. Default 3; 1:
+   * never again.
    */
   attempts?: number;
 }
@@ -226,9 +233,7 @@ export async function runTransaction<T, C extends ClientLike & { release(error?:
       "[credit-management] manager.transaction(pool, fn) needs a pg Pool (anything with connect()); inside a transaction of your own use manager.inTransaction(client)",
     );
   }
-  const attempts = options?.attempts ?? 3;
-  if (!Number.isSafeInteger(attempts) || attempts < 1)
-    throw new ConfigurationError("[credit-management] options.attempts must be a positive integer");
+  const attempts = checkedAttempts(options);
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect();
     let broken: unknown = false;
@@ -255,6 +260,17 @@ export async function runTransaction<T, C extends ClientLike & { release(error?:
       client.release(broken instanceof Error ? broken : undefined);
       await committed?.committed();
     }
-    await new Promise((resolve) => setTimeout(resolve, 5 * 2 ** attempt * (0.5 + Math.random() / 2)));
+    await pause(attempt);
   }
 }
+
+function checkedAttempts(options: TransactionOptions | undefined): number {
+  const attempts = options?.attempts ?? 3;
+  if (!Number.isSafeInteger(attempts) || attempts < 1)
+    throw new ConfigurationError("[credit-management] options.attempts must be a positive integer");
+  return attempts;
+}
+
+/** Before another run of a transaction: jittered, 5 ms doubling per attempt. */
+const pause = (attempt: number) =>
+  new Promise((resolve) => setTimeout(resolve, 5 * 2 ** attempt * (0.5 + Math.random() / 2)));

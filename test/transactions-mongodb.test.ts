@@ -6,7 +6,7 @@ import { MongoClient } from "mongodb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { InMemoryCache } from "../src/cache/index.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { ConfigurationError } from "../src/errors.js";
+import { ConfigurationError, ConflictError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/manager.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
@@ -92,6 +92,35 @@ describe.skipIf(!uri)("credit operations inside the application's session transa
     expect(await manager.db.listNotifications(u, { limit: 10 })).toHaveLength(1);
     expect(await fileText()).not.toContain(added);
     expect((await manager.credits.getUserCreditsInfo(u)).balance).toBe(10);
+  });
+
+  it("a write conflict is a ConflictError saying retry the transaction; manager.transaction runs fn again", async () => {
+    const u = user();
+    await manager.credits.addCredits(u, 10);
+    const session = client.startSession();
+    try {
+      session.startTransaction();
+      const scope = manager.inTransaction(session);
+      await scope.credits.getUserCreditsInfo(u); // the snapshot
+      await manager.credits.addCredits(u, 5); // committed after it
+      const error = await scope.credits.deductCredits(u, 1).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConflictError);
+      expect((error as ConflictError).details).toMatchObject({ retry: "transaction" });
+      await session.abortTransaction();
+      await scope.rolledBack();
+    } finally {
+      await session.endSession();
+    }
+    let runs = 0;
+    const entry = await manager.transaction(client, async (tx) => {
+      runs++;
+      await tx.credits.getUserCreditsInfo(u);
+      if (runs === 1) await manager.credits.addCredits(u, 5);
+      return tx.credits.deductCredits(u, 12);
+    });
+    expect(runs).toBe(2);
+    expect(entry.amount).toBe(12);
+    expect(await manager.db.getAccount(u)).toMatchObject({ balance: 8 });
   });
 
   it("a session without a transaction is refused", async () => {
