@@ -269,6 +269,43 @@ export async function run(): Promise<BenchRow[]> {
         note: `${((plain.roundTrips - before) / (single.ops + 400)).toFixed(2)} round trips per deductCredits without group commit (${wireText(single)}); CPU per operation ${cpuText(single)}`,
       });
     }
+    // Inside the application's own transaction (docs/transactions.md): BEGIN, the unit of work and
+    // COMMIT per call (no group commit), beside `batch: false` (a transaction per call too) and the
+    // same without `lock_timeout` (lockTimeoutMs: 0), alternated and averaged in the same run.
+    const manager = await core.createCreditManager({ db: new PostgresDbManager({ pool, schema }), init: false });
+    const unlimited = new CreditService({
+      db: new PostgresDbManager({ pool, schema, batch: false, lockTimeoutMs: 0 }),
+    });
+    const spread = scenarios[0] as (typeof scenarios)[number];
+    const ops = {
+      plain: (i: number) => plainCredits.deductCredits(spread.user(i), 1),
+      host: (i: number) => manager.transaction(pool, (tx) => tx.credits.deductCredits(spread.user(i), 1)),
+      unlimited: (i: number) => unlimited.deductCredits(spread.user(i), 1),
+    };
+    const runs: Record<keyof typeof ops, Timed[]> = { plain: [], host: [], unlimited: [] };
+    for (let round = 0; round < 2; round++)
+      for (const key of Object.keys(ops) as Array<keyof typeof ops>) runs[key].push(await timed(pool, ops[key]));
+    const [plainMean, hostMean, unlimitedMean] = (["plain", "host", "unlimited"] as const).map((k) =>
+      mean(runs[k][0] as Timed, runs[k][1] as Timed),
+    ) as [Timed, Timed, Timed];
+    const plainName = `deductCredits, batch: false, alternated (${spread.name})`;
+    rows.push({ backend: "postgres", scenario: plainName, opsPerSec: plainMean.opsPerSec });
+    rows.push({
+      backend: "postgres",
+      scenario: `deductCredits in manager.transaction(pool) (${spread.name})`,
+      opsPerSec: hostMean.opsPerSec,
+      baseline: plainName,
+      ratio: hostMean.opsPerSec / plainMean.opsPerSec,
+      note: `BEGIN, SET LOCAL lock_timeout, lock, state, save, COMMIT: one statement per round trip on the caller's connection; CPU per operation ${cpuText(hostMean)}`,
+    });
+    rows.push({
+      backend: "postgres",
+      scenario: `deductCredits, batch: false, lockTimeoutMs: 0 (${spread.name})`,
+      opsPerSec: unlimitedMean.opsPerSec,
+      baseline: plainName,
+      ratio: unlimitedMean.opsPerSec / plainMean.opsPerSec,
+      note: `without the SET LOCAL lock_timeout the default lockTimeoutMs adds to BEGIN: the baseline's cost of it; CPU per operation ${cpuText(unlimitedMean)}`,
+    });
     const audit = await credits.audit("hot");
     if (!audit.ok) throw new Error(`bench: audit of the hot user failed: ${audit.problems.join("; ")}`);
   } finally {

@@ -127,6 +127,14 @@ export class ConflictError extends CreditError {
   }
 }
 
+/**
+ * The account's lock was not granted in time: another transaction holds it and stayed open longer
+ * than the store's bounded wait (PostgreSQL `lockTimeoutMs`; an application's own transaction
+ * holding the account, docs/transactions.md). Nothing was written; the operation (or the
+ * application's transaction) may be retried. A `ConflictError` (code `CONFLICT`, HTTP 409).
+ */
+export class LockTimeoutError extends ConflictError {}
+
 /** The library or a backend is set up wrongly (missing option, standalone MongoDB, …). */
 export class ConfigurationError extends CreditError {
   constructor(message: string, cause?: unknown) {

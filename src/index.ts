@@ -7,6 +7,8 @@ import type * as Promos from "./services/promo-service.js";
 import type * as Health from "./health.js";
 
 export { createCreditManager, type CreditManager } from "./manager.js";
+export type { TransactionScope, TransactionOptions, TransactionSession, SessionSource } from "./transactions.js";
+export type { PgQueryable } from "./db/postgres/host.js";
 export {
   CreditService,
   type CreditServiceOptions,

@@ -15,6 +15,17 @@ import { PromoService } from "./services/promo-service.js";
 import { NotificationService } from "./services/notification-service.js";
 import { checkHealth, type HealthOptions, type HealthReport } from "./health.js";
 import { PricingService } from "./services/pricing-service.js";
+import type { PgQueryable } from "./db/postgres/host.js";
+import {
+  openScope,
+  runSessionTransaction,
+  runTransaction,
+  type ServiceFactory,
+  type SessionSource,
+  type TransactionSession,
+  type TransactionOptions,
+  type TransactionScope,
+} from "./transactions.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -114,6 +125,37 @@ export interface CreditManager {
    * a time-out, so a hung store answers `down` instead of hanging (docs/observability.md).
    */
   health(options?: HealthOptions): Promise<HealthReport>;
+  /**
+   * The credit, subscription and promo services inside a transaction the application has open on
+   * `client` (PostgreSQL: a `pg` client after `BEGIN`, or anything with its `query(text, values)`;
+   * docs/transactions.md): their writes commit or roll back with it. Call `committed()` or
+   * `rolledBack()` on the scope once the application's transaction ended. Other stores:
+   * `ConfigurationError`.
+   */
+  inTransaction(client: PgQueryable | TransactionSession): TransactionScope;
+  /**
+   * `fn` in a transaction of its own on a connection of `pool` (a `pg` Pool), with the services
+   * inside it (`tx`) and the connection (`client`) for the application's own statements: BEGIN,
+   * `fn`, COMMIT, then `committed()` — or ROLLBACK and `rolledBack()` when `fn` or the commit
+   * failed, `fn` running again on a conflict (`options.attempts`, default 3). Resolves to what `fn`
+   * returned (docs/transactions.md).
+   */
+  transaction<T, C extends PgQueryable & { release(error?: Error | boolean): void }>(
+    pool: { connect(): Promise<C> },
+    fn: (tx: TransactionScope, client: C) => Promise<T>,
+    options?: TransactionOptions,
+  ): Promise<T>;
+  /**
+   * MongoDB: `fn` inside `session.withTransaction` on a session of `client` (a `MongoClient`), with
+   * the services inside it and the session for the application's own operations; `committed()`
+   * after the commit, `rolledBack()` after an abort, `fn` again on a conflict (`options.attempts`,
+   * default 3; docs/transactions.md).
+   */
+  transaction<T, S extends TransactionSession>(
+    client: SessionSource<S>,
+    fn: (tx: TransactionScope, session: S) => Promise<T>,
+    options?: TransactionOptions,
+  ): Promise<T>;
   /** Flushes and closes the ledger file, then closes the store. */
   close(): Promise<void>;
 }
@@ -134,7 +176,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   const thresholds = n === undefined ? {} : { lowCredits: n.lowCredits, lowCreditsPercent: n.lowCreditsPercent };
   const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
-  const credits = new CreditService({
+  const creditOptions = {
     db,
     ledger,
     cache: o.cache,
@@ -147,8 +189,24 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     features: o.features,
     domainEvents: o.domainEvents,
     pricing,
-  });
+  };
+  const credits = new CreditService(creditOptions);
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger });
+  const build: ServiceFactory = (scopedDb, scopedLedger, cache) => {
+    const c = new CreditService({ ...creditOptions, db: scopedDb, ledger: scopedLedger, cache });
+    return {
+      credits: c,
+      subscriptions: new SubscriptionService({
+        db: scopedDb,
+        credits: c,
+        ledger: scopedLedger,
+        cache,
+        clock: o.clock,
+        logger,
+      }),
+      promos: new PromoService({ db: scopedDb, ledger: scopedLedger, cache, clock: o.clock, logger, credits: c }),
+    };
+  };
   const notifications = new NotificationService({
     db,
     queue: o.queue,
@@ -185,6 +243,25 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     notifications,
     ledger,
     db,
+    inTransaction: (client) => openScope({ db, ledger, cache: o.cache, logger, build }, client),
+    // (One implementation of both overloads: `fn`'s second parameter is the pool's client or the session.)
+    transaction: ((
+      source: unknown,
+      // eslint-disable-next-line @typescript-eslint/no-explicit-any
+      fn: (tx: TransactionScope, handle: any) => Promise<unknown>,
+      options?: TransactionOptions,
+    ) => {
+      const open = (handle: unknown) => openScope({ db, ledger, cache: o.cache, logger, build }, handle);
+      if (typeof (source as Partial<SessionSource<TransactionSession>> | null)?.startSession === "function")
+        return runSessionTransaction(open, source as SessionSource<TransactionSession>, fn, options);
+      return runTransaction(
+        open,
+        source as { connect(): Promise<PgQueryable & { release(): void }> },
+        fn,
+        options,
+        (db as { lockTimeoutMs?: number }).lockTimeoutMs,
+      );
+    }) as CreditManager["transaction"],
     health: (options) =>
       checkHealth({ db, cache: o.cache, queue: o.queue, ledger, clock: o.clock ?? (() => new Date()) }, options),
     async close() {

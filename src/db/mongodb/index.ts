@@ -45,6 +45,8 @@ import {
   toCreditError,
 } from "./errors.js";
 import { StoreBase } from "../store/base.js";
+import { joinedStore } from "../store/joined.js";
+import { inSession } from "./session.js";
 import type { SideParts } from "../store/parts.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { backoff, sleep } from "../store/retry.js";
@@ -413,6 +415,50 @@ export class MongoDbManager extends StoreBase implements DbManager {
     } finally {
       this.locks.release(userId);
     }
+  }
+
+  /**
+   * This store inside the application's transaction on `session` (a `ClientSession` with a
+   * transaction started: `session.startTransaction()`, or the session `withTransaction` hands its
+   * callback). Reads and units of work run in it, with no transaction or retry of their own, so
+   * they commit or abort with it. For `manager.inTransaction(session)` (docs/transactions.md),
+   * which adds the services and their after-commit effects.
+   */
+  joinTransaction(session: ClientSession): DbManager {
+    const s = session as Partial<ClientSession> | null;
+    if (typeof s?.inTransaction !== "function" || !s.inTransaction()) {
+      throw new ConfigurationError(
+        "[credit-management] [mongodb] a transaction to join must be a ClientSession with a transaction started (session.startTransaction(), or the session withTransaction hands its callback): docs/transactions.md",
+      );
+    }
+    const c = Object.fromEntries(
+      Object.entries(this.c).map(([key, collection]) => [key, inSession(collection, session)]),
+    ) as unknown as Collections;
+    const promoStore = new MongoPromoStore((name) =>
+      inSession(this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS), session),
+    );
+    const outbox = new MongoOutbox(c.notifications);
+    const parts: SideParts = {
+      subscriptions: new MongoSubscriptionStore(c.plans, c.subscriptions),
+      promos: promoStore,
+      outbox,
+    };
+    // No state cache: its guard on `{ seq, _rev }` keeps it right whatever the application decides.
+    return joinedStore(this, { c, promoStore, outbox, parts }, async (userId, fn) => {
+      try {
+        return await new MongoTransaction(c, session, userId, undefined, false, promoStore).run(async (tx) => fn(tx));
+      } catch (error) {
+        const e = toCreditError(error, "transaction");
+        // The application's transaction is aborted: only a new run of it can succeed.
+        if (e instanceof ConflictError)
+          throw new ConflictError(
+            `${e.message}; abort and retry the transaction`,
+            { ...e.details, retry: "transaction" },
+            error,
+          );
+        throw e;
+      }
+    });
   }
 
   /** Runs one batch; its units that must run again go to the front of the queue. */

@@ -1,5 +1,5 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
-import { ConflictError, StorageError } from "../../errors.js";
+import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
 import { isConnectionLevel, isLostConnection, storageError } from "./errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
@@ -8,7 +8,16 @@ import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
-import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText, toRow } from "./sql.js";
+import {
+  GUARD_MARKER,
+  type PostgresSql,
+  type SaveArg,
+  type SaveStatement,
+  type Statement,
+  arrayText,
+  executeText,
+  toRow,
+} from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
 import { type AccountState as BaseState, stateAfter as stateOnTop } from "../state-cache.js";
 import { type Deferred, type QueuedUnit, deferred } from "../store/group-commit.js";
@@ -43,6 +52,23 @@ export class Retry extends Error {
  */
 const BEGIN =
   "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL TimeZone = 'UTC'";
+
+/**
+ * `BEGIN`, with the store's `lockTimeoutMs` as `lock_timeout`: a unit that waits for an account
+ * another transaction holds (an application's own transaction above all, docs/transactions.md)
+ * waits that long at most, then fails with `LockTimeoutError`.
+ */
+const beginOf = (db: PostgresDbManager) =>
+  db.lockTimeoutMs > 0 ? `${BEGIN}; SET LOCAL lock_timeout = ${db.lockTimeoutMs}` : BEGIN;
+
+/** A lock wait past `lock_timeout` (55P03): the account is held by a transaction that stays open. */
+function lockTimeout(db: PostgresDbManager, what: string, error: unknown): LockTimeoutError {
+  return new LockTimeoutError(
+    `[credit-management] [postgres] ${what}: the account is locked by another transaction (still open after lockTimeoutMs = ${db.lockTimeoutMs}); nothing was written, the operation may be retried`,
+    { operation: what, lockTimeoutMs: db.lockTimeoutMs },
+    error,
+  );
+}
 
 /** SQLSTATEs after which a unit of work runs again. */
 const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
@@ -455,7 +481,7 @@ export class Batch {
         "load",
         statements,
         (prefix) => {
-          let text = `${prefix}${BEGIN}`;
+          let text = `${prefix}${beginOf(this.db)}`;
           if (loaders.length > 0) {
             const users = arrayText(loaders.map((tx) => tx.userId));
             for (const tx of loaders) tx.key = tx.loadRequest?.idempotencyKey ?? null;
@@ -504,7 +530,7 @@ export class Batch {
     tx.key = request?.idempotencyKey ?? null;
     const keys = arrayText([tx.key]);
     tx.cached = undefined;
-    const begin = this.began ? "" : `${BEGIN}; `;
+    const begin = this.began ? "" : `${beginOf(this.db)}; `;
     this.began = true;
     const [lock, state] = await this.message(
       "load",
@@ -516,9 +542,15 @@ export class Batch {
     this.deliver([tx], lock as QueryResult, state as QueryResult);
   }
 
-  /** One statement for every queued change, and COMMIT, in one message; returns the committing transaction's id. */
-  private async save(txs: readonly SaveItem[]): Promise<unknown> {
-    const { sql } = this.db;
+  /**
+   * @internal The statement that writes every queued change of `txs` and its arguments, and the
+   * promo/payment statement when they have such rows (the batch's save; a host transaction's unit,
+   * ./host.ts).
+   */
+  static saveParts(
+    sql: PostgresSql,
+    txs: ReadonlyArray<Pick<SaveItem, "userId" | "pendingChanges" | "originals"> & { readonly xmin?: string | null }>,
+  ): { save: SaveStatement; saveArgs: Array<string | null>; extra: { statement: Statement; arg: string } | null } {
     const { tables } = sql;
     const updates = txs.filter((tx) => tx.pendingChanges.previousSeq !== null);
     const accountColumns =
@@ -543,12 +575,12 @@ export class Batch {
         updates.map((tx) => {
           const row = pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account);
           row.prev = tx.pendingChanges.previousSeq;
-          if (tx.xmin !== null) row.xmin = tx.xmin;
+          if (tx.xmin != null) row.xmin = tx.xmin;
           return row;
         }),
       );
       args.ak = arrayText(updates.map((tx) => tx.userId));
-      args.xk = arrayText(updates.filter((tx) => tx.xmin !== null).map((tx) => tx.userId));
+      args.xk = arrayText(updates.filter((tx) => tx.xmin != null).map((tx) => tx.userId));
     }
     const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
     const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
@@ -585,9 +617,15 @@ export class Batch {
       tables,
       txs.map((tx) => tx.pendingChanges),
     );
+    return { save, saveArgs, extra };
+  }
+
+  /** One statement for every queued change, and COMMIT, in one message; returns the committing transaction's id. */
+  private async save(txs: readonly SaveItem[]): Promise<unknown> {
+    const { save, saveArgs, extra } = Batch.saveParts(this.db.sql, txs);
     const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
     // Units that saved without loading: their account write takes the row lock; the guard holds.
-    const begin = this.began ? "" : `${BEGIN}; `;
+    const begin = this.began ? "" : `${beginOf(this.db)}; `;
     this.began = true;
     const [saved] = await this.message(
       "save",
@@ -722,6 +760,7 @@ export class Batch {
       this.breaks(error);
     }
     if (typeof code === "string" && RETRY_CODES.has(code)) return new Retry(error);
+    if (code === "55P03") return lockTimeout(this.db, what, error);
     if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) return new Retry(error);
     if (code === "26000" || code === "42P05") {
       // Our record of the connection's prepared statements was wrong (someone ran DISCARD or

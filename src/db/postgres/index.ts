@@ -8,6 +8,7 @@ import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor, S
 import { Batch, type BatchResult, type Unit, type UnitTx } from "./batch.js";
 import { isConnectionLevel, storageError } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
+import { hostStore, type PgQueryable } from "./host.js";
 import { PostgresSql, type Statement, prepareText, toRow } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
@@ -19,6 +20,7 @@ import { GroupCommit } from "../store/group-commit.js";
 import { backoff } from "../store/retry.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
+export type { PgQueryable } from "./host.js";
 
 /** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
 const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };
@@ -71,6 +73,14 @@ export interface PostgresDbManagerOptions {
    * first write of the same new account before it fails with `ConflictError`. Default 10.
    */
   maxAttempts?: number;
+  /**
+   * Longest wait of a unit of work for an account another transaction holds, in ms (PostgreSQL's
+   * `lock_timeout`, set on the store's own transactions). Past it the unit fails with
+   * `LockTimeoutError` and writes nothing. What it bounds in practice: an application's own
+   * transaction that holds an account until it commits (docs/transactions.md). Default 10,000;
+   * 0: wait without limit.
+   */
+  lockTimeoutMs?: number;
   /**
    * `init()` creates a missing schema and upgrades an older one (default true). `false`, for teams
    * that own their DDL (`npx credit-management schema [--from-version N]`, applied by their
@@ -151,6 +161,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   readonly verifyStates: boolean;
   private closed = false;
   private readonly migrate: boolean;
+  /** @internal `lockTimeoutMs` (0: none). */
+  readonly lockTimeoutMs: number;
   /** Round trips to the server (for benchmarks and tests). */
   roundTrips = 0;
   /** Loads answered from the state cache (for benchmarks and tests). */
@@ -173,6 +185,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     this.pool = options.pool ?? null;
     this.ownsPool = options.pool === undefined;
     this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
+    const lockTimeout = options.lockTimeoutMs ?? 10_000;
+    if (!Number.isSafeInteger(lockTimeout) || lockTimeout < 0) {
+      throw new ConfigurationError("[credit-management] [postgres] `lockTimeoutMs` must be a non-negative integer");
+    }
+    this.lockTimeoutMs = lockTimeout;
     const cacheSize = options.stateCacheSize ?? 10_000;
     if (!Number.isSafeInteger(cacheSize) || cacheSize < 0) {
       throw new ConfigurationError("[credit-management] [postgres] `stateCacheSize` must be a non-negative integer");
@@ -294,6 +311,21 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         this.group.push(false, unit);
       }
     });
+  }
+
+  /**
+   * This store on `client`, a connection inside a transaction the application has open: reads and
+   * units of work run there, without BEGIN or COMMIT of their own, so they commit or roll back with
+   * it. For `manager.inTransaction(client)` (docs/transactions.md), which adds the services and
+   * their after-commit effects; on its own it changes no cache and writes no ledger file.
+   */
+  joinTransaction(client: PgQueryable): DbManager {
+    if (typeof (client as { query?: unknown } | null)?.query !== "function") {
+      throw new ConfigurationError(
+        "[credit-management] [postgres] a transaction to join must be a client with `query(text, values)` (a pg client after BEGIN, or an adapter over your query builder's transaction: docs/transactions.md)",
+      );
+    }
+    return hostStore(this, client);
   }
 
   private async runBatch(units: Unit[], wait: boolean): Promise<void> {
