@@ -1,4 +1,4 @@
-import type { Column } from "./columns.js";
+import { type Column, FORGOTTEN_KEY } from "./columns.js";
 
 /**
  * Turns a row read back from SQL (column names, driver or JSON value types) into a model object:
@@ -8,7 +8,23 @@ import type { Column } from "./columns.js";
 export function decodeRow<T>(columns: readonly Column[], row: Record<string, unknown>): T {
   const out: Record<string, unknown> = {};
   for (const c of columns) out[c.field] = decodeValue(c, row[c.name]);
+  if (FORGOTTEN_KEY in out) foldForgottenKey(out);
   return out as T;
+}
+
+/**
+ * A journal entry whose idempotency key was forgotten (moved to `forgotten_key` by the retention
+ * job) reads back with its key, as it was written and hashed; the extra field goes.
+ */
+export function foldForgottenKey(out: Record<string, unknown>): void {
+  const forgotten = out[FORGOTTEN_KEY];
+  delete out[FORGOTTEN_KEY];
+  if (
+    forgotten !== null &&
+    forgotten !== undefined &&
+    (out.idempotencyKey === null || out.idempotencyKey === undefined)
+  )
+    out.idempotencyKey = forgotten;
 }
 
 export function decodeValue(c: Column, v: unknown): unknown {

@@ -48,6 +48,12 @@ export function modelJsonSchema(model: z.ZodType): JsonSchemaNode {
   }) as JsonSchemaNode;
 }
 
+/**
+ * The field (column `forgotten_key`) that holds an idempotency key once its retention window has
+ * passed: out of the unique index, still part of the entry (see `tableColumns` in ./sql.ts).
+ */
+export const FORGOTTEN_KEY = "forgottenKey";
+
 /** `grantId` → `grant_id`. */
 export function snakeCase(field: string): string {
   return field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);

@@ -69,6 +69,12 @@ export const MIGRATIONS: readonly Migration[] = [
     columns: [],
     checks: [{ table: "notifications", field: "type" }],
   },
+  {
+    to: 5,
+    summary:
+      "journal_entries.forgotten_key: where the idempotency-key retention job moves a key past its window, out of the unique index (docs/running-for-years.md)",
+    columns: [{ table: "journal", field: "forgottenKey" }],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

@@ -316,6 +316,24 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     return [...active(), ...settled].sort(oldestFirst);
   }
 
+  /**
+   * Drops keys from each account's key map (the lookup); the entries keep them (their hash covers
+   * them). Oldest first within an account: keys enter the map in journal order.
+   */
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const cutoff = before.getTime();
+    let forgotten = 0;
+    for (const u of this.users.values()) {
+      for (const [key, at] of u.byKey) {
+        if (forgotten >= limit) return forgotten;
+        if (u.journal.createdAt(at) >= cutoff) break;
+        u.byKey.delete(key);
+        forgotten++;
+      }
+    }
+    return forgotten;
+  }
+
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
     const journal = this.users.get(userId)?.journal;
     if (journal === undefined) return [];

@@ -582,6 +582,34 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => fromDoc(ENTRY, d));
   }
 
+  /**
+   * Moves each key to `forgottenKey` and sets `idempotencyKey` to null: out of the partial unique
+   * index (string keys only), still part of the entry (`fromDoc` folds it back; the hash covers it).
+   */
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    if (limit <= 0) return 0;
+    const docs = await guard("forgetIdempotencyKeys", () =>
+      this.c.journal
+        .find({ idempotencyKey: { $type: "string" }, createdAt: { $lt: before } }, batchOf(limit))
+        .project<{ _id: string; idempotencyKey: string }>({ _id: 1, idempotencyKey: 1 })
+        .limit(limit)
+        .toArray(),
+    );
+    if (docs.length === 0) return 0;
+    const result = await guard("forgetIdempotencyKeys", () =>
+      this.c.journal.bulkWrite(
+        docs.map((d) => ({
+          updateOne: {
+            filter: { _id: d._id, idempotencyKey: d.idempotencyKey },
+            update: { $set: { forgottenKey: d.idempotencyKey, idempotencyKey: null } },
+          },
+        })),
+        { ordered: false },
+      ),
+    );
+    return result.modifiedCount;
+  }
+
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     if (limit <= 0) return [];
     // `_open: true` lets the server use the partial index of open grants.

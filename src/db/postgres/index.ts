@@ -488,6 +488,24 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return rows.map((r) => this.decode<JournalEntry>("journal", r));
   }
 
+  /**
+   * Moves the keys to `forgotten_key` (out of the partial unique index, which VACUUM then shrinks;
+   * the entry keeps its key and its hash verifies). Rows a unit of work holds are skipped for the
+   * next call. Reads the live keys through their index: the work of a call is bounded by the keys
+   * the window keeps (docs/running-for-years.md).
+   */
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const t = this.sql.tables.journal.qualified;
+    const rows = await this.read(
+      "forgetIdempotencyKeys",
+      `WITH c AS (SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED), ` +
+        `u AS (UPDATE ${t} j SET forgotten_key = j.idempotency_key, idempotency_key = NULL FROM c ` +
+        `WHERE j.user_id = c.user_id AND j.seq = c.seq RETURNING 1) SELECT count(*)::int AS n FROM u`,
+      [before, limit],
+    );
+    return Number(rows[0]?.n ?? 0);
+  }
+
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     const where = "remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL";
     return this.scanDue<Grant>("findDueGrants", "grants", where, asOf, limit, after);

@@ -412,6 +412,15 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
           [...params, q.limit],
         );
       },
+      // The key moves to forgotten_key: out of the unique index, still part of the entry.
+      forgetIdempotencyKeys: (before: Date, limit: number) => {
+        const t = s.t.journal.qualified;
+        return s.run(
+          `UPDATE ${t} SET forgotten_key = idempotency_key, idempotency_key = NULL WHERE (user_id, seq) IN ` +
+            `(SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < ? LIMIT ?)`,
+          [before, limit],
+        );
+      },
       insertLedgerEntry: (entry: LedgerEntry) => void s.insert("ledger", [entry]),
       listLedgerEntries: (q: LedgerQuery) => {
         const { where, params, add } = conditions();
