@@ -162,7 +162,7 @@ describe("idempotency retention: bad settings are refused", () => {
  * A version 4 store (its journal without forgotten_key, the version row at 4) with entries in it:
  * made by today's code, then taken back to version 4's table (the column it lacked dropped).
  */
-describe("an upgraded version 4 store: its entries audit clean, and their keys can be forgotten", () => {
+describe("an upgraded version 4 store: its entries audit clean (PostgreSQL: hashes converted to bytes), and their keys can be forgotten", () => {
   const scenario = async (open: () => DbManager, downgrade: () => Promise<void>) => {
     let now = Date.now();
     const clock = () => new Date(now);
@@ -209,7 +209,11 @@ describe("an upgraded version 4 store: its entries audit clean, and their keys c
         () => new PostgresDbManager({ connectionString: url, schema, poolConfig: { max: 2 } }),
         async () => {
           await client.query(
-            `ALTER TABLE "${schema}".journal_entries DROP COLUMN forgotten_key; UPDATE "${schema}".schema_version SET version = 4`,
+            `ALTER TABLE "${schema}".journal_entries DROP COLUMN forgotten_key, ` +
+              `ALTER COLUMN hash TYPE TEXT COLLATE "C" USING encode(hash, 'hex'), ` +
+              `ALTER COLUMN prev_hash TYPE TEXT COLLATE "C" USING encode(prev_hash, 'hex'), ` +
+              `ALTER COLUMN grants TYPE JSONB USING grants::jsonb; ` +
+              `UPDATE "${schema}".schema_version SET version = 4`,
           );
         },
       );

@@ -89,9 +89,12 @@ describe("schema upgrades: the statements", () => {
     expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
   });
 
-  it("version 5 adds the journal's forgotten_key (where the retention job moves old idempotency keys), nullable", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 4, prefix: "cm_" })).toEqual([
-      'ALTER TABLE "cm_journal_entries" ADD COLUMN IF NOT EXISTS "forgotten_key" VARCHAR(255) COLLATE "C";',
+  it("version 5 adds the journal's forgotten_key (where the retention job moves old idempotency keys), nullable; PostgreSQL stores its hashes as bytes and grants as JSON text", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 4, prefix: "cm_", schema: "billing" })).toEqual([
+      'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "forgotten_key" VARCHAR(255) COLLATE "C";',
+      // One rewrite of the table for both columns, and only while they are text (it can run again).
+      `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'billing' AND table_name = 'cm_journal_entries' AND column_name = 'hash' AND data_type = 'text') THEN ` +
+        `ALTER TABLE "billing"."cm_journal_entries" ALTER COLUMN "hash" TYPE BYTEA USING decode("hash", 'hex'), ALTER COLUMN "prev_hash" TYPE BYTEA USING decode("prev_hash", 'hex'), ALTER COLUMN "grants" TYPE JSON USING "grants"::json; END IF; END $$;`,
     ]);
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
       "ALTER TABLE `journal_entries` ADD COLUMN `forgotten_key` VARCHAR(255);",

@@ -43,9 +43,26 @@ export function decodeValue(c: Column, v: unknown): unknown {
       return v === true || v === 1 || v === "1" || v === "t" || v === "true";
     case "json":
       return typeof v === "string" ? JSON.parse(v) : v;
+    case "string":
+      return c.bytes === true ? hexOf(v) : v;
     default:
       return v;
   }
+}
+
+/**
+ * A digest stored as bytes, as the model's hex: node-pg reads `bytea` as a Buffer; PostgreSQL's
+ * JSON (`row_to_json`) writes it as `"\\x…"`. A store that keeps the hex text answers it as is.
+ */
+function hexOf(v: unknown): string {
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("hex");
+  const s = v as string;
+  return s.startsWith("\\x") ? s.slice(2) : s;
+}
+
+/** A hex digest as PostgreSQL's `bytea` input (hex format), for JSON that `json_populate_record` reads. */
+export function byteaText(hex: string): string {
+  return `\\x${hex}`;
 }
 
 /**

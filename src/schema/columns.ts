@@ -21,6 +21,17 @@ export interface Column {
   /** Bounds of an integer or number. */
   minimum?: number;
   maximum?: number;
+  /**
+   * A SHA-256 digest, lowercase hex in the model: PostgreSQL stores its 32 bytes (`BYTEA`, read
+   * back as hex by the adapter), not 64 characters of text (docs/running-for-years.md).
+   */
+  bytes?: boolean;
+  /**
+   * JSON kept as its text on PostgreSQL (`JSON`, not `JSONB`): for small values never queried
+   * inside, the text the adapter writes (no spaces) is smaller than JSONB's binary form with its
+   * per-key headers (docs/running-for-years.md).
+   */
+  jsonText?: boolean;
 }
 
 /** A JSON Schema node, as zod emits it. */

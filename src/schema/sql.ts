@@ -101,6 +101,18 @@ export function sqlTables(options: SqlOptions): SqlTable[] {
  */
 export function tableColumns(spec: TableSpec): Column[] {
   const columns = columnsOf(spec.model);
+  for (const field of spec.binary ?? []) {
+    const c = columns.find((x) => x.field === field);
+    if (c === undefined || c.kind !== "string")
+      throw new Error(`table ${spec.name}: binary field "${field}" is not a string field of its model`);
+    c.bytes = true;
+  }
+  for (const field of spec.jsonText ?? []) {
+    const c = columns.find((x) => x.field === field);
+    if (c === undefined || c.kind !== "json")
+      throw new Error(`table ${spec.name}: jsonText field "${field}" is not a JSON field of its model`);
+    c.jsonText = true;
+  }
   if (spec.idempotencyKey === undefined) return columns;
   const key = columns.find((c) => c.field === spec.idempotencyKey);
   if (key === undefined) throw new Error(`table ${spec.name}: no field "${spec.idempotencyKey}" in its model`);
@@ -306,7 +318,9 @@ function columnParts(
   let type: string;
   switch (c.kind) {
     case "string":
-      if (dialect === "mysql") {
+      if (c.bytes === true && dialect === "postgres") {
+        type = "BYTEA";
+      } else if (dialect === "mysql") {
         if (c.maxLength === undefined && indexed) {
           throw new Error(`${table}.${c.field} is a key but its model sets no maximum length (MySQL needs one)`);
         }
@@ -348,7 +362,7 @@ function columnParts(
       type = dialect === "postgres" ? "TIMESTAMPTZ" : dialect === "mysql" ? "DATETIME(3)" : "TEXT";
       break;
     case "json":
-      type = dialect === "postgres" ? "JSONB" : dialect === "mysql" ? "JSON" : "TEXT";
+      type = dialect === "postgres" ? (c.jsonText === true ? "JSON" : "JSONB") : dialect === "mysql" ? "JSON" : "TEXT";
       if (dialect === "sqlite") checks.push(`json_valid(${name})`);
       break;
   }
