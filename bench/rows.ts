@@ -12,7 +12,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { pathToFileURL } from "node:url";
-import { core, postgres } from "./pkg.js";
+import { core, mongodb, postgres } from "./pkg.js";
 import { type BenchRow, measure, printTable } from "./lib.js";
 
 const { CreditService } = core;
@@ -121,8 +121,117 @@ async function copy(
   return Number(r.rows[0]?.total);
 }
 
+/**
+ * The idempotency index under a steady load with the retention job: rounds of keyed deductions,
+ * the (injected) clock half the window on per round, then `forgetIdempotencyKeys` and VACUUM (what
+ * autovacuum does). Without the job the index grows with every round; with it, it levels off.
+ */
+async function pgSteady(): Promise<BenchRow[]> {
+  const url = process.env.CREDIT_PG_URL;
+  if (!url) return [];
+  const { default: pg } = await import("pg");
+  const { PostgresDbManager } = await postgres();
+  const pool = new pg.Pool({ connectionString: url, max: CALLERS });
+  const schemas = ["keep", "forget"].map((s) => `cm_rows_${s}_${randomUUID().replace(/-/g, "").slice(0, 8)}`);
+  const ROUNDS = 8;
+  const PER_ROUND = Math.max(500, Math.round(OPS / 10));
+  try {
+    const sizes: Record<string, number[]> = {};
+    let opsPerSec = 0;
+    for (const schema of schemas) {
+      const forget = schema.includes("forget");
+      let now = Date.now();
+      const m = await core.createCreditManager({
+        db: new PostgresDbManager({ pool, schema }),
+        clock: () => new Date(now),
+        idempotency: { retention: forget ? "1h" : "forever" },
+      });
+      for (let i = 0; i < USERS; i++) await m.credits.addCredits(`u${i}`, 1_000_000_000);
+      const kb: number[] = [];
+      for (let r = 0; r < ROUNDS; r++) {
+        const rate = await measure(PER_ROUND, CALLERS, (i) =>
+          m.credits.deductCredits(`u${(i * 7919) % USERS}`, 1, { idempotencyKey: `req-${randomUUID()}` }),
+        );
+        if (forget) opsPerSec = Math.max(opsPerSec, rate);
+        now += 30 * 60_000;
+        await m.expiration.forgetIdempotencyKeys();
+        await pool.query(`VACUUM ${schema}.journal_entries`);
+        const s = await pool.query(`SELECT pg_relation_size('${schema}.journal_entries_idempotency_key') AS b`);
+        kb.push(Math.round(Number(s.rows[0]?.b) / 1024));
+      }
+      sizes[forget ? "forget" : "keep"] = kb;
+      await m.close();
+    }
+    return [
+      {
+        backend: "postgres",
+        scenario: `idempotency index under steady load (${ROUNDS} rounds of ${PER_ROUND.toLocaleString("en-US")} keyed deductions, window 2 rounds)`,
+        opsPerSec,
+        note:
+          `index KB after each round with the retention job: ${sizes.forget?.join(", ")}; ` +
+          `keys kept for ever (same run): ${sizes.keep?.join(", ")}; VACUUM after each round`,
+      },
+    ];
+  } finally {
+    for (const schema of schemas) await pool.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`).catch(() => {});
+    await pool.end();
+  }
+}
+
+/**
+ * MongoDB: the journal collection's BSON bytes and index bytes per entry (`$collStats` storage
+ * stats: `size` is the documents' BSON, `totalIndexSize` the indexes; the server's own storage,
+ * `storageSize`, beside them).
+ */
+async function mongoRows(): Promise<BenchRow[]> {
+  const uri = process.env.CREDIT_MONGO_URI;
+  if (!uri) return [];
+  const { MongoClient } = await import("mongodb");
+  const { MongoDbManager } = await mongodb();
+  const client = await new MongoClient(uri).connect();
+  const dbName = `credit_rows_${process.pid}_${randomUUID().slice(0, 8)}`;
+  try {
+    const db = new MongoDbManager({ client, dbName });
+    await db.init();
+    const credits = new CreditService({ db });
+    for (let i = 0; i < USERS; i++) await credits.addCredits(`u${i}`, 1_000_000_000);
+    const ops = Math.min(OPS, Number(process.env.BENCH_ROWS_MONGO_OPS ?? 5000));
+    const rate = await measure(ops, CALLERS, (i) =>
+      credits.deductCredits(`u${(i * 7919) % USERS}`, 1 + (i % 5), { idempotencyKey: `req-${randomUUID()}` }),
+    );
+    const [stats] = await client
+      .db(dbName)
+      .collection("credit_journal")
+      .aggregate<{ storageStats: Record<string, unknown> }>([{ $collStats: { storageStats: {} } }])
+      .toArray();
+    const s = stats?.storageStats ?? {};
+    const n = Number(s.count);
+    const per = (x: unknown) => Math.round(Number(x) / n);
+    return [
+      {
+        backend: "mongodb",
+        scenario: `journal bytes per keyed deduction (${ops.toLocaleString("en-US")} over ${USERS} users, ${CALLERS} callers)`,
+        opsPerSec: rate,
+        note:
+          `${per(Number(s.size) + Number(s.totalIndexSize))} bytes per entry: documents (BSON) ${per(s.size)}, ` +
+          `indexes ${per(s.totalIndexSize)} (${Object.entries((s.indexSizes as Record<string, number>) ?? {})
+            .map(([k, v]) => `${k} ${per(v)}`)
+            .join(
+              ", ",
+            )}); the server's storage ${per(s.storageSize)} + indexes; ${n} entries ($collStats storageStats)`,
+      },
+    ];
+  } finally {
+    await client
+      .db(dbName)
+      .dropDatabase()
+      .catch(() => undefined);
+    await client.close();
+  }
+}
+
 export async function run(): Promise<BenchRow[]> {
-  return [...(await pgRows())];
+  return [...(await pgRows()), ...(await pgSteady()), ...(await mongoRows())];
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
