@@ -110,6 +110,38 @@ describe.each(stores)("idempotency keys with a retention window: $name", (store)
     }
   });
 
+  it("never forgets the library's own keys (cm:…: payments, refunds, subscription periods), only clients' keys", async () => {
+    const opened = await store.open();
+    try {
+      const { m, advance } = await setup(opened.db);
+      await m.subscriptions.createPlan({ id: "basic", name: "Basic", creditsPerPeriod: 100, billingPeriod: "monthly" });
+      await m.subscriptions.subscribe("s1", "basic");
+      await m.credits.deductCredits("s1", 1, { idempotencyKey: "client-key" });
+      const journal = await opened.db.listJournal("s1", { order: "asc", limit: 10 });
+      const system = journal.filter((e) => e.idempotencyKey?.startsWith("cm:") === true);
+      expect(system.length).toBeGreaterThan(0);
+      advance(2 * HOUR);
+      expect((await m.expiration.forgetIdempotencyKeys()).keysForgotten).toBe(1);
+      // Every system key still finds its entry: a unit of work asking for one gets it back.
+      for (const e of system) {
+        const found = await opened.db.transaction(
+          "s1",
+          async (tx) => (await tx.load({ idempotencyKey: e.idempotencyKey as string })).idempotent,
+        );
+        expect(found?.id).toBe(e.id);
+      }
+      const client = await opened.db.transaction(
+        "s1",
+        async (tx) => (await tx.load({ idempotencyKey: "client-key" })).idempotent,
+      );
+      expect(client).toBeNull();
+      expect((await m.credits.audit("s1")).ok).toBe(true);
+      await m.close();
+    } finally {
+      await opened.drop();
+    }
+  });
+
   it("keeps every key for ever by default: the job does nothing", async () => {
     const opened = await store.open();
     try {

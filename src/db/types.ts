@@ -99,8 +99,11 @@ export interface JournalStore {
    * `before` whose key is still remembered, and answers how many it forgot (fewer than `limit`:
    * none is left). A forgotten key no longer answers a retry — a unit of work asking for it finds
    * nothing, and the key can be used again — but the entry keeps it (its hash covers it: the audit
-   * still verifies). Run by `expiration.forgetIdempotencyKeys` (docs/running-for-years.md); a
-   * store without it keeps every key for ever.
+   * still verifies). Keys the library made itself (`SYSTEM_KEY_PREFIX`, `cm:`: payments credited,
+   * refunds, subscription periods) are never forgotten: they guard against redelivered webhooks and
+   * re-run jobs, and there is one per payment or period, not per request. Run by
+   * `expiration.forgetIdempotencyKeys` (docs/running-for-years.md); a store without it keeps every
+   * key for ever.
    */
   forgetIdempotencyKeys?(before: Date, limit: number): Promise<number>;
 }

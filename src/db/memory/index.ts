@@ -1,6 +1,7 @@
 import { ConflictError } from "../../errors.js";
 import { isOpenGrant } from "../../domain/order.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { DueIndex } from "./due-index.js";
 import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
@@ -327,6 +328,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
       for (const [key, at] of u.byKey) {
         if (forgotten >= limit) return forgotten;
         if (u.journal.createdAt(at) >= cutoff) break;
+        if (key.startsWith(SYSTEM_KEY_PREFIX)) continue; // the library's own: kept (see DbManager)
         u.byKey.delete(key);
         forgotten++;
       }

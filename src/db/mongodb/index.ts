@@ -12,6 +12,7 @@ import type {
 import { z } from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { MongoOutbox, NOTIFICATION_INDEXES } from "./outbox.js";
 import type {
   Changes,
@@ -587,10 +588,14 @@ export class MongoDbManager extends StoreBase implements DbManager {
    * index (string keys only), still part of the entry (`fromDoc` folds it back; the hash covers it).
    */
   async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const SYSTEM_KEYS = new RegExp(`^${SYSTEM_KEY_PREFIX}`);
     if (limit <= 0) return 0;
     const docs = await guard("forgetIdempotencyKeys", () =>
       this.c.journal
-        .find({ idempotencyKey: { $type: "string" }, createdAt: { $lt: before } }, batchOf(limit))
+        .find(
+          { idempotencyKey: { $type: "string", $not: SYSTEM_KEYS }, createdAt: { $lt: before } },
+          batchOf(limit),
+        )
         .project<{ _id: string; idempotencyKey: string }>({ _id: 1, idempotencyKey: 1 })
         .limit(limit)
         .toArray(),

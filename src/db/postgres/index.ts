@@ -2,6 +2,7 @@ import type * as PgModule from "pg";
 import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor, StoreStats } from "../types.js";
@@ -498,10 +499,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     const t = this.sql.tables.journal.qualified;
     const rows = await this.read(
       "forgetIdempotencyKeys",
-      `WITH c AS (SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED), ` +
+      `WITH c AS (SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < $1 ` +
+        `AND substr(idempotency_key, 1, ${SYSTEM_KEY_PREFIX.length}) <> $3 LIMIT $2 FOR UPDATE SKIP LOCKED), ` +
         `u AS (UPDATE ${t} j SET forgotten_key = j.idempotency_key, idempotency_key = NULL FROM c ` +
         `WHERE j.user_id = c.user_id AND j.seq = c.seq RETURNING 1) SELECT count(*)::int AS n FROM u`,
-      [before, limit],
+      [before, limit, SYSTEM_KEY_PREFIX],
     );
     return Number(rows[0]?.n ?? 0);
   }
