@@ -23,7 +23,7 @@ export {
   type ExpirationServiceOptions,
   type ExpireGrantsReport,
   type ForgetKeysReport,
-  type ForgetKeysOptions,
+  ForgetKeysOptions,
   IdempotencyRetention,
   type ReleaseHoldsReport,
   type RenewSubscriptionsReport,

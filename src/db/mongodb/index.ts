@@ -592,10 +592,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     if (limit <= 0) return 0;
     const docs = await guard("forgetIdempotencyKeys", () =>
       this.c.journal
-        .find(
-          { idempotencyKey: { $type: "string", $not: SYSTEM_KEYS }, createdAt: { $lt: before } },
-          batchOf(limit),
-        )
+        .find({ idempotencyKey: { $type: "string", $not: SYSTEM_KEYS }, createdAt: { $lt: before } }, batchOf(limit))
         .project<{ _id: string; idempotencyKey: string }>({ _id: 1, idempotencyKey: 1 })
         .limit(limit)
         .toArray(),

@@ -225,7 +225,11 @@ export class DefinedStore extends StoreBase {
   }
   async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
     const forget = this.journal.forgetIdempotencyKeys;
-    if (forget === undefined) return 0;
+    if (forget === undefined) {
+      throw new ConfigurationError(
+        `[credit-management] the ${this.name} store cannot forget idempotency keys (its journal part has no forgetIdempotencyKeys): keep the retention "forever"`,
+      );
+    }
     return forget.call(this.journal, before, limit);
   }
   insertLedgerEntry(entry: LedgerEntry): Promise<void> {
