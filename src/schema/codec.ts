@@ -67,12 +67,13 @@ export function byteaText(hex: string): string {
 
 /**
  * A model object as column → value, for drivers that take parameters: dates as `Date` (or ISO
- * text with `dates: "iso"`), JSON as text, booleans as 0/1 with `booleans: "int"`.
+ * text with `dates: "iso"`), JSON as text, booleans as 0/1 with `booleans: "int"`, hex digests
+ * (`Column.bytes`) as their hex text or, with `bytes: "buffer"` (PostgreSQL's `BYTEA`), as bytes.
  */
 export function encodeRow(
   columns: readonly Column[],
   value: Record<string, unknown>,
-  options: { dates?: "date" | "iso"; booleans?: "bool" | "int" } = {},
+  options: { dates?: "date" | "iso"; booleans?: "bool" | "int"; bytes?: "hex" | "buffer" } = {},
 ): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const c of columns) {
@@ -90,6 +91,9 @@ export function encodeRow(
         break;
       case "boolean":
         out[c.name] = options.booleans === "int" ? (v ? 1 : 0) : v;
+        break;
+      case "string":
+        out[c.name] = c.bytes === true && options.bytes === "buffer" ? Buffer.from(v as string, "hex") : v;
         break;
       default:
         out[c.name] = v;
