@@ -8,6 +8,8 @@
  * The ledger file's writer, thread against sonic-boom (bench/ledger-writer.ts, from src/):
  * BENCH_LEDGER_WRITER=0 skips it.
  * Diagnostics channels (bench/diagnostics.ts): BENCH_DIAGNOSTICS=0 skips them.
+ * Bytes per journal entry on PostgreSQL and MongoDB, and the idempotency index under the retention
+ * job (bench/rows.ts, when their URLs are set): BENCH_ROWS=0 skips them, BENCH_ROWS_OPS sets the deductions.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -101,6 +103,11 @@ for (const [env, file] of [
   const mod = (await import(`./${file.replace(".ts", ".js")}`)) as { run: () => Promise<BenchRow[]> };
   rows.push(...(await mod.run()));
 }
+
+// Bytes per journal entry (docs/running-for-years.md).
+if (process.env.BENCH_ROWS === "0") notes.push("rows: skipped (BENCH_ROWS=0)");
+else if (process.env.CREDIT_PG_URL || process.env.CREDIT_MONGO_URI)
+  rows.push(...(await (await import("./rows.js")).run()));
 
 /** Runs a bench script in a process of its own (a clean heap) and returns the rows of its last line. */
 function childRows(args: string[]): BenchRow[] {

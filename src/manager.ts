@@ -7,7 +7,7 @@ import { LedgerLogger } from "./ledger/index.js";
 import { FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
-import { ExpirationService } from "./services/expiration-service.js";
+import { ExpirationService, IdempotencyRetention } from "./services/expiration-service.js";
 import { SubscriptionService } from "./services/subscription-service.js";
 import { PaymentManagerOptions, buildPaymentService } from "./payments/index.js";
 import type { PaymentService } from "./services/payment-service.js";
@@ -103,6 +103,12 @@ export const CreditManagerOptions = z.strictObject({
    * `manager.pricing.setPriceBook()`.
    */
   pricing: PriceBookInput.optional(),
+  /**
+   * Idempotency keys: `retention` is how long a key answers retries — `"forever"` (default) or a
+   * window such as `"24h"` or `"30d"` (at least 1m), after which `expiration.runAll()` /
+   * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
+   */
+  idempotency: z.strictObject({ retention: IdempotencyRetention.optional() }).optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -228,6 +234,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger,
     notifications: alertsOn ? notifications : undefined,
     reminderDays: n?.reminderDays,
+    idempotencyRetention: o.idempotency?.retention,
   });
   const shared = { db, ledger, cache: o.cache, clock: o.clock, logger, credits };
   const promos = new PromoService(shared);

@@ -53,6 +53,7 @@ describe("credit-management worker: flags and environment", () => {
       "CREDIT_LOW_CREDITS_PERCENT",
       "CREDIT_REMINDER_DAYS",
       "CREDIT_LEDGER_FILE",
+      "CREDIT_IDEMPOTENCY_RETENTION",
       "SIGTERM",
       "SIGHUP",
     ]) {
@@ -125,6 +126,16 @@ describe("credit-management worker: flags and environment", () => {
     expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual(
       [],
     );
+  });
+
+  it("keeps idempotency keys for ever unless CREDIT_IDEMPOTENCY_RETENTION gives a window", () => {
+    expect(workerSettings({}, { CREDIT_PG_URL: "postgres://x" }).idempotencyRetention).toBe("forever");
+    for (const w of ["30d", "24h", "90s", "86400000"])
+      expect(workerSettings({}, { CREDIT_IDEMPOTENCY_RETENTION: w }).idempotencyRetention).toBe(w);
+    for (const bad of ["10s", "soon", "1000", "-1h"])
+      expect(() => workerSettings({}, { CREDIT_IDEMPOTENCY_RETENTION: bad })).toThrow(
+        new RegExp(`CREDIT_IDEMPOTENCY_RETENTION must be forever or a duration .*not "${bad}"`),
+      );
   });
 
   it("refuses a bad flag or variable with exit code 2, naming it, before connecting to anything", async () => {
@@ -284,6 +295,22 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     await inParallel(users, 8, (u) => past.credits.addCredits(u, 5, { expiresAt: new Date(Date.now() - 3_600_000) }));
     return users;
   }
+
+  it("with CREDIT_IDEMPOTENCY_RETENTION, a jobs round forgets the keys past the window (a retry then charges again)", async () => {
+    const { past, now, env } = await store(2);
+    await past.credits.addCredits("keyed", 100);
+    const old = await past.credits.deductCredits("keyed", 5, { idempotencyKey: "two-days-old" });
+    await now.credits.deductCredits("keyed", 5, { idempotencyKey: "fresh" });
+    const w = startWorker(["--once"], { ...env, CREDIT_IDEMPOTENCY_RETENTION: "1d" });
+    expect((await w.exited).code, w.stderr()).toBe(0);
+    expect(w.lines.find(round("jobs"))).toMatchObject({
+      ok: true,
+      forgetIdempotencyKeys: { retentionMs: 86_400_000, keysForgotten: 1 },
+    });
+    expect((await now.credits.deductCredits("keyed", 5, { idempotencyKey: "two-days-old" })).id).not.toBe(old.id);
+    expect((await now.credits.getUserCreditsInfo("keyed")).balance).toBe(85);
+    expect((await now.credits.audit("keyed")).ok).toBe(true);
+  });
 
   it("SIGTERM mid-round: the round in flight is finished and recorded, then exit 0", async () => {
     const { past, now, env } = await store(1);

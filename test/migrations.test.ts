@@ -67,12 +67,15 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 4 replaces the notifications type check of a store that has the table (PostgreSQL, MySQL, SQLite)", () => {
-    const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" });
+    // (Version 5's column of the journal follows: see the next test.)
+    const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" }).filter(
+      (s) => s.includes("notifications"),
+    );
     expect(pg3).toHaveLength(1);
     expect(pg3[0]).toMatch(
       /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'\)\);$/,
     );
-    const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 });
+    const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 }).filter((s) => s.includes("notifications"));
     expect(my3).toEqual([
       expect.stringMatching(
         /^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/,
@@ -84,6 +87,21 @@ describe("schema upgrades: the statements", () => {
     expect(lite3).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
     // A version 1 store has no notifications table: the DDL creates it whole, with today's check.
     expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
+  });
+
+  it("version 5 adds the journal's forgotten_key (where the retention job moves old idempotency keys), nullable; PostgreSQL stores its hashes as bytes and grants as JSON text", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 4, prefix: "cm_", schema: "billing" })).toEqual([
+      'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "forgotten_key" VARCHAR(255) COLLATE "C";',
+      // One rewrite of the table for both columns, and only while they are text (it can run again).
+      `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'billing' AND table_name = 'cm_journal_entries' AND column_name = 'hash' AND data_type = 'text') THEN ` +
+        `ALTER TABLE "billing"."cm_journal_entries" ALTER COLUMN "hash" TYPE BYTEA USING decode("hash", 'hex'), ALTER COLUMN "prev_hash" TYPE BYTEA USING decode("prev_hash", 'hex'), ALTER COLUMN "grants" TYPE JSON USING "grants"::json; END IF; END $$;`,
+    ]);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
+      "ALTER TABLE `journal_entries` ADD COLUMN `forgotten_key` VARCHAR(255);",
+    ]);
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 4 })).toEqual([
+      'ALTER TABLE "journal_entries" ADD COLUMN "forgotten_key" TEXT;',
+    ]);
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {

@@ -75,6 +75,18 @@ describe("schema generator: columns from the zod models", () => {
     expect(ddl).not.toMatch(/DOUBLE PRECISION|\bTIMESTAMP\b(?!TZ)/);
   });
 
+  it("keeps the journal's hashes as bytes and its grants as JSON text on PostgreSQL only (docs/running-for-years.md)", () => {
+    const pg = generateSql({ dialect: "postgres" });
+    expect(pg).toContain('"hash" BYTEA NOT NULL');
+    expect(pg).toContain('"prev_hash" BYTEA,');
+    expect(pg).toContain('"grants" JSON NOT NULL');
+    expect(pg).toContain('"forgotten_key" VARCHAR(255) COLLATE "C"');
+    // Other JSON stays JSONB (metadata may be queried); other dialects keep their text.
+    expect(pg).toContain('"metadata" JSONB');
+    expect(generateSql({ dialect: "sqlite" })).toContain('"hash" TEXT NOT NULL');
+    expect(generateSql({ dialect: "mysql" })).not.toContain("BYTEA");
+  });
+
   it("emits MySQL and SQLite dialects", () => {
     const mysql = generateSql({ dialect: "mysql" });
     expect(mysql).toContain("`created_at` DATETIME(3) NOT NULL");
@@ -142,8 +154,12 @@ describe("schema generator: columns from the zod models", () => {
 });
 
 /** Every stored column as the driver returns it, decoded back into the model. */
-function expectRoundTrip(key: TableKey, row: Record<string, unknown>): void {
-  const decoded = decodeRow(columnsOf(tableSpecs[key].model), row);
+function expectRoundTrip(
+  key: TableKey,
+  row: Record<string, unknown>,
+  columns = columnsOf(tableSpecs[key].model),
+): void {
+  const decoded = decodeRow(columns, row);
   expect(tableSpecs[key].model.parse(decoded)).toEqual(samples[key]);
 }
 
@@ -165,7 +181,8 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
 
   it("round-trips one object of every model exactly", async () => {
     for (const table of sqlTables({ dialect: "postgres", schema })) {
-      const row = encodeRow(table.columns, samples[table.key] as Record<string, unknown>);
+      // Hex digests as bytes: PostgreSQL keeps the journal's hashes as BYTEA.
+      const row = encodeRow(table.columns, samples[table.key] as Record<string, unknown>, { bytes: "buffer" });
       const names = Object.keys(row);
       await client.query(
         `INSERT INTO ${table.qualified} (${names.map((n) => `"${n}"`).join(", ")}) VALUES (${names.map((_, i) => `$${i + 1}`).join(", ")})`,
@@ -173,7 +190,7 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
       );
       const back = await client.query(`SELECT * FROM ${table.qualified}`);
       expect(back.rows).toHaveLength(1);
-      expectRoundTrip(table.key, back.rows[0]);
+      expectRoundTrip(table.key, back.rows[0], table.columns);
     }
   });
 

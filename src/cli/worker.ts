@@ -5,6 +5,7 @@ import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
+import { IdempotencyRetention } from "../services/expiration-service.js";
 
 /**
  * `credit-management worker` (docs/operations.md): the jobs, the expiring-credit reminders and the
@@ -40,6 +41,8 @@ export interface WorkerSettings {
   lowCreditsPercent: number | undefined;
   ledgerFile: string | undefined;
   logLevel: LogLevel;
+  /** How long idempotency keys answer retries (`IdempotencyRetention`); "forever": never forgotten. */
+  idempotencyRetention: string;
 }
 
 /** The worker's flags as `parseArgs` gives them (strings; flags win over their variables). */
@@ -95,6 +98,8 @@ Environment of "worker":
   CREDIT_LOW_CREDITS_PERCENT       The low_credits threshold, in percent (as notifications.lowCreditsPercent)
   CREDIT_REMINDER_DAYS             Reminder windows in days, comma-separated. Default 7; none: no reminders
   CREDIT_LEDGER_FILE               A JSONL ledger file to append to; SIGHUP reopens it (logrotate)
+  CREDIT_IDEMPOTENCY_RETENTION     How long idempotency keys answer retries: forever (default) or 1m to
+                                   100 years (24h, 30d): the jobs forget older keys (a retry is then a new operation)
 Signals: SIGTERM or SIGINT finishes the rounds in flight, then exits 0 (--once: its exit code); a
   second one exits at once (130 SIGINT, 143 SIGTERM); what a cut round did is all there or not at all.
   One JSON line (pino) per round on standard output.
@@ -183,6 +188,13 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     throw new WorkerUsageError(`${levelText.from} must be one of ${LOG_LEVELS.join(", ")}, not "${levelText.text}"`);
   }
   const ledgerFile = read(null, "CREDIT_LEDGER_FILE")?.text;
+  const retentionText = read(null, "CREDIT_IDEMPOTENCY_RETENTION")?.text ?? "forever";
+  const retention = /^[0-9]+$/.test(retentionText) ? Number(retentionText) : retentionText;
+  if (!IdempotencyRetention.safeParse(retention).success) {
+    throw new WorkerUsageError(
+      `CREDIT_IDEMPOTENCY_RETENTION must be forever or a duration from 1m to 100 years (90s, 15m, 24h, 30d or a number of ms), not "${retentionText}"`,
+    );
+  }
 
   const settings: WorkerSettings = {
     once: flags.once === true,
@@ -202,6 +214,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     lowCreditsPercent: number(null, "CREDIT_LOW_CREDITS_PERCENT", 0, 100),
     ledgerFile,
     logLevel: (levelText?.text as LogLevel | undefined) ?? "info",
+    idempotencyRetention: retentionText,
   };
   if (settings.jobsEveryMs === 0 && settings.remindersEveryMs === 0 && settings.dispatchEveryMs === 0) {
     throw new WorkerUsageError(
@@ -318,6 +331,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         cache,
         logger,
         ledger: settings.ledgerFile === undefined ? false : { filePath: settings.ledgerFile },
+        idempotency: { retention: retentionSetting(settings.idempotencyRetention) },
         notifications:
           settings.notifications === "off"
             ? undefined
@@ -418,18 +432,33 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
   }
 }
 
-/** Lapsed holds, renewals, expiry — in `runAll`'s order (docs/subscriptions.md, "Jobs"). */
+/** The retention setting as the manager takes it: a number of ms, or the text. */
+function retentionSetting(text: string): number | string {
+  return /^[0-9]+$/.test(text) ? Number(text) : text;
+}
+
+/**
+ * Lapsed holds, renewals, expiry — in `runAll`'s order (docs/subscriptions.md, "Jobs") — and,
+ * with a retention window, the idempotency keys past it (docs/running-for-years.md).
+ */
 async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResult> {
   const options = { batchSize: s.batchSize, concurrency: s.concurrency };
   const { job: _h, asOf, ...releaseExpiredHolds } = await m.expiration.releaseExpiredHolds(undefined, options);
   const { job: _r, asOf: _ra, ...renewDueSubscriptions } = await m.expiration.renewDueSubscriptions(asOf, options);
   const { job: _e, asOf: _ea, ...expireDueGrants } = await m.expiration.expireDueGrants(asOf, options);
   const errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
-  return {
-    ok: errors === 0,
-    idle: false,
-    report: { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants },
-  };
+  const report: Record<string, unknown> = { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants };
+  if (s.idempotencyRetention !== "forever") {
+    const {
+      job: _k,
+      asOf: _ka,
+      ...forgetIdempotencyKeys
+    } = await m.expiration.forgetIdempotencyKeys(asOf, {
+      batchSize: s.batchSize,
+    });
+    report.forgetIdempotencyKeys = forgetIdempotencyKeys;
+  }
+  return { ok: errors === 0, idle: false, report };
 }
 
 /** The expiring-credit reminders of each window (recorded once per grant and window). */

@@ -100,6 +100,18 @@ export interface JournalStore {
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;
+  /**
+   * Optional: forgets the idempotency keys of at most `limit` journal entries created before
+   * `before` whose key is still remembered, and answers how many it forgot (fewer than `limit`:
+   * none is left). A forgotten key no longer answers a retry — a unit of work asking for it finds
+   * nothing, and the key can be used again — but the entry keeps it (its hash covers it: the audit
+   * still verifies). Keys the library made itself (`SYSTEM_KEY_PREFIX`, `cm:`: payments credited,
+   * refunds, subscription periods) are never forgotten: they guard against redelivered webhooks and
+   * re-run jobs, and there is one per payment or period, not per request. Run by
+   * `expiration.forgetIdempotencyKeys` (docs/running-for-years.md); a store without it keeps every
+   * key for ever.
+   */
+  forgetIdempotencyKeys?(before: Date, limit: number): Promise<number>;
 }
 
 /** What `DbManager.stats()` counts, across every account. */

@@ -1,4 +1,4 @@
-import type { Column } from "./columns.js";
+import { type Column, FORGOTTEN_KEY } from "./columns.js";
 
 /**
  * Turns a row read back from SQL (column names, driver or JSON value types) into a model object:
@@ -8,7 +8,23 @@ import type { Column } from "./columns.js";
 export function decodeRow<T>(columns: readonly Column[], row: Record<string, unknown>): T {
   const out: Record<string, unknown> = {};
   for (const c of columns) out[c.field] = decodeValue(c, row[c.name]);
+  if (FORGOTTEN_KEY in out) foldForgottenKey(out);
   return out as T;
+}
+
+/**
+ * A journal entry whose idempotency key was forgotten (moved to `forgotten_key` by the retention
+ * job) reads back with its key, as it was written and hashed; the extra field goes.
+ */
+export function foldForgottenKey(out: Record<string, unknown>): void {
+  const forgotten = out[FORGOTTEN_KEY];
+  delete out[FORGOTTEN_KEY];
+  if (
+    forgotten !== null &&
+    forgotten !== undefined &&
+    (out.idempotencyKey === null || out.idempotencyKey === undefined)
+  )
+    out.idempotencyKey = forgotten;
 }
 
 export function decodeValue(c: Column, v: unknown): unknown {
@@ -27,19 +43,37 @@ export function decodeValue(c: Column, v: unknown): unknown {
       return v === true || v === 1 || v === "1" || v === "t" || v === "true";
     case "json":
       return typeof v === "string" ? JSON.parse(v) : v;
+    case "string":
+      return c.bytes === true ? hexOf(v) : v;
     default:
       return v;
   }
 }
 
 /**
+ * A digest stored as bytes, as the model's hex: node-pg reads `bytea` as a Buffer; PostgreSQL's
+ * JSON (`row_to_json`) writes it as `"\\x…"`. A store that keeps the hex text answers it as is.
+ */
+function hexOf(v: unknown): string {
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("hex");
+  const s = v as string;
+  return s.startsWith("\\x") ? s.slice(2) : s;
+}
+
+/** A hex digest as PostgreSQL's `bytea` input (hex format), for JSON that `json_populate_record` reads. */
+export function byteaText(hex: string): string {
+  return `\\x${hex}`;
+}
+
+/**
  * A model object as column → value, for drivers that take parameters: dates as `Date` (or ISO
- * text with `dates: "iso"`), JSON as text, booleans as 0/1 with `booleans: "int"`.
+ * text with `dates: "iso"`), JSON as text, booleans as 0/1 with `booleans: "int"`, hex digests
+ * (`Column.bytes`) as their hex text or, with `bytes: "buffer"` (PostgreSQL's `BYTEA`), as bytes.
  */
 export function encodeRow(
   columns: readonly Column[],
   value: Record<string, unknown>,
-  options: { dates?: "date" | "iso"; booleans?: "bool" | "int" } = {},
+  options: { dates?: "date" | "iso"; booleans?: "bool" | "int"; bytes?: "hex" | "buffer" } = {},
 ): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const c of columns) {
@@ -57,6 +91,9 @@ export function encodeRow(
         break;
       case "boolean":
         out[c.name] = options.booleans === "int" ? (v ? 1 : 0) : v;
+        break;
+      case "string":
+        out[c.name] = c.bytes === true && options.bytes === "buffer" ? Buffer.from(v as string, "hex") : v;
         break;
       default:
         out[c.name] = v;

@@ -21,6 +21,17 @@ export interface Column {
   /** Bounds of an integer or number. */
   minimum?: number;
   maximum?: number;
+  /**
+   * A SHA-256 digest, lowercase hex in the model: PostgreSQL stores its 32 bytes (`BYTEA`, read
+   * back as hex by the adapter), not 64 characters of text (docs/running-for-years.md).
+   */
+  bytes?: boolean;
+  /**
+   * JSON kept as its text on PostgreSQL (`JSON`, not `JSONB`): for small values never queried
+   * inside, the text the adapter writes (no spaces) is smaller than JSONB's binary form with its
+   * per-key headers (docs/running-for-years.md).
+   */
+  jsonText?: boolean;
 }
 
 /** A JSON Schema node, as zod emits it. */
@@ -47,6 +58,12 @@ export function modelJsonSchema(model: z.ZodType): JsonSchemaNode {
     },
   }) as JsonSchemaNode;
 }
+
+/**
+ * The field (column `forgotten_key`) that holds an idempotency key once its retention window has
+ * passed: out of the unique index, still part of the entry (see `tableColumns` in ./sql.ts).
+ */
+export const FORGOTTEN_KEY = "forgottenKey";
 
 /** `grantId` → `grant_id`. */
 export function snakeCase(field: string): string {

@@ -31,6 +31,18 @@ interface ChangedCheck {
   field: string;
 }
 
+/**
+ * A column of a table that existed before whose PostgreSQL type changed: a hex digest now stored
+ * as bytes (`Column.bytes`: `BYTEA`, `decode(…, 'hex')` of each row), JSON now kept as text
+ * (`Column.jsonText`: `JSON`). The whole table is rewritten once; the other dialects keep the
+ * types they had.
+ */
+interface RetypedColumn {
+  table: TableKey;
+  /** The model's field (camelCase). */
+  field: string;
+}
+
 interface Migration {
   /** The version this step reaches. */
   to: number;
@@ -38,6 +50,8 @@ interface Migration {
   columns: readonly AddedColumn[];
   /** Enum columns whose CHECK is replaced by today's (values added). */
   checks?: readonly ChangedCheck[];
+  /** Columns whose PostgreSQL type changed in this version. */
+  retyped?: readonly RetypedColumn[];
 }
 
 /**
@@ -68,6 +82,17 @@ export const MIGRATIONS: readonly Migration[] = [
       "notifications.type allows feature_status_changed and the domain events (credits_added, credits_adjusted, credits_deducted, credits_refunded, credits_voided, credits_expired, hold_placed, hold_settled)",
     columns: [],
     checks: [{ table: "notifications", field: "type" }],
+  },
+  {
+    to: 5,
+    summary:
+      "journal_entries.forgotten_key: where the idempotency-key retention job moves a key past its window, out of the unique index; PostgreSQL: journal_entries.hash and prev_hash as BYTEA (32 bytes, not 64 hex characters), grants as JSON text (docs/running-for-years.md)",
+    columns: [{ table: "journal", field: "forgottenKey" }],
+    retyped: [
+      { table: "journal", field: "hash" },
+      { table: "journal", field: "prevHash" },
+      { table: "journal", field: "grants" },
+    ],
   },
 ];
 
@@ -130,8 +155,43 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
         throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
       out.push(...replaceCheck(dialect, table, column, naming));
     }
+    if (dialect !== "postgres") continue;
+    // One statement per table: each ALTER … TYPE rewrites the whole table once.
+    const retyped = new Map<SqlTable, Column[]>();
+    for (const changed of step.retyped ?? []) {
+      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
+      const table = tables.get(changed.table);
+      const column = table?.columns.find((c) => c.field === changed.field);
+      if (table === undefined || column === undefined || (column.bytes !== true && column.jsonText !== true))
+        throw new Error(`migration to ${step.to}: no bytes or JSON text column ${changed.table}.${changed.field}`);
+      retyped.set(table, [...(retyped.get(table) ?? []), column]);
+    }
+    for (const [table, columns] of retyped) out.push(retype(table, columns, naming));
   }
   return out;
+}
+
+/**
+ * PostgreSQL: hex text columns as `BYTEA` (each value decoded), JSONB ones as `JSON`, in one
+ * `ALTER TABLE` (one rewrite), only while the first of them still has its old type, so that the
+ * statement can run again after a partial upgrade (it is one statement: all or nothing).
+ */
+function retype(table: SqlTable, columns: readonly Column[], naming: NamingOptions): string {
+  const schema = naming.schema === undefined ? "current_schema()" : `'${naming.schema}'`;
+  const first = columns[0] as Column;
+  const alter = columns
+    .map((c) => {
+      const n = quoteIdent("postgres", c.name);
+      return c.bytes === true
+        ? `ALTER COLUMN ${n} TYPE BYTEA USING decode(${n}, 'hex')`
+        : `ALTER COLUMN ${n} TYPE JSON USING ${n}::json`;
+    })
+    .join(", ");
+  return (
+    `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = ${schema} ` +
+    `AND table_name = '${table.name}' AND column_name = '${first.name}' AND data_type = '${first.bytes === true ? "text" : "jsonb"}') THEN ` +
+    `ALTER TABLE ${table.qualified} ${alter}; END IF; END $$;`
+  );
 }
 
 /**

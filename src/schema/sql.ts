@@ -1,4 +1,4 @@
-import { type Column, columnsOf } from "./columns.js";
+import { type Column, FORGOTTEN_KEY, columnsOf, snakeCase } from "./columns.js";
 import {
   type IndexCondition,
   type IndexSpec,
@@ -44,7 +44,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -95,9 +95,37 @@ export function sqlTables(options: SqlOptions): SqlTable[] {
       spec,
       name,
       qualified: options.schema === undefined ? q : `${quoteIdent(options.dialect, options.schema)}.${q}`,
-      columns: columnsOf(spec.model),
+      columns: tableColumns(spec),
     };
   });
+}
+
+/**
+ * The columns of a table: its model's, and for a table with an idempotency key one more,
+ * `forgotten_key` (field `forgottenKey`): where the retention job (`forgetIdempotencyKeys`) moves a
+ * key out of the unique index once its window has passed (docs/running-for-years.md). The entry
+ * still reads back with its key (`decodeRow` folds the column back into `idempotencyKey`), so its
+ * hash verifies; only the lookup by key no longer finds it.
+ */
+export function tableColumns(spec: TableSpec): Column[] {
+  const columns = columnsOf(spec.model);
+  for (const field of spec.binary ?? []) {
+    const c = columns.find((x) => x.field === field);
+    if (c === undefined || c.kind !== "string")
+      throw new Error(`table ${spec.name}: binary field "${field}" is not a string field of its model`);
+    c.bytes = true;
+  }
+  for (const field of spec.jsonText ?? []) {
+    const c = columns.find((x) => x.field === field);
+    if (c === undefined || c.kind !== "json")
+      throw new Error(`table ${spec.name}: jsonText field "${field}" is not a JSON field of its model`);
+    c.jsonText = true;
+  }
+  if (spec.idempotencyKey === undefined) return columns;
+  const key = columns.find((c) => c.field === spec.idempotencyKey);
+  if (key === undefined) throw new Error(`table ${spec.name}: no field "${spec.idempotencyKey}" in its model`);
+  columns.push({ ...key, field: FORGOTTEN_KEY, name: snakeCase(FORGOTTEN_KEY), nullable: true });
+  return columns;
 }
 
 /**
@@ -364,7 +392,9 @@ function columnParts(
   let type: string;
   switch (c.kind) {
     case "string":
-      if (dialect === "mysql") {
+      if (c.bytes === true && dialect === "postgres") {
+        type = "BYTEA";
+      } else if (dialect === "mysql") {
         if (c.maxLength === undefined && indexed) {
           throw new Error(`${table}.${c.field} is a key but its model sets no maximum length (MySQL needs one)`);
         }
@@ -406,7 +436,7 @@ function columnParts(
       type = dialect === "postgres" ? "TIMESTAMPTZ" : dialect === "mysql" ? "DATETIME(3)" : "TEXT";
       break;
     case "json":
-      type = dialect === "postgres" ? "JSONB" : dialect === "mysql" ? "JSON" : "TEXT";
+      type = dialect === "postgres" ? (c.jsonText === true ? "JSON" : "JSONB") : dialect === "mysql" ? "JSON" : "TEXT";
       if (dialect === "sqlite") checks.push(`json_valid(${name})`);
       break;
   }

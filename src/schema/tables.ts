@@ -34,6 +34,10 @@ export interface TableSpec {
   primaryKey: readonly string[];
   /** The field holding the idempotency key: unique per user where it is set. */
   idempotencyKey?: string;
+  /** Fields holding SHA-256 digests as hex (see `Column.bytes`): bytes where the store can keep them. */
+  binary?: readonly string[];
+  /** JSON fields kept as compact text on PostgreSQL (see `Column.jsonText`). */
+  jsonText?: readonly string[];
   indexes: readonly IndexSpec[];
   /**
    * PostgreSQL fillfactor (percent): room left in each page so that updates of rows that change
@@ -105,6 +109,10 @@ export const tableSpecs: TableSpecs = {
     // id gets no second index (each would cost every write).
     primaryKey: ["userId", "seq"],
     idempotencyKey: "idempotencyKey",
+    // 32 bytes each instead of 64 characters (docs/running-for-years.md).
+    binary: ["hash", "prevHash"],
+    // Never queried inside: `[{"grantId":"…","amount":5}]` as text is smaller than as JSONB.
+    jsonText: ["grants"],
     indexes: [],
   },
   ledger: {

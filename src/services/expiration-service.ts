@@ -1,7 +1,7 @@
 import type { Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
-import { ValidationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { AsOf, BatchSize, ExpiringDays, UserId, parse, type Subscription } from "../models/index.js";
 import type { CreditService } from "./credit-service.js";
@@ -24,6 +24,68 @@ export interface ExpirationServiceOptions {
   notifications?: NotificationService;
   /** The reminder windows `runAll()` records, in days (`sendExpiringReminders`). Default `[7]`; `[]`: none. */
   reminderDays?: readonly number[];
+  /**
+   * How long an idempotency key answers retries (`IdempotencyRetention`): `"forever"` (default) or
+   * a window, after which `forgetIdempotencyKeys()` (and `runAll()`) forgets it.
+   */
+  idempotencyRetention?: IdempotencyRetention;
+}
+
+const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+const RETENTION_TEXT = /^([0-9]+)(ms|s|m|h|d)$/;
+/** The shortest window: a key must outlive any retry of its request in flight. */
+const MIN_RETENTION_MS = 60_000;
+/** The longest window (100 years): past it, say `"forever"`. */
+const MAX_RETENTION_MS = 100 * 365 * 86_400_000;
+
+/** A window's length in ms, or null for "forever" (or text that is not a duration). */
+function retentionText(value: string): number | null {
+  const m = RETENTION_TEXT.exec(value);
+  return m === null ? null : Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
+}
+
+/**
+ * How long idempotency keys answer retries (docs/running-for-years.md): `"forever"` (the default:
+ * every key for ever, as before), or a window of at least one minute — a number of milliseconds,
+ * or text such as `"90s"`, `"15m"`, `"24h"`, `"30d"`. Within the window a retry with the same key
+ * answers the first result; once the window has passed and the job has run, the key is forgotten
+ * and a request with it is a new operation (a deduction charges again).
+ */
+export const IdempotencyRetention = z.union([
+  z.literal("forever"),
+  z.number().int().min(MIN_RETENTION_MS).max(MAX_RETENTION_MS),
+  z.string().refine(
+    (v) => {
+      const ms = retentionText(v);
+      return ms !== null && ms >= MIN_RETENTION_MS && ms <= MAX_RETENTION_MS;
+    },
+    { error: `must be "forever", or a duration from 1m to 100 years such as "24h" or "30d" (ms, s, m, h, d)` },
+  ),
+]);
+export type IdempotencyRetention = z.input<typeof IdempotencyRetention>;
+
+/** A window's length in ms (null: for ever), from a value `IdempotencyRetention` accepted. */
+export function retentionMs(value: IdempotencyRetention): number | null {
+  if (value === "forever") return null;
+  return typeof value === "number" ? value : retentionText(value);
+}
+
+export const ForgetKeysOptions = z.strictObject({
+  /** Default: the manager's `idempotency.retention`. */
+  retention: IdempotencyRetention.optional(),
+  /** Keys forgotten per statement. Default 1,000. */
+  batchSize: BatchSize.optional(),
+});
+export type ForgetKeysOptions = z.input<typeof ForgetKeysOptions>;
+
+/** What `forgetIdempotencyKeys()` did. */
+export interface ForgetKeysReport extends JobBase {
+  job: "forgetIdempotencyKeys";
+  /** The window in ms; null: keys are kept for ever (nothing was done). */
+  retentionMs: number | null;
+  /** Keys of entries created before this instant (ISO) were forgotten; null with no window. */
+  before: string | null;
+  keysForgotten: number;
 }
 
 export const JobOptions = z.strictObject({
@@ -84,6 +146,8 @@ export interface RunAllReport {
   sendExpiringReminders: { days: number; scanned: number; recorded: number }[] | null;
   /** The outbox delivered after the jobs (their events included). Null with notifications off. */
   dispatchPending: DispatchReport | null;
+  /** Idempotency keys past their window, forgotten. Null when keys are kept for ever (the default). */
+  forgetIdempotencyKeys: ForgetKeysReport | null;
   durationMs: number;
 }
 
@@ -103,6 +167,7 @@ export class ExpirationService {
   private readonly logger: Logger | undefined;
   private readonly notifications: NotificationService | undefined;
   private readonly reminderDays: readonly number[];
+  private readonly retention: number | null;
 
   constructor(options: ExpirationServiceOptions) {
     this.db = options.db;
@@ -113,6 +178,56 @@ export class ExpirationService {
     this.logger = options.logger;
     this.notifications = options.notifications;
     this.reminderDays = parse(ReminderDays, options.reminderDays ?? [7], "reminderDays");
+    this.retention = retentionMs(
+      parse(IdempotencyRetention, options.idempotencyRetention ?? "forever", "idempotency.retention"),
+    );
+  }
+
+  /**
+   * Forgets the idempotency keys of journal entries older than the retention window (`retention`,
+   * default the manager's `idempotency.retention`), in statements of `batchSize`, until none is
+   * left: a retry with such a key is then a new operation. The entries keep their keys — the audit
+   * still verifies them — but the keys leave the unique index, so it stops growing with the
+   * journal (docs/running-for-years.md). With keys kept for ever (the default) it does nothing.
+   */
+  async forgetIdempotencyKeys(now?: Date | string, options: ForgetKeysOptions = {}): Promise<ForgetKeysReport> {
+    const asOf = this.asOf(now);
+    const o = parse(ForgetKeysOptions, options, "options");
+    const window = o.retention === undefined ? this.retention : retentionMs(o.retention);
+    return traceJob(
+      "forgetIdempotencyKeys",
+      asOf,
+      async () => {
+        const started = performance.now();
+        const before = window === null ? null : new Date(asOf.getTime() - window);
+        const report: ForgetKeysReport = {
+          job: "forgetIdempotencyKeys",
+          asOf: asOf.toISOString(),
+          retentionMs: window,
+          before: before?.toISOString() ?? null,
+          keysForgotten: 0,
+          errors: 0,
+          durationMs: 0,
+        };
+        const forget = this.db.forgetIdempotencyKeys;
+        if (before === null) return report;
+        if (forget === undefined) {
+          throw new ConfigurationError(
+            `[credit-management] the ${this.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
+          );
+        }
+        const limit = o.batchSize ?? 1000;
+        for (;;) {
+          const n = await forget.call(this.db, before, limit);
+          report.keysForgotten += n;
+          if (n < limit) break;
+        }
+        report.durationMs = Math.round(performance.now() - started);
+        await this.record(report);
+        return report;
+      },
+      (r) => [r.keysForgotten, r.keysForgotten, r.errors],
+    );
   }
 
   /** Expires the unspent part of every grant due at `now` (default: the clock), account by account. */
@@ -298,6 +413,8 @@ export class ExpirationService {
       }
       dispatchPending = await notifications.dispatchPending({ limit: DISPATCH_LIMIT });
     }
+    const forgetIdempotencyKeys =
+      this.retention === null ? null : await this.forgetIdempotencyKeys(asOf, { batchSize: options.batchSize });
     return {
       asOf: asOf.toISOString(),
       releaseExpiredHolds,
@@ -305,6 +422,7 @@ export class ExpirationService {
       expireDueGrants,
       sendExpiringReminders,
       dispatchPending,
+      forgetIdempotencyKeys,
       durationMs: Math.round(performance.now() - started),
     };
   }

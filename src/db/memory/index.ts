@@ -1,6 +1,7 @@
 import { ConflictError } from "../../errors.js";
 import { isOpenGrant } from "../../domain/order.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { DueIndex } from "./due-index.js";
 import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
@@ -315,6 +316,25 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     if (status !== undefined) return settled.filter((r) => r.status === status);
     // By creation, as the other stores list them.
     return [...active(), ...settled].sort(oldestFirst);
+  }
+
+  /**
+   * Drops keys from each account's key map (the lookup); the entries keep them (their hash covers
+   * them). Oldest first within an account: keys enter the map in journal order.
+   */
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const cutoff = before.getTime();
+    let forgotten = 0;
+    for (const u of this.users.values()) {
+      for (const [key, at] of u.byKey) {
+        if (forgotten >= limit) return forgotten;
+        if (u.journal.createdAt(at) >= cutoff) break;
+        if (key.startsWith(SYSTEM_KEY_PREFIX)) continue; // the library's own: kept (see DbManager)
+        u.byKey.delete(key);
+        forgotten++;
+      }
+    }
+    return forgotten;
   }
 
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {

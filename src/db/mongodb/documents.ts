@@ -64,6 +64,8 @@ export function fromDoc<T extends object>(k: Kind<T>, doc: Document): T {
     const v = key === k.idField ? doc._id : doc[key];
     out[key] = v === undefined ? null : toNumberIfLong(v);
   }
+  // A journal entry whose idempotency key the retention job forgot keeps it in `forgottenKey`.
+  if (typeof doc.forgottenKey === "string" && out.idempotencyKey === null) out.idempotencyKey = doc.forgottenKey;
   return out as T;
 }
 

@@ -3,6 +3,7 @@ import type { ClientSession, Collection, Db, Document, Filter, MongoClientOption
 import { z } from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { MongoOutbox } from "./outbox.js";
 import type {
   Changes,
@@ -659,6 +660,35 @@ export class MongoDbManager extends StoreBase implements DbManager {
         .toArray(),
     );
     return docs.map((d) => fromDoc(ENTRY, d));
+  }
+
+  /**
+   * Moves each key to `forgottenKey` and sets `idempotencyKey` to null: out of the partial unique
+   * index (string keys only), still part of the entry (`fromDoc` folds it back; the hash covers it).
+   */
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const SYSTEM_KEYS = new RegExp(`^${SYSTEM_KEY_PREFIX}`);
+    if (limit <= 0) return 0;
+    const docs = await guard("forgetIdempotencyKeys", () =>
+      this.c.journal
+        .find({ idempotencyKey: { $type: "string", $not: SYSTEM_KEYS }, createdAt: { $lt: before } }, batchOf(limit))
+        .project<{ _id: string; idempotencyKey: string }>({ _id: 1, idempotencyKey: 1 })
+        .limit(limit)
+        .toArray(),
+    );
+    if (docs.length === 0) return 0;
+    const result = await guard("forgetIdempotencyKeys", () =>
+      this.c.journal.bulkWrite(
+        docs.map((d) => ({
+          updateOne: {
+            filter: { _id: d._id, idempotencyKey: d.idempotencyKey },
+            update: { $set: { forgottenKey: d.idempotencyKey, idempotencyKey: null } },
+          },
+        })),
+        { ordered: false },
+      ),
+    );
+    return result.modifiedCount;
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {

@@ -2,6 +2,7 @@ import type * as PgModule from "pg";
 import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor, StoreStats } from "../types.js";
@@ -542,6 +543,25 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     const text = `${this.sql.select("journal")} WHERE ${where.join(" AND ")} ORDER BY seq ${query.order === "desc" ? "DESC" : "ASC"} LIMIT $${params.length}`;
     const rows = await this.read("listJournal", text, params);
     return rows.map((r) => this.decode<JournalEntry>("journal", r));
+  }
+
+  /**
+   * Moves the keys to `forgotten_key` (out of the partial unique index, which VACUUM then shrinks;
+   * the entry keeps its key and its hash verifies). Rows a unit of work holds are skipped for the
+   * next call. Reads the live keys through their index: the work of a call is bounded by the keys
+   * the window keeps (docs/running-for-years.md).
+   */
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const t = this.sql.tables.journal.qualified;
+    const rows = await this.read(
+      "forgetIdempotencyKeys",
+      `WITH c AS (SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < $1 ` +
+        `AND substr(idempotency_key, 1, ${SYSTEM_KEY_PREFIX.length}) <> $3 LIMIT $2 FOR UPDATE SKIP LOCKED), ` +
+        `u AS (UPDATE ${t} j SET forgotten_key = j.idempotency_key, idempotency_key = NULL FROM c ` +
+        `WHERE j.user_id = c.user_id AND j.seq = c.seq RETURNING 1) SELECT count(*)::int AS n FROM u`,
+      [before, limit, SYSTEM_KEY_PREFIX],
+    );
+    return Number(rows[0]?.n ?? 0);
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {

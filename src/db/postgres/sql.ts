@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Column } from "../../schema/columns.js";
+import { byteaText } from "../../schema/codec.js";
 import { type SqlTable, generateSql, quoteIdent, sqlTables, versionTableName } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 
@@ -193,7 +194,10 @@ const PG_TYPES: Record<Column["kind"], string> = {
 /** `x(id text, remaining bigint, …)`: the record a `json_to_record(set)` call reads. */
 function recordOf(t: SqlTable, names: readonly string[], extra?: string): string {
   const byName = new Map(t.columns.map((c) => [c.name, c]));
-  const fields = names.map((n) => `${q(n)} ${PG_TYPES[(byName.get(n) as Column).kind]}`);
+  const fields = names.map((n) => {
+    const c = byName.get(n) as Column;
+    return `${q(n)} ${c.bytes === true ? "bytea" : c.jsonText === true ? "json" : PG_TYPES[c.kind]}`;
+  });
   if (extra !== undefined) fields.push(extra);
   return `x(${fields.join(", ")})`;
 }
@@ -305,6 +309,9 @@ export function executeText(s: Statement, args: ReadonlyArray<string | null>, pr
 export function toRow(columns: readonly Column[], value: object): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const v = value as Record<string, unknown>;
-  for (const c of columns) out[c.name] = v[c.field] ?? null;
+  for (const c of columns) {
+    const x = v[c.field] ?? null;
+    out[c.name] = c.bytes === true && x !== null ? byteaText(x as string) : x;
+  }
   return out;
 }

@@ -10,6 +10,7 @@ import type {
   Subscription,
 } from "../../models/index.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
+import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { decodeRow, encodeRow } from "../../schema/codec.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import {
@@ -416,6 +417,16 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
           "journal",
           `WHERE ${where.join(" AND ")} ORDER BY seq ${q.order === "desc" ? "DESC" : "ASC"} LIMIT ?`,
           [...params, q.limit],
+        );
+      },
+      // The key moves to forgotten_key: out of the unique index, still part of the entry.
+      forgetIdempotencyKeys: (before: Date, limit: number) => {
+        const t = s.t.journal.qualified;
+        return s.run(
+          `UPDATE ${t} SET forgotten_key = idempotency_key, idempotency_key = NULL WHERE (user_id, seq) IN ` +
+            `(SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < ? ` +
+            `AND substr(idempotency_key, 1, ${SYSTEM_KEY_PREFIX.length}) <> ? LIMIT ?)`,
+          [before, SYSTEM_KEY_PREFIX, limit],
         );
       },
       insertLedgerEntry: (entry: LedgerEntry) => void s.insert("ledger", [entry]),

@@ -223,6 +223,15 @@ export class DefinedStore extends StoreBase {
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
     return this.journal.listJournal(userId, query) as Promise<JournalEntry[]>;
   }
+  async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
+    const forget = this.journal.forgetIdempotencyKeys;
+    if (forget === undefined) {
+      throw new ConfigurationError(
+        `[credit-management] the ${this.name} store cannot forget idempotency keys (its journal part has no forgetIdempotencyKeys): keep the retention "forever"`,
+      );
+    }
+    return forget.call(this.journal, before, limit);
+  }
   insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     return this.journal.insertLedgerEntry(entry) as Promise<void>;
   }
