@@ -99,7 +99,8 @@ export interface JobMessage {
     | "releaseExpiredHolds"
     | "renewDueSubscriptions"
     | "sendExpiringReminders"
-    | "purgeNotifications";
+    | "purgeNotifications"
+    | "checkpointAccounts";
   /** The instant the job works to (ISO). */
   asOf: string;
   /** Rows looked at (grants, holds, subscriptions, notifications). */

@@ -67,12 +67,14 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 4 replaces the notifications type check of a store that has the table (PostgreSQL, MySQL, SQLite)", () => {
-    const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" });
+    const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" }).filter(
+      (s) => s.includes("notifications"),
+    );
     expect(pg3).toHaveLength(1);
     expect(pg3[0]).toMatch(
       /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'\)\);$/,
     );
-    const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 });
+    const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 }).filter((s) => s.includes("notifications"));
     expect(my3).toEqual([
       expect.stringMatching(
         /^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/,
@@ -84,6 +86,21 @@ describe("schema upgrades: the statements", () => {
     expect(lite3).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
     // A version 1 store has no notifications table: the DDL creates it whole, with today's check.
     expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
+  });
+
+  it("version 5 replaces the journal type check (checkpoint entries) of every store (PostgreSQL, MySQL, SQLite)", () => {
+    const pg4 = upgradeStatements({ dialect: "postgres", fromVersion: 4, prefix: "cm_", schema: "billing" });
+    expect(pg4).toEqual([
+      expect.stringMatching(
+        /^ALTER TABLE "billing"\."cm_journal_entries" DROP CONSTRAINT IF EXISTS "cm_journal_entries_type_check", ADD CONSTRAINT "cm_journal_entries_type_check" CHECK \("type" IN \('add', .*'release_reserved', 'checkpoint'\)\);$/,
+      ),
+    ]);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
+      expect.stringMatching(/^ALTER TABLE `journal_entries` MODIFY COLUMN `type` .*'checkpoint'\)\);$/),
+    ]);
+    const lite4 = upgradeStatements({ dialect: "sqlite", fromVersion: 4 }).join("\n");
+    expect(lite4).toContain('ALTER TABLE "journal_entries__rebuild" RENAME TO "journal_entries";');
+    expect(lite4).toContain("'checkpoint'");
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {

@@ -69,6 +69,12 @@ export const MIGRATIONS: readonly Migration[] = [
     columns: [],
     checks: [{ table: "notifications", field: "type" }],
   },
+  {
+    to: 5,
+    summary: 'journal_entries.type allows checkpoint (docs/operations.md, "Checkpoints and archival")',
+    columns: [],
+    checks: [{ table: "journal", field: "type" }],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

@@ -15,6 +15,7 @@ const TYPES: readonly EntryType[] = [
   "reserve",
   "commit_reserved",
   "release_reserved",
+  "checkpoint",
 ];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 /** Flag in an entry's type byte: its reservation id is stored in the row. */
