@@ -462,6 +462,28 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
     });
 
     describe("credits", () => {
+      it("a checkpoint entry is stored and read back as written: both audits agree, across expiry and holds", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
+        await credits.addCredits(u, 50);
+        await credits.deductCredits(u, 60);
+        const hold = await credits.reserveCredits(u, 30, { ttlSeconds: 3 * 86400 });
+        const cp = await credits.checkpoint(u);
+        expect(cp).toMatchObject({ type: "checkpoint", amount: 0, seq: 5, balanceAfter: 90, reservedAfter: 30 });
+        expect(await credits.latestCheckpoint(u)).toEqual(cp);
+        clock.now = T0 + DAY;
+        await credits.commitReservedCredits(hold.id, { amount: 20 });
+        await credits.deductCredits(u, 5);
+        const fromCheckpoint = await credits.audit(u);
+        const fromGenesis = await credits.audit(u, { from: "genesis" });
+        expect(fromCheckpoint.problems).toEqual([]);
+        expect(fromGenesis.problems).toEqual([]);
+        expect([fromCheckpoint.fromSeq, fromGenesis.fromSeq]).toEqual([5, 1]);
+        expect([fromCheckpoint.balance, fromCheckpoint.reserved]).toEqual([fromGenesis.balance, fromGenesis.reserved]);
+        expect(fromCheckpoint.balance).toBe(45);
+      });
+
       it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {
         const u = user();
         const { credits, clock } = serviceWithClock(db);
