@@ -48,7 +48,7 @@ export interface AuditReport {
 export function replayJournal(
   userId: string,
   entries: readonly JournalEntry[],
-  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] },
+  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] } | null,
 ): AuditReport {
   const problems: string[] = [];
   let balance = 0;
@@ -198,45 +198,14 @@ export function replayJournal(
   }
   if (debt > 0 && sumRemaining > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumRemaining}`);
 
-  // The stored state must be what the journal says.
-  const acc = stored.account;
-  if (acc === null) {
-    if (entries.length > 0) problems.push("journal has entries but the account does not exist");
-  } else {
-    if (acc.seq !== base + entries.length)
-      problems.push(`account seq ${acc.seq} != ${base + entries.length}, the last journal entry's`);
-    if (acc.balance !== balance) problems.push(`stored balance ${acc.balance} != replayed ${balance}`);
-    if (acc.reserved !== reserved) problems.push(`stored reserved ${acc.reserved} != replayed ${reserved}`);
-    if (acc.debt !== debt) problems.push(`stored debt ${acc.debt} != replayed ${debt}`);
-    if (acc.lastHash !== prevHash) problems.push("stored lastHash is not the hash of the last entry");
-  }
-  const storedGrants = new Map(stored.grants.map((g) => [g.id, g]));
-  for (const [id, v] of remaining) {
-    const g = storedGrants.get(id);
-    if (g === undefined) problems.push(`grant ${id} is in the journal but not stored`);
-    else if (g.remaining !== v) problems.push(`grant ${id}: stored remaining ${g.remaining}, replayed ${v}`);
-    if (g && g.remaining < 0) problems.push(`grant ${id} below zero`);
-    if (g && (g.expiredAmount ?? 0) !== (expired.get(id) ?? 0)) {
-      problems.push(`grant ${id}: stored expiredAmount ${g.expiredAmount}, replayed ${expired.get(id) ?? 0}`);
-    }
-  }
-  for (const g of stored.grants) {
-    if (!remaining.has(g.id) && g.remaining !== 0)
-      problems.push(`grant ${g.id} is stored with credits but no entry created it`);
-  }
-  const storedActive = stored.reservations.filter((r) => r.status === "active");
-  for (const r of storedActive) {
-    if (activeReservations[r.id] !== r.amount) {
-      problems.push(
-        `reservation ${r.id}: stored active with ${r.amount}, replayed ${activeReservations[r.id] ?? "not active"}`,
-      );
-    }
-  }
-  if (storedActive.length !== Object.keys(activeReservations).length) {
-    problems.push(
-      `${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`,
+  // The stored state must be what the journal says (unless there is none: an archive).
+  if (stored !== null)
+    compareStored(
+      stored,
+      entries,
+      { base, balance, reserved, debt, prevHash, remaining, expired, activeReservations },
+      problems,
     );
-  }
 
   return {
     userId,
@@ -303,5 +272,62 @@ function checkSnapshot(
   }
   for (const id of Object.keys(snapshot.holds)) {
     if (!activeHolds.has(id)) problems.push(`${where} records hold ${id} that is not active in the replay`);
+  }
+}
+
+/** The stored account, grants and holds against the replayed state. */
+function compareStored(
+  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] },
+  entries: readonly JournalEntry[],
+  r: {
+    base: number;
+    balance: number;
+    reserved: number;
+    debt: number;
+    prevHash: string | null;
+    remaining: ReadonlyMap<string, number>;
+    expired: ReadonlyMap<string, number>;
+    activeReservations: Record<string, number>;
+  },
+  problems: string[],
+): void {
+  const { base, balance, reserved, debt, prevHash, remaining, expired, activeReservations } = r;
+  const acc = stored.account;
+  if (acc === null) {
+    if (entries.length > 0) problems.push("journal has entries but the account does not exist");
+  } else {
+    if (acc.seq !== base + entries.length)
+      problems.push(`account seq ${acc.seq} != ${base + entries.length}, the last journal entry's`);
+    if (acc.balance !== balance) problems.push(`stored balance ${acc.balance} != replayed ${balance}`);
+    if (acc.reserved !== reserved) problems.push(`stored reserved ${acc.reserved} != replayed ${reserved}`);
+    if (acc.debt !== debt) problems.push(`stored debt ${acc.debt} != replayed ${debt}`);
+    if (acc.lastHash !== prevHash) problems.push("stored lastHash is not the hash of the last entry");
+  }
+  const storedGrants = new Map(stored.grants.map((g) => [g.id, g]));
+  for (const [id, v] of remaining) {
+    const g = storedGrants.get(id);
+    if (g === undefined) problems.push(`grant ${id} is in the journal but not stored`);
+    else if (g.remaining !== v) problems.push(`grant ${id}: stored remaining ${g.remaining}, replayed ${v}`);
+    if (g && g.remaining < 0) problems.push(`grant ${id} below zero`);
+    if (g && (g.expiredAmount ?? 0) !== (expired.get(id) ?? 0)) {
+      problems.push(`grant ${id}: stored expiredAmount ${g.expiredAmount}, replayed ${expired.get(id) ?? 0}`);
+    }
+  }
+  for (const g of stored.grants) {
+    if (!remaining.has(g.id) && g.remaining !== 0)
+      problems.push(`grant ${g.id} is stored with credits but no entry created it`);
+  }
+  const storedActive = stored.reservations.filter((r) => r.status === "active");
+  for (const r of storedActive) {
+    if (activeReservations[r.id] !== r.amount) {
+      problems.push(
+        `reservation ${r.id}: stored active with ${r.amount}, replayed ${activeReservations[r.id] ?? "not active"}`,
+      );
+    }
+  }
+  if (storedActive.length !== Object.keys(activeReservations).length) {
+    problems.push(
+      `${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`,
+    );
   }
 }

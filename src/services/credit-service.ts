@@ -34,6 +34,7 @@ import {
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
+import { archiveJournal, type ArchiveJournalOptions, type ArchiveReport } from "./archive.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import type { CreditsInfo } from "../models/index.js";
@@ -792,7 +793,15 @@ export class CreditService {
       this.db.listGrants(user, { includeInactive: true }),
       this.db.listReservations(user),
     ]);
-    return replayJournal(user, entries, { account, grants, reservations });
+    const report = replayJournal(user, entries, { account, grants, reservations });
+    const first = entries[0];
+    if (o.from === "genesis" && first !== undefined && first.seq > 1) {
+      report.problems.unshift(
+        `entries 1 to ${first.seq - 1} are archived: audit from the checkpoint, and the archive with \`credit-management audit --archive\``,
+      );
+      report.ok = false;
+    }
+    return report;
   }
 
   /** The user's latest checkpoint entry, if any. */
@@ -828,6 +837,16 @@ export class CreditService {
       undefined,
       { settle: false, periods: false },
     );
+  }
+
+  /**
+   * Moves the journal entries older than each account's latest checkpoint (written before
+   * `before`) to a new JSONL file, then removes them from the store; the checkpoint stays, so
+   * `audit()`, history pages after it and refunds work as before, and `credit-management audit
+   * --archive FILE` verifies the file against it (docs/operations.md, "Checkpoints and archival").
+   */
+  archiveJournal(options: ArchiveJournalOptions): Promise<ArchiveReport> {
+    return archiveJournal(this.db, options);
   }
 
   /**
