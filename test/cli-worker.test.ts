@@ -53,6 +53,7 @@ describe("credit-management worker: flags and environment", () => {
       "CREDIT_LOW_CREDITS_PERCENT",
       "CREDIT_REMINDER_DAYS",
       "CREDIT_LEDGER_FILE",
+      "CREDIT_WORKER_CHECKPOINT_ENTRIES",
       "SIGTERM",
       "SIGHUP",
     ]) {
@@ -109,6 +110,7 @@ describe("credit-management worker: flags and environment", () => {
         CREDIT_NOTIFICATIONS: "record",
         CREDIT_LOW_CREDITS: "10",
         CREDIT_LOG_LEVEL: "debug",
+        CREDIT_WORKER_CHECKPOINT_ENTRIES: "500",
       },
     );
     expect(set).toMatchObject({
@@ -121,7 +123,9 @@ describe("credit-management worker: flags and environment", () => {
       dispatchEveryMs: 0,
       lowCredits: 10,
       logLevel: "debug",
+      checkpointEntries: 500,
     });
+    expect(workerSettings({}, {}).checkpointEntries).toBeUndefined();
     expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual(
       [],
     );
@@ -133,6 +137,11 @@ describe("credit-management worker: flags and environment", () => {
       [["worker", "--batch-size", "0"], {}, /--batch-size must be a whole number from 1 to 10000/],
       [["worker"], { CREDIT_WORKER_CONCURRENCY: "many" }, /CREDIT_WORKER_CONCURRENCY must be a whole number/],
       [["worker", "--jobs-every", "soon"], {}, /--jobs-every must be a duration/],
+      [
+        ["worker"],
+        { CREDIT_WORKER_CHECKPOINT_ENTRIES: "0" },
+        /CREDIT_WORKER_CHECKPOINT_ENTRIES must be a whole number/,
+      ],
       [
         ["worker", "--log-level", "loud"],
         {},
@@ -284,6 +293,21 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     await inParallel(users, 8, (u) => past.credits.addCredits(u, 5, { expiresAt: new Date(Date.now() - 3_600_000) }));
     return users;
   }
+
+  it("CREDIT_WORKER_CHECKPOINT_ENTRIES: a jobs round checkpoints the accounts with that many entries since their last", async () => {
+    const { now, env } = await store(0);
+    for (const u of ["busy", "quiet"]) await now.credits.addCredits(u, 10);
+    for (let i = 0; i < 3; i++) await now.credits.deductCredits("busy", 1);
+    const w = startWorker(["--once"], { ...env, CREDIT_WORKER_CHECKPOINT_ENTRIES: "3" });
+    expect((await w.exited).code, w.stderr()).toBe(0);
+    expect(w.lines.find(round("jobs"))).toMatchObject({
+      ok: true,
+      checkpointAccounts: { accountsScanned: 2, checkpointsWritten: 1, errors: 0 },
+    });
+    expect((await now.credits.latestCheckpoint("busy"))?.seq).toBe(5);
+    expect(await now.credits.latestCheckpoint("quiet")).toBeUndefined();
+    expect((await now.credits.audit("busy")).fromSeq).toBe(5);
+  });
 
   it("SIGTERM mid-round: the round in flight is finished and recorded, then exit 0", async () => {
     const { past, now, env } = await store(1);

@@ -31,6 +31,8 @@ export interface WorkerSettings {
   batchSize: number;
   concurrency: number;
   dispatchLimit: number;
+  /** With each jobs round, checkpoint accounts with this many entries since their last (undefined: off). */
+  checkpointEntries: number | undefined;
   reminderDays: number[];
   notifications: NotificationsMode;
   redisUrl: string | undefined;
@@ -95,6 +97,8 @@ Environment of "worker":
   CREDIT_LOW_CREDITS_PERCENT       The low_credits threshold, in percent (as notifications.lowCreditsPercent)
   CREDIT_REMINDER_DAYS             Reminder windows in days, comma-separated. Default 7; none: no reminders
   CREDIT_LEDGER_FILE               A JSONL ledger file to append to; SIGHUP reopens it (logrotate)
+  CREDIT_WORKER_CHECKPOINT_ENTRIES N: each jobs round also writes a checkpoint on every account with N
+                                   entries or more since its last (checkpointAccounts). Default off
 Signals: SIGTERM or SIGINT finishes the rounds in flight, then exits 0 (--once: its exit code); a
   second one exits at once (130 SIGINT, 143 SIGTERM); what a cut round did is all there or not at all.
   One JSON line (pino) per round on standard output.
@@ -193,6 +197,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     batchSize: integer("batch-size", "CREDIT_WORKER_BATCH_SIZE", 1, 10_000) ?? 1000,
     concurrency: integer("concurrency", "CREDIT_WORKER_CONCURRENCY", 1, 256) ?? 8,
     dispatchLimit: integer("dispatch-limit", "CREDIT_WORKER_DISPATCH_LIMIT", 1, 10_000) ?? 1000,
+    checkpointEntries: integer(null, "CREDIT_WORKER_CHECKPOINT_ENTRIES", 1, 1_000_000_000),
     reminderDays,
     notifications,
     redisUrl,
@@ -424,12 +429,22 @@ async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResu
   const { job: _h, asOf, ...releaseExpiredHolds } = await m.expiration.releaseExpiredHolds(undefined, options);
   const { job: _r, asOf: _ra, ...renewDueSubscriptions } = await m.expiration.renewDueSubscriptions(asOf, options);
   const { job: _e, asOf: _ea, ...expireDueGrants } = await m.expiration.expireDueGrants(asOf, options);
-  const errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
-  return {
-    ok: errors === 0,
-    idle: false,
-    report: { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants },
-  };
+  let errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
+  const report: Record<string, unknown> = { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants };
+  if (s.checkpointEntries !== undefined) {
+    // docs/operations.md, "Checkpoints and archival".
+    const {
+      job: _c,
+      asOf: _ca,
+      ...checkpointAccounts
+    } = await m.expiration.checkpointAccounts({
+      everyEntries: s.checkpointEntries,
+      ...options,
+    });
+    errors += checkpointAccounts.errors;
+    report.checkpointAccounts = checkpointAccounts;
+  }
+  return { ok: errors === 0, idle: false, report };
 }
 
 /** The expiring-credit reminders of each window (recorded once per grant and window). */
