@@ -79,6 +79,22 @@ describe("ledger", () => {
     await m.close();
   });
 
+  // reason: /proc exists only on Linux; elsewhere nothing to show
+  it.skipIf(process.platform !== "linux")(
+    "a folder that cannot be made (under /proc) is a counted file error, not a hang",
+    async () => {
+      // Node's mkdir { recursive: true } loops for ever on such a path (ENOENT, EEXIST, ENOENT …).
+      const m = await createCreditManager({ ledger: { filePath: `/proc/no-such-${process.pid}/sub/ledger.jsonl` } });
+      await m.credits.addCredits("u", 10);
+      await m.ledger.flush();
+      expect(m.ledger.stats.fileErrors).toBeGreaterThan(0);
+      expect(m.ledger.stats.lastFileError).toMatch(/ENOENT/);
+      expect(await m.credits.getUserCreditsInfo("u")).toMatchObject({ balance: 10 });
+      await m.close();
+    },
+    10_000,
+  );
+
   // The lines of the last turn are written on the process's "exit" event, however it leaves.
   it.each(["throw", "reject", "exit"])(
     "a process that leaves in the same turn (%s) still writes the lines of what it reported done",

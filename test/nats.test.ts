@@ -10,11 +10,9 @@ import {
   type JetStreamManager,
 } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { MongoClient } from "mongodb";
-import pg from "pg";
 import * as z from "zod";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { killHard, startChildUntil } from "./fixtures/child.js";
+import { dropSharedStore, killHard, openSharedStore, startChildUntil } from "./fixtures/child.js";
 import {
   ConfigurationError,
   CreditService,
@@ -25,8 +23,6 @@ import {
   type NotificationMessage,
 } from "../src/index.js";
 import { DomainEvent } from "../src/models/index.js";
-import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { NatsJetStreamQueue, consumeCreditEvents, inboundHandler } from "../src/nats/index.js";
 
 const natsUrl = process.env.CREDIT_NATS_URL;
@@ -296,10 +292,7 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
           expect(await killHard(child)).toBe("SIGKILL");
           const publishedId = /published (\S+)/.exec(output())?.[1];
 
-          const db: DbManager =
-            store.kind === "mongodb"
-              ? MongoDbManager.fromUri(store.url as string, name)
-              : new PostgresDbManager({ connectionString: store.url as string, schema: name });
+          const db: DbManager = openSharedStore({ kind: store.kind, url: store.url as string }, name);
           try {
             expect((await read(stream)).map((m) => m.msgId)).toEqual([publishedId]); // stored, but the row says otherwise
             const queue = new NatsJetStreamQueue({ connection: nc, stream, subjectPrefix });
@@ -319,18 +312,7 @@ describe.skipIf(!natsUrl)("NATS JetStream", () => {
             expect(stored.map((m) => DomainEvent.parse(m.body).type)).toEqual(["credits_added", "credits_deducted"]);
           } finally {
             await db.close();
-            if (store.kind === "mongodb") {
-              const client = new MongoClient(store.url as string);
-              await client
-                .db(name)
-                .dropDatabase()
-                .catch(() => undefined);
-              await client.close();
-            } else {
-              const pool = new pg.Pool({ connectionString: store.url as string });
-              await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
-              await pool.end();
-            }
+            await dropSharedStore({ kind: store.kind, url: store.url as string }, name);
           }
         },
         30_000,

@@ -3,13 +3,9 @@ import { randomUUID } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Redis } from "ioredis";
-import { MongoClient } from "mongodb";
-import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { killHard, startChildUntil } from "./fixtures/child.js";
+import { dropSharedStore, killHard, openSharedStore, startChildUntil } from "./fixtures/child.js";
 import { CreditService, InMemoryDbManager, NotificationService, type DbManager } from "../src/index.js";
-import { MongoDbManager } from "../src/db/mongodb/index.js";
-import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { RedisCache, RedisStreamQueue, type RedisCommandClient } from "../src/redis/index.js";
 
 const url = process.env.CREDIT_REDIS_URL;
@@ -185,10 +181,7 @@ describe.skipIf(!url)("Redis", () => {
           );
           expect(await killHard(child)).toBe("SIGKILL");
 
-          const db: DbManager =
-            store.kind === "mongodb"
-              ? MongoDbManager.fromUri(store.url as string, name)
-              : new PostgresDbManager({ connectionString: store.url as string, schema: name });
+          const db: DbManager = openSharedStore({ kind: store.kind, url: store.url as string }, name);
           try {
             const queue = new RedisStreamQueue({ client: redis, stream });
             const notifications = new NotificationService({ db, queue });
@@ -205,18 +198,7 @@ describe.skipIf(!url)("Redis", () => {
             expect((await notifications.list(userId))[0]?.status).toBe("sent");
           } finally {
             await db.close();
-            if (store.kind === "mongodb") {
-              const client = new MongoClient(store.url as string);
-              await client
-                .db(name)
-                .dropDatabase()
-                .catch(() => undefined);
-              await client.close();
-            } else {
-              const pool = new pg.Pool({ connectionString: store.url as string });
-              await pool.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`).catch(() => undefined);
-              await pool.end();
-            }
+            await dropSharedStore({ kind: store.kind, url: store.url as string }, name);
           }
         },
         30_000,

@@ -4,6 +4,7 @@ import {
   IdempotencyConflictError,
   InMemoryNotificationQueue,
   NotFoundError,
+  StorageError,
   createCreditManager,
   type Subscription,
 } from "../src/index.js";
@@ -531,4 +532,21 @@ describe("a period whose credits are all spent or voided still starts the next o
       expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(70);
     });
   }
+
+  it("a storage failure while bringing the period is a StorageError (503), not a false refusal (402)", async () => {
+    const { m, clock } = await setup();
+    await m.subscriptions.createPlan({ id: "daily", name: "Daily", creditsPerPeriod: 100, billingPeriod: "daily" });
+    await m.subscriptions.subscribe("u", "daily");
+    await m.credits.deductCredits("u", 100);
+    clock.now += DAY + 1000;
+    const db = m.subscriptions.db;
+    const original = db.getActiveSubscription.bind(db);
+    db.getActiveSubscription = () => Promise.reject(new StorageError("the store is down"));
+    await expect(m.credits.deductCredits("u", 30)).rejects.toBeInstanceOf(StorageError);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(0);
+    db.getActiveSubscription = original;
+    // Once the store answers, the period comes and the same deduction succeeds.
+    await expect(m.credits.deductCredits("u", 30)).resolves.toMatchObject({ amount: 30 });
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(70);
+  });
 });

@@ -359,11 +359,30 @@ export class LedgerFile {
 /** Opens `path` for appending (its folders created); -1 (reported) when it cannot be opened. */
 export function openForAppending(path: string, failed: (error: Error) => void): number {
   try {
-    mkdirSync(dirname(path), { recursive: true });
+    makeFolders(dirname(path));
     return openSync(path, "a");
   } catch (error) {
     failed(error as Error);
     return -1;
+  }
+}
+
+/**
+ * `mkdir -p` that fails instead of looping: Node's `{ recursive: true }` spins for ever where a
+ * parent exists but cannot hold children (a path under /proc, a dangling symlink), walking back and
+ * forth between ENOENT and EEXIST. Here each level is tried once.
+ */
+function makeFolders(dir: string, parentMade = false): void {
+  try {
+    mkdirSync(dir);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return;
+    const parent = dirname(dir);
+    // Once the parent exists, a second ENOENT is final.
+    if (code !== "ENOENT" || parentMade || parent === dir) throw error;
+    makeFolders(parent);
+    makeFolders(dir, true);
   }
 }
 

@@ -1050,6 +1050,11 @@ export class CreditService {
         { err: failure, userId },
         "credit-management: could not bring the user's subscription period up to date",
       );
+      // The store could not say whether a period is due: a refusal now could be false (the new
+      // period's credits may be there). The caller gets the storage error (503), to retry.
+      if (failure instanceof StorageError || !(failure instanceof CreditError)) {
+        throw failure;
+      }
     }
     return brought === true ? again() : this.refusedOrFailed(operation, userId, unit, error);
   }
