@@ -35,7 +35,8 @@ export interface AuditReport {
 
 /**
  * Replays a user's journal from zero — or, when `entries` starts with a checkpoint entry (`seq` >
- * 1), from the state that checkpoint records — and compares it with the stored state.
+ * 1), from the state that checkpoint records — and compares it with the stored state (`stored`
+ * null: an archive's part, which has none; its closing checkpoint is checked like any other).
  *
  * Each entry type has one effect (docs/concepts.md, "The journal"):
  * add +balance, grants created, debt paid by amount − Σgrants; deduct −balance, grants drawn,
