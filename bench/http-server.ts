@@ -6,6 +6,7 @@
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
+import { mainThreadCpu } from "./lib.js";
 import { core, http } from "./pkg.js";
 
 const { createCreditManager } = core;
@@ -28,6 +29,32 @@ const spin = (us: number) => {
 const nodeMetering = (pathPrefix: string) =>
   creditMeteringMiddleware({ ...common, pathPrefix, authenticate: (req) => userOf(req.headers.authorization) });
 const nodeMeter = nodeMetering("/n/api");
+// Fixed-price metering (`price`): one deduction per request that succeeded, no hold.
+const fixedMeter = creditMeteringMiddleware({
+  credits: manager.credits,
+  pathPrefix: "/p/api",
+  price: 3,
+  authenticate: (req) => userOf(req.headers.authorization),
+});
+
+/**
+ * `GET /meter-cost`: the main thread's CPU per in-process `credits.meter()` (hold 10, record 3) in
+ * µs, measured here after the load rounds — the core's share of a metered request, which the
+ * caller subtracts to get the HTTP glue's.
+ */
+async function meterCost(): Promise<number | null> {
+  const n = 20_000;
+  const before = mainThreadCpu();
+  for (let i = 0; i < n; i++) {
+    await manager.credits.meter(
+      `user-${i % USERS}`,
+      { estimate: 10, reason: "GET /n/api/ping" },
+      () => void recordUsage({ amount: 3 }),
+    );
+  }
+  const after = mainThreadCpu();
+  return before === null || after === null ? null : (after - before) / n;
+}
 const fetchApp = async (request: Request): Promise<Response> => {
   if (new URL(request.url).pathname.startsWith("/f/api")) recordUsage({ amount: 3 });
   return new Response(body, { headers: { "content-type": "application/json" } });
@@ -51,6 +78,10 @@ app.get("/e/api/ping", (_req, res) => {
 
 const server = createServer((req, res) => {
   const url = req.url ?? "/";
+  if (url === "/meter-cost") {
+    void meterCost().then((us) => res.end(JSON.stringify({ us })));
+    return;
+  }
   if (url.startsWith("/f/")) return void fetchNode(req, res);
   if (url.startsWith("/e/")) return void app(req, res);
   const plain = () => {
@@ -62,6 +93,7 @@ const server = createServer((req, res) => {
   const upstream = url.endsWith("/upstream");
   if (url.endsWith("/busy")) spin(BUSY_US);
   const respond = () => (upstream ? void setTimeout(plain, 2) : plain());
+  if (url.startsWith("/p/api")) return fixedMeter(req, res, respond);
   if (url.startsWith("/n/api")) {
     return nodeMeter(req, res, () => {
       recordUsage({ amount: 3 });

@@ -44,6 +44,7 @@ export type PaymentHistoryQuery = M.PaymentHistoryQuery;
 export type PaymentStatus = M.PaymentStatus;
 export type Payment = M.Payment;
 export type Plan = M.Plan;
+export type PortionKind = M.PortionKind;
 export type PromoClaim = M.PromoClaim;
 export type PromoEligibility = M.PromoEligibility;
 export type PromoIneligibility = M.PromoIneligibility;

@@ -69,7 +69,7 @@ describe("credit-management audit (in-memory store given to runCli)", () => {
     const r = await cli(["audit", "--all", "--ledger-file", file], db);
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^ok {4}"alice": 6 entries, balance 120, reserved 0, debt 0$/m);
+    expect(r.stdout).toMatch(/^ok {4}"alice": 5 entries, balance 120, reserved 0, debt 0$/m);
     expect(r.stdout).toMatch(/^ok {4}"bob": 3 entries, balance -2, reserved 0, debt 2$/m);
     expect(r.stdout).toMatch(/^ok {4}"carol": 3 entries/m);
     expect(r.stdout).toContain("3 accounts audited: 3 consistent, 0 with problems; 0 problems in the ledger files");

@@ -57,10 +57,12 @@ describe("credit-management CLI", () => {
   it("exits 2 with a clear message on a bad flag, value or command", async () => {
     const cases: Array<[string[], RegExp]> = [
       [["schema", "--bogus"], /Unknown option '--bogus'/],
-      [["schema", "--dialect", "oracle"], /--dialect must be one of postgres, mysql, sqlite, not "oracle"/],
+      [["schema", "--dialect", "oracle"], /--dialect must be one of postgres, mysql, sqlite, mongodb, not "oracle"/],
       [["schema", "--backend", "graph"], /--backend must be "sql" or "nosql"/],
       [["schema", "--backend", "nosql", "--dialect", "mysql"], /--dialect applies to --backend sql only/],
       [["schema", "--prefix", "bad-prefix"], /prefix "bad-prefix" may only contain/],
+      [["schema", "--dialect", "mysql", "--distributed"], /--distributed applies to a new PostgreSQL schema only/],
+      [["schema", "--dialect", "mongodb", "--distributed"], /--distributed applies to --dialect postgres only/],
       [["migrate"], /unknown command "migrate"/],
       [[], /missing command/],
       [["schema", "--out"], /argument missing|--out/],

@@ -47,7 +47,9 @@ describe.each(testStores("health"))("manager.health() on $name", (store) => {
       status: "ok",
       store: { status: "ok", name: store.name, expectedSchemaVersion: SCHEMA_VERSION },
     });
-    expect(empty.store.schemaVersion).toBe(store.name === "postgres" ? SCHEMA_VERSION : null);
+    expect(empty.store.schemaVersion).toBe(
+      store.name === "postgres" || store.name === "mongodb" ? SCHEMA_VERSION : null,
+    );
     expect(empty.outbox).toMatchObject({ status: "ok", pending: 0, failed: 0, oldestPendingAgeMs: null });
     expect(empty.cache).toBeNull();
     expect(empty.ledger).toBeNull();

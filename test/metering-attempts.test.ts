@@ -365,7 +365,7 @@ describe.each(stores)("keyed meter() attempts on $name", ({ open }) => {
       expect(await quiet).toBe("nothing measured");
       expect(outcomes.quiet).toMatchObject({ outcome: "released", releaseReason: "no-usage", charged: 0 });
       expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 996, reserved: 0 });
-      expect(await types(m, u)).toEqual(["add", "reserve", "commit_reserved", "release_reserved"]);
+      expect(await types(m, u)).toEqual(["add", "reserve", "commit_reserved"]);
       expect((await m.credits.audit(u)).ok).toBe(true);
     });
   });

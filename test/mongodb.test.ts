@@ -510,6 +510,7 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
         "cm_promo_claims",
         "cm_promos",
         "cm_reservations",
+        "cm_schema_version",
         "cm_subscriptions",
       ]);
       const indexes = async (c: string) =>

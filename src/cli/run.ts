@@ -6,6 +6,7 @@ import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { WORKER_FLAGS, WORKER_OPTIONS, WorkerUsageError, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
 import { generateUpgradeSql } from "../schema/migrations.js";
+import { generateMongoScript } from "../schema/mongo-script.js";
 import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
 
 export interface CliIo {
@@ -16,10 +17,16 @@ export interface CliIo {
 const SCHEMA_OPTIONS = `Options of "schema":
   --backend sql|nosql              sql: DDL (default); nosql: MongoDB $jsonSchema validators and indexes (JSON)
   --dialect postgres|mysql|sqlite  SQL dialect (default postgres)
+  --dialect mongodb                A mongosh script making what MongoDbManager.init() makes: collections
+                                   with validators, indexes, the schema-version document
   --prefix PREFIX                  Put PREFIX in front of every table, collection and index name
   --schema NAME                    PostgreSQL schema / MySQL database / SQLite attached database of the tables
-  --from-version N                 Upgrade statements for a store at schema version N (sql), instead
-                                   of the whole schema; the version row is set last
+  --from-version N                 Upgrade statements for a store at schema version N (sql; mongodb:
+                                   the script also drops indexes later versions removed), instead
+                                   of the whole schema; the version row (document) is set last
+  --distributed                    PostgreSQL for Citus: user_id first in every per-account table's
+                                   primary key and unique indexes, and the calls distributing the tables
+                                   (as comments); docs/scaling-out.md
   --out FILE                       Write to FILE instead of standard output
 `;
 
@@ -59,6 +66,7 @@ Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
   npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
   npx credit-management schema --backend nosql --out validators.json
+  npx credit-management schema --dialect mongodb --from-version 3 > upgrade.js && mongosh "$URI" --file upgrade.js
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
   npx credit-management audit --archive journal-2026-10.jsonl
@@ -113,6 +121,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       schema: { type: "string" },
       out: { type: "string" },
       "from-version": { type: "string" },
+      distributed: { type: "boolean" },
       user: { type: "string", multiple: true },
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
@@ -146,14 +155,14 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   };
   const workerFlags = Object.keys(WORKER_FLAGS);
   if (command === "worker") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
     only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
     const env = source.env ?? process.env;
     return runWorker(workerSettings(values, env), io, env);
   }
   only(workerFlags, "worker");
   if (command === "audit") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
     const users = values.user ?? [];
     const archives = values.archive ?? [];
     for (const file of archives) if (file === "") throw new UsageError("--archive needs a file name");
@@ -183,26 +192,36 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   }
   only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
 
-  const backend = values.backend ?? "sql";
+  const backend = values.backend ?? (values.dialect === "mongodb" ? "nosql" : "sql");
   if (backend !== "sql" && backend !== "nosql") {
     throw new UsageError(`--backend must be "sql" or "nosql", not "${backend}"`);
+  }
+  const from = values["from-version"];
+  const fromVersion = from === undefined ? undefined : /^[0-9]+$/.test(from) ? Number(from) : NaN;
+  if (fromVersion !== undefined && !(fromVersion >= 1 && fromVersion <= SCHEMA_VERSION)) {
+    throw new UsageError(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}, not "${from}"`);
   }
   let text: string;
   if (backend === "sql") {
     const dialect = values.dialect ?? "postgres";
     if (!SQL_DIALECTS.includes(dialect as SqlDialect)) {
-      throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, not "${dialect}"`);
+      throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, mongodb, not "${dialect}"`);
     }
-    const from = values["from-version"];
-    if (from === undefined) {
+    if (values.distributed === true && (dialect !== "postgres" || fromVersion !== undefined)) {
+      throw new UsageError(
+        "--distributed applies to a new PostgreSQL schema only (--dialect postgres, no --from-version)",
+      );
+    }
+    if (fromVersion === undefined) {
       text = naming(() =>
-        generateSql({ dialect: dialect as SqlDialect, prefix: values.prefix, schema: values.schema }),
+        generateSql({
+          dialect: dialect as SqlDialect,
+          prefix: values.prefix,
+          schema: values.schema,
+          distributed: values.distributed === true,
+        }),
       );
     } else {
-      const fromVersion = /^[0-9]+$/.test(from) ? Number(from) : NaN;
-      if (!(fromVersion >= 1 && fromVersion <= SCHEMA_VERSION)) {
-        throw new UsageError(`--from-version must be a schema version from 1 to ${SCHEMA_VERSION}, not "${from}"`);
-      }
       text = naming(() =>
         generateUpgradeSql({
           dialect: dialect as SqlDialect,
@@ -213,19 +232,25 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       );
     }
   } else {
-    if (values.dialect !== undefined) throw new UsageError("--dialect applies to --backend sql only");
-    if (values["from-version"] !== undefined) {
+    if (values.dialect !== undefined && values.dialect !== "mongodb")
       throw new UsageError(
-        "--from-version applies to --backend sql only (MongoDB: apply the validators and indexes again; init() records the version)",
+        `--dialect applies to --backend sql only (nosql takes --dialect mongodb), not "${values.dialect}"`,
       );
-    }
     if (values.schema !== undefined)
       throw new UsageError("--schema applies to --backend sql only (name the database in your MongoDB connection)");
-    text = `${JSON.stringify(
-      naming(() => generateMongoSchema({ prefix: values.prefix })),
-      null,
-      2,
-    )}\n`;
+    if (values.distributed === true)
+      throw new UsageError(
+        "--distributed applies to --dialect postgres only (MongoDB: shard the collections, docs/scaling-out.md)",
+      );
+    if (values.dialect === "mongodb" || fromVersion !== undefined) {
+      text = naming(() => generateMongoScript({ prefix: values.prefix, fromVersion }));
+    } else {
+      text = `${JSON.stringify(
+        naming(() => generateMongoSchema({ prefix: values.prefix })),
+        null,
+        2,
+      )}\n`;
+    }
   }
   if (values.out !== undefined) {
     if (values.out === "") throw new UsageError("--out needs a file name");

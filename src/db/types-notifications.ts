@@ -24,8 +24,10 @@ export interface NotificationStore {
   /**
    * Settles a claimed row: `sent`/`failed`, or back to `pending` with a later `nextAttemptAt`.
    * Guarded by `token`: resolves to false (and changes nothing) when the claim was lost.
+   * `userId`, the row's owner when the caller has the row: the update is keyed by it too
+   * (docs/scaling-out.md).
    */
-  completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean>;
+  completeNotification(id: string, token: string, update: NotificationUpdate, userId?: string): Promise<boolean>;
   /**
    * Deletes up to `limit` settled rows (`sent` or `failed`) with `settledAt < before`, oldest
    * first (indexed). Resolves to the rows deleted. A deleted row's dedupe key is free again.

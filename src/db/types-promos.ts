@@ -29,7 +29,8 @@ export interface PromoPaymentStore {
 
   /** Inserts a payment; `ConflictError` when its id exists. */
   insertPayment(payment: Payment): Promise<void>;
-  getPayment(paymentId: string): Promise<Payment | null>;
+  /** `userId`, when the caller knows the owner: the lookup is keyed by it (docs/scaling-out.md). */
+  getPayment(paymentId: string, userId?: string): Promise<Payment | null>;
   /** The payment of `provider` whose `providerRef` or `providerPaymentId` is `id`. */
   findPaymentByProviderId(provider: string, id: string): Promise<Payment | null>;
   /** A user's payments, newest first (createdAt, then id), strictly after the cursor. */

@@ -33,7 +33,8 @@ export interface SubscriptionStore {
 
   /** ConflictError when the user already has an active subscription (or the id exists). */
   insertSubscription(subscription: Subscription): Promise<void>;
-  getSubscription(subscriptionId: string): Promise<Subscription | null>;
+  /** `userId`, when the caller knows the owner: the lookup is keyed by it (docs/scaling-out.md). */
+  getSubscription(subscriptionId: string, userId?: string): Promise<Subscription | null>;
   /** The user's active subscription, if any. */
   getActiveSubscription(userId: string): Promise<Subscription | null>;
   /** Every subscription of the user, oldest first. */

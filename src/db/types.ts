@@ -69,8 +69,14 @@ export interface AccountStore {
   transactionNow?<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): T | Promise<T>;
 
   getAccount(userId: string): Promise<Account | null>;
-  getGrant(grantId: string): Promise<Grant | null>;
-  getReservation(reservationId: string): Promise<Reservation | null>;
+  /**
+   * A grant by id. `userId`, when the caller knows the owner: the lookup is keyed by it (on a store
+   * distributed by user, one shard instead of all; docs/scaling-out.md), and another user's grant
+   * is not found.
+   */
+  getGrant(grantId: string, userId?: string): Promise<Grant | null>;
+  /** A hold by id; `userId` as for `getGrant`. */
+  getReservation(reservationId: string, userId?: string): Promise<Reservation | null>;
   /** A user's grants, oldest first; closed and spent ones only when asked. */
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]>;
   /** A user's reservations, oldest first, optionally of one status. */

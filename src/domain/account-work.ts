@@ -377,24 +377,27 @@ export class AccountWork {
       );
     }
     const captured = Math.min(amount, hold.amount);
-    const consumed: GrantPortion[] = [];
+    // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
+    // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
+    const portions: GrantPortion[] = [];
     const leftover: GrantPortion[] = [];
     let toTake = captured;
     for (const p of hold.allocations) {
       const take = Math.min(p.amount, toTake);
       toTake -= take;
-      if (take > 0) consumed.push({ grantId: p.grantId, amount: take });
+      if (take > 0) portions.push({ grantId: p.grantId, amount: take });
       if (p.amount - take > 0) leftover.push({ grantId: p.grantId, amount: p.amount - take });
     }
-    const settled = holdWith(hold, "committed", this.now, amount, hold.amount - captured, leftover);
-    this.account.balance = this.account.balance - captured;
-    this.account.reserved = this.account.reserved - captured;
-    this.holds.put(settled);
-    const entry = this.emit("commit_reserved", captured, consumed, hold.id, meta);
-    if (settled.amount > 0) {
-      // Under-commit: the rest goes back to its grants.
-      this.returnToGrants(settled, { description: "unused part of committed reservation" });
+    this.holds.put(holdWith(hold, "committed", this.now, amount, hold.amount, hold.allocations));
+    let back: Returned | null = null;
+    if (leftover.length > 0) {
+      back = this.giveBack(hold.id, leftover, true);
+      for (const p of back.portions) portions.push(p);
     }
+    this.account.balance = this.account.balance - captured;
+    this.account.reserved = this.account.reserved - hold.amount;
+    const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
+    if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
     if (excess > 0) {
       this.deduct(
         excess,
@@ -406,10 +409,6 @@ export class AccountWork {
         },
       );
     }
-    // The stored hold keeps what it originally held; allocations are what it consumed.
-    this.holds.put(
-      holdWith(settled, settled.status, settled.settledAt, settled.committedAmount, hold.amount, hold.allocations),
-    );
     return entry;
   }
 
@@ -521,40 +520,66 @@ export class AccountWork {
    * and what lands on a closed (or past-expiry) grant expires (or is voided) at once.
    */
   private returnToGrants(hold: Reservation, meta: EntryMeta): { entry: JournalEntry; expired: number } {
+    const back = this.giveBack(hold.id, hold.allocations, false);
+    this.account.reserved = this.account.reserved - hold.amount;
+    const entry = this.emit("release_reserved", hold.amount, back.portions, hold.id, meta);
+    // (Nearly always every grant is open: then there is nothing to remove.)
+    const expired = back.expired + (back.toClosed ? this.removeFromClosed(back.portions, hold.id) : 0);
+    return { entry, expired };
+  }
+
+  /**
+   * Gives `allocations` of hold `holdId` back to their grants, paying debt from them first; the
+   * caller lowers `reserved` and writes the entry. `tagged` (a partial capture): each portion says
+   * whether it was `returned` or `debt_paid`; else (a release) only the returned ones are listed.
+   */
+  private giveBack(holdId: string, allocations: readonly GrantPortion[], tagged: boolean): Returned {
     // A grant the hold drew from that is past its expiry but not closed yet (a unit of work that
     // does not settle) is closed first, so its expiry records exactly what it had unspent and
     // unheld when it expired; what the hold returns to it then expires as the hold's own entry
     // (`reservationId` set), as it does for a grant closed earlier. Rollover reads the difference.
-    const due: Grant[] = [];
-    for (const p of hold.allocations) {
+    let due: Grant[] | null = null;
+    for (const p of allocations) {
       const g = this.grants.get(p.grantId);
-      if (g !== undefined && isDue(g, this.now) && !due.includes(g)) due.push(g);
+      if (g !== undefined && isDue(g, this.now) && !(due ??= []).includes(g)) due.push(g);
     }
-    let expired = due.length === 0 ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
+    const expired = due === null ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
     let debt = this.account.debt;
-    const returned: GrantPortion[] = [];
+    const portions: GrantPortion[] = [];
     let toClosed = false;
-    for (const p of hold.allocations) {
+    for (const p of allocations) {
       const g = this.grants.get(p.grantId);
-      if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${hold.id} was not loaded`);
+      if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${holdId} was not loaded`);
       // Debt is paid from credits that go back to a grant still open. What goes back to a closed
-      // grant (voided, or expired — closed just above when it was due) is removed below and pays
-      // nothing: a voided grant's credits must not settle usage, nor expired ones.
+      // grant (voided, or expired — closed just above when it was due) is removed afterwards and
+      // pays nothing: a voided grant's credits must not settle usage, nor expired ones.
       const pay = g.closedAt === null ? Math.min(debt, p.amount) : 0;
       debt -= pay;
+      if (pay > 0 && tagged) portions.push({ grantId: p.grantId, amount: pay, kind: "debt_paid" });
       const back = p.amount - pay;
       if (back === 0) continue;
-      returned.push({ grantId: p.grantId, amount: back });
+      portions.push(
+        tagged ? { grantId: p.grantId, amount: back, kind: "returned" } : { grantId: p.grantId, amount: back },
+      );
       this.grants.put(withRemaining(g, g.remaining + back));
       if (g.closedReason !== null) toClosed = true;
     }
-    this.account.reserved = this.account.reserved - hold.amount;
     this.account.debt = debt;
-    const entry = this.emit("release_reserved", hold.amount, returned, hold.id, meta);
-    // (Nearly always every grant is open: then there is nothing to remove.)
-    if (!toClosed) return { entry, expired };
+    return { portions, expired, toClosed };
+  }
+
+  /**
+   * Removes what `giveBack` returned to closed grants (`portions`; spent and debt-paid ones are
+   * passed over): an `expire` or `void` entry of hold `holdId` per reason. Returns what expired.
+   */
+  private removeFromClosed(portions: readonly GrantPortion[], holdId: string): number {
+    let expired = 0;
     for (const reason of ["expired", "voided"] as const) {
-      const closed = returned.filter((p) => this.grants.get(p.grantId)?.closedReason === reason);
+      const closed: GrantPortion[] = [];
+      for (const p of portions) {
+        if ((p.kind === undefined || p.kind === "returned") && this.grants.get(p.grantId)?.closedReason === reason)
+          closed.push({ grantId: p.grantId, amount: p.amount });
+      }
       if (closed.length === 0) continue;
       for (const p of closed) {
         const g = this.grants.get(p.grantId) as Grant;
@@ -563,12 +588,12 @@ export class AccountWork {
       }
       const total = sum(closed);
       this.account.balance = this.account.balance - total;
-      this.emit(reason === "expired" ? "expire" : "void", total, closed, hold.id, {
+      this.emit(reason === "expired" ? "expire" : "void", total, closed, holdId, {
         description: `returned credits of a ${reason} grant`,
       });
       if (reason === "expired") expired += total;
     }
-    return { entry, expired };
+    return expired;
   }
 
   /**
@@ -731,6 +756,13 @@ function minDate(a: Date | null, b: Date | null): Date | null {
   if (a === null) return b;
   if (b === null) return a;
   return a.getTime() <= b.getTime() ? a : b;
+}
+
+/** What `AccountWork.giveBack` gave back: the entry's portions, credits expired first, whether any went to a closed grant. */
+interface Returned {
+  portions: GrantPortion[];
+  expired: number;
+  toClosed: boolean;
 }
 
 /** What `AccountWork.settle` did: credits expired (grants and returned holds), holds released. */

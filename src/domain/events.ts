@@ -35,23 +35,10 @@ export function domainEvents(
 ): readonly Notification[] {
   if (entries.length === 0) return NO_NOTIFICATIONS;
   const out: Notification[] = [];
-  /** The `hold_settled` payload of each hold committed in this change, by reservation id. */
-  let commits: Map<string, Record<string, unknown>> | undefined;
   for (const entry of entries) {
-    const committed =
-      entry.type === "release_reserved" && entry.reservationId !== null ? commits?.get(entry.reservationId) : undefined;
-    if (committed !== undefined) {
-      // The unused part of an under-commit returning to its grants: one `hold_settled` per hold.
-      committed.returnedAmount = (committed.returnedAmount as number) + entry.amount;
-      committed.heldAmount = (committed.heldAmount as number) + entry.amount;
-      Object.assign(committed, after(entry));
-      continue;
-    }
     const event = eventOf(entry, context);
     if (event === null) continue;
     const [type, payload] = event;
-    if (entry.type === "commit_reserved" && entry.reservationId !== null)
-      (commits ??= new Map()).set(entry.reservationId, payload);
     out.push(newNotification(userId, type, payload, now, null));
   }
   return out;
@@ -73,7 +60,11 @@ function base(e: JournalEntry): Record<string, unknown> {
     seq: e.seq,
     amount: e.amount,
     ...after(e),
-    grants: e.grants.map((g) => ({ grantId: g.grantId, amount: g.amount })),
+    grants: e.grants.map((g) =>
+      g.kind === undefined
+        ? { grantId: g.grantId, amount: g.amount }
+        : { grantId: g.grantId, amount: g.amount, kind: g.kind },
+    ),
     idempotencyKey: e.idempotencyKey,
     correlationId: e.correlationId,
     description: e.description,
@@ -137,19 +128,22 @@ function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<str
         },
       ];
     }
-    case "commit_reserved":
-      // The unused part (an under-commit) is added by `domainEvents` from the entry that returns it.
+    case "commit_reserved": {
+      // A partial capture lists what went back (to grants or to debt) in the same entry.
+      let returned = 0;
+      for (const g of e.grants) if (g.kind !== undefined) returned += g.amount;
       return [
         "hold_settled",
         {
           ...base(e),
           reservationId: e.reservationId,
           outcome: "committed",
-          heldAmount: e.amount,
+          heldAmount: e.amount + returned,
           capturedAmount: e.amount,
-          returnedAmount: 0,
+          returnedAmount: returned,
         },
       ];
+    }
     case "release_reserved": {
       const hold = c.updateReservations.find((r) => r.id === e.reservationId);
       return [

@@ -11,7 +11,9 @@ import type { JournalEntry } from "../models/index.js";
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
   let grants = "";
   for (const g of entry.grants) {
-    grants += `${grants === "" ? "" : ","}{"grantId":${quote(g.grantId)},"amount":${g.amount}}`;
+    // `kind` (a partial capture's returned parts) only when set: entries without it hash as before.
+    const kind = g.kind === undefined ? "" : `,"kind":"${g.kind}"`;
+    grants += `${grants === "" ? "" : ","}{"grantId":${quote(g.grantId)},"amount":${g.amount}${kind}}`;
   }
   return (
     `{"id":${quote(entry.id)},"userId":${quote(entry.userId)},"seq":${entry.seq},` +

@@ -41,8 +41,9 @@ export interface AuditReport {
  * Each entry type has one effect (docs/concepts.md, "The journal"):
  * add +balance, grants created, debt paid by amount − Σgrants; deduct −balance, grants drawn,
  * debt += amount − Σgrants; expire/void −balance, grants removed; reserve +reserved, grants moved
- * into the hold; commit_reserved −balance −reserved, taken from the hold; release_reserved
- * −reserved, the hold's remaining allocations return (net of debt paid from them).
+ * into the hold; commit_reserved −balance −reserved, taken from the hold (a partial capture also
+ * returns the rest: see `replayCapture`); release_reserved −reserved, the hold's remaining
+ * allocations return (net of debt paid from them).
  *
  * This is deliberately a second, independent statement of the rules in `AccountWork`.
  */
@@ -141,14 +142,12 @@ export function replayJournal(
           problems.push(`${where} commits a reservation that is not active`);
           break;
         }
-        if (s !== e.amount) problems.push(`${where} takes ${s} from the hold but says ${e.amount}`);
-        for (const g of e.grants) {
-          const left = (alloc.get(g.grantId) ?? 0) - g.amount;
-          if (left < 0) problems.push(`${where} takes more of grant ${g.grantId} than the hold had`);
-          alloc.set(g.grantId, left);
-        }
+        const r = replayCapture(e, alloc, remaining, problems);
         balance -= e.amount;
-        reserved -= e.amount;
+        reserved -= r.spent + r.returned + r.debtPaid;
+        debt -= r.debtPaid;
+        if (r.partial && ![...alloc.values()].every((v) => v === 0))
+          problems.push(`${where} returns part of the hold but leaves some of it held`);
         if ([...alloc.values()].every((v) => v === 0)) holds.delete(e.reservationId ?? "");
         break;
       }
@@ -331,4 +330,36 @@ function compareStored(
       `${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`,
     );
   }
+}
+
+/**
+ * A `commit_reserved` entry's effect on its hold's allocations `alloc` and the grants' `remaining`
+ * (docs/concepts.md, "The journal"). Its portions without a kind are spent (their sum is the
+ * entry's amount); those of a partial capture say the rest went back: `returned` to its grant,
+ * `debt_paid` to debt. A journal written before partial captures were one entry has only spent
+ * portions, and a `release_reserved` entry of the rest follows: read the same way, it leaves the
+ * rest in the hold for that entry.
+ */
+export function replayCapture(
+  e: JournalEntry,
+  alloc: Map<string, number>,
+  remaining: Map<string, number>,
+  problems: string[],
+): { spent: number; returned: number; debtPaid: number; partial: boolean } {
+  const where = `entry ${e.seq}`;
+  let spent = 0;
+  let returned = 0;
+  let debtPaid = 0;
+  for (const g of e.grants) {
+    const left = (alloc.get(g.grantId) ?? 0) - g.amount;
+    if (left < 0) problems.push(`${where} takes more of grant ${g.grantId} than the hold had`);
+    alloc.set(g.grantId, left);
+    if (g.kind === "returned") {
+      returned += g.amount;
+      remaining.set(g.grantId, (remaining.get(g.grantId) ?? 0) + g.amount);
+    } else if (g.kind === "debt_paid") debtPaid += g.amount;
+    else spent += g.amount;
+  }
+  if (spent !== e.amount) problems.push(`${where} takes ${spent} from the hold but says ${e.amount}`);
+  return { spent, returned, debtPaid, partial: returned + debtPaid > 0 };
 }

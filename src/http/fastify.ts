@@ -54,6 +54,10 @@ export type FastifyCreditMeteringPlugin = ((instance: FastifyInstanceLike, optio
  */
 export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): FastifyCreditMeteringPlugin {
   const c = common(options);
+  if (c.fixed !== null)
+    throw new TypeError(
+      "[credit-management] [metering] `price` (fixed-price metering) is not supported by the Fastify plugin yet: use creditMeteringMiddleware.",
+    );
   const sessions = new WeakMap<IncomingMessage, MeterSession>();
   /** `llm`: the usage of a streamed payload, read as it passes. */
   const readings = new WeakMap<IncomingMessage, ResponseUsageReader>();

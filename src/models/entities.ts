@@ -78,8 +78,17 @@ export const Grant = z.object({
 });
 export type Grant = z.infer<typeof Grant>;
 
+/**
+ * What a portion of a `commit_reserved` entry did with the held credits (docs/concepts.md, "The
+ * journal"): absent, they were spent; `returned`, they went back to their grant; `debt_paid`, they
+ * paid debt. Only a partial capture writes it; every other portion has none (journals written
+ * before it read the same).
+ */
+export const PortionKind = z.enum(["returned", "debt_paid"]);
+export type PortionKind = z.infer<typeof PortionKind>;
+
 /** Part of an amount drawn from, or returned to, one grant. */
-export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount });
+export const GrantPortion = z.object({ grantId: EntityId, amount: NonNegativeAmount, kind: PortionKind.optional() });
 export type GrantPortion = z.infer<typeof GrantPortion>;
 
 export const ReservationStatus = z.enum(["active", "committed", "released", "expired"]);

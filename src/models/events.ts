@@ -80,8 +80,8 @@ export type HoldPlacedPayload = z.infer<typeof HoldPlacedPayload>;
 /**
  * `hold_settled`, version 1: a hold committed (captured), released, or lapsed; one per hold. The
  * entry fields are the settling entry's (`commit_reserved` or `release_reserved`); an under-commit's
- * return of the unused part is in `returnedAmount` and the `…After` fields (its journal entry, the
- * next seq, has no event of its own). A commit beyond the hold also records a `credits_deducted`
+ * return of the unused part is in the same entry (its `grants` with a `kind`) and in
+ * `returnedAmount`. A commit beyond the hold also records a `credits_deducted`
  * with the hold's `reservationId` for the excess.
  */
 export const HoldSettledPayload = z.object({

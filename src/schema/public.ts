@@ -1,13 +1,15 @@
 /**
  * `credit-management/schema`: the tables and collections the built-in stores create, as data
  * (`tableSpecs`, `columnsOf`, `MIGRATIONS`) and as DDL (`generateSql` for PostgreSQL and MySQL,
- * `generateUpgradeSql` from an older version, `generateMongoSchema` for MongoDB), for a team that
+ * `generateUpgradeSql` from an older version, `generateMongoSchema` for MongoDB, and
+ * `generateMongoScript`: the mongosh script of what `MongoDbManager.init()` makes), for a team that
  * runs its migrations with its own tool. The row codecs and naming helpers the stores share stay
  * inside the package (`./index.ts`).
  */
 export { type Column, type ColumnKind, columnsOf } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
 export { MIGRATIONS, type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
+export { type MongoScriptOptions, generateMongoScript } from "./mongo-script.js";
 export {
   type NamingOptions,
   type SqlDialect,

@@ -29,6 +29,14 @@ export interface SqlOptions extends NamingOptions {
    * this DDL passes the version check of an adapter that does not migrate (`migrate: false`).
    */
   versionRow?: boolean;
+  /**
+   * PostgreSQL for Citus (docs/scaling-out.md): every table whose rows belong to one account (a
+   * NOT NULL `user_id`) gets `user_id` first in its primary key and in each unique index that
+   * lacks it, as a table distributed by `user_id` requires; the Citus calls to distribute the
+   * tables are appended as comments. Default false. Ids stay unique in practice (random UUIDs);
+   * what changes is that the database enforces it per user.
+   */
+  distributed?: boolean;
 }
 
 /**
@@ -98,7 +106,13 @@ export function sqlTables(options: SqlOptions): SqlTable[] {
  */
 export function generateSql(options: SqlOptions): string {
   const { dialect } = options;
-  const tables = sqlTables(options);
+  if (options.distributed === true && dialect !== "postgres") {
+    throw new Error("distributed applies to the postgres dialect only (Citus)");
+  }
+  const distributed = options.distributed === true;
+  const tables = sqlTables(
+    distributed ? { ...options, tables: distributedSpecs(options.tables ?? tableSpecs) } : options,
+  );
   const out: string[] = [
     `-- credit-management: ${DIALECT_NAMES[dialect]} schema, generated from the zod models.\n` +
       `-- Amounts are ${dialect === "sqlite" ? "INTEGER" : "BIGINT"} within ±(2^53 − 1), so they read back as exact JavaScript numbers.` +
@@ -112,7 +126,67 @@ export function generateSql(options: SqlOptions): string {
   for (const table of tables) out.push(...tableDdl(dialect, table, options));
   if (options.versionRow !== false)
     out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
+  if (distributed) out.push(citusComment(tables, options));
   return `${out.join("\n\n")}\n`;
+}
+
+/** The tables whose every row belongs to one account: a required `userId` field. */
+export function perAccountTables(specs: TableSpecs = tableSpecs): TableKey[] {
+  return (Object.keys(specs) as TableKey[]).filter((key) => {
+    const userId = columnsOf(specs[key].model).find((c) => c.field === "userId");
+    return userId !== undefined && !userId.nullable;
+  });
+}
+
+/**
+ * `specs` for a store distributed by user (Citus): `userId` first in the primary key and in the
+ * unique indexes of every per-account table that lack it.
+ */
+export function distributedSpecs(specs: TableSpecs): TableSpecs {
+  const perAccount = new Set(perAccountTables(specs));
+  const withUser = (fields: readonly string[]) => (fields.includes("userId") ? fields : ["userId", ...fields]);
+  return Object.fromEntries(
+    (Object.keys(specs) as TableKey[]).map((key) => {
+      const spec = specs[key];
+      if (!perAccount.has(key)) return [key, spec];
+      return [
+        key,
+        {
+          ...spec,
+          primaryKey: withUser(spec.primaryKey),
+          indexes: spec.indexes.map((i) => (i.unique ? { ...i, fields: withUser(i.fields) } : i)),
+        },
+      ];
+    }),
+  ) as TableSpecs;
+}
+
+/** The Citus calls that distribute the tables (as comments: they fail on a server without Citus). */
+function citusComment(tables: SqlTable[], options: NamingOptions): string {
+  const perAccount = new Set<string>(
+    perAccountTables(tables.reduce((m, t) => ({ ...m, [t.key]: t.spec }), {} as TableSpecs)),
+  );
+  const literal = (t: SqlTable) => `'${t.qualified.replace(/'/g, "''")}'`;
+  const accounts = tables.find((t) => t.key === "accounts");
+  const lines = ["-- Citus (docs/scaling-out.md), once, on the coordinator, before any row is written:"];
+  for (const t of tables) {
+    if (!perAccount.has(t.key)) continue;
+    lines.push(
+      t.key === "accounts"
+        ? `-- SELECT create_distributed_table(${literal(t)}, 'user_id');`
+        : `-- SELECT create_distributed_table(${literal(t)}, 'user_id', colocate_with => ${accounts ? literal(accounts) : "'default'"});`,
+    );
+  }
+  for (const t of tables) {
+    if (perAccount.has(t.key)) continue;
+    lines.push(
+      t.key === "ledger"
+        ? `-- ${t.qualified}: stays a local table on the coordinator (rows without a user; written outside units of work)`
+        : `-- SELECT create_reference_table(${literal(t)});`,
+    );
+  }
+  lines.push(`-- SELECT create_reference_table('${versionTableName("postgres", options).replace(/'/g, "''")}');`);
+  return lines.join("\n");
 }
 
 /** The version table's name, quoted and qualified. */

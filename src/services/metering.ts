@@ -53,6 +53,11 @@ export interface MeterOutcome {
   shortfall?: number;
   /** The commit (or after-service deduction) entry; null when released or nothing was charged. */
   entry: JournalEntry | null;
+  /**
+   * A fixed-price request of the HTTP metering middlewares (their `price` option): no hold
+   * (`reservationId` is empty, `estimate` is the price), charged by one deduction or not at all.
+   */
+  fixedPrice?: boolean;
 }
 
 /** The usage context of one metered call, reachable anywhere below it through `currentMeter()`. */

@@ -371,28 +371,38 @@ export class NotificationService {
           ? "credit-management: notification failed for good"
           : "credit-management: notification delivery failed; will retry",
       );
-      const ok = await this.db.completeNotification(row.id, token, {
-        status: last ? "failed" : "pending",
-        attempts: attempt,
-        nextAttemptAt: last
-          ? now
-          : new Date(now.getTime() + backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs)),
-        lastError: reason.slice(0, 1000),
-        settledAt: last ? now : null,
-      });
+      const ok = await this.db.completeNotification(
+        row.id,
+        token,
+        {
+          status: last ? "failed" : "pending",
+          attempts: attempt,
+          nextAttemptAt: last
+            ? now
+            : new Date(now.getTime() + backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs)),
+          lastError: reason.slice(0, 1000),
+          settledAt: last ? now : null,
+        },
+        row.userId,
+      );
       if (!ok) report.lost++;
       else if (last) report.failed++;
       else report.retried++;
       return;
     }
     const now = this.clock();
-    const ok = await this.db.completeNotification(row.id, token, {
-      status: "sent",
-      attempts: attempt,
-      nextAttemptAt: row.nextAttemptAt,
-      lastError: null,
-      settledAt: now,
-    });
+    const ok = await this.db.completeNotification(
+      row.id,
+      token,
+      {
+        status: "sent",
+        attempts: attempt,
+        nextAttemptAt: row.nextAttemptAt,
+        lastError: null,
+        settledAt: now,
+      },
+      row.userId,
+    );
     if (ok) report.sent++;
     else report.lost++;
   }

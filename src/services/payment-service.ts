@@ -243,7 +243,7 @@ export class PaymentService {
       await this.deps.db.insertPayment(claim);
     } catch (error) {
       if (!(error instanceof ConflictError) || i.idempotencyKey === undefined) throw error;
-      const first = await this.deps.db.getPayment(id);
+      const first = await this.deps.db.getPayment(id, user);
       if (first === null || first.userId !== user) throw error;
       // Every argument counts (metadata compared key-order-free: a store may reorder JSON keys).
       const same =
@@ -307,7 +307,7 @@ export class PaymentService {
         await sleep(Math.min(pause, left));
         pause = Math.min(pause * 2, 200);
       }
-      const next = await this.deps.db.getPayment(cur.id);
+      const next = await this.deps.db.getPayment(cur.id, cur.userId);
       if (next === null) throw new NotFoundError(`Payment ${cur.id} not found.`, { paymentId: cur.id });
       cur = next;
     }
@@ -346,7 +346,7 @@ export class PaymentService {
       // Failed only while the claim is still this call's: a call that took it over meanwhile goes on.
       const failed: Payment = { ...claim, status: "failed", version: claim.version + 1, updatedAt: this.deps.clock() };
       if (!(await this.deps.db.updatePayment(failed))) {
-        const cur = await this.deps.db.getPayment(claim.id);
+        const cur = await this.deps.db.getPayment(claim.id, claim.userId);
         if (cur !== null && cur.checkoutUrl !== null) return cur;
       }
       throw error;
@@ -548,7 +548,7 @@ export class PaymentService {
   async getPayment(userId: string, paymentId: string): Promise<Payment> {
     const user = parse(UserId, userId, "userId");
     const id = parse(PaymentId, paymentId, "paymentId");
-    const p = await this.deps.db.getPayment(id);
+    const p = await this.deps.db.getPayment(id, user);
     if (p === null || p.userId !== user) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
     return p;
   }
@@ -792,8 +792,11 @@ export class PaymentService {
     change: (p: Payment) => Partial<Payment> | null,
     first?: Payment,
   ): Promise<Payment> {
+    // Keyed by the owner once it is known (docs/scaling-out.md); a payment never changes user.
+    let owner = first?.userId;
     for (let known = first; ; known = undefined) {
-      const cur = known ?? (await this.deps.db.getPayment(id));
+      const cur = known ?? (await this.deps.db.getPayment(id, owner));
+      owner = cur?.userId ?? owner;
       if (cur === null) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
       const patch = change(cur);
       if (patch === null) return cur;

@@ -387,7 +387,7 @@ export class SubscriptionService {
     const newGrants = "created" in outcome ? outcome.created : await this.grantsOf(s.userId, outcome.replayed, it.key);
     let completed = false;
     for (let race = 0; ; race++) {
-      const current = race === 0 ? s : await this.db.getSubscription(s.id);
+      const current = race === 0 ? s : await this.db.getSubscription(s.id, s.userId);
       if (current === null || current.intent?.key !== it.key) return { subscription: current ?? s, completed };
       const next: Subscription = {
         ...rules.intentDone(current, it, newGrants),
@@ -418,7 +418,7 @@ export class SubscriptionService {
     const out: PeriodEndExpiry = new Map();
     const open = new Map<string, { expired: number; seen: number; held: number }>();
     for (const id of carry.grantIds) {
-      const g = await this.db.getGrant(id);
+      const g = await this.db.getGrant(id, userId);
       if (g === null || g.userId !== userId || g.expiresAt?.getTime() !== carry.periodEnd) continue;
       const expired = g.expiredAmount ?? 0;
       if (g.closedAt === null || expired === 0) out.set(id, { expired, atExpiry: expired });
@@ -426,7 +426,7 @@ export class SubscriptionService {
     }
     const holds = new Map<string, Reservation | null>();
     const heldAtEnd = async (reservationId: string): Promise<boolean> => {
-      if (!holds.has(reservationId)) holds.set(reservationId, await this.db.getReservation(reservationId));
+      if (!holds.has(reservationId)) holds.set(reservationId, await this.db.getReservation(reservationId, userId));
       return liveAt(holds.get(reservationId) ?? null, carry.periodEnd);
     };
     const PAGE = 200;
@@ -506,7 +506,7 @@ export class SubscriptionService {
       if (current === null) throw new NotFoundError(`Subscription ${s.id} not found.`, { subscriptionId: s.id });
       const next: Subscription = { ...change(current), version: current.version + 1, updatedAt: now };
       if (await this.db.updateSubscription(next, current.version)) return { value: next, won: true };
-      current = await this.db.getSubscription(s.id);
+      current = await this.db.getSubscription(s.id, s.userId);
       if (!retry && current !== null) return { value: current, won: false };
     }
     throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });

@@ -583,6 +583,55 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         expect((await credits.audit(u)).ok).toBe(true);
       });
 
+      it("records a partial capture in one entry: spent, returned and debt-paid portions, stored as written", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db, T0, 50);
+        const g1 = await credits.addCredits(u, 30, { expiresAt: new Date(T0 + DAY) });
+        const g2 = await credits.addCredits(u, 70);
+        const [first, second] = [g1.grants[0]?.grantId, g2.grants[0]?.grantId];
+        const hold = await credits.reserveCredits(u, 50, { ttlSeconds: 3 * 86400 });
+        // Usage delivered meanwhile takes the 50 unheld credits and 10 more as debt.
+        await credits.deductCreditsAfterService(u, 60);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 40, reserved: 50, debt: 10 });
+        const c = await credits.commitReservedCredits(hold.id, { amount: 25 });
+        // 25 of the first grant spent; the held rest (5 of it, 20 of the second) pays the 10 of debt first.
+        expect(c).toMatchObject({
+          type: "commit_reserved",
+          amount: 25,
+          reservedAfter: 0,
+          debtAfter: 0,
+          balanceAfter: 15,
+        });
+        expect(c.grants).toEqual([
+          { grantId: first, amount: 25 },
+          { grantId: first, amount: 5, kind: "debt_paid" },
+          { grantId: second, amount: 5, kind: "debt_paid" },
+          { grantId: second, amount: 15, kind: "returned" },
+        ]);
+        const stored = (await credits.getCreditHistory(u, { types: ["commit_reserved"] })).items;
+        expect(stored).toEqual([c]);
+        expect((await credits.getCreditHistory(u)).items.map((e) => e.type)).toEqual([
+          "commit_reserved",
+          "deduct",
+          "reserve",
+          "add",
+          "add",
+        ]);
+        expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 15, reserved: 0, debt: 0, available: 15 });
+        expect((await credits.audit(u)).ok).toBe(true);
+        // A partial capture whose rest returns to a grant that expired meanwhile: the rest expires at once.
+        await credits.addCredits(u, 20, { expiresAt: new Date(T0 + 2 * DAY) });
+        const late = await credits.reserveCredits(u, 30, { ttlSeconds: 5 * 86400 });
+        clock.now = T0 + 2 * DAY;
+        const partial = await credits.commitReservedCredits(late.id, { amount: 10 });
+        expect(partial.grants.filter((g) => g.kind === "returned").reduce((s, g) => s + g.amount, 0)).toBe(20);
+        expect((await credits.getCreditHistory(u, { limit: 2 })).items.map((e) => e.type)).toEqual([
+          "expire",
+          "commit_reserved",
+        ]);
+        expect((await credits.audit(u)).ok).toBe(true);
+      });
+
       it("refuses deductions past available, allows after-service ones into debt within the limit", async () => {
         const u = user();
         const { credits } = serviceWithClock(db, T0, 50);
@@ -677,7 +726,8 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         const c2 = await credits.commitReservedCredits(r1.id, { amount: 2, idempotencyKey: "k-commit" });
         expect(c2).toEqual(c1);
         expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 8, reserved: 0 });
-        expect((await credits.getCreditHistory(u)).items).toHaveLength(4);
+        // add, reserve, and the partial capture (with its returned part) in one entry.
+        expect((await credits.getCreditHistory(u)).items).toHaveLength(3);
       });
 
       it("voids what is left of a grant, and its held part when the hold ends", async () => {

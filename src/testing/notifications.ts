@@ -131,7 +131,7 @@ export function runNotificationContract(
           }),
         ),
       );
-      expect(events.map((e) => (e.payload as { seq: number }).seq)).toEqual([1, 2, 3, 4, 5, 7, 8, 9, 10, 11]); // seq 6: the unused part of the under-commit, in its hold_settled
+      expect(events.map((e) => (e.payload as { seq: number }).seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]); // the under-commit's unused part is in its one entry
       expect(events[0]).toMatchObject({
         type: "credits_added",
         version: 1,
@@ -161,6 +161,7 @@ export function runNotificationContract(
         heldAmount: 30,
         capturedAmount: 20,
         returnedAmount: 10,
+        grants: [{ amount: 20 }, { amount: 10, kind: "returned" }],
         balanceAfter: 75,
         reservedAfter: 0,
         availableAfter: 75,

@@ -211,6 +211,7 @@ async function nodeRoute(req: IncomingMessage, res: ServerResponse): Promise<voi
 const middlewareOptions = (o: Parameters<MeteredHost["start"]>[0]): CreditMeteringMiddlewareOptions => ({
   ...o,
   onSettled: o.onSettled as CreditMeteringMiddlewareOptions["onSettled"],
+  price: o.price as CreditMeteringMiddlewareOptions["price"],
   authenticate: (req) => o.authenticate(userOf(req.headers.authorization)),
 });
 const fetchOptions = (o: Parameters<MeteredHost["start"]>[0]): CreditMeteringOptions => ({

@@ -284,14 +284,15 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     return ids.sort().slice(0, limit);
   }
 
-  async getGrant(grantId: string): Promise<Grant | null> {
+  async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
     const grant = this.grantOwner.get(grantId)?.grants.get(grantId);
-    return grant === undefined ? null : copyGrant(grant);
+    return grant === undefined || (userId !== undefined && grant.userId !== userId) ? null : copyGrant(grant);
   }
 
-  async getReservation(reservationId: string): Promise<Reservation | null> {
+  async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
     const u = this.holderOf(reservationId);
     const hold = u === undefined ? null : this.holdOf(u, reservationId);
+    if (hold !== null && userId !== undefined && hold.userId !== userId) return null;
     // An active hold is the stored object; a settled one is already a new object, made from its row.
     return hold !== null && hold.status === "active" ? copyReservation(hold) : hold;
   }

@@ -92,9 +92,9 @@ export class MemoryPromoStore implements PromoPaymentStore {
     this.putPayment(payment);
   }
 
-  async getPayment(paymentId: string): Promise<Payment | null> {
+  async getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
     const p = this.payments.get(paymentId);
-    return p === undefined ? null : copy(p);
+    return p === undefined || (userId !== undefined && p.userId !== userId) ? null : copy(p);
   }
 
   async findPaymentByProviderId(provider: string, id: string): Promise<Payment | null> {

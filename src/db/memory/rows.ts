@@ -1,4 +1,8 @@
-import type { GrantPortion } from "../../models/index.js";
+import type { GrantPortion, PortionKind } from "../../models/index.js";
+
+/** A portion's kind as stored (0: none). */
+const KINDS: readonly (PortionKind | undefined)[] = [undefined, "returned", "debt_paid"];
+const KIND_CODE: Record<PortionKind, number> = { returned: 1, debt_paid: 2 };
 
 /**
  * Fixed-size rows in one buffer that doubles as it fills, seen as bytes, float64 and uint32 (the
@@ -49,7 +53,8 @@ export class PortionPool {
         this.grantIds.push(p.grantId);
         this.grantIndex.set(p.grantId, g);
       }
-      this.pool[2 * this.length] = g;
+      // The portion's kind in the two low bits of the grant's number (exact in a float64).
+      this.pool[2 * this.length] = 4 * g + (p.kind === undefined ? 0 : KIND_CODE[p.kind]);
       this.pool[2 * this.length + 1] = p.amount;
       this.length++;
     }
@@ -60,10 +65,11 @@ export class PortionPool {
   read(from: number, to: number): GrantPortion[] {
     const out: GrantPortion[] = [];
     for (let p = from; p < to; p++) {
-      out.push({
-        grantId: this.grantIds[this.pool[2 * p] as number] as string,
-        amount: this.pool[2 * p + 1] as number,
-      });
+      const code = this.pool[2 * p] as number;
+      const grantId = this.grantIds[Math.floor(code / 4)] as string;
+      const amount = this.pool[2 * p + 1] as number;
+      const kind = code % 4;
+      out.push(kind === 0 ? { grantId, amount } : { grantId, amount, kind: KINDS[kind] as PortionKind });
     }
     return out;
   }

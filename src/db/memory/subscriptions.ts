@@ -68,9 +68,9 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     this.byUser.set(s.userId, list);
   }
 
-  async getSubscription(id: string): Promise<Subscription | null> {
+  async getSubscription(id: string, userId?: string): Promise<Subscription | null> {
     const s = this.subs.get(id);
-    return s === undefined ? null : copy(s);
+    return s === undefined || (userId !== undefined && s.userId !== userId) ? null : copy(s);
   }
 
   async getActiveSubscription(userId: string): Promise<Subscription | null> {

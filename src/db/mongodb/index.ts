@@ -1,18 +1,9 @@
 import { MongoClient } from "mongodb";
-import type {
-  ClientSession,
-  Collection,
-  Db,
-  Document,
-  Filter,
-  IndexDescription,
-  MongoClientOptions,
-  TransactionOptions,
-} from "mongodb";
+import type { ClientSession, Collection, Db, Document, Filter, MongoClientOptions, TransactionOptions } from "mongodb";
 import { z } from "zod";
 import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
-import { MongoOutbox, NOTIFICATION_INDEXES } from "./outbox.js";
+import { MongoOutbox } from "./outbox.js";
 import type {
   Changes,
   DbCapabilities,
@@ -28,7 +19,9 @@ import type {
 import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type StoredDoc } from "./documents.js";
 import { AccountLocks } from "../store/account-locks.js";
 import { MongoPromoStore } from "./promos.js";
-import { MongoSubscriptionStore, SUBSCRIPTION_INDEXES } from "./subscriptions.js";
+import { MongoSubscriptionStore } from "./subscriptions.js";
+import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter } from "./layout.js";
+import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
 import {
   MongoBatch,
@@ -84,6 +77,15 @@ export interface MongoDbManagerOptions {
   batch?: false | { maxUnits?: number; concurrency?: number };
   /** @internal Tests: on every state-cache hit, also read the account and fail if they differ. */
   verifyStateCache?: boolean;
+  /**
+   * `init()` creates the collections and indexes, drops the indexes a later version removed and
+   * records the schema version in `<prefix>schema_version` (default true). `false`, for teams that
+   * own their database changes (`npx credit-management schema --dialect mongodb [--from-version N]`,
+   * a mongosh script): `init()` only checks that the version document says this release's
+   * `SCHEMA_VERSION` and throws `ConfigurationError` naming the command to run when it is older,
+   * newer or absent (docs/schema-upgrades.md).
+   */
+  migrate?: boolean;
 }
 
 const BatchOption = z.union([
@@ -135,44 +137,6 @@ const MAX_BATCH = 10_000;
 const ONE_BATCH = { batchSize: MAX_BATCH } as const;
 const batchOf = (limit: number) => ({ batchSize: Math.max(1, Math.min(limit, MAX_BATCH)) });
 
-/** The indexes every query and guarantee of the adapter relies on (created by `init()`). */
-const INDEXES: Record<keyof Collections, IndexDescription[]> = {
-  ...SUBSCRIPTION_INDEXES,
-  // The account document is `_id: userId`; its `_id` index is the only one it needs.
-  accounts: [],
-  grants: [
-    // load(): a user's open grants; listGrants(): a user's grants in insertion order.
-    { key: { userId: 1, _open: 1, _ord: 1 }, name: "user_open_ord" },
-    // findDueGrants(): open grants by expiry (closed grants are left out of the index).
-    { key: { expiresAt: 1, _id: 1 }, name: "due_open", partialFilterExpression: { _open: true } },
-  ],
-  reservations: [
-    // load(): a user's active holds; listReservations(): by status, in insertion order.
-    { key: { userId: 1, status: 1, _ord: 1 }, name: "user_status_ord" },
-    // findExpiredReservations(): active holds by expiry.
-    { key: { status: 1, expiresAt: 1, _id: 1 }, name: "status_expiry" },
-  ],
-  journal: [
-    // Gap-free, one entry per seq, and the cursor of listJournal().
-    { key: { userId: 1, seq: 1 }, name: "user_seq", unique: true },
-    // Idempotency keys are unique per user, where an entry has one.
-    {
-      key: { userId: 1, idempotencyKey: 1 },
-      name: "user_idempotency_key",
-      unique: true,
-      partialFilterExpression: { idempotencyKey: { $type: "string" } },
-    },
-  ],
-  // listLedgerEntries(): newest first in (createdAt, _ord, _id) order — the sort's own keys, so a
-  // page reads `limit` entries off the index instead of sorting every match.
-  ledger: [
-    { key: { createdAt: -1, _ord: -1, _id: -1 }, name: "created_id" },
-    { key: { userId: 1, createdAt: -1, _ord: -1, _id: -1 }, name: "user_created_id" },
-    { key: { eventType: 1, createdAt: -1, _ord: -1, _id: -1 }, name: "type_created_id" },
-  ],
-  notifications: NOTIFICATION_INDEXES,
-};
-
 /**
  * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
  *
@@ -203,6 +167,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   readonly capabilities: DbCapabilities = { multiProcess: true };
   /** Prefix of the collection names. */
   readonly collectionPrefix: string;
+  private readonly migrate: boolean;
 
   private readonly client: MongoClient;
   private readonly db: Db;
@@ -245,6 +210,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
       throw new ConfigurationError("[credit-management] [mongodb] Pass `{ client, dbName }` or `{ db }`.");
     }
     this.collectionPrefix = config.collectionPrefix ?? "credit_";
+    this.migrate = config.migrate !== false;
     this.maxAttempts = config.maxAttempts ?? 25;
     if (!Number.isInteger(this.maxAttempts) || this.maxAttempts < 1) {
       throw new ConfigurationError("[credit-management] [mongodb] `maxAttempts` must be a positive integer.");
@@ -332,27 +298,72 @@ export class MongoDbManager extends StoreBase implements DbManager {
   }
 
   /**
-   * Checks that the server runs transactions, then creates the collections (DocumentDB and
-   * MongoDB < 4.4 cannot create them inside a transaction) and every index. Idempotent, and safe
+   * Checks that the server runs transactions and reads the schema-version document
+   * (`<prefix>schema_version`, `_id: "credit-management"`): a newer version than this release's is
+   * refused. Then, unless `migrate: false` (which only checks the version), creates the collections
+   * (DocumentDB and MongoDB < 4.4 cannot create them inside a transaction), drops the indexes a
+   * later version removed (src/db/mongodb/layout.ts), creates every index and records
+   * `SCHEMA_VERSION`. Validators are not applied (docs/schema-upgrades.md). Idempotent, and safe
    * to run from several processes at once.
    */
   async init(): Promise<void> {
     await this.assertTransactions();
+    const versions = this.db.collection<{ _id: string; version: number; updatedAt?: Date }>(
+      `${this.collectionPrefix}${VERSION_COLLECTION}`,
+    );
+    const found = await guard("init: read the schema version", () => versions.findOne({ _id: SCHEMA_COMPONENT }));
+    const version = typeof found?.version === "number" ? found.version : 0;
+    if (version > SCHEMA_VERSION) {
+      throw new ConfigurationError(
+        `[credit-management] [mongodb] the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
+      );
+    }
+    if (!this.migrate) {
+      if (version === SCHEMA_VERSION) return;
+      const prefix = this.collectionPrefix === "" ? "" : ` --prefix ${this.collectionPrefix}`;
+      throw new ConfigurationError(
+        version === 0
+          ? `[credit-management] [mongodb] the store has no credit-management schema (no version document in ${versions.collectionName}) and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect mongodb${prefix}\` first (a store an older release made: add --from-version N)`
+          : `[credit-management] [mongodb] the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect mongodb${prefix} --from-version ${version}\` first`,
+      );
+    }
     const existing = await guard("init: listCollections", () =>
       this.db.listCollections({}, { nameOnly: true }).toArray(),
     );
     const names = new Set(existing.map((c) => c.name));
-    for (const [key, collection] of Object.entries(this.c) as [keyof Collections, Collection<StoredDoc>][]) {
-      if (!names.has(collection.collectionName)) {
-        await guard(`init: create ${collection.collectionName}`, async () => {
-          try {
-            await this.db.createCollection(collection.collectionName);
-          } catch (error) {
-            if (!isNamespaceExists(error)) throw error; // another process created it first
-          }
-        });
-      }
-      const indexes = INDEXES[key];
+    const collections = [
+      ...Object.values(MONGO_COLLECTIONS).map((layout) => ({
+        collection: this.db.collection(`${this.collectionPrefix}${layout.name}`),
+        indexes: layout.indexes,
+      })),
+      { collection: versions, indexes: [] },
+    ];
+    for (const { collection } of collections) {
+      if (names.has(collection.collectionName)) continue;
+      await guard(`init: create ${collection.collectionName}`, async () => {
+        try {
+          await this.db.createCollection(collection.collectionName);
+        } catch (error) {
+          if (!isNamespaceExists(error)) throw error; // another process created it first
+        }
+      });
+    }
+    // Without a version document the store's version is unknown (releases before the document
+    // wrote none): every removed index is looked for, and dropped only with exactly its old keys.
+    for (const dropped of droppedIndexesAfter(version)) {
+      const collection = this.db.collection(`${this.collectionPrefix}${MONGO_COLLECTIONS[dropped.collection].name}`);
+      await guard(`init: drop index ${dropped.name} of ${collection.collectionName}`, async () => {
+        const indexes = await collection.listIndexes().toArray();
+        const old = indexes.find((i) => i.name === dropped.name);
+        if (old === undefined || JSON.stringify(old.key) !== JSON.stringify(dropped.key)) return;
+        try {
+          await collection.dropIndex(dropped.name);
+        } catch (error) {
+          if ((error as { code?: unknown }).code !== 27) throw error; // IndexNotFound: dropped concurrently
+        }
+      });
+    }
+    for (const { collection, indexes } of collections) {
       if (indexes.length === 0) continue;
       try {
         await collection.createIndexes(indexes);
@@ -367,7 +378,21 @@ export class MongoDbManager extends StoreBase implements DbManager {
         throw toCreditError(error, `init: createIndexes on ${collection.collectionName}`);
       }
     }
-    await this.promoStore.init(this.db, names);
+    // Last, once everything else is there; `$max`: never lowers what a newer release wrote meanwhile.
+    await guard("init: write the schema version", async () => {
+      const write = () =>
+        versions.updateOne(
+          { _id: SCHEMA_COMPONENT },
+          { $max: { version: SCHEMA_VERSION }, $set: { updatedAt: new Date() } },
+          { upsert: true },
+        );
+      try {
+        await write();
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== 11000) throw error;
+        await write(); // a concurrent upsert inserted it first: now this one updates
+      }
+    });
   }
 
   /** Closes the client if `fromUri` created it; a client handed in stays open. */
@@ -481,10 +506,14 @@ export class MongoDbManager extends StoreBase implements DbManager {
     }
   }
 
-  /** A `ping` command; MongoDB stores have no schema version (docs/observability.md). */
+  /** Reads the schema-version document (null when there is none), which also proves the server answers. */
   async ping(): Promise<{ schemaVersion: number | null }> {
-    await guard("ping", () => this.db.command({ ping: 1 }));
-    return { schemaVersion: null };
+    const doc = await guard("ping", () =>
+      this.db
+        .collection<{ _id: string; version?: unknown }>(`${this.collectionPrefix}${VERSION_COLLECTION}`)
+        .findOne({ _id: SCHEMA_COMPONENT }),
+    );
+    return { schemaVersion: typeof doc?.version === "number" ? doc.version : null };
   }
 
   /** Two aggregations: active holds (`status_expiry` index) and the outbox's pending and failed rows. */
@@ -531,13 +560,17 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return docs.map((d) => d._id);
   }
 
-  async getGrant(grantId: string): Promise<Grant | null> {
-    const doc = await guard("getGrant", () => this.c.grants.findOne({ _id: grantId }));
+  async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
+    const doc = await guard("getGrant", () =>
+      this.c.grants.findOne(userId === undefined ? { _id: grantId } : { userId, _id: grantId }),
+    );
     return doc === null ? null : fromDoc(GRANT, doc);
   }
 
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const doc = await guard("getReservation", () => this.c.reservations.findOne({ _id: reservationId }));
+  async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
+    const doc = await guard("getReservation", () =>
+      this.c.reservations.findOne(userId === undefined ? { _id: reservationId } : { userId, _id: reservationId }),
+    );
     return doc === null ? null : fromDoc(RESERVATION, doc);
   }
 
@@ -640,7 +673,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
         q.beforeId === undefined
           ? null
           : await guard("listLedgerEntries", () =>
-              this.c.ledger.findOne({ _id: q.beforeId as string }, { projection: { createdAt: 1, _ord: 1 } }),
+              this.c.ledger.findOne(
+                { _id: q.beforeId as string, ...(q.userId === undefined ? {} : { userId: q.userId }) },
+                { projection: { createdAt: 1, _ord: 1 } },
+              ),
             );
       if (anchor !== null && anchor.createdAt instanceof Date && anchor.createdAt.getTime() === q.before.getTime()) {
         // The same instant as the previous page's last entry: those after it in (_ord, _id) order.

@@ -108,16 +108,16 @@ export class MongoOutbox {
     if ((head.nextAttemptAt as Date).getTime() > q.now.getTime()) return null;
     if (head.claimedUntil !== null && (head.claimedUntil as Date).getTime() > q.now.getTime()) return null;
     return this.c.findOneAndUpdate(
-      { _id: head._id, status: "pending", $or: [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }] },
+      { _id: head._id, userId, status: "pending", $or: [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }] },
       { $set: { claimedUntil: until, claimToken: q.token } },
       { returnDocument: "after" },
     );
   }
 
-  async completeNotification(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
+  async completeNotification(id: string, token: string, u: NotificationUpdate, userId?: string): Promise<boolean> {
     const res = await guard("completeNotification", () =>
       this.c.updateOne(
-        { _id: id, status: "pending", claimToken: token },
+        { _id: id, ...(userId === undefined ? {} : { userId }), status: "pending", claimToken: token },
         {
           $set: {
             status: u.status,

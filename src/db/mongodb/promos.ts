@@ -1,5 +1,5 @@
-import type { ClientSession, Collection, Db, Filter, IndexDescription } from "mongodb";
-import { ConfigurationError, ConflictError } from "../../errors.js";
+import type { ClientSession, Collection, Filter } from "mongodb";
+import { ConflictError } from "../../errors.js";
 import {
   Payment,
   Promo,
@@ -10,7 +10,7 @@ import {
 } from "../../models/index.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
 import { fromDoc, toDoc, type StoredDoc } from "./documents.js";
-import { guard, isIndexConflict, isNamespaceExists, toCreditError } from "./errors.js";
+import { guard } from "./errors.js";
 
 const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>) => ({
   idField,
@@ -19,31 +19,6 @@ const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>) => (
 const PROMO = kind<PromoT>("code", Promo.shape);
 const CLAIM = kind<PromoClaimT>("id", PromoClaim.shape);
 const PAYMENT = kind<PaymentT>("id", Payment.shape);
-
-/** The indexes the promo and payment queries and guarantees rely on. */
-const INDEXES: Record<"promos" | "claims" | "payments", IndexDescription[]> = {
-  // `_id` is the upper-cased code: unique.
-  promos: [{ key: { createdAt: -1, _id: -1 }, name: "created" }],
-  claims: [
-    // One claim per (code, user, claim number): the backstop of the per-user limit.
-    { key: { code: 1, userId: 1, claimNumber: 1 }, name: "code_user_n", unique: true },
-    { key: { userId: 1, createdAt: 1 }, name: "user_created" },
-  ],
-  payments: [
-    { key: { userId: 1, createdAt: -1, _id: -1 }, name: "user_created" },
-    {
-      key: { provider: 1, providerRef: 1 },
-      name: "provider_ref",
-      partialFilterExpression: { providerRef: { $type: "string" } },
-    },
-    {
-      key: { provider: 1, providerPaymentId: 1 },
-      name: "provider_payment",
-      unique: true,
-      partialFilterExpression: { providerPaymentId: { $type: "string" } },
-    },
-  ],
-};
 
 /** Every field but the id, the owner and the immutable ones (see `updatableFields`). */
 function paymentSet(p: PaymentT): Record<string, unknown> {
@@ -68,35 +43,6 @@ export class MongoPromoStore implements PromoPaymentStore {
     this.promos = col("promos");
     this.claims = col("promo_claims");
     this.payments = col("payments");
-  }
-
-  async init(db: Db, existing: Set<string>): Promise<void> {
-    for (const [key, c] of [
-      ["promos", this.promos],
-      ["claims", this.claims],
-      ["payments", this.payments],
-    ] as const) {
-      if (!existing.has(c.collectionName)) {
-        await guard(`init: create ${c.collectionName}`, async () => {
-          try {
-            await db.createCollection(c.collectionName);
-          } catch (error) {
-            if (!isNamespaceExists(error)) throw error;
-          }
-        });
-      }
-      try {
-        await c.createIndexes(INDEXES[key]);
-      } catch (error) {
-        if (isIndexConflict(error)) {
-          throw new ConfigurationError(
-            `[credit-management] [mongodb] An index on ${c.collectionName} has the name or keys of one this version needs but other options. Drop it and run init() again.`,
-            error,
-          );
-        }
-        throw toCreditError(error, `init: createIndexes on ${c.collectionName}`);
-      }
-    }
   }
 
   // ---- Inside a unit of work (driver errors unconverted: withTransaction must see their labels).
@@ -132,7 +78,7 @@ export class MongoPromoStore implements PromoPaymentStore {
     }
     for (const p of changes.paymentUpdates ?? []) {
       const res = await this.payments.updateOne(
-        { _id: p.id, version: p.version - 1 },
+        { _id: p.id, userId: p.userId, version: p.version - 1 },
         { $set: paymentSet(p) },
         { session },
       );
@@ -189,8 +135,10 @@ export class MongoPromoStore implements PromoPaymentStore {
     await guard("insertPayment", () => this.payments.insertOne(toDoc(PAYMENT, payment)));
   }
 
-  async getPayment(paymentId: string): Promise<PaymentT | null> {
-    const d = await guard("getPayment", () => this.payments.findOne({ _id: paymentId }));
+  async getPayment(paymentId: string, userId?: string): Promise<PaymentT | null> {
+    const d = await guard("getPayment", () =>
+      this.payments.findOne(userId === undefined ? { _id: paymentId } : { userId, _id: paymentId }),
+    );
     return d === null ? null : fromDoc<PaymentT>(PAYMENT, d);
   }
 
@@ -223,7 +171,10 @@ export class MongoPromoStore implements PromoPaymentStore {
 
   async updatePayment(payment: PaymentT): Promise<boolean> {
     const res = await guard("updatePayment", () =>
-      this.payments.updateOne({ _id: payment.id, version: payment.version - 1 }, { $set: paymentSet(payment) }),
+      this.payments.updateOne(
+        { _id: payment.id, userId: payment.userId, version: payment.version - 1 },
+        { $set: paymentSet(payment) },
+      ),
     );
     return res.matchedCount === 1;
   }

@@ -91,8 +91,10 @@ export class MongoSubscriptionStore implements SubscriptionStore {
     }
   }
 
-  async getSubscription(id: string): Promise<SubscriptionT | null> {
-    const doc = await guard("getSubscription", () => this.subs.findOne({ _id: id }));
+  async getSubscription(id: string, userId?: string): Promise<SubscriptionT | null> {
+    const doc = await guard("getSubscription", () =>
+      this.subs.findOne(userId === undefined ? { _id: id } : { userId, _id: id }),
+    );
     return doc === null ? null : fromDoc(SUBSCRIPTION, doc);
   }
 
@@ -110,7 +112,8 @@ export class MongoSubscriptionStore implements SubscriptionStore {
 
   async updateSubscription(s: SubscriptionT, expectedVersion: number): Promise<boolean> {
     try {
-      const res = await this.subs.replaceOne({ _id: s.id, version: expectedVersion }, subDoc(s));
+      // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
+      const res = await this.subs.replaceOne({ _id: s.id, userId: s.userId, version: expectedVersion }, subDoc(s));
       return res.matchedCount === 1;
     } catch (error) {
       if (errorCode(error) === DUPLICATE_KEY) {

@@ -435,13 +435,22 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return rows.map((r) => r.user_id as string);
   }
 
-  async getGrant(grantId: string): Promise<Grant | null> {
-    const rows = await this.read("getGrant", `${this.sql.select("grants")} WHERE id = $1`, [grantId]);
+  async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
+    const rows =
+      userId === undefined
+        ? await this.read("getGrant", `${this.sql.select("grants")} WHERE id = $1`, [grantId])
+        : await this.read("getGrant", `${this.sql.select("grants")} WHERE user_id = $2 AND id = $1`, [grantId, userId]);
     return rows[0] === undefined ? null : this.decode("grants", rows[0]);
   }
 
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const rows = await this.read("getReservation", `${this.sql.select("reservations")} WHERE id = $1`, [reservationId]);
+  async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
+    const rows =
+      userId === undefined
+        ? await this.read("getReservation", `${this.sql.select("reservations")} WHERE id = $1`, [reservationId])
+        : await this.read("getReservation", `${this.sql.select("reservations")} WHERE user_id = $2 AND id = $1`, [
+            reservationId,
+            userId,
+          ]);
     return rows[0] === undefined ? null : this.decode("reservations", rows[0]);
   }
 

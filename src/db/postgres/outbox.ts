@@ -57,10 +57,12 @@ export class PostgresOutbox {
       .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
   }
 
-  async completeNotification(id: string, token: string, u: NotificationUpdate): Promise<boolean> {
+  async completeNotification(id: string, token: string, u: NotificationUpdate, userId?: string): Promise<boolean> {
     const text =
       `UPDATE ${this.table.qualified} SET status = $3, attempts = $4, next_attempt_at = $5, last_error = $6, settled_at = $7, ` +
-      `claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND status = 'pending' RETURNING 1`;
+      `claimed_until = NULL, claim_token = NULL WHERE id = $1 AND claim_token = $2 AND status = 'pending'` +
+      (userId === undefined ? "" : " AND user_id = $8") +
+      " RETURNING 1";
     const rows = await this.db.read("completeNotification", text, [
       id,
       token,
@@ -69,6 +71,7 @@ export class PostgresOutbox {
       u.nextAttemptAt,
       u.lastError,
       u.settledAt,
+      ...(userId === undefined ? [] : [userId]),
     ]);
     return rows.length === 1;
   }

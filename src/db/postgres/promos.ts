@@ -169,12 +169,12 @@ export class PostgresPromoStore implements PromoPaymentStore {
     return this.insert("insertPayment", this.t.payments, payment);
   }
 
-  async getPayment(paymentId: string): Promise<Payment | null> {
-    const [row] = await this.db.read(
-      "getPayment",
-      `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified} WHERE id = $1`,
-      [paymentId],
-    );
+  async getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
+    const select = `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified}`;
+    const [row] =
+      userId === undefined
+        ? await this.db.read("getPayment", `${select} WHERE id = $1`, [paymentId])
+        : await this.db.read("getPayment", `${select} WHERE user_id = $2 AND id = $1`, [paymentId, userId]);
     return row === undefined ? null : decode.payment(this.t, row);
   }
 
@@ -214,7 +214,7 @@ export class PostgresPromoStore implements PromoPaymentStore {
     const rows = await this.db.read(
       "updatePayment",
       `UPDATE ${p.qualified} t SET ${set} FROM json_populate_record(NULL::${p.qualified}, $1::json) x ` +
-        `WHERE t.id = x.id AND t.version = x.version - 1 RETURNING 1`,
+        `WHERE t.id = x.id AND t.user_id = x.user_id AND t.version = x.version - 1 RETURNING 1`,
       [JSON.stringify(toRow(p.columns, payment))],
     );
     return rows.length === 1;

@@ -38,11 +38,11 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     return `INSERT INTO ${t.qualified} (${cols(t)}) SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
   }
 
-  /** Replaces every column of the row with id $2 whose version is $3. */
-  private replaceText(t: SqlTable): string {
+  /** Replaces every column of the row with id $2 whose version is $3 (and, `byUser`, whose user_id is $4). */
+  private replaceText(t: SqlTable, byUser = false): string {
     return (
       `UPDATE ${t.qualified} SET (${cols(t)}) = (SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)) ` +
-      `WHERE id = $2 AND version = $3 RETURNING 1`
+      `WHERE id = $2 AND version = $3${byUser ? " AND user_id = $4" : ""} RETURNING 1`
     );
   }
 
@@ -108,8 +108,12 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
     }
   }
 
-  async getSubscription(id: string): Promise<Subscription | null> {
-    const rows = await this.db.read("getSubscription", `${this.db.sql.select("subscriptions")} WHERE id = $1`, [id]);
+  async getSubscription(id: string, userId?: string): Promise<Subscription | null> {
+    const select = this.db.sql.select("subscriptions");
+    const rows =
+      userId === undefined
+        ? await this.db.read("getSubscription", `${select} WHERE id = $1`, [id])
+        : await this.db.read("getSubscription", `${select} WHERE user_id = $2 AND id = $1`, [id, userId]);
     return rows[0] === undefined ? null : this.db.decode<Subscription>("subscriptions", rows[0]);
   }
 
@@ -134,10 +138,12 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
     const t = this.db.sql.tables.subscriptions;
     try {
-      const rows = await this.db.read("updateSubscription", this.replaceText(t), [
+      // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
+      const rows = await this.db.read("updateSubscription", this.replaceText(t, true), [
         this.json(t, s),
         s.id,
         expectedVersion,
+        s.userId,
       ]);
       return rows.length === 1;
     } catch (error) {

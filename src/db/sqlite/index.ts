@@ -358,8 +358,14 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
     accounts: {
       begin: (userId) => new SqliteAttempt(s, userId),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
-      getGrant: (id) => s.one<Grant>("grants", "WHERE id = ?", [id]),
-      getReservation: (id) => s.one<Reservation>("reservations", "WHERE id = ?", [id]),
+      getGrant: (id, userId) =>
+        userId === undefined
+          ? s.one<Grant>("grants", "WHERE id = ?", [id])
+          : s.one<Grant>("grants", "WHERE user_id = ? AND id = ?", [userId, id]),
+      getReservation: (id, userId) =>
+        userId === undefined
+          ? s.one<Reservation>("reservations", "WHERE id = ?", [id])
+          : s.one<Reservation>("reservations", "WHERE user_id = ? AND id = ?", [userId, id]),
       listGrants: (userId, o) =>
         s.list<Grant>(
           "grants",
@@ -448,7 +454,10 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
         ) > 0,
       insertSubscription: (sub: Subscription) =>
         unique(`user ${sub.userId} already has an active subscription`, () => s.insert("subscriptions", [sub])),
-      getSubscription: (id) => s.one<Subscription>("subscriptions", "WHERE id = ?", [id]),
+      getSubscription: (id, userId) =>
+        userId === undefined
+          ? s.one<Subscription>("subscriptions", "WHERE id = ?", [id])
+          : s.one<Subscription>("subscriptions", "WHERE user_id = ? AND id = ?", [userId, id]),
       getActiveSubscription: (userId) =>
         s.one<Subscription>("subscriptions", "WHERE user_id = ? AND status = 'active'", [userId]),
       listSubscriptions: (userId) =>
@@ -491,7 +500,10 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
       listPromoClaims: (userId) =>
         s.list<PromoClaim>("promoClaims", "WHERE user_id = ? ORDER BY created_at, claim_number", [userId]),
       insertPayment: (p: Payment) => unique(`insertPayment: payment ${p.id} exists`, () => s.insert("payments", [p])),
-      getPayment: (id) => s.one<Payment>("payments", "WHERE id = ?", [id]),
+      getPayment: (id, userId) =>
+        userId === undefined
+          ? s.one<Payment>("payments", "WHERE id = ?", [id])
+          : s.one<Payment>("payments", "WHERE user_id = ? AND id = ?", [userId, id]),
       findPaymentByProviderId: (provider, id) =>
         s.one<Payment>("payments", "WHERE provider = ? AND provider_ref = ?", [provider, id]) ??
         s.one<Payment>("payments", "WHERE provider = ? AND provider_payment_id = ?", [provider, id]),

@@ -21,8 +21,8 @@ export abstract class StoreBase implements DbManager {
   abstract init(): Promise<void>;
   abstract transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T>;
   abstract getAccount(userId: string): Promise<Account | null>;
-  abstract getGrant(grantId: string): Promise<Grant | null>;
-  abstract getReservation(reservationId: string): Promise<Reservation | null>;
+  abstract getGrant(grantId: string, userId?: string): Promise<Grant | null>;
+  abstract getReservation(reservationId: string, userId?: string): Promise<Reservation | null>;
   abstract listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]>;
   abstract listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]>;
   abstract findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]>;
@@ -61,8 +61,8 @@ export abstract class StoreBase implements DbManager {
   async insertSubscription(subscription: Subscription): Promise<void> {
     return this.parts.subscriptions.insertSubscription(subscription);
   }
-  async getSubscription(subscriptionId: string): Promise<Subscription | null> {
-    return this.parts.subscriptions.getSubscription(subscriptionId);
+  async getSubscription(subscriptionId: string, userId?: string): Promise<Subscription | null> {
+    return this.parts.subscriptions.getSubscription(subscriptionId, userId);
   }
   async getActiveSubscription(userId: string): Promise<Subscription | null> {
     return this.parts.subscriptions.getActiveSubscription(userId);
@@ -99,8 +99,8 @@ export abstract class StoreBase implements DbManager {
   async insertPayment(payment: Payment): Promise<void> {
     return this.parts.promos.insertPayment(payment);
   }
-  async getPayment(paymentId: string): Promise<Payment | null> {
-    return this.parts.promos.getPayment(paymentId);
+  async getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
+    return this.parts.promos.getPayment(paymentId, userId);
   }
   async findPaymentByProviderId(provider: string, id: string): Promise<Payment | null> {
     return this.parts.promos.findPaymentByProviderId(provider, id);
@@ -122,8 +122,8 @@ export abstract class StoreBase implements DbManager {
   async claimNotifications(query: ClaimQuery): Promise<Notification[]> {
     return this.parts.outbox.claimNotifications(query);
   }
-  async completeNotification(id: string, token: string, update: NotificationUpdate): Promise<boolean> {
-    return this.parts.outbox.completeNotification(id, token, update);
+  async completeNotification(id: string, token: string, update: NotificationUpdate, userId?: string): Promise<boolean> {
+    return this.parts.outbox.completeNotification(id, token, update, userId);
   }
   async purgeNotifications(before: Date, limit: number): Promise<number> {
     return this.parts.outbox.purgeNotifications(before, limit);

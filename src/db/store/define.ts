@@ -202,11 +202,11 @@ export class DefinedStore extends StoreBase {
   getAccount(userId: string): Promise<Account | null> {
     return this.accounts.getAccount(userId) as Promise<Account | null>;
   }
-  getGrant(grantId: string): Promise<Grant | null> {
-    return this.accounts.getGrant(grantId) as Promise<Grant | null>;
+  getGrant(grantId: string, userId?: string): Promise<Grant | null> {
+    return this.accounts.getGrant(grantId, userId) as Promise<Grant | null>;
   }
-  getReservation(reservationId: string): Promise<Reservation | null> {
-    return this.accounts.getReservation(reservationId) as Promise<Reservation | null>;
+  getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
+    return this.accounts.getReservation(reservationId, userId) as Promise<Reservation | null>;
   }
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     return this.accounts.listGrants(userId, options) as Promise<Grant[]>;

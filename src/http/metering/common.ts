@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { ValidationError } from "../../errors.js";
-import { UserId, parse } from "../../models/index.js";
+import { ConfigurationError, InsufficientCreditsError, ValidationError } from "../../errors.js";
+import { IdempotencyKey, UserId, parse } from "../../models/index.js";
 import type { CreditService } from "../../services/credit-service.js";
 import type { MeterOptions } from "../../models/index.js";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
+import type { JournalEntry } from "../../models/index.js";
 import { recordOf } from "../../services/pricing-service.js";
 import type { LlmUsage, UsageReading } from "../../domain/llm-usage.js";
 import type { RecordedUsage } from "../../models/index.js";
@@ -13,7 +14,17 @@ import { pathMatcher } from "./paths.js";
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
 export interface MeteringOptionsBase<Req> {
   /** `manager.credits`. */
-  credits: Pick<CreditService, "openMeter">;
+  credits: Pick<CreditService, "openMeter"> &
+    Partial<Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">>;
+  /**
+   * Fixed-price metering (docs/metering.md, "Fixed-price endpoints"): every metered request costs
+   * this many credits (or what the function answers for the request, a non-negative integer), taken
+   * by one deduction after the handler succeeded (status < 400, response not aborted) — no hold,
+   * and never on a failed or aborted request. Before the handler runs the account must have
+   * `available >= price`, else 402 and the handler does not run. The estimate options are not
+   * read; `recordUsage()` is not available below (there is no metered call).
+   */
+  price?: number | ((request: Req) => number | Promise<number>);
   /** Who pays: `{ userId }` or null (→ 401). */
   authenticate?: (request: Req) => Identity | null | undefined | Promise<Identity | null | undefined>;
   /** Read the payer from a client-sent `X-User-Id` when `authenticate` finds nobody. Default false. */
@@ -270,7 +281,10 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return fallback(session, reading.problem, reading.counted);
   };
 
+  const fixed = fixedPrice(o);
+
   return {
+    fixed,
     llm,
     settleReading,
     applies,
@@ -286,6 +300,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     deductedHeader,
     estimateHeaderName: header,
     credits: o.credits,
+    onSettled: o.onSettled,
   };
 }
 
@@ -320,3 +335,84 @@ export const NO_BODY: UsageReading = {
 
 export const isJsonType = (type: string | null | undefined) =>
   !!type && /^application\/([\w.+-]*\+)?json\b/i.test(type);
+
+/**
+ * Fixed-price metering (the `price` option), or null without one: what a request costs, the check
+ * before the handler runs and the charge after it succeeded (docs/metering.md, "Fixed-price endpoints").
+ */
+function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
+  const price = o.price;
+  if (price === undefined) return null;
+  if (typeof price !== "function" && !(Number.isSafeInteger(price) && price >= 0))
+    throw new TypeError("[credit-management] [metering] `price` must be a non-negative integer or a function.");
+  const { deductCreditsAfterService, getUserCreditsInfo } = o.credits;
+  if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
+    throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
+  const credits = o.credits as Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">;
+  const checked = (cost: unknown): number => {
+    if (typeof cost === "number" && Number.isSafeInteger(cost) && cost >= 0) return cost;
+    throw new ConfigurationError(
+      `[credit-management] [metering] \`price\` answered ${String(cost)}: it must be a non-negative integer`,
+    );
+  };
+  /** The cost of `req`: a number now, or a promise when `price` is an async function. */
+  const costOf = (req: Req): number | Promise<number> => {
+    if (typeof price === "number") return price;
+    const cost = price(req);
+    return cost instanceof Promise ? cost.then(checked) : checked(cost);
+  };
+  /**
+   * Resolves when `userId` may run a request of `cost` (`available >= cost`); rejects with an
+   * `InsufficientCreditsError` (402) otherwise. Advisory (a read): requests in flight together
+   * may all pass it, and the charge after them then goes into debt within the overdraft limit.
+   */
+  const check = (userId: string, cost: number): Promise<void> | undefined => {
+    if (cost === 0) return undefined;
+    return credits.getUserCreditsInfo(userId).then((info) => {
+      if (info.available >= cost) return;
+      throw new InsufficientCreditsError(
+        `Cannot run a request of ${cost} credits: only ${Math.max(info.available, 0)} available.`,
+        { requested: cost, available: info.available },
+      );
+    });
+  };
+  /**
+   * Charges a request that succeeded: one after-service deduction (the service was delivered, so
+   * it is taken into debt when credits ran out meanwhile, up to the overdraft limit). `key`: from
+   * the request's `Idempotency-Key` (`keyOf`), so a retried request is charged once. Resolves to its outcome.
+   */
+  const charge = (userId: string, cost: number, key: string | undefined, reason: string): Promise<MeterOutcome> => {
+    const outcome = (entry: JournalEntry | null): MeterOutcome => ({
+      userId,
+      reservationId: "",
+      estimate: cost,
+      outcome: "committed",
+      charged: entry === null ? 0 : entry.amount,
+      usages: [],
+      entry,
+      fixedPrice: true,
+    });
+    if (cost === 0) return Promise.resolve(outcome(null));
+    const options: { description: string; idempotencyKey?: string } = { description: reason };
+    if (key !== undefined) options.idempotencyKey = key;
+    return credits.deductCreditsAfterService(userId, cost, options).then(outcome);
+  };
+  /** The deduction's idempotency key from a request's `Idempotency-Key` header (a 400 when malformed). */
+  const keyOf = (header: string | null | undefined): string | undefined =>
+    header === null || header === undefined || header === ""
+      ? undefined
+      : parse(IdempotencyKey, `http:${header}`, "Idempotency-Key");
+  /** What a request that was not charged (failed, aborted) reports. */
+  const notCharged = (userId: string, cost: number, reason: "error" | "aborted"): MeterOutcome => ({
+    userId,
+    reservationId: "",
+    estimate: cost,
+    outcome: "released",
+    charged: 0,
+    releaseReason: reason,
+    usages: [],
+    entry: null,
+    fixedPrice: true,
+  });
+  return { costOf, check, charge, notCharged, keyOf };
+}

@@ -33,6 +33,7 @@ export function creditMetering(options: CreditMeteringOptions) {
         if (isPromiseLike(found)) found = await found;
         const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
+        if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path);
         const estimate = c.estimate(request.headers.get(estimateHeader));
         session = await c.credits.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
       } catch (error) {
@@ -131,6 +132,96 @@ export function creditMetering(options: CreditMeteringOptions) {
 }
 
 const textOf = (response: Response) => response.text();
+
+type Common = ReturnType<typeof common<Request>>;
+
+/**
+ * A fixed-price request (the `price` option): the cost and the check (402 without running the
+ * handler), then the handler; a response that ended well (status < 400, the client still there,
+ * a streamed body read to its end) is charged once, anything else never.
+ */
+async function fixedPrice(
+  c: Common,
+  fixed: NonNullable<Common["fixed"]>,
+  request: Request,
+  handler: (request: Request) => Response | Promise<Response>,
+  userId: string,
+  path: string,
+): Promise<Response> {
+  let cost: number;
+  let key: string | undefined;
+  try {
+    key = fixed.keyOf(request.headers.get("idempotency-key"));
+    const priced = fixed.costOf(request);
+    cost = typeof priced === "number" ? priced : await priced;
+    await fixed.check(userId, cost);
+  } catch (error) {
+    return errorResponse(error);
+  }
+  const report = (outcome: MeterOutcome | null): MeterOutcome | null => {
+    if (outcome === null) return null;
+    try {
+      c.onSettled?.(outcome, request);
+    } catch {
+      // a failing callback must not change the response
+    }
+    return outcome;
+  };
+  const notCharged = (reason: "error" | "aborted") => report(fixed.notCharged(userId, cost, reason));
+  const charge = () =>
+    fixed.charge(userId, cost, key, `${request.method} ${path}`.slice(0, 1000)).then(report, () => null);
+  if (request.signal.aborted) {
+    return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), {
+      [c.deductedHeader]: "0",
+    });
+  }
+  let response: Response;
+  try {
+    response = await handler(request);
+  } catch (error) {
+    notCharged("error");
+    throw error;
+  }
+  if (response.status >= 400 || request.signal.aborted) {
+    notCharged(response.status >= 400 ? "error" : "aborted");
+    return withHeader(response, response.body, c.deductedHeader, 0);
+  }
+  if (response.body === null || isJsonType(response.headers.get("content-type"))) {
+    const outcome = await charge();
+    if (outcome === null) return response;
+    try {
+      response.headers.set(c.deductedHeader, String(outcome.charged)); // the handler's own Response: no copy
+      return response;
+    } catch {
+      return withHeader(response, response.body, c.deductedHeader, outcome.charged);
+    }
+  }
+  // A streamed body: charged when it was read to its end, not when the client left midway.
+  const reader = response.body.getReader();
+  let settled = false;
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { done, value } = await reader.read();
+        if (done) {
+          settled = true;
+          await charge();
+          controller.close();
+        } else controller.enqueue(value);
+      } catch (error) {
+        if (!settled) notCharged("error");
+        settled = true;
+        controller.error(error);
+      }
+    },
+    async cancel(reason) {
+      if (!settled) notCharged("aborted");
+      settled = true;
+      await reader.cancel(reason).catch(() => undefined);
+    },
+  });
+  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
 
 function withHeader(
   response: Response,

@@ -143,6 +143,79 @@ function reply(res: ServerResponse, response: Response): void {
   void response.text().then((text) => res.end(text));
 }
 
+/** Where a fixed-price response keeps its request's state. */
+const FIXED = Symbol("credit-management.fixed-price");
+type FixedResponse = ServerResponse & { [FIXED]?: NodeFixed };
+
+/** One fixed-price node request (the `price` option): charged once when it ended well, else never. */
+class NodeFixed {
+  done = false;
+  constructor(
+    readonly c: Common,
+    readonly req: IncomingMessage,
+    readonly userId: string,
+    readonly cost: number,
+    readonly key: string | undefined,
+    readonly reason: string,
+    readonly locals: Partial<MeteringLocals> | undefined,
+    readonly end: End,
+  ) {}
+
+  /** Charges the request and reports it; null (nothing reported) when the charge failed. */
+  charge(): Promise<MeterOutcome | null> {
+    this.done = true;
+    const fixed = this.c.fixed as NonNullable<Common["fixed"]>;
+    return fixed.charge(this.userId, this.cost, this.key, this.reason).then(
+      (outcome) => {
+        this.report(outcome);
+        return outcome;
+      },
+      () => null,
+    );
+  }
+
+  notCharged(reason: "error" | "aborted"): void {
+    this.done = true;
+    this.report((this.c.fixed as NonNullable<Common["fixed"]>).notCharged(this.userId, this.cost, reason));
+  }
+
+  private report(outcome: MeterOutcome): void {
+    if (this.locals) this.locals.creditsDeducted = outcome.charged;
+    try {
+      this.c.onSettled?.(outcome, this.req);
+    } catch {
+      // a failing callback must not change the response
+    }
+  }
+}
+
+function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+  const f = this[FIXED] as NodeFixed;
+  // eslint-disable-next-line prefer-rest-params
+  if (f.done || this.headersSent) return f.end.apply(this, arguments as unknown as Parameters<End>); // settled on close
+  if (this.statusCode >= 400) {
+    f.notCharged("error");
+    this.setHeader(f.c.deductedHeader, "0");
+    // eslint-disable-next-line prefer-rest-params
+    return f.end.apply(this, arguments as unknown as Parameters<End>);
+  }
+  // The whole response in one end: charge first, so X-Credits-Deducted can say it.
+  f.charge().then((outcome) => {
+    if (outcome !== null && !this.headersSent) this.setHeader(f.c.deductedHeader, String(outcome.charged));
+    f.end.call(this, chunk, encoding, cb);
+  });
+  return this;
+}
+
+/** A fixed-price response is done: one written in parts is charged now if it finished well. */
+function onFixedClose(this: FixedResponse): void {
+  const f = this[FIXED];
+  if (f === undefined || f.done) return;
+  if (!this.writableFinished) f.notCharged("aborted");
+  else if (this.statusCode >= 400) f.notCharged("error");
+  else void f.charge();
+}
+
 /**
  * Metering for node:http and Express (and anything that hands over `req, res, next`): holds the
  * estimate, calls `next()` inside the usage context, and settles when the response ends:
@@ -192,6 +265,42 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     }
   };
 
+  /** Fixed price: the cost, the check; then run the chain and charge when the response ended well. */
+  const fixedPrice = (
+    req: IncomingMessage,
+    res: FixedResponse,
+    next: Next,
+    path: string,
+    userId: string,
+    fixed: NonNullable<Common["fixed"]>,
+  ): void => {
+    const key = fixed.keyOf(headerOf(req, "idempotency-key"));
+    const go = (cost: number): void => {
+      const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+      if (res.destroyed || res.writableEnded) return; // the client left: nothing ran, nothing charged
+      try {
+        const reason = `${req.method ?? "GET"} ${path}`.slice(0, 1000);
+        res[FIXED] = new NodeFixed(c, req, userId, cost, key, reason, locals, res.end as unknown as End);
+        res.end = fixedEnd as unknown as typeof res.end;
+        res.on("close", onFixedClose);
+        next();
+      } catch (error) {
+        next(error instanceof Error ? error : new Error(String(error)));
+      }
+    };
+    const cost = fixed.costOf(req);
+    const checked = (n: number): void => {
+      const check = fixed.check(userId, n);
+      if (check === undefined) return go(n);
+      check.then(
+        () => go(n),
+        (error: unknown) => reply(res, errorResponse(error)),
+      );
+    };
+    if (typeof cost === "number") return checked(cost);
+    cost.then(checked, (error: unknown) => reply(res, errorResponse(error)));
+  };
+
   /** Who pays and how much to hold; then place the hold. */
   const proceed = (
     req: IncomingMessage,
@@ -206,6 +315,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
       const identity = c.identityOf(found, headerOf(req, "x-user-id"));
       if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
       userId = identity.userId;
+      if (c.fixed !== null) return fixedPrice(req, res, next, path, userId, c.fixed);
       estimate = c.estimate(headerOf(req, estimateHeader));
     } catch (error) {
       return reply(res, errorResponse(error));

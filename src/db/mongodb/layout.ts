@@ -1,0 +1,187 @@
+import type { IndexDescription } from "mongodb";
+import type { TableKey } from "../../schema/tables.js";
+import { NOTIFICATION_INDEXES } from "./outbox.js";
+import { SUBSCRIPTION_INDEXES } from "./subscriptions.js";
+
+/**
+ * The collections `MongoDbManager` keeps, in one place, for `init()` and for the mongosh script of
+ * `credit-management schema --dialect mongodb` (src/schema/mongo-script.ts), which must create the
+ * same thing. Type-only imports of the driver: the CLI uses this without `mongodb` installed.
+ */
+export interface MongoCollectionLayout {
+  /** The collection's name after the prefix. */
+  name: string;
+  /** The model (src/schema/tables.ts) whose validator describes its documents. */
+  table: TableKey;
+  /** The model field stored as `_id` (src/db/mongodb/documents.ts). */
+  idField: string;
+  /** The indexes `init()` creates (besides `_id`). */
+  indexes: IndexDescription[];
+  /** The schema version that introduced the collection (docs/schema-upgrades.md). */
+  since: number;
+}
+
+export type MongoCollectionKey =
+  | "accounts"
+  | "grants"
+  | "reservations"
+  | "journal"
+  | "ledger"
+  | "notifications"
+  | "plans"
+  | "subscriptions"
+  | "promos"
+  | "promoClaims"
+  | "payments";
+
+/** Every collection, with the indexes every query and guarantee of the adapter relies on. */
+export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout> = {
+  // The account document is `_id: userId`; its `_id` index is the only one it needs.
+  accounts: { name: "accounts", table: "accounts", idField: "userId", since: 1, indexes: [] },
+  grants: {
+    name: "grants",
+    table: "grants",
+    idField: "id",
+    since: 1,
+    indexes: [
+      // load(): a user's open grants; listGrants(): a user's grants in insertion order.
+      { key: { userId: 1, _open: 1, _ord: 1 }, name: "user_open_ord" },
+      // findDueGrants(): open grants by expiry (closed grants are left out of the index).
+      { key: { expiresAt: 1, _id: 1 }, name: "due_open", partialFilterExpression: { _open: true } },
+    ],
+  },
+  reservations: {
+    name: "reservations",
+    table: "reservations",
+    idField: "id",
+    since: 1,
+    indexes: [
+      // load(): a user's active holds; listReservations(): by status, in insertion order.
+      { key: { userId: 1, status: 1, _ord: 1 }, name: "user_status_ord" },
+      // findExpiredReservations(): active holds by expiry.
+      { key: { status: 1, expiresAt: 1, _id: 1 }, name: "status_expiry" },
+    ],
+  },
+  journal: {
+    name: "journal",
+    table: "journal",
+    idField: "id",
+    since: 1,
+    indexes: [
+      // Gap-free, one entry per seq, and the cursor of listJournal().
+      { key: { userId: 1, seq: 1 }, name: "user_seq", unique: true },
+      // Idempotency keys are unique per user, where an entry has one.
+      {
+        key: { userId: 1, idempotencyKey: 1 },
+        name: "user_idempotency_key",
+        unique: true,
+        partialFilterExpression: { idempotencyKey: { $type: "string" } },
+      },
+    ],
+  },
+  ledger: {
+    name: "ledger",
+    table: "ledger",
+    idField: "id",
+    since: 1,
+    // listLedgerEntries(): newest first in (createdAt, _ord, _id) order — the sort's own keys, so a
+    // page reads `limit` entries off the index instead of sorting every match.
+    indexes: [
+      { key: { createdAt: -1, _ord: -1, _id: -1 }, name: "created_id" },
+      { key: { userId: 1, createdAt: -1, _ord: -1, _id: -1 }, name: "user_created_id" },
+      { key: { eventType: 1, createdAt: -1, _ord: -1, _id: -1 }, name: "type_created_id" },
+    ],
+  },
+  notifications: {
+    name: "notifications",
+    table: "notifications",
+    idField: "id",
+    since: 2,
+    indexes: NOTIFICATION_INDEXES,
+  },
+  plans: { name: "plans", table: "plans", idField: "id", since: 2, indexes: SUBSCRIPTION_INDEXES.plans },
+  subscriptions: {
+    name: "subscriptions",
+    table: "subscriptions",
+    idField: "id",
+    since: 2,
+    indexes: SUBSCRIPTION_INDEXES.subscriptions,
+  },
+  // `_id` is the upper-cased code: unique.
+  promos: {
+    name: "promos",
+    table: "promos",
+    idField: "code",
+    since: 2,
+    indexes: [{ key: { createdAt: -1, _id: -1 }, name: "created" }],
+  },
+  promoClaims: {
+    name: "promo_claims",
+    table: "promoClaims",
+    idField: "id",
+    since: 2,
+    indexes: [
+      // One claim per (code, user, claim number): the backstop of the per-user limit.
+      { key: { code: 1, userId: 1, claimNumber: 1 }, name: "code_user_n", unique: true },
+      { key: { userId: 1, createdAt: 1 }, name: "user_created" },
+    ],
+  },
+  payments: {
+    name: "payments",
+    table: "payments",
+    idField: "id",
+    since: 2,
+    indexes: [
+      { key: { userId: 1, createdAt: -1, _id: -1 }, name: "user_created" },
+      {
+        key: { provider: 1, providerRef: 1 },
+        name: "provider_ref",
+        partialFilterExpression: { providerRef: { $type: "string" } },
+      },
+      {
+        key: { provider: 1, providerPaymentId: 1 },
+        name: "provider_payment",
+        unique: true,
+        partialFilterExpression: { providerPaymentId: { $type: "string" } },
+      },
+    ],
+  },
+};
+
+/** An index a later version no longer creates: dropped on upgrade when it has exactly these keys. */
+export interface DroppedIndex {
+  collection: MongoCollectionKey;
+  name: string;
+  key: Record<string, 1 | -1>;
+}
+
+/**
+ * What each schema version removed from the collections of an earlier one (what it added, `init()`
+ * and the script create anyway). The version number is the SQL one (`SCHEMA_VERSION`).
+ */
+export const MONGO_MIGRATIONS: readonly { to: number; summary: string; dropIndexes: readonly DroppedIndex[] }[] = [
+  {
+    to: 2,
+    summary: "collections for notifications, plans, subscriptions, promos, promo claims and payments",
+    dropIndexes: [],
+  },
+  { to: 3, summary: "no change of collections or indexes", dropIndexes: [] },
+  {
+    to: 4,
+    summary:
+      "the ledger's indexes end in _id (created_id, user_created_id, type_created_id replace created, user_created, type_created)",
+    dropIndexes: [
+      { collection: "ledger", name: "created", key: { createdAt: -1, _ord: -1 } },
+      { collection: "ledger", name: "user_created", key: { userId: 1, createdAt: -1, _ord: -1 } },
+      { collection: "ledger", name: "type_created", key: { eventType: 1, createdAt: -1, _ord: -1 } },
+    ],
+  },
+];
+
+/** The collection holding the schema-version document, after the prefix (SQL: the version table). */
+export const VERSION_COLLECTION = "schema_version";
+
+/** The indexes versions after `fromVersion` removed (every one, for a store of unknown version: 0). */
+export function droppedIndexesAfter(fromVersion: number): DroppedIndex[] {
+  return MONGO_MIGRATIONS.filter((m) => m.to > fromVersion).flatMap((m) => m.dropIndexes);
+}

@@ -1,0 +1,296 @@
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { setTimeout as sleep } from "node:timers/promises";
+import express from "express";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import { creditMetering, creditMeteringMiddleware, fastifyCreditMetering } from "../../src/http/index.js";
+import { listen, waitFor, type Running } from "./servers.js";
+
+/**
+ * Fixed-price metering (the `price` option, docs/metering.md "Fixed-price endpoints"): one
+ * deduction per request that succeeded, no hold; never a charge for a failed or aborted request;
+ * 402 without running the handler when the account cannot pay.
+ */
+
+/** What every host's handler did, by path: to tell whether it ran. */
+const ran: string[] = [];
+
+type Route = { status: number; body?: string; delay?: number; parts?: boolean };
+const routes: Record<string, Route> = {
+  "/api/ok": { status: 200, body: '{"ok":true}' },
+  "/api/bad": { status: 400, body: '{"error":"bad"}' },
+  "/api/fail": { status: 503, body: "{}" },
+  "/api/slow": { status: 200, body: "{}", delay: 400 },
+  "/api/stream": { status: 200, body: "data: 1\n\n", parts: true },
+  "/api/free/health": { status: 200, body: "{}" },
+};
+
+async function nodeRoute(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const path = (req.url ?? "/").split("?")[0] as string;
+  ran.push(path);
+  if (path === "/api/throws") throw new Error("handler failed");
+  const r = routes[path] ?? { status: 404, body: "{}" };
+  if (r.delay) await sleep(r.delay);
+  if (res.destroyed) return;
+  res.statusCode = r.status;
+  if (r.parts) {
+    res.setHeader("content-type", "text/event-stream");
+    res.write(r.body);
+    await sleep(5);
+    res.end(r.body);
+    return;
+  }
+  res.setHeader("content-type", "application/json");
+  res.end(r.body);
+}
+
+async function fetchRoute(request: Request): Promise<Response> {
+  const path = new URL(request.url).pathname;
+  ran.push(path);
+  if (path === "/api/throws") throw new Error("handler failed");
+  const r = routes[path] ?? { status: 404, body: "{}" };
+  if (r.delay) await sleep(r.delay);
+  if (r.parts) {
+    const chunks = [r.body as string, r.body as string];
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const next = chunks.shift();
+        if (next === undefined) return controller.close();
+        await sleep(5);
+        controller.enqueue(new TextEncoder().encode(next));
+      },
+    });
+    return new Response(body, { status: r.status, headers: { "content-type": "text/event-stream" } });
+  }
+  return new Response(r.body, { status: r.status, headers: { "content-type": "application/json" } });
+}
+
+type Options = Parameters<typeof creditMeteringMiddleware>[0];
+const hosts: { name: string; start: (o: Options) => Promise<Running> }[] = [
+  {
+    name: "node:http + creditMeteringMiddleware",
+    start: (o) => {
+      const meter = creditMeteringMiddleware(o);
+      return listen(
+        createServer((req, res) =>
+          meter(req, res, () => {
+            nodeRoute(req, res).catch(() => {
+              res.statusCode = 500;
+              res.end("{}");
+            });
+          }),
+        ),
+      );
+    },
+  },
+  {
+    name: "express + creditMeteringMiddleware",
+    start: (o) => {
+      const app = express();
+      app.use(creditMeteringMiddleware(o));
+      app.all("/{*any}", (req, res, next) => {
+        nodeRoute(req, res).catch(next);
+      });
+      return listen(createServer(app));
+    },
+  },
+  {
+    name: "node:http + creditMetering (Fetch)",
+    start: (o) => {
+      const fetchOptions: Parameters<typeof creditMetering>[0] = {
+        ...o,
+        authenticate: (request: Request) => ({ userId: request.headers.get("x-payer") ?? "" }),
+        price: o.price as number,
+        onSettled: o.onSettled as unknown as Parameters<typeof creditMetering>[0]["onSettled"],
+      };
+      const app = creditMetering(fetchOptions)(fetchRoute);
+      return listen(
+        createServer(async (req, res) => {
+          const controller = new AbortController();
+          res.on("close", () => {
+            if (!res.writableFinished) controller.abort();
+          });
+          const request = new Request(`http://localhost${req.url}`, {
+            method: req.method,
+            headers: req.headers as Record<string, string>,
+            signal: controller.signal,
+          });
+          let response: Response;
+          try {
+            response = await app(request);
+          } catch {
+            res.statusCode = 500;
+            return void res.end("{}");
+          }
+          res.statusCode = response.status;
+          response.headers.forEach((v, k) => res.setHeader(k, v));
+          if (response.body === null) return void res.end();
+          const reader = response.body.getReader();
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            if (res.destroyed) return void (await reader.cancel());
+            res.write(value);
+          }
+          res.end();
+        }),
+      );
+    },
+  },
+];
+
+describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering on %s", (_name, host) => {
+  let m: CreditManager;
+  let server: Running;
+  const outcomes: MeterOutcome[] = [];
+  const user = () => `fixed-${Math.random().toString(36).slice(2)}`;
+
+  beforeAll(async () => {
+    m = await createCreditManager();
+    server = await host.start({
+      credits: m.credits,
+      authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
+      pathPrefix: "/api",
+      skipPaths: ["/api/free/health"],
+      price: 7,
+      onSettled: (o) => outcomes.push(o),
+    });
+  });
+  afterAll(async () => {
+    await server.close();
+    await m.close();
+  });
+  beforeEach(() => {
+    outcomes.length = 0;
+    ran.length = 0;
+  });
+
+  const call = (path: string, u: string, headers: Record<string, string> = {}, signal?: AbortSignal) =>
+    fetch(server.url + path, { method: "POST", headers: { "x-payer": u, ...headers }, signal });
+  const entries = async (u: string) => (await m.credits.getCreditHistory(u)).items.map((e) => [e.type, e.amount]);
+
+  it("charges a request that succeeded exactly once, with one deduction and no hold", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 100);
+    const res = await call("/api/ok", u);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ ok: true });
+    expect(res.headers.get("x-credits-deducted")).toBe("7");
+    const o = await waitFor(() => outcomes[0]);
+    expect(o).toMatchObject({ userId: u, outcome: "committed", charged: 7, fixedPrice: true, reservationId: "" });
+    expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 93, reserved: 0 });
+    expect(await entries(u)).toEqual([
+      ["deduct", 7],
+      ["add", 100],
+    ]);
+    expect(ran).toEqual(["/api/ok"]);
+    expect((await m.credits.audit(u)).ok).toBe(true);
+  });
+
+  it("a retry with the same Idempotency-Key runs again but is charged once", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 100);
+    for (let i = 0; i < 2; i++) expect((await call("/api/ok", u, { "idempotency-key": "req-1" })).status).toBe(200);
+    await waitFor(() => outcomes[1]);
+    expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 93 });
+    expect(ran).toEqual(["/api/ok", "/api/ok"]);
+    expect((await call("/api/ok", u, { "idempotency-key": "k".repeat(300) })).status).toBe(400);
+    expect(ran).toHaveLength(2);
+  });
+
+  it("never charges a failed request: 4xx, 5xx, or a handler that throws", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 100);
+    expect((await call("/api/bad", u)).status).toBe(400);
+    const down = await call("/api/fail", u);
+    expect(down.status).toBe(503);
+    expect(down.headers.get("x-credits-deducted")).toBe("0");
+    expect((await call("/api/throws", u)).status).toBe(500);
+    await waitFor(() => (outcomes.length >= 2 ? outcomes : undefined));
+    expect(outcomes.every((o) => o.charged === 0)).toBe(true);
+    expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 0 });
+    expect(ran).toEqual(["/api/bad", "/api/fail", "/api/throws"]);
+  });
+
+  it("never charges a request whose client left before it finished", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 100);
+    const controller = new AbortController();
+    const pending = call("/api/slow", u, {}, controller.signal).catch((e: unknown) => e);
+    await waitFor(() => (ran.includes("/api/slow") ? true : undefined));
+    controller.abort();
+    await pending;
+    await sleep(600); // the handler ends after its 400 ms
+    expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100, reserved: 0 });
+    expect(await entries(u)).toEqual([["add", 100]]);
+  });
+
+  it("answers 402 without running the handler when the account cannot pay the price", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 6);
+    const res = await call("/api/ok", u);
+    expect(res.status).toBe(402);
+    expect(await res.json()).toMatchObject({ error: { code: "INSUFFICIENT_CREDITS" } });
+    expect(ran).toEqual([]);
+    expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 6 });
+  });
+
+  it("charges a response written in parts (a stream) once it ended", async () => {
+    const u = user();
+    await m.credits.addCredits(u, 100);
+    const res = await call("/api/stream", u);
+    expect(await res.text()).toBe("data: 1\n\ndata: 1\n\n");
+    await waitFor(() => outcomes[0]);
+    expect(outcomes[0]).toMatchObject({ charged: 7 });
+    expect(await m.credits.getUserCreditsInfo(u)).toMatchObject({ balance: 93 });
+  });
+
+  it("leaves paths it does not meter alone", async () => {
+    const u = user();
+    expect((await call("/api/free/health", u)).status).toBe(200);
+    expect(ran).toEqual(["/api/free/health"]);
+  });
+});
+
+describe("fixed-price options", () => {
+  it("a price function prices each request; a bad answer is a 500 and the handler does not run", async () => {
+    const m = await createCreditManager();
+    await m.credits.addCredits("p", 100);
+    const app = creditMetering({
+      credits: m.credits,
+      trustUserIdHeader: true,
+      price: (request) =>
+        request.headers.get("x-size") === "big" ? 10 : request.headers.get("x-size") === "odd" ? 1.5 : 2,
+    })(fetchRoute);
+    const go = (size: string) =>
+      app(new Request("http://x/api/ok", { method: "POST", headers: { "x-user-id": "p", "x-size": size } }));
+    expect((await go("big")).headers.get("x-credits-deducted")).toBe("10");
+    expect((await go("small")).headers.get("x-credits-deducted")).toBe("2");
+    ran.length = 0;
+    expect((await go("odd")).status).toBe(500);
+    expect(ran).toEqual([]);
+    expect(await m.credits.getUserCreditsInfo("p")).toMatchObject({ balance: 88 });
+    await m.close();
+  });
+
+  it("refuses a malformed price, and the Fastify plugin refuses the option", async () => {
+    const m = await createCreditManager();
+    expect(() => creditMeteringMiddleware({ credits: m.credits, trustUserIdHeader: true, price: -1 })).toThrow(
+      TypeError,
+    );
+    expect(() => creditMeteringMiddleware({ credits: m.credits, trustUserIdHeader: true, price: 0.5 })).toThrow(
+      TypeError,
+    );
+    expect(() =>
+      creditMeteringMiddleware({
+        credits: { openMeter: m.credits.openMeter.bind(m.credits) },
+        trustUserIdHeader: true,
+        price: 1,
+      }),
+    ).toThrow(/manager.credits/);
+    expect(() => fastifyCreditMetering({ credits: m.credits, trustUserIdHeader: true, price: 1 })).toThrow(
+      /Fastify plugin/,
+    );
+    await m.close();
+  });
+});

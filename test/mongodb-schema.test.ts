@@ -1,0 +1,445 @@
+import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { Script, createContext } from "node:vm";
+import { Collection, MongoClient, type Db, type Document } from "mongodb";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
+import { ConfigurationError, CreditService } from "../src/index.js";
+import { MongoDbManager } from "../src/db/mongodb/index.js";
+import { MONGO_COLLECTIONS, VERSION_COLLECTION } from "../src/db/mongodb/layout.js";
+import { generateMongoScript, storedValidator } from "../src/schema/mongo-script.js";
+import { SCHEMA_VERSION } from "../src/schema/sql.js";
+import { runCli } from "../src/cli/run.js";
+
+const uri = process.env.CREDIT_MONGO_URI;
+if (!uri) {
+  console.warn(
+    "MongoDB schema-version suite skipped: set CREDIT_MONGO_URI to a replica-set URI to run it " +
+      "(on this machine: export CREDIT_MONGO_URI=$(bash ../shared/mongo-compat/up.sh | tail -n 1)).",
+  );
+}
+
+const VERSIONS = Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1);
+
+/** What a store at `version` had, from test/fixtures/schema/v<N>-mongodb.json. */
+function fixture(version: number): { collections: Record<string, Document[]> } {
+  return JSON.parse(readFileSync(new URL(`./fixtures/schema/v${version}-mongodb.json`, import.meta.url), "utf8")) as {
+    collections: Record<string, Document[]>;
+  };
+}
+
+/** Recorded calls of a mongosh script run against a stand-in `db` that answers from a snapshot. */
+type Call = { op: "createCollection"; name: string; options: Document } | { op: "runCommand"; command: Document };
+
+function runScript(script: string, state: Map<string, Document[]>): Call[] {
+  const calls: Call[] = [];
+  const db = {
+    getCollectionNames: () => [...state.keys()],
+    getCollection: (name: string) => ({ getIndexes: () => state.get(name) ?? [] }),
+    createCollection: (name: string, options: Document = {}) => {
+      calls.push({ op: "createCollection", name, options });
+    },
+    runCommand: (command: Document) => {
+      calls.push({ op: "runCommand", command });
+      return { ok: 1 };
+    },
+  };
+  new Script(script, { filename: "mongo-schema.js" }).runInContext(createContext({ db, Date }));
+  return calls;
+}
+
+/**
+ * The `$jsonSchema` keywords the validators use, evaluated as MongoDB documents them, on a document
+ * as the driver reads it back (numbers as JS numbers). An unknown keyword fails: nothing passes
+ * unchecked. The compat server accepts validators without enforcing them, so this is the check.
+ */
+function violations(schema: Document, value: unknown, path = "$"): string[] {
+  const out: string[] = [];
+  const typeOf = (t: string): boolean => {
+    switch (t) {
+      case "string":
+        return typeof value === "string";
+      case "bool":
+        return typeof value === "boolean";
+      case "null":
+        return value === null;
+      case "date":
+        return value instanceof Date;
+      case "array":
+        return Array.isArray(value);
+      case "object":
+        return value !== null && typeof value === "object" && !Array.isArray(value) && !(value instanceof Date);
+      case "int":
+      case "long":
+      case "double":
+      case "number":
+        return typeof value === "number";
+      default:
+        throw new Error(`bsonType ${t} not known to the checker`);
+    }
+  };
+  for (const [k, v] of Object.entries(schema)) {
+    switch (k) {
+      case "bsonType":
+        if (!(Array.isArray(v) ? (v as string[]) : [v as string]).some(typeOf)) out.push(`${path}: not ${String(v)}`);
+        break;
+      case "required":
+        if (typeOf("object"))
+          for (const f of v as string[]) if (!(f in (value as object))) out.push(`${path}.${f}: missing`);
+        break;
+      case "properties":
+        if (typeOf("object"))
+          for (const [f, sub] of Object.entries(v as Record<string, Document>))
+            if (f in (value as object)) out.push(...violations(sub, (value as Document)[f], `${path}.${f}`));
+        break;
+      case "additionalProperties":
+        if (typeOf("object") && v !== true) {
+          const known = new Set(Object.keys((schema.properties ?? {}) as object));
+          for (const [f, x] of Object.entries(value as object))
+            if (!known.has(f))
+              out.push(...(v === false ? [`${path}.${f}: not allowed`] : violations(v as Document, x, `${path}.${f}`)));
+        }
+        break;
+      case "anyOf":
+        if (!(v as Document[]).some((sub) => violations(sub, value, path).length === 0))
+          out.push(`${path}: no anyOf branch`);
+        break;
+      case "allOf":
+        for (const sub of v as Document[]) out.push(...violations(sub, value, path));
+        break;
+      case "enum":
+        if (!(v as unknown[]).includes(value)) out.push(`${path}: ${String(value)} not in enum`);
+        break;
+      case "items":
+        if (Array.isArray(value)) value.forEach((x, i) => out.push(...violations(v as Document, x, `${path}[${i}]`)));
+        break;
+      case "minimum":
+      case "maximum":
+        if (typeof value === "number" && (k === "minimum" ? value < (v as number) : value > (v as number)))
+          out.push(`${path}: ${value} out of ${k} ${String(v)}`);
+        break;
+      case "multipleOf":
+        if (typeof value === "number" && value % (v as number) !== 0)
+          out.push(`${path}: not a multiple of ${String(v)}`);
+        break;
+      case "minLength":
+      case "maxLength":
+        if (
+          typeof value === "string" &&
+          (k === "minLength" ? [...value].length < (v as number) : [...value].length > (v as number))
+        )
+          out.push(`${path}: length out of ${k}`);
+        break;
+      case "pattern":
+        if (
+          typeof value === "string" &&
+          !new RegExp((v as string).replace(/\\x\{([0-9a-fA-F]+)\}/g, "\\u{$1}"), "u").test(value)
+        )
+          out.push(`${path}: does not match ${String(v)}`);
+        break;
+      default:
+        throw new Error(`keyword ${k} not known to the checker`);
+    }
+  }
+  return out;
+}
+
+describe("mongodb schema script (no server needed)", () => {
+  it("is valid JavaScript for a fresh install and from every version, and ends with the version document", () => {
+    for (const fromVersion of [undefined, ...VERSIONS]) {
+      const script = generateMongoScript({ prefix: "cm_", fromVersion });
+      expect(() => new Script(script)).not.toThrow();
+      const calls = runScript(script, new Map());
+      const last = calls.at(-1);
+      expect(last).toMatchObject({
+        op: "runCommand",
+        command: {
+          update: "cm_schema_version",
+          updates: [{ q: { _id: "credit-management" }, u: { $max: { version: SCHEMA_VERSION } }, upsert: true }],
+        },
+      });
+      // Every collection of the adapter, with its indexes.
+      const created = calls.filter((c) => c.op === "createCollection").map((c) => c.name);
+      expect(created.sort()).toEqual(
+        [...Object.values(MONGO_COLLECTIONS).map((l) => `cm_${l.name}`), "cm_schema_version"].sort(),
+      );
+      for (const layout of Object.values(MONGO_COLLECTIONS)) {
+        if (layout.indexes.length === 0) continue;
+        const command = calls.find((c) => c.op === "runCommand" && c.command.createIndexes === `cm_${layout.name}`);
+        expect(command, layout.name).toMatchObject({ command: { indexes: layout.indexes } });
+      }
+    }
+  });
+
+  it("drops an index a later version removed only when it has the old keys, and collMods existing collections", () => {
+    const script = generateMongoScript({ prefix: "cm_", fromVersion: 3 });
+    expect(script).toContain("// version 4: the ledger's indexes end in _id");
+    const old = new Map<string, Document[]>([
+      [
+        "cm_ledger",
+        [
+          { name: "created", key: { createdAt: -1, _ord: -1 } },
+          { name: "type_created", key: { x: 1 } },
+        ],
+      ],
+    ]);
+    const calls = runScript(script, old);
+    const drops = calls.flatMap((c) => (c.op === "runCommand" && c.command.dropIndexes ? [c.command] : []));
+    expect(drops).toEqual([{ dropIndexes: "cm_ledger", index: "created" }]); // type_created: someone else's keys
+    expect(calls).toContainEqual({
+      op: "runCommand",
+      command: expect.objectContaining({ collMod: "cm_ledger", validationAction: "warn" }) as Document,
+    });
+    expect(calls.some((c) => c.op === "createCollection" && c.name === "cm_ledger")).toBe(false);
+  });
+
+  it("validators describe the documents as stored: the id field is _id, optional fields may be null", () => {
+    const grants = storedValidator("grants").$jsonSchema;
+    expect(grants.required).toContain("_id");
+    expect(grants.required).not.toContain("id");
+    expect(Object.keys(grants.properties as object)).not.toContain("id");
+    const accounts = storedValidator("accounts").$jsonSchema;
+    expect(accounts.required).not.toContain("userId");
+    expect(Object.keys(accounts.properties as object)).toContain("_id");
+    expect(storedValidator("promos").$jsonSchema.required).not.toContain("code");
+    // The checker used below refuses what the validator refuses.
+    expect(violations(grants, { _id: "g" })).toContain("$.userId: missing");
+    const journal = storedValidator("journal").$jsonSchema as { properties: Record<string, Document> };
+    expect(violations(journal.properties.idempotencyKey!, "cm:sub:x")).toEqual([]); // the library's own keys
+    expect(violations(journal.properties.idempotencyKey!, "a\u0001b")).not.toEqual([]);
+    expect(violations(journal.properties.amount!, 1.5)).toEqual(["$: not a multiple of 1"]);
+  });
+
+  it("credit-management schema --dialect mongodb prints the script; --from-version is checked", async () => {
+    const out: string[] = [];
+    const io = { stdout: (t: string) => void out.push(t), stderr: () => undefined };
+    expect(await runCli(["schema", "--dialect", "mongodb", "--prefix", "cm_", "--from-version", "2"], io)).toBe(0);
+    expect(out.join("")).toBe(generateMongoScript({ prefix: "cm_", fromVersion: 2 }));
+    out.length = 0;
+    expect(await runCli(["schema", "--dialect", "mongodb"], io)).toBe(0);
+    expect(out.join("")).toBe(generateMongoScript());
+    const err: string[] = [];
+    const bad = { stdout: () => undefined, stderr: (t: string) => void err.push(t) };
+    expect(await runCli(["schema", "--dialect", "mongodb", "--from-version", "0"], bad)).toBe(2);
+    expect(err.join("")).toContain("--from-version must be a schema version from 1 to");
+  });
+});
+
+describe.skipIf(!uri)("mongodb schema version (CREDIT_MONGO_URI)", () => {
+  let client: MongoClient;
+  const dbs: Db[] = [];
+  const fresh = (): Db => {
+    const db = client.db(`mschema_${process.pid}_${randomUUID().slice(0, 8)}`);
+    dbs.push(db);
+    return db;
+  };
+
+  /**
+   * Whether the server drops indexes. The compat gateway here answers dropIndexes with an internal
+   * error (it SELECTs a procedure): there, drops are recorded instead of run, and a store counts as
+   * upgraded when it equals a fresh install but for exactly the recorded drops.
+   */
+  let drops: boolean;
+  const dropped: { collection: string; index: string }[] = [];
+  beforeAll(async () => {
+    client = new MongoClient(uri as string);
+    await client.connect();
+    const probe = fresh();
+    await probe.collection("probe").createIndex({ a: 1 }, { name: "a" });
+    drops = await probe
+      .collection("probe")
+      .dropIndex("a")
+      .then(() => true)
+      .catch(() => false);
+    if (!drops) {
+      console.warn(
+        "MongoDB schema-version suite: this server cannot drop indexes (the compat gateway's dropIndexes fails); " +
+          "drops are recorded and checked instead of run.",
+      );
+      vi.spyOn(Collection.prototype, "dropIndex").mockImplementation(async function (this: Collection, index) {
+        dropped.push({ collection: this.collectionName, index: index as string });
+        return { ok: 1 } as never;
+      });
+    }
+  });
+  afterEach(() => {
+    dropped.length = 0;
+  });
+
+  /** The snapshot of `db` with the recorded drops applied (none on a server that drops indexes). */
+  async function upgraded(db: Db): Promise<Awaited<ReturnType<typeof snapshot>>> {
+    const s = await snapshot(db);
+    for (const d of dropped) s.indexes[d.collection] = s.indexes[d.collection]!.filter((i) => i.name !== d.index);
+    return s;
+  }
+
+  /** The drops a store at `version` needs: the ledger's three old indexes before version 4. */
+  const expectedDrops = (version: number) =>
+    drops || version >= 4
+      ? []
+      : ["created", "user_created", "type_created"].map((index) => ({ collection: "cm_ledger", index }));
+  afterAll(async () => {
+    for (const db of dbs) await db.dropDatabase().catch(() => undefined);
+    await client?.close();
+  });
+
+  /** Collections, their indexes (as the server lists them) and the version document. */
+  async function snapshot(db: Db): Promise<{ indexes: Record<string, Document[]>; version: unknown }> {
+    const names = (await db.listCollections({}, { nameOnly: true }).toArray()).map((c) => c.name).sort();
+    const indexes: Record<string, Document[]> = {};
+    for (const name of names) {
+      const list = await db.collection(name).listIndexes().toArray();
+      indexes[name] = list
+        .map(({ name: n, key, unique, partialFilterExpression }: Document) => ({
+          name: n as string,
+          key: key as Document,
+          unique: unique === true,
+          partial: (partialFilterExpression as Document | undefined) ?? null,
+        }))
+        .sort((a, b) => (a.name < b.name ? -1 : 1));
+    }
+    const doc = await db
+      .collection<{ _id: string; version?: number }>("cm_schema_version")
+      .findOne({ _id: "credit-management" });
+    return { indexes, version: doc?.version };
+  }
+
+  /** A store as a release at `version` left it (its init(): collections and indexes, no version document). */
+  async function oldStore(version: number): Promise<Db> {
+    const db = fresh();
+    for (const [name, indexes] of Object.entries(fixture(version).collections)) {
+      await db.createCollection(`cm_${name}`);
+      if (indexes.length > 0) await db.collection(`cm_${name}`).createIndexes(indexes as never);
+    }
+    await db.collection("cm_ledger").insertOne({ _id: "kept" as never, createdAt: new Date() });
+    return db;
+  }
+
+  let expected: Awaited<ReturnType<typeof snapshot>>;
+  beforeAll(async () => {
+    const db = fresh();
+    await new MongoDbManager({ db, collectionPrefix: "cm_" }).init();
+    expected = await snapshot(db);
+  });
+
+  it("init() of a fresh store records the version; ping() reports it", async () => {
+    expect(expected.version).toBe(SCHEMA_VERSION);
+    expect(Object.keys(expected.indexes)).toContain("cm_schema_version");
+    const db = fresh();
+    const manager = new MongoDbManager({ db, collectionPrefix: "cm_" });
+    expect((await manager.ping()).schemaVersion).toBeNull();
+    await manager.init();
+    expect((await manager.ping()).schemaVersion).toBe(SCHEMA_VERSION);
+  });
+
+  it.each(VERSIONS)("a v%i store upgraded by init() equals a fresh install and keeps its documents", async (v) => {
+    const db = await oldStore(v);
+    await new MongoDbManager({ db, collectionPrefix: "cm_" }).init();
+    expect(await upgraded(db)).toEqual(expected);
+    expect(dropped).toEqual(expectedDrops(v));
+    expect(await db.collection("cm_ledger").countDocuments()).toBe(1);
+  });
+
+  it.each(VERSIONS)("a v%i store upgraded by the script (run through the driver) equals a fresh install", async (v) => {
+    const db = await oldStore(v);
+    const state = new Map<string, Document[]>();
+    for (const c of await db.listCollections({}, { nameOnly: true }).toArray())
+      state.set(c.name, await db.collection(c.name).listIndexes().toArray());
+    const calls = runScript(generateMongoScript({ prefix: "cm_", fromVersion: v }), state);
+    for (const call of calls) {
+      if (call.op === "createCollection") await db.createCollection(call.name, call.options);
+      // The compat server has no collMod (validators of existing collections): checked above, not run.
+      else if (call.command.collMod !== undefined) continue;
+      else if (call.command.dropIndexes !== undefined && !drops)
+        dropped.push({ collection: call.command.dropIndexes as string, index: call.command.index as string });
+      else await db.command(call.command);
+    }
+    expect(await upgraded(db)).toEqual(expected);
+    expect(dropped).toEqual(expectedDrops(v));
+    // The script's store passes the check of a manager that does not migrate.
+    await new MongoDbManager({ db, collectionPrefix: "cm_", migrate: false }).init();
+  });
+
+  it("migrate: false refuses a missing, older or newer version with a ConfigurationError naming the command", async () => {
+    const db = await oldStore(4);
+    const manager = () => new MongoDbManager({ db, collectionPrefix: "cm_", migrate: false });
+    const before = await snapshot(db);
+    const missing = await manager()
+      .init()
+      .catch((e: unknown) => e);
+    expect(missing).toBeInstanceOf(ConfigurationError);
+    expect((missing as Error).message).toBe(
+      "[credit-management] [mongodb] the store has no credit-management schema (no version document in cm_schema_version) and this manager does not migrate (migrate: false): apply `npx credit-management schema --dialect mongodb --prefix cm_` first (a store an older release made: add --from-version N)",
+    );
+    expect(await snapshot(db)).toEqual(before); // nothing changed
+    await db
+      .collection<{ _id: string; version?: number }>(`cm_${VERSION_COLLECTION}`)
+      .insertOne({ _id: "credit-management", version: 3 });
+    await expect(manager().init()).rejects.toThrow(
+      `the store's schema is version 3, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect mongodb --prefix cm_ --from-version 3\` first`,
+    );
+    await db
+      .collection<{ _id: string; version?: number }>(`cm_${VERSION_COLLECTION}`)
+      .updateOne({ _id: "credit-management" }, { $set: { version: SCHEMA_VERSION + 1 } });
+    for (const migrate of [false, true]) {
+      const error = await new MongoDbManager({ db, collectionPrefix: "cm_", migrate }).init().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigurationError);
+      expect((error as Error).message).toBe(
+        `[credit-management] [mongodb] the store's schema is version ${SCHEMA_VERSION + 1}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
+      );
+    }
+    // At this release's version, a manager that does not migrate works.
+    await db
+      .collection<{ _id: string; version?: number }>(`cm_${VERSION_COLLECTION}`)
+      .updateOne({ _id: "credit-management" }, { $set: { version: 3 } });
+    await new MongoDbManager({ db, collectionPrefix: "cm_" }).init();
+    const checked = manager();
+    await checked.init();
+    const credits = new CreditService({ db: checked });
+    await credits.addCredits("u1", 5);
+    expect((await checked.getAccount("u1"))?.balance).toBe(5);
+  });
+
+  it("the script's validators accept every document the adapter writes (checked here: the compat server does not enforce them)", async () => {
+    const db = fresh();
+    const manager = new MongoDbManager({ db, collectionPrefix: "cm_" });
+    const { createCreditManager, InMemoryNotificationQueue } = await import("../src/index.js");
+    const m = await createCreditManager({
+      db: manager,
+      queue: new InMemoryNotificationQueue(),
+      notifications: { lowCredits: 50 },
+      domainEvents: true,
+    });
+    await m.credits.addCredits("v1", 100, {
+      expiresAt: new Date(Date.now() + 86_400_000),
+      idempotencyKey: "k",
+      metadata: { a: [1, { b: null }] },
+    });
+    await m.credits.addCredits("v1", 3);
+    await m.credits.deductCredits("v1", 60);
+    const hold = await m.credits.reserveCredits("v1", 10);
+    await m.credits.commitReservedCredits(hold.id, { amount: 4 });
+    await m.credits.reserveCredits("v1", 5);
+    const plan = await m.subscriptions.createPlan({ name: "Pro", creditsPerPeriod: 10, billingPeriod: "monthly" });
+    await m.subscriptions.subscribe("v2", plan.id);
+    await m.subscriptions.cancel("v2");
+    await m.promos.createPromo({ code: "HELLO", credits: 5, maxUses: 10 });
+    await m.promos.claimPromo("v1", "hello");
+    await m.notifications.emit("v1", { type: "subscription_renewed", dedupeKey: "d", payload: { x: 1 } });
+    await m.notifications.dispatchPending({ limit: 100 });
+    await m.close();
+    let checked = 0;
+    for (const [key, layout] of Object.entries(MONGO_COLLECTIONS) as [
+      keyof typeof MONGO_COLLECTIONS,
+      (typeof MONGO_COLLECTIONS)[keyof typeof MONGO_COLLECTIONS],
+    ][]) {
+      const validator = storedValidator(key).$jsonSchema;
+      const docs = await db.collection(`cm_${layout.name}`).find().toArray();
+      for (const doc of docs) {
+        expect(violations(validator, doc), `${layout.name} ${JSON.stringify(doc)}`).toEqual([]);
+        checked++;
+      }
+      if (key !== "ledger" && key !== "payments") expect(docs.length, layout.name).toBeGreaterThan(0);
+    }
+    expect(checked).toBeGreaterThan(20);
+  });
+});
