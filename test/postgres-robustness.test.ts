@@ -178,6 +178,8 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
       const credits = new CreditService({ db });
       const u = `load-${randomUUID()}`;
       await credits.addCredits(u, 100);
+      // Nothing cached: the unit locks and loads first (a unit started from the cache has no load to cut).
+      db.states?.delete(u);
       const cuts = proxy.cuts;
       proxy.arm("BEGIN ISOLATION");
       const entry = await credits.deductCredits(u, 10);

@@ -10,12 +10,15 @@ import type { PostgresDbManager } from "./index.js";
 import { decode as decodePromoRow, inUnit, promoPaymentSave } from "./promos.js";
 import { GUARD_MARKER, type SaveArg, type Statement, arrayText, executeText, toRow } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
+import { type AccountState as BaseState, stateAfter as stateOnTop } from "../state-cache.js";
 import { type Deferred, type QueuedUnit, deferred } from "../store/group-commit.js";
 
 /** A unit of work waiting to run. */
 export interface Unit extends QueuedUnit {
   /** Waits for its account's lock (another process held it when a batch tried). */
   wait: boolean;
+  /** Loads under the lock, not from the state cache (a batch that started from it failed). */
+  fresh?: boolean;
 }
 
 /** Why a unit must run again; `reason` is the driver error or the failed guard. */
@@ -44,6 +47,133 @@ const BEGIN =
 /** SQLSTATEs after which a unit of work runs again. */
 const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
 
+/**
+ * A later unit of a chain that did not run (its first unit did not load, or the shared
+ * transaction failed), or that left the chain (`alone`: it needs a transaction of its own). It
+ * wrote nothing; it runs again, and no attempt is counted.
+ */
+export class NotRun extends Error {
+  constructor(readonly alone: boolean) {
+    super("the unit of work runs again in another transaction");
+  }
+}
+
+/** What the units of a chain so far left: the state the next one starts from. */
+interface ChainState {
+  /** The account, open grants and active holds (null: no account yet). */
+  base: BaseState | null;
+  /** The first unit started from the state cache without locking: the row's `xmin` it guards on. */
+  xmin: string | null;
+  /** The changes saved so far, in order: a later unit's idempotency key may be among their entries. */
+  saved: Changes[];
+  /** Every grant and hold they wrote, closed ones too (`getGrants` and `getReservation` read them). */
+  grants: Map<string, Grant>;
+  holds: Map<string, Reservation>;
+  /** They claimed a promo or changed a payment: the database no longer answers those reads. */
+  promos: boolean;
+}
+
+/** The chain's state once `changes` (made on top of it) are applied. */
+function advance(at: ChainState, changes: Changes): ChainState {
+  const grants = new Map(at.grants);
+  for (const g of [...changes.insertGrants, ...changes.updateGrants]) grants.set(g.id, g);
+  const holds = new Map(at.holds);
+  for (const r of [...changes.insertReservations, ...changes.updateReservations]) holds.set(r.id, r);
+  return {
+    base: stateOnTop(at.base, changes),
+    xmin: at.xmin,
+    saved: [...at.saved, changes],
+    grants,
+    holds,
+    promos: at.promos || (changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0,
+  };
+}
+
+/** What `Batch.save` writes of one account, and what the state cache keeps after it. */
+interface SaveItem {
+  readonly userId: string;
+  /** The account row's `xmin` its state was made at, when it was not locked before the save. */
+  readonly xmin: string | null;
+  readonly pendingChanges: Changes;
+  readonly originals: UnitTx["originals"];
+  readonly loadDone: boolean;
+  readonly base: Omit<AccountState, "xmin"> | null;
+}
+
+/**
+ * The saving units of a batch with those of one account (a chain, in order) merged into one
+ * item: the last account row guarded by the first unit's `seq`, a grant or hold inserted and then
+ * updated inserted as it ended, one update per row with its last version, every entry and outbox
+ * row. Each row's original is the first one read (the database's): updates write the columns
+ * that differ from it.
+ */
+function merged(txs: readonly UnitTx[]): SaveItem[] {
+  const byUser = new Map<string, UnitTx[]>();
+  for (const tx of txs) {
+    const list = byUser.get(tx.userId);
+    if (list === undefined) byUser.set(tx.userId, [tx]);
+    else list.push(tx);
+  }
+  const items: SaveItem[] = [];
+  for (const list of byUser.values()) {
+    const first = list[0] as UnitTx;
+    if (list.length === 1) {
+      items.push(first);
+      continue;
+    }
+    const last = list[list.length - 1] as UnitTx;
+    const rows = <T extends { id: string }>(ins: (c: Changes) => readonly T[], upd: (c: Changes) => readonly T[]) => {
+      const inserted = new Map<string, T>();
+      const updated = new Map<string, T>();
+      for (const tx of list) {
+        for (const x of ins(tx.pendingChanges)) inserted.set(x.id, x);
+        for (const x of upd(tx.pendingChanges)) (inserted.has(x.id) ? inserted : updated).set(x.id, x);
+      }
+      return { inserted: [...inserted.values()], updated: [...updated.values()] };
+    };
+    const grants = rows(
+      (c) => c.insertGrants,
+      (c) => c.updateGrants,
+    );
+    const holds = rows(
+      (c) => c.insertReservations,
+      (c) => c.updateReservations,
+    );
+    const all = <T>(get: (c: Changes) => readonly T[] | undefined) =>
+      list.flatMap((tx) => get(tx.pendingChanges) ?? []);
+    const notifications = all((c) => c.notifications);
+    const promoClaims = all((c) => c.promoClaims);
+    const paymentUpdates = all((c) => c.paymentUpdates);
+    const pendingChanges: Changes = {
+      account: last.pendingChanges.account,
+      previousSeq: first.pendingChanges.previousSeq,
+      insertGrants: grants.inserted,
+      updateGrants: grants.updated,
+      insertReservations: holds.inserted,
+      updateReservations: holds.updated,
+      entries: all((c) => c.entries),
+      ...(notifications.length > 0 ? { notifications } : {}),
+      ...(promoClaims.length > 0 ? { promoClaims } : {}),
+      ...(paymentUpdates.length > 0 ? { paymentUpdates } : {}),
+    };
+    const originals: UnitTx["originals"] = { account: first.originals.account, grants: new Map(), holds: new Map() };
+    for (const tx of list) {
+      for (const [id, g] of tx.originals.grants) if (!originals.grants.has(id)) originals.grants.set(id, g);
+      for (const [id, r] of tx.originals.holds) if (!originals.holds.has(id)) originals.holds.set(id, r);
+    }
+    // The first saving unit's state is the chain's as its first unit loaded it (nothing saved before).
+    items.push({
+      userId: first.userId,
+      xmin: first.xmin,
+      pendingChanges,
+      originals,
+      loadDone: first.loadDone,
+      base: first.base,
+    });
+  }
+  return items;
+}
+
 /** Thrown by `load()` in a batch whose lock skipped the account: another transaction holds it. */
 export class Skipped extends Error {
   constructor() {
@@ -57,7 +187,15 @@ export class Skipped extends Error {
  */
 export interface BatchResult {
   /** `lost`: the connection was lost before anything was written (a failure, not a conflict, if it lasts). */
-  retry: Array<{ unit: Unit; reason: unknown; skipped?: boolean; lost?: boolean }>;
+  retry: Array<{
+    unit: Unit;
+    reason: unknown;
+    skipped?: boolean;
+    lost?: boolean;
+    notRun?: boolean;
+    alone?: boolean;
+    fresh?: boolean;
+  }>;
   /** Why the connection is bad (the driver error, or true), when it is: undefined while it is usable. */
   brokenBy: unknown;
 }
@@ -105,25 +243,81 @@ export class Batch {
     private readonly wait: boolean,
   ) {
     this.txs = units.map((u) => new UnitTx(this, u));
-    this.waiting = this.txs.length;
+    // Units of one account form a chain, in queue order: the first loads with the batch, the
+    // others run after it, one at a time, on the state it left (see `runChain`).
+    const byUser = new Map<string, UnitTx[]>();
+    for (const tx of this.txs) {
+      const chain = byUser.get(tx.userId);
+      if (chain === undefined) byUser.set(tx.userId, [tx]);
+      else {
+        tx.follower = true;
+        tx.isReady = true; // only the first of a chain takes part in opening the transaction
+        chain.push(tx);
+      }
+    }
+    this.chains = [...byUser.values()];
+    this.waiting = this.chains.length;
     for (const tx of this.txs) db.track(tx);
   }
+
+  /** The units of work per account, in queue order (one each, unless the group commit chains them). */
+  private readonly chains: UnitTx[][];
 
   /** Forgets the units that are settled here (all but those whose resolution waits its turn). */
   untrackSettled(): void {
     for (const tx of this.txs) if (!tx.deferred) this.db.untrack(tx);
   }
 
-  async run(): Promise<BatchResult> {
-    const outcomes = await Promise.allSettled(
-      this.txs.map(async (tx) => {
-        try {
-          return await tx.unit.fn(tx);
-        } finally {
-          this.ready(tx);
+  /**
+   * Runs the units of one account one after another: the first as any unit of a batch, each
+   * later one on the state the ones before it left (their saved changes on top of what the first
+   * loaded), without a statement of its own: it holds the same row lock in the same transaction.
+   * What a later unit cannot be answered from that state (a second load, a promo or payment read
+   * after another unit of the chain changed promos or payments) makes it leave the chain: it runs
+   * again in a transaction of its own, as does every later unit when the first could not load
+   * (its account was busy elsewhere) or the shared transaction failed (docs/storage.md,
+   * PostgreSQL: group commit).
+   */
+  private async runChain(
+    chain: readonly UnitTx[],
+    outcomes: Map<UnitTx, PromiseSettledResult<unknown>>,
+  ): Promise<void> {
+    let at: ChainState | null = null;
+    for (const tx of chain) {
+      if (tx.follower) {
+        if (at === null || this.failure !== undefined) {
+          outcomes.set(tx, { status: "rejected", reason: new NotRun(false) });
+          continue;
         }
-      }),
-    );
+        tx.follow(at);
+      }
+      let outcome: PromiseSettledResult<unknown>;
+      try {
+        outcome = { status: "fulfilled", value: await tx.unit.fn(tx) };
+      } catch (reason) {
+        outcome = { status: "rejected", reason };
+      } finally {
+        this.ready(tx);
+      }
+      if (tx.unchained) outcome = { status: "rejected", reason: new NotRun(true) };
+      outcomes.set(tx, outcome);
+      if (!tx.follower) {
+        if (!tx.loadDone) return void this.notRun(chain, outcomes);
+        at = { base: tx.base, xmin: tx.xmin, saved: [], grants: new Map(), holds: new Map(), promos: false };
+      }
+      if (at !== null && outcome.status === "fulfilled" && tx.pending !== null) at = advance(at, tx.pending);
+    }
+  }
+
+  /** The later units of a chain whose first unit did not load: they run again. */
+  private notRun(chain: readonly UnitTx[], outcomes: Map<UnitTx, PromiseSettledResult<unknown>>): void {
+    for (const tx of chain) if (tx.follower) outcomes.set(tx, { status: "rejected", reason: new NotRun(false) });
+  }
+
+  async run(): Promise<BatchResult> {
+    const settled = new Map<UnitTx, PromiseSettledResult<unknown>>();
+    await Promise.all(this.chains.map((chain) => this.runChain(chain, settled)));
+    const outcomes = this.txs.map((tx) => settled.get(tx) as PromiseSettledResult<unknown>);
     const retry: BatchResult["retry"] = [];
     const solo = this.txs.length === 1;
     const fromStore = (e: unknown) => e instanceof Retry || e instanceof StorageError;
@@ -131,7 +325,7 @@ export class Batch {
     const brokeEarly = this.failure !== undefined;
     let commitError: unknown = undefined;
     if (!brokeEarly) {
-      const saving = this.txs.filter((tx, i) => outcomes[i]?.status === "fulfilled" && tx.pending !== null);
+      const saving = merged(this.txs.filter((tx, i) => outcomes[i]?.status === "fulfilled" && tx.pending !== null));
       if (saving.length > 0) {
         let xid: unknown;
         try {
@@ -146,6 +340,8 @@ export class Batch {
       }
     }
     if (this.began && !this.broken) await this.rollback();
+    // A failed batch may have failed on a stale cached state: its units run again from the database.
+    if (brokeEarly || commitError !== undefined) for (const tx of this.optimists) this.db.states?.delete(tx.userId);
     if (this.resync && !this.broken) await this.db.resyncPrepared(this.client);
 
     this.txs.forEach((tx, i) => {
@@ -153,6 +349,10 @@ export class Batch {
       const unit = tx.unit;
       if (outcome.status === "rejected") {
         const e = outcome.reason;
+        if (e instanceof NotRun) {
+          retry.push({ unit, reason: e, notRun: true, ...(e.alone ? { alone: true } : {}) });
+          return;
+        }
         if (e instanceof Skipped) {
           retry.push({ unit, reason: e, skipped: true });
           return;
@@ -171,7 +371,10 @@ export class Batch {
       else if (commitError === undefined) this.resolveInOrder(tx, outcome.value);
       else if (this.broken && !(commitError instanceof Retry))
         unit.reject(commitError); // COMMIT's outcome is unknown: no retry
-      else if (commitError instanceof Retry) retry.push({ unit, reason: commitError.reason });
+      else if (commitError instanceof Retry)
+        // Started from the state cache: most likely the cache was stale (another process wrote an
+        // account) or an account was busy; run them again loading under the lock, still batched.
+        retry.push({ unit, reason: commitError.reason, ...(this.optimists.length > 0 ? { fresh: true } : {}) });
       else if (!solo) retry.push({ unit, reason: commitError });
       else unit.reject(commitError);
     });
@@ -200,6 +403,27 @@ export class Batch {
       this.db.untrack(tx);
     });
   }
+
+  /**
+   * The cached state a unit may start from without locking its account first (its first load, no
+   * idempotency key, not after a failed attempt or while waiting for another process's lock):
+   * the unit then costs the batch no load statement, and a batch of such units one message
+   * (`BEGIN; save; COMMIT`). Its save writes the account row only if the row is still the version
+   * (`xmin`) the state was made from — every committed change of an account writes its row, so
+   * nothing the unit read (its state, and grants or holds it read later, outside the
+   * transaction) can have changed — and fails the batch otherwise: its units run again alone,
+   * loading under the lock (docs/storage.md#postgresql).
+   */
+  optimistic(tx: UnitTx, request: LoadRequest | undefined): AccountState | undefined {
+    if (this.wait || tx.unit.solo || tx.unit.fresh === true || tx.follower || request?.idempotencyKey !== undefined)
+      return undefined;
+    const cached = this.db.states?.get(tx.userId);
+    if (cached !== undefined) this.optimists.push(tx);
+    return cached;
+  }
+
+  /** Units that started from the state cache (`optimistic`). */
+  private readonly optimists: UnitTx[] = [];
 
   /** A unit asked for its state, used the store, or finished: once all have, open the transaction. */
   ready(tx: UnitTx): void {
@@ -293,7 +517,7 @@ export class Batch {
   }
 
   /** One statement for every queued change, and COMMIT, in one message; returns the committing transaction's id. */
-  private async save(txs: readonly UnitTx[]): Promise<unknown> {
+  private async save(txs: readonly SaveItem[]): Promise<unknown> {
     const { sql } = this.db;
     const { tables } = sql;
     const updates = txs.filter((tx) => tx.pendingChanges.previousSeq !== null);
@@ -319,10 +543,12 @@ export class Batch {
         updates.map((tx) => {
           const row = pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account);
           row.prev = tx.pendingChanges.previousSeq;
+          if (tx.xmin !== null) row.xmin = tx.xmin;
           return row;
         }),
       );
       args.ak = arrayText(updates.map((tx) => tx.userId));
+      args.xk = arrayText(updates.filter((tx) => tx.xmin !== null).map((tx) => tx.userId));
     }
     const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
     const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
@@ -378,7 +604,7 @@ export class Batch {
    * throw: `run()` would take it for a failed commit and run committed units again. A state it
    * cannot keep is dropped (the next unit of work on the account reads it).
    */
-  private remember(txs: readonly UnitTx[], xid: unknown): void {
+  private remember(txs: readonly SaveItem[], xid: unknown): void {
     const states = this.db.states;
     if (states === null) return;
     for (const tx of txs) {
@@ -508,9 +734,20 @@ export class Batch {
 }
 
 /** The `DbTransaction` one unit of work sees inside a batch. */
-export class UnitTx implements DbTransaction {
+export class UnitTx implements DbTransaction, SaveItem {
   readonly userId: string;
   isReady = false;
+  /** A later unit of its account's chain in the batch (see `Batch.runChain`). */
+  follower = false;
+  /** A later unit of a chain that asked what the chain cannot answer: it runs again on its own. */
+  unchained = false;
+  /**
+   * Started from the state cache without locking (`Batch.optimistic`): the `xmin` of the account
+   * row that state was made at, which its save requires the row still to have. Null otherwise.
+   */
+  xmin: string | null = null;
+  /** A later unit's chain state (null: the first unit, or a unit alone). */
+  private chain: ChainState | null = null;
   /** The first `load()` request, answered by the batch. */
   loadRequest: LoadRequest | null = null;
   /** The idempotency key the load in flight asks for (null: none). */
@@ -550,15 +787,76 @@ export class UnitTx implements DbTransaction {
     return this.pending as Changes;
   }
 
+  /** A later unit of a chain starts from what the ones before it left, under the same lock. */
+  follow(at: ChainState): void {
+    this.chain = at;
+    this.xmin = at.xmin;
+    const base = at.base;
+    this.state = {
+      seq: base?.account.seq ?? null,
+      grants: new Map((base?.grants ?? []).map((g) => [g.id, g])),
+      holds: new Map((base?.reservations ?? []).map((r) => [r.id, r])),
+    };
+    this.base = base;
+    this.originals.account = base?.account ?? null;
+    for (const g of base?.grants ?? []) this.originals.grants.set(g.id, g);
+    for (const r of base?.reservations ?? []) this.originals.holds.set(r.id, r);
+  }
+
+  /** Leaves the chain: the unit of work runs again in a transaction of its own. */
+  private unchain(): never {
+    this.unchained = true;
+    throw new NotRun(true);
+  }
+
+  /** A later unit's load: the chain's state, and its idempotent entry from the chain or the database. */
+  private async loadInChain(chain: ChainState, request: LoadRequest | undefined): Promise<LoadedState> {
+    if (this.loadDone) this.unchain();
+    this.loadRequest = request ?? {};
+    const key = request?.idempotencyKey;
+    let idempotent: JournalEntry | null = null;
+    if (key !== undefined) {
+      for (const c of chain.saved) idempotent ??= c.entries.find((e) => e.idempotencyKey === key) ?? null;
+      if (idempotent === null) {
+        const { sql } = this.batch.db;
+        const j = sql.tables.journal;
+        const [row] = await this.batch.query(
+          "load",
+          `SELECT row_to_json(j)::text AS idem FROM ${j.qualified} j WHERE j.user_id = $1 AND j.idempotency_key = $2`,
+          [this.userId, key],
+        );
+        const text = row?.idem as string | null | undefined;
+        idempotent = text ? decodeRow<JournalEntry>(j.columns, JSON.parse(text)) : null;
+      }
+    }
+    this.loadDone = true;
+    const base = chain.base;
+    return {
+      account: base?.account ?? null,
+      grants: [...(base?.grants ?? [])],
+      reservations: [...(base?.reservations ?? [])],
+      idempotent,
+    };
+  }
+
   async load(request?: LoadRequest): Promise<LoadedState> {
+    if (this.chain !== null) return this.loadInChain(this.chain, request);
     if (this.loadRequest === null && !this.isReady) {
       this.loadRequest = request ?? {};
+      const cached = this.batch.optimistic(this, request);
+      if (cached !== undefined) {
+        const state = this.fromCache(cached);
+        this.batch.ready(this);
+        if (this.verifyHit) await this.verifyCached(state);
+        return state;
+      }
       this.batch.ready(this);
       const state = await this.loaded.promise;
       if (this.verifyHit) await this.verifyCached(state);
       return state;
     }
     await this.batch.opened.promise;
+    this.xmin = null; // the reload locks the row: the seq guard suffices from here on
     const again = deferred<LoadedState>();
     const previous = this.loaded;
     // `receive` answers through `this.loaded`: point it at a fresh one for this reload.
@@ -570,6 +868,28 @@ export class UnitTx implements DbTransaction {
       throw error;
     }
     return again.promise;
+  }
+
+  /**
+   * Starts the unit from the state cache without a statement (see `Batch.optimistic`): the save
+   * then guards the account row on the `xmin` the state was made at.
+   */
+  private fromCache(cached: AccountState): LoadedState {
+    const { account, grants, reservations } = cached;
+    this.xmin = cached.xmin;
+    this.batch.db.stateCacheHits++;
+    this.verifyHit = this.batch.db.verifyStates;
+    this.state = {
+      seq: account.seq,
+      grants: new Map(grants.map((g) => [g.id, g])),
+      holds: new Map(reservations.map((r) => [r.id, r])),
+    };
+    this.base = { account, grants, reservations };
+    this.originals.account = account;
+    for (const g of grants) this.originals.grants.set(g.id, g);
+    for (const r of reservations) this.originals.holds.set(r.id, r);
+    this.loadDone = true;
+    return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
   }
 
   /** The batch's answer to `load()`: the state statement's row (undefined: no account). */
@@ -616,6 +936,9 @@ export class UnitTx implements DbTransaction {
   private async verifyCached(state: LoadedState): Promise<void> {
     const { db } = this.batch;
     const [row] = await this.batch.query("verifyStateCache", db.sql.state.text, [[this.userId], [null], [null]]);
+    // Started without the lock (`Batch.optimistic`): a state another process made stale since is
+    // no fault of the cache; its save's guard refuses it.
+    if (this.xmin !== null && row?.xmin !== this.xmin) return;
     const { tables } = db.sql;
     const account = row?.account
       ? decodeRow<Account>(tables.accounts.columns, JSON.parse(row.account as string))
@@ -659,6 +982,14 @@ export class UnitTx implements DbTransaction {
     const loaded = this.state?.grants;
     if (loaded !== undefined && grantIds.every((id) => loaded.has(id)))
       return grantIds.map((id) => loaded.get(id) as Grant);
+    // In a chain, a grant an earlier unit wrote is as it left it (the database has it as before).
+    const written = this.chain?.grants;
+    if (written !== undefined && grantIds.some((id) => written.has(id))) {
+      const rest = grantIds.filter((id) => !written.has(id) && !loaded?.has(id));
+      const read = rest.length === 0 ? [] : await this.getGrants(rest);
+      const byId = new Map(read.map((g) => [g.id, g]));
+      return grantIds.flatMap((id) => written.get(id) ?? loaded?.get(id) ?? byId.get(id) ?? []);
+    }
     await this.opening();
     const { db } = this.batch;
     const rows = await this.batch.query(
@@ -672,7 +1003,7 @@ export class UnitTx implements DbTransaction {
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
-    const held = this.state?.holds.get(reservationId);
+    const held = this.state?.holds.get(reservationId) ?? this.chain?.holds.get(reservationId);
     if (held !== undefined) return held;
     await this.opening();
     const { db } = this.batch;
@@ -688,6 +1019,7 @@ export class UnitTx implements DbTransaction {
   }
 
   async getPromo(code: string): Promise<Promo | null> {
+    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
     await this.opening();
     const { sql } = this.batch.db;
     const { text, params } = inUnit.getPromo(sql.tables, code);
@@ -696,6 +1028,7 @@ export class UnitTx implements DbTransaction {
   }
 
   async countPromoClaims(code: string): Promise<number> {
+    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
     await this.opening();
     const { text, params } = inUnit.countClaims(this.batch.db.sql.tables, code, this.userId);
     const [row] = await this.batch.query("countPromoClaims", text, params);
@@ -703,6 +1036,7 @@ export class UnitTx implements DbTransaction {
   }
 
   async getPayment(paymentId: string): Promise<Payment | null> {
+    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
     await this.opening();
     const { sql } = this.batch.db;
     const { text, params } = inUnit.getPayment(sql.tables, paymentId, this.userId);
@@ -712,6 +1046,11 @@ export class UnitTx implements DbTransaction {
 
   async save(changes: Changes): Promise<void> {
     if (this.saved) throw new Error("save() may be called once per unit of work");
+    if (
+      this.chain?.promos === true &&
+      ((changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0)
+    )
+      this.unchain();
     this.saved = true;
     if (this.state !== null && changes.previousSeq !== this.state.seq) {
       throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });

@@ -97,7 +97,7 @@ const leases = new WeakMap<PoolClient, Lease>();
  *
  * A unit of work runs in a transaction that locks its account row (`SELECT … FOR UPDATE`), so
  * units of work on one account run one after another across every process. A transaction costs
- * two round trips:
+ * two round trips (one when the unit starts from the state cache: `Batch.optimistic`):
  *
  *  1. `BEGIN; EXECUTE lock; EXECUTE state` in one message: the lock, then (in a statement with a
  *     fresh READ COMMITTED snapshot, so it sees what the previous lock holder committed) the
@@ -136,12 +136,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** The units of work of this process in a batch now, per account (see `committedBefore`). */
   private readonly running = new Map<string, UnitTx[]>();
   /**
-   * Group commit. A batch takes the oldest waiting units of distinct accounts that this process is
-   * not working on, up to `maxUnits`, while fewer than `concurrency` batches run. Batches never
-   * wait for a row lock (SKIP LOCKED). A unit whose account is busy — in a batch of this process,
-   * or held by another process — becomes a waiter: it runs alone and waits for the lock on a
-   * connection of its own, outside the batch slots, so the lock passes on the moment it is
-   * released; at most one waiter per account and `waiters` in all, the rest wait in memory.
+   * Group commit. A batch takes the oldest waiting units of accounts that this process is not
+   * working on, up to `maxUnits` (several of one account form a chain: `Batch.runChain`), while
+   * fewer than `concurrency` batches run. Batches never wait for a row lock (SKIP LOCKED). A unit
+   * whose account another process holds becomes a waiter: it runs alone and waits for the lock on
+   * a connection of its own, outside the batch slots, so the lock passes on the moment it is
+   * released; at most one waiter per account and `waiters` in all. Units of an account this
+   * process is working on wait in memory and join the next batch (docs/storage.md, PostgreSQL).
    */
   private readonly group: GroupCommit<Unit>;
   /** @internal */
@@ -187,8 +188,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       maxUnits: this.maxUnits,
       concurrency: batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4),
       maxAlone: batch === false ? Infinity : Math.max(1, batch.waiters ?? 4),
-      perAccount: 2,
-      alone: (u, busy) => u.wait || busy > 0,
+      // Units of one account queued together share a batch, one after another in its transaction
+      // (`Batch.runChain`): a hot account's units wait in memory for the next batch rather than
+      // each taking a transaction of its own behind the row lock.
+      perAccount: 1,
+      perBatch: this.maxUnits,
+      alone: (u) => u.wait,
       runBatch: (units) => this.runBatch(units, false),
       runAlone: (u) => this.runBatch([u], true),
     });
@@ -312,7 +317,13 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       return;
     }
     this.release(client, result.brokenBy);
-    for (const { unit, reason, skipped, lost } of result.retry) {
+    for (const { unit, reason, skipped, lost, notRun, alone, fresh } of result.retry) {
+      if (notRun) {
+        // A later unit of a chain that did not run, or left it: again, no attempt counted.
+        if (alone) unit.solo = true;
+        this.requeue(unit, 0);
+        continue;
+      }
       if (skipped) {
         // Its account is busy in another transaction: run it again alone, waiting for the lock.
         unit.wait = true;
@@ -331,6 +342,10 @@ export class PostgresDbManager extends StoreBase implements DbManager {
             reason,
           ),
         );
+      } else if (fresh === true && unit.fresh !== true) {
+        // A batch that started from the state cache failed: once more batched, loading under the lock.
+        unit.fresh = true;
+        this.requeue(unit, 0);
       } else {
         // Alone from now on, so that whatever failed the batch fails only its own unit.
         unit.solo = true;

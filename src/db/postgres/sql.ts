@@ -40,9 +40,10 @@ export interface SaveShape {
 /**
  * The arguments of a save statement, by name: a JSON array of rows per part (`a` account updates,
  * `ai` new accounts, `ig`/`ug` grants, `ir`/`ur` holds, `e` journal entries, `n` outbox rows) and
- * the keys of the rows each update finds (`ak`, `ugk`, `urk`: `text[]`).
+ * the keys of the rows each update finds (`ak`, `ugk`, `urk`: `text[]`; `xk`: the accounts not
+ * locked before the save, see `Batch.optimistic`).
  */
-export type SaveArg = "a" | "ak" | "ai" | "ig" | "ug" | "ugk" | "ir" | "ur" | "urk" | "e" | "n";
+export type SaveArg = "a" | "ak" | "xk" | "ai" | "ig" | "ug" | "ugk" | "ir" | "ur" | "urk" | "e" | "n";
 
 /** A save statement and the names of its parameters, in order. */
 export interface SaveStatement extends Statement {
@@ -241,10 +242,20 @@ function saveText(t: Tables, shape: SaveShape): { text: string; args: SaveArg[];
   if (shape.accountColumns !== null) {
     const rows = param("a", "json");
     accountKeys = param("ak", "text[]");
+    // Accounts of units that started from the state cache (./batch.ts, `Batch.optimistic`) are
+    // not locked yet: lock them here, skipping any another transaction holds, so that a batch
+    // never waits for another process; a skipped account fails the guard below.
+    const unlocked = param("xk", "text[]");
+    ctes.push(
+      `lk AS (SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY(${unlocked}) ORDER BY user_id FOR UPDATE SKIP LOCKED)`,
+    );
     ctes.push(
       `acc AS (UPDATE ${accounts.qualified} t SET ${set(shape.accountColumns)} ` +
-        `FROM json_to_recordset(${rows}) AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint")} ` +
-        `WHERE t.user_id = ANY(${accountKeys}) AND t.user_id = x.user_id AND t.seq = x.prev RETURNING 1)`,
+        `FROM json_to_recordset(${rows}) AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint, xmin text")} ` +
+        // `xmin`: a unit that started from the state cache without locking the row (./batch.ts,
+        // `Batch.optimistic`) requires the row version its state was made from.
+        `WHERE t.user_id = ANY(${accountKeys}) AND t.user_id = x.user_id AND t.seq = x.prev ` +
+        `AND (x.xmin IS NULL OR (t.xmin::text = x.xmin AND t.user_id IN (SELECT user_id FROM lk))) RETURNING 1)`,
     );
     checks.push(`(SELECT count(*) FROM acc) = cardinality(${accountKeys})`);
   }

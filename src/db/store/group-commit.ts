@@ -68,6 +68,11 @@ export interface GroupCommitOptions<U extends QueuedUnit> {
    * a FIFO per account; PostgreSQL: 2, a batch and one unit queued behind it for the row lock).
    */
   perAccount: number;
+  /**
+   * Units of one account a batch may take (default 1: distinct accounts). Above 1 the store runs
+   * them one after another in the batch's transaction (PostgreSQL's chains).
+   */
+  perBatch?: number;
   /** Whether `unit` runs alone (`busy`: the batches and lone units now on its account). */
   alone(unit: U, busy: number): boolean;
   /** Runs a batch; settles when the accounts are free again. */
@@ -135,21 +140,26 @@ export class GroupCommit<U extends QueuedUnit> {
       const batch = [u];
       this.hold(u.userId, 1);
       if (!u.solo) {
+        const perBatch = o.perBatch ?? 1;
+        const taken = new Map<string, number>([[u.userId, 1]]);
         for (let j = i; j < this.queue.length && batch.length < o.maxUnits && seen < scanLimit; seen++) {
           const v = this.queue[j] as U;
-          if (v.solo || this.busy.has(v.userId) || o.alone(v, 0)) {
+          const n = taken.get(v.userId);
+          if (v.solo || (n === undefined ? this.busy.has(v.userId) : n >= perBatch) || o.alone(v, 0)) {
             j++;
             continue;
           }
           this.queue.splice(j, 1);
           batch.push(v);
-          this.hold(v.userId, 1);
+          taken.set(v.userId, (n ?? 0) + 1);
+          if (n === undefined) this.hold(v.userId, 1);
         }
       }
+      const accounts = batch.filter((v, k) => batch.findIndex((w) => w.userId === v.userId) === k);
       this.batches++;
       void o.runBatch(batch).finally(() => {
         this.batches--;
-        this.release(batch);
+        this.release(accounts);
       });
     }
   }
