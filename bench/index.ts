@@ -10,6 +10,7 @@
  * Diagnostics channels (bench/diagnostics.ts): BENCH_DIAGNOSTICS=0 skips them.
  * Bytes per journal entry on PostgreSQL and MongoDB, and the idempotency index under the retention
  * job (bench/rows.ts, when their URLs are set): BENCH_ROWS=0 skips them, BENCH_ROWS_OPS sets the deductions.
+ * Audit from the first entry against from a checkpoint (bench/audit.ts): BENCH_AUDIT=0 skips it.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -127,6 +128,10 @@ if (process.env.BENCH_JOBS !== "0") {
 } else {
   notes.push("jobs: skipped (BENCH_JOBS=0)");
 }
+// Audit of one account with 1M entries, from its first entry against from its latest checkpoint
+// (bench/audit.ts, in memory, its own process). BENCH_AUDIT_ENTRIES sets the size, BENCH_AUDIT=0 skips it.
+if (process.env.BENCH_AUDIT !== "0") rows.push(...childRows(["--max-old-space-size=6144", join(here, "audit.ts")]));
+else notes.push("audit: skipped (BENCH_AUDIT=0)");
 // The diagnostics channels: a deduction with no subscriber, with one, and with the OTel metrics
 // (bench/diagnostics.ts, its own process; about 40 s). BENCH_DIAGNOSTICS=0 skips it.
 if (process.env.BENCH_DIAGNOSTICS !== "0") rows.push(...childRows([join(here, "diagnostics.ts")]));

@@ -100,7 +100,8 @@ export interface JobMessage {
     | "renewDueSubscriptions"
     | "sendExpiringReminders"
     | "purgeNotifications"
-    | "forgetIdempotencyKeys";
+    | "forgetIdempotencyKeys"
+    | "checkpointAccounts";
   /** The instant the job works to (ISO). */
   asOf: string;
   /** Rows looked at (grants, holds, subscriptions, notifications). */

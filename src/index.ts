@@ -23,6 +23,7 @@ export {
 export {
   ExpirationService,
   type ExpirationServiceOptions,
+  type CheckpointAccountsReport,
   type ExpireGrantsReport,
   type ForgetKeysReport,
   ForgetKeysOptions,
@@ -109,6 +110,7 @@ export type * from "./model-types.js";
 // the JavaScript does not export.
 export type CreditManagerOptions = Manager.CreditManagerOptions;
 export type JobOptions = Expiration.JobOptions;
+export type CheckpointJobOptions = Expiration.CheckpointJobOptions;
 export type PaymentManagerOptions = Payments.PaymentManagerOptions;
 export type EmitInput = Notifications.EmitInput;
 export type ListPromosQuery = Promos.ListPromosQuery;

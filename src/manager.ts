@@ -4,7 +4,7 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
+import { CheckpointEvery, FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService, IdempotencyRetention } from "./services/expiration-service.js";
@@ -64,6 +64,11 @@ export const CreditManagerOptions = z.strictObject({
     .optional(),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
+  /**
+   * A checkpoint entry in the unit of work that takes an account's journal past each multiple of
+   * this many entries (docs/operations.md, "Checkpoints and archival"). Default: none.
+   */
+  checkpointEvery: CheckpointEvery.optional(),
   /** Payment providers and the credits a payment buys (docs/promos-and-payments.md). */
   payments: PaymentManagerOptions.optional(),
   /** Where notifications are delivered. Giving one (or `notifications`) turns notification events on. */
@@ -190,6 +195,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
+    checkpointEvery: o.checkpointEvery,
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,
     features: o.features,

@@ -54,6 +54,7 @@ describe("credit-management worker: flags and environment", () => {
       "CREDIT_REMINDER_DAYS",
       "CREDIT_LEDGER_FILE",
       "CREDIT_IDEMPOTENCY_RETENTION",
+      "CREDIT_WORKER_CHECKPOINT_ENTRIES",
       "SIGTERM",
       "SIGHUP",
     ]) {
@@ -110,6 +111,7 @@ describe("credit-management worker: flags and environment", () => {
         CREDIT_NOTIFICATIONS: "record",
         CREDIT_LOW_CREDITS: "10",
         CREDIT_LOG_LEVEL: "debug",
+        CREDIT_WORKER_CHECKPOINT_ENTRIES: "500",
       },
     );
     expect(set).toMatchObject({
@@ -122,7 +124,9 @@ describe("credit-management worker: flags and environment", () => {
       dispatchEveryMs: 0,
       lowCredits: 10,
       logLevel: "debug",
+      checkpointEntries: 500,
     });
+    expect(workerSettings({}, {}).checkpointEntries).toBeUndefined();
     expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual(
       [],
     );
@@ -144,6 +148,11 @@ describe("credit-management worker: flags and environment", () => {
       [["worker", "--batch-size", "0"], {}, /--batch-size must be a whole number from 1 to 10000/],
       [["worker"], { CREDIT_WORKER_CONCURRENCY: "many" }, /CREDIT_WORKER_CONCURRENCY must be a whole number/],
       [["worker", "--jobs-every", "soon"], {}, /--jobs-every must be a duration/],
+      [
+        ["worker"],
+        { CREDIT_WORKER_CHECKPOINT_ENTRIES: "0" },
+        /CREDIT_WORKER_CHECKPOINT_ENTRIES must be a whole number/,
+      ],
       [
         ["worker", "--log-level", "loud"],
         {},
@@ -310,6 +319,21 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
     expect((await now.credits.deductCredits("keyed", 5, { idempotencyKey: "two-days-old" })).id).not.toBe(old.id);
     expect((await now.credits.getUserCreditsInfo("keyed")).balance).toBe(85);
     expect((await now.credits.audit("keyed")).ok).toBe(true);
+  });
+
+  it("CREDIT_WORKER_CHECKPOINT_ENTRIES: a jobs round checkpoints the accounts with that many entries since their last", async () => {
+    const { now, env } = await store(0);
+    for (const u of ["busy", "quiet"]) await now.credits.addCredits(u, 10);
+    for (let i = 0; i < 3; i++) await now.credits.deductCredits("busy", 1);
+    const w = startWorker(["--once"], { ...env, CREDIT_WORKER_CHECKPOINT_ENTRIES: "3" });
+    expect((await w.exited).code, w.stderr()).toBe(0);
+    expect(w.lines.find(round("jobs"))).toMatchObject({
+      ok: true,
+      checkpointAccounts: { accountsScanned: 2, checkpointsWritten: 1, errors: 0 },
+    });
+    expect((await now.credits.latestCheckpoint("busy"))?.seq).toBe(5);
+    expect(await now.credits.latestCheckpoint("quiet")).toBeUndefined();
+    expect((await now.credits.audit("busy")).fromSeq).toBe(5);
   });
 
   it("SIGTERM mid-round: the round in flight is finished and recorded, then exit 0", async () => {

@@ -66,7 +66,7 @@ describe("credit-management CLI", () => {
       [["migrate"], /unknown command "migrate"/],
       [[], /missing command/],
       [["schema", "--out"], /argument missing|--out/],
-      [["audit"], /audit needs --user ID \(repeatable\) or --all/],
+      [["audit"], /audit needs --user ID \(repeatable\), --all or --archive FILE/],
       [["audit", "--user", ""], /--user needs an account id/],
       [["audit", "--all", "--dialect", "mysql"], /--dialect applies to "schema" only/],
       [["schema", "--all"], /--all applies to "audit" only/],

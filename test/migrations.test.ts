@@ -67,7 +67,7 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 4 replaces the notifications type check of a store that has the table (PostgreSQL, MySQL, SQLite)", () => {
-    // (Version 5's column of the journal follows: see the next test.)
+    // (Version 5's changes of the journal follow: see the next test.)
     const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" }).filter(
       (s) => s.includes("notifications"),
     );
@@ -89,19 +89,24 @@ describe("schema upgrades: the statements", () => {
     expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
   });
 
-  it("version 5 adds the journal's forgotten_key (where the retention job moves old idempotency keys), nullable; PostgreSQL stores its hashes as bytes and grants as JSON text", () => {
+  it("version 5: the journal's forgotten_key (where the retention job moves old idempotency keys), its type check allowing checkpoint entries, and on PostgreSQL hashes as bytes and grants as JSON text", () => {
     expect(upgradeStatements({ dialect: "postgres", fromVersion: 4, prefix: "cm_", schema: "billing" })).toEqual([
       'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "forgotten_key" VARCHAR(255) COLLATE "C";',
-      // One rewrite of the table for both columns, and only while they are text (it can run again).
+      expect.stringMatching(
+        /^ALTER TABLE "billing"\."cm_journal_entries" DROP CONSTRAINT IF EXISTS "cm_journal_entries_type_check", ADD CONSTRAINT "cm_journal_entries_type_check" CHECK \("type" IN \('add', .*'release_reserved', 'checkpoint'\)\);$/,
+      ),
+      // One rewrite of the table for the three columns, and only while they are text (it can run again).
       `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'billing' AND table_name = 'cm_journal_entries' AND column_name = 'hash' AND data_type = 'text') THEN ` +
         `ALTER TABLE "billing"."cm_journal_entries" ALTER COLUMN "hash" TYPE BYTEA USING decode("hash", 'hex'), ALTER COLUMN "prev_hash" TYPE BYTEA USING decode("prev_hash", 'hex'), ALTER COLUMN "grants" TYPE JSON USING "grants"::json; END IF; END $$;`,
     ]);
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
       "ALTER TABLE `journal_entries` ADD COLUMN `forgotten_key` VARCHAR(255);",
+      expect.stringMatching(/^ALTER TABLE `journal_entries` MODIFY COLUMN `type` .*'checkpoint'\)\);$/),
     ]);
-    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 4 })).toEqual([
-      'ALTER TABLE "journal_entries" ADD COLUMN "forgotten_key" TEXT;',
-    ]);
+    const lite4 = upgradeStatements({ dialect: "sqlite", fromVersion: 4 }).join("\n");
+    expect(lite4).toContain('ALTER TABLE "journal_entries" ADD COLUMN "forgotten_key" TEXT;');
+    expect(lite4).toContain('ALTER TABLE "journal_entries__rebuild" RENAME TO "journal_entries";');
+    expect(lite4).toContain("'checkpoint'");
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {

@@ -6,6 +6,7 @@ import type { DbManager } from "../db/types.js";
 import { hashEntry } from "../domain/hash.js";
 import type { AuditReport } from "../domain/replay.js";
 import { createCreditManager } from "../manager.js";
+import { verifyArchive } from "../services/archive.js";
 import type { JournalEntry } from "../models/index.js";
 
 export interface AuditCommand {
@@ -22,6 +23,13 @@ export interface AuditCommand {
    * several processes appended to at once. Default false: one writer keeps each account in order.
    */
   unordered?: boolean;
+  /** Replay from each account's latest checkpoint (default) or from its first entry (`--from`). */
+  from?: "checkpoint" | "genesis";
+  /**
+   * JSONL archives (`credits.archiveJournal`) to verify (`--archive`): alone, without a store; with
+   * one, each account's closing checkpoint is compared with the store's.
+   */
+  archives?: readonly string[];
 }
 
 export interface AuditIo {
@@ -55,7 +63,18 @@ interface FileLine {
  * account named with `--user` does not exist (and nothing else was wrong).
  */
 export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
+  const archives = command.archives ?? [];
+  const accountsToo = command.users.length > 0 || command.all;
   const db = source.db ?? (await createDbManagerFromEnv(source.env ?? process.env));
+  if (!accountsToo && archives.length > 0) {
+    // The archives alone; against the store's checkpoints when there is a store.
+    const store = source.db === undefined && db instanceof InMemoryDbManager ? undefined : db;
+    try {
+      return await auditArchives(archives, command.json, io, store);
+    } finally {
+      if (source.db === undefined) await db.close();
+    }
+  }
   if (source.db === undefined && db instanceof InMemoryDbManager) {
     throw new AuditUsageError(
       "audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_PG_URL (and CREDIT_PG_SCHEMA)",
@@ -76,7 +95,7 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
 
     const audit = async (userId: string, named: boolean): Promise<void> => {
       accounts++;
-      const report = await manager.credits.audit(userId);
+      const report = await manager.credits.audit(userId, command.from === undefined ? {} : { from: command.from });
       // A name with no account and no journal is most likely a typo: "ok, 0 entries" would hide it.
       if (named && report.entries === 0 && (await db.getAccount(userId)) === null) {
         missing++;
@@ -119,6 +138,8 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
         }
       }
     }
+    const archiveCode = archives.length > 0 ? await auditArchives(archives, command.json, io, db) : 0;
+    if (archiveCode !== 0) fileProblems++;
     const summary =
       `${accounts} account${accounts === 1 ? "" : "s"} audited: ${accounts - failed - missing} consistent, ${failed} with problems` +
       (missing > 0 ? `, ${missing} not found` : "") +
@@ -277,4 +298,47 @@ async function compareWithFile(
     if (seq > last) problems.push(`seq ${seq} is in ${line.file}:${line.line} but not in the store`);
   }
   return problems;
+}
+
+/**
+ * `--archive`: verifies each JSONL archive (`verifyArchive`) and, with a store, that the checkpoint
+ * closing each account's part is the store's entry at that seq (docs/operations.md, "Checkpoints and
+ * archival"). Prints one line per account and file; resolves to 0 (all verified) or 1.
+ */
+async function auditArchives(
+  files: readonly string[],
+  json: boolean,
+  io: AuditIo,
+  db: DbManager | undefined,
+): Promise<number> {
+  let failed = 0;
+  for (const file of files) {
+    const { accounts, problems } = await verifyArchive(file);
+    for (const p of problems) {
+      failed++;
+      if (json) io.stdout(`${JSON.stringify({ file, problem: p })}\n`);
+      else io.stdout(`FAIL  ${p}\n`);
+    }
+    for (const report of accounts) {
+      const cp = report.checkpoint;
+      if (db !== undefined && cp !== null) {
+        const [stored] = await db.listJournal(report.userId, { order: "asc", afterSeq: cp.seq - 1, limit: 1 });
+        if (stored === undefined || stored.seq !== cp.seq) {
+          // Archived further since: a later archive starts with this checkpoint.
+          const [firstKept] = await db.listJournal(report.userId, { order: "asc", limit: 1 });
+          if (firstKept === undefined || firstKept.seq < cp.seq)
+            report.problems.push(`the store has no entry at the archive's closing checkpoint (seq ${cp.seq})`);
+        } else if (stored.hash !== cp.hash) {
+          report.problems.push(`the archive's closing checkpoint (seq ${cp.seq}) differs from the store's`);
+        }
+        report.ok = report.problems.length === 0;
+      }
+      if (!report.ok) failed++;
+      print(io, json, { ...report, userId: report.userId });
+    }
+    const summary = `${file}: ${accounts.length} account${accounts.length === 1 ? "" : "s"} in the archive, ${accounts.filter((a) => a.ok).length} verified${db === undefined ? " (no store to compare with)" : " against the store"}`;
+    if (json) io.stderr(`${summary}\n`);
+    else io.stdout(`${summary}\n`);
+  }
+  return failed > 0 ? 1 : 0;
 }

@@ -38,6 +38,11 @@ const AUDIT_OPTIONS = `Options of "audit" (the store: CREDIT_MONGO_URI and CREDI
                                    audited accounts' entries must be in the files exactly as stored
   --unordered                      Accept an account's lines out of seq order within a file (a file
                                    several processes appended to at once); lines must still be there once
+  --from checkpoint|genesis        Replay from each account's latest checkpoint (default) or from its first entry
+  --archive FILE                   A JSONL archive written by credits.archiveJournal (repeatable): every
+                                   entry's hash and the chain recompute, and replaying each account's part
+                                   gives the state of the checkpoint that ends it (and, with a store, that
+                                   checkpoint is the store's). Alone, it needs no --user/--all nor a store
   --json                           One JSON object per account (and per bad line); summary on stderr
   Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage;
   3: an account named with --user does not exist (and nothing else was wrong).
@@ -64,6 +69,7 @@ Examples:
   npx credit-management schema --dialect mongodb --from-version 3 > upgrade.js && mongosh "$URI" --file upgrade.js
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
+  npx credit-management audit --archive journal-2026-10.jsonl
   CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
   CREDIT_PG_URL=postgres://… npx credit-management worker --once --reminders-every 0
 `;
@@ -120,6 +126,8 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
       unordered: { type: "boolean" },
+      archive: { type: "string", multiple: true },
+      from: { type: "string" },
       json: { type: "boolean" },
       ...WORKER_FLAGS,
       help: { type: "boolean", short: "h" },
@@ -148,7 +156,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   const workerFlags = Object.keys(WORKER_FLAGS);
   if (command === "worker") {
     only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
-    only(["user", "all", "ledger-file", "json", "unordered"], "audit");
+    only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
     const env = source.env ?? process.env;
     return runWorker(workerSettings(values, env), io, env);
   }
@@ -156,7 +164,13 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   if (command === "audit") {
     only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
     const users = values.user ?? [];
-    if (users.length === 0 && values.all !== true) throw new UsageError("audit needs --user ID (repeatable) or --all");
+    const archives = values.archive ?? [];
+    for (const file of archives) if (file === "") throw new UsageError("--archive needs a file name");
+    if (users.length === 0 && values.all !== true && archives.length === 0)
+      throw new UsageError("audit needs --user ID (repeatable), --all or --archive FILE");
+    const from = values.from;
+    if (from !== undefined && from !== "checkpoint" && from !== "genesis")
+      throw new UsageError(`--from must be "checkpoint" or "genesis", not "${from}"`);
     for (const user of users) if (user.trim() === "") throw new UsageError("--user needs an account id");
     const ledgerFiles = values["ledger-file"] ?? [];
     for (const file of ledgerFiles) if (file === "") throw new UsageError("--ledger-file needs a file name");
@@ -169,12 +183,14 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
         json: values.json === true,
         ledgerFiles,
         unordered: values.unordered === true,
+        archives,
+        ...(from === undefined ? {} : { from }),
       },
       io,
       source,
     );
   }
-  only(["user", "all", "ledger-file", "json", "unordered"], "audit");
+  only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
 
   const backend = values.backend ?? (values.dialect === "mongodb" ? "nosql" : "sql");
   if (backend !== "sql" && backend !== "nosql") {

@@ -32,6 +32,8 @@ export interface WorkerSettings {
   batchSize: number;
   concurrency: number;
   dispatchLimit: number;
+  /** With each jobs round, checkpoint accounts with this many entries since their last (undefined: off). */
+  checkpointEntries: number | undefined;
   reminderDays: number[];
   notifications: NotificationsMode;
   redisUrl: string | undefined;
@@ -100,6 +102,8 @@ Environment of "worker":
   CREDIT_LEDGER_FILE               A JSONL ledger file to append to; SIGHUP reopens it (logrotate)
   CREDIT_IDEMPOTENCY_RETENTION     How long idempotency keys answer retries: forever (default) or 1m to
                                    100 years (24h, 30d): the jobs forget older keys (a retry is then a new operation)
+  CREDIT_WORKER_CHECKPOINT_ENTRIES N: each jobs round also writes a checkpoint on every account with N
+                                   entries or more since its last (checkpointAccounts). Default off
 Signals: SIGTERM or SIGINT finishes the rounds in flight, then exits 0 (--once: its exit code); a
   second one exits at once (130 SIGINT, 143 SIGTERM); what a cut round did is all there or not at all.
   One JSON line (pino) per round on standard output.
@@ -205,6 +209,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     batchSize: integer("batch-size", "CREDIT_WORKER_BATCH_SIZE", 1, 10_000) ?? 1000,
     concurrency: integer("concurrency", "CREDIT_WORKER_CONCURRENCY", 1, 256) ?? 8,
     dispatchLimit: integer("dispatch-limit", "CREDIT_WORKER_DISPATCH_LIMIT", 1, 10_000) ?? 1000,
+    checkpointEntries: integer(null, "CREDIT_WORKER_CHECKPOINT_ENTRIES", 1, 1_000_000_000),
     reminderDays,
     notifications,
     redisUrl,
@@ -446,7 +451,7 @@ async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResu
   const { job: _h, asOf, ...releaseExpiredHolds } = await m.expiration.releaseExpiredHolds(undefined, options);
   const { job: _r, asOf: _ra, ...renewDueSubscriptions } = await m.expiration.renewDueSubscriptions(asOf, options);
   const { job: _e, asOf: _ea, ...expireDueGrants } = await m.expiration.expireDueGrants(asOf, options);
-  const errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
+  let errors = releaseExpiredHolds.errors + renewDueSubscriptions.errors + expireDueGrants.errors;
   const report: Record<string, unknown> = { asOf, releaseExpiredHolds, renewDueSubscriptions, expireDueGrants };
   if (s.idempotencyRetention !== "forever") {
     const {
@@ -457,6 +462,19 @@ async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResu
       batchSize: s.batchSize,
     });
     report.forgetIdempotencyKeys = forgetIdempotencyKeys;
+  }
+  if (s.checkpointEntries !== undefined) {
+    // docs/operations.md, "Checkpoints and archival".
+    const {
+      job: _c,
+      asOf: _ca,
+      ...checkpointAccounts
+    } = await m.expiration.checkpointAccounts({
+      everyEntries: s.checkpointEntries,
+      ...options,
+    });
+    errors += checkpointAccounts.errors;
+    report.checkpointAccounts = checkpointAccounts;
   }
   return { ok: errors === 0, idle: false, report };
 }

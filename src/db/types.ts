@@ -97,6 +97,12 @@ export interface AccountStore {
 export interface JournalStore {
   /** A page of a user's journal, by seq (see `JournalQuery`). */
   listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]>;
+  /**
+   * Optional: removes the user's journal entries with seq < `beforeSeq` — after `archiveJournal`
+   * has written them to an archive, up to a checkpoint entry that stays (docs/operations.md,
+   * "Checkpoints and archival"). Resolves to the entries removed. Stores without it cannot archive.
+   */
+  deleteJournalBefore?(userId: string, beforeSeq: number): Promise<number>;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;

@@ -10,6 +10,7 @@ import type {
   JournalEntry,
   Reservation,
 } from "../models/index.js";
+import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
@@ -433,6 +434,31 @@ export class AccountWork {
     this.grants.put({ ...current, remaining: 0, closedAt: this.now, closedReason: "voided" });
     this.account.balance = this.account.balance - amount;
     return this.emit("void", amount, amount > 0 ? [{ grantId: current.id, amount }] : [], null, meta);
+  }
+
+  /**
+   * Appends a `checkpoint` entry (docs/operations.md, "Checkpoints and archival"): amount 0, the
+   * account's balance, reserved and debt unchanged, and in its metadata (which its hash covers) the
+   * open grants with their remaining credits and the active holds with their portions. The grants
+   * the active holds draw from must be part of the work (`include`).
+   */
+  checkpoint(meta: EntryMeta = {}): JournalEntry {
+    const snapshot = snapshotOf(this.grants.all(), this.holds.all(), (id) => this.grants.get(id));
+    return this.emit("checkpoint", 0, [], null, {
+      description: "checkpoint",
+      ...meta,
+      metadata: checkpointMetadata(snapshot),
+    });
+  }
+
+  /** The grants the active holds draw from that are not part of the work yet. */
+  missingHeldGrants(): string[] {
+    const out = new Set<string>();
+    for (const h of this.holds.all()) {
+      if (h.status !== "active") continue;
+      for (const p of h.allocations) if (p.amount > 0 && this.grants.get(p.grantId) === undefined) out.add(p.grantId);
+    }
+    return [...out];
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ export function domainEvents(
   if (entries.length === 0) return NO_NOTIFICATIONS;
   const out: Notification[] = [];
   for (const entry of entries) {
-    const [type, payload] = eventOf(entry, context);
+    const event = eventOf(entry, context);
+    if (event === null) continue;
+    const [type, payload] = event;
     out.push(newNotification(userId, type, payload, now, null));
   }
   return out;
@@ -80,8 +82,11 @@ function refundOf(e: JournalEntry): { paymentId: string | null; refundedAmount: 
   return { paymentId: m.paymentId, refundedAmount: typeof m.refundedAmount === "number" ? m.refundedAmount : null };
 }
 
-function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<string, unknown>] {
+/** The event of one entry; none for a checkpoint, which changes nothing (docs/operations.md). */
+function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<string, unknown>] | null {
   switch (e.type) {
+    case "checkpoint":
+      return null;
     case "add": {
       const grantId = e.grants[0]?.grantId ?? null;
       const grant = grantId === null ? undefined : c.insertGrants.find((g) => g.id === grantId);

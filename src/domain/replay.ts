@@ -1,4 +1,5 @@
 import type { Account, Grant, JournalEntry, Reservation } from "../models/index.js";
+import { readSnapshot } from "./checkpoint.js";
 import { hashEntry } from "./hash.js";
 
 /** Result of `audit(userId)`. */
@@ -10,19 +11,32 @@ export interface AuditReport {
   problems: string[];
   /** Journal entries checked. */
   entries: number;
+  /**
+   * Where the replay started: at the first entry ("genesis"), or at the account's latest checkpoint
+   * ("checkpoint"), trusting the state it records and the hash chain up to it (docs/operations.md,
+   * "Checkpoints and archival").
+   */
+  from: "genesis" | "checkpoint";
+  /** The seq of the entry the replay started at: 1 from genesis (0 without entries), else the checkpoint's. */
+  fromSeq: number;
   /** Recomputed from the journal. */
   balance: number;
   reserved: number;
   debt: number;
   available: number;
-  /** Recomputed `remaining` of every grant the journal mentions. */
+  /**
+   * Recomputed `remaining` of every grant the replayed entries mention (from a checkpoint: the
+   * grants it records and those the entries after it mention).
+   */
   grants: Record<string, number>;
   /** Recomputed amounts of the holds still active. */
   activeReservations: Record<string, number>;
 }
 
 /**
- * Replays a user's journal from zero and compares it with the stored state.
+ * Replays a user's journal from zero — or, when `entries` starts with a checkpoint entry (`seq` >
+ * 1), from the state that checkpoint records — and compares it with the stored state (`stored`
+ * null: an archive's part, which has none; its closing checkpoint is checked like any other).
  *
  * Each entry type has one effect (docs/concepts.md, "The journal"):
  * add +balance, grants created, debt paid by amount − Σgrants; deduct −balance, grants drawn,
@@ -36,7 +50,7 @@ export interface AuditReport {
 export function replayJournal(
   userId: string,
   entries: readonly JournalEntry[],
-  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] },
+  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] } | null,
 ): AuditReport {
   const problems: string[] = [];
   let balance = 0;
@@ -47,6 +61,28 @@ export function replayJournal(
   const holds = new Map<string, Map<string, number>>();
   const created = new Set<string>();
   const expired = new Map<string, number>();
+  /** The seq before the first entry replayed: 0 from genesis, the checkpoint's − 1 from one. */
+  let base = 0;
+  const first = entries[0];
+  if (first !== undefined && first.type === "checkpoint" && first.seq > 1) {
+    // Start from the checkpoint: its state and its predecessor's hash are taken as they are (the
+    // checkpoint's own hash, which covers both, is still checked below).
+    base = first.seq - 1;
+    prevHash = first.prevHash;
+    balance = first.balanceAfter;
+    reserved = first.reservedAfter;
+    debt = first.debtAfter;
+    const snapshot = readSnapshot(first);
+    // (One that cannot be read is reported by its own case below.)
+    if (typeof snapshot !== "string") {
+      for (const [id, [left, gone]] of Object.entries(snapshot.grants)) {
+        created.add(id);
+        remaining.set(id, left);
+        if (gone > 0) expired.set(id, gone);
+      }
+      for (const [id, alloc] of Object.entries(snapshot.holds)) holds.set(id, new Map(Object.entries(alloc)));
+    }
+  }
 
   const sumOf = (e: JournalEntry) => e.grants.reduce((s, g) => s + g.amount, 0);
   const take = (grantId: string, amount: number, seq: number) => {
@@ -59,7 +95,7 @@ export function replayJournal(
   entries.forEach((e, i) => {
     const where = `entry ${e.seq}`;
     if (e.userId !== userId) problems.push(`${where} belongs to another account`);
-    if (e.seq !== i + 1) problems.push(`${where} is out of sequence: expected seq ${i + 1}`);
+    if (e.seq !== base + i + 1) problems.push(`${where} is out of sequence: expected seq ${base + i + 1}`);
     if (e.prevHash !== prevHash) problems.push(`${where} does not chain to the previous entry`);
     const { hash, ...rest } = e;
     if (hashEntry(rest) !== hash) problems.push(`${where} was altered: its hash does not match its content`);
@@ -133,6 +169,10 @@ export function replayJournal(
         holds.delete(e.reservationId ?? "");
         break;
       }
+      case "checkpoint":
+        if (e.amount !== 0 || e.grants.length > 0) problems.push(`${where}: a checkpoint changes nothing`);
+        checkSnapshot(e, { remaining, expired, holds }, problems);
+        break;
     }
     if (e.balanceAfter !== balance) problems.push(`${where}: balanceAfter ${e.balanceAfter}, replay gives ${balance}`);
     if (e.reservedAfter !== reserved)
@@ -158,12 +198,106 @@ export function replayJournal(
   }
   if (debt > 0 && sumRemaining > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumRemaining}`);
 
-  // The stored state must be what the journal says.
+  // The stored state must be what the journal says (unless there is none: an archive).
+  if (stored !== null)
+    compareStored(
+      stored,
+      entries,
+      { base, balance, reserved, debt, prevHash, remaining, expired, activeReservations },
+      problems,
+    );
+
+  return {
+    userId,
+    ok: problems.length === 0,
+    problems,
+    entries: entries.length,
+    from: base > 0 ? "checkpoint" : "genesis",
+    fromSeq: base > 0 ? base + 1 : Math.min(entries.length, 1),
+    balance,
+    reserved,
+    debt,
+    available: balance - reserved,
+    grants: Object.fromEntries(remaining),
+    activeReservations,
+  };
+}
+
+/**
+ * Compares the state a checkpoint entry records with the state replayed up to it: its grants with
+ * credits left or held (remaining and expired), its active holds, portion by portion.
+ */
+function checkSnapshot(
+  e: JournalEntry,
+  state: {
+    remaining: ReadonlyMap<string, number>;
+    expired: ReadonlyMap<string, number>;
+    holds: ReadonlyMap<string, ReadonlyMap<string, number>>;
+  },
+  problems: string[],
+): void {
+  const where = `checkpoint ${e.seq}`;
+  const snapshot = readSnapshot(e);
+  if (typeof snapshot === "string") {
+    problems.push(snapshot);
+    return;
+  }
+  const held = new Set<string>();
+  const activeHolds = new Map<string, Map<string, number>>();
+  for (const [id, alloc] of state.holds) {
+    const nonZero = new Map([...alloc].filter(([, v]) => v !== 0));
+    if (nonZero.size === 0) continue;
+    activeHolds.set(id, nonZero);
+    for (const grantId of nonZero.keys()) held.add(grantId);
+  }
+  for (const [id, left] of state.remaining) {
+    if (left === 0 && !held.has(id)) continue;
+    const recorded = snapshot.grants[id];
+    if (recorded === undefined) problems.push(`${where} does not record grant ${id} (replay: ${left} left)`);
+    else if (recorded[0] !== left || recorded[1] !== (state.expired.get(id) ?? 0))
+      problems.push(
+        `${where} records grant ${id} with ${recorded[0]} left, ${recorded[1]} expired; replay gives ${left}, ${state.expired.get(id) ?? 0}`,
+      );
+  }
+  for (const id of Object.keys(snapshot.grants)) {
+    if (!state.remaining.has(id)) problems.push(`${where} records grant ${id} that the journal never created`);
+  }
+  for (const [id, alloc] of activeHolds) {
+    const recorded = snapshot.holds[id];
+    const same =
+      recorded !== undefined &&
+      Object.keys(recorded).length === alloc.size &&
+      [...alloc].every(([grantId, v]) => recorded[grantId] === v);
+    if (!same) problems.push(`${where} records hold ${id} otherwise than the replay`);
+  }
+  for (const id of Object.keys(snapshot.holds)) {
+    if (!activeHolds.has(id)) problems.push(`${where} records hold ${id} that is not active in the replay`);
+  }
+}
+
+/** The stored account, grants and holds against the replayed state. */
+function compareStored(
+  stored: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] },
+  entries: readonly JournalEntry[],
+  r: {
+    base: number;
+    balance: number;
+    reserved: number;
+    debt: number;
+    prevHash: string | null;
+    remaining: ReadonlyMap<string, number>;
+    expired: ReadonlyMap<string, number>;
+    activeReservations: Record<string, number>;
+  },
+  problems: string[],
+): void {
+  const { base, balance, reserved, debt, prevHash, remaining, expired, activeReservations } = r;
   const acc = stored.account;
   if (acc === null) {
     if (entries.length > 0) problems.push("journal has entries but the account does not exist");
   } else {
-    if (acc.seq !== entries.length) problems.push(`account seq ${acc.seq} != ${entries.length} journal entries`);
+    if (acc.seq !== base + entries.length)
+      problems.push(`account seq ${acc.seq} != ${base + entries.length}, the last journal entry's`);
     if (acc.balance !== balance) problems.push(`stored balance ${acc.balance} != replayed ${balance}`);
     if (acc.reserved !== reserved) problems.push(`stored reserved ${acc.reserved} != replayed ${reserved}`);
     if (acc.debt !== debt) problems.push(`stored debt ${acc.debt} != replayed ${debt}`);
@@ -196,19 +330,6 @@ export function replayJournal(
       `${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`,
     );
   }
-
-  return {
-    userId,
-    ok: problems.length === 0,
-    problems,
-    entries: entries.length,
-    balance,
-    reserved,
-    debt,
-    available: balance - reserved,
-    grants: Object.fromEntries(remaining),
-    activeReservations,
-  };
 }
 
 /**

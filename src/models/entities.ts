@@ -17,7 +17,17 @@ export const GrantSource = z.enum([
 export type GrantSource = z.infer<typeof GrantSource>;
 
 /** Journal entry types: one per kind of change to balance or reserved. */
-export const EntryType = z.enum(["add", "deduct", "expire", "void", "reserve", "commit_reserved", "release_reserved"]);
+export const EntryType = z.enum([
+  "add",
+  "deduct",
+  "expire",
+  "void",
+  "reserve",
+  "commit_reserved",
+  "release_reserved",
+  /** Changes nothing: records the account's state so an audit can start there (docs/operations.md). */
+  "checkpoint",
+]);
 export type EntryType = z.infer<typeof EntryType>;
 
 /** One account per user, created on first use. `available = balance - reserved`. */

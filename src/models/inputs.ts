@@ -138,3 +138,23 @@ export const LedgerEntriesQuery = z
     path: ["beforeId"],
   });
 export type LedgerEntriesQuery = z.input<typeof LedgerEntriesQuery>;
+
+/** `checkpointEvery`: a checkpoint entry each time an account's journal passes a multiple of this many entries. */
+export const CheckpointEvery = z.number().int().min(2).max(1_000_000_000);
+
+/** `audit(userId, options)` (docs/operations.md, "Checkpoints and archival"). */
+export const AuditOptions = z.strictObject({
+  /**
+   * "checkpoint" (default): replay from the account's latest checkpoint entry, trusting the state it
+   * records; "genesis": from the first entry, checking every checkpoint's state on the way.
+   */
+  from: z.enum(["checkpoint", "genesis"]).optional(),
+});
+export type AuditOptions = z.input<typeof AuditOptions>;
+
+/** `checkpoint(userId, options)`. */
+export const CheckpointOptions = z.strictObject({
+  /** Write none unless at least this many entries follow the latest checkpoint (or the start). Default 1. */
+  minEntries: z.number().int().min(1).max(1_000_000_000).optional(),
+});
+export type CheckpointOptions = z.input<typeof CheckpointOptions>;

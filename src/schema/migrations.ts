@@ -86,8 +86,9 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 5,
     summary:
-      "journal_entries.forgotten_key: where the idempotency-key retention job moves a key past its window, out of the unique index; PostgreSQL: journal_entries.hash and prev_hash as BYTEA (32 bytes, not 64 hex characters), grants as JSON text (docs/running-for-years.md)",
+      'journal_entries.type allows checkpoint (docs/operations.md, "Checkpoints and archival"); journal_entries.forgotten_key: where the idempotency-key retention job moves a key past its window, out of the unique index; PostgreSQL: journal_entries.hash and prev_hash as BYTEA (32 bytes, not 64 hex characters), grants as JSON text (docs/running-for-years.md)',
     columns: [{ table: "journal", field: "forgottenKey" }],
+    checks: [{ table: "journal", field: "type" }],
     retyped: [
       { table: "journal", field: "hash" },
       { table: "journal", field: "prevHash" },

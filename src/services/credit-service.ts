@@ -34,12 +34,16 @@ import {
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
+import { archiveJournal, type ArchiveJournalOptions, type ArchiveReport } from "./archive.js";
 import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import type { CreditsInfo } from "../models/index.js";
 import {
   AddCreditsOptions,
   AsOf,
+  AuditOptions,
+  CheckpointEvery,
+  CheckpointOptions,
   CommitOptions,
   DeductOptions,
   EntityId,
@@ -123,6 +127,12 @@ export interface CreditServiceOptions {
   domainEvents?: boolean;
   /** The price book metered calls price tokens and costs with (docs/llm-metering.md). */
   pricing?: PricingService;
+  /**
+   * Writes a checkpoint entry in the unit of work that takes an account's journal past a multiple
+   * of this many entries (docs/operations.md, "Checkpoints and archival"). Default: none (the
+   * `checkpointAccounts` job writes them).
+   */
+  checkpointEvery?: number;
 }
 
 /**
@@ -196,6 +206,8 @@ interface UnitRunDeps {
   trial: ParsedTrial | undefined;
   includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void>;
   addNotifications(work: AccountWork, changes: Changes): void;
+  /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
+  checkpointEvery: number | undefined;
 }
 
 /**
@@ -292,6 +304,22 @@ class UnitRun<T> {
     unit: Unit,
     result: T,
   ): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+    const every = this.deps.checkpointEvery;
+    if (every !== undefined && checkpointDue(work, every)) {
+      // Every N entries, a checkpoint in the same unit of work (docs/operations.md, "Checkpoints and archival").
+      const missing = work.missingHeldGrants();
+      if (missing.length > 0)
+        return tx.getGrants(missing).then((grants) => {
+          work.include(grants);
+          work.checkpoint();
+          return this.save(tx, work, unit, result);
+        });
+      work.checkpoint();
+    }
+    return this.save(tx, work, unit, result);
+  }
+
+  private save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
     const hasExtra =
@@ -313,6 +341,14 @@ class UnitRun<T> {
     const saved = tx.save(changes);
     return isPromiseLike(saved) ? Promise.resolve(saved).then(() => outcome) : outcome;
   }
+}
+
+/** True when the work's entries took the account's seq past a multiple of `every` (and the last is no checkpoint). */
+function checkpointDue(work: AccountWork, every: number): boolean {
+  const made = work.entries;
+  if (made.length === 0 || (made[made.length - 1] as JournalEntry).type === "checkpoint") return false;
+  const before = work.loaded === null ? 0 : work.loaded.seq;
+  return Math.floor(before / every) < Math.floor(work.account.seq / every);
 }
 
 const infoKey = (userId: string) => `credits:info:${userId}`;
@@ -361,6 +397,8 @@ export class CreditService {
       if (options.trial !== undefined) this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
       this.features = parse(FeatureRules, options.features ?? {}, "features");
       this.hasFeatures = Object.keys(this.features).length > 0;
+      if (options.checkpointEvery !== undefined)
+        this.runDeps.checkpointEvery = parse(CheckpointEvery, options.checkpointEvery, "checkpointEvery");
     } catch (error) {
       throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
     }
@@ -731,24 +769,84 @@ export class CreditService {
   }
 
   /**
-   * Replays the user's journal from zero: checks the hash chain, seq, every entry's balanceAfter,
+   * Replays the user's journal: checks the hash chain, seq, every entry's balanceAfter,
    * reservedAfter and debtAfter, the invariants, and that the stored account, grants and holds are
-   * what the journal says.
+   * what the journal says. By default from the latest checkpoint entry, starting from the state it
+   * records; `{ from: "genesis" }` replays from the first entry and checks each checkpoint's state
+   * against the replay (docs/operations.md, "Checkpoints and archival").
    */
-  async audit(userId: string): Promise<AuditReport> {
+  async audit(userId: string, options: AuditOptions = {}): Promise<AuditReport> {
     const user = parse(UserId, userId, "userId");
+    const o = parse(AuditOptions, options, "options");
+    // From the latest checkpoint by default (docs/operations.md, "Checkpoints and archival").
+    const start = o.from === "genesis" ? undefined : await this.latestCheckpoint(user);
     const entries: JournalEntry[] = [];
+    let after = start === undefined ? 0 : start.seq - 1;
     for (;;) {
-      const page = await this.db.listJournal(user, { order: "asc", afterSeq: entries.length, limit: 1000 });
-      entries.push(...page);
+      const page = await this.db.listJournal(user, { order: "asc", afterSeq: after, limit: 1000 });
+      for (const e of page) entries.push(e);
       if (page.length < 1000) break;
+      after = (page[page.length - 1] as JournalEntry).seq;
     }
     const [account, grants, reservations] = await Promise.all([
       this.db.getAccount(user),
       this.db.listGrants(user, { includeInactive: true }),
       this.db.listReservations(user),
     ]);
-    return replayJournal(user, entries, { account, grants, reservations });
+    const report = replayJournal(user, entries, { account, grants, reservations });
+    const first = entries[0];
+    if (o.from === "genesis" && first !== undefined && first.seq > 1) {
+      report.problems.unshift(
+        `entries 1 to ${first.seq - 1} are archived: audit from the checkpoint, and the archive with \`credit-management audit --archive\``,
+      );
+      report.ok = false;
+    }
+    return report;
+  }
+
+  /** The user's latest checkpoint entry, if any. */
+  async latestCheckpoint(userId: string): Promise<JournalEntry | undefined> {
+    const user = parse(UserId, userId, "userId");
+    const [last] = await this.db.listJournal(user, { order: "desc", types: ["checkpoint"], limit: 1 });
+    return last === undefined ? undefined : copy(last);
+  }
+
+  /**
+   * Writes a checkpoint entry (docs/operations.md, "Checkpoints and archival"): amount 0, the
+   * account unchanged, its open grants and active holds recorded in the entry (which the hash
+   * chain covers). Resolves to the entry, or to null when fewer than `minEntries` (default 1)
+   * entries follow the latest checkpoint — or the account has none.
+   */
+  async checkpoint(userId: string, options: CheckpointOptions = {}): Promise<JournalEntry | null> {
+    const user = parse(UserId, userId, "userId");
+    const o = parse(CheckpointOptions, options, "options");
+    const last = await this.latestCheckpoint(user);
+    const since = last === undefined ? 0 : last.seq;
+    const min = o.minEntries ?? 1;
+    return this.mutate(
+      "checkpoint",
+      user,
+      NO_META,
+      async (work, tx) => {
+        // (A checkpoint written meanwhile by another worker only makes this one less needed.)
+        if (work.isNew || work.account.seq - since < min) return null;
+        const missing = work.missingHeldGrants();
+        if (missing.length > 0) work.include(await tx.getGrants(missing));
+        return copy(work.checkpoint());
+      },
+      undefined,
+      { settle: false, periods: false },
+    );
+  }
+
+  /**
+   * Moves the journal entries older than each account's latest checkpoint (written before
+   * `before`) to a new JSONL file, then removes them from the store; the checkpoint stays, so
+   * `audit()`, history pages after it and refunds work as before, and `credit-management audit
+   * --archive FILE` verifies the file against it (docs/operations.md, "Checkpoints and archival").
+   */
+  archiveJournal(options: ArchiveJournalOptions): Promise<ArchiveReport> {
+    return archiveJournal(this.db, options);
   }
 
   /**
@@ -1003,6 +1101,7 @@ export class CreditService {
     trial: undefined,
     includeHeldGrants: (work, tx, holds) => this.includeHeldGrants(work, tx, holds),
     addNotifications: (work, changes) => this.addNotifications(work, changes),
+    checkpointEvery: undefined,
   };
 
   /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */

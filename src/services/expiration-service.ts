@@ -3,7 +3,7 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { AsOf, BatchSize, ExpiringDays, UserId, parse, type Subscription } from "../models/index.js";
+import { AsOf, BatchSize, DateInput, ExpiringDays, UserId, parse, type Subscription } from "../models/index.js";
 import type { CreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
@@ -136,6 +136,23 @@ export interface RenewSubscriptionsReport extends JobBase {
   /** Periods that had ended before the job reached them: closed without allocation. */
   periodsSkipped: number;
 }
+
+export interface CheckpointAccountsReport extends JobBase {
+  job: "checkpointAccounts";
+  accountsScanned: number;
+  checkpointsWritten: number;
+}
+
+export const CheckpointJobOptions = JobOptions.extend({
+  /** Checkpoint an account once this many entries follow its latest checkpoint (or its start). Default 1,000. */
+  everyEntries: z.number().int().min(1).max(1_000_000_000).optional(),
+  /**
+   * Also checkpoint an account with any entry since its latest checkpoint when that checkpoint (or,
+   * without one, the account) was written before this instant.
+   */
+  olderThan: DateInput.optional(),
+});
+export type CheckpointJobOptions = z.input<typeof CheckpointJobOptions>;
 
 export interface RunAllReport {
   asOf: string;
@@ -496,6 +513,59 @@ export class ExpirationService {
    * the walk ends even when rows stay due (a failing account). Each batch's keys (accounts or
    * subscriptions) are processed `concurrency` at a time, each once per batch.
    */
+  /**
+   * Writes a checkpoint entry on every account with `everyEntries` (default 1,000) entries or more
+   * since its latest checkpoint — or with any entry since a checkpoint written before `olderThan`
+   * (docs/operations.md, "Checkpoints and archival"). Pages through the store's accounts
+   * (`listAccountIds`); a store without it cannot run this job.
+   */
+  async checkpointAccounts(options: CheckpointJobOptions = {}): Promise<CheckpointAccountsReport> {
+    const o = parse(CheckpointJobOptions, options, "options");
+    const listIds = this.db.listAccountIds?.bind(this.db);
+    if (listIds === undefined)
+      throw new ConfigurationError(`[credit-management] the ${this.db.name} store cannot list its accounts`);
+    const asOf = this.clock();
+    const every = o.everyEntries ?? 1000;
+    return traceJob(
+      "checkpointAccounts",
+      asOf,
+      async () => {
+        const started = performance.now();
+        const report: CheckpointAccountsReport = {
+          job: "checkpointAccounts",
+          asOf: asOf.toISOString(),
+          accountsScanned: 0,
+          checkpointsWritten: 0,
+          errors: 0,
+          durationMs: 0,
+        };
+        const epoch = new Date(0);
+        await this.walk(
+          (after, limit) => listIds(after?.id ?? null, limit),
+          (id) => ({ at: epoch, id, userId: id }),
+          o,
+          (n) => (report.accountsScanned += n),
+          async (userId) => {
+            const account = await this.db.getAccount(userId);
+            if (account === null) return;
+            const last = await this.credits.latestCheckpoint(userId);
+            const since = account.seq - (last?.seq ?? 0);
+            const old =
+              o.olderThan !== undefined && (last?.createdAt ?? account.createdAt).getTime() < o.olderThan.getTime();
+            if (since < every && !(old && since > 0)) return;
+            const written = await this.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
+            if (written !== null) report.checkpointsWritten++;
+          },
+          () => report.errors++,
+        );
+        report.durationMs = Math.round(performance.now() - started);
+        await this.record(report);
+        return report;
+      },
+      (r) => [r.accountsScanned, r.checkpointsWritten, r.errors],
+    );
+  }
+
   private async walk<T>(
     scan: (after: { at: Date; id: string } | undefined, limit: number) => Promise<T[]>,
     keyOf: (row: T) => { at: Date; id: string; userId: string },

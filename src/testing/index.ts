@@ -19,6 +19,9 @@
  * and a property test of random operation sequences against an independent model.
  */
 import { randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager, OptionalPart } from "../db/types.js";
@@ -34,6 +37,7 @@ import {
 } from "../errors.js";
 import type { JournalEntry, LedgerEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
+import { verifyArchive } from "../services/archive.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { scribble } from "./scribble.js";
 import { subscriptionContract } from "./subscriptions.js";
@@ -462,6 +466,58 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
     });
 
     describe("credits", () => {
+      it("a checkpoint entry is stored and read back as written: both audits agree, across expiry and holds", async () => {
+        const u = user();
+        const { credits, clock } = serviceWithClock(db);
+        await credits.addCredits(u, 100, { expiresAt: new Date(T0 + DAY) });
+        await credits.addCredits(u, 50);
+        await credits.deductCredits(u, 60);
+        const hold = await credits.reserveCredits(u, 30, { ttlSeconds: 3 * 86400 });
+        const cp = await credits.checkpoint(u);
+        expect(cp).toMatchObject({ type: "checkpoint", amount: 0, seq: 5, balanceAfter: 90, reservedAfter: 30 });
+        expect(await credits.latestCheckpoint(u)).toEqual(cp);
+        clock.now = T0 + DAY;
+        await credits.commitReservedCredits(hold.id, { amount: 20 });
+        await credits.deductCredits(u, 5);
+        const fromCheckpoint = await credits.audit(u);
+        const fromGenesis = await credits.audit(u, { from: "genesis" });
+        expect(fromCheckpoint.problems).toEqual([]);
+        expect(fromGenesis.problems).toEqual([]);
+        expect([fromCheckpoint.fromSeq, fromGenesis.fromSeq]).toEqual([5, 1]);
+        expect([fromCheckpoint.balance, fromCheckpoint.reserved]).toEqual([fromGenesis.balance, fromGenesis.reserved]);
+        expect(fromCheckpoint.balance).toBe(45);
+      });
+
+      it("archiveJournal moves the entries before a checkpoint to a file the archive check verifies; the store keeps the rest", async () => {
+        if (db.deleteJournalBefore === undefined) {
+          console.warn(`[contract] ${db.name}: no deleteJournalBefore, the archive case is not run`);
+          return;
+        }
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 100);
+        for (let i = 0; i < 5; i++) await credits.deductCredits(u, 3);
+        const cp = (await credits.checkpoint(u)) as JournalEntry;
+        await credits.deductCredits(u, 1);
+        const dir = await mkdtemp(join(tmpdir(), "cm-contract-"));
+        try {
+          const file = join(dir, "archive.jsonl");
+          const report = await credits.archiveJournal({ file, userId: u });
+          expect(report).toMatchObject({ accounts: 1, entriesArchived: cp.seq - 1, linesWritten: cp.seq });
+          const kept = await db.listJournal(u, { order: "asc", limit: 10 });
+          expect(kept.map((e) => e.seq)).toEqual([cp.seq, cp.seq + 1]);
+          expect((await db.listJournal(u, { order: "desc", beforeSeq: cp.seq, limit: 10 })).length).toBe(0);
+          const audit = await credits.audit(u);
+          expect(audit.problems).toEqual([]);
+          expect(audit.balance).toBe(84);
+          const verified = await verifyArchive(file);
+          expect(verified.problems).toEqual([]);
+          expect(verified.accounts.map((a) => [a.userId, a.ok, a.checkpoint?.hash])).toEqual([[u, true, cp.hash]]);
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      });
+
       it("draws by priority, then soonest expiry, never-expiring last, then oldest", async () => {
         const u = user();
         const { credits, clock } = serviceWithClock(db);

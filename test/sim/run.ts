@@ -176,6 +176,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       db: sim.db,
       clock: () => new Date(clock.now),
       init: false,
+      // Checkpoints inside the units of work: the model sees them and both audits must agree.
+      checkpointEvery: 7,
       // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
       payments: { providers: [simProvider], creditsPerUnit: { USD: 0.29 }, checkoutWaitMs: 0, checkoutStaleSeconds: 0 },
     });
@@ -683,6 +685,21 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
       const report = await checker.audit(user);
       if (!report.ok) fail(`${where}: audit found ${report.problems.join("; ")}`);
+      const genesis = await checker.audit(user, { from: "genesis" });
+      if (!genesis.ok) fail(`${where}: audit from the first entry found ${genesis.problems.join("; ")}`);
+      // The same state, but for grants spent before the checkpoint (which only the first entries mention).
+      const comparable = (r: typeof report) =>
+        JSON.stringify({
+          ...r,
+          entries: 0,
+          from: "",
+          fromSeq: 0,
+          grants: sorted(Object.fromEntries(Object.entries(r.grants).filter(([, v]) => v !== 0))),
+        });
+      if (comparable(report) !== comparable(genesis))
+        fail(
+          `${where}: the audits from the checkpoint and from the first entry disagree: ${comparable(report)} ${comparable(genesis)}`,
+        );
       if (report.balance !== m.balance || report.reserved !== m.reserved || report.debt !== m.debt) {
         fail(
           `${where}: audit replays ${report.balance}/${report.reserved}/${report.debt}, the model has ${m.balance}/${m.reserved}/${m.debt}`,

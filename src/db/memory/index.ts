@@ -43,9 +43,9 @@ interface UserData {
   settled: SettledHolds;
   /** The account's number in the store's `HoldIndex`, given at its first hold (-1: none yet). */
   holder: number;
-  /** Entry seq n is at index n - 1. */
+  /** Entry seq n is at index n - 1 - journal.archived. */
   journal: CompactJournal;
-  /** idempotency key → index in `journal` */
+  /** idempotency key → seq of its entry */
   byKey: Map<string, number>;
   /**
    * The account's lock: undefined when free, null when held with nobody waiting, else the callers
@@ -212,7 +212,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     for (const r of changes.insertReservations) this.putReservation(u, r, true);
     for (const r of changes.updateReservations) this.putReservation(u, r, false);
     for (const e of changes.entries) {
-      if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, u.journal.length);
+      if (e.idempotencyKey !== null) u.byKey.set(e.idempotencyKey, e.seq);
       u.journal.append(e);
     }
     if (hasPromoRows(changes)) this.promoStore.apply(changes);
@@ -354,13 +354,25 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
         out.push(journal.get(i, userId));
       }
     };
+    // (Index i holds seq i + 1 + base: entries before base are archived.)
+    const base = journal.archived;
     if (q.order === "desc") {
-      const start = Math.min(journal.length, (q.beforeSeq ?? journal.length + 1) - 1);
+      const start = Math.min(journal.length, (q.beforeSeq ?? base + journal.length + 1) - 1 - base);
       for (let i = start - 1; i >= 0 && out.length < q.limit; i--) take(i);
     } else {
-      for (let i = Math.max(0, q.afterSeq ?? 0); i < journal.length && out.length < q.limit; i++) take(i);
+      for (let i = Math.max(0, (q.afterSeq ?? 0) - base); i < journal.length && out.length < q.limit; i++) take(i);
     }
     return out;
+  }
+
+  async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
+    const u = this.users.get(userId);
+    if (u === undefined) return 0;
+    const before = u.journal.archived;
+    // Swapped whole between units of work (nothing here awaits): a reader sees the old or the new.
+    u.journal = u.journal.from(beforeSeq, userId);
+    for (const [key, seq] of u.byKey) if (seq < beforeSeq) u.byKey.delete(key);
+    return u.journal.archived - before;
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
@@ -446,7 +458,7 @@ class MemoryTransaction implements DbTransaction {
       grants: u.open.live(),
       grantsInOrder: true,
       reservations: u.active.size === 0 ? NO_HOLDS : (u.activeList ??= [...u.active.values()]),
-      idempotent: at === undefined ? null : u.journal.get(at, this.userId),
+      idempotent: at === undefined ? null : u.journal.get(at - 1 - u.journal.archived, this.userId),
     };
   }
 

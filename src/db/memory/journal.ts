@@ -15,6 +15,7 @@ const TYPES: readonly EntryType[] = [
   "reserve",
   "commit_reserved",
   "release_reserved",
+  "checkpoint",
 ];
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 /** Flag in an entry's type byte: its reservation id is stored in the row. */
@@ -56,6 +57,10 @@ const U32_PORTIONS_END = 27;
  */
 export class CompactJournal {
   length = 0;
+  /** Entries archived before the first one kept: the entry at index i has seq `base + i + 1`. */
+  private base = 0;
+  /** The hash of the last archived entry (the first kept entry's prevHash). */
+  private basePrevHash: string | null = null;
   private readonly rows = new RowBuffer(ROW);
   /** Grant portions of every entry, in order. */
   private readonly portions = new PortionPool();
@@ -72,7 +77,7 @@ export class CompactJournal {
   private readonly oddHashes = new Map<number, string>();
 
   /** `maxDescriptions`: how many descriptions the rows number (tests lower it). */
-  constructor(maxDescriptions = MAX_DESCRIPTIONS) {
+  constructor(private readonly maxDescriptions = MAX_DESCRIPTIONS) {
     this.descriptions = new Interned(maxDescriptions);
   }
 
@@ -187,7 +192,7 @@ export class CompactJournal {
     return {
       id: this.oddIds.get(i) ?? readUuid(bytes, row + AT_ID),
       userId,
-      seq: i + 1,
+      seq: this.base + i + 1,
       type: this.type(i),
       amount: f64[f] as number,
       balanceAfter: f64[f + 1] as number,
@@ -201,9 +206,27 @@ export class CompactJournal {
       description: dn === 0 ? (x?.description ?? null) : this.descriptions.at(dn),
       metadata: (typeByte & HAS_METADATA) === 0 ? null : this.metadataOf(i),
       createdAt: new Date(f64[f + 4] as number),
-      prevHash: i === 0 ? null : this.hash(i - 1),
+      prevHash: i === 0 ? this.basePrevHash : this.hash(i - 1),
       hash: this.hash(i),
     };
+  }
+
+  /** The seq of the entry at index 0 minus one: the entries archived before it. */
+  get archived(): number {
+    return this.base;
+  }
+
+  /**
+   * A journal of this one's entries from `seq` on (those before it archived: docs/operations.md,
+   * "Checkpoints and archival"), in fresh buffers, so the memory of the others is let go.
+   */
+  from(seq: number, userId: string): CompactJournal {
+    const out = new CompactJournal(this.maxDescriptions);
+    const first = Math.min(Math.max(seq - this.base - 1, 0), this.length);
+    out.base = this.base + first;
+    out.basePrevHash = first === 0 ? this.basePrevHash : this.hash(first - 1);
+    for (let i = first; i < this.length; i++) out.append(this.get(i, userId));
+    return out;
   }
 
   /**

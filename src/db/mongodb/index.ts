@@ -691,6 +691,26 @@ export class MongoDbManager extends StoreBase implements DbManager {
     return result.modifiedCount;
   }
 
+  async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
+    // In batches of ids, so no one delete runs long (docs/operations.md, "Checkpoints and archival").
+    let removed = 0;
+    for (;;) {
+      const ids = await guard("deleteJournalBefore", () =>
+        this.c.journal
+          .find({ userId, seq: { $lt: beforeSeq } }, { projection: { _id: 1 } })
+          .sort({ seq: 1 })
+          .limit(10_000)
+          .toArray(),
+      );
+      if (ids.length === 0) return removed;
+      const r = await guard("deleteJournalBefore", () =>
+        this.c.journal.deleteMany({ _id: { $in: ids.map((d) => d._id) } }),
+      );
+      removed += r.deletedCount;
+      if (ids.length < 10_000) return removed;
+    }
+  }
+
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     if (limit <= 0) return [];
     // `_open: true` lets the server use the partial index of open grants.

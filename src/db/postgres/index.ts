@@ -25,6 +25,8 @@ export type { PgQueryable } from "./host.js";
 
 /** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
 const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };
+/** Journal entries one statement of `deleteJournalBefore` removes (docs/operations.md, "Checkpoints and archival"). */
+const DELETE_BATCH = 10_000;
 
 export interface PostgresDbManagerOptions {
   /**
@@ -562,6 +564,18 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       [before, limit, SYSTEM_KEY_PREFIX],
     );
     return Number(rows[0]?.n ?? 0);
+  }
+
+  async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
+    // In batches by the primary key, so no statement holds many row locks or a long transaction.
+    const t = this.sql.tables.journal.qualified;
+    const text = `DELETE FROM ${t} WHERE user_id = $1 AND seq IN (SELECT seq FROM ${t} WHERE user_id = $1 AND seq < $2 ORDER BY seq LIMIT $3) RETURNING seq`;
+    let removed = 0;
+    for (;;) {
+      const rows = await this.read("deleteJournalBefore", text, [userId, beforeSeq, DELETE_BATCH]);
+      removed += rows.length;
+      if (rows.length < DELETE_BATCH) return removed;
+    }
   }
 
   async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {

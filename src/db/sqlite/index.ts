@@ -429,6 +429,9 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
           [before, SYSTEM_KEY_PREFIX, limit],
         );
       },
+      // docs/operations.md, "Checkpoints and archival": after archiveJournal wrote them to a file.
+      deleteJournalBefore: (userId: string, beforeSeq: number) =>
+        s.run(`DELETE FROM ${s.t.journal.qualified} WHERE user_id = ? AND seq < ?`, [userId, beforeSeq]),
       insertLedgerEntry: (entry: LedgerEntry) => void s.insert("ledger", [entry]),
       listLedgerEntries: (q: LedgerQuery) => {
         const { where, params, add } = conditions();

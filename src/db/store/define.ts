@@ -238,6 +238,12 @@ export class DefinedStore extends StoreBase {
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]> {
     return this.journal.listLedgerEntries(query) as Promise<LedgerEntry[]>;
   }
+  get deleteJournalBefore(): JournalStore["deleteJournalBefore"] {
+    const remove = this.journal.deleteJournalBefore;
+    return remove === undefined
+      ? undefined
+      : (userId, beforeSeq) => this.journal.deleteJournalBefore?.(userId, beforeSeq) as Promise<number>;
+  }
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;
     return list === undefined
