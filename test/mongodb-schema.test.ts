@@ -19,7 +19,7 @@ if (!uri) {
 }
 
 /** The versions whose releases wrote no version document (1 to 4): each has its fixture. */
-const VERSIONS = [1, 2, 3, 4];
+const VERSIONS = Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1);
 
 /** What a store at `version` had, from test/fixtures/schema/v<N>-mongodb.json. */
 function fixture(version: number): { collections: Record<string, Document[]> } {
