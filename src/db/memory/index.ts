@@ -326,9 +326,10 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     const cutoff = before.getTime();
     let forgotten = 0;
     for (const u of this.users.values()) {
-      for (const [key, at] of u.byKey) {
+      for (const [key, seq] of u.byKey) {
         if (forgotten >= limit) return forgotten;
-        if (u.journal.createdAt(at) >= cutoff) break;
+        // byKey holds the entry's seq; index i holds seq i + 1 + archived.
+        if (u.journal.createdAt(seq - 1 - u.journal.archived) >= cutoff) break;
         if (key.startsWith(SYSTEM_KEY_PREFIX)) continue; // the library's own: kept (see DbManager)
         u.byKey.delete(key);
         forgotten++;
