@@ -1,4 +1,4 @@
-import type { EntryType, JournalEntry } from "../../models/index.js";
+import { EntryType, type JournalEntry } from "../../models/index.js";
 import { Interned, PortionPool, RowBuffer, readUuid, writeHex, writeUuid } from "./rows.js";
 
 /** An entry's rare fields (its description only when the row could not take its number). */
@@ -7,16 +7,8 @@ type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerpri
 /** Descriptions a journal numbers in its rows (24 bits); beyond, they go with the rare fields. */
 const MAX_DESCRIPTIONS = 0xffffff;
 
-const TYPES: readonly EntryType[] = [
-  "add",
-  "deduct",
-  "expire",
-  "void",
-  "reserve",
-  "commit_reserved",
-  "release_reserved",
-  "checkpoint",
-];
+/** A type's code in the type byte is its place in the model (the journal lives in memory only). */
+const TYPES: readonly EntryType[] = EntryType.options;
 const TYPE_CODE = new Map(TYPES.map((t, i) => [t, i]));
 /** Flag in an entry's type byte: its reservation id is stored in the row. */
 const HAS_RESERVATION = 0x80;
