@@ -179,6 +179,7 @@ function unkeyed(recorded: Recorded[]): string[] {
     .map((r) => `${r.op || "(no operation)"} on ${r.table}: ${r.text.slice(0, 300)}`);
 }
 
+// reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run); skipped with the notice above otherwise
 describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id (CREDIT_PG_URL)", () => {
   const schemas: string[] = [];
   afterAll(async () => {
@@ -254,6 +255,7 @@ describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id
   });
 });
 
+// reason: needs a MongoDB replica set (CREDIT_MONGO_URI, set by .ci/run); skipped with the notice above otherwise
 describe.skipIf(!mongoUri)("scaling out: MongoDB commands filter by userId (CREDIT_MONGO_URI)", () => {
   const client = new MongoClient(mongoUri ?? "mongodb://unused", { monitorCommands: true });
   const dbName = `mschema_scale_${process.pid}_${randomUUID().slice(0, 8)}`;
