@@ -11,6 +11,7 @@ import {
   EntryType,
   Grant,
   GrantsQuery,
+  AuditOptions,
   HistoryQuery,
   JournalEntry,
   MutationOptions,
@@ -56,6 +57,8 @@ export const ExpiringParams = z.strictObject({
 export const CheckParams = CheckOptions;
 /** The grants query: the library's own model. */
 export const GrantsParams = GrantsQuery;
+/** `GET …/audit?from=checkpoint|genesis`: the library's own model. */
+export const AuditParams = AuditOptions;
 
 // ---- response schemas ---------------------------------------------------------------------------
 
@@ -72,6 +75,9 @@ export const CheckSchema = z.object({
 export const AuditSchema = z.object({
   userId: UserId,
   ok: z.boolean(),
+  /** Where the replay started: the latest checkpoint (default) or the first entry. */
+  from: z.enum(["checkpoint", "genesis"]),
+  fromSeq: z.number().int(),
   problems: z.array(z.string()),
   entries: z.number().int(),
   balance: z.number().int(),
@@ -315,10 +321,12 @@ export const creditRoutes: RouteDefinition[] = [
     path: "/users/:userId/audit",
     access: "admin",
     operationId: "adminAudit",
-    summary: "Replay a user's journal and check it against the stored state",
+    summary:
+      "Replay a user's journal (from its latest checkpoint, or from=genesis) and check it against the stored state",
     tags: admin,
+    query: AuditParams,
     response: AuditSchema,
-    handle: (ctx) => ctx.manager.credits.audit(target(ctx)),
+    handle: (ctx) => ctx.manager.credits.audit(target(ctx), ctx.query<z.infer<typeof AuditParams>>()),
   },
   {
     method: "POST",

@@ -301,8 +301,17 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     for (const u of ["alice", "bob", "carol", "dave"]) {
       const audit = await call("GET", `/admin/credits/users/${u}/audit`, ADMIN);
       expect(audit.status).toBe(200);
-      expect(audit.json).toMatchObject({ ok: true, problems: [] });
+      expect(audit.json).toMatchObject({ ok: true, problems: [], from: "genesis" }); // no checkpoint yet
     }
+    // From the first entry on request, past a checkpoint; a bad value is a 400.
+    await m.credits.checkpoint("alice");
+    const fromCheckpoint = await call("GET", "/admin/credits/users/alice/audit", ADMIN);
+    expect(fromCheckpoint.json).toMatchObject({ ok: true, from: "checkpoint" });
+    expect(fromCheckpoint.json.fromSeq).toBeGreaterThan(1);
+    const fromGenesis = await call("GET", "/admin/credits/users/alice/audit?from=genesis", ADMIN);
+    expect(fromGenesis.json).toMatchObject({ ok: true, from: "genesis", fromSeq: 1 });
+    expect(fromGenesis.json.balance).toBe(fromCheckpoint.json.balance);
+    expect((await call("GET", "/admin/credits/users/alice/audit?from=yesterday", ADMIN)).status).toBe(400);
   });
 
   it("unknown routes 404, wrong methods 405 with Allow, other paths fall through to the app", async () => {
