@@ -86,6 +86,7 @@ describe("examples", () => {
   });
 
   const redisUrl = process.env.CREDIT_REDIS_URL;
+  // reason: needs a Redis server (CREDIT_REDIS_URL, set by .ci/run) to read the stream back
   it.skipIf(!redisUrl)(
     "notifications-worker.ts --demo --once reads the events it dispatched from a Redis stream",
     async () => {

@@ -183,6 +183,7 @@ describe("ledger file (writer thread)", () => {
     await m.close();
   });
 
+  // reason: /dev/full (a device that refuses every write) exists on Linux only
   it.runIf(existsSync("/dev/full"))("a file that refuses writes is counted and never fails an operation", async () => {
     const m = await createCreditManager({ ledger: { filePath: "/dev/full" } });
     for (let i = 0; i < 100; i++) await m.credits.addCredits("u", 1);

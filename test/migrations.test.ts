@@ -248,6 +248,7 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
   });
 });
 
+// reason: needs a MySQL/MariaDB server (CREDIT_MYSQL_URL, set by .ci/run)
 describe.skipIf(!MYSQL_URL)(
   "schema upgrades on MySQL/MariaDB: every old version upgraded equals a fresh install",
   () => {

@@ -166,7 +166,7 @@ describe.skipIf(!url)("Redis", () => {
       { kind: "postgres", url: pgUrl, why: "set CREDIT_PG_URL" },
     ] as const;
     for (const store of stores) {
-      // Needs a store several processes share (skipped without one: ${store.why}).
+      // reason: needs a store several processes share (skipped without one: ${store.why}).
       it.skipIf(!store.url)(
         `${store.kind}: a process killed (SIGKILL) between the commit and the delivery delivers on the next dispatch`,
         async () => {
