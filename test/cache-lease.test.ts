@@ -34,6 +34,7 @@ const kinds: { name: string; skip: boolean; make(options?: { max?: number }): Le
 ];
 
 for (const kind of kinds) {
+  // reason: a backend whose server URL is not set is skipped; the others run
   describe.skipIf(kind.skip)(`${kind.name} leases`, () => {
     // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     it("a fill under a lease lands unless a delete (or a plain set) came after the lease", async () => {
@@ -89,6 +90,7 @@ describe("InMemoryCache leases under memory pressure", () => {
   });
 });
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!redisUrl)("RedisCache leases and generations", () => {
   // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
   it("a fill under a lease of an older generation is never served", async () => {

@@ -173,6 +173,7 @@ const writes: { name: string; setup(m: CreditManager, u: string): Promise<() => 
 describe("a balance read racing another manager's write over a shared cache", () => {
   for (const store of stores) {
     for (const shared of caches) {
+      // reason: a backend whose server URL is not set is skipped; the others run
       describe.skipIf(store.skip || shared.skip)(`${store.name} store, ${shared.name}`, () => {
         // reason: needs CREDIT_PG_URL / CREDIT_REDIS_URL; skipped with a printed notice otherwise
         for (const write of writes) {

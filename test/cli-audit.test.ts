@@ -219,6 +219,7 @@ async function intactThenChanged(
 }
 
 const pgUrl = process.env.CREDIT_PG_URL;
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_URL)", () => {
   // reason: needs its database URL (set by .ci/run); skipped otherwise
   const schema = `cm_audit_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -253,6 +254,7 @@ describe.skipIf(!pgUrl)("credit-management audit against PostgreSQL (CREDIT_PG_U
 });
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONGO_URI)", () => {
   // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped otherwise
   const dbName = `credit_audit_${process.pid}_${randomUUID().slice(0, 8)}`;

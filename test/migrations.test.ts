@@ -137,6 +137,7 @@ describe("schema upgrades: the statements", () => {
   });
 });
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgraded equals a fresh install", () => {
   // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
   const run = randomUUID().replace(/-/g, "").slice(0, 8);
@@ -306,6 +307,7 @@ describe.skipIf(!MYSQL_URL)(
   },
 );
 
+// reason: needs the sqlite3 command-line shell; skipped where it is not installed
 describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgraded equals a fresh install", () => {
   // reason: needs the sqlite3 shell; skipped with a printed notice otherwise
   const dir = mkdtempSync(join(tmpdir(), "cm-mig-"));

@@ -128,6 +128,7 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
 // Against a server. Reason for the skip: it needs a MongoDB replica set (or this machine's
 // mongo-compat gateway), which a plain `npm test` does not have; CI sets CREDIT_MONGO_URI.
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
   // reason: needs CREDIT_MONGO_URI (set by .ci/run); skipped with a printed notice otherwise
   const url = uri as string;

@@ -123,6 +123,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
     return { pause, reader, writer, plan };
   }
 
+  // reason: a backend whose server URL is not set is skipped; the others run
   it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => {
     // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const { pause, reader, writer, plan } = await racing();
@@ -138,6 +139,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
     expect((await writer.getPlan(plan.id)).creditsPerPeriod).toBe(200);
   });
 
+  // reason: a backend whose server URL is not set is skipped; the others run
   it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => {
     // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const { pause, reader, writer, plan } = await racing();
@@ -152,6 +154,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
     expect(await reader.listPlans()).toEqual([]);
   });
 
+  // reason: a backend whose server URL is not set is skipped; the others run
   it.skipIf(c.skip === true)("a read that no write overtook is cached", async () => {
     // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const db = new InMemoryDbManager();

@@ -103,6 +103,7 @@ async function startProxy(
 const uncaught: unknown[] = [];
 const onUncaught = (error: unknown) => uncaught.push(error);
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = newSchema("drop");
@@ -229,6 +230,7 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
   });
 });
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const T = Date.UTC(2031, 0, 31, 12);
@@ -347,6 +349,7 @@ describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () =
   }
 });
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = newSchema("idem");
@@ -381,6 +384,7 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
   });
 });
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schemas: string[] = [];
@@ -427,6 +431,7 @@ describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => {
   });
 });
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager after a commit", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = newSchema("after");
@@ -521,6 +526,7 @@ async function startDelayingProxy(
   };
 }
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager answers an account's units in commit order", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   /** @see issue 24, item 15: the ledger file had an account's lines out of seq order. */

@@ -22,7 +22,7 @@ async function dropSchema(schema: string): Promise<void> {
   await client.end();
 }
 
-// Skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
+// reason: skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
 describe.skipIf(!url)("PostgresDbManager", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   const contractSchema = newSchema("contract");

@@ -61,6 +61,7 @@ stores.push({
 });
 
 for (const store of stores) {
+  // reason: a backend whose server URL is not set is skipped; the others run
   describe.skipIf(!store.enabled)(`promos and payments across two managers: ${store.name}`, () => {
     // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
     const opened: DbManager[] = [];

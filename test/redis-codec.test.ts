@@ -101,6 +101,7 @@ describe("RedisCache value encoding", () => {
     expect(((await cache.get("k")) as { at: Date }).at).toBeInstanceOf(Date);
   });
 
+  // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
   describe.skipIf(!redisUrl)("through Redis", () => {
     // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
     const redis = redisUrl ? new Redis(redisUrl) : undefined;

@@ -38,6 +38,7 @@ const fieldsOf = (e: StreamEntry) => {
   return o;
 };
 
+// reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("Redis", () => {
   // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
   let redis: Redis;

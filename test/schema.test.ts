@@ -163,7 +163,7 @@ function expectRoundTrip(
   expect(tableSpecs[key].model.parse(decoded)).toEqual(samples[key]);
 }
 
-// Skipped without a server: CREDIT_PG_URL names the PostgreSQL to apply the DDL to.
+// reason: skipped without a server: CREDIT_PG_URL names the PostgreSQL to apply the DDL to.
 describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server", () => {
   // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
   const schema = `cm_ddl_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -218,7 +218,7 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
   });
 });
 
-// Skipped without a server: CREDIT_MYSQL_URL names the MySQL/MariaDB to apply the DDL to.
+// reason: skipped without a server: CREDIT_MYSQL_URL names the MySQL/MariaDB to apply the DDL to.
 describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", () => {
   // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
   const prefix = `cm_${randomUUID().replace(/-/g, "").slice(0, 8)}_`;
@@ -280,7 +280,7 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
   });
 });
 
-// Skipped when the sqlite3 command-line shell is not installed.
+// reason: skipped when the sqlite3 command-line shell is not installed.
 describe.skipIf(!hasSqlite)("schema generator: SQLite DDL applied with the sqlite3 shell", () => {
   // reason: needs the sqlite3 shell (set by .ci/run); skipped with a printed notice otherwise
   it("creates every table and index, twice", () => {
