@@ -21,18 +21,8 @@ export interface MongoCollectionLayout {
   since: number;
 }
 
-export type MongoCollectionKey =
-  | "accounts"
-  | "grants"
-  | "reservations"
-  | "journal"
-  | "ledger"
-  | "notifications"
-  | "plans"
-  | "subscriptions"
-  | "promos"
-  | "promoClaims"
-  | "payments";
+/** One collection per table of the schema (src/schema/tables.ts). */
+export type MongoCollectionKey = TableKey;
 
 /** Every collection, with the indexes every query and guarantee of the adapter relies on. */
 export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout> = {
