@@ -98,6 +98,8 @@ describe("schema upgrades: the statements", () => {
       // One rewrite of the table for the three columns, and only while they are text (it can run again).
       `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'billing' AND table_name = 'cm_journal_entries' AND column_name = 'hash' AND data_type = 'text') THEN ` +
         `ALTER TABLE "billing"."cm_journal_entries" ALTER COLUMN "hash" TYPE BYTEA USING decode("hash", 'hex'), ALTER COLUMN "prev_hash" TYPE BYTEA USING decode("prev_hash", 'hex'), ALTER COLUMN "grants" TYPE JSON USING "grants"::json; END IF; END $$;`,
+      // Version 6 (next test).
+      expect.stringContaining("DROP INDEX"),
     ]);
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
       "ALTER TABLE `journal_entries` ADD COLUMN `forgotten_key` VARCHAR(255);",
@@ -107,6 +109,16 @@ describe("schema upgrades: the statements", () => {
     expect(lite4).toContain('ALTER TABLE "journal_entries" ADD COLUMN "forgotten_key" TEXT;');
     expect(lite4).toContain('ALTER TABLE "journal_entries__rebuild" RENAME TO "journal_entries";');
     expect(lite4).toContain("'checkpoint'");
+  });
+
+  it("version 6: on PostgreSQL the journal's idempotency index is dropped while it holds the keys' text, for the DDL to create the digest one", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 5, prefix: "cm_", schema: "billing" })).toEqual([
+      `DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = 'billing' AND indexname = 'cm_journal_entries_idempotency_key' ` +
+        `AND position('sha256(' in indexdef) = 0) THEN DROP INDEX "billing"."cm_journal_entries_idempotency_key"; END IF; END $$;`,
+    ]);
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 5 })[0]).toContain("schemaname = current_schema()");
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 5 })).toEqual([]);
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 5 })).toEqual([]);
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {

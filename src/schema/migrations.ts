@@ -43,6 +43,19 @@ interface RetypedColumn {
   field: string;
 }
 
+/**
+ * An index of a table that existed before whose PostgreSQL definition changed (it keeps its name):
+ * dropped while it still has its old definition, then the DDL creates today's. The other dialects
+ * keep the index they had.
+ */
+interface ChangedIndex {
+  table: TableKey;
+  /** `IndexSpec.name`. */
+  index: string;
+  /** A piece of today's definition (`pg_indexes.indexdef`) that the old one lacks. */
+  marker: string;
+}
+
 interface Migration {
   /** The version this step reaches. */
   to: number;
@@ -52,6 +65,8 @@ interface Migration {
   checks?: readonly ChangedCheck[];
   /** Columns whose PostgreSQL type changed in this version. */
   retyped?: readonly RetypedColumn[];
+  /** Indexes whose PostgreSQL definition changed in this version. */
+  reindexed?: readonly ChangedIndex[];
 }
 
 /**
@@ -94,6 +109,13 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "journal", field: "prevHash" },
       { table: "journal", field: "grants" },
     ],
+  },
+  {
+    to: 6,
+    summary:
+      "PostgreSQL: the unique index of journal_entries' idempotency keys holds a 16-byte digest of user id and key, not the key's text (docs/running-for-years.md)",
+    columns: [],
+    reindexed: [{ table: "journal", index: "idempotency_key", marker: "sha256(" }],
   },
 ];
 
@@ -168,6 +190,12 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       retyped.set(table, [...(retyped.get(table) ?? []), column]);
     }
     for (const [table, columns] of retyped) out.push(retype(table, columns, naming));
+    for (const changed of step.reindexed ?? []) {
+      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
+      const table = tables.get(changed.table);
+      if (table === undefined) throw new Error(`migration to ${step.to}: no table ${changed.table}`);
+      out.push(dropOldIndex(table, changed, naming));
+    }
   }
   return out;
 }
@@ -192,6 +220,24 @@ function retype(table: SqlTable, columns: readonly Column[], naming: NamingOptio
     `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = ${schema} ` +
     `AND table_name = '${table.name}' AND column_name = '${first.name}' AND data_type = '${first.bytes === true ? "text" : "jsonb"}') THEN ` +
     `ALTER TABLE ${table.qualified} ${alter}; END IF; END $$;`
+  );
+}
+
+/**
+ * PostgreSQL: drops the index `changed` while its definition lacks `changed.marker` (so the
+ * statement can run again; the DDL that follows creates today's under the same name). Building
+ * the new index takes a lock that holds up writes to the table for the time of the build.
+ */
+function dropOldIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOptions): string {
+  const schema = naming.schema === undefined ? "current_schema()" : `'${naming.schema}'`;
+  const name = `${table.name}_${changed.index}`;
+  const qualified =
+    naming.schema === undefined
+      ? quoteIdent("postgres", name)
+      : `${quoteIdent("postgres", naming.schema)}.${quoteIdent("postgres", name)}`;
+  return (
+    `DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = ${schema} AND indexname = '${name}' ` +
+    `AND position('${changed.marker}' in indexdef) = 0) THEN DROP INDEX ${qualified}; END IF; END $$;`
   );
 }
 

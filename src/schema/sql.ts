@@ -44,7 +44,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -276,7 +276,7 @@ function tableStatement(dialect: SqlDialect, table: SqlTable, lines: string[], a
 function tableDdl(
   dialect: SqlDialect,
   table: SqlTable,
-  options: NamingOptions,
+  options: NamingOptions & { distributed?: boolean },
   as: string = table.qualified,
 ): string[] {
   const q = (n: string) => quoteIdent(dialect, n);
@@ -313,15 +313,32 @@ function tableDdl(
     const indexName =
       dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
     const on = dialect === "sqlite" ? q(table.name) : table.qualified;
+    const keys =
+      dialect === "postgres" && index.digest === true
+        ? // Citus needs the distribution column itself in a unique index.
+          `${options.distributed === true ? `${q(col("userId").name)}, ` : ""}(${keyDigestSql(index.fields.map((f) => q(col(f).name)))})`
+        : index.fields.map((f) => q(col(f).name)).join(", ");
     const where =
       index.where === undefined
         ? ""
         : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
     statements.push(
-      `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${index.fields.map((f) => q(col(f).name)).join(", ")})${where};`,
+      `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${keys})${where};`,
     );
   }
   return statements;
+}
+
+/**
+ * PostgreSQL: the 16-byte digest a `digest` index (`IndexSpec.digest`) holds, of the SQL values
+ * `refs` (quoted columns of the row, or the parameters of a lookup, which must use this same
+ * expression to use the index): the first 16 bytes of the SHA-256 of the values joined by a
+ * newline (ids and keys cannot hold one). `decode(…, 'escape')` of the text with its backslashes
+ * doubled is its exact bytes, and unlike `convert_to` it is IMMUTABLE, as an index expression must
+ * be; `sha256` rather than `md5`, which servers in FIPS mode refuse.
+ */
+export function keyDigestSql(refs: readonly string[]): string {
+  return `substr(sha256(decode(replace(${refs.join(` || E'\\n' || `)}, E'\\\\', E'\\\\\\\\'), 'escape')), 1, 16)`;
 }
 
 /** Partial indexes become full ones; a non-unique one that is a prefix of another is dropped. */

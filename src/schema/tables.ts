@@ -21,6 +21,14 @@ export interface IndexSpec {
    * indexes: there the index covers every row.
    */
   where?: readonly IndexCondition[];
+  /**
+   * PostgreSQL: the index holds one 16-byte digest of the fields' values (`keyDigestSql` in
+   * ./sql.ts) instead of the values, for long text keys that are only ever looked up whole (the
+   * idempotency key: 40 characters and more). Lookups compare the same expression and then the
+   * values themselves, so a digest collision can only refuse an insert, never answer with another
+   * key's entry. Other dialects index the fields (docs/running-for-years.md).
+   */
+  digest?: boolean;
 }
 
 /**
@@ -192,6 +200,7 @@ export function indexesOf(spec: TableSpec): IndexSpec[] {
       fields: ["userId", spec.idempotencyKey],
       unique: true,
       where: [{ field: spec.idempotencyKey, op: "notNull" }],
+      digest: true,
     });
   }
   return indexes;

@@ -16,6 +16,7 @@ import {
   type Statement,
   arrayText,
   executeText,
+  idempotentEntry,
   toRow,
 } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
@@ -861,7 +862,7 @@ export class UnitTx implements DbTransaction, SaveItem {
         const j = sql.tables.journal;
         const [row] = await this.batch.query(
           "load",
-          `SELECT row_to_json(j)::text AS idem FROM ${j.qualified} j WHERE j.user_id = $1 AND j.idempotency_key = $2`,
+          `SELECT row_to_json(j)::text AS idem FROM ${j.qualified} j WHERE ${idempotentEntry("$1::text", "$2::text")}`,
           [this.userId, key],
         );
         const text = row?.idem as string | null | undefined;
