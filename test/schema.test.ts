@@ -92,6 +92,29 @@ describe("schema generator: columns from the zod models", () => {
     expect(generateSql({ dialect: "mysql" })).not.toContain("BYTEA");
   });
 
+  it("stores the journal's grant portions as arrays of their values, and reads both those and the objects older rows hold", () => {
+    const journal = sqlTables({ dialect: "sqlite" }).find((t) => t.key === "journal");
+    const columns = journal?.columns ?? [];
+    expect(columns.find((c) => c.field === "grants")?.tuple).toEqual(["grantId", "amount", "kind"]);
+    const grants = [
+      { grantId: "g-1", amount: 5 },
+      { grantId: "g-2", amount: 3, kind: "returned" },
+    ];
+    const row = encodeRow(columns, { ...samples.journal, grants } as Record<string, unknown>);
+    expect(row.grants).toBe('[["g-1",5],["g-2",3,"returned"]]');
+    expect(decodeRow<{ grants: unknown }>(columns, row).grants).toEqual(grants);
+    const older = { ...row, grants: JSON.stringify(grants) };
+    expect(decodeRow<{ grants: unknown }>(columns, older).grants).toEqual(grants);
+    // Only arrays of objects whose optional keys come last can be tuples.
+    const Bad = z.object({ id: z.string(), parts: z.array(z.object({ a: z.number().optional(), b: z.string() })) });
+    expect(() =>
+      sqlTables({
+        dialect: "sqlite",
+        tables: { ...tableSpecs, grants: { ...tableSpecs.grants, model: Bad, tuples: ["parts"] } },
+      }),
+    ).toThrow(/tuples field "parts" is not an array of objects/);
+  });
+
   it("emits MySQL and SQLite dialects", () => {
     const mysql = generateSql({ dialect: "mysql" });
     expect(mysql).toContain("`created_at` DATETIME(3) NOT NULL");
@@ -269,7 +292,7 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
       );
       const [rows] = await conn.query(`SELECT * FROM ${table.qualified}`);
       expect(rows).toHaveLength(1);
-      expectRoundTrip(table.key, rows[0]);
+      expectRoundTrip(table.key, rows[0], table.columns);
     }
   });
 

@@ -1,4 +1,5 @@
-import { type Column, FORGOTTEN_KEY, columnsOf, snakeCase } from "./columns.js";
+import type * as z from "zod";
+import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
   type IndexCondition,
   type IndexSpec,
@@ -121,11 +122,37 @@ export function tableColumns(spec: TableSpec): Column[] {
       throw new Error(`table ${spec.name}: jsonText field "${field}" is not a JSON field of its model`);
     c.jsonText = true;
   }
+  for (const field of spec.tuples ?? []) {
+    const c = columns.find((x) => x.field === field);
+    const keys = tupleKeys(spec.model, field);
+    if (c === undefined || c.kind !== "json" || keys === null)
+      throw new Error(`table ${spec.name}: tuples field "${field}" is not an array of objects in its model`);
+    c.tuple = keys;
+  }
   if (spec.idempotencyKey === undefined) return columns;
   const key = columns.find((c) => c.field === spec.idempotencyKey);
   if (key === undefined) throw new Error(`table ${spec.name}: no field "${spec.idempotencyKey}" in its model`);
   columns.push({ ...key, field: FORGOTTEN_KEY, name: snakeCase(FORGOTTEN_KEY), nullable: true });
   return columns;
+}
+
+/**
+ * The keys of the objects of an array field, in the model's order; null unless the field is an
+ * array of objects whose optional keys come last and none of whose keys is nullable.
+ */
+function tupleKeys(model: z.ZodObject, field: string): string[] | null {
+  const items = (modelJsonSchema(model).properties as Record<string, JsonSchemaNode> | undefined)?.[field]?.items as
+    JsonSchemaNode | undefined;
+  if (items?.type !== "object" || typeof items.properties !== "object" || items.properties === null) return null;
+  const keys = Object.keys(items.properties);
+  const required = new Set((items.required as string[] | undefined) ?? []);
+  const firstOptional = keys.findIndex((k) => !required.has(k));
+  if (firstOptional >= 0 && keys.slice(firstOptional).some((k) => required.has(k))) return null;
+  const nullable = (n: JsonSchemaNode) =>
+    (Array.isArray(n.type) && n.type.includes("null")) ||
+    (Array.isArray(n.anyOf) && (n.anyOf as JsonSchemaNode[]).some((b) => b.type === "null"));
+  if (Object.values(items.properties as Record<string, JsonSchemaNode>).some(nullable)) return null;
+  return keys;
 }
 
 /**

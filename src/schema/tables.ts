@@ -46,7 +46,18 @@ export interface TableSpec {
   binary?: readonly string[];
   /** JSON fields kept as compact text on PostgreSQL (see `Column.jsonText`). */
   jsonText?: readonly string[];
+  /**
+   * Fields holding arrays of objects, stored as arrays of their values (see `Column.tuple`). The
+   * objects' optional fields must come last in their model, and none may be nullable.
+   */
+  tuples?: readonly string[];
   indexes: readonly IndexSpec[];
+  /**
+   * MongoDB: null fields are left out of the documents (read back as null), and `binary` fields
+   * are stored as BinData (read back as hex; hex strings of documents written before read as they
+   * are). The validator allows both.
+   */
+  sparse?: boolean;
   /**
    * PostgreSQL fillfactor (percent): room left in each page so that updates of rows that change
    * often stay in-page (HOT) instead of rewriting the indexes.
@@ -121,6 +132,10 @@ export const tableSpecs: TableSpecs = {
     binary: ["hash", "prevHash"],
     // Never queried inside: `[{"grantId":"…","amount":5}]` as text is smaller than as JSONB.
     jsonText: ["grants"],
+    // `[["<grant id>",5]]`: the keys once in the model, not in every entry.
+    tuples: ["grants"],
+    // MongoDB: no `reservationId: null, correlationId: null, …` in every entry; hashes as BinData.
+    sparse: true,
     indexes: [],
   },
   ledger: {

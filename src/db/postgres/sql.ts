@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import type { Column } from "../../schema/columns.js";
-import { byteaText } from "../../schema/codec.js";
+import { byteaText, toTuples } from "../../schema/codec.js";
 import { type SqlTable, generateSql, keyDigestSql, quoteIdent, sqlTables, versionTableName } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 
@@ -323,7 +323,8 @@ export function toRow(columns: readonly Column[], value: object): Record<string,
   const v = value as Record<string, unknown>;
   for (const c of columns) {
     const x = v[c.field] ?? null;
-    out[c.name] = c.bytes === true && x !== null ? byteaText(x as string) : x;
+    out[c.name] =
+      x === null ? x : c.bytes === true ? byteaText(x as string) : c.tuple !== undefined ? toTuples(c.tuple, x) : x;
   }
   return out;
 }
