@@ -6,6 +6,7 @@ import {
   columnSql,
   createTableSql,
   generateSql,
+  indexSql,
   quoteIdent,
   sqlTables,
   versionRowSql,
@@ -13,7 +14,7 @@ import {
 } from "./sql.js";
 import type { Column } from "./columns.js";
 import type { SqlTable } from "./sql.js";
-import type { TableKey } from "./tables.js";
+import { type TableKey, indexesOf } from "./tables.js";
 
 /** A column added to a table that existed before. */
 interface AddedColumn {
@@ -45,8 +46,8 @@ interface RetypedColumn {
 
 /**
  * An index of a table that existed before whose PostgreSQL definition changed (it keeps its name):
- * dropped while it still has its old definition, then the DDL creates today's. The other dialects
- * keep the index they had.
+ * replaced by today's while it still has its old definition. The other dialects keep the index
+ * they had.
  */
 interface ChangedIndex {
   table: TableKey;
@@ -194,7 +195,7 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
       const table = tables.get(changed.table);
       if (table === undefined) throw new Error(`migration to ${step.to}: no table ${changed.table}`);
-      out.push(dropOldIndex(table, changed, naming));
+      out.push(replaceIndex(table, changed, naming));
     }
   }
   return out;
@@ -224,20 +225,27 @@ function retype(table: SqlTable, columns: readonly Column[], naming: NamingOptio
 }
 
 /**
- * PostgreSQL: drops the index `changed` while its definition lacks `changed.marker` (so the
- * statement can run again; the DDL that follows creates today's under the same name). Building
- * the new index takes a lock that holds up writes to the table for the time of the build.
+ * PostgreSQL: while the index `changed` lacks `changed.marker` in its definition, builds today's
+ * under a temporary name, drops the old one and gives the new one its name, in one statement (so
+ * it can run again, and the key stays unique throughout). The build blocks writes to the table,
+ * not reads; the drop and the rename are quick, though inside `init()`'s transaction the table
+ * stays locked until it commits.
  */
-function dropOldIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOptions): string {
+function replaceIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOptions): string {
+  const index = indexesOf(table.spec).find((i) => i.name === changed.index);
+  if (index === undefined) throw new Error(`no index ${changed.index} on ${table.spec.name}`);
   const schema = naming.schema === undefined ? "current_schema()" : `'${naming.schema}'`;
   const name = `${table.name}_${changed.index}`;
-  const qualified =
+  const building = `${name}__new`;
+  const qualify = (n: string) =>
     naming.schema === undefined
-      ? quoteIdent("postgres", name)
-      : `${quoteIdent("postgres", naming.schema)}.${quoteIdent("postgres", name)}`;
+      ? quoteIdent("postgres", n)
+      : `${quoteIdent("postgres", naming.schema)}.${quoteIdent("postgres", n)}`;
   return (
     `DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = ${schema} AND indexname = '${name}' ` +
-    `AND position('${changed.marker}' in indexdef) = 0) THEN DROP INDEX ${qualified}; END IF; END $$;`
+    `AND position('${changed.marker}' in indexdef) = 0) THEN ` +
+    `DROP INDEX IF EXISTS ${qualify(building)}; ${indexSql("postgres", table, index, naming, building)} ` +
+    `DROP INDEX ${qualify(name)}; ALTER INDEX ${qualify(building)} RENAME TO ${quoteIdent("postgres", name)}; END IF; END $$;`
   );
 }
 

@@ -334,26 +334,42 @@ function tableDdl(
     return statements;
   }
   statements.push(tableStatement(dialect, table, lines, as));
-  for (const index of indexes) {
-    const name = checkLength(`${table.name}_${index.name}`);
-    // SQLite puts the schema on the index name, PostgreSQL on the table only.
-    const indexName =
-      dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
-    const on = dialect === "sqlite" ? q(table.name) : table.qualified;
-    const keys =
-      dialect === "postgres" && index.digest === true
-        ? // Citus needs the distribution column itself in a unique index.
-          `${options.distributed === true ? `${q(col("userId").name)}, ` : ""}(${keyDigestSql(index.fields.map((f) => q(col(f).name)))})`
-        : index.fields.map((f) => q(col(f).name)).join(", ");
-    const where =
-      index.where === undefined
-        ? ""
-        : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
-    statements.push(
-      `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${keys})${where};`,
-    );
-  }
+  for (const index of indexes) statements.push(indexSql(dialect, table, index, options));
   return statements;
+}
+
+/**
+ * `CREATE [UNIQUE] INDEX IF NOT EXISTS` of one index of `table` (not MySQL, whose keys are in its
+ * table), named `<table>_<index name>`, or `as` (an upgrade builds today's index under another
+ * name first).
+ */
+export function indexSql(
+  dialect: "postgres" | "sqlite",
+  table: SqlTable,
+  index: IndexSpec,
+  options: NamingOptions & { distributed?: boolean },
+  as?: string,
+): string {
+  const q = (n: string) => quoteIdent(dialect, n);
+  const col = (field: string): Column => {
+    const c = table.columns.find((x) => x.field === field);
+    if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
+    return c;
+  };
+  const name = checkLength(as ?? `${table.name}_${index.name}`);
+  // SQLite puts the schema on the index name, PostgreSQL on the table only.
+  const indexName = dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
+  const on = dialect === "sqlite" ? q(table.name) : table.qualified;
+  const keys =
+    dialect === "postgres" && index.digest === true
+      ? // Citus needs the distribution column itself in a unique index.
+        `${options.distributed === true ? `${q(col("userId").name)}, ` : ""}(${keyDigestSql(index.fields.map((f) => q(col(f).name)))})`
+      : index.fields.map((f) => q(col(f).name)).join(", ");
+  const where =
+    index.where === undefined
+      ? ""
+      : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
+  return `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${keys})${where};`;
 }
 
 /**
