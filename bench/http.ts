@@ -69,7 +69,7 @@ end
 `;
 
 async function wrk(url: string, seconds: number, script: string): Promise<{ requests: number; bad: string | null }> {
-  const args = ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "-s", script, url];
+  const args = ["-t1", `-c${CONNECTIONS}`, `-d${seconds}s`, "--timeout", "10s", "-s", script, url]; // 10 s: as autocannon
   const child = PIN ? spawn("taskset", ["-c", "1", "wrk", ...args]) : spawn("wrk", args);
   let out = "";
   child.stdout.on("data", (d: Buffer) => (out += d.toString()));
