@@ -3,10 +3,17 @@ import { readFileSync } from "node:fs";
 /**
  * CPU time of a process's main (event-loop) thread in µs, from /proc (Linux), else null. Steadier
  * than ops/s on a shared machine: another process's load slows the wall clock far more than it
- * changes the CPU an operation needs.
+ * changes the CPU an operation needs. Read from the scheduler's own count (`schedstat`, in ns)
+ * where the kernel keeps one, else from `stat` in clock ticks of 10 ms.
  */
 export function mainThreadCpu(pid: number | undefined = process.pid): number | null {
   if (pid === undefined || process.platform !== "linux") return null;
+  try {
+    const ns = Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").split(" ", 1)[0]);
+    if (Number.isFinite(ns) && ns > 0) return ns / 1000;
+  } catch {
+    // (no schedstat: the ticks below)
+  }
   try {
     const fields = (readFileSync(`/proc/${pid}/task/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
     return ((Number(fields[11]) + Number(fields[12])) * 1e6) / 100; // clock ticks of 1/100 s (USER_HZ)

@@ -1,7 +1,17 @@
 import fc from "fast-check";
 import { describe, expect, it, vi } from "vitest";
 import { ValidationError } from "../src/errors.js";
-import { Amount, EntityId, NonNegativeAmount, UserId, parse } from "../src/models/index.js";
+import {
+  Amount,
+  CommitOptions,
+  EntityId,
+  MeterOptions,
+  NonNegativeAmount,
+  ReserveOptions,
+  UsageRecord,
+  UserId,
+  parse,
+} from "../src/models/index.js";
 import { PromoCode } from "../src/models/promos.js";
 
 /** What the schema alone says about a value: its output, or that it refuses it. */
@@ -64,6 +74,78 @@ describe("parse() remembers accepted strings and numbers", () => {
     } finally {
       user.mockRestore();
       id.mockRestore();
+    }
+  });
+});
+
+describe("parse() answers a strict options object whose fields it has seen accepted", () => {
+  /** The result as zod gives it, with its keys in order (`toStrictEqual` does not compare order). */
+  const shape = (r: { ok?: unknown; refused?: boolean }) =>
+    "ok" in r && typeof r.ok === "object" && r.ok !== null ? { keys: Object.keys(r.ok), value: r.ok } : r;
+  /** The model's answer, and parse's own rule on top: text with a lone surrogate is refused. */
+  const expected = (schema: Parameters<typeof direct>[0], v: Record<string, unknown>) => {
+    const r = direct(schema, v);
+    const loneSurrogate = Object.values(v).some((x) => typeof x === "string" && /[\ud800-\udfff]/.test(x));
+    return "ok" in r && loneSurrogate ? { refused: true } : r;
+  };
+
+  it("answers exactly as the zod model does, field by field, however often an object comes back", () => {
+    const values = fc.oneof(
+      fc.constantFrom(0, 1, 3, 10, -1, 1.5, Number.NaN, 900, 0x7fffffff, Number.MAX_SAFE_INTEGER + 1),
+      fc.constantFrom("", "x", "POST /api/chat", "a\u0000b", "\ud800", "cm:key", "key-1", "x".repeat(300)),
+      fc.constantFrom(undefined, null, true, {}, { a: 1 }, [], "release", "estimate", "gpt-4o-mini"),
+    );
+    const keys = fc.constantFrom(
+      "amount",
+      "estimate",
+      "reason",
+      "ttlSeconds",
+      "description",
+      "idempotencyKey",
+      "correlationId",
+      "noUsage",
+      "model",
+      "provider",
+      "metadata",
+      "unknown",
+    );
+    const schemas = [CommitOptions, MeterOptions, UsageRecord, ReserveOptions] as const;
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.constantFrom(0, 1, 2, 3), fc.dictionary(keys, values, { maxKeys: 4 })), {
+          maxLength: 40,
+        }),
+        (calls) => {
+          for (const [i, given] of calls) {
+            const schema = schemas[i] as (typeof schemas)[number];
+            // Twice: the second call may be answered from what the first accepted.
+            expect(shape(viaParse(schema, given))).toStrictEqual(shape(expected(schema, given)));
+            expect(shape(viaParse(schema, given))).toStrictEqual(shape(expected(schema, given)));
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it("runs the model once for the same options, and again for a field it has not accepted yet", () => {
+    const run = vi.spyOn(CommitOptions, "safeParse");
+    try {
+      const first = parse(CommitOptions, { amount: 12_345 }, "options");
+      const again = parse(CommitOptions, { amount: 12_345 }, "options");
+      expect(again).toEqual({ amount: 12_345 });
+      expect(again).not.toBe(first); // each caller gets its own object
+      expect(run).toHaveBeenCalledTimes(1);
+      parse(CommitOptions, { amount: 12_346 }, "options");
+      expect(run).toHaveBeenCalledTimes(2);
+      // A field the schema refuses is refused, remembered values beside it or not.
+      expect(() => parse(CommitOptions, { amount: 12_345, description: "x".repeat(1001) }, "options")).toThrow(
+        ValidationError,
+      );
+      expect(() => parse(CommitOptions, { amount: 12_345, other: 1 }, "options")).toThrow(ValidationError);
+      expect(() => parse(MeterOptions, { reason: "POST /api/chat" }, "options")).toThrow(ValidationError);
+    } finally {
+      run.mockRestore();
     }
   });
 });

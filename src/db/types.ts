@@ -77,6 +77,12 @@ export interface AccountStore {
   getGrant(grantId: string, userId?: string): Promise<Grant | null>;
   /** A hold by id; `userId` as for `getGrant`. */
   getReservation(reservationId: string, userId?: string): Promise<Reservation | null>;
+  /**
+   * Optional: the user whose hold `reservationId` is, null when there is none — what a commit or
+   * release by id reads before its unit of work, without reading the whole hold. Without it the
+   * services read `getReservation`. May answer at once (a store in process memory).
+   */
+  reservationOwner?(reservationId: string): string | null | Promise<string | null>;
   /** A user's grants, oldest first; closed and spent ones only when asked. */
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]>;
   /** A user's reservations, oldest first, optionally of one status. */

@@ -3,7 +3,7 @@ import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { PromoPaymentChanges } from "../db/types-promos.js";
-import { AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
+import { AccountWork, holdWith, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { chargeWithinLimit, commitWithinLimit, shortfallMeta } from "../domain/overdraft.js";
 import {
@@ -35,7 +35,14 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
 import { archiveJournal, type ArchiveJournalOptions, type ArchiveReport } from "./archive.js";
-import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
+import {
+  openMeter,
+  runMetered,
+  type MeterContext,
+  type MeterOutcome,
+  type MeterSession,
+  type SessionDeps,
+} from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import type { CreditsInfo } from "../models/index.js";
 import {
@@ -418,7 +425,7 @@ export class CreditService {
     // Without a key, refused before any work; with one, only once it is known not to be a retry
     // (a retry of an addition that was made while its expiry was ahead answers with the first entry).
     if (o.idempotencyKey === undefined && past(this.clock())) throw refuse();
-    const meta = this.meta("addCredits", o, { amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null });
+    const meta = this.meta("addCredits", o, () => ({ amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null }));
     return this.mutate("addCredits", user, meta, (work) => {
       if (past(work.now)) throw refuse();
       return work.add(
@@ -475,7 +482,10 @@ export class CreditService {
   chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
     let meta: EntryMeta;
     try {
-      meta = this.meta("deductCreditsAfterService", parse(DeductOptions, options, "options"), { amount, ...options });
+      meta = this.meta("deductCreditsAfterService", parse(DeductOptions, options, "options"), () => ({
+        amount,
+        ...options,
+      }));
     } catch (error) {
       return Promise.reject(error as Error);
     }
@@ -493,7 +503,10 @@ export class CreditService {
     const n = parse(Amount, amount, "amount");
     const o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
     const r = await this.placeHold(user, n, o);
-    return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
+    // The caller's own copy (the store may keep `r`): a one-shape literal, not a spread (V8 copies
+    // a spread of this object a property at a time).
+    const allocations = r.allocations.map((p) => ({ grantId: p.grantId, amount: p.amount }));
+    return holdWith(r, r.status, r.settledAt, r.committedAmount, r.amount, allocations);
   }
 
   /**
@@ -502,17 +515,13 @@ export class CreditService {
    */
   placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
-    const meta = this.meta("reserveCredits", o, { amount: n, ...o, ttlSeconds: ttl });
+    const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
     return this.mutate(
       "reserveCredits",
       user,
       meta,
       (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
-      async (entry, tx) => {
-        const r = await tx.getReservation(entry.reservationId ?? "");
-        if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
-        return r;
-      },
+      replayHold,
     );
   }
 
@@ -520,15 +529,24 @@ export class CreditService {
    * Captures a hold: all of it by default, or `amount` (less returns the rest to its grants; more
    * takes the excess like an after-service deduction). Resolves to the commit entry.
    */
-  async commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
-    const id = parse(EntityId, reservationId, "reservationId");
-    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(CommitOptions, options, "options");
-    const found = await this.findReservation(id);
-    // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
-    const parsed = o as ParsedCommitOptions;
-    const full =
-      parsed.amount === undefined && parsed.idempotencyKey !== undefined ? { ...parsed, amount: found.amount } : o;
-    return this.commitHold(found.userId, id, full);
+  commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
+    let id: string;
+    let o: ParsedCommitOptions;
+    try {
+      id = parse(EntityId, reservationId, "reservationId");
+      o = options === NO_OPTIONS ? NO_OPTIONS : parse(CommitOptions, options, "options");
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    if (o.amount === undefined && o.idempotencyKey !== undefined) {
+      // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
+      const parsed = o;
+      return this.findReservation(id).then((found) =>
+        this.commitHold(found.userId, id, { ...parsed, amount: found.amount }),
+      );
+    }
+    const owner = this.ownerOfReservation(id);
+    return typeof owner === "string" ? this.commitHold(owner, id, o) : owner.then((u) => this.commitHold(u, id, o));
   }
 
   /**
@@ -550,7 +568,7 @@ export class CreditService {
   }
 
   private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
-    const meta = this.meta("commitReservedCredits", o, { reservationId: id, ...o });
+    const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));
     return this.mutate("commitReservedCredits", userId, meta, (work, tx) => {
       const commit = (hold: Reservation): JournalEntry => {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
@@ -565,16 +583,22 @@ export class CreditService {
   }
 
   /** Returns everything a hold earmarked. Resolves to the release entry. */
-  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
-    const id = parse(EntityId, reservationId, "reservationId");
-    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReleaseOptions, options, "options");
-    const found = await this.findReservation(id);
-    return this.releaseHold(found.userId, id, o);
+  releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
+    let id: string;
+    let o: ParsedMutationOptions;
+    try {
+      id = parse(EntityId, reservationId, "reservationId");
+      o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReleaseOptions, options, "options");
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    const owner = this.ownerOfReservation(id);
+    return typeof owner === "string" ? this.releaseHold(owner, id, o) : owner.then((u) => this.releaseHold(u, id, o));
   }
 
   /** @internal `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
   releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
-    const meta = this.meta("releaseReservedCredits", o, { reservationId: id, ...o });
+    const meta = this.meta("releaseReservedCredits", o, () => ({ reservationId: id, ...o }));
     return this.mutate("releaseReservedCredits", userId, meta, (work, tx) => {
       const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
       return andThen(this.activeHold(work, tx, id), release);
@@ -587,7 +611,7 @@ export class CreditService {
     const o = parse(VoidGrantOptions, options, "options");
     const grant = await this.db.getGrant(id);
     if (grant === null) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
-    const meta = this.meta("voidGrant", o, { grantId: id, ...o });
+    const meta = this.meta("voidGrant", o, () => ({ grantId: id, ...o }));
     return this.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
       // The work's copy first: settlement may just have expired it.
       const current = work.getGrant(id) ?? (await tx.getGrants([id]))[0];
@@ -730,7 +754,15 @@ export class CreditService {
     options: MeterOptions & { onSettled?: (outcome: MeterOutcome) => void },
     fn: (context: MeterContext) => T | Promise<T>,
   ): Promise<T> {
-    const { onSettled, ...rest } = (options ?? {}) as MeterOptions & { onSettled?: (outcome: MeterOutcome) => void };
+    const given = (options ?? {}) as MeterOptions & { onSettled?: (outcome: MeterOutcome) => void };
+    // (A copy without `onSettled` only when it is there: the schema knows no such option.)
+    let rest: MeterOptions = given;
+    const proto = typeof given === "object" ? (Object.getPrototypeOf(given) as unknown) : undefined;
+    if ((proto !== Object.prototype && proto !== null) || Object.prototype.hasOwnProperty.call(given, "onSettled")) {
+      const { onSettled: _, ...others } = given;
+      rest = others;
+    }
+    const onSettled = given.onSettled;
     const o = parse(MeterOptionsSchema, rest, "options");
     if (onSettled !== undefined && typeof onSettled !== "function") {
       throw new ValidationError("Invalid options.onSettled: must be a function", [
@@ -739,14 +771,14 @@ export class CreditService {
     }
     if (typeof fn !== "function")
       throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered(
-      { credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger },
-      parse(UserId, userId, "userId"),
-      o,
-      fn,
-      onSettled,
-    );
+    return runMetered(this.sessionDeps, parse(UserId, userId, "userId"), o, fn, onSettled);
   }
+
+  /** What metered calls use of this service (one object for all of them). */
+  private get sessionDeps(): SessionDeps {
+    return (this.meterDeps ??= { credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger });
+  }
+  private meterDeps: SessionDeps | undefined;
 
   /**
    * The building block of `meter()` for hosts that settle on their own schedule (the HTTP
@@ -756,11 +788,7 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter(
-      { credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger },
-      parse(UserId, userId, "userId"),
-      o,
-    );
+    return openMeter(this.sessionDeps, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
@@ -897,7 +925,7 @@ export class CreditService {
       user = parse(UserId, userId, "userId");
       n = parse(Amount, amount, "amount");
       const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
-      meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, { amount: n, ...o });
+      meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, () => ({ amount: n, ...o }));
     } catch (error) {
       return Promise.reject(error as Error);
     }
@@ -906,16 +934,25 @@ export class CreditService {
     );
   }
 
+  /**
+   * The entry fields of validated options `o`. `args`: the call's arguments as the fingerprint of
+   * an idempotency key covers them — built only when there is a key (most calls have none).
+   */
   private meta(
     operation: string,
     o: DeductOptions & { idempotencyKey?: string },
-    args: Record<string, unknown>,
+    args: () => Record<string, unknown>,
   ): EntryMeta {
-    const { correlationId: _c, idempotencyKey: _k, ...rest } = args;
+    if (o === NO_OPTIONS) return NO_META;
+    let print: string | undefined;
+    if (o.idempotencyKey !== undefined) {
+      const { correlationId: _c, idempotencyKey: _k, ...rest } = args();
+      print = fingerprint(operation, rest);
+    }
     return {
       description: o.description,
       idempotencyKey: o.idempotencyKey,
-      fingerprint: o.idempotencyKey === undefined ? undefined : fingerprint(operation, rest),
+      fingerprint: print,
       correlationId: o.correlationId,
       metadata: o.metadata,
     };
@@ -1216,11 +1253,39 @@ export class CreditService {
     return hold;
   }
 
+  /**
+   * The user whose hold `id` is (`NotFoundError` if none): all a commit or release by id needs to
+   * know before its unit of work, which reads the hold itself. A store that can say it without
+   * reading (and copying) the whole hold does (`DbManager.reservationOwner`).
+   */
+  private ownerOfReservation(id: string): string | Promise<string> {
+    const db = this.db;
+    if (db.reservationOwner === undefined) return this.findReservation(id).then((r) => r.userId);
+    let owner: string | null | Promise<string | null>;
+    try {
+      owner = db.reservationOwner(id);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    if (typeof owner === "string") return owner; // (a store in memory: no promise)
+    return Promise.resolve(owner).then((found) => {
+      if (found === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+      return found;
+    });
+  }
+
   private async findReservation(id: string): Promise<Reservation> {
     const r = await this.db.getReservation(id);
     if (r === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
     return r;
   }
+}
+
+/** A repeated `reserveCredits` key: the hold its first entry placed. */
+async function replayHold(entry: JournalEntry, tx: DbTransaction): Promise<Reservation> {
+  const r = await tx.getReservation(entry.reservationId ?? "");
+  if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
+  return r;
 }
 
 /** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */

@@ -138,7 +138,8 @@ export function currentMeter(): MeterContext | undefined {
  */
 type Credits = Pick<CreditService, "placeHold" | "commitHoldUpToLimit" | "releaseHold" | "chargeUpToLimit" | "db">;
 
-interface SessionDeps {
+/** @internal */
+export interface SessionDeps {
   credits: Credits;
   /** The price book; each session pins the version in force when it opens. */
   pricing?: PricingService | undefined;
@@ -310,7 +311,10 @@ export class MeterSession {
     if (o.correlationId !== undefined) out.correlationId = o.correlationId;
     if (key !== undefined) out.idempotencyKey = key;
     // `{}` when there is nothing to say.
-    out.metadata = { ...o.metadata, ...extra, ...(this.recorded.length > 0 ? { usages: this.recorded } : {}) } as Json;
+    const metadata: Record<string, unknown> = o.metadata === undefined ? {} : { ...o.metadata };
+    if (extra !== null) Object.assign(metadata, extra);
+    if (this.recorded.length > 0) metadata.usages = this.recorded;
+    out.metadata = metadata as Json;
     return out;
   }
 

@@ -201,6 +201,24 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         expect(await db.getReservation(randomUUID())).toBeNull();
       });
 
+      it("names the owner of a hold, active or settled: `reservationOwner`, else `getReservation`", async () => {
+        // (`reservationOwner` is optional: without it the services read the hold whole to learn its owner.)
+        const owner = async (id: string) =>
+          db.reservationOwner === undefined
+            ? ((await db.getReservation(id))?.userId ?? null)
+            : await db.reservationOwner(id);
+        const u = user();
+        const { credits } = serviceWithClock(db);
+        await credits.addCredits(u, 10);
+        const active = await credits.reserveCredits(u, 3);
+        const settled = await credits.reserveCredits(u, 2);
+        await credits.commitReservedCredits(settled.id, { amount: 1 });
+        expect(await owner(active.id)).toBe(u);
+        expect(await owner(settled.id)).toBe(u);
+        expect(await owner(randomUUID())).toBeNull();
+        expect(await owner("not-a-uuid")).toBeNull();
+      });
+
       it("saves a unit of work atomically and loads it back with the same shape", async () => {
         const u = user();
         const { credits } = serviceWithClock(db);

@@ -32,8 +32,11 @@ export class DueIndex {
   removed(): void {
     this.dead++;
     if (this.dead > 1024 && this.dead > this.size / 2) {
-      this.merge();
       this.compact();
+      // Most entries added since the last merge are dead by now (holds settle within a request):
+      // dropped before the merge sorts them, not after.
+      this.pruneAdded();
+      this.merge();
     }
   }
 
@@ -114,6 +117,23 @@ export class DueIndex {
     this.ids = ids;
     this.addedTimes = [];
     this.addedIds = [];
+  }
+
+  /** Drops the entries added since the last merge that no longer qualify. */
+  private pruneAdded(): void {
+    const live = this.live;
+    const times = this.addedTimes;
+    const ids = this.addedIds;
+    let k = 0;
+    for (let i = 0; i < times.length; i++) {
+      const t = times[i] as number;
+      const id = ids[i] as string;
+      if (!live(id, t)) continue;
+      times[k] = t;
+      ids[k++] = id;
+    }
+    times.length = k;
+    ids.length = k;
   }
 
   private compact(): void {

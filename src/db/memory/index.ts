@@ -298,6 +298,10 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     return hold !== null && hold.status === "active" ? copyReservation(hold) : hold;
   }
 
+  reservationOwner(reservationId: string): string | null {
+    return this.holderOf(reservationId)?.userId ?? null;
+  }
+
   async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const u = this.users.get(userId);
     if (u === undefined) return [];
