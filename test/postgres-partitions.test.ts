@@ -78,6 +78,33 @@ describe("generateSql({ partitioned })", () => {
     expect(() => generateSql({ dialect: "postgres", partitioned: "hour" as "day" })).toThrow(/partitioned must be/);
   });
 
+  it("credit-management schema --partitioned prints it; wrong uses are usage errors", async () => {
+    let out = "";
+    const run = (args: string[]) => runCli(args, { stdout: (t) => (out += t), stderr: (t) => (out += t) }, { env: {} });
+    expect(await run(["schema", "--partitioned", "week", "--prefix", "cm_"])).toBe(0);
+    expect(out).toContain(
+      `CREATE TABLE IF NOT EXISTS "cm_journal_entries_default" PARTITION OF "cm_journal_entries" DEFAULT;`,
+    );
+    expect(out).toContain(`"${partitionName("cm_ledger_entries", rangeStart("week", new Date()))}" PARTITION OF`);
+    for (const [args, error] of [
+      [["schema", "--partitioned", "hour"], /--partitioned must be day, week or month, not "hour"/],
+      [
+        ["schema", "--partitioned", "day", "--dialect", "sqlite"],
+        /--partitioned applies to a new PostgreSQL schema only/,
+      ],
+      [
+        ["schema", "--partitioned", "day", "--from-version", "4"],
+        /--partitioned applies to a new PostgreSQL schema only/,
+      ],
+      [["schema", "--partitioned", "day", "--dialect", "mongodb"], /--partitioned applies to --dialect postgres only/],
+      [["audit", "--all", "--partitioned", "day"], /--partitioned applies to "schema" only/],
+    ] as const) {
+      out = "";
+      expect(await run([...args])).toBe(2);
+      expect(out).toMatch(error);
+    }
+  });
+
   it("week ranges start on Monday (UTC), month ranges on the first", () => {
     const at = new Date(Date.now());
     const week = rangeStart("week", at);
@@ -126,6 +153,27 @@ describe.skipIf(!url)("PostgreSQL partitioned by time (docs/running-for-years.md
     expect(() => new PostgresDbManager({ connectionString: url, partitions: { interval: "day", ahead: -1 } })).toThrow(
       /ahead/,
     );
+  });
+
+  it("CREDIT_PG_PARTITIONS: the worker's store is partitioned (month); a bad value is refused", async () => {
+    const schema = newSchema("env");
+    schemas.push(schema);
+    const env = { CREDIT_PG_URL: url, CREDIT_PG_SCHEMA: schema, CREDIT_PG_PARTITIONS: "month" };
+    let out = "";
+    const io = { stdout: (t: string) => (out += t), stderr: (t: string) => (out += t) };
+    expect(await runCli(["worker", "--once", "--log-level", "silent"], io, { env })).toBe(0);
+    const db = new PostgresDbManager({ connectionString: url, schema });
+    const names = (await db.listPartitions()).filter((p) => p.table === "journal").map((p) => p.name);
+    await db.close();
+    const month = rangeStart("month", new Date());
+    expect(names).toEqual(
+      [0, 1, 2]
+        .map((n) => partitionName("journal_entries", rangeAfter("month", month, n)))
+        .concat("journal_entries_default"),
+    );
+    out = "";
+    expect(await runCli(["worker", "--once"], io, { env: { ...env, CREDIT_PG_PARTITIONS: "hourly" } })).not.toBe(0);
+    expect(out).toMatch(/`partitions` must be \{ interval: .*day.*week.*month/);
   });
 
   it("init refuses partitions on a store whose journal is a plain table", async () => {
