@@ -187,6 +187,43 @@ describe.skipIf(!url)("PostgreSQL partitioned by time (docs/running-for-years.md
     await db.close();
   });
 
+  it("convertToPartitioned: a plain store's journal and ledger become partitioned, rows and keys intact", async () => {
+    const schema = newSchema("convert");
+    schemas.push(schema);
+    const clock = { now: Date.now() - 70 * DAY };
+    const plain = await createCreditManager({
+      db: new PostgresDbManager({ connectionString: url, schema }),
+      clock: () => new Date(clock.now),
+    });
+    await plain.credits.addCredits("c", 50);
+    await plain.credits.deductCredits("c", 5, { idempotencyKey: "old-key" });
+    clock.now = Date.now();
+    await plain.credits.deductCredits("c", 5);
+    await plain.close();
+
+    const db = new PostgresDbManager({ connectionString: url, schema, partitions: { interval: "month", ahead: 1 } });
+    await expect(db.convertToPartitioned({ keepOld: true })).resolves.toMatchObject({
+      tables: [
+        { table: "journal", rows: 3, kept: "journal_entries_unpartitioned" },
+        { table: "ledger", rows: 0, kept: "ledger_entries_unpartitioned" },
+      ],
+    });
+    expect((await db.convertToPartitioned()).tables).toEqual([]); // already partitioned
+    const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    managers.push(m);
+    const parts = await partitionsOf(schema, "c");
+    expect(parts.get(1)).toBe(partitionName("journal_entries", rangeStart("month", new Date(Date.now() - 70 * DAY))));
+    expect(parts.get(3)).toBe(partitionName("journal_entries", rangeStart("month", new Date())));
+    expect([...parts.values()]).not.toContain("journal_entries_default");
+    // The key written before the conversion still answers its retry.
+    const retry = await m.credits.deductCredits("c", 5, { idempotencyKey: "old-key" });
+    expect(retry.seq).toBe(2);
+    expect((await m.credits.getUserCreditsInfo("c")).balance).toBe(40);
+    expect((await m.credits.audit("c", { from: "genesis" })).ok).toBe(true);
+    const old = await admin((c) => c.query(`SELECT count(*)::int AS n FROM "${schema}".journal_entries_unpartitioned`));
+    expect(old.rows[0]?.n).toBe(3);
+  });
+
   it("a retry in a later partition answers the first result; two pools with one key charge once", async () => {
     const schema = newSchema("keys");
     schemas.push(schema);

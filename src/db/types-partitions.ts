@@ -54,3 +54,11 @@ export interface ArchivePartitionsReport {
   /** Checkpoints written so that every archived account has one after its archived entries. */
   checkpointsWritten: number;
 }
+
+/** What `convertToPartitioned` did. */
+export interface ConvertReport {
+  /** The tables converted, the rows copied, and the old table's name when it was kept (`keepOld`). */
+  tables: { table: "journal" | "ledger"; rows: number; kept: string | null }[];
+  /** Partitions created (names). */
+  created: string[];
+}

@@ -18,10 +18,17 @@ import { DEFAULT_AHEAD, PartitionOptions } from "../../schema/partitions.js";
 import type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,
+  ConvertReport,
   EnsurePartitionsReport,
   PartitionInfo,
 } from "../types-partitions.js";
-import { archivePartitions, ensurePartitions, listPartitions, relationKind } from "./partitions.js";
+import {
+  archivePartitions,
+  convertToPartitioned,
+  ensurePartitions,
+  listPartitions,
+  relationKind,
+} from "./partitions.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
@@ -33,6 +40,7 @@ export type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,
   ArchivedPartition,
+  ConvertReport,
   EnsurePartitionsReport,
   PartitionInfo,
 } from "../types-partitions.js";
@@ -340,6 +348,26 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   async ensurePartitions(now: Date = new Date()): Promise<EnsurePartitionsReport> {
     if (this.partitioning === null) return { created: [], movedFromDefault: 0 };
     return ensurePartitions(this, this.partitioning.interval, this.partitioning.ahead, now);
+  }
+
+  /**
+   * With `partitions`: converts a store made without them (its journal and ledger table plain
+   * tables) to the partitioned layout, in one transaction that writers wait for (a maintenance
+   * window: every row is copied). Partitions are made from the interval of the oldest row to
+   * `ahead` after `now`; the old tables are dropped unless `keepOld` (then kept as
+   * `<table>_unpartitioned`). Call it before `init()`, which refuses `partitions` on a plain store
+   * (docs/running-for-years.md, "Partitioning on PostgreSQL"). A store already partitioned: nothing.
+   */
+  async convertToPartitioned(options: { now?: Date; keepOld?: boolean } = {}): Promise<ConvertReport> {
+    if (this.partitioning === null)
+      throw new ConfigurationError("[credit-management] [postgres] convertToPartitioned needs the `partitions` option");
+    return convertToPartitioned(
+      this,
+      this.partitioning.interval,
+      this.partitioning.ahead,
+      options.now ?? new Date(),
+      options.keepOld === true,
+    );
   }
 
   /** The partitions of the journal and the ledger table, oldest first (none: not partitioned). */

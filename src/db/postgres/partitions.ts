@@ -8,6 +8,8 @@ import {
   PARTITIONED_TABLES,
   type PartitionInterval,
   partitionName,
+  rangeAfter,
+  rangeStart,
   rangesAround,
   timestampLiteral,
 } from "../../schema/partitions.js";
@@ -17,6 +19,7 @@ import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type {
   ArchivePartitionsInput,
   ArchivePartitionsReport,
+  ConvertReport,
   EnsurePartitionsReport,
   PartitionInfo,
 } from "../types-partitions.js";
@@ -303,5 +306,63 @@ function digest(file: string): Promise<string> {
       .on("data", (d) => h.update(d))
       .on("end", () => resolve(h.digest("hex")))
       .on("error", reject);
+  });
+}
+
+/**
+ * Converts a store whose journal and ledger table are plain tables into the partitioned layout,
+ * in one transaction under the store's advisory lock (writers wait for it: plan a maintenance
+ * window, as for a table rewrite): each plain table is renamed `<table>_unpartitioned` (its
+ * indexes likewise), the partitioned one is created (the DDL of `db.sql`, whose other statements
+ * change nothing), with partitions from the interval of its oldest row up to `ahead` after `now`,
+ * the rows are copied by column name, and the old table is dropped (`keepOld`: kept).
+ */
+export function convertToPartitioned(
+  db: PostgresDbManager,
+  interval: PartitionInterval,
+  ahead: number,
+  now: Date,
+  keepOld: boolean,
+): Promise<ConvertReport> {
+  return inTransaction(db, "convertToPartitioned", async (client) => {
+    await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [db.sql.lockKey]);
+    const report: ConvertReport = { tables: [], created: [] };
+    const plain: { key: "journal" | "ledger"; old: string; oldest: Date | null }[] = [];
+    for (const key of PARTITIONED_TABLES as ("journal" | "ledger")[]) {
+      if ((await relationKind(db, client, key)) !== "r") continue;
+      const t = db.sql.tables[key];
+      const old = `${t.name}_unpartitioned`;
+      await client.query(`LOCK TABLE ${t.qualified} IN ACCESS EXCLUSIVE MODE`);
+      const indexes: { rows: { name: string }[] } = await client.query(
+        "SELECT c.relname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass($1)",
+        [t.qualified],
+      );
+      await client.query(`ALTER TABLE ${t.qualified} RENAME TO ${q(old)}`);
+      for (const { name } of indexes.rows)
+        await client.query(
+          `ALTER INDEX ${qualifiedPartition(db, name)} RENAME TO ${q(`${name.slice(0, 48)}_unpartitioned`)}`,
+        );
+      const r: { rows: { at: string | null }[] } = await client.query(
+        `SELECT to_char(min(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at FROM ${qualifiedPartition(db, old)}`,
+      );
+      plain.push({ key, old, oldest: r.rows[0]?.at ? new Date(r.rows[0].at) : null });
+    }
+    if (plain.length === 0) return report;
+    await client.query(db.sql.ddl);
+    for (const { key, old, oldest } of plain) {
+      const t = db.sql.tables[key];
+      const last = rangesAround(interval, now, ahead).at(-1) as { from: Date; to: Date };
+      for (let from = rangeStart(interval, oldest ?? now); from < last.to; from = rangeAfter(interval, from)) {
+        await client.query(partitionSql(t, { from, to: rangeAfter(interval, from) }, db.sql.naming));
+        report.created.push(partitionName(t.name, from));
+      }
+      const columns = t.columns.map((c) => q(c.name)).join(", ");
+      const copied = await client.query(
+        `INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM ${qualifiedPartition(db, old)}`,
+      );
+      report.tables.push({ table: key, rows: copied.rowCount ?? 0, kept: keepOld ? old : null });
+      if (!keepOld) await client.query(`DROP TABLE ${qualifiedPartition(db, old)}`);
+    }
+    return report;
   });
 }
