@@ -301,6 +301,9 @@ describe.skipIf(!url)("PostgreSQL partitioned by time (docs/running-for-years.md
     await expect(m.credits.archivePartitions({ before, dir: join(dir, "missing") })).rejects.toThrow(
       /is not a directory/,
     );
+    await expect(m.credits.archivePartitions({ before: new Date(clock.now + DAY), dir })).rejects.toThrow(
+      /is in the future/,
+    );
 
     const report = await m.credits.archivePartitions({ before, dir });
     expect(report.checkpointsWritten).toBe(2);

@@ -5,7 +5,7 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 import { DateInput, UserId, parse, type JournalEntry } from "../models/index.js";
 
 /** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). */
@@ -58,8 +58,14 @@ export async function archivePartitions(
   db: DbManager,
   options: ArchivePartitionsOptions,
   checkpoint: (userId: string) => Promise<unknown>,
+  now: Date,
 ): Promise<ArchivePartitionsReport> {
   const o = parse(ArchivePartitionsOptions, options, "options");
+  if (o.before.getTime() > now.getTime())
+    throw new ValidationError(
+      `[credit-management] archivePartitions: before (${o.before.toISOString()}) is in the future: only partitions that no longer take writes are archived`,
+      [{ path: "options.before", message: "must not be in the future" }],
+    );
   const archive = db.archivePartitions?.bind(db);
   if (archive === undefined)
     throw new ConfigurationError(

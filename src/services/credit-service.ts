@@ -865,7 +865,7 @@ export class CreditService {
    * "Partitioning on PostgreSQL").
    */
   archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
-    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId));
+    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.now());
   }
 
   /**

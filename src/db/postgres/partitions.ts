@@ -153,8 +153,9 @@ export function ensurePartitions(
           const where = `created_at >= ${timestampLiteral(range.from)} AND created_at < ${timestampLiteral(range.to)}`;
           await client.query(`ALTER TABLE ${t.qualified} DETACH PARTITION ${d}`);
           await client.query(partitionSql(t, range, db.sql.naming));
+          const columns = t.columns.map((c) => q(c.name)).join(", ");
           const moved = await client.query(
-            `WITH m AS (DELETE FROM ${d} WHERE ${where} RETURNING *) INSERT INTO ${t.qualified} SELECT * FROM m`,
+            `WITH m AS (DELETE FROM ${d} WHERE ${where} RETURNING ${columns}) INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM m`,
           );
           report.movedFromDefault += moved.rowCount ?? 0;
           await client.query(`ALTER TABLE ${t.qualified} ATTACH PARTITION ${d} DEFAULT`);
