@@ -181,6 +181,10 @@ describe.skipIf(!url)("PostgreSQL partitioned by time (docs/running-for-years.md
     schemas.push(schema);
     const plain = new PostgresDbManager({ connectionString: url, schema });
     await plain.init();
+    const m = await createCreditManager({ db: plain, init: false });
+    await expect(m.credits.archivePartitions({ before: new Date(), dir: tmpdir() })).rejects.toThrow(
+      /is not partitioned: use archiveJournal/,
+    );
     await plain.close();
     const db = new PostgresDbManager({ connectionString: url, schema, partitions: { interval: "week" } });
     await expect(db.init()).rejects.toThrow(/is a plain table: a store is partitioned when it is created/);

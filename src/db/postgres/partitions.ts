@@ -190,6 +190,11 @@ export async function archivePartitions(
   input: ArchivePartitionsInput,
 ): Promise<ArchivePartitionsReport> {
   const report: ArchivePartitionsReport = { partitions: [], checkpointsWritten: 0 };
+  const kind = await inTransaction(db, "archivePartitions", (client) => relationKind(db, client, "journal"));
+  if (kind !== "p")
+    throw new ConfigurationError(
+      `[credit-management] [postgres] the journal (${db.sql.tables.journal.qualified}) is not partitioned: use archiveJournal, or convert the store (docs/running-for-years.md, "Partitioning on PostgreSQL")`,
+    );
   const all = await listPartitions(db);
   const due = all.filter((p) => p.to !== null && p.to.getTime() <= input.before.getTime());
   for (const p of due) {
