@@ -224,7 +224,7 @@ export async function archivePartitions(
       }
       if (missing.length > 0)
         throw new ConflictError(
-          `[credit-management] [postgres] partition ${p.name} cannot be archived: ${missing.length} account(s) have no checkpoint after their last entry in it (${missing.slice(0, NAMED).join(", ")}${missing.length > NAMED ? ", …" : ""}); write them first (credits.checkpoint, the checkpointAccounts job) or leave `checkpoint` on (the default)`,
+          `[credit-management] [postgres] partition ${p.name} cannot be archived: ${missing.length} account(s) have no checkpoint after their last entry in it (${missing.slice(0, NAMED).join(", ")}${missing.length > NAMED ? ", …" : ""}); write them first (credits.checkpoint, the checkpointAccounts job) or leave \`checkpoint\` on (the default)`,
           { partition: p.name, accounts: missing.slice(0, NAMED), count: missing.length },
         );
       const n = await db.read("archivePartitions", `SELECT count(DISTINCT user_id)::float8 AS n FROM ${qualified}`, []);
