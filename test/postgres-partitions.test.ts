@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -377,5 +377,47 @@ describe.skipIf(!url)("PostgreSQL partitioned by time (docs/running-for-years.md
 
     // Nothing left to archive: a second run changes nothing.
     expect((await m.credits.archivePartitions({ before, dir })).partitions).toEqual([]);
+  });
+
+  it("a file left by a stopped run is taken when it holds the same rows, refused when not; keepDetached keeps the table", async () => {
+    const schema = newSchema("resume");
+    schemas.push(schema);
+    const dir = mkdtempSync(join(tmpdir(), "cm-partitions-resume-"));
+    const day0 = rangeStart("day", new Date(Date.now() - 30 * DAY)).getTime();
+    const clock = { now: day0 + 3_600_000 };
+    const { db, m } = await store(schema, clock);
+    await db.ensurePartitions(new Date(day0));
+    await m.credits.addCredits("r", 10);
+    await m.credits.deductCredits("r", 4);
+    clock.now = day0 + 2 * DAY;
+    const before = new Date(day0 + DAY);
+    const name = partitionName("journal_entries", new Date(day0));
+    const file = join(dir, `${name}.jsonl`);
+
+    writeFileSync(file, "not the rows\n");
+    await expect(m.credits.archivePartitions({ before, dir })).rejects.toThrow(/exists and differs from partition/);
+    expect((await db.listPartitions()).map((p) => p.name)).toContain(name); // nothing detached
+
+    writeFileSync(file, "");
+    await expect(m.credits.archivePartitions({ before, dir, keepDetached: true })).rejects.toThrow(
+      /exists and differs/,
+    );
+    rmSync(file);
+    const first = await m.credits.archivePartitions({ before, dir, keepDetached: true });
+    expect(first.partitions.map((p) => [p.name, p.rows])).toContainEqual([name, 2]); // the add and the deduction; the checkpoint is of day 2
+    const written = readFileSync(file, "utf8");
+    // Kept as a table of its own: put it back, as if the run had stopped after writing the file.
+    await admin((c) =>
+      c.query(
+        `ALTER TABLE "${schema}".journal_entries ATTACH PARTITION "${schema}"."${name}" FOR VALUES FROM ('${new Date(day0).toISOString()}') TO ('${new Date(day0 + DAY).toISOString()}')`,
+      ),
+    );
+    const again = await m.credits.archivePartitions({ before, dir });
+    expect(again.partitions.find((p) => p.name === name)?.rows).toBe(
+      first.partitions.find((p) => p.name === name)?.rows,
+    );
+    expect(readFileSync(file, "utf8")).toBe(written);
+    expect((await db.listPartitions()).map((p) => p.name)).not.toContain(name);
+    expect((await m.credits.audit("r")).ok).toBe(true);
   });
 });
