@@ -98,6 +98,8 @@ describe("schema upgrades: the statements", () => {
       // One rewrite of the table for the three columns, and only while they are text (it can run again).
       `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'billing' AND table_name = 'cm_journal_entries' AND column_name = 'hash' AND data_type = 'text') THEN ` +
         `ALTER TABLE "billing"."cm_journal_entries" ALTER COLUMN "hash" TYPE BYTEA USING decode("hash", 'hex'), ALTER COLUMN "prev_hash" TYPE BYTEA USING decode("prev_hash", 'hex'), ALTER COLUMN "grants" TYPE JSON USING "grants"::json; END IF; END $$;`,
+      // Version 6 (next test).
+      expect.stringContaining("DROP INDEX"),
     ]);
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
       "ALTER TABLE `journal_entries` ADD COLUMN `forgotten_key` VARCHAR(255);",
@@ -107,6 +109,35 @@ describe("schema upgrades: the statements", () => {
     expect(lite4).toContain('ALTER TABLE "journal_entries" ADD COLUMN "forgotten_key" TEXT;');
     expect(lite4).toContain('ALTER TABLE "journal_entries__rebuild" RENAME TO "journal_entries";');
     expect(lite4).toContain("'checkpoint'");
+  });
+
+  it("version 6: on PostgreSQL the journal's idempotency index is replaced, while it holds the keys' text, by the digest one built under another name first", () => {
+    const [step, ...rest] = upgradeStatements({
+      dialect: "postgres",
+      fromVersion: 5,
+      prefix: "cm_",
+      schema: "billing",
+    });
+    expect(rest).toEqual([]);
+    expect(step).toMatch(
+      /^DO \$\$ BEGIN IF EXISTS \(SELECT 1 FROM pg_indexes WHERE schemaname = 'billing' AND indexname = 'cm_journal_entries_idempotency_key' AND position\('sha256\(' in indexdef\) = 0\) THEN /,
+    );
+    // Today's index, as the DDL makes it, under a temporary name; then the old one goes.
+    const today = generateSql({ dialect: "postgres", prefix: "cm_", schema: "billing" })
+      .split("\n")
+      .find((l) => l.startsWith('CREATE UNIQUE INDEX IF NOT EXISTS "cm_journal_entries_idempotency_key"'));
+    expect(step).toContain(
+      (today ?? "<missing>").replace(
+        '"cm_journal_entries_idempotency_key"',
+        '"cm_journal_entries_idempotency_key__new"',
+      ),
+    );
+    expect(step).toMatch(
+      /DROP INDEX "billing"\."cm_journal_entries_idempotency_key"; ALTER INDEX "billing"\."cm_journal_entries_idempotency_key__new" RENAME TO "cm_journal_entries_idempotency_key"; END IF; END \$\$;$/,
+    );
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 5 })[0]).toContain("schemaname = current_schema()");
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 5 })).toEqual([]);
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 5 })).toEqual([]);
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {
@@ -227,6 +258,40 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       }
     });
   }
+
+  it("a version 5 store with keyed entries upgraded by init(): every key still answers its entry, through the digest index", async () => {
+    const schema = await newSchema("v5_rows");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const credits = new CreditService({ db });
+    const first = await credits.addCredits("u1", 100, { idempotencyKey: "order-1" });
+    const second = await credits.deductCredits("u1", 5, { idempotencyKey: "order-\\2" });
+    await db.close();
+    // Back to version 5: the key's own index, and the version row.
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await client.query(
+      `DROP INDEX ${q("journal_entries_idempotency_key")}; ` +
+        `CREATE UNIQUE INDEX journal_entries_idempotency_key ON ${q("journal_entries")} (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL; ` +
+        `UPDATE ${q("schema_version")} SET version = 5`,
+    );
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      const def = await client.query(`SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2`, [
+        schema,
+        "journal_entries_idempotency_key",
+      ]);
+      expect(def.rows[0]?.indexdef).toContain("sha256(");
+      const again = new CreditService({ db: upgraded });
+      expect((await again.addCredits("u1", 100, { idempotencyKey: "order-1" })).id).toBe(first.id);
+      expect((await again.deductCredits("u1", 5, { idempotencyKey: "order-\\2" })).id).toBe(second.id);
+      expect((await again.getUserCreditsInfo("u1")).balance).toBe(95);
+      expect((await again.audit("u1")).ok).toBe(true);
+    } finally {
+      await upgraded.close();
+    }
+  });
 
   it("a manager that does not migrate refuses an empty schema and a newer version, and creates nothing", async () => {
     const empty = await newSchema("empty");

@@ -65,6 +65,8 @@ function violations(schema: Document, value: unknown, path = "$"): string[] {
         return value === null;
       case "date":
         return value instanceof Date;
+      case "binData":
+        return value instanceof Uint8Array || (value as { _bsontype?: string } | null)?._bsontype === "Binary";
       case "array":
         return Array.isArray(value);
       case "object":
@@ -443,5 +445,38 @@ describe.skipIf(!uri)("mongodb schema version (CREDIT_MONGO_URI)", () => {
       if (key !== "ledger" && key !== "payments") expect(docs.length, layout.name).toBeGreaterThan(0);
     }
     expect(checked).toBeGreaterThan(20);
+    // Journal entries leave their null fields out and keep their hashes as BinData.
+    const entry = await db.collection("cm_journal").findOne({ userId: "v1", seq: 2 });
+    expect((entry?.hash as { _bsontype?: string } | undefined)?._bsontype).toBe("Binary");
+    expect((entry?.prevHash as { _bsontype?: string } | undefined)?._bsontype).toBe("Binary");
+    expect(entry).not.toHaveProperty("description");
+    expect(entry).not.toHaveProperty("reservationId");
+  });
+
+  it("journal entries written before version 6 (hex hashes, null fields) still read, verify and take new entries after them", async () => {
+    const db = fresh();
+    const { createCreditManager } = await import("../src/index.js");
+    const m = await createCreditManager({ db: new MongoDbManager({ db, collectionPrefix: "cm_" }) });
+    await m.credits.addCredits("old", 100, { idempotencyKey: "k-old" });
+    await m.credits.deductCredits("old", 7);
+    const journal = db.collection("cm_journal");
+    const written = await m.credits.getCreditHistory("old");
+    // Back to version 5's form: every field present (null where unset), hashes as hex text.
+    for (const e of written.items) {
+      const { id, ...fields } = e;
+      await journal.replaceOne({ _id: id as never }, { ...fields });
+    }
+    const stored = await journal.findOne({ userId: "old", seq: 2 });
+    expect(typeof stored?.hash).toBe("string");
+    expect(stored?.description).toBeNull();
+    expect((await m.credits.getCreditHistory("old")).items).toEqual(written.items);
+    await m.credits.deductCredits("old", 3);
+    // The key of an entry in the old form still answers with its entry.
+    const keyed = written.items.find((e) => e.idempotencyKey === "k-old");
+    expect((await m.credits.addCredits("old", 100, { idempotencyKey: "k-old" })).id).toBe(keyed?.id);
+    const audit = await m.credits.audit("old");
+    expect(audit.problems).toEqual([]);
+    expect(audit.ok).toBe(true);
+    await m.close();
   });
 });

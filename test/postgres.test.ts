@@ -154,6 +154,45 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       await dropSchema(schema);
     });
 
+    it("stores grant portions as arrays of values; entries written before version 6 (portions as objects) still read, answer their key and verify", async () => {
+      const u = `v5-${randomUUID()}`;
+      const first = await credits.addCredits(u, 100, { idempotencyKey: "k-v5" });
+      const hold = await credits.reserveCredits(u, 10);
+      await credits.commitReservedCredits(hold.id, { amount: 4 }); // a returned portion: kind "returned"
+      const t = `"${schema}".journal_entries`;
+      let written: JournalEntry[] = [];
+      const client = new pg.Client({ connectionString: url });
+      await client.connect();
+      try {
+        const stored = await client.query(`SELECT grants::text AS g FROM ${t} WHERE user_id = $1 ORDER BY seq`, [u]);
+        expect(stored.rows[0].g).toBe(`[[${JSON.stringify(first.grants[0]?.grantId)},100]]`);
+        expect(stored.rows.map((r: { g: string }) => r.g).join()).toContain(',"returned"]');
+        written = await db.listJournal(u, { order: "asc", limit: 10 });
+        // Back to version 5's form: each portion an object, as that release wrote it.
+        await client.query(
+          `UPDATE ${t} SET grants = (SELECT '[' || string_agg('{"grantId":' || to_json(x->>0)::text || ',"amount":' || (x->>1) || ` +
+            `coalesce(',"kind":' || to_json(x->>2)::text, '') || '}', ',' ORDER BY o) || ']' FROM json_array_elements(grants) WITH ORDINALITY AS a(x, o))::json WHERE user_id = $1`,
+          [u],
+        );
+        const older = await client.query(`SELECT grants::text AS g FROM ${t} WHERE user_id = $1 ORDER BY seq`, [u]);
+        expect(older.rows[0].g).toBe(`[{"grantId":${JSON.stringify(first.grants[0]?.grantId)},"amount":100}]`);
+      } finally {
+        await client.end();
+      }
+      const other = new PostgresDbManager({ connectionString: url as string, schema, poolConfig: { max: 2 } });
+      try {
+        expect(await other.listJournal(u, { order: "asc", limit: 10 })).toEqual(written);
+        const fresh = new CreditService({ db: other });
+        expect((await fresh.addCredits(u, 100, { idempotencyKey: "k-v5" })).id).toBe(first.id);
+        await fresh.deductCredits(u, 1);
+        const audit = await fresh.audit(u);
+        expect(audit.problems).toEqual([]);
+        expect(audit.ok).toBe(true);
+      } finally {
+        await other.close();
+      }
+    });
+
     it("costs two round trips: lock + reads, then write + commit; one when it starts from the state cache", async () => {
       const u = `rt-${randomUUID()}`;
       await credits.addCredits(u, 1000);

@@ -63,8 +63,13 @@ describe("schema generator: columns from the zod models", () => {
       `"status" TEXT COLLATE "C" NOT NULL CHECK ("status" IN ('active', 'committed', 'released', 'expired'))`,
     );
     expect(ddl).toContain('CONSTRAINT "cm_journal_entries_pkey" PRIMARY KEY ("user_id", "seq")');
+    // The idempotency key's index holds a 16-byte digest of user id and key (docs/running-for-years.md).
     expect(ddl).toContain(
-      'CREATE UNIQUE INDEX IF NOT EXISTS "cm_journal_entries_idempotency_key" ON "credits"."cm_journal_entries" ("user_id", "idempotency_key") WHERE "idempotency_key" IS NOT NULL;',
+      `CREATE UNIQUE INDEX IF NOT EXISTS "cm_journal_entries_idempotency_key" ON "credits"."cm_journal_entries" ((substr(sha256(decode(replace("user_id" || E'\\n' || "idempotency_key", E'\\\\', E'\\\\\\\\'), 'escape')), 1, 16))) WHERE "idempotency_key" IS NOT NULL;`,
+    );
+    // Citus: the distribution column itself first in the unique index.
+    expect(generateSql({ dialect: "postgres", distributed: true })).toContain(
+      `CREATE UNIQUE INDEX IF NOT EXISTS "journal_entries_idempotency_key" ON "journal_entries" ("user_id", (substr(sha256(`,
     );
     expect(ddl).toContain(
       'CREATE INDEX IF NOT EXISTS "cm_grants_due" ON "credits"."cm_grants" ("expires_at", "id") WHERE "closed_at" IS NULL AND "expires_at" IS NOT NULL;',
@@ -85,6 +90,29 @@ describe("schema generator: columns from the zod models", () => {
     expect(pg).toContain('"metadata" JSONB');
     expect(generateSql({ dialect: "sqlite" })).toContain('"hash" TEXT NOT NULL');
     expect(generateSql({ dialect: "mysql" })).not.toContain("BYTEA");
+  });
+
+  it("stores the journal's grant portions as arrays of their values, and reads both those and the objects older rows hold", () => {
+    const journal = sqlTables({ dialect: "sqlite" }).find((t) => t.key === "journal");
+    const columns = journal?.columns ?? [];
+    expect(columns.find((c) => c.field === "grants")?.tuple).toEqual(["grantId", "amount", "kind"]);
+    const grants = [
+      { grantId: "g-1", amount: 5 },
+      { grantId: "g-2", amount: 3, kind: "returned" },
+    ];
+    const row = encodeRow(columns, { ...samples.journal, grants } as Record<string, unknown>);
+    expect(row.grants).toBe('[["g-1",5],["g-2",3,"returned"]]');
+    expect(decodeRow<{ grants: unknown }>(columns, row).grants).toEqual(grants);
+    const older = { ...row, grants: JSON.stringify(grants) };
+    expect(decodeRow<{ grants: unknown }>(columns, older).grants).toEqual(grants);
+    // Only arrays of objects whose optional keys come last can be tuples.
+    const Bad = z.object({ id: z.string(), parts: z.array(z.object({ a: z.number().optional(), b: z.string() })) });
+    expect(() =>
+      sqlTables({
+        dialect: "sqlite",
+        tables: { ...tableSpecs, grants: { ...tableSpecs.grants, model: Bad, tuples: ["parts"] } },
+      }),
+    ).toThrow(/tuples field "parts" is not an array of objects/);
   });
 
   it("emits MySQL and SQLite dialects", () => {
@@ -206,6 +234,15 @@ describe.skipIf(!PG_URL)("schema generator: PostgreSQL DDL applied to a server",
     await insertEntry(3, "k");
     await expect(insertEntry(3, null)).rejects.toMatchObject({ code: "23505" }); // (user_id, seq)
     await expect(insertEntry(4, "k")).rejects.toMatchObject({ code: "23505" }); // (user_id, idempotency_key)
+    // The digest index tells keys apart byte for byte (a backslash is no escape), per user.
+    await insertEntry(4, "k\\");
+    await insertEntry(5, "K");
+    await insertEntry(6, "\\k");
+    await expect(insertEntry(7, "k\\")).rejects.toMatchObject({ code: "23505" });
+    await client.query(
+      `INSERT INTO ${t.journal} (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, idempotency_key, created_at, hash) VALUES ($1, 'u3', 1, 'add', 1, 1, 0, 0, '[]', 'k', now(), 'h')`,
+      [randomUUID()],
+    );
     await expect(client.query(`UPDATE ${t.grants} SET remaining = -1 WHERE id = 'g-1'`)).rejects.toMatchObject({
       code: "23514",
     });
@@ -255,7 +292,7 @@ describe.skipIf(!MYSQL_URL)("schema generator: MySQL DDL applied to a server", (
       );
       const [rows] = await conn.query(`SELECT * FROM ${table.qualified}`);
       expect(rows).toHaveLength(1);
-      expectRoundTrip(table.key, rows[0]);
+      expectRoundTrip(table.key, rows[0], table.columns);
     }
   });
 

@@ -41,13 +41,34 @@ export function decodeValue(c: Column, v: unknown): unknown {
       return typeof v === "number" ? v : Number(v);
     case "boolean":
       return v === true || v === 1 || v === "1" || v === "t" || v === "true";
-    case "json":
-      return typeof v === "string" ? JSON.parse(v) : v;
+    case "json": {
+      const value: unknown = typeof v === "string" ? JSON.parse(v) : v;
+      return c.tuple !== undefined && Array.isArray(value) ? value.map((x) => fromTuple(c.tuple ?? [], x)) : value;
+    }
     case "string":
       return c.bytes === true ? hexOf(v) : v;
     default:
       return v;
   }
+}
+
+/** One stored tuple (`Column.tuple`) as its object; an object (a row written before) as it is. */
+function fromTuple(keys: readonly string[], x: unknown): unknown {
+  if (!Array.isArray(x)) return x;
+  const out: Record<string, unknown> = {};
+  for (let i = 0; i < keys.length && i < x.length; i++)
+    if (x[i] !== null && x[i] !== undefined) out[keys[i] as string] = x[i];
+  return out;
+}
+
+/** An array of objects as stored tuples (`Column.tuple`): each object's values in `keys` order, trailing absent ones left out. */
+export function toTuples(keys: readonly string[], value: unknown): unknown {
+  if (!Array.isArray(value)) return value;
+  return value.map((o: Record<string, unknown>) => {
+    const t = keys.map((k) => o[k]);
+    while (t.length > 0 && t[t.length - 1] === undefined) t.pop();
+    return t;
+  });
 }
 
 /**
@@ -87,7 +108,7 @@ export function encodeRow(
         out[c.name] = options.dates === "iso" ? (v as Date).toISOString() : v;
         break;
       case "json":
-        out[c.name] = JSON.stringify(v);
+        out[c.name] = JSON.stringify(c.tuple === undefined ? v : toTuples(c.tuple, v));
         break;
       case "boolean":
         out[c.name] = options.booleans === "int" ? (v ? 1 : 0) : v;

@@ -32,6 +32,13 @@ export interface Column {
    * per-key headers (docs/running-for-years.md).
    */
   jsonText?: boolean;
+  /**
+   * An array of objects stored as an array of arrays, each the object's values in the order of
+   * these keys (its model's), trailing absent ones left out: `[["g-1",5]]` rather than
+   * `[{"grantId":"g-1","amount":5}]`. Read back as objects; arrays of objects (rows written
+   * before) read as they are (docs/running-for-years.md).
+   */
+  tuple?: readonly string[];
 }
 
 /** A JSON Schema node, as zod emits it. */

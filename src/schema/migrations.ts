@@ -6,6 +6,7 @@ import {
   columnSql,
   createTableSql,
   generateSql,
+  indexSql,
   quoteIdent,
   sqlTables,
   versionRowSql,
@@ -13,7 +14,7 @@ import {
 } from "./sql.js";
 import type { Column } from "./columns.js";
 import type { SqlTable } from "./sql.js";
-import type { TableKey } from "./tables.js";
+import { type TableKey, indexesOf } from "./tables.js";
 
 /** A column added to a table that existed before. */
 interface AddedColumn {
@@ -43,6 +44,19 @@ interface RetypedColumn {
   field: string;
 }
 
+/**
+ * An index of a table that existed before whose PostgreSQL definition changed (it keeps its name):
+ * replaced by today's while it still has its old definition. The other dialects keep the index
+ * they had.
+ */
+interface ChangedIndex {
+  table: TableKey;
+  /** `IndexSpec.name`. */
+  index: string;
+  /** A piece of today's definition (`pg_indexes.indexdef`) that the old one lacks. */
+  marker: string;
+}
+
 interface Migration {
   /** The version this step reaches. */
   to: number;
@@ -52,6 +66,8 @@ interface Migration {
   checks?: readonly ChangedCheck[];
   /** Columns whose PostgreSQL type changed in this version. */
   retyped?: readonly RetypedColumn[];
+  /** Indexes whose PostgreSQL definition changed in this version. */
+  reindexed?: readonly ChangedIndex[];
 }
 
 /**
@@ -94,6 +110,13 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "journal", field: "prevHash" },
       { table: "journal", field: "grants" },
     ],
+  },
+  {
+    to: 6,
+    summary:
+      "PostgreSQL: the unique index of journal_entries' idempotency keys holds a 16-byte digest of user id and key, not the key's text (docs/running-for-years.md)",
+    columns: [],
+    reindexed: [{ table: "journal", index: "idempotency_key", marker: "sha256(" }],
   },
 ];
 
@@ -168,6 +191,12 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       retyped.set(table, [...(retyped.get(table) ?? []), column]);
     }
     for (const [table, columns] of retyped) out.push(retype(table, columns, naming));
+    for (const changed of step.reindexed ?? []) {
+      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
+      const table = tables.get(changed.table);
+      if (table === undefined) throw new Error(`migration to ${step.to}: no table ${changed.table}`);
+      out.push(replaceIndex(table, changed, naming));
+    }
   }
   return out;
 }
@@ -192,6 +221,31 @@ function retype(table: SqlTable, columns: readonly Column[], naming: NamingOptio
     `DO $$ BEGIN IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = ${schema} ` +
     `AND table_name = '${table.name}' AND column_name = '${first.name}' AND data_type = '${first.bytes === true ? "text" : "jsonb"}') THEN ` +
     `ALTER TABLE ${table.qualified} ${alter}; END IF; END $$;`
+  );
+}
+
+/**
+ * PostgreSQL: while the index `changed` lacks `changed.marker` in its definition, builds today's
+ * under a temporary name, drops the old one and gives the new one its name, in one statement (so
+ * it can run again, and the key stays unique throughout). The build blocks writes to the table,
+ * not reads; the drop and the rename are quick, though inside `init()`'s transaction the table
+ * stays locked until it commits.
+ */
+function replaceIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOptions): string {
+  const index = indexesOf(table.spec).find((i) => i.name === changed.index);
+  if (index === undefined) throw new Error(`no index ${changed.index} on ${table.spec.name}`);
+  const schema = naming.schema === undefined ? "current_schema()" : `'${naming.schema}'`;
+  const name = `${table.name}_${changed.index}`;
+  const building = `${name}__new`;
+  const qualify = (n: string) =>
+    naming.schema === undefined
+      ? quoteIdent("postgres", n)
+      : `${quoteIdent("postgres", naming.schema)}.${quoteIdent("postgres", n)}`;
+  return (
+    `DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = ${schema} AND indexname = '${name}' ` +
+    `AND position('${changed.marker}' in indexdef) = 0) THEN ` +
+    `DROP INDEX IF EXISTS ${qualify(building)}; ${indexSql("postgres", table, index, naming, building)} ` +
+    `DROP INDEX ${qualify(name)}; ALTER INDEX ${qualify(building)} RENAME TO ${quoteIdent("postgres", name)}; END IF; END $$;`
   );
 }
 

@@ -39,6 +39,13 @@ export function generateMongoSchema(options: MongoOptions = {}): MongoCollection
     const columns = new Map(columnsOf(spec.model).map((c) => [c.field, c]));
     const root = toMongo(modelJsonSchema(spec.model));
     delete root.additionalProperties;
+    const properties = root.properties as Record<string, JsonSchemaNode>;
+    for (const field of spec.binary ?? []) {
+      const node = properties[field];
+      if (node !== undefined) properties[field] = withBinData(node);
+    }
+    if (spec.sparse === true && Array.isArray(root.required))
+      root.required = (root.required as string[]).filter((f) => columns.get(f)?.nullable !== true);
     const bsonTypeOf = (field: string): string => {
       const kind = columns.get(field)?.kind;
       if (kind === undefined) throw new Error(`collection ${spec.name}: no field "${field}" in its model`);
@@ -74,6 +81,14 @@ export function generateMongoSchema(options: MongoOptions = {}): MongoCollection
     ];
     return { name: (options.prefix ?? "") + spec.name, validator: { $jsonSchema: root }, indexes };
   });
+}
+
+/** A field's node that also accepts BinData (a digest stored as bytes, `TableSpec.binary`). */
+function withBinData(node: JsonSchemaNode): JsonSchemaNode {
+  if (Array.isArray(node.anyOf))
+    return { ...node, anyOf: [...(node.anyOf as JsonSchemaNode[]), { bsonType: "binData" }] };
+  const types = node.bsonType === undefined ? [] : Array.isArray(node.bsonType) ? node.bsonType : [node.bsonType];
+  return { ...node, bsonType: [...(types as string[]), "binData"] };
 }
 
 function keyOf(fields: readonly string[]): Record<string, 1> {

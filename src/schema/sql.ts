@@ -1,4 +1,5 @@
-import { type Column, FORGOTTEN_KEY, columnsOf, snakeCase } from "./columns.js";
+import type * as z from "zod";
+import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
   DEFAULT_AHEAD,
   PARTITIONED_TABLES,
@@ -63,7 +64,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -140,11 +141,37 @@ export function tableColumns(spec: TableSpec): Column[] {
       throw new Error(`table ${spec.name}: jsonText field "${field}" is not a JSON field of its model`);
     c.jsonText = true;
   }
+  for (const field of spec.tuples ?? []) {
+    const c = columns.find((x) => x.field === field);
+    const keys = tupleKeys(spec.model, field);
+    if (c === undefined || c.kind !== "json" || keys === null)
+      throw new Error(`table ${spec.name}: tuples field "${field}" is not an array of objects in its model`);
+    c.tuple = keys;
+  }
   if (spec.idempotencyKey === undefined) return columns;
   const key = columns.find((c) => c.field === spec.idempotencyKey);
   if (key === undefined) throw new Error(`table ${spec.name}: no field "${spec.idempotencyKey}" in its model`);
   columns.push({ ...key, field: FORGOTTEN_KEY, name: snakeCase(FORGOTTEN_KEY), nullable: true });
   return columns;
+}
+
+/**
+ * The keys of the objects of an array field, in the model's order; null unless the field is an
+ * array of objects whose optional keys come last and none of whose keys is nullable.
+ */
+function tupleKeys(model: z.ZodObject, field: string): string[] | null {
+  const items = (modelJsonSchema(model).properties as Record<string, JsonSchemaNode> | undefined)?.[field]?.items as
+    JsonSchemaNode | undefined;
+  if (items?.type !== "object" || typeof items.properties !== "object" || items.properties === null) return null;
+  const keys = Object.keys(items.properties);
+  const required = new Set((items.required as string[] | undefined) ?? []);
+  const firstOptional = keys.findIndex((k) => !required.has(k));
+  if (firstOptional >= 0 && keys.slice(firstOptional).some((k) => required.has(k))) return null;
+  const nullable = (n: JsonSchemaNode) =>
+    (Array.isArray(n.type) && n.type.includes("null")) ||
+    (Array.isArray(n.anyOf) && (n.anyOf as JsonSchemaNode[]).some((b) => b.type === "null"));
+  if (Object.values(items.properties as Record<string, JsonSchemaNode>).some(nullable)) return null;
+  return keys;
 }
 
 /**
@@ -363,7 +390,7 @@ export function partitionedSpec(spec: TableSpec): TableSpec {
 function tableDdl(
   dialect: SqlDialect,
   table: SqlTable,
-  options: NamingOptions,
+  options: NamingOptions & { distributed?: boolean },
   as: string = table.qualified,
   partitionedStore = false,
 ): string[] {
@@ -397,21 +424,54 @@ function tableDdl(
     return statements;
   }
   statements.push(tableStatement(dialect, table, lines, as, partitioned));
-  for (const index of indexes) {
-    const name = checkLength(`${table.name}_${index.name}`);
-    // SQLite puts the schema on the index name, PostgreSQL on the table only.
-    const indexName =
-      dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
-    const on = dialect === "sqlite" ? q(table.name) : table.qualified;
-    const where =
-      index.where === undefined
-        ? ""
-        : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
-    statements.push(
-      `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${index.fields.map((f) => q(col(f).name)).join(", ")})${where};`,
-    );
-  }
+  for (const index of indexes) statements.push(indexSql(dialect, table, index, options));
   return statements;
+}
+
+/**
+ * `CREATE [UNIQUE] INDEX IF NOT EXISTS` of one index of `table` (not MySQL, whose keys are in its
+ * table), named `<table>_<index name>`, or `as` (an upgrade builds today's index under another
+ * name first).
+ */
+export function indexSql(
+  dialect: "postgres" | "sqlite",
+  table: SqlTable,
+  index: IndexSpec,
+  options: NamingOptions & { distributed?: boolean },
+  as?: string,
+): string {
+  const q = (n: string) => quoteIdent(dialect, n);
+  const col = (field: string): Column => {
+    const c = table.columns.find((x) => x.field === field);
+    if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
+    return c;
+  };
+  const name = checkLength(as ?? `${table.name}_${index.name}`);
+  // SQLite puts the schema on the index name, PostgreSQL on the table only.
+  const indexName = dialect === "sqlite" && options.schema !== undefined ? `${q(options.schema)}.${q(name)}` : q(name);
+  const on = dialect === "sqlite" ? q(table.name) : table.qualified;
+  const keys =
+    dialect === "postgres" && index.digest === true
+      ? // Citus needs the distribution column itself in a unique index.
+        `${options.distributed === true ? `${q(col("userId").name)}, ` : ""}(${keyDigestSql(index.fields.map((f) => q(col(f).name)))})`
+      : index.fields.map((f) => q(col(f).name)).join(", ");
+  const where =
+    index.where === undefined
+      ? ""
+      : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
+  return `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${keys})${where};`;
+}
+
+/**
+ * PostgreSQL: the 16-byte digest a `digest` index (`IndexSpec.digest`) holds, of the SQL values
+ * `refs` (quoted columns of the row, or the parameters of a lookup, which must use this same
+ * expression to use the index): the first 16 bytes of the SHA-256 of the values joined by a
+ * newline (ids and keys cannot hold one). `decode(…, 'escape')` of the text with its backslashes
+ * doubled is its exact bytes, and unlike `convert_to` it is IMMUTABLE, as an index expression must
+ * be; `sha256` rather than `md5`, which servers in FIPS mode refuse.
+ */
+export function keyDigestSql(refs: readonly string[]): string {
+  return `substr(sha256(decode(replace(${refs.join(` || E'\\n' || `)}, E'\\\\', E'\\\\\\\\'), 'escape')), 1, 16)`;
 }
 
 /** Partial indexes become full ones; a non-unique one that is a prefix of another is dropped. */

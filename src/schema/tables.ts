@@ -21,6 +21,14 @@ export interface IndexSpec {
    * indexes: there the index covers every row.
    */
   where?: readonly IndexCondition[];
+  /**
+   * PostgreSQL: the index holds one 16-byte digest of the fields' values (`keyDigestSql` in
+   * ./sql.ts) instead of the values, for long text keys that are only ever looked up whole (the
+   * idempotency key: 40 characters and more). Lookups compare the same expression and then the
+   * values themselves, so a digest collision can only refuse an insert, never answer with another
+   * key's entry. Other dialects index the fields (docs/running-for-years.md).
+   */
+  digest?: boolean;
 }
 
 /**
@@ -38,7 +46,18 @@ export interface TableSpec {
   binary?: readonly string[];
   /** JSON fields kept as compact text on PostgreSQL (see `Column.jsonText`). */
   jsonText?: readonly string[];
+  /**
+   * Fields holding arrays of objects, stored as arrays of their values (see `Column.tuple`). The
+   * objects' optional fields must come last in their model, and none may be nullable.
+   */
+  tuples?: readonly string[];
   indexes: readonly IndexSpec[];
+  /**
+   * MongoDB: null fields are left out of the documents (read back as null), and `binary` fields
+   * are stored as BinData (read back as hex; hex strings of documents written before read as they
+   * are). The validator allows both.
+   */
+  sparse?: boolean;
   /**
    * PostgreSQL fillfactor (percent): room left in each page so that updates of rows that change
    * often stay in-page (HOT) instead of rewriting the indexes.
@@ -113,6 +132,10 @@ export const tableSpecs: TableSpecs = {
     binary: ["hash", "prevHash"],
     // Never queried inside: `[{"grantId":"…","amount":5}]` as text is smaller than as JSONB.
     jsonText: ["grants"],
+    // `[["<grant id>",5]]`: the keys once in the model, not in every entry.
+    tuples: ["grants"],
+    // MongoDB: no `reservationId: null, correlationId: null, …` in every entry; hashes as BinData.
+    sparse: true,
     indexes: [],
   },
   ledger: {
@@ -192,6 +215,7 @@ export function indexesOf(spec: TableSpec): IndexSpec[] {
       fields: ["userId", spec.idempotencyKey],
       unique: true,
       where: [{ field: spec.idempotencyKey, op: "notNull" }],
+      digest: true,
     });
   }
   return indexes;

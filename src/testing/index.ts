@@ -37,6 +37,8 @@ import {
 } from "../errors.js";
 import type { JournalEntry, LedgerEntry, Reservation } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
+import { ExpirationService } from "../services/expiration-service.js";
+import { SubscriptionService } from "../services/subscription-service.js";
 import { verifyArchive } from "../services/archive.js";
 import { CreditModel, type ModelHold } from "./model.js";
 import { scribble } from "./scribble.js";
@@ -728,6 +730,51 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 8, reserved: 0 });
         // add, reserve, and the partial capture (with its returned part) in one entry.
         expect((await credits.getCreditHistory(u)).items).toHaveLength(3);
+      });
+
+      it("forgets idempotency keys past the retention window: a retry within it answers the first result; after the job the key is a new operation and the entry still audits", async () => {
+        const u = user();
+        // Long before the other cases' clocks (T0 on), so the job forgets none of their keys.
+        const start = T0 - 400 * DAY;
+        const { credits, clock } = serviceWithClock(db, start);
+        // Unused by this job; on a credit service of its own, so that it hooks nothing into `credits`.
+        const subscriptions = new SubscriptionService({ db, credits: new CreditService({ db }) });
+        const expiration = new ExpirationService({ db, credits, subscriptions, idempotencyRetention: "1h" });
+        await credits.addCredits(u, 100);
+        const first = await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" });
+        clock.now += 30 * 60_000;
+        expect((await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" })).id).toBe(first.id);
+        // Younger than the window: still remembered after the job. A store that cannot forget keys
+        // (no forgetIdempotencyKeys, or a defineStore journal part without it) refuses the job
+        // with ConfigurationError rather than ignore the window; it keeps every key.
+        const early = await expiration.forgetIdempotencyKeys().catch((e: unknown) => e);
+        if (db.forgetIdempotencyKeys === undefined || early instanceof ConfigurationError) {
+          expect(early).toBeInstanceOf(ConfigurationError);
+          expect((await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" })).id).toBe(first.id);
+          return;
+        }
+        expect(early).toMatchObject({ retentionMs: 3_600_000 });
+        expect((await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" })).id).toBe(first.id);
+        expect((await credits.getUserCreditsInfo(u)).balance).toBe(90);
+        clock.now += 31 * 60_000;
+        const report = await expiration.forgetIdempotencyKeys();
+        expect(report.keysForgotten).toBeGreaterThanOrEqual(1);
+        const again = await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" });
+        expect(again.id).not.toBe(first.id);
+        expect((await credits.getUserCreditsInfo(u)).balance).toBe(80);
+        // The new entry remembers the key for a window of its own.
+        expect((await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" })).id).toBe(again.id);
+        // The forgotten entry reads back with its key (its hash covers it) and the chain verifies.
+        const journal = await db.listJournal(u, { order: "asc", limit: 10 });
+        expect(journal.filter((e) => e.idempotencyKey === "k-retained").map((e) => e.id)).toEqual([first.id, again.id]);
+        const inside = await db.transaction(
+          u,
+          async (tx) => (await tx.load({ idempotencyKey: "k-retained" })).idempotent,
+        );
+        expect(inside?.id).toBe(again.id);
+        const audit = await credits.audit(u);
+        expect(audit.problems).toEqual([]);
+        expect(audit.ok).toBe(true);
       });
 
       it("voids what is left of a grant, and its held part when the hold ends", async () => {

@@ -11,11 +11,13 @@ import {
   type LedgerEntry as LedgerEntryT,
   type Reservation as ReservationT,
 } from "../../models/index.js";
+import { tableSpecs } from "../../schema/tables.js";
 
 /**
  * How entities are stored, in one place: the entity's id field becomes `_id` (a string), dates stay
  * BSON dates, amounts are JS numbers (stored as int32 or double, exact up to
- * Number.MAX_SAFE_INTEGER), nullable fields are stored as null. Fields starting with `_` other than
+ * Number.MAX_SAFE_INTEGER), nullable fields are stored as null — but in journal entries, which
+ * leave them out and keep their hashes as BinData (`TableSpec.sparse`, docs/running-for-years.md). Fields starting with `_` other than
  * `_id` are the adapter's own (sort keys, the open-grant flag, the account's write counter) and
  * never leave this module.
  */
@@ -29,17 +31,26 @@ export interface Kind<T> {
   readonly idField: keyof T & string;
   /** Every field of the entity, from its zod model. */
   readonly keys: readonly (keyof T & string)[];
+  /** Null fields are left out of the document (`TableSpec.sparse`); they read back as null. */
+  readonly sparse?: boolean;
+  /** Hex digests stored as BinData (`TableSpec.binary`, with `sparse`); they read back as hex. */
+  readonly binary?: ReadonlySet<string>;
 }
 
-export const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>): Kind<T> => ({
+export const kind = <T>(
+  idField: keyof T & string,
+  shape: Record<string, unknown>,
+  table?: { sparse?: boolean; binary?: readonly string[] },
+): Kind<T> => ({
   idField,
   keys: Object.keys(shape) as (keyof T & string)[],
+  ...(table?.sparse === true ? { sparse: true, binary: new Set(table.binary ?? []) } : {}),
 });
 
 export const ACCOUNT: Kind<AccountT> = kind("userId", Account.shape);
 export const GRANT: Kind<GrantT> = kind("id", Grant.shape);
 export const RESERVATION: Kind<ReservationT> = kind("id", Reservation.shape);
-export const ENTRY: Kind<JournalEntryT> = kind("id", JournalEntry.shape);
+export const ENTRY: Kind<JournalEntryT> = kind("id", JournalEntry.shape, tableSpecs.journal);
 export const LEDGER: Kind<LedgerEntryT> = kind("id", LedgerEntry.shape);
 
 /** Entity → document: `id` (or `userId` for accounts) moves to `_id`; `extra` adds internal fields. */
@@ -48,10 +59,24 @@ export function toDoc<T extends object>(k: Kind<T>, entity: T, extra?: Document)
   for (const key of k.keys) {
     if (key === k.idField) continue;
     const v = entity[key];
-    doc[key] = v === undefined ? null : v;
+    if (v === undefined || v === null) {
+      if (k.sparse !== true) doc[key] = null;
+    } else
+      doc[key] = k.binary?.has(key) === true && typeof v === "string" && HEX_DIGEST.test(v) ? Buffer.from(v, "hex") : v;
   }
   if (extra !== undefined) Object.assign(doc, extra);
   return doc;
+}
+
+/** A SHA-256 digest as the models write it: stored as its 32 bytes only when reading them back gives this text. */
+const HEX_DIGEST = /^[0-9a-f]{64}$/;
+
+/** A digest stored as BinData (or a Buffer, with the driver's `promoteBuffers`) as hex; anything else as it is. */
+function hexOfBinary(v: unknown): unknown {
+  if (v instanceof Uint8Array) return Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("hex");
+  if (v !== null && typeof v === "object" && (v as { _bsontype?: string })._bsontype === "Binary")
+    return (v as { toString(encoding: "hex"): string }).toString("hex");
+  return v;
 }
 
 /**
@@ -62,7 +87,7 @@ export function fromDoc<T extends object>(k: Kind<T>, doc: Document): T {
   const out: Record<string, unknown> = {};
   for (const key of k.keys) {
     const v = key === k.idField ? doc._id : doc[key];
-    out[key] = v === undefined ? null : toNumberIfLong(v);
+    out[key] = v === undefined ? null : k.binary?.has(key) === true ? hexOfBinary(v) : toNumberIfLong(v);
   }
   // A journal entry whose idempotency key the retention job forgot keeps it in `forgottenKey`.
   if (typeof doc.forgottenKey === "string" && out.idempotencyKey === null) out.idempotencyKey = doc.forgottenKey;

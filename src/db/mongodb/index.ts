@@ -663,7 +663,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
   }
 
   /**
-   * Moves each key to `forgottenKey` and sets `idempotencyKey` to null: out of the partial unique
+   * Moves each key to `forgottenKey` and removes `idempotencyKey`: out of the partial unique
    * index (string keys only), still part of the entry (`fromDoc` folds it back; the hash covers it).
    */
   async forgetIdempotencyKeys(before: Date, limit: number): Promise<number> {
@@ -682,7 +682,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
         docs.map((d) => ({
           updateOne: {
             filter: { _id: d._id, idempotencyKey: d.idempotencyKey },
-            update: { $set: { forgottenKey: d.idempotencyKey, idempotencyKey: null } },
+            update: { $set: { forgottenKey: d.idempotencyKey }, $unset: { idempotencyKey: "" } },
           },
         })),
         { ordered: false },

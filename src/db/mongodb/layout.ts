@@ -166,6 +166,12 @@ export const MONGO_MIGRATIONS: readonly { to: number; summary: string; dropIndex
       { collection: "ledger", name: "type_created", key: { eventType: 1, createdAt: -1, _ord: -1 } },
     ],
   },
+  {
+    to: 6,
+    summary:
+      "journal documents leave null fields out and keep hash and prevHash as BinData (the validator allows the older documents too); no index change",
+    dropIndexes: [],
+  },
 ];
 
 /** The collection holding the schema-version document, after the prefix (SQL: the version table). */

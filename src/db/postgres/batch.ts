@@ -3,7 +3,7 @@ import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
 import { isConnectionLevel, isLostConnection, storageError } from "./errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
-import { byteaText, decodeRow } from "../../schema/codec.js";
+import { byteaText, decodeRow, toTuples } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
@@ -16,6 +16,7 @@ import {
   type Statement,
   arrayText,
   executeText,
+  idempotentEntry,
   toRow,
 } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
@@ -861,7 +862,7 @@ export class UnitTx implements DbTransaction, SaveItem {
         const j = sql.tables.journal;
         const [row] = await this.batch.query(
           "load",
-          `SELECT row_to_json(j)::text AS idem FROM ${j.qualified} j WHERE j.user_id = $1 AND j.idempotency_key = $2`,
+          `SELECT row_to_json(j)::text AS idem FROM ${j.qualified} j WHERE ${idempotentEntry("$1::text", "$2::text")}`,
           [this.userId, key],
         );
         const text = row?.idem as string | null | undefined;
@@ -1131,7 +1132,8 @@ function compactRow(columns: readonly Column[], value: object): Record<string, u
   const v = value as Record<string, unknown>;
   for (const c of columns) {
     const x = v[c.field];
-    if (x !== null && x !== undefined) out[c.name] = c.bytes === true ? byteaText(x as string) : x;
+    if (x !== null && x !== undefined)
+      out[c.name] = c.bytes === true ? byteaText(x as string) : c.tuple !== undefined ? toTuples(c.tuple, x) : x;
   }
   return out;
 }

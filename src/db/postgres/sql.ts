@@ -1,11 +1,12 @@
 import { createHash } from "node:crypto";
 import type { Column } from "../../schema/columns.js";
-import { byteaText } from "../../schema/codec.js";
+import { byteaText, toTuples } from "../../schema/codec.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
 import {
   type NamingOptions,
   type SqlTable,
   generateSqlAt,
+  keyDigestSql,
   quoteIdent,
   sqlTables,
   versionTableName,
@@ -129,7 +130,7 @@ export class PostgresSql {
         `CASE WHEN ${fresh} THEN row_to_json(a)::text END AS account, ` +
         `CASE WHEN ${fresh} THEN (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text END AS grants, ` +
         `CASE WHEN ${fresh} THEN (SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text END AS holds, ` +
-        `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE j.user_id = u.user_id AND j.idempotency_key = u.key)::text AS idem ` +
+        `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE ${idempotentEntry("u.user_id", "u.key")})::text AS idem ` +
         `FROM unnest($1::text[], $2::text[], $3::text[]) AS u(user_id, key, xmin) LEFT JOIN ${accounts.qualified} a ON a.user_id = u.user_id`,
       ["text[]", "text[]", "text[]"],
     );
@@ -161,6 +162,18 @@ export class PostgresSql {
     }
     return s;
   }
+}
+
+/**
+ * The condition that finds the journal entry (alias `j`) of the user id and idempotency key `user`
+ * and `key` (SQL values): through the unique index on the digest of both
+ * (`IndexSpec.digest`), then the values themselves.
+ */
+export function idempotentEntry(user: string, key: string): string {
+  return (
+    `${keyDigestSql(["j.user_id", "j.idempotency_key"])} = ${keyDigestSql([user, key])} ` +
+    `AND j.user_id = ${user} AND j.idempotency_key = ${key}`
+  );
 }
 
 /** A table's column by its qualified name, for ORDER BY (a bare name would mean the output column). */
@@ -326,7 +339,8 @@ export function toRow(columns: readonly Column[], value: object): Record<string,
   const v = value as Record<string, unknown>;
   for (const c of columns) {
     const x = v[c.field] ?? null;
-    out[c.name] = c.bytes === true && x !== null ? byteaText(x as string) : x;
+    out[c.name] =
+      x === null ? x : c.bytes === true ? byteaText(x as string) : c.tuple !== undefined ? toTuples(c.tuple, x) : x;
   }
   return out;
 }
