@@ -13,7 +13,7 @@ import {
   rangesAround,
   timestampLiteral,
 } from "../../schema/partitions.js";
-import { type SqlTable, partitionSql, quoteIdent } from "../../schema/sql.js";
+import { SCHEMA_COMPONENT, SCHEMA_VERSION, type SqlTable, partitionSql, quoteIdent } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type {
@@ -332,6 +332,15 @@ export function convertToPartitioned(
 ): Promise<ConvertReport> {
   return inTransaction(db, "convertToPartitioned", async (client) => {
     await client.query("SELECT pg_advisory_xact_lock(hashtext($1))", [db.sql.lockKey]);
+    const found: { rows: { version: number }[] } = await client.query(
+      `SELECT (SELECT version FROM ${db.sql.versionTable} WHERE component = $1) AS version`,
+      [SCHEMA_COMPONENT],
+    );
+    const version = found.rows[0]?.version ?? null;
+    if (version !== SCHEMA_VERSION)
+      throw new ConfigurationError(
+        `[credit-management] [postgres] convertToPartitioned needs a store at schema version ${SCHEMA_VERSION} (it is at ${version ?? "none"}): run init() of a manager without \`partitions\` first`,
+      );
     const report: ConvertReport = { tables: [], created: [] };
     const plain: { key: "journal" | "ledger"; old: string; oldest: Date | null }[] = [];
     for (const key of PARTITIONED_TABLES as ("journal" | "ledger")[]) {
