@@ -3,7 +3,7 @@
  * event loop: a trivial JSON endpoint with and without metering, on node middleware (bare node:http
  * and an Express app) and on the Fetch wrapper. Prints `{"port": n}` when listening; exits when stdin closes.
  */
-import { createServer } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import express from "express";
 import { mainThreadCpu } from "./lib.js";
@@ -38,13 +38,14 @@ const fixedMeter = creditMeteringMiddleware({
 });
 
 /**
- * `GET /meter-cost`: the main thread's CPU per in-process `credits.meter()` (hold 10, record 3) in
- * µs, measured here after the load rounds — the core's share of a metered request, which the
- * caller subtracts to get the HTTP glue's.
+ * `GET /meter-cost`: the server's CPU (`process.cpuUsage()`, all its threads) per in-process
+ * `credits.meter()` (hold 10, record 3) in µs, measured here after the load rounds in a loop of
+ * sequential calls — the core's share of a metered request measured alone, hot. (The `/k/ping`
+ * route measures the same work under the HTTP load.)
  */
-async function meterCost(): Promise<number | null> {
+async function meterCost(): Promise<number> {
   const n = 20_000;
-  const before = mainThreadCpu();
+  const before = process.cpuUsage();
   for (let i = 0; i < n; i++) {
     await manager.credits.meter(
       `user-${i % USERS}`,
@@ -52,8 +53,8 @@ async function meterCost(): Promise<number | null> {
       () => void recordUsage({ amount: 3 }),
     );
   }
-  const after = mainThreadCpu();
-  return before === null || after === null ? null : (after - before) / n;
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / n;
 }
 const fetchApp = async (request: Request): Promise<Response> => {
   if (new URL(request.url).pathname.startsWith("/f/api")) recordUsage({ amount: 3 });
@@ -76,31 +77,73 @@ app.get("/e/api/ping", (_req, res) => {
   res.json(expressReply);
 });
 
+function plain(res: ServerResponse): void {
+  res.setHeader("content-type", "application/json");
+  res.end(body);
+}
+/** `/.../upstream`: the handler first awaits 2 ms, like a call to a model provider. */
+const respond = (url: string, res: ServerResponse) =>
+  url.endsWith("/upstream") ? void setTimeout(plain, 2, res) : plain(res);
+const userOfReq = (req: IncomingMessage) => (req.headers.authorization ?? "Bearer user-0").slice(7);
+
+/**
+ * `/k/ping`: the metered request's core work done by hand in an unmetered handler — the same
+ * `credits.meter()` (hold 10, record 3) the middleware places, then the same response. Its server
+ * CPU less the unmetered endpoint's is what `meter()` costs under this HTTP load; a metered
+ * endpoint's CPU less this one's is the middleware's glue.
+ */
+function meteredByHand(req: IncomingMessage, res: ServerResponse): void {
+  manager.credits
+    .meter(userOfReq(req), { estimate: 10, reason: "GET /n/api/ping", ttlSeconds: 60 }, () => {
+      recordUsage({ amount: 3 });
+    })
+    .then(
+      () => plain(res),
+      () => ((res.statusCode = 500), res.end()),
+    );
+}
+
+/** `/kp/ping`: fixed-price metering's core work by hand: the balance check, then one deduction of 3 after the handler. */
+function fixedByHand(req: IncomingMessage, res: ServerResponse): void {
+  const userId = userOfReq(req);
+  manager.credits
+    .getUserCreditsInfo(userId)
+    .then((info) => {
+      if (info.available < 3) throw new Error("no credits");
+      res.setHeader("content-type", "application/json");
+      return manager.credits.deductCreditsAfterService(userId, 3, { description: "GET /p/api/ping" });
+    })
+    .then(
+      (entry) => {
+        res.setHeader("X-Credits-Deducted", String(entry.amount));
+        res.end(body);
+      },
+      () => ((res.statusCode = 500), res.end()),
+    );
+}
+
 const server = createServer((req, res) => {
   const url = req.url ?? "/";
-  if (url === "/meter-cost") {
-    void meterCost().then((us) => res.end(JSON.stringify({ us })));
-    return;
+  if (url === "/meter-cost") return void meterCost().then((us) => res.end(JSON.stringify({ us })));
+  // The server's CPU so far, in µs: all its threads (`process.cpuUsage()`) and the main thread's (/proc, Linux).
+  if (url === "/cpu") {
+    const { user, system } = process.cpuUsage();
+    return void res.end(JSON.stringify({ cpu: user + system, main: mainThreadCpu() }));
   }
   if (url.startsWith("/f/")) return void fetchNode(req, res);
   if (url.startsWith("/e/")) return void app(req, res);
-  const plain = () => {
-    res.setHeader("content-type", "application/json");
-    res.end(body);
-  };
-  // "/upstream": the handler first awaits 2 ms, like a call to a model provider. "/busy": it first
-  // spins for BUSY_US µs of CPU (calibration: what that much work per request costs the throughput).
-  const upstream = url.endsWith("/upstream");
+  if (url.startsWith("/k/")) return meteredByHand(req, res);
+  if (url.startsWith("/kp/")) return fixedByHand(req, res);
+  // "/busy": the handler first spins BUSY_US µs of CPU (calibration: what that much work per request costs the throughput).
   if (url.endsWith("/busy")) spin(BUSY_US);
-  const respond = () => (upstream ? void setTimeout(plain, 2) : plain());
-  if (url.startsWith("/p/api")) return fixedMeter(req, res, respond);
+  if (url.startsWith("/p/api")) return fixedMeter(req, res, () => respond(url, res));
   if (url.startsWith("/n/api")) {
     return nodeMeter(req, res, () => {
       recordUsage({ amount: 3 });
-      respond();
+      respond(url, res);
     });
   }
-  respond();
+  respond(url, res);
 });
 server.keepAliveTimeout = 60_000;
 server.listen(0, "127.0.0.1", () => {

@@ -143,7 +143,9 @@ if (process.env.BENCH_DIAGNOSTICS !== "0") rows.push(...childRows([join(here, "d
 else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 // HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
-rows.push(...(await (await import("./http.js")).run()));
+const http = await import("./http.js");
+rows.push(...(await http.run()));
+notes.push(`HTTP load generator: ${http.loadGeneratorNote()}`);
 stealNote("HTTP", httpStart);
 stealNote("whole run", runStart);
 if (steal.length > 0) {

@@ -227,7 +227,8 @@ export async function run(): Promise<BenchRow[]> {
         met: deductShared.best / baseline.best >= 0.5,
         note:
           `${perOp(deductShared)} (both clients); like two processes: a batch with a state the other one made stale ` +
-          `aborts on its guard and runs again on fresh reads`,
+          `aborts on its guard and runs again on fresh reads, and once that keeps happening its batches read their ` +
+          `states instead of starting from the cache`,
       },
     ];
   } finally {

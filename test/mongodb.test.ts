@@ -280,6 +280,44 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       expect((await ca.deductCredits("g-3", 1)).balanceAfter).toBe(0);
     });
 
+    it("a process whose cached states keep going stale reads its states instead, then tries the cache again", async () => {
+      const { client: counted, count } = await countingClient();
+      const name = dbName("batch-stale-rate");
+      created.push(name);
+      const a = new MongoDbManager({ client: counted, dbName: name });
+      const b = new MongoDbManager({ client, dbName: name }); // another process writing the same accounts
+      await a.init();
+      const ca = new CreditService({ db: a });
+      const cb = new CreditService({ db: b });
+      const users = Array.from({ length: 4 }, (_, i) => `s-${i}`);
+      await Promise.all(users.map((u) => ca.addCredits(u, 100))); // a caches every account
+      const aborts = count("abortTransaction");
+      const rounds = 8;
+      for (let round = 0; round < rounds; round++) {
+        await Promise.all(users.map((u) => cb.deductCredits(u, 1))); // a's cached states are stale
+        const results = await Promise.all(users.map((u) => ca.deductCredits(u, 1)));
+        for (const r of results) expect(r.balanceAfter).toBe(100 - 2 * (round + 1));
+      }
+      // Each round's batch of a would abort on a stale guard if it started from the cache: after
+      // a few such aborts the batches read their states in the transaction instead.
+      const aborted = count("abortTransaction") - aborts;
+      expect(aborted).toBeGreaterThan(0);
+      expect(aborted).toBeLessThan(rounds - 2);
+      // Nobody else writes any more: after a few batches that read, a starts from the cache again.
+      const reads: number[] = [];
+      for (let i = 0; i < 16; i++) {
+        const before = count("aggregate");
+        await ca.deductCredits("s-0", 1);
+        reads.push(count("aggregate") - before);
+      }
+      expect(reads.slice(0, 2)).toEqual([1, 1]);
+      expect(reads.slice(-4)).toEqual([0, 0, 0, 0]);
+      for (const u of users) {
+        expect((await a.getAccount(u))?.balance).toBe(u === "s-0" ? 100 - 2 * rounds - 16 : 100 - 2 * rounds);
+        expect((await ca.audit(u)).ok).toBe(true);
+      }
+    });
+
     it("a unit that fails by itself (refusal, throw after save) fails alone; its batch-mates commit once together", async () => {
       const { client: counted, count } = await countingClient();
       const db = fresh("batch-own", { client: counted });

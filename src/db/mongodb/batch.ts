@@ -277,8 +277,10 @@ export class MongoBatch {
   constructor(
     readonly ctx: BatchContext,
     units: readonly Unit[],
+    /** Start units from the state cache (false: every unit reads its state in the transaction). */
+    cached = true,
   ) {
-    this.txs = units.map((u) => new BatchTx(this, u, ctx.states?.get(u.userId)));
+    this.txs = units.map((u) => new BatchTx(this, u, cached ? ctx.states?.get(u.userId) : undefined));
     this.running = this.txs.length;
   }
 

@@ -140,6 +140,16 @@ const MAX_BATCH = 10_000;
 const ONE_BATCH = { batchSize: MAX_BATCH } as const;
 const batchOf = (limit: number) => ({ batchSize: Math.max(1, Math.min(limit, MAX_BATCH)) });
 
+/** Weight of one batch in `MongoDbManager.staleRate`. */
+const STALE_WEIGHT = 0.2;
+/** Above this stale rate batches read their states instead of starting from the cache. */
+const STALE_BYPASS = 0.3;
+/**
+ * What a batch that read its states leaves of the stale rate: after a run of stale batches (rate
+ * about 0.5) some 17 batches read before one tries the cache again.
+ */
+const STALE_DECAY = 0.97;
+
 /**
  * The MongoDB store (`credit-management/mongodb`), on the official `mongodb` driver.
  *
@@ -194,6 +204,15 @@ export class MongoDbManager extends StoreBase implements DbManager {
    */
   private readonly group: GroupCommit<Unit>;
   private readonly batchContext: BatchContext;
+  /**
+   * How often batches that started from cached states lately found one stale (a moving average
+   * of 0 or 1 per such batch). Another process writing the same accounts makes most cached states
+   * stale by their next use, and a batch with one stale state is wasted (its account update and
+   * abort) before it runs again on fresh reads. Above {@link STALE_BYPASS} batches read every
+   * state in the transaction instead (one `aggregate`, as with `stateCacheSize: 0`), each such
+   * batch lowering the average a little, so that the cache is tried again now and then.
+   */
+  private staleRate = 0;
   /** @internal Promos, claims and payments (./promos.ts). */
   readonly promoStore: MongoPromoStore;
   private readonly outbox: MongoOutbox;
@@ -466,7 +485,11 @@ export class MongoDbManager extends StoreBase implements DbManager {
   private async runBatch(units: Unit[]): Promise<void> {
     let retry: BatchResult["retry"];
     try {
-      ({ retry } = await new MongoBatch(this.batchContext, units).run());
+      const cached = this.staleRate <= STALE_BYPASS;
+      ({ retry } = await new MongoBatch(this.batchContext, units, cached).run());
+      if (cached)
+        this.staleRate = this.staleRate * (1 - STALE_WEIGHT) + (retry.some((r) => r.batch) ? STALE_WEIGHT : 0);
+      else this.staleRate *= STALE_DECAY;
     } catch (error) {
       // A bug in the batch itself: whether it committed is unknown, so no unit may run again
       // (rejecting a unit already told its outcome does nothing).

@@ -39,28 +39,42 @@ export class Retry extends Error {
 }
 
 /**
- * Opens a unit-of-work transaction. `TimeZone` UTC: the state statement reads rows as JSON, whose
- * dates are ISO 8601 whatever the session's `DateStyle` but carry the session's offset, and under
- * a far-off zone a date near year 1 or 9999 prints as what JavaScript cannot parse (year 10000, or
- * a local-mean-time offset in seconds). Generic plans, always: the planner would otherwise re-plan
- * the statements whose array parameters change length on every execution (it prefers custom
- * plans for them), which costs more than running them. No sequential scans: every statement of
- * a unit of work finds its rows by key, but on a small table (a few thousand rows) the planner
- * prefers reading it whole and testing `key = ANY(array)` on every row, one array element after
- * another: a batch of 16 units then compared every account and grant row 16 times, three times
- * over, which cost more server CPU than all the rest of the batch. `SET LOCAL` ends with the
- * transaction.
+ * Opens a unit-of-work transaction: `BEGIN`, then one statement that sets what the transaction
+ * needs (`set_config(…, true)` is `SET LOCAL`, which ends with the transaction; one `SELECT` of
+ * them all is one statement for the server to run and the client to read instead of one per
+ * setting). `TimeZone` UTC: the state statement reads rows as JSON, whose dates are ISO 8601
+ * whatever the session's `DateStyle` but carry the session's offset, and under a far-off zone a
+ * date near year 1 or 9999 prints as what JavaScript cannot parse (year 10000, or a local-mean-time
+ * offset in seconds). Generic plans, always: the planner would otherwise re-plan the statements
+ * whose array parameters change length on every execution (it prefers custom plans for them),
+ * which costs more than running them. No sequential scans: every statement of a unit of work
+ * finds its rows by key, but on a small table (a few thousand rows) the planner prefers reading
+ * it whole and testing `key = ANY(array)` on every row, one array element after another: a batch
+ * of 16 units then compared every account and grant row 16 times, three times over, which cost
+ * more server CPU than all the rest of the batch. With the store's `lockTimeoutMs`,
+ * `lock_timeout` too: a unit that waits for an account another transaction holds (an
+ * application's own transaction above all, docs/transactions.md) waits that long at most, then
+ * fails with `LockTimeoutError`.
  */
-const BEGIN =
-  "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; SET LOCAL TimeZone = 'UTC'";
+function beginText(lockTimeoutMs: number): string {
+  const settings = [
+    ["plan_cache_mode", "force_generic_plan"],
+    ["enable_seqscan", "off"],
+    ["TimeZone", "UTC"],
+    ...(lockTimeoutMs > 0 ? [["lock_timeout", String(lockTimeoutMs)]] : []),
+  ];
+  const set = settings.map(([name, value]) => `set_config('${name}', '${value}', true)`).join(", ");
+  return `BEGIN ISOLATION LEVEL READ COMMITTED; SELECT ${set}`;
+}
 
-/**
- * `BEGIN`, with the store's `lockTimeoutMs` as `lock_timeout`: a unit that waits for an account
- * another transaction holds (an application's own transaction above all, docs/transactions.md)
- * waits that long at most, then fails with `LockTimeoutError`.
- */
-const beginOf = (db: PostgresDbManager) =>
-  db.lockTimeoutMs > 0 ? `${BEGIN}; SET LOCAL lock_timeout = ${db.lockTimeoutMs}` : BEGIN;
+const begins = new Map<number, string>();
+
+/** `BEGIN` and the settings of a unit-of-work transaction under this store's `lockTimeoutMs`. */
+function beginOf(db: PostgresDbManager): string {
+  let text = begins.get(db.lockTimeoutMs);
+  if (text === undefined) begins.set(db.lockTimeoutMs, (text = beginText(db.lockTimeoutMs)));
+  return text;
+}
 
 /** A lock wait past `lock_timeout` (55P03): the account is held by a transaction that stays open. */
 function lockTimeout(db: PostgresDbManager, what: string, error: unknown): LockTimeoutError {
