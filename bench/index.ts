@@ -11,6 +11,7 @@
  * Bytes per journal entry on PostgreSQL and MongoDB, and the idempotency index under the retention
  * job (bench/rows.ts, when their URLs are set): BENCH_ROWS=0 skips them, BENCH_ROWS_OPS sets the deductions.
  * Audit from the first entry against from a checkpoint (bench/audit.ts): BENCH_AUDIT=0 skips it.
+ * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -104,6 +105,10 @@ for (const [env, file] of [
   const mod = (await import(`./${file.replace(".ts", ".js")}`)) as { run: () => Promise<BenchRow[]> };
   rows.push(...(await mod.run()));
 }
+
+// PostgreSQL partitioned by time against unpartitioned (docs/running-for-years.md).
+if (process.env.BENCH_PARTITIONS === "0") notes.push("partitions: skipped (BENCH_PARTITIONS=0)");
+else if (process.env.CREDIT_PG_URL) rows.push(...(await (await import("./partitions.js")).run()));
 
 // Bytes per journal entry (docs/running-for-years.md).
 if (process.env.BENCH_ROWS === "0") notes.push("rows: skipped (BENCH_ROWS=0)");

@@ -27,6 +27,9 @@ const SCHEMA_OPTIONS = `Options of "schema":
   --distributed                    PostgreSQL for Citus: user_id first in every per-account table's
                                    primary key and unique indexes, and the calls distributing the tables
                                    (as comments); docs/scaling-out.md
+  --partitioned day|week|month     PostgreSQL: the journal and ledger tables partitioned by created_at,
+                                   with a DEFAULT partition and those of this and the next 2 intervals
+                                   (new schema only); docs/running-for-years.md
   --out FILE                       Write to FILE instead of standard output
 `;
 
@@ -122,6 +125,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       out: { type: "string" },
       "from-version": { type: "string" },
       distributed: { type: "boolean" },
+      partitioned: { type: "string" },
       user: { type: "string", multiple: true },
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
@@ -155,14 +159,14 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   };
   const workerFlags = Object.keys(WORKER_FLAGS);
   if (command === "worker") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"], "schema");
     only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
     const env = source.env ?? process.env;
     return runWorker(workerSettings(values, env), io, env);
   }
   only(workerFlags, "worker");
   if (command === "audit") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed"], "schema");
+    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"], "schema");
     const users = values.user ?? [];
     const archives = values.archive ?? [];
     for (const file of archives) if (file === "") throw new UsageError("--archive needs a file name");
@@ -212,6 +216,15 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
         "--distributed applies to a new PostgreSQL schema only (--dialect postgres, no --from-version)",
       );
     }
+    const partitioned = values.partitioned;
+    if (partitioned !== undefined) {
+      if (dialect !== "postgres" || fromVersion !== undefined || values.distributed === true)
+        throw new UsageError(
+          "--partitioned applies to a new PostgreSQL schema only (--dialect postgres, no --from-version, no --distributed)",
+        );
+      if (partitioned !== "day" && partitioned !== "week" && partitioned !== "month")
+        throw new UsageError(`--partitioned must be day, week or month, not "${partitioned}"`);
+    }
     if (fromVersion === undefined) {
       text = naming(() =>
         generateSql({
@@ -219,6 +232,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
           prefix: values.prefix,
           schema: values.schema,
           distributed: values.distributed === true,
+          ...(partitioned === undefined ? {} : { partitioned }),
         }),
       );
     } else {
@@ -232,6 +246,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       );
     }
   } else {
+    if (values.partitioned !== undefined) throw new UsageError("--partitioned applies to --dialect postgres only");
     if (values.dialect !== undefined && values.dialect !== "mongodb")
       throw new UsageError(
         `--dialect applies to --backend sql only (nosql takes --dialect mongodb), not "${values.dialect}"`,

@@ -88,7 +88,8 @@ export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its vari
   --dispatch-limit N               CREDIT_WORKER_DISPATCH_LIMIT: notifications one dispatch round delivers. Default 1000
   --log-level LEVEL                CREDIT_LOG_LEVEL: fatal, error, warn, info, debug, trace or silent. Default info
 Environment of "worker":
-  CREDIT_PG_URL, CREDIT_PG_SCHEMA  The PostgreSQL store (as createDbManagerFromEnv), or
+  CREDIT_PG_URL, CREDIT_PG_SCHEMA  The PostgreSQL store (as createDbManagerFromEnv; CREDIT_PG_PARTITIONS=day,
+                                   week or month: partitioned by time, each jobs round makes the partitions ahead), or
   CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store (wins when set). One of them is required
   CREDIT_REDIS_URL                 Redis: the notification queue (a stream) and, with the prefix below, the cache
   CREDIT_REDIS_STREAM              The stream notifications are delivered to. Default credit-management:notifications
@@ -476,6 +477,10 @@ async function jobsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResu
     errors += checkpointAccounts.errors;
     report.checkpointAccounts = checkpointAccounts;
   }
+  // A store partitioned by time (CREDIT_PG_PARTITIONS): the partitions ahead (docs/running-for-years.md).
+  const ensured = await m.db.ensurePartitions?.(new Date(asOf));
+  if (ensured !== undefined && (ensured.created.length > 0 || ensured.movedFromDefault > 0))
+    report.ensurePartitions = ensured;
   return { ok: errors === 0, idle: false, report };
 }
 

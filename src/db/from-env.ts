@@ -3,6 +3,7 @@ import { InMemoryDbManager } from "./memory/index.js";
 import type { MongoDbManager as MongoAdapter } from "./mongodb/index.js";
 import type { PostgresDbManager as PostgresAdapter } from "./postgres/index.js";
 import type { DbManager } from "./types.js";
+import type { PartitionInterval } from "../schema/partitions.js";
 
 /** The environment variables `createDbManagerFromEnv` reads. */
 export interface DbEnv {
@@ -14,6 +15,11 @@ export interface DbEnv {
   CREDIT_PG_URL?: string | undefined;
   /** The PostgreSQL schema of the tables. Default: the connection's search_path. */
   CREDIT_PG_SCHEMA?: string | undefined;
+  /**
+   * `day`, `week` or `month`: the store is partitioned by time (`PostgresDbManager({ partitions })`,
+   * docs/running-for-years.md, "Partitioning on PostgreSQL"). Unset or empty: not.
+   */
+  CREDIT_PG_PARTITIONS?: string | undefined;
   [name: string]: string | undefined;
 }
 
@@ -42,7 +48,13 @@ export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<
       );
     }
     // The pool loads `pg` on first use and says so with a ConfigurationError if it is missing.
-    return new PostgresDbManager({ connectionString: pgUrl, schema: env.CREDIT_PG_SCHEMA?.trim() || undefined });
+    const interval = env.CREDIT_PG_PARTITIONS?.trim() || undefined;
+    return new PostgresDbManager({
+      connectionString: pgUrl,
+      schema: env.CREDIT_PG_SCHEMA?.trim() || undefined,
+      // Validated by the manager (a ConfigurationError naming the values it takes).
+      ...(interval === undefined ? {} : { partitions: { interval: interval as PartitionInterval } }),
+    });
   }
   const dbName = env.CREDIT_MONGO_DB?.trim() || "credit_management";
   let MongoDbManager: typeof MongoAdapter;

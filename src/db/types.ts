@@ -11,6 +11,7 @@ import type {
 import type { Changes, LoadedState } from "../domain/state.js";
 import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
+import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
 
 /**
  * The storage contract. Adapters hold no business rules: every rule lives once in `src/domain`
@@ -124,6 +125,14 @@ export interface JournalStore {
    * key for ever.
    */
   forgetIdempotencyKeys?(before: Date, limit: number): Promise<number>;
+  /**
+   * Optional (PostgreSQL with `partitions`): detaches the time partitions of the journal and the
+   * ledger table older than `input.before` and archives them (`credits.archivePartitions`,
+   * docs/running-for-years.md, "Partitioning on PostgreSQL").
+   */
+  archivePartitions?(input: ArchivePartitionsInput): Promise<ArchivePartitionsReport>;
+  /** Optional (PostgreSQL with `partitions`): creates the time partitions ahead (the worker's jobs round). */
+  ensurePartitions?(now?: Date): Promise<EnsurePartitionsReport>;
 }
 
 /** What `DbManager.stats()` counts, across every account. */

@@ -1,6 +1,17 @@
 import type * as z from "zod";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
+  DEFAULT_AHEAD,
+  PARTITIONED_TABLES,
+  PARTITION_FIELD,
+  PartitionOptions,
+  type PartitionInterval,
+  defaultPartitionName,
+  partitionName,
+  rangesAround,
+  timestampLiteral,
+} from "./partitions.js";
+import {
   type IndexCondition,
   type IndexSpec,
   type TableKey,
@@ -38,6 +49,14 @@ export interface SqlOptions extends NamingOptions {
    * what changes is that the database enforces it per user.
    */
   distributed?: boolean;
+  /**
+   * PostgreSQL: the journal and the audit-ledger events as tables `PARTITION BY RANGE (created_at)`
+   * (docs/running-for-years.md, "Partitioning on PostgreSQL"), each with a DEFAULT partition and
+   * the partitions of the current and the next `ahead` (default 2) intervals at the time of
+   * generation. Their primary keys end with `created_at`, and the journal's idempotency-key index
+   * is not unique (the account's row lock keeps a key to one entry). Not with `distributed`.
+   */
+  partitioned?: PartitionInterval | PartitionOptions;
 }
 
 /**
@@ -160,10 +179,36 @@ function tupleKeys(model: z.ZodObject, field: string): string[] | null {
  * (`IF NOT EXISTS`), so it can be applied again after a partial run.
  */
 export function generateSql(options: SqlOptions): string {
+  return generateSqlAt(options, new Date());
+}
+
+/** The partitioning of `options`, validated (null: none). */
+export function partitioningOf(options: Pick<SqlOptions, "partitioned">): Required<PartitionOptions> | null {
+  if (options.partitioned === undefined) return null;
+  const o = PartitionOptions.safeParse(
+    typeof options.partitioned === "string" ? { interval: options.partitioned } : options.partitioned,
+  );
+  if (!o.success)
+    throw new Error(
+      `partitioned must be "day", "week" or "month" or { interval, ahead? }: ${o.error.issues.map((i) => i.message).join("; ")}`,
+    );
+  return { interval: o.data.interval, ahead: o.data.ahead ?? DEFAULT_AHEAD };
+}
+
+/**
+ * `generateSql`, with the partitions (if `partitioned`) of the intervals around `now`; `now` null:
+ * only the DEFAULT partitions (a store's `init()` then makes the others: `ensurePartitions`).
+ */
+export function generateSqlAt(options: SqlOptions, now: Date | null): string {
   const { dialect } = options;
   if (options.distributed === true && dialect !== "postgres") {
     throw new Error("distributed applies to the postgres dialect only (Citus)");
   }
+  const partitioning = partitioningOf(options);
+  if (partitioning !== null && dialect !== "postgres")
+    throw new Error("partitioned applies to the postgres dialect only");
+  if (partitioning !== null && options.distributed === true)
+    throw new Error("partitioned and distributed cannot be combined");
   const distributed = options.distributed === true;
   const tables = sqlTables(
     distributed ? { ...options, tables: distributedSpecs(options.tables ?? tableSpecs) } : options,
@@ -178,7 +223,14 @@ export function generateSql(options: SqlOptions): string {
   if (dialect === "postgres" && options.schema !== undefined) {
     out.push(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(dialect, options.schema)};`);
   }
-  for (const table of tables) out.push(...tableDdl(dialect, table, options));
+  for (const table of tables) {
+    out.push(...tableDdl(dialect, table, options, table.qualified, partitioning !== null));
+    if (partitioning === null || !PARTITIONED_TABLES.includes(table.key)) continue;
+    out.push(partitionSql(table, null, options));
+    if (now !== null)
+      for (const range of rangesAround(partitioning.interval, now, partitioning.ahead))
+        out.push(partitionSql(table, range, options));
+  }
   if (options.versionRow !== false)
     out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
   if (distributed) out.push(citusComment(tables, options));
@@ -292,12 +344,47 @@ export function createTableSql(dialect: SqlDialect, table: SqlTable, as: string 
   return tableDdl(dialect, table, {}, as)[0] as string;
 }
 
-function tableStatement(dialect: SqlDialect, table: SqlTable, lines: string[], as: string): string {
-  const storage =
-    dialect === "postgres" && table.spec.fillfactor !== undefined
+function tableStatement(
+  dialect: SqlDialect,
+  table: SqlTable,
+  lines: string[],
+  as: string,
+  partitioned: boolean,
+): string {
+  const storage = partitioned
+    ? ` PARTITION BY RANGE (${quoteIdent(dialect, snakeCase(PARTITION_FIELD))})`
+    : dialect === "postgres" && table.spec.fillfactor !== undefined
       ? ` WITH (fillfactor = ${table.spec.fillfactor})`
       : "";
   return `CREATE TABLE IF NOT EXISTS ${as} (\n${lines.join(",\n")}\n)${storage};`;
+}
+
+/**
+ * `CREATE TABLE IF NOT EXISTS <table>_p<yyyymmdd> PARTITION OF <table> FOR VALUES FROM … TO …`
+ * (`range` null: the DEFAULT partition), in the table's schema.
+ */
+export function partitionSql(table: SqlTable, range: { from: Date; to: Date } | null, naming: NamingOptions): string {
+  const name = checkLength(range === null ? defaultPartitionName(table.name) : partitionName(table.name, range.from));
+  const q = quoteIdent("postgres", name);
+  const qualified = naming.schema === undefined ? q : `${quoteIdent("postgres", naming.schema)}.${q}`;
+  const bound =
+    range === null ? "DEFAULT" : `FOR VALUES FROM (${timestampLiteral(range.from)}) TO (${timestampLiteral(range.to)})`;
+  return `CREATE TABLE IF NOT EXISTS ${qualified} PARTITION OF ${table.qualified} ${bound};`;
+}
+
+/**
+ * A table partitioned by time: `created_at` ends its primary key, and its unique indexes are
+ * plain ones (PostgreSQL has no unique index across partitions without the partition key). The
+ * journal's idempotency key stays one entry per key all the same: every entry is written under
+ * its account's row lock, after a lookup of the key (docs/running-for-years.md, "Partitioning on
+ * PostgreSQL").
+ */
+export function partitionedSpec(spec: TableSpec): TableSpec {
+  return {
+    ...spec,
+    primaryKey: spec.primaryKey.includes(PARTITION_FIELD) ? spec.primaryKey : [...spec.primaryKey, PARTITION_FIELD],
+    fillfactor: undefined,
+  };
 }
 
 function tableDdl(
@@ -305,7 +392,10 @@ function tableDdl(
   table: SqlTable,
   options: NamingOptions & { distributed?: boolean },
   as: string = table.qualified,
+  partitionedStore = false,
 ): string[] {
+  const partitioned = partitionedStore && PARTITIONED_TABLES.includes(table.key);
+  if (partitioned) table = { ...table, spec: partitionedSpec(table.spec) };
   const q = (n: string) => quoteIdent(dialect, n);
   const byField = new Map(table.columns.map((c) => [c.field, c]));
   const col = (field: string): Column => {
@@ -313,7 +403,7 @@ function tableDdl(
     if (c === undefined) throw new Error(`table ${table.spec.name}: no field "${field}" in its model`);
     return c;
   };
-  const indexes = indexesOf(table.spec);
+  const indexes = indexesOf(table.spec).map((i) => (partitioned && i.unique === true ? { ...i, unique: false } : i));
   const indexed = new Set(indexes.flatMap((i) => i.fields).concat(table.spec.primaryKey));
   const lines = table.columns.map((c) => `  ${columnSql(dialect, c, indexed.has(c.field), table.spec.name)}`);
   const pkName = checkLength(`${table.name}_pkey`);
@@ -333,7 +423,7 @@ function tableDdl(
     );
     return statements;
   }
-  statements.push(tableStatement(dialect, table, lines, as));
+  statements.push(tableStatement(dialect, table, lines, as, partitioned));
   for (const index of indexes) statements.push(indexSql(dialect, table, index, options));
   return statements;
 }

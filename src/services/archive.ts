@@ -1,10 +1,11 @@
-import { open } from "node:fs/promises";
+import { open, stat } from "node:fs/promises";
 import { createReadStream } from "node:fs";
 import { createInterface } from "node:readline";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
+import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 import { DateInput, UserId, parse, type JournalEntry } from "../models/index.js";
 
 /** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). */
@@ -32,6 +33,54 @@ export interface ArchiveReport {
 }
 
 const PAGE = 1000;
+
+/** `credits.archivePartitions(options)` (docs/running-for-years.md, "Partitioning on PostgreSQL"). */
+export const ArchivePartitionsOptions = z.strictObject({
+  /** Archive the partitions whose whole range ends at or before this instant. */
+  before: DateInput,
+  /** An existing directory for the files, one per partition: `<partition>.jsonl`. */
+  dir: z.string().min(1),
+  /**
+   * Write a checkpoint on every account whose last entry in such a partition has none after it
+   * (default true); false: such an account refuses the archive (`ConflictError` naming them).
+   */
+  checkpoint: z.boolean().optional(),
+  /** Keep the detached partitions as tables of their own (default false: dropped). */
+  keepDetached: z.boolean().optional(),
+});
+export type ArchivePartitionsOptions = z.input<typeof ArchivePartitionsOptions>;
+
+/**
+ * Detaches and archives the time partitions of a partitioned PostgreSQL store (see
+ * `PostgresDbManager.archivePartitions`); `checkpoint` writes an account's checkpoint.
+ */
+export async function archivePartitions(
+  db: DbManager,
+  options: ArchivePartitionsOptions,
+  checkpoint: (userId: string) => Promise<unknown>,
+  now: Date,
+): Promise<ArchivePartitionsReport> {
+  const o = parse(ArchivePartitionsOptions, options, "options");
+  if (o.before.getTime() > now.getTime())
+    throw new ValidationError(
+      `[credit-management] archivePartitions: before (${o.before.toISOString()}) is in the future: only partitions that no longer take writes are archived`,
+      [{ path: "options.before", message: "must not be in the future" }],
+    );
+  const archive = db.archivePartitions?.bind(db);
+  if (archive === undefined)
+    throw new ConfigurationError(
+      `[credit-management] the ${db.name} store has no time partitions (PostgresDbManager with \`partitions\`): use archiveJournal`,
+    );
+  const dir = await stat(o.dir).catch(() => null);
+  if (dir === null || !dir.isDirectory())
+    throw new ConfigurationError(`[credit-management] archivePartitions: ${o.dir} is not a directory`);
+  return archive({
+    before: o.before,
+    dir: o.dir,
+    keepDetached: o.keepDetached === true,
+    checkpoint: o.checkpoint === false ? null : checkpoint,
+  });
+}
 
 /**
  * Moves every entry older than an account's latest checkpoint (written before `before`) out of the
@@ -123,39 +172,105 @@ export interface ArchiveAccountReport extends AuditReport {
  * state the checkpoint that ends the part records. Lines that cannot be read are reported in
  * `problems` (keyed by line number).
  */
-export async function verifyArchive(file: string): Promise<{ accounts: ArchiveAccountReport[]; problems: string[] }> {
+export function verifyArchive(file: string): Promise<{ accounts: ArchiveAccountReport[]; problems: string[] }> {
+  return verifyArchives([file]);
+}
+
+/** The journal reads `verifyArchives` makes of a store. */
+export type ArchiveStore = Pick<DbManager, "listJournal">;
+
+/**
+ * Checks a sequence of JSONL archives as one: each account's entries from every file (an entry in
+ * two files must be the same entry), in seq order — `archiveJournal` files, whose parts end at a
+ * checkpoint, and `archivePartitions` files, one per time partition, whose parts end wherever the
+ * partition did. Every hash recomputes and chains to the one before (across files), seq has no
+ * gap, the part starts at the account's first entry or at a checkpoint, and the replay ends exactly
+ * at the state of a checkpoint: the archive's last entry, or — with `store` — the first checkpoint
+ * of the store's entries that continue the archive (seq after seq, each chained to the last),
+ * which are replayed too. With `store`, an archive's closing checkpoint must be the store's entry
+ * at that seq, unless the store no longer has entries that old (archived further since).
+ */
+export async function verifyArchives(
+  files: readonly string[],
+  store?: ArchiveStore,
+): Promise<{ accounts: ArchiveAccountReport[]; problems: string[] }> {
   const problems: string[] = [];
-  const byUser = new Map<string, JournalEntry[]>();
-  const lines = createInterface({ input: createReadStream(file, { encoding: "utf8" }), crlfDelay: Infinity });
-  let n = 0;
-  for await (const text of lines) {
-    n++;
-    if (text.trim() === "") continue;
-    let e: JournalEntry;
-    try {
-      const raw = JSON.parse(text) as JournalEntry & { createdAt: string };
-      if (typeof raw !== "object" || raw === null || typeof raw.userId !== "string" || typeof raw.seq !== "number")
-        throw new Error("not an entry");
-      e = { ...raw, createdAt: new Date(raw.createdAt) };
-    } catch {
-      problems.push(`${file}:${n}: not a journal entry`);
-      continue;
+  const byUser = new Map<string, Map<number, JournalEntry>>();
+  for (const file of files) {
+    const lines = createInterface({ input: createReadStream(file, { encoding: "utf8" }), crlfDelay: Infinity });
+    let n = 0;
+    for await (const text of lines) {
+      n++;
+      if (text.trim() === "") continue;
+      let e: JournalEntry;
+      try {
+        const raw = JSON.parse(text) as JournalEntry & { createdAt: string };
+        if (typeof raw !== "object" || raw === null || typeof raw.userId !== "string" || typeof raw.seq !== "number")
+          throw new Error("not an entry");
+        e = { ...raw, createdAt: new Date(raw.createdAt) };
+      } catch {
+        problems.push(`${file}:${n}: not a journal entry`);
+        continue;
+      }
+      let entries = byUser.get(e.userId);
+      if (entries === undefined) byUser.set(e.userId, (entries = new Map()));
+      const seen = entries.get(e.seq);
+      if (seen !== undefined && seen.hash !== e.hash)
+        problems.push(
+          `${file}:${n}: entry ${e.seq} of ${JSON.stringify(e.userId)} differs from the same entry in an earlier file`,
+        );
+      // An entry in two files (a checkpoint that ends one archive and starts the next) is kept once.
+      if (seen === undefined) entries.set(e.seq, e);
     }
-    let list = byUser.get(e.userId);
-    if (list === undefined) byUser.set(e.userId, (list = []));
-    list.push(e);
   }
   const accounts: ArchiveAccountReport[] = [];
-  for (const [userId, entries] of byUser) {
-    const report = replayJournal(userId, entries, null);
+  for (const [userId, bySeq] of byUser) {
+    const entries = [...bySeq.entries()].sort((a, b) => a[0] - b[0]).map(([, e]) => e);
     const first = entries[0] as JournalEntry;
-    const last = entries[entries.length - 1] as JournalEntry;
+    let last = entries[entries.length - 1] as JournalEntry;
+    const early: string[] = [];
+    let closing: JournalEntry | null = last.type === "checkpoint" ? last : null;
+    if (closing === null && store !== undefined) {
+      // The store continues the archive up to its first checkpoint (replayed with it).
+      let after = last.seq;
+      pages: for (;;) {
+        const page = await store.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
+        for (const e of page) {
+          if (e.seq !== after + 1) break pages;
+          entries.push(e);
+          after = e.seq;
+          if (e.type === "checkpoint") break pages;
+        }
+        if (page.length < PAGE) break;
+      }
+      const tail = entries[entries.length - 1] as JournalEntry;
+      if (tail.seq === last.seq)
+        early.push(`the store has no entry ${last.seq + 1} to continue the archive, which ends at seq ${last.seq}`);
+      else if (tail.type !== "checkpoint")
+        early.push(`the store's entries after the archive (seq ${last.seq + 1} to ${tail.seq}) reach no checkpoint`);
+      else closing = tail;
+      last = tail;
+    }
+    const report = replayJournal(userId, entries, null);
+    report.problems.unshift(...early);
     if (first.seq !== 1 && first.type !== "checkpoint")
       report.problems.push(`the archive starts at seq ${first.seq}, which is neither the first entry nor a checkpoint`);
-    if (last.type !== "checkpoint")
+    if (closing === null && store === undefined)
       report.problems.push(`the archive ends at seq ${last.seq}, which is not the checkpoint that covers it`);
+    if (store !== undefined && closing !== null && bySeq.get(closing.seq) === closing) {
+      // The archive's own closing checkpoint: the store's entry at that seq.
+      const [stored] = await store.listJournal(userId, { order: "asc", afterSeq: closing.seq - 1, limit: 1 });
+      if (stored === undefined || stored.seq !== closing.seq) {
+        // Archived further since: a later archive starts with this checkpoint.
+        const [firstKept] = await store.listJournal(userId, { order: "asc", limit: 1 });
+        if (firstKept === undefined || firstKept.seq < closing.seq)
+          report.problems.push(`the store has no entry at the archive's closing checkpoint (seq ${closing.seq})`);
+      } else if (stored.hash !== closing.hash) {
+        report.problems.push(`the archive's closing checkpoint (seq ${closing.seq}) differs from the store's`);
+      }
+    }
     report.ok = report.problems.length === 0;
-    accounts.push({ ...report, checkpoint: last.type === "checkpoint" ? { seq: last.seq, hash: last.hash } : null });
+    accounts.push({ ...report, checkpoint: closing === null ? null : { seq: closing.seq, hash: closing.hash } });
   }
   return { accounts, problems };
 }

@@ -34,7 +34,14 @@ import {
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
-import { archiveJournal, type ArchiveJournalOptions, type ArchiveReport } from "./archive.js";
+import {
+  archiveJournal,
+  archivePartitions,
+  type ArchiveJournalOptions,
+  type ArchivePartitionsOptions,
+  type ArchiveReport,
+} from "./archive.js";
+import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import {
   openMeter,
   runMetered,
@@ -875,6 +882,18 @@ export class CreditService {
    */
   archiveJournal(options: ArchiveJournalOptions): Promise<ArchiveReport> {
     return archiveJournal(this.db, options);
+  }
+
+  /**
+   * PostgreSQL with `partitions`: for every time partition of the journal and the ledger table
+   * whose range ends by `before`, makes sure each account with entries in it has a checkpoint after
+   * them (writing the missing ones, unless `checkpoint: false`), writes its rows to
+   * `<dir>/<partition>.jsonl` (flushed to disk), then detaches and drops it. `credit-management
+   * audit --archive` verifies the files, in sequence, against the store (docs/running-for-years.md,
+   * "Partitioning on PostgreSQL").
+   */
+  archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
+    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.now());
   }
 
   /**

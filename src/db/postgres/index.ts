@@ -14,6 +14,21 @@ import { PostgresSql, type Statement, prepareText, toRow } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache } from "./state-cache.js";
+import { DEFAULT_AHEAD, PartitionOptions } from "../../schema/partitions.js";
+import type {
+  ArchivePartitionsInput,
+  ArchivePartitionsReport,
+  ConvertReport,
+  EnsurePartitionsReport,
+  PartitionInfo,
+} from "../types-partitions.js";
+import {
+  archivePartitions,
+  convertToPartitioned,
+  ensurePartitions,
+  listPartitions,
+  relationKind,
+} from "./partitions.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
@@ -21,6 +36,14 @@ import { GroupCommit } from "../store/group-commit.js";
 import { backoff } from "../store/retry.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
+export type {
+  ArchivePartitionsInput,
+  ArchivePartitionsReport,
+  ArchivedPartition,
+  ConvertReport,
+  EnsurePartitionsReport,
+  PartitionInfo,
+} from "../types-partitions.js";
 export type { PgQueryable } from "./host.js";
 
 /** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
@@ -91,6 +114,14 @@ export interface PostgresDbManagerOptions {
    * and throws `ConfigurationError` naming the command to run when it is older, newer or absent.
    */
   migrate?: boolean;
+  /**
+   * Partition the journal and the audit-ledger events by `created_at` (docs/running-for-years.md,
+   * "Partitioning on PostgreSQL"): `interval` `"day"`, `"week"` or `"month"` (UTC), and `ahead`
+   * partitions (default 2) made ahead of the current one, by `init()` and by `ensurePartitions()`
+   * (the worker calls it each jobs round). For a new store only: `init()` refuses it on a store
+   * whose journal is a plain table (see the docs for the conversion).
+   */
+  partitions?: PartitionOptions;
 }
 
 /** Statements each pooled connection has prepared (shared by every manager on a pool). */
@@ -170,6 +201,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   roundTrips = 0;
   /** Loads answered from the state cache (for benchmarks and tests). */
   stateCacheHits = 0;
+  /** `partitions`, validated (null: not partitioned by this manager). */
+  readonly partitioning: { interval: PartitionOptions["interval"]; ahead: number } | null;
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   private readonly subscriptionStore = new PostgresSubscriptionStore(this);
 
@@ -178,8 +211,21 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     if ((options.pool === undefined) === (options.connectionString === undefined)) {
       throw new ConfigurationError("[credit-management] [postgres] pass exactly one of `pool` or `connectionString`");
     }
+    if (options.partitions === undefined) this.partitioning = null;
+    else {
+      const p = PartitionOptions.safeParse(options.partitions);
+      if (!p.success)
+        throw new ConfigurationError(
+          `[credit-management] [postgres] \`partitions\` must be { interval: "day" | "week" | "month", ahead?: 0…366 }: ${p.error.issues.map((i) => `${i.path.join(".") || "partitions"}: ${i.message}`).join("; ")}`,
+        );
+      this.partitioning = { interval: p.data.interval, ahead: p.data.ahead ?? DEFAULT_AHEAD };
+    }
     try {
-      this.sql = new PostgresSql({ schema: options.schema, prefix: options.tablePrefix });
+      this.sql = new PostgresSql({
+        schema: options.schema,
+        prefix: options.tablePrefix,
+        ...(this.partitioning === null ? {} : { partitioned: this.partitioning }),
+      });
     } catch (error) {
       throw new ConfigurationError(`[credit-management] [postgres] ${(error as Error).message}`, error);
     }
@@ -269,6 +315,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
             : `[credit-management] [postgres] the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect postgres --from-version ${version}\` first`,
         );
       }
+      if (this.partitioning !== null && version > 0 && (await relationKind(this, client, "journal")) === "r") {
+        throw new ConfigurationError(
+          `[credit-management] [postgres] \`partitions\` is set but the store's journal (${this.sql.tables.journal.qualified}) is a plain table: a store is partitioned when it is created; convert it first (docs/running-for-years.md, "Partitioning on PostgreSQL") or leave \`partitions\` out`,
+        );
+      }
       if (version < SCHEMA_VERSION) {
         // The steps of every later version (columns added to tables the store has), then today's
         // DDL, which creates what is missing and sets the version row (src/schema/migrations.ts).
@@ -285,6 +336,51 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     } finally {
       this.release(client, broken);
     }
+    if (this.partitioning !== null && this.migrate) await this.ensurePartitions();
+  }
+
+  /**
+   * With `partitions`: creates the partitions of the current interval at `now` and the `ahead`
+   * after it where none covers them yet (rows that reached the DEFAULT partition in such a range
+   * move into the new one). Idempotent, under the store's advisory lock; the worker runs it each
+   * jobs round (docs/running-for-years.md, "Partitioning on PostgreSQL"). Without: does nothing.
+   */
+  async ensurePartitions(now: Date = new Date()): Promise<EnsurePartitionsReport> {
+    if (this.partitioning === null) return { created: [], movedFromDefault: 0 };
+    return ensurePartitions(this, this.partitioning.interval, this.partitioning.ahead, now);
+  }
+
+  /**
+   * With `partitions`: converts a store made without them (its journal and ledger table plain
+   * tables) to the partitioned layout, in one transaction that writers wait for (a maintenance
+   * window: every row is copied). Partitions are made from the interval of the oldest row to
+   * `ahead` after `now`; the old tables are dropped unless `keepOld` (then kept as
+   * `<table>_unpartitioned`). Call it before `init()`, which refuses `partitions` on a plain store
+   * (docs/running-for-years.md, "Partitioning on PostgreSQL"). A store already partitioned: nothing.
+   */
+  async convertToPartitioned(options: { now?: Date; keepOld?: boolean } = {}): Promise<ConvertReport> {
+    if (this.partitioning === null)
+      throw new ConfigurationError("[credit-management] [postgres] convertToPartitioned needs the `partitions` option");
+    return convertToPartitioned(
+      this,
+      this.partitioning.interval,
+      this.partitioning.ahead,
+      options.now ?? new Date(),
+      options.keepOld === true,
+    );
+  }
+
+  /** The partitions of the journal and the ledger table, oldest first (none: not partitioned). */
+  listPartitions(): Promise<PartitionInfo[]> {
+    return listPartitions(this);
+  }
+
+  /**
+   * @internal Detaches and archives the partitions older than `before` (`credits.archivePartitions`,
+   * which validates the options and writes missing checkpoints): see ./partitions.ts.
+   */
+  archivePartitions(input: ArchivePartitionsInput): Promise<ArchivePartitionsReport> {
+    return archivePartitions(this, input);
   }
 
   /** Ends the pool if this manager created it. */

@@ -1,7 +1,16 @@
 import { createHash } from "node:crypto";
 import type { Column } from "../../schema/columns.js";
 import { byteaText, toTuples } from "../../schema/codec.js";
-import { type SqlTable, generateSql, keyDigestSql, quoteIdent, sqlTables, versionTableName } from "../../schema/sql.js";
+import type { PartitionOptions } from "../../schema/partitions.js";
+import {
+  type NamingOptions,
+  type SqlTable,
+  generateSqlAt,
+  keyDigestSql,
+  quoteIdent,
+  sqlTables,
+  versionTableName,
+} from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
@@ -57,6 +66,9 @@ export const GUARD_MARKER = "credit-management: the account moved or a row to up
 /** The SQL of one store configuration (schema + prefix), built once per manager. */
 export class PostgresSql {
   readonly tables: Tables;
+  /** Schema and prefix. */
+  readonly naming: NamingOptions;
+  /** The DDL (partitioned: the tables with their DEFAULT partitions; `ensurePartitions` adds the ranges). */
   readonly ddl: string;
   readonly versionTable: string;
   /** Advisory lock of `init()` on this configuration's tables (schema and prefix). */
@@ -87,10 +99,14 @@ export class PostgresSql {
   readonly state: Statement;
   private readonly saves = new Map<string, SaveStatement>();
 
-  constructor(options: { schema?: string; prefix?: string }) {
+  constructor(options: { schema?: string; prefix?: string; partitioned?: PartitionOptions }) {
     const list = sqlTables({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
     this.tables = Object.fromEntries(list.map((t) => [t.key, t])) as Tables;
-    this.ddl = generateSql({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
+    this.naming = { schema: options.schema, prefix: options.prefix };
+    this.ddl = generateSqlAt(
+      { dialect: "postgres", schema: options.schema, prefix: options.prefix, partitioned: options.partitioned },
+      null,
+    );
     this.versionTable = versionTableName("postgres", options);
     this.lockKey = `credit-management:${options.schema ?? ""}:${options.prefix ?? ""}`;
     this.schemaLockKey = `credit-management-schema:${options.schema ?? ""}`;
