@@ -2,7 +2,8 @@ import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
+import type pg from "pg";
+import { withPgClient } from "./fixtures/pg-admin.js";
 import { afterAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
@@ -19,15 +20,7 @@ const DAY = 86_400_000;
 const newSchema = (tag: string) => `cm_part_${tag}_${randomUUID().replace(/-/g, "").slice(0, 8)}`;
 const schemas: string[] = [];
 
-async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
+const admin = <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => withPgClient(url as string, fn);
 
 /** The partition (table name) each of the user's journal entries is in, by seq. */
 async function partitionsOf(schema: string, userId: string): Promise<Map<number, string>> {

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import * as net from "node:net";
 import pg from "pg";
+import { withPgClient } from "./fixtures/pg-admin.js";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { AccountWork } from "../src/domain/account-work.js";
@@ -14,15 +15,7 @@ if (!url)
 
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
 
-async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
+const admin = <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => withPgClient(url as string, fn);
 
 const dropSchema = (schema: string) => admin((c) => c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`));
 
