@@ -2,6 +2,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { HoldIndex } from "../src/db/memory/hold-index.js";
 import { SettledHolds } from "../src/db/memory/holds.js";
+import { writeUuid } from "../src/db/memory/rows.js";
 import { InMemoryDbManager, createCreditManager } from "../src/index.js";
 import type { Reservation } from "../src/models/index.js";
 
@@ -59,6 +60,29 @@ describe("SettledHolds", () => {
     expect(s.at(0, "u")).toEqual(stored[0]);
   });
 
+  it("stores the same row from the id's bytes given as from the id", () => {
+    const byId = new SettledHolds();
+    const byKey = new SettledHolds();
+    const holds = [hold(1), hold(2, { id: "odd-id" }), hold(3, { metadata: { a: 1 } })];
+    for (const h of holds) {
+      byId.set(h);
+      const words = new Uint32Array(4);
+      const key = writeUuid(new Uint8Array(words.buffer), 0, h.id) ? words : null;
+      byKey.set(h, byKey.size, key);
+    }
+    // Stored again by bytes over a row that had an odd id and metadata: neither is left behind.
+    const again = hold(4, { id: holds[0]!.id, metadata: null });
+    const words = new Uint32Array(4);
+    writeUuid(new Uint8Array(words.buffer), 0, again.id);
+    for (const row of [1, 2]) {
+      byKey.set(again, row, words);
+      byId.set(again, row);
+    }
+    expect(byKey.values("u")).toEqual(byId.values("u"));
+    expect(byKey.at(1, "u")).toEqual(again);
+    expect(byKey.at(2, "u")).toEqual(again);
+  });
+
   it("a hold stored again replaces its row (allocations, metadata and odd id included)", () => {
     const s = new SettledHolds();
     const first = hold(1, { id: "odd-id", metadata: { a: 1 } });
@@ -84,6 +108,12 @@ const uuidOf = (w: readonly number[]) => {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 };
 
+/** The id's bytes as `writeUuid` writes them, as four uint32; null for an id that is not a canonical UUID. */
+const keyOf = (id: string): number[] | null => {
+  const words = new Uint32Array(4);
+  return writeUuid(new Uint8Array(words.buffer), 0, id) ? [...words] : null;
+};
+
 describe("HoldIndex", () => {
   it("answers owner and settled row as a Map would, for random, sequential and odd ids, across growth", () => {
     const word = fc.integer({ min: 0, max: 0xffffffff });
@@ -95,6 +125,8 @@ describe("HoldIndex", () => {
     const op = fc.oneof(
       fc.record({ kind: fc.constant("add" as const), id, owner: fc.nat(50) }),
       fc.record({ kind: fc.constant("settle" as const), id, owner: fc.nat(50), next: fc.nat(10_000) }),
+      // A look-up by id just before a settlement (a commit by id): the index remembers the last id.
+      fc.record({ kind: fc.constant("owner" as const), id }),
     );
     fc.assert(
       fc.property(fc.array(op, { maxLength: 3000 }), fc.array(id, { maxLength: 50 }), (ops, probes) => {
@@ -104,12 +136,16 @@ describe("HoldIndex", () => {
           if (o.kind === "add") {
             index.add(o.id, o.owner);
             model.set(o.id, { owner: o.owner, row: -1 });
+          } else if (o.kind === "owner") {
+            expect(index.owner(o.id)).toBe(model.get(o.id)?.owner ?? -1);
           } else {
             // A hold settled before keeps its row; otherwise it takes the next one.
             const had = model.get(o.id);
             const row = had !== undefined && had.owner === o.owner && had.row >= 0 ? had.row : o.next;
             expect(index.settle(o.id, o.owner, o.next)).toBe(row);
             model.set(o.id, { owner: o.owner, row });
+            // The settled id's bytes, for its row (none for an id kept as a string).
+            expect(index.key === null ? null : [...index.key]).toEqual(keyOf(o.id));
           }
         }
         expect(index.size).toBe(model.size);

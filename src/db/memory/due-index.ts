@@ -7,6 +7,12 @@
  * them, so a store whose jobs never run does not keep one entry for every hold it ever had. A scan costs O(log n + what it returns + dead entries in its way); a
  * job that expires a million grants touches each once.
  */
+/**
+ * How many of the latest additions `removed(id)` looks through: more than the holds a busy process
+ * has in flight at once, so a hold settled within its request is nearly always found there.
+ */
+const RECENT = 128;
+
 export class DueIndex {
   private times: number[] = [];
   private ids: string[] = [];
@@ -28,8 +34,14 @@ export class DueIndex {
    * Tells the index one entry died (call it once the entry no longer qualifies); the scan learns it
    * through `live` anyway. Dead entries that outnumber the live ones are dropped at once (O(n)
    * every n/2 removals: O(1) each).
+   *
+   * With `id` (an index where each id is added once, as holds are): an entry added lately — a hold
+   * settled within its request, the usual case — is taken out of the additions at once, found among
+   * the last `RECENT`, so the index never keeps it, and compaction never has to ask
+   * `live` about it.
    */
-  removed(): void {
+  removed(id?: string): void {
+    if (id !== undefined && this.takeRecent(id)) return;
     this.dead++;
     if (this.dead > 1024 && this.dead > this.size / 2) {
       this.compact();
@@ -38,6 +50,23 @@ export class DueIndex {
       this.pruneAdded();
       this.merge();
     }
+  }
+
+  /** Takes `id`'s entry out of the last `RECENT` additions (their order does not matter): false if not there. */
+  private takeRecent(id: string): boolean {
+    const ids = this.addedIds;
+    const last = ids.length - 1;
+    const stop = Math.max(0, ids.length - RECENT);
+    for (let k = last; k >= stop; k--) {
+      if (ids[k] !== id) continue;
+      const times = this.addedTimes;
+      ids[k] = ids[last] as string;
+      times[k] = times[last] as number;
+      ids.pop();
+      times.pop();
+      return true;
+    }
+    return false;
   }
 
   /**

@@ -29,6 +29,14 @@ export class HoldIndex {
   private readonly odd = new Map<string, { owner: number; row: number }>();
   private readonly scratch = new Uint32Array(4);
   private readonly scratchBytes = new Uint8Array(this.scratch.buffer);
+  /**
+   * The id last found or indexed and its slot: a commit or release looks its hold up by id (whose
+   * account is it?), then settles it by the same id a moment later, in the same turn of the event
+   * loop as a rule — found again without parsing the id or probing. (Slots move only when the
+   * table grows, which forgets it.)
+   */
+  private lastId: string | null = null;
+  private lastSlot = -1;
 
   /** Holds indexed. */
   get size(): number {
@@ -66,10 +74,12 @@ export class HoldIndex {
   /**
    * The row of hold `id` among account `owner`'s settled holds: the one it has, or else `next`
    * (the row a new settled hold takes), recorded as its row now. One lookup for the store's
-   * settling of a hold, which looks for its row and records a new one in the same step.
+   * settling of a hold, which looks for its row and records a new one in the same step. After it,
+   * `key` holds the id's bytes (when it is a canonical UUID) for the settled row to copy.
    */
   settle(id: string, owner: number, next: number): number {
     const slot = this.slotOf(id, true);
+    this.settledSlot = slot;
     if (slot === -1) {
       const o = this.odd.get(id);
       if (o !== undefined && o.owner === owner && o.row >= 0) return o.row;
@@ -82,11 +92,41 @@ export class HoldIndex {
     return next;
   }
 
+  /** The slot `settle` last used (-1: an id kept in `odd`). */
+  private settledSlot = -1;
+
+  /**
+   * The bytes of the id `settle` last settled, as four uint32 (the id as `writeUuid` writes it), or
+   * null when that id is not a canonical UUID. Valid until the next call.
+   */
+  get key(): Uint32Array | null {
+    const s = this.settledSlot;
+    if (s < 0) return null;
+    const k = this.scratch;
+    const keys = this.keys;
+    k[0] = keys[4 * s] as number;
+    k[1] = keys[4 * s + 1] as number;
+    k[2] = keys[4 * s + 2] as number;
+    k[3] = keys[4 * s + 3] as number;
+    return k;
+  }
+
   /**
    * The slot of `id`: its own, or with `claim` the empty one it takes (counted). -1: not a
    * canonical UUID (see `odd`); -2: not indexed (without `claim`).
    */
   private slotOf(id: string, claim: boolean): number {
+    if (id === this.lastId) return this.lastSlot;
+    const s = this.probe(id, claim);
+    if (s >= 0) {
+      this.lastId = id;
+      this.lastSlot = s;
+    }
+    return s;
+  }
+
+  /** `slotOf` without the last id. */
+  private probe(id: string, claim: boolean): number {
     const k = this.scratch;
     if (!writeUuid(this.scratchBytes, 0, id)) return -1;
     if (claim && this.count + 1 > this.capacity * MAX_LOAD) this.grow();
@@ -114,6 +154,7 @@ export class HoldIndex {
 
   /** Doubles the table (slots are never removed: holds are kept for good). */
   private grow(): void {
+    this.lastId = null;
     const { keys, owners, rows, capacity } = this;
     this.capacity = Math.max(FIRST_CAPACITY, capacity * 2);
     this.keys = new Uint32Array(this.capacity * 4);

@@ -2,7 +2,20 @@ import type { Reservation } from "../../models/index.js";
 import { Interned, PortionPool, RowBuffer, readUuid, writeUuid } from "./rows.js";
 
 const STATUSES: readonly Reservation["status"][] = ["active", "committed", "released", "expired"];
-const STATUS_CODE = new Map(STATUSES.map((s, i) => [s, i]));
+
+/** A status's place in `STATUSES` (a switch: no map lookup per settled hold). */
+function statusCode(status: Reservation["status"]): number {
+  switch (status) {
+    case "active":
+      return 0;
+    case "committed":
+      return 1;
+    case "released":
+      return 2;
+    case "expired":
+      return 3;
+  }
+}
 
 /**
  * One hold's fixed part, in bytes: five float64 (amount, expiresAt ms, createdAt ms, settledAt ms
@@ -14,6 +27,8 @@ const ROW = 72;
 const F64_PER_ROW = ROW / 8;
 const U32_PER_ROW = ROW / 4;
 const AT_ID = 40;
+/** The id's first uint32 (`AT_ID` / 4). */
+const U32_ID = 10;
 const U32_REASON = 14;
 const AT_STATUS = 60;
 const U32_ALLOCATIONS_END = 16;
@@ -46,29 +61,38 @@ export class SettledHolds {
   /**
    * Stores a settled hold in row `i`: an existing row (a hold stored again replaces its row; holds
    * do not change once settled), or `size`, a new row at the end. (Which row a hold has is the
-   * store's `HoldIndex`'s to know.)
+   * store's `HoldIndex`'s to know.) `key`: the id's bytes as four uint32, when the caller has them
+   * already (`HoldIndex.key`), else null: the id is read from `r`.
    */
-  set(r: Reservation, i = this.length): void {
-    if (i === this.length) {
+  set(r: Reservation, i = this.length, key: Uint32Array | null = null): void {
+    const added = i === this.length;
+    if (added) {
       this.length++;
       this.rowBuffer.reserve(i);
     }
     const { f64, u32, bytes } = this.rowBuffer;
     const f = i * F64_PER_ROW;
     const row = i * ROW;
+    const w = i * U32_PER_ROW;
     f64[f] = r.amount;
     f64[f + 1] = r.expiresAt.getTime();
     f64[f + 2] = r.createdAt.getTime();
     f64[f + 3] = r.settledAt === null ? NaN : r.settledAt.getTime();
     f64[f + 4] = r.committedAmount === null ? NaN : r.committedAmount;
-    if (!writeUuid(bytes, row + AT_ID, r.id)) this.oddIds.set(i, r.id);
-    else this.oddIds.delete(i);
-    u32[i * U32_PER_ROW + U32_REASON] = r.reason === null ? 0 : this.reasons.number(r.reason);
-    bytes[row + AT_STATUS] = STATUS_CODE.get(r.status) as number;
-    u32[i * U32_PER_ROW + U32_ALLOCATIONS_START] = this.portions.length;
-    u32[i * U32_PER_ROW + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
+    if (key !== null) {
+      u32[w + U32_ID] = key[0] as number;
+      u32[w + U32_ID + 1] = key[1] as number;
+      u32[w + U32_ID + 2] = key[2] as number;
+      u32[w + U32_ID + 3] = key[3] as number;
+      if (!added) this.oddIds.delete(i);
+    } else if (!writeUuid(bytes, row + AT_ID, r.id)) this.oddIds.set(i, r.id);
+    else if (!added) this.oddIds.delete(i);
+    u32[w + U32_REASON] = r.reason === null ? 0 : this.reasons.number(r.reason);
+    bytes[row + AT_STATUS] = statusCode(r.status);
+    u32[w + U32_ALLOCATIONS_START] = this.portions.length;
+    u32[w + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
     if (r.metadata !== null) this.metadata.set(i, JSON.stringify(r.metadata));
-    else this.metadata.delete(i);
+    else if (!added) this.metadata.delete(i);
   }
 
   /** Every settled hold, in the order they were first stored. */

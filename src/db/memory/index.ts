@@ -252,9 +252,10 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
       if (wasActive) {
         u.active.delete(r.id);
         u.activeList = null;
-        this.dueHolds.removed();
+        this.dueHolds.removed(r.id);
       }
-      u.settled.set(r, this.holds.settle(r.id, u.holder, u.settled.size));
+      const row = this.holds.settle(r.id, u.holder, u.settled.size);
+      u.settled.set(r, row, this.holds.key);
     }
   }
 
