@@ -75,8 +75,9 @@ describe("DueIndex, entries taken out by id", () => {
             // Mostly one of the latest (a hold settled within its request), else any.
             const id =
               ids[o.pick % 3 === 0 ? o.pick % ids.length : ids.length - 1 - (o.pick % Math.min(ids.length, 8))]!;
+            const time = live.get(id)!;
             live.delete(id);
-            index.removed(id);
+            index.removed(time, id);
           } else expect(index.scan(o.asOf, o.limit, undefined)).toEqual(expected(o.asOf, o.limit));
         }
         expect(index.scan(50, 1e9, undefined)).toEqual(expected(50, 1e9));
@@ -92,7 +93,7 @@ describe("DueIndex, entries taken out by id", () => {
     for (let i = 0; i < 10_000; i++) {
       const id = `hold-${i}`;
       index.add(i, id);
-      if (i % 50 !== 0) index.removed(id);
+      if (i % 50 !== 0) index.removed(i, id);
     }
     expect(index.size).toBe(200);
     expect(index.scan(1e9, 1e9, undefined)).toEqual(Array.from({ length: 200 }, (_, k) => `hold-${k * 50}`));

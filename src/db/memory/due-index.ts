@@ -8,7 +8,7 @@
  * job that expires a million grants touches each once.
  */
 /**
- * How many of the latest additions `removed(id)` looks through: more than the holds a busy process
+ * How many of the latest additions `removed(time, id)` looks through: more than the holds a busy process
  * has in flight at once, so a hold settled within its request is nearly always found there.
  */
 const RECENT = 128;
@@ -35,13 +35,13 @@ export class DueIndex {
    * through `live` anyway. Dead entries that outnumber the live ones are dropped at once (O(n)
    * every n/2 removals: O(1) each).
    *
-   * With `id` (an index where each id is added once, as holds are): an entry added lately — a hold
+   * With the entry's `time` and `id` (an index where each id is added once, as holds are): an entry added lately — a hold
    * settled within its request, the usual case — is taken out of the additions at once, found among
    * the last `RECENT`, so the index never keeps it, and compaction never has to ask
    * `live` about it.
    */
-  removed(id?: string): void {
-    if (id !== undefined && this.takeRecent(id)) return;
+  removed(time?: number, id?: string): void {
+    if (time !== undefined && id !== undefined && this.takeRecent(time, id)) return;
     this.dead++;
     if (this.dead > 1024 && this.dead > this.size / 2) {
       this.compact();
@@ -52,14 +52,17 @@ export class DueIndex {
     }
   }
 
-  /** Takes `id`'s entry out of the last `RECENT` additions (their order does not matter): false if not there. */
-  private takeRecent(id: string): boolean {
+  /**
+   * Takes the entry (`time`, `id`) out of the last `RECENT` additions (their order does not
+   * matter): false if it is not there. Times are compared first (a number, not a string).
+   */
+  private takeRecent(time: number, id: string): boolean {
     const ids = this.addedIds;
+    const times = this.addedTimes;
     const last = ids.length - 1;
     const stop = Math.max(0, ids.length - RECENT);
     for (let k = last; k >= stop; k--) {
-      if (ids[k] !== id) continue;
-      const times = this.addedTimes;
+      if (times[k] !== time || ids[k] !== id) continue;
       ids[k] = ids[last] as string;
       times[k] = times[last] as number;
       ids.pop();

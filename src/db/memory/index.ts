@@ -251,7 +251,7 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
       // (One look-up: `delete` says whether it was active.)
       if (!isNew && u.active.delete(r.id)) {
         u.activeList = null;
-        this.dueHolds.removed(r.id);
+        this.dueHolds.removed(r.expiresAt.getTime(), r.id);
       }
       const row = this.holds.settle(r.id, u.holder, u.settled.size);
       u.settled.set(r, row, this.holds.key);
