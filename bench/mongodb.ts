@@ -64,6 +64,8 @@ function serverCpu(): { gateway: number; documentdb: number } | null {
 
 const USERS = 1000;
 const CALLERS = 16;
+/** The MongoDB adapter's transaction options (src/db/mongodb/index.ts), for the floor row. */
+const TRANSACTION = { readConcern: { level: "snapshot" }, writeConcern: { w: "majority" } } as const;
 /** Short alternating rounds, best of each: the machine is shared, so one slow round says little. */
 const ROUNDS = 5;
 
@@ -140,6 +142,7 @@ export async function run(): Promise<BenchRow[]> {
         queue = [];
         const session = client.startSession();
         try {
+          // With the adapter's transaction options (snapshot reads, majority commit).
           await session.withTransaction(async () => {
             await raw.bulkWrite(
               batch.map((b) => ({
@@ -163,7 +166,7 @@ export async function run(): Promise<BenchRow[]> {
               batch.map((b) => ({ ...sample, _id: randomUUID() as never, userId: `floor-${b.user}`, seq: ++floorSeq })),
               { session, ordered: true },
             );
-          });
+          }, TRANSACTION);
           for (const b of batch) b.done();
         } catch (error) {
           for (const b of batch) b.done(error);
