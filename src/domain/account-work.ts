@@ -627,12 +627,7 @@ export class AccountWork {
     for (const g of this.grants.added()) {
       if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
     }
-    // (The holds read where they stand, without a list of them all: a commit or release rescans.)
-    for (const listed of this.holds.loaded) {
-      const h = this.holds.current(listed);
-      if (h.status === "active") next = minDate(next, h.expiresAt);
-    }
-    for (const h of this.holds.added()) {
+    for (const h of this.holds.all()) {
       if (h.status === "active") next = minDate(next, h.expiresAt);
     }
     return next;

@@ -90,9 +90,8 @@ export class WorkingSet<T extends { readonly id: string }> {
     return out;
   }
 
-  /** The rows added (created or included here), as they stand (only read: shared when none). */
-  added(): readonly T[] {
-    if (this.extras === 0) return NONE as readonly T[];
+  /** The rows added (created or included here), as they stand. */
+  added(): T[] {
     const out: T[] = [];
     this.pushAdded(out);
     return out;

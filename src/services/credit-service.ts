@@ -1251,10 +1251,14 @@ export class CreditService {
    */
   private activeHold(work: AccountWork, tx: DbTransaction, id: string): Reservation | Promise<Reservation> {
     const hold = work.getHold(id);
-    if (hold === undefined || hold.status !== "active") return this.readActiveHold(work, tx, id);
-    for (const p of hold.allocations)
-      if (work.getGrant(p.grantId) === undefined) return this.readActiveHold(work, tx, id);
-    return hold;
+    if (
+      hold !== undefined &&
+      hold.status === "active" &&
+      hold.allocations.every((p) => work.getGrant(p.grantId) !== undefined)
+    ) {
+      return hold;
+    }
+    return this.readActiveHold(work, tx, id);
   }
 
   private async readActiveHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {

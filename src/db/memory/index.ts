@@ -239,17 +239,18 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
 
   /** `isNew`: an inserted hold (else one of the account's, updated). */
   private putReservation(u: UserData, r: Reservation, isNew: boolean): void {
+    const wasActive = !isNew && u.active.has(r.id);
     if (isNew) {
       if (u.holder < 0) u.holder = this.holders.push(u) - 1;
       this.holds.add(r.id, u.holder);
     }
     if (r.status === "active") {
-      if (isNew || !u.active.has(r.id)) this.dueHolds.add(r.expiresAt.getTime(), r.id);
+      if (!wasActive) this.dueHolds.add(r.expiresAt.getTime(), r.id);
       u.active.set(r.id, r);
       u.activeList = null;
     } else {
-      // (One look-up: `delete` says whether it was active.)
-      if (!isNew && u.active.delete(r.id)) {
+      if (wasActive) {
+        u.active.delete(r.id);
         u.activeList = null;
         this.dueHolds.removed(r.expiresAt.getTime(), r.id);
       }
