@@ -10,8 +10,8 @@
  * Hosts: bare node:http with creditMeteringMiddleware, toNodeHandler over creditMetering(fetch), an
  * Express 5 route with the middleware mounted by app.use, and a node:http handler awaiting 2 ms.
  *   tsx bench/http.ts           (also run by `npm run bench`)
- * BENCH_HTTP_SECONDS sets the seconds per measurement (default 3). BENCH_HTTP_LOADGEN=autocannon
- * uses autocannon even where wrk is installed.
+ * BENCH_HTTP_SECONDS sets the seconds per measurement (default 3), BENCH_HTTP_CONNECTIONS the
+ * connections (default 32). BENCH_HTTP_LOADGEN=autocannon uses autocannon even where wrk is installed.
  *
  * Load generator: `wrk` (C, one thread) when it is on the PATH, else autocannon (in this Node
  * process); the output says which. On Linux with `taskset` and 2+ CPUs the server is pinned to CPU
@@ -41,7 +41,12 @@ import type { BenchRow } from "./lib.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const USERS = 100;
-const CONNECTIONS = 32;
+/**
+ * Keep-alive connections of the load generator (BENCH_HTTP_CONNECTIONS, default 32). At 32 the
+ * 2 ms upstream rows are bound by the server's CPU on a slow host (32 requests every ~2 ms is more
+ * than one core serves metered); at 4 they measure the latency metering adds to each request.
+ */
+const CONNECTIONS = Number(process.env.BENCH_HTTP_CONNECTIONS ?? 32);
 
 interface Measured {
   reqPerSec: number;

@@ -12,13 +12,17 @@
  * driver's command monitoring: every command, `commitTransaction` included, is one round trip) and
  * the client's CPU per deduction (this process: driver and library).
  *
+ * Also a floor: the same three writes per deduction sent by hand, grouped and committed the way
+ * group commit does, so the gap between it and `deductCredits` is the library's and the gap between
+ * it and the baseline the server's. Each row gives the BSON bytes its commands sent per operation.
+ *
  * Runs in a fresh database that it drops afterwards; bounded to a few seconds (BENCH_MONGO_OPS sets
  * the deductions per round). Alone: `tsx bench/mongodb.ts`.
  */
 import { randomUUID } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { MongoClient, type Document } from "mongodb";
+import { BSON, MongoClient, type Document } from "mongodb";
 import { core, mongodb } from "./pkg.js";
 import { measure, printTable, type BenchRow } from "./lib.js";
 
@@ -60,6 +64,8 @@ function serverCpu(): { gateway: number; documentdb: number } | null {
 
 const USERS = 1000;
 const CALLERS = 16;
+/** The MongoDB adapter's transaction options (src/db/mongodb/index.ts), for the floor row. */
+const TRANSACTION = { readConcern: { level: "snapshot" }, writeConcern: { w: "majority" } } as const;
 /** Short alternating rounds, best of each: the machine is shared, so one slow round says little. */
 const ROUNDS = 5;
 
@@ -70,10 +76,16 @@ export async function run(): Promise<BenchRow[]> {
   const dbName = `credit_bench_${process.pid}_${randomUUID().slice(0, 8)}`;
   const client = new MongoClient(uri, { monitorCommands: true });
   let commands = 0;
-  client.on("commandStarted", () => commands++);
+  /** BSON bytes of the commands sent (their documents, as the driver encodes them). */
+  let bytes = 0;
+  const seen = (e: { command: Document }) => {
+    commands++;
+    bytes += BSON.calculateObjectSize(e.command);
+  };
+  client.on("commandStarted", seen);
   // The second "process" of the shared-accounts row.
   const other = new MongoClient(uri, { monitorCommands: true });
-  other.on("commandStarted", () => commands++);
+  other.on("commandStarted", seen);
   await client.connect();
   await other.connect();
   try {
@@ -99,13 +111,86 @@ export async function run(): Promise<BenchRow[]> {
     const singleOp = (i: number) => single.deductCredits(pick(i), 1);
     const uncachedOp = (i: number) => uncached.deductCredits(pick(i), 1);
 
+    // The floor: the documents a batch of deductions writes, sent by hand with no library around
+    // them — per deduction a guarded account `$inc` (on the baseline's documents), a grant update
+    // (on a copy of the grants, with their indexes) and a copy of a real journal entry (in the
+    // journal collection, under a user of its own, so its indexes are the real ones) — grouped like
+    // ours: what is waiting (up to the callers' 16) goes in one transaction of three commands and a
+    // commit. What the server alone costs for our writes, so the gap to it is the library's.
+    const grantsCopy = client.db(dbName).collection<Document>("bench_floor_grants");
+    const realGrants = await client.db(dbName).collection<Document>("credit_grants").find({}).toArray();
+    await grantsCopy.insertMany(realGrants);
+    // With the grants' own indexes: every update of a document rewrites its index entries here.
+    for (const ix of await client.db(dbName).collection("credit_grants").listIndexes().toArray()) {
+      if (ix.name === "_id_") continue;
+      await grantsCopy.createIndex(ix.key as Document, {
+        name: ix.name as string,
+        ...(ix.unique === true ? { unique: true } : {}),
+        ...(ix.partialFilterExpression ? { partialFilterExpression: ix.partialFilterExpression as Document } : {}),
+      });
+    }
+    const sample = await client.db(dbName).collection<Document>("credit_journal").findOne({});
+    const journal = client.db(dbName).collection<Document>("credit_journal");
+    const grantOf = new Map(realGrants.map((g) => [g.userId as string, g._id]));
+    let floorSeq = 0;
+    let queue: Array<{ user: string; done: (e?: unknown) => void }> = [];
+    let running = false;
+    const runFloor = async (): Promise<void> => {
+      running = true;
+      while (queue.length > 0) {
+        const batch = queue;
+        queue = [];
+        const session = client.startSession();
+        try {
+          // With the adapter's transaction options (snapshot reads, majority commit).
+          await session.withTransaction(async () => {
+            await raw.bulkWrite(
+              batch.map((b) => ({
+                updateOne: {
+                  filter: { _id: b.user as never, balance: { $gte: 1 } },
+                  update: { $inc: { balance: -1 } },
+                },
+              })),
+              { session, ordered: true },
+            );
+            await grantsCopy.bulkWrite(
+              batch.map((b) => ({
+                updateOne: {
+                  filter: { _id: grantOf.get(b.user) },
+                  update: { $inc: { remaining: -1 }, $set: { _open: true } },
+                },
+              })),
+              { session, ordered: true },
+            );
+            await journal.insertMany(
+              batch.map((b) => ({ ...sample, _id: randomUUID() as never, userId: `floor-${b.user}`, seq: ++floorSeq })),
+              { session, ordered: true },
+            );
+          }, TRANSACTION);
+          for (const b of batch) b.done();
+        } catch (error) {
+          for (const b of batch) b.done(error);
+        } finally {
+          await session.endSession();
+        }
+      }
+      running = false;
+    };
+    const floorOp = (i: number) =>
+      new Promise<void>((resolve, reject) => {
+        queue.push({ user: pick(i), done: (e) => (e === undefined ? resolve() : reject(e)) });
+        if (!running) void runFloor();
+      });
+
     /** Best ops/s of the rounds, with commands and client CPU (µs) per operation over all of them. */
-    const stats = () => ({ best: 0, ops: 0, commands: 0, cpu: 0, gateway: 0, documentdb: 0, server: true });
+    const stats = () => ({ best: 0, ops: 0, commands: 0, bytes: 0, cpu: 0, gateway: 0, documentdb: 0, server: true });
     const round = async (s: ReturnType<typeof stats>, count: number, op: (i: number) => Promise<unknown>) => {
       const c0 = commands;
+      const b0 = bytes;
       const cpu0 = process.cpuUsage();
       const server0 = serverCpu();
       s.best = Math.max(s.best, await measure(count, CALLERS, op));
+      s.bytes += bytes - b0;
       const cpu = process.cpuUsage(cpu0);
       const server1 = serverCpu();
       s.ops += count;
@@ -119,7 +204,7 @@ export async function run(): Promise<BenchRow[]> {
     };
     // Where the time goes: this process (driver and library), the wire gateway, DocumentDB.
     const perOp = (s: ReturnType<typeof stats>) =>
-      `${(s.commands / s.ops).toFixed(2)} round trips and ${Math.round(s.cpu / s.ops)} µs of client CPU per operation` +
+      `${(s.commands / s.ops).toFixed(2)} round trips, ${Math.round(s.bytes / s.ops)} bytes sent and ${Math.round(s.cpu / s.ops)} µs of client CPU per operation` +
       (s.server
         ? ` (server: ${Math.round(s.gateway / s.ops)} µs in the wire gateway + ${Math.round(s.documentdb / s.ops)} µs in DocumentDB)`
         : "");
@@ -134,9 +219,12 @@ export async function run(): Promise<BenchRow[]> {
     const deductSingle = stats();
     const deductUncached = stats();
     const deductShared = stats();
+    const floorStats = stats();
+    await measure(ops, CALLERS, floorOp);
     for (let r = 0; r < ROUNDS; r++) {
       await round(baseline, ops * 3, baselineOp);
       await round(deduct, ops, deductOp);
+      await round(floorStats, ops, floorOp);
     }
     await measure(ops, CALLERS, singleOp);
     for (let r = 0; r < 2; r++) {
@@ -162,6 +250,7 @@ export async function run(): Promise<BenchRow[]> {
     for (let r = 0; r < 2; r++) {
       await round(baseline, ops * 3, baselineOp);
       const c0 = commands;
+      const b0 = bytes;
       const cpu0 = process.cpuUsage();
       const server0 = serverCpu();
       const t0 = process.hrtime.bigint();
@@ -177,6 +266,7 @@ export async function run(): Promise<BenchRow[]> {
       deductShared.best = Math.max(deductShared.best, ops / seconds);
       deductShared.ops += ops;
       deductShared.commands += commands - c0;
+      deductShared.bytes += bytes - b0;
       deductShared.cpu += cpu.user + cpu.system;
     }
     const ratio = deduct.best / baseline.best;
@@ -200,6 +290,17 @@ export async function run(): Promise<BenchRow[]> {
           `server ${server.version ?? "?"}; ${perOp(deduct)}; group commit: deductions on different accounts waiting ` +
           `together share one transaction — guarded account updates, grant updates, journal inserts (one command each), ` +
           `one commit (the accounts' states come from the state cache)`,
+      },
+      {
+        backend: "mongodb",
+        scenario: `floor: the same writes by hand, grouped the same way (${CALLERS} callers, ${USERS.toLocaleString("en-US")} users)`,
+        opsPerSec: floorStats.best,
+        baseline: "findOneAndUpdate",
+        ratio: floorStats.best / baseline.best,
+        note:
+          `${perOp(floorStats)}; per deduction a guarded account $inc, a grant update and a journal document ` +
+          `(a copy of a real entry), what is waiting in one transaction: 3 commands + commit; deductCredits is ` +
+          `${(deduct.best / floorStats.best).toFixed(2)}× this floor`,
       },
       {
         backend: "mongodb",

@@ -743,6 +743,45 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       }
     });
 
+    it("an update sets only the fields that changed since the state it started from, nulls included", async () => {
+      const c = new MongoClient(url, { monitorCommands: true });
+      monitored.push(c);
+      const sets: Array<{ collection: string; set: Record<string, unknown> }> = [];
+      c.on("commandStarted", (e) => {
+        const cmd = e.command as { update?: string; updates?: Array<{ u: { $set?: Record<string, unknown> } }> };
+        if (e.commandName === "update")
+          for (const u of cmd.updates ?? []) sets.push({ collection: cmd.update as string, set: u.u.$set ?? {} });
+      });
+      await c.connect();
+      const db = fresh("diff", { client: c, verifyStateCache: true });
+      await db.init();
+      const credits = new CreditService({ db });
+      const soon = new Date(Date.now() + 3_600_000);
+      await credits.addCredits("d", 5, { expiresAt: soon });
+      await credits.addCredits("d", 100);
+      sets.length = 0;
+      await credits.deductCredits("d", 2);
+      const account = sets.find((x) => x.collection === "credit_accounts");
+      const grant = sets.find((x) => x.collection === "credit_grants");
+      expect(Object.keys(account?.set ?? {}).sort()).toEqual(["balance", "lastHash", "seq", "updatedAt"]);
+      expect(Object.keys(grant?.set ?? {}).sort()).toEqual(["_open", "remaining"]);
+      // The expiring grant used up: its close and the account's next expiry going to null must land.
+      sets.length = 0;
+      await credits.deductCredits("d", 4);
+      const cleared = sets.find((x) => x.collection === "credit_accounts")?.set ?? {};
+      expect(cleared).toHaveProperty("nextExpiryAt", null);
+      const reader = new CreditService({
+        db: new MongoDbManager({ client, dbName: db.databaseName, stateCacheSize: 0 }),
+      });
+      expect(await reader.getUserCreditsInfo("d")).toEqual(await credits.getUserCreditsInfo("d"));
+      const stored = await client
+        .db(db.databaseName)
+        .collection<{ _id: string }>("credit_accounts")
+        .findOne({ _id: "d" });
+      expect(stored).toMatchObject({ balance: 99, nextExpiryAt: null });
+      expect((await reader.audit("d")).ok).toBe(true);
+    });
+
     it("close() closes a client fromUri created, never one handed in", async () => {
       const closes = vi.spyOn(MongoClient.prototype, "close");
       try {

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
-import type { MeterSession } from "../services/metering.js";
+import type { MeterOutcome, MeterSession } from "../services/metering.js";
 import { common, type MeteringOptionsBase } from "./metering/common.js";
 import { errorBody, errorResponse, type Identity } from "./router.js";
 
@@ -48,17 +48,19 @@ export type FastifyCreditMeteringPlugin = ((instance: FastifyInstanceLike, optio
  * - the response's `close`: settles what is left — a stream (SSE) commits when it ends, a client
  *   that went away before the end releases the hold.
  *
+ * With `price` (fixed-price metering, docs/metering.md "Fixed-price endpoints"): the cost and the
+ * check in `onRequest` (402 before the handler), the one deduction in `onSend` with
+ * `X-Credits-Deducted` (status >= 400 is not charged), a stream charged when it ended.
+ *
  * The plugin is not encapsulated (as `fastify-plugin` would mark it): its hooks apply to the routes
  * of the instance it is registered on, wherever they are declared. Only paths under `pathPrefix`
  * are metered.
  */
 export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): FastifyCreditMeteringPlugin {
   const c = common(options);
-  if (c.fixed !== null)
-    throw new TypeError(
-      "[credit-management] [metering] `price` (fixed-price metering) is not supported by the Fastify plugin yet: use creditMeteringMiddleware.",
-    );
   const sessions = new WeakMap<IncomingMessage, MeterSession>();
+  /** Fixed price (`price`): the requests that passed the check, until they are charged or not. */
+  const fixedOf = new WeakMap<IncomingMessage, FixedRequest>();
   /** `llm`: the usage of a streamed payload, read as it passes. */
   const readings = new WeakMap<IncomingMessage, ResponseUsageReader>();
 
@@ -85,6 +87,61 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     void c.settle(request, session, settling);
   };
 
+  /** Reports a fixed-price request's outcome to `onSettled` (a failing callback changes nothing). */
+  const report = (request: FastifyRequestLike, outcome: MeterOutcome): void => {
+    try {
+      c.onSettled?.(outcome, request);
+    } catch {
+      // a failing callback must not change the response
+    }
+  };
+  /** Charges a fixed-price request that ended well, once; null (nothing reported) when the charge failed. */
+  const charge = (request: FastifyRequestLike, f: FixedRequest): Promise<MeterOutcome | null> => {
+    f.done = true;
+    return (c.fixed as NonNullable<typeof c.fixed>).charge(f.userId, f.cost, f.key, f.reason).then(
+      (outcome) => {
+        report(request, outcome);
+        return outcome;
+      },
+      () => null,
+    );
+  };
+  const notCharged = (request: FastifyRequestLike, f: FixedRequest, reason: "error" | "aborted"): void => {
+    f.done = true;
+    report(request, (c.fixed as NonNullable<typeof c.fixed>).notCharged(f.userId, f.cost, reason));
+  };
+
+  /**
+   * Fixed price: the cost and the advisory check (402, and the handler does not run); the charge
+   * comes in `onSend` (whole payloads) or when the response closes (streams), if it ended well.
+   */
+  const fixedRequest = async (
+    request: FastifyRequestLike,
+    reply: FastifyReplyLike,
+    path: string,
+    userId: string,
+    fixed: NonNullable<typeof c.fixed>,
+  ): Promise<void> => {
+    let f: FixedRequest;
+    try {
+      const key = fixed.keyOf(headerOf(request, "idempotency-key"));
+      const cost = await fixed.costOf(request);
+      await fixed.check(userId, cost);
+      f = { userId, cost, key, reason: `${request.method} ${path}`.slice(0, 1000), done: false };
+    } catch (error) {
+      return refuse(reply, errorResponse(error));
+    }
+    const res = reply.raw;
+    if (res.destroyed || res.writableEnded) return; // the client left: nothing runs, nothing is charged
+    fixedOf.set(request.raw, f);
+    res.on("close", () => {
+      if (f.done) return;
+      if (!res.writableFinished) notCharged(request, f, "aborted");
+      else if (reply.statusCode >= 400) notCharged(request, f, "error");
+      else void charge(request, f);
+    });
+  };
+
   const onRequest = async (request: FastifyRequestLike, reply: FastifyReplyLike): Promise<void> => {
     const q = request.url.indexOf("?");
     const path = q === -1 ? request.url : request.url.slice(0, q);
@@ -97,6 +154,7 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
       if (identity === null)
         return refuse(reply, Response.json(errorBody("UNAUTHORIZED", "Authentication required."), { status: 401 }));
       userId = identity.userId;
+      if (c.fixed !== null) return fixedRequest(request, reply, path, userId, c.fixed);
       estimate = c.estimate(headerOf(request, c.estimateHeaderName));
     } catch (error) {
       return refuse(reply, errorResponse(error));
@@ -123,6 +181,24 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   };
 
   const onSend = async (request: FastifyRequestLike, reply: FastifyReplyLike, payload: unknown): Promise<unknown> => {
+    const f = fixedOf.get(request.raw);
+    if (f !== undefined) {
+      // A stream is charged when the response closes, once it ended well.
+      if (
+        f.done ||
+        !(payload === null || payload === undefined || typeof payload === "string" || Buffer.isBuffer(payload))
+      )
+        return payload;
+      if (reply.statusCode >= 400) {
+        notCharged(request, f, "error");
+        reply.header(c.deductedHeader, "0");
+        return payload;
+      }
+      // The whole reply at once: charged first, so X-Credits-Deducted can say it.
+      const outcome = await charge(request, f);
+      if (outcome !== null) reply.header(c.deductedHeader, String(outcome.charged));
+      return payload;
+    }
     const session = sessions.get(request.raw);
     if (session === undefined || session.settled) return payload;
     const whole = typeof payload === "string" || Buffer.isBuffer(payload);
@@ -166,6 +242,16 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   plugin[Symbol.for("skip-override")] = true;
   plugin[Symbol.for("fastify.display-name")] = "credit-management-metering";
   return plugin;
+}
+
+/** A fixed-price request (the `price` option) between its check and its charge. */
+interface FixedRequest {
+  userId: string;
+  cost: number;
+  key: string | undefined;
+  reason: string;
+  /** Charged, or known not to be: settled once. */
+  done: boolean;
 }
 
 function typeOf(reply: FastifyReplyLike): string | undefined {

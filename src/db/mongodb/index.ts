@@ -976,7 +976,7 @@ class MongoTransaction implements DbTransaction {
       const res = await this.c.accounts.updateOne(op.updateOne.filter, op.updateOne.update, { session });
       if (res.matchedCount !== 1) throw new StaleAccount(this.userId, this.baseFromCache);
     }
-    const { grants, holds } = itemOps(changes);
+    const { grants, holds } = itemOps(changes, this.base);
     await write(this.c.grants, grants, session);
     await write(this.c.reservations, holds, session);
     await write(this.c.journal, entryOps(changes), session);
