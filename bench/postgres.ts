@@ -8,6 +8,7 @@
  * denominator), and the same UPDATE with the insert of a journal row in one statement (what a
  * hand-rolled ledger would minimally add). Every row prints what went over the wire per
  * operation: messages (round trips), statements the server ran, bytes each way.
+ * `BENCH_CALLERS=n` runs it with n callers (and pool size) instead; the targets are those of 16.
  */
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -19,7 +20,8 @@ import { type BenchRow, measure, printTable } from "./lib.js";
 const { CreditService } = core;
 const { PostgresDbManager } = await postgres();
 
-const CALLERS = 16;
+const CALLERS = Number(process.env.BENCH_CALLERS ?? 16);
+if (!Number.isSafeInteger(CALLERS) || CALLERS < 1) throw new Error("BENCH_CALLERS must be a positive integer");
 const USERS = 1000;
 /** Seconds each measurement aims at (after a short calibration run). */
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
@@ -246,8 +248,10 @@ export async function run(): Promise<BenchRow[]> {
         opsPerSec: ours.opsPerSec,
         baseline,
         ratio,
-        target: over1000 ? ">= 0.75 of baseline" : ">= 0.60 of baseline",
-        met: ratio >= (over1000 ? 0.75 : 0.6),
+        // The issue's targets are set at 16 callers.
+        ...(CALLERS === 16
+          ? { target: over1000 ? ">= 0.75 of baseline" : ">= 0.60 of baseline", met: ratio >= (over1000 ? 0.75 : 0.6) }
+          : {}),
         note:
           `${(ours.opsPerSec / baseJ.opsPerSec).toFixed(2)}× the UPDATE + journal INSERT; ` +
           `${perOp.toFixed(2)} round trips per deductCredits (baseline: 1), on the wire ${wireText(ours)}; ` +
