@@ -497,3 +497,34 @@ describe("a client that leaves before the hold is placed", () => {
     });
   });
 });
+
+describe("creditMetering (Fetch): the JSON body is read only when the charge depends on it", () => {
+  it("recorded usage: the handler's own Response goes out, body unread, with the header; a usage key with nothing recorded reads it", async () => {
+    const m = await createCreditManager();
+    await m.credits.addCredits("f", 1_000);
+    let made: Response | undefined;
+    const handler = async (request: Request) => {
+      if (request.headers.get("x-record") === "yes") recordUsage({ amount: 3 });
+      made = Response.json({ usage: { total_tokens: 5 } });
+      return made;
+    };
+    const metered = creditMetering({ credits: m.credits, trustUserIdHeader: true, usageKey: "usage.total_tokens" })(
+      handler,
+    );
+    const call = (record: string) =>
+      metered(new Request("http://x/api/chat", { method: "POST", headers: { "x-user-id": "f", "x-record": record } }));
+
+    const recorded = await call("yes");
+    expect(recorded).toBe(made); // not a copy
+    expect(recorded.bodyUsed).toBe(false);
+    expect(recorded.headers.get("x-credits-deducted")).toBe("3");
+    expect(await recorded.json()).toEqual({ usage: { total_tokens: 5 } });
+
+    const fromBody = await call("no");
+    expect(fromBody.headers.get("x-credits-deducted")).toBe("5"); // the usage key, read from the body
+    expect(await fromBody.json()).toEqual({ usage: { total_tokens: 5 } });
+    expect(await m.credits.getUserCreditsInfo("f")).toMatchObject({ balance: 992, reserved: 0 });
+    expect((await m.credits.audit("f")).ok).toBe(true);
+    await m.close();
+  });
+});

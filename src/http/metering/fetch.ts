@@ -73,6 +73,14 @@ export function creditMetering(options: CreditMeteringOptions) {
         return withHeader(response, response.body, c.deductedHeader, 0);
       }
       if (isJsonType(response.headers.get("content-type")) || response.body === null) {
+        // The body is read only when the charge depends on it (`llm`, or a `usageKey` with nothing
+        // recorded): else the recorded usage is committed and the handler's own Response goes out
+        // with the header, its body untouched (docs/metering.md, "Metering", on Fetch-style apps).
+        if (c.llm === null && (c.usagePath === null || session.usages.length > 0)) {
+          const outcome = await c.settle(request, session, session.commit());
+          request.signal.removeEventListener("abort", onAbort);
+          return withHeader(response, response.body, c.deductedHeader, outcome?.charged ?? 0);
+        }
         let text: string | null = null;
         try {
           text = response.body === null ? null : await session.run(textOf, response);
@@ -233,6 +241,8 @@ function withHeader(
   try {
     // A Response the handler built has mutable headers: no copy. One from fetch() is immutable.
     headers.set(name, String(charged));
+    // Its own body, unread: the handler's Response as it is.
+    if (body === response.body && !response.bodyUsed) return response;
   } catch {
     headers = new Headers(response.headers);
     headers.set(name, String(charged));
