@@ -110,8 +110,8 @@ describe("generateSql({ partitioned })", () => {
   });
 });
 
-// reason: skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
-describe.skipIf(!url)("PostgreSQL partitioned by time (docs/running-for-years.md)", () => {
+// Skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
+describe.skipIf(!url /* reason: no server */)("PostgreSQL partitioned by time (docs/running-for-years.md)", () => {
   const managers: CreditManager[] = [];
   afterAll(async () => {
     for (const m of managers) await m.close();
