@@ -1,8 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
-import type { MeterOutcome, MeterSession } from "../services/metering.js";
-import { common, type MeteringOptionsBase } from "./metering/common.js";
+import type { MeterSession } from "../services/metering.js";
+import { common, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
 import { errorBody, errorResponse, type Identity } from "./router.js";
 
 /**
@@ -60,7 +60,7 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   const c = common(options);
   const sessions = new WeakMap<IncomingMessage, MeterSession>();
   /** Fixed price (`price`): the requests that passed the check, until they are charged or not. */
-  const fixedOf = new WeakMap<IncomingMessage, FixedRequest>();
+  const fixedOf = new WeakMap<IncomingMessage, PricedRequest>();
   /** `llm`: the usage of a streamed payload, read as it passes. */
   const readings = new WeakMap<IncomingMessage, ResponseUsageReader>();
 
@@ -87,30 +87,6 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     void c.settle(request, session, settling);
   };
 
-  /** Reports a fixed-price request's outcome to `onSettled` (a failing callback changes nothing). */
-  const report = (request: FastifyRequestLike, outcome: MeterOutcome): void => {
-    try {
-      c.onSettled?.(outcome, request);
-    } catch {
-      // a failing callback must not change the response
-    }
-  };
-  /** Charges a fixed-price request that ended well, once; null (nothing reported) when the charge failed. */
-  const charge = (request: FastifyRequestLike, f: FixedRequest): Promise<MeterOutcome | null> => {
-    f.done = true;
-    return (c.fixed as NonNullable<typeof c.fixed>).charge(f.userId, f.cost, f.key, f.reason).then(
-      (outcome) => {
-        report(request, outcome);
-        return outcome;
-      },
-      () => null,
-    );
-  };
-  const notCharged = (request: FastifyRequestLike, f: FixedRequest, reason: "error" | "aborted"): void => {
-    f.done = true;
-    report(request, (c.fixed as NonNullable<typeof c.fixed>).notCharged(f.userId, f.cost, reason));
-  };
-
   /**
    * Fixed price: the cost and the advisory check (402, and the handler does not run); the charge
    * comes in `onSend` (whole payloads) or when the response closes (streams), if it ended well.
@@ -122,24 +98,19 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     userId: string,
     fixed: NonNullable<typeof c.fixed>,
   ): Promise<void> => {
-    let f: FixedRequest;
+    let priced: PricedRequest;
     try {
       const key = fixed.keyOf(headerOf(request, "idempotency-key"));
       const cost = await fixed.costOf(request);
       await fixed.check(userId, cost);
-      f = { userId, cost, key, reason: `${request.method} ${path}`.slice(0, 1000), done: false };
+      priced = fixed.start(request, userId, cost, key, `${request.method} ${path}`.slice(0, 1000));
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }
     const res = reply.raw;
     if (res.destroyed || res.writableEnded) return; // the client left: nothing runs, nothing is charged
-    fixedOf.set(request.raw, f);
-    res.on("close", () => {
-      if (f.done) return;
-      if (!res.writableFinished) notCharged(request, f, "aborted");
-      else if (reply.statusCode >= 400) notCharged(request, f, "error");
-      else void charge(request, f);
-    });
+    fixedOf.set(request.raw, priced);
+    res.on("close", () => priced.closed(res.writableFinished, reply.statusCode));
   };
 
   const onRequest = async (request: FastifyRequestLike, reply: FastifyReplyLike): Promise<void> => {
@@ -181,21 +152,21 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   };
 
   const onSend = async (request: FastifyRequestLike, reply: FastifyReplyLike, payload: unknown): Promise<unknown> => {
-    const f = fixedOf.get(request.raw);
-    if (f !== undefined) {
+    const priced = fixedOf.get(request.raw);
+    if (priced !== undefined) {
       // A stream is charged when the response closes, once it ended well.
       if (
-        f.done ||
+        priced.done ||
         !(payload === null || payload === undefined || typeof payload === "string" || Buffer.isBuffer(payload))
       )
         return payload;
       if (reply.statusCode >= 400) {
-        notCharged(request, f, "error");
+        priced.notCharged("error");
         reply.header(c.deductedHeader, "0");
         return payload;
       }
       // The whole reply at once: charged first, so X-Credits-Deducted can say it.
-      const outcome = await charge(request, f);
+      const outcome = await priced.charge();
       if (outcome !== null) reply.header(c.deductedHeader, String(outcome.charged));
       return payload;
     }
@@ -242,16 +213,6 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   plugin[Symbol.for("skip-override")] = true;
   plugin[Symbol.for("fastify.display-name")] = "credit-management-metering";
   return plugin;
-}
-
-/** A fixed-price request (the `price` option) between its check and its charge. */
-interface FixedRequest {
-  userId: string;
-  cost: number;
-  key: string | undefined;
-  reason: string;
-  /** Charged, or known not to be: settled once. */
-  done: boolean;
 }
 
 function typeOf(reply: FastifyReplyLike): string | undefined {

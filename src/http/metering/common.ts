@@ -300,7 +300,6 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     deductedHeader,
     estimateHeaderName: header,
     credits: o.credits,
-    onSettled: o.onSettled,
   };
 }
 
@@ -414,5 +413,51 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
     entry: null,
     fixedPrice: true,
   });
-  return { costOf, check, charge, notCharged, keyOf };
+  /**
+   * One priced request between its check and its charge, settled once: charged (after it ended
+   * well) or not. Each outcome goes to `onSettled` (a failing callback changes nothing) and to
+   * `res.locals.creditsDeducted` where there are locals (Express).
+   */
+  const start = (
+    req: Req,
+    userId: string,
+    cost: number,
+    key: string | undefined,
+    reason: string,
+    locals?: Partial<MeteringLocals>,
+  ) => {
+    const report = (outcome: MeterOutcome): MeterOutcome => {
+      if (locals) locals.creditsDeducted = outcome.charged;
+      try {
+        o.onSettled?.(outcome, req);
+      } catch {
+        // a failing callback must not change the response
+      }
+      return outcome;
+    };
+    const priced = {
+      done: false,
+      /** Charges the request; null (nothing reported) when the charge failed. */
+      charge(): Promise<MeterOutcome | null> {
+        priced.done = true;
+        return charge(userId, cost, key, reason).then(report, () => null);
+      },
+      notCharged(why: "error" | "aborted"): void {
+        priced.done = true;
+        report(notCharged(userId, cost, why));
+      },
+      /** The response is done: charged if it finished with status < 400, else not (unless settled already). */
+      closed(finished: boolean, status: number): void {
+        if (priced.done) return;
+        if (!finished) priced.notCharged("aborted");
+        else if (status >= 400) priced.notCharged("error");
+        else void priced.charge();
+      },
+    };
+    return priced;
+  };
+  return { costOf, check, keyOf, start };
 }
+
+/** A fixed-price request between its check and its charge (`fixed.start`). */
+export type PricedRequest = ReturnType<NonNullable<ReturnType<typeof fixedPrice>>["start"]>;

@@ -160,24 +160,13 @@ async function fixedPrice(
   let key: string | undefined;
   try {
     key = fixed.keyOf(request.headers.get("idempotency-key"));
-    const priced = fixed.costOf(request);
-    cost = typeof priced === "number" ? priced : await priced;
+    const quoted = fixed.costOf(request);
+    cost = typeof quoted === "number" ? quoted : await quoted;
     await fixed.check(userId, cost);
   } catch (error) {
     return errorResponse(error);
   }
-  const report = (outcome: MeterOutcome | null): MeterOutcome | null => {
-    if (outcome === null) return null;
-    try {
-      c.onSettled?.(outcome, request);
-    } catch {
-      // a failing callback must not change the response
-    }
-    return outcome;
-  };
-  const notCharged = (reason: "error" | "aborted") => report(fixed.notCharged(userId, cost, reason));
-  const charge = () =>
-    fixed.charge(userId, cost, key, `${request.method} ${path}`.slice(0, 1000)).then(report, () => null);
+  const priced = fixed.start(request, userId, cost, key, `${request.method} ${path}`.slice(0, 1000));
   if (request.signal.aborted) {
     return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), {
       [c.deductedHeader]: "0",
@@ -187,15 +176,15 @@ async function fixedPrice(
   try {
     response = await handler(request);
   } catch (error) {
-    notCharged("error");
+    priced.notCharged("error");
     throw error;
   }
   if (response.status >= 400 || request.signal.aborted) {
-    notCharged(response.status >= 400 ? "error" : "aborted");
+    priced.notCharged(response.status >= 400 ? "error" : "aborted");
     return withHeader(response, response.body, c.deductedHeader, 0);
   }
   if (response.body === null || isJsonType(response.headers.get("content-type"))) {
-    const outcome = await charge();
+    const outcome = await priced.charge();
     if (outcome === null) return response;
     try {
       response.headers.set(c.deductedHeader, String(outcome.charged)); // the handler's own Response: no copy
@@ -206,25 +195,21 @@ async function fixedPrice(
   }
   // A streamed body: charged when it was read to its end, not when the client left midway.
   const reader = response.body.getReader();
-  let settled = false;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
         const { done, value } = await reader.read();
         if (done) {
-          settled = true;
-          await charge();
+          await priced.charge();
           controller.close();
         } else controller.enqueue(value);
       } catch (error) {
-        if (!settled) notCharged("error");
-        settled = true;
+        if (!priced.done) priced.notCharged("error");
         controller.error(error);
       }
     },
     async cancel(reason) {
-      if (!settled) notCharged("aborted");
-      settled = true;
+      if (!priced.done) priced.notCharged("aborted");
       await reader.cancel(reason).catch(() => undefined);
     },
   });

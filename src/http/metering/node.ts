@@ -3,7 +3,13 @@ import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader } from "../../domain/llm-usage.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import { NO_BODY, common, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./common.js";
+import {
+  NO_BODY,
+  common,
+  type CreditMeteringMiddlewareOptions,
+  type MeteringLocals,
+  type PricedRequest,
+} from "./common.js";
 import { nodePathOf } from "./paths.js";
 
 type Next = (error?: Error) => void;
@@ -143,77 +149,31 @@ function reply(res: ServerResponse, response: Response): void {
   void response.text().then((text) => res.end(text));
 }
 
-/** Where a fixed-price response keeps its request's state. */
+/** Where a fixed-price response keeps its request (`fixed.start`) and the `end` it replaced. */
 const FIXED = Symbol("credit-management.fixed-price");
-type FixedResponse = ServerResponse & { [FIXED]?: NodeFixed };
-
-/** One fixed-price node request (the `price` option): charged once when it ended well, else never. */
-class NodeFixed {
-  done = false;
-  constructor(
-    readonly c: Common,
-    readonly req: IncomingMessage,
-    readonly userId: string,
-    readonly cost: number,
-    readonly key: string | undefined,
-    readonly reason: string,
-    readonly locals: Partial<MeteringLocals> | undefined,
-    readonly end: End,
-  ) {}
-
-  /** Charges the request and reports it; null (nothing reported) when the charge failed. */
-  charge(): Promise<MeterOutcome | null> {
-    this.done = true;
-    const fixed = this.c.fixed as NonNullable<Common["fixed"]>;
-    return fixed.charge(this.userId, this.cost, this.key, this.reason).then(
-      (outcome) => {
-        this.report(outcome);
-        return outcome;
-      },
-      () => null,
-    );
-  }
-
-  notCharged(reason: "error" | "aborted"): void {
-    this.done = true;
-    this.report((this.c.fixed as NonNullable<Common["fixed"]>).notCharged(this.userId, this.cost, reason));
-  }
-
-  private report(outcome: MeterOutcome): void {
-    if (this.locals) this.locals.creditsDeducted = outcome.charged;
-    try {
-      this.c.onSettled?.(outcome, this.req);
-    } catch {
-      // a failing callback must not change the response
-    }
-  }
-}
+type FixedResponse = ServerResponse & { [FIXED]?: { priced: PricedRequest; deductedHeader: string; end: End } };
 
 function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
-  const f = this[FIXED] as NodeFixed;
+  const { priced, deductedHeader, end } = this[FIXED] as NonNullable<FixedResponse[typeof FIXED]>;
   // eslint-disable-next-line prefer-rest-params
-  if (f.done || this.headersSent) return f.end.apply(this, arguments as unknown as Parameters<End>); // settled on close
+  if (priced.done || this.headersSent) return end.apply(this, arguments as unknown as Parameters<End>); // settled on close
   if (this.statusCode >= 400) {
-    f.notCharged("error");
-    this.setHeader(f.c.deductedHeader, "0");
+    priced.notCharged("error");
+    this.setHeader(deductedHeader, "0");
     // eslint-disable-next-line prefer-rest-params
-    return f.end.apply(this, arguments as unknown as Parameters<End>);
+    return end.apply(this, arguments as unknown as Parameters<End>);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
-  f.charge().then((outcome) => {
-    if (outcome !== null && !this.headersSent) this.setHeader(f.c.deductedHeader, String(outcome.charged));
-    f.end.call(this, chunk, encoding, cb);
+  priced.charge().then((outcome) => {
+    if (outcome !== null && !this.headersSent) this.setHeader(deductedHeader, String(outcome.charged));
+    end.call(this, chunk, encoding, cb);
   });
   return this;
 }
 
 /** A fixed-price response is done: one written in parts is charged now if it finished well. */
 function onFixedClose(this: FixedResponse): void {
-  const f = this[FIXED];
-  if (f === undefined || f.done) return;
-  if (!this.writableFinished) f.notCharged("aborted");
-  else if (this.statusCode >= 400) f.notCharged("error");
-  else void f.charge();
+  this[FIXED]?.priced.closed(this.writableFinished, this.statusCode);
 }
 
 /**
@@ -280,7 +240,11 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
       if (res.destroyed || res.writableEnded) return; // the client left: nothing ran, nothing charged
       try {
         const reason = `${req.method ?? "GET"} ${path}`.slice(0, 1000);
-        res[FIXED] = new NodeFixed(c, req, userId, cost, key, reason, locals, res.end as unknown as End);
+        res[FIXED] = {
+          priced: fixed.start(req, userId, cost, key, reason, locals),
+          deductedHeader: c.deductedHeader,
+          end: res.end as unknown as End,
+        };
         res.end = fixedEnd as unknown as typeof res.end;
         res.on("close", onFixedClose);
         next();
