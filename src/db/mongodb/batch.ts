@@ -141,7 +141,7 @@ function same(a: unknown, b: unknown): boolean {
 /**
  * The `$set` of an update: only the fields of `next` that differ from `prev`, the state the unit of
  * work started from (the account's guard proves the stored documents are still that state). Fewer
- * fields to encode, send and apply: a deduction sets five of an account's nine fields and one of a
+ * fields to encode, send and apply: a deduction sets four of an account's nine fields and one of a
  * grant's ten (docs/storage.md, "MongoDB").
  */
 function changedFields(fields: Document, prev: object): Document {
