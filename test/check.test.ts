@@ -35,23 +35,29 @@ describe("credits.check()", () => {
     await m.close();
   });
 
-  it("with a cache, is served from it and never stale after the account's own writes", async () => {
+  it("with a cache, allows from it, confirms a denial in the store, never stale after the account's own writes", async () => {
     const cache = new InMemoryCache();
     const m = await createCreditManager({ features, cache });
-    await m.credits.addCredits("u", 99);
-    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: false, available: 99 });
+    await m.credits.addCredits("u", 100);
+    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: true, available: 100 });
     const reads = m.db.getAccount.bind(m.db);
     let storeReads = 0;
     m.db.getAccount = (id) => {
       storeReads++;
       return reads(id);
     };
-    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: false });
+    // An allowed answer comes from the cache: no store read.
+    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: true });
     expect(storeReads).toBe(0);
+    await m.credits.deductCredits("u", 1);
+    // A denial is confirmed on the store's current state (another process may have added credits;
+    // docs/storage.md, "Caches").
+    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: false, available: 99 });
+    storeReads = 0;
+    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: false, available: 99 });
+    expect(storeReads).toBeGreaterThan(0);
     await m.credits.addCredits("u", 1);
     expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: true, available: 100 });
-    await m.credits.deductCredits("u", 1);
-    expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: false, available: 99 });
     await m.close();
   });
 

@@ -7,7 +7,15 @@ import { runDbManagerContract } from "../src/testing/index.js";
 
 const test = { describe, it, expect, beforeAll, afterAll };
 
-runDbManagerContract({ name: "memory", create: async () => new InMemoryDbManager(), propertyRuns: 300, test });
+// One store in one process: the "peer" is the same store, so the services over each (their plan,
+// promo and info caches) are the ones that differ.
+runDbManagerContract({
+  name: "memory",
+  create: async () => new InMemoryDbManager(),
+  createPeer: async (db) => db,
+  propertyRuns: 300,
+  test,
+});
 
 /** A unit of work that adds `amount` to `u` (synchronously: the in-memory store answers at once). */
 function addNow(u: string, amount: number) {

@@ -26,8 +26,7 @@ import { runDbManagerContract } from "../src/testing/index.js";
 const uri = process.env.CREDIT_MONGO_URI;
 if (!uri) {
   console.warn(
-    "MongoDB suite skipped: set CREDIT_MONGO_URI to a replica-set URI to run it " +
-      "(on this machine: export CREDIT_MONGO_URI=$(bash ../shared/mongo-compat/up.sh | tail -n 1)).",
+    "MongoDB suite skipped: to run it, set CREDIT_MONGO_URI to a MongoDB replica set (a single node started with --replSet is enough), e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0.",
   );
 }
 
@@ -125,8 +124,8 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
 });
 
 // --------------------------------------------------------------------------------------------------
-// Against a server. Reason for the skip: it needs a MongoDB replica set (or this machine's
-// mongo-compat gateway), which a plain `npm test` does not have; CI sets CREDIT_MONGO_URI.
+// Against a server. Reason for the skip: it needs a MongoDB replica set (CREDIT_MONGO_URI), which
+// a plain `npm test` does not have; CI sets it (CONTRIBUTING.md).
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
@@ -183,11 +182,21 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
     for (const c of monitored) await c.close();
   });
 
+  // Two managers over one database, each with its own client and caches (docs/testing.md).
+  const contractName = dbName("contract");
+  created.push(contractName);
+  let peerClient: MongoClient | undefined;
+  afterAll(async () => peerClient?.close());
   runDbManagerContract({
     test: { describe, it, expect, beforeAll, afterAll },
     name: "mongodb",
     // Every state-cache hit is checked against a fresh read of the database.
-    create: async () => fresh("contract", { verifyStateCache: true }),
+    create: async () => new MongoDbManager({ client, dbName: contractName, verifyStateCache: true }),
+    createPeer: async () => {
+      peerClient = new MongoClient(url);
+      await peerClient.connect();
+      return new MongoDbManager({ client: peerClient, dbName: contractName, verifyStateCache: true });
+    },
     // 500 instead of 1,000 racing callers: the reserve race reloads every active hold in each unit
     // of work (quadratic), which costs ~14 s on this shared 2-core machine at 1,000.
     raceSize: 500,

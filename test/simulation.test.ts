@@ -96,6 +96,21 @@ describe("deterministic simulation", () => {
     expect(c.digest).not.toBe(a.digest);
   });
 
+  it("catches a process that decides on a stale copy of the account without checking it (several processes, each with its own cache)", async () => {
+    const failures: SimulationFailure[] = [];
+    for (let seed = 1; seed <= 10; seed++) {
+      // The same seeds pass with the caches that check their copy (the first test).
+      await runSimulation({ seed, steps: 40, setIdSource, plantedBug: "stale-cache" }).catch((error: unknown) => {
+        expect(error).toBeInstanceOf(SimulationFailure);
+        failures.push(error as SimulationFailure);
+      });
+    }
+    expect(failures.length).toBeGreaterThan(0);
+    console.log(failures.map((f) => f.message.split("\n")[0]).join("\n"));
+    const f = failures[0] as SimulationFailure;
+    expect(f.message).toContain(`replay: SIM_SEED=${f.seed} SIM_STEPS=40 npx vitest run test/simulation.test.ts`);
+  });
+
   it("catches a store that loses commits it answered as done, and prints the replay command", async () => {
     let failure: unknown;
     for (let seed = 1; seed <= 20 && failure === undefined; seed++) {

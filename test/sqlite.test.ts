@@ -1,8 +1,8 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { SqliteDbManager } from "../src/db/sqlite/index.js";
+import { SCHEMA_VERSION, SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { JournalEntry } from "../src/models/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 import { runProcess } from "./fixtures/processes.js";
@@ -15,6 +15,8 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 runDbManagerContract({
   name: "sqlite",
   create: async () => new SqliteDbManager({ filename: join(dir, "contract.db") }),
+  // A second connection on the same file, with its own caches (as a second process has).
+  createPeer: async () => new SqliteDbManager({ filename: join(dir, "contract.db") }),
   test,
 });
 
@@ -108,5 +110,123 @@ describe("SqliteDbManager with a database handed in", () => {
     await db.close();
     expect(raw.prepare('SELECT balance FROM "cm_accounts" WHERE user_id = ?').get("h")).toEqual({ balance: 5 });
     raw.close();
+  });
+});
+
+describe("SqliteDbManager while another connection holds the write lock", () => {
+  /** Ticks of a 5 ms timer while `run` runs, and the longest gap between two (a blocked event loop). */
+  async function timed<T>(run: () => Promise<T>) {
+    let ticks = 0;
+    let last = performance.now();
+    let longestGapMs = 0;
+    const timer = setInterval(() => {
+      const now = performance.now();
+      longestGapMs = Math.max(longestGapMs, now - last);
+      last = now;
+      ticks++;
+    }, 5);
+    const started = performance.now();
+    try {
+      const result = await run().then(
+        (value) => ({ value }),
+        (error: unknown) => ({ error }),
+      );
+      return { ...result, ms: performance.now() - started, ticks, longestGapMs };
+    } finally {
+      clearInterval(timer);
+    }
+  }
+
+  it("waits without blocking the event loop, and writes once the lock is free", async () => {
+    const file = join(dir, "busy.db");
+    const db = new SqliteDbManager({ filename: file });
+    await db.init();
+    const credits = new CreditService({ db });
+    await credits.addCredits("b", 10);
+    const Database = (await import("better-sqlite3")).default;
+    const other = new Database(file);
+    other.exec("BEGIN IMMEDIATE"); // the write lock, as another process's long write holds it
+    const release = setTimeout(() => other.exec("COMMIT"), 400); // fires only if the event loop is free
+    const r = await timed(() => credits.addCredits("b", 5));
+    clearTimeout(release);
+    other.close();
+    expect(r).not.toHaveProperty("error");
+    expect(r.ms).toBeGreaterThanOrEqual(350);
+    // The timer kept firing during the wait (a blocking wait: no tick until the busy timeout, 5 s).
+    expect(r.ticks).toBeGreaterThanOrEqual(20);
+    expect(r.longestGapMs).toBeLessThan(250);
+    expect(await credits.getUserCreditsInfo("b")).toMatchObject({ balance: 15 });
+    await db.close();
+  });
+
+  it("gives up after busyTimeoutMs in all (a conflict), without blocking meanwhile", async () => {
+    const file = join(dir, "busy-long.db");
+    const db = new SqliteDbManager({ filename: file, busyTimeoutMs: 300, maxAttempts: 1 });
+    await db.init();
+    const credits = new CreditService({ db });
+    const Database = (await import("better-sqlite3")).default;
+    const other = new Database(file);
+    other.exec("BEGIN IMMEDIATE");
+    const r = await timed(() => credits.addCredits("c", 5));
+    other.exec("ROLLBACK");
+    other.close();
+    expect((r as { error?: Error }).error?.name).toBe("ConflictError");
+    expect(r.ms).toBeGreaterThanOrEqual(290);
+    expect(r.ms).toBeLessThan(3000);
+    expect(r.ticks).toBeGreaterThanOrEqual(15);
+    expect(r.longestGapMs).toBeLessThan(250);
+    expect(await db.getAccount("c")).toBeNull(); // nothing written
+    await credits.addCredits("c", 5); // the lock is free again
+    await db.close();
+  });
+});
+
+describe("SqliteDbManager ping(), stats() and openExisting()", () => {
+  it("ping() answers the schema version; stats() counts holds and the outbox", async () => {
+    const db = new SqliteDbManager({ filename: join(dir, "stats.db") });
+    await db.init();
+    expect(await db.ping()).toEqual({ schemaVersion: SCHEMA_VERSION });
+    expect(await db.stats()).toEqual({
+      activeHolds: 0,
+      heldCredits: 0,
+      outboxPending: 0,
+      outboxFailed: 0,
+      oldestPendingAt: null,
+    });
+    const credits = new CreditService({ db });
+    await credits.addCredits("s", 100);
+    await credits.reserveCredits("s", 30);
+    await credits.reserveCredits("s", 12);
+    expect(await db.stats()).toMatchObject({ activeHolds: 2, heldCredits: 42 });
+    await db.close();
+  });
+
+  it("openExisting() reads a store without creating or migrating anything, and refuses a file that is not one", async () => {
+    const file = join(dir, "existing.db");
+    const made = new SqliteDbManager({ filename: file });
+    await made.init();
+    await new CreditService({ db: made }).addCredits("e", 7);
+    await made.close();
+    const reader = new SqliteDbManager({ filename: file });
+    await reader.openExisting();
+    expect(await reader.getAccount("e")).toMatchObject({ balance: 7 });
+    await reader.close();
+
+    const missing = join(dir, "missing.db");
+    await expect(new SqliteDbManager({ filename: missing }).openExisting()).rejects.toThrow(
+      /\[sqlite\] cannot open .*missing\.db/,
+    );
+    expect(existsSync(missing)).toBe(false); // not created
+    const Database = (await import("better-sqlite3")).default;
+    const foreign = join(dir, "foreign.db");
+    const raw = new Database(foreign);
+    raw.exec("CREATE TABLE notes (id INTEGER PRIMARY KEY)");
+    raw.close();
+    await expect(new SqliteDbManager({ filename: foreign }).openExisting()).rejects.toThrow(
+      /is not a credit-management store/,
+    );
+    const check = new Database(foreign);
+    expect(check.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all()).toEqual([{ name: "notes" }]);
+    check.close();
   });
 });

@@ -9,7 +9,7 @@ import type { CreditModel } from "../../src/testing/model.js";
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
-import { SimStore, type StoreEvent } from "./store.js";
+import { ProcessCache, SimStore, type StoreEvent } from "./store.js";
 import { PaymentsModel, simProvider, webhook } from "./payments.js";
 import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
 
@@ -63,9 +63,11 @@ export interface SimOptions {
   setIdSource?: (next: () => string) => void;
   /**
    * A planted bug, to prove the simulation catches one: `"lost-commit"` makes the store answer
-   * some commits as done without writing them.
+   * some commits as done without writing them; `"stale-cache"` makes every process answer a unit
+   * of work that started from its state cache and saves nothing (a refusal, a settle with nothing
+   * to do, a job's account without work) without checking its copy is still the store's state.
    */
-  plantedBug?: "lost-commit";
+  plantedBug?: "lost-commit" | "stale-cache";
 }
 
 export interface SimResult {
@@ -126,6 +128,7 @@ interface Attempt {
   readonly slot: number;
   settled: boolean;
   ok: boolean;
+  value: unknown;
   error: unknown;
 }
 
@@ -171,9 +174,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     throw new SimulationFailure(seed, step, what, replay, trace);
   };
 
+  // A process: its own manager over its own view of the store, with its own state cache.
   const newManager = () =>
     createCreditManager({
-      db: sim.db,
+      db: sim.process(new ProcessCache(options.plantedBug === "stale-cache")),
       clock: () => new Date(clock.now),
       init: false,
       // Checkpoints inside the units of work: the model sees them and both audits must agree.
@@ -181,8 +185,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
       payments: { providers: [simProvider], creditsPerUnit: { USD: 0.29 }, checkoutWaitMs: 0, checkoutStaleSeconds: 0 },
     });
-  // Two processes serving requests; one that dies is replaced by a fresh one.
-  const managers: CreditManager[] = [await newManager(), await newManager()];
+  // Two to four processes serving requests; one that dies is replaced by a fresh one (cache empty).
+  const managers: CreditManager[] = [];
+  for (let n = rng.range(2, 4); managers.length < n;) managers.push(await newManager());
   // Reads for the checks go straight to the store: no scheduler, no faults.
   const checker = new CreditService({ db: inner, clock: () => new Date(clock.now) });
 
@@ -288,7 +293,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     const m = model.of(e.userId);
     const keys = new Set(e.changes.entries.map((x) => x.idempotencyKey).filter((k): k is string => k !== null));
     const where = `commit on ${e.userId} by ${op === undefined ? "no request" : describe(op)}`;
-    if (op !== undefined && op.key !== null && keys.has(op.key)) {
+    if (op !== undefined && (op.key !== null ? keys.has(op.key) : unkeyedWork(op, e.userId, e.changes))) {
       if (op.commits > 0) fail(`${where}: a second commit of one request (the retry must replay the first)`);
       op.commits++;
       m.settle();
@@ -344,7 +349,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       const e = sim.events[eventCursor] as StoreEvent;
       const op = e.op === undefined ? undefined : ops.get(e.op.id);
       if (e.kind === "txread") {
-        if (op !== undefined && op.key !== null && e.key === op.key) op.accept.add(predict(op, e.userId));
+        if (op !== undefined && ownLoad(op, e.userId, e.key)) op.accept.add(predict(op, e.userId));
       } else if (e.kind === "end") {
         // Still due when it answered: nobody (itself included) brought the period meanwhile.
         if (op !== undefined && op.periodDue && "user" in op.spec)
@@ -366,7 +371,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         if (e.method === "insertSubscription") subs.inserted(e.args[0] as Subscription, request, model.now);
         else if (e.method === "updateSubscription") subs.updated(e.args[0] as Subscription, request, model.now);
       } else if (e.kind === "load") {
-        if (op !== undefined && op.key !== null && e.key === op.key) {
+        if (op !== undefined && ownLoad(op, e.userId, e.key)) {
           op.periodDue = subs.renewalDue(e.userId, model.now);
           op.accept = new Set([predict(op, e.userId)]);
         }
@@ -577,12 +582,21 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         dropped: false,
         faulted: false,
       };
-      const a: Attempt = { op, ctx, slot: rng.int(managers.length), settled: false, ok: false, error: undefined };
+      const a: Attempt = {
+        op,
+        ctx,
+        slot: rng.int(managers.length),
+        settled: false,
+        ok: false,
+        value: undefined,
+        error: undefined,
+      };
       const manager = managers[a.slot] as CreditManager;
       void inOp(ctx, () => execute(op.spec, manager, op.key)).then(
-        () => {
+        (value) => {
           a.settled = true;
           a.ok = true;
+          a.value = value;
           sim.events.push({ kind: "end", op: ctx });
         },
         (error: unknown) => {
@@ -600,6 +614,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       fail(`${(error as Error).message}: ${waiting.join(", ")} (a real timer, or a promise never settled)`);
     }
     processEvents();
+    await checkJobs(attempts);
     for (const a of attempts) {
       const op = a.op;
       let outcome: string;
@@ -620,7 +635,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       if (a.error !== undefined && isDefinite(a.error) && !(a.error instanceof CreditError)) {
         fail(`${describe(op)} threw ${String((a.error as Error).stack ?? a.error)}`);
       }
-      if (op.key === null) {
+      if (op.key === null && (!UNKEYED.has(op.spec.kind) || outcome === "dropped" || outcome.startsWith("in doubt"))) {
         op.state = "done";
         continue;
       }
@@ -657,6 +672,34 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
             `${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`,
           );
         }
+      }
+    }
+  };
+
+  /**
+   * A job that ran without a fault and without a failed account left nothing it was due to do: no
+   * hold active past its TTL, no grant open past its expiry (nothing makes one due during a step:
+   * the clock stands still, and a hold or grant is never made due already).
+   */
+  const checkJobs = async (attempts: readonly Attempt[]) => {
+    const clean = (kind: Spec["kind"]) =>
+      attempts.some(
+        (a) => a.op.spec.kind === kind && a.ok && !a.ctx.faulted && (a.value as { errors: number }).errors === 0,
+      );
+    for (const user of users) {
+      if (clean("holdJob")) {
+        const late = (await inner.listReservations(user, { status: "active" })).filter(
+          (r) => r.expiresAt.getTime() <= clock.now,
+        );
+        if (late.length > 0)
+          fail(`after releaseExpiredHolds: ${user}'s holds ${late.map((r) => r.id).join(", ")} active past their TTL`);
+      }
+      if (clean("expireJob")) {
+        const due = (await inner.listGrants(user)).filter(
+          (g) => g.remaining > 0 && g.expiresAt !== null && g.expiresAt.getTime() <= clock.now,
+        );
+        if (due.length > 0)
+          fail(`after expireDueGrants: ${user}'s grants ${due.map((g) => g.id).join(", ")} open past their expiry`);
       }
     }
   };
@@ -738,7 +781,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       const op: Op = {
         id,
         spec,
-        key: KEYED.has(spec.kind) ? `sim-${id}` : null,
+        // Some clients send no key (then a request in doubt is not retried: the commits tell).
+        key: KEYED.has(spec.kind) && !(UNKEYED.has(spec.kind) && rng.chance(0.25)) ? `sim-${id}` : null,
         attempts: 0,
         commits: 0,
         accept: new Set<string>(),
@@ -808,4 +852,18 @@ const SUB_KINDS = new Set<Spec["kind"]>(["subscribe", "cancelEnd", "cancelNow", 
 
 function sorted(o: Record<string, number>): Array<[string, number]> {
   return Object.entries(o).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Requests a client may send without an idempotency key (then it does not retry one in doubt). */
+const UNKEYED = new Set<Spec["kind"]>(["deduct", "reserve"]);
+
+/** The load (or live read) of `op`'s own unit of work on `userId`. */
+function ownLoad(op: Op, userId: string, key: string | undefined): boolean {
+  if (op.key !== null) return key === op.key;
+  return UNKEYED.has(op.spec.kind) && key === undefined && "user" in op.spec && op.spec.user === userId;
+}
+
+/** A commit of a request sent without a key that carries its work (not only a settle before a refusal). */
+function unkeyedWork(op: Op, userId: string, changes: Changes): boolean {
+  return ownLoad(op, userId, undefined) && changes.entries.some((x) => x.type === op.spec.kind);
 }

@@ -1,6 +1,7 @@
 import { ConflictError, StorageError } from "../../src/errors.js";
 import type { InMemoryDbManager } from "../../src/db/memory/index.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
+import { stateAfter, type AccountState } from "../../src/db/state-cache.js";
 import type { Grant, Payment, Promo, Reservation, Subscription } from "../../src/models/index.js";
 import type { Prng } from "./prng.js";
 import { currentOp, type OpContext, type Scheduler } from "./scheduler.js";
@@ -45,7 +46,7 @@ const MAX_ATTEMPTS = 5;
  */
 export class SimStore {
   readonly events: StoreEvent[] = [];
-  /** The store the services use. */
+  /** The store as a process without a state cache sees it. */
   readonly db: DbManager;
 
   constructor(
@@ -54,9 +55,21 @@ export class SimStore {
     /** Only to prove the simulation catches a store that loses what it answered as done. */
     private readonly loseCommits?: Prng,
   ) {
-    this.db = new Proxy(inner, {
+    this.db = this.process(undefined);
+  }
+
+  /**
+   * The store as one process (one manager) sees it: with its own state cache, as the PostgreSQL
+   * and MongoDB adapters keep one per process (`stateCacheSize`), or none. A process that dies is
+   * replaced by a new one, with an empty cache.
+   */
+  process(cache: ProcessCache | undefined): DbManager {
+    const inner = this.inner;
+    const transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T) =>
+      this.transaction(userId, fn, cache);
+    return new Proxy(inner, {
       get: (target, prop, receiver) => {
-        if (prop === "transaction") return this.transaction;
+        if (prop === "transaction") return transaction;
         // Without it the services take the path every database takes (a promise per unit of work).
         if (prop === "transactionNow") return undefined;
         const value: unknown = Reflect.get(target, prop, receiver);
@@ -84,13 +97,41 @@ export class SimStore {
     return result;
   }
 
-  /** `DbManager.transaction`: optimistic, retried on conflicts at the commit, like a database adapter. */
-  readonly transaction = async <T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> => {
+  /**
+   * `DbManager.transaction`: optimistic, retried on conflicts at the commit, like a database
+   * adapter. A unit of work that started from the process's cached state is guarded like the
+   * adapters guard it: its save by the account's seq (a copy another process outdated conflicts,
+   * and the unit runs again on the store's state); its answer without a save by a read of the
+   * account's current seq (moved: the unit runs again), unless the cache is the planted stale one.
+   */
+  private async transaction<T>(
+    userId: string,
+    fn: (tx: DbTransaction) => Promise<T> | T,
+    cache: ProcessCache | undefined,
+  ): Promise<T> {
     for (let attempt = 1; ; attempt++) {
-      const tx = new SimTransaction(this, userId);
-      const value = await fn(tx);
+      const tx = new SimTransaction(this, userId, cache);
+      let value: T;
+      try {
+        value = await fn(tx);
+      } catch (error) {
+        // A refusal (or any error) decided on the copy stands only if the copy is still current.
+        if (tx.cachedSeq !== null && cache?.stale !== true && !(await this.stillCurrent(userId, tx.cachedSeq))) {
+          cache?.states.delete(userId);
+          continue;
+        }
+        throw error;
+      }
       const changes = tx.changes;
-      if (changes === null) return value;
+      if (changes === null) {
+        if (tx.cachedSeq !== null && cache?.stale !== true && !(await this.stillCurrent(userId, tx.cachedSeq))) {
+          cache?.states.delete(userId);
+          continue;
+        }
+        return value;
+      }
+      // Known again only once the commit's answer is back (a lost answer leaves none).
+      cache?.states.delete(userId);
       const verdict = await this.scheduler.point("commit");
       try {
         if (verdict === "error") throw new StorageError("[sim] injected: storage error before the commit");
@@ -108,9 +149,18 @@ export class SimStore {
       this.events.push({ kind: "commit", op: currentOp(), userId, changes });
       const ack = await this.scheduler.point("ack");
       if (ack === "error") throw new StorageError("[sim] injected: committed, but the answer was lost");
+      cache?.states.set(userId, { ...stateAfter(tx.base, changes), seq: changes.account.seq });
       return value;
     }
-  };
+  }
+
+  /** Whether the account's seq is still `seq` (the check of a unit of work that started from a cached state). */
+  private async stillCurrent(userId: string, seq: number): Promise<boolean> {
+    const verdict = await this.scheduler.point("read");
+    if (verdict === "error") throw new StorageError("[sim] injected: the check of a cached state failed");
+    const current = this.inner.transactionNow(userId, (t) => t.load()) as LoadedState;
+    return (current.account?.seq ?? null) === seq;
+  }
 
   /** @internal */
   async wait(): Promise<void> {
@@ -119,8 +169,24 @@ export class SimStore {
   }
 }
 
+/** A process's cached account states (open grants and active holds, as the adapters keep them). */
+export class ProcessCache {
+  readonly states = new Map<string, AccountState & { seq: number }>();
+
+  /**
+   * `stale`: a planted bug, to prove the simulation catches one: a unit of work that started from
+   * the cache and saves nothing is answered without checking the copy is still the store's state
+   * (a refusal, a settle or a job's "nothing to do" decided on a copy another process outdated).
+   */
+  constructor(readonly stale = false) {}
+}
+
 class SimTransaction implements DbTransaction {
   changes: Changes | null = null;
+  /** The account's seq of the cached state the unit started from (null: it loaded from the store). */
+  cachedSeq: number | null = null;
+  /** The account, open grants and active holds it loaded (null: no account yet). */
+  base: AccountState | null = null;
   /** The account's grants and holds (all states) as of the load. */
   private grants = new Map<string, Grant>();
   private holds = new Map<string, Reservation>();
@@ -134,9 +200,26 @@ class SimTransaction implements DbTransaction {
   constructor(
     private readonly sim: SimStore,
     readonly userId: string,
+    private readonly cache: ProcessCache | undefined,
   ) {}
 
   async load(request?: LoadRequest): Promise<LoadedState> {
+    // As the PostgreSQL adapter does: a load without an idempotency key may start from the copy.
+    const hit = request?.idempotencyKey === undefined ? this.cache?.states.get(this.userId) : undefined;
+    if (hit !== undefined) {
+      this.cachedSeq = hit.seq;
+      this.base = hit;
+      // Other grants and holds are read from the store when asked for (`getGrants`, `getReservation`).
+      this.grants = new Map(hit.grants.map((g) => [g.id, g]));
+      this.holds = new Map(hit.reservations.map((r) => [r.id, r]));
+      this.sim.events.push({ kind: "load", op: currentOp(), userId: this.userId, key: undefined, seq: hit.seq });
+      return structuredClone({
+        account: hit.account,
+        grants: [...hit.grants],
+        reservations: [...hit.reservations],
+        idempotent: null,
+      });
+    }
     await this.sim.wait();
     // A snapshot, as a database transaction sees one: the state at the load, for every read of the
     // unit of work (the store's own lists move on as other units of work commit). The memory
@@ -149,6 +232,10 @@ class SimTransaction implements DbTransaction {
     this.grants = new Map((await grants).map((g) => [g.id, g]));
     this.holds = new Map((await holds).map((r) => [r.id, r]));
     this.key = request?.idempotencyKey;
+    if (state.account !== null) {
+      this.base = { account: state.account, grants: state.grants, reservations: state.reservations };
+      this.cache?.states.set(this.userId, { ...structuredClone(this.base), seq: state.account.seq });
+    }
     this.sim.events.push({
       kind: "load",
       op: currentOp(),
@@ -161,6 +248,10 @@ class SimTransaction implements DbTransaction {
 
   async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     await this.sim.wait();
+    if (this.cachedSeq !== null && grantIds.some((id) => !this.grants.has(id))) {
+      for (const g of await this.sim.inner.listGrants(this.userId, { includeInactive: true }))
+        if (!this.grants.has(g.id)) this.grants.set(g.id, g);
+    }
     return grantIds
       .map((id) => this.grants.get(id))
       .filter((g): g is Grant => g !== undefined)
@@ -169,6 +260,10 @@ class SimTransaction implements DbTransaction {
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
     await this.sim.wait();
+    if (this.cachedSeq !== null && !this.holds.has(reservationId)) {
+      const r = (await this.sim.inner.listReservations(this.userId)).find((h) => h.id === reservationId);
+      if (r !== undefined) this.holds.set(r.id, r);
+    }
     const r = this.holds.get(reservationId);
     return r === undefined ? null : structuredClone(r);
   }

@@ -34,6 +34,9 @@ export function checkCachedState(
   cached: AccountState | null | undefined,
   stored: AccountState | null | undefined,
 ): void {
+  // Another manager wrote the account since (its `_rev` moved): a stale state is no fault of the
+  // cache; the save's guard refuses it and a decision without a save is confirmed on `_rev`.
+  if (cached && stored && cached.rev !== stored.rev) return;
   const byId = <T extends { id: string }>(xs: readonly T[]) => [...xs].sort((a, b) => (a.id < b.id ? -1 : 1));
   const norm = (x: AccountState | null | undefined) =>
     x && {

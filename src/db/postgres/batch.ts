@@ -365,19 +365,24 @@ export class Batch {
     // The shared transaction broke while the units ran: nothing of it will commit.
     const brokeEarly = this.failure !== undefined;
     let commitError: unknown = undefined;
+    // Accounts whose units started from the state cache and decided something that writes nothing.
+    const { unsure, confirm } = this.unconfirmed(settled);
+    /** Of `confirm`: the users whose row moved since their state was cached (or unknown: all). */
+    let stale: ReadonlySet<string> = new Set();
     if (!brokeEarly) {
       const saving = merged(this.txs.filter((tx, i) => outcomes[i]?.status === "fulfilled" && tx.pending !== null));
       if (saving.length > 0) {
         let xid: unknown;
         try {
-          xid = await this.save(saving);
+          ({ xid, stale } = await this.save(saving, confirm));
         } catch (error) {
           commitError = error;
         }
         // Committed: nothing from here on may fail the units (a failure would run them again).
         if (commitError === undefined) this.remember(saving, xid);
-      } else if (this.began) {
-        await this.rollback(); // read-only: nothing to commit
+      } else {
+        if (confirm.length > 0) stale = await this.confirmStates(confirm);
+        if (this.began) await this.rollback(); // read-only: nothing to commit
       }
     }
     if (this.began && !this.broken) await this.rollback();
@@ -385,9 +390,23 @@ export class Batch {
     if (brokeEarly || commitError !== undefined) for (const tx of this.optimists) this.db.states?.delete(tx.userId);
     if (this.resync && !this.broken) await this.db.resyncPrepared(this.client);
 
+    // What a unit that started from the cache decided without saving is final only once its
+    // state is known current: the confirm statement found its row unchanged, or the batch's save
+    // (guarded on the same `xmin`) committed. Else it runs again, loading under the lock.
+    const failed = brokeEarly || commitError !== undefined;
+    const redo = (tx: UnitTx) => unsure.has(tx) && (failed || stale.has(tx.userId));
+    for (const user of stale) this.db.states?.delete(user);
+
     this.txs.forEach((tx, i) => {
       const outcome = outcomes[i] as PromiseSettledResult<unknown>;
       const unit = tx.unit;
+      if (redo(tx)) {
+        const reason = new ConflictError(`account ${tx.userId} changed since its state was cached`, {
+          userId: tx.userId,
+        });
+        retry.push({ unit, reason, fresh: true });
+        return;
+      }
       if (outcome.status === "rejected") {
         const e = outcome.reason;
         if (e instanceof NotRun) {
@@ -635,21 +654,92 @@ export class Batch {
     return { save, saveArgs, extra };
   }
 
-  /** One statement for every queued change, and COMMIT, in one message; returns the committing transaction's id. */
-  private async save(txs: readonly SaveItem[]): Promise<unknown> {
+  /**
+   * The units that started from the state cache (`optimistic`) and decided something that writes
+   * nothing — a refusal, or an end without a save — so that their outcome holds only if the state
+   * was current (`unsure`); and of their accounts, the first unit of each that no save of the batch
+   * guards (`confirm`: the confirm statement checks its `xmin`). A save of the account guards on
+   * the same `xmin` as the cached state: if it commits, the state was current.
+   */
+  private unconfirmed(settled: ReadonlyMap<UnitTx, PromiseSettledResult<unknown>>): {
+    unsure: Set<UnitTx>;
+    confirm: UnitTx[];
+  } {
+    const unsure = new Set<UnitTx>();
+    const confirm: UnitTx[] = [];
+    if (this.db.trustCachedDecisions || this.optimists.length === 0) return { unsure, confirm };
+    for (const chain of this.chains) {
+      const first = chain[0] as UnitTx;
+      if (first.xmin === null || !this.optimists.includes(first)) continue;
+      let saves = false;
+      for (const tx of chain) {
+        const o = settled.get(tx);
+        if (o === undefined) continue;
+        if (o.status === "fulfilled") {
+          if (tx.pending === null) unsure.add(tx);
+          else saves = true;
+        } else if (!(o.reason instanceof NotRun || o.reason instanceof Skipped || o.reason instanceof Retry)) {
+          unsure.add(tx);
+        }
+      }
+      if (!saves && chain.some((tx) => unsure.has(tx))) confirm.push(first);
+    }
+    return { unsure, confirm };
+  }
+
+  /** The confirm statement's text and the users it asks about. */
+  private confirmText(txs: readonly UnitTx[]): string {
+    const { sql } = this.db;
+    const users = arrayText(txs.map((tx) => tx.userId));
+    const xmins = arrayText(txs.map((tx) => tx.xmin));
+    return executeText(sql.confirm, [users, xmins], this.db.prepared);
+  }
+
+  /**
+   * A batch that saves nothing: one statement (in its transaction when one is open) finds the
+   * accounts of `txs` whose row moved since their state was cached. A failure counts them all stale.
+   */
+  private async confirmStates(txs: readonly UnitTx[]): Promise<Set<string>> {
+    try {
+      const [result] = await this.message("confirm", [this.db.sql.confirm], (p) => `${p}${this.confirmText(txs)}`, 1);
+      return new Set((result?.rows ?? []).map((r) => (r as { user_id: string }).user_id));
+    } catch {
+      return new Set(txs.map((tx) => tx.userId));
+    }
+  }
+
+  /**
+   * One statement for every queued change, the confirm statement of `confirm` when there are any
+   * (same transaction, before COMMIT), and COMMIT, in one message; returns the committing
+   * transaction's id and the users the confirm statement found stale.
+   */
+  private async save(
+    txs: readonly SaveItem[],
+    confirm: readonly UnitTx[],
+  ): Promise<{ xid: unknown; stale: Set<string> }> {
     const { save, saveArgs, extra } = Batch.saveParts(this.db.sql, txs);
     const extraText = extra === null ? "" : `${executeText(extra.statement, [extra.arg], this.db.prepared)}; `;
+    const confirmText = confirm.length === 0 ? "" : `; ${this.confirmText(confirm)}`;
+    const statements = [
+      ...(extra === null ? [] : [extra.statement]),
+      save,
+      ...(confirm.length === 0 ? [] : [this.db.sql.confirm]),
+    ];
     // Units that saved without loading: their account write takes the row lock; the guard holds.
     const begin = this.began ? "" : `${beginOf(this.db)}; `;
     this.began = true;
-    const [saved] = await this.message(
+    const results = await this.message(
       "save",
-      extra === null ? [save] : [extra.statement, save],
-      (prefix) => `${prefix}${begin}${extraText}${executeText(save, saveArgs, this.db.prepared)}; COMMIT`,
-      2,
+      statements,
+      (prefix) => `${prefix}${begin}${extraText}${executeText(save, saveArgs, this.db.prepared)}${confirmText}; COMMIT`,
+      confirm.length === 0 ? 2 : 3,
     );
     this.began = false;
-    return (saved?.rows[0] as { xid?: unknown } | undefined)?.xid;
+    const [saved, confirmed] = results;
+    const stale = new Set<string>(
+      confirm.length === 0 ? [] : (confirmed?.rows ?? []).map((r) => (r as { user_id: string }).user_id),
+    );
+    return { xid: (saved?.rows[0] as { xid?: unknown } | undefined)?.xid, stale };
   }
 
   /**

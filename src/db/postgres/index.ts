@@ -189,6 +189,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   private readonly group: GroupCommit<Unit>;
   /** @internal */
   readonly prepared: boolean;
+  /**
+   * @internal The bench's "before" (docs/benchmarks.md): a unit that started from the state cache
+   * and ends without a save is final without confirming the row's `xmin` — wrong with several
+   * managers on one schema. Never set it elsewhere.
+   */
+  trustCachedDecisions = false;
   /** @internal Last committed states of recently used accounts (null: none kept). */
   readonly states: StateCache | null;
   /** @internal */
@@ -536,7 +542,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   /**
    * Active holds (the `status_expiry` index) and the outbox's pending (`pending_due`) and failed
-   * rows (failed rows have no index of their own: purge settled rows, docs/notifications.md).
+   * rows (the partial index `notifications_failed`, schema version 7): no scan of the outbox.
    */
   async stats(): Promise<StoreStats> {
     const r = this.sql.tables.reservations.qualified;

@@ -97,6 +97,12 @@ export class PostgresSql {
    * NULL), the `xmin` of their cached states (or NULL).
    */
   readonly state: Statement;
+  /**
+   * The users (of `$1`) whose account row is no longer the version (`xmin`, `$2`, same order) a
+   * cached state was made from: a unit of work that started from that state and ends without a
+   * save (a refusal, a no-op) is final only if its user is not among them (docs/storage.md#caches).
+   */
+  readonly confirm: Statement;
   private readonly saves = new Map<string, SaveStatement>();
 
   constructor(options: { schema?: string; prefix?: string; partitioned?: PartitionOptions }) {
@@ -121,6 +127,11 @@ export class PostgresSql {
     this.lockSkip = statement(
       `SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE SKIP LOCKED`,
       ["text[]"],
+    );
+    this.confirm = statement(
+      `SELECT c.user_id FROM unnest($1::text[], $2::text[]) AS c(user_id, xmin) ` +
+        `LEFT JOIN ${accounts.qualified} a ON a.user_id = c.user_id WHERE a.xmin::text IS DISTINCT FROM c.xmin`,
+      ["text[]", "text[]"],
     );
     // `a.xmin` is that of the row version the lock holds: a cached state made by the transaction
     // that wrote it is current (see ./state-cache.ts), and grants and holds need no reading.

@@ -1,0 +1,173 @@
+/**
+ * Two managers over one store (part of `runDbManagerContract` when it is given `createPeer`, also
+ * `runManagersContract`): every decision that writes nothing — a refusal, a `check()` denial, a
+ * promo or subscription refusal, a job that finds nothing to do — is taken on the store's current
+ * state, not on a copy the other manager has outdated since (docs/testing.md#several-managers).
+ * Each manager keeps its own caches; A warms its copy of an account, B changes the account, then A
+ * decides.
+ */
+import { randomUUID } from "node:crypto";
+import { describe, expect, it, useTestApi } from "./runner.js";
+import type { DbManager } from "../db/types.js";
+import type { TestApi } from "./runner.js";
+import { InMemoryCache } from "../cache/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { ExpirationService } from "../services/expiration-service.js";
+import { LedgerLogger } from "../ledger/index.js";
+import { PromoService } from "../services/promo-service.js";
+import { SubscriptionService } from "../services/subscription-service.js";
+
+const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+
+/** One manager's services over `db`, on a clock shared with the other manager. */
+function manager(db: DbManager, clock: { now: number }) {
+  const now = () => new Date(clock.now);
+  const ledger = new LedgerLogger({ db, clock: now });
+  const credits = new CreditService({ db, clock: now, ledger });
+  const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
+  const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
+  const promos = new PromoService({ db, clock: now });
+  return { credits, subscriptions, expiration, promos };
+}
+
+/**
+ * `getDb` and `getPeer`: two initialised managers over one store, each with its own caches (two
+ * pools on one PostgreSQL schema, two clients on one MongoDB database, two connections on one
+ * SQLite file).
+ */
+export function runManagersContract(
+  getDb: () => DbManager,
+  getPeer: () => DbManager,
+  options: { test?: TestApi } = {},
+): void {
+  if (options.test !== undefined) useTestApi(options.test);
+  const user = () => `mm-${randomUUID()}`;
+  const pair = () => {
+    const clock = { now: T0 };
+    return { clock, a: manager(getDb(), clock), b: manager(getPeer(), clock) };
+  };
+
+  describe("two managers over one store", () => {
+    it("deductCredits: A refuses nothing B's credits cover", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 10);
+      await a.credits.deductCredits(u, 5); // A now holds a copy: balance 5
+      await b.credits.addCredits(u, 100); // the store: 105
+      await a.credits.deductCredits(u, 50);
+      expect((await a.credits.getUserCreditsInfo(u)).balance).toBe(55);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(55);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
+    it("reserveCredits: A places a hold B's credits cover", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 10);
+      await a.credits.deductCredits(u, 5);
+      await b.credits.addCredits(u, 100);
+      const hold = await a.credits.reserveCredits(u, 50);
+      expect(hold.status).toBe("active");
+      expect((await b.credits.getUserCreditsInfo(u)).available).toBe(55);
+    });
+
+    it("a refusal stays a refusal when B spent the credits A saw", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 100);
+      await a.credits.deductCredits(u, 1);
+      await b.credits.deductCredits(u, 90); // the store: 9
+      await expect(a.credits.deductCredits(u, 50)).rejects.toMatchObject({ name: "InsufficientCreditsError" });
+      await a.credits.deductCredits(u, 9);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(0);
+    });
+
+    it("check(): A allows what B's credits cover, with and without a balance cache of its own", async () => {
+      const { a, b, clock } = pair();
+      const cached = new CreditService({ db: getDb(), clock: () => new Date(clock.now), cache: new InMemoryCache() });
+      const u = user();
+      await a.credits.addCredits(u, 10);
+      await a.credits.deductCredits(u, 5);
+      expect((await a.credits.check(u, { amount: 50 })).allowed).toBe(false);
+      expect((await cached.check(u, { amount: 50 })).allowed).toBe(false); // cached: available 5
+      await b.credits.addCredits(u, 100);
+      expect((await a.credits.check(u, { amount: 50 })).allowed).toBe(true);
+      expect((await cached.check(u, { amount: 50 })).allowed).toBe(true);
+    });
+
+    it("releaseExpiredHolds on A releases a hold B placed, past its TTL", async () => {
+      const { a, b, clock } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 100);
+      await a.credits.deductCredits(u, 1); // A's copy: no hold
+      const hold = await b.credits.reserveCredits(u, 10, { ttlSeconds: 60 });
+      clock.now += 120_000;
+      await a.expiration.releaseExpiredHolds();
+      expect((await b.credits.getReservation(hold.id)).status).not.toBe("active");
+      expect((await b.credits.getUserCreditsInfo(u)).available).toBe(99);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
+    it("expireDueGrants on A expires a grant B added", async () => {
+      const { a, b, clock } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 10);
+      await a.credits.deductCredits(u, 1); // A's copy: one grant
+      await b.credits.addCredits(u, 20, { expiresAt: new Date(clock.now + 60_000) });
+      clock.now += 120_000;
+      await a.expiration.expireDueGrants();
+      const grants = await b.credits.getGrants(u);
+      expect(grants.map((g) => g.remaining).reduce((x, y) => x + y, 0)).toBe(9);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(9);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
+    it("a settle that writes nothing on A sees the expiry B's grant is due for", async () => {
+      const { a, b, clock } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 10);
+      await a.credits.deductCredits(u, 1);
+      await b.credits.addCredits(u, 20, { expiresAt: new Date(clock.now + 60_000) });
+      clock.now += 120_000;
+      expect(await a.credits.expireCredits(u)).toBe(20);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(9);
+    });
+
+    it("claimPromo on A: a promo B reactivated is claimed", async () => {
+      const { a, b } = pair();
+      const u = user();
+      const code = `MM${randomUUID().replace(/-/g, "").slice(0, 12).toUpperCase()}`;
+      await a.promos.createPromo({ code, credits: 7 });
+      await a.credits.addCredits(u, 1);
+      await a.credits.deductCredits(u, 1);
+      await a.promos.setPromoActive(code, false);
+      await expect(a.promos.claimPromo(u, code)).rejects.toMatchObject({ name: "PromoNotEligibleError" });
+      await b.promos.setPromoActive(code, true);
+      await a.promos.claimPromo(u, code);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(7);
+    });
+
+    it("subscribe on A: a plan B reactivated is subscribed to", async () => {
+      const { a, b } = pair();
+      const u = user();
+      const plan = await a.subscriptions.createPlan({ name: "MM", creditsPerPeriod: 5, billingPeriod: "daily" });
+      await a.subscriptions.deactivatePlan(plan.id);
+      await expect(a.subscriptions.subscribe(u, plan.id)).rejects.toBeInstanceOf(Error);
+      await b.subscriptions.updatePlan(plan.id, { isActive: true });
+      const sub = await a.subscriptions.subscribe(u, plan.id);
+      expect(sub.planId).toBe(plan.id);
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(5);
+    });
+
+    it("an idempotent replay on A answers B's entry", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 100);
+      await a.credits.deductCredits(u, 1);
+      const first = await b.credits.deductCredits(u, 10, { idempotencyKey: "mm-1" });
+      const again = await a.credits.deductCredits(u, 10, { idempotencyKey: "mm-1" });
+      expect(again.id).toBe(first.id);
+      expect((await a.credits.getUserCreditsInfo(u)).balance).toBe(89);
+    });
+  });
+}
