@@ -1,0 +1,117 @@
+/**
+ * The money rules of credit leases (docs/metering.md, "Leases"): how big a block a process may hold,
+ * when a user's charges stay on the exact path, the key that makes a window's settle happen once,
+ * and how a window's per-request lines add up. Pure functions: no I/O.
+ */
+
+/** The settings a lease's sizing reads (validated by `LeaseOptions`). */
+export interface LeaseSizing {
+  /** Credits a block holds at most. */
+  size: number;
+  /** Below `exactBelow × size` available credits, a user's charges take the exact path. */
+  exactBelow: number;
+  /** A block is at most this share of what the user has available (0 < share ≤ 1). */
+  share: number;
+}
+
+/**
+ * The block a lease takes out of `available` credits: `size`, but never more than `share` of what
+ * is available, and none at all (0: charge exactly) when `available` is below `exactBelow × size`.
+ */
+export function leaseBlock(available: number, s: LeaseSizing): number {
+  if (available < s.exactBelow * s.size) return 0;
+  return Math.max(0, Math.min(s.size, Math.floor(available * s.share)));
+}
+
+/** The idempotency key of window `window` of lease `lease`: a retried or recovered settle charges once. */
+export function leaseSettleKey(lease: string, window: number): string {
+  return `lease:${lease}:${window}`;
+}
+
+/** What a settle entry's metadata says about its window (`lease`, `window`, `requests`, `total`). */
+export interface LeaseWindow {
+  lease: string;
+  window: number;
+  /** Charges served from the window's block. */
+  requests: number;
+  /** Σ of their amounts: the credits the window settled. */
+  total: number;
+}
+
+/** The window a journal entry settled, read from its metadata; null for any other entry. */
+export function leaseWindowOf(metadata: Record<string, unknown> | null | undefined): LeaseWindow | null {
+  const m = metadata?.leaseWindow as Partial<LeaseWindow> | undefined;
+  if (
+    m === undefined ||
+    m === null ||
+    typeof m !== "object" ||
+    typeof m.lease !== "string" ||
+    typeof m.window !== "number" ||
+    typeof m.requests !== "number" ||
+    typeof m.total !== "number"
+  )
+    return null;
+  return { lease: m.lease, window: m.window, requests: m.requests, total: m.total };
+}
+
+/** One line of the ledger file about a lease (`eventType: "lease"`). */
+export type LeaseLine =
+  | { eventType: "lease"; action: "hold"; userId: string; lease: string; window: number; reservationId: string }
+  | { eventType: "lease"; action: "charge"; userId: string; lease: string; window: number; amount: number }
+  | { eventType: "lease"; action: "settled"; userId: string; lease: string; window: number; entryId: string | null };
+
+/** A window as the ledger file tells it: its hold, its charges, whether it was settled. */
+export interface FileWindow {
+  userId: string;
+  lease: string;
+  window: number;
+  reservationId: string | null;
+  requests: number;
+  total: number;
+  settled: boolean;
+}
+
+/** Adds one lease line of the ledger file to `windows` (keyed by lease and window). */
+export function addLeaseLine(windows: Map<string, FileWindow>, line: LeaseLine): void {
+  const key = `${line.lease}:${line.window}`;
+  let w = windows.get(key);
+  if (w === undefined) {
+    w = {
+      userId: line.userId,
+      lease: line.lease,
+      window: line.window,
+      reservationId: null,
+      requests: 0,
+      total: 0,
+      settled: false,
+    };
+    windows.set(key, w);
+  }
+  if (line.action === "hold") w.reservationId = line.reservationId;
+  else if (line.action === "charge") {
+    w.requests++;
+    w.total += line.amount;
+  } else w.settled = true;
+}
+
+/** A lease line of the ledger file, or null for any other line. */
+export function leaseLineOf(event: unknown): LeaseLine | null {
+  const e = event as Partial<Record<string, unknown>> | null;
+  if (e === null || typeof e !== "object" || e.eventType !== "lease") return null;
+  if (typeof e.userId !== "string" || typeof e.lease !== "string" || typeof e.window !== "number") return null;
+  if (e.action === "charge" && typeof e.amount === "number") return e as LeaseLine;
+  if (e.action === "hold" && typeof e.reservationId === "string") return e as LeaseLine;
+  if (e.action === "settled") return e as LeaseLine;
+  return null;
+}
+
+/**
+ * What a window's journal entry and the file's lines disagree on (empty when they agree): the
+ * number of requests and their total must be the same.
+ */
+export function compareWindow(entry: LeaseWindow, file: FileWindow | undefined): string | null {
+  const requests = file?.requests ?? 0;
+  const total = file?.total ?? 0;
+  if (requests === entry.requests && total === entry.total) return null;
+  return `lease ${entry.lease} window ${entry.window}: the journal settled ${entry.requests} requests for ${entry.total} credits, the ledger file has ${requests} for ${total}`;
+}

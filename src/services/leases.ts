@@ -1,0 +1,441 @@
+import { randomUUID } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { createInterface } from "node:readline";
+import type { Logger } from "../logger.js";
+import { ConfigurationError } from "../errors.js";
+import type { LedgerLogger } from "../ledger/index.js";
+import { addLeaseLine, leaseLineOf, type FileWindow, type LeaseSizing } from "../domain/leases.js";
+import {
+  Amount,
+  LeaseChargeOptions,
+  LeaseOptions,
+  UserId,
+  parse,
+  type JournalEntry,
+  type Reservation,
+} from "../models/index.js";
+import type { CreditService } from "./credit-service.js";
+
+/** What one `charge()` did. */
+export interface LeaseCharge {
+  userId: string;
+  amount: number;
+  /** `lease`: served from the user's block in memory, settled with its window; `exact`: a deduction of its own. */
+  via: "lease" | "exact";
+  /** The deduction of an exact charge; null for a leased one (its window's settle entry comes later). */
+  entry: JournalEntry | null;
+}
+
+/** What `recover()` settled for a predecessor that died with unsettled windows in the ledger file. */
+export interface LeaseRecovery {
+  /** Windows settled now (each once: a window already settled is answered by its key). */
+  windows: number;
+  /** Requests and credits those windows charged. */
+  requests: number;
+  credits: number;
+}
+
+/** @internal What a settle asks of the credit service (`CreditService.settleLease`). */
+export interface LeaseSettle {
+  lease: string;
+  window: number;
+  /** The window's hold; null when there is none (an opening window). */
+  holdId: string | null;
+  used: number;
+  requests: number;
+  /** Hold the next block (its sizing and TTL); null: end the lease. */
+  roll: { sizing: LeaseSizing; ttlSeconds: number } | null;
+}
+
+/** @internal A block as a lease keeps it. */
+export interface LeaseHold {
+  id: string;
+  amount: number;
+  expiresAt: number;
+}
+
+/** @internal The settle's outcome: its entry, the next block, whether it was answered by its key. */
+export interface LeaseSettled {
+  entry: JournalEntry | null;
+  next: LeaseHold | null;
+  replayed: boolean;
+}
+
+/** @internal */
+export function leaseHoldOf(r: Reservation): LeaseHold {
+  return { id: r.id, amount: r.amount, expiresAt: r.expiresAt.getTime() };
+}
+
+/** @internal */
+export interface LeaseDeps {
+  credits: Pick<CreditService, "settleLease" | "deductCredits" | "leaseHold">;
+  ledger?: LedgerLogger | undefined;
+  logger?: Logger | undefined;
+}
+
+/** One user's lease in this process. */
+interface UserLease {
+  readonly userId: string;
+  /** `"userId"` as JSON, for the ledger lines. */
+  readonly userJson: string;
+  readonly lease: string;
+  window: number;
+  holdId: string | null;
+  held: number;
+  /** Charges are served from the block until then (ms), well before its hold lapses. */
+  serveUntil: number;
+  used: number;
+  requests: number;
+  /** True while charges may be served from the block (not while it settles, nor after a failed settle). */
+  open: boolean;
+  /** Opened since the last tick: not idle yet. */
+  fresh: boolean;
+  settling: Promise<void> | null;
+}
+
+const DEFAULTS = { size: 1000, ttlSeconds: 60, settleEveryMs: 1000, exactBelow: 4, share: 0.5 };
+
+/**
+ * Credit leases (docs/metering.md, "Leases"), from `credits.leases(options)`: this process holds a
+ * block of each busy user's credits (one unit of work), serves `charge()` from it in memory, and
+ * settles what it used in one journal entry per window — every `settleEveryMs`, when the block runs
+ * out, or to end an idle lease — holding the next block in the same unit of work. Each settle is
+ * keyed by lease and window, so a retried or recovered settle charges once. With the ledger file
+ * on, each leased charge is a line of it (`eventType: "lease"`), flushed before its window settles;
+ * `recover()` settles what a process that died on that file used and did not settle.
+ */
+export class CreditLeases {
+  private readonly users = new Map<string, UserLease>();
+  /** Users on the exact path (too few credits for a block) until then (ms). */
+  private readonly exactUntil = new Map<string, number>();
+  private readonly sizing: LeaseSizing;
+  private readonly ttlSeconds: number;
+  private readonly every: number;
+  /** How long before its hold lapses a block stops serving (ms). */
+  private readonly margin: number;
+  private readonly timer: NodeJS.Timeout;
+  private readonly file: LedgerLogger | undefined;
+  private closed = false;
+  private closing: Promise<void> | null = null;
+  private lastReason: string | undefined;
+  private lastReasonJson = "";
+
+  /** @internal Made by `credits.leases(options)`. */
+  constructor(
+    private readonly deps: LeaseDeps,
+    options: LeaseOptions = {},
+  ) {
+    const o = parse(LeaseOptions, options ?? {}, "options");
+    this.sizing = {
+      size: o.size ?? DEFAULTS.size,
+      exactBelow: o.exactBelow ?? DEFAULTS.exactBelow,
+      share: o.share ?? DEFAULTS.share,
+    };
+    this.ttlSeconds = o.ttlSeconds ?? DEFAULTS.ttlSeconds;
+    this.every = o.settleEveryMs ?? DEFAULTS.settleEveryMs;
+    if (this.every >= this.ttlSeconds * 1000) {
+      throw new ConfigurationError(
+        `Lease options: settleEveryMs (${this.every}) must be shorter than the hold's TTL (${this.ttlSeconds} s).`,
+      );
+    }
+    this.margin = Math.min(this.ttlSeconds * 500, 2 * this.every);
+    this.file = deps.ledger?.filePath != null ? deps.ledger : undefined;
+    this.timer = setInterval(() => this.tick(), this.every);
+    this.timer.unref();
+  }
+
+  /** Users with a block in this process now. */
+  get size(): number {
+    return this.users.size;
+  }
+
+  /**
+   * Charges `amount` credits to `userId`. When the user's block covers it, the charge is served in
+   * memory and the answer is there at once (not a promise: `await` it all the same); otherwise it
+   * opens or rolls the block, or takes the exact path (a keyed charge, a small balance, an amount
+   * bigger than a block) and resolves once the deduction is stored. `InsufficientCreditsError` when
+   * the exact path refuses it.
+   */
+  charge(userId: string, amount: number, options?: LeaseChargeOptions): LeaseCharge | Promise<LeaseCharge> {
+    const reason = options === undefined ? undefined : options.reason;
+    if (options === undefined || (reason !== undefined && onlyReason(options))) {
+      const l = this.users.get(userId);
+      if (l !== undefined && l.open && Number.isSafeInteger(amount) && amount > 0 && l.used + amount <= l.held) {
+        if (Date.now() < l.serveUntil) return this.serve(l, amount, reason);
+      }
+    }
+    return this.slow(userId, amount, options);
+  }
+
+  /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
+  covers(userId: string, amount: number): boolean {
+    const l = this.users.get(userId);
+    return l !== undefined && l.open && l.used + amount <= l.held && Date.now() < l.serveUntil;
+  }
+
+  /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
+  tryCharge(userId: string, amount: number, reason?: string): boolean {
+    const l = this.users.get(userId);
+    if (l === undefined || !l.open || !Number.isSafeInteger(amount) || amount <= 0 || l.used + amount > l.held)
+      return false;
+    if (Date.now() >= l.serveUntil || (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)))
+      return false;
+    this.serve(l, amount, reason);
+    return true;
+  }
+
+  /** Settles every window with usage now (rolling the blocks) and writes the ledger file. */
+  async flush(): Promise<void> {
+    await this.settleAll(true);
+    await this.file?.flush();
+  }
+
+  /** Settles everything and returns every block; later charges are refused. Idempotent. */
+  close(): Promise<void> {
+    if (this.closing !== null) return this.closing;
+    this.closed = true;
+    clearInterval(this.timer);
+    this.closing = (async () => {
+      await this.settleAll(false);
+      await this.file?.flush();
+    })();
+    return this.closing;
+  }
+
+  /**
+   * Settles, exactly once, the windows a process that died on this manager's ledger file used and
+   * did not settle: a window whose hold is still active is committed against it; a lapsed one is
+   * charged as a keyed after-service deduction. A window already settled is answered by its key and
+   * charges nothing. Call it at startup, before serving; the file must be this process's own (one
+   * ledger file per process). Without a ledger file there is nothing to recover.
+   */
+  async recover(): Promise<LeaseRecovery> {
+    const report: LeaseRecovery = { windows: 0, requests: 0, credits: 0 };
+    const ledger = this.file;
+    if (ledger === undefined || ledger.filePath === null) return report;
+    await ledger.flush();
+    const windows = new Map<string, FileWindow>();
+    const input = createReadStream(ledger.filePath, { encoding: "utf8" });
+    const lines = createInterface({ input, crlfDelay: Infinity });
+    for await (const text of lines) {
+      if (!text.includes('"eventType":"lease"')) continue;
+      let line;
+      try {
+        line = leaseLineOf(JSON.parse(text));
+      } catch {
+        continue; // a line cut by the crash
+      }
+      if (line !== null) addLeaseLine(windows, line);
+    }
+    const mine = new Set([...this.users.values()].map((l) => l.lease));
+    for (const w of windows.values()) {
+      if (w.settled || mine.has(w.lease) || (w.requests === 0 && w.reservationId === null)) continue;
+      const s = { lease: w.lease, window: w.window, holdId: w.reservationId, used: w.total, requests: w.requests };
+      const r = await this.deps.credits.settleLease(w.userId, { ...s, roll: null });
+      this.settledLine(w.userId, JSON.stringify(w.userId), w.lease, w.window, r.entry);
+      if (!r.replayed) {
+        report.windows++;
+        report.requests += w.requests;
+        report.credits += w.total;
+      } else if (!windows.has(`${w.lease}:${w.window + 1}`)) {
+        // Settled before the crash, the next block unrecorded: return it now, under its own key.
+        const next = await this.deps.credits.leaseHold(w.userId, w.lease, w.window + 1);
+        if (next !== null)
+          await this.deps.credits.settleLease(w.userId, {
+            ...s,
+            window: w.window + 1,
+            holdId: next.id,
+            used: 0,
+            requests: 0,
+            roll: null,
+          });
+      }
+    }
+    await ledger.flush();
+    return report;
+  }
+
+  // -----------------------------------------------------------------------------------------------
+
+  private serve(l: UserLease, amount: number, reason: string | undefined): LeaseCharge {
+    l.used += amount;
+    l.requests++;
+    if (this.file !== undefined) {
+      let r = "";
+      if (reason !== undefined) {
+        if (reason !== this.lastReason) {
+          this.lastReason = reason;
+          this.lastReasonJson = `,"reason":${JSON.stringify(reason)}`;
+        }
+        r = this.lastReasonJson;
+      }
+      this.file.recordLine(
+        `{"eventType":"lease","action":"charge","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"amount":${amount}${r}}`,
+      );
+    }
+    // The block ran out: settle (and roll) now rather than at the tick.
+    if (l.used === l.held) void this.settle(l, true).catch(() => undefined);
+    return { userId: l.userId, amount, via: "lease", entry: null };
+  }
+
+  private async slow(userId: string, amount: number, options: LeaseChargeOptions | undefined): Promise<LeaseCharge> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = options === undefined ? undefined : parse(LeaseChargeOptions, options, "options");
+    let rolled = false;
+    for (;;) {
+      if (this.closed)
+        throw new ConfigurationError("These credit leases are closed: charge through another lease or the exact path.");
+      // A keyed charge, an amount beyond a block, a small balance: the exact path.
+      if (o?.idempotencyKey !== undefined || n > this.sizing.size || (this.exactUntil.get(user) ?? 0) > Date.now())
+        return this.exact(user, n, o);
+      const l = this.users.get(user);
+      if (l === undefined) {
+        await this.open(user);
+        continue;
+      }
+      if (l.settling !== null) {
+        await l.settling.catch(() => undefined);
+        continue;
+      }
+      if (l.open && l.used + n <= l.held && Date.now() < l.serveUntil) return this.serve(l, n, o?.reason);
+      if (rolled) return this.exact(user, n, o);
+      // Not covered: settle this window and roll the rest into a new block, then try once more.
+      rolled = true;
+      await this.settle(l, true);
+    }
+  }
+
+  private async exact(userId: string, amount: number, o: LeaseChargeOptions | undefined): Promise<LeaseCharge> {
+    const options: Parameters<LeaseDeps["credits"]["deductCredits"]>[2] = {};
+    if (o?.reason !== undefined) options.description = o.reason;
+    if (o?.description !== undefined) options.description = o.description;
+    if (o?.idempotencyKey !== undefined) options.idempotencyKey = o.idempotencyKey;
+    if (o?.metadata !== undefined) options.metadata = o.metadata;
+    const entry = await this.deps.credits.deductCredits(userId, amount, options);
+    return { userId, amount, via: "exact", entry };
+  }
+
+  /** Opens a lease: window 0 holds the first block (none: the user goes to the exact path for a window). */
+  private open(userId: string): Promise<void> {
+    const l: UserLease = {
+      userId,
+      userJson: JSON.stringify(userId),
+      lease: randomUUID(),
+      window: 0,
+      holdId: null,
+      held: 0,
+      serveUntil: 0,
+      used: 0,
+      requests: 0,
+      open: false,
+      fresh: true,
+      settling: null,
+    };
+    this.users.set(userId, l);
+    return this.settle(l, true);
+  }
+
+  /** Settles `l`'s window; `roll`: hold the next block (else the lease ends). One settle at a time. */
+  private settle(l: UserLease, roll: boolean): Promise<void> {
+    if (l.settling !== null) return l.settling;
+    l.open = false;
+    const s: LeaseSettle = {
+      lease: l.lease,
+      window: l.window,
+      holdId: l.holdId,
+      used: l.used,
+      requests: l.requests,
+      roll: roll && !this.closed ? { sizing: this.sizing, ttlSeconds: this.ttlSeconds } : null,
+    };
+    const run = async (): Promise<void> => {
+      try {
+        // The window's lines are in the file before its entry is in the journal.
+        if (this.file !== undefined && s.requests > 0) await this.file.flush();
+        const r = await this.deps.credits.settleLease(l.userId, s);
+        if (s.holdId !== null) this.settledLine(l.userId, l.userJson, l.lease, s.window, r.entry);
+        if (r.next === null) {
+          if (this.users.get(l.userId) === l) this.users.delete(l.userId);
+          // Too few credits for a block: charge exactly for a window, then try again.
+          if (s.roll !== null) this.exactUntil.set(l.userId, Date.now() + this.every);
+          return;
+        }
+        l.window = s.window + 1;
+        l.holdId = r.next.id;
+        l.held = r.next.amount;
+        l.serveUntil = r.next.expiresAt - this.margin;
+        l.used = 0;
+        l.requests = 0;
+        l.open = true;
+        this.file?.recordLine(
+          `{"eventType":"lease","action":"hold","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"reservationId":${JSON.stringify(r.next.id)}}`,
+        );
+      } catch (error) {
+        // The window stays closed (its usage is fixed) and is settled again, under the same key, at
+        // the next tick or charge: a settle that did reach the store is answered by its key.
+        if (s.window === 0 && this.users.get(l.userId) === l) this.users.delete(l.userId);
+        this.deps.logger?.warn(
+          { err: error, userId: l.userId, lease: l.lease, window: s.window },
+          "credit-management: settling a credit lease failed; it is retried under the same key",
+        );
+        throw error;
+      } finally {
+        l.settling = null;
+      }
+    };
+    l.settling = run();
+    return l.settling;
+  }
+
+  private settledLine(
+    userId: string,
+    userJson: string,
+    lease: string,
+    window: number,
+    entry: JournalEntry | null,
+  ): void {
+    void userId;
+    this.file?.recordLine(
+      `{"eventType":"lease","action":"settled","userId":${userJson},"lease":"${lease}","window":${window},"entryId":${entry === null ? "null" : JSON.stringify(entry.id)}}`,
+    );
+  }
+
+  /** Every window: settle what was used (rolling the block); a lease idle for a whole window ends. */
+  private tick(): void {
+    const now = Date.now();
+    for (const [user, until] of this.exactUntil) if (until <= now) this.exactUntil.delete(user);
+    for (const l of this.users.values()) {
+      if (l.settling !== null) continue;
+      if (l.requests === 0 && l.open && l.fresh) {
+        l.fresh = false;
+        continue;
+      }
+      l.fresh = false;
+      void this.settle(l, l.requests > 0 || !l.open).catch(() => undefined);
+    }
+  }
+
+  private async settleAll(roll: boolean): Promise<void> {
+    const settles: Promise<void>[] = [];
+    for (const l of this.users.values()) {
+      if (l.settling !== null) {
+        const pending = l.settling;
+        settles.push(
+          pending
+            .catch(() => undefined)
+            .then(() => (roll || this.users.get(l.userId) !== l ? undefined : this.settle(l, false))),
+        );
+      } else if (!roll || l.requests > 0 || !l.open) settles.push(this.settle(l, roll));
+    }
+    const results = await Promise.allSettled(settles);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed !== undefined) throw failed.reason;
+  }
+}
+
+/** True when `options` has only a string `reason` (the fast path's only option). */
+function onlyReason(options: LeaseChargeOptions): boolean {
+  if (typeof options.reason !== "string" || options.reason.length > 1000) return false;
+  for (const k in options) if (k !== "reason") return false;
+  return true;
+}
