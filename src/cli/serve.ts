@@ -1,0 +1,122 @@
+import { parseArgs } from "node:util";
+import { UserId } from "../models/index.js";
+import { newKey } from "../serve/keys.js";
+import { MissingDriverError, openStores } from "../serve/store.js";
+import { runServe } from "../serve/server.js";
+import { SERVE_FLAGS, ServeUsageError, serveSettings, type Env } from "../serve/settings.js";
+import type { CliIo } from "./run.js";
+
+/** Exit code when better-sqlite3, the default store's driver, is missing (docs/service.md). */
+export const EXIT_MISSING_DRIVER = 3;
+
+/**
+ * `credit-management serve` and `credit-management keys create|list|revoke` (docs/service.md).
+ * Resolves to the exit code: 0 done, 1 failed, 2 bad usage, 3 better-sqlite3 missing.
+ */
+export async function runServeCli(args: readonly string[], io: CliIo, env: Env): Promise<number> {
+  try {
+    const [command, ...rest] = args;
+    if (command === "serve") {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        strict: true,
+        options: { ...SERVE_FLAGS },
+      });
+      if (positionals.length > 0) throw new ServeUsageError(`unexpected argument "${positionals[0]}"`);
+      return await runServe(serveSettings(values, env), io, env);
+    }
+    const { values, positionals } = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        role: { type: "string" },
+        name: { type: "string" },
+        sqlite: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    const [sub, ...more] = positionals;
+    const settings = serveSettings({ sqlite: values.sqlite }, env);
+    if (sub === "create") {
+      if (more.length > 0) throw new ServeUsageError(`unexpected argument "${more[0]}"`);
+      const role = values.role;
+      let userId: string | null = null;
+      if (role === undefined) throw new ServeUsageError("keys create needs --role admin or --role user:ID");
+      if (role !== "admin") {
+        const m = /^user:(.+)$/s.exec(role);
+        if (m === null || !UserId.safeParse(m[1]).success)
+          throw new ServeUsageError(`--role must be admin or user:ID (an account id), not "${role}"`);
+        userId = m[1] as string;
+      }
+      const name = values.name ?? null;
+      if (name !== null && (name.length > 256 || [...name].some((c) => c.charCodeAt(0) < 32)))
+        throw new ServeUsageError("--name must be up to 256 printable characters");
+      return await withKeys(settings.store, env, async (keys) => {
+        const { key, record } = newKey(role === "admin" ? "admin" : "user", userId, name);
+        await keys.insert(record);
+        io.stderr(`credit-management: key ${record.id} created (${role}); it is shown once, store it now\n`);
+        io.stdout(`${key}\n`);
+        return 0;
+      });
+    }
+    if (sub === "list") {
+      if (more.length > 0) throw new ServeUsageError(`unexpected argument "${more[0]}"`);
+      return await withKeys(settings.store, env, async (keys) => {
+        for (const r of await keys.list()) {
+          const { hash: _hash, ...shown } = r;
+          io.stdout(
+            values.json === true
+              ? `${JSON.stringify(shown)}\n`
+              : `${r.id}  ${r.role === "admin" ? "admin" : `user:${r.userId}`}  ${r.name ?? "-"}  ${r.createdAt}  ${r.revokedAt === null ? "active" : `revoked ${r.revokedAt}`}\n`,
+          );
+        }
+        return 0;
+      });
+    }
+    if (sub === "revoke") {
+      const [id, ...extra] = more;
+      if (id === undefined || !/^[0-9a-f]{16}$/.test(id))
+        throw new ServeUsageError("keys revoke needs a key id (keys list shows them)");
+      if (extra.length > 0) throw new ServeUsageError(`unexpected argument "${extra[0]}"`);
+      return await withKeys(settings.store, env, async (keys) => {
+        if (!(await keys.revoke(id, new Date().toISOString()))) {
+          io.stderr(`credit-management: no active key ${id}\n`);
+          return 1;
+        }
+        io.stderr(`credit-management: key ${id} revoked\n`);
+        return 0;
+      });
+    }
+    throw new ServeUsageError(`keys needs create, list or revoke${sub === undefined ? "" : `, not "${sub}"`}`);
+  } catch (error) {
+    if (error instanceof ServeUsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      io.stderr(`credit-management: ${(error as Error).message}\nRun "credit-management --help" for usage.\n`);
+      return 2;
+    }
+    if (error instanceof MissingDriverError) {
+      io.stderr(`credit-management: ${error.message}\n`);
+      return EXIT_MISSING_DRIVER;
+    }
+    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
+
+async function withKeys(
+  store: Parameters<typeof openStores>[0],
+  env: Env,
+  fn: (keys: Awaited<ReturnType<typeof openStores>>["keys"]) => Promise<number>,
+): Promise<number> {
+  const stores = await openStores(store, env);
+  try {
+    // The credit store's tables too: `keys create` on a fresh database makes the whole store.
+    await stores.db.init();
+    await stores.keys.init();
+    return await fn(stores.keys);
+  } finally {
+    await stores.keys.close().catch(() => undefined);
+    await stores.db.close().catch(() => undefined);
+  }
+}

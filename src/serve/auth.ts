@@ -1,0 +1,129 @@
+import { createPublicKey, type KeyObject } from "node:crypto";
+import { LRUCache } from "lru-cache";
+import { HttpError, type Identity } from "../http/router.js";
+import { verifyKey, type ApiKeyRecord, type KeyStore } from "./keys.js";
+import type { ServeSettings } from "./settings.js";
+
+/**
+ * Who is calling `serve` (docs/service.md, "Secure it"): `Authorization: Bearer <token>` with an
+ * API key (`cmk_…`, `credit-management keys create`) or, when configured, a JWT verified by `jose`
+ * (signature, expiry, issuer and audience). Failed attempts are rate-limited per client IP.
+ */
+export interface Authenticator {
+  /** The caller, or null (no or a bad credential: counted against `ip`); 429 while `ip` is blocked. */
+  authenticate(request: Request, ip: string): Promise<Identity | null>;
+}
+
+/**
+ * A token bucket per IP for failed authentications: `burst` tokens, refilled at `perMinute`; an IP
+ * whose bucket is empty gets 429 for every credential it sends (a good one too: it must not learn
+ * which guess was right) until a token is back. At most 10,000 IPs are tracked (least recently
+ * failed dropped first).
+ */
+export class FailureLimiter {
+  private readonly buckets = new LRUCache<string, { tokens: number; at: number }>({ max: 10_000 });
+  constructor(
+    private readonly burst: number,
+    private readonly perMinute: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  private refill(ip: string) {
+    const t = this.now();
+    const b = this.buckets.get(ip);
+    if (b === undefined) return undefined;
+    b.tokens = Math.min(this.burst, b.tokens + ((t - b.at) / 60_000) * this.perMinute);
+    b.at = t;
+    return b;
+  }
+  /** Seconds until `ip` may try again, or 0. */
+  blockedFor(ip: string): number {
+    const b = this.refill(ip);
+    if (b === undefined || b.tokens >= 1) return 0;
+    return Math.ceil(((1 - b.tokens) / this.perMinute) * 60);
+  }
+  fail(ip: string): void {
+    const b = this.refill(ip) ?? { tokens: this.burst, at: this.now() };
+    b.tokens = Math.max(0, b.tokens - 1);
+    this.buckets.set(ip, b);
+  }
+}
+
+type Verify = (token: string) => Promise<Record<string, unknown>>;
+
+async function jwtVerifier(s: ServeSettings): Promise<Verify | null> {
+  if (!s.jwt) return null;
+  const jose = await import("jose");
+  const options = { issuer: s.CREDIT_JWT_ISSUER, audience: s.CREDIT_JWT_AUDIENCE, clockTolerance: 5 };
+  if (s.CREDIT_JWT_JWKS_URL !== undefined) {
+    const jwks = jose.createRemoteJWKSet(new URL(s.CREDIT_JWT_JWKS_URL));
+    return async (token) => (await jose.jwtVerify(token, jwks, options)).payload;
+  }
+  const text = s.CREDIT_JWT_KEY as string;
+  let key: KeyObject | Uint8Array;
+  let algorithms: string[];
+  if (text.includes("-----BEGIN")) {
+    key = createPublicKey(text.replace(/\\n/g, "\n"));
+    algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+  } else {
+    key = new TextEncoder().encode(text);
+    algorithms = ["HS256", "HS384", "HS512"];
+  }
+  return async (token) => (await jose.jwtVerify(token, key, { ...options, algorithms })).payload;
+}
+
+/** Whether a role claim (a string, space-separated scopes, or an array) holds `value`. */
+function claimHas(claim: unknown, value: string): boolean {
+  if (typeof claim === "string") return claim === value || claim.split(" ").includes(value);
+  return Array.isArray(claim) && claim.includes(value);
+}
+
+export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyCacheMs = 5000): Promise<Authenticator> {
+  const verifyJwt = await jwtVerifier(s);
+  const limiter = new FailureLimiter(s.CREDIT_AUTH_FAILURES_BURST, s.CREDIT_AUTH_FAILURES_PER_MINUTE);
+  // Records by key id, for a few seconds: a request does not wait on the store to know its caller.
+  // A revoked key stops working within `keyCacheMs` (docs/service.md).
+  const cache = keyCacheMs > 0 ? new LRUCache<string, ApiKeyRecord | "none">({ max: 10_000, ttl: keyCacheMs }) : null;
+  const cachedStore: Pick<KeyStore, "get"> = {
+    async get(id) {
+      const hit = cache?.get(id);
+      if (hit !== undefined) return hit === "none" ? null : hit;
+      const r = await keys.get(id);
+      cache?.set(id, r ?? "none");
+      return r;
+    },
+  };
+  const identify = async (token: string): Promise<Identity | null> => {
+    if (token.startsWith("cmk_")) {
+      const r = await verifyKey(cachedStore, token);
+      if (r === null) return null;
+      return r.role === "admin" ? { userId: `admin:${r.id}`, admin: true } : { userId: r.userId as string };
+    }
+    if (verifyJwt === null) return null;
+    let claims: Record<string, unknown>;
+    try {
+      claims = await verifyJwt(token);
+    } catch {
+      return null; // bad signature, expired, wrong issuer or audience, malformed
+    }
+    const userId = claims[s.CREDIT_JWT_USER_CLAIM];
+    if (typeof userId !== "string" || userId === "" || userId.length > 256) return null;
+    return { userId, admin: claimHas(claims[s.CREDIT_JWT_ROLE_CLAIM], s.CREDIT_JWT_ADMIN_VALUE) };
+  };
+  return {
+    async authenticate(request, ip) {
+      const header = request.headers.get("authorization");
+      const wait = limiter.blockedFor(ip);
+      if (wait > 0 && header !== null) {
+        throw new HttpError(429, "TOO_MANY_FAILED_AUTHENTICATIONS", "Too many failed authentications.", undefined, {
+          "retry-after": String(wait),
+        });
+      }
+      if (header === null) return null;
+      const m = /^Bearer ([!-~]{1,8192})$/i.exec(header.trim());
+      const identity = m === null ? null : await identify(m[1] as string);
+      if (identity === null) limiter.fail(ip);
+      return identity;
+    },
+  };
+}

@@ -1,0 +1,246 @@
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+
+/**
+ * API keys of `credit-management serve` (docs/service.md, "Secure it"). A key is
+ * `cmk_<id>_<secret>`: the id (public: `keys list` and `keys revoke` name it) finds the row, the
+ * row holds the SHA-256 of the whole key, compared in constant time. The secret is 32 random bytes,
+ * so a plain hash is enough (nothing to guess; no password stretching needed).
+ *
+ * The keys live beside the credit data in the same database, in a table (collection) of the
+ * service's own, `credit_api_keys`, created on start if missing: they are the service's, not the
+ * library's, so the `DbManager` contract and its schema version do not carry them (a library user
+ * never has them; docs/service.md says so).
+ */
+export interface ApiKeyRecord {
+  id: string;
+  /** SHA-256 of the whole key, hex. */
+  hash: string;
+  role: "admin" | "user";
+  /** The account a user key acts on (null for admin keys). */
+  userId: string | null;
+  name: string | null;
+  createdAt: string;
+  revokedAt: string | null;
+}
+
+export interface KeyStore {
+  init(): Promise<void>;
+  insert(record: ApiKeyRecord): Promise<void>;
+  get(id: string): Promise<ApiKeyRecord | null>;
+  list(): Promise<ApiKeyRecord[]>;
+  /** Whether a key with that id was there and not yet revoked. */
+  revoke(id: string, at: string): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+export const KEY_TABLE = "credit_api_keys";
+const KEY_FORMAT = /^cmk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
+
+export const hashKey = (key: string) => createHash("sha256").update(key).digest("hex");
+
+/** A new key and its record (the key itself is shown once and never stored). */
+export function newKey(
+  role: "admin" | "user",
+  userId: string | null,
+  name: string | null,
+): { key: string; record: ApiKeyRecord } {
+  const id = randomBytes(8).toString("hex");
+  const key = `cmk_${id}_${randomBytes(32).toString("base64url")}`;
+  return {
+    key,
+    record: { id, hash: hashKey(key), role, userId, name, createdAt: new Date().toISOString(), revokedAt: null },
+  };
+}
+
+/** The record `key` proves, or null (malformed, unknown, revoked, or a wrong secret). */
+export async function verifyKey(store: Pick<KeyStore, "get">, key: string): Promise<ApiKeyRecord | null> {
+  const m = KEY_FORMAT.exec(key);
+  if (m === null) return null;
+  const record = await store.get(m[1] as string);
+  if (record === null || record.revokedAt !== null) return null;
+  const want = Buffer.from(record.hash, "hex");
+  const got = Buffer.from(hashKey(key), "hex");
+  return want.length === got.length && timingSafeEqual(want, got) ? record : null;
+}
+
+interface Row {
+  id: string;
+  hash: string;
+  role: string;
+  user_id: string | null;
+  name: string | null;
+  created_at: string;
+  revoked_at: string | null;
+}
+const fromRow = (r: Row): ApiKeyRecord => ({
+  id: r.id,
+  hash: r.hash,
+  role: r.role === "admin" ? "admin" : "user",
+  userId: r.user_id,
+  name: r.name,
+  createdAt: r.created_at,
+  revokedAt: r.revoked_at,
+});
+const COLUMNS = "id, hash, role, user_id, name, created_at, revoked_at";
+const CREATE = (table: string) =>
+  `CREATE TABLE IF NOT EXISTS ${table} (id VARCHAR(32) PRIMARY KEY, hash VARCHAR(64) NOT NULL, role VARCHAR(8) NOT NULL, user_id VARCHAR(256), name VARCHAR(256), created_at VARCHAR(32) NOT NULL, revoked_at VARCHAR(32))`;
+
+interface SqliteLike {
+  prepare(sql: string): {
+    get(...p: unknown[]): unknown;
+    all(...p: unknown[]): unknown[];
+    run(...p: unknown[]): { changes: number };
+  };
+  exec(sql: string): unknown;
+  pragma(s: string): unknown;
+  close(): unknown;
+}
+
+/** Keys in the SQLite file of the store (its own connection; WAL lets both write). */
+export function sqliteKeyStore(db: SqliteLike): KeyStore {
+  let get: ReturnType<SqliteLike["prepare"]> | undefined;
+  return {
+    async init() {
+      db.pragma("busy_timeout = 5000");
+      db.exec(CREATE(KEY_TABLE));
+      get = db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} WHERE id = ?`);
+    },
+    async insert(r) {
+      db.prepare(`INSERT INTO ${KEY_TABLE} (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)`).run(
+        r.id,
+        r.hash,
+        r.role,
+        r.userId,
+        r.name,
+        r.createdAt,
+        r.revokedAt,
+      );
+    },
+    async get(id) {
+      const row = (get ?? db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} WHERE id = ?`)).get(id) as Row | undefined;
+      return row === undefined ? null : fromRow(row);
+    },
+    async list() {
+      return (db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} ORDER BY created_at, id`).all() as Row[]).map(fromRow);
+    },
+    async revoke(id, at) {
+      return (
+        db.prepare(`UPDATE ${KEY_TABLE} SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`).run(at, id).changes > 0
+      );
+    },
+    async close() {
+      db.close();
+    },
+  };
+}
+
+interface PgPoolLike {
+  query(sql: string, params?: unknown[]): Promise<{ rows: unknown[]; rowCount: number | null }>;
+  end(): Promise<void>;
+}
+
+/** Keys in the PostgreSQL database (and schema) of the store. */
+export function postgresKeyStore(pool: PgPoolLike, schema: string | undefined): KeyStore {
+  const table = schema === undefined ? KEY_TABLE : `"${schema.replace(/"/g, '""')}".${KEY_TABLE}`;
+  return {
+    async init() {
+      if (schema !== undefined) await pool.query(`CREATE SCHEMA IF NOT EXISTS "${schema.replace(/"/g, '""')}"`);
+      await pool.query(CREATE(table));
+    },
+    async insert(r) {
+      await pool.query(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)`, [
+        r.id,
+        r.hash,
+        r.role,
+        r.userId,
+        r.name,
+        r.createdAt,
+        r.revokedAt,
+      ]);
+    },
+    async get(id) {
+      const { rows } = await pool.query(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
+      return rows.length === 0 ? null : fromRow(rows[0] as Row);
+    },
+    async list() {
+      return ((await pool.query(`SELECT ${COLUMNS} FROM ${table} ORDER BY created_at, id`)).rows as Row[]).map(fromRow);
+    },
+    async revoke(id, at) {
+      const r = await pool.query(`UPDATE ${table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL`, [at, id]);
+      return (r.rowCount ?? 0) > 0;
+    },
+    async close() {
+      await pool.end();
+    },
+  };
+}
+
+interface MongoCollectionLike {
+  createIndex(spec: Record<string, 1>, options?: Record<string, unknown>): Promise<unknown>;
+  insertOne(doc: Record<string, unknown>): Promise<unknown>;
+  findOne(filter: Record<string, unknown>): Promise<Record<string, unknown> | null>;
+  find(filter: Record<string, unknown>): {
+    sort(s: Record<string, 1>): { toArray(): Promise<Record<string, unknown>[]> };
+  };
+  updateOne(filter: Record<string, unknown>, update: Record<string, unknown>): Promise<{ modifiedCount: number }>;
+}
+
+/** Keys in the MongoDB database of the store (collection `credit_api_keys`). */
+export function mongoKeyStore(collection: MongoCollectionLike, close: () => Promise<void>): KeyStore {
+  const fromDoc = (d: Record<string, unknown>): ApiKeyRecord =>
+    fromRow({ ...(d as unknown as Row), id: d._id as string });
+  return {
+    async init() {
+      // _id is the key id: unique already.
+    },
+    async insert(r) {
+      await collection.insertOne({
+        _id: r.id,
+        hash: r.hash,
+        role: r.role,
+        user_id: r.userId,
+        name: r.name,
+        created_at: r.createdAt,
+        revoked_at: r.revokedAt,
+      });
+    },
+    async get(id) {
+      const d = await collection.findOne({ _id: id });
+      return d === null ? null : fromDoc(d);
+    },
+    async list() {
+      return (await collection.find({}).sort({ created_at: 1 }).toArray()).map(fromDoc);
+    },
+    async revoke(id, at) {
+      return (
+        (await collection.updateOne({ _id: id, revoked_at: null }, { $set: { revoked_at: at } })).modifiedCount > 0
+      );
+    },
+    close,
+  };
+}
+
+/** Keys in process memory (tests; a store that does not outlive the process). */
+export function memoryKeyStore(): KeyStore {
+  const rows = new Map<string, ApiKeyRecord>();
+  return {
+    async init() {},
+    async insert(r) {
+      rows.set(r.id, { ...r });
+    },
+    async get(id) {
+      const r = rows.get(id);
+      return r === undefined ? null : { ...r };
+    },
+    async list() {
+      return [...rows.values()].map((r) => ({ ...r }));
+    },
+    async revoke(id, at) {
+      const r = rows.get(id);
+      if (r === undefined || r.revokedAt !== null) return false;
+      r.revokedAt = at;
+      return true;
+    },
+    async close() {},
+  };
+}

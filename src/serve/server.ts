@@ -1,0 +1,350 @@
+import { randomUUID } from "node:crypto";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { pino, type DestinationStream, type Logger as Pino } from "pino";
+import { createCreditHandler, type CreditHandler } from "../http/handler.js";
+import { toRequest, sendResponse } from "../http/node.js";
+import { errorBody, HttpError, json } from "../http/router.js";
+import { createCreditManager, type CreditManager } from "../manager.js";
+import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
+import { createAuthenticator, type Authenticator } from "./auth.js";
+import { consoleApp, type ConsoleApp } from "./console.js";
+import { openStores } from "./store.js";
+import { ServeUsageError, type Env, type ServeSettings } from "./settings.js";
+import type { KeyStore } from "./keys.js";
+
+/**
+ * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
+ * keys and JWTs, `/health/live`, `/health/ready`, Prometheus `/metrics`, and with `--worker` the
+ * worker's rounds, in one node:http server.
+ */
+export interface ServeIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+}
+
+/**
+ * Where the operator console is mounted (docs/service.md, "The console"): with `CREDIT_CONSOLE=1`
+ * requests under this prefix go to `createConsoleHandler`, behind the same admin authentication.
+ */
+export const CONSOLE_PREFIX = "/console";
+
+/** What /metrics needs: the Prometheus exporter and a counter of requests (optional peers). */
+interface Metrics {
+  handle(req: IncomingMessage, res: ServerResponse): void;
+  request(method: string, route: string, status: number, seconds: number): void;
+  shutdown(): Promise<void>;
+}
+
+async function startMetrics(logger: Pino): Promise<Metrics | null> {
+  try {
+    const [{ PrometheusExporter }, { MeterProvider }, { instrumentCreditManagement }] = await Promise.all([
+      import("@opentelemetry/exporter-prometheus"),
+      import("@opentelemetry/sdk-metrics"),
+      import("../otel/index.js"),
+    ]);
+    const exporter = new PrometheusExporter({ preventServerStart: true });
+    const provider = new MeterProvider({ readers: [exporter] });
+    const instrumentation = instrumentCreditManagement({ meterProvider: provider, traces: false });
+    const meter = provider.getMeter("credit-management-serve");
+    const requests = meter.createCounter("http.server.requests", { description: "Requests answered" });
+    const duration = meter.createHistogram("http.server.request.duration", {
+      description: "Time to answer a request",
+      unit: "s",
+      advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
+    });
+    return {
+      handle: (req, res) => exporter.getMetricsRequestHandler(req, res),
+      request(method, route, status, seconds) {
+        const attributes = { "http.request.method": method, "http.route": route, "http.response.status_code": status };
+        requests.add(1, attributes);
+        duration.record(seconds, attributes);
+      },
+      async shutdown() {
+        instrumentation.shutdown();
+        await provider.shutdown();
+      },
+    };
+  } catch (error) {
+    logger.warn(
+      { err: error },
+      "/metrics is off: install @opentelemetry/api, @opentelemetry/sdk-metrics and @opentelemetry/exporter-prometheus",
+    );
+    return null;
+  }
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The client's IP: the socket's, or with CREDIT_TRUST_PROXY the last X-Forwarded-For hop. */
+function clientIp(req: IncomingMessage, trustProxy: boolean): string {
+  if (trustProxy) {
+    const fwd = req.headers["x-forwarded-for"];
+    const last = (Array.isArray(fwd) ? fwd.join(",") : (fwd ?? "")).split(",").pop()?.trim();
+    if (last) return last;
+  }
+  return req.socket.remoteAddress ?? "unknown";
+}
+
+export interface ServeApp {
+  /** The node:http request listener. */
+  listener(req: IncomingMessage, res: ServerResponse): void;
+  handler: CreditHandler;
+  /** Requests being answered now. */
+  inFlight(): number;
+  /** From now on every response says `Connection: close`. */
+  draining(): void;
+}
+
+/** The request listener of `serve` over a manager (exported for the benchmark and tests). */
+export function serveApp(
+  manager: CreditManager,
+  s: ServeSettings,
+  auth: Authenticator,
+  logger: Pino,
+  metrics: Metrics | null,
+  consoleRoutes: ConsoleApp | null = null,
+): ServeApp {
+  const ips = new WeakMap<Request, string>();
+  const handler = createCreditHandler(manager, {
+    authenticate: (request) => auth.authenticate(request, ips.get(request) ?? "unknown"),
+    maxBodyBytes: s.CREDIT_MAX_BODY_BYTES,
+    openapi: {
+      info: { title: "credit-management service" },
+      securitySchemes: {
+        bearer: {
+          type: "http",
+          scheme: "bearer",
+          description: "An API key (cmk_…, `credit-management keys create`) or a JWT",
+        },
+      },
+    },
+    onError: (error, request) => logger.error({ err: error, path: new URL(request.url).pathname }, "request failed"),
+  });
+  const cors = s.CREDIT_CORS_ORIGINS === undefined ? null : new Set(s.CREDIT_CORS_ORIGINS);
+  const trustProxy = s.CREDIT_TRUST_PROXY === "true";
+  let inFlight = 0;
+  let draining = false;
+
+  const isAdmin = async (request: Request, ip: string) => {
+    const identity = await auth.authenticate(request, ip);
+    if (identity === null) throw new HttpError(401, "UNAUTHORIZED", "Authentication required.");
+    if (identity.admin !== true) throw new HttpError(403, "FORBIDDEN", "Admin only.");
+  };
+
+  const answer = async (req: IncomingMessage, res: ServerResponse, ip: string): Promise<string> => {
+    const path = (req.url ?? "/").split("?")[0] ?? "/";
+    const method = req.method ?? "GET";
+    const own = path === "/health/live" || path === "/health/ready" || (path === "/metrics" && metrics !== null);
+    if (own && method !== "GET" && method !== "HEAD") {
+      throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
+        allow: "GET, HEAD",
+      });
+    }
+    if (path === "/health/live") {
+      await sendResponse(res, json(200, { status: "ok" }, { "cache-control": "no-store" }));
+      return path;
+    }
+    if (path === "/health/ready") {
+      // The status only: the report names the store and its errors, for admins (GET /admin/health).
+      const report = await manager.health({ timeoutMs: 2000 }).catch(() => ({ status: "down" as const }));
+      await sendResponse(res, json(report.status === "down" ? 503 : 200, { status: report.status }));
+      return path;
+    }
+    if (path === "/metrics" && metrics !== null && s.CREDIT_METRICS !== "off") {
+      if (s.CREDIT_METRICS === "admin") await isAdmin(toRequest(req, res), ip);
+      metrics.handle(req, res);
+      return path;
+    }
+    if (path === CONSOLE_PREFIX || path.startsWith(`${CONSOLE_PREFIX}/`)) {
+      if (consoleRoutes === null) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);
+      const response = await consoleRoutes(toRequest(req, res), ip);
+      if (draining) res.setHeader("connection", "close");
+      await sendResponse(res, response, method === "HEAD");
+      return CONSOLE_PREFIX;
+    }
+    const request = toRequest(req, res);
+    ips.set(request, ip);
+    const response = await handler(request);
+    if (draining) res.setHeader("connection", "close");
+    if (cors !== null) corsHeaders(req, response.headers, cors);
+    await sendResponse(res, response, method === "HEAD");
+    return path;
+  };
+
+  const listener = (req: IncomingMessage, res: ServerResponse) => {
+    const started = performance.now();
+    inFlight++;
+    const given = req.headers["x-request-id"];
+    const id = typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+    res.setHeader("x-request-id", id);
+    if (draining) res.setHeader("connection", "close");
+    const ip = clientIp(req, trustProxy);
+    const origin = req.headers.origin;
+    const preflight = req.method === "OPTIONS" && cors !== null;
+    const done = (route: string) => {
+      inFlight--;
+      const ms = performance.now() - started;
+      metrics?.request(req.method ?? "", route, res.statusCode, ms / 1000);
+      // No headers, no query string, no body: nothing secret goes to the log.
+      logger.info(
+        {
+          reqId: id,
+          method: req.method,
+          path: (req.url ?? "/").split("?")[0],
+          status: res.statusCode,
+          durationMs: Math.round(ms * 10) / 10,
+          ip,
+        },
+        "request",
+      );
+    };
+    if (preflight) {
+      if (typeof origin === "string" && cors.has(origin)) {
+        res.writeHead(204, {
+          "access-control-allow-origin": origin,
+          "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE",
+          "access-control-allow-headers": "authorization, content-type, idempotency-key, x-request-id",
+          "access-control-max-age": "600",
+          vary: "origin",
+        });
+      } else res.writeHead(403);
+      res.end();
+      done("preflight");
+      return;
+    }
+    answer(req, res, ip).then(
+      (route) => done(route.startsWith("/credits") || route.startsWith("/admin") ? "api" : route),
+      async (error: unknown) => {
+        const response =
+          error instanceof HttpError
+            ? json(error.status, errorBody(error.code, error.message, error.details), error.headers)
+            : json(500, errorBody("INTERNAL_ERROR", "Internal error."));
+        if (!(error instanceof HttpError)) logger.error({ err: error, reqId: id }, "request failed");
+        if (!res.headersSent) await sendResponse(res, response).catch(() => undefined);
+        else res.destroy();
+        done("error");
+      },
+    );
+  };
+  return {
+    listener,
+    handler,
+    inFlight: () => inFlight,
+    draining() {
+      draining = true;
+    },
+  };
+}
+
+function corsHeaders(req: IncomingMessage, headers: Headers, allowed: Set<string>) {
+  const origin = req.headers.origin;
+  if (typeof origin === "string" && allowed.has(origin)) {
+    headers.set("access-control-allow-origin", origin);
+    headers.set("access-control-expose-headers", "x-request-id");
+    headers.append("vary", "origin");
+  }
+}
+
+/**
+ * Runs the service until SIGTERM/SIGINT. Resolves to the exit code: 0 stopped cleanly, 1 the start
+ * failed (the store), 2 a bad worker setting (with --worker).
+ */
+export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise<number> {
+  const destination: DestinationStream = { write: (line: string) => io.stdout(line) };
+  const logger = pino(
+    { name: "credit-management-serve", level: s.CREDIT_LOG_LEVEL, redact: ["req.headers.authorization"] },
+    destination,
+  );
+  // Worker settings first: a bad one stops the start before anything connects.
+  let ws: WorkerSettings | undefined;
+  if (s.worker) {
+    try {
+      ws = workerSettings({ "log-level": s.CREDIT_LOG_LEVEL }, env);
+    } catch (error) {
+      throw new ServeUsageError((error as Error).message);
+    }
+  }
+  let stopping: ((signal: string) => void) | null = null;
+  let signalled: string | null = null;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (signalled !== null) {
+      logger.error({ signal }, "second signal: exiting now");
+      process.exit(128 + (signal === "SIGINT" ? 2 : 15));
+    }
+    signalled = signal;
+    stopping?.(signal);
+  };
+  const onTerm = () => onSignal("SIGTERM");
+  const onInt = () => onSignal("SIGINT");
+  process.on("SIGTERM", onTerm);
+  process.on("SIGINT", onInt);
+
+  let manager: CreditManager | undefined;
+  let keys: KeyStore | undefined;
+  let metrics: Metrics | null = null;
+  try {
+    let where: string;
+    try {
+      const stores = await openStores(s.store, env);
+      keys = stores.keys;
+      where = stores.where;
+      const metricsOn = s.CREDIT_METRICS !== "off";
+      metrics = metricsOn ? await startMetrics(logger) : null;
+      manager = await createCreditManager({ db: stores.db, logger });
+      await keys.init();
+    } catch (error) {
+      if ((error as Error).name === "MissingDriverError") throw error;
+      logger.error({ err: error }, "serve could not start");
+      return 1;
+    }
+    const keyCacheMs = Number(env.CREDIT_KEY_CACHE_MS ?? 5000);
+    const auth = await createAuthenticator(s, keys, Number.isFinite(keyCacheMs) ? keyCacheMs : 5000);
+    const onConsoleError = (error: unknown, request: Request) =>
+      logger.error({ err: error, path: new URL(request.url).pathname }, "console request failed");
+    const routes = s.CREDIT_CONSOLE ? await consoleApp(manager, s, auth, CONSOLE_PREFIX, onConsoleError) : null;
+    const app = serveApp(manager, s, auth, logger, metrics, routes);
+    const server = createServer({ requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, app.listener);
+    // Longer than the idle time-out of common load balancers (60 s): they close first, never mid-request.
+    server.keepAliveTimeout = 65_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(s.CREDIT_PORT, s.CREDIT_HOST, () => resolve());
+    });
+    const address = server.address();
+    const port = typeof address === "object" && address !== null ? address.port : s.CREDIT_PORT;
+    const rounds = ws === undefined ? null : startWorkerRounds(manager, ws, logger);
+    logger.info(
+      {
+        port,
+        host: s.CREDIT_HOST,
+        store: s.store.kind,
+        where,
+        worker: rounds !== null,
+        console: routes === null ? null : CONSOLE_PREFIX,
+        openapi: "/credits/openapi.json",
+      },
+      "serving",
+    );
+    const signal = await new Promise<string>((resolve) => {
+      stopping = resolve;
+      if (signalled !== null) resolve(signalled);
+    });
+    logger.info({ signal, inFlight: app.inFlight() }, "stopping: no new connections, finishing requests in flight");
+    app.draining();
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    const cut = setTimeout(() => server.closeAllConnections(), s.CREDIT_SHUTDOWN_TIMEOUT_MS);
+    await closed;
+    clearTimeout(cut);
+    await rounds?.stop();
+    await manager.close();
+    await keys.close();
+    await metrics?.shutdown();
+    logger.info("stopped");
+    return 0;
+  } finally {
+    process.off("SIGTERM", onTerm);
+    process.off("SIGINT", onInt);
+    if (manager !== undefined) await manager.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,197 @@
+import * as z from "zod";
+
+/**
+ * `credit-management serve`'s settings (docs/service.md, "Configure it"): every one from the
+ * environment, a flag winning over its variable, checked by one zod schema before anything
+ * connects. A bad one is a `ServeUsageError` naming the variable (the CLI exits 2).
+ */
+export class ServeUsageError extends Error {}
+
+export type Env = Record<string, string | undefined>;
+
+/** The flags of `serve` as `parseArgs` gives them. */
+export const SERVE_FLAGS = {
+  port: { type: "string" },
+  host: { type: "string" },
+  sqlite: { type: "string" },
+  worker: { type: "boolean" },
+  console: { type: "boolean" },
+  "log-level": { type: "string" },
+} as const;
+
+export interface ServeFlags {
+  port?: string;
+  host?: string;
+  sqlite?: string;
+  worker?: boolean;
+  console?: boolean;
+  "log-level"?: string;
+}
+
+/** The default SQLite file when no store is configured (relative to the working directory). */
+export const DEFAULT_SQLITE_PATH = "./credit-management.sqlite";
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+const int = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^[0-9]+$/, { error: "must be a whole number" })
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+const url = (schemes: readonly string[]) =>
+  z.string().refine(
+    (v) => {
+      try {
+        return schemes.includes(new URL(v).protocol);
+      } catch {
+        return false;
+      }
+    },
+    { error: `must be a ${schemes.map((s) => `${s}//`).join(" or ")} URL` },
+  );
+
+/** The variables, as text; each field's name is its variable's. */
+const Schema = z.strictObject({
+  CREDIT_PORT: int(0, 65_535).default(8080),
+  CREDIT_HOST: z.string().min(1).default("0.0.0.0"),
+  CREDIT_MONGO_URI: z
+    .string()
+    .regex(/^mongodb(\+srv)?:\/\//, { error: "must be a mongodb:// or mongodb+srv:// URL" })
+    .optional(),
+  CREDIT_PG_URL: url(["postgres:", "postgresql:"]).optional(),
+  CREDIT_SQLITE_PATH: z.string().min(1).optional(),
+  CREDIT_LOG_LEVEL: z.enum(LOG_LEVELS).default("info"),
+  CREDIT_MAX_BODY_BYTES: int(1024, 10_485_760).default(65_536),
+  /** Longest a request may take, headers and body included, in ms (node's `requestTimeout`). */
+  CREDIT_REQUEST_TIMEOUT_MS: int(1000, 600_000).default(30_000),
+  /** Longest SIGTERM waits for requests in flight before it cuts them, in ms. */
+  CREDIT_SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(25_000),
+  /** Comma-separated origins allowed by CORS; unset: no CORS headers at all. */
+  CREDIT_CORS_ORIGINS: z
+    .string()
+    .transform((v) => v.split(",").map((o) => o.trim()))
+    .pipe(
+      z
+        .array(z.string().regex(/^https?:\/\/[^/\s]+$/, { error: "each origin must be like https://app.example.com" }))
+        .min(1),
+    )
+    .optional(),
+  /** `admin` (default): /metrics needs an admin credential; `public`: anyone; `off`: no /metrics. */
+  CREDIT_METRICS: z.enum(["admin", "public", "off"]).default("admin"),
+  CREDIT_JWT_JWKS_URL: url(["https:", "http:"]).optional(),
+  /** A PEM public key (SPKI) or, for HS256, a shared secret of 32 bytes or more. */
+  CREDIT_JWT_KEY: z.string().min(32, { error: "must be a PEM public key or a secret of 32+ characters" }).optional(),
+  CREDIT_JWT_ISSUER: z.string().min(1).optional(),
+  CREDIT_JWT_AUDIENCE: z.string().min(1).optional(),
+  CREDIT_JWT_USER_CLAIM: z.string().min(1).default("sub"),
+  /** A claim whose value `admin` (or, for an array or space-separated scope, one of its items) makes an admin. */
+  CREDIT_JWT_ROLE_CLAIM: z.string().min(1).default("scope"),
+  CREDIT_JWT_ADMIN_VALUE: z.string().min(1).default("credits:admin"),
+  /** Failed authentications one IP may make in a burst, and per minute after it. */
+  CREDIT_AUTH_FAILURES_BURST: int(1, 100_000).default(20),
+  CREDIT_AUTH_FAILURES_PER_MINUTE: int(1, 100_000).default(10),
+  /** Trust X-Forwarded-For's last hop for the client's IP (behind your proxy only). */
+  CREDIT_TRUST_PROXY: z.enum(["true", "false"]).default("false"),
+  /** `1`/`true`: the operator console under /console, for admins (docs/service.md); off by default. */
+  CREDIT_CONSOLE: z
+    .enum(["1", "0", "true", "false"], { error: "must be 1, 0, true or false" })
+    .transform((v) => v === "1" || v === "true")
+    .default(false),
+  /** The key signing the console's CSRF tokens (32+ characters); unset: random per process. */
+  CREDIT_CONSOLE_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+});
+
+export type ServeSettings = z.output<typeof Schema> & {
+  worker: boolean;
+  store: { kind: "sqlite"; path: string } | { kind: "postgres"; url: string } | { kind: "mongodb"; uri: string };
+  jwt: boolean;
+};
+
+const FLAG_OF: Record<string, string> = {
+  CREDIT_PORT: "--port",
+  CREDIT_HOST: "--host",
+  CREDIT_SQLITE_PATH: "--sqlite",
+  CREDIT_LOG_LEVEL: "--log-level",
+};
+
+/** Reads and checks the flags and the environment; throws `ServeUsageError` naming what is wrong. */
+export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
+  const input: Record<string, string> = {};
+  for (const key of Object.keys(Schema.shape)) {
+    const v = env[key];
+    if (v !== undefined && v.trim() !== "") input[key] = v.trim();
+  }
+  if (flags.port !== undefined) input.CREDIT_PORT = flags.port;
+  if (flags.host !== undefined) input.CREDIT_HOST = flags.host;
+  if (flags.sqlite !== undefined) input.CREDIT_SQLITE_PATH = flags.sqlite;
+  if (flags["log-level"] !== undefined) input.CREDIT_LOG_LEVEL = flags["log-level"];
+  if (flags.console === true) input.CREDIT_CONSOLE = "1";
+  const r = Schema.safeParse(input);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const key = String(issue?.path[0] ?? "");
+    const from = FLAG_OF[key] !== undefined && flagGiven(flags, key) ? FLAG_OF[key] : key;
+    const shown =
+      key.includes("KEY") || key.includes("SECRET") || key.includes("URL") || key.includes("URI")
+        ? "(hidden)"
+        : `"${input[key]}"`;
+    throw new ServeUsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
+  }
+  const s = r.data;
+  const given = [s.CREDIT_MONGO_URI && "CREDIT_MONGO_URI", s.CREDIT_PG_URL && "CREDIT_PG_URL"].filter(Boolean);
+  if (given.length > 1 || (given.length === 1 && s.CREDIT_SQLITE_PATH !== undefined)) {
+    throw new ServeUsageError(
+      `choose one store: ${[...given, s.CREDIT_SQLITE_PATH !== undefined ? "CREDIT_SQLITE_PATH/--sqlite" : ""].filter(Boolean).join(" and ")} are set`,
+    );
+  }
+  if (s.CREDIT_JWT_JWKS_URL !== undefined && s.CREDIT_JWT_KEY !== undefined)
+    throw new ServeUsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
+  const jwt = s.CREDIT_JWT_JWKS_URL !== undefined || s.CREDIT_JWT_KEY !== undefined;
+  if (jwt && (s.CREDIT_JWT_ISSUER === undefined || s.CREDIT_JWT_AUDIENCE === undefined))
+    throw new ServeUsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
+  if (!jwt && (s.CREDIT_JWT_ISSUER !== undefined || s.CREDIT_JWT_AUDIENCE !== undefined))
+    throw new ServeUsageError("CREDIT_JWT_ISSUER/CREDIT_JWT_AUDIENCE need CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY");
+  const store: ServeSettings["store"] =
+    s.CREDIT_MONGO_URI !== undefined
+      ? { kind: "mongodb", uri: s.CREDIT_MONGO_URI }
+      : s.CREDIT_PG_URL !== undefined
+        ? { kind: "postgres", url: s.CREDIT_PG_URL }
+        : { kind: "sqlite", path: s.CREDIT_SQLITE_PATH ?? DEFAULT_SQLITE_PATH };
+  return { ...s, worker: flags.worker === true, store, jwt };
+}
+
+function flagGiven(flags: ServeFlags, key: string): boolean {
+  const map: Record<string, keyof ServeFlags> = {
+    CREDIT_PORT: "port",
+    CREDIT_HOST: "host",
+    CREDIT_SQLITE_PATH: "sqlite",
+    CREDIT_LOG_LEVEL: "log-level",
+  };
+  const f = map[key];
+  return f !== undefined && flags[f] !== undefined;
+}
+
+export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variable; docs/service.md):
+  --port N                         CREDIT_PORT. Default 8080
+  --host HOST                      CREDIT_HOST. Default 0.0.0.0
+  --sqlite FILE                    CREDIT_SQLITE_PATH: the SQLite store (default ${DEFAULT_SQLITE_PATH} when
+                                   neither CREDIT_PG_URL nor CREDIT_MONGO_URI is set; needs better-sqlite3)
+  --worker                         Also run the worker's rounds in this process (the worker's variables)
+  --log-level LEVEL                CREDIT_LOG_LEVEL. Default info
+  --console                        CREDIT_CONSOLE=1: the operator console under /console, admins only
+                                   (CREDIT_CONSOLE_SECRET signs its forms). Default off
+Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA), CREDIT_MONGO_URI (CREDIT_MONGO_DB),
+  CREDIT_MAX_BODY_BYTES, CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
+  CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
+  CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
+  CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
+  CREDIT_CONSOLE_SECRET
+  Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 could not start (the store); 2 a bad flag or
+  variable; 3 better-sqlite3 (the default store's driver) is not installed.
+Commands "keys" (the same store variables):
+  keys create --role admin|user:ID [--name NAME]   Prints the new key once (store only its hash)
+  keys list                                        Id, role, name, created, revoked
+  keys revoke ID                                   The key stops working at once
+`;

@@ -1,0 +1,75 @@
+import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, resolve } from "node:path";
+import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
+import type { DbManager } from "../db/types.js";
+import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";
+import type { ServeSettings } from "./settings.js";
+
+/** better-sqlite3 (the default store's driver, an optional peer) is missing: the CLI exits 3. */
+export class MissingDriverError extends Error {}
+
+/** The credit store and the key store of `serve` and `keys`, on the same database. */
+export async function openStores(
+  store: ServeSettings["store"],
+  env: DbEnv,
+): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
+  if (store.kind === "sqlite") {
+    // Loaded from the working directory's node_modules too (npx runs the package from its cache).
+    let Database: new (file: string) => Parameters<typeof sqliteKeyStore>[0];
+    try {
+      const require = createRequire(`${process.cwd()}/`);
+      let mod: unknown;
+      try {
+        mod = require("better-sqlite3");
+      } catch {
+        mod = await import("better-sqlite3");
+      }
+      Database = ((mod as { default?: unknown }).default ?? mod) as typeof Database;
+    } catch {
+      throw new MissingDriverError(
+        "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3 (or set CREDIT_PG_URL or CREDIT_MONGO_URI)",
+      );
+    }
+    const path = resolve(store.path);
+    mkdirSync(dirname(path), { recursive: true });
+    const { SqliteDbManager } = await import("../db/sqlite/index.js");
+    const main = new Database(path);
+    main.pragma("journal_mode = WAL");
+    const db = new SqliteDbManager({ database: main as never });
+    const close = db.close.bind(db);
+    // The manager leaves a database it was given open: close it with the store.
+    (db as { close(): Promise<void> }).close = async () => {
+      await close();
+      main.close();
+    };
+    return { db, keys: sqliteKeyStore(new Database(path)), where: path };
+  }
+  const db = await createDbManagerFromEnv(
+    store.kind === "postgres"
+      ? {
+          CREDIT_PG_URL: store.url,
+          CREDIT_PG_SCHEMA: env.CREDIT_PG_SCHEMA,
+          CREDIT_PG_PARTITIONS: env.CREDIT_PG_PARTITIONS,
+        }
+      : { CREDIT_MONGO_URI: store.uri, CREDIT_MONGO_DB: env.CREDIT_MONGO_DB },
+  );
+  if (store.kind === "postgres") {
+    const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
+    const Pool = (pg.default?.Pool ?? pg.Pool) as unknown as new (o: object) => Parameters<typeof postgresKeyStore>[0];
+    const pool = new Pool({ connectionString: store.url, max: 2 }) as Parameters<typeof postgresKeyStore>[0] & {
+      on(event: "error", listener: () => void): unknown;
+    };
+    // A dropped idle connection is replaced on the next query; without a listener it would end the process.
+    pool.on("error", () => {});
+    return { db, keys: postgresKeyStore(pool, env.CREDIT_PG_SCHEMA?.trim() || undefined), where: "postgres" };
+  }
+  const { MongoClient } = await import("mongodb");
+  const client = new MongoClient(store.uri);
+  const collection = client.db(env.CREDIT_MONGO_DB?.trim() || "credit_management").collection("credit_api_keys");
+  return {
+    db,
+    keys: mongoKeyStore(collection as never, () => client.close()),
+    where: "mongodb",
+  };
+}
