@@ -1,0 +1,196 @@
+import { CreditError, NotFoundError, ValidationError } from "../errors.js";
+import { newId } from "../util/uuid.js";
+import { csrfField, type Ctx, type PageResult } from "./context.js";
+import { enc, html, query } from "./html.js";
+import { AUDIT_MESSAGE } from "./pages.js";
+
+/** What each action asks before it acts, and the fields it takes (besides `user`). */
+const ACTIONS = {
+  grant: { fields: ["amount", "days", "description"], ask: "Grant credits to this account?" },
+  void: { fields: ["grant"], ask: "Void what is left of this grant? Its credits are taken back." },
+  release: { fields: ["hold"], ask: "Release this hold? Its credits become available again." },
+  refund: { fields: ["payment", "amount"], ask: "Record a refund of this payment? Its credits are taken back." },
+  retry: { fields: ["notification"], ask: "Queue this failed notification for delivery again?" },
+  audit: { fields: [], ask: "Run a full audit of this account (replays its whole journal)?" },
+} as const;
+
+export type ActionName = keyof typeof ACTIONS;
+export const isAction = (name: string): name is ActionName => Object.hasOwn(ACTIONS, name);
+
+/** Keys of actions that record nothing keyed in the store (audit): a repeat within the process is skipped. */
+const doneKeys = new Set<string>();
+function rememberKey(key: string): boolean {
+  if (doneKeys.has(key)) return false;
+  doneKeys.add(key);
+  if (doneKeys.size > 10_000) doneKeys.delete(doneKeys.values().next().value as string);
+  return true;
+}
+
+const KEY = /^[A-Za-z0-9-]{8,64}$/;
+
+function field(form: FormData, name: string): string {
+  const v = form.get(name);
+  return typeof v === "string" ? v.trim() : "";
+}
+
+function wholeNumber(value: string, name: string, max = 1_000_000_000_000): number {
+  const n = Number(value);
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1 || n > max)
+    throw new ValidationError(`Invalid ${name}: a whole number from 1 to ${max} is needed`, [
+      { path: name, message: "not a whole number in range" },
+    ]);
+  return n;
+}
+
+/** The confirmation page: the same fields again, with `confirmed`, behind one more button. */
+function confirmation(ctx: Ctx, name: ActionName, form: FormData): PageResult {
+  const user = field(form, "user");
+  const shown = ["user", ...ACTIONS[name].fields].filter((f) => field(form, f) !== "");
+  const body = html`<h1>Confirm</h1>
+    <p>${ACTIONS[name].ask}</p>
+    <dl class="meta">
+      ${shown.map(
+        (f) =>
+          html`<dt>${f}</dt>
+            <dd><code>${field(form, f)}</code></dd>`,
+      )}
+    </dl>
+    <form method="post" action="${ctx.base}/actions/${name}">
+      ${csrfField(ctx)}<input type="hidden" name="_key" value="${field(form, "_key")}" /><input
+        type="hidden"
+        name="confirmed"
+        value="1"
+      />${shown.map((f) => html`<input type="hidden" name="${f}" value="${field(form, f)}" />`)}<button
+        type="submit"
+        class="danger"
+        id="confirm"
+      >
+        Confirm
+      </button>
+      <a href="${ctx.base}/accounts/${enc(user)}">Cancel</a>
+    </form>`;
+  return { title: "Confirm", body };
+}
+
+/** Runs a confirmed action as `ctx.actor`, then sends the browser back (303) with a notice. */
+export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Promise<PageResult> {
+  if (field(form, "confirmed") !== "1") return confirmation(ctx, name, form);
+  const key = field(form, "_key");
+  if (!KEY.test(key))
+    throw new ValidationError("Invalid form: its idempotency key is missing", [{ path: "_key", message: "missing" }]);
+  const user = field(form, "user");
+  if (user === "") throw new ValidationError("Invalid form: no user", [{ path: "user", message: "missing" }]);
+  const { credits, payments, db, ledger } = ctx.manager;
+  const idempotencyKey = `console:${name}:${key}`;
+  const by = { actor: ctx.actor, via: "console" };
+  let back = `/accounts/${enc(user)}`;
+  let noticeCode: string =
+    name === "grant"
+      ? "granted"
+      : `${name === "void" ? "voided" : name === "release" ? "released" : name === "refund" ? "refunded" : name === "retry" ? "retried" : "audited"}`;
+  switch (name) {
+    case "grant": {
+      const amount = wholeNumber(field(form, "amount"), "amount");
+      const days = field(form, "days");
+      const reason = field(form, "description");
+      await credits.addCredits(user, amount, {
+        idempotencyKey,
+        source: "manual",
+        description: `${reason === "" ? "Granted" : reason} (by ${ctx.actor} in the console)`,
+        metadata: by,
+        ...(days === ""
+          ? {}
+          : { expiresAt: new Date(ctx.now.getTime() + wholeNumber(days, "days", 36_500) * 86_400_000) }),
+      });
+      break;
+    }
+    case "void": {
+      const grantId = field(form, "grant");
+      const g = await db.getGrant(grantId, user);
+      if (g === null || g.userId !== user) throw new NotFoundError(`Grant ${grantId} not found.`, { grantId });
+      await credits.voidGrant(grantId, {
+        idempotencyKey,
+        description: `Voided by ${ctx.actor} in the console`,
+        metadata: by,
+      });
+      break;
+    }
+    case "release": {
+      const holdId = field(form, "hold");
+      const h = await db.getReservation(holdId, user);
+      if (h === null || h.userId !== user)
+        throw new NotFoundError(`Hold ${holdId} not found.`, { reservationId: holdId });
+      await credits.releaseReservedCredits(holdId, {
+        idempotencyKey,
+        description: `Released by ${ctx.actor} in the console`,
+        metadata: by,
+      });
+      break;
+    }
+    case "refund": {
+      const amount = field(form, "amount");
+      const r = await payments.recordRefund(user, field(form, "payment"), {
+        by: ctx.actor,
+        ...(amount === "" ? {} : { refundedTotal: wholeNumber(amount, "amount") }),
+      });
+      if (r.outcome === "duplicate" || r.outcome === "unchanged") noticeCode = "duplicate";
+      back = `/payments${query({ user })}`;
+      break;
+    }
+    case "retry": {
+      const id = field(form, "notification");
+      const failed = (await db.listNotifications(user, { status: "failed", limit: 1000 })).find((n) => n.id === id);
+      if (failed === undefined)
+        throw new NotFoundError(`No failed notification ${id} of this user.`, { notificationId: id });
+      // A new pending row with the same event; its dedupe key makes a second retry of the same row a no-op.
+      const inserted = await db.insertNotifications([
+        {
+          ...failed,
+          id: newId(),
+          status: "pending",
+          dedupeKey: `retry:${failed.id}`,
+          attempts: 0,
+          nextAttemptAt: ctx.now,
+          claimedUntil: null,
+          claimToken: null,
+          lastError: null,
+          createdAt: ctx.now,
+          settledAt: null,
+        },
+      ]);
+      if (inserted === 0) noticeCode = "duplicate";
+      else await ledger.logSystem("console: notification retried", { notificationId: id, ...by }, { userId: user });
+      back = `/outbox${query({ user })}`;
+      break;
+    }
+    case "audit": {
+      if (!rememberKey(idempotencyKey)) {
+        noticeCode = "duplicate";
+        break;
+      }
+      const report = await credits.audit(user);
+      await ledger.logSystem(
+        AUDIT_MESSAGE,
+        { ok: report.ok, entries: report.entries, problems: report.problems.slice(0, 20), ...by },
+        { userId: user },
+      );
+      break;
+    }
+  }
+  return new Response(null, {
+    status: 303,
+    headers: { location: `${ctx.base}${back}${back.includes("?") ? "&" : "?"}notice=${noticeCode}` },
+  });
+}
+
+/** A refused action as a page: the error's message, escaped, with its status. */
+export function actionError(error: unknown): PageResult | null {
+  if (!(error instanceof CreditError)) return null;
+  const status = error.status;
+  return {
+    status: status >= 400 && status < 600 ? status : 400,
+    title: "Refused",
+    body: html`<h1>Refused</h1>
+      <p class="error" role="alert">${error.message}</p>`,
+  };
+}

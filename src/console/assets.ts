@@ -1,0 +1,57 @@
+import { UPLOT_CSS, UPLOT_JS } from "./vendor.js";
+
+/**
+ * The console's own script, served as a file (the Content-Security-Policy allows no inline
+ * script): draws the balance chart with uPlot from the page's JSON data block. Written as
+ * plain ES2017 for any current browser; nothing else on the pages needs script.
+ */
+const CONSOLE_JS = `"use strict";
+(function () {
+  var box = document.getElementById("balance-chart");
+  var data = document.getElementById("balance-data");
+  if (!box || !data || typeof uPlot !== "function") return;
+  var series = JSON.parse(data.textContent || "[[],[]]");
+  if (series[0].length < 2) return;
+  var width = Math.max(320, Math.min(box.clientWidth || 900, 1100));
+  new uPlot({
+    width: width,
+    height: 220,
+    title: "Balance over time",
+    scales: { x: { time: true } },
+    series: [{}, { label: "Balance", stroke: "#1f5fbf", width: 2, fill: "rgba(31,95,191,0.08)" }],
+    axes: [{}, { size: 70 }],
+    legend: { live: false },
+  }, series, box);
+  box.setAttribute("data-ready", "1");
+})();
+`;
+
+const CONSOLE_CSS = `:root{--fg:#1b1f24;--muted:#4d5661;--line:#d5dbe1;--bg:#fff;--soft:#f4f6f8;--accent:#1f5fbf;--bad:#a4161a;--ok:#1b6e35}
+*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+header{display:flex;gap:1.5rem;align-items:center;padding:.6rem 1.2rem;background:#16202c;color:#fff}
+header a{color:#fff;text-decoration:none}header a:hover,header a:focus{text-decoration:underline}
+header .brand{font-weight:700}header nav{display:flex;gap:1rem;flex-wrap:wrap}header .who{margin-left:auto;font-size:.9em;color:#dfe6ee}
+main{padding:1rem 1.2rem;max-width:1200px}h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
+a{color:var(--accent)}table{border-collapse:collapse;width:100%;margin:.3rem 0 .8rem}th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;text-align:left;vertical-align:top}
+th{background:var(--soft);font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.cards{display:flex;gap:.8rem;flex-wrap:wrap}.card{border:1px solid var(--line);border-radius:6px;padding:.5rem .9rem;min-width:9rem}
+.card .v{font-size:1.4rem;font-weight:600;font-variant-numeric:tabular-nums}.card .k{color:var(--muted);font-size:.85em}
+.ok{color:var(--ok);font-weight:600}.bad{color:var(--bad);font-weight:600}.muted{color:var(--muted)}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;word-break:break-all}
+form.inline{display:inline}form.box{border:1px solid var(--line);border-radius:6px;padding:.7rem;margin:.5rem 0;display:flex;gap:.6rem;flex-wrap:wrap;align-items:end}
+label{display:flex;flex-direction:column;font-size:.85em;color:var(--muted);gap:.15rem}input,select{font:inherit;padding:.25rem .4rem;border:1px solid #8a949e;border-radius:4px}
+button{font:inherit;padding:.3rem .8rem;border-radius:4px;border:1px solid var(--accent);background:var(--accent);color:#fff;cursor:pointer}
+button.secondary{background:#fff;color:var(--accent)}button.danger{background:var(--bad);border-color:var(--bad)}
+.notice{border-left:4px solid var(--ok);background:#eef7f0;padding:.5rem .8rem;margin:.5rem 0}.error{border-left:4px solid var(--bad);background:#fbeeee;padding:.5rem .8rem;margin:.5rem 0}
+.pager{display:flex;gap:1rem;margin:.4rem 0}meter{width:8rem}#balance-chart{min-height:230px;margin:.5rem 0}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .8rem;margin:0}dl.meta dt{color:var(--muted)}dl.meta dd{margin:0}
+.skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:.5rem;background:#fff;color:var(--accent);padding:.3rem}
+`;
+
+/** The files the handler serves under `<basePath>/assets/`: name → [content type, body]. */
+export const ASSETS: ReadonlyMap<string, readonly [string, string]> = new Map([
+  ["console.js", ["text/javascript; charset=utf-8", CONSOLE_JS]],
+  ["console.css", ["text/css; charset=utf-8", CONSOLE_CSS]],
+  ["uplot.js", ["text/javascript; charset=utf-8", UPLOT_JS]],
+  ["uplot.css", ["text/css; charset=utf-8", UPLOT_CSS]],
+]);

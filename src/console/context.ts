@@ -1,0 +1,85 @@
+import type { CreditManager } from "../manager.js";
+import { html, raw, type Html } from "./html.js";
+import { signToken } from "./security.js";
+
+export type ConsoleRole = "viewer" | "admin";
+
+/** What `authorize` answers for a request: who it is and what they may do, or "deny". */
+export type ConsoleAccess = { role: ConsoleRole; actor: string } | "deny";
+
+/** What a page or action is handed. */
+export interface Ctx {
+  manager: CreditManager;
+  request: Request;
+  url: URL;
+  /** The base path, without a trailing slash ("" when mounted at the root). */
+  base: string;
+  role: ConsoleRole;
+  actor: string;
+  now: Date;
+  /** The CSRF token of this browser (its cookie), and the signature forms carry. */
+  csrf: string;
+  secret: Uint8Array;
+  title: string;
+}
+
+/** A page's answer: HTML inside the layout, or a ready Response. */
+export type PageResult = { title: string; body: Html; status?: number } | Response;
+
+export function csrfField(ctx: Ctx): Html {
+  return html`<input type="hidden" name="_csrf" value="${signToken(ctx.secret, ctx.csrf, ctx.actor)}" />`;
+}
+
+const NAV: [string, string][] = [
+  ["/", "Accounts"],
+  ["/subscriptions", "Subscriptions"],
+  ["/payments", "Payments"],
+  ["/promos", "Promos"],
+  ["/outbox", "Outbox"],
+  ["/jobs", "Jobs"],
+  ["/usage", "LLM usage"],
+];
+
+export function layout(ctx: Ctx, title: string, body: Html): string {
+  const b = ctx.base;
+  return `<!doctype html>${
+    html`<html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <link rel="icon" href="data:," />
+        <title>${title} · ${ctx.title}</title>
+        <link rel="stylesheet" href="${b}/assets/uplot.css" />
+        <link rel="stylesheet" href="${b}/assets/console.css" />
+      </head>
+      <body>
+        <a class="skip" href="#main">Skip to content</a>
+        <header>
+          <a class="brand" href="${b}/">${ctx.title}</a>
+          <nav aria-label="Sections">${NAV.map(([path, label]) => html`<a href="${b}${path}">${label}</a>`)}</nav>
+          <span class="who">${ctx.actor} (${ctx.role})</span>
+        </header>
+        <main id="main">${body}</main>
+        <script src="${b}/assets/uplot.js"></script>
+        <script src="${b}/assets/console.js"></script>
+      </body>
+    </html>`.text
+  }`;
+}
+
+/** The fixed notices an action's redirect may name (`?notice=`): never text from the query. */
+export const NOTICES: Record<string, string> = {
+  granted: "Credits granted.",
+  voided: "Grant voided.",
+  released: "Hold released.",
+  refunded: "Refund recorded.",
+  retried: "Notification queued again.",
+  audited: "Audit run: see its verdict below.",
+  duplicate: "Already done (the same form was sent before): nothing changed.",
+};
+
+export function notice(ctx: Ctx): Html {
+  const n = ctx.url.searchParams.get("notice");
+  const text = n === null ? undefined : NOTICES[n];
+  return text === undefined ? raw("") : html`<p class="notice" role="status">${text}</p>`;
+}

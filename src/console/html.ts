@@ -1,0 +1,93 @@
+/**
+ * HTML with every interpolated value escaped: `html\`<td>${userId}</td>\`` can never inject markup,
+ * whatever the value holds. Only another `html` result (or `raw`, for the module's own constants)
+ * is inserted as it is. docs/console.md, "Security".
+ */
+export class Html {
+  constructor(readonly text: string) {}
+  toString(): string {
+    return this.text;
+  }
+}
+
+const ESCAPES: Record<string, string> = {
+  "&": "&amp;",
+  "<": "&lt;",
+  ">": "&gt;",
+  '"': "&quot;",
+  "'": "&#39;",
+  "`": "&#96;",
+};
+
+/** Text as HTML text or an attribute value (double- or single-quoted). */
+export function escapeHtml(value: unknown): string {
+  return String(value).replace(/[&<>"'`]/g, (c) => ESCAPES[c] as string);
+}
+
+type Part = Html | string | number | boolean | null | undefined | readonly Part[];
+
+function render(part: Part): string {
+  if (part === null || part === undefined || part === false) return "";
+  if (part instanceof Html) return part.text;
+  if (Array.isArray(part)) return (part as readonly Part[]).map(render).join("");
+  return escapeHtml(part);
+}
+
+export function html(strings: TemplateStringsArray, ...values: Part[]): Html {
+  let out = strings[0] as string;
+  for (let i = 0; i < values.length; i++) out += render(values[i] as Part) + (strings[i + 1] as string);
+  return new Html(out);
+}
+
+/** A constant of this module's own (never user data). */
+export function raw(text: string): Html {
+  return new Html(text);
+}
+
+/**
+ * JSON for a `<script type="application/json">` data block: `<`, `>`, `&` and the line separators
+ * as \u escapes, so no value can close the element.
+ */
+export function jsonData(value: unknown): Html {
+  return new Html(
+    JSON.stringify(value).replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`),
+  );
+}
+
+/** A path segment or query value for a link. */
+export const enc = encodeURIComponent;
+
+/** A query string from defined values ("" when none). */
+export function query(params: Record<string, string | number | undefined | null>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== null && v !== "") q.set(k, String(v));
+  const s = q.toString();
+  return s === "" ? "" : `?${s}`;
+}
+
+/** "in 3 d 4 h", "5 min ago": a duration from now, for expiries and TTLs. */
+export function relative(to: Date, now: Date): string {
+  const ms = to.getTime() - now.getTime();
+  const abs = Math.abs(ms);
+  const units: [number, string][] = [
+    [86_400_000, "d"],
+    [3_600_000, "h"],
+    [60_000, "min"],
+    [1000, "s"],
+  ];
+  const parts: string[] = [];
+  let rest = abs;
+  for (const [size, name] of units) {
+    if (rest >= size && parts.length < 2) {
+      parts.push(`${Math.floor(rest / size)} ${name}`);
+      rest %= size;
+    }
+  }
+  const text = parts.length === 0 ? "0 s" : parts.join(" ");
+  return ms >= 0 ? `in ${text}` : `${text} ago`;
+}
+
+/** An ISO time without milliseconds, in UTC. */
+export function when(d: Date | null | undefined): string {
+  return d === null || d === undefined ? "—" : d.toISOString().replace(/\.\d{3}Z$/, "Z");
+}

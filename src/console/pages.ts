@@ -1,0 +1,1005 @@
+import { randomUUID } from "node:crypto";
+import { compareGrants } from "../domain/order.js";
+import { hashEntry } from "../domain/hash.js";
+import {
+  EntryType,
+  type Grant,
+  type JournalEntry,
+  type LedgerEntry,
+  type Notification,
+  type Payment,
+  type Subscription,
+} from "../models/index.js";
+import { csrfField, notice, type Ctx, type PageResult } from "./context.js";
+import { enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
+
+const PAGE = 50;
+/** The newest entries the balance chart draws (one indexed read, whatever the journal's size). */
+const CHART_POINTS = 500;
+/** The ledger message the console's audit action records its verdict under. */
+export const AUDIT_MESSAGE = "console: audit";
+
+/** `key=value` pairs of a metadata object, every value escaped (JSON for nested ones). */
+function metaList(meta: Record<string, unknown> | null | undefined): Html {
+  if (meta === null || meta === undefined) return raw("");
+  const keys = Object.keys(meta);
+  if (keys.length === 0) return raw("");
+  return html`<dl class="meta">
+    ${keys.map(
+      (k) =>
+        html`<dt>${k}</dt>
+          <dd><code>${typeof meta[k] === "string" ? meta[k] : JSON.stringify(meta[k])}</code></dd>`,
+    )}
+  </dl>`;
+}
+
+/** A hidden-field form posting an action (first to its confirmation page). */
+export function actionForm(
+  ctx: Ctx,
+  action: string,
+  label: string,
+  fields: Record<string, string>,
+  extra: Html = raw(""),
+  cls = "inline",
+): Html {
+  if (ctx.role !== "admin") return raw("");
+  return html`<form class="${cls}" method="post" action="${ctx.base}/actions/${action}">
+    ${csrfField(ctx)}<input type="hidden" name="_key" value="${randomUUID()}" />${Object.entries(fields).map(
+      ([k, v]) => html`<input type="hidden" name="${k}" value="${v}" />`,
+    )}${extra}<button type="submit" class="${action === "audit" || action === "grant" ? "" : "secondary"}">
+      ${label}
+    </button>
+  </form>`;
+}
+
+function accountLink(ctx: Ctx, userId: string | null): Html {
+  return userId === null ? raw("—") : html`<a href="${ctx.base}/accounts/${enc(userId)}">${userId}</a>`;
+}
+
+function pager(ctx: Ctx, path: string, params: Record<string, string | undefined>, next: string | null): Html {
+  const first = html`<a href="${ctx.base}${path}${query({ ...params })}">First page</a>`;
+  return html`<nav class="pager" aria-label="Pages">
+    ${first}${
+      next === null
+        ? html`<span class="muted">No more</span>`
+        : html`<a rel="next" href="${ctx.base}${path}${next}">Next page</a>`
+    }
+  </nav>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts
+
+export async function accountsPage(ctx: Ctx): Promise<PageResult> {
+  const db = ctx.manager.db;
+  const q = (ctx.url.searchParams.get("q") ?? "").trim();
+  const after = ctx.url.searchParams.get("after");
+  const ids: string[] = [];
+  if (q !== "" && after === null && (await db.getAccount(q)) !== null) ids.push(q);
+  let next: string | null = null;
+  if (db.listAccountIds !== undefined) {
+    const page = await db.listAccountIds(after ?? (q === "" ? null : q), PAGE + 1);
+    for (const id of page) {
+      if (q !== "" && !id.startsWith(q)) break;
+      if (ids.length < PAGE && !ids.includes(id)) ids.push(id);
+    }
+    const last = ids[ids.length - 1];
+    if (page.length > PAGE && last !== undefined && (q === "" || (page[PAGE] ?? "").startsWith(q)))
+      next = query({ q, after: last });
+  }
+  const accounts = await Promise.all(ids.map((id) => db.getAccount(id)));
+  const recent = await db.listLedgerEntries({ limit: 15 });
+  const body = html`<h1>Accounts</h1>
+    ${notice(ctx)}
+    <form class="box" method="get" action="${ctx.base}/" role="search">
+      <label>User id (or its beginning)<input name="q" value="${q}" autocomplete="off" /></label
+      ><button type="submit">Search</button>
+    </form>
+    ${
+      db.listAccountIds === undefined
+        ? html`<p class="muted">This store cannot list accounts: search by exact user id.</p>`
+        : raw("")
+    }
+    <table>
+      <caption class="skip">
+        Accounts
+      </caption>
+      <thead>
+        <tr>
+          <th scope="col">User</th>
+          <th scope="col" class="num">Balance</th>
+          <th scope="col" class="num">Reserved</th>
+          <th scope="col" class="num">Debt</th>
+          <th scope="col">Last activity</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${accounts.map((a, i) =>
+          a === null
+            ? html`<tr>
+                <td>${accountLink(ctx, ids[i] as string)}</td>
+                <td colspan="4" class="muted">no account row</td>
+              </tr>`
+            : html`<tr>
+                <td>${accountLink(ctx, a.userId)}</td>
+                <td class="num">${a.balance}</td>
+                <td class="num">${a.reserved}</td>
+                <td class="num">${a.debt}</td>
+                <td>${when(a.updatedAt)} <span class="muted">(${relative(a.updatedAt, ctx.now)})</span></td>
+              </tr>`,
+        )}
+        ${
+          ids.length === 0
+            ? html`<tr>
+                <td colspan="5" class="muted">No account found.</td>
+              </tr>`
+            : raw("")
+        }
+      </tbody>
+    </table>
+    ${pager(ctx, "/", { q: q === "" ? undefined : q }, next)}
+    <h2>Recent activity</h2>
+    ${ledgerTable(ctx, recent)}`;
+  return { title: "Accounts", body };
+}
+
+function ledgerTable(ctx: Ctx, rows: readonly LedgerEntry[]): Html {
+  if (rows.length === 0) return html`<p class="muted">Nothing recorded yet.</p>`;
+  return html`<table>
+    <thead>
+      <tr>
+        <th scope="col">When</th>
+        <th scope="col">Kind</th>
+        <th scope="col">User</th>
+        <th scope="col">What</th>
+        <th scope="col">Details</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${rows.map(
+        (e) =>
+          html`<tr>
+            <td>${when(e.createdAt)}</td>
+            <td>${e.eventType}</td>
+            <td>${accountLink(ctx, e.userId)}</td>
+            <td>${e.message}</td>
+            <td>${metaList(e.details)}</td>
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One account
+
+function parseTypes(values: string[]): EntryType[] | undefined {
+  const types = values.filter((v): v is EntryType => EntryType.safeParse(v).success);
+  return types.length === 0 ? undefined : types;
+}
+
+function dateParam(value: string | null): Date | undefined {
+  if (value === null || value === "") return undefined;
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? undefined : d;
+}
+
+/** The page's own check of the hash chain: each entry's hash, and each link to the one before. */
+function chainCheck(entries: readonly JournalEntry[]): { ok: boolean; text: string } {
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i] as JournalEntry;
+    const { hash, ...rest } = e;
+    if (hashEntry(rest) !== hash) return { ok: false, text: `entry #${e.seq} does not match its hash` };
+    const older = entries[i + 1];
+    if (older !== undefined && older.seq === e.seq - 1 && e.prevHash !== older.hash)
+      return { ok: false, text: `entry #${e.seq} does not chain to #${older.seq}` };
+  }
+  return { ok: true, text: `the ${entries.length} entries shown match their hashes and chain` };
+}
+
+function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
+  const u = enc(e.userId);
+  const parts: Html[] = [];
+  if (e.reservationId !== null)
+    parts.push(
+      html`hold <a href="${ctx.base}/accounts/${u}/holds/${enc(e.reservationId)}">${e.reservationId.slice(0, 8)}…</a>`,
+    );
+  const m = e.metadata ?? {};
+  if (typeof m.paymentId === "string")
+    parts.push(
+      html`payment
+        <a href="${ctx.base}/payments${query({ user: e.userId })}#pay-${m.paymentId}">${m.paymentId.slice(0, 8)}…</a>`,
+    );
+  if (typeof m.promoCode === "string" || typeof m.code === "string")
+    parts.push(
+      html`promo <a href="${ctx.base}/promos${query({ user: e.userId })}">${String(m.promoCode ?? m.code)}</a>`,
+    );
+  if (typeof m.subscriptionId === "string")
+    parts.push(
+      html`subscription
+        <a href="${ctx.base}/subscriptions${query({ user: e.userId })}">${m.subscriptionId.slice(0, 8)}…</a>`,
+    );
+  for (const g of e.grants.slice(0, 3))
+    parts.push(
+      open.has(g.grantId)
+        ? html`grant <a href="#grant-${g.grantId}">${g.grantId.slice(0, 8)}…</a> (${g.amount})`
+        : html`grant <span class="mono">${g.grantId.slice(0, 8)}…</span> (${g.amount})`,
+    );
+  if (e.correlationId !== null) parts.push(html`<span class="muted">corr.</span> <code>${e.correlationId}</code>`);
+  return parts.length === 0 ? raw("—") : html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
+}
+
+export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult> {
+  const { db } = ctx.manager;
+  const sp = ctx.url.searchParams;
+  const account = await db.getAccount(userId);
+  if (account === null) return { status: 404, title: "No such account", body: html`<h1>No account ${userId}</h1>` };
+  const before = Number(sp.get("before") ?? "");
+  const types = parseTypes(sp.getAll("type"));
+  const from = dateParam(sp.get("from"));
+  const to = dateParam(sp.get("to"));
+  const [grants, holds, page, chart, payments, audits, subs, claims, notifications] = await Promise.all([
+    db.listGrants(userId),
+    db.listReservations(userId, { status: "active" }),
+    db.listJournal(userId, {
+      order: "desc",
+      limit: PAGE + 1,
+      ...(Number.isSafeInteger(before) && before > 0 ? { beforeSeq: before } : {}),
+      ...(types === undefined ? {} : { types }),
+      ...(from === undefined ? {} : { from }),
+      ...(to === undefined ? {} : { to }),
+    }),
+    db.listJournal(userId, { order: "desc", limit: CHART_POINTS }),
+    db.listPayments(userId, { limit: 10 }),
+    db.listLedgerEntries({ userId, eventType: "system", limit: 20 }),
+    db.listSubscriptions(userId),
+    db.listPromoClaims(userId),
+    db.listNotifications(userId, { limit: 10 }),
+  ]);
+  const entries = page.slice(0, PAGE);
+  const last = entries[entries.length - 1];
+  const filters = { type: undefined, from: sp.get("from") ?? undefined, to: sp.get("to") ?? undefined };
+  const typeQuery = (types ?? []).map((t) => `&type=${enc(t)}`).join("");
+  const next =
+    page.length > PAGE && last !== undefined ? `${query({ ...filters, before: last.seq })}${typeQuery}` : null;
+  const open = grants.slice().sort(compareGrants);
+  const openIds = new Set(open.map((g) => g.id));
+  const check = chainCheck(entries);
+  const audit = audits.find((a) => a.message === AUDIT_MESSAGE);
+  const series = [[] as number[], [] as number[]];
+  for (let i = chart.length - 1; i >= 0; i--) {
+    const e = chart[i] as JournalEntry;
+    series[0]?.push(Math.floor(e.createdAt.getTime() / 1000));
+    series[1]?.push(e.balanceAfter);
+  }
+  const u = { user: userId };
+  const body = html`<h1>Account <span class="mono">${userId}</span></h1>
+    ${notice(ctx)}
+    <div class="cards">
+      <div class="card">
+        <div class="k">Balance</div>
+        <div class="v" id="balance">${account.balance}</div>
+      </div>
+      <div class="card">
+        <div class="k">Reserved</div>
+        <div class="v">${account.reserved}</div>
+      </div>
+      <div class="card">
+        <div class="k">Available</div>
+        <div class="v">${account.balance - account.reserved}</div>
+      </div>
+      <div class="card">
+        <div class="k">Debt</div>
+        <div class="v">${account.debt}</div>
+      </div>
+      <div class="card">
+        <div class="k">Journal entries</div>
+        <div class="v">${account.seq}</div>
+      </div>
+    </div>
+    <div id="balance-chart" role="img" aria-label="Balance over the last ${chart.length} journal entries"></div>
+    <script type="application/json" id="balance-data">
+      ${jsonData(series)}
+    </script>
+    <h2>Audit</h2>
+    <p>
+      Hash chain on this page: <span class="${check.ok ? "ok" : "bad"}">${check.ok ? "intact" : "BROKEN"}</span> —
+      ${check.text}.
+    </p>
+    <p id="audit-verdict">
+      Last full audit:
+      ${
+        audit === undefined
+          ? html`<span class="muted">none run from the console yet</span>`
+          : html`<span class="${audit.details.ok === true ? "ok" : "bad"}"
+                >${audit.details.ok === true ? "ok" : "problems found"}</span
+              >
+              — ${String(audit.details.entries ?? "?")} entries, ${when(audit.createdAt)} by
+              ${String(audit.details.actor ?? "?")}${
+                Array.isArray(audit.details.problems) && audit.details.problems.length > 0
+                  ? html`<ul>
+                      ${(audit.details.problems as unknown[]).map((p) => html`<li>${String(p)}</li>`)}
+                    </ul>`
+                  : raw("")
+              }`
+      }
+    </p>
+    ${actionForm(ctx, "audit", "Run a full audit", { user: userId })}
+    ${
+      ctx.role === "admin"
+        ? html`<h2>Grant credits</h2>
+            ${actionForm(
+              ctx,
+              "grant",
+              "Grant…",
+              { user: userId },
+              html`<label>Credits<input name="amount" type="number" min="1" step="1" required /></label
+                ><label>Expires in days (empty: never)<input name="days" type="number" min="1" step="1" /></label
+                ><label>Reason<input name="description" maxlength="500" /></label>`,
+              "box",
+            )}`
+        : raw("")
+    }
+    <h2>Grants, in burn-down order</h2>
+    ${grantTable(ctx, userId, open)}
+    <h2>Active holds</h2>
+    ${
+      holds.length === 0
+        ? html`<p class="muted">No active hold.</p>`
+        : html`<table>
+            <thead>
+              <tr>
+                <th scope="col">Hold</th>
+                <th scope="col" class="num">Credits</th>
+                <th scope="col">Expires (TTL)</th>
+                <th scope="col">Reason</th>
+                <th scope="col">Metadata</th>
+                <th scope="col">Action</th>
+              </tr>
+            </thead>
+            <tbody>
+              ${holds.map(
+                (h) =>
+                  html`<tr>
+                    <td><a href="${ctx.base}/accounts/${enc(userId)}/holds/${enc(h.id)}" class="mono">${h.id}</a></td>
+                    <td class="num">${h.amount}</td>
+                    <td>${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})</td>
+                    <td>${h.reason ?? ""}</td>
+                    <td>${metaList(h.metadata)}</td>
+                    <td>${actionForm(ctx, "release", "Release", { user: userId, hold: h.id })}</td>
+                  </tr>`,
+              )}
+            </tbody>
+          </table>`
+    }
+    <h2 id="journal">Journal</h2>
+    <form class="box" method="get" action="${ctx.base}/accounts/${enc(userId)}#journal">
+      <fieldset>
+        <legend>Types</legend>
+        ${EntryType.options.map(
+          (t) =>
+            html`<label
+              ><input type="checkbox" name="type" value="${t}" ${types?.includes(t) ? raw(" checked") : ""} />
+              ${t}</label
+            >`,
+        )}
+      </fieldset>
+      <label>From<input type="date" name="from" value="${sp.get("from") ?? ""}" /></label
+      ><label>To (before)<input type="date" name="to" value="${sp.get("to") ?? ""}" /></label
+      ><button type="submit">Filter</button>
+    </form>
+    <table id="journal-table">
+      <thead>
+        <tr>
+          <th scope="col" class="num">#</th>
+          <th scope="col">When</th>
+          <th scope="col">Type</th>
+          <th scope="col" class="num">Credits</th>
+          <th scope="col" class="num">Balance after</th>
+          <th scope="col">Description</th>
+          <th scope="col">Caused by</th>
+          <th scope="col">Metadata</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${entries.map(
+          (e) =>
+            html`<tr>
+              <td class="num">${e.seq}</td>
+              <td>${when(e.createdAt)}</td>
+              <td>${e.type}</td>
+              <td class="num">${e.amount}</td>
+              <td class="num">${e.balanceAfter}</td>
+              <td>${e.description ?? ""}</td>
+              <td>${causeOf(ctx, e, openIds)}</td>
+              <td>${metaList(e.metadata)}</td>
+            </tr>`,
+        )}
+        ${
+          entries.length === 0
+            ? html`<tr>
+                <td colspan="8" class="muted">No entry.</td>
+              </tr>`
+            : raw("")
+        }
+      </tbody>
+    </table>
+    ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)}
+    <h2>Payments</h2>
+    ${paymentTable(ctx, payments)}
+    <p><a href="${ctx.base}/payments${query(u)}">All payments of this account</a></p>
+    <h2>Subscriptions</h2>
+    ${subscriptionTable(ctx, subs)}
+    <h2>Promo claims</h2>
+    ${
+      claims.length === 0
+        ? html`<p class="muted">None.</p>`
+        : html`<table>
+            <thead>
+              <tr>
+                <th scope="col">Code</th>
+                <th scope="col" class="num">Credits</th>
+                <th scope="col">When</th>
+              </tr>
+            </thead>
+            <tbody>
+              ${claims.map(
+                (c) =>
+                  html`<tr>
+                    <td>${c.code}</td>
+                    <td class="num">${c.credits}</td>
+                    <td>${when(c.createdAt)}</td>
+                  </tr>`,
+              )}
+            </tbody>
+          </table>`
+    }
+    <h2>Notifications</h2>
+    ${notificationTable(ctx, notifications)}`;
+  return { title: `Account ${userId}`, body };
+}
+
+function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
+  if (grants.length === 0) return html`<p class="muted">No open grant.</p>`;
+  return html`<table>
+    <thead>
+      <tr>
+        <th scope="col" class="num">Order</th>
+        <th scope="col">Grant</th>
+        <th scope="col">Source</th>
+        <th scope="col" class="num">Remaining / granted</th>
+        <th scope="col">Expires</th>
+        <th scope="col" class="num">Priority</th>
+        <th scope="col">Description</th>
+        <th scope="col">Action</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${grants.map(
+        (g, i) =>
+          html`<tr id="grant-${g.id}">
+            <td class="num">${i + 1}</td>
+            <td class="mono">${g.id}</td>
+            <td>${g.source}${g.sourceRef === null ? "" : html` <code>${g.sourceRef}</code>`}</td>
+            <td class="num">
+              <meter min="0" max="${g.amount}" value="${g.remaining}" aria-label="Remaining of grant ${i + 1}">
+                ${g.remaining}
+              </meter>
+              ${g.remaining} / ${g.amount}
+            </td>
+            <td>${g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`}</td>
+            <td class="num">${g.priority}</td>
+            <td>${g.description ?? ""}</td>
+            <td>${actionForm(ctx, "void", "Void", { user: userId, grant: g.id })}</td>
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+function paymentTable(ctx: Ctx, payments: readonly Payment[]): Html {
+  if (payments.length === 0) return html`<p class="muted">No payment.</p>`;
+  return html`<table>
+    <thead>
+      <tr>
+        <th scope="col">Payment</th>
+        <th scope="col">User</th>
+        <th scope="col">Provider</th>
+        <th scope="col" class="num">Amount</th>
+        <th scope="col" class="num">Credits</th>
+        <th scope="col">Status</th>
+        <th scope="col" class="num">Refunded</th>
+        <th scope="col">Created</th>
+        <th scope="col">Action</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${payments.map(
+        (p) =>
+          html`<tr id="pay-${p.id}">
+            <td class="mono">${p.id}</td>
+            <td>${accountLink(ctx, p.userId)}</td>
+            <td>${p.provider}</td>
+            <td class="num">${p.amount} ${p.currency}</td>
+            <td class="num">${p.credits}</td>
+            <td>${p.status}</td>
+            <td class="num">${p.refundedAmount}</td>
+            <td>${when(p.createdAt)}</td>
+            <td>
+              ${
+                p.status === "paid" || p.status === "partially_refunded"
+                  ? actionForm(ctx, "refund", "Refund", { user: p.userId, payment: p.id })
+                  : ""
+              }
+            </td>
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+function subscriptionTable(ctx: Ctx, subs: readonly Subscription[]): Html {
+  if (subs.length === 0) return html`<p class="muted">No subscription.</p>`;
+  return html`<table>
+    <thead>
+      <tr>
+        <th scope="col">Subscription</th>
+        <th scope="col">User</th>
+        <th scope="col">Plan</th>
+        <th scope="col">Status</th>
+        <th scope="col">Period</th>
+        <th scope="col">Next run</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${subs.map(
+        (s) =>
+          html`<tr>
+            <td class="mono">${s.id}</td>
+            <td>${accountLink(ctx, s.userId)}</td>
+            <td>${s.planId}</td>
+            <td>${s.status}${s.cancelAtPeriodEnd ? " (cancels at period end)" : ""}</td>
+            <td>${when(s.currentPeriodStart)} – ${when(s.currentPeriodEnd)}</td>
+            <td>${when(s.nextRunAt)}</td>
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+function notificationTable(ctx: Ctx, rows: readonly Notification[]): Html {
+  if (rows.length === 0) return html`<p class="muted">No notification.</p>`;
+  return html`<table>
+    <thead>
+      <tr>
+        <th scope="col">Id</th>
+        <th scope="col">User</th>
+        <th scope="col">Type</th>
+        <th scope="col">Status</th>
+        <th scope="col" class="num">Attempts</th>
+        <th scope="col">Next attempt</th>
+        <th scope="col">Last error</th>
+        <th scope="col">Action</th>
+      </tr>
+    </thead>
+    <tbody>
+      ${rows.map(
+        (n) =>
+          html`<tr>
+            <td class="mono">${n.id}</td>
+            <td>${accountLink(ctx, n.userId)}</td>
+            <td>${n.type}</td>
+            <td>${n.status}</td>
+            <td class="num">${n.attempts}</td>
+            <td>${n.status === "pending" ? when(n.nextAttemptAt) : "—"}</td>
+            <td>${n.lastError ?? ""}</td>
+            <td>
+              ${n.status === "failed" ? actionForm(ctx, "retry", "Retry", { user: n.userId, notification: n.id }) : ""}
+            </td>
+          </tr>`,
+      )}
+    </tbody>
+  </table>`;
+}
+
+export async function holdPage(ctx: Ctx, userId: string, holdId: string): Promise<PageResult> {
+  const h = await ctx.manager.db.getReservation(holdId, userId);
+  if (h === null || h.userId !== userId)
+    return { status: 404, title: "No such hold", body: html`<h1>No hold ${holdId}</h1>` };
+  const body = html`<h1>Hold <span class="mono">${h.id}</span></h1>
+    <p>Account ${accountLink(ctx, userId)}</p>
+    <dl class="meta">
+      <dt>Status</dt>
+      <dd>${h.status}</dd>
+      <dt>Credits</dt>
+      <dd>${h.amount}</dd>
+      <dt>Committed</dt>
+      <dd>${h.committedAmount ?? "—"}</dd>
+      <dt>Created</dt>
+      <dd>${when(h.createdAt)}</dd>
+      <dt>Expires</dt>
+      <dd>${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})</dd>
+      <dt>Settled</dt>
+      <dd>${when(h.settledAt)}</dd>
+      <dt>Reason</dt>
+      <dd>${h.reason ?? ""}</dd>
+    </dl>
+    <h2>Drawn from</h2>
+    <ul>
+      ${h.allocations.map((a) => html`<li><span class="mono">${a.grantId}</span>: ${a.amount}</li>`)}
+    </ul>
+    <h2>Metadata</h2>
+    ${metaList(h.metadata)}
+    ${h.status === "active" ? actionForm(ctx, "release", "Release this hold", { user: userId, hold: h.id }) : raw("")}`;
+  return { title: `Hold ${h.id}`, body };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscriptions, payments, promos, outbox, jobs, usage
+
+/** Far enough ahead that every scheduled subscription is due by it (the scan is by nextRunAt). */
+const END_OF_TIME = new Date(8_640_000_000_000_000);
+
+export async function subscriptionsPage(ctx: Ctx): Promise<PageResult> {
+  const { db } = ctx.manager;
+  const user = ctx.url.searchParams.get("user") ?? "";
+  const at = dateParam(ctx.url.searchParams.get("at"));
+  const id = ctx.url.searchParams.get("id");
+  const plans = await db.listPlans({ includeInactive: true });
+  let subs: Subscription[];
+  let next: string | null = null;
+  if (user !== "") subs = await db.listSubscriptions(user);
+  else {
+    const page = await db.findDueSubscriptions(
+      END_OF_TIME,
+      PAGE + 1,
+      at !== undefined && id !== null ? { nextRunAt: at, id } : undefined,
+    );
+    subs = page.slice(0, PAGE);
+    const last = subs[subs.length - 1];
+    if (page.length > PAGE && last?.nextRunAt) next = query({ at: last.nextRunAt.toISOString(), id: last.id });
+  }
+  const body = html`<h1>Subscriptions and plans</h1>
+    <h2>Plans</h2>
+    <table>
+      <thead>
+        <tr>
+          <th scope="col">Plan</th>
+          <th scope="col">Name</th>
+          <th scope="col" class="num">Credits / period</th>
+          <th scope="col" class="num">Price</th>
+          <th scope="col">Period</th>
+          <th scope="col">Rollover</th>
+          <th scope="col">Active</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${plans.map(
+          (p) =>
+            html`<tr>
+              <td class="mono">${p.id}</td>
+              <td>${p.name}</td>
+              <td class="num">${p.creditsPerPeriod}</td>
+              <td class="num">${p.price} ${p.currency}</td>
+              <td>${p.billingPeriod}</td>
+              <td>${p.rollover}</td>
+              <td>${p.isActive ? "yes" : "no"}</td>
+            </tr>`,
+        )}${
+          plans.length === 0
+            ? html`<tr>
+                <td colspan="7" class="muted">No plan.</td>
+              </tr>`
+            : raw("")
+        }
+      </tbody>
+    </table>
+    <h2>${user === "" ? "Scheduled subscriptions, by next run" : html`Subscriptions of ${user}`}</h2>
+    <form class="box" method="get" action="${ctx.base}/subscriptions" role="search">
+      <label>User id<input name="user" value="${user}" /></label><button type="submit">Show</button>
+    </form>
+    ${subscriptionTable(ctx, subs)}${user === "" ? pager(ctx, "/subscriptions", {}, next) : raw("")}`;
+  return { title: "Subscriptions", body };
+}
+
+export async function paymentsPage(ctx: Ctx): Promise<PageResult> {
+  const user = ctx.url.searchParams.get("user") ?? "";
+  const at = dateParam(ctx.url.searchParams.get("at"));
+  const id = ctx.url.searchParams.get("id");
+  let table = html`<p class="muted">Payments are listed per account: enter a user id.</p>`;
+  let next: string | null = null;
+  if (user !== "") {
+    const page = await ctx.manager.db.listPayments(user, {
+      limit: PAGE + 1,
+      ...(at !== undefined && id !== null ? { before: { createdAt: at, id } } : {}),
+    });
+    const rows = page.slice(0, PAGE);
+    const last = rows[rows.length - 1];
+    if (page.length > PAGE && last !== undefined) next = query({ user, at: last.createdAt.toISOString(), id: last.id });
+    table = html`${paymentTable(ctx, rows)}${pager(ctx, "/payments", { user }, next)}`;
+  }
+  const body = html`<h1>Payments and refunds</h1>
+    ${notice(ctx)}
+    <form class="box" method="get" action="${ctx.base}/payments" role="search">
+      <label>User id<input name="user" value="${user}" /></label><button type="submit">Show</button>
+    </form>
+    ${table}`;
+  return { title: "Payments", body };
+}
+
+export async function promosPage(ctx: Ctx): Promise<PageResult> {
+  const { db } = ctx.manager;
+  const user = ctx.url.searchParams.get("user") ?? "";
+  const at = dateParam(ctx.url.searchParams.get("at"));
+  const code = ctx.url.searchParams.get("code");
+  const page = await db.listPromos({
+    limit: PAGE + 1,
+    ...(at !== undefined && code !== null ? { before: { createdAt: at, code } } : {}),
+  });
+  const promos = page.slice(0, PAGE);
+  const last = promos[promos.length - 1];
+  const next =
+    page.length > PAGE && last !== undefined ? query({ at: last.createdAt.toISOString(), code: last.code }) : null;
+  const claims = user === "" ? [] : await db.listPromoClaims(user);
+  const body = html`<h1>Promo codes</h1>
+    <table>
+      <thead>
+        <tr>
+          <th scope="col">Code</th>
+          <th scope="col" class="num">Credits</th>
+          <th scope="col" class="num">Claims</th>
+          <th scope="col">Valid</th>
+          <th scope="col">Active</th>
+          <th scope="col">Description</th>
+        </tr>
+      </thead>
+      <tbody>
+        ${promos.map(
+          (p) =>
+            html`<tr>
+              <td class="mono">${p.code}</td>
+              <td class="num">${p.credits}</td>
+              <td class="num">${p.uses}${p.maxUses === null ? "" : ` / ${p.maxUses}`}</td>
+              <td>${when(p.validFrom)} – ${when(p.validUntil)}</td>
+              <td>${p.isActive ? "yes" : "no"}</td>
+              <td>${p.description ?? ""}</td>
+            </tr>`,
+        )}${
+          promos.length === 0
+            ? html`<tr>
+                <td colspan="6" class="muted">No promo code.</td>
+              </tr>`
+            : raw("")
+        }
+      </tbody>
+    </table>
+    ${pager(ctx, "/promos", {}, next)}
+    <h2>Claims of an account</h2>
+    <form class="box" method="get" action="${ctx.base}/promos" role="search">
+      <label>User id<input name="user" value="${user}" /></label><button type="submit">Show</button>
+    </form>
+    ${
+      user === ""
+        ? raw("")
+        : claims.length === 0
+          ? html`<p class="muted">No claim by ${user}.</p>`
+          : html`<table>
+              <thead>
+                <tr>
+                  <th scope="col">Code</th>
+                  <th scope="col">User</th>
+                  <th scope="col" class="num">Credits</th>
+                  <th scope="col" class="num">Claim #</th>
+                  <th scope="col">When</th>
+                </tr>
+              </thead>
+              <tbody>
+                ${claims.map(
+                  (c) =>
+                    html`<tr>
+                      <td class="mono">${c.code}</td>
+                      <td>${accountLink(ctx, c.userId)}</td>
+                      <td class="num">${c.credits}</td>
+                      <td class="num">${c.claimNumber}</td>
+                      <td>${when(c.createdAt)}</td>
+                    </tr>`,
+                )}
+              </tbody>
+            </table>`
+    }`;
+  return { title: "Promos", body };
+}
+
+export async function outboxPage(ctx: Ctx): Promise<PageResult> {
+  const { db } = ctx.manager;
+  const user = ctx.url.searchParams.get("user") ?? "";
+  const statusParam = ctx.url.searchParams.get("status");
+  const status =
+    statusParam === "pending" || statusParam === "failed" || statusParam === "sent" ? statusParam : undefined;
+  const stats = db.stats === undefined ? null : await db.stats();
+  const rows =
+    user === "" ? [] : await db.listNotifications(user, { limit: 100, ...(status === undefined ? {} : { status }) });
+  // Across users, a page at a time, when the store can (DbManager.listOutbox).
+  let global: Html = html`<p class="muted">Enter a user id to list its notifications (oldest first).</p>`;
+  if (user === "" && db.listOutbox !== undefined && db.capabilities.parts?.outbox !== false) {
+    const view = status === "pending" ? "pending" : "failed";
+    const at = dateParam(ctx.url.searchParams.get("at"));
+    const id = ctx.url.searchParams.get("id");
+    const page = await db.listOutbox({
+      status: view,
+      limit: PAGE + 1,
+      ...(at !== undefined && id !== null ? { after: { at, id } } : {}),
+    });
+    const shown = page.slice(0, PAGE);
+    const last = shown[shown.length - 1];
+    const lastAt = last === undefined ? null : view === "pending" ? last.nextAttemptAt : last.settledAt;
+    const next =
+      page.length > PAGE && lastAt !== null ? query({ status: view, at: lastAt.toISOString(), id: last?.id }) : null;
+    global = html`<nav class="pager" aria-label="Outbox views">
+        <a href="${ctx.base}/outbox?status=failed" ${view === "failed" ? raw(' aria-current="page"') : ""}
+          >Failed, newest first</a
+        ><a href="${ctx.base}/outbox?status=pending" ${view === "pending" ? raw(' aria-current="page"') : ""}
+          >Pending, by next attempt</a
+        >
+      </nav>
+      <h2>${view === "failed" ? "Failed notifications" : "Pending notifications"}</h2>
+      ${notificationTable(ctx, shown)}${pager(ctx, "/outbox", { status: view }, next)}`;
+  }
+  const body = html`<h1>Outbox</h1>
+    ${notice(ctx)}
+    ${
+      stats === null
+        ? html`<p class="muted">This store does not count the outbox.</p>`
+        : html`<div class="cards">
+            <div class="card">
+              <div class="k">Pending</div>
+              <div class="v">${stats.outboxPending}</div>
+            </div>
+            <div class="card">
+              <div class="k">Failed</div>
+              <div class="v">${stats.outboxFailed}</div>
+            </div>
+            <div class="card">
+              <div class="k">Oldest pending</div>
+              <div class="v">${stats.oldestPendingAt === null ? "—" : relative(stats.oldestPendingAt, ctx.now)}</div>
+            </div>
+          </div>`
+    }
+    <form class="box" method="get" action="${ctx.base}/outbox" role="search">
+      <label>User id<input name="user" value="${user}" /></label
+      ><label
+        >Status<select name="status">
+          <option value="">any</option>
+          ${["pending", "failed", "sent"].map(
+            (s) => html`<option value="${s}" ${s === status ? raw(" selected") : ""}>${s}</option>`,
+          )}
+        </select></label
+      ><button type="submit">Show</button>
+    </form>
+    ${user === "" ? global : notificationTable(ctx, rows)}`;
+  return { title: "Outbox", body };
+}
+
+export async function jobsPage(ctx: Ctx): Promise<PageResult> {
+  const rows = (await ctx.manager.db.listLedgerEntries({ eventType: "system", limit: 200 })).filter((e) =>
+    e.message.startsWith("job "),
+  );
+  const latest = new Map<string, LedgerEntry>();
+  for (const r of rows) if (!latest.has(r.message)) latest.set(r.message, r);
+  const body = html`<h1>Jobs</h1>
+    <p class="muted">
+      The rounds the workers recorded (credit-management worker, <code>expiration.runAll</code> with a ledger).
+    </p>
+    <h2>Last round of each job</h2>
+    ${ledgerTable(ctx, [...latest.values()])}
+    <h2>Recent rounds</h2>
+    ${ledgerTable(ctx, rows.slice(0, 50))}`;
+  return { title: "Jobs", body };
+}
+
+/** The usages a charge's journal entry records (docs/llm-metering.md): `metadata.usages`, or its own `model`. */
+function usagesOf(e: JournalEntry): { model: string; credits: number; input: number; output: number }[] {
+  const m = e.metadata ?? {};
+  const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
+  if (Array.isArray(m.usages))
+    return (m.usages as Record<string, unknown>[])
+      .filter((u) => typeof u === "object" && u !== null && typeof u.model === "string")
+      .map((u) => ({
+        model: u.model as string,
+        credits: num(u.amount),
+        input: num(u.inputTokens),
+        output: num(u.outputTokens),
+      }));
+  if (typeof m.model === "string") return [{ model: m.model, credits: e.amount, input: 0, output: 0 }];
+  return [];
+}
+
+/** At most this many charges are read for one usage report (newest first). */
+const USAGE_SCAN = 20_000;
+
+export async function usagePage(ctx: Ctx): Promise<PageResult> {
+  const sp = ctx.url.searchParams;
+  const book = ctx.manager.pricing.current();
+  const user = sp.get("user") ?? "";
+  const from = dateParam(sp.get("from")) ?? new Date(ctx.now.getTime() - 30 * 86_400_000);
+  const to = dateParam(sp.get("to")) ?? ctx.now;
+  const form = html`<form class="box" method="get" action="${ctx.base}/usage" role="search">
+    <label>User id<input name="user" value="${user}" /></label
+    ><label>From<input type="date" name="from" value="${from.toISOString().slice(0, 10)}" /></label
+    ><label>To (before)<input type="date" name="to" value="${to.toISOString().slice(0, 10)}" /></label
+    ><button type="submit">Show</button>
+  </form>`;
+  if (book === null)
+    return {
+      title: "LLM usage",
+      body: html`<h1>LLM usage</h1>
+        <p class="muted">No price book is set (docs/llm-metering.md).</p>`,
+    };
+  let table = html`<p class="muted">Enter a user id.</p>`;
+  if (user !== "") {
+    const byModel = new Map<string, { calls: number; credits: number; input: number; output: number }>();
+    let beforeSeq: number | undefined;
+    let scanned = 0;
+    for (;;) {
+      const page = await ctx.manager.db.listJournal(user, {
+        order: "desc",
+        limit: 1000,
+        types: ["deduct", "commit_reserved"],
+        from,
+        to,
+        ...(beforeSeq === undefined ? {} : { beforeSeq }),
+      });
+      for (const e of page)
+        for (const u of usagesOf(e)) {
+          const t = byModel.get(u.model) ?? { calls: 0, credits: 0, input: 0, output: 0 };
+          t.calls++;
+          t.credits += u.credits;
+          t.input += u.input;
+          t.output += u.output;
+          byModel.set(u.model, t);
+        }
+      scanned += page.length;
+      if (page.length < 1000 || scanned >= USAGE_SCAN) break;
+      beforeSeq = (page[page.length - 1] as JournalEntry).seq;
+    }
+    const rows = [...byModel.entries()].sort((a, b) => b[1].credits - a[1].credits);
+    table = html`<table>
+        <thead>
+          <tr>
+            <th scope="col">Model</th>
+            <th scope="col" class="num">Calls</th>
+            <th scope="col" class="num">Input tokens</th>
+            <th scope="col" class="num">Output tokens</th>
+            <th scope="col" class="num">Credits</th>
+          </tr>
+        </thead>
+        <tbody>
+          ${rows.map(
+            ([model, t]) =>
+              html`<tr>
+                <td>${model}</td>
+                <td class="num">${t.calls}</td>
+                <td class="num">${t.input}</td>
+                <td class="num">${t.output}</td>
+                <td class="num">${t.credits}</td>
+              </tr>`,
+          )}${
+            rows.length === 0
+              ? html`<tr>
+                  <td colspan="5" class="muted">No usage in this period.</td>
+                </tr>`
+              : raw("")
+          }
+        </tbody>
+      </table>
+      ${
+        scanned >= USAGE_SCAN
+          ? html`<p class="muted">Only the newest ${USAGE_SCAN} charges were read: narrow the period.</p>`
+          : raw("")
+      }`;
+  }
+  const body = html`<h1>LLM usage by model</h1>
+    <p>Price book <code>${book.version}</code>.</p>
+    ${form}${table}`;
+  return { title: "LLM usage", body };
+}

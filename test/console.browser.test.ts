@@ -1,0 +1,464 @@
+/**
+ * The console (docs/console.md) driven in a real browser — Debian's chromium through playwright-core —
+ * on SQLite and PostgreSQL with a realistic store: every page, every action (then the store is
+ * checked), a viewer and a form without its CSRF token refused, hostile values that must not run,
+ * and an axe-core scan of each page. UPDATE_SCREENSHOTS=1 writes docs/console/*.png.
+ */
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createConsoleHandler, toNodeHandler } from "../src/console/index.js";
+import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { SqliteDbManager } from "../src/db/sqlite/index.js";
+import type { DbManager } from "../src/db/types.js";
+import { createCreditManager, type CreditManager } from "../src/index.js";
+import { StripeProvider } from "../src/payments/stripe.js";
+import type { PaymentProvider } from "../src/payments/types.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+
+/** The browser's globals the page functions below use (the project's types have no DOM library). */
+interface FormLike {
+  action: string;
+}
+interface Win {
+  __pwned?: unknown;
+  axe: { run: (o: unknown) => Promise<{ violations: { id: string; impact: string; nodes: unknown[] }[] }> };
+  document: {
+    querySelector(s: string): (FormLike & { value?: string }) | null;
+  };
+  FormData: new (f: FormLike) => Iterable<[string, string]>;
+  location: { origin: string; pathname: string };
+  fetch: typeof fetch;
+  performance: { getEntriesByType(t: string): { startTime: number; loadEventEnd: number }[] };
+}
+const pgUrl = process.env.CREDIT_PG_URL;
+const root = join(import.meta.dirname, "..");
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+const HOSTILE_USER = `o'brien"><img src=x onerror="window.__pwned=1">`;
+const HOSTILE_TEXT = `<script>window.__pwned=1</script>`;
+const WEBHOOK_SECRET = "whsec_console_test_do_not_render";
+const API_KEY = "sk_test_console_do_not_render";
+
+/** A provider whose "webhook" is the event as JSON: pays test payments without a network. */
+const testProvider: PaymentProvider = {
+  name: "testpay",
+  createCheckout: async (r) => ({ providerRef: `ref-${r.paymentId}`, url: `https://pay.example/${r.paymentId}` }),
+  verifyWebhook() {},
+  parseEvent: (raw) => JSON.parse(Buffer.from(raw).toString("utf8")),
+};
+
+async function seed(m: CreditManager, accounts: number, heavy: number): Promise<Record<string, string>> {
+  m.pricing.setPriceBook({
+    version: "test-book",
+    models: [{ model: "gpt-4o-mini", input: { credits: 3, per: 20 }, output: { credits: 3, per: 5 } }],
+  });
+  for (let i = 0; i < accounts; i++) {
+    const u = `user-${String(i).padStart(4, "0")}`;
+    await m.credits.addCredits(u, 1000 + i, {
+      description: "welcome credits",
+      expiresAt: new Date(Date.now() + (i + 1) * 86_400_000),
+    });
+    await m.credits.deductCredits(u, 10 + (i % 7), {
+      description: "api call",
+      metadata: { model: i % 2 ? "gpt-4o-mini" : "tiny-1" },
+    });
+  }
+  // One busy account: thousands of entries, holds, a hostile entry, a payment, a failed notification.
+  const u = "busy-user";
+  await m.credits.addCredits(u, 1_000_000, { description: "big grant", priority: 1 });
+  const grant = await m.credits.addCredits(u, 500, {
+    description: "to void",
+    priority: 5,
+    expiresAt: new Date(Date.now() + 3 * 86_400_000),
+  });
+  for (let i = 0; i < heavy; i++)
+    await m.credits.deductCredits(u, 1 + (i % 5), {
+      description: `call ${i}`,
+      metadata: { model: i % 3 ? "gpt-4o-mini" : "tiny-1" },
+    });
+  const hold = await m.credits.reserveCredits(u, 40, { reason: "streaming answer", ttlSeconds: 3600 } as never);
+  await m.credits.addCredits(u, 7, {
+    description: HOSTILE_TEXT,
+    metadata: {
+      link: "javascript:window.__pwned=1",
+      html: `"'><img src=x onerror="window.__pwned=1">`,
+      note: HOSTILE_TEXT,
+    },
+  });
+  const payment = await m.payments.createPaymentLink(u, {
+    amount: 300,
+    currency: "USD",
+    provider: "testpay",
+    idempotencyKey: "buy-1",
+  });
+  const paid = {
+    eventId: "ev1",
+    type: "paid",
+    kind: "paid",
+    paymentId: payment.id,
+    providerIds: [`ref-${payment.id}`],
+    providerPaymentId: "pp-1",
+    userId: u,
+    amount: 300,
+    currency: "USD",
+    refundedTotal: null,
+  };
+  await m.payments.handleWebhook("testpay", JSON.stringify(paid), {});
+  const now = new Date();
+  const failedId = `0193${Date.now().toString(16)}-fail`;
+  await m.db.insertNotifications([
+    {
+      id: failedId,
+      userId: u,
+      type: "low_credits",
+      version: 1,
+      status: "failed",
+      payload: { note: HOSTILE_TEXT },
+      dedupeKey: null,
+      attempts: 8,
+      nextAttemptAt: now,
+      claimedUntil: null,
+      claimToken: null,
+      lastError: `queue down ${HOSTILE_TEXT}`,
+      createdAt: now,
+      settledAt: now,
+    },
+  ]);
+  await m.credits.addCredits(HOSTILE_USER, 5, { description: "hostile id" });
+  await m.promos.createPromo({ code: "WELCOME-10", credits: 10, description: HOSTILE_TEXT });
+  await m.promos.claimPromo("user-0001", "WELCOME-10");
+  const plan = await m.subscriptions.createPlan({
+    id: "pro",
+    name: "Pro <b>plan</b>",
+    creditsPerPeriod: 1000,
+    price: 0,
+    currency: "USD",
+    billingPeriod: "monthly",
+  } as never);
+  await m.subscriptions.subscribe("user-0002", plan.id);
+  await m.expiration.runAll();
+  await m.ledger.logSystem("job expireDueGrants", { job: "expireDueGrants", expired: 0, errors: 0 });
+  return {
+    user: u,
+    grant: grant.grants[0]?.grantId as string,
+    hold: hold.id,
+    payment: payment.id,
+    notification: failedId,
+  };
+}
+
+const backends: {
+  name: string;
+  skip: boolean;
+  create: () => Promise<{ db: DbManager; cleanup: () => Promise<void> }>;
+}[] = [
+  {
+    name: "sqlite",
+    skip: false,
+    create: async () => {
+      const dir = mkdtempSync(join(tmpdir(), "cm-console-"));
+      return {
+        db: new SqliteDbManager({ filename: join(dir, "c.db") }),
+        cleanup: async () => rmSync(dir, { recursive: true, force: true }),
+      };
+    },
+  },
+  {
+    name: "postgres",
+    skip: !pgUrl,
+    create: async () => {
+      const schema = `console_${process.pid}_${Date.now()}`;
+      return {
+        db: new PostgresDbManager({ connectionString: pgUrl as string, schema }),
+        cleanup: async () => {
+          const c = new pg.Client({ connectionString: pgUrl });
+          await c.connect();
+          await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+          await c.end();
+        },
+      };
+    },
+  },
+];
+
+// reason: needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)
+describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
+  let browser: Browser;
+  beforeAll(async () => {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+      ],
+    });
+  });
+  afterAll(async () => browser?.close());
+
+  for (const backend of backends) {
+    // reason: PostgreSQL only with CREDIT_PG_URL (set by .ci/run)
+    describe.skipIf(backend.skip)(backend.name, () => {
+      let m: CreditManager;
+      let server: Server;
+      let base: string;
+      let ids: Record<string, string>;
+      let cleanup: () => Promise<void>;
+      let admin: BrowserContext;
+      let viewer: BrowserContext;
+      const problems: string[] = [];
+
+      beforeAll(async () => {
+        const s = await backend.create();
+        cleanup = s.cleanup;
+        m = await createCreditManager({
+          db: s.db,
+          payments: {
+            providers: [
+              testProvider,
+              new StripeProvider({
+                secretKey: API_KEY,
+                webhookSecret: WEBHOOK_SECRET,
+                successUrl: "https://app.example/ok",
+                cancelUrl: "https://app.example/no",
+              }),
+            ],
+            creditsPerUnit: { USD: 1 },
+          },
+        });
+        ids = await seed(m, backend.name === "sqlite" ? 300 : 120, backend.name === "sqlite" ? 3000 : 1200);
+        const handler = createConsoleHandler(m, {
+          authorize: (req) => {
+            const role = req.headers.get("x-test-role");
+            return role === "admin" || role === "viewer" ? { role, actor: `${role}-alice` } : "deny";
+          },
+        });
+        server = createServer(toNodeHandler(handler));
+        await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+        base = `http://127.0.0.1:${(server.address() as { port: number }).port}/console`;
+        const open = async (role: string) => {
+          const ctx = await browser.newContext({
+            extraHTTPHeaders: { "x-test-role": role },
+            viewport: { width: 1100, height: 800 },
+          });
+          ctx.on("page", (p) => watch(p));
+          return ctx;
+        };
+        admin = await open("admin");
+        viewer = await open("viewer");
+      }, 240_000);
+
+      afterAll(async () => {
+        await admin?.close();
+        await viewer?.close();
+        if (server) await new Promise((r) => server.close(r));
+        await m?.close();
+        await cleanup?.();
+      });
+
+      /** Console errors (a CSP violation is one), dialogs and page errors are all failures. */
+      function watch(p: Page) {
+        p.on("console", (msg) => {
+          if (msg.type() === "error") problems.push(`console: ${msg.text()}`);
+        });
+        p.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+        p.on("dialog", async (d) => {
+          problems.push(`dialog: ${d.message()}`);
+          await d.dismiss();
+        });
+      }
+
+      async function visit(p: Page, path: string) {
+        const r = await p.goto(`${base}${path}`);
+        expect(r?.status(), path).toBe(200);
+        expect(await p.evaluate(() => (globalThis as unknown as Win).__pwned)).toBeUndefined();
+        const html = await p.content();
+        expect(html).not.toContain(WEBHOOK_SECRET);
+        expect(html).not.toContain(API_KEY);
+        expect(html).not.toContain("<script>window.__pwned");
+        // axe-core, evaluated through the debugging protocol (the page's CSP allows no injected script).
+        if (!(await p.evaluate(() => "axe" in globalThis))) await p.evaluate(axeSource);
+        const serious = await p.evaluate(async () => {
+          const r = await (globalThis as unknown as Win).axe.run({ resultTypes: ["violations"] });
+          return r.violations
+            .filter((v) => v.impact === "serious" || v.impact === "critical")
+            .map((v) => `${v.id} (${v.nodes.length})`);
+        });
+        expect(serious, `axe on ${path}`).toEqual([]);
+        return html;
+      }
+
+      it("shows every page, with the journal paged by seq and filterable, the chart drawn", async () => {
+        const p = await viewer.newPage();
+        let html = await visit(p, "/");
+        expect(html).toContain("user-0000");
+        expect(await p.locator("nav.pager a[rel=next]").count()).toBe(1);
+        await p.fill("input[name=q]", "busy");
+        await p.click("form[role=search] button");
+        expect(await p.locator("main table").first().locator("tbody tr").count()).toBe(1);
+        html = await visit(p, `/accounts/${ids.user}`);
+        await p.waitForSelector("#balance-chart[data-ready='1'] canvas");
+        // Page load in the browser (navigation start to the load event, chart drawn): docs/console.md.
+        const loadMs = await p.evaluate(() => {
+          const [nav] = (globalThis as unknown as Win).performance.getEntriesByType("navigation");
+          return nav === undefined ? 0 : nav.loadEventEnd - nav.startTime;
+        });
+        expect(loadMs).toBeGreaterThan(0);
+        expect(loadMs).toBeLessThan(3000);
+        console.log(`console (${backend.name}): account page loaded in ${loadMs.toFixed(0)} ms`);
+        expect(await p.locator("#journal-table tbody tr").count()).toBe(50);
+        expect(html).toContain("intact");
+        expect(await p.locator("form[action$='/actions/grant']").count()).toBe(0); // a viewer has no actions
+        const firstSeq = Number(await p.locator("#journal-table tbody tr td").first().textContent());
+        await p.click("nav.pager a[rel=next]");
+        const secondSeq = Number(await p.locator("#journal-table tbody tr td").first().textContent());
+        expect(secondSeq).toBe(firstSeq - 50);
+        await visit(p, `/accounts/${ids.user}?type=reserve`);
+        expect(await p.locator("#journal-table tbody tr").count()).toBe(1);
+        await visit(p, `/accounts/${ids.user}/holds/${ids.hold}`);
+        await visit(p, `/accounts/${encodeURIComponent(HOSTILE_USER)}`);
+        expect(await p.locator("h1 .mono").textContent()).toBe(HOSTILE_USER);
+        await visit(p, "/outbox");
+        expect(await p.locator("main table tbody tr").first().textContent()).toContain("queue down");
+        for (const path of [
+          "/outbox?status=pending",
+          "/subscriptions",
+          "/subscriptions?user=user-0002",
+          `/payments?user=${ids.user}`,
+          "/promos?user=user-0001",
+          `/outbox?user=${ids.user}`,
+          "/jobs",
+          `/usage?user=${ids.user}`,
+        ])
+          await visit(p, path);
+        expect(await p.locator("main table tbody tr").first().textContent()).toContain("gpt-4o-mini");
+        expect(problems).toEqual([]);
+        if (process.env.UPDATE_SCREENSHOTS === "1" && backend.name === "sqlite") {
+          await visit(p, `/accounts/${ids.user}`);
+          await p.waitForSelector("#balance-chart canvas");
+          await p.screenshot({ path: join(root, "docs/console/account.png") });
+          await visit(p, "/");
+          await p.screenshot({ path: join(root, "docs/console/accounts.png") });
+        }
+        await p.close();
+      }, 120_000);
+
+      /** Opens `path`, submits the form of `action` (filling `fill`), confirms, and answers the page after. */
+      async function act(path: string, selector: string, fill: Record<string, string> = {}, shot?: string) {
+        const p = await admin.newPage();
+        await visit(p, path);
+        const form = p.locator(selector).first();
+        for (const [k, v] of Object.entries(fill)) await form.locator(`[name=${k}]`).fill(v);
+        await form.locator("button").click();
+        await p.waitForSelector("#confirm");
+        expect(await p.locator("h1").textContent()).toBe("Confirm");
+        if (shot && process.env.UPDATE_SCREENSHOTS === "1" && backend.name === "sqlite")
+          await p.screenshot({ path: join(root, `docs/console/${shot}.png`) });
+        // A double click: the confirmed form sent twice at once, as the browser would.
+        const statuses = await p.evaluate(async () => {
+          const w = globalThis as unknown as Win;
+          const f = w.document.querySelector("main form") as FormLike;
+          const body = new URLSearchParams([...new w.FormData(f)]);
+          const send = () => w.fetch(f.action, { method: "POST", body, redirect: "manual" }).then((r) => r.status);
+          return Promise.all([send(), send()]);
+        });
+        expect(statuses, `${selector} sent twice`).toEqual([0, 0]); // 0: the redirect, as fetch's "manual" shows it
+        await p.click("#confirm"); // a third time, through the button: still once
+        await p.waitForSelector(".notice");
+        const text = await p.locator(".notice").textContent();
+        expect(problems).toEqual([]);
+        await p.close();
+        return text;
+      }
+
+      it("performs every action once per form, recorded with who did it", async () => {
+        const before = await m.credits.getUserCreditsInfo("user-0005");
+        await act(
+          "/accounts/user-0005",
+          "form[action$='/actions/grant']",
+          { amount: "250", description: `bonus ${HOSTILE_TEXT}` },
+          "confirm",
+        );
+        const after = await m.credits.getUserCreditsInfo("user-0005");
+        expect(after.balance - before.balance).toBe(250);
+        const [granted] = await m.db.listJournal("user-0005", { order: "desc", limit: 1 });
+        expect(granted?.metadata).toMatchObject({ actor: "admin-alice" });
+        expect(granted?.description).toContain("by admin-alice");
+
+        await act(`/accounts/${ids.user}`, `#grant-${ids.grant} form`);
+        expect((await m.db.getGrant(ids.grant as string))?.closedReason).toBe("voided");
+
+        await act(`/accounts/${ids.user}`, `form[action$='/actions/release']`);
+        expect((await m.db.getReservation(ids.hold as string))?.status).toBe("released");
+
+        await act(`/payments?user=${ids.user}`, `form[action$='/actions/refund']`);
+        const pay = await m.db.getPayment(ids.payment as string);
+        expect(pay?.status).toBe("refunded");
+        const refunds = (await m.db.listJournal(ids.user as string, { order: "desc", limit: 10 })).filter((e) =>
+          e.description?.startsWith("Refund"),
+        );
+        expect(refunds.length).toBe(1);
+        expect(refunds[0]?.metadata).toMatchObject({ refundedBy: "admin-alice" });
+
+        await act(`/outbox?user=${ids.user}`, `form[action$='/actions/retry']`);
+        const pending = await m.db.listNotifications(ids.user as string, { status: "pending", limit: 100 });
+        expect(pending.filter((n) => n.dedupeKey === `retry:${ids.notification}`)).toHaveLength(1);
+
+        await act(`/accounts/${ids.user}`, `form[action$='/actions/audit']`);
+        const audits = (await m.db.listLedgerEntries({ userId: ids.user, eventType: "system", limit: 20 })).filter(
+          (e) => e.message === "console: audit",
+        );
+        expect(audits).toHaveLength(1);
+        expect(audits[0]?.details).toMatchObject({ ok: true, actor: "admin-alice" });
+        const p = await admin.newPage();
+        await visit(p, `/accounts/${ids.user}`);
+        expect(await p.locator("#audit-verdict .ok").textContent()).toBe("ok");
+        await p.close();
+      }, 180_000);
+
+      it("refuses a viewer's action, a form without its CSRF token, and anyone authorize denies", async () => {
+        const count = async () => (await m.db.listJournal("user-0007", { order: "desc", limit: 5 })).length;
+        const n = await count();
+        const post = async (ctx: BrowserContext, withToken: boolean) => {
+          const p = await ctx.newPage();
+          await p.goto(`${base}/accounts/user-0007`);
+          const status = await p.evaluate(
+            async ({ withToken }) => {
+              const w = globalThis as unknown as Win;
+              const token = w.document.querySelector("input[name=_csrf]")?.value ?? "forged";
+              const body = new URLSearchParams({
+                user: "user-0007",
+                amount: "5",
+                confirmed: "1",
+                _key: "aaaaaaaa-1111",
+                ...(withToken ? { _csrf: token } : {}),
+              });
+              const target = w.location.origin + w.location.pathname.replace(/\/accounts\/.*$/, "/actions/grant");
+              return (await w.fetch(target, { method: "POST", body })).status;
+            },
+            { withToken },
+          );
+          await p.close();
+          return status;
+        };
+        expect(await post(viewer, true)).toBe(403);
+        expect(await post(admin, false)).toBe(403);
+        const denied = await fetch(`${base}/`);
+        expect(denied.status).toBe(403);
+        expect(await count()).toBe(n);
+        expect(problems.filter((p) => !p.includes("403"))).toEqual([]);
+      }, 60_000);
+    });
+  }
+});
