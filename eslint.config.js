@@ -7,7 +7,16 @@ const drivers = ["mongodb", "pg", "ioredis", "better-sqlite3"].map((name) => ({
 }));
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", "coverage/**", ".ci/**"] },
+  {
+    ignores: [
+      "dist/**",
+      "node_modules/**",
+      "coverage/**",
+      ".ci/**",
+      "src/console/vendor.ts",
+      "examples/credit-api.d.ts",
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

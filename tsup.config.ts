@@ -15,6 +15,8 @@ export default defineConfig({
     store: "src/store.ts",
     "schema/index": "src/schema/public.ts",
     "otel/index": "src/otel/index.ts",
+    // uPlot's files are in src/console/vendor.ts (scripts/console-vendor.mjs): bundled, not a dependency.
+    "console/index": "src/console/index.ts",
   },
   format: ["esm", "cjs"],
   // Members marked @internal serve the package's own modules: not in the published declarations.
@@ -35,5 +37,7 @@ export default defineConfig({
     "@nats-io/jetstream",
     "@nats-io/transport-node",
     "@opentelemetry/api",
+    "@opentelemetry/sdk-metrics",
+    "@opentelemetry/exporter-prometheus",
   ],
 });

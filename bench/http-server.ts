@@ -37,6 +37,17 @@ const fixedMeter = creditMeteringMiddleware({
   authenticate: (req) => userOf(req.headers.authorization),
 });
 
+// Fixed-price metering through credit leases (docs/metering.md, "Leases"): a covered request is
+// checked and charged in memory, settled with its window (one entry per user per second).
+const lease = manager.credits.leases({ size: 1_000_000, settleEveryMs: 1000, ttlSeconds: 60 });
+const leaseMeter = creditMeteringMiddleware({
+  credits: manager.credits,
+  pathPrefix: "/l/api",
+  price: 3,
+  lease,
+  authenticate: (req) => userOf(req.headers.authorization),
+});
+
 /**
  * `GET /meter-cost`: the server's CPU (`process.cpuUsage()`, all its threads) per in-process
  * `credits.meter()` (hold 10, record 3) in µs, measured here after the load rounds in a loop of
@@ -137,6 +148,7 @@ const server = createServer((req, res) => {
   // "/busy": the handler first spins BUSY_US µs of CPU (calibration: what that much work per request costs the throughput).
   if (url.endsWith("/busy")) spin(BUSY_US);
   if (url.startsWith("/p/api")) return fixedMeter(req, res, () => respond(url, res));
+  if (url.startsWith("/l/api")) return leaseMeter(req, res, () => respond(url, res));
   if (url.startsWith("/n/api")) {
     return nodeMeter(req, res, () => {
       recordUsage({ amount: 3 });
@@ -151,6 +163,9 @@ server.listen(0, "127.0.0.1", () => {
 });
 process.stdin.on("end", () => {
   server.close();
-  void manager.close().then(() => process.exit(0));
+  void lease
+    .close()
+    .then(() => manager.close())
+    .then(() => process.exit(0));
 });
 process.stdin.resume();

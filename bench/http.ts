@@ -172,6 +172,8 @@ export async function run(): Promise<BenchRow[]> {
       pByHand: "/kp/ping",
       uPlain: "/n/upstream",
       uMeter: "/n/api/upstream",
+      lMeter: "/l/api/ping",
+      luMeter: "/l/api/upstream",
     };
     type Key = keyof typeof paths;
     for (const key of Object.keys(paths) as Key[]) await load(base, paths[key], 1, script); // warm-up (JIT, sockets)
@@ -235,6 +237,8 @@ export async function run(): Promise<BenchRow[]> {
       row("HTTP node:http, unmetered handler doing the fixed price's check + deduction itself", "pByHand", "nPlain"),
       row("HTTP node:http, handler awaits 2 ms upstream, unmetered", "uPlain"),
       upstream,
+      row("HTTP node:http + creditMeteringMiddleware, fixed price through a lease", "lMeter", "nPlain", 0.9),
+      row("HTTP node:http, 2 ms upstream + fixed price through a lease", "luMeter", "uPlain", 0.97),
       glueRow(
         "HTTP glue, node:http middleware (ops/s = 1e6 / glue µs)",
         nGlue,

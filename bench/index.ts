@@ -11,7 +11,9 @@
  * Bytes per journal entry on PostgreSQL and MongoDB, and the idempotency index under the retention
  * job (bench/rows.ts, when their URLs are set): BENCH_ROWS=0 skips them, BENCH_ROWS_OPS sets the deductions.
  * Audit from the first entry against from a checkpoint (bench/audit.ts): BENCH_AUDIT=0 skips it.
+ * The console's account page with 1,000,000 entries (bench/console.ts): BENCH_CONSOLE=0 skips it.
  * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
+ * Credit leases against the exact path (bench/leases.ts; PostgreSQL with CREDIT_PG_URL): BENCH_LEASES=0 skips it.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -137,16 +139,27 @@ if (process.env.BENCH_JOBS !== "0") {
 // (bench/audit.ts, in memory, its own process). BENCH_AUDIT_ENTRIES sets the size, BENCH_AUDIT=0 skips it.
 if (process.env.BENCH_AUDIT !== "0") rows.push(...childRows(["--max-old-space-size=6144", join(here, "audit.ts")]));
 else notes.push("audit: skipped (BENCH_AUDIT=0)");
+// The console's account page with 1,000,000 journal entries (bench/console.ts, in memory, its own
+// process). BENCH_CONSOLE_ENTRIES sets the size, BENCH_CONSOLE=0 skips it.
+if (process.env.BENCH_CONSOLE !== "0") rows.push(...childRows(["--max-old-space-size=6144", join(here, "console.ts")]));
+else notes.push("console: skipped (BENCH_CONSOLE=0)");
 // The diagnostics channels: a deduction with no subscriber, with one, and with the OTel metrics
 // (bench/diagnostics.ts, its own process; about 40 s). BENCH_DIAGNOSTICS=0 skips it.
 if (process.env.BENCH_DIAGNOSTICS !== "0") rows.push(...childRows([join(here, "diagnostics.ts")]));
 else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
+// Credit leases (bench/leases.ts, its own process; PostgreSQL rows with CREDIT_PG_URL). BENCH_LEASES=0 skips it.
+if (process.env.BENCH_LEASES !== "0") rows.push(...childRows([join(here, "leases.ts")]));
+else notes.push("leases: skipped (BENCH_LEASES=0)");
 // HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
 const http = await import("./http.js");
 rows.push(...(await http.run()));
 notes.push(`HTTP load generator: ${http.loadGeneratorNote()}`);
 stealNote("HTTP", httpStart);
+// `credit-management serve` against the same handler mounted by hand (bench/serve.ts; about 20 s).
+const serveStart = machineCpu();
+rows.push(...(await (await import("./serve.js")).run()));
+stealNote("serve", serveStart);
 stealNote("whole run", runStart);
 if (steal.length > 0) {
   notes.push(`CPU stolen by the host (other guests' share of this machine's time, /proc/stat): ${steal.join(", ")}`);

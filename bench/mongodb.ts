@@ -30,8 +30,8 @@ const { CreditService } = core;
 const { MongoDbManager } = await mongodb();
 
 /**
- * CPU time (µs) so far of the server processes on this host, when the server is this machine's
- * MongoDB-compatible one (../shared/mongo-compat: a JavaScript wire gateway, `gateway.js`, in
+ * CPU time (µs) so far of the server processes on this host, when the server is the
+ * MongoDB-compatible one CI uses (CONTRIBUTING.md: a JavaScript wire gateway, `gateway.js`, in
  * front of DocumentDB, a PostgreSQL extension): the gateway, and the DocumentDB backends (the
  * children of the postmaster whose data directory is the DocumentDB one). Null where /proc or
  * those processes are missing (a real mongod, another host). Other clients of the same server

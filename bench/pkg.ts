@@ -14,6 +14,7 @@ import type * as Http from "../src/http/index.js";
 import type * as MongoDb from "../src/db/mongodb/index.js";
 import type * as Postgres from "../src/db/postgres/index.js";
 import type * as Otel from "../src/otel/index.js";
+import type * as Console from "../src/console/index.js";
 
 const SOURCE = process.env.BENCH_SOURCE === "1";
 
@@ -37,6 +38,7 @@ async function entry<T>(built: string, source: string): Promise<T> {
 export const measured = SOURCE ? "src/ as tsx runs it (BENCH_SOURCE=1)" : "the built package (dist/)";
 export const core = await entry<typeof Core>("", "");
 export const http = await entry<typeof Http>("http/", "http/");
+export const consoleEntry = await entry<typeof Console>("console/", "console/");
 /** Store adapters load only when their bench runs (their drivers are optional). */
 export const mongodb = () => entry<typeof MongoDb>("mongodb/", "db/mongodb/");
 export const postgres = () => entry<typeof Postgres>("postgres/", "db/postgres/");

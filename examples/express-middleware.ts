@@ -1,7 +1,7 @@
 /**
  * An AI-style endpoint on Express, metered per request:   npx tsx examples/express-middleware.ts
  *
- * - POST /api/chat holds an estimate (X-Estimated-Tokens, default 100, capped at 4,000), runs the
+ * - POST /api/chat holds an estimate (X-Estimated-Credits, default 100, capped at 4,000), runs the
  *   handler, which records what the "model" really used, and commits that; X-Credits-Deducted says it.
  * - The credit API (balance, history, reservations, admin routes, /credits/openapi.json) is mounted
  *   with toNodeHandler.
@@ -63,7 +63,7 @@ const server = app.listen(Number(process.env.PORT ?? 0), "127.0.0.1", async () =
   const auth = { authorization: "Bearer user-1" };
   const chat = await fetch(`${base}/api/chat`, {
     method: "POST",
-    headers: { ...auth, "content-type": "application/json", "x-estimated-tokens": "200" },
+    headers: { ...auth, "content-type": "application/json", "x-estimated-credits": "200" },
     body: JSON.stringify({ prompt: "How many credits does this cost?" }),
   });
   console.log(

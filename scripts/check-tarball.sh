@@ -37,7 +37,7 @@ npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "bet
 cp -R "$repo/node_modules/better-sqlite3/build" node_modules/better-sqlite3/
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel credit-management/console"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do
@@ -99,11 +99,13 @@ import { AddCreditsOptions } from "credit-management/models";
 import { compareGrants, defineStore, type DbManager } from "credit-management/store";
 import { generateSql } from "credit-management/schema";
 import { instrumentCreditManagement } from "credit-management/otel";
+import { createConsoleHandler } from "credit-management/console";
 
 export async function main(): Promise<JournalEntry> {
   const manager = await createCreditManager();
   const handler = createCreditHandler(manager, { authenticate: () => ({ userId: "u" }) });
   void handler;
+  void createConsoleHandler(manager, { authorize: () => ({ role: "viewer", actor: "a" }) }).basePaths;
   void fastifyCreditMetering;
   void runDbManagerContract;
   instrumentCreditManagement({ manager }).shutdown();

@@ -1,5 +1,6 @@
 import type * as Manager from "./manager.js";
 import type * as Metering from "./services/metering.js";
+import type * as Leases from "./services/leases.js";
 import type * as Expiration from "./services/expiration-service.js";
 import type * as Notifications from "./services/notification-service.js";
 import type * as Payments from "./payments/index.js";
@@ -74,6 +75,7 @@ export {
 } from "./queue/index.js";
 export type { Thresholds } from "./domain/notifications.js";
 export { addLlmUsage, currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "./services/metering.js";
+export type { LeaseCharge, LeaseRecovery } from "./services/leases.js";
 export {
   PricingService,
   usageOfResponse,
@@ -117,5 +119,7 @@ export type ListPromosQuery = Promos.ListPromosQuery;
 export type HealthOptions = Health.HealthOptions;
 /** A metered call's hold and usage (`currentMeter()`, the metering middleware). */
 export type MeterSession = Metering.MeterSession;
+/** Credit leases of this process (`credits.leases()`, docs/metering.md "Leases"). */
+export type CreditLeases = Leases.CreditLeases;
 export { runCli, type CliIo } from "./cli/run.js";
 export type { AuditSource } from "./cli/audit.js";

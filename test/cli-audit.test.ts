@@ -1,10 +1,11 @@
 import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
+import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/models/index.js";
@@ -287,5 +288,130 @@ describe.skipIf(!mongoUri)("credit-management audit against MongoDB (CREDIT_MONG
       await client.close();
       return changed.modifiedCount;
     });
+  });
+});
+
+describe("credit-management audit on SQLite (--sqlite, CREDIT_SQLITE_PATH): an existing store, opened without init()", () => {
+  const file = join(dir, "store.db");
+  beforeAll(async () => {
+    const manager = await createCreditManager({ db: new SqliteDbManager({ filename: file }) });
+    await activity(manager);
+    await manager.close();
+  });
+
+  it("audits a store given to runCli, named by --sqlite or by CREDIT_SQLITE_PATH", async () => {
+    const given = new SqliteDbManager({ filename: file }); // not init(): the audit opens it
+    const r = await cli(["audit", "--all"], given);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("3 accounts audited: 3 consistent, 0 with problems");
+    await given.close();
+    const flag = await cli(["audit", "--all", "--sqlite", file], undefined, { CREDIT_PG_URL: "" });
+    expect([flag.code, flag.stdout]).toEqual([0, expect.stringContaining("3 consistent")]);
+    const env = await cli(["audit", "--user", "bob"], undefined, { CREDIT_SQLITE_PATH: file });
+    expect(env.code).toBe(0);
+    expect(env.stdout).toMatch(/^ok {4}"bob": 3 entries, balance -2/m);
+  });
+
+  it("a missing file, a file that is not a store, or an older store: exit 2, nothing created or migrated", async () => {
+    const missing = join(dir, "nothing-here.db");
+    const r = await cli(["audit", "--all", "--sqlite", missing]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/\[sqlite\] cannot open .*nothing-here\.db/);
+    expect(existsSync(missing)).toBe(false);
+
+    const Database = (await import("better-sqlite3")).default;
+    const foreign = join(dir, "foreign.db");
+    const raw = new Database(foreign);
+    raw.exec("CREATE TABLE notes (id INTEGER PRIMARY KEY)");
+    raw.close();
+    const f = await cli(["audit", "--all"], undefined, { CREDIT_SQLITE_PATH: foreign });
+    expect(f.code).toBe(2);
+    expect(f.stderr).toMatch(/is not a credit-management store/);
+
+    const older = join(dir, "v5.db");
+    const v5 = new Database(older);
+    v5.exec(readFileSync(join(import.meta.dirname, "fixtures/schema/v5-sqlite.sql"), "utf8"));
+    v5.exec(
+      "CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL); " +
+        "INSERT INTO schema_version (component, version) VALUES ('credit-management', 5);",
+    );
+    const tables = () =>
+      (v5.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
+        (t) => `${t.name}: ${t.sql}`,
+      );
+    const before = tables();
+    v5.close();
+    const o = await cli(["audit", "--all", "--sqlite", older]);
+    expect(o.code).toBe(2);
+    expect(o.stderr).toMatch(/at schema version 5, this release reads/);
+    const after = new Database(older);
+    expect(after.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 5 });
+    expect(
+      (after.prepare("SELECT name, sql FROM sqlite_master ORDER BY name").all() as { name: string; sql: string }[]).map(
+        (t) => `${t.name}: ${t.sql}`,
+      ),
+    ).toEqual(before);
+    after.close();
+    expect((await cli(["audit", "--all", "--sqlite", ""])).code).toBe(2);
+  });
+});
+
+describe("credit-management audit --repair: the entries a ledger file lost in a crash", () => {
+  const db = new InMemoryDbManager();
+  const file = join(dir, "repair.jsonl");
+  let manager: CreditManager;
+  let complete: string[];
+
+  beforeAll(async () => {
+    manager = await createCreditManager({ db, ledger: { filePath: file } });
+    await activity(manager);
+    await manager.ledger.flush();
+    complete = lines(file);
+  });
+  afterAll(async () => manager.close());
+
+  it("appends exactly the missing entries of the tail, in order, and a second run appends nothing", async () => {
+    // A crash after the last commits, before their lines: the file lost its last three lines.
+    const cut = join(dir, "repair-tail.jsonl");
+    writeFileSync(cut, `${complete.slice(0, -3).join("\n")}\n`);
+    expect((await cli(["audit", "--all", "--ledger-file", cut], db)).code).toBe(1);
+    const r = await cli(["audit", "--all", "--ledger-file", cut, "--repair"], db);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`repaired ${cut}: appended 3 missing entries\n`);
+    // Byte for byte what the ledger wrote: the same lines, in the same order.
+    expect(lines(cut)).toEqual(complete);
+    const again = await cli(["audit", "--all", "--ledger-file", cut, "--repair"], db);
+    expect(again.stdout).toContain(`repaired ${cut}: appended 0 missing entries\n`);
+    expect(lines(cut)).toEqual(complete);
+    expect((await cli(["audit", "--all", "--ledger-file", cut], db)).code).toBe(0);
+  });
+
+  it("appends a line missing from the middle too (the account is then out of order: audit with --unordered), and after a cut-off last line", async () => {
+    const gap = join(dir, "repair-gap.jsonl");
+    const at = lineOf(complete, "alice", 2);
+    const last = complete.at(-1) as string;
+    // alice's seq 2 missing in the middle, and the last line cut off half-way (no newline).
+    writeFileSync(gap, [...complete.slice(0, at), ...complete.slice(at + 1, -1), last.slice(0, 20)].join("\n"));
+    const r = await cli(["audit", "--all", "--ledger-file", gap, "--repair", "--json"], db);
+    const report = r.stdout
+      .split("\n")
+      .filter((l) => l !== "")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(report).toContainEqual({ file: gap, repaired: 2, unordered: ["alice"] });
+    expect(report).toContainEqual(expect.objectContaining({ file: gap, problem: "not a JSON line" }));
+    const repaired = lines(gap);
+    // The cut line stays (one bad line); the two entries follow it, oldest first.
+    expect(repaired.slice(-3)).toEqual([last.slice(0, 20), complete[at], last]);
+    expect((await cli(["audit", "--all", "--ledger-file", gap, "--repair"], db)).stdout).toContain(
+      "appended 0 missing entries",
+    );
+  });
+
+  it("--repair needs --ledger-file and accounts to compare with", async () => {
+    expect((await cli(["audit", "--all", "--repair"], db)).code).toBe(2);
+    const r = await cli(["audit", "--ledger-file", file, "--repair", "--archive", file], db);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--repair needs --ledger-file FILE and the accounts/);
   });
 });

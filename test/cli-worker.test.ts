@@ -175,6 +175,12 @@ describe("credit-management worker: flags and environment", () => {
       ],
       [["worker"], { CREDIT_LOW_CREDITS_PERCENT: "120" }, /CREDIT_LOW_CREDITS_PERCENT must be a number from 0 to 100/],
       [["worker", "--jobs-every", "0"], {}, /every task is off/],
+      // A store that could not be reached: refused before the worker tries (it was exit 1 after the pool failed).
+      [
+        ["worker", "--once"],
+        { CREDIT_PG_URL: "postgres://postgres@127.0.0.1:1/none", CREDIT_PG_PARTITIONS: "year" },
+        /CREDIT_PG_PARTITIONS must be day, week or month, not "year"/,
+      ],
       [["worker", "--dialect", "mysql"], {}, /--dialect applies to "schema" only/],
       [["schema", "--once"], {}, /--once applies to "worker" only/],
       // No store: the worker has nothing to work on (an in-memory store would be its own).

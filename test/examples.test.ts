@@ -25,6 +25,16 @@ describe("HTTP examples", () => {
     expect(out).toContain("user-2 (no credits): 402");
   });
 
+  it("console-express.ts serves the console: a viewer looks, a stranger is refused, an admin grants once", async () => {
+    const out = await example("console-express.ts");
+    expect(out).toContain("support sees user-1: 200, balance 958");
+    expect(out).toContain("a stranger: 403");
+    expect(out).toContain("grant, first step: 200 (the confirmation page)");
+    expect(out).toContain("grant, confirmed: 303 → /console/accounts/user-1?notice=granted");
+    expect(out).toContain("confirmed again (a double click): 303");
+    expect(out).toContain("balance: 1058; by alice@example.com");
+  });
+
   it("hono.ts commits a streamed answer when it ends", async () => {
     const out = await example("hono.ts");
     expect(out).toContain("committed 15");
@@ -62,6 +72,14 @@ describe("examples", () => {
     });
     return stdout;
   };
+
+  it("leases.ts charges from a block in memory and settles one window entry", async () => {
+    const out = await exampleWith("leases.ts", []);
+    expect(out).toContain("before the settle: balance 10000, reserved 1000");
+    expect(out).toContain("after the settle: balance 9880, reserved 0");
+    expect(out).toMatch(/window entry: .*"requests":30,"total":120/);
+    expect(out).toContain("audit: ok");
+  });
 
   it("quickstart.ts (npm run example) walks through grants, a hold, an expiry and the audit", async () => {
     const out = await exampleWith("quickstart.ts", []);

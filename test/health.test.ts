@@ -1,4 +1,4 @@
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -13,7 +13,8 @@ import { createCreditHandler } from "../src/http/index.js";
 import { RedisCache, RedisStreamQueue } from "../src/redis/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SCHEMA_VERSION } from "../src/schema/sql.js";
-import { testStores } from "./fixtures/stores.js";
+import { SqliteDbManager } from "../src/db/sqlite/index.js";
+import { testStores, type TestStore } from "./fixtures/stores.js";
 
 /** A store whose reads never answer (a hung connection), or fail at once. */
 function brokenStore(how: "hang" | "fail"): DbManager {
@@ -27,7 +28,22 @@ function brokenStore(how: "hang" | "fail"): DbManager {
   }) as DbManager;
 }
 
-describe.each(testStores("health"))("manager.health() on $name", (store) => {
+const sqliteDir = mkdtempSync(join(tmpdir(), "cm-health-sqlite-"));
+afterAll(() => rmSync(sqliteDir, { recursive: true, force: true }));
+/** SQLite too (it had neither ping() nor stats(): no schema version, unknown outbox counts). */
+const sqlite: TestStore = {
+  name: "sqlite",
+  open: async () => {
+    const file = join(sqliteDir, `health-${Math.random().toString(36).slice(2)}.db`);
+    return {
+      db: new SqliteDbManager({ filename: file }),
+      another: () => new SqliteDbManager({ filename: file }),
+      drop: async () => undefined,
+    };
+  },
+};
+
+describe.each([...testStores("health"), sqlite])("manager.health() on $name", (store) => {
   const dropped: (() => Promise<void>)[] = [];
   afterAll(async () => {
     for (const d of dropped) await d();
@@ -47,9 +63,7 @@ describe.each(testStores("health"))("manager.health() on $name", (store) => {
       status: "ok",
       store: { status: "ok", name: store.name, expectedSchemaVersion: SCHEMA_VERSION },
     });
-    expect(empty.store.schemaVersion).toBe(
-      store.name === "postgres" || store.name === "mongodb" ? SCHEMA_VERSION : null,
-    );
+    expect(empty.store.schemaVersion).toBe(store.name === "memory" ? null : SCHEMA_VERSION);
     expect(empty.outbox).toMatchObject({ status: "ok", pending: 0, failed: 0, oldestPendingAgeMs: null });
     expect(empty.cache).toBeNull();
     expect(empty.ledger).toBeNull();

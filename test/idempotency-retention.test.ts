@@ -220,7 +220,11 @@ describe("an upgraded version 4 store: its entries audit clean (PostgreSQL: hash
       async () => {
         const { default: Database } = await import("better-sqlite3");
         const raw = new Database(filename);
-        raw.exec(`ALTER TABLE journal_entries DROP COLUMN forgotten_key; UPDATE schema_version SET version = 4;`);
+        // The columns versions 5 to 7 added go too (their upgrade adds them back).
+        raw.exec(
+          `ALTER TABLE journal_entries DROP COLUMN forgotten_key; ALTER TABLE subscriptions DROP COLUMN change_keys; ` +
+            `ALTER TABLE notifications DROP COLUMN version; UPDATE schema_version SET version = 4;`,
+        );
         expect(raw.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 4 });
         raw.close();
       },

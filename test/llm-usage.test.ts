@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ResponseUsageReader, usageOfJson, usageOfText } from "../src/domain/llm-usage.js";
-import { bodies, streams } from "./http/llm-upstream.js";
+import { bodies, chatEvents, OPENAI_MODEL, responsesEvents, streams } from "./http/llm-upstream.js";
 
 const enc = new TextEncoder();
 
@@ -63,6 +63,45 @@ describe("reading an LLM response's usage", () => {
     expect(
       usageOfJson({ model: "c", usage: { input_tokens: 5, cache_creation_input_tokens: 100, output_tokens: 1 } }),
     ).toMatchObject({ ok: true, usage: { inputTokens: 105, cachedTokens: 0 } });
+  });
+
+  it("reads a streamed Responses answer at response.completed, which ends it (no [DONE])", () => {
+    const events = responsesEvents(OPENAI_MODEL);
+    const whole = usageOfText(events.join(""), "text/event-stream");
+    expect(whole).toMatchObject({
+      ok: true,
+      usage: { shape: "openai", model: OPENAI_MODEL, inputTokens: 1000, cachedTokens: 200, outputTokens: 300 },
+    });
+    // The usage arrived, then the client left: billed by it.
+    const reader = new ResponseUsageReader("text/event-stream");
+    reader.pushText(events.join(""));
+    expect(reader.cut()).toMatchObject({ ok: true });
+    // Cut before response.completed: counted from the text deltas only (not the .done summaries).
+    const cut = new ResponseUsageReader("text/event-stream");
+    cut.pushText(events.slice(0, -1).join(""));
+    expect(cut.cut()).toMatchObject({ ok: false, problem: "cut", counted: { outputTokens: 5 } });
+  });
+
+  it('counts only chunks that carry content: not the opening { role, content: "" } nor an empty finish delta', () => {
+    const events = chatEvents(OPENAI_MODEL, false); // opening, 5 content, finish, [DONE]
+    expect(usageOfText(events.join(""), "text/event-stream")).toMatchObject({
+      ok: false,
+      problem: "absent",
+      counted: { outputTokens: 5 },
+    });
+    const reader = new ResponseUsageReader("text/event-stream");
+    reader.pushText(events.slice(0, 4).join("")); // opening + 3 content chunks
+    expect(reader.cut()).toMatchObject({ problem: "cut", counted: { outputTokens: 3 } });
+    // Tool-call arguments are content; spaces after the colons (as some servers send) change nothing.
+    const spaced = [
+      'data: {"model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n',
+      'data: {"model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\\"a"}}]}}]}\n\n',
+      'data: {"model": "m", "choices": [{"index": 0, "delta": {"content": "x"}}]}\n\n',
+      'data: {"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n',
+    ];
+    const r2 = new ResponseUsageReader("text/event-stream");
+    r2.pushText(spaced.join(""));
+    expect(r2.cut()).toMatchObject({ counted: { outputTokens: 2 } });
   });
 
   it("tells absent, malformed and cut apart", () => {

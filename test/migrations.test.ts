@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { ConfigurationError } from "../src/errors.js";
+import type { NotificationMessage } from "../src/queue/index.js";
 import {
   MIGRATIONS,
   SCHEMA_VERSION,
@@ -51,6 +52,12 @@ const oldVersionRow: Record<SqlDialect, (v: number) => string> = {
      INSERT INTO schema_version (component, version) VALUES ('credit-management', ${v});`,
 };
 
+/** The upgrade statements up to version 6 (those of later versions left out). */
+const until6 = (options: Parameters<typeof upgradeStatements>[0]) => {
+  const later = new Set(upgradeStatements({ ...options, fromVersion: 6 }));
+  return upgradeStatements(options).filter((s) => !later.has(s));
+};
+
 describe("schema upgrades: the statements", () => {
   it("adds each later version's columns to the tables the store already has, and no others", () => {
     const from1 = upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n");
@@ -68,14 +75,14 @@ describe("schema upgrades: the statements", () => {
 
   it("version 4 replaces the notifications type check of a store that has the table (PostgreSQL, MySQL, SQLite)", () => {
     // (Version 5's changes of the journal follow: see the next test.)
-    const pg3 = upgradeStatements({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" }).filter(
-      (s) => s.includes("notifications"),
+    const pg3 = until6({ dialect: "postgres", fromVersion: 3, prefix: "cm_", schema: "billing" }).filter((s) =>
+      s.includes("notifications"),
     );
     expect(pg3).toHaveLength(1);
     expect(pg3[0]).toMatch(
       /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'\)\);$/,
     );
-    const my3 = upgradeStatements({ dialect: "mysql", fromVersion: 3 }).filter((s) => s.includes("notifications"));
+    const my3 = until6({ dialect: "mysql", fromVersion: 3 }).filter((s) => s.includes("notifications"));
     expect(my3).toEqual([
       expect.stringMatching(
         /^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/,
@@ -86,11 +93,11 @@ describe("schema upgrades: the statements", () => {
     expect(lite3).toContain('INSERT INTO "notifications__rebuild" ("id", "user_id", "type"');
     expect(lite3).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
     // A version 1 store has no notifications table: the DDL creates it whole, with today's check.
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
+    expect(until6({ dialect: "postgres", fromVersion: 1 }).join("\n")).not.toContain("notifications");
   });
 
   it("version 5: the journal's forgotten_key (where the retention job moves old idempotency keys), its type check allowing checkpoint entries, and on PostgreSQL hashes as bytes and grants as JSON text", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 4, prefix: "cm_", schema: "billing" })).toEqual([
+    expect(until6({ dialect: "postgres", fromVersion: 4, prefix: "cm_", schema: "billing" })).toEqual([
       'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "forgotten_key" VARCHAR(255) COLLATE "C";',
       expect.stringMatching(
         /^ALTER TABLE "billing"\."cm_journal_entries" DROP CONSTRAINT IF EXISTS "cm_journal_entries_type_check", ADD CONSTRAINT "cm_journal_entries_type_check" CHECK \("type" IN \('add', .*'release_reserved', 'checkpoint'\)\);$/,
@@ -101,7 +108,7 @@ describe("schema upgrades: the statements", () => {
       // Version 6 (next test).
       expect.stringContaining("DROP INDEX"),
     ]);
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 4 })).toEqual([
+    expect(until6({ dialect: "mysql", fromVersion: 4 })).toEqual([
       "ALTER TABLE `journal_entries` ADD COLUMN `forgotten_key` VARCHAR(255);",
       expect.stringMatching(/^ALTER TABLE `journal_entries` MODIFY COLUMN `type` .*'checkpoint'\)\);$/),
     ]);
@@ -112,7 +119,7 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 6: on PostgreSQL the journal's idempotency index is replaced, while it holds the keys' text, by the digest one built under another name first", () => {
-    const [step, ...rest] = upgradeStatements({
+    const [step, ...rest] = until6({
       dialect: "postgres",
       fromVersion: 5,
       prefix: "cm_",
@@ -135,9 +142,39 @@ describe("schema upgrades: the statements", () => {
     expect(step).toMatch(
       /DROP INDEX "billing"\."cm_journal_entries_idempotency_key"; ALTER INDEX "billing"\."cm_journal_entries_idempotency_key__new" RENAME TO "cm_journal_entries_idempotency_key"; END IF; END \$\$;$/,
     );
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 5 })[0]).toContain("schemaname = current_schema()");
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 5 })).toEqual([]);
-    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 5 })).toEqual([]);
+    expect(until6({ dialect: "postgres", fromVersion: 5 })[0]).toContain("schemaname = current_schema()");
+    expect(until6({ dialect: "mysql", fromVersion: 5 })).toEqual([]);
+    expect(until6({ dialect: "sqlite", fromVersion: 5 })).toEqual([]);
+  });
+
+  it("version 7: notifications.version and subscriptions.change_keys (the keys of cancel, resume and changePlan, nullable JSON), 1 in the rows stored before (SQLite: the table rebuilt, as a fresh install's); the failed rows' partial index on PostgreSQL and SQLite, not MySQL", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 6, prefix: "cm_", schema: "billing" })).toEqual([
+      'ALTER TABLE "billing"."cm_notifications" ADD COLUMN IF NOT EXISTS "version" BIGINT NOT NULL DEFAULT 1 CHECK ("version" BETWEEN 1 AND 32767);',
+      'ALTER TABLE "billing"."cm_notifications" ALTER COLUMN "version" DROP DEFAULT;',
+      'ALTER TABLE "billing"."cm_subscriptions" ADD COLUMN IF NOT EXISTS "change_keys" JSONB;',
+    ]);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 6 })).toEqual([
+      "ALTER TABLE `notifications` ADD COLUMN `version` BIGINT NOT NULL DEFAULT 1 CHECK (`version` BETWEEN 1 AND 32767);",
+      "ALTER TABLE `notifications` ALTER COLUMN `version` DROP DEFAULT;",
+      expect.stringMatching(/^ALTER TABLE `subscriptions` ADD COLUMN `change_keys` JSON/),
+    ]);
+    const lite6 = upgradeStatements({ dialect: "sqlite", fromVersion: 6 });
+    expect(lite6.filter((x) => x.includes("ADD COLUMN"))).toEqual([
+      'ALTER TABLE "subscriptions" ADD COLUMN "change_keys" TEXT CHECK (json_valid("change_keys"));',
+    ]);
+    expect(lite6.find((x) => x.startsWith("INSERT INTO"))).toMatch(
+      /^INSERT INTO "notifications__rebuild" \(.*"version".*\) SELECT .*"type", 1, "status".* FROM "notifications";$/,
+    );
+    // From version 3 the type check's rebuild (version 4) already brings the column, filled: once.
+    const lite3 = upgradeStatements({ dialect: "sqlite", fromVersion: 3 }).filter((x) => x.includes("notifications"));
+    expect(lite3.filter((x) => x.startsWith("INSERT INTO"))).toEqual([
+      expect.stringMatching(/SELECT .*"type", 1, "status"/),
+    ]);
+    expect(generateSql({ dialect: "postgres" })).toContain(
+      'CREATE INDEX IF NOT EXISTS "notifications_failed" ON "notifications" ("id") WHERE "status" = \'failed\';',
+    );
+    expect(generateSql({ dialect: "sqlite" })).toContain('"notifications_failed"');
+    expect(generateSql({ dialect: "mysql" })).not.toContain("notifications_failed");
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {
@@ -293,6 +330,96 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
     }
   });
 
+  it("a version 6 store with outbox rows upgraded by init(): every row is version 1, delivered as version 1, and the store audits clean", async () => {
+    const schema = await newSchema("v6_outbox");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const { NotificationService } = await import("../src/services/notification-service.js");
+    const credits = new CreditService({ db, domainEvents: true });
+    await credits.addCredits("u1", 100, { idempotencyKey: "order-1" });
+    const hold = await credits.reserveCredits("u1", 30);
+    await credits.commitReservedCredits(hold.id, { amount: 10 });
+    await db.close();
+    // Back to version 6: no version column, no failed rows' index, and the version row.
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await client.query(
+      `ALTER TABLE ${q("notifications")} DROP COLUMN version; DROP INDEX ${q("notifications_failed")}; ` +
+        `UPDATE ${q("schema_version")} SET version = 6`,
+    );
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      const sent: NotificationMessage[] = [];
+      const notifications = new NotificationService({
+        db: upgraded,
+        queue: { publish: async (m) => void sent.push(m) },
+      });
+      expect((await notifications.list("u1")).map((r) => r.version)).toEqual([1, 1, 1]);
+      expect(await notifications.dispatchPending()).toMatchObject({ sent: 3 });
+      expect(sent.map((m) => [m.type, m.version])).toEqual([
+        ["credits_added", 1],
+        ["hold_placed", 1],
+        ["hold_settled", 1],
+      ]);
+      expect((await new CreditService({ db: upgraded }).audit("u1")).ok).toBe(true);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("stats() counts failed (and pending) outbox rows off partial indexes: no scan of the outbox", async () => {
+    const schema = await newSchema("stats_plan");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const n = `${quoteIdent("postgres", schema)}.notifications`;
+    // 20,019 delivered rows, 40 failed, 41 pending: enough rows for the planner to weigh a scan.
+    await client.query(
+      `INSERT INTO ${n} (id, user_id, type, version, status, payload, attempts, next_attempt_at, created_at, settled_at)
+       SELECT lpad(i::text, 12, '0'), 'u' || (i % 500), 'low_credits', 1,
+              CASE WHEN i % 500 = 0 THEN 'failed' WHEN i % 500 = 1 THEN 'pending' ELSE 'sent' END,
+              '{}', 1, now(), now(), now()
+         FROM generate_series(1, 20100) AS i`,
+    );
+    await client.query(`VACUUM ANALYZE ${n}`);
+    const sent: string[] = [];
+    const read = db.read.bind(db);
+    db.read = (what, text, params) => {
+      if (what === "stats") sent.push(text);
+      return read(what, text, params);
+    };
+    try {
+      const stats = await db.stats();
+      const counts = await client.query(`SELECT status, count(*)::int AS n FROM ${n} GROUP BY status ORDER BY status`);
+      expect(counts.rows).toEqual([
+        { status: "failed", n: 40 },
+        { status: "pending", n: 41 },
+        { status: "sent", n: 20_019 },
+      ]);
+      expect(stats).toMatchObject({ outboxFailed: 40, outboxPending: 41 });
+      expect(sent).toHaveLength(1);
+      const plan = async () => {
+        const explained = await client.query(`EXPLAIN (FORMAT JSON) ${sent[0]}`);
+        const nodes: { "Node Type": string; "Relation Name"?: string; "Index Name"?: string }[] = [];
+        const walk = (node: Record<string, unknown>) => {
+          nodes.push(node as (typeof nodes)[number]);
+          for (const child of (node.Plans as Record<string, unknown>[] | undefined) ?? []) walk(child);
+        };
+        walk((explained.rows[0]["QUERY PLAN"] as { Plan: Record<string, unknown> }[])[0]!.Plan);
+        return nodes.filter((x) => x["Relation Name"] === "notifications");
+      };
+      const outbox = await plan();
+      expect(outbox.filter((x) => x["Node Type"] === "Seq Scan")).toEqual([]);
+      expect(outbox.map((x) => x["Index Name"])).toContain("notifications_failed");
+      // The same query without that index reads the whole outbox: the check above can fail.
+      await client.query(`DROP INDEX ${quoteIdent("postgres", schema)}.notifications_failed`);
+      expect((await plan()).map((x) => x["Node Type"])).toContain("Seq Scan");
+    } finally {
+      await db.close();
+    }
+  });
+
   it("a manager that does not migrate refuses an empty schema and a newer version, and creates nothing", async () => {
     const empty = await newSchema("empty");
     const checking = new PostgresDbManager({ connectionString: PG_URL as string, schema: empty, migrate: false });
@@ -401,20 +528,22 @@ describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgrad
     expect(upgraded).toBe(fresh);
   });
 
-  it("an upgraded version 3 store keeps its notifications, accepts the new types and refuses unknown ones", () => {
+  it("an upgraded version 3 store keeps its notifications (version 1), accepts the new types and refuses unknown ones", () => {
     const file = join(dir, "v3-rows.db");
-    const insert = (id: string, type: string) =>
-      `INSERT INTO notifications (id, user_id, type, status, payload, dedupe_key, attempts, next_attempt_at, claimed_until, claim_token, last_error, created_at, settled_at)
-       VALUES ('${id}', 'u1', '${type}', 'pending', '{}', NULL, 0, '2030-01-01T00:00:00.000Z', NULL, NULL, NULL, '2030-01-01T00:00:00.000Z', NULL);`;
+    // From version 7 a row has the version of its payload's schema.
+    const insert = (id: string, type: string, version?: number) =>
+      `INSERT INTO notifications (id, user_id, type, status, payload, dedupe_key, attempts, next_attempt_at, claimed_until, claim_token, last_error, created_at, settled_at${version === undefined ? "" : ", version"})
+       VALUES ('${id}', 'u1', '${type}', 'pending', '{}', NULL, 0, '2030-01-01T00:00:00.000Z', NULL, NULL, NULL, '2030-01-01T00:00:00.000Z', NULL${version === undefined ? "" : `, ${version}`});`;
     const sqlite = (sql: string) =>
       execFileSync("sqlite3", ["-bail", file], { input: sql, encoding: "utf8", stdio: ["pipe", "pipe", "pipe"] });
     sqlite(`${fixture(3, "sqlite")}\n${oldVersionRow.sqlite(3)}\n${insert("n1", "low_credits")}`);
     expect(() => sqlite(insert("n2", "feature_status_changed"))).toThrow(/CHECK constraint failed/);
     sqlite(generateUpgradeSql({ dialect: "sqlite", fromVersion: 3 }));
-    sqlite(`${insert("n2", "feature_status_changed")}\n${insert("n3", "hold_settled")}`);
-    expect(() => sqlite(insert("n4", "no_such_type"))).toThrow(/CHECK constraint failed/);
-    expect(sqlite("SELECT id, type FROM notifications ORDER BY id;")).toBe(
-      "n1|low_credits\nn2|feature_status_changed\nn3|hold_settled\n",
+    sqlite(`${insert("n2", "feature_status_changed", 1)}\n${insert("n3", "hold_settled", 2)}`);
+    expect(() => sqlite(insert("n4", "no_such_type", 1))).toThrow(/CHECK constraint failed/);
+    expect(() => sqlite(insert("n5", "low_credits"))).toThrow(/NOT NULL constraint failed/);
+    expect(sqlite("SELECT id, type, version FROM notifications ORDER BY id;")).toBe(
+      "n1|low_credits|1\nn2|feature_status_changed|1\nn3|hold_settled|2\n",
     );
   });
 });

@@ -13,8 +13,7 @@ import { runCli } from "../src/cli/run.js";
 const uri = process.env.CREDIT_MONGO_URI;
 if (!uri) {
   console.warn(
-    "MongoDB schema-version suite skipped: set CREDIT_MONGO_URI to a replica-set URI to run it " +
-      "(on this machine: export CREDIT_MONGO_URI=$(bash ../shared/mongo-compat/up.sh | tail -n 1)).",
+    "MongoDB schema-version suite skipped: to run it, set CREDIT_MONGO_URI to a MongoDB replica set (a single node started with --replSet is enough), e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0.",
   );
 }
 
@@ -362,6 +361,60 @@ describe.skipIf(!uri)("mongodb schema version (CREDIT_MONGO_URI)", () => {
     // The script's store passes the check of a manager that does not migrate.
     await new MongoDbManager({ db, collectionPrefix: "cm_", migrate: false }).init();
   });
+
+  it.each(["init()", "the script"])(
+    "version 7: outbox documents a version 6 store holds get version 1 through %s, and one still without it reads as 1",
+    async (via) => {
+      const db = await oldStore(6);
+      await db
+        .collection<{ _id: string; version: number }>(`cm_${VERSION_COLLECTION}`)
+        .insertOne({ _id: "credit-management", version: 6 });
+      const old = (id: string) => ({
+        _id: id,
+        userId: "u1",
+        type: "low_credits",
+        status: "pending",
+        payload: { id },
+        dedupeKey: null,
+        attempts: 0,
+        nextAttemptAt: new Date(),
+        claimedUntil: null,
+        claimToken: null,
+        lastError: null,
+        createdAt: new Date(),
+        settledAt: null,
+      });
+      const outbox = db.collection<{ _id: string; version?: number }>("cm_notifications");
+      await outbox.insertMany([old("n1"), { ...old("n2"), version: 2 }]);
+      if (via === "init()") await new MongoDbManager({ db, collectionPrefix: "cm_" }).init();
+      else {
+        const state = new Map<string, Document[]>();
+        for (const c of await db.listCollections({}, { nameOnly: true }).toArray())
+          state.set(c.name, await db.collection(c.name).listIndexes().toArray());
+        for (const call of runScript(generateMongoScript({ prefix: "cm_", fromVersion: 6 }), state)) {
+          if (call.op === "createCollection") await db.createCollection(call.name, call.options);
+          else if (call.command.collMod === undefined) await db.command(call.command);
+        }
+      }
+      expect(
+        (await outbox.find({}, { sort: { _id: 1 } }).toArray()).map((d) => [
+          d._id,
+          (d as { version?: number }).version,
+        ]),
+      ).toEqual([
+        ["n1", 1],
+        ["n2", 2], // a version it had stays
+      ]);
+      await outbox.insertOne(old("n3")); // an outbox document written without it
+      const manager = new MongoDbManager({ db, collectionPrefix: "cm_", migrate: false });
+      await manager.init();
+      expect((await manager.listNotifications("u1", { limit: 10 })).map((r) => [r.id, r.version])).toEqual([
+        ["n1", 1],
+        ["n2", 2],
+        ["n3", 1],
+      ]);
+    },
+  );
 
   it("migrate: false refuses a missing, older or newer version with a ConfigurationError naming the command", async () => {
     const db = await oldStore(4);

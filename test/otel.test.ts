@@ -1,6 +1,10 @@
 import { MeterProvider, MetricReader, type DataPoint, type Histogram } from "@opentelemetry/sdk-metrics";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { createCreditManager, InsufficientCreditsError, recordUsage } from "../src/index.js";
 import { instrumentCreditManagement, type CreditInstrumentation } from "../src/otel/index.js";
 
@@ -73,6 +77,30 @@ describe("credit-management/otel (docs/observability.md)", () => {
     expect(value(m.get("credit_management.holds.credits"), {})).toBe(15);
     expect(value(m.get("credit_management.outbox.pending"), {})).toBe(0);
     await manager.close();
+  });
+
+  it("reads the store gauges of a SQLite store (its stats())", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cm-otel-sqlite-"));
+    try {
+      const { reader, meterProvider } = setup();
+      const manager = await createCreditManager({
+        db: new SqliteDbManager({ filename: join(dir, "otel.db") }),
+        notifications: { lowCredits: 50 },
+      });
+      instrumentations.push(instrumentCreditManagement({ meterProvider, manager, statsIntervalMs: 0 }));
+      await manager.credits.addCredits("q", 100);
+      await manager.credits.reserveCredits("q", 15);
+      await manager.credits.deductCredits("q", 40); // below 50: a low_credits row waits in the outbox
+      const m = await collect(reader);
+      expect(value(m.get("credit_management.holds.active"), {})).toBe(1);
+      expect(value(m.get("credit_management.holds.credits"), {})).toBe(15);
+      expect(value(m.get("credit_management.outbox.pending"), {})).toBe(1);
+      expect(value(m.get("credit_management.outbox.failed"), {})).toBe(0);
+      expect(value(m.get("credit_management.outbox.oldest_age"), {})).toBeGreaterThanOrEqual(0);
+      await manager.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("spans around units of work, job runs and dispatch rounds, failed ones marked", async () => {

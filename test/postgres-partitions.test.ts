@@ -165,8 +165,9 @@ describe.skipIf(!url /* reason: no server */)("PostgreSQL partitioned by time (d
         .concat("journal_entries_default"),
     );
     out = "";
-    expect(await runCli(["worker", "--once"], io, { env: { ...env, CREDIT_PG_PARTITIONS: "hourly" } })).not.toBe(0);
-    expect(out).toMatch(/`partitions` must be \{ interval: .*day.*week.*month/);
+    // Exit 2 naming the variable, before any connection (docs/operations.md).
+    expect(await runCli(["worker", "--once"], io, { env: { ...env, CREDIT_PG_PARTITIONS: "hourly" } })).toBe(2);
+    expect(out).toMatch(/CREDIT_PG_PARTITIONS must be day, week or month, not "hourly"/);
   });
 
   it("init refuses partitions on a store whose journal is a plain table", async () => {

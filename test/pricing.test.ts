@@ -166,6 +166,14 @@ describe("the price book", () => {
       priced: "ft:gpt-4o-mini:",
       amount: 3,
     });
+    // A real fine-tune id names the dated snapshot it was trained from: the documented entry prices it.
+    expect(
+      m.pricing.price({ model: "ft:gpt-4o-mini-2024-07-18:acme::9xYz12", inputTokens: 1, outputTokens: 1 }),
+    ).toMatchObject({ priced: "ft:gpt-4o-mini:", amount: 3 });
+    expect(m.pricing.hasPrice("ft:gpt-4o-mini-2024-07-18:acme:custom-suffix:9xYz12")).toBe(true);
+    // Only the base model's date is ignored: another base model is not a fine-tune of this one.
+    expect(m.pricing.hasPrice("ft:gpt-4o-mini-audio-2024-07-18:acme::9xYz12")).toBe(false);
+    expect(m.pricing.hasPrice("ft:gpt-4o-2024-08-06:acme::9xYz12")).toBe(false);
     // An entry that names a provider prices that provider's usage only.
     expect(() => m.pricing.price({ model: "gpt-4o", provider: "azure", inputTokens: 1, outputTokens: 0 })).toThrow(
       UnknownModelError,

@@ -390,3 +390,46 @@ describe.skipIf(!url)("Redis", () => {
     });
   });
 });
+
+// No server needed: the clients point at a closed port, as during an outage.
+describe("the clients connect() makes, with Redis down", () => {
+  it("report connection errors to the logger, deduplicated, and print nothing to stderr", async () => {
+    const script = `
+      import { RedisCache, RedisStreamQueue } from ${JSON.stringify(join(here, "../src/redis/index.ts"))};
+      const logged = [];
+      const logger = Object.fromEntries(["error", "warn", "info", "debug"].map((level) => [level, (obj, msg) => logged.push({ level, msg, redis: obj.redis, err: obj.err?.message })]));
+      let reconnects = 0;
+      const cache = await RedisCache.connect("redis://127.0.0.1:1", { logger, timeoutMs: 100 });
+      const queue = await RedisStreamQueue.connect("redis://127.0.0.1:1", { logger, timeoutMs: 100 });
+      for (const c of [cache, queue]) c.client.on("reconnecting", () => reconnects++);
+      await new Promise((r) => setTimeout(r, 1500));
+      await queue.ping().catch(() => undefined);
+      for (const c of [cache, queue]) c.client.disconnect();
+      process.stdout.write(JSON.stringify({ logged, reconnects }));
+    `;
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    const { logged, reconnects } = JSON.parse(stdout) as {
+      logged: { level: string; msg: string; redis: string; err: string }[];
+      reconnects: number;
+    };
+    // ioredis tried again and again; each client's (identical) error was logged once.
+    expect(reconnects).toBeGreaterThanOrEqual(6);
+    expect(logged.map((l) => [l.level, l.redis]).sort()).toEqual([
+      ["warn", "cache"],
+      ["warn", "queue"],
+    ]);
+    for (const l of logged) {
+      expect(l.msg).toMatch(/Redis (cache|queue) connection failed/);
+      expect(l.err).toMatch(/ECONNREFUSED/);
+    }
+  }, 20_000);
+});

@@ -80,6 +80,44 @@ describe("schema generator: columns from the zod models", () => {
     expect(ddl).not.toMatch(/DOUBLE PRECISION|\bTIMESTAMP\b(?!TZ)/);
   });
 
+  it("--distributed: user_id in the primary key and every unique index of each distributed table, first but in promo_claims_code_user_n (docs/scaling-out.md)", () => {
+    const ddl = generateSql({ dialect: "postgres", distributed: true });
+    const distributed = [...ddl.matchAll(/create_distributed_table\('"(\w+)"'/g)].map((m) => m[1]);
+    expect(distributed.sort()).toEqual(
+      [
+        "accounts",
+        "grants",
+        "journal_entries",
+        "notifications",
+        "payments",
+        "promo_claims",
+        "reservations",
+        "subscriptions",
+      ].sort(),
+    );
+    // Each unique key: its table and its columns, in order.
+    const keys = [
+      ...[
+        ...ddl.matchAll(/CREATE TABLE IF NOT EXISTS "(\w+)" \([\s\S]*?CONSTRAINT "\w+" PRIMARY KEY \(([^)]*)\)/g),
+      ].map((m) => ({ name: `${m[1]}_pkey`, table: m[1], columns: m[2] as string })),
+      ...[...ddl.matchAll(/CREATE UNIQUE INDEX IF NOT EXISTS "(\w+)" ON "(\w+)" \((.*)\)( WHERE .*)?;$/gm)].map(
+        (m) => ({
+          name: m[1] as string,
+          table: m[2],
+          columns: m[3] as string,
+        }),
+      ),
+    ].filter((k) => distributed.includes(k.table));
+    expect(keys.length).toBeGreaterThan(distributed.length); // primary keys and unique indexes
+    // Citus refuses a unique key without the distribution column.
+    for (const k of keys) expect(k.columns, k.name).toMatch(/"user_id"/);
+    // Where it is not first: claims of a code by a user are looked up by code first; Citus needs the
+    // column in the key, not at its front (MongoDB's sharding does: promo claims stay unsharded there).
+    expect(keys.filter((k) => !k.columns.startsWith('"user_id"')).map((k) => [k.name, k.columns])).toEqual([
+      ["promo_claims_code_user_n", '"code", "user_id", "claim_number"'],
+    ]);
+  });
+
   it("keeps the journal's hashes as bytes and its grants as JSON text on PostgreSQL only (docs/running-for-years.md)", () => {
     const pg = generateSql({ dialect: "postgres" });
     expect(pg).toContain('"hash" BYTEA NOT NULL');

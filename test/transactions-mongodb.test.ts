@@ -12,7 +12,7 @@ import { createCreditManager, type CreditManager } from "../src/manager.js";
 const uri = process.env.CREDIT_MONGO_URI;
 if (!uri)
   console.warn(
-    "[transactions-mongodb.test] CREDIT_MONGO_URI is not set: the MongoDB session tests are skipped (on this machine: export CREDIT_MONGO_URI=$(bash ../shared/mongo-compat/up.sh | tail -n 1)).",
+    "[transactions-mongodb.test] CREDIT_MONGO_URI is not set: the MongoDB session tests are skipped: set CREDIT_MONGO_URI to a MongoDB replica set (a single node started with --replSet is enough), e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0.",
   );
 
 // reason: needs a MongoDB replica set (CREDIT_MONGO_URI); skipped with the notice above otherwise

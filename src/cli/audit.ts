@@ -1,13 +1,15 @@
-import { createReadStream } from "node:fs";
+import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
 import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
-import { hashEntry } from "../domain/hash.js";
+import { ConfigurationError } from "../errors.js";
+import { canonicalEntry, hashEntry, ledgerLineOf } from "../domain/hash.js";
 import type { AuditReport } from "../domain/replay.js";
 import { createCreditManager } from "../manager.js";
 import { verifyArchives } from "../services/archive.js";
 import type { JournalEntry } from "../models/index.js";
+import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../domain/leases.js";
 
 export interface AuditCommand {
   /** Accounts named on the command line (`--user`). */
@@ -30,6 +32,13 @@ export interface AuditCommand {
    * one, each account's closing checkpoint is compared with the store's.
    */
   archives?: readonly string[];
+  /**
+   * Append to the last of `ledgerFiles` the audited accounts' journal entries that none of the
+   * files has (`--repair`: lines lost in a crash between the commit and the file), in order.
+   */
+  repair?: boolean;
+  /** A SQLite file to audit instead of the environment's store (`--sqlite`). */
+  sqlite?: string;
 }
 
 export interface AuditIo {
@@ -46,6 +55,12 @@ export interface AuditSource {
 
 /** Accounts are listed from the store this many at a time (`--all`). */
 const PAGE = 1000;
+
+/** A journal entry none of the ledger files has (`--repair`); `gap`: the files have later lines of its account. */
+interface LostEntry {
+  entry: JournalEntry;
+  gap: boolean;
+}
 
 /** What one ledger file line says about a transaction, by user and seq. */
 interface FileLine {
@@ -65,7 +80,25 @@ interface FileLine {
 export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
   const archives = command.archives ?? [];
   const accountsToo = command.users.length > 0 || command.all;
-  const db = source.db ?? (await createDbManagerFromEnv(source.env ?? process.env));
+  const env = source.env ?? process.env;
+  const db =
+    source.db ??
+    (await createDbManagerFromEnv(
+      command.sqlite === undefined
+        ? env
+        : { CREDIT_SQLITE_PATH: command.sqlite, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "" },
+    ));
+  // A store that must be opened before it is read, and is not created or migrated for it (SQLite).
+  const opener = db as DbManager & { openExisting?: () => Promise<void> };
+  if (typeof opener.openExisting === "function") {
+    try {
+      await opener.openExisting();
+    } catch (error) {
+      if (source.db === undefined) await db.close().catch(() => undefined);
+      if (error instanceof ConfigurationError) throw new AuditUsageError(error.message);
+      throw error;
+    }
+  }
   if (!accountsToo && archives.length > 0) {
     // The archives alone; against the store's checkpoints when there is a store.
     const store = source.db === undefined && db instanceof InMemoryDbManager ? undefined : db;
@@ -77,7 +110,7 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
   }
   if (source.db === undefined && db instanceof InMemoryDbManager) {
     throw new AuditUsageError(
-      "audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_PG_URL (and CREDIT_PG_SCHEMA)",
+      "audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB), CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_SQLITE_PATH (or give --sqlite FILE)",
     );
   }
   const manager = await createCreditManager({ db, init: false, ledger: false });
@@ -86,12 +119,16 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
       throw new AuditUsageError("this store cannot list its accounts: name them with --user");
     }
     const fileLines = new Map<string, Map<number, FileLine>>();
+    /** Credit lease windows as the files tell them, by user, then by `<lease>:<window>`. */
+    const leaseWindows = new Map<string, Map<string, FileWindow>>();
     let failed = 0;
     let missing = 0;
     let accounts = 0;
     let fileProblems = 0;
     for (const file of command.ledgerFiles)
-      fileProblems += await readLedgerFile(file, fileLines, io, command.json, command.unordered === true);
+      fileProblems += await readLedgerFile(file, fileLines, io, command.json, command.unordered === true, leaseWindows);
+    /** `--repair`: the store's entries none of the files has, to append. */
+    const lost: LostEntry[] | undefined = command.repair === true ? [] : undefined;
 
     const audit = async (userId: string, named: boolean): Promise<void> => {
       accounts++;
@@ -110,7 +147,8 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
         return;
       }
       const problems = [...report.problems];
-      if (command.ledgerFiles.length > 0) problems.push(...(await compareWithFile(db, userId, fileLines.get(userId))));
+      if (command.ledgerFiles.length > 0)
+        problems.push(...(await compareWithFile(db, userId, fileLines.get(userId), leaseWindows.get(userId), lost)));
       fileLines.delete(userId);
       if (problems.length > 0) failed++;
       print(io, command.json, { ...report, ok: problems.length === 0, problems });
@@ -138,6 +176,8 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
         }
       }
     }
+    // The current file: the last one named (the rotated ones come first).
+    if (lost !== undefined) repairLedgerFile(command.ledgerFiles.at(-1) as string, lost, io, command.json);
     const archiveCode = archives.length > 0 ? await auditArchives(archives, command.json, io, db) : 0;
     if (archiveCode !== 0) fileProblems++;
     const summary =
@@ -195,6 +235,7 @@ async function readLedgerFile(
   io: AuditIo,
   json: boolean,
   unordered: boolean,
+  leases: Map<string, Map<string, FileWindow>>,
 ): Promise<number> {
   let problems = 0;
   let n = 0;
@@ -211,6 +252,19 @@ async function readLedgerFile(
     } catch {
       problems++;
       problem(io, json, at, "not a JSON line");
+      continue;
+    }
+    if (event.eventType === "lease") {
+      // A credit lease's line (docs/metering.md, "Leases"): summed by window, compared below.
+      const lease = leaseLineOf(event);
+      if (lease === null) {
+        problems++;
+        problem(io, json, at, "a lease line without its user, lease and window");
+        continue;
+      }
+      let byUser = leases.get(lease.userId);
+      if (byUser === undefined) leases.set(lease.userId, (byUser = new Map()));
+      addLeaseLine(byUser, lease);
       continue;
     }
     if (event.eventType !== "transaction") continue;
@@ -272,13 +326,19 @@ async function readLedgerFile(
   return problems;
 }
 
-/** The store's journal of one account against the file's lines for it: missing, extra, different. */
+/**
+ * The store's journal of one account against the file's lines for it: missing, extra, different.
+ * With `lost`, an entry in none of the files is put there (to append) instead of being a problem.
+ */
 async function compareWithFile(
   db: DbManager,
   userId: string,
   lines: Map<number, FileLine> | undefined,
+  leases: Map<string, FileWindow> | undefined,
+  lost?: LostEntry[],
 ): Promise<string[]> {
   const problems: string[] = [];
+  const windows = new Set<string>();
   const file = lines ?? new Map<number, FileLine>();
   let afterSeq = 0;
   let last = 0;
@@ -286,9 +346,19 @@ async function compareWithFile(
     const page = await db.listJournal(userId, { order: "asc", afterSeq, limit: PAGE });
     for (const entry of page) {
       const line = file.get(entry.seq);
-      if (line === undefined) problems.push(`seq ${entry.seq} is in the store but in none of the ledger files`);
+      if (line === undefined && lost !== undefined)
+        lost.push({ entry, gap: [...file.keys()].some((seq) => seq > entry.seq) });
+      else if (line === undefined) problems.push(`seq ${entry.seq} is in the store but in none of the ledger files`);
       else if (line.hash !== entry.hash)
         problems.push(`seq ${entry.seq} differs between the store and ${line.file}:${line.line}`);
+      // A lease's settle: its window's per-request lines add up to it.
+      const window = leaseWindowOf(entry.metadata);
+      if (window !== null) {
+        const key = `${window.lease}:${window.window}`;
+        windows.add(key);
+        const differs = compareWindow(window, leases?.get(key));
+        if (differs !== null) problems.push(`seq ${entry.seq}: ${differs}`);
+      }
       last = entry.seq;
     }
     if (page.length < PAGE) break;
@@ -297,7 +367,55 @@ async function compareWithFile(
   for (const [seq, line] of file) {
     if (seq > last) problems.push(`seq ${seq} is in ${line.file}:${line.line} but not in the store`);
   }
+  for (const [key, w] of leases ?? []) {
+    if (w.requests > 0 && !windows.has(key))
+      problems.push(
+        `lease ${w.lease} window ${w.window}: ${w.requests} charges for ${w.total} credits in the ledger file were never settled (run the leases' recover())`,
+      );
+  }
   return problems;
+}
+
+/**
+ * `--repair`: appends `lost` (journal entries of the store that none of the ledger files has) to
+ * `file`, oldest first (by `createdAt`, then account and `seq`), as the ledger writes them, and
+ * syncs it. A file whose last line was cut off gets a newline first, so the cut line stays one bad
+ * line. Reports how many were appended; an entry older than a line of its account already in the
+ * files (a gap in the middle) leaves that account out of `seq` order in the file: say so, since
+ * later audits of the file then need `--unordered`.
+ */
+function repairLedgerFile(file: string, lost: LostEntry[], io: AuditIo, json: boolean): void {
+  lost.sort(
+    ({ entry: a }, { entry: b }) =>
+      a.createdAt.getTime() - b.createdAt.getTime() ||
+      (a.userId < b.userId ? -1 : a.userId > b.userId ? 1 : 0) ||
+      a.seq - b.seq,
+  );
+  const unordered = new Set(lost.filter((l) => l.gap).map((l) => l.entry.userId));
+  if (lost.length > 0) {
+    let text = "";
+    for (const { entry } of lost) text += ledgerLineOf(canonicalEntry(entry), entry.hash);
+    const fd = openSync(file, "a+");
+    try {
+      const size = fstatSync(fd).size;
+      if (size > 0) {
+        const last = Buffer.alloc(1);
+        readSync(fd, last, 0, 1, size - 1);
+        if (last[0] !== 0x0a) text = `\n${text}`;
+      }
+      const bytes = Buffer.from(text, "utf8");
+      for (let at = 0; at < bytes.length;) at += writeSync(fd, bytes, at, bytes.length - at);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+  const note =
+    unordered.size > 0
+      ? ` (${unordered.size} account${unordered.size === 1 ? "" : "s"} now out of seq order in the file: audit it with --unordered)`
+      : "";
+  if (json) io.stdout(`${JSON.stringify({ file, repaired: lost.length, unordered: [...unordered] })}\n`);
+  else io.stdout(`repaired ${file}: appended ${lost.length} missing entr${lost.length === 1 ? "y" : "ies"}${note}\n`);
 }
 
 /**

@@ -3,6 +3,8 @@ import { writeFileSync } from "node:fs";
 import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
+import { runServeCli } from "./serve.js";
+import { SERVE_OPTIONS } from "../serve/settings.js";
 import { WORKER_FLAGS, WORKER_OPTIONS, WorkerUsageError, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
 import { generateUpgradeSql } from "../schema/migrations.js";
@@ -33,12 +35,18 @@ const SCHEMA_OPTIONS = `Options of "schema":
   --out FILE                       Write to FILE instead of standard output
 `;
 
-const AUDIT_OPTIONS = `Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, or CREDIT_PG_URL and CREDIT_PG_SCHEMA):
+const AUDIT_OPTIONS = `Options of "audit" (the store: CREDIT_MONGO_URI and CREDIT_MONGO_DB, CREDIT_PG_URL and CREDIT_PG_SCHEMA,
+or CREDIT_SQLITE_PATH):
+  --sqlite FILE                    Audit this SQLite store (instead of the environment's): an existing file,
+                                   opened to read only (nothing created or migrated)
   --user ID                        An account to audit (repeatable)
   --all                            Every account of the store
   --ledger-file FILE               A JSONL ledger file to check against the store (repeatable: give
                                    the rotated files too); each line's hash must recompute, and the
                                    audited accounts' entries must be in the files exactly as stored
+  --repair                         Append to the last --ledger-file the audited accounts' journal entries
+                                   that none of the files has (lost in a crash before they were written),
+                                   in order, and say how many; a second run appends nothing
   --unordered                      Accept an account's lines out of seq order within a file (a file
                                    several processes appended to at once); lines must still be there once
   --from checkpoint|genesis        Replay from each account's latest checkpoint (default) or from its first entry
@@ -47,7 +55,8 @@ const AUDIT_OPTIONS = `Options of "audit" (the store: CREDIT_MONGO_URI and CREDI
                                    gives the state of the checkpoint that ends it (and, with a store, that
                                    checkpoint is the store's). Alone, it needs no --user/--all nor a store
   --json                           One JSON object per account (and per bad line); summary on stderr
-  Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage;
+  Exit code 0: consistent; 1: a problem found (or the audit failed); 2: bad usage, or the SQLite
+  file is missing or not a credit-management store at this release's schema version;
   3: an account named with --user does not exist (and nothing else was wrong).
 `;
 
@@ -58,10 +67,13 @@ Commands:
   audit     Replay accounts' journals and check them against the store (and the JSONL ledger files)
   worker    Run the jobs, the expiring-credit reminders and the notification dispatcher on intervals
             (or once: --once), until SIGTERM/SIGINT
+  serve     The credit API as a service: HTTP API behind API keys/JWTs, health, /metrics (docs/service.md)
+  keys      Create, list and revoke the service's API keys
 
 ${SCHEMA_OPTIONS}
 ${AUDIT_OPTIONS}
 ${WORKER_OPTIONS}
+${SERVE_OPTIONS}
   -h, --help                       Show this help (credit-management <command> --help: that command's)
   -v, --version                    Print the version
 
@@ -72,19 +84,25 @@ Examples:
   npx credit-management schema --dialect mongodb --from-version 3 > upgrade.js && mongosh "$URI" --file upgrade.js
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
+  npx credit-management audit --sqlite credits.db --all --ledger-file ledger.jsonl --repair
   npx credit-management audit --archive journal-2026-10.jsonl
   CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
   CREDIT_PG_URL=postgres://… npx credit-management worker --once --reminders-every 0
+  npx credit-management keys create --role admin && npx credit-management serve
 `;
 
 /** Each command's own help (`credit-management schema --help`). */
 const COMMAND_HELP: Record<string, string> = {
   schema: `Usage: credit-management schema [options]\n\nPrints the storage schema generated from the zod models.\n\n${SCHEMA_OPTIONS}`,
   worker: `Usage: credit-management worker [options]\n\nRuns the jobs (lapsed holds, renewals, expiry), the expiring-credit reminders and the notification\ndispatcher, each on its own interval, or once (--once). Docs: docs/operations.md.\n\n${WORKER_OPTIONS}`,
+  serve: `Usage: credit-management serve [options]\n\nServes the credit API, health and metrics. Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
+  keys: `Usage: credit-management keys create|list|revoke [options]\n\nThe API keys of "serve". Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
   audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
 };
 
 class UsageError extends Error {}
+
+const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair", "sqlite", "archive", "from"];
 
 /**
  * Runs the CLI with `args` (without node and the script). Resolves to the exit code: 0 done, 1
@@ -93,6 +111,8 @@ class UsageError extends Error {}
  * process's (tests).
  */
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
+  if ((args[0] === "serve" || args[0] === "keys") && !args.includes("--help") && !args.includes("-h"))
+    return runServeCli(args, io, source.env ?? process.env);
   try {
     return await run(args, io, source);
   } catch (error) {
@@ -130,6 +150,8 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       all: { type: "boolean" },
       "ledger-file": { type: "string", multiple: true },
       unordered: { type: "boolean" },
+      repair: { type: "boolean" },
+      sqlite: { type: "string" },
       archive: { type: "string", multiple: true },
       from: { type: "string" },
       json: { type: "boolean" },
@@ -147,7 +169,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     io.stdout(`${packageJson.version}\n`);
     return 0;
   }
-  if (command === undefined) throw new UsageError('missing command (try "schema", "audit" or "worker")');
+  if (command === undefined) throw new UsageError('missing command (try "schema", "audit", "worker" or "serve")');
   if (command !== "schema" && command !== "audit" && command !== "worker")
     throw new UsageError(`unknown command "${command}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
@@ -160,7 +182,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   const workerFlags = Object.keys(WORKER_FLAGS);
   if (command === "worker") {
     only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"], "schema");
-    only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
+    only(AUDIT_FLAGS, "audit");
     const env = source.env ?? process.env;
     return runWorker(workerSettings(values, env), io, env);
   }
@@ -180,6 +202,11 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     for (const file of ledgerFiles) if (file === "") throw new UsageError("--ledger-file needs a file name");
     if (values.unordered === true && ledgerFiles.length === 0)
       throw new UsageError("--unordered applies to --ledger-file");
+    if (values.repair === true && (ledgerFiles.length === 0 || (users.length === 0 && values.all !== true)))
+      throw new UsageError(
+        "--repair needs --ledger-file FILE and the accounts to compare it with (--user ID or --all)",
+      );
+    if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
     return runAudit(
       {
         users,
@@ -187,6 +214,8 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
         json: values.json === true,
         ledgerFiles,
         unordered: values.unordered === true,
+        repair: values.repair === true,
+        ...(values.sqlite === undefined ? {} : { sqlite: values.sqlite }),
         archives,
         ...(from === undefined ? {} : { from }),
       },
@@ -194,7 +223,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
       source,
     );
   }
-  only(["user", "all", "ledger-file", "json", "unordered", "archive", "from"], "audit");
+  only(AUDIT_FLAGS, "audit");
 
   const backend = values.backend ?? (values.dialect === "mongodb" ? "nosql" : "sql");
   if (backend !== "sql" && backend !== "nosql") {

@@ -5,6 +5,7 @@ import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
+import { PartitionInterval } from "../schema/partitions.js";
 import { IdempotencyRetention } from "../services/expiration-service.js";
 
 /**
@@ -90,7 +91,8 @@ export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its vari
 Environment of "worker":
   CREDIT_PG_URL, CREDIT_PG_SCHEMA  The PostgreSQL store (as createDbManagerFromEnv; CREDIT_PG_PARTITIONS=day,
                                    week or month: partitioned by time, each jobs round makes the partitions ahead), or
-  CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store (wins when set). One of them is required
+  CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store (wins when set), or
+  CREDIT_SQLITE_PATH               a SQLite store's file. One of them is required
   CREDIT_REDIS_URL                 Redis: the notification queue (a stream) and, with the prefix below, the cache
   CREDIT_REDIS_STREAM              The stream notifications are delivered to. Default credit-management:notifications
   CREDIT_REDIS_CACHE_PREFIX        Your services' RedisCache keyPrefix: the worker's writes invalidate their entries
@@ -159,6 +161,11 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const cachePrefix = read(null, "CREDIT_REDIS_CACHE_PREFIX")?.text;
   if (cachePrefix !== undefined && redisUrl === undefined)
     throw new WorkerUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+
+  // Checked here, before any connection (the store's constructor would fail later, with exit 1).
+  const partitions = read(null, "CREDIT_PG_PARTITIONS")?.text;
+  if (partitions !== undefined && !PartitionInterval.safeParse(partitions).success)
+    throw new WorkerUsageError(`CREDIT_PG_PARTITIONS must be day, week or month, not "${partitions}"`);
 
   const jobs = duration("jobs-every", "CREDIT_WORKER_JOBS_EVERY", 60_000);
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
@@ -313,7 +320,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       db = await createDbManagerFromEnv(env);
       if (db instanceof InMemoryDbManager) {
         throw new WorkerUsageError(
-          "the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_MONGO_URI (and CREDIT_MONGO_DB)",
+          "the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA), CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_SQLITE_PATH",
         );
       }
       let queue: NotificationQueue | undefined;
@@ -321,7 +328,10 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       if (settings.redisUrl !== undefined) {
         const redis = await import("../redis/index.js");
         if (settings.notifications === "deliver") {
-          const q = await redis.RedisStreamQueue.connect(settings.redisUrl, { stream: settings.redisStream });
+          const q = await redis.RedisStreamQueue.connect(settings.redisUrl, {
+            stream: settings.redisStream,
+            logger,
+          });
           closers.push(() => q.close());
           queue = q;
         }
@@ -354,12 +364,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       if (manager === undefined) await db?.close().catch(() => undefined);
       return 1;
     }
-    const m = manager;
-    const tasks: { name: TaskName; everyMs: number; round: () => Promise<RoundResult> }[] = [
-      { name: "jobs" as const, everyMs: settings.jobsEveryMs, round: () => jobsRound(m, settings) },
-      { name: "reminders" as const, everyMs: settings.remindersEveryMs, round: () => remindersRound(m, settings) },
-      { name: "dispatch" as const, everyMs: settings.dispatchEveryMs, round: () => dispatchRound(m, settings) },
-    ].filter((t) => t.everyMs > 0);
+    const { tasks, round } = workerTasks(manager, settings, logger);
     logger.info(
       {
         once: settings.once,
@@ -370,26 +375,6 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       "worker started",
     );
 
-    /** One round of a task, logged as one line. */
-    const round = async (task: (typeof tasks)[number]): Promise<boolean> => {
-      logger.debug({ task: task.name }, "round started");
-      const started = performance.now();
-      try {
-        const r = await task.round();
-        const line = { task: task.name, ok: r.ok, durationMs: Math.round(performance.now() - started), ...r.report };
-        if (!r.ok) logger.warn(line, `${task.name} round: some work failed (left for the next round)`);
-        else if (r.idle && !settings.once) logger.debug(line, `${task.name} round: nothing to do`);
-        else logger.info(line, `${task.name} round`);
-        return r.ok;
-      } catch (error) {
-        logger.error(
-          { task: task.name, ok: false, durationMs: Math.round(performance.now() - started), err: error },
-          `${task.name} round failed`,
-        );
-        return false;
-      }
-    };
-
     let ok = true;
     if (settings.once) {
       for (const task of tasks) {
@@ -397,32 +382,12 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         ok = (await round(task)) && ok;
       }
     } else {
-      const timers = new Set<NodeJS.Timeout>();
-      const inFlight = new Set<Promise<unknown>>();
-      const stopped = new Promise<void>((resolve) => {
+      const rounds = startWorkerRounds(manager, settings, logger);
+      await new Promise<void>((resolve) => {
         wake = resolve;
         if (stopping) resolve();
       });
-      const schedule = (task: (typeof tasks)[number], first: boolean) => {
-        if (stopping) return;
-        const timer = setTimeout(
-          () => {
-            timers.delete(timer);
-            if (stopping) return;
-            const p = round(task).finally(() => {
-              inFlight.delete(p);
-              schedule(task, false);
-            });
-            inFlight.add(p);
-          },
-          pauseBefore(task.everyMs, settings.jitter, first),
-        );
-        timers.add(timer);
-      };
-      for (const task of tasks) schedule(task, true);
-      await stopped;
-      for (const t of timers) clearTimeout(t);
-      await Promise.all([...inFlight]);
+      await rounds.stop();
     }
     await manager.close();
     for (const close of closers.splice(0)) await close();
@@ -436,6 +401,75 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
     process.off("SIGINT", onInt);
     process.off("SIGHUP", onHup);
   }
+}
+
+interface WorkerTask {
+  name: TaskName;
+  everyMs: number;
+  round: () => Promise<RoundResult>;
+}
+
+/** The tasks that run (interval > 0) and `round`, which runs one of them and logs it as one line. */
+function workerTasks(m: CreditManager, settings: WorkerSettings, logger: Pino) {
+  const tasks: WorkerTask[] = [
+    { name: "jobs" as const, everyMs: settings.jobsEveryMs, round: () => jobsRound(m, settings) },
+    { name: "reminders" as const, everyMs: settings.remindersEveryMs, round: () => remindersRound(m, settings) },
+    { name: "dispatch" as const, everyMs: settings.dispatchEveryMs, round: () => dispatchRound(m, settings) },
+  ].filter((t) => t.everyMs > 0);
+  const round = async (task: WorkerTask): Promise<boolean> => {
+    logger.debug({ task: task.name }, "round started");
+    const started = performance.now();
+    try {
+      const r = await task.round();
+      const line = { task: task.name, ok: r.ok, durationMs: Math.round(performance.now() - started), ...r.report };
+      if (!r.ok) logger.warn(line, `${task.name} round: some work failed (left for the next round)`);
+      else if (r.idle && !settings.once) logger.debug(line, `${task.name} round: nothing to do`);
+      else logger.info(line, `${task.name} round`);
+      return r.ok;
+    } catch (error) {
+      logger.error(
+        { task: task.name, ok: false, durationMs: Math.round(performance.now() - started), err: error },
+        `${task.name} round failed`,
+      );
+      return false;
+    }
+  };
+  return { tasks, round };
+}
+
+/**
+ * Runs the worker's tasks on their intervals (with jitter) on `m` until `stop()`, which waits for
+ * the rounds in flight (`credit-management worker`, and `serve --worker` in the server's process).
+ */
+export function startWorkerRounds(m: CreditManager, settings: WorkerSettings, logger: Pino): { stop(): Promise<void> } {
+  const { tasks, round } = workerTasks(m, settings, logger);
+  let stopping = false;
+  const timers = new Set<NodeJS.Timeout>();
+  const inFlight = new Set<Promise<unknown>>();
+  const schedule = (task: WorkerTask, first: boolean) => {
+    if (stopping) return;
+    const timer = setTimeout(
+      () => {
+        timers.delete(timer);
+        if (stopping) return;
+        const p = round(task).finally(() => {
+          inFlight.delete(p);
+          schedule(task, false);
+        });
+        inFlight.add(p);
+      },
+      pauseBefore(task.everyMs, settings.jitter, first),
+    );
+    timers.add(timer);
+  };
+  for (const task of tasks) schedule(task, true);
+  return {
+    async stop() {
+      stopping = true;
+      for (const t of timers) clearTimeout(t);
+      await Promise.all([...inFlight]);
+    },
+  };
 }
 
 /** The retention setting as the manager takes it: a number of ms, or the text. */

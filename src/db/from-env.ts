@@ -3,7 +3,7 @@ import { InMemoryDbManager } from "./memory/index.js";
 import type { MongoDbManager as MongoAdapter } from "./mongodb/index.js";
 import type { PostgresDbManager as PostgresAdapter } from "./postgres/index.js";
 import type { DbManager } from "./types.js";
-import type { PartitionInterval } from "../schema/partitions.js";
+import { PartitionInterval } from "../schema/partitions.js";
 
 /** The environment variables `createDbManagerFromEnv` reads. */
 export interface DbEnv {
@@ -16,6 +16,11 @@ export interface DbEnv {
   /** The PostgreSQL schema of the tables. Default: the connection's search_path. */
   CREDIT_PG_SCHEMA?: string | undefined;
   /**
+   * A SQLite file (`SqliteDbManager({ filename })`), used when neither `CREDIT_MONGO_URI` nor
+   * `CREDIT_PG_URL` is set. `init()` creates it; `credit-management audit` only opens an existing one.
+   */
+  CREDIT_SQLITE_PATH?: string | undefined;
+  /**
    * `day`, `week` or `month`: the store is partitioned by time (`PostgresDbManager({ partitions })`,
    * docs/running-for-years.md, "Partitioning on PostgreSQL"). Unset or empty: not.
    */
@@ -27,7 +32,8 @@ export interface DbEnv {
  * The store the environment asks for, like the original system's switch: `MongoDbManager` when
  * `CREDIT_MONGO_URI` is set (database `CREDIT_MONGO_DB`, default `credit_management`; the
  * manager owns its client, so `close()` closes it); else `PostgresDbManager` when `CREDIT_PG_URL`
- * is set (schema `CREDIT_PG_SCHEMA`; it owns its pool); otherwise a new `InMemoryDbManager`.
+ * is set (schema `CREDIT_PG_SCHEMA`; it owns its pool); else `SqliteDbManager` on the file
+ * `CREDIT_SQLITE_PATH` when it is set; otherwise a new `InMemoryDbManager`.
  *
  * An adapter (and with it its driver, an optional peer dependency) is loaded only when it is
  * asked for, so the core never pulls a driver. `createCreditManager` runs
@@ -37,6 +43,12 @@ export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<
   const uri = env.CREDIT_MONGO_URI;
   if (uri === undefined || uri.trim() === "") {
     const pgUrl = env.CREDIT_PG_URL?.trim();
+    const sqlitePath = env.CREDIT_SQLITE_PATH?.trim();
+    if (!pgUrl && sqlitePath) {
+      // The store loads `better-sqlite3` on init() and says so with a ConfigurationError if it is missing.
+      const { SqliteDbManager } = await import("./sqlite/index.js");
+      return new SqliteDbManager({ filename: sqlitePath });
+    }
     if (!pgUrl) return new InMemoryDbManager();
     let PostgresDbManager: typeof PostgresAdapter;
     try {
@@ -49,10 +61,13 @@ export async function createDbManagerFromEnv(env: DbEnv = process.env): Promise<
     }
     // The pool loads `pg` on first use and says so with a ConfigurationError if it is missing.
     const interval = env.CREDIT_PG_PARTITIONS?.trim() || undefined;
+    if (interval !== undefined && !PartitionInterval.safeParse(interval).success)
+      throw new ConfigurationError(
+        `[credit-management] CREDIT_PG_PARTITIONS must be day, week or month, not "${interval}"`,
+      );
     return new PostgresDbManager({
       connectionString: pgUrl,
       schema: env.CREDIT_PG_SCHEMA?.trim() || undefined,
-      // Validated by the manager (a ConfigurationError naming the values it takes).
       ...(interval === undefined ? {} : { partitions: { interval: interval as PartitionInterval } }),
     });
   }

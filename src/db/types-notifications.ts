@@ -35,6 +35,20 @@ export interface NotificationStore {
   purgeNotifications(before: Date, limit: number): Promise<number>;
   /** A user's rows by id (oldest first), optionally of one status. */
   listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Promise<Notification[]>;
+  /**
+   * Optional: the outbox across users, a page at a time — pending rows by `(nextAttemptAt, id)`,
+   * oldest first, or failed rows by `(settledAt, id)`, newest first — strictly after `after`, at
+   * most `limit`. Read through the indexes the dispatcher and the purge use (pending rows that are
+   * due; settled rows by settlement time). The console's outbox page lists with it (docs/console.md).
+   */
+  listOutbox?(query: OutboxQuery): Promise<Notification[]>;
+}
+
+/** A page of `listOutbox`: `after` is the last row of the previous page (its `nextAttemptAt` or `settledAt`, and id). */
+export interface OutboxQuery {
+  status: "pending" | "failed";
+  limit: number;
+  after?: { at: Date; id: string };
 }
 
 export interface ClaimQuery {

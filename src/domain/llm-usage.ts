@@ -2,8 +2,8 @@
  * Reading the token usage an LLM API reports in its response (docs/llm-metering.md, "Usage read
  * from the response"): OpenAI-compatible chat completions (`usage.prompt_tokens`,
  * `completion_tokens`, `prompt_tokens_details.cached_tokens`; in a stream, the final chunk's
- * `usage`), OpenAI's Responses API (`usage.input_tokens` with `input_tokens_details`), and Anthropic
- * Messages (`usage.input_tokens`, `output_tokens`, `cache_read_input_tokens`; in a stream,
+ * `usage`), OpenAI's Responses API (`usage.input_tokens` with `input_tokens_details`; in a stream,
+ * `response.usage` of `response.completed`, which ends it), and Anthropic Messages (`usage.input_tokens`, `output_tokens`, `cache_read_input_tokens`; in a stream,
  * `message_start` and `message_delta`). Streams are read as they pass, line by line: nothing but the
  * current line is kept.
  */
@@ -140,6 +140,25 @@ export function usageOfText(text: string, contentType: string | null | undefined
   return reader.end();
 }
 
+/**
+ * Whether a stream event carries generated content — what `missingUsage: "counted"` counts as one
+ * output token (docs/llm-metering.md): a non-empty `content`, `refusal` or tool-call `arguments` in
+ * an OpenAI chat chunk's delta; a non-empty `text`, `thinking` or `partial_json` in an Anthropic
+ * `content_block_delta`; a non-empty string `delta` in an OpenAI Responses `response.*.delta` event.
+ * An opening chunk (`{ role, content: "" }`), a finish chunk with an empty `delta`, a block start,
+ * and the Responses API's `*.done` and `response.completed` summaries (which repeat the text) carry
+ * none. Read from the event's text, without parsing it (most chunks are content).
+ */
+function carriesContent(data: string, responsesType: string | undefined): boolean {
+  return CONTENT.test(data) && (responsesType === undefined || responsesType.endsWith(".delta"));
+}
+/** A key whose value is a non-empty string of generated content. */
+const CONTENT = /"(?:content|refusal|arguments|text|thinking|partial_json|delta)"\s*:\s*"(?:[^"\\]|\\.)/;
+/** The type of an OpenAI Responses stream event. */
+const RESPONSES_TYPE = /"type"\s*:\s*"(response\.[\w.]+)"/;
+/** The OpenAI Responses events that end a stream, with the final response and its usage. */
+const RESPONSES_END = new Set(["response.completed", "response.incomplete", "response.failed"]);
+
 /** Decodes chunks that hold whole characters (no state between calls). */
 const WHOLE = new TextDecoder();
 
@@ -270,12 +289,12 @@ export class ResponseUsageReader {
       this.done = true;
       return;
     }
-    // Only chunks that may carry usage, a model or an end are parsed; content deltas are counted.
+    // Only chunks that may carry usage, a model or an end are parsed; content chunks are counted.
     const hasUsage = data.includes('"usage"') && !data.includes('"usage":null');
-    if (!hasUsage && this.model !== undefined && !data.includes('"message_stop"')) {
-      if (data.includes('"delta"')) this.deltas++;
-      return;
-    }
+    const responsesType = data.includes('"response.') ? RESPONSES_TYPE.exec(data)?.[1] : undefined;
+    if (carriesContent(data, responsesType)) this.deltas++;
+    if (responsesType !== undefined && RESPONSES_END.has(responsesType)) this.done = true;
+    if (!hasUsage && this.model !== undefined && !data.includes('"message_stop"')) return;
     let event: unknown;
     try {
       event = JSON.parse(data);
@@ -311,10 +330,13 @@ export class ResponseUsageReader {
       return;
     }
     this.model ??= modelOf(event);
-    if (type === "content_block_delta" || (Array.isArray(event.choices) && event.choices.length > 0)) this.deltas++;
-    if (event.usage === undefined || event.usage === null) return;
+    // OpenAI Responses: the usage is the final response's (`response.usage` of `response.completed`,
+    // or of `response.incomplete` / `response.failed`), and that event ends the stream (no `[DONE]`).
+    const terminal = typeof type === "string" && RESPONSES_END.has(type);
+    const usage = terminal && isObject(event.response) ? event.response.usage : event.usage;
+    if (usage === undefined || usage === null) return;
     this.shape = "openai";
-    const parsed = parseUsageObject(event.usage, this.model);
+    const parsed = parseUsageObject(usage, this.model);
     if (parsed !== null && "usage" in parsed) {
       this.final = parsed.usage;
       this.malformed = undefined;

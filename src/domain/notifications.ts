@@ -8,6 +8,7 @@ import type {
   NotificationType,
   Reservation,
 } from "../models/index.js";
+import { EVENT_VERSIONS } from "../models/events.js";
 
 /**
  * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
@@ -157,18 +158,20 @@ export function expiredHoldNotifications(updated: readonly Reservation[], now: D
   return out ?? NO_NOTIFICATIONS;
 }
 
-/** A pending outbox row, due at once. */
+/** A pending outbox row, due at once, at the type's current payload version unless told another. */
 export function newNotification(
   userId: string,
   type: NotificationType,
   payload: Record<string, unknown>,
   now: Date,
   dedupeKey: string | null,
+  version: number = EVENT_VERSIONS[type],
 ): Notification {
   return {
     id: notificationId(now),
     userId,
     type,
+    version,
     status: "pending",
     payload: payload as Notification["payload"],
     dedupeKey,

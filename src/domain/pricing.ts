@@ -128,10 +128,29 @@ export function findPrice(book: PriceBook, model: string, provider: string | und
   const base = undated(model);
   const dated = base === null ? undefined : pick(book.names.get(base), provider);
   if (dated !== undefined) return dated;
+  const fineTune = undatedFineTune(model);
   for (const p of book.prefixes) {
-    if (model.startsWith(p.prefix) && (p.entry.provider === undefined || p.entry.provider === provider)) return p.entry;
+    if (
+      (model.startsWith(p.prefix) || (fineTune !== null && fineTune.startsWith(p.prefix))) &&
+      (p.entry.provider === undefined || p.entry.provider === provider)
+    )
+      return p.entry;
   }
   return book.fallback;
+}
+
+/**
+ * A fine-tune id with its base model's date removed: OpenAI names the dated snapshot it was trained
+ * from (`ft:gpt-4o-mini-2024-07-18:acme::9xYz12` → `ft:gpt-4o-mini:acme::9xYz12`), so a prefix entry
+ * `ft:gpt-4o-mini:` prices every fine-tune of that model (docs/llm-metering.md, "Model matching").
+ * Null when the id is not `ft:<dated model>:…`.
+ */
+function undatedFineTune(model: string): string | null {
+  if (!model.startsWith("ft:")) return null;
+  const end = model.indexOf(":", 3);
+  if (end === -1) return null;
+  const base = undated(model.slice(3, end));
+  return base === null ? null : `ft:${base}${model.slice(end)}`;
 }
 
 const MAX = BigInt(Number.MAX_SAFE_INTEGER);

@@ -1,4 +1,4 @@
-import { ConflictError, ValidationError } from "../errors.js";
+import { ConflictError, IdempotencyConflictError, ValidationError } from "../errors.js";
 import type { Plan, Subscription, SubscriptionIntent } from "../models/index.js";
 import type { AccountWork, EntryMeta } from "./account-work.js";
 import { fingerprint } from "./hash.js";
@@ -607,4 +607,37 @@ function ended(s: Subscription, status: "canceled" | "expired", reason: string, 
 
 function invalid(path: string, message: string): ValidationError {
   return new ValidationError(`Invalid ${path}: ${message}`, [{ path, message }]);
+}
+
+/** How many keys of `cancel`, `resume` and `changePlan` calls a subscription keeps (`changeKeys`). */
+export const MAX_CHANGE_KEYS = 100;
+
+/** The fingerprint of a keyed `cancel`, `resume` or `changePlan`: the operation and its arguments. */
+export function changePrint(operation: "cancel" | "resume" | "changePlan", args: Record<string, unknown>): string {
+  return fingerprint(`subscription.${operation}`, args);
+}
+
+/**
+ * The subscription an earlier keyed change with `key` changed, among the user's; null when no call
+ * used it. The same key with other arguments (`print`), or a `subscribe` call's key, is an
+ * `IdempotencyConflictError` (docs/subscriptions.md, "Idempotency").
+ */
+export function changedWithKey(
+  subscriptions: readonly Subscription[],
+  key: string,
+  print: string,
+): Subscription | null {
+  for (const s of subscriptions) {
+    if (s.idempotencyKey === key) throw new IdempotencyConflictError(key);
+    const found = s.changeKeys?.find((k) => k.key === key);
+    if (found === undefined) continue;
+    if (found.fingerprint !== print) throw new IdempotencyConflictError(key);
+    return s;
+  }
+  return null;
+}
+
+/** `s` with a keyed change's key recorded (the latest `MAX_CHANGE_KEYS` kept). */
+export function withChangeKey(s: Subscription, key: string, print: string): Subscription {
+  return { ...s, changeKeys: [...(s.changeKeys ?? []), { key, fingerprint: print }].slice(-MAX_CHANGE_KEYS) };
 }

@@ -14,12 +14,12 @@ import {
   AuditOptions,
   HistoryQuery,
   JournalEntry,
-  MutationOptions,
   parse,
   ReleaseOptions,
   Reservation,
   ReserveOptions,
   UserId,
+  VoidGrantOptions,
 } from "../models/index.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
 
@@ -27,10 +27,10 @@ import type { RouteContext, RouteDefinition } from "./router.js";
 
 /** `POST /credits/reservations` and the admin equivalent. */
 export const ReserveBody = ReserveOptions.extend({ amount: Amount });
-/** `POST …/reservations/:id/commit`. */
-export const CommitBody = CommitOptions;
-/** `POST …/reservations/:id/release`. */
-export const ReleaseBody = ReleaseOptions;
+/** `POST …/reservations/:id/commit` (the owner is the caller, not a field). */
+export const CommitBody = CommitOptions.omit({ userId: true });
+/** `POST …/reservations/:id/release` (the owner is the caller, not a field). */
+export const ReleaseBody = ReleaseOptions.omit({ userId: true });
 /** `POST /admin/credits/users/:userId/add`. */
 export const AddBody = AddCreditsOptions.extend({ amount: Amount });
 /** `POST /admin/credits/users/:userId/deduct`. */
@@ -39,7 +39,11 @@ export const DeductBody = DeductOptions.extend({
   /** Usage already delivered: take what unheld grants have and record the rest as debt. */
   afterService: z.boolean().optional(),
 });
-export const VoidBody = MutationOptions;
+/**
+ * `POST /admin/credits/grants/:grantId/void`: `userId`, the grant's owner when the admin knows it,
+ * routes the void to that account (one shard on a distributed store); another user's grant is a 404.
+ */
+export const VoidBody = VoidGrantOptions;
 
 export const HistoryParams = z.strictObject({
   limit: HistoryQuery.shape.limit,
@@ -106,6 +110,19 @@ async function ownReservation(ctx: RouteContext) {
     throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
   }
   return r;
+}
+
+/**
+ * The hold a commit or release names, and its owner: a user settles only their own holds, so the
+ * caller is the owner (the store routes by it; another user's hold is a 404 from the settle itself);
+ * an admin may settle anyone's, whose owner is read first.
+ */
+async function holdToSettle(ctx: RouteContext): Promise<{ id: string; userId: string }> {
+  if (ctx.identity !== null && ctx.identity.admin !== true) {
+    return { id: parse(EntityId, ctx.params.id, "path.id"), userId: ctx.identity.userId };
+  }
+  const r = await ownReservation(ctx);
+  return { id: r.id, userId: r.userId };
 }
 
 const history = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
@@ -230,9 +247,9 @@ export const creditRoutes: RouteDefinition[] = [
     errors: [e.payment, e.notFound, e.conflict, e.gone],
     handle: async (ctx) => {
       const options = await ctx.body<z.infer<typeof CommitBody>>();
-      const r = await ownReservation(ctx);
-      const entry = await ctx.manager.credits.commitReservedCredits(r.id, withKey(options, ctx));
-      return { reservation: await ctx.manager.credits.getReservation(r.id), entry };
+      const { id, userId } = await holdToSettle(ctx);
+      const entry = await ctx.manager.credits.commitReservedCredits(id, { ...withKey(options, ctx), userId });
+      return { reservation: await ctx.manager.credits.getReservation(id), entry };
     },
   },
   {
@@ -249,9 +266,9 @@ export const creditRoutes: RouteDefinition[] = [
     errors: [e.notFound, e.conflict, e.gone],
     handle: async (ctx) => {
       const options = await ctx.body<z.infer<typeof ReleaseBody>>();
-      const r = await ownReservation(ctx);
-      const entry = await ctx.manager.credits.releaseReservedCredits(r.id, withKey(options, ctx));
-      return { reservation: await ctx.manager.credits.getReservation(r.id), entry };
+      const { id, userId } = await holdToSettle(ctx);
+      const entry = await ctx.manager.credits.releaseReservedCredits(id, { ...withKey(options, ctx), userId });
+      return { reservation: await ctx.manager.credits.getReservation(id), entry };
     },
   },
 

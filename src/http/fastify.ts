@@ -126,7 +126,7 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
         return refuse(reply, Response.json(errorBody("UNAUTHORIZED", "Authentication required."), { status: 401 }));
       userId = identity.userId;
       if (c.fixed !== null) return fixedRequest(request, reply, path, userId, c.fixed);
-      estimate = c.estimate(headerOf(request, c.estimateHeaderName));
+      estimate = c.estimate((name) => headerOf(request, name));
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }

@@ -6,6 +6,7 @@ import {
   CreatePlanInput,
   Plan,
   PlanId,
+  ResumeOptions,
   SubscribeOptions,
   Subscription,
   UpdatePlanInput,
@@ -26,6 +27,8 @@ export const AdminSubscribeBody = SubscribeOptions.extend({ planId: PlanId });
 export const ChangePlanBody = ChangePlanOptions.extend({ planId: PlanId });
 /** `POST …/subscription/cancel`. */
 export const CancelBody = CancelOptions;
+/** `POST …/subscription/resume`: only an `idempotencyKey` (or none: an empty body). */
+export const ResumeBody = ResumeOptions;
 
 // ---- response schemas ---------------------------------------------------------------------------
 
@@ -161,6 +164,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
         'the period\'s end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, "Changing plans".',
       tags: subscriptions,
       body: ChangePlanBody,
+      idempotent: true,
       response: Subscription,
       errors: [403, 404, 409],
       handle: async (ctx) => {
@@ -168,7 +172,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
         await mayChooseSelf(ctx, planId);
         if ((options.when ?? "now") === "now")
           await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
-        return ctx.manager.subscriptions.changePlan(self(ctx), planId, options);
+        return ctx.manager.subscriptions.changePlan(self(ctx), planId, withKey(options, ctx));
       },
     },
     {
@@ -182,14 +186,17 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
         "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
       tags: subscriptions,
       body: CancelBody,
+      idempotent: true,
       response: Subscription,
-      errors: [403, 404],
+      errors: [403, 404, 409],
       handle: async (ctx) => {
         const options = await ctx.body<CancelOptions>();
-        if (options.atPeriodEnd === false) {
-          await notNowOnFree(ctx, (await subscriptionOf(ctx, self(ctx))).planId, "Cancelling (use atPeriodEnd: true)");
+        // None active: the service answers (a retry of a keyed cancel now replays; else 404).
+        const current = await ctx.manager.subscriptions.getUserSubscription(self(ctx));
+        if (options.atPeriodEnd === false && current !== null) {
+          await notNowOnFree(ctx, current.planId, "Cancelling (use atPeriodEnd: true)");
         }
-        return ctx.manager.subscriptions.cancel(self(ctx), options);
+        return ctx.manager.subscriptions.cancel(self(ctx), withKey(options, ctx));
       },
     },
     {
@@ -200,13 +207,16 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       operationId: "resumeSubscription",
       summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
       tags: subscriptions,
+      body: ResumeBody,
+      idempotent: true,
       response: Subscription,
-      errors: [403, 404],
+      errors: [403, 404, 409],
       handle: async (ctx) => {
+        const options = await ctx.body<ResumeOptions>();
         const current = await subscriptionOf(ctx, self(ctx));
         // Renewal allocates again: on a plan the caller may not choose, only an admin turns it back on.
         if (current.cancelAtPeriodEnd || !current.autoRenew) await mayChooseSelf(ctx, current.planId);
-        return ctx.manager.subscriptions.resume(self(ctx));
+        return ctx.manager.subscriptions.resume(self(ctx), withKey(options, ctx));
       },
     },
   ];
@@ -319,11 +329,12 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       summary: "Moves a user's subscription to another plan",
       tags: ["admin", ...subscriptions],
       body: ChangePlanBody,
+      idempotent: true,
       response: Subscription,
       errors: [404, 409],
       handle: async (ctx) => {
         const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
-        return ctx.manager.subscriptions.changePlan(target(ctx), planId, options);
+        return ctx.manager.subscriptions.changePlan(target(ctx), planId, withKey(options, ctx));
       },
     },
     {
@@ -335,9 +346,11 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       summary: "Cancels a user's subscription",
       tags: ["admin", ...subscriptions],
       body: CancelBody,
+      idempotent: true,
       response: Subscription,
-      errors: [404],
-      handle: async (ctx) => ctx.manager.subscriptions.cancel(target(ctx), await ctx.body<CancelOptions>()),
+      errors: [404, 409],
+      handle: async (ctx) =>
+        ctx.manager.subscriptions.cancel(target(ctx), withKey(await ctx.body<CancelOptions>(), ctx)),
     },
     {
       method: "POST",
@@ -347,9 +360,12 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       operationId: "adminResumeSubscription",
       summary: "Undoes a user's cancellation at period end",
       tags: ["admin", ...subscriptions],
+      body: ResumeBody,
+      idempotent: true,
       response: Subscription,
-      errors: [404],
-      handle: (ctx) => ctx.manager.subscriptions.resume(target(ctx)),
+      errors: [404, 409],
+      handle: async (ctx) =>
+        ctx.manager.subscriptions.resume(target(ctx), withKey(await ctx.body<ResumeOptions>(), ctx)),
     },
   ];
   return [...user, ...admin];

@@ -112,6 +112,16 @@ export class LedgerLogger {
     }
   }
 
+  /**
+   * @internal Appends one line, as it is, to the file only (a credit lease's charge, hold and
+   * settle lines: docs/metering.md, "Leases"). Nothing without a file.
+   */
+  recordLine(line: string): void {
+    if (this.file === null || this.closed) return;
+    this.pending.push("");
+    this.write(line);
+  }
+
   /** Records an error event (store + file). */
   async logError(
     message: string,

@@ -9,3 +9,4 @@ export * from "./notifications.js";
 export * from "./events.js";
 export * from "./metering.js";
 export * from "./pricing.js";
+export * from "./leases.js";

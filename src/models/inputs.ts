@@ -84,17 +84,33 @@ export const ReserveOptions = MutationOptions.extend({
 });
 export type ReserveOptions = z.input<typeof ReserveOptions>;
 
+/**
+ * The `userId` of a mutation by hold or grant id: the owner, when the caller knows it. The store
+ * then routes the operation by it (one shard of a store distributed by user, docs/scaling-out.md)
+ * instead of looking the owner up, and another user's hold or grant is not found
+ * (`NotFoundError`, nothing changed).
+ */
+const OwnerOption = { userId: UserId.optional() };
+
 export const CommitOptions = MutationOptions.extend({
   /** Credits to capture; default the full hold. Less returns the rest; more takes the excess as usage. */
   amount: NonNegativeAmount.optional(),
+  /** The hold's owner, when known: the commit is routed by it; another user's hold is not found. */
+  ...OwnerOption,
 });
 export type CommitOptions = z.input<typeof CommitOptions>;
 
-export const ReleaseOptions = MutationOptions;
-export type ReleaseOptions = MutationOptions;
+export const ReleaseOptions = MutationOptions.extend({
+  /** The hold's owner, when known: the release is routed by it; another user's hold is not found. */
+  ...OwnerOption,
+});
+export type ReleaseOptions = z.input<typeof ReleaseOptions>;
 
-export const VoidGrantOptions = MutationOptions;
-export type VoidGrantOptions = MutationOptions;
+export const VoidGrantOptions = MutationOptions.extend({
+  /** The grant's owner, when known: the void is routed by it; another user's grant is not found. */
+  ...OwnerOption,
+});
+export type VoidGrantOptions = z.input<typeof VoidGrantOptions>;
 
 export const HistoryQuery = z.strictObject({
   /** Page size, 1–1000, default 50. */

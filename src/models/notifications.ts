@@ -65,6 +65,10 @@ export const AlertState = z.object({
 });
 export type AlertState = z.infer<typeof AlertState>;
 
+/** The version of an event type's payload schema (docs/events.md): 1, 2, … */
+export const EventVersion = z.number().int().min(1).max(32_767);
+export type EventVersion = z.infer<typeof EventVersion>;
+
 export const NotificationStatus = z.enum(["pending", "sent", "failed"]);
 export type NotificationStatus = z.infer<typeof NotificationStatus>;
 
@@ -77,6 +81,12 @@ export const Notification = z.object({
   id: EntityId,
   userId: UserId,
   type: NotificationType,
+  /**
+   * The version of `payload`'s schema for this `type` (docs/events.md, "Versions"): published as
+   * the envelope's `version`, so a version 2 of an event is new rows, not a new table layout.
+   * Rows stored before schema version 7 read as 1.
+   */
+  version: EventVersion,
   status: NotificationStatus,
   /** What the event says (amounts, threshold, grant or reservation ids, …). */
   payload: Metadata,

@@ -170,6 +170,16 @@ export const Subscription = z.object({
    * stored before this field existed (absent or null).
    */
   request: SubscribeRequest.nullable().optional(),
+  /**
+   * The idempotency keys of the `cancel`, `resume` and `changePlan` calls that changed it (the
+   * latest 100), each with its call's fingerprint: a retry with one of them is answered without
+   * changing anything, another call with it is an `IdempotencyConflictError`. Null or absent when
+   * none was keyed (and on subscriptions stored before this field existed).
+   */
+  changeKeys: z
+    .array(z.object({ key: z.string(), fingerprint: z.string() }))
+    .nullable()
+    .optional(),
 });
 export type Subscription = z.infer<typeof Subscription>;
 
@@ -188,6 +198,8 @@ export const ChangePlanOptions = z.strictObject({
   when: z.enum(["now", "period_end"]).optional(),
   /** Default "prorate" with "now", "keep" with "period_end" (where "prorate" is refused). */
   credits: CreditsOnChange.optional(),
+  /** Same key + same arguments → the subscription, nothing changed again; other arguments → `IdempotencyConflictError`. */
+  idempotencyKey: IdempotencyKey.optional(),
 });
 export type ChangePlanOptions = z.input<typeof ChangePlanOptions>;
 
@@ -196,8 +208,16 @@ export const CancelOptions = z.strictObject({
   atPeriodEnd: z.boolean().optional(),
   /** Immediate cancel only: "keep" (default) leaves the period's credits to their expiry; "expire" expires them now. */
   credits: z.enum(["keep", "expire"]).optional(),
+  /** As for `changePlan`. */
+  idempotencyKey: IdempotencyKey.optional(),
 });
 export type CancelOptions = z.input<typeof CancelOptions>;
+
+export const ResumeOptions = z.strictObject({
+  /** As for `changePlan`. */
+  idempotencyKey: IdempotencyKey.optional(),
+});
+export type ResumeOptions = z.input<typeof ResumeOptions>;
 
 export const ListPlansOptions = z.strictObject({ includeInactive: z.boolean().optional() });
 export type ListPlansOptions = z.input<typeof ListPlansOptions>;

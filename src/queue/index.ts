@@ -1,5 +1,5 @@
 import type { NotificationType } from "../models/index.js";
-import { EVENT_VERSIONS, type EventEnvelope } from "../models/events.js";
+import type { EventEnvelope } from "../models/events.js";
 
 /** What a `NotificationQueue` receives: one outbox row, as JSON-friendly values. */
 export interface NotificationMessage {
@@ -7,6 +7,11 @@ export interface NotificationMessage {
   id: string;
   userId: string;
   type: NotificationType;
+  /**
+   * The version of `payload`'s schema for `type`, as the row was recorded (docs/events.md,
+   * "Versions"). The dispatcher always sets it; a message built without it is version 1.
+   */
+  version?: number;
   payload: Record<string, unknown>;
   /** ISO-8601 time the event was recorded. */
   createdAt: string;
@@ -55,13 +60,13 @@ export class CallbackNotificationQueue implements NotificationQueue {
 
 /**
  * The published form of an outbox message (docs/events.md): `{ type, version, id, userId,
- * occurredAt, payload }`, with the version of the type's payload schema. What the NATS adapter
+ * occurredAt, payload }`, with the version of the payload's schema the row was recorded with. What the NATS adapter
  * sends as a message's body; parse it with the `DomainEvent` model of `credit-management/models`.
  */
 export function eventEnvelope(message: NotificationMessage): EventEnvelope {
   return {
     type: message.type,
-    version: EVENT_VERSIONS[message.type] ?? 1,
+    version: message.version ?? 1,
     id: message.id,
     userId: message.userId,
     occurredAt: message.createdAt,

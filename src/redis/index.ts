@@ -18,16 +18,68 @@ export interface RedisCommandClient {
   quit?(): Promise<unknown>;
 }
 
-/** Builds an ioredis client for `url` (lazily importing the optional peer). */
-async function clientFor(url: string): Promise<RedisCommandClient> {
-  let mod: { Redis: new (url: string, options: Record<string, unknown>) => RedisCommandClient };
+/** The first of a run of equal connection errors is logged at once; the same error again at most this often. */
+const CONNECTION_ERROR_EVERY_MS = 60_000;
+
+/**
+ * Builds an ioredis client for `url` (lazily importing the optional peer), with listeners of its
+ * own: without an `error` listener ioredis prints "[ioredis] Unhandled error event" and a stack to
+ * stderr at every reconnect while Redis is down. Its errors go to `logger` instead, deduplicated:
+ * an error is logged when its message differs from the last one logged or `CONNECTION_ERROR_EVERY_MS`
+ * has passed (with the number of errors left out meanwhile), and the connection coming back once
+ * (docs/operations.md, "Logging").
+ */
+async function clientFor(url: string, logger: Logger | undefined, what: string): Promise<RedisCommandClient> {
+  type Client = RedisCommandClient & { on(event: string, listener: (arg?: unknown) => void): unknown };
+  let mod: { Redis: new (url: string, options: Record<string, unknown>) => Client };
   try {
     mod = (await import("ioredis")) as unknown as typeof mod;
   } catch (error) {
     throw new ConfigurationError("[credit-management] [redis] `ioredis` is not installed: npm install ioredis", error);
   }
   // One retry per command; the adapters' own deadlines bound how long a caller waits in an outage.
-  return new mod.Redis(url, { maxRetriesPerRequest: 1 });
+  const client = new mod.Redis(url, { maxRetriesPerRequest: 1 });
+  const report = connectionReporter(logger, what);
+  client.on("error", report.error);
+  client.on("ready", report.ready);
+  return client;
+}
+
+/** The deduplicated report of one client's connection errors (see `clientFor`). */
+function connectionReporter(
+  logger: Logger | undefined,
+  what: string,
+  now: () => number = Date.now,
+): { error: (error?: unknown) => void; ready: () => void } {
+  let lastMessage: string | null = null;
+  let lastAt = 0;
+  let left = 0;
+  let down = false;
+  return {
+    error(error) {
+      down = true;
+      const message = error instanceof Error ? error.message : String(error);
+      const at = now();
+      if (message === lastMessage && at - lastAt < CONNECTION_ERROR_EVERY_MS) {
+        left++;
+        return;
+      }
+      logger?.warn(
+        { err: error, redis: what, ...(left > 0 ? { errorsLeftOut: left } : {}) },
+        `credit-management: Redis ${what} connection failed (retrying)`,
+      );
+      lastMessage = message;
+      lastAt = at;
+      left = 0;
+    },
+    ready() {
+      if (!down) return;
+      logger?.info({ redis: what }, `credit-management: Redis ${what} connection restored`);
+      down = false;
+      lastMessage = null;
+      left = 0;
+    },
+  };
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -122,7 +174,7 @@ export class RedisCache implements Cache {
 
   /** A cache with its own ioredis client for `url`; `close()` closes it. */
   static async connect(url: string, options: Omit<RedisCacheOptions, "client"> = {}): Promise<RedisCache> {
-    const cache = new RedisCache({ ...options, client: await clientFor(url) });
+    const cache = new RedisCache({ ...options, client: await clientFor(url, options.logger, "cache") });
     cache.ownsClient = true;
     return cache;
   }
@@ -393,11 +445,13 @@ export interface RedisStreamQueueOptions {
   dedupeTtlSeconds?: number;
   /** Deadline of one publish, in ms. Default 2,000. */
   timeoutMs?: number;
+  /** Where the connection errors of the client `connect()` makes are reported (deduplicated). */
+  logger?: Logger;
 }
 
 /**
- * Appends each message to a Redis stream with `XADD`, fields `id`, `userId`, `type`, `payload`
- * (JSON), `createdAt`, `attempt`. A redelivered message (same `id` within `dedupeTtlSeconds`) is not
+ * Appends each message to a Redis stream with `XADD`, fields `id`, `userId`, `type`, `version`
+ * (of the payload's schema, docs/events.md), `payload` (JSON), `createdAt`, `attempt`. A redelivered message (same `id` within `dedupeTtlSeconds`) is not
  * appended again: an atomic script appends only when no marker key `<stream>:sent:<id>` exists,
  * and sets the marker only once the append succeeded (a failed `XADD` fails the publish, which
  * the dispatcher retries). Read it with a consumer group (`XREADGROUP`, see
@@ -421,7 +475,7 @@ export class RedisStreamQueue implements NotificationQueue {
 
   /** A queue with its own ioredis client for `url`; `close()` closes it. */
   static async connect(url: string, options: Omit<RedisStreamQueueOptions, "client"> = {}): Promise<RedisStreamQueue> {
-    const queue = new RedisStreamQueue({ ...options, client: await clientFor(url) });
+    const queue = new RedisStreamQueue({ ...options, client: await clientFor(url, options.logger, "queue") });
     queue.ownsClient = true;
     return queue;
   }
@@ -439,6 +493,8 @@ export class RedisStreamQueue implements NotificationQueue {
       m.userId,
       "type",
       m.type,
+      "version",
+      m.version ?? 1,
       "payload",
       JSON.stringify(m.payload),
       "createdAt",

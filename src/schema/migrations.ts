@@ -118,6 +118,16 @@ export const MIGRATIONS: readonly Migration[] = [
     columns: [],
     reindexed: [{ table: "journal", index: "idempotency_key", marker: "sha256(" }],
   },
+  // Version 7: one entry for every change of this version (add to its lists).
+  {
+    to: 7,
+    summary:
+      "notifications.version: the version of each outbox row's payload schema (rows stored before read as 1, docs/events.md); PostgreSQL and SQLite: the partial index notifications_failed, so stats() counts failed rows without reading the outbox; subscriptions.change_keys: the idempotency keys of cancel, resume and changePlan calls (docs/subscriptions.md)",
+    columns: [
+      { table: "notifications", field: "version", fill: "1" },
+      { table: "subscriptions", field: "changeKeys" },
+    ],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */
@@ -154,15 +164,34 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
   const naming: NamingOptions = { prefix: options.prefix, schema: options.schema };
   const tables = new Map(sqlTables({ dialect, ...naming }).map((t) => [t.key, t]));
   const out: string[] = [];
+  // SQLite: tables rebuilt with today's definition (their later columns already there).
+  const rebuilt = new Set<TableKey>();
+  /** SQLite: `table` rebuilt as today's, copying its rows as they are after `step` (later columns filled). */
+  const rebuild = (table: SqlTable, step: Migration) => {
+    const later = new Map(
+      MIGRATIONS.filter((m) => m.to > step.to)
+        .flatMap((m) => m.columns)
+        .filter((a) => a.table === table.key)
+        .map((a) => [a.field, a.fill ?? "NULL"]),
+    );
+    out.push(...rebuildSqlite(table, naming, later));
+    rebuilt.add(table.key);
+  };
   for (const step of MIGRATIONS) {
     if (step.to <= fromVersion) continue;
     for (const added of step.columns) {
       // A table that appeared after fromVersion is created whole by the DDL below.
-      if ((TABLE_SINCE[added.table] ?? 1) > fromVersion) continue;
+      if ((TABLE_SINCE[added.table] ?? 1) > fromVersion || rebuilt.has(added.table)) continue;
       const table = tables.get(added.table);
       const column = table?.columns.find((c) => c.field === added.field);
       if (table === undefined || column === undefined)
         throw new Error(`migration to ${step.to}: no column ${added.table}.${added.field}`);
+      if (dialect === "sqlite" && added.fill !== undefined && step.to >= 7) {
+        // SQLite cannot drop the DEFAULT that fills the rows: the table is rebuilt instead, so that
+        // it equals a fresh install (versions before 7 added theirs with ALTER TABLE).
+        rebuild(table, { ...step, to: step.to - 1 });
+        continue;
+      }
       const ifMissing = dialect === "postgres" ? "IF NOT EXISTS " : "";
       const definition = columnSql(dialect, column, false, table.spec.name, added.fill);
       out.push(`ALTER TABLE ${table.qualified} ADD COLUMN ${ifMissing}${definition};`);
@@ -172,12 +201,13 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       }
     }
     for (const changed of step.checks ?? []) {
-      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
+      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion || rebuilt.has(changed.table)) continue;
       const table = tables.get(changed.table);
       const column = table?.columns.find((c) => c.field === changed.field);
       if (table === undefined || column === undefined)
         throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
-      out.push(...replaceCheck(dialect, table, column, naming));
+      if (dialect === "sqlite") rebuild(table, step);
+      else out.push(...replaceCheck(dialect, table, column, naming));
     }
     if (dialect !== "postgres") continue;
     // One statement per table: each ALTER … TYPE rewrites the whole table once.
@@ -268,19 +298,30 @@ function replaceCheck(dialect: SqlDialect, table: SqlTable, column: Column, nami
     }
     case "mysql":
       return [`ALTER TABLE ${table.qualified} MODIFY COLUMN ${columnSql(dialect, column, false, table.spec.name)};`];
-    case "sqlite": {
-      const rebuilt = `${table.name}__rebuild`;
-      const qualifiedRebuilt = naming.schema === undefined ? q(rebuilt) : `${q(naming.schema)}.${q(rebuilt)}`;
-      const columns = table.columns.map((c) => q(c.name)).join(", ");
-      return [
-        `DROP TABLE IF EXISTS ${qualifiedRebuilt};`,
-        createTableSql(dialect, table, qualifiedRebuilt),
-        `INSERT INTO ${qualifiedRebuilt} (${columns}) SELECT ${columns} FROM ${table.qualified};`,
-        `DROP TABLE ${table.qualified};`,
-        `ALTER TABLE ${qualifiedRebuilt} RENAME TO ${q(table.name)};`,
-      ];
-    }
+    case "sqlite":
+      return rebuildSqlite(table, naming, new Map());
   }
+}
+
+/**
+ * SQLite, which can neither change a constraint nor drop a column's DEFAULT: `table` rebuilt as
+ * today's (created under a new name, rows copied, the old one dropped, the new one renamed; the
+ * DDL that follows recreates its indexes). `later`: columns the old table lacks (added by a later
+ * version), each with the SQL literal its rows get.
+ */
+function rebuildSqlite(table: SqlTable, naming: NamingOptions, later: ReadonlyMap<string, string>): string[] {
+  const q = (n: string) => quoteIdent("sqlite", n);
+  const rebuilt = `${table.name}__rebuild`;
+  const qualifiedRebuilt = naming.schema === undefined ? q(rebuilt) : `${q(naming.schema)}.${q(rebuilt)}`;
+  const columns = table.columns.map((c) => q(c.name)).join(", ");
+  const values = table.columns.map((c) => later.get(c.field) ?? q(c.name)).join(", ");
+  return [
+    `DROP TABLE IF EXISTS ${qualifiedRebuilt};`,
+    createTableSql("sqlite", table, qualifiedRebuilt),
+    `INSERT INTO ${qualifiedRebuilt} (${columns}) SELECT ${values} FROM ${table.qualified};`,
+    `DROP TABLE ${table.qualified};`,
+    `ALTER TABLE ${qualifiedRebuilt} RENAME TO ${q(table.name)};`,
+  ];
 }
 
 /**

@@ -1,4 +1,10 @@
-import { MONGO_COLLECTIONS, MONGO_MIGRATIONS, VERSION_COLLECTION, droppedIndexesAfter } from "../db/mongodb/layout.js";
+import {
+  MONGO_COLLECTIONS,
+  MONGO_MIGRATIONS,
+  VERSION_COLLECTION,
+  droppedIndexesAfter,
+  filledFieldsAfter,
+} from "../db/mongodb/layout.js";
 import type { JsonSchemaNode } from "./columns.js";
 import { generateMongoSchema } from "./mongo.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION, checkNaming } from "./sql.js";
@@ -60,8 +66,8 @@ const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typ
  * A mongosh script (`mongosh "<uri>" --file script.js`) that makes a database hold what
  * `MongoDbManager.init()` makes, for teams that own their database changes and run the manager
  * with `migrate: false`: each collection created (or, when it exists, given its validator with
- * `collMod`), the indexes later versions removed dropped (only with their old keys), every index
- * created, and last the schema-version document. Validators are set with `validationAction:
+ * `collMod`), the indexes later versions removed dropped (only with their old keys), the fields
+ * they added filled in the documents stored before, every index created, and last the schema-version document. Validators are set with `validationAction:
  * "warn"` (docs/schema-upgrades.md says why). Running it again changes nothing.
  */
 export function generateMongoScript(options: MongoScriptOptions = {}): string {
@@ -112,6 +118,12 @@ export function generateMongoScript(options: MongoScriptOptions = {}): string {
   for (const dropped of droppedIndexesAfter(from ?? 0)) {
     lines.push(
       `dropIndexIfSame(${j(prefix + MONGO_COLLECTIONS[dropped.collection].name)}, ${j(dropped.name)}, ${j(dropped.key)});`,
+    );
+  }
+  for (const filled of filledFieldsAfter(from ?? 0)) {
+    const name = prefix + MONGO_COLLECTIONS[filled.collection].name;
+    lines.push(
+      `if (existing.includes(${j(name)})) check(db.runCommand(${j({ update: name, updates: [{ q: { [filled.field]: { $exists: false } }, u: { $set: { [filled.field]: filled.value } }, multi: true }] })}), 'fill ' + ${j(`${name}.${filled.field}`)});`,
     );
   }
   for (const layout of Object.values(MONGO_COLLECTIONS)) {

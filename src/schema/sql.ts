@@ -64,7 +64,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 6;
+export const SCHEMA_VERSION = 7;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -474,17 +474,21 @@ export function keyDigestSql(refs: readonly string[]): string {
   return `substr(sha256(decode(replace(${refs.join(` || E'\\n' || `)}, E'\\\\', E'\\\\\\\\'), 'escape')), 1, 16)`;
 }
 
-/** Partial indexes become full ones; a non-unique one that is a prefix of another is dropped. */
+/**
+ * Partial indexes become full ones, but for those only worth having partial (`partialOnly`); a
+ * non-unique one that is a prefix of another is dropped.
+ */
 function mysqlIndexes(indexes: IndexSpec[]): IndexSpec[] {
   return indexes.filter(
     (index) =>
-      index.unique === true ||
-      !indexes.some(
-        (other) =>
-          other !== index &&
-          other.fields.length > index.fields.length &&
-          index.fields.every((f, i) => other.fields[i] === f),
-      ),
+      index.partialOnly !== true &&
+      (index.unique === true ||
+        !indexes.some(
+          (other) =>
+            other !== index &&
+            other.fields.length > index.fields.length &&
+            index.fields.every((f, i) => other.fields[i] === f),
+        )),
   );
 }
 

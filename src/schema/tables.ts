@@ -29,6 +29,11 @@ export interface IndexSpec {
    * key's entry. Other dialects index the fields (docs/running-for-years.md).
    */
   digest?: boolean;
+  /**
+   * Only where the store has partial indexes (PostgreSQL, SQLite): an index useful only
+   * for the few rows `where` selects. MySQL, where it would cover every row, leaves it out.
+   */
+  partialOnly?: boolean;
 }
 
 /**
@@ -171,6 +176,8 @@ export const tableSpecs: TableSpecs = {
       },
       // purgeNotifications: settled rows by settlement time.
       { name: "settled", fields: ["settledAt"], where: [{ field: "settledAt", op: "notNull" }] },
+      // stats(): failed rows, counted off this small index instead of a scan of the outbox.
+      { name: "failed", fields: ["id"], where: [{ field: "status", op: "eq", value: "failed" }], partialOnly: true },
     ],
   },
   plans: {

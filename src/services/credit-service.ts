@@ -91,12 +91,15 @@ import {
   type UnitOfWorkMessage,
 } from "../diagnostics.js";
 import { newId } from "../util/uuid.js";
+import { leaseBlock, leaseSettleKey } from "../domain/leases.js";
+import { CreditLeases, leaseHoldOf, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
+import type { LeaseOptions } from "../models/leases.js";
 import type * as z from "zod";
 
 /** Options as their models return them (validated). */
-type ParsedMutationOptions = z.output<typeof ReleaseOptions>;
+type ParsedMutationOptions = Omit<z.output<typeof ReleaseOptions>, "userId">;
 type ParsedReserveOptions = z.output<typeof ReserveOptions>;
-type ParsedCommitOptions = z.output<typeof CommitOptions>;
+type ParsedCommitOptions = Omit<z.output<typeof CommitOptions>, "userId">;
 type ParsedTrial = z.output<typeof TrialCredits>;
 
 export interface CreditServiceOptions {
@@ -539,19 +542,23 @@ export class CreditService {
   commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
     let id: string;
     let o: ParsedCommitOptions;
+    let userId: string | undefined;
     try {
       id = parse(EntityId, reservationId, "reservationId");
-      o = options === NO_OPTIONS ? NO_OPTIONS : parse(CommitOptions, options, "options");
+      if (options === NO_OPTIONS) o = NO_OPTIONS;
+      else ({ userId, ...o } = parse(CommitOptions, options, "options"));
     } catch (error) {
       return Promise.reject(error as Error);
     }
     if (o.amount === undefined && o.idempotencyKey !== undefined) {
       // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
       const parsed = o;
-      return this.findReservation(id).then((found) =>
+      return this.findReservation(id, userId).then((found) =>
         this.commitHold(found.userId, id, { ...parsed, amount: found.amount }),
       );
     }
+    // A given owner routes the unit of work; its reads are the owner's, so another user's hold is not found.
+    if (userId !== undefined) return this.commitHold(userId, id, o);
     const owner = this.ownerOfReservation(id);
     return typeof owner === "string" ? this.commitHold(owner, id, o) : owner.then((u) => this.commitHold(u, id, o));
   }
@@ -593,12 +600,16 @@ export class CreditService {
   releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
     let id: string;
     let o: ParsedMutationOptions;
+    let userId: string | undefined;
     try {
       id = parse(EntityId, reservationId, "reservationId");
-      o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReleaseOptions, options, "options");
+      if (options === NO_OPTIONS) o = NO_OPTIONS;
+      else ({ userId, ...o } = parse(ReleaseOptions, options, "options"));
     } catch (error) {
       return Promise.reject(error as Error);
     }
+    // A given owner routes the unit of work, as for a commit.
+    if (userId !== undefined) return this.releaseHold(userId, id, o);
     const owner = this.ownerOfReservation(id);
     return typeof owner === "string" ? this.releaseHold(owner, id, o) : owner.then((u) => this.releaseHold(u, id, o));
   }
@@ -615,9 +626,11 @@ export class CreditService {
   /** Removes what is left of a grant (refunds, disputes). Held parts go when their hold ends. */
   async voidGrant(grantId: string, options: VoidGrantOptions = {}): Promise<JournalEntry> {
     const id = parse(EntityId, grantId, "grantId");
-    const o = parse(VoidGrantOptions, options, "options");
-    const grant = await this.db.getGrant(id);
-    if (grant === null) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
+    const { userId, ...o } = parse(VoidGrantOptions, options, "options");
+    // Keyed by the owner when given: one shard, and another user's grant is not found.
+    const grant = await this.db.getGrant(id, userId);
+    if (grant === null || (userId !== undefined && grant.userId !== userId))
+      throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
     const meta = this.meta("voidGrant", o, () => ({ grantId: id, ...o }));
     return this.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
       // The work's copy first: settlement may just have expired it.
@@ -705,7 +718,12 @@ export class CreditService {
       ]);
     }
     const info = await this.getUserCreditsInfo(user);
-    return decideCheck(info.available, rule?.minAvailable, o.amount);
+    const decision = decideCheck(info.available, rule?.minAvailable, o.amount);
+    if (decision.allowed || this.cache === undefined) return decision;
+    // A denial is answered from the store's current state, not from a cached copy another
+    // process may have outdated (its writes invalidate its own cache, not ours): docs/storage.md#caches.
+    const current = creditsInfo(user, await this.settledAccount(user, this.clock()));
+    return decideCheck(current.available, rule?.minAvailable, o.amount);
   }
 
   /** The journal, newest first, with cursor paging and filters. */
@@ -779,6 +797,106 @@ export class CreditService {
     if (typeof fn !== "function")
       throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
     return runMetered(this.sessionDeps, parse(UserId, userId, "userId"), o, fn, onSettled);
+  }
+
+  /**
+   * Credit leases (docs/metering.md, "Leases"): blocks of a user's credits held by this process,
+   * charges served from them in memory and settled in one journal entry per window.
+   */
+  leases(options: LeaseOptions = {}): CreditLeases {
+    return new CreditLeases({ credits: this, ledger: this.ledger, logger: this.logger }, options);
+  }
+
+  /**
+   * @internal Settles window `s.window` of lease `s.lease` in one keyed unit of work: commits what
+   * the window used from its hold (or, the hold gone, deducts it after service within the overdraft
+   * limit), then — `s.roll` — holds the next block (`leaseBlock`). The key `lease:<lease>:<window>`
+   * makes a retried or recovered settle charge once; a replay finds the next block it placed.
+   */
+  async settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {
+    const key = leaseSettleKey(s.lease, s.window);
+    const window = { lease: s.lease, window: s.window, requests: s.requests, total: s.used };
+    const meta: EntryMeta = {
+      idempotencyKey: key,
+      fingerprint: fingerprint("settleLease", window),
+      metadata: { leaseWindow: window },
+    };
+    const next = { lease: s.lease, window: s.window + 1 };
+    const limit = this.overdraftLimit;
+    const settled = await this.mutate(
+      "settleLease",
+      userId,
+      meta,
+      (work, tx): LeaseSettled | Promise<LeaseSettled> => {
+        let keyed = false;
+        const roll = (entry: JournalEntry | null): LeaseSettled => {
+          let hold: Reservation | null = null;
+          const block = s.roll === null ? 0 : leaseBlock(work.available, s.roll.sizing);
+          if (s.roll !== null && block > 0) {
+            // The key goes on the unit's first entry (an opening window has no settle entry).
+            const holdMeta: EntryMeta = keyed
+              ? { metadata: { leaseHold: next } }
+              : { ...meta, metadata: { leaseHold: next } };
+            hold = work.reserve(block, s.roll.ttlSeconds, "lease", holdMeta).reservation;
+          }
+          return { entry, next: hold === null ? null : leaseHoldOf(hold), replayed: false };
+        };
+        const charge = (hold: Reservation | null): LeaseSettled => {
+          keyed = true;
+          if (hold !== null) {
+            if (s.used === 0 && s.requests === 0) return roll(work.releaseHold(hold, "released", meta).entry);
+            return roll(work.commit(hold, commitWithinLimit(s.used, hold.amount, work.headroom(limit)), meta, limit));
+          }
+          if (s.used === 0) {
+            keyed = false;
+            return roll(null);
+          }
+          // The hold lapsed: the usage was delivered, so it is charged after service.
+          const amount = chargeWithinLimit(s.used, work.headroom(limit));
+          if (amount === 0) {
+            keyed = false;
+            return roll(null);
+          }
+          const m = shortfallMeta(meta, s.used, amount);
+          return roll(work.deduct(amount, m, { allowDebt: true, overdraftLimit: limit }));
+        };
+        if (s.holdId === null) return charge(null);
+        let found: Reservation | Promise<Reservation>;
+        try {
+          found = this.activeHold(work, tx, s.holdId);
+        } catch (error) {
+          if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError)
+            return charge(null);
+          throw error;
+        }
+        if (!isPromiseLike(found)) {
+          if (found.expiresAt.getTime() <= work.now.getTime()) return charge(null);
+          return charge(found);
+        }
+        return Promise.resolve(found).then(
+          (h) => charge(h.expiresAt.getTime() <= work.now.getTime() ? null : h),
+          (error: unknown) => {
+            if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError)
+              return charge(null);
+            throw error;
+          },
+        );
+      },
+      (entry) => Promise.resolve({ entry, next: null, replayed: true }),
+    );
+    if (!settled.replayed || s.roll === null) return settled;
+    // A replay: the next block (if the first settle placed one) is the active hold tagged with it.
+    return { entry: settled.entry, next: await this.leaseHold(userId, next.lease, next.window), replayed: true };
+  }
+
+  /** @internal The active hold a lease's settle placed for window `window`, or null. */
+  async leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null> {
+    const holds = await this.db.transaction(userId, (tx) => andThen(tx.load(), (state) => state.reservations));
+    const placed = holds.find((h) => {
+      const tag = (h.metadata as { leaseHold?: { lease?: unknown; window?: unknown } } | null)?.leaseHold;
+      return tag?.lease === lease && tag.window === window;
+    });
+    return placed === undefined ? null : leaseHoldOf(placed);
   }
 
   /** What metered calls use of this service (one object for all of them). */
@@ -1293,9 +1411,11 @@ export class CreditService {
     });
   }
 
-  private async findReservation(id: string): Promise<Reservation> {
-    const r = await this.db.getReservation(id);
-    if (r === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+  private async findReservation(id: string, userId?: string): Promise<Reservation> {
+    const r = await this.db.getReservation(id, userId);
+    // A store may answer by id alone (`defineStore` drivers): another user's hold is not found either.
+    if (r === null || (userId !== undefined && r.userId !== userId))
+      throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
     return r;
   }
 }

@@ -16,7 +16,7 @@ import {
   type Notification,
 } from "../models/index.js";
 import { ConfigurationError } from "../errors.js";
-import { DomainEventType } from "../models/notifications.js";
+import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
@@ -64,6 +64,8 @@ export const EmitInput = z.strictObject({
   /** Any notification type but the domain events, which only the journal records (docs/events.md). */
   type: NotificationType.exclude(DomainEventType.options),
   payload: Metadata.optional(),
+  /** The version of `payload`'s schema (default: the type's current one, docs/events.md "Versions"). */
+  version: EventVersion.optional(),
   /** Unique per user: a second event with the same key is not stored (once per grant and window, per period, …). */
   dedupeKey: z.string().min(1).max(255).optional(),
 });
@@ -152,7 +154,7 @@ export class NotificationService {
   async emit(userId: string, event: EmitInput): Promise<boolean> {
     const user = parse(UserId, userId, "userId");
     const e = parse(EmitInput, event, "event");
-    const row = newNotification(user, e.type, e.payload ?? {}, this.clock(), e.dedupeKey ?? null);
+    const row = newNotification(user, e.type, e.payload ?? {}, this.clock(), e.dedupeKey ?? null, e.version);
     return (await this.db.insertNotifications([row])) === 1;
   }
 
@@ -355,6 +357,7 @@ export class NotificationService {
       id: row.id,
       userId: row.userId,
       type: row.type,
+      version: row.version,
       payload: row.payload,
       createdAt: row.createdAt.toISOString(),
       attempt,

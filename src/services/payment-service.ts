@@ -27,7 +27,7 @@ import {
   WebhookRejectedError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import type * as z from "zod";
+import * as z from "zod";
 import {
   CreatePaymentInput,
   CreditsPerUnit,
@@ -544,6 +544,57 @@ export class PaymentService {
     }
   }
 
+  /**
+   * Records a refund made outside a webhook — an operator who refunded at the provider's dashboard,
+   * or the console's refund action (docs/console.md): as a `refund` webhook with `refundedTotal`
+   * (cumulative, smallest unit; default the whole amount) would, it takes back the credits it
+   * covers, once per total (a repeat changes nothing). `by` names who did it: it is written into the
+   * journal entry's description and metadata (`refundedBy`). Only a paid or partly refunded
+   * payment can be refunded (`ValidationError` otherwise).
+   */
+  async recordRefund(
+    userId: string,
+    paymentId: string,
+    options: { refundedTotal?: number; by?: string } = {},
+  ): Promise<WebhookResult> {
+    const p = await this.getPayment(userId, paymentId);
+    const total = options.refundedTotal ?? p.amount;
+    if (!Number.isSafeInteger(total) || total < 1 || total > p.amount) {
+      throw new ValidationError(`Invalid refundedTotal: must be a whole number from 1 to ${p.amount}`, [
+        { path: "refundedTotal", message: "out of range" },
+      ]);
+    }
+    // Already refunded that far (a repeated form, a webhook that came first): nothing to do.
+    if ((p.status === "refunded" || p.status === "partially_refunded") && p.refundedAmount >= total)
+      return { outcome: "duplicate", eventType: "manual.refund", paymentId: p.id, status: p.status };
+    if (p.status !== "paid" && p.status !== "partially_refunded") {
+      throw new ValidationError(`Payment ${p.id} is ${p.status}: only a paid payment can be refunded`, [
+        { path: "paymentId", message: `status ${p.status}` },
+      ]);
+    }
+    const by = options.by === undefined ? undefined : parse(RefundActor, options.by, "by");
+    const event: PaymentEvent = {
+      eventId: null,
+      type: "manual.refund",
+      kind: "refund",
+      paymentId: p.id,
+      providerIds: [],
+      providerPaymentId: null,
+      userId: p.userId,
+      amount: p.amount,
+      currency: p.currency,
+      refundedTotal: total,
+    };
+    const result = (outcome: WebhookResult["outcome"], q: Payment | null, reason?: string): WebhookResult => ({
+      outcome,
+      eventType: event.type,
+      paymentId: q?.id ?? null,
+      status: q?.status ?? null,
+      ...(reason === undefined ? {} : { reason }),
+    });
+    return this.reverse(p.provider, p, event, result, by);
+  }
+
   /** A payment of `userId` (`NotFoundError` for another user's, as for a missing one). */
   async getPayment(userId: string, paymentId: string): Promise<Payment> {
     const user = parse(UserId, userId, "userId");
@@ -685,6 +736,7 @@ export class PaymentService {
     payment: Payment,
     event: PaymentEvent,
     result: (o: WebhookResult["outcome"], p: Payment | null, reason?: string) => WebhookResult,
+    by?: string,
   ): Promise<WebhookResult> {
     const dispute = event.kind === "dispute_lost";
     if (!dispute && event.refundedTotal === null) {
@@ -698,8 +750,13 @@ export class PaymentService {
       idempotencyKey: key,
       fingerprint: fingerprint("reversePayment", { paymentId: payment.id, refunded, dispute }),
       correlationId: payment.id,
-      description: `${dispute ? "Lost dispute" : "Refund"} of payment ${payment.id} (${provider})`,
-      metadata: { paymentId: payment.id, provider, refundedAmount: refunded },
+      description: `${dispute ? "Lost dispute" : "Refund"} of payment ${payment.id} (${provider})${by === undefined ? "" : ` by ${by}`}`,
+      metadata: {
+        paymentId: payment.id,
+        provider,
+        refundedAmount: refunded,
+        ...(by === undefined ? {} : { refundedBy: by }),
+      },
     };
     return retryOnConflict(() =>
       runAccountUnit(
@@ -807,6 +864,9 @@ export class PaymentService {
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Who recorded a manual refund (`recordRefund`'s `by`). */
+const RefundActor = z.string().min(1).max(255);
 
 /** The event names another provider payment than the one the payment was credited with. */
 function otherAttempt(p: Payment, e: PaymentEvent): boolean {

@@ -15,6 +15,7 @@ import {
   CreatePlanInput,
   ListPlansOptions,
   PlanId,
+  ResumeOptions,
   SubscribeOptions,
   UpdatePlanInput,
   UserId,
@@ -255,10 +256,13 @@ export class SubscriptionService {
   async changePlan(userId: string, planId: string, options: ChangePlanOptions = {}): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
     const pid = parse(PlanId, planId, "planId");
-    const o = parse(ChangePlanOptions, options, "options");
+    const { idempotencyKey, ...o } = parse(ChangePlanOptions, options, "options");
     const mode = rules.changeMode(o);
+    const print = idempotencyKey === undefined ? "" : rules.changePrint("changePlan", { planId: pid, ...o });
+    const replayed = await this.replayedChange(user, idempotencyKey, print);
+    if (replayed !== null) return replayed;
     const plan = rules.requireActivePlan(await this.requirePlan(pid));
-    return this.transition(user, async (s, now) => {
+    return this.transition(user, idempotencyKey, print, async (s, now) => {
       // Subscriptions stored before `periodCredits` existed prorate against their plan's current figure.
       const periodCredits = s.periodCredits ?? (await this.db.getPlan(s.planId))?.creditsPerPeriod ?? 0;
       return rules.changePlan(s, plan, mode, now, periodCredits);
@@ -272,15 +276,38 @@ export class SubscriptionService {
    */
   async cancel(userId: string, options: CancelOptions = {}): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
-    const o = parse(CancelOptions, options, "options");
+    const { idempotencyKey, ...o } = parse(CancelOptions, options, "options");
     const mode = rules.cancelMode(o);
-    return this.transition(user, (x, now) => rules.cancel(x, mode, now));
+    const print = idempotencyKey === undefined ? "" : rules.changePrint("cancel", o);
+    const replayed = await this.replayedChange(user, idempotencyKey, print);
+    if (replayed !== null) return replayed;
+    return this.transition(user, idempotencyKey, print, (x, now) => rules.cancel(x, mode, now));
   }
 
-  /** Undoes a cancellation at period end (and turns renewal on). */
-  async resume(userId: string): Promise<Subscription> {
+  /**
+   * Undoes a cancellation at period end (and turns renewal on). With an `idempotencyKey`, a retry
+   * returns the subscription and changes nothing, as for `cancel` and `changePlan`.
+   */
+  async resume(userId: string, options: ResumeOptions = {}): Promise<Subscription> {
     const user = parse(UserId, userId, "userId");
-    return this.transition(user, (x) => rules.resume(x));
+    const { idempotencyKey } = parse(ResumeOptions, options, "options");
+    const print = idempotencyKey === undefined ? "" : rules.changePrint("resume", {});
+    const replayed = await this.replayedChange(user, idempotencyKey, print);
+    if (replayed !== null) return replayed;
+    return this.transition(user, idempotencyKey, print, (x) => rules.resume(x));
+  }
+
+  /**
+   * A keyed `cancel`, `resume` or `changePlan` that repeats an earlier call's key: the subscription
+   * that call changed (brought up to date while active), nothing changed again; null when the key
+   * is new. Other arguments with the key are an `IdempotencyConflictError`.
+   */
+  private async replayedChange(user: string, key: string | undefined, print: string): Promise<Subscription | null> {
+    if (key === undefined) return null;
+    const first = rules.changedWithKey(await this.db.listSubscriptions(user), key, print);
+    if (first === null) return null;
+    if (first.status !== "active") return copy(first);
+    return copy((await this.advance(first, this.clock())).subscription);
   }
 
   /**
@@ -478,12 +505,18 @@ export class SubscriptionService {
    */
   private async transition(
     user: string,
+    key: string | undefined,
+    print: string,
     decide: (s: Subscription, now: Date) => Subscription | null | Promise<Subscription | null>,
   ): Promise<Subscription> {
     for (let race = 0; race <= MAX_RACES; race++) {
       const now = this.clock();
       const s = await this.current(user, now);
-      const next = await decide(s, now);
+      // A call with this key that won a race with this one: its result is the answer.
+      if (key !== undefined && rules.changedWithKey([s], key, print) !== null) return copy(s);
+      const decided = await decide(s, now);
+      // A keyed change is recorded even when it changes nothing else, so its retry is a replay.
+      const next = key === undefined ? decided : rules.withChangeKey(decided ?? s, key, print);
       if (next === null) return copy(s);
       const { value, won } = await this.tryWrite(s, () => next, now, false);
       if (won) return copy((await this.advance(value, now)).subscription);

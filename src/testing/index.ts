@@ -31,6 +31,7 @@ import {
   ConflictError,
   IdempotencyConflictError,
   InsufficientCreditsError,
+  NotFoundError,
   ReservationExpiredError,
   ReservationNotActiveError,
   StorageError,
@@ -46,8 +47,12 @@ import { subscriptionContract } from "./subscriptions.js";
 import { runPromoPaymentContract as promoPaymentContract } from "./promos.js";
 import { runNotificationContract } from "./notifications.js";
 import { runTrialContract as trialContract } from "./trial.js";
+import { runManagersContract } from "./managers.js";
+import { mulberry32, runLeasesContract } from "./leases.js";
 
 export { CreditModel } from "./model.js";
+export { runManagersContract } from "./managers.js";
+export { runLeasesContract } from "./leases.js";
 export { runNotificationContract } from "./notifications.js";
 
 /** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
@@ -99,10 +104,21 @@ export interface ContractOptions {
    * `ConfigurationError`, and needs no entry here.
    */
   skip?: Partial<Record<ContractPart, string>>;
+  /**
+   * A second manager over the same store as `db` (its own pool or client, its own caches), for a
+   * store that more than one process may use: every case then runs through both managers, each
+   * call to one of them chosen at random (seeded by `seed`, reproducible), and the `managers`
+   * part checks decisions one manager takes after the other changed the account
+   * (docs/testing.md#several-managers). The suite calls its `init()` and `close()`.
+   */
+  createPeer?: (db: DbManager) => Promise<DbManager>;
+  /** Seed of the choice between the two managers (with `createPeer`). Default 39. */
+  seed?: number;
 }
 
 /** The parts of the contract suite, each also exported on its own (`run…Contract`). */
-export type ContractPart = "accounts" | "subscriptions" | "concurrency" | "promos" | "trial" | "properties" | "outbox";
+export type ContractPart =
+  "accounts" | "subscriptions" | "concurrency" | "promos" | "trial" | "properties" | "outbox" | "managers" | "leases";
 
 /** What each part's runner takes besides the store. */
 export interface PartOptions {
@@ -131,16 +147,28 @@ export function runDbManagerContract(options: ContractOptions): void {
     }
   }
 
-  describe(`DbManager contract: ${options.name}`, () => {
+  const createPeer = options.createPeer;
+  const seed = options.seed ?? 39;
+  const title = createPeer === undefined ? options.name : `${options.name}, two managers (seed ${seed})`;
+
+  describe(`DbManager contract: ${title}`, () => {
     let db: DbManager;
-    const getDb = () => db;
+    let peer: DbManager | undefined;
+    let both: DbManager | undefined;
+    const getDb = () => both ?? db;
 
     beforeAll(async () => {
       db = await options.create();
       await db.init();
       await db.init();
+      if (createPeer !== undefined) {
+        peer = await createPeer(db);
+        await peer.init();
+        both = eitherManager(db, peer, seed);
+      }
     });
     afterAll(async () => {
+      await peer?.close();
       await db.close();
       await db.close(); // idempotent
       await options.destroy?.(db);
@@ -178,6 +206,42 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("trial", () => runTrialContract(getDb));
     part("properties", () => runPropertyContract(getDb, { runs }));
     part("outbox", () => runNotificationContract(getDb, { raceSize: Math.min(race, 50) }));
+    if (createPeer !== undefined)
+      part("managers", () =>
+        runManagersContract(
+          () => db,
+          () => peer as DbManager,
+        ),
+      );
+    // Credit leases of two managers on one user (over `db` twice without a peer).
+    part("leases", () =>
+      runLeasesContract(
+        () => db,
+        () => peer ?? db,
+        { seed },
+      ),
+    );
+  });
+}
+
+/**
+ * `db` and `peer` as one `DbManager`: each method call goes to one of them, chosen by a PRNG
+ * seeded with `seed` (mulberry32), so a case runs its operations through both managers in an
+ * order a failing run reproduces. Properties (`name`, `capabilities`, …) are `db`'s.
+ */
+export function eitherManager(db: DbManager, peer: DbManager, seed: number): DbManager {
+  const next = mulberry32(seed);
+  const own = new Set<PropertyKey>(["init", "close"]);
+  return new Proxy(db, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target) as unknown;
+      if (typeof value !== "function" || own.has(key)) return value;
+      return (...args: unknown[]) => {
+        const to = next() < 0.5 ? target : peer;
+        const method = Reflect.get(to, key, to) as (...a: unknown[]) => unknown;
+        return method.apply(to, args);
+      };
+    },
   });
 }
 
@@ -808,6 +872,57 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         await credits.releaseReservedCredits(hold.id);
         expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 5, reserved: 0 });
         expect((await credits.audit(u)).ok).toBe(true);
+      });
+
+      it("commit, release and void routed by a given userId: the owner's succeed, another user's are not found and change nothing", async () => {
+        const [owner, other] = [user(), user()];
+        const { credits } = serviceWithClock(db);
+        const g = await credits.addCredits(owner, 100);
+        await credits.addCredits(other, 10);
+        const grantId = g.grants[0]?.grantId ?? "";
+        const [a, b, c] = [
+          await credits.reserveCredits(owner, 10),
+          await credits.reserveCredits(owner, 20),
+          await credits.reserveCredits(owner, 30),
+        ];
+        const stateOf = async () => ({
+          owner: await credits.getUserCreditsInfo(owner),
+          other: await credits.getUserCreditsInfo(other),
+          entries: (await credits.getCreditHistory(owner, { limit: 100 })).items.length,
+          otherEntries: (await credits.getCreditHistory(other, { limit: 100 })).items.length,
+          holds: [await credits.getReservation(a.id), await credits.getReservation(b.id)].map((r) => r.status),
+        });
+        const before = await stateOf();
+        const strangers = [other, `never-seen-${randomUUID()}`];
+        for (const stranger of strangers) {
+          await expect(credits.commitReservedCredits(a.id, { userId: stranger })).rejects.toBeInstanceOf(NotFoundError);
+          await expect(
+            credits.commitReservedCredits(a.id, { userId: stranger, idempotencyKey: `k-${stranger}` }),
+          ).rejects.toBeInstanceOf(NotFoundError);
+          await expect(credits.releaseReservedCredits(b.id, { userId: stranger })).rejects.toBeInstanceOf(
+            NotFoundError,
+          );
+          await expect(credits.voidGrant(grantId, { userId: stranger })).rejects.toBeInstanceOf(NotFoundError);
+        }
+        expect(await stateOf()).toEqual(before);
+        expect(await db.getAccount(strangers[1] as string)).toBeNull();
+        // Validated by the models: a malformed userId is a ValidationError before anything is read.
+        await expect(credits.commitReservedCredits(a.id, { userId: "" })).rejects.toMatchObject({
+          code: "VALIDATION_ERROR",
+        });
+        // The owner's own: as without userId (and the key's fingerprint does not include the routing).
+        const first = await credits.commitReservedCredits(a.id, { userId: owner, amount: 4, idempotencyKey: "k-a" });
+        expect(first).toMatchObject({ type: "commit_reserved", amount: 4 });
+        const replay = await credits.commitReservedCredits(a.id, { amount: 4, idempotencyKey: "k-a" });
+        expect(replay.id).toBe(first.id);
+        expect(await credits.releaseReservedCredits(b.id, { userId: owner })).toMatchObject({
+          type: "release_reserved",
+        });
+        expect(await credits.voidGrant(grantId, { userId: owner })).toMatchObject({ type: "void", amount: 66 });
+        await credits.releaseReservedCredits(c.id, { userId: owner });
+        expect(await credits.getUserCreditsInfo(owner)).toMatchObject({ balance: 0, reserved: 0 });
+        expect((await credits.audit(owner)).ok).toBe(true);
+        expect((await credits.audit(other)).ok).toBe(true);
       });
 
       it("lists history newest first with cursor paging and type filters; expiring credits in a window", async () => {

@@ -11,7 +11,7 @@ import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { AccountWork } from "../domain/account-work.js";
 import { newNotification } from "../domain/notifications.js";
-import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
+import { ConfigurationError, InsufficientCreditsError, ValidationError } from "../errors.js";
 import type { Notification } from "../models/index.js";
 import { InMemoryNotificationQueue, eventEnvelope, type NotificationMessage } from "../queue/index.js";
 import { DomainEvent } from "../models/events.js";
@@ -125,6 +125,7 @@ export function runNotificationContract(
             id: r.id,
             userId: r.userId,
             type: r.type,
+            version: r.version,
             payload: r.payload,
             createdAt: r.createdAt.toISOString(),
             attempt: 1,
@@ -459,6 +460,50 @@ export function runNotificationContract(
       expect(await db.purgeNotifications(new Date(at + 1), 100)).toBe(1);
     });
 
+    it("listOutbox pages through pending rows by next attempt and failed rows newest first", async () => {
+      const db = getDb();
+      // reason: listOutbox is optional (the console's outbox page; a store without it lists per user)
+      if (db.listOutbox === undefined) return;
+      const list = db.listOutbox.bind(db);
+      const at = epoch(5);
+      const [a, b] = [user(), user()];
+      const pending = [a, b, a, b].map((u, i) => ({
+        ...newNotification(u, "low_credits", { i }, new Date(at), null),
+        // Far ahead: due for no dispatcher the other tests run.
+        nextAttemptAt: new Date(Date.UTC(2999, 0, 1) + (i % 2) * 1000),
+      }));
+      const failed = [a, b, a].map((u, i) => ({
+        ...newNotification(u, "low_credits", { i: 10 + i }, new Date(at), null),
+        status: "failed" as const,
+        lastError: `boom ${i}`,
+        settledAt: new Date(at + i * 1000),
+      }));
+      expect(await db.insertNotifications([...pending, ...failed])).toBe(7);
+      const all = async (status: "pending" | "failed") => {
+        const seen: Notification[] = [];
+        let after: { at: Date; id: string } | undefined;
+        for (let page = 0; page < 5000; page++) {
+          const rows = await list({ status, limit: 3, ...(after === undefined ? {} : { after }) });
+          seen.push(...rows);
+          const last = rows[rows.length - 1];
+          if (rows.length < 3 || last === undefined) break;
+          after = { at: (status === "pending" ? last.nextAttemptAt : last.settledAt) as Date, id: last.id };
+        }
+        return seen.filter((r) => r.userId === a || r.userId === b);
+      };
+      const byTime = (x: Notification, y: Notification) =>
+        x.nextAttemptAt.getTime() - y.nextAttemptAt.getTime() || (x.id < y.id ? -1 : 1);
+      expect((await all("pending")).map((r) => r.id)).toEqual(
+        pending
+          .slice()
+          .sort(byTime)
+          .map((r) => r.id),
+      );
+      const newest = await all("failed");
+      expect(newest.map((r) => r.payload.i)).toEqual([12, 11, 10]);
+      expect(newest[0]?.lastError).toBe("boom 2");
+    });
+
     it("a user whose oldest row waits for its backoff never hides other users' due rows", async () => {
       const db = getDb();
       const at = epoch(1);
@@ -536,6 +581,38 @@ export function runNotificationContract(
       );
     });
     /** @see issue 24, item 3: PostgreSQL claimed every due row whatever the limit. */
+    it("a row keeps the version of its payload's schema: stored, claimed and handed to the queue (docs/events.md)", async () => {
+      const db = getDb();
+      const at = epoch(5);
+      const u = user();
+      const sent: NotificationMessage[] = [];
+      const clock = { now: at };
+      const notifications = new NotificationService({
+        db,
+        clock: () => new Date(clock.now),
+        queue: { publish: async (m) => void sent.push(m) },
+      });
+      await db.insertNotifications([
+        newNotification(u, "low_credits", { i: 0 }, new Date(at), null),
+        newNotification(u, "subscription_renewed", { i: 1 }, new Date(at + 1), null, 2),
+      ]);
+      clock.now = at + 2;
+      expect(await notifications.emit(u, { type: "subscription_renewed", payload: { i: 2 }, version: 3 })).toBe(true);
+      await expect(notifications.emit(u, { type: "subscription_renewed", version: 0 })).rejects.toBeInstanceOf(
+        ValidationError,
+      );
+      expect((await notifications.list(u)).map((r) => r.version)).toEqual([1, 2, 3]);
+      clock.now = at + 10_000;
+      await notifications.dispatchPending({ limit: 100 });
+      const mine = sent.filter((m) => m.userId === u);
+      expect(mine.map((m) => [m.payload.i, m.version])).toEqual([
+        [0, 1],
+        [1, 2],
+        [2, 3],
+      ]);
+      expect(mine.map((m) => eventEnvelope(m).version)).toEqual([1, 2, 3]);
+    });
+
     it("claims at most `limit` rows, in the store and through dispatchPending({ limit })", async () => {
       const db = getDb();
       const at = epoch(3);

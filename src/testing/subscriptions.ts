@@ -82,6 +82,78 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect(await db.getSubscription(s1.id)).toMatchObject({ status: "canceled", intent: null, nextRunAt: null });
     });
 
+    it("cancel, resume and changePlan take an idempotency key: a retry returns the subscription and changes nothing; other arguments conflict", async () => {
+      const db = getDb();
+      const { subscriptions, credits, clock } = servicesWithClock(db, T);
+      const plan = (p: string, n: number) =>
+        subscriptions.createPlan({ id: p, name: p, creditsPerPeriod: n, billingPeriod: "monthly" });
+      const [basic, pro] = [planId(), planId()];
+      await plan(basic, 100);
+      await plan(pro, 300);
+      const u = user();
+      await subscriptions.subscribe(u, basic, { idempotencyKey: "sub-1" });
+      const state = async () => ({
+        subs: await db.listSubscriptions(u),
+        journal: (await journal(db, u)).length,
+        info: await credits.getUserCreditsInfo(u),
+      });
+
+      const cancelled = await subscriptions.cancel(u, { idempotencyKey: "cancel-1" });
+      expect(cancelled.cancelAtPeriodEnd).toBe(true);
+      let before = await state();
+      clock.now += 1000;
+      const again = await subscriptions.cancel(u, { idempotencyKey: "cancel-1" });
+      expect({ ...again, changeKeys: undefined, updatedAt: undefined }).toEqual({
+        ...cancelled,
+        changeKeys: undefined,
+        updatedAt: undefined,
+      });
+      expect(await state()).toEqual(before);
+      await expect(subscriptions.cancel(u, { idempotencyKey: "cancel-1", atPeriodEnd: false })).rejects.toBeInstanceOf(
+        IdempotencyConflictError,
+      );
+      await expect(subscriptions.resume(u, { idempotencyKey: "cancel-1" })).rejects.toBeInstanceOf(
+        IdempotencyConflictError,
+      );
+      // The subscribe call's key is not a change's.
+      await expect(subscriptions.cancel(u, { idempotencyKey: "sub-1" })).rejects.toBeInstanceOf(
+        IdempotencyConflictError,
+      );
+      expect(await state()).toEqual(before);
+
+      const resumed = await subscriptions.resume(u, { idempotencyKey: "resume-1" });
+      expect(resumed.cancelAtPeriodEnd).toBe(false);
+      before = await state();
+      expect((await subscriptions.resume(u, { idempotencyKey: "resume-1" })).version).toBe(resumed.version);
+      expect(await state()).toEqual(before);
+
+      // A prorated change moves credits: its retry moves none.
+      const changed = await subscriptions.changePlan(u, pro, { idempotencyKey: "change-1" });
+      expect(changed.planId).toBe(pro);
+      before = await state();
+      expect((await subscriptions.changePlan(u, pro, { idempotencyKey: "change-1" })).planId).toBe(pro);
+      expect(await state()).toEqual(before);
+      await expect(subscriptions.changePlan(u, basic, { idempotencyKey: "change-1" })).rejects.toBeInstanceOf(
+        IdempotencyConflictError,
+      );
+      await expect(
+        subscriptions.changePlan(u, pro, { idempotencyKey: "change-1", when: "period_end" }),
+      ).rejects.toBeInstanceOf(IdempotencyConflictError);
+      expect(await state()).toEqual(before);
+
+      // A cancel now ends the subscription: its retry still answers (the ended subscription), not 404.
+      const ended = await subscriptions.cancel(u, { atPeriodEnd: false, idempotencyKey: "cancel-now" });
+      expect(ended.status).not.toBe("active");
+      before = await state();
+      expect((await subscriptions.cancel(u, { atPeriodEnd: false, idempotencyKey: "cancel-now" })).id).toBe(ended.id);
+      expect(await state()).toEqual(before);
+      // Without a key: as before (nothing active now).
+      await expect(subscriptions.cancel(u)).rejects.toBeInstanceOf(NotFoundError);
+      // A key is validated by the models.
+      await expect(subscriptions.resume(u, { idempotencyKey: "" })).rejects.toBeInstanceOf(ValidationError);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("hands out copies: mutating a plan or subscription read (or written) changes nothing stored", async () => {
       const db = getDb();
       const { subscriptions } = servicesWithClock(db, T);

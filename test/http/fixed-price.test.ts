@@ -334,3 +334,45 @@ describe("fixed-price options", () => {
     await m.close();
   });
 });
+
+describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering through a lease on %s", (_name, host) => {
+  it("charges covered requests from the block in memory, none for a failed one, and settles them in one window", async () => {
+    const m = await createCreditManager();
+    const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
+    const outcomes: MeterOutcome[] = [];
+    const server = await host.start({
+      credits: m.credits,
+      authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
+      pathPrefix: "/api",
+      price: 7,
+      lease,
+      onSettled: (o) => outcomes.push(o),
+    });
+    try {
+      await m.credits.addCredits("lessee", 1000);
+      for (let i = 0; i < 5; i++) {
+        const res = await fetch(`${server.url}/api/ok`, { headers: { "x-payer": "lessee" } });
+        expect(res.status).toBe(200);
+        await res.text();
+      }
+      const bad = await fetch(`${server.url}/api/bad`, { headers: { "x-payer": "lessee" } });
+      expect(bad.status).toBe(400);
+      await bad.text();
+      await waitFor(() => (outcomes.length === 6 ? true : undefined));
+      expect(outcomes.filter((o) => o.charged === 7)).toHaveLength(5);
+      // Held, not yet journaled: the window settles at flush.
+      expect((await m.credits.getUserCreditsInfo("lessee")).reserved).toBeGreaterThan(0);
+      await lease.close();
+      expect(await m.credits.getUserCreditsInfo("lessee")).toMatchObject({ balance: 1000 - 35, reserved: 0 });
+      const settle = (await m.credits.getCreditHistory("lessee")).items.find((e) => e.metadata?.leaseWindow);
+      expect(settle?.metadata?.leaseWindow).toMatchObject({ requests: 5, total: 35 });
+      // A user who cannot pay is still refused before the handler runs.
+      const broke = await fetch(`${server.url}/api/ok`, { headers: { "x-payer": "nobody" } });
+      expect(broke.status).toBe(402);
+      await broke.text();
+    } finally {
+      await server.close();
+      await m.close();
+    }
+  });
+});

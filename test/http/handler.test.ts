@@ -1,5 +1,5 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { createCreditHandler, HttpError, type Identity, type RouteDefinition } from "../../src/http/index.js";
 import { createServer } from "node:http";
@@ -215,6 +215,43 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect((await call("GET", `/credits/reservations/${r.json.id}`, "alice")).json.status).toBe("active");
     // Admins reach every reservation.
     expect((await call("POST", `/credits/reservations/${r.json.id}/release`, ADMIN)).status).toBe(200);
+  });
+
+  it("commit, release and void pass the owner's userId, so the store routes them to one account", async () => {
+    const commit = vi.spyOn(m.credits, "commitReservedCredits");
+    const release = vi.spyOn(m.credits, "releaseReservedCredits");
+    const voidGrant = vi.spyOn(m.credits, "voidGrant");
+    try {
+      await call("POST", "/admin/credits/users/erin/add", ADMIN, { amount: 50 });
+      const a = await call("POST", "/credits/reservations", "erin", { amount: 5 });
+      const b = await call("POST", "/credits/reservations", "erin", { amount: 5 });
+      // Another user: the settle itself, routed to that user, finds no such hold (404), nothing changed.
+      expect((await call("POST", `/credits/reservations/${a.json.id}/commit`, "mallory-2", {})).status).toBe(404);
+      expect(commit).toHaveBeenLastCalledWith(a.json.id, expect.objectContaining({ userId: "mallory-2" }));
+      expect((await call("GET", `/credits/reservations/${a.json.id}`, "erin")).json.status).toBe("active");
+      expect(await m.db.getAccount("mallory-2")).toBeNull();
+      expect((await call("POST", `/credits/reservations/${a.json.id}/commit`, "erin", { amount: 2 })).status).toBe(200);
+      expect(commit).toHaveBeenLastCalledWith(a.json.id, expect.objectContaining({ userId: "erin", amount: 2 }));
+      // An admin settles anyone's hold: its owner is read first and passed on.
+      expect((await call("POST", `/credits/reservations/${b.json.id}/release`, ADMIN)).status).toBe(200);
+      expect(release).toHaveBeenLastCalledWith(b.json.id, expect.objectContaining({ userId: "erin" }));
+      // A user's body cannot name another owner.
+      expect((await call("POST", `/credits/reservations/${b.json.id}/commit`, "erin", { userId: "x" })).status).toBe(
+        400,
+      );
+      // The admin void takes the grant's owner, when known, in its body: another user's grant is a 404.
+      const grantId = (await call("GET", "/admin/credits/users/erin/grants", ADMIN)).json.items[0].id;
+      expect(grantId).toEqual(expect.any(String));
+      expect((await call("POST", `/admin/credits/grants/${grantId}/void`, ADMIN, { userId: "frank" })).status).toBe(
+        404,
+      );
+      expect((await call("GET", "/credits/balance", "erin")).json.balance).toBe(48);
+      expect((await call("POST", `/admin/credits/grants/${grantId}/void`, ADMIN, { userId: "erin" })).status).toBe(200);
+      expect(voidGrant).toHaveBeenLastCalledWith(grantId, expect.objectContaining({ userId: "erin" }));
+      expect((await call("GET", "/credits/balance", "erin")).json.balance).toBe(0);
+    } finally {
+      vi.restoreAllMocks();
+    }
   });
 
   it("402 when the hold cannot be placed, with the caller's own figures", async () => {

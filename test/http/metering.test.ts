@@ -101,6 +101,24 @@ describe.each(meteredHosts.map((h) => [h.name, h] as const))("metering on %s", (
     expect(await info("poor")).toMatchObject({ balance: 10, reserved: 0 });
   });
 
+  it("reads the estimate from X-Estimated-Credits, else from its deprecated alias X-Estimated-Tokens", async () => {
+    await m.credits.addCredits("est", 5000);
+    const held = async (headers: Record<string, string>) => {
+      outcomes.length = 0;
+      const res = await call("POST", "/api/chat", "est", headers);
+      expect(res.status).toBe(200);
+      return (await waitFor(() => outcomes[0])).estimate;
+    };
+    expect(await held({ "x-estimated-credits": "300" })).toBe(300);
+    expect(await held({ "x-estimated-tokens": "250" })).toBe(250);
+    // Both sent: the new name is read, the alias ignored.
+    expect(await held({ "x-estimated-credits": "310", "x-estimated-tokens": "999" })).toBe(310);
+    expect(await held({})).toBe(100);
+    const bad = await call("POST", "/api/chat", "est", { "x-estimated-credits": "-1", "x-estimated-tokens": "20" });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { message: string } }).error.message).toContain("X-Estimated-Credits");
+  });
+
   it("caps the estimate at maxEstimate", async () => {
     await m.credits.addCredits("u1", 5000);
     await call("POST", "/api/chat", "u1", { "x-estimated-tokens": "999999" });

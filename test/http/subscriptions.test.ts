@@ -257,6 +257,84 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect((await call("DELETE", "/admin/credits/plans/pro", { user: admin })).status).toBe(409);
   });
 
+  it("cancel, resume and change take an Idempotency-Key: a retry returns the first result, other arguments are a 409", async () => {
+    await m.subscriptions.createPlan({ id: "keyed", name: "Keyed", creditsPerPeriod: 10, billingPeriod: "monthly" });
+    await m.subscriptions.subscribe("kate", "keyed");
+    const state = async () => ({
+      subs: await m.subscriptions.listUserSubscriptions("kate"),
+      entries: (await m.credits.getCreditHistory("kate", { limit: 100 })).items.length,
+    });
+    const key = (k: string) => ({ "idempotency-key": k });
+    const first = await call("POST", "/admin/credits/users/kate/subscription/cancel", {
+      user: admin,
+      body: {},
+      headers: key("c-1"),
+    });
+    expect(first.status).toBe(200);
+    const before = await state();
+    const again = await call("POST", "/admin/credits/users/kate/subscription/cancel", {
+      user: admin,
+      body: {},
+      headers: key("c-1"),
+    });
+    expect(again.json).toEqual(first.json);
+    expect(await state()).toEqual(before);
+    const other = await call("POST", "/admin/credits/users/kate/subscription/cancel", {
+      user: admin,
+      body: { atPeriodEnd: false },
+      headers: key("c-1"),
+    });
+    expect(other.status).toBe(409);
+    expect(other.json.error.code).toBe("IDEMPOTENCY_CONFLICT");
+    // The key in the body works too (resume takes only that body field).
+    const resumed = await call("POST", "/admin/credits/users/kate/subscription/resume", {
+      user: admin,
+      body: { idempotencyKey: "r-1" },
+    });
+    expect(resumed.json.cancelAtPeriodEnd).toBe(false);
+    const resumedAgain = await call("POST", "/admin/credits/users/kate/subscription/resume", {
+      user: admin,
+      headers: key("r-1"),
+    });
+    expect(resumedAgain.json).toEqual(resumed.json);
+    const changed = await call("POST", "/admin/credits/users/kate/subscription/change", {
+      user: admin,
+      body: { planId: "pro", idempotencyKey: "ch-1" },
+    });
+    expect(changed.json.planId).toBe("pro");
+    const mid = await state();
+    expect(
+      (
+        await call("POST", "/admin/credits/users/kate/subscription/change", {
+          user: admin,
+          body: { planId: "pro", idempotencyKey: "ch-1" },
+        })
+      ).json,
+    ).toEqual(changed.json);
+    expect(await state()).toEqual(mid);
+    expect(
+      (
+        await call("POST", "/admin/credits/users/kate/subscription/change", {
+          user: admin,
+          body: { planId: "keyed", idempotencyKey: "ch-1" },
+        })
+      ).status,
+    ).toBe(409);
+    expect(
+      (await call("POST", "/admin/credits/users/kate/subscription/resume", { user: admin, body: { other: 1 } })).status,
+    ).toBe(400);
+    // The OpenAPI document says so.
+    const doc = (await call("GET", "/credits/openapi.json")).json;
+    for (const path of [
+      "/credits/subscription/cancel",
+      "/credits/subscription/resume",
+      "/credits/subscription/change",
+    ]) {
+      const params = (doc.paths[path].post.parameters ?? []) as { name: string }[];
+      expect(params.map((p) => p.name)).toContain("Idempotency-Key");
+    }
+  });
+
   it("lists the routes in a valid OpenAPI 3.1 document", async () => {
     const doc = (await call("GET", "/credits/openapi.json")).json;
     const result = await new Validator().validate(structuredClone(doc));

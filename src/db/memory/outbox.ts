@@ -1,5 +1,5 @@
 import type { Notification } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 
 /**
  * The in-memory outbox: rows by id, each user's pending ids in id order, and the used dedupe keys.
@@ -110,6 +110,33 @@ export class MemoryOutbox {
       if (all.length === 0) this.byUser.delete(r.userId);
     }
     return gone.length;
+  }
+
+  /**
+   * Pending rows by (nextAttemptAt, id), failed ones by (settledAt, id) descending: a scan of the
+   * rows (this store keeps no index by time for the outbox; it holds what fits in memory).
+   */
+  listOutbox(q: OutboxQuery): Notification[] {
+    const pending = q.status === "pending";
+    const at = (r: Notification) => (pending ? r.nextAttemptAt : (r.settledAt as Date)).getTime();
+    const after = q.after === undefined ? null : { at: q.after.at.getTime(), id: q.after.id };
+    const out: Notification[] = [];
+    for (const r of this.rows.values()) {
+      if (r.status !== q.status || (!pending && r.settledAt === null)) continue;
+      if (after !== null) {
+        const t = at(r);
+        const later = pending
+          ? t > after.at || (t === after.at && r.id > after.id)
+          : t < after.at || (t === after.at && r.id < after.id);
+        if (!later) continue;
+      }
+      out.push(r);
+    }
+    const sign = pending ? 1 : -1;
+    return out
+      .sort((a, b) => sign * (at(a) - at(b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)))
+      .slice(0, Math.max(0, q.limit))
+      .map((r) => structuredClone(r));
   }
 
   listNotifications(userId: string, query: { status?: Notification["status"]; limit: number }): Notification[] {

@@ -21,7 +21,7 @@ import { ACCOUNT, ENTRY, GRANT, LEDGER, RESERVATION, fromDoc, toDoc, type Stored
 import { AccountLocks } from "../store/account-locks.js";
 import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
-import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter } from "./layout.js";
+import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
 import {
@@ -324,7 +324,8 @@ export class MongoDbManager extends StoreBase implements DbManager {
    * (`<prefix>schema_version`, `_id: "credit-management"`): a newer version than this release's is
    * refused. Then, unless `migrate: false` (which only checks the version), creates the collections
    * (DocumentDB and MongoDB < 4.4 cannot create them inside a transaction), drops the indexes a
-   * later version removed (src/db/mongodb/layout.ts), creates every index and records
+   * later version removed and fills the fields it added in stored documents
+   * (src/db/mongodb/layout.ts), creates every index and records
    * `SCHEMA_VERSION`. Validators are not applied (docs/schema-upgrades.md). Idempotent, and safe
    * to run from several processes at once.
    */
@@ -384,6 +385,13 @@ export class MongoDbManager extends StoreBase implements DbManager {
           if ((error as { code?: unknown }).code !== 27) throw error; // IndexNotFound: dropped concurrently
         }
       });
+    }
+    // Fields a later version added, in the documents stored before (only those that lack it: can run again).
+    for (const filled of filledFieldsAfter(version)) {
+      const collection = this.db.collection(`${this.collectionPrefix}${MONGO_COLLECTIONS[filled.collection].name}`);
+      await guard(`init: fill ${filled.field} of ${collection.collectionName}`, () =>
+        collection.updateMany({ [filled.field]: { $exists: false } }, { $set: { [filled.field]: filled.value } }),
+      );
     }
     for (const { collection, indexes } of collections) {
       if (indexes.length === 0) continue;

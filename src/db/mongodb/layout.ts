@@ -145,11 +145,24 @@ export interface DroppedIndex {
   key: Record<string, 1 | -1>;
 }
 
+/** A field a later version added: set to `value` in the documents written before, which lack it. */
+export interface FilledField {
+  collection: MongoCollectionKey;
+  field: string;
+  value: string | number | boolean;
+}
+
 /**
  * What each schema version removed from the collections of an earlier one (what it added, `init()`
- * and the script create anyway). The version number is the SQL one (`SCHEMA_VERSION`).
+ * and the script create anyway), and the fields it added to documents already stored. The version
+ * number is the SQL one (`SCHEMA_VERSION`).
  */
-export const MONGO_MIGRATIONS: readonly { to: number; summary: string; dropIndexes: readonly DroppedIndex[] }[] = [
+export const MONGO_MIGRATIONS: readonly {
+  to: number;
+  summary: string;
+  dropIndexes: readonly DroppedIndex[];
+  fill?: readonly FilledField[];
+}[] = [
   {
     to: 2,
     summary: "collections for notifications, plans, subscriptions, promos, promo claims and payments",
@@ -172,10 +185,23 @@ export const MONGO_MIGRATIONS: readonly { to: number; summary: string; dropIndex
       "journal documents leave null fields out and keep hash and prevHash as BinData (the validator allows the older documents too); no index change",
     dropIndexes: [],
   },
+  // Version 7: one entry for every change of this version (add to its lists).
+  {
+    to: 7,
+    summary:
+      "notification documents carry version (of their payload's schema): the ones stored before get version 1 (they read as 1 meanwhile); subscriptions may carry changeKeys (the keys of cancel, resume and changePlan); no index change",
+    dropIndexes: [],
+    fill: [{ collection: "notifications", field: "version", value: 1 }],
+  },
 ];
 
 /** The collection holding the schema-version document, after the prefix (SQL: the version table). */
 export const VERSION_COLLECTION = "schema_version";
+
+/** The fields versions after `fromVersion` added to stored documents (every one, for a store of unknown version: 0). */
+export function filledFieldsAfter(fromVersion: number): FilledField[] {
+  return MONGO_MIGRATIONS.filter((m) => m.to > fromVersion).flatMap((m) => m.fill ?? []);
+}
 
 /** The indexes versions after `fromVersion` removed (every one, for a store of unknown version: 0). */
 export function droppedIndexesAfter(fromVersion: number): DroppedIndex[] {

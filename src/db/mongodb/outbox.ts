@@ -1,10 +1,17 @@
 import type { ClientSession, Collection, Filter, IndexDescription } from "mongodb";
 import { Notification, type Notification as NotificationT } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
 import { DUPLICATE_KEY, guard, isDriverError } from "./errors.js";
 
 export const NOTIFICATION: Kind<NotificationT> = kind<NotificationT>("id", Notification.shape);
+
+/** An outbox row; a document stored before schema version 7 has no `version`: its payload is version 1. */
+function rowOf(doc: StoredDoc): NotificationT {
+  const row = fromDoc(NOTIFICATION, doc);
+  if (row.version === null) row.version = 1;
+  return row;
+}
 
 /** The outbox collection's indexes (created by `init()`). */
 export const NOTIFICATION_INDEXES: IndexDescription[] = [
@@ -96,7 +103,7 @@ export class MongoOutbox {
       const won = await guard("claimNotifications", () =>
         Promise.all(users.map((userId) => this.claimHead(userId, q, until))),
       );
-      for (const doc of won) if (doc !== null) claimed.push(fromDoc(NOTIFICATION, doc));
+      for (const doc of won) if (doc !== null) claimed.push(rowOf(doc));
     }
     return claimed.sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
   }
@@ -150,6 +157,33 @@ export class MongoOutbox {
     return res.deletedCount;
   }
 
+  /** Pending rows through `pending_due`, failed ones through `settled` (docs/console.md). */
+  async listOutbox(q: OutboxQuery): Promise<NotificationT[]> {
+    if (q.limit <= 0) return [];
+    const pending = q.status === "pending";
+    const field = pending ? "nextAttemptAt" : "settledAt";
+    const filter: Filter<StoredDoc> = pending
+      ? { status: "pending" }
+      : { settledAt: { $type: "date" }, status: "failed" };
+    if (q.after !== undefined) {
+      const op = pending ? "$gt" : "$lt";
+      (filter as Record<string, unknown>).$or = [
+        { [field]: { [op]: q.after.at } },
+        { [field]: q.after.at, _id: { [op]: q.after.id } },
+      ];
+    }
+    const dir = pending ? 1 : -1;
+    const docs = await guard("listOutbox", () =>
+      this.c
+        .find(filter)
+        .sort({ [field]: dir, _id: dir })
+        .limit(q.limit)
+        .hint(pending ? "pending_due" : "settled")
+        .toArray(),
+    );
+    return docs.map((d) => fromDoc(NOTIFICATION, d));
+  }
+
   async listNotifications(
     userId: string,
     query: { status?: NotificationT["status"]; limit: number },
@@ -159,6 +193,6 @@ export class MongoOutbox {
     const docs = await guard("listNotifications", () =>
       this.c.find(filter).sort({ _id: 1 }).limit(query.limit).toArray(),
     );
-    return docs.map((d) => fromDoc(NOTIFICATION, d));
+    return docs.map(rowOf);
   }
 }

@@ -1,5 +1,5 @@
 import type { Notification } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { PostgresDbManager } from "./index.js";
 import { output, toRow } from "./sql.js";
 
@@ -87,6 +87,26 @@ export class PostgresOutbox {
       [before, limit],
     );
     return rows.length;
+  }
+
+  /** Pending rows through `pending_due`, failed ones through `settled` (docs/console.md). */
+  async listOutbox(q: OutboxQuery): Promise<Notification[]> {
+    if (q.limit <= 0) return [];
+    const pending = q.status === "pending";
+    const col = pending ? "next_attempt_at" : "settled_at";
+    const params: unknown[] = [q.limit];
+    let where = pending ? "status = 'pending'" : "settled_at IS NOT NULL AND status = 'failed'";
+    if (q.after !== undefined) {
+      params.push(q.after.at, q.after.id);
+      where += pending ? ` AND (${col}, id) > ($2, $3)` : ` AND (${col}, id) < ($2, $3)`;
+    }
+    const dir = pending ? "ASC" : "DESC";
+    const rows = await this.db.read(
+      "listOutbox",
+      `${this.db.sql.select("notifications")} WHERE ${where} ORDER BY ${col} ${dir}, id ${dir} LIMIT $1`,
+      params,
+    );
+    return rows.map((r) => this.db.decode<Notification>("notifications", r));
   }
 
   async listNotifications(

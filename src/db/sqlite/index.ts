@@ -23,9 +23,10 @@ import {
 } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
 import { type Attempt, DefinedStore, type StoreDefinition } from "../store/define.js";
-import { origin } from "../store/errors.js";
-import type { Changes, JournalQuery, LedgerQuery, LoadRequest, LoadedState, ScanCursor } from "../types.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import { origin, storeError } from "../store/errors.js";
+import { backoff, sleep } from "../store/retry.js";
+import type { Changes, JournalQuery, LedgerQuery, LoadRequest, LoadedState, ScanCursor, StoreStats } from "../types.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
@@ -58,7 +59,11 @@ export interface SqliteDbManagerOptions {
   database?: Database;
   /** Put in front of every table and index name, e.g. `"credits_"`. */
   tablePrefix?: string;
-  /** How long a write waits for another process's write lock before it counts as a conflict, in ms. Default 5,000. */
+  /**
+   * How long a write waits for another process's write lock before it counts as a conflict, in ms.
+   * Default 5,000. The wait does not block the event loop: SQLite itself waits at most a few ms
+   * (`LOCK_SPIN_MS`), then the store retries asynchronously with backoff until this total.
+   */
   busyTimeoutMs?: number;
   /** Attempts of a unit of work that meets conflicts (another process wrote the account) before `ConflictError`. Default 10. */
   maxAttempts?: number;
@@ -73,6 +78,20 @@ type Param = string | number | bigint | Buffer | null;
 const param = (v: unknown): Param =>
   v instanceof Date ? v.toISOString() : typeof v === "boolean" ? (v ? 1 : 0) : ((v as Param) ?? null);
 
+/**
+ * How long SQLite's own busy handler waits for a lock, in ms: it sleeps on the event loop's thread,
+ * so only this long; the rest of `busyTimeoutMs` is waited asynchronously (`Sqlite.patiently`).
+ */
+const LOCK_SPIN_MS = 5;
+/** Between attempts at a locked file: jittered, in [cap/2, cap), the cap doubling from 4 ms to 50 ms. */
+const LOCKED_BACKOFF = { base: 2, factor: 2, max: 50, floor: 0.5 };
+
+/** Another connection holds the lock this statement needs (the statement did nothing). */
+function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("SQLITE_BUSY");
+}
+
 /** The connection, its statements and the tables (the schema generator's SQLite DDL). */
 class Sqlite {
   db: Database | null;
@@ -86,9 +105,45 @@ class Sqlite {
     ) as Record<TableKey, SqlTable>;
   }
 
+  /**
+   * Runs `fn` (one statement, or one transaction: a locked file makes it do nothing) — again, after
+   * an asynchronous backoff, while another connection holds the lock it needs, for up to
+   * `busyTimeoutMs` in all; then the busy error is thrown. Synchronous when the lock was free.
+   */
+  patiently<T>(fn: () => T): T | Promise<T> {
+    try {
+      return fn();
+    } catch (error) {
+      if (!isBusy(error)) throw error;
+      return this.retryLocked(fn, error);
+    }
+  }
+
+  private async retryLocked<T>(fn: () => T, first: unknown): Promise<T> {
+    const deadline = performance.now() + Math.max(0, this.options.busyTimeoutMs ?? 5000);
+    let error = first;
+    for (let attempt = 1; ; attempt++) {
+      const left = deadline - performance.now();
+      if (left <= 0) throw error;
+      await sleep(Math.min(backoff(attempt, LOCKED_BACKOFF), left));
+      try {
+        return fn();
+      } catch (next) {
+        if (!isBusy(next)) throw next;
+        error = next;
+      }
+    }
+  }
+
   async open(): Promise<Database> {
     if (this.db !== null) return this.db;
-    type Driver = new (filename: string) => Database;
+    this.db = await this.connect(this.options.filename ?? ":memory:", false);
+    return this.db;
+  }
+
+  /** A new connection to `filename` (`mustExist`: fails when there is no such file). */
+  private async connect(filename: string, mustExist: boolean): Promise<Database> {
+    type Driver = new (filename: string, options?: { fileMustExist?: boolean }) => Database;
     let Driver: Driver;
     try {
       const mod = (await import("better-sqlite3")) as unknown as { default?: Driver } & Driver;
@@ -99,8 +154,71 @@ class Sqlite {
         error,
       );
     }
-    this.db = new Driver(this.options.filename ?? ":memory:");
-    return this.db;
+    const db = new Driver(filename, mustExist ? { fileMustExist: true } : undefined);
+    this.spin(db);
+    return db;
+  }
+
+  /** SQLite's own (blocking) wait for a lock: short, see `LOCK_SPIN_MS`. */
+  private spin(db: Database): void {
+    db.pragma(`busy_timeout = ${Math.min(LOCK_SPIN_MS, Math.max(0, this.options.busyTimeoutMs ?? 5000))}`);
+  }
+
+  /**
+   * Opens an existing store to read it, without `init()` (`credit-management audit`): no table is
+   * created, nothing migrated, no pragma that writes. Fails with `ConfigurationError` when there is
+   * no such file, or it is not a credit-management store at this release's schema version.
+   */
+  async openExisting(): Promise<void> {
+    if (this.db === null) {
+      const filename = this.options.filename;
+      if (filename === undefined || filename === ":memory:" || filename === "")
+        throw new ConfigurationError(origin("sqlite", "an existing store needs `filename`"));
+      try {
+        this.db = await this.connect(filename, true);
+      } catch (error) {
+        if (error instanceof ConfigurationError) throw error;
+        throw new ConfigurationError(
+          origin("sqlite", `cannot open ${JSON.stringify(filename)}: ${(error as Error).message}`),
+          error,
+        );
+      }
+    }
+    const version = await this.version();
+    const where = this.options.filename === undefined ? "the database" : JSON.stringify(this.options.filename);
+    if (version === null) {
+      this.close();
+      throw new ConfigurationError(
+        origin(
+          "sqlite",
+          `${where} is not a credit-management store (no ${versionTableName("sqlite", { prefix: this.options.tablePrefix })} row${this.options.tablePrefix ? "" : "; a store made with a tablePrefix needs the same prefix"})`,
+        ),
+      );
+    }
+    if (version !== SCHEMA_VERSION) {
+      this.close();
+      throw new ConfigurationError(
+        origin(
+          "sqlite",
+          `${where} is at schema version ${version}, this release reads ${SCHEMA_VERSION}: ${version < SCHEMA_VERSION ? "let a manager of this release upgrade it (init()) first" : "upgrade credit-management"}`,
+        ),
+      );
+    }
+  }
+
+  /** The store's schema version; null when it has no version row (not a store of ours, or empty). */
+  version(): number | null | Promise<number | null> {
+    const db = this.conn();
+    return this.patiently(() => {
+      const table = versionTableName("sqlite", { prefix: this.options.tablePrefix });
+      const exists = db
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+        .get(`${this.options.tablePrefix ?? ""}schema_version`);
+      if (exists === undefined) return null;
+      const found = db.prepare(`SELECT version FROM ${table} WHERE component = ?`).get(SCHEMA_COMPONENT) as
+        { version: number } | undefined;
+      return found === undefined ? null : Number(found.version);
+    });
   }
 
   private conn(): Database {
@@ -167,10 +285,15 @@ class Sqlite {
 
   async init(): Promise<void> {
     const db = await this.open();
-    db.pragma("journal_mode = WAL");
-    db.pragma(`busy_timeout = ${Math.max(0, this.options.busyTimeoutMs ?? 5000)}`);
+    this.spin(db); // a database handed in too
+    await this.patiently(() => db.pragma("journal_mode = WAL"));
     db.pragma("synchronous = FULL"); // a commit reported done survives a power loss too
     const naming = { prefix: this.options.tablePrefix };
+    await this.patiently(() => this.migrate(db, naming));
+  }
+
+  /** Creates the tables, or upgrades them, in one write transaction. */
+  private migrate(db: Database, naming: { prefix: string | undefined }): void {
     this.tx(() => {
       const table = versionTableName("sqlite", naming);
       const exists = db
@@ -236,7 +359,11 @@ class SqliteAttempt implements Attempt {
     readonly userId: string,
   ) {}
 
-  load(request?: LoadRequest): LoadedState {
+  load(request?: LoadRequest): LoadedState | Promise<LoadedState> {
+    return this.s.patiently(() => this.read(request));
+  }
+
+  private read(request?: LoadRequest): LoadedState {
     const { s, userId } = this;
     return s.tx(() => ({
       account: s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
@@ -281,47 +408,58 @@ class SqliteAttempt implements Attempt {
     this.pending = changes;
   }
 
-  commit(): void {
+  commit(): void | Promise<void> {
     const c = this.pending;
     if (c === undefined) return;
+    const conflict = (error: unknown) =>
+      isConflict(error)
+        ? new ConflictError(
+            origin("sqlite", `a concurrent write won (${(error as Error).message})`),
+            { userId: this.userId },
+            error,
+          )
+        : error;
+    try {
+      const done = this.s.patiently(() => this.write(c));
+      if (done instanceof Promise)
+        return done.catch((error: unknown) => {
+          throw conflict(error);
+        });
+    } catch (error) {
+      throw conflict(error);
+    }
+  }
+
+  /** Everything the unit of work saved, in one write transaction (nothing when it throws). */
+  private write(c: Changes): void {
     const { s } = this;
     const stale = () =>
       new ConflictError(origin("sqlite", `account ${this.userId} changed during the unit of work`), {
         userId: this.userId,
       });
-    try {
-      s.tx(() => {
-        if (c.previousSeq === null) s.insert("accounts", [c.account]);
-        else if (!s.update("accounts", c.account, " AND seq = ?", [c.previousSeq])) throw stale();
-        s.insert("grants", c.insertGrants);
-        for (const g of c.updateGrants) s.update("grants", g);
-        s.insert("reservations", c.insertReservations);
-        for (const r of c.updateReservations) s.update("reservations", r);
-        s.insert("journal", c.entries);
-        for (const claim of c.promoClaims ?? []) {
-          const took = s.run(
-            `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,
-            [claim.code],
-          );
-          if (took !== 1)
-            throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
-        }
-        s.insert("promoClaims", c.promoClaims ?? []);
-        for (const p of c.paymentUpdates ?? []) {
-          if (!s.update("payments", p, " AND user_id = ? AND version = ?", [p.userId, p.version - 1]))
-            throw new ConflictError(origin("sqlite", `payment ${p.id} changed`), { paymentId: p.id });
-        }
-        s.insert("notifications", c.notifications ?? []);
-      }, true);
-    } catch (error) {
-      if (isConflict(error))
-        throw new ConflictError(
-          origin("sqlite", `a concurrent write won (${(error as Error).message})`),
-          { userId: this.userId },
-          error,
+    s.tx(() => {
+      if (c.previousSeq === null) s.insert("accounts", [c.account]);
+      else if (!s.update("accounts", c.account, " AND seq = ?", [c.previousSeq])) throw stale();
+      s.insert("grants", c.insertGrants);
+      for (const g of c.updateGrants) s.update("grants", g);
+      s.insert("reservations", c.insertReservations);
+      for (const r of c.updateReservations) s.update("reservations", r);
+      s.insert("journal", c.entries);
+      for (const claim of c.promoClaims ?? []) {
+        const took = s.run(
+          `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,
+          [claim.code],
         );
-      throw error;
-    }
+        if (took !== 1)
+          throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
+      }
+      s.insert("promoClaims", c.promoClaims ?? []);
+      for (const p of c.paymentUpdates ?? []) {
+        if (!s.update("payments", p, " AND user_id = ? AND version = ?", [p.userId, p.version - 1]))
+          throw new ConflictError(origin("sqlite", `payment ${p.id} changed`), { paymentId: p.id });
+      }
+      s.insert("notifications", c.notifications ?? []);
+    }, true);
   }
 }
 
@@ -350,7 +488,17 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
       throw error;
     }
   };
-  return {
+  // Each method is one statement or one transaction: run again while the file is locked.
+  const patient = <T extends object>(part: T): T =>
+    Object.fromEntries(
+      Object.entries(part).map(([key, f]) => [
+        key,
+        typeof f === "function" && key !== "begin"
+          ? (...args: unknown[]) => s.patiently(() => (f as (...a: unknown[]) => unknown)(...args))
+          : f,
+      ]),
+    ) as T;
+  const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,
     maxAttempts: options.maxAttempts,
@@ -562,6 +710,22 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
               `DELETE FROM ${s.t.notifications.qualified} WHERE id IN (SELECT id FROM ${s.t.notifications.qualified} WHERE settled_at IS NOT NULL AND settled_at < ? AND status <> 'pending' ORDER BY settled_at LIMIT ?)`,
               [before, limit],
             ),
+      // Pending rows through the pending_due index, failed ones through settled (docs/console.md).
+      listOutbox: (q: OutboxQuery) => {
+        if (q.limit <= 0) return [];
+        const pending = q.status === "pending";
+        const col = pending ? "next_attempt_at" : "settled_at";
+        const dir = pending ? "ASC" : "DESC";
+        const cmp = pending ? ">" : "<";
+        const where = pending ? "WHERE status = 'pending'" : "WHERE settled_at IS NOT NULL AND status = 'failed'";
+        const page = q.after === undefined ? "" : ` AND (${col} ${cmp} ? OR (${col} = ? AND id ${cmp} ?))`;
+        const params = q.after === undefined ? [q.limit] : [q.after.at, q.after.at, q.after.id, q.limit];
+        return s.list<Notification>(
+          "notifications",
+          `${where}${page} ORDER BY ${col} ${dir}, id ${dir} LIMIT ?`,
+          params,
+        );
+      },
       listNotifications: (userId, q) =>
         q.status === undefined
           ? s.list<Notification>("notifications", "WHERE user_id = ? ORDER BY id LIMIT ?", [userId, q.limit])
@@ -571,6 +735,14 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
               q.limit,
             ]),
     },
+  };
+  return {
+    ...store,
+    accounts: patient(store.accounts),
+    journal: patient(store.journal),
+    subscriptions: store.subscriptions && patient(store.subscriptions),
+    promos: store.promos && patient(store.promos),
+    outbox: store.outbox && patient(store.outbox),
   };
 }
 
@@ -588,6 +760,8 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
  * ```
  */
 export class SqliteDbManager extends DefinedStore {
+  private readonly sqlite: Sqlite;
+
   constructor(options: SqliteDbManagerOptions = {}) {
     if (options.database !== undefined && options.filename !== undefined) {
       throw new ConfigurationError(origin("sqlite", "pass `filename` or `database`, not both"));
@@ -599,5 +773,49 @@ export class SqliteDbManager extends DefinedStore {
       throw new ConfigurationError(origin("sqlite", (error as Error).message), error);
     }
     super(definition(s, options));
+    this.sqlite = s;
+  }
+
+  /**
+   * Opens an existing store to read it, instead of `init()`: nothing is created or migrated (what
+   * `credit-management audit` does). Throws `ConfigurationError` when the file does not exist or is
+   * not a credit-management store at this release's schema version. Idempotent; `close()` closes it.
+   */
+  async openExisting(): Promise<void> {
+    await this.sqlite.openExisting();
+  }
+
+  /** The version row: proves the file can be read (docs/observability.md). */
+  async ping(): Promise<{ schemaVersion: number | null }> {
+    try {
+      return { schemaVersion: await this.sqlite.version() };
+    } catch (error) {
+      throw storeError(this.name, "ping", error);
+    }
+  }
+
+  /** Active holds (the `status_expiry` index) and the outbox's pending and failed rows, in one read. */
+  async stats(): Promise<StoreStats> {
+    const s = this.sqlite;
+    const r = s.t.reservations.qualified;
+    const n = s.t.notifications.qualified;
+    const text =
+      `SELECT (SELECT count(*) FROM ${r} WHERE status = 'active') AS holds, ` +
+      `(SELECT coalesce(sum(amount), 0) FROM ${r} WHERE status = 'active') AS held, ` +
+      `(SELECT count(*) FROM ${n} WHERE status = 'pending') AS pending, ` +
+      `(SELECT count(*) FROM ${n} WHERE status = 'failed') AS failed, ` +
+      `(SELECT min(created_at) FROM ${n} WHERE status = 'pending') AS oldest`;
+    try {
+      const row = (await s.patiently(() => s.all(text)))[0] ?? {};
+      return {
+        activeHolds: Number(row.holds ?? 0),
+        heldCredits: Number(row.held ?? 0),
+        outboxPending: Number(row.pending ?? 0),
+        outboxFailed: Number(row.failed ?? 0),
+        oldestPendingAt: typeof row.oldest === "string" ? new Date(row.oldest) : null,
+      };
+    } catch (error) {
+      throw storeError(this.name, "stats", error);
+    }
   }
 }

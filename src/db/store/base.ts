@@ -1,5 +1,5 @@
 import type { Notification, Payment, Plan, Promo, PromoClaim, Subscription } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate } from "../types-notifications.js";
+import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import type { DbCapabilities, DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
@@ -133,5 +133,11 @@ export abstract class StoreBase implements DbManager {
     query: { status?: Notification["status"]; limit: number },
   ): Promise<Notification[]> {
     return this.parts.outbox.listNotifications(userId, query);
+  }
+  /** The outbox part's `listOutbox`, when it has one. */
+  get listOutbox(): ((query: OutboxQuery) => Promise<Notification[]>) | undefined {
+    const outbox = this.parts.outbox;
+    if (typeof outbox.listOutbox !== "function") return undefined;
+    return async (query) => (outbox.listOutbox as (q: OutboxQuery) => Notification[] | Promise<Notification[]>)(query);
   }
 }

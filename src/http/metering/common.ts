@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { ConfigurationError, InsufficientCreditsError, ValidationError } from "../../errors.js";
 import { IdempotencyKey, UserId, parse } from "../../models/index.js";
 import type { CreditService } from "../../services/credit-service.js";
+import { CreditLeases, type LeaseCharge } from "../../services/leases.js";
 import type { MeterOptions } from "../../models/index.js";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import type { JournalEntry } from "../../models/index.js";
@@ -25,6 +26,14 @@ export interface MeteringOptionsBase<Req> {
    * read; `recordUsage()` is not available below (there is no metered call).
    */
   price?: number | ((request: Req) => number | Promise<number>);
+  /**
+   * Fixed-price metering through credit leases (`manager.credits.leases(...)`, docs/metering.md,
+   * "Leases"): a request the user's block covers is checked and charged in memory, settled with its
+   * window; otherwise the check reads the account and the charge takes the lease's exact path (an
+   * after-service deduction when that refuses). A request with an `Idempotency-Key` is charged
+   * exactly. Needs `price`.
+   */
+  lease?: CreditLeases;
   /** Who pays: `{ userId }` or null (→ 401). */
   authenticate?: (request: Req) => Identity | null | undefined | Promise<Identity | null | undefined>;
   /** Read the payer from a client-sent `X-User-Id` when `authenticate` finds nobody. Default false. */
@@ -62,7 +71,11 @@ export interface MeteringOptionsBase<Req> {
    * `ignoreTrailingSlash`); `creditMetering` is `false` (Hono is strict by default).
    */
   ignoreTrailingSlash?: boolean;
-  /** Header with the client's estimate. Default `X-Estimated-Tokens`. */
+  /**
+   * Header with the client's estimate, in credits. Default `X-Estimated-Credits`, with the
+   * deprecated `X-Estimated-Tokens` read when it is absent (docs/metering.md). Set, only this
+   * header is read.
+   */
   estimateHeader?: string;
   /** Estimate when the header is absent. Default 100. */
   defaultEstimate?: number;
@@ -133,20 +146,28 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     throw new TypeError("defaultEstimate must be a positive integer");
   if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1)
     throw new TypeError("maxEstimate must be a positive integer");
-  const header = (o.estimateHeader ?? "x-estimated-tokens").toLowerCase();
+  /** The estimate headers, in the order they are read: the first one present is the estimate. */
+  const headers = o.estimateHeader !== undefined ? [o.estimateHeader] : ["X-Estimated-Credits", "X-Estimated-Tokens"];
   const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
   const usagePath = o.usageKey ? o.usageKey.split(".") : null;
   const llm = llmOptions(o.llm);
 
-  /** The estimate from the header (a positive integer), else the default; capped. */
-  const estimate = (value: string | null | undefined): number => {
-    if (value === null || value === undefined || value === "") return Math.min(defaultEstimate, maxEstimate);
-    if (!/^\d{1,16}$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
-      throw new ValidationError(`Invalid ${o.estimateHeader ?? "X-Estimated-Tokens"}: must be a positive integer`, [
-        { path: header, message: "must be a positive integer" },
-      ]);
+  /**
+   * The estimate from the first estimate header present (a positive integer), else the default;
+   * capped. `headerOf` reads a request header by its lower-case name.
+   */
+  const estimate = (headerOf: (lowerCaseName: string) => string | null | undefined): number => {
+    for (const name of headers) {
+      const value = headerOf(name.toLowerCase());
+      if (value === null || value === undefined || value === "") continue;
+      if (!/^\d{1,16}$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+        throw new ValidationError(`Invalid ${name}: must be a positive integer`, [
+          { path: name.toLowerCase(), message: "must be a positive integer" },
+        ]);
+      }
+      return Math.min(Number(value), maxEstimate);
     }
-    return Math.min(Number(value), maxEstimate);
+    return Math.min(defaultEstimate, maxEstimate);
   };
 
   const usageFrom = (text: string): number | undefined => {
@@ -298,7 +319,6 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     report,
     settle,
     deductedHeader,
-    estimateHeaderName: header,
     credits: o.credits,
   };
 }
@@ -348,6 +368,9 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
     throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
   const credits = o.credits as Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">;
+  const lease = o.lease;
+  if (lease !== undefined && !(lease instanceof CreditLeases))
+    throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
   const checked = (cost: unknown): number => {
     if (typeof cost === "number" && Number.isSafeInteger(cost) && cost >= 0) return cost;
     throw new ConfigurationError(
@@ -366,7 +389,7 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
    * may all pass it, and the charge after them then goes into debt within the overdraft limit.
    */
   const check = (userId: string, cost: number): Promise<void> | undefined => {
-    if (cost === 0) return undefined;
+    if (cost === 0 || (lease !== undefined && lease.covers(userId, cost))) return undefined;
     return credits.getUserCreditsInfo(userId).then((info) => {
       if (info.available >= cost) return;
       throw new InsufficientCreditsError(
@@ -392,6 +415,25 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
       fixedPrice: true,
     });
     if (cost === 0) return Promise.resolve(outcome(null));
+    if (lease !== undefined && key === undefined) {
+      const leased = (c: LeaseCharge): MeterOutcome => {
+        const out = outcome(c.entry);
+        out.charged = c.amount;
+        return out;
+      };
+      let charged: LeaseCharge | Promise<LeaseCharge>;
+      try {
+        charged = lease.charge(userId, cost, { reason });
+      } catch (error) {
+        return Promise.reject(error as Error);
+      }
+      if (!(charged instanceof Promise)) return Promise.resolve(leased(charged));
+      // The service was delivered: what the exact path refuses is taken into debt, within the limit.
+      return charged.then(leased, (error: unknown) => {
+        if (!(error instanceof InsufficientCreditsError)) throw error;
+        return credits.deductCreditsAfterService(userId, cost, { description: reason }).then(outcome);
+      });
+    }
     const options: { description: string; idempotencyKey?: string } = { description: reason };
     if (key !== undefined) options.idempotencyKey = key;
     return credits.deductCreditsAfterService(userId, cost, options).then(outcome);

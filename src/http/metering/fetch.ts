@@ -22,7 +22,6 @@ import { pathnameOf } from "./paths.js";
  */
 export function creditMetering(options: CreditMeteringOptions) {
   const c = common(options);
-  const estimateHeader = c.estimateHeaderName;
   return (handler: (request: Request) => Response | Promise<Response>) =>
     async (request: Request): Promise<Response> => {
       const path = pathnameOf(request.url);
@@ -34,7 +33,7 @@ export function creditMetering(options: CreditMeteringOptions) {
         const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
         if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path);
-        const estimate = c.estimate(request.headers.get(estimateHeader));
+        const estimate = c.estimate((name) => request.headers.get(name));
         session = await c.credits.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
       } catch (error) {
         return errorResponse(error);

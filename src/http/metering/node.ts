@@ -191,7 +191,6 @@ function onFixedClose(this: FixedResponse): void {
  */
 export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOptions) {
   const c = common(options);
-  const estimateHeader = c.estimateHeaderName;
 
   /** The hold is placed: intercept the end of the response and run the rest of the chain. */
   const start = (req: IncomingMessage, res: MeteredResponse, next: Next, session: MeterSession): void => {
@@ -280,7 +279,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
       if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
       userId = identity.userId;
       if (c.fixed !== null) return fixedPrice(req, res, next, path, userId, c.fixed);
-      estimate = c.estimate(headerOf(req, estimateHeader));
+      estimate = c.estimate((name) => headerOf(req, name));
     } catch (error) {
       return reply(res, errorResponse(error));
     }
