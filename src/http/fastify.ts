@@ -132,7 +132,7 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     }
     let session: MeterSession;
     try {
-      session = await c.credits.openMeter(userId, c.meterOptions(estimate, request.method, path));
+      session = await c.openMeter(userId, c.meterOptions(estimate, request.method, path));
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }

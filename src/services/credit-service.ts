@@ -804,7 +804,10 @@ export class CreditService {
    * charges served from them in memory and settled in one journal entry per window.
    */
   leases(options: LeaseOptions = {}): CreditLeases {
-    return new CreditLeases({ credits: this, ledger: this.ledger, logger: this.logger }, options);
+    return new CreditLeases(
+      { credits: this, ledger: this.ledger, logger: this.logger, session: this.sessionDeps },
+      options,
+    );
   }
 
   /**

@@ -15,6 +15,8 @@ import {
   type Reservation,
 } from "../models/index.js";
 import type { CreditService } from "./credit-service.js";
+import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
+import type { MeterOptions } from "../models/index.js";
 
 /** What one `charge()` did. */
 export interface LeaseCharge {
@@ -69,6 +71,8 @@ export function leaseHoldOf(r: Reservation): LeaseHold {
 /** @internal */
 export interface LeaseDeps {
   credits: Pick<CreditService, "settleLease" | "deductCredits" | "leaseHold">;
+  /** What a metered call served from a block prices and charges with (`openMeter`). */
+  session?: SessionDeps | undefined;
   ledger?: LedgerLogger | undefined;
   logger?: Logger | undefined;
 }
@@ -86,6 +90,11 @@ interface UserLease {
   serveUntil: number;
   used: number;
   requests: number;
+  /**
+   * Credits of metered calls in flight held inside this block (`openMeter`): not charged yet, but
+   * not free for other charges either. Carried into the next block when the window rolls.
+   */
+  pending: number;
   /** True while charges may be served from the block (not while it settles, nor after a failed settle). */
   open: boolean;
   /** Opened since the last tick: not idle yet. */
@@ -160,7 +169,13 @@ export class CreditLeases {
     const reason = options === undefined ? undefined : options.reason;
     if (options === undefined || (reason !== undefined && onlyReason(options))) {
       const l = this.users.get(userId);
-      if (l !== undefined && l.open && Number.isSafeInteger(amount) && amount > 0 && l.used + amount <= l.held) {
+      if (
+        l !== undefined &&
+        l.open &&
+        Number.isSafeInteger(amount) &&
+        amount > 0 &&
+        l.used + l.pending + amount <= l.held
+      ) {
         if (Date.now() < l.serveUntil) return this.serve(l, amount, reason);
       }
     }
@@ -170,13 +185,19 @@ export class CreditLeases {
   /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
   covers(userId: string, amount: number): boolean {
     const l = this.users.get(userId);
-    return l !== undefined && l.open && l.used + amount <= l.held && Date.now() < l.serveUntil;
+    return l !== undefined && l.open && l.used + l.pending + amount <= l.held && Date.now() < l.serveUntil;
   }
 
   /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
   tryCharge(userId: string, amount: number, reason?: string): boolean {
     const l = this.users.get(userId);
-    if (l === undefined || !l.open || !Number.isSafeInteger(amount) || amount <= 0 || l.used + amount > l.held)
+    if (
+      l === undefined ||
+      !l.open ||
+      !Number.isSafeInteger(amount) ||
+      amount <= 0 ||
+      l.used + l.pending + amount > l.held
+    )
       return false;
     if (Date.now() >= l.serveUntil || (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)))
       return false;
@@ -255,9 +276,70 @@ export class CreditLeases {
     return report;
   }
 
+  /**
+   * @internal A metered call (estimate, then usage: the metering middlewares' `lease` option
+   * without `price`) served from `userId`'s block: the estimate is held inside the block in memory,
+   * and the session's commit charges the usage from the block (a line of the window, settled with
+   * it) or, when the block no longer covers it, as an after-service deduction. Null when the block
+   * does not cover the estimate now (or there is none, or the call is keyed): the caller places a
+   * hold in the store as without a lease. Opens (or rolls) no block itself: `warm` does.
+   */
+  openMeter(userId: string, options: MeterOptions): MeterSession | null {
+    const session = this.deps.session;
+    if (session === undefined || this.closed || options.idempotencyKey !== undefined) return null;
+    const l = this.users.get(userId);
+    const n = options.estimate;
+    if (l === undefined || !l.open || l.used + l.pending + n > l.held || Date.now() >= l.serveUntil) {
+      this.warm(userId, n);
+      return null;
+    }
+    l.pending += n;
+    return new LeasedSession(session, this, l, n, options);
+  }
+
+  /**
+   * @internal Opens (or rolls) `userId`'s block in the background after a metered call found none
+   * that covers `amount`, so that the user's next calls are served from it. Errors are left to the
+   * exact path (the next call tries again).
+   */
+  private warm(userId: string, amount: number): void {
+    if (this.closed || amount > this.sizing.size || (this.exactUntil.get(userId) ?? 0) > Date.now()) return;
+    const l = this.users.get(userId);
+    if (l === undefined) void this.open(userId).catch(() => undefined);
+    else if (l.settling === null && l.open) void this.settle(l, true).catch(() => undefined);
+  }
+
+  /**
+   * @internal Settles a leased metered call: its estimate leaves the block's pending credits, and
+   * `amount` is charged from the block when it still covers it (waiting out a settle under way).
+   * Null when it does not (the block rolled smaller, ended, or stops serving): the caller charges
+   * it as an after-service deduction.
+   */
+  async chargeHeld(
+    block: object,
+    estimate: number,
+    amount: number,
+    reason: string | undefined,
+    extra: string,
+  ): Promise<boolean> {
+    const l = block as UserLease;
+    l.pending -= estimate;
+    if (amount === 0) return true;
+    if (l.settling !== null) await l.settling.catch(() => undefined);
+    if (this.users.get(l.userId) !== l || !l.open || l.used + l.pending + amount > l.held) return false;
+    if (Date.now() >= l.serveUntil) return false;
+    this.serve(l, amount, reason, extra);
+    return true;
+  }
+
+  /** @internal A leased metered call that charges nothing: its estimate goes back to the block. */
+  releaseHeld(block: object, estimate: number): void {
+    (block as UserLease).pending -= estimate;
+  }
+
   // -----------------------------------------------------------------------------------------------
 
-  private serve(l: UserLease, amount: number, reason: string | undefined): LeaseCharge {
+  private serve(l: UserLease, amount: number, reason: string | undefined, extra = ""): LeaseCharge {
     l.used += amount;
     l.requests++;
     if (this.file !== undefined) {
@@ -270,11 +352,11 @@ export class CreditLeases {
         r = this.lastReasonJson;
       }
       this.file.recordLine(
-        `{"eventType":"lease","action":"charge","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"amount":${amount}${r}}`,
+        `{"eventType":"lease","action":"charge","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"amount":${amount}${r}${extra}}`,
       );
     }
     // The block ran out: settle (and roll) now rather than at the tick.
-    if (l.used === l.held) void this.settle(l, true).catch(() => undefined);
+    if (l.used + l.pending >= l.held) void this.settle(l, true).catch(() => undefined);
     return { userId: l.userId, amount, via: "lease", entry: null };
   }
 
@@ -298,7 +380,7 @@ export class CreditLeases {
         await l.settling.catch(() => undefined);
         continue;
       }
-      if (l.open && l.used + n <= l.held && Date.now() < l.serveUntil) return this.serve(l, n, o?.reason);
+      if (l.open && l.used + l.pending + n <= l.held && Date.now() < l.serveUntil) return this.serve(l, n, o?.reason);
       if (rolled) return this.exact(user, n, o);
       // Not covered: settle this window and roll the rest into a new block, then try once more.
       rolled = true;
@@ -328,6 +410,7 @@ export class CreditLeases {
       serveUntil: 0,
       used: 0,
       requests: 0,
+      pending: 0,
       open: false,
       fresh: true,
       settling: null,
@@ -406,7 +489,8 @@ export class CreditLeases {
     for (const [user, until] of this.exactUntil) if (until <= now) this.exactUntil.delete(user);
     for (const l of this.users.values()) {
       if (l.settling !== null) continue;
-      if (l.requests === 0 && l.open && l.fresh) {
+      // Idle for the first time, or with metered calls in flight on it: kept (nothing to settle).
+      if (l.requests === 0 && l.open && (l.fresh || l.pending > 0)) {
         l.fresh = false;
         continue;
       }
@@ -438,4 +522,61 @@ function onlyReason(options: LeaseChargeOptions): boolean {
   if (typeof options.reason !== "string" || options.reason.length > 1000) return false;
   for (const k in options) if (k !== "reason") return false;
   return true;
+}
+
+/**
+ * A metered call served from a credit lease (`CreditLeases.openMeter`): recording usage,
+ * `currentMeter()` and the middlewares' settlement work as for a hold in the store, but the
+ * estimate is held inside the process's block and the usage charged from it.
+ */
+class LeasedSession extends MeterSession {
+  private done = false;
+
+  constructor(
+    deps: SessionDeps,
+    private readonly leases: CreditLeases,
+    private readonly block: UserLease,
+    estimate: number,
+    options: MeterOptions,
+  ) {
+    super(deps, block.userId, block.holdId ?? "", estimate, options);
+  }
+
+  protected override async doCommit(amount: number): Promise<MeterOutcome> {
+    const first = !this.done;
+    this.done = true;
+    const usages = this.usages.length > 0 ? `,"usages":${JSON.stringify(this.usages)}` : "";
+    const reason = this.options.reason;
+    if (first && (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages))) {
+      const outcome = this.outcome("committed", amount, null);
+      outcome.leased = true;
+      return outcome;
+    }
+    // The block no longer covers it: the usage was delivered, so it is an after-service deduction
+    // (within the overdraft limit; what the limit leaves is reported as the shortfall).
+    const entry =
+      amount > 0
+        ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation(undefined, { leased: true }))
+        : null;
+    const charged = entry?.amount ?? 0;
+    const outcome = this.outcome("committed", charged, entry);
+    outcome.chargedAfterService = true;
+    if (amount - charged > 0)
+      await this.reportShortfall(
+        outcome,
+        amount - charged,
+        "metered usage beyond its credit lease exceeded the overdraft limit; charged what the limit allows",
+        { leased: true },
+      );
+    return outcome;
+  }
+
+  protected override doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
+    if (!this.done) this.leases.releaseHeld(this.block, this.estimate);
+    this.done = true;
+    const outcome = this.outcome("released", 0, null);
+    outcome.releaseReason = reason;
+    outcome.leased = true;
+    return Promise.resolve(outcome);
+  }
 }

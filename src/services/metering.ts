@@ -51,8 +51,18 @@ export interface MeterOutcome {
   replayed?: boolean;
   /** Usage beyond what the overdraft limit let us charge (the hold itself was charged in full). */
   shortfall?: number;
-  /** The commit (or after-service deduction) entry; null when released or nothing was charged. */
+  /**
+   * The commit (or after-service deduction) entry; null when released or nothing was charged, and
+   * for a call served from a credit lease (`leased`: its usage is settled with the lease's window).
+   */
   entry: JournalEntry | null;
+  /**
+   * Served from a credit lease (the metering middlewares' `lease` option, docs/metering.md,
+   * "Leases"): the estimate was held inside this process's block of the user's credits and the
+   * usage charged from it, settled in the window's one journal entry. `reservationId` is the
+   * block's hold.
+   */
+  leased?: boolean;
   /**
    * A fixed-price request of the HTTP metering middlewares (their `price` option): no hold
    * (`reservationId` is empty, `estimate` is the price), charged by one deduction or not at all.
@@ -202,11 +212,11 @@ export class MeterSession {
    * @internal
    */
   constructor(
-    private readonly deps: SessionDeps,
+    protected readonly deps: SessionDeps,
     readonly userId: string,
     readonly reservationId: string,
     readonly estimate: number,
-    private readonly options: Omit<MeterOptions, "estimate">,
+    protected readonly options: Omit<MeterOptions, "estimate">,
     private readonly holdKey: string | undefined = options.idempotencyKey,
   ) {
     this.priceBook = deps.pricing?.current() ?? null;
@@ -304,7 +314,7 @@ export class MeterSession {
    * The options of a commit, release or after-service deduction: only the keys that are set.
    * `key`: the idempotency key of this step (undefined for an unkeyed call).
    */
-  private mutation(key: string | undefined, extra: Record<string, unknown> | null): MutationInput {
+  protected mutation(key: string | undefined, extra: Record<string, unknown> | null): MutationInput {
     const o = this.options;
     const out: MutationInput = {};
     if (o.description !== undefined) out.description = o.description;
@@ -318,7 +328,7 @@ export class MeterSession {
     return out;
   }
 
-  private outcome(outcome: MeterOutcome["outcome"], charged: number, entry: JournalEntry | null): MeterOutcome {
+  protected outcome(outcome: MeterOutcome["outcome"], charged: number, entry: JournalEntry | null): MeterOutcome {
     return {
       userId: this.userId,
       reservationId: this.reservationId,
@@ -330,7 +340,7 @@ export class MeterSession {
     };
   }
 
-  private async doCommit(amount: number): Promise<MeterOutcome> {
+  protected async doCommit(amount: number): Promise<MeterOutcome> {
     try {
       const options: CommitInput = this.mutation(this.chargeKey, null);
       options.amount = amount;
@@ -413,7 +423,7 @@ export class MeterSession {
   }
 
   /** Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger. */
-  private async reportShortfall(
+  protected async reportShortfall(
     outcome: MeterOutcome,
     shortfall: number,
     message: string,
@@ -467,7 +477,7 @@ export class MeterSession {
     return outcome;
   }
 
-  private async doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
+  protected async doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
     await this.tryRelease(reason, true);
     const outcome = this.outcome("released", 0, null);
     outcome.releaseReason = reason;

@@ -20,6 +20,8 @@ const ran: string[] = [];
 type Route = { status: number; body?: string; delay?: number; parts?: boolean };
 const routes: Record<string, Route> = {
   "/api/ok": { status: 200, body: '{"ok":true}' },
+  "/api/usage": { status: 200, body: '{"usage":{"n":7}}' },
+  "/api/big": { status: 200, body: '{"usage":{"n":500}}' },
   "/api/bad": { status: 400, body: '{"error":"bad"}' },
   "/api/fail": { status: 503, body: "{}" },
   "/api/slow": { status: 200, body: "{}", delay: 400 },
@@ -376,3 +378,62 @@ describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering thro
     }
   });
 });
+
+describe.each(hosts.map((h) => [h.name, h] as const))(
+  "estimate-and-usage metering through a lease on %s",
+  (_name, host) => {
+    it("holds the estimate inside the block, charges the usage from it, returns a failed call's estimate", async () => {
+      const m = await createCreditManager();
+      const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
+      const outcomes: MeterOutcome[] = [];
+      const server = await host.start({
+        credits: m.credits,
+        authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
+        pathPrefix: "/api",
+        defaultEstimate: 20,
+        usageKey: "usage.n",
+        lease,
+        onSettled: (o) => outcomes.push(o),
+      });
+      const call = async (path: string) => {
+        const res = await fetch(`${server.url}${path}`, { headers: { "x-payer": "metered" } });
+        await res.text();
+        return res;
+      };
+      try {
+        await m.credits.addCredits("metered", 1000);
+        // No block yet: a hold in the store, as without a lease; the block opens meanwhile.
+        expect((await call("/api/usage")).headers.get("x-credits-deducted")).toBe("7");
+        await waitFor(() => (outcomes.length === 1 ? true : undefined));
+        expect(outcomes[0]).toMatchObject({ charged: 7, outcome: "committed" });
+        expect(outcomes[0]?.leased).toBeUndefined();
+        await waitFor(() => (lease.covers("metered", 20) ? true : undefined));
+        const entries = (await m.credits.getCreditHistory("metered")).items.length;
+        for (let i = 0; i < 5; i++) expect((await call("/api/usage")).headers.get("x-credits-deducted")).toBe("7");
+        expect((await call("/api/fail")).status).toBe(503);
+        await waitFor(() => (outcomes.length === 7 ? true : undefined));
+        expect(outcomes.slice(1, 6).every((o) => o.leased === true && o.charged === 7 && o.entry === null)).toBe(true);
+        expect(outcomes[6]).toMatchObject({ leased: true, outcome: "released", charged: 0 });
+        // Served in memory: nothing journaled for them yet.
+        expect((await m.credits.getCreditHistory("metered")).items).toHaveLength(entries);
+        // The failed call's estimate went back to the block: all of it is free again but the 35 used.
+        const block = (await m.credits.getUserCreditsInfo("metered")).reserved;
+        expect(lease.covers("metered", block - 35)).toBe(true);
+        expect(lease.covers("metered", block - 34)).toBe(false);
+        // Usage beyond what the block covers: delivered, so an after-service deduction of its own.
+        expect((await call("/api/big")).headers.get("x-credits-deducted")).toBe("500");
+        await waitFor(() => (outcomes.length === 8 ? true : undefined));
+        expect(outcomes[7]).toMatchObject({ charged: 500, chargedAfterService: true });
+        expect(outcomes[7]?.entry?.amount).toBe(500);
+        await lease.close();
+        expect(await m.credits.getUserCreditsInfo("metered")).toMatchObject({ balance: 1000 - 542, reserved: 0 });
+        const settle = (await m.credits.getCreditHistory("metered")).items.find((e) => e.metadata?.leaseWindow);
+        expect(settle?.metadata?.leaseWindow).toMatchObject({ requests: 5, total: 35 });
+        expect((await m.credits.audit("metered")).ok).toBe(true);
+      } finally {
+        await server.close();
+        await m.close();
+      }
+    });
+  },
+);

@@ -27,11 +27,14 @@ export interface MeteringOptionsBase<Req> {
    */
   price?: number | ((request: Req) => number | Promise<number>);
   /**
-   * Fixed-price metering through credit leases (`manager.credits.leases(...)`, docs/metering.md,
-   * "Leases"): a request the user's block covers is checked and charged in memory, settled with its
-   * window; otherwise the check reads the account and the charge takes the lease's exact path (an
-   * after-service deduction when that refuses). A request with an `Idempotency-Key` is charged
-   * exactly. Needs `price`.
+   * Metering through credit leases (`manager.credits.leases(...)`, docs/metering.md, "Leases").
+   * With `price`: a request the user's block covers is checked and charged in memory, settled with
+   * its window; otherwise the check reads the account and the charge takes the lease's exact path
+   * (an after-service deduction when that refuses); a request with an `Idempotency-Key` is charged
+   * exactly. Without `price` (estimate, then usage): the estimate is held inside the user's block
+   * in memory and the usage charged from it; when the block does not cover the estimate, the
+   * request places a hold in the store as without a lease (and the block is opened or rolled for
+   * the next ones); usage beyond what the block still covers is an after-service deduction.
    */
   lease?: CreditLeases;
   /** Who pays: `{ userId }` or null (→ 401). */
@@ -303,6 +306,14 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   };
 
   const fixed = fixedPrice(o);
+  const lease = o.lease;
+  if (lease !== undefined && !(lease instanceof CreditLeases))
+    throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
+  /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */
+  const openMeter = (userId: string, options: MeterOptions): Promise<MeterSession> => {
+    const leased = lease?.openMeter(userId, options) ?? null;
+    return leased !== null ? Promise.resolve(leased) : o.credits.openMeter(userId, options);
+  };
 
   return {
     fixed,
@@ -320,6 +331,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     settle,
     deductedHeader,
     credits: o.credits,
+    openMeter,
   };
 }
 

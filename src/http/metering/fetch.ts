@@ -34,7 +34,7 @@ export function creditMetering(options: CreditMeteringOptions) {
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
         if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path);
         const estimate = c.estimate((name) => request.headers.get(name));
-        session = await c.credits.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
+        session = await c.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
       } catch (error) {
         return errorResponse(error);
       }

@@ -283,7 +283,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     } catch (error) {
       return reply(res, errorResponse(error));
     }
-    c.credits.openMeter(userId, c.meterOptions(estimate, req.method, path)).then(
+    c.openMeter(userId, c.meterOptions(estimate, req.method, path)).then(
       (session) => start(req, res, next, session),
       (error: unknown) => reply(res, errorResponse(error)),
     );
