@@ -413,9 +413,15 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
   /**
    * Charges a request that succeeded: one after-service deduction (the service was delivered, so
    * it is taken into debt when credits ran out meanwhile, up to the overdraft limit). `key`: from
-   * the request's `Idempotency-Key` (`keyOf`), so a retried request is charged once. Resolves to its outcome.
+   * the request's `Idempotency-Key` (`keyOf`), so a retried request is charged once. Its outcome:
+   * at once (no promise) when a lease's block covered it, else once the deduction is stored.
    */
-  const charge = (userId: string, cost: number, key: string | undefined, reason: string): Promise<MeterOutcome> => {
+  const charge = (
+    userId: string,
+    cost: number,
+    key: string | undefined,
+    reason: string,
+  ): MeterOutcome | Promise<MeterOutcome> => {
     const outcome = (entry: JournalEntry | null): MeterOutcome => ({
       userId,
       reservationId: "",
@@ -426,7 +432,7 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
       entry,
       fixedPrice: true,
     });
-    if (cost === 0) return Promise.resolve(outcome(null));
+    if (cost === 0) return outcome(null);
     if (lease !== undefined && key === undefined) {
       const leased = (c: LeaseCharge): MeterOutcome => {
         const out = outcome(c.entry);
@@ -439,7 +445,7 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
       } catch (error) {
         return Promise.reject(error as Error);
       }
-      if (!(charged instanceof Promise)) return Promise.resolve(leased(charged));
+      if (!(charged instanceof Promise)) return leased(charged);
       // The service was delivered: what the exact path refuses is taken into debt, within the limit.
       return charged.then(leased, (error: unknown) => {
         if (!(error instanceof InsufficientCreditsError)) throw error;
@@ -491,10 +497,14 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
     };
     const priced = {
       done: false,
-      /** Charges the request; null (nothing reported) when the charge failed. */
-      charge(): Promise<MeterOutcome | null> {
+      /**
+       * Charges the request; null (nothing reported) when the charge failed. The outcome at once
+       * (no promise) when a lease's block covered it, so the response ends in the same turn.
+       */
+      charge(): MeterOutcome | null | Promise<MeterOutcome | null> {
         priced.done = true;
-        return charge(userId, cost, key, reason).then(report, () => null);
+        const charged = charge(userId, cost, key, reason);
+        return charged instanceof Promise ? charged.then(report, () => null) : report(charged);
       },
       notCharged(why: "error" | "aborted"): void {
         priced.done = true;

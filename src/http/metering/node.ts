@@ -164,7 +164,14 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
     return end.apply(this, arguments as unknown as Parameters<End>);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
-  priced.charge().then((outcome) => {
+  const charged = priced.charge();
+  if (!(charged instanceof Promise)) {
+    // Charged at once (a lease's block covered it): end in this turn.
+    if (charged !== null) this.setHeader(deductedHeader, String(charged.charged));
+    // eslint-disable-next-line prefer-rest-params
+    return end.apply(this, arguments as unknown as Parameters<End>);
+  }
+  charged.then((outcome) => {
     if (outcome !== null && !this.headersSent) this.setHeader(deductedHeader, String(outcome.charged));
     end.call(this, chunk, encoding, cb);
   });
