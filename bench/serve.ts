@@ -92,9 +92,15 @@ export async function run(): Promise<BenchRow[]> {
     await load(hand.port, "any", 1);
     const a: number[] = [];
     const b: number[] = [];
-    for (let turn = 0; turn < 2; turn++) {
-      b.push(await load(hand.port, "any", SECONDS));
-      a.push(await load(serve.port, key, SECONDS));
+    // Four turns, the order swapped each turn (ABBA), so neither side always runs first.
+    for (let turn = 0; turn < 4; turn++) {
+      if (turn % 2 === 0) {
+        b.push(await load(hand.port, "any", SECONDS));
+        a.push(await load(serve.port, key, SECONDS));
+      } else {
+        a.push(await load(serve.port, key, SECONDS));
+        b.push(await load(hand.port, "any", SECONDS));
+      }
     }
     const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
     const ratio = mean(a) / mean(b);
