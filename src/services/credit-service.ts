@@ -721,7 +721,8 @@ export class CreditService {
     const decision = decideCheck(info.available, rule?.minAvailable, o.amount);
     if (decision.allowed || this.cache === undefined) return decision;
     // A denial is answered from the store's current state, not from a cached copy another
-    // process may have outdated (its writes invalidate its own cache, not ours): docs/storage.md#caches.
+    // process may have outdated (its writes invalidate its own cache, not ours): docs/storage.md,
+    // "Caches: what each may answer".
     const current = creditsInfo(user, await this.settledAccount(user, this.clock()));
     return decideCheck(current.available, rule?.minAvailable, o.amount);
   }

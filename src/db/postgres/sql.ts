@@ -100,7 +100,8 @@ export class PostgresSql {
   /**
    * The users (of `$1`) whose account row is no longer the version (`xmin`, `$2`, same order) a
    * cached state was made from: a unit of work that started from that state and ends without a
-   * save (a refusal, a no-op) is final only if its user is not among them (docs/storage.md#caches).
+   * save (a refusal, a no-op) is final only if its user is not among them (docs/storage.md,
+   * "Caches: what each may answer").
    */
   readonly confirm: Statement;
   private readonly saves = new Map<string, SaveStatement>();
