@@ -533,20 +533,20 @@ class LeasedSession extends MeterSession {
   private done = false;
 
   constructor(
-    deps: SessionDeps,
+    private readonly session: SessionDeps,
     private readonly leases: CreditLeases,
     private readonly block: UserLease,
     estimate: number,
-    options: MeterOptions,
+    private readonly meterOptions: MeterOptions,
   ) {
-    super(deps, block.userId, block.holdId ?? "", estimate, options);
+    super(session, block.userId, block.holdId ?? "", estimate, meterOptions);
   }
 
   protected override async doCommit(amount: number): Promise<MeterOutcome> {
     const first = !this.done;
     this.done = true;
     const usages = this.usages.length > 0 ? `,"usages":${JSON.stringify(this.usages)}` : "";
-    const reason = this.options.reason;
+    const reason = this.meterOptions.reason;
     if (first && (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages))) {
       const outcome = this.outcome("committed", amount, null);
       outcome.leased = true;
@@ -556,7 +556,7 @@ class LeasedSession extends MeterSession {
     // (within the overdraft limit; what the limit leaves is reported as the shortfall).
     const entry =
       amount > 0
-        ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation(undefined, { leased: true }))
+        ? await this.session.credits.chargeUpToLimit(this.userId, amount, this.mutation(undefined, { leased: true }))
         : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);

@@ -212,11 +212,11 @@ export class MeterSession {
    * @internal
    */
   constructor(
-    protected readonly deps: SessionDeps,
+    private readonly deps: SessionDeps,
     readonly userId: string,
     readonly reservationId: string,
     readonly estimate: number,
-    protected readonly options: Omit<MeterOptions, "estimate">,
+    private readonly options: Omit<MeterOptions, "estimate">,
     private readonly holdKey: string | undefined = options.idempotencyKey,
   ) {
     this.priceBook = deps.pricing?.current() ?? null;
@@ -313,6 +313,7 @@ export class MeterSession {
   /**
    * The options of a commit, release or after-service deduction: only the keys that are set.
    * `key`: the idempotency key of this step (undefined for an unkeyed call).
+   * @internal
    */
   protected mutation(key: string | undefined, extra: Record<string, unknown> | null): MutationInput {
     const o = this.options;
@@ -328,6 +329,7 @@ export class MeterSession {
     return out;
   }
 
+  /** @internal */
   protected outcome(outcome: MeterOutcome["outcome"], charged: number, entry: JournalEntry | null): MeterOutcome {
     return {
       userId: this.userId,
@@ -340,6 +342,7 @@ export class MeterSession {
     };
   }
 
+  /** @internal */
   protected async doCommit(amount: number): Promise<MeterOutcome> {
     try {
       const options: CommitInput = this.mutation(this.chargeKey, null);
@@ -422,7 +425,10 @@ export class MeterSession {
     return outcome;
   }
 
-  /** Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger. */
+  /**
+   * Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger.
+   * @internal
+   */
   protected async reportShortfall(
     outcome: MeterOutcome,
     shortfall: number,
@@ -477,6 +483,7 @@ export class MeterSession {
     return outcome;
   }
 
+  /** @internal */
   protected async doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
     await this.tryRelease(reason, true);
     const outcome = this.outcome("released", 0, null);
