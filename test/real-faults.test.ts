@@ -98,6 +98,7 @@ async function eventually(check: () => Promise<void>, ms: number): Promise<void>
   }
 }
 
+// reason: needs CREDIT_PG_URL or CREDIT_MONGO_URI (both set by .ci/run); no server, nothing to cut
 describe.skipIf(backends.length === 0)("real faults through a cutting proxy", () => {
   it.each(backends)(
     "$name: no answered operation lost, each key applied once, no hold or lock left, audit clean",

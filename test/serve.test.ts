@@ -426,6 +426,7 @@ describe("serve: --worker and CORS", () => {
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const schema = `serve_${process.pid}`;
+// reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run)
 describe.skipIf(pgUrl === undefined)("PostgreSQL (CREDIT_PG_URL)", () => {
   afterAll(async () => {
     const { default: pg } = await import("pg");
@@ -480,6 +481,7 @@ describe.skipIf(pgUrl === undefined)("PostgreSQL (CREDIT_PG_URL)", () => {
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const mongoDb = `serve_${process.pid}`;
+// reason: needs a MongoDB replica set (CREDIT_MONGO_URI, set by .ci/run)
 describe.skipIf(mongoUri === undefined || mongoUri === "")("MongoDB (CREDIT_MONGO_URI)", () => {
   afterAll(async () => {
     const { MongoClient } = await import("mongodb");
