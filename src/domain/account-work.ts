@@ -14,7 +14,7 @@ import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
-import { headroom } from "./overdraft.js";
+import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -359,6 +359,26 @@ export class AccountWork {
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
     const entry = this.emit("reserve", amount, allocations, reservation.id, meta);
     return { reservation, entry };
+  }
+
+  /**
+   * Charges usage already delivered (docs/concepts.md, "Overdraft and debt"): as much of `requested`
+   * as the overdraft limit allows, into debt if need be, with what it could not charge recorded as
+   * the entry's `shortfall`. Null when the limit allows nothing.
+   */
+  deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null {
+    const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit));
+    if (charge === 0) return null;
+    return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
+  }
+
+  /**
+   * Captures `requested` on `hold` as far as the overdraft limit allows beyond the hold (the hold
+   * itself always), recording what it could not charge as the entry's `shortfall`.
+   */
+  commitUpToLimit(hold: Reservation, requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
+    const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit));
+    return this.commit(hold, charge, shortfallMeta(meta, requested, charge), overdraftLimit);
   }
 
   /**

@@ -5,7 +5,6 @@ import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types
 import type { PromoPaymentChanges } from "../db/types-promos.js";
 import { AccountWork, holdWith, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { chargeWithinLimit, commitWithinLimit, shortfallMeta } from "../domain/overdraft.js";
 import {
   NO_NOTIFICATIONS,
   evaluateAlert,
@@ -499,12 +498,9 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.mutate("deductCreditsAfterService", userId, meta, (work) => {
-      const limit = this.overdraftLimit;
-      const charge = chargeWithinLimit(amount, work.headroom(limit));
-      if (charge === 0) return null;
-      return work.deduct(charge, shortfallMeta(meta, amount, charge), { allowDebt: true, overdraftLimit: limit });
-    });
+    return this.mutate("deductCreditsAfterService", userId, meta, (work) =>
+      work.deductUpToLimit(amount, meta, this.overdraftLimit),
+    );
   }
 
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
@@ -588,9 +584,9 @@ export class CreditService {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
         const limit = this.overdraftLimit;
         const requested = o.amount ?? hold.amount;
-        if (!upToLimit) return work.commit(hold, requested, meta, limit);
-        const charge = commitWithinLimit(requested, hold.amount, work.headroom(limit));
-        return work.commit(hold, charge, shortfallMeta(meta, requested, charge), limit);
+        return upToLimit
+          ? work.commitUpToLimit(hold, requested, meta, limit)
+          : work.commit(hold, requested, meta, limit);
       };
       return andThen(this.activeHold(work, tx, id), commit);
     });
@@ -849,20 +845,16 @@ export class CreditService {
           keyed = true;
           if (hold !== null) {
             if (s.used === 0 && s.requests === 0) return roll(work.releaseHold(hold, "released", meta).entry);
-            return roll(work.commit(hold, commitWithinLimit(s.used, hold.amount, work.headroom(limit)), meta, limit));
+            return roll(work.commitUpToLimit(hold, s.used, meta, limit));
           }
           if (s.used === 0) {
             keyed = false;
             return roll(null);
           }
           // The hold lapsed: the usage was delivered, so it is charged after service.
-          const amount = chargeWithinLimit(s.used, work.headroom(limit));
-          if (amount === 0) {
-            keyed = false;
-            return roll(null);
-          }
-          const m = shortfallMeta(meta, s.used, amount);
-          return roll(work.deduct(amount, m, { allowDebt: true, overdraftLimit: limit }));
+          const entry = work.deductUpToLimit(s.used, meta, limit);
+          if (entry === null) keyed = false;
+          return roll(entry);
         };
         if (s.holdId === null) return charge(null);
         let found: Reservation | Promise<Reservation>;
