@@ -680,3 +680,33 @@ describe("payment providers: time-outs, a pinned Stripe API version, configurati
     }
   });
 });
+
+describe("payments: a refund recorded outside a webhook (recordRefund)", () => {
+  it("validates its options, takes back the credits once per total, and names who recorded it", async () => {
+    const { payments, credits } = await setup({ domainEvents: true });
+    const p = await payments.createPaymentLink("erin", { amount: 500, currency: "USD", provider: "stripe" });
+    const body = stripeEvent("checkout.session.completed", stripeSession(p, "paid"));
+    expect((await payments.handleWebhook("stripe", body, stripeSign(body))).outcome).toBe("credited");
+    const before = await credits.getUserCreditsInfo("erin");
+    expect(before.balance).toBe(50);
+    for (const bad of [
+      { refundedTotal: 0 },
+      { refundedTotal: 1.5 },
+      { refundedTotal: 501 },
+      { by: "" },
+      { who: "x" },
+    ]) {
+      await expect(payments.recordRefund("erin", p.id, bad as never)).rejects.toBeInstanceOf(ValidationError);
+    }
+    expect(await credits.getUserCreditsInfo("erin")).toEqual(before); // refused: nothing changed
+    expect((await payments.recordRefund("erin", p.id, { refundedTotal: 200, by: "ops@example.com" })).outcome).not.toBe(
+      "duplicate",
+    );
+    expect((await credits.getUserCreditsInfo("erin")).balance).toBe(30);
+    // The same total again (a double-clicked form): nothing more taken.
+    expect((await payments.recordRefund("erin", p.id, { refundedTotal: 200 })).outcome).toBe("duplicate");
+    expect((await credits.getUserCreditsInfo("erin")).balance).toBe(30);
+    const refund = (await credits.getCreditHistory("erin")).items[0];
+    expect(refund?.metadata).toMatchObject({ refundedBy: "ops@example.com" });
+  });
+});

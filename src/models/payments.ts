@@ -112,3 +112,12 @@ export const PaymentHistoryQuery = z.strictObject({
 export type PaymentHistoryQuery = z.input<typeof PaymentHistoryQuery>;
 
 export const PaymentId = EntityId;
+
+/** Options of `payments.recordRefund(userId, paymentId, options)`. */
+export const RecordRefundOptions = z.strictObject({
+  /** Cumulative refunded total in the smallest unit, 1 to the payment's amount (default: all of it). */
+  refundedTotal: z.number().int().min(1).optional(),
+  /** Who recorded it: in the journal entry's description and metadata (`refundedBy`). */
+  by: z.string().min(1).max(255).optional(),
+});
+export type RecordRefundOptions = z.input<typeof RecordRefundOptions>;

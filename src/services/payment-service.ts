@@ -27,9 +27,10 @@ import {
   WebhookRejectedError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import * as z from "zod";
+import type * as z from "zod";
 import {
   CreatePaymentInput,
+  RecordRefundOptions,
   CreditsPerUnit,
   KeyNamespace,
   WaitDuration,
@@ -552,14 +553,11 @@ export class PaymentService {
    * journal entry's description and metadata (`refundedBy`). Only a paid or partly refunded
    * payment can be refunded (`ValidationError` otherwise).
    */
-  async recordRefund(
-    userId: string,
-    paymentId: string,
-    options: { refundedTotal?: number; by?: string } = {},
-  ): Promise<WebhookResult> {
+  async recordRefund(userId: string, paymentId: string, options: RecordRefundOptions = {}): Promise<WebhookResult> {
+    const o = parse(RecordRefundOptions, options, "options");
     const p = await this.getPayment(userId, paymentId);
-    const total = options.refundedTotal ?? p.amount;
-    if (!Number.isSafeInteger(total) || total < 1 || total > p.amount) {
+    const total = o.refundedTotal ?? p.amount;
+    if (total > p.amount) {
       throw new ValidationError(`Invalid refundedTotal: must be a whole number from 1 to ${p.amount}`, [
         { path: "refundedTotal", message: "out of range" },
       ]);
@@ -572,7 +570,7 @@ export class PaymentService {
         { path: "paymentId", message: `status ${p.status}` },
       ]);
     }
-    const by = options.by === undefined ? undefined : parse(RefundActor, options.by, "by");
+    const by = o.by;
     const event: PaymentEvent = {
       eventId: null,
       type: "manual.refund",
@@ -864,9 +862,6 @@ export class PaymentService {
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** Who recorded a manual refund (`recordRefund`'s `by`). */
-const RefundActor = z.string().min(1).max(255);
 
 /** The event names another provider payment than the one the payment was credited with. */
 function otherAttempt(p: Payment, e: PaymentEvent): boolean {
