@@ -506,13 +506,7 @@ export class PaymentService {
   private async applyWebhook(provider: PaymentProvider, raw: Uint8Array, headers: HeadersLike): Promise<WebhookResult> {
     provider.verifyWebhook(raw, headers, this.deps.clock());
     const event = provider.parseEvent(raw);
-    const result = (outcome: WebhookResult["outcome"], p: Payment | null, reason?: string): WebhookResult => ({
-      outcome,
-      eventType: event.type,
-      paymentId: p?.id ?? null,
-      status: p?.status ?? null,
-      ...(reason === undefined ? {} : { reason }),
-    });
+    const result = resultOf(event.type);
     if (event.kind === null) return result("ignored", null, "event type not handled");
     const payment = await this.findPayment(provider.name, event);
     if (payment === null) return result("ignored", null, "no payment of ours");
@@ -583,13 +577,7 @@ export class PaymentService {
       currency: p.currency,
       refundedTotal: total,
     };
-    const result = (outcome: WebhookResult["outcome"], q: Payment | null, reason?: string): WebhookResult => ({
-      outcome,
-      eventType: event.type,
-      paymentId: q?.id ?? null,
-      status: q?.status ?? null,
-      ...(reason === undefined ? {} : { reason }),
-    });
+    const result = resultOf(event.type);
     return this.reverse(p.provider, p, event, result, by);
   }
 
@@ -859,6 +847,17 @@ export class PaymentService {
       if (await this.deps.db.updatePayment(next)) return next;
     }
   }
+}
+
+/** The answer to a webhook (or a manual refund) of type `eventType`: its outcome, payment and status. */
+function resultOf(eventType: string) {
+  return (outcome: WebhookResult["outcome"], p: Payment | null, reason?: string): WebhookResult => ({
+    outcome,
+    eventType,
+    paymentId: p?.id ?? null,
+    status: p?.status ?? null,
+    ...(reason === undefined ? {} : { reason }),
+  });
 }
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
