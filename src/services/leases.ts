@@ -253,7 +253,7 @@ export class CreditLeases {
       if (w.settled || mine.has(w.lease) || (w.requests === 0 && w.reservationId === null)) continue;
       const s = { lease: w.lease, window: w.window, holdId: w.reservationId, used: w.total, requests: w.requests };
       const r = await this.deps.credits.settleLease(w.userId, { ...s, roll: null });
-      this.settledLine(w.userId, JSON.stringify(w.userId), w.lease, w.window, r.entry);
+      this.settledLine(JSON.stringify(w.userId), w.lease, w.window, r.entry);
       if (!r.replayed) {
         report.windows++;
         report.requests += w.requests;
@@ -436,7 +436,7 @@ export class CreditLeases {
         // The window's lines are in the file before its entry is in the journal.
         if (this.file !== undefined && s.requests > 0) await this.file.flush();
         const r = await this.deps.credits.settleLease(l.userId, s);
-        if (s.holdId !== null) this.settledLine(l.userId, l.userJson, l.lease, s.window, r.entry);
+        if (s.holdId !== null) this.settledLine(l.userJson, l.lease, s.window, r.entry);
         if (r.next === null) {
           if (this.users.get(l.userId) === l) this.users.delete(l.userId);
           // Too few credits for a block: charge exactly for a window, then try again.
@@ -470,14 +470,7 @@ export class CreditLeases {
     return l.settling;
   }
 
-  private settledLine(
-    userId: string,
-    userJson: string,
-    lease: string,
-    window: number,
-    entry: JournalEntry | null,
-  ): void {
-    void userId;
+  private settledLine(userJson: string, lease: string, window: number, entry: JournalEntry | null): void {
     this.file?.recordLine(
       `{"eventType":"lease","action":"settled","userId":${userJson},"lease":"${lease}","window":${window},"entryId":${entry === null ? "null" : JSON.stringify(entry.id)}}`,
     );
@@ -530,8 +523,6 @@ function onlyReason(options: LeaseChargeOptions): boolean {
  * estimate is held inside the process's block and the usage charged from it.
  */
 class LeasedSession extends MeterSession {
-  private done = false;
-
   constructor(
     private readonly session: SessionDeps,
     private readonly leases: CreditLeases,
@@ -543,11 +534,10 @@ class LeasedSession extends MeterSession {
   }
 
   protected override async doCommit(amount: number): Promise<MeterOutcome> {
-    const first = !this.done;
-    this.done = true;
+    // MeterSession settles once: this runs at most once, and then doRelease never does.
     const usages = this.usages.length > 0 ? `,"usages":${JSON.stringify(this.usages)}` : "";
     const reason = this.meterOptions.reason;
-    if (first && (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages))) {
+    if (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages)) {
       const outcome = this.outcome("committed", amount, null);
       outcome.leased = true;
       return outcome;
@@ -572,8 +562,7 @@ class LeasedSession extends MeterSession {
   }
 
   protected override doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
-    if (!this.done) this.leases.releaseHeld(this.block, this.estimate);
-    this.done = true;
+    this.leases.releaseHeld(this.block, this.estimate);
     const outcome = this.outcome("released", 0, null);
     outcome.releaseReason = reason;
     outcome.leased = true;
