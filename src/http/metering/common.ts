@@ -305,10 +305,10 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return fallback(session, reading.problem, reading.counted);
   };
 
-  const fixed = fixedPrice(o);
   const lease = o.lease;
   if (lease !== undefined && !(lease instanceof CreditLeases))
     throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
+  const fixed = fixedPrice(o, lease);
   /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */
   const openMeter = (userId: string, options: MeterOptions): Promise<MeterSession> => {
     const leased = lease?.openMeter(userId, options) ?? null;
@@ -371,7 +371,7 @@ export const isJsonType = (type: string | null | undefined) =>
  * Fixed-price metering (the `price` option), or null without one: what a request costs, the check
  * before the handler runs and the charge after it succeeded (docs/metering.md, "Fixed-price endpoints").
  */
-function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
+function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | undefined) {
   const price = o.price;
   if (price === undefined) return null;
   if (typeof price !== "function" && !(Number.isSafeInteger(price) && price >= 0))
@@ -380,9 +380,6 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>) {
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
     throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
   const credits = o.credits as Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">;
-  const lease = o.lease;
-  if (lease !== undefined && !(lease instanceof CreditLeases))
-    throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
   const checked = (cost: unknown): number => {
     if (typeof cost === "number" && Number.isSafeInteger(cost) && cost >= 0) return cost;
     throw new ConfigurationError(
