@@ -60,7 +60,7 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
   const c = common(options);
   const sessions = new WeakMap<IncomingMessage, MeterSession>();
   /** Fixed price (`price`): the requests that passed the check, until they are charged or not. */
-  const fixedOf = new WeakMap<IncomingMessage, PricedRequest>();
+  const fixedOf = new WeakMap<IncomingMessage, PricedRequest<FastifyRequestLike>>();
   /** `llm`: the usage of a streamed payload, read as it passes. */
   const readings = new WeakMap<IncomingMessage, ResponseUsageReader>();
 
@@ -98,17 +98,16 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     userId: string,
     fixed: NonNullable<typeof c.fixed>,
   ): Promise<void> => {
-    let priced: PricedRequest;
+    let priced: PricedRequest<FastifyRequestLike>;
     try {
       const key = fixed.keyOf(headerOf(request, "idempotency-key"));
       const cost = await fixed.costOf(request);
-      await fixed.check(userId, cost);
-      priced = fixed.start(request, userId, cost, key, `${request.method} ${path}`.slice(0, 1000));
+      priced = await fixed.open(request, userId, cost, key, request.method, path);
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }
     const res = reply.raw;
-    if (res.destroyed || res.writableEnded) return; // the client left: nothing runs, nothing is charged
+    if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing runs, nothing is charged
     fixedOf.set(request.raw, priced);
     res.on("close", () => priced.closed(res.writableFinished, reply.statusCode));
   };
@@ -166,8 +165,8 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
         return payload;
       }
       // The whole reply at once: charged first, so X-Credits-Deducted can say it.
-      const outcome = await priced.charge();
-      if (outcome !== null) reply.header(c.deductedHeader, String(outcome.charged));
+      const charged = await priced.charge();
+      if (charged !== null) reply.header(c.deductedHeader, String(charged));
       return payload;
     }
     const session = sessions.get(request.raw);

@@ -337,6 +337,40 @@ export class CreditLeases {
     (block as UserLease).pending -= estimate;
   }
 
+  /**
+   * @internal Fixed-price metering's check (the middlewares' `lease` option with `price`): when
+   * `userId`'s block covers `amount` now, sets it aside inside the block, as a metered call's
+   * estimate is (not free for other charges, carried into the next block when the window rolls),
+   * and returns the block for `chargeSetAside` or `releaseHeld`. Null when it does not cover it
+   * (nothing done): the caller checks on the store instead.
+   */
+  setAside(userId: string, amount: number): object | null {
+    const l = this.users.get(userId);
+    if (l === undefined || !l.open || l.used + l.pending + amount > l.held || Date.now() >= l.serveUntil) return null;
+    l.pending += amount;
+    return l;
+  }
+
+  /**
+   * @internal Charges `amount` set aside by `setAside` from its block, at once: true when the block
+   * still serves (a line of its window, settled with it). False when it does not (it is settling,
+   * ended, or stops serving): the credits left the block and the caller charges through `charge()`.
+   * `reason` is only read with a ledger file (`writesLines`).
+   */
+  chargeSetAside(block: object, amount: number, reason: string | undefined): boolean {
+    const l = block as UserLease;
+    l.pending -= amount;
+    // An open block is the user's current one: a block that ended or failed to settle never reopens.
+    if (!l.open || l.used + l.pending + amount > l.held || Date.now() >= l.serveUntil) return false;
+    this.serve(l, amount, reason);
+    return true;
+  }
+
+  /** @internal Whether a served charge writes a ledger line (so its reason is read). */
+  get writesLines(): boolean {
+    return this.file !== undefined;
+  }
+
   // -----------------------------------------------------------------------------------------------
 
   private serve(l: UserLease, amount: number, reason: string | undefined, extra = ""): LeaseCharge {

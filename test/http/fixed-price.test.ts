@@ -73,7 +73,8 @@ type Options = Parameters<typeof creditMeteringMiddleware>[0];
 
 /** The routes on Fastify: a stream is a `Readable` of two parts, a throw becomes Fastify's 500. */
 async function fastifyApp(o: Options): Promise<Running> {
-  const app = Fastify();
+  // Closed connections and all: Fastify's close() otherwise waits on a connection whose client aborted.
+  const app = Fastify({ forceCloseConnections: true });
   await app.register(
     fastifyCreditMetering({
       ...o,
@@ -378,6 +379,74 @@ describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering thro
     }
   });
 });
+
+describe.each(hosts.map((h) => [h.name, h] as const))(
+  "a fixed price set aside in a lease block on %s",
+  (_name, host) => {
+    it("holds the price of a request in flight inside the block from its check to its charge; a failed or aborted one gives it back", async () => {
+      const m = await createCreditManager();
+      const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
+      const outcomes: MeterOutcome[] = [];
+      const server = await host.start({
+        credits: m.credits,
+        authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
+        pathPrefix: "/api",
+        price: 7,
+        lease,
+        onSettled: (o) => outcomes.push(o),
+      });
+      const call = (path: string, signal?: AbortSignal) =>
+        fetch(`${server.url}${path}`, { headers: { "x-payer": "lessee" }, ...(signal ? { signal } : {}) });
+      try {
+        await m.credits.addCredits("lessee", 1000);
+        await (await call("/api/ok")).text(); // opens the block (and is charged from it)
+        await waitFor(() => (lease.covers("lessee", 7) ? true : undefined));
+        const block = (await m.credits.getUserCreditsInfo("lessee")).reserved;
+        /** What the block has free now: the largest charge it covers. */
+        const free = () => {
+          let n = block;
+          while (n > 0 && !lease.covers("lessee", n)) n--;
+          return n;
+        };
+        expect(free()).toBe(block - 7);
+        const mark = ran.length;
+        const slow = [call("/api/slow"), call("/api/slow"), call("/api/slow")];
+        await waitFor(() => (ran.slice(mark).filter((p) => p === "/api/slow").length === 3 ? true : undefined));
+        // Three handlers running: their prices are set aside, not free for other charges.
+        expect(free()).toBe(block - 7 - 21);
+        for (const res of await Promise.all(slow)) {
+          expect(res.headers.get("x-credits-deducted")).toBe("7");
+          await res.text();
+        }
+        await waitFor(() => (outcomes.length === 4 ? true : undefined));
+        expect(outcomes.slice(1).every((o) => o.leased === true && o.charged === 7 && o.entry === null)).toBe(true);
+        expect(free()).toBe(block - 28);
+        // A failed request: its price goes back.
+        await (await call("/api/bad")).text();
+        await waitFor(() => (outcomes.length === 5 ? true : undefined));
+        expect(outcomes[4]).toMatchObject({ outcome: "released", charged: 0, releaseReason: "error" });
+        expect(free()).toBe(block - 28);
+        // An aborted one, set aside while it ran: given back when its client left.
+        const gone = new AbortController();
+        const at = ran.length;
+        const aborted = call("/api/slow", gone.signal).catch(() => null);
+        await waitFor(() => (ran.slice(at).includes("/api/slow") ? true : undefined));
+        expect(free()).toBe(block - 35);
+        gone.abort();
+        await aborted;
+        await waitFor(() => (free() === block - 28 ? true : undefined));
+        await sleep(450); // the handler's own end, after its client left, charges nothing
+        expect(free()).toBe(block - 28);
+        await lease.close();
+        expect(await m.credits.getUserCreditsInfo("lessee")).toMatchObject({ balance: 1000 - 28, reserved: 0 });
+        expect((await m.credits.audit("lessee")).ok).toBe(true);
+      } finally {
+        await server.close();
+        await m.close();
+      }
+    });
+  },
+);
 
 describe.each(hosts.map((h) => [h.name, h] as const))(
   "estimate-and-usage metering through a lease on %s",

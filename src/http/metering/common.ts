@@ -371,7 +371,7 @@ export const isJsonType = (type: string | null | undefined) =>
  * Fixed-price metering (the `price` option), or null without one: what a request costs, the check
  * before the handler runs and the charge after it succeeded (docs/metering.md, "Fixed-price endpoints").
  */
-function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | undefined) {
+function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | undefined): FixedPricing<Req> | null {
   const price = o.price;
   if (price === undefined) return null;
   if (typeof price !== "function" && !(Number.isSafeInteger(price) && price >= 0))
@@ -380,145 +380,234 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | unde
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
     throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
   const credits = o.credits as Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">;
-  const checked = (cost: unknown): number => {
-    if (typeof cost === "number" && Number.isSafeInteger(cost) && cost >= 0) return cost;
-    throw new ConfigurationError(
-      `[credit-management] [metering] \`price\` answered ${String(cost)}: it must be a non-negative integer`,
-    );
-  };
+  return new FixedPricing(price, credits, lease, o.onSettled);
+}
+
+const checkedCost = (cost: unknown): number => {
+  if (typeof cost === "number" && Number.isSafeInteger(cost) && cost >= 0) return cost;
+  throw new ConfigurationError(
+    `[credit-management] [metering] \`price\` answered ${String(cost)}: it must be a non-negative integer`,
+  );
+};
+
+/** @internal Fixed-price metering of one middleware: the cost, the check, the charge. */
+export class FixedPricing<Req> {
+  /** The last reason built (`METHOD path`), kept: most requests of a route repeat it. */
+  private lastMethod: string | undefined;
+  private lastPath: string | undefined;
+  private lastReason = "";
+
+  constructor(
+    private readonly price: number | ((request: Req) => number | Promise<number>),
+    readonly credits: Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">,
+    readonly lease: CreditLeases | undefined,
+    readonly onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
+  ) {}
+
   /** The cost of `req`: a number now, or a promise when `price` is an async function. */
-  const costOf = (req: Req): number | Promise<number> => {
+  costOf(req: Req): number | Promise<number> {
+    const price = this.price;
     if (typeof price === "number") return price;
     const cost = price(req);
-    return cost instanceof Promise ? cost.then(checked) : checked(cost);
-  };
+    return cost instanceof Promise ? cost.then(checkedCost) : checkedCost(cost);
+  }
+
+  /** The deduction's idempotency key from a request's `Idempotency-Key` header (a 400 when malformed). */
+  keyOf(header: string | null | undefined): string | undefined {
+    return header === null || header === undefined || header === ""
+      ? undefined
+      : parse(IdempotencyKey, `http:${header}`, "Idempotency-Key");
+  }
+
+  /** The journal's reason of a request: `METHOD path`, at most 1,000 characters. */
+  reasonOf(method: string | undefined, path: string): string {
+    if (method !== this.lastMethod || path !== this.lastPath) {
+      const reason = `${method ?? "GET"} ${path}`;
+      this.lastMethod = method;
+      this.lastPath = path;
+      this.lastReason = reason.length > 1000 ? reason.slice(0, 1000) : reason;
+    }
+    return this.lastReason;
+  }
+
   /**
-   * Resolves when `userId` may run a request of `cost` (`available >= cost`); rejects with an
-   * `InsufficientCreditsError` (402) otherwise. Advisory (a read): requests in flight together
-   * may all pass it, and the charge after them then goes into debt within the overdraft limit.
+   * Checks that `userId` may run a request of `cost` and starts it (the handler may run): when the
+   * user's lease block covers the cost, it is set aside in the block (the request will be charged
+   * from it) and the answer is there at once; otherwise the account is read (`available >= cost`,
+   * advisory: requests in flight together may all pass it, and the charges after them then go
+   * into debt within the overdraft limit). Rejects with an `InsufficientCreditsError` (402).
+   * `key`: from the request's `Idempotency-Key` (`keyOf`); a keyed request is never served from a lease.
    */
-  const check = (userId: string, cost: number): Promise<void> | undefined => {
-    if (cost === 0 || (lease !== undefined && lease.covers(userId, cost))) return undefined;
-    return credits.getUserCreditsInfo(userId).then((info) => {
-      if (info.available >= cost) return;
-      throw new InsufficientCreditsError(
-        `Cannot run a request of ${cost} credits: only ${Math.max(info.available, 0)} available.`,
-        { requested: cost, available: info.available },
-      );
-    });
-  };
-  /**
-   * Charges a request that succeeded: one after-service deduction (the service was delivered, so
-   * it is taken into debt when credits ran out meanwhile, up to the overdraft limit). `key`: from
-   * the request's `Idempotency-Key` (`keyOf`), so a retried request is charged once. Its outcome:
-   * at once (no promise) when a lease's block covered it, else once the deduction is stored.
-   */
-  const charge = (
+  open(
+    req: Req,
     userId: string,
     cost: number,
     key: string | undefined,
-    reason: string,
-  ): MeterOutcome | Promise<MeterOutcome> => {
-    const outcome = (entry: JournalEntry | null): MeterOutcome => ({
-      userId,
-      reservationId: "",
-      estimate: cost,
-      outcome: "committed",
-      charged: entry === null ? 0 : entry.amount,
-      usages: [],
-      entry,
-      fixedPrice: true,
+    method: string | undefined,
+    path: string,
+    locals?: Partial<MeteringLocals>,
+  ): PricedRequest<Req> | Promise<PricedRequest<Req>> {
+    if (cost === 0) return new PricedRequest(this, req, userId, cost, key, method, path, locals, null);
+    if (this.lease !== undefined && key === undefined) {
+      const block = this.lease.setAside(userId, cost);
+      if (block !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, block);
+    }
+    return this.credits.getUserCreditsInfo(userId).then((info) => {
+      if (info.available < cost) {
+        throw new InsufficientCreditsError(
+          `Cannot run a request of ${cost} credits: only ${Math.max(info.available, 0)} available.`,
+          { requested: cost, available: info.available },
+        );
+      }
+      return new PricedRequest(this, req, userId, cost, key, method, path, locals, null);
     });
-    if (cost === 0) return outcome(null);
+  }
+
+  /**
+   * Charges a request that succeeded and was not served from a block: one after-service deduction
+   * (the service was delivered, so it is taken into debt when credits ran out meanwhile, up to the
+   * overdraft limit), through the lease when there is one and the request has no key (its block
+   * may cover it by now). Resolves to the credits charged and the entry, if there is one.
+   */
+  charge(p: PricedRequest<Req>): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean }> {
+    const { userId, cost, key } = p;
+    const reason = p.reason;
+    const lease = this.lease;
     if (lease !== undefined && key === undefined) {
-      const leased = (c: LeaseCharge): MeterOutcome => {
-        const out = outcome(c.entry);
-        out.charged = c.amount;
-        return out;
-      };
+      const leased = (c: LeaseCharge) => ({ charged: c.amount, entry: c.entry, leased: c.via === "lease" });
       let charged: LeaseCharge | Promise<LeaseCharge>;
       try {
         charged = lease.charge(userId, cost, { reason });
       } catch (error) {
         return Promise.reject(error as Error);
       }
-      if (!(charged instanceof Promise)) return leased(charged);
+      if (!(charged instanceof Promise)) return Promise.resolve(leased(charged));
       // The service was delivered: what the exact path refuses is taken into debt, within the limit.
       return charged.then(leased, (error: unknown) => {
         if (!(error instanceof InsufficientCreditsError)) throw error;
-        return credits.deductCreditsAfterService(userId, cost, { description: reason }).then(outcome);
+        return this.credits
+          .deductCreditsAfterService(userId, cost, { description: reason })
+          .then((entry) => ({ charged: entry.amount, entry, leased: false }));
       });
     }
     const options: { description: string; idempotencyKey?: string } = { description: reason };
     if (key !== undefined) options.idempotencyKey = key;
-    return credits.deductCreditsAfterService(userId, cost, options).then(outcome);
-  };
-  /** The deduction's idempotency key from a request's `Idempotency-Key` header (a 400 when malformed). */
-  const keyOf = (header: string | null | undefined): string | undefined =>
-    header === null || header === undefined || header === ""
-      ? undefined
-      : parse(IdempotencyKey, `http:${header}`, "Idempotency-Key");
-  /** What a request that was not charged (failed, aborted) reports. */
-  const notCharged = (userId: string, cost: number, reason: "error" | "aborted"): MeterOutcome => ({
-    userId,
-    reservationId: "",
-    estimate: cost,
-    outcome: "released",
-    charged: 0,
-    releaseReason: reason,
-    usages: [],
-    entry: null,
-    fixedPrice: true,
-  });
-  /**
-   * One priced request between its check and its charge, settled once: charged (after it ended
-   * well) or not. Each outcome goes to `onSettled` (a failing callback changes nothing) and to
-   * `res.locals.creditsDeducted` where there are locals (Express).
-   */
-  const start = (
-    req: Req,
-    userId: string,
-    cost: number,
-    key: string | undefined,
-    reason: string,
-    locals?: Partial<MeteringLocals>,
-  ) => {
-    const report = (outcome: MeterOutcome): MeterOutcome => {
-      if (locals) locals.creditsDeducted = outcome.charged;
-      try {
-        o.onSettled?.(outcome, req);
-      } catch {
-        // a failing callback must not change the response
-      }
-      return outcome;
-    };
-    const priced = {
-      done: false,
-      /**
-       * Charges the request; null (nothing reported) when the charge failed. The outcome at once
-       * (no promise) when a lease's block covered it, so the response ends in the same turn.
-       */
-      charge(): MeterOutcome | null | Promise<MeterOutcome | null> {
-        priced.done = true;
-        const charged = charge(userId, cost, key, reason);
-        return charged instanceof Promise ? charged.then(report, () => null) : report(charged);
-      },
-      notCharged(why: "error" | "aborted"): void {
-        priced.done = true;
-        report(notCharged(userId, cost, why));
-      },
-      /** The response is done: charged if it finished with status < 400, else not (unless settled already). */
-      closed(finished: boolean, status: number): void {
-        if (priced.done) return;
-        if (!finished) priced.notCharged("aborted");
-        else if (status >= 400) priced.notCharged("error");
-        else void priced.charge();
-      },
-    };
-    return priced;
-  };
-  return { costOf, check, keyOf, start };
+    return this.credits
+      .deductCreditsAfterService(userId, cost, options)
+      .then((entry) => ({ charged: entry.amount, entry, leased: false }));
+  }
 }
 
-/** A fixed-price request between its check and its charge (`fixed.start`). */
-export type PricedRequest = ReturnType<NonNullable<ReturnType<typeof fixedPrice>>["start"]>;
+/**
+ * One fixed-price request between its check and its charge (`FixedPricing.open`), settled once:
+ * charged (after it ended well) or not. Each outcome goes to `onSettled` (a failing callback
+ * changes nothing) and to `res.locals.creditsDeducted` where there are locals (Express).
+ */
+export class PricedRequest<Req = unknown> {
+  /** Settled: charged, or reported as not charged. */
+  done = false;
+
+  constructor(
+    private readonly pricing: FixedPricing<Req>,
+    private readonly req: Req,
+    readonly userId: string,
+    readonly cost: number,
+    readonly key: string | undefined,
+    private readonly method: string | undefined,
+    private readonly path: string,
+    private readonly locals: Partial<MeteringLocals> | undefined,
+    /** The user's lease block the cost was set aside in by the check; null when none. */
+    private block: object | null,
+  ) {}
+
+  /** The journal's reason: `METHOD path`. */
+  get reason(): string {
+    return this.pricing.reasonOf(this.method, this.path);
+  }
+
+  /**
+   * Charges the request: the credits charged, or null (nothing reported) when the charge failed.
+   * At once (no promise) when it was served from the lease block the check set it aside in, so the
+   * response ends in the same turn.
+   */
+  charge(): number | null | Promise<number | null> {
+    this.done = true;
+    if (this.cost === 0) return this.charged(0, null, false);
+    const block = this.block;
+    if (block !== null) {
+      this.block = null;
+      const lease = this.pricing.lease as CreditLeases;
+      if (lease.chargeSetAside(block, this.cost, lease.writesLines ? this.reason : undefined))
+        return this.charged(this.cost, null, true);
+    }
+    return this.pricing.charge(this).then(
+      (c) => this.charged(c.charged, c.entry, c.leased),
+      () => null,
+    );
+  }
+
+  /** Reports a request that was not charged (it failed, or its client went away). */
+  notCharged(why: "error" | "aborted"): void {
+    this.done = true;
+    this.giveBack();
+    if (this.locals === undefined && this.pricing.onSettled === undefined) return;
+    this.report({
+      userId: this.userId,
+      reservationId: "",
+      estimate: this.cost,
+      outcome: "released",
+      charged: 0,
+      releaseReason: why,
+      usages: [],
+      entry: null,
+      fixedPrice: true,
+    });
+  }
+
+  /** The response is done: charged if it finished with status < 400, else not (unless settled already). */
+  closed(finished: boolean, status: number): void {
+    if (this.done) return;
+    if (!finished) this.notCharged("aborted");
+    else if (status >= 400) this.notCharged("error");
+    else void this.charge();
+  }
+
+  /** The request will not run (its client left before the handler): what the check set aside goes back, nothing is reported. */
+  drop(): void {
+    this.done = true;
+    this.giveBack();
+  }
+
+  private giveBack(): void {
+    if (this.block === null) return;
+    (this.pricing.lease as CreditLeases).releaseHeld(this.block, this.cost);
+    this.block = null;
+  }
+
+  /** A charge made: reported (built only when someone reads it), and the credits returned. */
+  private charged(charged: number, entry: JournalEntry | null, leased: boolean): number {
+    if (this.locals === undefined && this.pricing.onSettled === undefined) return charged;
+    const outcome: MeterOutcome = {
+      userId: this.userId,
+      reservationId: "",
+      estimate: this.cost,
+      outcome: "committed",
+      charged,
+      usages: [],
+      entry,
+      fixedPrice: true,
+    };
+    if (leased) outcome.leased = true;
+    this.report(outcome);
+    return charged;
+  }
+
+  private report(outcome: MeterOutcome): void {
+    if (this.locals) this.locals.creditsDeducted = outcome.charged;
+    try {
+      this.pricing.onSettled?.(outcome, this.req);
+    } catch {
+      // a failing callback must not change the response
+    }
+  }
+}

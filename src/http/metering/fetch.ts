@@ -3,7 +3,7 @@ import { ResponseUsageReader, usageOfText } from "../../domain/llm-usage.js";
 import { textResponse } from "../node.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import { NO_BODY, common, isJsonType, type CreditMeteringOptions } from "./common.js";
+import { NO_BODY, common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./common.js";
 import { pathnameOf } from "./paths.js";
 
 /**
@@ -155,18 +155,24 @@ async function fixedPrice(
   userId: string,
   path: string,
 ): Promise<Response> {
-  let cost: number;
-  let key: string | undefined;
+  let priced: PricedRequest<Request>;
   try {
-    key = fixed.keyOf(request.headers.get("idempotency-key"));
+    const key = fixed.keyOf(request.headers.get("idempotency-key"));
     const quoted = fixed.costOf(request);
-    cost = typeof quoted === "number" ? quoted : await quoted;
-    await fixed.check(userId, cost);
+    const opened = fixed.open(
+      request,
+      userId,
+      typeof quoted === "number" ? quoted : await quoted,
+      key,
+      request.method,
+      path,
+    );
+    priced = opened instanceof Promise ? await opened : opened;
   } catch (error) {
     return errorResponse(error);
   }
-  const priced = fixed.start(request, userId, cost, key, `${request.method} ${path}`.slice(0, 1000));
   if (request.signal.aborted) {
+    priced.drop();
     return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), {
       [c.deductedHeader]: "0",
     });
@@ -183,13 +189,13 @@ async function fixedPrice(
     return withHeader(response, response.body, c.deductedHeader, 0);
   }
   if (response.body === null || isJsonType(response.headers.get("content-type"))) {
-    const outcome = await priced.charge();
-    if (outcome === null) return response;
+    const charged = await priced.charge();
+    if (charged === null) return response;
     try {
-      response.headers.set(c.deductedHeader, String(outcome.charged)); // the handler's own Response: no copy
+      response.headers.set(c.deductedHeader, String(charged)); // the handler's own Response: no copy
       return response;
     } catch {
-      return withHeader(response, response.body, c.deductedHeader, outcome.charged);
+      return withHeader(response, response.body, c.deductedHeader, charged);
     }
   }
   // A streamed body: charged when it was read to its end, not when the client left midway.

@@ -149,9 +149,11 @@ function reply(res: ServerResponse, response: Response): void {
   void response.text().then((text) => res.end(text));
 }
 
-/** Where a fixed-price response keeps its request (`fixed.start`) and the `end` it replaced. */
+/** Where a fixed-price response keeps its request (`fixed.open`) and the `end` it replaced. */
 const FIXED = Symbol("credit-management.fixed-price");
-type FixedResponse = ServerResponse & { [FIXED]?: { priced: PricedRequest; deductedHeader: string; end: End } };
+type FixedResponse = ServerResponse & {
+  [FIXED]?: { priced: PricedRequest<IncomingMessage>; deductedHeader: string; end: End };
+};
 
 function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
   const { priced, deductedHeader, end } = this[FIXED] as NonNullable<FixedResponse[typeof FIXED]>;
@@ -166,13 +168,13 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
   const charged = priced.charge();
   if (!(charged instanceof Promise)) {
-    // Charged at once (a lease's block covered it): end in this turn.
-    if (charged !== null) this.setHeader(deductedHeader, String(charged.charged));
+    // Charged at once (from the lease block the check set it aside in): end in this turn.
+    if (charged !== null) this.setHeader(deductedHeader, String(charged));
     // eslint-disable-next-line prefer-rest-params
     return end.apply(this, arguments as unknown as Parameters<End>);
   }
-  charged.then((outcome) => {
-    if (outcome !== null && !this.headersSent) this.setHeader(deductedHeader, String(outcome.charged));
+  charged.then((n) => {
+    if (n !== null && !this.headersSent) this.setHeader(deductedHeader, String(n));
     end.call(this, chunk, encoding, cb);
   });
   return this;
@@ -181,6 +183,45 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
 /** A fixed-price response is done: one written in parts is charged now if it finished well. */
 function onFixedClose(this: FixedResponse): void {
   this[FIXED]?.priced.closed(this.writableFinished, this.statusCode);
+}
+
+/** Fixed price, the cost known: the check (set aside in the lease block, or read on the store), then the chain. */
+function fixedCheck(
+  c: Common,
+  fixed: NonNullable<Common["fixed"]>,
+  req: IncomingMessage,
+  res: FixedResponse,
+  next: Next,
+  path: string,
+  userId: string,
+  key: string | undefined,
+  cost: number,
+): void {
+  if (res.destroyed || res.writableEnded) return; // the client left: nothing checked, nothing set aside
+  let priced: PricedRequest<IncomingMessage> | Promise<PricedRequest<IncomingMessage>>;
+  try {
+    priced = fixed.open(req, userId, cost, key, req.method, path, (res as { locals?: Partial<MeteringLocals> }).locals);
+  } catch (error) {
+    return reply(res, errorResponse(error));
+  }
+  if (!(priced instanceof Promise)) return fixedGo(c, res, next, priced);
+  priced.then(
+    (p) => fixedGo(c, res, next, p),
+    (error: unknown) => reply(res, errorResponse(error)),
+  );
+}
+
+/** Fixed price, checked: intercept the end of the response and run the rest of the chain. */
+function fixedGo(c: Common, res: FixedResponse, next: Next, priced: PricedRequest<IncomingMessage>): void {
+  if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing ran, nothing charged
+  try {
+    res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
+    res.end = fixedEnd as unknown as typeof res.end;
+    res.on("close", onFixedClose);
+    next();
+  } catch (error) {
+    next(error instanceof Error ? error : new Error(String(error)));
+  }
 }
 
 /**
@@ -241,34 +282,12 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     fixed: NonNullable<Common["fixed"]>,
   ): void => {
     const key = fixed.keyOf(headerOf(req, "idempotency-key"));
-    const go = (cost: number): void => {
-      const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
-      if (res.destroyed || res.writableEnded) return; // the client left: nothing ran, nothing charged
-      try {
-        const reason = `${req.method ?? "GET"} ${path}`.slice(0, 1000);
-        res[FIXED] = {
-          priced: fixed.start(req, userId, cost, key, reason, locals),
-          deductedHeader: c.deductedHeader,
-          end: res.end as unknown as End,
-        };
-        res.end = fixedEnd as unknown as typeof res.end;
-        res.on("close", onFixedClose);
-        next();
-      } catch (error) {
-        next(error instanceof Error ? error : new Error(String(error)));
-      }
-    };
     const cost = fixed.costOf(req);
-    const checked = (n: number): void => {
-      const check = fixed.check(userId, n);
-      if (check === undefined) return go(n);
-      check.then(
-        () => go(n),
-        (error: unknown) => reply(res, errorResponse(error)),
-      );
-    };
-    if (typeof cost === "number") return checked(cost);
-    cost.then(checked, (error: unknown) => reply(res, errorResponse(error)));
+    if (typeof cost === "number") return fixedCheck(c, fixed, req, res, next, path, userId, key, cost);
+    cost.then(
+      (n) => fixedCheck(c, fixed, req, res, next, path, userId, key, n),
+      (error: unknown) => reply(res, errorResponse(error)),
+    );
   };
 
   /** Who pays and how much to hold; then place the hold. */
