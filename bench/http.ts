@@ -11,7 +11,9 @@
  * Express 5 route with the middleware mounted by app.use, and a node:http handler awaiting 2 ms.
  *   tsx bench/http.ts           (also run by `npm run bench`)
  * BENCH_HTTP_SECONDS sets the seconds per measurement (default 3), BENCH_HTTP_CONNECTIONS the
- * connections (default 32). BENCH_HTTP_LOADGEN=autocannon uses autocannon even where wrk is installed.
+ * connections (default 32), BENCH_HTTP_ROUNDS the interleaved rounds each figure is the best of
+ * (default 2; more on a noisy machine). BENCH_HTTP_LOADGEN=autocannon uses autocannon even where
+ * wrk is installed.
  *
  * Load generator: `wrk` (C, one thread) when it is on the PATH, else autocannon (in this Node
  * process); the output says which. On Linux with `taskset` and 2+ CPUs the server is pinned to CPU
@@ -179,8 +181,9 @@ export async function run(): Promise<BenchRow[]> {
     for (const key of Object.keys(paths) as Key[]) await load(base, paths[key], 1, script); // warm-up (JIT, sockets)
     const best = {} as Record<Key, number>;
     const cpu = {} as Record<Key, number>;
-    // Interleaved, best of two: the figure least disturbed by the machine's other load (CPU: the lower).
-    for (let round = 0; round < 2; round++) {
+    // Interleaved, best of the rounds: the figure least disturbed by the machine's other load (CPU: the lower).
+    const rounds = Number(process.env.BENCH_HTTP_ROUNDS ?? 2);
+    for (let round = 0; round < rounds; round++) {
       for (const key of Object.keys(paths) as Key[]) {
         const m = await load(base, paths[key], seconds, script);
         best[key] = Math.max(best[key] ?? 0, m.reqPerSec);
