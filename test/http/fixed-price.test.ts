@@ -338,19 +338,25 @@ describe("fixed-price options", () => {
   });
 });
 
+/** A manager, a lease (blocks of 100, one window of 30 s) and `host` metering through it, its outcomes collected. */
+async function leasedServer(host: (typeof hosts)[number], metering: Partial<Options>) {
+  const m = await createCreditManager();
+  const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
+  const outcomes: MeterOutcome[] = [];
+  const server = await host.start({
+    credits: m.credits,
+    authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
+    pathPrefix: "/api",
+    lease,
+    onSettled: (o) => outcomes.push(o),
+    ...metering,
+  });
+  return { m, lease, outcomes, server };
+}
+
 describe.each(hosts.map((h) => [h.name, h] as const))("fixed-price metering through a lease on %s", (_name, host) => {
   it("charges covered requests from the block in memory, none for a failed one, and settles them in one window", async () => {
-    const m = await createCreditManager();
-    const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
-    const outcomes: MeterOutcome[] = [];
-    const server = await host.start({
-      credits: m.credits,
-      authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
-      pathPrefix: "/api",
-      price: 7,
-      lease,
-      onSettled: (o) => outcomes.push(o),
-    });
+    const { m, lease, outcomes, server } = await leasedServer(host, { price: 7 });
     try {
       await m.credits.addCredits("lessee", 1000);
       for (let i = 0; i < 5; i++) {
@@ -384,17 +390,7 @@ describe.each(hosts.map((h) => [h.name, h] as const))(
   "a fixed price set aside in a lease block on %s",
   (_name, host) => {
     it("holds the price of a request in flight inside the block from its check to its charge; a failed or aborted one gives it back", async () => {
-      const m = await createCreditManager();
-      const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
-      const outcomes: MeterOutcome[] = [];
-      const server = await host.start({
-        credits: m.credits,
-        authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
-        pathPrefix: "/api",
-        price: 7,
-        lease,
-        onSettled: (o) => outcomes.push(o),
-      });
+      const { m, lease, outcomes, server } = await leasedServer(host, { price: 7 });
       const call = (path: string, signal?: AbortSignal) =>
         fetch(`${server.url}${path}`, { headers: { "x-payer": "lessee" }, ...(signal ? { signal } : {}) });
       try {
@@ -452,18 +448,7 @@ describe.each(hosts.map((h) => [h.name, h] as const))(
   "estimate-and-usage metering through a lease on %s",
   (_name, host) => {
     it("holds the estimate inside the block, charges the usage from it, returns a failed call's estimate", async () => {
-      const m = await createCreditManager();
-      const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
-      const outcomes: MeterOutcome[] = [];
-      const server = await host.start({
-        credits: m.credits,
-        authenticate: (req) => ({ userId: String(req.headers["x-payer"] ?? "") }),
-        pathPrefix: "/api",
-        defaultEstimate: 20,
-        usageKey: "usage.n",
-        lease,
-        onSettled: (o) => outcomes.push(o),
-      });
+      const { m, lease, outcomes, server } = await leasedServer(host, { defaultEstimate: 20, usageKey: "usage.n" });
       const call = async (path: string) => {
         const res = await fetch(`${server.url}${path}`, { headers: { "x-payer": "metered" } });
         await res.text();
