@@ -366,6 +366,11 @@ export class CreditLeases {
     return true;
   }
 
+  /** @internal Whether `close()` was called: later charges are refused. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   /** @internal Whether a served charge writes a ledger line (so its reason is read). */
   get writesLines(): boolean {
     return this.file !== undefined;

@@ -441,6 +441,31 @@ describe.each(hosts.map((h) => [h.name, h] as const))(
         await m.close();
       }
     });
+
+    it("charges a request still running when its lease closes (a shutdown) exactly, once", async () => {
+      const { m, lease, outcomes, server } = await leasedServer(host, { price: 7 });
+      try {
+        await m.credits.addCredits("lessee", 1000);
+        await (await fetch(`${server.url}/api/ok`, { headers: { "x-payer": "lessee" } })).text();
+        await waitFor(() => (lease.covers("lessee", 7) ? true : undefined));
+        const mark = ran.length;
+        const slow = fetch(`${server.url}/api/slow`, { headers: { "x-payer": "lessee" } });
+        await waitFor(() => (ran.slice(mark).includes("/api/slow") ? true : undefined));
+        await lease.close(); // while the handler runs: its block is settled and returned
+        const res = await slow;
+        expect(res.headers.get("x-credits-deducted")).toBe("7");
+        await res.text();
+        await waitFor(() => (outcomes.length === 2 ? true : undefined));
+        expect(outcomes[1]).toMatchObject({ outcome: "committed", charged: 7 });
+        expect(outcomes[1]?.entry?.amount).toBe(7);
+        expect(outcomes[1]?.leased).toBeUndefined();
+        expect(await m.credits.getUserCreditsInfo("lessee")).toMatchObject({ balance: 1000 - 14, reserved: 0 });
+        expect((await m.credits.audit("lessee")).ok).toBe(true);
+      } finally {
+        await server.close();
+        await m.close();
+      }
+    });
   },
 );
 

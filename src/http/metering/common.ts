@@ -467,13 +467,14 @@ export class FixedPricing<Req> {
    * Charges a request that succeeded and was not served from a block: one after-service deduction
    * (the service was delivered, so it is taken into debt when credits ran out meanwhile, up to the
    * overdraft limit), through the lease when there is one and the request has no key (its block
-   * may cover it by now). Resolves to the credits charged and the entry, if there is one.
+   * may cover it by now). A lease closed while the request ran (a shutdown) charges it exactly.
+   * Resolves to the credits charged and the entry, if there is one.
    */
   charge(p: PricedRequest<Req>): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean }> {
     const { userId, cost, key } = p;
     const reason = p.reason;
     const lease = this.lease;
-    if (lease !== undefined && key === undefined) {
+    if (lease !== undefined && key === undefined && !lease.isClosed) {
       const leased = (c: LeaseCharge) => ({ charged: c.amount, entry: c.entry, leased: c.via === "lease" });
       let charged: LeaseCharge | Promise<LeaseCharge>;
       try {
