@@ -14,6 +14,7 @@
  * The console's account page with 1,000,000 entries (bench/console.ts): BENCH_CONSOLE=0 skips it.
  * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
  * Credit leases against the exact path (bench/leases.ts; PostgreSQL with CREDIT_PG_URL): BENCH_LEASES=0 skips it.
+ * The node metering middleware's glue per request, in process (bench/glue.ts): always.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -150,6 +151,8 @@ else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 // Credit leases (bench/leases.ts, its own process; PostgreSQL rows with CREDIT_PG_URL). BENCH_LEASES=0 skips it.
 if (process.env.BENCH_LEASES !== "0") rows.push(...childRows([join(here, "leases.ts")]));
 else notes.push("leases: skipped (BENCH_LEASES=0)");
+// The node middleware's own cost per request, in process (bench/glue.ts, its own process; about 10 s).
+rows.push(...childRows([join(here, "glue.ts")]));
 // HTTP with and without metering (in-memory store; always runs, about 50 s).
 const httpStart = machineCpu();
 const http = await import("./http.js");

@@ -301,7 +301,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     let userId: string;
     let estimate: number;
     try {
-      const identity = c.identityOf(found, headerOf(req, "x-user-id"));
+      const identity = c.identityOf(found, found ? undefined : headerOf(req, "x-user-id")); // the header only when no one was found
       if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
       userId = identity.userId;
       if (c.fixed !== null) return fixedPrice(req, res, next, path, userId, c.fixed);
