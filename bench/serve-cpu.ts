@@ -2,9 +2,14 @@
  * Where bench/serve.ts's gap goes: CPU time per request of `credit-management serve` and of the
  * hand-mounted handler (bench/serve-baseline.ts), each under the same fixed number of admin
  * deductions, read from /proc/<pid>/stat (user + system) before and after (Linux only).
- *   tsx bench/serve-cpu.ts [requests]       (default 20,000 per side, 16 connections)
- * SERVE_CPU_PROF=dir: both servers also write a V8 CPU profile there (`node --cpu-prof`).
- * Extra environment for serve only: SERVE_ENV='{"CREDIT_METRICS":"off"}'.
+ *   tsx bench/serve-cpu.ts [requests]       (default 20,000 per side and turn, 16 connections)
+ * SERVE_CPU_ROUNDS: rounds of turns (default 2), each round in the reverse order of the one before.
+ * The report: each side's mean CPU per request, and its difference to the hand-mounted one's
+ * (docs/benchmarks.md, `credit-management serve`).
+ * SERVE_CPU_PROF=dir: every server also writes a V8 CPU profile there (`node --cpu-prof`).
+ * Extra environment for serve (and other) only: SERVE_ENV='{"CREDIT_METRICS":"off"}'.
+ * SERVE_OTHER=dir: a third server, `serve` run from another checkout (its src/; e.g. an older commit
+ * unpacked with `git archive`), measured in the same turns as "other".
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -21,10 +26,10 @@ const REQUESTS = Number(process.argv[2] ?? 20_000);
 const USERS = 100;
 const PROF = process.env.SERVE_CPU_PROF;
 
-function start(args: string[], env: Record<string, string>) {
+function start(args: string[], env: Record<string, string>, cwd = root) {
   const prof = PROF === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", PROF];
   const child = spawn(process.execPath, [...prof, "--import", "tsx", ...args], {
-    cwd: root,
+    cwd,
     env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -98,25 +103,50 @@ try {
   children.push(serve.child);
   const hand = await start(["bench/serve-baseline.ts", join(dir, "hand.sqlite")], {});
   children.push(hand.child);
-  console.log(`pids: serve ${serve.child.pid}, hand ${hand.child.pid}`);
-  await fund(serve.port, key);
-  await fund(hand.port, "any");
-  await load(serve.port, key, 2000); // warm-up
-  await load(hand.port, "any", 2000);
-  for (const [name, side, token] of [
+  const sides: [string, { child: ChildProcess; port: number }, string][] = [
     ["hand", hand, "any"],
     ["serve", serve, key],
-    ["serve", serve, key],
-    ["hand", hand, "any"],
-  ] as const) {
-    const pid = side.child.pid as number;
-    const before = cpuMs(pid);
-    const rps = await load(side.port, token, REQUESTS);
-    const used = cpuMs(pid) - before;
-    console.log(
-      `${name.padEnd(5)} ${REQUESTS} requests: ${Math.round(rps)} req/s, CPU ${used} ms, ${((used * 1000) / REQUESTS).toFixed(1)} µs/request`,
+  ];
+  const otherRoot = process.env.SERVE_OTHER;
+  if (otherRoot !== undefined) {
+    const otherPath = join(dir, "other.sqlite");
+    const s2 = await openStores({ kind: "sqlite", path: otherPath }, {});
+    await s2.db.init();
+    await s2.keys.init();
+    await s2.keys.insert(record);
+    await s2.keys.close();
+    await s2.db.close();
+    const other = await start(
+      ["src/cli/index.ts", "serve", "--port", "0", "--host", "127.0.0.1"],
+      { CREDIT_SQLITE_PATH: otherPath, ...extra },
+      otherRoot,
     );
+    children.push(other.child);
+    sides.push(["other", other, key]);
   }
+  console.log(`pids: ${sides.map(([n, x]) => `${n} ${x.child.pid}`).join(", ")}`);
+  for (const [, side, token] of sides) await fund(side.port, token);
+  for (const [, side, token] of sides) await load(side.port, token, 2000); // warm-up
+  const cpu = new Map<string, number[]>();
+  const rounds = Number(process.env.SERVE_CPU_ROUNDS ?? 2);
+  for (let round = 0; round < rounds; round++) {
+    // Forward then backward each round (ABC CBA), so no side always runs first.
+    const order = round % 2 === 0 ? sides : [...sides].reverse();
+    for (const [name, side, token] of order) {
+      const pid = side.child.pid as number;
+      const before = cpuMs(pid);
+      const rps = await load(side.port, token, REQUESTS);
+      const per = ((cpuMs(pid) - before) * 1000) / REQUESTS;
+      cpu.set(name, [...(cpu.get(name) ?? []), per]);
+      console.log(`${name.padEnd(5)} ${REQUESTS} requests: ${Math.round(rps)} req/s, ${per.toFixed(1)} µs CPU/request`);
+    }
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const handMean = mean(cpu.get("hand") ?? []);
+  for (const [name, xs] of cpu)
+    console.log(
+      `${name.padEnd(5)} mean ${mean(xs).toFixed(1)} µs CPU/request, ${(mean(xs) / handMean).toFixed(3)}× hand, +${(mean(xs) - handMean).toFixed(1)} µs`,
+    );
 } finally {
   for (const c of children) c.kill("SIGTERM");
   await new Promise((resolve) => setTimeout(resolve, 1500));
