@@ -79,6 +79,37 @@ describe("credit-management/otel (docs/observability.md)", () => {
     await manager.close();
   });
 
+  it("keeps one series per (operation, outcome, store), counts and durations alike, across stores", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cm-otel-series-"));
+    try {
+      const { reader, meterProvider } = setup();
+      instrumentations.push(instrumentCreditManagement({ meterProvider }));
+      const memory = await createCreditManager();
+      const sqlite = await createCreditManager({ db: new SqliteDbManager({ filename: join(dir, "series.db") }) });
+      await memory.credits.addCredits("a", 10);
+      await sqlite.credits.addCredits("a", 10);
+      for (let i = 0; i < 4; i++) await memory.credits.deductCredits("a", 1);
+      for (let i = 0; i < 2; i++) await sqlite.credits.deductCredits("a", 1);
+      await expect(sqlite.credits.deductCredits("a", 100)).rejects.toBeInstanceOf(InsufficientCreditsError);
+      const m = await collect(reader);
+      const ops = m.get("credit_management.operations") ?? [];
+      const deducts = ops.filter((p) => p.attributes.operation === "deductCredits");
+      expect(deducts.map((p) => [p.attributes.store, p.attributes.outcome, p.value]).sort()).toEqual([
+        ["memory", "ok", 4],
+        ["sqlite", "ok", 2],
+        ["sqlite", "refused", 1],
+      ]);
+      const durations = m.get("credit_management.operation.duration") ?? [];
+      const count = (store: string, outcome: string) =>
+        (value(durations, { operation: "deductCredits", store, outcome }) as Histogram | undefined)?.count;
+      expect([count("memory", "ok"), count("sqlite", "ok"), count("sqlite", "refused")]).toEqual([4, 2, 1]);
+      await memory.close();
+      await sqlite.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("reads the store gauges of a SQLite store (its stats())", async () => {
     const dir = mkdtempSync(join(tmpdir(), "cm-otel-sqlite-"));
     try {

@@ -122,6 +122,39 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
       expect((await call(s, "GET", `/credits/reservations/${id}`, bob)).status).toBe(404);
     });
 
+    it("/metrics: requests counted and timed by method, route and status", async () => {
+      const series = async () => {
+        const text = (await call(s, "GET", "/metrics", admin)).body as unknown as string;
+        const read = (name: string, status: number) => {
+          const m = new RegExp(
+            `^${name}\\{[^}]*http_request_method="POST"[^}]*http_route="api"[^}]*http_response_status_code="${status}"[^}]*\\} (\\d+)`,
+            "m",
+          ).exec(text);
+          return m === null ? 0 : Number(m[1]);
+        };
+        return {
+          ok: read("http_server_requests_total", 200),
+          refused: read("http_server_requests_total", 402),
+          timedOk: read("http_server_request_duration_count", 200),
+          timedRefused: read("http_server_request_duration_count", 402),
+        };
+      };
+      const before = await series();
+      for (let i = 0; i < 3; i++) {
+        const d = await call(s, "POST", "/admin/credits/users/alice/deduct", admin, { amount: 1 });
+        expect(d.status, JSON.stringify(d.body)).toBe(200);
+      }
+      const refused = await call(s, "POST", "/admin/credits/users/alice/deduct", admin, { amount: 1e9 });
+      expect(refused.status).toBe(402);
+      const after = await series();
+      expect(after).toEqual({
+        ok: before.ok + 3,
+        refused: before.refused + 1,
+        timedOk: before.timedOk + 3,
+        timedRefused: before.timedRefused + 1,
+      });
+    });
+
     it("a payment webhook: a bad signature is refused, a signed event answered", async () => {
       const payload = JSON.stringify({ id: "evt_1", type: "customer.created", data: { object: {} } });
       const bad = await call(s, "POST", "/webhooks/stripe", undefined, payload, { "stripe-signature": "t=1,v1=00" });

@@ -292,10 +292,25 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
     tc.subscribe(handlers as unknown as diagnostics_channel.TracingChannelSubscribers<M>);
     undo.push(() => tc.unsubscribe(handlers as unknown as diagnostics_channel.TracingChannelSubscribers<M>));
   };
+  // One frozen attribute set per (operation, outcome, store), built once: every unit of work records
+  // a counter and a histogram, and a fresh object each time costs the SDK more (docs/benchmarks.md,
+  // `credit-management serve`). Few keys: outcomes are a fixed set, stores one or two, operations
+  // the library's plus the names given to `unitOfWork` (past 1,000 keys, nothing more is kept).
+  const unitAttrs = new Map<string, Attributes>();
+  const attrsOf = (operation: string, outcome: string, store: string) => {
+    const key = `${operation}\0${outcome}\0${store}`;
+    let attrs = unitAttrs.get(key);
+    if (attrs === undefined) {
+      attrs = Object.freeze({ operation, outcome, store });
+      if (unitAttrs.size < 1000) unitAttrs.set(key, attrs);
+    }
+    return attrs;
+  };
   onEnd<UnitOfWorkMessage>(DIAGNOSTICS_CHANNELS.unitOfWork, (m) => {
-    const attrs = { operation: m.operation, outcome: m.outcome, store: m.store };
+    const attrs = attrsOf(m.operation, m.outcome, m.store);
     operations.add(1, attrs);
     duration.record(s(m.durationMs), attrs);
+    if (m.conflicts === 0 && m.outcome !== "conflict") return;
     const store = { operation: m.operation, store: m.store };
     if (m.conflicts > 0) retries.add(m.conflicts, store);
     const met = m.conflicts + (m.outcome === "conflict" ? 1 : 0);

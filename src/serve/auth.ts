@@ -38,6 +38,7 @@ export class FailureLimiter {
   }
   /** Seconds until `ip` may try again, or 0. */
   blockedFor(ip: string): number {
+    if (this.buckets.size === 0) return 0; // no failure tracked: every request skips the lookup
     const b = this.refill(ip);
     if (b === undefined || b.tokens >= 1) return 0;
     return Math.ceil(((1 - b.tokens) / this.perMinute) * 60);

@@ -1,3 +1,4 @@
+import * as crypto from "node:crypto";
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 
 /**
@@ -36,7 +37,13 @@ export interface KeyStore {
 export const KEY_TABLE = "credit_api_keys";
 const KEY_FORMAT = /^cmk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
 
-export const hashKey = (key: string) => createHash("sha256").update(key).digest("hex");
+/** One-shot `crypto.hash` (Node ≥ 20.12), a few times cheaper than a Hash object per request. */
+const oneShot = (crypto as { hash?: (algorithm: string, data: string) => string }).hash;
+
+export const hashKey =
+  typeof oneShot === "function"
+    ? (key: string) => oneShot("sha256", key)
+    : (key: string) => createHash("sha256").update(key).digest("hex");
 
 /** A new key and its record (the key itself is shown once and never stored). */
 export function newKey(
