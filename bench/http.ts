@@ -11,9 +11,10 @@
  * Express 5 route with the middleware mounted by app.use, and a node:http handler awaiting 2 ms.
  *   tsx bench/http.ts           (also run by `npm run bench`)
  * BENCH_HTTP_SECONDS sets the seconds per measurement (default 3), BENCH_HTTP_CONNECTIONS the
- * connections (default 32), BENCH_HTTP_ROUNDS the interleaved rounds each figure is the best of
- * (default 2; more on a noisy machine). BENCH_HTTP_LOADGEN=autocannon uses autocannon even where
- * wrk is installed.
+ * connections (default 32), BENCH_HTTP_ROUNDS the interleaved rounds (default 4, every other one
+ * in reverse order; more on a noisy machine): req/s is the best round, a ratio the median of each
+ * round's ratio to its baseline measured beside it. BENCH_HTTP_LOADGEN=autocannon uses autocannon
+ * even where wrk is installed.
  *
  * Load generator: `wrk` (C, one thread) when it is on the PATH, else autocannon (in this Node
  * process); the output says which. On Linux with `taskset` and 2+ CPUs the server is pinned to CPU
@@ -146,6 +147,15 @@ function pinSelf(cpus: string): string | null {
   return was;
 }
 
+/** The median of `xs` (the mean of the middle two for an even count). */
+function median(xs: readonly number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
 export async function run(): Promise<BenchRow[]> {
   const seconds = Number(process.env.BENCH_HTTP_SECONDS ?? 3);
   const server = [process.execPath, "--import", "tsx", join(here, "http-server.ts"), String(USERS)];
@@ -161,41 +171,52 @@ export async function run(): Promise<BenchRow[]> {
     const [line] = (await once(child.stdout, "data")) as [Buffer];
     const { port } = JSON.parse(line.toString().trim().split("\n")[0] as string) as { port: number };
     const base = `http://127.0.0.1:${port}`;
+    // Each row with a target comes right after its baseline (and before it in the reversed rounds), so its
+    // ratio pairs two measurements taken seconds apart.
     const paths = {
       nPlain: "/n/ping",
+      lMeter: "/l/api/ping",
+      pMeter: "/p/api/ping",
       nMeter: "/n/api/ping",
       nBusy: "/n/busy",
       nByHand: "/k/ping",
+      pByHand: "/kp/ping",
       fPlain: "/f/ping",
       fMeter: "/f/api/ping",
       ePlain: "/e/ping",
       eMeter: "/e/api/ping",
-      pMeter: "/p/api/ping",
-      pByHand: "/kp/ping",
       uPlain: "/n/upstream",
-      uMeter: "/n/api/upstream",
-      lMeter: "/l/api/ping",
       luMeter: "/l/api/upstream",
+      uMeter: "/n/api/upstream",
     };
     type Key = keyof typeof paths;
     for (const key of Object.keys(paths) as Key[]) await load(base, paths[key], 1, script); // warm-up (JIT, sockets)
     const best = {} as Record<Key, number>;
     const cpu = {} as Record<Key, number>;
-    // Interleaved, best of the rounds: the figure least disturbed by the machine's other load (CPU: the lower).
-    const rounds = Number(process.env.BENCH_HTTP_ROUNDS ?? 2);
+    /** Each round's req/s, by path. */
+    const perRound = {} as Record<Key, number[]>;
+    // Interleaved rounds, every other one in reverse order (ABBA), so no row always runs first. The
+    // table's req/s is the best round (CPU: the lower), the figure least disturbed by the machine's
+    // other load; a ratio is the median of each round's ratio to its baseline in the same round.
+    const rounds = Number(process.env.BENCH_HTTP_ROUNDS ?? 4);
     for (let round = 0; round < rounds; round++) {
-      for (const key of Object.keys(paths) as Key[]) {
+      const keys = Object.keys(paths) as Key[];
+      for (const key of round % 2 === 0 ? keys : keys.reverse()) {
         const m = await load(base, paths[key], seconds, script);
         best[key] = Math.max(best[key] ?? 0, m.reqPerSec);
         cpu[key] = Math.min(cpu[key] ?? Infinity, m.cpuPerRequest);
+        (perRound[key] ??= []).push(m.reqPerSec);
       }
     }
     const us = (key: Key) => `${cpu[key].toFixed(0)} µs`;
     const row = (scenario: string, key: Key, baselineKey?: Key, target?: number): BenchRow => {
       const opsPerSec = best[key];
       if (!baselineKey) return { backend: "memory", scenario, opsPerSec, note: `server ${us(key)} CPU/request` };
-      const ratio = opsPerSec / best[baselineKey];
-      const note = `server ${us(key)} CPU/request (${(cpu[key] / cpu[baselineKey]).toFixed(2)}× the ${us(baselineKey)} of ${paths[baselineKey]})`;
+      const ratios = perRound[key].map((r, i) => r / (perRound[baselineKey][i] as number));
+      const ratio = median(ratios);
+      const note =
+        `server ${us(key)} CPU/request (${(cpu[key] / cpu[baselineKey]).toFixed(2)}× the ${us(baselineKey)} of ${paths[baselineKey]}); ` +
+        `ratio per round ${ratios.map((r) => r.toFixed(2)).join(", ")}`;
       const out: BenchRow = { backend: "memory", scenario, opsPerSec, baseline: "unmetered", ratio, note };
       if (target !== undefined) {
         out.target = `>= ${target.toFixed(2)} of unmetered`;

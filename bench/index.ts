@@ -153,7 +153,7 @@ if (process.env.BENCH_LEASES !== "0") rows.push(...childRows([join(here, "leases
 else notes.push("leases: skipped (BENCH_LEASES=0)");
 // The node middleware's own cost per request, in process (bench/glue.ts, its own process; about 10 s).
 rows.push(...childRows([join(here, "glue.ts")]));
-// HTTP with and without metering (in-memory store; always runs, about 50 s).
+// HTTP with and without metering (in-memory store; always runs, about 3.5 min).
 const httpStart = machineCpu();
 const http = await import("./http.js");
 rows.push(...(await http.run()));
