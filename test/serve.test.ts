@@ -155,6 +155,23 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
       });
     });
 
+    it('/metrics: a path of no route is counted as route "other", never a series of its own', async () => {
+      const count = async (route: string) => {
+        const text = (await call(s, "GET", "/metrics", admin)).body as unknown as string;
+        const m = new RegExp(
+          `^http_server_requests_total\\{[^}]*http_request_method="GET"[^}]*http_route="${route}"[^}]*http_response_status_code="404"[^}]*\\} (\\d+)`,
+          "m",
+        ).exec(text);
+        return m === null ? 0 : Number(m[1]);
+      };
+      const before = await count("other");
+      const scanned = ["/wp-login.php", "/.env", "/scan/1", "/scan/2"];
+      for (const path of scanned) expect((await call(s, "GET", path, admin)).status).toBe(404);
+      expect(await count("other")).toBe(before + scanned.length);
+      const text = (await call(s, "GET", "/metrics", admin)).body as unknown as string;
+      for (const path of scanned) expect(text).not.toContain(`http_route="${path}"`);
+    });
+
     it("a payment webhook: a bad signature is refused, a signed event answered", async () => {
       const payload = JSON.stringify({ id: "evt_1", type: "customer.created", data: { object: {} } });
       const bad = await call(s, "POST", "/webhooks/stripe", undefined, payload, { "stripe-signature": "t=1,v1=00" });

@@ -203,8 +203,10 @@ export function serveApp(
     if (draining) res.setHeader("connection", "close");
     if (cors !== null) corsHeaders(req, response.headers, cors);
     await sendResponse(res, response, method === "HEAD");
-    return path;
+    return underApi(path) ? "api" : "other";
   };
+  /** Whether a path is the credit API's (a route group of its own in the metrics). */
+  const underApi = (path: string) => handler.basePaths.some((b) => path === b || path.startsWith(`${b}/`));
 
   const listener = (req: IncomingMessage, res: ServerResponse) => {
     const started = performance.now();
@@ -249,7 +251,9 @@ export function serveApp(
       return;
     }
     answer(req, res, ip, path).then(
-      (route) => done(route.startsWith("/credits") || route.startsWith("/admin") ? "api" : route),
+      // The route group: "api", serve's own routes by name, "other" (a path of no route: scanners
+      // must not add a series each).
+      (route) => done(route),
       async (error: unknown) => {
         const response =
           error instanceof HttpError
