@@ -30,7 +30,9 @@ function start(args: string[], env: Record<string, string>, cwd = root) {
   const prof = PROF === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", PROF];
   const child = spawn(process.execPath, [...prof, "--import", "tsx", ...args], {
     cwd,
-    env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", ...env },
+    // CREDIT_LOG_LEVEL=info: the port is read from serve's "serving" line, an info line (a level
+    // above info in the caller's environment would hide it and the bench would wait for nothing).
+    env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", CREDIT_LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   return new Promise<{ child: ChildProcess; port: number }>((resolve, reject) => {

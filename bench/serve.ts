@@ -26,7 +26,9 @@ const USERS = 100;
 function start(args: string[], env: Record<string, string>): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(process.execPath, ["--import", "tsx", ...args], {
     cwd: root,
-    env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", ...env },
+    // CREDIT_LOG_LEVEL=info: the port is read from serve's "serving" line, an info line (a level
+    // above info in the caller's environment would hide it and the bench would wait for nothing).
+    env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", CREDIT_LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "inherit"],
   });
   return new Promise((resolve, reject) => {
