@@ -103,6 +103,9 @@ interface SqliteLike {
   close(): unknown;
 }
 
+/** A record's values in the order of `COLUMNS` (the SQL stores' insert). */
+const valuesOf = (r: ApiKeyRecord) => [r.id, r.hash, r.role, r.userId, r.name, r.createdAt, r.revokedAt];
+
 /** Keys in the SQLite file of the store (its own connection; WAL lets both write). */
 export function sqliteKeyStore(db: SqliteLike): KeyStore {
   let get: ReturnType<SqliteLike["prepare"]> | undefined;
@@ -113,15 +116,7 @@ export function sqliteKeyStore(db: SqliteLike): KeyStore {
       get = db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} WHERE id = ?`);
     },
     async insert(r) {
-      db.prepare(`INSERT INTO ${KEY_TABLE} (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)`).run(
-        r.id,
-        r.hash,
-        r.role,
-        r.userId,
-        r.name,
-        r.createdAt,
-        r.revokedAt,
-      );
+      db.prepare(`INSERT INTO ${KEY_TABLE} (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)`).run(...valuesOf(r));
     },
     async get(id) {
       const row = (get ?? db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} WHERE id = ?`)).get(id) as Row | undefined;
@@ -155,15 +150,7 @@ export function postgresKeyStore(pool: PgPoolLike, schema: string | undefined): 
       await pool.query(CREATE(table));
     },
     async insert(r) {
-      await pool.query(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)`, [
-        r.id,
-        r.hash,
-        r.role,
-        r.userId,
-        r.name,
-        r.createdAt,
-        r.revokedAt,
-      ]);
+      await pool.query(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)`, valuesOf(r));
     },
     async get(id) {
       const { rows } = await pool.query(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
