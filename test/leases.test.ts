@@ -1,4 +1,6 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -13,6 +15,7 @@ import {
   type DbManager,
 } from "../src/index.js";
 import { leaseBlock } from "../src/domain/leases.js";
+import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { runProcess } from "./fixtures/processes.js";
@@ -136,6 +139,65 @@ for (const store of stores) {
         expect(await info(m, "big")).toMatchObject({ balance: 100_000 - 510, reserved: 0 });
       } finally {
         await m.close();
+        await opened.drop();
+      }
+    });
+
+    it("fixed-price HTTP metering through each of two managers' leases: no overspend across both, every charge in the books", async () => {
+      const opened = await store.open();
+      const a = await createCreditManager({ db: opened.db, overdraftLimit: 0 });
+      const b = await createCreditManager({ db: opened.another(), overdraftLimit: 0 });
+      const servers: Server[] = [];
+      const leases = [a, b].map((m) => m.credits.leases({ size: 200, share: 0.5, exactBelow: 1, settleEveryMs: 50 }));
+      try {
+        await a.credits.addCredits("u", 1000);
+        // Each manager behind its own server; a handler that takes 2 ms, so many requests are in
+        // flight at once with their prices set aside in the blocks.
+        const urls = await Promise.all(
+          [a, b].map(async (m, i) => {
+            const meter = creditMeteringMiddleware({
+              credits: m.credits,
+              price: 10,
+              lease: leases[i],
+              authenticate: () => ({ userId: "u" }),
+            });
+            const server = createServer((req, res) => meter(req, res, () => void setTimeout(() => res.end("{}"), 2)));
+            servers.push(server);
+            await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+            return `http://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+          }),
+        );
+        let charged = 0;
+        let answered = 0;
+        let refused = 0;
+        const client = async (url: string) => {
+          for (let i = 0; i < 40; i++) {
+            const res = await fetch(url);
+            await res.text();
+            if (res.status === 402) refused++;
+            else {
+              expect(res.status).toBe(200);
+              answered++;
+              charged += Number(res.headers.get("x-credits-deducted") ?? 0);
+            }
+          }
+        };
+        // 8 clients on each manager: 640 requests of 10 credits against the 1000 there are.
+        await Promise.all(urls.flatMap((url) => Array.from({ length: 8 }, () => client(url))));
+        for (const l of leases) await l.close();
+        const after = await info(a, "u");
+        expect(answered + refused).toBe(640);
+        expect(refused).toBeGreaterThan(0);
+        expect(after.reserved).toBe(0);
+        expect(after.balance).toBeGreaterThanOrEqual(0);
+        // Every charge a response announced is in the books, and nothing else was taken.
+        expect(after.balance).toBe(1000 - charged);
+        expect((await a.credits.audit("u")).ok).toBe(true);
+      } finally {
+        for (const l of leases) await l.close();
+        for (const server of servers) server.close();
+        await a.close();
+        await b.close();
         await opened.drop();
       }
     });
