@@ -7,86 +7,27 @@
  *   tsx bench/serve.ts       (also run by `npm run bench`)
  * BENCH_SERVE_SECONDS: seconds per turn (default 3); 16 keep-alive connections (autocannon, in this process).
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import autocannon from "autocannon";
 import { printTable, type BenchRow } from "./lib.js";
-import { newKey } from "../src/serve/keys.js";
-import { openStores } from "../src/serve/store.js";
+import { SERVE_ARGS, adminKey, deductions, fund, startServer, storeWithKey } from "./serve-lib.js";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const root = join(here, "..");
 const SECONDS = Number(process.env.BENCH_SERVE_SECONDS ?? 3);
-const USERS = 100;
-
-/** Starts a child and resolves its port from its output (`port N`, or serve's "serving" line). */
-function start(args: string[], env: Record<string, string>): Promise<{ child: ChildProcess; port: number }> {
-  const child = spawn(process.execPath, ["--import", "tsx", ...args], {
-    cwd: root,
-    // CREDIT_LOG_LEVEL=info: the port is read from serve's "serving" line, an info line (a level
-    // above info in the caller's environment would hide it and the bench would wait for nothing).
-    env: { ...process.env, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "", CREDIT_LOG_LEVEL: "info", ...env },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  return new Promise((resolve, reject) => {
-    let found = false;
-    let text = "";
-    child.stdout?.on("data", (d: Buffer) => {
-      if (found) return; // serve's request lines: read and dropped, as a log shipper would
-      text += d.toString();
-      const m = /"port":(\d+)|^port (\d+)/m.exec(text);
-      if (m !== null) {
-        found = true;
-        resolve({ child, port: Number(m[1] ?? m[2]) });
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`exited ${code} before listening`)));
-  });
-}
-
-async function load(port: number, token: string, seconds: number): Promise<number> {
-  const requests = Array.from({ length: USERS }, (_, i) => ({
-    method: "POST" as const,
-    path: `/admin/credits/users/u${i}/deduct`,
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-    body: '{"amount":1}',
-  }));
-  const r = await autocannon({ url: `http://127.0.0.1:${port}`, connections: 16, duration: seconds, requests });
-  if (r.non2xx > 0 || r.errors > 0) throw new Error(`${r.non2xx} non-2xx, ${r.errors} errors`);
-  return r.requests.average;
-}
-
-async function fund(port: number, token: string) {
-  for (let i = 0; i < USERS; i++) {
-    const r = await fetch(`http://127.0.0.1:${port}/admin/credits/users/u${i}/add`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-      body: '{"amount":1000000000}',
-    });
-    if (!r.ok) throw new Error(`add: ${r.status}`);
-  }
-}
+const load = (port: number, token: string, seconds: number) => deductions(port, token, { seconds });
 
 export async function run(): Promise<BenchRow[]> {
   const dir = mkdtempSync(join(tmpdir(), "bench-serve-"));
   const children: ChildProcess[] = [];
   try {
     const servePath = join(dir, "serve.sqlite");
-    const stores = await openStores({ kind: "sqlite", path: servePath }, {});
-    await stores.db.init();
-    await stores.keys.init();
-    const { key, record } = newKey("admin", null, "bench");
-    await stores.keys.insert(record);
-    await stores.keys.close();
-    await stores.db.close();
-    const serve = await start(["src/cli/index.ts", "serve", "--port", "0", "--host", "127.0.0.1"], {
-      CREDIT_SQLITE_PATH: servePath,
-    });
+    const { key, record } = adminKey();
+    await storeWithKey(servePath, record);
+    const serve = await startServer(SERVE_ARGS, { CREDIT_SQLITE_PATH: servePath });
     children.push(serve.child);
-    const hand = await start(["bench/serve-baseline.ts", join(dir, "hand.sqlite")], {});
+    const hand = await startServer(["bench/serve-baseline.ts", join(dir, "hand.sqlite")], {});
     children.push(hand.child);
     await fund(serve.port, key);
     await fund(hand.port, "any");
