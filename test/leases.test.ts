@@ -14,7 +14,7 @@ import {
   type CreditManager,
   type DbManager,
 } from "../src/index.js";
-import { leaseBlock } from "../src/domain/leases.js";
+import { blockServes, leaseBlock } from "../src/domain/leases.js";
 import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
@@ -46,6 +46,15 @@ describe("leaseBlock (domain)", () => {
     expect(leaseBlock(400, s)).toBe(100);
     expect(leaseBlock(399, s)).toBe(0);
     expect(leaseBlock(150, { ...s, exactBelow: 1 })).toBe(75);
+  });
+
+  it("blockServes: only what the block holds beyond what it used and set aside, while open and before serveUntil", () => {
+    const b = { open: true, held: 100, used: 60, pending: 30, serveUntil: 1_000 };
+    expect(blockServes(b, 10, 999)).toBe(true);
+    expect(blockServes(b, 11, 999)).toBe(false); // 60 used + 30 set aside + 11 > 100
+    expect(blockServes(b, 10, 1_000)).toBe(false); // its hold is near its end
+    expect(blockServes({ ...b, open: false }, 1, 0)).toBe(false); // settling, failed or ended
+    expect(blockServes({ ...b, pending: 0 }, 40, 0)).toBe(true);
   });
 });
 

@@ -23,6 +23,27 @@ export function leaseBlock(available: number, s: LeaseSizing): number {
   return Math.max(0, Math.min(s.size, Math.floor(available * s.share)));
 }
 
+/** A lease block as the spending rule reads it: what it holds, used and has set aside, and until when it serves. */
+export interface ServingBlock {
+  /** False while it settles, after a failed settle, and once it ended. */
+  open: boolean;
+  held: number;
+  used: number;
+  /** Credits set aside in it for requests in flight (estimates, fixed prices). */
+  pending: number;
+  /** ms: it stops serving then, well before its hold lapses. */
+  serveUntil: number;
+}
+
+/**
+ * Whether `block` serves `amount` more credits at `now` (ms): it is open, what it holds covers what
+ * it used, what is set aside in it and `amount`, and its hold is not near its end. The rule behind
+ * "never overspend" (docs/metering.md, "Leases"): a process spends only credits its block holds.
+ */
+export function blockServes(block: ServingBlock, amount: number, now: number): boolean {
+  return block.open && block.used + block.pending + amount <= block.held && now < block.serveUntil;
+}
+
 /** The idempotency key of window `window` of lease `lease`: a retried or recovered settle charges once. */
 export function leaseSettleKey(lease: string, window: number): string {
   return `lease:${lease}:${window}`;

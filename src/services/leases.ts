@@ -4,7 +4,7 @@ import { createInterface } from "node:readline";
 import type { Logger } from "../logger.js";
 import { ConfigurationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { addLeaseLine, leaseLineOf, type FileWindow, type LeaseSizing } from "../domain/leases.js";
+import { addLeaseLine, blockServes, leaseLineOf, type FileWindow, type LeaseSizing } from "../domain/leases.js";
 import {
   Amount,
   LeaseChargeOptions,
@@ -169,15 +169,8 @@ export class CreditLeases {
     const reason = options === undefined ? undefined : options.reason;
     if (options === undefined || (reason !== undefined && onlyReason(options))) {
       const l = this.users.get(userId);
-      if (
-        l !== undefined &&
-        l.open &&
-        Number.isSafeInteger(amount) &&
-        amount > 0 &&
-        l.used + l.pending + amount <= l.held
-      ) {
-        if (Date.now() < l.serveUntil) return this.serve(l, amount, reason);
-      }
+      if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, Date.now()))
+        return this.serve(l, amount, reason);
     }
     return this.slow(userId, amount, options);
   }
@@ -185,22 +178,15 @@ export class CreditLeases {
   /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
   covers(userId: string, amount: number): boolean {
     const l = this.users.get(userId);
-    return l !== undefined && l.open && l.used + l.pending + amount <= l.held && Date.now() < l.serveUntil;
+    return l !== undefined && blockServes(l, amount, Date.now());
   }
 
   /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
   tryCharge(userId: string, amount: number, reason?: string): boolean {
     const l = this.users.get(userId);
-    if (
-      l === undefined ||
-      !l.open ||
-      !Number.isSafeInteger(amount) ||
-      amount <= 0 ||
-      l.used + l.pending + amount > l.held
-    )
+    if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, Date.now()))
       return false;
-    if (Date.now() >= l.serveUntil || (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)))
-      return false;
+    if (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)) return false;
     this.serve(l, amount, reason);
     return true;
   }
@@ -289,7 +275,7 @@ export class CreditLeases {
     if (session === undefined || this.closed || options.idempotencyKey !== undefined) return null;
     const l = this.users.get(userId);
     const n = options.estimate;
-    if (l === undefined || !l.open || l.used + l.pending + n > l.held || Date.now() >= l.serveUntil) {
+    if (l === undefined || !blockServes(l, n, Date.now())) {
       this.warm(userId, n);
       return null;
     }
@@ -326,8 +312,7 @@ export class CreditLeases {
     l.pending -= estimate;
     if (amount === 0) return true;
     if (l.settling !== null) await l.settling.catch(() => undefined);
-    if (this.users.get(l.userId) !== l || !l.open || l.used + l.pending + amount > l.held) return false;
-    if (Date.now() >= l.serveUntil) return false;
+    if (this.users.get(l.userId) !== l || !blockServes(l, amount, Date.now())) return false;
     this.serve(l, amount, reason, extra);
     return true;
   }
@@ -346,7 +331,7 @@ export class CreditLeases {
    */
   setAside(userId: string, amount: number): object | null {
     const l = this.users.get(userId);
-    if (l === undefined || !l.open || l.used + l.pending + amount > l.held || Date.now() >= l.serveUntil) return null;
+    if (l === undefined || !blockServes(l, amount, Date.now())) return null;
     l.pending += amount;
     return l;
   }
@@ -361,7 +346,7 @@ export class CreditLeases {
     const l = block as UserLease;
     l.pending -= amount;
     // An open block is the user's current one: a block that ended or failed to settle never reopens.
-    if (!l.open || l.used + l.pending + amount > l.held || Date.now() >= l.serveUntil) return false;
+    if (!blockServes(l, amount, Date.now())) return false;
     this.serve(l, amount, reason);
     return true;
   }
@@ -419,7 +404,7 @@ export class CreditLeases {
         await l.settling.catch(() => undefined);
         continue;
       }
-      if (l.open && l.used + l.pending + n <= l.held && Date.now() < l.serveUntil) return this.serve(l, n, o?.reason);
+      if (blockServes(l, n, Date.now())) return this.serve(l, n, o?.reason);
       if (rolled) return this.exact(user, n, o);
       // Not covered: settle this window and roll the rest into a new block, then try once more.
       rolled = true;
