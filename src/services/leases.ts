@@ -187,7 +187,7 @@ export class CreditLeases {
     if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, Date.now()))
       return false;
     if (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)) return false;
-    this.serve(l, amount, reason);
+    this.take(l, amount, reason, "");
     return true;
   }
 
@@ -313,7 +313,7 @@ export class CreditLeases {
     if (amount === 0) return true;
     if (l.settling !== null) await l.settling.catch(() => undefined);
     if (this.users.get(l.userId) !== l || !blockServes(l, amount, Date.now())) return false;
-    this.serve(l, amount, reason, extra);
+    this.take(l, amount, reason, extra);
     return true;
   }
 
@@ -347,7 +347,7 @@ export class CreditLeases {
     l.pending -= amount;
     // An open block is the user's current one: a block that ended or failed to settle never reopens.
     if (!blockServes(l, amount, Date.now())) return false;
-    this.serve(l, amount, reason);
+    this.take(l, amount, reason, "");
     return true;
   }
 
@@ -364,6 +364,12 @@ export class CreditLeases {
   // -----------------------------------------------------------------------------------------------
 
   private serve(l: UserLease, amount: number, reason: string | undefined, extra = ""): LeaseCharge {
+    this.take(l, amount, reason, extra);
+    return { userId: l.userId, amount, via: "lease", entry: null };
+  }
+
+  /** Takes `amount` from the block: its window's count and total, the ledger line, a settle when it ran out. */
+  private take(l: UserLease, amount: number, reason: string | undefined, extra: string): void {
     l.used += amount;
     l.requests++;
     if (this.file !== undefined) {
@@ -381,7 +387,6 @@ export class CreditLeases {
     }
     // The block ran out: settle (and roll) now rather than at the tick.
     if (l.used + l.pending >= l.held) void this.settle(l, true).catch(() => undefined);
-    return { userId: l.userId, amount, via: "lease", entry: null };
   }
 
   private async slow(userId: string, amount: number, options: LeaseChargeOptions | undefined): Promise<LeaseCharge> {
