@@ -285,6 +285,8 @@ describe("serve: settings and rate limiting", () => {
       [{ CREDIT_PG_URL: "postgres://127.0.0.1:1/x", CREDIT_SQLITE_PATH: "x.sqlite" }, [], /choose one store/],
       [{ CREDIT_CORS_ORIGINS: "*" }, [], /CREDIT_CORS_ORIGINS/],
       [{ CREDIT_CONSOLE: "yes" }, [], /CREDIT_CONSOLE must be 1, 0, true or false/],
+      [{ CREDIT_LOG_FLUSH_MS: "0.5" }, [], /CREDIT_LOG_FLUSH_MS must be a whole number/],
+      [{ CREDIT_LOG_FLUSH_MS: "20000" }, [], /CREDIT_LOG_FLUSH_MS/],
       [{ CREDIT_CONSOLE_SECRET: "short" }, ["--console"], /CREDIT_CONSOLE_SECRET must be .*, not \(hidden\)/],
     ];
     for (const [env, args, message] of cases) {
@@ -421,10 +423,15 @@ describe("serve: the console (--console)", () => {
       const grant = await browse(s, "POST", "/console/actions/grant", { cookies: [key, csrfCookie], form: fields });
       expect(grant.status, grant.text).toBe(303);
       expect(await balance()).toBe(before + 25);
-      const line = s.lines.find(
-        (l) => l.msg === "request" && l.method === "POST" && l.path === "/console/actions/grant" && l.status === 303,
-      );
-      expect(line).toBeDefined();
+      // Request lines are written in batches (CREDIT_LOG_FLUSH_MS, 100 ms by default).
+      await expect
+        .poll(() =>
+          s.lines.some(
+            (l) =>
+              l.msg === "request" && l.method === "POST" && l.path === "/console/actions/grant" && l.status === 303,
+          ),
+        )
+        .toBe(true);
       expect(JSON.stringify(s.lines)).not.toContain(admin);
 
       // Signing out drops the cookie.

@@ -102,6 +102,53 @@ async function startMetrics(logger: Pino): Promise<Metrics | null> {
   }
 }
 
+/** serve's log destination: pino's `DestinationStream` that can be flushed. */
+export interface LogDestination extends DestinationStream {
+  /** Writes what is held, now (synchronously when `write` is, as process.stdout to a file or pipe is). */
+  flush(): void;
+}
+
+/** pino's line of a warning or worse: level 40 and up, the first field pino writes. */
+const URGENT = /^\{"level":(?:[4-9]\d|\d{3,})[,}]/;
+
+/**
+ * The destination of serve's log lines (docs/service.md, "Logs"): with `flushMs` > 0, info and
+ * lower lines wait in memory up to `flushMs` ms (or until 64 KiB wait) and go out in one `write`,
+ * instead of one write a line (a system call each, and a wake-up of whatever reads stdout). A
+ * warning or error goes out at once, with the lines held before it, in order. The caller flushes at
+ * stop and on exit; a hard crash (SIGKILL, out of memory) loses at most `flushMs` of lines.
+ * `flushMs` 0: each line written at once.
+ */
+export function logDestination(write: (text: string) => void, flushMs: number): LogDestination {
+  if (flushMs <= 0) return { write, flush() {} };
+  let held: string[] = [];
+  let size = 0;
+  let timer: NodeJS.Timeout | null = null;
+  const flush = () => {
+    if (timer !== null) {
+      clearTimeout(timer);
+      timer = null;
+    }
+    if (held.length === 0) return;
+    const text = held.length === 1 ? (held[0] as string) : held.join("");
+    held = [];
+    size = 0;
+    write(text);
+  };
+  return {
+    write(line: string) {
+      held.push(line);
+      size += line.length;
+      if (size >= 65_536 || URGENT.test(line)) flush();
+      else if (timer === null) {
+        timer = setTimeout(flush, flushMs);
+        timer.unref();
+      }
+    },
+    flush,
+  };
+}
+
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** The request target without its query string. */
@@ -290,7 +337,10 @@ function corsHeaders(req: IncomingMessage, headers: Headers, allowed: Set<string
  * failed (the store), 2 a bad worker setting (with --worker).
  */
 export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise<number> {
-  const destination: DestinationStream = { write: (line: string) => io.stdout(line) };
+  const destination = logDestination((text) => io.stdout(text), s.CREDIT_LOG_FLUSH_MS);
+  // Lines still held when the process ends (process.exit, an uncaught error) are written then.
+  const flushOnExit = () => destination.flush();
+  process.on("exit", flushOnExit);
   const logger = pino(
     { name: "credit-management-serve", level: s.CREDIT_LOG_LEVEL, redact: ["req.headers.authorization"] },
     destination,
@@ -365,6 +415,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       },
       "serving",
     );
+    destination.flush(); // the start is news at once
     const signal = await new Promise<string>((resolve) => {
       stopping = resolve;
       if (signalled !== null) resolve(signalled);
@@ -386,5 +437,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     process.off("SIGTERM", onTerm);
     process.off("SIGINT", onInt);
     if (manager !== undefined) await manager.close().catch(() => undefined);
+    destination.flush();
+    process.off("exit", flushOnExit);
   }
 }

@@ -63,6 +63,12 @@ const Schema = z.strictObject({
   CREDIT_PG_URL: url(["postgres:", "postgresql:"]).optional(),
   CREDIT_SQLITE_PATH: z.string().min(1).optional(),
   CREDIT_LOG_LEVEL: z.enum(LOG_LEVELS).default("info"),
+  /**
+   * How long info-level log lines may wait in memory before they are written, in ms (one write per
+   * batch instead of one per line); 0: every line is written at once. Warnings and errors are never
+   * held (docs/service.md, "Logs").
+   */
+  CREDIT_LOG_FLUSH_MS: int(0, 10_000).default(100),
   CREDIT_MAX_BODY_BYTES: int(1024, 10_485_760).default(65_536),
   /** Longest a request may take, headers and body included, in ms (node's `requestTimeout`). */
   CREDIT_REQUEST_TIMEOUT_MS: int(1000, 600_000).default(30_000),
@@ -183,7 +189,8 @@ export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variab
   --console                        CREDIT_CONSOLE=1: the operator console under /console, admins only
                                    (CREDIT_CONSOLE_SECRET signs its forms). Default off
 Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA), CREDIT_MONGO_URI (CREDIT_MONGO_DB),
-  CREDIT_MAX_BODY_BYTES, CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
+  CREDIT_LOG_FLUSH_MS (default 100; 0: each line at once), CREDIT_MAX_BODY_BYTES,
+  CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
   CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
