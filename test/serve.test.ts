@@ -315,6 +315,46 @@ describe("serve: settings and rate limiting", () => {
       await s.stop();
     }
   }, 60_000);
+
+  it("CREDIT_TRUST_PROXY: the failure limit and the log take the last X-Forwarded-For hop; unset, the socket's IP", async () => {
+    const limited = (name: string, trust: string) => ({
+      CREDIT_SQLITE_PATH: join(dir, `${name}.sqlite`),
+      CREDIT_AUTH_FAILURES_BURST: "2",
+      CREDIT_AUTH_FAILURES_PER_MINUTE: "1",
+      CREDIT_TRUST_PROXY: trust,
+      CREDIT_LOG_FLUSH_MS: "0",
+    });
+    const balance = (s: Served, from: string, token = "cmk_nope") =>
+      call(s, "GET", "/credits/balance", token, undefined, { "x-forwarded-for": from }).then((r) => r.status);
+    /** The `ip` of the first `n` request lines (each is written just after its answer: wait for them). */
+    const loggedIps = async (s: Served, n: number) => {
+      const requestLines = () => s.lines.filter((l) => l.msg === "request");
+      for (let i = 0; i < 50 && requestLines().length < n; i++) await new Promise((r) => setTimeout(r, 100));
+      return requestLines().map((l) => l.ip);
+    };
+    const trusted = await startServe(limited("proxy-on", "true"));
+    try {
+      // Two failures from 10.0.0.1 (the last hop, whatever comes before it) spend its burst.
+      expect(await balance(trusted, "10.0.0.1")).toBe(401);
+      expect(await balance(trusted, "203.0.113.9, 10.0.0.1")).toBe(401);
+      expect(await balance(trusted, "10.0.0.1")).toBe(429);
+      expect(await balance(trusted, "10.0.0.1, 198.51.100.7")).toBe(401); // another client's hop
+      expect(await balance(trusted, "10.0.0.2")).toBe(401);
+      expect(await loggedIps(trusted, 5)).toEqual(["10.0.0.1", "10.0.0.1", "10.0.0.1", "198.51.100.7", "10.0.0.2"]);
+    } finally {
+      await trusted.stop();
+    }
+    const direct = await startServe(limited("proxy-off", "false"));
+    try {
+      // The header is the client's to forge: ignored, every failure counts against the socket's IP.
+      expect(await balance(direct, "10.0.0.1")).toBe(401);
+      expect(await balance(direct, "10.0.0.2")).toBe(401);
+      expect(await balance(direct, "10.0.0.3")).toBe(429);
+      expect(await loggedIps(direct, 3)).toEqual(["127.0.0.1", "127.0.0.1", "127.0.0.1"]);
+    } finally {
+      await direct.stop();
+    }
+  }, 60_000);
 });
 
 describe("serve: the console (--console)", () => {

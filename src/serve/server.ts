@@ -187,7 +187,11 @@ export function serveApp(
   metrics: Metrics | null,
   consoleRoutes: ConsoleApp | null = null,
 ): ServeApp {
-  const ips = new WeakMap<Request, string>();
+  // The client IP of each request being answered, for the authenticate hook (which gets the Fetch
+  // Request only). A Map emptied as each answer ends: at most the requests in flight, where a
+  // WeakMap kept an entry per request until the next GC, and paid V8's ephemeron barrier on every
+  // set and its ephemeron marking at every major GC (docs/benchmarks.md, serve, third pass).
+  const ips = new Map<Request, string>();
   const handler = createCreditHandler(manager, {
     authenticate: (request) => auth.authenticate(request, ips.get(request) ?? "unknown"),
     maxBodyBytes: s.CREDIT_MAX_BODY_BYTES,
@@ -246,7 +250,12 @@ export function serveApp(
     }
     const request = toRequest(req, res);
     ips.set(request, ip);
-    const response = await handler(request);
+    let response: Response;
+    try {
+      response = await handler(request);
+    } finally {
+      ips.delete(request);
+    }
     if (draining) res.setHeader("connection", "close");
     if (cors !== null) corsHeaders(req, response.headers, cors);
     await sendResponse(res, response, method === "HEAD");
