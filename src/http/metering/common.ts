@@ -308,7 +308,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   const lease = o.lease;
   if (lease !== undefined && !(lease instanceof CreditLeases))
     throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
-  const fixed = fixedPrice(o, lease, deductedHeader);
+  const fixed = fixedPrice(o, lease);
   /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */
   const openMeter = (userId: string, options: MeterOptions): Promise<MeterSession> => {
     const leased = lease?.openMeter(userId, options) ?? null;
@@ -371,11 +371,7 @@ export const isJsonType = (type: string | null | undefined) =>
  * Fixed-price metering (the `price` option), or null without one: what a request costs, the check
  * before the handler runs and the charge after it succeeded (docs/metering.md, "Fixed-price endpoints").
  */
-function fixedPrice<Req>(
-  o: MeteringOptionsBase<Req>,
-  lease: CreditLeases | undefined,
-  deductedHeader: string,
-): FixedPricing<Req> | null {
+function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | undefined): FixedPricing<Req> | null {
   const price = o.price;
   if (price === undefined) return null;
   if (typeof price !== "function" && !(Number.isSafeInteger(price) && price >= 0))
@@ -384,7 +380,7 @@ function fixedPrice<Req>(
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
     throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
   const credits = o.credits as Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">;
-  return new FixedPricing(price, credits, lease, o.onSettled, deductedHeader);
+  return new FixedPricing(price, credits, lease, o.onSettled);
 }
 
 const checkedCost = (cost: unknown): number => {
@@ -400,27 +396,13 @@ export class FixedPricing<Req> {
   private lastMethod: string | undefined;
   private lastPath: string | undefined;
   private lastReason = "";
-  /** The last header value written (a fixed price charges the same figure again and again). */
-  private lastCharged = -1;
-  private lastText = "";
 
   constructor(
     private readonly price: number | ((request: Req) => number | Promise<number>),
     readonly credits: Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">,
     readonly lease: CreditLeases | undefined,
     readonly onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
-    /** The response header that tells the credits charged (`X-Credits-Deducted` by default). */
-    readonly deductedHeader: string,
   ) {}
-
-  /** `charged` as the header's text. */
-  textOf(charged: number): string {
-    if (charged !== this.lastCharged) {
-      this.lastCharged = charged;
-      this.lastText = String(charged);
-    }
-    return this.lastText;
-  }
 
   /** The cost of `req`: a number now, or a promise when `price` is an async function. */
   costOf(req: Req): number | Promise<number> {
@@ -525,11 +507,9 @@ export class FixedPricing<Req> {
 export class PricedRequest<Req = unknown> {
   /** Settled: charged, or reported as not charged. */
   done = false;
-  /** The host's own state of the request (node: the response's `end` it replaced). */
-  slot: unknown = undefined;
 
   constructor(
-    readonly pricing: FixedPricing<Req>,
+    private readonly pricing: FixedPricing<Req>,
     private readonly req: Req,
     readonly userId: string,
     readonly cost: number,

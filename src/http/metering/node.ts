@@ -149,19 +149,19 @@ function reply(res: ServerResponse, response: Response): void {
   void response.text().then((text) => res.end(text));
 }
 
-/** Where a fixed-price response keeps its request (`fixed.open`); the `end` it replaced is the request's `slot`. */
+/** Where a fixed-price response keeps its request (`fixed.open`) and the `end` it replaced. */
 const FIXED = Symbol("credit-management.fixed-price");
-type FixedResponse = ServerResponse & { [FIXED]?: PricedRequest<IncomingMessage> };
+type FixedResponse = ServerResponse & {
+  [FIXED]?: { priced: PricedRequest<IncomingMessage>; deductedHeader: string; end: End };
+};
 
 function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
-  const priced = this[FIXED] as PricedRequest<IncomingMessage>;
-  const end = priced.slot as End;
+  const { priced, deductedHeader, end } = this[FIXED] as NonNullable<FixedResponse[typeof FIXED]>;
   // eslint-disable-next-line prefer-rest-params
   if (priced.done || this.headersSent) return end.apply(this, arguments as unknown as Parameters<End>); // settled on close
-  const pricing = priced.pricing;
   if (this.statusCode >= 400) {
     priced.notCharged("error");
-    this.setHeader(pricing.deductedHeader, "0");
+    this.setHeader(deductedHeader, "0");
     // eslint-disable-next-line prefer-rest-params
     return end.apply(this, arguments as unknown as Parameters<End>);
   }
@@ -169,12 +169,12 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
   const charged = priced.charge();
   if (!(charged instanceof Promise)) {
     // Charged at once (from the lease block the check set it aside in): end in this turn.
-    if (charged !== null) this.setHeader(pricing.deductedHeader, pricing.textOf(charged));
+    if (charged !== null) this.setHeader(deductedHeader, String(charged));
     // eslint-disable-next-line prefer-rest-params
     return end.apply(this, arguments as unknown as Parameters<End>);
   }
   charged.then((n) => {
-    if (n !== null && !this.headersSent) this.setHeader(pricing.deductedHeader, pricing.textOf(n));
+    if (n !== null && !this.headersSent) this.setHeader(deductedHeader, String(n));
     end.call(this, chunk, encoding, cb);
   });
   return this;
@@ -182,12 +182,12 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
 
 /** A fixed-price response is done: one written in parts is charged now if it finished well. */
 function onFixedClose(this: FixedResponse): void {
-  const priced = this[FIXED];
-  if (priced !== undefined && !priced.done) priced.closed(this.writableFinished, this.statusCode);
+  this[FIXED]?.priced.closed(this.writableFinished, this.statusCode);
 }
 
 /** Fixed price, the cost known: the check (set aside in the lease block, or read on the store), then the chain. */
 function fixedCheck(
+  c: Common,
   fixed: NonNullable<Common["fixed"]>,
   req: IncomingMessage,
   res: FixedResponse,
@@ -204,19 +204,18 @@ function fixedCheck(
   } catch (error) {
     return reply(res, errorResponse(error));
   }
-  // Checked at once (the lease block covered it): nothing happened since the client was seen here.
-  if (!(priced instanceof Promise)) return fixedGo(res, next, priced);
+  if (!(priced instanceof Promise)) return fixedGo(c, res, next, priced);
   priced.then(
-    (p) => (res.destroyed || res.writableEnded ? p.drop() : fixedGo(res, next, p)), // the client left: nothing ran, nothing charged
+    (p) => fixedGo(c, res, next, p),
     (error: unknown) => reply(res, errorResponse(error)),
   );
 }
 
 /** Fixed price, checked: intercept the end of the response and run the rest of the chain. */
-function fixedGo(res: FixedResponse, next: Next, priced: PricedRequest<IncomingMessage>): void {
+function fixedGo(c: Common, res: FixedResponse, next: Next, priced: PricedRequest<IncomingMessage>): void {
+  if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing ran, nothing charged
   try {
-    priced.slot = res.end;
-    res[FIXED] = priced;
+    res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
     res.end = fixedEnd as unknown as typeof res.end;
     res.on("close", onFixedClose);
     next();
@@ -284,9 +283,9 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
   ): void => {
     const key = fixed.keyOf(headerOf(req, "idempotency-key"));
     const cost = fixed.costOf(req);
-    if (typeof cost === "number") return fixedCheck(fixed, req, res, next, path, userId, key, cost);
+    if (typeof cost === "number") return fixedCheck(c, fixed, req, res, next, path, userId, key, cost);
     cost.then(
-      (n) => fixedCheck(fixed, req, res, next, path, userId, key, n),
+      (n) => fixedCheck(c, fixed, req, res, next, path, userId, key, n),
       (error: unknown) => reply(res, errorResponse(error)),
     );
   };
