@@ -33,6 +33,14 @@ async function nodeRoute(req: IncomingMessage, res: ServerResponse): Promise<voi
   const path = (req.url ?? "/").split("?")[0] as string;
   ran.push(path);
   if (path === "/api/throws") throw new Error("handler failed");
+  // Ended within the middleware's next(), before the handler's first await: in parts, or destroyed.
+  if (path === "/api/parts-now") {
+    res.setHeader("content-type", "text/event-stream");
+    res.write("data: 1\n\n");
+    res.end("data: 2\n\n");
+    return;
+  }
+  if (path === "/api/destroy-now") return void res.destroy();
   const r = routes[path] ?? { status: 404, body: "{}" };
   if (r.delay) await sleep(r.delay);
   if (res.destroyed) return;
@@ -512,6 +520,55 @@ describe.each(hosts.map((h) => [h.name, h] as const))(
       } finally {
         await server.close();
         await m.close();
+      }
+    });
+  },
+);
+
+describe.each(hosts.slice(0, 2).map((h) => [h.name, h] as const))(
+  "a fixed-price response ended in the handler's own turn on %s",
+  (_name, host) => {
+    it("is charged once when written in parts, and not at all when destroyed, from a lease block or exactly", async () => {
+      for (const leased of [true, false]) {
+        const { m, lease, outcomes, server } = await leasedServer(host, {
+          price: 7,
+          ...(leased ? {} : { lease: undefined }),
+        });
+        const call = (path: string) => fetch(`${server.url}${path}`, { headers: { "x-payer": "lessee" } });
+        try {
+          await m.credits.addCredits("lessee", 1000);
+          await (await call("/api/ok")).text(); // opens the block when leased
+          await waitFor(() => (outcomes.length === 1 ? true : undefined));
+          if (leased) await waitFor(() => (lease.covers("lessee", 7) ? true : undefined));
+          const reserved = (await m.credits.getUserCreditsInfo("lessee")).reserved;
+          /** What the block has free now: the largest charge it covers. */
+          const free = () => {
+            let n = reserved;
+            while (n > 0 && !lease.covers("lessee", n)) n--;
+            return n;
+          };
+          const before = free();
+
+          const parts = await call("/api/parts-now");
+          expect(await parts.text()).toBe("data: 1\n\ndata: 2\n\n");
+          await waitFor(() => (outcomes.length === 2 ? true : undefined));
+          expect(outcomes[1]).toMatchObject({ outcome: "committed", charged: 7 });
+          expect(outcomes[1]?.leased).toBe(leased ? true : undefined);
+          if (leased) expect(free()).toBe(before - 7);
+
+          expect(await call("/api/destroy-now").catch(() => "cut")).toBe("cut");
+          await waitFor(() => (outcomes.length === 3 ? true : undefined));
+          expect(outcomes[2]).toMatchObject({ outcome: "released", charged: 0, releaseReason: "aborted" });
+          if (leased) expect(free()).toBe(before - 7); // the destroyed one's price went back to the block
+
+          await lease.close();
+          expect(await m.credits.getUserCreditsInfo("lessee")).toMatchObject({ balance: 1000 - 14, reserved: 0 });
+          expect((await m.credits.audit("lessee")).ok).toBe(true);
+          expect(outcomes).toHaveLength(3); // nothing charged twice, at close or later
+        } finally {
+          await server.close();
+          await m.close();
+        }
       }
     });
   },

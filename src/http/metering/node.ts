@@ -217,10 +217,17 @@ function fixedGo(c: Common, res: FixedResponse, next: Next, priced: PricedReques
   try {
     res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
     res.end = fixedEnd as unknown as typeof res.end;
-    res.on("close", onFixedClose);
     next();
   } catch (error) {
     next(error instanceof Error ? error : new Error(String(error)));
+  } finally {
+    // The close is watched only while the response still owes its outcome: a handler that ended it
+    // within next() (synchronously) was charged, or not, by fixedEnd. One that ended it in parts, or
+    // answers later, is settled when it closes ("close" comes in a later turn; `closed` if it came).
+    if (!priced.done) {
+      if (res.closed) onFixedClose.call(res);
+      else res.on("close", onFixedClose);
+    }
   }
 }
 
