@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Readable } from "node:stream";
 import { errorResponse, HttpError } from "./router.js";
+import { unreadText } from "./text-response.js";
 
 /** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. */
 export type FetchHandler = ((request: Request) => Promise<Response>) & { basePaths?: readonly string[] };
@@ -104,19 +105,6 @@ export function toRequest(req: IncomingMessage, res: ServerResponse, target = re
   return new Request(url, init);
 }
 
-/** The text of Responses this package built from a string it still holds (see `textResponse`). */
-const knownText = new WeakMap<Response, string>();
-
-/**
- * @internal A `Response` over `text` that `sendResponse` writes with one `res.end(text)` instead of
- * reading it back through its web stream (the metering wrapper re-emits JSON bodies it read whole).
- */
-export function textResponse(text: string, init: ResponseInit): Response {
-  const response = new Response(text, init);
-  knownText.set(response, text);
-  return response;
-}
-
 /** Writes a Fetch `Response` to a ServerResponse, streaming its body with backpressure. */
 export async function sendResponse(res: ServerResponse, response: Response, head = false): Promise<void> {
   res.statusCode = response.status;
@@ -126,8 +114,8 @@ export async function sendResponse(res: ServerResponse, response: Response, head
   }
   const cookies = response.headers.getSetCookie();
   if (cookies.length > 0) res.setHeader("set-cookie", cookies);
-  const text = knownText.get(response);
-  if (text !== undefined && !response.bodyUsed) {
+  const text = unreadText(response);
+  if (text !== undefined) {
     // Nobody read it since it was built: its stream is untouched and the text is the body.
     if (head) res.end();
     else res.end(text);

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import type { CreditManager } from "../manager.js";
 import { CreditError, ValidationError } from "../errors.js";
+import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, UserId as IdentityUserId } from "../models/index.js";
 
 /** Who is calling, as the host's `authenticate` hook says. */
@@ -98,11 +99,13 @@ export class HttpError extends Error {
 
 const JSON_HEADERS = { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" };
 
+/**
+ * A JSON answer. Built with `textResponse`, so on node (`toNodeHandler`) it goes out in one write
+ * with a `Content-Length` rather than streamed back through its body.
+ */
 export function json(status: number, body: unknown, headers?: Record<string, string>): Response {
-  return new Response(status === 204 ? null : JSON.stringify(body), {
-    status,
-    headers: { ...JSON_HEADERS, ...headers },
-  });
+  const init = { status, headers: { ...JSON_HEADERS, ...headers } };
+  return status === 204 ? new Response(null, init) : textResponse(JSON.stringify(body), init);
 }
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>) {

@@ -1,6 +1,9 @@
 import { createServer } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sendResponse, textResponse } from "../../src/http/node.js";
+import { createCreditHandler } from "../../src/http/handler.js";
+import { sendResponse, toNodeHandler } from "../../src/http/node.js";
+import { textResponse } from "../../src/http/text-response.js";
+import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import { listen, type Running } from "./servers.js";
 
 describe("sendResponse of a Response built from text (textResponse)", () => {
@@ -31,5 +34,47 @@ describe("sendResponse of a Response built from text (textResponse)", () => {
     const res = await fetch(server.url, { method: "HEAD" });
     expect(res.status).toBe(201);
     expect(await res.text()).toBe("");
+  });
+});
+
+describe("the credit API's JSON answers on node (toNodeHandler)", () => {
+  let server: Running;
+  let manager: CreditManager;
+  let handler: ReturnType<typeof createCreditHandler>;
+  beforeAll(async () => {
+    manager = await createCreditManager();
+    await manager.credits.addCredits("reader", 42);
+    handler = createCreditHandler(manager, {
+      authenticate: (request) =>
+        request.headers.get("x-user") ? { userId: request.headers.get("x-user") as string } : null,
+    });
+    const node = toNodeHandler(handler);
+    server = await listen(createServer((req, res) => void node(req, res)));
+  });
+  afterAll(async () => {
+    await server.close();
+    await manager.close();
+  });
+
+  it("go out in one write with their byte length, answers and errors alike", async () => {
+    const ok = await fetch(`${server.url}/credits/balance`, { headers: { "x-user": "reader" } });
+    const text = await ok.text();
+    expect(ok.status).toBe(200);
+    expect(JSON.parse(text)).toMatchObject({ balance: 42, available: 42 });
+    expect(ok.headers.get("content-length")).toBe(String(Buffer.byteLength(text)));
+    expect(ok.headers.get("transfer-encoding")).toBeNull();
+    expect(ok.headers.get("content-type")).toBe("application/json; charset=utf-8");
+
+    const refused = await fetch(`${server.url}/credits/balance`);
+    const body = await refused.text();
+    expect(refused.status).toBe(401);
+    expect(JSON.parse(body)).toMatchObject({ error: { code: "UNAUTHORIZED" } });
+    expect(refused.headers.get("content-length")).toBe(String(Buffer.byteLength(body)));
+  });
+
+  it("stay ordinary Responses for Fetch hosts: the body reads once, as JSON", async () => {
+    const response = await handler(new Request("http://x/credits/balance", { headers: { "x-user": "reader" } }));
+    expect(await response.json()).toMatchObject({ balance: 42 });
+    expect(response.bodyUsed).toBe(true);
   });
 });

@@ -1,6 +1,6 @@
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader, usageOfText } from "../../domain/llm-usage.js";
-import { textResponse } from "../node.js";
+import { textResponse } from "../text-response.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
 import { NO_BODY, common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./common.js";
