@@ -10,7 +10,7 @@ import { mainThreadCpu } from "./lib.js";
 import { core, http } from "./pkg.js";
 
 const { createCreditManager } = core;
-const { creditMetering, creditMeteringMiddleware, recordUsage, toNodeHandler } = http;
+const { createCreditHandler, creditMetering, creditMeteringMiddleware, recordUsage, toNodeHandler } = http;
 
 const USERS = Number(process.argv[2] ?? 100);
 const manager = await createCreditManager();
@@ -75,6 +75,15 @@ const fetchNode = toNodeHandler(
   creditMetering({ ...common, pathPrefix: "/f/api", authenticate: (r) => userOf(r.headers.get("authorization")) })(
     fetchApp,
   ),
+);
+
+// `/c/credits/...`: the credit API itself (createCreditHandler) on node:http, e.g. GET balance.
+const creditApi = toNodeHandler(
+  createCreditHandler(manager, {
+    basePath: "/c/credits",
+    adminBasePath: "/c/admin/credits",
+    authenticate: (r) => userOf(r.headers.get("authorization")),
+  }),
 );
 
 // Express: the same endpoint as a route (`res.json`), metered by the same middleware mounted with
@@ -142,6 +151,7 @@ const server = createServer((req, res) => {
     return void res.end(JSON.stringify({ cpu: user + system, main: mainThreadCpu() }));
   }
   if (url.startsWith("/f/")) return void fetchNode(req, res);
+  if (url.startsWith("/c/")) return void creditApi(req, res);
   if (url.startsWith("/e/")) return void app(req, res);
   if (url.startsWith("/k/")) return meteredByHand(req, res);
   if (url.startsWith("/kp/")) return fixedByHand(req, res);

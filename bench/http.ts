@@ -8,7 +8,8 @@
  *   on node:http and Fetch; Express <= 1.5× node's;
  * - a handler awaiting a 2 ms upstream, estimate → actual metering: >= 0.97× req/s.
  * Hosts: bare node:http with creditMeteringMiddleware, toNodeHandler over creditMetering(fetch), an
- * Express 5 route with the middleware mounted by app.use, and a node:http handler awaiting 2 ms.
+ * Express 5 route with the middleware mounted by app.use, and a node:http handler awaiting 2 ms;
+ * and the credit API itself (createCreditHandler through toNodeHandler, GET /credits/balance).
  *   tsx bench/http.ts           (also run by `npm run bench`)
  * BENCH_HTTP_SECONDS sets the seconds per measurement (default 3), BENCH_HTTP_CONNECTIONS the
  * connections (default 32), BENCH_HTTP_ROUNDS the interleaved rounds (default 4, every other one
@@ -183,6 +184,7 @@ export async function run(): Promise<BenchRow[]> {
       pByHand: "/kp/ping",
       fPlain: "/f/ping",
       fMeter: "/f/api/ping",
+      cApi: "/c/credits/balance",
       ePlain: "/e/ping",
       eMeter: "/e/api/ping",
       uPlain: "/n/upstream",
@@ -255,6 +257,7 @@ export async function run(): Promise<BenchRow[]> {
       row("HTTP node:http, unmetered handler calling credits.meter() itself", "nByHand", "nPlain"),
       row("HTTP toNodeHandler(fetch), unmetered", "fPlain"),
       row("HTTP toNodeHandler(creditMetering(fetch))", "fMeter", "fPlain"),
+      row("HTTP toNodeHandler(createCreditHandler), GET /credits/balance", "cApi", "nPlain"),
       row("HTTP Express, unmetered", "ePlain"),
       row("HTTP Express + creditMeteringMiddleware", "eMeter", "ePlain"),
       row("HTTP node:http + creditMeteringMiddleware, fixed price (one deduction, no hold)", "pMeter", "nPlain", 0.8),

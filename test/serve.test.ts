@@ -499,6 +499,14 @@ describe("serve: --worker and CORS", () => {
         .toBe(true);
       const allowed = await call(s, "GET", "/credits/balance", key, undefined, { origin: "https://app.example.com" });
       expect(allowed.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
+      expect(allowed.headers.get("access-control-expose-headers")).toBe("x-request-id");
+      expect(allowed.headers.get("vary")).toBe("origin");
+      // A route whose answer is a Response of its own (the OpenAPI document) gets them too.
+      const document = await call(s, "GET", "/credits/openapi.json", undefined, undefined, {
+        origin: "https://app.example.com",
+      });
+      expect(document.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
+      expect(document.headers.get("vary")).toBe("origin");
       const other = await call(s, "GET", "/credits/balance", key, undefined, { origin: "https://evil.test" });
       expect(other.headers.get("access-control-allow-origin")).toBeNull();
       const preflight = await call(s, "OPTIONS", "/credits/reservations", undefined, undefined, {

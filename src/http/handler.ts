@@ -4,7 +4,7 @@ import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
-import { createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
+import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
 
 export interface CreditHandlerOptions {
   /** Base of the caller's own routes. Default `/credits`. */
@@ -223,6 +223,8 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     basePaths: { value: basePaths },
     routes: { value: routes },
     openapi: { value: openapi },
+    // For the node glue (`toNodeHandler`, `serve`): the answer before it is a Response.
+    [ANSWER]: { value: router.answer },
   });
   return handler;
 }

@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { Readable } from "node:stream";
-import { errorResponse, HttpError } from "./router.js";
+import { ANSWER, errorAnswer, HttpError, JsonAnswer, type Answering } from "./router.js";
 import { unreadText } from "./text-response.js";
 
 /** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. */
@@ -37,11 +37,13 @@ export function toNodeHandler(handler: FetchHandler): NodeHandler {
       } catch (error) {
         // The client's own request cannot be a URL (a malformed Host header): theirs to fix, a 400.
         if (!(error instanceof HttpError)) throw error;
-        await sendResponse(res, errorResponse(error));
+        writeAnswer(res, errorAnswer(error));
         return;
       }
-      const response = await handler(request);
-      await sendResponse(res, response, req.method === "HEAD");
+      // The credit handler's JSON answers are written as they are, with no Response built for them.
+      const answer = (handler as FetchHandler & Answering)[ANSWER];
+      const out = answer === undefined ? await handler(request) : await answer(request);
+      await sendAnswer(res, out, req.method === "HEAD");
     } catch (error) {
       if (next) {
         next(error);
@@ -103,6 +105,24 @@ export function toRequest(req: IncomingMessage, res: ServerResponse, target = re
     }
   }
   return new Request(url, init);
+}
+
+/** @internal Writes a `JsonAnswer` (its status, headers and text, in one `res.end`) or a `Response`. */
+export async function sendAnswer(res: ServerResponse, out: Response | JsonAnswer, head = false): Promise<void> {
+  if (out instanceof JsonAnswer) writeAnswer(res, out, head);
+  else await sendResponse(res, out, head);
+}
+
+/**
+ * @internal Writes a `JsonAnswer`: the same bytes `sendResponse` writes for its `Response` (status,
+ * headers, the text in one `res.end`, which gives it its Content-Length), without building one.
+ */
+export function writeAnswer(res: ServerResponse, answer: JsonAnswer, head = false): void {
+  res.statusCode = answer.status;
+  const headers = answer.headers;
+  for (const name of Object.keys(headers)) res.setHeader(name, headers[name] as string);
+  if (answer.text === null || head) res.end();
+  else res.end(answer.text);
 }
 
 /** Writes a Fetch `Response` to a ServerResponse, streaming its body with backpressure. */

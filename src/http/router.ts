@@ -100,12 +100,50 @@ export class HttpError extends Error {
 const JSON_HEADERS = { "content-type": "application/json; charset=utf-8", "cache-control": "no-store" };
 
 /**
- * A JSON answer. Built with `textResponse`, so on node (`toNodeHandler`) it goes out in one write
- * with a `Content-Length` rather than streamed back through its body.
+ * @internal A JSON answer before it is a `Response`: status, headers (lower-case names) and the text
+ * (null for a 204). The router's own answers (a route's value, an error) are built as this; the
+ * Fetch handler makes each a `Response`, while on node (`toNodeHandler`, `serve`) it is written as
+ * it is, in one `res.end` with a `Content-Length` and no `Response` built (docs/benchmarks.md,
+ * "The credit API on node").
+ */
+export class JsonAnswer {
+  constructor(
+    readonly status: number,
+    /** Its own object: a host may add a header before it is written (serve's CORS headers). */
+    readonly headers: Record<string, string>,
+    readonly text: string | null,
+  ) {}
+
+  /** The answer as a Fetch `Response` (one that `sendResponse` still writes in one `res.end`). */
+  toResponse(): Response {
+    const init = { status: this.status, headers: this.headers };
+    return this.text === null ? new Response(null, init) : textResponse(this.text, init);
+  }
+}
+
+/**
+ * @internal Where `createCreditHandler` keeps its answer before it is a `Response`
+ * (`(request) => Promise<Response | JsonAnswer>`): the node glue calls it instead of the handler.
+ */
+export const ANSWER: unique symbol = Symbol("credit-management.answer");
+
+/** A handler that may offer its answers before they are `Response`s (see `ANSWER`). */
+export type Answering = { [ANSWER]?: (request: Request) => Promise<Response | JsonAnswer> };
+
+/** @internal A JSON answer of `status` with `body` (none for 204) and the JSON headers plus `headers`. */
+export function jsonAnswer(status: number, body: unknown, headers?: Record<string, string>): JsonAnswer {
+  const all: Record<string, string> = { ...JSON_HEADERS };
+  // Lower-case names, so a header given in another case replaces the default rather than repeats it.
+  if (headers !== undefined) for (const name of Object.keys(headers)) all[name.toLowerCase()] = headers[name] as string;
+  return new JsonAnswer(status, all, status === 204 ? null : JSON.stringify(body));
+}
+
+/**
+ * A JSON answer as a `Response`. Built with `textResponse`, so on node (`toNodeHandler`) it goes out
+ * in one write with a `Content-Length` rather than streamed back through its body.
  */
 export function json(status: number, body: unknown, headers?: Record<string, string>): Response {
-  const init = { status, headers: { ...JSON_HEADERS, ...headers } };
-  return status === 204 ? new Response(null, init) : textResponse(JSON.stringify(body), init);
+  return jsonAnswer(status, body, headers).toResponse();
 }
 
 export function errorBody(code: string, message: string, details?: Record<string, unknown>) {
@@ -118,14 +156,19 @@ export function errorBody(code: string, message: string, details?: Record<string
  * are generic too: store or configuration trouble is the operator's business, not the caller's.
  */
 export function errorResponse(error: unknown): Response {
+  return errorAnswer(error).toResponse();
+}
+
+/** @internal `errorResponse` before it is a `Response` (see `JsonAnswer`). */
+export function errorAnswer(error: unknown): JsonAnswer {
   if (error instanceof HttpError)
-    return json(error.status, errorBody(error.code, error.message, error.details), error.headers);
+    return jsonAnswer(error.status, errorBody(error.code, error.message, error.details), error.headers);
   if (error instanceof CreditError) {
     if (error.status >= 500)
-      return json(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
-    return json(error.status, errorBody(error.code, error.message, error.details));
+      return jsonAnswer(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
+    return jsonAnswer(error.status, errorBody(error.code, error.message, error.details));
   }
-  return json(500, errorBody("INTERNAL_ERROR", "Internal error."));
+  return jsonAnswer(500, errorBody("INTERNAL_ERROR", "Internal error."));
 }
 
 interface Compiled {
@@ -212,12 +255,19 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
     return null;
   }
 
+  /** The answer to `request` as a `Response` (the Fetch handler). */
   async function handle(request: Request): Promise<Response> {
+    const out = await answer(request);
+    return out instanceof JsonAnswer ? out.toResponse() : out;
+  }
+
+  /** The answer to `request`: a route's own `Response`, or a `JsonAnswer` (a value, an error). */
+  async function answer(request: Request): Promise<Response | JsonAnswer> {
     let url: URL;
     try {
       url = new URL(request.url);
     } catch {
-      return json(400, errorBody("VALIDATION_ERROR", "Invalid request URL."));
+      return jsonAnswer(400, errorBody("VALIDATION_ERROR", "Invalid request URL."));
     }
     const path = normalize(url.pathname);
     try {
@@ -262,7 +312,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
       // acts on the caller must be refused, not ignored.
       ctx.query();
       const result = await def.handle(ctx);
-      return result instanceof Response ? result : json(def.status ?? 200, result);
+      return result instanceof Response ? result : jsonAnswer(def.status ?? 200, result);
     } catch (error) {
       if (!(error instanceof HttpError) && !(error instanceof CreditError && error.status < 500)) {
         try {
@@ -271,7 +321,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
           // the host's logger failing must not change the answer
         }
       }
-      return errorResponse(error);
+      return errorAnswer(error);
     }
   }
 
@@ -336,7 +386,7 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
     return ctx;
   }
 
-  return { handle, bases, routes: compiled.map((c) => ({ ...c.def, fullPath: c.fullPath })) };
+  return { handle, answer, bases, routes: compiled.map((c) => ({ ...c.def, fullPath: c.fullPath })) };
 }
 
 const isMutation = (method: string) =>

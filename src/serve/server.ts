@@ -3,8 +3,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { Attributes } from "@opentelemetry/api";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
-import { toRequest, sendResponse } from "../http/node.js";
-import { errorBody, HttpError, json } from "../http/router.js";
+import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
+import { ANSWER, errorBody, HttpError, JsonAnswer, jsonAnswer, type Answering } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
@@ -207,6 +207,8 @@ export function serveApp(
     },
     onError: (error, request) => logger.error({ err: error, path: new URL(request.url).pathname }, "request failed"),
   });
+  // The handler's answers before they are Responses: its JSON goes out with no Response built.
+  const answerOf = (handler as CreditHandler & Required<Answering>)[ANSWER];
   const cors = s.CREDIT_CORS_ORIGINS === undefined ? null : new Set(s.CREDIT_CORS_ORIGINS);
   const trustProxy = s.CREDIT_TRUST_PROXY === "true";
   let inFlight = 0;
@@ -227,13 +229,13 @@ export function serveApp(
       });
     }
     if (path === "/health/live") {
-      await sendResponse(res, json(200, { status: "ok" }, { "cache-control": "no-store" }));
+      writeAnswer(res, jsonAnswer(200, { status: "ok" }, { "cache-control": "no-store" }));
       return path;
     }
     if (path === "/health/ready") {
       // The status only: the report names the store and its errors, for admins (GET /admin/health).
       const report = await manager.health({ timeoutMs: 2000 }).catch(() => ({ status: "down" as const }));
-      await sendResponse(res, json(report.status === "down" ? 503 : 200, { status: report.status }));
+      writeAnswer(res, jsonAnswer(report.status === "down" ? 503 : 200, { status: report.status }));
       return path;
     }
     if (path === "/metrics" && metrics !== null && s.CREDIT_METRICS !== "off") {
@@ -250,15 +252,15 @@ export function serveApp(
     }
     const request = toRequest(req, res);
     ips.set(request, ip);
-    let response: Response;
+    let out: Response | JsonAnswer;
     try {
-      response = await handler(request);
+      out = await answerOf(request);
     } finally {
       ips.delete(request);
     }
     if (draining) res.setHeader("connection", "close");
-    if (cors !== null) corsHeaders(req, response.headers, cors);
-    await sendResponse(res, response, method === "HEAD");
+    if (cors !== null) corsHeaders(req, out, cors);
+    await sendAnswer(res, out, method === "HEAD");
     return underApi(path) ? "api" : "other";
   };
   /** Whether a path is the credit API's (a route group of its own in the metrics). */
@@ -311,12 +313,12 @@ export function serveApp(
       // must not add a series each).
       (route) => done(route),
       async (error: unknown) => {
-        const response =
+        const answer =
           error instanceof HttpError
-            ? json(error.status, errorBody(error.code, error.message, error.details), error.headers)
-            : json(500, errorBody("INTERNAL_ERROR", "Internal error."));
+            ? jsonAnswer(error.status, errorBody(error.code, error.message, error.details), error.headers)
+            : jsonAnswer(500, errorBody("INTERNAL_ERROR", "Internal error."));
         if (!(error instanceof HttpError)) logger.error({ err: error, reqId: id }, "request failed");
-        if (!res.headersSent) await sendResponse(res, response).catch(() => undefined);
+        if (!res.headersSent) writeAnswer(res, answer);
         else res.destroy();
         done("error");
       },
@@ -332,13 +334,19 @@ export function serveApp(
   };
 }
 
-function corsHeaders(req: IncomingMessage, headers: Headers, allowed: Set<string>) {
+function corsHeaders(req: IncomingMessage, out: Response | JsonAnswer, allowed: Set<string>) {
   const origin = req.headers.origin;
-  if (typeof origin === "string" && allowed.has(origin)) {
-    headers.set("access-control-allow-origin", origin);
-    headers.set("access-control-expose-headers", "x-request-id");
-    headers.append("vary", "origin");
+  if (typeof origin !== "string" || !allowed.has(origin)) return;
+  if (out instanceof JsonAnswer) {
+    const h = out.headers;
+    h["access-control-allow-origin"] = origin;
+    h["access-control-expose-headers"] = "x-request-id";
+    h.vary = h.vary === undefined ? "origin" : `${h.vary}, origin`;
+    return;
   }
+  out.headers.set("access-control-allow-origin", origin);
+  out.headers.set("access-control-expose-headers", "x-request-id");
+  out.headers.append("vary", "origin");
 }
 
 /**
