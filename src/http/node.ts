@@ -1,6 +1,6 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Readable } from "node:stream";
 import { ANSWER, errorAnswer, HttpError, JsonAnswer, type Answering } from "./router.js";
+import { makeRequest, nodeRequest, urlOf } from "./node-request.js";
 import { unreadText } from "./text-response.js";
 
 /** A Fetch handler; `basePaths` (as `createCreditHandler` sets it) lets other paths fall through. */
@@ -31,17 +31,18 @@ export function toNodeHandler(handler: FetchHandler): NodeHandler {
         next();
         return;
       }
+      // The credit handler (it offers its answers): a stand-in Request, read straight from `req`.
+      const answer = (handler as FetchHandler & Answering)[ANSWER];
       let request: Request;
       try {
-        request = toRequest(req, res, target);
+        request = answer === undefined ? toRequest(req, res, target) : nodeRequest(req, res, target);
       } catch (error) {
         // The client's own request cannot be a URL (a malformed Host header): theirs to fix, a 400.
         if (!(error instanceof HttpError)) throw error;
         writeAnswer(res, errorAnswer(error));
         return;
       }
-      // The credit handler's JSON answers are written as they are, with no Response built for them.
-      const answer = (handler as FetchHandler & Answering)[ANSWER];
+      // Its JSON answers are written as they are, with no Response built for them.
       const out = answer === undefined ? await handler(request) : await answer(request);
       await sendAnswer(res, out, req.method === "HEAD");
     } catch (error) {
@@ -70,41 +71,7 @@ function underAny(target: string, bases: readonly string[]): boolean {
  * `HttpError` 400 when the Host header and target make no URL.
  */
 export function toRequest(req: IncomingMessage, res: ServerResponse, target = req.url ?? "/"): Request {
-  const headers = new Headers();
-  const raw = req.rawHeaders;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string;
-    if (name.startsWith(":")) continue; // HTTP/2 pseudo-headers
-    headers.append(name, raw[i + 1] as string);
-  }
-  const encrypted = (req.socket as { encrypted?: boolean } | null)?.encrypted === true;
-  let url: URL;
-  try {
-    url = new URL(target, `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}`);
-  } catch {
-    throw new HttpError(400, "VALIDATION_ERROR", "Invalid request URL (the Host header or the request target).");
-  }
-  const controller = new AbortController();
-  res.once("close", () => {
-    if (!res.writableFinished) controller.abort(new Error("The client disconnected."));
-  });
-  const method = req.method ?? "GET";
-  const init: RequestInit & { duplex?: "half" } = { method, headers, signal: controller.signal };
-  if (method !== "GET" && method !== "HEAD") {
-    const parsed = req as IncomingMessage & { rawBody?: unknown; body?: unknown };
-    if (Buffer.isBuffer(parsed.rawBody) || typeof parsed.rawBody === "string") {
-      init.body = parsed.rawBody as NonNullable<RequestInit["body"]>;
-    } else if (req.readableEnded && parsed.body !== undefined) {
-      init.body =
-        Buffer.isBuffer(parsed.body) || typeof parsed.body === "string"
-          ? (parsed.body as NonNullable<RequestInit["body"]>)
-          : JSON.stringify(parsed.body);
-    } else if (!req.readableEnded) {
-      init.body = Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
-      init.duplex = "half";
-    }
-  }
-  return new Request(url, init);
+  return makeRequest(req, res, urlOf(req, target));
 }
 
 /** @internal Writes a `JsonAnswer` (its status, headers and text, in one `res.end`) or a `Response`. */

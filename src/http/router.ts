@@ -127,6 +127,12 @@ export class JsonAnswer {
  */
 export const ANSWER: unique symbol = Symbol("credit-management.answer");
 
+/**
+ * @internal A request's own way to its body, without a web stream (the stand-in of
+ * src/http/node-request.ts): `(limit) => Promise<bytes>`, or null to read `request.body`.
+ */
+export const RAW_BODY: unique symbol = Symbol("credit-management.rawBody");
+
 /** A handler that may offer its answers before they are `Response`s (see `ANSWER`). */
 export type Answering = { [ANSWER]?: (request: Request) => Promise<Response | JsonAnswer> };
 
@@ -432,6 +438,10 @@ const takesNoBody = (def: RouteDefinition, method: string) =>
 
 /** Reads the body up to `limit` bytes (413 beyond). */
 async function readBody(request: Request, limit: number): Promise<Uint8Array> {
+  const direct = (request as Request & { [RAW_BODY]?: (limit: number) => Promise<Uint8Array> | null })[RAW_BODY]?.(
+    limit,
+  );
+  if (direct != null) return direct;
   if (request.body === null) return new Uint8Array(0);
   const declared = Number(request.headers.get("content-length") ?? "NaN");
   if (declared > limit) throw tooLarge(limit);
@@ -458,7 +468,8 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
   return out;
 }
 
-const tooLarge = (limit: number) =>
+/** @internal The 413 of a body past `limit` bytes. */
+export const tooLarge = (limit: number) =>
   new HttpError(413, "PAYLOAD_TOO_LARGE", `The body is larger than ${limit} bytes.`, { limit });
 
 /**

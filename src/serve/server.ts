@@ -4,6 +4,7 @@ import type { Attributes } from "@opentelemetry/api";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
+import { nodeRequest } from "../http/node-request.js";
 import { ANSWER, errorBody, HttpError, JsonAnswer, jsonAnswer, type Answering } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
@@ -250,7 +251,8 @@ export function serveApp(
       await sendResponse(res, response, method === "HEAD");
       return CONSOLE_PREFIX;
     }
-    const request = toRequest(req, res);
+    // A stand-in Request: the credit API reads the body straight from `req` (src/http/node-request.ts).
+    const request = nodeRequest(req, res);
     ips.set(request, ip);
     let out: Response | JsonAnswer;
     try {
