@@ -19,6 +19,10 @@ export type NodeHandler = (
  * that disconnects aborts `request.signal`), and the `Response` is streamed back with backpressure
  * (server-sent events flow as they are produced; a client that goes away cancels the body).
  *
+ * A handler from `createCreditHandler` gets a stand-in `Request` instead (read as one; its body read
+ * straight from the IncomingMessage; the real one made on first need), and its JSON answers are
+ * written without a `Response` (docs/http.md).
+ *
  * With Express, mount it before body parsers (or where none ran); if one already consumed the
  * stream, `req.rawBody` (a Buffer) or else the parsed `req.body` re-serialised as JSON is used.
  * With `next` and a handler from `createCreditHandler`, paths outside its base paths go to `next()`.
