@@ -98,11 +98,11 @@ class NodeRequest {
   }
 
   get url(): string {
-    return this.#real?.url ?? this.#url;
+    return this.#url;
   }
 
   get method(): string {
-    return this.#real?.method ?? this.#req.method ?? "GET";
+    return this.#req.method ?? "GET";
   }
 
   get headers(): Headers {

@@ -28,6 +28,8 @@ export type NodeHandler = (
  * With `next` and a handler from `createCreditHandler`, paths outside its base paths go to `next()`.
  */
 export function toNodeHandler(handler: FetchHandler): NodeHandler {
+  // The credit handler (it offers its answers): a stand-in Request, read straight from `req`.
+  const answer = (handler as FetchHandler & Answering)[ANSWER];
   return async (req, res, next) => {
     try {
       const target = (req as { originalUrl?: string }).originalUrl ?? req.url ?? "/";
@@ -35,8 +37,6 @@ export function toNodeHandler(handler: FetchHandler): NodeHandler {
         next();
         return;
       }
-      // The credit handler (it offers its answers): a stand-in Request, read straight from `req`.
-      const answer = (handler as FetchHandler & Answering)[ANSWER];
       let request: Request;
       try {
         request = answer === undefined ? toRequest(req, res, target) : nodeRequest(req, res, target);

@@ -5,7 +5,7 @@ import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
 import { nodeRequest } from "../http/node-request.js";
-import { ANSWER, errorBody, HttpError, JsonAnswer, jsonAnswer, type Answering } from "../http/router.js";
+import { ANSWER, errorAnswer, HttpError, JsonAnswer, jsonAnswer, type Answering } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
@@ -315,12 +315,8 @@ export function serveApp(
       // must not add a series each).
       (route) => done(route),
       async (error: unknown) => {
-        const answer =
-          error instanceof HttpError
-            ? jsonAnswer(error.status, errorBody(error.code, error.message, error.details), error.headers)
-            : jsonAnswer(500, errorBody("INTERNAL_ERROR", "Internal error."));
         if (!(error instanceof HttpError)) logger.error({ err: error, reqId: id }, "request failed");
-        if (!res.headersSent) writeAnswer(res, answer);
+        if (!res.headersSent) writeAnswer(res, errorAnswer(error));
         else res.destroy();
         done("error");
       },
