@@ -1,7 +1,7 @@
 import { createPublicKey, type KeyObject } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import { HttpError, type Identity } from "../http/router.js";
-import { verifyKey, type ApiKeyRecord, type KeyStore } from "./keys.js";
+import { keyIdOf, keyMatches, type ApiKeyRecord, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
 
 /**
@@ -10,8 +10,11 @@ import type { ServeSettings } from "./settings.js";
  * (signature, expiry, issuer and audience). Failed attempts are rate-limited per client IP.
  */
 export interface Authenticator {
-  /** The caller, or null (no or a bad credential: counted against `ip`); 429 while `ip` is blocked. */
-  authenticate(request: Request, ip: string): Promise<Identity | null>;
+  /**
+   * The caller, or null (no or a bad credential: counted against `ip`); 429 while `ip` is blocked.
+   * Answered at once (no promise) for an API key whose record is cached.
+   */
+  authenticate(request: Request, ip: string): Identity | null | Promise<Identity | null>;
 }
 
 /**
@@ -83,23 +86,22 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
   const verifyJwt = await jwtVerifier(s);
   const limiter = new FailureLimiter(s.CREDIT_AUTH_FAILURES_BURST, s.CREDIT_AUTH_FAILURES_PER_MINUTE);
   // Records by key id, for a few seconds: a request does not wait on the store to know its caller.
-  // A revoked key stops working within `keyCacheMs` (docs/service.md).
-  const cache = keyCacheMs > 0 ? new LRUCache<string, ApiKeyRecord | "none">({ max: 10_000, ttl: keyCacheMs }) : null;
-  const cachedStore: Pick<KeyStore, "get"> = {
-    async get(id) {
-      const hit = cache?.get(id);
-      if (hit !== undefined) return hit === "none" ? null : hit;
-      const r = await keys.get(id);
-      cache?.set(id, r ?? "none");
-      return r;
-    },
+  // A revoked key stops working within `keyCacheMs` (docs/service.md). Kept: its hash as bytes and
+  // the identity it grants, so a cached key is checked without a promise or a hex decode.
+  const cache = keyCacheMs > 0 ? new LRUCache<string, CachedKey | "none">({ max: 10_000, ttl: keyCacheMs }) : null;
+  /** A key's identity from the cache, or null; undefined when its id is not cached. */
+  const cachedKey = (id: string, token: string): Identity | null | undefined => {
+    const hit = cache?.get(id);
+    return hit === undefined ? undefined : granted(hit, token);
   };
-  const identify = async (token: string): Promise<Identity | null> => {
-    if (token.startsWith("cmk_")) {
-      const r = await verifyKey(cachedStore, token);
-      if (r === null) return null;
-      return r.role === "admin" ? { userId: `admin:${r.id}`, admin: true } : { userId: r.userId as string };
-    }
+  /** A key's identity from the store (the record then cached), or null. */
+  const storedKey = async (id: string, token: string): Promise<Identity | null> => {
+    const r = await keys.get(id);
+    const entry = r === null || r.revokedAt !== null ? "none" : cachedEntry(r);
+    cache?.set(id, entry);
+    return granted(entry, token);
+  };
+  const verifiedJwt = async (token: string): Promise<Identity | null> => {
     if (verifyJwt === null) return null;
     let claims: Record<string, unknown>;
     try {
@@ -111,8 +113,12 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     if (typeof userId !== "string" || userId === "" || userId.length > 256) return null;
     return { userId, admin: claimHas(claims[s.CREDIT_JWT_ROLE_CLAIM], s.CREDIT_JWT_ADMIN_VALUE) };
   };
+  const counted = (identity: Identity | null, ip: string) => {
+    if (identity === null) limiter.fail(ip);
+    return identity;
+  };
   return {
-    async authenticate(request, ip) {
+    authenticate(request, ip) {
       const header = request.headers.get("authorization");
       const wait = limiter.blockedFor(ip);
       if (wait > 0 && header !== null) {
@@ -122,9 +128,30 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
       }
       if (header === null) return null;
       const m = /^Bearer ([!-~]{1,8192})$/i.exec(header.trim());
-      const identity = m === null ? null : await identify(m[1] as string);
-      if (identity === null) limiter.fail(ip);
-      return identity;
+      if (m === null) return counted(null, ip);
+      const token = m[1] as string;
+      if (!token.startsWith("cmk_")) return verifiedJwt(token).then((identity) => counted(identity, ip));
+      const id = keyIdOf(token);
+      if (id === null) return counted(null, ip);
+      const known = cachedKey(id, token);
+      if (known !== undefined) return counted(known, ip);
+      return storedKey(id, token).then((identity) => counted(identity, ip));
     },
   };
+}
+
+/** A cached API key: its hash as bytes and the identity it grants (one object, reused). */
+interface CachedKey {
+  digest: Buffer;
+  identity: Identity;
+}
+
+/** The identity `token` proves against a key's entry: its own if the secret hashes to the entry's. */
+const granted = (entry: CachedKey | "none", token: string): Identity | null =>
+  entry !== "none" && keyMatches(entry.digest, token) ? entry.identity : null;
+
+function cachedEntry(r: ApiKeyRecord): CachedKey {
+  const identity: Identity =
+    r.role === "admin" ? { userId: `admin:${r.id}`, admin: true } : { userId: r.userId as string };
+  return { digest: Buffer.from(r.hash, "hex"), identity: Object.freeze(identity) };
 }

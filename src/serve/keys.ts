@@ -38,12 +38,28 @@ export const KEY_TABLE = "credit_api_keys";
 const KEY_FORMAT = /^cmk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
 
 /** One-shot `crypto.hash` (Node ≥ 20.12), a few times cheaper than a Hash object per request. */
-const oneShot = (crypto as { hash?: (algorithm: string, data: string) => string }).hash;
+const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: string) => string | Buffer }).hash;
 
-export const hashKey =
+/** The SHA-256 of a key, as bytes. */
+const digestOf =
   typeof oneShot === "function"
-    ? (key: string) => oneShot("sha256", key)
-    : (key: string) => createHash("sha256").update(key).digest("hex");
+    ? (key: string) => oneShot("sha256", key, "buffer") as Buffer
+    : (key: string) => createHash("sha256").update(key).digest();
+
+/** The SHA-256 of a key, hex (what a record's `hash` holds). */
+export const hashKey = (key: string): string => digestOf(key).toString("hex");
+
+/** The id part of a key, or null when `key` does not have a key's shape. */
+export function keyIdOf(key: string): string | null {
+  const m = KEY_FORMAT.exec(key);
+  return m === null ? null : (m[1] as string);
+}
+
+/** Whether `key` hashes to `digest` (a record's `hash`, as bytes), compared in constant time. */
+export function keyMatches(digest: Buffer, key: string): boolean {
+  const got = digestOf(key);
+  return digest.length === got.length && timingSafeEqual(digest, got);
+}
 
 /** A new key and its record (the key itself is shown once and never stored). */
 export function newKey(
@@ -57,17 +73,6 @@ export function newKey(
     key,
     record: { id, hash: hashKey(key), role, userId, name, createdAt: new Date().toISOString(), revokedAt: null },
   };
-}
-
-/** The record `key` proves, or null (malformed, unknown, revoked, or a wrong secret). */
-export async function verifyKey(store: Pick<KeyStore, "get">, key: string): Promise<ApiKeyRecord | null> {
-  const m = KEY_FORMAT.exec(key);
-  if (m === null) return null;
-  const record = await store.get(m[1] as string);
-  if (record === null || record.revokedAt !== null) return null;
-  const want = Buffer.from(record.hash, "hex");
-  const got = Buffer.from(hashKey(key), "hex");
-  return want.length === got.length && timingSafeEqual(want, got) ? record : null;
 }
 
 interface Row {
