@@ -296,13 +296,21 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   // a counter and a histogram, and a fresh object each time costs the SDK more (docs/benchmarks.md,
   // `credit-management serve`). Few keys: outcomes are a fixed set, stores one or two, operations
   // the library's plus the names given to `unitOfWork` (past 1,000 keys, nothing more is kept).
-  const unitAttrs = new Map<string, Attributes>();
+  // Looked up by operation, then outcome, then store: the names are the same strings each time, so
+  // no key string is built per unit of work.
+  const unitAttrs = new Map<string, Map<string, Map<string, Attributes>>>();
+  let unitKeys = 0;
   const attrsOf = (operation: string, outcome: string, store: string) => {
-    const key = `${operation}\0${outcome}\0${store}`;
-    let attrs = unitAttrs.get(key);
-    if (attrs === undefined) {
-      attrs = Object.freeze({ operation, outcome, store });
-      if (unitAttrs.size < 1000) unitAttrs.set(key, attrs);
+    let byOutcome = unitAttrs.get(operation);
+    let byStore = byOutcome?.get(outcome);
+    let attrs = byStore?.get(store);
+    if (attrs !== undefined) return attrs;
+    attrs = Object.freeze({ operation, outcome, store });
+    if (unitKeys < 1000) {
+      if (byOutcome === undefined) unitAttrs.set(operation, (byOutcome = new Map()));
+      if (byStore === undefined) byOutcome.set(outcome, (byStore = new Map()));
+      byStore.set(store, attrs);
+      unitKeys++;
     }
     return attrs;
   };

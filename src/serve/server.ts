@@ -59,32 +59,38 @@ async function startMetrics(logger: Pino): Promise<Metrics | null> {
     // The exported series are the same: `http_server_requests_total` by method, route and status;
     // past the SDK's cardinality limit (2,000 sets) the rest is counted under
     // `otel.metric.overflow`, as the SDK's counter did.
-    const counts = new Map<string, { attributes: Attributes; n: number }>();
+    // By route group, then status, then method: no key string built per request.
+    const counts = new Map<string, Map<number, Map<string, { attributes: Attributes; n: number }>>>();
+    let sets = 0;
     const overflow = { attributes: Object.freeze({ "otel.metric.overflow": true }), n: 0 };
     const requests = meter.createObservableCounter("http.server.requests", { description: "Requests answered" });
     requests.addCallback((result) => {
-      for (const c of counts.values()) result.observe(c.n, c.attributes);
+      for (const byStatus of counts.values())
+        for (const byMethod of byStatus.values()) for (const c of byMethod.values()) result.observe(c.n, c.attributes);
       if (overflow.n > 0) result.observe(overflow.n, overflow.attributes);
     });
     return {
       handle: (req, res) => exporter.getMetricsRequestHandler(req, res),
       request(method, route, status, seconds) {
-        const key = `${method} ${route} ${status}`;
-        let c = counts.get(key);
+        let byStatus = counts.get(route);
+        let byMethod = byStatus?.get(status);
+        let c = byMethod?.get(method);
         if (c === undefined) {
           const attributes = Object.freeze({
             "http.request.method": method,
             "http.route": route,
             "http.response.status_code": status,
           });
-          if (counts.size < 1999) {
-            c = { attributes, n: 0 };
-            counts.set(key, c);
-          } else {
+          if (sets >= 1999) {
             overflow.n++;
             duration.record(seconds, attributes);
             return;
           }
+          if (byStatus === undefined) counts.set(route, (byStatus = new Map()));
+          if (byMethod === undefined) byStatus.set(status, (byMethod = new Map()));
+          c = { attributes, n: 0 };
+          byMethod.set(method, c);
+          sets++;
         }
         c.n++;
         duration.record(seconds, c.attributes);
