@@ -15,6 +15,7 @@
  * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
  * Credit leases against the exact path (bench/leases.ts; PostgreSQL with CREDIT_PG_URL): BENCH_LEASES=0 skips it.
  * The node metering middleware's glue per request, in process (bench/glue.ts): always.
+ * The SQLite store against a raw better-sqlite3 write (bench/sqlite.ts): BENCH_SQLITE=0 skips it.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -163,6 +164,16 @@ stealNote("HTTP", httpStart);
 const serveStart = machineCpu();
 rows.push(...(await (await import("./serve.js")).run()));
 stealNote("serve", serveStart);
+
+// The SQLite store's deduction against a raw better-sqlite3 write on the same kind of file (bench/sqlite.ts).
+if (process.env.BENCH_SQLITE !== "0") {
+  const start = machineCpu();
+  rows.push(...(await (await import("./sqlite.js")).run()));
+  stealNote("sqlite", start);
+} else {
+  notes.push("sqlite: skipped (BENCH_SQLITE=0)");
+}
+
 stealNote("whole run", runStart);
 if (steal.length > 0) {
   notes.push(`CPU stolen by the host (other guests' share of this machine's time, /proc/stat): ${steal.join(", ")}`);

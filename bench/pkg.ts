@@ -13,6 +13,7 @@ import type * as Core from "../src/index.js";
 import type * as Http from "../src/http/index.js";
 import type * as MongoDb from "../src/db/mongodb/index.js";
 import type * as Postgres from "../src/db/postgres/index.js";
+import type * as Sqlite from "../src/db/sqlite/index.js";
 import type * as Otel from "../src/otel/index.js";
 import type * as Console from "../src/console/index.js";
 
@@ -42,5 +43,6 @@ export const consoleEntry = await entry<typeof Console>("console/", "console/");
 /** Store adapters load only when their bench runs (their drivers are optional). */
 export const mongodb = () => entry<typeof MongoDb>("mongodb/", "db/mongodb/");
 export const postgres = () => entry<typeof Postgres>("postgres/", "db/postgres/");
+export const sqlite = () => entry<typeof Sqlite>("sqlite/", "db/sqlite/");
 /** The OpenTelemetry integration (its peer, @opentelemetry/api, is a devDependency here). */
 export const otel = () => entry<typeof Otel>("otel/", "otel/");

@@ -97,6 +97,9 @@ class Sqlite {
   db: Database | null;
   readonly t: Record<TableKey, SqlTable>;
   private readonly statements = new Map<string, SqliteStatement>();
+  /** `tx`'s transaction function on the current connection, and the body it runs now. */
+  private runner: { db: Database; t: { (): unknown; immediate(): unknown } } | null = null;
+  private body: (() => unknown) | null = null;
 
   constructor(private readonly options: SqliteDbManagerOptions) {
     this.db = options.database ?? null;
@@ -243,8 +246,20 @@ class Sqlite {
   }
   /** Runs `fn` in one transaction (`immediate`: takes the write lock at once). */
   tx<T>(fn: () => T, immediate = false): T {
-    const t = this.conn().transaction(fn);
-    return immediate ? t.immediate() : t();
+    // One transaction function per connection, running whatever body is current: better-sqlite3
+    // builds four wrappers and defines their properties on every `transaction(fn)` call (twice a
+    // deduction here), meant to be made once. Nested calls (savepoints) restore the outer body.
+    const db = this.conn();
+    if (this.runner === null || this.runner.db !== db) {
+      this.runner = { db, t: db.transaction(() => (this.body as () => unknown)()) };
+    }
+    const outer = this.body;
+    this.body = fn;
+    try {
+      return (immediate ? this.runner.t.immediate() : this.runner.t()) as T;
+    } finally {
+      this.body = outer;
+    }
   }
 
   decode<T>(key: TableKey, row: Row | undefined): T | null {
