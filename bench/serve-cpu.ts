@@ -8,14 +8,24 @@
  * (docs/benchmarks.md, `credit-management serve`).
  * SERVE_CPU_PROF=dir: every server also writes a V8 CPU profile there (`node --cpu-prof`).
  * Extra environment for serve (and other) only: SERVE_ENV='{"CREDIT_METRICS":"off"}'.
- * SERVE_OTHER=dir: a third server, `serve` run from another checkout (its src/; e.g. an older commit
- * unpacked with `git archive`), measured in the same turns as "other".
+ * SERVE_OTHER=dir: a third server, `serve` run from another checkout (its dist/, so build it first, or
+ * its src/ with BENCH_SOURCE=1; e.g. an older commit unpacked with `git archive`), measured in the
+ * same turns as "other".
  */
 import type { ChildProcess } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SERVE_ARGS, adminKey, deductions, fund, startServer, storeWithKey, type Started } from "./serve-lib.js";
+import {
+  adminKey,
+  baselineArgs,
+  deductions,
+  fund,
+  serveArgs,
+  startServer,
+  storeWithKey,
+  type Started,
+} from "./serve-lib.js";
 
 const REQUESTS = Number(process.argv[2] ?? 20_000);
 const PROF = process.env.SERVE_CPU_PROF;
@@ -35,9 +45,9 @@ try {
   const { key, record } = adminKey();
   await storeWithKey(servePath, record);
   const extra = JSON.parse(process.env.SERVE_ENV ?? "{}") as Record<string, string>;
-  const serve = await startServer(SERVE_ARGS, { CREDIT_SQLITE_PATH: servePath, ...extra }, { nodeArgs });
+  const serve = await startServer(serveArgs(), { CREDIT_SQLITE_PATH: servePath, ...extra }, { nodeArgs });
   children.push(serve.child);
-  const hand = await startServer(["bench/serve-baseline.ts", join(dir, "hand.sqlite")], {}, { nodeArgs });
+  const hand = await startServer(baselineArgs(join(dir, "hand.sqlite")), {}, { nodeArgs });
   children.push(hand.child);
   const sides: [string, Started, string][] = [
     ["hand", hand, "any"],
@@ -48,7 +58,7 @@ try {
     const otherPath = join(dir, "other.sqlite");
     await storeWithKey(otherPath, record);
     const other = await startServer(
-      SERVE_ARGS,
+      serveArgs(),
       { CREDIT_SQLITE_PATH: otherPath, ...extra },
       { cwd: otherRoot, nodeArgs },
     );

@@ -4,6 +4,7 @@
  * deductions, 16 keep-alive connections, autocannon in this process).
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
@@ -12,8 +13,25 @@ import { openStores } from "../src/serve/store.js";
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const USERS = 100;
-/** `serve` on the SQLite file of the environment's CREDIT_SQLITE_PATH. */
-export const SERVE_ARGS = ["src/cli/index.ts", "serve", "--port", "0", "--host", "127.0.0.1"];
+const SOURCE = process.env.BENCH_SOURCE === "1";
+
+/**
+ * `serve` on the SQLite file of the environment's CREDIT_SQLITE_PATH, as users run it: the built
+ * CLI (dist/cli/index.js, what `npx credit-management serve` runs), or src/ through tsx with
+ * BENCH_SOURCE=1 (bench/pkg.ts says why the two differ). Node's arguments, from the script on.
+ */
+export function serveArgs(): string[] {
+  const tail = ["serve", "--port", "0", "--host", "127.0.0.1"];
+  if (SOURCE) return ["--import", "tsx", "src/cli/index.ts", ...tail];
+  if (!existsSync(join(root, "dist/cli/index.js")))
+    throw new Error(
+      "bench: dist/cli/index.js is missing: run `npm run build` first (npm run bench does), or set BENCH_SOURCE=1",
+    );
+  return ["dist/cli/index.js", ...tail];
+}
+
+/** The hand-mounted baseline (bench/serve-baseline.ts) on the SQLite file `path`; it loads the package as `serve` does. */
+export const baselineArgs = (path: string): string[] => ["--import", "tsx", "bench/serve-baseline.ts", path];
 
 export interface Started {
   child: ChildProcess;
@@ -34,16 +52,18 @@ export async function storeWithKey(path: string, record: ApiKeyRecord): Promise<
 }
 
 /**
- * Starts `node --import tsx ...args` (from `cwd`) and resolves its port from its output (`port N`,
- * or serve's "serving" line); `nodeArgs` go before (e.g. `--cpu-prof`). A server that prints no
- * port within 30 s is ended and the promise rejects, so a bench never waits for nothing.
+ * Starts `node ...args` (from `cwd`; `serveArgs()` or `baselineArgs(path)`) and resolves its port
+ * from its output (`port N`, or serve's "serving" line); `nodeArgs` go before (e.g. `--cpu-prof`),
+ * and `launcher` before node itself (e.g. valgrind). A server that prints no port within
+ * `timeoutMs` (default 30 s) is ended and the promise rejects, so a bench never waits for nothing.
  */
 export function startServer(
   args: string[],
   env: Record<string, string>,
-  { cwd = root, nodeArgs = [] as string[] } = {},
+  { cwd = root, nodeArgs = [] as string[], launcher = [] as string[], timeoutMs = 30_000 } = {},
 ): Promise<Started> {
-  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", ...args], {
+  const [command, ...before] = [...launcher, process.execPath];
+  const child = spawn(command as string, [...before, ...nodeArgs, ...args], {
     cwd,
     // CREDIT_LOG_LEVEL=info: the port is read from serve's "serving" line, an info line (a level
     // above info in the caller's environment would hide it).
@@ -66,8 +86,8 @@ export function startServer(
     setTimeout(() => {
       if (found) return;
       child.kill("SIGTERM");
-      reject(new Error("no port printed within 30 s"));
-    }, 30_000).unref();
+      reject(new Error(`no port printed within ${timeoutMs / 1000} s`));
+    }, timeoutMs).unref();
   });
 }
 

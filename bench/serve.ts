@@ -2,7 +2,9 @@
  * `credit-management serve` (issue 41): requests per second of an admin deduction through the whole
  * service (API key check, request id, one pino line per request, the Prometheus metrics) against
  * the same handler mounted by hand in node:http (bench/serve-baseline.ts), both on a SQLite file
- * (the service's default store), each in its own process, measured in turns in the same run.
+ * (the service's default store), each in its own process, measured in turns in the same run. Both
+ * run the built package (`node dist/cli/index.js serve`, as `npx credit-management serve` does), or
+ * src/ through tsx with BENCH_SOURCE=1 (bench/serve-lib.ts).
  * Target: serve >= 0.9× the hand-mounted handler.
  *   tsx bench/serve.ts       (also run by `npm run bench`)
  * BENCH_SERVE_SECONDS: seconds per turn (default 3); 16 keep-alive connections (autocannon, in this process).
@@ -13,7 +15,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { printTable, type BenchRow } from "./lib.js";
-import { SERVE_ARGS, adminKey, deductions, fund, startServer, storeWithKey } from "./serve-lib.js";
+import { adminKey, baselineArgs, deductions, fund, serveArgs, startServer, storeWithKey } from "./serve-lib.js";
 
 const SECONDS = Number(process.env.BENCH_SERVE_SECONDS ?? 3);
 const load = (port: number, token: string, seconds: number) => deductions(port, token, { seconds });
@@ -25,14 +27,19 @@ export async function run(): Promise<BenchRow[]> {
     const servePath = join(dir, "serve.sqlite");
     const { key, record } = adminKey();
     await storeWithKey(servePath, record);
-    const serve = await startServer(SERVE_ARGS, { CREDIT_SQLITE_PATH: servePath });
+    const serve = await startServer(serveArgs(), { CREDIT_SQLITE_PATH: servePath });
     children.push(serve.child);
-    const hand = await startServer(["bench/serve-baseline.ts", join(dir, "hand.sqlite")], {});
+    const hand = await startServer(baselineArgs(join(dir, "hand.sqlite")), {});
     children.push(hand.child);
     await fund(serve.port, key);
     await fund(hand.port, "any");
-    await load(serve.port, key, 1); // warm-up
-    await load(hand.port, "any", 1);
+    // Warm-up, 3 s each, in six runs on new connections (so the connections' own code is compiled
+    // too): with one run of 1 s, each side's first turn still read 5-10% below its others (V8 still
+    // compiling, serve's code the more), which the ABBA order does not cancel.
+    for (let i = 0; i < 6; i++) {
+      await load(serve.port, key, 0.5);
+      await load(hand.port, "any", 0.5);
+    }
     const a: number[] = [];
     const b: number[] = [];
     // Four turns, the order swapped each turn (ABBA), so neither side always runs first.
