@@ -14,7 +14,7 @@
  * the callgrind files (for callgrind_annotate) and prints where.
  */
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -57,13 +57,10 @@ async function count(
     await exited; // callgrind writes its last file on the way out
   }
   // The dump is `<out>.1` (the file of the whole run, `<out>`, comes at exit and is not read).
-  let total = 0;
-  for (const file of readdirSync(dir).filter((f) => f.startsWith(`${name}.callgrind.`))) {
-    const m = /^(?:summary|totals): (\d+)/m.exec(readFileSync(join(dir, file), "utf8"));
-    if (m !== null) total += Number(m[1]);
-  }
-  if (total === 0) throw new Error(`no callgrind dump for ${name}`);
-  return { all: total / MEASURED, compiling: compiling(join(dir, `${name}.callgrind.1`)) / MEASURED };
+  const dump = `${out}.1`;
+  const m = existsSync(dump) ? /^(?:summary|totals): (\d+)/m.exec(readFileSync(dump, "utf8")) : null;
+  if (m === null) throw new Error(`no callgrind dump for ${name}`);
+  return { all: Number(m[1]) / MEASURED, compiling: compiling(dump) / MEASURED };
 }
 
 /**
