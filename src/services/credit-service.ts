@@ -1,34 +1,19 @@
 import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
-import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { PromoPaymentChanges } from "../db/types-promos.js";
-import { AccountWork, holdWith, type EntryMeta, type Settlement } from "../domain/account-work.js";
+import type { DbManager, DbTransaction } from "../db/types.js";
+import { holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import {
-  NO_NOTIFICATIONS,
-  evaluateAlert,
-  expiredHoldNotifications,
-  eventNotifications,
-  newNotification,
-  type Thresholds,
-} from "../domain/notifications.js";
+import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { grantTrial } from "../domain/trial.js";
-import { domainEvents } from "../domain/events.js";
-import { decideCheck, featureFlips, type CheckResult } from "../domain/checks.js";
+import { decideCheck, type CheckResult } from "../domain/checks.js";
 import {
   ConfigurationError,
   ConflictError,
-  CreditError,
-  IdempotencyConflictError,
-  InsufficientCreditsError,
   NotFoundError,
   ReservationExpiredError,
-  ReservationNotActiveError,
   RuleViolationError,
-  StorageError,
   ValidationError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -75,23 +60,12 @@ import {
   type Account,
   type Grant,
   type JournalEntry,
-  type Notification,
   type Reservation,
 } from "../models/index.js";
-import { andThen, isPromiseLike } from "../util/promise.js";
-import {
-  holdChannel,
-  refusalChannel,
-  traced,
-  tracePromise,
-  unitOfWorkChannel,
-  type HoldMessage,
-  type RefusalMessage,
-  type UnitOfWorkMessage,
-} from "../diagnostics.js";
-import { newId } from "../util/uuid.js";
-import { leaseBlock, leaseSettleKey } from "../domain/leases.js";
-import { CreditLeases, leaseHoldOf, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
+import { andThen } from "../util/promise.js";
+import { CreditLeases, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
+import { leaseHold, settleLease } from "./lease-settle.js";
+import { activeHold, includeHeldGrants, infoKey, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import type { LeaseOptions } from "../models/leases.js";
 import type * as z from "zod";
 
@@ -151,16 +125,6 @@ export interface CreditServiceOptions {
   checkpointEvery?: number;
 }
 
-/**
- * What a unit of work's body gets besides the work and the transaction: the state it was loaded
- * from, and `attach` for rows other services save in the same transaction (promo claims, payment
- * updates). @internal
- */
-export interface UnitContext {
-  state: LoadedState;
-  attach(rows: PromoPaymentChanges): void;
-}
-
 /** What `getExpiringCredits` returns. */
 export interface ExpiringCredits {
   userId: string;
@@ -180,194 +144,6 @@ export interface HistoryPage {
 /** The default options object of every mutation: known valid, so not parsed on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
-const SETTLE = Object.freeze({ settle: true });
-
-/** Options of one unit of work: settle what time has done; bring a due subscription period first. */
-interface RunOptions {
-  settle: boolean;
-  /** Default true; false for the units other services run (the subscription service's own above all). */
-  periods?: boolean;
-}
-
-/**
- * Thrown out of an attempt whose settlement expired a subscription period's grants while a
- * subscription service is wired: the unit of work is abandoned (nothing written), the period is
- * brought up to date, and the operation runs again (once).
- */
-class PeriodDue extends Error {}
-
-const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
-
-interface UnitOutcome<T> {
-  value: T;
-  entries: readonly JournalEntry[];
-  canonicals?: readonly string[];
-  /** The holds placed and ended, only while someone listens on the hold channel (docs/observability.md). */
-  holds?: { placed: readonly Reservation[]; ended: readonly Reservation[]; reservedAfter: number };
-}
-
-/** What a unit of work's body may use besides the account: the loaded state, extra rows to save. */
-class Unit implements UnitContext {
-  extra: PromoPaymentChanges | undefined = undefined;
-  constructor(readonly state: LoadedState) {}
-  attach(rows: PromoPaymentChanges): void {
-    this.extra = { ...this.extra, ...rows };
-  }
-}
-
-/** What `UnitRun` needs of the service. */
-interface UnitRunDeps {
-  readonly clock: () => Date;
-  alerts: Thresholds | undefined;
-  trial: ParsedTrial | undefined;
-  includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void>;
-  addNotifications(work: AccountWork, changes: Changes): void;
-  /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
-  checkpointEvery: number | undefined;
-}
-
-/**
- * One unit of work, as the store's transaction runs it (once, or again after a conflict): load,
- * answer a repeated idempotency key with the first result, settle what time has done, run the body,
- * save. Written as steps that continue synchronously while every step has its answer at hand (the
- * in-memory store) and switch to promises only where one is needed (a database), so a unit of work
- * in memory costs no promise of its own.
- */
-class UnitRun<T> {
-  /** A refusal for lack of credits in the last attempt, with the account's seq then. */
-  refused: { seq: number; error: InsufficientCreditsError } | undefined;
-
-  constructor(
-    private readonly deps: UnitRunDeps,
-    private readonly userId: string,
-    private readonly meta: EntryMeta,
-    private readonly body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
-    private readonly replay: ((entry: JournalEntry, tx: DbTransaction) => Promise<T>) | undefined,
-    private readonly settle: boolean,
-    /** Abandon the attempt when settlement ends a subscription period (`PeriodDue`). */
-    private readonly periods: boolean,
-    /** The diagnostics message, while someone listens (docs/observability.md): counts attempts. */
-    private readonly message: UnitOfWorkMessage | undefined,
-  ) {}
-
-  attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
-    this.refused = undefined;
-    if (this.message !== undefined) {
-      this.message.attempts++;
-      this.message.outcome = "ok";
-    }
-    const key = this.meta.idempotencyKey;
-    const state = tx.load(key === undefined ? undefined : { idempotencyKey: key });
-    // (`andThen` by hand: no closure when the store answered at once.)
-    return isPromiseLike(state) ? Promise.resolve(state).then((s) => this.loaded(tx, s)) : this.loaded(tx, state);
-  }
-
-  private loaded(tx: DbTransaction, state: LoadedState): UnitOutcome<T> | Promise<UnitOutcome<T>> {
-    const key = this.meta.idempotencyKey;
-    if (key !== undefined && state.idempotent !== null) {
-      const first = state.idempotent;
-      if (first.idempotencyKey !== key) {
-        // The store compared the key as it arrived, which is not always the key asked for (node-pg
-        // and BSON turn a lone UTF-16 surrogate into U+FFFD, so keys JavaScript tells apart can
-        // arrive as one). Another key's entry must never be answered as a replay of this operation.
-        throw new StorageError(
-          `[credit-management] the idempotency key ${JSON.stringify(key)} of account ${this.userId} found the entry of key ${JSON.stringify(first.idempotencyKey)}: the store cannot tell them apart`,
-        );
-      }
-      if (first.fingerprint !== this.meta.fingerprint) throw new IdempotencyConflictError(key);
-      if (this.message !== undefined) this.message.outcome = "replayed";
-      if (this.replay === undefined) return { value: first as T, entries: NO_ENTRIES };
-      return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
-    }
-    const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
-    if (this.deps.trial !== undefined && state.account === null) grantTrial(work, this.deps.trial);
-    if (this.settle && work.needsSettle) {
-      return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
-        const settled = work.settle();
-        if (this.periods && settled.periodGrantsEnded > 0) throw new PeriodDue();
-        return this.run(tx, state, work);
-      });
-    }
-    return this.run(tx, state, work);
-  }
-
-  private run(tx: DbTransaction, state: LoadedState, work: AccountWork): UnitOutcome<T> | Promise<UnitOutcome<T>> {
-    const unit = new Unit(state);
-    let running: T | Promise<T>;
-    try {
-      running = this.body(work, tx, unit);
-    } catch (error) {
-      throw this.failed(error, work);
-    }
-    if (!isPromiseLike(running)) return this.finish(tx, work, unit, running);
-    return Promise.resolve(running).then(
-      (result) => this.finish(tx, work, unit, result),
-      (error: unknown) => {
-        throw this.failed(error, work);
-      },
-    );
-  }
-
-  private failed(error: unknown, work: AccountWork): unknown {
-    if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined)
-      this.refused = { seq: work.account.seq, error };
-    return error;
-  }
-
-  private finish(
-    tx: DbTransaction,
-    work: AccountWork,
-    unit: Unit,
-    result: T,
-  ): UnitOutcome<T> | Promise<UnitOutcome<T>> {
-    const every = this.deps.checkpointEvery;
-    if (every !== undefined && checkpointDue(work, every)) {
-      // Every N entries, a checkpoint in the same unit of work (docs/operations.md, "Checkpoints and archival").
-      const missing = work.missingHeldGrants();
-      if (missing.length > 0)
-        return tx.getGrants(missing).then((grants) => {
-          work.include(grants);
-          work.checkpoint();
-          return this.save(tx, work, unit, result);
-        });
-      work.checkpoint();
-    }
-    return this.save(tx, work, unit, result);
-  }
-
-  private save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): UnitOutcome<T> | Promise<UnitOutcome<T>> {
-    const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
-    const extra = unit.extra;
-    const hasExtra =
-      extra !== undefined && ((extra.promoClaims?.length ?? 0) > 0 || (extra.paymentUpdates?.length ?? 0) > 0);
-    if (!work.changed && !hasExtra) return outcome;
-    const changes: Changes = work.changes();
-    if (extra !== undefined) Object.assign(changes, extra);
-    if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
-    if (
-      holdChannel.hasSubscribers &&
-      (changes.insertReservations.length > 0 || changes.updateReservations.length > 0)
-    ) {
-      outcome.holds = {
-        placed: changes.insertReservations,
-        ended: changes.updateReservations,
-        reservedAfter: changes.account.reserved,
-      };
-    }
-    const saved = tx.save(changes);
-    return isPromiseLike(saved) ? Promise.resolve(saved).then(() => outcome) : outcome;
-  }
-}
-
-/** True when the work's entries took the account's seq past a multiple of `every` (and the last is no checkpoint). */
-function checkpointDue(work: AccountWork, every: number): boolean {
-  const made = work.entries;
-  if (made.length === 0 || (made[made.length - 1] as JournalEntry).type === "checkpoint") return false;
-  const before = work.loaded === null ? 0 : work.loaded.seq;
-  return Math.floor(before / every) < Math.floor(work.account.seq / every);
-}
-
-const infoKey = (userId: string) => `credits:info:${userId}`;
 
 /** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
 const copy = <T>(o: T): T => structuredClone(o);
@@ -380,19 +156,16 @@ const copy = <T>(o: T): T => structuredClone(o);
 export class CreditService {
   readonly db: DbManager;
   private readonly ledger: LedgerLogger | undefined;
-  /** Set by a subscription service over this one (`bringPeriodsWith`). */
-  private periodHook: ((userId: string) => Promise<unknown>) | undefined;
   /** The balance cache, when there is one. */
   private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
   private readonly defaultTtl: number;
   private readonly overdraftLimit: number | null;
-  private readonly alerts: Thresholds | undefined;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
-  private readonly hasFeatures: boolean;
-  private readonly domainEvents: boolean;
   private readonly pricing: PricingService | undefined;
+  /** Runs this service's units of work (src/services/unit-of-work.ts). */
+  private readonly units: UnitRunner;
 
   constructor(options: CreditServiceOptions) {
     this.pricing = options.pricing;
@@ -406,18 +179,29 @@ export class CreditService {
     if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }
-    this.domainEvents = options.domainEvents === true;
-    this.alerts = options.alerts ?? (this.domainEvents ? {} : undefined);
-    this.runDeps.alerts = this.alerts;
+    const withEvents = options.domainEvents === true;
+    let trial: ParsedTrial | undefined;
+    let checkpointEvery: number | undefined;
     try {
-      if (options.trial !== undefined) this.runDeps.trial = parse(TrialCredits, options.trial, "trial");
+      if (options.trial !== undefined) trial = parse(TrialCredits, options.trial, "trial");
       this.features = parse(FeatureRules, options.features ?? {}, "features");
-      this.hasFeatures = Object.keys(this.features).length > 0;
       if (options.checkpointEvery !== undefined)
-        this.runDeps.checkpointEvery = parse(CheckpointEvery, options.checkpointEvery, "checkpointEvery");
+        checkpointEvery = parse(CheckpointEvery, options.checkpointEvery, "checkpointEvery");
     } catch (error) {
       throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
     }
+    this.units = new UnitRunner({
+      db: this.db,
+      ledger: this.ledger,
+      cache: this.cache,
+      clock: this.clock,
+      logger: this.logger,
+      alerts: options.alerts ?? (withEvents ? {} : undefined),
+      trial,
+      features: this.features,
+      domainEvents: withEvents,
+      checkpointEvery,
+    });
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -435,7 +219,7 @@ export class CreditService {
     // (a retry of an addition that was made while its expiry was ahead answers with the first entry).
     if (o.idempotencyKey === undefined && past(this.clock())) throw refuse();
     const meta = this.meta("addCredits", o, () => ({ amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null }));
-    return this.mutate("addCredits", user, meta, (work) => {
+    return this.units.mutate("addCredits", user, meta, (work) => {
       if (past(work.now)) throw refuse();
       return work.add(
         n,
@@ -460,7 +244,7 @@ export class CreditService {
    */
   async openAccount(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
-    await this.mutate("openAccount", user, NO_META, () => undefined);
+    await this.units.mutate("openAccount", user, NO_META, () => undefined);
     return this.getUserCreditsInfo(user);
   }
 
@@ -498,7 +282,7 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.mutate("deductCreditsAfterService", userId, meta, (work) =>
+    return this.units.mutate("deductCreditsAfterService", userId, meta, (work) =>
       work.deductUpToLimit(amount, meta, this.overdraftLimit),
     );
   }
@@ -522,7 +306,7 @@ export class CreditService {
   placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
     const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
-    return this.mutate(
+    return this.units.mutate(
       "reserveCredits",
       user,
       meta,
@@ -579,7 +363,7 @@ export class CreditService {
 
   private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));
-    return this.mutate("commitReservedCredits", userId, meta, (work, tx) => {
+    return this.units.mutate("commitReservedCredits", userId, meta, (work, tx) => {
       const commit = (hold: Reservation): JournalEntry => {
         if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
         const limit = this.overdraftLimit;
@@ -588,7 +372,7 @@ export class CreditService {
           ? work.commitUpToLimit(hold, requested, meta, limit)
           : work.commit(hold, requested, meta, limit);
       };
-      return andThen(this.activeHold(work, tx, id), commit);
+      return andThen(activeHold(work, tx, id), commit);
     });
   }
 
@@ -613,9 +397,9 @@ export class CreditService {
   /** @internal `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
   releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
     const meta = this.meta("releaseReservedCredits", o, () => ({ reservationId: id, ...o }));
-    return this.mutate("releaseReservedCredits", userId, meta, (work, tx) => {
+    return this.units.mutate("releaseReservedCredits", userId, meta, (work, tx) => {
       const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
-      return andThen(this.activeHold(work, tx, id), release);
+      return andThen(activeHold(work, tx, id), release);
     });
   }
 
@@ -628,7 +412,7 @@ export class CreditService {
     if (grant === null || (userId !== undefined && grant.userId !== userId))
       throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
     const meta = this.meta("voidGrant", o, () => ({ grantId: id, ...o }));
-    return this.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
+    return this.units.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
       // The work's copy first: settlement may just have expired it.
       const current = work.getGrant(id) ?? (await tx.getGrants([id]))[0];
       if (current === undefined) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
@@ -663,12 +447,12 @@ export class CreditService {
    * grants due and holds lapsed by then, not by the clock (`expireCredits`, the hold-release job).
    */
   settleAsOf(userId: string, asOf?: Date, operation = "expireCredits"): Promise<Settlement> {
-    return this.mutate(
+    return this.units.mutate(
       operation,
       userId,
       {},
       async (work, tx, unit) => {
-        await this.includeHeldGrants(work, tx, unit.state.reservations);
+        await includeHeldGrants(work, tx, unit.state.reservations);
         return work.settle(asOf ?? work.now);
       },
       undefined,
@@ -808,91 +592,17 @@ export class CreditService {
   }
 
   /**
-   * @internal Settles window `s.window` of lease `s.lease` in one keyed unit of work: commits what
-   * the window used from its hold (or, the hold gone, deducts it after service within the overdraft
-   * limit), then — `s.roll` — holds the next block (`leaseBlock`). The key `lease:<lease>:<window>`
-   * makes a retried or recovered settle charge once; a replay finds the next block it placed.
+   * @internal Settles window `s.window` of lease `s.lease` in one keyed unit of work
+   * (src/services/lease-settle.ts): commits what the window used from its hold, then holds the next
+   * block. A retried or recovered settle charges once.
    */
-  async settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {
-    const key = leaseSettleKey(s.lease, s.window);
-    const window = { lease: s.lease, window: s.window, requests: s.requests, total: s.used };
-    const meta: EntryMeta = {
-      idempotencyKey: key,
-      fingerprint: fingerprint("settleLease", window),
-      metadata: { leaseWindow: window },
-    };
-    const next = { lease: s.lease, window: s.window + 1 };
-    const limit = this.overdraftLimit;
-    const settled = await this.mutate(
-      "settleLease",
-      userId,
-      meta,
-      (work, tx): LeaseSettled | Promise<LeaseSettled> => {
-        let keyed = false;
-        const roll = (entry: JournalEntry | null): LeaseSettled => {
-          let hold: Reservation | null = null;
-          const block = s.roll === null ? 0 : leaseBlock(work.available, s.roll.sizing);
-          if (s.roll !== null && block > 0) {
-            // The key goes on the unit's first entry (an opening window has no settle entry).
-            const holdMeta: EntryMeta = keyed
-              ? { metadata: { leaseHold: next } }
-              : { ...meta, metadata: { leaseHold: next } };
-            hold = work.reserve(block, s.roll.ttlSeconds, "lease", holdMeta).reservation;
-          }
-          return { entry, next: hold === null ? null : leaseHoldOf(hold), replayed: false };
-        };
-        const charge = (hold: Reservation | null): LeaseSettled => {
-          keyed = true;
-          if (hold !== null) {
-            if (s.used === 0 && s.requests === 0) return roll(work.releaseHold(hold, "released", meta).entry);
-            return roll(work.commitUpToLimit(hold, s.used, meta, limit));
-          }
-          if (s.used === 0) {
-            keyed = false;
-            return roll(null);
-          }
-          // The hold lapsed: the usage was delivered, so it is charged after service.
-          const entry = work.deductUpToLimit(s.used, meta, limit);
-          if (entry === null) keyed = false;
-          return roll(entry);
-        };
-        if (s.holdId === null) return charge(null);
-        let found: Reservation | Promise<Reservation>;
-        try {
-          found = this.activeHold(work, tx, s.holdId);
-        } catch (error) {
-          if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError)
-            return charge(null);
-          throw error;
-        }
-        if (!isPromiseLike(found)) {
-          if (found.expiresAt.getTime() <= work.now.getTime()) return charge(null);
-          return charge(found);
-        }
-        return Promise.resolve(found).then(
-          (h) => charge(h.expiresAt.getTime() <= work.now.getTime() ? null : h),
-          (error: unknown) => {
-            if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError)
-              return charge(null);
-            throw error;
-          },
-        );
-      },
-      (entry) => Promise.resolve({ entry, next: null, replayed: true }),
-    );
-    if (!settled.replayed || s.roll === null) return settled;
-    // A replay: the next block (if the first settle placed one) is the active hold tagged with it.
-    return { entry: settled.entry, next: await this.leaseHold(userId, next.lease, next.window), replayed: true };
+  settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {
+    return settleLease(this.units, this.db, this.overdraftLimit, userId, s);
   }
 
   /** @internal The active hold a lease's settle placed for window `window`, or null. */
-  async leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null> {
-    const holds = await this.db.transaction(userId, (tx) => andThen(tx.load(), (state) => state.reservations));
-    const placed = holds.find((h) => {
-      const tag = (h.metadata as { leaseHold?: { lease?: unknown; window?: unknown } } | null)?.leaseHold;
-      return tag?.lease === lease && tag.window === window;
-    });
-    return placed === undefined ? null : leaseHoldOf(placed);
+  leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null> {
+    return leaseHold(this.db, userId, lease, window);
   }
 
   /** What metered calls use of this service (one object for all of them). */
@@ -972,7 +682,7 @@ export class CreditService {
     const last = await this.latestCheckpoint(user);
     const since = last === undefined ? 0 : last.seq;
     const min = o.minEntries ?? 1;
-    return this.mutate(
+    return this.units.mutate(
       "checkpoint",
       user,
       NO_META,
@@ -1022,7 +732,7 @@ export class CreditService {
     replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
     options: { settle: boolean; operation?: string } = { settle: true },
   ): Promise<T> {
-    return this.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
+    return this.units.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
       settle: options.settle,
       periods: false,
     });
@@ -1034,7 +744,7 @@ export class CreditService {
    * so do operations refused for lack of credits, when it resolves to true (it brought a period).
    */
   bringPeriodsWith(hook: ((userId: string) => Promise<unknown>) | undefined): void {
-    this.periodHook = hook;
+    this.units.periodHook = hook;
   }
 
   /** @internal The service's clock. */
@@ -1062,7 +772,7 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.mutate(operation, user, meta, (work) =>
+    return this.units.mutate(operation, user, meta, (work) =>
       work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
     );
   }
@@ -1092,298 +802,16 @@ export class CreditService {
   }
 
   /**
-   * One unit of work: load, answer a repeated idempotency key with the first result, settle what
-   * time has done, run `body`, save; then (only after the commit) mirror to the ledger file and
-   * invalidate the cache.
-   */
-  private mutate<T>(
-    operation: string,
-    userId: string,
-    meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
-    replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
-    options: RunOptions = SETTLE,
-  ): Promise<T> {
-    // Nobody listening: five property reads, no message (docs/observability.md).
-    if (!traced(unitOfWorkChannel)) return this.run(operation, userId, meta, body, replay, options, undefined);
-    const message: UnitOfWorkMessage = {
-      operation,
-      userId,
-      store: this.db.name,
-      outcome: "ok",
-      durationMs: 0,
-      attempts: 0,
-      conflicts: 0,
-      entries: 0,
-      errorCode: null,
-    };
-    const started = performance.now();
-    return tracePromise(
-      unitOfWorkChannel,
-      message,
-      () => this.run(operation, userId, meta, body, replay, options, message),
-      (m, _value, error) => {
-        m.durationMs = performance.now() - started;
-        m.conflicts = Math.max(m.attempts - 1, 0);
-        if (error !== undefined) {
-          m.outcome = unitFailure(error);
-          m.errorCode = error instanceof CreditError ? error.code : null;
-        }
-      },
-    );
-  }
-
-  /** `mutate` itself; `message` counts the attempts and entries while someone listens. */
-  private run<T>(
-    operation: string,
-    userId: string,
-    meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
-    replay: ((entry: JournalEntry, tx: DbTransaction) => Promise<T>) | undefined,
-    options: RunOptions,
-    message: UnitOfWorkMessage | undefined,
-  ): Promise<T> {
-    const periods = options.periods !== false && this.periodHook !== undefined;
-    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
-    const run = (tx: DbTransaction) => unit.attempt(tx);
-    const db = this.db;
-    const again = () =>
-      this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
-    let done: UnitOutcome<T> | Promise<UnitOutcome<T>>;
-    if (db.transactionNow === undefined) done = db.transaction(userId, run);
-    else {
-      // A store in memory answers at once: no promise until the one this method returns.
-      try {
-        done = db.transactionNow(userId, run);
-      } catch (error) {
-        if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
-        if (periods && error instanceof InsufficientCreditsError)
-          return this.afterRefusal(operation, userId, unit, error, again);
-        return this.refusedOrFailed(operation, userId, unit, error);
-      }
-      if (!isPromiseLike(done)) {
-        try {
-          const value = this.committed(userId, done, message);
-          return isPromiseLike(value) ? (value as Promise<T>) : Promise.resolve(value);
-        } catch (error) {
-          return Promise.reject(error as Error);
-        }
-      }
-    }
-    return Promise.resolve(done).then(
-      (outcome) => this.committed(userId, outcome, message),
-      (error: unknown) =>
-        error instanceof PeriodDue
-          ? this.afterPeriod(userId, again)
-          : periods && error instanceof InsufficientCreditsError
-            ? this.afterRefusal(operation, userId, unit, error, again)
-            : this.refusedOrFailed(operation, userId, unit, error),
-    );
-  }
-
-  /**
-   * A period's grants expired as the operation settled the account: the subscription service brings
-   * the next period (its own keyed unit of work, the one the renewal job runs, so a job or another
-   * request at the same instant allocates once), then the operation runs again. Should that fail,
-   * the operation still runs, as it would have without a subscription service.
-   */
-  private async afterPeriod<T>(userId: string, again: () => Promise<T>): Promise<T> {
-    try {
-      await this.periodHook?.(userId);
-    } catch (error) {
-      this.logger?.warn(
-        { err: error, userId },
-        "credit-management: could not bring the user's subscription period up to date",
-      );
-    }
-    return again();
-  }
-
-  /**
-   * A refusal for lack of credits may come from a period that has ended while none of its grants
-   * was left to expire (spent, voided): nothing told the unit of work. The subscription service
-   * brings the period if one is due (the same keyed work as `afterPeriod`) and says whether it did;
-   * then the operation runs once more, else the refusal stands. (Found by the simulation, issue 26.)
-   */
-  private async afterRefusal<T>(
-    operation: string,
-    userId: string,
-    unit: UnitRun<unknown>,
-    error: InsufficientCreditsError,
-    again: () => Promise<T>,
-  ): Promise<T> {
-    let brought: unknown = false;
-    try {
-      brought = await this.periodHook?.(userId);
-    } catch (failure) {
-      this.logger?.warn(
-        { err: failure, userId },
-        "credit-management: could not bring the user's subscription period up to date",
-      );
-      // The store could not say whether a period is due: a refusal now could be false (the new
-      // period's credits may be there). The caller gets the storage error (503), to retry.
-      if (failure instanceof StorageError || !(failure instanceof CreditError)) {
-        throw failure;
-      }
-    }
-    return brought === true ? again() : this.refusedOrFailed(operation, userId, unit, error);
-  }
-
-  /**
-   * After the commit (never before): mirror to the ledger file and invalidate the cache — awaited
-   * when the cache answers with a promise (a shared cache must not serve the old balance to the
-   * caller's next read). The invalidation also ends the leases of reads in flight (`Cache.lease`),
-   * in every process sharing the cache, so none of them caches what it read before this commit.
-   */
-  private committed<T>(
-    userId: string,
-    outcome: UnitOutcome<T>,
-    message: UnitOfWorkMessage | undefined,
-  ): T | Promise<T> {
-    if (message !== undefined) message.entries += outcome.entries.length;
-    if (outcome.holds !== undefined && holdChannel.hasSubscribers) publishHolds(userId, outcome.holds);
-    if (outcome.entries.length > 0) {
-      this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
-      const deleting = this.cache?.invalidate(infoKey(userId));
-      if (deleting !== undefined) return deleting.then(() => outcome.value);
-    }
-    return outcome.value;
-  }
-
-  /** With notifications on, a refusal for lack of credits is recorded once the unit of work ended. */
-  private async refusedOrFailed(
-    operation: string,
-    userId: string,
-    unit: UnitRun<unknown>,
-    error: unknown,
-  ): Promise<never> {
-    if (error instanceof InsufficientCreditsError && refusalChannel.hasSubscribers)
-      refusalChannel.publish(refusal(operation, userId, error));
-    const refused = unit.refused;
-    if (refused !== undefined && error === refused.error) await this.recordRefusal(userId, refused.seq, refused.error);
-    throw error;
-  }
-
-  /** What `UnitRun` uses of this service (built once). */
-  private readonly runDeps: UnitRunDeps = {
-    clock: () => this.clock(),
-    alerts: undefined,
-    trial: undefined,
-    includeHeldGrants: (work, tx, holds) => this.includeHeldGrants(work, tx, holds),
-    addNotifications: (work, changes) => this.addNotifications(work, changes),
-    checkpointEvery: undefined,
-  };
-
-  /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
-  private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
-    if (!this.hasFeatures) return NO_NOTIFICATIONS;
-    const was = work.loaded;
-    const before = was === null ? 0 : was.balance - was.reserved;
-    const now = after.balance - after.reserved;
-    return featureFlips(before, now, this.features).map((f) =>
-      newNotification(
-        work.userId,
-        "feature_status_changed",
-        { ...f, available: now, previousAvailable: before },
-        work.now,
-        null,
-      ),
-    );
-  }
-
-  /**
-   * The outbox rows of a change (none: nothing allocated). In id order: the domain events of its
-   * journal entries (with `domainEvents` on), lapsed holds (their release is what may move the
-   * alert level), what the unit of work recorded itself (subscription events), the alert crossing,
-   * then the features it flipped.
-   */
-  private addNotifications(work: AccountWork, changes: Changes): void {
-    const journal = this.domainEvents
-      ? domainEvents(work.userId, changes.entries, changes, work.now)
-      : NO_NOTIFICATIONS;
-    const expired =
-      changes.updateReservations.length === 0
-        ? NO_NOTIFICATIONS
-        : expiredHoldNotifications(changes.updateReservations, work.now);
-    const recorded = eventNotifications(work.events, work.userId, work.now);
-    const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
-    const features = this.featureNotifications(work, changes.account);
-    if (journal.length === 0 && expired.length === 0 && recorded.length === 0 && features.length === 0) {
-      if (alerts.length > 0) changes.notifications = alerts;
-    } else {
-      changes.notifications = [...journal, ...expired, ...recorded, ...alerts, ...features];
-    }
-  }
-
-  /**
-   * `transaction_error` for a refusal for lack of credits: once per account state (its seq), however
-   * many calls are refused before the account changes. Recorded after the refusal (nothing was
-   * committed); a store failure here is logged, the caller still gets the refusal.
-   */
-  private async recordRefusal(userId: string, seq: number, error: InsufficientCreditsError): Promise<void> {
-    const row = newNotification(
-      userId,
-      "transaction_error",
-      { code: error.code, message: error.message, ...(error.details ?? {}), seq },
-      this.clock(),
-      `transaction_error:${error.code}:${seq}`,
-    );
-    try {
-      await this.db.insertNotifications([row]);
-    } catch (failure) {
-      this.logger?.warn(
-        { err: failure, userId },
-        "credit-management: could not record a transaction_error notification",
-      );
-    }
-  }
-
-  /**
    * The account, after settling what lapsed since it was last touched (so reads never report
    * expired credits or lapsed holds). One read when nothing is due.
    */
   private async settledAccount(userId: string, now: Date): Promise<Account | null> {
     const account = await this.db.getAccount(userId);
     if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
-      await this.mutate("settle", userId, {}, async () => undefined);
+      await this.units.mutate("settle", userId, {}, async () => undefined);
       return this.db.getAccount(userId);
     }
     return account;
-  }
-
-  /** Loads the grants that holds point at but that are not open (fully held, closed). */
-  private async includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void> {
-    const missing = new Set<string>();
-    for (const h of holds)
-      for (const p of h.allocations) if (work.getGrant(p.grantId) === undefined) missing.add(p.grantId);
-    if (missing.size > 0) work.include(await tx.getGrants([...missing]));
-  }
-
-  /**
-   * The active hold `id` with the grants it earmarked in the work. Synchronous when the account's
-   * loaded state has them all (the usual case); otherwise reads what is missing.
-   */
-  private activeHold(work: AccountWork, tx: DbTransaction, id: string): Reservation | Promise<Reservation> {
-    const hold = work.getHold(id);
-    if (
-      hold !== undefined &&
-      hold.status === "active" &&
-      hold.allocations.every((p) => work.getGrant(p.grantId) !== undefined)
-    ) {
-      return hold;
-    }
-    return this.readActiveHold(work, tx, id);
-  }
-
-  private async readActiveHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
-    const hold = work.getHold(id) ?? (await tx.getReservation(id));
-    if (hold === null || hold === undefined)
-      throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
-    // A hold that lapsed (just now, in settlement, or earlier) says so with its own error.
-    if (hold.status === "expired") throw new ReservationExpiredError(id, hold.expiresAt);
-    if (hold.status !== "active") throw new ReservationNotActiveError(id, hold.status);
-    await this.includeHeldGrants(work, tx, [hold]);
-    return hold;
   }
 
   /**
@@ -1434,39 +862,4 @@ function creditsInfo(userId: string, account: Account | null): CreditsInfo {
         debt: account.debt,
       }
     : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
-}
-
-/** How a unit of work that threw ended, for the diagnostics message. */
-function unitFailure(error: unknown): UnitOfWorkMessage["outcome"] {
-  if (error instanceof InsufficientCreditsError) return "refused";
-  if (error instanceof ConflictError) return "conflict";
-  if (error instanceof CreditError && error.status < 500) return "rejected";
-  return "failed";
-}
-
-/** The refusal channel's message for a refusal for lack of credits. */
-function refusal(operation: string, userId: string, error: InsufficientCreditsError): RefusalMessage {
-  const d = (error.details ?? {}) as { requested?: unknown; available?: unknown; overdraftLimit?: unknown };
-  return {
-    operation,
-    userId,
-    reason: d.overdraftLimit === undefined ? "insufficient_credits" : "overdraft_limit",
-    requested: typeof d.requested === "number" ? d.requested : 0,
-    available: typeof d.available === "number" ? d.available : 0,
-  };
-}
-
-/** One hold-channel message per hold placed or ended in a committed unit of work. */
-function publishHolds(userId: string, holds: NonNullable<UnitOutcome<unknown>["holds"]>): void {
-  const send = (r: Reservation, action: HoldMessage["action"]) =>
-    holdChannel.publish({
-      action,
-      userId,
-      reservationId: r.id,
-      amount: r.amount,
-      committed: action === "committed" ? (r.committedAmount ?? 0) : 0,
-      reservedAfter: holds.reservedAfter,
-    } satisfies HoldMessage);
-  for (const r of holds.placed) send(r, "reserved");
-  for (const r of holds.ended) if (r.status !== "active") send(r, r.status);
 }

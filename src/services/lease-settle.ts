@@ -1,0 +1,112 @@
+import type { DbManager } from "../db/types.js";
+import type { EntryMeta } from "../domain/account-work.js";
+import { fingerprint } from "../domain/hash.js";
+import { leaseBlock, leaseSettleKey } from "../domain/leases.js";
+import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js";
+import type { JournalEntry, Reservation } from "../models/index.js";
+import { andThen, isPromiseLike } from "../util/promise.js";
+import { leaseHoldOf, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
+import { activeHold, type UnitRunner } from "./unit-of-work.js";
+
+/*
+ * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's
+ * usage into a journal entry and holds the next block. `CreditLeases` (src/services/leases.ts)
+ * decides when; `CreditService.settleLease` calls this.
+ */
+
+/**
+ * Settles window `s.window` of lease `s.lease` in one keyed unit of work: commits what
+ * the window used from its hold (or, the hold gone, deducts it after service within the overdraft
+ * limit), then — `s.roll` — holds the next block (`leaseBlock`). The key `lease:<lease>:<window>`
+ * makes a retried or recovered settle charge once; a replay finds the next block it placed.
+ */
+export async function settleLease(
+  units: UnitRunner,
+  db: DbManager,
+  limit: number | null,
+  userId: string,
+  s: LeaseSettle,
+): Promise<LeaseSettled> {
+  const key = leaseSettleKey(s.lease, s.window);
+  const window = { lease: s.lease, window: s.window, requests: s.requests, total: s.used };
+  const meta: EntryMeta = {
+    idempotencyKey: key,
+    fingerprint: fingerprint("settleLease", window),
+    metadata: { leaseWindow: window },
+  };
+  const next = { lease: s.lease, window: s.window + 1 };
+  const settled = await units.mutate(
+    "settleLease",
+    userId,
+    meta,
+    (work, tx): LeaseSettled | Promise<LeaseSettled> => {
+      let keyed = false;
+      const roll = (entry: JournalEntry | null): LeaseSettled => {
+        let hold: Reservation | null = null;
+        const block = s.roll === null ? 0 : leaseBlock(work.available, s.roll.sizing);
+        if (s.roll !== null && block > 0) {
+          // The key goes on the unit's first entry (an opening window has no settle entry).
+          const holdMeta: EntryMeta = keyed
+            ? { metadata: { leaseHold: next } }
+            : { ...meta, metadata: { leaseHold: next } };
+          hold = work.reserve(block, s.roll.ttlSeconds, "lease", holdMeta).reservation;
+        }
+        return { entry, next: hold === null ? null : leaseHoldOf(hold), replayed: false };
+      };
+      const charge = (hold: Reservation | null): LeaseSettled => {
+        keyed = true;
+        if (hold !== null) {
+          if (s.used === 0 && s.requests === 0) return roll(work.releaseHold(hold, "released", meta).entry);
+          return roll(work.commitUpToLimit(hold, s.used, meta, limit));
+        }
+        if (s.used === 0) {
+          keyed = false;
+          return roll(null);
+        }
+        // The hold lapsed: the usage was delivered, so it is charged after service.
+        const entry = work.deductUpToLimit(s.used, meta, limit);
+        if (entry === null) keyed = false;
+        return roll(entry);
+      };
+      if (s.holdId === null) return charge(null);
+      let found: Reservation | Promise<Reservation>;
+      try {
+        found = activeHold(work, tx, s.holdId);
+      } catch (error) {
+        if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError) return charge(null);
+        throw error;
+      }
+      if (!isPromiseLike(found)) {
+        if (found.expiresAt.getTime() <= work.now.getTime()) return charge(null);
+        return charge(found);
+      }
+      return Promise.resolve(found).then(
+        (h) => charge(h.expiresAt.getTime() <= work.now.getTime() ? null : h),
+        (error: unknown) => {
+          if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError)
+            return charge(null);
+          throw error;
+        },
+      );
+    },
+    (entry) => Promise.resolve({ entry, next: null, replayed: true }),
+  );
+  if (!settled.replayed || s.roll === null) return settled;
+  // A replay: the next block (if the first settle placed one) is the active hold tagged with it.
+  return { entry: settled.entry, next: await leaseHold(db, userId, next.lease, next.window), replayed: true };
+}
+
+/** The active hold a lease's settle placed for window `window`, or null. */
+export async function leaseHold(
+  db: DbManager,
+  userId: string,
+  lease: string,
+  window: number,
+): Promise<LeaseHold | null> {
+  const holds = await db.transaction(userId, (tx) => andThen(tx.load(), (state) => state.reservations));
+  const placed = holds.find((h) => {
+    const tag = (h.metadata as { leaseHold?: { lease?: unknown; window?: unknown } } | null)?.leaseHold;
+    return tag?.lease === lease && tag.window === window;
+  });
+  return placed === undefined ? null : leaseHoldOf(placed);
+}
