@@ -415,13 +415,13 @@ describe("serve: the console (--console)", () => {
       expect((await browse(s, "GET", "/console/", { token: await jwt({ sub: "carol" }) })).status).toBe(403);
       const userLogin = await browse(s, "POST", "/console/login", { form: { key: alice } });
       expect(userLogin.status).toBe(403);
-      expect(cookieOf(userLogin.headers, "cm_console_key")).toBeUndefined();
+      expect(cookieOf(userLogin.headers, "cm_console_session")).toBeUndefined();
       const userCookie = await browse(s, "GET", "/console/accounts/alice", {
-        cookies: [`cm_console_key=${encodeURIComponent(alice)}`],
+        cookies: [`cm_console_session=${encodeURIComponent(alice)}`],
       });
       expect(userCookie.status).toBe(303);
       expect(userCookie.text).not.toContain("alice");
-      expect(cookieOf(userCookie.headers, "cm_console_key")).toBe("cm_console_key=");
+      expect(cookieOf(userCookie.headers, "cm_console_session")).toBe("cm_console_session=");
       const before = await balance();
       const refused = await browse(s, "POST", "/console/actions/grant", {
         token: alice,
@@ -434,14 +434,20 @@ describe("serve: the console (--console)", () => {
       expect(byJwt.status).toBe(200);
       expect(byJwt.text).toContain("alice");
 
-      // An admin key through the login form: an HttpOnly, SameSite=Strict cookie scoped to /console.
+      // An admin key through the login form: a session (not the key) in an HttpOnly, SameSite=Strict
+      // cookie scoped to /console, which opens nothing on the API.
       const login = await browse(s, "POST", "/console/login", { form: { key: admin } });
       expect(login.status).toBe(303);
       expect(login.headers.get("location")).toBe("/console/");
       const set = login.headers.getSetCookie().join("\n");
-      expect(set).toMatch(/cm_console_key=[^;]+; Path=\/console; Max-Age=\d+; HttpOnly; SameSite=Strict/);
+      expect(set).toMatch(/cm_console_session=[^;]+; Path=\/console; Max-Age=28800; HttpOnly; SameSite=Strict/);
       expect(set).not.toContain("Secure"); // plain http here
-      const key = cookieOf(login.headers, "cm_console_key") as string;
+      expect(set).not.toContain(admin);
+      const key = cookieOf(login.headers, "cm_console_session") as string;
+      const stolen = key.slice("cm_console_session=".length);
+      expect((await call(s, "GET", "/admin/credits/users/alice/balance", stolen)).status).toBe(401);
+      const byCookie = await fetch(`${s.base}/admin/credits/users/alice/balance`, { headers: { cookie: key } });
+      expect(byCookie.status).toBe(401);
       const accounts = await browse(s, "GET", "/console/", { cookies: [key] });
       expect(accounts.status).toBe(200);
       expect(accounts.headers.get("content-security-policy")).toContain("script-src 'self'");
@@ -474,10 +480,11 @@ describe("serve: the console (--console)", () => {
         .toBe(true);
       expect(JSON.stringify(s.lines)).not.toContain(admin);
 
-      // Signing out drops the cookie.
+      // Signing out drops the cookie and ends the session: a copy of it no longer opens the console.
       const out = await browse(s, "POST", "/console/logout", { cookies: [key] });
       expect(out.status).toBe(303);
-      expect(cookieOf(out.headers, "cm_console_key")).toBe("cm_console_key=");
+      expect(cookieOf(out.headers, "cm_console_session")).toBe("cm_console_session=");
+      expect((await browse(s, "GET", "/console/", { cookies: [key] })).status).toBe(303);
     } finally {
       await s.stop();
     }

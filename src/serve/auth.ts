@@ -15,6 +15,11 @@ export interface Authenticator {
    * Answered at once (no promise) for an API key whose record is cached.
    */
   authenticate(request: Request, ip: string): Identity | null | Promise<Identity | null>;
+  /**
+   * Whether the admin key with id `id` is still there and not revoked, through the same cache as
+   * `authenticate` (a console session made from a key ends with it: docs/console.md).
+   */
+  adminKeyLive(id: string): boolean | Promise<boolean>;
 }
 
 /**
@@ -95,12 +100,13 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     return hit === undefined ? undefined : granted(hit, token);
   };
   /** A key's identity from the store (the record then cached), or null. */
-  const storedKey = async (id: string, token: string): Promise<Identity | null> => {
+  const load = async (id: string): Promise<CachedKey | "none"> => {
     const r = await keys.get(id);
     const entry = r === null || r.revokedAt !== null ? "none" : cachedEntry(r);
     cache?.set(id, entry);
-    return granted(entry, token);
+    return entry;
   };
+  const storedKey = async (id: string, token: string): Promise<Identity | null> => granted(await load(id), token);
   const verifiedJwt = async (token: string): Promise<Identity | null> => {
     if (verifyJwt === null) return null;
     let claims: Record<string, unknown>;
@@ -117,7 +123,13 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     if (identity === null) limiter.fail(ip);
     return identity;
   };
+  const live = (entry: CachedKey | "none") => entry !== "none" && entry.identity.admin === true;
   return {
+    adminKeyLive(id) {
+      const hit = cache?.get(id);
+      if (hit !== undefined) return live(hit);
+      return load(id).then(live);
+    },
     authenticate(request, ip) {
       const header = request.headers.get("authorization");
       const wait = limiter.blockedFor(ip);

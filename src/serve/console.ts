@@ -1,22 +1,46 @@
+import { createHmac, randomBytes } from "node:crypto";
+import { LRUCache } from "lru-cache";
 import type { CreditManager } from "../manager.js";
 import { crossSite, readCookie, SECURITY_HEADERS } from "../console/security.js";
 import type { Authenticator } from "./auth.js";
+import { keyIdOf } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
 
 /**
  * The operator console inside `serve` (docs/service.md, "The console"): `createConsoleHandler`
- * under `prefix`, for admins only. A credential comes as `Authorization: Bearer …` or, from a
- * browser, in an HttpOnly cookie set by the console's login form; each request is checked by
- * serve's own authenticator (rate limit included). A user's credential is refused: a user must
- * never see other accounts.
+ * under `prefix`, for admins only. A credential comes as `Authorization: Bearer …`, checked by
+ * serve's own authenticator (rate limit included), or, from a browser, as a console session: the
+ * login form takes an admin key or JWT once and sets a cookie holding a signed session token,
+ * never the credential itself (docs/console.md, "In the service"). A user's credential is refused:
+ * a user must never see other accounts.
  */
 export type ConsoleApp = (request: Request, ip: string) => Promise<Response>;
 
-/** The cookie holding the credential the operator typed into the login form. */
-export const KEY_COOKIE = "cm_console_key";
-/** How long the browser keeps it: 12 hours. */
-const KEY_COOKIE_MAX_AGE = 43_200;
+/** The cookie holding the console session (a signed token, useless on the API). */
+export const SESSION_COOKIE = "cm_console_session";
+/** How long a console session lasts: 8 hours (never longer than the JWT it was made from). */
+export const SESSION_TTL_MS = 8 * 3_600_000;
 const MAX_LOGIN_FORM = 16_384;
+/** The audience of session tokens: a console session, nothing else. */
+const AUDIENCE = "credit-management:console-session";
+
+export interface ConsoleAppOptions {
+  /** The clock (tests). */
+  now?: () => number;
+  /** A session's lifetime in ms. Default `SESSION_TTL_MS`. */
+  sessionTtlMs?: number;
+}
+
+/** What a session token says. */
+interface Session {
+  /** The actor: `admin:<key id>` or the JWT's user id. */
+  sub: string;
+  /** The session's own id (sign-out revokes it). */
+  jti: string;
+  /** The admin key it was made from, when it was one (revoking the key ends it). */
+  key?: string;
+  exp: number;
+}
 
 export async function consoleApp(
   manager: CreditManager,
@@ -24,8 +48,19 @@ export async function consoleApp(
   auth: Authenticator,
   prefix: string,
   onError: (error: unknown, request: Request) => void,
+  options: ConsoleAppOptions = {},
 ): Promise<ConsoleApp> {
   const { createConsoleHandler } = await import("../console/handler.js");
+  const jose = await import("jose");
+  const now = options.now ?? Date.now;
+  const ttl = options.sessionTtlMs ?? SESSION_TTL_MS;
+  // Sessions are signed with a key of their own, derived from CREDIT_CONSOLE_SECRET (the same on
+  // every replica) or random per process; never the CSRF key itself, never a credential.
+  const sessionKey = createHmac("sha256", s.CREDIT_CONSOLE_SECRET ?? randomBytes(32))
+    .update("credit-management console session")
+    .digest();
+  // Sessions signed out, until they would have expired anyway (this process's memory).
+  const signedOut = new LRUCache<string, true>({ max: 100_000, ttl, ttlAutopurge: false });
   const trustProxy = s.CREDIT_TRUST_PROXY === "true";
   // Who each request is, found before the handler runs (a 429 must reach the client, not a 500 page).
   const admins = new WeakMap<Request, string>();
@@ -35,17 +70,48 @@ export async function consoleApp(
     const headers = new Headers({ authorization: `Bearer ${token}` });
     return auth.authenticate(new Request(request.url, { headers }), ip);
   };
-  const credential = (request: Request): string | undefined => {
+  const bearer = (request: Request): string | undefined => {
     const header = request.headers.get("authorization");
     const m = header === null ? null : /^Bearer (.+)$/i.exec(header.trim());
-    if (m !== null) return m[1];
-    const cookie = readCookie(request, KEY_COOKIE);
-    if (cookie === undefined || cookie === "") return undefined;
+    return m === null ? undefined : m[1];
+  };
+  /** A new session for an admin who signed in with `token`; its cookie value and lifetime in seconds. */
+  const openSession = async (actor: string, token: string) => {
+    const at = now();
+    let exp = Math.floor((at + ttl) / 1000);
+    const keyId = keyIdOf(token);
+    // A session never outlives the JWT it was made from.
+    if (keyId === null) exp = Math.min(exp, jose.decodeJwt(token).exp ?? exp);
+    const claims: Record<string, string> = keyId === null ? {} : { key: keyId };
+    const jwt = await new jose.SignJWT(claims)
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject(actor)
+      .setAudience(AUDIENCE)
+      .setJti(randomBytes(16).toString("base64url"))
+      .setIssuedAt(Math.floor(at / 1000))
+      .setExpirationTime(exp)
+      .sign(sessionKey);
+    return { jwt, maxAge: Math.max(0, exp - Math.floor(at / 1000)) };
+  };
+  /** The session a cookie holds, if it is well signed, not expired, not signed out, its key not revoked. */
+  const readSession = async (value: string): Promise<Session | null> => {
+    let claims: Record<string, unknown>;
     try {
-      return decodeURIComponent(cookie);
+      claims = (
+        await jose.jwtVerify(value, sessionKey, {
+          algorithms: ["HS256"],
+          audience: AUDIENCE,
+          currentDate: new Date(now()),
+          requiredClaims: ["sub", "jti", "exp"],
+        })
+      ).payload;
     } catch {
-      return undefined;
+      return null;
     }
+    const session = claims as unknown as Session;
+    if (signedOut.has(session.jti)) return null;
+    if (session.key !== undefined && !(await auth.adminKeyLive(session.key))) return null;
+    return session;
   };
   const handler = createConsoleHandler(manager, {
     basePath: prefix,
@@ -61,7 +127,7 @@ export async function consoleApp(
     new URL(request.url).protocol === "https:" ||
     (trustProxy && request.headers.get("x-forwarded-proto")?.split(",").pop()?.trim() === "https");
   const cookie = (request: Request, value: string, maxAge: number) =>
-    `${KEY_COOKIE}=${value}; Path=${prefix}; Max-Age=${maxAge}; HttpOnly; SameSite=Strict${secure(request) ? "; Secure" : ""}`;
+    `${SESSION_COOKIE}=${value}; Path=${prefix}; Max-Age=${maxAge}; HttpOnly; SameSite=Strict${secure(request) ? "; Secure" : ""}`;
   const login = `${prefix}/login`;
   const logout = `${prefix}/logout`;
 
@@ -73,7 +139,13 @@ export async function consoleApp(
         return path === login ? loginPage(prefix, 200, null) : logoutPage(prefix);
       if (method !== "POST") return text(405, "Method not allowed.", { allow: "GET, HEAD, POST" });
       if (crossSite(request, new URL(request.url))) return text(403, "Cross-site request refused.");
-      if (path === logout) return redirect(login, cookie(request, "", 0));
+      if (path === logout) {
+        // Ends the session for good, not only in this browser: a copy of the cookie stops working too.
+        const value = readCookie(request, SESSION_COOKIE);
+        const session = value === undefined || value === "" ? null : await readSession(value);
+        if (session !== null) signedOut.set(session.jti, true, { ttl: Math.max(1, session.exp * 1000 - now()) });
+        return redirect(login, cookie(request, "", 0));
+      }
       if (!(request.headers.get("content-type") ?? "").startsWith("application/x-www-form-urlencoded"))
         return text(415, "A form is expected.");
       if (Number(request.headers.get("content-length") ?? "0") > MAX_LOGIN_FORM) return text(413, "Form too large.");
@@ -84,15 +156,23 @@ export async function consoleApp(
       const identity = await identify(request, token, ip);
       if (identity === null) return loginPage(prefix, 401, "This key or token is not valid.");
       if (identity.admin !== true) return loginPage(prefix, 403, "Only an admin credential opens the console.");
-      return redirect(`${prefix}/`, cookie(request, encodeURIComponent(token), KEY_COOKIE_MAX_AGE));
+      const session = await openSession(identity.userId, token);
+      return redirect(`${prefix}/`, cookie(request, session.jwt, session.maxAge));
     }
     if (path.startsWith(`${prefix}/assets/`)) return handler(request); // the style sheet and scripts: public
     const fromHeader = request.headers.get("authorization") !== null;
-    const token = credential(request);
-    const identity = token === undefined ? null : await identify(request, token, ip);
+    const token = bearer(request);
+    let identity: { userId: string; admin?: boolean } | null = null;
+    let value: string | undefined;
+    if (fromHeader) identity = token === undefined ? null : await identify(request, token, ip);
+    else {
+      value = readCookie(request, SESSION_COOKIE);
+      const session = value === undefined || value === "" ? null : await readSession(value);
+      identity = session === null ? null : { userId: session.sub, admin: true };
+    }
     if (identity === null || identity.admin !== true) {
-      // A cookie that no longer opens the console (revoked, expired, a user's) is dropped.
-      const drop = token !== undefined && !fromHeader ? cookie(request, "", 0) : undefined;
+      // A cookie that no longer opens the console (expired, signed out, its key revoked) is dropped.
+      const drop = value !== undefined && value !== "" ? cookie(request, "", 0) : undefined;
       // A browser is sent to the form; anything else gets 401, a user's credential 403.
       if (!fromHeader && (method === "GET" || method === "HEAD")) return redirect(login, drop);
       return identity === null
