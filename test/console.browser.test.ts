@@ -188,6 +188,125 @@ const backends: {
   },
 ];
 
+/** What the page-shape checks read in the browser (the project's types have no DOM library). */
+interface Shape {
+  document: {
+    documentElement: { scrollWidth: number };
+    getElementById(id: string): { chart?: { axes: { _values?: string[] }[] } } | null;
+    querySelectorAll(s: string): { getBoundingClientRect(): { top: number } }[];
+  };
+}
+
+const BIDI = "refund \u202E0001 stiderc";
+const LONG = "W".repeat(300);
+/** A user id as long as ids may be (256). */
+const LONG_USER = `long-${"W".repeat(251)}`;
+
+// reason: needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)
+describe.skipIf(!existsSync(CHROMIUM))("console pages with hostile and extreme values", () => {
+  let browser: Browser;
+  let server: Server;
+  let base: string;
+  let m: CreditManager;
+  beforeAll(async () => {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu"],
+    });
+    let t = Date.now() - 4 * 365 * 86_400_000;
+    m = await createCreditManager({ clock: () => new Date(t) });
+    // Entries spanning 4 years, with long unbroken text and bidi controls everywhere text is stored.
+    for (let i = 0; i < 12; i++) {
+      t += 120 * 86_400_000;
+      await m.credits.addCredits(LONG_USER, 1_234_567, {
+        description: i === 0 ? BIDI : LONG,
+        metadata: { [LONG]: LONG, note: BIDI },
+      });
+    }
+    await m.credits.reserveCredits(LONG_USER, 5, { reason: LONG, metadata: { why: BIDI } } as never);
+    await m.promos.createPromo({ code: "LONG-1", credits: 10, description: LONG });
+    // Entries spanning a few seconds.
+    t = Date.now();
+    for (let i = 0; i < 12; i++) {
+      t += 400;
+      await m.credits.addCredits("seconds", 10 + i);
+    }
+    const handler = createConsoleHandler(m, { authorize: () => ({ role: "admin", actor: "ops" }) });
+    server = createServer(toNodeHandler(handler));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}/console`;
+  }, 60_000);
+  afterAll(async () => {
+    await browser?.close();
+    if (server) await new Promise((r) => server.close(r));
+    await m?.close();
+  });
+
+  const open = async (path: string) => {
+    const p = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+    expect((await p.goto(`${base}${path}`))?.status(), path).toBe(200);
+    return p;
+  };
+  const width = (p: Page) => p.evaluate(() => (globalThis as unknown as Shape).document.documentElement.scrollWidth);
+
+  it("keeps every page as wide as the window, whatever the length of stored text", async () => {
+    const user = encodeURIComponent(LONG_USER);
+    for (const path of ["/", `/accounts/${user}`, "/promos", `/payments?user=${user}`, `/outbox?user=${user}`]) {
+      const p = await open(path);
+      expect(await width(p), path).toBeLessThanOrEqual(1100);
+      await p.close();
+    }
+    // Ids shortened on screen, whole in the text (a copy) and on hover.
+    const p = await open("/");
+    const link = p.locator(`main table a[href$="/accounts/${user}"] .user`);
+    expect(await link.textContent()).toBe(LONG_USER);
+    expect(await link.getAttribute("title")).toBe(LONG_USER);
+    expect((await link.boundingBox())?.width).toBeLessThan(300);
+    await p.close();
+  }, 60_000);
+
+  it("shows bidi and control characters instead of obeying them", async () => {
+    const p = await open(`/accounts/${encodeURIComponent(LONG_USER)}`);
+    const text = (await p.locator("main").textContent()) ?? "";
+    expect(text).toContain("refund \u27e8U+202E\u27e90001 stiderc");
+    expect(text).not.toContain("\u202E");
+    await p.close();
+  }, 60_000);
+
+  it("lays out the type filter as one row of labelled checkboxes; amounts with separators", async () => {
+    const p = await open(`/accounts/${encodeURIComponent(LONG_USER)}`);
+    const tops = await p.evaluate(() =>
+      [...(globalThis as unknown as Shape).document.querySelectorAll("fieldset.types label")].map((l) =>
+        Math.round(l.getBoundingClientRect().top),
+      ),
+    );
+    expect(tops.length).toBeGreaterThan(5);
+    expect(new Set(tops).size).toBe(1);
+    for (const label of await p.locator("fieldset.types label").all())
+      expect(await label.locator("input[type=checkbox]").count()).toBe(1);
+    expect(await p.locator("#balance").textContent()).toBe("14,814,804");
+    await p.close();
+  }, 60_000);
+
+  it("labels the chart's time axis in units that fit the span: seconds, or years", async () => {
+    const ticks = async (user: string) => {
+      const p = await open(`/accounts/${user}`);
+      await p.waitForSelector("#balance-chart[data-ready='1'] canvas");
+      const values = await p.evaluate(
+        () => (globalThis as unknown as Shape).document.getElementById("balance-chart")?.chart?.axes[0]?._values ?? [],
+      );
+      await p.close();
+      return values.map((v) => v.split("\n")[0] as string);
+    };
+    const seconds = await ticks("seconds");
+    expect(seconds.length).toBeGreaterThan(1);
+    for (const v of seconds) expect(v).toMatch(/^\d\d:\d\d:\d\d$/);
+    const years = await ticks(encodeURIComponent(LONG_USER));
+    expect(years.length).toBeGreaterThan(1);
+    for (const v of years) expect(v).toMatch(/^(\d{4}|[A-Z][a-z]{2})$/);
+  }, 60_000);
+});
+
 // reason: needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)
 describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
   let browser: Browser;

@@ -3,7 +3,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { createConsoleHandler } from "../src/console/index.js";
-import { escapeHtml, html, jsonData } from "../src/console/html.js";
+import { amount, escapeHtml, html, jsonData, visible } from "../src/console/html.js";
+import { shortId, table } from "../src/console/table.js";
 import { UPLOT_CSS, UPLOT_JS, UPLOT_VERSION } from "../src/console/vendor.js";
 import { ConfigurationError } from "../src/errors.js";
 import { createCreditManager } from "../src/index.js";
@@ -88,6 +89,45 @@ describe("createConsoleHandler", () => {
     expect(jsonData({ s: "</script><!--" }).text).toBe('{"s":"\\u003c/script\\u003e\\u003c!--"}');
   });
 
+  it("writes control and bidi characters out in text, and keeps attributes exact", () => {
+    expect(visible("refund \u202E0001 stiderc")).toBe("refund \u27e8U+202E\u27e90001 stiderc");
+    expect(visible("a\u0000b\u200Bc\u2066d\u2069\ufeff\u0085\n")).toBe(
+      "a⟨U+0000⟩b⟨U+200B⟩c⟨U+2066⟩d⟨U+2069⟩⟨U+FEFF⟩⟨U+0085⟩⟨U+000A⟩",
+    );
+    expect(visible("plain, café, 日本, 👍🏽")).toBe("plain, café, 日本, 👍🏽");
+    const v = "x\u202Ey";
+    expect(
+      html`<input value="${v}" />
+        <td>${v}</td>
+        <td>${[v]}</td>`.text.replace(/>\s+</g, "><"),
+    ).toBe(`<input value="x\u202Ey" /><td>x⟨U+202E⟩y</td><td>x⟨U+202E⟩y</td>`);
+    // An id: whole in the text (a copy takes it), written out on hover.
+    expect(shortId(v).text).toBe(`<span class="id" title="x⟨U+202E⟩y">x⟨U+202E⟩y</span>`);
+  });
+
+  it("groups thousands in amounts", () => {
+    expect(amount(1234567)).toBe("1,234,567");
+    expect(amount(-1000)).toBe("-1,000");
+    expect(amount(999)).toBe("999");
+    expect(amount(1234.5)).toBe("1,234.5");
+  });
+
+  it("draws every table through one helper: header, numeric columns, an empty row or a paragraph", () => {
+    const t = table({
+      id: "t",
+      columns: ["Name", { label: "Credits", num: true }, { label: "When", short: true }],
+      rows: [["a<b", amount(1000), "now"], { id: "r2", cells: [{ cell: "spans", colspan: 3, cls: "muted" }] }],
+    }).text.replace(/\s*(>|<)\s*/g, "$1");
+    expect(t).toContain('<table id="t">');
+    expect(t).toContain('<th scope="col">Name</th><th scope="col" class="num">Credits</th>');
+    expect(t).toContain('<tr><td>a&lt;b</td><td class="num">1,000</td><td class="short">now</td></tr>');
+    expect(t).toContain('<tr id="r2"><td class="muted" colspan="3">spans</td></tr>');
+    expect(table({ columns: ["A", "B"], rows: [], empty: "Nothing." }).text).toMatch(
+      /<td colspan="2" class="muted">Nothing\.<\/td>/,
+    );
+    expect(table({ columns: ["A"], rows: [], none: "None." }).text).toBe('<p class="muted">None.</p>');
+  });
+
   it("refuses an action without the CSRF cookie and token, cross-site, or from a viewer", async () => {
     const { h, m } = await setup();
     const form = { "content-type": "application/x-www-form-urlencoded" };
@@ -128,6 +168,45 @@ describe("createConsoleHandler", () => {
     const [entry] = await m.db.listJournal("u2", { order: "desc", limit: 5 });
     expect(entry?.metadata).toEqual({ actor: "ops@example.com", via: "console" });
     expect((await m.db.listJournal("u2", { order: "desc", limit: 5 })).length).toBe(1);
+  });
+
+  it("records a void and a release as a grant is: the reason, or what was done, by whom, in the console", async () => {
+    const { h, m } = await setup();
+    const g1 = { id: (await m.credits.addCredits("u3", 10)).grants[0]?.grantId as string };
+    const g2 = { id: (await m.credits.addCredits("u3", 10)).grants[0]?.grantId as string };
+    const hold1 = await m.credits.reserveCredits("u3", 2);
+    const hold2 = await m.credits.reserveCredits("u3", 2);
+    const page = await h(new Request("http://x/console/accounts/u3"));
+    const cookie = (page.headers.get("set-cookie") ?? "").split(";")[0] as string;
+    const token = encodeURIComponent(/name="_csrf" value="([^"]+)"/.exec(await page.text())?.[1] as string);
+    const send = (action: string, body: string) =>
+      h(
+        new Request(`http://x/console/actions/${action}`, {
+          method: "POST",
+          headers: { "content-type": "application/x-www-form-urlencoded", cookie },
+          body: `user=u3&_csrf=${token}&${body}`,
+        }),
+      );
+    // The confirmation asks for the reason.
+    const ask = await (await send("void", `grant=${g1.id}&_key=cccccccc-0001`)).text();
+    expect(ask).toMatch(/<input\s+name="description"/);
+    for (const [action, body] of [
+      ["release", `hold=${hold1.id}&_key=cccccccc-0003&description=stuck+stream`],
+      ["release", `hold=${hold2.id}&_key=cccccccc-0004`],
+      ["void", `grant=${g1.id}&_key=cccccccc-0001&description=duplicate+top-up`],
+      ["void", `grant=${g2.id}&_key=cccccccc-0002`],
+    ] as const)
+      expect((await send(action, `${body}&confirmed=1`)).status).toBe(303);
+    const by = { actor: "ops@example.com", via: "console" };
+    const entries = (await m.db.listJournal("u3", { order: "asc", limit: 20 })).filter(
+      (e) => e.type === "void" || e.type === "release_reserved",
+    );
+    expect(entries.map((e) => [e.type, e.description, e.metadata])).toEqual([
+      ["release_reserved", "stuck stream (by ops@example.com in the console)", by],
+      ["release_reserved", "Released (by ops@example.com in the console)", by],
+      ["void", "duplicate top-up (by ops@example.com in the console)", by],
+      ["void", "Voided (by ops@example.com in the console)", by],
+    ]);
   });
 
   it("bundles uPlot from node_modules/uplot as it is (scripts/console-vendor.mjs)", async () => {

@@ -7,8 +7,8 @@ import { AUDIT_MESSAGE } from "./pages.js";
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
 const ACTIONS = {
   grant: { fields: ["amount", "days", "description"], ask: "Grant credits to this account?" },
-  void: { fields: ["grant"], ask: "Void what is left of this grant? Its credits are taken back." },
-  release: { fields: ["hold"], ask: "Release this hold? Its credits become available again." },
+  void: { fields: ["grant", "description"], ask: "Void what is left of this grant? Its credits are taken back." },
+  release: { fields: ["hold", "description"], ask: "Release this hold? Its credits become available again." },
   refund: { fields: ["payment", "amount"], ask: "Record a refund of this payment? Its credits are taken back." },
   retry: { fields: ["notification"], ask: "Queue this failed notification for delivery again?" },
   audit: { fields: [], ask: "Run a full audit of this account (replays its whole journal)?" },
@@ -42,10 +42,23 @@ function wholeNumber(value: string, name: string, max = 1_000_000_000_000): numb
   return n;
 }
 
+/**
+ * The journal description of an action: the operator's reason (or what was done) and who did it
+ * in the console, the same for a grant, a void and a release (docs/console.md, "Actions").
+ */
+function described(form: FormData, done: string, actor: string): string {
+  const reason = field(form, "description");
+  return `${reason === "" ? done : reason} (by ${actor} in the console)`;
+}
+
+/** Actions whose reason is asked on the confirmation page (a grant's is on the account page). */
+const REASON_ON_CONFIRM: ReadonlySet<ActionName> = new Set(["void", "release"]);
+
 /** The confirmation page: the same fields again, with `confirmed`, behind one more button. */
 function confirmation(ctx: Ctx, name: ActionName, form: FormData): PageResult {
   const user = field(form, "user");
-  const shown = ["user", ...ACTIONS[name].fields].filter((f) => field(form, f) !== "");
+  const ask = REASON_ON_CONFIRM.has(name);
+  const shown = ["user", ...ACTIONS[name].fields].filter((f) => field(form, f) !== "" && !(ask && f === "description"));
   const body = html`<h1>Confirm</h1>
     <p>${ACTIONS[name].ask}</p>
     <dl class="meta">
@@ -60,13 +73,18 @@ function confirmation(ctx: Ctx, name: ActionName, form: FormData): PageResult {
         type="hidden"
         name="confirmed"
         value="1"
-      />${shown.map((f) => html`<input type="hidden" name="${f}" value="${field(form, f)}" />`)}<button
-        type="submit"
-        class="danger"
-        id="confirm"
-      >
-        Confirm
-      </button>
+      />${shown.map((f) => html`<input type="hidden" name="${f}" value="${field(form, f)}" />`)}${
+        ask
+          ? html`<p>
+              <label
+                >Reason (optional, written into the journal)<input
+                  name="description"
+                  maxlength="500"
+                  value="${field(form, "description")}"
+              /></label>
+            </p>`
+          : ""
+      }<button type="submit" class="danger" id="confirm">Confirm</button>
       <a href="${ctx.base}/accounts/${enc(user)}">Cancel</a>
     </form>`;
   return { title: "Confirm", body };
@@ -92,11 +110,10 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
     case "grant": {
       const amount = wholeNumber(field(form, "amount"), "amount");
       const days = field(form, "days");
-      const reason = field(form, "description");
       await credits.addCredits(user, amount, {
         idempotencyKey,
         source: "manual",
-        description: `${reason === "" ? "Granted" : reason} (by ${ctx.actor} in the console)`,
+        description: described(form, "Granted", ctx.actor),
         metadata: by,
         ...(days === ""
           ? {}
@@ -110,7 +127,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       if (g === null || g.userId !== user) throw new NotFoundError(`Grant ${grantId} not found.`, { grantId });
       await credits.voidGrant(grantId, {
         idempotencyKey,
-        description: `Voided by ${ctx.actor} in the console`,
+        description: described(form, "Voided", ctx.actor),
         metadata: by,
       });
       break;
@@ -122,7 +139,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
         throw new NotFoundError(`Hold ${holdId} not found.`, { reservationId: holdId });
       await credits.releaseReservedCredits(holdId, {
         idempotencyKey,
-        description: `Released by ${ctx.actor} in the console`,
+        description: described(form, "Released", ctx.actor),
         metadata: by,
       });
       break;

@@ -13,13 +13,33 @@ const CONSOLE_JS = `"use strict";
   var series = JSON.parse(data.textContent || "[[],[]]");
   if (series[0].length < 2) return;
   var width = Math.max(320, Math.min(box.clientWidth || 900, 1100));
-  new uPlot({
+  // The time axis in UTC, as the journal's times; each tick says what changed since the one before
+  // (a year, a month, a day, a time): sensible units whether the entries span seconds or years.
+  // Fractions of a second only when the entries span less than a few seconds.
+  var s = 1, m = 60, h = 3600, d = 86400, mo = 30 * d, y = 365 * d;
+  var incrs = [0.001, 0.01, 0.1, s, 2 * s, 5 * s, 10 * s, 15 * s, 30 * s, m, 2 * m, 5 * m, 10 * m, 15 * m, 30 * m, h, 2 * h, 3 * h,
+    6 * h, 12 * h, d, 2 * d, 7 * d, 14 * d, mo, 2 * mo, 3 * mo, 6 * mo, y, 2 * y, 5 * y, 10 * y, 25 * y, 50 * y, 100 * y];
+  var stamps = [
+    [y, "{YYYY}", null, null, null, null, null, null, 1],
+    [28 * d, "{MMM}", "\\n{YYYY}", null, null, null, null, null, 1],
+    [d, "{MMM} {D}", "\\n{YYYY}", null, null, null, null, null, 1],
+    [m, "{HH}:{mm}", "\\n{YYYY}-{MM}-{DD}", null, "\\n{MMM} {D}", null, null, null, 1],
+    [s, "{HH}:{mm}:{ss}", "\\n{YYYY}-{MM}-{DD}", null, "\\n{MMM} {D}", null, null, null, 1],
+    [0.001, "{HH}:{mm}:{ss}.{fff}", "\\n{YYYY}-{MM}-{DD}", null, "\\n{MMM} {D}", null, null, null, 1]
+  ];
+  var grouped = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 2 });
+  // Kept on the element: the browser tests read the axis it drew.
+  box.chart = new uPlot({
     width: width,
     height: 220,
-    title: "Balance over time",
+    title: "Balance over time (UTC)",
+    tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
     scales: { x: { time: true } },
     series: [{}, { label: "Balance", stroke: "#1f5fbf", width: 2, fill: "rgba(31,95,191,0.08)" }],
-    axes: [{}, { size: 70 }],
+    axes: [
+      { incrs: incrs, values: stamps, space: 70 },
+      { size: 60, values: function (u, ticks) { return ticks.map(function (v) { return grouped.format(v); }); } }
+    ],
     legend: { live: false },
   }, series, box);
   box.setAttribute("data-ready", "1");
@@ -27,13 +47,13 @@ const CONSOLE_JS = `"use strict";
 `;
 
 const CONSOLE_CSS = `:root{--fg:#1b1f24;--muted:#4d5661;--line:#d5dbe1;--bg:#fff;--soft:#f4f6f8;--accent:#1f5fbf;--bad:#a4161a;--ok:#1b6e35}
-*{box-sizing:border-box}body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
+*{box-sizing:border-box}body{overflow-wrap:anywhere;margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
 header{display:flex;gap:1.5rem;align-items:center;padding:.6rem 1.2rem;background:#16202c;color:#fff}
 header a{color:#fff;text-decoration:none}header a:hover,header a:focus{text-decoration:underline}
 header .brand{font-weight:700}header nav{display:flex;gap:1rem;flex-wrap:wrap}header .who{margin-left:auto;font-size:.9em;color:#dfe6ee}
 main{padding:1rem 1.2rem;max-width:1200px}h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
 a{color:var(--accent)}table{border-collapse:collapse;width:100%;margin:.3rem 0 .8rem}th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;text-align:left;vertical-align:top}
-th{background:var(--soft);font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:var(--soft);font-weight:600}th,td.num,td.short{overflow-wrap:normal}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;gap:.8rem;flex-wrap:wrap}.card{border:1px solid var(--line);border-radius:6px;padding:.5rem .9rem;min-width:9rem}
 .card .v{font-size:1.4rem;font-weight:600;font-variant-numeric:tabular-nums}.card .k{color:var(--muted);font-size:.85em}
 .ok{color:var(--ok);font-weight:600}.bad{color:var(--bad);font-weight:600}.muted{color:var(--muted)}
@@ -44,7 +64,10 @@ button{font:inherit;padding:.3rem .8rem;border-radius:4px;border:1px solid var(-
 button.secondary{background:#fff;color:var(--accent)}button.danger{background:var(--bad);border-color:var(--bad)}
 .notice{border-left:4px solid var(--ok);background:#eef7f0;padding:.5rem .8rem;margin:.5rem 0}.error{border-left:4px solid var(--bad);background:#fbeeee;padding:.5rem .8rem;margin:.5rem 0}
 .pager{display:flex;gap:1rem;margin:.4rem 0}meter{width:8rem}#balance-chart{min-height:230px;margin:.5rem 0}
-dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.1rem .8rem;margin:0}dl.meta dt{color:var(--muted)}dl.meta dd{margin:0}
+dl.meta{display:grid;grid-template-columns:fit-content(40%) minmax(0,1fr);gap:.1rem .8rem;margin:0}dl.meta dt{color:var(--muted)}dl.meta dd{margin:0}
+.id,.user{display:inline-block;max-width:11ch;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;vertical-align:bottom}.user{max-width:24ch}
+fieldset.types{display:flex;flex-wrap:wrap;gap:.2rem 1.1rem;flex-basis:100%;margin:0;padding:.3rem .7rem .5rem;border:1px solid var(--line);border-radius:4px}
+fieldset.types legend{font-size:.85em;color:var(--muted);padding:0 .3rem}fieldset.types label{flex-direction:row;align-items:center;gap:.35rem;font-size:.9em;color:var(--fg)}
 .skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:.5rem;background:#fff;color:var(--accent);padding:.3rem}
 `;
 

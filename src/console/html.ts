@@ -24,19 +24,53 @@ export function escapeHtml(value: unknown): string {
   return String(value).replace(/[&<>"'`]/g, (c) => ESCAPES[c] as string);
 }
 
-type Part = Html | string | number | boolean | null | undefined | readonly Part[];
+export type Part = Html | string | number | boolean | null | undefined | readonly Part[];
 
-function render(part: Part): string {
+/**
+ * Control, invisible and bidirectional formatting characters: C0 and C1 controls, the bidi marks,
+ * embeddings, overrides and isolates, zero-width spaces, word joiners and the byte order mark, the
+ * line and paragraph separators. Shown as `⟨U+202E⟩` wherever stored text is displayed
+ * (docs/console.md, "Security"): `refund \u202E0001 stiderc` must not read "refund credits 1000".
+ */
+const HIDDEN =
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point
+  /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]/g;
+
+/** `text` with every control and bidi character written out as `⟨U+XXXX⟩`. */
+export function visible(text: string): string {
+  HIDDEN.lastIndex = 0;
+  if (!HIDDEN.test(text)) return text;
+  return text.replace(HIDDEN, (c) => `\u27e8U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}\u27e9`);
+}
+
+/**
+ * A value in text, or in an attribute when `attribute` (inside a tag: a form's hidden field must
+ * send the exact value back). Text shows control and bidi characters visibly.
+ */
+function render(part: Part, attribute: boolean): string {
   if (part === null || part === undefined || part === false) return "";
   if (part instanceof Html) return part.text;
-  if (Array.isArray(part)) return (part as readonly Part[]).map(render).join("");
-  return escapeHtml(part);
+  if (Array.isArray(part)) return (part as readonly Part[]).map((p) => render(p, attribute)).join("");
+  return escapeHtml(attribute || typeof part !== "string" ? part : visible(part));
 }
+
+/** Whether the end of `out` is inside a tag (an attribute's place); values never hold `<` or `>` unescaped. */
+const insideTag = (out: string) => out.lastIndexOf("<") > out.lastIndexOf(">");
 
 export function html(strings: TemplateStringsArray, ...values: Part[]): Html {
   let out = strings[0] as string;
-  for (let i = 0; i < values.length; i++) out += render(values[i] as Part) + (strings[i + 1] as string);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i] as Part;
+    out += (typeof v === "string" ? render(v, insideTag(out)) : render(v, false)) + (strings[i + 1] as string);
+  }
   return new Html(out);
+}
+
+const GROUPED = new Intl.NumberFormat("en-US", { maximumFractionDigits: 6 });
+
+/** An amount with thousands separators: 1,234,567 (docs/console.md). */
+export function amount(value: number): string {
+  return GROUPED.format(value);
 }
 
 /** A constant of this module's own (never user data). */

@@ -11,7 +11,8 @@ import {
   type Subscription,
 } from "../models/index.js";
 import { csrfField, notice, type Ctx, type PageResult } from "./context.js";
-import { enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
+import { amount, enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
+import { shortId, table } from "./table.js";
 
 const PAGE = 50;
 /** The newest entries the balance chart draws (one indexed read, whatever the journal's size). */
@@ -53,7 +54,9 @@ export function actionForm(
 }
 
 function accountLink(ctx: Ctx, userId: string | null): Html {
-  return userId === null ? raw("—") : html`<a href="${ctx.base}/accounts/${enc(userId)}">${userId}</a>`;
+  return userId === null
+    ? raw("—")
+    : html`<a href="${ctx.base}/accounts/${enc(userId)}">${shortId(userId, "user")}</a>`;
 }
 
 function pager(ctx: Ctx, path: string, params: Record<string, string | undefined>, next: string | null): Html {
@@ -100,43 +103,28 @@ export async function accountsPage(ctx: Ctx): Promise<PageResult> {
         ? html`<p class="muted">This store cannot list accounts: search by exact user id.</p>`
         : raw("")
     }
-    <table>
-      <caption class="skip">
-        Accounts
-      </caption>
-      <thead>
-        <tr>
-          <th scope="col">User</th>
-          <th scope="col" class="num">Balance</th>
-          <th scope="col" class="num">Reserved</th>
-          <th scope="col" class="num">Debt</th>
-          <th scope="col">Last activity</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${accounts.map((a, i) =>
-          a === null
-            ? html`<tr>
-                <td>${accountLink(ctx, ids[i] as string)}</td>
-                <td colspan="4" class="muted">no account row</td>
-              </tr>`
-            : html`<tr>
-                <td>${accountLink(ctx, a.userId)}</td>
-                <td class="num">${a.balance}</td>
-                <td class="num">${a.reserved}</td>
-                <td class="num">${a.debt}</td>
-                <td>${when(a.updatedAt)} <span class="muted">(${relative(a.updatedAt, ctx.now)})</span></td>
-              </tr>`,
-        )}
-        ${
-          ids.length === 0
-            ? html`<tr>
-                <td colspan="5" class="muted">No account found.</td>
-              </tr>`
-            : raw("")
-        }
-      </tbody>
-    </table>
+    ${table({
+      caption: "Accounts",
+      columns: [
+        "User",
+        { label: "Balance", num: true },
+        { label: "Reserved", num: true },
+        { label: "Debt", num: true },
+        { label: "Last activity", short: true },
+      ],
+      rows: accounts.map((a, i) =>
+        a === null
+          ? [accountLink(ctx, ids[i] as string), { cell: "no account row", colspan: 4, cls: "muted" }]
+          : [
+              accountLink(ctx, a.userId),
+              amount(a.balance),
+              amount(a.reserved),
+              amount(a.debt),
+              html`${when(a.updatedAt)} <span class="muted">(${relative(a.updatedAt, ctx.now)})</span>`,
+            ],
+      ),
+      empty: "No account found.",
+    })}
     ${pager(ctx, "/", { q: q === "" ? undefined : q }, next)}
     <h2>Recent activity</h2>
     ${ledgerTable(ctx, recent)}`;
@@ -144,30 +132,11 @@ export async function accountsPage(ctx: Ctx): Promise<PageResult> {
 }
 
 function ledgerTable(ctx: Ctx, rows: readonly LedgerEntry[]): Html {
-  if (rows.length === 0) return html`<p class="muted">Nothing recorded yet.</p>`;
-  return html`<table>
-    <thead>
-      <tr>
-        <th scope="col">When</th>
-        <th scope="col">Kind</th>
-        <th scope="col">User</th>
-        <th scope="col">What</th>
-        <th scope="col">Details</th>
-      </tr>
-    </thead>
-    <tbody>
-      ${rows.map(
-        (e) =>
-          html`<tr>
-            <td>${when(e.createdAt)}</td>
-            <td>${e.eventType}</td>
-            <td>${accountLink(ctx, e.userId)}</td>
-            <td>${e.message}</td>
-            <td>${metaList(e.details)}</td>
-          </tr>`,
-      )}
-    </tbody>
-  </table>`;
+  return table({
+    columns: [{ label: "When", short: true }, { label: "Kind", short: true }, "User", "What", "Details"],
+    rows: rows.map((e) => [when(e.createdAt), e.eventType, accountLink(ctx, e.userId), e.message, metaList(e.details)]),
+    none: "Nothing recorded yet.",
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,13 +171,13 @@ function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
   const parts: Html[] = [];
   if (e.reservationId !== null)
     parts.push(
-      html`hold <a href="${ctx.base}/accounts/${u}/holds/${enc(e.reservationId)}">${e.reservationId.slice(0, 8)}…</a>`,
+      html`hold <a href="${ctx.base}/accounts/${u}/holds/${enc(e.reservationId)}">${shortId(e.reservationId)}</a>`,
     );
   const m = e.metadata ?? {};
   if (typeof m.paymentId === "string")
     parts.push(
       html`payment
-        <a href="${ctx.base}/payments${query({ user: e.userId })}#pay-${m.paymentId}">${m.paymentId.slice(0, 8)}…</a>`,
+        <a href="${ctx.base}/payments${query({ user: e.userId })}#pay-${m.paymentId}">${shortId(m.paymentId)}</a>`,
     );
   if (typeof m.promoCode === "string" || typeof m.code === "string")
     parts.push(
@@ -217,13 +186,13 @@ function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
   if (typeof m.subscriptionId === "string")
     parts.push(
       html`subscription
-        <a href="${ctx.base}/subscriptions${query({ user: e.userId })}">${m.subscriptionId.slice(0, 8)}…</a>`,
+        <a href="${ctx.base}/subscriptions${query({ user: e.userId })}">${shortId(m.subscriptionId)}</a>`,
     );
   for (const g of e.grants.slice(0, 3))
     parts.push(
       open.has(g.grantId)
-        ? html`grant <a href="#grant-${g.grantId}">${g.grantId.slice(0, 8)}…</a> (${g.amount})`
-        : html`grant <span class="mono">${g.grantId.slice(0, 8)}…</span> (${g.amount})`,
+        ? html`grant <a href="#grant-${g.grantId}">${shortId(g.grantId)}</a> (${amount(g.amount)})`
+        : html`grant <span class="mono">${shortId(g.grantId)}</span> (${amount(g.amount)})`,
     );
   if (e.correlationId !== null) parts.push(html`<span class="muted">corr.</span> <code>${e.correlationId}</code>`);
   return parts.length === 0 ? raw("—") : html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
@@ -269,7 +238,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const series = [[] as number[], [] as number[]];
   for (let i = chart.length - 1; i >= 0; i--) {
     const e = chart[i] as JournalEntry;
-    series[0]?.push(Math.floor(e.createdAt.getTime() / 1000));
+    series[0]?.push(e.createdAt.getTime() / 1000);
     series[1]?.push(e.balanceAfter);
   }
   const u = { user: userId };
@@ -278,23 +247,23 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <div class="cards">
       <div class="card">
         <div class="k">Balance</div>
-        <div class="v" id="balance">${account.balance}</div>
+        <div class="v" id="balance">${amount(account.balance)}</div>
       </div>
       <div class="card">
         <div class="k">Reserved</div>
-        <div class="v">${account.reserved}</div>
+        <div class="v">${amount(account.reserved)}</div>
       </div>
       <div class="card">
         <div class="k">Available</div>
-        <div class="v">${account.balance - account.reserved}</div>
+        <div class="v">${amount(account.balance - account.reserved)}</div>
       </div>
       <div class="card">
         <div class="k">Debt</div>
-        <div class="v">${account.debt}</div>
+        <div class="v">${amount(account.debt)}</div>
       </div>
       <div class="card">
         <div class="k">Journal entries</div>
-        <div class="v">${account.seq}</div>
+        <div class="v">${amount(account.seq)}</div>
       </div>
     </div>
     <div id="balance-chart" role="img" aria-label="Balance over the last ${chart.length} journal entries"></div>
@@ -343,39 +312,29 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <h2>Grants, in burn-down order</h2>
     ${grantTable(ctx, userId, open)}
     <h2>Active holds</h2>
-    ${
-      holds.length === 0
-        ? html`<p class="muted">No active hold.</p>`
-        : html`<table>
-            <thead>
-              <tr>
-                <th scope="col">Hold</th>
-                <th scope="col" class="num">Credits</th>
-                <th scope="col">Expires (TTL)</th>
-                <th scope="col">Reason</th>
-                <th scope="col">Metadata</th>
-                <th scope="col">Action</th>
-              </tr>
-            </thead>
-            <tbody>
-              ${holds.map(
-                (h) =>
-                  html`<tr>
-                    <td><a href="${ctx.base}/accounts/${enc(userId)}/holds/${enc(h.id)}" class="mono">${h.id}</a></td>
-                    <td class="num">${h.amount}</td>
-                    <td>${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})</td>
-                    <td>${h.reason ?? ""}</td>
-                    <td>${metaList(h.metadata)}</td>
-                    <td>${actionForm(ctx, "release", "Release", { user: userId, hold: h.id })}</td>
-                  </tr>`,
-              )}
-            </tbody>
-          </table>`
-    }
+    ${table({
+      columns: [
+        { label: "Hold", short: true },
+        { label: "Credits", num: true },
+        { label: "Expires (TTL)", short: true },
+        "Reason",
+        "Metadata",
+        { label: "Action", short: true },
+      ],
+      rows: holds.map((h) => [
+        html`<a href="${ctx.base}/accounts/${enc(userId)}/holds/${enc(h.id)}" class="mono">${shortId(h.id)}</a>`,
+        amount(h.amount),
+        html`${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})`,
+        h.reason ?? "",
+        metaList(h.metadata),
+        actionForm(ctx, "release", "Release", { user: userId, hold: h.id }),
+      ]),
+      none: "No active hold.",
+    })}
     <h2 id="journal">Journal</h2>
     <form class="box" method="get" action="${ctx.base}/accounts/${enc(userId)}#journal">
-      <fieldset>
-        <legend>Types</legend>
+      <fieldset class="types">
+        <legend>Entry types (none checked: all)</legend>
         ${EntryType.options.map(
           (t) =>
             html`<label
@@ -388,42 +347,30 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       ><label>To (before)<input type="date" name="to" value="${sp.get("to") ?? ""}" /></label
       ><button type="submit">Filter</button>
     </form>
-    <table id="journal-table">
-      <thead>
-        <tr>
-          <th scope="col" class="num">#</th>
-          <th scope="col">When</th>
-          <th scope="col">Type</th>
-          <th scope="col" class="num">Credits</th>
-          <th scope="col" class="num">Balance after</th>
-          <th scope="col">Description</th>
-          <th scope="col">Caused by</th>
-          <th scope="col">Metadata</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${entries.map(
-          (e) =>
-            html`<tr>
-              <td class="num">${e.seq}</td>
-              <td>${when(e.createdAt)}</td>
-              <td>${e.type}</td>
-              <td class="num">${e.amount}</td>
-              <td class="num">${e.balanceAfter}</td>
-              <td>${e.description ?? ""}</td>
-              <td>${causeOf(ctx, e, openIds)}</td>
-              <td>${metaList(e.metadata)}</td>
-            </tr>`,
-        )}
-        ${
-          entries.length === 0
-            ? html`<tr>
-                <td colspan="8" class="muted">No entry.</td>
-              </tr>`
-            : raw("")
-        }
-      </tbody>
-    </table>
+    ${table({
+      id: "journal-table",
+      columns: [
+        { label: "#", num: true },
+        { label: "When", short: true },
+        { label: "Type", short: true },
+        { label: "Credits", num: true },
+        { label: "Balance after", num: true },
+        "Description",
+        "Caused by",
+        "Metadata",
+      ],
+      rows: entries.map((e) => [
+        e.seq,
+        when(e.createdAt),
+        e.type,
+        amount(e.amount),
+        amount(e.balanceAfter),
+        e.description ?? "",
+        causeOf(ctx, e, openIds),
+        metaList(e.metadata),
+      ]),
+      empty: "No entry.",
+    })}
     ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)}
     <h2>Payments</h2>
     ${paymentTable(ctx, payments)}
@@ -431,175 +378,127 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <h2>Subscriptions</h2>
     ${subscriptionTable(ctx, subs)}
     <h2>Promo claims</h2>
-    ${
-      claims.length === 0
-        ? html`<p class="muted">None.</p>`
-        : html`<table>
-            <thead>
-              <tr>
-                <th scope="col">Code</th>
-                <th scope="col" class="num">Credits</th>
-                <th scope="col">When</th>
-              </tr>
-            </thead>
-            <tbody>
-              ${claims.map(
-                (c) =>
-                  html`<tr>
-                    <td>${c.code}</td>
-                    <td class="num">${c.credits}</td>
-                    <td>${when(c.createdAt)}</td>
-                  </tr>`,
-              )}
-            </tbody>
-          </table>`
-    }
+    ${table({
+      columns: ["Code", { label: "Credits", num: true }, { label: "When", short: true }],
+      rows: claims.map((c) => [c.code, amount(c.credits), when(c.createdAt)]),
+      none: "None.",
+    })}
     <h2>Notifications</h2>
     ${notificationTable(ctx, notifications)}`;
   return { title: `Account ${userId}`, body };
 }
 
 function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
-  if (grants.length === 0) return html`<p class="muted">No open grant.</p>`;
-  return html`<table>
-    <thead>
-      <tr>
-        <th scope="col" class="num">Order</th>
-        <th scope="col">Grant</th>
-        <th scope="col">Source</th>
-        <th scope="col" class="num">Remaining / granted</th>
-        <th scope="col">Expires</th>
-        <th scope="col" class="num">Priority</th>
-        <th scope="col">Description</th>
-        <th scope="col">Action</th>
-      </tr>
-    </thead>
-    <tbody>
-      ${grants.map(
-        (g, i) =>
-          html`<tr id="grant-${g.id}">
-            <td class="num">${i + 1}</td>
-            <td class="mono">${g.id}</td>
-            <td>${g.source}${g.sourceRef === null ? "" : html` <code>${g.sourceRef}</code>`}</td>
-            <td class="num">
-              <meter min="0" max="${g.amount}" value="${g.remaining}" aria-label="Remaining of grant ${i + 1}">
-                ${g.remaining}
-              </meter>
-              ${g.remaining} / ${g.amount}
-            </td>
-            <td>${g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`}</td>
-            <td class="num">${g.priority}</td>
-            <td>${g.description ?? ""}</td>
-            <td>${actionForm(ctx, "void", "Void", { user: userId, grant: g.id })}</td>
-          </tr>`,
-      )}
-    </tbody>
-  </table>`;
+  return table({
+    columns: [
+      { label: "Order", num: true },
+      { label: "Grant", short: true },
+      { label: "Source", short: true },
+      { label: "Remaining / granted", num: true },
+      { label: "Expires", short: true },
+      { label: "Priority", num: true },
+      "Description",
+      { label: "Action", short: true },
+    ],
+    rows: grants.map((g, i) => ({
+      id: `grant-${g.id}`,
+      cells: [
+        i + 1,
+        { cell: shortId(g.id), cls: "mono" },
+        html`${g.source}${g.sourceRef === null ? "" : html` <code>${g.sourceRef}</code>`}`,
+        html`<meter min="0" max="${g.amount}" value="${g.remaining}" aria-label="Remaining of grant ${i + 1}">
+            ${amount(g.remaining)}
+          </meter>
+          ${amount(g.remaining)} / ${amount(g.amount)}`,
+        g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`,
+        g.priority,
+        g.description ?? "",
+        actionForm(ctx, "void", "Void", { user: userId, grant: g.id }),
+      ],
+    })),
+    none: "No open grant.",
+  });
 }
 
 function paymentTable(ctx: Ctx, payments: readonly Payment[]): Html {
-  if (payments.length === 0) return html`<p class="muted">No payment.</p>`;
-  return html`<table>
-    <thead>
-      <tr>
-        <th scope="col">Payment</th>
-        <th scope="col">User</th>
-        <th scope="col">Provider</th>
-        <th scope="col" class="num">Amount</th>
-        <th scope="col" class="num">Credits</th>
-        <th scope="col">Status</th>
-        <th scope="col" class="num">Refunded</th>
-        <th scope="col">Created</th>
-        <th scope="col">Action</th>
-      </tr>
-    </thead>
-    <tbody>
-      ${payments.map(
-        (p) =>
-          html`<tr id="pay-${p.id}">
-            <td class="mono">${p.id}</td>
-            <td>${accountLink(ctx, p.userId)}</td>
-            <td>${p.provider}</td>
-            <td class="num">${p.amount} ${p.currency}</td>
-            <td class="num">${p.credits}</td>
-            <td>${p.status}</td>
-            <td class="num">${p.refundedAmount}</td>
-            <td>${when(p.createdAt)}</td>
-            <td>
-              ${
-                p.status === "paid" || p.status === "partially_refunded"
-                  ? actionForm(ctx, "refund", "Refund", { user: p.userId, payment: p.id })
-                  : ""
-              }
-            </td>
-          </tr>`,
-      )}
-    </tbody>
-  </table>`;
+  return table({
+    columns: [
+      { label: "Payment", short: true },
+      "User",
+      { label: "Provider", short: true },
+      { label: "Amount", num: true },
+      { label: "Credits", num: true },
+      { label: "Status", short: true },
+      { label: "Refunded", num: true },
+      { label: "Created", short: true },
+      { label: "Action", short: true },
+    ],
+    rows: payments.map((p) => ({
+      id: `pay-${p.id}`,
+      cells: [
+        { cell: shortId(p.id), cls: "mono" },
+        accountLink(ctx, p.userId),
+        p.provider,
+        `${amount(p.amount)} ${p.currency}`,
+        amount(p.credits),
+        p.status,
+        amount(p.refundedAmount),
+        when(p.createdAt),
+        p.status === "paid" || p.status === "partially_refunded"
+          ? actionForm(ctx, "refund", "Refund", { user: p.userId, payment: p.id })
+          : "",
+      ],
+    })),
+    none: "No payment.",
+  });
 }
 
 function subscriptionTable(ctx: Ctx, subs: readonly Subscription[]): Html {
-  if (subs.length === 0) return html`<p class="muted">No subscription.</p>`;
-  return html`<table>
-    <thead>
-      <tr>
-        <th scope="col">Subscription</th>
-        <th scope="col">User</th>
-        <th scope="col">Plan</th>
-        <th scope="col">Status</th>
-        <th scope="col">Period</th>
-        <th scope="col">Next run</th>
-      </tr>
-    </thead>
-    <tbody>
-      ${subs.map(
-        (s) =>
-          html`<tr>
-            <td class="mono">${s.id}</td>
-            <td>${accountLink(ctx, s.userId)}</td>
-            <td>${s.planId}</td>
-            <td>${s.status}${s.cancelAtPeriodEnd ? " (cancels at period end)" : ""}</td>
-            <td>${when(s.currentPeriodStart)} – ${when(s.currentPeriodEnd)}</td>
-            <td>${when(s.nextRunAt)}</td>
-          </tr>`,
-      )}
-    </tbody>
-  </table>`;
+  return table({
+    columns: [
+      { label: "Subscription", short: true },
+      "User",
+      "Plan",
+      { label: "Status", short: true },
+      { label: "Period", short: true },
+      { label: "Next run", short: true },
+    ],
+    rows: subs.map((s) => [
+      { cell: shortId(s.id), cls: "mono" },
+      accountLink(ctx, s.userId),
+      s.planId,
+      `${s.status}${s.cancelAtPeriodEnd ? " (cancels at period end)" : ""}`,
+      `${when(s.currentPeriodStart)} – ${when(s.currentPeriodEnd)}`,
+      when(s.nextRunAt),
+    ]),
+    none: "No subscription.",
+  });
 }
 
 function notificationTable(ctx: Ctx, rows: readonly Notification[]): Html {
-  if (rows.length === 0) return html`<p class="muted">No notification.</p>`;
-  return html`<table>
-    <thead>
-      <tr>
-        <th scope="col">Id</th>
-        <th scope="col">User</th>
-        <th scope="col">Type</th>
-        <th scope="col">Status</th>
-        <th scope="col" class="num">Attempts</th>
-        <th scope="col">Next attempt</th>
-        <th scope="col">Last error</th>
-        <th scope="col">Action</th>
-      </tr>
-    </thead>
-    <tbody>
-      ${rows.map(
-        (n) =>
-          html`<tr>
-            <td class="mono">${n.id}</td>
-            <td>${accountLink(ctx, n.userId)}</td>
-            <td>${n.type}</td>
-            <td>${n.status}</td>
-            <td class="num">${n.attempts}</td>
-            <td>${n.status === "pending" ? when(n.nextAttemptAt) : "—"}</td>
-            <td>${n.lastError ?? ""}</td>
-            <td>
-              ${n.status === "failed" ? actionForm(ctx, "retry", "Retry", { user: n.userId, notification: n.id }) : ""}
-            </td>
-          </tr>`,
-      )}
-    </tbody>
-  </table>`;
+  return table({
+    columns: [
+      { label: "Id", short: true },
+      "User",
+      "Type",
+      { label: "Status", short: true },
+      { label: "Attempts", num: true },
+      { label: "Next attempt", short: true },
+      "Last error",
+      { label: "Action", short: true },
+    ],
+    rows: rows.map((n) => [
+      { cell: shortId(n.id), cls: "mono" },
+      accountLink(ctx, n.userId),
+      n.type,
+      n.status,
+      n.attempts,
+      n.status === "pending" ? when(n.nextAttemptAt) : "—",
+      n.lastError ?? "",
+      n.status === "failed" ? actionForm(ctx, "retry", "Retry", { user: n.userId, notification: n.id }) : "",
+    ]),
+    none: "No notification.",
+  });
 }
 
 export async function holdPage(ctx: Ctx, userId: string, holdId: string): Promise<PageResult> {
@@ -612,9 +511,9 @@ export async function holdPage(ctx: Ctx, userId: string, holdId: string): Promis
       <dt>Status</dt>
       <dd>${h.status}</dd>
       <dt>Credits</dt>
-      <dd>${h.amount}</dd>
+      <dd>${amount(h.amount)}</dd>
       <dt>Committed</dt>
-      <dd>${h.committedAmount ?? "—"}</dd>
+      <dd>${h.committedAmount === null || h.committedAmount === undefined ? "—" : amount(h.committedAmount)}</dd>
       <dt>Created</dt>
       <dd>${when(h.createdAt)}</dd>
       <dt>Expires</dt>
@@ -626,7 +525,7 @@ export async function holdPage(ctx: Ctx, userId: string, holdId: string): Promis
     </dl>
     <h2>Drawn from</h2>
     <ul>
-      ${h.allocations.map((a) => html`<li><span class="mono">${a.grantId}</span>: ${a.amount}</li>`)}
+      ${h.allocations.map((a) => html`<li><span class="mono">${a.grantId}</span>: ${amount(a.amount)}</li>`)}
     </ul>
     <h2>Metadata</h2>
     ${metaList(h.metadata)}
@@ -661,39 +560,27 @@ export async function subscriptionsPage(ctx: Ctx): Promise<PageResult> {
   }
   const body = html`<h1>Subscriptions and plans</h1>
     <h2>Plans</h2>
-    <table>
-      <thead>
-        <tr>
-          <th scope="col">Plan</th>
-          <th scope="col">Name</th>
-          <th scope="col" class="num">Credits / period</th>
-          <th scope="col" class="num">Price</th>
-          <th scope="col">Period</th>
-          <th scope="col">Rollover</th>
-          <th scope="col">Active</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${plans.map(
-          (p) =>
-            html`<tr>
-              <td class="mono">${p.id}</td>
-              <td>${p.name}</td>
-              <td class="num">${p.creditsPerPeriod}</td>
-              <td class="num">${p.price} ${p.currency}</td>
-              <td>${p.billingPeriod}</td>
-              <td>${p.rollover}</td>
-              <td>${p.isActive ? "yes" : "no"}</td>
-            </tr>`,
-        )}${
-          plans.length === 0
-            ? html`<tr>
-                <td colspan="7" class="muted">No plan.</td>
-              </tr>`
-            : raw("")
-        }
-      </tbody>
-    </table>
+    ${table({
+      columns: [
+        "Plan",
+        "Name",
+        { label: "Credits / period", num: true },
+        { label: "Price", num: true },
+        { label: "Period", short: true },
+        { label: "Rollover", short: true },
+        { label: "Active", short: true },
+      ],
+      rows: plans.map((p) => [
+        { cell: p.id, cls: "mono" },
+        p.name,
+        amount(p.creditsPerPeriod),
+        `${amount(p.price)} ${p.currency}`,
+        p.billingPeriod,
+        p.rollover,
+        p.isActive ? "yes" : "no",
+      ]),
+      empty: "No plan.",
+    })}
     <h2>${user === "" ? "Scheduled subscriptions, by next run" : html`Subscriptions of ${user}`}</h2>
     <form class="box" method="get" action="${ctx.base}/subscriptions" role="search">
       <label>User id<input name="user" value="${user}" /></label><button type="submit">Show</button>
@@ -706,7 +593,7 @@ export async function paymentsPage(ctx: Ctx): Promise<PageResult> {
   const user = ctx.url.searchParams.get("user") ?? "";
   const at = dateParam(ctx.url.searchParams.get("at"));
   const id = ctx.url.searchParams.get("id");
-  let table = html`<p class="muted">Payments are listed per account: enter a user id.</p>`;
+  let listing = html`<p class="muted">Payments are listed per account: enter a user id.</p>`;
   let next: string | null = null;
   if (user !== "") {
     const page = await ctx.manager.db.listPayments(user, {
@@ -716,14 +603,14 @@ export async function paymentsPage(ctx: Ctx): Promise<PageResult> {
     const rows = page.slice(0, PAGE);
     const last = rows[rows.length - 1];
     if (page.length > PAGE && last !== undefined) next = query({ user, at: last.createdAt.toISOString(), id: last.id });
-    table = html`${paymentTable(ctx, rows)}${pager(ctx, "/payments", { user }, next)}`;
+    listing = html`${paymentTable(ctx, rows)}${pager(ctx, "/payments", { user }, next)}`;
   }
   const body = html`<h1>Payments and refunds</h1>
     ${notice(ctx)}
     <form class="box" method="get" action="${ctx.base}/payments" role="search">
       <label>User id<input name="user" value="${user}" /></label><button type="submit">Show</button>
     </form>
-    ${table}`;
+    ${listing}`;
   return { title: "Payments", body };
 }
 
@@ -742,37 +629,25 @@ export async function promosPage(ctx: Ctx): Promise<PageResult> {
     page.length > PAGE && last !== undefined ? query({ at: last.createdAt.toISOString(), code: last.code }) : null;
   const claims = user === "" ? [] : await db.listPromoClaims(user);
   const body = html`<h1>Promo codes</h1>
-    <table>
-      <thead>
-        <tr>
-          <th scope="col">Code</th>
-          <th scope="col" class="num">Credits</th>
-          <th scope="col" class="num">Claims</th>
-          <th scope="col">Valid</th>
-          <th scope="col">Active</th>
-          <th scope="col">Description</th>
-        </tr>
-      </thead>
-      <tbody>
-        ${promos.map(
-          (p) =>
-            html`<tr>
-              <td class="mono">${p.code}</td>
-              <td class="num">${p.credits}</td>
-              <td class="num">${p.uses}${p.maxUses === null ? "" : ` / ${p.maxUses}`}</td>
-              <td>${when(p.validFrom)} – ${when(p.validUntil)}</td>
-              <td>${p.isActive ? "yes" : "no"}</td>
-              <td>${p.description ?? ""}</td>
-            </tr>`,
-        )}${
-          promos.length === 0
-            ? html`<tr>
-                <td colspan="6" class="muted">No promo code.</td>
-              </tr>`
-            : raw("")
-        }
-      </tbody>
-    </table>
+    ${table({
+      columns: [
+        "Code",
+        { label: "Credits", num: true },
+        { label: "Claims", num: true },
+        { label: "Valid", short: true },
+        { label: "Active", short: true },
+        "Description",
+      ],
+      rows: promos.map((p) => [
+        { cell: p.code, cls: "mono" },
+        amount(p.credits),
+        `${amount(p.uses)}${p.maxUses === null ? "" : ` / ${amount(p.maxUses)}`}`,
+        `${when(p.validFrom)} – ${when(p.validUntil)}`,
+        p.isActive ? "yes" : "no",
+        p.description ?? "",
+      ]),
+      empty: "No promo code.",
+    })}
     ${pager(ctx, "/promos", {}, next)}
     <h2>Claims of an account</h2>
     <form class="box" method="get" action="${ctx.base}/promos" role="search">
@@ -783,29 +658,22 @@ export async function promosPage(ctx: Ctx): Promise<PageResult> {
         ? raw("")
         : claims.length === 0
           ? html`<p class="muted">No claim by ${user}.</p>`
-          : html`<table>
-              <thead>
-                <tr>
-                  <th scope="col">Code</th>
-                  <th scope="col">User</th>
-                  <th scope="col" class="num">Credits</th>
-                  <th scope="col" class="num">Claim #</th>
-                  <th scope="col">When</th>
-                </tr>
-              </thead>
-              <tbody>
-                ${claims.map(
-                  (c) =>
-                    html`<tr>
-                      <td class="mono">${c.code}</td>
-                      <td>${accountLink(ctx, c.userId)}</td>
-                      <td class="num">${c.credits}</td>
-                      <td class="num">${c.claimNumber}</td>
-                      <td>${when(c.createdAt)}</td>
-                    </tr>`,
-                )}
-              </tbody>
-            </table>`
+          : table({
+              columns: [
+                "Code",
+                "User",
+                { label: "Credits", num: true },
+                { label: "Claim #", num: true },
+                { label: "When", short: true },
+              ],
+              rows: claims.map((c) => [
+                { cell: c.code, cls: "mono" },
+                accountLink(ctx, c.userId),
+                amount(c.credits),
+                c.claimNumber,
+                when(c.createdAt),
+              ]),
+            })
     }`;
   return { title: "Promos", body };
 }
@@ -853,11 +721,11 @@ export async function outboxPage(ctx: Ctx): Promise<PageResult> {
         : html`<div class="cards">
             <div class="card">
               <div class="k">Pending</div>
-              <div class="v">${stats.outboxPending}</div>
+              <div class="v">${amount(stats.outboxPending)}</div>
             </div>
             <div class="card">
               <div class="k">Failed</div>
-              <div class="v">${stats.outboxFailed}</div>
+              <div class="v">${amount(stats.outboxFailed)}</div>
             </div>
             <div class="card">
               <div class="k">Oldest pending</div>
@@ -935,7 +803,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
       body: html`<h1>LLM usage</h1>
         <p class="muted">No price book is set (docs/llm-metering.md).</p>`,
     };
-  let table = html`<p class="muted">Enter a user id.</p>`;
+  let listing = html`<p class="muted">Enter a user id.</p>`;
   if (user !== "") {
     const byModel = new Map<string, { calls: number; credits: number; input: number; output: number }>();
     let beforeSeq: number | undefined;
@@ -963,43 +831,25 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
       beforeSeq = (page[page.length - 1] as JournalEntry).seq;
     }
     const rows = [...byModel.entries()].sort((a, b) => b[1].credits - a[1].credits);
-    table = html`<table>
-        <thead>
-          <tr>
-            <th scope="col">Model</th>
-            <th scope="col" class="num">Calls</th>
-            <th scope="col" class="num">Input tokens</th>
-            <th scope="col" class="num">Output tokens</th>
-            <th scope="col" class="num">Credits</th>
-          </tr>
-        </thead>
-        <tbody>
-          ${rows.map(
-            ([model, t]) =>
-              html`<tr>
-                <td>${model}</td>
-                <td class="num">${t.calls}</td>
-                <td class="num">${t.input}</td>
-                <td class="num">${t.output}</td>
-                <td class="num">${t.credits}</td>
-              </tr>`,
-          )}${
-            rows.length === 0
-              ? html`<tr>
-                  <td colspan="5" class="muted">No usage in this period.</td>
-                </tr>`
-              : raw("")
-          }
-        </tbody>
-      </table>
-      ${
-        scanned >= USAGE_SCAN
-          ? html`<p class="muted">Only the newest ${USAGE_SCAN} charges were read: narrow the period.</p>`
-          : raw("")
-      }`;
+    listing = html`${table({
+      columns: [
+        "Model",
+        { label: "Calls", num: true },
+        { label: "Input tokens", num: true },
+        { label: "Output tokens", num: true },
+        { label: "Credits", num: true },
+      ],
+      rows: rows.map(([model, t]) => [model, amount(t.calls), amount(t.input), amount(t.output), amount(t.credits)]),
+      empty: "No usage in this period.",
+    })}
+    ${
+      scanned >= USAGE_SCAN
+        ? html`<p class="muted">Only the newest ${USAGE_SCAN} charges were read: narrow the period.</p>`
+        : raw("")
+    }`;
   }
   const body = html`<h1>LLM usage by model</h1>
     <p>Price book <code>${book.version}</code>.</p>
-    ${form}${table}`;
+    ${form}${listing}`;
   return { title: "LLM usage", body };
 }
