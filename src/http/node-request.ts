@@ -141,10 +141,23 @@ class NodeRequest {
   }
 }
 
-/** The IncomingMessage's body, refused (413) past `limit` bytes, declared or sent. */
+/**
+ * The 413 of a body past `limit` on node: it says `Connection: close`, so node closes the
+ * connection once the answer is written, and the rest of the body is never read.
+ */
+const tooLargeHere = (limit: number) => {
+  const error = tooLarge(limit);
+  return new HttpError(error.status, error.code, error.message, error.details, { connection: "close" });
+};
+
+/**
+ * The IncomingMessage's body, refused (413) past `limit` bytes, declared or sent. Past the limit it
+ * stops reading, and leaves the connection to the answer: destroying it here would cut the 413
+ * before it is written (a chunked body, which declares no length, was answered with nothing).
+ */
 function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
   const declared = Number(req.headers["content-length"] ?? "NaN");
-  if (declared > limit) return Promise.reject(tooLarge(limit));
+  if (declared > limit) return Promise.reject(tooLargeHere(limit));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -158,9 +171,10 @@ function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
       size += chunk.byteLength;
       if (size > limit) {
         done();
-        // As a cancelled body stream does: the rest is not read.
-        req.destroy();
-        reject(tooLarge(limit));
+        req.pause();
+        // The connection ends after the 413: a client that resets it then is no error of ours.
+        req.on("error", () => undefined);
+        reject(tooLargeHere(limit));
         return;
       }
       chunks.push(chunk);

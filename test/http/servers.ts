@@ -1,6 +1,6 @@
 /** Real servers on loopback for each adapter the HTTP layer supports. */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, type AddressInfo } from "node:net";
 import { serve } from "@hono/node-server";
 import express from "express";
 import Fastify from "fastify";
@@ -23,6 +23,37 @@ export async function listen(server: Server): Promise<Running> {
         server.close(() => resolve());
       }),
   };
+}
+
+/**
+ * A POST with `Transfer-Encoding: chunked`, sent whole (headers, every chunk, the last chunk), then
+ * everything the server writes until it closes the connection (write errors after the server has
+ * stopped reading are ignored: the answer may already be there).
+ */
+export function rawChunked(base: string, path: string, token: string, chunks: string[]): Promise<string> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve) => {
+    const socket = connect(Number(port), hostname);
+    let got = "";
+    socket.on("data", (d: Buffer) => (got += d.toString()));
+    socket.on("error", () => undefined);
+    socket.on("close", () => resolve(got));
+    socket.on("connect", () => {
+      socket.write(
+        [
+          `POST ${path} HTTP/1.1`,
+          `Host: ${hostname}:${port}`,
+          `Authorization: Bearer ${token}`,
+          "Content-Type: application/json",
+          "Transfer-Encoding: chunked",
+          "",
+          "",
+        ].join("\r\n"),
+      );
+      for (const c of chunks) socket.write(`${Buffer.byteLength(c).toString(16)}\r\n${c}\r\n`);
+      socket.write("0\r\n\r\n");
+    });
+  });
 }
 
 /** Serves a Fetch handler the way each framework would host it. */
