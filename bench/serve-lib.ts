@@ -43,7 +43,7 @@ export const adminKey = () => newKey("admin", null, "bench");
 
 /** Creates the SQLite store at `path` with the key `record` in it (serve's default store). */
 export async function storeWithKey(path: string, record: ApiKeyRecord): Promise<void> {
-  const stores = await openStores({ kind: "sqlite", path }, {});
+  const stores = await openStores({ kind: "sqlite", path });
   await stores.db.init();
   await stores.keys.init();
   await stores.keys.insert(record);

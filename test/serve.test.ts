@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runCli } from "../src/cli/run.js";
 import { call, cli, startServe, type Served } from "./serve-process.js";
 
 /**
@@ -271,7 +272,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 suite("SQLite (the default store)", () => ({ CREDIT_SQLITE_PATH: join(dir, "credits.sqlite") }));
 
 describe("serve: settings and rate limiting", () => {
-  it("a bad setting exits 2 naming it, before anything connects", () => {
+  it("a bad setting exits 2 naming it, before anything connects", async () => {
     const cases: [Record<string, string>, string[], RegExp][] = [
       [{ CREDIT_PORT: "http" }, [], /CREDIT_PORT must be a whole number/],
       [{}, ["--port", "70000"], /--port .*65535/],
@@ -288,11 +289,24 @@ describe("serve: settings and rate limiting", () => {
       [{ CREDIT_LOG_FLUSH_MS: "0.5" }, [], /CREDIT_LOG_FLUSH_MS must be a whole number/],
       [{ CREDIT_LOG_FLUSH_MS: "20000" }, [], /CREDIT_LOG_FLUSH_MS/],
       [{ CREDIT_CONSOLE_SECRET: "short" }, ["--console"], /CREDIT_CONSOLE_SECRET must be .*, not \(hidden\)/],
+      // @see issue 50: CREDIT_KEY_CACHE_MS was read with Number(): "abc" fell back to 5 s in silence,
+      // 1e12 kept a revoked key working for years.
+      [{ CREDIT_KEY_CACHE_MS: "abc" }, [], /CREDIT_KEY_CACHE_MS must be a whole number, not "abc"/],
+      [{ CREDIT_KEY_CACHE_MS: "1e12" }, [], /CREDIT_KEY_CACHE_MS must be a whole number, not "1e12"/],
+      [{ CREDIT_KEY_CACHE_MS: "60001" }, [], /CREDIT_KEY_CACHE_MS .*60000/],
+      [{ CREDIT_PG_PARTITIONS: "hourly" }, [], /CREDIT_PG_PARTITIONS must be day, week or month/],
+      [{ CREDIT_MONGO_DB: "a.b" }, [], /CREDIT_MONGO_DB must be a MongoDB database name/],
+      [{ OTEL_RESOURCE_ATTRIBUTES: "no-equals-sign" }, [], /OTEL_RESOURCE_ATTRIBUTES must be key=value pairs/],
+      [{ OTEL_RESOURCE_ATTRIBUTES: "a=%zz" }, [], /OTEL_RESOURCE_ATTRIBUTES must be key=value pairs/],
+      [{ STRIPE_WEBHOOK_SECRET: "has spaces" }, [], /STRIPE_WEBHOOK_SECRET must be .*, not \(hidden\)/],
     ];
+    // In this process (as the CLI runs them), not one child process per case: the settings are
+    // checked before anything connects, so nothing starts.
     for (const [env, args, message] of cases) {
-      const r = cli(["serve", ...args], env);
-      expect(r.code, JSON.stringify(env) + r.stderr).toBe(2);
-      expect(r.stderr).toMatch(message);
+      let stderr = "";
+      const code = await runCli(["serve", ...args], { stdout: () => undefined, stderr: (t) => (stderr += t) }, { env });
+      expect(code, JSON.stringify(env) + stderr).toBe(2);
+      expect(stderr).toMatch(message);
     }
     expect(cli(["keys", "create", "--role", "boss"], { CREDIT_SQLITE_PATH: join(dir, "k.sqlite") }).code).toBe(2);
   });

@@ -53,7 +53,7 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
       const name = values.name ?? null;
       if (name !== null && (name.length > 256 || [...name].some((c) => c.charCodeAt(0) < 32)))
         throw new ServeUsageError("--name must be up to 256 printable characters");
-      return await withKeys(settings.store, env, async (keys) => {
+      return await withKeys(settings.store, async (keys) => {
         const { key, record } = newKey(role === "admin" ? "admin" : "user", userId, name);
         await keys.insert(record);
         io.stderr(`credit-management: key ${record.id} created (${role}); it is shown once, store it now\n`);
@@ -63,7 +63,7 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
     }
     if (sub === "list") {
       if (more.length > 0) throw new ServeUsageError(`unexpected argument "${more[0]}"`);
-      return await withKeys(settings.store, env, async (keys) => {
+      return await withKeys(settings.store, async (keys) => {
         for (const r of await keys.list()) {
           const { hash: _hash, ...shown } = r;
           io.stdout(
@@ -80,12 +80,14 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
       if (id === undefined || !/^[0-9a-f]{16}$/.test(id))
         throw new ServeUsageError("keys revoke needs a key id (keys list shows them)");
       if (extra.length > 0) throw new ServeUsageError(`unexpected argument "${extra[0]}"`);
-      return await withKeys(settings.store, env, async (keys) => {
+      return await withKeys(settings.store, async (keys) => {
         if (!(await keys.revoke(id, new Date().toISOString()))) {
           io.stderr(`credit-management: no active key ${id}\n`);
           return 1;
         }
-        io.stderr(`credit-management: key ${id} revoked\n`);
+        io.stderr(
+          `credit-management: key ${id} revoked; running services refuse it within CREDIT_KEY_CACHE_MS (5 s by default)\n`,
+        );
         return 0;
       });
     }
@@ -106,10 +108,9 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
 
 async function withKeys(
   store: Parameters<typeof openStores>[0],
-  env: Env,
   fn: (keys: Awaited<ReturnType<typeof openStores>>["keys"]) => Promise<number>,
 ): Promise<number> {
-  const stores = await openStores(store, env);
+  const stores = await openStores(store);
   try {
     // The credit store's tables too: `keys create` on a fresh database makes the whole store.
     await stores.db.init();

@@ -1,17 +1,27 @@
 import { randomUUID } from "node:crypto";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { Server as NetServer } from "node:net";
 import type { Attributes } from "@opentelemetry/api";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
+import * as z from "zod";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
 import { nodeRequest } from "../http/node-request.js";
-import { ANSWER, errorAnswer, HttpError, JsonAnswer, jsonAnswer, type Answering } from "../http/router.js";
+import {
+  ANSWER,
+  errorAnswer,
+  HttpError,
+  JsonAnswer,
+  jsonAnswer,
+  type Answering,
+  type RouteDefinition,
+} from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
-import { openStores } from "./store.js";
-import { ServeUsageError, type Env, type ServeSettings } from "./settings.js";
+import { MissingDriverError, openStores } from "./store.js";
+import { ServeStartError, ServeUsageError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
 
 /**
@@ -37,15 +47,32 @@ interface Metrics {
   shutdown(): Promise<void>;
 }
 
-async function startMetrics(logger: Pino): Promise<Metrics | null> {
+/**
+ * The resource's attributes of serve's metrics (docs/service.md, "Metrics"), as the OpenTelemetry
+ * SDK's environment says: OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME over its `service.name`;
+ * `credit-management` when neither names the service.
+ */
+export function resourceAttributes(s: Pick<ServeSettings, "OTEL_SERVICE_NAME" | "OTEL_RESOURCE_ATTRIBUTES">) {
+  return {
+    "service.name": "credit-management",
+    ...s.OTEL_RESOURCE_ATTRIBUTES,
+    ...(s.OTEL_SERVICE_NAME === undefined ? {} : { "service.name": s.OTEL_SERVICE_NAME }),
+  };
+}
+
+async function startMetrics(logger: Pino, s: ServeSettings): Promise<Metrics | null> {
   try {
-    const [{ PrometheusExporter }, { MeterProvider }, { instrumentCreditManagement }] = await Promise.all([
-      import("@opentelemetry/exporter-prometheus"),
-      import("@opentelemetry/sdk-metrics"),
-      import("../otel/index.js"),
-    ]);
+    const [{ PrometheusExporter }, { MeterProvider }, { defaultResource, resourceFromAttributes }, otel] =
+      await Promise.all([
+        import("@opentelemetry/exporter-prometheus"),
+        import("@opentelemetry/sdk-metrics"),
+        import("@opentelemetry/resources"),
+        import("../otel/index.js"),
+      ]);
     const exporter = new PrometheusExporter({ preventServerStart: true });
-    const provider = new MeterProvider({ readers: [exporter] });
+    const resource = defaultResource().merge(resourceFromAttributes(resourceAttributes(s)));
+    const provider = new MeterProvider({ readers: [exporter], resource });
+    const { instrumentCreditManagement } = otel;
     const instrumentation = instrumentCreditManagement({ meterProvider: provider, traces: false });
     const meter = provider.getMeter("credit-management-serve");
     const duration = meter.createHistogram("http.server.request.duration", {
@@ -103,7 +130,7 @@ async function startMetrics(logger: Pino): Promise<Metrics | null> {
   } catch (error) {
     logger.warn(
       { err: error },
-      "/metrics is off: install @opentelemetry/api, @opentelemetry/sdk-metrics and @opentelemetry/exporter-prometheus",
+      "/metrics is off: install @opentelemetry/api, @opentelemetry/sdk-metrics, @opentelemetry/resources and @opentelemetry/exporter-prometheus",
     );
     return null;
   }
@@ -199,11 +226,16 @@ export function serveApp(
   // WeakMap kept an entry per request until the next GC, and paid V8's ephemeron barrier on every
   // set and its ephemeron marking at every major GC (docs/benchmarks.md, serve, third pass).
   const ips = new Map<Request, string>();
+  const metricsOn = metrics !== null && s.CREDIT_METRICS !== "off";
   const handler = createCreditHandler(manager, {
     authenticate: (request) => auth.authenticate(request, ips.get(request) ?? "unknown"),
     maxBodyBytes: s.CREDIT_MAX_BODY_BYTES,
+    // serve's own routes, in the OpenAPI document beside the credit API's (answered below).
+    routes: ownRoutes(metricsOn ? s.CREDIT_METRICS : "off"),
     openapi: {
       info: { title: "credit-management service" },
+      // Relative: the document is served by the service it describes, wherever it is reached.
+      servers: [{ url: "/", description: "this service (the origin the document was fetched from)" }],
       securitySchemes: {
         bearer: {
           type: "http",
@@ -229,7 +261,7 @@ export function serveApp(
 
   const answer = async (req: IncomingMessage, res: ServerResponse, ip: string, path: string): Promise<string> => {
     const method = req.method ?? "GET";
-    const own = path === "/health/live" || path === "/health/ready" || (path === "/metrics" && metrics !== null);
+    const own = path === "/health/live" || path === "/health/ready" || (path === "/metrics" && metricsOn);
     if (own && method !== "GET" && method !== "HEAD") {
       throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
         allow: "GET, HEAD",
@@ -240,12 +272,10 @@ export function serveApp(
       return path;
     }
     if (path === "/health/ready") {
-      // The status only: the report names the store and its errors, for admins (GET /admin/health).
-      const report = await manager.health({ timeoutMs: 2000 }).catch(() => ({ status: "down" as const }));
-      writeAnswer(res, jsonAnswer(report.status === "down" ? 503 : 200, { status: report.status }));
+      writeAnswer(res, await readiness(manager));
       return path;
     }
-    if (path === "/metrics" && metrics !== null && s.CREDIT_METRICS !== "off") {
+    if (path === "/metrics" && metricsOn) {
       if (s.CREDIT_METRICS === "admin") await isAdmin(toRequest(req, res), ip);
       metrics.handle(req, res);
       return path;
@@ -259,6 +289,10 @@ export function serveApp(
     }
     // A stand-in Request: the credit API reads the body straight from `req` (src/http/node-request.ts).
     const request = nodeRequest(req, res);
+    // A mutation with no body and no type is an empty JSON body (docs/service.md, "Clients in other
+    // languages"). The handler's CSRF rule asks for the type because a browser sends such a request
+    // cross-site with the user's cookies; serve reads bearer credentials only, never cookies.
+    if (emptyUntyped(req)) request.headers.set("content-type", "application/json");
     ips.set(request, ip);
     let out: Response | JsonAnswer;
     try {
@@ -272,7 +306,8 @@ export function serveApp(
     return underApi(path) ? "api" : "other";
   };
   /** Whether a path is the credit API's (a route group of its own in the metrics). */
-  const underApi = (path: string) => handler.basePaths.some((b) => path === b || path.startsWith(`${b}/`));
+  const apiBases = handler.basePaths.filter((b) => b !== "/health" && b !== "/metrics");
+  const underApi = (path: string) => apiBases.some((b) => path === b || path.startsWith(`${b}/`));
 
   const listener = (req: IncomingMessage, res: ServerResponse) => {
     const started = performance.now();
@@ -338,6 +373,75 @@ export function serveApp(
   };
 }
 
+/** A POST, PUT, PATCH or DELETE that has no body (none declared, none sent) and no Content-Type. */
+function emptyUntyped(req: IncomingMessage): boolean {
+  const m = req.method;
+  if (m !== "POST" && m !== "PUT" && m !== "PATCH" && m !== "DELETE") return false;
+  const h = req.headers;
+  return (
+    h["content-type"] === undefined &&
+    h["transfer-encoding"] === undefined &&
+    (h["content-length"] === undefined || h["content-length"] === "0")
+  );
+}
+
+const NO_STORE = { "cache-control": "no-store" };
+
+/** `/health/ready`: the status only (the report names the store and its errors: `GET /admin/health`). */
+async function readiness(manager: CreditManager): Promise<JsonAnswer> {
+  const report = await manager.health({ timeoutMs: 2000 }).catch(() => ({ status: "down" as const }));
+  return jsonAnswer(report.status === "down" ? 503 : 200, { status: report.status }, NO_STORE);
+}
+
+/**
+ * serve's own routes as route definitions, for the OpenAPI document (docs/service.md): the
+ * listener answers these paths itself before the handler; the definitions answer the same.
+ */
+function ownRoutes(metrics: ServeSettings["CREDIT_METRICS"]): RouteDefinition[] {
+  const routes: RouteDefinition[] = [
+    {
+      method: "GET",
+      base: "root",
+      path: "/health/live",
+      access: "public",
+      operationId: "healthLive",
+      summary: "Liveness: 200 while the process answers",
+      tags: ["health"],
+      response: z.object({ status: z.literal("ok") }),
+      handle: () => jsonAnswer(200, { status: "ok" }, NO_STORE).toResponse(),
+    },
+    {
+      method: "GET",
+      base: "root",
+      path: "/health/ready",
+      access: "public",
+      operationId: "healthReady",
+      summary: "Readiness: the store's status only; 503 when it is down",
+      tags: ["health"],
+      response: z.object({ status: z.enum(["ok", "degraded", "down"]) }),
+      errors: [503],
+      handle: async ({ manager }) => (await readiness(manager)).toResponse(),
+    },
+  ];
+  if (metrics !== "off") {
+    routes.push({
+      method: "GET",
+      base: "root",
+      path: "/metrics",
+      access: metrics === "public" ? "public" : "admin",
+      operationId: "metrics",
+      summary: "Prometheus metrics",
+      description:
+        "The Prometheus text exposition format (`text/plain; version=0.0.4`): the library's OpenTelemetry metrics and the service's request counts and durations.",
+      tags: ["health"],
+      handle: () => {
+        throw new HttpError(404, "NOT_FOUND", "No route for GET /metrics.");
+      },
+    });
+  }
+  return routes;
+}
+
 function corsHeaders(req: IncomingMessage, out: Response | JsonAnswer, allowed: Set<string>) {
   const origin = req.headers.origin;
   if (typeof origin !== "string" || !allowed.has(origin)) return;
@@ -353,9 +457,28 @@ function corsHeaders(req: IncomingMessage, out: Response | JsonAnswer, allowed: 
   out.headers.append("vary", "origin");
 }
 
+/** How long idle keep-alive connections stay open after SIGTERM, in ms (see `runServe`). */
+const IDLE_GRACE_MS = 1000;
+
+/** Why the port could not be listened on, in words (docs/service.md, "Exit codes"). */
+function listenFailure(error: unknown, host: string, port: number): string {
+  const code = (error as { code?: string }).code;
+  const where = `${host}:${port}`;
+  if (code === "EADDRINUSE")
+    return `port ${port} is in use on ${host} (EADDRINUSE): stop the process that listens there, or choose another port with --port or CREDIT_PORT`;
+  if (code === "EACCES")
+    return `not allowed to listen on ${where} (EACCES): ports below 1024 need privileges; choose another with --port or CREDIT_PORT`;
+  if (code === "EADDRNOTAVAIL")
+    return `cannot listen on ${where} (EADDRNOTAVAIL): ${host} is not an address of this machine; set --host or CREDIT_HOST`;
+  return `cannot listen on ${where}: ${(error as Error).message}`;
+}
+
 /**
- * Runs the service until SIGTERM/SIGINT. Resolves to the exit code: 0 stopped cleanly, 1 the start
- * failed (the store), 2 a bad worker setting (with --worker).
+ * Runs the service until SIGTERM/SIGINT. Resolves to the exit code: 0 stopped cleanly; 1 the
+ * shutdown time-out cut requests in flight. Throws `ServeStartError` when it cannot start (the
+ * store, the port: exit 1), `MissingDriverError` without better-sqlite3 (exit 3), `ServeUsageError`
+ * for a bad worker setting (with --worker, exit 2): the CLI prints each on stderr, the same way
+ * (docs/service.md, "Exit codes").
  */
 export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise<number> {
   const destination = logDestination((text) => io.stdout(text), s.CREDIT_LOG_FLUSH_MS);
@@ -393,23 +516,26 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   let manager: CreditManager | undefined;
   let keys: KeyStore | undefined;
   let metrics: Metrics | null = null;
+  let started = false;
   try {
     let where: string;
     try {
-      const stores = await openStores(s.store, env);
+      const stores = await openStores(s.store);
       keys = stores.keys;
       where = stores.where;
       const metricsOn = s.CREDIT_METRICS !== "off";
-      metrics = metricsOn ? await startMetrics(logger) : null;
+      metrics = metricsOn ? await startMetrics(logger, s) : null;
       manager = await createCreditManager({ db: stores.db, logger });
       await keys.init();
     } catch (error) {
-      if ((error as Error).name === "MissingDriverError") throw error;
-      logger.error({ err: error }, "serve could not start");
-      return 1;
+      if (error instanceof MissingDriverError)
+        throw new MissingDriverError(`serve could not start: ${error.message}`, { cause: error });
+      throw new ServeStartError(
+        `serve could not start: the ${s.store.kind} store could not be opened: ${(error as Error).message ?? String(error)}`,
+        { cause: error },
+      );
     }
-    const keyCacheMs = Number(env.CREDIT_KEY_CACHE_MS ?? 5000);
-    const auth = await createAuthenticator(s, keys, Number.isFinite(keyCacheMs) ? keyCacheMs : 5000);
+    const auth = await createAuthenticator(s, keys, s.CREDIT_KEY_CACHE_MS);
     const onConsoleError = (error: unknown, request: Request) =>
       logger.error({ err: error, path: new URL(request.url).pathname }, "console request failed");
     const routes = s.CREDIT_CONSOLE ? await consoleApp(manager, s, auth, CONSOLE_PREFIX, onConsoleError) : null;
@@ -417,10 +543,20 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     const server = createServer({ requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, app.listener);
     // Longer than the idle time-out of common load balancers (60 s): they close first, never mid-request.
     server.keepAliveTimeout = 65_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(s.CREDIT_PORT, s.CREDIT_HOST, () => resolve());
-    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(s.CREDIT_PORT, s.CREDIT_HOST, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
+    } catch (error) {
+      throw new ServeStartError(`serve could not start: ${listenFailure(error, s.CREDIT_HOST, s.CREDIT_PORT)}`, {
+        cause: error,
+      });
+    }
+    started = true;
     const address = server.address();
     const port = typeof address === "object" && address !== null ? address.port : s.CREDIT_PORT;
     const rounds = ws === undefined ? null : startWorkerRounds(manager, ws, logger);
@@ -442,23 +578,70 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       if (signalled !== null) resolve(signalled);
     });
     logger.info({ signal, inFlight: app.inFlight() }, "stopping: no new connections, finishing requests in flight");
-    app.draining();
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-    server.closeIdleConnections();
-    const cut = setTimeout(() => server.closeAllConnections(), s.CREDIT_SHUTDOWN_TIMEOUT_MS);
-    await closed;
-    clearTimeout(cut);
+    destination.flush();
+    const cut = await drain(server, app, s.CREDIT_SHUTDOWN_TIMEOUT_MS);
     await rounds?.stop();
     await manager.close();
     await keys.close();
     await metrics?.shutdown();
+    if (cut > 0) {
+      logger.error(
+        { cut, shutdownTimeoutMs: s.CREDIT_SHUTDOWN_TIMEOUT_MS },
+        "stopped: the shutdown time-out cut requests in flight (exit 1)",
+      );
+      return 1;
+    }
     logger.info("stopped");
     return 0;
   } finally {
     process.off("SIGTERM", onTerm);
     process.off("SIGINT", onInt);
+    if (!started) {
+      await keys?.close().catch(() => undefined);
+      await metrics?.shutdown().catch(() => undefined);
+    }
     if (manager !== undefined) await manager.close().catch(() => undefined);
     destination.flush();
     process.off("exit", flushOnExit);
   }
+}
+
+/**
+ * Stops `server` gracefully (docs/service.md, "Stop it"): no new connections; every answer from
+ * now on says `Connection: close` (requests in flight, and requests that arrive on open keep-alive
+ * connections, are answered, then their connection closes); connections idle at the signal stay
+ * open `IDLE_GRACE_MS`, so a request a client is sending on one right then is answered rather than
+ * cut, then are closed. After `timeoutMs` whatever is still open is cut. Resolves to the number of
+ * requests cut (0: every request was answered).
+ */
+async function drain(server: Server, app: ServeApp, timeoutMs: number): Promise<number> {
+  app.draining();
+  const closed = new Promise<void>((resolve) => {
+    // net.Server's close: stop listening and wait for the connections to end. http.Server's own
+    // close would also destroy the idle keep-alive connections at once, where a client may be
+    // sending a request that moment: it would see a reset instead of an answer.
+    NetServer.prototype.close.call(server, () => resolve());
+  });
+  // After the grace, a connection idle then (or later: one whose answer began before the signal,
+  // without `Connection: close`) is closed.
+  let sweep: NodeJS.Timeout | undefined;
+  const idle = setTimeout(
+    () => {
+      server.closeIdleConnections();
+      sweep = setInterval(() => server.closeIdleConnections(), 250);
+    },
+    Math.min(IDLE_GRACE_MS, timeoutMs),
+  );
+  let cut = 0;
+  const timeout = setTimeout(() => {
+    cut = app.inFlight();
+    server.closeAllConnections();
+  }, timeoutMs);
+  await closed;
+  clearTimeout(idle);
+  clearInterval(sweep);
+  clearTimeout(timeout);
+  // http.Server's close, now that nothing is open: it stops the server's request time-out checks.
+  server.close();
+  return cut;
 }

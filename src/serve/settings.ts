@@ -5,7 +5,17 @@ import * as z from "zod";
  * environment, a flag winning over its variable, checked by one zod schema before anything
  * connects. A bad one is a `ServeUsageError` naming the variable (the CLI exits 2).
  */
-export class ServeUsageError extends Error {}
+export class ServeUsageError extends Error {
+  override name = "ServeUsageError";
+}
+
+/**
+ * `serve` could not start: the store could not be opened, or the port could not be listened on
+ * (docs/service.md, "Exit codes"). The CLI prints the message on stderr and exits 1.
+ */
+export class ServeStartError extends Error {
+  override name = "ServeStartError";
+}
 
 export type Env = Record<string, string | undefined>;
 
@@ -52,6 +62,12 @@ const url = (schemes: readonly string[]) =>
     { error: `must be a ${schemes.map((s) => `${s}//`).join(" or ")} URL` },
   );
 
+/** A credential of a payment provider: printable, no spaces, 1,024 characters at most. */
+const secret = z
+  .string()
+  .regex(/^[!-~]{1,1024}$/, { error: "must be 1 to 1,024 printable characters without spaces" })
+  .optional();
+
 /** The variables, as text; each field's name is its variable's. */
 const Schema = z.strictObject({
   CREDIT_PORT: int(0, 65_535).default(8080),
@@ -61,6 +77,20 @@ const Schema = z.strictObject({
     .regex(/^mongodb(\+srv)?:\/\//, { error: "must be a mongodb:// or mongodb+srv:// URL" })
     .optional(),
   CREDIT_PG_URL: url(["postgres:", "postgresql:"]).optional(),
+  /** The PostgreSQL schema of the tables and of `credit_api_keys` (PostgreSQL names: 63 bytes at most). */
+  CREDIT_PG_SCHEMA: z
+    .string()
+    .regex(/^[^\0"]{1,63}$/, { error: "must be a schema name of 1 to 63 characters, without quotes" })
+    .optional(),
+  /** `day`, `week` or `month`: a partitioned PostgreSQL store (docs/running-for-years.md). */
+  CREDIT_PG_PARTITIONS: z.enum(["day", "week", "month"], { error: "must be day, week or month" }).optional(),
+  /** The MongoDB database. Default `credit_management`. */
+  CREDIT_MONGO_DB: z
+    .string()
+    .regex(/^[^/\\. "$*<>:|?\0]{1,63}$/, {
+      error: 'must be a MongoDB database name: 1 to 63 characters, none of / \\ . " $ * < > : | ?',
+    })
+    .default("credit_management"),
   CREDIT_SQLITE_PATH: z.string().min(1).optional(),
   CREDIT_LOG_LEVEL: z.enum(LOG_LEVELS).default("info"),
   /**
@@ -107,11 +137,63 @@ const Schema = z.strictObject({
     .default(false),
   /** The key signing the console's CSRF tokens (32+ characters); unset: random per process. */
   CREDIT_CONSOLE_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  /**
+   * How long an API key's row is reused before the store is read again, in ms (0: every request
+   * reads it). A revoked key keeps working in a running service for up to this long, hence the
+   * bound of one minute (docs/service.md, "Secure it").
+   */
+  CREDIT_KEY_CACHE_MS: int(0, 60_000).default(5000),
+  /**
+   * The `service.name` of the metrics' resource (OpenTelemetry's variable; it wins over a
+   * `service.name` in OTEL_RESOURCE_ATTRIBUTES). Default `credit-management`.
+   */
+  OTEL_SERVICE_NAME: z.string().regex(/^[!-~][ -~]{0,254}$/, { error: "must be 1 to 255 printable characters" }).optional(),
+  /**
+   * More attributes of the metrics' resource, `key=value` pairs separated by commas, values
+   * percent-encoded (the OpenTelemetry resource SDK's format).
+   */
+  OTEL_RESOURCE_ATTRIBUTES: z
+    .string()
+    .max(4096, { error: "must be 4,096 characters or fewer" })
+    .transform((v, ctx) => {
+      const attributes: Record<string, string> = {};
+      for (const pair of v.split(",")) {
+        if (pair.trim() === "") continue;
+        const at = pair.indexOf("=");
+        const key = at < 0 ? "" : pair.slice(0, at).trim();
+        let value: string | null = null;
+        try {
+          value = at < 0 ? null : decodeURIComponent(pair.slice(at + 1).trim());
+        } catch {
+          value = null;
+        }
+        if (!/^[!-~]{1,255}$/.test(key) || value === null || value.length > 255) {
+          ctx.addIssue({
+            code: "custom",
+            message: "must be key=value pairs separated by commas (values percent-encoded, 255 characters at most)",
+          });
+          return z.NEVER;
+        }
+        attributes[key] = value;
+      }
+      return attributes;
+    })
+    .optional(),
+  // Read by the payment providers (docs/promos-and-payments.md); checked here so a stray value
+  // stops the start instead of failing every webhook.
+  STRIPE_SECRET_KEY: secret,
+  STRIPE_WEBHOOK_SECRET: secret,
+  RAZORPAY_KEY_ID: secret,
+  RAZORPAY_KEY_SECRET: secret,
+  RAZORPAY_WEBHOOK_SECRET: secret,
 });
 
 export type ServeSettings = z.output<typeof Schema> & {
   worker: boolean;
-  store: { kind: "sqlite"; path: string } | { kind: "postgres"; url: string } | { kind: "mongodb"; uri: string };
+  store:
+    | { kind: "sqlite"; path: string }
+    | { kind: "postgres"; url: string; schema: string | undefined; partitions: "day" | "week" | "month" | undefined }
+    | { kind: "mongodb"; uri: string; db: string };
   jwt: boolean;
 };
 
@@ -139,10 +221,7 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     const issue = r.error.issues[0];
     const key = String(issue?.path[0] ?? "");
     const from = FLAG_OF[key] !== undefined && flagGiven(flags, key) ? FLAG_OF[key] : key;
-    const shown =
-      key.includes("KEY") || key.includes("SECRET") || key.includes("URL") || key.includes("URI")
-        ? "(hidden)"
-        : `"${input[key]}"`;
+    const shown = /(KEY|SECRET|URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
     throw new ServeUsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
   }
   const s = r.data;
@@ -161,9 +240,9 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     throw new ServeUsageError("CREDIT_JWT_ISSUER/CREDIT_JWT_AUDIENCE need CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY");
   const store: ServeSettings["store"] =
     s.CREDIT_MONGO_URI !== undefined
-      ? { kind: "mongodb", uri: s.CREDIT_MONGO_URI }
+      ? { kind: "mongodb", uri: s.CREDIT_MONGO_URI, db: s.CREDIT_MONGO_DB }
       : s.CREDIT_PG_URL !== undefined
-        ? { kind: "postgres", url: s.CREDIT_PG_URL }
+        ? { kind: "postgres", url: s.CREDIT_PG_URL, schema: s.CREDIT_PG_SCHEMA, partitions: s.CREDIT_PG_PARTITIONS }
         : { kind: "sqlite", path: s.CREDIT_SQLITE_PATH ?? DEFAULT_SQLITE_PATH };
   return { ...s, worker: flags.worker === true, store, jwt };
 }
@@ -188,17 +267,22 @@ export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variab
   --log-level LEVEL                CREDIT_LOG_LEVEL. Default info
   --console                        CREDIT_CONSOLE=1: the operator console under /console, admins only
                                    (CREDIT_CONSOLE_SECRET signs its forms). Default off
-Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA), CREDIT_MONGO_URI (CREDIT_MONGO_DB),
-  CREDIT_LOG_FLUSH_MS (default 100; 0: each line at once), CREDIT_MAX_BODY_BYTES,
+Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), CREDIT_MONGO_URI
+  (CREDIT_MONGO_DB), CREDIT_LOG_FLUSH_MS (default 100; 0: each line at once), CREDIT_MAX_BODY_BYTES,
   CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
   CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
-  CREDIT_CONSOLE_SECRET
-  Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 could not start (the store); 2 a bad flag or
-  variable; 3 better-sqlite3 (the default store's driver) is not installed.
+  CREDIT_CONSOLE_SECRET, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
+  CREDIT_KEY_CACHE_MS              How long a running service reuses an API key's row, in ms (0 to
+                                   60000). Default 5000: a revoked key keeps working up to this long
+  Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 could not start (the store could not be opened,
+  the port is in use or not allowed), or the shutdown time-out cut requests in flight; 2 a bad flag
+  or variable; 3 better-sqlite3 (the default store's driver) is not installed. Each start-up
+  failure is one line on stderr: "credit-management: serve could not start: ...".
 Commands "keys" (the same store variables):
   keys create --role admin|user:ID [--name NAME]   Prints the new key once (store only its hash)
   keys list                                        Id, role, name, created, revoked
-  keys revoke ID                                   The key stops working at once
+  keys revoke ID                                   Running services refuse the key within
+                                                   CREDIT_KEY_CACHE_MS (default 5 s)
 `;

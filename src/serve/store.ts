@@ -1,19 +1,18 @@
 import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
-import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
+import { createDbManagerFromEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
 import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
 
 /** better-sqlite3 (the default store's driver, an optional peer) is missing: the CLI exits 3. */
-export class MissingDriverError extends Error {}
+export class MissingDriverError extends Error {
+  override name = "MissingDriverError";
+}
 
 /** The credit store and the key store of `serve` and `keys`, on the same database. */
-export async function openStores(
-  store: ServeSettings["store"],
-  env: DbEnv,
-): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
+export async function openStores(store: ServeSettings["store"]): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
   if (store.kind === "sqlite") {
     // Loaded from the working directory's node_modules too (npx runs the package from its cache).
     let Database: new (file: string) => Parameters<typeof sqliteKeyStore>[0];
@@ -47,12 +46,8 @@ export async function openStores(
   }
   const db = await createDbManagerFromEnv(
     store.kind === "postgres"
-      ? {
-          CREDIT_PG_URL: store.url,
-          CREDIT_PG_SCHEMA: env.CREDIT_PG_SCHEMA,
-          CREDIT_PG_PARTITIONS: env.CREDIT_PG_PARTITIONS,
-        }
-      : { CREDIT_MONGO_URI: store.uri, CREDIT_MONGO_DB: env.CREDIT_MONGO_DB },
+      ? { CREDIT_PG_URL: store.url, CREDIT_PG_SCHEMA: store.schema, CREDIT_PG_PARTITIONS: store.partitions }
+      : { CREDIT_MONGO_URI: store.uri, CREDIT_MONGO_DB: store.db },
   );
   if (store.kind === "postgres") {
     const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
@@ -62,11 +57,11 @@ export async function openStores(
     };
     // A dropped idle connection is replaced on the next query; without a listener it would end the process.
     pool.on("error", () => {});
-    return { db, keys: postgresKeyStore(pool, env.CREDIT_PG_SCHEMA?.trim() || undefined), where: "postgres" };
+    return { db, keys: postgresKeyStore(pool, store.schema), where: "postgres" };
   }
   const { MongoClient } = await import("mongodb");
   const client = new MongoClient(store.uri);
-  const collection = client.db(env.CREDIT_MONGO_DB?.trim() || "credit_management").collection("credit_api_keys");
+  const collection = client.db(store.db).collection("credit_api_keys");
   return {
     db,
     keys: mongoKeyStore(collection as never, () => client.close()),
