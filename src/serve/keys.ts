@@ -111,34 +111,65 @@ interface SqliteLike {
 /** A record's values in the order of `COLUMNS` (the SQL stores' insert). */
 const valuesOf = (r: ApiKeyRecord) => [r.id, r.hash, r.role, r.userId, r.name, r.createdAt, r.revokedAt];
 
-/** Keys in the SQLite file of the store (its own connection; WAL lets both write). */
-export function sqliteKeyStore(db: SqliteLike): KeyStore {
-  let get: ReturnType<SqliteLike["prepare"]> | undefined;
+/** What the SQL key store needs of a database: its statements, with `$1, $2…` parameters. */
+interface SqlKeyDb {
+  /** Runs a statement without parameters (the CREATE). */
+  exec(sql: string): Promise<void>;
+  /** The rows of a SELECT. */
+  rows(sql: string, params: unknown[]): Promise<Row[]>;
+  /** The number of rows an INSERT or UPDATE changed. */
+  changes(sql: string, params: unknown[]): Promise<number>;
+  close(): Promise<void>;
+}
+
+/**
+ * The keys in a SQL table, one implementation for SQLite and PostgreSQL: each statement (the
+ * revoke's guard `revoked_at IS NULL` among them) is written once, with `$n` parameters.
+ */
+function sqlKeyStore(db: SqlKeyDb, table: string, prepare: () => Promise<void>): KeyStore {
   return {
     async init() {
-      db.pragma("busy_timeout = 5000");
-      db.exec(CREATE(KEY_TABLE));
-      get = db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} WHERE id = ?`);
+      await prepare();
+      await db.exec(CREATE(table));
     },
     async insert(r) {
-      db.prepare(`INSERT INTO ${KEY_TABLE} (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)`).run(...valuesOf(r));
+      await db.changes(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)`, valuesOf(r));
     },
     async get(id) {
-      const row = (get ?? db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} WHERE id = ?`)).get(id) as Row | undefined;
-      return row === undefined ? null : fromRow(row);
+      const rows = await db.rows(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
+      return rows.length === 0 ? null : fromRow(rows[0] as Row);
     },
     async list() {
-      return (db.prepare(`SELECT ${COLUMNS} FROM ${KEY_TABLE} ORDER BY created_at, id`).all() as Row[]).map(fromRow);
+      return (await db.rows(`SELECT ${COLUMNS} FROM ${table} ORDER BY created_at, id`, [])).map(fromRow);
     },
     async revoke(id, at) {
-      return (
-        db.prepare(`UPDATE ${KEY_TABLE} SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL`).run(at, id).changes > 0
-      );
+      const sql = `UPDATE ${table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL`;
+      return (await db.changes(sql, [at, id])) > 0;
     },
-    async close() {
-      db.close();
-    },
+    close: () => db.close(),
   };
+}
+
+/** Keys in the SQLite file of the store (its own connection; WAL lets both write). */
+export function sqliteKeyStore(db: SqliteLike): KeyStore {
+  // Each statement prepared once (`get` runs on every request whose key is not cached). Its `$n`
+  // are in order, so they become SQLite's positional `?`.
+  const statements = new Map<string, ReturnType<SqliteLike["prepare"]>>();
+  const prepared = (sql: string) => {
+    let st = statements.get(sql);
+    if (st === undefined) statements.set(sql, (st = db.prepare(sql.replace(/\$\d+/g, "?"))));
+    return st;
+  };
+  return sqlKeyStore(
+    {
+      exec: async (sql) => void db.exec(sql),
+      rows: async (sql, params) => prepared(sql).all(...params) as Row[],
+      changes: async (sql, params) => prepared(sql).run(...params).changes,
+      close: async () => void db.close(),
+    },
+    KEY_TABLE,
+    async () => void db.pragma("busy_timeout = 5000"),
+  );
 }
 
 interface PgPoolLike {
@@ -148,30 +179,19 @@ interface PgPoolLike {
 
 /** Keys in the PostgreSQL database (and schema) of the store. */
 export function postgresKeyStore(pool: PgPoolLike, schema: string | undefined): KeyStore {
-  const table = schema === undefined ? KEY_TABLE : `"${schema.replace(/"/g, '""')}".${KEY_TABLE}`;
-  return {
-    async init() {
-      if (schema !== undefined) await pool.query(`CREATE SCHEMA IF NOT EXISTS "${schema.replace(/"/g, '""')}"`);
-      await pool.query(CREATE(table));
+  const quoted = schema === undefined ? undefined : `"${schema.replace(/"/g, '""')}"`;
+  return sqlKeyStore(
+    {
+      exec: async (sql) => void (await pool.query(sql)),
+      rows: async (sql, params) => (await pool.query(sql, params)).rows as Row[],
+      changes: async (sql, params) => (await pool.query(sql, params)).rowCount ?? 0,
+      close: () => pool.end(),
     },
-    async insert(r) {
-      await pool.query(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)`, valuesOf(r));
+    quoted === undefined ? KEY_TABLE : `${quoted}.${KEY_TABLE}`,
+    async () => {
+      if (quoted !== undefined) await pool.query(`CREATE SCHEMA IF NOT EXISTS ${quoted}`);
     },
-    async get(id) {
-      const { rows } = await pool.query(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
-      return rows.length === 0 ? null : fromRow(rows[0] as Row);
-    },
-    async list() {
-      return ((await pool.query(`SELECT ${COLUMNS} FROM ${table} ORDER BY created_at, id`)).rows as Row[]).map(fromRow);
-    },
-    async revoke(id, at) {
-      const r = await pool.query(`UPDATE ${table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL`, [at, id]);
-      return (r.rowCount ?? 0) > 0;
-    },
-    async close() {
-      await pool.end();
-    },
-  };
+  );
 }
 
 interface MongoCollectionLike {
