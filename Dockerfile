@@ -12,7 +12,7 @@ COPY . .
 RUN npx tsup --silent && npm pack --silent --ignore-scripts && mkdir /app \
   && cd /app && npm init -y >/dev/null \
   && npm install --no-audit --no-fund --omit=dev /src/credit-management-*.tgz \
-     better-sqlite3 pg mongodb @opentelemetry/api @opentelemetry/sdk-metrics @opentelemetry/exporter-prometheus
+     better-sqlite3 pg mongodb @opentelemetry/api @opentelemetry/sdk-metrics @opentelemetry/resources @opentelemetry/exporter-prometheus
 
 # Run: the installed package only, as the unprivileged `node` user.
 FROM node:20-bookworm-slim

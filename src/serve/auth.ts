@@ -60,20 +60,24 @@ export class FailureLimiter {
 
 type Verify = (token: string) => Promise<Record<string, unknown>>;
 
+/** The public-key algorithms a JWT may use with a PEM key or a JWKS (each key its own type's only). */
+const ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+
 async function jwtVerifier(s: ServeSettings): Promise<Verify | null> {
   if (!s.jwt) return null;
   const jose = await import("jose");
   const options = { issuer: s.CREDIT_JWT_ISSUER, audience: s.CREDIT_JWT_AUDIENCE, clockTolerance: 5 };
+  // The algorithms each key form allows (docs/service.md, "Secure it"): a token never chooses.
   if (s.CREDIT_JWT_JWKS_URL !== undefined) {
     const jwks = jose.createRemoteJWKSet(new URL(s.CREDIT_JWT_JWKS_URL));
-    return async (token) => (await jose.jwtVerify(token, jwks, options)).payload;
+    return async (token) => (await jose.jwtVerify(token, jwks, { ...options, algorithms: ASYMMETRIC })).payload;
   }
   const text = s.CREDIT_JWT_KEY as string;
   let key: KeyObject | Uint8Array;
   let algorithms: string[];
   if (text.includes("-----BEGIN")) {
     key = createPublicKey(text.replace(/\\n/g, "\n"));
-    algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"];
+    algorithms = ASYMMETRIC;
   } else {
     key = new TextEncoder().encode(text);
     algorithms = ["HS256", "HS384", "HS512"];
