@@ -147,7 +147,10 @@ const Schema = z.strictObject({
    * The `service.name` of the metrics' resource (OpenTelemetry's variable; it wins over a
    * `service.name` in OTEL_RESOURCE_ATTRIBUTES). Default `credit-management`.
    */
-  OTEL_SERVICE_NAME: z.string().regex(/^[!-~][ -~]{0,254}$/, { error: "must be 1 to 255 printable characters" }).optional(),
+  OTEL_SERVICE_NAME: z
+    .string()
+    .regex(/^[!-~][ -~]{0,254}$/, { error: "must be 1 to 255 printable characters" })
+    .optional(),
   /**
    * More attributes of the metrics' resource, `key=value` pairs separated by commas, values
    * percent-encoded (the OpenTelemetry resource SDK's format).

@@ -12,7 +12,9 @@ export class MissingDriverError extends Error {
 }
 
 /** The credit store and the key store of `serve` and `keys`, on the same database. */
-export async function openStores(store: ServeSettings["store"]): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
+export async function openStores(
+  store: ServeSettings["store"],
+): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
   if (store.kind === "sqlite") {
     // Loaded from the working directory's node_modules too (npx runs the package from its cache).
     let Database: new (file: string) => Parameters<typeof sqliteKeyStore>[0];
