@@ -52,7 +52,7 @@ interface Metrics {
  * SDK's environment says: OTEL_RESOURCE_ATTRIBUTES, then OTEL_SERVICE_NAME over its `service.name`;
  * `credit-management` when neither names the service.
  */
-export function resourceAttributes(s: Pick<ServeSettings, "OTEL_SERVICE_NAME" | "OTEL_RESOURCE_ATTRIBUTES">) {
+function resourceAttributes(s: Pick<ServeSettings, "OTEL_SERVICE_NAME" | "OTEL_RESOURCE_ATTRIBUTES">) {
   return {
     "service.name": "credit-management",
     ...s.OTEL_RESOURCE_ATTRIBUTES,
