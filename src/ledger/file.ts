@@ -48,6 +48,13 @@ let usable = false;
 try {
   usable = linesOf(probe.chunk, lineOf) === probe.lines;
 } catch {}
+// The file must be the event loop's: Deno's descriptors belong to the thread that opened them
+// (docs/runtimes.md), and a thread that cannot write it leaves the writing to the event loop.
+try {
+  if (usable && fd >= 0) fs.fstatSync(fd);
+} catch {
+  usable = false;
+}
 if (!usable) {
   Atomics.store(state, 2, 1);
   process.exit();
@@ -88,7 +95,9 @@ parentPort.on("message", (m) => {
   } else if (m.close) {
     sync();
     parentPort.postMessage({ id: m.id });
-    parentPort.close();
+    // Deno's node:worker_threads has no parentPort.close() (docs/runtimes.md): the thread ends itself.
+    if (typeof parentPort.close === "function") parentPort.close();
+    else process.exit();
   } else {
     parentPort.postMessage({ id: m.id });
   }
@@ -149,7 +158,7 @@ export class LedgerFile {
   private fd = -1;
   private thread: Worker | null = null;
   /**
-   * [0]: chunks the thread has finished; [1]: 1 once it has ended; [2]: 1 if it cannot make lines;
+   * [0]: chunks the thread has finished; [1]: 1 once it has ended; [2]: 1 if it cannot make lines or reach the file;
    * [3]: always 0 (a pause: `Atomics.wait` on it).
    */
   private readonly state = new Int32Array(new SharedArrayBuffer(16));
