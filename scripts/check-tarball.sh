@@ -12,6 +12,7 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/cm-tarball-XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 tarball="$(cd "$repo" && npm pack --silent --ignore-scripts --pack-destination "$work" | tail -n 1)"
+echo "Node.js $(node -v), npm $(npm -v)"
 echo "packed $tarball ($(du -k "$work/$tarball" | cut -f1) KB)"
 tsver="$(node -p "require('$repo/node_modules/typescript/package.json').version")"
 pgver="$(node -p "require('$repo/node_modules/pg/package.json').version")"
@@ -32,9 +33,16 @@ JSON
 npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescript@$tsver" "pg@$pgver" "mongodb@$mongover" "ioredis@$ioredisver" "fast-check@$fcver" "express@$expressver" "@types/express@$typesexpressver" "@nats-io/jetstream@$natsjsver" "@nats-io/transport-node@$natstransportver" "@opentelemetry/api@$otelver" @types/node@20
 # better-sqlite3, the SQLite store's peer: its native addon compiles from source here (no prebuilt
 # binary is reachable), which takes minutes, so the package is installed without its install script
-# and given the addon the repository's own install built (same version, same machine).
-npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$sqlitever"
-cp -R "$repo/node_modules/better-sqlite3/build" node_modules/better-sqlite3/
+# and given the addon the repository's own install built (same version, same machine). Or, on
+# another Node.js (CI's Node 22 and 24 checks: .ci/runtimes/check.sh), the version named by
+# CM_BETTER_SQLITE3_VERSION, which must ship its binary (13 and later: Node-API prebuilds inside).
+if [ -n "${CM_BETTER_SQLITE3_VERSION:-}" ]; then
+  npm install --no-audit --no-fund --prefer-offline --silent "better-sqlite3@$CM_BETTER_SQLITE3_VERSION"
+else
+  npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$sqlitever"
+  cp -R "$repo/node_modules/better-sqlite3/build" node_modules/better-sqlite3/
+fi
+echo "better-sqlite3 $(node -p "require('better-sqlite3/package.json').version")"
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
 subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel credit-management/console"

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The package on other runtimes than the machine's Node.js, each installed from the npm registry
+# by .ci/runtimes/package.json (its own lock; not part of what users install). Called by .ci/run;
+# docs/runtimes.md says what each check proves and what it leaves out.
+#
+#   check.sh install          npm install here (from npm's cache when it has them), the lock unchanged
+#   check.sh node 22|24       the package checks (scripts/check-tarball.sh) on that Node.js, the
+#                             SQLite store with better-sqlite3 13 (its Node-API binary is in the
+#                             package: nothing to compile; 12 aborts the process on Node 24.19 and later)
+#   check.sh bun deno         the packed package in a fresh project on Bun and/or Deno: the contract
+#                             suite (contract.mjs) on memory and PostgreSQL, and examples/bun.ts /
+#                             examples/deno.ts over HTTP on memory and PostgreSQL
+# A runtime that cannot be had fails the check. PostgreSQL: CREDIT_PG_URL (required when CI is set).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+modules="$here/node_modules"
+
+nodedir() {
+  local dir="$modules/node$1"
+  [ -x "$dir/bin/node" ] || { echo "Node $1 is not installed in $modules (run: $0 install)" >&2; exit 1; }
+  echo "$dir"
+}
+
+case "${1:-}" in
+  install)
+    cd "$here"
+    # No bin links: both Node.js packages name their binary `node`; the checks call each by path.
+    npm install --no-audit --no-fund --prefer-offline --no-bin-links
+    if ! git -C "$repo" diff --quiet -- .ci/runtimes/package-lock.json; then
+      echo ".ci/runtimes/package-lock.json is out of date with its package.json: run npm install there and commit it" >&2
+      exit 1
+    fi
+    echo "Node $("$modules/node22/bin/node" -v), Node $("$modules/node24/bin/node" -v), Bun $("$modules/bun/bin/bun.exe" --version), $("$modules/@deno/linux-x64-glibc/deno" --version | head -n 1)"
+    ;;
+  node)
+    dir="$(nodedir "$2")"
+    PATH="$dir/bin:$PATH" CM_BETTER_SQLITE3_VERSION="$(node -p "require('$modules/better-sqlite3/package.json').version")" \
+      bash "$repo/scripts/check-tarball.sh"
+    ;;
+  bun | deno)
+    if [ -z "${CREDIT_PG_URL:-}" ] && [ -n "${CI:-}" ]; then
+      echo "CREDIT_PG_URL is not set: the PostgreSQL checks cannot run" >&2
+      exit 1
+    fi
+    SECONDS=0
+    work="$(mktemp -d "${TMPDIR:-/tmp}/cm-runtimes-XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+    tarball="$(cd "$repo" && npm pack --silent --ignore-scripts --pack-destination "$work" | tail -n 1)"
+    version() { node -p "require('$1/package.json').version"; }
+    cd "$work"
+    echo '{ "name": "consumer", "private": true, "type": "module" }' > package.json
+    npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" \
+      "pg@$(version "$repo/node_modules/pg")" "fast-check@$(version "$repo/node_modules/fast-check")" \
+      "expect@$(version "$modules/expect")"
+    cp "$here/contract.mjs" "$repo/examples/bun.ts" "$repo/examples/deno.ts" .
+    mkdir tmp
+    export TMPDIR="$work/tmp" NO_COLOR=1 DENO_DIR="$work/deno-dir"
+    bun="$modules/bun/bin/bun.exe"
+    deno="$modules/@deno/linux-x64-glibc/deno"
+    # What Deno needs (docs/runtimes.md): env (configuration; pino reads its own at import),
+    # sys=hostname (pino's log lines carry it), net (PostgreSQL, the server), read/write (the ledger
+    # file and journal archives, here only under the temporary folder).
+    deno_run() { "$deno" run --no-prompt --allow-env --allow-sys=hostname --allow-net=127.0.0.1 --allow-read="$work" --allow-write="$TMPDIR" "$@"; }
+    # Deno is given the npm: specifiers a Deno program writes (resolved from node_modules here).
+    sed -i 's#from "credit-management#from "npm:credit-management#' deno.ts
+    sed 's#from "credit-management#from "npm:credit-management#' contract.mjs > contract-deno.mjs
+    schema="cm_rt_example_$$"
+    example() { # runtime, memory|postgres: runs the example's demo and checks what it printed
+      local out
+      out="$(
+        if [ "$2" = memory ]; then export CREDIT_PG_URL=""; else export CREDIT_PG_SCHEMA="$schema"; fi
+        if [ "$1" = bun ]; then "$bun" bun.ts; else deno_run deno.ts; fi
+      )"
+      echo "$out"
+      for expected in "POST /api/summarize: 200, X-Credits-Deducted: 12" "user-1 /api/chat: held 50, committed 15" \
+        'POST /api/chat (SSE): 200, "data: Credits' "GET /credits/balance: 200, balance 973" "POST /api/summarize (no credits): 402"; do
+        grep -qF "$expected" <<<"$out" || { echo "examples/$1.ts did not print: $expected" >&2; exit 1; }
+      done
+    }
+    for runtime in "$@"; do
+      case "$runtime" in
+        bun)
+          echo "--- Bun $("$bun" --version)"
+          "$bun" -e 'const m = await import("credit-management"); if (!m.createCreditManager) throw new Error("ESM import")'
+          "$bun" -e 'const m = require("credit-management/http"); if (!m.creditMetering) throw new Error("CJS require")'
+          echo "ESM import and CJS require of the package"
+          "$bun" contract.mjs
+          example bun memory
+          [ -z "${CREDIT_PG_URL:-}" ] || example bun postgres
+          ;;
+        deno)
+          echo "--- $("$deno" --version | head -n 1)"
+          deno_run contract-deno.mjs
+          example deno memory
+          [ -z "${CREDIT_PG_URL:-}" ] || example deno postgres
+          ;;
+        *) echo "unknown runtime $runtime" >&2; exit 1 ;;
+      esac
+    done
+    if [ -n "${CREDIT_PG_URL:-}" ]; then
+      node -e 'const pg = require("pg"); const c = new pg.Client({ connectionString: process.env.CREDIT_PG_URL });
+        c.connect().then(() => c.query(`DROP SCHEMA IF EXISTS "${process.argv[1]}" CASCADE`)).then(() => c.end());' "$schema"
+    fi
+    echo "runtimes check ($*): ok (${SECONDS} s)"
+    ;;
+  *)
+    echo "usage: $0 install | node 22|24 | bun [deno] | deno" >&2
+    exit 2
+    ;;
+esac
