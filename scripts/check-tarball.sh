@@ -35,9 +35,10 @@ npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" "typescr
 # binary is reachable), which takes minutes, so the package is installed without its install script
 # and given the addon the repository's own install built (same version, same machine). Or, on
 # another Node.js (CI's Node 22 and 24 checks: .ci/runtimes/check.sh), the version named by
-# CM_BETTER_SQLITE3_VERSION, which must ship its binary (13 and later: Node-API prebuilds inside).
+# CM_BETTER_SQLITE3_VERSION, which must ship its binary (13 and later: Node-API prebuilds inside,
+# so its install script, a node-gyp build, is not run).
 if [ -n "${CM_BETTER_SQLITE3_VERSION:-}" ]; then
-  npm install --no-audit --no-fund --prefer-offline --silent "better-sqlite3@$CM_BETTER_SQLITE3_VERSION"
+  npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$CM_BETTER_SQLITE3_VERSION"
 else
   npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$sqlitever"
   cp -R "$repo/node_modules/better-sqlite3/build" node_modules/better-sqlite3/

@@ -8,8 +8,8 @@
 #                             SQLite store with better-sqlite3 13 (its Node-API binary is in the
 #                             package: nothing to compile; 12 aborts the process on Node 24.19 and later)
 #   check.sh bun deno         the packed package in a fresh project on Bun and/or Deno: the contract
-#                             suite (contract.mjs) on memory and PostgreSQL, and examples/bun.ts /
-#                             examples/deno.ts over HTTP on memory and PostgreSQL
+#                             suite (contract.mjs) on memory, SQLite (better-sqlite3 13) and
+#                             PostgreSQL, and examples/bun.ts / examples/deno.ts over HTTP on each
 # A runtime that cannot be had fails the check. PostgreSQL: CREDIT_PG_URL (required when CI is set).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -53,6 +53,8 @@ case "${1:-}" in
     npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" \
       "pg@$(version "$repo/node_modules/pg")" "fast-check@$(version "$repo/node_modules/fast-check")" \
       "expect@$(version "$modules/expect")"
+    # better-sqlite3 13: Node-API, its binaries inside the package (no build: no install script).
+    npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$(version "$modules/better-sqlite3")"
     cp "$here/contract.mjs" "$repo/examples/bun.ts" "$repo/examples/deno.ts" .
     mkdir tmp
     export TMPDIR="$work/tmp" NO_COLOR=1 DENO_DIR="$work/deno-dir"
@@ -60,16 +62,24 @@ case "${1:-}" in
     deno="$modules/@deno/linux-x64-glibc/deno"
     # What Deno needs (docs/runtimes.md): env (configuration; pino reads its own at import),
     # sys=hostname (pino's log lines carry it), net (PostgreSQL, the server), read/write (the ledger
-    # file and journal archives, here only under the temporary folder).
-    deno_run() { "$deno" run --no-prompt --allow-env --allow-sys=hostname --allow-net=127.0.0.1 --allow-read="$work" --allow-write="$TMPDIR" "$@"; }
+    # file, journal archives, the SQLite file: here only under the temporary folder), and for the
+    # SQLite store ffi (better-sqlite3's binary) and sys=cpus,networkInterfaces (asked for when it loads).
+    deno_run() {
+      "$deno" run --no-prompt --allow-env --allow-sys=hostname,cpus,networkInterfaces --allow-net=127.0.0.1 \
+        --allow-read="$work" --allow-write="$TMPDIR" --allow-ffi="$work/node_modules/better-sqlite3" "$@"
+    }
     # Deno is given the npm: specifiers a Deno program writes (resolved from node_modules here).
     sed -i 's#from "credit-management#from "npm:credit-management#' deno.ts
     sed 's#from "credit-management#from "npm:credit-management#' contract.mjs > contract-deno.mjs
     schema="cm_rt_example_$$"
-    example() { # runtime, memory|postgres: runs the example's demo and checks what it printed
+    example() { # runtime, memory|sqlite|postgres: runs the example's demo and checks what it printed
       local out
       out="$(
-        if [ "$2" = memory ]; then export CREDIT_PG_URL=""; else export CREDIT_PG_SCHEMA="$schema"; fi
+        case "$2" in
+          memory) export CREDIT_PG_URL="" ;;
+          sqlite) export CREDIT_PG_URL="" CREDIT_SQLITE_PATH="$TMPDIR/example-$1.db" ;;
+          postgres) export CREDIT_PG_SCHEMA="${schema}_$1" ;;
+        esac
         if [ "$1" = bun ]; then "$bun" bun.ts; else deno_run deno.ts; fi
       )"
       echo "$out"
@@ -87,12 +97,14 @@ case "${1:-}" in
           echo "ESM import and CJS require of the package"
           "$bun" contract.mjs
           example bun memory
+          example bun sqlite
           [ -z "${CREDIT_PG_URL:-}" ] || example bun postgres
           ;;
         deno)
           echo "--- $("$deno" --version | head -n 1)"
           deno_run contract-deno.mjs
           example deno memory
+          example deno sqlite
           [ -z "${CREDIT_PG_URL:-}" ] || example deno postgres
           ;;
         *) echo "unknown runtime $runtime" >&2; exit 1 ;;
@@ -100,7 +112,7 @@ case "${1:-}" in
     done
     if [ -n "${CREDIT_PG_URL:-}" ]; then
       node -e 'const pg = require("pg"); const c = new pg.Client({ connectionString: process.env.CREDIT_PG_URL });
-        c.connect().then(() => c.query(`DROP SCHEMA IF EXISTS "${process.argv[1]}" CASCADE`)).then(() => c.end());' "$schema"
+        c.connect().then(() => c.query(`DROP SCHEMA IF EXISTS "${process.argv[1]}_bun", "${process.argv[1]}_deno" CASCADE`)).then(() => c.end());' "$schema"
     fi
     echo "runtimes check ($*): ok (${SECONDS} s)"
     ;;

@@ -2,12 +2,17 @@
 // Deno. It is run by .ci/runtimes/check.sh from a fresh project that installed the packed package,
 // so it tests what a user gets. No test runner of the runtime is needed: the suite takes its test
 // functions from its caller, and these are a small sequential runner with jest's `expect` (the
-// `expect` package). Stores: in memory, and PostgreSQL through `pg` when CREDIT_PG_URL is set
-// (a schema of its own, dropped at the end). Exits 1 on any failure, or when no test ran.
+// `expect` package). Stores: in memory; SQLite through `better-sqlite3` 13 (a Node-API addon, so
+// it loads on Bun and Deno too) in a file under the temporary folder, through two connections;
+// and PostgreSQL through `pg` when CREDIT_PG_URL is set (a schema of its own, dropped at the end). Exits 1 on any failure, or when no test ran.
 import { createRequire } from "node:module";
 import pg from "pg";
 import { InMemoryDbManager } from "credit-management";
 import { PostgresDbManager } from "credit-management/postgres";
+import { SqliteDbManager } from "credit-management/sqlite";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { runDbManagerContract } from "credit-management/testing";
 
 // Through require: Bun 1.4 gives `import { expect } from "expect"` (an ESM wrapper of a CommonJS
@@ -69,6 +74,7 @@ async function run(node, path) {
     for (const hook of node.before) await withTimeout(hook(), 60_000, `${here.join(" > ")} beforeAll`);
   } catch (error) {
     failed.push([here.join(" > ") + " (beforeAll)", error]);
+    console.error(`FAIL ${here.join(" > ")} (beforeAll)\n${error?.stack ?? error}`);
     return;
   }
   for (const child of node.children) {
@@ -96,6 +102,15 @@ async function run(node, path) {
 
 runDbManagerContract({ name: "memory", create: async () => new InMemoryDbManager(), test });
 
+const sqliteFile = join(mkdtempSync(join(tmpdir(), "cm-rt-sqlite-")), "contract.db");
+runDbManagerContract({
+  name: "sqlite",
+  test,
+  create: async () => new SqliteDbManager({ filename: sqliteFile }),
+  // A second connection on the same file, with its own caches (as a second process has).
+  createPeer: async () => new SqliteDbManager({ filename: sqliteFile }),
+});
+
 const url = process.env.CREDIT_PG_URL;
 const schema = `cm_rt_${Math.random().toString(36).slice(2, 12)}`;
 if (url) {
@@ -115,7 +130,8 @@ if (url) {
 
 const started = Date.now();
 await run(root, []);
-const stores = url ? "memory and PostgreSQL" : "memory (CREDIT_PG_URL not set: PostgreSQL not run)";
+const sqlite = `SQLite (better-sqlite3 ${createRequire(import.meta.url)("better-sqlite3/package.json").version})`;
+const stores = url ? `memory, ${sqlite} and PostgreSQL` : `memory and ${sqlite} (CREDIT_PG_URL not set: PostgreSQL not run)`;
 console.log(
   `${runtime}: the contract suite on ${stores}: ${passed} passed, ${failed.length} failed (${((Date.now() - started) / 1000).toFixed(1)} s)`,
 );
