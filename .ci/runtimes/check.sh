@@ -99,6 +99,22 @@ case "${1:-}" in
           example bun memory
           example bun sqlite
           [ -z "${CREDIT_PG_URL:-}" ] || example bun postgres
+          # `bunx --bun credit-management serve` (--bun: Bun runs the bin, not the node of its
+          # shebang) on its default store, SQLite: an admin key, a grant and a balance over HTTP.
+          export CREDIT_SQLITE_PATH="$TMPDIR/serve.db"
+          key="$(CREDIT_PG_URL="" "$bun" x --bun credit-management keys create --role admin | grep -o 'cmk_[A-Za-z0-9_-]*')"
+          port=$((20000 + RANDOM % 20000))
+          CREDIT_PG_URL="" CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=warn "$bun" x --bun credit-management serve &
+          serve=$!
+          for _ in $(seq 60); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.5; done
+          curl -fsS -X POST -H "authorization: Bearer $key" -H "content-type: application/json" -d '{"amount": 40}' \
+            "http://127.0.0.1:$port/admin/credits/users/u1/add" >/dev/null
+          balance="$(curl -fsS -H "authorization: Bearer $key" "http://127.0.0.1:$port/admin/credits/users/u1/balance")"
+          kill "$serve"
+          wait "$serve" || true
+          unset CREDIT_SQLITE_PATH
+          grep -q '"balance":40' <<<"$balance" || { echo "bunx credit-management serve answered: $balance" >&2; exit 1; }
+          echo "bunx --bun credit-management serve (SQLite): an admin key, a grant, the balance over HTTP: $balance"
           ;;
         deno)
           echo "--- $("$deno" --version | head -n 1)"
