@@ -52,11 +52,17 @@ const oldVersionRow: Record<SqlDialect, (v: number) => string> = {
      INSERT INTO schema_version (component, version) VALUES ('credit-management', ${v});`,
 };
 
-/** The upgrade statements up to version 6 (those of later versions left out). */
-const until6 = (options: Parameters<typeof upgradeStatements>[0]) => {
-  const later = new Set(upgradeStatements({ ...options, fromVersion: 6 }));
-  return upgradeStatements(options).filter((s) => !later.has(s));
+/**
+ * The upgrade statements up to `version` (those of later versions, which come last, left out: a
+ * later version may repeat an earlier statement, as version 8's notifications type check does 4's).
+ */
+const until = (version: number, options: Parameters<typeof upgradeStatements>[0]) => {
+  const later = upgradeStatements({ ...options, fromVersion: version }).length;
+  const all = upgradeStatements(options);
+  return all.slice(0, all.length - later);
 };
+const until6 = (options: Parameters<typeof upgradeStatements>[0]) => until(6, options);
+const until7 = (options: Parameters<typeof upgradeStatements>[0]) => until(7, options);
 
 describe("schema upgrades: the statements", () => {
   it("adds each later version's columns to the tables the store already has, and no others", () => {
@@ -66,7 +72,7 @@ describe("schema upgrades: the statements", () => {
     expect(from1).toContain('ALTER TABLE "grants" ALTER COLUMN "expired_amount" DROP DEFAULT;');
     // subscriptions did not exist at version 1: the DDL creates it whole.
     expect(from1).not.toContain('"subscriptions"');
-    const from2 = upgradeStatements({ dialect: "mysql", fromVersion: 2, prefix: "cm_" }).join("\n");
+    const from2 = until7({ dialect: "mysql", fromVersion: 2, prefix: "cm_" }).join("\n");
     expect(from2).toContain("ALTER TABLE `cm_subscriptions` ADD COLUMN `period_credits` BIGINT");
     expect(from2).toContain("ALTER TABLE `cm_subscriptions` ADD COLUMN `request` JSON;");
     expect(from2).not.toContain("accounts");
@@ -80,12 +86,12 @@ describe("schema upgrades: the statements", () => {
     );
     expect(pg3).toHaveLength(1);
     expect(pg3[0]).toMatch(
-      /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'\)\);$/,
+      /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \('low_credits', .*'feature_status_changed', 'credits_added', .*'hold_settled'.*\)\);$/,
     );
     const my3 = until6({ dialect: "mysql", fromVersion: 3 }).filter((s) => s.includes("notifications"));
     expect(my3).toEqual([
       expect.stringMatching(
-        /^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(23\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'\)\);$/,
+        /^ALTER TABLE `notifications` MODIFY COLUMN `type` VARCHAR\(\d+\) NOT NULL CHECK \(`type` IN \(.*'hold_settled'.*\)\);$/,
       ),
     ]);
     const lite3 = upgradeStatements({ dialect: "sqlite", fromVersion: 3 }).join("\n");
@@ -148,12 +154,12 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 7: notifications.version and subscriptions.change_keys (the keys of cancel, resume and changePlan, nullable JSON), 1 in the rows stored before (SQLite: the table rebuilt, as a fresh install's); the failed rows' partial index on PostgreSQL and SQLite, not MySQL", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 6, prefix: "cm_", schema: "billing" })).toEqual([
+    expect(until7({ dialect: "postgres", fromVersion: 6, prefix: "cm_", schema: "billing" })).toEqual([
       'ALTER TABLE "billing"."cm_notifications" ADD COLUMN IF NOT EXISTS "version" BIGINT NOT NULL DEFAULT 1 CHECK ("version" BETWEEN 1 AND 32767);',
       'ALTER TABLE "billing"."cm_notifications" ALTER COLUMN "version" DROP DEFAULT;',
       'ALTER TABLE "billing"."cm_subscriptions" ADD COLUMN IF NOT EXISTS "change_keys" JSONB;',
     ]);
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 6 })).toEqual([
+    expect(until7({ dialect: "mysql", fromVersion: 6 })).toEqual([
       "ALTER TABLE `notifications` ADD COLUMN `version` BIGINT NOT NULL DEFAULT 1 CHECK (`version` BETWEEN 1 AND 32767);",
       "ALTER TABLE `notifications` ALTER COLUMN `version` DROP DEFAULT;",
       expect.stringMatching(/^ALTER TABLE `subscriptions` ADD COLUMN `change_keys` JSON/),
@@ -161,6 +167,8 @@ describe("schema upgrades: the statements", () => {
     const lite6 = upgradeStatements({ dialect: "sqlite", fromVersion: 6 });
     expect(lite6.filter((x) => x.includes("ADD COLUMN"))).toEqual([
       'ALTER TABLE "subscriptions" ADD COLUMN "change_keys" TEXT CHECK (json_valid("change_keys"));',
+      // Version 8 (next test).
+      'ALTER TABLE "accounts" ADD COLUMN "auto_top_up" TEXT CHECK (json_valid("auto_top_up"));',
     ]);
     expect(lite6.find((x) => x.startsWith("INSERT INTO"))).toMatch(
       /^INSERT INTO "notifications__rebuild" \(.*"version".*\) SELECT .*"type", 1, "status".* FROM "notifications";$/,
@@ -175,6 +183,22 @@ describe("schema upgrades: the statements", () => {
     );
     expect(generateSql({ dialect: "sqlite" })).toContain('"notifications_failed"');
     expect(generateSql({ dialect: "mysql" })).not.toContain("notifications_failed");
+  });
+
+  it("version 8: accounts.auto_top_up (nullable JSON) and the auto top-up notification types", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 7, prefix: "cm_", schema: "billing" })).toEqual([
+      'ALTER TABLE "billing"."cm_accounts" ADD COLUMN IF NOT EXISTS "auto_top_up" JSONB;',
+      expect.stringMatching(
+        /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \(.*'auto_top_up_requested', 'auto_top_up_failed', 'auto_top_up_action_required', 'auto_top_up_disabled'\)\);$/,
+      ),
+    ]);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 7 })).toEqual([
+      "ALTER TABLE `accounts` ADD COLUMN `auto_top_up` JSON;",
+      expect.stringMatching(/^ALTER TABLE `notifications` MODIFY COLUMN `type` .*'auto_top_up_disabled'\)\);$/),
+    ]);
+    const lite7 = upgradeStatements({ dialect: "sqlite", fromVersion: 7 });
+    expect(lite7[0]).toBe('ALTER TABLE "accounts" ADD COLUMN "auto_top_up" TEXT CHECK (json_valid("auto_top_up"));');
+    expect(lite7.join("\n")).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {

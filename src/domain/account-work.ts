@@ -93,6 +93,7 @@ export class AccountWork {
           lastHash: null,
           nextExpiryAt: null,
           alert: null,
+          autoTopUp: null,
           createdAt: now,
           updatedAt: now,
         };
@@ -717,6 +718,7 @@ export function copyAccount(a: Account): Account {
     lastHash: a.lastHash,
     nextExpiryAt: a.nextExpiryAt,
     alert: a.alert,
+    autoTopUp: a.autoTopUp ?? null,
     createdAt: a.createdAt,
     updatedAt: a.updatedAt,
   } satisfies Record<keyof Account, unknown>;

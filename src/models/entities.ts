@@ -1,5 +1,6 @@
 import * as z from "zod";
 import { AlertState } from "./notifications.js";
+import { AutoTopUpState } from "./auto-top-up.js";
 import { EntityId, IdempotencyKey, Metadata, NonNegativeAmount, Priority, SignedAmount, UserId } from "./common.js";
 
 /** Where a grant's credits came from. */
@@ -47,6 +48,11 @@ export const Account = z.object({
   nextExpiryAt: z.date().nullable(),
   /** Low-credits alert state (null until the first change this version made). See docs/notifications.md. */
   alert: AlertState.nullable(),
+  /**
+   * The auto top-up rule and its state (schema version 8; null: none). Optional in this type so
+   * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
+   */
+  autoTopUp: AutoTopUpState.nullable().optional(),
   createdAt: z.date(),
   updatedAt: z.date(),
 });

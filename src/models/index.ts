@@ -5,6 +5,7 @@ export { parse } from "./parse.js";
 export * from "./subscriptions.js";
 export * from "./promos.js";
 export * from "./payments.js";
+export * from "./auto-top-up.js";
 export * from "./notifications.js";
 export * from "./events.js";
 export * from "./metering.js";

@@ -30,6 +30,11 @@ export const NotificationType = z.enum([
   // events (docs/events.md), recorded when `domainEvents` is on.
   "feature_status_changed",
   ...DomainEventType.options,
+  // Schema version 8: auto top-up (docs/promos-and-payments.md, "Auto top-up").
+  "auto_top_up_requested",
+  "auto_top_up_failed",
+  "auto_top_up_action_required",
+  "auto_top_up_disabled",
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 

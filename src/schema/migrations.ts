@@ -128,6 +128,14 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "subscriptions", field: "changeKeys" },
     ],
   },
+  // Auto top-up (issue 53): self-contained, so it can take whichever number is free.
+  {
+    to: 8,
+    summary:
+      'accounts.auto_top_up: the auto top-up rule and its state (docs/promos-and-payments.md, "Auto top-up"); notifications.type allows auto_top_up_requested, auto_top_up_failed, auto_top_up_action_required and auto_top_up_disabled',
+    columns: [{ table: "accounts", field: "autoTopUp" }],
+    checks: [{ table: "notifications", field: "type" }],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

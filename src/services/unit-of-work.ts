@@ -11,6 +11,7 @@ import {
   newNotification,
   type Thresholds,
 } from "../domain/notifications.js";
+import { topUpRequest } from "../domain/auto-top-up.js";
 import { grantTrial } from "../domain/trial.js";
 import { domainEvents } from "../domain/events.js";
 import { featureFlips } from "../domain/checks.js";
@@ -225,6 +226,12 @@ class UnitRun<T> {
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
+    // Auto top-up (docs/promos-and-payments.md): the spend that crosses `below` asks for one, in
+    // this unit of work, whether or not notifications are on.
+    if (changes.account.autoTopUp != null) {
+      const asked = topUpRequest(work.loaded, changes.account, work.now);
+      if (asked !== null) changes.notifications = [...(changes.notifications ?? []), asked];
+    }
     if (
       holdChannel.hasSubscribers &&
       (changes.insertReservations.length > 0 || changes.updateReservations.length > 0)

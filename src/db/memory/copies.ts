@@ -18,6 +18,7 @@ export function copyAccount(a: Account): Account {
   const c = shallowAccount(a);
   c.nextExpiryAt = dateOrNull(a.nextExpiryAt);
   c.alert = clone(a.alert);
+  c.autoTopUp = clone(a.autoTopUp ?? null);
   c.createdAt = date(a.createdAt);
   c.updatedAt = date(a.updatedAt);
   return c;
