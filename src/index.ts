@@ -45,6 +45,7 @@ export {
   type PaymentServiceOptions,
   type WebhookResult,
   type PaymentPage,
+  type AutoTopUpResult,
 } from "./services/payment-service.js";
 export {
   RazorpayProvider,
@@ -56,6 +57,8 @@ export {
   type CheckoutResult,
   type FetchLike,
   type HeadersLike,
+  type OffSessionChargeRequest,
+  type OffSessionChargeResult,
   type PaymentEvent,
   type PaymentEventKind,
   type PaymentProvider,

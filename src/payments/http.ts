@@ -58,3 +58,50 @@ export async function call(
   }
   return json as Record<string, unknown>;
 }
+
+/**
+ * One JSON call whose refusals are answers (a declined charge is a 402 with the reason): resolves
+ * to the status and body of any answer below 500 but 409 and 429; throws `PaymentProviderError`
+ * (`details.retryable: true`) for network failures, time-outs, 409 (a concurrent request with the
+ * same idempotency key), 429 and 5xx — errors that may pass, to be retried under the same key.
+ */
+export async function callAnswer(
+  f: FetchLike,
+  provider: string,
+  url: string,
+  init: RequestInit,
+  timeoutMs: number,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  let res: Response;
+  let text: string;
+  const signal = AbortSignal.timeout(timeoutMs);
+  try {
+    res = await f(url, { ...init, signal });
+    text = await res.text();
+  } catch (error) {
+    const timedOut = signal.aborted;
+    throw new PaymentProviderError(
+      timedOut
+        ? `[credit-management] [${provider}] The API did not answer within ${timeoutMs} ms.`
+        : `[credit-management] [${provider}] Request failed: ${(error as Error).message}`,
+      { provider, retryable: true, ...(timedOut ? { timeoutMs } : {}) },
+      error,
+    );
+  }
+  let json: unknown = null;
+  try {
+    json = text === "" ? null : JSON.parse(text);
+  } catch {
+    // not JSON; reported below
+  }
+  const retryable = res.status >= 500 || res.status === 429 || res.status === 409;
+  if (retryable || typeof json !== "object" || json === null) {
+    const message = str(at(json, "error", "message")) ?? `HTTP ${res.status}`;
+    throw new PaymentProviderError(`[credit-management] [${provider}] API refused the request: ${message}`, {
+      provider,
+      status: res.status,
+      retryable: retryable || res.ok,
+    });
+  }
+  return { status: res.status, body: json as Record<string, unknown> };
+}

@@ -12,6 +12,8 @@ export type {
   CheckoutResult,
   FetchLike,
   HeadersLike,
+  OffSessionChargeRequest,
+  OffSessionChargeResult,
   PaymentEvent,
   PaymentEventKind,
   PaymentProvider,

@@ -1,11 +1,13 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
-import { call, checkTimeout } from "./http.js";
+import { call, callAnswer, checkTimeout } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
 import type {
   CheckoutRequest,
   CheckoutResult,
   FetchLike,
   HeadersLike,
+  OffSessionChargeRequest,
+  OffSessionChargeResult,
   PaymentEvent,
   PaymentEventKind,
   PaymentProvider,
@@ -130,6 +132,68 @@ export class StripeProvider implements PaymentProvider {
     return { providerRef: id, url };
   }
 
+  /**
+   * Auto top-up: `POST /v1/payment_intents` with `off_session=true` and `confirm=true` for the
+   * saved `customer` and `payment_method`, under `Idempotency-Key` (the attempt's id, so a retry
+   * gets the first answer back). A 402 is a decline (its `decline_code` or `code`);
+   * `authentication_required` and a `requires_action` intent need the customer (3-D Secure).
+   */
+  async chargeSaved(r: OffSessionChargeRequest): Promise<OffSessionChargeResult> {
+    const form = new URLSearchParams({
+      amount: String(r.amount),
+      currency: r.currency.toLowerCase(),
+      customer: r.customer,
+      payment_method: r.paymentMethod,
+      off_session: "true",
+      confirm: "true",
+      description: r.description,
+      "metadata[credit_payment_id]": r.paymentId,
+      "metadata[user_id]": r.userId,
+      "metadata[credits]": String(r.credits),
+      "metadata[auto_top_up]": "true",
+    });
+    const { status, body } = await callAnswer(
+      this.fetch,
+      "stripe",
+      `${this.baseUrl}/v1/payment_intents`,
+      {
+        method: "POST",
+        headers: {
+          authorization: this.auth(),
+          "content-type": "application/x-www-form-urlencoded",
+          "stripe-version": this.apiVersion,
+          "idempotency-key": r.idempotencyKey,
+        },
+        body: form.toString(),
+      },
+      this.timeoutMs,
+    );
+    if (status >= 400) {
+      const err = at(body, "error");
+      const pi = at(err, "payment_intent");
+      const id = str(at(pi, "id"));
+      const code = str(at(err, "decline_code")) ?? str(at(err, "code")) ?? `http_${status}`;
+      if (code === "authentication_required" || str(at(pi, "status")) === "requires_action") {
+        return { status: "requires_action", providerPaymentId: id, code, nextAction: nextAction(pi) };
+      }
+      return { status: "declined", providerPaymentId: id, code, message: str(at(err, "message")) ?? code };
+    }
+    const id = str(body.id);
+    if (id === null)
+      throw new PaymentProviderError("[credit-management] [stripe] PaymentIntent answer without id.", {
+        provider: "stripe",
+      });
+    const st = str(body.status);
+    if (st === "succeeded") return { status: "succeeded", providerPaymentId: id };
+    if (st === "processing") return { status: "processing", providerPaymentId: id };
+    if (st === "requires_action" || st === "requires_confirmation") {
+      return { status: "requires_action", providerPaymentId: id, code: st, nextAction: nextAction(body) };
+    }
+    const last = at(body, "last_payment_error");
+    const code = str(at(last, "decline_code")) ?? str(at(last, "code")) ?? st ?? "unknown";
+    return { status: "declined", providerPaymentId: id, code, message: str(at(last, "message")) ?? code };
+  }
+
   /** The API's `authorization` header; a `ConfigurationError` without a secret key. */
   private auth(): string {
     if (!this.secretKey)
@@ -204,6 +268,14 @@ export class StripeProvider implements PaymentProvider {
       amount = int(at(o, "amount_total"));
       providerPaymentId = kind === "paid" ? pi : null;
       for (const id of [str(at(o, "id")), pi]) if (id !== null) providerIds.push(id);
+    } else if (type === "payment_intent.succeeded" || type === "payment_intent.payment_failed") {
+      // Auto top-ups (off-session PaymentIntents, `metadata.credit_payment_id`); a Checkout
+      // payment's intent carries the same metadata and credits under the same key.
+      const id = str(at(o, "id"));
+      kind = type === "payment_intent.succeeded" ? "paid" : "failed";
+      amount = kind === "paid" ? (int(at(o, "amount_received")) ?? int(at(o, "amount"))) : int(at(o, "amount"));
+      providerPaymentId = kind === "paid" ? id : null;
+      if (id !== null) providerIds.push(id);
     } else if (type === "charge.refunded") {
       kind = "refund";
       amount = int(at(o, "amount"));
@@ -228,4 +300,10 @@ export class StripeProvider implements PaymentProvider {
       refundedTotal,
     };
   }
+}
+
+/** What a PaymentIntent says the customer must do (`next_action`), or null. */
+function nextAction(pi: unknown): Record<string, unknown> | null {
+  const n = at(pi, "next_action");
+  return typeof n === "object" && n !== null ? (n as Record<string, unknown>) : null;
 }

@@ -23,6 +23,49 @@ export interface CheckoutResult {
   url: string;
 }
 
+/**
+ * What a provider needs to charge a saved payment method off-session (auto top-up,
+ * docs/promos-and-payments.md): the customer is not there to confirm it.
+ */
+export interface OffSessionChargeRequest {
+  /** Our payment id (the top-up attempt's): sent as metadata, so the provider's webhooks name it. */
+  paymentId: string;
+  userId: string;
+  /** Smallest currency unit. */
+  amount: number;
+  /** ISO-4217, upper-case. */
+  currency: string;
+  credits: number;
+  description: string;
+  /** The provider's customer (Stripe `cus_…`). */
+  customer: string;
+  /** The saved payment method (Stripe `pm_…`). */
+  paymentMethod: string;
+  /**
+   * The provider's idempotency key: derived from the attempt, the same on every retry of it, so a
+   * retry after a time-out or a crash finds the first charge instead of making a second.
+   */
+  idempotencyKey: string;
+}
+
+/**
+ * The provider's answer to an off-session charge. `succeeded`: the money is taken (credited at
+ * once); `processing`: not yet known (credited by the provider's webhook); `requires_action`: the
+ * customer must confirm it (3-D Secure), `nextAction` what the provider returned;
+ * `declined`: refused, `code` the provider's reason (`card_declined`, `insufficient_funds`, …).
+ * Errors that may pass (time-outs, 5xx, 429) are thrown as `PaymentProviderError`: retried under
+ * the same idempotency key.
+ */
+export type OffSessionChargeResult =
+  | { status: "succeeded" | "processing"; providerPaymentId: string }
+  | {
+      status: "requires_action";
+      providerPaymentId: string | null;
+      code: string;
+      nextAction: Record<string, unknown> | null;
+    }
+  | { status: "declined"; providerPaymentId: string | null; code: string; message: string };
+
 /** Header lookup: a fetch `Headers`, or a plain (Node-style) header object. */
 export type HeadersLike = Headers | Record<string, string | string[] | undefined>;
 
@@ -71,6 +114,12 @@ export interface PaymentProvider {
    * whose `createCheckout` honours `idempotencyKey` (Stripe) need not.
    */
   findCheckout?(request: CheckoutRequest): Promise<CheckoutResult | null>;
+  /**
+   * Optional: charges a saved payment method off-session (auto top-up). Stripe implements it (a
+   * PaymentIntent with `off_session` and `confirm`); a provider without it cannot be an auto
+   * top-up rule's provider.
+   */
+  chargeSaved?(request: OffSessionChargeRequest): Promise<OffSessionChargeResult>;
   /**
    * Optional: closes a checkout so it can no longer be paid (Razorpay cancels the payment link,
    * Stripe expires the Checkout Session). Called only for a checkout the library opened but never

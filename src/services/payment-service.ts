@@ -2,7 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import type { AccountWork, EntryMeta } from "../domain/account-work.js";
+import { AccountWork, type EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
 import {
@@ -29,6 +29,7 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
 import {
+  AutoTopUpInput,
   CreatePaymentInput,
   RecordRefundOptions,
   CreditsPerUnit,
@@ -38,12 +39,32 @@ import {
   PaymentId,
   UserId,
   parse,
+  type AutoTopUpState,
   type Grant,
+  type Notification,
   type Payment,
   type PaymentStatus,
 } from "../models/index.js";
 import { systemKey } from "../domain/keys.js";
-import type { CheckoutRequest, CheckoutResult, HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
+import {
+  afterActionRequired,
+  afterCredited,
+  afterDeclined,
+  amountForCredits,
+  chargeAmount,
+  disabled,
+  ruleOf,
+  withRule,
+} from "../domain/auto-top-up.js";
+import { newNotification } from "../domain/notifications.js";
+import type {
+  CheckoutRequest,
+  CheckoutResult,
+  HeadersLike,
+  OffSessionChargeResult,
+  PaymentEvent,
+  PaymentProvider,
+} from "../payments/types.js";
 import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
 import type { CreditService } from "./credit-service.js";
 import { decodeCursor, encodeCursor } from "./promo-service.js";
@@ -113,6 +134,22 @@ export interface WebhookResult {
   paymentId: string | null;
   status: PaymentStatus | null;
   reason?: string;
+}
+
+/** What `processAutoTopUp` did with the account's top-up in flight. */
+export interface AutoTopUpResult {
+  /**
+   * none: no top-up in flight (or another one than asked for); credited: charged and credited (or
+   * found credited); processing: charged, the provider's webhook credits it; action_required: the
+   * customer must confirm it; declined: refused (the rule disabled itself after `maxFailures`).
+   */
+  outcome: "none" | "credited" | "processing" | "action_required" | "declined";
+  /** The attempt (and its payment's id), or null for `none`. */
+  attemptId: string | null;
+  /** The provider's code of a decline or required action. */
+  code?: string;
+  /** True when this decline disabled the rule. */
+  disabled?: boolean;
 }
 
 /** A page of payments, newest first. */
@@ -605,6 +642,301 @@ export class PaymentService {
     return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null };
   }
 
+  // Auto top-up (docs/promos-and-payments.md, "Auto top-up") --------------------------------------
+
+  /**
+   * Sets (or replaces) the account's auto top-up rule: a spend that takes its available credits
+   * below `below` asks for a top-up, which `processAutoTopUp` (the worker) charges to the saved
+   * method. Enables the rule and forgets earlier declines; a top-up in flight and the month's count
+   * are kept. The provider must be configured and able to charge off-session (`chargeSaved`), the
+   * currency accepted (`ValidationError` otherwise, nothing changed). Resolves to the stored state.
+   */
+  async setAutoTopUp(userId: string, input: AutoTopUpInput): Promise<AutoTopUpState> {
+    const user = parse(UserId, userId, "userId");
+    const i = parse(AutoTopUpInput, input, "input");
+    const provider = this.provider(i.provider);
+    if (provider.chargeSaved === undefined) {
+      throw new ValidationError(`Invalid input.provider: "${provider.name}" cannot charge a saved method`, [
+        { path: "provider", message: "no off-session charges (chargeSaved)" },
+      ]);
+    }
+    this.acceptedCurrency(i.currency);
+    const rule = ruleOf(i);
+    const out = await this.changeAutoTopUp(user, (prev) => ({ state: withRule(prev, rule) }));
+    return out as AutoTopUpState;
+  }
+
+  /** The account's auto top-up rule and state, or null when it has none. */
+  async getAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
+    const user = parse(UserId, userId, "userId");
+    const account = await this.deps.db.getAccount(user);
+    return account?.autoTopUp ?? null;
+  }
+
+  /**
+   * Disables the account's auto top-up (kept, so `getAutoTopUp` still shows it; `setAutoTopUp`
+   * enables it again). A top-up already in flight still completes. Resolves to the state, or null
+   * when there is no rule.
+   */
+  async disableAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
+    const user = parse(UserId, userId, "userId");
+    return this.changeAutoTopUp(user, (prev) => (prev === null ? null : { state: disabled(prev, "disabled") }));
+  }
+
+  /**
+   * Charges the account's top-up in flight (`attemptId`: only that one) off-session and credits it
+   * when the provider says it succeeded — through the same idempotent path as the webhooks, so the
+   * answer and a `payment_intent.succeeded` webhook credit once. The provider's idempotency key is
+   * the attempt's id: a retry (after a time-out, a 5xx, a crash before the credit) finds the first
+   * charge. A decline marks the payment failed, keeps the provider's code (the rule's `lastError`) and sends `auto_top_up_failed`
+   * (and `auto_top_up_disabled` at the rule's `maxFailures`-th consecutive decline); a charge that
+   * needs the customer sends `auto_top_up_action_required`. Errors that may pass
+   * (`PaymentProviderError`: time-outs, 5xx, 429) are thrown, the top-up still in flight: call
+   * again later (the worker retries with backoff).
+   */
+  async processAutoTopUp(userId: string, attemptId?: string): Promise<AutoTopUpResult> {
+    const user = parse(UserId, userId, "userId");
+    const account = await this.deps.db.getAccount(user);
+    const s = account?.autoTopUp ?? null;
+    const attempt = s?.pending ?? null;
+    if (s === null || attempt === null || (attemptId !== undefined && attempt.id !== attemptId)) {
+      return { outcome: "none", attemptId: null };
+    }
+    const rule = s.rule;
+    const provider = this.provider(rule.provider);
+    const charge = provider.chargeSaved?.bind(provider);
+    if (charge === undefined) {
+      throw new ConfigurationError(
+        `[credit-management] [${provider.name}] cannot charge a saved method (chargeSaved): auto top-up ${attempt.id} waits`,
+      );
+    }
+    const creditsFor = (amount: number) => this.creditsFor(amount, rule.currency);
+    const amount = chargeAmount(rule, attempt.available, (c) => amountForCredits(c, creditsFor));
+    const now = this.deps.clock();
+    const credits = creditsFor(amount);
+    let payment: Payment = {
+      id: attempt.id,
+      userId: user,
+      provider: provider.name,
+      providerRef: null,
+      providerPaymentId: null,
+      amount,
+      currency: rule.currency,
+      credits,
+      status: "created",
+      checkoutUrl: null,
+      description: `Auto top-up: ${credits} credits`,
+      grantId: null,
+      creditEntryId: null,
+      refundedAmount: 0,
+      creditsReversed: 0,
+      metadata: { autoTopUp: true },
+      version: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    try {
+      await this.deps.db.insertPayment(payment);
+    } catch (error) {
+      if (!(error instanceof ConflictError)) throw error;
+      // An earlier try of this attempt: charge what it recorded (the same amount, the same key).
+      const first = await this.deps.db.getPayment(attempt.id, user);
+      if (first === null) throw error;
+      payment = first;
+    }
+    if (isCredited(payment.status)) {
+      await this.settleAutoTopUp(user, attempt.id, () => ({ state: afterCredited }));
+      return { outcome: "credited", attemptId: attempt.id };
+    }
+    const answer: OffSessionChargeResult = await charge({
+      paymentId: payment.id,
+      userId: user,
+      amount: payment.amount,
+      currency: payment.currency,
+      credits: payment.credits,
+      description: payment.description ?? `Auto top-up: ${payment.credits} credits`,
+      customer: rule.customer,
+      paymentMethod: rule.paymentMethod,
+      idempotencyKey: payment.id,
+    });
+    switch (answer.status) {
+      case "succeeded": {
+        const event: PaymentEvent = {
+          eventId: null,
+          type: "auto_top_up.succeeded",
+          kind: "paid",
+          paymentId: payment.id,
+          providerIds: [answer.providerPaymentId],
+          providerPaymentId: answer.providerPaymentId,
+          userId: user,
+          amount: payment.amount,
+          currency: payment.currency,
+          refundedTotal: null,
+        };
+        await this.credit(provider.name, payment, event, resultOf(event.type));
+        return { outcome: "credited", attemptId: attempt.id };
+      }
+      case "processing":
+        await this.advance(
+          payment.id,
+          (p) => (p.providerRef === null ? { providerRef: answer.providerPaymentId } : null),
+          payment,
+        );
+        return { outcome: "processing", attemptId: attempt.id };
+      case "requires_action": {
+        if (answer.providerPaymentId !== null) {
+          const ref = answer.providerPaymentId;
+          await this.advance(payment.id, (p) => (p.providerRef === null ? { providerRef: ref } : null), payment);
+        }
+        await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
+          const next = afterActionRequired(cur, attempt.id, answer.code);
+          if (next === null) return null;
+          return {
+            state: () => next,
+            notifications: [
+              newNotification(
+                user,
+                "auto_top_up_action_required",
+                {
+                  attemptId: attempt.id,
+                  paymentId: payment.id,
+                  providerPaymentId: answer.providerPaymentId,
+                  amount: payment.amount,
+                  currency: payment.currency,
+                  credits: payment.credits,
+                  code: answer.code,
+                  nextAction: answer.nextAction,
+                },
+                now,
+                `auto_top_up_action_required:${attempt.id}`,
+              ),
+            ],
+          };
+        });
+        return { outcome: "action_required", attemptId: attempt.id, code: answer.code };
+      }
+      case "declined": {
+        await this.advance(
+          payment.id,
+          (p) =>
+            canAdvancePayment(p.status, "failed")
+              ? {
+                  status: "failed",
+                  providerRef: p.providerRef ?? answer.providerPaymentId,
+                }
+              : null,
+          payment,
+        );
+        let disabledNow = false;
+        await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
+          const next = afterDeclined(cur, attempt.id, answer.code);
+          if (next === null) return null;
+          disabledNow = next.disabledNow;
+          const rows: Notification[] = [
+            newNotification(
+              user,
+              "auto_top_up_failed",
+              {
+                attemptId: attempt.id,
+                paymentId: payment.id,
+                providerPaymentId: answer.providerPaymentId,
+                amount: payment.amount,
+                currency: payment.currency,
+                credits: payment.credits,
+                code: answer.code,
+                reason: answer.message,
+                failures: next.state.failures,
+                maxFailures: next.state.rule.maxFailures,
+              },
+              now,
+              `auto_top_up_failed:${attempt.id}`,
+            ),
+          ];
+          if (next.disabledNow) {
+            rows.push(
+              newNotification(
+                user,
+                "auto_top_up_disabled",
+                { reason: "max_failures", failures: next.state.failures, lastCode: answer.code },
+                now,
+                `auto_top_up_disabled:${attempt.id}`,
+              ),
+            );
+          }
+          return { state: () => next.state, notifications: rows };
+        });
+        return { outcome: "declined", attemptId: attempt.id, code: answer.code, disabled: disabledNow };
+      }
+    }
+  }
+
+  /** Refuses a currency a per-currency `creditsPerUnit` does not price. */
+  private acceptedCurrency(currency: string): void {
+    if (this.rates !== null && !this.rates.has(currency)) {
+      throw new ValidationError(`Invalid input.currency: "${currency}" is not accepted`, [
+        { path: "currency", message: `accepted: ${[...this.rates.keys()].join(", ")}` },
+      ]);
+    }
+  }
+
+  /**
+   * Settles attempt `id` in a unit of work on the account (no journal entry): `decide` says the
+   * new state (from the current one) and the outbox rows, or null when the attempt is no longer the
+   * one in flight (settled already: a retry or a concurrent worker changes nothing).
+   */
+  private async settleAutoTopUp(
+    user: string,
+    id: string,
+    decide: (
+      cur: AutoTopUpState,
+      now: Date,
+    ) => { state: (s: AutoTopUpState, id: string) => AutoTopUpState; notifications?: Notification[] } | null,
+  ): Promise<void> {
+    await this.changeAutoTopUp(user, (prev, now) => {
+      if (prev === null || prev.pending?.id !== id) return null;
+      const d = decide(prev, now);
+      if (d === null) return null;
+      return { state: d.state(prev, id), notifications: d.notifications };
+    });
+  }
+
+  /**
+   * Changes the account's `autoTopUp` in a transaction on the account (as `setThreshold` changes
+   * its alert override): `change` returns the new state and outbox rows, or null for no change.
+   * Resolves to the state after.
+   */
+  private async changeAutoTopUp(
+    user: string,
+    change: (
+      prev: AutoTopUpState | null,
+      now: Date,
+    ) => { state: AutoTopUpState | null; notifications?: readonly Notification[] | undefined } | null,
+  ): Promise<AutoTopUpState | null> {
+    let out: AutoTopUpState | null = null;
+    await this.deps.db.transaction(user, async (tx) => {
+      const state = await tx.load();
+      const now = this.deps.clock();
+      const account = { ...new AccountWork(user, state, now, randomUUID).account };
+      const prev = account.autoTopUp ?? null;
+      const next = change(prev, now);
+      out = next === null ? prev : next.state;
+      if (next === null) return;
+      account.autoTopUp = next.state;
+      account.updatedAt = now;
+      await tx.save({
+        account,
+        previousSeq: state.account === null ? null : state.account.seq,
+        insertGrants: [],
+        updateGrants: [],
+        insertReservations: [],
+        updateReservations: [],
+        entries: [],
+        notifications: next.notifications ?? [],
+      });
+    });
+    return out;
+  }
+
   // -----------------------------------------------------------------------------------------------
 
   private provider(name: string): PaymentProvider {
@@ -693,6 +1025,9 @@ export class PaymentService {
             },
             meta,
           );
+          // An auto top-up credited (synchronously or by the webhook): no longer in flight.
+          const topUp = work.account.autoTopUp;
+          if (topUp?.pending?.id === p.id) work.account.autoTopUp = afterCredited(topUp, p.id);
           const next: Payment = {
             ...p,
             status: "paid",
