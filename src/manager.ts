@@ -245,6 +245,14 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   const shared = { db, ledger, cache: o.cache, clock: o.clock, logger, credits };
   const promos = new PromoService(shared);
   const payments = buildPaymentService(shared, o.payments);
+  // The dispatcher charges each auto top-up before it publishes the request (docs/promos-and-payments.md,
+  // "Auto top-up"): a transient failure is a failed attempt, retried with the outbox's backoff.
+  notifications.setHandler("auto_top_up_requested", (row) =>
+    payments.processAutoTopUp(
+      row.userId,
+      typeof row.payload.attemptId === "string" ? row.payload.attemptId : undefined,
+    ),
+  );
   let closed = false;
   return {
     credits,

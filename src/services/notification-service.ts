@@ -44,6 +44,12 @@ export interface NotificationServiceOptions {
    * half of `leaseMs`, so a hung queue never holds a row past its claim nor the loop forever.
    */
   publishTimeoutMs?: number;
+  /**
+   * Work done before a row of a type is published, by the dispatcher that claimed it: a throw is a
+   * failed attempt (retried with backoff, as a failed publish). `createCreditManager` charges auto
+   * top-ups this way (`auto_top_up_requested`, docs/promos-and-payments.md). Also `setHandler`.
+   */
+  handlers?: Partial<Record<NotificationType, (row: Notification) => Promise<unknown>>>;
 }
 
 /** What one `dispatchPending` call did. */
@@ -124,6 +130,7 @@ export class NotificationService {
   private readonly backoffMaxMs: number;
   private readonly leaseMs: number;
   private readonly publishTimeoutMs: number;
+  private readonly handlers = new Map<NotificationType, (row: Notification) => Promise<unknown>>();
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<unknown> | null = null;
   private stopped = true;
@@ -139,6 +146,9 @@ export class NotificationService {
     this.backoffMaxMs = options.backoffMaxMs ?? 3_600_000;
     this.leaseMs = options.leaseMs ?? 60_000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? Math.floor(this.leaseMs / 2);
+    for (const [type, handler] of Object.entries(options.handlers ?? {})) {
+      if (handler !== undefined) this.handlers.set(type as NotificationType, handler);
+    }
     if (this.publishTimeoutMs > this.leaseMs) {
       // A publish still running when its claim lapses lets another dispatcher deliver the row again.
       throw new ConfigurationError(
@@ -351,6 +361,16 @@ export class NotificationService {
     await this.running;
   }
 
+  /**
+   * Sets (or with null, removes) the work done before rows of `type` are published (see
+   * `NotificationServiceOptions.handlers`). It must be idempotent: a row may be handled again after
+   * a failed publish, a lapsed claim or a crash.
+   */
+  setHandler(type: NotificationType, handler: ((row: Notification) => Promise<unknown>) | null): void {
+    if (handler === null) this.handlers.delete(type);
+    else this.handlers.set(type, handler);
+  }
+
   private async deliver(row: Notification, token: string, report: DispatchReport): Promise<void> {
     const attempt = row.attempts + 1;
     const message: NotificationMessage = {
@@ -363,6 +383,8 @@ export class NotificationService {
       attempt,
     };
     try {
+      const handler = this.handlers.get(row.type);
+      if (handler !== undefined) await handler(row);
       await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
     } catch (error) {
       const now = this.clock();

@@ -1,0 +1,348 @@
+/**
+ * Auto top-up end to end against a fake Stripe API on loopback (docs/promos-and-payments.md, "Auto
+ * top-up"): a spend crosses the threshold, the outbox dispatcher charges the saved card with an
+ * off-session PaymentIntent, and the credits land once — with scripted outcomes: success, declines,
+ * requires_action, a time-out whose charge went through, 500 then success, 429, and the
+ * `payment_intent.succeeded` webhook before and after the synchronous answer, replayed 20 times.
+ * The fake keeps Stripe's idempotency: a repeated `Idempotency-Key` gets the first answer back.
+ */
+import { createHmac } from "node:crypto";
+import { createServer, type IncomingMessage, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { InMemoryDbManager } from "../src/db/memory/index.js";
+import { createCreditManager, InMemoryNotificationQueue, StripeProvider } from "../src/index.js";
+
+const WHSEC = "whsec_auto_top_up";
+const T0 = Date.now();
+
+type Outcome =
+  | "succeeded"
+  | "processing"
+  | "requires_action"
+  | "authentication_required"
+  | "500"
+  | "429"
+  | "slow"
+  | `decline:${string}`;
+
+interface Seen {
+  idem: string | undefined;
+  auth: string | undefined;
+  version: string | undefined;
+  type: string | undefined;
+  form: URLSearchParams;
+}
+
+const seen: Seen[] = [];
+let script: Outcome[] = [];
+/** Stripe's idempotency: the answer stored per key. */
+const saved = new Map<string, { status: number; json: unknown }>();
+/** PaymentIntents created (one per key that reached a final answer). */
+let created = 0;
+let server: Server;
+let baseUrl: string;
+
+const read = (req: IncomingMessage) =>
+  new Promise<string>((resolve) => {
+    let b = "";
+    req.on("data", (c: Buffer) => (b += c.toString("utf8")));
+    req.on("end", () => resolve(b));
+  });
+
+function intent(form: URLSearchParams, status: string, extra: Record<string, unknown> = {}) {
+  created++;
+  return {
+    id: `pi_${created}`,
+    object: "payment_intent",
+    amount: Number(form.get("amount")),
+    amount_received: status === "succeeded" ? Number(form.get("amount")) : 0,
+    currency: form.get("currency"),
+    customer: form.get("customer"),
+    payment_method: form.get("payment_method"),
+    metadata: {
+      credit_payment_id: form.get("metadata[credit_payment_id]"),
+      user_id: form.get("metadata[user_id]"),
+      credits: form.get("metadata[credits]"),
+    },
+    status,
+    ...extra,
+  };
+}
+
+function answer(outcome: Outcome, form: URLSearchParams): { status: number; json: unknown; store: boolean } {
+  if (outcome === "500") return { status: 500, json: { error: { message: "boom", type: "api_error" } }, store: false };
+  if (outcome === "429") return { status: 429, json: { error: { message: "rate", type: "rate_limit" } }, store: false };
+  if (outcome === "succeeded" || outcome === "slow" || outcome === "processing")
+    return { status: 200, json: intent(form, outcome === "processing" ? "processing" : "succeeded"), store: true };
+  if (outcome === "requires_action") {
+    const next = { type: "use_stripe_sdk", use_stripe_sdk: { type: "three_d_secure_redirect" } };
+    return { status: 200, json: intent(form, "requires_action", { next_action: next }), store: true };
+  }
+  const code = outcome === "authentication_required" ? "authentication_required" : outcome.slice("decline:".length);
+  const pi = intent(form, "requires_payment_method", { last_payment_error: { code: "card_declined" } });
+  return {
+    status: 402,
+    json: {
+      error: {
+        type: "card_error",
+        code: code === "authentication_required" ? code : "card_declined",
+        ...(code === "authentication_required" ? {} : { decline_code: code }),
+        message: `Your card was declined (${code}).`,
+        payment_intent: pi,
+      },
+    },
+    store: true,
+  };
+}
+
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    void read(req).then(async (body) => {
+      const form = new URLSearchParams(body);
+      const h = (n: string) => req.headers[n] as string | undefined;
+      seen.push({
+        idem: h("idempotency-key"),
+        auth: h("authorization"),
+        version: h("stripe-version"),
+        type: h("content-type"),
+        form,
+      });
+      const key = h("idempotency-key");
+      const first = key === undefined ? undefined : saved.get(key);
+      let a: { status: number; json: unknown; store: boolean };
+      if (req.method !== "POST" || req.url !== "/v1/payment_intents") {
+        a = { status: 404, json: { error: { message: "no route" } }, store: false };
+      } else if (first !== undefined) {
+        a = { ...first, store: false };
+      } else {
+        const outcome = (script.length > 1 ? script.shift() : script[0]) ?? "succeeded";
+        a = answer(outcome, form);
+        if (a.store && key !== undefined) saved.set(key, { status: a.status, json: a.json });
+        // The charge is made (and kept under its key), but the answer comes after the client gave up.
+        if (outcome === "slow") await new Promise((r) => setTimeout(r, 600));
+      }
+      if (!res.destroyed) {
+        res.writeHead(a.status, { "content-type": "application/json" });
+        res.end(JSON.stringify(a.json));
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // Warm the HTTP client, so the first test's charge is not the one that pays for it.
+  await (await fetch(`${baseUrl}/warm`, { method: "POST" })).text();
+});
+afterAll(() => new Promise<void>((r) => server.close(() => r())));
+beforeEach(() => {
+  seen.length = 0;
+  saved.clear();
+});
+
+function sign(body: string, at: number) {
+  const t = Math.floor(at / 1000);
+  return { "stripe-signature": `t=${t},v1=${createHmac("sha256", WHSEC).update(`${t}.${body}`).digest("hex")}` };
+}
+
+async function setup(outcomes: Outcome[], rule: Record<string, unknown> = {}) {
+  script = [...outcomes];
+  const clock = { now: T0 };
+  const queue = new InMemoryNotificationQueue();
+  const m = await createCreditManager({
+    db: new InMemoryDbManager(),
+    clock: () => new Date(clock.now),
+    queue,
+    notifications: { backoffBaseMs: 1000, backoffMaxMs: 60_000 },
+    payments: {
+      providers: [
+        new StripeProvider({
+          secretKey: "sk_test_auto",
+          webhookSecret: WHSEC,
+          successUrl: "https://app.example.com/ok",
+          cancelUrl: "https://app.example.com/cancel",
+          baseUrl,
+          timeoutMs: 300,
+        }),
+      ],
+    },
+  });
+  await m.credits.addCredits("ada", 150);
+  await m.payments.setAutoTopUp("ada", {
+    below: 100,
+    amount: 2000,
+    provider: "stripe",
+    customer: "cus_ada",
+    paymentMethod: "pm_card_visa",
+    currency: "usd",
+    ...rule,
+  });
+  await m.credits.deductCredits("ada", 100); // 50: crosses
+  const attempt = (await m.payments.getAutoTopUp("ada"))?.pending?.id as string;
+  const available = async () => (await m.credits.getUserCreditsInfo("ada")).available;
+  /** One dispatch round, then the clock past any backoff. */
+  const dispatch = async () => {
+    const r = await m.notifications.dispatchPending();
+    clock.now += 120_000;
+    return r;
+  };
+  const types = async () => (await m.notifications.list("ada")).map((n) => n.type);
+  const webhook = async (type: string, pi: Record<string, unknown>) => {
+    const body = JSON.stringify({ id: `evt_${Math.random()}`, type, data: { object: pi } });
+    return m.payments.handleWebhook("stripe", body, sign(body, clock.now));
+  };
+  return { m, clock, queue, attempt, available, dispatch, types, webhook };
+}
+
+describe("auto top-up against a fake Stripe API", () => {
+  it("sends an off-session, confirmed PaymentIntent for the saved card under the attempt's idempotency key", async () => {
+    const { attempt, dispatch, available, queue, m } = await setup(["succeeded"]);
+    expect(await available()).toBe(50);
+    const r = await dispatch();
+    expect(r.sent).toBeGreaterThanOrEqual(1);
+    expect(await available()).toBe(2050);
+    expect(seen).toHaveLength(1);
+    const s = seen[0] as Seen;
+    expect(s.idem).toBe(attempt);
+    expect(s.auth).toBe("Bearer sk_test_auto");
+    expect(s.type).toBe("application/x-www-form-urlencoded");
+    expect(s.version).toMatch(/^\d{4}-\d{2}-\d{2}/);
+    expect(Object.fromEntries(s.form)).toEqual({
+      amount: "2000",
+      currency: "usd",
+      customer: "cus_ada",
+      payment_method: "pm_card_visa",
+      off_session: "true",
+      confirm: "true",
+      description: "Auto top-up: 2000 credits",
+      "metadata[credit_payment_id]": attempt,
+      "metadata[user_id]": "ada",
+      "metadata[credits]": "2000",
+      "metadata[auto_top_up]": "true",
+    });
+    // The request event reached the queue too (after the charge).
+    expect(queue.messages.map((x) => x.type)).toContain("auto_top_up_requested");
+    expect(await m.payments.getPayment("ada", attempt)).toMatchObject({
+      status: "paid",
+      providerPaymentId: "pi_" + String(created),
+    });
+  });
+
+  it("the webhook replayed 20 times after the synchronous answer: credited once", async () => {
+    const { attempt, dispatch, available, webhook, m } = await setup(["succeeded"]);
+    await dispatch();
+    const p = await m.payments.getPayment("ada", attempt);
+    const pi = {
+      id: p.providerPaymentId,
+      object: "payment_intent",
+      amount: 2000,
+      amount_received: 2000,
+      currency: "usd",
+      status: "succeeded",
+      metadata: { credit_payment_id: attempt, user_id: "ada" },
+    };
+    for (let i = 0; i < 20; i++) expect((await webhook("payment_intent.succeeded", pi)).outcome).toBe("duplicate");
+    expect(await available()).toBe(2050);
+  });
+
+  it("the webhook before the synchronous answer (the answer lost to a time-out): credited once, the retry finds it", async () => {
+    const { attempt, dispatch, available, webhook, m } = await setup(["slow"]);
+    const r = await dispatch(); // the client gives up after 300 ms; Stripe charged
+    expect(r.retried).toBe(1);
+    expect(await available()).toBe(50);
+    const stored = saved.get(attempt)?.json as Record<string, unknown>;
+    expect((await webhook("payment_intent.succeeded", stored)).outcome).toBe("credited");
+    expect(await available()).toBe(2050);
+    expect((await m.payments.getAutoTopUp("ada"))?.pending).toBeNull();
+    // The retried row finds nothing in flight: no second charge.
+    await dispatch();
+    expect(seen.map((x) => x.idem)).toEqual([attempt]);
+    expect(await available()).toBe(2050);
+  });
+
+  it("a time-out whose charge went through (no webhook): the retry under the same key credits it once", async () => {
+    const { attempt, dispatch, available } = await setup(["slow"]);
+    await dispatch();
+    await new Promise((r) => setTimeout(r, 700)); // the fake finished its answer
+    expect(await available()).toBe(50);
+    await dispatch();
+    expect(seen.map((x) => x.idem)).toEqual([attempt, attempt]);
+    expect(created).toBeGreaterThan(0);
+    expect(await available()).toBe(2050);
+  });
+
+  it.each([["500"], ["429"]] as const)("%s then success: retried with backoff under the same key", async (first) => {
+    const { attempt, dispatch, available } = await setup([first, "succeeded"]);
+    expect((await dispatch()).retried).toBe(1);
+    expect(await available()).toBe(50);
+    await dispatch();
+    expect(seen.map((x) => x.idem)).toEqual([attempt, attempt]);
+    expect(await available()).toBe(2050);
+  });
+
+  it.each([["insufficient_funds"], ["card_declined"], ["expired_card"], ["do_not_honor"], ["lost_card"]])(
+    "declined (%s): auto_top_up_failed with the code, nothing credited",
+    async (code) => {
+      const { attempt, dispatch, available, types, m } = await setup([`decline:${code}`]);
+      await dispatch();
+      expect(await available()).toBe(50);
+      const failed = (await m.notifications.list("ada")).find((n) => n.type === "auto_top_up_failed");
+      expect(failed?.payload).toMatchObject({ attemptId: attempt, code, failures: 1 });
+      expect(await types()).not.toContain("auto_top_up_disabled");
+      expect(await m.payments.getAutoTopUp("ada")).toMatchObject({ pending: null, lastError: code, enabled: true });
+      expect(await m.payments.getPayment("ada", attempt)).toMatchObject({ status: "failed" });
+    },
+  );
+
+  it("three declines in a row disable the rule, and it says so", async () => {
+    const { dispatch, available, types, m } = await setup(["decline:card_declined"]);
+    await dispatch();
+    for (let i = 0; i < 2; i++) {
+      await m.credits.addCredits("ada", 100);
+      await m.credits.deductCredits("ada", 100);
+      await dispatch();
+    }
+    expect((await types()).filter((t) => t === "auto_top_up_failed")).toHaveLength(3);
+    expect(await types()).toContain("auto_top_up_disabled");
+    expect(await m.payments.getAutoTopUp("ada")).toMatchObject({ enabled: false, disabledReason: "max_failures" });
+    await m.credits.addCredits("ada", 100);
+    await m.credits.deductCredits("ada", 100);
+    await dispatch();
+    expect(seen).toHaveLength(3);
+    expect(await available()).toBe(50);
+  });
+
+  it.each([["requires_action"], ["authentication_required"]] as const)(
+    "%s: auto_top_up_action_required; the customer's confirmation (webhook) credits it",
+    async (outcome) => {
+      const { attempt, dispatch, available, webhook, m } = await setup([outcome]);
+      await dispatch();
+      const row = (await m.notifications.list("ada")).find((n) => n.type === "auto_top_up_action_required");
+      expect(row?.payload).toMatchObject({ attemptId: attempt });
+      expect(await available()).toBe(50);
+      expect((await m.payments.getAutoTopUp("ada"))?.failures).toBe(0);
+      const pi = {
+        id: row?.payload.providerPaymentId,
+        object: "payment_intent",
+        amount: 2000,
+        amount_received: 2000,
+        currency: "usd",
+        status: "succeeded",
+        metadata: { credit_payment_id: attempt, user_id: "ada" },
+      };
+      expect((await webhook("payment_intent.succeeded", pi)).outcome).toBe("credited");
+      expect(await available()).toBe(2050);
+    },
+  );
+
+  it("processing: left in flight, the webhook credits it", async () => {
+    const { attempt, dispatch, available, webhook, m } = await setup(["processing"]);
+    await dispatch();
+    expect(await available()).toBe(50);
+    expect((await m.payments.getAutoTopUp("ada"))?.pending?.id).toBe(attempt);
+    const stored = saved.get(attempt)?.json as Record<string, unknown>;
+    const succeeded = { ...stored, status: "succeeded", amount_received: 2000 };
+    expect((await webhook("payment_intent.succeeded", succeeded)).outcome).toBe("credited");
+    expect(await available()).toBe(2050);
+    expect((await m.payments.getAutoTopUp("ada"))?.pending).toBeNull();
+  });
+});
