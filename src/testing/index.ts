@@ -48,6 +48,7 @@ import { runPromoPaymentContract as promoPaymentContract } from "./promos.js";
 import { runNotificationContract } from "./notifications.js";
 import { runTrialContract as trialContract } from "./trial.js";
 import { runManagersContract } from "./managers.js";
+import { autoTopUpContract } from "./auto-top-up.js";
 import { mulberry32, runLeasesContract } from "./leases.js";
 
 export { CreditModel } from "./model.js";
@@ -65,6 +66,7 @@ export function runSubscriptionContract(getDb: () => DbManager, options: PartOpt
 export function runPromoPaymentContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   promoPaymentContract(getDb);
+  autoTopUpContract(getDb);
 }
 
 /** Trial credits: granted once, in the unit of work that creates the account, also under races. */

@@ -13,7 +13,6 @@ import { CreditService } from "../services/credit-service.js";
 import { PaymentService } from "../services/payment-service.js";
 import { PromoService } from "../services/promo-service.js";
 import { scribble } from "./scribble.js";
-import { autoTopUpContract } from "./auto-top-up.js";
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 
@@ -68,7 +67,6 @@ function promo(code: string, over: Partial<Promo> = {}): Promo {
 }
 
 export function runPromoPaymentContract(getDb: () => DbManager): void {
-  autoTopUpContract(getDb);
   const code = () => `P${randomUUID().replace(/-/g, "").slice(0, 16).toUpperCase()}`;
   const user = () => `u-${randomUUID()}`;
   const services = () => {
