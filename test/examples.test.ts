@@ -73,6 +73,15 @@ describe("examples", () => {
     return stdout;
   };
 
+  it("auto-top-up.ts: a declined charge, then a paid one credited once (webhook replays change nothing)", async () => {
+    const out = await exampleWith("auto-top-up.ts", []);
+    expect(out).toContain("first charge: insufficient_funds, available 900");
+    expect(out).toContain("second charge: paid, available 2900");
+    expect(out).toContain("webhook 3: duplicate");
+    expect(out).toContain("charges at Stripe: 2, available 2900");
+    expect(out).toContain("audit: ok");
+  });
+
   it("leases.ts charges from a block in memory and settles one window entry", async () => {
     const out = await exampleWith("leases.ts", []);
     expect(out).toContain("before the settle: balance 10000, reserved 1000");
