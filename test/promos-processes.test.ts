@@ -11,6 +11,7 @@ import { PostgresDbManager } from "../src/db/postgres/index.js";
 import type { DbManager } from "../src/db/types.js";
 import { CreditService, PaymentService, PromoService } from "../src/index.js";
 import { testEvent, unsignedTestProvider } from "../src/testing/promos.js";
+import { scriptedChargeProvider } from "../src/testing/auto-top-up.js";
 
 const mongoUri = process.env.CREDIT_MONGO_URI;
 const pgUrl = process.env.CREDIT_PG_URL;
@@ -94,6 +95,35 @@ for (const store of stores) {
       );
       expect(outcomes.filter((o) => o.outcome === "credited")).toHaveLength(1);
       expect(await new CreditService({ db: b }).getUserCreditsInfo(u)).toMatchObject({ balance: 250 });
+    });
+
+    it("auto top-up: spends through three managers crossing at once ask for one top-up; three workers charge it under one key and credit it once", async () => {
+      const [a, b] = await store.pair();
+      const [c] = await store.pair();
+      opened.push(a, b, c as DbManager);
+      const dbs = [a, b, c as DbManager];
+      const provider = scriptedChargeProvider([{ status: "succeeded", providerPaymentId: `pi_${randomUUID()}` }]);
+      const credits = dbs.map((db) => new CreditService({ db }));
+      const payments = dbs.map((db, i) => new PaymentService({ db, credits: credits[i], providers: [provider] }));
+      const u = `atu-${randomUUID()}`;
+      await credits[0]?.addCredits(u, 160);
+      await payments[0]?.setAutoTopUp(u, {
+        below: 100,
+        amount: 1000,
+        provider: "test",
+        customer: "cus_1",
+        paymentMethod: "pm_1",
+        currency: "USD",
+      });
+      // 30 spends of 5, ten through each manager: available 160 → 10, crossing 100 once.
+      await Promise.all(Array.from({ length: 30 }, (_, i) => credits[i % 3]?.deductCredits(u, 5)));
+      const asked = (await a.listNotifications(u, { limit: 100 })).filter((n) => n.type === "auto_top_up_requested");
+      expect(asked).toHaveLength(1);
+      const results = await Promise.all(payments.map((p) => p.processAutoTopUp(u)));
+      expect(results.filter((r) => r.outcome === "credited").length).toBeGreaterThanOrEqual(1);
+      expect(new Set(provider.calls.map((x) => x.idempotencyKey))).toEqual(new Set([asked[0]?.payload.attemptId]));
+      expect(await credits[1]?.getUserCreditsInfo(u)).toMatchObject({ available: 1010 });
+      expect((await payments[2]?.getAutoTopUp(u))?.pending).toBeNull();
     });
   });
 }
