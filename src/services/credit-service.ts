@@ -159,7 +159,8 @@ export class CreditService {
   /** The balance cache, when there is one. */
   private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
-  private readonly logger: Logger | undefined;
+  /** @internal The manager's logger (the metering middlewares log a failed handler to it). */
+  readonly logger: Logger | undefined;
   private readonly defaultTtl: number;
   private readonly overdraftLimit: number | null;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;

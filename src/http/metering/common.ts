@@ -9,7 +9,8 @@ import type { JournalEntry } from "../../models/index.js";
 import { recordOf } from "../../services/pricing-service.js";
 import type { LlmUsage, UsageReading } from "../../domain/llm-usage.js";
 import type { RecordedUsage } from "../../models/index.js";
-import type { Identity } from "../router.js";
+import { errorResponse, type Identity } from "../router.js";
+import { isLogger } from "../../logger.js";
 import { pathMatcher } from "./paths.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
@@ -315,9 +316,31 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return leased !== null ? Promise.resolve(leased) : o.credits.openMeter(userId, options);
   };
 
+  const logger = (o.credits as { logger?: unknown }).logger;
+  /**
+   * A metered handler threw (docs/metering.md, "When the handler throws"): logged once, to the
+   * manager's logger at `error`; then the answer the request gets instead (500 for an unexpected
+   * error, a credit error's own status: docs/http.md), saying nothing of the cause.
+   */
+  const handlerFailed = (error: unknown, method: string | undefined, path: string): Response => {
+    try {
+      if (isLogger(logger))
+        logger.error(
+          { err: error, method, path },
+          "credit-management: a metered handler threw; answered for it, nothing charged",
+        );
+    } catch {
+      // the host's logger failing must not change the answer
+    }
+    const answer = errorResponse(error);
+    answer.headers.set(deductedHeader, "0");
+    return answer;
+  };
+
   return {
     fixed,
     llm,
+    handlerFailed,
     settleReading,
     applies,
     routerFor,

@@ -10,7 +10,8 @@ import { pathnameOf } from "./paths.js";
  * Metering for Fetch-style apps (Hono, Next.js, Bun, Deno, `createCreditHandler` hosts): wraps a
  * `(request) => Promise<Response>`. For each metered request it holds the estimate, runs the
  * handler inside the usage context (`recordUsage()` works anywhere below it), and then:
- * - a thrown handler or a status >= 500 releases the hold (a throw is rethrown);
+ * - a thrown handler or a status >= 500 releases the hold (a throw is answered here, as
+ *   `createCreditHandler` answers errors: 500 `INTERNAL_ERROR`, the error to the manager's logger);
  * - a JSON response is read whole; the recorded usage (else the `usageKey` of the body) is
  *   committed and `X-Credits-Deducted` is set;
  * - any other body (server-sent events, streams) is passed through as it is produced and the
@@ -63,8 +64,10 @@ export function creditMetering(options: CreditMeteringOptions) {
       try {
         response = await session.run(handler, request);
       } catch (error) {
+        // Answered here, as on node (docs/metering.md, "When the handler throws").
+        request.signal.removeEventListener("abort", onAbort);
         await release("error");
-        throw error;
+        return c.handlerFailed(error, request.method, path);
       }
       if (session.settled) return response; // the client left while the handler ran
       if (response.status >= 500) {
@@ -84,8 +87,9 @@ export function creditMetering(options: CreditMeteringOptions) {
         try {
           text = response.body === null ? null : await session.run(textOf, response);
         } catch (error) {
+          request.signal.removeEventListener("abort", onAbort);
           await release("error");
-          throw error;
+          return c.handlerFailed(error, request.method, path);
         }
         let settling: Promise<MeterOutcome>;
         if (c.llm !== null) {
@@ -182,7 +186,7 @@ async function fixedPrice(
     response = await handler(request);
   } catch (error) {
     priced.notCharged("error");
-    throw error;
+    return c.handlerFailed(error, request.method, path);
   }
   if (response.status >= 400 || request.signal.aborted) {
     priced.notCharged(response.status >= 400 ? "error" : "aborted");

@@ -3,13 +3,7 @@ import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader } from "../../domain/llm-usage.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import {
-  NO_BODY,
-  common,
-  type CreditMeteringMiddlewareOptions,
-  type MeteringLocals,
-  type PricedRequest,
-} from "./common.js";
+import { NO_BODY, PricedRequest, common, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./common.js";
 import { nodePathOf } from "./paths.js";
 
 type Next = (error?: Error) => void;
@@ -144,9 +138,53 @@ function typeHeader(res: ServerResponse): string | undefined {
 
 /** Writes a Fetch `Response` built by the error helpers (401, 400, 402, 5xx) to a node response. */
 function reply(res: ServerResponse, response: Response): void {
+  if (res.headersSent) {
+    // Too late for a status: the response is cut, as node cuts one whose handler failed.
+    res.destroy();
+    return;
+  }
   res.statusCode = response.status;
   for (const [k, v] of response.headers) res.setHeader(k, v);
   void response.text().then((text) => res.end(text));
+}
+
+/**
+ * The handler threw: logged once (the manager's logger), the request settled
+ * without a charge by `notCharged`, and answered by the middleware (500, `X-Credits-Deducted: 0`)
+ * unless its response was already sent whole (then it stands) or under way (then it is cut).
+ */
+function handlerFailed(
+  c: Common,
+  req: IncomingMessage,
+  res: ServerResponse,
+  error: unknown,
+  settled: MeterSession | PricedRequest<IncomingMessage>,
+): void {
+  const answer = c.handlerFailed(error, req.method, nodePathOf(req));
+  if (res.writableEnded) return; // answered already: settled by its own end
+  if (settled instanceof PricedRequest) {
+    if (!settled.done) settled.notCharged("error");
+  } else {
+    const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+    void c.settle(req, settled, settled.release("error"), locals);
+  }
+  for (const name of res.headersSent ? [] : res.getHeaderNames()) res.removeHeader(name);
+  reply(res, answer);
+}
+
+/**
+ * What the rest of the chain returned (`next()`: the handler, on plain node:http): a promise that
+ * rejects is the handler failing too. Left alone, out of a promise callback (the middleware waited
+ * for the store), its rejection would go unhandled, which ends a default Node process.
+ */
+function watchChain(
+  out: unknown,
+  c: Common,
+  req: IncomingMessage,
+  res: ServerResponse,
+  settled: MeterSession | PricedRequest<IncomingMessage>,
+): void {
+  if (isPromiseLike(out)) out.then(undefined, (error: unknown) => handlerFailed(c, req, res, error, settled));
 }
 
 /** Where a fixed-price response keeps its request (`fixed.open`) and the `end` it replaced. */
@@ -204,22 +242,29 @@ function fixedCheck(
   } catch (error) {
     return reply(res, errorResponse(error));
   }
-  if (!(priced instanceof Promise)) return fixedGo(c, res, next, priced);
+  if (!(priced instanceof Promise)) return fixedGo(c, req, res, next, priced);
   priced.then(
-    (p) => fixedGo(c, res, next, p),
+    (p) => fixedGo(c, req, res, next, p),
     (error: unknown) => reply(res, errorResponse(error)),
   );
 }
 
 /** Fixed price, checked: intercept the end of the response and run the rest of the chain. */
-function fixedGo(c: Common, res: FixedResponse, next: Next, priced: PricedRequest<IncomingMessage>): void {
+function fixedGo(
+  c: Common,
+  req: IncomingMessage,
+  res: FixedResponse,
+  next: Next,
+  priced: PricedRequest<IncomingMessage>,
+): void {
   if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing ran, nothing charged
   try {
     res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
     res.end = fixedEnd as unknown as typeof res.end;
-    next();
+    watchChain(next(), c, req, res, priced);
   } catch (error) {
-    next(error instanceof Error ? error : new Error(String(error)));
+    // The handler threw: answered here (docs/metering.md, "When the handler throws").
+    handlerFailed(c, req, res, error, priced);
   } finally {
     // The close is watched only while the response still owes its outcome: a handler that ended it
     // within next() (synchronously) was charged, or not, by fixedEnd. One that ended it in parts, or
@@ -273,9 +318,10 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
       res.write = meteredWrite as unknown as typeof res.write;
       res.end = meteredEnd as unknown as typeof res.end;
       res.on("close", onMeteredClose);
-      session.run(next);
+      watchChain(session.run(next), c, req, res, session);
     } catch (error) {
-      next(error instanceof Error ? error : new Error(String(error)));
+      // The handler threw: answered here (docs/metering.md, "When the handler throws").
+      handlerFailed(c, req, res, error, session);
     }
   };
 
