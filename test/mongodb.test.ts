@@ -2,7 +2,7 @@ import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ClientSession, MongoClient, MongoServerError, type Db } from "mongodb";
+import { ClientSession, MongoClient, MongoNetworkError, MongoServerError, type Db } from "mongodb";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import {
   ConfigurationError,
@@ -22,6 +22,7 @@ import { STANDALONE_MESSAGE } from "../src/db/mongodb/errors.js";
 import { AccountWork } from "../src/domain/account-work.js";
 import { fingerprint } from "../src/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";
+import { errorResponse } from "../src/http/index.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
 if (!uri) {
@@ -537,6 +538,47 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       await credits.deductCredits("after-commit", 4);
       expect((await db.getAccount("after-commit"))?.balance).toBe(6);
       expect((await credits.audit("after-commit")).ok).toBe(true);
+    });
+  });
+
+  /** @see issue 50, item 2: an outage read as a lost race (409) instead of a storage error (503). */
+  describe.each([
+    ["group commit", {}],
+    ["batch: false", { batch: false as const }],
+  ])("a server that cannot be reached (%s)", (_name, batch) => {
+    it("a lease settle and a charge the store cannot take fail with a StorageError (503), not CONFLICT; the window settles once it is back", async () => {
+      const db = fresh("unreachable", { maxAttempts: 3, ...batch });
+      await db.init();
+      const credits = new CreditService({ db });
+      await credits.addCredits("u", 1000);
+      const lease = credits.leases({ size: 100, settleEveryMs: 30_000, exactBelow: 1 });
+      expect((await lease.charge("u", 5)).via).toBe("lease");
+      // Every commit meets a closed connection, labelled transient as the driver labels it.
+      const original = ClientSession.prototype.commitTransaction;
+      const down = vi.spyOn(ClientSession.prototype, "commitTransaction").mockImplementation(async function (
+        this: ClientSession,
+      ) {
+        await this.abortTransaction().catch(() => undefined);
+        const error = new MongoNetworkError("connection 7 to 127.0.0.1:27017 closed");
+        error.addErrorLabel("TransientTransactionError");
+        throw error;
+      });
+      const failures: unknown[] = [];
+      try {
+        failures.push(await Promise.resolve(lease.charge("u", 200)).catch((e: unknown) => e)); // beyond a block: exact
+        failures.push(await lease.flush().catch((e: unknown) => e)); // the window's settle
+      } finally {
+        down.mockRestore();
+        expect(ClientSession.prototype.commitTransaction).toBe(original);
+      }
+      for (const f of failures) {
+        expect(f).toBeInstanceOf(StorageError);
+        expect(errorResponse(f).status).toBe(503);
+      }
+      // Back: the window is settled once, under its key.
+      await lease.close();
+      expect(await credits.getUserCreditsInfo("u")).toMatchObject({ balance: 995, reserved: 0 });
+      expect((await credits.audit("u")).ok).toBe(true);
     });
   });
 

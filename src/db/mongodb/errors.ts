@@ -59,6 +59,38 @@ export function isRetryableConflict(error: unknown): boolean {
   return code === WRITE_CONFLICT || code === DUPLICATE_KEY || hasLabel(error, "TransientTransactionError");
 }
 
+/** Driver errors that mean the server could not be reached or the connection went (not a refusal). */
+const UNREACHABLE_NAMES = new Set([
+  "MongoNetworkError",
+  "MongoNetworkTimeoutError",
+  "MongoServerSelectionError",
+  "MongoPoolClearedError",
+  "MongoTopologyClosedError",
+  "MongoNotConnectedError",
+  "MongoServerClosedError",
+]);
+/**
+ * Server codes of a node going away or no longer primary: HostUnreachable, HostNotFound,
+ * NetworkTimeout, ShutdownInProgress, PrimarySteppedDown, SocketException, NotWritablePrimary,
+ * InterruptedAtShutdown, InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk,
+ * NotPrimaryOrSecondary.
+ */
+const UNREACHABLE_CODES = new Set([6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436]);
+
+/**
+ * Whether a driver error means the server is unreachable (a network error, no server to select, a
+ * node shutting down or stepping down), looking into its `cause`: the driver labels such errors
+ * inside a transaction `TransientTransactionError` too, but they are an outage, not a lost race.
+ */
+export function isUnreachable(error: unknown): boolean {
+  for (let e = error, depth = 0; isDriverError(e) && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    if (UNREACHABLE_NAMES.has(e.name)) return true;
+    const code = errorCode(e);
+    if (code !== undefined && UNREACHABLE_CODES.has(code)) return true;
+  }
+  return false;
+}
+
 export const isNamespaceExists = (error: unknown): boolean => errorCode(error) === NAMESPACE_EXISTS;
 
 export const isIndexConflict = (error: unknown): boolean => {
@@ -68,13 +100,14 @@ export const isIndexConflict = (error: unknown): boolean => {
 
 /**
  * The one place driver errors become library errors: our own errors pass through, conflicts
- * become `ConflictError`, every other driver failure a `StorageError`; the original is the
+ * become `ConflictError`, every other driver failure (an unreachable server too, however the
+ * driver labels it) a `StorageError`; the original is the
  * `cause`. Anything else (a bug, a `TypeError`) passes through untouched rather than disguised.
  */
 export function toCreditError(error: unknown, operation: string): unknown {
   if (error instanceof CreditError || !isDriverError(error)) return error;
   const what = `[credit-management] [mongodb] ${operation}`;
-  if (isRetryableConflict(error)) {
+  if (!isUnreachable(error) && isRetryableConflict(error)) {
     return new ConflictError(`${what}: a concurrent write won (${error.message})`, { operation }, error);
   }
   return new StorageError(`${what} failed: ${error.message}`, error);

@@ -43,6 +43,7 @@ import {
   isIndexConflict,
   isNamespaceExists,
   isRetryableConflict,
+  isUnreachable,
   toCreditError,
 } from "./errors.js";
 import { StoreBase } from "../store/base.js";
@@ -530,15 +531,25 @@ export class MongoDbManager extends StoreBase implements DbManager {
   private async attempt<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>, attemptsBefore = 0): Promise<T> {
     let attempts = attemptsBefore;
     let cached = this.states?.get(userId);
+    /** The last failure of an attempt (a refused or unreachable commit, an operation). */
+    let lastFailure: unknown;
     for (;;) {
       const session = this.client.startSession();
+      // The driver retries a commit labelled transient itself: its errors are seen here, so that
+      // giving up can tell an unreachable server from lost races (`exhausted`).
+      const commit = session.commitTransaction.bind(session);
+      session.commitTransaction = (options) =>
+        commit(options).catch((error: unknown) => {
+          lastFailure = error;
+          throw error;
+        });
       let tx: MongoTransaction | undefined;
       try {
         // withTransaction retries the callback itself on TransientTransactionError (write
         // conflicts) with backoff, and the commit on UnknownTransactionCommitResult. Its retries
         // count against maxAttempts too, and start from a fresh read.
         const value = await session.withTransaction(async (s) => {
-          if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts);
+          if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts, lastFailure);
           attempts++;
           tx = new MongoTransaction(
             this.c,
@@ -548,7 +559,12 @@ export class MongoDbManager extends StoreBase implements DbManager {
             this.verifyStates,
             this.promoStore,
           );
-          return tx.run(fn);
+          try {
+            return await tx.run(fn);
+          } catch (error) {
+            lastFailure = error;
+            throw error;
+          }
         }, TRANSACTION_OPTIONS);
         // Committed: nothing from here on may turn it into a failure (the caller would retry a
         // change that happened). A state that cannot be kept is dropped: the next load reads it.
@@ -822,7 +838,17 @@ export class MongoDbManager extends StoreBase implements DbManager {
     if (!supportsTransactions(hello)) throw new ConfigurationError(STANDALONE_MESSAGE);
   }
 
-  private exhausted(userId: string, attempts: number, cause?: unknown): ConflictError {
+  /**
+   * The unit of work gave up after `attempts`: a `ConflictError` when it lost races, a
+   * `StorageError` (503) when the last attempt failed because the server could not be reached.
+   */
+  private exhausted(userId: string, attempts: number, cause?: unknown): ConflictError | StorageError {
+    if (isUnreachable(cause)) {
+      return new StorageError(
+        `[credit-management] [mongodb] The unit of work on account ${userId} could not reach the server in ${attempts} attempts: ${(cause as Error).message}`,
+        cause,
+      );
+    }
     return new ConflictError(
       `[credit-management] [mongodb] The unit of work on account ${userId} lost ${attempts} races to concurrent writers; try again.`,
       { userId, attempts },
