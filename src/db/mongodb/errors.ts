@@ -79,8 +79,10 @@ const UNREACHABLE_CODES = new Set([6, 7, 89, 91, 189, 9001, 10107, 11600, 11602,
 
 /**
  * Whether a driver error means the server is unreachable (a network error, no server to select, a
- * node shutting down or stepping down), looking into its `cause`: the driver labels such errors
- * inside a transaction `TransientTransactionError` too, but they are an outage, not a lost race.
+ * node shutting down or stepping down), looking into its `cause`. The driver labels such errors
+ * inside a transaction `TransientTransactionError` too, and they are retried as a lost race is
+ * (a new attempt may get through); a unit of work that gives up on one reports an outage
+ * (`StorageError`), not lost races.
  */
 export function isUnreachable(error: unknown): boolean {
   for (let e = error, depth = 0; isDriverError(e) && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
@@ -100,14 +102,13 @@ export const isIndexConflict = (error: unknown): boolean => {
 
 /**
  * The one place driver errors become library errors: our own errors pass through, conflicts
- * become `ConflictError`, every other driver failure (an unreachable server too, however the
- * driver labels it) a `StorageError`; the original is the
+ * become `ConflictError`, every other driver failure a `StorageError`; the original is the
  * `cause`. Anything else (a bug, a `TypeError`) passes through untouched rather than disguised.
  */
 export function toCreditError(error: unknown, operation: string): unknown {
   if (error instanceof CreditError || !isDriverError(error)) return error;
   const what = `[credit-management] [mongodb] ${operation}`;
-  if (!isUnreachable(error) && isRetryableConflict(error)) {
+  if (isRetryableConflict(error)) {
     return new ConflictError(`${what}: a concurrent write won (${error.message})`, { operation }, error);
   }
   return new StorageError(`${what} failed: ${error.message}`, error);
