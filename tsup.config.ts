@@ -10,6 +10,7 @@ export default defineConfig({
     "sqlite/index": "src/db/sqlite/index.ts",
     "redis/index": "src/redis/index.ts",
     "nats/index": "src/nats/index.ts",
+    "webhooks/index": "src/webhooks/index.ts",
     "http/index": "src/http/index.ts",
     "models/index": "src/models/index.ts",
     store: "src/store.ts",

@@ -21,7 +21,10 @@ export interface NotificationMessage {
 
 /**
  * Where the dispatcher delivers notifications. `publish` resolving means the message was accepted
- * (the row is then marked sent); throwing means it was not (the row is retried with backoff).
+ * (the row is then marked sent); throwing means it was not (the row is retried with backoff). The
+ * error thrown may carry `retryAfterMs` (a number: the next attempt after that many ms instead of
+ * the dispatcher's backoff) and `final: true` (no more attempts: the row is `failed` now); the
+ * dispatcher's `maxAttempts` still bounds the attempts.
  */
 export interface NotificationQueue {
   publish(message: NotificationMessage): Promise<void>;

@@ -388,7 +388,13 @@ export class NotificationService {
       await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
     } catch (error) {
       const now = this.clock();
-      const last = attempt >= this.maxAttempts;
+      // A queue may say when to try again, or that trying again is useless (NotificationQueue.publish).
+      const hint = error as { retryAfterMs?: unknown; final?: unknown } | null;
+      const last = attempt >= this.maxAttempts || hint?.final === true;
+      const after =
+        typeof hint?.retryAfterMs === "number" && hint.retryAfterMs >= 0
+          ? hint.retryAfterMs
+          : backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs);
       const reason = error instanceof Error ? error.message : String(error);
       this.logger?.warn(
         { err: error, notificationId: row.id, userId: row.userId, attempt },
@@ -402,9 +408,7 @@ export class NotificationService {
         {
           status: last ? "failed" : "pending",
           attempts: attempt,
-          nextAttemptAt: last
-            ? now
-            : new Date(now.getTime() + backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs)),
+          nextAttemptAt: last ? now : new Date(now.getTime() + after),
           lastError: reason.slice(0, 1000),
           settledAt: last ? now : null,
         },

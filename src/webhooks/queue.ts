@@ -1,0 +1,325 @@
+import { createHash } from "node:crypto";
+import * as http from "node:http";
+import * as https from "node:https";
+import type { BlockList } from "node:net";
+import * as z from "zod";
+import type { NotificationStore } from "../db/types-notifications.js";
+import { newNotification } from "../domain/notifications.js";
+import type { Logger } from "../logger.js";
+import { NotificationType, parse } from "../models/index.js";
+import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
+import { allowList, WebhookAddressError, type Lookup } from "./guard.js";
+import { postWebhook, type PostResult } from "./http.js";
+import { secretKey, webhookHeaders } from "./sign.js";
+
+/**
+ * Webhooks out (docs/notifications.md, "Webhooks"): a `NotificationQueue` that POSTs every outbox
+ * event to the endpoints that want it, signed as Standard Webhooks.
+ *
+ * How it keeps the outbox's guarantees per endpoint: publishing an event writes one **delivery
+ * row** per matching endpoint into the outbox itself (`insertNotifications`, deduplicated by the
+ * event's id, so a redelivered event writes nothing new), under an outbox user of its own per
+ * endpoint and account (`webhook:<endpoint>:<userId>`). The dispatcher then delivers those rows
+ * like any other: claimed with a lease, at least once, in order per account and endpoint, retried
+ * on the schedule this queue gives (`retryAfterMs` on the error it throws), `failed` at its end
+ * and kept. A worker killed at any point loses nothing: the event row stays pending until its
+ * delivery rows are stored, and a delivery row until its endpoint answered 2xx. One endpoint's
+ * failures hold back only its own rows.
+ */
+
+const EndpointId = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,64}$/, { error: "an endpoint id is 1 to 64 letters, digits, _ or -" });
+const Secret = z
+  .string()
+  .refine((s) => secretKey(s) !== null, { error: "a secret is whsec_ and the base64 of 24 to 64 bytes" });
+
+export const WebhookEndpoint = z
+  .strictObject({
+    /** Names the endpoint in delivery rows, logs and the admin routes. */
+    id: EndpointId,
+    /** Where events are POSTed: `https://…` (`http://` only with `development`). No user or password in it. */
+    url: z.url({ protocol: /^https?$/, error: "url must be an http(s) URL" }),
+    /** `whsec_…`; several while a secret is rotated (each message carries a signature per secret). */
+    secret: z.union([Secret, z.array(Secret).min(1).max(5)]),
+    /** Event types the endpoint gets; absent or empty: all. */
+    types: z.array(NotificationType).max(100).optional(),
+    /** False: no new deliveries are written for it, and its pending ones fail. Default true. */
+    enabled: z.boolean().optional(),
+    /** Allows `http://` (for a receiver on a development machine). Default false. */
+    development: z.boolean().optional(),
+  })
+  .superRefine((e, ctx) => {
+    const url = new URL(e.url);
+    if (url.protocol !== "https:" && e.development !== true)
+      ctx.addIssue({
+        code: "custom",
+        path: ["url"],
+        message: "url must be https:// (http:// only for an endpoint marked development)",
+      });
+    if (url.username !== "" || url.password !== "")
+      ctx.addIssue({ code: "custom", path: ["url"], message: "url must not carry a user or password" });
+  });
+export type WebhookEndpoint = z.input<typeof WebhookEndpoint>;
+
+/**
+ * The default retry schedule: the waits after each failed attempt, in ms (about 3 days in all,
+ * 10 attempts, each wait ±10%): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 20 h.
+ */
+export const DEFAULT_RETRY_SCHEDULE: readonly number[] = [
+  5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 50_400_000, 72_000_000, 72_000_000,
+];
+
+export interface WebhookQueueOptions {
+  /** The store whose outbox the manager uses: delivery rows are written to it. */
+  db: NotificationStore;
+  /** The endpoints, or a function that reads them (called again after `refreshMs`, and by `refresh()`). */
+  endpoints: readonly WebhookEndpoint[] | (() => Promise<readonly WebhookEndpoint[]>);
+  /** Longest wait for an endpoint's answer (connection, TLS, status and body), in ms. Default 10,000. */
+  timeoutMs?: number;
+  /** Waits after each failed attempt, in ms; attempts = length + 1. Default `DEFAULT_RETRY_SCHEDULE`. */
+  retrySchedule?: readonly number[];
+  /** Each wait varies by ± this fraction of it. Default 0.1. */
+  jitter?: number;
+  /** How long the endpoints read by a function are kept, in ms. Default 5,000. */
+  refreshMs?: number;
+  /**
+   * Networks endpoints may reach although private, loopback or link-local (CIDR: `10.1.0.0/16`,
+   * `127.0.0.1/32`). Default none.
+   */
+  allowNetworks?: readonly string[];
+  /** Resolves names (default `dns.lookup`): every address it gives is checked. For tests. */
+  lookup?: Lookup;
+  /** Bytes of an answer read (the rest is dropped). Default 4,096. */
+  maxResponseBytes?: number;
+  /** An endpoint answered 410 Gone: it is disabled here; persist that (the CLI and `serve` do). */
+  onDisabled?: (endpointId: string) => void | Promise<void>;
+  /** Events also go to this queue (before the deliveries are written): Redis, NATS, a callback. Not closed by `close()`. */
+  next?: NotificationQueue;
+  logger?: Logger;
+  clock?: () => Date;
+  /** Random numbers in [0, 1) for the jitter. */
+  random?: () => number;
+}
+
+const Options = z.object({
+  timeoutMs: z.number().int().min(100).max(120_000).optional(),
+  retrySchedule: z
+    .array(
+      z
+        .number()
+        .int()
+        .min(0)
+        .max(7 * 86_400_000),
+    )
+    .max(50)
+    .optional(),
+  jitter: z.number().min(0).max(1).optional(),
+  refreshMs: z.number().int().min(0).max(3_600_000).optional(),
+  allowNetworks: z.array(z.string()).max(100).optional(),
+  maxResponseBytes: z.number().int().min(0).max(1_048_576).optional(),
+});
+
+type Endpoint = z.output<typeof WebhookEndpoint>;
+
+/** A delivery row's payload: the event and whom it goes to. */
+interface DeliveryPayload {
+  webhook: { endpointId: string; userId: string };
+  event: ReturnType<typeof eventEnvelope>;
+}
+
+const PREFIX = "webhook:";
+
+/** The outbox user of an account's deliveries to one endpoint: one per pair, so each is in order on its own. */
+export function deliveryUserId(endpointId: string, userId: string): string {
+  const plain = `${PREFIX}${endpointId}:${userId}`;
+  return plain.length <= 256 ? plain : `${PREFIX}${endpointId}:#${createHash("sha256").update(userId).digest("hex")}`;
+}
+
+function deliveryOf(message: NotificationMessage): DeliveryPayload | null {
+  if (!message.userId.startsWith(PREFIX)) return null;
+  const p = message.payload as Partial<DeliveryPayload>;
+  if (typeof p.webhook?.endpointId !== "string" || typeof p.event !== "object" || p.event === null) return null;
+  return p as DeliveryPayload;
+}
+
+/** A failed attempt, as the dispatcher reads it (`NotificationQueue.publish`). */
+export class WebhookDeliveryError extends Error {
+  override readonly name = "WebhookDeliveryError";
+  constructor(
+    message: string,
+    /** When to try again; undefined with `final`. */
+    readonly retryAfterMs: number | undefined,
+    /** No more attempts: the row is failed (kept for a manual retry). */
+    readonly final: boolean,
+    /** The endpoint's answer, when there was one. */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}
+
+/** Webhooks out as a `NotificationQueue` (see the module comment and docs/notifications.md). */
+export class WebhookQueue implements NotificationQueue {
+  private readonly db: NotificationStore;
+  private readonly source: WebhookQueueOptions["endpoints"];
+  private readonly timeoutMs: number;
+  private readonly schedule: readonly number[];
+  private readonly jitter: number;
+  private readonly refreshMs: number;
+  private readonly allow: BlockList | null;
+  private readonly maxResponseBytes: number;
+  private readonly options: WebhookQueueOptions;
+  private readonly agents = {
+    http: new http.Agent({ keepAlive: true, maxSockets: 16 }),
+    https: new https.Agent({ keepAlive: true, maxSockets: 16 }),
+  };
+  private cache: { at: number; endpoints: Map<string, Endpoint> } | null = null;
+  private loading: Promise<Map<string, Endpoint>> | null = null;
+  /** Endpoints that answered 410 here (until the endpoints read again say otherwise). */
+  private readonly gone = new Set<string>();
+
+  constructor(options: WebhookQueueOptions) {
+    const o = parse(Options, options, "webhook queue options");
+    this.options = options;
+    this.db = options.db;
+    this.source = options.endpoints;
+    this.timeoutMs = o.timeoutMs ?? 10_000;
+    this.schedule = o.retrySchedule ?? DEFAULT_RETRY_SCHEDULE;
+    this.jitter = o.jitter ?? 0.1;
+    this.refreshMs = o.refreshMs ?? 5000;
+    this.maxResponseBytes = o.maxResponseBytes ?? 4096;
+    this.allow = o.allowNetworks === undefined || o.allowNetworks.length === 0 ? null : allowList(o.allowNetworks);
+    if (typeof options.endpoints !== "function")
+      this.cache = { at: Infinity, endpoints: this.check(options.endpoints) };
+  }
+
+  private check(list: readonly WebhookEndpoint[]): Map<string, Endpoint> {
+    const map = new Map<string, Endpoint>();
+    list.forEach((e, i) => {
+      const endpoint = parse(WebhookEndpoint, e, `endpoints[${i}]`);
+      map.set(endpoint.id, endpoint);
+    });
+    return map;
+  }
+
+  /** The endpoints, read again when `refreshMs` passed (or `refresh()` was called). */
+  async endpoints(): Promise<Map<string, Endpoint>> {
+    const now = Date.now();
+    if (this.cache !== null && now - this.cache.at < this.refreshMs) return this.cache.endpoints;
+    if (this.cache !== null && this.cache.at === Infinity) return this.cache.endpoints;
+    this.loading ??= (async () => {
+      try {
+        const endpoints = this.check(await (this.source as () => Promise<readonly WebhookEndpoint[]>)());
+        this.cache = { at: Date.now(), endpoints };
+        for (const [id, e] of endpoints) if (e.enabled === true) this.gone.delete(id);
+        return endpoints;
+      } finally {
+        this.loading = null;
+      }
+    })();
+    return this.loading;
+  }
+
+  /** Reads the endpoints again at the next message (after an endpoint was added, changed or removed). */
+  refresh(): void {
+    if (this.cache !== null && this.cache.at !== Infinity) this.cache.at = -Infinity;
+  }
+
+  async publish(message: NotificationMessage): Promise<void> {
+    const delivery = deliveryOf(message);
+    if (delivery === null) return this.fanOut(message);
+    return this.deliver(message, delivery);
+  }
+
+  /** An event: to `next`, then one delivery row per endpoint that wants it (a redelivery adds none). */
+  private async fanOut(message: NotificationMessage): Promise<void> {
+    if (this.options.next !== undefined) await this.options.next.publish(message);
+    const endpoints = await this.endpoints();
+    const event = eventEnvelope(message);
+    const now = this.options.clock?.() ?? new Date();
+    const rows = [];
+    for (const e of endpoints.values()) {
+      if (e.enabled === false || this.gone.has(e.id)) continue;
+      if (e.types !== undefined && e.types.length > 0 && !e.types.includes(message.type)) continue;
+      const payload: DeliveryPayload = { webhook: { endpointId: e.id, userId: message.userId }, event };
+      rows.push(
+        newNotification(
+          deliveryUserId(e.id, message.userId),
+          message.type,
+          payload as never,
+          now,
+          message.id,
+          event.version,
+        ),
+      );
+    }
+    if (rows.length > 0) await this.db.insertNotifications(rows);
+  }
+
+  private wait(attempt: number): number | undefined {
+    const base = this.schedule[attempt - 1];
+    if (base === undefined) return undefined;
+    const r = this.options.random?.() ?? Math.random();
+    return Math.round(base * (1 - this.jitter + 2 * this.jitter * r));
+  }
+
+  /** One attempt of a delivery row: resolves on a 2xx, else throws when (and whether) to try again. */
+  private async deliver(message: NotificationMessage, d: DeliveryPayload): Promise<void> {
+    const id = d.webhook.endpointId;
+    const fail = (reason: string, status?: number, final = false): never => {
+      const after = final ? undefined : this.wait(message.attempt);
+      throw new WebhookDeliveryError(
+        `webhook ${id}: ${reason}${after === undefined ? " (no more attempts)" : ""}`,
+        after,
+        after === undefined,
+        status,
+      );
+    };
+    const endpoint = (await this.endpoints()).get(id);
+    if (endpoint === undefined) return fail("the endpoint was removed", undefined, true);
+    if (endpoint.enabled === false || this.gone.has(id)) return fail("the endpoint is disabled", undefined, true);
+    const body = JSON.stringify(d.event);
+    const secrets = Array.isArray(endpoint.secret) ? endpoint.secret : [endpoint.secret];
+    const now = this.options.clock?.() ?? new Date();
+    const headers = webhookHeaders(secrets, d.event.id, Math.floor(now.getTime() / 1000), body);
+    let result: PostResult;
+    try {
+      result = await postWebhook(new URL(endpoint.url), headers, body, {
+        timeoutMs: this.timeoutMs,
+        maxResponseBytes: this.maxResponseBytes,
+        allow: this.allow,
+        lookup: this.options.lookup,
+        agents: this.agents,
+      });
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      // A refused address is the endpoint's configuration: retried like any failure (it may be fixed).
+      return fail(error instanceof WebhookAddressError ? `refused: ${reason}` : reason);
+    }
+    if (result.status >= 200 && result.status < 300) return;
+    if (result.status === 410) {
+      this.gone.add(id);
+      this.options.logger?.warn({ endpointId: id }, "credit-management: webhook endpoint answered 410 Gone: disabled");
+      await this.options.onDisabled?.(id);
+      return fail("the endpoint answered 410 Gone and is now disabled", 410, true);
+    }
+    const text = result.body.replace(/\s+/g, " ").trim().slice(0, 200);
+    return fail(
+      result.status >= 300 && result.status < 400
+        ? `answered ${result.status} (redirects are not followed)`
+        : `answered ${result.status}${text === "" ? "" : `: ${text}`}`,
+      result.status,
+    );
+  }
+
+  async close(): Promise<void> {
+    this.agents.http.destroy();
+    this.agents.https.destroy();
+  }
+}
+
+/** `new WebhookQueue(options)`: see it, and docs/notifications.md "Webhooks". */
+export function webhookQueue(options: WebhookQueueOptions): WebhookQueue {
+  return new WebhookQueue(options);
+}
