@@ -176,7 +176,7 @@ describe("webhookQueue delivery", () => {
         { id: "healthy", url: healthy.url, secret, development: true },
         { id: "slow", url: slow.url, secret, development: true },
       ],
-      { timeoutMs: 200 },
+      { timeoutMs: 200, coolOffMs: 100 },
     );
     await m.credits.addCredits("u", 5);
     await dispatchUntil(m, () => healthy.got.length === 1 && slow.got.length >= 1);
@@ -189,6 +189,31 @@ describe("webhookQueue delivery", () => {
     await dispatchUntil(m, () => false, 100);
     const [after] = await db.listNotifications(deliveryUserId("slow", "u"), { limit: 10 });
     expect(after?.status).toBe("sent");
+  });
+
+  it("a hung endpoint costs the rounds one time-out per cool-off, not one per delivery", async () => {
+    const secret = generateWebhookSecret();
+    const healthy = await receiver();
+    const hung = await receiver(() => undefined); // never answers
+    const { m, db } = await setup(
+      [
+        { id: "healthy", url: healthy.url, secret, development: true },
+        { id: "hung", url: hung.url, secret, development: true },
+      ],
+      { timeoutMs: 300, coolOffMs: 60_000, retrySchedule: [0, 0, 0, 60_000] },
+    );
+    await m.credits.addCredits("first", 5);
+    await dispatchUntil(m, () => hung.got.length === 1 && healthy.got.length === 1);
+    await dispatchUntil(m, () => false, 400); // the hung request times out: the cool-off starts
+    const users = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    for (const u of users) await m.credits.addCredits(u, 5);
+    const started = Date.now();
+    await dispatchUntil(m, () => healthy.got.length === 1 + users.length);
+    expect(healthy.got).toHaveLength(1 + users.length);
+    expect(Date.now() - started).toBeLessThan(300); // no round waited for the hung endpoint
+    expect(hung.got).toHaveLength(1);
+    const [row] = await db.listNotifications(deliveryUserId("hung", "a"), { limit: 1 });
+    expect(row?.lastError).toMatch(/not sent: the endpoint did not answer in time lately/);
   });
 
   it("after the schedule the delivery is failed and kept; 410 disables the endpoint", async () => {

@@ -10,6 +10,11 @@ export interface PostResult {
   body: string;
 }
 
+/** The endpoint did not answer (connection, TLS, status and body) within the time-out. */
+export class WebhookTimeoutError extends Error {
+  override readonly name = "WebhookTimeoutError";
+}
+
 export interface PostOptions {
   timeoutMs: number;
   maxResponseBytes: number;
@@ -58,7 +63,7 @@ export function postWebhook(
       },
     });
     const timer = setTimeout(() => {
-      const error = new Error(`no answer within ${o.timeoutMs} ms`);
+      const error = new WebhookTimeoutError(`no answer within ${o.timeoutMs} ms`);
       req.destroy(error);
       finish(error);
     }, o.timeoutMs);

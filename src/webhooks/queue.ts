@@ -9,7 +9,7 @@ import type { Logger } from "../logger.js";
 import { NotificationType, parse } from "../models/index.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 import { allowList, WebhookAddressError, type Lookup } from "./guard.js";
-import { postWebhook, type PostResult } from "./http.js";
+import { postWebhook, WebhookTimeoutError, type PostResult } from "./http.js";
 import { secretKey, webhookHeaders } from "./sign.js";
 
 /**
@@ -90,6 +90,13 @@ export interface WebhookQueueOptions {
   allowNetworks?: readonly string[];
   /** Resolves names (default `dns.lookup`): every address it gives is checked. For tests. */
   lookup?: Lookup;
+  /**
+   * After an endpoint did not answer within `timeoutMs`, its deliveries are not sent for this long,
+   * in ms (each fails at once and waits its turn in the schedule; the last attempt is always sent),
+   * then one is sent as a probe: a hung endpoint costs the dispatcher's rounds at most one time-out
+   * per cool-off, not one per delivery. Default 60,000.
+   */
+  coolOffMs?: number;
   /** Bytes of an answer read (the rest is dropped). Default 4,096. */
   maxResponseBytes?: number;
   /** An endpoint answered 410 Gone: it is disabled here; persist that (the CLI and `serve` do). */
@@ -118,6 +125,7 @@ const Options = z.object({
   refreshMs: z.number().int().min(0).max(3_600_000).optional(),
   allowNetworks: z.array(z.string()).max(100).optional(),
   maxResponseBytes: z.number().int().min(0).max(1_048_576).optional(),
+  coolOffMs: z.number().int().min(0).max(86_400_000).optional(),
 });
 
 type Endpoint = z.output<typeof WebhookEndpoint>;
@@ -169,6 +177,9 @@ export class WebhookQueue implements NotificationQueue {
   private readonly refreshMs: number;
   private readonly allow: BlockList | null;
   private readonly maxResponseBytes: number;
+  private readonly coolOffMs: number;
+  /** Endpoints that last did not answer in time: until when their deliveries are held back, and whether a probe is out. */
+  private readonly slow = new Map<string, { until: number; probing: boolean }>();
   private readonly options: WebhookQueueOptions;
   private readonly agents = {
     http: new http.Agent({ keepAlive: true, maxSockets: 16 }),
@@ -189,6 +200,7 @@ export class WebhookQueue implements NotificationQueue {
     this.jitter = o.jitter ?? 0.1;
     this.refreshMs = o.refreshMs ?? 5000;
     this.maxResponseBytes = o.maxResponseBytes ?? 4096;
+    this.coolOffMs = o.coolOffMs ?? 60_000;
     this.allow = o.allowNetworks === undefined || o.allowNetworks.length === 0 ? null : allowList(o.allowNetworks);
     if (typeof options.endpoints !== "function")
       this.cache = { at: Infinity, endpoints: this.check(options.endpoints) };
@@ -279,6 +291,14 @@ export class WebhookQueue implements NotificationQueue {
     const endpoint = (await this.endpoints()).get(id);
     if (endpoint === undefined) return fail("the endpoint was removed", undefined, true);
     if (endpoint.enabled === false || this.gone.has(id)) return fail("the endpoint is disabled", undefined, true);
+    const slow = this.slow.get(id);
+    const last = this.schedule[message.attempt - 1] === undefined;
+    if (slow !== undefined && !last && (slow.probing || Date.now() < slow.until)) {
+      return fail(
+        `not sent: the endpoint did not answer in time lately (cool-off until ${new Date(slow.until).toISOString()})`,
+      );
+    }
+    if (slow !== undefined) slow.probing = true;
     const body = JSON.stringify(d.event);
     const secrets = Array.isArray(endpoint.secret) ? endpoint.secret : [endpoint.secret];
     const now = this.options.clock?.() ?? new Date();
@@ -294,9 +314,13 @@ export class WebhookQueue implements NotificationQueue {
       });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
+      if (error instanceof WebhookTimeoutError)
+        this.slow.set(id, { until: Date.now() + this.coolOffMs, probing: false });
+      else this.slow.delete(id);
       // A refused address is the endpoint's configuration: retried like any failure (it may be fixed).
       return fail(error instanceof WebhookAddressError ? `refused: ${reason}` : reason);
     }
+    this.slow.delete(id);
     if (result.status >= 200 && result.status < 300) return;
     if (result.status === 410) {
       this.gone.add(id);
