@@ -4,6 +4,7 @@ import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { runServeCli } from "./serve.js";
+import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
 import { SERVE_OPTIONS } from "../serve/settings.js";
 import { WORKER_FLAGS, WORKER_OPTIONS, WorkerUsageError, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
@@ -69,6 +70,7 @@ Commands:
             (or once: --once), until SIGTERM/SIGINT
   serve     The credit API as a service: HTTP API behind API keys/JWTs, health, /metrics (docs/service.md)
   keys      Create, list and revoke the service's API keys
+  webhooks  Add, list, remove, rotate and test the webhook endpoints the worker delivers events to
 
 ${SCHEMA_OPTIONS}
 ${AUDIT_OPTIONS}
@@ -96,6 +98,7 @@ const COMMAND_HELP: Record<string, string> = {
   schema: `Usage: credit-management schema [options]\n\nPrints the storage schema generated from the zod models.\n\n${SCHEMA_OPTIONS}`,
   worker: `Usage: credit-management worker [options]\n\nRuns the jobs (lapsed holds, renewals, expiry), the expiring-credit reminders and the notification\ndispatcher, each on its own interval, or once (--once). Docs: docs/operations.md.\n\n${WORKER_OPTIONS}`,
   serve: `Usage: credit-management serve [options]\n\nServes the credit API, health and metrics. Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
+  webhooks: WEBHOOKS_HELP,
   keys: `Usage: credit-management keys create|list|revoke [options]\n\nThe API keys of "serve". Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
   audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
 };
@@ -113,6 +116,8 @@ const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair"
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
   if ((args[0] === "serve" || args[0] === "keys") && !args.includes("--help") && !args.includes("-h"))
     return runServeCli(args, io, source.env ?? process.env);
+  if (args[0] === "webhooks" && !args.includes("--help") && !args.includes("-h"))
+    return runWebhooksCli(args.slice(1), io, source.env ?? process.env);
   try {
     return await run(args, io, source);
   } catch (error) {

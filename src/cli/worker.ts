@@ -39,6 +39,8 @@ export interface WorkerSettings {
   notifications: NotificationsMode;
   redisUrl: string | undefined;
   redisStream: string;
+  /** CREDIT_WEBHOOKS=on: deliver to the webhook endpoints of `credit-management webhooks` too (docs/notifications.md). */
+  webhooks: boolean;
   cachePrefix: string | undefined;
   lowCredits: number | undefined;
   lowCreditsPercent: number | undefined;
@@ -98,7 +100,11 @@ Environment of "worker":
   CREDIT_REDIS_CACHE_PREFIX        Your services' RedisCache keyPrefix: the worker's writes invalidate their entries
   CREDIT_NOTIFICATIONS             off: no events, no reminders, no delivery; record: events and reminders
                                    go to the outbox, your services deliver them; deliver: and the worker
-                                   delivers them to the stream. Default deliver with CREDIT_REDIS_URL, else off
+                                   delivers them to the stream (and the webhooks). Default deliver with
+                                   CREDIT_REDIS_URL or CREDIT_WEBHOOKS=on, else off
+  CREDIT_WEBHOOKS                  on: every outbox event also goes to the webhook endpoints of
+                                   "credit-management webhooks", signed (docs/notifications.md). Default off
+  CREDIT_WEBHOOK_ALLOW_NETWORKS    CIDR networks webhook endpoints may reach although private or loopback
   CREDIT_LOW_CREDITS               The low_credits threshold, in credits (as notifications.lowCredits)
   CREDIT_LOW_CREDITS_PERCENT       The low_credits threshold, in percent (as notifications.lowCreditsPercent)
   CREDIT_REMINDER_DAYS             Reminder windows in days, comma-separated. Default 7; none: no reminders
@@ -149,13 +155,17 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
     throw new WorkerUsageError(`CREDIT_REDIS_URL must be a redis:// or rediss:// URL, not "${redisUrl}"`);
   }
+  const webhooksText = read(null, "CREDIT_WEBHOOKS")?.text;
+  if (webhooksText !== undefined && webhooksText !== "on" && webhooksText !== "off")
+    throw new WorkerUsageError(`CREDIT_WEBHOOKS must be on or off, not "${webhooksText}"`);
+  const webhooks = webhooksText === "on";
   const modeText = read(null, "CREDIT_NOTIFICATIONS")?.text;
   if (modeText !== undefined && modeText !== "off" && modeText !== "record" && modeText !== "deliver") {
     throw new WorkerUsageError(`CREDIT_NOTIFICATIONS must be off, record or deliver, not "${modeText}"`);
   }
   const notifications: NotificationsMode =
-    (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined ? "off" : "deliver");
-  if (notifications === "deliver" && redisUrl === undefined) {
+    (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined && !webhooks ? "off" : "deliver");
+  if (notifications === "deliver" && redisUrl === undefined && !webhooks) {
     throw new WorkerUsageError("CREDIT_NOTIFICATIONS=deliver needs CREDIT_REDIS_URL (the stream it delivers to)");
   }
   const cachePrefix = read(null, "CREDIT_REDIS_CACHE_PREFIX")?.text;
@@ -175,6 +185,8 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
       "reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)",
     );
   }
+  if (webhooks && notifications !== "deliver")
+    throw new WorkerUsageError("CREDIT_WEBHOOKS=on needs CREDIT_NOTIFICATIONS=deliver (or unset)");
   if (notifications !== "deliver" && dispatch.given && dispatch.ms > 0) {
     throw new WorkerUsageError(
       "dispatch needs CREDIT_NOTIFICATIONS=deliver and CREDIT_REDIS_URL (the stream it delivers to)",
@@ -222,6 +234,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     notifications,
     redisUrl,
     redisStream: read(null, "CREDIT_REDIS_STREAM")?.text ?? "credit-management:notifications",
+    webhooks,
     cachePrefix,
     lowCredits: integer(null, "CREDIT_LOW_CREDITS", 0, Number.MAX_SAFE_INTEGER),
     lowCreditsPercent: number(null, "CREDIT_LOW_CREDITS_PERCENT", 0, 100),
@@ -340,6 +353,35 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
           closers.push(() => c.close());
           cache = c;
         }
+      }
+      if (settings.webhooks) {
+        // The endpoints of `credit-management webhooks`, read again every few seconds (docs/notifications.md).
+        const { openEndpointStore, allowedNetworks } = await import("./webhooks.js");
+        const { webhookQueue, endpointOf } = await import("../webhooks/index.js");
+        const e = env as Record<string, string | undefined>;
+        const endpoints = await openEndpointStore(
+          e.CREDIT_MONGO_URI?.trim()
+            ? { kind: "mongodb", uri: e.CREDIT_MONGO_URI.trim() }
+            : e.CREDIT_PG_URL?.trim()
+              ? { kind: "postgres", url: e.CREDIT_PG_URL.trim() }
+              : { kind: "sqlite", path: e.CREDIT_SQLITE_PATH?.trim() ?? "" },
+          e,
+        );
+        closers.push(() => endpoints.close());
+        await endpoints.init();
+        const w = webhookQueue({
+          db,
+          endpoints: async () => (await endpoints.list()).map(endpointOf),
+          next: queue,
+          allowNetworks: allowedNetworks(e),
+          logger,
+          onDisabled: async (id) => {
+            const r = await endpoints.get(id);
+            if (r !== null) await endpoints.put({ ...r, enabled: false, disabledReason: "410 Gone" });
+          },
+        });
+        closers.push(() => w.close());
+        queue = w;
       }
       manager = await createCreditManager({
         db,

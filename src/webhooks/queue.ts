@@ -4,7 +4,7 @@ import * as https from "node:https";
 import type { BlockList } from "node:net";
 import * as z from "zod";
 import type { NotificationStore } from "../db/types-notifications.js";
-import { newNotification } from "../domain/notifications.js";
+import { newNotification, notificationId } from "../domain/notifications.js";
 import type { Logger } from "../logger.js";
 import { NotificationType, parse } from "../models/index.js";
 import { eventEnvelope, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
@@ -346,4 +346,85 @@ export class WebhookQueue implements NotificationQueue {
 /** `new WebhookQueue(options)`: see it, and docs/notifications.md "Webhooks". */
 export function webhookQueue(options: WebhookQueueOptions): WebhookQueue {
   return new WebhookQueue(options);
+}
+
+export interface TestOptions {
+  allowNetworks?: readonly string[];
+  timeoutMs?: number;
+  lookup?: Lookup;
+}
+
+/**
+ * Sends one signed test event (`type: "webhook_test"`, a fresh id, not stored) to `endpoint`, with
+ * the same checks as a delivery (`credit-management webhooks test`). Resolves to the endpoint's
+ * status and the start of its answer; rejects when it could not be sent (a refused address, no
+ * answer in time).
+ */
+export async function sendTestWebhook(
+  endpoint: WebhookEndpoint,
+  options: TestOptions = {},
+): Promise<PostResult & { id: string }> {
+  const e = parse(WebhookEndpoint, endpoint, "endpoint");
+  const allow =
+    options.allowNetworks === undefined || options.allowNetworks.length === 0 ? null : allowList(options.allowNetworks);
+  const now = new Date();
+  const id = `test_${notificationId(now)}`;
+  const body = JSON.stringify({
+    type: "webhook_test",
+    version: 1,
+    id,
+    userId: "",
+    occurredAt: now.toISOString(),
+    payload: { endpointId: e.id },
+  });
+  const agents = { http: new http.Agent(), https: new https.Agent() };
+  try {
+    const secrets = Array.isArray(e.secret) ? e.secret : [e.secret];
+    const result = await postWebhook(
+      new URL(e.url),
+      webhookHeaders(secrets, id, Math.floor(now.getTime() / 1000), body),
+      body,
+      {
+        timeoutMs: options.timeoutMs ?? 10_000,
+        maxResponseBytes: 4096,
+        allow,
+        lookup: options.lookup,
+        agents,
+      },
+    );
+    return { ...result, id };
+  } finally {
+    agents.http.destroy();
+    agents.https.destroy();
+  }
+}
+
+/**
+ * A manual retry (`credit-management webhooks retry`): each failed delivery of `userId`'s events
+ * to `endpointId` (or only that of `eventId`) is written again as a new pending delivery row with
+ * the same event (same `webhook-id`), delivered on a fresh schedule after the account's pending
+ * ones; the failed row stays as it was. Resolves to the rows written.
+ */
+export async function retryFailedWebhooks(
+  db: NotificationStore,
+  endpointId: string,
+  userId: string,
+  eventId?: string,
+): Promise<number> {
+  const owner = deliveryUserId(endpointId, userId);
+  const failed = (await db.listNotifications(owner, { status: "failed", limit: 1000 })).filter(
+    (r) => eventId === undefined || (r.payload as unknown as DeliveryPayload).event?.id === eventId,
+  );
+  const now = new Date();
+  const rows = failed.map((r) =>
+    newNotification(
+      owner,
+      r.type,
+      r.payload,
+      now,
+      `${(r.payload as unknown as DeliveryPayload).event.id}:retry:${notificationId(now)}`,
+      r.version,
+    ),
+  );
+  return rows.length === 0 ? 0 : db.insertNotifications(rows);
 }

@@ -1,0 +1,253 @@
+import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { NotificationType, UserId } from "../models/index.js";
+import { MissingDriverError, openStores } from "../serve/store.js";
+import { serveSettings, ServeUsageError, type Env, type ServeSettings } from "../serve/settings.js";
+import {
+  endpointOf,
+  mongoEndpointStore,
+  newEndpointId,
+  postgresEndpointStore,
+  sqliteEndpointStore,
+  type WebhookEndpointRecord,
+  type WebhookEndpointStore,
+} from "../webhooks/endpoint-store.js";
+import { generateWebhookSecret } from "../webhooks/sign.js";
+import { retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhooks/queue.js";
+import type { CliIo } from "./run.js";
+
+/**
+ * `credit-management webhooks add|list|remove|enable|disable|rotate-secret|test|retry`
+ * (docs/notifications.md, "Webhooks"): the endpoints the worker (`CREDIT_WEBHOOKS=on`) delivers
+ * to, kept in the store `serve` uses (the same variables and `--sqlite`).
+ */
+export const WEBHOOKS_HELP = `Usage: credit-management webhooks <command> [options]
+
+The webhook endpoints the worker delivers every outbox event to (CREDIT_WEBHOOKS=on), signed as
+Standard Webhooks. Docs: docs/notifications.md ("Webhooks"). The store: as "serve" (CREDIT_PG_URL,
+CREDIT_MONGO_URI, CREDIT_SQLITE_PATH or --sqlite FILE).
+  add URL [--types T1,T2] [--description TEXT] [--development]
+                         Adds an endpoint (https:// only; --development allows http://) and prints
+                         its id and secret (whsec_…): the receiver verifies with it
+  list [--json]          The endpoints (without their secrets)
+  remove ID              Removes one (its pending deliveries then fail)
+  enable ID | disable ID Turns deliveries to it on or off (an endpoint that answered 410 is disabled)
+  rotate-secret ID [--drop-old]
+                         Prints a new secret; messages are signed with the new and the previous one
+                         until --drop-old keeps only the newest
+  test ID                Sends a signed test event (type webhook_test) and prints the answer
+  retry ID --user USER [--event EVENT_ID]
+                         Delivers the account's failed deliveries to the endpoint again
+Environment: CREDIT_WEBHOOK_ALLOW_NETWORKS   CIDR networks endpoints may reach although private
+  or loopback (comma-separated; default none).
+`;
+
+/** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */
+export async function openEndpointStore(store: ServeSettings["store"], env: Env): Promise<WebhookEndpointStore> {
+  if (store.kind === "sqlite") {
+    let Database: new (file: string) => Parameters<typeof sqliteEndpointStore>[0];
+    try {
+      const require = createRequire(`${process.cwd()}/`);
+      let mod: unknown;
+      try {
+        mod = require("better-sqlite3");
+      } catch {
+        mod = await import("better-sqlite3");
+      }
+      Database = ((mod as { default?: unknown }).default ?? mod) as typeof Database;
+    } catch {
+      throw new MissingDriverError(
+        "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3",
+      );
+    }
+    const path = resolve(store.path);
+    mkdirSync(dirname(path), { recursive: true });
+    return sqliteEndpointStore(new Database(path));
+  }
+  if (store.kind === "postgres") {
+    const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
+    const Pool = (pg.default?.Pool ?? pg.Pool) as unknown as new (o: object) => Parameters<
+      typeof postgresEndpointStore
+    >[0] & {
+      on(event: "error", listener: () => void): unknown;
+    };
+    const pool = new Pool({ connectionString: store.url, max: 2 });
+    pool.on("error", () => {});
+    return postgresEndpointStore(pool, env.CREDIT_PG_SCHEMA?.trim() || undefined);
+  }
+  const { MongoClient } = await import("mongodb");
+  const client = new MongoClient(store.uri);
+  const collection = client
+    .db(env.CREDIT_MONGO_DB?.trim() || "credit_management")
+    .collection("credit_webhook_endpoints");
+  return mongoEndpointStore(collection as never, () => client.close());
+}
+
+/** CREDIT_WEBHOOK_ALLOW_NETWORKS as a list. */
+export function allowedNetworks(env: Env): string[] {
+  return (env.CREDIT_WEBHOOK_ALLOW_NETWORKS ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+/** Runs `webhooks …`; resolves to the exit code (0 done, 1 failed, 2 bad usage, 3 better-sqlite3 missing). */
+export async function runWebhooksCli(args: readonly string[], io: CliIo, env: Env): Promise<number> {
+  try {
+    const { values, positionals } = parseArgs({
+      args: [...args],
+      allowPositionals: true,
+      strict: true,
+      options: {
+        types: { type: "string" },
+        description: { type: "string" },
+        development: { type: "boolean" },
+        "drop-old": { type: "boolean" },
+        user: { type: "string" },
+        event: { type: "string" },
+        sqlite: { type: "string" },
+        json: { type: "boolean" },
+      },
+    });
+    const [sub, target, ...extra] = positionals;
+    if (extra.length > 0) throw new ServeUsageError(`unexpected argument "${extra[0]}"`);
+    const settings = serveSettings({ sqlite: values.sqlite }, env);
+    const withStore = async (fn: (store: WebhookEndpointStore) => Promise<number>): Promise<number> => {
+      const store = await openEndpointStore(settings.store, env);
+      try {
+        await store.init();
+        return await fn(store);
+      } finally {
+        await store.close().catch(() => undefined);
+      }
+    };
+    const existing = async (store: WebhookEndpointStore): Promise<WebhookEndpointRecord> => {
+      if (target === undefined)
+        throw new ServeUsageError(`webhooks ${sub} needs an endpoint id (webhooks list shows them)`);
+      const record = await store.get(target);
+      if (record === null) throw new NotFound(`no webhook endpoint ${target}`);
+      return record;
+    };
+    switch (sub) {
+      case "add": {
+        if (target === undefined) throw new ServeUsageError("webhooks add needs the endpoint's URL");
+        const types = values.types === undefined ? null : values.types.split(",").map((t) => t.trim());
+        for (const t of types ?? [])
+          if (!NotificationType.safeParse(t).success)
+            throw new ServeUsageError(`--types: "${t}" is not an event type (docs/events.md)`);
+        const record: WebhookEndpointRecord = {
+          id: newEndpointId(),
+          url: target,
+          secrets: [generateWebhookSecret()],
+          types,
+          enabled: true,
+          development: values.development === true,
+          description: values.description ?? null,
+          createdAt: new Date().toISOString(),
+          disabledReason: null,
+        };
+        const checked = WebhookEndpoint.safeParse(endpointOf(record));
+        if (!checked.success) throw new ServeUsageError(checked.error.issues.map((i) => i.message).join("; "));
+        return await withStore(async (store) => {
+          await store.put(record);
+          io.stderr(
+            `credit-management: webhook endpoint ${record.id} added; its secret is below (the receiver verifies with it)\n`,
+          );
+          io.stdout(
+            values.json === true
+              ? `${JSON.stringify({ id: record.id, secret: record.secrets[0] })}\n`
+              : `${record.id} ${record.secrets[0]}\n`,
+          );
+          return 0;
+        });
+      }
+      case "list":
+        return await withStore(async (store) => {
+          for (const r of await store.list()) {
+            const { secrets, ...shown } = r;
+            io.stdout(
+              values.json === true
+                ? `${JSON.stringify({ ...shown, secrets: secrets.length })}\n`
+                : `${r.id}  ${r.url}  ${r.enabled ? "enabled" : `disabled (${r.disabledReason ?? "by hand"})`}  ${r.types?.join(",") ?? "all events"}${r.development ? "  development" : ""}\n`,
+            );
+          }
+          return 0;
+        });
+      case "remove":
+        return await withStore(async (store) => {
+          await existing(store);
+          await store.remove(target as string);
+          io.stderr(`credit-management: webhook endpoint ${target} removed\n`);
+          return 0;
+        });
+      case "enable":
+      case "disable":
+        return await withStore(async (store) => {
+          const r = await existing(store);
+          await store.put({ ...r, enabled: sub === "enable", disabledReason: sub === "enable" ? null : "by hand" });
+          io.stderr(`credit-management: webhook endpoint ${r.id} ${sub}d\n`);
+          return 0;
+        });
+      case "rotate-secret":
+        return await withStore(async (store) => {
+          const r = await existing(store);
+          if (values["drop-old"] === true) {
+            await store.put({ ...r, secrets: r.secrets.slice(0, 1) });
+            io.stderr(`credit-management: webhook endpoint ${r.id}: signed with its newest secret only\n`);
+            return 0;
+          }
+          const secret = generateWebhookSecret();
+          await store.put({ ...r, secrets: [secret, ...r.secrets].slice(0, 3) });
+          io.stderr(
+            `credit-management: webhook endpoint ${r.id}: new secret below; messages carry a signature for it and the previous one until rotate-secret --drop-old\n`,
+          );
+          io.stdout(`${secret}\n`);
+          return 0;
+        });
+      case "test":
+        return await withStore(async (store) => {
+          const r = await existing(store);
+          const result = await sendTestWebhook(endpointOf(r), { allowNetworks: allowedNetworks(env) });
+          const ok = result.status >= 200 && result.status < 300;
+          io.stdout(`${result.id}: ${r.url} answered ${result.status}${ok ? "" : ` ${result.body.slice(0, 200)}`}\n`);
+          return ok ? 0 : 1;
+        });
+      case "retry": {
+        if (target === undefined) throw new ServeUsageError("webhooks retry needs an endpoint id");
+        if (values.user === undefined || !UserId.safeParse(values.user).success)
+          throw new ServeUsageError("webhooks retry needs --user USER (the account whose deliveries failed)");
+        const stores = await openStores(settings.store, env);
+        try {
+          await stores.db.init();
+          const n = await retryFailedWebhooks(stores.db, target, values.user, values.event);
+          io.stderr(
+            `credit-management: ${n} failed deliver${n === 1 ? "y" : "ies"} to ${target} written again; the worker delivers them\n`,
+          );
+          return 0;
+        } finally {
+          await stores.keys.close().catch(() => undefined);
+          await stores.db.close().catch(() => undefined);
+        }
+      }
+      default:
+        throw new ServeUsageError(
+          `webhooks needs add, list, remove, enable, disable, rotate-secret, test or retry${sub === undefined ? "" : `, not "${sub}"`}`,
+        );
+    }
+  } catch (error) {
+    if (error instanceof ServeUsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      io.stderr(`credit-management: ${(error as Error).message}\nRun "credit-management webhooks --help" for usage.\n`);
+      return 2;
+    }
+    if (error instanceof MissingDriverError) {
+      io.stderr(`credit-management: ${error.message}\n`);
+      return 3;
+    }
+    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
+
+class NotFound extends Error {}
