@@ -386,6 +386,8 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       manager = await createCreditManager({
         db,
         queue,
+        // Webhooks carry every event: the journal's too (docs/events.md).
+        ...(settings.webhooks ? { domainEvents: true } : {}),
         cache,
         logger,
         ledger: settings.ledgerFile === undefined ? false : { filePath: settings.ledgerFile },

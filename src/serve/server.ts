@@ -7,6 +7,8 @@ import * as z from "zod";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
 import { nodeRequest } from "../http/node-request.js";
+import { serveWebhooks } from "./webhooks.js";
+import { WEBHOOKS_PREFIX, type WebhookRoutes } from "./webhook-routes.js";
 import {
   ANSWER,
   errorAnswer,
@@ -220,6 +222,7 @@ export function serveApp(
   logger: Pino,
   metrics: Metrics | null,
   consoleRoutes: ConsoleApp | null = null,
+  webhooks: WebhookRoutes | null = null,
 ): ServeApp {
   // The client IP of each request being answered, for the authenticate hook (which gets the Fetch
   // Request only). A Map emptied as each answer ends: at most the requests in flight, where a
@@ -279,6 +282,14 @@ export function serveApp(
       if (s.CREDIT_METRICS === "admin") await isAdmin(toRequest(req, res), ip);
       metrics.handle(req, res);
       return path;
+    }
+    if (webhooks !== null && (path === WEBHOOKS_PREFIX || path.startsWith(`${WEBHOOKS_PREFIX}/`))) {
+      const request = toRequest(req, res);
+      await isAdmin(request, ip);
+      const response = await webhooks(request);
+      if (response === null) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);
+      await sendResponse(res, response, method === "HEAD");
+      return WEBHOOKS_PREFIX;
     }
     if (path === CONSOLE_PREFIX || path.startsWith(`${CONSOLE_PREFIX}/`)) {
       if (consoleRoutes === null) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);
@@ -515,6 +526,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
 
   let manager: CreditManager | undefined;
   let keys: KeyStore | undefined;
+  let webhooks: Awaited<ReturnType<typeof serveWebhooks>> | undefined;
   let metrics: Metrics | null = null;
   let started = false;
   try {
@@ -525,7 +537,12 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       where = stores.where;
       const metricsOn = s.CREDIT_METRICS !== "off";
       metrics = metricsOn ? await startMetrics(logger, s) : null;
-      manager = await createCreditManager({ db: stores.db, logger });
+      if (env.CREDIT_WEBHOOKS === "on") webhooks = await serveWebhooks(stores.db, s, env, logger);
+      manager = await createCreditManager({
+        db: stores.db,
+        logger,
+        ...(webhooks === undefined ? {} : { queue: webhooks.queue, domainEvents: true }),
+      });
       await keys.init();
     } catch (error) {
       if (error instanceof MissingDriverError)
@@ -539,7 +556,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     const onConsoleError = (error: unknown, request: Request) =>
       logger.error({ err: error, path: new URL(request.url).pathname }, "console request failed");
     const routes = s.CREDIT_CONSOLE ? await consoleApp(manager, s, auth, CONSOLE_PREFIX, onConsoleError) : null;
-    const app = serveApp(manager, s, auth, logger, metrics, routes);
+    const app = serveApp(manager, s, auth, logger, metrics, routes, webhooks?.routes ?? null);
     const server = createServer({ requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, app.listener);
     // Longer than the idle time-out of common load balancers (60 s): they close first, never mid-request.
     server.keepAliveTimeout = 65_000;
@@ -601,6 +618,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       await metrics?.shutdown().catch(() => undefined);
     }
     if (manager !== undefined) await manager.close().catch(() => undefined);
+    await webhooks?.close().catch(() => undefined);
     destination.flush();
     process.off("exit", flushOnExit);
   }

@@ -1,0 +1,41 @@
+import type { Logger } from "../logger.js";
+import type { DbManager } from "../db/types.js";
+import { allowedNetworks, openEndpointStore } from "../cli/webhooks.js";
+import { endpointOf } from "../webhooks/endpoint-store.js";
+import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";
+import type { Env, ServeSettings } from "./settings.js";
+import { webhookRoutes, type WebhookRoutes } from "./webhook-routes.js";
+
+/**
+ * `serve` with `CREDIT_WEBHOOKS=on` (docs/service.md): the endpoint store, the admin routes under
+ * `/admin/webhooks`, and the queue its manager records every event for (delivered by `--worker`
+ * or a `credit-management worker` with `CREDIT_WEBHOOKS=on`).
+ */
+export async function serveWebhooks(
+  db: DbManager,
+  s: ServeSettings,
+  env: Env,
+  logger: Logger,
+): Promise<{ routes: WebhookRoutes; queue: WebhookQueue; close(): Promise<void> }> {
+  const store = await openEndpointStore(s.store, env);
+  await store.init();
+  const allowNetworks = allowedNetworks(env);
+  const queue = webhookQueue({
+    db,
+    endpoints: async () => (await store.list()).map(endpointOf),
+    allowNetworks,
+    logger,
+    onDisabled: async (id) => {
+      const r = await store.get(id);
+      if (r !== null) await store.put({ ...r, enabled: false, disabledReason: "410 Gone" });
+    },
+  });
+  return {
+    routes: webhookRoutes(store, db, { allowNetworks }),
+    queue,
+    async close() {
+      await queue.close();
+      await store.close();
+    },
+  };
+}
