@@ -47,8 +47,12 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
       const list = await call(s, "GET", "/admin/webhooks", admin);
       expect(list.body).toMatchObject({ endpoints: [{ id: endpoint.id, url, enabled: true, secrets: 1 }] });
       expect(JSON.stringify(list.body)).not.toContain(secret);
+      const openapi = await call(s, "GET", "/credits/openapi.json");
+      expect(Object.keys((openapi.body as { paths: object }).paths)).toEqual(
+        expect.arrayContaining(["/admin/webhooks", "/admin/webhooks/{id}/deliveries", "/admin/webhooks/{id}/retry"]),
+      );
 
-      const test = await call(s, "POST", `/admin/webhooks/${endpoint.id}/test`, admin);
+      const test = await call(s, "POST", `/admin/webhooks/${endpoint.id}/test`, admin, {});
       expect(test.body).toMatchObject({ ok: true, status: 204 });
       expect(new Webhook(secret).verify(got[0]!.body, got[0]!.headers as Record<string, string>)).toMatchObject({
         type: "webhook_test",
@@ -69,7 +73,7 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
       expect((await call(s, "PATCH", `/admin/webhooks/${endpoint.id}`, admin, { enabled: false })).body).toMatchObject({
         enabled: false,
       });
-      expect((await call(s, "DELETE", `/admin/webhooks/${endpoint.id}`, admin)).status).toBe(204);
+      expect((await call(s, "DELETE", `/admin/webhooks/${endpoint.id}`, admin, {})).status).toBe(204);
       expect((await call(s, "GET", `/admin/webhooks/${endpoint.id}`, admin)).status).toBe(404);
     } finally {
       await s.stop();

@@ -8,7 +8,6 @@ import { createCreditHandler, type CreditHandler } from "../http/handler.js";
 import { sendAnswer, toRequest, sendResponse, writeAnswer } from "../http/node.js";
 import { nodeRequest } from "../http/node-request.js";
 import { serveWebhooks } from "./webhooks.js";
-import { WEBHOOKS_PREFIX, type WebhookRoutes } from "./webhook-routes.js";
 import {
   ANSWER,
   errorAnswer,
@@ -222,7 +221,7 @@ export function serveApp(
   logger: Pino,
   metrics: Metrics | null,
   consoleRoutes: ConsoleApp | null = null,
-  webhooks: WebhookRoutes | null = null,
+  webhooks: RouteDefinition[] | null = null,
 ): ServeApp {
   // The client IP of each request being answered, for the authenticate hook (which gets the Fetch
   // Request only). A Map emptied as each answer ends: at most the requests in flight, where a
@@ -233,8 +232,9 @@ export function serveApp(
   const handler = createCreditHandler(manager, {
     authenticate: (request) => auth.authenticate(request, ips.get(request) ?? "unknown"),
     maxBodyBytes: s.CREDIT_MAX_BODY_BYTES,
-    // serve's own routes, in the OpenAPI document beside the credit API's (answered below).
-    routes: ownRoutes(metricsOn ? s.CREDIT_METRICS : "off"),
+    // serve's own routes, in the OpenAPI document beside the credit API's (answered below), and the
+    // webhook admin routes (CREDIT_WEBHOOKS=on), answered by the handler.
+    routes: [...ownRoutes(metricsOn ? s.CREDIT_METRICS : "off"), ...(webhooks ?? [])],
     openapi: {
       info: { title: "credit-management service" },
       // Relative: the document is served by the service it describes, wherever it is reached.
@@ -282,14 +282,6 @@ export function serveApp(
       if (s.CREDIT_METRICS === "admin") await isAdmin(toRequest(req, res), ip);
       metrics.handle(req, res);
       return path;
-    }
-    if (webhooks !== null && (path === WEBHOOKS_PREFIX || path.startsWith(`${WEBHOOKS_PREFIX}/`))) {
-      const request = toRequest(req, res);
-      await isAdmin(request, ip);
-      const response = await webhooks(request);
-      if (response === null) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);
-      await sendResponse(res, response, method === "HEAD");
-      return WEBHOOKS_PREFIX;
     }
     if (path === CONSOLE_PREFIX || path.startsWith(`${CONSOLE_PREFIX}/`)) {
       if (consoleRoutes === null) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);

@@ -1,7 +1,7 @@
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
-import { HttpError } from "../http/router.js";
-import { NotificationType, UserId } from "../models/index.js";
+import { HttpError, type RouteDefinition } from "../http/router.js";
+import { NotificationStatus, NotificationType, UserId } from "../models/index.js";
 import {
   endpointOf,
   newEndpointId,
@@ -13,13 +13,11 @@ import { generateWebhookSecret } from "../webhooks/sign.js";
 
 /**
  * The admin routes of `serve` for webhook endpoints (docs/service.md, "Webhooks";
- * docs/notifications.md "Webhooks"), under `/admin/webhooks`, for admin credentials only (the
- * caller checks). The same operations as `credit-management webhooks`, on the same store.
- * Resolves to null for a path that is not theirs.
+ * docs/notifications.md "Webhooks"), under `/admin/webhooks`, admins only: the operations of
+ * `credit-management webhooks` on the same store, as routes of the credit handler (validated by
+ * their zod schemas, in its OpenAPI document).
  */
-export type WebhookRoutes = (request: Request) => Promise<Response | null>;
-
-export const WEBHOOKS_PREFIX = "/admin/webhooks";
+export const WEBHOOKS_PATH = "/admin/webhooks";
 
 const Create = z.strictObject({
   url: z.string().max(2048),
@@ -36,37 +34,38 @@ const Update = z.strictObject({
 });
 const Rotate = z.strictObject({ dropOld: z.boolean().optional() });
 const Retry = z.strictObject({ userId: UserId, eventId: z.string().max(64).optional() });
+const DeliveriesQuery = z.object({ userId: UserId });
 
-const json = (status: number, body: unknown): Response =>
-  new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json", "cache-control": "no-store" },
-  });
+const Endpoint = z.object({
+  id: z.string(),
+  url: z.string(),
+  types: z.array(z.string()).nullable(),
+  enabled: z.boolean(),
+  development: z.boolean(),
+  description: z.string().nullable(),
+  createdAt: z.string(),
+  disabledReason: z.string().nullable(),
+  secrets: z
+    .number()
+    .int()
+    .describe("How many secrets sign each message (2 or 3 during a rotation); never the secrets"),
+});
+const Delivery = z.object({
+  id: z.string(),
+  eventId: z.string().nullable(),
+  type: z.string(),
+  status: NotificationStatus,
+  attempts: z.number().int(),
+  lastError: z.string().nullable(),
+  nextAttemptAt: z.string().nullable(),
+  createdAt: z.string(),
+  settledAt: z.string().nullable(),
+});
 
 /** An endpoint as the routes show it: everything but its secrets (their count). */
 const shown = ({ secrets, ...r }: WebhookEndpointRecord) => ({ ...r, secrets: secrets.length });
 
-async function body<S extends z.ZodType>(request: Request, schema: S): Promise<z.output<S>> {
-  let value: unknown = {};
-  const text = await request.text();
-  if (text.trim() !== "") {
-    try {
-      value = JSON.parse(text);
-    } catch {
-      throw new HttpError(400, "VALIDATION_ERROR", "The body is not JSON.");
-    }
-  }
-  const parsed = schema.safeParse(value);
-  if (!parsed.success)
-    throw new HttpError(
-      400,
-      "VALIDATION_ERROR",
-      parsed.error.issues.map((i) => `${i.path.join(".") || "body"}: ${i.message}`).join("; "),
-    );
-  return parsed.data;
-}
-
-/** Checks an endpoint as `webhookQueue` would take it: https unless development, a known shape. */
+/** Checks an endpoint as `webhookQueue` takes it: https unless development, a known shape. */
 function checked(record: WebhookEndpointRecord): WebhookEndpointRecord {
   const r = WebhookEndpoint.safeParse(endpointOf(record));
   if (!r.success) throw new HttpError(400, "VALIDATION_ERROR", r.error.issues.map((i) => i.message).join("; "));
@@ -77,86 +76,157 @@ export function webhookRoutes(
   store: WebhookEndpointStore,
   db: DbManager,
   options: { allowNetworks?: readonly string[] } = {},
-): WebhookRoutes {
-  return async (request) => {
-    const url = new URL(request.url);
-    if (url.pathname !== WEBHOOKS_PREFIX && !url.pathname.startsWith(`${WEBHOOKS_PREFIX}/`)) return null;
-    const [id, action, ...extra] = url.pathname
-      .slice(WEBHOOKS_PREFIX.length + 1)
-      .split("/")
-      .filter((p) => p !== "");
-    const method = request.method;
-    const notAllowed = () => new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${url.pathname}.`);
-    if (extra.length > 0) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${url.pathname}.`);
-    if (id === undefined) {
-      if (method === "GET") return json(200, { endpoints: (await store.list()).map(shown) });
-      if (method !== "POST") throw notAllowed();
-      const b = await body(request, Create);
-      const record = checked({
-        id: newEndpointId(),
-        url: b.url,
-        secrets: [generateWebhookSecret()],
-        types: b.types ?? null,
-        enabled: true,
-        development: b.development ?? false,
-        description: b.description ?? null,
-        createdAt: new Date().toISOString(),
-        disabledReason: null,
-      });
-      await store.put(record);
-      return json(201, { endpoint: shown(record), secret: record.secrets[0] });
-    }
-    const record = await store.get(id);
+): RouteDefinition[] {
+  const tags = ["webhooks"];
+  const one = async (id: string | undefined): Promise<WebhookEndpointRecord> => {
+    const record = id === undefined ? null : await store.get(id);
     if (record === null) throw new HttpError(404, "NOT_FOUND", `No webhook endpoint ${id}.`);
-    if (action === undefined) {
-      if (method === "GET") return json(200, shown(record));
-      if (method === "DELETE") {
-        await store.remove(id);
+    return record;
+  };
+  const common = { base: "root", access: "admin", tags } as const;
+  return [
+    {
+      ...common,
+      method: "GET",
+      path: WEBHOOKS_PATH,
+      operationId: "listWebhookEndpoints",
+      summary: "The webhook endpoints (without their secrets)",
+      response: z.object({ endpoints: z.array(Endpoint) }),
+      handle: async () => ({ endpoints: (await store.list()).map(shown) }),
+    },
+    {
+      ...common,
+      method: "POST",
+      path: WEBHOOKS_PATH,
+      operationId: "addWebhookEndpoint",
+      summary: "Adds an endpoint; answers its secret (whsec_…), which the receiver verifies with",
+      body: Create,
+      status: 201,
+      response: z.object({ endpoint: Endpoint, secret: z.string() }),
+      handle: async (ctx) => {
+        const b = await ctx.body<z.output<typeof Create>>();
+        const record = checked({
+          id: newEndpointId(),
+          url: b.url,
+          secrets: [generateWebhookSecret()],
+          types: b.types ?? null,
+          enabled: true,
+          development: b.development ?? false,
+          description: b.description ?? null,
+          createdAt: new Date().toISOString(),
+          disabledReason: null,
+        });
+        await store.put(record);
+        return { endpoint: shown(record), secret: record.secrets[0] };
+      },
+    },
+    {
+      ...common,
+      method: "GET",
+      path: `${WEBHOOKS_PATH}/:id`,
+      operationId: "getWebhookEndpoint",
+      summary: "One endpoint",
+      response: Endpoint,
+      errors: [404],
+      handle: async (ctx) => shown(await one(ctx.params.id)),
+    },
+    {
+      ...common,
+      method: "PATCH",
+      path: `${WEBHOOKS_PATH}/:id`,
+      operationId: "updateWebhookEndpoint",
+      summary: "Changes an endpoint: enabled (turn it back on after a 410), url, types, description",
+      body: Update,
+      response: Endpoint,
+      errors: [404],
+      handle: async (ctx) => {
+        const record = await one(ctx.params.id);
+        const b = await ctx.body<z.output<typeof Update>>();
+        const next = checked({
+          ...record,
+          ...(b.url === undefined ? {} : { url: b.url }),
+          ...(b.types === undefined ? {} : { types: b.types }),
+          ...(b.description === undefined ? {} : { description: b.description }),
+          ...(b.development === undefined ? {} : { development: b.development }),
+          ...(b.enabled === undefined ? {} : { enabled: b.enabled, disabledReason: b.enabled ? null : "by hand" }),
+        });
+        await store.put(next);
+        return shown(next);
+      },
+    },
+    {
+      ...common,
+      method: "DELETE",
+      path: `${WEBHOOKS_PATH}/:id`,
+      operationId: "removeWebhookEndpoint",
+      summary: "Removes an endpoint (its pending deliveries then fail)",
+      status: 204,
+      errors: [404],
+      handle: async (ctx) => {
+        await one(ctx.params.id);
+        await store.remove(ctx.params.id as string);
         return new Response(null, { status: 204 });
-      }
-      if (method !== "PATCH") throw notAllowed();
-      const b = await body(request, Update);
-      const next = checked({
-        ...record,
-        ...(b.url === undefined ? {} : { url: b.url }),
-        ...(b.types === undefined ? {} : { types: b.types }),
-        ...(b.description === undefined ? {} : { description: b.description }),
-        ...(b.development === undefined ? {} : { development: b.development }),
-        ...(b.enabled === undefined ? {} : { enabled: b.enabled, disabledReason: b.enabled ? null : "by hand" }),
-      });
-      await store.put(next);
-      return json(200, shown(next));
-    }
-    if (method !== "POST" && !(method === "GET" && action === "deliveries")) throw notAllowed();
-    switch (action) {
-      case "rotate-secret": {
-        const b = await body(request, Rotate);
+      },
+    },
+    {
+      ...common,
+      method: "POST",
+      path: `${WEBHOOKS_PATH}/:id/rotate-secret`,
+      operationId: "rotateWebhookSecret",
+      summary: "A new secret, signed beside the previous one until dropOld keeps only the newest",
+      body: Rotate,
+      response: z.object({ secret: z.string().optional(), secrets: z.number().int() }),
+      errors: [404],
+      handle: async (ctx) => {
+        const record = await one(ctx.params.id);
+        const b = await ctx.body<z.output<typeof Rotate>>();
         if (b.dropOld === true) {
           await store.put({ ...record, secrets: record.secrets.slice(0, 1) });
-          return json(200, { secrets: 1 });
+          return { secrets: 1 };
         }
-        const secret = generateWebhookSecret();
-        await store.put({ ...record, secrets: [secret, ...record.secrets].slice(0, 3) });
-        return json(200, { secret, secrets: Math.min(3, record.secrets.length + 1) });
-      }
-      case "test": {
+        const secrets = [generateWebhookSecret(), ...record.secrets].slice(0, 3);
+        await store.put({ ...record, secrets });
+        return { secret: secrets[0], secrets: secrets.length };
+      },
+    },
+    {
+      ...common,
+      method: "POST",
+      path: `${WEBHOOKS_PATH}/:id/test`,
+      operationId: "testWebhookEndpoint",
+      summary: "Sends a signed webhook_test event now and answers what the endpoint said",
+      response: z.object({
+        ok: z.boolean(),
+        id: z.string().optional(),
+        status: z.number().int().optional(),
+        body: z.string().optional(),
+        error: z.string().optional(),
+      }),
+      errors: [404],
+      handle: async (ctx) => {
+        const record = await one(ctx.params.id);
         try {
           const r = await sendTestWebhook(endpointOf(record), { allowNetworks: options.allowNetworks });
-          return json(200, {
-            id: r.id,
-            status: r.status,
-            ok: r.status >= 200 && r.status < 300,
-            body: r.body.slice(0, 200),
-          });
+          return { ok: r.status >= 200 && r.status < 300, id: r.id, status: r.status, body: r.body.slice(0, 200) };
         } catch (error) {
-          return json(200, { ok: false, error: (error as Error).message });
+          return { ok: false, error: (error as Error).message };
         }
-      }
-      case "deliveries": {
-        const user = UserId.safeParse(url.searchParams.get("userId"));
-        if (!user.success) throw new HttpError(400, "VALIDATION_ERROR", "userId: the account whose deliveries to list");
-        const rows = await db.listNotifications(deliveryUserId(id, user.data), { limit: 100 });
-        return json(200, {
+      },
+    },
+    {
+      ...common,
+      method: "GET",
+      path: `${WEBHOOKS_PATH}/:id/deliveries`,
+      operationId: "listWebhookDeliveries",
+      summary: "An account's deliveries to the endpoint (oldest first, at most 100): status, attempts, last error",
+      query: DeliveriesQuery,
+      response: z.object({ deliveries: z.array(Delivery) }),
+      errors: [404],
+      handle: async (ctx) => {
+        const record = await one(ctx.params.id);
+        const { userId } = ctx.query<z.output<typeof DeliveriesQuery>>();
+        const rows = await db.listNotifications(deliveryUserId(record.id, userId), { limit: 100 });
+        return {
           deliveries: rows.map((r) => ({
             id: r.id,
             eventId: (r.payload as { event?: { id?: string } }).event?.id ?? null,
@@ -168,14 +238,23 @@ export function webhookRoutes(
             createdAt: r.createdAt.toISOString(),
             settledAt: r.settledAt?.toISOString() ?? null,
           })),
-        });
-      }
-      case "retry": {
-        const b = await body(request, Retry);
-        return json(200, { retried: await retryFailedWebhooks(db, id, b.userId, b.eventId) });
-      }
-      default:
-        throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${url.pathname}.`);
-    }
-  };
+        };
+      },
+    },
+    {
+      ...common,
+      method: "POST",
+      path: `${WEBHOOKS_PATH}/:id/retry`,
+      operationId: "retryWebhookDeliveries",
+      summary: "Delivers an account's failed deliveries to the endpoint again (same webhook-id)",
+      body: Retry,
+      response: z.object({ retried: z.number().int() }),
+      errors: [404],
+      handle: async (ctx) => {
+        const record = await one(ctx.params.id);
+        const b = await ctx.body<z.output<typeof Retry>>();
+        return { retried: await retryFailedWebhooks(db, record.id, b.userId, b.eventId) };
+      },
+    },
+  ];
 }

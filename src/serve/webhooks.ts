@@ -4,7 +4,8 @@ import { allowedNetworks, openEndpointStore } from "../cli/webhooks.js";
 import { endpointOf } from "../webhooks/endpoint-store.js";
 import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";
 import type { Env, ServeSettings } from "./settings.js";
-import { webhookRoutes, type WebhookRoutes } from "./webhook-routes.js";
+import type { RouteDefinition } from "../http/router.js";
+import { webhookRoutes } from "./webhook-routes.js";
 
 /**
  * `serve` with `CREDIT_WEBHOOKS=on` (docs/service.md): the endpoint store, the admin routes under
@@ -16,7 +17,7 @@ export async function serveWebhooks(
   s: ServeSettings,
   env: Env,
   logger: Logger,
-): Promise<{ routes: WebhookRoutes; queue: WebhookQueue; close(): Promise<void> }> {
+): Promise<{ routes: RouteDefinition[]; queue: WebhookQueue; close(): Promise<void> }> {
   const store = await openEndpointStore(s.store, env);
   await store.init();
   const allowNetworks = allowedNetworks(env);
