@@ -45,7 +45,7 @@ Environment: CREDIT_WEBHOOK_ALLOW_NETWORKS   CIDR networks endpoints may reach a
 `;
 
 /** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */
-export async function openEndpointStore(store: ServeSettings["store"], env: Env): Promise<WebhookEndpointStore> {
+export async function openEndpointStore(store: ServeSettings["store"]): Promise<WebhookEndpointStore> {
   if (store.kind === "sqlite") {
     let Database: new (file: string) => Parameters<typeof sqliteEndpointStore>[0];
     try {
@@ -75,13 +75,11 @@ export async function openEndpointStore(store: ServeSettings["store"], env: Env)
     };
     const pool = new Pool({ connectionString: store.url, max: 2 });
     pool.on("error", () => {});
-    return postgresEndpointStore(pool, env.CREDIT_PG_SCHEMA?.trim() || undefined);
+    return postgresEndpointStore(pool, store.schema);
   }
   const { MongoClient } = await import("mongodb");
   const client = new MongoClient(store.uri);
-  const collection = client
-    .db(env.CREDIT_MONGO_DB?.trim() || "credit_management")
-    .collection("credit_webhook_endpoints");
+  const collection = client.db(store.db).collection("credit_webhook_endpoints");
   return mongoEndpointStore(collection as never, () => client.close());
 }
 
@@ -115,7 +113,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
     if (extra.length > 0) throw new ServeUsageError(`unexpected argument "${extra[0]}"`);
     const settings = serveSettings({ sqlite: values.sqlite }, env);
     const withStore = async (fn: (store: WebhookEndpointStore) => Promise<number>): Promise<number> => {
-      const store = await openEndpointStore(settings.store, env);
+      const store = await openEndpointStore(settings.store);
       try {
         await store.init();
         return await fn(store);
@@ -218,7 +216,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         if (target === undefined) throw new ServeUsageError("webhooks retry needs an endpoint id");
         if (values.user === undefined || !UserId.safeParse(values.user).success)
           throw new ServeUsageError("webhooks retry needs --user USER (the account whose deliveries failed)");
-        const stores = await openStores(settings.store, env);
+        const stores = await openStores(settings.store);
         try {
           await stores.db.init();
           const n = await retryFailedWebhooks(stores.db, target, values.user, values.event);

@@ -361,11 +361,15 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         const e = env as Record<string, string | undefined>;
         const endpoints = await openEndpointStore(
           e.CREDIT_MONGO_URI?.trim()
-            ? { kind: "mongodb", uri: e.CREDIT_MONGO_URI.trim() }
+            ? { kind: "mongodb", uri: e.CREDIT_MONGO_URI.trim(), db: e.CREDIT_MONGO_DB?.trim() || "credit_management" }
             : e.CREDIT_PG_URL?.trim()
-              ? { kind: "postgres", url: e.CREDIT_PG_URL.trim() }
+              ? {
+                  kind: "postgres",
+                  url: e.CREDIT_PG_URL.trim(),
+                  schema: e.CREDIT_PG_SCHEMA?.trim() || undefined,
+                  partitions: undefined,
+                }
               : { kind: "sqlite", path: e.CREDIT_SQLITE_PATH?.trim() ?? "" },
-          e,
         );
         closers.push(() => endpoints.close());
         await endpoints.init();

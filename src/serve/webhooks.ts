@@ -18,7 +18,7 @@ export async function serveWebhooks(
   env: Env,
   logger: Logger,
 ): Promise<{ routes: RouteDefinition[]; queue: WebhookQueue; close(): Promise<void> }> {
-  const store = await openEndpointStore(s.store, env);
+  const store = await openEndpointStore(s.store);
   await store.init();
   const allowNetworks = allowedNetworks(env);
   const queue = webhookQueue({
