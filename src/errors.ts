@@ -8,6 +8,7 @@ export type CreditErrorCode =
   | "VALIDATION_ERROR"
   | "RULE_VIOLATION"
   | "INSUFFICIENT_CREDITS"
+  | "SPEND_LIMIT_EXCEEDED"
   | "NOT_FOUND"
   | "RESERVATION_NOT_ACTIVE"
   | "RESERVATION_EXPIRED"
@@ -81,6 +82,28 @@ export class RuleViolationError extends CreditError {
 export class InsufficientCreditsError extends CreditError {
   constructor(message: string, details: { requested: number; available: number; [k: string]: unknown }) {
     super("INSUFFICIENT_CREDITS", 402, message, { details });
+  }
+}
+
+/**
+ * A spend would pass a spend limit that applies to it (docs/teams-and-limits.md). `details.limit`
+ * is the limit (spender, feature, amount, period), `details.used` and `details.remaining` what its
+ * window has counted and has left, `details.resetsAt` (ISO) when the window ends. HTTP 429.
+ * Nothing was changed.
+ */
+export class SpendLimitError extends CreditError {
+  constructor(
+    message: string,
+    details: {
+      requested: number;
+      limit: Record<string, unknown>;
+      used: number;
+      remaining: number;
+      resetsAt: string;
+      [k: string]: unknown;
+    },
+  ) {
+    super("SPEND_LIMIT_EXCEEDED", 429, message, { details });
   }
 }
 

@@ -11,3 +11,4 @@ export * from "./events.js";
 export * from "./metering.js";
 export * from "./pricing.js";
 export * from "./leases.js";
+export * from "./limits.js";

@@ -1,0 +1,335 @@
+/**
+ * Spend limits per period, as pure functions (docs/teams-and-limits.md).
+ *
+ * A limit caps what the spends it applies to may take in one window: a calendar window in UTC
+ * (day; week from Monday; month; year; or `every` n of them counted from 1970-01-01, weeks from
+ * Monday 1969-12-29), or the account's subscription period. A limit applies to a spend when its
+ * spender is unset or the spend's, and its feature unset or the spend's; a spend must fit every
+ * limit that applies (the tightest one is the one reported).
+ *
+ * The limits live on the account with what each has counted in its current window (`used`,
+ * `windowStart`), so the unit of work that debits checks and counts them without another read,
+ * and a concurrent spend conflicts on the account like any other. A window that has ended counts
+ * as 0: nothing needs to reset it.
+ */
+
+import { SpendLimitError, ValidationError } from "../errors.js";
+import {
+  type LimitCycle,
+  type LimitPeriod,
+  type LimitUnit,
+  type SpendLimit,
+  type SpendLimitInput,
+  type SpendLimitStatus,
+  limitKey,
+} from "../models/limits.js";
+import { periodContaining } from "./periods.js";
+
+const DAY_MS = 86_400_000;
+const WEEK_MS = 7 * DAY_MS;
+/** Monday 1969-12-29T00:00Z: weeks are counted from it. */
+const FIRST_MONDAY_MS = -3 * DAY_MS;
+
+/** Who spends and on what; null: not named. */
+export interface Spend {
+  spender: string | null;
+  feature: string | null;
+}
+
+/** A window `[start, end)`, ms since the epoch. */
+export interface LimitWindow {
+  start: number;
+  end: number;
+}
+
+/** The calendar window of `period` (UTC) that contains `at` (ms since the epoch). */
+export function calendarWindow(period: LimitPeriod, at: number): LimitWindow {
+  const unit: LimitUnit = typeof period === "string" ? period : period.unit;
+  const n = typeof period === "string" ? 1 : period.every;
+  if (!Number.isFinite(at))
+    throw new ValidationError("Invalid date", [{ path: "at", message: "must be a valid date" }]);
+  switch (unit) {
+    case "day": {
+      const start = Math.floor(Math.floor(at / DAY_MS) / n) * n * DAY_MS;
+      return { start, end: start + n * DAY_MS };
+    }
+    case "week": {
+      const start = FIRST_MONDAY_MS + Math.floor(Math.floor((at - FIRST_MONDAY_MS) / WEEK_MS) / n) * n * WEEK_MS;
+      return { start, end: start + n * WEEK_MS };
+    }
+    case "month": {
+      const d = new Date(at);
+      const months = (d.getUTCFullYear() - 1970) * 12 + d.getUTCMonth();
+      const first = Math.floor(months / n) * n;
+      return { start: monthStart(first), end: monthStart(first + n) };
+    }
+    case "year": {
+      const years = new Date(at).getUTCFullYear() - 1970;
+      const first = Math.floor(years / n) * n;
+      return { start: monthStart(first * 12), end: monthStart((first + n) * 12) };
+    }
+  }
+}
+
+/** 00:00Z on the first day of month number `months` counted from January 1970. */
+function monthStart(months: number): number {
+  const d = new Date(0);
+  // Not Date.UTC: it would read years 0–99 as 1900–1999.
+  d.setUTCFullYear(1970 + Math.floor(months / 12), ((months % 12) + 12) % 12, 1);
+  return d.getTime();
+}
+
+/** The subscription period of `cycle` that contains `at` (see ./periods.ts: month ends clamp, the anchor's time of day kept). */
+export function cycleWindow(cycle: LimitCycle, at: number): LimitWindow {
+  const p = periodContaining(new Date(cycle.anchorAt), cycle.billingPeriod, new Date(at));
+  return { start: p.start.getTime(), end: p.end.getTime() };
+}
+
+/** The window of `limit` that contains `at`. */
+export function windowOf(limit: SpendLimit, at: number): LimitWindow {
+  if (limit.period !== null) return calendarWindow(limit.period, at);
+  if (limit.cycle !== null) return cycleWindow(limit.cycle, at);
+  // A subscription limit whose subscription ended: one window for all time (nothing resets it).
+  return { start: 0, end: 8.64e15 };
+}
+
+/** True when `limit` applies to `spend`: its spender unset or the spend's, and so for its feature. */
+export function applies(limit: SpendLimit, spend: Spend): boolean {
+  return (
+    (limit.spender === null || limit.spender === spend.spender) &&
+    (limit.feature === null || limit.feature === spend.feature)
+  );
+}
+
+/** What `limit` has counted in its window at `at` (0 once that window has ended). */
+export function usedAt(limit: SpendLimit, at: number): number {
+  return limit.windowStart !== null && limit.windowStart === windowOf(limit, at).start ? limit.used : 0;
+}
+
+/** A limit that applies to a spend, with its window now and what is left in it. */
+export interface LimitHeadroom {
+  limit: SpendLimit;
+  used: number;
+  left: number;
+  window: LimitWindow;
+}
+
+/**
+ * The tightest of `limits` that apply to `spend` at `at`: the one with the least left (the first of
+ * equals). Null when none applies.
+ */
+export function tightestLimit(limits: readonly SpendLimit[], spend: Spend, at: number): LimitHeadroom | null {
+  let best: LimitHeadroom | null = null;
+  for (const limit of limits) {
+    if (!applies(limit, spend)) continue;
+    const window = windowOf(limit, at);
+    const used = limit.windowStart === window.start ? limit.used : 0;
+    const left = Math.max(0, limit.amount - used);
+    if (best === null || left < best.left) best = { limit, used, left, window };
+  }
+  return best;
+}
+
+/** The refusal of a spend of `requested` that does not fit `h`. */
+export function limitError(h: LimitHeadroom, requested: number, what = "spend"): SpendLimitError {
+  const l = h.limit;
+  const who = [l.spender === null ? null : `spender ${l.spender}`, l.feature === null ? null : `feature ${l.feature}`]
+    .filter((x) => x !== null)
+    .join(", ");
+  const resetsAt = new Date(h.window.end).toISOString();
+  return new SpendLimitError(
+    `Cannot ${what} ${requested} credits: the spend limit of ${l.amount} per ${describePeriod(l)}${who === "" ? "" : ` for ${who}`} has ${h.left} left until ${resetsAt}.`,
+    { requested, limit: describeLimit(l), used: h.used, remaining: h.left, resetsAt },
+  );
+}
+
+/** A limit as error details and events show it. */
+export function describeLimit(l: SpendLimit): Record<string, unknown> {
+  return {
+    spender: l.spender,
+    feature: l.feature,
+    amount: l.amount,
+    period: l.period,
+    resetsWith: l.period === null ? "subscription" : null,
+  };
+}
+
+function describePeriod(l: SpendLimit): string {
+  const p = l.period;
+  if (p === null) return "subscription period";
+  return typeof p === "string" ? p : p.every === 1 ? p.unit : `${p.every} ${p.unit}s`;
+}
+
+/** What counting a spend did to the limits that apply to it. */
+export interface Counted {
+  /** The account's limits after the spend (a new array; the given one is not changed). */
+  limits: SpendLimit[];
+  /** Limits this spend took past 80 % of their amount (from below), and past 100 %. */
+  crossed: { limit: SpendLimit; level: "warning" | "reached"; resetsAt: number }[];
+  /** True when the spend passed a limit (only a forced count can). */
+  over: boolean;
+}
+
+/**
+ * Counts a spend of `amount` at `at` against every limit that applies to `spend`. Refused with a
+ * `SpendLimitError` (naming the tightest limit) when it does not fit one of them, unless `force`
+ * (usage already delivered, docs/concepts.md "Overdraft and debt"): then it is counted all the
+ * same and `over` says it passed a limit.
+ */
+export function countSpend(
+  limits: readonly SpendLimit[],
+  spend: Spend,
+  amount: number,
+  at: number,
+  options: { force?: boolean; what?: string } = {},
+): Counted {
+  if (!options.force) {
+    const tight = tightestLimit(limits, spend, at);
+    if (tight !== null && amount > tight.left) throw limitError(tight, amount, options.what);
+  }
+  let over = false;
+  const crossed: Counted["crossed"] = [];
+  const out = limits.map((limit) => {
+    if (!applies(limit, spend) || amount === 0) return limit;
+    const window = windowOf(limit, at);
+    const before = limit.windowStart === window.start ? limit.used : 0;
+    const after = before + amount;
+    if (after > limit.amount) over = true;
+    const level = crossing(limit.amount, before, after);
+    if (level !== null) crossed.push({ limit, level, resetsAt: window.end });
+    return { ...limit, used: after, windowStart: window.start };
+  });
+  return { limits: out, crossed, over };
+}
+
+/** "reached" when `before → after` passes 100 % of `amount`, "warning" when it passes 80 %. */
+function crossing(amount: number, before: number, after: number): "warning" | "reached" | null {
+  if (amount === 0) return null;
+  if (before < amount && after >= amount) return "reached";
+  if (before * 5 < amount * 4 && after * 5 >= amount * 4) return "warning";
+  return null;
+}
+
+/**
+ * Trues up a hold's count at its commit or release: the hold counted `held` when it was placed at
+ * `placedAt`; `spent` of it was spent (0 on a release). What was not spent is taken off the limits
+ * whose window is still the one the hold counted in (an ended window is left as it was); spending
+ * more than was held counts the excess in the current window, even past a limit (the usage was
+ * delivered).
+ */
+export function trueUpHold(
+  limits: readonly SpendLimit[],
+  spend: Spend,
+  held: number,
+  spent: number,
+  placedAt: number,
+  at: number,
+): Counted {
+  if (spent > held) return countSpend(limits, spend, spent - held, at, { force: true });
+  const back = held - spent;
+  const out = limits.map((limit) => {
+    if (back === 0 || !applies(limit, spend)) return limit;
+    const then = windowOf(limit, placedAt).start;
+    if (limit.windowStart !== then || windowOf(limit, at).start !== then) return limit;
+    return { ...limit, used: Math.max(0, limit.used - back) };
+  });
+  return { limits: out, crossed: [], over: false };
+}
+
+/**
+ * The account's limits after `setLimits(inputs)`: the list replaced, each limit keeping what it
+ * counted in its window when one with the same key (spender, feature, window) was there before —
+ * so a limit changed mid-window (its amount raised or lowered) still counts what was spent in it.
+ * `cycle`: the account's subscription cycle, required by a `resetsWith: "subscription"` limit.
+ */
+export function replaceLimits(
+  existing: readonly SpendLimit[] | null,
+  inputs: readonly SpendLimitInput[],
+  cycle: LimitCycle | null,
+): SpendLimit[] {
+  const before = new Map((existing ?? []).map((l) => [keyOf(l), l]));
+  return inputs.map((input, i) => {
+    const period = input.period === undefined ? null : normalizePeriod(input.period);
+    if (period === null && cycle === null) {
+      throw new ValidationError('A limit with resetsWith: "subscription" needs an active subscription', [
+        { path: `${i}.resetsWith`, message: "the account has no active subscription" },
+      ]);
+    }
+    const limit: SpendLimit = {
+      spender: input.spender ?? null,
+      feature: input.feature ?? null,
+      amount: input.amount,
+      period,
+      cycle: period === null ? cycle : null,
+      used: 0,
+      windowStart: null,
+    };
+    const old = before.get(keyOf(limit));
+    if (old !== undefined) {
+      limit.used = old.used;
+      limit.windowStart = old.windowStart;
+      // A subscription limit whose cycle moved starts a new window.
+      if (
+        period === null &&
+        (old.cycle?.anchorAt !== cycle?.anchorAt || old.cycle?.billingPeriod !== cycle?.billingPeriod)
+      ) {
+        limit.used = 0;
+        limit.windowStart = null;
+      }
+    }
+    return limit;
+  });
+}
+
+/** `{ every: 1, unit }` is `unit`. */
+function normalizePeriod(p: LimitPeriod): LimitPeriod {
+  return typeof p === "string" || p.every !== 1 ? p : p.unit;
+}
+
+function keyOf(l: SpendLimit): string {
+  return limitKey({
+    spender: l.spender,
+    feature: l.feature,
+    period: l.period,
+    resetsWith: l.period === null ? "subscription" : null,
+  });
+}
+
+/** The limits `removeLimit(which)` leaves: all but those with exactly this spender and feature (and window, when given). */
+export function withoutLimit(
+  existing: readonly SpendLimit[],
+  which: {
+    spender?: string | undefined;
+    feature?: string | undefined;
+    period?: LimitPeriod | undefined;
+    resetsWith?: string | undefined;
+  },
+): SpendLimit[] {
+  const windowGiven = which.period !== undefined || which.resetsWith !== undefined;
+  const key = windowGiven
+    ? limitKey({ ...which, period: which.period === undefined ? null : normalizePeriod(which.period) })
+    : null;
+  return existing.filter((l) => {
+    if (l.spender !== (which.spender ?? null) || l.feature !== (which.feature ?? null)) return true;
+    return key !== null && keyOf(l) !== key;
+  });
+}
+
+/** Each limit as `getLimits` reports it at `at`. */
+export function limitStatuses(limits: readonly SpendLimit[], at: number): SpendLimitStatus[] {
+  return limits.map((l) => {
+    const window = windowOf(l, at);
+    const used = l.windowStart === window.start ? l.used : 0;
+    return {
+      spender: l.spender,
+      feature: l.feature,
+      amount: l.amount,
+      period: l.period,
+      resetsWith: l.period === null ? "subscription" : null,
+      used,
+      remaining: Math.max(0, l.amount - used),
+      windowStart: new Date(window.start),
+      resetsAt: new Date(window.end),
+    };
+  });
+}

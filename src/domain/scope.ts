@@ -1,0 +1,48 @@
+/**
+ * Scoped grants, as pure functions (docs/teams-and-limits.md): a grant with a scope pays only for
+ * the spends it matches — its features (when it lists some) include the spend's feature, and its
+ * spenders (when it lists some) the spend's spender. A spend draws first from the scoped grants
+ * that match it, in burn-down order (priority, then expiry, then age: ./order.ts), then from the
+ * unscoped grants in the same order; a scoped grant never pays for a spend outside its scope.
+ */
+
+import type { GrantScope } from "../models/limits.js";
+import type { Spend } from "./limits.js";
+import { compareGrants, isUsable } from "./order.js";
+import type { Grant } from "../models/index.js";
+
+/** A grant's scope, or null when it pays for any spend. */
+export type ScopeOf = (grant: Grant) => GrantScope | null | undefined;
+
+/** True when a grant with `scope` may pay for `spend` (an unscoped grant pays for any). */
+export function inScope(scope: GrantScope | null | undefined, spend: Spend): boolean {
+  if (scope === null || scope === undefined) return true;
+  if (scope.features !== undefined && (spend.feature === null || !scope.features.includes(spend.feature))) return false;
+  if (scope.spenders !== undefined && (spend.spender === null || !scope.spenders.includes(spend.spender))) return false;
+  return true;
+}
+
+/**
+ * The grants usable at `now` that may pay for `spend`, in the order they pay: the matching scoped
+ * ones first, then the unscoped ones, each group in burn-down order.
+ */
+export function spendOrder(grants: readonly Grant[], spend: Spend, now: Date, scopeOf: ScopeOf): Grant[] {
+  const scoped: Grant[] = [];
+  const open: Grant[] = [];
+  for (const g of grants) {
+    if (!isUsable(g, now)) continue;
+    const scope = scopeOf(g);
+    if (scope === null || scope === undefined) open.push(g);
+    else if (inScope(scope, spend)) scoped.push(g);
+  }
+  scoped.sort(compareGrants);
+  open.sort(compareGrants);
+  return scoped.concat(open);
+}
+
+/** Credits of usable grants at `now` that may not pay for `spend` (scoped ones outside it). */
+export function outOfScope(grants: readonly Grant[], spend: Spend, now: Date, scopeOf: ScopeOf): number {
+  let total = 0;
+  for (const g of grants) if (isUsable(g, now) && !inScope(scopeOf(g), spend)) total += g.remaining;
+  return total;
+}

@@ -1,0 +1,159 @@
+import * as z from "zod";
+import { NonNegativeAmount } from "./common.js";
+import { FeatureName } from "./inputs.js";
+
+/**
+ * Who spends and on what (docs/teams-and-limits.md): a spend may name a `spender` (a member, an
+ * API key, a project: any id the host chooses) and a `feature`. Both are recorded on the journal
+ * entry; limits and scoped grants read them.
+ */
+
+// eslint-disable-next-line no-control-regex -- refusing control characters is the point
+const printable = /^[^\u0000-\u001f\u007f]+$/;
+
+/** A spender id chosen by the host: 1–255 printable characters. */
+export const SpenderId = z
+  .string({ error: "spender must be a string" })
+  .min(1, { error: "spender must not be empty" })
+  .max(255, { error: "spender must be at most 255 characters" })
+  .regex(printable, { error: "spender must not contain control characters" });
+
+/** The optional `spender` and `feature` of a spend (deduct, reserve, commit, check, lease charge). */
+export const SpendFields = {
+  /** Who spends: a member, an API key, a project. Recorded on the entry; limits for it apply. */
+  spender: SpenderId.optional(),
+  /** What the credits pay for. Recorded on the entry; limits for it apply. */
+  feature: FeatureName.optional(),
+};
+
+/** Calendar units of a limit's window, in UTC. */
+export const LimitUnit = z.enum(["day", "week", "month", "year"]);
+export type LimitUnit = z.infer<typeof LimitUnit>;
+
+/**
+ * A limit's window: a calendar day, week (Monday to Monday), month or year in UTC, or `every` n of
+ * them counted from 1970-01-01 (weeks from Monday 1969-12-29).
+ */
+export const LimitPeriod = z.union([
+  LimitUnit,
+  z.strictObject({
+    every: z.number().int({ error: "every must be a whole number" }).min(1).max(1000),
+    unit: LimitUnit,
+  }),
+]);
+export type LimitPeriod = z.infer<typeof LimitPeriod>;
+
+/** One limit as `setLimits` takes it. */
+export const SpendLimitInput = z
+  .strictObject({
+    /** The spender it caps; omitted: every spend of the account (with `feature`: every spend on it). */
+    spender: SpenderId.optional(),
+    /** The feature it caps; omitted: every feature. */
+    feature: FeatureName.optional(),
+    /** Credits that may be spent in one window; 0 refuses every spend it applies to. */
+    amount: NonNegativeAmount,
+    /** The window. Required unless `resetsWith` is "subscription". */
+    period: LimitPeriod.optional(),
+    /** "subscription": the window is the account's current subscription period instead. */
+    resetsWith: z.literal("subscription").optional(),
+  })
+  .refine((l) => (l.period === undefined) !== (l.resetsWith === undefined), {
+    error: 'a limit needs exactly one of period and resetsWith: "subscription"',
+    path: ["period"],
+  });
+export type SpendLimitInput = z.input<typeof SpendLimitInput>;
+
+/** Most limits one account may hold (they are loaded with the account on every spend). */
+export const MAX_LIMITS = 100;
+
+/** `setLimits(userId, limits)`: the account's whole list; a key (spender, feature, window) at most once. */
+export const SetLimitsInput = z
+  .array(SpendLimitInput)
+  .max(MAX_LIMITS, { error: `at most ${MAX_LIMITS} limits per account` })
+  .refine((list) => new Set(list.map(limitKey)).size === list.length, {
+    error: "each (spender, feature, period) may have one limit",
+  });
+
+/** `removeLimit(userId, which)`: the limits with exactly this spender and feature (and period, when given). */
+export const RemoveLimitInput = z.strictObject({
+  spender: SpenderId.optional(),
+  feature: FeatureName.optional(),
+  period: LimitPeriod.optional(),
+  resetsWith: z.literal("subscription").optional(),
+});
+export type RemoveLimitInput = z.input<typeof RemoveLimitInput>;
+
+/** The subscription cycle a `resetsWith: "subscription"` limit follows (times in ms since the epoch). */
+export const LimitCycle = z.strictObject({
+  anchorAt: z.number().int(),
+  billingPeriod: z.enum(["daily", "weekly", "monthly", "yearly"]),
+});
+export type LimitCycle = z.infer<typeof LimitCycle>;
+
+/**
+ * A limit as the account keeps it, with what was spent in its current window. Kept on the account
+ * (`Account.limits`, stored as JSON: times are ms since the epoch), so the unit of work that
+ * debits checks and counts it with no extra read.
+ */
+export const SpendLimit = z.object({
+  spender: SpenderId.nullable(),
+  feature: FeatureName.nullable(),
+  amount: NonNegativeAmount,
+  /** Null when the limit follows the subscription (`cycle`). */
+  period: LimitPeriod.nullable(),
+  /** The subscription cycle, for `resetsWith: "subscription"`; else null. */
+  cycle: LimitCycle.nullable(),
+  /** Credits counted in the window starting at `windowStart`. */
+  used: NonNegativeAmount,
+  /** Start (ms since the epoch) of the window `used` counts; null before the first spend. */
+  windowStart: z.number().int().nullable(),
+});
+export type SpendLimit = z.infer<typeof SpendLimit>;
+
+/** A limit as `getLimits` reports it: its window now and what is left in it. */
+export interface SpendLimitStatus {
+  spender: string | null;
+  feature: string | null;
+  amount: number;
+  period: LimitPeriod | null;
+  resetsWith: "subscription" | null;
+  /** Credits spent (and held) in the current window. */
+  used: number;
+  /** `amount - used`, never below 0. */
+  remaining: number;
+  windowStart: Date;
+  /** When the window ends and `used` starts again from 0. */
+  resetsAt: Date;
+}
+
+/** Which scoped grants may pay (docs/teams-and-limits.md): a grant with a scope pays only spends it matches. */
+export const GrantScope = z
+  .strictObject({
+    /** The features it pays for; omitted: any. */
+    features: z.array(FeatureName).min(1).max(100).optional(),
+    /** The spenders it pays for; omitted: any. */
+    spenders: z.array(SpenderId).min(1).max(100).optional(),
+  })
+  .refine((s) => s.features !== undefined || s.spenders !== undefined, {
+    error: "a scope names features, spenders or both",
+  });
+export type GrantScope = z.infer<typeof GrantScope>;
+
+/** The key a limit is known by: spender, feature and window. */
+export function limitKey(l: {
+  spender?: string | null | undefined;
+  feature?: string | null | undefined;
+  period?: LimitPeriod | null | undefined;
+  resetsWith?: string | null | undefined;
+}): string {
+  const p = l.period ?? null;
+  const window =
+    p === null
+      ? `cycle:${l.resetsWith ?? "subscription"}`
+      : typeof p === "string" || p.every === 1
+        ? typeof p === "string"
+          ? p
+          : p.unit
+        : `${p.every}${p.unit}`;
+  return JSON.stringify([l.spender ?? null, l.feature ?? null, window]);
+}
