@@ -164,11 +164,9 @@ describe("schema upgrades: the statements", () => {
       "ALTER TABLE `notifications` ALTER COLUMN `version` DROP DEFAULT;",
       expect.stringMatching(/^ALTER TABLE `subscriptions` ADD COLUMN `change_keys` JSON/),
     ]);
-    const lite6 = upgradeStatements({ dialect: "sqlite", fromVersion: 6 });
+    const lite6 = until(7, { dialect: "sqlite", fromVersion: 6 });
     expect(lite6.filter((x) => x.includes("ADD COLUMN"))).toEqual([
       'ALTER TABLE "subscriptions" ADD COLUMN "change_keys" TEXT CHECK (json_valid("change_keys"));',
-      // Version 8 (next test).
-      'ALTER TABLE "accounts" ADD COLUMN "auto_top_up" TEXT CHECK (json_valid("auto_top_up"));',
     ]);
     expect(lite6.find((x) => x.startsWith("INSERT INTO"))).toMatch(
       /^INSERT INTO "notifications__rebuild" \(.*"version".*\) SELECT .*"type", 1, "status".* FROM "notifications";$/,
@@ -186,19 +184,32 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 8: accounts.auto_top_up (nullable JSON) and the auto top-up notification types", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 7, prefix: "cm_", schema: "billing" })).toEqual([
+    expect(until(8, { dialect: "postgres", fromVersion: 7, prefix: "cm_", schema: "billing" })).toEqual([
       'ALTER TABLE "billing"."cm_accounts" ADD COLUMN IF NOT EXISTS "auto_top_up" JSONB;',
       expect.stringMatching(
         /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \(.*'auto_top_up_requested', 'auto_top_up_failed', 'auto_top_up_action_required', 'auto_top_up_disabled'\)\);$/,
       ),
     ]);
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 7 })).toEqual([
+    expect(until(8, { dialect: "mysql", fromVersion: 7 })).toEqual([
       "ALTER TABLE `accounts` ADD COLUMN `auto_top_up` JSON;",
       expect.stringMatching(/^ALTER TABLE `notifications` MODIFY COLUMN `type` .*'auto_top_up_disabled'\)\);$/),
     ]);
-    const lite7 = upgradeStatements({ dialect: "sqlite", fromVersion: 7 });
+    const lite7 = until(8, { dialect: "sqlite", fromVersion: 7 });
     expect(lite7[0]).toBe('ALTER TABLE "accounts" ADD COLUMN "auto_top_up" TEXT CHECK (json_valid("auto_top_up"));');
     expect(lite7.join("\n")).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
+  });
+
+  it("version 9: accounts.limits, and the spender and feature of journal entries and holds, all nullable (rows stored before read as none)", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 8 })).toEqual([
+      'ALTER TABLE "accounts" ADD COLUMN IF NOT EXISTS "limits" JSONB;',
+      'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "spender" VARCHAR(255) COLLATE "C";',
+      'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "feature" VARCHAR(100) COLLATE "C";',
+      'ALTER TABLE "reservations" ADD COLUMN IF NOT EXISTS "spender" VARCHAR(255) COLLATE "C";',
+      'ALTER TABLE "reservations" ADD COLUMN IF NOT EXISTS "feature" VARCHAR(100) COLLATE "C";',
+    ]);
+    const lite8 = upgradeStatements({ dialect: "sqlite", fromVersion: 8 });
+    expect(lite8).toHaveLength(5);
+    expect(lite8.every((x) => x.includes("ADD COLUMN") && !x.includes("NOT NULL"))).toBe(true);
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {
@@ -388,6 +399,43 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
         ["hold_settled", 1],
       ]);
       expect((await new CreditService({ db: upgraded }).audit("u1")).ok).toBe(true);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("a version 7 store with entries and holds upgraded by init(): old entries read with no spender or feature and audit clean; new spends record theirs, hashed", async () => {
+    const schema = await newSchema("v7_rows");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const credits = new CreditService({ db });
+    await credits.addCredits("u1", 100);
+    await credits.deductCredits("u1", 5, { description: "before" });
+    const hold = await credits.reserveCredits("u1", 30);
+    await db.close();
+    // Back to version 7: none of version 8's or 9's columns, and the version row.
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await client.query(
+      `ALTER TABLE ${q("accounts")} DROP COLUMN limits, DROP COLUMN auto_top_up; ALTER TABLE ${q("journal_entries")} DROP COLUMN spender, DROP COLUMN feature; ` +
+        `ALTER TABLE ${q("reservations")} DROP COLUMN spender, DROP COLUMN feature; UPDATE ${q("schema_version")} SET version = 7`,
+    );
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      const again = new CreditService({ db: upgraded });
+      const old = (await again.getCreditHistory("u1")).items;
+      expect(old.map((e) => [e.type, e.spender ?? null, e.feature ?? null])).toEqual([
+        ["reserve", null, null],
+        ["deduct", null, null],
+        ["add", null, null],
+      ]);
+      await again.commitReservedCredits(hold.id, { amount: 10 });
+      await again.deductCredits("u1", 7, { spender: "key-1", feature: "images" });
+      const [latest] = (await again.getCreditHistory("u1", { limit: 1 })).items;
+      expect(latest).toMatchObject({ type: "deduct", spender: "key-1", feature: "images" });
+      expect((await again.audit("u1", { from: "genesis" })).ok).toBe(true);
     } finally {
       await upgraded.close();
     }

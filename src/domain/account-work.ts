@@ -13,6 +13,7 @@ import type {
 import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
+import { type Counted, type Spend, countSpend, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
@@ -24,6 +25,9 @@ export interface EntryMeta {
   fingerprint?: string | undefined;
   correlationId?: string | undefined;
   metadata?: Record<string, unknown> | undefined;
+  /** Who spends and on what (docs/teams-and-limits.md): recorded on the entry; limits for them apply. */
+  spender?: string | undefined;
+  feature?: string | undefined;
 }
 
 export interface NewGrant {
@@ -75,6 +79,13 @@ export class AccountWork {
   private texts: string[] = [];
   /** Events recorded with this change (none on the hot path: no array is made for them). */
   private recorded: WorkEvent[] | undefined;
+  /**
+   * True once a spend of this work passed a spend limit (usage already delivered, counted all the
+   * same: docs/teams-and-limits.md).
+   */
+  overLimit = false;
+  /** The limits this work's spends took past 80 % and 100 %, in order (docs/teams-and-limits.md). */
+  limitsCrossed: Counted["crossed"] | undefined;
 
   constructor(userId: string, state: LoadedState, now: Date, newId: () => string) {
     this.userId = userId;
@@ -94,6 +105,7 @@ export class AccountWork {
           nextExpiryAt: null,
           alert: null,
           autoTopUp: null,
+          limits: null,
           createdAt: now,
           updatedAt: now,
         };
@@ -301,7 +313,13 @@ export class AccountWork {
   deduct(
     amount: number,
     meta: EntryMeta,
-    options: { allowDebt: boolean; overdraftLimit: number | null; reservationId?: string | null },
+    options: {
+      allowDebt: boolean;
+      overdraftLimit: number | null;
+      reservationId?: string | null;
+      /** Spend limits: refuse what does not fit ("enforce", default without `allowDebt`), count it all the same ("force", default with it), or leave them ("skip"). */
+      limits?: "enforce" | "force" | "skip";
+    },
   ): JournalEntry {
     const available = this.available;
     if (!options.allowDebt && available < amount) {
@@ -317,6 +335,14 @@ export class AccountWork {
       );
     }
     if (this.account.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    // (No limits: one property read. Counted before the draw, so a refusal changes nothing.)
+    if (this.account.limits != null && options.limits !== "skip") {
+      this.countLimits(
+        spendOf(meta),
+        amount,
+        (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force",
+      );
+    }
     const portions = this.draw(amount);
     const drawn = sum(portions);
     // (A refusal after the draw is safe: a unit of work that throws saves nothing.)
@@ -340,6 +366,8 @@ export class AccountWork {
         { requested: amount, available },
       );
     }
+    // A hold counts against the limits when placed; its commit or release trues it up.
+    if (this.account.limits != null) this.countLimits(spendOf(meta), amount, false, "reserve");
     const allocations = this.draw(amount);
     const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
     const reservation: Reservation = {
@@ -355,6 +383,10 @@ export class AccountWork {
       settledAt: null,
       committedAmount: null,
     };
+    if (meta.spender !== undefined || meta.feature !== undefined) {
+      reservation.spender = meta.spender ?? null;
+      reservation.feature = meta.feature ?? null;
+    }
     this.holds.create(reservation);
     this.account.reserved = this.account.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
@@ -398,6 +430,9 @@ export class AccountWork {
       );
     }
     const captured = Math.min(amount, hold.amount);
+    // Recorded under the hold's spender and feature; the hold's count is trued up to what was spent.
+    if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
+    if (this.account.limits != null) this.trueUp(hold, amount);
     // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
     // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
     const portions: GrantPortion[] = [];
@@ -422,11 +457,14 @@ export class AccountWork {
     if (excess > 0) {
       this.deduct(
         excess,
-        { description: "committed beyond reservation" },
+        hold.spender != null || hold.feature != null
+          ? withSpend({ description: "committed beyond reservation" }, hold)
+          : { description: "committed beyond reservation" },
         {
           allowDebt: true,
           overdraftLimit: null,
           reservationId: hold.id,
+          limits: "skip",
         },
       );
     }
@@ -440,6 +478,8 @@ export class AccountWork {
     meta: EntryMeta,
   ): { entry: JournalEntry; expired: number } {
     this.holds.put(holdWith(hold, status, this.now, hold.committedAmount, hold.amount, hold.allocations));
+    if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
+    if (this.account.limits != null) this.trueUp(hold, 0);
     const { entry, expired } = this.returnToGrants(hold, meta);
     return { entry, expired };
   }
@@ -506,6 +546,27 @@ export class AccountWork {
 
   // ---------------------------------------------------------------------------------------------
   // Internals.
+
+  /** Counts a spend against the account's limits (refused unless `force` when it does not fit). */
+  private countLimits(spend: Spend, amount: number, force: boolean, what?: string): void {
+    const limits = this.account.limits;
+    if (limits == null || limits.length === 0) return;
+    this.noteCounted(countSpend(limits, spend, amount, this.now.getTime(), { force, what }));
+  }
+
+  /** Trues up `hold`'s count at its commit (`spent`) or release (0). */
+  private trueUp(hold: Reservation, spent: number): void {
+    const limits = this.account.limits;
+    if (limits == null || limits.length === 0) return;
+    const spend = { spender: hold.spender ?? null, feature: hold.feature ?? null };
+    this.noteCounted(trueUpHold(limits, spend, hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()));
+  }
+
+  private noteCounted(counted: Counted): void {
+    this.account.limits = counted.limits;
+    if (counted.over) this.overLimit = true;
+    if (counted.crossed.length > 0) (this.limitsCrossed ??= []).push(...counted.crossed);
+  }
 
   /** Draws up to `amount` from usable grants in burn-down order. */
   private draw(amount: number): GrantPortion[] {
@@ -682,6 +743,11 @@ export class AccountWork {
       prevHash: a.lastHash,
       hash: "",
     };
+    // Only when named: entries without them keep the shape (and the hash) they always had.
+    if (meta.spender !== undefined || meta.feature !== undefined) {
+      entry.spender = meta.spender ?? null;
+      entry.feature = meta.feature ?? null;
+    }
     const { hash, canonical } = hashNewEntry(entry);
     entry.hash = hash;
     a.seq = entry.seq;
@@ -719,6 +785,7 @@ export function copyAccount(a: Account): Account {
     nextExpiryAt: a.nextExpiryAt,
     alert: a.alert,
     autoTopUp: a.autoTopUp ?? null,
+    limits: a.limits,
     createdAt: a.createdAt,
     updatedAt: a.updatedAt,
   } satisfies Record<keyof Account, unknown>;
@@ -765,7 +832,19 @@ export function holdWith(
     createdAt: h.createdAt,
     settledAt,
     committedAmount,
+    spender: h.spender,
+    feature: h.feature,
   } satisfies Record<keyof Reservation, unknown>;
+}
+
+/** The spender and feature an entry's meta names. */
+function spendOf(meta: EntryMeta): Spend {
+  return { spender: meta.spender ?? null, feature: meta.feature ?? null };
+}
+
+/** `meta` naming `hold`'s spender and feature. */
+function withSpend(meta: EntryMeta, hold: Reservation): EntryMeta {
+  return { ...meta, spender: hold.spender ?? undefined, feature: hold.feature ?? undefined };
 }
 
 export function sum(portions: readonly GrantPortion[]): number {

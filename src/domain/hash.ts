@@ -20,6 +20,7 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     `"type":"${entry.type}","amount":${entry.amount},"balanceAfter":${entry.balanceAfter},` +
     `"reservedAfter":${entry.reservedAfter},"debtAfter":${entry.debtAfter},"grants":[${grants}],` +
     optionalFields(entry) +
+    spendFields(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
     `"createdAt":"${iso(entry.createdAt)}","prevHash":${str(entry.prevHash)}}`
   );
@@ -42,6 +43,17 @@ function optionalFields(entry: Omit<JournalEntry, "hash">): string {
     `"description":${str(entry.description)},`
   );
 }
+/**
+ * Who spent and on what (schema version 8, docs/teams-and-limits.md), only when one is set:
+ * entries without them, and every entry written before, hash as before.
+ */
+function spendFields(entry: Omit<JournalEntry, "hash">): string {
+  const spender = entry.spender ?? null;
+  const feature = entry.feature ?? null;
+  if (spender === null && feature === null) return "";
+  return `"spender":${str(spender)},"feature":${str(feature)},`;
+}
+
 const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,`;
 
 /**

@@ -162,3 +162,12 @@ export const DateInput = z
 export const Priority = z.number().int({ error: "priority must be an integer" }).min(0).max(1_000_000);
 
 export const ShortText = z.string().max(1000, { error: "must be at most 1000 characters" });
+
+/** A feature (or plugin) name in `features` rules and `check()`. */
+export const FeatureName = z
+  .string()
+  .min(1)
+  .max(100)
+  .regex(/^[A-Za-z0-9_.:-]+$/, {
+    error: "feature must be letters, digits and _ . : -",
+  });

@@ -1,7 +1,17 @@
 import * as z from "zod";
 import { AlertState } from "./notifications.js";
 import { AutoTopUpState } from "./auto-top-up.js";
-import { EntityId, IdempotencyKey, Metadata, NonNegativeAmount, Priority, SignedAmount, UserId } from "./common.js";
+import { SpendLimit, SpenderId } from "./limits.js";
+import {
+  EntityId,
+  FeatureName,
+  IdempotencyKey,
+  Metadata,
+  NonNegativeAmount,
+  Priority,
+  SignedAmount,
+  UserId,
+} from "./common.js";
 
 /** Where a grant's credits came from. */
 export const GrantSource = z.enum([
@@ -53,6 +63,10 @@ export const Account = z.object({
    * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
    */
   autoTopUp: AutoTopUpState.nullable().optional(),
+   * Spend limits and what each counted in its window (docs/teams-and-limits.md); null or absent
+   * when the account has none. Kept with the account so a spend checks them without another read.
+   */
+  limits: z.array(SpendLimit).nullable().optional(),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -115,6 +129,9 @@ export const Reservation = z.object({
   settledAt: z.date().nullable(),
   /** Credits captured by the commit (null until committed). */
   committedAmount: NonNegativeAmount.nullable(),
+  /** Who placed the hold and for what (docs/teams-and-limits.md); its commit is recorded under them. Absent: not named. */
+  spender: SpenderId.nullable().optional(),
+  feature: FeatureName.nullable().optional(),
 });
 export type Reservation = z.infer<typeof Reservation>;
 
@@ -140,6 +157,12 @@ export const JournalEntry = z.object({
   correlationId: z.string().nullable(),
   description: z.string().nullable(),
   metadata: Metadata.nullable(),
+  /**
+   * Who spent and on what (docs/teams-and-limits.md); null or absent when the spend named none
+   * (entries written before schema version 8 read so). Covered by the hash when set.
+   */
+  spender: SpenderId.nullable().optional(),
+  feature: FeatureName.nullable().optional(),
   createdAt: z.date(),
   prevHash: z.string().nullable(),
   hash: z.string(),

@@ -2,6 +2,7 @@ import * as z from "zod";
 import {
   Amount,
   DateInput,
+  FeatureName,
   IdempotencyKey,
   Metadata,
   NonNegativeAmount,
@@ -48,15 +49,6 @@ export const TrialCredits = z.strictObject({
   metadata: Metadata.optional(),
 });
 export type TrialCredits = z.input<typeof TrialCredits>;
-
-/** A feature (or plugin) name in `features` rules and `check()`. */
-export const FeatureName = z
-  .string()
-  .min(1)
-  .max(100)
-  .regex(/^[A-Za-z0-9_.:-]+$/, {
-    error: "feature must be letters, digits and _ . : -",
-  });
 
 /** Per-feature rules: the least `available` balance with which a feature is allowed. */
 export const FeatureRules = z.record(FeatureName, z.strictObject({ minAvailable: NonNegativeAmount }));

@@ -1,6 +1,5 @@
 import * as z from "zod";
-import { NonNegativeAmount } from "./common.js";
-import { FeatureName } from "./inputs.js";
+import { FeatureName, NonNegativeAmount } from "./common.js";
 
 /**
  * Who spends and on what (docs/teams-and-limits.md): a spend may name a `spender` (a member, an

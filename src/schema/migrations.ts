@@ -136,6 +136,19 @@ export const MIGRATIONS: readonly Migration[] = [
     columns: [{ table: "accounts", field: "autoTopUp" }],
     checks: [{ table: "notifications", field: "type" }],
   },
+  // Version 9: who spends on what (docs/teams-and-limits.md). Self-contained: renumber freely.
+  {
+    to: 9,
+    summary:
+      "accounts.limits (spend limits and what each counted in its window); journal_entries.spender and .feature (covered by the entry's hash when set: entries written before hash as they did); reservations.spender and .feature (docs/teams-and-limits.md)",
+    columns: [
+      { table: "accounts", field: "limits" },
+      { table: "journal", field: "spender" },
+      { table: "journal", field: "feature" },
+      { table: "reservations", field: "spender" },
+      { table: "reservations", field: "feature" },
+    ],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

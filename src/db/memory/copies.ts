@@ -19,6 +19,7 @@ export function copyAccount(a: Account): Account {
   c.nextExpiryAt = dateOrNull(a.nextExpiryAt);
   c.alert = clone(a.alert);
   c.autoTopUp = clone(a.autoTopUp ?? null);
+  c.limits = clone(a.limits);
   c.createdAt = date(a.createdAt);
   c.updatedAt = date(a.updatedAt);
   return c;

@@ -53,6 +53,8 @@ export class SettledHolds {
   private readonly reasons = new Interned();
   private readonly metadata = new Map<number, string>();
   private readonly oddIds = new Map<number, string>();
+  /** Spender and feature of the holds that named one (docs/teams-and-limits.md). */
+  private readonly spends = new Map<number, [string | null, string | null]>();
 
   get size(): number {
     return this.length;
@@ -93,6 +95,8 @@ export class SettledHolds {
     u32[w + U32_ALLOCATIONS_END] = this.portions.add(r.allocations);
     if (r.metadata !== null) this.metadata.set(i, JSON.stringify(r.metadata));
     else if (!added) this.metadata.delete(i);
+    if (r.spender != null || r.feature != null) this.spends.set(i, [r.spender ?? null, r.feature ?? null]);
+    else if (!added) this.spends.delete(i);
   }
 
   /** Every settled hold, in the order they were first stored. */
@@ -115,7 +119,8 @@ export class SettledHolds {
     const settledAt = f64[f + 3] as number;
     const committed = f64[f + 4] as number;
     const metadata = this.metadata.get(i);
-    return {
+    const spend = this.spends.get(i);
+    const hold: Reservation = {
       id: this.oddIds.get(i) ?? readUuid(bytes, row + AT_ID),
       userId,
       amount: f64[f] as number,
@@ -128,5 +133,10 @@ export class SettledHolds {
       settledAt: Number.isNaN(settledAt) ? null : new Date(settledAt),
       committedAmount: Number.isNaN(committed) ? null : committed,
     };
+    if (spend !== undefined) {
+      hold.spender = spend[0];
+      hold.feature = spend[1];
+    }
+    return hold;
   }
 }

@@ -2,7 +2,10 @@ import { EntryType, type JournalEntry } from "../../models/index.js";
 import { Interned, PortionPool, RowBuffer, readUuid, writeHex, writeUuid } from "./rows.js";
 
 /** An entry's rare fields (its description only when the row could not take its number). */
-type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description">;
+type Extras = Pick<
+  JournalEntry,
+  "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description" | "spender" | "feature"
+>;
 
 /** Descriptions a journal numbers in its rows (24 bits); beyond, they go with the rare fields. */
 const MAX_DESCRIPTIONS = 0xffffff;
@@ -107,7 +110,9 @@ export class CompactJournal {
       e.idempotencyKey !== null ||
       e.fingerprint !== null ||
       e.correlationId !== null ||
-      (d !== null && dn === 0)
+      (d !== null && dn === 0) ||
+      e.spender != null ||
+      e.feature != null
     ) {
       this.extras.set(i, {
         reservationId: oddReservation ? r : null,
@@ -115,6 +120,8 @@ export class CompactJournal {
         fingerprint: e.fingerprint,
         correlationId: e.correlationId,
         description: dn === 0 ? d : null,
+        spender: e.spender ?? null,
+        feature: e.feature ?? null,
       });
     }
     this.length = i + 1;
@@ -181,7 +188,7 @@ export class CompactJournal {
       ((bytes[row + AT_DESCRIPTION + 2] as number) << 16);
     const typeByte = bytes[row + AT_TYPE] as number;
     const compactReservation = (typeByte & HAS_RESERVATION) !== 0;
-    return {
+    const entry: JournalEntry = {
       id: this.oddIds.get(i) ?? readUuid(bytes, row + AT_ID),
       userId,
       seq: this.base + i + 1,
@@ -201,6 +208,11 @@ export class CompactJournal {
       prevHash: i === 0 ? this.basePrevHash : this.hash(i - 1),
       hash: this.hash(i),
     };
+    if (x !== undefined && (x.spender != null || x.feature != null)) {
+      entry.spender = x.spender ?? null;
+      entry.feature = x.feature ?? null;
+    }
+    return entry;
   }
 
   /** The seq of the entry at index 0 minus one: the entries archived before it. */
