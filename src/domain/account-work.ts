@@ -9,11 +9,12 @@ import type {
   GrantSource,
   JournalEntry,
   Reservation,
+  SpendLimit,
 } from "../models/index.js";
 import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
-import { type Counted, type Spend, countSpend, trueUpHold } from "./limits.js";
+import { type Counted, type Spend, countSpend, describeLimit, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
@@ -337,11 +338,10 @@ export class AccountWork {
     if (this.account.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
     // (No limits: one property read. Counted before the draw, so a refusal changes nothing.)
     if (this.account.limits != null && options.limits !== "skip") {
-      this.countLimits(
-        spendOf(meta),
-        amount,
-        (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force",
-      );
+      const force = (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force";
+      // Usage already delivered passes a limit and says so in its entry (as a shortfall does).
+      if (this.countLimits(spendOf(meta), amount, force))
+        meta = { ...meta, metadata: { ...meta.metadata, overLimit: true } };
     }
     const portions = this.draw(amount);
     const drawn = sum(portions);
@@ -484,6 +484,22 @@ export class AccountWork {
     return { entry, expired };
   }
 
+  /**
+   * Replaces the account's spend limits (docs/teams-and-limits.md) with `limits` (null: none),
+   * recorded as a `limits` entry that moves no credits, with the limits in its metadata (which its
+   * hash covers): the change is part of the audited journal, and the account's seq moves, so a
+   * concurrent spend that loaded the old limits conflicts instead of writing them back.
+   */
+  setLimits(limits: SpendLimit[] | null, meta: EntryMeta): JournalEntry {
+    this.account.limits = limits === null || limits.length === 0 ? null : limits;
+    const listed = (limits ?? []).map((l) => describeLimit(l));
+    return this.emit("limits", 0, [], null, {
+      description: "spend limits set",
+      ...meta,
+      metadata: { ...meta.metadata, limits: listed },
+    });
+  }
+
   /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
   voidGrant(grant: Grant, meta: EntryMeta): JournalEntry {
     let current = this.grants.get(grant.id);
@@ -547,11 +563,16 @@ export class AccountWork {
   // ---------------------------------------------------------------------------------------------
   // Internals.
 
-  /** Counts a spend against the account's limits (refused unless `force` when it does not fit). */
-  private countLimits(spend: Spend, amount: number, force: boolean, what?: string): void {
+  /**
+   * Counts a spend against the account's limits (refused unless `force` when it does not fit).
+   * True when it passed one (forced).
+   */
+  private countLimits(spend: Spend, amount: number, force: boolean, what?: string): boolean {
     const limits = this.account.limits;
-    if (limits == null || limits.length === 0) return;
-    this.noteCounted(countSpend(limits, spend, amount, this.now.getTime(), { force, what }));
+    if (limits == null || limits.length === 0) return false;
+    const counted = countSpend(limits, spend, amount, this.now.getTime(), { force, what });
+    this.noteCounted(counted);
+    return counted.over;
   }
 
   /** Trues up `hold`'s count at its commit (`spent`) or release (0). */

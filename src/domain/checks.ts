@@ -1,3 +1,4 @@
+import type { LimitHeadroom } from "./limits.js";
 /** What `credits.check()` answers. */
 export interface CheckResult {
   allowed: boolean;
@@ -5,8 +6,27 @@ export interface CheckResult {
   available: number;
   /** What `available` must at least be: the feature's minimum and the amount, whichever is more. */
   required: number;
-  /** "ok" when allowed; otherwise why not. */
-  reason: "ok" | "insufficient_credits";
+  /** "ok" when allowed; otherwise why not ("limit": a spend limit, docs/teams-and-limits.md). */
+  reason: "ok" | "insufficient_credits" | "limit";
+  /** With reason "limit": when the tightest limit's window ends. */
+  resetsAt?: Date;
+  /** With reason "limit": what that limit has left in its window. */
+  limitRemaining?: number;
+}
+
+/**
+ * An allowed `decision` refused when the tightest applicable limit `tight` has less than `amount`
+ * left (docs/teams-and-limits.md).
+ */
+export function decideLimit(decision: CheckResult, tight: LimitHeadroom | null, amount: number): CheckResult {
+  if (tight === null || tight.left >= amount) return decision;
+  return {
+    ...decision,
+    allowed: false,
+    reason: "limit",
+    resetsAt: new Date(tight.window.end),
+    limitRemaining: tight.left,
+  };
 }
 
 /**

@@ -86,6 +86,7 @@ function refundOf(e: JournalEntry): { paymentId: string | null; refundedAmount: 
 function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<string, unknown>] | null {
   switch (e.type) {
     case "checkpoint":
+    case "limits":
       return null;
     case "add": {
       const grantId = e.grants[0]?.grantId ?? null;

@@ -169,6 +169,9 @@ export function replayJournal(
         holds.delete(e.reservationId ?? "");
         break;
       }
+      case "limits":
+        if (e.amount !== 0 || e.grants.length > 0) problems.push(`${where}: setting limits moves no credits`);
+        break;
       case "checkpoint":
         if (e.amount !== 0 || e.grants.length > 0) problems.push(`${where}: a checkpoint changes nothing`);
         checkSnapshot(e, { remaining, expired, holds }, problems);

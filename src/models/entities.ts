@@ -38,6 +38,8 @@ export const EntryType = z.enum([
   "release_reserved",
   /** Changes nothing: records the account's state so an audit can start there (docs/operations.md). */
   "checkpoint",
+  /** Changes no credits: the account's spend limits were set; its metadata lists them (docs/teams-and-limits.md). */
+  "limits",
 ]);
 export type EntryType = z.infer<typeof EntryType>;
 

@@ -11,6 +11,7 @@ import {
   UserId,
 } from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
+import { SpendFields, SpenderId } from "./limits.js";
 
 /** Options every mutation accepts. */
 export const MutationOptions = z.strictObject({
@@ -60,16 +61,20 @@ export const CheckOptions = z.strictObject({
   feature: FeatureName.optional(),
   /** Credits the caller is about to spend; required as well. */
   amount: Amount.optional(),
+  /** Who is about to spend: the spend limits for them (and for `feature`) are checked too. */
+  spender: SpenderId.optional(),
 });
 export type CheckOptions = z.input<typeof CheckOptions>;
 
-export const DeductOptions = MutationOptions;
-export type DeductOptions = MutationOptions;
+/** A deduction's options: a mutation's, and who spends on what (docs/teams-and-limits.md). */
+export const DeductOptions = MutationOptions.extend(SpendFields);
+export type DeductOptions = z.input<typeof DeductOptions>;
 
 /** Longest hold TTL accepted: 30 days, in seconds. */
 export const MAX_TTL_SECONDS = 30 * 24 * 3600;
 
 export const ReserveOptions = MutationOptions.extend({
+  ...SpendFields,
   /** Seconds until the hold lapses and its credits return. Default: the manager's option (900). */
   ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
   reason: ShortText.optional(),

@@ -140,7 +140,7 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 9,
     summary:
-      "accounts.limits (spend limits and what each counted in its window); journal_entries.spender and .feature (covered by the entry's hash when set: entries written before hash as they did); reservations.spender and .feature (docs/teams-and-limits.md)",
+      "accounts.limits (spend limits and what each counted in its window); journal_entries.type allows limits (the entry that records a change of them); journal_entries.spender and .feature (covered by the entry's hash when set: entries written before hash as they did); reservations.spender and .feature (docs/teams-and-limits.md)",
     columns: [
       { table: "accounts", field: "limits" },
       { table: "journal", field: "spender" },
@@ -148,6 +148,7 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "reservations", field: "spender" },
       { table: "reservations", field: "feature" },
     ],
+    checks: [{ table: "journal", field: "type" }],
   },
 ];
 

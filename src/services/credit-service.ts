@@ -7,7 +7,9 @@ import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { decideCheck, type CheckResult } from "../domain/checks.js";
+import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
+import { type Spend, limitStatuses, replaceLimits, tightestLimit, withoutLimit } from "../domain/limits.js";
+import type { SubscriptionStore } from "../db/types-subscriptions.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -53,6 +55,9 @@ import {
   TrialCredits,
   FeatureRules,
   CheckOptions,
+  MutationOptions,
+  RemoveLimitInput,
+  SetLimitsInput,
   UserId,
   VoidGrantOptions,
   Amount,
@@ -61,6 +66,10 @@ import {
   type Grant,
   type JournalEntry,
   type Reservation,
+  type LimitCycle,
+  type SpendLimit,
+  type SpendLimitInput,
+  type SpendLimitStatus,
 } from "../models/index.js";
 import { andThen } from "../util/promise.js";
 import { CreditLeases, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
@@ -464,22 +473,89 @@ export class CreditService {
   /** Balance, reserved, available and debt. Settles due expiries first, so the numbers are current. */
   async getUserCreditsInfo(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
+    return (await this.creditsState(user)).info;
+  }
+
+  /** The account's credits and spend limits, settled, from the cache when there is one. */
+  private async creditsState(user: string): Promise<{ info: CreditsInfo; limits: SpendLimit[] | null }> {
     const now = this.clock();
     const cache = this.cache;
-    if (cache === undefined) return creditsInfo(user, await this.settledAccount(user, now));
+    if (cache === undefined) {
+      const account = await this.settledAccount(user, now);
+      return { info: creditsInfo(user, account), limits: account?.limits ?? null };
+    }
     const key = infoKey(user);
-    const hit = await cache.get<{ info: CreditsInfo; validUntil: number | null }>(key);
+    const hit = await cache.get<{ info: CreditsInfo; validUntil: number | null; limits?: SpendLimit[] | null }>(key);
     // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
-    if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) return { ...hit.info };
+    if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil))
+      return { info: { ...hit.info }, limits: hit.limits ?? null };
     const account = await cache.readThrough(
       key,
       () => this.settledAccount(user, now),
       (read) => ({
         info: creditsInfo(user, read),
         validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null,
+        limits: read?.limits ?? null,
       }),
     );
-    return creditsInfo(user, account);
+    return { info: creditsInfo(user, account), limits: account?.limits ?? null };
+  }
+
+  /**
+   * Replaces the account's spend limits (docs/teams-and-limits.md): each caps what the spends it
+   * applies to (its spender's, its feature's, or all) may take per window. A limit kept with the
+   * same spender, feature and window keeps what its window has counted. Recorded as a `limits`
+   * journal entry. Resolves to the limits as `getLimits` reports them.
+   */
+  async setLimits(
+    userId: string,
+    limits: SpendLimitInput[],
+    options: MutationOptions = {},
+  ): Promise<SpendLimitStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    const list = parse(SetLimitsInput, limits, "limits");
+    const o = parse(MutationOptions, options, "options");
+    let cycle: LimitCycle | null = null;
+    if (list.some((l) => l.resetsWith === "subscription")) {
+      const subscriptions = this.db as Partial<SubscriptionStore>;
+      const active = subscriptions.getActiveSubscription ? await subscriptions.getActiveSubscription(user) : null;
+      if (active !== null) cycle = { anchorAt: active.anchorAt.getTime(), billingPeriod: active.billingPeriod };
+    }
+    const meta = this.meta("setLimits", o, () => ({ limits: list, ...o }));
+    const set = await this.units.mutate("setLimits", user, meta, (work) => {
+      work.setLimits(replaceLimits(work.account.limits ?? null, list, cycle), meta);
+      return work.account.limits ?? [];
+    });
+    return limitStatuses(set, this.clock().getTime());
+  }
+
+  /** The account's spend limits: each with its window now, what it counted and what is left. */
+  async getLimits(userId: string): Promise<SpendLimitStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    const { limits } = await this.creditsState(user);
+    return limitStatuses(limits ?? [], this.clock().getTime());
+  }
+
+  /**
+   * Removes the limits with exactly this spender and feature (omitted: none), and this window when
+   * given. Resolves to the limits left. Recorded as a `limits` entry when it removed any.
+   */
+  async removeLimit(
+    userId: string,
+    which: RemoveLimitInput,
+    options: MutationOptions = {},
+  ): Promise<SpendLimitStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    const w = parse(RemoveLimitInput, which, "limit");
+    const o = parse(MutationOptions, options, "options");
+    const meta = this.meta("removeLimit", o, () => ({ ...w, ...o }));
+    const left = await this.units.mutate("removeLimit", user, meta, (work) => {
+      const before = work.account.limits ?? [];
+      const after = withoutLimit(before, w);
+      if (after.length !== before.length) work.setLimits(after, meta);
+      return after;
+    });
+    return limitStatuses(left, this.clock().getTime());
   }
 
   /**
@@ -498,14 +574,32 @@ export class CreditService {
         { path: "feature", message: "unknown feature" },
       ]);
     }
-    const info = await this.getUserCreditsInfo(user);
-    const decision = decideCheck(info.available, rule?.minAvailable, o.amount);
+    const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
+    const state = await this.creditsState(user);
+    const decision = this.decide(state, rule?.minAvailable, o.amount, spend);
     if (decision.allowed || this.cache === undefined) return decision;
     // A denial is answered from the store's current state, not from a cached copy another
     // process may have outdated (its writes invalidate its own cache, not ours): docs/storage.md,
     // "Caches: what each may answer".
-    const current = creditsInfo(user, await this.settledAccount(user, this.clock()));
-    return decideCheck(current.available, rule?.minAvailable, o.amount);
+    const account = await this.settledAccount(user, this.clock());
+    return this.decide(
+      { info: creditsInfo(user, account), limits: account?.limits ?? null },
+      rule?.minAvailable,
+      o.amount,
+      spend,
+    );
+  }
+
+  /** `decideCheck`, then the spend limits that apply (reason "limit", with when the tightest resets). */
+  private decide(
+    state: { info: CreditsInfo; limits: SpendLimit[] | null },
+    minAvailable: number | undefined,
+    amount: number | undefined,
+    spend: Spend,
+  ): CheckResult {
+    const decision = decideCheck(state.info.available, minAvailable, amount);
+    if (!decision.allowed || state.limits === null) return decision;
+    return decideLimit(decision, tightestLimit(state.limits, spend, this.clock().getTime()), amount ?? 1);
   }
 
   /** The journal, newest first, with cursor paging and filters. */
@@ -799,6 +893,8 @@ export class CreditService {
       fingerprint: print,
       correlationId: o.correlationId,
       metadata: o.metadata,
+      spender: o.spender,
+      feature: o.feature,
     };
   }
 

@@ -1000,6 +1000,35 @@ export function runConcurrencyContract(
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    it("concurrent spends of two spenders under a spender limit and an account limit never pass either (docs/teams-and-limits.md)", async () => {
+      const u = user();
+      const { credits } = serviceWithClock(db);
+      await credits.addCredits(u, 1000);
+      await credits.setLimits(u, [
+        { amount: 80, period: "month" },
+        { spender: "alice", amount: 50, period: "month" },
+      ]);
+      const n = Math.min(race, 200);
+      const results = await Promise.allSettled(
+        Array.from({ length: n }, (_, i) => {
+          const spender = i % 2 === 0 ? "alice" : "bob";
+          return i % 4 < 2
+            ? credits.deductCredits(u, 1, { spender })
+            : credits.reserveCredits(u, 1, { spender }).then((h) => credits.commitReservedCredits(h.id));
+        }),
+      );
+      const ok = (spender: string) =>
+        results.filter((r, i) => r.status === "fulfilled" && (i % 2 === 0 ? "alice" : "bob") === spender).length;
+      for (const r of results)
+        if (r.status === "rejected") expect((r.reason as { code?: string }).code).toBe("SPEND_LIMIT_EXCEEDED");
+      expect(ok("alice")).toBeLessThanOrEqual(50);
+      expect(ok("alice") + ok("bob")).toBe(80);
+      const limits = await credits.getLimits(u);
+      expect(limits.map((l) => l.used)).toEqual([80, ok("alice")]);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 920, reserved: 0 });
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("one idempotency key sent 50 times at once has one effect", async () => {
       const u = user();
       const { credits } = serviceWithClock(db);
