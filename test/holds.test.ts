@@ -19,6 +19,8 @@ function hold(i: number, over: Partial<Reservation> = {}): Reservation {
     createdAt: new Date(1_700_000_000_000 + i),
     settledAt: new Date(1_700_000_000_500 + i),
     committedAmount: 7,
+    spender: null,
+    feature: null,
     ...over,
   };
 }

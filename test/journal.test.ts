@@ -21,6 +21,8 @@ function entry(i: number, over: Partial<JournalEntry> = {}): JournalEntry {
     correlationId: null,
     description: null,
     metadata: null,
+    spender: null,
+    feature: null,
     createdAt: new Date(1_700_000_000_000 + i),
     prevHash: null,
     hash: HASH,

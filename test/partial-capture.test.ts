@@ -39,6 +39,8 @@ function journal(steps: Step[]): JournalEntry[] {
       correlationId: null,
       description: null,
       metadata: null,
+      spender: null,
+      feature: null,
       createdAt: T,
       prevHash,
     };

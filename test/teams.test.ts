@@ -17,7 +17,7 @@ describe("spender and feature on every spend (docs/teams-and-limits.md)", () => 
     const { credits } = service();
     await credits.addCredits("org", 100);
     const plain = await credits.deductCredits("org", 1);
-    expect("spender" in plain).toBe(false);
+    expect(plain).toMatchObject({ spender: null, feature: null });
     const named = await credits.deductCredits("org", 2, { spender: "alice", feature: "images" });
     expect(named).toMatchObject({ spender: "alice", feature: "images" });
     const after = await credits.deductCreditsAfterService("org", 3, { spender: "key-2" });

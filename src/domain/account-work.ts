@@ -382,11 +382,9 @@ export class AccountWork {
       createdAt: this.now,
       settledAt: null,
       committedAmount: null,
+      spender: meta.spender ?? null,
+      feature: meta.feature ?? null,
     };
-    if (meta.spender !== undefined || meta.feature !== undefined) {
-      reservation.spender = meta.spender ?? null;
-      reservation.feature = meta.feature ?? null;
-    }
     this.holds.create(reservation);
     this.account.reserved = this.account.reserved + amount;
     this.account.nextExpiryAt = minDate(this.account.nextExpiryAt, expiresAt);
@@ -760,15 +758,13 @@ export class AccountWork {
       correlationId: meta.correlationId ?? null,
       description: meta.description ?? null,
       metadata: (meta.metadata ?? null) as JournalEntry["metadata"],
+      // (Null when not named: the hash then covers the entry as it did before version 8.)
+      spender: meta.spender ?? null,
+      feature: meta.feature ?? null,
       createdAt: this.now,
       prevHash: a.lastHash,
       hash: "",
     };
-    // Only when named: entries without them keep the shape (and the hash) they always had.
-    if (meta.spender !== undefined || meta.feature !== undefined) {
-      entry.spender = meta.spender ?? null;
-      entry.feature = meta.feature ?? null;
-    }
     const { hash, canonical } = hashNewEntry(entry);
     entry.hash = hash;
     a.seq = entry.seq;

@@ -132,11 +132,9 @@ export class SettledHolds {
       createdAt: new Date(f64[f + 2] as number),
       settledAt: Number.isNaN(settledAt) ? null : new Date(settledAt),
       committedAmount: Number.isNaN(committed) ? null : committed,
+      spender: spend === undefined ? null : spend[0],
+      feature: spend === undefined ? null : spend[1],
     };
-    if (spend !== undefined) {
-      hold.spender = spend[0];
-      hold.feature = spend[1];
-    }
     return hold;
   }
 }

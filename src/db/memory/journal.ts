@@ -204,14 +204,12 @@ export class CompactJournal {
       correlationId: x?.correlationId ?? null,
       description: dn === 0 ? (x?.description ?? null) : this.descriptions.at(dn),
       metadata: (typeByte & HAS_METADATA) === 0 ? null : this.metadataOf(i),
+      spender: x?.spender ?? null,
+      feature: x?.feature ?? null,
       createdAt: new Date(f64[f + 4] as number),
       prevHash: i === 0 ? this.basePrevHash : this.hash(i - 1),
       hash: this.hash(i),
     };
-    if (x !== undefined && (x.spender != null || x.feature != null)) {
-      entry.spender = x.spender ?? null;
-      entry.feature = x.feature ?? null;
-    }
     return entry;
   }
 
