@@ -65,6 +65,7 @@ export const Account = z.object({
    * accounts built by hand need not name it. See docs/promos-and-payments.md, "Auto top-up".
    */
   autoTopUp: AutoTopUpState.nullable().optional(),
+  /**
    * Spend limits and what each counted in its window (docs/teams-and-limits.md); null or absent
    * when the account has none. Kept with the account so a spend checks them without another read.
    */
