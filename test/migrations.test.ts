@@ -164,10 +164,18 @@ describe("schema upgrades: the statements", () => {
       "ALTER TABLE `notifications` ALTER COLUMN `version` DROP DEFAULT;",
       expect.stringMatching(/^ALTER TABLE `subscriptions` ADD COLUMN `change_keys` JSON/),
     ]);
-    const lite6 = until(7, { dialect: "sqlite", fromVersion: 6 });
-    expect(lite6.filter((x) => x.includes("ADD COLUMN"))).toEqual([
+    // SQLite rebuilds the notifications table once for versions 7 and 8 together, so version 7's
+    // statements are not a prefix here: its column comes first, later versions' columns after it.
+    const lite6 = upgradeStatements({ dialect: "sqlite", fromVersion: 6 });
+    expect(lite6.filter((x) => x.includes("ADD COLUMN"))[0]).toBe(
       'ALTER TABLE "subscriptions" ADD COLUMN "change_keys" TEXT CHECK (json_valid("change_keys"));',
-    ]);
+    );
+    expect(
+      lite6
+        .filter((x) => x.includes("ADD COLUMN"))
+        .slice(1)
+        .join("\n"),
+    ).not.toContain("subscriptions");
     expect(lite6.find((x) => x.startsWith("INSERT INTO"))).toMatch(
       /^INSERT INTO "notifications__rebuild" \(.*"version".*\) SELECT .*"type", 1, "status".* FROM "notifications";$/,
     );
