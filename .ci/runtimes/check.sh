@@ -43,6 +43,9 @@ case "${1:-}" in
       echo "CREDIT_PG_URL is not set: the PostgreSQL checks cannot run" >&2
       exit 1
     fi
+    # These checks run memory, SQLite and PostgreSQL; the consumer project installs no MongoDB
+    # driver, so a CREDIT_MONGO_URI from .ci/run must not pick the MongoDB store for them.
+    unset CREDIT_MONGO_URI
     SECONDS=0
     work="$(mktemp -d "${TMPDIR:-/tmp}/cm-runtimes-XXXXXX")"
     trap 'rm -rf "$work"' EXIT
