@@ -22,12 +22,13 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import type * as Library from "../src/index.js";
 
 type Variant = "plain" | "limits";
 
 /** The child: `deduct-instructions.ts child <root> <variant> <count>`. */
 async function child(root: string, variant: Variant, count: number): Promise<void> {
-  const lib = (await import(pathToFileURL(join(root, "src/index.ts")).href)) as typeof import("../src/index.js");
+  const lib = (await import(pathToFileURL(join(root, "src/index.ts")).href)) as typeof Library;
   const manager = await lib.createCreditManager({});
   const credits = manager.credits;
   await credits.addCredits("u", 1e12);
