@@ -873,6 +873,7 @@ export interface operations {
             query?: {
                 feature?: string;
                 amount?: number;
+                spender?: string;
             };
             header?: never;
             path?: never;
@@ -929,7 +930,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 cursor?: string;
-                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint")[];
+                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits")[];
                 from?: string;
                 to?: string;
             };
@@ -951,7 +952,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -970,6 +971,8 @@ export interface operations {
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
                             } | null;
+                            spender?: string | null;
+                            feature?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1169,6 +1172,8 @@ export interface operations {
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
+                    spender?: string;
+                    feature?: string;
                     ttlSeconds?: number;
                     reason?: string;
                     amount: number;
@@ -1204,6 +1209,8 @@ export interface operations {
                         createdAt: string;
                         settledAt: string | null;
                         committedAmount: number | null;
+                        spender?: string | null;
+                        feature?: string | null;
                     };
                 };
             };
@@ -1311,6 +1318,8 @@ export interface operations {
                         createdAt: string;
                         settledAt: string | null;
                         committedAmount: number | null;
+                        spender?: string | null;
+                        feature?: string | null;
                     };
                 };
             };
@@ -1407,13 +1416,15 @@ export interface operations {
                             createdAt: string;
                             settledAt: string | null;
                             committedAmount: number | null;
+                            spender?: string | null;
+                            feature?: string | null;
                         };
                         entry: {
                             id: string;
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1432,6 +1443,8 @@ export interface operations {
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
                             } | null;
+                            spender?: string | null;
+                            feature?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1577,13 +1590,15 @@ export interface operations {
                             createdAt: string;
                             settledAt: string | null;
                             committedAmount: number | null;
+                            spender?: string | null;
+                            feature?: string | null;
                         };
                         entry: {
                             id: string;
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1602,6 +1617,8 @@ export interface operations {
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
                             } | null;
+                            spender?: string | null;
+                            feature?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1753,6 +1770,7 @@ export interface operations {
             query?: {
                 feature?: string;
                 amount?: number;
+                spender?: string;
             };
             header?: never;
             path: {
@@ -1820,7 +1838,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 cursor?: string;
-                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint")[];
+                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits")[];
                 from?: string;
                 to?: string;
             };
@@ -1844,7 +1862,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1863,6 +1881,8 @@ export interface operations {
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
                             } | null;
+                            spender?: string | null;
+                            feature?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -2194,7 +2214,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2213,6 +2233,8 @@ export interface operations {
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
                         } | null;
+                        spender?: string | null;
+                        feature?: string | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -2315,6 +2337,8 @@ export interface operations {
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
+                    spender?: string;
+                    feature?: string;
                     amount: number;
                     afterService?: boolean;
                 };
@@ -2332,7 +2356,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2351,6 +2375,8 @@ export interface operations {
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
                         } | null;
+                        spender?: string | null;
+                        feature?: string | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -2453,6 +2479,8 @@ export interface operations {
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
+                    spender?: string;
+                    feature?: string;
                     ttlSeconds?: number;
                     reason?: string;
                     amount: number;
@@ -2488,6 +2516,8 @@ export interface operations {
                         createdAt: string;
                         settledAt: string | null;
                         committedAmount: number | null;
+                        spender?: string | null;
+                        feature?: string | null;
                     };
                 };
             };
@@ -2602,7 +2632,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2621,6 +2651,8 @@ export interface operations {
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
                         } | null;
+                        spender?: string | null;
+                        feature?: string | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -5135,7 +5167,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -5154,6 +5186,8 @@ export interface operations {
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
                             } | null;
+                            spender?: string | null;
+                            feature?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
