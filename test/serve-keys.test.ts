@@ -25,6 +25,7 @@ const stores: [string, () => KeyStore | null][] = [
 ];
 
 describe.each(stores)("serve's keys on %s", (name, make) => {
+  // reason: PostgreSQL is only reachable when CREDIT_PG_URL is set (CI sets it)
   it.skipIf(name === "PostgreSQL" && pgUrl === undefined)(
     "stores, finds and lists keys; revokes an active key once, and never an unknown one",
     async () => {
