@@ -25,6 +25,9 @@ export default defineConfig({
   sourcemap: true,
   clean: true,
   target: "node20",
+  // Keep `node:` on built-in imports: Cloudflare Workers (nodejs_compat) and Deno resolve
+  // `node:crypto`, and bundlers for those targets mark `node:*` external (docs/runtimes.md).
+  removeNodeProtocol: false,
   splitting: true,
   treeshake: true,
   // Drivers and test runners are peers: never bundle them.

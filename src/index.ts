@@ -124,5 +124,19 @@ export type HealthOptions = Health.HealthOptions;
 export type MeterSession = Metering.MeterSession;
 /** Credit leases of this process (`credits.leases()`, docs/metering.md "Leases"). */
 export type CreditLeases = Leases.CreditLeases;
-export { runCli, type CliIo } from "./cli/run.js";
-export type { AuditSource } from "./cli/audit.js";
+import type { CliIo } from "./cli/run.js";
+import type { AuditSource } from "./cli/audit.js";
+export type { CliIo, AuditSource };
+
+/**
+ * Runs the CLI with `args` (without node and the script). Resolves to the exit code: 0 done, 1
+ * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong).
+ * `source`: the store `audit` reads, or the environment `audit` and `worker` read, instead of the
+ * process's (tests).
+ */
+export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
+  // The CLI (the service, its HTTP server, pino, files) is loaded when it runs, not when the
+  // package is imported: the core needs no Node-only module at import (docs/runtimes.md).
+  const cli = await import("./cli/run.js");
+  return cli.runCli(args, io, source);
+}

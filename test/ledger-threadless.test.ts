@@ -6,13 +6,21 @@ import { createCreditManager } from "../src/index.js";
 
 // Where no thread can be started (no worker_threads, or the permission model refuses it), the
 // ledger writes its file on the event loop, as it did before it had a writer thread.
-vi.mock("node:worker_threads", () => ({
-  Worker: class {
-    constructor() {
-      throw new Error("no threads here");
-    }
-  },
-}));
+// The ledger loads node:worker_threads when it opens its file (process.getBuiltinModule,
+// docs/runtimes.md), so that is where the threads are taken away.
+const builtins = process as unknown as { getBuiltinModule: (id: string) => unknown };
+const getBuiltinModule = builtins.getBuiltinModule.bind(process);
+vi.spyOn(builtins, "getBuiltinModule").mockImplementation((id: string) =>
+  id === "node:worker_threads"
+    ? {
+        Worker: class {
+          constructor() {
+            throw new Error("no threads here");
+          }
+        },
+      }
+    : getBuiltinModule(id),
+);
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-threadless-"));
 const ids = (file: string) =>

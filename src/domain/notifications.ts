@@ -187,7 +187,9 @@ export function newNotification(
 
 let lastMs = 0;
 let counter = 0;
-const processTag = randomBytes(3).toString("hex");
+// Made on first use, not at import: Cloudflare Workers refuse random values in a module's global
+// scope (docs/runtimes.md).
+let processTag: string | undefined;
 
 /**
  * A time-ordered id: 9 base-36 digits of milliseconds, a 5-digit per-process counter, this
@@ -207,6 +209,7 @@ export function notificationId(now: Date): string {
     counter = 0;
   }
   lastMs = ms;
+  processTag ??= randomBytes(3).toString("hex");
   return `${ms.toString(36).padStart(9, "0")}${counter.toString(36).padStart(5, "0")}-${processTag}${randomBytes(4).toString("hex")}`;
 }
 

@@ -1,7 +1,13 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, writeSync } from "node:fs";
-import { dirname } from "node:path";
-import { Worker } from "node:worker_threads";
+import type * as Fs from "node:fs";
+import type * as Path from "node:path";
+import type * as WorkerThreads from "node:worker_threads";
+import type { Worker } from "node:worker_threads";
 import { canonicalEntry, ledgerLineOf, literalEnd } from "../domain/hash.js";
+import { nodeBuiltin } from "../util/runtime.js";
+
+// Loaded when a ledger file is opened, not when the package is imported (docs/runtimes.md).
+const fs = (): typeof Fs => nodeBuiltin<typeof Fs>("node:fs");
+const dirname = (path: string): string => nodeBuiltin<typeof Path>("node:path").dirname(path);
 
 /**
  * The lines of a chunk the ledger hands over: pairs of texts separated by newlines (which JSON text
@@ -247,7 +253,7 @@ export class LedgerFile {
     this.sent = 0;
     this.unfinished = [];
     try {
-      const thread = new Worker(THREAD, {
+      const thread = new (nodeBuiltin<typeof WorkerThreads>("node:worker_threads").Worker)(THREAD, {
         eval: true,
         execArgv: [],
         workerData: { fd, state: this.state, probe: probeOf() },
@@ -349,7 +355,7 @@ export class LedgerFile {
     try {
       for (let at = 0; at < bytes.length;) {
         try {
-          at += writeSync(this.fd, bytes, at, bytes.length - at);
+          at += fs().writeSync(this.fd, bytes, at, bytes.length - at);
         } catch (error) {
           // A non-blocking pipe that is full: wait for its reader.
           if ((error as NodeJS.ErrnoException).code !== "EAGAIN") throw error;
@@ -369,7 +375,7 @@ export class LedgerFile {
 export function openForAppending(path: string, failed: (error: Error) => void): number {
   try {
     makeFolders(dirname(path));
-    return openSync(path, "a");
+    return fs().openSync(path, "a");
   } catch (error) {
     failed(error as Error);
     return -1;
@@ -383,7 +389,7 @@ export function openForAppending(path: string, failed: (error: Error) => void): 
  */
 function makeFolders(dir: string, parentMade = false): void {
   try {
-    mkdirSync(dir);
+    fs().mkdirSync(dir);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EEXIST") return;
@@ -397,7 +403,7 @@ function makeFolders(dir: string, parentMade = false): void {
 
 function finishFile(fd: number, failed: (error: Error) => void): void {
   try {
-    fsyncSync(fd);
+    fs().fsyncSync(fd);
   } catch {
     // Not every file can be synced (a pipe, /dev/null).
   }
@@ -406,7 +412,7 @@ function finishFile(fd: number, failed: (error: Error) => void): void {
 
 function closeFile(fd: number, failed: (error: Error) => void): void {
   try {
-    closeSync(fd);
+    fs().closeSync(fd);
   } catch (error) {
     failed(error as Error);
   }

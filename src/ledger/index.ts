@@ -5,6 +5,7 @@ import type { DbManager } from "../db/types.js";
 import { canonicalEntry } from "../domain/hash.js";
 import { LedgerEntriesQuery, parse, type JournalEntry, type LedgerEntry } from "../models/index.js";
 import { LedgerFile } from "./file.js";
+import { nodeBuiltin, refuseOnWorkers } from "../util/runtime.js";
 
 export interface LedgerLoggerOptions {
   db: DbManager;
@@ -83,6 +84,13 @@ export class LedgerLogger {
     this.warn = options.logger;
     this.filePath = options.filePath ? options.filePath : null;
     if (this.filePath !== null) {
+      // Refused here, when the manager is made, rather than at the first write (docs/runtimes.md).
+      refuseOnWorkers(
+        "The ledger file (`ledger: { filePath }`) and its writer thread",
+        "a Worker has no file system to append to and no threads; leave `ledger` unset (the journal in the store is the record, and `credits.audit()` checks it)",
+      );
+      // A runtime without files (an edge runtime) is refused here too.
+      nodeBuiltin("node:fs");
       this.file = (options.file ?? ((path, failed) => new LedgerFile(path, failed)))(this.filePath, reporter(this));
       void this.file.reopen();
       onExit.register(this, LedgerLogger.beforeExit);

@@ -1,6 +1,7 @@
-import { open, stat } from "node:fs/promises";
-import { createReadStream } from "node:fs";
-import { createInterface } from "node:readline";
+import type * as Fs from "node:fs";
+import type * as FsPromises from "node:fs/promises";
+import type * as Readline from "node:readline";
+import { nodeBuiltin } from "../util/runtime.js"; // files: loaded when an archive is written or read (docs/runtimes.md)
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
@@ -71,7 +72,9 @@ export async function archivePartitions(
     throw new ConfigurationError(
       `[credit-management] the ${db.name} store has no time partitions (PostgresDbManager with \`partitions\`): use archiveJournal`,
     );
-  const dir = await stat(o.dir).catch(() => null);
+  const dir = await nodeBuiltin<typeof FsPromises>("node:fs/promises")
+    .stat(o.dir)
+    .catch(() => null);
   if (dir === null || !dir.isDirectory())
     throw new ConfigurationError(`[credit-management] archivePartitions: ${o.dir} is not a directory`);
   return archive({
@@ -97,7 +100,7 @@ export async function archiveJournal(db: DbManager, options: ArchiveJournalOptio
   if (o.userId === undefined && db.listAccountIds === undefined)
     throw new ConfigurationError(`[credit-management] the ${db.name} store cannot list its accounts: give userId`);
   const report: ArchiveReport = { file: o.file, accounts: 0, entriesArchived: 0, linesWritten: 0 };
-  const out = await open(o.file, "wx");
+  const out = await nodeBuiltin<typeof FsPromises>("node:fs/promises").open(o.file, "wx");
   try {
     /** Accounts written to the file and not yet removed from the store: user → the checkpoint's seq. */
     let pending: [string, number][] = [];
@@ -197,7 +200,10 @@ export async function verifyArchives(
   const problems: string[] = [];
   const byUser = new Map<string, Map<number, JournalEntry>>();
   for (const file of files) {
-    const lines = createInterface({ input: createReadStream(file, { encoding: "utf8" }), crlfDelay: Infinity });
+    const lines = nodeBuiltin<typeof Readline>("node:readline").createInterface({
+      input: nodeBuiltin<typeof Fs>("node:fs").createReadStream(file, { encoding: "utf8" }),
+      crlfDelay: Infinity,
+    });
     let n = 0;
     for await (const text of lines) {
       n++;

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { createInterface } from "node:readline";
+import type * as Fs from "node:fs";
+import type * as Readline from "node:readline";
 import type { Logger } from "../logger.js";
 import { ConfigurationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
@@ -17,6 +17,7 @@ import {
 import type { CreditService } from "./credit-service.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
 import type { MeterOptions } from "../models/index.js";
+import { nodeBuiltin } from "../util/runtime.js";
 
 /** What one `charge()` did. */
 export interface LeaseCharge {
@@ -222,8 +223,9 @@ export class CreditLeases {
     if (ledger === undefined || ledger.filePath === null) return report;
     await ledger.flush();
     const windows = new Map<string, FileWindow>();
-    const input = createReadStream(ledger.filePath, { encoding: "utf8" });
-    const lines = createInterface({ input, crlfDelay: Infinity });
+    // Loaded here, where the ledger file is read, not at import (docs/runtimes.md).
+    const input = nodeBuiltin<typeof Fs>("node:fs").createReadStream(ledger.filePath, { encoding: "utf8" });
+    const lines = nodeBuiltin<typeof Readline>("node:readline").createInterface({ input, crlfDelay: Infinity });
     for await (const text of lines) {
       if (!text.includes('"eventType":"lease"')) continue;
       let line;

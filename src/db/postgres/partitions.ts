@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { open, rename, rm, stat } from "node:fs/promises";
-import { join } from "node:path";
+import type * as Fs from "node:fs";
+import type * as FsPromises from "node:fs/promises";
+import type * as Path from "node:path";
 import { ConfigurationError, ConflictError } from "../../errors.js";
 import type { JournalEntry, LedgerEntry } from "../../models/index.js";
 import {
@@ -26,6 +26,11 @@ import type {
 import type { PostgresDbManager } from "./index.js";
 import { storageError } from "./errors.js";
 import { output } from "./sql.js";
+import { nodeBuiltin } from "../../util/runtime.js";
+
+// Files only where partitions are archived, loaded then, not at import (docs/runtimes.md).
+const fsp = (): typeof FsPromises => nodeBuiltin<typeof FsPromises>("node:fs/promises");
+const join = (...parts: string[]): string => nodeBuiltin<typeof Path>("node:path").join(...parts);
 
 const q = (name: string) => quoteIdent("postgres", name);
 
@@ -257,7 +262,7 @@ async function exportPartition(
   file: string,
 ): Promise<number> {
   const temporary = `${file}.partial`;
-  const out = await open(temporary, "w");
+  const out = await fsp().open(temporary, "w");
   let rows = 0;
   try {
     const journal = key === "journal";
@@ -285,18 +290,20 @@ async function exportPartition(
   } finally {
     await out.close();
   }
-  const existing = await stat(file).catch(() => null);
+  const existing = await fsp()
+    .stat(file)
+    .catch(() => null);
   if (existing !== null) {
     // A run that stopped after its rename: the same rows give the same bytes.
     if ((await digest(file)) !== (await digest(temporary)))
       throw new ConfigurationError(
         `[credit-management] [postgres] ${file} exists and differs from partition ${qualified}: move it away or archive into another directory`,
       );
-    await rm(temporary);
+    await fsp().rm(temporary);
   } else {
-    await rename(temporary, file);
+    await fsp().rename(temporary, file);
   }
-  const dir = await open(join(file, ".."), "r");
+  const dir = await fsp().open(join(file, ".."), "r");
   try {
     await dir.sync();
   } finally {
@@ -308,7 +315,8 @@ async function exportPartition(
 function digest(file: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const h = createHash("sha256");
-    createReadStream(file)
+    nodeBuiltin<typeof Fs>("node:fs")
+      .createReadStream(file)
       .on("data", (d) => h.update(d))
       .on("end", () => resolve(h.digest("hex")))
       .on("error", reject);

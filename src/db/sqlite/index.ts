@@ -25,6 +25,7 @@ import type { TableKey } from "../../schema/tables.js";
 import { type Attempt, DefinedStore, type StoreDefinition } from "../store/define.js";
 import { origin, storeError } from "../store/errors.js";
 import { backoff, sleep } from "../store/retry.js";
+import { refuseOnWorkers } from "../../util/runtime.js";
 import type { Changes, JournalQuery, LedgerQuery, LoadRequest, LoadedState, ScanCursor, StoreStats } from "../types.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
@@ -778,6 +779,11 @@ export class SqliteDbManager extends DefinedStore {
   private readonly sqlite: Sqlite;
 
   constructor(options: SqliteDbManagerOptions = {}) {
+    // Refused when made, not at the first request (docs/runtimes.md).
+    refuseOnWorkers(
+      "The SQLite store (SqliteDbManager)",
+      "it needs a file system and better-sqlite3's native addon, which Workers cannot load; use PostgresDbManager (pg over TCP, nodejs_compat)",
+    );
     if (options.database !== undefined && options.filename !== undefined) {
       throw new ConfigurationError(origin("sqlite", "pass `filename` or `database`, not both"));
     }
