@@ -38,7 +38,7 @@ case "${1:-}" in
     PATH="$dir/bin:$PATH" CM_BETTER_SQLITE3_VERSION="$(node -p "require('$modules/better-sqlite3/package.json').version")" \
       bash "$repo/scripts/check-tarball.sh"
     ;;
-  bun | deno)
+  bun | deno | workerd | next)
     if [ -z "${CREDIT_PG_URL:-}" ] && [ -n "${CI:-}" ]; then
       echo "CREDIT_PG_URL is not set: the PostgreSQL checks cannot run" >&2
       exit 1
@@ -126,12 +126,62 @@ case "${1:-}" in
           example deno sqlite
           [ -z "${CREDIT_PG_URL:-}" ] || example deno postgres
           ;;
+        workerd)
+          # examples/cloudflare-worker.ts bundled as wrangler would (workerd/build.mjs), run by
+          # workerd itself on PostgreSQL over TCP (pg through cloudflare:sockets), then over HTTP:
+          # a grant, a metered JSON route, a metered stream, the balance, a 402, and the refusals.
+          [ -n "${CREDIT_PG_URL:-}" ] || { echo "workerd: CREDIT_PG_URL is not set (the Worker's store is PostgreSQL)" >&2; exit 1; }
+          workerd="$modules/workerd/bin/workerd"
+          echo "--- workerd $("$workerd" --version)"
+          mkdir -p worker
+          cp "$repo/examples/cloudflare-worker.ts" "$here/workerd/test-worker.mjs" worker/
+          NODE_PATH="$modules" node "$here/workerd/build.mjs" worker/test-worker.mjs worker/worker.js
+          port=$((20000 + RANDOM % 20000))
+          sed -e "s#@PORT@#$port#" -e "s#@PG_URL@#$CREDIT_PG_URL#" -e "s#@PG_SCHEMA@#${schema}_workerd#" \
+            "$here/workerd/config.capnp" > worker/config.capnp
+          "$workerd" serve worker/config.capnp > worker/workerd.log 2>&1 &
+          served=$!
+          for _ in $(seq 60); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.25; done
+          w() { curl -sS -o worker/body -D worker/headers -w '%{http_code}' "$@"; }
+          fail() { kill "$served"; cat worker/workerd.log >&2; echo "workerd: $*" >&2; exit 1; }
+          base="http://127.0.0.1:$port"
+          code="$(w -X POST -H 'authorization: Bearer admin' -H 'content-type: application/json' -d '{"amount": 1000}' "$base/admin/credits/users/user-1/add")"
+          [ "$code" = 200 ] || [ "$code" = 201 ] || fail "grant answered $code: $(cat worker/body)"
+          code="$(w -X POST -H 'authorization: Bearer user-1' "$base/api/summarize")"
+          [ "$code" = 200 ] && grep -qi '^x-credits-deducted: 12' worker/headers || fail "POST /api/summarize: $code $(cat worker/headers)"
+          echo "POST /api/summarize: 200, X-Credits-Deducted: 12"
+          code="$(w -X POST -H 'authorization: Bearer user-1' "$base/api/chat")"
+          [ "$code" = 200 ] && grep -q 'data: token.' worker/body || fail "POST /api/chat: $code $(cat worker/body)"
+          echo "POST /api/chat (SSE): 200, $(grep -c '^data:' worker/body) events"
+          balance=""
+          for _ in $(seq 40); do # the stream is billed when it ends, after its last byte: poll
+            w -H 'authorization: Bearer user-1' "$base/credits/balance" >/dev/null
+            balance="$(cat worker/body)"
+            grep -q '"balance":973' <<<"$balance" && break
+            sleep 0.25
+          done
+          grep -q '"balance":973' <<<"$balance" || fail "balance after 12 + 15 charged of 1000: $balance"
+          echo "GET /credits/balance: 200, $balance"
+          code="$(w -X POST -H 'authorization: Bearer nobody' "$base/api/summarize")"
+          [ "$code" = 402 ] || fail "POST /api/summarize without credits answered $code"
+          echo "POST /api/summarize (no credits): 402"
+          w "$base/__refusals" >/dev/null
+          refusals="$(cat worker/body)"
+          for part in sqlite ledgerFile; do
+            node -e 'const r = JSON.parse(process.argv[1])[process.argv[2]];
+              if (!/^ConfigurationError \(CONFIGURATION_ERROR\): .* cannot run on Cloudflare Workers \(workerd\)/.test(r)) process.exit(1)' \
+              "$refusals" "$part" || fail "$part was not refused at construction: $refusals"
+          done
+          echo "refused at construction: $refusals"
+          kill "$served"
+          wait "$served" || true
+          ;;
         *) echo "unknown runtime $runtime" >&2; exit 1 ;;
       esac
     done
     if [ -n "${CREDIT_PG_URL:-}" ]; then
       node -e 'const pg = require("pg"); const c = new pg.Client({ connectionString: process.env.CREDIT_PG_URL });
-        c.connect().then(() => c.query(`DROP SCHEMA IF EXISTS "${process.argv[1]}_bun", "${process.argv[1]}_deno" CASCADE`)).then(() => c.end());' "$schema"
+        c.connect().then(() => c.query(`DROP SCHEMA IF EXISTS "${process.argv[1]}_bun", "${process.argv[1]}_deno", "${process.argv[1]}_workerd" CASCADE`)).then(() => c.end());' "$schema"
     fi
     echo "runtimes check ($*): ok (${SECONDS} s)"
     ;;
