@@ -176,6 +176,60 @@ case "${1:-}" in
           kill "$served"
           wait "$served" || true
           ;;
+        next)
+          # examples/next as a user installs it (the packed package instead of the registry's),
+          # `next build` (which type-checks it), `next start`, then over HTTP: a grant, the metered
+          # route, the streamed route billed at its end from its usage, the balance, a 402, the console.
+          echo "--- Next.js $(version "$modules/next") on Node $(node -v)"
+          # Outside $work: Next.js takes the folder of the highest lockfile it finds as the project's root.
+          app="$(mktemp -d /tmp/cm-next-XXXXXX)"
+          trap 'rm -rf "$work" "$app"' EXIT
+          cp -r "$repo/examples/next/." "$app/"
+          (
+            cd "$app"
+            npm install --no-audit --no-fund --prefer-offline --silent "$work/$tarball" "next@$(version "$modules/next")" \
+              "react@$(version "$modules/react")" "react-dom@$(version "$modules/react-dom")" \
+              "@types/react@$(version "$modules/@types/react")" "typescript@$(version "$repo/node_modules/typescript")" \
+              "@types/node@$(version "$repo/node_modules/@types/node")"
+            export NEXT_TELEMETRY_DISABLED=1
+            node_modules/.bin/next build > build.log 2>&1 || { cat build.log >&2; exit 1; }
+            grep -E '^(├|└|┌)' build.log || true
+            port=$((20000 + RANDOM % 20000))
+            CREDIT_PG_URL="" CONSOLE_TOKEN=console-test node_modules/.bin/next start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
+            served=$!
+            base="http://127.0.0.1:$port"
+            for _ in $(seq 120); do curl -s "$base/credits/balance" >/dev/null && break; sleep 0.25; done
+            w() { curl -sS -o body -D headers -w '%{http_code}' "$@"; }
+            fail() { kill "$served"; cat start.log >&2; echo "next: $*" >&2; exit 1; }
+            code="$(w -X POST -H 'authorization: Bearer admin' -H 'content-type: application/json' -d '{"amount": 1000}' "$base/admin/credits/users/user-1/add")"
+            [ "$code" = 200 ] || [ "$code" = 201 ] || fail "grant answered $code: $(cat body)"
+            code="$(w -X POST -H 'authorization: Bearer user-1' -d '{}' "$base/api/summarize")"
+            [ "$code" = 200 ] && grep -qi '^x-credits-deducted: 12' headers || fail "POST /api/summarize: $code $(cat headers)"
+            echo "POST /api/summarize: 200, X-Credits-Deducted: 12"
+            code="$(w -X POST -H 'authorization: Bearer user-1' "$base/api/chat")"
+            [ "$code" = 200 ] && grep -q '"usage"' body || fail "POST /api/chat: $code $(cat body)"
+            echo "POST /api/chat (SSE): 200, $(grep -c '^data:' body) events"
+            balance=""
+            for _ in $(seq 40); do # billed when the stream ends: 20 tokens in at 1, 5 out at 3 = 35
+              w -H 'authorization: Bearer user-1' "$base/credits/balance" >/dev/null
+              balance="$(cat body)"
+              grep -q '"balance":953' <<<"$balance" && break
+              sleep 0.25
+            done
+            grep -q '"balance":953' <<<"$balance" || fail "balance after 12 + 35 charged of 1000: $balance"
+            echo "GET /credits/balance: 200, $balance"
+            code="$(w -X POST -H 'authorization: Bearer nobody' "$base/api/summarize")"
+            [ "$code" = 402 ] || fail "POST /api/summarize without credits answered $code"
+            echo "POST /api/summarize (no credits): 402"
+            code="$(w -H 'authorization: Bearer console-test' "$base/console/accounts/user-1")"
+            [ "$code" = 200 ] && grep -q 'user-1' body || fail "GET /console/accounts/user-1: $code"
+            [ "$(w "$base/console")" = 403 ] || fail "the console without its token did not answer 403"
+            echo "GET /console/accounts/user-1: 200; without the token: 403"
+            grep -F '[meter] user-1 /api/chat: held 200, committed 35' start.log || fail "the stream's charge was not reported"
+            kill "$served"
+            wait "$served" || true
+          )
+          ;;
         *) echo "unknown runtime $runtime" >&2; exit 1 ;;
       esac
     done
