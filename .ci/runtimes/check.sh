@@ -181,21 +181,24 @@ case "${1:-}" in
           # `next build` (which type-checks it), `next start`, then over HTTP: a grant, the metered
           # route, the streamed route billed at its end from its usage, the balance, a 402, the console.
           echo "--- Next.js $(version "$modules/next") on Node $(node -v)"
-          # Outside $work: Next.js takes the folder of the highest lockfile it finds as the project's root.
-          app="$(mktemp -d /tmp/cm-next-XXXXXX)"
+          # In .ci/runtimes/next-app: Next.js, React and their types resolve from .ci/runtimes'
+          # node_modules (and TypeScript from the repository's), already installed, so the app
+          # installs only the packed package (Next.js takes the lockfile's folder as its root).
+          app="$here/next-app"
+          rm -rf "$app"
+          mkdir "$app"
           trap 'rm -rf "$work" "$app"' EXIT
           cp -r "$repo/examples/next/." "$app/"
           (
             cd "$app"
-            npm install --no-audit --no-fund --prefer-offline --silent "$work/$tarball" "next@$(version "$modules/next")" \
-              "react@$(version "$modules/react")" "react-dom@$(version "$modules/react-dom")" \
-              "@types/react@$(version "$modules/@types/react")" "typescript@$(version "$repo/node_modules/typescript")" \
-              "@types/node@$(version "$repo/node_modules/@types/node")"
+            node -e 'const p = require("./package.json"); p.dependencies = {}; p.devDependencies = {};
+              require("fs").writeFileSync("package.json", JSON.stringify(p, null, 2))'
+            npm install --no-audit --no-fund --prefer-offline --silent --no-package-lock "$work/$tarball"
             export NEXT_TELEMETRY_DISABLED=1
-            node_modules/.bin/next build > build.log 2>&1 || { cat build.log >&2; exit 1; }
+            node "$modules/next/dist/bin/next" build > build.log 2>&1 || { cat build.log >&2; exit 1; }
             grep -E '^(├|└|┌)' build.log || true
             port=$((20000 + RANDOM % 20000))
-            CREDIT_PG_URL="" CONSOLE_TOKEN=console-test node_modules/.bin/next start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
+            CREDIT_PG_URL="" CONSOLE_TOKEN=console-test node "$modules/next/dist/bin/next" start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
             served=$!
             base="http://127.0.0.1:$port"
             for _ in $(seq 120); do curl -s "$base/credits/balance" >/dev/null && break; sleep 0.25; done
