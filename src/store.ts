@@ -23,6 +23,7 @@ export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscript
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";
+export type { UsageBucket, UsageScan } from "./domain/usage.js";
 export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part } from "./db/store/parts.js";

@@ -9,6 +9,7 @@ import type {
   Reservation,
 } from "../models/index.js";
 import type { Changes, LoadedState } from "../domain/state.js";
+import type { UsageBucket, UsageScan } from "../domain/usage.js";
 import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
@@ -110,6 +111,14 @@ export interface JournalStore {
    * "Checkpoints and archival"). Resolves to the entries removed. Stores without it cannot archive.
    */
   deleteJournalBefore?(userId: string, beforeSeq: number): Promise<number>;
+  /**
+   * Optional: usage summed by window, kind and the groups of `scan` (docs/usage.md), aggregated
+   * by the store itself — the rules of `src/domain/usage.ts` (`usageParts`, `groupValue`),
+   * entries with createdAt in [boundaries[0], boundaries[last]), windows by `windowIndex` — in
+   * `orderBuckets`' order, at most `scan.limit + 1` buckets. Without it, `credits.getUsage()`
+   * sums one account's pages of `listJournal` and refuses a fleet-wide query.
+   */
+  usage?(scan: UsageScan): Promise<UsageBucket[]>;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;

@@ -12,3 +12,4 @@ export * from "./metering.js";
 export * from "./pricing.js";
 export * from "./leases.js";
 export * from "./limits.js";
+export * from "./usage.js";

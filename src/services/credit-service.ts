@@ -37,6 +37,8 @@ import {
   type SessionDeps,
 } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
+import { getUsage } from "./usage.js";
+import type { UsageQuery, UsageReport } from "../models/usage.js";
 import type { CreditsInfo } from "../models/index.js";
 import {
   AddCreditsOptions,
@@ -600,6 +602,16 @@ export class CreditService {
     const decision = decideCheck(state.info.available, minAvailable, amount);
     if (!decision.allowed || state.limits === null) return decision;
     return decideLimit(decision, tightestLimit(state.limits, spend, this.clock().getTime()), amount ?? 1);
+  }
+
+  /**
+   * Usage summed by calendar window and dimension (docs/usage.md): one account's (`account`) or the
+   * whole store's, as rows of `{ start, end, ...groups, kind, credits, requests, inputTokens,
+   * outputTokens, cachedTokens }`. Spend, refunds and clawbacks are rows of their own kind (never
+   * netted). Each store aggregates natively. A bad or too large query is a `ValidationError`.
+   */
+  async getUsage(query: UsageQuery): Promise<UsageReport> {
+    return getUsage(this.db, query);
   }
 
   /** The journal, newest first, with cursor paging and filters. */

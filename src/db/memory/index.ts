@@ -7,6 +7,7 @@ import { HoldIndex } from "./hold-index.js";
 import { SettledHolds } from "./holds.js";
 import { copyAccount, copyGrant, copyLedgerEntry, copyReservation } from "./copies.js";
 import { CompactJournal } from "./journal.js";
+import { UsageAccumulator, type UsageBucket, type UsageScan } from "../../domain/usage.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
@@ -369,6 +370,27 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
       for (let i = Math.max(0, (q.afterSeq ?? 0) - base); i < journal.length && out.length < q.limit; i++) take(i);
     }
     return out;
+  }
+
+  async usage(scan: UsageScan): Promise<UsageBucket[]> {
+    const sum = new UsageAccumulator(scan);
+    const from = scan.from.getTime();
+    const to = scan.to.getTime();
+    const add = (u: UserData) => {
+      const j = u.journal;
+      for (let i = 0; i < j.length; i++) {
+        const at = j.createdAt(i);
+        if (at < from || at >= to) continue;
+        const t = j.type(i);
+        if (t !== "deduct" && t !== "commit_reserved" && t !== "void") continue;
+        sum.add(u.userId, j.get(i, u.userId));
+      }
+    };
+    if (scan.account !== null) {
+      const u = this.users.get(scan.account);
+      if (u !== undefined) add(u);
+    } else for (const u of this.users.values()) add(u);
+    return sum.result();
   }
 
   async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {

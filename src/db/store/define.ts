@@ -1,5 +1,6 @@
 import { ConfigurationError, ConflictError, CreditError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
+import type { UsageBucket } from "../../domain/usage.js";
 import type { NotificationStore } from "../types-notifications.js";
 import type { PromoPaymentStore } from "../types-promos.js";
 import type { SubscriptionStore } from "../types-subscriptions.js";
@@ -243,6 +244,10 @@ export class DefinedStore extends StoreBase {
     return remove === undefined
       ? undefined
       : (userId, beforeSeq) => this.journal.deleteJournalBefore?.(userId, beforeSeq) as Promise<number>;
+  }
+  get usage(): JournalStore["usage"] {
+    const usage = this.journal.usage;
+    return usage === undefined ? undefined : (scan) => this.journal.usage?.(scan) as Promise<UsageBucket[]>;
   }
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;

@@ -1,0 +1,115 @@
+import * as z from "zod";
+import { DateInput, UserId } from "./common.js";
+
+/** The calendar windows a usage query groups by (docs/usage.md); null: one window for the whole range. */
+export const UsageInterval = z.enum(["hour", "day", "week", "month"]);
+export type UsageInterval = z.infer<typeof UsageInterval>;
+
+/**
+ * What a usage row is (docs/usage.md, "What counts"): `spend` — deductions, captured holds,
+ * after-service charges, lease windows; `refund` and `clawback` — credits a payment's refund or lost
+ * dispute took back. Kept apart, never netted into spend.
+ */
+export const UsageKind = z.enum(["spend", "refund", "clawback"]);
+export type UsageKind = z.infer<typeof UsageKind>;
+
+/** A metadata key a usage query may group by: `metadata.<key>`, the key a plain name. */
+const MetadataDimension = z
+  .string()
+  .regex(/^metadata\.[A-Za-z0-9_-]{1,64}$/, {
+    error: "must be account, feature, spender, model, reason or metadata.<key> (key: letters, digits, _ and -)",
+  })
+  .transform((s) => s as `metadata.${string}`);
+
+/** A dimension a usage query groups by. */
+export const UsageDimension = z.union([
+  z.enum(["account", "feature", "spender", "model", "reason"]),
+  MetadataDimension,
+]);
+export type UsageDimension = "account" | "feature" | "spender" | "model" | "reason" | `metadata.${string}`;
+
+/** Most rows a usage query answers with. */
+export const MAX_USAGE_ROWS = 100_000;
+/** Most calendar windows a usage query's range may span (e.g. hours: about 83 days). */
+export const MAX_USAGE_WINDOWS = 2_000;
+/** Longest range of a usage query without an interval (`interval: null`), in days. */
+export const MAX_USAGE_RANGE_DAYS = 3_700;
+
+const isZone = (tz: string): boolean => {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * `credits.getUsage(query)` (docs/usage.md): usage summed by calendar window and dimension, over one
+ * account (`account`) or the whole store (no `account`).
+ */
+export const UsageQuery = z.strictObject({
+  /** One account's usage; absent: every account's (fleet-wide; e.g. top accounts with `orderBy`). */
+  account: UserId.optional(),
+  /** Inclusive start of the range. */
+  from: DateInput,
+  /** Exclusive end of the range (after `from`). */
+  to: DateInput,
+  /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
+  interval: UsageInterval.nullable(),
+  /** Dimensions each row is split by, at most 4, each once. Default: none (one row per window). */
+  groupBy: z.array(UsageDimension).max(4).optional(),
+  /** IANA time zone the windows are calendar windows of (DST-correct). Default "UTC". */
+  timeZone: z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }).optional(),
+  /**
+   * Only these kinds of usage. Default: all three. Every row is of one kind (`kind`): refunds and
+   * clawbacks are never netted into spend.
+   */
+  kinds: z.array(UsageKind).min(1).optional(),
+  /**
+   * Row order: `start` (default: by window, then by the groups' values) or `credits` (most credits
+   * first, then by window and groups): `orderBy: "credits", limit: 100` answers "top 100".
+   */
+  orderBy: z.enum(["start", "credits"]).optional(),
+  /** Most rows answered, 1–100,000; default 10,000. The query says `truncated` when it cut rows. */
+  limit: z.number().int().min(1).max(MAX_USAGE_ROWS).optional(),
+});
+export type UsageQuery = z.input<typeof UsageQuery>;
+
+/**
+ * One row of a usage report: a window (`start` inclusive, `end` exclusive — a calendar window in
+ * the query's zone, clipped to the query's range) and the values of the dimensions grouped by (a
+ * dimension the usage did not name is null), with what was spent in it.
+ */
+export interface UsageRow {
+  start: Date;
+  end: Date;
+  account?: string;
+  feature?: string | null;
+  spender?: string | null;
+  model?: string | null;
+  reason?: string | null;
+  /** Always there: rows of different kinds are never added together. */
+  kind: UsageKind;
+  /** Credits: spent for `spend`, taken back for `refund` and `clawback` (never negative). */
+  credits: number;
+  /** Requests: one per deduction or captured hold, a lease window's count; 0 for refunds and clawbacks. */
+  requests: number;
+  /** Input tokens billed at the input rate (LLM usage, docs/llm-metering.md); 0 when none. */
+  inputTokens: number;
+  /** Output tokens (LLM usage); 0 when none. */
+  outputTokens: number;
+  /** Input tokens read from a prompt cache (LLM usage); 0 when none. */
+  cachedTokens: number;
+  /** `metadata.<key>` groups: the entry's value as text (null when absent or not a string/number/boolean). */
+  [metadata: `metadata.${string}`]: string | null;
+}
+
+/** What `credits.getUsage()` answers. */
+export interface UsageReport {
+  rows: UsageRow[];
+  /** True when `limit` cut rows off (the rest is not in `rows`). */
+  truncated: boolean;
+  /** The zone the windows are in. */
+  timeZone: string;
+}
