@@ -459,7 +459,8 @@ export function indexSql(
     index.where === undefined
       ? ""
       : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
-  return `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} (${keys})${where};`;
+  const using = dialect === "postgres" && index.brin === true ? "USING brin " : "";
+  return `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} ${using}(${keys})${where};`;
 }
 
 /**

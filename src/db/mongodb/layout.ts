@@ -67,6 +67,8 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
         unique: true,
         partialFilterExpression: { idempotencyKey: { $type: "string" } },
       },
+      // Usage reports across accounts: a range of createdAt (docs/usage.md).
+      { key: { createdAt: 1 }, name: "created" },
     ],
   },
   ledger: {

@@ -1,4 +1,6 @@
 import type * as PgModule from "pg";
+import { usageBucket, usageSql } from "./usage.js";
+import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
@@ -629,6 +631,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       params,
     );
     return rows.map((r) => this.decode<Reservation>("reservations", r));
+  }
+
+  async usage(scan: UsageScan): Promise<UsageBucket[]> {
+    const { text, params } = usageSql(this.sql.tables.journal.qualified, scan);
+    const rows = await this.read("usage", text, params);
+    return rows.map((r) => usageBucket(r, scan));
   }
 
   async listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {

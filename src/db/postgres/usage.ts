@@ -1,0 +1,114 @@
+import type { UsageBucket, UsageScan } from "../../domain/usage.js";
+import type { UsageKind } from "../../models/usage.js";
+
+/**
+ * The usage query of a PostgreSQL store (docs/usage.md): the rules of `src/domain/usage.ts`
+ * (`usageKind`, `usageRequests`, `usageParts`, `groupValue`) in SQL, summed by `GROUP BY` with the
+ * window of each entry from `width_bucket` over the query's boundaries (worked out in the query's
+ * time zone before, so every store has the same windows). Entries are read by the primary key
+ * (user_id, seq) for one account, by the BRIN index on created_at for every account. Only the
+ * groups come back.
+ */
+export function usageSql(journal: string, scan: UsageScan): { text: string; params: unknown[] } {
+  const params: unknown[] = [];
+  const p = (v: unknown) => {
+    params.push(v);
+    return `$${params.length}`;
+  };
+  const num = (x: string) => `CASE WHEN jsonb_typeof(${x}) = 'number' THEN (${x})::text::numeric ELSE 0 END`;
+  const str = (x: string) => `CASE WHEN jsonb_typeof(${x}) = 'string' THEN ${x} #>> '{}' END`;
+  const bounds = p(scan.boundaries.map((b) => new Date(b).toISOString()));
+  const where = [`j.created_at >= ${p(scan.from)}`, `j.created_at < ${p(scan.to)}`];
+  if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
+  where.push(`j.type IN ('deduct', 'commit_reserved', 'void')`);
+  const kinds = p([...scan.kinds]);
+  // usageKind: a payment's take-back (paymentId, refundedAmount) is a refund or, after a lost
+  // dispute, a clawback; another void is no usage.
+  const kind =
+    `CASE WHEN jsonb_typeof(j.metadata -> 'paymentId') = 'string' AND jsonb_typeof(j.metadata -> 'refundedAmount') = 'number' ` +
+    `THEN CASE WHEN j.description LIKE 'Lost dispute%' THEN 'clawback' ELSE 'refund' END ` +
+    `WHEN j.type = 'void' THEN NULL ELSE 'spend' END`;
+  // usageRequests
+  const requests = (e: string) =>
+    `CASE WHEN ${e}.kind <> 'spend' THEN 0 WHEN ${e}.type = 'deduct' THEN CASE WHEN ${e}.reservation_id IS NULL THEN 1 ELSE 0 END ` +
+    `WHEN jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'requests') = 'number' THEN (${e}.metadata -> 'leaseWindow' ->> 'requests')::numeric ELSE 1 END`;
+  const leaseParts = (e = "e") =>
+    `CASE WHEN ${e}.kind = 'spend' AND jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'parts') = 'array' THEN ${e}.metadata -> 'leaseWindow' -> 'parts' END`;
+  const usages = (e = "e") =>
+    `CASE WHEN ${e}.kind = 'spend' AND jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'parts') IS DISTINCT FROM 'array' AND jsonb_typeof(${e}.metadata -> 'usages') = 'array' THEN ${e}.metadata -> 'usages' END`;
+  // usageParts: a lease window's parts; else each recorded usage (the requests with the first) and
+  // what they do not account for; else the entry whole.
+  const parts =
+    `SELECT ${str("x.v -> 'model'")} AS model, ${str("x.v -> 'feature'")} AS feature, ${str("x.v -> 'spender'")} AS spender, true AS own, ` +
+    `${num("x.v -> 'credits'")} AS credits, ${num("x.v -> 'requests'")} AS requests, ${num("x.v -> 'inputTokens'")} AS input, ` +
+    `${num("x.v -> 'outputTokens'")} AS output, ${num("x.v -> 'cachedTokens'")} AS cached ` +
+    `FROM jsonb_array_elements(${leaseParts()}) AS x(v) ` +
+    `UNION ALL SELECT ${str("u.v -> 'model'")}, NULL, NULL, false, ${num("u.v -> 'amount'")}, CASE WHEN u.o = 1 THEN e.requests ELSE 0 END, ` +
+    `${num("u.v -> 'inputTokens'")}, ${num("u.v -> 'outputTokens'")}, ${num("u.v -> 'cachedTokens'")} ` +
+    `FROM jsonb_array_elements(e.usages) WITH ORDINALITY AS u(v, o) ` +
+    `UNION ALL SELECT NULL, NULL, NULL, false, e.amount - e.priced, CASE WHEN e.usages IS NULL THEN e.requests ELSE 0 END, 0, 0, 0 ` +
+    `WHERE ${leaseParts()} IS NULL AND (e.usages IS NULL OR e.amount <> e.priced)`;
+  const groups: string[] = [];
+  const names: string[] = [];
+  for (const d of scan.groupBy) {
+    const name = `g${names.length}`;
+    names.push(name);
+    switch (d) {
+      case "account":
+        groups.push(`e.user_id AS ${name}`);
+        break;
+      case "model":
+        groups.push(`pt.model AS ${name}`);
+        break;
+      case "feature":
+      case "spender":
+        groups.push(`CASE WHEN pt.own THEN pt.${d} ELSE e.${d} END AS ${name}`);
+        break;
+      case "reason":
+        groups.push(`e.description AS ${name}`);
+        break;
+      default: {
+        const v = `e.metadata -> ${p(d.slice("metadata.".length))}`;
+        groups.push(
+          `CASE jsonb_typeof(${v}) WHEN 'string' THEN ${v} #>> '{}' WHEN 'number' THEN (${v})::text WHEN 'boolean' THEN (${v})::text END AS ${name}`,
+        );
+      }
+    }
+  }
+  const keys = ["w", "kind", ...names];
+  const order = [
+    ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
+    "w",
+    `CASE kind WHEN 'spend' THEN 0 WHEN 'refund' THEN 1 ELSE 2 END`,
+    ...names.map((n) => `${n} COLLATE "C" NULLS FIRST`),
+  ];
+  const text =
+    `WITH e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
+    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${kind} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
+    `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
+    `e AS (SELECT e1.*, ${requests("e1")} AS requests, ${usages("e1")} AS usages, ` +
+    `COALESCE((SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(${usages("e1")}) AS q(v)), 0) AS priced FROM e1) ` +
+    `SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, sum(pt.credits) AS credits, sum(pt.requests) AS requests, ` +
+    `sum(pt.input) AS input, sum(pt.output) AS output, sum(pt.cached) AS cached ` +
+    `FROM e CROSS JOIN LATERAL (${parts}) AS pt GROUP BY ${keys.join(", ")} ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
+  return { text, params };
+}
+
+/** A row of `usageSql` as a bucket. */
+export function usageBucket(row: Record<string, unknown>, scan: UsageScan): UsageBucket {
+  const groups: Record<string, string | null> = {};
+  scan.groupBy.forEach((d, i) => {
+    const v = row[`g${i}`];
+    groups[d] = v === null || v === undefined ? null : String(v);
+  });
+  return {
+    window: Number(row.w),
+    kind: row.kind as UsageKind,
+    groups,
+    credits: Number(row.credits),
+    requests: Number(row.requests),
+    inputTokens: Number(row.input),
+    outputTokens: Number(row.output),
+    cachedTokens: Number(row.cached),
+  };
+}
