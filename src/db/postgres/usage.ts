@@ -75,7 +75,7 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
       }
     }
   }
-  const keys = ["w", "kind", ...names];
+  const keys = ["w", "kind", ...names].map((_, i) => String(i + 1));
   const order = [
     ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
     "w",
@@ -88,9 +88,9 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
     `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
     `e AS (SELECT e1.*, ${requests("e1")} AS requests, ${usages("e1")} AS usages, ` +
     `COALESCE((SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(${usages("e1")}) AS q(v)), 0) AS priced FROM e1) ` +
-    `SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, sum(pt.credits) AS credits, sum(pt.requests) AS requests, ` +
+    `SELECT * FROM (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, sum(pt.credits) AS credits, sum(pt.requests) AS requests, ` +
     `sum(pt.input) AS input, sum(pt.output) AS output, sum(pt.cached) AS cached ` +
-    `FROM e CROSS JOIN LATERAL (${parts}) AS pt GROUP BY ${keys.join(", ")} ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
+    `FROM e CROSS JOIN LATERAL (${parts}) AS pt GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
   return { text, params };
 }
 
