@@ -141,7 +141,7 @@ describe("what counts as usage", () => {
 
   it("splits by the recorded LLM usages; what they do not account for has no model", () => {
     const usages = [
-      { amount: 6, model: "a", inputTokens: 100, outputTokens: 10 },
+      { amount: 6, model: "a", inputTokens: 100, outputTokens: 10, cachedTokens: 0 },
       { amount: 3, model: "b", inputTokens: 5, outputTokens: 1, cachedTokens: 2 },
     ];
     expect(usageParts(entry({ type: "commit_reserved", amount: 9, metadata: { usages } }))).toEqual([

@@ -29,6 +29,9 @@ import { refuseOnWorkers } from "../../util/runtime.js";
 import type { Changes, JournalQuery, LedgerQuery, LoadRequest, LoadedState, ScanCursor, StoreStats } from "../types.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
+import type { UsageScan } from "../../domain/usage.js";
+import { usageBucket } from "../postgres/usage.js";
+import { usageSqliteSql } from "./usage.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
 
@@ -241,6 +244,12 @@ class Sqlite {
 
   all(text: string, params: readonly unknown[] = []): Row[] {
     return this.st(text).all(...params.map(param)) as Row[];
+  }
+  /** `all` of a statement that is prepared for this call only (text that varies: not cached). */
+  once(text: string, params: readonly unknown[] = []): Row[] {
+    return this.conn()
+      .prepare(text)
+      .all(...params.map(param)) as Row[];
   }
   run(text: string, params: readonly unknown[] = []): number {
     return this.st(text).run(...params.map(param)).changes;
@@ -582,6 +591,11 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
           `WHERE ${where.join(" AND ")} ORDER BY seq ${q.order === "desc" ? "DESC" : "ASC"} LIMIT ?`,
           [...params, q.limit],
         );
+      },
+      // docs/usage.md: aggregated here, only the groups come back.
+      usage: (scan: UsageScan) => {
+        const { text, params } = usageSqliteSql(s.t.journal.qualified, scan);
+        return s.once(text, params).map((r) => usageBucket(r, scan));
       },
       // The key moves to forgotten_key: out of the unique index, still part of the entry.
       forgetIdempotencyKeys: (before: Date, limit: number) => {
