@@ -162,7 +162,7 @@ describe("what counts as usage", () => {
     expect(usageParts(entry({ type: "commit_reserved", amount: 90, metadata: { leaseWindow } }))).toMatchObject([
       { credits: 90, requests: 40 },
     ]);
-    const parts = [
+    const parts: NonNullable<JournalEntry["metadata"]>[] = [
       { model: "a", feature: "chat", spender: null, credits: 60, requests: 30, inputTokens: 1, outputTokens: 2 },
       { other: true, model: null, feature: null, spender: null, credits: 30, requests: 10 },
     ];
