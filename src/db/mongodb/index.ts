@@ -52,6 +52,8 @@ import { inSession } from "./session.js";
 import type { SideParts } from "../store/parts.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { backoff, sleep } from "../store/retry.js";
+import type { UsageBucket, UsageScan } from "../../domain/usage.js";
+import { usageBucketOf, usagePipeline } from "./usage.js";
 
 /** Options shared by every way of building a `MongoDbManager`. */
 export interface MongoDbManagerOptions {
@@ -682,6 +684,13 @@ export class MongoDbManager extends StoreBase implements DbManager {
       this.c.reservations.find(filter, ONE_BATCH).sort({ _ord: 1, _id: 1 }).toArray(),
     );
     return docs.map((d) => fromDoc(RESERVATION, d));
+  }
+
+  async usage(scan: UsageScan): Promise<UsageBucket[]> {
+    const docs = await guard("usage", () =>
+      this.c.journal.aggregate(usagePipeline(scan), { allowDiskUse: true }).toArray(),
+    );
+    return docs.map((d) => usageBucketOf(d, scan));
   }
 
   async listJournal(userId: string, q: JournalQuery): Promise<JournalEntry[]> {
