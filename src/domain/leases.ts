@@ -75,6 +75,119 @@ export function leaseWindowOf(metadata: Record<string, unknown> | null | undefin
   return { lease: m.lease, window: m.window, requests: m.requests, total: m.total };
 }
 
+/**
+ * A lease window's usage by (feature, spender, model) (docs/usage.md, "Leases"): the settle entry's
+ * `leaseWindow.parts`, so a report by model stays exact without the ledger file. At most
+ * `MAX_LEASE_PARTS` named parts a window; the charges of further combinations go to one part with
+ * `other: true` (its dimensions null); charges that named nothing are the part with every
+ * dimension null. The parts add up to the window's `total` and `requests`.
+ */
+export interface LeasePart {
+  feature: string | null;
+  spender: string | null;
+  model: string | null;
+  credits: number;
+  requests: number;
+  inputTokens: number;
+  outputTokens: number;
+  cachedTokens: number;
+  /** The charges of the combinations beyond `MAX_LEASE_PARTS`. */
+  other?: true;
+}
+
+/** Distinct (feature, spender, model) parts a lease window keeps (docs/usage.md, "Leases"). */
+export const MAX_LEASE_PARTS = 32;
+
+/** What a leased charge named: who spent on what, and the LLM usages it priced. */
+export interface LeaseChargeDims {
+  feature?: string | null;
+  spender?: string | null;
+  usages?: readonly {
+    amount: number;
+    model?: string;
+    inputTokens?: number;
+    outputTokens?: number;
+    cachedTokens?: number;
+  }[];
+}
+
+const partKey = (feature: string | null, spender: string | null, model: string | null) =>
+  JSON.stringify([feature, spender, model]);
+
+/** Adds a charge of `amount` that named `dims` to a window's `parts` (keyed by combination). */
+export function addLeasePart(parts: Map<string, LeasePart>, amount: number, dims: LeaseChargeDims): void {
+  const feature = dims.feature ?? null;
+  const spender = dims.spender ?? null;
+  const put = (model: string | null, credits: number, requests: number, i = 0, o = 0, c = 0) => {
+    let key = partKey(feature, spender, model);
+    let p = parts.get(key);
+    if (p === undefined) {
+      const full = parts.size >= MAX_LEASE_PARTS + (parts.has("other") ? 1 : 0);
+      if (full) key = "other";
+      p = parts.get(key);
+      if (p === undefined) {
+        p = full
+          ? {
+              feature: null,
+              spender: null,
+              model: null,
+              credits: 0,
+              requests: 0,
+              inputTokens: 0,
+              outputTokens: 0,
+              cachedTokens: 0,
+              other: true,
+            }
+          : { feature, spender, model, credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+        parts.set(key, p);
+      }
+    }
+    p.credits += credits;
+    p.requests += requests;
+    p.inputTokens += i;
+    p.outputTokens += o;
+    p.cachedTokens += c;
+  };
+  const usages = dims.usages ?? [];
+  if (usages.length === 0) {
+    put(null, amount, 1);
+    return;
+  }
+  let sum = 0;
+  usages.forEach((u, n) => {
+    sum += u.amount;
+    put(u.model ?? null, u.amount, n === 0 ? 1 : 0, u.inputTokens ?? 0, u.outputTokens ?? 0, u.cachedTokens ?? 0);
+  });
+  if (sum !== amount) put(null, amount - sum, 0);
+}
+
+/**
+ * A window's parts as its entry keeps them: the named ones, and what the charges that named
+ * nothing used (`used` and `requests` less the named parts'), so they add up to the window.
+ */
+export function leaseWindowParts(parts: Map<string, LeasePart>, used: number, requests: number): LeasePart[] {
+  const out = [...parts.values()];
+  let credits = used;
+  let count = requests;
+  for (const p of out) {
+    credits -= p.credits;
+    count -= p.requests;
+  }
+  if (credits !== 0 || count !== 0) {
+    out.push({
+      feature: null,
+      spender: null,
+      model: null,
+      credits,
+      requests: count,
+      inputTokens: 0,
+      outputTokens: 0,
+      cachedTokens: 0,
+    });
+  }
+  return out;
+}
+
 /** One line of the ledger file about a lease (`eventType: "lease"`). */
 export type LeaseLine =
   | { eventType: "lease"; action: "hold"; userId: string; lease: string; window: number; reservationId: string }

@@ -1,5 +1,6 @@
 import * as z from "zod";
-import { Amount, IdempotencyKey, Metadata, ShortText } from "./common.js";
+import { Amount, FeatureName, IdempotencyKey, Metadata, ShortText } from "./common.js";
+import { SpenderId } from "./limits.js";
 import { MAX_TTL_SECONDS } from "./inputs.js";
 
 /** Options of `credits.leases(options)` (docs/metering.md, "Leases"). */
@@ -28,6 +29,10 @@ export const LeaseChargeOptions = z.strictObject({
   idempotencyKey: IdempotencyKey.optional(),
   /** Exact path only (a leased charge is one line of its window). */
   description: ShortText.optional(),
+  /** What is spent on: the window's entry counts it by feature (docs/usage.md, "Leases"). */
+  feature: FeatureName.optional(),
+  /** Who spends: the window's entry counts it by spender. */
+  spender: SpenderId.optional(),
   metadata: Metadata.optional(),
 });
 export type LeaseChargeOptions = z.input<typeof LeaseChargeOptions>;

@@ -28,7 +28,14 @@ export async function settleLease(
   s: LeaseSettle,
 ): Promise<LeaseSettled> {
   const key = leaseSettleKey(s.lease, s.window);
-  const window = { lease: s.lease, window: s.window, requests: s.requests, total: s.used };
+  const window = {
+    lease: s.lease,
+    window: s.window,
+    requests: s.requests,
+    total: s.used,
+    // By feature, spender and model, when a charge named one (docs/usage.md, "Leases").
+    ...(s.parts === undefined ? {} : { parts: s.parts.map((p) => ({ ...p })) }),
+  };
   const meta: EntryMeta = {
     idempotencyKey: key,
     fingerprint: fingerprint("settleLease", window),

@@ -4,7 +4,17 @@ import type * as Readline from "node:readline";
 import type { Logger } from "../logger.js";
 import { ConfigurationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { addLeaseLine, blockServes, leaseLineOf, type FileWindow, type LeaseSizing } from "../domain/leases.js";
+import {
+  addLeaseLine,
+  addLeasePart,
+  blockServes,
+  leaseLineOf,
+  leaseWindowParts,
+  type FileWindow,
+  type LeaseChargeDims,
+  type LeasePart,
+  type LeaseSizing,
+} from "../domain/leases.js";
 import {
   Amount,
   LeaseChargeOptions,
@@ -16,7 +26,7 @@ import {
 } from "../models/index.js";
 import type { CreditService } from "./credit-service.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
-import type { MeterOptions } from "../models/index.js";
+import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
 import { nodeBuiltin } from "../util/runtime.js";
 
 /** What one `charge()` did. */
@@ -46,6 +56,8 @@ export interface LeaseSettle {
   holdId: string | null;
   used: number;
   requests: number;
+  /** The window's usage by feature, spender and model, when a charge named one (docs/usage.md). */
+  parts?: LeasePart[];
   /** Hold the next block (its sizing and TTL); null: end the lease. */
   roll: { sizing: LeaseSizing; ttlSeconds: number } | null;
 }
@@ -96,6 +108,8 @@ interface UserLease {
    * not free for other charges either. Carried into the next block when the window rolls.
    */
   pending: number;
+  /** The window's usage by feature, spender and model; null until a charge names one. */
+  parts: Map<string, LeasePart> | null;
   /** True while charges may be served from the block (not while it settles, nor after a failed settle). */
   open: boolean;
   /** Opened since the last tick: not idle yet. */
@@ -167,11 +181,10 @@ export class CreditLeases {
    * the exact path refuses it.
    */
   charge(userId: string, amount: number, options?: LeaseChargeOptions): LeaseCharge | Promise<LeaseCharge> {
-    const reason = options === undefined ? undefined : options.reason;
-    if (options === undefined || (reason !== undefined && onlyReason(options))) {
+    if (options === undefined || servedInMemory(options)) {
       const l = this.users.get(userId);
       if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, Date.now()))
-        return this.serve(l, amount, reason);
+        return this.serve(l, amount, options?.reason, "", dimsOf(options));
     }
     return this.slow(userId, amount, options);
   }
@@ -309,13 +322,14 @@ export class CreditLeases {
     amount: number,
     reason: string | undefined,
     extra: string,
+    dims?: LeaseChargeDims,
   ): Promise<boolean> {
     const l = block as UserLease;
     l.pending -= estimate;
     if (amount === 0) return true;
     if (l.settling !== null) await l.settling.catch(() => undefined);
     if (this.users.get(l.userId) !== l || !blockServes(l, amount, Date.now())) return false;
-    this.take(l, amount, reason, extra);
+    this.take(l, amount, reason, extra, dims);
     return true;
   }
 
@@ -365,15 +379,22 @@ export class CreditLeases {
 
   // -----------------------------------------------------------------------------------------------
 
-  private serve(l: UserLease, amount: number, reason: string | undefined, extra = ""): LeaseCharge {
-    this.take(l, amount, reason, extra);
+  private serve(
+    l: UserLease,
+    amount: number,
+    reason: string | undefined,
+    extra = "",
+    dims?: LeaseChargeDims,
+  ): LeaseCharge {
+    this.take(l, amount, reason, extra, dims);
     return { userId: l.userId, amount, via: "lease", entry: null };
   }
 
   /** Takes `amount` from the block: its window's count and total, the ledger line, a settle when it ran out. */
-  private take(l: UserLease, amount: number, reason: string | undefined, extra: string): void {
+  private take(l: UserLease, amount: number, reason: string | undefined, extra: string, dims?: LeaseChargeDims): void {
     l.used += amount;
     l.requests++;
+    if (dims !== undefined) addLeasePart((l.parts ??= new Map()), amount, dims);
     if (this.file !== undefined) {
       let r = "";
       if (reason !== undefined) {
@@ -411,7 +432,7 @@ export class CreditLeases {
         await l.settling.catch(() => undefined);
         continue;
       }
-      if (blockServes(l, n, Date.now())) return this.serve(l, n, o?.reason);
+      if (blockServes(l, n, Date.now())) return this.serve(l, n, o?.reason, "", dimsOf(o));
       if (rolled) return this.exact(user, n, o);
       // Not covered: settle this window and roll the rest into a new block, then try once more.
       rolled = true;
@@ -425,6 +446,8 @@ export class CreditLeases {
     if (o?.description !== undefined) options.description = o.description;
     if (o?.idempotencyKey !== undefined) options.idempotencyKey = o.idempotencyKey;
     if (o?.metadata !== undefined) options.metadata = o.metadata;
+    if (o?.feature !== undefined) options.feature = o.feature;
+    if (o?.spender !== undefined) options.spender = o.spender;
     const entry = await this.deps.credits.deductCredits(userId, amount, options);
     return { userId, amount, via: "exact", entry };
   }
@@ -442,6 +465,7 @@ export class CreditLeases {
       used: 0,
       requests: 0,
       pending: 0,
+      parts: null,
       open: false,
       fresh: true,
       settling: null,
@@ -460,6 +484,7 @@ export class CreditLeases {
       holdId: l.holdId,
       used: l.used,
       requests: l.requests,
+      ...(l.parts === null ? {} : { parts: leaseWindowParts(l.parts, l.used, l.requests) }),
       roll: roll && !this.closed ? { sizing: this.sizing, ttlSeconds: this.ttlSeconds } : null,
     };
     const run = async (): Promise<void> => {
@@ -480,6 +505,7 @@ export class CreditLeases {
         l.serveUntil = r.next.expiresAt - this.margin;
         l.used = 0;
         l.requests = 0;
+        l.parts = null;
         l.open = true;
         this.file?.recordLine(
           `{"eventType":"lease","action":"hold","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"reservationId":${JSON.stringify(r.next.id)}}`,
@@ -541,11 +567,33 @@ export class CreditLeases {
   }
 }
 
-/** True when `options` has only a string `reason` (the fast path's only option). */
-function onlyReason(options: LeaseChargeOptions): boolean {
-  if (typeof options.reason !== "string" || options.reason.length > 1000) return false;
-  for (const k in options) if (k !== "reason") return false;
+/**
+ * True when `options` has only what the fast path takes — a string `reason`, a `feature` and a
+ * `spender` — each valid (anything else goes through `slow`, which validates it).
+ */
+function servedInMemory(options: LeaseChargeOptions): boolean {
+  for (const k in options) {
+    const v = (options as Record<string, unknown>)[k];
+    if (v === undefined) continue;
+    if (
+      k === "reason"
+        ? typeof v !== "string" || v.length > 1000
+        : k === "feature" || k === "spender"
+          ? !isName(k, v)
+          : true
+    )
+      return false;
+  }
   return true;
+}
+
+const isName = (k: "feature" | "spender", v: unknown): boolean =>
+  (k === "feature" ? FeatureName : SpenderId).safeParse(v).success;
+
+/** What a charge's options name for the window's parts (docs/usage.md, "Leases"); undefined: nothing. */
+function dimsOf(o: LeaseChargeOptions | undefined): LeaseChargeDims | undefined {
+  if (o === undefined || (o.feature === undefined && o.spender === undefined)) return undefined;
+  return { feature: o.feature ?? null, spender: o.spender ?? null };
 }
 
 /**
@@ -568,7 +616,8 @@ class LeasedSession extends MeterSession {
     // MeterSession settles once: this runs at most once, and then doRelease never does.
     const usages = this.usages.length > 0 ? `,"usages":${JSON.stringify(this.usages)}` : "";
     const reason = this.meterOptions.reason;
-    if (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages)) {
+    const dims = this.usages.length > 0 ? { usages: this.usages } : undefined;
+    if (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages, dims)) {
       const outcome = this.outcome("committed", amount, null);
       outcome.leased = true;
       return outcome;
