@@ -48,6 +48,12 @@ type Op =
   | { op: "hold"; amount: number; capture: number | null; feature?: string }
   | { op: "meter"; estimate: number; calls: { model: string; input: number; output: number; cached: number }[] }
   | { op: "takeBack"; amount: number; dispute: boolean }
+  | {
+      op: "window";
+      amount: number;
+      requests: number;
+      parts: { model: string | null; feature: string | null; credits: number; requests: number; inputTokens: number }[];
+    }
   | { op: "step"; ms: number };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
@@ -85,6 +91,21 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     ),
   }),
   fc.record({ op: fc.constant("takeBack" as const), amount: fc.integer({ min: 1, max: 30 }), dispute: fc.boolean() }),
+  fc.record({
+    op: fc.constant("window" as const),
+    amount: fc.integer({ min: 1, max: 90 }),
+    requests: fc.integer({ min: 0, max: 30 }),
+    parts: fc.array(
+      fc.record({
+        model: fc.constantFrom("small", "large", null),
+        feature: fc.constantFrom("chat", null),
+        credits: fc.integer({ min: 0, max: 40 }),
+        requests: fc.integer({ min: 0, max: 10 }),
+        inputTokens: fc.integer({ min: 0, max: 500 }),
+      }),
+      { maxLength: 3 },
+    ),
+  }),
   fc.record({ op: fc.constant("step" as const), ms: fc.integer({ min: 1, max: 30 * HOUR }) }),
 );
 
@@ -118,6 +139,22 @@ async function play(m: CreditManager, clock: { now: number }, user: string, ops:
         await s.commit();
         break;
       }
+      case "window":
+        // A lease window's settle as the journal keeps it (docs/usage.md, "Leases"); its parts may
+        // not add up to the entry (a capture cut short): the rest is a part of its own.
+        await m.credits.deductCredits(user, o.amount, {
+          feature: "chat",
+          metadata: {
+            leaseWindow: {
+              lease: `l-${user}`,
+              window: 1,
+              requests: o.requests,
+              total: o.amount,
+              parts: o.parts.map((p) => ({ ...p, spender: null, outputTokens: 1, cachedTokens: 0 })),
+            },
+          },
+        });
+        break;
       case "takeBack":
         // What a payment's reversal writes (docs/promos-and-payments.md): the rule reads its metadata.
         await m.credits.deductCredits(user, o.amount, {
@@ -162,9 +199,13 @@ function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Dat
               : d === "model"
                 ? p.model
                 : d === "feature"
-                  ? (p.feature ?? e.feature ?? null)
+                  ? p.feature !== undefined
+                    ? p.feature
+                    : (e.feature ?? null)
                   : d === "spender"
-                    ? (p.spender ?? e.spender ?? null)
+                    ? p.spender !== undefined
+                      ? p.spender
+                      : (e.spender ?? null)
                     : d === "reason"
                       ? e.description
                       : typeof meta === "string" || typeof meta === "number" || typeof meta === "boolean"

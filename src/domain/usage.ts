@@ -92,7 +92,9 @@ export function usageRequests(e: Pick<JournalEntry, "type" | "metadata" | "reser
  * (`metadata.usages`, docs/llm-metering.md) splits by them: each usage's credits and tokens under
  * its model, the entry's requests with the first; credits the usages do not account for (the
  * entry's amount less theirs, when it differs) form a part with no model. A lease window's entry
- * with a breakdown (`metadata.leaseWindow.parts`, docs/metering.md) splits by its parts.
+ * with a breakdown (`metadata.leaseWindow.parts`, docs/usage.md) splits by its parts, and what
+ * they do not account for (credits or requests) is a part with no dimension. So the parts of an
+ * entry always add up to its amount and its requests.
  */
 export function usageParts(
   e: Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId">,
@@ -113,7 +115,7 @@ export function usageParts(
   const m = e.metadata as Meta;
   const w = m?.leaseWindow as Meta;
   if (w != null && Array.isArray(w.parts)) {
-    return (w.parts as unknown[]).map((p) => {
+    const parts: UsagePart[] = (w.parts as unknown[]).map((p) => {
       const x = (p ?? {}) as Record<string, unknown>;
       return {
         kind,
@@ -127,6 +129,28 @@ export function usageParts(
         cachedTokens: count(x.cachedTokens),
       };
     });
+    // What the parts do not account for (a capture cut by the overdraft limit, the excess of a
+    // window beyond its hold charged in an entry of its own): a part with no dimension.
+    let credits = e.amount;
+    let rest = requests;
+    for (const p of parts) {
+      credits -= p.credits;
+      rest -= p.requests;
+    }
+    if (credits !== 0 || rest !== 0) {
+      parts.push({
+        kind,
+        model: null,
+        feature: null,
+        spender: null,
+        credits,
+        requests: rest,
+        inputTokens: 0,
+        outputTokens: 0,
+        cachedTokens: 0,
+      });
+    }
+    return parts;
   }
   const usages = m?.usages;
   if (!Array.isArray(usages) || usages.length === 0) return [whole()];

@@ -83,6 +83,13 @@ export function usagePipeline(scan: UsageScan): Document[] {
   };
   const usages = { $cond: [{ $isArray: "$metadata.usages" }, "$metadata.usages", []] };
   const usageSum = { $reduce: { input: usages, initialValue: 0, in: { $add: ["$$value", num("$$this.amount")] } } };
+  const leaseSum = (field: string) => ({
+    $reduce: {
+      input: "$metadata.leaseWindow.parts",
+      initialValue: 0,
+      in: { $add: ["$$value", num(`$$this.${field}`)] },
+    },
+  });
   const whole = (credits: unknown, req: unknown) => ({
     model: null,
     feature: null,
@@ -98,21 +105,40 @@ export function usagePipeline(scan: UsageScan): Document[] {
     $cond: [
       "$leased",
       {
-        $map: {
-          input: "$metadata.leaseWindow.parts",
-          as: "p",
-          in: {
-            model: str("$$p.model"),
-            feature: str("$$p.feature"),
-            spender: str("$$p.spender"),
-            own: true,
-            credits: num("$$p.credits"),
-            requests: num("$$p.requests"),
-            input: num("$$p.inputTokens"),
-            output: num("$$p.outputTokens"),
-            cached: num("$$p.cachedTokens"),
+        $concatArrays: [
+          {
+            $map: {
+              input: "$metadata.leaseWindow.parts",
+              as: "p",
+              in: {
+                model: str("$$p.model"),
+                feature: str("$$p.feature"),
+                spender: str("$$p.spender"),
+                own: true,
+                credits: num("$$p.credits"),
+                requests: num("$$p.requests"),
+                input: num("$$p.inputTokens"),
+                output: num("$$p.outputTokens"),
+                cached: num("$$p.cachedTokens"),
+              },
+            },
           },
-        },
+          {
+            $cond: [
+              { $or: [{ $ne: ["$amount", leaseSum("credits")] }, { $ne: ["$requests", leaseSum("requests")] }] },
+              [
+                {
+                  ...whole(
+                    { $subtract: ["$amount", leaseSum("credits")] },
+                    { $subtract: ["$requests", leaseSum("requests")] },
+                  ),
+                  own: true,
+                },
+              ],
+              [],
+            ],
+          },
+        ],
       },
       {
         $cond: [

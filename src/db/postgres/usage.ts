@@ -36,18 +36,18 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
     `CASE WHEN ${e}.kind = 'spend' AND jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'parts') = 'array' THEN ${e}.metadata -> 'leaseWindow' -> 'parts' END`;
   const usages = (e = "e") =>
     `CASE WHEN ${e}.kind = 'spend' AND jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'parts') IS DISTINCT FROM 'array' AND jsonb_typeof(${e}.metadata -> 'usages') = 'array' THEN ${e}.metadata -> 'usages' END`;
-  // usageParts: a lease window's parts; else each recorded usage (the requests with the first) and
-  // what they do not account for; else the entry whole.
+  // usageParts: a lease window's parts, or each recorded usage (the requests with the first);
+  // then what they do not account for (credits or requests), or the entry whole when it has none.
   const parts =
     `SELECT ${str("x.v -> 'model'")} AS model, ${str("x.v -> 'feature'")} AS feature, ${str("x.v -> 'spender'")} AS spender, true AS own, ` +
     `${num("x.v -> 'credits'")} AS credits, ${num("x.v -> 'requests'")} AS requests, ${num("x.v -> 'inputTokens'")} AS input, ` +
     `${num("x.v -> 'outputTokens'")} AS output, ${num("x.v -> 'cachedTokens'")} AS cached ` +
-    `FROM jsonb_array_elements(${leaseParts()}) AS x(v) ` +
+    `FROM jsonb_array_elements(e.leased) AS x(v) ` +
     `UNION ALL SELECT ${str("u.v -> 'model'")}, NULL, NULL, false, ${num("u.v -> 'amount'")}, CASE WHEN u.o = 1 THEN e.requests ELSE 0 END, ` +
     `${num("u.v -> 'inputTokens'")}, ${num("u.v -> 'outputTokens'")}, ${num("u.v -> 'cachedTokens'")} ` +
     `FROM jsonb_array_elements(e.usages) WITH ORDINALITY AS u(v, o) ` +
-    `UNION ALL SELECT NULL, NULL, NULL, false, e.amount - e.priced, CASE WHEN e.usages IS NULL THEN e.requests ELSE 0 END, 0, 0, 0 ` +
-    `WHERE ${leaseParts()} IS NULL AND (e.usages IS NULL OR e.amount <> e.priced)`;
+    `UNION ALL SELECT NULL, NULL, NULL, e.leased IS NOT NULL, e.amount - e.psum, e.requests - e.preq, 0, 0, 0 ` +
+    `WHERE (e.leased IS NULL AND e.usages IS NULL) OR e.amount <> e.psum OR e.requests <> e.preq`;
   const groups: string[] = [];
   const names: string[] = [];
   for (const d of scan.groupBy) {
@@ -86,11 +86,18 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
     `WITH e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
     `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${kind} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
     `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
-    `e AS (SELECT e1.*, ${requests("e1")} AS requests, ${usages("e1")} AS usages, ` +
-    `COALESCE((SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(${usages("e1")}) AS q(v)), 0) AS priced FROM e1) ` +
-    `SELECT * FROM (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, sum(pt.credits) AS credits, sum(pt.requests) AS requests, ` +
-    `sum(pt.input) AS input, sum(pt.output) AS output, sum(pt.cached) AS cached ` +
-    `FROM e CROSS JOIN LATERAL (${parts}) AS pt GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
+    `e2 AS (SELECT e1.*, ${requests("e1")} AS requests, ${leaseParts("e1")} AS leased, ${usages("e1")} AS usages FROM e1), ` +
+    `e AS (SELECT e2.*, COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'credits'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
+    `ELSE (SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(e2.usages) AS q(v)) END, 0) AS psum, ` +
+    `COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'requests'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
+    `WHEN jsonb_array_length(e2.usages) > 0 THEN e2.requests END, 0) AS preq FROM e2), ` +
+    // Each part as a narrow row first (OFFSET 0 keeps it a subquery): whatever the planner picks
+    // to group them, it never sorts the entries' JSON.
+    `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, pt.credits, pt.requests, pt.input, pt.output, pt.cached ` +
+    `FROM e CROSS JOIN LATERAL (${parts}) AS pt OFFSET 0) ` +
+    `SELECT * FROM (SELECT ${["w", "kind", ...names].join(", ")}, sum(credits) AS credits, sum(requests) AS requests, ` +
+    `sum(input) AS input, sum(output) AS output, sum(cached) AS cached ` +
+    `FROM n GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
   return { text, params };
 }
 

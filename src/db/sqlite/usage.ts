@@ -46,8 +46,8 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
     `UNION ALL SELECT ${cols}, ${str("u.value", "$.model")}, NULL, NULL, 0, ${num("u.value", "$.amount")}, CASE WHEN u.key = 0 THEN e.requests ELSE 0 END, ` +
     `${num("u.value", "$.inputTokens")}, ${num("u.value", "$.outputTokens")}, ${num("u.value", "$.cachedTokens")} ` +
     `FROM e, json_each(e.metadata, '$.usages') AS u WHERE e.priced ` +
-    `UNION ALL SELECT ${cols}, NULL, NULL, NULL, 0, e.amount - e.usage_sum, CASE WHEN e.priced THEN 0 ELSE e.requests END, 0, 0, 0 ` +
-    `FROM e WHERE NOT e.leased AND (NOT e.priced OR e.amount <> e.usage_sum)`;
+    `UNION ALL SELECT ${cols}, NULL, NULL, NULL, e.leased, e.amount - e.psum, e.requests - e.preq, 0, 0, 0 ` +
+    `FROM e WHERE (NOT e.leased AND NOT e.priced) OR e.amount <> e.psum OR e.requests <> e.preq`;
   const groups: string[] = [];
   const gParams: unknown[] = [];
   const names: string[] = [];
@@ -92,7 +92,10 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
     `FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
     `e1 AS (SELECT e0.*, win.i AS w FROM e0 JOIN win ON e0.created_at >= win.s AND e0.created_at < win.t WHERE e0.kind IN (${kinds})), ` +
     `e AS (SELECT e1.*, ${requests} AS requests, ${leased("e1")} AS leased, ${priced("e1")} AS priced, ` +
-    `CASE WHEN ${priced("e1")} THEN (SELECT total(${num("q.value", "$.amount")}) FROM json_each(e1.metadata, '$.usages') AS q) ELSE 0 END AS usage_sum FROM e1), ` +
+    `CASE WHEN ${leased("e1")} THEN (SELECT total(${num("q.value", "$.credits")}) FROM json_each(e1.metadata, '$.leaseWindow.parts') AS q) ` +
+    `WHEN ${priced("e1")} THEN (SELECT total(${num("q.value", "$.amount")}) FROM json_each(e1.metadata, '$.usages') AS q) ELSE 0 END AS psum, ` +
+    `CASE WHEN ${leased("e1")} THEN (SELECT total(${num("q.value", "$.requests")}) FROM json_each(e1.metadata, '$.leaseWindow.parts') AS q) ` +
+    `WHEN ${priced("e1")} THEN ${requests} ELSE 0 END AS preq FROM e1), ` +
     `pt AS (${parts}) ` +
     `SELECT * FROM (SELECT ${["pt.w AS w", "pt.kind AS kind", ...groups].join(", ")}, total(pt.credits) AS credits, total(pt.requests) AS requests, ` +
     `total(pt.input) AS input, total(pt.output) AS output, total(pt.cached) AS cached ` +

@@ -1,0 +1,267 @@
+/**
+ * Usage reports (docs/usage.md) on a big journal: one account's month by day by model (target
+ * <= 50 ms on PostgreSQL) and the fleet's top 100 accounts for a month (target <= 1 s), on
+ * PostgreSQL (CREDIT_PG_URL), SQLite, MongoDB (CREDIT_MONGO_URI) and memory.
+ *
+ * The journals are written straight into each store (PostgreSQL: one `INSERT … SELECT` over
+ * `generate_series`; SQLite: a recursive CTE; MongoDB: `insertMany` batches; memory: deductions
+ * through the service), not through units of work — the hash chain is not what is measured. Each
+ * entry is a deduction of 1–20 credits with one LLM usage (one of 5 models, tokens), a feature and
+ * a spender, spread evenly over the last 365 days in time order; the month asked for is the last
+ * whole calendar month (UTC). Sizes: BENCH_USAGE_ENTRIES (PostgreSQL, default 1,000,000),
+ * BENCH_USAGE_ACCOUNTS (default: one per 1,000 entries), BENCH_USAGE_SQLITE (default 1,000,000),
+ * BENCH_USAGE_MONGO (default 200,000), BENCH_USAGE_MEMORY (default 200,000). Alone: `npx tsx
+ * bench/usage.ts`. A PostgreSQL journal is kept in the schema `cm_bench_usage_<entries>` between
+ * runs (BENCH_USAGE_FRESH=1 makes it again).
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { core, mongodb, postgres, sqlite } from "./pkg.js";
+import { type BenchRow, printTable } from "./lib.js";
+
+const DAY = 86_400_000;
+const MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "claude-haiku-4-5", "o3"];
+
+/** The last whole calendar month (UTC) before now. */
+function lastMonth(): { from: Date; to: Date } {
+  const now = new Date();
+  return {
+    from: new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1)),
+    to: new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)),
+  };
+}
+
+interface Usage {
+  getUsage(q: Record<string, unknown>): Promise<{ rows: unknown[] }>;
+}
+
+/** The median time of `times` runs of `fn`, in ms (after one warm-up run). */
+async function median(times: number, fn: () => Promise<unknown>): Promise<number> {
+  await fn();
+  const ms: number[] = [];
+  for (let i = 0; i < times; i++) {
+    const t = process.hrtime.bigint();
+    await fn();
+    ms.push(Number(process.hrtime.bigint() - t) / 1e6);
+  }
+  ms.sort((a, b) => a - b);
+  return ms[Math.floor(ms.length / 2)]!;
+}
+
+/** The two rows of one store. */
+async function measureStore(
+  backend: string,
+  credits: Usage,
+  entries: number,
+  accounts: number,
+  index: string,
+): Promise<BenchRow[]> {
+  const { from, to } = lastMonth();
+  const account = `acct-${Math.floor(accounts / 2)}`;
+  const one = () => credits.getUsage({ account, from, to, interval: "day", groupBy: ["model"] });
+  const top = () =>
+    credits.getUsage({ from, to, interval: null, groupBy: ["account"], kinds: ["spend"], orderBy: "credits", limit: 100 });
+  const oneRows = (await one()).rows.length;
+  const topRows = (await top()).rows.length;
+  const oneMs = await median(15, one);
+  const topMs = await median(3, top);
+  const scale = `${entries.toLocaleString("en-US")} entries, ${accounts.toLocaleString("en-US")} accounts`;
+  return [
+    {
+      backend,
+      scenario: `getUsage: one account's month by day by model (${scale})`,
+      opsPerSec: 1000 / oneMs,
+      target: backend === "postgres" ? "<= 50 ms" : undefined,
+      met: backend === "postgres" ? oneMs <= 50 : undefined,
+      note: `${oneMs.toFixed(1)} ms median, ${oneRows} rows; ${index}`,
+    },
+    {
+      backend,
+      scenario: `getUsage: top 100 accounts for a month (${scale})`,
+      opsPerSec: 1000 / topMs,
+      target: backend === "postgres" ? "<= 1 s" : undefined,
+      met: backend === "postgres" ? topMs <= 1000 : undefined,
+      note: `${topMs.toFixed(0)} ms median, ${topRows} rows; ${index}`,
+    },
+  ];
+}
+
+/** The SQL expression of entry number `i` (0-based, time order) for PostgreSQL and SQLite. */
+const models = (dialect: "pg" | "sqlite", i: string) =>
+  dialect === "pg"
+    ? `(ARRAY['${MODELS.join("','")}'])[(${i} % ${MODELS.length}) + 1]`
+    : `CASE ${i} % ${MODELS.length} ${MODELS.map((m, k) => `WHEN ${k} THEN '${m}'`).join(" ")} END`;
+
+async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
+  const url = process.env.CREDIT_PG_URL;
+  if (!url) return [];
+  const { default: pg } = await import("pg");
+  const { PostgresDbManager } = await postgres();
+  const schema = `cm_bench_usage_${entries}`;
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    if (process.env.BENCH_USAGE_FRESH === "1") await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    const db = new PostgresDbManager({ connectionString: url, schema });
+    await db.init();
+    const t = `"${schema}"."journal_entries"`;
+    const have = Number((await client.query(`SELECT count(*) AS n FROM (SELECT 1 FROM ${t} LIMIT 1) x`)).rows[0].n);
+    let loadNote = "";
+    if (have === 0) {
+      const start = Date.now();
+      const first = Date.now() - 365 * DAY;
+      const step = (365 * DAY) / entries;
+      // Time order is insert order, as a journal grows: what the BRIN index on created_at summarizes.
+      await client.query(
+        `INSERT INTO ${t} (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
+          `SELECT 'e' || i, 'acct-' || (i % ${accounts}), i / ${accounts} + 1, 'deduct', 1 + i % 20, 0, 0, 0, '[]', ` +
+          `jsonb_build_object('usages', jsonb_build_array(jsonb_build_object('amount', 1 + i % 20, 'model', ${models("pg", "i")}, 'inputTokens', 100 + i % 900, 'outputTokens', 10 + i % 90))), ` +
+          `'key-' || (i % 7), CASE WHEN i % 3 = 0 THEN 'chat' ELSE 'search' END, ` +
+          `to_timestamp((${first}::float8 + i * ${step}::float8) / 1000.0), '\\x00'::bytea FROM generate_series(0, ${entries - 1}) AS i`,
+      );
+      await client.query(`VACUUM ANALYZE ${t}`);
+      loadNote = `, loaded in ${((Date.now() - start) / 1000).toFixed(0)} s`;
+    }
+    const credits = new core.CreditService({ db });
+    const rows = await measureStore(
+      "postgres",
+      credits as unknown as Usage,
+      entries,
+      accounts,
+      `one account: the primary key (user_id, seq); the fleet: the BRIN index on created_at${loadNote}`,
+    );
+    await db.close();
+    return rows;
+  } finally {
+    await client.end();
+  }
+}
+
+async function sqliteRows(entries: number, accounts: number): Promise<BenchRow[]> {
+  const { SqliteDbManager } = await sqlite();
+  const { default: Database } = await import("better-sqlite3");
+  const dir = mkdtempSync(join(tmpdir(), "cm-bench-usage-"));
+  try {
+    const file = join(dir, "usage.db");
+    const db = new SqliteDbManager({ filename: file });
+    await db.init();
+    const raw = new Database(file);
+    const first = Date.now() - 365 * DAY;
+    const step = (365 * DAY) / entries;
+    const start = Date.now();
+    raw.exec(
+      `WITH RECURSIVE s(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM s WHERE i < ${entries - 1}) ` +
+        `INSERT INTO journal_entries (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
+        `SELECT 'e' || i, 'acct-' || (i % ${accounts}), i / ${accounts} + 1, 'deduct', 1 + i % 20, 0, 0, 0, '[]', ` +
+        `json_object('usages', json_array(json_object('amount', 1 + i % 20, 'model', ${models("sqlite", "i")}, 'inputTokens', 100 + i % 900, 'outputTokens', 10 + i % 90))), ` +
+        `'key-' || (i % 7), CASE WHEN i % 3 = 0 THEN 'chat' ELSE 'search' END, ` +
+        `strftime('%Y-%m-%dT%H:%M:%fZ', (${first} + i * ${step}) / 1000.0, 'unixepoch'), '00' FROM s`,
+    );
+    raw.exec("ANALYZE");
+    raw.close();
+    const loaded = (Date.now() - start) / 1000;
+    const credits = new core.CreditService({ db });
+    const rows = await measureStore(
+      "sqlite",
+      credits as unknown as Usage,
+      entries,
+      accounts,
+      `one account: the primary key; the fleet: the index on created_at; loaded in ${loaded.toFixed(0)} s`,
+    );
+    await db.close();
+    return rows;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function mongoRows(entries: number, accounts: number): Promise<BenchRow[]> {
+  const uri = process.env.CREDIT_MONGO_URI;
+  if (!uri) return [];
+  const { MongoClient } = await import("mongodb");
+  const { MongoDbManager } = await mongodb();
+  const client = await new MongoClient(uri).connect();
+  const dbName = `cm_bench_usage_${process.pid}`;
+  try {
+    const db = new MongoDbManager({ client, dbName });
+    await db.init();
+    const col = client.db(dbName).collection("credit_journal");
+    const first = Date.now() - 365 * DAY;
+    const step = (365 * DAY) / entries;
+    const start = Date.now();
+    for (let b = 0; b < entries; b += 5000) {
+      const docs = [];
+      for (let i = b; i < Math.min(entries, b + 5000); i++) {
+        const amount = 1 + (i % 20);
+        docs.push({
+          _id: `e${i}`,
+          userId: `acct-${i % accounts}`,
+          seq: Math.floor(i / accounts) + 1,
+          type: "deduct",
+          amount,
+          balanceAfter: 0,
+          reservedAfter: 0,
+          debtAfter: 0,
+          grants: [],
+          metadata: {
+            usages: [{ amount, model: MODELS[i % MODELS.length], inputTokens: 100 + (i % 900), outputTokens: 10 + (i % 90) }],
+          },
+          spender: `key-${i % 7}`,
+          feature: i % 3 === 0 ? "chat" : "search",
+          createdAt: new Date(first + i * step),
+        });
+      }
+      await col.insertMany(docs as never[], { ordered: false });
+    }
+    const loaded = (Date.now() - start) / 1000;
+    const credits = new core.CreditService({ db });
+    return await measureStore(
+      "mongodb",
+      credits as unknown as Usage,
+      entries,
+      accounts,
+      `one account: the (userId, seq) index; the fleet: the createdAt index; loaded in ${loaded.toFixed(0)} s`,
+    );
+  } finally {
+    await client.db(dbName).dropDatabase();
+    await client.close();
+  }
+}
+
+async function memoryRows(entries: number, accounts: number): Promise<BenchRow[]> {
+  const clock = { now: Date.now() - 365 * DAY };
+  const step = (365 * DAY) / entries;
+  const m = await core.createCreditManager({ clock: () => new Date(clock.now) });
+  for (let a = 0; a < accounts; a++) await m.credits.addCredits(`acct-${a}`, 1_000_000_000);
+  for (let i = 0; i < entries; i++) {
+    clock.now += step;
+    const amount = 1 + (i % 20);
+    await m.credits.deductCredits(`acct-${i % accounts}`, amount, {
+      spender: `key-${i % 7}`,
+      feature: i % 3 === 0 ? "chat" : "search",
+      metadata: {
+        usages: [{ amount, model: MODELS[i % MODELS.length]!, inputTokens: 100 + (i % 900), outputTokens: 10 + (i % 90) }],
+      },
+    });
+  }
+  return measureStore("memory", m.credits as unknown as Usage, entries, accounts, "a scan of each account's journal in memory");
+}
+
+export async function run(): Promise<BenchRow[]> {
+  const n = (name: string, d: number) => Number(process.env[name] ?? d);
+  const pgN = n("BENCH_USAGE_ENTRIES", 1_000_000);
+  const perAccount = (e: number) => n("BENCH_USAGE_ACCOUNTS", Math.max(1, Math.round(e / 1000)));
+  const rows: BenchRow[] = [];
+  rows.push(...(await pgRows(pgN, perAccount(pgN))));
+  const sq = n("BENCH_USAGE_SQLITE", 1_000_000);
+  if (sq > 0) rows.push(...(await sqliteRows(sq, perAccount(sq))));
+  const mo = n("BENCH_USAGE_MONGO", 200_000);
+  if (mo > 0) rows.push(...(await mongoRows(mo, perAccount(mo))));
+  const me = n("BENCH_USAGE_MEMORY", 200_000);
+  if (me > 0) rows.push(...(await memoryRows(me, perAccount(me))));
+  return rows;
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) printTable(await run());
