@@ -48,6 +48,12 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
     `FROM jsonb_array_elements(e.usages) WITH ORDINALITY AS u(v, o) ` +
     `UNION ALL SELECT NULL, NULL, NULL, e.leased IS NOT NULL, e.amount - e.psum, e.requests - e.preq, 0, 0, 0 ` +
     `WHERE (e.leased IS NULL AND e.usages IS NULL) OR e.amount <> e.psum OR e.requests <> e.preq`;
+  // A part's own dimensions (model, and a lease part's feature and spender) need the entries split.
+  const split = scan.groupBy.some((d) => d === "model" || d === "feature" || d === "spender");
+  const tokens = (field: string) =>
+    `CASE WHEN e.leased IS NOT NULL THEN COALESCE((SELECT sum(${num(`q.v -> '${field}'`)}) FROM jsonb_array_elements(e.leased) AS q(v)), 0) ` +
+    `WHEN e.usages IS NULL THEN 0 WHEN jsonb_array_length(e.usages) = 1 THEN ${num(`e.usages -> 0 -> '${field}'`)} ` +
+    `ELSE COALESCE((SELECT sum(${num(`q.v -> '${field}'`)}) FROM jsonb_array_elements(e.usages) AS q(v)), 0) END`;
   const groups: string[] = [];
   const names: string[] = [];
   for (const d of scan.groupBy) {
@@ -87,14 +93,21 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
     `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${kind} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
     `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
     `e2 AS (SELECT e1.*, ${requests("e1")} AS requests, ${leaseParts("e1")} AS leased, ${usages("e1")} AS usages FROM e1), ` +
-    `e AS (SELECT e2.*, COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'credits'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
-    `ELSE (SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(e2.usages) AS q(v)) END, 0) AS psum, ` +
-    `COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'requests'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
-    `WHEN jsonb_array_length(e2.usages) > 0 THEN e2.requests END, 0) AS preq FROM e2), ` +
+    (split
+      ? `e AS (SELECT e2.*, COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'credits'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
+        `ELSE (SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(e2.usages) AS q(v)) END, 0) AS psum, ` +
+        `COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'requests'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
+        `WHEN jsonb_array_length(e2.usages) > 0 THEN e2.requests END, 0) AS preq FROM e2), `
+      : "") +
     // Each part as a narrow row first (OFFSET 0 keeps it a subquery): whatever the planner picks
     // to group them, it never sorts the entries' JSON.
-    `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, pt.credits, pt.requests, pt.input, pt.output, pt.cached ` +
-    `FROM e CROSS JOIN LATERAL (${parts}) AS pt OFFSET 0) ` +
+    (split
+      ? `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, pt.credits, pt.requests, pt.input, pt.output, pt.cached ` +
+        `FROM e CROSS JOIN LATERAL (${parts}) AS pt OFFSET 0) `
+      : // No dimension of a part is asked for: an entry's parts add up to its amount and requests,
+        // so each entry is one row; only the tokens are read from its parts.
+        `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, e.amount AS credits, e.requests AS requests, ` +
+        `${tokens("inputTokens")} AS input, ${tokens("outputTokens")} AS output, ${tokens("cachedTokens")} AS cached FROM e2 AS e OFFSET 0) `) +
     `SELECT * FROM (SELECT ${["w", "kind", ...names].join(", ")}, sum(credits) AS credits, sum(requests) AS requests, ` +
     `sum(input) AS input, sum(output) AS output, sum(cached) AS cached ` +
     `FROM n GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
