@@ -16,6 +16,7 @@
  * Credit leases against the exact path (bench/leases.ts; PostgreSQL with CREDIT_PG_URL): BENCH_LEASES=0 skips it.
  * The node metering middleware's glue per request, in process (bench/glue.ts): always.
  * The SQLite store against a raw better-sqlite3 write (bench/sqlite.ts): BENCH_SQLITE=0 skips it.
+ * Usage reports on a big journal (bench/usage.ts; PostgreSQL, SQLite, MongoDB, memory): BENCH_USAGE=0 skips it.
  * Every row measures the built package in dist/ (`npm run bench` builds it first; see bench/pkg.ts),
  * or the sources with BENCH_SOURCE=1.
  */
@@ -113,6 +114,10 @@ for (const [env, file] of [
 // PostgreSQL partitioned by time against unpartitioned (docs/running-for-years.md).
 if (process.env.BENCH_PARTITIONS === "0") notes.push("partitions: skipped (BENCH_PARTITIONS=0)");
 else if (process.env.CREDIT_PG_URL) rows.push(...(await (await import("./partitions.js")).run()));
+
+// Usage reports (docs/usage.md): one account's month by day by model, the fleet's top 100 accounts.
+if (process.env.BENCH_USAGE === "0") notes.push("usage: skipped (BENCH_USAGE=0)");
+else rows.push(...(await (await import("./usage.js")).run()));
 
 // Bytes per journal entry (docs/running-for-years.md).
 if (process.env.BENCH_ROWS === "0") notes.push("rows: skipped (BENCH_ROWS=0)");

@@ -62,7 +62,15 @@ async function measureStore(
   const account = `acct-${Math.floor(accounts / 2)}`;
   const one = () => credits.getUsage({ account, from, to, interval: "day", groupBy: ["model"] });
   const top = () =>
-    credits.getUsage({ from, to, interval: null, groupBy: ["account"], kinds: ["spend"], orderBy: "credits", limit: 100 });
+    credits.getUsage({
+      from,
+      to,
+      interval: null,
+      groupBy: ["account"],
+      kinds: ["spend"],
+      orderBy: "credits",
+      limit: 100,
+    });
   const oneRows = (await one()).rows.length;
   const topRows = (await top()).rows.length;
   const oneMs = await median(15, one);
@@ -206,7 +214,9 @@ async function mongoRows(entries: number, accounts: number): Promise<BenchRow[]>
           debtAfter: 0,
           grants: [],
           metadata: {
-            usages: [{ amount, model: MODELS[i % MODELS.length], inputTokens: 100 + (i % 900), outputTokens: 10 + (i % 90) }],
+            usages: [
+              { amount, model: MODELS[i % MODELS.length], inputTokens: 100 + (i % 900), outputTokens: 10 + (i % 90) },
+            ],
           },
           spender: `key-${i % 7}`,
           feature: i % 3 === 0 ? "chat" : "search",
@@ -242,11 +252,19 @@ async function memoryRows(entries: number, accounts: number): Promise<BenchRow[]
       spender: `key-${i % 7}`,
       feature: i % 3 === 0 ? "chat" : "search",
       metadata: {
-        usages: [{ amount, model: MODELS[i % MODELS.length]!, inputTokens: 100 + (i % 900), outputTokens: 10 + (i % 90) }],
+        usages: [
+          { amount, model: MODELS[i % MODELS.length]!, inputTokens: 100 + (i % 900), outputTokens: 10 + (i % 90) },
+        ],
       },
     });
   }
-  return measureStore("memory", m.credits as unknown as Usage, entries, accounts, "a scan of each account's journal in memory");
+  return measureStore(
+    "memory",
+    m.credits as unknown as Usage,
+    entries,
+    accounts,
+    "a scan of each account's journal in memory",
+  );
 }
 
 export async function run(): Promise<BenchRow[]> {
