@@ -16,9 +16,17 @@ import { createConsoleHandler, toNodeHandler } from "../src/console/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { DbManager } from "../src/db/types.js";
-import { createCreditManager, type CreditManager } from "../src/index.js";
+import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import { StripeProvider } from "../src/payments/stripe.js";
 import type { PaymentProvider } from "../src/payments/types.js";
+import {
+  deliveryUserId,
+  endpointOf,
+  generateWebhookSecret,
+  memoryEndpointStore,
+  webhookQueue,
+  type WebhookEndpointRecord,
+} from "../src/webhooks/index.js";
 
 const CHROMIUM = "/usr/bin/chromium";
 
@@ -580,4 +588,230 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
       }, 60_000);
     });
   }
+});
+
+// reason: needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)
+describe.skipIf(!existsSync(CHROMIUM))("console webhooks page (docs/console.md, Webhooks)", () => {
+  let browser: Browser;
+  let server: Server;
+  let receiverServer: Server;
+  let base: string;
+  let m: CreditManager;
+  let db: InMemoryDbManager;
+  let admin: BrowserContext;
+  let viewer: BrowserContext;
+  /** What the failing endpoint answers (503 with a hostile body, until the test flips it). */
+  let badStatus = 503;
+  const got: { path: string; id: string }[] = [];
+  const problems: string[] = [];
+  const BAD_SECRET = generateWebhookSecret();
+  const GOOD_SECRET = generateWebhookSecret();
+  const store = memoryEndpointStore();
+  let badId = "";
+  let goodId = "";
+
+  beforeAll(async () => {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu"],
+    });
+    receiverServer = createServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        got.push({ path: req.url ?? "", id: String(req.headers["webhook-id"]) });
+        if (req.url?.startsWith("/bad") === true && badStatus !== 204)
+          res.writeHead(badStatus, { "content-type": "text/html" }).end(HOSTILE_TEXT);
+        else res.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((r) => receiverServer.listen(0, "127.0.0.1", r));
+    const port = (receiverServer.address() as { port: number }).port;
+    const record = (id: string, url: string, secret: string, extra: Partial<WebhookEndpointRecord>) => ({
+      id,
+      url,
+      secrets: [secret],
+      types: null,
+      enabled: true,
+      development: true,
+      description: null,
+      createdAt: new Date().toISOString(),
+      disabledReason: null,
+      ...extra,
+    });
+    badId = "we_bad";
+    goodId = "we_good";
+    // A hostile URL and description: stored as text, shown as text.
+    await store.put(
+      record(badId, `http://127.0.0.1:${port}/bad?x="><img src=x onerror="window.__pwned=1">`, BAD_SECRET, {
+        description: HOSTILE_TEXT,
+      }),
+    );
+    await store.put(
+      record(goodId, `http://127.0.0.1:${port}/good`, GOOD_SECRET, { types: ["credits_added", "credits_deducted"] }),
+    );
+    db = new InMemoryDbManager();
+    const queue = webhookQueue({
+      db,
+      endpoints: async () => (await store.list()).map(endpointOf),
+      allowNetworks: ["127.0.0.0/8"],
+      retrySchedule: [], // one attempt, then failed: kept for a manual retry
+      refreshMs: 0,
+      timeoutMs: 2000,
+    });
+    m = await createCreditManager({ db, queue, domainEvents: true });
+    await m.credits.addCredits(HOSTILE_USER, 100, { description: "top up" });
+    await m.credits.deductCredits(HOSTILE_USER, 10);
+    for (let i = 0; i < 20 && got.length < 4; i++) {
+      await m.notifications.dispatchPending({ limit: 100 });
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const handler = createConsoleHandler(m, {
+      webhooks: store,
+      authorize: (req) => {
+        const role = req.headers.get("x-test-role");
+        return role === "admin" || role === "viewer" ? { role, actor: `${role}-bob` } : "deny";
+      },
+    });
+    server = createServer(toNodeHandler(handler));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}/console`;
+    const open = async (role: string) => {
+      const ctx = await browser.newContext({ extraHTTPHeaders: { "x-test-role": role } });
+      ctx.on("page", (p) => {
+        p.on("console", (msg) => {
+          if (msg.type() === "error") problems.push(`console: ${msg.text()}`);
+        });
+        p.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+        p.on("dialog", async (d) => {
+          problems.push(`dialog: ${d.message()}`);
+          await d.dismiss();
+        });
+      });
+      return ctx;
+    };
+    admin = await open("admin");
+    viewer = await open("viewer");
+  }, 60_000);
+  afterAll(async () => {
+    await admin?.close();
+    await viewer?.close();
+    await browser?.close();
+    if (server) await new Promise((r) => server.close(r));
+    if (receiverServer) {
+      receiverServer.closeAllConnections();
+      await new Promise((r) => receiverServer.close(r));
+    }
+    await m?.close();
+  });
+
+  async function visit(p: Page, path: string) {
+    const r = await p.goto(`${base}${path}`);
+    expect(r?.status(), path).toBe(200);
+    expect(await p.evaluate(() => (globalThis as unknown as Win).__pwned)).toBeUndefined();
+    const html = await p.content();
+    expect(html).not.toContain(BAD_SECRET);
+    expect(html).not.toContain(GOOD_SECRET);
+    expect(html).not.toContain("whsec_");
+    expect(html).not.toContain("<script>window.__pwned");
+    expect(html).not.toContain('<img src="x"');
+    if (!(await p.evaluate(() => "axe" in globalThis))) await p.evaluate(axeSource);
+    const serious = await p.evaluate(async () => {
+      const r = await (globalThis as unknown as Win).axe.run({ resultTypes: ["violations"] });
+      return r.violations
+        .filter((v) => v.impact === "serious" || v.impact === "critical")
+        .map((v) => `${v.id} (${v.nodes.length})`);
+    });
+    expect(serious, `axe on ${path}`).toEqual([]);
+    return html;
+  }
+
+  it("lists the endpoints (URL, state, event filter; never a secret), hostile values as text", async () => {
+    const p = await viewer.newPage();
+    await visit(p, "/");
+    expect(await p.locator("header nav a[href$='/webhooks']").count()).toBe(1);
+    await visit(p, "/webhooks");
+    const rows = p.locator("main table tbody tr");
+    expect(await rows.count()).toBe(2);
+    const bad = (await rows.nth(0).textContent()) ?? "";
+    expect(bad).toContain(`/bad?x="><img src=x onerror="window.__pwned=1">`);
+    expect(bad).toContain("enabled");
+    expect(bad).toContain("all events");
+    expect(bad).toContain(HOSTILE_TEXT);
+    expect(await rows.nth(1).textContent()).toContain("credits_added, credits_deducted");
+    expect(problems).toEqual([]);
+    await p.close();
+  }, 60_000);
+
+  it("shows an endpoint's last deliveries with status, attempts and the receiver's status code", async () => {
+    const p = await viewer.newPage();
+    await visit(p, `/webhooks/${badId}`);
+    const failed = p.locator("main table").first().locator("tbody tr");
+    expect(await failed.count()).toBe(2); // credits_added and credits_deducted, each failed after 1 attempt
+    const text = (await failed.first().textContent()) ?? "";
+    expect(text).toContain("failed");
+    expect(text).toContain("503");
+    expect(text).toContain(HOSTILE_TEXT); // the receiver's body in the last error, as text
+    expect(await failed.first().locator("td.num").textContent()).toBe("1");
+    expect(await p.locator("form[action$='/actions/webhook-retry']").count()).toBe(0); // a viewer has no actions
+    await visit(p, `/webhooks/${goodId}?user=${encodeURIComponent(HOSTILE_USER)}`);
+    const sent = p.locator("main table").first().locator("tbody tr");
+    expect(await sent.count()).toBe(2);
+    expect(await sent.first().textContent()).toContain("sent");
+    expect(await sent.first().textContent()).toContain("2xx");
+    expect((await p.locator("h1 .mono").textContent()) ?? "").toBe(goodId);
+    expect(await p.locator("input[name=user]").inputValue()).toBe(HOSTILE_USER);
+    expect(problems).toEqual([]);
+    const missing = await p.goto(`${base}/webhooks/we_none`);
+    expect(missing?.status()).toBe(404);
+    problems.splice(0); // the 404 just asked for
+    await p.close();
+  }, 60_000);
+
+  it("retries a failed delivery once per form, through retryFailedWebhooks: same webhook-id, delivered", async () => {
+    const p = await admin.newPage();
+    await visit(p, `/webhooks/${badId}`);
+    const firstFailed = got.filter((g) => g.path.startsWith("/bad"));
+    expect(firstFailed).toHaveLength(2);
+    await p.locator("form[action$='/actions/webhook-retry']").first().locator("button").click();
+    await p.waitForSelector("#confirm");
+    expect(await p.locator("h1").textContent()).toBe("Confirm");
+    // A double click: the confirmed form sent twice at once, then the button: still one delivery.
+    const statuses = await p.evaluate(async () => {
+      const w = globalThis as unknown as Win;
+      const f = w.document.querySelector("main form") as FormLike;
+      const body = new URLSearchParams([...new w.FormData(f)]);
+      const send = () => w.fetch(f.action, { method: "POST", body, redirect: "manual" }).then((r) => r.status);
+      return Promise.all([send(), send()]);
+    });
+    expect(statuses).toEqual([0, 0]);
+    await p.click("#confirm");
+    await p.waitForSelector(".notice");
+    const owner = deliveryUserId(badId, HOSTILE_USER);
+    const pending = await db.listNotifications(owner, { status: "pending", limit: 100 });
+    expect(pending).toHaveLength(1);
+    const retried = (await db.listLedgerEntries({ userId: HOSTILE_USER, eventType: "system", limit: 10 })).filter(
+      (e) => e.message === "console: webhook delivery retried",
+    );
+    expect(retried).toHaveLength(1);
+    expect(retried[0]?.details).toMatchObject({ endpointId: badId, actor: "admin-bob" });
+    // The pending retry is listed, then delivered with the webhook-id of the failed attempt.
+    await visit(p, `/webhooks/${badId}`);
+    expect(await p.locator("main table").nth(1).locator("tbody tr").count()).toBe(1);
+    badStatus = 204;
+    const eventId = (pending[0]?.payload as { event: { id: string } }).event.id;
+    await m.notifications.dispatchPending({ limit: 100 });
+    const again = got.filter((g) => g.path.startsWith("/bad")).slice(2);
+    expect(again.map((g) => g.id)).toEqual([eventId]);
+    expect(firstFailed.map((g) => g.id)).toContain(eventId);
+    expect(await db.listNotifications(owner, { status: "pending", limit: 100 })).toHaveLength(0);
+    expect(problems).toEqual([]);
+    await p.close();
+  }, 60_000);
+
+  it("has no Webhooks page without the endpoint store", async () => {
+    const handler = createConsoleHandler(m, { authorize: () => ({ role: "admin", actor: "x" }) });
+    const r = await handler(new Request("http://h/console/webhooks"));
+    expect(r.status).toBe(404);
+    expect(await (await handler(new Request("http://h/console/"))).text()).not.toContain("/webhooks");
+  });
 });

@@ -30,7 +30,7 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
     };
     const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
     const user = cli(["keys", "create", "--role", "user:bob"], env).stdout.trim();
-    const s = await startServe(env, ["--worker"]);
+    const s = await startServe(env, ["--worker", "--console"]);
     try {
       expect((await call(s, "GET", "/admin/webhooks")).status).toBe(401);
       expect((await call(s, "GET", "/admin/webhooks", user)).status).toBe(403);
@@ -69,6 +69,15 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
       expect(event).toMatchObject({ type: "credits_added", userId: "bob" });
       const deliveries = await call(s, "GET", `/admin/webhooks/${endpoint.id}/deliveries?userId=bob`, admin);
       expect(deliveries.body).toMatchObject({ deliveries: [{ type: "credits_added", status: "sent", attempts: 1 }] });
+      // The console's Webhooks page (docs/console.md, "Webhooks"): the same endpoint and delivery, no secret.
+      const page = await fetch(`${s.base}/console/webhooks/${endpoint.id}?user=bob`, {
+        headers: { authorization: `Bearer ${admin}` },
+      });
+      expect(page.status).toBe(200);
+      const text = await page.text();
+      expect(text).toContain(url);
+      expect(text).toMatch(/<td class="short">sent<\/td>/);
+      expect(text).not.toContain(secret);
 
       expect((await call(s, "PATCH", `/admin/webhooks/${endpoint.id}`, admin, { enabled: false })).body).toMatchObject({
         enabled: false,

@@ -12,6 +12,10 @@ const ACTIONS = {
   refund: { fields: ["payment", "amount"], ask: "Record a refund of this payment? Its credits are taken back." },
   retry: { fields: ["notification"], ask: "Queue this failed notification for delivery again?" },
   audit: { fields: [], ask: "Run a full audit of this account (replays its whole journal)?" },
+  "webhook-retry": {
+    fields: ["endpoint", "event"],
+    ask: "Deliver this failed webhook again (a new delivery, the same webhook-id)?",
+  },
 } as const;
 
 export type ActionName = keyof typeof ACTIONS;
@@ -105,7 +109,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
   let noticeCode: string =
     name === "grant"
       ? "granted"
-      : `${name === "void" ? "voided" : name === "release" ? "released" : name === "refund" ? "refunded" : name === "retry" ? "retried" : "audited"}`;
+      : `${name === "void" ? "voided" : name === "release" ? "released" : name === "refund" ? "refunded" : name === "retry" ? "retried" : name === "webhook-retry" ? "webhook-retried" : "audited"}`;
   switch (name) {
     case "grant": {
       const amount = wholeNumber(field(form, "amount"), "amount");
@@ -178,6 +182,28 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       if (inserted === 0) noticeCode = "duplicate";
       else await ledger.logSystem("console: notification retried", { notificationId: id, ...by }, { userId: user });
       back = `/outbox${query({ user })}`;
+      break;
+    }
+    case "webhook-retry": {
+      // The same path as `credit-management webhooks retry` and POST /admin/webhooks/:id/retry,
+      // keyed by the form so a double submit writes one delivery (docs/console.md, "Webhooks").
+      const endpointId = field(form, "endpoint");
+      const eventId = field(form, "event");
+      const endpoint = ctx.webhooks === undefined ? null : await ctx.webhooks.get(endpointId);
+      if (endpoint === null) throw new NotFoundError(`No webhook endpoint ${endpointId}.`, { endpointId });
+      if (eventId === "") throw new ValidationError("Invalid form: no event", [{ path: "event", message: "missing" }]);
+      const { retryFailedWebhooks } = await import("../webhooks/queue.js");
+      const written = await retryFailedWebhooks(db, endpoint.id, user, eventId, { retryKey: key });
+      if (written === 0) {
+        // Nothing failed for this event any more, or this form was sent before.
+        noticeCode = "duplicate";
+      } else
+        await ledger.logSystem(
+          "console: webhook delivery retried",
+          { endpointId: endpoint.id, eventId, ...by },
+          { userId: user },
+        );
+      back = `/webhooks/${enc(endpoint.id)}${query({ user })}`;
       break;
     }
     case "audit": {

@@ -1,4 +1,5 @@
 import type { CreditManager } from "../manager.js";
+import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { html, raw, type Html } from "./html.js";
 import { signToken } from "./security.js";
 
@@ -21,6 +22,8 @@ export interface Ctx {
   csrf: string;
   secret: Uint8Array;
   title: string;
+  /** The webhook endpoints, when the handler was given them (the Webhooks pages). */
+  webhooks?: WebhookEndpointStore;
 }
 
 /** A page's answer: HTML inside the layout, or a ready Response. */
@@ -56,7 +59,11 @@ export function layout(ctx: Ctx, title: string, body: Html): string {
         <a class="skip" href="#main">Skip to content</a>
         <header>
           <a class="brand" href="${b}/">${ctx.title}</a>
-          <nav aria-label="Sections">${NAV.map(([path, label]) => html`<a href="${b}${path}">${label}</a>`)}</nav>
+          <nav aria-label="Sections">
+            ${[...NAV, ...(ctx.webhooks === undefined ? [] : [["/webhooks", "Webhooks"] as const])].map(
+              ([path, label]) => html`<a href="${b}${path}">${label}</a>`,
+            )}
+          </nav>
           <span class="who">${ctx.actor} (${ctx.role})</span>
         </header>
         <main id="main">${body}</main>
@@ -74,6 +81,7 @@ export const NOTICES: Record<string, string> = {
   released: "Hold released.",
   refunded: "Refund recorded.",
   retried: "Notification queued again.",
+  "webhook-retried": "Delivery queued again: the worker sends it with the same webhook-id.",
   audited: "Audit run: see its verdict below.",
   duplicate: "Already done (the same form was sent before): nothing changed.",
 };

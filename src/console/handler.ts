@@ -16,6 +16,8 @@ import {
   subscriptionsPage,
   usagePage,
 } from "./pages.js";
+import { webhookPage, webhooksPage } from "./webhooks.js";
+import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { checkSigned, crossSite, CSRF_COOKIE, newToken, readCookie, SECURITY_HEADERS } from "./security.js";
 
 export type { ConsoleAccess, ConsoleRole } from "./context.js";
@@ -36,6 +38,13 @@ export interface ConsoleHandlerOptions {
   csrfSecret?: string | Uint8Array;
   /** The name in the header and the titles. Default "Credits console". */
   title?: string;
+  /**
+   * The webhook endpoints (`credit-management/webhooks`: the store `credit-management webhooks`
+   * and `serve` keep them in, e.g. `sqliteEndpointStore`). Given, the console gets a Webhooks page:
+   * the endpoints without their secrets, their last deliveries, and a retry of a failed one
+   * (docs/console.md, "Webhooks"). The handler reads it, never closes it.
+   */
+  webhooks?: WebhookEndpointStore;
   /** Called with unexpected errors (answered with a bare 500 page): log them. */
   onError?: (error: unknown, request: Request) => void;
 }
@@ -58,6 +67,8 @@ const PAGES: [RegExp, Route][] = [
   [/^\/outbox$/, outboxPage],
   [/^\/jobs$/, jobsPage],
   [/^\/usage$/, usagePage],
+  [/^\/webhooks$/, webhooksPage],
+  [/^\/webhooks\/([^/]+)$/, webhookPage],
 ];
 
 function page(status: number, body: string, headers: Record<string, string> = {}): Response {
@@ -131,7 +142,19 @@ export function createConsoleHandler(manager: CreditManager, options: ConsoleHan
         headers["set-cookie"] =
           `${CSRF_COOKIE}=${csrf}; Path=${base === "" ? "/" : base}; HttpOnly; SameSite=Strict${secure}`;
       }
-      const ctx: Ctx = { manager, request, url, base, role, actor, now: new Date(), csrf, secret, title };
+      const ctx: Ctx = {
+        manager,
+        request,
+        url,
+        base,
+        role,
+        actor,
+        now: new Date(),
+        csrf,
+        secret,
+        title,
+        ...(options.webhooks === undefined ? {} : { webhooks: options.webhooks }),
+      };
       let result: PageResult | null = null;
       if (method === "POST" && rest.startsWith("/actions/")) {
         const name = rest.slice("/actions/".length);

@@ -5,6 +5,7 @@ import { crossSite, readCookie, SECURITY_HEADERS } from "../console/security.js"
 import type { Authenticator } from "./auth.js";
 import { keyIdOf } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
+import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 
 /**
  * The operator console inside `serve` (docs/service.md, "The console"): `createConsoleHandler`
@@ -25,6 +26,8 @@ const MAX_LOGIN_FORM = 16_384;
 const AUDIENCE = "credit-management:console-session";
 
 export interface ConsoleAppOptions {
+  /** The webhook endpoints (`CREDIT_WEBHOOKS=on`): the console's Webhooks page. */
+  webhooks?: WebhookEndpointStore;
   /** The clock (tests). */
   now?: () => number;
   /** A session's lifetime in ms. Default `SESSION_TTL_MS`. */
@@ -118,6 +121,7 @@ export async function consoleApp(
     ...(s.CREDIT_CONSOLE_SECRET === undefined ? {} : { csrfSecret: s.CREDIT_CONSOLE_SECRET }),
     title: "Credits console",
     onError,
+    ...(options.webhooks === undefined ? {} : { webhooks: options.webhooks }),
     authorize: (request) => {
       const actor = admins.get(request);
       return actor === undefined ? "deny" : { role: "admin", actor };

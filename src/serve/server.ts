@@ -547,7 +547,11 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     const auth = await createAuthenticator(s, keys, s.CREDIT_KEY_CACHE_MS);
     const onConsoleError = (error: unknown, request: Request) =>
       logger.error({ err: error, path: new URL(request.url).pathname }, "console request failed");
-    const routes = s.CREDIT_CONSOLE ? await consoleApp(manager, s, auth, CONSOLE_PREFIX, onConsoleError) : null;
+    const routes = s.CREDIT_CONSOLE
+      ? await consoleApp(manager, s, auth, CONSOLE_PREFIX, onConsoleError, {
+          ...(webhooks === undefined ? {} : { webhooks: webhooks.store }),
+        })
+      : null;
     const app = serveApp(manager, s, auth, logger, metrics, routes, webhooks?.routes ?? null);
     const server = createServer({ requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, app.listener);
     // Longer than the idle time-out of common load balancers (60 s): they close first, never mid-request.

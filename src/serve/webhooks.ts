@@ -1,7 +1,7 @@
 import type { Logger } from "../logger.js";
 import type { DbManager } from "../db/types.js";
 import { allowedNetworks, openEndpointStore } from "../cli/webhooks.js";
-import { endpointOf } from "../webhooks/endpoint-store.js";
+import { endpointOf, type WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";
 import type { Env, ServeSettings } from "./settings.js";
 import type { RouteDefinition } from "../http/router.js";
@@ -17,7 +17,7 @@ export async function serveWebhooks(
   s: ServeSettings,
   env: Env,
   logger: Logger,
-): Promise<{ routes: RouteDefinition[]; queue: WebhookQueue; close(): Promise<void> }> {
+): Promise<{ routes: RouteDefinition[]; queue: WebhookQueue; store: WebhookEndpointStore; close(): Promise<void> }> {
   const store = await openEndpointStore(s.store);
   await store.init();
   const allowNetworks = allowedNetworks(env);
@@ -34,6 +34,7 @@ export async function serveWebhooks(
   return {
     routes: webhookRoutes(store, db, { allowNetworks }),
     queue,
+    store,
     async close() {
       await queue.close();
       await store.close();

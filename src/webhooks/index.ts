@@ -7,6 +7,7 @@ export {
   deliveryUserId,
   sendTestWebhook,
   retryFailedWebhooks,
+  type RetryOptions,
   type TestOptions,
   type WebhookQueueOptions,
 } from "./queue.js";

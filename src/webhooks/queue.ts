@@ -399,17 +399,27 @@ export async function sendTestWebhook(
   }
 }
 
+export interface RetryOptions {
+  /**
+   * Makes the retry idempotent: a second call with the same key writes nothing for the deliveries
+   * it already wrote (the console's form key). Default: a fresh key per call.
+   */
+  retryKey?: string;
+}
+
 /**
  * A manual retry (`credit-management webhooks retry`): each failed delivery of `userId`'s events
  * to `endpointId` (or only that of `eventId`) is written again as a new pending delivery row with
  * the same event (same `webhook-id`), delivered on a fresh schedule after the account's pending
- * ones; the failed row stays as it was. Resolves to the rows written.
+ * ones; the failed row stays as it was. Resolves to the rows written (0 when `options.retryKey`
+ * was used before for them).
  */
 export async function retryFailedWebhooks(
   db: NotificationStore,
   endpointId: string,
   userId: string,
   eventId?: string,
+  options: RetryOptions = {},
 ): Promise<number> {
   const owner = deliveryUserId(endpointId, userId);
   const failed = (await db.listNotifications(owner, { status: "failed", limit: 1000 })).filter(
@@ -422,7 +432,7 @@ export async function retryFailedWebhooks(
       r.type,
       r.payload,
       now,
-      `${(r.payload as unknown as DeliveryPayload).event.id}:retry:${notificationId(now)}`,
+      `${(r.payload as unknown as DeliveryPayload).event.id}:retry:${options.retryKey ?? notificationId(now)}`,
       r.version,
     ),
   );
