@@ -2,6 +2,7 @@ import type { CreditManager } from "../manager.js";
 import { ConfigurationError } from "../errors.js";
 import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
+import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
@@ -42,6 +43,13 @@ export interface CreditHandlerOptions {
    * Cancelling is always allowed on one's own subscription; resuming follows this rule.
    */
   selfServiceSubscriptions?: SelfServiceSubscriptions;
+  /**
+   * What callers may do with their own auto top-up rule (admins: any account's, under the admin
+   * base path). `"none"` (default): read it; `"limits"`: change the amounts and disable it, never
+   * the card charged; `"all"`: set the whole rule, the saved payment method included — only when
+   * your authentication ties the provider's customer to the caller. docs/http.md, "Auto top-up".
+   */
+  selfServiceAutoTopUp?: SelfServiceAutoTopUp;
   /**
    * Your own routes, matched beside the built-in ones (credits, plans and subscriptions, promos,
    * payments and webhooks are always there: adding one of those again is a `ConfigurationError`).
@@ -177,6 +185,13 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
   }
   const planRoutes =
     (manager as Partial<CreditManager>).subscriptions === undefined ? [] : subscriptionRoutes(selfService);
+  const selfTopUp = options.selfServiceAutoTopUp ?? "none";
+  if (!["none", "limits", "all"].includes(selfTopUp)) {
+    throw new ConfigurationError(
+      '[credit-management] [http] `selfServiceAutoTopUp` must be "none", "limits" or "all".',
+    );
+  }
+  const topUpRoutes = (manager as Partial<CreditManager>).payments === undefined ? [] : autoTopUpRoutes(selfTopUp);
   const webhookBase = options.webhookBasePath ?? "/webhooks";
   if (webhookBase !== false && (typeof webhookBase !== "string" || !/^\/[A-Za-z0-9._~/-]*$/.test(webhookBase))) {
     throw new ConfigurationError(
@@ -191,7 +206,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
         ? []
         : [{ ...def, path: `${webhookRoot}/:provider` }],
   );
-  const builtIn = [...creditRoutes, ...planRoutes, ...promoRoutes, ...payRoutes];
+  const builtIn = [...creditRoutes, ...planRoutes, ...promoRoutes, ...payRoutes, ...topUpRoutes];
   const ids = new Set(builtIn.map((def) => def.operationId));
   for (const def of options.routes ?? []) {
     if (ids.has(def.operationId)) {

@@ -35,4 +35,5 @@ export {
 export { creditRoutes } from "./credit-routes.js";
 export { paymentRoutes, promoRoutes } from "./billing-routes.js";
 export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
+export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
 export { addLlmUsage, currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";

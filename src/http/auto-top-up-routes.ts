@@ -1,0 +1,166 @@
+import * as z from "zod";
+import { Amount, AutoTopUpInput, AutoTopUpState, UserId, parse, type AutoTopUpRule } from "../models/index.js";
+import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+
+/**
+ * What callers may do with their own auto top-up rule (docs/http.md, "Auto top-up"):
+ * - `"none"` (default): read it only; an admin (or your billing, through the library) sets it;
+ * - `"limits"`: change the amounts of a rule an admin set — `below`, `amount` or `toBalance`,
+ *   `minAmount`, `maxAmount`, `maxPerMonth`, `maxFailures` — and disable or enable it; never its
+ *   provider, customer, payment method or currency (the card that is charged);
+ * - `"all"`: set the whole rule, the saved payment method included — only where your
+ *   authentication ties the provider's customer to the caller (a caller naming another customer's
+ *   card would be charging it).
+ */
+export type SelfServiceAutoTopUp = "none" | "limits" | "all";
+
+const tags = ["auto-top-up"];
+const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
+
+/** `PUT /credits/auto-top-up` under `"limits"`: the amounts only (null clears an optional one). */
+export const AutoTopUpLimitsBody = z.strictObject({
+  below: Amount.optional(),
+  amount: Amount.optional(),
+  toBalance: Amount.optional(),
+  minAmount: Amount.nullable().optional(),
+  maxAmount: Amount.nullable().optional(),
+  maxPerMonth: z.number().int().min(1).max(10_000).nullable().optional(),
+  maxFailures: z.number().int().min(1).max(100).optional(),
+});
+export type AutoTopUpLimitsBody = z.infer<typeof AutoTopUpLimitsBody>;
+
+export const AutoTopUpAnswer = z.object({ autoTopUp: AutoTopUpState.nullable() });
+
+/** The stored rule as `setAutoTopUp` takes it. */
+function inputOf(rule: AutoTopUpRule): AutoTopUpInput {
+  return {
+    below: rule.below,
+    ...(rule.amount === null ? {} : { amount: rule.amount }),
+    ...(rule.toBalance === null ? {} : { toBalance: rule.toBalance }),
+    provider: rule.provider,
+    customer: rule.customer,
+    paymentMethod: rule.paymentMethod,
+    currency: rule.currency,
+    ...(rule.minAmount === null ? {} : { minAmount: rule.minAmount }),
+    ...(rule.maxAmount === null ? {} : { maxAmount: rule.maxAmount }),
+    ...(rule.maxPerMonth === null ? {} : { maxPerMonth: rule.maxPerMonth }),
+    maxFailures: rule.maxFailures,
+  };
+}
+
+/** The rule with the caller's amounts: `amount` replaces `toBalance` and the other way round. */
+function merged(rule: AutoTopUpRule, b: AutoTopUpLimitsBody): AutoTopUpInput {
+  const base = inputOf(rule);
+  const out: Record<string, unknown> = { ...base };
+  if (b.amount !== undefined) delete out.toBalance;
+  if (b.toBalance !== undefined) delete out.amount;
+  for (const [k, v] of Object.entries(b)) {
+    if (v === undefined) continue;
+    if (v === null) delete out[k];
+    else out[k] = v;
+  }
+  return out as AutoTopUpInput;
+}
+
+/**
+ * Auto top-up routes (docs/http.md, "Auto top-up"; the rule: docs/promos-and-payments.md, "Auto
+ * top-up"). Admins: read, set and disable any account's rule under `/users/:userId/auto-top-up`.
+ * Callers: read their own at `/auto-top-up`; change or disable it as `selfService` allows (403
+ * otherwise). Each attempt is a payment (`metadata.autoTopUp: true`) in the payment history.
+ */
+export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): RouteDefinition[] {
+  const refuse = (what: string) => {
+    throw new HttpError(403, "FORBIDDEN", `${what}: only an admin (or your billing) can do it here.`);
+  };
+  const userParam = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
+  return [
+    {
+      method: "GET",
+      base: "user",
+      path: "/auto-top-up",
+      access: "user",
+      operationId: "getAutoTopUp",
+      summary: "The caller's auto top-up rule and its state (null when none)",
+      tags,
+      response: AutoTopUpAnswer,
+      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.getAutoTopUp(self(ctx)) }),
+    },
+    {
+      method: "PUT",
+      base: "user",
+      path: "/auto-top-up",
+      access: "user",
+      operationId: "setAutoTopUp",
+      summary:
+        selfService === "all"
+          ? "Sets the caller's auto top-up rule (and enables it)"
+          : "Changes the amounts of the caller's auto top-up rule (and enables it), when the service allows it",
+      tags,
+      body: selfService === "all" ? AutoTopUpInput : AutoTopUpLimitsBody,
+      response: AutoTopUpAnswer,
+      errors: [403, 404],
+      handle: async (ctx) => {
+        const user = self(ctx);
+        if (selfService === "none") return refuse("Changing the auto top-up rule");
+        if (selfService === "all")
+          return { autoTopUp: await ctx.manager.payments.setAutoTopUp(user, await ctx.body<AutoTopUpInput>()) };
+        const current = await ctx.manager.payments.getAutoTopUp(user);
+        if (current === null)
+          throw new HttpError(404, "NOT_FOUND", "No auto top-up is set up for this account: an admin sets it first.");
+        const b = await ctx.body<AutoTopUpLimitsBody>();
+        return { autoTopUp: await ctx.manager.payments.setAutoTopUp(user, merged(current.rule, b)) };
+      },
+    },
+    {
+      method: "POST",
+      base: "user",
+      path: "/auto-top-up/disable",
+      access: "user",
+      operationId: "disableAutoTopUp",
+      summary: "Disables the caller's auto top-up (kept; a top-up in flight completes), when the service allows it",
+      tags,
+      response: AutoTopUpAnswer,
+      errors: [403],
+      handle: async (ctx) => {
+        if (selfService === "none") return refuse("Disabling the auto top-up");
+        return { autoTopUp: await ctx.manager.payments.disableAutoTopUp(self(ctx)) };
+      },
+    },
+    {
+      method: "GET",
+      base: "admin",
+      path: "/users/:userId/auto-top-up",
+      access: "admin",
+      operationId: "adminGetAutoTopUp",
+      summary: "A user's auto top-up rule and its state (null when none)",
+      tags: ["admin", ...tags],
+      response: AutoTopUpAnswer,
+      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.getAutoTopUp(userParam(ctx)) }),
+    },
+    {
+      method: "PUT",
+      base: "admin",
+      path: "/users/:userId/auto-top-up",
+      access: "admin",
+      operationId: "adminSetAutoTopUp",
+      summary: "Sets (or replaces) a user's auto top-up rule and enables it",
+      tags: ["admin", ...tags],
+      body: AutoTopUpInput,
+      response: AutoTopUpAnswer,
+      handle: async (ctx) => ({
+        autoTopUp: await ctx.manager.payments.setAutoTopUp(userParam(ctx), await ctx.body<AutoTopUpInput>()),
+      }),
+    },
+    {
+      method: "POST",
+      base: "admin",
+      path: "/users/:userId/auto-top-up/disable",
+      access: "admin",
+      operationId: "adminDisableAutoTopUp",
+      summary: "Disables a user's auto top-up (kept; a top-up in flight completes)",
+      tags: ["admin", ...tags],
+      response: AutoTopUpAnswer,
+      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.disableAutoTopUp(userParam(ctx)) }),
+    },
+  ];
+}

@@ -1,0 +1,187 @@
+/**
+ * The auto top-up routes (docs/http.md, "Who may set an auto top-up"): an admin sets any account's
+ * rule; a caller reads their own and changes it only as `selfServiceAutoTopUp` allows; each attempt
+ * shows in the payment history with its amounts, status and the provider's id.
+ */
+import { describe, expect, it } from "vitest";
+import { ConfigurationError, createCreditManager, type CreditManager } from "../../src/index.js";
+import { createCreditHandler, type Identity, type SelfServiceAutoTopUp } from "../../src/http/index.js";
+import type { OffSessionChargeRequest, PaymentProvider } from "../../src/payments/types.js";
+
+const authenticate = (request: Request): Identity | null => {
+  const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
+  if (!token) return null;
+  return token.startsWith("admin:") ? { userId: token, admin: true } : { userId: token };
+};
+
+const charged: OffSessionChargeRequest[] = [];
+/** A provider that charges saved cards at once (no network). */
+const cardPay: PaymentProvider = {
+  name: "cardpay",
+  createCheckout: async (r) => ({ providerRef: `ref-${r.paymentId}`, url: `https://pay.example/${r.paymentId}` }),
+  verifyWebhook() {},
+  parseEvent: () => null as never,
+  chargeSaved: async (r) => {
+    charged.push(r);
+    return { status: "succeeded", providerPaymentId: `pi_${charged.length}` };
+  },
+};
+
+const RULE = {
+  below: 100,
+  amount: 500,
+  provider: "cardpay",
+  customer: "cus_alice",
+  paymentMethod: "pm_alice",
+  currency: "USD",
+  maxPerMonth: 5,
+};
+
+async function setup(selfServiceAutoTopUp?: SelfServiceAutoTopUp) {
+  const m: CreditManager = await createCreditManager({
+    payments: { providers: [cardPay], creditsPerUnit: { USD: 1 } },
+  });
+  const handler = createCreditHandler(m, {
+    authenticate,
+    ...(selfServiceAutoTopUp === undefined ? {} : { selfServiceAutoTopUp }),
+  });
+  const call = async (method: string, path: string, who: string, body?: unknown) => {
+    const r = await handler(
+      new Request(`http://h${path}`, {
+        method,
+        headers: { authorization: `Bearer ${who}`, "content-type": "application/json" },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      }),
+    );
+    return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+  };
+  return { m, handler, call };
+}
+
+type State = { autoTopUp: { enabled: boolean; rule: Record<string, unknown>; disabledReason: string | null } | null };
+
+describe("HTTP: auto top-up", () => {
+  it("an admin sets, reads and disables any account's rule; bad input is a 400 that changes nothing", async () => {
+    const { m, call } = await setup();
+    try {
+      expect((await call("GET", "/admin/credits/users/alice/auto-top-up", "admin:ops")).body).toEqual({
+        autoTopUp: null,
+      });
+      const set = await call("PUT", "/admin/credits/users/alice/auto-top-up", "admin:ops", RULE);
+      expect(set.status, JSON.stringify(set.body)).toBe(200);
+      expect((set.body as State).autoTopUp).toMatchObject({ enabled: true, rule: { below: 100, amount: 500 } });
+      const bad = await call("PUT", "/admin/credits/users/alice/auto-top-up", "admin:ops", {
+        ...RULE,
+        toBalance: 1000,
+      });
+      expect(bad.status).toBe(400);
+      expect(JSON.stringify(bad.body)).toContain("exactly one of amount and toBalance");
+      expect((await m.payments.getAutoTopUp("alice"))?.rule.amount).toBe(500);
+      const off = await call("POST", "/admin/credits/users/alice/auto-top-up/disable", "admin:ops");
+      expect((off.body as State).autoTopUp).toMatchObject({ enabled: false, disabledReason: "disabled" });
+      // A user cannot reach the admin routes.
+      expect((await call("PUT", "/admin/credits/users/alice/auto-top-up", "alice", RULE)).status).toBe(403);
+    } finally {
+      await m.close();
+    }
+  });
+
+  it('by default ("none") a caller reads their own rule and may not change or disable it', async () => {
+    const { m, call } = await setup();
+    try {
+      await m.payments.setAutoTopUp("alice", RULE);
+      const own = await call("GET", "/credits/auto-top-up", "alice");
+      expect((own.body as State).autoTopUp?.rule).toMatchObject({ customer: "cus_alice" });
+      expect((await call("GET", "/credits/auto-top-up", "bob")).body).toEqual({ autoTopUp: null });
+      expect((await call("PUT", "/credits/auto-top-up", "alice", { below: 50 })).status).toBe(403);
+      expect((await call("POST", "/credits/auto-top-up/disable", "alice")).status).toBe(403);
+      expect(await m.payments.getAutoTopUp("alice")).toMatchObject({ enabled: true, rule: { below: 100 } });
+    } finally {
+      await m.close();
+    }
+  });
+
+  it('"limits": a caller changes the amounts of the rule an admin set, never the card; and disables it', async () => {
+    const { m, call } = await setup("limits");
+    try {
+      expect((await call("PUT", "/credits/auto-top-up", "alice", { below: 50 })).status).toBe(404);
+      await m.payments.setAutoTopUp("alice", RULE);
+      const changed = await call("PUT", "/credits/auto-top-up", "alice", {
+        below: 50,
+        toBalance: 800,
+        maxPerMonth: null,
+      });
+      expect(changed.status, JSON.stringify(changed.body)).toBe(200);
+      expect((changed.body as State).autoTopUp?.rule).toMatchObject({
+        below: 50,
+        amount: null,
+        toBalance: 800,
+        maxPerMonth: null,
+        customer: "cus_alice",
+        paymentMethod: "pm_alice",
+      });
+      // The card is not the caller's to choose under "limits": an unknown key is a 400.
+      const card = await call("PUT", "/credits/auto-top-up", "alice", { paymentMethod: "pm_mallory" });
+      expect(card.status).toBe(400);
+      expect((await m.payments.getAutoTopUp("alice"))?.rule.paymentMethod).toBe("pm_alice");
+      const off = await call("POST", "/credits/auto-top-up/disable", "alice");
+      expect((off.body as State).autoTopUp?.enabled).toBe(false);
+    } finally {
+      await m.close();
+    }
+  });
+
+  it('"all": a caller sets the whole rule', async () => {
+    const { m, call } = await setup("all");
+    try {
+      const set = await call("PUT", "/credits/auto-top-up", "carol", { ...RULE, customer: "cus_carol" });
+      expect(set.status, JSON.stringify(set.body)).toBe(200);
+      expect((await m.payments.getAutoTopUp("carol"))?.rule.customer).toBe("cus_carol");
+    } finally {
+      await m.close();
+    }
+  });
+
+  it("each attempt is in the payment history: requested, then credited with the provider's id and amounts", async () => {
+    const { m, call } = await setup();
+    try {
+      await m.credits.addCredits("dave", 150);
+      await call("PUT", "/admin/credits/users/dave/auto-top-up", "admin:ops", RULE);
+      await m.credits.deductCredits("dave", 60); // 150 → 90: below 100
+      const asked = await call("GET", "/credits/payments/history", "dave");
+      // Requested: the outbox row asks; the worker has not charged yet.
+      const state = (await call("GET", "/credits/auto-top-up", "dave")).body as { autoTopUp: { pending: unknown } };
+      expect(state.autoTopUp.pending).not.toBeNull();
+      expect((asked.body as { items: unknown[] }).items).toHaveLength(0);
+      await m.notifications.dispatchPending({ limit: 10 });
+      const history = await call("GET", "/credits/payments/history", "dave");
+      expect((history.body as { items: unknown[] }).items).toEqual([
+        expect.objectContaining({
+          provider: "cardpay",
+          amount: 500,
+          currency: "USD",
+          credits: 500,
+          status: "paid",
+          providerPaymentId: "pi_1",
+          metadata: { autoTopUp: true },
+        }),
+      ]);
+      const admin = await call("GET", "/admin/credits/users/dave/payments", "admin:ops");
+      expect((admin.body as { items: unknown[] }).items).toHaveLength(1);
+      expect((await m.credits.getUserCreditsInfo("dave")).balance).toBe(590);
+    } finally {
+      await m.close();
+    }
+  });
+
+  it("refuses an unknown selfServiceAutoTopUp", async () => {
+    const m = await createCreditManager();
+    try {
+      expect(() => createCreditHandler(m, { authenticate, selfServiceAutoTopUp: "some" as never })).toThrow(
+        ConfigurationError,
+      );
+    } finally {
+      await m.close();
+    }
+  });
+});
