@@ -220,3 +220,65 @@ describe("createConsoleHandler", () => {
     expect((await js.text()).length).toBe(UPLOT_JS.length);
   });
 });
+
+describe("the account page's auto top-up (docs/console.md, Pages)", () => {
+  it("shows the rule and each attempt (requested, charged and credited, failed) with amounts and provider ids", async () => {
+    let answer: "succeeded" | "declined" = "succeeded";
+    let n = 0;
+    const m = await createCreditManager({
+      payments: {
+        providers: [
+          {
+            name: "cardpay",
+            createCheckout: async (r) => ({ providerRef: `ref-${r.paymentId}`, url: "https://pay.example/x" }),
+            verifyWebhook() {},
+            parseEvent: () => null as never,
+            chargeSaved: async () => {
+              n++;
+              return answer === "succeeded"
+                ? { status: "succeeded", providerPaymentId: `pi_ok_${n}` }
+                : { status: "declined", providerPaymentId: `pi_no_${n}`, code: "card_declined", message: "no" };
+            },
+          },
+        ],
+        creditsPerUnit: { USD: 1 },
+      },
+    });
+    try {
+      const hostile = `cus_<script>alert(1)</script>`;
+      await m.credits.addCredits("erin", 150);
+      await m.payments.setAutoTopUp("erin", {
+        below: 100,
+        amount: 500,
+        provider: "cardpay",
+        customer: hostile,
+        paymentMethod: "pm_1",
+        currency: "USD",
+      });
+      const h = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "v" }) });
+      const page = async () => (await h(new Request("http://x/console/accounts/erin"))).text();
+      await m.credits.deductCredits("erin", 60); // below 100: requested
+      let text = await page();
+      expect(text).toContain('id="auto-top-up-rule"');
+      expect(text).toContain("a spend takes available credits below 100");
+      expect(text).toContain("500 USD each time");
+      expect(text).not.toContain("<script>alert(1)");
+      expect(text).toContain("cus_&lt;script&gt;");
+      expect(text).toMatch(/In flight<\/dt>\s*<dd>\s*<span class="mono">/);
+      await m.notifications.dispatchPending({ limit: 10 }); // charged and credited
+      answer = "declined";
+      await m.credits.deductCredits("erin", 500); // 590 → 90: a second attempt, declined
+      await m.notifications.dispatchPending({ limit: 10 });
+      text = await page();
+      const attempts = text.slice(text.indexOf('id="auto-top-up-attempts"'));
+      expect(attempts).toContain("charged and credited");
+      expect(attempts).toContain("pi_ok_1");
+      expect(attempts).toContain("failed");
+      expect(attempts).toContain("pi_no_2");
+      expect(attempts).toContain("500 USD");
+      expect(text).toContain("card_declined");
+    } finally {
+      await m.close();
+    }
+  });
+});

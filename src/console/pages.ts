@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { compareGrants } from "../domain/order.js";
 import { hashEntry } from "../domain/hash.js";
 import {
+  type AutoTopUpState,
   EntryType,
   type Grant,
   type JournalEntry,
@@ -225,6 +226,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     db.listPromoClaims(userId),
     db.listNotifications(userId, { limit: 10 }),
   ]);
+  const topUps = account.autoTopUp === undefined || account.autoTopUp === null ? [] : await topUpAttempts(ctx, userId);
   const entries = page.slice(0, PAGE);
   const last = entries[entries.length - 1];
   const filters = { type: undefined, from: sp.get("from") ?? undefined, to: sp.get("to") ?? undefined };
@@ -371,7 +373,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       ]),
       empty: "No entry.",
     })}
-    ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)}
+    ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)} ${autoTopUpSection(ctx, account.autoTopUp ?? null, topUps)}
     <h2>Payments</h2>
     ${paymentTable(ctx, payments)}
     <p><a href="${ctx.base}/payments${query(u)}">All payments of this account</a></p>
@@ -418,6 +420,87 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
     })),
     none: "No open grant.",
   });
+}
+
+/** The account's auto top-up attempts: its payments marked `autoTopUp`, among the newest 200. */
+async function topUpAttempts(ctx: Ctx, userId: string): Promise<Payment[]> {
+  const rows = await ctx.manager.db.listPayments(userId, { limit: 200 });
+  return rows.filter((p) => (p.metadata as { autoTopUp?: unknown } | null)?.autoTopUp === true).slice(0, 20);
+}
+
+/** Where an attempt stands, in the words of docs/promos-and-payments.md ("Auto top-up"). */
+function attemptState(p: Payment): string {
+  if (p.status === "failed") return "failed";
+  if (p.status === "created") return p.providerRef === null ? "requested" : "charged, waiting for the provider";
+  if (p.status === "paid" || p.status === "partially_refunded" || p.status === "refunded")
+    return p.status === "paid" ? "charged and credited" : `credited, then ${p.status.replace("_", " ")}`;
+  return p.status;
+}
+
+/**
+ * The account's auto top-up (docs/console.md, "Pages"): the rule, its state (enabled, the attempt
+ * in flight, failures, the provider's last code) and the attempts with amounts and provider ids.
+ */
+function autoTopUpSection(ctx: Ctx, s: AutoTopUpState | null, attempts: readonly Payment[]): Html {
+  if (s === null) return raw("");
+  const r = s.rule;
+  const charge =
+    r.amount !== null
+      ? `${amount(r.amount)} ${r.currency} each time`
+      : `up to a balance of ${amount(r.toBalance ?? 0)} credits`;
+  const caps = [
+    r.minAmount === null ? null : `at least ${amount(r.minAmount)} ${r.currency}`,
+    r.maxAmount === null ? null : `at most ${amount(r.maxAmount)} ${r.currency}`,
+    r.maxPerMonth === null ? null : `${r.maxPerMonth} a month (${s.monthCount} in ${s.month ?? "this month"})`,
+    `disabled after ${r.maxFailures} declines in a row`,
+  ].filter((c): c is string => c !== null);
+  return html`<h2 id="auto-top-up">Auto top-up</h2>
+    <dl class="meta" id="auto-top-up-rule">
+      <dt>State</dt>
+      <dd>${s.enabled ? "enabled" : `disabled (${s.disabledReason ?? "by hand"})`}</dd>
+      <dt>When</dt>
+      <dd>a spend takes available credits below ${amount(r.below)}</dd>
+      <dt>Charge</dt>
+      <dd>${charge}</dd>
+      <dt>Card</dt>
+      <dd><code>${r.provider}</code> customer <code>${r.customer}</code>, method <code>${r.paymentMethod}</code></dd>
+      <dt>Limits</dt>
+      <dd>${caps.join("; ")}</dd>
+      <dt>In flight</dt>
+      <dd>
+        ${
+          s.pending === null
+            ? "none"
+            : html`<span class="mono">${shortId(s.pending.id)}</span>, asked for at
+                ${when(new Date(s.pending.requestedAt))} (available ${amount(s.pending.available)})`
+        }
+      </dd>
+      <dt>Declines in a row</dt>
+      <dd>${s.failures}${s.lastError === null ? "" : html` (last: <code>${s.lastError}</code>)`}</dd>
+    </dl>
+    ${table({
+      id: "auto-top-up-attempts",
+      caption: "Auto top-up attempts",
+      columns: [
+        { label: "Attempt", short: true },
+        { label: "State", short: true },
+        { label: "Amount", num: true },
+        { label: "Credits", num: true },
+        "Provider ids",
+        { label: "Asked for", short: true },
+        { label: "Last change", short: true },
+      ],
+      rows: attempts.map((p) => [
+        { cell: shortId(p.id), cls: "mono" },
+        attemptState(p),
+        `${amount(p.amount)} ${p.currency}`,
+        amount(p.credits),
+        html`${p.providerPaymentId ?? p.providerRef ?? "—"}`,
+        when(p.createdAt),
+        when(p.updatedAt),
+      ]),
+      none: "No attempt yet.",
+    })}`;
 }
 
 function paymentTable(ctx: Ctx, payments: readonly Payment[]): Html {
