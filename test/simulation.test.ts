@@ -29,7 +29,7 @@ describe("deterministic simulation", () => {
     `${seeds} seed(s) from ${first}, ${steps} steps each: the model, audit() and the store agree`,
     async () => {
       const started = Date.now();
-      const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0 };
+      const totals = { requests: 0, commits: 0, storeCalls: 0, inDoubt: 0, charged: 0, credited: 0 };
       const outcomes: Record<string, number> = {};
       for (let seed = first; seed < first + seeds; seed++) {
         const r = await runSimulation({ seed, steps, setIdSource });
@@ -38,6 +38,8 @@ describe("deterministic simulation", () => {
         totals.commits += r.commits;
         totals.storeCalls += r.storeCalls;
         totals.inDoubt += r.inDoubt;
+        totals.charged += r.topUps.charged;
+        totals.credited += r.topUps.credited;
         for (const [k, n] of Object.entries(r.outcomes)) outcomes[k] = (outcomes[k] ?? 0) + n;
       }
       console.log(
@@ -77,7 +79,10 @@ describe("deterministic simulation", () => {
           "pay",
           "paid",
           "refund",
+          "dispatch",
         );
+        // Auto top-ups were charged and credited (each successful charge exactly once: checked in the run).
+        expect(totals.credited).toBeGreaterThan(0);
         for (const kind of kinds) {
           expect(outcomes[`${kind} ok`] ?? 0, `${kind} never succeeded`).toBeGreaterThan(0);
         }
@@ -109,6 +114,23 @@ describe("deterministic simulation", () => {
     console.log(failures.map((f) => f.message.split("\n")[0]).join("\n"));
     const f = failures[0] as SimulationFailure;
     expect(f.message).toContain(`replay: SIM_SEED=${f.seed} SIM_STEPS=40 npx vitest run test/simulation.test.ts`);
+  });
+
+  it("catches an auto top-up charged without its idempotency key: a successful charge never credited", async () => {
+    // The planted bug: the provider adapter forgets the idempotency key, so the worker's retry after
+    // a charge whose answer was lost charges again. The same seeds pass with the key (the first test).
+    let failure: unknown;
+    for (let seed = 1; seed <= 30 && failure === undefined; seed++) {
+      try {
+        await runSimulation({ seed, steps: 60, setIdSource, plantedBug: "charge-without-key" });
+      } catch (error) {
+        failure = error;
+      }
+    }
+    expect(failure).toBeInstanceOf(SimulationFailure);
+    const message = (failure as SimulationFailure).message;
+    expect(message).toMatch(/charged 2 times|succeeded and was never credited/);
+    console.log(message.split("\n")[0]);
   });
 
   it("catches a store that loses commits it answered as done, and prints the replay command", async () => {

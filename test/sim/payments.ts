@@ -1,6 +1,7 @@
 import type { CreditModel } from "../../src/testing/model.js";
 import type { Payment } from "../../src/models/index.js";
 import type { PaymentEvent, PaymentProvider } from "../../src/payments/types.js";
+import { PaymentProviderError } from "../../src/errors.js";
 import { findGrant } from "./model.js";
 
 /**
@@ -84,6 +85,28 @@ export class PaymentsModel {
     });
   }
 
+  /** An auto top-up's payment, recorded by the worker (an earlier try's insert is found again). */
+  insertedTopUp(p: Payment): void {
+    const credits = Math.floor((p.amount * RATE_PER_100) / 100);
+    if (p.credits !== credits)
+      this.fail(`auto top-up ${p.id}: ${p.amount} buying ${p.credits} credits, not ${credits}`);
+    if (this.payments.has(p.id)) return;
+    this.topUps.add(p.id);
+    this.payments.set(p.id, {
+      id: p.id,
+      userId: p.userId,
+      amount: p.amount,
+      credits,
+      credited: false,
+      grantId: null,
+      refunded: 0,
+      reversed: 0,
+    });
+  }
+
+  /** Payments that are auto top-ups. */
+  readonly topUps = new Set<string>();
+
   private get(update: Payment | undefined, where: string): ModelPayment {
     if (update === undefined) this.fail(`${where}: no payment update in the unit of work`);
     return this.payments.get(update.id) ?? this.fail(`${where}: payment ${update.id} unknown to the model`);
@@ -128,5 +151,66 @@ export class PaymentsModel {
         `${where}: payment saved with refundedAmount ${update.refundedAmount}, creditsReversed ${update.creditsReversed}; the model ${p.refunded}, ${p.reversed}`,
       );
     }
+  }
+}
+
+/**
+ * The card network behind auto top-up in the simulation (docs/promos-and-payments.md, "Auto
+ * top-up"): `chargeSaved` of the provider `card`. Each new idempotency key is charged with an
+ * outcome the seed picks — succeeded, declined, a transient error before the charge, or charged
+ * with the answer lost (the caller sees an error, the money moved) — and a repeated key gets the
+ * first outcome back, as Stripe keeps it. `bank.charges` is what the provider holds: the
+ * simulation checks that every successful charge is credited exactly once, and nothing is credited
+ * that was not charged. With `forgetKey` (a planted bug: an adapter that does not send the
+ * idempotency key) every call is a new charge.
+ */
+export interface Charge {
+  id: string;
+  paymentId: string;
+  amount: number;
+  succeeded: boolean;
+}
+
+export class SimBank {
+  readonly charges: Charge[] = [];
+  private readonly byKey = new Map<string, Charge>();
+
+  constructor(
+    private readonly pick: () => "succeeded" | "declined" | "transient" | "lost",
+    private readonly forgetKey: boolean,
+  ) {}
+
+  readonly provider: PaymentProvider = {
+    name: "card",
+    createCheckout: async (r) => ({ providerRef: `card-${r.paymentId}`, url: `https://pay.invalid/${r.paymentId}` }),
+    verifyWebhook() {},
+    parseEvent: (raw) => JSON.parse(Buffer.from(raw).toString("utf8")) as PaymentEvent,
+    chargeSaved: async (r) => {
+      const known = this.forgetKey ? undefined : this.byKey.get(r.idempotencyKey);
+      if (known !== undefined) {
+        return known.succeeded
+          ? { status: "succeeded", providerPaymentId: known.id }
+          : { status: "declined", providerPaymentId: known.id, code: "card_declined", message: "declined" };
+      }
+      const outcome = this.pick();
+      if (outcome === "transient") throw new PaymentProviderError("card network: 503", { provider: "card" });
+      const charge: Charge = {
+        id: `ch-${this.charges.length + 1}`,
+        paymentId: r.paymentId,
+        amount: r.amount,
+        succeeded: outcome !== "declined",
+      };
+      this.charges.push(charge);
+      this.byKey.set(r.idempotencyKey, charge);
+      if (outcome === "lost") throw new PaymentProviderError("card network: time-out", { provider: "card" });
+      return charge.succeeded
+        ? { status: "succeeded", providerPaymentId: charge.id }
+        : { status: "declined", providerPaymentId: charge.id, code: "card_declined", message: "declined" };
+    },
+  };
+
+  /** The succeeded charges of `paymentId`. */
+  succeeded(paymentId: string): Charge[] {
+    return this.charges.filter((c) => c.paymentId === paymentId && c.succeeded);
   }
 }

@@ -10,7 +10,7 @@ import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants,
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
 import { ProcessCache, SimStore, type StoreEvent } from "./store.js";
-import { PaymentsModel, simProvider, webhook } from "./payments.js";
+import { PaymentsModel, SimBank, simProvider, webhook } from "./payments.js";
 import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
 
 interface PromoSpec {
@@ -48,7 +48,8 @@ export type Spec =
   | { kind: "claim"; user: string; code: string }
   | { kind: "pay"; user: string; amount: number }
   | { kind: "paid"; user: string; payment: string }
-  | { kind: "refund"; user: string; payment: string; total: number };
+  | { kind: "refund"; user: string; payment: string; total: number }
+  | { kind: "dispatch" };
 
 export interface SimOptions {
   seed: number;
@@ -67,7 +68,7 @@ export interface SimOptions {
    * of work that started from its state cache and saves nothing (a refusal, a settle with nothing
    * to do, a job's account without work) without checking its copy is still the store's state.
    */
-  plantedBug?: "lost-commit" | "stale-cache";
+  plantedBug?: "lost-commit" | "stale-cache" | "charge-without-key";
 }
 
 export interface SimResult {
@@ -80,6 +81,8 @@ export interface SimResult {
   inDoubt: number;
   /** Answers by request kind and outcome ("deduct ok", "claim PromoNotEligibleError", …). */
   outcomes: Record<string, number>;
+  /** Auto top-ups: successful charges at the provider, and top-ups credited. */
+  topUps: { charged: number; credited: number };
   /** A digest of everything that happened: the same seed gives the same digest. */
   digest: string;
 }
@@ -174,6 +177,25 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     throw new SimulationFailure(seed, step, what, replay, trace);
   };
 
+  // Auto top-up: the card network behind it, each new charge's outcome from the seed.
+  const bank = new SimBank(
+    () =>
+      rng.weighted<"succeeded" | "declined" | "transient" | "lost">([
+        [6, "succeeded"],
+        [2, "declined"],
+        [1, "transient"],
+        [2, "lost"],
+      ]),
+    options.plantedBug === "charge-without-key",
+  );
+  const payConfig = {
+    providers: [simProvider, bank.provider],
+    creditsPerUnit: { USD: 0.29 },
+    checkoutWaitMs: 0,
+    checkoutStaleSeconds: 0,
+  };
+  // The outbox is dispatched (the worker's part: it charges each auto top-up) to a queue that takes all.
+  const queue = { publish: async () => undefined };
   // A process: its own manager over its own view of the store, with its own state cache.
   const newManager = () =>
     createCreditManager({
@@ -183,7 +205,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       // Checkpoints inside the units of work: the model sees them and both audits must agree.
       checkpointEvery: 7,
       // No waiting on real timers for a concurrent checkout: the simulation has no timers to run.
-      payments: { providers: [simProvider], creditsPerUnit: { USD: 0.29 }, checkoutWaitMs: 0, checkoutStaleSeconds: 0 },
+      payments: payConfig,
+      queue,
+      notifications: { backoffBaseMs: 1000, backoffMaxMs: 60_000 },
     });
   // Two to four processes serving requests; one that dies is replaced by a fresh one (cache empty).
   const managers: CreditManager[] = [];
@@ -192,12 +216,48 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   const checker = new CreditService({ db: inner, clock: () => new Date(clock.now) });
 
   // Plans are there before the run (written straight to the store).
-  const admin = await createCreditManager({ db: inner, clock: () => new Date(clock.now), init: false });
+  const admin = await createCreditManager({
+    db: inner,
+    clock: () => new Date(clock.now),
+    init: false,
+    payments: payConfig,
+  });
   for (const [id, credits] of Object.entries(PLANS)) {
     await admin.subscriptions.createPlan({ id, name: id, creditsPerPeriod: credits, billingPeriod: "daily" });
   }
   const subs = new SubscriptionsModel(fail);
   const payments = new PaymentsModel(fail);
+  // Some users recharge themselves (set before the run, straight in the store).
+  for (const user of users) {
+    if (!rng.chance(0.6)) continue;
+    await admin.payments.setAutoTopUp(user, {
+      below: rng.range(10, 80),
+      amount: rng.range(50, 400),
+      provider: "card",
+      customer: `cus-${user}`,
+      paymentMethod: `pm-${user}`,
+      currency: "USD",
+      maxFailures: 3,
+    });
+  }
+  /**
+   * Every successful charge is credited exactly once, and nothing is credited that was not charged
+   * (docs/promos-and-payments.md, "Auto top-up"): a credited top-up has one successful charge; with
+   * `settled` (nothing in flight any more) each successful charge's payment is credited.
+   */
+  const checkCharges = (settled: boolean) => {
+    for (const id of payments.topUps) {
+      const p = payments.payments.get(id);
+      const ok = bank.succeeded(id);
+      if (p?.credited === true && ok.length !== 1)
+        fail(`auto top-up ${id} credited ${p.credits} credits with ${ok.length} successful charges at the provider`);
+      if (ok.length > 1) fail(`auto top-up ${id} charged ${ok.length} times: ${ok.map((c) => c.id).join(", ")}`);
+    }
+    if (settled)
+      for (const c of bank.charges)
+        if (c.succeeded && payments.payments.get(c.paymentId)?.credited !== true)
+          fail(`charge ${c.id} of ${c.paymentId} succeeded and was never credited`);
+  };
   for (const [code, p] of Object.entries(PROMOS)) {
     await admin.promos.createPromo({
       code,
@@ -318,6 +378,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       subs.carry(([...keys][0] as string).slice("cm:".length), m, e.changes.entries, e.changes.insertGrants);
     } else if (keys.size > 0) {
       fail(`${where}: entries with keys ${[...keys].join(", ")} the model does not expect`);
+    } else if (op?.spec.kind === "dispatch" && e.changes.entries.length === 0) {
+      // The auto top-up's state only (asked, declined, settled): like setThreshold, it settles nothing.
     } else if (op?.spec.kind === "expireJob") {
       settleGrants(m);
     } else {
@@ -362,6 +424,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
             `  ${e.method} ${w.userId} v${w.version} by #${op?.id ?? "-"}: ${w.planId} ${w.status} ${w.currentPeriodStart.toISOString()}..${w.currentPeriodEnd.toISOString()} intent ${w.intent?.key ?? "none"} next ${w.nextRunAt?.toISOString() ?? "-"}`,
           );
         if (e.method === "insertPayment") {
+          const inserted = e.args[0] as Payment;
+          if ((inserted.metadata as { autoTopUp?: unknown } | null)?.autoTopUp === true) {
+            if (op?.spec.kind !== "dispatch") return fail(`auto top-up ${inserted.id} recorded outside the worker`);
+            payments.insertedTopUp(inserted);
+            continue;
+          }
           const spec = op?.spec;
           if (spec?.kind !== "pay") return fail(`payment inserted outside a payment request`);
           payments.inserted(e.args[0] as Payment, spec.user, spec.amount);
@@ -441,6 +509,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return manager.payments.handleWebhook("sim", webhook("paid", spec.payment, null), {});
       case "refund":
         return manager.payments.handleWebhook("sim", webhook("refund", spec.payment, spec.total), {});
+      case "dispatch":
+        return manager.notifications.dispatchPending({ limit: 20 });
     }
   };
 
@@ -470,6 +540,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       [2, "pay"],
       [2, "paid"],
       [2, "refund"],
+      [2, "dispatch"],
     ]);
     const amount = rng.range(1, 60);
     switch (kind) {
@@ -526,9 +597,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return { kind, user, code: rng.pick(Object.keys(PROMOS)) };
       case "pay":
         return { kind, user, amount: rng.range(4, 400) };
+      case "dispatch":
+        return { kind };
       case "paid":
       case "refund": {
-        const mine = payments.of(user);
+        // An auto top-up's webhook comes only once it was charged (payment_intent.succeeded); refunds: checkouts only.
+        const mine = payments
+          .of(user)
+          .filter((p) => !payments.topUps.has(p.id) || (kind === "paid" && bank.succeeded(p.id).length > 0));
         if (mine.length === 0) return { kind: "pay", user, amount: rng.range(4, 400) };
         const p = rng.pick(mine);
         if (kind === "paid") return { kind, user, payment: p.id };
@@ -794,6 +870,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     }
     await runBatch(batch, true);
     await check();
+    checkCharges(false);
     const tick = rng.weighted<number>([
       [4, 0],
       [3, rng.range(1, 120)],
@@ -828,7 +905,29 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   };
   ops.set(job.id, job);
   await runBatch([job], false);
+  // The worker, without faults, until no auto top-up is in flight (past each retry's backoff).
+  for (let round = 0; ; round++) {
+    const flying = [];
+    for (const user of users) if ((await inner.getAccount(user))?.autoTopUp?.pending) flying.push(user);
+    if (flying.length === 0) break;
+    if (round > 30) fail(`auto top-ups of ${flying.join(", ")} still in flight after 30 rounds of the worker`);
+    clock.now += 120_000;
+    model.now = clock.now;
+    const op: Op = {
+      id: nextOp++,
+      spec: { kind: "dispatch" },
+      key: null,
+      attempts: 0,
+      commits: 0,
+      accept: new Set<string>(),
+      periodDue: false,
+      state: "new",
+    };
+    ops.set(op.id, op);
+    await runBatch([op], false);
+  }
   await check();
+  checkCharges(true);
   for (const [key, w] of subs.owed)
     if (!w.done) fail(`the account work of subscription ${w.subscriptionId} under ${key} was never carried out`);
   for (const m of managers) await m.close();
@@ -841,6 +940,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     storeCalls: scheduler.answered,
     inDoubt,
     outcomes,
+    topUps: {
+      charged: bank.charges.filter((c) => c.succeeded).length,
+      credited: [...payments.topUps].filter((id) => payments.payments.get(id)?.credited === true).length,
+    },
     digest: digest.digest("hex"),
   };
 }
