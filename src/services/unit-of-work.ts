@@ -227,8 +227,10 @@ class UnitRun<T> {
     if (extra !== undefined) Object.assign(changes, extra);
     if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
     // Auto top-up (docs/promos-and-payments.md): the spend that crosses `below` asks for one, in
-    // this unit of work, whether or not notifications are on.
-    if (changes.account.autoTopUp != null) {
+    // this unit of work, whether or not notifications are on. A unit that records a payment's
+    // change never does: taking back a refund's (or lost dispute's) credits must not charge the
+    // customer again at once (crediting a payment only raises `available`).
+    if (changes.account.autoTopUp != null && (extra?.paymentUpdates?.length ?? 0) === 0) {
       const asked = topUpRequest(work.loaded, changes.account, work.now);
       if (asked !== null) changes.notifications = [...(changes.notifications ?? []), asked];
     }

@@ -185,3 +185,41 @@ describe("HTTP: auto top-up", () => {
     }
   });
 });
+
+describe("auto top-up and refunds (docs/promos-and-payments.md, Auto top-up)", () => {
+  it("a refund whose reversal takes available below the threshold asks for no top-up; a spend does", async () => {
+    const { m } = await setup();
+    try {
+      await m.payments.setAutoTopUp("frank", { ...RULE, below: 100 });
+      // A checkout payment of 300 credits, paid: available 300.
+      const p = await m.payments.createPaymentLink("frank", { amount: 300, currency: "USD", provider: "cardpay" });
+      const paid = {
+        eventId: "e1",
+        type: "paid",
+        kind: "paid",
+        paymentId: p.id,
+        providerIds: [],
+        providerPaymentId: "pp1",
+        userId: "frank",
+        amount: 300,
+        currency: "USD",
+        refundedTotal: null,
+      };
+      const refund = { ...paid, eventId: "e2", type: "refund", kind: "refund", refundedTotal: 250 };
+      const provider = cardPay as { parseEvent: (raw: Uint8Array) => unknown };
+      provider.parseEvent = (raw) => JSON.parse(Buffer.from(raw).toString("utf8"));
+      await m.payments.handleWebhook("cardpay", JSON.stringify(paid), {});
+      expect((await m.credits.getUserCreditsInfo("frank")).available).toBe(300);
+      await m.payments.handleWebhook("cardpay", JSON.stringify(refund), {});
+      expect((await m.credits.getUserCreditsInfo("frank")).available).toBe(50); // below 100: crossed by the refund
+      expect((await m.payments.getAutoTopUp("frank"))?.pending).toBeNull();
+      expect((await m.notifications.list("frank")).map((n) => n.type)).not.toContain("auto_top_up_requested");
+      // A spend from there does not cross again (already below): add, then spend across it.
+      await m.credits.addCredits("frank", 100);
+      await m.credits.deductCredits("frank", 60); // 150 → 90
+      expect((await m.payments.getAutoTopUp("frank"))?.pending).not.toBeNull();
+    } finally {
+      await m.close();
+    }
+  });
+});
