@@ -8,6 +8,7 @@ import {
   afterDeclined,
   amountForCredits,
   blockedBy,
+  STALE_ATTEMPT_MS,
   chargeAmount,
   disabled,
   requestTopUp,
@@ -77,6 +78,22 @@ describe("requestTopUp: the edge trigger", () => {
     expect(first).not.toBeNull();
     expect(blockedBy(first!.state, now)).toBe("in_flight");
     expect(requestTopUp(first!.state, 150, 10, now, ids)).toBeNull();
+  });
+
+  it("an attempt in flight for 24 hours (its outbox row failed for good) no longer blocks: the next change left below asks again", () => {
+    const first = requestTopUp(state(), 150, 99, now, ids)!;
+    const almost = new Date(now.getTime() + STALE_ATTEMPT_MS - 1);
+    expect(blockedBy(first.state, almost)).toBe("in_flight");
+    expect(requestTopUp(first.state, 99, 90, almost, ids)).toBeNull();
+    const later = new Date(now.getTime() + STALE_ATTEMPT_MS);
+    expect(blockedBy(first.state, later)).toBeNull();
+    // Already below: no crossing, yet the stale attempt is replaced by a new one.
+    const again = requestTopUp(first.state, 99, 90, later, ids);
+    expect(again?.attempt.id).not.toBe(first.attempt.id);
+    expect(again?.state.pending?.id).toBe(again?.attempt.id);
+    expect(again?.state.monthCount).toBe(2);
+    // Not above it: a change that leaves available at or above below asks nothing.
+    expect(requestTopUp(first.state, 99, 150, later, ids)).toBeNull();
   });
 
   it("nothing while disabled", () => {

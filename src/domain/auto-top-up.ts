@@ -68,10 +68,24 @@ export function countThisMonth(s: AutoTopUpState, now: Date): number {
   return s.month === monthOf(now) ? s.monthCount : 0;
 }
 
+/**
+ * After this long (24 hours, Stripe's idempotency-key window) a top-up still in flight no longer
+ * blocks the rule: its outbox row failed for good, or no worker charged it. The next change that
+ * leaves `available` below `below` then asks for a new one (docs/promos-and-payments.md, "Worst
+ * case"). The stale attempt's payment stays as it was; a charge of it that went through is still
+ * credited by the provider's webhook.
+ */
+export const STALE_ATTEMPT_MS = 86_400_000;
+
+/** Whether `s`'s attempt in flight was asked for `STALE_ATTEMPT_MS` or more before `now`. */
+export function staleAttempt(s: AutoTopUpState, now: Date): boolean {
+  return s.pending !== null && now.getTime() - Date.parse(s.pending.requestedAt) >= STALE_ATTEMPT_MS;
+}
+
 /** Why no top-up is asked for now, or null when one may be. */
 export function blockedBy(s: AutoTopUpState, now: Date): "disabled" | "in_flight" | "monthly_cap" | null {
   if (!s.enabled) return "disabled";
-  if (s.pending !== null) return "in_flight";
+  if (s.pending !== null && !staleAttempt(s, now)) return "in_flight";
   if (s.rule.maxPerMonth !== null && countThisMonth(s, now) >= s.rule.maxPerMonth) return "monthly_cap";
   return null;
 }
@@ -79,7 +93,8 @@ export function blockedBy(s: AutoTopUpState, now: Date): "disabled" | "in_flight
 /**
  * The top-up a change asks for, with the state after it, or null: when it takes `available` from
  * `below` or more (`before`) to under it (`after`) — once per crossing, like the low-credits alert —
- * and the rule is enabled, no top-up is in flight and the month's cap is not spent.
+ * and the rule is enabled, no top-up is in flight and the month's cap is not spent. An attempt in
+ * flight for `STALE_ATTEMPT_MS` is replaced by the next change that leaves `available` below.
  */
 export function requestTopUp(
   s: AutoTopUpState | null | undefined,
@@ -89,7 +104,9 @@ export function requestTopUp(
   newId: () => string = () => `atu_${randomUUID().replaceAll("-", "")}`,
 ): { state: AutoTopUpState; attempt: AutoTopUpAttempt } | null {
   if (s === null || s === undefined) return null;
-  if (!(before >= s.rule.below && after < s.rule.below)) return null;
+  // Once per crossing; or, while a stale attempt blocks nothing any more, at any change left below.
+  const crossed = before >= s.rule.below && after < s.rule.below;
+  if (!crossed && !(staleAttempt(s, now) && after < s.rule.below)) return null;
   if (blockedBy(s, now) !== null) return null;
   const attempt: AutoTopUpAttempt = { id: newId(), available: after, requestedAt: now.toISOString() };
   const month = monthOf(now);
