@@ -718,6 +718,76 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/auto-top-up": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's auto top-up rule and its state (null when none) */
+        get: operations["getAutoTopUp"];
+        /** Changes the amounts of the caller's auto top-up rule (and enables it), when the service allows it */
+        put: operations["setAutoTopUp"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/credits/auto-top-up/disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Disables the caller's auto top-up (kept; a top-up in flight completes), when the service allows it */
+        post: operations["disableAutoTopUp"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/auto-top-up": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A user's auto top-up rule and its state (null when none) */
+        get: operations["adminGetAutoTopUp"];
+        /** Sets (or replaces) a user's auto top-up rule and enables it */
+        put: operations["adminSetAutoTopUp"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/auto-top-up/disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Disables a user's auto top-up (kept; a top-up in flight completes) */
+        post: operations["adminDisableAutoTopUp"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/health/live": {
         parameters: {
             query?: never;
@@ -5986,6 +6056,592 @@ export interface operations {
             };
             /** @description Not found (also: another user's resource) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getAutoTopUp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        autoTopUp: {
+                            rule: {
+                                below: number;
+                                amount: number | null;
+                                toBalance: number | null;
+                                provider: string;
+                                customer: string;
+                                paymentMethod: string;
+                                currency: string;
+                                minAmount: number | null;
+                                maxAmount: number | null;
+                                maxPerMonth: number | null;
+                                maxFailures: number;
+                            };
+                            enabled: boolean;
+                            disabledReason: string | null;
+                            pending: {
+                                id: string;
+                                available: number;
+                                requestedAt: string;
+                            } | null;
+                            month: string | null;
+                            monthCount: number;
+                            failures: number;
+                            lastError: string | null;
+                        } | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    setAutoTopUp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    below?: number;
+                    amount?: number;
+                    toBalance?: number;
+                    minAmount?: number | null;
+                    maxAmount?: number | null;
+                    maxPerMonth?: number | null;
+                    maxFailures?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        autoTopUp: {
+                            rule: {
+                                below: number;
+                                amount: number | null;
+                                toBalance: number | null;
+                                provider: string;
+                                customer: string;
+                                paymentMethod: string;
+                                currency: string;
+                                minAmount: number | null;
+                                maxAmount: number | null;
+                                maxPerMonth: number | null;
+                                maxFailures: number;
+                            };
+                            enabled: boolean;
+                            disabledReason: string | null;
+                            pending: {
+                                id: string;
+                                available: number;
+                                requestedAt: string;
+                            } | null;
+                            month: string | null;
+                            monthCount: number;
+                            failures: number;
+                            lastError: string | null;
+                        } | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (also: another user's resource) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    disableAutoTopUp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        autoTopUp: {
+                            rule: {
+                                below: number;
+                                amount: number | null;
+                                toBalance: number | null;
+                                provider: string;
+                                customer: string;
+                                paymentMethod: string;
+                                currency: string;
+                                minAmount: number | null;
+                                maxAmount: number | null;
+                                maxPerMonth: number | null;
+                                maxFailures: number;
+                            };
+                            enabled: boolean;
+                            disabledReason: string | null;
+                            pending: {
+                                id: string;
+                                available: number;
+                                requestedAt: string;
+                            } | null;
+                            month: string | null;
+                            monthCount: number;
+                            failures: number;
+                            lastError: string | null;
+                        } | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetAutoTopUp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        autoTopUp: {
+                            rule: {
+                                below: number;
+                                amount: number | null;
+                                toBalance: number | null;
+                                provider: string;
+                                customer: string;
+                                paymentMethod: string;
+                                currency: string;
+                                minAmount: number | null;
+                                maxAmount: number | null;
+                                maxPerMonth: number | null;
+                                maxFailures: number;
+                            };
+                            enabled: boolean;
+                            disabledReason: string | null;
+                            pending: {
+                                id: string;
+                                available: number;
+                                requestedAt: string;
+                            } | null;
+                            month: string | null;
+                            monthCount: number;
+                            failures: number;
+                            lastError: string | null;
+                        } | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminSetAutoTopUp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    below: number;
+                    amount?: number;
+                    toBalance?: number;
+                    provider: string;
+                    customer: string;
+                    paymentMethod: string;
+                    currency: string;
+                    minAmount?: number;
+                    maxAmount?: number;
+                    maxPerMonth?: number;
+                    maxFailures?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        autoTopUp: {
+                            rule: {
+                                below: number;
+                                amount: number | null;
+                                toBalance: number | null;
+                                provider: string;
+                                customer: string;
+                                paymentMethod: string;
+                                currency: string;
+                                minAmount: number | null;
+                                maxAmount: number | null;
+                                maxPerMonth: number | null;
+                                maxFailures: number;
+                            };
+                            enabled: boolean;
+                            disabledReason: string | null;
+                            pending: {
+                                id: string;
+                                available: number;
+                                requestedAt: string;
+                            } | null;
+                            month: string | null;
+                            monthCount: number;
+                            failures: number;
+                            lastError: string | null;
+                        } | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminDisableAutoTopUp: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        autoTopUp: {
+                            rule: {
+                                below: number;
+                                amount: number | null;
+                                toBalance: number | null;
+                                provider: string;
+                                customer: string;
+                                paymentMethod: string;
+                                currency: string;
+                                minAmount: number | null;
+                                maxAmount: number | null;
+                                maxPerMonth: number | null;
+                                maxFailures: number;
+                            };
+                            enabled: boolean;
+                            disabledReason: string | null;
+                            pending: {
+                                id: string;
+                                available: number;
+                                requestedAt: string;
+                            } | null;
+                            month: string | null;
+                            monthCount: number;
+                            failures: number;
+                            lastError: string | null;
+                        } | null;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
                 headers: {
                     [name: string]: unknown;
                 };
