@@ -506,6 +506,20 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
           provider: "sim",
         });
       case "paid":
+        // An auto top-up's webhook comes from its own provider (the card network).
+        if (payments.topUps.has(spec.payment)) {
+          const charge = bank.succeeded(spec.payment)[0];
+          const p = payments.payments.get(spec.payment);
+          const event = {
+            ...(JSON.parse(webhook("paid", spec.payment, null)) as Record<string, unknown>),
+            providerIds: charge === undefined ? [] : [charge.id],
+            providerPaymentId: charge?.id ?? null,
+            userId: p?.userId ?? null,
+            amount: p?.amount ?? null,
+            currency: "USD",
+          };
+          return manager.payments.handleWebhook("card", JSON.stringify(event), {});
+        }
         return manager.payments.handleWebhook("sim", webhook("paid", spec.payment, null), {});
       case "refund":
         return manager.payments.handleWebhook("sim", webhook("refund", spec.payment, spec.total), {});
@@ -925,6 +939,23 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     };
     ops.set(op.id, op);
     await runBatch([op], false);
+  }
+  // The provider's payment_intent.succeeded webhook of every successful charge not credited yet
+  // (a stuck attempt replaced after 24 hours whose charge went through): the webhook credits it.
+  const uncredited = bank.charges.filter((c) => c.succeeded && payments.payments.get(c.paymentId)?.credited !== true);
+  if (uncredited.length > 0) {
+    const hooks: Op[] = uncredited.map((c) => ({
+      id: nextOp++,
+      spec: { kind: "paid", user: payments.payments.get(c.paymentId)?.userId ?? "", payment: c.paymentId },
+      key: `sim-hook-${c.id}`,
+      attempts: 0,
+      commits: 0,
+      accept: new Set<string>(),
+      periodDue: false,
+      state: "new",
+    }));
+    for (const op of hooks) ops.set(op.id, op);
+    await runBatch(hooks, false);
   }
   await check();
   checkCharges(true);
