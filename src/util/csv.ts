@@ -1,0 +1,28 @@
+/**
+ * CSV as RFC 4180 writes it (docs/usage.md, "Over HTTP"): fields separated by commas, records by
+ * CRLF, a field quoted when it holds a quote, comma, CR or LF, its quotes doubled. A text field that
+ * begins with `=`, `+`, `-`, `@`, a tab or a CR (or their full-width forms) gets a leading `'`, so
+ * a spreadsheet opening the file shows it as text instead of running it as a formula (OWASP, "CSV
+ * Injection"): a model name or spender id comes from the host's callers.
+ */
+
+/** The first characters a spreadsheet reads as the start of a formula. */
+const FORMULA = /^[=+\-@\t\r\uff1d\uff0b\uff0d\uff20]/;
+const NEEDS_QUOTES = /[",\r\n]/;
+
+/** One field: numbers as they are, dates in ISO 8601, null and undefined empty, text made inert and quoted as needed. */
+export function csvField(value: unknown): string {
+  if (value === null || value === undefined) return "";
+  if (typeof value === "number") return Number.isFinite(value) ? String(value) : "";
+  if (typeof value === "bigint" || typeof value === "boolean") return String(value);
+  let text = value instanceof Date ? value.toISOString() : String(value);
+  if (!(value instanceof Date) && FORMULA.test(text)) text = `'${text}`;
+  return NEEDS_QUOTES.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+/** A CSV document: the header line, then one line per row, each ending in CRLF. */
+export function toCsv(header: readonly string[], rows: Iterable<readonly unknown[]>): string {
+  let out = `${header.map(csvField).join(",")}\r\n`;
+  for (const row of rows) out += `${row.map(csvField).join(",")}\r\n`;
+  return out;
+}
