@@ -16,6 +16,7 @@ export {
   type ExpiringCredits,
   type HistoryPage,
 } from "./services/credit-service.js";
+export type { CustomerGrant, CustomerToken } from "./services/customer-tokens.js";
 export {
   SubscriptionService,
   type AdvanceResult,

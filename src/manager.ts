@@ -5,6 +5,7 @@ import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
 import { CheckpointEvery, FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
+import { CustomerTokenSettings } from "./models/customer-tokens.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
 import { ExpirationService, IdempotencyRetention } from "./services/expiration-service.js";
@@ -114,6 +115,11 @@ export const CreditManagerOptions = z.strictObject({
    * `forgetIdempotencyKeys()` (the worker's jobs) forgets it (docs/running-for-years.md).
    */
   idempotency: z.strictObject({ retention: IdempotencyRetention.optional() }).optional(),
+  /**
+   * Customer tokens (docs/usage.md, "For your customers"): `secret` (32+ characters, or a list whose
+   * first signs and all verify) signs `credits.customerToken(...)`. Omitted: customer tokens are off.
+   */
+  customerTokens: CustomerTokenSettings.optional(),
   /** Run `db.init()` (create tables/indexes). Default true. */
   init: z.boolean().optional(),
 });
@@ -201,6 +207,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     features: o.features,
     domainEvents: o.domainEvents,
     pricing,
+    customerTokens: o.customerTokens,
   };
   const credits = new CreditService(creditOptions);
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger });

@@ -6,6 +6,7 @@ import {
   CheckOptions,
   CommitOptions,
   CreditsInfo,
+  CustomerTokenOptions,
   DeductOptions,
   EntityId,
   EntryType,
@@ -21,7 +22,7 @@ import {
   UserId,
   VoidGrantOptions,
 } from "../models/index.js";
-import type { RouteContext, RouteDefinition } from "./router.js";
+import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 
 // ---- request schemas (built from the core models, so HTTP and library validate alike) ----------
 
@@ -92,6 +93,12 @@ export const AuditSchema = z.object({
   activeReservations: z.record(z.string(), z.number().int()),
 });
 
+/** `POST /admin/credits/users/:userId/customer-token`'s answer. */
+export const CustomerTokenSchema = z.object({
+  token: z.string(),
+  expiresAt: z.iso.datetime(),
+});
+
 // ---- handlers -----------------------------------------------------------------------------------
 
 const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
@@ -152,6 +159,7 @@ export const creditRoutes: RouteDefinition[] = [
     base: "user",
     path: "/balance",
     access: "user",
+    customer: true,
     operationId: "getBalance",
     summary: "The caller's balance, reserved, available and debt",
     tags: credits,
@@ -199,6 +207,7 @@ export const creditRoutes: RouteDefinition[] = [
     base: "user",
     path: "/grants",
     access: "user",
+    customer: true,
     operationId: "getGrants",
     summary: "The caller's grants in burn-down order",
     tags: credits,
@@ -398,6 +407,29 @@ export const creditRoutes: RouteDefinition[] = [
     response: Reservation,
     errors: [e.payment, e.conflict],
     handle: reserve(target),
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/customer-token",
+    access: "admin",
+    operationId: "adminCreateCustomerToken",
+    summary: "A short-lived token that reads this user's balance, grants and usage only (for the customer page)",
+    description:
+      "Signed with the service's customer token secret; `spender` narrows the usage it reads to that spender's; `ttlSeconds` is at most 86,400. 501 when customer tokens are off (docs/usage.md, \"For your customers\").",
+    tags: admin,
+    body: CustomerTokenOptions,
+    status: 201,
+    response: CustomerTokenSchema,
+    errors: [501],
+    handle: async (ctx) => {
+      const options = await ctx.body<z.infer<typeof CustomerTokenOptions>>();
+      const user = target(ctx);
+      if (!ctx.manager.credits.customerTokensOn)
+        throw new HttpError(501, "CUSTOMER_TOKENS_OFF", "Customer tokens are off: no customer token secret is set.");
+      const t = await ctx.manager.credits.customerToken(user, options);
+      return { token: t.token, expiresAt: t.expiresAt.toISOString() };
+    },
   },
   {
     method: "POST",

@@ -154,6 +154,10 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     maxBodyBytes: options.maxBodyBytes ?? 65_536,
     onError: options.onError,
     csrfProtection: options.csrfProtection ?? true,
+    // Customer tokens are read when the manager signs them (docs/usage.md, "For your customers").
+    customerTokens: (manager as Partial<CreditManager>).credits?.customerTokensOn
+      ? (token: string) => manager.credits.verifyCustomerToken(token)
+      : undefined,
   };
   if (typeof o.csrfProtection !== "boolean") {
     throw new ConfigurationError("[credit-management] [http] `csrfProtection` must be true or false.");

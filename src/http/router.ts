@@ -3,6 +3,7 @@ import type { CreditManager } from "../manager.js";
 import { CreditError, ValidationError } from "../errors.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, UserId as IdentityUserId } from "../models/index.js";
+import { claimsCustomerAudience, type CustomerGrant } from "../services/customer-tokens.js";
 
 /** Who is calling, as the host's `authenticate` hook says. */
 export interface Identity {
@@ -10,6 +11,12 @@ export interface Identity {
   userId: string;
   /** Admins may call admin routes and act on any account. */
   admin?: boolean;
+  /**
+   * Set for a customer token (`credits.customerToken`, docs/usage.md "For your customers"): only
+   * the routes marked `customer` answer it (the account's balance, grants and usage); `spender`
+   * narrows the usage to that spender's.
+   */
+  customer?: { spender?: string };
 }
 
 /** The host's identity hook: the caller, or null (→ 401). */
@@ -52,6 +59,11 @@ export interface RouteDefinition {
   path: string;
   /** `public`: anyone; `user`: any authenticated caller; `admin`: callers marked admin. */
   access: "public" | "user" | "admin";
+  /**
+   * A read route a customer token may call (a `user` GET route: balance, grants, usage). Every
+   * other route refuses a customer token with 403 (docs/usage.md, "For your customers").
+   */
+  customer?: boolean;
   operationId: string;
   summary: string;
   description?: string;
@@ -191,6 +203,11 @@ export interface RouterOptions {
   maxBodyBytes: number;
   onError: ((error: unknown, request: Request) => void) | undefined;
   /**
+   * Checks a customer token (`credits.verifyCustomerToken`); unset: customer tokens are off and a
+   * token claiming to be one goes to `authenticate` like any other.
+   */
+  customerTokens?: ((token: string) => Promise<CustomerGrant | null>) | undefined;
+  /**
    * Refuse (415) mutations on routes that need identity unless they are typed as JSON, even with
    * an empty body (a `rawBody` route: any type but none, `text/plain` and the form types). Default
    * true in `createCreditHandler`.
@@ -252,8 +269,26 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
   };
 
   async function identify(request: Request): Promise<Identity | null> {
+    if (options.customerTokens !== undefined) {
+      const m = /^Bearer ([!-~]{1,8192})$/i.exec(request.headers.get("authorization")?.trim() ?? "");
+      // A token that says it is a customer token is checked as one only: one that fails is refused,
+      // never handed to `authenticate` (docs/usage.md, "For your customers").
+      if (m !== null && claimsCustomerAudience(m[1] as string)) {
+        const grant = await options.customerTokens(m[1] as string);
+        if (grant === null) return null;
+        return {
+          userId: grant.account,
+          admin: false,
+          customer: grant.spender === undefined ? {} : { spender: grant.spender },
+        };
+      }
+    }
     const found = options.authenticate ? await options.authenticate(request) : null;
-    if (found) return { userId: parse(IdentityUserId, found.userId, "identity.userId"), admin: found.admin === true };
+    if (found) {
+      const userId = parse(IdentityUserId, found.userId, "identity.userId");
+      if (found.customer === undefined) return { userId, admin: found.admin === true };
+      return { userId, admin: false, customer: found.customer };
+    }
     if (options.trustUserIdHeader) {
       const header = request.headers.get("x-user-id");
       if (header !== null && header !== "") return { userId: parse(IdentityUserId, header, "X-User-Id"), admin: false };
@@ -299,6 +334,8 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
         identity = await identify(request);
         if (identity === null) throw new HttpError(401, "UNAUTHORIZED", "Authentication required.");
         if (def.access === "admin" && !identity.admin) throw new HttpError(403, "FORBIDDEN", "Admin only.");
+        if (identity.customer !== undefined && def.customer !== true)
+          throw new HttpError(403, "FORBIDDEN", "A customer token reads its account's balance, grants and usage only.");
       }
       // A browser sends a POST cross-site, with the victim's cookies, without asking the server
       // first when it has no Content-Type or a "simple" one (text/plain, a form); a JSON type needs

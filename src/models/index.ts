@@ -13,3 +13,4 @@ export * from "./pricing.js";
 export * from "./leases.js";
 export * from "./limits.js";
 export * from "./usage.js";
+export * from "./customer-tokens.js";

@@ -460,6 +460,14 @@ function corsHeaders(req: IncomingMessage, out: Response | JsonAnswer, allowed: 
   out.headers.append("vary", "origin");
 }
 
+/** The manager's `customerTokens` from serve's settings (docs/service.md, "Customer tokens"). */
+export function customerTokenOptions(s: ServeSettings): { customerTokens?: { secret: string[] } } {
+  if (s.CREDIT_CUSTOMER_TOKEN_SECRET === undefined) return {};
+  const secret = [s.CREDIT_CUSTOMER_TOKEN_SECRET];
+  if (s.CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET !== undefined) secret.push(s.CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET);
+  return { customerTokens: { secret } };
+}
+
 /** How long idle keep-alive connections stay open after SIGTERM, in ms (see `runServe`). */
 const IDLE_GRACE_MS = 1000;
 
@@ -533,6 +541,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       manager = await createCreditManager({
         db: stores.db,
         logger,
+        ...customerTokenOptions(s),
         ...(webhooks === undefined ? {} : { queue: webhooks.queue, domainEvents: true }),
       });
       await keys.init();

@@ -138,6 +138,31 @@ const Schema = z.strictObject({
   /** The key signing the console's CSRF tokens (32+ characters); unset: random per process. */
   CREDIT_CONSOLE_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
   /**
+   * Signs and checks customer tokens (32+ characters; docs/usage.md, "For your customers"): set,
+   * the read routes take them and the customer usage page is served at /customer. Unset: off.
+   */
+  CREDIT_CUSTOMER_TOKEN_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  /** The secret before the current one, still accepted (not used to sign) while its tokens live. */
+  CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  /**
+   * Who may embed the customer page in a frame: the CSP `frame-ancestors` sources, separated by
+   * spaces (`https://app.example.com`, `'self'`). Default `'none'`: no one.
+   */
+  CREDIT_CUSTOMER_FRAME_ANCESTORS: z
+    .string()
+    .transform((v) => v.split(/\s+/).filter((p) => p !== ""))
+    .pipe(
+      z
+        .array(
+          z.string().regex(/^('none'|'self'|https?:\/\/(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?)$/, {
+            error: "each source must be 'self', 'none' or an origin such as https://app.example.com",
+          }),
+        )
+        .min(1)
+        .max(32),
+    )
+    .default(["'none'"]),
+  /**
    * How long an API key's row is reused before the store is read again, in ms (0: every request
    * reads it). A revoked key keeps working in a running service for up to this long, hence the
    * bound of one minute (docs/service.md, "Secure it").
@@ -236,6 +261,10 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
   }
   if (s.CREDIT_JWT_JWKS_URL !== undefined && s.CREDIT_JWT_KEY !== undefined)
     throw new ServeUsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
+  if (s.CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET !== undefined && s.CREDIT_CUSTOMER_TOKEN_SECRET === undefined)
+    throw new ServeUsageError("CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET needs CREDIT_CUSTOMER_TOKEN_SECRET");
+  if (s.CREDIT_CUSTOMER_FRAME_ANCESTORS.includes("'none'") && s.CREDIT_CUSTOMER_FRAME_ANCESTORS.length > 1)
+    throw new ServeUsageError("CREDIT_CUSTOMER_FRAME_ANCESTORS: 'none' cannot be combined with other sources");
   const jwt = s.CREDIT_JWT_JWKS_URL !== undefined || s.CREDIT_JWT_KEY !== undefined;
   if (jwt && (s.CREDIT_JWT_ISSUER === undefined || s.CREDIT_JWT_AUDIENCE === undefined))
     throw new ServeUsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
@@ -276,7 +305,8 @@ Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), 
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
   CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
-  CREDIT_CONSOLE_SECRET, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
+  CREDIT_CONSOLE_SECRET, CREDIT_CUSTOMER_TOKEN_SECRET (customer tokens and the /customer page;
+  CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
   CREDIT_KEY_CACHE_MS              How long a running service reuses an API key's row, in ms (0 to
                                    60000). Default 5000: a revoked key keeps working up to this long
   Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 could not start (the store could not be opened,

@@ -79,6 +79,8 @@ import { leaseHold, settleLease } from "./lease-settle.js";
 import { activeHold, includeHeldGrants, infoKey, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import type { LeaseOptions } from "../models/leases.js";
 import type * as z from "zod";
+import { CustomerTokens, type CustomerGrant, type CustomerToken } from "./customer-tokens.js";
+import type { CustomerTokenOptions, CustomerTokenSettings } from "../models/customer-tokens.js";
 
 /** Options as their models return them (validated). */
 type ParsedMutationOptions = Omit<z.output<typeof ReleaseOptions>, "userId">;
@@ -134,6 +136,11 @@ export interface CreditServiceOptions {
    * `checkpointAccounts` job writes them).
    */
   checkpointEvery?: number;
+  /**
+   * The secret `customerToken` signs with and `verifyCustomerToken` checks against (docs/usage.md,
+   * "For your customers"). Omitted: customer tokens are off.
+   */
+  customerTokens?: CustomerTokenSettings;
 }
 
 /** What `getExpiringCredits` returns. */
@@ -151,6 +158,11 @@ export interface HistoryPage {
   /** Pass as `cursor` for the next (older) page; null on the last page. */
   nextCursor: string | null;
 }
+
+const noTokens = () =>
+  new ConfigurationError(
+    "[credit-management] customer tokens are off: pass `customerTokens: { secret }` to createCreditManager (docs/usage.md)",
+  );
 
 /** The default options object of every mutation: known valid, so not parsed on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
@@ -178,6 +190,7 @@ export class CreditService {
   private readonly pricing: PricingService | undefined;
   /** Runs this service's units of work (src/services/unit-of-work.ts). */
   private readonly units: UnitRunner;
+  private readonly tokens: CustomerTokens | undefined;
 
   constructor(options: CreditServiceOptions) {
     this.pricing = options.pricing;
@@ -188,6 +201,8 @@ export class CreditService {
     this.logger = options.logger;
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
     this.overdraftLimit = options.overdraftLimit ?? null;
+    this.tokens =
+      options.customerTokens === undefined ? undefined : new CustomerTokens(options.customerTokens, this.clock);
     if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }
@@ -852,6 +867,31 @@ export class CreditService {
    */
   bringPeriodsWith(hook: ((userId: string) => Promise<unknown>) | undefined): void {
     this.units.periodHook = hook;
+  }
+
+  /**
+   * A short-lived signed token that lets one of your customers read `account`'s balance, grants and
+   * usage, and nothing else (docs/usage.md, "For your customers"): for the service's customer page
+   * or your own front end. With `spender`, the usage it reads is that spender's only. Needs
+   * `customerTokens: { secret }` in the manager's options (else a `ConfigurationError`).
+   */
+  customerToken(account: string, options: CustomerTokenOptions): Promise<CustomerToken> {
+    if (this.tokens === undefined) return Promise.reject(noTokens());
+    return this.tokens.issue(account, options);
+  }
+
+  /**
+   * What a customer token grants, or null when it is not one this manager signed, or it has
+   * expired (docs/usage.md, "For your customers"). `ConfigurationError` when customer tokens are off.
+   */
+  verifyCustomerToken(token: string): Promise<CustomerGrant | null> {
+    if (this.tokens === undefined) return Promise.reject(noTokens());
+    return this.tokens.verify(token);
+  }
+
+  /** @internal Whether customer tokens are on (`customerTokens` given). */
+  get customerTokensOn(): boolean {
+    return this.tokens !== undefined;
   }
 
   /** @internal The service's clock. */
