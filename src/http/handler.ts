@@ -3,6 +3,7 @@ import { ConfigurationError } from "../errors.js";
 import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
+import { usageRoutes } from "./usage-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
@@ -210,7 +211,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
         ? []
         : [{ ...def, path: `${webhookRoot}/:provider` }],
   );
-  const builtIn = [...creditRoutes, ...planRoutes, ...promoRoutes, ...payRoutes, ...topUpRoutes];
+  const builtIn = [...creditRoutes, ...usageRoutes, ...planRoutes, ...promoRoutes, ...payRoutes, ...topUpRoutes];
   const ids = new Set(builtIn.map((def) => def.operationId));
   for (const def of options.routes ?? []) {
     if (ids.has(def.operationId)) {

@@ -141,6 +141,7 @@ export function buildOpenApi(
       [String(status)]: {
         description: STATUS_TEXT[status] ?? "OK",
         ...(r.response ? { content: { "application/json": { schema: schema(r.response, "output") } } } : {}),
+        ...(r.responseType === undefined ? {} : { content: { [r.responseType]: { schema: { type: "string" } } } }),
       },
     };
     const errors = new Set<number>([

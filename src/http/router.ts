@@ -86,6 +86,11 @@ export interface RouteDefinition {
   query?: z.ZodObject;
   /** Whether the operation takes an `Idempotency-Key` header. */
   idempotent?: boolean;
+  /**
+   * The media type of a route that answers with its own `Response` rather than JSON (`text/csv`),
+   * for the OpenAPI document.
+   */
+  responseType?: string;
   /** Success status (default 200) and response schema, for the OpenAPI document. */
   status?: number;
   response?: z.ZodType;

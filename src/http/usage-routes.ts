@@ -1,0 +1,225 @@
+import * as z from "zod";
+import { ValidationError } from "../errors.js";
+import {
+  MAX_USAGE_ROWS,
+  parse,
+  UsageDimension,
+  UsageInterval,
+  UsageKind,
+  UserId,
+  type UsageQuery,
+  type UsageReport,
+  type UsageRow,
+} from "../models/index.js";
+import { usageCsv } from "../services/usage-csv.js";
+import { type RouteContext, type RouteDefinition } from "./router.js";
+import { textResponse } from "./text-response.js";
+
+/**
+ * The usage query as a query string (docs/usage.md, "Over HTTP"): `from` and `to` as ISO 8601,
+ * `interval` `hour|day|week|month|none` (default `day`), `groupBy` and `kinds` comma-separated.
+ */
+export const UsageParams = z.strictObject({
+  /** Inclusive start, ISO 8601. */
+  from: z.iso.datetime({ offset: true }),
+  /** Exclusive end, ISO 8601. */
+  to: z.iso.datetime({ offset: true }),
+  /** Calendar windows; `none`: one window for the whole range. Default `day`. */
+  interval: z.union([UsageInterval, z.literal("none")]).optional(),
+  /** Dimensions each row is split by (comma-separated or repeated), at most 4. */
+  groupBy: z.array(UsageDimension).max(4).optional(),
+  /** IANA time zone of the windows. Default `UTC`. */
+  timeZone: z.string().max(64).optional(),
+  /** Only these kinds (comma-separated): spend, refund, clawback. Default all. */
+  kinds: z.array(UsageKind).min(1).optional(),
+  /** `start` (default) or `credits`: most credits first. */
+  orderBy: z.enum(["start", "credits"]).optional(),
+  /** Most rows, 1–100,000. Default 10,000. */
+  limit: z.number().int().min(1).max(MAX_USAGE_ROWS).optional(),
+});
+/** The fleet-wide query: the same, and optionally one account. */
+export const FleetUsageParams = UsageParams.extend({ account: UserId.optional() });
+
+const Row = z
+  .object({
+    start: z.iso.datetime(),
+    end: z.iso.datetime(),
+    kind: UsageKind,
+    credits: z.number().int(),
+    requests: z.number().int(),
+    inputTokens: z.number().int(),
+    outputTokens: z.number().int(),
+    cachedTokens: z.number().int(),
+  })
+  .catchall(z.string().nullable())
+  .describe("A window, the grouped dimensions' values (account, feature, spender, model, reason, metadata.<key>)");
+export const UsageReportSchema = z.object({
+  rows: z.array(Row),
+  truncated: z.boolean(),
+  timeZone: z.string(),
+});
+
+type Params = z.infer<typeof FleetUsageParams>;
+
+const queryOf = (p: Params, account: string | undefined): UsageQuery => ({
+  ...(account === undefined ? {} : { account }),
+  from: p.from,
+  to: p.to,
+  interval: p.interval === undefined ? "day" : p.interval === "none" ? null : p.interval,
+  ...(p.groupBy === undefined ? {} : { groupBy: p.groupBy }),
+  ...(p.timeZone === undefined ? {} : { timeZone: p.timeZone }),
+  ...(p.kinds === undefined ? {} : { kinds: p.kinds }),
+  ...(p.orderBy === undefined ? {} : { orderBy: p.orderBy }),
+  ...(p.limit === undefined ? {} : { limit: p.limit }),
+});
+
+/**
+ * One spender's usage of an account, for a customer token that names a spender (docs/usage.md, "For
+ * your customers"): the query split by spender as well, the other spenders' rows dropped (one row
+ * per window, kind and group is left: no merging needed), the requested limit applied after.
+ */
+async function spenderUsage(ctx: RouteContext, q: UsageQuery, spender: string): Promise<UsageReport> {
+  const groupBy = q.groupBy ?? [];
+  const asked = groupBy.includes("spender");
+  if (!asked && groupBy.length >= 4) {
+    throw new ValidationError("Invalid query.groupBy: a spender's token groups by at most 3 other dimensions", [
+      { path: "groupBy", message: "at most 3 dimensions with a spender's token" },
+    ]);
+  }
+  const limit = q.limit ?? 10_000;
+  const report = await ctx.manager.credits.getUsage({
+    ...q,
+    groupBy: asked ? groupBy : [...groupBy, "spender"],
+    limit: MAX_USAGE_ROWS,
+  });
+  const rows: UsageRow[] = [];
+  for (const r of report.rows) {
+    if (r.spender !== spender) continue;
+    if (!asked) delete r.spender;
+    rows.push(r);
+  }
+  return {
+    rows: rows.slice(0, limit),
+    truncated: report.truncated || rows.length > limit,
+    timeZone: report.timeZone,
+  };
+}
+
+/** The report a route answers: the caller's (as its token allows), a user's, or the fleet's. */
+async function report(ctx: RouteContext, who: "self" | "user" | "fleet"): Promise<{ r: UsageReport; q: UsageQuery }> {
+  const p = ctx.query<Params>();
+  if (who === "self") {
+    const identity = ctx.identity as NonNullable<RouteContext["identity"]>;
+    const q = queryOf(p, identity.userId);
+    const spender = identity.customer?.spender;
+    return {
+      r: spender === undefined ? await ctx.manager.credits.getUsage(q) : await spenderUsage(ctx, q, spender),
+      q,
+    };
+  }
+  const q = queryOf(p, who === "user" ? parse(UserId, ctx.params.userId, "path.userId") : p.account);
+  return { r: await ctx.manager.credits.getUsage(q), q };
+}
+
+const json = (who: "self" | "user" | "fleet") => async (ctx: RouteContext) => (await report(ctx, who)).r;
+const csv = (who: "self" | "user" | "fleet") => async (ctx: RouteContext) => {
+  const { r, q } = await report(ctx, who);
+  return textResponse(usageCsv(r, (q.groupBy ?? []) as UsageDimension[]), {
+    status: 200,
+    headers: {
+      "content-type": "text/csv; charset=utf-8; header=present",
+      "content-disposition": 'attachment; filename="usage.csv"',
+      "cache-control": "no-store",
+      "x-content-type-options": "nosniff",
+      ...(r.truncated ? { "x-usage-truncated": "true" } : {}),
+    },
+  });
+};
+
+const tags = ["usage"];
+const CSV_NOTE =
+  "RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.";
+
+/** The usage routes (docs/usage.md, "Over HTTP"). */
+export const usageRoutes: RouteDefinition[] = [
+  {
+    method: "GET",
+    base: "user",
+    path: "/usage",
+    access: "user",
+    customer: true,
+    operationId: "getUsage",
+    summary: "The caller's usage by calendar window and dimension (`credits.getUsage`)",
+    description:
+      "With a customer token that names a spender, that spender's usage only. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.",
+    tags,
+    query: UsageParams,
+    response: UsageReportSchema,
+    handle: json("self"),
+  },
+  {
+    method: "GET",
+    base: "user",
+    path: "/usage.csv",
+    access: "user",
+    customer: true,
+    operationId: "getUsageCsv",
+    summary: "The caller's usage as CSV",
+    description: CSV_NOTE,
+    tags,
+    query: UsageParams,
+    responseType: "text/csv",
+    handle: csv("self"),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/usage",
+    access: "admin",
+    operationId: "adminGetUsage",
+    summary: "A user's usage by calendar window and dimension",
+    tags,
+    query: UsageParams,
+    response: UsageReportSchema,
+    handle: json("user"),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/usage.csv",
+    access: "admin",
+    operationId: "adminGetUsageCsv",
+    summary: "A user's usage as CSV",
+    description: CSV_NOTE,
+    tags,
+    query: UsageParams,
+    responseType: "text/csv",
+    handle: csv("user"),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/usage",
+    access: "admin",
+    operationId: "adminGetFleetUsage",
+    summary:
+      "Every account's usage (or `account`'s); `groupBy=account&orderBy=credits&limit=100`: the top 100 accounts",
+    tags,
+    query: FleetUsageParams,
+    response: UsageReportSchema,
+    handle: json("fleet"),
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/usage.csv",
+    access: "admin",
+    operationId: "adminGetFleetUsageCsv",
+    summary: "Every account's usage as CSV",
+    description: CSV_NOTE,
+    tags,
+    query: FleetUsageParams,
+    responseType: "text/csv",
+    handle: csv("fleet"),
+  },
+];

@@ -1,0 +1,39 @@
+import type { UsageDimension, UsageReport } from "../models/usage.js";
+import { toCsv } from "../util/csv.js";
+
+/**
+ * A usage report as CSV (docs/usage.md, "Over HTTP"): RFC 4180, a header line, then a row per usage
+ * row — `start`, `end` (ISO 8601, UTC), the dimensions of `groupBy` in its order, `kind`, `credits`,
+ * `requests`, `inputTokens`, `outputTokens`, `cachedTokens`. Text that a spreadsheet would run as a
+ * formula (beginning with `=`, `+`, `-`, `@`, a tab or a CR) is prefixed with `'`.
+ */
+export function usageCsv(report: UsageReport, groupBy: readonly UsageDimension[] = []): string {
+  const header = [
+    "start",
+    "end",
+    ...groupBy,
+    "kind",
+    "credits",
+    "requests",
+    "inputTokens",
+    "outputTokens",
+    "cachedTokens",
+  ];
+  return toCsv(
+    header,
+    report.rows.map((r) => {
+      const groups = r as unknown as Record<string, unknown>;
+      return [
+        r.start,
+        r.end,
+        ...groupBy.map((g) => groups[g]),
+        r.kind,
+        r.credits,
+        r.requests,
+        r.inputTokens,
+        r.outputTokens,
+        r.cachedTokens,
+      ];
+    }),
+  );
+}
