@@ -1,4 +1,5 @@
 import { UPLOT_CSS, UPLOT_JS } from "./vendor.js";
+import { USAGE_CHART_JS } from "./usage-chart.js";
 
 /**
  * The console's own script, served as a file (the Content-Security-Policy allows no inline
@@ -68,6 +69,7 @@ dl.meta{display:grid;grid-template-columns:fit-content(40%) minmax(0,1fr);gap:.1
 .id,.user{display:inline-block;max-width:11ch;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;vertical-align:bottom}.user{max-width:24ch}
 fieldset.types{display:flex;flex-wrap:wrap;gap:.2rem 1.1rem;flex-basis:100%;margin:0;padding:.3rem .7rem .5rem;border:1px solid var(--line);border-radius:4px}
 fieldset.types legend{font-size:.85em;color:var(--muted);padding:0 .3rem}fieldset.types label{flex-direction:row;align-items:center;gap:.35rem;font-size:.9em;color:var(--fg)}
+.usage-chart{min-height:250px;margin:.5rem 0}.usage-chart .u-legend{font-size:.85em}
 .skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:.5rem;background:#fff;color:var(--accent);padding:.3rem}
 `;
 
@@ -76,5 +78,6 @@ export const ASSETS: ReadonlyMap<string, readonly [string, string]> = new Map([
   ["console.js", ["text/javascript; charset=utf-8", CONSOLE_JS]],
   ["console.css", ["text/css; charset=utf-8", CONSOLE_CSS]],
   ["uplot.js", ["text/javascript; charset=utf-8", UPLOT_JS]],
+  ["usage.js", ["text/javascript; charset=utf-8", USAGE_CHART_JS]],
   ["uplot.css", ["text/css; charset=utf-8", UPLOT_CSS]],
 ]);

@@ -40,7 +40,7 @@ const NAV: [string, string][] = [
   ["/promos", "Promos"],
   ["/outbox", "Outbox"],
   ["/jobs", "Jobs"],
-  ["/usage", "LLM usage"],
+  ["/usage", "Usage"],
 ];
 
 export function layout(ctx: Ctx, title: string, body: Html): string {
@@ -69,6 +69,7 @@ export function layout(ctx: Ctx, title: string, body: Html): string {
         <main id="main">${body}</main>
         <script src="${b}/assets/uplot.js"></script>
         <script src="${b}/assets/console.js"></script>
+        <script src="${b}/assets/usage.js"></script>
       </body>
     </html>`.text
   }`;

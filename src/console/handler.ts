@@ -14,10 +14,10 @@ import {
   paymentsPage,
   promosPage,
   subscriptionsPage,
-  usagePage,
 } from "./pages.js";
 import { webhookPage, webhooksPage } from "./webhooks.js";
 import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
+import { usageCsvPage, usagePage } from "./usage-page.js";
 import { checkSigned, crossSite, CSRF_COOKIE, newToken, readCookie, SECURITY_HEADERS } from "./security.js";
 
 export type { ConsoleAccess, ConsoleRole } from "./context.js";
@@ -69,6 +69,7 @@ const PAGES: [RegExp, Route][] = [
   [/^\/usage$/, usagePage],
   [/^\/webhooks$/, webhooksPage],
   [/^\/webhooks\/([^/]+)$/, webhookPage],
+  [/^\/usage\.csv$/, usageCsvPage],
 ];
 
 function page(status: number, body: string, headers: Record<string, string> = {}): Response {

@@ -14,6 +14,7 @@ import {
 import { csrfField, notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
+import { accountUsage } from "./usage-page.js";
 
 const PAGE = 50;
 /** The newest entries the balance chart draws (one indexed read, whatever the journal's size). */
@@ -244,6 +245,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     series[1]?.push(e.balanceAfter);
   }
   const u = { user: userId };
+  const usage = await accountUsage(ctx, userId);
   const body = html`<h1>Account <span class="mono">${userId}</span></h1>
     ${notice(ctx)}
     <div class="cards">
@@ -272,6 +274,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <script type="application/json" id="balance-data">
       ${jsonData(series)}
     </script>
+    ${usage}
     <h2>Audit</h2>
     <p>
       Hash chain on this page: <span class="${check.ok ? "ok" : "bad"}">${check.ok ? "intact" : "BROKEN"}</span> —
@@ -846,93 +849,4 @@ export async function jobsPage(ctx: Ctx): Promise<PageResult> {
     <h2>Recent rounds</h2>
     ${ledgerTable(ctx, rows.slice(0, 50))}`;
   return { title: "Jobs", body };
-}
-
-/** The usages a charge's journal entry records (docs/llm-metering.md): `metadata.usages`, or its own `model`. */
-function usagesOf(e: JournalEntry): { model: string; credits: number; input: number; output: number }[] {
-  const m = e.metadata ?? {};
-  const num = (v: unknown) => (typeof v === "number" && Number.isFinite(v) ? v : 0);
-  if (Array.isArray(m.usages))
-    return (m.usages as Record<string, unknown>[])
-      .filter((u) => typeof u === "object" && u !== null && typeof u.model === "string")
-      .map((u) => ({
-        model: u.model as string,
-        credits: num(u.amount),
-        input: num(u.inputTokens),
-        output: num(u.outputTokens),
-      }));
-  if (typeof m.model === "string") return [{ model: m.model, credits: e.amount, input: 0, output: 0 }];
-  return [];
-}
-
-/** At most this many charges are read for one usage report (newest first). */
-const USAGE_SCAN = 20_000;
-
-export async function usagePage(ctx: Ctx): Promise<PageResult> {
-  const sp = ctx.url.searchParams;
-  const book = ctx.manager.pricing.current();
-  const user = sp.get("user") ?? "";
-  const from = dateParam(sp.get("from")) ?? new Date(ctx.now.getTime() - 30 * 86_400_000);
-  const to = dateParam(sp.get("to")) ?? ctx.now;
-  const form = html`<form class="box" method="get" action="${ctx.base}/usage" role="search">
-    <label>User id<input name="user" value="${user}" /></label
-    ><label>From<input type="date" name="from" value="${from.toISOString().slice(0, 10)}" /></label
-    ><label>To (before)<input type="date" name="to" value="${to.toISOString().slice(0, 10)}" /></label
-    ><button type="submit">Show</button>
-  </form>`;
-  if (book === null)
-    return {
-      title: "LLM usage",
-      body: html`<h1>LLM usage</h1>
-        <p class="muted">No price book is set (docs/llm-metering.md).</p>`,
-    };
-  let listing = html`<p class="muted">Enter a user id.</p>`;
-  if (user !== "") {
-    const byModel = new Map<string, { calls: number; credits: number; input: number; output: number }>();
-    let beforeSeq: number | undefined;
-    let scanned = 0;
-    for (;;) {
-      const page = await ctx.manager.db.listJournal(user, {
-        order: "desc",
-        limit: 1000,
-        types: ["deduct", "commit_reserved"],
-        from,
-        to,
-        ...(beforeSeq === undefined ? {} : { beforeSeq }),
-      });
-      for (const e of page)
-        for (const u of usagesOf(e)) {
-          const t = byModel.get(u.model) ?? { calls: 0, credits: 0, input: 0, output: 0 };
-          t.calls++;
-          t.credits += u.credits;
-          t.input += u.input;
-          t.output += u.output;
-          byModel.set(u.model, t);
-        }
-      scanned += page.length;
-      if (page.length < 1000 || scanned >= USAGE_SCAN) break;
-      beforeSeq = (page[page.length - 1] as JournalEntry).seq;
-    }
-    const rows = [...byModel.entries()].sort((a, b) => b[1].credits - a[1].credits);
-    listing = html`${table({
-      columns: [
-        "Model",
-        { label: "Calls", num: true },
-        { label: "Input tokens", num: true },
-        { label: "Output tokens", num: true },
-        { label: "Credits", num: true },
-      ],
-      rows: rows.map(([model, t]) => [model, amount(t.calls), amount(t.input), amount(t.output), amount(t.credits)]),
-      empty: "No usage in this period.",
-    })}
-    ${
-      scanned >= USAGE_SCAN
-        ? html`<p class="muted">Only the newest ${USAGE_SCAN} charges were read: narrow the period.</p>`
-        : raw("")
-    }`;
-  }
-  const body = html`<h1>LLM usage by model</h1>
-    <p>Price book <code>${book.version}</code>.</p>
-    ${form}${listing}`;
-  return { title: "LLM usage", body };
 }

@@ -1,0 +1,232 @@
+import { ValidationError } from "../errors.js";
+import type { UsageDimension, UsageReport, UsageRow } from "../models/usage.js";
+import { usageCsv } from "../services/usage-csv.js";
+import type { Ctx, PageResult } from "./context.js";
+import { amount, enc, html, jsonData, query, raw, type Html } from "./html.js";
+import { shortId, table } from "./table.js";
+import { chartData } from "./usage-chart.js";
+
+/** The dimensions the usage page splits its chart by (docs/console.md, "Usage"). */
+const DIMENSIONS = ["model", "feature", "spender"] as const;
+type Dimension = (typeof DIMENSIONS)[number];
+const LABELS: Record<Dimension, string> = { model: "Model", feature: "Feature", spender: "Spender" };
+/** Rows the page's table shows at most (the CSV has them all, up to the query's cap). */
+const TABLE_ROWS = 500;
+/** The fleet's top accounts the page lists. */
+const TOP = 20;
+
+function day(value: string | null, fallback: Date): Date {
+  if (value === null || !/^\d{4}-\d{2}-\d{2}$/.test(value)) return fallback;
+  const d = new Date(`${value}T00:00:00Z`);
+  return Number.isNaN(d.getTime()) ? fallback : d;
+}
+
+/** The page's query from its form: account (none: the fleet), days from and to (UTC), the split. */
+function params(ctx: Ctx) {
+  const sp = ctx.url.searchParams;
+  const today = new Date(Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), ctx.now.getUTCDate()));
+  const from = day(sp.get("from"), new Date(today.getTime() - 29 * 86_400_000));
+  // "To" is the last day shown (inclusive on the form): the query ends the next midnight.
+  const last = day(sp.get("to"), today);
+  const to = new Date(Math.max(last.getTime(), from.getTime()) + 86_400_000);
+  const by = (DIMENSIONS as readonly string[]).includes(sp.get("by") ?? "") ? (sp.get("by") as Dimension) : "model";
+  const account = (sp.get("account") ?? sp.get("user") ?? "").trim();
+  return { from, last, to, by, account };
+}
+
+const isoDay = (d: Date) => d.toISOString().slice(0, 10);
+
+/** The chart's box and data block (drawn by usage.js: src/console/usage-chart.ts). */
+export function usageChart(id: string, label: string, rows: readonly UsageRow[], dimension: string | null): Html {
+  return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>
+    <script type="application/json" id="${id}-data">
+      ${jsonData(chartData(rows, dimension, "UTC"))}
+    </script>`;
+}
+
+/** `null` as the console shows a dimension the usage did not name. */
+const group = (v: unknown): Html | string =>
+  v === null || v === undefined ? html`<span class="muted">(none)</span>` : String(v);
+
+/**
+ * The usage page (docs/console.md, "Usage"): `credits.getUsage()` of one account or of the whole
+ * store, by day, split by model, feature or spender — a stacked chart, the rows under it, a CSV
+ * download, and (for the fleet) the top accounts of the range.
+ */
+export async function usagePage(ctx: Ctx): Promise<PageResult> {
+  const p = params(ctx);
+  const form = html`<form class="box" method="get" action="${ctx.base}/usage" role="search">
+    <label>Account (empty: every account)<input name="account" value="${p.account}" /></label
+    ><label>From<input type="date" name="from" value="${isoDay(p.from)}" /></label
+    ><label>To<input type="date" name="to" value="${isoDay(p.last)}" /></label
+    ><label
+      >Split by<select name="by">
+        ${DIMENSIONS.map(
+          (d) => html`<option value="${d}" ${d === p.by ? raw("selected") : raw("")}>${LABELS[d]}</option>`,
+        )}
+      </select></label
+    ><button type="submit">Show</button>
+  </form>`;
+  let report: UsageReport;
+  let top: UsageReport | null = null;
+  try {
+    report = await ctx.manager.credits.getUsage({
+      ...(p.account === "" ? {} : { account: p.account }),
+      from: p.from,
+      to: p.to,
+      interval: "day",
+      groupBy: [p.by],
+    });
+    if (p.account === "")
+      top = await ctx.manager.credits.getUsage({
+        from: p.from,
+        to: p.to,
+        interval: null,
+        groupBy: ["account"],
+        kinds: ["spend"],
+        orderBy: "credits",
+        limit: TOP,
+      });
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    return {
+      status: 400,
+      title: "Usage",
+      body: html`<h1>Usage</h1>
+        ${form}
+        <p class="error" role="alert">${error.message}</p>`,
+    };
+  }
+  const who = p.account === "" ? "every account" : p.account;
+  const spend = report.rows.filter((r) => r.kind === "spend");
+  const total = spend.reduce((s, r) => s + r.credits, 0);
+  const requests = spend.reduce((s, r) => s + r.requests, 0);
+  const back = report.rows.filter((r) => r.kind !== "spend").reduce((s, r) => s + r.credits, 0);
+  const rows = [...report.rows].sort((a, b) => b.start.getTime() - a.start.getTime() || b.credits - a.credits);
+  const csv = `${ctx.base}/usage.csv${query({ account: p.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}`;
+  const body = html`<h1>Usage</h1>
+    ${form}
+    <div class="cards">
+      <div class="card">
+        <div class="k">Credits spent</div>
+        <div class="v" id="usage-total">${amount(total)}</div>
+      </div>
+      <div class="card">
+        <div class="k">Requests</div>
+        <div class="v">${amount(requests)}</div>
+      </div>
+      <div class="card">
+        <div class="k">Refunded and clawed back</div>
+        <div class="v">${amount(back)}</div>
+      </div>
+    </div>
+    <h2>By day and ${p.by} (UTC), ${who}</h2>
+    ${usageChart("usage-chart", `Credits spent per day by ${p.by}, ${who}`, report.rows, p.by)}
+    <p><a href="${csv}" download="usage.csv">Download CSV</a></p>
+    ${table({
+      id: "usage-table",
+      caption: `Usage by day and ${p.by}`,
+      columns: [
+        { label: "Day", short: true },
+        LABELS[p.by],
+        { label: "Kind", short: true },
+        { label: "Requests", num: true },
+        { label: "Input tokens", num: true },
+        { label: "Output tokens", num: true },
+        { label: "Credits", num: true },
+      ],
+      rows: rows
+        .slice(0, TABLE_ROWS)
+        .map((r) => [
+          isoDay(r.start),
+          group(r[p.by]),
+          r.kind,
+          amount(r.requests),
+          amount(r.inputTokens),
+          amount(r.outputTokens),
+          amount(r.credits),
+        ]),
+      empty: "No usage in this range.",
+    })}
+    ${
+      rows.length > TABLE_ROWS || report.truncated
+        ? html`<p class="muted">The newest ${TABLE_ROWS} rows are shown: the CSV has the rest.</p>`
+        : raw("")
+    }
+    ${
+      top === null
+        ? raw("")
+        : html`<h2>Top accounts</h2>
+            ${table({
+              id: "top-accounts",
+              caption: "Accounts that spent most in this range",
+              columns: ["Account", { label: "Requests", num: true }, { label: "Credits", num: true }],
+              rows: top.rows.map((r) => [
+                html`<a
+                  href="${ctx.base}/usage${query({ account: r.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}"
+                  >${shortId(r.account as string, "user")}</a
+                >`,
+                amount(r.requests),
+                amount(r.credits),
+              ]),
+              empty: "No usage in this range.",
+            })}`
+    }`;
+  return { title: "Usage", body };
+}
+
+/** The usage page's rows as CSV (RFC 4180, formulas made inert: docs/usage.md). */
+export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {
+  const p = params(ctx);
+  const groupBy: UsageDimension[] = p.account === "" ? ["account", p.by] : [p.by];
+  try {
+    const report = await ctx.manager.credits.getUsage({
+      ...(p.account === "" ? {} : { account: p.account }),
+      from: p.from,
+      to: p.to,
+      interval: "day",
+      groupBy,
+      limit: 100_000,
+    });
+    return new Response(usageCsv(report, groupBy), {
+      headers: {
+        "content-type": "text/csv; charset=utf-8; header=present",
+        "content-disposition": 'attachment; filename="usage.csv"',
+        "cache-control": "no-store",
+        "x-content-type-options": "nosniff",
+      },
+    });
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    return new Response(error.message, { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
+  }
+}
+
+/** The account page's usage section: the last 30 days by day and model, and a link to the usage page. */
+export async function accountUsage(ctx: Ctx, userId: string): Promise<Html> {
+  const today = new Date(Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), ctx.now.getUTCDate()));
+  const from = new Date(today.getTime() - 29 * 86_400_000);
+  const report = await ctx.manager.credits.getUsage({
+    account: userId,
+    from,
+    to: new Date(today.getTime() + 86_400_000),
+    interval: "day",
+    groupBy: ["model"],
+    kinds: ["spend"],
+  });
+  const total = report.rows.reduce((s, r) => s + r.credits, 0);
+  return html`<h2>Usage by day, last 30 days (UTC)</h2>
+    ${
+      report.rows.length === 0
+        ? html`<p class="muted">No usage in the last 30 days.</p>`
+        : usageChart(
+            "account-usage-chart",
+            `Credits spent per day by model, last 30 days: ${amount(total)}`,
+            report.rows,
+            "model",
+          )
+    }
+    <p>
+      <a href="${ctx.base}/usage?account=${enc(userId)}">Usage of this account</a> (by model, feature or spender; CSV)
+    </p>`;
+}
