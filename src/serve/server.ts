@@ -21,6 +21,7 @@ import { createCreditManager, type CreditManager } from "../manager.js";
 import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
+import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";
 import { MissingDriverError, openStores } from "./store.js";
 import { ServeStartError, ServeUsageError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
@@ -253,6 +254,8 @@ export function serveApp(
   const answerOf = (handler as CreditHandler & Required<Answering>)[ANSWER];
   const cors = s.CREDIT_CORS_ORIGINS === undefined ? null : new Set(s.CREDIT_CORS_ORIGINS);
   const trustProxy = s.CREDIT_TRUST_PROXY === "true";
+  // The customer usage page, with customer tokens on (docs/usage.md, "For your customers").
+  const customerOn = s.CREDIT_CUSTOMER_TOKEN_SECRET !== undefined;
   let inFlight = 0;
   let draining = false;
 
@@ -282,6 +285,15 @@ export function serveApp(
       if (s.CREDIT_METRICS === "admin") await isAdmin(toRequest(req, res), ip);
       metrics.handle(req, res);
       return path;
+    }
+    if (customerOn && (path === CUSTOMER_PREFIX || path.startsWith(`${CUSTOMER_PREFIX}/`))) {
+      if (method !== "GET" && method !== "HEAD")
+        throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
+          allow: "GET, HEAD",
+        });
+      if (draining) res.setHeader("connection", "close");
+      await sendResponse(res, customerPage(path, s.CREDIT_CUSTOMER_FRAME_ANCESTORS), method === "HEAD");
+      return CUSTOMER_PREFIX;
     }
     if (path === CONSOLE_PREFIX || path.startsWith(`${CONSOLE_PREFIX}/`)) {
       if (consoleRoutes === null) throw new HttpError(404, "NOT_FOUND", `No route for ${method} ${path}.`);
@@ -590,6 +602,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         where,
         worker: rounds !== null,
         console: routes === null ? null : CONSOLE_PREFIX,
+        customerPage: s.CREDIT_CUSTOMER_TOKEN_SECRET === undefined ? null : CUSTOMER_PREFIX,
         openapi: "/credits/openapi.json",
       },
       "serving",
