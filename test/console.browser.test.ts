@@ -86,11 +86,14 @@ async function seed(m: CreditManager, accounts: number, heavy: number): Promise<
     priority: 5,
     expiresAt: new Date(Date.now() + 3 * 86_400_000),
   });
-  for (let i = 0; i < heavy; i++)
+  for (let i = 0; i < heavy; i++) {
+    const model = i % 3 ? "gpt-4o-mini" : "tiny-1";
+    // The LLM usage recorded with the charge (docs/llm-metering.md): what the usage page splits by.
     await m.credits.deductCredits(u, 1 + (i % 5), {
       description: `call ${i}`,
-      metadata: { model: i % 3 ? "gpt-4o-mini" : "tiny-1" },
+      metadata: { model, usages: [{ model, amount: 1 + (i % 5) }] },
     });
+  }
   const hold = await m.credits.reserveCredits(u, 40, { reason: "streaming answer", ttlSeconds: 3600 } as never);
   await m.credits.addCredits(u, 7, {
     description: HOSTILE_TEXT,
@@ -466,10 +469,12 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
           "/promos?user=user-0001",
           `/outbox?user=${ids.user}`,
           "/jobs",
-          `/usage?user=${ids.user}`,
+          "/usage",
+          `/usage?account=${ids.user}`,
         ])
           await visit(p, path);
-        expect(await p.locator("main table tbody tr").first().textContent()).toContain("gpt-4o-mini");
+        await p.waitForSelector("#usage-chart[data-ready='1'] canvas");
+        expect(await p.locator("#usage-table tbody").textContent()).toContain("gpt-4o-mini");
         expect(problems).toEqual([]);
         if (process.env.UPDATE_SCREENSHOTS === "1" && backend.name === "sqlite") {
           await visit(p, `/accounts/${ids.user}`);

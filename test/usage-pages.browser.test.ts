@@ -5,7 +5,7 @@
  * UPDATE_SCREENSHOTS=1 writes docs/console/usage.png and docs/usage-customer.png.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -35,11 +35,8 @@ interface Win {
   };
   location: { href: string };
 }
-const win = () => globalThis as unknown as Win;
 
-async function listen(
-  handler: (req: import("node:http").IncomingMessage, res: import("node:http").ServerResponse) => void,
-) {
+async function listen(handler: (req: IncomingMessage, res: ServerResponse) => void) {
   const server = createServer(handler);
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
   return { server, base: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };

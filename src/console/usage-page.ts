@@ -1,4 +1,4 @@
-import { ValidationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 import type { UsageDimension, UsageReport, UsageRow } from "../models/usage.js";
 import { usageCsv } from "../services/usage-csv.js";
 import type { Ctx, PageResult } from "./context.js";
@@ -88,6 +88,14 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
         limit: TOP,
       });
   } catch (error) {
+    // A store without its own aggregation reads one account at a time (docs/usage.md).
+    if (error instanceof ConfigurationError && p.account === "")
+      return {
+        title: "Usage",
+        body: html`<h1>Usage</h1>
+          ${form}
+          <p class="muted">This store sums usage one account at a time: enter an account.</p>`,
+      };
     if (!(error instanceof ValidationError)) throw error;
     return {
       status: 400,
