@@ -310,6 +310,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/credits/users/{userId}/customer-token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A short-lived token that reads this user's balance, grants and usage only (for the customer page)
+         * @description Signed with the service's customer token secret; `spender` narrows the usage it reads to that spender's; `ttlSeconds` is at most 86,400. 501 when customer tokens are off (docs/usage.md, "For your customers").
+         */
+        post: operations["adminCreateCustomerToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/credits/grants/{grantId}/void": {
         parameters: {
             query?: never;
@@ -321,6 +341,120 @@ export interface paths {
         put?: never;
         /** Remove what is left of a grant (refunds, disputes) */
         post: operations["adminVoidGrant"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/credits/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's usage by calendar window and dimension (`credits.getUsage`)
+         * @description With a customer token that names a spender, that spender's usage only. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.
+         */
+        get: operations["getUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/credits/usage.csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's usage as CSV
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         */
+        get: operations["getUsageCsv"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A user's usage by calendar window and dimension */
+        get: operations["adminGetUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/usage.csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A user's usage as CSV
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         */
+        get: operations["adminGetUsageCsv"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every account's usage (or `account`'s); `groupBy=account&orderBy=credits&limit=100`: the top 100 accounts */
+        get: operations["adminGetFleetUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/usage.csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Every account's usage as CSV
+         * @description RFC 4180 (CRLF records, a header line): start, end, the grouped dimensions, kind, credits, requests, inputTokens, outputTokens, cachedTokens. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). `X-Usage-Truncated: true` when `limit` cut rows.
+         */
+        get: operations["adminGetFleetUsageCsv"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -2665,6 +2799,102 @@ export interface operations {
             };
         };
     };
+    adminCreateCustomerToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    spender?: string;
+                    ttlSeconds: number;
+                };
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        token: string;
+                        /** Format: date-time */
+                        expiresAt: string;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Error */
+            501: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     adminVoidGrant: {
         parameters: {
             query?: never;
@@ -2786,6 +3016,438 @@ export interface operations {
             };
             /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getUsage: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
+                timeZone?: string;
+                kinds?: ("spend" | "refund" | "clawback")[];
+                orderBy?: "start" | "credits";
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        rows: ({
+                            /** Format: date-time */
+                            start: string;
+                            /** Format: date-time */
+                            end: string;
+                            /** @enum {string} */
+                            kind: "spend" | "refund" | "clawback";
+                            credits: number;
+                            requests: number;
+                            inputTokens: number;
+                            outputTokens: number;
+                            cachedTokens: number;
+                        } & {
+                            [key: string]: string | null;
+                        })[];
+                        truncated: boolean;
+                        timeZone: string;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getUsageCsv: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
+                timeZone?: string;
+                kinds?: ("spend" | "refund" | "clawback")[];
+                orderBy?: "start" | "credits";
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv": string;
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetUsage: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
+                timeZone?: string;
+                kinds?: ("spend" | "refund" | "clawback")[];
+                orderBy?: "start" | "credits";
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        rows: ({
+                            /** Format: date-time */
+                            start: string;
+                            /** Format: date-time */
+                            end: string;
+                            /** @enum {string} */
+                            kind: "spend" | "refund" | "clawback";
+                            credits: number;
+                            requests: number;
+                            inputTokens: number;
+                            outputTokens: number;
+                            cachedTokens: number;
+                        } & {
+                            [key: string]: string | null;
+                        })[];
+                        truncated: boolean;
+                        timeZone: string;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetUsageCsv: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
+                timeZone?: string;
+                kinds?: ("spend" | "refund" | "clawback")[];
+                orderBy?: "start" | "credits";
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv": string;
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetFleetUsage: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
+                timeZone?: string;
+                kinds?: ("spend" | "refund" | "clawback")[];
+                orderBy?: "start" | "credits";
+                limit?: number;
+                account?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        rows: ({
+                            /** Format: date-time */
+                            start: string;
+                            /** Format: date-time */
+                            end: string;
+                            /** @enum {string} */
+                            kind: "spend" | "refund" | "clawback";
+                            credits: number;
+                            requests: number;
+                            inputTokens: number;
+                            outputTokens: number;
+                            cachedTokens: number;
+                        } & {
+                            [key: string]: string | null;
+                        })[];
+                        truncated: boolean;
+                        timeZone: string;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetFleetUsageCsv: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
+                timeZone?: string;
+                kinds?: ("spend" | "refund" | "clawback")[];
+                orderBy?: "start" | "credits";
+                limit?: number;
+                account?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv": string;
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not an admin */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
