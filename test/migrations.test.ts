@@ -208,7 +208,7 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 9: accounts.limits, and the spender and feature of journal entries and holds, all nullable (rows stored before read as none)", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 8 })).toEqual([
+    expect(until(9, { dialect: "postgres", fromVersion: 8 })).toEqual([
       'ALTER TABLE "accounts" ADD COLUMN IF NOT EXISTS "limits" JSONB;',
       'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "spender" VARCHAR(255) COLLATE "C";',
       'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "feature" VARCHAR(100) COLLATE "C";',
@@ -217,11 +217,21 @@ describe("schema upgrades: the statements", () => {
       // The journal's type check allows the entry that records a change of the limits.
       expect.stringMatching(/DROP CONSTRAINT IF EXISTS "journal_entries_type_check", .*'checkpoint', 'limits'\)\);$/),
     ]);
-    const lite8 = upgradeStatements({ dialect: "sqlite", fromVersion: 8 });
+    const lite8 = until(9, { dialect: "sqlite", fromVersion: 8 });
     const added = lite8.filter((x) => x.includes("ADD COLUMN"));
     expect(added).toHaveLength(5);
     expect(added.every((x) => !x.includes("NOT NULL"))).toBe(true);
     expect(lite8).toContain('ALTER TABLE "journal_entries__rebuild" RENAME TO "journal_entries";');
+  });
+
+  it("version 10: grants.scope and accounts.scoped, nullable (rows stored before read as unscoped)", () => {
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 9 })).toEqual([
+      'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "scope" JSONB;',
+      'ALTER TABLE "accounts" ADD COLUMN IF NOT EXISTS "scoped" BOOLEAN;',
+    ]);
+    const lite9 = upgradeStatements({ dialect: "sqlite", fromVersion: 9 });
+    expect(lite9).toHaveLength(2);
+    expect(lite9.every((x) => x.includes("ADD COLUMN") && !x.includes("NOT NULL"))).toBe(true);
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {

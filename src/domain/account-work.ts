@@ -8,6 +8,7 @@ import type {
   GrantPortion,
   GrantSource,
   JournalEntry,
+  GrantScope,
   Reservation,
   SpendLimit,
 } from "../models/index.js";
@@ -16,6 +17,7 @@ import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
 import { type Counted, type Spend, countSpend, describeLimit, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
+import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
 
@@ -38,6 +40,8 @@ export interface NewGrant {
   sourceRef: string | null;
   description: string | null;
   metadata: Record<string, unknown> | null;
+  /** The spends it may pay for (docs/teams-and-limits.md, "Scoped credits"); null or absent: any. */
+  scope?: GrantScope | null;
 }
 
 /**
@@ -107,6 +111,7 @@ export class AccountWork {
           alert: null,
           autoTopUp: null,
           limits: null,
+          scoped: null,
           createdAt: now,
           updatedAt: now,
         };
@@ -165,11 +170,21 @@ export class AccountWork {
   }
 
   /**
-   * The most an after-service charge may take now: what keeps available >= −overdraftLimit
-   * (unbounded without a limit). Deductions and over-commits past it are refused.
+   * Credits `spend` may use (docs/teams-and-limits.md, "Scoped credits"): `available` less the
+   * unheld credits of scoped grants outside its scope. An account never given a scoped grant
+   * answers `available` without reading its grants.
    */
-  headroom(overdraftLimit: number | null): number {
-    return headroom(this.available, overdraftLimit);
+  availableFor(spend: Spend): number {
+    if (this.account.scoped !== true) return this.available;
+    return this.available - outOfScope(this.grants.all(), spend, this.now, scopeOf);
+  }
+
+  /**
+   * The most an after-service charge of `spend` may take now: what keeps its available credits
+   * >= −overdraftLimit (unbounded without a limit). Deductions and over-commits past it are refused.
+   */
+  headroom(overdraftLimit: number | null, spend: Spend = NO_SPEND): number {
+    return headroom(this.availableFor(spend), overdraftLimit);
   }
 
   /** True when a grant or hold may be past its expiry, so `settle()` has work to do. */
@@ -273,7 +288,9 @@ export class AccountWork {
   /** Adds credits: pays debt first, the rest forms a new grant. */
   add(amount: number, grant: NewGrant, meta: EntryMeta): JournalEntry {
     if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
-    const debtPaid = Math.min(this.account.debt, amount);
+    const scope = grant.scope ?? null;
+    // Debt is owed for spends of any scope: a scoped grant pays none of it.
+    const debtPaid = scope === null ? Math.min(this.account.debt, amount) : 0;
     const grantAmount = amount - debtPaid;
     const portions: GrantPortion[] = [];
     if (grantAmount > 0) {
@@ -293,8 +310,10 @@ export class AccountWork {
         expiredAmount: 0,
         closedAt: null,
         closedReason: null,
+        scope,
       };
       this.grants.create(g);
+      if (scope !== null) this.account.scoped = true;
       this.ordered = false;
       portions.push({ grantId: id, amount: grantAmount });
     }
@@ -322,14 +341,16 @@ export class AccountWork {
       limits?: "enforce" | "force" | "skip";
     },
   ): JournalEntry {
-    const available = this.available;
+    // (No scoped grant ever: `available`, as before scopes.)
+    const spend = this.account.scoped === true ? spendOf(meta) : NO_SPEND;
+    const available = spend === NO_SPEND ? this.available : this.availableFor(spend);
     if (!options.allowDebt && available < amount) {
       throw new InsufficientCreditsError(`Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`, {
         requested: amount,
         available,
       });
     }
-    if (options.allowDebt && amount > this.headroom(options.overdraftLimit)) {
+    if (options.allowDebt && amount > headroom(available, options.overdraftLimit)) {
       throw new InsufficientCreditsError(
         `Cannot deduct ${amount} credits: it would exceed the overdraft limit of ${options.overdraftLimit} (available ${available}).`,
         { requested: amount, available, overdraftLimit: options.overdraftLimit },
@@ -343,7 +364,7 @@ export class AccountWork {
       if (this.countLimits(spendOf(meta), amount, force))
         meta = { ...meta, metadata: { ...meta.metadata, overLimit: true } };
     }
-    const portions = this.draw(amount);
+    const portions = this.draw(amount, spend);
     const drawn = sum(portions);
     // (A refusal after the draw is safe: a unit of work that throws saves nothing.)
     if (this.account.debt + (amount - drawn) > Number.MAX_SAFE_INTEGER) throw beyondSafe("debt", amount);
@@ -359,7 +380,8 @@ export class AccountWork {
     reason: string | null,
     meta: EntryMeta,
   ): { reservation: Reservation; entry: JournalEntry } {
-    const available = this.available;
+    const spend = this.account.scoped === true ? spendOf(meta) : NO_SPEND;
+    const available = spend === NO_SPEND ? this.available : this.availableFor(spend);
     if (available < amount) {
       throw new InsufficientCreditsError(
         `Cannot reserve ${amount} credits: only ${Math.max(available, 0)} available.`,
@@ -368,7 +390,7 @@ export class AccountWork {
     }
     // A hold counts against the limits when placed; its commit or release trues it up.
     if (this.account.limits != null) this.countLimits(spendOf(meta), amount, false, "reserve");
-    const allocations = this.draw(amount);
+    const allocations = this.draw(amount, spend);
     const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
     const reservation: Reservation = {
       id: this.newId(),
@@ -398,7 +420,7 @@ export class AccountWork {
    * the entry's `shortfall`. Null when the limit allows nothing.
    */
   deductUpToLimit(requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry | null {
-    const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit));
+    const charge = chargeWithinLimit(requested, this.headroom(overdraftLimit, spendOf(meta)));
     if (charge === 0) return null;
     return this.deduct(charge, shortfallMeta(meta, requested, charge), { allowDebt: true, overdraftLimit });
   }
@@ -408,7 +430,7 @@ export class AccountWork {
    * itself always), recording what it could not charge as the entry's `shortfall`.
    */
   commitUpToLimit(hold: Reservation, requested: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
-    const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit));
+    const charge = commitWithinLimit(requested, hold.amount, this.headroom(overdraftLimit, holdSpend(hold)));
     return this.commit(hold, charge, shortfallMeta(meta, requested, charge), overdraftLimit);
   }
 
@@ -421,10 +443,10 @@ export class AccountWork {
   commit(hold: Reservation, amount: number, meta: EntryMeta, overdraftLimit: number | null): JournalEntry {
     const excess = amount - hold.amount;
     // Checked up front so a refused over-commit changes nothing (the hold stays active).
-    if (excess > 0 && excess > this.headroom(overdraftLimit)) {
+    if (excess > 0 && excess > this.headroom(overdraftLimit, holdSpend(hold))) {
       throw new InsufficientCreditsError(
         `Cannot commit ${amount} credits on a hold of ${hold.amount}: the excess of ${excess} would exceed the overdraft limit of ${overdraftLimit}.`,
-        { requested: amount, held: hold.amount, available: this.available, overdraftLimit },
+        { requested: amount, held: hold.amount, available: this.availableFor(holdSpend(hold)), overdraftLimit },
       );
     }
     const captured = Math.min(amount, hold.amount);
@@ -587,8 +609,12 @@ export class AccountWork {
     if (counted.crossed.length > 0) (this.limitsCrossed ??= []).push(...counted.crossed);
   }
 
-  /** Draws up to `amount` from usable grants in burn-down order. */
-  private draw(amount: number): GrantPortion[] {
+  /**
+   * Draws up to `amount` from the usable grants `spend` may use, in burn-down order: on an account
+   * with scoped grants, those whose scope matches it first, then the unscoped ones (./scope.ts).
+   */
+  private draw(amount: number, spend: Spend): GrantPortion[] {
+    if (spend !== NO_SPEND) return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now, scopeOf), amount);
     // Loaded in order and nothing added: the first usable grants are the ones to take.
     if (this.ordered) return this.takeInOrder(this.grants.loaded, amount);
     const usable: Grant[] = [];
@@ -654,7 +680,8 @@ export class AccountWork {
       // Debt is paid from credits that go back to a grant still open. What goes back to a closed
       // grant (voided, or expired — closed just above when it was due) is removed afterwards and
       // pays nothing: a voided grant's credits must not settle usage, nor expired ones.
-      const pay = g.closedAt === null ? Math.min(debt, p.amount) : 0;
+      // Nor do a scoped grant's: the debt is owed for spends of any scope.
+      const pay = g.closedAt === null && (g.scope ?? null) === null ? Math.min(debt, p.amount) : 0;
       debt -= pay;
       if (pay > 0 && tagged) portions.push({ grantId: p.grantId, amount: pay, kind: "debt_paid" });
       const back = p.amount - pay;
@@ -803,6 +830,7 @@ export function copyAccount(a: Account): Account {
     alert: a.alert,
     autoTopUp: a.autoTopUp ?? null,
     limits: a.limits,
+    scoped: a.scoped,
     createdAt: a.createdAt,
     updatedAt: a.updatedAt,
   } satisfies Record<keyof Account, unknown>;
@@ -825,6 +853,7 @@ export function withRemaining(g: Grant, remaining: number): Grant {
     expiredAmount: g.expiredAmount,
     closedAt: g.closedAt,
     closedReason: g.closedReason,
+    scope: g.scope,
   } satisfies Record<keyof Grant, unknown>;
 }
 
@@ -858,6 +887,17 @@ export function holdWith(
 function spendOf(meta: EntryMeta): Spend {
   return { spender: meta.spender ?? null, feature: meta.feature ?? null };
 }
+
+/** A spend naming neither spender nor feature; on an account never given a scoped grant, every spend draws as this one. */
+const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
+
+/** The spend a hold was placed for. */
+function holdSpend(hold: Reservation): Spend {
+  return { spender: hold.spender ?? null, feature: hold.feature ?? null };
+}
+
+/** A grant's scope (null: any spend). */
+const scopeOf = (g: Grant): GrantScope | null => g.scope ?? null;
 
 /** `meta` naming `hold`'s spender and feature. */
 function withSpend(meta: EntryMeta, hold: Reservation): EntryMeta {

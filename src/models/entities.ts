@@ -1,7 +1,7 @@
 import * as z from "zod";
 import { AlertState } from "./notifications.js";
 import { AutoTopUpState } from "./auto-top-up.js";
-import { SpendLimit, SpenderId } from "./limits.js";
+import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
 import {
   EntityId,
   FeatureName,
@@ -70,6 +70,12 @@ export const Account = z.object({
    * when the account has none. Kept with the account so a spend checks them without another read.
    */
   limits: z.array(SpendLimit).nullable().optional(),
+  /**
+   * True once the account has been given a scoped grant (schema version 10, docs/teams-and-limits.md,
+   * "Scoped credits"): its spends then sort its open grants by scope. Null or absent: never, and a
+   * spend takes its grants in plain burn-down order without reading their scopes.
+   */
+  scoped: z.boolean().nullable().optional(),
   createdAt: z.date(),
   updatedAt: z.date(),
 });
@@ -98,6 +104,11 @@ export const Grant = z.object({
   /** Set when the grant expired or was voided: credits returned to it later go at once. */
   closedAt: z.date().nullable(),
   closedReason: z.enum(["expired", "voided"]).nullable(),
+  /**
+   * The spends this grant may pay for (schema version 10, docs/teams-and-limits.md, "Scoped
+   * credits"); null or absent: any spend. Never changes.
+   */
+  scope: GrantScope.nullable().optional(),
 });
 export type Grant = z.infer<typeof Grant>;
 
@@ -192,7 +203,25 @@ export const CreditsInfo = z.object({
   userId: UserId,
   balance: SignedAmount,
   reserved: NonNegativeAmount,
+  /**
+   * Credits the spend asked about may use now (without `spender` and `feature`: a spend naming
+   * neither, which only unscoped grants pay): its grants' unheld credits less the debt.
+   */
   available: SignedAmount,
   debt: NonNegativeAmount,
+  /**
+   * The unheld credits of the account's scoped grants, one total per scope, sorted by scope
+   * (docs/teams-and-limits.md, "Scoped credits"); empty when the account has none. `balance`
+   * counts them too.
+   */
+  scoped: z
+    .array(
+      z.object({
+        features: z.array(FeatureName).nullable(),
+        spenders: z.array(SpenderId).nullable(),
+        remaining: NonNegativeAmount,
+      }),
+    )
+    .optional(),
 });
 export type CreditsInfo = z.infer<typeof CreditsInfo>;

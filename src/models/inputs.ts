@@ -11,7 +11,7 @@ import {
   UserId,
 } from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
-import { SpendFields, SpenderId } from "./limits.js";
+import { GrantScope, SpendFields, SpenderId } from "./limits.js";
 
 /** Options every mutation accepts. */
 export const MutationOptions = z.strictObject({
@@ -32,6 +32,11 @@ export const AddCreditsOptions = MutationOptions.extend({
   source: GrantSource.optional(),
   /** External reference (payment id, promo code, subscription period, …). */
   sourceRef: z.string().min(1).max(255).optional(),
+  /**
+   * The spends the grant may pay for (docs/teams-and-limits.md, "Scoped credits"): `features`, the
+   * spend's feature must be one of them; `spenders`, its spender. Omitted: any spend.
+   */
+  scope: GrantScope.optional(),
 });
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 

@@ -150,6 +150,16 @@ export const MIGRATIONS: readonly Migration[] = [
     ],
     checks: [{ table: "journal", field: "type" }],
   },
+  // Version 10: scoped grants (docs/teams-and-limits.md, "Scoped credits"). Self-contained: renumber freely.
+  {
+    to: 10,
+    summary:
+      "grants.scope (the features and spenders a grant may pay for; null: any spend); accounts.scoped (true once the account was given a scoped grant), both nullable: rows stored before read as unscoped (docs/teams-and-limits.md)",
+    columns: [
+      { table: "grants", field: "scope" },
+      { table: "accounts", field: "scoped" },
+    ],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

@@ -257,6 +257,7 @@ export class CreditService {
           sourceRef: o.sourceRef ?? null,
           description: o.description ?? null,
           metadata: o.metadata ?? null,
+          scope: o.scope ?? null,
         },
         meta,
       );
