@@ -199,7 +199,12 @@ export function replayJournal(
   if (balance !== sumRemaining + sumHolds - debt) {
     problems.push(`balance ${balance} != Σ grant.remaining ${sumRemaining} + Σ holds ${sumHolds} − debt ${debt}`);
   }
-  if (debt > 0 && sumRemaining > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumRemaining}`);
+  // Debt is paid by unscoped credits only (docs/teams-and-limits.md, "Scoped credits"): scoped
+  // grants may keep theirs while it is owed. Their scopes are the stored grants' (none: an archive).
+  let sumUnscoped = sumRemaining;
+  if (debt > 0 && stored !== null)
+    for (const g of stored.grants) if ((g.scope ?? null) !== null) sumUnscoped -= remaining.get(g.id) ?? 0;
+  if (debt > 0 && sumUnscoped > 0) problems.push(`debt ${debt} outstanding while grants still hold ${sumUnscoped}`);
 
   // The stored state must be what the journal says (unless there is none: an archive).
   if (stored !== null)

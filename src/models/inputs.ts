@@ -60,6 +60,18 @@ export type TrialCredits = z.input<typeof TrialCredits>;
 export const FeatureRules = z.record(FeatureName, z.strictObject({ minAvailable: NonNegativeAmount }));
 export type FeatureRules = z.input<typeof FeatureRules>;
 
+/**
+ * `credits.getUserCreditsInfo(userId, options)`: the spend to answer for (docs/teams-and-limits.md,
+ * "Scoped credits"). Omitted: a spend naming neither.
+ */
+export const CreditsInfoOptions = z.strictObject({
+  /** The spender asking; scoped grants listing spenders pay only theirs. */
+  spender: SpenderId.optional(),
+  /** The feature; scoped grants listing features pay only theirs. */
+  feature: FeatureName.optional(),
+});
+export type CreditsInfoOptions = z.input<typeof CreditsInfoOptions>;
+
 /** `credits.check(userId, options)`. */
 export const CheckOptions = z.strictObject({
   /** A feature configured in `features`; its `minAvailable` is required. */

@@ -5,7 +5,8 @@ import type { DbManager, DbTransaction } from "../db/types.js";
 import { holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
-import { compareGrants, isDue } from "../domain/order.js";
+import { compareGrants, isDue, isUsable } from "../domain/order.js";
+import { outOfScope } from "../domain/scope.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
 import { type Spend, limitStatuses, replaceLimits, tightestLimit, withoutLimit } from "../domain/limits.js";
@@ -57,6 +58,7 @@ import {
   TrialCredits,
   FeatureRules,
   CheckOptions,
+  CreditsInfoOptions,
   MutationOptions,
   RemoveLimitInput,
   SetLimitsInput,
@@ -488,25 +490,40 @@ export class CreditService {
     );
   }
 
-  /** Balance, reserved, available and debt. Settles due expiries first, so the numbers are current. */
-  async getUserCreditsInfo(userId: string): Promise<CreditsInfo> {
+  /**
+   * Balance, reserved, available and debt. Settles due expiries first, so the numbers are current.
+   * `available` is what a spend by `options.spender` on `options.feature` may use (omitted: a spend
+   * naming neither); an account given scoped grants also has `scoped`, their unheld credits per
+   * scope (docs/teams-and-limits.md, "Scoped credits").
+   */
+  async getUserCreditsInfo(userId: string, options: CreditsInfoOptions = {}): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
-    return (await this.creditsState(user)).info;
+    const o = parse(CreditsInfoOptions, options, "options");
+    const state = await this.creditsState(user);
+    if (!state.scoped) return state.info;
+    return (await this.scopedState(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
   }
 
   /** The account's credits and spend limits, settled, from the cache when there is one. */
-  private async creditsState(user: string): Promise<{ info: CreditsInfo; limits: SpendLimit[] | null }> {
+  private async creditsState(
+    user: string,
+  ): Promise<{ info: CreditsInfo; limits: SpendLimit[] | null; scoped: boolean }> {
     const now = this.clock();
     const cache = this.cache;
     if (cache === undefined) {
       const account = await this.settledAccount(user, now);
-      return { info: creditsInfo(user, account), limits: account?.limits ?? null };
+      return { info: creditsInfo(user, account), limits: account?.limits ?? null, scoped: account?.scoped === true };
     }
     const key = infoKey(user);
-    const hit = await cache.get<{ info: CreditsInfo; validUntil: number | null; limits?: SpendLimit[] | null }>(key);
+    const hit = await cache.get<{
+      info: CreditsInfo;
+      validUntil: number | null;
+      limits?: SpendLimit[] | null;
+      scoped?: boolean;
+    }>(key);
     // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
     if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil))
-      return { info: { ...hit.info }, limits: hit.limits ?? null };
+      return { info: { ...hit.info }, limits: hit.limits ?? null, scoped: hit.scoped === true };
     const account = await cache.readThrough(
       key,
       () => this.settledAccount(user, now),
@@ -514,9 +531,36 @@ export class CreditService {
         info: creditsInfo(user, read),
         validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null,
         limits: read?.limits ?? null,
+        scoped: read?.scoped === true,
       }),
     );
-    return { info: creditsInfo(user, account), limits: account?.limits ?? null };
+    return { info: creditsInfo(user, account), limits: account?.limits ?? null, scoped: account?.scoped === true };
+  }
+
+  /**
+   * An account given scoped grants, read with its open grants in one unit of the store (settled
+   * first): `available` for `spend` and the totals per scope. Not cached: the cache keeps one
+   * answer per account.
+   */
+  private async scopedState(user: string, spend: Spend): Promise<{ info: CreditsInfo; limits: SpendLimit[] | null }> {
+    const now = this.clock();
+    await this.settledAccount(user, now);
+    const state = await this.db.transaction(user, (tx) => tx.load());
+    const info = creditsInfo(user, state.account);
+    const totals = new Map<string, { features: string[] | null; spenders: string[] | null; remaining: number }>();
+    for (const g of state.grants) {
+      const scope = g.scope ?? null;
+      if (scope === null || !isUsable(g, now)) continue;
+      const features = scope.features === undefined ? null : [...scope.features].sort();
+      const spenders = scope.spenders === undefined ? null : [...scope.spenders].sort();
+      const key = JSON.stringify([features, spenders]);
+      const total = totals.get(key);
+      if (total === undefined) totals.set(key, { features, spenders, remaining: g.remaining });
+      else total.remaining += g.remaining;
+    }
+    info.available -= outOfScope(state.grants, spend, now, (g) => g.scope ?? null);
+    info.scoped = [...totals.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t);
+    return { info, limits: state.account?.limits ?? null };
   }
 
   /**
@@ -593,13 +637,18 @@ export class CreditService {
       ]);
     }
     const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
-    const state = await this.creditsState(user);
+    const read = await this.creditsState(user);
+    // An account given scoped grants: what this spend may use, from its grants (never cached).
+    const state = read.scoped ? await this.scopedState(user, spend) : read;
     const decision = this.decide(state, rule?.minAvailable, o.amount, spend);
     if (decision.allowed || this.cache === undefined) return decision;
     // A denial is answered from the store's current state, not from a cached copy another
     // process may have outdated (its writes invalidate its own cache, not ours): docs/storage.md,
     // "Caches: what each may answer".
+    if (read.scoped) return decision; // (read from the store just now)
     const account = await this.settledAccount(user, this.clock());
+    if (account?.scoped === true)
+      return this.decide(await this.scopedState(user, spend), rule?.minAvailable, o.amount, spend);
     return this.decide(
       { info: creditsInfo(user, account), limits: account?.limits ?? null },
       rule?.minAvailable,

@@ -50,7 +50,8 @@ export async function settleLease(
       let keyed = false;
       const roll = (entry: JournalEntry | null): LeaseSettled => {
         let hold: Reservation | null = null;
-        const block = s.roll === null ? 0 : leaseBlock(work.available, s.roll.sizing);
+        // Sized on what the lease's spends may use: scoped grants outside their scope do not count.
+        const block = s.roll === null ? 0 : leaseBlock(work.availableFor(LEASE_SPEND), s.roll.sizing);
         if (s.roll !== null && block > 0) {
           // The key goes on the unit's first entry (an opening window has no settle entry).
           const holdMeta: EntryMeta = keyed
@@ -102,6 +103,9 @@ export async function settleLease(
   // A replay: the next block (if the first settle placed one) is the active hold tagged with it.
   return { entry: settled.entry, next: await leaseHold(db, userId, next.lease, next.window), replayed: true };
 }
+
+/** A lease's spends name neither spender nor feature (docs/metering.md, "Leases"). */
+const LEASE_SPEND = { spender: null, feature: null };
 
 /** The active hold a lease's settle placed for window `window`, or null. */
 export async function leaseHold(

@@ -50,6 +50,7 @@ import { runTrialContract as trialContract } from "./trial.js";
 import { runManagersContract } from "./managers.js";
 import { autoTopUpContract } from "./auto-top-up.js";
 import { mulberry32, runLeasesContract } from "./leases.js";
+import { scopedAccountCases, scopedConcurrencyCase } from "./scoped.js";
 
 export { CreditModel } from "./model.js";
 export { runManagersContract } from "./managers.js";
@@ -256,6 +257,8 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
   const db = lazy(getDb);
   describe("accounts", () => {
     const user = () => `u-${randomUUID()}`;
+
+    scopedAccountCases(db);
 
     describe("store", () => {
       it("has no account, grants or journal for an unknown user", async () => {
@@ -1028,6 +1031,8 @@ export function runConcurrencyContract(
       expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 920, reserved: 0 });
       expect((await credits.audit(u)).ok).toBe(true);
     });
+
+    scopedConcurrencyCase(db, race);
 
     it("one idempotency key sent 50 times at once has one effect", async () => {
       const u = user();

@@ -1,0 +1,169 @@
+import { randomUUID } from "node:crypto";
+import { describe, expect, it } from "./runner.js";
+import type { DbManager } from "../db/types.js";
+import { inScope } from "../domain/scope.js";
+import { InsufficientCreditsError, ValidationError } from "../errors.js";
+import type { Grant, JournalEntry } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+
+/*
+ * Scoped grants (docs/teams-and-limits.md, "Scoped credits") in the contract suite: what the store
+ * keeps of a grant's scope, and spends that never draw from a grant outside their scope — one
+ * manager, or two over one store (the suite's `createPeer`) spending at once.
+ */
+
+const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+
+function service(db: DbManager, overdraftLimit: number | null = null) {
+  const clock = { now: T0 };
+  return { credits: new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit }), clock };
+}
+
+/**
+ * Every credit a `deduct` or `reserve` entry of `userId` drew came from a grant whose scope
+ * matches the entry's spender and feature (commits spend what their hold drew). Returns the
+ * entries it checked.
+ */
+export async function expectNoOutOfScopeDraw(db: DbManager, userId: string): Promise<JournalEntry[]> {
+  const grants = new Map<string, Grant>();
+  for (const g of await db.listGrants(userId, { includeInactive: true })) grants.set(g.id, g);
+  const entries = await db.listJournal(userId, { order: "asc", limit: 100_000 });
+  const checked: JournalEntry[] = [];
+  for (const e of entries) {
+    if (e.type !== "deduct" && e.type !== "reserve") continue;
+    const spend = { spender: e.spender ?? null, feature: e.feature ?? null };
+    for (const p of e.grants) {
+      const grant = grants.get(p.grantId);
+      expect(grant !== undefined, `grant ${p.grantId} of entry ${e.seq}`).toBe(true);
+      expect(
+        inScope(grant?.scope ?? null, spend),
+        `entry ${e.seq} (${JSON.stringify(spend)}) drew from grant ${p.grantId} scoped ${JSON.stringify(grant?.scope)}`,
+      ).toBe(true);
+    }
+    checked.push(e);
+  }
+  return checked;
+}
+
+/** The accounts part's cases for scoped grants. */
+export function scopedAccountCases(db: DbManager): void {
+  describe("scoped grants", () => {
+    const user = () => `u-${randomUUID()}`;
+
+    it("a grant's scope is stored and read back; bad scopes are refused and change nothing", async () => {
+      const u = user();
+      const { credits } = service(db);
+      const plain = await credits.addCredits(u, 10);
+      const scoped = await credits.addCredits(u, 20, { scope: { features: ["images"], spenders: ["alice", "bob"] } });
+      const byId = new Map((await db.listGrants(u)).map((g) => [g.id, g]));
+      expect(byId.get(scoped.grants[0]?.grantId as string)?.scope).toEqual({
+        features: ["images"],
+        spenders: ["alice", "bob"],
+      });
+      expect(byId.get(plain.grants[0]?.grantId as string)?.scope ?? null).toBeNull();
+      expect((await db.getAccount(u))?.scoped).toBe(true);
+      for (const bad of [{}, { features: [] }, { features: ["no spaces"] }, { spenders: [""] }, { other: ["x"] }]) {
+        await expect(credits.addCredits(u, 5, { scope: bad as never })).rejects.toBeInstanceOf(ValidationError);
+      }
+      expect(await db.listJournal(u, { order: "desc", limit: 10 })).toHaveLength(2);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("spends draw their scope's grants first, never another's; info and check() count what the spend may use", async () => {
+      const u = user();
+      const { credits } = service(db);
+      const pool = (await credits.addCredits(u, 100)).grants[0]?.grantId;
+      const images = (await credits.addCredits(u, 30, { scope: { features: ["images"] } })).grants[0]?.grantId;
+      const alice = (await credits.addCredits(u, 15, { scope: { spenders: ["alice"] } })).grants[0]?.grantId;
+      expect(await credits.getUserCreditsInfo(u)).toEqual({
+        userId: u,
+        balance: 145,
+        reserved: 0,
+        available: 100,
+        debt: 0,
+        scoped: [
+          { features: ["images"], spenders: null, remaining: 30 },
+          { features: null, spenders: ["alice"], remaining: 15 },
+        ],
+      });
+      expect((await credits.getUserCreditsInfo(u, { spender: "alice", feature: "images" })).available).toBe(145);
+      expect((await credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(130);
+      const e = await credits.deductCredits(u, 40, { spender: "alice", feature: "images" });
+      // Both scoped grants match: in burn-down order (the same priority and no expiry: the older first).
+      expect(e.grants).toEqual([
+        { grantId: images, amount: 30 },
+        { grantId: alice, amount: 10 },
+      ]);
+      await expect(credits.deductCredits(u, 101, { spender: "bob" })).rejects.toBeInstanceOf(InsufficientCreditsError);
+      expect((await credits.deductCredits(u, 100, { spender: "bob" })).grants).toEqual([
+        { grantId: pool, amount: 100 },
+      ]);
+      // Alice's 5 are left; a plain spend may use none of them.
+      expect(await credits.check(u, { amount: 1 })).toMatchObject({ allowed: false });
+      expect(await credits.check(u, { spender: "alice", amount: 5 })).toMatchObject({ allowed: true });
+      const hold = await credits.reserveCredits(u, 5, { spender: "alice" });
+      expect(hold.allocations).toEqual([{ grantId: alice, amount: 5 }]);
+      await credits.commitReservedCredits(hold.id, { amount: 2 });
+      expect(await credits.getUserCreditsInfo(u, { spender: "alice" })).toMatchObject({ balance: 3, available: 3 });
+      expect((await expectNoOutOfScopeDraw(db, u)).length).toBe(3);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("after-service spends run into debt rather than use another scope's credits; scoped grants pay no debt; voids stay per grant", async () => {
+      const u = user();
+      const { credits } = service(db, 100);
+      await credits.addCredits(u, 10);
+      const images = (await credits.addCredits(u, 50, { scope: { features: ["images"] } })).grants[0]?.grantId;
+      await credits.deductCreditsAfterService(u, 30, { feature: "chat" });
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 30, debt: 20, available: -20 });
+      const later = await credits.addCredits(u, 25, { scope: { features: ["images"] } });
+      expect(later.grants).toHaveLength(1);
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ debt: 20 });
+      await credits.voidGrant(images as string);
+      expect(await credits.getUserCreditsInfo(u, { feature: "images" })).toMatchObject({ available: 5 });
+      await expectNoOutOfScopeDraw(db, u);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+  });
+}
+
+/** The concurrency part's case for scoped grants: spends of several scopes at once. */
+export function scopedConcurrencyCase(db: DbManager, race: number): void {
+  it("concurrent spends of several spenders and features never draw from a grant outside their scope (docs/teams-and-limits.md)", async () => {
+    const u = `u-${randomUUID()}`;
+    const { credits } = service(db);
+    await credits.addCredits(u, 40);
+    await credits.addCredits(u, 30, { scope: { features: ["images"] } });
+    await credits.addCredits(u, 20, { scope: { spenders: ["alice"] } });
+    await credits.addCredits(u, 10, { scope: { features: ["chat"], spenders: ["bob"] } });
+    const spends = [
+      { spender: "alice", feature: "images" },
+      { spender: "bob", feature: "chat" },
+      { spender: "bob", feature: "images" },
+      { spender: "carol" },
+      {},
+    ];
+    const n = Math.min(race, 200);
+    const results = await Promise.allSettled(
+      Array.from({ length: n }, (_, i) => {
+        const spend = spends[i % spends.length] as { spender?: string; feature?: string };
+        return i % 3 === 2
+          ? credits.reserveCredits(u, 1, spend).then((h) => credits.commitReservedCredits(h.id))
+          : credits.deductCredits(u, 1, spend);
+      }),
+    );
+    const spent = results.filter((r) => r.status === "fulfilled").length;
+    expect(spent).toBeLessThanOrEqual(100);
+    expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 100 - spent, reserved: 0, debt: 0 });
+    // No spend is refused while credits it may use are left (nothing is given back here, so what a
+    // refused spend may use stays 0).
+    for (const [i, r] of results.entries()) {
+      if (r.status === "fulfilled") continue;
+      expect(r.reason).toBeInstanceOf(InsufficientCreditsError);
+      const spend = spends[i % spends.length] as { spender?: string; feature?: string };
+      expect((await credits.getUserCreditsInfo(u, spend)).available, JSON.stringify(spend)).toBe(0);
+    }
+    expect((await expectNoOutOfScopeDraw(db, u)).length).toBeGreaterThanOrEqual(100);
+    expect((await credits.audit(u)).ok).toBe(true);
+  });
+}
