@@ -133,6 +133,21 @@ describe("deterministic simulation", () => {
     expect(message).toMatch(/charged 2 times|succeeded and was never credited|credited .* with 2 successful charges/);
   });
 
+  it("catches spends drawn from a grant outside its scope (a store that loads grants without their scope)", async () => {
+    let failure: unknown;
+    for (let seed = 1; seed <= 30 && failure === undefined; seed++) {
+      try {
+        await runSimulation({ seed, steps: 40, setIdSource, plantedBug: "scope-lost" });
+      } catch (error) {
+        failure = error;
+      }
+    }
+    expect(failure).toBeInstanceOf(SimulationFailure);
+    const f = failure as SimulationFailure;
+    console.log(f.message.split("\n")[0]);
+    expect(f.message).toMatch(/outside that grant's scope|the model says|InsufficientCreditsError/);
+  });
+
   it("catches a store that loses commits it answered as done, and prints the replay command", async () => {
     let failure: unknown;
     for (let seed = 1; seed <= 20 && failure === undefined; seed++) {

@@ -319,6 +319,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           expiredAmount: 0,
           closedAt: null,
           closedReason: null,
+          scope: null,
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);

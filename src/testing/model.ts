@@ -11,7 +11,30 @@ export interface ModelGrant {
   priority: number;
   createdAt: number;
   closed: "expired" | "voided" | null;
+  /** The features it pays for (null: any); with `spenders`, docs/teams-and-limits.md "Scoped credits". */
+  features?: string[] | null;
+  /** The spenders it pays for (null: any). */
+  spenders?: string[] | null;
 }
+
+/** Who spends on what (null: not named). */
+export interface ModelSpend {
+  spender: string | null;
+  feature: string | null;
+}
+
+const ANY: ModelSpend = { spender: null, feature: null };
+
+/** True when `g` may pay for `spend`: each list it has names the spend's value. */
+export function mayPay(g: ModelGrant, spend: ModelSpend): boolean {
+  const features = g.features ?? null;
+  const spenders = g.spenders ?? null;
+  if (features !== null && (spend.feature === null || features.indexOf(spend.feature) < 0)) return false;
+  if (spenders !== null && (spend.spender === null || spenders.indexOf(spend.spender) < 0)) return false;
+  return true;
+}
+
+const isScoped = (g: ModelGrant): boolean => (g.features ?? null) !== null || (g.spenders ?? null) !== null;
 
 export interface ModelHold {
   id: string;
@@ -19,6 +42,8 @@ export interface ModelHold {
   parts: Array<[string, number]>;
   expiresAt: number;
   status: "active" | "committed" | "released" | "expired";
+  /** The spend it was placed for (absent: none named). */
+  spend?: ModelSpend;
 }
 
 export class CreditModel {
@@ -33,7 +58,16 @@ export class CreditModel {
   constructor(public now: number) {}
 
   get available(): number {
-    return this.balance - this.reserved;
+    return this.availableFor(ANY);
+  }
+
+  /** What `spend` may use: available less the usable scoped credits it may not pay with. */
+  availableFor(spend: ModelSpend): number {
+    let other = 0;
+    for (const g of this.grants)
+      if (g.closed === null && (g.expiresAt === null || g.expiresAt > this.now) && !mayPay(g, spend))
+        other += g.remaining;
+    return this.balance - this.reserved - other;
   }
 
   settle(): void {
@@ -54,30 +88,42 @@ export class CreditModel {
     }
   }
 
-  add(id: string | null, amount: number, expiresAt: number | null, priority: number): void {
-    const pay = Math.min(this.debt, amount);
+  add(
+    id: string | null,
+    amount: number,
+    expiresAt: number | null,
+    priority: number,
+    scope: { features?: string[]; spenders?: string[] } | null = null,
+  ): void {
+    // A scoped grant pays no debt: the debt is owed for spends of any scope.
+    const pay = scope === null ? Math.min(this.debt, amount) : 0;
     this.debt -= pay;
     this.balance += amount;
     if (amount - pay > 0 && id !== null) {
-      this.grants.push({ id, remaining: amount - pay, expiresAt, priority, createdAt: this.now, closed: null });
+      const g: ModelGrant = { id, remaining: amount - pay, expiresAt, priority, createdAt: this.now, closed: null };
+      if (scope !== null) {
+        g.features = scope.features ?? null;
+        g.spenders = scope.spenders ?? null;
+      }
+      this.grants.push(g);
     }
   }
 
   /** Returns false when the real service must refuse. */
-  deduct(amount: number, afterService: boolean): boolean {
-    if (!afterService && this.available < amount) return false;
-    const taken = this.take(amount);
+  deduct(amount: number, afterService: boolean, spend: ModelSpend = ANY): boolean {
+    if (!afterService && this.availableFor(spend) < amount) return false;
+    const taken = this.take(amount, spend);
     this.balance -= amount;
     this.debt += amount - taken;
     if (afterService && this.available < 0) this.overdrawn = true;
     return true;
   }
 
-  reserve(id: string | null, amount: number, ttlMs: number): boolean {
-    if (this.available < amount) return false;
-    const parts = this.draw(amount);
+  reserve(id: string | null, amount: number, ttlMs: number, spend: ModelSpend = ANY): boolean {
+    if (this.availableFor(spend) < amount) return false;
+    const parts = this.draw(amount, spend);
     this.reserved += amount;
-    if (id !== null) this.holds.push({ id, parts, expiresAt: this.now + ttlMs, status: "active" });
+    if (id !== null) this.holds.push({ id, parts, expiresAt: this.now + ttlMs, status: "active", spend });
     return true;
   }
 
@@ -97,7 +143,7 @@ export class CreditModel {
     this.giveBack(rest);
     if (amount > held) {
       const excess = amount - held;
-      const taken = this.take(excess);
+      const taken = this.take(excess, hold.spend ?? ANY);
       this.balance -= excess;
       this.debt += excess - taken;
       if (this.available < 0) this.overdrawn = true;
@@ -116,11 +162,16 @@ export class CreditModel {
     g.closed = "voided";
   }
 
-  private usable(): ModelGrant[] {
+  /** The grants `spend` may draw from, in order: scoped ones that match it first, then the others. */
+  private usable(spend: ModelSpend): ModelGrant[] {
     return this.grants
-      .filter((g) => g.closed === null && g.remaining > 0 && (g.expiresAt === null || g.expiresAt > this.now))
+      .filter(
+        (g) =>
+          g.closed === null && g.remaining > 0 && (g.expiresAt === null || g.expiresAt > this.now) && mayPay(g, spend),
+      )
       .sort(
         (a, b) =>
+          Number(isScoped(b)) - Number(isScoped(a)) ||
           a.priority - b.priority ||
           (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) ||
           a.createdAt - b.createdAt ||
@@ -129,10 +180,10 @@ export class CreditModel {
   }
 
   /** Takes up to `amount` from usable grants in burn-down order; returns what each gave. */
-  private draw(amount: number): Array<[string, number]> {
+  private draw(amount: number, spend: ModelSpend): Array<[string, number]> {
     const parts: Array<[string, number]> = [];
     let left = amount;
-    for (const g of this.usable()) {
+    for (const g of this.usable(spend)) {
       if (left === 0) break;
       const t = Math.min(g.remaining, left);
       g.remaining -= t;
@@ -142,8 +193,8 @@ export class CreditModel {
     return parts;
   }
 
-  private take(amount: number): number {
-    return sumParts(this.draw(amount));
+  private take(amount: number, spend: ModelSpend): number {
+    return sumParts(this.draw(amount, spend));
   }
 
   /**
@@ -158,7 +209,7 @@ export class CreditModel {
         this.balance -= a;
         continue;
       }
-      const pay = Math.min(this.debt, a);
+      const pay = isScoped(g) ? 0 : Math.min(this.debt, a);
       this.debt -= pay;
       g.remaining += a - pay;
     }

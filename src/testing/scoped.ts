@@ -71,9 +71,11 @@ export function scopedAccountCases(db: DbManager): void {
 
     it("spends draw their scope's grants first, never another's; info and check() count what the spend may use", async () => {
       const u = user();
-      const { credits } = service(db);
+      const { credits, clock } = service(db);
       const pool = (await credits.addCredits(u, 100)).grants[0]?.grantId;
+      clock.now += 1000;
       const images = (await credits.addCredits(u, 30, { scope: { features: ["images"] } })).grants[0]?.grantId;
+      clock.now += 1000;
       const alice = (await credits.addCredits(u, 15, { scope: { spenders: ["alice"] } })).grants[0]?.grantId;
       expect(await credits.getUserCreditsInfo(u)).toEqual({
         userId: u,

@@ -5,7 +5,7 @@ import { createCreditManager, type CreditManager } from "../../src/manager.js";
 import type { Changes } from "../../src/store.js";
 import type { Payment, Subscription } from "../../src/models/index.js";
 import { CreditService } from "../../src/services/credit-service.js";
-import type { CreditModel } from "../../src/testing/model.js";
+import { mayPay, type CreditModel, type ModelSpend } from "../../src/testing/model.js";
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
@@ -32,10 +32,10 @@ const PROMOS: Readonly<Record<string, PromoSpec>> = {
 
 /** One client request of the simulation (what it asks; every retry asks the same). */
 export type Spec =
-  | { kind: "add"; user: string; amount: number; expiresAt: number | null; priority: number }
-  | { kind: "deduct"; user: string; amount: number }
-  | { kind: "after"; user: string; amount: number }
-  | { kind: "reserve"; user: string; amount: number; ttlSec: number }
+  | { kind: "add"; user: string; amount: number; expiresAt: number | null; priority: number; scope?: SimScope }
+  | ({ kind: "deduct"; user: string; amount: number } & SimSpend)
+  | ({ kind: "after"; user: string; amount: number } & SimSpend)
+  | ({ kind: "reserve"; user: string; amount: number; ttlSec: number } & SimSpend)
   | { kind: "commit"; user: string; hold: string; amount: number | null }
   | { kind: "release"; user: string; hold: string }
   | { kind: "void"; user: string; grant: string }
@@ -50,6 +50,24 @@ export type Spec =
   | { kind: "paid"; user: string; payment: string }
   | { kind: "refund"; user: string; payment: string; total: number }
   | { kind: "dispatch" };
+
+/** A scoped grant's scope (docs/teams-and-limits.md, "Scoped credits"). */
+type SimScope = { features?: string[]; spenders?: string[] };
+/** Who spends on what (absent: not named). */
+type SimSpend = { spender?: string; feature?: string };
+const SCOPES: readonly SimScope[] = [
+  { features: ["images"] },
+  { spenders: ["key-1"] },
+  { features: ["chat"], spenders: ["key-1", "key-2"] },
+];
+const SPENDS: readonly SimSpend[] = [
+  {},
+  { spender: "key-1" },
+  { feature: "images" },
+  { spender: "key-2", feature: "chat" },
+  { spender: "key-1", feature: "images" },
+];
+const spendOf = (s: SimSpend): ModelSpend => ({ spender: s.spender ?? null, feature: s.feature ?? null });
 
 export interface SimOptions {
   seed: number;
@@ -66,9 +84,11 @@ export interface SimOptions {
    * A planted bug, to prove the simulation catches one: `"lost-commit"` makes the store answer
    * some commits as done without writing them; `"stale-cache"` makes every process answer a unit
    * of work that started from its state cache and saves nothing (a refusal, a settle with nothing
-   * to do, a job's account without work) without checking its copy is still the store's state.
+   * to do, a job's account without work) without checking its copy is still the store's state;
+   * `"scope-lost"` makes the store load grants without their scope (an adapter that forgot the
+   * column), so spends draw from scoped grants outside their scope.
    */
-  plantedBug?: "lost-commit" | "stale-cache" | "charge-without-key";
+  plantedBug?: "lost-commit" | "stale-cache" | "charge-without-key" | "scope-lost";
 }
 
 export interface SimResult {
@@ -167,7 +187,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   );
   const scheduler = new Scheduler(rng, rates);
   const inner = new InMemoryDbManager();
-  const sim = new SimStore(inner, scheduler, options.plantedBug === "lost-commit" ? rng : undefined);
+  const sim = new SimStore(
+    inner,
+    scheduler,
+    options.plantedBug === "lost-commit" ? rng : undefined,
+    options.plantedBug === "scope-lost",
+  );
+  // Swarm testing: about half the seeds give scoped grants and name spenders and features.
+  const scoped = rng.chance(0.5);
   const clock = { now: T0 };
   const model = new AccountsModel(clock.now);
   const trace: string[] = [];
@@ -294,18 +321,19 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
           spec.amount,
           spec.expiresAt,
           spec.priority,
+          spec.scope ?? null,
         );
         return "ok";
       case "deduct":
-        return m.deduct(spec.amount, false) ? "ok" : "InsufficientCreditsError";
+        return m.deduct(spec.amount, false, spendOf(spec)) ? "ok" : "InsufficientCreditsError";
       case "after":
-        m.deduct(spec.amount, true);
+        m.deduct(spec.amount, true, spendOf(spec));
         return "ok";
       case "reserve": {
-        if (m.available < spec.amount) return "InsufficientCreditsError";
+        if (m.availableFor(spendOf(spec)) < spec.amount) return "InsufficientCreditsError";
         const id = changes === null ? "predicted" : changes.insertReservations[0]?.id;
         if (id === undefined) return "a reservation without a hold row";
-        m.reserve(id, spec.amount, spec.ttlSec * 1000);
+        m.reserve(id, spec.amount, spec.ttlSec * 1000, spendOf(spec));
         return "ok";
       }
       case "commit":
@@ -353,6 +381,17 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     const m = model.of(e.userId);
     const keys = new Set(e.changes.entries.map((x) => x.idempotencyKey).filter((k): k is string => k !== null));
     const where = `commit on ${e.userId} by ${op === undefined ? "no request" : describe(op)}`;
+    // No grant pays for a spend outside its scope (docs/teams-and-limits.md): by the model's own
+    // record of each grant's scope.
+    for (const x of e.changes.entries) {
+      if (x.type !== "deduct" && x.type !== "reserve") continue;
+      const spend = { spender: x.spender ?? null, feature: x.feature ?? null };
+      for (const p of x.grants) {
+        const g = findGrant(m, p.grantId);
+        if (g !== undefined && !mayPay(g, spend))
+          fail(`${where}: its ${x.type} entry drew ${p.amount} from grant ${p.grantId}, outside that grant's scope`);
+      }
+    }
     if (op !== undefined && (op.key !== null ? keys.has(op.key) : unkeyedWork(op, e.userId, e.changes))) {
       if (op.commits > 0) fail(`${where}: a second commit of one request (the retry must replay the first)`);
       op.commits++;
@@ -461,13 +500,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
           ...k,
           expiresAt: spec.expiresAt === null ? null : new Date(spec.expiresAt),
           priority: spec.priority,
+          ...(spec.scope === undefined ? {} : { scope: spec.scope }),
         });
       case "deduct":
-        return c.deductCredits(spec.user, spec.amount, k);
+        return c.deductCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
       case "after":
-        return c.deductCreditsAfterService(spec.user, spec.amount, k);
+        return c.deductCreditsAfterService(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
       case "reserve":
-        return c.reserveCredits(spec.user, spec.amount, { ...k, ttlSeconds: spec.ttlSec });
+        return c.reserveCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec), ttlSeconds: spec.ttlSec });
       case "commit":
         return c.commitReservedCredits(spec.hold, spec.amount === null ? k : { ...k, amount: spec.amount });
       case "release":
@@ -560,11 +600,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     switch (kind) {
       case "add": {
         const expiresAt = rng.chance(0.6) ? clock.now + rng.range(1, 3600) * 1000 : null;
-        return { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) };
+        const add = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
+        return scoped && rng.chance(0.4) ? { ...add, scope: rng.pick(SCOPES) } : add;
       }
       case "deduct":
       case "after":
-        return { kind, user, amount };
+        return scoped ? { kind, user, amount, ...rng.pick(SPENDS) } : { kind, user, amount };
       case "commit":
       case "release": {
         const active = m.holds.filter((h) => h.status === "active");
@@ -632,7 +673,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       default:
         break;
     }
-    return { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) };
+    const reserve = { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) } as const;
+    return scoped ? { ...reserve, ...rng.pick(SPENDS) } : reserve;
   };
 
   const KEYED = new Set<Spec["kind"]>([
@@ -1000,4 +1042,12 @@ function ownLoad(op: Op, userId: string, key: string | undefined): boolean {
 /** A commit of a request sent without a key that carries its work (not only a settle before a refusal). */
 function unkeyedWork(op: Op, userId: string, changes: Changes): boolean {
   return ownLoad(op, userId, undefined) && changes.entries.some((x) => x.type === op.spec.kind);
+}
+
+/** A request's spender and feature as the service's options (none when not named). */
+function spendOptions(s: SimSpend): SimSpend {
+  return {
+    ...(s.spender === undefined ? {} : { spender: s.spender }),
+    ...(s.feature === undefined ? {} : { feature: s.feature }),
+  };
 }

@@ -54,6 +54,8 @@ export class SimStore {
     readonly scheduler: Scheduler,
     /** Only to prove the simulation catches a store that loses what it answered as done. */
     private readonly loseCommits?: Prng,
+    /** Only to prove the simulation catches spends drawn outside a grant's scope: loads grants without it. */
+    readonly loseScopes = false,
   ) {
     this.db = this.process(undefined);
   }
@@ -229,6 +231,7 @@ class SimTransaction implements DbTransaction {
     const grants = inner.listGrants(this.userId, { includeInactive: true });
     const holds = inner.listReservations(this.userId);
     const state = structuredClone(loaded);
+    if (this.sim.loseScopes) state.grants = state.grants.map((g) => ({ ...g, scope: null }));
     this.grants = new Map((await grants).map((g) => [g.id, g]));
     this.holds = new Map((await holds).map((r) => [r.id, r]));
     this.key = request?.idempotencyKey;
