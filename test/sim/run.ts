@@ -855,7 +855,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       m.settle();
       const where = `check of ${user}`;
       const info = await checker.getUserCreditsInfo(user);
-      const want = { userId: user, balance: m.balance, reserved: m.reserved, available: m.available, debt: m.debt };
+      const want = {
+        userId: user,
+        balance: m.balance,
+        reserved: m.reserved,
+        available: m.available,
+        debt: m.debt,
+        ...scopedTotals(m),
+      };
       if (JSON.stringify(info) !== JSON.stringify(want))
         fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
       const report = await checker.audit(user);
@@ -894,7 +901,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       if (JSON.stringify(holds) !== JSON.stringify(modelHolds))
         fail(`${where}: active holds ${holds.join(",")}, the model ${modelHolds.join(",")}`);
       if (!m.overdrawn && m.available < 0) fail(`${where}: available ${m.available} below zero without an overdraft`);
-      if (m.debt > 0 && Object.keys(openGrants(m)).length > 0) fail(`${where}: debt while a grant has credits`);
+      // (Scoped grants pay no debt: docs/teams-and-limits.md, "Scoped credits".)
+      const unscoped = m.grants.filter((g) => (g.features ?? null) === null && (g.spenders ?? null) === null);
+      if (m.debt > 0 && unscoped.some((g) => g.closed === null && g.remaining > 0))
+        fail(`${where}: debt while a grant has credits`);
       const stored = await inner.getActiveSubscription(user);
       const modelled = subs.activeOf(user);
       if ((stored?.id ?? null) !== (modelled?.id ?? null))
@@ -1050,4 +1060,28 @@ function spendOptions(s: SimSpend): SimSpend {
     ...(s.spender === undefined ? {} : { spender: s.spender }),
     ...(s.feature === undefined ? {} : { feature: s.feature }),
   };
+}
+
+/**
+ * What `getUserCreditsInfo` adds for an account given scoped grants: the usable credits of its
+ * scoped grants, one total per scope (lists sorted), sorted by scope (docs/teams-and-limits.md).
+ */
+function scopedTotals(m: CreditModel): {
+  scoped?: { features: string[] | null; spenders: string[] | null; remaining: number }[];
+} {
+  if (!m.grants.some((g) => (g.features ?? null) !== null || (g.spenders ?? null) !== null)) return {};
+  const totals = new Map<string, { features: string[] | null; spenders: string[] | null; remaining: number }>();
+  for (const g of m.grants) {
+    const features = g.features ?? null;
+    const spenders = g.spenders ?? null;
+    if (features === null && spenders === null) continue;
+    if (g.closed !== null || g.remaining === 0 || (g.expiresAt !== null && g.expiresAt <= m.now)) continue;
+    const f = features === null ? null : [...features].sort();
+    const sp = spenders === null ? null : [...spenders].sort();
+    const key = JSON.stringify([f, sp]);
+    const t = totals.get(key);
+    if (t === undefined) totals.set(key, { features: f, spenders: sp, remaining: g.remaining });
+    else t.remaining += g.remaining;
+  }
+  return { scoped: [...totals.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t) };
 }
