@@ -14,6 +14,7 @@ export type CancelOptions = M.CancelOptions;
 export type ChangePlanOptions = M.ChangePlanOptions;
 export type AuditOptions = M.AuditOptions;
 export type CheckOptions = M.CheckOptions;
+export type CreditsInfoOptions = M.CreditsInfoOptions;
 export type CheckpointOptions = M.CheckpointOptions;
 export type ClaimPromoOptions = M.ClaimPromoOptions;
 export type CommitOptions = M.CommitOptions;
