@@ -229,6 +229,12 @@ describe("schema upgrades: the statements", () => {
       'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "scope" JSONB;',
       'ALTER TABLE "accounts" ADD COLUMN IF NOT EXISTS "scoped" BOOLEAN;',
     ]);
+    // MySQL declares indexes inside CREATE TABLE: the journal's created_at index (docs/usage.md) comes here.
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 9 })).toEqual([
+      "ALTER TABLE `grants` ADD COLUMN `scope` JSON;",
+      "ALTER TABLE `accounts` ADD COLUMN `scoped` BOOLEAN;",
+      "CREATE INDEX `journal_entries_created` ON `journal_entries` (`created_at`);",
+    ]);
     const lite9 = upgradeStatements({ dialect: "sqlite", fromVersion: 9 });
     expect(lite9).toHaveLength(2);
     expect(lite9.every((x) => x.includes("ADD COLUMN") && !x.includes("NOT NULL"))).toBe(true);

@@ -68,6 +68,12 @@ interface Migration {
   retyped?: readonly RetypedColumn[];
   /** Indexes whose PostgreSQL definition changed in this version. */
   reindexed?: readonly ChangedIndex[];
+  /**
+   * Indexes added to tables that existed before (`IndexSpec.name`). PostgreSQL and SQLite get them
+   * from the DDL (`CREATE INDEX IF NOT EXISTS`); MySQL, whose DDL declares them inside `CREATE
+   * TABLE`, gets a `CREATE INDEX` here.
+   */
+  indexes?: readonly { table: TableKey; index: string }[];
 }
 
 /**
@@ -154,11 +160,13 @@ export const MIGRATIONS: readonly Migration[] = [
   {
     to: 10,
     summary:
-      "grants.scope (the features and spenders a grant may pay for; null: any spend); accounts.scoped (true once the account was given a scoped grant), both nullable: rows stored before read as unscoped (docs/teams-and-limits.md)",
+      "grants.scope (the features and spenders a grant may pay for; null: any spend); accounts.scoped (true once the account was given a scoped grant), both nullable: rows stored before read as unscoped (docs/teams-and-limits.md); the index journal_entries_created (usage reports across accounts, docs/usage.md)",
     columns: [
       { table: "grants", field: "scope" },
       { table: "accounts", field: "scoped" },
     ],
+    // The journal's created_at index for usage reports across accounts (docs/usage.md).
+    indexes: [{ table: "journal", index: "created" }],
   },
 ];
 
@@ -240,6 +248,23 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
         throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
       if (dialect === "sqlite") rebuild(table, step);
       else out.push(...replaceCheck(dialect, table, column, naming));
+    }
+    if (dialect === "mysql") {
+      for (const added of step.indexes ?? []) {
+        if ((TABLE_SINCE[added.table] ?? 1) > fromVersion) continue;
+        const table = tables.get(added.table);
+        const spec = table?.spec.indexes.find((i) => i.name === added.index);
+        if (table === undefined || spec === undefined)
+          throw new Error(`migration to ${step.to}: no index ${added.table}.${added.index}`);
+        const keys = spec.fields.map((f) => {
+          const c = table.columns.find((x) => x.field === f);
+          if (c === undefined) throw new Error(`migration to ${step.to}: no column ${added.table}.${f}`);
+          return quoteIdent(dialect, c.name);
+        });
+        out.push(
+          `CREATE ${spec.unique === true ? "UNIQUE " : ""}INDEX ${quoteIdent(dialect, `${table.name}_${spec.name}`)} ON ${table.qualified} (${keys.join(", ")});`,
+        );
+      }
     }
     if (dialect !== "postgres") continue;
     // One statement per table: each ALTER … TYPE rewrites the whole table once.
