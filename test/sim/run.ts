@@ -194,7 +194,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     options.plantedBug === "scope-lost",
   );
   // Swarm testing: about half the seeds give scoped grants and name spenders and features.
-  const scoped = rng.chance(0.5);
+  // From a stream of their own, so the requests, schedule and faults are those of the same seed without them.
+  const scopeRng = new Prng(seed ^ 0x5c0bed);
+  const scoped = scopeRng.chance(0.5);
   const clock = { now: T0 };
   const model = new AccountsModel(clock.now);
   const trace: string[] = [];
@@ -601,11 +603,11 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "add": {
         const expiresAt = rng.chance(0.6) ? clock.now + rng.range(1, 3600) * 1000 : null;
         const add = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
-        return scoped && rng.chance(0.4) ? { ...add, scope: rng.pick(SCOPES) } : add;
+        return scoped && scopeRng.chance(0.4) ? { ...add, scope: scopeRng.pick(SCOPES) } : add;
       }
       case "deduct":
       case "after":
-        return scoped ? { kind, user, amount, ...rng.pick(SPENDS) } : { kind, user, amount };
+        return scoped ? { kind, user, amount, ...scopeRng.pick(SPENDS) } : { kind, user, amount };
       case "commit":
       case "release": {
         const active = m.holds.filter((h) => h.status === "active");
@@ -674,7 +676,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         break;
     }
     const reserve = { kind: "reserve", user, amount, ttlSec: rng.range(1, 3600) } as const;
-    return scoped ? { ...reserve, ...rng.pick(SPENDS) } : reserve;
+    return scoped ? { ...reserve, ...scopeRng.pick(SPENDS) } : reserve;
   };
 
   const KEYED = new Set<Spec["kind"]>([
