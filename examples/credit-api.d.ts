@@ -1040,6 +1040,11 @@ export interface operations {
                         reserved: number;
                         available: number;
                         debt: number;
+                        scoped?: {
+                            features: string[] | null;
+                            spenders: string[] | null;
+                            remaining: number;
+                        }[];
                     };
                 };
             };
@@ -1254,6 +1259,10 @@ export interface operations {
                             expiredAmount: number;
                             closedAt: string | null;
                             closedReason: ("expired" | "voided") | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                     };
                 };
@@ -1324,6 +1333,10 @@ export interface operations {
                             expiredAmount: number;
                             closedAt: string | null;
                             closedReason: ("expired" | "voided") | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                     };
                 };
@@ -1928,6 +1941,11 @@ export interface operations {
                         reserved: number;
                         available: number;
                         debt: number;
+                        scoped?: {
+                            features: string[] | null;
+                            spenders: string[] | null;
+                            remaining: number;
+                        }[];
                     };
                 };
             };
@@ -2175,6 +2193,10 @@ export interface operations {
                             expiredAmount: number;
                             closedAt: string | null;
                             closedReason: ("expired" | "voided") | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                     };
                 };
@@ -2256,6 +2278,10 @@ export interface operations {
                             expiredAmount: number;
                             closedAt: string | null;
                             closedReason: ("expired" | "voided") | null;
+                            scope?: {
+                                features?: string[];
+                                spenders?: string[];
+                            } | null;
                         }[];
                     };
                 };
@@ -2402,6 +2428,10 @@ export interface operations {
                     /** @enum {string} */
                     source?: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
                     sourceRef?: string;
+                    scope?: {
+                        features?: string[];
+                        spenders?: string[];
+                    };
                     amount: number;
                 };
             };
