@@ -1,5 +1,6 @@
 import * as z from "zod";
 import { NotFoundError } from "../errors.js";
+import { HttpError } from "./router.js";
 import {
   AddCreditsOptions,
   Amount,
@@ -75,7 +76,11 @@ export const CheckSchema = z.object({
   allowed: z.boolean(),
   available: z.number().int(),
   required: z.number().int(),
-  reason: z.enum(["ok", "insufficient_credits"]),
+  reason: z.enum(["ok", "insufficient_credits", "limit"]),
+  /** With reason "limit": when the tightest limit's window ends. */
+  resetsAt: z.date().optional(),
+  /** With reason "limit": what that limit has left in its window. */
+  limitRemaining: z.number().int().optional(),
 });
 export const AuditSchema = z.object({
   userId: UserId,
@@ -107,13 +112,40 @@ const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
   ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
 
 /**
+ * A user's spend on their own account, recorded under the caller's spender (docs/teams-and-limits.md,
+ * "Over HTTP"): the identity's, whatever the request says; a request naming another spender is a
+ * 403, so a member's key cannot spend under another member's cap (nor, without a spender of its
+ * own, under anyone's). Admins, on their own account, name any.
+ */
+export function ownSpend<T extends { spender?: string | undefined }>(ctx: RouteContext, fields: T): T {
+  const identity = ctx.identity;
+  if (identity === null || identity.admin === true) return fields;
+  const own = identity.spender;
+  if (fields.spender !== undefined && fields.spender !== own) {
+    throw new HttpError(
+      403,
+      "FORBIDDEN",
+      own === undefined
+        ? "Your credentials name no spender: a spend cannot choose one."
+        : "Your spends are recorded under your credentials' spender: a spend cannot name another.",
+    );
+  }
+  return own === undefined ? fields : { ...fields, spender: own };
+}
+
+/**
  * The caller's reservation, or 404 — the same 404 whether it does not exist or belongs to someone
- * else, so ids cannot be probed. Admins reach every reservation.
+ * else, so ids cannot be probed. A caller bound to a spender reaches only the holds placed under
+ * it. Admins reach every reservation.
  */
 async function ownReservation(ctx: RouteContext) {
   const id = parse(EntityId, ctx.params.id, "path.id");
   const r = await ctx.manager.credits.getReservation(id);
-  if (!ctx.identity?.admin && r.userId !== ctx.identity?.userId) {
+  const identity = ctx.identity;
+  if (
+    !identity?.admin &&
+    (r.userId !== identity?.userId || (identity.spender !== undefined && r.spender !== identity.spender))
+  ) {
     throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
   }
   return r;
@@ -122,10 +154,11 @@ async function ownReservation(ctx: RouteContext) {
 /**
  * The hold a commit or release names, and its owner: a user settles only their own holds, so the
  * caller is the owner (the store routes by it; another user's hold is a 404 from the settle itself);
- * an admin may settle anyone's, whose owner is read first.
+ * an admin may settle anyone's, whose owner is read first, and so is a hold a caller bound to a
+ * spender names (only its own spender's).
  */
 async function holdToSettle(ctx: RouteContext): Promise<{ id: string; userId: string }> {
-  if (ctx.identity !== null && ctx.identity.admin !== true) {
+  if (ctx.identity !== null && ctx.identity.admin !== true && ctx.identity.spender === undefined) {
     return { id: parse(EntityId, ctx.params.id, "path.id"), userId: ctx.identity.userId };
   }
   const r = await ownReservation(ctx);
@@ -142,15 +175,15 @@ const grants = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext
   items: await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsParams>>()),
 });
 const check = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
-  ctx.manager.credits.check(user(ctx), ctx.query<z.infer<typeof CheckParams>>());
+  ctx.manager.credits.check(user(ctx), ownSpend(ctx, ctx.query<z.infer<typeof CheckParams>>()));
 const reserve = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
   const { amount, ...options } = await ctx.body<z.infer<typeof ReserveBody>>();
-  return ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(options, ctx));
+  return ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(ownSpend(ctx, options), ctx));
 };
 
 const credits = ["credits"];
 const admin = ["admin"];
-const e = { notFound: 404, conflict: 409, gone: 410, payment: 402, rule: 422 };
+const e = { notFound: 404, conflict: 409, gone: 410, payment: 402, rule: 422, forbidden: 403, limit: 429 };
 
 /** The credit routes: the caller's own account under `basePath`, any account under `adminBasePath`. */
 export const creditRoutes: RouteDefinition[] = [
@@ -227,7 +260,7 @@ export const creditRoutes: RouteDefinition[] = [
     idempotent: true,
     status: 201,
     response: Reservation,
-    errors: [e.payment, e.conflict],
+    errors: [e.payment, e.forbidden, e.conflict, e.limit],
     handle: reserve(self),
   },
   {
@@ -383,7 +416,7 @@ export const creditRoutes: RouteDefinition[] = [
     body: DeductBody,
     idempotent: true,
     response: JournalEntry,
-    errors: [e.payment, e.conflict],
+    errors: [e.payment, e.conflict, e.limit],
     handle: async (ctx) => {
       const { amount, afterService, ...options } = await ctx.body<z.infer<typeof DeductBody>>();
       const user = target(ctx);
@@ -405,7 +438,7 @@ export const creditRoutes: RouteDefinition[] = [
     idempotent: true,
     status: 201,
     response: Reservation,
-    errors: [e.payment, e.conflict],
+    errors: [e.payment, e.conflict, e.limit],
     handle: reserve(target),
   },
   {

@@ -4,6 +4,7 @@ import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
 import { usageRoutes } from "./usage-routes.js";
+import { limitRoutes } from "./limit-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
@@ -52,8 +53,8 @@ export interface CreditHandlerOptions {
    */
   selfServiceAutoTopUp?: SelfServiceAutoTopUp;
   /**
-   * Your own routes, matched beside the built-in ones (credits, plans and subscriptions, promos,
-   * payments and webhooks are always there: adding one of those again is a `ConfigurationError`).
+   * Your own routes, matched beside the built-in ones (credits, limits, plans and subscriptions,
+   * promos, payments and webhooks are always there: adding one of those again is a `ConfigurationError`).
    */
   routes?: RouteDefinition[];
   /**
@@ -211,7 +212,15 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
         ? []
         : [{ ...def, path: `${webhookRoot}/:provider` }],
   );
-  const builtIn = [...creditRoutes, ...usageRoutes, ...planRoutes, ...promoRoutes, ...payRoutes, ...topUpRoutes];
+  const builtIn = [
+    ...creditRoutes,
+    ...limitRoutes,
+    ...usageRoutes,
+    ...planRoutes,
+    ...promoRoutes,
+    ...payRoutes,
+    ...topUpRoutes,
+  ];
   const ids = new Set(builtIn.map((def) => def.operationId));
   for (const def of options.routes ?? []) {
     if (ids.has(def.operationId)) {

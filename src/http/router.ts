@@ -2,7 +2,7 @@ import * as z from "zod";
 import type { CreditManager } from "../manager.js";
 import { CreditError, ValidationError } from "../errors.js";
 import { textResponse } from "./text-response.js";
-import { IdempotencyKey, parse, UserId as IdentityUserId } from "../models/index.js";
+import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
 import { claimsCustomerAudience, type CustomerGrant } from "../services/customer-tokens.js";
 
 /** Who is calling, as the host's `authenticate` hook says. */
@@ -17,6 +17,12 @@ export interface Identity {
    * narrows the usage to that spender's.
    */
   customer?: { spender?: string };
+  /**
+   * Who spends (docs/teams-and-limits.md, "Over HTTP"): a member or an API key of the account. The
+   * caller's spends on the user routes are recorded under it and its limits apply; it cannot name
+   * another spender. Omitted: its spends name none. 1–255 printable characters.
+   */
+  spender?: string;
 }
 
 /** The host's identity hook: the caller, or null (→ 401). */
@@ -290,9 +296,14 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
     }
     const found = options.authenticate ? await options.authenticate(request) : null;
     if (found) {
-      const userId = parse(IdentityUserId, found.userId, "identity.userId");
-      if (found.customer === undefined) return { userId, admin: found.admin === true };
-      return { userId, admin: false, customer: found.customer };
+      const identity: Identity = {
+        userId: parse(IdentityUserId, found.userId, "identity.userId"),
+        admin: found.customer === undefined && found.admin === true,
+      };
+      if (found.customer !== undefined) identity.customer = found.customer;
+      if (found.spender !== undefined && found.spender !== null)
+        identity.spender = parse(SpenderId, found.spender, "identity.spender");
+      return identity;
     }
     if (options.trustUserIdHeader) {
       const header = request.headers.get("x-user-id");

@@ -1,0 +1,132 @@
+import * as z from "zod";
+import {
+  FeatureName,
+  LimitPeriod,
+  MutationOptions,
+  NonNegativeAmount,
+  parse,
+  RemoveLimitInput,
+  SetLimitsInput,
+  SpenderId,
+  UserId,
+  type SpendLimitStatus,
+} from "../models/index.js";
+import type { RouteContext, RouteDefinition } from "./router.js";
+
+// ---- schemas (the library's own models: HTTP and library validate alike) -----------------------
+
+/** `PUT /admin/credits/users/:userId/limits`: the account's whole list of limits, replacing it. */
+export const SetLimitsBody = MutationOptions.extend({ limits: SetLimitsInput });
+/** `POST /admin/credits/users/:userId/limits/remove`: the limits with exactly this spender and feature (and window). */
+export const RemoveLimitBody = MutationOptions.extend(RemoveLimitInput.shape);
+
+/** One limit as `getLimits` reports it: its window now, what it counted and what is left. */
+export const SpendLimitStatusSchema = z.object({
+  spender: SpenderId.nullable(),
+  feature: FeatureName.nullable(),
+  amount: NonNegativeAmount,
+  period: LimitPeriod.nullable(),
+  resetsWith: z.literal("subscription").nullable(),
+  /** Credits spent (and held) in the current window. */
+  used: NonNegativeAmount,
+  /** `amount - used`, never below 0. */
+  remaining: NonNegativeAmount,
+  windowStart: z.date(),
+  /** When the window ends and `used` starts again from 0. */
+  resetsAt: z.date(),
+});
+export const LimitListSchema = z.object({ items: z.array(SpendLimitStatusSchema) });
+
+// ---- handlers -----------------------------------------------------------------------------------
+
+const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
+const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
+  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
+
+/**
+ * The limits a caller sees on their own account: all of them, or — for a caller bound to a spender
+ * (a member's API key) — those that can apply to its spends (the account's, the features', its
+ * own), not the other members' caps.
+ */
+function visibleTo(ctx: RouteContext, limits: SpendLimitStatus[]): SpendLimitStatus[] {
+  const spender = ctx.identity?.spender;
+  if (spender === undefined || ctx.identity?.admin === true) return limits;
+  return limits.filter((l) => l.spender === null || l.spender === spender);
+}
+
+const limits = ["limits"];
+
+/**
+ * The spend-limit routes (docs/teams-and-limits.md, "Over HTTP"): a caller reads the limits of
+ * their own account; only admins set or remove them.
+ */
+export const limitRoutes: RouteDefinition[] = [
+  {
+    method: "GET",
+    base: "user",
+    path: "/limits",
+    access: "user",
+    operationId: "getLimits",
+    summary:
+      "The spend limits of the caller's account, each with its window now, what it counted and when it resets (a caller bound to a spender: those that apply to it)",
+    tags: limits,
+    response: LimitListSchema,
+    handle: async (ctx) => {
+      const userId = (ctx.identity as { userId: string }).userId;
+      return { items: visibleTo(ctx, await ctx.manager.credits.getLimits(userId)) };
+    },
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/limits",
+    access: "admin",
+    operationId: "adminGetLimits",
+    summary: "A user's spend limits, each with its window now, what it counted and when it resets",
+    tags: limits,
+    response: LimitListSchema,
+    handle: async (ctx) => ({ items: await ctx.manager.credits.getLimits(target(ctx)) }),
+  },
+  {
+    method: "PUT",
+    base: "admin",
+    path: "/users/:userId/limits",
+    access: "admin",
+    operationId: "adminSetLimits",
+    summary:
+      "Replace a user's spend limits (a limit kept with the same spender, feature and window keeps what its window counted)",
+    tags: limits,
+    body: SetLimitsBody,
+    idempotent: true,
+    response: LimitListSchema,
+    errors: [409],
+    handle: async (ctx) => {
+      const { limits: list, ...options } = await ctx.body<z.infer<typeof SetLimitsBody>>();
+      return { items: await ctx.manager.credits.setLimits(target(ctx), list, withKey(options, ctx)) };
+    },
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/limits/remove",
+    access: "admin",
+    operationId: "adminRemoveLimit",
+    summary:
+      "Remove a user's limits with exactly this spender and feature (omitted: none), and this window when given; answers the limits left",
+    tags: limits,
+    body: RemoveLimitBody,
+    idempotent: true,
+    response: LimitListSchema,
+    errors: [409],
+    handle: async (ctx) => {
+      const { spender, feature, period, resetsWith, ...options } = await ctx.body<z.infer<typeof RemoveLimitBody>>();
+      const which = {
+        ...(spender === undefined ? {} : { spender }),
+        ...(feature === undefined ? {} : { feature }),
+        ...(period === undefined ? {} : { period }),
+        ...(resetsWith === undefined ? {} : { resetsWith }),
+      };
+      return { items: await ctx.manager.credits.removeLimit(target(ctx), which, withKey(options, ctx)) };
+    },
+  },
+];

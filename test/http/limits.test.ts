@@ -1,0 +1,184 @@
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createCreditManager, type CreditManager } from "../../src/index.js";
+import { createCreditHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
+
+/**
+ * `Authorization: Bearer <userId>[/<spender>]`; `Bearer admin:<id>` is an admin. A member's key of
+ * the account "acme" is `acme/alice`: its spends are Alice's.
+ */
+const authenticate = (request: Request): Identity | null => {
+  const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
+  if (!token) return null;
+  if (token.startsWith("admin:")) return { userId: token, admin: true };
+  const [userId, spender] = token.split("/");
+  return spender === undefined ? { userId: userId as string } : { userId: userId as string, spender };
+};
+const ADMIN = "admin:ops";
+
+describe("limit routes and the spender of a spend over HTTP", () => {
+  let m: CreditManager;
+  let handler: CreditHandler;
+  // Middle of a month: the monthly windows below neither start nor end during the test.
+  let now = Date.UTC(new Date().getUTCFullYear(), new Date().getUTCMonth(), 15, 12);
+
+  const call = async (method: string, path: string, who: string | null, body?: unknown) => {
+    const res = await handler(
+      new Request(`http://test${path}`, {
+        method,
+        headers: {
+          ...(who === null ? {} : { authorization: `Bearer ${who}` }),
+          ...(method === "GET" ? {} : { "content-type": "application/json" }),
+        },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      }),
+    );
+    const text = await res.text();
+    return { status: res.status, body: text === "" ? null : JSON.parse(text) };
+  };
+
+  beforeEach(async () => {
+    m = await createCreditManager({ clock: () => new Date(now) });
+    handler = createCreditHandler(m, { authenticate });
+    await m.credits.addCredits("acme", 10_000);
+  });
+  afterEach(async () => {
+    await m.close();
+  });
+
+  const limits = [
+    { amount: 5_000, period: "month" },
+    { spender: "alice", amount: 1_000, period: "month" },
+    { spender: "bob", amount: 2_000, period: "month" },
+  ];
+
+  it("an admin sets, reads and removes a user's limits", async () => {
+    const set = await call("PUT", "/admin/credits/users/acme/limits", ADMIN, { limits });
+    expect(set.status).toBe(200);
+    expect(set.body.items).toHaveLength(3);
+    expect(set.body.items[1]).toMatchObject({ spender: "alice", amount: 1000, used: 0, remaining: 1000 });
+    expect(new Date(set.body.items[1].resetsAt).getUTCDate()).toBe(1); // the first of next month
+
+    await m.credits.deductCredits("acme", 300, { spender: "alice" });
+    const read = await call("GET", "/admin/credits/users/acme/limits", ADMIN);
+    expect(read.body.items.map((l: { used: number }) => l.used)).toEqual([300, 300, 0]);
+
+    const removed = await call("POST", "/admin/credits/users/acme/limits/remove", ADMIN, { spender: "bob" });
+    expect(removed.status).toBe(200);
+    expect(removed.body.items.map((l: { spender: string | null }) => l.spender)).toEqual([null, "alice"]);
+    expect((await m.credits.getLimits("acme")).map((l) => l.spender)).toEqual([null, "alice"]);
+
+    // Validated by the library's models: nothing changes on bad input.
+    const bad = await call("PUT", "/admin/credits/users/acme/limits", ADMIN, {
+      limits: [{ spender: "carol", amount: 10 }],
+    });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.code).toBe("VALIDATION_ERROR");
+    expect(await m.credits.getLimits("acme")).toHaveLength(2);
+  });
+
+  it("a user reads its own limits but cannot set or remove them", async () => {
+    await m.credits.setLimits("acme", limits);
+    const own = await call("GET", "/credits/limits", "acme");
+    expect(own.status).toBe(200);
+    expect(own.body.items).toHaveLength(3);
+    // A member's key sees the limits that apply to it, not the other members' caps.
+    const alice = await call("GET", "/credits/limits", "acme/alice");
+    expect(alice.body.items.map((l: { spender: string | null }) => l.spender)).toEqual([null, "alice"]);
+
+    expect((await call("PUT", "/admin/credits/users/acme/limits", "acme", { limits: [] })).status).toBe(403);
+    expect((await call("POST", "/admin/credits/users/acme/limits/remove", "acme/alice", {})).status).toBe(403);
+    expect((await call("PUT", "/credits/limits", "acme", { limits: [] })).status).toBe(405);
+    expect((await call("GET", "/credits/limits", null)).status).toBe(401);
+    expect(await m.credits.getLimits("acme")).toHaveLength(3);
+    // Another account's limits are not reachable: there is no user id in the user routes.
+    expect((await call("GET", "/credits/limits", "globex")).body.items).toEqual([]);
+  });
+
+  it("a member's spends are recorded under its identity's spender and capped by its limit", async () => {
+    await m.credits.setLimits("acme", limits);
+    const held = await call("POST", "/credits/reservations", "acme/alice", { amount: 800, feature: "images" });
+    expect(held.status).toBe(201);
+    expect(held.body).toMatchObject({ spender: "alice", feature: "images" });
+
+    const over = await call("POST", "/credits/reservations", "acme/alice", { amount: 300 });
+    expect(over.status).toBe(429);
+    expect(over.body.error.code).toBe("SPEND_LIMIT_EXCEEDED");
+    expect(over.body.error.details).toMatchObject({ requested: 300, remaining: 200, limit: { spender: "alice" } });
+
+    const check = await call("GET", "/credits/check?amount=300", "acme/alice");
+    expect(check.body).toMatchObject({ allowed: false, reason: "limit", limitRemaining: 200 });
+    expect(typeof check.body.resetsAt).toBe("string");
+    // Bob's key is under Bob's cap, not Alice's.
+    expect((await call("GET", "/credits/check?amount=300", "acme/bob")).body.allowed).toBe(true);
+
+    const commit = await call("POST", `/credits/reservations/${held.body.id}/commit`, "acme/alice", { amount: 500 });
+    expect(commit.status).toBe(200);
+    expect(commit.body.entry).toMatchObject({ spender: "alice", feature: "images", amount: 500 });
+  });
+
+  it("a user cannot spend as another spender, nor choose one when its credentials name none", async () => {
+    await m.credits.setLimits("acme", limits);
+    const before = await m.credits.getUserCreditsInfo("acme");
+    for (const [who, spender] of [
+      ["acme/alice", "bob"],
+      ["acme", "bob"],
+    ] as const) {
+      const r = await call("POST", "/credits/reservations", who, { amount: 10, spender });
+      expect(r.status).toBe(403);
+      expect(r.body.error.code).toBe("FORBIDDEN");
+      expect((await call("GET", `/credits/check?amount=1&spender=${spender}`, who)).status).toBe(403);
+    }
+    expect(await m.credits.getUserCreditsInfo("acme")).toEqual(before);
+    // Naming its own spender is fine.
+    expect((await call("POST", "/credits/reservations", "acme/alice", { amount: 10, spender: "alice" })).status).toBe(
+      201,
+    );
+    // A key without a spender spends under none (the account's limits only).
+    const plain = await call("POST", "/credits/reservations", "acme", { amount: 10 });
+    expect(plain.body.spender ?? null).toBeNull();
+  });
+
+  it("a member's key reaches only its own spender's holds", async () => {
+    const bobs = await m.credits.reserveCredits("acme", 100, { spender: "bob" });
+    expect((await call("GET", `/credits/reservations/${bobs.id}`, "acme/alice")).status).toBe(404);
+    expect((await call("POST", `/credits/reservations/${bobs.id}/release`, "acme/alice", {})).status).toBe(404);
+    expect((await call("POST", `/credits/reservations/${bobs.id}/commit`, "acme/alice", {})).status).toBe(404);
+    expect((await m.credits.getReservation(bobs.id)).status).toBe("active");
+    expect((await call("GET", `/credits/reservations/${bobs.id}`, "acme/bob")).status).toBe(200);
+    expect((await call("POST", `/credits/reservations/${bobs.id}/release`, "acme/bob", {})).status).toBe(200);
+    // The account's own key (no spender) still reaches every hold of the account.
+    const alices = await m.credits.reserveCredits("acme", 100, { spender: "alice" });
+    expect((await call("POST", `/credits/reservations/${alices.id}/release`, "acme", {})).status).toBe(200);
+  });
+
+  it("an admin names the spender and feature of a spend", async () => {
+    await m.credits.setLimits("acme", limits);
+    const r = await call("POST", "/admin/credits/users/acme/deduct", ADMIN, {
+      amount: 900,
+      spender: "alice",
+      feature: "chat",
+    });
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ spender: "alice", feature: "chat" });
+    const over = await call("POST", "/admin/credits/users/acme/deduct", ADMIN, { amount: 200, spender: "alice" });
+    expect(over.status).toBe(429);
+    // After-service usage is recorded past the limit (debt semantics).
+    const after = await call("POST", "/admin/credits/users/acme/deduct", ADMIN, {
+      amount: 200,
+      spender: "alice",
+      afterService: true,
+    });
+    expect(after.status).toBe(200);
+    expect(after.body.metadata).toMatchObject({ overLimit: true });
+    now += 31 * 86_400_000; // the next month: Alice's window starts from 0
+    expect((await call("GET", "/credits/check?amount=1000", "acme/alice")).body.allowed).toBe(true);
+  });
+
+  it("the OpenAPI document lists the limit routes with their bodies", async () => {
+    const doc = handler.openapi() as { paths: Record<string, Record<string, { requestBody?: unknown }>> };
+    expect(Object.keys(doc.paths["/admin/credits/users/{userId}/limits"] ?? {}).sort()).toEqual(["get", "put"]);
+    expect(doc.paths["/admin/credits/users/{userId}/limits"]?.put?.requestBody).toBeDefined();
+    expect(doc.paths["/credits/limits"]?.get).toBeDefined();
+    expect(doc.paths["/admin/credits/users/{userId}/limits/remove"]?.post).toBeDefined();
+  });
+});
