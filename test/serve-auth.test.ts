@@ -1,3 +1,4 @@
+import { SignJWT } from "jose";
 import { describe, expect, it, vi } from "vitest";
 import { HttpError } from "../src/http/router.js";
 import { createAuthenticator } from "../src/serve/auth.js";
@@ -93,5 +94,50 @@ describe("serve: API keys through the key cache (docs/service.md, Secure it)", (
     await new Promise((resolve) => setTimeout(resolve, 80));
     expect(await auth.authenticate(request(alice.key), "10.0.0.1")).toBeNull();
     expect(auth.authenticate(request(alice.key), "10.0.0.1")).toBeNull(); // cached as refused
+  });
+});
+
+describe("serve: the spender of a caller (docs/teams-and-limits.md, API keys per member)", () => {
+  it("a member's key spends as its spender; a key created before spenders spends as none", async () => {
+    const alice = newKey("user", "acme", null, "alice");
+    const old = newKey("user", "acme", null);
+    const { store } = keyStore([alice.record, old.record]);
+    const auth = await createAuthenticator(serveSettings({}, {}), store, 60_000);
+    expect(await auth.authenticate(request(alice.key), "10.0.0.1")).toEqual({ userId: "acme", spender: "alice" });
+    expect(auth.authenticate(request(alice.key), "10.0.0.1")).toEqual({ userId: "acme", spender: "alice" }); // cached
+    expect(await auth.authenticate(request(old.key), "10.0.0.1")).toEqual({ userId: "acme" });
+  });
+
+  it("a JWT's spender claim (CREDIT_JWT_SPENDER_CLAIM, default spender); a malformed one is refused", async () => {
+    const KEY = "jwt-secret-of-at-least-32-characters!!";
+    const env = { CREDIT_JWT_KEY: KEY, CREDIT_JWT_ISSUER: "i", CREDIT_JWT_AUDIENCE: "a" };
+    const jwt = (claims: Record<string, unknown>) =>
+      new SignJWT({ sub: "acme", ...claims })
+        .setProtectedHeader({ alg: "HS256" })
+        .setIssuer("i")
+        .setAudience("a")
+        .setExpirationTime("10m")
+        .sign(new TextEncoder().encode(KEY));
+    const { store } = keyStore([]);
+    const auth = await createAuthenticator(serveSettings({}, env), store, 0);
+    expect(await auth.authenticate(request(await jwt({ spender: "bob" })), "10.0.0.1")).toEqual({
+      userId: "acme",
+      admin: false,
+      spender: "bob",
+    });
+    expect(await auth.authenticate(request(await jwt({})), "10.0.0.1")).toEqual({ userId: "acme", admin: false });
+    for (const bad of ["", 42, "a\nb", "x".repeat(256)]) {
+      expect(await auth.authenticate(request(await jwt({ spender: bad })), "10.0.0.2")).toBeNull();
+    }
+    const member = await createAuthenticator(
+      serveSettings({}, { ...env, CREDIT_JWT_SPENDER_CLAIM: "member" }),
+      store,
+      0,
+    );
+    expect(await member.authenticate(request(await jwt({ member: "carol", spender: "bob" })), "10.0.0.3")).toEqual({
+      userId: "acme",
+      admin: false,
+      spender: "carol",
+    });
   });
 });

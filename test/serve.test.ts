@@ -82,6 +82,45 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
       expect(cli(["keys", "revoke", id], env).code).toBe(1);
     });
 
+    it("a team's keys: each bound to the account and a spender, each under its own cap", async () => {
+      const key = (...args: string[]) => {
+        const r = cli(["keys", "create", "--role", "user:acme", ...args], env);
+        expect(r.code, r.stderr).toBe(0);
+        return r.stdout.trim();
+      };
+      const aliceKey = key("--spender", "alice", "--name", "Alice");
+      const bobKey = key("--spender", "bob");
+      const orgKey = key();
+      expect(cli(["keys", "list"], env).stdout).toContain("user:acme/alice  Alice");
+      expect(cli(["keys", "create", "--role", "admin", "--spender", "x"], env).code).toBe(2);
+      expect((await call(s, "POST", "/admin/credits/users/acme/add", admin, { amount: 10_000 })).status).toBe(201);
+      const set = await call(s, "PUT", "/admin/credits/users/acme/limits", admin, {
+        limits: [
+          { spender: "alice", amount: 100, period: "month" },
+          { spender: "bob", amount: 500, period: "month" },
+        ],
+      });
+      expect(set.status, JSON.stringify(set.body)).toBe(200);
+      // A member cannot raise its own cap.
+      expect((await call(s, "PUT", "/admin/credits/users/acme/limits", aliceKey, { limits: [] })).status).toBe(403);
+
+      const hold = await call(s, "POST", "/credits/reservations", aliceKey, { amount: 80 });
+      expect(hold.status, JSON.stringify(hold.body)).toBe(201);
+      expect(hold.body.spender).toBe("alice");
+      expect((await call(s, "POST", "/credits/reservations", aliceKey, { amount: 80 })).status).toBe(429);
+      // Not as Bob either.
+      expect((await call(s, "POST", "/credits/reservations", aliceKey, { amount: 80, spender: "bob" })).status).toBe(
+        403,
+      );
+      expect((await call(s, "POST", "/credits/reservations", bobKey, { amount: 80 })).status).toBe(201);
+      const mine = await call(s, "GET", "/credits/limits", aliceKey);
+      expect(mine.body.items).toMatchObject([{ spender: "alice", used: 80, remaining: 20 }]);
+      expect((await call(s, "GET", "/credits/limits", orgKey)).body.items).toHaveLength(2);
+      // A JWT's spender claim.
+      const carol = await jwt({ sub: "acme", spender: "alice" });
+      expect((await call(s, "POST", "/credits/reservations", carol, { amount: 80 })).status).toBe(429);
+    });
+
     it("JWTs: valid, admin scope, expired, wrong audience, wrong signature", async () => {
       const ok = await call(s, "GET", "/credits/balance", await jwt({ sub: "carol" }));
       expect(ok.status).toBe(200);

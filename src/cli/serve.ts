@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { UserId } from "../models/index.js";
+import { SpenderId, UserId } from "../models/index.js";
 import { newKey } from "../serve/keys.js";
 import { MissingDriverError, openStores } from "../serve/store.js";
 import { runServe } from "../serve/server.js";
@@ -33,6 +33,7 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
       options: {
         role: { type: "string" },
         name: { type: "string" },
+        spender: { type: "string" },
         sqlite: { type: "string" },
         json: { type: "boolean" },
       },
@@ -50,17 +51,25 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
           throw new ServeUsageError(`--role must be admin or user:ID (an account id), not "${role}"`);
         userId = m[1] as string;
       }
+      const spender = values.spender ?? null;
+      if (spender !== null) {
+        if (userId === null) throw new ServeUsageError("--spender applies to a user key (--role user:ID) only");
+        if (!SpenderId.safeParse(spender).success)
+          throw new ServeUsageError("--spender must be 1 to 255 printable characters (a member's or a key's id)");
+      }
       const name = values.name ?? null;
       if (name !== null && (name.length > 256 || [...name].some((c) => c.charCodeAt(0) < 32)))
         throw new ServeUsageError("--name must be up to 256 printable characters");
       return await withKeys(settings.store, async (keys) => {
-        const { key, record } = newKey(role === "admin" ? "admin" : "user", userId, name);
+        const { key, record } = newKey(role === "admin" ? "admin" : "user", userId, name, spender);
         await keys.insert(record);
-        io.stderr(`credit-management: key ${record.id} created (${role}); it is shown once, store it now\n`);
+        const as = spender === null ? role : `${role}, spender ${spender}`;
+        io.stderr(`credit-management: key ${record.id} created (${as}); it is shown once, store it now\n`);
         io.stdout(`${key}\n`);
         return 0;
       });
     }
+    if (values.spender !== undefined) throw new ServeUsageError('--spender applies to "keys create" only');
     if (sub === "list") {
       if (more.length > 0) throw new ServeUsageError(`unexpected argument "${more[0]}"`);
       return await withKeys(settings.store, async (keys) => {
@@ -69,7 +78,7 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
           io.stdout(
             values.json === true
               ? `${JSON.stringify(shown)}\n`
-              : `${r.id}  ${r.role === "admin" ? "admin" : `user:${r.userId}`}  ${r.name ?? "-"}  ${r.createdAt}  ${r.revokedAt === null ? "active" : `revoked ${r.revokedAt}`}\n`,
+              : `${r.id}  ${r.role === "admin" ? "admin" : `user:${r.userId}${r.spender === null ? "" : `/${r.spender}`}`}  ${r.name ?? "-"}  ${r.createdAt}  ${r.revokedAt === null ? "active" : `revoked ${r.revokedAt}`}\n`,
           );
         }
         return 0;

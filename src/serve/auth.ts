@@ -3,6 +3,7 @@ import { LRUCache } from "lru-cache";
 import { HttpError, type Identity } from "../http/router.js";
 import { keyIdOf, keyMatches, type ApiKeyRecord, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
+import { SpenderId } from "../models/limits.js";
 
 /**
  * Who is calling `serve` (docs/service.md, "Secure it"): `Authorization: Bearer <token>` with an
@@ -121,7 +122,15 @@ export async function createAuthenticator(s: ServeSettings, keys: KeyStore, keyC
     }
     const userId = claims[s.CREDIT_JWT_USER_CLAIM];
     if (typeof userId !== "string" || userId === "" || userId.length > 256) return null;
-    return { userId, admin: claimHas(claims[s.CREDIT_JWT_ROLE_CLAIM], s.CREDIT_JWT_ADMIN_VALUE) };
+    const identity: Identity = { userId, admin: claimHas(claims[s.CREDIT_JWT_ROLE_CLAIM], s.CREDIT_JWT_ADMIN_VALUE) };
+    // The spender claim (docs/service.md, "Secure it"): a token that has one spends as it; one that
+    // is not a spender id is refused, not read as none (its holder would spend under no cap).
+    const spender = claims[s.CREDIT_JWT_SPENDER_CLAIM];
+    if (spender !== undefined) {
+      if (!SpenderId.safeParse(spender).success) return null;
+      identity.spender = spender as string;
+    }
+    return identity;
   };
   const counted = (identity: Identity | null, ip: string) => {
     if (identity === null) limiter.fail(ip);
@@ -168,6 +177,10 @@ const granted = (entry: CachedKey | "none", token: string): Identity | null =>
 
 function cachedEntry(r: ApiKeyRecord): CachedKey {
   const identity: Identity =
-    r.role === "admin" ? { userId: `admin:${r.id}`, admin: true } : { userId: r.userId as string };
+    r.role === "admin"
+      ? { userId: `admin:${r.id}`, admin: true }
+      : r.spender === null
+        ? { userId: r.userId as string }
+        : { userId: r.userId as string, spender: r.spender };
   return { digest: Buffer.from(r.hash, "hex"), identity: Object.freeze(identity) };
 }

@@ -10,7 +10,9 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
  * The keys live beside the credit data in the same database, in a table (collection) of the
  * service's own, `credit_api_keys`, created on start if missing: they are the service's, not the
  * library's, so the `DbManager` contract and its schema version do not carry them (a library user
- * never has them; docs/service.md says so).
+ * never has them; docs/service.md says so). The table's layout grows by added nullable columns
+ * only, each added on start when missing (`init`), so a table made by an earlier release reads on:
+ * `spender` (added with spend limits) is null for the keys created before it.
  */
 export interface ApiKeyRecord {
   id: string;
@@ -19,6 +21,12 @@ export interface ApiKeyRecord {
   role: "admin" | "user";
   /** The account a user key acts on (null for admin keys). */
   userId: string | null;
+  /**
+   * The spender a user key spends as within its account (docs/teams-and-limits.md, "API keys per
+   * member"): its spends are recorded under it and its limits apply. Null: none (admin keys, and
+   * keys created before the column existed).
+   */
+  spender: string | null;
   name: string | null;
   createdAt: string;
   revokedAt: string | null;
@@ -66,12 +74,22 @@ export function newKey(
   role: "admin" | "user",
   userId: string | null,
   name: string | null,
+  spender: string | null = null,
 ): { key: string; record: ApiKeyRecord } {
   const id = randomBytes(8).toString("hex");
   const key = `cmk_${id}_${randomBytes(32).toString("base64url")}`;
   return {
     key,
-    record: { id, hash: hashKey(key), role, userId, name, createdAt: new Date().toISOString(), revokedAt: null },
+    record: {
+      id,
+      hash: hashKey(key),
+      role,
+      userId,
+      spender,
+      name,
+      createdAt: new Date().toISOString(),
+      revokedAt: null,
+    },
   };
 }
 
@@ -80,6 +98,8 @@ interface Row {
   hash: string;
   role: string;
   user_id: string | null;
+  /** Absent in a MongoDB document written before the field existed. */
+  spender?: string | null;
   name: string | null;
   created_at: string;
   revoked_at: string | null;
@@ -89,13 +109,16 @@ const fromRow = (r: Row): ApiKeyRecord => ({
   hash: r.hash,
   role: r.role === "admin" ? "admin" : "user",
   userId: r.user_id,
+  spender: r.spender ?? null,
   name: r.name,
   createdAt: r.created_at,
   revokedAt: r.revoked_at,
 });
-const COLUMNS = "id, hash, role, user_id, name, created_at, revoked_at";
+const COLUMNS = "id, hash, role, user_id, name, created_at, revoked_at, spender";
 const CREATE = (table: string) =>
-  `CREATE TABLE IF NOT EXISTS ${table} (id VARCHAR(32) PRIMARY KEY, hash VARCHAR(64) NOT NULL, role VARCHAR(8) NOT NULL, user_id VARCHAR(256), name VARCHAR(256), created_at VARCHAR(32) NOT NULL, revoked_at VARCHAR(32))`;
+  `CREATE TABLE IF NOT EXISTS ${table} (id VARCHAR(32) PRIMARY KEY, hash VARCHAR(64) NOT NULL, role VARCHAR(8) NOT NULL, user_id VARCHAR(256), name VARCHAR(256), created_at VARCHAR(32) NOT NULL, revoked_at VARCHAR(32), spender VARCHAR(256))`;
+/** The columns added since the table's first layout, each nullable, in the order they came. */
+const ADDED_COLUMNS = [{ name: "spender", type: "VARCHAR(256)" }];
 
 interface SqliteLike {
   prepare(sql: string): {
@@ -109,7 +132,7 @@ interface SqliteLike {
 }
 
 /** A record's values in the order of `COLUMNS` (the SQL stores' insert). */
-const valuesOf = (r: ApiKeyRecord) => [r.id, r.hash, r.role, r.userId, r.name, r.createdAt, r.revokedAt];
+const valuesOf = (r: ApiKeyRecord) => [r.id, r.hash, r.role, r.userId, r.name, r.createdAt, r.revokedAt, r.spender];
 
 /** What the SQL key store needs of a database: its statements, with `$1, $2…` parameters. */
 interface SqlKeyDb {
@@ -131,9 +154,25 @@ function sqlKeyStore(db: SqlKeyDb, table: string, prepare: () => Promise<void>):
     async init() {
       await prepare();
       await db.exec(CREATE(table));
+      // A table an earlier release made lacks the columns added since: add each that is missing.
+      // Two services starting at once may both try; the loser's ALTER fails and the probe after it
+      // finds the column.
+      for (const column of ADDED_COLUMNS) {
+        const has = () =>
+          db.rows(`SELECT ${column.name} FROM ${table} WHERE 1 = 0`, []).then(
+            () => true,
+            () => false,
+          );
+        if (await has()) continue;
+        try {
+          await db.exec(`ALTER TABLE ${table} ADD COLUMN ${column.name} ${column.type}`);
+        } catch (error) {
+          if (!(await has())) throw error;
+        }
+      }
     },
     async insert(r) {
-      await db.changes(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)`, valuesOf(r));
+      await db.changes(`INSERT INTO ${table} (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, valuesOf(r));
     },
     async get(id) {
       const rows = await db.rows(`SELECT ${COLUMNS} FROM ${table} WHERE id = $1`, [id]);
@@ -218,6 +257,7 @@ export function mongoKeyStore(collection: MongoCollectionLike, close: () => Prom
         hash: r.hash,
         role: r.role,
         user_id: r.userId,
+        spender: r.spender,
         name: r.name,
         created_at: r.createdAt,
         revoked_at: r.revokedAt,

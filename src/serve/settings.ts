@@ -125,6 +125,8 @@ const Schema = z.strictObject({
   /** A claim whose value `admin` (or, for an array or space-separated scope, one of its items) makes an admin. */
   CREDIT_JWT_ROLE_CLAIM: z.string().min(1).default("scope"),
   CREDIT_JWT_ADMIN_VALUE: z.string().min(1).default("credits:admin"),
+  /** The claim holding the caller's spender (docs/teams-and-limits.md); a token without it spends as none. */
+  CREDIT_JWT_SPENDER_CLAIM: z.string().min(1).default("spender"),
   /** Failed authentications one IP may make in a burst, and per minute after it. */
   CREDIT_AUTH_FAILURES_BURST: int(1, 100_000).default(20),
   CREDIT_AUTH_FAILURES_PER_MINUTE: int(1, 100_000).default(10),
@@ -304,7 +306,7 @@ Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), 
   CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
-  CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
+  CREDIT_JWT_SPENDER_CLAIM, CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
   CREDIT_CONSOLE_SECRET, CREDIT_CUSTOMER_TOKEN_SECRET (customer tokens and the /customer page;
   CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
   CREDIT_KEY_CACHE_MS              How long a running service reuses an API key's row, in ms (0 to
@@ -314,8 +316,11 @@ Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), 
   or variable; 3 better-sqlite3 (the default store's driver) is not installed. Each start-up
   failure is one line on stderr: "credit-management: serve could not start: ...".
 Commands "keys" (the same store variables):
-  keys create --role admin|user:ID [--name NAME]   Prints the new key once (store only its hash)
-  keys list                                        Id, role, name, created, revoked
+  keys create --role admin|user:ID [--spender ID] [--name NAME]
+                                                   Prints the new key once (store only its hash);
+                                                   --spender: a user key's spends are that spender's
+                                                   (its limits apply; docs/teams-and-limits.md)
+  keys list                                        Id, role (user:ID[/spender]), name, created, revoked
   keys revoke ID                                   Running services refuse the key within
                                                    CREDIT_KEY_CACHE_MS (default 5 s)
 `;

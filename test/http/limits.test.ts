@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { createCreditManager, type CreditManager } from "../../src/index.js";
+import { createCreditManager, type CreditManager, type SpendLimitInput } from "../../src/index.js";
 import { createCreditHandler, type CreditHandler, type Identity } from "../../src/http/index.js";
 
 /**
@@ -45,7 +45,7 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     await m.close();
   });
 
-  const limits = [
+  const limits: SpendLimitInput[] = [
     { amount: 5_000, period: "month" },
     { spender: "alice", amount: 1_000, period: "month" },
     { spender: "bob", amount: 2_000, period: "month" },
