@@ -820,3 +820,102 @@ describe.skipIf(!existsSync(CHROMIUM))("console webhooks page (docs/console.md, 
     expect(await (await handler(new Request("http://h/console/"))).text()).not.toContain("/webhooks");
   });
 });
+
+// reason: needs Debian's chromium (/usr/bin/chromium; .ci/run installs it)
+describe.skipIf(!existsSync(CHROMIUM))("a team account: its limits and each member's spend", () => {
+  let browser: Browser;
+  let server: Server;
+  let base: string;
+  let m: CreditManager;
+  const HOSTILE_SPENDER = `<img src=x onerror="window.__pwned=1">`;
+  beforeAll(async () => {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu"],
+    });
+    m = await createCreditManager();
+    await m.credits.addCredits("acme", 100_000);
+    await m.credits.setLimits("acme", [
+      { amount: 20_000, period: "month" },
+      { spender: "alice", amount: 2_000, period: "month" },
+      { spender: "bob", amount: 500, period: "month" },
+      { spender: "carol", feature: "images", amount: 50, period: "day" },
+    ]);
+    await m.credits.deductCredits("acme", 1_500, { spender: "alice", feature: "chat" });
+    await m.credits.deductCredits("acme", 200, { spender: "alice" });
+    const hold = await m.credits.reserveCredits("acme", 500, { spender: "bob" });
+    await m.credits.commitReservedCredits(hold.id, { amount: 500 });
+    await m.credits.deductCredits("acme", 30);
+    await m.credits.deductCredits("acme", 7, { spender: HOSTILE_SPENDER });
+    const handler = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "ops" }) });
+    server = createServer(toNodeHandler(handler));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    base = `http://127.0.0.1:${(server.address() as { port: number }).port}/console`;
+  }, 60_000);
+  afterAll(async () => {
+    await browser?.close();
+    if (server) await new Promise((r) => server.close(r));
+    await m?.close();
+  });
+
+  it("lists each limit with its spend in the window and reset time, and spend per spender", async () => {
+    const p = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+    const errors: string[] = [];
+    p.on("pageerror", (e) => errors.push(e.message));
+    p.on("console", (msg) => {
+      if (msg.type() === "error") errors.push(msg.text());
+    });
+    expect((await p.goto(`${base}/accounts/acme`))?.status()).toBe(200);
+    /** Each row's cells, " | " between them (a meter's fallback text dropped). */
+    const rows = async (id: string) => {
+      const out: string[] = [];
+      for (const row of await p.locator(`#${id} tbody tr`).all()) {
+        const cells = await row.locator("td").evaluateAll((tds) =>
+          tds.map((td) => {
+            const c = (
+              td as unknown as {
+                cloneNode(deep: boolean): { querySelectorAll(s: string): { remove(): void }[]; textContent: string };
+              }
+            ).cloneNode(true);
+            for (const meter of c.querySelectorAll("meter")) meter.remove();
+            return c.textContent;
+          }),
+        );
+        out.push(cells.map((c) => c.replace(/\s+/g, " ").trim()).join(" | ").trim());
+      }
+      return out;
+    };
+
+    const limits = await rows("limit-table");
+    expect(limits).toHaveLength(4);
+    expect(limits[0]).toMatch(/^every spender \| every feature \| month \| 2,237 \/ 20,000 \| 17,763 \| /);
+    expect(limits[1]).toMatch(/^alice \| every feature \| month \| 1,700 \/ 2,000 \| 300 \| /);
+    expect(limits[2]).toMatch(/^bob \| every feature \| month \| 500 \/ 500 \| 0 \| /); // spent to its cap
+    expect(limits[3]).toMatch(/^carol \| images \| day \| 0 \/ 50 \| 50 \| /);
+    // The reset: the first of next month, 00:00 UTC, and how far away it is.
+    const now = new Date();
+    const next = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
+    expect(limits[1]).toContain(next.toISOString().slice(0, 10));
+    expect(limits[1]).toMatch(/\(in \d+ [dhm]( \d+ [hms])?\)$/);
+    expect(await p.locator("#limit-table meter").count()).toBe(4);
+
+    const spenders = await rows("spender-table");
+    expect(spenders[0]).toBe("alice | 1,700 | 2 | 1,700 / 2,000 per month");
+    expect(spenders[1]).toBe("bob | 500 | 1 | 500 / 500 per month");
+    expect(spenders).toContain("no spender | 30 | 1 |");
+    expect(spenders).toContain(`${HOSTILE_SPENDER} | 7 | 1 |`); // shown as text, never run
+    expect(spenders.at(-1)).toBe("carol | 0 | 0 | 0 / 50 per day on images"); // capped, nothing spent yet
+    expect(await p.evaluate(() => (globalThis as unknown as Win).__pwned)).toBeUndefined();
+    // The journal names who spent on what.
+    expect(await p.locator("#journal-table").textContent()).toContain("spender alice");
+
+    await p.evaluate(axeSource);
+    const serious = await p.evaluate(async () => {
+      const r = await (globalThis as unknown as Win).axe.run({ resultTypes: ["violations"] });
+      return r.violations.filter((v) => v.impact === "serious" || v.impact === "critical").map((v) => v.id);
+    });
+    expect(serious).toEqual([]);
+    expect(errors).toEqual([]);
+    await p.close();
+  }, 60_000);
+});

@@ -1,10 +1,13 @@
 import { randomUUID } from "node:crypto";
 import { compareGrants } from "../domain/order.js";
 import { hashEntry } from "../domain/hash.js";
+import { calendarWindow, limitStatuses } from "../domain/limits.js";
 import {
   type AutoTopUpState,
   EntryType,
   type Grant,
+  type LimitPeriod,
+  type SpendLimitStatus,
   type JournalEntry,
   type LedgerEntry,
   type Notification,
@@ -19,6 +22,11 @@ import { accountUsage } from "./usage-page.js";
 const PAGE = 50;
 /** The newest entries the balance chart draws (one indexed read, whatever the journal's size). */
 const CHART_POINTS = 500;
+/**
+ * The newest journal entries the account page sums per spender (one indexed page read, whatever
+ * the journal's size: filtering by type or date in the store could walk the whole journal).
+ */
+const SPEND_ROWS = 2000;
 /** The ledger message the console's audit action records its verdict under. */
 export const AUDIT_MESSAGE = "console: audit";
 
@@ -171,6 +179,8 @@ function chainCheck(entries: readonly JournalEntry[]): { ok: boolean; text: stri
 function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
   const u = enc(e.userId);
   const parts: Html[] = [];
+  if (e.spender !== null && e.spender !== undefined) parts.push(html`spender <code>${e.spender}</code>`);
+  if (e.feature !== null && e.feature !== undefined) parts.push(html`feature <code>${e.feature}</code>`);
   if (e.reservationId !== null)
     parts.push(
       html`hold <a href="${ctx.base}/accounts/${u}/holds/${enc(e.reservationId)}">${shortId(e.reservationId)}</a>`,
@@ -209,7 +219,9 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const types = parseTypes(sp.getAll("type"));
   const from = dateParam(sp.get("from"));
   const to = dateParam(sp.get("to"));
-  const [grants, holds, page, chart, payments, audits, subs, claims, notifications] = await Promise.all([
+  // This calendar month (UTC), for the spend per spender (docs/console.md).
+  const month = calendarWindow("month", ctx.now.getTime());
+  const [grants, holds, page, chart, payments, audits, subs, claims, notifications, spends] = await Promise.all([
     db.listGrants(userId),
     db.listReservations(userId, { status: "active" }),
     db.listJournal(userId, {
@@ -226,8 +238,10 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     db.listSubscriptions(userId),
     db.listPromoClaims(userId),
     db.listNotifications(userId, { limit: 10 }),
+    db.listJournal(userId, { order: "desc", limit: SPEND_ROWS }),
   ]);
   const topUps = account.autoTopUp === undefined || account.autoTopUp === null ? [] : await topUpAttempts(ctx, userId);
+  const limits = limitStatuses(account.limits ?? [], ctx.now.getTime());
   const entries = page.slice(0, PAGE);
   const last = entries[entries.length - 1];
   const filters = { type: undefined, from: sp.get("from") ?? undefined, to: sp.get("to") ?? undefined };
@@ -316,6 +330,10 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     }
     <h2>Grants, in burn-down order</h2>
     ${grantTable(ctx, userId, open)}
+    <h2 id="limits">Spend limits</h2>
+    ${limitTable(ctx, limits)}
+    <h2 id="spenders">Spend per spender, this month (UTC)</h2>
+    ${spenderTable(spends, month.start, limits)}
     <h2>Active holds</h2>
     ${table({
       columns: [
@@ -391,6 +409,80 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <h2>Notifications</h2>
     ${notificationTable(ctx, notifications)}`;
   return { title: `Account ${userId}`, body };
+}
+
+/** `month`, `day`, `3 weeks`: a limit's window in words. */
+function periodText(l: { period: LimitPeriod | null; resetsWith: string | null }): string {
+  if (l.period === null) return "subscription period";
+  if (typeof l.period === "string") return l.period;
+  return l.period.every === 1 ? l.period.unit : `${l.period.every} ${l.period.unit}s`;
+}
+
+/** The account's spend limits, each with what its window counted and when it resets (docs/teams-and-limits.md). */
+function limitTable(ctx: Ctx, limits: readonly SpendLimitStatus[]): Html {
+  return table({
+    id: "limit-table",
+    columns: [
+      "Spender",
+      "Feature",
+      { label: "Window", short: true },
+      { label: "Spent / limit", num: true },
+      { label: "Left", num: true },
+      { label: "Resets", short: true },
+    ],
+    rows: limits.map((l) => [
+      l.spender ?? html`<span class="muted">every spender</span>`,
+      l.feature ?? html`<span class="muted">every feature</span>`,
+      periodText(l),
+      html`<meter min="0" max="${Math.max(l.amount, 1)}" value="${Math.min(l.used, l.amount)}">${amount(l.used)}</meter>
+        ${amount(l.used)} / ${amount(l.amount)}`,
+      l.remaining === 0 ? html`<span class="bad">0</span>` : amount(l.remaining),
+      html`${when(l.resetsAt)} (${relative(l.resetsAt, ctx.now)})`,
+    ]),
+    none: "No spend limit.",
+  });
+}
+
+/**
+ * What each spender (a member, an API key) spent this month — deductions and captured holds — with
+ * its own limits beside it. Spends that named no spender are one row.
+ */
+function spenderTable(recent: readonly JournalEntry[], since: number, limits: readonly SpendLimitStatus[]): Html {
+  const rows = new Map<string | null, { credits: number; count: number }>();
+  for (const e of recent) {
+    if (e.createdAt.getTime() < since || (e.type !== "deduct" && e.type !== "commit_reserved")) continue;
+    const key = e.spender ?? null;
+    const row = rows.get(key) ?? { credits: 0, count: 0 };
+    row.credits += e.amount;
+    row.count += 1;
+    rows.set(key, row);
+  }
+  for (const l of limits) if (l.spender !== null && !rows.has(l.spender)) rows.set(l.spender, { credits: 0, count: 0 });
+  const sorted = [...rows.entries()].sort((a, b) => b[1].credits - a[1].credits);
+  // Every entry read is of this month: older spends of the month may be beyond them.
+  const last = recent[recent.length - 1];
+  const capped = recent.length === SPEND_ROWS && last !== undefined && last.createdAt.getTime() >= since;
+  return html`${table({
+    id: "spender-table",
+    columns: ["Spender", { label: "Credits spent", num: true }, { label: "Spends", num: true }, "Own limits"],
+    rows: sorted.map(([spender, r]) => [
+      spender ?? html`<span class="muted">no spender</span>`,
+      amount(r.credits),
+      amount(r.count),
+      spender === null
+        ? ""
+        : limits
+            .filter((l) => l.spender === spender)
+            .map(
+              (l) =>
+                html`<div>
+                  ${amount(l.used)} / ${amount(l.amount)} per
+                  ${periodText(l)}${l.feature === null ? "" : ` on ${l.feature}`}
+                </div>`,
+            ),
+    ]),
+    none: "No spend this month.",
+  })}${capped ? html`<p class="muted">Summed over the newest ${amount(SPEND_ROWS)} journal entries, all of this month.</p>` : ""}`;
 }
 
 function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
