@@ -90,6 +90,18 @@ describe("examples", () => {
     expect(out).toContain("audit: ok");
   });
 
+  it("teams.ts: a team's pool spent by three members, each under their own monthly cap and the organisation's", async () => {
+    const out = await exampleWith("teams.ts", []);
+    expect(out).toMatch(/carol over her cap: 429 SPEND_LIMIT_EXCEEDED, 600 left until \d{4}-\d{2}-01/);
+    expect(out).toContain("carol as bob: 403");
+    expect(out).toContain("carol sets limits: 403");
+    expect(out).toContain("bob past the organisation's cap: 429, 2000 left under the organisation's limit");
+    expect(out).toContain("carol's limits: organisation 7000/9000, carol 400/1000");
+    expect(out).toContain("the owner's view: organisation 7000/9000, alice 3600/5000, bob 3000/6000, carol 400/1000");
+    expect(out).toContain("pool: 8000 of 15000 left; spent by carol 400, bob 3000, alice 3600");
+    expect(out).toContain("audit: ok");
+  });
+
   it("quickstart.ts (npm run example) walks through grants, a hold, an expiry and the audit", async () => {
     const out = await exampleWith("quickstart.ts", []);
     expect(out).toMatch(/committed 73 of the 200 held \(127 returned\)\s+balance=407/);
