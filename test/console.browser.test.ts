@@ -881,7 +881,12 @@ describe.skipIf(!existsSync(CHROMIUM))("a team account: its limits and each memb
             return c.textContent;
           }),
         );
-        out.push(cells.map((c) => c.replace(/\s+/g, " ").trim()).join(" | ").trim());
+        out.push(
+          cells
+            .map((c) => c.replace(/\s+/g, " ").trim())
+            .join(" | ")
+            .trim(),
+        );
       }
       return out;
     };
