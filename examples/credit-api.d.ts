@@ -11,7 +11,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The caller's balance, reserved, available and debt */
+        /** The caller's balance, reserved, available (for the caller's spender and `feature`: scoped grants) and debt, with totals per scope */
         get: operations["getBalance"];
         put?: never;
         post?: never;
@@ -164,7 +164,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** A user's balance */
+        /** A user's balance (available for a `spender` and `feature`: scoped grants), with totals per scope */
         get: operations["adminGetBalance"];
         put?: never;
         post?: never;
@@ -1021,7 +1021,10 @@ export type $defs = Record<string, never>;
 export interface operations {
     getBalance: {
         parameters: {
-            query?: never;
+            query?: {
+                spender?: string;
+                feature?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -1059,6 +1062,15 @@ export interface operations {
             };
             /** @description No identity */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1920,7 +1932,10 @@ export interface operations {
     };
     adminGetBalance: {
         parameters: {
-            query?: never;
+            query?: {
+                spender?: string;
+                feature?: string;
+            };
             header?: never;
             path: {
                 userId: string;

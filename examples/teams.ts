@@ -1,6 +1,6 @@
 /**
  * A team account (docs/teams-and-limits.md): an organisation's pool of credits — its plan's monthly
- * credits and a top-up — spent by three members, each through their own API key and under their
+ * credits, a top-up, and an allowance that pays for one feature only — spent by three members, each through their own API key and under their
  * own monthly cap, with the organisation's cap over them all. Over HTTP, as a member's client sees
  * it; each key is bound to the account and a spender, as `credit-management serve` binds them
  * (`keys create --role user:acme --spender alice`).
@@ -23,6 +23,9 @@ await subscriptions.createPlan({
 });
 await subscriptions.subscribe("acme", "team");
 await credits.addCredits("acme", 5_000, { source: "payment", description: "top-up" });
+// A feature allowance: 5,000 credits that pay for image generation only, spent before the pool.
+// (A plan's own allowances are not built yet: docs/limitations.md.)
+await credits.addCredits("acme", 5_000, { scope: { features: ["images"] }, description: "images allowance" });
 
 // The caps: 9,000 a month for the organisation, and one per member.
 await credits.setLimits("acme", [
@@ -51,6 +54,7 @@ interface Limit {
 }
 interface Answer {
   id?: string;
+  available?: number;
   items?: Limit[];
   error?: { code: string; details: { remaining: number; resetsAt: string; limit: Limit } };
 }
@@ -105,11 +109,18 @@ console.log(`carol's limits: ${mine.body.items!.map(show).join(", ")}`);
 const all = await api("key-owner", "GET", "/admin/credits/users/acme/limits");
 console.log(`the owner's view: ${all.body.items!.map(show).join(", ")}`);
 
+// What Bob may still spend on images (the allowance's rest and the pool), and on anything else.
+const images = await api("key-bob", "GET", "/credits/balance?feature=images");
+const other = await api("key-bob", "GET", "/credits/balance");
+console.log(`bob may use: ${images.body.available} on images, ${other.body.available} on other features`);
+
 // The pool they all drew from, and who spent what.
 const info = await credits.getUserCreditsInfo("acme");
 const spent = new Map<string, number>();
 for (const e of (await credits.getCreditHistory("acme", { types: ["commit_reserved"], limit: 100 })).items)
   spent.set(e.spender ?? "-", (spent.get(e.spender ?? "-") ?? 0) + e.amount);
-console.log(`pool: ${info.balance} of 15000 left; spent by ${[...spent].map(([s, n]) => `${s} ${n}`).join(", ")}`);
+console.log(
+  `pool: ${info.balance} of 20000 left (${info.scoped?.[0]?.remaining} of the images allowance); spent by ${[...spent].map(([s, n]) => `${s} ${n}`).join(", ")}`,
+);
 console.log(`audit: ${(await credits.audit("acme")).ok ? "ok" : "PROBLEMS"}`);
 await manager.close();

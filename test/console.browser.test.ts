@@ -835,6 +835,7 @@ describe.skipIf(!existsSync(CHROMIUM))("a team account: its limits and each memb
     });
     m = await createCreditManager();
     await m.credits.addCredits("acme", 100_000);
+    await m.credits.addCredits("acme", 300, { scope: { features: ["images"], spenders: ["carol", HOSTILE_SPENDER] } });
     await m.credits.setLimits("acme", [
       { amount: 20_000, period: "month" },
       { spender: "alice", amount: 2_000, period: "month" },
@@ -911,6 +912,10 @@ describe.skipIf(!existsSync(CHROMIUM))("a team account: its limits and each memb
     expect(spenders).toContain(`${HOSTILE_SPENDER} | 7 | 1 |`); // shown as text, never run
     expect(spenders.at(-1)).toBe("carol | 0 | 0 | 0 / 50 per day on images"); // capped, nothing spent yet
     expect(await p.evaluate(() => (globalThis as unknown as Win).__pwned)).toBeUndefined();
+    // What each grant may pay for: any spend, or its scope.
+    const grants = (await p.locator("tr[id^=grant-]").allTextContents()).map((x) => x.replace(/\s+/g, " "));
+    expect(grants.some((g) => g.includes("any spend"))).toBe(true);
+    expect(grants.some((g) => g.includes(`features imagesspenders carol, ${HOSTILE_SPENDER}`))).toBe(true);
     // The journal names who spent on what.
     expect(await p.locator("#journal-table").textContent()).toContain("spender alice");
 

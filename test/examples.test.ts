@@ -90,7 +90,7 @@ describe("examples", () => {
     expect(out).toContain("audit: ok");
   });
 
-  it("teams.ts: a team's pool spent by three members, each under their own monthly cap and the organisation's", async () => {
+  it("teams.ts: a team's pool and an images allowance spent by three members, each under their own monthly cap and the organisation's", async () => {
     const out = await exampleWith("teams.ts", []);
     expect(out).toMatch(/carol over her cap: 429 SPEND_LIMIT_EXCEEDED, 600 left until \d{4}-\d{2}-01/);
     expect(out).toContain("carol as bob: 403");
@@ -98,7 +98,10 @@ describe("examples", () => {
     expect(out).toContain("bob past the organisation's cap: 429, 2000 left under the organisation's limit");
     expect(out).toContain("carol's limits: organisation 7000/9000, carol 400/1000");
     expect(out).toContain("the owner's view: organisation 7000/9000, alice 3600/5000, bob 3000/6000, carol 400/1000");
-    expect(out).toContain("pool: 8000 of 15000 left; spent by carol 400, bob 3000, alice 3600");
+    expect(out).toContain("bob may use: 13000 on images, 11000 on other features");
+    expect(out).toContain(
+      "pool: 13000 of 20000 left (2000 of the images allowance); spent by carol 400, bob 3000, alice 3600",
+    );
     expect(out).toContain("audit: ok");
   });
 

@@ -485,6 +485,18 @@ function spenderTable(recent: readonly JournalEntry[], since: number, limits: re
   })}${capped ? html`<p class="muted">Summed over the newest ${amount(SPEND_ROWS)} journal entries, all of this month.</p>` : ""}`;
 }
 
+/** A grant's scope in words (docs/teams-and-limits.md, "Scoped credits"): what it may pay for. */
+function scopeText(g: Grant): Html {
+  const scope = g.scope ?? null;
+  if (scope === null) return html`<span class="muted">any spend</span>`;
+  const parts: Html[] = [];
+  if (scope.features !== undefined)
+    parts.push(html`features ${scope.features.map((f, i) => html`${i > 0 ? ", " : ""}<code>${f}</code>`)}`);
+  if (scope.spenders !== undefined)
+    parts.push(html`spenders ${scope.spenders.map((s, i) => html`${i > 0 ? ", " : ""}<code>${s}</code>`)}`);
+  return html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
+}
+
 function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
   return table({
     columns: [
@@ -494,6 +506,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
       { label: "Remaining / granted", num: true },
       { label: "Expires", short: true },
       { label: "Priority", num: true },
+      "Pays for",
       "Description",
       { label: "Action", short: true },
     ],
@@ -509,6 +522,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
           ${amount(g.remaining)} / ${amount(g.amount)}`,
         g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`,
         g.priority,
+        scopeText(g),
         g.description ?? "",
         actionForm(ctx, "void", "Void", { user: userId, grant: g.id }),
       ],

@@ -7,6 +7,7 @@ import {
   CheckOptions,
   CommitOptions,
   CreditsInfo,
+  CreditsInfoOptions,
   CustomerTokenOptions,
   DeductOptions,
   EntityId,
@@ -59,6 +60,8 @@ export const ExpiringParams = z.strictObject({
   /** Days ahead, 0–3650, default 7. */
   days: z.number().min(0).max(3650).optional(),
 });
+/** `GET …/balance?spender=&feature=`: what that spend may use (scoped grants), the library's own model. */
+export const BalanceParams = CreditsInfoOptions;
 /** `GET …/check?feature=&amount=`: the library's own model. */
 export const CheckParams = CheckOptions;
 /** The grants query: the library's own model. */
@@ -194,10 +197,14 @@ export const creditRoutes: RouteDefinition[] = [
     access: "user",
     customer: true,
     operationId: "getBalance",
-    summary: "The caller's balance, reserved, available and debt",
+    summary:
+      "The caller's balance, reserved, available (for the caller's spender and `feature`: scoped grants) and debt, with totals per scope",
     tags: credits,
+    query: BalanceParams,
     response: CreditsInfo,
-    handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(self(ctx)),
+    errors: [e.forbidden],
+    handle: (ctx) =>
+      ctx.manager.credits.getUserCreditsInfo(self(ctx), ownSpend(ctx, ctx.query<z.infer<typeof BalanceParams>>())),
   },
   {
     method: "GET",
@@ -321,10 +328,11 @@ export const creditRoutes: RouteDefinition[] = [
     path: "/users/:userId/balance",
     access: "admin",
     operationId: "adminGetBalance",
-    summary: "A user's balance",
+    summary: "A user's balance (available for a `spender` and `feature`: scoped grants), with totals per scope",
     tags: admin,
+    query: BalanceParams,
     response: CreditsInfo,
-    handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(target(ctx)),
+    handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(target(ctx), ctx.query<z.infer<typeof BalanceParams>>()),
   },
   {
     method: "GET",

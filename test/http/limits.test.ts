@@ -174,6 +174,31 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     expect((await call("GET", "/credits/check?amount=1000", "acme/alice")).body.allowed).toBe(true);
   });
 
+  it("a balance answers for the caller's spender and a feature (scoped grants)", async () => {
+    await m.credits.addCredits("acme", 300, { scope: { features: ["images"] } });
+    await m.credits.addCredits("acme", 200, { scope: { spenders: ["alice"] } });
+    const plain = await call("GET", "/credits/balance", "acme");
+    expect(plain.body).toMatchObject({ balance: 10_500, available: 10_000 });
+    expect(plain.body.scoped).toHaveLength(2);
+    expect((await call("GET", "/credits/balance?feature=images", "acme")).body.available).toBe(10_300);
+    // Alice's key answers for Alice: her own scoped grant counts, without naming her.
+    expect((await call("GET", "/credits/balance", "acme/alice")).body.available).toBe(10_200);
+    expect((await call("GET", "/credits/balance?feature=images", "acme/alice")).body.available).toBe(10_500);
+    // Bob's key cannot ask as Alice; a key without a spender cannot name one.
+    expect((await call("GET", "/credits/balance?spender=alice", "acme/bob")).status).toBe(403);
+    expect((await call("GET", "/credits/balance?spender=alice", "acme")).status).toBe(403);
+    // Admins name any.
+    const admin = await call("GET", "/admin/credits/users/acme/balance?spender=alice&feature=images", ADMIN);
+    expect(admin.body.available).toBe(10_500);
+    // Scoped grants are added over the admin route too.
+    const added = await call("POST", "/admin/credits/users/acme/add", ADMIN, {
+      amount: 50,
+      scope: { spenders: ["bob"] },
+    });
+    expect(added.status).toBe(201);
+    expect((await call("GET", "/credits/balance", "acme/bob")).body.available).toBe(10_050);
+  });
+
   it("the OpenAPI document lists the limit routes with their bodies", async () => {
     const doc = handler.openapi() as { paths: Record<string, Record<string, { requestBody?: unknown }>> };
     expect(Object.keys(doc.paths["/admin/credits/users/{userId}/limits"] ?? {}).sort()).toEqual(["get", "put"]);
