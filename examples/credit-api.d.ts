@@ -347,6 +347,58 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/credits/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The spend limits of the caller's account, each with its window now, what it counted and when it resets (a caller bound to a spender: those that apply to it) */
+        get: operations["getLimits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A user's spend limits, each with its window now, what it counted and when it resets */
+        get: operations["adminGetLimits"];
+        /** Replace a user's spend limits (a limit kept with the same spender, feature and window keeps what its window counted) */
+        put: operations["adminSetLimits"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/limits/remove": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Remove a user's limits with exactly this spender and feature (omitted: none), and this window when given; answers the limits left */
+        post: operations["adminRemoveLimit"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits/usage": {
         parameters: {
             query?: never;
@@ -1113,7 +1165,10 @@ export interface operations {
                         available: number;
                         required: number;
                         /** @enum {string} */
-                        reason: "ok" | "insufficient_credits";
+                        reason: "ok" | "insufficient_credits" | "limit";
+                        /** Format: date-time */
+                        resetsAt?: string;
+                        limitRemaining?: number;
                     };
                 };
             };
@@ -1470,6 +1525,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Conflict: not active, idempotency key reused with other arguments, or a lost race */
             409: {
                 headers: {
@@ -1490,6 +1554,15 @@ export interface operations {
             };
             /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1982,7 +2055,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2028,7 +2101,10 @@ export interface operations {
                         available: number;
                         required: number;
                         /** @enum {string} */
-                        reason: "ok" | "insufficient_credits";
+                        reason: "ok" | "insufficient_credits" | "limit";
+                        /** Format: date-time */
+                        resetsAt?: string;
+                        limitRemaining?: number;
                     };
                 };
             };
@@ -2050,7 +2126,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2147,7 +2223,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2234,7 +2310,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2319,7 +2395,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2397,7 +2473,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2509,7 +2585,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2660,7 +2736,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2689,6 +2765,15 @@ export interface operations {
             };
             /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2797,7 +2882,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2826,6 +2911,15 @@ export interface operations {
             };
             /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2893,7 +2987,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3023,7 +3117,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3034,6 +3128,402 @@ export interface operations {
             };
             /** @description Not found (also: another user's resource) */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict: not active, idempotency key reused with other arguments, or a lost race */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetLimits: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminSetLimits: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes the operation safe to retry: the same key and arguments return the first result. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    description?: string;
+                    idempotencyKey?: string & (unknown & unknown);
+                    correlationId?: string;
+                    metadata?: {
+                        [key: string]: components["schemas"]["JsonValue"];
+                    };
+                    limits: {
+                        spender?: string;
+                        feature?: string;
+                        amount: number;
+                        period?: ("day" | "week" | "month" | "year") | {
+                            every: number;
+                            /** @enum {string} */
+                            unit: "day" | "week" | "month" | "year";
+                        };
+                        /** @constant */
+                        resetsWith?: "subscription";
+                    }[];
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict: not active, idempotency key reused with other arguments, or a lost race */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminRemoveLimit: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes the operation safe to retry: the same key and arguments return the first result. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    description?: string;
+                    idempotencyKey?: string & (unknown & unknown);
+                    correlationId?: string;
+                    metadata?: {
+                        [key: string]: components["schemas"]["JsonValue"];
+                    };
+                    spender?: string;
+                    feature?: string;
+                    period?: ("day" | "week" | "month" | "year") | {
+                        every: number;
+                        /** @enum {string} */
+                        unit: "day" | "week" | "month" | "year";
+                    };
+                    /** @constant */
+                    resetsWith?: "subscription";
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3274,7 +3764,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3341,7 +3831,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3425,7 +3915,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3491,7 +3981,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3906,7 +4396,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4081,7 +4571,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4254,7 +4744,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4424,7 +4914,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4542,7 +5032,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4641,7 +5131,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4724,7 +5214,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4851,7 +5341,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4967,7 +5457,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5112,7 +5602,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5263,7 +5753,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5440,7 +5930,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5615,7 +6105,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5787,7 +6277,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6099,7 +6589,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6192,7 +6682,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6302,7 +6792,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6703,7 +7193,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6930,7 +7420,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7040,7 +7530,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7134,7 +7624,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7235,7 +7725,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7338,7 +7828,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7492,7 +7982,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description Not an admin */
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
             403: {
                 headers: {
                     [name: string]: unknown;

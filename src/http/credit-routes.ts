@@ -1,6 +1,5 @@
 import * as z from "zod";
 import { NotFoundError } from "../errors.js";
-import { HttpError } from "./router.js";
 import {
   AddCreditsOptions,
   Amount,
