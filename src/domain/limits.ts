@@ -42,10 +42,30 @@ export interface LimitWindow {
   end: number;
 }
 
-/** The calendar window of `period` (UTC) that contains `at` (ms since the epoch). */
+/**
+ * The window each calendar period last answered, by `(every - 1) * 4 + unit`: a spend almost always
+ * falls in the window the previous one did, and then costs two comparisons instead of the `Date`
+ * arithmetic of a month or a year (docs/benchmarks.md, "Spend limits"). A window of a period is
+ * the same for every limit and account, so one entry per period serves them all. Frozen: callers
+ * share it.
+ */
+const lastCalendarWindow: (LimitWindow | undefined)[] = [];
+const UNIT_INDEX: Readonly<Record<LimitUnit, number>> = { day: 0, week: 1, month: 2, year: 3 };
+
+/** The calendar window of `period` (UTC) that contains `at` (ms since the epoch). Shared and frozen. */
 export function calendarWindow(period: LimitPeriod, at: number): LimitWindow {
   const unit: LimitUnit = typeof period === "string" ? period : period.unit;
   const n = typeof period === "string" ? 1 : period.every;
+  const slot = (n - 1) * 4 + UNIT_INDEX[unit];
+  const last = lastCalendarWindow[slot];
+  // (NaN compares false: it falls through to the check below.)
+  if (last !== undefined && at >= last.start && at < last.end) return last;
+  const window = Object.freeze(computeCalendarWindow(unit, n, at));
+  lastCalendarWindow[slot] = window;
+  return window;
+}
+
+function computeCalendarWindow(unit: LimitUnit, n: number, at: number): LimitWindow {
   if (!Number.isFinite(at))
     throw new ValidationError("Invalid date", [{ path: "at", message: "must be a valid date" }]);
   switch (unit) {
@@ -79,10 +99,24 @@ function monthStart(months: number): number {
   return d.getTime();
 }
 
-/** The subscription period of `cycle` that contains `at` (see ./periods.ts: month ends clamp, the anchor's time of day kept). */
+/** The subscription window `cycleWindow` last answered, and for which cycle (as `lastCalendarWindow`). */
+let lastCycle: { anchorAt: number; billingPeriod: string; window: LimitWindow } | null = null;
+
+/** The subscription period of `cycle` that contains `at` (see ./periods.ts: month ends clamp, the anchor's time of day kept). Shared and frozen. */
 export function cycleWindow(cycle: LimitCycle, at: number): LimitWindow {
+  const last = lastCycle;
+  if (
+    last !== null &&
+    last.anchorAt === cycle.anchorAt &&
+    last.billingPeriod === cycle.billingPeriod &&
+    at >= last.window.start &&
+    at < last.window.end
+  )
+    return last.window;
   const p = periodContaining(new Date(cycle.anchorAt), cycle.billingPeriod, new Date(at));
-  return { start: p.start.getTime(), end: p.end.getTime() };
+  const window = Object.freeze({ start: p.start.getTime(), end: p.end.getTime() });
+  lastCycle = { anchorAt: cycle.anchorAt, billingPeriod: cycle.billingPeriod, window };
+  return window;
 }
 
 /** The window of `limit` that contains `at`. */
@@ -90,8 +124,10 @@ export function windowOf(limit: SpendLimit, at: number): LimitWindow {
   if (limit.period !== null) return calendarWindow(limit.period, at);
   if (limit.cycle !== null) return cycleWindow(limit.cycle, at);
   // A subscription limit whose subscription ended: one window for all time (nothing resets it).
-  return { start: 0, end: 8.64e15 };
+  return ALL_TIME;
 }
+
+const ALL_TIME: LimitWindow = Object.freeze({ start: 0, end: 8.64e15 });
 
 /** True when `limit` applies to `spend`: its spender unset or the spend's, and so for its feature. */
 export function applies(limit: SpendLimit, spend: Spend): boolean {
@@ -119,15 +155,24 @@ export interface LimitHeadroom {
  * equals). Null when none applies.
  */
 export function tightestLimit(limits: readonly SpendLimit[], spend: Spend, at: number): LimitHeadroom | null {
-  let best: LimitHeadroom | null = null;
-  for (const limit of limits) {
+  let best: SpendLimit | null = null;
+  let bestUsed = 0;
+  let bestLeft = 0;
+  let bestWindow: LimitWindow = ALL_TIME;
+  for (let i = 0; i < limits.length; i++) {
+    const limit = limits[i] as SpendLimit;
     if (!applies(limit, spend)) continue;
     const window = windowOf(limit, at);
     const used = limit.windowStart === window.start ? limit.used : 0;
     const left = Math.max(0, limit.amount - used);
-    if (best === null || left < best.left) best = { limit, used, left, window };
+    if (best === null || left < bestLeft) {
+      best = limit;
+      bestUsed = used;
+      bestLeft = left;
+      bestWindow = window;
+    }
   }
-  return best;
+  return best === null ? null : { limit: best, used: bestUsed, left: bestLeft, window: bestWindow };
 }
 
 /** The refusal of a spend of `requested` that does not fit `h`. */
@@ -160,12 +205,24 @@ function describePeriod(l: SpendLimit): string {
   return typeof p === "string" ? p : p.every === 1 ? p.unit : `${p.every} ${p.unit}s`;
 }
 
+/** A limit a spend took past 80 % (`warning`) or 100 % (`reached`) of its amount, from below. */
+export interface LimitCrossing {
+  /** The limit as it was before the spend. */
+  limit: SpendLimit;
+  level: "warning" | "reached";
+  /** What its window counted after the spend. */
+  used: number;
+  /** The window (ms since the epoch). */
+  windowStart: number;
+  resetsAt: number;
+}
+
 /** What counting a spend did to the limits that apply to it. */
 export interface Counted {
   /** The account's limits after the spend (a new array; the given one is not changed). */
   limits: SpendLimit[];
   /** Limits this spend took past 80 % of their amount (from below), and past 100 %. */
-  crossed: { limit: SpendLimit; level: "warning" | "reached"; resetsAt: number }[];
+  crossed: LimitCrossing[];
   /** True when the spend passed a limit (only a forced count can). */
   over: boolean;
 }
@@ -181,34 +238,53 @@ export function countSpend(
   spend: Spend,
   amount: number,
   at: number,
-  options: { force?: boolean; what?: string } = {},
+  options: { force?: boolean | undefined; what?: string | undefined } = {},
 ): Counted {
-  if (!options.force) {
-    const tight = tightestLimit(limits, spend, at);
-    if (tight !== null && amount > tight.left) throw limitError(tight, amount, options.what);
-  }
+  // One pass, each window read once (and cached: `calendarWindow`); loops, not callbacks, and one
+  // literal per counted limit, not a spread: this runs on every spend of an account with limits.
+  const out: SpendLimit[] = new Array<SpendLimit>(limits.length);
   let over = false;
-  const crossed: Counted["crossed"] = [];
-  const out = limits.map((limit) => {
-    if (!applies(limit, spend) || amount === 0) return limit;
+  let crossed: Counted["crossed"] = NO_CROSSINGS;
+  for (let i = 0; i < limits.length; i++) {
+    const limit = limits[i] as SpendLimit;
+    if (amount === 0 || !applies(limit, spend)) {
+      out[i] = limit;
+      continue;
+    }
     const window = windowOf(limit, at);
     const before = limit.windowStart === window.start ? limit.used : 0;
     const after = before + amount;
+    // (Past the limit is more than what is left, `max(0, amount - before)`: refused unless forced.)
     if (after > limit.amount) over = true;
-    const level = crossing(limit.amount, before, after);
-    if (level !== null) crossed.push({ limit, level, resetsAt: window.end });
-    return { ...limit, used: after, windowStart: window.start };
-  });
+    // Edges, as the alert level's (docs/notifications.md): past 80 % from below, past 100 % from
+    // below; both, in that order, when one spend passes both.
+    const warning = before * 5 < limit.amount * 4 && after * 5 >= limit.amount * 4;
+    const reached = before < limit.amount && after >= limit.amount;
+    if (limit.amount > 0 && (warning || reached)) {
+      if (crossed === NO_CROSSINGS) crossed = [];
+      const c = { limit, used: after, windowStart: window.start, resetsAt: window.end };
+      if (warning) crossed.push({ ...c, level: "warning" });
+      if (reached) crossed.push({ ...c, level: "reached" });
+    }
+    out[i] = {
+      spender: limit.spender,
+      feature: limit.feature,
+      amount: limit.amount,
+      period: limit.period,
+      cycle: limit.cycle,
+      used: after,
+      windowStart: window.start,
+    } satisfies Record<keyof SpendLimit, unknown>;
+  }
+  if (over && options.force !== true) {
+    // The tightest limit that applies names the refusal (the rare path: read again).
+    throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what);
+  }
   return { limits: out, crossed, over };
 }
 
-/** "reached" when `before → after` passes 100 % of `amount`, "warning" when it passes 80 %. */
-function crossing(amount: number, before: number, after: number): "warning" | "reached" | null {
-  if (amount === 0) return null;
-  if (before < amount && after >= amount) return "reached";
-  if (before * 5 < amount * 4 && after * 5 >= amount * 4) return "warning";
-  return null;
-}
+/** No crossings (shared, frozen: the common case allocates nothing). */
+const NO_CROSSINGS = Object.freeze([]) as unknown as Counted["crossed"];
 
 /**
  * Trues up a hold's count at its commit or release: the hold counted `held` when it was placed at
@@ -227,13 +303,15 @@ export function trueUpHold(
 ): Counted {
   if (spent > held) return countSpend(limits, spend, spent - held, at, { force: true });
   const back = held - spent;
-  const out = limits.map((limit) => {
-    if (back === 0 || !applies(limit, spend)) return limit;
+  const out = limits.slice();
+  for (let i = 0; i < out.length; i++) {
+    const limit = out[i] as SpendLimit;
+    if (back === 0 || !applies(limit, spend)) continue;
     const then = windowOf(limit, placedAt).start;
-    if (limit.windowStart !== then || windowOf(limit, at).start !== then) return limit;
-    return { ...limit, used: Math.max(0, limit.used - back) };
-  });
-  return { limits: out, crossed: [], over: false };
+    if (limit.windowStart !== then || windowOf(limit, at).start !== then) continue;
+    out[i] = { ...limit, used: Math.max(0, limit.used - back) };
+  }
+  return { limits: out, crossed: NO_CROSSINGS, over: false };
 }
 
 /**

@@ -2,10 +2,7 @@ import { EntryType, type JournalEntry } from "../../models/index.js";
 import { Interned, PortionPool, RowBuffer, readUuid, writeHex, writeUuid } from "./rows.js";
 
 /** An entry's rare fields (its description only when the row could not take its number). */
-type Extras = Pick<
-  JournalEntry,
-  "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description" | "spender" | "feature"
->;
+type Extras = Pick<JournalEntry, "reservationId" | "idempotencyKey" | "fingerprint" | "correlationId" | "description">;
 
 /** Descriptions a journal numbers in its rows (24 bits); beyond, they go with the rare fields. */
 const MAX_DESCRIPTIONS = 0xffffff;
@@ -60,6 +57,14 @@ export class CompactJournal {
   /** Grant portions of every entry, in order. */
   private readonly portions = new PortionPool();
   private readonly extras = new Map<number, Extras>();
+  /**
+   * Per entry, the numbers of its spender and feature in `spendNames` (0: none), two uint32 a row;
+   * made when the first entry names one (a journal whose entries never do has none). Numbered, not
+   * kept with the rare fields: a team's every spend names them, and a map entry and an object per
+   * entry cost a spend under limits more than its limits do (docs/benchmarks.md, "Spend limits").
+   */
+  private spends: Uint32Array | null = null;
+  private readonly spendNames = new Interned();
   private readonly descriptions: Interned;
   /** The metadata of every entry that has some, as UTF-8 JSON text, one after another. */
   private metaText = Buffer.alloc(0);
@@ -110,9 +115,7 @@ export class CompactJournal {
       e.idempotencyKey !== null ||
       e.fingerprint !== null ||
       e.correlationId !== null ||
-      (d !== null && dn === 0) ||
-      e.spender != null ||
-      e.feature != null
+      (d !== null && dn === 0)
     ) {
       this.extras.set(i, {
         reservationId: oddReservation ? r : null,
@@ -120,11 +123,28 @@ export class CompactJournal {
         fingerprint: e.fingerprint,
         correlationId: e.correlationId,
         description: dn === 0 ? d : null,
-        spender: e.spender ?? null,
-        feature: e.feature ?? null,
       });
     }
+    if (e.spender != null || e.feature != null) this.addSpend(i, e.spender ?? null, e.feature ?? null);
     this.length = i + 1;
+  }
+
+  /** Numbers entry i's spender and feature. */
+  private addSpend(i: number, spender: string | null, feature: string | null): void {
+    let spends = this.spends;
+    if (spends === null || 2 * i >= spends.length) {
+      const grown = new Uint32Array(Math.max(16, 2 * (i + 1), spends === null ? 0 : 2 * spends.length));
+      if (spends !== null) grown.set(spends);
+      this.spends = spends = grown;
+    }
+    spends[2 * i] = spender === null ? 0 : this.spendNames.number(spender);
+    spends[2 * i + 1] = feature === null ? 0 : this.spendNames.number(feature);
+  }
+
+  /** Entry i's spender (which: 0) or feature (1), null when it names none. */
+  private spendName(i: number, which: 0 | 1): string | null {
+    const n = this.spends === null || 2 * i >= this.spends.length ? 0 : (this.spends[2 * i + which] as number);
+    return n === 0 ? null : this.spendNames.at(n);
   }
 
   type(i: number): EntryType {
@@ -204,8 +224,8 @@ export class CompactJournal {
       correlationId: x?.correlationId ?? null,
       description: dn === 0 ? (x?.description ?? null) : this.descriptions.at(dn),
       metadata: (typeByte & HAS_METADATA) === 0 ? null : this.metadataOf(i),
-      spender: x?.spender ?? null,
-      feature: x?.feature ?? null,
+      spender: this.spendName(i, 0),
+      feature: this.spendName(i, 1),
       createdAt: new Date(f64[f + 4] as number),
       prevHash: i === 0 ? this.basePrevHash : this.hash(i - 1),
       hash: this.hash(i),
