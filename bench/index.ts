@@ -13,6 +13,7 @@
  * Audit from the first entry against from a checkpoint (bench/audit.ts): BENCH_AUDIT=0 skips it.
  * The console's account page with 1,000,000 entries (bench/console.ts): BENCH_CONSOLE=0 skips it.
  * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
+ * Spend limits against a plain deduction (bench/limits.ts): BENCH_LIMITS=0 skips it.
  * Credit leases against the exact path (bench/leases.ts; PostgreSQL with CREDIT_PG_URL): BENCH_LEASES=0 skips it.
  * The node metering middleware's glue per request, in process (bench/glue.ts): always.
  * The SQLite store against a raw better-sqlite3 write (bench/sqlite.ts): BENCH_SQLITE=0 skips it.
@@ -154,6 +155,9 @@ else notes.push("console: skipped (BENCH_CONSOLE=0)");
 // (bench/diagnostics.ts, its own process; about 40 s). BENCH_DIAGNOSTICS=0 skips it.
 if (process.env.BENCH_DIAGNOSTICS !== "0") rows.push(...childRows([join(here, "diagnostics.ts")]));
 else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
+// Spend limits against a plain deduction (bench/limits.ts, its own process). BENCH_LIMITS=0 skips it.
+if (process.env.BENCH_LIMITS !== "0") rows.push(...childRows([join(here, "limits.ts")]));
+else notes.push("limits: skipped (BENCH_LIMITS=0)");
 // Credit leases (bench/leases.ts, its own process; PostgreSQL rows with CREDIT_PG_URL). BENCH_LEASES=0 skips it.
 if (process.env.BENCH_LEASES !== "0") rows.push(...childRows([join(here, "leases.ts")]));
 else notes.push("leases: skipped (BENCH_LEASES=0)");

@@ -169,5 +169,41 @@ export function runManagersContract(
       expect(again.id).toBe(first.id);
       expect((await a.credits.getUserCreditsInfo(u)).balance).toBe(89);
     });
+
+    it("spend limits: A and B spending at once never pass one; A refuses and check()s on what B counted (docs/teams-and-limits.md)", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 1000);
+      await b.credits.setLimits(u, [
+        { amount: 60, period: "month" },
+        { spender: "alice", amount: 25, period: "day" },
+      ]);
+      // Each manager spends for both spenders, deductions and holds committed, all at once.
+      const calls = Array.from({ length: 80 }, (_, i) => {
+        const m = i % 2 === 0 ? a : b;
+        const spender = i % 4 < 2 ? "alice" : "bob";
+        return i % 8 < 4
+          ? m.credits.deductCredits(u, 1, { spender })
+          : m.credits.reserveCredits(u, 1, { spender }).then((h) => m.credits.commitReservedCredits(h.id));
+      });
+      const results = await Promise.allSettled(calls);
+      for (const r of results)
+        if (r.status === "rejected") expect((r.reason as { code?: string }).code).toBe("SPEND_LIMIT_EXCEEDED");
+      const done = (spender: string) =>
+        results.filter((r, i) => r.status === "fulfilled" && (i % 4 < 2 ? "alice" : "bob") === spender).length;
+      expect(done("alice")).toBeLessThanOrEqual(25);
+      expect(done("alice") + done("bob")).toBe(60);
+      expect((await a.credits.getLimits(u)).map((l) => l.used)).toEqual([60, done("alice")]);
+      // A decides on the store's count, not on a copy of the account it read before.
+      await expect(a.credits.deductCredits(u, 1, { spender: "bob" })).rejects.toMatchObject({
+        code: "SPEND_LIMIT_EXCEEDED",
+      });
+      expect(await a.credits.check(u, { spender: "bob", amount: 1 })).toMatchObject({
+        allowed: false,
+        reason: "limit",
+      });
+      expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(940);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
   });
 }
