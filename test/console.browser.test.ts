@@ -902,7 +902,7 @@ describe.skipIf(!existsSync(CHROMIUM))("a team account: its limits and each memb
     const now = new Date();
     const next = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
     expect(limits[1]).toContain(next.toISOString().slice(0, 10));
-    expect(limits[1]).toMatch(/\(in \d+ [dhm]( \d+ [hms])?\)$/);
+    expect(limits[1]).toMatch(/\(in \d+ (d|h|min|s)( \d+ (h|min|s))?\)$/);
     expect(await p.locator("#limit-table meter").count()).toBe(4);
 
     const spenders = await rows("spender-table");
