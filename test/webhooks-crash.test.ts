@@ -109,6 +109,18 @@ describe("webhooks across a worker killed with SIGKILL", () => {
         await listen(down.server, downPort); // the endpoint comes back
         await until(() => all.every((id) => down.ids.has(id)), 15_000);
         expect(all.filter((id) => !down.ids.has(id))).toEqual([]);
+        // The receiver counts a request when its body ends, before the worker has read the 204 and
+        // marked the row sent: wait for the marks before the worker is killed, or a row killed
+        // between the two would (rightly) be delivered again by the next worker, not read as sent.
+        const downRows = async () =>
+          (
+            await Promise.all(
+              [...expected.keys()].map((user) => db.listNotifications(deliveryUserId("down", user), { limit: 1000 })),
+            )
+          ).flat();
+        const deadline = Date.now() + 15_000;
+        while (Date.now() < deadline && !(await downRows()).every((r) => r.status === "sent"))
+          await new Promise((r) => setTimeout(r, 25));
       } finally {
         await killHard(second.child);
       }
