@@ -7,6 +7,10 @@
 #   check.sh node 22|24       the package checks (scripts/check-tarball.sh) on that Node.js, the
 #                             SQLite store with better-sqlite3 13 (its Node-API binary is in the
 #                             package: nothing to compile; 12 aborts the process on Node 24.19 and later)
+#   check.sh suite 24 [files] the whole test suite (vitest run, the repository's config and the
+#                             environment .ci/run gives it) on that Node.js, in a temporary copy of
+#                             the repository whose node_modules links to the repository's except
+#                             better-sqlite3, which is 13 from here (the committed tree is not touched)
 #   check.sh bun deno         the packed package in a fresh project on Bun and/or Deno: the contract
 #                             suite (contract.mjs) on memory, SQLite (better-sqlite3 13) and
 #                             PostgreSQL, and examples/bun.ts / examples/deno.ts over HTTP on each
@@ -15,6 +19,17 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 modules="$here/node_modules"
+
+# npm install in a consumer project, at most 5 minutes a try, twice: npm 11 has been seen to hang
+# after reading everything from its cache (no socket open, waiting forever); a second try goes on.
+npm_install() {
+  local try
+  for try in 1 2; do
+    timeout 300 npm install "$@" && return 0
+    echo "npm install $* failed or hung (try $try of 2)" >&2
+  done
+  return 1
+}
 
 nodedir() {
   local dir="$modules/node$1"
@@ -38,6 +53,49 @@ case "${1:-}" in
     PATH="$dir/bin:$PATH" CM_BETTER_SQLITE3_VERSION="$(node -p "require('$modules/better-sqlite3/package.json').version")" \
       bash "$repo/scripts/check-tarball.sh"
     ;;
+  suite)
+    dir="$(nodedir "$2")"
+    SECONDS=0
+    work="$(mktemp -d "${TMPDIR:-/tmp}/cm-suite-XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+    # The repository as it is on disk (tracked and untracked files git does not ignore) and its
+    # build (dist/: tests import the built package); not node_modules, linked below.
+    (cd "$repo" && git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - dist) |
+      tar -xf - -C "$work"
+    # node_modules: a link to each of the repository's packages (Node.js resolves them to where
+    # they lie), except better-sqlite3: 13 from here, whose Node-API binary loads on every Node.js
+    # from 20 on (12's, built for one Node.js ABI, aborts the process on Node 24.19 and later).
+    # Not .vite: vitest's cache for this run stays in the copy.
+    mkdir "$work/node_modules"
+    for entry in "$repo/node_modules"/* "$repo/node_modules/.bin"; do
+      [ "$(basename "$entry")" = better-sqlite3 ] || ln -s "$entry" "$work/node_modules/"
+    done
+    ln -s "$modules/better-sqlite3" "$work/node_modules/better-sqlite3"
+    cd "$work"
+    # This Node.js first on PATH: the suite's child processes run process.execPath (the one vitest
+    # runs on), and anything that runs `node` or a `#!/usr/bin/env node` script finds it first.
+    export PATH="$dir/bin:$PATH"
+    echo "--- the test suite on Node $(node -v) (node on PATH: $(command -v node))"
+    # Every native addon in node_modules loads on this Node.js (better-sqlite3 by opening a database).
+    find "$repo/node_modules" -name '*.node' -not -path "$repo/node_modules/better-sqlite3/*" -print0 |
+      xargs -0 -r -n 1 node -e 'require(process.argv[1]); console.log("loads:", process.argv[1])'
+    node -e 'const D = require("better-sqlite3"); const db = new D(":memory:");
+      console.log("loads: better-sqlite3", require("better-sqlite3/package.json").version, "(SQLite", db.prepare("select sqlite_version() v").get().v + ")")'
+    status=0
+    CI=1 node node_modules/vitest/vitest.mjs run "${@:3}" || status=$?
+    if [ -f .ci/test-results.json ]; then
+      node -e '
+        const r = require("./.ci/test-results.json");
+        const skipped = (r.numPendingTests || 0) + (r.numTodoTests || 0);
+        console.log(`\nNode ${process.version}: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+        if (r.numTotalTests === 0) { console.error("no test ran"); process.exit(1); }
+      ' || status=1
+    else
+      status=1
+    fi
+    echo "suite on Node $(node -v): $([ $status = 0 ] && echo ok || echo failed) (${SECONDS} s)"
+    exit $status
+    ;;
   bun | deno | workerd | next)
     if [ -z "${CREDIT_PG_URL:-}" ] && [ -n "${CI:-}" ]; then
       echo "CREDIT_PG_URL is not set: the PostgreSQL checks cannot run" >&2
@@ -53,11 +111,11 @@ case "${1:-}" in
     version() { node -p "require('$1/package.json').version"; }
     cd "$work"
     echo '{ "name": "consumer", "private": true, "type": "module" }' > package.json
-    npm install --no-audit --no-fund --prefer-offline --silent "./$tarball" \
+    npm_install --no-audit --no-fund --prefer-offline --silent "./$tarball" \
       "pg@$(version "$repo/node_modules/pg")" "fast-check@$(version "$repo/node_modules/fast-check")" \
       "expect@$(version "$modules/expect")"
     # better-sqlite3 13: Node-API, its binaries inside the package (no build: no install script).
-    npm install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$(version "$modules/better-sqlite3")"
+    npm_install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$(version "$modules/better-sqlite3")"
     cp "$here/contract.mjs" "$repo/examples/bun.ts" "$repo/examples/deno.ts" .
     mkdir tmp
     export TMPDIR="$work/tmp" NO_COLOR=1 DENO_DIR="$work/deno-dir"
@@ -193,7 +251,7 @@ case "${1:-}" in
             cd "$app"
             node -e 'const p = require("./package.json"); p.dependencies = {}; p.devDependencies = {};
               require("fs").writeFileSync("package.json", JSON.stringify(p, null, 2))'
-            npm install --no-audit --no-fund --prefer-offline --silent --no-package-lock "$work/$tarball"
+            npm_install --no-audit --no-fund --prefer-offline --silent --no-package-lock "$work/$tarball"
             export NEXT_TELEMETRY_DISABLED=1
             node "$modules/next/dist/bin/next" build > build.log 2>&1 || { cat build.log >&2; exit 1; }
             grep -E '^(├|└|┌)' build.log || true
@@ -243,7 +301,7 @@ case "${1:-}" in
     echo "runtimes check ($*): ok (${SECONDS} s)"
     ;;
   *)
-    echo "usage: $0 install | node 22|24 | bun [deno] | deno" >&2
+    echo "usage: $0 install | node 22|24 | suite 22|24 | bun [deno] [workerd] [next]" >&2
     exit 2
     ;;
 esac

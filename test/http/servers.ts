@@ -39,6 +39,10 @@ export function rawChunked(base: string, path: string, token: string, chunks: st
     socket.on("error", () => undefined);
     socket.on("close", () => resolve(got));
     socket.on("connect", () => {
+      // One write of the whole request: a body that arrived in several segments, the server's read
+      // stopping at the limit, left bytes unread at its close, and the kernel then answers with a
+      // reset that can discard the 413 before this client reads it (a TCP race, not the answer).
+      socket.cork();
       socket.write(
         [
           `POST ${path} HTTP/1.1`,
@@ -52,6 +56,7 @@ export function rawChunked(base: string, path: string, token: string, chunks: st
       );
       for (const c of chunks) socket.write(`${Buffer.byteLength(c).toString(16)}\r\n${c}\r\n`);
       socket.write("0\r\n\r\n");
+      socket.uncork();
     });
   });
 }
