@@ -1,101 +1,287 @@
 /**
- * Machine instructions per `deductCredits` on the in-memory store, counted with valgrind's
- * callgrind: a count that holds still on a busy machine, for the spend-rule targets of
- * docs/teams-and-limits.md ("a spend with neither spender nor limits costs what it did before
- * them"; "a spend under two limits costs at most 1.25× a plain one").
+ * Machine instructions per `deductCredits`, counted with valgrind's callgrind: the figure of issue
+ * 51's targets (docs/benchmarks.md, "Spend limits: instructions per deduction"): a plain spend
+ * (neither spender nor limits) within 3 % of the tree before the issue, and one naming a spender
+ * and a feature under two limits with a scoped grant present at most 1.25× that plain spend.
  *
- * Each figure is the difference of two runs of the same process, one with `M` more deductions than
- * the other after the same warm-up, divided by `M`: start-up, module loading and the warm-up's
- * compilation cancel out (a first short run fills tsx's transform cache for both). Needs valgrind on the PATH; not part of `npm run bench` (a few minutes).
+ * Each figure is one child process (bench/deduct-child.mjs) under callgrind with counting off: it
+ * makes one account and deducts a warm-up, then the parent turns counting on (`callgrind_control -i
+ * on`), the child deducts `M` more and the parent dumps the count: instructions / `M`. V8 runs with
+ * `--single-threaded` (no background compiler, no concurrent marking or sweeping: every
+ * instruction is on the main thread, in an order fixed by the program) and `--predictable` with
+ * fixed random and hash seeds, and the platform's worker pool at 0, so a count repeats (within
+ * ~1 %): with V8's threads on, the same tree's count moved by half between runs. V8's optimizing
+ * compilers' instructions in the count are reported apart and left out of the figure.
+ * Each checkout runs its built package (dist/: `npm run build` in it first).
  *
  *   tsx bench/deduct-instructions.ts [root ...]      (default: this checkout)
  *
- * Each `root` is a checkout of this repository (its src/ is loaded through tsx), so a tree from
- * before a change and one after it are counted in the same run: e.g. a `git worktree` of the
- * older commit with its own node_modules. BENCH_DEDUCT_WARM (default 20,000) and
- * BENCH_DEDUCT_MEASURED (default 20,000) set the counts. Variants: "plain" (no spender, no limits)
- * on every root; "two limits" (an account limit and the spender's, with spender and feature named)
- * on roots that have `setLimits`.
+ * The first root is the baseline: e.g. a `git worktree` of the commit before a change, built, with
+ * node_modules (a symlink to this checkout's will do). Rows: "plain" on every root; "limits" and
+ * "scoped" on roots that have scoped grants. Environment: BENCH_DEDUCT_STORES (default
+ * "memory,sqlite"), BENCH_DEDUCT_ROUNDS (default 2: each figure counted that many times, rounds
+ * alternating over the rows), BENCH_DEDUCT_JOBS (processes at once, default 2); per store
+ * BENCH_DEDUCT_WARM / BENCH_DEDUCT_MEASURED (memory 20,000 / 4,000) and BENCH_DEDUCT_SQLITE_WARM /
+ * BENCH_DEDUCT_SQLITE_MEASURED (3,000 / 1,000). BENCH_DEDUCT_JSON=1 prints BenchRow[] as one JSON
+ * line (for `npm run bench`) instead of the table. BENCH_DEDUCT_KEEP=1 keeps the callgrind files
+ * (for callgrind_annotate: a row's `.1` file is its counted deductions).
  */
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import type * as Library from "../src/index.js";
+import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import type { BenchRow } from "./lib.js";
 
-type Variant = "plain" | "limits";
+const here = dirname(fileURLToPath(import.meta.url));
+type Store = "memory" | "sqlite";
+type Variant = "plain" | "limits" | "scoped";
 
-/** The child: `deduct-instructions.ts child <root> <variant> <count>`. */
-async function child(root: string, variant: Variant, count: number): Promise<void> {
-  const lib = (await import(pathToFileURL(join(root, "src/index.ts")).href)) as typeof Library;
-  const manager = await lib.createCreditManager({});
-  const credits = manager.credits;
-  await credits.addCredits("u", 1e12);
-  const options: Record<string, unknown> = {};
-  if (variant === "limits") {
-    await credits.setLimits("u", [
-      { amount: 1e12, period: "month" },
-      { spender: "alice", amount: 1e12, period: "day" },
-    ]);
-    options.spender = "alice";
-    options.feature = "chat";
-  }
-  for (let i = 0; i < count; i++) await credits.deductCredits("u", 1, options);
-  await manager.close();
+/** V8 and node settings that make a process's instruction count repeat (see above). */
+export const DETERMINISTIC = [
+  "--single-threaded",
+  "--predictable",
+  "--random-seed=51",
+  "--hash-seed=51",
+  "--v8-pool-size=0",
+];
+
+/** Instructions per deduction: all, and of them V8's optimizing compilers'. */
+interface Count {
+  all: number;
+  compiling: number;
 }
 
-function instructions(root: string, variant: Variant, count: number, dir: string): number {
-  const out = join(dir, `cg-${variant}-${count}-${Math.random().toString(36).slice(2)}`);
-  const self = fileURLToPath(import.meta.url);
-  execFileSync(
-    "valgrind",
-    [
-      "-q",
-      "--tool=callgrind",
-      `--callgrind-out-file=${out}`,
-      process.execPath,
-      "--import",
-      "tsx",
-      self,
-      "child",
-      root,
-      variant,
-      String(count),
-    ],
-    { stdio: ["ignore", "ignore", "inherit"], cwd: root },
-  );
-  const summary = /^(?:summary|totals): (\d+)/m.exec(readFileSync(out, "utf8"));
-  if (!summary) throw new Error(`no total in ${out}`);
-  return Number(summary[1]);
+interface Row {
+  root: string;
+  store: Store;
+  variant: Variant;
+  counts: Count[];
 }
 
-if (process.argv[2] === "child") {
-  await child(process.argv[3] as string, process.argv[4] as Variant, Number(process.argv[5]));
-} else {
-  const roots = process.argv.slice(2).length ? process.argv.slice(2).map((r) => resolve(r)) : [process.cwd()];
-  const warm = Number(process.env.BENCH_DEDUCT_WARM ?? 20_000);
-  const measured = Number(process.env.BENCH_DEDUCT_MEASURED ?? 20_000);
-  const dir = mkdtempSync(join(tmpdir(), "deduct-instr-"));
-  const rows: { root: string; variant: string; perDeduction: number }[] = [];
-  try {
-    for (const root of roots) {
-      const hasLimits = readFileSync(join(root, "src/services/credit-service.ts"), "utf8").includes("setLimits(");
-      for (const variant of ["plain", ...(hasLimits ? ["limits"] : [])] as Variant[]) {
-        instructions(root, variant, 100, dir); // fills tsx's transform cache, which the next two then share
-        const base = instructions(root, variant, warm, dir);
-        const more = instructions(root, variant, warm + measured, dir);
-        rows.push({ root, variant, perDeduction: Math.round((more - base) / measured) });
+const describe: Record<Variant, string> = {
+  plain: "plain (no spender, no limits)",
+  limits: "spender and feature, two limits",
+  scoped: "spender and feature, two limits, a scoped grant",
+};
+
+/**
+ * Instructions of `measured` deductions in one child under callgrind: started with counting off,
+ * turned on (`callgrind_control -i on`) once the child says its warm-up is done, dumped when it says
+ * the measured deductions are.
+ */
+function instructions(
+  dir: string,
+  root: string,
+  store: Store,
+  variant: Variant,
+  warm: number,
+  measured: number,
+): Promise<Count> {
+  const out = join(dir, `${store}-${variant}-${Math.random().toString(36).slice(2)}.callgrind`);
+  const args = [
+    "-q",
+    "--tool=callgrind",
+    "--instr-atstart=no",
+    `--callgrind-out-file=${out}`,
+    process.execPath,
+    ...DETERMINISTIC,
+    join(here, "deduct-child.mjs"),
+    root,
+    store,
+    variant,
+    String(warm),
+    String(measured),
+  ];
+  return new Promise((ok, fail) => {
+    const child = spawn("valgrind", args, {
+      cwd: root,
+      env: { ...process.env, DEDUCT_HANDSHAKE: "1" },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const pid = String(child.pid);
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      try {
+        if (line === "ready") execFileSync("callgrind_control", ["-i", "on", pid], { stdio: "ignore" });
+        else if (line === "done") execFileSync("callgrind_control", ["--dump", pid], { stdio: "ignore" });
+        else return;
+        child.stdin.write("\n");
+      } catch (error) {
+        child.kill();
+        fail(error as Error);
       }
-    }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+    });
+    child.on("exit", (code) => {
+      const dump = `${out}.1`;
+      const m = existsSync(dump) ? /^(?:summary|totals): (\d+)/m.exec(readFileSync(dump, "utf8")) : null;
+      if (code !== 0 || m === null) return fail(new Error(`valgrind ${args.join(" ")}: exit ${code}\n${stderr}`));
+      ok({ all: Number(m[1]) / measured, compiling: compiling(dump) / measured });
+    });
+  });
+}
+
+/**
+ * Instructions of V8's optimizing compilers (TurboFan, Maglev) in a dump: functions that reach
+ * their budget during the count are compiled there, on the main thread (`--single-threaded`), and
+ * which ones do moves with any change to the code, so the targets read the count without them.
+ */
+function compiling(file: string): number {
+  const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--threshold=100", file], {
+    encoding: "utf8",
+    maxBuffer: 256 * 1024 * 1024,
+  });
+  let sum = 0;
+  for (const line of text.split("\n")) {
+    const m = /^\s*([\d,]+) .*v8::internal::(?:compiler|maglev|turboshaft)::/.exec(line);
+    if (m !== null) sum += Number((m[1] as string).replaceAll(",", ""));
   }
-  const first = rows[0]?.perDeduction ?? 1;
-  console.log("| root | variant | instructions / deduction | ratio to the first row |");
-  console.log("| --- | --- | ---: | ---: |");
-  for (const r of rows)
+  return sum;
+}
+
+/** Runs `tasks` with at most `jobs` at once, results in order. */
+async function pool<T>(tasks: (() => Promise<T>)[], jobs: number): Promise<T[]> {
+  const results: T[] = new Array<T>(tasks.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < tasks.length) {
+      const i = next++;
+      results[i] = await (tasks[i] as () => Promise<T>)();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, jobs) }, worker));
+  return results;
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+};
+
+export interface Counted {
+  /** `perDeduction`: the median over rounds of the count without the optimizing compilers; `all` with them. */
+  rows: (Row & { perDeduction: number; all: number; spread: number })[];
+  settings: string;
+}
+
+/** Counts every row, `rounds` times, rounds alternating over the rows. */
+export async function count(roots: string[]): Promise<Counted> {
+  const stores = (process.env.BENCH_DEDUCT_STORES ?? "memory,sqlite").split(",") as Store[];
+  const rounds = Number(process.env.BENCH_DEDUCT_ROUNDS ?? 2);
+  const jobs = Number(process.env.BENCH_DEDUCT_JOBS ?? 2);
+  const sizes: Record<Store, { warm: number; measured: number }> = {
+    memory: {
+      warm: Number(process.env.BENCH_DEDUCT_WARM ?? 20_000),
+      measured: Number(process.env.BENCH_DEDUCT_MEASURED ?? 4000),
+    },
+    sqlite: {
+      warm: Number(process.env.BENCH_DEDUCT_SQLITE_WARM ?? 3000),
+      measured: Number(process.env.BENCH_DEDUCT_SQLITE_MEASURED ?? 1000),
+    },
+  };
+  for (const root of roots)
+    if (!existsSync(join(root, "dist/index.js"))) throw new Error(`${root}: no dist/index.js (build it first)`);
+  const rows: Row[] = [];
+  for (const store of stores)
+    for (const root of roots) {
+      const scoped = readFileSync(join(root, "src/services/credit-service.ts"), "utf8").includes("scopedState(");
+      for (const variant of ["plain", ...(scoped ? ["limits", "scoped"] : [])] as Variant[])
+        rows.push({ root, store, variant, counts: [] });
+    }
+  const dir = mkdtempSync(join(tmpdir(), "deduct-instr-"));
+  try {
+    const tasks: (() => Promise<void>)[] = [];
+    for (let r = 0; r < rounds; r++)
+      for (const row of r % 2 === 0 ? rows : [...rows].reverse()) {
+        const { warm, measured } = sizes[row.store];
+        tasks.push(async () => {
+          row.counts.push(await instructions(dir, row.root, row.store, row.variant, warm, measured));
+        });
+      }
+    await pool(tasks, jobs);
+  } finally {
+    if (process.env.BENCH_DEDUCT_KEEP === "1") console.error(`callgrind files kept in ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  }
+  const settings = stores.map((s) => `${s} ${sizes[s].warm} warm-up + ${sizes[s].measured} counted`).join(", ");
+  return {
+    rows: rows.map((r) => {
+      const steady = r.counts.map((c) => c.all - c.compiling);
+      const perDeduction = median(steady);
+      return {
+        ...r,
+        perDeduction,
+        all: median(r.counts.map((c) => c.all)),
+        spread: (Math.max(...steady) - Math.min(...steady)) / perDeduction,
+      };
+    }),
+    settings: `${settings}, ${rounds} rounds, node ${DETERMINISTIC.join(" ")}`,
+  };
+}
+
+const k = (n: number) => Math.round(n).toLocaleString("en");
+const rounds = (r: Row) => r.counts.map((c) => k(c.all - c.compiling)).join(", ");
+
+/**
+ * The issue's two targets as bench rows, ratios to the first root's plain spend on each store.
+ * `names`: a label per root (default its path).
+ */
+export function benchRows(counted: Counted, names: Record<string, string> = {}): BenchRow[] {
+  const out: BenchRow[] = [];
+  const name = (root: string) => names[root] ?? root;
+  for (const store of new Set(counted.rows.map((r) => r.store))) {
+    const mine = counted.rows.filter((r) => r.store === store);
+    const base = mine[0];
+    if (base === undefined) continue;
+    for (const r of mine) {
+      const ratio = r.perDeduction / base.perDeduction;
+      const row: BenchRow = {
+        backend: store,
+        scenario: `instructions/deduction (callgrind) ${k(r.perDeduction)}: ${name(r.root)}, ${describe[r.variant]}`,
+        opsPerSec: 0,
+        note: `${k(r.perDeduction)} instructions/deduction without V8's optimizing compilers (rounds ${rounds(r)}; spread ${(r.spread * 100).toFixed(2)} %; with them ${k(r.all)})`,
+      };
+      if (r !== base) {
+        row.baseline = `${name(base.root)}, plain`;
+        row.ratio = base.perDeduction / r.perDeduction;
+        if (r.variant === "plain") {
+          row.target = "instructions <= 1.03x the baseline's plain spend";
+          row.met = ratio <= 1.03;
+        } else if (r.variant === "scoped") {
+          row.target = "instructions <= 1.25x the baseline's plain spend";
+          row.met = ratio <= 1.25;
+        }
+        row.note += `; ${ratio.toFixed(3)}x the baseline's instructions`;
+      }
+      out.push(row);
+    }
+  }
+  return out;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  execFileSync("valgrind", ["--version"], { stdio: "ignore" }); // valgrind is there, or this fails first
+  const roots = process.argv.slice(2).length ? process.argv.slice(2).map((r) => resolve(r)) : [process.cwd()];
+  const counted = await count(roots);
+  if (process.env.BENCH_DEDUCT_JSON === "1") {
+    const tree = resolve(here, "..");
     console.log(
-      `| ${r.root} | ${r.variant} | ${r.perDeduction.toLocaleString("en")} | ${(r.perDeduction / first).toFixed(3)} |`,
+      JSON.stringify(benchRows(counted, Object.fromEntries(roots.map((r) => [r, r === tree ? "this tree" : r])))),
     );
+  } else {
+    console.log(`callgrind, ${counted.settings}`);
+    console.log(
+      "| store | root | spend | instructions / deduction without the optimizing compilers (rounds) | spread | with them | ratio to the first root's plain |",
+    );
+    console.log("| --- | --- | --- | ---: | ---: | ---: | ---: |");
+    for (const r of counted.rows) {
+      const base = counted.rows.find((b) => b.store === r.store) as Counted["rows"][number];
+      console.log(
+        `| ${r.store} | ${r.root} | ${describe[r.variant]} | ${k(r.perDeduction)} (${rounds(r)}) | ${(r.spread * 100).toFixed(2)} % | ${k(r.all)} | ${(r.perDeduction / base.perDeduction).toFixed(3)} |`,
+      );
+    }
+  }
 }

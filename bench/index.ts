@@ -14,6 +14,9 @@
  * The console's account page with 1,000,000 entries (bench/console.ts): BENCH_CONSOLE=0 skips it.
  * PostgreSQL partitioned by time (bench/partitions.ts, with CREDIT_PG_URL): BENCH_PARTITIONS=0 skips it.
  * Spend limits against a plain deduction (bench/limits.ts): BENCH_LIMITS=0 skips it.
+ * Instructions per deduction under callgrind (bench/deduct-instructions.ts; plain, two limits, two
+ * limits and a scoped grant; memory and SQLite; about 10 minutes): opt-in, BENCH_INSTRUCTIONS=1 with
+ * valgrind on the PATH; BENCH_DEDUCT_BASE=<a built checkout> adds its plain spend as the baseline.
  * Credit leases against the exact path (bench/leases.ts; PostgreSQL with CREDIT_PG_URL): BENCH_LEASES=0 skips it.
  * The node metering middleware's glue per request, in process (bench/glue.ts): always.
  * The SQLite store against a raw better-sqlite3 write (bench/sqlite.ts): BENCH_SQLITE=0 skips it.
@@ -23,7 +26,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { machineCpu, printTable, stolen, type BenchRow } from "./lib.js";
 import { measured } from "./pkg.js";
@@ -158,6 +161,18 @@ else notes.push("diagnostics: skipped (BENCH_DIAGNOSTICS=0)");
 // Spend limits against a plain deduction (bench/limits.ts, its own process). BENCH_LIMITS=0 skips it.
 if (process.env.BENCH_LIMITS !== "0") rows.push(...childRows([join(here, "limits.ts")]));
 else notes.push("limits: skipped (BENCH_LIMITS=0)");
+// Instructions per deduction (bench/deduct-instructions.ts; opt-in: BENCH_INSTRUCTIONS=1, needs valgrind).
+if (process.env.BENCH_INSTRUCTIONS === "1") {
+  const base = process.env.BENCH_DEDUCT_BASE;
+  const roots = [...(base ? [resolve(base)] : []), resolve(here, "..")];
+  const out = execFileSync(process.execPath, ["--import", "tsx", join(here, "deduct-instructions.ts"), ...roots], {
+    encoding: "utf8",
+    maxBuffer: 1 << 20,
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, BENCH_DEDUCT_JSON: "1" },
+  });
+  rows.push(...(JSON.parse(out.trim().split("\n").pop() as string) as BenchRow[]));
+} else notes.push("instructions per deduction (callgrind): skipped (opt-in: BENCH_INSTRUCTIONS=1)");
 // Credit leases (bench/leases.ts, its own process; PostgreSQL rows with CREDIT_PG_URL). BENCH_LEASES=0 skips it.
 if (process.env.BENCH_LEASES !== "0") rows.push(...childRows([join(here, "leases.ts")]));
 else notes.push("leases: skipped (BENCH_LEASES=0)");
