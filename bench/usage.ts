@@ -8,11 +8,16 @@
  * through the service), not through units of work — the hash chain is not what is measured. Each
  * entry is a deduction of 1–20 credits with one LLM usage (one of 5 models, tokens), a feature and
  * a spender, spread evenly over the last 365 days in time order; the month asked for is the last
- * whole calendar month (UTC). Sizes: BENCH_USAGE_ENTRIES (PostgreSQL, default 1,000,000),
+ * whole calendar month (UTC). On PostgreSQL the journal is loaded with the rollup's trigger
+ * disabled and the daily rollup filled after it by the statement of the upgrade to version 12; the
+ * top 100 is measured through the rollup and, for the ratio, through the journal alone; and the
+ * trigger's cost per deduction is measured in alternating rounds (BENCH_USAGE_TRIGGER=0 skips it).
+ * Sizes: BENCH_USAGE_ENTRIES (PostgreSQL, default 10,000,000; 0 skips it),
  * BENCH_USAGE_ACCOUNTS (default: one per 1,000 entries), BENCH_USAGE_SQLITE (default 1,000,000),
  * BENCH_USAGE_MONGO (default 200,000), BENCH_USAGE_MEMORY (default 200,000). Alone: `npx tsx
  * bench/usage.ts`. A PostgreSQL journal is kept in the schema `cm_bench_usage_<entries>` between
- * runs (BENCH_USAGE_FRESH=1 makes it again).
+ * runs (BENCH_USAGE_FRESH=1 makes it again). 10,000,000 entries take about 5 GB: drop them with
+ * `psql "$CREDIT_PG_URL" -c 'DROP SCHEMA cm_bench_usage_10000000 CASCADE'`.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,6 +25,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { core, mongodb, postgres, sqlite } from "./pkg.js";
 import { type BenchRow, printTable } from "./lib.js";
+import { rollupBackfillSql, rollupNames } from "../src/schema/rollup.js";
 
 const DAY = 86_400_000;
 const MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "claude-haiku-4-5", "o3"];
@@ -57,6 +63,7 @@ async function measureStore(
   entries: number,
   accounts: number,
   index: string,
+  options: { only?: "top" } = {},
 ): Promise<BenchRow[]> {
   const { from, to } = lastMonth();
   const account = `acct-${Math.floor(accounts / 2)}`;
@@ -71,11 +78,15 @@ async function measureStore(
       orderBy: "credits",
       limit: 100,
     });
+  const scale = `${entries.toLocaleString("en-US")} entries, ${accounts.toLocaleString("en-US")} accounts`;
+  if (options.only === "top") {
+    const topMs = await median(3, top);
+    return [{ backend, scenario: `top 100 (${scale})`, opsPerSec: 1000 / topMs }];
+  }
   const oneRows = (await one()).rows.length;
   const topRows = (await top()).rows.length;
   const oneMs = await median(15, one);
   const topMs = await median(3, top);
-  const scale = `${entries.toLocaleString("en-US")} entries, ${accounts.toLocaleString("en-US")} accounts`;
   return [
     {
       backend,
@@ -117,10 +128,14 @@ async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
     const t = `"${schema}"."journal_entries"`;
     const have = Number((await client.query(`SELECT count(*) AS n FROM (SELECT 1 FROM ${t} LIMIT 1) x`)).rows[0].n);
     let loadNote = "";
+    const rollup = rollupNames({ schema });
     if (have === 0) {
       const start = Date.now();
       const first = Date.now() - 365 * DAY;
       const step = (365 * DAY) / entries;
+      // The rollup is filled once after the load, as the upgrade to version 12 fills it (the same
+      // statement), rather than by the trigger row by row.
+      await client.query(`ALTER TABLE ${t} DISABLE TRIGGER "${rollup.trigger}"`);
       // Time order is insert order, as a journal grows: what the BRIN index on created_at summarizes.
       await client.query(
         `INSERT INTO ${t} (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
@@ -129,20 +144,111 @@ async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
           `'key-' || (i % 7), CASE WHEN i % 3 = 0 THEN 'chat' ELSE 'search' END, ` +
           `to_timestamp((${first}::float8 + i * ${step}::float8) / 1000.0), '\\x00'::bytea FROM generate_series(0, ${entries - 1}) AS i`,
       );
+      await client.query(`ALTER TABLE ${t} ENABLE TRIGGER "${rollup.trigger}"`);
+      const filled = Date.now();
+      for (const statement of rollupBackfillSql(t, { schema })) await client.query(statement);
       await client.query(`VACUUM ANALYZE ${t}`);
-      loadNote = `, loaded in ${((Date.now() - start) / 1000).toFixed(0)} s`;
+      await client.query(`VACUUM ANALYZE ${rollup.table}`);
+      loadNote = `; loaded in ${((filled - start) / 1000).toFixed(0)} s, rollup filled in ${((Date.now() - filled) / 1000).toFixed(0)} s`;
     }
+    const size = (
+      await client.query(
+        `SELECT count(*)::int AS n, pg_size_pretty(pg_total_relation_size('${rollup.table}')) AS size FROM ${rollup.table}`,
+      )
+    ).rows[0] as { n: number; size: string };
     const credits = new core.CreditService({ db });
     const rows = await measureStore(
       "postgres",
       credits as unknown as Usage,
       entries,
       accounts,
-      `one account: the primary key (user_id, seq); the fleet: the BRIN index on created_at${loadNote}`,
+      `one account: the primary key (user_id, seq); the fleet: the daily rollup (${size.n.toLocaleString("en-US")} rows, ${size.size})${loadNote}`,
     );
+    // The same fleet query through the journal (the path before the rollup), for the ratio.
+    const journalOnly = new PostgresDbManager({ connectionString: url, schema });
+    (journalOnly as unknown as { hasRollup: boolean }).hasRollup = false;
+    const viaJournal = new core.CreditService({ db: journalOnly });
+    const fleet = rows[1]!;
+    const [journalRow] = (await measureStore("postgres", viaJournal as unknown as Usage, entries, accounts, "", {
+      only: "top",
+    }))!;
+    const journalMs = 1000 / journalRow!.opsPerSec;
+    rows.push({
+      backend: "postgres",
+      scenario: `getUsage: top 100 accounts for a month, through the journal (no rollup) (${entries.toLocaleString("en-US")} entries)`,
+      opsPerSec: journalRow!.opsPerSec,
+      note: `${journalMs.toFixed(0)} ms median; the BRIN index on created_at`,
+    });
+    fleet.baseline = rows[2]!.scenario;
+    fleet.ratio = fleet.opsPerSec / journalRow!.opsPerSec;
+    await journalOnly.close();
     await db.close();
     return rows;
   } finally {
+    await client.end();
+  }
+}
+
+/**
+ * The rollup trigger's cost per write (docs/usage.md, "The daily rollup"): deductions with LLM
+ * usages through the service on PostgreSQL, in alternating rounds with the trigger enabled and
+ * disabled (`ALTER TABLE … DISABLE TRIGGER`), same store, same run; the ratio of the medians.
+ */
+async function pgTriggerCost(): Promise<BenchRow[]> {
+  const url = process.env.CREDIT_PG_URL;
+  if (!url) return [];
+  const { default: pg } = await import("pg");
+  const { PostgresDbManager } = await postgres();
+  const { measure } = await import("./lib.js");
+  const schema = `cm_bench_rollup_cost_${process.pid}`;
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  const db = new PostgresDbManager({ connectionString: url, schema, poolConfig: { max: 16 } });
+  try {
+    await db.init();
+    const credits = new core.CreditService({ db });
+    const users = 200;
+    for (let u = 0; u < users; u++) await credits.addCredits(`u${u}`, 1_000_000_000);
+    const t = `"${schema}"."journal_entries"`;
+    const trigger = rollupNames({ schema }).trigger;
+    const rows: BenchRow[] = [];
+    for (const callers of [1, 16]) {
+      const per = { on: [] as number[], off: [] as number[] };
+      const ops = callers === 1 ? 300 : 1500;
+      for (let round = 0; round < 8; round++) {
+        const on = round % 2 === 0;
+        await client.query(`ALTER TABLE ${t} ${on ? "ENABLE" : "DISABLE"} TRIGGER "${trigger}"`);
+        const rate = await measure(ops, callers, (i) =>
+          credits.deductCredits(`u${(i * 7 + round) % users}`, 1 + (i % 20), {
+            feature: "chat",
+            spender: `key-${i % 7}`,
+            metadata: {
+              usages: [{ amount: 1 + (i % 20), model: MODELS[i % MODELS.length]!, inputTokens: 100, outputTokens: 10 }],
+            },
+          }),
+        );
+        if (round > 1) (on ? per.on : per.off).push(rate); // the first two rounds warm up
+      }
+      const mid = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      const off = mid(per.off);
+      const on = mid(per.on);
+      const base = `deductCredits with an LLM usage, ${callers} caller${callers === 1 ? "" : "s"}, no rollup trigger`;
+      rows.push(
+        { backend: "postgres", scenario: base, opsPerSec: off, note: "the trigger disabled (alternating rounds)" },
+        {
+          backend: "postgres",
+          scenario: `deductCredits with an LLM usage, ${callers} caller${callers === 1 ? "" : "s"}, the rollup trigger`,
+          opsPerSec: on,
+          baseline: base,
+          ratio: on / off,
+          note: "the upsert of usage_daily in the entry's INSERT (docs/usage.md)",
+        },
+      );
+    }
+    return rows;
+  } finally {
+    await db.close();
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
     await client.end();
   }
 }
@@ -269,10 +375,11 @@ async function memoryRows(entries: number, accounts: number): Promise<BenchRow[]
 
 export async function run(): Promise<BenchRow[]> {
   const n = (name: string, d: number) => Number(process.env[name] ?? d);
-  const pgN = n("BENCH_USAGE_ENTRIES", 1_000_000);
+  const pgN = n("BENCH_USAGE_ENTRIES", 10_000_000);
   const perAccount = (e: number) => n("BENCH_USAGE_ACCOUNTS", Math.max(1, Math.round(e / 1000)));
   const rows: BenchRow[] = [];
-  rows.push(...(await pgRows(pgN, perAccount(pgN))));
+  if (pgN > 0) rows.push(...(await pgRows(pgN, perAccount(pgN))));
+  if (process.env.BENCH_USAGE_TRIGGER !== "0") rows.push(...(await pgTriggerCost()));
   const sq = n("BENCH_USAGE_SQLITE", 1_000_000);
   if (sq > 0) rows.push(...(await sqliteRows(sq, perAccount(sq))));
   const mo = n("BENCH_USAGE_MONGO", 200_000);

@@ -45,7 +45,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The caller's journal, newest first, with cursor paging and type/date filters */
+        /** The caller's journal, newest first, with cursor paging and type/date/spender/feature filters; a caller bound to a spender reads only its own entries */
         get: operations["getHistory"];
         put?: never;
         post?: never;
@@ -1209,6 +1209,8 @@ export interface operations {
                 types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits")[];
                 from?: string;
                 to?: string;
+                spender?: string;
+                feature?: string;
             };
             header?: never;
             path?: never;
@@ -1269,6 +1271,15 @@ export interface operations {
             };
             /** @description No identity */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2154,6 +2165,8 @@ export interface operations {
                 types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits")[];
                 from?: string;
                 to?: string;
+                spender?: string;
+                feature?: string;
             };
             header?: never;
             path: {
@@ -4030,6 +4043,16 @@ export interface operations {
                             /** @enum {string} */
                             rollover: "none" | "all" | "cap";
                             rolloverCap: number | null;
+                            allowances?: {
+                                scope: {
+                                    features?: string[];
+                                    spenders?: string[];
+                                };
+                                credits: number;
+                                rollover?: "none" | "all" | {
+                                    cap: number;
+                                };
+                            }[] | null;
                             isActive: boolean;
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
@@ -4102,6 +4125,16 @@ export interface operations {
                         /** @enum {string} */
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
+                        allowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                            rollover?: "none" | "all" | {
+                                cap: number;
+                            };
+                        }[] | null;
                         isActive: boolean;
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
@@ -4192,17 +4225,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4227,6 +4281,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -4331,17 +4392,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4366,6 +4448,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -4506,17 +4595,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4541,6 +4651,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -4679,17 +4796,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4714,6 +4852,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -4849,17 +4994,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4884,6 +5050,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -5001,6 +5174,16 @@ export interface operations {
                             /** @enum {string} */
                             rollover: "none" | "all" | "cap";
                             rolloverCap: number | null;
+                            allowances?: {
+                                scope: {
+                                    features?: string[];
+                                    spenders?: string[];
+                                };
+                                credits: number;
+                                rollover?: "none" | "all" | {
+                                    cap: number;
+                                };
+                            }[] | null;
                             isActive: boolean;
                             metadata: {
                                 [key: string]: components["schemas"]["JsonValue"];
@@ -5074,6 +5257,16 @@ export interface operations {
                     rollover?: "none" | "all" | {
                         cap: number;
                     };
+                    allowances?: {
+                        scope: {
+                            features?: string[];
+                            spenders?: string[];
+                        };
+                        credits: number;
+                        rollover?: "none" | "all" | {
+                            cap: number;
+                        };
+                    }[];
                     isActive?: boolean;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -5101,6 +5294,16 @@ export interface operations {
                         /** @enum {string} */
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
+                        allowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                            rollover?: "none" | "all" | {
+                                cap: number;
+                            };
+                        }[] | null;
                         isActive: boolean;
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
@@ -5284,6 +5487,16 @@ export interface operations {
                     rollover?: "none" | "all" | {
                         cap: number;
                     };
+                    allowances?: {
+                        scope: {
+                            features?: string[];
+                            spenders?: string[];
+                        };
+                        credits: number;
+                        rollover?: "none" | "all" | {
+                            cap: number;
+                        };
+                    }[];
                     isActive?: boolean;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -5311,6 +5524,16 @@ export interface operations {
                         /** @enum {string} */
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
+                        allowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                            rollover?: "none" | "all" | {
+                                cap: number;
+                            };
+                        }[] | null;
                         isActive: boolean;
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
@@ -5427,6 +5650,16 @@ export interface operations {
                         /** @enum {string} */
                         rollover: "none" | "all" | "cap";
                         rolloverCap: number | null;
+                        allowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                            rollover?: "none" | "all" | {
+                                cap: number;
+                            };
+                        }[] | null;
                         isActive: boolean;
                         metadata: {
                             [key: string]: components["schemas"]["JsonValue"];
@@ -5537,17 +5770,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -5572,6 +5826,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -5688,17 +5949,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -5723,6 +6005,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -5865,17 +6154,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -5900,6 +6210,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -6040,17 +6357,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -6075,6 +6413,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;
@@ -6212,17 +6557,38 @@ export interface operations {
                             allocate: {
                                 amount: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    amount: number;
+                                }[];
                             } | null;
                             carry: {
                                 grantIds: string[];
                                 periodEnd: number;
                                 limit: number | null;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    limit: number | null;
+                                }[];
                             } | null;
                             expireGrantIds: string[];
                             prorate: {
                                 delta: number;
                                 expiresAt: number | null;
+                                allowances?: {
+                                    scope: {
+                                        features?: string[];
+                                        spenders?: string[];
+                                    };
+                                    delta: number;
+                                }[];
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -6247,6 +6613,13 @@ export interface operations {
                         canceledAt: string | null;
                         endedAt: string | null;
                         periodCredits?: number | null;
+                        periodAllowances?: {
+                            scope: {
+                                features?: string[];
+                                spenders?: string[];
+                            };
+                            credits: number;
+                        }[] | null;
                         request?: {
                             planId: string;
                             autoRenew: boolean;

@@ -1,7 +1,8 @@
 /**
  * A team account (docs/teams-and-limits.md): an organisation's pool of credits — its plan's monthly
- * credits, a top-up, and an allowance that pays for one feature only — spent by three members, each through their own API key and under their
- * own monthly cap, with the organisation's cap over them all. Over HTTP, as a member's client sees
+ * credits, the plan's allowance that pays for one feature only, and a top-up — spent by three
+ * members, each through their own API key and under their own monthly cap, with the organisation's
+ * cap over them all. Over HTTP, as a member's client sees
  * it; each key is bound to the account and a spender, as `credit-management serve` binds them
  * (`keys create --role user:acme --spender alice`).
  *   npx tsx examples/teams.ts
@@ -12,7 +13,9 @@ import { createCreditHandler, type Identity } from "credit-management/http";
 const manager = await createCreditManager();
 const { credits, subscriptions } = manager;
 
-// The pool: the team plan's 10,000 credits a month, and 5,000 bought on top.
+// The pool: the team plan's 10,000 credits a month, and 5,000 bought on top. The plan also
+// allocates an allowance every month: 5,000 credits that pay for image generation only, spent
+// before the pool (docs/subscriptions.md, "Allowances"); what is left of it rolls over, up to 2,000.
 await subscriptions.createPlan({
   id: "team",
   name: "Team",
@@ -20,12 +23,10 @@ await subscriptions.createPlan({
   billingPeriod: "monthly",
   price: 99,
   currency: "USD",
+  allowances: [{ scope: { features: ["images"] }, credits: 5_000, rollover: { cap: 2_000 } }],
 });
 await subscriptions.subscribe("acme", "team");
 await credits.addCredits("acme", 5_000, { source: "payment", description: "top-up" });
-// A feature allowance: 5,000 credits that pay for image generation only, spent before the pool.
-// (A plan's own allowances are not built yet: docs/limitations.md.)
-await credits.addCredits("acme", 5_000, { scope: { features: ["images"] }, description: "images allowance" });
 
 // The caps: 9,000 a month for the organisation, and one per member.
 await credits.setLimits("acme", [

@@ -282,3 +282,33 @@ describe("the account page's auto top-up (docs/console.md, Pages)", () => {
     }
   });
 });
+
+describe("the subscriptions page's plans (docs/console.md, Pages)", () => {
+  it("lists each plan's allowances: credits per period, what they pay for, their own rollover; none when it has none", async () => {
+    const m = await createCreditManager();
+    try {
+      await m.subscriptions.createPlan({ id: "plain", name: "Plain", creditsPerPeriod: 10, billingPeriod: "monthly" });
+      await m.subscriptions.createPlan({
+        id: "studio",
+        name: "Studio",
+        creditsPerPeriod: 1000,
+        billingPeriod: "monthly",
+        rollover: { cap: 50 },
+        allowances: [
+          { scope: { features: ["images"] }, credits: 2500, rollover: { cap: 100 } },
+          { scope: { spenders: ["alice"] }, credits: 7 },
+        ],
+      });
+      const h = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "ops" }) });
+      const text = await (await h(new Request("http://x/console/subscriptions"))).text();
+      const row = (id: string) => text.slice(text.indexOf(`>${id}<`), text.indexOf("</tr>", text.indexOf(`>${id}<`)));
+      expect(row("plain")).toContain('<span class="muted">none</span>');
+      const studio = row("studio").replace(/\s+/g, " ");
+      expect(studio).toContain("cap 50");
+      expect(studio).toContain("2,500 for features <code>images</code> (rollover cap 100)");
+      expect(studio).toContain("7 for spenders <code>alice</code>");
+    } finally {
+      await m.close();
+    }
+  });
+});

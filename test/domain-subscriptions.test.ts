@@ -52,6 +52,7 @@ const plan = (over: Partial<Plan> = {}): Plan => ({
   validityDays: null,
   rollover: "none",
   rolloverCap: null,
+  allowances: [],
   isActive: true,
   ...over,
 });
@@ -596,6 +597,7 @@ describe("applyIntent: the account side of an intent", () => {
     expiredAmount: 0,
     closedAt: null,
     closedReason: null,
+    scope: null,
     ...over,
   });
   const work = (grants: Grant[], now: Date) =>
@@ -692,5 +694,235 @@ describe("applyIntent: the account side of an intent", () => {
     expect(applyIntent(w, s, s.intent as NonNullable<Subscription["intent"]>, meta, null)).toEqual([]);
     expect(w.entries.map((e) => [e.type, e.amount, e.description])).toEqual([["add", 0, "subscription cancelled"]]);
     expect(w.events.map((e) => e.type)).toEqual(["subscription_cancelled"]);
+  });
+});
+
+describe("allowances: scoped credits a plan allocates every period (docs/subscriptions.md, Allowances)", () => {
+  const IMAGES = { features: ["images"] };
+  const VIDEO = { features: ["video"] };
+  const withImages = plan({ id: "img", creditsPerPeriod: 1000, allowances: [{ scope: IMAGES, credits: 290 }] });
+  let ids = 0;
+  const newId = () => `a-${++ids}`;
+  const grant = (id: string, remaining: number, expiresAt: Date, scope: Grant["scope"] = null): Grant => ({
+    ...samples.grants,
+    id,
+    userId: "u-1",
+    amount: remaining,
+    remaining,
+    expiresAt,
+    priority: 0,
+    createdAt: FEB,
+    expiredAmount: 0,
+    closedAt: null,
+    closedReason: null,
+    scope,
+  });
+  const work = (grants: Grant[], now: Date) =>
+    new AccountWork(
+      "u-1",
+      {
+        account: {
+          ...samples.accounts,
+          userId: "u-1",
+          balance: grants.reduce((n, g) => n + g.remaining, 0),
+          reserved: 0,
+          debt: 0,
+          seq: 0,
+          lastHash: null,
+          nextExpiryAt: null,
+          alert: null,
+          scoped: grants.some((g) => g.scope !== null),
+        },
+        grants,
+        reservations: [],
+        idempotent: null,
+      },
+      now,
+      newId,
+    );
+  const meta = { idempotencyKey: "cm:sub:k", correlationId: "sub:k" };
+  const created = (w: AccountWork) =>
+    w.entries
+      .filter((e) => e.type === "add" && e.amount > 0)
+      .map((e) => [e.amount, w.getGrant(e.grants[0]?.grantId ?? "")?.scope ?? null]);
+
+  it("each period allocates every allowance as a scoped grant beside the general credits, expiring with them", () => {
+    const p = plan({
+      validityDays: 7,
+      allowances: [
+        { scope: IMAGES, credits: 100 },
+        { scope: VIDEO, credits: 5 },
+      ],
+    });
+    expect(allocation(p, { start: FEB, end: MAR }, FEB)).toEqual({
+      amount: 1000,
+      expiresAt: at(FEB, 7).getTime(),
+      allowances: [
+        { scope: IMAGES, amount: 100 },
+        { scope: VIDEO, amount: 5 },
+      ],
+    });
+    // A plan with allowances only (no general credits) still allocates them; born expired: nothing.
+    const only = plan({ creditsPerPeriod: 0, allowances: [{ scope: IMAGES, credits: 100 }] });
+    expect(allocation(only, { start: FEB, end: MAR }, FEB)?.allowances).toEqual([{ scope: IMAGES, amount: 100 }]);
+    expect(allocation(only, { start: FEB, end: MAR }, MAR)).toBeNull();
+
+    const s = subscribe("s-1", "u-1", withImages, { startAt: FEB }, FEB);
+    expect(s.periodAllowances).toEqual([{ scope: IMAGES, credits: 290 }]);
+    const w = work([], FEB);
+    const ids2 = applyIntent(w, s, s.intent as NonNullable<Subscription["intent"]>, meta, null);
+    expect(ids2).toHaveLength(2);
+    expect(created(w)).toEqual([
+      [1000, null],
+      [290, IMAGES],
+    ]);
+    // An images spend draws the allowance first; a chat spend never touches it.
+    expect(w.availableFor({ spender: null, feature: "images" })).toBe(1290);
+    expect(w.availableFor({ spender: null, feature: "chat" })).toBe(1000);
+  });
+
+  it("a renewal rolls each allowance over on its own: the plan's policy, or the allowance's own, into a grant of its scope", () => {
+    const p = plan({
+      rollover: "cap",
+      rolloverCap: 400,
+      allowances: [
+        { scope: IMAGES, credits: 290 },
+        { scope: VIDEO, credits: 50, rollover: "none" },
+      ],
+    });
+    const s = active(p, { periodGrantIds: ["g", "g-img", "g-vid"] });
+    const next = renew(s, p, p, MAR);
+    expect(next.intent?.carry).toEqual({
+      grantIds: ["g", "g-img", "g-vid"],
+      periodEnd: MAR.getTime(),
+      limit: 400,
+      expiresAt: T("2024-04-01T00:00:00.000Z").getTime(),
+      // The plan's cap for images (its policy inherited), none for video (its own).
+      allowances: [{ scope: IMAGES, limit: 400 }],
+    });
+    const w = work([grant("g", 700, MAR), grant("g-img", 250, MAR, IMAGES), grant("g-vid", 30, MAR, VIDEO)], MAR);
+    applyIntent(w, next, next.intent as NonNullable<Subscription["intent"]>, meta, null);
+    // The grants that roll are closed here (700 + 250); video's, which does not roll, expires by the job.
+    expect(w.entries[0]).toMatchObject({ type: "expire", amount: 950 });
+    expect(created(w)).toEqual([
+      [400, null], // general: 700 unspent, capped at 400
+      [250, IMAGES], // images: all 250 (under the cap), still images-only
+      [1000, null],
+      [290, IMAGES],
+      [50, VIDEO],
+    ]);
+    // General "none" with an allowance that rolls: only the allowance moves.
+    const q = plan({ rollover: "none", allowances: [{ scope: IMAGES, credits: 290, rollover: { cap: 100 } }] });
+    const carry = renew(active(q, { periodGrantIds: ["g", "g-img"] }), q, q, MAR).intent?.carry;
+    expect(carry).toMatchObject({ limit: 0, allowances: [{ scope: IMAGES, limit: 100 }] });
+    const w2 = work([grant("g", 700, MAR), grant("g-img", 250, MAR, IMAGES)], MAR);
+    const n2 = renew(active(q, { periodGrantIds: ["g", "g-img"] }), q, q, MAR);
+    applyIntent(w2, n2, n2.intent as NonNullable<Subscription["intent"]>, meta, null);
+    expect(created(w2)).toEqual([
+      [100, IMAGES],
+      [1000, null],
+      [290, IMAGES],
+    ]);
+    // Nothing rolls anywhere: no carry at all, as before allowances.
+    const none = plan({ allowances: [{ scope: IMAGES, credits: 1 }] });
+    expect(rolloverCarry(active(none), none, { end: at(MAR, 31) })).toBeNull();
+  });
+
+  it("a general rollover never takes an allowance's credits, nor an allowance another's", () => {
+    const p = plan({ rollover: "all", allowances: [{ scope: VIDEO, credits: 10, rollover: "all" }] });
+    const s = active(p, { periodGrantIds: ["g", "g-img", "g-vid"] });
+    const next = renew(s, p, p, MAR);
+    // g-img: an images grant of an allowance the plan no longer has (updatePlan since): not carried.
+    const w = work([grant("g", 5, MAR), grant("g-img", 250, MAR, IMAGES), grant("g-vid", 7, MAR, VIDEO)], MAR);
+    applyIntent(w, next, next.intent as NonNullable<Subscription["intent"]>, meta, null);
+    expect(created(w).slice(0, 2)).toEqual([
+      [5, null],
+      [7, VIDEO],
+    ]);
+    expect(w.getGrant("g-img")?.closedAt).toBeNull(); // left to the expiry job
+  });
+
+  it("a prorated change prorates each allowance: up, down, added and removed ones, by scope", () => {
+    const from = plan({
+      id: "a",
+      allowances: [
+        { scope: IMAGES, credits: 290 },
+        { scope: VIDEO, credits: 29 },
+      ],
+    });
+    const to = plan({ id: "b", allowances: [{ scope: { features: ["images"] }, credits: 580 }] });
+    const s = active(from, { periodGrantIds: ["g", "g-img", "g-vid"] });
+    const tenIn = at(FEB, 10); // 19 of 29 days left
+    const next = changePlan(s, to, { when: "now", credits: "prorate" }, tenIn, 1000, s.periodAllowances ?? []);
+    expect(next.periodAllowances).toEqual([{ scope: IMAGES, credits: 580 }]);
+    expect(next.intent?.prorate).toEqual({
+      delta: 0,
+      expiresAt: MAR.getTime(),
+      allowances: [
+        { scope: IMAGES, delta: 190 }, // 290 × 19/29
+        { scope: VIDEO, delta: -19 }, // −29 × 19/29
+      ],
+    });
+    const w = work([grant("g", 1000, MAR), grant("g-img", 200, MAR, IMAGES), grant("g-vid", 25, MAR, VIDEO)], tenIn);
+    applyIntent(w, next, next.intent as NonNullable<Subscription["intent"]>, meta, null);
+    expect(w.entries.map((e) => [e.type, e.amount])).toEqual([
+      ["add", 190],
+      ["void", 19],
+    ]);
+    expect(w.getGrant("g-vid")?.remaining).toBe(6);
+    expect(w.getGrant("g")?.remaining).toBe(1000); // the general credits untouched
+    // A general downgrade removes from the unscoped grants only.
+    const down = changePlan(
+      active(withImages, { periodGrantIds: ["g", "g-img"] }),
+      plan({ id: "small", creditsPerPeriod: 0, allowances: [{ scope: IMAGES, credits: 290 }] }),
+      { when: "now", credits: "prorate" },
+      FEB,
+      1000,
+      [{ scope: IMAGES, credits: 290 }],
+    );
+    expect(down.intent?.prorate).toEqual({ delta: -1000, expiresAt: MAR.getTime() });
+    const w2 = work([grant("g", 600, MAR), grant("g-img", 290, MAR, IMAGES)], FEB);
+    applyIntent(w2, down, down.intent as NonNullable<Subscription["intent"]>, meta, null);
+    expect(w2.getGrant("g")?.remaining).toBe(0);
+    expect(w2.getGrant("g-img")?.remaining).toBe(290);
+  });
+
+  it("month ends: a subscription from January 31 allocates each allowance on every clamped period start", () => {
+    const JAN31 = T("2025-01-31T00:00:00.000Z");
+    const p = plan({ creditsPerPeriod: 0, allowances: [{ scope: IMAGES, credits: 28 }] });
+    let s = subscribe("s-1", "u-1", p, { startAt: JAN31 }, JAN31);
+    s = intentDone(s, s.intent as NonNullable<Subscription["intent"]>, ["g-1"]);
+    const starts: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      s = renew(s, p, p, s.currentPeriodEnd);
+      expect(s.intent?.allocate).toEqual({
+        amount: 0,
+        expiresAt: s.currentPeriodEnd.getTime(),
+        allowances: [{ scope: IMAGES, amount: 28 }],
+      });
+      starts.push(s.currentPeriodStart.toISOString().slice(0, 10));
+      s = intentDone(s, s.intent as NonNullable<Subscription["intent"]>, [`g-${i + 2}`]);
+    }
+    expect(starts).toEqual(["2025-02-28", "2025-03-31", "2025-04-30"]);
+    // Prorated from the last day of a 28-day February: 1 day of 28 left of the new allowance.
+    const feb = {
+      ...active(p),
+      currentPeriodStart: T("2025-02-28T00:00:00.000Z"),
+      currentPeriodEnd: T("2025-03-31T00:00:00.000Z"),
+    };
+    const more = plan({ id: "more", creditsPerPeriod: 0, allowances: [{ scope: IMAGES, credits: 59 }] });
+    const c = changePlan(feb, more, { when: "now", credits: "prorate" }, T("2025-03-30T00:00:00.000Z"), 0, [
+      { scope: IMAGES, credits: 28 },
+    ]);
+    expect(c.intent?.prorate?.allowances).toEqual([{ scope: IMAGES, delta: 1 }]); // 31 × 1/31
+  });
+
+  it("cancel with expire voids the allowances' grants with the rest of the period's", () => {
+    const s = active(withImages, { periodGrantIds: ["g", "g-img"] });
+    const c = cancel(s, { atPeriodEnd: false, credits: "expire" }, at(FEB, 3)) as Subscription;
+    expect(c.intent?.expireGrantIds).toEqual(["g", "g-img"]);
+    const w = work([grant("g", 600, MAR), grant("g-img", 290, MAR, IMAGES)], at(FEB, 3));
+    applyIntent(w, c, c.intent as NonNullable<Subscription["intent"]>, meta, null);
+    expect(w.entries[0]).toMatchObject({ type: "expire", amount: 890 });
   });
 });

@@ -194,6 +194,91 @@ describe("spend limits", () => {
     expect(levels).toEqual(["-", "-", "warning", "-", "reached", "-"]);
   });
 
+  it("limit notifications: each threshold once per window; a released hold does not re-arm it; a new window does", () => {
+    const levels = (out: { crossed: readonly { level: string }[] }) => out.crossed.map((c) => c.level).join() || "-";
+    const placed = t("2024-05-20T11:00:00Z");
+    // A hold of 85 takes the limit past 80 %: sent once, with the window it counted in.
+    const held = countSpend([limit({ amount: 100, alerted: null })], alice, 85, placed);
+    expect(levels(held)).toBe("warning");
+    expect(held.crossed[0]).toMatchObject({
+      used: 85,
+      windowStart: t("2024-05-01T00:00:00Z"),
+      resetsAt: t("2024-06-01T00:00:00Z"),
+    });
+    expect(held.limits[0]?.alerted).toBe("warning");
+    // Released: the count goes back to 0, the threshold stays sent for the window (no flapping).
+    const released = trueUpHold(held.limits, alice, 85, 0, placed, now);
+    expect(released.limits[0]).toMatchObject({ used: 0, alerted: "warning" });
+    const again = countSpend(released.limits, alice, 90, now);
+    expect(levels(again)).toBe("-");
+    // 100 % was not sent yet: the spend that reaches it sends it, once.
+    const full = countSpend(again.limits, alice, 10, now);
+    expect(levels(full)).toBe("reached");
+    expect(levels(countSpend(trueUpHold(full.limits, alice, 10, 0, now, now).limits, alice, 10, now))).toBe("-");
+    // The next window re-arms both; one spend past both sends both, in order.
+    const june = t("2024-06-02T00:00:00Z");
+    expect(levels(countSpend(full.limits, alice, 100, june))).toBe("warning,reached");
+  });
+
+  it("limit notifications: a limit whose amount changes mid-window re-arms the thresholds its count is below", () => {
+    const set = replaceLimits(null, [{ spender: "alice", amount: 100, period: "month" }], null);
+    expect(set[0]?.alerted).toBeNull();
+    const spent = countSpend(set, alice, 90, now).limits;
+    expect(spent[0]?.alerted).toBe("warning");
+    // The same amount again: nothing re-armed.
+    const same = replaceLimits(spent, [{ spender: "alice", amount: 100, period: "month" }], null);
+    expect(same[0]?.alerted).toBe("warning");
+    expect(countSpend(same, alice, 1, now).crossed).toEqual([]);
+    // Raised to 200: 91 is below 80 % of it, so 80 % is sent again when a spend reaches 160.
+    const raised = replaceLimits(same, [{ spender: "alice", amount: 200, period: "month" }], null);
+    expect(raised[0]?.alerted).toBeNull();
+    expect(countSpend(raised, alice, 68, now).crossed).toEqual([]);
+    expect(countSpend(raised, alice, 70, now).crossed.map((c) => c.level)).toEqual(["warning"]);
+    // Lowered to 95 with 90 counted: 80 % stays sent, 100 % is sent by the spend that reaches it.
+    const lowered = replaceLimits(spent, [{ spender: "alice", amount: 95, period: "month" }], null);
+    expect(lowered[0]?.alerted).toBe("warning");
+    expect(countSpend(lowered, alice, 5, now).crossed.map((c) => c.level)).toEqual(["reached"]);
+  });
+
+  it("limit notifications: a limit stored before schema version 11 (no alerted) counts the thresholds its count is past as sent", () => {
+    const stored = limit({ amount: 100, used: 85, windowStart: t("2024-05-01T00:00:00Z") });
+    expect(stored.alerted).toBeUndefined();
+    const out = countSpend([stored], none, 10, now);
+    expect(out.crossed).toEqual([]);
+    expect(out.limits[0]?.alerted).toBe("warning");
+    expect(countSpend(out.limits, none, 5, now).crossed.map((c) => c.level)).toEqual(["reached"]);
+  });
+
+  it("limit notifications, property: whatever the spends and releases in one window, each threshold is sent exactly once if the count ever reached it, else never", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 500 }),
+        fc.array(fc.tuple(fc.boolean(), fc.integer({ min: 0, max: 200 })), { maxLength: 30 }),
+        (amount, steps) => {
+          let limits = [limit({ amount, alerted: null })];
+          const sent: string[] = [];
+          let most = 0;
+          for (const [release, n] of steps) {
+            const used = limits[0]?.used ?? 0;
+            const out = release
+              ? trueUpHold(limits, none, Math.min(n, used), 0, now, now)
+              : countSpend(limits, none, n, now, { force: true });
+            for (const c of out.crossed) {
+              sent.push(c.level);
+              expect(c.used * 5 >= amount * 4).toBe(true);
+              if (c.level === "reached") expect(c.used >= amount).toBe(true);
+            }
+            limits = out.limits;
+            most = Math.max(most, limits[0]?.used ?? 0);
+          }
+          // Each threshold exactly once when the window's count ever reached it, never otherwise; 80 % first.
+          const expected = [most * 5 >= amount * 4 ? "warning" : null, most >= amount ? "reached" : null];
+          expect(sent).toEqual(expected.filter((l) => l !== null));
+        },
+      ),
+    );
+  });
+
   it("holds are trued up at commit: the unspent part goes back while the window is the same; an excess counts even past the limit", () => {
     const placed = t("2024-05-20T11:00:00Z");
     const held = countSpend([limit({ amount: 100 })], alice, 60, placed).limits;

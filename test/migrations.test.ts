@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pg from "pg";
@@ -36,7 +36,11 @@ if (!hasSqlite)
   console.warn("[migrations.test] the sqlite3 shell is not installed: the SQLite upgrade test is skipped.");
 
 /** Every version before the current one, each with the DDL that release generated (test/fixtures/schema). */
-const OLD_VERSIONS = Array.from({ length: SCHEMA_VERSION - 1 }, (_, i) => i + 1);
+// Version numbers are assigned to features ahead of time; a number without a fixture here has none
+// (the upgrade applies every step above the stored version).
+const OLD_VERSIONS = Array.from({ length: SCHEMA_VERSION - 1 }, (_, i) => i + 1).filter((v) =>
+  existsSync(new URL(`./fixtures/schema/v${v}-postgres.sql`, import.meta.url)),
+);
 const fixture = (version: number, dialect: SqlDialect) =>
   readFileSync(new URL(`./fixtures/schema/v${version}-${dialect}.sql`, import.meta.url), "utf8");
 /** What those releases' `init()` wrote beside their DDL. */
@@ -133,7 +137,7 @@ describe("schema upgrades: the statements", () => {
     });
     expect(rest).toEqual([]);
     expect(step).toMatch(
-      /^DO \$\$ BEGIN IF EXISTS \(SELECT 1 FROM pg_indexes WHERE schemaname = 'billing' AND indexname = 'cm_journal_entries_idempotency_key' AND position\('sha256\(' in indexdef\) = 0\) THEN /,
+      /^DO \$\$ BEGIN IF position\('sha256\(' in coalesce\(pg_get_indexdef\(to_regclass\(format\('%I\.%I', 'billing', 'cm_journal_entries_idempotency_key'\)\)\), 'sha256\('\)\) = 0 THEN /,
     );
     // Today's index, as the DDL makes it, under a temporary name; then the old one goes.
     const today = generateSql({ dialect: "postgres", prefix: "cm_", schema: "billing" })
@@ -148,7 +152,9 @@ describe("schema upgrades: the statements", () => {
     expect(step).toMatch(
       /DROP INDEX "billing"\."cm_journal_entries_idempotency_key"; ALTER INDEX "billing"\."cm_journal_entries_idempotency_key__new" RENAME TO "cm_journal_entries_idempotency_key"; END IF; END \$\$;$/,
     );
-    expect(until6({ dialect: "postgres", fromVersion: 5 })[0]).toContain("schemaname = current_schema()");
+    expect(until6({ dialect: "postgres", fromVersion: 5 })[0]).toContain(
+      "format('%I.%I', current_schema(), 'journal_entries_idempotency_key')",
+    );
     expect(until6({ dialect: "mysql", fromVersion: 5 })).toEqual([]);
     expect(until6({ dialect: "sqlite", fromVersion: 5 })).toEqual([]);
   });
@@ -170,12 +176,15 @@ describe("schema upgrades: the statements", () => {
     expect(lite6.filter((x) => x.includes("ADD COLUMN"))[0]).toBe(
       'ALTER TABLE "subscriptions" ADD COLUMN "change_keys" TEXT CHECK (json_valid("change_keys"));',
     );
+    // The subscriptions table gets no other column until version 13's period_allowances.
     expect(
       lite6
         .filter((x) => x.includes("ADD COLUMN"))
         .slice(1)
-        .join("\n"),
-    ).not.toContain("subscriptions");
+        .filter((x) => x.includes('"subscriptions"')),
+    ).toEqual([
+      'ALTER TABLE "subscriptions" ADD COLUMN "period_allowances" TEXT CHECK (json_valid("period_allowances"));',
+    ]);
     expect(lite6.find((x) => x.startsWith("INSERT INTO"))).toMatch(
       /^INSERT INTO "notifications__rebuild" \(.*"version".*\) SELECT .*"type", 1, "status".* FROM "notifications";$/,
     );
@@ -195,16 +204,20 @@ describe("schema upgrades: the statements", () => {
     expect(until(8, { dialect: "postgres", fromVersion: 7, prefix: "cm_", schema: "billing" })).toEqual([
       'ALTER TABLE "billing"."cm_accounts" ADD COLUMN IF NOT EXISTS "auto_top_up" JSONB;',
       expect.stringMatching(
-        /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \(.*'auto_top_up_requested', 'auto_top_up_failed', 'auto_top_up_action_required', 'auto_top_up_disabled'\)\);$/,
+        /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \(.*'auto_top_up_requested', 'auto_top_up_failed', 'auto_top_up_action_required', 'auto_top_up_disabled'.*\)\);$/,
       ),
     ]);
     expect(until(8, { dialect: "mysql", fromVersion: 7 })).toEqual([
       "ALTER TABLE `accounts` ADD COLUMN `auto_top_up` JSON;",
-      expect.stringMatching(/^ALTER TABLE `notifications` MODIFY COLUMN `type` .*'auto_top_up_disabled'\)\);$/),
+      expect.stringMatching(/^ALTER TABLE `notifications` MODIFY COLUMN `type` .*'auto_top_up_disabled'.*\)\);$/),
     ]);
     const lite7 = until(8, { dialect: "sqlite", fromVersion: 7 });
     expect(lite7[0]).toBe('ALTER TABLE "accounts" ADD COLUMN "auto_top_up" TEXT CHECK (json_valid("auto_top_up"));');
-    expect(lite7.join("\n")).toContain('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
+    // The outbox is rebuilt once, by version 8's step, with today's check: version 11's (which
+    // changes the same check) has nothing left to do, so it is not in the statements of 8 alone.
+    const rebuilt = 'ALTER TABLE "notifications__rebuild" RENAME TO "notifications";';
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 7 }).filter((x) => x === rebuilt)).toHaveLength(1);
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 8 }).filter((x) => x === rebuilt)).toHaveLength(1);
   });
 
   it("version 9: accounts.limits, and the spender and feature of journal entries and holds, all nullable (rows stored before read as none)", () => {
@@ -225,19 +238,81 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 10: grants.scope and accounts.scoped, nullable (rows stored before read as unscoped)", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 9 })).toEqual([
+    expect(until(10, { dialect: "postgres", fromVersion: 9 })).toEqual([
       'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "scope" JSONB;',
       'ALTER TABLE "accounts" ADD COLUMN IF NOT EXISTS "scoped" BOOLEAN;',
     ]);
     // MySQL declares indexes inside CREATE TABLE: the journal's created_at index (docs/usage.md) comes here.
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 9 })).toEqual([
+    expect(until(10, { dialect: "mysql", fromVersion: 9 })).toEqual([
       "ALTER TABLE `grants` ADD COLUMN `scope` JSON;",
       "ALTER TABLE `accounts` ADD COLUMN `scoped` BOOLEAN;",
       "CREATE INDEX `journal_entries_created` ON `journal_entries` (`created_at`);",
     ]);
-    const lite9 = upgradeStatements({ dialect: "sqlite", fromVersion: 9 });
+    const lite9 = until(10, { dialect: "sqlite", fromVersion: 9 });
     expect(lite9).toHaveLength(2);
     expect(lite9.every((x) => x.includes("ADD COLUMN") && !x.includes("NOT NULL"))).toBe(true);
+  });
+
+  it("version 13: plans.allowances and subscriptions.period_allowances, nullable (plans stored before read as having none)", () => {
+    for (const from of [12]) {
+      expect(upgradeStatements({ dialect: "postgres", fromVersion: from })).toEqual([
+        'ALTER TABLE "plans" ADD COLUMN IF NOT EXISTS "allowances" JSONB;',
+        'ALTER TABLE "subscriptions" ADD COLUMN IF NOT EXISTS "period_allowances" JSONB;',
+      ]);
+    }
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 11 })).toEqual([
+      "ALTER TABLE `plans` ADD COLUMN `allowances` JSON;",
+      "ALTER TABLE `subscriptions` ADD COLUMN `period_allowances` JSON;",
+    ]);
+    const lite11 = upgradeStatements({ dialect: "sqlite", fromVersion: 11 });
+    expect(lite11).toHaveLength(2);
+    expect(lite11.every((x) => x.includes("ADD COLUMN") && !x.includes("NOT NULL"))).toBe(true);
+    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 10 })).toContain("-- version 13: plans.allowances");
+  });
+
+  it("version 11: notifications.type allows limit_warning and limit_reached; no column changes (a limit's alerted is in accounts.limits' JSON)", () => {
+    // From 10: version 11's statements, then version 13's (plan allowances).
+    const after = (dialect: "postgres" | "mysql" | "sqlite", o: { prefix?: string; schema?: string } = {}) =>
+      upgradeStatements({ dialect, fromVersion: 11, ...o });
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 10, prefix: "cm_", schema: "billing" })).toEqual([
+      expect.stringMatching(
+        /^ALTER TABLE "billing"\."cm_notifications" DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", ADD CONSTRAINT "cm_notifications_type_check" CHECK \("type" IN \(.*'auto_top_up_disabled', 'limit_warning', 'limit_reached'\)\);$/,
+      ),
+      ...after("postgres", { prefix: "cm_", schema: "billing" }),
+    ]);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 10 })).toEqual([
+      expect.stringMatching(
+        /^ALTER TABLE `notifications` MODIFY COLUMN `type` .*'limit_warning', 'limit_reached'\)\);$/,
+      ),
+      ...after("mysql"),
+    ]);
+    // SQLite cannot change a CHECK: the outbox is rebuilt (rows copied as they are).
+    const lite10 = upgradeStatements({ dialect: "sqlite", fromVersion: 10 });
+    expect(lite10).toHaveLength(5 + after("sqlite").length);
+    expect(lite10.at(4)).toBe('ALTER TABLE "notifications__rebuild" RENAME TO "notifications";');
+    expect(lite10.slice(5)).toEqual(after("sqlite"));
+    expect(lite10.join("\n")).toContain("'limit_reached'");
+  });
+
+  it("version 12: on PostgreSQL the daily usage rollup, its trigger on the journal, then its fill from the journal (the trigger's lock keeps writers out meanwhile); nothing on MySQL and SQLite", () => {
+    const naming = { schema: "billing", prefix: "cm_" };
+    const pg12 = upgradeStatements({ dialect: "postgres", fromVersion: 11, ...naming }).slice(0, -2); // 13's last
+    expect(pg12[0]).toMatch(/^CREATE TABLE IF NOT EXISTS "billing"\."cm_usage_daily" \(/);
+    const trigger = pg12.findIndex((x) =>
+      x.startsWith('CREATE TRIGGER "cm_usage_daily_add" AFTER INSERT ON "billing"."cm_journal_entries"'),
+    );
+    const fill = pg12.findIndex((x) => x.startsWith('INSERT INTO "billing"."cm_usage_daily"'));
+    expect(trigger).toBeGreaterThan(0);
+    expect(fill).toBeGreaterThan(trigger);
+    expect(pg12[fill - 1]).toBe('DELETE FROM "billing"."cm_usage_daily";');
+    // From 10: version 11's check first, then the same.
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 10, ...naming }).slice(1, -2)).toEqual(pg12);
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 11 })).toEqual(
+      upgradeStatements({ dialect: "mysql", fromVersion: 12 }),
+    );
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 11 })).toEqual(
+      upgradeStatements({ dialect: "sqlite", fromVersion: 12 }),
+    );
   });
 
   it("ends with the version row, and refuses versions it does not know", () => {
@@ -463,6 +538,54 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       await again.deductCredits("u1", 7, { spender: "key-1", feature: "images" });
       const [latest] = (await again.getCreditHistory("u1", { limit: 1 })).items;
       expect(latest).toMatchObject({ type: "deduct", spender: "key-1", feature: "images" });
+      expect((await again.audit("u1", { from: "genesis" })).ok).toBe(true);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("a version 10 store with spends, holds and take-backs upgraded by init(): the daily usage rollup is filled from its journal, audits clean, and the trigger keeps it after", async () => {
+    const schema = await newSchema("v10_rows");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const credits = new CreditService({ db });
+    await credits.addCredits("u1", 1000);
+    await credits.deductCredits("u1", 5, { metadata: { usages: [{ model: "m", amount: 5, inputTokens: 40 }] } });
+    const hold = await credits.reserveCredits("u1", 30);
+    await credits.commitReservedCredits(hold.id, { amount: 20 });
+    await credits.deductCredits("u1", 4, {
+      description: "Refund of payment p1 (test)",
+      metadata: { paymentId: "p1", provider: "test", refundedAmount: 40 },
+    });
+    await db.close();
+    // Back to version 10: no rollup (nor its trigger and function), and the version row.
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await client.query(
+      `DROP TRIGGER usage_daily_add ON ${q("journal_entries")}; DROP FUNCTION ${q("usage_daily_add")}(); DROP TABLE ${q("usage_daily")}; ` +
+        `UPDATE ${q("schema_version")} SET version = 10`,
+    );
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      const rows = async () =>
+        (
+          await client.query(
+            `SELECT kind, credits::int, requests::int, input_tokens::int AS input FROM ${q("usage_daily")} WHERE user_id = 'u1' ORDER BY kind`,
+          )
+        ).rows;
+      expect(await rows()).toEqual([
+        { kind: "refund", credits: 4, requests: 0, input: 0 },
+        { kind: "spend", credits: 25, requests: 2, input: 40 },
+      ]);
+      const again = new CreditService({ db: upgraded });
+      expect((await again.audit("u1")).problems).toEqual([]);
+      await again.deductCredits("u1", 7);
+      expect(await rows()).toEqual([
+        { kind: "refund", credits: 4, requests: 0, input: 0 },
+        { kind: "spend", credits: 32, requests: 3, input: 40 },
+      ]);
       expect((await again.audit("u1", { from: "genesis" })).ok).toBe(true);
     } finally {
       await upgraded.close();

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { Script, createContext } from "node:vm";
 import { Collection, MongoClient, type Db, type Document } from "mongodb";
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
@@ -18,7 +18,11 @@ if (!uri) {
 }
 
 /** The versions whose releases wrote no version document (1 to 4): each has its fixture. */
-const VERSIONS = Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1);
+// Versions numbered but not released on this line of work (schema numbers are assigned ahead of
+// their changes) have no fixture: only those with one are tested.
+const VERSIONS = Array.from({ length: SCHEMA_VERSION }, (_, i) => i + 1).filter((v) =>
+  existsSync(new URL(`./fixtures/schema/v${v}-mongodb.json`, import.meta.url)),
+);
 
 /** What a store at `version` had, from test/fixtures/schema/v<N>-mongodb.json. */
 function fixture(version: number): { collections: Record<string, Document[]> } {
@@ -129,6 +133,11 @@ function violations(schema: Document, value: unknown, path = "$"): string[] {
           typeof value === "string" &&
           (k === "minLength" ? [...value].length < (v as number) : [...value].length > (v as number))
         )
+          out.push(`${path}: length out of ${k}`);
+        break;
+      case "minItems":
+      case "maxItems":
+        if (Array.isArray(value) && (k === "minItems" ? value.length < (v as number) : value.length > (v as number)))
           out.push(`${path}: length out of ${k}`);
         break;
       case "pattern":

@@ -218,6 +218,16 @@ describe.skipIf(!url /* reason: no server */)("PostgreSQL partitioned by time (d
     expect(retry.seq).toBe(2);
     expect((await m.credits.getUserCreditsInfo("c")).balance).toBe(40);
     expect((await m.credits.audit("c", { from: "genesis" })).ok).toBe(true);
+    // The copy into the partitioned journal did not count the entries in the usage rollup again
+    // (docs/usage.md, "The daily rollup"); the trigger keeps it on the partitions.
+    await m.credits.deductCredits("c", 3);
+    const rollup = await admin((c) =>
+      c.query(
+        `SELECT sum(credits)::int AS credits, sum(requests)::int AS requests FROM "${schema}".usage_daily WHERE user_id = 'c'`,
+      ),
+    );
+    expect(rollup.rows[0]).toEqual({ credits: 13, requests: 3 });
+    expect((await m.credits.audit("c")).problems).toEqual([]);
     const old = await admin((c) => c.query(`SELECT count(*)::int AS n FROM "${schema}".journal_entries_unpartitioned`));
     expect(old.rows[0]?.n).toBe(3);
   });
@@ -259,13 +269,19 @@ describe.skipIf(!url /* reason: no server */)("PostgreSQL partitioned by time (d
     const clock = { now: Date.now() - 40 * DAY };
     const { db, m } = await store(schema, clock);
     await m.credits.addCredits("d", 5);
-    expect([...(await partitionsOf(schema, "d")).values()]).toEqual(["journal_entries_default"]);
-    const report = await db.ensurePartitions(new Date(clock.now));
-    expect(report.movedFromDefault).toBe(1);
+    await m.credits.deductCredits("d", 2);
     expect([...(await partitionsOf(schema, "d")).values()]).toEqual([
-      partitionName("journal_entries", rangeStart("day", new Date(clock.now))),
+      "journal_entries_default",
+      "journal_entries_default",
     ]);
-    expect((await m.credits.audit("d", { from: "genesis" })).ok).toBe(true);
+    const report = await db.ensurePartitions(new Date(clock.now));
+    expect(report.movedFromDefault).toBe(2);
+    // The move is no new usage: the daily rollup counts the deduction once (docs/usage.md).
+    const rollup = await admin((c) => c.query(`SELECT sum(credits)::int AS n FROM "${schema}".usage_daily`));
+    expect(rollup.rows[0]?.n).toBe(2);
+    const made = partitionName("journal_entries", rangeStart("day", new Date(clock.now)));
+    expect([...(await partitionsOf(schema, "d")).values()]).toEqual([made, made]);
+    expect((await m.credits.audit("d", { from: "genesis" })).problems).toEqual([]);
   });
 
   it("archives two days: checkpoints first, JSONL files the CLI verifies into the store; history and a void still work", async () => {

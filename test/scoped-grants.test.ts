@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { AccountWork, type NewGrant } from "../src/domain/account-work.js";
-import { inScope } from "../src/domain/scope.js";
+import { inScope, scopedTotals, storedScope } from "../src/domain/scope.js";
 import type { LoadedState } from "../src/domain/state.js";
 import { InsufficientCreditsError } from "../src/errors.js";
 import type { Account, Grant, GrantScope, JournalEntry, Reservation } from "../src/models/index.js";
@@ -222,5 +222,41 @@ describe("scoped burn-down in AccountWork", () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe("scopedTotals (what a plain getUserCreditsInfo answers per scope)", () => {
+  const stored = (id: string, remaining: number, scope: GrantScope | null, over: Partial<Grant> = {}): Grant =>
+    ({
+      id,
+      userId: "u",
+      amount: remaining,
+      remaining,
+      scope,
+      priority: 0,
+      expiresAt: null,
+      closedAt: null,
+      createdAt: new Date(T0),
+      ...over,
+    }) as Grant;
+
+  it("one total per scope whatever the order of its lists; unscoped, spent, closed and expired grants left out", () => {
+    const now = new Date(T0);
+    const totals = scopedTotals(
+      [
+        stored("a", 5, { features: ["images", "chat"] }),
+        stored("b", 7, { features: ["chat", "images"] }),
+        stored("c", 3, { spenders: ["alice"] }),
+        stored("d", 100, null),
+        stored("e", 4, { features: ["chat", "images"] }, { expiresAt: new Date(T0 - 1) }),
+        stored("f", 6, { spenders: ["alice"] }, { closedAt: new Date(T0 - 1) }),
+      ],
+      now,
+      storedScope,
+    );
+    expect(totals).toEqual([
+      { features: ["chat", "images"], spenders: null, remaining: 12 },
+      { features: null, spenders: ["alice"], remaining: 3 },
+    ]);
   });
 });

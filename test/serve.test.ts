@@ -116,6 +116,33 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
       const mine = await call(s, "GET", "/credits/limits", aliceKey);
       expect(mine.body.items).toMatchObject([{ spender: "alice", used: 80, remaining: 20 }]);
       expect((await call(s, "GET", "/credits/limits", orgKey)).body.items).toHaveLength(2);
+      // A member reads its own spends only; the account's own key reads everyone's, or filters.
+      const spenders = (r: { body: Record<string, unknown> }) =>
+        (r.body.items as { spender: string | null }[]).map((e) => e.spender);
+      expect(spenders(await call(s, "GET", "/credits/history", aliceKey))).toEqual(["alice"]);
+      expect((await call(s, "GET", "/credits/history?spender=bob", aliceKey)).status).toBe(403);
+      expect(spenders(await call(s, "GET", "/credits/history", orgKey))).toEqual(["bob", "alice", null, null]); // the limits and the add
+      expect(spenders(await call(s, "GET", "/credits/history?spender=bob", orgKey))).toEqual(["bob"]);
+      for (const [spender, amount] of [
+        ["alice", 5],
+        ["bob", 7],
+      ] as const) {
+        const d = await call(s, "POST", "/admin/credits/users/acme/deduct", admin, { amount, spender });
+        expect(d.status, JSON.stringify(d.body)).toBe(200);
+      }
+      const range = `from=${new Date(Date.now() - 3_600_000).toISOString()}&to=${new Date(Date.now() + 3_600_000).toISOString()}`;
+      const usage = async (k: string) =>
+        (
+          (await call(s, "GET", `/credits/usage?${range}&interval=none&groupBy=spender`, k)).body.rows as {
+            spender: string;
+            credits: number;
+          }[]
+        ).map((r) => [r.spender, r.credits]);
+      expect(await usage(aliceKey)).toEqual([["alice", 5]]);
+      expect((await usage(orgKey)).sort()).toEqual([
+        ["alice", 5],
+        ["bob", 7],
+      ]);
       // A JWT's spender claim.
       const carol = await jwt({ sub: "acme", spender: "alice" });
       expect((await call(s, "POST", "/credits/reservations", carol, { amount: 80 })).status).toBe(429);

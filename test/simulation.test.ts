@@ -88,6 +88,10 @@ describe("deterministic simulation", () => {
         }
         expect(outcomes["deduct InsufficientCreditsError"] ?? 0).toBeGreaterThan(0);
         expect(outcomes["claim PromoNotEligibleError"] ?? 0).toBeGreaterThan(0);
+        // Spend limits refused some spends (the invariant "no spend passes a limit" is not vacuous).
+        expect((outcomes["deduct SpendLimitError"] ?? 0) + (outcomes["reserve SpendLimitError"] ?? 0)).toBeGreaterThan(
+          0,
+        );
       }
     },
     Math.max(600_000, seeds * 5_000),
@@ -145,7 +149,22 @@ describe("deterministic simulation", () => {
     expect(failure).toBeInstanceOf(SimulationFailure);
     const f = failure as SimulationFailure;
     console.log(f.message.split("\n")[0]);
-    expect(f.message).toMatch(/outside that grant's scope|the model says|InsufficientCreditsError/);
+    expect(f.message).toMatch(/outside that grant's scope|the model says|InsufficientCreditsError|the service says/);
+  });
+
+  it("catches a spend past a limit (a store that loads spend limits as unlimited, so spends pass the check)", async () => {
+    let failure: unknown;
+    for (let seed = 1; seed <= 30 && failure === undefined; seed++) {
+      try {
+        await runSimulation({ seed, steps: 40, setIdSource, plantedBug: "limit-skipped" });
+      } catch (error) {
+        failure = error;
+      }
+    }
+    expect(failure).toBeInstanceOf(SimulationFailure);
+    const f = failure as SimulationFailure;
+    console.log(f.message.split("\n")[0]);
+    expect(f.message).toMatch(/past its amount without an after-service charge/);
   });
 
   it("catches a store that loses commits it answered as done, and prints the replay command", async () => {

@@ -47,6 +47,50 @@ describe("spender and feature on every spend (docs/teams-and-limits.md)", () => 
   });
 });
 
+describe("history by spender and feature (docs/teams-and-limits.md)", () => {
+  it("filtered pages, followed to the end, are exactly the matching entries, newest first", async () => {
+    const { credits } = service();
+    await credits.addCredits("org", 1000);
+    const who = ["alice", "bob", "carol"] as const;
+    for (let i = 0; i < 40; i++)
+      await credits.deductCredits("org", 1, { spender: who[i % 3], ...(i % 4 === 0 ? { feature: "images" } : {}) });
+    const all = (await credits.getCreditHistory("org", { limit: 1000 })).items;
+    for (const filter of [{ spender: "bob" }, { feature: "images" }, { spender: "alice", feature: "images" }]) {
+      const seen: number[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await credits.getCreditHistory("org", { ...filter, limit: 4, ...(cursor ? { cursor } : {}) });
+        expect(page.items.length).toBeLessThanOrEqual(4);
+        seen.push(...page.items.map((e) => e.seq));
+        cursor = page.nextCursor ?? undefined;
+      } while (cursor !== undefined);
+      const expected = all
+        .filter(
+          (e) =>
+            (filter.spender === undefined || e.spender === filter.spender) &&
+            (filter.feature === undefined || e.feature === filter.feature),
+        )
+        .map((e) => e.seq);
+      expect(expected.length).toBeGreaterThan(0);
+      expect(seen).toEqual(expected);
+    }
+    await expect(credits.getCreditHistory("org", { spender: "" })).rejects.toBeInstanceOf(ValidationError);
+  });
+
+  it("one call reads at most 5,000 entries: a page may be empty with a cursor to go on from", async () => {
+    const { credits } = service();
+    await credits.addCredits("org", 10_000);
+    await credits.deductCredits("org", 1, { spender: "alice" });
+    for (let i = 0; i < 5_100; i++) await credits.deductCredits("org", 1, { spender: "bob" });
+    const first = await credits.getCreditHistory("org", { spender: "alice" });
+    expect(first.items).toEqual([]);
+    expect(first.nextCursor).not.toBeNull();
+    const second = await credits.getCreditHistory("org", { spender: "alice", cursor: first.nextCursor! });
+    expect(second.items.map((e) => e.spender)).toEqual(["alice"]);
+    expect(second.nextCursor).toBeNull();
+  });
+});
+
 describe("spend limits (docs/teams-and-limits.md)", () => {
   it("a spend past the tightest limit is refused with SpendLimitError and changes nothing", async () => {
     const { credits } = service();

@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { usageParts, windowStart } from "../src/domain/usage.js";
@@ -255,7 +256,11 @@ const queryArb = fc.record({
   fleet: fc.boolean(),
   cutFrom: fc.integer({ min: 0, max: 20 }),
   cutTo: fc.integer({ min: 0, max: 20 }),
+  // From and to at UTC midnights: on PostgreSQL a fleet query by account or by nothing then reads
+  // the daily rollup for every day (docs/usage.md, "The daily rollup"); otherwise for all but the edges.
+  wholeDays: fc.boolean(),
 });
+const DAY = 24 * HOUR;
 
 for (const store of stores) {
   describe(`getUsage on ${store.name}`, () => {
@@ -291,8 +296,12 @@ for (const store of stores) {
             }
             const span = clock.now + MIN - first;
             for (const q of queries) {
-              const from = new Date(first + Math.floor((span * q.cutFrom) / 100));
-              const to = new Date(clock.now + MIN - Math.floor((span * q.cutTo) / 100));
+              let from = new Date(first + Math.floor((span * q.cutFrom) / 100));
+              let to = new Date(clock.now + MIN - Math.floor((span * q.cutTo) / 100));
+              if (q.wholeDays) {
+                from = new Date(Math.floor(from.getTime() / DAY) * DAY);
+                to = new Date(Math.ceil(to.getTime() / DAY) * DAY);
+              }
               const query = {
                 ...(q.fleet ? {} : { account: users[0] }),
                 from,
@@ -308,6 +317,8 @@ for (const store of stores) {
               for (const r of report.rows) expect(r.end.getTime()).toBeGreaterThan(r.start.getTime());
               expect(comparable(report.rows)).toEqual(comparable(naive(journals, query).values()));
             }
+            // The audit compares the daily rollup (where the store keeps one) with the journal.
+            for (const user of users) expect((await m.credits.audit(user)).problems).toEqual([]);
           },
         ),
         { numRuns: store.name === "memory" ? 40 : 12, seed: 5202, endOnFailure: true },
@@ -339,3 +350,97 @@ for (const store of stores) {
     });
   });
 }
+
+// The daily rollup of PostgreSQL (docs/usage.md, "The daily rollup"): kept by the journal's
+// trigger, read by fleet reports of whole UTC days, checked by audit.
+describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQL", () => {
+  // reason: needs CREDIT_PG_URL; skipped otherwise
+  let opened: OpenedStore;
+  let m: CreditManager;
+  let client: pg.Client;
+  let schema: string;
+  const clock = { now: 0 };
+
+  beforeAll(async () => {
+    const { PostgresDbManager } = await import("../src/db/postgres/index.js");
+    const { default: pgDriver } = await import("pg");
+    const { randomUUID } = await import("node:crypto");
+    schema = `cm_rollup_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+    const db = new PostgresDbManager({ connectionString: process.env.CREDIT_PG_URL as string, schema });
+    opened = { db, another: () => db, drop: async () => undefined };
+    clock.now = Math.floor(Date.now() / DAY) * DAY - 10 * DAY + 5 * HOUR;
+    m = await createCreditManager({ db, clock: () => new Date(clock.now), pricing });
+    client = new pgDriver.Client({ connectionString: process.env.CREDIT_PG_URL });
+    await client.connect();
+  });
+  afterAll(async () => {
+    await m?.close();
+    await client?.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await client?.end();
+    void opened;
+  });
+
+  it("holds each account's usage by UTC day and kind, the fleet report reads it, and a tampered row fails audit", async () => {
+    await play(m, clock, "r1", [
+      { op: "deduct", amount: 7, feature: "chat" },
+      { op: "step", ms: DAY },
+      { op: "hold", amount: 20, capture: 12 },
+      { op: "takeBack", amount: 3, dispute: true },
+      {
+        op: "window",
+        amount: 30,
+        requests: 4,
+        parts: [{ model: "small", feature: "chat", credits: 25, requests: 4, inputTokens: 9 }],
+      },
+    ]);
+    await play(m, clock, "r2", [
+      { op: "takeBack", amount: 5, dispute: false },
+      { op: "deduct", amount: 2 },
+    ]);
+    const rollup = await client.query(
+      `SELECT user_id, to_char(day, 'YYYY-MM-DD') AS day, kind, credits::int, requests::int, input_tokens::int AS input FROM "${schema}".usage_daily ORDER BY 1, 2, 3`,
+    );
+    const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+    const d0 = Math.floor(Date.now() / DAY) * DAY - 10 * DAY;
+    expect(rollup.rows).toEqual(
+      [
+        { user_id: "r1", day: day(d0), kind: "spend", credits: 7, requests: 1, input: 0 },
+        { user_id: "r1", day: day(d0 + DAY), kind: "spend", credits: 42, requests: 2, input: 9 },
+        { user_id: "r1", day: day(d0 + DAY), kind: "clawback", credits: 3, requests: 0, input: 0 },
+        { user_id: "r2", day: day(d0 + DAY), kind: "spend", credits: 2, requests: 1, input: 0 },
+        { user_id: "r2", day: day(d0 + DAY), kind: "refund", credits: 5, requests: 0, input: 0 },
+      ].sort((a, b) => (a.user_id + a.day + a.kind < b.user_id + b.day + b.kind ? -1 : 1)),
+    );
+    // Rows the rollup alone answers: a report over whole days, after a change to the rollup only.
+    const top = () =>
+      m.credits.getUsage({
+        from: new Date(d0),
+        to: new Date(d0 + 3 * DAY),
+        interval: null,
+        groupBy: ["account"],
+        orderBy: "credits",
+        kinds: ["spend"],
+      });
+    expect((await top()).rows.map((r) => [r.account, r.credits])).toEqual([
+      ["r1", 49],
+      ["r2", 2],
+    ]);
+    expect((await m.credits.audit("r1")).ok).toBe(true);
+    await client.query(
+      `UPDATE "${schema}".usage_daily SET credits = credits + 100 WHERE user_id = 'r2' AND kind = 'spend'`,
+    );
+    expect((await top()).rows.map((r) => [r.account, r.credits])).toEqual([
+      ["r2", 102],
+      ["r1", 49],
+    ]);
+    const report = await m.credits.audit("r2");
+    expect(report.ok).toBe(false);
+    expect(report.problems).toEqual([
+      `usage rollup: ${day(d0 + DAY)} spend has credits 102, requests 1, tokens 0/0/0, the journal credits 2, requests 1, tokens 0/0/0`,
+    ]);
+    await client.query(`DELETE FROM "${schema}".usage_daily WHERE user_id = 'r1' AND kind = 'clawback'`);
+    expect((await m.credits.audit("r1")).problems).toEqual([
+      `usage rollup: ${day(d0 + DAY)} clawback has none, the journal credits 3, requests 0, tokens 0/0/0`,
+    ]);
+  });
+});

@@ -248,6 +248,33 @@ describe("webhookQueue delivery", () => {
     expect(await db.listNotifications(deliveryUserId("gone", "u"), { limit: 10 })).toHaveLength(1);
   });
 
+  it("limit_warning and limit_reached reach an endpoint that filters on them, signed, once each (docs/teams-and-limits.md)", async () => {
+    const secret = generateWebhookSecret();
+    const limits = await receiver();
+    const { m } = await setup([
+      { id: "limits", url: limits.url, secret, development: true, types: ["limit_warning", "limit_reached"] },
+    ]);
+    await m.credits.addCredits("u1", 1000, { source: "payment" });
+    await m.credits.setLimits("u1", [{ spender: "alice", amount: 100, period: "month" }]);
+    for (const amount of [50, 35, 5, 10]) await m.credits.deductCredits("u1", amount, { spender: "alice" });
+    const hold = await m.credits.reserveCredits("u1", 1, { spender: "bob" }); // bob: no limit applies
+    await m.credits.releaseReservedCredits(hold.id);
+    await dispatchUntil(m, () => limits.got.length >= 2);
+    await dispatchUntil(m, () => false, 200); // nothing else arrives
+    const bodies = limits.got.map((r) => verified(secret, r) as { type: string; payload: Record<string, unknown> });
+    expect(bodies.map((b) => [b.type, b.payload.threshold, b.payload.used])).toEqual([
+      ["limit_warning", 0.8, 85],
+      ["limit_reached", 1, 100],
+    ]);
+    expect(bodies[0]?.payload.limit).toEqual({
+      spender: "alice",
+      feature: null,
+      amount: 100,
+      period: "month",
+      resetsWith: null,
+    });
+  });
+
   it("an event redelivered to the queue writes no second delivery; type filters and disabled endpoints get none", async () => {
     const secret = generateWebhookSecret();
     const a = await receiver();

@@ -12,21 +12,18 @@ import {
   type LedgerEntry,
   type Notification,
   type Payment,
+  type Plan,
   type Subscription,
 } from "../models/index.js";
 import { csrfField, notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { accountUsage } from "./usage-page.js";
+import type { UsageReport } from "../models/usage.js";
 
 const PAGE = 50;
 /** The newest entries the balance chart draws (one indexed read, whatever the journal's size). */
 const CHART_POINTS = 500;
-/**
- * The newest journal entries the account page sums per spender (one indexed page read, whatever
- * the journal's size: filtering by type or date in the store could walk the whole journal).
- */
-const SPEND_ROWS = 2000;
 /** The ledger message the console's audit action records its verdict under. */
 export const AUDIT_MESSAGE = "console: audit";
 
@@ -238,7 +235,15 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     db.listSubscriptions(userId),
     db.listPromoClaims(userId),
     db.listNotifications(userId, { limit: 10 }),
-    db.listJournal(userId, { order: "desc", limit: SPEND_ROWS }),
+    // The month's spend per spender, summed by the store (docs/usage.md).
+    ctx.manager.credits.getUsage({
+      account: userId,
+      from: new Date(month.start),
+      to: new Date(month.end),
+      interval: null,
+      groupBy: ["spender"],
+      kinds: ["spend"],
+    }),
   ]);
   const topUps = account.autoTopUp === undefined || account.autoTopUp === null ? [] : await topUpAttempts(ctx, userId);
   const limits = limitStatuses(account.limits ?? [], ctx.now.getTime());
@@ -333,7 +338,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <h2 id="limits">Spend limits</h2>
     ${limitTable(ctx, limits)}
     <h2 id="spenders">Spend per spender, this month (UTC)</h2>
-    ${spenderTable(spends, month.start, limits)}
+    ${spenderTable(spends, limits)}
     <h2>Active holds</h2>
     ${table({
       columns: [
@@ -444,24 +449,21 @@ function limitTable(ctx: Ctx, limits: readonly SpendLimitStatus[]): Html {
 }
 
 /**
- * What each spender (a member, an API key) spent this month — deductions and captured holds — with
- * its own limits beside it. Spends that named no spender are one row.
+ * What each spender (a member, an API key) spent this month — `getUsage` by spender, kind spend:
+ * deductions, captured holds and lease windows, with their requests — with its own limits beside
+ * it. Spends that named no spender are one row.
  */
-function spenderTable(recent: readonly JournalEntry[], since: number, limits: readonly SpendLimitStatus[]): Html {
+function spenderTable(usage: UsageReport, limits: readonly SpendLimitStatus[]): Html {
   const rows = new Map<string | null, { credits: number; count: number }>();
-  for (const e of recent) {
-    if (e.createdAt.getTime() < since || (e.type !== "deduct" && e.type !== "commit_reserved")) continue;
-    const key = e.spender ?? null;
+  for (const r of usage.rows) {
+    const key = r.spender ?? null;
     const row = rows.get(key) ?? { credits: 0, count: 0 };
-    row.credits += e.amount;
-    row.count += 1;
+    row.credits += r.credits;
+    row.count += r.requests;
     rows.set(key, row);
   }
   for (const l of limits) if (l.spender !== null && !rows.has(l.spender)) rows.set(l.spender, { credits: 0, count: 0 });
   const sorted = [...rows.entries()].sort((a, b) => b[1].credits - a[1].credits);
-  // Every entry read is of this month: older spends of the month may be beyond them.
-  const last = recent[recent.length - 1];
-  const capped = recent.length === SPEND_ROWS && last !== undefined && last.createdAt.getTime() >= since;
   return html`${table({
     id: "spender-table",
     columns: ["Spender", { label: "Credits spent", num: true }, { label: "Spends", num: true }, "Own limits"],
@@ -482,11 +484,11 @@ function spenderTable(recent: readonly JournalEntry[], since: number, limits: re
             ),
     ]),
     none: "No spend this month.",
-  })}${capped ? html`<p class="muted">Summed over the newest ${amount(SPEND_ROWS)} journal entries, all of this month.</p>` : ""}`;
+  })}${usage.truncated ? html`<p class="muted">The ${amount(usage.rows.length)} spenders with the most spend.</p>` : ""}`;
 }
 
 /** A grant's scope in words (docs/teams-and-limits.md, "Scoped credits"): what it may pay for. */
-function scopeText(g: Grant): Html {
+function scopeText(g: Pick<Grant, "scope">): Html {
   const scope = g.scope ?? null;
   if (scope === null) return html`<span class="muted">any spend</span>`;
   const parts: Html[] = [];
@@ -495,6 +497,18 @@ function scopeText(g: Grant): Html {
   if (scope.spenders !== undefined)
     parts.push(html`spenders ${scope.spenders.map((s, i) => html`${i > 0 ? ", " : ""}<code>${s}</code>`)}`);
   return html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
+}
+
+/** A plan's allowances in words (docs/subscriptions.md, "Allowances"): credits per period, scope, rollover. */
+function allowancesText(p: Plan): Html {
+  const list = p.allowances ?? [];
+  if (list.length === 0) return html`<span class="muted">none</span>`;
+  return html`${list.map((a, i) => {
+    const roll =
+      a.rollover === undefined ? "" : typeof a.rollover === "string" ? a.rollover : `cap ${amount(a.rollover.cap)}`;
+    return html`${i > 0 ? raw("<br>") : ""}${amount(a.credits)} for
+    ${scopeText(a)}${roll === "" ? "" : html` (rollover ${roll})`}`;
+  })}`;
 }
 
 function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
@@ -760,6 +774,7 @@ export async function subscriptionsPage(ctx: Ctx): Promise<PageResult> {
         { label: "Price", num: true },
         { label: "Period", short: true },
         { label: "Rollover", short: true },
+        "Allowances",
         { label: "Active", short: true },
       ],
       rows: plans.map((p) => [
@@ -768,7 +783,8 @@ export async function subscriptionsPage(ctx: Ctx): Promise<PageResult> {
         amount(p.creditsPerPeriod),
         `${amount(p.price)} ${p.currency}`,
         p.billingPeriod,
-        p.rollover,
+        p.rollover === "cap" ? `cap ${amount(p.rolloverCap ?? 0)}` : p.rollover,
+        allowancesText(p),
         p.isActive ? "yes" : "no",
       ]),
       empty: "No plan.",

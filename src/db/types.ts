@@ -9,7 +9,7 @@ import type {
   Reservation,
 } from "../models/index.js";
 import type { Changes, LoadedState } from "../domain/state.js";
-import type { UsageBucket, UsageScan } from "../domain/usage.js";
+import type { UsageBucket, UsageRollupRow, UsageScan } from "../domain/usage.js";
 import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
@@ -119,6 +119,12 @@ export interface JournalStore {
    * sums one account's pages of `listJournal` and refuses a fleet-wide query.
    */
   usage?(scan: UsageScan): Promise<UsageBucket[]>;
+  /**
+   * Optional: the daily usage rollup's rows of one account (PostgreSQL, docs/usage.md, "The daily
+   * rollup"), oldest day first; null or absent when the store keeps none. `audit()` compares them
+   * with the journal.
+   */
+  usageRollup?(userId: string): Promise<UsageRollupRow[] | null>;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;

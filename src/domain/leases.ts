@@ -190,7 +190,17 @@ export function leaseWindowParts(parts: Map<string, LeasePart>, used: number, re
 
 /** One line of the ledger file about a lease (`eventType: "lease"`). */
 export type LeaseLine =
-  | { eventType: "lease"; action: "hold"; userId: string; lease: string; window: number; reservationId: string }
+  | {
+      eventType: "lease";
+      action: "hold";
+      userId: string;
+      lease: string;
+      window: number;
+      reservationId: string;
+      /** A named lease's spender and feature (docs/teams-and-limits.md, "Leases"). */
+      spender?: string;
+      feature?: string;
+    }
   | { eventType: "lease"; action: "charge"; userId: string; lease: string; window: number; amount: number }
   | { eventType: "lease"; action: "settled"; userId: string; lease: string; window: number; entryId: string | null };
 
@@ -203,6 +213,9 @@ export interface FileWindow {
   requests: number;
   total: number;
   settled: boolean;
+  /** A named lease's spender and feature, from its hold lines: a recovered settle charges under them. */
+  spender?: string | undefined;
+  feature?: string | undefined;
 }
 
 /** Adds one lease line of the ledger file to `windows` (keyed by lease and window). */
@@ -221,8 +234,11 @@ export function addLeaseLine(windows: Map<string, FileWindow>, line: LeaseLine):
     };
     windows.set(key, w);
   }
-  if (line.action === "hold") w.reservationId = line.reservationId;
-  else if (line.action === "charge") {
+  if (line.action === "hold") {
+    w.reservationId = line.reservationId;
+    if (typeof line.spender === "string") w.spender = line.spender;
+    if (typeof line.feature === "string") w.feature = line.feature;
+  } else if (line.action === "charge") {
     w.requests++;
     w.total += line.amount;
   } else w.settled = true;

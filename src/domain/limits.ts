@@ -15,6 +15,7 @@
 
 import { SpendLimitError, ValidationError } from "../errors.js";
 import {
+  type LimitAlert,
   type LimitCycle,
   type LimitPeriod,
   type LimitUnit,
@@ -130,7 +131,7 @@ export function windowOf(limit: SpendLimit, at: number): LimitWindow {
 const ALL_TIME: LimitWindow = Object.freeze({ start: 0, end: 8.64e15 });
 
 /** True when `limit` applies to `spend`: its spender unset or the spend's, and so for its feature. */
-export function applies(limit: SpendLimit, spend: Spend): boolean {
+export function applies(limit: Pick<SpendLimit, "spender" | "feature">, spend: Spend): boolean {
   return (
     (limit.spender === null || limit.spender === spend.spender) &&
     (limit.feature === null || limit.feature === spend.feature)
@@ -175,6 +176,30 @@ export function tightestLimit(limits: readonly SpendLimit[], spend: Spend, at: n
   return best === null ? null : { limit: best, used: bestUsed, left: bestLeft, window: bestWindow };
 }
 
+/**
+ * The room `limits` leave a spend at `at` (docs/teams-and-limits.md, "Leases"): the least left
+ * under the limits that apply to it, and the earliest end of their windows (ms). Null when none
+ * applies. A lease's block is sized within `left` and serves until `until`, so its charges count
+ * in the window they fall in.
+ */
+export function limitRoom(
+  limits: readonly SpendLimit[],
+  spend: Spend,
+  at: number,
+): { left: number; until: number } | null {
+  let left = Infinity;
+  let until = Infinity;
+  for (let i = 0; i < limits.length; i++) {
+    const limit = limits[i] as SpendLimit;
+    if (!applies(limit, spend)) continue;
+    const window = windowOf(limit, at);
+    const used = limit.windowStart === window.start ? limit.used : 0;
+    left = Math.min(left, Math.max(0, limit.amount - used));
+    until = Math.min(until, window.end);
+  }
+  return left === Infinity ? null : { left, until };
+}
+
 /** The refusal of a spend of `requested` that does not fit `h`. */
 export function limitError(h: LimitHeadroom, requested: number, what = "spend"): SpendLimitError {
   const l = h.limit;
@@ -205,11 +230,14 @@ function describePeriod(l: SpendLimit): string {
   return typeof p === "string" ? p : p.every === 1 ? p.unit : `${p.every} ${p.unit}s`;
 }
 
-/** A limit a spend took past 80 % (`warning`) or 100 % (`reached`) of its amount, from below. */
+/**
+ * A threshold of a limit a spend took it to, 80 % (`warning`) or 100 % (`reached`) of its amount,
+ * not sent before in the window (docs/teams-and-limits.md, "Limit notifications").
+ */
 export interface LimitCrossing {
   /** The limit as it was before the spend. */
   limit: SpendLimit;
-  level: "warning" | "reached";
+  level: LimitAlert;
   /** What its window counted after the spend. */
   used: number;
   /** The window (ms since the epoch). */
@@ -252,19 +280,21 @@ export function countSpend(
       continue;
     }
     const window = windowOf(limit, at);
-    const before = limit.windowStart === window.start ? limit.used : 0;
+    const inWindow = limit.windowStart === window.start;
+    const before = inWindow ? limit.used : 0;
     const after = before + amount;
     // (Past the limit is more than what is left, `max(0, amount - before)`: refused unless forced.)
     if (after > limit.amount) over = true;
-    // Edges, as the alert level's (docs/notifications.md): past 80 % from below, past 100 % from
-    // below; both, in that order, when one spend passes both.
-    const warning = before * 5 < limit.amount * 4 && after * 5 >= limit.amount * 4;
-    const reached = before < limit.amount && after >= limit.amount;
-    if (limit.amount > 0 && (warning || reached)) {
+    // Edges (docs/teams-and-limits.md, "Limit notifications"): each threshold the spend takes the
+    // window to that was not sent in it yet; both, in that order, when one spend passes both. What
+    // was sent stays sent for the window, even when a released hold brings `used` back below.
+    const sent = inWindow ? alertedOf(limit) : 0;
+    const reaches = alertLevel(after, limit.amount);
+    if (reaches > sent) {
       if (crossed === NO_CROSSINGS) crossed = [];
       const c = { limit, used: after, windowStart: window.start, resetsAt: window.end };
-      if (warning) crossed.push({ ...c, level: "warning" });
-      if (reached) crossed.push({ ...c, level: "reached" });
+      if (sent < 1) crossed.push({ ...c, level: "warning" });
+      if (reaches === 2) crossed.push({ ...c, level: "reached" });
     }
     out[i] = {
       spender: limit.spender,
@@ -274,6 +304,7 @@ export function countSpend(
       cycle: limit.cycle,
       used: after,
       windowStart: window.start,
+      alerted: ALERTS[reaches > sent ? reaches : sent] as LimitAlert | null,
     } satisfies Record<keyof SpendLimit, unknown>;
   }
   if (over && options.force !== true) {
@@ -281,6 +312,29 @@ export function countSpend(
     throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what);
   }
   return { limits: out, crossed, over };
+}
+
+/** A limit's thresholds by index: 0 none, 1 `warning` (80 %), 2 `reached` (100 %). */
+const ALERTS: readonly (LimitAlert | null)[] = [null, "warning", "reached"];
+
+/**
+ * The thresholds `used` is at for a limit of `amount`: 0 below 80 %, 1 from 80 %, 2 from 100 %. A
+ * limit of 0 has none (every spend it applies to is refused; a forced one is not a crossing).
+ */
+export function alertLevel(used: number, amount: number): 0 | 1 | 2 {
+  if (amount <= 0) return 0;
+  return used >= amount ? 2 : used * 5 >= amount * 4 ? 1 : 0;
+}
+
+/**
+ * The highest threshold sent in the limit's window `windowStart` (0, 1, 2; see `alertLevel`). A
+ * limit stored before schema version 11 has no `alerted`: the thresholds its count is past count
+ * as sent (an upgrade sends nothing for spends made before it).
+ */
+export function alertedOf(limit: SpendLimit): 0 | 1 | 2 {
+  const a = limit.alerted;
+  if (a === undefined) return alertLevel(limit.used, limit.amount);
+  return a === null ? 0 : a === "warning" ? 1 : 2;
 }
 
 /** No crossings (shared, frozen: the common case allocates nothing). */
@@ -341,11 +395,20 @@ export function replaceLimits(
       cycle: period === null ? cycle : null,
       used: 0,
       windowStart: null,
+      alerted: null,
     };
     const old = before.get(keyOf(limit));
     if (old !== undefined) {
       limit.used = old.used;
       limit.windowStart = old.windowStart;
+      // Its thresholds stay sent while its amount is the same. A new amount re-arms those the
+      // window's count is below under it: a later spend that reaches them sends them again. (A
+      // threshold not sent yet is sent by the next spend past it, as always: docs/teams-and-limits.md,
+      // "Limit notifications".)
+      limit.alerted =
+        old.amount === limit.amount && old.alerted !== undefined
+          ? old.alerted
+          : (ALERTS[Math.min(alertedOf(old), alertLevel(old.used, limit.amount))] as LimitAlert | null);
       // A subscription limit whose cycle moved starts a new window.
       if (
         period === null &&
@@ -353,6 +416,7 @@ export function replaceLimits(
       ) {
         limit.used = 0;
         limit.windowStart = null;
+        limit.alerted = null;
       }
     }
     return limit;

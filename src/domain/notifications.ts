@@ -9,6 +9,7 @@ import type {
   Reservation,
 } from "../models/index.js";
 import { EVENT_VERSIONS } from "../models/events.js";
+import { type LimitCrossing, describeLimit } from "./limits.js";
 
 /**
  * The notification rules of docs/notifications.md, as pure functions over one account: which events a change
@@ -137,6 +138,38 @@ export function withOverride(
         : levelOf(account.balance - account.reserved, thresholdOf(override ?? service, lastAllocation));
   account.alert = { level, threshold: prev === null ? 0 : prev.threshold, lastAllocation, override };
   return evaluateAlert(account, [], service, now);
+}
+
+/**
+ * `limit_warning` and `limit_reached` for the thresholds of spend limits a change took its account
+ * to (`AccountWork.limitsCrossed`, in order), each once per limit, window and threshold: the rule is
+ * `countSpend`'s (./limits.ts, docs/teams-and-limits.md "Limit notifications"). `seq`: the
+ * account's after the change.
+ */
+export function limitNotifications(
+  userId: string,
+  crossed: readonly LimitCrossing[] | undefined,
+  seq: number,
+  now: Date,
+): readonly Notification[] {
+  if (crossed === undefined || crossed.length === 0) return NO_NOTIFICATIONS;
+  return crossed.map((c) =>
+    newNotification(
+      userId,
+      c.level === "warning" ? "limit_warning" : "limit_reached",
+      {
+        limit: describeLimit(c.limit),
+        threshold: c.level === "warning" ? 0.8 : 1,
+        used: c.used,
+        remaining: Math.max(0, c.limit.amount - c.used),
+        windowStart: new Date(c.windowStart).toISOString(),
+        resetsAt: new Date(c.resetsAt).toISOString(),
+        seq,
+      },
+      now,
+      null,
+    ),
+  );
 }
 
 /** `reservation_expired` for every hold this change expired. */

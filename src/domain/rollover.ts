@@ -1,4 +1,11 @@
-import type { JournalEntry, Plan, Reservation, Subscription, SubscriptionIntent } from "../models/index.js";
+import type {
+  JournalEntry,
+  Plan,
+  PlanAllowance,
+  Reservation,
+  Subscription,
+  SubscriptionIntent,
+} from "../models/index.js";
 
 /**
  * Rollover: what a subscription carries into the next period is what its period's grants had
@@ -15,25 +22,46 @@ export type Carry = NonNullable<SubscriptionIntent["carry"]>;
 
 /**
  * What a renewal carries into the period `next`, by the policy of the plan that is ending
- * (docs/subscriptions.md, "Rollover"): nothing under `"none"`, after a `changePlan(…, { when:
- * "period_end", credits: "expire" })`, or when the period had no credits of its own; else the
- * period's grants, capped at `rolloverCap` (`"cap"`; a missing cap carries nothing) or not at all
- * (`"all"`), as one grant that expires at the end of `next`. A plan that no longer exists carries
- * nothing.
+ * (docs/subscriptions.md, "Rollover"): nothing after a `changePlan(…, { when: "period_end",
+ * credits: "expire" })`, or when the period had no credits of its own; else the period's unscoped
+ * grants, capped at `rolloverCap` (`"cap"`; a missing cap carries nothing), not at all (`"all"`),
+ * or not carried (`"none"`), as one grant that expires at the end of `next` — and the same for
+ * each of the plan's allowances (docs/subscriptions.md, "Allowances"), by its own policy or else
+ * the plan's, over the period's grants of its scope. Null when nothing would be carried; a plan
+ * that no longer exists carries nothing.
  */
 export function rolloverCarry(
   s: Pick<Subscription, "pendingCredits" | "periodGrantIds" | "currentPeriodEnd">,
-  endingPlan: Pick<Plan, "rollover" | "rolloverCap"> | null,
+  endingPlan: Pick<Plan, "rollover" | "rolloverCap" | "allowances"> | null,
   next: { end: Date },
 ): Carry | null {
-  const policy = endingPlan?.rollover ?? "none";
-  if (policy === "none" || s.pendingCredits === "expire" || s.periodGrantIds.length === 0) return null;
+  if (endingPlan === null || s.pendingCredits === "expire" || s.periodGrantIds.length === 0) return null;
+  const policy = endingPlan.rollover;
+  const allowances = (endingPlan.allowances ?? []).flatMap((a) => {
+    const limit = allowanceLimit(a, endingPlan);
+    return limit === undefined ? [] : [{ scope: a.scope, limit }];
+  });
+  if (policy === "none" && allowances.length === 0) return null;
   return {
     grantIds: s.periodGrantIds,
     periodEnd: s.currentPeriodEnd.getTime(),
-    limit: policy === "all" ? null : (endingPlan?.rolloverCap ?? 0),
+    limit: policy === "all" ? null : policy === "none" ? 0 : (endingPlan.rolloverCap ?? 0),
     expiresAt: next.end.getTime(),
+    ...(allowances.length === 0 ? {} : { allowances }),
   };
+}
+
+/**
+ * How much of an allowance's unspent credits roll over (null: all), or undefined when none do:
+ * its own `rollover` policy, else the plan's (docs/subscriptions.md, "Allowances").
+ */
+export function allowanceLimit(
+  a: Pick<PlanAllowance, "rollover">,
+  plan: Pick<Plan, "rollover" | "rolloverCap">,
+): number | null | undefined {
+  const r = a.rollover ?? (plan.rollover === "cap" ? { cap: plan.rolloverCap ?? 0 } : plan.rollover);
+  if (r === "none") return undefined;
+  return r === "all" ? null : r.cap;
 }
 
 /**

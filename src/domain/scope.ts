@@ -14,6 +14,9 @@ import type { Grant } from "../models/index.js";
 /** A grant's scope, or null when it pays for any spend. */
 export type ScopeOf = (grant: Grant) => GrantScope | null | undefined;
 
+/** A stored grant's scope (null: any spend). */
+export const storedScope: ScopeOf = (g) => g.scope ?? null;
+
 /** True when a grant with `scope` may pay for `spend` (an unscoped grant pays for any). */
 export function inScope(scope: GrantScope | null | undefined, spend: Spend): boolean {
   if (scope === null || scope === undefined) return true;
@@ -45,4 +48,31 @@ export function outOfScope(grants: readonly Grant[], spend: Spend, now: Date, sc
   let total = 0;
   for (const g of grants) if (isUsable(g, now) && !inScope(scopeOf(g), spend)) total += g.remaining;
   return total;
+}
+
+/** What a plain `getUserCreditsInfo` answers per scope: the credits left in usable scoped grants. */
+export interface ScopeTotal {
+  features: string[] | null;
+  spenders: string[] | null;
+  remaining: number;
+}
+
+/**
+ * The credits left in the usable scoped grants at `now`, one total per distinct scope (its lists
+ * sorted, so the same scope given in another order is one total), in a stable order
+ * (docs/teams-and-limits.md, "Scoped credits").
+ */
+export function scopedTotals(grants: readonly Grant[], now: Date, scopeOf: ScopeOf): ScopeTotal[] {
+  const totals = new Map<string, ScopeTotal>();
+  for (const g of grants) {
+    const scope = scopeOf(g);
+    if (scope === null || scope === undefined || !isUsable(g, now)) continue;
+    const features = scope.features === undefined ? null : [...scope.features].sort();
+    const spenders = scope.spenders === undefined ? null : [...scope.spenders].sort();
+    const key = JSON.stringify([features, spenders]);
+    const total = totals.get(key);
+    if (total === undefined) totals.set(key, { features, spenders, remaining: g.remaining });
+    else total.remaining += g.remaining;
+  }
+  return [...totals.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t);
 }

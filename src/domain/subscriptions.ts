@@ -1,5 +1,5 @@
 import { ConflictError, IdempotencyConflictError, ValidationError } from "../errors.js";
-import type { Plan, Subscription, SubscriptionIntent } from "../models/index.js";
+import { scopeKey, type GrantScope, type Plan, type Subscription, type SubscriptionIntent } from "../models/index.js";
 import type { AccountWork, EntryMeta } from "./account-work.js";
 import { fingerprint } from "./hash.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "./periods.js";
@@ -32,20 +32,39 @@ type LifecycleEvent = NonNullable<SubscriptionIntent["events"]>[number];
 // ---------------------------------------------------------------------------------------------
 // Amounts.
 
+/** What a period is on of each allowance (`Subscription.periodAllowances`). */
+export type PeriodAllowance = NonNullable<Subscription["periodAllowances"]>[number];
+
+/** A plan's allowances as a period's (`Subscription.periodAllowances`): scope and credits. */
+export function planAllowances(plan: Pick<Plan, "allowances">): PeriodAllowance[] {
+  return (plan.allowances ?? []).map((a) => ({ scope: a.scope, credits: a.credits }));
+}
+
 /**
- * A period's allocation (docs/subscriptions.md, "Allocation"): the plan's `creditsPerPeriod`,
- * expiring `validityDays` after the period's start or at its end. None for a pay-as-you-go plan
- * (0 credits), nor when it would be born expired (a period caught up late: nobody could use it).
+ * A period's allocation (docs/subscriptions.md, "Allocation"): the plan's `creditsPerPeriod` and
+ * each of its allowances ("Allowances"), expiring `validityDays` after the period's start or at
+ * its end. None for a pay-as-you-go plan (0 credits, no allowances), nor when it would be born
+ * expired (a period caught up late: nobody could use it).
  */
 export function allocation(
-  plan: Pick<Plan, "creditsPerPeriod" | "validityDays">,
+  plan: Pick<Plan, "creditsPerPeriod" | "validityDays" | "allowances">,
   period: PeriodBounds,
   now: Date,
 ): Allocation | null {
-  if (plan.creditsPerPeriod === 0) return null;
+  const allowances = (plan.allowances ?? []).map((a) => ({ scope: a.scope, amount: a.credits }));
+  if (plan.creditsPerPeriod === 0 && allowances.length === 0) return null;
   const expiresAt = allocationExpiry(period, plan.validityDays);
   if (expiresAt.getTime() <= now.getTime()) return null;
-  return { amount: plan.creditsPerPeriod, expiresAt: expiresAt.getTime() };
+  return {
+    amount: plan.creditsPerPeriod,
+    expiresAt: expiresAt.getTime(),
+    ...(allowances.length === 0 ? {} : { allowances }),
+  };
+}
+
+/** What an allocation gave each allowance, as a period's allowances (none: `[]`). */
+function allocatedAllowances(a: Allocation | null): PeriodAllowance[] {
+  return (a?.allowances ?? []).map((x) => ({ scope: x.scope, credits: x.amount }));
 }
 
 /**
@@ -66,13 +85,33 @@ export function prorate(from: number, to: number, fractionLeft: number): number 
  */
 export function proration(
   periodCredits: number,
-  plan: Pick<Plan, "creditsPerPeriod" | "validityDays">,
+  plan: Pick<Plan, "creditsPerPeriod" | "validityDays" | "allowances">,
   period: PeriodBounds,
   now: Date,
+  periodAllowances: readonly PeriodAllowance[] = [],
 ): Proration {
-  const delta = prorate(periodCredits, plan.creditsPerPeriod, fractionLeft(period.start, period.end, now));
+  const fraction = fractionLeft(period.start, period.end, now);
   const expiresAt = allocationExpiry(period, plan.validityDays).getTime();
-  return { delta: expiresAt > now.getTime() ? delta : Math.min(delta, 0), expiresAt };
+  const open = expiresAt > now.getTime();
+  const delta = prorate(periodCredits, plan.creditsPerPeriod, fraction);
+  // Each allowance on its own, by scope (docs/subscriptions.md, "Allowances"): one the period is on
+  // and the new plan lacks prorates to 0; one the new plan adds prorates from 0.
+  const byScope = new Map<string, { scope: GrantScope; from: number; to: number }>();
+  for (const a of periodAllowances) byScope.set(scopeKey(a.scope), { scope: a.scope, from: a.credits, to: 0 });
+  for (const a of plan.allowances ?? []) {
+    const k = scopeKey(a.scope);
+    byScope.set(k, { scope: a.scope, from: byScope.get(k)?.from ?? 0, to: a.credits });
+  }
+  const allowances = [...byScope.values()].flatMap(({ scope, from, to }) => {
+    const d = prorate(from, to, fraction);
+    const kept = open ? d : Math.min(d, 0);
+    return kept === 0 ? [] : [{ scope, delta: kept }];
+  });
+  return {
+    delta: open ? delta : Math.min(delta, 0),
+    expiresAt,
+    ...(allowances.length === 0 ? {} : { allowances }),
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -138,6 +177,7 @@ export function subscribe(id: string, userId: string, plan: Plan, o: SubscribeRe
     canceledAt: null,
     endedAt: null,
     periodCredits: first?.amount ?? 0,
+    periodAllowances: allocatedAllowances(first),
     request: { planId: plan.id, autoRenew: o.autoRenew ?? true, startAt: o.startAt?.getTime() ?? null },
   };
 }
@@ -211,6 +251,7 @@ export function changePlan(
   mode: ChangeMode,
   now: Date,
   periodCredits: number,
+  periodAllowances: readonly PeriodAllowance[] = [],
 ): Subscription {
   const { when, credits } = mode;
   if (s.planId === plan.id && when === "now")
@@ -237,6 +278,7 @@ export function changePlan(
         ...changed,
         intent: intent(key, { ...rest, allocate, prorate: null }),
         periodCredits: allocate?.amount ?? 0,
+        periodAllowances: allocatedAllowances(allocate),
       };
     }
     // Prorated against what this period is on, not the old plan's current figure: an operator's
@@ -244,7 +286,11 @@ export function changePlan(
     return {
       ...changed,
       periodCredits: plan.creditsPerPeriod,
-      intent: intent(key, { prorate: proration(periodCredits, plan, period, now), keepPeriodGrants: true }),
+      periodAllowances: planAllowances(plan),
+      intent: intent(key, {
+        prorate: proration(periodCredits, plan, period, now, periodAllowances),
+        keepPeriodGrants: true,
+      }),
       nextRunAt: now,
     };
   }
@@ -402,6 +448,7 @@ function onPeriod(
     intent: owed,
     nextRunAt: now,
     periodCredits: allocate?.amount ?? 0,
+    periodAllowances: allocatedAllowances(allocate),
   };
 }
 
@@ -439,7 +486,9 @@ export function intentDone(current: Subscription, it: SubscriptionIntent, newGra
 export function intentGrantIds(s: Pick<Subscription, "periodGrantIds">, it: SubscriptionIntent): string[] {
   const ids = [...it.expireGrantIds];
   if (it.carry !== null) ids.push(...it.carry.grantIds);
-  if (it.prorate !== null && it.prorate.delta < 0) ids.push(...s.periodGrantIds);
+  // A decrease (general or of an allowance) removes from the period's grants, chosen by scope.
+  if (it.prorate !== null && (it.prorate.delta < 0 || (it.prorate.allowances ?? []).some((a) => a.delta < 0)))
+    ids.push(...s.periodGrantIds);
   return [...new Set(ids)];
 }
 
@@ -472,7 +521,13 @@ export function applyIntent(
   const loaded = (ids: readonly string[]) => ids.map((id) => work.getGrant(id)).filter((g) => g !== undefined);
   const created: string[] = [];
   let creditsAdded = 0;
-  const add = (amount: number, expiresAt: number | null, source: "subscription" | "rollover", description: string) => {
+  const add = (
+    amount: number,
+    expiresAt: number | null,
+    source: "subscription" | "rollover",
+    description: string,
+    scope: GrantScope | null = null,
+  ) => {
     const e = work.add(
       amount,
       {
@@ -482,6 +537,8 @@ export function applyIntent(
         sourceRef: it.key.slice(0, 255),
         description,
         metadata: { subscriptionId: s.id },
+        // An allowance's grant (docs/subscriptions.md, "Allowances"); unscoped ones as before.
+        ...(scope === null ? {} : { scope }),
       },
       m(description),
     );
@@ -491,35 +548,64 @@ export function applyIntent(
 
   if (it.expireGrantIds.length > 0)
     work.expireGrants(it.expireGrantIds, m("subscription credits expired by a plan change or cancellation"));
+  /** The scope key of a loaded grant: "" for an unscoped one. */
+  const keyOf = (id: string) => {
+    const scope = work.getGrant(id)?.scope ?? null;
+    return scope === null ? "" : scopeKey(scope);
+  };
   if (it.carry !== null) {
     const carry = it.carry;
+    // The buckets that roll over: the unscoped grants, and each allowance's grants (by scope).
+    const buckets = new Map<string, { scope: GrantScope | null; limit: number | null; unspent: number }>();
+    buckets.set("", { scope: null, limit: carry.limit, unspent: 0 });
+    for (const a of carry.allowances ?? [])
+      buckets.set(scopeKey(a.scope), { scope: a.scope, limit: a.limit, unspent: 0 });
     // What these grants had unspent at the period's end, whoever expired them and whenever. Not
     // what was held then: those credits expire when their hold returns them, before or after
     // this runs (the amount must not depend on when the job runs).
     const eligible = loaded(carry.grantIds).filter(
-      (g) => g.expiresAt !== null && g.expiresAt.getTime() === carry.periodEnd,
+      (g) => g.expiresAt !== null && g.expiresAt.getTime() === carry.periodEnd && buckets.has(keyOf(g.id)),
     );
     const stillOpen = eligible.filter((g) => g.closedAt === null).map((g) => g.id);
     if (stillOpen.length > 0) work.expireGrants(stillOpen, m("subscription period ended"));
-    let unspent = 0;
     for (const g of eligible) {
       // Expiries in this unit of work (its settlement, the line above): the closing one, returns.
       const here = expiriesIn(work.entries, g.id, carry.periodEnd, (id) => work.getHold(id));
       const seen = expiry?.get(g.id) ?? { expired: 0, atExpiry: 0 };
       // Someone expired or returned credits of it since it was read: read again.
       if (((work.getGrant(g.id) ?? g).expiredAmount ?? 0) !== seen.expired + here.expired) throw new ExpiryMoved();
-      unspent += seen.atExpiry + here.expired - here.held;
+      const bucket = buckets.get(keyOf(g.id));
+      if (bucket !== undefined) bucket.unspent += seen.atExpiry + here.expired - here.held;
     }
-    const moved = rolloverAmount(unspent, carry, work.now);
-    if (moved > 0) add(moved, carry.expiresAt, "rollover", `rollover of ${moved} unspent credits`);
+    for (const b of buckets.values()) {
+      const moved = rolloverAmount(b.unspent, { limit: b.limit, expiresAt: carry.expiresAt }, work.now);
+      if (moved > 0)
+        add(
+          moved,
+          carry.expiresAt,
+          "rollover",
+          b.scope === null ? `rollover of ${moved} unspent credits` : `rollover of ${moved} unspent allowance credits`,
+          b.scope,
+        );
+    }
   }
-  if (it.prorate !== null && it.prorate.delta > 0) {
-    add(it.prorate.delta, it.prorate.expiresAt, "subscription", "prorated plan change");
-  } else if (it.prorate !== null && it.prorate.delta < 0) {
-    work.removeFromGrants(s.periodGrantIds, -it.prorate.delta, m("prorated plan change"));
+  if (it.prorate !== null) {
+    // The unscoped part, then each allowance's, on the period's grants of its scope.
+    const parts = [{ scope: null as GrantScope | null, delta: it.prorate.delta }, ...(it.prorate.allowances ?? [])];
+    for (const { scope, delta } of parts) {
+      if (delta > 0) add(delta, it.prorate.expiresAt, "subscription", "prorated plan change", scope);
+      else if (delta < 0) {
+        const k = scope === null ? "" : scopeKey(scope);
+        const ids = s.periodGrantIds.filter((id) => keyOf(id) === k);
+        work.removeFromGrants(ids, -delta, m("prorated plan change"));
+      }
+    }
   }
-  if (it.allocate !== null && it.allocate.amount > 0) {
-    add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
+  if (it.allocate !== null) {
+    if (it.allocate.amount > 0)
+      add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
+    for (const a of it.allocate.allowances ?? [])
+      if (a.amount > 0) add(a.amount, it.allocate.expiresAt, "subscription", "subscription allowance credits", a.scope);
   }
   // The outbox events go with the work, in the same transaction (when notifications are on).
   const accountWork = it.allocate !== null || it.carry !== null || it.prorate !== null || it.expireGrantIds.length > 0;

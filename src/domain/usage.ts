@@ -27,6 +27,20 @@ export interface UsageScan {
   boundaries: readonly number[];
 }
 
+/**
+ * A row of a store's daily usage rollup (docs/usage.md, "The daily rollup"): one account's sums
+ * of one UTC day (`YYYY-MM-DD`) and kind.
+ */
+export interface UsageRollupRow {
+  day: string;
+  kind: UsageKind;
+  credits: number;
+  requests: number;
+  inputTokens: number;
+  outputTokens: number;
+  cachedTokens: number;
+}
+
 /** What a store's `usage()` answers per group: the window by its index in `boundaries`. */
 export interface UsageBucket {
   window: number;

@@ -54,6 +54,10 @@ export const HistoryParams = z.strictObject({
   types: z.array(EntryType).min(1).optional(),
   from: z.iso.datetime({ offset: true }).optional(),
   to: z.iso.datetime({ offset: true }).optional(),
+  /** Only the entries recorded under this spender (a caller bound to a spender: its own, always). */
+  spender: HistoryQuery.shape.spender,
+  /** Only the entries recorded for this feature. */
+  feature: HistoryQuery.shape.feature,
 });
 export const ExpiringParams = z.strictObject({
   /** Days ahead, 0–3650, default 7. */
@@ -167,10 +171,21 @@ async function holdToSettle(ctx: RouteContext): Promise<{ id: string; userId: st
   return { id: r.id, userId: r.userId };
 }
 
-const history = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
-  const q = ctx.query<z.infer<typeof HistoryParams>>();
-  return ctx.manager.credits.getCreditHistory(user(ctx), q);
-};
+/**
+ * What a user may read of their own account's spends (docs/teams-and-limits.md, "Over HTTP"): a
+ * caller bound to a spender reads only the entries recorded under it (naming another is a 403);
+ * the account's own credentials and admins read every entry, or filter by any spender.
+ */
+export function ownView<T extends { spender?: string | undefined }>(ctx: RouteContext, fields: T): T {
+  const own = ctx.identity?.admin === true ? undefined : ctx.identity?.spender;
+  if (own === undefined) return fields;
+  if (fields.spender !== undefined && fields.spender !== own)
+    throw new HttpError(403, "FORBIDDEN", "Your credentials read only the entries of their own spender.");
+  return { ...fields, spender: own };
+}
+
+const history = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
+  ctx.manager.credits.getCreditHistory(user(ctx), ownView(ctx, ctx.query<z.infer<typeof HistoryParams>>()));
 const expiring = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
   ctx.manager.credits.getExpiringCredits(user(ctx), ctx.query<z.infer<typeof ExpiringParams>>().days ?? 7);
 const grants = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => ({
@@ -223,10 +238,12 @@ export const creditRoutes: RouteDefinition[] = [
     path: "/history",
     access: "user",
     operationId: "getHistory",
-    summary: "The caller's journal, newest first, with cursor paging and type/date filters",
+    summary:
+      "The caller's journal, newest first, with cursor paging and type/date/spender/feature filters; a caller bound to a spender reads only its own entries",
     tags: credits,
     query: HistoryParams,
     response: HistoryPageSchema,
+    errors: [e.forbidden],
     handle: history(self),
   },
   {

@@ -1,6 +1,6 @@
 import * as z from "zod";
 import type { CreditManager } from "../manager.js";
-import { CreditError, ValidationError } from "../errors.js";
+import { CreditError, SpendLimitError, ValidationError } from "../errors.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
 import { claimsCustomerAudience, type CustomerGrant } from "../services/customer-tokens.js";
@@ -195,9 +195,22 @@ export function errorAnswer(error: unknown): JsonAnswer {
   if (error instanceof CreditError) {
     if (error.status >= 500)
       return jsonAnswer(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
+    if (error instanceof SpendLimitError) {
+      // When the limit's window resets, as a retry hint (docs/teams-and-limits.md, "Over HTTP").
+      const retry = retryAfter(error.details?.resetsAt);
+      if (retry !== null)
+        return jsonAnswer(error.status, errorBody(error.code, error.message, error.details), { "Retry-After": retry });
+    }
     return jsonAnswer(error.status, errorBody(error.code, error.message, error.details));
   }
   return jsonAnswer(500, errorBody("INTERNAL_ERROR", "Internal error."));
+}
+
+/** Whole seconds from now until `resetsAt` (ISO), at least 1; null when it is not a date. */
+function retryAfter(resetsAt: unknown): string | null {
+  const at = typeof resetsAt === "string" ? Date.parse(resetsAt) : NaN;
+  if (!Number.isFinite(at)) return null;
+  return String(Math.max(1, Math.ceil((at - Date.now()) / 1000)));
 }
 
 interface Compiled {

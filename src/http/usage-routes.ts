@@ -111,7 +111,9 @@ async function report(ctx: RouteContext, who: "self" | "user" | "fleet"): Promis
   if (who === "self") {
     const identity = ctx.identity as NonNullable<RouteContext["identity"]>;
     const q = queryOf(p, identity.userId);
-    const spender = identity.customer?.spender;
+    // A customer token naming a spender, or a member's credentials bound to one, read that
+    // spender's usage only (docs/teams-and-limits.md, "Over HTTP").
+    const spender = identity.customer?.spender ?? (identity.admin === true ? undefined : identity.spender);
     return {
       r: spender === undefined ? await ctx.manager.credits.getUsage(q) : await spenderUsage(ctx, q, spender),
       q,

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { AlertLevel, NotificationType } from "./notifications.js";
 import { GrantPortion, GrantSource } from "./entities.js";
+import { LimitPeriod, SpenderId } from "./limits.js";
 
 /**
  * Domain events (docs/events.md): what the journal records, as versioned messages. Each outbox row
@@ -119,6 +120,36 @@ export const FeatureStatusChangedPayload = z.object({
 });
 export type FeatureStatusChangedPayload = z.infer<typeof FeatureStatusChangedPayload>;
 
+/**
+ * `limit_warning` (80 %) and `limit_reached` (100 %), version 1: a spend (or a hold) took a spend
+ * limit's window to the threshold, once per limit, window and threshold (docs/teams-and-limits.md,
+ * "Limit notifications"). The account is the envelope's `userId`.
+ */
+export const LimitCrossedPayload = z.object({
+  /** The limit, as `getLimits` names it. */
+  limit: z.object({
+    spender: SpenderId.nullable(),
+    feature: z.string().nullable(),
+    amount: z.number().int(),
+    /** Null when it follows the subscription (`resetsWith`). */
+    period: LimitPeriod.nullable(),
+    resetsWith: z.literal("subscription").nullable(),
+  }),
+  /** 0.8 (`limit_warning`) or 1 (`limit_reached`): the share of `amount` reached. */
+  threshold: z.union([z.literal(0.8), z.literal(1)]),
+  /** Credits the window counted after the spend (spent and held). */
+  used: z.number().int(),
+  /** `amount − used`, never below 0. */
+  remaining: z.number().int(),
+  /** ISO-8601 start of the window. */
+  windowStart: z.string(),
+  /** ISO-8601 end of the window: the count starts again from 0 then, and both thresholds re-arm. */
+  resetsAt: z.string(),
+  /** The account's journal position after the change that crossed. */
+  seq: z.number().int(),
+});
+export type LimitCrossedPayload = z.infer<typeof LimitCrossedPayload>;
+
 const envelope = <T extends NotificationType, P extends z.ZodType>(type: T, payload: P) =>
   z.object({
     type: z.literal(type),
@@ -146,6 +177,8 @@ export const DomainEvent = z.discriminatedUnion("type", [
   envelope("credits_exhausted", LevelChangedPayload),
   envelope("balance_restored", LevelChangedPayload),
   envelope("feature_status_changed", FeatureStatusChangedPayload),
+  envelope("limit_warning", LimitCrossedPayload),
+  envelope("limit_reached", LimitCrossedPayload),
 ]);
 export type DomainEvent = z.infer<typeof DomainEvent>;
 

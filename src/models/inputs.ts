@@ -140,6 +140,13 @@ export const HistoryQuery = z.strictObject({
   from: DateInput.optional(),
   /** Exclusive upper bound of createdAt. */
   to: DateInput.optional(),
+  /**
+   * Only the entries recorded under this spender (docs/teams-and-limits.md). A filtered page may
+   * hold fewer than `limit` entries while `nextCursor` is set: follow it until it is null.
+   */
+  spender: SpenderId.optional(),
+  /** Only the entries recorded for this feature (as `spender`). */
+  feature: FeatureName.optional(),
 });
 export type HistoryQuery = z.input<typeof HistoryQuery>;
 

@@ -89,6 +89,10 @@ export const LimitCycle = z.strictObject({
 });
 export type LimitCycle = z.infer<typeof LimitCycle>;
 
+/** A limit's notification thresholds: 80 % (`warning`) and 100 % (`reached`) of its amount. */
+export const LimitAlert = z.enum(["warning", "reached"]);
+export type LimitAlert = z.infer<typeof LimitAlert>;
+
 /**
  * A limit as the account keeps it, with what was spent in its current window. Kept on the account
  * (`Account.limits`, stored as JSON: times are ms since the epoch), so the unit of work that
@@ -106,6 +110,13 @@ export const SpendLimit = z.object({
   used: NonNegativeAmount,
   /** Start (ms since the epoch) of the window `used` counts; null before the first spend. */
   windowStart: z.number().int().nullable(),
+  /**
+   * The highest threshold notified in the window `windowStart` (docs/teams-and-limits.md, "Limit
+   * notifications"): `warning` (80 %), `reached` (100 %), or null. A spend sends only the thresholds
+   * above it, so each is sent once per window. Absent on limits stored before schema version 11:
+   * read from `used` (the thresholds it is past count as sent).
+   */
+  alerted: LimitAlert.nullable().optional(),
 });
 export type SpendLimit = z.infer<typeof SpendLimit>;
 

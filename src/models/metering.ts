@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { Amount, IdempotencyKey, Metadata, NonNegativeAmount, ShortText } from "./common.js";
 import { MAX_TTL_SECONDS } from "./inputs.js";
+import { SpendFields } from "./limits.js";
 
 /** One usage recorded inside a metered call (the original system's `addLlmUsage`). */
 export const UsageRecord = z.strictObject({
@@ -44,5 +45,10 @@ export const MeterOptions = z.strictObject({
    * as the original middleware does: nothing measured, nothing charged) or charge the `"estimate"`.
    */
   noUsage: z.enum(["release", "estimate"]).optional(),
+  /**
+   * Who spends and on what (docs/teams-and-limits.md): the hold, its commit and an after-service
+   * charge name them, so the spend limits for them apply and the scoped grants they may use pay.
+   */
+  ...SpendFields,
 });
 export type MeterOptions = z.input<typeof MeterOptions>;

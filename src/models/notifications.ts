@@ -35,6 +35,9 @@ export const NotificationType = z.enum([
   "auto_top_up_failed",
   "auto_top_up_action_required",
   "auto_top_up_disabled",
+  // Schema version 11: a spend limit's 80 % and 100 % (docs/teams-and-limits.md, "Limit notifications").
+  "limit_warning",
+  "limit_reached",
 ]);
 export type NotificationType = z.infer<typeof NotificationType>;
 

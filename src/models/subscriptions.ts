@@ -1,5 +1,6 @@
 import * as z from "zod";
 import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+import { GrantScope } from "./limits.js";
 
 export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);
 export type BillingPeriod = z.infer<typeof BillingPeriod>;
@@ -7,6 +8,44 @@ export type BillingPeriod = z.infer<typeof BillingPeriod>;
 /** What happens at a period's end to the period's credits nobody spent: see docs/subscriptions.md, "Rollover". */
 export const RolloverPolicy = z.enum(["none", "all", "cap"]);
 export type RolloverPolicy = z.infer<typeof RolloverPolicy>;
+
+const RolloverInput = z.union([z.literal("none"), z.literal("all"), z.strictObject({ cap: NonNegativeAmount })]);
+
+/**
+ * Credits a plan allocates every period for some spends only (docs/subscriptions.md,
+ * "Allowances"): a scoped grant of `credits` with `scope` (the features and/or spenders it pays
+ * for, as `addCredits`' scope, docs/teams-and-limits.md), beside the plan's general
+ * `creditsPerPeriod`. `rollover`: what its unspent credits carry into the next period; omitted:
+ * the plan's policy (and cap), applied to this allowance on its own.
+ */
+export const PlanAllowance = z.strictObject({
+  scope: GrantScope,
+  credits: z
+    .number({ error: "credits must be a number" })
+    .int({ error: "credits must be a whole number" })
+    .min(1, { error: "credits must be at least 1" })
+    .max(Number.MAX_SAFE_INTEGER, { error: "credits must be a safe integer" }),
+  /** "none", "all" or `{ cap }` credits; omitted: the plan's. */
+  rollover: RolloverInput.optional(),
+});
+export type PlanAllowance = z.infer<typeof PlanAllowance>;
+
+/** A plan's allowances: at most 20, no two with the same scope. */
+export const PlanAllowances = z
+  .array(PlanAllowance)
+  .max(20, { error: "a plan has at most 20 allowances" })
+  .refine((list) => new Set(list.map((a) => scopeKey(a.scope))).size === list.length, {
+    error: "two allowances have the same scope",
+  });
+
+/**
+ * A scope's identity, whatever the order of its lists: two allowances (or an allowance and a
+ * grant) with the same key pay for the same spends.
+ */
+export function scopeKey(scope: GrantScope): string {
+  const sorted = (xs: readonly string[] | undefined) => (xs === undefined ? null : [...new Set(xs)].sort());
+  return JSON.stringify([sorted(scope.features), sorted(scope.spenders)]);
+}
 
 /** A plan id: chosen by the host (like "pro-monthly") or generated. */
 export const PlanId = z
@@ -32,6 +71,11 @@ export const Plan = z.object({
   rollover: RolloverPolicy,
   /** Most credits carried into the next period when `rollover` is "cap". */
   rolloverCap: NonNegativeAmount.nullable(),
+  /**
+   * Scoped credits allocated every period beside `creditsPerPeriod` (schema version 13,
+   * docs/subscriptions.md, "Allowances"). Null or absent (plans stored before): none.
+   */
+  allowances: PlanAllowances.nullable().optional(),
   isActive: z.boolean(),
   metadata: Metadata.nullable(),
   /** Increases by one with every write (the guard of concurrent updates). */
@@ -40,8 +84,6 @@ export const Plan = z.object({
   updatedAt: z.date(),
 });
 export type Plan = z.infer<typeof Plan>;
-
-const RolloverInput = z.union([z.literal("none"), z.literal("all"), z.strictObject({ cap: NonNegativeAmount })]);
 
 export const CreatePlanInput = z.strictObject({
   /** Default: a generated UUID. */
@@ -58,6 +100,8 @@ export const CreatePlanInput = z.strictObject({
   validityDays: z.number().int().min(1).max(3650).nullable().optional(),
   /** "none" (default), "all", or `{ cap }` credits. */
   rollover: RolloverInput.optional(),
+  /** Scoped credits per period beside `creditsPerPeriod` (docs/subscriptions.md, "Allowances"). Default none. */
+  allowances: PlanAllowances.optional(),
   isActive: z.boolean().optional(),
   metadata: Metadata.optional(),
 });
@@ -81,21 +125,44 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
 export const SubscriptionIntent = z.object({
   /** Idempotency key of the account unit of work: `sub:<id>:<periodStart ISO>[:change<n>]`. */
   key: z.string(),
-  /** Grant a new allocation of this many credits, expiring then (ms; null never). */
-  allocate: z.object({ amount: NonNegativeAmount, expiresAt: z.number().nullable() }).nullable(),
-  /** Move what these grants lost to expiry at `periodEnd` (up to `limit`, null: all) into a rollover grant. */
+  /**
+   * Grant a new allocation of this many credits, expiring then (ms; null never), and one scoped
+   * grant per allowance (`allowances`, absent when the plan has none), expiring with it.
+   */
+  allocate: z
+    .object({
+      amount: NonNegativeAmount,
+      expiresAt: z.number().nullable(),
+      allowances: z.array(z.object({ scope: GrantScope, amount: NonNegativeAmount })).optional(),
+    })
+    .nullable(),
+  /**
+   * Move what the unscoped ones of these grants lost to expiry at `periodEnd` (up to `limit`, null:
+   * all) into a rollover grant; and for each of `allowances` (absent: none), what those with its
+   * scope lost, up to its `limit`, into a rollover grant with that scope.
+   */
   carry: z
     .object({
       grantIds: z.array(z.string()),
       periodEnd: z.number(),
       limit: NonNegativeAmount.nullable(),
       expiresAt: z.number().nullable(),
+      allowances: z.array(z.object({ scope: GrantScope, limit: NonNegativeAmount.nullable() })).optional(),
     })
     .nullable(),
   /** Expire what these grants have left, now. */
   expireGrantIds: z.array(z.string()),
-  /** Prorated change: > 0 adds a grant expiring at `expiresAt`; < 0 removes up to that much from the period's grants. */
-  prorate: z.object({ delta: z.number().int(), expiresAt: z.number().nullable() }).nullable(),
+  /**
+   * Prorated change: > 0 adds a grant expiring at `expiresAt`; < 0 removes up to that much from the
+   * period's unscoped grants. Each of `allowances` (absent: none) the same for its scope.
+   */
+  prorate: z
+    .object({
+      delta: z.number().int(),
+      expiresAt: z.number().nullable(),
+      allowances: z.array(z.object({ scope: GrantScope, delta: z.number().int() })).optional(),
+    })
+    .nullable(),
   /** The period's grant ids after this work: the new grants, plus the current ones when true. */
   keepPeriodGrants: z.boolean(),
   /**
@@ -163,6 +230,16 @@ export const Subscription = z.object({
    * stored before this field existed (absent or null): the plan's current figure is used then.
    */
   periodCredits: NonNegativeAmount.nullable().optional(),
+  /**
+   * The allowances the current period is on (schema version 13, docs/subscriptions.md,
+   * "Allowances"): what it allocated of each scope, or those of the plan a prorated `changePlan`
+   * moved it to; what proration prorates each allowance against. Null or absent on subscriptions
+   * stored before: the plan's current allowances are used then.
+   */
+  periodAllowances: z
+    .array(z.object({ scope: GrantScope, credits: NonNegativeAmount }))
+    .nullable()
+    .optional(),
   /**
    * What the `subscribe` call that created the subscription asked for (`startAt` in epoch ms, null
    * when not given), so a retry with its idempotency key is compared with that call, not with what

@@ -13,6 +13,7 @@ import {
   versionTableSql,
 } from "./sql.js";
 import type { Column } from "./columns.js";
+import { rollupBackfillSql, rollupDdl } from "./rollup.js";
 import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
 
@@ -53,7 +54,7 @@ interface ChangedIndex {
   table: TableKey;
   /** `IndexSpec.name`. */
   index: string;
-  /** A piece of today's definition (`pg_indexes.indexdef`) that the old one lacks. */
+  /** A piece of today's definition (`pg_get_indexdef`) that the old one lacks. */
   marker: string;
 }
 
@@ -74,6 +75,12 @@ interface Migration {
    * TABLE`, gets a `CREATE INDEX` here.
    */
   indexes?: readonly { table: TableKey; index: string }[];
+  /**
+   * Statements of their own, run after the step's columns (a table with a trigger, and filling it
+   * from the rows there are: version 12's usage rollup). Given the dialect, the naming and the
+   * tables; none for a dialect that answers an empty list. They must be able to run again.
+   */
+  statements?: (dialect: SqlDialect, naming: NamingOptions, tables: ReadonlyMap<TableKey, SqlTable>) => string[];
 }
 
 /**
@@ -168,6 +175,39 @@ export const MIGRATIONS: readonly Migration[] = [
     // The journal's created_at index for usage reports across accounts (docs/usage.md).
     indexes: [{ table: "journal", index: "created" }],
   },
+  // Version 11: limit notifications (docs/teams-and-limits.md, "Limit notifications"). Self-contained: renumber freely.
+  {
+    to: 11,
+    summary:
+      'notifications.type allows limit_warning and limit_reached (a spend limit\'s 80 % and 100 %, docs/teams-and-limits.md "Limit notifications"); a spend limit in accounts.limits keeps alerted (JSON: no column change; limits stored before read it from what they counted)',
+    columns: [],
+    checks: [{ table: "notifications", field: "type" }],
+  },
+  // Version 12: the daily usage rollup (docs/usage.md, "The daily rollup").
+  {
+    to: 12,
+    summary:
+      "PostgreSQL: the table usage_daily (credits, requests and tokens per account, UTC day and usage kind) kept by an AFTER INSERT trigger on journal_entries, filled from the journal there is; reports across accounts read it for whole days, and audit compares it with the journal (docs/usage.md)",
+    columns: [],
+    statements: (dialect, naming, tables) => {
+      const journal = tables.get("journal");
+      if (dialect !== "postgres" || journal === undefined) return [];
+      // The table and its trigger first: the trigger's lock keeps writers out until the upgrade
+      // commits, so the fill counts every entry once.
+      return [...rollupDdl(journal.qualified, naming), ...rollupBackfillSql(journal.qualified, naming)];
+    },
+  },
+  // Version 13: plan allowances (docs/subscriptions.md, "Allowances"). A store is brought
+  // through every step whose `to` exceeds its version.
+  {
+    to: 13,
+    summary:
+      "plans.allowances (scoped credits a plan allocates every period) and subscriptions.period_allowances (what the current period is on of each, for proration), both nullable: plans stored before read as having none, subscriptions as on their plan's (docs/subscriptions.md)",
+    columns: [
+      { table: "plans", field: "allowances" },
+      { table: "subscriptions", field: "periodAllowances" },
+    ],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */
@@ -249,6 +289,7 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       if (dialect === "sqlite") rebuild(table, step);
       else out.push(...replaceCheck(dialect, table, column, naming));
     }
+    if (step.statements !== undefined) out.push(...step.statements(dialect, naming, tables));
     if (dialect === "mysql") {
       for (const added of step.indexes ?? []) {
         if ((TABLE_SINCE[added.table] ?? 1) > fromVersion) continue;
@@ -329,8 +370,11 @@ function replaceIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOpti
       ? quoteIdent("postgres", n)
       : `${quoteIdent("postgres", naming.schema)}.${quoteIdent("postgres", n)}`;
   return (
-    `DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_indexes WHERE schemaname = ${schema} AND indexname = '${name}' ` +
-    `AND position('${changed.marker}' in indexdef) = 0) THEN ` +
+    // The one index's definition, looked up by name: pg_indexes computes the definition of other
+    // schemas' indexes too, and fails ("could not open relation with OID") when one of those is
+    // dropped meanwhile. No such index: null, nothing to replace.
+    `DO $$ BEGIN IF position('${changed.marker}' in coalesce(pg_get_indexdef(to_regclass(format('%I.%I', ${schema}, '${name}'))), ` +
+    `'${changed.marker}')) = 0 THEN ` +
     `DROP INDEX IF EXISTS ${qualify(building)}; ${indexSql("postgres", table, index, naming, building)} ` +
     `DROP INDEX ${qualify(name)}; ALTER INDEX ${qualify(building)} RENAME TO ${quoteIdent("postgres", name)}; END IF; END $$;`
   );

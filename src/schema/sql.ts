@@ -1,4 +1,5 @@
 import type * as z from "zod";
+import { rollupDdl } from "./rollup.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
   DEFAULT_AHEAD,
@@ -64,7 +65,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 10;
+export const SCHEMA_VERSION = 13;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -231,6 +232,11 @@ export function generateSqlAt(options: SqlOptions, now: Date | null): string {
       for (const range of rangesAround(partitioning.interval, now, partitioning.ahead))
         out.push(partitionSql(table, range, options));
   }
+  // PostgreSQL: the daily usage rollup and its trigger on the journal (docs/usage.md). Not on
+  // Citus, whose distributed tables take no such trigger: reports there read the journal.
+  const journal = tables.find((t) => t.key === "journal");
+  if (dialect === "postgres" && !distributed && journal !== undefined)
+    out.push(...rollupDdl(journal.qualified, options));
   if (options.versionRow !== false)
     out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
   if (distributed) out.push(citusComment(tables, options));

@@ -5,8 +5,8 @@ import type { DbManager, DbTransaction } from "../db/types.js";
 import { holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
-import { compareGrants, isDue, isUsable } from "../domain/order.js";
-import { outOfScope } from "../domain/scope.js";
+import { compareGrants, isDue } from "../domain/order.js";
+import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
 import { type Spend, limitStatuses, replaceLimits, tightestLimit, withoutLimit } from "../domain/limits.js";
@@ -39,6 +39,7 @@ import {
 } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
+import type { UsageRollupRow } from "../domain/usage.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
 import type { CreditsInfo } from "../models/index.js";
 import {
@@ -547,19 +548,8 @@ export class CreditService {
     await this.settledAccount(user, now);
     const state = await this.db.transaction(user, (tx) => tx.load());
     const info = creditsInfo(user, state.account);
-    const totals = new Map<string, { features: string[] | null; spenders: string[] | null; remaining: number }>();
-    for (const g of state.grants) {
-      const scope = g.scope ?? null;
-      if (scope === null || !isUsable(g, now)) continue;
-      const features = scope.features === undefined ? null : [...scope.features].sort();
-      const spenders = scope.spenders === undefined ? null : [...scope.spenders].sort();
-      const key = JSON.stringify([features, spenders]);
-      const total = totals.get(key);
-      if (total === undefined) totals.set(key, { features, spenders, remaining: g.remaining });
-      else total.remaining += g.remaining;
-    }
-    info.available -= outOfScope(state.grants, spend, now, (g) => g.scope ?? null);
-    info.scoped = [...totals.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, t]) => t);
+    info.available -= outOfScope(state.grants, spend, now, storedScope);
+    info.scoped = scopedTotals(state.grants, now, storedScope);
     return { info, limits: state.account?.limits ?? null };
   }
 
@@ -679,22 +669,40 @@ export class CreditService {
     return getUsage(this.db, query);
   }
 
-  /** The journal, newest first, with cursor paging and filters. */
+  /**
+   * The journal, newest first, with cursor paging and filters. With `spender` or `feature` the
+   * store's pages are filtered here (any store, no index of its own): one call reads at most
+   * `HISTORY_SCAN` entries, so a page may hold fewer than `limit` with `nextCursor` still set.
+   */
   async getCreditHistory(userId: string, query: HistoryQuery = {}): Promise<HistoryPage> {
     const user = parse(UserId, userId, "userId");
     const q = parse(HistoryQuery, query, "query");
     const limit = q.limit ?? 50;
-    const rows = await this.db.listJournal(user, {
-      order: "desc",
-      beforeSeq: q.cursor === undefined ? undefined : Number(q.cursor),
-      limit: limit + 1,
-      types: q.types,
-      from: q.from,
-      to: q.to,
-    });
-    const items = rows.slice(0, limit);
-    const last = items[items.length - 1];
-    return { items, nextCursor: rows.length > limit && last ? String(last.seq) : null };
+    const page = (beforeSeq: number | undefined, size: number) =>
+      this.db.listJournal(user, { order: "desc", beforeSeq, limit: size, types: q.types, from: q.from, to: q.to });
+    const before = q.cursor === undefined ? undefined : Number(q.cursor);
+    if (q.spender === undefined && q.feature === undefined) {
+      const rows = await page(before, limit + 1);
+      const items = rows.slice(0, limit);
+      const last = items[items.length - 1];
+      return { items, nextCursor: rows.length > limit && last ? String(last.seq) : null };
+    }
+    const items: JournalEntry[] = [];
+    let cursor = before;
+    for (let scanned = 0; scanned < HISTORY_SCAN;) {
+      const size = Math.min(HISTORY_SCAN - scanned, Math.max(4 * limit, 200));
+      const rows = await page(cursor, size);
+      for (const e of rows) {
+        cursor = e.seq;
+        if (!spentBy(e, q.spender, q.feature)) continue;
+        if (items.length === limit) return { items, nextCursor: String(items[limit - 1]!.seq) };
+        items.push(e);
+      }
+      if (rows.length < size) return { items, nextCursor: null };
+      scanned += rows.length;
+    }
+    // Scanned as much as one call may: the caller goes on from the last entry read.
+    return { items, nextCursor: cursor === undefined ? null : String(cursor) };
   }
 
   /** Unspent, unheld credits that expire within `days` days from now. */
@@ -832,7 +840,77 @@ export class CreditService {
       );
       report.ok = false;
     }
+    const rollup = await this.usageRollupProblems(user);
+    if (rollup.length > 0) {
+      report.problems.push(...rollup);
+      report.ok = false;
+    }
     return report;
+  }
+
+  /**
+   * Where the store keeps a daily usage rollup (PostgreSQL, docs/usage.md, "The daily rollup"):
+   * its rows of `user` compared with the journal's own report by UTC day and kind (the journal
+   * path of `getUsage`, a separate implementation of the same rules). Days emptied by archival
+   * (before the account's first remaining entry, and that entry's day when entries before it are
+   * archived) are not compared: the rollup keeps them.
+   */
+  private async usageRollupProblems(user: string): Promise<string[]> {
+    if (this.db.usageRollup === undefined || this.db.usage === undefined) return [];
+    const rows = await this.db.usageRollup(user);
+    if (rows === null) return [];
+    const DAY = 86_400_000;
+    const [first] = await this.db.listJournal(user, { order: "asc", limit: 1 });
+    const [last] = await this.db.listJournal(user, { order: "desc", limit: 1 });
+    const problems: string[] = [];
+    const fmt = (x: Omit<UsageRollupRow, "day" | "kind"> | undefined) =>
+      x === undefined
+        ? "none"
+        : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
+    if (first === undefined || last === undefined) {
+      for (const r of rows) problems.push(`usage rollup: ${r.day} ${r.kind} has ${fmt(r)}, the journal has no entry`);
+      return problems;
+    }
+    const archived = first.seq > 1;
+    const from = Math.floor(first.createdAt.getTime() / DAY) * DAY + (archived ? DAY : 0);
+    const to = Math.floor(last.createdAt.getTime() / DAY) * DAY + DAY;
+    const journal = new Map<string, Omit<UsageRollupRow, "day" | "kind">>();
+    if (from < to) {
+      const boundaries: number[] = [];
+      for (let b = from; b <= to; b += DAY) boundaries.push(b);
+      const buckets = await this.db.usage({
+        account: user,
+        from: new Date(from),
+        to: new Date(to),
+        interval: "day",
+        timeZone: "UTC",
+        groupBy: [],
+        kinds: ["spend", "refund", "clawback"],
+        orderBy: "start",
+        limit: 1_000_000,
+        boundaries,
+      });
+      for (const b of buckets) {
+        const day = new Date(boundaries[b.window]!).toISOString().slice(0, 10);
+        journal.set(`${day} ${b.kind}`, b);
+      }
+    }
+    const same = (a: Omit<UsageRollupRow, "day" | "kind">, b: Omit<UsageRollupRow, "day" | "kind">) =>
+      a.credits === b.credits &&
+      a.requests === b.requests &&
+      a.inputTokens === b.inputTokens &&
+      a.outputTokens === b.outputTokens &&
+      a.cachedTokens === b.cachedTokens;
+    const firstDay = new Date(from).toISOString().slice(0, 10);
+    for (const r of rows) {
+      if (archived && r.day < firstDay) continue; // archived days: the rollup keeps them
+      const key = `${r.day} ${r.kind}`;
+      const j = journal.get(key);
+      journal.delete(key);
+      if (j === undefined || !same(r, j)) problems.push(`usage rollup: ${key} has ${fmt(r)}, the journal ${fmt(j)}`);
+    }
+    for (const [key, j] of journal) problems.push(`usage rollup: ${key} has none, the journal ${fmt(j)}`);
+    return problems;
   }
 
   /** The user's latest checkpoint entry, if any. */
@@ -1061,4 +1139,12 @@ function creditsInfo(userId: string, account: Account | null): CreditsInfo {
         debt: account.debt,
       }
     : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
+}
+
+/** Entries one filtered `getCreditHistory` call reads at most (docs/teams-and-limits.md). */
+const HISTORY_SCAN = 5_000;
+
+/** True when `e` was recorded under `spender` and for `feature` (each: when asked). */
+function spentBy(e: JournalEntry, spender: string | undefined, feature: string | undefined): boolean {
+  return (spender === undefined || e.spender === spender) && (feature === undefined || e.feature === feature);
 }

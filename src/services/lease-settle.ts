@@ -2,6 +2,7 @@ import type { DbManager } from "../db/types.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { leaseBlock, leaseSettleKey } from "../domain/leases.js";
+import { limitRoom, type Spend } from "../domain/limits.js";
 import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js";
 import type { JournalEntry, Reservation } from "../models/index.js";
 import { andThen, isPromiseLike } from "../util/promise.js";
@@ -36,10 +37,19 @@ export async function settleLease(
     // By feature, spender and model, when a charge named one (docs/usage.md, "Leases").
     ...(s.parts === undefined ? {} : { parts: s.parts.map((p) => ({ ...p })) }),
   };
+  // A lease for a spender or feature (docs/teams-and-limits.md, "Leases"): its holds and an
+  // after-service charge name them, so the limits for them count its spends and the scoped grants
+  // it may use fund it.
+  const spend: Spend =
+    s.spender === undefined && s.feature === undefined
+      ? LEASE_SPEND
+      : { spender: s.spender ?? null, feature: s.feature ?? null };
   const meta: EntryMeta = {
     idempotencyKey: key,
     fingerprint: fingerprint("settleLease", window),
     metadata: { leaseWindow: window },
+    ...(s.spender === undefined ? {} : { spender: s.spender }),
+    ...(s.feature === undefined ? {} : { feature: s.feature }),
   };
   const next = { lease: s.lease, window: s.window + 1 };
   const settled = await units.mutate(
@@ -50,16 +60,36 @@ export async function settleLease(
       let keyed = false;
       const roll = (entry: JournalEntry | null): LeaseSettled => {
         let hold: Reservation | null = null;
-        // Sized on what the lease's spends may use: scoped grants outside their scope do not count.
-        const block = s.roll === null ? 0 : leaseBlock(work.availableFor(LEASE_SPEND), s.roll.sizing);
+        const limits = work.account.limits;
+        // Whether who spends on what matters on this account: limits, or a scoped grant ever.
+        const aware = limits != null || work.account.scoped === true;
+        if (s.roll?.plainOnly === true && aware) return { entry, next: null, replayed: false, aware };
+        let block = 0;
+        let until: number | undefined;
+        if (s.roll !== null) {
+          // Sized on what the lease's spends may use (scoped grants outside their scope do not
+          // count) and within what every limit that applies to them still allows.
+          let room = work.availableFor(spend);
+          const r = limits == null ? null : limitRoom(limits, spend, work.now.getTime());
+          if (r !== null) {
+            room = Math.min(room, r.left);
+            until = r.until;
+          }
+          block = leaseBlock(room, s.roll.sizing);
+        }
         if (s.roll !== null && block > 0) {
           // The key goes on the unit's first entry (an opening window has no settle entry).
           const holdMeta: EntryMeta = keyed
-            ? { metadata: { leaseHold: next } }
+            ? {
+                ...(spend === LEASE_SPEND ? {} : { spender: s.spender, feature: s.feature }),
+                metadata: { leaseHold: next },
+              }
             : { ...meta, metadata: { leaseHold: next } };
           hold = work.reserve(block, s.roll.ttlSeconds, "lease", holdMeta).reservation;
         }
-        return { entry, next: hold === null ? null : leaseHoldOf(hold), replayed: false };
+        const out: LeaseSettled = { entry, next: hold === null ? null : leaseHoldOf(hold), replayed: false, aware };
+        if (until !== undefined) out.until = until;
+        return out;
       };
       const charge = (hold: Reservation | null): LeaseSettled => {
         keyed = true;
@@ -104,8 +134,8 @@ export async function settleLease(
   return { entry: settled.entry, next: await leaseHold(db, userId, next.lease, next.window), replayed: true };
 }
 
-/** A lease's spends name neither spender nor feature (docs/metering.md, "Leases"). */
-const LEASE_SPEND = { spender: null, feature: null };
+/** The spends of a lease that names neither spender nor feature (docs/metering.md, "Leases"). */
+const LEASE_SPEND: Spend = Object.freeze({ spender: null, feature: null });
 
 /** The active hold a lease's settle placed for window `window`, or null. */
 export async function leaseHold(

@@ -58,8 +58,11 @@ export interface LeaseSettle {
   requests: number;
   /** The window's usage by feature, spender and model, when a charge named one (docs/usage.md). */
   parts?: LeasePart[];
-  /** Hold the next block (its sizing and TTL); null: end the lease. */
-  roll: { sizing: LeaseSizing; ttlSeconds: number } | null;
+  /** Hold the next block (its sizing and TTL); null: end the lease. `plainOnly`: only on an account where no limit or scoped grant makes who spends matter. */
+  roll: { sizing: LeaseSizing; ttlSeconds: number; plainOnly?: boolean } | null;
+  /** The lease's spender and feature (docs/teams-and-limits.md, "Leases"): its holds and charges name them. */
+  spender?: string | undefined;
+  feature?: string | undefined;
 }
 
 /** @internal A block as a lease keeps it. */
@@ -74,6 +77,10 @@ export interface LeaseSettled {
   entry: JournalEntry | null;
   next: LeaseHold | null;
   replayed: boolean;
+  /** True when the account has spend limits or scoped grants (who spends on what matters); absent on a replay. */
+  aware?: boolean;
+  /** ms: the earliest end of the limit windows that apply to the lease's spends (its block serves until then). */
+  until?: number;
 }
 
 /** @internal */
@@ -90,9 +97,14 @@ export interface LeaseDeps {
   logger?: Logger | undefined;
 }
 
-/** One user's lease in this process. */
+/** One user's lease in this process (for a spender and feature, on an account where they matter). */
 interface UserLease {
   readonly userId: string;
+  /** Its key in `users`: the user id, or `leaseKey(user, spender, feature)` for a named lease. */
+  readonly key: string;
+  /** A named lease's spender and feature (docs/teams-and-limits.md, "Leases"); undefined: unnamed. */
+  readonly spender: string | undefined;
+  readonly feature: string | undefined;
   /** `"userId"` as JSON, for the ledger lines. */
   readonly userJson: string;
   readonly lease: string;
@@ -129,9 +141,16 @@ const DEFAULTS = { size: 1000, ttlSeconds: 60, settleEveryMs: 1000, exactBelow: 
  * `recover()` settles what a process that died on that file used and did not settle.
  */
 export class CreditLeases {
+  /** By user id (a lease naming nobody), or `leaseKey` (a lease for a spender and feature). */
   private readonly users = new Map<string, UserLease>();
-  /** Users on the exact path (too few credits for a block) until then (ms). */
+  /** Leases (by key) on the exact path (too few credits, or too little under a limit, for a block) until then (ms). */
   private readonly exactUntil = new Map<string, number>();
+  /**
+   * Users whose account has spend limits or scoped grants, as the last settle saw it: their charges
+   * naming a spender or feature are served from a lease for that spender and feature, whose hold
+   * names them (docs/teams-and-limits.md, "Leases"). Elsewhere they share the user's block.
+   */
+  private readonly aware = new Set<string>();
   private readonly sizing: LeaseSizing;
   private readonly ttlSeconds: number;
   private readonly every: number;
@@ -182,7 +201,11 @@ export class CreditLeases {
    */
   charge(userId: string, amount: number, options?: LeaseChargeOptions): LeaseCharge | Promise<LeaseCharge> {
     if (options === undefined || servedInMemory(options)) {
-      const l = this.users.get(userId);
+      const l = this.users.get(
+        options === undefined || (options.spender === undefined && options.feature === undefined)
+          ? userId
+          : this.keyOf(userId, options.spender, options.feature),
+      );
       if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, Date.now()))
         return this.serve(l, amount, options?.reason, "", dimsOf(options));
     }
@@ -190,19 +213,29 @@ export class CreditLeases {
   }
 
   /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
-  covers(userId: string, amount: number): boolean {
-    const l = this.users.get(userId);
+  covers(userId: string, amount: number, spend?: LeaseSpend): boolean {
+    const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
     return l !== undefined && blockServes(l, amount, Date.now());
   }
 
   /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
-  tryCharge(userId: string, amount: number, reason?: string): boolean {
-    const l = this.users.get(userId);
+  tryCharge(userId: string, amount: number, reason?: string, spend?: LeaseSpend): boolean {
+    const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
     if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, Date.now()))
       return false;
     if (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)) return false;
-    this.take(l, amount, reason, "");
+    this.take(l, amount, reason, "", dimsOf(spend));
     return true;
+  }
+
+  /**
+   * The key of the lease that serves `userId`'s charges for `spender` and `feature`: the user's own
+   * (one block for all of its charges) unless the account has spend limits or scoped grants and the
+   * charge names one of them (docs/teams-and-limits.md, "Leases").
+   */
+  private keyOf(userId: string, spender: string | undefined, feature: string | undefined): string {
+    if ((spender === undefined && feature === undefined) || !this.aware.has(userId)) return userId;
+    return leaseKey(userId, spender, feature);
   }
 
   /** Settles every window with usage now (rolling the blocks) and writes the ledger file. */
@@ -252,7 +285,15 @@ export class CreditLeases {
     const mine = new Set([...this.users.values()].map((l) => l.lease));
     for (const w of windows.values()) {
       if (w.settled || mine.has(w.lease) || (w.requests === 0 && w.reservationId === null)) continue;
-      const s = { lease: w.lease, window: w.window, holdId: w.reservationId, used: w.total, requests: w.requests };
+      const s = {
+        lease: w.lease,
+        window: w.window,
+        holdId: w.reservationId,
+        used: w.total,
+        requests: w.requests,
+        ...(w.spender === undefined ? {} : { spender: w.spender }),
+        ...(w.feature === undefined ? {} : { feature: w.feature }),
+      };
       const r = await this.deps.credits.settleLease(w.userId, { ...s, roll: null });
       this.settledLine(JSON.stringify(w.userId), w.lease, w.window, r.entry);
       if (!r.replayed) {
@@ -288,10 +329,11 @@ export class CreditLeases {
   openMeter(userId: string, options: MeterOptions): MeterSession | null {
     const session = this.deps.session;
     if (session === undefined || this.closed || options.idempotencyKey !== undefined) return null;
-    const l = this.users.get(userId);
+    const key = this.keyOf(userId, options.spender, options.feature);
+    const l = this.users.get(key);
     const n = options.estimate;
     if (l === undefined || !blockServes(l, n, Date.now())) {
-      this.warm(userId, n);
+      this.warm(userId, key, n, options);
       return null;
     }
     l.pending += n;
@@ -303,10 +345,10 @@ export class CreditLeases {
    * that covers `amount`, so that the user's next calls are served from it. Errors are left to the
    * exact path (the next call tries again).
    */
-  private warm(userId: string, amount: number): void {
-    if (this.closed || amount > this.sizing.size || (this.exactUntil.get(userId) ?? 0) > Date.now()) return;
-    const l = this.users.get(userId);
-    if (l === undefined) void this.open(userId).catch(() => undefined);
+  private warm(userId: string, key: string, amount: number, spend: LeaseSpend): void {
+    if (this.closed || amount > this.sizing.size || (this.exactUntil.get(key) ?? 0) > Date.now()) return;
+    const l = this.users.get(key);
+    if (l === undefined) void this.open(userId, key, spend).catch(() => undefined);
     else if (l.settling === null && l.open) void this.settle(l, true).catch(() => undefined);
   }
 
@@ -328,7 +370,7 @@ export class CreditLeases {
     l.pending -= estimate;
     if (amount === 0) return true;
     if (l.settling !== null) await l.settling.catch(() => undefined);
-    if (this.users.get(l.userId) !== l || !blockServes(l, amount, Date.now())) return false;
+    if (this.users.get(l.key) !== l || !blockServes(l, amount, Date.now())) return false;
     this.take(l, amount, reason, extra, dims);
     return true;
   }
@@ -345,8 +387,8 @@ export class CreditLeases {
    * and returns the block for `chargeSetAside` or `releaseHeld`. Null when it does not cover it
    * (nothing done): the caller checks on the store instead.
    */
-  setAside(userId: string, amount: number): object | null {
-    const l = this.users.get(userId);
+  setAside(userId: string, amount: number, spend?: LeaseSpend): object | null {
+    const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
     if (l === undefined || !blockServes(l, amount, Date.now())) return null;
     l.pending += amount;
     return l;
@@ -358,12 +400,12 @@ export class CreditLeases {
    * ended, or stops serving): the credits left the block and the caller charges through `charge()`.
    * `reason` is only read with a ledger file (`writesLines`).
    */
-  chargeSetAside(block: object, amount: number, reason: string | undefined): boolean {
+  chargeSetAside(block: object, amount: number, reason: string | undefined, spend?: LeaseSpend): boolean {
     const l = block as UserLease;
     l.pending -= amount;
     // An open block is the user's current one: a block that ended or failed to settle never reopens.
     if (!blockServes(l, amount, Date.now())) return false;
-    this.take(l, amount, reason, "");
+    this.take(l, amount, reason, "", dimsOf(spend));
     return true;
   }
 
@@ -417,15 +459,21 @@ export class CreditLeases {
     const n = parse(Amount, amount, "amount");
     const o = options === undefined ? undefined : parse(LeaseChargeOptions, options, "options");
     let rolled = false;
+    const named = o !== undefined && (o.spender !== undefined || o.feature !== undefined);
     for (;;) {
       if (this.closed)
         throw new ConfigurationError("These credit leases are closed: charge through another lease or the exact path.");
-      // A keyed charge, an amount beyond a block, a small balance: the exact path.
-      if (o?.idempotencyKey !== undefined || n > this.sizing.size || (this.exactUntil.get(user) ?? 0) > Date.now())
+      // A lease for this spender and feature where they matter (docs/teams-and-limits.md, "Leases").
+      const key = this.keyOf(user, o?.spender, o?.feature);
+      // A keyed charge, an amount beyond a block, a small balance or little left under a limit: the exact path.
+      if (o?.idempotencyKey !== undefined || n > this.sizing.size || (this.exactUntil.get(key) ?? 0) > Date.now())
         return this.exact(user, n, o);
-      const l = this.users.get(user);
+      const l = this.users.get(key);
       if (l === undefined) {
-        await this.open(user);
+        // A charge naming someone opens the user's shared block only where they do not matter.
+        // (An account that turns out to have limits or scoped grants opens no shared block for it:
+        // the next turn finds its key is the named lease's.)
+        await this.open(user, key, key === user ? {} : (o ?? {}), named && key === user);
         continue;
       }
       if (l.settling !== null) {
@@ -453,9 +501,13 @@ export class CreditLeases {
   }
 
   /** Opens a lease: window 0 holds the first block (none: the user goes to the exact path for a window). */
-  private open(userId: string): Promise<void> {
+  private open(userId: string, key: string, spend: LeaseSpend, plainOnly = false): Promise<void> {
+    const named = key !== userId;
     const l: UserLease = {
       userId,
+      key,
+      spender: named ? spend.spender : undefined,
+      feature: named ? spend.feature : undefined,
       userJson: JSON.stringify(userId),
       lease: randomUUID(),
       window: 0,
@@ -470,12 +522,12 @@ export class CreditLeases {
       fresh: true,
       settling: null,
     };
-    this.users.set(userId, l);
-    return this.settle(l, true);
+    this.users.set(key, l);
+    return this.settle(l, true, plainOnly);
   }
 
   /** Settles `l`'s window; `roll`: hold the next block (else the lease ends). One settle at a time. */
-  private settle(l: UserLease, roll: boolean): Promise<void> {
+  private settle(l: UserLease, roll: boolean, plainOnly = false): Promise<void> {
     if (l.settling !== null) return l.settling;
     l.open = false;
     const s: LeaseSettle = {
@@ -485,35 +537,44 @@ export class CreditLeases {
       used: l.used,
       requests: l.requests,
       ...(l.parts === null ? {} : { parts: leaseWindowParts(l.parts, l.used, l.requests) }),
-      roll: roll && !this.closed ? { sizing: this.sizing, ttlSeconds: this.ttlSeconds } : null,
+      roll:
+        roll && !this.closed
+          ? { sizing: this.sizing, ttlSeconds: this.ttlSeconds, ...(plainOnly ? { plainOnly } : {}) }
+          : null,
+      ...(l.spender === undefined ? {} : { spender: l.spender }),
+      ...(l.feature === undefined ? {} : { feature: l.feature }),
     };
     const run = async (): Promise<void> => {
       try {
         // The window's lines are in the file before its entry is in the journal.
         if (this.file !== undefined && s.requests > 0) await this.file.flush();
         const r = await this.deps.credits.settleLease(l.userId, s);
+        if (r.aware === true) this.aware.add(l.userId);
+        else if (r.aware === false) this.aware.delete(l.userId);
         if (s.holdId !== null) this.settledLine(l.userJson, l.lease, s.window, r.entry);
         if (r.next === null) {
-          if (this.users.get(l.userId) === l) this.users.delete(l.userId);
-          // Too few credits for a block: charge exactly for a window, then try again.
-          if (s.roll !== null) this.exactUntil.set(l.userId, Date.now() + this.every);
+          if (this.users.get(l.key) === l) this.users.delete(l.key);
+          // Too few credits (or too little left under a limit) for a block: charge exactly for a
+          // window, then try again. (Not for a shared block refused because who spends matters.)
+          if (s.roll !== null && !(plainOnly && r.aware === true)) this.exactUntil.set(l.key, Date.now() + this.every);
           return;
         }
         l.window = s.window + 1;
         l.holdId = r.next.id;
         l.held = r.next.amount;
-        l.serveUntil = r.next.expiresAt - this.margin;
+        // Not past the end of a limit window: its charges count in the window they fall in.
+        l.serveUntil = Math.min(r.next.expiresAt - this.margin, r.until ?? Infinity);
         l.used = 0;
         l.requests = 0;
         l.parts = null;
         l.open = true;
         this.file?.recordLine(
-          `{"eventType":"lease","action":"hold","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"reservationId":${JSON.stringify(r.next.id)}}`,
+          `{"eventType":"lease","action":"hold","userId":${l.userJson},"lease":"${l.lease}","window":${l.window},"reservationId":${JSON.stringify(r.next.id)}${spendJson(l)}}`,
         );
       } catch (error) {
         // The window stays closed (its usage is fixed) and is settled again, under the same key, at
         // the next tick or charge: a settle that did reach the store is answered by its key.
-        if (s.window === 0 && this.users.get(l.userId) === l) this.users.delete(l.userId);
+        if (s.window === 0 && this.users.get(l.key) === l) this.users.delete(l.key);
         this.deps.logger?.warn(
           { err: error, userId: l.userId, lease: l.lease, window: s.window },
           "credit-management: settling a credit lease failed; it is retried under the same key",
@@ -557,7 +618,7 @@ export class CreditLeases {
         settles.push(
           pending
             .catch(() => undefined)
-            .then(() => (roll || this.users.get(l.userId) !== l ? undefined : this.settle(l, false))),
+            .then(() => (roll || this.users.get(l.key) !== l ? undefined : this.settle(l, false))),
         );
       } else if (!roll || l.requests > 0 || !l.open) settles.push(this.settle(l, roll));
     }
@@ -590,8 +651,27 @@ function servedInMemory(options: LeaseChargeOptions): boolean {
 const isName = (k: "feature" | "spender", v: unknown): boolean =>
   (k === "feature" ? FeatureName : SpenderId).safeParse(v).success;
 
+/** Who spends on what, as a charge names them. */
+export interface LeaseSpend {
+  spender?: string | undefined;
+  feature?: string | undefined;
+}
+
+/** The key of `userId`'s lease for `spender` and `feature` (no control characters in any of them). */
+function leaseKey(userId: string, spender: string | undefined, feature: string | undefined): string {
+  return `${userId}\u0000${spender ?? ""}\u0000${feature ?? ""}`;
+}
+
+/** A named lease's spender and feature on its ledger-file hold line (recovery charges under them). */
+function spendJson(l: UserLease): string {
+  let out = "";
+  if (l.spender !== undefined) out += `,"spender":${JSON.stringify(l.spender)}`;
+  if (l.feature !== undefined) out += `,"feature":${JSON.stringify(l.feature)}`;
+  return out;
+}
+
 /** What a charge's options name for the window's parts (docs/usage.md, "Leases"); undefined: nothing. */
-function dimsOf(o: LeaseChargeOptions | undefined): LeaseChargeDims | undefined {
+function dimsOf(o: LeaseSpend | undefined): LeaseChargeDims | undefined {
   if (o === undefined || (o.feature === undefined && o.spender === undefined)) return undefined;
   return { feature: o.feature ?? null, spender: o.spender ?? null };
 }
@@ -616,7 +696,15 @@ class LeasedSession extends MeterSession {
     // MeterSession settles once: this runs at most once, and then doRelease never does.
     const usages = this.usages.length > 0 ? `,"usages":${JSON.stringify(this.usages)}` : "";
     const reason = this.meterOptions.reason;
-    const dims = this.usages.length > 0 ? { usages: this.usages } : undefined;
+    const o = this.meterOptions;
+    const named = o.spender !== undefined || o.feature !== undefined;
+    const dims =
+      this.usages.length > 0 || named
+        ? {
+            ...(this.usages.length > 0 ? { usages: this.usages } : {}),
+            ...(named ? { spender: o.spender ?? null, feature: o.feature ?? null } : {}),
+          }
+        : undefined;
     if (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages, dims)) {
       const outcome = this.outcome("committed", amount, null);
       outcome.leased = true;
@@ -626,7 +714,11 @@ class LeasedSession extends MeterSession {
     // (within the overdraft limit; what the limit leaves is reported as the shortfall).
     const entry =
       amount > 0
-        ? await this.session.credits.chargeUpToLimit(this.userId, amount, this.mutation(undefined, { leased: true }))
+        ? await this.session.credits.chargeUpToLimit(
+            this.userId,
+            amount,
+            this.spent(this.mutation(undefined, { leased: true })),
+          )
         : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);

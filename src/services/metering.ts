@@ -311,6 +311,20 @@ export class MeterSession {
   }
 
   /**
+   * `out` naming the call's spender and feature (an after-service charge: a hold's commit names its
+   * hold's), so the limits for them count it (docs/teams-and-limits.md).
+   * @internal
+   */
+  protected spent(out: MutationInput): MutationInput & { spender?: string; feature?: string } {
+    const o = this.options;
+    if (o.spender === undefined && o.feature === undefined) return out;
+    const named: MutationInput & { spender?: string; feature?: string } = out;
+    if (o.spender !== undefined) named.spender = o.spender;
+    if (o.feature !== undefined) named.feature = o.feature;
+    return named;
+  }
+
+  /**
    * The options of a commit, release or after-service deduction: only the keys that are set.
    * `key`: the idempotency key of this step (undefined for an unkeyed call).
    * @internal
@@ -409,7 +423,7 @@ export class MeterSession {
     const held = { reservationId: this.reservationId, ...why };
     const entry =
       amount > 0
-        ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.mutation(this.chargeKey, held))
+        ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.spent(this.mutation(this.chargeKey, held)))
         : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);
@@ -529,8 +543,13 @@ export async function openMeter(deps: SessionDeps, userId: string, options: Mete
     description?: string;
     correlationId?: string;
     idempotencyKey?: string;
+    spender?: string;
+    feature?: string;
   } = {};
   if (options.ttlSeconds !== undefined) reserve.ttlSeconds = options.ttlSeconds;
+  // The hold names who spends on what: the limits for them count it, their scoped grants fund it.
+  if (options.spender !== undefined) reserve.spender = options.spender;
+  if (options.feature !== undefined) reserve.feature = options.feature;
   if (options.reason !== undefined) reserve.reason = options.reason;
   if (options.description !== undefined) reserve.description = options.description;
   if (options.correlationId !== undefined) reserve.correlationId = options.correlationId;

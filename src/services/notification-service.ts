@@ -113,8 +113,9 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 
 /**
  * Notifications through an outbox (docs/notifications.md). Crossing events (`low_credits`,
- * `credits_exhausted`, `balance_restored`, `reservation_expired`, `transaction_error`) are written
- * by `CreditService` inside the unit of work that causes them; this service adds the events that
+ * `credits_exhausted`, `balance_restored`, `reservation_expired`, `transaction_error`, and a spend
+ * limit's `limit_warning` and `limit_reached`: docs/teams-and-limits.md) are written by
+ * `CreditService` inside the unit of work that causes them; this service adds the events that
  * change no account (`emit`, `sendExpiringReminders`), per-user thresholds, and the dispatcher that
  * delivers pending rows to the `NotificationQueue`: at least once, in order per user, with
  * exponential backoff, `failed` after `maxAttempts`.

@@ -116,6 +116,7 @@ export class SubscriptionService {
       billingPeriod: i.billingPeriod,
       validityDays: i.validityDays ?? null,
       ...rules.rolloverFields(i.rollover ?? "none"),
+      allowances: i.allowances ?? [],
       isActive: i.isActive ?? true,
       metadata: i.metadata ?? null,
       version: 1,
@@ -182,7 +183,7 @@ export class SubscriptionService {
     const key = o.includeInactive ? "plans:list:all" : "plans:list:active";
     return this.readPlans(
       key,
-      () => this.db.listPlans({ includeInactive: o.includeInactive === true }),
+      async () => (await this.db.listPlans({ includeInactive: o.includeInactive === true })).map(withAllowances),
       (hit) => hit.map(revivePlan),
     );
   }
@@ -263,9 +264,13 @@ export class SubscriptionService {
     if (replayed !== null) return replayed;
     const plan = rules.requireActivePlan(await this.requirePlan(pid));
     return this.transition(user, idempotencyKey, print, async (s, now) => {
-      // Subscriptions stored before `periodCredits` existed prorate against their plan's current figure.
-      const periodCredits = s.periodCredits ?? (await this.db.getPlan(s.planId))?.creditsPerPeriod ?? 0;
-      return rules.changePlan(s, plan, mode, now, periodCredits);
+      // Subscriptions stored before `periodCredits` (`periodAllowances`) existed prorate against
+      // their plan's current figures.
+      const legacy = (x: unknown) => x === null || x === undefined;
+      const old = legacy(s.periodCredits) || legacy(s.periodAllowances) ? await this.db.getPlan(s.planId) : null;
+      const periodCredits = s.periodCredits ?? old?.creditsPerPeriod ?? 0;
+      const periodAllowances = s.periodAllowances ?? (old === null ? [] : rules.planAllowances(old));
+      return rules.changePlan(s, plan, mode, now, periodCredits, periodAllowances);
     });
   }
 
@@ -488,7 +493,9 @@ export class SubscriptionService {
 
   /** The grants a completed intent created, from its journal entries (committed, immutable). */
   private async grantsOf(userId: string, first: JournalEntry, key: string): Promise<string[]> {
-    const entries = await this.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 20 });
+    // One unit's entries: an expiry, a rollover and an allocation each for the general credits and
+    // up to 20 allowances (docs/subscriptions.md, "Allowances"), or a proration of each.
+    const entries = await this.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 100 });
     const ids: string[] = [];
     for (const e of entries) {
       if (e.type === "add" && (e.idempotencyKey === key || e.correlationId === key))
@@ -584,7 +591,7 @@ export class SubscriptionService {
   private async requirePlan(id: string): Promise<Plan> {
     const plan = await this.db.getPlan(id);
     if (plan === null) throw new NotFoundError(`Plan ${id} not found.`, { planId: id });
-    return plan;
+    return withAllowances(plan);
   }
 
   private async writePlan(id: string, change: (plan: Plan) => Plan): Promise<Plan> {
@@ -640,4 +647,9 @@ function stripUndefined<T extends object>(o: T): Partial<T> {
 /** Plans from a cache that serialises (Redis) come back with string dates. */
 function revivePlan(p: Plan): Plan {
   return { ...p, createdAt: new Date(p.createdAt), updatedAt: new Date(p.updatedAt) };
+}
+
+/** A plan as the service returns it: plans stored before allowances existed have none (`[]`). */
+function withAllowances(p: Plan): Plan {
+  return { ...p, allowances: p.allowances ?? [] };
 }

@@ -8,6 +8,7 @@ import {
   evaluateAlert,
   expiredHoldNotifications,
   eventNotifications,
+  limitNotifications,
   newNotification,
   type Thresholds,
 } from "../domain/notifications.js";
@@ -510,7 +511,8 @@ export class UnitRunner {
   /**
    * The outbox rows of a change (none: nothing allocated). In id order: the domain events of its
    * journal entries (with `domainEvents` on), lapsed holds (their release is what may move the
-   * alert level), what the unit of work recorded itself (subscription events), the alert crossing,
+   * alert level), what the unit of work recorded itself (subscription events), the spend limits'
+   * thresholds it reached (docs/teams-and-limits.md, "Limit notifications"), the alert crossing,
    * then the features it flipped.
    */
   private addNotifications(work: AccountWork, changes: Changes): void {
@@ -522,12 +524,19 @@ export class UnitRunner {
         ? NO_NOTIFICATIONS
         : expiredHoldNotifications(changes.updateReservations, work.now);
     const recorded = eventNotifications(work.events, work.userId, work.now);
+    const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
     const features = this.featureNotifications(work, changes.account);
-    if (journal.length === 0 && expired.length === 0 && recorded.length === 0 && features.length === 0) {
+    if (
+      journal.length === 0 &&
+      expired.length === 0 &&
+      recorded.length === 0 &&
+      limits.length === 0 &&
+      features.length === 0
+    ) {
       if (alerts.length > 0) changes.notifications = alerts;
     } else {
-      changes.notifications = [...journal, ...expired, ...recorded, ...alerts, ...features];
+      changes.notifications = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
     }
   }
 

@@ -250,6 +250,69 @@ export function runNotificationContract(
       expect(types(await notifications.list(u))).toEqual(["low_credits", "credits_exhausted", "transaction_error"]);
     });
 
+    it(`limit_warning and limit_reached: once per limit, window and threshold, also under ${raceSize} concurrent spends; a released hold does not re-arm, a new amount or window does (docs/teams-and-limits.md)`, async () => {
+      const db = getDb();
+      const u = user();
+      const { credits, notifications, clock } = services(db, T0, { lowCredits: 0 });
+      await credits.addCredits(u, 10_000);
+      await credits.setLimits(u, [
+        { spender: "alice", amount: 100, period: "month" },
+        { amount: 5000, period: "month" },
+      ]);
+      const limitRows = async () =>
+        (await notifications.list(u, { limit: 1000 })).filter((r) => r.type.startsWith("limit_"));
+      await credits.deductCredits(u, 79, { spender: "alice" });
+      expect(await limitRows()).toEqual([]);
+      // A hold counts when placed: 84 of 100 sends 80 %, in the hold's unit of work.
+      const hold = await credits.reserveCredits(u, 5, { spender: "alice" });
+      const [warning] = await limitRows();
+      expect(warning).toMatchObject({
+        type: "limit_warning",
+        version: 1,
+        status: "pending",
+        payload: {
+          limit: { spender: "alice", feature: null, amount: 100, period: "month", resetsWith: null },
+          threshold: 0.8,
+          used: 84,
+          remaining: 16,
+          windowStart: new Date(T0).toISOString(),
+          resetsAt: new Date(Date.UTC(2030, 1, 1)).toISOString(),
+        },
+      });
+      const w = warning as Notification;
+      const published = { ...w, createdAt: w.createdAt.toISOString(), attempt: 1 };
+      expect(DomainEvent.parse(eventEnvelope(published))).toMatchObject({ type: "limit_warning", version: 1 });
+      // Released (79) and spent again (84): 80 % was sent in this window, nothing new.
+      await credits.releaseReservedCredits(hold.id);
+      await credits.deductCredits(u, 5, { spender: "alice" });
+      expect(await limitRows()).toHaveLength(1);
+      // Many spends at once past 100 %: exactly one limit_reached.
+      const results = await Promise.allSettled(
+        Array.from({ length: raceSize }, () => credits.deductCredits(u, 1, { spender: "alice" })),
+      );
+      expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(Math.min(raceSize, 16));
+      const reached = (await limitRows()).filter((r) => r.type === "limit_reached");
+      expect(reached).toHaveLength(raceSize >= 16 ? 1 : 0);
+      if (raceSize >= 16) expect(reached[0]?.payload).toMatchObject({ threshold: 1, used: 100, remaining: 0 });
+      // Raised to 200: 100 is below 80 % of it, so a spend that reaches 160 sends 80 % again.
+      await credits.setLimits(u, [
+        { spender: "alice", amount: 200, period: "month" },
+        { amount: 5000, period: "month" },
+      ]);
+      await credits.deductCredits(u, 60, { spender: "alice" });
+      expect((await limitRows()).at(-1)?.payload).toMatchObject({
+        threshold: 0.8,
+        used: 160,
+        limit: { amount: 200 },
+      });
+      // The next month: a new window, both thresholds again (one spend past both: both, in order).
+      clock.now = Date.UTC(2030, 1, 2);
+      const before = (await limitRows()).length;
+      await credits.deductCredits(u, 200, { spender: "alice" });
+      expect(types((await limitRows()).slice(before))).toEqual(["limit_warning", "limit_reached"]);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("writes nothing when the unit of work fails after save, or loses the seq race", async () => {
       const db = getDb();
       const u = user();

@@ -413,6 +413,77 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
+    it("allowances: each period allocates a plan's allowances as scoped grants; a spend of another feature never uses them; they roll over and prorate on their own", async () => {
+      const db = getDb();
+      const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);
+      const images = { features: ["images"] };
+      const a = await subscriptions.createPlan({
+        name: "Images",
+        creditsPerPeriod: 100,
+        billingPeriod: "daily",
+        rollover: { cap: 30 },
+        allowances: [{ scope: images, credits: 40, rollover: "all" }],
+      });
+      expect(a.allowances).toEqual([{ scope: images, credits: 40, rollover: "all" }]);
+      expect((await subscriptions.getPlan(a.id)).allowances).toEqual(a.allowances);
+      // Two allowances with one scope (in any order) are refused, and nothing is written.
+      const twice = { scope: { features: ["a", "b"] }, credits: 1 };
+      await expect(
+        subscriptions.createPlan({
+          name: "Bad",
+          creditsPerPeriod: 1,
+          billingPeriod: "daily",
+          allowances: [twice, { ...twice, scope: { features: ["b", "a"] } }],
+        }),
+      ).rejects.toBeInstanceOf(ValidationError);
+      await expect(
+        subscriptions.updatePlan(a.id, { allowances: [{ scope: {}, credits: 1 }] } as never),
+      ).rejects.toBeInstanceOf(ValidationError);
+      expect((await subscriptions.getPlan(a.id)).version).toBe(1);
+
+      const u = user();
+      await subscriptions.subscribe(u, a.id);
+      expect((await credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(140);
+      expect((await credits.getUserCreditsInfo(u, { feature: "chat" })).available).toBe(100);
+      expect((await credits.getUserCreditsInfo(u)).scoped).toEqual([
+        { features: ["images"], spenders: null, remaining: 40 },
+      ]);
+      // A chat spend never uses the images allowance: 101 is refused though the balance is 140.
+      await expect(credits.deductCredits(u, 101, { feature: "chat" })).rejects.toThrow();
+      await credits.deductCredits(u, 90, { feature: "chat" });
+      await credits.deductCredits(u, 15, { feature: "images" }); // from the allowance first
+      expect((await credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(35);
+
+      // Next period: 10 general credits roll (cap 30), the allowance's 25 roll (its own "all").
+      clock.now = T + DAY;
+      await expiration.renewDueSubscriptions();
+      expect((await credits.getUserCreditsInfo(u, { feature: "chat" })).available).toBe(110);
+      expect((await credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(110 + 65);
+
+      // A prorated change a quarter into the period: the allowance 40 → 80 adds 30 images credits.
+      const b = await subscriptions.createPlan({
+        name: "More images",
+        creditsPerPeriod: 100,
+        billingPeriod: "daily",
+        allowances: [{ scope: { features: ["images"] }, credits: 80 }],
+      });
+      clock.now = T + DAY + DAY / 4;
+      const changed = await subscriptions.changePlan(u, b.id);
+      expect(changed.periodAllowances).toEqual([{ scope: images, credits: 80 }]);
+      expect((await credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(110 + 95);
+      expect((await credits.getUserCreditsInfo(u, { feature: "chat" })).available).toBe(110);
+      // Back to 40 half-way through: only the allowance decreases, by trunc((40 − 80) × 1/2) = 20,
+      // taken from the period's images grants, never from the general ones.
+      clock.now = T + DAY + DAY / 2;
+      await subscriptions.changePlan(u, a.id);
+      expect((await credits.getUserCreditsInfo(u, { feature: "images" })).available).toBe(110 + 75);
+      expect((await credits.getUserCreditsInfo(u, { feature: "chat" })).available).toBe(110);
+      // Cancelled now with expiry: the allowances' credits go with the rest.
+      await subscriptions.cancel(u, { atPeriodEnd: false, credits: "expire" });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(0);
+      expect((await credits.audit(u)).ok).toBe(true);
+    });
+
     it("answers an exact subscribe retry after changePlan(now) with the subscription (the call's arguments are stored)", async () => {
       const db = getDb();
       const { subscriptions, credits, clock } = servicesWithClock(db, T);

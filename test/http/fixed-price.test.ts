@@ -153,6 +153,8 @@ const hosts: { name: string; start: (o: Options) => Promise<Running> }[] = [
         authenticate: (request: Request) => ({ userId: request.headers.get("x-payer") ?? "" }),
         price: o.price as number,
         onSettled: o.onSettled as unknown as Parameters<typeof creditMetering>[0]["onSettled"],
+        spender: o.spender as unknown as Parameters<typeof creditMetering>[0]["spender"],
+        feature: o.feature as unknown as Parameters<typeof creditMetering>[0]["feature"],
       };
       const app = creditMetering(fetchOptions)(fetchRoute);
       return listen(

@@ -211,6 +211,8 @@ async function nodeRoute(req: IncomingMessage, res: ServerResponse): Promise<voi
 const middlewareOptions = (o: Parameters<MeteredHost["start"]>[0]): CreditMeteringMiddlewareOptions => ({
   ...o,
   onSettled: o.onSettled as CreditMeteringMiddlewareOptions["onSettled"],
+  spender: o.spender as CreditMeteringMiddlewareOptions["spender"],
+  feature: o.feature as CreditMeteringMiddlewareOptions["feature"],
   price: o.price as CreditMeteringMiddlewareOptions["price"],
   authenticate: (req) => o.authenticate(userOf(req.headers.authorization)),
 });

@@ -114,6 +114,44 @@ describe("HTTP: plans and subscriptions (node:http on loopback)", () => {
     expect((await call("GET", "/credits/plans/old", { user: "alice" })).status).toBe(404);
   });
 
+  it("plans take and return allowances (scoped credits per period); a subscriber's balance for the feature counts them; bad allowances are 400s", async () => {
+    const body = {
+      id: "images-plan",
+      name: "Images",
+      creditsPerPeriod: 10,
+      billingPeriod: "monthly",
+      allowances: [{ scope: { features: ["images"] }, credits: 50, rollover: { cap: 20 } }],
+    };
+    const created = await call("POST", "/admin/credits/plans", { user: admin, body });
+    expect(created.status).toBe(201);
+    expect(created.json.allowances).toEqual(body.allowances);
+    expect((await call("GET", "/credits/plans/images-plan", { user: "alice" })).json.allowances).toEqual(
+      body.allowances,
+    );
+    for (const allowances of [
+      [{ scope: {}, credits: 5 }],
+      [{ scope: { features: ["images"] }, credits: 0 }],
+      [{ scope: { features: ["images"] }, credits: 5, extra: true }],
+      [
+        { scope: { features: ["a", "b"] }, credits: 5 },
+        { scope: { features: ["b", "a"] }, credits: 6 },
+      ],
+    ]) {
+      const bad = await call("PATCH", "/admin/credits/plans/images-plan", { user: admin, body: { allowances } });
+      expect(bad.status).toBe(400);
+    }
+    const patched = await call("PATCH", "/admin/credits/plans/images-plan", {
+      user: admin,
+      body: { allowances: [{ scope: { features: ["images"] }, credits: 60 }] },
+    });
+    expect(patched.json.allowances).toEqual([{ scope: { features: ["images"] }, credits: 60 }]);
+    const sub = await call("POST", "/all/subscription", { user: "dora", base: open, body: { planId: "images-plan" } });
+    expect(sub.status).toBe(201);
+    expect(sub.json.periodAllowances).toEqual([{ scope: { features: ["images"] }, credits: 60 }]);
+    expect((await call("GET", "/credits/balance?feature=images", { user: "dora" })).json.available).toBe(70);
+    expect((await call("GET", "/credits/balance?feature=chat", { user: "dora" })).json.available).toBe(10);
+  });
+
   it("a user subscribes to a free plan, idempotently; paid plans need an admin (or selfServiceSubscriptions: all)", async () => {
     expect((await call("GET", "/credits/subscription", { user: "alice" })).status).toBe(404);
     const paid = await call("POST", "/credits/subscription", { user: "alice", body: { planId: "pro" } });

@@ -67,6 +67,13 @@ const SPENDS: readonly SimSpend[] = [
   { spender: "key-2", feature: "chat" },
   { spender: "key-1", feature: "images" },
 ];
+/** A spend limit of a simulated account (its window outlasts the run). */
+interface SimLimit {
+  spender: string | null;
+  feature: string | null;
+  amount: number;
+}
+
 const spendOf = (s: SimSpend): ModelSpend => ({ spender: s.spender ?? null, feature: s.feature ?? null });
 
 export interface SimOptions {
@@ -86,9 +93,10 @@ export interface SimOptions {
    * of work that started from its state cache and saves nothing (a refusal, a settle with nothing
    * to do, a job's account without work) without checking its copy is still the store's state;
    * `"scope-lost"` makes the store load grants without their scope (an adapter that forgot the
-   * column), so spends draw from scoped grants outside their scope.
+   * column), so spends draw from scoped grants outside their scope; `"limit-skipped"` makes the
+   * store load spend limits without their amount (as unlimited), so every spend passes the check.
    */
-  plantedBug?: "lost-commit" | "stale-cache" | "charge-without-key" | "scope-lost";
+  plantedBug?: "lost-commit" | "stale-cache" | "charge-without-key" | "scope-lost" | "limit-skipped";
 }
 
 export interface SimResult {
@@ -192,11 +200,29 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     scheduler,
     options.plantedBug === "lost-commit" ? rng : undefined,
     options.plantedBug === "scope-lost",
+    options.plantedBug === "limit-skipped",
   );
   // Swarm testing: about half the seeds give scoped grants and name spenders and features.
   // From a stream of their own, so the requests, schedule and faults are those of the same seed without them.
   const scopeRng = new Prng(seed ^ 0x5c0bed);
   const scoped = scopeRng.chance(0.5);
+  // On those seeds some users spend under limits (docs/teams-and-limits.md), drawn from a stream of
+  // their own too; windows of 100 years: the run never leaves one.
+  const limitRng = new Prng(seed ^ 0x11a175);
+  const limited = new Map<string, SimLimit[]>();
+  if (scoped)
+    for (const user of users) {
+      if (!limitRng.chance(0.6)) continue;
+      const list: SimLimit[] = [];
+      if (limitRng.chance(0.5)) list.push({ spender: null, feature: null, amount: limitRng.range(50, 600) });
+      if (limitRng.chance(0.7)) list.push({ spender: "key-1", feature: null, amount: limitRng.range(10, 200) });
+      if (limitRng.chance(0.5)) list.push({ spender: null, feature: "images", amount: limitRng.range(10, 200) });
+      if (list.length > 0) limited.set(user, list);
+    }
+  /** What the committed entries spent under each limit (holds counted while active), and how high a forced spend took it. */
+  const counted = new Map<string, { used: number; ceiling: number }[]>();
+  /** The holds of limited users: amount and who spent on what. */
+  const limitHolds = new Map<string, { amount: number; spend: ModelSpend }>();
   const clock = { now: T0 };
   const model = new AccountsModel(clock.now);
   const trace: string[] = [];
@@ -297,6 +323,63 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       ...(p.endsAfter === null ? {} : { validUntil: new Date(T0 + p.endsAfter) }),
     });
   }
+  for (const [user, list] of limited) {
+    await admin.credits.setLimits(
+      user,
+      list.map((l) => ({
+        ...(l.spender === null ? {} : { spender: l.spender }),
+        ...(l.feature === null ? {} : { feature: l.feature }),
+        amount: l.amount,
+        period: { every: 100, unit: "year" as const },
+      })),
+    );
+    counted.set(
+      user,
+      list.map((l) => ({ used: 0, ceiling: l.amount })),
+    );
+  }
+  /** Counts a committed entry of a limited user's against its limits, as the service counts it. */
+  const countEntry = (user: string, x: Changes["entries"][number]) => {
+    const list = limited.get(user);
+    const counts = counted.get(user);
+    if (list === undefined || counts === undefined) return;
+    let spend: ModelSpend = { spender: x.spender ?? null, feature: x.feature ?? null };
+    let delta = 0;
+    let forced = false;
+    if (x.type === "deduct") {
+      delta = x.amount;
+      // After service (usage delivered) or beyond its hold: allowed past a limit, as debt is.
+      forced = x.reservationId !== null || (x.metadata as { overLimit?: unknown } | null)?.overLimit === true;
+    } else if (x.type === "reserve" && x.reservationId !== null) {
+      limitHolds.set(x.reservationId, { amount: x.amount, spend });
+      delta = x.amount;
+    } else if ((x.type === "commit_reserved" || x.type === "release_reserved") && x.reservationId !== null) {
+      const h = limitHolds.get(x.reservationId);
+      if (h === undefined) return;
+      spend = h.spend;
+      delta = (x.type === "commit_reserved" ? x.amount : 0) - h.amount;
+    } else return;
+    list.forEach((l, i) => {
+      if ((l.spender !== null && l.spender !== spend.spender) || (l.feature !== null && l.feature !== spend.feature))
+        return;
+      const c = counts[i] as { used: number; ceiling: number };
+      c.used = Math.max(0, c.used + delta);
+      if (forced) c.ceiling = Math.max(c.ceiling, c.used);
+    });
+  };
+  /** No spend passes a limit, except usage already delivered (docs/teams-and-limits.md). */
+  const checkLimits = (where: string) => {
+    for (const [user, list] of limited) {
+      const counts = counted.get(user) ?? [];
+      list.forEach((l, i) => {
+        const c = counts[i] as { used: number; ceiling: number };
+        if (c.used > c.ceiling)
+          fail(
+            `${where}: ${user}'s limit ${JSON.stringify(l)} counts ${c.used} credits spent or held, past its amount without an after-service charge`,
+          );
+      });
+    }
+  };
   /** Claims committed: by code, and by code and user. */
   const promoUses = new Map<string, number>();
   const count = (key: string) => promoUses.get(key) ?? 0;
@@ -383,6 +466,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     const m = model.of(e.userId);
     const keys = new Set(e.changes.entries.map((x) => x.idempotencyKey).filter((k): k is string => k !== null));
     const where = `commit on ${e.userId} by ${op === undefined ? "no request" : describe(op)}`;
+    if (limited.has(e.userId)) {
+      for (const x of e.changes.entries) countEntry(e.userId, x);
+      checkLimits(where);
+    }
     // No grant pays for a spend outside its scope (docs/teams-and-limits.md): by the model's own
     // record of each grant's scope.
     for (const x of e.changes.entries) {
@@ -801,7 +888,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       } else {
         if (op.commits > 0)
           fail(`${describe(op)} answered ${outcome} although an earlier attempt committed (it must replay)`);
-        if (!op.accept.has(outcome)) {
+        // A limited user's spend may be refused by a limit (the invariant above checks the counts).
+        const byLimit =
+          outcome === "SpendLimitError" &&
+          (op.spec.kind === "deduct" || op.spec.kind === "reserve") &&
+          limited.has(op.spec.user);
+        if (!op.accept.has(outcome) && !byLimit) {
           fail(
             `${describe(op)} answered ${outcome}; the model, at its last load, answers ${[...op.accept].join(" or ") || "nothing (no load)"}`,
           );
@@ -867,6 +959,15 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       };
       if (JSON.stringify(info) !== JSON.stringify(want))
         fail(`${where}: the service says ${JSON.stringify(info)}, the model ${JSON.stringify(want)}`);
+      // The store counts each limit as the committed entries do.
+      const counts = counted.get(user);
+      if (counts !== undefined) {
+        const used = (await checker.getLimits(user)).map((l) => l.used);
+        if (JSON.stringify(used) !== JSON.stringify(counts.map((c) => c.used)))
+          fail(
+            `${where}: the store's limits counted ${JSON.stringify(used)}, the entries ${JSON.stringify(counts.map((c) => c.used))}`,
+          );
+      }
       const report = await checker.audit(user);
       if (!report.ok) fail(`${where}: audit found ${report.problems.join("; ")}`);
       const genesis = await checker.audit(user, { from: "genesis" });

@@ -56,6 +56,8 @@ export class SimStore {
     private readonly loseCommits?: Prng,
     /** Only to prove the simulation catches spends drawn outside a grant's scope: loads grants without it. */
     readonly loseScopes = false,
+    /** Only to prove the simulation catches a spend past a limit: loads limits without their amount (read as unlimited, so every spend passes the check; what they counted stays right). */
+    readonly loseLimits = false,
   ) {
     this.db = this.process(undefined);
   }
@@ -232,6 +234,11 @@ class SimTransaction implements DbTransaction {
     const holds = inner.listReservations(this.userId);
     const state = structuredClone(loaded);
     if (this.sim.loseScopes) state.grants = state.grants.map((g) => ({ ...g, scope: null }));
+    if (this.sim.loseLimits && state.account?.limits != null)
+      state.account = {
+        ...state.account,
+        limits: state.account.limits.map((l) => ({ ...l, amount: Number.MAX_SAFE_INTEGER })),
+      };
     this.grants = new Map((await grants).map((g) => [g.id, g]));
     this.holds = new Map((await holds).map((r) => [r.id, r]));
     this.key = request?.idempotencyKey;

@@ -194,6 +194,12 @@ export const MONGO_MIGRATIONS: readonly {
       "notification documents carry version (of their payload's schema): the ones stored before get version 1 (they read as 1 meanwhile); subscriptions may carry changeKeys (the keys of cancel, resume and changePlan); no index change",
     dropIndexes: [],
     fill: [{ collection: "notifications", field: "version", value: 1 }],
+  }, // Version 13: plan allowances (docs/subscriptions.md, "Allowances").
+  {
+    to: 13,
+    summary:
+      "plans may carry allowances and subscriptions periodAllowances (documents stored before read as none and as on their plan's); no index change",
+    dropIndexes: [],
   },
 ];
 

@@ -1,6 +1,7 @@
 import type * as PgModule from "pg";
-import { usageBucket, usageSql } from "./usage.js";
-import type { UsageBucket, UsageScan } from "../../domain/usage.js";
+import { rollupDays, usageBucket, usageSql } from "./usage.js";
+import { rollupNames } from "../../schema/rollup.js";
+import type { UsageBucket, UsageRollupRow, UsageScan } from "../../domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
 import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
@@ -633,10 +634,56 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return rows.map((r) => this.decode<Reservation>("reservations", r));
   }
 
+  /** False once the rollup table was found missing (a schema applied with `--distributed`). */
+  private hasRollup = true;
+
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
-    const { text, params } = usageSql(this.sql.tables.journal.qualified, scan);
+    const journal = this.sql.tables.journal.qualified;
+    // Reports across accounts by whole UTC days read the daily rollup (docs/usage.md).
+    const days = this.hasRollup ? rollupDays(scan) : null;
+    if (days !== null) {
+      const { text, params } = usageSql(journal, scan, { table: rollupNames(this.sql.naming).table, days });
+      try {
+        const rows = await this.readWithoutJit("usage", text, params);
+        return rows.map((r) => usageBucket(r, scan));
+      } catch (error) {
+        if (!isMissingRelation(error)) throw error;
+        this.hasRollup = false;
+      }
+    }
+    const { text, params } = usageSql(journal, scan);
     const rows = await this.read("usage", text, params);
     return rows.map((r) => usageBucket(r, scan));
+  }
+
+  /**
+   * @internal The daily usage rollup's rows of one account (docs/usage.md, "The daily rollup"),
+   * oldest day first; null when the store has no rollup. `CreditService.audit` compares them with
+   * the journal.
+   */
+  async usageRollup(userId: string): Promise<UsageRollupRow[] | null> {
+    if (!this.hasRollup) return null;
+    try {
+      const rows = await this.read(
+        "usageRollup",
+        `SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, credits, requests, input_tokens, output_tokens, cached_tokens ` +
+          `FROM ${rollupNames(this.sql.naming).table} WHERE user_id = $1 ORDER BY day, kind`,
+        [userId],
+      );
+      return rows.map((r) => ({
+        day: String(r.day),
+        kind: r.kind as UsageRollupRow["kind"],
+        credits: Number(r.credits),
+        requests: Number(r.requests),
+        inputTokens: Number(r.input_tokens),
+        outputTokens: Number(r.output_tokens),
+        cachedTokens: Number(r.cached_tokens),
+      }));
+    } catch (error) {
+      if (!isMissingRelation(error)) throw error;
+      this.hasRollup = false;
+      return null;
+    }
   }
 
   async listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
@@ -827,6 +874,34 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   }
 
   /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
+  /**
+   * `read` in a transaction of its own with JIT compilation off: a report over the rollup reads a
+   * few hundred thousand narrow rows, which the planner's costs put past `jit_above_cost`, and
+   * compiling them took longer than running them (docs/usage.md, "The daily rollup").
+   */
+  private async readWithoutJit(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    const client = await this.connect();
+    let failure: unknown = false;
+    try {
+      this.roundTrips++;
+      await client.query("BEGIN READ ONLY");
+      try {
+        await client.query("SET LOCAL jit = off");
+        const result = await client.query({ text, values: params });
+        await client.query("COMMIT");
+        return result.rows as Record<string, unknown>[];
+      } catch (error) {
+        await client.query("ROLLBACK").catch(() => undefined);
+        throw error;
+      }
+    } catch (error) {
+      if (isConnectionLevel(error)) failure = error;
+      throw storageError(what, error);
+    } finally {
+      this.release(client, failure);
+    }
+  }
+
   async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     const client = await this.connect();
     let failure: unknown = false;
@@ -931,4 +1006,13 @@ async function rollback(client: PoolClient): Promise<boolean> {
   } catch {
     return true;
   }
+}
+
+/** An undefined_table error, as the store's read() rethrows it (its cause or itself). */
+function isMissingRelation(error: unknown): boolean {
+  for (let e: unknown = error; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
+    if ((e as { code?: unknown }).code === "42P01") return true;
+    if (e === (e as { cause?: unknown }).cause) break;
+  }
+  return false;
 }

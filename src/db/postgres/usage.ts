@@ -9,7 +9,11 @@ import type { UsageKind } from "../../models/usage.js";
  * (user_id, seq) for one account, by the BRIN index on created_at for every account. Only the
  * groups come back.
  */
-export function usageSql(journal: string, scan: UsageScan): { text: string; params: unknown[] } {
+export function usageSql(
+  journal: string,
+  scan: UsageScan,
+  rollup?: { table: string; days: RollupDays },
+): { text: string; params: unknown[] } {
   const params: unknown[] = [];
   const p = (v: unknown) => {
     params.push(v);
@@ -18,7 +22,14 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
   const num = (x: string) => `CASE WHEN jsonb_typeof(${x}) = 'number' THEN (${x})::text::numeric ELSE 0 END`;
   const str = (x: string) => `CASE WHEN jsonb_typeof(${x}) = 'string' THEN ${x} #>> '{}' END`;
   const bounds = p(scan.boundaries.map((b) => new Date(b).toISOString()));
-  const where = [`j.created_at >= ${p(scan.from)}`, `j.created_at < ${p(scan.to)}`];
+  // With the rollup, the journal is read only for the partial days at the edges of the range.
+  const where =
+    rollup === undefined
+      ? [`j.created_at >= ${p(scan.from)}`, `j.created_at < ${p(scan.to)}`]
+      : [
+          `((j.created_at >= ${p(scan.from)} AND j.created_at < ${p(new Date(rollup.days.from))}) OR ` +
+            `(j.created_at >= ${p(new Date(rollup.days.to))} AND j.created_at < ${p(scan.to)}))`,
+        ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
   where.push(`j.type IN ('deduct', 'commit_reserved', 'void')`);
   const kinds = p([...scan.kinds]);
@@ -106,8 +117,9 @@ export function usageSql(journal: string, scan: UsageScan): { text: string; para
         `FROM e CROSS JOIN LATERAL (${parts}) AS pt OFFSET 0) `
       : // No dimension of a part is asked for: an entry's parts add up to its amount and requests,
         // so each entry is one row; only the tokens are read from its parts.
-        `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, e.amount AS credits, e.requests AS requests, ` +
+        `n AS (${rollup === undefined ? "" : "("}SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, e.amount AS credits, e.requests AS requests, ` +
         `${tokens("inputTokens")} AS input, ${tokens("outputTokens")} AS output, ${tokens("cachedTokens")} AS cached FROM e2 AS e OFFSET 0) `) +
+    (rollup === undefined ? "" : rollupPart(rollup, scan, bounds, kinds, p)) +
     `SELECT * FROM (SELECT ${["w", "kind", ...names].join(", ")}, sum(credits) AS credits, sum(requests) AS requests, ` +
     `sum(input) AS input, sum(output) AS output, sum(cached) AS cached ` +
     `FROM n GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
@@ -131,4 +143,52 @@ export function usageBucket(row: Record<string, unknown>, scan: UsageScan): Usag
     outputTokens: Number(row.output),
     cachedTokens: Number(row.cached),
   };
+}
+
+/** The whole UTC days of a report's range, read from the rollup: `[from, to)`, in ms. */
+export interface RollupDays {
+  from: number;
+  to: number;
+}
+
+const DAY = 86_400_000;
+
+/**
+ * The whole UTC days a report may read from the rollup (docs/usage.md, "The daily rollup"), or
+ * null when it must read the journal: only a report across accounts (no `account`) grouped by
+ * account or by nothing — the rollup keeps no other dimension — whose windows are made of whole
+ * UTC days (each boundary between `from` and `to` a UTC midnight: `interval: null` in any time
+ * zone, or days, weeks or months in UTC), and whose range holds at least one whole day. The
+ * partial days at the edges (a `from` or `to` that is not a midnight) are read from the journal.
+ */
+export function rollupDays(scan: UsageScan): RollupDays | null {
+  if (scan.account !== null || scan.groupBy.some((d) => d !== "account")) return null;
+  const b = scan.boundaries;
+  for (let i = 1; i < b.length - 1; i++) if (b[i]! % DAY !== 0) return null;
+  const from = Math.ceil(scan.from.getTime() / DAY) * DAY;
+  const to = Math.floor(scan.to.getTime() / DAY) * DAY;
+  return from < to ? { from, to } : null;
+}
+
+/** The rollup's rows of the whole days as parts of `n` (the window of each day by `width_bucket`). */
+function rollupPart(
+  rollup: { table: string; days: RollupDays },
+  scan: UsageScan,
+  bounds: string,
+  kinds: string,
+  p: (v: unknown) => string,
+): string {
+  const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+  // Summed per window, kind (and account) first, by hash: the outer GROUP BY then sees one row per
+  // group instead of one per account and day (and sorts no more than fits in work_mem).
+  const byAccount = scan.groupBy.length > 0;
+  return (
+    `UNION ALL SELECT ${["w", "kind", ...scan.groupBy.map((_, i) => `u AS g${i}`)].join(", ")}, ` +
+    `sum(credits), sum(requests), sum(input), sum(output), sum(cached) FROM (SELECT ` +
+    // One window (interval null): no bucket to work out, and the planner counts the groups right.
+    `${scan.boundaries.length === 2 ? "0" : `width_bucket(r.day::timestamp AT TIME ZONE 'UTC', ${bounds}::timestamptz[]) - 1`} AS w, r.kind AS kind, r.user_id AS u, ` +
+    `r.credits, r.requests, r.input_tokens AS input, r.output_tokens AS output, r.cached_tokens AS cached FROM ${rollup.table} r ` +
+    `WHERE r.day >= ${p(day(rollup.days.from))}::date AND r.day < ${p(day(rollup.days.to))}::date AND r.kind = ANY(${kinds}::text[])) AS rr ` +
+    `GROUP BY w, kind${byAccount ? ", u" : ""}) `
+  );
 }

@@ -11,7 +11,7 @@ import type {
 } from "../../models/index.js";
 import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
-import { decodeRow, encodeRow } from "../../schema/codec.js";
+import { decodeRow, encodeValues } from "../../schema/codec.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import {
   SCHEMA_COMPONENT,
@@ -287,26 +287,36 @@ class Sqlite {
     const t = this.t[key];
     const text = `INSERT ${orIgnore ? "OR IGNORE " : ""}INTO ${t.qualified} (${t.columns.map((c) => `"${c.name}"`).join(", ")}) VALUES (${t.columns.map(() => "?").join(", ")})`;
     let n = 0;
-    for (const row of rows)
-      n += this.run(text, Object.values(encodeRow(t.columns, row as Row, { dates: "iso", booleans: "int" })));
+    for (const row of rows) n += this.run(text, encodeValues(t.columns, row as Row, { dates: "iso", booleans: "int" }));
     return n;
   }
   /** Replaces a row found by its primary key (and `guard`, e.g. " AND version = ?"): false when none matched. */
   update(key: TableKey, row: object, guard = "", guardParams: readonly unknown[] = []): boolean {
     const t = this.t[key];
-    const keys = new Set(t.spec.primaryKey.map((f) => t.columns.find((c) => c.field === f)?.name));
-    const cols = t.columns.filter((c) => !keys.has(c.name));
-    const values = encodeRow(t.columns, row as Row, { dates: "iso", booleans: "int" });
-    const where = [...keys].map((k) => `"${k}" = ?`).join(" AND ");
-    const text = `UPDATE ${t.qualified} SET ${cols.map((c) => `"${c.name}" = ?`).join(", ")} WHERE ${where}${guard}`;
-    return (
-      this.run(text, [
-        ...cols.map((c) => values[c.name]),
-        ...[...keys].map((k) => values[k as string]),
-        ...guardParams,
-      ]) === 1
-    );
+    const plan = this.updatePlan(t, guard);
+    const values = encodeValues(t.columns, row as Row, { dates: "iso", booleans: "int" });
+    const params = new Array<unknown>(plan.order.length + guardParams.length);
+    for (let i = 0; i < plan.order.length; i++) params[i] = values[plan.order[i] as number];
+    for (let i = 0; i < guardParams.length; i++) params[plan.order.length + i] = guardParams[i];
+    return this.run(plan.text, params) === 1;
   }
+  /** An UPDATE's text and its parameters' column indices (the other columns, then the key's), per table and guard. */
+  private updatePlan(t: SqlTable, guard: string): { text: string; order: number[] } {
+    let plans = this.updatePlans.get(t);
+    if (plans === undefined) this.updatePlans.set(t, (plans = new Map()));
+    let plan = plans.get(guard);
+    if (plan === undefined) {
+      const keys = new Set(t.spec.primaryKey.map((f) => t.columns.find((c) => c.field === f)?.name));
+      const cols = t.columns.filter((c) => !keys.has(c.name));
+      const where = [...keys].map((k) => `"${k}" = ?`).join(" AND ");
+      const text = `UPDATE ${t.qualified} SET ${cols.map((c) => `"${c.name}" = ?`).join(", ")} WHERE ${where}${guard}`;
+      const index = (name: string | undefined) => t.columns.findIndex((c) => c.name === name);
+      plan = { text, order: [...cols.map((c) => index(c.name)), ...[...keys].map(index)] };
+      plans.set(guard, plan);
+    }
+    return plan;
+  }
+  private readonly updatePlans = new Map<SqlTable, Map<string, { text: string; order: number[] }>>();
 
   async init(): Promise<void> {
     const db = await this.open();

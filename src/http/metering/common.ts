@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { ConfigurationError, InsufficientCreditsError, ValidationError } from "../../errors.js";
-import { IdempotencyKey, UserId, parse } from "../../models/index.js";
+import { ConfigurationError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../../errors.js";
+import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models/index.js";
+import { applies } from "../../domain/limits.js";
 import type { CreditService } from "../../services/credit-service.js";
 import { CreditLeases, type LeaseCharge } from "../../services/leases.js";
 import type { MeterOptions } from "../../models/index.js";
@@ -17,7 +18,7 @@ import { pathMatcher } from "./paths.js";
 export interface MeteringOptionsBase<Req> {
   /** `manager.credits`. */
   credits: Pick<CreditService, "openMeter"> &
-    Partial<Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">>;
+    Partial<Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo" | "getLimits">>;
   /**
    * Fixed-price metering (docs/metering.md, "Fixed-price endpoints"): every metered request costs
    * this many credits (or what the function answers for the request, a non-negative integer), taken
@@ -38,6 +39,16 @@ export interface MeteringOptionsBase<Req> {
    * the next ones); usage beyond what the block still covers is an after-service deduction.
    */
   lease?: CreditLeases;
+  /**
+   * Who spends (docs/teams-and-limits.md, docs/metering.md "Spenders and features"): a spender id,
+   * or a function of the request answering one (or undefined: none). Default: the identity's
+   * `spender` (`authenticate` may return one). The hold, its commit, a leased charge and an
+   * after-service charge name it, so its spend limits apply (refused: 429 `SPEND_LIMIT_EXCEEDED`
+   * with `Retry-After`) and the scoped grants it may use pay.
+   */
+  spender?: string | ((request: Req) => string | undefined);
+  /** What the request spends on (a feature name), or a function of the request answering one (undefined: none). */
+  feature?: string | ((request: Req) => string | undefined);
   /** Who pays: `{ userId }` or null (→ 401). */
   authenticate?: (request: Req) => Identity | null | undefined | Promise<Identity | null | undefined>;
   /** Read the payer from a client-sent `X-User-Id` when `authenticate` finds nobody. Default false. */
@@ -188,17 +199,43 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 
   /** The payer: what `authenticate` found, else (when trusted) the `X-User-Id` header, else null. */
   const identityOf = (found: Identity | null | undefined, headerValue: string | null | undefined): Identity | null => {
-    if (found) return { userId: parse(UserId, found.userId, "identity.userId"), admin: found.admin === true };
+    if (found) {
+      const identity: Identity = {
+        userId: parse(UserId, found.userId, "identity.userId"),
+        admin: found.admin === true,
+      };
+      if (found.spender !== undefined) identity.spender = parse(SpenderId, found.spender, "identity.spender");
+      return identity;
+    }
     if (o.trustUserIdHeader && headerValue) return { userId: parse(UserId, headerValue, "X-User-Id") };
     return null;
   };
 
+  if (o.spender !== undefined && typeof o.spender !== "function") parse(SpenderId, o.spender, "spender");
+  if (o.feature !== undefined && typeof o.feature !== "function") parse(FeatureName, o.feature, "feature");
+  /** Who spends on what for `req` (the `spender` and `feature` options, the identity's spender); a 400 when a function answers an invalid name. */
+  const spendOf = (req: Req, identity: Identity): MeterSpend => {
+    const out: MeterSpend = {};
+    const spender = typeof o.spender === "function" ? o.spender(req) : (o.spender ?? identity.spender);
+    const feature = typeof o.feature === "function" ? o.feature(req) : o.feature;
+    if (spender !== undefined) out.spender = parse(SpenderId, spender, "spender");
+    if (feature !== undefined) out.feature = parse(FeatureName, feature, "feature");
+    return out;
+  };
+
   /** The options of the hold: only the keys that are set. */
   const ttlSeconds = o.ttlSeconds;
-  const meterOptions = (estimate: number, method: string | undefined, path: string): MeterOptions => {
+  const meterOptions = (
+    estimate: number,
+    method: string | undefined,
+    path: string,
+    spend?: MeterSpend,
+  ): MeterOptions => {
     const reason = `${method ?? "GET"} ${path}`;
     const out: MeterOptions = { estimate, reason: reason.length > 1000 ? reason.slice(0, 1000) : reason };
     if (ttlSeconds !== undefined) out.ttlSeconds = ttlSeconds;
+    if (spend?.spender !== undefined) out.spender = spend.spender;
+    if (spend?.feature !== undefined) out.feature = spend.feature;
     return out;
   };
 
@@ -349,6 +386,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     usageOfBody,
     usagePath,
     identityOf,
+    spendOf,
     meterOptions,
     report,
     settle,
@@ -402,7 +440,7 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | unde
   const { deductCreditsAfterService, getUserCreditsInfo } = o.credits;
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
     throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
-  const credits = o.credits as Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">;
+  const credits = o.credits as FixedCredits;
   return new FixedPricing(price, credits, lease, o.onSettled);
 }
 
@@ -422,7 +460,7 @@ export class FixedPricing<Req> {
 
   constructor(
     private readonly price: number | ((request: Req) => number | Promise<number>),
-    readonly credits: Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo">,
+    readonly credits: FixedCredits,
     readonly lease: CreditLeases | undefined,
     readonly onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
   ) {}
@@ -469,20 +507,29 @@ export class FixedPricing<Req> {
     method: string | undefined,
     path: string,
     locals?: Partial<MeteringLocals>,
+    spend: MeterSpend = NO_SPEND,
   ): PricedRequest<Req> | Promise<PricedRequest<Req>> {
-    if (cost === 0) return new PricedRequest(this, req, userId, cost, key, method, path, locals, null);
+    if (cost === 0) return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
     if (this.lease !== undefined && key === undefined) {
-      const block = this.lease.setAside(userId, cost);
-      if (block !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, block);
+      const block = this.lease.setAside(userId, cost, spend);
+      if (block !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, block, spend);
     }
-    return this.credits.getUserCreditsInfo(userId).then((info) => {
+    const named = spend.spender !== undefined || spend.feature !== undefined;
+    const info = named ? this.credits.getUserCreditsInfo(userId, spend) : this.credits.getUserCreditsInfo(userId);
+    // A named spend is checked against the spend limits for it too (429 with the reset).
+    const limits = named && this.credits.getLimits !== undefined ? this.credits.getLimits(userId) : null;
+    return Promise.all([info, limits]).then(([info, limits]) => {
+      if (limits !== null) {
+        const refusal = limitRefusal(limits, spend, cost);
+        if (refusal !== null) throw refusal;
+      }
       if (info.available < cost) {
         throw new InsufficientCreditsError(
           `Cannot run a request of ${cost} credits: only ${Math.max(info.available, 0)} available.`,
           { requested: cost, available: info.available },
         );
       }
-      return new PricedRequest(this, req, userId, cost, key, method, path, locals, null);
+      return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
     });
   }
 
@@ -501,7 +548,7 @@ export class FixedPricing<Req> {
       const leased = (c: LeaseCharge) => ({ charged: c.amount, entry: c.entry, leased: c.via === "lease" });
       let charged: LeaseCharge | Promise<LeaseCharge>;
       try {
-        charged = lease.charge(userId, cost, { reason });
+        charged = lease.charge(userId, cost, { reason, ...p.spend });
       } catch (error) {
         return Promise.reject(error as Error);
       }
@@ -510,11 +557,11 @@ export class FixedPricing<Req> {
       return charged.then(leased, (error: unknown) => {
         if (!(error instanceof InsufficientCreditsError)) throw error;
         return this.credits
-          .deductCreditsAfterService(userId, cost, { description: reason })
+          .deductCreditsAfterService(userId, cost, { description: reason, ...p.spend })
           .then((entry) => ({ charged: entry.amount, entry, leased: false }));
       });
     }
-    const options: { description: string; idempotencyKey?: string } = { description: reason };
+    const options: { description: string; idempotencyKey?: string } & MeterSpend = { description: reason, ...p.spend };
     if (key !== undefined) options.idempotencyKey = key;
     return this.credits
       .deductCreditsAfterService(userId, cost, options)
@@ -542,6 +589,8 @@ export class PricedRequest<Req = unknown> {
     private readonly locals: Partial<MeteringLocals> | undefined,
     /** The user's lease block the cost was set aside in by the check; null when none. */
     private block: object | null,
+    /** Who spends on what (the `spender` and `feature` options). */
+    readonly spend: MeterSpend = NO_SPEND,
   ) {}
 
   /** The journal's reason: `METHOD path`. */
@@ -561,7 +610,7 @@ export class PricedRequest<Req = unknown> {
     if (block !== null) {
       this.block = null;
       const lease = this.pricing.lease as CreditLeases;
-      if (lease.chargeSetAside(block, this.cost, lease.writesLines ? this.reason : undefined))
+      if (lease.chargeSetAside(block, this.cost, lease.writesLines ? this.reason : undefined, this.spend))
         return this.charged(this.cost, null, true);
     }
     return this.pricing.charge(this).then(
@@ -634,4 +683,36 @@ export class PricedRequest<Req = unknown> {
       // a failing callback must not change the response
     }
   }
+}
+
+/** Who spends on what in a metered request (the `spender` and `feature` options). */
+export interface MeterSpend {
+  spender?: string;
+  feature?: string;
+}
+
+const NO_SPEND: MeterSpend = Object.freeze({});
+
+/** What fixed-price metering uses of the credit service (`getLimits`: the check of a named spend). */
+type FixedCredits = Pick<CreditService, "deductCreditsAfterService" | "getUserCreditsInfo"> &
+  Partial<Pick<CreditService, "getLimits">>;
+
+/** The refusal of a fixed-price request of `cost` for `spend` by the tightest limit it does not fit; null when it fits them all. */
+function limitRefusal(limits: readonly SpendLimitStatus[], spend: MeterSpend, cost: number): SpendLimitError | null {
+  const s = { spender: spend.spender ?? null, feature: spend.feature ?? null };
+  let worst: SpendLimitStatus | null = null;
+  for (const l of limits)
+    if (applies(l, s) && l.remaining < cost && (worst === null || l.remaining < worst.remaining)) worst = l;
+  if (worst === null) return null;
+  const { spender, feature, amount, period, resetsWith } = worst;
+  return new SpendLimitError(
+    `Cannot run a request of ${cost} credits: the spend limit of ${amount} has ${worst.remaining} left until ${worst.resetsAt.toISOString()}.`,
+    {
+      requested: cost,
+      limit: { spender, feature, amount, period, resetsWith },
+      used: worst.used,
+      remaining: worst.remaining,
+      resetsAt: worst.resetsAt.toISOString(),
+    },
+  );
 }

@@ -3,7 +3,14 @@ import { ResponseUsageReader, usageOfText } from "../../domain/llm-usage.js";
 import { textResponse } from "../text-response.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import { NO_BODY, common, isJsonType, type CreditMeteringOptions, type PricedRequest } from "./common.js";
+import {
+  NO_BODY,
+  common,
+  isJsonType,
+  type CreditMeteringOptions,
+  type MeterSpend,
+  type PricedRequest,
+} from "./common.js";
 import { pathnameOf } from "./paths.js";
 
 /**
@@ -33,9 +40,10 @@ export function creditMetering(options: CreditMeteringOptions) {
         if (isPromiseLike(found)) found = await found;
         const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
-        if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path);
+        const spend = c.spendOf(request, identity);
+        if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path, spend);
         const estimate = c.estimate((name) => request.headers.get(name));
-        session = await c.openMeter(identity.userId, c.meterOptions(estimate, request.method, path));
+        session = await c.openMeter(identity.userId, c.meterOptions(estimate, request.method, path, spend));
       } catch (error) {
         return errorResponse(error);
       }
@@ -158,6 +166,7 @@ async function fixedPrice(
   handler: (request: Request) => Response | Promise<Response>,
   userId: string,
   path: string,
+  spend: MeterSpend,
 ): Promise<Response> {
   let priced: PricedRequest<Request>;
   try {
@@ -170,6 +179,8 @@ async function fixedPrice(
       key,
       request.method,
       path,
+      undefined,
+      spend,
     );
     priced = opened instanceof Promise ? await opened : opened;
   } catch (error) {

@@ -3,7 +3,14 @@ import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader } from "../../domain/llm-usage.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import { NO_BODY, PricedRequest, common, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./common.js";
+import {
+  NO_BODY,
+  PricedRequest,
+  common,
+  type CreditMeteringMiddlewareOptions,
+  type MeterSpend,
+  type MeteringLocals,
+} from "./common.js";
 import { nodePathOf } from "./paths.js";
 
 type Next = (error?: Error) => void;
@@ -234,11 +241,13 @@ function fixedCheck(
   userId: string,
   key: string | undefined,
   cost: number,
+  spend: MeterSpend,
 ): void {
   if (res.destroyed || res.writableEnded) return; // the client left: nothing checked, nothing set aside
   let priced: PricedRequest<IncomingMessage> | Promise<PricedRequest<IncomingMessage>>;
   try {
-    priced = fixed.open(req, userId, cost, key, req.method, path, (res as { locals?: Partial<MeteringLocals> }).locals);
+    const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+    priced = fixed.open(req, userId, cost, key, req.method, path, locals, spend);
   } catch (error) {
     return reply(res, errorResponse(error));
   }
@@ -333,12 +342,13 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     path: string,
     userId: string,
     fixed: NonNullable<Common["fixed"]>,
+    spend: MeterSpend,
   ): void => {
     const key = fixed.keyOf(headerOf(req, "idempotency-key"));
     const cost = fixed.costOf(req);
-    if (typeof cost === "number") return fixedCheck(c, fixed, req, res, next, path, userId, key, cost);
+    if (typeof cost === "number") return fixedCheck(c, fixed, req, res, next, path, userId, key, cost, spend);
     cost.then(
-      (n) => fixedCheck(c, fixed, req, res, next, path, userId, key, n),
+      (n) => fixedCheck(c, fixed, req, res, next, path, userId, key, n, spend),
       (error: unknown) => reply(res, errorResponse(error)),
     );
   };
@@ -353,16 +363,18 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
   ): void => {
     let userId: string;
     let estimate: number;
+    let spend: MeterSpend;
     try {
       const identity = c.identityOf(found, found ? undefined : headerOf(req, "x-user-id")); // the header only when no one was found
       if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
       userId = identity.userId;
-      if (c.fixed !== null) return fixedPrice(req, res, next, path, userId, c.fixed);
+      spend = c.spendOf(req, identity);
+      if (c.fixed !== null) return fixedPrice(req, res, next, path, userId, c.fixed, spend);
       estimate = c.estimate((name) => headerOf(req, name));
     } catch (error) {
       return reply(res, errorResponse(error));
     }
-    c.openMeter(userId, c.meterOptions(estimate, req.method, path)).then(
+    c.openMeter(userId, c.meterOptions(estimate, req.method, path, spend)).then(
       (session) => start(req, res, next, session),
       (error: unknown) => reply(res, errorResponse(error)),
     );
