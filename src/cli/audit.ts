@@ -1,14 +1,13 @@
 import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
 import { createInterface } from "node:readline";
-import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
-import { InMemoryDbManager } from "../db/memory/index.js";
+import type { DbEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
-import { ConfigurationError } from "../errors.js";
 import { canonicalEntry, hashEntry, ledgerLineOf } from "../domain/hash.js";
 import type { AuditReport } from "../domain/replay.js";
 import { createCreditManager } from "../manager.js";
 import { verifyArchives } from "../services/archive.js";
 import type { JournalEntry } from "../models/index.js";
+import { openCommandStore, STORE_VARIABLES } from "./store.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../domain/leases.js";
 
 export interface AuditCommand {
@@ -80,39 +79,17 @@ interface FileLine {
 export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
   const archives = command.archives ?? [];
   const accountsToo = command.users.length > 0 || command.all;
-  const env = source.env ?? process.env;
-  const db =
-    source.db ??
-    (await createDbManagerFromEnv(
-      command.sqlite === undefined
-        ? env
-        : { CREDIT_SQLITE_PATH: command.sqlite, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "" },
-    ));
-  // A store that must be opened before it is read, and is not created or migrated for it (SQLite).
-  const opener = db as DbManager & { openExisting?: () => Promise<void> };
-  if (typeof opener.openExisting === "function") {
-    try {
-      await opener.openExisting();
-    } catch (error) {
-      if (source.db === undefined) await db.close().catch(() => undefined);
-      if (error instanceof ConfigurationError) throw new AuditUsageError(error.message);
-      throw error;
-    }
-  }
+  const { db, memoryFromEnv } = await openCommandStore(command.sqlite, source, (m) => new AuditUsageError(m));
   if (!accountsToo && archives.length > 0) {
     // The archives alone; against the store's checkpoints when there is a store.
-    const store = source.db === undefined && db instanceof InMemoryDbManager ? undefined : db;
+    const store = memoryFromEnv ? undefined : db;
     try {
       return await auditArchives(archives, command.json, io, store);
     } finally {
       if (source.db === undefined) await db.close();
     }
   }
-  if (source.db === undefined && db instanceof InMemoryDbManager) {
-    throw new AuditUsageError(
-      "audit reads a store: set CREDIT_MONGO_URI (and CREDIT_MONGO_DB), CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_SQLITE_PATH (or give --sqlite FILE)",
-    );
-  }
+  if (memoryFromEnv) throw new AuditUsageError(`audit reads a store: set ${STORE_VARIABLES}`);
   const manager = await createCreditManager({ db, init: false, ledger: false });
   try {
     if (command.all && db.listAccountIds === undefined) {

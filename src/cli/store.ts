@@ -1,0 +1,49 @@
+import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
+import { InMemoryDbManager } from "../db/memory/index.js";
+import type { DbManager } from "../db/types.js";
+import { ConfigurationError } from "../errors.js";
+
+/** The variables (and flag) that name the store `audit` and `accounts` read (docs/cli.md). */
+export const STORE_VARIABLES =
+  "CREDIT_MONGO_URI (and CREDIT_MONGO_DB), CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_SQLITE_PATH (or give --sqlite FILE)";
+
+/** Where a command's store comes from: the environment (as `createDbManagerFromEnv`), or a given one. */
+export interface StoreSource {
+  env?: DbEnv;
+  /** A store to use instead of the environment's (tests, or a host wiring its own). Not closed. */
+  db?: DbManager;
+}
+
+/**
+ * The store of `audit` and `accounts` (docs/cli.md): `source.db` as given, else the SQLite file
+ * `sqlite` names (`--sqlite`, which wins over the environment), else the environment's. Opened
+ * without `init()`: nothing created or migrated; a SQLite file must exist and be a store at this
+ * release's schema version, or `usage(message)` is thrown (and the file left as it was).
+ * `fromEnv`: an empty in-memory store made because the environment names none (the caller decides
+ * whether that is a usage error); `owned`: the caller closes it.
+ */
+export async function openCommandStore(
+  sqlite: string | undefined,
+  source: StoreSource,
+  usage: (message: string) => Error,
+): Promise<{ db: DbManager; owned: boolean; memoryFromEnv: boolean }> {
+  const env = source.env ?? process.env;
+  const db =
+    source.db ??
+    (await createDbManagerFromEnv(
+      sqlite === undefined ? env : { CREDIT_SQLITE_PATH: sqlite, CREDIT_PG_URL: "", CREDIT_MONGO_URI: "" },
+    ));
+  const owned = source.db === undefined;
+  // A store that must be opened before it is read, and is not created or migrated for it (SQLite).
+  const opener = db as DbManager & { openExisting?: () => Promise<void> };
+  if (typeof opener.openExisting === "function") {
+    try {
+      await opener.openExisting();
+    } catch (error) {
+      if (owned) await db.close().catch(() => undefined);
+      if (error instanceof ConfigurationError) throw usage(error.message);
+      throw error;
+    }
+  }
+  return { db, owned, memoryFromEnv: owned && db instanceof InMemoryDbManager };
+}
