@@ -132,8 +132,9 @@ export type { CliIo, AuditSource };
 
 /**
  * Runs the CLI with `args` (without node and the script). Resolves to the exit code: 0 done, 1
- * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong).
- * `source`: the store `audit` reads, or the environment `audit` and `worker` read, instead of the
+ * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong); 3, for
+ * `audit` and `accounts`, an account named does not exist. `source`: the store `audit` and
+ * `accounts` read, or the environment `audit`, `accounts` and `worker` read, instead of the
  * process's (tests).
  */
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {

@@ -2,6 +2,7 @@ import { writeFileSync } from "node:fs";
 // Inlined by the build: the CLI prints the version it was built as.
 import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
+import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
@@ -71,6 +72,8 @@ Commands:
   serve     The credit API as a service: HTTP API behind API keys/JWTs, health, /metrics (docs/service.md)
   keys      Create, list and revoke the service's API keys
   webhooks  Add, list, remove, rotate and test the webhook endpoints the worker delivers events to
+  accounts  Show an account (credits, scoped credits, spend limits, spend by spender, subscription);
+            list, set and remove its spend limits (credit-management accounts --help)
 
 ${SCHEMA_OPTIONS}
 ${AUDIT_OPTIONS}
@@ -91,6 +94,8 @@ Examples:
   CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
   CREDIT_PG_URL=postgres://… npx credit-management worker --once --reminders-every 0
   npx credit-management keys create --role admin && npx credit-management serve
+  CREDIT_PG_URL=postgres://… npx credit-management accounts show acme
+  npx credit-management accounts limits set acme --sqlite credits.db --amount 500 --period month --spender alice
 `;
 
 /** Each command's own help (`credit-management schema --help`). */
@@ -99,6 +104,7 @@ const COMMAND_HELP: Record<string, string> = {
   worker: `Usage: credit-management worker [options]\n\nRuns the jobs (lapsed holds, renewals, expiry), the expiring-credit reminders and the notification\ndispatcher, each on its own interval, or once (--once). Docs: docs/operations.md.\n\n${WORKER_OPTIONS}`,
   serve: `Usage: credit-management serve [options]\n\nServes the credit API, health and metrics. Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
   webhooks: WEBHOOKS_HELP,
+  accounts: ACCOUNTS_HELP,
   keys: `Usage: credit-management keys create|list|revoke [options]\n\nThe API keys of "serve". Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
   audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
 };
@@ -109,8 +115,9 @@ const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair"
 
 /**
  * Runs the CLI with `args` (without node and the script). Resolves to the exit code: 0 done, 1
- * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong).
- * `source`: the store `audit` reads, or the environment `audit` and `worker` read, instead of the
+ * failed (or, for `audit`, a problem found), 2 bad usage (the message says what was wrong); 3, for
+ * `audit` and `accounts`, an account named does not exist. `source`: the store `audit` and
+ * `accounts` read, or the environment `audit`, `accounts` and `worker` read, instead of the
  * process's (tests).
  */
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
@@ -118,6 +125,8 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
     return runServeCli(args, io, source.env ?? process.env);
   if (args[0] === "webhooks" && !args.includes("--help") && !args.includes("-h"))
     return runWebhooksCli(args.slice(1), io, source.env ?? process.env);
+  // Its own flags and --help (docs/cli.md, "Accounts").
+  if (args[0] === "accounts") return runAccountsCli(args.slice(1), io, source);
   try {
     return await run(args, io, source);
   } catch (error) {
