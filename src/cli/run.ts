@@ -183,7 +183,10 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     io.stdout(`${packageJson.version}\n`);
     return 0;
   }
-  if (command === undefined) throw new UsageError('missing command (try "schema", "audit", "worker" or "serve")');
+  if (command === undefined)
+    throw new UsageError(
+      'missing command (try "schema", "audit", "accounts", "worker", "serve", "keys" or "webhooks")',
+    );
   if (command !== "schema" && command !== "audit" && command !== "worker")
     throw new UsageError(`unknown command "${command}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
