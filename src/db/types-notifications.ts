@@ -1,4 +1,4 @@
-import type { Notification } from "../models/index.js";
+import type { Notification, NotificationType } from "../models/index.js";
 
 /**
  * The outbox part of the storage contract (`DbManager` extends it).
@@ -19,6 +19,8 @@ export interface NotificationStore {
    * (or whose claim lapsed), **only the oldest pending row (by id) of each user**, so a user's
    * events are delivered one after another in id order. Claimed rows get `claimedUntil = now +
    * leaseMs` and `claimToken = token`; two dispatchers never hold the same row at once.
+   * With `types`: only rows of those types, each due row whatever older rows of its user wait
+   * (`NotificationService.handlePending`, the worker's auto top-ups: docs/promos-and-payments.md).
    */
   claimNotifications(query: ClaimQuery): Promise<Notification[]>;
   /**
@@ -57,6 +59,12 @@ export interface ClaimQuery {
   /** How long the claim lasts, in milliseconds. */
   leaseMs: number;
   token: string;
+  /**
+   * Only rows of these types, oldest due first, without the one-row-per-user rule (the rows are
+   * handled, not delivered in order). A store that ignores it returns rows of other types, which
+   * `handlePending` releases unhandled. Omitted: every type, a user's oldest row only.
+   */
+  types?: readonly NotificationType[];
 }
 
 export interface NotificationUpdate {

@@ -15,7 +15,7 @@ import {
   type AlertState,
   type Notification,
 } from "../models/index.js";
-import { ConfigurationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
@@ -84,6 +84,11 @@ export type SubscriptionEventType = Extract<
 >;
 
 const DispatchOptions = z.strictObject({ limit: z.number().int().min(1).max(10_000).optional() });
+const HandleOptions = z.strictObject({
+  /** The types whose rows are handled (each needs a handler). */
+  types: z.array(NotificationType).min(1).max(64),
+  limit: z.number().int().min(1).max(10_000).optional(),
+});
 const StartOptions = z.strictObject({
   intervalMs: z.number().int().min(10).max(3_600_000).optional(),
   limit: z.number().int().min(1).max(10_000).optional(),
@@ -283,17 +288,50 @@ export class NotificationService {
     );
   }
 
-  /** `dispatchPending`; `message` (while someone listens) gets the age of the oldest row claimed. */
-  private async dispatch(limit: number, message: DispatchMessage | undefined): Promise<DispatchReport> {
+  /**
+   * Runs the handlers of pending rows of `types` (up to `limit`, default 100) **without publishing
+   * them**: claims the due rows of those types as `dispatchPending` claims rows (several
+   * dispatchers, and a dispatcher beside it, never hold one row at once; a lapsed claim is taken
+   * over), runs the row's handler, and marks the row `sent` — settled, not delivered anywhere; a
+   * throw is a failed attempt, retried with the same backoff (`failed` after `maxAttempts`). A
+   * user's older rows of other types do not hold these back. The worker charges auto top-ups this
+   * way when it does not deliver (docs/promos-and-payments.md, "Auto top-up"). A type without a
+   * handler is a `ValidationError`.
+   */
+  async handlePending(options: z.input<typeof HandleOptions>): Promise<DispatchReport> {
+    const o = parse(HandleOptions, options, "options");
+    const missing = o.types.filter((t) => !this.handlers.has(t));
+    if (missing.length > 0) {
+      throw new ValidationError(`Invalid options.types: no handler for ${missing.join(", ")}`, [
+        { path: "types", message: `no handler (setHandler): ${missing.join(", ")}` },
+      ]);
+    }
+    return this.dispatch(o.limit ?? 100, undefined, [...new Set(o.types)]);
+  }
+
+  /**
+   * `dispatchPending`; `message` (while someone listens) gets the age of the oldest row claimed.
+   * With `types`, `handlePending`: rows of those types, handled and not published.
+   */
+  private async dispatch(
+    limit: number,
+    message: DispatchMessage | undefined,
+    types?: NotificationType[],
+  ): Promise<DispatchReport> {
     const report: DispatchReport = { claimed: 0, sent: 0, retried: 0, failed: 0, lost: 0 };
     const token = randomUUID();
     while (report.claimed < limit) {
-      const rows = await this.db.claimNotifications({
+      const claimed = await this.db.claimNotifications({
         now: this.clock(),
         limit: limit - report.claimed,
         leaseMs: this.leaseMs,
         token,
+        ...(types === undefined ? {} : { types }),
       });
+      // A store that does not know `types` claimed rows of other types: given back untouched.
+      const rows = types === undefined ? claimed : claimed.filter((r) => types.includes(r.type));
+      const foreign = claimed.filter((r) => !rows.includes(r));
+      for (const r of foreign) await this.release(r, token);
       if (rows.length === 0) break;
       report.claimed += rows.length;
       if (message !== undefined) {
@@ -301,7 +339,9 @@ export class NotificationService {
         for (const row of rows) message.maxLagMs = Math.max(message.maxLagMs, now - row.createdAt.getTime());
       }
       const settled = report.sent + report.failed;
-      await Promise.all(rows.map((row) => this.deliver(row, token, report)));
+      await Promise.all(rows.map((row) => this.deliver(row, token, report, types === undefined)));
+      // Such a store would give the same rows again: one round is all it gets.
+      if (foreign.length > 0) break;
       // Only a row settled in this round (sent, or failed for good) can have made its user's next
       // row due; rows that wait for a retry free nothing, so a round that settled none ends it.
       if (report.sent + report.failed === settled) break;
@@ -372,7 +412,24 @@ export class NotificationService {
     else this.handlers.set(type, handler);
   }
 
-  private async deliver(row: Notification, token: string, report: DispatchReport): Promise<void> {
+  /** Gives a claimed row back as it was (no attempt counted). */
+  private async release(row: Notification, token: string): Promise<void> {
+    await this.db.completeNotification(
+      row.id,
+      token,
+      {
+        status: "pending",
+        attempts: row.attempts,
+        nextAttemptAt: row.nextAttemptAt,
+        lastError: row.lastError,
+        settledAt: null,
+      },
+      row.userId,
+    );
+  }
+
+  /** Runs the row's handler, then (`publish`) publishes it; settles it, or schedules its retry. */
+  private async deliver(row: Notification, token: string, report: DispatchReport, publish = true): Promise<void> {
     const attempt = row.attempts + 1;
     const message: NotificationMessage = {
       id: row.id,
@@ -386,7 +443,7 @@ export class NotificationService {
     try {
       const handler = this.handlers.get(row.type);
       if (handler !== undefined) await handler(row);
-      await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
+      if (publish) await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
     } catch (error) {
       const now = this.clock();
       // A queue may say when to try again, or that trying again is useless (NotificationQueue.publish).
@@ -398,10 +455,12 @@ export class NotificationService {
           : backoffDelay(attempt, this.backoffBaseMs, this.backoffMaxMs);
       const reason = error instanceof Error ? error.message : String(error);
       this.logger?.warn(
-        { err: error, notificationId: row.id, userId: row.userId, attempt },
+        { err: error, notificationId: row.id, userId: row.userId, type: row.type, attempt },
         last
           ? "credit-management: notification failed for good"
-          : "credit-management: notification delivery failed; will retry",
+          : publish
+            ? "credit-management: notification delivery failed; will retry"
+            : "credit-management: notification handler failed; will retry",
       );
       const ok = await this.db.completeNotification(
         row.id,

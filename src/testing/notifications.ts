@@ -596,6 +596,86 @@ export function runNotificationContract(
       expect(await db.listNotifications(blocked, { status: "pending", limit: 100 })).toEqual([]);
     });
 
+    it("claims by type: every due row of those types, whatever older rows its user has; never one row twice; handlePending handles them without publishing", async () => {
+      const db = getDb();
+      const at = epoch(6);
+      const [a, b] = [user(), user()];
+      const ask = ["auto_top_up_requested" as const];
+      const head = newNotification(a, "low_credits", { i: 0 }, new Date(at), null);
+      const asks = [a, a, b].map((u, i) =>
+        newNotification(u, "auto_top_up_requested", { i: i + 1 }, new Date(at), null),
+      );
+      const later = {
+        ...newNotification(b, "auto_top_up_requested", { i: 9 }, new Date(at), null),
+        nextAttemptAt: new Date(at + 60_000),
+      };
+      expect(await db.insertNotifications([head, ...asks, later])).toBe(5);
+      const mine = (rows: Notification[]) => rows.filter((r) => r.userId === a || r.userId === b);
+      const now = new Date(at + 1000);
+      const claims = await Promise.all(
+        [1, 2, 3, 4].map((k) => db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: `y${k}`, types: ask })),
+      );
+      const claimed = mine(claims.flat());
+      // a's low_credits row (older, never claimed here) holds none of a's top-up rows back.
+      expect(claimed.map((r) => r.payload.i).sort()).toEqual([1, 2, 3]);
+      expect(new Set(claimed.map((r) => r.id)).size).toBe(3);
+      // Held: neither a typed claim nor the dispatcher's takes them; the dispatcher gets a's head.
+      expect(mine(await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "y5", types: ask }))).toEqual([]);
+      const heads = mine(await db.claimNotifications({ now, limit: 10, leaseMs: 5000, token: "y5" }));
+      expect(heads.map((r) => r.payload.i)).toEqual([0]);
+      // Their claims lapse: taken over.
+      const lapsed = mine(
+        await db.claimNotifications({ now: new Date(at + 7000), limit: 10, leaseMs: 5000, token: "y6", types: ask }),
+      );
+      expect(lapsed.map((r) => r.payload.i).sort()).toEqual([1, 2, 3]);
+      for (const r of lapsed)
+        expect(
+          await db.completeNotification(r.id, "y6", {
+            status: "pending",
+            attempts: 0,
+            nextAttemptAt: now,
+            lastError: null,
+            settledAt: null,
+          }),
+        ).toBe(true);
+
+      // handlePending: the handler runs once per row, the row is settled `sent`, nothing is published.
+      const queue = new InMemoryNotificationQueue();
+      const { notifications, clock } = services(db, at + 8000, { lowCredits: 20 }, queue);
+      const handled: unknown[] = [];
+      let fail = true;
+      notifications.setHandler("auto_top_up_requested", async (row) => {
+        if (row.payload.i === 2 && fail) {
+          fail = false;
+          throw new Error("provider down");
+        }
+        handled.push(row.payload.i);
+      });
+      await expect(notifications.handlePending({ types: ["low_credits"] })).rejects.toBeInstanceOf(ValidationError);
+      let report = await notifications.handlePending({ types: ask, limit: 100 });
+      expect(report).toMatchObject({ sent: 2, retried: 1, failed: 0, lost: 0 });
+      expect(handled.sort()).toEqual([1, 3]);
+      const failed = (await notifications.list(a)).find((r) => r.payload.i === 2);
+      expect(failed).toMatchObject({ status: "pending", attempts: 1, lastError: "provider down" });
+      // The same backoff as a failed delivery (1 s base, ±20%): not before it.
+      expect((await notifications.handlePending({ types: ask })).claimed).toBe(0);
+      clock.now += 120_000;
+      report = await notifications.handlePending({ types: ask });
+      expect(report).toMatchObject({ claimed: 2, sent: 2 }); // a's retried row, and b's later one
+      expect(handled.sort()).toEqual([1, 2, 3, 9]);
+      expect(queue.messages.length).toBe(0);
+      expect((await notifications.list(b)).map((r) => r.status)).toEqual(["sent", "sent"]);
+      // a's low_credits row is still pending, for the dispatcher (the store-wide claim below settles it).
+      expect((await notifications.list(a, { status: "pending" })).map((r) => r.type)).toEqual(["low_credits"]);
+      const settle = { status: "sent" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
+      let rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "y7" });
+      while (rows.length > 0) {
+        for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
+        rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "y7" });
+      }
+      expect(await db.listNotifications(a, { status: "pending", limit: 10 })).toEqual([]);
+    });
+
     it("the dispatcher delivers in order per user with stable ids, retries with backoff, and marks failed", async () => {
       const db = getDb();
       const at = epoch(2);

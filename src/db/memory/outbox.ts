@@ -59,11 +59,19 @@ export class MemoryOutbox {
   claimNotifications(q: ClaimQuery): Notification[] {
     const now = q.now.getTime();
     const heads: Notification[] = [];
+    const due = (row: Notification) =>
+      row.nextAttemptAt.getTime() <= now && (row.claimedUntil === null || row.claimedUntil.getTime() <= now);
     for (const ids of this.pending.values()) {
+      if (q.types !== undefined) {
+        // Rows of these types, each due one: no per-user order (ClaimQuery.types).
+        for (const id of ids) {
+          const row = this.rows.get(id) as Notification;
+          if (q.types.includes(row.type) && due(row)) heads.push(row);
+        }
+        continue;
+      }
       const head = this.rows.get(ids[0] as string) as Notification;
-      if (head.nextAttemptAt.getTime() > now) continue;
-      if (head.claimedUntil !== null && head.claimedUntil.getTime() > now) continue;
-      heads.push(head);
+      if (due(head)) heads.push(head);
     }
     heads.sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
     return heads.slice(0, q.limit).map((h) => {

@@ -79,6 +79,7 @@ export class MongoOutbox {
    */
   async claimNotifications(q: ClaimQuery): Promise<NotificationT[]> {
     if (q.limit <= 0) return [];
+    if (q.types !== undefined) return this.claimOfTypes(q, q.types);
     const seen: string[] = [];
     const claimed: NotificationT[] = [];
     const until = new Date(q.now.getTime() + q.leaseMs);
@@ -106,6 +107,40 @@ export class MongoOutbox {
       for (const doc of won) if (doc !== null) claimed.push(rowOf(doc));
     }
     return claimed.sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+  }
+
+  /**
+   * `ClaimQuery.types`: the due, unclaimed rows of those types (oldest first, through
+   * `pending_due`), each taken by a `findOneAndUpdate` guarded on `status` and the lapsed lease.
+   */
+  private async claimOfTypes(q: ClaimQuery, types: readonly string[]): Promise<NotificationT[]> {
+    const until = new Date(q.now.getTime() + q.leaseMs);
+    const lapsed = [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }];
+    const due = await guard("claimNotifications", () =>
+      this.c
+        .find(
+          { status: "pending", nextAttemptAt: { $lte: q.now }, type: { $in: [...types] }, $or: lapsed },
+          { projection: { _id: 1 } },
+        )
+        .sort({ nextAttemptAt: 1, _id: 1 })
+        .limit(q.limit)
+        .toArray(),
+    );
+    const won = await guard("claimNotifications", () =>
+      Promise.all(
+        due.map((d) =>
+          this.c.findOneAndUpdate(
+            { _id: d._id, status: "pending", $or: lapsed },
+            { $set: { claimedUntil: until, claimToken: q.token } },
+            { returnDocument: "after" },
+          ),
+        ),
+      ),
+    );
+    return won
+      .filter((d): d is NonNullable<typeof d> => d !== null)
+      .map(rowOf)
+      .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
   }
 
   /** Claims `userId`'s oldest pending row if it is due and unclaimed; null otherwise or when another dispatcher won. */

@@ -38,11 +38,16 @@ export class PostgresOutbox {
   async claimNotifications(q: ClaimQuery): Promise<Notification[]> {
     if (q.limit <= 0) return [];
     const t = this.table.qualified;
+    // With `types`: rows of those types through `pending_due`, no per-user order (ClaimQuery.types).
+    const which =
+      q.types === undefined
+        ? `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = o.user_id AND p.status = 'pending' AND p.id < o.id) `
+        : `AND o.type = ANY($5::text[]) `;
     const text =
       `WITH picked AS MATERIALIZED (` +
       `SELECT o.id FROM ${t} o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ` +
       `AND (o.claimed_until IS NULL OR o.claimed_until <= $1) ` +
-      `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = o.user_id AND p.status = 'pending' AND p.id < o.id) ` +
+      which +
       `ORDER BY o.next_attempt_at, o.id LIMIT $4 FOR UPDATE SKIP LOCKED) ` +
       `UPDATE ${t} n SET claimed_until = $2, claim_token = $3 FROM picked WHERE n.id = picked.id ` +
       `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING ${output(this.table, "n")}`;
@@ -51,6 +56,7 @@ export class PostgresOutbox {
       new Date(q.now.getTime() + q.leaseMs),
       q.token,
       q.limit,
+      ...(q.types === undefined ? [] : [[...q.types]]),
     ]);
     return rows
       .map((r) => this.db.decode<Notification>("notifications", r))

@@ -726,12 +726,18 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
         const t = s.t.notifications.qualified;
         const until = new Date(q.now.getTime() + q.leaseMs);
         return s.tx(() => {
-          // Only the oldest pending row of each user, so a user's events go out in id order.
+          // Only the oldest pending row of each user, so a user's events go out in id order; with
+          // `types`, every due row of those types (ClaimQuery.types).
+          const types = q.types ?? [];
+          const which =
+            q.types === undefined
+              ? `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = ${t}.user_id AND p.status = 'pending' AND p.id < ${t}.id) `
+              : `AND type IN (${types.map(() => "?").join(", ") || "NULL"}) `;
           const picked = s.list<Notification>(
             "notifications",
             `WHERE status = 'pending' AND next_attempt_at <= ? AND (claimed_until IS NULL OR claimed_until <= ?) ` +
-              `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = ${t}.user_id AND p.status = 'pending' AND p.id < ${t}.id) ORDER BY next_attempt_at, id LIMIT ?`,
-            [q.now, q.now, q.limit],
+              `${which}ORDER BY next_attempt_at, id LIMIT ?`,
+            [q.now, q.now, ...types, q.limit],
           );
           for (const n of picked)
             s.run(`UPDATE ${t} SET claimed_until = ?, claim_token = ? WHERE id = ?`, [until, q.token, n.id]);
