@@ -28,6 +28,7 @@ describe("credit-management worker: flags and environment", () => {
       "--jobs-every",
       "--reminders-every",
       "--dispatch-every",
+      "--top-up-every",
       "--jitter",
       "--batch-size",
       "--concurrency",
@@ -36,6 +37,9 @@ describe("credit-management worker: flags and environment", () => {
       "CREDIT_WORKER_JOBS_EVERY",
       "CREDIT_WORKER_REMINDERS_EVERY",
       "CREDIT_WORKER_DISPATCH_EVERY",
+      "CREDIT_WORKER_TOP_UP_EVERY",
+      "STRIPE_SECRET_KEY",
+      "STRIPE_API_BASE_URL",
       "CREDIT_WORKER_JITTER",
       "CREDIT_WORKER_BATCH_SIZE",
       "CREDIT_WORKER_CONCURRENCY",
@@ -90,16 +94,28 @@ describe("credit-management worker: flags and environment", () => {
       jobsEveryMs: 60_000,
       remindersEveryMs: 0,
       dispatchEveryMs: 0,
+      // Not delivering: the worker charges the auto top-ups asked for itself (docs/promos-and-payments.md).
+      topUpEveryMs: 1000,
       notifications: "off",
       jitter: 0.1,
+      stripeBaseUrl: undefined,
     });
     const redis = workerSettings({}, { CREDIT_REDIS_URL: "redis://h:6379" });
     expect(redis).toMatchObject({
       notifications: "deliver",
       remindersEveryMs: 3_600_000,
       dispatchEveryMs: 1000,
+      // The dispatch round charges each top-up before it delivers it.
+      topUpEveryMs: 0,
       reminderDays: [7],
     });
+    expect(workerSettings({ "top-up-every": "5s" }, { CREDIT_NOTIFICATIONS: "record" }).topUpEveryMs).toBe(5000);
+    expect(workerSettings({}, { CREDIT_WORKER_TOP_UP_EVERY: "off", CREDIT_WORKER_JOBS_EVERY: "1m" }).topUpEveryMs).toBe(
+      0,
+    );
+    expect(workerSettings({}, { STRIPE_API_BASE_URL: "http://127.0.0.1:12111" }).stripeBaseUrl).toBe(
+      "http://127.0.0.1:12111",
+    );
     const set = workerSettings(
       { "batch-size": "50", once: true },
       {
@@ -174,7 +190,13 @@ describe("credit-management worker: flags and environment", () => {
         /CREDIT_REMINDER_DAYS must be up to 16 numbers/,
       ],
       [["worker"], { CREDIT_LOW_CREDITS_PERCENT: "120" }, /CREDIT_LOW_CREDITS_PERCENT must be a number from 0 to 100/],
-      [["worker", "--jobs-every", "0"], {}, /every task is off/],
+      [["worker", "--jobs-every", "0", "--top-up-every", "off"], {}, /every task is off/],
+      [["worker", "--top-up-every", "soon"], {}, /--top-up-every must be a duration/],
+      [
+        ["worker"],
+        { STRIPE_API_BASE_URL: "api.stripe.com" },
+        /STRIPE_API_BASE_URL must be an http:\/\/ or https:\/\/ URL/,
+      ],
       // A store that could not be reached: refused before the worker tries (it was exit 1 after the pool failed).
       [
         ["worker", "--once"],

@@ -5,13 +5,23 @@
  * requires_action, a time-out whose charge went through, 500 then success, 429, and the
  * `payment_intent.succeeded` webhook before and after the synchronous answer, replayed 20 times.
  * The fake keeps Stripe's idempotency: a repeated `Idempotency-Key` gets the first answer back.
+ * And `credit-management worker --once` when it does not deliver (CREDIT_NOTIFICATIONS=record or
+ * off) on SQLite, PostgreSQL and MongoDB: it charges the top-ups asked for itself, two workers at
+ * once charge once, a decline and a 5xx take their paths, no Stripe key is said at start.
  */
-import { createHmac } from "node:crypto";
+import { createHmac, randomUUID } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { MongoClient } from "mongodb";
+import pg from "pg";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { runCli } from "../src/cli/run.js";
+import { createDbManagerFromEnv } from "../src/db/from-env.js";
 import { InMemoryDbManager } from "../src/db/memory/index.js";
-import { createCreditManager, InMemoryNotificationQueue, StripeProvider } from "../src/index.js";
+import { createCreditManager, InMemoryNotificationQueue, StripeProvider, type CreditManager } from "../src/index.js";
 
 const WHSEC = "whsec_auto_top_up";
 const T0 = Date.now();
@@ -24,6 +34,7 @@ type Outcome =
   | "500"
   | "429"
   | "slow"
+  | "held"
   | `decline:${string}`;
 
 interface Seen {
@@ -36,6 +47,8 @@ interface Seen {
 
 const seen: Seen[] = [];
 let script: Outcome[] = [];
+/** `held`: the charge is made (and kept under its key) and its answer waits for this gate. */
+let gate: Promise<void> = Promise.resolve();
 /** Stripe's idempotency: the answer stored per key. */
 const saved = new Map<string, { status: number; json: unknown }>();
 /** PaymentIntents created (one per key that reached a final answer). */
@@ -73,7 +86,7 @@ function intent(form: URLSearchParams, status: string, extra: Record<string, unk
 function answer(outcome: Outcome, form: URLSearchParams): { status: number; json: unknown; store: boolean } {
   if (outcome === "500") return { status: 500, json: { error: { message: "boom", type: "api_error" } }, store: false };
   if (outcome === "429") return { status: 429, json: { error: { message: "rate", type: "rate_limit" } }, store: false };
-  if (outcome === "succeeded" || outcome === "slow" || outcome === "processing")
+  if (outcome === "succeeded" || outcome === "slow" || outcome === "held" || outcome === "processing")
     return { status: 200, json: intent(form, outcome === "processing" ? "processing" : "succeeded"), store: true };
   if (outcome === "requires_action") {
     const next = { type: "use_stripe_sdk", use_stripe_sdk: { type: "three_d_secure_redirect" } };
@@ -121,6 +134,7 @@ beforeAll(async () => {
         if (a.store && key !== undefined) saved.set(key, { status: a.status, json: a.json });
         // The charge is made (and kept under its key), but the answer comes after the client gave up.
         if (outcome === "slow") await new Promise((r) => setTimeout(r, 600));
+        if (outcome === "held") await gate;
       }
       if (!res.destroyed) {
         res.writeHead(a.status, { "content-type": "application/json" });
@@ -346,3 +360,238 @@ describe("auto top-up against a fake Stripe API", () => {
     expect((await m.payments.getAutoTopUp("ada"))?.pending).toBeNull();
   });
 });
+
+// ---- The worker when it does not deliver (docs/promos-and-payments.md, "Auto top-up"; docs/cli.md) ----
+
+const pgUrl = process.env.CREDIT_PG_URL;
+const mongoUri = process.env.CREDIT_MONGO_URI;
+const dir = mkdtempSync(join(tmpdir(), "cm-atu-worker-"));
+const schemas: string[] = [];
+const mongoDbs: string[] = [];
+const opened: CreditManager[] = [];
+afterAll(async () => {
+  for (const m of opened) await m.close().catch(() => undefined);
+  rmSync(dir, { recursive: true, force: true });
+  if (pgUrl && schemas.length > 0) {
+    const c = new pg.Client({ connectionString: pgUrl });
+    await c.connect();
+    for (const schema of schemas) await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    await c.end();
+  }
+  if (mongoUri && mongoDbs.length > 0) {
+    const c = new MongoClient(mongoUri);
+    for (const name of mongoDbs) await c.db(name).dropDatabase();
+    await c.close();
+  }
+});
+
+const tag = () => randomUUID().replace(/-/g, "").slice(0, 10);
+const workerStores: { name: string; skip: boolean; env: () => Record<string, string> }[] = [
+  { name: "SQLite", skip: false, env: () => ({ CREDIT_SQLITE_PATH: join(dir, `${tag()}.db`) }) },
+  {
+    name: "PostgreSQL",
+    skip: !pgUrl,
+    env: () => {
+      const schema = `cm_atu_worker_${tag()}`;
+      schemas.push(schema);
+      return { CREDIT_PG_URL: pgUrl as string, CREDIT_PG_SCHEMA: schema };
+    },
+  },
+  {
+    name: "MongoDB",
+    skip: !mongoUri,
+    env: () => {
+      const name = `cm_atu_worker_${tag()}`;
+      mongoDbs.push(name);
+      return { CREDIT_MONGO_URI: mongoUri as string, CREDIT_MONGO_DB: name };
+    },
+  },
+];
+
+interface LogLine {
+  level: number;
+  msg: string;
+  task?: string;
+  [field: string]: unknown;
+}
+
+for (const store of workerStores) {
+  // reason: PostgreSQL and MongoDB only with CREDIT_PG_URL / CREDIT_MONGO_URI (set by .ci/run)
+  describe.skipIf(store.skip)(
+    `credit-management worker charges auto top-ups without delivering (${store.name})`,
+    () => {
+      /** A store; your service's manager on it, which records events (record mode) and spends across `below`. */
+      async function crossed(outcomes: Outcome[]) {
+        script = [...outcomes];
+        const env = store.env();
+        const m = await createCreditManager({
+          db: await createDbManagerFromEnv(env),
+          notifications: { lowCredits: 500 },
+          payments: {
+            providers: [
+              new StripeProvider({
+                secretKey: "sk_test_auto",
+                webhookSecret: WHSEC,
+                successUrl: "https://app.example.com/ok",
+                cancelUrl: "https://app.example.com/cancel",
+                baseUrl,
+              }),
+            ],
+          },
+        });
+        opened.push(m);
+        await m.credits.addCredits("ada", 1000);
+        await m.payments.setAutoTopUp("ada", {
+          below: 100,
+          amount: 2000,
+          provider: "stripe",
+          customer: "cus_ada",
+          paymentMethod: "pm_card_visa",
+          currency: "usd",
+        });
+        // 50: crosses low_credits (500) and the rule's 100 in one unit of work, low_credits first.
+        await m.credits.deductCredits("ada", 950);
+        const attempt = (await m.payments.getAutoTopUp("ada"))?.pending?.id as string;
+        expect(attempt).toMatch(/^atu_/);
+        const rows = async () => m.notifications.list("ada");
+        expect((await rows()).map((r) => [r.type, r.status])).toEqual([
+          ["low_credits", "pending"],
+          ["auto_top_up_requested", "pending"],
+        ]);
+        const available = async () => (await m.credits.getUserCreditsInfo("ada")).available;
+        return { m, env, attempt, rows, available };
+      }
+
+      /** `credit-management worker --once`, in this process, its log lines parsed. */
+      async function worker(env: Record<string, string>, mode: "record" | "off", extra: Record<string, string> = {}) {
+        let stdout = "";
+        let stderr = "";
+        const code = await runCli(
+          ["worker", "--once"],
+          { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) },
+          {
+            env: {
+              ...env,
+              CREDIT_NOTIFICATIONS: mode,
+              STRIPE_SECRET_KEY: "sk_test_auto",
+              APP_BASE_URL: "https://app.example.com",
+              STRIPE_API_BASE_URL: baseUrl,
+              ...extra,
+            },
+          },
+        );
+        const lines = stdout
+          .split("\n")
+          .filter((l) => l.trim() !== "")
+          .map((l) => JSON.parse(l) as LogLine);
+        return { code, lines, stderr, round: lines.find((l) => l.task === "top-ups") };
+      }
+
+      const charges = (attempt: string) => seen.filter((x) => x.idem === attempt);
+
+      it("record: one --once run charges the top-up once (the attempt's Idempotency-Key) and credits it once; the row is settled, other rows left to your deliverer", async () => {
+        const { env, attempt, rows, available, m } = await crossed(["succeeded"]);
+        const w = await worker(env, "record");
+        expect(w.code, w.stderr + JSON.stringify(w.lines)).toBe(0);
+        expect(w.round).toMatchObject({ ok: true, claimed: 1, sent: 1, retried: 0, failed: 0 });
+        expect(charges(attempt)).toHaveLength(1);
+        expect(seen[0]?.auth).toBe("Bearer sk_test_auto");
+        expect(await available()).toBe(2050);
+        expect(await m.payments.getPayment("ada", attempt)).toMatchObject({ status: "paid", credits: 2000 });
+        expect((await m.payments.getAutoTopUp("ada"))?.pending).toBeNull();
+        const after = await rows();
+        expect(after.find((r) => r.type === "auto_top_up_requested")).toMatchObject({ status: "sent", attempts: 1 });
+        // Not delivered anywhere: the worker in record mode delivers nothing; your services deliver the rest.
+        expect(after.find((r) => r.type === "low_credits")?.status).toBe("pending");
+        // A second run finds nothing to charge.
+        const again = await worker(env, "record");
+        expect(again.code).toBe(0);
+        expect(again.round).toMatchObject({ claimed: 0 });
+        expect(charges(attempt)).toHaveLength(1);
+        expect(await available()).toBe(2050);
+        expect((await m.credits.audit("ada")).ok).toBe(true);
+      });
+
+      it("off: two workers at once charge once, credited once: the second runs whole while the first's charge is in flight, and leaves the claimed row alone", async () => {
+        const { env, attempt, available, rows } = await crossed(["held"]);
+        let open = () => {};
+        gate = new Promise<void>((r) => (open = r));
+        const first = worker(env, "off");
+        for (let i = 0; i < 400 && charges(attempt).length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+        expect(charges(attempt)).toHaveLength(1); // Stripe charged; the first worker waits for the answer
+        const second = await worker(env, "off");
+        expect(second.code).toBe(0);
+        expect(second.round).toMatchObject({ ok: true, claimed: 0 });
+        open();
+        const done = await first;
+        expect(done.code).toBe(0);
+        expect(done.round).toMatchObject({ claimed: 1, sent: 1 });
+        expect(charges(attempt)).toHaveLength(1);
+        expect(await available()).toBe(2050);
+        expect((await rows()).find((r) => r.type === "auto_top_up_requested")?.status).toBe("sent");
+      });
+
+      it("a declined card: the payment failed, auto_top_up_failed with the provider's code, the rule's failures; the request row settled", async () => {
+        const { env, attempt, rows, available, m } = await crossed(["decline:insufficient_funds"]);
+        const w = await worker(env, "record");
+        expect(w.code).toBe(0);
+        expect(w.round).toMatchObject({ claimed: 1, sent: 1 });
+        expect(charges(attempt)).toHaveLength(1);
+        expect(await available()).toBe(50);
+        expect((await m.payments.getPayment("ada", attempt)).status).toBe("failed");
+        expect(await m.payments.getAutoTopUp("ada")).toMatchObject({
+          pending: null,
+          failures: 1,
+          lastError: "insufficient_funds",
+        });
+        const after = await rows();
+        expect(after.find((r) => r.type === "auto_top_up_failed")).toMatchObject({
+          status: "pending",
+          payload: { attemptId: attempt, code: "insufficient_funds", failures: 1 },
+        });
+        expect(after.find((r) => r.type === "auto_top_up_requested")?.status).toBe("sent");
+      });
+
+      it("Stripe 500: the round fails (exit 1), the row waits out the outbox's backoff; the next run charges under the same key, once", async () => {
+        const { env, attempt, rows, available } = await crossed(["500", "succeeded"]);
+        const first = await worker(env, "record");
+        expect(first.code).toBe(1);
+        expect(first.round).toMatchObject({ ok: false, claimed: 1, retried: 1 });
+        const row = (await rows()).find((r) => r.type === "auto_top_up_requested");
+        expect(row).toMatchObject({ status: "pending", attempts: 1 });
+        expect(row?.lastError).toMatch(/500|boom/);
+        // The backoff: 1 s (±20%) after the failure.
+        const due = (row?.nextAttemptAt as Date).getTime();
+        expect(due - Date.now()).toBeGreaterThan(0);
+        expect(due - Date.now()).toBeLessThan(1300);
+        await new Promise((r) => setTimeout(r, Math.max(0, due - Date.now()) + 50));
+        const second = await worker(env, "record");
+        expect(second.code).toBe(0);
+        expect(second.round).toMatchObject({ claimed: 1, sent: 1 });
+        expect(charges(attempt)).toHaveLength(2);
+        expect(await available()).toBe(2050);
+      });
+
+      it("no STRIPE_SECRET_KEY: a warning at start naming the fix; no top-ups task; the row waits untouched", async () => {
+        const { env, attempt, rows, available } = await crossed(["succeeded"]);
+        const w = await worker(env, "record", { STRIPE_SECRET_KEY: "" });
+        expect(w.code).toBe(0);
+        expect(w.round).toBeUndefined();
+        expect(w.lines.find((l) => l.msg === "worker started")).toMatchObject({ topUps: "nobody" });
+        const warning = w.lines.find((l) => l.level === 40 && /auto top-ups are waiting/.test(l.msg));
+        expect(warning?.msg).toMatch(/no payment provider can charge a saved card/);
+        expect(String(warning?.fix)).toMatch(/STRIPE_SECRET_KEY/);
+        expect(charges(attempt)).toHaveLength(0);
+        expect(await available()).toBe(50);
+        expect((await rows()).find((r) => r.type === "auto_top_up_requested")).toMatchObject({
+          status: "pending",
+          attempts: 0,
+        });
+        // With the key, the next run charges it.
+        const fixed = await worker(env, "record");
+        expect(fixed.round).toMatchObject({ claimed: 1, sent: 1 });
+        expect(await available()).toBe(2050);
+      });
+    },
+  );
+}

@@ -9,8 +9,9 @@ import { PartitionInterval } from "../schema/partitions.js";
 import { IdempotencyRetention } from "../services/expiration-service.js";
 
 /**
- * `credit-management worker` (docs/operations.md): the jobs, the expiring-credit reminders and the
- * notification dispatcher, each on its own interval (with jitter), or each once (`--once`).
+ * `credit-management worker` (docs/operations.md): the jobs, the expiring-credit reminders, the
+ * notification dispatcher and, when it does not deliver, the auto top-ups' charges, each on its own
+ * interval (with jitter), or each once (`--once`).
  * Configured from the environment (the store URLs `createDbManagerFromEnv` reads, Redis for the
  * notification queue and the cache) and from flags, which win over their variables.
  */
@@ -28,6 +29,11 @@ export interface WorkerSettings {
   jobsEveryMs: number;
   remindersEveryMs: number;
   dispatchEveryMs: number;
+  /**
+   * Charging the auto top-ups asked for (`auto_top_up_requested`) when the dispatch task does not
+   * run (it charges them before it delivers): docs/promos-and-payments.md, "Auto top-up".
+   */
+  topUpEveryMs: number;
   /** Each pause is the interval ± jitter/2 of it; the first round waits up to jitter × interval. */
   jitter: number;
   batchSize: number;
@@ -48,6 +54,8 @@ export interface WorkerSettings {
   logLevel: LogLevel;
   /** How long idempotency keys answer retries (`IdempotencyRetention`); "forever": never forgotten. */
   idempotencyRetention: string;
+  /** STRIPE_API_BASE_URL: where the Stripe API is (a proxy, stripe-mock); undefined: Stripe's. */
+  stripeBaseUrl: string | undefined;
 }
 
 /** The worker's flags as `parseArgs` gives them (strings; flags win over their variables). */
@@ -56,6 +64,7 @@ export interface WorkerFlags {
   "jobs-every"?: string;
   "reminders-every"?: string;
   "dispatch-every"?: string;
+  "top-up-every"?: string;
   jitter?: string;
   "batch-size"?: string;
   concurrency?: string;
@@ -68,6 +77,7 @@ export const WORKER_FLAGS = {
   "jobs-every": { type: "string" },
   "reminders-every": { type: "string" },
   "dispatch-every": { type: "string" },
+  "top-up-every": { type: "string" },
   jitter: { type: "string" },
   "batch-size": { type: "string" },
   concurrency: { type: "string" },
@@ -76,12 +86,15 @@ export const WORKER_FLAGS = {
 } as const;
 
 export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its variable):
-  --once                           One round of each task (jobs, then reminders, then dispatch), then exit:
+  --once                           One round of each task (jobs, reminders, dispatch, top-ups), then exit:
                                    0 every round succeeded; 1 a round failed (a job step, a delivery, the store).
                                    Any mode: 2 for a bad flag or variable (the message names it)
   --jobs-every DURATION            CREDIT_WORKER_JOBS_EVERY: lapsed holds, renewals, expiry. Default 60s
   --reminders-every DURATION       CREDIT_WORKER_REMINDERS_EVERY: expiring-credit reminders (notifications on). Default 1h
   --dispatch-every DURATION        CREDIT_WORKER_DISPATCH_EVERY: outbox delivery (CREDIT_NOTIFICATIONS=deliver). Default 1s
+  --top-up-every DURATION          CREDIT_WORKER_TOP_UP_EVERY: charge the auto top-ups asked for, when the
+                                   worker does not deliver (deliver: the dispatch round charges them). Runs
+                                   when a provider can charge saved cards (STRIPE_SECRET_KEY). Default 1s
                                    DURATION: 500ms, 30s, 5m, 1h or a number of ms; 0 or off: never
                                    (a pause counts from the end of a round: rounds of a task never overlap)
   --jitter FRACTION                CREDIT_WORKER_JITTER: each pause is the interval ± FRACTION/2 of it,
@@ -101,7 +114,10 @@ Environment of "worker":
   CREDIT_NOTIFICATIONS             off: no events, no reminders, no delivery; record: events and reminders
                                    go to the outbox, your services deliver them; deliver: and the worker
                                    delivers them to the stream (and the webhooks). Default deliver with
-                                   CREDIT_REDIS_URL or CREDIT_WEBHOOKS=on, else off
+                                   CREDIT_REDIS_URL or CREDIT_WEBHOOKS=on, else off. In every mode the
+                                   auto top-ups asked for are charged (--top-up-every)
+  STRIPE_SECRET_KEY, APP_BASE_URL  Stripe, as your services have it: the worker charges auto top-ups with it
+  STRIPE_API_BASE_URL              Where the Stripe API is (a proxy, stripe-mock). Default https://api.stripe.com
   CREDIT_WEBHOOKS                  on: every outbox event also goes to the webhook endpoints of
                                    "credit-management webhooks", signed (docs/notifications.md). Default off
   CREDIT_WEBHOOK_ALLOW_NETWORKS    CIDR networks webhook endpoints may reach although private or loopback
@@ -180,6 +196,10 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const jobs = duration("jobs-every", "CREDIT_WORKER_JOBS_EVERY", 60_000);
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
   const dispatch = duration("dispatch-every", "CREDIT_WORKER_DISPATCH_EVERY", 1000);
+  const topUps = duration("top-up-every", "CREDIT_WORKER_TOP_UP_EVERY", 1000);
+  const stripeBaseUrl = read(null, "STRIPE_API_BASE_URL")?.text;
+  if (stripeBaseUrl !== undefined && !/^https?:\/\/[^\s/]+/.test(stripeBaseUrl))
+    throw new WorkerUsageError(`STRIPE_API_BASE_URL must be an http:// or https:// URL, not "${stripeBaseUrl}"`);
   if (notifications === "off" && reminders.given && reminders.ms > 0) {
     throw new WorkerUsageError(
       "reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)",
@@ -220,11 +240,14 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     );
   }
 
+  const dispatchEveryMs = notifications === "deliver" ? dispatch.ms : 0;
   const settings: WorkerSettings = {
     once: flags.once === true,
     jobsEveryMs: jobs.ms,
     remindersEveryMs: notifications === "off" ? 0 : reminders.ms,
-    dispatchEveryMs: notifications === "deliver" ? dispatch.ms : 0,
+    dispatchEveryMs,
+    // The dispatch round charges each top-up before it delivers it; without it, this task does.
+    topUpEveryMs: dispatchEveryMs > 0 ? 0 : topUps.ms,
     jitter: number("jitter", "CREDIT_WORKER_JITTER", 0, 1) ?? 0.1,
     batchSize: integer("batch-size", "CREDIT_WORKER_BATCH_SIZE", 1, 10_000) ?? 1000,
     concurrency: integer("concurrency", "CREDIT_WORKER_CONCURRENCY", 1, 256) ?? 8,
@@ -241,10 +264,16 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     ledgerFile,
     logLevel: (levelText?.text as LogLevel | undefined) ?? "info",
     idempotencyRetention: retentionText,
+    stripeBaseUrl,
   };
-  if (settings.jobsEveryMs === 0 && settings.remindersEveryMs === 0 && settings.dispatchEveryMs === 0) {
+  if (
+    settings.jobsEveryMs === 0 &&
+    settings.remindersEveryMs === 0 &&
+    settings.dispatchEveryMs === 0 &&
+    settings.topUpEveryMs === 0
+  ) {
     throw new WorkerUsageError(
-      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every a duration",
+      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every, --top-up-every a duration",
     );
   }
   return settings;
@@ -282,7 +311,7 @@ export interface WorkerIo {
   stderr: (text: string) => void;
 }
 
-type TaskName = "jobs" | "reminders" | "dispatch";
+type TaskName = "jobs" | "reminders" | "dispatch" | "top-ups";
 interface RoundResult {
   ok: boolean;
   /** A dispatch round that found nothing (on intervals logged at debug, not info: a dispatcher polls every second). */
@@ -394,6 +423,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         ...(settings.webhooks ? { domainEvents: true } : {}),
         cache,
         logger,
+        payments: { stripe: stripeOptions(env, settings) },
         ledger: settings.ledgerFile === undefined ? false : { filePath: settings.ledgerFile },
         idempotency: { retention: retentionSetting(settings.idempotencyRetention) },
         notifications:
@@ -419,9 +449,11 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         notifications: settings.notifications,
         every: Object.fromEntries(tasks.map((t) => [t.name, t.everyMs])),
         jitter: settings.jitter,
+        topUps: topUpsBy(manager, settings),
       },
       "worker started",
     );
+    await warnUnchargedTopUps(manager, settings, logger);
 
     let ok = true;
     if (settings.once) {
@@ -463,6 +495,13 @@ function workerTasks(m: CreditManager, settings: WorkerSettings, logger: Pino) {
     { name: "jobs" as const, everyMs: settings.jobsEveryMs, round: () => jobsRound(m, settings) },
     { name: "reminders" as const, everyMs: settings.remindersEveryMs, round: () => remindersRound(m, settings) },
     { name: "dispatch" as const, everyMs: settings.dispatchEveryMs, round: () => dispatchRound(m, settings) },
+    {
+      name: "top-ups" as const,
+      // Without a provider that can charge, every attempt would fail (and use up its retries):
+      // the rows wait, untouched, and warnUnchargedTopUps says so.
+      everyMs: topUpsBy(m, settings) === "top-ups" ? settings.topUpEveryMs : 0,
+      round: () => topUpsRound(m, settings),
+    },
   ].filter((t) => t.everyMs > 0);
   const round = async (task: WorkerTask): Promise<boolean> => {
     logger.debug({ task: task.name }, "round started");
@@ -573,6 +612,89 @@ async function remindersRound(m: CreditManager, s: WorkerSettings): Promise<Roun
     windows.push({ days, ...(await m.notifications.sendExpiringReminders({ days, pageSize: s.batchSize })) });
   }
   return { ok: true, idle: false, report: { reminders: windows } };
+}
+
+/**
+ * Who charges the auto top-ups asked for: the dispatch round (before it delivers each row), the
+ * top-ups task (the worker does not deliver), or nobody (no provider can charge a saved method;
+ * --top-up-every off).
+ */
+export function topUpsBy(m: CreditManager, s: WorkerSettings): "dispatch" | "top-ups" | "nobody" {
+  if (s.dispatchEveryMs > 0) return "dispatch";
+  if (s.topUpEveryMs === 0 || m.payments.chargingProviders().length === 0) return "nobody";
+  return "top-ups";
+}
+
+/**
+ * At start, when the worker cannot charge auto top-ups (no provider can charge a saved card: a
+ * dispatch round would fail them, the top-ups task does not run) or will not (the top-ups task off)
+ * while some are waiting: one warning naming the fix. Looks at one waiting row
+ * (claimed and given back at once, no attempt counted). docs/promos-and-payments.md, "Auto top-up".
+ */
+export async function warnUnchargedTopUps(m: CreditManager, s: WorkerSettings, logger: Pino): Promise<void> {
+  const noProvider = m.payments.chargingProviders().length === 0;
+  if (topUpsBy(m, s) !== "nobody" && !noProvider) return;
+  try {
+    const token = `probe-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    const rows = await m.db.claimNotifications({
+      now: new Date(),
+      limit: 1,
+      leaseMs: 1000,
+      token,
+      types: ["auto_top_up_requested"],
+    });
+    for (const r of rows) {
+      await m.db.completeNotification(
+        r.id,
+        token,
+        {
+          status: "pending",
+          attempts: r.attempts,
+          nextAttemptAt: r.nextAttemptAt,
+          lastError: r.lastError,
+          settledAt: null,
+        },
+        r.userId,
+      );
+    }
+    if (!rows.some((r) => r.type === "auto_top_up_requested")) return;
+    logger.warn(
+      {
+        fix: !noProvider
+          ? "unset --top-up-every / CREDIT_WORKER_TOP_UP_EVERY (or run a dispatcher: CREDIT_NOTIFICATIONS=deliver)"
+          : "set STRIPE_SECRET_KEY (and APP_BASE_URL) in the worker's environment, as your services have them",
+        userId: rows[0]?.userId,
+      },
+      !noProvider
+        ? "auto top-ups are waiting and this worker does not charge them (--top-up-every off): they stay asked for, blocking their rules, until something charges them"
+        : "auto top-ups are waiting and no payment provider can charge a saved card here: they stay asked for, blocking their rules, until a worker with STRIPE_SECRET_KEY charges them",
+    );
+  } catch (error) {
+    logger.warn({ err: error }, "could not look for auto top-ups waiting to be charged");
+  }
+}
+
+/**
+ * Charges the auto top-ups asked for (`auto_top_up_requested`) without delivering the rows
+ * (`handlePending`): claimed as the dispatcher claims them, so two workers (or a worker beside a
+ * dispatcher) never charge one twice; a failure (time-out, 5xx) is retried with the outbox's backoff.
+ */
+async function topUpsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResult> {
+  const r = await m.notifications.handlePending({ types: ["auto_top_up_requested"], limit: s.dispatchLimit });
+  return { ok: r.retried + r.failed === 0, idle: r.claimed === 0, report: { ...r } };
+}
+
+/** Stripe from the worker's environment (it reads `env`, as it does for the store). */
+function stripeOptions(env: DbEnv, s: WorkerSettings) {
+  const value = (name: string) => env[name]?.trim() || undefined;
+  const appBase = value("APP_BASE_URL")?.replace(/\/$/, "");
+  return {
+    secretKey: value("STRIPE_SECRET_KEY"),
+    webhookSecret: value("STRIPE_WEBHOOK_SECRET"),
+    successUrl: appBase === undefined ? undefined : `${appBase}/payments/success`,
+    cancelUrl: appBase === undefined ? undefined : `${appBase}/payments/cancel`,
+    ...(s.stripeBaseUrl === undefined ? {} : { baseUrl: s.stripeBaseUrl }),
+  };
 }
 
 /** Delivers due outbox rows to the queue; a delivery that failed (retried later) fails the round. */

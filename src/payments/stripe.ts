@@ -83,6 +83,11 @@ export class StripeProvider implements PaymentProvider {
     return Boolean(this.secretKey && this.successUrl && this.cancelUrl);
   }
 
+  /** False without a secret key: no saved card can be charged (auto top-up). */
+  get chargesSaved(): boolean {
+    return Boolean(this.secretKey);
+  }
+
   get receivesWebhooks(): boolean {
     return Boolean(this.webhookSecret);
   }

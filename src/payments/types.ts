@@ -140,6 +140,12 @@ export interface PaymentProvider {
    */
   readonly opensCheckouts?: boolean;
   /**
+   * Optional: false when this provider has `chargeSaved` but lacks what a charge needs (Stripe: no
+   * secret key), so auto top-ups cannot be charged: the worker then says so at start instead of
+   * failing every attempt (docs/promos-and-payments.md, "Auto top-up"). Omitted: true.
+   */
+  readonly chargesSaved?: boolean;
+  /**
    * Checks the signature over the exact bytes received. Throws `WebhookRejectedError` when it does
    * not match (or is stale), `ConfigurationError` when no webhook secret is configured.
    */

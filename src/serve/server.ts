@@ -18,7 +18,7 @@ import {
   type RouteDefinition,
 } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
-import { startWorkerRounds, workerSettings, type WorkerSettings } from "../cli/worker.js";
+import { startWorkerRounds, warnUnchargedTopUps, workerSettings, type WorkerSettings } from "../cli/worker.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
 import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";
@@ -594,6 +594,8 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     const address = server.address();
     const port = typeof address === "object" && address !== null ? address.port : s.CREDIT_PORT;
     const rounds = ws === undefined ? null : startWorkerRounds(manager, ws, logger);
+    // Auto top-ups waiting that nothing here can charge: said once (docs/promos-and-payments.md).
+    if (ws !== undefined) void warnUnchargedTopUps(manager, ws, logger);
     logger.info(
       {
         port,

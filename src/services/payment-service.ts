@@ -481,17 +481,27 @@ export class PaymentService {
     )?.catch(() => undefined);
   }
 
+  /** The providers whose webhooks can be received (a webhook secret is configured). */
+  webhookProviders(): string[] {
+    return [...this.providers.values()].filter((p) => p.receivesWebhooks !== false).map((p) => p.name);
+  }
+
+  /**
+   * The providers that can charge a saved method off-session now (`chargeSaved`, and configured
+   * for it: `chargesSaved` not false): the ones an auto top-up can be charged through.
+   */
+  chargingProviders(): string[] {
+    return [...this.providers.values()]
+      .filter((p) => p.chargeSaved !== undefined && p.chargesSaved !== false)
+      .map((p) => p.name);
+  }
+
   /**
    * Applies a provider's webhook. `rawBody` must be the exact bytes received (the signature covers
    * them). Throws `WebhookRejectedError` (HTTP 400, nothing changed) on a bad or stale signature or
    * an event that contradicts the stored payment, `ConfigurationError` without a webhook secret,
    * `NotFoundError` for an unknown provider.
    */
-  /** The providers whose webhooks can be received (a webhook secret is configured). */
-  webhookProviders(): string[] {
-    return [...this.providers.values()].filter((p) => p.receivesWebhooks !== false).map((p) => p.name);
-  }
-
   async handleWebhook(
     providerName: string,
     rawBody: Uint8Array | string,
