@@ -36,6 +36,8 @@ export default defineConfig({
     "pg",
     "ioredis",
     "better-sqlite3",
+    // Bun's own SQLite: loaded by src/db/sqlite/bun.ts, only under Bun (docs/runtimes.md).
+    "bun:sqlite",
     "vitest",
     "fast-check",
     "@nats-io/jetstream",

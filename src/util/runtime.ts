@@ -20,6 +20,12 @@ export function runtimeName(): string {
   return node === undefined ? "this runtime" : `Node.js v${node}`;
 }
 
+/** True under Bun (which sets `Bun` and `process.versions.bun`). */
+export function onBun(): boolean {
+  const g = globalThis as { Bun?: unknown; process?: { versions?: { bun?: string } } };
+  return g.Bun !== undefined || g.process?.versions?.bun !== undefined;
+}
+
 /** True on Cloudflare Workers (workerd): no file system of its own, no threads, no native addons. */
 export function onWorkers(): boolean {
   return (globalThis as { navigator?: { userAgent?: string } }).navigator?.userAgent === "Cloudflare-Workers";

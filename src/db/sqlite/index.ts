@@ -1,3 +1,4 @@
+import * as z from "zod";
 import { ConfigurationError, ConflictError } from "../../errors.js";
 import type {
   Account,
@@ -25,7 +26,7 @@ import type { TableKey } from "../../schema/tables.js";
 import { type Attempt, DefinedStore, type StoreDefinition } from "../store/define.js";
 import { origin, storeError } from "../store/errors.js";
 import { backoff, sleep } from "../store/retry.js";
-import { refuseOnWorkers } from "../../util/runtime.js";
+import { onBun, refuseOnWorkers, runtimeName } from "../../util/runtime.js";
 import type { Changes, JournalQuery, LedgerQuery, LoadRequest, LoadedState, ScanCursor, StoreStats } from "../types.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
@@ -56,10 +57,26 @@ export interface SqliteStatement {
 
 type Database = SqliteDatabase;
 
+/**
+ * What opens `filename` (docs/runtimes.md, "SQLite on Bun"): the `better-sqlite3` package, or
+ * Bun's own `bun:sqlite` (only under Bun). Both write the same file format.
+ */
+export type SqliteDriver = "better-sqlite3" | "bun:sqlite";
+const SqliteDriverOption = z.enum(["better-sqlite3", "bun:sqlite"]) satisfies z.ZodType<SqliteDriver>;
+
 export interface SqliteDbManagerOptions {
-  /** The database file (created if missing; `":memory:"`: a private in-memory database). `better-sqlite3` must be installed. */
+  /**
+   * The database file (created if missing; `":memory:"`: a private in-memory database), opened by
+   * `driver`: `better-sqlite3` must be installed, except under Bun, where `bun:sqlite` opens it.
+   */
   filename?: string;
-  /** An open `better-sqlite3` database instead: `close()` leaves it open. */
+  /**
+   * What opens `filename`: `"better-sqlite3"` (the default on Node.js and Deno), or `"bun:sqlite"`
+   * (the default under Bun; refused elsewhere). The file is the same either way: it moves between
+   * them (docs/runtimes.md, "SQLite on Bun"). Not with `database`.
+   */
+  driver?: SqliteDriver;
+  /** An open `better-sqlite3` database instead (or anything with its interface, `SqliteDatabase`): `close()` leaves it open. */
   database?: Database;
   /** Put in front of every table and index name, e.g. `"credits_"`. */
   tablePrefix?: string;
@@ -105,7 +122,11 @@ class Sqlite {
   private runner: { db: Database; t: { (): unknown; immediate(): unknown } } | null = null;
   private body: (() => unknown) | null = null;
 
-  constructor(private readonly options: SqliteDbManagerOptions) {
+  constructor(
+    private readonly options: SqliteDbManagerOptions,
+    /** What opens the file; null: a database was handed in. */
+    readonly driver: SqliteDriver | null,
+  ) {
     this.db = options.database ?? null;
     this.t = Object.fromEntries(
       sqlTables({ dialect: "sqlite", prefix: options.tablePrefix }).map((t) => [t.key, t]),
@@ -150,6 +171,19 @@ class Sqlite {
 
   /** A new connection to `filename` (`mustExist`: fails when there is no such file). */
   private async connect(filename: string, mustExist: boolean): Promise<Database> {
+    if (this.driver === "bun:sqlite") {
+      // Its own module, loaded only here (under Bun): it imports bun:sqlite (docs/runtimes.md).
+      const { loadBunSqlite, openBunSqlite } = await import("./bun.js");
+      let driver: Awaited<ReturnType<typeof loadBunSqlite>>;
+      try {
+        driver = await loadBunSqlite();
+      } catch (error) {
+        throw new ConfigurationError(origin("sqlite", `bun:sqlite cannot be loaded on ${runtimeName()}`), error);
+      }
+      const db = openBunSqlite(driver, filename, { fileMustExist: mustExist });
+      this.spin(db);
+      return db;
+    }
     type Driver = new (filename: string, options?: { fileMustExist?: boolean }) => Database;
     let Driver: Driver;
     try {
@@ -365,6 +399,8 @@ class Sqlite {
   close(): void {
     if (this.options.database === undefined) this.db?.close();
     this.db = null;
+    // Prepared on that connection: not usable on the next one (bun:sqlite finalizes them on close).
+    this.statements.clear();
   }
 }
 
@@ -793,7 +829,38 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
 }
 
 /**
- * The SQLite store (`credit-management/sqlite`), on `better-sqlite3`: a persistent embedded store
+ * `options.driver`, validated, or the default: `bun:sqlite` under Bun, `better-sqlite3` elsewhere;
+ * null when a database is handed in (nothing to open).
+ */
+function chooseDriver(options: SqliteDbManagerOptions): SqliteDriver | null {
+  if (options.driver === undefined) {
+    if (options.database !== undefined) return null;
+    return onBun() ? "bun:sqlite" : "better-sqlite3";
+  }
+  const parsed = SqliteDriverOption.safeParse(options.driver);
+  if (!parsed.success)
+    throw new ConfigurationError(
+      origin(
+        "sqlite",
+        `\`driver\` must be "better-sqlite3" or "bun:sqlite", not ${JSON.stringify(options.driver) ?? String(options.driver)}`,
+      ),
+    );
+  if (options.database !== undefined)
+    throw new ConfigurationError(
+      origin("sqlite", "pass `driver` or `database`, not both: `driver` opens `filename`, `database` is open already"),
+    );
+  if (parsed.data === "bun:sqlite" && !onBun())
+    throw new ConfigurationError(
+      origin(
+        "sqlite",
+        `driver "bun:sqlite" is Bun's own SQLite and cannot be loaded on ${runtimeName()}: use "better-sqlite3" (the default here)`,
+      ),
+    );
+  return parsed.data;
+}
+
+/**
+ * The SQLite store (`credit-management/sqlite`), on `better-sqlite3`, or under Bun on `bun:sqlite`: a persistent embedded store
  * for single-node services and tests, built with `defineStore`. The file is in WAL mode, so
  * readers never wait for the writer; several processes may share it. A unit of work reads its
  * account in one read transaction and writes everything in one write transaction guarded on the
@@ -817,14 +884,23 @@ export class SqliteDbManager extends DefinedStore {
     if (options.database !== undefined && options.filename !== undefined) {
       throw new ConfigurationError(origin("sqlite", "pass `filename` or `database`, not both"));
     }
+    const driver = chooseDriver(options);
     let s: Sqlite;
     try {
-      s = new Sqlite(options);
+      s = new Sqlite(options, driver);
     } catch (error) {
       throw new ConfigurationError(origin("sqlite", (error as Error).message), error);
     }
     super(definition(s, options));
     this.sqlite = s;
+  }
+
+  /**
+   * What opens the file: `"better-sqlite3"`, or `"bun:sqlite"` (the default under Bun); null when
+   * a `database` was handed in (docs/runtimes.md, "SQLite on Bun").
+   */
+  get driver(): SqliteDriver | null {
+    return this.sqlite.driver;
   }
 
   /**
