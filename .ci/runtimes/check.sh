@@ -12,8 +12,11 @@
 #                             the repository whose node_modules links to the repository's except
 #                             better-sqlite3, which is 13 from here (the committed tree is not touched)
 #   check.sh bun deno         the packed package in a fresh project on Bun and/or Deno: the contract
-#                             suite (contract.mjs) on memory, SQLite (better-sqlite3 13) and
-#                             PostgreSQL, and examples/bun.ts / examples/deno.ts over HTTP on each
+#                             suite (contract.mjs) on memory, SQLite and PostgreSQL (SQLite: on Bun
+#                             through bun:sqlite, the default there, and through better-sqlite3 13
+#                             asked for; on Deno through better-sqlite3 13), examples/bun.ts /
+#                             examples/deno.ts over HTTP on each; on Bun, sqlite-file.mjs: a file
+#                             moves between bun:sqlite and better-sqlite3 (under Bun, then Node 24)
 # A runtime that cannot be had fails the check. PostgreSQL: CREDIT_PG_URL (required when CI is set).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -116,7 +119,7 @@ case "${1:-}" in
       "expect@$(version "$modules/expect")"
     # better-sqlite3 13: Node-API, its binaries inside the package (no build: no install script).
     npm_install --no-audit --no-fund --prefer-offline --silent --ignore-scripts "better-sqlite3@$(version "$modules/better-sqlite3")"
-    cp "$here/contract.mjs" "$repo/examples/bun.ts" "$repo/examples/deno.ts" .
+    cp "$here/contract.mjs" "$here/sqlite-file.mjs" "$repo/examples/bun.ts" "$repo/examples/deno.ts" .
     mkdir tmp
     export TMPDIR="$work/tmp" NO_COLOR=1 DENO_DIR="$work/deno-dir"
     bun="$modules/bun/bin/bun.exe"
@@ -157,6 +160,11 @@ case "${1:-}" in
           "$bun" -e 'const m = require("credit-management/http"); if (!m.creditMetering) throw new Error("CJS require")'
           echo "ESM import and CJS require of the package"
           "$bun" contract.mjs
+          # One file, both drivers: written by bun:sqlite, read, audited and written on by
+          # better-sqlite3, and the other way round (under Bun); then both read on Node.js.
+          mkdir sqlite-file
+          "$bun" sqlite-file.mjs sqlite-file
+          "$(nodedir 24)/bin/node" sqlite-file.mjs sqlite-file
           example bun memory
           example bun sqlite
           [ -z "${CREDIT_PG_URL:-}" ] || example bun postgres

@@ -2,9 +2,12 @@
 // Deno. It is run by .ci/runtimes/check.sh from a fresh project that installed the packed package,
 // so it tests what a user gets. No test runner of the runtime is needed: the suite takes its test
 // functions from its caller, and these are a small sequential runner with jest's `expect` (the
-// `expect` package). Stores: in memory; SQLite through `better-sqlite3` 13 (a Node-API addon, so
-// it loads on Bun and Deno too) in a file under the temporary folder, through two connections;
-// and PostgreSQL through `pg` when CREDIT_PG_URL is set (a schema of its own, dropped at the end). Exits 1 on any failure, or when no test ran.
+// `expect` package). Stores: in memory; SQLite in a file under the temporary folder, through two
+// connections, on the driver `credit-management/sqlite` picks by itself (Bun's own `bun:sqlite`
+// under Bun, `better-sqlite3` elsewhere) and, under Bun, once more on `better-sqlite3` 13 (a
+// Node-API addon, so it loads on Bun and Deno too) asked for explicitly; and PostgreSQL through
+// `pg` when CREDIT_PG_URL is set (a schema of its own, dropped at the end). Exits 1 on any
+// failure, or when no test ran.
 import { createRequire } from "node:module";
 import pg from "pg";
 import { InMemoryDbManager } from "credit-management";
@@ -102,14 +105,24 @@ async function run(node, path) {
 
 runDbManagerContract({ name: "memory", create: async () => new InMemoryDbManager(), test });
 
-const sqliteFile = join(mkdtempSync(join(tmpdir(), "cm-rt-sqlite-")), "contract.db");
-runDbManagerContract({
-  name: "sqlite",
-  test,
-  create: async () => new SqliteDbManager({ filename: sqliteFile }),
-  // A second connection on the same file, with its own caches (as a second process has).
-  createPeer: async () => new SqliteDbManager({ filename: sqliteFile }),
-});
+const bs3 = `better-sqlite3 ${createRequire(import.meta.url)("better-sqlite3/package.json").version}`;
+// The default first (nothing passed: what a user gets), then under Bun better-sqlite3 explicitly.
+// Each on its own file: two SQLite libraries in one process must not share a file (docs/runtimes.md).
+const drivers = typeof globalThis.Bun !== "undefined" ? [undefined, "better-sqlite3"] : [undefined];
+const sqliteRuns = [];
+for (const driver of drivers) {
+  const file = join(mkdtempSync(join(tmpdir(), "cm-rt-sqlite-")), "contract.db");
+  const options = driver === undefined ? { filename: file } : { filename: file, driver };
+  const chosen = new SqliteDbManager(options).driver;
+  sqliteRuns.push(chosen === "better-sqlite3" ? bs3 : chosen);
+  runDbManagerContract({
+    name: `sqlite (${chosen}${driver === undefined ? ", the default" : ""})`,
+    test,
+    create: async () => new SqliteDbManager(options),
+    // A second connection on the same file, with its own caches (as a second process has).
+    createPeer: async () => new SqliteDbManager(options),
+  });
+}
 
 const url = process.env.CREDIT_PG_URL;
 const schema = `cm_rt_${Math.random().toString(36).slice(2, 12)}`;
@@ -130,7 +143,7 @@ if (url) {
 
 const started = Date.now();
 await run(root, []);
-const sqlite = `SQLite (better-sqlite3 ${createRequire(import.meta.url)("better-sqlite3/package.json").version})`;
+const sqlite = `SQLite (${sqliteRuns.join("; ")})`;
 const stores = url ? `memory, ${sqlite} and PostgreSQL` : `memory and ${sqlite} (CREDIT_PG_URL not set: PostgreSQL not run)`;
 console.log(
   `${runtime}: the contract suite on ${stores}: ${passed} passed, ${failed.length} failed (${((Date.now() - started) / 1000).toFixed(1)} s)`,
