@@ -170,6 +170,8 @@ case "${1:-}" in
           [ -z "${CREDIT_PG_URL:-}" ] || example bun postgres
           # `bunx --bun credit-management serve` (--bun: Bun runs the bin, not the node of its
           # shebang) on its default store, SQLite: an admin key, a grant and a balance over HTTP.
+          # Under Bun it opens the file with bun:sqlite: better-sqlite3 is moved out of the way.
+          mv node_modules/better-sqlite3 better-sqlite3.aside
           export CREDIT_SQLITE_PATH="$TMPDIR/serve.db"
           key="$(CREDIT_PG_URL="" "$bun" x --bun credit-management keys create --role admin | grep -o 'cmk_[A-Za-z0-9_-]*')"
           port=$((20000 + RANDOM % 20000))
@@ -182,8 +184,9 @@ case "${1:-}" in
           kill "$serve"
           wait "$serve" || true
           unset CREDIT_SQLITE_PATH
+          mv better-sqlite3.aside node_modules/better-sqlite3
           grep -q '"balance":40' <<<"$balance" || { echo "bunx credit-management serve answered: $balance" >&2; exit 1; }
-          echo "bunx --bun credit-management serve (SQLite): an admin key, a grant, the balance over HTTP: $balance"
+          echo "bunx --bun credit-management serve (SQLite through bun:sqlite, better-sqlite3 not installed): an admin key, a grant, the balance over HTTP: $balance"
           ;;
         deno)
           echo "--- $("$deno" --version | head -n 1)"

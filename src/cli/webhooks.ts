@@ -1,9 +1,8 @@
 import { mkdirSync } from "node:fs";
-import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { NotificationType, UserId } from "../models/index.js";
-import { MissingDriverError, openStores } from "../serve/store.js";
+import { MissingDriverError, openStores, sqliteOpener } from "../serve/store.js";
 import { serveSettings, ServeUsageError, type Env, type ServeSettings } from "../serve/settings.js";
 import {
   endpointOf,
@@ -47,24 +46,14 @@ Environment: CREDIT_WEBHOOK_ALLOW_NETWORKS   CIDR networks endpoints may reach a
 /** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */
 export async function openEndpointStore(store: ServeSettings["store"]): Promise<WebhookEndpointStore> {
   if (store.kind === "sqlite") {
-    let Database: new (file: string) => Parameters<typeof sqliteEndpointStore>[0];
-    try {
-      const require = createRequire(`${process.cwd()}/`);
-      let mod: unknown;
-      try {
-        mod = require("better-sqlite3");
-      } catch {
-        mod = await import("better-sqlite3");
-      }
-      Database = ((mod as { default?: unknown }).default ?? mod) as typeof Database;
-    } catch {
+    const open = await sqliteOpener(); // bun:sqlite under Bun, else better-sqlite3
+    if (open === null)
       throw new MissingDriverError(
         "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3",
       );
-    }
     const path = resolve(store.path);
     mkdirSync(dirname(path), { recursive: true });
-    return sqliteEndpointStore(new Database(path));
+    return sqliteEndpointStore(open(path));
   }
   if (store.kind === "postgres") {
     const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };

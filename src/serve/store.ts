@@ -2,13 +2,43 @@ import { mkdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, resolve } from "node:path";
 import { createDbManagerFromEnv } from "../db/from-env.js";
+import type { SqliteDatabase } from "../db/sqlite/index.js";
 import type { DbManager } from "../db/types.js";
+import { onBun } from "../util/runtime.js";
 import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
 
-/** better-sqlite3 (the default store's driver, an optional peer) is missing: the CLI exits 3. */
+/** better-sqlite3 (the default store's driver on Node.js, an optional peer) is missing: the CLI exits 3. */
 export class MissingDriverError extends Error {
   override name = "MissingDriverError";
+}
+
+/**
+ * What opens the SQLite file of `serve`, `keys` and `webhooks`: under Bun, Bun's own `bun:sqlite`
+ * (as `credit-management/sqlite` does there: docs/runtimes.md, "SQLite on Bun"); elsewhere
+ * `better-sqlite3`, from the working directory's node_modules too (npx runs the package from its
+ * cache). Null when `better-sqlite3` is needed and missing.
+ */
+export async function sqliteOpener(): Promise<((file: string) => SqliteDatabase) | null> {
+  if (onBun()) {
+    const { loadBunSqlite, openBunSqlite } = await import("../db/sqlite/bun.js");
+    const Database = await loadBunSqlite();
+    return (file) => openBunSqlite(Database, file);
+  }
+  let Database: new (file: string) => SqliteDatabase;
+  try {
+    const require = createRequire(`${process.cwd()}/`);
+    let mod: unknown;
+    try {
+      mod = require("better-sqlite3");
+    } catch {
+      mod = await import("better-sqlite3");
+    }
+    Database = ((mod as { default?: unknown }).default ?? mod) as typeof Database;
+  } catch {
+    return null;
+  }
+  return (file) => new Database(file);
 }
 
 /** The credit store and the key store of `serve` and `keys`, on the same database. */
@@ -16,35 +46,24 @@ export async function openStores(
   store: ServeSettings["store"],
 ): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
   if (store.kind === "sqlite") {
-    // Loaded from the working directory's node_modules too (npx runs the package from its cache).
-    let Database: new (file: string) => Parameters<typeof sqliteKeyStore>[0];
-    try {
-      const require = createRequire(`${process.cwd()}/`);
-      let mod: unknown;
-      try {
-        mod = require("better-sqlite3");
-      } catch {
-        mod = await import("better-sqlite3");
-      }
-      Database = ((mod as { default?: unknown }).default ?? mod) as typeof Database;
-    } catch {
+    const open = await sqliteOpener();
+    if (open === null)
       throw new MissingDriverError(
         "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3 (or set CREDIT_PG_URL or CREDIT_MONGO_URI)",
       );
-    }
     const path = resolve(store.path);
     mkdirSync(dirname(path), { recursive: true });
     const { SqliteDbManager } = await import("../db/sqlite/index.js");
-    const main = new Database(path);
+    const main = open(path);
     main.pragma("journal_mode = WAL");
-    const db = new SqliteDbManager({ database: main as never });
+    const db = new SqliteDbManager({ database: main });
     const close = db.close.bind(db);
     // The manager leaves a database it was given open: close it with the store.
     (db as { close(): Promise<void> }).close = async () => {
       await close();
       main.close();
     };
-    return { db, keys: sqliteKeyStore(new Database(path)), where: path };
+    return { db, keys: sqliteKeyStore(open(path)), where: path };
   }
   const db = await createDbManagerFromEnv(
     store.kind === "postgres"
