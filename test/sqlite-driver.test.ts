@@ -1,6 +1,9 @@
+import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { ConfigurationError } from "../src/errors.js";
@@ -107,6 +110,27 @@ describe("SqliteDbManager's driver", () => {
     expect(error).toBeInstanceOf(ConfigurationError);
     expect((error as Error).message).toMatch(/bun:sqlite cannot be loaded on Node\.js v/);
   });
+});
+
+describe("the built package on Node.js", () => {
+  // bun:sqlite is imported by a chunk of its own, only when the bun:sqlite driver opens a file: on
+  // Node.js an import of it fails (ERR_UNSUPPORTED_ESM_URL_SCHEME), so a store that works proves
+  // it was not loaded, by the ESM build or the CommonJS one.
+  it("imports and requires credit-management/sqlite and runs a store without loading bun:sqlite", async () => {
+    const root = fileURLToPath(new URL("..", import.meta.url));
+    const body = (m: string) =>
+      `const db = new m.SqliteDbManager(); await db.init(); ` +
+      `await new (${m}).CreditService({ db }).addCredits("u", 5); console.log(db.driver, (await db.getAccount("u")).balance); await db.close();`;
+    const esm = `const m = await import("./dist/sqlite/index.js"); const c = await import("./dist/index.js"); ${body("c")}`;
+    const cjs = `(async () => { const m = require("./dist/sqlite/index.cjs"); const c = require("./dist/index.cjs"); ${body("c")} })().catch((e) => { console.error(e); process.exit(1); });`;
+    for (const [flag, code] of [
+      ["--input-type=module", esm],
+      ["--input-type=commonjs", cjs],
+    ] as const) {
+      const { stdout } = await promisify(execFile)(process.execPath, [flag, "-e", code], { cwd: root });
+      expect(stdout.trim()).toBe("better-sqlite3 5");
+    }
+  }, 30_000);
 });
 
 describe("the bun:sqlite adapter (BunSqliteDatabase)", () => {

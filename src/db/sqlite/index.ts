@@ -860,8 +860,9 @@ function chooseDriver(options: SqliteDbManagerOptions): SqliteDriver | null {
 }
 
 /**
- * The SQLite store (`credit-management/sqlite`), on `better-sqlite3`, or under Bun on `bun:sqlite`: a persistent embedded store
- * for single-node services and tests, built with `defineStore`. The file is in WAL mode, so
+ * The SQLite store (`credit-management/sqlite`), on `better-sqlite3`, or under Bun on `bun:sqlite`
+ * (`driver`: docs/runtimes.md, "SQLite on Bun"): a persistent embedded store for single-node
+ * services and tests, built with `defineStore`. The file is in WAL mode, so
  * readers never wait for the writer; several processes may share it. A unit of work reads its
  * account in one read transaction and writes everything in one write transaction guarded on the
  * account's `seq` (another process that wrote the account in between makes it run again, with
