@@ -130,8 +130,10 @@ async function startMetrics(logger: Pino, s: ServeSettings): Promise<Metrics | n
       },
     };
   } catch (error) {
+    // The reason's message only: Bun's module-not-found error holds circular references that
+    // the logger cannot serialize (the line said "[unable to serialize, circular reference]").
     logger.warn(
-      { err: error },
+      { reason: error instanceof Error ? error.message : String(error) },
       "/metrics is off: install @opentelemetry/api, @opentelemetry/sdk-metrics, @opentelemetry/resources and @opentelemetry/exporter-prometheus",
     );
     return null;
