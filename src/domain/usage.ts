@@ -445,3 +445,104 @@ export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { r
   });
   return { rows, truncated: ordered.length > scan.limit };
 }
+
+// ---- Audit of a daily rollup ----
+
+const DAY = 86_400_000;
+
+/** What the rollup audit needs of an account's first and last remaining journal entries. */
+export type RollupEdge = Pick<JournalEntry, "seq" | "createdAt">;
+
+/**
+ * The UTC days whose rollup rows the audit compares with the journal, as [from, to) in ms at UTC
+ * midnights: from the day of the first remaining entry (the day after it when entries before it
+ * are archived: its day lost some of its entries) to the end of the day of the last one.
+ */
+function auditedDays(first: RollupEdge, last: RollupEdge): { from: number; to: number; archived: boolean } {
+  const archived = first.seq > 1;
+  const from = Math.floor(first.createdAt.getTime() / DAY) * DAY + (archived ? DAY : 0);
+  const to = Math.floor(last.createdAt.getTime() / DAY) * DAY + DAY;
+  return { from, to, archived };
+}
+
+/**
+ * The query of the journal's own report the rollup audit compares with (docs/usage.md, "The daily
+ * rollup"): account `account`'s usage of every kind by UTC day over the audited days; null when
+ * there is no day to compare (no entry, or only the first remaining entry's day after archival).
+ */
+export function rollupAuditScan(
+  account: string,
+  first: RollupEdge | undefined,
+  last: RollupEdge | undefined,
+): UsageScan | null {
+  if (first === undefined || last === undefined) return null;
+  const { from, to } = auditedDays(first, last);
+  if (from >= to) return null;
+  const boundaries: number[] = [];
+  for (let b = from; b <= to; b += DAY) boundaries.push(b);
+  return {
+    account,
+    from: new Date(from),
+    to: new Date(to),
+    interval: "day",
+    timeZone: "UTC",
+    groupBy: [],
+    kinds: ["spend", "refund", "clawback"],
+    orderBy: "start",
+    limit: 1_000_000,
+    boundaries,
+  };
+}
+
+type UsageSums = Pick<UsageRollupRow, "credits" | "requests" | "inputTokens" | "outputTokens" | "cachedTokens">;
+
+const sums = (x: UsageSums | undefined): string =>
+  x === undefined
+    ? "none"
+    : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
+
+const sameSums = (a: UsageSums, b: UsageSums): boolean =>
+  a.credits === b.credits &&
+  a.requests === b.requests &&
+  a.inputTokens === b.inputTokens &&
+  a.outputTokens === b.outputTokens &&
+  a.cachedTokens === b.cachedTokens;
+
+/**
+ * The audit of an account's daily usage rollup (docs/usage.md, "The daily rollup"): its `rows`
+ * compared with `buckets`, the journal's own report by UTC day and kind (what a store's `usage()`
+ * answers for `rollupAuditScan(account, first, last)`), given the account's first and last
+ * remaining journal entries. One problem per day and kind where they differ, a row the journal
+ * has not or a day the journal has that the rollup has not. Days emptied by archival (before the
+ * first remaining entry, and its own day when entries before it are archived) are not compared:
+ * the rollup keeps them. An account with no entry: every row is a problem.
+ */
+export function rollupProblems(
+  rows: readonly UsageRollupRow[],
+  buckets: readonly UsageBucket[],
+  first: RollupEdge | undefined,
+  last: RollupEdge | undefined,
+): string[] {
+  const problems: string[] = [];
+  if (first === undefined || last === undefined) {
+    for (const r of rows) problems.push(`usage rollup: ${r.day} ${r.kind} has ${sums(r)}, the journal has no entry`);
+    return problems;
+  }
+  const { from, archived } = auditedDays(first, last);
+  const journal = new Map<string, UsageSums>();
+  for (const b of buckets) {
+    const day = new Date(from + b.window * DAY).toISOString().slice(0, 10);
+    journal.set(`${day} ${b.kind}`, b);
+  }
+  const firstDay = new Date(from).toISOString().slice(0, 10);
+  for (const r of rows) {
+    if (archived && r.day < firstDay) continue; // archived days: the rollup keeps them
+    const key = `${r.day} ${r.kind}`;
+    const j = journal.get(key);
+    journal.delete(key);
+    if (j === undefined || !sameSums(r, j))
+      problems.push(`usage rollup: ${key} has ${sums(r)}, the journal ${sums(j)}`);
+  }
+  for (const [key, j] of journal) problems.push(`usage rollup: ${key} has none, the journal ${sums(j)}`);
+  return problems;
+}

@@ -39,7 +39,7 @@ import {
 } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
-import type { UsageRollupRow } from "../domain/usage.js";
+import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
 import type { CreditsInfo } from "../models/index.js";
 import {
@@ -850,67 +850,18 @@ export class CreditService {
 
   /**
    * Where the store keeps a daily usage rollup (PostgreSQL, docs/usage.md, "The daily rollup"):
-   * its rows of `user` compared with the journal's own report by UTC day and kind (the journal
-   * path of `getUsage`, a separate implementation of the same rules). Days emptied by archival
-   * (before the account's first remaining entry, and that entry's day when entries before it are
-   * archived) are not compared: the rollup keeps them.
+   * its rows of `user` and the journal's own report by UTC day (the journal path of `getUsage`, a
+   * separate implementation of the same rules), compared by `rollupProblems` (src/domain/usage.ts).
    */
   private async usageRollupProblems(user: string): Promise<string[]> {
     if (this.db.usageRollup === undefined || this.db.usage === undefined) return [];
     const rows = await this.db.usageRollup(user);
     if (rows === null) return [];
-    const DAY = 86_400_000;
     const [first] = await this.db.listJournal(user, { order: "asc", limit: 1 });
     const [last] = await this.db.listJournal(user, { order: "desc", limit: 1 });
-    const problems: string[] = [];
-    const fmt = (x: Omit<UsageRollupRow, "day" | "kind"> | undefined) =>
-      x === undefined
-        ? "none"
-        : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
-    if (first === undefined || last === undefined) {
-      for (const r of rows) problems.push(`usage rollup: ${r.day} ${r.kind} has ${fmt(r)}, the journal has no entry`);
-      return problems;
-    }
-    const archived = first.seq > 1;
-    const from = Math.floor(first.createdAt.getTime() / DAY) * DAY + (archived ? DAY : 0);
-    const to = Math.floor(last.createdAt.getTime() / DAY) * DAY + DAY;
-    const journal = new Map<string, Omit<UsageRollupRow, "day" | "kind">>();
-    if (from < to) {
-      const boundaries: number[] = [];
-      for (let b = from; b <= to; b += DAY) boundaries.push(b);
-      const buckets = await this.db.usage({
-        account: user,
-        from: new Date(from),
-        to: new Date(to),
-        interval: "day",
-        timeZone: "UTC",
-        groupBy: [],
-        kinds: ["spend", "refund", "clawback"],
-        orderBy: "start",
-        limit: 1_000_000,
-        boundaries,
-      });
-      for (const b of buckets) {
-        const day = new Date(boundaries[b.window]!).toISOString().slice(0, 10);
-        journal.set(`${day} ${b.kind}`, b);
-      }
-    }
-    const same = (a: Omit<UsageRollupRow, "day" | "kind">, b: Omit<UsageRollupRow, "day" | "kind">) =>
-      a.credits === b.credits &&
-      a.requests === b.requests &&
-      a.inputTokens === b.inputTokens &&
-      a.outputTokens === b.outputTokens &&
-      a.cachedTokens === b.cachedTokens;
-    const firstDay = new Date(from).toISOString().slice(0, 10);
-    for (const r of rows) {
-      if (archived && r.day < firstDay) continue; // archived days: the rollup keeps them
-      const key = `${r.day} ${r.kind}`;
-      const j = journal.get(key);
-      journal.delete(key);
-      if (j === undefined || !same(r, j)) problems.push(`usage rollup: ${key} has ${fmt(r)}, the journal ${fmt(j)}`);
-    }
-    for (const [key, j] of journal) problems.push(`usage rollup: ${key} has none, the journal ${fmt(j)}`);
-    return problems;
+    const scan = rollupAuditScan(user, first, last);
+    const buckets = scan === null ? [] : await this.db.usage(scan);
+    return rollupProblems(rows, buckets, first, last);
   }
 
   /** The user's latest checkpoint entry, if any. */
