@@ -5,6 +5,7 @@
  * "Your own backend".
  */
 export type {
+  AccountCredits,
   AccountStore,
   Changes,
   DbCapabilities,

@@ -223,6 +223,11 @@ describe("CreditService and leases", () => {
       order.push("read");
       return getAccount(userId);
     };
+    const getAccountCredits = db.getAccountCredits.bind(db);
+    db.getAccountCredits = async (userId) => {
+      order.push("read");
+      return getAccountCredits(userId);
+    };
     const credits = new CreditService({ db, cache });
     await credits.addCredits("u", 3);
     expect((await credits.getUserCreditsInfo("u")).balance).toBe(3);

@@ -40,12 +40,19 @@ describe("credits.check()", () => {
     const m = await createCreditManager({ features, cache });
     await m.credits.addCredits("u", 100);
     expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: true, available: 100 });
+    // The account is read with `getAccountCredits` where the store has it, else `getAccount`.
     const reads = m.db.getAccount.bind(m.db);
+    const creditReads = m.db.getAccountCredits?.bind(m.db);
     let storeReads = 0;
     m.db.getAccount = (id) => {
       storeReads++;
       return reads(id);
     };
+    if (creditReads !== undefined)
+      m.db.getAccountCredits = (id) => {
+        storeReads++;
+        return creditReads(id);
+      };
     // An allowed answer comes from the cache: no store read.
     expect(await m.credits.check("u", { feature: "export" })).toMatchObject({ allowed: true });
     expect(storeReads).toBe(0);

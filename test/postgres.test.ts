@@ -240,6 +240,46 @@ describe.skipIf(!url)("PostgresDbManager", () => {
       await other.close();
     });
 
+    it("answers getUserCreditsInfo and check() in one round trip, a scoped account's state and grants from one statement", async () => {
+      const count = async (op: () => Promise<unknown>) => {
+        let fewest = Infinity; // (the first call on a connection also prepares the statement)
+        for (let i = 0; i < 4; i++) {
+          const before = db.roundTrips;
+          await op();
+          fewest = Math.min(fewest, db.roundTrips - before);
+        }
+        return fewest;
+      };
+      const plain = `info-${randomUUID()}`;
+      await credits.addCredits(plain, 10);
+      const scoped = `info-${randomUUID()}`;
+      await credits.addCredits(scoped, 100);
+      await credits.addCredits(scoped, 30, { scope: { spenders: ["alice"] } });
+      await credits.addCredits(scoped, 20, { scope: { features: ["images"] } });
+      expect(await count(() => credits.getUserCreditsInfo(plain))).toBe(1);
+      expect(await count(() => credits.check(plain, { amount: 11 }))).toBe(1);
+      expect(await count(() => credits.getUserCreditsInfo(scoped, { spender: "alice" }))).toBe(1);
+      expect(await count(() => credits.check(scoped, { amount: 101 }))).toBe(1);
+      expect(await credits.getUserCreditsInfo(scoped, { spender: "alice" })).toEqual({
+        userId: scoped,
+        balance: 150,
+        reserved: 0,
+        available: 130,
+        debt: 0,
+        scoped: [
+          { features: ["images"], spenders: null, remaining: 20 },
+          { features: null, spenders: ["alice"], remaining: 30 },
+        ],
+      });
+      expect(await db.getAccountCredits(plain)).toMatchObject({
+        account: { userId: plain, balance: 10 },
+        grants: null,
+      });
+      expect((await db.getAccountCredits(scoped)).grants?.map((g) => g.remaining).sort((a, b) => a - b)).toEqual([
+        20, 30, 100,
+      ]);
+    });
+
     it("runs units of work of one account queued together in one transaction, one after another", async () => {
       const u = `chain-${randomUUID()}`;
       // A new account: the first unit inserts it, the later ones build on the row it will insert.

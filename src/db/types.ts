@@ -72,6 +72,14 @@ export interface AccountStore {
 
   getAccount(userId: string): Promise<Account | null>;
   /**
+   * Optional: the account and, when it has been given a scoped grant (`account.scoped`), its open
+   * grants, read at one snapshot (in one round trip where the store can) — what
+   * `getUserCreditsInfo` and `check` read (docs/teams-and-limits.md, "Scoped credits"). An account
+   * never given a scoped grant should cost what `getAccount` costs. Without it the services read
+   * `getAccount`, then a scoped account's state again in a unit of work (docs/storage.md).
+   */
+  getAccountCredits?(userId: string): Promise<AccountCredits>;
+  /**
    * A grant by id. `userId`, when the caller knows the owner: the lookup is keyed by it (on a store
    * distributed by user, one shard instead of all; docs/scaling-out.md), and another user's grant
    * is not found.
@@ -99,6 +107,14 @@ export interface AccountStore {
   findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]>;
   /** Active reservations with expiresAt <= asOf, by expiresAt then id. */
   findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]>;
+}
+
+/** What `AccountStore.getAccountCredits` answers. */
+export interface AccountCredits {
+  /** null before the account's first entry. */
+  account: Account | null;
+  /** With `account.scoped`: its open grants (remaining > 0, not closed; any order). Else null. */
+  grants: Grant[] | null;
 }
 
 /** The journal part: a user's entries by seq, and the system ledger. */

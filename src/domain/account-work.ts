@@ -160,6 +160,11 @@ export class AccountWork {
     this.ordered = false;
   }
 
+  /** The account's open grants (remaining > 0, not closed) as this work leaves them. */
+  openGrants(): Grant[] {
+    return this.grants.all().filter(isOpenGrant);
+  }
+
   getHold(id: string): Reservation | undefined {
     return this.holds.get(id);
   }

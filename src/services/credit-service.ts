@@ -1,8 +1,8 @@
 import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
-import type { DbManager, DbTransaction } from "../db/types.js";
-import { holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
+import type { AccountCredits, DbManager, DbTransaction } from "../db/types.js";
+import { copyAccount, holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
@@ -275,8 +275,9 @@ export class CreditService {
    */
   async openAccount(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
-    await this.units.mutate("openAccount", user, NO_META, () => undefined);
-    return this.getUserCreditsInfo(user);
+    // Answered from what the unit of work left (not read again).
+    const read = await this.units.mutate("openAccount", user, NO_META, workCredits);
+    return this.stateOf(user, read, NO_SPEND, this.clock()).info;
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
@@ -500,21 +501,20 @@ export class CreditService {
   async getUserCreditsInfo(userId: string, options: CreditsInfoOptions = {}): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CreditsInfoOptions, options, "options");
-    const state = await this.creditsState(user);
-    if (!state.scoped) return state.info;
-    return (await this.scopedState(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
+    return (await this.creditsState(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
   }
 
-  /** The account's credits and spend limits, settled, from the cache when there is one. */
-  private async creditsState(
-    user: string,
-  ): Promise<{ info: CreditsInfo; limits: SpendLimit[] | null; scoped: boolean }> {
+  /**
+   * The account's credits and spend limits, settled, from the cache when there is one. With
+   * `spend`, `available` is what it may use and `scoped` the totals per scope: an account given
+   * scoped grants is then answered from one read of the store (its state and grants at one
+   * snapshot, `settledCredits`), never from the cache, which keeps one answer per account.
+   * `fresh`: read from the store by this call.
+   */
+  private async creditsState(user: string, spend: Spend | null): Promise<CreditsState> {
     const now = this.clock();
     const cache = this.cache;
-    if (cache === undefined) {
-      const account = await this.settledAccount(user, now);
-      return { info: creditsInfo(user, account), limits: account?.limits ?? null, scoped: account?.scoped === true };
-    }
+    if (cache === undefined) return this.stateOf(user, await this.settledCredits(user, now), spend, now);
     const key = infoKey(user);
     const hit = await cache.get<{
       info: CreditsInfo;
@@ -523,34 +523,55 @@ export class CreditService {
       scoped?: boolean;
     }>(key);
     // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
-    if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil))
-      return { info: { ...hit.info }, limits: hit.limits ?? null, scoped: hit.scoped === true };
-    const account = await cache.readThrough(
+    if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) {
+      if (hit.scoped !== true || spend === null)
+        return { info: { ...hit.info }, limits: hit.limits ?? null, fresh: false };
+      return this.stateOf(user, await this.settledCredits(user, now), spend, now);
+    }
+    const read = await cache.readThrough(
       key,
-      () => this.settledAccount(user, now),
-      (read) => ({
-        info: creditsInfo(user, read),
-        validUntil: read?.nextExpiryAt ? read.nextExpiryAt.getTime() : null,
-        limits: read?.limits ?? null,
-        scoped: read?.scoped === true,
+      () => this.settledCredits(user, now),
+      ({ account }) => ({
+        info: creditsInfo(user, account),
+        validUntil: account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null,
+        limits: account?.limits ?? null,
+        scoped: account?.scoped === true,
       }),
     );
-    return { info: creditsInfo(user, account), limits: account?.limits ?? null, scoped: account?.scoped === true };
+    return this.stateOf(user, read, spend, now);
+  }
+
+  /** What `creditsState` answers from a read of the store. */
+  private stateOf(user: string, read: AccountCredits, spend: Spend | null, now: Date): CreditsState {
+    const info = creditsInfo(user, read.account);
+    if (read.grants !== null && spend !== null) {
+      info.available -= outOfScope(read.grants, spend, now, storedScope);
+      info.scoped = scopedTotals(read.grants, now, storedScope);
+    }
+    return { info, limits: read.account?.limits ?? null, fresh: true };
   }
 
   /**
-   * An account given scoped grants, read with its open grants in one unit of the store (settled
-   * first): `available` for `spend` and the totals per scope. Not cached: the cache keeps one
-   * answer per account.
+   * The account settled at `now`, with its open grants when it has been given a scoped grant, in
+   * one read: the store's `getAccountCredits` (one snapshot; one round trip on PostgreSQL); or,
+   * on a store without it, `getAccount` and, for a scoped account, its state in one unit of work.
+   * When an expiry is due, one unit of work settles it and answers with what it left.
    */
-  private async scopedState(user: string, spend: Spend): Promise<{ info: CreditsInfo; limits: SpendLimit[] | null }> {
-    const now = this.clock();
-    await this.settledAccount(user, now);
-    const state = await this.db.transaction(user, (tx) => tx.load());
-    const info = creditsInfo(user, state.account);
-    info.available -= outOfScope(state.grants, spend, now, storedScope);
-    info.scoped = scopedTotals(state.grants, now, storedScope);
-    return { info, limits: state.account?.limits ?? null };
+  private async settledCredits(user: string, now: Date): Promise<AccountCredits> {
+    const db = this.db;
+    let read: AccountCredits;
+    if (db.getAccountCredits !== undefined) read = await db.getAccountCredits(user);
+    else {
+      const account = await db.getAccount(user);
+      read = { account, grants: null };
+      if (account?.scoped === true) {
+        const state = await db.transaction(user, (tx) => tx.load());
+        read = { account: state.account, grants: state.account?.scoped === true ? [...state.grants] : null };
+      }
+    }
+    const next = read.account?.nextExpiryAt;
+    if (next == null || next.getTime() > now.getTime()) return read;
+    return this.units.mutate("settle", user, {}, workCredits);
   }
 
   /**
@@ -584,7 +605,7 @@ export class CreditService {
   /** The account's spend limits: each with its window now, what it counted and what is left. */
   async getLimits(userId: string): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
-    const { limits } = await this.creditsState(user);
+    const { limits } = await this.creditsState(user, null);
     return limitStatuses(limits ?? [], this.clock().getTime());
   }
 
@@ -627,20 +648,15 @@ export class CreditService {
       ]);
     }
     const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
-    const read = await this.creditsState(user);
-    // An account given scoped grants: what this spend may use, from its grants (never cached).
-    const state = read.scoped ? await this.scopedState(user, spend) : read;
+    const state = await this.creditsState(user, spend);
     const decision = this.decide(state, rule?.minAvailable, o.amount, spend);
-    if (decision.allowed || this.cache === undefined) return decision;
-    // A denial is answered from the store's current state, not from a cached copy another
-    // process may have outdated (its writes invalidate its own cache, not ours): docs/storage.md,
-    // "Caches: what each may answer".
-    if (read.scoped) return decision; // (read from the store just now)
-    const account = await this.settledAccount(user, this.clock());
-    if (account?.scoped === true)
-      return this.decide(await this.scopedState(user, spend), rule?.minAvailable, o.amount, spend);
+    // A denial answered from the cache is answered again from the store's current state, not from
+    // a copy another process may have outdated (its writes invalidate its own cache, not ours):
+    // docs/storage.md, "Caches: what each may answer".
+    if (decision.allowed || state.fresh) return decision;
+    const now = this.clock();
     return this.decide(
-      { info: creditsInfo(user, account), limits: account?.limits ?? null },
+      this.stateOf(user, await this.settledCredits(user, now), spend, now),
       rule?.minAvailable,
       o.amount,
       spend,
@@ -1080,6 +1096,23 @@ async function replayHold(entry: JournalEntry, tx: DbTransaction): Promise<Reser
 }
 
 /** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
+/** A spend naming neither spender nor feature. */
+const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
+
+/** What a unit of work leaves of the account, as `settledCredits` answers (null: it made none). */
+function workCredits(work: AccountWork): AccountCredits {
+  if (work.isNew && !work.changed) return { account: null, grants: null };
+  return { account: copyAccount(work.account), grants: work.account.scoped === true ? work.openGrants() : null };
+}
+
+/** What `check()`, `getUserCreditsInfo()` and `getLimits()` read of an account. */
+interface CreditsState {
+  info: CreditsInfo;
+  limits: SpendLimit[] | null;
+  /** Read from the store by this call (not from the cache). */
+  fresh: boolean;
+}
+
 function creditsInfo(userId: string, account: Account | null): CreditsInfo {
   return account
     ? {

@@ -45,6 +45,38 @@ export async function expectNoOutOfScopeDraw(db: DbManager, userId: string): Pro
   return checked;
 }
 
+/**
+ * `db` whose reads of an account (and units of work) are recorded in `reads` by method name, in
+ * call order: what a `CreditService` over it asks of the store.
+ */
+function recordingReads(db: DbManager, reads: string[]): DbManager {
+  const recorded = new Set<PropertyKey>([
+    "getAccount",
+    "getAccountCredits",
+    "getGrant",
+    "getReservation",
+    "listGrants",
+    "listReservations",
+    "listJournal",
+    "transaction",
+    "transactionNow",
+  ]);
+  return new Proxy(db, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target) as unknown;
+      if (typeof value !== "function") return value;
+      const method = value as (...a: unknown[]) => unknown;
+      if (!recorded.has(key)) return method.bind(target);
+      return (...args: unknown[]) => {
+        reads.push(String(key));
+        return method.apply(target, args);
+      };
+    },
+  });
+}
+
+const byId = (a: { id: string }, b: { id: string }) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+
 /** The accounts part's cases for scoped grants. */
 export function scopedAccountCases(db: DbManager): void {
   describe("scoped grants", () => {
@@ -109,6 +141,78 @@ export function scopedAccountCases(db: DbManager): void {
       expect(await credits.getUserCreditsInfo(u, { spender: "alice" })).toMatchObject({ balance: 3, available: 3 });
       expect((await expectNoOutOfScopeDraw(db, u)).length).toBe(3);
       expect((await credits.audit(u)).ok).toBe(true);
+    });
+
+    it("getAccountCredits, where the store has it: the account, with its open grants once it is scoped", async () => {
+      const read = db.getAccountCredits?.bind(db);
+      if (read === undefined) return;
+      const u = user();
+      expect(await read(u)).toEqual({ account: null, grants: null });
+      const { credits } = service(db);
+      await credits.addCredits(u, 10);
+      expect(await read(u)).toEqual({ account: await db.getAccount(u), grants: null });
+      await credits.addCredits(u, 20, { scope: { features: ["images"] } });
+      const alice = (await credits.addCredits(u, 5, { scope: { spenders: ["alice"] } })).grants[0]?.grantId;
+      await credits.deductCredits(u, 5, { spender: "alice" }); // alice's grant first: spent, no longer open
+      const got = await read(u);
+      expect(got.account).toEqual(await db.getAccount(u));
+      expect(got.account?.scoped).toBe(true);
+      const open = await db.listGrants(u);
+      expect(open).toHaveLength(2);
+      expect([...(got.grants ?? [])].sort(byId)).toEqual(open.sort(byId));
+      expect(got.grants?.some((g) => g.id === alice)).toBe(false);
+    });
+
+    it("getUserCreditsInfo and check() read a scoped account's state and grants at one snapshot, in one read where the store has getAccountCredits", async () => {
+      const reads: string[] = [];
+      const { credits } = service(recordingReads(db, reads));
+      const once = db.getAccountCredits !== undefined ? ["getAccountCredits"] : ["getAccount", "transaction"];
+      const u = user();
+      await credits.addCredits(u, 100);
+      await credits.addCredits(u, 30, { scope: { spenders: ["alice"] } });
+      reads.length = 0;
+      expect(await credits.getUserCreditsInfo(u, { spender: "alice" })).toEqual({
+        userId: u,
+        balance: 130,
+        reserved: 0,
+        available: 130,
+        debt: 0,
+        scoped: [{ features: null, spenders: ["alice"], remaining: 30 }],
+      });
+      expect(reads).toEqual(once);
+      reads.length = 0;
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ available: 100 });
+      expect(reads).toEqual(once);
+      reads.length = 0;
+      expect(await credits.check(u, { amount: 101 })).toMatchObject({ allowed: false, available: 100 });
+      expect(reads).toEqual(once);
+      reads.length = 0;
+      expect(await credits.check(u, { spender: "alice", amount: 101 })).toMatchObject({ allowed: true });
+      expect(reads).toEqual(once);
+      // openAccount answers from its unit of work: no read after it.
+      reads.length = 0;
+      expect(await credits.openAccount(u)).toEqual({
+        userId: u,
+        balance: 130,
+        reserved: 0,
+        available: 100,
+        debt: 0,
+        scoped: [{ features: null, spenders: ["alice"], remaining: 30 }],
+      });
+      expect(reads.length === 1 && reads[0]?.startsWith("transaction"), reads.join()).toBe(true);
+      // An account never given a scoped grant: one read, as ever.
+      const plain = user();
+      await credits.addCredits(plain, 10);
+      reads.length = 0;
+      expect(await credits.check(plain, { amount: 11 })).toMatchObject({ allowed: false, available: 10 });
+      expect(await credits.getUserCreditsInfo(plain)).toEqual({
+        userId: plain,
+        balance: 10,
+        reserved: 0,
+        available: 10,
+        debt: 0,
+      });
+      expect(reads).toEqual(once.slice(0, 1).concat(once.slice(0, 1)));
     });
 
     it("after-service spends run into debt rather than use another scope's credits; scoped grants pay no debt; voids stay per grant", async () => {

@@ -12,6 +12,7 @@ import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
 import type {
+  AccountCredits,
   Changes,
   DbManager,
   DbTransaction,
@@ -277,6 +278,13 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   async getAccount(userId: string): Promise<Account | null> {
     const account = this.users.get(userId)?.account;
     return account === null || account === undefined ? null : copyAccount(account);
+  }
+
+  async getAccountCredits(userId: string): Promise<AccountCredits> {
+    const u = this.users.get(userId);
+    const account = u?.account;
+    if (u === undefined || account === null || account === undefined) return { account: null, grants: null };
+    return { account: copyAccount(account), grants: account.scoped === true ? u.open.values().map(copyGrant) : null };
   }
 
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {

@@ -6,6 +6,7 @@ import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reserva
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { MongoOutbox } from "./outbox.js";
 import type {
+  AccountCredits,
   Changes,
   DbCapabilities,
   DbManager,
@@ -643,6 +644,41 @@ export class MongoDbManager extends StoreBase implements DbManager {
   async getAccount(userId: string): Promise<Account | null> {
     const doc = await guard("getAccount", () => this.c.accounts.findOne({ _id: userId }));
     return doc === null ? null : fromDoc(ACCOUNT, doc);
+  }
+
+  /**
+   * An unscoped account: the `findOne` of `getAccount` (an `aggregate` costs more than the `_id`
+   * lookup, even when it joins nothing). A scoped one: then the account again with its open grants
+   * in one command (a `$lookup` on the `{ userId, _open }` index, as a unit of work's read), whose
+   * answer is what is returned: one snapshot, two round trips.
+   */
+  async getAccountCredits(userId: string): Promise<AccountCredits> {
+    const account = await this.getAccount(userId);
+    if (account?.scoped !== true) return { account, grants: null };
+    const docs = await guard("getAccountCredits", () =>
+      this.c.accounts
+        .aggregate<Document>(
+          [
+            { $match: { _id: userId } },
+            {
+              $lookup: {
+                from: this.c.grants.collectionName,
+                pipeline: [{ $match: { userId, _open: true } }],
+                as: "_grants",
+              },
+            },
+          ],
+          { batchSize: 1 },
+        )
+        .toArray(),
+    );
+    const doc = docs[0];
+    if (doc === undefined) return { account: null, grants: null };
+    const now = fromDoc(ACCOUNT, doc);
+    return {
+      account: now,
+      grants: now.scoped === true ? (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)) : null,
+    };
   }
 
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {

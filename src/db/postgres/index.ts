@@ -8,12 +8,20 @@ import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decodeRow } from "../../schema/codec.js";
-import type { DbManager, DbTransaction, JournalQuery, LedgerQuery, ScanCursor, StoreStats } from "../types.js";
+import type {
+  AccountCredits,
+  DbManager,
+  DbTransaction,
+  JournalQuery,
+  LedgerQuery,
+  ScanCursor,
+  StoreStats,
+} from "../types.js";
 import { Batch, type BatchResult, type Unit, type UnitTx } from "./batch.js";
 import { isConnectionLevel, storageError } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
 import { hostStore, type PgQueryable } from "./host.js";
-import { PostgresSql, type Statement, prepareText, toRow } from "./sql.js";
+import { PostgresSql, type Statement, output, prepareText, toRow } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache } from "./state-cache.js";
@@ -570,6 +578,36 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     const rows = await this.read("getAccount", `${this.sql.select("accounts")} WHERE user_id = $1`, [userId]);
     return rows[0] === undefined ? null : this.decode("accounts", rows[0]);
   }
+
+  /**
+   * One statement (one snapshot, one round trip): the account row as `getAccount` reads it and,
+   * only when it is scoped, its open grants as JSON (dates rendered in UTC by `output`, whatever
+   * the session's zone). An account never given a scoped grant reads no grant.
+   */
+  async getAccountCredits(userId: string): Promise<AccountCredits> {
+    const rows = await this.read("getAccountCredits", this.creditsText(), [userId]);
+    const row = rows[0];
+    if (row === undefined) return { account: null, grants: null };
+    const json = row.cm_scoped_grants as string | null | undefined;
+    const grants =
+      typeof json === "string"
+        ? (JSON.parse(json) as Record<string, unknown>[]).map((r) => this.decode<Grant>("grants", r))
+        : null;
+    const account = this.decode<Account>("accounts", row);
+    return { account, grants: account.scoped === true ? (grants ?? []) : null };
+  }
+
+  private creditsText(): string {
+    if (this.creditsStatement === undefined) {
+      const { accounts, grants } = this.sql.tables;
+      this.creditsStatement =
+        `SELECT ${output(accounts, "a")}, CASE WHEN a.scoped THEN (SELECT json_agg(g)::text FROM ` +
+        `(SELECT ${output(grants, "x")} FROM ${grants.qualified} x WHERE x.user_id = a.user_id AND x.remaining > 0 AND x.closed_at IS NULL) g) ` +
+        `END AS cm_scoped_grants FROM ${accounts.qualified} a WHERE a.user_id = $1`;
+    }
+    return this.creditsStatement;
+  }
+  private creditsStatement: string | undefined;
 
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
     // The primary key's own order (its collation breaks ties by bytes: a total order to page by).

@@ -578,6 +578,20 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
     accounts: {
       begin: (userId) => new SqliteAttempt(s, userId),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
+      getAccountCredits: (userId) => {
+        const account = s.one<Account>("accounts", "WHERE user_id = ?", [userId]);
+        if (account?.scoped !== true) return { account, grants: null };
+        // A scoped account: read again with its open grants in one transaction (one snapshot:
+        // another connection may have written since).
+        return s.tx(() => {
+          const now = s.one<Account>("accounts", "WHERE user_id = ?", [userId]);
+          const grants =
+            now?.scoped === true
+              ? s.list<Grant>("grants", "WHERE user_id = ? AND remaining > 0 AND closed_at IS NULL", [userId])
+              : null;
+          return { account: now, grants };
+        });
+      },
       getGrant: (id, userId) =>
         userId === undefined
           ? s.one<Grant>("grants", "WHERE id = ?", [id])

@@ -5,6 +5,7 @@ import type { NotificationStore } from "../types-notifications.js";
 import type { PromoPaymentStore } from "../types-promos.js";
 import type { SubscriptionStore } from "../types-subscriptions.js";
 import type {
+  AccountCredits,
   AccountStore,
   DbCapabilities,
   DbManager,
@@ -248,6 +249,12 @@ export class DefinedStore extends StoreBase {
   get usage(): JournalStore["usage"] {
     const usage = this.journal.usage;
     return usage === undefined ? undefined : (scan) => this.journal.usage?.(scan) as Promise<UsageBucket[]>;
+  }
+  get getAccountCredits(): AccountStore["getAccountCredits"] {
+    const read = this.accounts.getAccountCredits;
+    return read === undefined
+      ? undefined
+      : (userId) => this.accounts.getAccountCredits?.(userId) as Promise<AccountCredits>;
   }
   get listAccountIds(): AccountStore["listAccountIds"] {
     const list = this.accounts.listAccountIds;
