@@ -173,3 +173,35 @@ describe("cached reads are the caller's own", () => {
     await m.close();
   });
 });
+
+describe("reads of an account with an expiry due", () => {
+  /** Records the account reads the service makes of `db`. */
+  function recordReads(db: InMemoryDbManager, reads: string[]): void {
+    const getAccount = db.getAccount.bind(db);
+    db.getAccount = (u) => (reads.push("getAccount"), getAccount(u));
+    const getAccountCredits = db.getAccountCredits.bind(db);
+    db.getAccountCredits = (u) => (reads.push("getAccountCredits"), getAccountCredits(u));
+    const listGrants = db.listGrants.bind(db);
+    db.listGrants = (u, o) => (reads.push("listGrants"), listGrants(u, o));
+  }
+
+  it("getGrants and getUserCreditsInfo settle it in a unit of work, then read the account no second time", async () => {
+    const clock = { now: T0 };
+    const db = new InMemoryDbManager();
+    const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    for (const u of ["u", "v"]) {
+      await m.credits.addCredits(u, 100, { expiresAt: new Date(T0 + 100_000) });
+      await m.credits.addCredits(u, 5);
+    }
+    const reads: string[] = [];
+    recordReads(db, reads);
+    clock.now += 200_000;
+    expect((await m.credits.getGrants("u")).map((g) => g.remaining)).toEqual([5]);
+    expect(reads).toEqual(["getAccount", "listGrants"]);
+    reads.length = 0;
+    expect(await m.credits.getUserCreditsInfo("v")).toMatchObject({ balance: 5, available: 5 });
+    expect(reads).toEqual(["getAccountCredits"]);
+    expect((await m.credits.getGrants("u", { includeInactive: true })).map((g) => g.remaining).sort()).toEqual([0, 5]);
+    await m.close();
+  });
+});

@@ -738,7 +738,7 @@ export class CreditService {
   async getGrants(userId: string, options: GrantsQuery = {}): Promise<Grant[]> {
     const user = parse(UserId, userId, "userId");
     const o = parse(GrantsQuery, options, "options");
-    await this.settledAccount(user, this.clock());
+    await this.settleDue(user, this.clock());
     const grants = await this.db.listGrants(user, { includeInactive: o.includeInactive === true });
     return grants.sort(compareGrants).map(copy);
   }
@@ -1046,16 +1046,14 @@ export class CreditService {
   }
 
   /**
-   * The account, after settling what lapsed since it was last touched (so reads never report
-   * expired credits or lapsed holds). One read when nothing is due.
+   * Settles what lapsed since the account was last touched, when an expiry is due at `now` (so
+   * reads never report expired credits or lapsed holds). One read when nothing is due; no read
+   * again after settling.
    */
-  private async settledAccount(userId: string, now: Date): Promise<Account | null> {
+  private async settleDue(userId: string, now: Date): Promise<void> {
     const account = await this.db.getAccount(userId);
-    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime()) {
-      await this.units.mutate("settle", userId, {}, async () => undefined);
-      return this.db.getAccount(userId);
-    }
-    return account;
+    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime())
+      await this.units.mutate("settle", userId, {}, () => undefined);
   }
 
   /**
