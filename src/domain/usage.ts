@@ -73,129 +73,288 @@ type Meta = Record<string, unknown> | null | undefined;
 const count = (v: unknown): number => (typeof v === "number" && Number.isFinite(v) ? v : 0);
 const text = (v: unknown): string | null => (typeof v === "string" ? v : null);
 
+// ---- The rules: one table every store compiles ----
+
+/** What a usage report sums, in the order of its rows' fields. */
+export const USAGE_MEASURES = ["credits", "requests", "inputTokens", "outputTokens", "cachedTokens"] as const;
+export type UsageMeasure = (typeof USAGE_MEASURES)[number];
+
 /**
- * The kind of usage an entry is, or null when it is none: `spend` for a deduction and a captured
- * hold (`commit_reserved`: what was captured — a partial capture's returned credits are not in it);
- * `refund` / `clawback` for the deductions and voids that take a refunded payment's or a lost
- * dispute's credits back (metadata `paymentId` and `refundedAmount`, docs/promos-and-payments.md).
- * Additions, expiries, other voids, holds and their releases are not usage.
+ * A test of a journal entry: its type is one of `type`; the metadata value at `metadata` (a path of
+ * keys) is a JSON string, a number or an array (`nonEmpty`: with at least one element); its
+ * description starts with `descriptionStartsWith` (case-sensitive); it has a hold's id (`held`).
  */
-export function usageKind(e: Pick<JournalEntry, "type" | "metadata" | "description">): UsageKind | null {
-  if (e.type !== "deduct" && e.type !== "commit_reserved" && e.type !== "void") return null;
-  const m = e.metadata;
-  if (m != null && typeof m.paymentId === "string" && typeof m.refundedAmount === "number") {
-    return e.description?.startsWith("Lost dispute") === true ? "clawback" : "refund";
+export type UsageTest =
+  | { readonly type: readonly JournalEntry["type"][] }
+  | { readonly metadata: readonly string[]; readonly is: "string" | "number" | "array"; readonly nonEmpty?: true }
+  | { readonly descriptionStartsWith: string }
+  | { readonly held: boolean };
+
+/** A number the rules read: a constant, the entry's amount, or a metadata number (0 when not a number). */
+export type UsageValue = number | "amount" | { readonly metadata: readonly string[] };
+
+/** One rule of a list: the first whose tests all hold (none: always) gives `then`. */
+export interface UsageCase<T> {
+  readonly when: readonly UsageTest[];
+  readonly then: T;
+}
+
+/**
+ * Where the parts of an entry are (docs/usage.md): an array in its metadata whose elements each
+ * give a part's model (and with `own`, its feature and spender: else the entry's) and measures,
+ * each from a numeric field of the element (0 when not a number), or `null`: the entry's own
+ * value on the first element and 0 on the others. What the parts do not account for of the
+ * `balanced` measures (the entry's value less their sum, when it differs) is a part with no
+ * model (and with `own`, no feature and spender).
+ */
+export interface UsagePartSource {
+  readonly array: readonly string[];
+  /** An empty array is not this source (the next one, or the entry whole). */
+  readonly nonEmpty: boolean;
+  readonly own: boolean;
+  readonly model: string;
+  readonly feature?: string;
+  readonly spender?: string;
+  readonly fields: { readonly [M in UsageMeasure]: string | null };
+  readonly balanced: readonly UsageMeasure[];
+}
+
+/** What an entry of one usage kind adds to the report. */
+export interface UsageKindRule {
+  /** The factor of every measure (kinds are rows of their own: a refund is never netted with spend). */
+  readonly sign: 1 | -1;
+  /** The entry's own value of each measure: the first case that holds. */
+  readonly measures: { readonly [M in UsageMeasure]: readonly UsageCase<UsageValue>[] };
+  /** Where its parts are: the first source that holds; none: the entry is one part, whole. */
+  readonly parts: readonly UsagePartSource[];
+}
+
+export interface UsageRules {
+  /** An entry's usage kind: the first case that holds; none: the entry is no usage. */
+  readonly kinds: readonly UsageCase<UsageKind>[];
+  readonly rules: { readonly [K in UsageKind]: UsageKindRule };
+}
+
+/** A payment's take-back (docs/promos-and-payments.md): metadata `paymentId` and `refundedAmount`. */
+const TAKE_BACK: readonly UsageTest[] = [
+  { type: ["deduct", "commit_reserved", "void"] },
+  { metadata: ["paymentId"], is: "string" },
+  { metadata: ["refundedAmount"], is: "number" },
+];
+
+const TAKE_BACK_RULE: UsageKindRule = {
+  sign: 1,
+  measures: {
+    credits: [{ when: [], then: "amount" }],
+    requests: [{ when: [], then: 0 }],
+    inputTokens: [{ when: [], then: 0 }],
+    outputTokens: [{ when: [], then: 0 }],
+    cachedTokens: [{ when: [], then: 0 }],
+  },
+  parts: [],
+};
+
+/**
+ * The rules of usage (docs/usage.md), the one place they are written. The memory store runs them
+ * here (`usageParts`); the PostgreSQL and SQLite queries (src/db/postgres/usage.ts,
+ * src/db/sqlite/usage.ts), the MongoDB pipeline (src/db/mongodb/usage.ts) and PostgreSQL's daily
+ * rollup trigger and fill (src/schema/rollup.ts) are generated from them, so a new entry kind or
+ * measure is an edit here (and, for a measure, a column of the rollup: a schema version).
+ *
+ * - `spend`: a deduction and a captured hold (`commit_reserved`: what was captured — a partial
+ *   capture's returned credits are not in it). Requests: 1 for a deduction or a capture, 0 for
+ *   the excess of a capture charged after it (a deduction with the hold's id: the same request),
+ *   a lease window's count. Split by a lease window's parts (`metadata.leaseWindow.parts`), else
+ *   by its recorded LLM usages (`metadata.usages`, docs/llm-metering.md: the requests with the
+ *   first), so the parts of an entry always add up to its amount and its requests.
+ * - `refund` / `clawback`: the deductions and voids that take a refunded payment's or a lost
+ *   dispute's credits back; their credits, never netted with spend.
+ *
+ * Additions, expiries, other voids, holds and their releases are no usage.
+ */
+export const USAGE_RULES: UsageRules = {
+  kinds: [
+    { when: [...TAKE_BACK, { descriptionStartsWith: "Lost dispute" }], then: "clawback" },
+    { when: TAKE_BACK, then: "refund" },
+    { when: [{ type: ["deduct", "commit_reserved"] }], then: "spend" },
+  ],
+  rules: {
+    spend: {
+      sign: 1,
+      measures: {
+        credits: [{ when: [], then: "amount" }],
+        requests: [
+          { when: [{ type: ["deduct"] }, { held: false }], then: 1 },
+          { when: [{ type: ["deduct"] }], then: 0 },
+          {
+            when: [{ metadata: ["leaseWindow", "requests"], is: "number" }],
+            then: { metadata: ["leaseWindow", "requests"] },
+          },
+          { when: [], then: 1 },
+        ],
+        inputTokens: [{ when: [], then: 0 }],
+        outputTokens: [{ when: [], then: 0 }],
+        cachedTokens: [{ when: [], then: 0 }],
+      },
+      parts: [
+        {
+          array: ["leaseWindow", "parts"],
+          nonEmpty: false,
+          own: true,
+          model: "model",
+          feature: "feature",
+          spender: "spender",
+          fields: {
+            credits: "credits",
+            requests: "requests",
+            inputTokens: "inputTokens",
+            outputTokens: "outputTokens",
+            cachedTokens: "cachedTokens",
+          },
+          balanced: ["credits", "requests"],
+        },
+        {
+          array: ["usages"],
+          nonEmpty: true,
+          own: false,
+          model: "model",
+          fields: {
+            credits: "amount",
+            requests: null,
+            inputTokens: "inputTokens",
+            outputTokens: "outputTokens",
+            cachedTokens: "cachedTokens",
+          },
+          balanced: ["credits", "requests"],
+        },
+      ],
+    },
+    refund: TAKE_BACK_RULE,
+    clawback: TAKE_BACK_RULE,
+  },
+};
+
+/** The journal entry types some kind's rules accept: what a store's query reads at all. */
+export function usageEntryTypes(rules: UsageRules = USAGE_RULES): JournalEntry["type"][] {
+  const out = new Set<JournalEntry["type"]>();
+  for (const c of rules.kinds) {
+    const t = c.when.find((x): x is { type: readonly JournalEntry["type"][] } => "type" in x);
+    // A kind's rule must name its entry types: the stores read no other entries.
+    if (t === undefined) throw new Error(`usage rule for ${c.then} names no entry type`);
+    for (const x of t.type) out.add(x);
   }
-  return e.type === "void" ? null : "spend";
+  return [...out];
+}
+
+/** The usage kinds, in report order. */
+export const usageKindsOf = (rules: UsageRules = USAGE_RULES): UsageKind[] => Object.keys(rules.rules) as UsageKind[];
+
+/** The metadata value at `path` (undefined when a step is not an object). */
+export function metadataAt(m: unknown, path: readonly string[]): unknown {
+  let v = m;
+  for (const k of path) {
+    if (v === null || typeof v !== "object" || Array.isArray(v)) return undefined;
+    v = (v as Record<string, unknown>)[k];
+  }
+  return v;
+}
+
+type RuleEntry = Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId">;
+
+/** Whether `t` holds of `e`. */
+export function usageTest(t: UsageTest, e: RuleEntry): boolean {
+  if ("type" in t) return t.type.includes(e.type);
+  if ("held" in t) return (e.reservationId != null) === t.held;
+  if ("descriptionStartsWith" in t) return e.description?.startsWith(t.descriptionStartsWith) === true;
+  const v = metadataAt(e.metadata, t.metadata);
+  if (t.is === "string") return typeof v === "string";
+  if (t.is === "number") return typeof v === "number" && Number.isFinite(v);
+  return Array.isArray(v) && (t.nonEmpty !== true || v.length > 0);
+}
+
+function firstCase<T>(cases: readonly UsageCase<T>[], e: RuleEntry): T | null {
+  for (const c of cases) if (c.when.every((t) => usageTest(t, e))) return c.then;
+  return null;
+}
+
+function usageValue(v: UsageValue | null, e: RuleEntry): number {
+  if (v === null) return 0;
+  if (typeof v === "number") return v;
+  if (v === "amount") return e.amount;
+  return count(metadataAt(e.metadata, v.metadata));
+}
+
+/** A source's array test (what picks it). */
+export const sourceTest = (s: UsagePartSource): UsageTest =>
+  s.nonEmpty ? { metadata: s.array, is: "array", nonEmpty: true } : { metadata: s.array, is: "array" };
+
+/**
+ * The kind of usage an entry is, or null when it is none (`USAGE_RULES.kinds`).
+ */
+export function usageKind(
+  e: Pick<JournalEntry, "type" | "metadata" | "description"> & Partial<Pick<JournalEntry, "amount" | "reservationId">>,
+  rules: UsageRules = USAGE_RULES,
+): UsageKind | null {
+  return firstCase(rules.kinds, { amount: 0, reservationId: null, ...e });
+}
+
+/** Requests an entry of `kind` stands for (the kind's `requests` rule). */
+export function usageRequests(
+  e: Pick<JournalEntry, "type" | "metadata" | "reservationId"> & Partial<Pick<JournalEntry, "amount" | "description">>,
+  kind: UsageKind,
+  rules: UsageRules = USAGE_RULES,
+): number {
+  const full = { amount: 0, description: null, ...e } as RuleEntry;
+  return rules.rules[kind].sign * usageValue(firstCase(rules.rules[kind].measures.requests, full), full);
 }
 
 /**
- * Requests an entry stands for: a lease window's count, 1 for a deduction or a capture, 0 for the
- * excess of a capture charged after it (a deduction with the hold's id: the same request) and for
- * refunds and clawbacks.
+ * An entry's usage split into parts (empty when it is not usage), by `rules` (`USAGE_RULES`): the
+ * first part source of its kind that holds, each element a part and what they do not account for
+ * of the balanced measures a part with no dimension; else the entry whole.
  */
-export function usageRequests(e: Pick<JournalEntry, "type" | "metadata" | "reservationId">, kind: UsageKind): number {
-  if (kind !== "spend") return 0;
-  if (e.type === "deduct") return e.reservationId == null ? 1 : 0;
-  const w = (e.metadata as Meta)?.leaseWindow as Meta;
-  return w != null && typeof w.requests === "number" ? w.requests : 1;
-}
-
-/**
- * An entry's usage split into parts (empty when it is not usage). A spend with recorded LLM usages
- * (`metadata.usages`, docs/llm-metering.md) splits by them: each usage's credits and tokens under
- * its model, the entry's requests with the first; credits the usages do not account for (the
- * entry's amount less theirs, when it differs) form a part with no model. A lease window's entry
- * with a breakdown (`metadata.leaseWindow.parts`, docs/usage.md) splits by its parts, and what
- * they do not account for (credits or requests) is a part with no dimension. So the parts of an
- * entry always add up to its amount and its requests.
- */
-export function usageParts(
-  e: Pick<JournalEntry, "type" | "amount" | "metadata" | "description" | "reservationId">,
-): UsagePart[] {
-  const kind = usageKind(e);
+export function usageParts(e: RuleEntry, rules: UsageRules = USAGE_RULES): UsagePart[] {
+  const kind = usageKind(e, rules);
   if (kind === null) return [];
-  const requests = usageRequests(e, kind);
-  const whole = (): UsagePart => ({
-    kind,
-    model: null,
-    credits: e.amount,
-    requests,
-    inputTokens: 0,
-    outputTokens: 0,
-    cachedTokens: 0,
+  const rule = rules.rules[kind];
+  const entry = {} as Record<UsageMeasure, number>;
+  for (const m of USAGE_MEASURES) entry[m] = usageValue(firstCase(rule.measures[m], e), e);
+  const signed = (p: UsagePart): UsagePart => {
+    if (rule.sign === 1) return p;
+    for (const m of USAGE_MEASURES) p[m] = rule.sign * p[m] + 0;
+    return p;
+  };
+  const source = rule.parts.find((s) => usageTest(sourceTest(s), e));
+  if (source === undefined) return [signed({ kind, model: null, ...entry })];
+  const parts: UsagePart[] = (metadataAt(e.metadata, source.array) as unknown[]).map((el, i) => {
+    const x = (el !== null && typeof el === "object" ? el : {}) as Record<string, unknown>;
+    const p = { kind, model: text(x[source.model]) } as UsagePart;
+    if (source.own) {
+      p.feature = source.feature === undefined ? null : text(x[source.feature]);
+      p.spender = source.spender === undefined ? null : text(x[source.spender]);
+    }
+    for (const m of USAGE_MEASURES) {
+      const f = source.fields[m];
+      p[m] = f === null ? (i === 0 ? entry[m] : 0) : count(x[f]);
+    }
+    return p;
   });
-  if (kind !== "spend") return [whole()];
-  const m = e.metadata as Meta;
-  const w = m?.leaseWindow as Meta;
-  if (w != null && Array.isArray(w.parts)) {
-    const parts: UsagePart[] = (w.parts as unknown[]).map((p) => {
-      const x = (p ?? {}) as Record<string, unknown>;
-      return {
-        kind,
-        model: text(x.model),
-        feature: text(x.feature),
-        spender: text(x.spender),
-        credits: count(x.credits),
-        requests: count(x.requests),
-        inputTokens: count(x.inputTokens),
-        outputTokens: count(x.outputTokens),
-        cachedTokens: count(x.cachedTokens),
-      };
-    });
-    // What the parts do not account for (a capture cut by the overdraft limit, the excess of a
-    // window beyond its hold charged in an entry of its own): a part with no dimension.
-    let credits = e.amount;
-    let rest = requests;
-    for (const p of parts) {
-      credits -= p.credits;
-      rest -= p.requests;
-    }
-    if (credits !== 0 || rest !== 0) {
-      parts.push({
-        kind,
-        model: null,
-        feature: null,
-        spender: null,
-        credits,
-        requests: rest,
-        inputTokens: 0,
-        outputTokens: 0,
-        cachedTokens: 0,
-      });
-    }
-    return parts;
+  // What the parts do not account for (a capture cut by the overdraft limit, the excess of a
+  // window beyond its hold charged in an entry of its own): a part with no dimension.
+  const rest = { kind, model: null } as UsagePart;
+  if (source.own) {
+    rest.feature = null;
+    rest.spender = null;
   }
-  const usages = m?.usages;
-  if (!Array.isArray(usages) || usages.length === 0) return [whole()];
-  const parts: UsagePart[] = [];
-  let sum = 0;
-  for (const u of usages as unknown[]) {
-    const x = (u ?? {}) as Record<string, unknown>;
-    const credits = count(x.amount);
-    sum += credits;
-    parts.push({
-      kind,
-      model: text(x.model),
-      credits,
-      requests: parts.length === 0 ? requests : 0,
-      inputTokens: count(x.inputTokens),
-      outputTokens: count(x.outputTokens),
-      cachedTokens: count(x.cachedTokens),
-    });
+  let differs = false;
+  for (const m of USAGE_MEASURES) {
+    rest[m] = 0;
+    if (!source.balanced.includes(m)) continue;
+    rest[m] = parts.reduce((left, p) => left - p[m], entry[m]);
+    if (rest[m] !== 0) differs = true;
   }
-  if (sum !== e.amount) {
-    parts.push({
-      kind,
-      model: null,
-      credits: e.amount - sum,
-      requests: 0,
-      inputTokens: 0,
-      outputTokens: 0,
-      cachedTokens: 0,
-    });
-  }
-  return parts;
+  if (differs) parts.push(rest);
+  return parts.map(signed);
 }
 
 /** A metadata value as a usage group: text for a string, number or boolean, else null. */

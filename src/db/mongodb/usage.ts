@@ -1,10 +1,127 @@
 import type { Document } from "mongodb";
-import type { UsageBucket, UsageScan } from "../../domain/usage.js";
+import {
+  USAGE_MEASURES,
+  USAGE_RULES,
+  sourceTest,
+  usageEntryTypes,
+  usageKindsOf,
+  type UsageBucket,
+  type UsageCase,
+  type UsageMeasure,
+  type UsagePartSource,
+  type UsageScan,
+  type UsageTest,
+  type UsageValue,
+} from "../../domain/usage.js";
 import type { UsageKind } from "../../models/usage.js";
 
 const NUMBER_TYPES = ["int", "long", "double", "decimal"];
 const num = (x: unknown) => ({ $cond: [{ $in: [{ $type: x }, NUMBER_TYPES] }, x, 0] });
 const str = (x: unknown) => ({ $cond: [{ $eq: [{ $type: x }, "string"] }, x, null] });
+
+// The rules of usage (USAGE_RULES of src/domain/usage.ts) as aggregation expressions over a
+// journal document.
+
+const path = (p: readonly string[]) => `$metadata.${p.join(".")}`;
+const arrayOr = (x: unknown) => ({ $cond: [{ $isArray: x }, x, []] });
+
+function test(t: UsageTest): unknown {
+  if ("type" in t) return { $in: ["$type", [...t.type]] };
+  if ("held" in t) return { [t.held ? "$ne" : "$eq"]: [{ $ifNull: ["$reservationId", null] }, null] };
+  if ("descriptionStartsWith" in t) {
+    const s = t.descriptionStartsWith;
+    return { $eq: [{ $substrCP: [{ $ifNull: ["$description", ""] }, 0, [...s].length] }, s] };
+  }
+  const p = path(t.metadata);
+  const is =
+    t.is === "string"
+      ? { $eq: [{ $type: p }, "string"] }
+      : t.is === "number"
+        ? { $in: [{ $type: p }, NUMBER_TYPES] }
+        : { $isArray: p };
+  return t.nonEmpty === true ? { $and: [is, { $gt: [{ $size: arrayOr(p) }, 0] }] } : is;
+}
+
+const all = (ts: readonly UsageTest[]): unknown => (ts.length === 1 ? test(ts[0]!) : { $and: ts.map(test) });
+
+/** The first case that holds (null when none does). */
+function cases<T>(cs: readonly UsageCase<T>[], then: (v: T) => unknown): unknown {
+  const [c, ...more] = cs;
+  if (c === undefined) return null;
+  if (c.when.length === 0) return then(c.then);
+  return { $cond: [all(c.when), then(c.then), cases(more, then)] };
+}
+
+const value = (v: UsageValue, sign: 1 | -1): unknown => {
+  const x = typeof v === "number" ? v : v === "amount" ? "$amount" : num(path(v.metadata));
+  return sign === 1 ? x : { $multiply: [-1, x] };
+};
+
+/** By the document's kind, or the one expression when every kind has the same. */
+function byKind(f: (k: UsageKind) => unknown): unknown {
+  const kinds = usageKindsOf(USAGE_RULES);
+  const xs = kinds.map(f);
+  if (xs.every((x) => JSON.stringify(x) === JSON.stringify(xs[0]))) return xs[0];
+  return { $switch: { branches: kinds.map((k, i) => ({ case: { $eq: ["$kind", k] }, then: xs[i] })), default: null } };
+}
+
+const sources = (() => {
+  const out: { i: number; kind: UsageKind; source: UsagePartSource; sign: 1 | -1 }[] = [];
+  for (const kind of usageKindsOf(USAGE_RULES)) {
+    const rule = USAGE_RULES.rules[kind];
+    for (const source of rule.parts) out.push({ i: out.length + 1, kind, source, sign: rule.sign });
+  }
+  return out;
+})();
+
+/** An element's (`u`) value of measure `m`; `i`: its index. */
+function element(s: (typeof sources)[number], m: UsageMeasure, u: string, i: string): unknown {
+  const f = s.source.fields[m];
+  if (f === null) return { $cond: [{ $eq: [i, 0] }, `$m_${m}`, 0] };
+  const v = num(`${u}.${f}`);
+  return s.sign === 1 ? v : { $multiply: [-1, v] };
+}
+
+/** The sum of measure `m` over source `s`'s array. */
+function sourceSum(s: (typeof sources)[number], m: UsageMeasure): unknown {
+  const a = path(s.source.array);
+  if (s.source.fields[m] === null) return { $cond: [{ $gt: [{ $size: arrayOr(a) }, 0] }, `$m_${m}`, 0] };
+  return { $reduce: { input: arrayOr(a), initialValue: 0, in: { $add: ["$$value", element(s, m, "$$this", "")] } } };
+}
+
+/** The parts of an entry whose source is `s`: each element, then what they do not account for. */
+function sourceParts(s: (typeof sources)[number]): unknown {
+  const a = path(s.source.array);
+  const str1 = (f: string | undefined) => (f === undefined ? null : str(`$$u.${f}`));
+  const each = {
+    $map: {
+      input: { $range: [0, { $size: arrayOr(a) }] },
+      as: "i",
+      in: {
+        $let: {
+          vars: { u: { $arrayElemAt: [a, "$$i"] } },
+          in: {
+            model: str1(s.source.model),
+            feature: s.source.own ? str1(s.source.feature) : null,
+            spender: s.source.own ? str1(s.source.spender) : null,
+            own: s.source.own,
+            ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, element(s, m, "$$u", "$$i")])),
+          },
+        },
+      },
+    },
+  };
+  const left = (m: UsageMeasure) => ({ $subtract: [`$m_${m}`, sourceSum(s, m)] });
+  const rest = {
+    model: null,
+    feature: null,
+    spender: null,
+    own: s.source.own,
+    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, s.source.balanced.includes(m) ? left(m) : 0])),
+  };
+  const differs = s.source.balanced.map((m) => ({ $ne: [`$m_${m}`, sourceSum(s, m)] }));
+  return { $concatArrays: [each, differs.length === 0 ? [] : { $cond: [{ $or: differs }, [rest], []] }] };
+}
 
 /**
  * The window of `$createdAt` among `boundaries`, as a balanced tree of `$cond`s: about log2(n)
@@ -25,157 +142,46 @@ function windowTree(boundaries: readonly number[], lo: number, hi: number): unkn
 }
 
 /**
- * The usage pipeline of a MongoDB store (docs/usage.md): the rules of `src/domain/usage.ts` as
- * aggregation expressions, each entry split into its parts (`$unwind`), summed by `$group`. Entries
+ * The usage pipeline of a MongoDB store (docs/usage.md): the rules of `src/domain/usage.ts`
+ * (`USAGE_RULES`, compiled above; `groupValue`) as aggregation expressions, each entry split into its parts (`$unwind`), summed by `$group`. Entries
  * are read by the (userId, seq) index for one account, by the createdAt index for every account.
  */
 export function usagePipeline(scan: UsageScan): Document[] {
   const match: Document = {
     createdAt: { $gte: scan.from, $lt: scan.to },
-    type: { $in: ["deduct", "commit_reserved", "void"] },
+    type: { $in: usageEntryTypes() },
   };
   if (scan.account !== null) match.userId = scan.account;
-  const kind = {
-    $cond: [
-      {
-        $and: [
-          { $eq: [{ $type: "$metadata.paymentId" }, "string"] },
-          { $in: [{ $type: "$metadata.refundedAmount" }, NUMBER_TYPES] },
-        ],
-      },
-      {
-        $cond: [
-          { $eq: [{ $substrCP: [{ $ifNull: ["$description", ""] }, 0, 12] }, "Lost dispute"] },
-          "clawback",
-          "refund",
-        ],
-      },
-      { $cond: [{ $eq: ["$type", "void"] }, null, "spend"] },
-    ],
-  };
-  const requests = {
-    $cond: [
-      { $ne: ["$kind", "spend"] },
-      0,
-      {
-        $cond: [
-          { $eq: ["$type", "deduct"] },
-          { $cond: [{ $eq: [{ $ifNull: ["$reservationId", null] }, null] }, 1, 0] },
-          {
-            $cond: [
-              { $in: [{ $type: "$metadata.leaseWindow.requests" }, NUMBER_TYPES] },
-              "$metadata.leaseWindow.requests",
-              1,
-            ],
-          },
-        ],
-      },
-    ],
-  };
-  const leased = { $and: [{ $eq: ["$kind", "spend"] }, { $isArray: "$metadata.leaseWindow.parts" }] };
-  const priced = {
-    $and: [
-      { $eq: ["$kind", "spend"] },
-      { $not: [{ $isArray: "$metadata.leaseWindow.parts" }] },
-      { $isArray: "$metadata.usages" },
-      { $gt: [{ $size: { $cond: [{ $isArray: "$metadata.usages" }, "$metadata.usages", []] } }, 0] },
-    ],
-  };
-  const usages = { $cond: [{ $isArray: "$metadata.usages" }, "$metadata.usages", []] };
-  const usageSum = { $reduce: { input: usages, initialValue: 0, in: { $add: ["$$value", num("$$this.amount")] } } };
-  const leaseSum = (field: string) => ({
-    $reduce: {
-      input: "$metadata.leaseWindow.parts",
-      initialValue: 0,
-      in: { $add: ["$$value", num(`$$this.${field}`)] },
+  const kind = cases(USAGE_RULES.kinds, (k) => k);
+  // Each entry's own measures ("m_…") and the number of its part source (0: none, the entry whole).
+  const entry = Object.fromEntries(
+    USAGE_MEASURES.map((m) => [
+      `m_${m}`,
+      byKind((k) => cases(USAGE_RULES.rules[k].measures[m], (v) => value(v, USAGE_RULES.rules[k].sign))),
+    ]),
+  );
+  const src = {
+    $switch: {
+      branches: sources.map((s) => ({
+        case: { $and: [{ $eq: ["$kind", s.kind] }, test(sourceTest(s.source))] },
+        then: s.i,
+      })),
+      default: 0,
     },
-  });
-  const whole = (credits: unknown, req: unknown) => ({
+  };
+  const whole = {
     model: null,
     feature: null,
     spender: null,
     own: false,
-    credits,
-    requests: req,
-    input: 0,
-    output: 0,
-    cached: 0,
-  });
+    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, `$m_${m}`])),
+  };
+  // usageParts: the elements of the entry's source and what they do not account for, or the entry whole.
   const parts = {
-    $cond: [
-      "$leased",
-      {
-        $concatArrays: [
-          {
-            $map: {
-              input: "$metadata.leaseWindow.parts",
-              as: "p",
-              in: {
-                model: str("$$p.model"),
-                feature: str("$$p.feature"),
-                spender: str("$$p.spender"),
-                own: true,
-                credits: num("$$p.credits"),
-                requests: num("$$p.requests"),
-                input: num("$$p.inputTokens"),
-                output: num("$$p.outputTokens"),
-                cached: num("$$p.cachedTokens"),
-              },
-            },
-          },
-          {
-            $cond: [
-              { $or: [{ $ne: ["$amount", leaseSum("credits")] }, { $ne: ["$requests", leaseSum("requests")] }] },
-              [
-                {
-                  ...whole(
-                    { $subtract: ["$amount", leaseSum("credits")] },
-                    { $subtract: ["$requests", leaseSum("requests")] },
-                  ),
-                  own: true,
-                },
-              ],
-              [],
-            ],
-          },
-        ],
-      },
-      {
-        $cond: [
-          "$priced",
-          {
-            $concatArrays: [
-              {
-                $map: {
-                  input: { $range: [0, { $size: usages }] },
-                  as: "i",
-                  in: {
-                    $let: {
-                      vars: { u: { $arrayElemAt: [usages, "$$i"] } },
-                      in: {
-                        model: str("$$u.model"),
-                        feature: null,
-                        spender: null,
-                        own: false,
-                        credits: num("$$u.amount"),
-                        requests: { $cond: [{ $eq: ["$$i", 0] }, "$requests", 0] },
-                        input: num("$$u.inputTokens"),
-                        output: num("$$u.outputTokens"),
-                        cached: num("$$u.cachedTokens"),
-                      },
-                    },
-                  },
-                },
-              },
-              {
-                $cond: [{ $ne: ["$amount", usageSum] }, [whole({ $subtract: ["$amount", usageSum] }, 0)], []],
-              },
-            ],
-          },
-          [whole("$amount", "$requests")],
-        ],
-      },
-    ],
+    $switch: {
+      branches: sources.map((s) => ({ case: { $eq: ["$src", s.i] }, then: sourceParts(s) })),
+      default: [whole],
+    },
   };
   const id: Document = { w: "$w", kind: "$kind" };
   scan.groupBy.forEach((d, i) => {
@@ -231,28 +237,21 @@ export function usagePipeline(scan: UsageScan): Document[] {
       },
     },
     { $match: { kind: { $in: [...scan.kinds] } } },
-    { $addFields: { w: windowTree(scan.boundaries, 0, scan.boundaries.length - 1), requests, leased, priced } },
+    { $addFields: { w: windowTree(scan.boundaries, 0, scan.boundaries.length - 1), ...entry, src } },
     { $addFields: { parts } },
     { $unwind: "$parts" },
     {
       $group: {
         _id: id,
-        credits: { $sum: "$parts.credits" },
-        requests: { $sum: "$parts.requests" },
-        input: { $sum: "$parts.input" },
-        output: { $sum: "$parts.output" },
-        cached: { $sum: "$parts.cached" },
+        ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, { $sum: `$parts.${m}` }])),
       },
     },
     {
       $addFields: {
         ko: {
           $switch: {
-            branches: [
-              { case: { $eq: ["$_id.kind", "spend"] }, then: 0 },
-              { case: { $eq: ["$_id.kind", "refund"] }, then: 1 },
-            ],
-            default: 2,
+            branches: usageKindsOf().map((k, i) => ({ case: { $eq: ["$_id.kind", k] }, then: i })),
+            default: null,
           },
         },
       },
@@ -274,10 +273,6 @@ export function usageBucketOf(doc: Document, scan: UsageScan): UsageBucket {
     window: Number(id.w),
     kind: id.kind as UsageKind,
     groups,
-    credits: Number(doc.credits),
-    requests: Number(doc.requests),
-    inputTokens: Number(doc.input),
-    outputTokens: Number(doc.output),
-    cachedTokens: Number(doc.cached),
+    ...(Object.fromEntries(USAGE_MEASURES.map((m) => [m, Number(doc[m])])) as Record<UsageMeasure, number>),
   };
 }

@@ -1,9 +1,24 @@
-import type { UsageBucket, UsageScan } from "../../domain/usage.js";
+import { USAGE_MEASURES, type UsageBucket, type UsageMeasure, type UsageScan } from "../../domain/usage.js";
 import type { UsageKind } from "../../models/usage.js";
+import {
+  pgElementMeasure,
+  pgEntryMeasure,
+  pgEntryTotal,
+  pgKind,
+  pgKindOrder,
+  pgLit,
+  pgMeasure,
+  pgSourceArray,
+  pgSourceSum,
+  pgSources,
+  pgStr,
+  pgTypes,
+  rollupColumn,
+} from "../../schema/usage-pg.js";
 
 /**
  * The usage query of a PostgreSQL store (docs/usage.md): the rules of `src/domain/usage.ts`
- * (`usageKind`, `usageRequests`, `usageParts`, `groupValue`) in SQL, summed by `GROUP BY` with the
+ * (`USAGE_RULES`, compiled by src/schema/usage-pg.ts; `groupValue`) in SQL, summed by `GROUP BY` with the
  * window of each entry from `width_bucket` over the query's boundaries (worked out in the query's
  * time zone before, so every store has the same windows). Entries are read by the primary key
  * (user_id, seq) for one account, by the BRIN index on created_at for every account. Only the
@@ -19,8 +34,6 @@ export function usageSql(
     params.push(v);
     return `$${params.length}`;
   };
-  const num = (x: string) => `CASE WHEN jsonb_typeof(${x}) = 'number' THEN (${x})::text::numeric ELSE 0 END`;
-  const str = (x: string) => `CASE WHEN jsonb_typeof(${x}) = 'string' THEN ${x} #>> '{}' END`;
   const bounds = p(scan.boundaries.map((b) => new Date(b).toISOString()));
   // With the rollup, the journal is read only for the partial days at the edges of the range.
   const where =
@@ -31,40 +44,61 @@ export function usageSql(
             `(j.created_at >= ${p(new Date(rollup.days.to))} AND j.created_at < ${p(scan.to)}))`,
         ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
-  where.push(`j.type IN ('deduct', 'commit_reserved', 'void')`);
+  where.push(pgTypes("j"));
   const kinds = p([...scan.kinds]);
-  // usageKind: a payment's take-back (paymentId, refundedAmount) is a refund or, after a lost
-  // dispute, a clawback; another void is no usage.
-  const kind =
-    `CASE WHEN jsonb_typeof(j.metadata -> 'paymentId') = 'string' AND jsonb_typeof(j.metadata -> 'refundedAmount') = 'number' ` +
-    `THEN CASE WHEN j.description LIKE 'Lost dispute%' THEN 'clawback' ELSE 'refund' END ` +
-    `WHEN j.type = 'void' THEN NULL ELSE 'spend' END`;
-  // usageRequests
-  const requests = (e: string) =>
-    `CASE WHEN ${e}.kind <> 'spend' THEN 0 WHEN ${e}.type = 'deduct' THEN CASE WHEN ${e}.reservation_id IS NULL THEN 1 ELSE 0 END ` +
-    `WHEN jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'requests') = 'number' THEN (${e}.metadata -> 'leaseWindow' ->> 'requests')::numeric ELSE 1 END`;
-  const leaseParts = (e = "e") =>
-    `CASE WHEN ${e}.kind = 'spend' AND jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'parts') = 'array' THEN ${e}.metadata -> 'leaseWindow' -> 'parts' END`;
-  const usages = (e = "e") =>
-    `CASE WHEN ${e}.kind = 'spend' AND jsonb_typeof(${e}.metadata -> 'leaseWindow' -> 'parts') IS DISTINCT FROM 'array' AND jsonb_typeof(${e}.metadata -> 'usages') = 'array' THEN ${e}.metadata -> 'usages' END`;
-  // usageParts: a lease window's parts, or each recorded usage (the requests with the first);
-  // then what they do not account for (credits or requests), or the entry whole when it has none.
-  const parts =
-    `SELECT ${str("x.v -> 'model'")} AS model, ${str("x.v -> 'feature'")} AS feature, ${str("x.v -> 'spender'")} AS spender, true AS own, ` +
-    `${num("x.v -> 'credits'")} AS credits, ${num("x.v -> 'requests'")} AS requests, ${num("x.v -> 'inputTokens'")} AS input, ` +
-    `${num("x.v -> 'outputTokens'")} AS output, ${num("x.v -> 'cachedTokens'")} AS cached ` +
-    `FROM jsonb_array_elements(e.leased) AS x(v) ` +
-    `UNION ALL SELECT ${str("u.v -> 'model'")}, NULL, NULL, false, ${num("u.v -> 'amount'")}, CASE WHEN u.o = 1 THEN e.requests ELSE 0 END, ` +
-    `${num("u.v -> 'inputTokens'")}, ${num("u.v -> 'outputTokens'")}, ${num("u.v -> 'cachedTokens'")} ` +
-    `FROM jsonb_array_elements(e.usages) WITH ORDINALITY AS u(v, o) ` +
-    `UNION ALL SELECT NULL, NULL, NULL, e.leased IS NOT NULL, e.amount - e.psum, e.requests - e.preq, 0, 0, 0 ` +
-    `WHERE (e.leased IS NULL AND e.usages IS NULL) OR e.amount <> e.psum OR e.requests <> e.preq`;
+  // The rules (USAGE_RULES of src/domain/usage.ts) compiled: each entry's kind, its own measures
+  // ("m_…") and the array of its part source ("a1", "a2", …: NULL but the one its parts come from).
+  const sources = pgSources();
+  const entryCols = [
+    ...USAGE_MEASURES.map((m) => `${pgEntryMeasure(m, "e1", "e1.kind")} AS ${pgMeasure(m, "m_")}`),
+    ...sources.map((s) => `${pgSourceArray(s.i, "e1", "e1.kind")} AS a${s.i}`),
+  ];
+  const none = sources.length === 0 ? "true" : `(${sources.map((s) => `e.a${s.i} IS NULL`).join(" AND ")})`;
+  // The measures some source balances: the parts' sum of each ("s_…"), the rest a part of its own.
+  const balanced = USAGE_MEASURES.filter((m) => sources.some((s) => s.source.balanced.includes(m)));
+  const sums = balanced.map((m) => {
+    const branches = sources
+      .filter((s) => s.source.balanced.includes(m))
+      .map((s) => `WHEN e2.a${s.i} IS NOT NULL THEN ${pgSourceSum(s, m, `e2.a${s.i}`, `e2.${pgMeasure(m, "m_")}`)}`);
+    return `COALESCE(CASE ${branches.join(" ")} END, 0) AS ${pgMeasure(m, "s_")}`;
+  });
+  const rest = (m: UsageMeasure) => {
+    const entry = `e.${pgMeasure(m, "m_")}`;
+    const left = balanced.includes(m) ? `${entry} - e.${pgMeasure(m, "s_")}` : "0";
+    if (sources.every((s) => s.source.balanced.includes(m))) return left; // (s_ is 0 with no source)
+    const branches = sources.map(
+      (s) => `WHEN e.a${s.i} IS NOT NULL THEN ${s.source.balanced.includes(m) ? left : "0"}`,
+    );
+    return `CASE ${branches.join(" ")} ELSE ${entry} END`;
+  };
+  const restWhere = [
+    none,
+    ...sources.map((s) => {
+      const differs = s.source.balanced.map((m) => `e.${pgMeasure(m, "m_")} <> e.${pgMeasure(m, "s_")}`);
+      return `(e.a${s.i} IS NOT NULL AND (${differs.join(" OR ") || "false"}))`;
+    }),
+  ];
+  const own = sources.filter((s) => s.source.own).map((s) => `e.a${s.i} IS NOT NULL`);
+  // usageParts: each element of the entry's source, then what they do not account for, or the
+  // entry whole when it has none.
+  const parts = [
+    ...sources.map((s) => {
+      const x = (f: string | undefined) => (f === undefined ? "NULL::text" : pgStr(`x.v -> ${pgLit(f)}`));
+      return (
+        `SELECT ${x(s.source.model)} AS model, ${s.source.own ? x(s.source.feature) : "NULL::text"} AS feature, ` +
+        `${s.source.own ? x(s.source.spender) : "NULL::text"} AS spender, ${s.source.own} AS own, ` +
+        USAGE_MEASURES.map(
+          (m) => `${pgElementMeasure(s, m, "x.v", "x.o = 1", `e.${pgMeasure(m, "m_")}`)} AS ${pgMeasure(m)}`,
+        ).join(", ") +
+        ` FROM jsonb_array_elements(e.a${s.i}) WITH ORDINALITY AS x(v, o)`
+      );
+    }),
+    `SELECT NULL::text AS model, NULL::text AS feature, NULL::text AS spender, ${own.length === 0 ? "false" : `(${own.join(" OR ")})`} AS own, ` +
+      USAGE_MEASURES.map((m) => `${rest(m)} AS ${pgMeasure(m)}`).join(", ") +
+      ` WHERE ${restWhere.join(" OR ")}`,
+  ].join(" UNION ALL ");
   // A part's own dimensions (model, and a lease part's feature and spender) need the entries split.
   const split = scan.groupBy.some((d) => d === "model" || d === "feature" || d === "spender");
-  const tokens = (field: string) =>
-    `CASE WHEN e.leased IS NOT NULL THEN COALESCE((SELECT sum(${num(`q.v -> '${field}'`)}) FROM jsonb_array_elements(e.leased) AS q(v)), 0) ` +
-    `WHEN e.usages IS NULL THEN 0 WHEN jsonb_array_length(e.usages) = 1 THEN ${num(`e.usages -> 0 -> '${field}'`)} ` +
-    `ELSE COALESCE((SELECT sum(${num(`q.v -> '${field}'`)}) FROM jsonb_array_elements(e.usages) AS q(v)), 0) END`;
   const groups: string[] = [];
   const names: string[] = [];
   for (const d of scan.groupBy) {
@@ -96,32 +130,30 @@ export function usageSql(
   const order = [
     ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
     "w",
-    `CASE kind WHEN 'spend' THEN 0 WHEN 'refund' THEN 1 ELSE 2 END`,
+    pgKindOrder("kind"),
     ...names.map((n) => `${n} COLLATE "C" NULLS FIRST`),
   ];
+  const measures = USAGE_MEASURES.map((m) => pgMeasure(m));
   const text =
     `WITH e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
-    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${kind} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
+    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${pgKind("j")} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
     `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
-    `e2 AS (SELECT e1.*, ${requests("e1")} AS requests, ${leaseParts("e1")} AS leased, ${usages("e1")} AS usages FROM e1), ` +
-    (split
-      ? `e AS (SELECT e2.*, COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'credits'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
-        `ELSE (SELECT sum(${num("q.v -> 'amount'")}) FROM jsonb_array_elements(e2.usages) AS q(v)) END, 0) AS psum, ` +
-        `COALESCE(CASE WHEN e2.leased IS NOT NULL THEN (SELECT sum(${num("q.v -> 'requests'")}) FROM jsonb_array_elements(e2.leased) AS q(v)) ` +
-        `WHEN jsonb_array_length(e2.usages) > 0 THEN e2.requests END, 0) AS preq FROM e2), `
-      : "") +
+    `e2 AS (SELECT e1.*, ${entryCols.join(", ")} FROM e1), ` +
+    (split ? `e AS (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2), ` : "") +
     // Each part as a narrow row first (OFFSET 0 keeps it a subquery): whatever the planner picks
     // to group them, it never sorts the entries' JSON.
     (split
-      ? `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, pt.credits, pt.requests, pt.input, pt.output, pt.cached ` +
+      ? `n AS (SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, ${measures.map((m) => `pt.${m}`).join(", ")} ` +
         `FROM e CROSS JOIN LATERAL (${parts}) AS pt OFFSET 0) `
-      : // No dimension of a part is asked for: an entry's parts add up to its amount and requests,
-        // so each entry is one row; only the tokens are read from its parts.
-        `n AS (${rollup === undefined ? "" : "("}SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, e.amount AS credits, e.requests AS requests, ` +
-        `${tokens("inputTokens")} AS input, ${tokens("outputTokens")} AS output, ${tokens("cachedTokens")} AS cached FROM e2 AS e OFFSET 0) `) +
+      : // No dimension of a part is asked for: an entry's parts add up to its totals, so each entry
+        // is one row; only the measures its source does not balance (tokens) are read from its parts.
+        `n AS (${rollup === undefined ? "" : "("}SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, ` +
+        USAGE_MEASURES.map(
+          (m) => `${pgEntryTotal(m, (i) => `e.a${i}`, `e.${pgMeasure(m, "m_")}`)} AS ${pgMeasure(m)}`,
+        ).join(", ") +
+        ` FROM e2 AS e OFFSET 0) `) +
     (rollup === undefined ? "" : rollupPart(rollup, scan, bounds, kinds, p)) +
-    `SELECT * FROM (SELECT ${["w", "kind", ...names].join(", ")}, sum(credits) AS credits, sum(requests) AS requests, ` +
-    `sum(input) AS input, sum(output) AS output, sum(cached) AS cached ` +
+    `SELECT * FROM (SELECT ${["w", "kind", ...names].join(", ")}, ${measures.map((m) => `sum(${m}) AS ${m}`).join(", ")} ` +
     `FROM n GROUP BY ${keys.join(", ")}) AS s ORDER BY ${order.join(", ")} LIMIT ${p(scan.limit + 1)}`;
   return { text, params };
 }
@@ -137,11 +169,7 @@ export function usageBucket(row: Record<string, unknown>, scan: UsageScan): Usag
     window: Number(row.w),
     kind: row.kind as UsageKind,
     groups,
-    credits: Number(row.credits),
-    requests: Number(row.requests),
-    inputTokens: Number(row.input),
-    outputTokens: Number(row.output),
-    cachedTokens: Number(row.cached),
+    ...(Object.fromEntries(USAGE_MEASURES.map((m) => [m, Number(row[m])])) as Record<UsageMeasure, number>),
   };
 }
 
@@ -184,10 +212,10 @@ function rollupPart(
   const byAccount = scan.groupBy.length > 0;
   return (
     `UNION ALL SELECT ${["w", "kind", ...scan.groupBy.map((_, i) => `u AS g${i}`)].join(", ")}, ` +
-    `sum(credits), sum(requests), sum(input), sum(output), sum(cached) FROM (SELECT ` +
+    `${USAGE_MEASURES.map((m) => `sum(${pgMeasure(m)})`).join(", ")} FROM (SELECT ` +
     // One window (interval null): no bucket to work out, and the planner counts the groups right.
     `${scan.boundaries.length === 2 ? "0" : `width_bucket(r.day::timestamp AT TIME ZONE 'UTC', ${bounds}::timestamptz[]) - 1`} AS w, r.kind AS kind, r.user_id AS u, ` +
-    `r.credits, r.requests, r.input_tokens AS input, r.output_tokens AS output, r.cached_tokens AS cached FROM ${rollup.table} r ` +
+    `${USAGE_MEASURES.map((m) => `r.${rollupColumn(m)} AS ${pgMeasure(m)}`).join(", ")} FROM ${rollup.table} r ` +
     `WHERE r.day >= ${p(day(rollup.days.from))}::date AND r.day < ${p(day(rollup.days.to))}::date AND r.kind = ANY(${kinds}::text[])) AS rr ` +
     `GROUP BY w, kind${byAccount ? ", u" : ""}) `
   );

@@ -1,8 +1,88 @@
-import type { UsageScan } from "../../domain/usage.js";
+import {
+  USAGE_MEASURES,
+  USAGE_RULES,
+  sourceTest,
+  usageEntryTypes,
+  usageKindsOf,
+  type UsageCase,
+  type UsageMeasure,
+  type UsagePartSource,
+  type UsageScan,
+  type UsageTest,
+  type UsageValue,
+} from "../../domain/usage.js";
+import type { UsageKind } from "../../models/usage.js";
+
+// The rules of usage (USAGE_RULES of src/domain/usage.ts) as SQLite expressions over a journal
+// row `r` (its columns type, amount, metadata as JSON text, description, reservation_id).
+
+const lit = (s: string) => `'${s.replace(/'/g, "''")}'`;
+/** A JSON path of keys (quoted: the rules' keys are constants, quoted all the same). */
+const jpath = (path: readonly string[]) => lit(`$${path.map((k) => `."${k.replace(/"/g, '\\"')}"`).join("")}`);
+const num = (doc: string, path: string) =>
+  `CASE WHEN json_type(${doc}, ${path}) IN ('integer', 'real') THEN json_extract(${doc}, ${path}) ELSE 0 END`;
+const str = (doc: string, path: string) =>
+  `CASE WHEN json_type(${doc}, ${path}) = 'text' THEN json_extract(${doc}, ${path}) END`;
+const col = (m: UsageMeasure, prefix = "") => `"${prefix}${m}"`;
+
+function test(t: UsageTest, r: string): string {
+  if ("type" in t) return `${r}.type IN (${t.type.map(lit).join(", ")})`;
+  if ("held" in t) return `${r}.reservation_id IS ${t.held ? "NOT NULL" : "NULL"}`;
+  // substr, not LIKE: LIKE ignores case in SQLite.
+  if ("descriptionStartsWith" in t) {
+    const s = t.descriptionStartsWith;
+    return `substr(${r}.description, 1, ${s.length}) = ${lit(s)}`;
+  }
+  const p = jpath(t.metadata);
+  const type = { string: "= 'text'", number: "IN ('integer', 'real')", array: "= 'array'" }[t.is];
+  const is = `json_type(${r}.metadata, ${p}) ${type}`;
+  return t.nonEmpty === true ? `${is} AND json_array_length(${r}.metadata, ${p}) > 0` : is;
+}
+
+function cases<T>(cs: readonly UsageCase<T>[], r: string, then: (v: T) => string): string {
+  if (cs.length > 0 && cs[0]!.when.length === 0) return then(cs[0]!.then);
+  let out = "CASE";
+  for (const c of cs) {
+    if (c.when.length === 0) return `${out} ELSE ${then(c.then)} END`;
+    out += ` WHEN ${c.when.map((t) => test(t, r)).join(" AND ")} THEN ${then(c.then)}`;
+  }
+  return `${out} END`;
+}
+
+const value = (v: UsageValue, r: string, sign: 1 | -1) => {
+  const x =
+    typeof v === "number" ? String(v) : v === "amount" ? `${r}.amount` : num(`${r}.metadata`, jpath(v.metadata));
+  return sign === 1 ? x : `-(${x})`;
+};
+
+function byKind(kind: string, f: (k: UsageKind) => string): string {
+  const kinds = usageKindsOf(USAGE_RULES);
+  const xs = kinds.map(f);
+  if (xs.every((x) => x === xs[0])) return xs[0]!;
+  return `CASE ${kind} ${kinds.map((k, i) => `WHEN ${lit(k)} THEN ${xs[i]}`).join(" ")} END`;
+}
+
+const sources = (() => {
+  const out: { i: number; kind: UsageKind; source: UsagePartSource; sign: 1 | -1 }[] = [];
+  for (const kind of usageKindsOf(USAGE_RULES)) {
+    const rule = USAGE_RULES.rules[kind];
+    for (const source of rule.parts) out.push({ i: out.length + 1, kind, source, sign: rule.sign });
+  }
+  return out;
+})();
+
+/** An element's (`x`, JSON) value of measure `m`; `first`: whether it is the array's first; `entry`: the entry's value. */
+function element(s: (typeof sources)[number], m: UsageMeasure, x: string, first: string, entry: string): string {
+  const f = s.source.fields[m];
+  if (f === null) return `CASE WHEN ${first} THEN ${entry} ELSE 0 END`;
+  const v = num(x, jpath([f]));
+  return s.sign === 1 ? v : `-(${v})`;
+}
 
 /**
- * The usage query of a SQLite store (docs/usage.md): the rules of `src/domain/usage.ts` in SQL over
- * the journal's JSON text, summed by `GROUP BY`. Each entry's window is found by a join on the
+ * The usage query of a SQLite store (docs/usage.md): the rules of `src/domain/usage.ts`
+ * (`USAGE_RULES`, compiled above; `groupValue`) in SQL over the journal's JSON text, summed by
+ * `GROUP BY`. Each entry's window is found by a join on the
  * query's boundaries (worked out in the query's time zone before; ISO-8601 text compares as time).
  * Entries are read by the primary key (user_id, seq) for one account, by the index on created_at
  * for every account. Parameters are positional (`?`); only the groups come back (`usageBucket` of
@@ -10,10 +90,6 @@ import type { UsageScan } from "../../domain/usage.js";
  */
 export function usageSqliteSql(journal: string, scan: UsageScan): { text: string; params: unknown[] } {
   const params: unknown[] = [];
-  const num = (doc: string, path: string) =>
-    `CASE WHEN json_type(${doc}, '${path}') IN ('integer', 'real') THEN json_extract(${doc}, '${path}') ELSE 0 END`;
-  const str = (doc: string, path: string) =>
-    `CASE WHEN json_type(${doc}, '${path}') = 'text' THEN json_extract(${doc}, '${path}') END`;
   const windows = scan.boundaries
     .slice(0, -1)
     .map((b, i) => [i, new Date(b).toISOString(), new Date(scan.boundaries[i + 1]!).toISOString()]);
@@ -23,31 +99,67 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
     where.push("j.user_id = ?");
     wParams.push(scan.account);
   }
-  where.push("j.created_at >= ?", "j.created_at < ?", "j.type IN ('deduct', 'commit_reserved', 'void')");
+  where.push("j.created_at >= ?", "j.created_at < ?", `j.type IN (${usageEntryTypes().map(lit).join(", ")})`);
   wParams.push(scan.from.toISOString(), scan.to.toISOString());
-  const kind =
-    `CASE WHEN json_type(j.metadata, '$.paymentId') = 'text' AND json_type(j.metadata, '$.refundedAmount') IN ('integer', 'real') ` +
-    `THEN CASE WHEN j.description LIKE 'Lost dispute%' THEN 'clawback' ELSE 'refund' END ` +
-    `WHEN j.type = 'void' THEN NULL ELSE 'spend' END`;
-  const requests =
-    `CASE WHEN e1.kind <> 'spend' THEN 0 WHEN e1.type = 'deduct' THEN CASE WHEN e1.reservation_id IS NULL THEN 1 ELSE 0 END ` +
-    `WHEN json_type(e1.metadata, '$.leaseWindow.requests') IN ('integer', 'real') THEN json_extract(e1.metadata, '$.leaseWindow.requests') ELSE 1 END`;
-  const leased = (e: string) =>
-    `COALESCE(${e}.kind = 'spend' AND json_type(${e}.metadata, '$.leaseWindow.parts') = 'array', 0)`;
-  const priced = (e: string) =>
-    `COALESCE(${e}.kind = 'spend' AND NOT ${leased(e)} AND json_type(${e}.metadata, '$.usages') = 'array' AND json_array_length(${e}.metadata, '$.usages') > 0, 0)`;
-  // usageParts: three kinds of part, each with the entry's columns the groups read.
+  const kind = cases(USAGE_RULES.kinds, "j", lit);
+  // Each entry's own measures ("m_…") and the number of its part source (0: none, the entry whole).
+  const entryCols = USAGE_MEASURES.map(
+    (m) =>
+      `${byKind("e1.kind", (k) => cases(USAGE_RULES.rules[k].measures[m], "e1", (v) => value(v, "e1", USAGE_RULES.rules[k].sign)))} AS ${col(m, "m_")}`,
+  );
+  const src =
+    sources.length === 0
+      ? "0"
+      : `CASE ${sources.map((s) => `WHEN e1.kind = ${lit(s.kind)} AND ${test(sourceTest(s.source), "e1")} THEN ${s.i}`).join(" ")} ELSE 0 END`;
+  // The measures some source balances: the parts' sum of each ("s_…"), the rest a part of its own.
+  const balanced = USAGE_MEASURES.filter((m) => sources.some((s) => s.source.balanced.includes(m)));
+  const sums = balanced.map((m) => {
+    const branches = sources
+      .filter((s) => s.source.balanced.includes(m))
+      .map((s) => {
+        const entry = `e2.${col(m, "m_")}`;
+        const sum =
+          s.source.fields[m] === null
+            ? entry // (the source's arrays are not empty, or the first would get nothing)
+            : `(SELECT total(${element(s, m, "q.value", "", entry)}) FROM json_each(e2.metadata, ${jpath(s.source.array)}) AS q)`;
+        return `WHEN ${s.i} THEN ${s.source.fields[m] === null && !s.source.nonEmpty ? `CASE WHEN json_array_length(e2.metadata, ${jpath(s.source.array)}) > 0 THEN ${entry} ELSE 0 END` : sum}`;
+      });
+    return `CASE e2.src ${branches.join(" ")} ELSE 0 END AS ${col(m, "s_")}`;
+  });
+  const rest = (m: UsageMeasure) => {
+    const entry = `e.${col(m, "m_")}`;
+    const left = balanced.includes(m) ? `${entry} - e.${col(m, "s_")}` : "0";
+    if (sources.every((s) => s.source.balanced.includes(m))) return left; // (s_ is 0 with no source)
+    return `CASE e.src ${sources.map((s) => `WHEN ${s.i} THEN ${s.source.balanced.includes(m) ? left : "0"}`).join(" ")} ELSE ${entry} END`;
+  };
+  const restWhere = [
+    "e.src = 0",
+    ...sources.map((s) => {
+      const differs = s.source.balanced.map((m) => `e.${col(m, "m_")} <> e.${col(m, "s_")}`);
+      return `(e.src = ${s.i} AND (${differs.join(" OR ") || "0"}))`;
+    }),
+  ];
+  const ownSources = sources.filter((s) => s.source.own).map((s) => s.i);
+  // usageParts: each element of the entry's source, then what they do not account for, or the
+  // entry whole when it has none; each with the entry's columns the groups read.
   const cols = "e.user_id, e.w, e.kind, e.description, e.spender, e.feature, e.metadata";
-  const parts =
-    `SELECT ${cols}, ${str("x.value", "$.model")} AS model, ${str("x.value", "$.feature")} AS p_feature, ${str("x.value", "$.spender")} AS p_spender, 1 AS own, ` +
-    `${num("x.value", "$.credits")} AS credits, ${num("x.value", "$.requests")} AS requests, ${num("x.value", "$.inputTokens")} AS input, ` +
-    `${num("x.value", "$.outputTokens")} AS output, ${num("x.value", "$.cachedTokens")} AS cached ` +
-    `FROM e, json_each(e.metadata, '$.leaseWindow.parts') AS x WHERE e.leased ` +
-    `UNION ALL SELECT ${cols}, ${str("u.value", "$.model")}, NULL, NULL, 0, ${num("u.value", "$.amount")}, CASE WHEN u.key = 0 THEN e.requests ELSE 0 END, ` +
-    `${num("u.value", "$.inputTokens")}, ${num("u.value", "$.outputTokens")}, ${num("u.value", "$.cachedTokens")} ` +
-    `FROM e, json_each(e.metadata, '$.usages') AS u WHERE e.priced ` +
-    `UNION ALL SELECT ${cols}, NULL, NULL, NULL, e.leased, e.amount - e.psum, e.requests - e.preq, 0, 0, 0 ` +
-    `FROM e WHERE (NOT e.leased AND NOT e.priced) OR e.amount <> e.psum OR e.requests <> e.preq`;
+  const parts = [
+    ...sources.map((s) => {
+      const x = (f: string | undefined) => (f === undefined ? "NULL" : str("x.value", jpath([f])));
+      return (
+        `SELECT ${cols}, ${x(s.source.model)} AS model, ${s.source.own ? x(s.source.feature) : "NULL"} AS p_feature, ` +
+        `${s.source.own ? x(s.source.spender) : "NULL"} AS p_spender, ${s.source.own ? 1 : 0} AS own, ` +
+        USAGE_MEASURES.map((m) => `${element(s, m, "x.value", "x.key = 0", `e.${col(m, "m_")}`)} AS ${col(m)}`).join(
+          ", ",
+        ) +
+        ` FROM e, json_each(e.metadata, ${jpath(s.source.array)}) AS x WHERE e.src = ${s.i}`
+      );
+    }),
+    `SELECT ${cols}, NULL AS model, NULL AS p_feature, NULL AS p_spender, ` +
+      `${ownSources.length === 0 ? "0" : `e.src IN (${ownSources.join(", ")})`} AS own, ` +
+      USAGE_MEASURES.map((m) => `${rest(m)} AS ${col(m)}`).join(", ") +
+      ` FROM e WHERE ${restWhere.join(" OR ")}`,
+  ].join(" UNION ALL ");
   const groups: string[] = [];
   const gParams: unknown[] = [];
   const names: string[] = [];
@@ -79,11 +191,13 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
       }
     }
   }
-  const kinds = scan.kinds.map((k) => `'${k}'`).join(", ");
+  const kinds = scan.kinds.map(lit).join(", ");
   const order = [
     ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
     "w",
-    `CASE kind WHEN 'spend' THEN 0 WHEN 'refund' THEN 1 ELSE 2 END`,
+    `CASE kind ${usageKindsOf()
+      .map((k, i) => `WHEN ${lit(k)} THEN ${i}`)
+      .join(" ")} END`,
     ...names.map((n) => `${n} IS NOT NULL, ${n}`),
   ];
   const text =
@@ -91,15 +205,12 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
     `e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, j.created_at, ${kind} AS kind ` +
     `FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
     `e1 AS (SELECT e0.*, win.i AS w FROM e0 JOIN win ON e0.created_at >= win.s AND e0.created_at < win.t WHERE e0.kind IN (${kinds})), ` +
-    `e AS (SELECT e1.*, ${requests} AS requests, ${leased("e1")} AS leased, ${priced("e1")} AS priced, ` +
-    `CASE WHEN ${leased("e1")} THEN (SELECT total(${num("q.value", "$.credits")}) FROM json_each(e1.metadata, '$.leaseWindow.parts') AS q) ` +
-    `WHEN ${priced("e1")} THEN (SELECT total(${num("q.value", "$.amount")}) FROM json_each(e1.metadata, '$.usages') AS q) ELSE 0 END AS psum, ` +
-    `CASE WHEN ${leased("e1")} THEN (SELECT total(${num("q.value", "$.requests")}) FROM json_each(e1.metadata, '$.leaseWindow.parts') AS q) ` +
-    `WHEN ${priced("e1")} THEN ${requests} ELSE 0 END AS preq FROM e1), ` +
+    `e2 AS (SELECT e1.*, ${[...entryCols, `${src} AS src`].join(", ")} FROM e1), ` +
+    `e AS (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2), ` +
     `pt AS (${parts}) ` +
-    `SELECT * FROM (SELECT ${["pt.w AS w", "pt.kind AS kind", ...groups].join(", ")}, total(pt.credits) AS credits, total(pt.requests) AS requests, ` +
-    `total(pt.input) AS input, total(pt.output) AS output, total(pt.cached) AS cached ` +
-    `FROM pt GROUP BY ${["w", "kind", ...names].map((_, i) => String(i + 1)).join(", ")}) ` +
+    `SELECT * FROM (SELECT ${["pt.w AS w", "pt.kind AS kind", ...groups].join(", ")}, ` +
+    USAGE_MEASURES.map((m) => `total(pt.${col(m)}) AS ${col(m)}`).join(", ") +
+    ` FROM pt GROUP BY ${["w", "kind", ...names].map((_, i) => String(i + 1)).join(", ")}) ` +
     `ORDER BY ${order.join(", ")} LIMIT ?`;
   params.push(...wParams, ...gParams, scan.limit + 1);
   return { text, params };
