@@ -1,0 +1,289 @@
+// The rules of usage are one table (USAGE_RULES in src/domain/usage.ts, docs/usage.md); the
+// PostgreSQL and SQLite queries, the MongoDB pipeline and PostgreSQL's daily rollup trigger are
+// generated from it. For every entry kind the rules tell apart (and the edges between them), one
+// journal entry through each generated piece equals the domain's answer. The entries are written
+// straight into journal tables of the stores' shape, so metadata the public API never writes (a
+// take-back described in lower case, a lease window with an empty breakdown) is covered too.
+import { randomUUID } from "node:crypto";
+import Database from "better-sqlite3";
+import { MongoClient } from "mongodb";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { usageBucketOf, usagePipeline } from "../src/db/mongodb/usage.js";
+import { usageBucket, usageSql } from "../src/db/postgres/usage.js";
+import { usageSqliteSql } from "../src/db/sqlite/usage.js";
+import {
+  USAGE_MEASURES,
+  UsageAccumulator,
+  orderBuckets,
+  usageKind,
+  usageParts,
+  type UsageBucket,
+  type UsageScan,
+} from "../src/domain/usage.js";
+import type { JournalEntry, UsageDimension } from "../src/index.js";
+import { rollupDdl } from "../src/schema/rollup.js";
+import { withPgClient } from "./fixtures/pg-admin.js";
+
+type Entry = Pick<
+  JournalEntry,
+  "type" | "amount" | "metadata" | "description" | "reservationId" | "feature" | "spender"
+>;
+const base: Entry = { type: "deduct", amount: 10, metadata: null, description: null, reservationId: null };
+const window = (lw: NonNullable<JournalEntry["metadata"]>) => ({ leaseWindow: lw });
+const part = { model: "m1", feature: "f1", spender: "s1", credits: 4, requests: 2, inputTokens: 7, outputTokens: 3 };
+
+/** One entry a case, by name. */
+const CASES: Record<string, Entry> = {
+  deduct: { ...base, feature: "chat", spender: "k1" },
+  "deduct with a hold's id (excess of a capture)": { ...base, reservationId: "h1" },
+  capture: { ...base, type: "commit_reserved", reservationId: "h2", amount: 7 },
+  "lease window with parts and a rest": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h3",
+    amount: 30,
+    metadata: window({
+      requests: 9,
+      parts: [part, { ...part, model: null, feature: 3, credits: "x", cachedTokens: 5 }],
+    }),
+  },
+  "lease window whose parts add up": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h4",
+    amount: 4,
+    metadata: window({ requests: 2, parts: [part] }),
+  },
+  "lease window with no parts": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h5",
+    feature: "img",
+    metadata: window({ requests: 3, parts: [] }),
+  },
+  "lease window with requests not a number": {
+    ...base,
+    type: "commit_reserved",
+    reservationId: "h6",
+    metadata: window({ requests: "3" }),
+  },
+  "metered, one usage": {
+    ...base,
+    amount: 5,
+    feature: "chat",
+    metadata: { usages: [{ model: "small", amount: 5, inputTokens: 40, outputTokens: 6, cachedTokens: 1 }] },
+  },
+  "metered, usages short of the amount": {
+    ...base,
+    amount: 12,
+    metadata: {
+      usages: [
+        { model: "small", amount: 3, inputTokens: 10 },
+        { model: "large", amount: 4, outputTokens: 2, cachedTokens: 8 },
+      ],
+    },
+  },
+  "metered, usages over the amount": { ...base, amount: 2, metadata: { usages: [{ model: "large", amount: 5 }] } },
+  "usages empty": { ...base, metadata: { usages: [] } },
+  "usages not an array": { ...base, metadata: { usages: { model: "x", amount: 3 } } },
+  refund: { ...base, description: "Refund of p1", metadata: { paymentId: "p1", refundedAmount: 10 } },
+  "refund as a void": { ...base, type: "void", metadata: { paymentId: "p2", refundedAmount: 4 } },
+  clawback: {
+    ...base,
+    type: "void",
+    description: "Lost dispute on p3",
+    metadata: { paymentId: "p3", refundedAmount: 9 },
+  },
+  "clawback in lower case (a refund)": {
+    ...base,
+    type: "void",
+    description: "lost dispute on p4",
+    metadata: { paymentId: "p4", refundedAmount: 9 },
+  },
+  "take-back without refundedAmount (spend)": { ...base, metadata: { paymentId: "p5", refundedAmount: "9" } },
+  "other void (no usage)": { ...base, type: "void" },
+  "addition (no usage)": { ...base, type: "add" },
+  "hold (no usage)": { ...base, type: "reserve", reservationId: "h7" },
+};
+
+const now = Date.now();
+const at = new Date(now - 3_600_000);
+const from = new Date(now - 86_400_000);
+const to = new Date(now + 86_400_000);
+const accounts = Object.keys(CASES).map((name, i) => ({ name, user: `case${i}`, e: CASES[name]! }));
+const GROUPINGS: UsageDimension[][] = [[], ["account"], ["model", "feature", "spender"], ["reason"]];
+
+function scan(account: string | null, groupBy: UsageDimension[]): UsageScan {
+  return {
+    account,
+    from,
+    to,
+    interval: null,
+    timeZone: "UTC",
+    groupBy,
+    kinds: ["spend", "refund", "clawback"],
+    orderBy: "start",
+    limit: 1000,
+    boundaries: [from.getTime(), to.getTime()],
+  };
+}
+
+/** The domain's answer (what the memory store runs). */
+function expected(user: string, e: Entry, groupBy: UsageDimension[]): UsageBucket[] {
+  const acc = new UsageAccumulator(scan(user, groupBy));
+  acc.add(user, { ...e, id: "x", userId: user, createdAt: at } as unknown as JournalEntry);
+  return acc.result();
+}
+
+const sorted = (b: UsageBucket[]) => orderBuckets(b, { groupBy: [], orderBy: "start" }).map((x) => JSON.stringify(x));
+const same = (got: UsageBucket[], want: UsageBucket[]) => expect(sorted(got).sort()).toEqual(sorted(want).sort());
+
+it("the cases cover every usage kind and entries that are none", () => {
+  const kinds = new Set(Object.values(CASES).map((e) => usageKind(e)));
+  expect(kinds).toEqual(new Set(["spend", "refund", "clawback", null]));
+  // Every case with parts adds up to the entry's amount.
+  for (const e of Object.values(CASES)) {
+    const parts = usageParts(e);
+    if (parts.length > 0) expect(parts.reduce((s, p) => s + p.credits, 0)).toBe(e.amount);
+  }
+});
+
+describe("the generated SQLite query", () => {
+  const db = new Database(":memory:");
+  beforeAll(() => {
+    db.exec(
+      "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
+        "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, PRIMARY KEY (user_id, seq))",
+    );
+    const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)");
+    for (const { user, e } of accounts) {
+      ins.run(
+        user,
+        e.type,
+        e.amount,
+        e.metadata == null ? null : JSON.stringify(e.metadata),
+        e.description ?? null,
+        e.spender ?? null,
+        e.feature ?? null,
+        e.reservationId ?? null,
+        at.toISOString(),
+      );
+    }
+  });
+  afterAll(() => db.close());
+
+  for (const groupBy of GROUPINGS) {
+    it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, () => {
+      for (const { name, user, e } of accounts) {
+        const s = scan(user, groupBy);
+        const { text, params } = usageSqliteSql("journal", s);
+        const got = (db.prepare(text).all(...params) as Record<string, unknown>[]).map((r) => usageBucket(r, s));
+        same(got, expected(user, e, groupBy));
+        expect(name).toBeTruthy();
+      }
+    });
+  }
+});
+
+describe.skipIf(!process.env.CREDIT_PG_URL)("the generated PostgreSQL query and rollup trigger", () => {
+  const url = process.env.CREDIT_PG_URL!;
+  const schema = `cm_rules_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+  const journal = `"${schema}"."journal"`;
+  beforeAll(async () => {
+    await withPgClient(url, async (c) => {
+      await c.query(`CREATE SCHEMA "${schema}"`);
+      await c.query(
+        `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
+          `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, PRIMARY KEY (user_id, seq))`,
+      );
+      for (const stmt of rollupDdl(journal, { schema })) await c.query(stmt);
+      for (const { user, e } of accounts) {
+        await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)`, [
+          user,
+          e.type,
+          e.amount,
+          e.metadata == null ? null : JSON.stringify(e.metadata),
+          e.description ?? null,
+          e.spender ?? null,
+          e.feature ?? null,
+          e.reservationId ?? null,
+          at,
+        ]);
+      }
+    });
+  });
+  afterAll(() => withPgClient(url, (c) => c.query(`DROP SCHEMA "${schema}" CASCADE`)));
+
+  for (const groupBy of GROUPINGS) {
+    it(`the query equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
+      await withPgClient(url, async (c) => {
+        for (const { user, e } of accounts) {
+          const s = scan(user, groupBy);
+          const { text, params } = usageSql(journal, s);
+          const got = (await c.query(text, params)).rows.map((r) => usageBucket(r, s));
+          same(got, expected(user, e, groupBy));
+        }
+      });
+    });
+  }
+
+  it("the rollup trigger adds what the domain does, by kind", async () => {
+    const rows = await withPgClient(url, (c) =>
+      c.query(
+        `SELECT user_id, kind, credits::float8 AS "credits", requests::float8 AS "requests", input_tokens::float8 AS "inputTokens", ` +
+          `output_tokens::float8 AS "outputTokens", cached_tokens::float8 AS "cachedTokens" FROM "${schema}".usage_daily`,
+      ),
+    );
+    for (const { user, e } of accounts) {
+      const want = expected(user, e, []).map((b) => ({
+        kind: b.kind,
+        ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, b[m]])),
+      }));
+      const got = rows.rows.filter((r) => r.user_id === user).map(({ user_id: _u, ...r }) => r);
+      expect(got).toEqual(want);
+    }
+  });
+});
+
+describe.skipIf(!process.env.CREDIT_MONGO_URI)("the generated MongoDB pipeline", () => {
+  let client: MongoClient;
+  const dbName = `credit_test_rules_${process.pid}_${randomUUID().slice(0, 8)}`;
+  beforeAll(async () => {
+    client = await new MongoClient(process.env.CREDIT_MONGO_URI!).connect();
+    await client
+      .db(dbName)
+      .collection("journal")
+      .insertMany(
+        accounts.map(({ user, e }) => {
+          const doc: Record<string, unknown> = { userId: user, seq: 1, type: e.type, amount: e.amount, createdAt: at };
+          // Null fields are left out of journal documents (docs/schema-upgrades.md, version 6).
+          for (const [k, v] of Object.entries({
+            metadata: e.metadata,
+            description: e.description,
+            spender: e.spender,
+            feature: e.feature,
+            reservationId: e.reservationId,
+          }))
+            if (v != null) doc[k] = v;
+          return doc;
+        }),
+      );
+  });
+  afterAll(async () => {
+    await client?.db(dbName).dropDatabase();
+    await client?.close();
+  });
+
+  for (const groupBy of GROUPINGS) {
+    it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
+      for (const { user, e } of accounts) {
+        const s = scan(user, groupBy);
+        const docs = await client.db(dbName).collection("journal").aggregate(usagePipeline(s)).toArray();
+        same(
+          docs.map((d) => usageBucketOf(d, s)),
+          expected(user, e, groupBy),
+        );
+      }
+    });
+  }
+});
