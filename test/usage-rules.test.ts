@@ -136,7 +136,8 @@ function expected(user: string, e: Entry, groupBy: UsageDimension[]): UsageBucke
 }
 
 const sorted = (b: UsageBucket[]) => orderBuckets(b, { groupBy: [], orderBy: "start" }).map((x) => JSON.stringify(x));
-const same = (got: UsageBucket[], want: UsageBucket[]) => expect(sorted(got).sort()).toEqual(sorted(want).sort());
+const same = (name: string, got: UsageBucket[], want: UsageBucket[]) =>
+  expect(sorted(got).sort(), name).toEqual(sorted(want).sort());
 
 it("the cases cover every usage kind and entries that are none", () => {
   const kinds = new Set(Object.values(CASES).map((e) => usageKind(e)));
@@ -178,8 +179,7 @@ describe("the generated SQLite query", () => {
         const s = scan(user, groupBy);
         const { text, params } = usageSqliteSql("journal", s);
         const got = (db.prepare(text).all(...params) as Record<string, unknown>[]).map((r) => usageBucket(r, s));
-        same(got, expected(user, e, groupBy));
-        expect(name).toBeTruthy();
+        same(name, got, expected(user, e, groupBy));
       }
     });
   }
@@ -217,11 +217,11 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the generated PostgreSQL query and 
   for (const groupBy of GROUPINGS) {
     it(`the query equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
       await withPgClient(url, async (c) => {
-        for (const { user, e } of accounts) {
+        for (const { name, user, e } of accounts) {
           const s = scan(user, groupBy);
           const { text, params } = usageSql(journal, s);
           const got = (await c.query(text, params)).rows.map((r) => usageBucket(r, s));
-          same(got, expected(user, e, groupBy));
+          same(name, got, expected(user, e, groupBy));
         }
       });
     });
@@ -234,13 +234,13 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the generated PostgreSQL query and 
           `output_tokens::float8 AS "outputTokens", cached_tokens::float8 AS "cachedTokens" FROM "${schema}".usage_daily`,
       ),
     );
-    for (const { user, e } of accounts) {
+    for (const { name, user, e } of accounts) {
       const want = expected(user, e, []).map((b) => ({
         kind: b.kind,
         ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, b[m]])),
       }));
       const got = rows.rows.filter((r) => r.user_id === user).map(({ user_id: _u, ...r }) => r);
-      expect(got).toEqual(want);
+      expect(got, name).toEqual(want);
     }
   });
 });
@@ -276,10 +276,11 @@ describe.skipIf(!process.env.CREDIT_MONGO_URI)("the generated MongoDB pipeline",
 
   for (const groupBy of GROUPINGS) {
     it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
-      for (const { user, e } of accounts) {
+      for (const { name, user, e } of accounts) {
         const s = scan(user, groupBy);
         const docs = await client.db(dbName).collection("journal").aggregate(usagePipeline(s)).toArray();
         same(
+          name,
           docs.map((d) => usageBucketOf(d, s)),
           expected(user, e, groupBy),
         );

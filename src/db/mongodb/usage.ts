@@ -74,10 +74,25 @@ const sources = (() => {
   return out;
 })();
 
+/** The entry's own value of measure `m`, by its kind. */
+const entryValue = (m: UsageMeasure): unknown =>
+  byKind((k) => cases(USAGE_RULES.rules[k].measures[m], (v) => value(v, USAGE_RULES.rules[k].sign)));
+
+/**
+ * The entry's own value of measure `m` in the stages after its own: a constant or a field read in
+ * place, anything else from the field `m_<measure>` the pipeline adds (`entryFields`).
+ */
+const entryRef = (m: UsageMeasure): unknown => {
+  const v = entryValue(m);
+  return typeof v === "number" || typeof v === "string" ? v : `$m_${m}`;
+};
+const entryFields = (): Document =>
+  Object.fromEntries(USAGE_MEASURES.filter((m) => entryRef(m) === `$m_${m}`).map((m) => [`m_${m}`, entryValue(m)]));
+
 /** An element's (`u`) value of measure `m`; `i`: its index. */
 function element(s: (typeof sources)[number], m: UsageMeasure, u: string, i: string): unknown {
   const f = s.source.fields[m];
-  if (f === null) return { $cond: [{ $eq: [i, 0] }, `$m_${m}`, 0] };
+  if (f === null) return { $cond: [{ $eq: [i, 0] }, entryRef(m), 0] };
   const v = num(`${u}.${f}`);
   return s.sign === 1 ? v : { $multiply: [-1, v] };
 }
@@ -85,7 +100,7 @@ function element(s: (typeof sources)[number], m: UsageMeasure, u: string, i: str
 /** The sum of measure `m` over source `s`'s array. */
 function sourceSum(s: (typeof sources)[number], m: UsageMeasure): unknown {
   const a = path(s.source.array);
-  if (s.source.fields[m] === null) return { $cond: [{ $gt: [{ $size: arrayOr(a) }, 0] }, `$m_${m}`, 0] };
+  if (s.source.fields[m] === null) return { $cond: [{ $gt: [{ $size: arrayOr(a) }, 0] }, entryRef(m), 0] };
   return { $reduce: { input: arrayOr(a), initialValue: 0, in: { $add: ["$$value", element(s, m, "$$this", "")] } } };
 }
 
@@ -93,34 +108,42 @@ function sourceSum(s: (typeof sources)[number], m: UsageMeasure): unknown {
 function sourceParts(s: (typeof sources)[number]): unknown {
   const a = path(s.source.array);
   const str1 = (f: string | undefined) => (f === undefined ? null : str(`$$u.${f}`));
-  const each = {
-    $map: {
-      input: { $range: [0, { $size: arrayOr(a) }] },
-      as: "i",
-      in: {
-        $let: {
-          vars: { u: { $arrayElemAt: [a, "$$i"] } },
-          in: {
-            model: str1(s.source.model),
-            feature: s.source.own ? str1(s.source.feature) : null,
-            spender: s.source.own ? str1(s.source.spender) : null,
-            own: s.source.own,
-            ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, element(s, m, "$$u", "$$i")])),
-          },
+  const part = (i: string) => ({
+    model: str1(s.source.model),
+    feature: s.source.own ? str1(s.source.feature) : null,
+    spender: s.source.own ? str1(s.source.spender) : null,
+    own: s.source.own,
+    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, element(s, m, "$$u", i)])),
+  });
+  // An element's index is needed only for a measure that goes to the first element.
+  const indexed = USAGE_MEASURES.some((m) => s.source.fields[m] === null);
+  const each = indexed
+    ? {
+        $map: {
+          input: { $range: [0, { $size: arrayOr(a) }] },
+          as: "i",
+          in: { $let: { vars: { u: { $arrayElemAt: [a, "$$i"] } }, in: part("$$i") } },
         },
-      },
-    },
-  };
-  const left = (m: UsageMeasure) => ({ $subtract: [`$m_${m}`, sourceSum(s, m)] });
+      }
+    : { $map: { input: a, as: "u", in: part("") } };
+  if (s.source.balanced.length === 0) return each;
+  // The sums of the balanced measures, once each: what is left of the entry's is a part of its own.
   const rest = {
     model: null,
     feature: null,
     spender: null,
     own: s.source.own,
-    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, s.source.balanced.includes(m) ? left(m) : 0])),
+    ...Object.fromEntries(
+      USAGE_MEASURES.map((m) => [m, s.source.balanced.includes(m) ? { $subtract: [entryRef(m), `$$s_${m}`] } : 0]),
+    ),
   };
-  const differs = s.source.balanced.map((m) => ({ $ne: [`$m_${m}`, sourceSum(s, m)] }));
-  return { $concatArrays: [each, differs.length === 0 ? [] : { $cond: [{ $or: differs }, [rest], []] }] };
+  const differs = s.source.balanced.map((m) => ({ $ne: [entryRef(m), `$$s_${m}`] }));
+  return {
+    $let: {
+      vars: Object.fromEntries(s.source.balanced.map((m) => [`s_${m}`, sourceSum(s, m)])),
+      in: { $concatArrays: [each, { $cond: [{ $or: differs }, [rest], []] }] },
+    },
+  };
 }
 
 /**
@@ -154,12 +177,9 @@ export function usagePipeline(scan: UsageScan): Document[] {
   if (scan.account !== null) match.userId = scan.account;
   const kind = cases(USAGE_RULES.kinds, (k) => k);
   // Each entry's own measures ("m_…") and the number of its part source (0: none, the entry whole).
-  const entry = Object.fromEntries(
-    USAGE_MEASURES.map((m) => [
-      `m_${m}`,
-      byKind((k) => cases(USAGE_RULES.rules[k].measures[m], (v) => value(v, USAGE_RULES.rules[k].sign))),
-    ]),
-  );
+  // Each entry's own measures that are neither constant nor a field ("m_…"), and the number of
+  // its part source (0: none, the entry whole).
+  const entry = entryFields();
   const src = {
     $switch: {
       branches: sources.map((s) => ({
@@ -174,7 +194,7 @@ export function usagePipeline(scan: UsageScan): Document[] {
     feature: null,
     spender: null,
     own: false,
-    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, `$m_${m}`])),
+    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, entryRef(m)])),
   };
   // usageParts: the elements of the entry's source and what they do not account for, or the entry whole.
   const parts = {

@@ -136,10 +136,10 @@ export function usageSql(
   const measures = USAGE_MEASURES.map((m) => pgMeasure(m));
   const text =
     `WITH e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
-    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${pgKind("j")} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
+    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${pgKind("j")} AS kind FROM ${journal} j WHERE ${where.join(" AND ")} OFFSET 0), ` +
     `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
-    `e2 AS (SELECT e1.*, ${entryCols.join(", ")} FROM e1), ` +
-    (split ? `e AS (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2), ` : "") +
+    `e2 AS (SELECT e1.*, ${entryCols.join(", ")} FROM e1 OFFSET 0), ` +
+    (split ? `e AS (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2 OFFSET 0), ` : "") +
     // Each part as a narrow row first (OFFSET 0 keeps it a subquery): whatever the planner picks
     // to group them, it never sorts the entries' JSON.
     (split
