@@ -160,6 +160,27 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
       USAGE_MEASURES.map((m) => `${rest(m)} AS ${col(m)}`).join(", ") +
       ` FROM e WHERE ${restWhere.join(" OR ")}`,
   ].join(" UNION ALL ");
+  // A part's own dimensions (model, and a lease part's feature and spender) need the entries split.
+  // Without them each entry is one row of its totals: the measures its source balances are the
+  // entry's, the others (tokens) the sums of its source's elements.
+  const split = scan.groupBy.some((d) => d === "model" || d === "feature" || d === "spender");
+  const total = (m: UsageMeasure) => {
+    const entry = `e.${col(m, "m_")}`;
+    const branches = sources
+      .filter((s) => !s.source.balanced.includes(m))
+      .map((s) => {
+        const sum =
+          s.source.fields[m] === null
+            ? `CASE WHEN json_array_length(e.metadata, ${jpath(s.source.array)}) > 0 THEN ${entry} ELSE 0 END`
+            : `(SELECT total(${element(s, m, "q.value", "", entry)}) FROM json_each(e.metadata, ${jpath(s.source.array)}) AS q)`;
+        return `WHEN ${s.i} THEN ${sum}`;
+      });
+    return branches.length === 0 ? entry : `CASE e.src ${branches.join(" ")} ELSE ${entry} END`;
+  };
+  const whole =
+    `SELECT ${cols}, NULL AS model, NULL AS p_feature, NULL AS p_spender, 0 AS own, ` +
+    USAGE_MEASURES.map((m) => `${total(m)} AS ${col(m)}`).join(", ") +
+    ` FROM e2 AS e`;
   const groups: string[] = [];
   const gParams: unknown[] = [];
   const names: string[] = [];
@@ -206,8 +227,10 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
     `FROM ${journal} j WHERE ${where.join(" AND ")}), ` +
     `e1 AS (SELECT e0.*, win.i AS w FROM e0 JOIN win ON e0.created_at >= win.s AND e0.created_at < win.t WHERE e0.kind IN (${kinds})), ` +
     `e2 AS (SELECT e1.*, ${[...entryCols, `${src} AS src`].join(", ")} FROM e1), ` +
-    `e AS (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2), ` +
-    `pt AS (${parts}) ` +
+    // Split, the parts read each entry three times: its columns are worked out once (MATERIALIZED).
+    (split
+      ? `e AS MATERIALIZED (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2), pt AS (${parts}) `
+      : `pt AS (${whole}) `) +
     `SELECT * FROM (SELECT ${["pt.w AS w", "pt.kind AS kind", ...groups].join(", ")}, ` +
     USAGE_MEASURES.map((m) => `total(pt.${col(m)}) AS ${col(m)}`).join(", ") +
     ` FROM pt GROUP BY ${["w", "kind", ...names].map((_, i) => String(i + 1)).join(", ")}) ` +
