@@ -13,11 +13,13 @@ import { usageBucket, usageSql } from "../src/db/postgres/usage.js";
 import { usageSqliteSql } from "../src/db/sqlite/usage.js";
 import {
   USAGE_MEASURES,
+  USAGE_RULES,
   UsageAccumulator,
   orderBuckets,
   usageKind,
   usageParts,
   type UsageBucket,
+  type UsageRules,
   type UsageScan,
 } from "../src/domain/usage.js";
 import type { JournalEntry, UsageDimension } from "../src/index.js";
@@ -106,6 +108,37 @@ const CASES: Record<string, Entry> = {
   "hold (no usage)": { ...base, type: "reserve", reservationId: "h7" },
 };
 
+const spend = USAGE_RULES.rules.spend;
+/**
+ * The table changed as an edit of it would: refunds count at −1, a clawback not on a hold is a
+ * request, a lease window's parts balance only its credits (their own requests add up), and
+ * metered usages give each a request of its own field. Every generated piece follows the table.
+ */
+const CHANGED: UsageRules = {
+  ...USAGE_RULES,
+  rules: {
+    ...USAGE_RULES.rules,
+    refund: { ...USAGE_RULES.rules.refund, sign: -1 },
+    clawback: {
+      ...USAGE_RULES.rules.clawback,
+      measures: {
+        ...USAGE_RULES.rules.clawback.measures,
+        requests: [
+          { when: [{ held: false }], then: 1 },
+          { when: [], then: 0 },
+        ],
+      },
+    },
+    spend: {
+      ...spend,
+      parts: [
+        { ...spend.parts[0]!, balanced: ["credits"] },
+        { ...spend.parts[1]!, fields: { ...spend.parts[1]!.fields, requests: "requests" } },
+      ],
+    },
+  },
+};
+
 const now = Date.now();
 const at = new Date(now - 3_600_000);
 const from = new Date(now - 86_400_000);
@@ -129,8 +162,8 @@ function scan(account: string | null, groupBy: UsageDimension[]): UsageScan {
 }
 
 /** The domain's answer (what the memory store runs). */
-function expected(user: string, e: Entry, groupBy: UsageDimension[]): UsageBucket[] {
-  const acc = new UsageAccumulator(scan(user, groupBy));
+function expected(user: string, e: Entry, groupBy: UsageDimension[], rules: UsageRules): UsageBucket[] {
+  const acc = new UsageAccumulator(scan(user, groupBy), rules);
   acc.add(user, { ...e, id: "x", userId: user, createdAt: at } as unknown as JournalEntry);
   return acc.result();
 }
@@ -147,58 +180,35 @@ it("the cases cover every usage kind and entries that are none", () => {
     const parts = usageParts(e);
     if (parts.length > 0) expect(parts.reduce((s, p) => s + p.credits, 0)).toBe(e.amount);
   }
+  // The changed table answers otherwise for refunds, clawbacks, lease windows and metered usage.
+  const differ = Object.keys(CASES).filter(
+    (name) => JSON.stringify(usageParts(CASES[name]!, CHANGED)) !== JSON.stringify(usageParts(CASES[name]!)),
+  );
+  expect(differ).toEqual(
+    expect.arrayContaining([
+      "refund",
+      "clawback",
+      "lease window with parts and a rest",
+      "metered, usages short of the amount",
+    ]),
+  );
+  expect(usageParts(CASES.refund!, CHANGED)[0]!.credits).toBe(-10);
 });
 
-describe("the generated SQLite query", () => {
-  const db = new Database(":memory:");
-  beforeAll(() => {
-    db.exec(
-      "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
-        "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, PRIMARY KEY (user_id, seq))",
-    );
-    const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)");
-    for (const { user, e } of accounts) {
-      ins.run(
-        user,
-        e.type,
-        e.amount,
-        e.metadata == null ? null : JSON.stringify(e.metadata),
-        e.description ?? null,
-        e.spender ?? null,
-        e.feature ?? null,
-        e.reservationId ?? null,
-        at.toISOString(),
+for (const [label, rules] of [
+  ["USAGE_RULES", USAGE_RULES],
+  ["a changed table", CHANGED],
+] as const) {
+  describe(`the generated SQLite query, ${label}`, () => {
+    const db = new Database(":memory:");
+    beforeAll(() => {
+      db.exec(
+        "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
+          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, PRIMARY KEY (user_id, seq))",
       );
-    }
-  });
-  afterAll(() => db.close());
-
-  for (const groupBy of GROUPINGS) {
-    it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, () => {
-      for (const { name, user, e } of accounts) {
-        const s = scan(user, groupBy);
-        const { text, params } = usageSqliteSql("journal", s);
-        const got = (db.prepare(text).all(...params) as Record<string, unknown>[]).map((r) => usageBucket(r, s));
-        same(name, got, expected(user, e, groupBy));
-      }
-    });
-  }
-});
-
-describe.skipIf(!process.env.CREDIT_PG_URL)("the generated PostgreSQL query and rollup trigger", () => {
-  const url = process.env.CREDIT_PG_URL!;
-  const schema = `cm_rules_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
-  const journal = `"${schema}"."journal"`;
-  beforeAll(async () => {
-    await withPgClient(url, async (c) => {
-      await c.query(`CREATE SCHEMA "${schema}"`);
-      await c.query(
-        `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
-          `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, PRIMARY KEY (user_id, seq))`,
-      );
-      for (const stmt of rollupDdl(journal, { schema })) await c.query(stmt);
+      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)");
       for (const { user, e } of accounts) {
-        await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)`, [
+        ins.run(
           user,
           e.type,
           e.amount,
@@ -207,84 +217,131 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the generated PostgreSQL query and 
           e.spender ?? null,
           e.feature ?? null,
           e.reservationId ?? null,
-          at,
-        ]);
-      }
-    });
-  });
-  afterAll(() => withPgClient(url, (c) => c.query(`DROP SCHEMA "${schema}" CASCADE`)));
-
-  for (const groupBy of GROUPINGS) {
-    it(`the query equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
-      await withPgClient(url, async (c) => {
-        for (const { name, user, e } of accounts) {
-          const s = scan(user, groupBy);
-          const { text, params } = usageSql(journal, s);
-          const got = (await c.query(text, params)).rows.map((r) => usageBucket(r, s));
-          same(name, got, expected(user, e, groupBy));
-        }
-      });
-    });
-  }
-
-  it("the rollup trigger adds what the domain does, by kind", async () => {
-    const rows = await withPgClient(url, (c) =>
-      c.query(
-        `SELECT user_id, kind, credits::float8 AS "credits", requests::float8 AS "requests", input_tokens::float8 AS "inputTokens", ` +
-          `output_tokens::float8 AS "outputTokens", cached_tokens::float8 AS "cachedTokens" FROM "${schema}".usage_daily`,
-      ),
-    );
-    for (const { name, user, e } of accounts) {
-      const want = expected(user, e, []).map((b) => ({
-        kind: b.kind,
-        ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, b[m]])),
-      }));
-      const got = rows.rows.filter((r) => r.user_id === user).map(({ user_id: _u, ...r }) => r);
-      expect(got, name).toEqual(want);
-    }
-  });
-});
-
-describe.skipIf(!process.env.CREDIT_MONGO_URI)("the generated MongoDB pipeline", () => {
-  let client: MongoClient;
-  const dbName = `credit_test_rules_${process.pid}_${randomUUID().slice(0, 8)}`;
-  beforeAll(async () => {
-    client = await new MongoClient(process.env.CREDIT_MONGO_URI!).connect();
-    await client
-      .db(dbName)
-      .collection("journal")
-      .insertMany(
-        accounts.map(({ user, e }) => {
-          const doc: Record<string, unknown> = { userId: user, seq: 1, type: e.type, amount: e.amount, createdAt: at };
-          // Null fields are left out of journal documents (docs/schema-upgrades.md, version 6).
-          for (const [k, v] of Object.entries({
-            metadata: e.metadata,
-            description: e.description,
-            spender: e.spender,
-            feature: e.feature,
-            reservationId: e.reservationId,
-          }))
-            if (v != null) doc[k] = v;
-          return doc;
-        }),
-      );
-  });
-  afterAll(async () => {
-    await client?.db(dbName).dropDatabase();
-    await client?.close();
-  });
-
-  for (const groupBy of GROUPINGS) {
-    it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
-      for (const { name, user, e } of accounts) {
-        const s = scan(user, groupBy);
-        const docs = await client.db(dbName).collection("journal").aggregate(usagePipeline(s)).toArray();
-        same(
-          name,
-          docs.map((d) => usageBucketOf(d, s)),
-          expected(user, e, groupBy),
+          at.toISOString(),
         );
       }
     });
-  }
-});
+    afterAll(() => db.close());
+
+    for (const groupBy of GROUPINGS) {
+      it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, () => {
+        for (const { name, user, e } of accounts) {
+          const s = scan(user, groupBy);
+          const { text, params } = usageSqliteSql("journal", s, rules);
+          const got = (db.prepare(text).all(...params) as Record<string, unknown>[]).map((r) => usageBucket(r, s));
+          same(name, got, expected(user, e, groupBy, rules));
+        }
+      });
+    }
+  });
+
+  describe.skipIf(!process.env.CREDIT_PG_URL)(`the generated PostgreSQL query and rollup trigger, ${label}`, () => {
+    const url = process.env.CREDIT_PG_URL!;
+    const schema = `cm_rules_${rules === CHANGED ? "x" : "u"}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
+    const journal = `"${schema}"."journal"`;
+    beforeAll(async () => {
+      await withPgClient(url, async (c) => {
+        await c.query(`CREATE SCHEMA "${schema}"`);
+        await c.query(
+          `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
+            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, PRIMARY KEY (user_id, seq))`,
+        );
+        for (const stmt of rollupDdl(journal, { schema }, rules)) await c.query(stmt);
+        for (const { user, e } of accounts) {
+          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)`, [
+            user,
+            e.type,
+            e.amount,
+            e.metadata == null ? null : JSON.stringify(e.metadata),
+            e.description ?? null,
+            e.spender ?? null,
+            e.feature ?? null,
+            e.reservationId ?? null,
+            at,
+          ]);
+        }
+      });
+    });
+    afterAll(() => withPgClient(url, (c) => c.query(`DROP SCHEMA "${schema}" CASCADE`)));
+
+    for (const groupBy of GROUPINGS) {
+      it(`the query equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
+        await withPgClient(url, async (c) => {
+          for (const { name, user, e } of accounts) {
+            const s = scan(user, groupBy);
+            const { text, params } = usageSql(journal, s, undefined, rules);
+            const got = (await c.query(text, params)).rows.map((r) => usageBucket(r, s));
+            same(name, got, expected(user, e, groupBy, rules));
+          }
+        });
+      });
+    }
+
+    it("the rollup trigger adds what the domain does, by kind", async () => {
+      const rows = await withPgClient(url, (c) =>
+        c.query(
+          `SELECT user_id, kind, credits::float8 AS "credits", requests::float8 AS "requests", input_tokens::float8 AS "inputTokens", ` +
+            `output_tokens::float8 AS "outputTokens", cached_tokens::float8 AS "cachedTokens" FROM "${schema}".usage_daily`,
+        ),
+      );
+      for (const { name, user, e } of accounts) {
+        const want = expected(user, e, [], rules).map((b) => ({
+          kind: b.kind,
+          ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, b[m]])),
+        }));
+        const got = rows.rows.filter((r) => r.user_id === user).map(({ user_id: _u, ...r }) => r);
+        expect(got, name).toEqual(want);
+      }
+    });
+  });
+
+  describe.skipIf(!process.env.CREDIT_MONGO_URI)(`the generated MongoDB pipeline, ${label}`, () => {
+    let client: MongoClient;
+    const dbName = `credit_test_rules_${process.pid}_${randomUUID().slice(0, 8)}`;
+    beforeAll(async () => {
+      client = await new MongoClient(process.env.CREDIT_MONGO_URI!).connect();
+      await client
+        .db(dbName)
+        .collection("journal")
+        .insertMany(
+          accounts.map(({ user, e }) => {
+            const doc: Record<string, unknown> = {
+              userId: user,
+              seq: 1,
+              type: e.type,
+              amount: e.amount,
+              createdAt: at,
+            };
+            // Null fields are left out of journal documents (docs/schema-upgrades.md, version 6).
+            for (const [k, v] of Object.entries({
+              metadata: e.metadata,
+              description: e.description,
+              spender: e.spender,
+              feature: e.feature,
+              reservationId: e.reservationId,
+            }))
+              if (v != null) doc[k] = v;
+            return doc;
+          }),
+        );
+    });
+    afterAll(async () => {
+      await client?.db(dbName).dropDatabase();
+      await client?.close();
+    });
+
+    for (const groupBy of GROUPINGS) {
+      it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, async () => {
+        for (const { name, user, e } of accounts) {
+          const s = scan(user, groupBy);
+          const docs = await client.db(dbName).collection("journal").aggregate(usagePipeline(s, rules)).toArray();
+          same(
+            name,
+            docs.map((d) => usageBucketOf(d, s)),
+            expected(user, e, groupBy, rules),
+          );
+        }
+      });
+    }
+  });
+}

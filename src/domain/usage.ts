@@ -524,13 +524,16 @@ export function groupValue(
 /** Sums `parts` into `buckets` keyed by window, kind and groups. */
 export class UsageAccumulator {
   private readonly buckets = new Map<string, UsageBucket>();
-  constructor(private readonly scan: UsageScan) {}
+  constructor(
+    private readonly scan: UsageScan,
+    private readonly rules: UsageRules = USAGE_RULES,
+  ) {}
 
   /** Adds one journal entry of `account`. */
   add(account: string, e: JournalEntry): void {
     const window = windowIndex(this.scan.boundaries, e.createdAt.getTime());
     if (window < 0) return;
-    for (const p of usageParts(e)) {
+    for (const p of usageParts(e, this.rules)) {
       if (!this.scan.kinds.includes(p.kind)) continue;
       const groups: Record<string, string | null> = {};
       let key = `${window}\u0000${p.kind}`;

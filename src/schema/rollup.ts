@@ -1,4 +1,4 @@
-import { USAGE_MEASURES, usageKindsOf } from "../domain/usage.js";
+import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../domain/usage.js";
 import type { NamingOptions } from "./sql.js";
 import {
   pgEntryMeasure,
@@ -51,19 +51,21 @@ export function rollupNames(naming: NamingOptions): RollupNames {
  * run on a store that has them. On a partitioned journal the trigger is made on the parent and
  * PostgreSQL clones it onto every partition, those made later included.
  */
-export function rollupDdl(journal: string, naming: NamingOptions): string[] {
+export function rollupDdl(journal: string, naming: NamingOptions, rules: UsageRules = USAGE_RULES): string[] {
   const r = rollupNames(naming);
   const q = (n: string) => quoteIdent("postgres", n);
-  const sources = pgSources();
+  const sources = pgSources(rules);
   const columns = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
   // An entry's totals, by the rules: its kind `k`, its part source's array in `a1`, `a2`, … (NULL
   // but the one its parts come from).
-  const totals = USAGE_MEASURES.map((m) => pgEntryTotal(m, (i) => `a${i}`, pgEntryMeasure(m, "NEW", "k")));
+  const totals = USAGE_MEASURES.map((m) =>
+    pgEntryTotal(m, (i) => `a${i}`, pgEntryMeasure(m, "NEW", "k", rules), rules),
+  );
   return [
     `CREATE TABLE IF NOT EXISTS ${r.table} (
   "user_id" TEXT NOT NULL,
   "day" DATE NOT NULL,
-  "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf().map(pgLit).join(", ")})),
+  "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(pgLit).join(", ")})),
 ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT" : "NUMERIC"} NOT NULL,`).join("\n")}
   PRIMARY KEY ("user_id", "day", "kind")
 ) WITH (fillfactor = 70);`,
@@ -78,10 +80,10 @@ DECLARE
 ${sources.map((s) => `  a${s.i} jsonb;`).join("\n")}
 BEGIN
   -- Generated from USAGE_RULES (src/domain/usage.ts): the entry's usage kind, or none.
-  IF NOT (${pgTypes("NEW")}) THEN RETURN NULL; END IF;
-  k := ${pgKind("NEW")};
+  IF NOT (${pgTypes("NEW", rules)}) THEN RETURN NULL; END IF;
+  k := ${pgKind("NEW", rules)};
   IF k IS NULL THEN RETURN NULL; END IF;
-${sources.map((s) => `  a${s.i} := ${pgSourceArray(s.i, "NEW", "k")};`).join("\n")}
+${sources.map((s) => `  a${s.i} := ${pgSourceArray(s.i, "NEW", "k", rules)};`).join("\n")}
   INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")})
   VALUES (NEW.user_id, (NEW.created_at AT TIME ZONE 'UTC')::date, k, ${totals.join(",\n    ")})
   ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")};

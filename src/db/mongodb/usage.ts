@@ -9,6 +9,7 @@ import {
   type UsageCase,
   type UsageMeasure,
   type UsagePartSource,
+  type UsageRules,
   type UsageScan,
   type UsageTest,
   type UsageValue,
@@ -58,54 +59,59 @@ const value = (v: UsageValue, sign: 1 | -1): unknown => {
 };
 
 /** By the document's kind, or the one expression when every kind has the same. */
-function byKind(f: (k: UsageKind) => unknown): unknown {
-  const kinds = usageKindsOf(USAGE_RULES);
+function byKind(rules: UsageRules, f: (k: UsageKind) => unknown): unknown {
+  const kinds = usageKindsOf(rules);
   const xs = kinds.map(f);
   if (xs.every((x) => JSON.stringify(x) === JSON.stringify(xs[0]))) return xs[0];
   return { $switch: { branches: kinds.map((k, i) => ({ case: { $eq: ["$kind", k] }, then: xs[i] })), default: null } };
 }
 
-const sources = (() => {
-  const out: { i: number; kind: UsageKind; source: UsagePartSource; sign: 1 | -1 }[] = [];
-  for (const kind of usageKindsOf(USAGE_RULES)) {
-    const rule = USAGE_RULES.rules[kind];
+type Source = { i: number; kind: UsageKind; source: UsagePartSource; sign: 1 | -1 };
+const sourcesOf = (rules: UsageRules): Source[] => {
+  const out: Source[] = [];
+  for (const kind of usageKindsOf(rules)) {
+    const rule = rules.rules[kind];
     for (const source of rule.parts) out.push({ i: out.length + 1, kind, source, sign: rule.sign });
   }
   return out;
-})();
+};
 
 /** The entry's own value of measure `m`, by its kind. */
-const entryValue = (m: UsageMeasure): unknown =>
-  byKind((k) => cases(USAGE_RULES.rules[k].measures[m], (v) => value(v, USAGE_RULES.rules[k].sign)));
+const entryValue = (rules: UsageRules, m: UsageMeasure): unknown =>
+  byKind(rules, (k) => cases(rules.rules[k].measures[m], (v) => value(v, rules.rules[k].sign)));
 
 /**
  * The entry's own value of measure `m` in the stages after its own: a constant or a field read in
  * place, anything else from the field `m_<measure>` the pipeline adds (`entryFields`).
  */
-const entryRef = (m: UsageMeasure): unknown => {
-  const v = entryValue(m);
+const entryRef = (rules: UsageRules, m: UsageMeasure): unknown => {
+  const v = entryValue(rules, m);
   return typeof v === "number" || typeof v === "string" ? v : `$m_${m}`;
 };
-const entryFields = (): Document =>
-  Object.fromEntries(USAGE_MEASURES.filter((m) => entryRef(m) === `$m_${m}`).map((m) => [`m_${m}`, entryValue(m)]));
+const entryFields = (rules: UsageRules): Document =>
+  Object.fromEntries(
+    USAGE_MEASURES.filter((m) => entryRef(rules, m) === `$m_${m}`).map((m) => [`m_${m}`, entryValue(rules, m)]),
+  );
 
 /** An element's (`u`) value of measure `m`; `i`: its index. */
-function element(s: (typeof sources)[number], m: UsageMeasure, u: string, i: string): unknown {
+function element(rules: UsageRules, s: Source, m: UsageMeasure, u: string, i: string): unknown {
   const f = s.source.fields[m];
-  if (f === null) return { $cond: [{ $eq: [i, 0] }, entryRef(m), 0] };
+  if (f === null) return { $cond: [{ $eq: [i, 0] }, entryRef(rules, m), 0] };
   const v = num(`${u}.${f}`);
   return s.sign === 1 ? v : { $multiply: [-1, v] };
 }
 
 /** The sum of measure `m` over source `s`'s array. */
-function sourceSum(s: (typeof sources)[number], m: UsageMeasure): unknown {
+function sourceSum(rules: UsageRules, s: Source, m: UsageMeasure): unknown {
   const a = path(s.source.array);
-  if (s.source.fields[m] === null) return { $cond: [{ $gt: [{ $size: arrayOr(a) }, 0] }, entryRef(m), 0] };
-  return { $reduce: { input: arrayOr(a), initialValue: 0, in: { $add: ["$$value", element(s, m, "$$this", "")] } } };
+  if (s.source.fields[m] === null) return { $cond: [{ $gt: [{ $size: arrayOr(a) }, 0] }, entryRef(rules, m), 0] };
+  return {
+    $reduce: { input: arrayOr(a), initialValue: 0, in: { $add: ["$$value", element(rules, s, m, "$$this", "")] } },
+  };
 }
 
 /** The parts of an entry whose source is `s`: each element, then what they do not account for. */
-function sourceParts(s: (typeof sources)[number]): unknown {
+function sourceParts(rules: UsageRules, s: Source): unknown {
   const a = path(s.source.array);
   const str1 = (f: string | undefined) => (f === undefined ? null : str(`$$u.${f}`));
   const part = (i: string) => ({
@@ -113,7 +119,7 @@ function sourceParts(s: (typeof sources)[number]): unknown {
     feature: s.source.own ? str1(s.source.feature) : null,
     spender: s.source.own ? str1(s.source.spender) : null,
     own: s.source.own,
-    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, element(s, m, "$$u", i)])),
+    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, element(rules, s, m, "$$u", i)])),
   });
   // An element's index is needed only for a measure that goes to the first element.
   const indexed = USAGE_MEASURES.some((m) => s.source.fields[m] === null);
@@ -134,13 +140,16 @@ function sourceParts(s: (typeof sources)[number]): unknown {
     spender: null,
     own: s.source.own,
     ...Object.fromEntries(
-      USAGE_MEASURES.map((m) => [m, s.source.balanced.includes(m) ? { $subtract: [entryRef(m), `$$s_${m}`] } : 0]),
+      USAGE_MEASURES.map((m) => [
+        m,
+        s.source.balanced.includes(m) ? { $subtract: [entryRef(rules, m), `$$s_${m}`] } : 0,
+      ]),
     ),
   };
-  const differs = s.source.balanced.map((m) => ({ $ne: [entryRef(m), `$$s_${m}`] }));
+  const differs = s.source.balanced.map((m) => ({ $ne: [entryRef(rules, m), `$$s_${m}`] }));
   return {
     $let: {
-      vars: Object.fromEntries(s.source.balanced.map((m) => [`s_${m}`, sourceSum(s, m)])),
+      vars: Object.fromEntries(s.source.balanced.map((m) => [`s_${m}`, sourceSum(rules, s, m)])),
       in: { $concatArrays: [each, { $cond: [{ $or: differs }, [rest], []] }] },
     },
   };
@@ -169,17 +178,18 @@ function windowTree(boundaries: readonly number[], lo: number, hi: number): unkn
  * (`USAGE_RULES`, compiled above; `groupValue`) as aggregation expressions, each entry split into its parts (`$unwind`), summed by `$group`. Entries
  * are read by the (userId, seq) index for one account, by the createdAt index for every account.
  */
-export function usagePipeline(scan: UsageScan): Document[] {
+export function usagePipeline(scan: UsageScan, rules: UsageRules = USAGE_RULES): Document[] {
+  const sources = sourcesOf(rules);
   const match: Document = {
     createdAt: { $gte: scan.from, $lt: scan.to },
-    type: { $in: usageEntryTypes() },
+    type: { $in: usageEntryTypes(rules) },
   };
   if (scan.account !== null) match.userId = scan.account;
-  const kind = cases(USAGE_RULES.kinds, (k) => k);
+  const kind = cases(rules.kinds, (k) => k);
   // Each entry's own measures ("m_…") and the number of its part source (0: none, the entry whole).
   // Each entry's own measures that are neither constant nor a field ("m_…"), and the number of
   // its part source (0: none, the entry whole).
-  const entry = entryFields();
+  const entry = entryFields(rules);
   const src = {
     $switch: {
       branches: sources.map((s) => ({
@@ -194,12 +204,12 @@ export function usagePipeline(scan: UsageScan): Document[] {
     feature: null,
     spender: null,
     own: false,
-    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, entryRef(m)])),
+    ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, entryRef(rules, m)])),
   };
   // usageParts: the elements of the entry's source and what they do not account for, or the entry whole.
   const parts = {
     $switch: {
-      branches: sources.map((s) => ({ case: { $eq: ["$src", s.i] }, then: sourceParts(s) })),
+      branches: sources.map((s) => ({ case: { $eq: ["$src", s.i] }, then: sourceParts(rules, s) })),
       default: [whole],
     },
   };
@@ -270,7 +280,7 @@ export function usagePipeline(scan: UsageScan): Document[] {
       $addFields: {
         ko: {
           $switch: {
-            branches: usageKindsOf().map((k, i) => ({ case: { $eq: ["$_id.kind", k] }, then: i })),
+            branches: usageKindsOf(rules).map((k, i) => ({ case: { $eq: ["$_id.kind", k] }, then: i })),
             default: null,
           },
         },

@@ -1,4 +1,11 @@
-import { USAGE_MEASURES, type UsageBucket, type UsageMeasure, type UsageScan } from "../../domain/usage.js";
+import {
+  USAGE_MEASURES,
+  USAGE_RULES,
+  type UsageBucket,
+  type UsageMeasure,
+  type UsageRules,
+  type UsageScan,
+} from "../../domain/usage.js";
 import type { UsageKind } from "../../models/usage.js";
 import {
   pgElementMeasure,
@@ -28,6 +35,7 @@ export function usageSql(
   journal: string,
   scan: UsageScan,
   rollup?: { table: string; days: RollupDays },
+  rules: UsageRules = USAGE_RULES,
 ): { text: string; params: unknown[] } {
   const params: unknown[] = [];
   const p = (v: unknown) => {
@@ -44,14 +52,14 @@ export function usageSql(
             `(j.created_at >= ${p(new Date(rollup.days.to))} AND j.created_at < ${p(scan.to)}))`,
         ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
-  where.push(pgTypes("j"));
+  where.push(pgTypes("j", rules));
   const kinds = p([...scan.kinds]);
   // The rules (USAGE_RULES of src/domain/usage.ts) compiled: each entry's kind, its own measures
   // ("m_…") and the array of its part source ("a1", "a2", …: NULL but the one its parts come from).
-  const sources = pgSources();
+  const sources = pgSources(rules);
   const entryCols = [
-    ...USAGE_MEASURES.map((m) => `${pgEntryMeasure(m, "e1", "e1.kind")} AS ${pgMeasure(m, "m_")}`),
-    ...sources.map((s) => `${pgSourceArray(s.i, "e1", "e1.kind")} AS a${s.i}`),
+    ...USAGE_MEASURES.map((m) => `${pgEntryMeasure(m, "e1", "e1.kind", rules)} AS ${pgMeasure(m, "m_")}`),
+    ...sources.map((s) => `${pgSourceArray(s.i, "e1", "e1.kind", rules)} AS a${s.i}`),
   ];
   const none = sources.length === 0 ? "true" : `(${sources.map((s) => `e.a${s.i} IS NULL`).join(" AND ")})`;
   // The measures some source balances: the parts' sum of each ("s_…"), the rest a part of its own.
@@ -130,13 +138,13 @@ export function usageSql(
   const order = [
     ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
     "w",
-    pgKindOrder("kind"),
+    pgKindOrder("kind", rules),
     ...names.map((n) => `${n} COLLATE "C" NULLS FIRST`),
   ];
   const measures = USAGE_MEASURES.map((m) => pgMeasure(m));
   const text =
     `WITH e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
-    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${pgKind("j")} AS kind FROM ${journal} j WHERE ${where.join(" AND ")} OFFSET 0), ` +
+    `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w, ${pgKind("j", rules)} AS kind FROM ${journal} j WHERE ${where.join(" AND ")} OFFSET 0), ` +
     `e1 AS (SELECT e0.* FROM e0 WHERE e0.kind = ANY(${kinds}::text[])), ` +
     `e2 AS (SELECT e1.*, ${entryCols.join(", ")} FROM e1 OFFSET 0), ` +
     (split ? `e AS (SELECT e2.*${sums.map((x) => `, ${x}`).join("")} FROM e2 OFFSET 0), ` : "") +
@@ -149,7 +157,7 @@ export function usageSql(
         // is one row; only the measures its source does not balance (tokens) are read from its parts.
         `n AS (${rollup === undefined ? "" : "("}SELECT ${["e.w AS w", "e.kind AS kind", ...groups].join(", ")}, ` +
         USAGE_MEASURES.map(
-          (m) => `${pgEntryTotal(m, (i) => `e.a${i}`, `e.${pgMeasure(m, "m_")}`)} AS ${pgMeasure(m)}`,
+          (m) => `${pgEntryTotal(m, (i) => `e.a${i}`, `e.${pgMeasure(m, "m_")}`, rules)} AS ${pgMeasure(m)}`,
         ).join(", ") +
         ` FROM e2 AS e OFFSET 0) `) +
     (rollup === undefined ? "" : rollupPart(rollup, scan, bounds, kinds, p)) +

@@ -7,6 +7,7 @@ import {
   type UsageCase,
   type UsageMeasure,
   type UsagePartSource,
+  type UsageRules,
   type UsageScan,
   type UsageTest,
   type UsageValue,
@@ -55,24 +56,25 @@ const value = (v: UsageValue, r: string, sign: 1 | -1) => {
   return sign === 1 ? x : `-(${x})`;
 };
 
-function byKind(kind: string, f: (k: UsageKind) => string): string {
-  const kinds = usageKindsOf(USAGE_RULES);
+function byKind(rules: UsageRules, kind: string, f: (k: UsageKind) => string): string {
+  const kinds = usageKindsOf(rules);
   const xs = kinds.map(f);
   if (xs.every((x) => x === xs[0])) return xs[0]!;
   return `CASE ${kind} ${kinds.map((k, i) => `WHEN ${lit(k)} THEN ${xs[i]}`).join(" ")} END`;
 }
 
-const sources = (() => {
-  const out: { i: number; kind: UsageKind; source: UsagePartSource; sign: 1 | -1 }[] = [];
-  for (const kind of usageKindsOf(USAGE_RULES)) {
-    const rule = USAGE_RULES.rules[kind];
+type Source = { i: number; kind: UsageKind; source: UsagePartSource; sign: 1 | -1 };
+const sourcesOf = (rules: UsageRules): Source[] => {
+  const out: Source[] = [];
+  for (const kind of usageKindsOf(rules)) {
+    const rule = rules.rules[kind];
     for (const source of rule.parts) out.push({ i: out.length + 1, kind, source, sign: rule.sign });
   }
   return out;
-})();
+};
 
 /** An element's (`x`, JSON) value of measure `m`; `first`: whether it is the array's first; `entry`: the entry's value. */
-function element(s: (typeof sources)[number], m: UsageMeasure, x: string, first: string, entry: string): string {
+function element(s: Source, m: UsageMeasure, x: string, first: string, entry: string): string {
   const f = s.source.fields[m];
   if (f === null) return `CASE WHEN ${first} THEN ${entry} ELSE 0 END`;
   const v = num(x, jpath([f]));
@@ -88,7 +90,12 @@ function element(s: (typeof sources)[number], m: UsageMeasure, x: string, first:
  * for every account. Parameters are positional (`?`); only the groups come back (`usageBucket` of
  * the PostgreSQL store reads its rows).
  */
-export function usageSqliteSql(journal: string, scan: UsageScan): { text: string; params: unknown[] } {
+export function usageSqliteSql(
+  journal: string,
+  scan: UsageScan,
+  rules: UsageRules = USAGE_RULES,
+): { text: string; params: unknown[] } {
+  const sources = sourcesOf(rules);
   const params: unknown[] = [];
   const windows = scan.boundaries
     .slice(0, -1)
@@ -99,13 +106,13 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
     where.push("j.user_id = ?");
     wParams.push(scan.account);
   }
-  where.push("j.created_at >= ?", "j.created_at < ?", `j.type IN (${usageEntryTypes().map(lit).join(", ")})`);
+  where.push("j.created_at >= ?", "j.created_at < ?", `j.type IN (${usageEntryTypes(rules).map(lit).join(", ")})`);
   wParams.push(scan.from.toISOString(), scan.to.toISOString());
-  const kind = cases(USAGE_RULES.kinds, "j", lit);
+  const kind = cases(rules.kinds, "j", lit);
   // Each entry's own measures ("m_…") and the number of its part source (0: none, the entry whole).
   const entryCols = USAGE_MEASURES.map(
     (m) =>
-      `${byKind("e1.kind", (k) => cases(USAGE_RULES.rules[k].measures[m], "e1", (v) => value(v, "e1", USAGE_RULES.rules[k].sign)))} AS ${col(m, "m_")}`,
+      `${byKind(rules, "e1.kind", (k) => cases(rules.rules[k].measures[m], "e1", (v) => value(v, "e1", rules.rules[k].sign)))} AS ${col(m, "m_")}`,
   );
   const src =
     sources.length === 0
@@ -216,7 +223,7 @@ export function usageSqliteSql(journal: string, scan: UsageScan): { text: string
   const order = [
     ...(scan.orderBy === "credits" ? ["credits DESC"] : []),
     "w",
-    `CASE kind ${usageKindsOf()
+    `CASE kind ${usageKindsOf(rules)
       .map((k, i) => `WHEN ${lit(k)} THEN ${i}`)
       .join(" ")} END`,
     ...names.map((n) => `${n} IS NOT NULL, ${n}`),
