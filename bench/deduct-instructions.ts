@@ -187,7 +187,8 @@ export async function count(roots: string[]): Promise<Counted> {
   const rows: Row[] = [];
   for (const store of stores)
     for (const root of roots) {
-      const scoped = readFileSync(join(root, "src/services/credit-service.ts"), "utf8").includes("scopedState(");
+      // Scoped grants and limits came with src/domain/scope.ts (issue 51's first commit).
+      const scoped = existsSync(join(root, "src/domain/scope.ts"));
       for (const variant of ["plain", ...(scoped ? ["limits", "scoped"] : [])] as Variant[])
         rows.push({ root, store, variant, counts: [] });
     }
