@@ -48,10 +48,14 @@ runDbManagerContract({
 
 const EMPTY: LoadedState = { account: null, grants: [], reservations: [], idempotent: null };
 
-/** A unit-of-work part whose commits fail with `failures` (then succeed), counting what happens. */
-function attempts(failures: unknown[]) {
-  const log = { begun: 0, committed: 0, rolledBack: 0 };
-  const begin = (userId: string): Attempt => {
+/**
+ * A unit-of-work part whose commits fail with `failures` (then succeed), counting what happens.
+ * With `locked`: a `beginLocked` too, whose attempts' commits fail with `locked.failures` (and
+ * whose begin throws `locked.refused` when given), counted apart in `log.locked`.
+ */
+function attempts(failures: unknown[], locked?: { failures: unknown[]; refused?: unknown }) {
+  const log = { begun: 0, committed: 0, rolledBack: 0, locked: 0 };
+  const begin = (userId: string, queue = failures): Attempt => {
     log.begun++;
     return {
       userId,
@@ -63,7 +67,7 @@ function attempts(failures: unknown[]) {
       getPayment: async () => null,
       save: () => {},
       commit: () => {
-        const failure = failures.shift();
+        const failure = queue.shift();
         if (failure !== undefined) throw failure;
         log.committed++;
       },
@@ -82,7 +86,14 @@ function attempts(failures: unknown[]) {
       closes++;
     },
     accounts: {
-      begin,
+      begin: (userId) => begin(userId),
+      ...(locked !== undefined && {
+        beginLocked: (userId: string) => {
+          log.locked++;
+          if (locked.refused !== undefined) throw locked.refused;
+          return begin(userId, locked.failures);
+        },
+      }),
       getAccount: fail,
       getGrant: async () => null,
       getReservation: async () => null,
@@ -101,7 +112,7 @@ describe("defineStore", () => {
   it("runs a unit of work again after a commit that met a conflict, and gives up after maxAttempts", async () => {
     const { store, log } = attempts([new ConflictError("moved"), new ConflictError("moved")]);
     expect(await store.transaction("u", () => 7)).toBe(7);
-    expect(log).toEqual({ begun: 3, committed: 1, rolledBack: 2 });
+    expect(log).toEqual({ begun: 3, committed: 1, rolledBack: 2, locked: 0 });
 
     const three = attempts([1, 2, 3].map(() => new ConflictError("moved")));
     const error = await three.store.transaction("u", () => 7).catch((e: unknown) => e);
@@ -112,11 +123,34 @@ describe("defineStore", () => {
     expect(three.log.committed).toBe(0);
   });
 
+  it("with beginLocked: after maxAttempts conflicts, runs once more from it, without giving up", async () => {
+    const moved = () => new ConflictError("moved");
+    const { store, log } = attempts([moved(), moved(), moved()], { failures: [] });
+    expect(await store.transaction("u", () => 7)).toBe(7);
+    expect(log).toEqual({ begun: 4, committed: 1, rolledBack: 3, locked: 1 });
+
+    // Fewer conflicts than maxAttempts: the locked attempt is not needed.
+    const two = attempts([moved(), moved()], { failures: [] });
+    expect(await two.store.transaction("u", () => 7)).toBe(7);
+    expect(two.log).toEqual({ begun: 3, committed: 1, rolledBack: 2, locked: 0 });
+
+    // The locked attempt could not have its lock (or its commit still conflicted): ConflictError.
+    for (const locked of [{ failures: [], refused: moved() }, { failures: [moved()] }]) {
+      const stuck = attempts([moved(), moved(), moved()], locked);
+      const error = await stuck.store.transaction("u", () => 7).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConflictError);
+      expect((error as Error).message).toBe(
+        "[credit-management] [unit] gave up on a unit of work on account u after 4 conflicting attempts",
+      );
+      expect(stuck.log).toMatchObject({ committed: 0, locked: 1 });
+    }
+  });
+
   it("does not run again a unit of work that threw, and reports a driver failure as StorageError naming the store", async () => {
     const { store, log } = attempts([]);
     const boom = new Error("boom");
     await expect(store.transaction("u", () => Promise.reject(boom))).rejects.toBe(boom);
-    expect(log).toEqual({ begun: 1, committed: 0, rolledBack: 1 });
+    expect(log).toEqual({ begun: 1, committed: 0, rolledBack: 1, locked: 0 });
 
     const driver = attempts([new Error("SQLITE_IOERR")]);
     const commitError = await driver.store.transaction("u", () => 1).catch((e: unknown) => e);

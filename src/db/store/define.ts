@@ -37,11 +37,20 @@ export interface Attempt extends DbTransaction {
 /**
  * Units of work run by `defineStore`: the backend only starts an attempt. The helper runs them one
  * after another per account in this process (a FIFO lock), retries an attempt whose `commit`
- * throws `ConflictError` with jittered backoff up to `maxAttempts`, and writes nothing of an
- * attempt whose `fn` threw.
+ * throws `ConflictError` with jittered backoff up to `maxAttempts` (then once more from
+ * `beginLocked` where the backend has it), and writes nothing of an attempt whose `fn` threw.
  */
 export interface UnitOfWorkPart {
   begin(userId: string): Attempt | Promise<Attempt>;
+  /**
+   * Optional: an attempt that cannot meet a conflict, because it holds the store's write lock (or
+   * the account's) from its `load` to its `commit` or `rollback`. The helper runs one when
+   * `maxAttempts` attempts from `begin` met conflicts, instead of giving up (docs/storage.md,
+   * "Your own backend"). It may wait for the lock, for a bounded time of the store's own; it throws
+   * `ConflictError` (from here or from `commit`) when it could not have it: only then does the
+   * unit of work fail with `ConflictError`. `rollback` must release the lock.
+   */
+  beginLocked?(userId: string): Attempt | Promise<Attempt>;
 }
 
 /** The accounts part: its reads, and either its own `transaction` or `begin` (run by the helper). */
@@ -66,7 +75,10 @@ export interface StoreDefinition {
   promos?: Part<PromoPaymentStore>;
   /** The notification outbox. Without it, `ConfigurationError`. */
   outbox?: Part<NotificationStore>;
-  /** Attempts of a unit of work that keeps meeting conflicts before `ConflictError` (default 10). */
+  /**
+   * Attempts of a unit of work that keeps meeting conflicts before `ConflictError` (default 10);
+   * with `accounts.beginLocked`, before it runs once more holding the lock instead.
+   */
   maxAttempts?: number;
 }
 
@@ -150,16 +162,24 @@ export class DefinedStore extends StoreBase {
     return this.run(accounts, userId, fn);
   }
 
-  /** Runs a unit of work from the backend's `begin`: alone on its account here, retried on conflicts. */
+  /**
+   * Runs a unit of work from the backend's `begin`: alone on its account here, retried on
+   * conflicts; after `maxAttempts` of them, once more from `beginLocked` where there is one.
+   */
   private async run<T>(part: UnitOfWorkPart, userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> {
     const wait = this.locks.acquire(userId);
     if (wait !== undefined) await wait;
     try {
       for (let attempts = 1; ; attempts++) {
+        // Past maxAttempts only with beginLocked: the attempt that holds the lock throughout.
+        const locked = attempts > this.maxAttempts;
         let tx: Attempt;
         try {
-          tx = await part.begin(userId);
+          tx = await (locked
+            ? (part.beginLocked as (userId: string) => Attempt | Promise<Attempt>)(userId)
+            : part.begin(userId));
         } catch (error) {
+          if (locked && error instanceof ConflictError) throw this.gaveUp(userId, attempts, error);
           throw storeError(this.name, "transaction", error);
         }
         let value: T;
@@ -175,22 +195,23 @@ export class DefinedStore extends StoreBase {
         } catch (error) {
           await this.rollback(tx);
           if (!(error instanceof ConflictError)) throw storeError(this.name, "transaction", error);
-          if (attempts >= this.maxAttempts) {
-            throw new ConflictError(
-              origin(
-                this.name,
-                `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`,
-              ),
-              { userId, attempts },
-              error,
-            );
-          }
-          await sleep(backoff(attempts, BACKOFF));
+          if (locked || (attempts >= this.maxAttempts && part.beginLocked === undefined))
+            throw this.gaveUp(userId, attempts, error);
+          // The locked attempt waits for its lock itself: no backoff before it.
+          if (attempts < this.maxAttempts) await sleep(backoff(attempts, BACKOFF));
         }
       }
     } finally {
       this.locks.release(userId);
     }
+  }
+
+  private gaveUp(userId: string, attempts: number, cause: unknown): ConflictError {
+    return new ConflictError(
+      origin(this.name, `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`),
+      { userId, attempts },
+      cause,
+    );
   }
 
   private async rollback(tx: Attempt): Promise<void> {
@@ -273,7 +294,13 @@ function guarded<T extends object>(store: string, part: T): T {
   return new Proxy(part, {
     get(target, key) {
       const value = Reflect.get(target, key, target) as unknown;
-      if (typeof value !== "function" || key === "begin" || key === "transaction" || key === "transactionNow")
+      if (
+        typeof value !== "function" ||
+        key === "begin" ||
+        key === "beginLocked" ||
+        key === "transaction" ||
+        key === "transactionNow"
+      )
         return value;
       let wrapped = cache.get(key);
       if (wrapped === undefined) {
