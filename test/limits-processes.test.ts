@@ -129,9 +129,9 @@ describe.each(stores)("spend limits and scoped grants across three processes: $n
       reports.flatMap((r) => r.unexpected),
       JSON.stringify(reports.map((r) => r.unexpected)),
     ).toEqual([]);
-    // 18 callers on one hot account: SQLite's optimistic units of work may give up on a few
-    // (ConflictError, retryable, nothing changed; docs/storage.md); never more than a few.
-    expect(reports.reduce((n, r) => n + r.conflicts, 0)).toBeLessThanOrEqual(20);
+    // 18 callers on one hot account, and none gives up with ConflictError: a SQLite unit of work
+    // that keeps meeting conflicts runs once more holding the write lock (docs/storage.md).
+    expect(reports.map((r) => r.conflicts)).toEqual([0, 0, 0]);
     const refused = reports.flatMap((r) => r.refused);
     expect(refused.length).toBeGreaterThan(0); // the run asked for more than the limits allow
 

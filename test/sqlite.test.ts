@@ -113,6 +113,54 @@ describe("SqliteDbManager with a database handed in", () => {
   });
 });
 
+describe("SqliteDbManager: a unit of work out of optimistic attempts runs once more holding the write lock", () => {
+  it.each(["filename", "database"] as const)(
+    "wins over a writer it conflicted with, which then waits for it (the store given a %s)",
+    async (given) => {
+      const file = join(dir, `locked-${given}.db`);
+      const Database = (await import("better-sqlite3")).default;
+      const raw = given === "database" ? new Database(file) : undefined;
+      // maxAttempts 1: the first conflict sends the unit of work to its locked attempt.
+      const a = new SqliteDbManager({
+        ...(raw === undefined ? { filename: file } : { database: raw, tablePrefix: "cm_" }),
+        maxAttempts: 1,
+      });
+      const b = new SqliteDbManager({ filename: file, ...(raw === undefined ? {} : { tablePrefix: "cm_" }) });
+      await a.init();
+      await b.init();
+      const credits = new CreditService({ db: a });
+      const other = new CreditService({ db: b }); // as another process
+      await credits.addCredits("x", 100);
+      // Every attempt of a's units of work lets b write the account between its load and commit.
+      let attempts = 0;
+      let late: Promise<JournalEntry> | undefined;
+      const transaction = a.transaction.bind(a);
+      a.transaction = (userId, fn) =>
+        transaction(userId, async (tx) => {
+          const value = await fn(tx);
+          attempts++;
+          if (attempts === 1)
+            await other.deductCredits("x", 1); // the optimistic attempt: a conflict
+          else {
+            // The locked attempt: b's write must wait for its commit.
+            late = other.deductCredits("x", 2);
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          return value;
+        });
+      expect(await credits.deductCredits("x", 5)).toMatchObject({ amount: 5, balanceAfter: 94 });
+      expect(attempts).toBe(2);
+      expect(await late).toMatchObject({ amount: 2, balanceAfter: 92 });
+      const history = await credits.getCreditHistory("x", { limit: 10 });
+      expect(history.items.map((e) => e.amount)).toEqual([2, 5, 1, 100]); // newest first
+      expect((await credits.audit("x", { from: "genesis" })).ok).toBe(true);
+      await a.close();
+      await b.close();
+      raw?.close();
+    },
+  );
+});
+
 describe("SqliteDbManager while another connection holds the write lock", () => {
   /** Ticks of a 5 ms timer while `run` runs, and the longest gap between two (a blocked event loop). */
   async function timed<T>(run: () => Promise<T>) {
@@ -159,7 +207,7 @@ describe("SqliteDbManager while another connection holds the write lock", () => 
     await db.close();
   });
 
-  it("gives up after busyTimeoutMs in all (a conflict), without blocking meanwhile", async () => {
+  it("gives up after busyTimeoutMs per attempt (a conflict), without blocking meanwhile", async () => {
     const file = join(dir, "busy-long.db");
     const db = new SqliteDbManager({ filename: file, busyTimeoutMs: 300, maxAttempts: 1 });
     await db.init();
@@ -171,7 +219,12 @@ describe("SqliteDbManager while another connection holds the write lock", () => 
     other.exec("ROLLBACK");
     other.close();
     expect((r as { error?: Error }).error?.name).toBe("ConflictError");
-    expect(r.ms).toBeGreaterThanOrEqual(290);
+    // The optimistic attempt's write waited busyTimeoutMs, then the locked attempt's BEGIN IMMEDIATE.
+    expect((r as { error?: Error }).error?.message).toMatch(/after 2 conflicting attempts$/);
+    expect(String(((r as { error?: Error }).error?.cause as Error).message)).toMatch(
+      /the write lock stayed taken for busyTimeoutMs \(300 ms\)/,
+    );
+    expect(r.ms).toBeGreaterThanOrEqual(580);
     expect(r.ms).toBeLessThan(3000);
     expect(r.ticks).toBeGreaterThanOrEqual(15);
     expect(r.longestGapMs).toBeLessThan(250);

@@ -86,7 +86,12 @@ export interface SqliteDbManagerOptions {
    * (`LOCK_SPIN_MS`), then the store retries asynchronously with backoff until this total.
    */
   busyTimeoutMs?: number;
-  /** Attempts of a unit of work that meets conflicts (another process wrote the account) before `ConflictError`. Default 10. */
+  /**
+   * Optimistic attempts of a unit of work that meets conflicts (another process wrote the account)
+   * before it runs once more holding the write lock from its first read to its commit, which
+   * cannot conflict (docs/storage.md, SQLite). Default 3. A database in memory has no second
+   * connection to hold the lock on: there, attempts before `ConflictError`, default 10.
+   */
   maxAttempts?: number;
   /** `init()` creates and upgrades the schema (default true); `false`: it only checks the version. */
   migrate?: boolean;
@@ -352,6 +357,17 @@ class Sqlite {
   }
   private readonly updatePlans = new Map<SqlTable, Map<string, { text: string; order: number[] }>>();
 
+  /** Opens the write transaction of a locked attempt: `BEGIN IMMEDIATE` takes the write lock now (or is busy). */
+  begin(): void {
+    this.conn().exec("BEGIN IMMEDIATE");
+  }
+  /** Ends the transaction `begin` opened: COMMIT, or ROLLBACK (nothing when none is open any more). */
+  end(commit: boolean): void {
+    const db = this.conn();
+    if (commit) db.exec("COMMIT");
+    else if ((db as { inTransaction?: boolean }).inTransaction !== false) db.exec("ROLLBACK");
+  }
+
   async init(): Promise<void> {
     const db = await this.open();
     this.spin(db); // a database handed in too
@@ -416,10 +432,107 @@ function isConflict(error: unknown): boolean {
 }
 
 /**
+ * The file's second connection, for locked attempts (docs/storage.md, SQLite): a unit of work that
+ * kept meeting conflicts runs once more on it inside `BEGIN IMMEDIATE`, taken before its first read
+ * and held across its `await`s until its commit — on a connection of its own, so that nothing else
+ * this process runs meanwhile joins that transaction. One at a time in this process (a FIFO turn);
+ * opened at the first, so a store that never meets a conflict never opens it.
+ */
+class Locker {
+  private s: Sqlite | null = null;
+  private opening: Promise<Sqlite> | null = null;
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly options: SqliteDbManagerOptions,
+    private readonly filename: string,
+    /** What opens it: the store's own driver (`better-sqlite3` for a `database` handed in). */
+    private readonly driver: SqliteDriver,
+  ) {}
+
+  /**
+   * A locked attempt on `userId`: its turn here, then the write lock, waited for as every write
+   * waits (`patiently`: up to `busyTimeoutMs`); `ConflictError` when it stayed busy that long.
+   */
+  async begin(userId: string): Promise<SqliteAttempt> {
+    const release = await this.turn();
+    try {
+      const s = await (this.opening ??= this.open());
+      await s.patiently(() => s.begin());
+      return new SqliteAttempt(s, userId, release);
+    } catch (error) {
+      release();
+      if (!isBusy(error)) throw error;
+      throw new ConflictError(
+        origin(
+          "sqlite",
+          `the write lock stayed taken for busyTimeoutMs (${this.options.busyTimeoutMs ?? 5000} ms) (${(error as Error).message})`,
+        ),
+        { userId },
+        error,
+      );
+    }
+  }
+
+  /** Waits for the locked attempts before this one; resolves to the function that ends its turn. */
+  private turn(): Promise<() => void> {
+    const before = this.tail;
+    let end!: () => void;
+    this.tail = new Promise<void>((resolve) => (end = resolve));
+    let ended = false;
+    const release = () => {
+      if (ended) return;
+      ended = true;
+      end();
+    };
+    return before.then(() => release);
+  }
+
+  private async open(): Promise<Sqlite> {
+    try {
+      const { tablePrefix, busyTimeoutMs } = this.options;
+      const s = new Sqlite({ filename: this.filename, tablePrefix, busyTimeoutMs }, this.driver);
+      const db = await s.open();
+      db.pragma("synchronous = FULL"); // per connection, as init() sets it on the first
+      this.s = s;
+      return s;
+    } catch (error) {
+      this.opening = null; // the next locked attempt tries again
+      throw error;
+    }
+  }
+
+  close(): void {
+    this.s?.close();
+    this.s = null;
+    this.opening = null;
+  }
+}
+
+/**
+ * The file a second connection can open for locked attempts: `filename`, or the file of the
+ * `better-sqlite3` database handed in (its `name`, and `memory: false`); null for a database in
+ * memory, a read-only one, or one handed in that does not say its file.
+ */
+function lockableFile(options: SqliteDbManagerOptions): string | null {
+  if (options.database !== undefined) {
+    const d = options.database as { name?: unknown; memory?: unknown; readonly?: unknown };
+    return d.memory === false && d.readonly !== true && typeof d.name === "string" && d.name !== "" ? d.name : null;
+  }
+  const f = options.filename;
+  return f === undefined || f === "" || f === ":memory:" ? null : f;
+}
+
+/**
  * One attempt of a unit of work. `load` reads the account in one read transaction; `save` queues;
  * `commit` writes everything in one write transaction that first moves the account row from the
  * `seq` it was loaded at (the guard): if another process wrote the account since, nothing is
  * written and the unit of work runs again. Writes never wait across an `await`.
+ *
+ * A locked attempt (`release` given, on the `Locker`'s connection) runs inside the `BEGIN
+ * IMMEDIATE` its `Locker` opened: its reads and writes are savepoints in it, `commit` ends it with
+ * COMMIT and `rollback` with ROLLBACK, and both end its turn. No other writer can run in between,
+ * so its guard cannot fail.
  */
 class SqliteAttempt implements Attempt {
   private pending: Changes | undefined;
@@ -428,9 +541,11 @@ class SqliteAttempt implements Attempt {
   constructor(
     private readonly s: Sqlite,
     readonly userId: string,
+    private readonly release?: () => void,
   ) {}
 
   load(request?: LoadRequest): LoadedState | Promise<LoadedState> {
+    if (this.release !== undefined) return this.read(request);
     return this.s.patiently(() => this.read(request));
   }
 
@@ -481,6 +596,7 @@ class SqliteAttempt implements Attempt {
 
   commit(): void | Promise<void> {
     const c = this.pending;
+    if (this.release !== undefined) return this.commitLocked(c);
     if (c === undefined) return;
     const conflict = (error: unknown) =>
       isConflict(error)
@@ -498,6 +614,31 @@ class SqliteAttempt implements Attempt {
         });
     } catch (error) {
       throw conflict(error);
+    }
+  }
+
+  /** A locked attempt's commit: its writes, then COMMIT; on a failure `rollback` ends it. */
+  private commitLocked(c: Changes | undefined): void {
+    try {
+      if (c !== undefined) this.write(c);
+      this.s.end(true);
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      throw new ConflictError(
+        origin("sqlite", `a write holding the lock was refused (${(error as Error).message})`),
+        { userId: this.userId },
+        error,
+      );
+    }
+    this.release?.();
+  }
+
+  rollback(): void {
+    if (this.release === undefined) return;
+    try {
+      this.s.end(false);
+    } finally {
+      this.release();
     }
   }
 
@@ -564,19 +705,25 @@ function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition
     Object.fromEntries(
       Object.entries(part).map(([key, f]) => [
         key,
-        typeof f === "function" && key !== "begin"
+        typeof f === "function" && key !== "begin" && key !== "beginLocked"
           ? (...args: unknown[]) => s.patiently(() => (f as (...a: unknown[]) => unknown)(...args))
           : f,
       ]),
     ) as T;
+  const file = lockableFile(options);
+  const locker = file === null ? null : new Locker(options, file, s.driver ?? "better-sqlite3");
   const store: StoreDefinition = {
     name: "sqlite",
     multiProcess: true,
-    maxAttempts: options.maxAttempts,
+    maxAttempts: options.maxAttempts ?? (locker === null ? 10 : 3),
     init: () => s.init(),
-    close: () => s.close(),
+    close: () => {
+      locker?.close();
+      s.close();
+    },
     accounts: {
       begin: (userId) => new SqliteAttempt(s, userId),
+      ...(locker !== null && { beginLocked: (userId: string) => locker.begin(userId) }),
       getAccount: (userId) => s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
       getAccountCredits: (userId) => {
         const account = s.one<Account>("accounts", "WHERE user_id = ?", [userId]);
@@ -880,7 +1027,9 @@ function chooseDriver(options: SqliteDbManagerOptions): SqliteDriver | null {
  * readers never wait for the writer; several processes may share it. A unit of work reads its
  * account in one read transaction and writes everything in one write transaction guarded on the
  * account's `seq` (another process that wrote the account in between makes it run again, with
- * backoff); in this process, units of work on one account run one after another.
+ * backoff; after `maxAttempts` such conflicts it runs once more holding the write lock from its
+ * first read, on a second connection: `Locker`); in this process, units of work on one account
+ * run one after another.
  *
  * ```ts
  * const db = new SqliteDbManager({ filename: "credits.db" });
