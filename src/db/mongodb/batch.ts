@@ -47,7 +47,10 @@ export interface BatchContext {
 }
 
 /** A unit of work waiting to run; `attempts` counts the failed batches it took part in. */
-export type Unit = QueuedUnit;
+export type Unit = QueuedUnit & {
+  /** Out of optimistic attempts: runs alone, writing its account first (`MongoDbManager.attempt`). */
+  locked?: boolean;
+};
 
 /** A read for the state of several accounts, with an idempotency key each (or none). */
 export interface StateRequest {

@@ -61,8 +61,10 @@ export interface MongoDbManagerOptions {
   /** Prefix of the collection names (`<prefix>accounts`, `<prefix>grants`, …). Default `"credit_"`. */
   collectionPrefix?: string;
   /**
-   * Attempts of one unit of work before a write conflict surfaces as `ConflictError`: transient
-   * transaction errors the driver retries and seq-guard misses both count. Default 25.
+   * Optimistic attempts of one unit of work (transient transaction errors the driver retries and
+   * seq-guard misses both count) before it runs holding its account: its transactions write the
+   * account first, tried for up to 5 s, and only then a write conflict surfaces as `ConflictError`
+   * (docs/storage.md, MongoDB). Default 25.
    */
   maxAttempts?: number;
   /**
@@ -162,11 +164,12 @@ const STALE_DECAY = 0.97;
  * the guard `{ _id: userId, seq: <seq when loaded> }`. Two units of work on one account therefore
  * always write the same document: MongoDB lets only one of them commit and the other is retried
  * from the start (write conflicts, guard misses and a racing first insert alike), with jittered
- * backoff, up to `maxAttempts` before a `ConflictError`. Within one process, units of work on one
- * account queue for it first (FIFO), so only other processes can make a unit of work retry, and
- * the last committed state of recently used accounts is kept to skip their read (see
- * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so on
- * a standalone server.
+ * backoff, up to `maxAttempts`; then its transactions write the account first, for up to
+ * `LOCK_WAIT_MS` of tries, before a `ConflictError` (`attempt`). Within one process, units of
+ * work on one account queue for it first (FIFO), so only other processes can make a unit of work
+ * retry, and the last committed state of recently used accounts is kept to skip their read (see
+ * `stateCacheSize`). Needs a replica set (Atlas, or a single-node `--replSet`); `init()` says so
+ * on a standalone server.
  *
  * Group commit (`batch`, on by default): units of work on different accounts that wait at the same
  * moment share one transaction ({@link MongoBatch}), with one command per collection for all their
@@ -263,7 +266,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
       perAccount: 1,
       alone: (u) => u.solo,
       runBatch: (units) => this.runBatch(units),
-      runAlone: (u) => this.attempt(u.userId, u.fn, u.attempts).then(u.resolve, u.reject),
+      runAlone: (u) => this.attempt(u.userId, u.fn, u.attempts, u.locked === true).then(u.resolve, u.reject),
     });
     const col = (name: string) => this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS);
     this.c = {
@@ -509,16 +512,12 @@ export class MongoDbManager extends StoreBase implements DbManager {
       return;
     }
     const again: Unit[] = [];
-    for (const { unit, reason, batch } of retry) {
+    for (const { unit, batch } of retry) {
       unit.attempts++;
       if (unit.attempts >= this.maxAttempts) {
-        // A batch of several may have failed for a batch-mate: every unit gets one try alone.
-        if (units.length === 1) {
-          unit.reject(this.exhausted(unit.userId, unit.attempts, reason));
-          continue;
-        }
-        unit.attempts = this.maxAttempts - 1;
+        // Out of optimistic attempts: alone, its account written first (`attempt`, locked).
         unit.solo = true;
+        unit.locked = true;
       } else {
         // Alone from now on, so that whatever failed the batch fails only its own unit; after a
         // guard miss (no unit's failure) together again, on fresh reads.
@@ -530,10 +529,40 @@ export class MongoDbManager extends StoreBase implements DbManager {
     if (again.length > 0) this.group.push(true, ...again);
   }
 
-  /** Runs the unit of work in a transaction, retrying it after a lost race (see the class doc). */
-  private async attempt<T>(userId: string, fn: (tx: DbTransaction) => Promise<T>, attemptsBefore = 0): Promise<T> {
+  /**
+   * Runs the unit of work in a transaction, retrying it after a lost race (see the class doc).
+   * After `maxAttempts` optimistic attempts (or `locked` from the start), its attempts are locked:
+   * each transaction first writes the account document (`_rev`), which no other transaction can
+   * then write until it ends, so nothing can move the account under it; that first write fails at
+   * once while another transaction holds the document, and is tried again, with backoff, for up
+   * to `LOCK_WAIT_MS` before `ConflictError` (docs/storage.md, MongoDB). A locked attempt that
+   * failed after its first write lost no race: it is not tried again (`ConflictError`, or
+   * `StorageError` when the server could not be reached).
+   */
+  private async attempt<T>(
+    userId: string,
+    fn: (tx: DbTransaction) => Promise<T>,
+    attemptsBefore = 0,
+    lockedBefore = false,
+  ): Promise<T> {
     let attempts = attemptsBefore;
-    let cached = this.states?.get(userId);
+    let locked = false;
+    let deadline = 0;
+    let lockTries = 0;
+    /** A locked attempt wrote its account first and still failed: no race lost, so no more tries. */
+    let held = false;
+    const lock = () => {
+      if (locked) return;
+      locked = true;
+      deadline = performance.now() + LOCK_WAIT_MS;
+    };
+    if (lockedBefore) lock();
+    /** Out of attempts: the optimistic ones lead to locked ones, which end at their deadline. */
+    const spent = () => {
+      if (attempts >= this.maxAttempts) lock();
+      return locked && performance.now() >= deadline;
+    };
+    let cached = lockedBefore ? undefined : this.states?.get(userId);
     /** The last failure of an attempt (a refused or unreachable commit, an operation). */
     let lastFailure: unknown;
     for (;;) {
@@ -552,21 +581,26 @@ export class MongoDbManager extends StoreBase implements DbManager {
         // conflicts) with backoff, and the commit on UnknownTransactionCommitResult. Its retries
         // count against maxAttempts too, and start from a fresh read.
         const value = await session.withTransaction(async (s) => {
-          if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts, lastFailure);
+          if (spent() || held) throw this.exhausted(userId, attempts, lastFailure);
+          // withTransaction retries a lost race at once: a locked attempt waits a little first.
+          if (locked && lockTries++ > 0) await sleep(backoff(lockTries, BACKOFF));
           attempts++;
           tx = new MongoTransaction(
             this.c,
             s,
             userId,
-            attempts === 1 ? cached : undefined,
+            attempts === 1 && !locked ? cached : undefined,
             this.verifyStates,
             this.promoStore,
+            locked,
           );
           try {
             return await tx.run(fn);
           } catch (error) {
             lastFailure = error;
             throw error;
+          } finally {
+            held = tx.holding; // (a commit that fails after this brings the callback back too)
           }
         }, TRANSACTION_OPTIONS);
         // Committed: nothing from here on may turn it into a failure (the caller would retry a
@@ -591,9 +625,9 @@ export class MongoDbManager extends StoreBase implements DbManager {
         // without the transient label: the next attempt reloads and decides again (a repeated
         // idempotency key then answers with the first result or IdempotencyConflictError).
         if (error instanceof StaleAccount || isRetryableConflict(error)) {
-          if (attempts >= this.maxAttempts) throw this.exhausted(userId, attempts, error);
+          if (spent() || held) throw this.exhausted(userId, attempts, error);
           cached = undefined;
-          await sleep(backoff(attempts, BACKOFF));
+          if (!locked) await sleep(backoff(attempts, BACKOFF)); // (a locked try waits in the callback)
           continue;
         }
         throw toCreditError(error, "transaction");
@@ -928,6 +962,8 @@ class MongoTransaction implements DbTransaction {
   private baseFromCache = false;
   /** The committed state for the cache once this unit of work commits. */
   stateAfter: AccountState | undefined;
+  /** A locked attempt that wrote its account first: no other transaction can write it now. */
+  holding = false;
 
   constructor(
     private readonly c: Collections,
@@ -936,6 +972,8 @@ class MongoTransaction implements DbTransaction {
     private readonly cached: AccountState | undefined,
     private readonly verify: boolean,
     private readonly promos: MongoPromoStore,
+    /** A locked attempt: `run` writes the account document before anything else (see `attempt`). */
+    private readonly lockFirst = false,
   ) {}
 
   /**
@@ -944,6 +982,17 @@ class MongoTransaction implements DbTransaction {
    * current: else it reruns on a fresh read.
    */
   async run<T>(fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
+    // A write of the account's `_rev` first (no account yet: nothing to hold, and a racing first
+    // insert is a duplicate key as ever): from here no other transaction can write it before this
+    // one ends, and `load` reads the `_rev` written, which the save's guard then finds.
+    if (this.lockFirst) {
+      const res = await this.c.accounts.updateOne(
+        { _id: this.userId },
+        { $inc: { _rev: 1 } },
+        { session: this.session },
+      );
+      this.holding = res.matchedCount === 1;
+    }
     let value: T;
     try {
       value = await fn(this);
@@ -1076,5 +1125,8 @@ function afterCursor(after: ScanCursor | undefined): Filter<StoredDoc> {
 
 /** Jittered exponential backoff between attempts of a unit of work, in ms (at most 100). */
 const BACKOFF = { base: 4, factor: 1.5, max: 100, floor: 0 };
+
+/** How long a unit of work's locked attempts try to write its account first, in ms (see `attempt`). */
+const LOCK_WAIT_MS = 5_000;
 
 export type { DbManager } from "../types.js";
