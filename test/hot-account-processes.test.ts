@@ -2,7 +2,7 @@
  * One hot account, three processes (docs/storage.md): 8 callers in each spend on it at once under
  * `maxAttempts: 2`, so that units of work keep running out of optimistic attempts. Such a unit
  * then runs holding the account (SQLite: the write lock from its first read; MongoDB: its account
- * document written first; PostgreSQL locks the account row anyway), so it cannot conflict: no
+ * document written first; PostgreSQL: alone, waiting for the row lock), so it cannot conflict: no
  * spend is refused with `ConflictError`, every spend a process reported done is in the journal
  * (and nothing else is), the balance is the grant less their sum, and the account audits clean.
  * On SQLite always; PostgreSQL and MongoDB when their URLs are set (.ci/run sets them).

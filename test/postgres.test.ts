@@ -466,15 +466,44 @@ describe.skipIf(!url)("PostgresDbManager", () => {
           await store.close();
         }
       };
-      const lost = await race(1);
-      expect(lost.error).toBeInstanceOf(ConflictError);
-      expect(((lost.error as ConflictError).cause as { code?: string }).code).toBe("23505");
-      expect(await credits.getUserCreditsInfo(lost.u)).toMatchObject({ balance: 7 });
+      // Out of attempts after the lost race, it runs once more alone, waiting for the row lock: it wins.
+      const last = await race(1);
+      expect(last.attempts).toBe(2);
+      expect(await credits.getUserCreditsInfo(last.u)).toMatchObject({ balance: 10 });
       const won = await race(3);
       expect(won.attempts).toBe(2);
       expect((won as { entry: JournalEntry }).entry.seq).toBe(2);
       expect(await credits.getUserCreditsInfo(won.u)).toMatchObject({ balance: 10 });
       expect((await credits.audit(won.u)).ok).toBe(true);
+    });
+
+    it("gives up with ConflictError when even its last attempt, alone under the row lock, is refused", async () => {
+      const store = new PostgresDbManager({ connectionString: url as string, schema, maxAttempts: 2 });
+      const u = `persist-${randomUUID()}`;
+      await credits.addCredits(u, 10);
+      const [grant] = await credits.getGrants(u);
+      let attempts = 0;
+      const error = await store
+        .transaction(u, async (tx) => {
+          attempts++;
+          const state = await tx.load();
+          const work = new AccountWork(u, state, new Date(), randomUUID);
+          work.add(
+            3,
+            { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+            {},
+          );
+          const changes = work.changes();
+          // A grant that reuses the first grant's id: the key refuses it every time.
+          const insertGrants = changes.insertGrants.map((g) => ({ ...g, id: grant?.id as string }));
+          await tx.save({ ...changes, insertGrants });
+        })
+        .catch((x: unknown) => x);
+      await store.close();
+      expect(error).toBeInstanceOf(ConflictError);
+      expect(((error as ConflictError).cause as { code?: string }).code).toBe("23505");
+      expect(attempts).toBe(3); // maxAttempts, then the last one under the lock
+      expect(await credits.getUserCreditsInfo(u)).toMatchObject({ balance: 10 });
     });
 
     it("wraps other database errors in StorageError, keeps the cause, and writes nothing", async () => {

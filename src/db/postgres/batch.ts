@@ -29,6 +29,8 @@ export interface Unit extends QueuedUnit {
   wait: boolean;
   /** Loads under the lock, not from the state cache (a batch that started from it failed). */
   fresh?: boolean;
+  /** Out of attempts: its last one runs alone, waiting for its account's row lock (`wait`). */
+  last?: boolean;
 }
 
 /** Why a unit must run again; `reason` is the driver error or the failed guard. */

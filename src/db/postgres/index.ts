@@ -168,7 +168,8 @@ const leases = new WeakMap<PoolClient, Lease>();
  * that throws after `save()` writes nothing. Unique violations (two first writes of a new account,
  * an idempotency key), serialization failures and deadlocks run the unit of work again, alone,
  * with jittered backoff; there `load()` finds the key and the service answers with the first
- * result. A unit of work whose connection is lost before its save message was sent (nothing of it
+ * result. After `maxAttempts` such failures a unit of work runs once more alone, waiting for its
+ * row lock, before `ConflictError`. A unit of work whose connection is lost before its save message was sent (nothing of it
  * written) runs again the same way, on another connection. Other database errors surface as
  * `StorageError` with the driver's error as `cause`; a connection lost while its COMMIT was in
  * flight too (the outcome is unknown: it does not run again). A connection that failed is closed,
@@ -480,6 +481,15 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       if (unit.attempts >= this.maxAttempts && lost === true) {
         // The connection kept failing: that is the database's state, not a conflict.
         unit.reject(storageError("transaction", reason));
+      } else if (unit.attempts >= this.maxAttempts && unit.last !== true) {
+        // Out of attempts (a hot account whose cached state other processes keep making stale,
+        // a unit failed by its batch-mates): once more, alone, waiting for the row lock and
+        // loading under it, where no other transaction can move the account (docs/storage.md).
+        unit.last = true;
+        unit.wait = true;
+        unit.fresh = true;
+        unit.solo = true;
+        this.requeue(unit, 0);
       } else if (unit.attempts >= this.maxAttempts) {
         unit.reject(
           new ConflictError(
