@@ -97,9 +97,11 @@ export type BunDatabaseClass = new (
 
 /** Imports `bun:sqlite` (only under Bun: elsewhere the import fails). */
 export async function loadBunSqlite(): Promise<BunDatabaseClass> {
-  // `as string`: no types for bun:sqlite in this build; the literal stays for the bundler, which
-  // keeps it external (tsup.config.ts).
-  const mod = (await import("bun:sqlite" as string)) as { Database: BunDatabaseClass };
+  // The specifier is made at run time, so that a bundler of a user's app never tries to resolve
+  // it: with the literal, bundling a Worker that imports credit-management/sqlite (wrangler's
+  // esbuild) failed with 'Could not resolve "bun:sqlite"'. Bun imports it all the same.
+  const specifier = ["bun", "sqlite"].join(":");
+  const mod = (await import(/* webpackIgnore: true */ /* @vite-ignore */ specifier)) as { Database: BunDatabaseClass };
   return mod.Database;
 }
 
