@@ -382,6 +382,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/credits/users/{userId}/limits/set": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Add one spend limit, or change the one with the same spender, feature and window (it keeps what its window counted); the user's other limits stay as they are */
+        post: operations["adminSetLimit"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/credits/users/{userId}/limits/remove": {
         parameters: {
             query?: never;
@@ -3360,6 +3377,135 @@ export interface operations {
                         /** @constant */
                         resetsWith?: "subscription";
                     }[];
+                };
+            };
+        };
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            spender: string | null;
+                            feature: string | null;
+                            amount: number;
+                            period: (("day" | "week" | "month" | "year") | {
+                                every: number;
+                                /** @enum {string} */
+                                unit: "day" | "week" | "month" | "year";
+                            }) | null;
+                            resetsWith: "subscription" | null;
+                            used: number;
+                            remaining: number;
+                            /** Format: date-time */
+                            windowStart: string;
+                            /** Format: date-time */
+                            resetsAt: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict: not active, idempotency key reused with other arguments, or a lost race */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminSetLimit: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes the operation safe to retry: the same key and arguments return the first result. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                userId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    description?: string;
+                    idempotencyKey?: string & (unknown & unknown);
+                    correlationId?: string;
+                    metadata?: {
+                        [key: string]: components["schemas"]["JsonValue"];
+                    };
+                    limit: {
+                        spender?: string;
+                        feature?: string;
+                        amount: number;
+                        period?: ("day" | "week" | "month" | "year") | {
+                            every: number;
+                            /** @enum {string} */
+                            unit: "day" | "week" | "month" | "year";
+                        };
+                        /** @constant */
+                        resetsWith?: "subscription";
+                    };
                 };
             };
         };

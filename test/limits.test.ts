@@ -8,6 +8,7 @@ import {
   replaceLimits,
   tightestLimit,
   trueUpHold,
+  withLimit,
   withoutLimit,
 } from "../src/domain/limits.js";
 import { inScope, outOfScope, spendOrder } from "../src/domain/scope.js";
@@ -311,6 +312,36 @@ describe("spend limits", () => {
     // Another window is another limit: it starts from 0.
     const daily = replaceLimits(raised, [{ spender: "alice", amount: 200, period: "day" }], null);
     expect(daily[0]?.used).toBe(0);
+  });
+
+  it("setLimit changes the limit with its key in place (keeping its count) or adds it; the others stay as they were", () => {
+    const two = replaceLimits(
+      null,
+      [
+        { spender: "alice", amount: 100, period: "month" },
+        { feature: "images", amount: 40, period: "day" },
+      ],
+      null,
+    );
+    const spent = countSpend(two, { spender: "alice", feature: "images" }, 30, now).limits;
+    const raised = withLimit(spent, { spender: "alice", amount: 150, period: { every: 1, unit: "month" } }, null);
+    expect(raised).toHaveLength(2);
+    expect(raised[0]).toMatchObject({ spender: "alice", amount: 150, used: 30 }); // in place, count kept
+    expect(raised[1]).toBe(spent[1]); // untouched: the same object
+    const added = withLimit(raised, { spender: "alice", amount: 10, period: "day" }, null); // another window
+    expect(added.map((l) => [l.spender, l.feature, l.amount, l.used])).toEqual([
+      ["alice", null, 150, 30],
+      [null, "images", 40, 30],
+      ["alice", null, 10, 0],
+    ]);
+    expect(spent).toHaveLength(2); // the input list is not changed
+    const full = replaceLimits(
+      null,
+      Array.from({ length: 100 }, (_, i) => ({ spender: `m${i}`, amount: 1, period: "day" as const })),
+      null,
+    );
+    expect(() => withLimit(full, { spender: "one-more", amount: 1, period: "day" }, null)).toThrow(ValidationError);
+    expect(withLimit(full, { spender: "m7", amount: 2, period: "day" }, null)[7]?.amount).toBe(2); // a change still fits
   });
 
   it("a subscription limit needs a cycle; a moved cycle starts a new window", () => {

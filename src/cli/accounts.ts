@@ -3,7 +3,7 @@ import { calendarWindow } from "../domain/limits.js";
 import { RuleViolationError, ValidationError } from "../errors.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { UserId } from "../models/index.js";
-import { limitKey, type LimitPeriod, type SpendLimitInput, type SpendLimitStatus } from "../models/limits.js";
+import { type LimitPeriod, type SpendLimitInput, type SpendLimitStatus } from "../models/limits.js";
 import { parse } from "../models/parse.js";
 import type { RedisCache } from "../redis/index.js";
 import type { CliIo } from "./run.js";
@@ -166,14 +166,8 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
       return 0;
     }
     if (action === "set") {
-      const wanted = limit as SpendLimitInput;
-      const key = limitKey(wanted);
-      // setLimits takes the whole list: the account's, with this one replaced or added.
-      const list = (await credits.getLimits(userId)).map(inputOf);
-      const at = list.findIndex((l) => limitKey(l) === key);
-      if (at === -1) list.push(wanted);
-      else list[at] = wanted;
-      print(io, json, { userId, limits: await credits.setLimits(userId, list) });
+      // setLimit: this one replaced or added in the account's unit of work, the others untouched.
+      print(io, json, { userId, limits: await credits.setLimit(userId, limit as SpendLimitInput) });
       return 0;
     }
     const which = { ...spendOf(values), ...(values.period === undefined ? {} : periodOf(values.period)) };
@@ -431,16 +425,6 @@ function spendOf(values: { spender?: string | undefined; feature?: string | unde
   return {
     ...(values.spender === undefined ? {} : { spender: values.spender }),
     ...(values.feature === undefined ? {} : { feature: values.feature }),
-  };
-}
-
-/** A limit as `getLimits` reports it, as `setLimits` takes it again. */
-function inputOf(l: SpendLimitStatus): SpendLimitInput {
-  return {
-    ...(l.spender === null ? {} : { spender: l.spender }),
-    ...(l.feature === null ? {} : { feature: l.feature }),
-    amount: l.amount,
-    ...(l.period === null ? { resetsWith: "subscription" as const } : { period: l.period }),
   };
 }
 

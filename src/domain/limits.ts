@@ -22,6 +22,7 @@ import {
   type SpendLimit,
   type SpendLimitInput,
   type SpendLimitStatus,
+  MAX_LIMITS,
   limitKey,
 } from "../models/limits.js";
 import { periodContaining } from "./periods.js";
@@ -421,6 +422,33 @@ export function replaceLimits(
     }
     return limit;
   });
+}
+
+/**
+ * The account's limits after `setLimit(input)`: the limit with the input's key (spender, feature,
+ * window) changed in place, keeping what its window counted as `replaceLimits` does, or added at
+ * the end; every other limit exactly as it was. More than `MAX_LIMITS`: a `ValidationError`.
+ */
+export function withLimit(
+  existing: readonly SpendLimit[] | null,
+  input: SpendLimitInput,
+  cycle: LimitCycle | null,
+): SpendLimit[] {
+  const list = existing ?? [];
+  const limit = replaceLimits(list, [input], cycle)[0] as SpendLimit;
+  const key = keyOf(limit);
+  const at = list.findIndex((l) => keyOf(l) === key);
+  if (at !== -1) {
+    const out = list.slice();
+    out[at] = limit;
+    return out;
+  }
+  if (list.length >= MAX_LIMITS) {
+    throw new ValidationError(`An account may hold at most ${MAX_LIMITS} limits`, [
+      { path: "", message: `the account already has ${list.length} limits` },
+    ]);
+  }
+  return [...list, limit];
 }
 
 /** `{ every: 1, unit }` is `unit`. */

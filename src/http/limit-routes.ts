@@ -7,6 +7,7 @@ import {
   parse,
   RemoveLimitInput,
   SetLimitsInput,
+  SpendLimitInput,
   SpenderId,
   UserId,
   type SpendLimitStatus,
@@ -17,6 +18,8 @@ import type { RouteContext, RouteDefinition } from "./router.js";
 
 /** `PUT /admin/credits/users/:userId/limits`: the account's whole list of limits, replacing it. */
 export const SetLimitsBody = MutationOptions.extend({ limits: SetLimitsInput });
+/** `POST /admin/credits/users/:userId/limits/set`: one limit added, or changed in place (the others kept). */
+export const SetLimitBody = MutationOptions.extend({ limit: SpendLimitInput });
 /** `POST /admin/credits/users/:userId/limits/remove`: the limits with exactly this spender and feature (and window). */
 export const RemoveLimitBody = MutationOptions.extend(RemoveLimitInput.shape);
 
@@ -103,6 +106,24 @@ export const limitRoutes: RouteDefinition[] = [
     handle: async (ctx) => {
       const { limits: list, ...options } = await ctx.body<z.infer<typeof SetLimitsBody>>();
       return { items: await ctx.manager.credits.setLimits(target(ctx), list, withKey(options, ctx)) };
+    },
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/limits/set",
+    access: "admin",
+    operationId: "adminSetLimit",
+    summary:
+      "Add one spend limit, or change the one with the same spender, feature and window (it keeps what its window counted); the user's other limits stay as they are",
+    tags: limits,
+    body: SetLimitBody,
+    idempotent: true,
+    response: LimitListSchema,
+    errors: [409],
+    handle: async (ctx) => {
+      const { limit, ...options } = await ctx.body<z.infer<typeof SetLimitBody>>();
+      return { items: await ctx.manager.credits.setLimit(target(ctx), limit, withKey(options, ctx)) };
     },
   },
   {

@@ -9,7 +9,7 @@ import { compareGrants, isDue } from "../domain/order.js";
 import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
-import { type Spend, limitStatuses, replaceLimits, tightestLimit, withoutLimit } from "../domain/limits.js";
+import { type Spend, limitStatuses, replaceLimits, tightestLimit, withLimit, withoutLimit } from "../domain/limits.js";
 import type { SubscriptionStore } from "../db/types-subscriptions.js";
 import {
   ConfigurationError,
@@ -73,7 +73,7 @@ import {
   type Reservation,
   type LimitCycle,
   type SpendLimit,
-  type SpendLimitInput,
+  SpendLimitInput,
   type SpendLimitStatus,
 } from "../models/index.js";
 import { andThen } from "../util/promise.js";
@@ -588,18 +588,40 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     const list = parse(SetLimitsInput, limits, "limits");
     const o = parse(MutationOptions, options, "options");
-    let cycle: LimitCycle | null = null;
-    if (list.some((l) => l.resetsWith === "subscription")) {
-      const subscriptions = this.db as Partial<SubscriptionStore>;
-      const active = subscriptions.getActiveSubscription ? await subscriptions.getActiveSubscription(user) : null;
-      if (active !== null) cycle = { anchorAt: active.anchorAt.getTime(), billingPeriod: active.billingPeriod };
-    }
+    const cycle = list.some((l) => l.resetsWith === "subscription") ? await this.limitCycle(user) : null;
     const meta = this.meta("setLimits", o, () => ({ limits: list, ...o }));
     const set = await this.units.mutate("setLimits", user, meta, (work) => {
       work.setLimits(replaceLimits(work.account.limits ?? null, list, cycle), meta);
       return work.account.limits ?? [];
     });
     return limitStatuses(set, this.clock().getTime());
+  }
+
+  /**
+   * Adds one spend limit, or changes the one with the same spender, feature and window (it keeps
+   * what its window counted), in the account's unit of work: the other limits stay exactly as they
+   * are, so two callers changing different limits at once both keep their change, where a read of
+   * `getLimits` followed by `setLimits` would lose one (docs/teams-and-limits.md). Recorded as a
+   * `limits` journal entry. Resolves to all the account's limits as `getLimits` reports them.
+   */
+  async setLimit(userId: string, limit: SpendLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    const user = parse(UserId, userId, "userId");
+    const input = parse(SpendLimitInput, limit, "limit");
+    const o = parse(MutationOptions, options, "options");
+    const cycle = input.resetsWith === "subscription" ? await this.limitCycle(user) : null;
+    const meta = this.meta("setLimit", o, () => ({ limit: input, ...o }));
+    const set = await this.units.mutate("setLimit", user, meta, (work) => {
+      work.setLimits(withLimit(work.account.limits ?? null, input, cycle), meta);
+      return work.account.limits ?? [];
+    });
+    return limitStatuses(set, this.clock().getTime());
+  }
+
+  /** The account's active subscription's cycle, which a `resetsWith: "subscription"` limit follows; null without one. */
+  private async limitCycle(user: string): Promise<LimitCycle | null> {
+    const subscriptions = this.db as Partial<SubscriptionStore>;
+    const active = subscriptions.getActiveSubscription ? await subscriptions.getActiveSubscription(user) : null;
+    return active === null ? null : { anchorAt: active.anchorAt.getTime(), billingPeriod: active.billingPeriod };
   }
 
   /** The account's spend limits: each with its window now, what it counted and what is left. */

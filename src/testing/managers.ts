@@ -234,6 +234,32 @@ export function runManagersContract(
       expect((await b.audit(u)).ok).toBe(true);
     });
 
+    it("setLimit: A and B each changing a different limit at once both keep their change, and a changed limit keeps its window's count (docs/teams-and-limits.md)", async () => {
+      const { a, b } = pair();
+      const u = user();
+      await a.credits.addCredits(u, 1000);
+      await a.credits.setLimits(u, [{ spender: "alice", amount: 100, period: "month" }]);
+      await a.credits.deductCredits(u, 30, { spender: "alice" });
+      await b.credits.getLimits(u); // B holds a copy of the account with one limit
+      // Ten changes at once from both managers, each to its own spender's limit; alice's raised.
+      await Promise.all([
+        a.credits.setLimit(u, { spender: "alice", amount: 150, period: "month" }),
+        ...Array.from({ length: 9 }, (_, i) =>
+          (i % 2 === 0 ? b : a).credits.setLimit(u, { spender: `m${i}`, amount: 10 + i, period: "day" }),
+        ),
+      ]);
+      const limits = await b.credits.getLimits(u);
+      expect(limits.map((l) => [l.spender, l.amount]).sort()).toEqual(
+        [["alice", 150], ...Array.from({ length: 9 }, (_, i) => [`m${i}`, 10 + i])].sort(),
+      );
+      expect(limits.find((l) => l.spender === "alice")?.used).toBe(30); // the window's count kept
+      await expect(a.credits.deductCredits(u, 121, { spender: "alice" })).rejects.toMatchObject({
+        code: "SPEND_LIMIT_EXCEEDED",
+      });
+      expect((await a.credits.deductCredits(u, 120, { spender: "alice" })).amount).toBe(120);
+      expect((await a.credits.audit(u)).ok).toBe(true);
+    });
+
     it('leases under a spender limit: leased charges from A and B at once never pass it, and count as on the exact path (docs/teams-and-limits.md, "Leases")', async () => {
       const { a, b } = pair();
       const u = user();

@@ -74,6 +74,36 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     expect(bad.status).toBe(400);
     expect(bad.body.error.code).toBe("VALIDATION_ERROR");
     expect(await m.credits.getLimits("acme")).toHaveLength(2);
+
+    // One limit at a time: alice's changed in place (its count kept), carol's added, the rest kept.
+    const changed = await call("POST", "/admin/credits/users/acme/limits/set", ADMIN, {
+      limit: { spender: "alice", amount: 900, period: "month" },
+    });
+    expect(changed.status).toBe(200);
+    const added = await call("POST", "/admin/credits/users/acme/limits/set", ADMIN, {
+      limit: { spender: "carol", amount: 50, period: "day" },
+    });
+    expect(
+      added.body.items.map((l: { spender: string | null; amount: number; used: number }) => [
+        l.spender,
+        l.amount,
+        l.used,
+      ]),
+    ).toEqual([
+      [null, 5000, 300],
+      ["alice", 900, 300],
+      ["carol", 50, 0],
+    ]);
+    const badOne = await call("POST", "/admin/credits/users/acme/limits/set", ADMIN, {
+      limit: { spender: "dave", amount: 10 },
+    });
+    expect(badOne.status).toBe(400);
+    expect(badOne.body.error.code).toBe("VALIDATION_ERROR");
+    expect(await m.credits.getLimits("acme")).toHaveLength(3);
+    expect(
+      (await call("POST", "/admin/credits/users/acme/limits/set", "acme", { limit: { amount: 1, period: "day" } }))
+        .status,
+    ).toBe(403);
   });
 
   it("a user reads its own limits but cannot set or remove them", async () => {
@@ -205,5 +235,6 @@ describe("limit routes and the spender of a spend over HTTP", () => {
     expect(doc.paths["/admin/credits/users/{userId}/limits"]?.put?.requestBody).toBeDefined();
     expect(doc.paths["/credits/limits"]?.get).toBeDefined();
     expect(doc.paths["/admin/credits/users/{userId}/limits/remove"]?.post).toBeDefined();
+    expect(doc.paths["/admin/credits/users/{userId}/limits/set"]?.post?.requestBody).toBeDefined();
   });
 });
