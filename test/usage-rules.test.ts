@@ -235,6 +235,7 @@ for (const [label, rules] of [
     }
   });
 
+  // reason: needs a PostgreSQL server, whose URL .ci/run sets in CREDIT_PG_URL; skipped without it
   describe.skipIf(!process.env.CREDIT_PG_URL)(`the generated PostgreSQL query and rollup trigger, ${label}`, () => {
     const url = process.env.CREDIT_PG_URL!;
     const schema = `cm_rules_${rules === CHANGED ? "x" : "u"}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -295,6 +296,7 @@ for (const [label, rules] of [
     });
   });
 
+  // reason: needs a MongoDB server, whose URL .ci/run sets in CREDIT_MONGO_URI; skipped without it
   describe.skipIf(!process.env.CREDIT_MONGO_URI)(`the generated MongoDB pipeline, ${label}`, () => {
     let client: MongoClient;
     const dbName = `credit_test_rules_${process.pid}_${randomUUID().slice(0, 8)}`;

@@ -353,6 +353,7 @@ for (const store of stores) {
 
 // The daily rollup of PostgreSQL (docs/usage.md, "The daily rollup"): kept by the journal's
 // trigger, read by fleet reports of whole UTC days, checked by audit.
+// reason: needs a PostgreSQL server, whose URL .ci/run sets in CREDIT_PG_URL; skipped without it
 describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQL", () => {
   // reason: needs CREDIT_PG_URL; skipped otherwise
   let opened: OpenedStore;
