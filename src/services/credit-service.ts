@@ -1115,7 +1115,6 @@ async function replayHold(entry: JournalEntry, tx: DbTransaction): Promise<Reser
   return r;
 }
 
-/** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
 /** A spend naming neither spender nor feature. */
 const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
 
@@ -1133,6 +1132,7 @@ interface CreditsState {
   fresh: boolean;
 }
 
+/** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
 function creditsInfo(userId: string, account: Account | null): CreditsInfo {
   return account
     ? {
