@@ -201,11 +201,7 @@ export class CreditLeases {
    */
   charge(userId: string, amount: number, options?: LeaseChargeOptions): LeaseCharge | Promise<LeaseCharge> {
     if (options === undefined || servedInMemory(options)) {
-      const l = this.users.get(
-        options === undefined || (options.spender === undefined && options.feature === undefined)
-          ? userId
-          : this.keyOf(userId, options.spender, options.feature),
-      );
+      const l = this.users.get(this.keyOf(userId, options?.spender, options?.feature));
       if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, Date.now()))
         return this.serve(l, amount, options?.reason, "", dimsOf(options));
     }
