@@ -5,6 +5,7 @@ import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
+import { stripeEnvOptions } from "../payments/stripe.js";
 import { PartitionInterval } from "../schema/partitions.js";
 import { IdempotencyRetention } from "../services/expiration-service.js";
 
@@ -686,15 +687,7 @@ async function topUpsRound(m: CreditManager, s: WorkerSettings): Promise<RoundRe
 
 /** Stripe from the worker's environment (it reads `env`, as it does for the store). */
 function stripeOptions(env: DbEnv, s: WorkerSettings) {
-  const value = (name: string) => env[name]?.trim() || undefined;
-  const appBase = value("APP_BASE_URL")?.replace(/\/$/, "");
-  return {
-    secretKey: value("STRIPE_SECRET_KEY"),
-    webhookSecret: value("STRIPE_WEBHOOK_SECRET"),
-    successUrl: appBase === undefined ? undefined : `${appBase}/payments/success`,
-    cancelUrl: appBase === undefined ? undefined : `${appBase}/payments/cancel`,
-    ...(s.stripeBaseUrl === undefined ? {} : { baseUrl: s.stripeBaseUrl }),
-  };
+  return { ...stripeEnvOptions(env), ...(s.stripeBaseUrl === undefined ? {} : { baseUrl: s.stripeBaseUrl }) };
 }
 
 /** Delivers due outbox rows to the queue; a delivery that failed (retried later) fails the round. */

@@ -58,12 +58,11 @@ export class StripeProvider implements PaymentProvider {
   private readonly apiVersion: string;
 
   constructor(options: StripeProviderOptions = {}) {
-    const env = typeof process === "undefined" ? {} : process.env;
-    const appBase = env.APP_BASE_URL?.replace(/\/$/, "");
-    this.secretKey = options.secretKey ?? env.STRIPE_SECRET_KEY;
-    this.webhookSecret = options.webhookSecret ?? env.STRIPE_WEBHOOK_SECRET;
-    this.successUrl = options.successUrl ?? (appBase ? `${appBase}/payments/success` : undefined);
-    this.cancelUrl = options.cancelUrl ?? (appBase ? `${appBase}/payments/cancel` : undefined);
+    const env = stripeEnvOptions(typeof process === "undefined" ? {} : process.env);
+    this.secretKey = options.secretKey ?? env.secretKey;
+    this.webhookSecret = options.webhookSecret ?? env.webhookSecret;
+    this.successUrl = options.successUrl ?? env.successUrl;
+    this.cancelUrl = options.cancelUrl ?? env.cancelUrl;
     this.tolerance = options.toleranceSeconds ?? 300;
     this.baseUrl = (options.baseUrl ?? "https://api.stripe.com").replace(/\/$/, "");
     this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
@@ -311,4 +310,22 @@ export class StripeProvider implements PaymentProvider {
 function nextAction(pi: unknown): Record<string, unknown> | null {
   const n = at(pi, "next_action");
   return typeof n === "object" && n !== null ? (n as Record<string, unknown>) : null;
+}
+
+/**
+ * @internal What `StripeProvider` takes from an environment when its options leave it out:
+ * `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET`, and the return pages under `APP_BASE_URL` (blank
+ * values count as unset). The worker passes its own environment (src/cli/worker.ts).
+ */
+export function stripeEnvOptions(
+  env: Readonly<Record<string, string | undefined>>,
+): Pick<StripeProviderOptions, "secretKey" | "webhookSecret" | "successUrl" | "cancelUrl"> {
+  const value = (name: string) => env[name]?.trim() || undefined;
+  const appBase = value("APP_BASE_URL")?.replace(/\/$/, "");
+  return {
+    secretKey: value("STRIPE_SECRET_KEY"),
+    webhookSecret: value("STRIPE_WEBHOOK_SECRET"),
+    successUrl: appBase === undefined ? undefined : `${appBase}/payments/success`,
+    cancelUrl: appBase === undefined ? undefined : `${appBase}/payments/cancel`,
+  };
 }
