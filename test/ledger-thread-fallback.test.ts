@@ -37,3 +37,24 @@ describe("ledger file whose thread cannot build the lines", () => {
     expect(m.ledger.stats.fileErrors).toBe(0);
   });
 });
+
+describe("ledger file closed before its thread found it cannot write", () => {
+  /** @see issue 60 */
+  it("writes what was accepted before close() (Deno's quick start: operations, then close at once)", async () => {
+    const file = join(mkdtempSync(join(tmpdir(), "cm-ledger-fallback-")), "ledger.jsonl");
+    const m = await createCreditManager({ ledger: { filePath: file } });
+    const ids = [(await m.credits.addCredits("u", 100)).id, (await m.credits.deductCredits("u", 30)).id];
+    ids.push((await m.credits.addCredits("v", 5)).id);
+    // No turn of the event loop since the manager was made: the thread has not started yet.
+    await m.close();
+    const text = readFileSync(file, "utf8");
+    expect(
+      text
+        .trim()
+        .split("\n")
+        .filter((l) => l !== "")
+        .map((l) => (JSON.parse(l) as { id: string }).id),
+    ).toEqual(ids);
+    expect(m.ledger.stats.fileErrors).toBe(0);
+  });
+});

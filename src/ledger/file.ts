@@ -223,20 +223,21 @@ export class LedgerFile {
 
   /** Finishes the file (everything written, fsync, close) and the thread. */
   async close(): Promise<void> {
+    const thread = this.thread;
+    if (thread !== null) {
+      // The thread stays `thread` until it answered: a process leaving meanwhile still waits for it.
+      // The file stays open meanwhile: a thread that ends without having written everything (on
+      // Deno it cannot reach the file, and finds out only once it runs) leaves the rest to the
+      // event loop, which writes it here (docs/runtimes.md, "Deno").
+      this.closing = true;
+      const answered = await this.ask(thread, { close: true });
+      if (this.thread === thread) this.thread = null;
+      // No answer in time: the thread is stuck (a hung disk); it must not keep the process.
+      if (!answered) await thread.terminate();
+    }
     const fd = this.fd;
     this.fd = -1;
-    const thread = this.thread;
-    if (thread === null) {
-      if (fd >= 0) finishFile(fd, this.failed);
-      return;
-    }
-    // The thread stays `thread` until it answered: a process leaving meanwhile still waits for it.
-    this.closing = true;
-    const answered = await this.ask(thread, { close: true });
-    if (this.thread === thread) this.thread = null;
-    // No answer in time: the thread is stuck (a hung disk); it must not keep the process.
-    if (!answered) await thread.terminate();
-    if (fd >= 0) closeFile(fd, this.failed);
+    if (fd >= 0) finishFile(fd, this.failed);
   }
 
   /**
@@ -279,7 +280,14 @@ export class LedgerFile {
   private ended(thread: Worker, error: Error | null): void {
     if (this.thread !== thread) return;
     Atomics.store(this.state, 1, 1);
-    if (this.closing && error === null) {
+    // Ended as asked only if it wrote every chunk: a thread that could not write (state[2]) ends
+    // on its own, possibly after `close` was asked, and its chunks are then the event loop's.
+    if (
+      this.closing &&
+      error === null &&
+      Atomics.load(this.state, 2) === 0 &&
+      Atomics.load(this.state, 0) >= this.sent
+    ) {
       this.thread = null;
       this.answerAll();
     } else {
