@@ -22,6 +22,7 @@ import { runCli } from "../src/cli/run.js";
 import { createDbManagerFromEnv } from "../src/db/from-env.js";
 import { InMemoryDbManager } from "../src/db/memory/index.js";
 import { createCreditManager, InMemoryNotificationQueue, StripeProvider, type CreditManager } from "../src/index.js";
+import { cli as serveCli, startServe } from "./serve-process.js";
 
 const WHSEC = "whsec_auto_top_up";
 const T0 = Date.now();
@@ -595,3 +596,166 @@ for (const store of workerStores) {
     },
   );
 }
+
+// ---- The rate: the worker and serve charge and credit as the application does --------------------
+
+/**
+ * @see issue 60 (item 1): `credit-management worker` credited one credit per cent whatever the
+ * application's `creditsPerUnit` ({ USD: 2 } and a 500-cent rule: 500 credits instead of 1,000).
+ */
+describe("the application's rate: its own call, the worker and serve --worker credit the same (SQLite)", () => {
+  const RULE = {
+    below: 100,
+    provider: "stripe",
+    customer: "cus_ada",
+    paymentMethod: "pm_card_visa",
+    currency: "usd",
+  };
+
+  /** Your service on a fresh SQLite store, with `creditsPerUnit: { USD: 2 }`: ada set up and crossed. */
+  async function crossed(rule: Record<string, unknown>) {
+    script = ["succeeded"];
+    const env = { CREDIT_SQLITE_PATH: join(dir, `rate-${tag()}.db`) };
+    const m = await createCreditManager({
+      db: await createDbManagerFromEnv(env),
+      payments: {
+        creditsPerUnit: { USD: 2 },
+        providers: [
+          new StripeProvider({
+            secretKey: "sk_test_auto",
+            webhookSecret: WHSEC,
+            successUrl: "https://app.example.com/ok",
+            cancelUrl: "https://app.example.com/cancel",
+            baseUrl,
+          }),
+        ],
+      },
+    });
+    opened.push(m);
+    await m.credits.addCredits("ada", 1000);
+    await m.payments.setAutoTopUp("ada", { ...RULE, ...rule });
+    await m.credits.deductCredits("ada", 950); // 50: crosses 100
+    const attempt = (await m.payments.getAutoTopUp("ada"))?.pending?.id as string;
+    expect(attempt).toMatch(/^atu_/);
+    const available = async () => (await m.credits.getUserCreditsInfo("ada")).available;
+    const charged = () => seen.filter((x) => x.idem === attempt).map((x) => Number(x.form.get("amount")));
+    return { m, env, attempt, available, charged };
+  }
+
+  async function worker(env: Record<string, string>, extra: Record<string, string>, args: string[] = []) {
+    let stdout = "";
+    let stderr = "";
+    const code = await runCli(
+      ["worker", "--once", ...args],
+      { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) },
+      {
+        env: {
+          ...env,
+          CREDIT_NOTIFICATIONS: "off",
+          STRIPE_SECRET_KEY: "sk_test_auto",
+          APP_BASE_URL: "https://app.example.com",
+          STRIPE_API_BASE_URL: baseUrl,
+          ...extra,
+        },
+      },
+    );
+    const lines = stdout
+      .split("\n")
+      .filter((l) => l.trim() !== "")
+      .map((l) => JSON.parse(l) as LogLine);
+    return { code, stderr, lines, round: lines.find((l) => l.task === "top-ups") };
+  }
+
+  it("a 500-cent rule at { USD: 2 }: 1,000 credits from the application's processAutoTopUp, the worker and serve --worker", async () => {
+    // The application's own call.
+    const app = await crossed({ amount: 500 });
+    expect(await app.m.payments.processAutoTopUp("ada")).toMatchObject({ outcome: "credited" });
+    expect(app.charged()).toEqual([500]);
+    expect(await app.available()).toBe(1050);
+    expect(await app.m.payments.getPayment("ada", app.attempt)).toMatchObject({
+      amount: 500,
+      credits: 1000,
+      description: "Auto top-up: 1000 credits",
+    });
+
+    // The worker, given the rate as a variable, then as the flag (which wins over the variable).
+    for (const [extra, args] of [
+      [{ CREDIT_CREDITS_PER_UNIT: "USD=2" }, []],
+      [{ CREDIT_CREDITS_PER_UNIT: "USD=85" }, ["--credits-per-unit", "usd=2,INR=1"]],
+    ] as const) {
+      const w = await crossed({ amount: 500 });
+      const r = await worker(w.env, extra, [...args]);
+      expect(r.code, r.stderr + JSON.stringify(r.lines)).toBe(0);
+      expect(r.round).toMatchObject({ ok: true, claimed: 1, sent: 1 });
+      expect(w.charged()).toEqual([500]);
+      expect(await w.available()).toBe(1050);
+      expect(await w.m.payments.getPayment("ada", w.attempt)).toMatchObject({ amount: 500, credits: 1000 });
+      expect((await w.m.credits.audit("ada")).ok).toBe(true);
+    }
+
+    // serve --worker, its top-ups task charging on its interval.
+    const s = await crossed({ amount: 500 });
+    const served = await startServe(
+      {
+        ...s.env,
+        CREDIT_CREDITS_PER_UNIT: "USD=2",
+        CREDIT_WORKER_JOBS_EVERY: "off",
+        CREDIT_WORKER_TOP_UP_EVERY: "100ms",
+        STRIPE_SECRET_KEY: "sk_test_auto",
+        APP_BASE_URL: "https://app.example.com",
+        STRIPE_API_BASE_URL: baseUrl,
+      },
+      ["--worker"],
+    );
+    try {
+      await expect.poll(() => s.available(), { timeout: 30_000 }).toBe(1050);
+    } finally {
+      expect(await served.stop()).toBe(0);
+    }
+    expect(s.charged()).toEqual([500]);
+    expect(await s.m.payments.getPayment("ada", s.attempt)).toMatchObject({ amount: 500, credits: 1000 });
+  }, 90_000);
+
+  it("toBalance: the worker charges what buys the credits back to the balance at the application's rate", async () => {
+    const w = await crossed({ toBalance: 1000 });
+    const r = await worker(w.env, { CREDIT_CREDITS_PER_UNIT: "USD=2" });
+    expect(r.code, r.stderr).toBe(0);
+    // 950 credits to bring 50 back to 1,000: 475 cents at 2 credits a cent (950 cents at the default rate).
+    expect(w.charged()).toEqual([475]);
+    expect(await w.available()).toBe(1000);
+    expect(await w.m.payments.getPayment("ada", w.attempt)).toMatchObject({ amount: 475, credits: 950 });
+  });
+
+  it("a worker whose rates do not price the rule's currency charges nothing: the round fails, the top-up waits", async () => {
+    const w = await crossed({ amount: 500 });
+    const r = await worker(w.env, { CREDIT_CREDITS_PER_UNIT: "INR=1" });
+    expect(r.code).toBe(1);
+    expect(r.round).toMatchObject({ ok: false, claimed: 1, retried: 1 });
+    expect(w.charged()).toEqual([]);
+    expect(await w.available()).toBe(50);
+    const row = (await w.m.notifications.list("ada")).find((n) => n.type === "auto_top_up_requested");
+    expect(row).toMatchObject({ status: "pending", attempts: 1 });
+    expect(row?.lastError).toMatch(/USD.*does not price.*CREDIT_CREDITS_PER_UNIT/);
+    expect((await w.m.payments.getAutoTopUp("ada"))?.pending?.id).toBe(w.attempt);
+    expect(await w.m.payments.getPaymentHistory("ada")).toMatchObject({ items: [] });
+  });
+
+  it("refuses a bad rate with exit 2, naming the flag or variable, in the worker and in serve", async () => {
+    const cases: [string[], Record<string, string>, RegExp][] = [
+      [[], { CREDIT_CREDITS_PER_UNIT: "two" }, /CREDIT_CREDITS_PER_UNIT must be a rate/],
+      [[], { CREDIT_CREDITS_PER_UNIT: "0" }, /CREDIT_CREDITS_PER_UNIT must be a rate .*positive/],
+      [[], { CREDIT_CREDITS_PER_UNIT: "USD=2,usd=3" }, /CREDIT_CREDITS_PER_UNIT names USD twice/],
+      [["--credits-per-unit", "USD:2"], {}, /--credits-per-unit must be a rate/],
+      [[], { CREDIT_CREDITS_PER_UNIT: "2e12" }, /CREDIT_CREDITS_PER_UNIT must be a rate/],
+      [[], { CREDIT_PAYMENT_KEY_NAMESPACE: "x".repeat(65) }, /CREDIT_PAYMENT_KEY_NAMESPACE must be 1 to 64/],
+    ];
+    for (const [args, env, message] of cases) {
+      const w = await worker({ CREDIT_SQLITE_PATH: join(dir, "never.db") }, env, args);
+      expect(w.code, JSON.stringify([args, env])).toBe(2);
+      expect(w.stderr).toMatch(message);
+      const s = serveCli(["serve", ...args], { CREDIT_SQLITE_PATH: join(dir, "never.db"), ...env });
+      expect(s.code, JSON.stringify([args, env])).toBe(2);
+      expect(s.stderr).toMatch(message);
+    }
+  }, 60_000);
+});

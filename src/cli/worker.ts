@@ -5,7 +5,14 @@ import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
-import { stripeEnvOptions } from "../payments/stripe.js";
+import {
+  PAYMENT_FLAGS,
+  PAYMENT_OPTIONS,
+  PaymentSettingsError,
+  paymentSettings,
+  type PaymentFlags,
+  type PaymentSettings,
+} from "../payments/settings.js";
 import { PartitionInterval } from "../schema/partitions.js";
 import { IdempotencyRetention } from "../services/expiration-service.js";
 
@@ -57,10 +64,15 @@ export interface WorkerSettings {
   idempotencyRetention: string;
   /** STRIPE_API_BASE_URL: where the Stripe API is (a proxy, stripe-mock); undefined: Stripe's. */
   stripeBaseUrl: string | undefined;
+  /**
+   * The payments as your services configure them — `creditsPerUnit` above all, which sets what an
+   * auto top-up charges and credits (docs/operations.md, "Payment settings"); Stripe's keys.
+   */
+  payments: PaymentSettings;
 }
 
 /** The worker's flags as `parseArgs` gives them (strings; flags win over their variables). */
-export interface WorkerFlags {
+export interface WorkerFlags extends PaymentFlags {
   once?: boolean;
   "jobs-every"?: string;
   "reminders-every"?: string;
@@ -84,6 +96,7 @@ export const WORKER_FLAGS = {
   concurrency: { type: "string" },
   "dispatch-limit": { type: "string" },
   "log-level": { type: "string" },
+  ...PAYMENT_FLAGS,
 } as const;
 
 export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its variable):
@@ -104,7 +117,8 @@ export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its vari
   --concurrency N                  CREDIT_WORKER_CONCURRENCY: accounts a job works on at once. Default 8
   --dispatch-limit N               CREDIT_WORKER_DISPATCH_LIMIT: notifications one dispatch round delivers. Default 1000
   --log-level LEVEL                CREDIT_LOG_LEVEL: fatal, error, warn, info, debug, trace or silent. Default info
-Environment of "worker":
+Payments (give the worker your services' settings: it charges and credits the auto top-ups):
+${PAYMENT_OPTIONS}Environment of "worker":
   CREDIT_PG_URL, CREDIT_PG_SCHEMA  The PostgreSQL store (as createDbManagerFromEnv; CREDIT_PG_PARTITIONS=day,
                                    week or month: partitioned by time, each jobs round makes the partitions ahead), or
   CREDIT_MONGO_URI, CREDIT_MONGO_DB the MongoDB store (wins when set), or
@@ -118,7 +132,6 @@ Environment of "worker":
                                    CREDIT_REDIS_URL or CREDIT_WEBHOOKS=on, else off. In every mode the
                                    auto top-ups asked for are charged (--top-up-every)
   STRIPE_SECRET_KEY, APP_BASE_URL  Stripe, as your services have it: the worker charges auto top-ups with it
-  STRIPE_API_BASE_URL              Where the Stripe API is (a proxy, stripe-mock). Default https://api.stripe.com
   CREDIT_WEBHOOKS                  on: every outbox event also goes to the webhook endpoints of
                                    "credit-management webhooks", signed (docs/notifications.md). Default off
   CREDIT_WEBHOOK_ALLOW_NETWORKS    CIDR networks webhook endpoints may reach although private or loopback
@@ -198,9 +211,13 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
   const dispatch = duration("dispatch-every", "CREDIT_WORKER_DISPATCH_EVERY", 1000);
   const topUps = duration("top-up-every", "CREDIT_WORKER_TOP_UP_EVERY", 1000);
-  const stripeBaseUrl = read(null, "STRIPE_API_BASE_URL")?.text;
-  if (stripeBaseUrl !== undefined && !/^https?:\/\/[^\s/]+/.test(stripeBaseUrl))
-    throw new WorkerUsageError(`STRIPE_API_BASE_URL must be an http:// or https:// URL, not "${stripeBaseUrl}"`);
+  let payments: PaymentSettings;
+  try {
+    payments = paymentSettings(flags, env);
+  } catch (error) {
+    if (error instanceof PaymentSettingsError) throw new WorkerUsageError(error.message);
+    throw error;
+  }
   if (notifications === "off" && reminders.given && reminders.ms > 0) {
     throw new WorkerUsageError(
       "reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)",
@@ -265,7 +282,8 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     ledgerFile,
     logLevel: (levelText?.text as LogLevel | undefined) ?? "info",
     idempotencyRetention: retentionText,
-    stripeBaseUrl,
+    stripeBaseUrl: payments.stripe.baseUrl,
+    payments,
   };
   if (
     settings.jobsEveryMs === 0 &&
@@ -424,7 +442,12 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         ...(settings.webhooks ? { domainEvents: true } : {}),
         cache,
         logger,
-        payments: { stripe: stripeOptions(env, settings) },
+        // The application's payment settings (docs/operations.md, "Payment settings").
+        payments: {
+          stripe: settings.payments.stripe,
+          creditsPerUnit: settings.payments.creditsPerUnit,
+          keyNamespace: settings.payments.keyNamespace,
+        },
         ledger: settings.ledgerFile === undefined ? false : { filePath: settings.ledgerFile },
         idempotency: { retention: retentionSetting(settings.idempotencyRetention) },
         notifications:
@@ -683,11 +706,6 @@ export async function warnUnchargedTopUps(m: CreditManager, s: WorkerSettings, l
 async function topUpsRound(m: CreditManager, s: WorkerSettings): Promise<RoundResult> {
   const r = await m.notifications.handlePending({ types: ["auto_top_up_requested"], limit: s.dispatchLimit });
   return { ok: r.retried + r.failed === 0, idle: r.claimed === 0, report: { ...r } };
-}
-
-/** Stripe from the worker's environment (it reads `env`, as it does for the store). */
-function stripeOptions(env: DbEnv, s: WorkerSettings) {
-  return { ...stripeEnvOptions(env), ...(s.stripeBaseUrl === undefined ? {} : { baseUrl: s.stripeBaseUrl }) };
 }
 
 /** Delivers due outbox rows to the queue; a delivery that failed (retried later) fails the round. */

@@ -555,6 +555,13 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       manager = await createCreditManager({
         db: stores.db,
         logger,
+        // The application's payment settings (docs/service.md, "Configure it"): the credits a
+        // payment buys, and what the --worker rounds charge and credit for an auto top-up.
+        payments: {
+          stripe: s.payments.stripe,
+          creditsPerUnit: s.payments.creditsPerUnit,
+          keyNamespace: s.payments.keyNamespace,
+        },
         ...customerTokenOptions(s),
         ...(webhooks === undefined ? {} : { queue: webhooks.queue, domainEvents: true }),
       });

@@ -1,4 +1,12 @@
 import * as z from "zod";
+import {
+  PAYMENT_FLAGS,
+  PAYMENT_OPTIONS,
+  PaymentSettingsError,
+  paymentSettings,
+  type PaymentFlags,
+  type PaymentSettings,
+} from "../payments/settings.js";
 
 /**
  * `credit-management serve`'s settings (docs/service.md, "Configure it"): every one from the
@@ -27,9 +35,10 @@ export const SERVE_FLAGS = {
   worker: { type: "boolean" },
   console: { type: "boolean" },
   "log-level": { type: "string" },
+  ...PAYMENT_FLAGS,
 } as const;
 
-export interface ServeFlags {
+export interface ServeFlags extends PaymentFlags {
   port?: string;
   host?: string;
   sqlite?: string;
@@ -225,6 +234,8 @@ export type ServeSettings = z.output<typeof Schema> & {
     | { kind: "postgres"; url: string; schema: string | undefined; partitions: "day" | "week" | "month" | undefined }
     | { kind: "mongodb"; uri: string; db: string };
   jwt: boolean;
+  /** The application's payment settings (`creditsPerUnit`, Stripe): docs/service.md, "Configure it". */
+  payments: PaymentSettings;
 };
 
 const FLAG_OF: Record<string, string> = {
@@ -267,6 +278,13 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     throw new ServeUsageError("CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET needs CREDIT_CUSTOMER_TOKEN_SECRET");
   if (s.CREDIT_CUSTOMER_FRAME_ANCESTORS.includes("'none'") && s.CREDIT_CUSTOMER_FRAME_ANCESTORS.length > 1)
     throw new ServeUsageError("CREDIT_CUSTOMER_FRAME_ANCESTORS: 'none' cannot be combined with other sources");
+  let payments: PaymentSettings;
+  try {
+    payments = paymentSettings(flags, env);
+  } catch (error) {
+    if (error instanceof PaymentSettingsError) throw new ServeUsageError(error.message);
+    throw error;
+  }
   const jwt = s.CREDIT_JWT_JWKS_URL !== undefined || s.CREDIT_JWT_KEY !== undefined;
   if (jwt && (s.CREDIT_JWT_ISSUER === undefined || s.CREDIT_JWT_AUDIENCE === undefined))
     throw new ServeUsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
@@ -278,7 +296,7 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
       : s.CREDIT_PG_URL !== undefined
         ? { kind: "postgres", url: s.CREDIT_PG_URL, schema: s.CREDIT_PG_SCHEMA, partitions: s.CREDIT_PG_PARTITIONS }
         : { kind: "sqlite", path: s.CREDIT_SQLITE_PATH ?? DEFAULT_SQLITE_PATH };
-  return { ...s, worker: flags.worker === true, store, jwt };
+  return { ...s, worker: flags.worker === true, store, jwt, payments };
 }
 
 function flagGiven(flags: ServeFlags, key: string): boolean {
@@ -301,7 +319,8 @@ export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variab
   --log-level LEVEL                CREDIT_LOG_LEVEL. Default info
   --console                        CREDIT_CONSOLE=1: the operator console under /console, admins only
                                    (CREDIT_CONSOLE_SECRET signs its forms). Default off
-Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), CREDIT_MONGO_URI
+Payments (as your services configure them: the credits a payment buys, the auto top-ups --worker charges):
+${PAYMENT_OPTIONS}Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), CREDIT_MONGO_URI
   (CREDIT_MONGO_DB), CREDIT_LOG_FLUSH_MS (default 100; 0: each line at once), CREDIT_MAX_BODY_BYTES,
   CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,

@@ -720,6 +720,13 @@ export class PaymentService {
         `[credit-management] [${provider.name}] cannot charge a saved method (chargeSaved): auto top-up ${attempt.id} waits`,
       );
     }
+    if (this.rates !== null && !this.rates.has(rule.currency)) {
+      // A process configured with other rates than the application that set the rule (a worker
+      // without its CREDIT_CREDITS_PER_UNIT): nothing is charged; the top-up waits for one that has them.
+      throw new ConfigurationError(
+        `[credit-management] auto top-up ${attempt.id} is in ${rule.currency}, which this process's payments.creditsPerUnit does not price (${[...this.rates.keys()].join(", ")}): give it the application's rates (CREDIT_CREDITS_PER_UNIT); it waits`,
+      );
+    }
     const creditsFor = (amount: number) => this.creditsFor(amount, rule.currency);
     const amount = chargeAmount(rule, attempt.available, (c) => amountForCredits(c, creditsFor));
     const now = this.deps.clock();
