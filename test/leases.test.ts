@@ -152,6 +152,38 @@ for (const store of stores) {
       }
     });
 
+    /** @see issue 60 (item 11): a leased charge's metadata was dropped, so usage by metadata lost it. */
+    it("takes a charge with metadata on the exact path, so usage by metadata counts it", async () => {
+      const opened = await store.open();
+      const m = await createCreditManager({ db: opened.db });
+      try {
+        await m.credits.addCredits("u", 100_000);
+        const from = new Date(Date.now() - 1000);
+        const lease = m.credits.leases({ size: 1000, settleEveryMs: 30_000 });
+        expect((await lease.charge("u", 3)).via).toBe("lease"); // a block is open
+        const tagged = await lease.charge("u", 4, { metadata: { tenant: "t1" } });
+        expect(tagged.via).toBe("exact");
+        expect(tagged.entry?.metadata).toEqual({ tenant: "t1" });
+        expect((await lease.charge("u", 5, { metadata: {} })).via).toBe("lease"); // nothing to record
+        expect(lease.openMeter("u", { estimate: 10, metadata: { tenant: "t2" } })).toBeNull();
+        await lease.close();
+        const { rows } = await m.credits.getUsage({
+          account: "u",
+          from,
+          to: new Date(Date.now() + 60_000),
+          interval: null,
+          groupBy: ["metadata.tenant"],
+        });
+        expect(rows.map((r) => [r["metadata.tenant"], r.credits, r.requests])).toEqual([
+          [null, 8, 2],
+          ["t1", 4, 1],
+        ]);
+      } finally {
+        await m.close();
+        await opened.drop();
+      }
+    });
+
     it("fixed-price HTTP metering through each of two managers' leases: no overspend across both, every charge in the books", async () => {
       const opened = await store.open();
       const a = await createCreditManager({ db: opened.db, overdraftLimit: 0 });

@@ -46,7 +46,7 @@ const pricing = {
 
 type Op =
   | { op: "deduct"; amount: number; feature?: string; spender?: string; team?: string | number; reason?: string }
-  | { op: "hold"; amount: number; capture: number | null; feature?: string }
+  | { op: "hold"; amount: number; capture: number | null; feature?: string; team?: string; commitTeam?: string }
   | { op: "meter"; estimate: number; calls: { model: string; input: number; output: number; cached: number }[] }
   | { op: "takeBack"; amount: number; dispute: boolean }
   | {
@@ -75,6 +75,9 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
       amount: fc.integer({ min: 1, max: 40 }),
       capture: fc.option(fc.integer({ min: 0, max: 60 })),
       feature: fc.constantFrom("chat", "img"),
+      // Metadata given with the hold, with the commit, or both: the capture and its excess carry both.
+      team: fc.constantFrom("red", "blue"),
+      commitTeam: fc.constantFrom("red", "green"),
     },
     { requiredKeys: ["op", "amount", "capture"] },
   ),
@@ -128,9 +131,16 @@ async function play(m: CreditManager, clock: { now: number }, user: string, ops:
         });
         break;
       case "hold": {
-        const h = await m.credits.reserveCredits(user, o.amount, { feature: o.feature });
+        const h = await m.credits.reserveCredits(user, o.amount, {
+          feature: o.feature,
+          metadata: o.team === undefined ? undefined : { team: o.team },
+        });
         if (o.capture === null) await m.credits.releaseReservedCredits(h.id);
-        else await m.credits.commitReservedCredits(h.id, { amount: o.capture });
+        else
+          await m.credits.commitReservedCredits(h.id, {
+            amount: o.capture,
+            metadata: o.commitTeam === undefined ? undefined : { team: o.commitTeam },
+          });
         break;
       }
       case "meter": {
@@ -324,6 +334,70 @@ for (const store of stores) {
         { numRuns: store.name === "memory" ? 40 : 12, seed: 5202, endOnFailure: true },
       );
     }, 240_000);
+
+    /** @see issue 60 (item 11): metered spend reported by metadata lost the hold's and the excess's. */
+    it("a capture carries its hold's metadata under the commit's, and so does an over-capture's excess", async () => {
+      clock.now += HOUR;
+      const from = new Date(clock.now);
+      const user = `held-meta-${store.name}`;
+      await m.credits.addCredits(user, 1_000);
+      // Metadata given when the hold is placed: the capture of 5 is t2's.
+      const a = await m.credits.reserveCredits(user, 10, { metadata: { tenant: "t2" } });
+      const captured = await m.credits.commitReservedCredits(a.id, { amount: 5 });
+      expect(captured.metadata).toEqual({ tenant: "t2" });
+      // Both: the commit's keys win, the hold's others stay; the excess of 15 carries them too.
+      const b = await m.credits.reserveCredits(user, 10, { metadata: { tenant: "t0", region: "eu" } });
+      await m.credits.commitReservedCredits(b.id, { amount: 25, metadata: { tenant: "t1" } });
+      // A metered call over its estimate with recorded LLM usages: the usages stay on the capture.
+      const s = await m.credits.openMeter(user, { estimate: 4, metadata: { tenant: "t3" } });
+      s.recordUsage({ model: "large", inputTokens: 6, outputTokens: 1 }); // 9 credits
+      await s.commit();
+      const entries = (await m.credits.getCreditHistory(user, { from, types: ["commit_reserved", "deduct"] })).items;
+      expect(
+        entries
+          .sort((x, y) => x.seq - y.seq)
+          .map((e) => [e.type, e.amount, e.metadata?.tenant, e.metadata?.region, e.metadata?.usages !== undefined]),
+      ).toEqual([
+        ["commit_reserved", 5, "t2", undefined, false],
+        ["commit_reserved", 10, "t1", "eu", false],
+        ["deduct", 15, "t1", "eu", false],
+        ["commit_reserved", 4, "t3", undefined, true],
+        ["deduct", 5, "t3", undefined, false],
+      ]);
+      const q = { account: user, from, to: new Date(clock.now + MIN), interval: null };
+      const rows = (groupBy: UsageQuery["groupBy"]) =>
+        m.credits.getUsage({ ...q, groupBy }).then((r) =>
+          r.rows
+            .map((row) =>
+              JSON.stringify([
+                ...(groupBy ?? []).map((d) => (row as unknown as Record<string, unknown>)[d]),
+                row.credits,
+                row.requests,
+                row.inputTokens,
+              ]),
+            )
+            .sort()
+            .map((row) => JSON.parse(row) as unknown),
+        );
+      expect(await rows(["metadata.tenant"])).toEqual([
+        ["t1", 25, 1, 0],
+        ["t2", 5, 1, 0],
+        ["t3", 9, 1, 6],
+      ]);
+      expect(await rows(["metadata.region"])).toEqual([
+        ["eu", 25, 1, 0],
+        [null, 14, 2, 6],
+      ]);
+      // By model: the usages' credits under their model, and what the capture was short of them
+      // (negative) and its excess (positive) under null, the tenant's either way: they net to 0.
+      expect(await rows(["metadata.tenant", "model"])).toEqual([
+        ["t1", null, 25, 1, 0],
+        ["t2", null, 5, 1, 0],
+        ["t3", "large", 9, 1, 6],
+        ["t3", null, 0, 0, 0],
+      ]);
+      expect((await m.credits.audit(user)).problems).toEqual([]);
+    });
 
     it("top accounts: orderBy credits with a limit, truncated says so", async () => {
       clock.now += HOUR;

@@ -455,8 +455,10 @@ export class AccountWork {
       );
     }
     const captured = Math.min(amount, hold.amount);
-    // Recorded under the hold's spender and feature; the hold's count is trued up to what was spent.
+    // Recorded under the hold's spender and feature, and with the metadata it was placed with under
+    // the commit's (docs/usage.md, "What counts"); the hold's count is trued up to what was spent.
     if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
+    meta = withHoldMetadata(meta, hold);
     if (this.account.limits != null) this.trueUp(hold, amount);
     // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
     // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
@@ -480,18 +482,17 @@ export class AccountWork {
     const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
     if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
     if (excess > 0) {
-      this.deduct(
-        excess,
-        hold.spender != null || hold.feature != null
-          ? withSpend({ description: "committed beyond reservation" }, hold)
-          : { description: "committed beyond reservation" },
-        {
-          allowDebt: true,
-          overdraftLimit: null,
-          reservationId: hold.id,
-          limits: "skip",
-        },
-      );
+      const excessMeta = excessMetadata(entry.metadata);
+      const labels: EntryMeta =
+        excessMeta === null
+          ? { description: "committed beyond reservation" }
+          : { description: "committed beyond reservation", metadata: excessMeta };
+      this.deduct(excess, hold.spender != null || hold.feature != null ? withSpend(labels, hold) : labels, {
+        allowDebt: true,
+        overdraftLimit: null,
+        reservationId: hold.id,
+        limits: "skip",
+      });
     }
     return entry;
   }
@@ -903,6 +904,40 @@ function holdSpend(hold: Reservation): Spend {
 
 /** A grant's scope (null: any spend). */
 const scopeOf = (g: Grant): GrantScope | null => g.scope ?? null;
+
+/**
+ * `meta` with the metadata `hold` was placed with under its own (its keys win): what a settled
+ * entry of a hold carries (docs/usage.md, "What counts"). Unchanged for a hold placed without any.
+ */
+function withHoldMetadata(meta: EntryMeta, hold: Reservation): EntryMeta {
+  const held = hold.metadata;
+  if (held == null) return meta;
+  let some = false;
+  for (const _ in held) {
+    some = true;
+    break;
+  }
+  if (!some) return meta;
+  return { ...meta, metadata: meta.metadata === undefined ? { ...held } : { ...held, ...meta.metadata } };
+}
+
+/**
+ * Metadata keys of a capture that describe the capture itself, not what it was for: the parts its
+ * usage splits into (`usages`, `leaseWindow`) and what the overdraft limit cut (`requested`,
+ * `shortfall`). The excess of an over-capture does not repeat them (docs/usage.md, "What counts").
+ */
+const CAPTURE_ONLY = new Set(["usages", "leaseWindow", "requested", "shortfall"]);
+
+/** The metadata of an over-capture's excess: its capture's, less `CAPTURE_ONLY` (null: none left). */
+function excessMetadata(captured: JournalEntry["metadata"]): Record<string, unknown> | null {
+  if (captured == null) return null;
+  let out: Record<string, unknown> | null = null;
+  for (const [k, v] of Object.entries(captured)) {
+    if (CAPTURE_ONLY.has(k)) continue;
+    (out ??= {})[k] = v;
+  }
+  return out;
+}
 
 /** `meta` naming `hold`'s spender and feature. */
 function withSpend(meta: EntryMeta, hold: Reservation): EntryMeta {

@@ -324,7 +324,9 @@ export class CreditLeases {
    */
   openMeter(userId: string, options: MeterOptions): MeterSession | null {
     const session = this.deps.session;
-    if (session === undefined || this.closed || options.idempotencyKey !== undefined) return null;
+    // A keyed call, and one with metadata (a window's entry cannot carry each call's), hold in the store.
+    if (session === undefined || this.closed || options.idempotencyKey !== undefined || hasKeys(options.metadata))
+      return null;
     const key = this.keyOf(userId, options.spender, options.feature);
     const l = this.users.get(key);
     const n = options.estimate;
@@ -461,8 +463,14 @@ export class CreditLeases {
         throw new ConfigurationError("These credit leases are closed: charge through another lease or the exact path.");
       // A lease for this spender and feature where they matter (docs/teams-and-limits.md, "Leases").
       const key = this.keyOf(user, o?.spender, o?.feature);
-      // A keyed charge, an amount beyond a block, a small balance or little left under a limit: the exact path.
-      if (o?.idempotencyKey !== undefined || n > this.sizing.size || (this.exactUntil.get(key) ?? 0) > Date.now())
+      // A keyed charge, one with metadata (a window's entry cannot carry each charge's: docs/usage.md,
+      // "What counts"), an amount beyond a block, a small balance or little left under a limit: the exact path.
+      if (
+        o?.idempotencyKey !== undefined ||
+        hasKeys(o?.metadata) ||
+        n > this.sizing.size ||
+        (this.exactUntil.get(key) ?? 0) > Date.now()
+      )
         return this.exact(user, n, o);
       const l = this.users.get(key);
       if (l === undefined) {
@@ -646,6 +654,13 @@ function servedInMemory(options: LeaseChargeOptions): boolean {
 
 const isName = (k: "feature" | "spender", v: unknown): boolean =>
   (k === "feature" ? FeatureName : SpenderId).safeParse(v).success;
+
+/** True when `o` is an object with a key (metadata worth recording). */
+function hasKeys(o: object | null | undefined): boolean {
+  if (o == null) return false;
+  for (const _ in o) return true;
+  return false;
+}
 
 /** Who spends on what, as a charge names them. */
 export interface LeaseSpend {
