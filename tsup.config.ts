@@ -18,6 +18,7 @@ export default defineConfig({
     "otel/index": "src/otel/index.ts",
     // uPlot's files are in src/console/vendor.ts (scripts/console-vendor.mjs): bundled, not a dependency.
     "console/index": "src/console/index.ts",
+    "ai/index": "src/ai/index.ts",
   },
   format: ["esm", "cjs"],
   // Members marked @internal serve the package's own modules: not in the published declarations.
@@ -45,5 +46,8 @@ export default defineConfig({
     "@opentelemetry/api",
     "@opentelemetry/sdk-metrics",
     "@opentelemetry/exporter-prometheus",
+    // credit-management/ai imports only types from them (docs/llm-metering.md, "The AI SDK").
+    "ai",
+    "@ai-sdk/provider",
   ],
 });

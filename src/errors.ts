@@ -19,7 +19,8 @@ export type CreditErrorCode =
   | "PROMO_NOT_ELIGIBLE"
   | "WEBHOOK_REJECTED"
   | "PAYMENT_PROVIDER_ERROR"
-  | "UNKNOWN_MODEL";
+  | "UNKNOWN_MODEL"
+  | "RUN_BUDGET_EXCEEDED";
 
 /** Base class of every error the library throws on purpose. */
 export class CreditError extends Error {
@@ -215,6 +216,23 @@ export class UnknownModelError extends CreditError {
       422,
       `No price for model "${model}"${provider === undefined ? "" : ` of provider "${provider}"`} in price book ${priceBook}: add it to the book, or give the book a \`default\` to bill unknown models.`,
       { details: { model, ...(provider === undefined ? {} : { provider }), priceBook } },
+    );
+  }
+}
+
+/**
+ * A model call would take a run past its `maxRunCredits` (the AI SDK middleware,
+ * docs/llm-metering.md): refused before the provider is called. `details.requested` is the call's
+ * hold, `details.maxRunCredits` the cap, `details.charged` and `details.held` what the run's earlier
+ * calls were charged and still hold, `details.remaining` what is left. HTTP 402. Nothing was changed.
+ */
+export class RunBudgetExceededError extends CreditError {
+  constructor(details: { requested: number; maxRunCredits: number; charged: number; held: number; remaining: number }) {
+    super(
+      "RUN_BUDGET_EXCEEDED",
+      402,
+      `This run may spend at most ${details.maxRunCredits} credits: ${details.remaining} remain, the next model call needs ${details.requested}.`,
+      { details },
     );
   }
 }
