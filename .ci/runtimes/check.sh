@@ -186,11 +186,14 @@ case "${1:-}" in
             "http://127.0.0.1:$port/admin/credits/users/u1/add" >/dev/null
           balance="$(curl -fsS -H "authorization: Bearer $key" "http://127.0.0.1:$port/admin/credits/users/u1/balance")"
           kill "$serve"
-          wait "$serve" || true
+          # SIGTERM after a clean drain: exit 0 (docs/service.md, "Exit codes"), under Bun too.
+          code=0
+          wait "$serve" || code=$?
+          [ "$code" = 0 ] || { echo "bunx credit-management serve exited $code on SIGTERM (expected 0)" >&2; exit 1; }
           unset CREDIT_SQLITE_PATH
           mv better-sqlite3.aside node_modules/better-sqlite3
           grep -q '"balance":40' <<<"$balance" || { echo "bunx credit-management serve answered: $balance" >&2; exit 1; }
-          echo "bunx --bun credit-management serve (SQLite through bun:sqlite, better-sqlite3 not installed): an admin key, a grant, the balance over HTTP: $balance"
+          echo "bunx --bun credit-management serve (SQLite through bun:sqlite, better-sqlite3 not installed): an admin key, a grant, the balance over HTTP: $balance; exit 0 on SIGTERM"
           ;;
         deno)
           echo "--- $("$deno" --version | head -n 1)"

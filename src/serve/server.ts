@@ -663,11 +663,16 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
  */
 async function drain(server: Server, app: ServeApp, timeoutMs: number): Promise<number> {
   app.draining();
+  // Bun's node:http server is no net.Server inside (it has none of its internals, and net.Server's
+  // close called on it throws `this._emitCloseIfDrained is not a function`): there its own close,
+  // which also closes the connections idle at the signal at once (docs/runtimes.md, "Bun").
+  const netServer = typeof (server as { _emitCloseIfDrained?: unknown })._emitCloseIfDrained === "function";
   const closed = new Promise<void>((resolve) => {
     // net.Server's close: stop listening and wait for the connections to end. http.Server's own
     // close would also destroy the idle keep-alive connections at once, where a client may be
     // sending a request that moment: it would see a reset instead of an answer.
-    NetServer.prototype.close.call(server, () => resolve());
+    if (netServer) NetServer.prototype.close.call(server, () => resolve());
+    else server.close(() => resolve());
   });
   // After the grace, a connection idle then (or later: one whose answer began before the signal,
   // without `Connection: close`) is closed.
@@ -689,6 +694,6 @@ async function drain(server: Server, app: ServeApp, timeoutMs: number): Promise<
   clearInterval(sweep);
   clearTimeout(timeout);
   // http.Server's close, now that nothing is open: it stops the server's request time-out checks.
-  server.close();
+  if (netServer) server.close();
   return cut;
 }
