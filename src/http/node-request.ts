@@ -1,4 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Socket } from "node:net";
 import { Readable } from "node:stream";
 import { HttpError, RAW_BODY, tooLarge } from "./router.js";
 
@@ -141,23 +142,69 @@ class NodeRequest {
   }
 }
 
+/** The longest a connection lingers after its 413, in ms (docs/http.md, "Errors → status"). */
+const LINGER_MS = 5000;
+/** A lingering connection on which nothing arrived for this long is closed at once, in ms. */
+const LINGER_IDLE_MS = 2000;
+
 /**
- * The 413 of a body past `limit` on node: it says `Connection: close`, so node closes the
- * connection once the answer is written, and the rest of the body is never read.
+ * The 413 of a body past `limit` on node: it says `Connection: close`, and the connection lingers
+ * after it (`linger`).
  */
-const tooLargeHere = (limit: number) => {
+const tooLargeHere = (req: IncomingMessage, limit: number) => {
+  linger(req);
   const error = tooLarge(limit);
   return new HttpError(error.status, error.code, error.message, error.details, { connection: "close" });
 };
 
 /**
+ * Lingering close, as nginx's `lingering_close`: the rest of the body is read and dropped (nothing
+ * kept), and once the answer is written the connection's sending side is ended (the client reads
+ * the 413 and the end) but its receiving side goes on reading and dropping what the client still
+ * sends — until the client ends, nothing came for `LINGER_IDLE_MS`, or `LINGER_MS` passed — and only
+ * then is it closed. Closed at once, with bytes of the body unread, the kernel would answer the
+ * client with a reset, which fails its next write (EPIPE) and can discard the 413 before it is read.
+ * Node.js closes a `Connection: close` answer's socket through its `destroySoon` (on the answer's
+ * "finish"): that socket's is replaced. Where there is none (another runtime's node:http), nothing
+ * changes.
+ */
+function linger(req: IncomingMessage): void {
+  const socket = req.socket as (Socket & { destroySoon?: () => void }) | null;
+  // Read and drop the rest of the body: the parser keeps reading the socket.
+  req.on("error", () => undefined);
+  req.resume();
+  // HTTP/2 streams end by themselves, and their socket is not theirs to touch.
+  if (req.httpVersionMajor >= 2 || socket === null || typeof socket.destroySoon !== "function") return;
+  if (socket.destroyed) return;
+  socket.destroySoon = () => {
+    if (socket.destroyed) return;
+    const close = () => {
+      clearTimeout(total);
+      clearTimeout(idle);
+      socket.off("data", quiet);
+      socket.destroy();
+    };
+    const total = setTimeout(close, LINGER_MS);
+    const idle = setTimeout(close, LINGER_IDLE_MS);
+    const quiet = () => idle.refresh();
+    total.unref();
+    idle.unref();
+    socket.on("data", quiet);
+    socket.once("end", close);
+    socket.once("close", close);
+    socket.on("error", () => undefined);
+    socket.end();
+  };
+}
+
+/**
  * The IncomingMessage's body, refused (413) past `limit` bytes, declared or sent. Past the limit it
- * stops reading, and leaves the connection to the answer: destroying it here would cut the 413
+ * stops keeping it, and leaves the connection to the answer: destroying it here would cut the 413
  * before it is written (a chunked body, which declares no length, was answered with nothing).
  */
 function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
   const declared = Number(req.headers["content-length"] ?? "NaN");
-  if (declared > limit) return Promise.reject(tooLargeHere(limit));
+  if (declared > limit) return Promise.reject(tooLargeHere(req, limit));
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -171,10 +218,8 @@ function readBody(req: IncomingMessage, limit: number): Promise<Uint8Array> {
       size += chunk.byteLength;
       if (size > limit) {
         done();
-        req.pause();
         // The connection ends after the 413: a client that resets it then is no error of ours.
-        req.on("error", () => undefined);
-        reject(tooLargeHere(limit));
+        reject(tooLargeHere(req, limit));
         return;
       }
       chunks.push(chunk);

@@ -61,6 +61,72 @@ export function rawChunked(base: string, path: string, token: string, chunks: st
   });
 }
 
+export interface Outcome {
+  /** Everything the server wrote. */
+  reply: string;
+  /** The client's socket error (EPIPE, ECONNRESET), if any. */
+  error: string | null;
+  /** Bytes of body the client wrote before the server closed or it finished. */
+  sent: number;
+  /** Milliseconds from the first byte to the close. */
+  ms: number;
+}
+
+/**
+ * A client that sends a chunked body of `bytes` (or, with `Infinity`, until the server closes),
+ * in 16 KiB chunks as fast as the socket takes them, reading whatever comes back meanwhile (see
+ * test/http/lingering-close.test.ts).
+ */
+export function sendOversized(
+  base: string,
+  path: string,
+  bytes: number,
+  token = "",
+  limitMs = 20_000,
+): Promise<Outcome> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve) => {
+    const started = Date.now();
+    // Half-open allowed: it goes on sending after the server ended its side, as curl and browsers do.
+    const socket = connect({ port: Number(port), host: hostname, allowHalfOpen: true });
+    let reply = "";
+    let error: string | null = null;
+    let sent = 0;
+    let closed = false;
+    // A bound of the test's own: no client runs longer than this.
+    const stop = setTimeout(() => socket.destroy(), limitMs);
+    socket.on("data", (d: Buffer) => (reply += d.toString()));
+    socket.on("error", (e: NodeJS.ErrnoException) => (error ??= e.code ?? e.message));
+    socket.on("close", () => {
+      closed = true;
+      clearTimeout(stop);
+      resolve({ reply, error, sent, ms: Date.now() - started });
+    });
+    const piece = `4000\r\n${"x".repeat(0x4000)}\r\n`;
+    const pump = () => {
+      while (!closed && !socket.destroyed && sent < bytes) {
+        sent += 0x4000;
+        if (!socket.write(piece)) return void socket.once("drain", pump);
+      }
+      if (!closed && !socket.destroyed && sent >= bytes) socket.end("0\r\n\r\n");
+    };
+    socket.on("connect", () => {
+      socket.write(
+        [
+          `POST ${path} HTTP/1.1`,
+          `Host: ${hostname}:${port}`,
+          ...(token === "" ? [] : [`Authorization: Bearer ${token}`]),
+          "Content-Type: application/json",
+          "Transfer-Encoding: chunked",
+          "",
+          '4\r\n{"a"\r\n',
+        ].join("\r\n"),
+      );
+      pump();
+    });
+  });
+}
+
 /** Serves a Fetch handler the way each framework would host it. */
 export const hosts: Record<string, (handler: CreditHandler) => Promise<Running>> = {
   "node:http": (handler) => listen(createServer(toNodeHandler(handler))),
