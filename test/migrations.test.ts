@@ -258,6 +258,7 @@ describe("schema upgrades: the statements", () => {
       expect(upgradeStatements({ dialect: "postgres", fromVersion: from })).toEqual([
         'ALTER TABLE "plans" ADD COLUMN IF NOT EXISTS "allowances" JSONB;',
         'ALTER TABLE "subscriptions" ADD COLUMN IF NOT EXISTS "period_allowances" JSONB;',
+        ...upgradeStatements({ dialect: "postgres", fromVersion: 13 }),
       ]);
     }
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 11 })).toEqual([
@@ -294,9 +295,24 @@ describe("schema upgrades: the statements", () => {
     expect(lite10.join("\n")).toContain("'limit_reached'");
   });
 
+  it("version 14: on PostgreSQL the rollup's function and trigger replaced, the trigger now once per statement over its new rows; the rollup's rows stay; nothing on MySQL and SQLite", () => {
+    const naming = { schema: "billing", prefix: "cm_" };
+    const pg14 = upgradeStatements({ dialect: "postgres", fromVersion: 13, ...naming });
+    expect(pg14).toHaveLength(3);
+    expect(pg14[0]).toMatch(/^CREATE OR REPLACE FUNCTION "billing"\."cm_usage_daily_add"\(\) RETURNS trigger/);
+    expect(pg14[0]).toContain("FROM cm_new_entries j");
+    expect(pg14[1]).toBe('DROP TRIGGER IF EXISTS "cm_usage_daily_add" ON "billing"."cm_journal_entries";');
+    expect(pg14[2]).toBe(
+      'CREATE TRIGGER "cm_usage_daily_add" AFTER INSERT ON "billing"."cm_journal_entries" REFERENCING NEW TABLE AS cm_new_entries FOR EACH STATEMENT EXECUTE FUNCTION "billing"."cm_usage_daily_add"();',
+    );
+    expect(pg14.join("\n")).not.toContain("DELETE FROM");
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 13 })).toEqual([]);
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 13 })).toEqual([]);
+  });
+
   it("version 12: on PostgreSQL the daily usage rollup, its trigger on the journal, then its fill from the journal (the trigger's lock keeps writers out meanwhile); nothing on MySQL and SQLite", () => {
     const naming = { schema: "billing", prefix: "cm_" };
-    const pg12 = upgradeStatements({ dialect: "postgres", fromVersion: 11, ...naming }).slice(0, -2); // 13's last
+    const pg12 = upgradeStatements({ dialect: "postgres", fromVersion: 11, ...naming }).slice(0, -5); // 13's and 14's last
     expect(pg12[0]).toMatch(/^CREATE TABLE IF NOT EXISTS "billing"\."cm_usage_daily" \(/);
     const trigger = pg12.findIndex((x) =>
       x.startsWith('CREATE TRIGGER "cm_usage_daily_add" AFTER INSERT ON "billing"."cm_journal_entries"'),
@@ -306,7 +322,7 @@ describe("schema upgrades: the statements", () => {
     expect(fill).toBeGreaterThan(trigger);
     expect(pg12[fill - 1]).toBe('DELETE FROM "billing"."cm_usage_daily";');
     // From 10: version 11's check first, then the same.
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 10, ...naming }).slice(1, -2)).toEqual(pg12);
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 10, ...naming }).slice(1, -5)).toEqual(pg12);
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 11 })).toEqual(
       upgradeStatements({ dialect: "mysql", fromVersion: 12 }),
     );
@@ -384,7 +400,18 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
     const version = await client.query(
       `SELECT component, version FROM ${quoteIdent("postgres", schema)}.schema_version`,
     );
-    return { columns: columns.rows, constraints: constraints.rows, indexes: indexes.rows, version: version.rows };
+    const triggers = await client.query(
+      `SELECT event_object_table, trigger_name, action_timing, event_manipulation, action_orientation, action_reference_new_table
+         FROM information_schema.triggers WHERE trigger_schema = $1 ORDER BY 1, 2`,
+      [schema],
+    );
+    return {
+      columns: columns.rows,
+      constraints: constraints.rows,
+      indexes: indexes.rows,
+      triggers: triggers.rows,
+      version: version.rows,
+    };
   };
   let fresh: Awaited<ReturnType<typeof catalog>>;
 
@@ -587,6 +614,50 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
         { kind: "spend", credits: 32, requests: 3, input: 40 },
       ]);
       expect((await again.audit("u1", { from: "genesis" })).ok).toBe(true);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("a version 13 store (the rollup's trigger once per row) upgraded by init(): the rollup keeps its rows, the trigger runs per statement, and a group commit's entries count once", async () => {
+    const schema = await newSchema("v13_rows");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const credits = new CreditService({ db });
+    const usage = (n: number) => ({ metadata: { usages: [{ model: "m", amount: n, inputTokens: 10 * n }] } });
+    await credits.addCredits("u1", 1000);
+    await credits.deductCredits("u1", 5, usage(5));
+    await db.close();
+    // Back to version 13: its row trigger (as that release made it), spends through it, the version row.
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    const v13 = fixture(13, "postgres");
+    const rowTrigger = v13.slice(v13.indexOf('CREATE OR REPLACE FUNCTION "usage_daily_add"'));
+    expect(rowTrigger).toContain("FOR EACH ROW");
+    await inSchema(schema, rowTrigger);
+    await client.query(`UPDATE ${q("schema_version")} SET version = 13`);
+    const rows = async () =>
+      (
+        await client.query(
+          `SELECT user_id, credits::int, requests::int, input_tokens::int AS input FROM ${q("usage_daily")} ORDER BY 1`,
+        )
+      ).rows;
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      expect(await rows()).toEqual([{ user_id: "u1", credits: 5, requests: 1, input: 50 }]);
+      const again = new CreditService({ db: upgraded });
+      await Promise.all(["u2", "u3"].map((u) => again.addCredits(u, 1000)));
+      await Promise.all(
+        Array.from({ length: 12 }, (_, i) => again.deductCredits(`u${1 + (i % 3)}`, 1 + (i % 2), usage(1 + (i % 2)))),
+      );
+      expect(await rows()).toEqual([
+        { user_id: "u1", credits: 5 + 6, requests: 5, input: 50 + 60 },
+        { user_id: "u2", credits: 6, requests: 4, input: 60 },
+        { user_id: "u3", credits: 6, requests: 4, input: 60 },
+      ]);
+      for (const u of ["u1", "u2", "u3"]) expect((await again.audit(u, { from: "genesis" })).problems).toEqual([]);
     } finally {
       await upgraded.close();
     }

@@ -518,4 +518,35 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
       `usage rollup: ${day(d0 + DAY)} clawback has none, the journal credits 3, requests 0, tokens 0/0/0`,
     ]);
   });
+
+  it("counts every entry of a group commit once: one statement's entries of several accounts, several of one account among them (the trigger runs per statement, schema 14)", async () => {
+    const db = opened.db as unknown as { roundTrips: number };
+    const calls = Array.from({ length: 40 }, (_, i) => ({ account: `g${i % 5}`, amount: 1 + (i % 3), tokens: 10 * i }));
+    for (let i = 0; i < 5; i++) await m.credits.addCredits(`g${i}`, 1000);
+    const start = db.roundTrips;
+    await Promise.all(
+      calls.map((c) =>
+        m.credits.deductCredits(c.account, c.amount, {
+          metadata: { usages: [{ model: "m", amount: c.amount, inputTokens: c.tokens }] },
+        }),
+      ),
+    );
+    // Group commit put several deductions in each statement (fewer round trips than calls).
+    expect(db.roundTrips - start).toBeLessThan(calls.length);
+    const rows = await client.query(
+      `SELECT user_id, kind, credits::int, requests::int, input_tokens::int AS input FROM "${schema}".usage_daily WHERE user_id LIKE 'g%' ORDER BY 1, 2`,
+    );
+    const expected = [0, 1, 2, 3, 4].map((g) => {
+      const mine = calls.filter((c) => c.account === `g${g}`);
+      return {
+        user_id: `g${g}`,
+        kind: "spend",
+        credits: mine.reduce((n, c) => n + c.amount, 0),
+        requests: mine.length,
+        input: mine.reduce((n, c) => n + c.tokens, 0),
+      };
+    });
+    expect(rows.rows).toEqual(expected);
+    for (let g = 0; g < 5; g++) expect((await m.credits.audit(`g${g}`)).problems).toEqual([]);
+  });
 });

@@ -208,6 +208,20 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "subscriptions", field: "periodAllowances" },
     ],
   },
+  // Version 14: the usage rollup's trigger once per statement (docs/usage.md, "The daily rollup").
+  {
+    to: 14,
+    summary:
+      "PostgreSQL: the usage rollup's trigger on journal_entries runs once per statement, over the statement's new rows (a transition table), instead of once per row; the rollup's rows and what they hold do not change (docs/usage.md)",
+    columns: [],
+    statements: (dialect, naming, tables) => {
+      const journal = tables.get("journal");
+      if (dialect !== "postgres" || journal === undefined) return [];
+      // The function and the trigger replaced (the DDL after the steps does the same again: it
+      // can run twice); the rollup keeps its rows.
+      return rollupDdl(journal.qualified, naming).slice(2);
+    },
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

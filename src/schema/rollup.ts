@@ -46,21 +46,44 @@ export function rollupNames(naming: NamingOptions): RollupNames {
 }
 
 /**
+ * The sums of `source` (journal rows: the journal, or the trigger's transition table) by account,
+ * UTC day and usage kind, in the rollup's columns: `SELECT user_id, day, kind, credits, …` grouped
+ * by the first three (each entry's totals by the rules of usage).
+ */
+function rollupSums(source: string, rules: UsageRules = USAGE_RULES): string {
+  const q = (n: string) => quoteIdent("postgres", n);
+  const sources = pgSources(rules);
+  // Each entry with its kind, its own measures and its part source's array, by the rules.
+  const entries =
+    `SELECT e0.user_id, e0.created_at, e0.kind, ` +
+    USAGE_MEASURES.map((m) => `${pgEntryMeasure(m, "e0", "e0.kind", rules)} AS ${q(`m_${m}`)}`).join(", ") +
+    sources.map((s) => `, ${pgSourceArray(s.i, "e0", "e0.kind", rules)} AS a${s.i}`).join("") +
+    ` FROM (SELECT j.*, ${pgKind("j", rules)} AS kind FROM ${source} j WHERE ${pgTypes("j", rules)}) AS e0 WHERE e0.kind IS NOT NULL`;
+  return (
+    `SELECT e.user_id, (e.created_at AT TIME ZONE 'UTC')::date, e.kind, ` +
+    USAGE_MEASURES.map((m) => `sum(${pgEntryTotal(m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`, rules)})`).join(", ") +
+    ` FROM (${entries}) AS e GROUP BY 1, 2, 3`
+  );
+}
+
+/**
  * The statements that create the rollup table, its function and its trigger on `journal` (the
  * journal table, qualified): idempotent (the trigger is dropped and made again), so the DDL can
- * run on a store that has them. On a partitioned journal the trigger is made on the parent and
- * PostgreSQL clones it onto every partition, those made later included.
+ * run on a store that has them.
+ *
+ * The trigger runs once per statement (schema version 14; version 12's ran once per row): it adds
+ * the statement's new journal rows (its transition table), summed by account, day and kind, with
+ * one upsert — a group commit's batch of deductions costs one call and one upsert per account and
+ * day, not one of each per entry (docs/benchmarks.md). A row of the rollup is only written by a
+ * transaction that inserts an entry of its account, which holds that account's row locked (the
+ * entry continues its chain), so concurrent upserts never wait on each other in a cycle. On a
+ * partitioned journal the trigger is made on the parent, which every insert names; its transition
+ * table holds the rows of every partition.
  */
 export function rollupDdl(journal: string, naming: NamingOptions, rules: UsageRules = USAGE_RULES): string[] {
   const r = rollupNames(naming);
   const q = (n: string) => quoteIdent("postgres", n);
-  const sources = pgSources(rules);
   const columns = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
-  // An entry's totals, by the rules: its kind `k`, its part source's array in `a1`, `a2`, … (NULL
-  // but the one its parts come from).
-  const totals = USAGE_MEASURES.map((m) =>
-    pgEntryTotal(m, (i) => `a${i}`, pgEntryMeasure(m, "NEW", "k", rules), rules),
-  );
   return [
     `CREATE TABLE IF NOT EXISTS ${r.table} (
   "user_id" TEXT NOT NULL,
@@ -71,27 +94,19 @@ ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT
 ) WITH (fillfactor = 70);`,
     // Reports across accounts read a range of days.
     `CREATE INDEX IF NOT EXISTS ${q(`${r.name}_day`)} ON ${r.table} ("day");`,
-    // Generated from USAGE_RULES: its text differs from the function version 12 installed, its
-    // answers do not (docs/schema-upgrades.md, "The rollup's function"), so stores made before
-    // keep theirs until an upgrade runs this DDL again.
+    // Generated from USAGE_RULES (docs/schema-upgrades.md, "The rollup's function").
     `CREATE OR REPLACE FUNCTION ${r.fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
-DECLARE
-  k text;
-${sources.map((s) => `  a${s.i} jsonb;`).join("\n")}
 BEGIN
-  -- Generated from USAGE_RULES (src/domain/usage.ts): the entry's usage kind, or none.
-  IF NOT (${pgTypes("NEW", rules)}) THEN RETURN NULL; END IF;
-  k := ${pgKind("NEW", rules)};
-  IF k IS NULL THEN RETURN NULL; END IF;
-${sources.map((s) => `  a${s.i} := ${pgSourceArray(s.i, "NEW", "k", rules)};`).join("\n")}
+  -- Generated from USAGE_RULES (src/domain/usage.ts): the new entries' usage by account, day, kind.
   INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")})
-  VALUES (NEW.user_id, (NEW.created_at AT TIME ZONE 'UTC')::date, k, ${totals.join(",\n    ")})
+  ${rollupSums("cm_new_entries", rules)}
   ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")};
   RETURN NULL;
 END
 $fn$;`,
     `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
-    `CREATE TRIGGER ${q(r.trigger)} AFTER INSERT ON ${journal} FOR EACH ROW EXECUTE FUNCTION ${r.fn}();`,
+    `CREATE TRIGGER ${q(r.trigger)} AFTER INSERT ON ${journal} REFERENCING NEW TABLE AS cm_new_entries ` +
+      `FOR EACH STATEMENT EXECUTE FUNCTION ${r.fn}();`,
   ];
 }
 
@@ -104,20 +119,10 @@ $fn$;`,
 export function rollupBackfillSql(journal: string, naming: NamingOptions): string[] {
   const r = rollupNames(naming);
   const q = (n: string) => quoteIdent("postgres", n);
-  const sources = pgSources();
-  // Each entry with its kind, its own measures and its part source's array, by the rules.
-  const entries =
-    `SELECT e0.user_id, e0.created_at, e0.kind, ` +
-    USAGE_MEASURES.map((m) => `${pgEntryMeasure(m, "e0", "e0.kind")} AS ${q(`m_${m}`)}`).join(", ") +
-    sources.map((s) => `, ${pgSourceArray(s.i, "e0", "e0.kind")} AS a${s.i}`).join("") +
-    ` FROM (SELECT j.*, ${pgKind("j")} AS kind FROM ${journal} j WHERE ${pgTypes("j")}) AS e0 WHERE e0.kind IS NOT NULL`;
   return [
     `DELETE FROM ${r.table};`,
     `INSERT INTO ${r.table} ("user_id", "day", "kind", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
-      `SELECT e.user_id, (e.created_at AT TIME ZONE 'UTC')::date, e.kind, ` +
-      USAGE_MEASURES.map((m) => `sum(${pgEntryTotal(m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`)})`).join(", ") +
-      ` FROM (${entries}) AS e ` +
       // In day order, as the trigger writes them: a report's range of days reads adjacent pages.
-      `GROUP BY 1, 2, 3 ORDER BY 2, 1, 3;`,
+      `${rollupSums(journal)} ORDER BY 2, 1, 3;`,
   ];
 }

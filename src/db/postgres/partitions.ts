@@ -159,16 +159,16 @@ export function ensurePartitions(
           const where = `created_at >= ${timestampLiteral(range.from)} AND created_at < ${timestampLiteral(range.to)}`;
           await client.query(`ALTER TABLE ${t.qualified} DETACH PARTITION ${d}`);
           await client.query(partitionSql(t, range, db.sql.naming));
-          // A moved entry is no new usage: the usage rollup's trigger (cloned onto the new
-          // partition) is off for the move (docs/usage.md, "The daily rollup").
-          const made = qualifiedPartition(db, partitionName(t.name, range.from));
+          // A moved entry is no new usage: the usage rollup's trigger (a statement trigger on the
+          // journal, which the move's INSERT names) is off for the move; the ALTER's lock keeps
+          // every other writer out until this transaction ends (docs/usage.md, "The daily rollup").
           const trigger = q(rollupNames(db.sql.naming).trigger);
-          if (key === "journal") await client.query(`ALTER TABLE ${made} DISABLE TRIGGER ${trigger}`);
+          if (key === "journal") await client.query(`ALTER TABLE ${t.qualified} DISABLE TRIGGER ${trigger}`);
           const columns = t.columns.map((c) => q(c.name)).join(", ");
           const moved = await client.query(
             `WITH m AS (DELETE FROM ${d} WHERE ${where} RETURNING ${columns}) INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM m`,
           );
-          if (key === "journal") await client.query(`ALTER TABLE ${made} ENABLE TRIGGER ${trigger}`);
+          if (key === "journal") await client.query(`ALTER TABLE ${t.qualified} ENABLE TRIGGER ${trigger}`);
           report.movedFromDefault += moved.rowCount ?? 0;
           await client.query(`ALTER TABLE ${t.qualified} ATTACH PARTITION ${d} DEFAULT`);
         }
