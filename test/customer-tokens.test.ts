@@ -95,7 +95,13 @@ describe("serve takes customer tokens on the read routes only", () => {
     const admin = newKey("admin", null, "ops");
     await keys.insert(admin.record);
     const auth = await createAuthenticator(settings, keys, 0);
-    const app = serveApp(m, settings, auth, pino({ level: "silent" }), null);
+    // /metrics on (an exporter of its own: what it prints is not the point here).
+    const metrics: Parameters<typeof serveApp>[4] = {
+      handle: (_req, res) => void res.end("# metrics\n"),
+      request: () => undefined,
+      shutdown: async () => undefined,
+    };
+    const app = serveApp(m, settings, auth, pino({ level: "silent" }), metrics);
     server = createServer(app.listener);
     await new Promise<void>((resolve) => server?.listen(0, "127.0.0.1", resolve));
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -179,6 +185,13 @@ describe("serve takes customer tokens on the read routes only", () => {
       }
     }
     expect(writes).toBeGreaterThan(10);
+    // serve's own admin route too (issue 60): 403, not 401, as docs/service.md says.
+    const metrics = await call("GET", "/metrics", token);
+    expect(metrics.status, JSON.stringify(metrics.body)).toBe(403);
+    expect(metrics.body.error.code).toBe("FORBIDDEN");
+    // An expired or forged one is no caller: 401.
+    const forged = await (await manager(OTHER)).m.credits.customerToken("alice", { ttlSeconds: 60 });
+    expect((await call("GET", "/metrics", forged.token)).status).toBe(401);
     // Nothing changed: the hold is still active, the balance as it was.
     expect((await m.credits.getReservation(hold.id)).status).toBe("active");
     expect((await m.credits.getUserCreditsInfo("alice")).balance).toBe(500);

@@ -19,6 +19,7 @@ import {
 } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { startWorkerRounds, warnUnchargedTopUps, workerSettings, type WorkerSettings } from "../cli/worker.js";
+import { claimsCustomerAudience } from "../services/customer-tokens.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
 import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";
@@ -261,8 +262,24 @@ export function serveApp(
   let inFlight = 0;
   let draining = false;
 
+  /** Whether the request carries a valid customer token (checked as one only: docs/usage.md, "For your customers"). */
+  const customerToken = async (request: Request): Promise<boolean> => {
+    if (!manager.credits.customerTokensOn) return false;
+    const m = /^Bearer ([!-~]{1,8192})$/i.exec(request.headers.get("authorization")?.trim() ?? "");
+    if (m === null || !claimsCustomerAudience(m[1] as string)) return false;
+    return (await manager.credits.verifyCustomerToken(m[1] as string)) !== null;
+  };
+
   const isAdmin = async (request: Request, ip: string) => {
     const identity = await auth.authenticate(request, ip);
+    // A customer token is a known caller without the right, as on every route but its own: 403
+    // (docs/service.md, "Customer tokens and the customer page").
+    if (identity === null && (await customerToken(request)))
+      throw new HttpError(
+        403,
+        "FORBIDDEN",
+        "Admin only: a customer token reads its own account's balance, grants and usage.",
+      );
     if (identity === null) throw new HttpError(401, "UNAUTHORIZED", "Authentication required.");
     if (identity.admin !== true) throw new HttpError(403, "FORBIDDEN", "Admin only.");
   };

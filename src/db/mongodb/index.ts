@@ -757,8 +757,13 @@ export class MongoDbManager extends StoreBase implements DbManager {
   }
 
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
+    // Every group in the aggregate's own answer (its `$limit` is `limit + 1`), as far as the
+    // server's 16 MB cap on a batch allows: no cursor left open for a getMore, which a gateway or a
+    // failover between the two could lose, failing the report (docs/usage.md, "How each store answers").
     const docs = await guard("usage", () =>
-      this.c.journal.aggregate(usagePipeline(scan), { allowDiskUse: true }).toArray(),
+      this.c.journal
+        .aggregate(usagePipeline(scan), { allowDiskUse: true, batchSize: Math.max(1, scan.limit + 1) })
+        .toArray(),
     );
     return docs.map((d) => usageBucketOf(d, scan));
   }
