@@ -378,14 +378,14 @@ describe("creditMiddleware: generateText", () => {
     await noHold(m);
   });
 
-  it("usage above the hold is charged in full, the commit names the call's model", async () => {
+  it("usage above the hold is charged in full; the commit and the excess name the call's model, spender and feature", async () => {
     const m = await setup();
     const model = new MockLanguageModelV4({
       provider: "openai.chat",
       modelId: "gpt-4o-mini",
       doGenerate: answer("ok", usage(50_000, 0, 100)),
     });
-    const credits = creditMiddleware({ manager: m, userId: "u" });
+    const credits = creditMiddleware({ manager: m, userId: "u", spender: "alice", feature: "chat" });
     await generateText({
       model: wrapLanguageModel({ model, middleware: credits }),
       prompt: PROMPT,
@@ -399,7 +399,10 @@ describe("creditMiddleware: generateText", () => {
       ["commit_reserved", credits.outcomes[0]?.estimate],
       ["deduct", cost - (credits.outcomes[0]?.estimate as number)],
     ]);
-    expect(after[0]?.metadata).toMatchObject({ model: "gpt-4o-mini", provider: "openai" });
+    for (const e of after) {
+      expect(e.metadata).toMatchObject({ model: "gpt-4o-mini", provider: "openai" });
+      expect(e).toMatchObject({ spender: "alice", feature: "chat" });
+    }
     await noHold(m);
   });
 });
