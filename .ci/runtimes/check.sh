@@ -258,7 +258,8 @@ case "${1:-}" in
         next)
           # examples/next as a user installs it (the packed package instead of the registry's),
           # `next build` (which type-checks it), `next start`, then over HTTP: a grant, the metered
-          # route, the streamed route billed at its end from its usage, the balance, a 402, the console.
+          # route, the streamed route billed at its end from its usage, the balance, a 402, the console,
+          # the AI SDK chat route (charged, the badge, a 402 before the model).
           echo "--- Next.js $(version "$modules/next") on Node $(node -v)"
           # In .ci/runtimes/next-app: Next.js, React and their types resolve from .ci/runtimes'
           # node_modules (and TypeScript from the repository's), already installed, so the app
@@ -272,7 +273,9 @@ case "${1:-}" in
             cd "$app"
             node -e 'const p = require("./package.json"); p.dependencies = {}; p.devDependencies = {};
               require("fs").writeFileSync("package.json", JSON.stringify(p, null, 2))'
-            npm_install --no-audit --no-fund --prefer-offline --silent --no-package-lock "$work/$tarball"
+            # and the AI SDK (the chat route), at the repository's version.
+            npm_install --no-audit --no-fund --prefer-offline --silent --no-package-lock "$work/$tarball" \
+              "ai@$(node -p "require('$repo/node_modules/ai/package.json').version")"
             export NEXT_TELEMETRY_DISABLED=1
             node "$modules/next/dist/bin/next" build > build.log 2>&1 || { cat build.log >&2; exit 1; }
             grep -E '^(├|└|┌)' build.log || true
@@ -308,6 +311,21 @@ case "${1:-}" in
             [ "$(w "$base/console")" = 403 ] || fail "the console without its token did not answer 403"
             echo "GET /console/accounts/user-1: 200; without the token: 403"
             grep -F '[meter] user-1 /api/chat: held 200, committed 35' start.log || fail "the stream's charge was not reported"
+            # The AI SDK chat route (streamText through credit-management/ai): 20 in at 1, 5 out at 3 = 35.
+            code="$(w -X POST -H 'authorization: Bearer user-1' "$base/api/ai/chat")"
+            [ "$code" = 200 ] && grep -q 'Credits are counted per token.' body || fail "POST /api/ai/chat: $code $(cat body)"
+            echo "POST /api/ai/chat (streamText): 200, $(cat body)"
+            for _ in $(seq 40); do
+              w -H 'authorization: Bearer user-1' "$base/api/ai/badge" >/dev/null
+              grep -q '>918<' body && break
+              sleep 0.25
+            done
+            grep -q '>918<' body || fail "the badge after 35 more charged (918): $(cat body)"
+            echo "GET /api/ai/badge: 918 available"
+            grep -F '[ai] user-1 /api/ai/chat: held' start.log | grep -F 'committed 35' || fail "the chat's charge was not reported"
+            code="$(w -X POST -H 'authorization: Bearer nobody' "$base/api/ai/chat")"
+            [ "$code" = 402 ] && grep -q INSUFFICIENT_CREDITS body || fail "POST /api/ai/chat without credits: $code $(cat body)"
+            echo "POST /api/ai/chat (no credits): 402 before any model call"
             kill "$served"
             wait "$served" || true
           )
