@@ -378,6 +378,54 @@ describe("creditMiddleware: generateText", () => {
     await noHold(m);
   });
 
+  it("a keyed run whose first attempt failed and was retried by the SDK, then retried whole, is charged once", async () => {
+    const m = await setup();
+    let calls = 0;
+    const model = new MockLanguageModelV4({
+      provider: "openai.chat",
+      modelId: "gpt-4o-mini",
+      doGenerate: async () => {
+        if (++calls === 1)
+          throw new APICallError({
+            message: "overloaded",
+            url: "http://x",
+            requestBodyValues: {},
+            statusCode: 529,
+            isRetryable: true,
+            responseHeaders: FAST_RETRY,
+          });
+        return answer("ok", usage(100, 0, 50));
+      },
+    });
+    // The SDK's retry keeps the call's number (1): its hold is the key's second attempt.
+    const first = creditMiddleware({ manager: m, userId: "u", idempotencyKey: "chat-7" });
+    await generateText({ model: wrapLanguageModel({ model, middleware: first }), prompt: PROMPT });
+    expect(first.outcomes.map((o) => [o.outcome, o.call])).toEqual([
+      ["released", 1],
+      ["committed", 1],
+    ]);
+    // The app retries the whole request with the same key: the call is found charged.
+    const again = creditMiddleware({ manager: m, userId: "u", idempotencyKey: "chat-7" });
+    await generateText({ model: wrapLanguageModel({ model, middleware: again }), prompt: PROMPT });
+    expect(again.outcomes).toMatchObject([{ outcome: "committed", call: 1, charged: gpt(100, 0, 50) }]);
+    expect(await charged(m)).toBe(gpt(100, 0, 50));
+    await noHold(m);
+  });
+
+  it("a generate answer without usage totals is charged as counted (its content parts as output)", async () => {
+    const m = await setup();
+    const model = new MockLanguageModelV4({
+      provider: "openai.chat",
+      modelId: "gpt-4o-mini",
+      doGenerate: answer("ok", NO_USAGE),
+    });
+    const credits = creditMiddleware({ manager: m, userId: "u" });
+    await generateText({ model: wrapLanguageModel({ model, middleware: credits }), prompt: PROMPT });
+    expect(credits.outcomes[0]?.usages[0]).toMatchObject({ source: "counted", problem: "absent", outputTokens: 1 });
+    expect(await charged(m)).toBe(gpt(promptTokens, 0, 1));
+    await noHold(m);
+  });
+
   it("usage above the hold is charged in full; the commit and the excess name the call's model, spender and feature", async () => {
     const m = await setup();
     const model = new MockLanguageModelV4({
