@@ -34,6 +34,10 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
     try {
       expect((await call(s, "GET", "/admin/webhooks")).status).toBe(401);
       expect((await call(s, "GET", "/admin/webhooks", user)).status).toBe(403);
+      // @see issue 60: a text that is no URL threw in the model's check (500).
+      const notUrl = await call(s, "POST", "/admin/webhooks", admin, { url: "not a url" });
+      expect(notUrl.status).toBe(400);
+      expect(JSON.stringify(notUrl.body)).toContain("url must be an http(s) URL");
       const plain = await call(s, "POST", "/admin/webhooks", admin, { url });
       expect(plain.status).toBe(400);
       expect(JSON.stringify(plain.body)).toMatch(/https:\/\//);

@@ -50,6 +50,8 @@ export const WebhookEndpoint = z
     development: z.boolean().optional(),
   })
   .superRefine((e, ctx) => {
+    // Zod runs this even when `url` failed its own check: a text that is no URL has its issue then.
+    if (!URL.canParse(e.url)) return;
     const url = new URL(e.url);
     if (url.protocol !== "https:" && e.development !== true)
       ctx.addIssue({
