@@ -16,6 +16,7 @@ export default defineConfig({
     store: "src/store.ts",
     "schema/index": "src/schema/public.ts",
     "otel/index": "src/otel/index.ts",
+    "worker/index": "src/worker/index.ts",
     // uPlot's files are in src/console/vendor.ts (scripts/console-vendor.mjs): bundled, not a dependency.
     "console/index": "src/console/index.ts",
     "ai/index": "src/ai/index.ts",

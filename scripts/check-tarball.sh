@@ -46,7 +46,7 @@ fi
 echo "better-sqlite3 $(node -p "require('better-sqlite3/package.json').version")"
 
 # Every subpath, the testing suite too (it takes its runner's functions, so it loads without vitest).
-subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/webhooks credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel credit-management/console credit-management/ai"
+subpaths="credit-management credit-management/postgres credit-management/mongodb credit-management/sqlite credit-management/redis credit-management/nats credit-management/webhooks credit-management/http credit-management/models credit-management/store credit-management/schema credit-management/testing credit-management/otel credit-management/console credit-management/ai credit-management/worker"
 
 # ESM: every subpath loads and exports something.
 for p in $subpaths; do

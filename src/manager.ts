@@ -237,6 +237,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     backoffMaxMs: n?.backoffMaxMs,
     leaseMs: n?.leaseMs,
     publishTimeoutMs: n?.publishTimeoutMs,
+    recording: alertsOn,
   });
   const expiration = new ExpirationService({
     db,

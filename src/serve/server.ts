@@ -18,7 +18,8 @@ import {
   type RouteDefinition,
 } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
-import { startWorkerRounds, warnUnchargedTopUps, workerSettings, type WorkerSettings } from "../cli/worker.js";
+import { createWorker, type CreditWorker } from "../worker/index.js";
+import { workerOptions, workerSettings, type WorkerSettings } from "./worker-settings.js";
 import { claimsCustomerAudience } from "../services/customer-tokens.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
@@ -619,9 +620,10 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     started = true;
     const address = server.address();
     const port = typeof address === "object" && address !== null ? address.port : s.CREDIT_PORT;
-    const rounds = ws === undefined ? null : startWorkerRounds(manager, ws, logger);
-    // Auto top-ups waiting that nothing here can charge: said once (docs/promos-and-payments.md).
-    if (ws !== undefined) void warnUnchargedTopUps(manager, ws, logger);
+    // The worker's rounds (createWorker): auto top-ups waiting that nothing here can charge are
+    // said once at start (docs/promos-and-payments.md).
+    const rounds: CreditWorker | null = ws === undefined ? null : createWorker(manager, workerOptions(ws, logger));
+    rounds?.start();
     logger.info(
       {
         port,

@@ -183,7 +183,8 @@ export class ExpirationService {
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
   private readonly notifications: NotificationService | undefined;
-  private readonly reminderDays: readonly number[];
+  /** The expiring-credit reminder windows, in days (`reminderDays`; the worker's reminders round). */
+  readonly reminderDays: readonly number[];
   private readonly retention: number | null;
 
   constructor(options: ExpirationServiceOptions) {

@@ -50,6 +50,12 @@ export interface NotificationServiceOptions {
    * top-ups this way (`auto_top_up_requested`, docs/promos-and-payments.md). Also `setHandler`.
    */
   handlers?: Partial<Record<NotificationType, (row: Notification) => Promise<unknown>>>;
+  /**
+   * Whether notification events are recorded (`createCreditManager`: `queue`, `notifications` or
+   * `domainEvents` given); `createWorker` runs the reminders and the dispatcher by default only
+   * then (docs/operations.md, "The worker in your own code"). Default true.
+   */
+  recording?: boolean;
 }
 
 /** What one `dispatchPending` call did. */
@@ -128,6 +134,8 @@ function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
 export class NotificationService {
   readonly db: DbManager;
   readonly queue: NotificationQueue;
+  /** Whether notification events are recorded (`NotificationServiceOptions.recording`). */
+  readonly recording: boolean;
   private readonly thresholds: Thresholds;
   private readonly clock: () => Date;
   private readonly logger: Logger | undefined;
@@ -144,6 +152,7 @@ export class NotificationService {
   constructor(options: NotificationServiceOptions) {
     this.db = options.db;
     this.queue = options.queue ?? new InMemoryNotificationQueue();
+    this.recording = options.recording ?? true;
     this.thresholds = parse(ThresholdSpec, options.thresholds ?? {}, "thresholds");
     this.clock = options.clock ?? (() => new Date());
     this.logger = options.logger;
