@@ -62,6 +62,44 @@ describe("HTTP examples", () => {
   });
 });
 
+/** examples/next's cron route (docs/operations.md, "The worker in your own code"), called as Next.js calls it. */
+describe("examples/next/app/api/cron/credits/route.ts", () => {
+  it("behind CRON_SECRET, runs one round of each task on the app's manager: a grant past its expiry is expired", async () => {
+    const saved = { ...process.env };
+    // The example's manager reads its store from the environment: memory here.
+    Object.assign(process.env, {
+      CRON_SECRET: "cron-test",
+      CREDIT_PG_URL: "",
+      CREDIT_MONGO_URI: "",
+      CREDIT_SQLITE_PATH: "",
+    });
+    try {
+      const { GET } = await import("../examples/next/app/api/cron/credits/route.js");
+      const { credits } = await import("../examples/next/lib/credits.js");
+      const url = "http://127.0.0.1/api/cron/credits";
+      expect((await GET(new Request(url))).status).toBe(401);
+      expect((await GET(new Request(url, { headers: { authorization: "Bearer wrong" } }))).status).toBe(401);
+      const m = await credits();
+      await m.credits.addCredits("cron-user", 100, { expiresAt: new Date(Date.now() + 50) });
+      await new Promise((r) => setTimeout(r, 100));
+      const r = await GET(new Request(url, { headers: { authorization: "Bearer cron-test" } }));
+      expect(r.status).toBe(200);
+      const body = (await r.json()) as {
+        ok: boolean;
+        rounds: { task: string; ok: boolean; report: Record<string, unknown> }[];
+      };
+      expect(body.ok).toBe(true);
+      expect(body.rounds.map((x) => x.task)).toEqual(["jobs"]);
+      expect(body.rounds[0]?.report.expireDueGrants).toMatchObject({ grantsExpired: 1, creditsExpired: 100 });
+      expect((await m.credits.getUserCreditsInfo("cron-user")).balance).toBe(0);
+      await m.close();
+    } finally {
+      for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+      Object.assign(process.env, saved);
+    }
+  });
+});
+
 /** The other examples, as a user runs them; they import the package by name (its built dist/). */
 describe("examples", () => {
   const exampleWith = async (file: string, args: string[], env: Record<string, string> = {}) => {

@@ -280,7 +280,7 @@ case "${1:-}" in
             node "$modules/next/dist/bin/next" build > build.log 2>&1 || { cat build.log >&2; exit 1; }
             grep -E '^(├|└|┌)' build.log || true
             port=$((20000 + RANDOM % 20000))
-            CREDIT_PG_URL="" CONSOLE_TOKEN=console-test node "$modules/next/dist/bin/next" start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
+            CREDIT_PG_URL="" CONSOLE_TOKEN=console-test CRON_SECRET=cron-test node "$modules/next/dist/bin/next" start -H 127.0.0.1 -p "$port" > start.log 2>&1 &
             served=$!
             base="http://127.0.0.1:$port"
             for _ in $(seq 120); do curl -s "$base/credits/balance" >/dev/null && break; sleep 0.25; done
@@ -310,6 +310,10 @@ case "${1:-}" in
             [ "$code" = 200 ] && grep -q 'user-1' body || fail "GET /console/accounts/user-1: $code"
             [ "$(w "$base/console")" = 403 ] || fail "the console without its token did not answer 403"
             echo "GET /console/accounts/user-1: 200; without the token: 403"
+            code="$(w -H 'authorization: Bearer cron-test' "$base/api/cron/credits")"
+            [ "$code" = 200 ] && grep -q '"task":"jobs"' body || fail "GET /api/cron/credits: $code $(cat body)"
+            [ "$(w "$base/api/cron/credits")" = 401 ] || fail "the cron route without CRON_SECRET did not answer 401"
+            echo "GET /api/cron/credits: 200 (one round of each task, createWorker); without CRON_SECRET: 401"
             grep -F '[meter] user-1 /api/chat: held 200, committed 35' start.log || fail "the stream's charge was not reported"
             # The AI SDK chat route (streamText through credit-management/ai): 20 in at 1, 5 out at 3 = 35.
             code="$(w -X POST -H 'authorization: Bearer user-1' "$base/api/ai/chat")"
