@@ -6,8 +6,10 @@ import { createConsoleHandler } from "../src/console/index.js";
 import { amount, escapeHtml, html, jsonData, visible } from "../src/console/html.js";
 import { shortId, table } from "../src/console/table.js";
 import { UPLOT_CSS, UPLOT_JS, UPLOT_VERSION } from "../src/console/vendor.js";
+import { RECENT_ENTRIES } from "../src/console/usage-page.js";
+import { calendarWindow } from "../src/domain/limits.js";
 import { ConfigurationError } from "../src/errors.js";
-import { createCreditManager } from "../src/index.js";
+import { createCreditManager, InMemoryDbManager } from "../src/index.js";
 
 const root = join(import.meta.dirname, "..");
 
@@ -307,6 +309,117 @@ describe("the subscriptions page's plans (docs/console.md, Pages)", () => {
       expect(studio).toContain("cap 50");
       expect(studio).toContain("2,500 for features <code>images</code> (rollover cap 100)");
       expect(studio).toContain("7 for spenders <code>alice</code>");
+    } finally {
+      await m.close();
+    }
+  });
+});
+
+/** The journal rows a store hands out and its usage aggregations, counted around the store. */
+function counted<T extends object>(db: T): { db: T; rows: () => number; usage: () => number } {
+  let rows = 0;
+  let usage = 0;
+  const proxy = new Proxy(db, {
+    get(target, key, receiver) {
+      const value = Reflect.get(target, key, receiver) as unknown;
+      if (typeof value !== "function") return value;
+      const fn = (value as (...a: unknown[]) => unknown).bind(target);
+      if (key === "usage") return (...args: unknown[]) => (usage++, fn(...args));
+      if (key !== "listJournal") return fn;
+      return async (...args: unknown[]) => {
+        const out = (await fn(...args)) as unknown[];
+        rows += out.length;
+        return out;
+      };
+    },
+  });
+  return { db: proxy, rows: () => rows, usage: () => usage };
+}
+
+/** A table's rows as text, cell by cell (`|` between cells). */
+function tableText(page: string, id: string): string[] {
+  const start = page.indexOf(`id="${id}"`);
+  if (start < 0) return [];
+  const body = page.slice(start, page.indexOf("</table>", start));
+  return [...body.matchAll(/<tr[^>]*>([\s\S]*?)<\/tr>/g)].map((m) =>
+    [...(m[1] as string).matchAll(/<t[dh][^>]*>([\s\S]*?)<\/t[dh]>/g)]
+      .map((c) =>
+        (c[1] as string)
+          .replace(/<[^>]+>/g, " ")
+          .replace(/\s+/g, " ")
+          .trim(),
+      )
+      .join(" | ")
+      .trim(),
+  );
+}
+
+describe("the account page on a big journal (docs/console.md, Pages)", () => {
+  /** @see issue 60 */
+  it("reads the newest entries by seq, never the whole account, and sums them as getUsage does", async () => {
+    const c = counted(new InMemoryDbManager());
+    const m = await createCreditManager({ db: c.db });
+    try {
+      await m.credits.addCredits("big", 1_000_000);
+      await m.credits.addCredits("light", 1_000);
+      const spend = (u: string, i: number) =>
+        m.credits.deductCredits(u, 1 + (i % 3), {
+          spender: `key-${i % 2}`,
+          metadata: { usages: [{ model: i % 3 ? "mini" : "large", amount: 1 + (i % 3) }] },
+        });
+      for (let i = 0; i < 12; i++) await spend("light", i);
+      for (let i = 0; i < RECENT_ENTRIES * 2; i++) await spend("big", i);
+      const h = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "v" }) });
+      const page = async (path: string) => {
+        const before = { rows: c.rows(), usage: c.usage() };
+        const text = await (await h(new Request(`http://x/console/accounts/${path}`))).text();
+        return { text, rows: c.rows() - before.rows, usage: c.usage() - before.usage };
+      };
+      // A light account: every entry of the month read, the sums those of getUsage.
+      const light = await page("light");
+      expect(light.usage).toBe(0);
+      const month = calendarWindow("month", Date.now());
+      const bySpender = await m.credits.getUsage({
+        account: "light",
+        from: new Date(month.start),
+        to: new Date(month.end),
+        interval: null,
+        groupBy: ["spender"],
+        kinds: ["spend"],
+      });
+      expect(tableText(light.text, "spender-table").slice(1).sort()).toEqual(
+        bySpender.rows.map((r) => `${r.spender} | ${r.credits} | ${r.requests} |`).sort(),
+      );
+      expect(light.text).not.toContain("Summed over the newest");
+      const chart = JSON.parse(
+        /id="account-usage-chart-data">([\s\S]*?)<\/script>/.exec(light.text)?.[1] ?? "null",
+      ) as { series: { label: string; values: number[] }[] };
+      const byModel = await m.credits.getUsage({
+        account: "light",
+        from: new Date(Date.now() - 29 * 86_400_000),
+        to: new Date(Date.now() + 86_400_000),
+        interval: null,
+        groupBy: ["model"],
+        kinds: ["spend"],
+      });
+      for (const r of byModel.rows)
+        expect(chart.series.find((s) => s.label === r.model)?.values.reduce((a, b) => a + b, 0)).toBe(r.credits);
+      // A big account: the page, a deep journal page and a filtered one read a bounded number of
+      // rows (not the 4,001 entries), and say that the sums start at the newest entries read.
+      for (const path of ["big", "big?before=100", "big?type=add"]) {
+        const big = await page(path);
+        expect(big.usage, path).toBe(0);
+        expect(big.rows, path).toBeLessThanOrEqual(RECENT_ENTRIES + 1 + 51);
+        expect(big.text, path).toContain(`Summed over the newest ${amount(RECENT_ENTRIES)} journal entries`);
+      }
+      const big = await page("big");
+      const spent = tableText(big.text, "spender-table")
+        .slice(1)
+        .map((r) => Number((r.split(" | ")[1] as string).replace(/,/g, "")));
+      // The newest 2,000 deductions of 1 + i % 3 for i from 2,000 to 3,999.
+      let newest = 0;
+      for (let i = RECENT_ENTRIES; i < RECENT_ENTRIES * 2; i++) newest += 1 + (i % 3);
+      expect(spent.reduce((a, b) => a + b, 0)).toBe(newest);
     } finally {
       await m.close();
     }

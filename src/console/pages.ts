@@ -18,11 +18,11 @@ import {
 import { csrfField, notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
-import { accountUsage } from "./usage-page.js";
+import { accountUsage, partialNote, recentEntries, recentUsage } from "./usage-page.js";
 import type { UsageReport } from "../models/usage.js";
 
 const PAGE = 50;
-/** The newest entries the balance chart draws (one indexed read, whatever the journal's size). */
+/** The newest entries the balance chart draws (of those `recentEntries` read). */
 const CHART_POINTS = 500;
 /** The ledger message the console's audit action records its verdict under. */
 export const AUDIT_MESSAGE = "console: audit";
@@ -216,9 +216,10 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const types = parseTypes(sp.getAll("type"));
   const from = dateParam(sp.get("from"));
   const to = dateParam(sp.get("to"));
-  // This calendar month (UTC), for the spend per spender (docs/console.md).
+  // This calendar month (UTC), for the spend per spender. It, the usage by day and the balance
+  // chart are of the newest entries: one bounded read, whatever the journal's size (docs/console.md).
   const month = calendarWindow("month", ctx.now.getTime());
-  const [grants, holds, page, chart, payments, audits, subs, claims, notifications, spends] = await Promise.all([
+  const [grants, holds, page, recent, payments, audits, subs, claims, notifications] = await Promise.all([
     db.listGrants(userId),
     db.listReservations(userId, { status: "active" }),
     db.listJournal(userId, {
@@ -229,22 +230,21 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
       ...(from === undefined ? {} : { from }),
       ...(to === undefined ? {} : { to }),
     }),
-    db.listJournal(userId, { order: "desc", limit: CHART_POINTS }),
+    recentEntries(ctx, account),
     db.listPayments(userId, { limit: 10 }),
     db.listLedgerEntries({ userId, eventType: "system", limit: 20 }),
     db.listSubscriptions(userId),
     db.listPromoClaims(userId),
     db.listNotifications(userId, { limit: 10 }),
-    // The month's spend per spender, summed by the store (docs/usage.md).
-    ctx.manager.credits.getUsage({
-      account: userId,
-      from: new Date(month.start),
-      to: new Date(month.end),
-      interval: null,
-      groupBy: ["spender"],
-      kinds: ["spend"],
-    }),
   ]);
+  const spends = recentUsage(recent, {
+    account: userId,
+    from: new Date(month.start),
+    to: new Date(month.end),
+    interval: null,
+    groupBy: ["spender"],
+    kinds: ["spend"],
+  });
   const topUps = account.autoTopUp === undefined || account.autoTopUp === null ? [] : await topUpAttempts(ctx, userId);
   const limits = limitStatuses(account.limits ?? [], ctx.now.getTime());
   const entries = page.slice(0, PAGE);
@@ -257,14 +257,10 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const openIds = new Set(open.map((g) => g.id));
   const check = chainCheck(entries);
   const audit = audits.find((a) => a.message === AUDIT_MESSAGE);
-  const series = [[] as number[], [] as number[]];
-  for (let i = chart.length - 1; i >= 0; i--) {
-    const e = chart[i] as JournalEntry;
-    series[0]?.push(e.createdAt.getTime() / 1000);
-    series[1]?.push(e.balanceAfter);
-  }
+  const chart = recent.entries.slice(-CHART_POINTS);
+  const series = [chart.map((e) => e.createdAt.getTime() / 1000), chart.map((e) => e.balanceAfter)];
   const u = { user: userId };
-  const usage = await accountUsage(ctx, userId);
+  const usage = accountUsage(ctx, userId, recent);
   const body = html`<h1>Account <span class="mono">${userId}</span></h1>
     ${notice(ctx)}
     <div class="cards">
@@ -338,7 +334,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
     <h2 id="limits">Spend limits</h2>
     ${limitTable(ctx, limits)}
     <h2 id="spenders">Spend per spender, this month (UTC)</h2>
-    ${spenderTable(spends, limits)}
+    ${spenderTable(spends.report, limits)}${partialNote(ctx, userId, spends.partialSince)}
     <h2>Active holds</h2>
     ${table({
       columns: [

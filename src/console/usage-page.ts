@@ -1,8 +1,10 @@
 import { ConfigurationError, ValidationError } from "../errors.js";
-import type { UsageDimension, UsageReport, UsageRow } from "../models/usage.js";
+import type { Account, JournalEntry } from "../models/index.js";
+import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../models/usage.js";
+import { sumUsage } from "../services/usage.js";
 import { usageCsv } from "../services/usage-csv.js";
 import type { Ctx, PageResult } from "./context.js";
-import { amount, enc, html, jsonData, query, raw, type Html } from "./html.js";
+import { amount, enc, html, jsonData, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { chartData } from "./usage-chart.js";
 
@@ -210,14 +212,76 @@ export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {
   }
 }
 
-/** The account page's usage section: the last 30 days by day and model, and a link to the usage page. */
-export async function accountUsage(ctx: Ctx, userId: string): Promise<Html> {
-  const today = new Date(Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), ctx.now.getUTCDate()));
-  const from = new Date(today.getTime() - 29 * 86_400_000);
-  const report = await ctx.manager.credits.getUsage({
+/**
+ * The newest journal entries the account page reads for its balance chart, its usage by day and
+ * its spend per spender (docs/console.md): one indexed range of the journal by seq, whatever its
+ * size — a store's usage query over a date range reads every entry of the range, and an account
+ * may have hundreds of thousands in a month. The usage page sums the whole range.
+ */
+export const RECENT_ENTRIES = 2_000;
+
+/** What the account page read of the journal for its chart and usage sections. */
+export interface RecentEntries {
+  /** The account's newest `RECENT_ENTRIES` entries (or all it has), oldest first. */
+  entries: JournalEntry[];
+  /**
+   * When the newest entry not read was created (entries are appended in time order): a section
+   * whose range starts after it summed every entry of its range; null: every entry was read.
+   */
+  olderAt: Date | null;
+}
+
+/** The newest `RECENT_ENTRIES` entries of `account`, and the one before them (one read by seq: bounded on every store). */
+export async function recentEntries(ctx: Ctx, account: Account): Promise<RecentEntries> {
+  const after = Math.max(0, account.seq - RECENT_ENTRIES - 1);
+  const read = await ctx.manager.db.listJournal(account.userId, {
+    order: "asc",
+    afterSeq: after,
+    limit: RECENT_ENTRIES + 1,
+  });
+  const older = read.length > RECENT_ENTRIES ? read.shift() : undefined;
+  return { entries: read, olderAt: older?.createdAt ?? null };
+}
+
+/**
+ * The usage of `recent` that `query` asks for (summed by `sumUsage`, the rules of getUsage), and
+ * when the sums start if older entries of the query's range were not read (null: all were).
+ */
+export function recentUsage(
+  recent: RecentEntries,
+  query: UsageQuery & { account: string; from: Date },
+): { report: UsageReport; partialSince: Date | null } {
+  const report = sumUsage(query, recent.entries);
+  const partial = recent.olderAt !== null && recent.olderAt >= query.from;
+  return { report, partialSince: partial ? (recent.entries[0]?.createdAt ?? recent.olderAt) : null };
+}
+
+/** The note under a section summed from the newest entries only (`recentUsage`'s `partialSince`). */
+export function partialNote(ctx: Ctx, userId: string, since: Date | null): Html {
+  if (since === null) return raw("");
+  return html`<p class="muted partial">
+    Summed over the newest ${amount(RECENT_ENTRIES)} journal entries, since ${when(since)}: the
+    <a href="${ctx.base}/usage?account=${enc(userId)}">usage page</a> sums the whole range.
+  </p>`;
+}
+
+/** The first day of the account page's usage by day: 29 days before today (UTC). */
+export function accountUsageFrom(now: Date): Date {
+  const today = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+  return new Date(today - 29 * 86_400_000);
+}
+
+/**
+ * The account page's usage section: the last 30 days by day and model, from the newest entries
+ * (`recentEntries`), and a link to the usage page.
+ */
+export function accountUsage(ctx: Ctx, userId: string, recent: RecentEntries): Html {
+  const from = accountUsageFrom(ctx.now);
+  const to = new Date(from.getTime() + 30 * 86_400_000);
+  const { report, partialSince } = recentUsage(recent, {
     account: userId,
     from,
-    to: new Date(today.getTime() + 86_400_000),
+    to,
     interval: "day",
     groupBy: ["model"],
     kinds: ["spend"],
@@ -234,6 +298,7 @@ export async function accountUsage(ctx: Ctx, userId: string): Promise<Html> {
             "model",
           )
     }
+    ${partialNote(ctx, userId, partialSince)}
     <p>
       <a href="${ctx.base}/usage?account=${enc(userId)}">Usage of this account</a> (by model, feature or spender; CSV)
     </p>`;

@@ -1,4 +1,5 @@
 import type { DbManager } from "../db/types.js";
+import type { JournalEntry } from "../models/index.js";
 import { UsageAccumulator, usageBoundaries, usageRows, type UsageScan } from "../domain/usage.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { parse } from "../models/index.js";
@@ -65,5 +66,19 @@ export async function getUsage(db: DbManager, query: UsageQuery): Promise<UsageR
     buckets = sum.result();
   }
   const { rows, truncated } = usageRows(buckets, scan);
+  return { rows, truncated, timeZone: scan.timeZone };
+}
+
+/**
+ * The usage of `entries` of one account that `query` asks for, summed here by the rules of
+ * `src/domain/usage.ts` — the journal path of `getUsage` over entries the caller already read (the
+ * console's account page sums its newest entries: docs/console.md). `query.account` must be the
+ * entries' account; entries outside the query's range are not counted.
+ */
+export function sumUsage(query: UsageQuery & { account: string }, entries: Iterable<JournalEntry>): UsageReport {
+  const scan = usageScan(query);
+  const sum = new UsageAccumulator(scan);
+  for (const e of entries) sum.add(query.account, e);
+  const { rows, truncated } = usageRows(sum.result(), scan);
   return { rows, truncated, timeZone: scan.timeZone };
 }
