@@ -13,6 +13,7 @@ import {
   ValidationError,
   type CreditManager,
   type DbManager,
+  type LeaseChargeOptions,
 } from "../src/index.js";
 import { blockServes, leaseBlock } from "../src/domain/leases.js";
 import { creditMeteringMiddleware } from "../src/http/index.js";
@@ -146,6 +147,101 @@ for (const store of stores) {
         await lease.close();
         expect(await info(m, "small")).toMatchObject({ balance: 290 });
         expect(await info(m, "big")).toMatchObject({ balance: 100_000 - 510, reserved: 0 });
+      } finally {
+        await m.close();
+        await opened.drop();
+      }
+    });
+
+    /** @see issue 60 (item 15): with a block open, the fast path accepted options the slow path refuses. */
+    it("refuses on the fast path what the slow path refuses, and counts none of it", async () => {
+      const opened = await store.open();
+      const m = await createCreditManager({ db: opened.db });
+      try {
+        await m.credits.addCredits("u", 100_000);
+        const lease = m.credits.leases({ size: 1000, settleEveryMs: 30_000 });
+        const bad: unknown[] = [
+          new Map(),
+          new Date(),
+          null,
+          "GET /a",
+          { reason: "\uD800 lone" },
+          { reason: "x".repeat(1001) },
+          { spender: "k\uDC00" },
+          { feature: "not a name" },
+          { unknown: 1 },
+        ];
+        // Before a block opens (the slow path) and after (the fast path): the same answer.
+        for (const open of [false, true]) {
+          if (open) expect((await lease.charge("u", 2)).via).toBe("lease");
+          for (const options of bad) {
+            const refused = await Promise.resolve()
+              .then(() => lease.charge("u", 2, options as LeaseChargeOptions))
+              .then(
+                () => null,
+                (error: unknown) => error,
+              );
+            expect(refused, `${String(options)} (block open: ${open})`).toBeInstanceOf(ValidationError);
+          }
+        }
+        expect(lease.tryCharge("u", 2, "\uD800")).toBe(false);
+        expect(lease.tryCharge("u", 2, undefined, { spender: "k\uDC00" })).toBe(false);
+        expect(lease.tryCharge("u", 2, undefined, new Map() as { spender?: string })).toBe(false);
+        await lease.close();
+        const [entry] = await settles(m, "u");
+        expect(entry?.metadata?.leaseWindow).toMatchObject({ requests: 1, total: 2 });
+        expect(await info(m, "u")).toMatchObject({ balance: 100_000 - 2, reserved: 0 });
+      } finally {
+        await m.close();
+        await opened.drop();
+      }
+    });
+
+    /** @see issue 60 (item 13): leases compared the manager's clock's times with Date.now(). */
+    it("reads the manager's clock: a block past its hold's TTL by that clock serves nothing", async () => {
+      const opened = await store.open();
+      const clock = { now: Date.now() };
+      const m = await createCreditManager({ db: opened.db, clock: () => new Date(clock.now) });
+      try {
+        await m.credits.addCredits("u", 100_000);
+        const lease = m.credits.leases({ size: 1000, ttlSeconds: 60, settleEveryMs: 30_000 });
+        expect((await lease.charge("u", 3)).via).toBe("lease");
+        expect(lease.covers("u", 1)).toBe(true);
+        clock.now += 10 * 60_000; // ten minutes on: the block's hold lapsed by the manager's clock
+        expect(lease.covers("u", 1)).toBe(false);
+        expect(lease.tryCharge("u", 1)).toBe(false);
+        // The charge settles the old window (its hold lapsed: after service) and opens a new block.
+        expect((await lease.charge("u", 2)).via).toBe("lease");
+        await lease.close();
+        const entries = (await m.credits.getCreditHistory("u", { types: ["deduct", "commit_reserved"] })).items;
+        expect(entries.map((e) => [e.type, e.amount]).reverse()).toEqual([
+          ["deduct", 3],
+          ["commit_reserved", 2],
+        ]);
+        expect(await info(m, "u")).toMatchObject({ balance: 100_000 - 5, reserved: 0 });
+      } finally {
+        await m.close();
+        await opened.drop();
+      }
+    });
+
+    /** @see issue 60 (item 13): a charge just past midnight by the manager's clock counted in the previous day. */
+    it("reads the manager's clock: a charge after a limit window's end by that clock counts in the new window", async () => {
+      const opened = await store.open();
+      const DAY = 86_400_000;
+      const midnight = Math.ceil((Date.now() + DAY) / DAY) * DAY; // a UTC midnight ahead
+      const clock = { now: midnight - 2000 }; // 23:59:58
+      const m = await createCreditManager({ db: opened.db, clock: () => new Date(clock.now) });
+      try {
+        await m.credits.addCredits("u", 100_000);
+        await m.credits.setLimits("u", [{ amount: 50_000, period: "day" }]);
+        const lease = m.credits.leases({ size: 1000, ttlSeconds: 60, settleEveryMs: 30_000 });
+        expect((await lease.charge("u", 5)).via).toBe("lease");
+        clock.now = midnight + 512;
+        await lease.charge("u", 7);
+        await lease.close();
+        const [limit] = await m.credits.getLimits("u");
+        expect(limit).toMatchObject({ used: 7, remaining: 50_000 - 7 });
       } finally {
         await m.close();
         await opened.drop();

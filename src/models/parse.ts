@@ -200,7 +200,8 @@ function describe(value: object): string {
 
 /** A lone UTF-16 surrogate: half of a pair, without the other half. */
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-const wellFormed: (s: string) => boolean =
+/** @internal True when `s` holds no lone UTF-16 surrogate (what `parse` refuses in any text). */
+export const wellFormed: (s: string) => boolean =
   typeof (String.prototype as { isWellFormed?: unknown }).isWellFormed === "function"
     ? (s) => (s as unknown as { isWellFormed(): boolean }).isWellFormed()
     : (s) => !LONE_SURROGATE.test(s);

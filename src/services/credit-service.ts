@@ -185,6 +185,8 @@ export class CreditService {
   /** The balance cache, when there is one. */
   private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
+  /** The `clock` option as given (undefined: the real clock; leases then read `Date.now()`, no Date per charge). */
+  private readonly givenClock: (() => Date) | undefined;
   /** @internal The manager's logger (the metering middlewares log a failed handler to it). */
   readonly logger: Logger | undefined;
   private readonly defaultTtl: number;
@@ -201,6 +203,7 @@ export class CreditService {
     this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
     this.clock = options.clock ?? (() => new Date());
+    this.givenClock = options.clock;
     this.logger = options.logger;
     this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
     this.overdraftLimit = options.overdraftLimit ?? null;
@@ -804,7 +807,7 @@ export class CreditService {
    */
   leases(options: LeaseOptions = {}): CreditLeases {
     return new CreditLeases(
-      { credits: this, ledger: this.ledger, logger: this.logger, session: this.sessionDeps },
+      { credits: this, ledger: this.ledger, logger: this.logger, session: this.sessionDeps, clock: this.givenClock },
       options,
     );
   }

@@ -27,6 +27,7 @@ import {
 import type { CreditService } from "./credit-service.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
+import { wellFormed } from "../models/parse.js";
 import { nodeBuiltin } from "../util/runtime.js";
 
 /** What one `charge()` did. */
@@ -95,6 +96,8 @@ export interface LeaseDeps {
   session?: SessionDeps | undefined;
   ledger?: LedgerLogger | undefined;
   logger?: Logger | undefined;
+  /** The manager's `clock` (docs/api.md): blocks and limit windows end by it. Undefined: `Date.now()`. */
+  clock?: (() => Date) | undefined;
 }
 
 /** One user's lease in this process (for a spender and feature, on an account where they matter). */
@@ -162,6 +165,11 @@ export class CreditLeases {
   private closing: Promise<void> | null = null;
   private lastReason: string | undefined;
   private lastReasonJson = "";
+  /**
+   * Now, in ms, by the manager's clock: a block's hold lapses and a limit window ends by that
+   * clock (the store's units of work read it), so a block serves by it too.
+   */
+  private readonly now: () => number;
 
   /** @internal Made by `credits.leases(options)`. */
   constructor(
@@ -169,6 +177,8 @@ export class CreditLeases {
     options: LeaseOptions = {},
   ) {
     const o = parse(LeaseOptions, options ?? {}, "options");
+    const clock = deps.clock;
+    this.now = clock === undefined ? Date.now : () => clock().getTime();
     this.sizing = {
       size: o.size ?? DEFAULTS.size,
       exactBelow: o.exactBelow ?? DEFAULTS.exactBelow,
@@ -200,9 +210,11 @@ export class CreditLeases {
    * the exact path refuses it.
    */
   charge(userId: string, amount: number, options?: LeaseChargeOptions): LeaseCharge | Promise<LeaseCharge> {
+    // The fast path takes only what it can check as `parse` would, cheaply; anything else goes
+    // through `slow`, which validates it (a ValidationError, nothing counted).
     if (options === undefined || servedInMemory(options)) {
       const l = this.users.get(this.keyOf(userId, options?.spender, options?.feature));
-      if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, Date.now()))
+      if (l !== undefined && Number.isSafeInteger(amount) && amount > 0 && blockServes(l, amount, this.now()))
         return this.serve(l, amount, options?.reason, "", dimsOf(options));
     }
     return this.slow(userId, amount, options);
@@ -211,15 +223,16 @@ export class CreditLeases {
   /** True when `userId`'s block in this process covers `amount` now (a charge of it would be served in memory). */
   covers(userId: string, amount: number, spend?: LeaseSpend): boolean {
     const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
-    return l !== undefined && blockServes(l, amount, Date.now());
+    return l !== undefined && blockServes(l, amount, this.now());
   }
 
   /** The fast path alone: true when the user's block covered `amount` (charged), false otherwise (nothing done). */
   tryCharge(userId: string, amount: number, reason?: string, spend?: LeaseSpend): boolean {
     const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
-    if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, Date.now()))
+    if (l === undefined || !Number.isSafeInteger(amount) || amount <= 0 || !blockServes(l, amount, this.now()))
       return false;
-    if (reason !== undefined && (typeof reason !== "string" || reason.length > 1000)) return false;
+    if (reason !== undefined && !isReason(reason)) return false;
+    if (spend !== undefined && !servedInMemory(spend)) return false;
     this.take(l, amount, reason, "", dimsOf(spend));
     return true;
   }
@@ -330,7 +343,7 @@ export class CreditLeases {
     const key = this.keyOf(userId, options.spender, options.feature);
     const l = this.users.get(key);
     const n = options.estimate;
-    if (l === undefined || !blockServes(l, n, Date.now())) {
+    if (l === undefined || !blockServes(l, n, this.now())) {
       this.warm(userId, key, n, options);
       return null;
     }
@@ -344,7 +357,7 @@ export class CreditLeases {
    * exact path (the next call tries again).
    */
   private warm(userId: string, key: string, amount: number, spend: LeaseSpend): void {
-    if (this.closed || amount > this.sizing.size || (this.exactUntil.get(key) ?? 0) > Date.now()) return;
+    if (this.closed || amount > this.sizing.size || (this.exactUntil.get(key) ?? 0) > this.now()) return;
     const l = this.users.get(key);
     if (l === undefined) void this.open(userId, key, spend).catch(() => undefined);
     else if (l.settling === null && l.open) void this.settle(l, true).catch(() => undefined);
@@ -368,7 +381,7 @@ export class CreditLeases {
     l.pending -= estimate;
     if (amount === 0) return true;
     if (l.settling !== null) await l.settling.catch(() => undefined);
-    if (this.users.get(l.key) !== l || !blockServes(l, amount, Date.now())) return false;
+    if (this.users.get(l.key) !== l || !blockServes(l, amount, this.now())) return false;
     this.take(l, amount, reason, extra, dims);
     return true;
   }
@@ -387,7 +400,7 @@ export class CreditLeases {
    */
   setAside(userId: string, amount: number, spend?: LeaseSpend): object | null {
     const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
-    if (l === undefined || !blockServes(l, amount, Date.now())) return null;
+    if (l === undefined || !blockServes(l, amount, this.now())) return null;
     l.pending += amount;
     return l;
   }
@@ -402,7 +415,7 @@ export class CreditLeases {
     const l = block as UserLease;
     l.pending -= amount;
     // An open block is the user's current one: a block that ended or failed to settle never reopens.
-    if (!blockServes(l, amount, Date.now())) return false;
+    if (!blockServes(l, amount, this.now())) return false;
     this.take(l, amount, reason, "", dimsOf(spend));
     return true;
   }
@@ -469,7 +482,7 @@ export class CreditLeases {
         o?.idempotencyKey !== undefined ||
         hasKeys(o?.metadata) ||
         n > this.sizing.size ||
-        (this.exactUntil.get(key) ?? 0) > Date.now()
+        (this.exactUntil.get(key) ?? 0) > this.now()
       )
         return this.exact(user, n, o);
       const l = this.users.get(key);
@@ -484,7 +497,7 @@ export class CreditLeases {
         await l.settling.catch(() => undefined);
         continue;
       }
-      if (blockServes(l, n, Date.now())) return this.serve(l, n, o?.reason, "", dimsOf(o));
+      if (blockServes(l, n, this.now())) return this.serve(l, n, o?.reason, "", dimsOf(o));
       if (rolled) return this.exact(user, n, o);
       // Not covered: settle this window and roll the rest into a new block, then try once more.
       rolled = true;
@@ -560,7 +573,7 @@ export class CreditLeases {
           if (this.users.get(l.key) === l) this.users.delete(l.key);
           // Too few credits (or too little left under a limit) for a block: charge exactly for a
           // window, then try again. (Not for a shared block refused because who spends matters.)
-          if (s.roll !== null && !(plainOnly && r.aware === true)) this.exactUntil.set(l.key, Date.now() + this.every);
+          if (s.roll !== null && !(plainOnly && r.aware === true)) this.exactUntil.set(l.key, this.now() + this.every);
           return;
         }
         l.window = s.window + 1;
@@ -600,7 +613,7 @@ export class CreditLeases {
 
   /** Every window: settle what was used (rolling the block); a lease idle for a whole window ends. */
   private tick(): void {
-    const now = Date.now();
+    const now = this.now();
     for (const [user, until] of this.exactUntil) if (until <= now) this.exactUntil.delete(user);
     for (const l of this.users.values()) {
       if (l.settling !== null) continue;
@@ -633,27 +646,35 @@ export class CreditLeases {
 }
 
 /**
- * True when `options` has only what the fast path takes — a string `reason`, a `feature` and a
- * `spender` — each valid (anything else goes through `slow`, which validates it).
+ * True when `options` is a plain object with only what the fast path takes — a `reason`, a
+ * `feature` and a `spender` — each valid as `parse(LeaseChargeOptions)` would find it (anything
+ * else, a Map or a Date among them, goes through `slow`, which validates it: issue 60).
  */
-function servedInMemory(options: LeaseChargeOptions): boolean {
+function servedInMemory(options: unknown): boolean {
+  if (typeof options !== "object" || options === null) return false;
+  const proto = Object.getPrototypeOf(options) as unknown;
+  if (proto !== Object.prototype && proto !== null) return false;
   for (const k in options) {
     const v = (options as Record<string, unknown>)[k];
     if (v === undefined) continue;
-    if (
-      k === "reason"
-        ? typeof v !== "string" || v.length > 1000
-        : k === "feature" || k === "spender"
-          ? !isName(k, v)
-          : true
-    )
-      return false;
+    if (k === "reason" ? !isReason(v) : k === "feature" || k === "spender" ? !isName(k, v) : true) return false;
   }
   return true;
 }
 
+/** The last reason `isReason` accepted: a hot loop charges with the same one (checked once). */
+let lastReason: string | undefined;
+
+/** A valid `reason` (`ShortText`, well-formed). */
+function isReason(v: unknown): v is string {
+  if (v === lastReason) return true;
+  if (typeof v !== "string" || v.length > 1000 || !wellFormed(v)) return false;
+  lastReason = v;
+  return true;
+}
+
 const isName = (k: "feature" | "spender", v: unknown): boolean =>
-  (k === "feature" ? FeatureName : SpenderId).safeParse(v).success;
+  typeof v === "string" && (k === "feature" ? FeatureName : SpenderId).safeParse(v).success && wellFormed(v);
 
 /** True when `o` is an object with a key (metadata worth recording). */
 function hasKeys(o: object | null | undefined): boolean {
