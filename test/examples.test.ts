@@ -1,8 +1,10 @@
 import { execFile, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { afterEach, describe, expect, it } from "vitest";
+import type { CreditManager } from "../src/index.js";
 
 const run = promisify(execFile);
 const root = join(import.meta.dirname, "..");
@@ -74,8 +76,14 @@ describe("examples/next/app/api/cron/credits/route.ts", () => {
       CREDIT_SQLITE_PATH: "",
     });
     try {
-      const { GET } = await import("../examples/next/app/api/cron/credits/route.js");
-      const { credits } = await import("../examples/next/lib/credits.js");
+      // By path: examples/next is its own project (its tsconfig), not part of this one's type-check.
+      const next = (file: string) => pathToFileURL(join(root, "examples", "next", file)).href;
+      const { GET } = (await import(next("app/api/cron/credits/route.ts"))) as {
+        GET(request: Request): Promise<Response>;
+      };
+      const { credits } = (await import(next("lib/credits.ts"))) as {
+        credits(): Promise<CreditManager>;
+      };
       const url = "http://127.0.0.1/api/cron/credits";
       expect((await GET(new Request(url))).status).toBe(401);
       expect((await GET(new Request(url, { headers: { authorization: "Bearer wrong" } }))).status).toBe(401);
