@@ -1268,6 +1268,10 @@ export interface operations {
                             } | null;
                             spender?: string | null;
                             feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1358,6 +1362,10 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                         }[];
                     };
                 };
@@ -1431,6 +1439,10 @@ export interface operations {
                             scope?: {
                                 features?: string[];
                                 spenders?: string[];
+                            } | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
                             } | null;
                         }[];
                     };
@@ -1775,6 +1787,10 @@ export interface operations {
                             } | null;
                             spender?: string | null;
                             feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1949,6 +1965,10 @@ export interface operations {
                             } | null;
                             spender?: string | null;
                             feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -2226,6 +2246,10 @@ export interface operations {
                             } | null;
                             spender?: string | null;
                             feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -2318,6 +2342,10 @@ export interface operations {
                                 features?: string[];
                                 spenders?: string[];
                             } | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                         }[];
                     };
                 };
@@ -2402,6 +2430,10 @@ export interface operations {
                             scope?: {
                                 features?: string[];
                                 spenders?: string[];
+                            } | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
                             } | null;
                         }[];
                     };
@@ -2553,6 +2585,10 @@ export interface operations {
                         features?: string[];
                         spenders?: string[];
                     };
+                    costBasis?: {
+                        perCredit: string;
+                        currency: string;
+                    };
                     amount: number;
                 };
             };
@@ -2590,6 +2626,10 @@ export interface operations {
                         } | null;
                         spender?: string | null;
                         feature?: string | null;
+                        costBasis?: {
+                            perCredit: string;
+                            currency: string;
+                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -2732,6 +2772,10 @@ export interface operations {
                         } | null;
                         spender?: string | null;
                         feature?: string | null;
+                        costBasis?: {
+                            perCredit: string;
+                            currency: string;
+                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -3122,6 +3166,10 @@ export interface operations {
                         } | null;
                         spender?: string | null;
                         feature?: string | null;
+                        costBasis?: {
+                            perCredit: string;
+                            currency: string;
+                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -6974,6 +7022,10 @@ export interface operations {
                             } | null;
                             spender?: string | null;
                             feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;

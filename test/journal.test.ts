@@ -23,6 +23,7 @@ function entry(i: number, over: Partial<JournalEntry> = {}): JournalEntry {
     metadata: null,
     spender: null,
     feature: null,
+    costBasis: null,
     createdAt: new Date(1_700_000_000_000 + i),
     prevHash: null,
     hash: HASH,
@@ -51,6 +52,7 @@ describe("CompactJournal", () => {
       { description: "unused part of committed reservation", metadata: { usages: [{ amount: 3 }] } },
       { description: "", metadata: {} },
       { description: "émoji 🙂 and a lone \ud800", correlationId: "c-1" },
+      { type: "add", costBasis: { perCredit: "1999/3000", currency: "USD" } },
     ];
     const appended: JournalEntry[] = [];
     for (let i = 0; i < 40; i++) {

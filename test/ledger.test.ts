@@ -60,10 +60,15 @@ describe("ledger", () => {
       .map((l) => JSON.parse(l) as { details: unknown });
     const journal = await db.listJournal("ü-ser ☕", { order: "asc", limit: 10 });
     // The line is the entry's hashed text: spender and feature are in it only when the entry names
-    // them (docs/teams-and-limits.md), as in the hash.
+    // them (docs/teams-and-limits.md), and a cost basis only when it has one (docs/revenue.md), as in the hash.
     const stored = journal.map((e) => {
-      const { spender, feature, ...rest } = JSON.parse(JSON.stringify(e)) as Record<string, unknown>;
-      return { ...rest, ...(spender === null ? {} : { spender }), ...(feature === null ? {} : { feature }) };
+      const { spender, feature, costBasis, ...rest } = JSON.parse(JSON.stringify(e)) as Record<string, unknown>;
+      return {
+        ...rest,
+        ...(spender === null ? {} : { spender }),
+        ...(feature === null ? {} : { feature }),
+        ...(costBasis === null ? {} : { costBasis }),
+      };
     });
     expect(lines.map((l) => l.details)).toEqual(stored);
   });

@@ -3,6 +3,7 @@ import { noteAddSource } from "./events.js";
 import { InsufficientCreditsError, RuleViolationError } from "../errors.js";
 import type {
   Account,
+  CostBasis,
   EntryType,
   Grant,
   GrantPortion,
@@ -42,6 +43,8 @@ export interface NewGrant {
   metadata: Record<string, unknown> | null;
   /** The spends it may pay for (docs/teams-and-limits.md, "Scoped credits"); null or absent: any. */
   scope?: GrantScope | null;
+  /** What each credit was sold for (docs/revenue.md); null or absent: none (free, or unknown). */
+  costBasis?: CostBasis | null;
 }
 
 /**
@@ -316,6 +319,7 @@ export class AccountWork {
         closedAt: null,
         closedReason: null,
         scope,
+        costBasis: grant.costBasis ?? null,
       };
       this.grants.create(g);
       if (scope !== null) this.account.scoped = true;
@@ -324,7 +328,7 @@ export class AccountWork {
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
-    const entry = this.emit("add", amount, portions, null, meta);
+    const entry = this.emit("add", amount, portions, null, meta, grant.costBasis);
     // An addition that only paid debt created no grant: its domain event (docs/events.md) still names the source.
     if (grantAmount === 0) noteAddSource(entry, grant.source, grant.sourceRef);
     return entry;
@@ -773,6 +777,7 @@ export class AccountWork {
     grants: GrantPortion[],
     reservationId: string | null,
     meta: EntryMeta,
+    costBasis?: CostBasis | null,
   ): JournalEntry {
     const a = this.account;
     const entry: JournalEntry = {
@@ -794,6 +799,8 @@ export class AccountWork {
       // (Null when not named: the hash then covers the entry as it did before version 8.)
       spender: meta.spender ?? null,
       feature: meta.feature ?? null,
+      // (Null but on an addition with a cost basis: the hash then covers the entry as before version 15.)
+      costBasis: costBasis ?? null,
       createdAt: this.now,
       prevHash: a.lastHash,
       hash: "",
@@ -860,6 +867,7 @@ export function withRemaining(g: Grant, remaining: number): Grant {
     closedAt: g.closedAt,
     closedReason: g.closedReason,
     scope: g.scope,
+    costBasis: g.costBasis,
   } satisfies Record<keyof Grant, unknown>;
 }
 

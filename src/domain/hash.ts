@@ -21,6 +21,7 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     `"reservedAfter":${entry.reservedAfter},"debtAfter":${entry.debtAfter},"grants":[${grants}],` +
     optionalFields(entry) +
     spendFields(entry) +
+    basisField(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
     `"createdAt":"${iso(entry.createdAt)}","prevHash":${str(entry.prevHash)}}`
   );
@@ -52,6 +53,16 @@ function spendFields(entry: Omit<JournalEntry, "hash">): string {
   const feature = entry.feature ?? null;
   if (spender === null && feature === null) return "";
   return `"spender":${str(spender)},"feature":${str(feature)},`;
+}
+
+/**
+ * An addition's cost basis (schema version 15, docs/revenue.md), only when set: entries without
+ * one, and every entry written before, hash as before.
+ */
+function basisField(entry: Omit<JournalEntry, "hash">): string {
+  const b = entry.costBasis;
+  if (b == null) return "";
+  return `"costBasis":{"perCredit":${quote(b.perCredit)},"currency":${quote(b.currency)}},`;
 }
 
 const ALL_NULL = `"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,`;

@@ -2,6 +2,7 @@ import * as z from "zod";
 import { AlertState } from "./notifications.js";
 import { AutoTopUpState } from "./auto-top-up.js";
 import { GrantScope, SpendLimit, SpenderId } from "./limits.js";
+import { CostBasis } from "./revenue.js";
 import {
   EntityId,
   FeatureName,
@@ -109,6 +110,11 @@ export const Grant = z.object({
    * credits"); null or absent: any spend. Never changes.
    */
   scope: GrantScope.nullable().optional(),
+  /**
+   * What each credit was sold for (schema version 15, docs/revenue.md); null or absent: unknown or
+   * free (no revenue). Never changes; the `add` entry that created the grant carries the same.
+   */
+  costBasis: CostBasis.nullable().optional(),
 });
 export type Grant = z.infer<typeof Grant>;
 
@@ -177,6 +183,11 @@ export const JournalEntry = z.object({
    */
   spender: SpenderId.nullable().optional(),
   feature: FeatureName.nullable().optional(),
+  /**
+   * An `add` entry's cost basis (schema version 15, docs/revenue.md): what each credit it added was
+   * sold for, the debt it paid included. Null or absent: none. Covered by the hash when set.
+   */
+  costBasis: CostBasis.nullable().optional(),
   createdAt: z.date(),
   prevHash: z.string().nullable(),
   hash: z.string(),

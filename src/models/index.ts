@@ -13,4 +13,5 @@ export * from "./pricing.js";
 export * from "./leases.js";
 export * from "./limits.js";
 export * from "./usage.js";
+export * from "./revenue.js";
 export * from "./customer-tokens.js";

@@ -12,6 +12,7 @@ import {
 } from "./common.js";
 import { EntryType, GrantSource } from "./entities.js";
 import { GrantScope, SpendFields, SpenderId } from "./limits.js";
+import { CostBasisInput } from "./revenue.js";
 
 /** Options every mutation accepts. */
 export const MutationOptions = z.strictObject({
@@ -37,6 +38,11 @@ export const AddCreditsOptions = MutationOptions.extend({
    * spend's feature must be one of them; `spenders`, its spender. Omitted: any spend.
    */
   scope: GrantScope.optional(),
+  /**
+   * What each credit was sold for (docs/revenue.md): `{ perCredit, currency }`, `perCredit` in the
+   * smallest currency unit as a decimal or fraction string. Omitted: none (free credits: no revenue).
+   */
+  costBasis: CostBasisInput.optional(),
 });
 export type AddCreditsOptions = z.input<typeof AddCreditsOptions>;
 

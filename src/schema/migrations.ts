@@ -222,6 +222,16 @@ export const MIGRATIONS: readonly Migration[] = [
       return rollupDdl(journal.qualified, naming).slice(2);
     },
   },
+  // Version 15: cost basis (docs/revenue.md). Self-contained: renumber freely.
+  {
+    to: 15,
+    summary:
+      "grants.cost_basis and journal_entries.cost_basis: what each credit of a grant, and of the addition that created it, was sold for (covered by the entry's hash when set); both nullable: grants and entries stored before read as having none (docs/revenue.md)",
+    columns: [
+      { table: "grants", field: "costBasis" },
+      { table: "journal", field: "costBasis" },
+    ],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

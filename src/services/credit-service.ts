@@ -8,6 +8,7 @@ import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
+import { revenueProblems } from "../domain/revenue.js";
 import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
 import { type Spend, limitStatuses, replaceLimits, tightestLimit, withLimit, withoutLimit } from "../domain/limits.js";
 import type { SubscriptionStore } from "../db/types-subscriptions.js";
@@ -39,8 +40,10 @@ import {
 } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
+import { getRevenue } from "./revenue.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
+import type { RevenueQuery, RevenueReport } from "../models/revenue.js";
 import type { CreditsInfo } from "../models/index.js";
 import {
   AddCreditsOptions,
@@ -264,6 +267,7 @@ export class CreditService {
           description: o.description ?? null,
           metadata: o.metadata ?? null,
           scope: o.scope ?? null,
+          costBasis: o.costBasis ?? null,
         },
         meta,
       );
@@ -711,6 +715,18 @@ export class CreditService {
   }
 
   /**
+   * Revenue by calendar window (docs/revenue.md): for one account (`account`) or every account,
+   * per currency (and `groupBy`), the deferred value at each window's start and end and what was
+   * paid, recognized, broken (expired or voided unused) and refunded in it, in the currency's
+   * smallest unit, from the journal and the cost basis of each grant. Per account and currency
+   * `deferredStart + paid − recognized − breakage − refunds = deferredEnd`. A bad or too large
+   * query is a `ValidationError`.
+   */
+  async getRevenue(query: RevenueQuery): Promise<RevenueReport> {
+    return getRevenue(this.db, query);
+  }
+
+  /**
    * The journal, newest first, with cursor paging and filters. With `spender` or `feature` the
    * store's pages are filtered here (any store, no index of its own): one call reads at most
    * `HISTORY_SCAN` entries, so a page may hold fewer than `limit` with `nextCursor` still set.
@@ -879,6 +895,12 @@ export class CreditService {
       report.problems.unshift(
         `entries 1 to ${first.seq - 1} are archived: audit from the checkpoint, and the archive with \`credit-management audit --archive\``,
       );
+      report.ok = false;
+    }
+    // Cost bases and the revenue roll-forward (docs/revenue.md, "Audit").
+    const revenue = revenueProblems(user, entries, { grants, reservations });
+    if (revenue.length > 0) {
+      report.problems.push(...revenue);
       report.ok = false;
     }
     const rollup = await this.usageRollupProblems(user);

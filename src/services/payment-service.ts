@@ -1,3 +1,4 @@
+import { basisOfPrice } from "../domain/revenue.js";
 import { createHash, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
@@ -1039,6 +1040,8 @@ export class PaymentService {
               sourceRef: ref,
               description: meta.description ?? null,
               metadata: null,
+              // What the credits were sold for: the amount paid over the credits (docs/revenue.md).
+              costBasis: p.credits > 0 ? basisOfPrice(p.amount, p.credits, p.currency) : null,
             },
             meta,
           );

@@ -320,6 +320,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
           closedAt: null,
           closedReason: null,
           scope: null,
+          costBasis: null,
         });
         const [stored] = await db.listJournal(u, { order: "asc", limit: 10 });
         expect(stored).toEqual(e);

@@ -1,4 +1,4 @@
-import { EntryType, type JournalEntry } from "../../models/index.js";
+import { type CostBasis, EntryType, type JournalEntry } from "../../models/index.js";
 import { Interned, PortionPool, RowBuffer, readUuid, writeHex, writeUuid } from "./rows.js";
 
 /** An entry's rare fields (its description only when the row could not take its number). */
@@ -57,6 +57,8 @@ export class CompactJournal {
   /** Grant portions of every entry, in order. */
   private readonly portions = new PortionPool();
   private readonly extras = new Map<number, Extras>();
+  /** The cost basis of each addition that has one (docs/revenue.md), by index. */
+  private readonly bases = new Map<number, CostBasis>();
   /**
    * Per entry, the numbers of its spender and feature in `spendNames` (0: none), two uint32 a row;
    * made when the first entry names one (a journal whose entries never do has none). Numbered, not
@@ -126,6 +128,7 @@ export class CompactJournal {
       });
     }
     if (e.spender != null || e.feature != null) this.addSpend(i, e.spender ?? null, e.feature ?? null);
+    if (e.costBasis != null) this.bases.set(i, { perCredit: e.costBasis.perCredit, currency: e.costBasis.currency });
     this.length = i + 1;
   }
 
@@ -145,6 +148,12 @@ export class CompactJournal {
   private spendName(i: number, which: 0 | 1): string | null {
     const n = this.spends === null || 2 * i >= this.spends.length ? 0 : (this.spends[2 * i + which] as number);
     return n === 0 ? null : this.spendNames.at(n);
+  }
+
+  /** Entry i's cost basis (a copy), null when it has none. */
+  private basisOf(i: number): CostBasis | null {
+    const b = this.bases.size === 0 ? undefined : this.bases.get(i);
+    return b === undefined ? null : { perCredit: b.perCredit, currency: b.currency };
   }
 
   type(i: number): EntryType {
@@ -226,6 +235,7 @@ export class CompactJournal {
       metadata: (typeByte & HAS_METADATA) === 0 ? null : this.metadataOf(i),
       spender: this.spendName(i, 0),
       feature: this.spendName(i, 1),
+      costBasis: this.basisOf(i),
       createdAt: new Date(f64[f + 4] as number),
       prevHash: i === 0 ? this.basePrevHash : this.hash(i - 1),
       hash: this.hash(i),
@@ -256,7 +266,8 @@ export class CompactJournal {
    * store could (the in-memory store's stand-in for editing a row in a database).
    * @internal
    */
-  tamper(i: number, change: Partial<Pick<JournalEntry, "amount" | "balanceAfter">>): void {
+  tamper(i: number, change: Partial<Pick<JournalEntry, "amount" | "balanceAfter" | "costBasis">>): void {
+    if (change.costBasis != null) this.bases.set(i, change.costBasis);
     if (change.amount !== undefined) this.rows.f64[i * F64_PER_ROW] = change.amount;
     if (change.balanceAfter !== undefined) this.rows.f64[i * F64_PER_ROW + 1] = change.balanceAfter;
   }

@@ -1,0 +1,449 @@
+/**
+ * The rules of revenue recognition (docs/revenue.md), once: the value of credits at their grant's
+ * cost basis, rounded cumulatively per grant, and the roll-forward of an account's journal into
+ * paid, recognized, breakage, refunds and deferred, by calendar window. Pure functions: no I/O.
+ */
+import type { CostBasis, Grant, JournalEntry } from "../models/index.js";
+import type { RevenueDimension, RevenueRow } from "../models/revenue.js";
+import { windowIndex } from "./usage.js";
+
+/** A cost basis as an exact fraction of bigints: `num / den` minor units per credit (`den` > 0). */
+export interface Rate {
+  num: bigint;
+  den: bigint;
+}
+
+const gcd = (a: bigint, b: bigint): bigint => {
+  while (b !== 0n) [a, b] = [b, a % b];
+  return a;
+};
+
+/** `perCredit` text (a decimal or a fraction, validated by the model) as an exact fraction. */
+export function rateOf(perCredit: string): Rate {
+  const slash = perCredit.indexOf("/");
+  if (slash >= 0) return { num: BigInt(perCredit.slice(0, slash)), den: BigInt(perCredit.slice(slash + 1)) };
+  const dot = perCredit.indexOf(".");
+  if (dot < 0) return { num: BigInt(perCredit), den: 1n };
+  const decimals = perCredit.length - dot - 1;
+  return { num: BigInt(perCredit.slice(0, dot) + perCredit.slice(dot + 1)), den: 10n ** BigInt(decimals) };
+}
+
+/**
+ * The cost basis of `credits` credits bought for `amount` (smallest unit of `currency`): the exact
+ * fraction `amount/credits`, reduced (`"1999/3000"`, `"1/2"`), or a whole number when it divides.
+ * What payment top-ups and auto top-ups record (docs/revenue.md, "The cost basis").
+ */
+export function basisOfPrice(amount: number, credits: number, currency: string): CostBasis {
+  const a = BigInt(amount);
+  const c = BigInt(credits);
+  const g = gcd(a, c) || 1n;
+  const num = a / g;
+  const den = c / g;
+  return { perCredit: den === 1n ? `${num}` : `${num}/${den}`, currency: currency.toUpperCase() };
+}
+
+/**
+ * The value, in whole minor units, of the first `position` credits of an addition at `rate`:
+ * `position × rate` rounded half up (commercial rounding). The value of credits `a` to `b` of an
+ * addition is `valueAt(b) − valueAt(a)`: rounded cumulatively, so an addition's credits, however
+ * they are used, expired or refunded, and in whatever windows, add up to exactly `valueAt(amount)`
+ * — for a top-up, exactly what was paid (docs/revenue.md, "Rounding").
+ */
+export function valueAt(rate: Rate, position: number): number {
+  if (position <= 0 || rate.num === 0n) return 0;
+  const p = BigInt(position);
+  return Number((2n * p * rate.num + rate.den) / (2n * rate.den));
+}
+
+/** What a grant's stored basis must be: the basis of the entry that created it (docs/revenue.md, "Audit"). */
+export function sameBasis(a: CostBasis | null | undefined, b: CostBasis | null | undefined): boolean {
+  if (a == null || b == null) return (a ?? null) === (b ?? null);
+  return a.perCredit === b.perCredit && a.currency === b.currency;
+}
+
+// ---- The roll-forward ----
+
+/** What the roll-forward knows of a paid addition's credits. */
+interface Lot {
+  rate: Rate;
+  currency: string;
+  source: string | null;
+  /** Position of the lot's first credit in its addition (the debt the addition paid comes first). */
+  offset: number;
+  /** Credits of the lot gone (used, expired, voided, taken back): positions `offset` to `offset + gone`. */
+  gone: number;
+}
+
+/** A paid addition of a payment (`metadata.paymentId`), for its refunds. */
+interface Payment {
+  rate: Rate;
+  currency: string;
+  source: string | null;
+  /** The grant it created (null: it only paid debt). */
+  lot: Lot | null;
+  /** Its credits. */
+  size: number;
+  /** Credits whose revenue a refund reversed: positions 0 to `reversed` of the addition. */
+  reversed: number;
+}
+
+/** Figures of one group in one window (`deferredStart`/`deferredEnd` filled per row at the end). */
+interface Sums {
+  paid: number;
+  recognized: number;
+  breakage: number;
+  refunds: number;
+  unbilledCredits: number;
+}
+
+/** The group of a figure: currency (null: unbilled) and the dimension values. */
+interface Key {
+  currency: string | null;
+  account: string;
+  source: string | null;
+  feature: string | null;
+  spender: string | null;
+}
+
+/**
+ * Sums one or more accounts' journals into a revenue report's rows (docs/revenue.md, "The
+ * report"). Feed each account's entries in seq order from its first (`add`), then `rows()`.
+ *
+ * Each credit that leaves a paid addition is of one figure, at the position it leaves from:
+ * a deduction's or a capture's credits (and held credits that paid debt) are recognized; an
+ * expiry's and a void's are breakage; those a refund or lost dispute takes back from the
+ * refunded payment's own grant are refunds; those it deducts from other grants are recognized
+ * (they pay for the usage the refund reverses), while the refunded payment's revenue for as many
+ * credits is reversed (recognized negative, refunds positive). An addition's credits that pay debt
+ * are recognized when it is made. So per account and currency, at every instant, the value of
+ * what was paid equals recognized + breakage + refunds + deferred.
+ */
+export class RevenueAccumulator {
+  private readonly sums = new Map<string, { key: Key; window: Sums[] }>();
+  /** Deferred per group at each boundary: index i is the value at `boundaries[i]`. */
+  private readonly deferredAt = new Map<string, { key: Key; at: number[] }>();
+  private readonly windows: number;
+
+  constructor(
+    private readonly boundaries: readonly number[],
+    private readonly groupBy: readonly RevenueDimension[],
+  ) {
+    this.windows = boundaries.length - 1;
+  }
+
+  /**
+   * Adds one account's journal (every entry from seq 1, in order; `sources`: the source of each
+   * grant by id, for `groupBy: ["source"]`).
+   */
+  addAccount(userId: string, entries: Iterable<JournalEntry>, sources?: ReadonlyMap<string, string>): void {
+    const lots = new Map<string, Lot>();
+    /** Paid additions by payment id (`metadata.paymentId`), for refunds. */
+    const payments = new Map<string, Payment>();
+    const holds = new Map<string, Map<string, number>>();
+    const bySource = this.groupBy.includes("source");
+    const deferred = new Map<string, number>(); // group key → running deferred value
+    const deferredKeys = new Map<string, Key>();
+    let nextBoundary = 0; // index of the next boundary to record deferred at
+    const record = (upTo: number) => {
+      // Deferred at every boundary at or before `upTo` (an entry at a boundary is in the window it starts).
+      while (nextBoundary < this.boundaries.length && this.boundaries[nextBoundary]! <= upTo) {
+        for (const [k, v] of deferred) this.deferredPoint(k, deferredKeys.get(k)!, nextBoundary, v);
+        nextBoundary++;
+      }
+    };
+    const key = (currency: string | null, source: string | null, e: JournalEntry | null): Key => ({
+      currency,
+      account: userId,
+      source: bySource ? source : null,
+      feature: e === null ? null : (e.feature ?? null),
+      spender: e === null ? null : (e.spender ?? null),
+    });
+    const shift = (lot: Lot, delta: number) => {
+      const k = key(lot.currency, lot.source, null);
+      const id = keyId(k, this.groupBy);
+      deferredKeys.set(id, k);
+      deferred.set(id, (deferred.get(id) ?? 0) + delta);
+    };
+    /** Takes `amount` credits off `lot`: their value (cumulatively rounded). */
+    const take = (lot: Lot, amount: number): number => {
+      const from = lot.offset + lot.gone;
+      const v = valueAt(lot.rate, from + amount) - valueAt(lot.rate, from);
+      lot.gone += amount;
+      shift(lot, -v);
+      return v;
+    };
+
+    let w = -1; // the window of the entry being read
+    const add = (k: Key, figure: keyof Sums, v: number) => {
+      if (w < 0 || v === 0) return;
+      this.sum(k, w)[figure] += v;
+    };
+    /** The refunded payment's revenue for `credits` used credits, reversed: from its first positions on. */
+    const reverse = (p: Payment, credits: number, at: JournalEntry) => {
+      const n = Math.min(credits, p.size - p.reversed);
+      const v = valueAt(p.rate, p.reversed + n) - valueAt(p.rate, p.reversed);
+      p.reversed += n;
+      const k = key(p.currency, p.source, at);
+      add(k, "recognized", -v);
+      add(k, "refunds", v);
+    };
+
+    for (const e of entries) {
+      const t = e.createdAt.getTime();
+      record(t);
+      w = windowIndex(this.boundaries, t);
+      const paymentId = typeof e.metadata?.paymentId === "string" ? e.metadata.paymentId : null;
+      const takeBack = paymentId !== null && typeof e.metadata?.refundedAmount === "number";
+      switch (e.type) {
+        case "add": {
+          const b = e.costBasis ?? null;
+          // Free credits: no revenue; the debt they pay stays unbilled for good (docs/revenue.md, "Debt").
+          if (b === null) break;
+          const drawn = e.grants.reduce((s, g) => s + g.amount, 0);
+          const debtPaid = e.amount - drawn;
+          const grantId = e.grants[0]?.grantId;
+          const source = grantId === undefined ? null : (sources?.get(grantId) ?? null);
+          const rate = rateOf(b.perCredit);
+          add(key(b.currency, source, null), "paid", valueAt(rate, e.amount));
+          if (debtPaid > 0) add(key(b.currency, source, null), "recognized", valueAt(rate, debtPaid));
+          let first: Lot | null = null;
+          for (const g of e.grants) {
+            const lot: Lot = { rate, currency: b.currency, source, offset: debtPaid, gone: 0 };
+            lots.set(g.grantId, lot);
+            first ??= lot;
+            shift(lot, valueAt(rate, debtPaid + g.amount) - valueAt(rate, debtPaid));
+          }
+          if (paymentId !== null)
+            payments.set(paymentId, { rate, currency: b.currency, source, lot: first, size: e.amount, reversed: 0 });
+          break;
+        }
+        case "deduct":
+        case "commit_reserved": {
+          const p = takeBack ? (payments.get(paymentId as string) ?? null) : null;
+          const alloc = e.type === "commit_reserved" ? holds.get(e.reservationId ?? "") : undefined;
+          let past = e.type === "deduct" ? e.amount : 0;
+          for (const g of e.grants) {
+            if (alloc !== undefined) alloc.set(g.grantId, (alloc.get(g.grantId) ?? 0) - g.amount);
+            // A partial capture's returned credits go back to their grant: not used.
+            if (g.kind === "returned") continue;
+            past -= e.type === "deduct" ? g.amount : 0;
+            const lot = lots.get(g.grantId);
+            if (lot === undefined) continue; // a free grant's credits: no revenue
+            const v = take(lot, g.amount);
+            const k = key(lot.currency, lot.source, e);
+            if (!takeBack) add(k, "recognized", v);
+            else if (p === null || p.lot === lot) add(k, "refunds", v);
+            else {
+              // Another grant's credits pay for the used credits the refund takes back.
+              add(k, "recognized", v);
+              reverse(p, g.amount, e);
+            }
+          }
+          // What a deduction takes past the grants becomes debt: usage not paid for yet.
+          if (past > 0) {
+            if (!takeBack) add(key(null, null, e), "unbilledCredits", past);
+            else if (p !== null) reverse(p, past, e);
+          }
+          if (alloc !== undefined && [...alloc.values()].every((v) => v <= 0)) holds.delete(e.reservationId ?? "");
+          break;
+        }
+        case "expire":
+        case "void":
+          for (const g of e.grants) {
+            const lot = lots.get(g.grantId);
+            if (lot === undefined) continue;
+            add(key(lot.currency, lot.source, null), takeBack ? "refunds" : "breakage", take(lot, g.amount));
+          }
+          break;
+        case "reserve": {
+          const alloc = new Map<string, number>();
+          for (const g of e.grants) alloc.set(g.grantId, (alloc.get(g.grantId) ?? 0) + g.amount);
+          holds.set(e.reservationId ?? "", alloc);
+          break;
+        }
+        case "release_reserved": {
+          // Held credits that did not go back paid debt: recognized (the usage behind the debt is paid now).
+          const alloc = holds.get(e.reservationId ?? "");
+          holds.delete(e.reservationId ?? "");
+          if (alloc === undefined) break;
+          for (const g of e.grants) alloc.set(g.grantId, (alloc.get(g.grantId) ?? 0) - g.amount);
+          for (const [grantId, left] of alloc) {
+            const lot = left > 0 ? lots.get(grantId) : undefined;
+            if (lot !== undefined) add(key(lot.currency, lot.source, e), "recognized", take(lot, left));
+          }
+          break;
+        }
+        default:
+          break;
+      }
+    }
+    record(Number.POSITIVE_INFINITY);
+  }
+
+  private sum(k: Key, w: number): Sums {
+    const id = keyId(k, this.groupBy);
+    let s = this.sums.get(id);
+    if (s === undefined) {
+      s = { key: k, window: [] };
+      this.sums.set(id, s);
+    }
+    return (s.window[w] ??= { paid: 0, recognized: 0, breakage: 0, refunds: 0, unbilledCredits: 0 });
+  }
+
+  private deferredPoint(id: string, k: Key, boundary: number, v: number): void {
+    let d = this.deferredAt.get(id);
+    if (d === undefined) {
+      d = { key: k, at: new Array<number>(this.boundaries.length).fill(0) };
+      this.deferredAt.set(id, d);
+    }
+    d.at[boundary]! += v;
+  }
+
+  /**
+   * The report's rows: by window, then currency (null last), then the groups' values; a row for
+   * every group with a figure other than 0 in its window (deferred at its start or end included).
+   */
+  rows(): RevenueRow[] {
+    const out: RevenueRow[] = [];
+    const ids = new Set([...this.sums.keys(), ...this.deferredAt.keys()]);
+    const sorted = [...ids].sort();
+    for (let w = 0; w < this.windows; w++) {
+      for (const id of sorted) {
+        const s = this.sums.get(id);
+        const d = this.deferredAt.get(id);
+        const k = (s?.key ?? d?.key) as Key;
+        const f = s?.window[w];
+        const deferredStart = d?.at[w] ?? 0;
+        const deferredEnd = d?.at[w + 1] ?? 0;
+        if (
+          deferredStart === 0 &&
+          deferredEnd === 0 &&
+          (f === undefined ||
+            (f.paid === 0 && f.recognized === 0 && f.breakage === 0 && f.refunds === 0 && f.unbilledCredits === 0))
+        )
+          continue;
+        const row: RevenueRow = {
+          start: new Date(this.boundaries[w]!),
+          end: new Date(this.boundaries[w + 1]!),
+          currency: k.currency,
+          deferredStart,
+          paid: f?.paid ?? 0,
+          recognized: f?.recognized ?? 0,
+          breakage: f?.breakage ?? 0,
+          refunds: f?.refunds ?? 0,
+          deferredEnd,
+          unbilledCredits: f?.unbilledCredits ?? 0,
+        };
+        for (const dim of this.groupBy) {
+          if (dim === "account") row.account = k.account;
+          else row[dim] = k[dim];
+        }
+        out.push(row);
+      }
+    }
+    return out.sort((a, b) => a.start.getTime() - b.start.getTime() || compareRows(a, b, this.groupBy));
+  }
+}
+
+function compareRows(a: RevenueRow, b: RevenueRow, groupBy: readonly RevenueDimension[]): number {
+  const c = cmp(a.currency, b.currency);
+  if (c !== 0) return c;
+  for (const d of groupBy) {
+    const x = cmp((a[d] as string | null | undefined) ?? null, (b[d] as string | null | undefined) ?? null);
+    if (x !== 0) return x;
+  }
+  return 0;
+}
+
+/** Null last, then by code units. */
+const cmp = (a: string | null, b: string | null): number =>
+  a === b ? 0 : a === null ? 1 : b === null ? -1 : a < b ? -1 : 1;
+
+function keyId(k: Key, groupBy: readonly RevenueDimension[]): string {
+  const parts: (string | null)[] = [k.currency];
+  for (const d of groupBy) parts.push(d === "account" ? k.account : k[d]);
+  return JSON.stringify(parts);
+}
+
+/**
+ * The deferred value of an account's grants as stored (docs/revenue.md, "Audit"): what their
+ * remaining and held credits are worth at their basis, each grant's from the position its used
+ * credits reached, per currency. `held`: credits of each grant in active holds.
+ */
+export function storedDeferred(
+  grants: readonly Grant[],
+  held: ReadonlyMap<string, number>,
+  debtPaidOf: ReadonlyMap<string, number>,
+): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const g of grants) {
+    const b = g.costBasis ?? null;
+    if (b === null) continue;
+    const rate = rateOf(b.perCredit);
+    const offset = debtPaidOf.get(g.id) ?? 0;
+    const left = g.remaining + (held.get(g.id) ?? 0);
+    const v = valueAt(rate, offset + g.amount) - valueAt(rate, offset + g.amount - left);
+    out.set(b.currency, (out.get(b.currency) ?? 0) + v);
+  }
+  return out;
+}
+
+/** The first and last instants a `Date` holds: one window over all time. */
+const ALL_TIME = [-8.64e15, 8.64e15] as const;
+
+/**
+ * The revenue part of `audit()` (docs/revenue.md, "Audit"): every stored grant's cost basis is its
+ * creating entry's (a basis changed in the store after it was written is found here; one changed
+ * in the entry breaks its hash), and — for a journal read from its first entry — the roll-forward
+ * over the account's whole history balances against the stored grants, per currency: what was
+ * paid, less what was recognized, broken and refunded, is what the stored grants' remaining and
+ * held credits are worth at their basis.
+ */
+export function revenueProblems(
+  userId: string,
+  entries: readonly JournalEntry[],
+  stored: {
+    grants: readonly Grant[];
+    reservations: readonly { status: string; allocations: readonly { grantId: string; amount: number }[] }[];
+  },
+): string[] {
+  const problems: string[] = [];
+  const byId = new Map(stored.grants.map((g) => [g.id, g]));
+  const debtPaidOf = new Map<string, number>();
+  for (const e of entries) {
+    if (e.type !== "add") continue;
+    const drawn = e.grants.reduce((s, g) => s + g.amount, 0);
+    for (const p of e.grants) {
+      debtPaidOf.set(p.grantId, e.amount - drawn);
+      const g = byId.get(p.grantId);
+      if (g !== undefined && !sameBasis(g.costBasis, e.costBasis))
+        problems.push(
+          `grant ${p.grantId}: stored cost basis ${basisText(g.costBasis)} is not its entry ${e.seq}'s ${basisText(e.costBasis)}`,
+        );
+    }
+  }
+  if (entries[0]?.seq !== 1) return problems;
+  const sum = new RevenueAccumulator(ALL_TIME, []);
+  sum.addAccount(userId, entries);
+  const held = new Map<string, number>();
+  for (const r of stored.reservations)
+    if (r.status === "active")
+      for (const a of r.allocations) held.set(a.grantId, (held.get(a.grantId) ?? 0) + a.amount);
+  const deferred = storedDeferred(stored.grants, held, debtPaidOf);
+  const rolled = new Map<string, number>();
+  for (const row of sum.rows()) {
+    if (row.currency === null) continue;
+    rolled.set(row.currency, (rolled.get(row.currency) ?? 0) + row.paid - row.recognized - row.breakage - row.refunds);
+  }
+  for (const currency of new Set([...rolled.keys(), ...deferred.keys()])) {
+    const journal = rolled.get(currency) ?? 0;
+    const grants = deferred.get(currency) ?? 0;
+    if (journal !== grants)
+      problems.push(
+        `revenue roll-forward in ${currency}: paid − recognized − breakage − refunds is ${journal}, the stored grants' deferred value ${grants}`,
+      );
+  }
+  return problems;
+}
+
+const basisText = (b: CostBasis | null | undefined): string => (b == null ? "none" : `${b.perCredit} ${b.currency}`);

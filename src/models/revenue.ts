@@ -1,0 +1,124 @@
+import * as z from "zod";
+import { DateInput, UserId } from "./common.js";
+import { UsageInterval } from "./usage.js";
+
+/** Largest numerator, denominator or whole part of a cost basis: a safe integer. */
+const MAX = Number.MAX_SAFE_INTEGER;
+
+/**
+ * What one credit cost, in the smallest currency unit (docs/revenue.md, "The cost basis"): a
+ * decimal (`"2"`, `"0.5"`, `"0.0125"`, at most 12 decimals) or an exact fraction (`"1999/3000"`:
+ * 1,999 cents for 3,000 credits), never a float. Text, so it is kept and hashed exactly as written.
+ */
+export const PerCredit = z
+  .string()
+  .max(40)
+  .regex(/^(?:\d{1,16}(?:\.\d{1,12})?|\d{1,16}\/\d{1,16})$/, {
+    error: 'perCredit must be a decimal ("0.5") or a fraction of whole numbers ("1999/3000")',
+  })
+  .refine(
+    (s) => {
+      const [n, d] = s.split("/");
+      if (Number(n!.split(".")[0]) > MAX) return false;
+      return d === undefined || (Number(d) > 0 && Number(d) <= MAX && Number(n) <= MAX);
+    },
+    { error: "perCredit's numbers must be safe integers and a fraction's denominator at least 1" },
+  );
+
+/**
+ * A grant's cost basis as stored (schema version 15, docs/revenue.md): what each of its credits was
+ * sold for (`perCredit`, smallest unit of `currency`, an upper-case ISO-4217 code). Set when the
+ * grant is written and never changed; covered by the hash of the journal entry that created it.
+ */
+export const CostBasis = z.object({
+  perCredit: PerCredit,
+  currency: z.string().regex(/^[A-Z]{3}$/, { error: "currency must be an upper-case ISO-4217 code" }),
+});
+export type CostBasis = z.infer<typeof CostBasis>;
+
+/** A cost basis as callers give it (`addCredits({ costBasis })`): the currency in either case. */
+export const CostBasisInput = z.strictObject({
+  perCredit: PerCredit,
+  currency: z
+    .string()
+    .regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })
+    .transform((s) => s.toUpperCase()),
+});
+export type CostBasisInput = z.input<typeof CostBasisInput>;
+
+/** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. */
+export const RevenueDimension = z.enum(["account", "source", "feature", "spender"]);
+export type RevenueDimension = z.infer<typeof RevenueDimension>;
+
+/** Most calendar windows a revenue query may span. */
+export const MAX_REVENUE_WINDOWS = 2_000;
+/** Longest range of a revenue query without an interval, in days. */
+export const MAX_REVENUE_RANGE_DAYS = 3_700;
+
+const isZone = (tz: string): boolean => {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: tz });
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * `credits.getRevenue(query)` (docs/revenue.md): recognized, deferred and breakage by calendar
+ * window, from the journal, over one account (`account`) or every account.
+ */
+export const RevenueQuery = z.strictObject({
+  /** One account; absent: every account (the whole book). */
+  account: UserId.optional(),
+  /** Inclusive start of the range. */
+  from: DateInput,
+  /** Exclusive end of the range (after `from`). */
+  to: DateInput,
+  /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
+  interval: UsageInterval.nullable(),
+  /** IANA time zone of the windows (DST-correct). Default "UTC". */
+  timeZone: z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }).optional(),
+  /** Dimensions each row is split by besides currency, each once. Default: none. */
+  groupBy: z.array(RevenueDimension).max(4).optional(),
+});
+export type RevenueQuery = z.input<typeof RevenueQuery>;
+
+/**
+ * One row of a revenue report (docs/revenue.md, "The report"): a window, a currency (null: the row
+ * of unbilled usage, which has none) and the groups, with its figures in the currency's smallest
+ * unit. Per row: `deferredStart + paid − recognized − breakage − refunds = deferredEnd`.
+ */
+export interface RevenueRow {
+  start: Date;
+  end: Date;
+  /** Always there; null only on rows that carry nothing but `unbilledCredits`. */
+  currency: string | null;
+  account?: string;
+  /** The source of the grant the figures are of (`payment`, `subscription`, …); null: debt. */
+  source?: string | null;
+  /** The spend's feature (recognized and unbilled only; other figures are under null). */
+  feature?: string | null;
+  spender?: string | null;
+  /** Paid credits not yet used at `start`, at their basis. */
+  deferredStart: number;
+  /** Credits sold in the window: the value of additions with a cost basis (debt they paid included). */
+  paid: number;
+  /** Credits used in the window at the basis of the grant that paid (debt paid counts when paid); refunds of used credits negative. */
+  recognized: number;
+  /** Paid credits expired or voided unused in the window. */
+  breakage: number;
+  /** What refunds and lost disputes took back in the window: unused credits, and the revenue of used ones reversed. */
+  refunds: number;
+  /** Paid credits not yet used at `end`, at their basis. */
+  deferredEnd: number;
+  /** Credits of usage past the balance (debt) in the window: no basis yet; recognized when a paid addition pays it. */
+  unbilledCredits: number;
+}
+
+/** What `credits.getRevenue()` answers. */
+export interface RevenueReport {
+  rows: RevenueRow[];
+  /** The zone the windows are in. */
+  timeZone: string;
+}
