@@ -56,6 +56,50 @@ export interface TestApi {
 }
 
 let current: TestApi | null = null;
+/** Whether `current.expect` takes a message as its second argument (vitest's does, jest's throws). */
+let takesMessage = true;
+
+/** Whether `expect(value, message)` is accepted (jest's `expect` refuses a second argument). */
+function acceptsMessage(expect: Expect): boolean {
+  try {
+    expect(0, "credit-management probe");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `assertion` whose failures carry `message` in front of their own, for an `expect` that takes
+ * none: every matcher (and `.not`, `.rejects`, `.resolves`) as it is, its error (thrown, or the
+ * rejection of an async one) annotated.
+ */
+function withMessage<T extends object>(assertion: T, message: string): T {
+  const annotate = (error: unknown): unknown => {
+    if (error instanceof Error) error.message = `${message}: ${error.message}`;
+    return error;
+  };
+  return new Proxy(assertion, {
+    get(target, property) {
+      const value: unknown = Reflect.get(target, property);
+      if (typeof value === "function") {
+        return (...args: unknown[]) => {
+          try {
+            const out: unknown = (value as (...a: unknown[]) => unknown).apply(target, args);
+            if (out !== null && typeof (out as PromiseLike<unknown>)?.then === "function")
+              return Promise.resolve(out).catch((error: unknown) => {
+                throw annotate(error);
+              });
+            return out;
+          } catch (error) {
+            throw annotate(error);
+          }
+        };
+      }
+      return value !== null && typeof value === "object" ? withMessage(value, message) : value;
+    },
+  });
+}
 
 const NAMES = ["describe", "it", "expect", "beforeAll", "afterAll"] as const;
 
@@ -80,6 +124,7 @@ export function useTestApi(test: TestApi | undefined): void {
         '(with vitest: import them from "vitest"), or run with its globals on',
     );
   }
+  takesMessage = acceptsMessage(current.expect);
 }
 
 function api(): TestApi {
@@ -94,6 +139,14 @@ export const beforeAll: TestApi["beforeAll"] = (body, timeout) =>
   timeout === undefined ? api().beforeAll(body) : api().beforeAll(body, timeout);
 export const afterAll: TestApi["afterAll"] = (body, timeout) =>
   timeout === undefined ? api().afterAll(body) : api().afterAll(body, timeout);
-export const expect: Expect = Object.assign((actual: unknown, message?: string) => api().expect(actual, message), {
-  any: (constructor: unknown) => api().expect.any(constructor),
-});
+export const expect: Expect = Object.assign(
+  (actual: unknown, message?: string) => {
+    const test = api();
+    if (message === undefined) return test.expect(actual);
+    // jest's `expect` takes no message: it goes in front of a failure's own instead.
+    return takesMessage ? test.expect(actual, message) : withMessage(test.expect(actual), message);
+  },
+  {
+    any: (constructor: unknown) => api().expect.any(constructor),
+  },
+);
