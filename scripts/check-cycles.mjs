@@ -76,6 +76,75 @@ function visit(v) {
 for (const v of graph.keys()) if (!info.has(v)) visit(v);
 
 const name = (f) => relative(resolve(root, ".."), f);
+
+// Rooms (the folders of src/, and its top-level files): a runtime import only runs downward,
+// cli → serve → worker/console/http → services → db → domain → models (CONTRIBUTING.md, "Rooms").
+// A higher rank may import a lower or equal one; an import from a lower rank to a higher one fails.
+const RANK = {
+  cli: 10,
+  serve: 9,
+  worker: 8,
+  console: 8,
+  http: 8,
+  ai: 8,
+  testing: 8,
+  otel: 8,
+  index: 8,
+  store: 8,
+  manager: 7,
+  payments: 6.5,
+  health: 6.5,
+  transactions: 6.5,
+  services: 6,
+  db: 5,
+  cache: 5,
+  ledger: 5,
+  queue: 5,
+  redis: 5,
+  nats: 5,
+  webhooks: 5,
+  schema: 4,
+  domain: 3,
+  models: 2,
+  util: 1.5,
+  logger: 1.5,
+  diagnostics: 1.5,
+  errors: 1,
+  types: 1,
+  "model-types": 1,
+};
+// Known back-edges, each with its reason; a new one fails.
+const ALLOWED = new Map([
+  [
+    "src/schema/mongo-script.ts -> src/db/mongodb/layout.ts",
+    "the MongoDB setup script is generated from the store's own layout (collections, indexes); moving the layout under schema/ is a later split",
+  ],
+]);
+const roomOf = (f) => {
+  const parts = relative(root, f).split("/");
+  return parts.length === 1 ? parts[0].replace(/\.ts$/, "") : parts[0];
+};
+const upward = [];
+for (const [from, targets] of graph) {
+  if (withTypes) break;
+  for (const to of targets) {
+    const a = roomOf(from);
+    const b = roomOf(to);
+    if (a === b) continue;
+    if (RANK[a] === undefined || RANK[b] === undefined) {
+      upward.push(
+        `${name(from)} -> ${name(to)}: room ${RANK[a] === undefined ? a : b} has no rank in scripts/check-cycles.mjs`,
+      );
+    } else if (RANK[a] < RANK[b] && !ALLOWED.has(`${name(from)} -> ${name(to)}`)) {
+      upward.push(`${name(from)} -> ${name(to)}: ${a} imports ${b}, a room above it`);
+    }
+  }
+}
+if (upward.length > 0) {
+  console.error(`check-cycles: ${upward.length} runtime imports run upward between rooms in src/:`);
+  for (const u of upward) console.error(`  ${u}`);
+  process.exitCode = 1;
+}
 if (cycles.length === 0) {
   console.log(`check-cycles: no ${withTypes ? "" : "runtime "}import cycle in src/ (${graph.size} modules)`);
 } else {

@@ -1,15 +1,10 @@
-import { mkdirSync } from "node:fs";
-import { dirname, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { NotificationType, UserId } from "../models/index.js";
-import { MissingDriverError, openStores, sqliteOpener } from "../serve/store.js";
-import { serveSettings, ServeUsageError, type Env, type ServeSettings } from "../serve/settings.js";
+import { MissingDriverError, allowedNetworks, openEndpointStore, openStores } from "../serve/store.js";
+import { serveSettings, ServeUsageError, type Env } from "../serve/settings.js";
 import {
   endpointOf,
-  mongoEndpointStore,
   newEndpointId,
-  postgresEndpointStore,
-  sqliteEndpointStore,
   type WebhookEndpointRecord,
   type WebhookEndpointStore,
 } from "../webhooks/endpoint-store.js";
@@ -42,43 +37,6 @@ CREDIT_MONGO_URI, CREDIT_SQLITE_PATH or --sqlite FILE).
 Environment: CREDIT_WEBHOOK_ALLOW_NETWORKS   CIDR networks endpoints may reach although private
   or loopback (comma-separated; default none).
 `;
-
-/** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */
-export async function openEndpointStore(store: ServeSettings["store"]): Promise<WebhookEndpointStore> {
-  if (store.kind === "sqlite") {
-    const open = await sqliteOpener(); // bun:sqlite under Bun, else better-sqlite3
-    if (open === null)
-      throw new MissingDriverError(
-        "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3",
-      );
-    const path = resolve(store.path);
-    mkdirSync(dirname(path), { recursive: true });
-    return sqliteEndpointStore(open(path));
-  }
-  if (store.kind === "postgres") {
-    const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
-    const Pool = (pg.default?.Pool ?? pg.Pool) as unknown as new (o: object) => Parameters<
-      typeof postgresEndpointStore
-    >[0] & {
-      on(event: "error", listener: () => void): unknown;
-    };
-    const pool = new Pool({ connectionString: store.url, max: 2 });
-    pool.on("error", () => {});
-    return postgresEndpointStore(pool, store.schema);
-  }
-  const { MongoClient } = await import("mongodb");
-  const client = new MongoClient(store.uri);
-  const collection = client.db(store.db).collection("credit_webhook_endpoints");
-  return mongoEndpointStore(collection as never, () => client.close());
-}
-
-/** CREDIT_WEBHOOK_ALLOW_NETWORKS as a list. */
-export function allowedNetworks(env: Env): string[] {
-  return (env.CREDIT_WEBHOOK_ALLOW_NETWORKS ?? "")
-    .split(",")
-    .map((s) => s.trim())
-    .filter((s) => s !== "");
-}
 
 /** Runs `webhooks …`; resolves to the exit code (0 done, 1 failed, 2 bad usage, 3 better-sqlite3 missing). */
 export async function runWebhooksCli(args: readonly string[], io: CliIo, env: Env): Promise<number> {

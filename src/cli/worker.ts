@@ -101,7 +101,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       }
       if (settings.webhooks) {
         // The endpoints of `credit-management webhooks`, read again every few seconds (docs/notifications.md).
-        const { openEndpointStore, allowedNetworks } = await import("./webhooks.js");
+        const { openEndpointStore, allowedNetworks } = await import("../serve/store.js");
         const { webhookQueue, endpointOf } = await import("../webhooks/index.js");
         const e = env as Record<string, string | undefined>;
         const endpoints = await openEndpointStore(

@@ -4,9 +4,15 @@ import { dirname, resolve } from "node:path";
 import { createDbManagerFromEnv } from "../db/from-env.js";
 import type { SqliteDatabase } from "../db/sqlite/index.js";
 import type { DbManager } from "../db/types.js";
+import {
+  mongoEndpointStore,
+  postgresEndpointStore,
+  sqliteEndpointStore,
+  type WebhookEndpointStore,
+} from "../webhooks/endpoint-store.js";
 import { onBun } from "../util/runtime.js";
 import { mongoKeyStore, postgresKeyStore, sqliteKeyStore, type KeyStore } from "./keys.js";
-import type { ServeSettings } from "./settings.js";
+import type { Env, ServeSettings } from "./settings.js";
 
 /** better-sqlite3 (the default store's driver on Node.js, an optional peer) is missing: the CLI exits 3. */
 export class MissingDriverError extends Error {
@@ -88,4 +94,41 @@ export async function openStores(
     keys: mongoKeyStore(collection as never, () => client.close()),
     where: "mongodb",
   };
+}
+
+/** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */
+export async function openEndpointStore(store: ServeSettings["store"]): Promise<WebhookEndpointStore> {
+  if (store.kind === "sqlite") {
+    const open = await sqliteOpener(); // bun:sqlite under Bun, else better-sqlite3
+    if (open === null)
+      throw new MissingDriverError(
+        "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3",
+      );
+    const path = resolve(store.path);
+    mkdirSync(dirname(path), { recursive: true });
+    return sqliteEndpointStore(open(path));
+  }
+  if (store.kind === "postgres") {
+    const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
+    const Pool = (pg.default?.Pool ?? pg.Pool) as unknown as new (o: object) => Parameters<
+      typeof postgresEndpointStore
+    >[0] & {
+      on(event: "error", listener: () => void): unknown;
+    };
+    const pool = new Pool({ connectionString: store.url, max: 2 });
+    pool.on("error", () => {});
+    return postgresEndpointStore(pool, store.schema);
+  }
+  const { MongoClient } = await import("mongodb");
+  const client = new MongoClient(store.uri);
+  const collection = client.db(store.db).collection("credit_webhook_endpoints");
+  return mongoEndpointStore(collection as never, () => client.close());
+}
+
+/** CREDIT_WEBHOOK_ALLOW_NETWORKS as a list. */
+export function allowedNetworks(env: Env): string[] {
+  return (env.CREDIT_WEBHOOK_ALLOW_NETWORKS ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
 }

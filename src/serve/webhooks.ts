@@ -1,6 +1,6 @@
 import type { Logger } from "../logger.js";
 import type { DbManager } from "../db/types.js";
-import { allowedNetworks, openEndpointStore } from "../cli/webhooks.js";
+import { allowedNetworks, openEndpointStore } from "./store.js";
 import { endpointOf, type WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";
 import type { Env, ServeSettings } from "./settings.js";
