@@ -124,6 +124,12 @@ describe("HTTP: auto top-up", () => {
       const card = await call("PUT", "/credits/auto-top-up", "alice", { paymentMethod: "pm_mallory" });
       expect(card.status).toBe(400);
       expect((await m.payments.getAutoTopUp("alice"))?.rule.paymentMethod).toBe("pm_alice");
+      // @see issue 60 (item 8): the customer and the currency neither (docs/http.md says 400).
+      for (const body of [{ customer: "cus_mallory" }, { currency: "EUR" }, { below: 60, customer: "cus_mallory" }]) {
+        const refused = await call("PUT", "/credits/auto-top-up", "alice", body);
+        expect(refused.status, JSON.stringify(body)).toBe(400);
+      }
+      expect((await m.payments.getAutoTopUp("alice"))?.rule).toMatchObject({ customer: "cus_alice", currency: "USD" });
       const off = await call("POST", "/credits/auto-top-up/disable", "alice");
       expect((off.body as State).autoTopUp?.enabled).toBe(false);
     } finally {
