@@ -238,6 +238,13 @@ describe.skipIf(!existsSync(CHROMIUM))("console pages with hostile and extreme v
     await m.promos.createPromo({ code: "LONG-1", credits: 10, description: LONG });
     // Entries spanning a few seconds.
     t = Date.now();
+    // Usage on one day only, beside long descriptions (the journal's Metadata column squeezed).
+    await m.credits.addCredits("daily", 1_000_000);
+    for (let i = 0; i < 4; i++)
+      await m.credits.deductCredits("daily", 12_345 + i, {
+        description: `${LONG.slice(0, 60)} ${LONG.slice(0, 60)}`,
+        metadata: { model: "gpt-4o-mini", usages: [{ model: "gpt-4o-mini", amount: 12_345 + i }] },
+      });
     for (let i = 0; i < 12; i++) {
       t += 400;
       await m.credits.addCredits("seconds", 10 + i);
@@ -297,6 +304,64 @@ describe.skipIf(!existsSync(CHROMIUM))("console pages with hostile and extreme v
       expect(await label.locator("input[type=checkbox]").count()).toBe(1);
     expect(await p.locator("#balance").textContent()).toBe("14,814,804");
     await p.close();
+  }, 60_000);
+
+  /** @see issue 60 */
+  it("spans the usage chart over its 30 days, keeps every tick label inside each chart, breaks no short key", async () => {
+    const p = await open("/accounts/daily");
+    await p.waitForSelector("#account-usage-chart[data-ready='1'] canvas");
+    await p.waitForSelector("#balance-chart[data-ready='1'] canvas");
+    const seen = await p.evaluate(() => {
+      interface Plot {
+        width: number;
+        ctx: { font: string; measureText(t: string): { width: number } };
+        scales: { x: { min: number; max: number } };
+        axes: { _splits?: number[]; _values?: string[]; font: [string] }[];
+        bbox: { left: number };
+        valToPos(v: number, scale: string): number;
+      }
+      const d = globalThis as unknown as {
+        devicePixelRatio: number;
+        document: {
+          getElementById(id: string): ({ chart?: Plot; textContent: string | null } & object) | null;
+          createRange(): { selectNodeContents(n: unknown): void; getClientRects(): unknown[] };
+          querySelectorAll(s: string): { textContent: string | null }[];
+        };
+      };
+      const labels = (u: Plot) => {
+        u.ctx.font = u.axes[0]?.font[0] ?? u.ctx.font;
+        const splits = u.axes[0]?._splits ?? [];
+        return (u.axes[0]?._values ?? []).map((v, i) => {
+          const at = u.bbox.left / d.devicePixelRatio + u.valToPos(splits[i] as number, "x");
+          const w = Math.max(...v.split("\n").map((line) => u.ctx.measureText(line).width));
+          return { v, left: at - w / 2, right: at + w / 2, width: u.width };
+        });
+      };
+      const usage = d.document.getElementById("account-usage-chart")?.chart as Plot;
+      const balance = d.document.getElementById("balance-chart")?.chart as Plot;
+      const data = JSON.parse(d.document.getElementById("account-usage-chart-data")?.textContent ?? "{}") as {
+        from: number;
+        to: number;
+      };
+      const keys = [...d.document.querySelectorAll("#journal-table dl.meta dt")].map((dt) => {
+        const r = d.document.createRange();
+        r.selectNodeContents(dt);
+        return { key: dt.textContent, lines: r.getClientRects().length };
+      });
+      return { x: usage.scales.x, data, ticks: [...labels(usage), ...labels(balance)], keys };
+    });
+    await p.close();
+    // The axis is the 30 days asked for, not years around the one day that had usage.
+    expect(seen.data.to - seen.data.from).toBe(30 * 86_400);
+    expect(seen.x.min).toBe(seen.data.from);
+    expect(seen.x.max).toBe(seen.data.to);
+    expect(seen.ticks.length).toBeGreaterThan(2);
+    for (const t of seen.ticks) {
+      expect(t.left, t.v).toBeGreaterThanOrEqual(0);
+      expect(t.right, t.v).toBeLessThanOrEqual(t.width);
+    }
+    expect(seen.keys.map((k) => k.key)).toContain("model");
+    for (const k of seen.keys) expect(k.lines, k.key ?? "").toBe(1);
   }, 60_000);
 
   it("labels the chart's time axis in units that fit the span: seconds, or years", async () => {

@@ -34,6 +34,8 @@ const CONSOLE_JS = `"use strict";
     width: width,
     height: 220,
     title: "Balance over time (UTC)",
+    // Room on the right for the last tick's label (centred on its tick).
+    padding: [12, 36, 0, 0],
     tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"); },
     scales: { x: { time: true } },
     series: [{}, { label: "Balance", stroke: "#1f5fbf", width: 2, fill: "rgba(31,95,191,0.08)" }],
@@ -65,7 +67,7 @@ button{font:inherit;padding:.3rem .8rem;border-radius:4px;border:1px solid var(-
 button.secondary{background:#fff;color:var(--accent)}button.danger{background:var(--bad);border-color:var(--bad)}
 .notice{border-left:4px solid var(--ok);background:#eef7f0;padding:.5rem .8rem;margin:.5rem 0}.error{border-left:4px solid var(--bad);background:#fbeeee;padding:.5rem .8rem;margin:.5rem 0}
 .pager{display:flex;gap:1rem;margin:.4rem 0}meter{width:8rem}#balance-chart{min-height:230px;margin:.5rem 0}
-dl.meta{display:grid;grid-template-columns:fit-content(40%) minmax(0,1fr);gap:.1rem .8rem;margin:0}dl.meta dt{color:var(--muted)}dl.meta dd{margin:0}
+dl.meta{display:grid;grid-template-columns:fit-content(40%) minmax(0,1fr);gap:.1rem .8rem;margin:0}dl.meta dt{color:var(--muted);min-width:9ch}dl.meta dd{margin:0}
 .id,.user{display:inline-block;max-width:11ch;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;vertical-align:bottom}.user{max-width:24ch}
 fieldset.types{display:flex;flex-wrap:wrap;gap:.2rem 1.1rem;flex-basis:100%;margin:0;padding:.3rem .7rem .5rem;border:1px solid var(--line);border-radius:4px}
 fieldset.types legend{font-size:.85em;color:var(--muted);padding:0 .3rem}fieldset.types label{flex-direction:row;align-items:center;gap:.35rem;font-size:.9em;color:var(--fg)}

@@ -4,10 +4,13 @@ import type { UsageRow } from "../models/usage.js";
  * The stacked usage chart of the console's usage and account pages and of serve's customer page
  * (docs/usage.md, "In the console" and "For your customers"), drawn with uPlot. Each element with a
  * `data-usage-chart` attribute names the `<script type="application/json">` block that holds its
- * data: `{ x: [window start, Unix seconds], series: [{ label, values }] }`, one series per group (a
- * model, a feature, a spender). Bars are stacked: each series is drawn as its running total, the
- * largest first, so every layer shows above the one under it. Labels go to the legend through
- * uPlot, which sets them as text, never as markup. Plain ES2017, no other script needed;
+ * data: `{ x: [day start, Unix seconds], series: [{ label, values }], from, to }`, one series per
+ * group (a model, a feature, a spender); `from` and `to` (Unix seconds) are the range asked for:
+ * the time axis spans exactly that, however few days had usage (without them, the days given).
+ * Each day's bar starts at its day's tick; the credits axis starts at 0. Bars are stacked: each
+ * series is drawn as its running total, the largest first, so every layer shows above the one
+ * under it. The plot keeps room on its right for the last tick's label. Labels go to the legend
+ * through uPlot, which sets them as text, never as markup. Plain ES2017, no other script needed;
  * `window.drawUsageCharts()` draws again (the customer page, after it fetched its data).
  */
 export const USAGE_CHART_JS = `"use strict";
@@ -37,18 +40,27 @@ export const USAGE_CHART_JS = `"use strict";
         stroke: color,
         fill: color,
         width: 0,
-        paths: uPlot.paths.bars({ size: [0.7, 60], align: 0 }),
+        points: { show: false },
+        paths: uPlot.paths.bars({ size: [0.7, 60], align: 1 }),
         value: (function (own) { return function (u, v, s, idx) { return idx == null ? "--" : own[idx]; }; })(layers[i].values),
       });
       columns.push(stacked[i]);
     }
     var width = Math.max(300, Math.min(box.clientWidth || 900, 1100));
     var day = 86400;
+    // The range asked for, not the days that had usage: one busy day must not stretch the axis.
+    var lo = typeof data.from === "number" ? data.from : x[0];
+    var hi = typeof data.to === "number" ? data.to : x[x.length - 1] + day;
     box.chart = new uPlot({
       width: width,
       height: 240,
+      // Room on the right for the last tick's label (centred on its tick).
+      padding: [12, 36, 0, 0],
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), data.timeZone || "Etc/UTC"); },
-      scales: { x: { time: true, range: function (u, min, max) { return [min - day / 2, max + day / 2]; } } },
+      scales: {
+        x: { time: true, range: function () { return [lo, hi]; } },
+        y: { range: function (u, min, max) { return [0, max > 0 ? max * 1.1 : 1]; } },
+      },
       series: series,
       axes: [{ space: 60 }, { size: 60 }],
       legend: { live: true },
@@ -65,13 +77,30 @@ export const USAGE_CHART_JS = `"use strict";
 })();
 `;
 
-/** A chart's data block from usage rows: one series per group value, summed per window start. */
+/** A chart's data: `x` and each series' values in Unix seconds and credits; `from`/`to`: the axis. */
+export interface ChartData {
+  x: number[];
+  series: { label: string; values: number[] }[];
+  timeZone: string;
+  from?: number;
+  to?: number;
+}
+
+/**
+ * A chart's data block from usage rows: one series per group value, summed per window start.
+ * With `days` (UTC days, the query's `from` and `to` at UTC midnights): every day of the range is a
+ * window, 0 where nothing was spent, and the axis spans the range.
+ */
 export function chartData(
   rows: readonly UsageRow[],
   dimension: string | null,
   timeZone: string,
-): { x: number[]; series: { label: string; values: number[] }[]; timeZone: string } {
-  const starts = [...new Set(rows.map((r) => r.start.getTime()))].sort((a, b) => a - b);
+  days?: { from: Date; to: Date },
+): ChartData {
+  const starts = [...new Set(rows.map((r) => r.start.getTime()))];
+  if (days !== undefined) for (let t = days.from.getTime(); t < days.to.getTime(); t += 86_400_000) starts.push(t);
+  starts.splice(0, starts.length, ...new Set(starts));
+  starts.sort((a, b) => a - b);
   const at = new Map(starts.map((t, i) => [t, i]));
   const byLabel = new Map<string, number[]>();
   const total = new Map<string, number>();
@@ -94,5 +123,10 @@ export function chartData(
       (byLabel.get(label) as number[]).forEach((v, i) => (other[i] = (other[i] ?? 0) + v));
     series.push({ label: `other (${order.length - 8})`, values: other });
   }
-  return { x: starts.map((t) => t / 1000), series, timeZone: timeZone === "UTC" ? "Etc/UTC" : timeZone };
+  return {
+    x: starts.map((t) => t / 1000),
+    series,
+    timeZone: timeZone === "UTC" ? "Etc/UTC" : timeZone,
+    ...(days === undefined ? {} : { from: days.from.getTime() / 1000, to: days.to.getTime() / 1000 }),
+  };
 }

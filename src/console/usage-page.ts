@@ -39,10 +39,16 @@ function params(ctx: Ctx) {
 const isoDay = (d: Date) => d.toISOString().slice(0, 10);
 
 /** The chart's box and data block (drawn by usage.js: src/console/usage-chart.ts). */
-export function usageChart(id: string, label: string, rows: readonly UsageRow[], dimension: string | null): Html {
+export function usageChart(
+  id: string,
+  label: string,
+  rows: readonly UsageRow[],
+  dimension: string | null,
+  days: { from: Date; to: Date },
+): Html {
   return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>
     <script type="application/json" id="${id}-data">
-      ${jsonData(chartData(rows, dimension, "UTC"))}
+      ${jsonData(chartData(rows, dimension, "UTC", days))}
     </script>`;
 }
 
@@ -131,7 +137,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
       </div>
     </div>
     <h2>By day and ${p.by} (UTC), ${who}</h2>
-    ${usageChart("usage-chart", `Credits spent per day by ${p.by}, ${who}`, report.rows, p.by)}
+    ${usageChart("usage-chart", `Credits spent per day by ${p.by}, ${who}`, report.rows, p.by, p)}
     <p><a href="${csv}" download="usage.csv">Download CSV</a></p>
     ${table({
       id: "usage-table",
@@ -296,6 +302,7 @@ export function accountUsage(ctx: Ctx, userId: string, recent: RecentEntries): H
             `Credits spent per day by model, last 30 days: ${amount(total)}`,
             report.rows,
             "model",
+            { from, to },
           )
     }
     ${partialNote(ctx, userId, partialSince)}

@@ -112,7 +112,7 @@ const CUSTOMER_JS = `"use strict";
     document.getElementById("spent").textContent = n.format(spent);
     var labels = Object.keys(byModel).sort(function (a, b) { return totals[b] - totals[a]; });
     var series = labels.map(function (l) { return { label: l, values: byModel[l] }; });
-    document.getElementById("usage-data").textContent = JSON.stringify({ x: starts, series: series, timeZone: zone });
+    document.getElementById("usage-data").textContent = JSON.stringify({ x: starts, series: series, timeZone: zone, from: from.getTime() / 1000, to: to.getTime() / 1000 });
     if (typeof window.drawUsageCharts === "function") window.drawUsageCharts();
     var body = document.querySelector("#recent tbody");
     var rows = usage.rows.slice().sort(function (a, b) { return Date.parse(b.start) - Date.parse(a.start) || b.credits - a.credits; }).slice(0, 100);
