@@ -14,11 +14,11 @@ export async function seedUsage(
   clock: { t: number },
   account = "alice",
   days = 10,
+  models: readonly string[] = ["gpt-4o", "claude-sonnet", HOSTILE_MODEL],
 ): Promise<{ credits: number }> {
   const start = clock.t;
   let credits = 0;
   await m.credits.addCredits(account, 1_000_000);
-  const models = ["gpt-4o", "claude-sonnet", HOSTILE_MODEL];
   const spenders = ["key-web", "key-ci", HOSTILE_SPENDER];
   for (let d = days - 1; d >= 0; d--) {
     for (let i = 0; i < 3; i++) {

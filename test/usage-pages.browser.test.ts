@@ -52,6 +52,7 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
   let serveBase: string;
   let seeded: number;
   const problems: string[] = [];
+  const clock = { t: Date.now() };
 
   beforeAll(async () => {
     browser = await chromium.launch({
@@ -62,7 +63,7 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
       {},
       { CREDIT_CUSTOMER_TOKEN_SECRET: SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS: "'self' https://app.example.com" },
     );
-    const clock = { t: Date.now() };
+    clock.t = Date.now();
     m = await createCreditManager({ clock: () => new Date(clock.t), ...customerTokenOptions(settings) });
     seeded = (await seedUsage(m, clock, "alice", 12)).credits;
     await seedUsage(m, clock, "bob", 4);
@@ -173,7 +174,16 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     expect(await p.locator("#recent tbody").textContent()).toContain(HOSTILE_MODEL);
     expect(await p.locator("main img").count()).toBe(0);
     await clean(p, "the customer page");
-    if (process.env.UPDATE_SCREENSHOTS === "1") await p.screenshot({ path: join(root, "docs/usage-customer.png") });
+    if (process.env.UPDATE_SCREENSHOTS === "1") {
+      // The picture users see in the docs: plausible models, no test payload (issue 60).
+      await seedUsage(m, clock, "carol", 14, ["gpt-4o", "claude-sonnet", "gpt-4o-mini"]);
+      const shot = await open(
+        `${serveBase}/customer#token=${encodeURIComponent((await m.credits.customerToken("carol", { ttlSeconds: 600 })).token)}`,
+      );
+      await shot.waitForSelector("#usage-chart[data-ready='1'] canvas");
+      await shot.screenshot({ path: join(root, "docs/usage-customer.png") });
+      await shot.close();
+    }
     // A reload in the same tab keeps working (the token is in the tab's session storage).
     await p.reload();
     await p.waitForSelector("body[data-ready='1']");
