@@ -61,7 +61,7 @@ describe("credit-management CLI", () => {
       [["schema", "--backend", "graph"], /--backend must be "sql" or "nosql"/],
       [["schema", "--backend", "nosql", "--dialect", "mysql"], /--dialect applies to --backend sql only/],
       [["schema", "--prefix", "bad-prefix"], /prefix "bad-prefix" may only contain/],
-      [["schema", "--dialect", "mysql", "--distributed"], /--distributed applies to a new PostgreSQL schema only/],
+      [["schema", "--dialect", "mysql", "--distributed"], /--distributed applies to --dialect postgres only \(Citus\)/],
       [["schema", "--dialect", "mongodb", "--distributed"], /--distributed applies to --dialect postgres only/],
       [["migrate"], /unknown command "migrate"/],
       [[], /missing command/],

@@ -93,8 +93,21 @@ describe("schema generator: columns from the zod models", () => {
         "promo_claims",
         "reservations",
         "subscriptions",
+        "usage_daily",
       ].sort(),
     );
+    // Plans, promos and the version row: a copy on every worker; the ledger (rows without a user) stays local.
+    expect([...ddl.matchAll(/create_reference_table\('"(\w+)"'/g)].map((m) => m[1]).sort()).toEqual([
+      "plans",
+      "promos",
+      "schema_version",
+    ]);
+    expect(ddl).not.toMatch(/create_\w+_table\('"ledger_entries"'/);
+    // Each call only where the table is not distributed yet: the DDL runs again (init(), upgrades).
+    for (const call of ddl.match(/^SELECT create_.*$/gm) ?? [])
+      expect(call).toMatch(
+        / WHERE NOT EXISTS \(SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '.*'::regclass\);$/,
+      );
     // Each unique key: its table and its columns, in order.
     const keys = [
       ...[

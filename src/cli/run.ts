@@ -28,9 +28,10 @@ const SCHEMA_OPTIONS = `Options of "schema":
   --from-version N                 Upgrade statements for a store at schema version N (sql; mongodb:
                                    the script also drops indexes later versions removed), instead
                                    of the whole schema; the version row (document) is set last
-  --distributed                    PostgreSQL for Citus: user_id first in every per-account table's
-                                   primary key and unique indexes, and the calls distributing the tables
-                                   (as comments); docs/scaling-out.md
+  --distributed                    PostgreSQL on Citus: user_id first in every per-account table's
+                                   primary key and unique indexes, and the calls that distribute the
+                                   tables (what init() runs on a Citus coordinator); with
+                                   --from-version, the upgrade of such a store; docs/scaling-out.md
   --partitioned day|week|month     PostgreSQL: the journal and ledger tables partitioned by created_at,
                                    with a DEFAULT partition and those of this and the next 2 intervals
                                    (new schema only); docs/running-for-years.md
@@ -257,10 +258,8 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
     if (!SQL_DIALECTS.includes(dialect as SqlDialect)) {
       throw new UsageError(`--dialect must be one of ${SQL_DIALECTS.join(", ")}, mongodb, not "${dialect}"`);
     }
-    if (values.distributed === true && (dialect !== "postgres" || fromVersion !== undefined)) {
-      throw new UsageError(
-        "--distributed applies to a new PostgreSQL schema only (--dialect postgres, no --from-version)",
-      );
+    if (values.distributed === true && dialect !== "postgres") {
+      throw new UsageError("--distributed applies to --dialect postgres only (Citus)");
     }
     const partitioned = values.partitioned;
     if (partitioned !== undefined) {
@@ -288,6 +287,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
           fromVersion,
           prefix: values.prefix,
           schema: values.schema,
+          ...(values.distributed === true ? { distributed: true } : {}),
         }),
       );
     }

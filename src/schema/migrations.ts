@@ -249,6 +249,11 @@ export interface UpgradeSqlOptions extends NamingOptions {
   dialect: SqlDialect;
   /** The version the store is at now (1 … SCHEMA_VERSION). */
   fromVersion: number;
+  /**
+   * `generateUpgradeSql`, PostgreSQL: a store distributed on Citus (docs/scaling-out.md): today's
+   * DDL is the distributed one, whose calls distribute a table the upgrade adds.
+   */
+  distributed?: boolean;
 }
 
 /**
@@ -464,6 +469,9 @@ export function generateUpgradeSql(options: UpgradeSqlOptions): string {
   ].join("\n");
   const statements = upgradeStatements(options);
   // The DDL of today, without its own version row: that is set last, once everything else is done.
-  const ddl = generateSql({ dialect, ...naming, versionRow: false });
-  return `${header}\n\n${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, SCHEMA_VERSION)}\n`;
+  const distributed = options.distributed === true;
+  if (distributed && dialect !== "postgres")
+    throw new Error("distributed applies to the postgres dialect only (Citus)");
+  const ddl = generateSql({ dialect, ...naming, versionRow: false, ...(distributed ? { distributed } : {}) });
+  return `${header}\n\n${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, SCHEMA_VERSION, distributed)}\n`;
 }

@@ -80,13 +80,18 @@ function rollupSums(source: string, rules: UsageRules = USAGE_RULES): string {
  * partitioned journal the trigger is made on the parent, which every insert names; its transition
  * table holds the rows of every partition.
  */
-export function rollupDdl(journal: string, naming: NamingOptions, rules: UsageRules = USAGE_RULES): string[] {
+export function rollupDdl(
+  journal: string,
+  naming: NamingOptions,
+  rules: UsageRules = USAGE_RULES,
+  citus?: { userIdType: string },
+): string[] {
   const r = rollupNames(naming);
   const q = (n: string) => quoteIdent("postgres", n);
   const columns = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
   return [
     `CREATE TABLE IF NOT EXISTS ${r.table} (
-  "user_id" TEXT NOT NULL,
+  "user_id" ${citus?.userIdType ?? "TEXT"} NOT NULL,
   "day" DATE NOT NULL,
   "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(pgLit).join(", ")})),
 ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT" : "NUMERIC"} NOT NULL,`).join("\n")}
@@ -94,6 +99,16 @@ ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT
 ) WITH (fillfactor = 70);`,
     // Reports across accounts read a range of days.
     `CREATE INDEX IF NOT EXISTS ${q(`${r.name}_day`)} ON ${r.table} ("day");`,
+    ...(citus === undefined
+      ? statementTrigger(journal, r, columns, rules)
+      : citusRowTrigger(journal, r, columns, rules)),
+  ];
+}
+
+/** The trigger of one server: once per statement, over its transition table (version 14). */
+function statementTrigger(journal: string, r: RollupNames, columns: string[], rules: UsageRules): string[] {
+  const q = (n: string) => quoteIdent("postgres", n);
+  return [
     // Generated from USAGE_RULES (docs/schema-upgrades.md, "The rollup's function").
     `CREATE OR REPLACE FUNCTION ${r.fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
@@ -107,6 +122,42 @@ $fn$;`,
     `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
     `CREATE TRIGGER ${q(r.trigger)} AFTER INSERT ON ${journal} REFERENCING NEW TABLE AS cm_new_entries ` +
       `FOR EACH STATEMENT EXECUTE FUNCTION ${r.fn}();`,
+  ];
+}
+
+/**
+ * The trigger on Citus (docs/scaling-out.md): it runs on the journal's shards, on the worker that
+ * holds the account, and its insert goes to the rollup's colocated shard there. Citus takes no
+ * transition table in a distributed insert nor a subquery in its VALUES: once per row, each
+ * total computed first, then one upsert of plain values.
+ */
+function citusRowTrigger(journal: string, r: RollupNames, columns: string[], rules: UsageRules): string[] {
+  const q = (n: string) => quoteIdent("postgres", n);
+  const sources = pgSources(rules);
+  const totals = USAGE_MEASURES.map((m) =>
+    pgEntryTotal(m, (i) => `a${i}`, pgEntryMeasure(m, "NEW", "k", rules), rules),
+  );
+  return [
+    `CREATE OR REPLACE FUNCTION ${r.fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+  k text;
+${sources.map((s) => `  a${s.i} jsonb;`).join("\n")}
+${USAGE_MEASURES.map((_, i) => `  t${i} numeric;`).join("\n")}
+BEGIN
+  -- Generated from USAGE_RULES (src/domain/usage.ts): the entry's usage kind, or none.
+  IF NOT (${pgTypes("NEW", rules)}) THEN RETURN NULL; END IF;
+  k := ${pgKind("NEW", rules)};
+  IF k IS NULL THEN RETURN NULL; END IF;
+${sources.map((s) => `  a${s.i} := ${pgSourceArray(s.i, "NEW", "k", rules)};`).join("\n")}
+${totals.map((t, i) => `  t${i} := ${t};`).join("\n")}
+  INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")})
+  VALUES (NEW.user_id, (NEW.created_at AT TIME ZONE 'UTC')::date, k, ${totals.map((_, i) => `t${i}`).join(", ")})
+  ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")};
+  RETURN NULL;
+END
+$fn$;`,
+    `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
+    `CREATE TRIGGER ${q(r.trigger)} AFTER INSERT ON ${journal} FOR EACH ROW EXECUTE FUNCTION ${r.fn}();`,
   ];
 }
 

@@ -1,5 +1,5 @@
 import type * as z from "zod";
-import { rollupDdl } from "./rollup.js";
+import { rollupDdl, rollupNames } from "./rollup.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
   DEFAULT_AHEAD,
@@ -45,9 +45,12 @@ export interface SqlOptions extends NamingOptions {
   /**
    * PostgreSQL for Citus (docs/scaling-out.md): every table whose rows belong to one account (a
    * NOT NULL `user_id`) gets `user_id` first in its primary key and in each unique index that
-   * lacks it, as a table distributed by `user_id` requires; the Citus calls to distribute the
-   * tables are appended as comments. Default false. Ids stay unique in practice (random UUIDs);
-   * what changes is that the database enforces it per user.
+   * lacks it, as a table distributed by `user_id` requires, and the Citus calls that distribute
+   * them (colocated with the accounts) and make plans, promos and the version row reference
+   * tables follow the tables, before any row is written — what `init()` of a store on a Citus
+   * coordinator runs. Each call runs only on a table not yet distributed, so the DDL can run
+   * again. Default false. Ids stay unique in practice (random UUIDs); what changes is that the
+   * database enforces it per user.
    */
   distributed?: boolean;
   /**
@@ -201,6 +204,14 @@ export function partitioningOf(options: Pick<SqlOptions, "partitioned">): Requir
  * only the DEFAULT partitions (a store's `init()` then makes the others: `ensurePartitions`).
  */
 export function generateSqlAt(options: SqlOptions, now: Date | null): string {
+  return `${generateStatementsAt(options, now).join("\n\n")}\n`;
+}
+
+/**
+ * `generateSqlAt` as a list of statements (the first a comment): Citus propagates a DDL statement
+ * to the workers with the text it came in, so a store on Citus sends them one at a time.
+ */
+export function generateStatementsAt(options: SqlOptions, now: Date | null): string[] {
   const { dialect } = options;
   if (options.distributed === true && dialect !== "postgres") {
     throw new Error("distributed applies to the postgres dialect only (Citus)");
@@ -232,16 +243,38 @@ export function generateSqlAt(options: SqlOptions, now: Date | null): string {
       for (const range of rangesAround(partitioning.interval, now, partitioning.ahead))
         out.push(partitionSql(table, range, options));
   }
-  // PostgreSQL: the daily usage rollup and its trigger on the journal (docs/usage.md). Not on
-  // Citus, whose distributed tables take no such trigger: reports there read the journal.
+  // PostgreSQL: the daily usage rollup and its trigger on the journal (docs/usage.md). On Citus
+  // the rollup is distributed with the accounts too, and its trigger runs on the journal's shards
+  // (docs/scaling-out.md): its user id has the accounts' type, as colocation requires.
   const journal = tables.find((t) => t.key === "journal");
-  if (dialect === "postgres" && !distributed && journal !== undefined)
+  const accounts = tables.find((t) => t.key === "accounts");
+  const userIdType =
+    accounts === undefined
+      ? undefined
+      : columnParts(dialect, accounts.columns.find((c) => c.field === "userId") as Column, true, "accounts").type;
+  if (dialect === "postgres" && journal !== undefined && !distributed)
     out.push(...rollupDdl(journal.qualified, options));
+  if (distributed) {
+    // The rollup table first, so that it is distributed with the others; its trigger after them.
+    const rollup =
+      journal === undefined
+        ? []
+        : rollupDdl(journal.qualified, options, undefined, { userIdType: userIdType ?? "TEXT" });
+    out.push(...rollup.slice(0, 2), versionTableSql(dialect, options), ...citusCalls(tables, options));
+    // Citus makes a trigger on a distributed table only when told to (the rollup's, on the journal).
+    out.push(CITUS_TRIGGERS);
+    out.push(...rollup.slice(2));
+  }
   if (options.versionRow !== false)
-    out.push(versionTableSql(dialect, options), versionRowSql(dialect, options, SCHEMA_VERSION));
-  if (distributed) out.push(citusComment(tables, options));
-  return `${out.join("\n\n")}\n`;
+    out.push(
+      ...(distributed ? [] : [versionTableSql(dialect, options)]),
+      versionRowSql(dialect, options, SCHEMA_VERSION, distributed),
+    );
+  return out;
 }
+
+/** Before the rollup's trigger in the distributed DDL (`init()` sets it for its transaction instead). */
+export const CITUS_TRIGGERS = "SET citus.enable_unsafe_triggers = on;";
 
 /** The tables whose every row belongs to one account: a required `userId` field. */
 export function perAccountTables(specs: TableSpecs = tableSpecs): TableKey[] {
@@ -274,32 +307,42 @@ export function distributedSpecs(specs: TableSpecs): TableSpecs {
   ) as TableSpecs;
 }
 
-/** The Citus calls that distribute the tables (as comments: they fail on a server without Citus). */
-function citusComment(tables: SqlTable[], options: NamingOptions): string {
+/**
+ * The Citus calls that distribute the tables (docs/scaling-out.md): every per-account table and
+ * the usage rollup by `user_id`, colocated with the accounts; plans, promos and the version table
+ * as reference tables (a copy on every worker); the ledger and what else has no user stays a
+ * local table on the coordinator. Each call runs only where the table is not distributed yet
+ * (`pg_dist_partition`), so the DDL can run again, and an upgrade distributes a table it adds.
+ */
+export function citusCalls(tables: readonly SqlTable[], options: NamingOptions): string[] {
   const perAccount = new Set<string>(
     perAccountTables(tables.reduce((m, t) => ({ ...m, [t.key]: t.spec }), {} as TableSpecs)),
   );
-  const literal = (t: SqlTable) => `'${t.qualified.replace(/'/g, "''")}'`;
   const accounts = tables.find((t) => t.key === "accounts");
-  const lines = ["-- Citus (docs/scaling-out.md), once, on the coordinator, before any row is written:"];
-  for (const t of tables) {
-    if (!perAccount.has(t.key)) continue;
-    lines.push(
-      t.key === "accounts"
-        ? `-- SELECT create_distributed_table(${literal(t)}, 'user_id');`
-        : `-- SELECT create_distributed_table(${literal(t)}, 'user_id', colocate_with => ${accounts ? literal(accounts) : "'default'"});`,
+  const unless = (qualified: string, call: string) =>
+    `SELECT ${call} WHERE NOT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '${qualified.replace(/'/g, "''")}'::regclass);`;
+  const lit = (qualified: string) => `'${qualified.replace(/'/g, "''")}'`;
+  const lines = [
+    "-- Citus (docs/scaling-out.md): per-account tables distributed by user_id, colocated with the accounts;",
+    "-- plans, promos and the version table reference tables; the ledger stays on the coordinator.",
+  ];
+  const distribute = (qualified: string) =>
+    unless(
+      qualified,
+      accounts === undefined || qualified === accounts.qualified
+        ? `create_distributed_table(${lit(qualified)}, 'user_id')`
+        : `create_distributed_table(${lit(qualified)}, 'user_id', colocate_with => ${lit(accounts.qualified)})`,
     );
-  }
+  const ordered = [...tables].sort((a, b) => (a.key === "accounts" ? -1 : b.key === "accounts" ? 1 : 0));
+  for (const t of ordered) if (perAccount.has(t.key)) lines.push(distribute(t.qualified));
+  if (tables.some((t) => t.key === "journal")) lines.push(distribute(rollupNames(options).table));
   for (const t of tables) {
-    if (perAccount.has(t.key)) continue;
-    lines.push(
-      t.key === "ledger"
-        ? `-- ${t.qualified}: stays a local table on the coordinator (rows without a user; written outside units of work)`
-        : `-- SELECT create_reference_table(${literal(t)});`,
-    );
+    if (perAccount.has(t.key) || t.key === "ledger") continue;
+    lines.push(unless(t.qualified, `create_reference_table(${lit(t.qualified)})`));
   }
-  lines.push(`-- SELECT create_reference_table('${versionTableName("postgres", options).replace(/'/g, "''")}');`);
-  return lines.join("\n");
+  const version = versionTableName("postgres", options);
+  lines.push(unless(version, `create_reference_table(${lit(version)})`));
+  return [lines.join("\n")];
 }
 
 /** The version table's name, quoted and qualified. */
@@ -322,12 +365,19 @@ export function versionTableSql(dialect: SqlDialect, naming: NamingOptions): str
 }
 
 /** Sets the version row to `version` (an upsert). */
-export function versionRowSql(dialect: SqlDialect, naming: NamingOptions, version: number): string {
+export function versionRowSql(
+  dialect: SqlDialect,
+  naming: NamingOptions,
+  version: number,
+  distributed = false,
+): string {
   const table = versionTableName(dialect, naming);
   const values = `(component, version) VALUES ('${SCHEMA_COMPONENT}', ${version})`;
   switch (dialect) {
     case "postgres":
-      return `INSERT INTO ${table} ${values} ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = now();`;
+      // Citus (a reference table) takes only immutable functions in DO UPDATE: the row's default
+      // time, computed before, is the same `now()`.
+      return `INSERT INTO ${table} ${values} ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, updated_at = ${distributed ? "EXCLUDED.updated_at" : "now()"};`;
     case "mysql":
       return `INSERT INTO ${table} ${values} ON DUPLICATE KEY UPDATE version = VALUES(version), updated_at = CURRENT_TIMESTAMP(3);`;
     case "sqlite":

@@ -1,6 +1,6 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
 import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
-import { isConnectionLevel, isLostConnection, storageError } from "./errors.js";
+import { isConnectionLevel, isLostConnection, storageError, workerCode } from "./errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { type Column, snakeCase } from "../../schema/columns.js";
 import { byteaText, decodeRow, toTuples } from "../../schema/codec.js";
@@ -58,9 +58,10 @@ export class Retry extends Error {
  * application's own transaction above all, docs/transactions.md) waits that long at most, then
  * fails with `LockTimeoutError`.
  */
-function beginText(lockTimeoutMs: number): string {
+function beginText(lockTimeoutMs: number, distributed: boolean): string {
   const settings = [
-    ["plan_cache_mode", "force_generic_plan"],
+    // Citus plans a statement across tables for the shard of its parameters' values only: custom.
+    ["plan_cache_mode", distributed ? "force_custom_plan" : "force_generic_plan"],
     ["enable_seqscan", "off"],
     ["TimeZone", "UTC"],
     ...(lockTimeoutMs > 0 ? [["lock_timeout", String(lockTimeoutMs)]] : []),
@@ -69,12 +70,13 @@ function beginText(lockTimeoutMs: number): string {
   return `BEGIN ISOLATION LEVEL READ COMMITTED; SELECT ${set}`;
 }
 
-const begins = new Map<number, string>();
+const begins = new Map<string, string>();
 
 /** `BEGIN` and the settings of a unit-of-work transaction under this store's `lockTimeoutMs`. */
 function beginOf(db: PostgresDbManager): string {
-  let text = begins.get(db.lockTimeoutMs);
-  if (text === undefined) begins.set(db.lockTimeoutMs, (text = beginText(db.lockTimeoutMs)));
+  const key = `${db.lockTimeoutMs}:${db.sql.distributed}`;
+  let text = begins.get(key);
+  if (text === undefined) begins.set(key, (text = beginText(db.lockTimeoutMs, db.sql.distributed)));
   return text;
 }
 
@@ -647,6 +649,7 @@ export class Batch {
       entries: entries.length > 0,
       ...(notifications.length > 0 ? { notifications: true } : {}),
     });
+    if (sql.distributed) args.uk = arrayText([...new Set(txs.map((tx) => tx.userId))]);
     const saveArgs = save.args.map((name) => args[name] ?? null);
     // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
     const extra = promoPaymentSave(
@@ -848,7 +851,9 @@ export class Batch {
     this.db.roundTrips++;
     try {
       const r = await this.client.query(
-        this.db.prepared ? { name: this.db.statementName(text), text, values: params } : { text, values: params },
+        this.db.prepared && !this.db.sql.distributed
+          ? { name: this.db.statementName(text), text, values: params }
+          : { text, values: params },
       );
       return r.rows as Record<string, unknown>[];
     } catch (error) {
@@ -858,6 +863,7 @@ export class Batch {
 
   /** Records the first failure of the shared transaction and maps the driver error. */
   private fail(what: string, error: unknown): Error {
+    workerCode(error);
     if (this.failure === undefined) {
       this.failure = error;
       this.lost = isLostConnection(error);

@@ -26,3 +26,19 @@ export function isLostConnection(error: unknown): boolean {
 export function storageError(what: string, error: unknown): StorageError {
   return driverFailure("postgres", what, error);
 }
+
+/**
+ * Citus reports some errors of its workers under SQLSTATE XX000 (internal error) with the
+ * worker's message, a unique violation above all (an `INSERT … SELECT` it runs through the
+ * coordinator): gives such an error its own code back, in place, so that it is handled as on one
+ * server (a retry, a conflict). Returns the error.
+ */
+export function workerCode<T>(error: T): T {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  if (e?.code === "XX000" && typeof e.message === "string") {
+    if (e.message.startsWith("duplicate key value violates unique constraint")) e.code = "23505";
+    else if (e.message.startsWith("could not serialize access")) e.code = "40001";
+    else if (e.message.startsWith("deadlock detected")) e.code = "40P01";
+  }
+  return error;
+}

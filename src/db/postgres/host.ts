@@ -4,7 +4,7 @@ import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import { Batch } from "./batch.js";
-import { storageError } from "./errors.js";
+import { storageError, workerCode } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decode as decodePromoRow, inUnit } from "./promos.js";
@@ -49,7 +49,7 @@ const CONFLICT_CODES = new Set(["40001", "40P01", "23505"]);
  */
 function hostError(what: string, error: unknown): CreditError {
   if (error instanceof CreditError) return error;
-  const code = (error as { code?: unknown } | null)?.code;
+  const code = (workerCode(error) as { code?: unknown } | null)?.code;
   const details = { operation: what, sqlstate: code, retry: "transaction" };
   if (code === "55P03")
     return new LockTimeoutError(

@@ -18,7 +18,7 @@ import type {
   StoreStats,
 } from "../types.js";
 import { Batch, type BatchResult, type Unit, type UnitTx } from "./batch.js";
-import { isConnectionLevel, storageError } from "./errors.js";
+import { isConnectionLevel, storageError, workerCode } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
 import { hostStore, type PgQueryable } from "./host.js";
 import { PostgresSql, type Statement, output, prepareText, toRow } from "./sql.js";
@@ -133,6 +133,16 @@ export interface PostgresDbManagerOptions {
    * whose journal is a plain table (see the docs for the conversion).
    */
   partitions?: PartitionOptions;
+  /**
+   * A store distributed by user on Citus (docs/scaling-out.md). Left out: `init()` asks the
+   * server — on a coordinator with the `citus` extension it creates a new store distributed (every
+   * per-account table by `user_id`, colocated with the accounts; plans, promos and the version row
+   * as reference tables), and it finds out whether an existing store is. `true`: the same, and
+   * `init()` fails with `ConfigurationError` where the server has no Citus or the store is not
+   * distributed. `false`: plain tables (on a Citus coordinator: local tables of the coordinator);
+   * `init()` fails on a store that is distributed.
+   */
+  distributed?: boolean;
 }
 
 /** Statements each pooled connection has prepared (shared by every manager on a pool). */
@@ -178,8 +188,8 @@ const leases = new WeakMap<PoolClient, Lease>();
 export class PostgresDbManager extends StoreBase implements DbManager {
   readonly name = "postgres";
   readonly capabilities = { multiProcess: true } as const;
-  /** The SQL this manager runs (table names, DDL, statements). */
-  readonly sql: PostgresSql;
+  /** The SQL this manager runs (table names, DDL, statements); `init()` makes it distributed on Citus. */
+  sql: PostgresSql;
   private pool: Pool | null;
   private poolPromise: Promise<Pool> | null = null;
   private readonly ownsPool: boolean;
@@ -207,8 +217,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
    * managers on one schema. Never set it elsewhere.
    */
   trustCachedDecisions = false;
-  /** @internal Last committed states of recently used accounts (null: none kept). */
-  readonly states: StateCache | null;
+  /** @internal Last committed states of recently used accounts (null: none kept, or distributed). */
+  states: StateCache | null;
   /** @internal */
   readonly verifyStates: boolean;
   private closed = false;
@@ -291,6 +301,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     let broken: unknown = false;
     try {
       await client.query("BEGIN");
+      await this.detectCitus(client);
       // The schema is shared by every table prefix, whose locks differ: two managers with other
       // prefixes would both insert it (CREATE SCHEMA IF NOT EXISTS takes no lock: the second fails
       // with a unique violation). So every init takes the schema's lock, then its own; and a
@@ -344,7 +355,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         if (version > 0)
           for (const statement of upgradeStatements({ dialect: "postgres", fromVersion: version, ...naming }))
             await client.query(statement);
-        await client.query(this.sql.ddl);
+        if (this.sql.distributed) for (const statement of this.sql.ddlStatements) await client.query(statement);
+        else await client.query(this.sql.ddl);
       }
       await client.query("COMMIT");
     } catch (error) {
@@ -355,6 +367,73 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       this.release(client, broken);
     }
     if (this.partitioning !== null && this.migrate) await this.ensurePartitions();
+  }
+
+  /**
+   * In `init()`'s transaction: whether the store is distributed on Citus (the `distributed`
+   * option, the server's extensions and, for a store that exists, its accounts table), and the
+   * SQL for it. A distributed store's DDL runs with the settings Citus needs for it in a
+   * transaction: triggers on distributed tables (the usage rollup's), and its commands to the
+   * workers over one connection each, so that later ones see the tables the first made.
+   */
+  private async detectCitus(client: PoolClient): Promise<void> {
+    const wanted = this.options.distributed;
+    const citus =
+      wanted === false
+        ? false
+        : (await client.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).rows.length > 0;
+    if (wanted === true && !citus)
+      throw new ConfigurationError(
+        "[credit-management] [postgres] `distributed: true` but the server has no Citus extension (CREATE EXTENSION citus, on a coordinator): docs/scaling-out.md",
+      );
+    let distributed = citus;
+    if (citus) {
+      const accounts = this.sql.tables.accounts.qualified;
+      const found: { rows: { exists: boolean | null; distributed: boolean }[] } = await client.query(
+        `SELECT to_regclass($1) IS NOT NULL AS exists, EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1)) AS distributed`,
+        [accounts],
+      );
+      const row = found.rows[0];
+      if (row?.exists === true && !row.distributed) {
+        if (wanted === true)
+          throw new ConfigurationError(
+            `[credit-management] [postgres] \`distributed: true\` but the store's accounts table (${accounts}) is a local table of the coordinator: a store is distributed when it is created (docs/scaling-out.md)`,
+          );
+        distributed = false; // made before, as plain tables: it stays so
+      }
+    }
+    if (wanted === false) {
+      const r: { rows: unknown[] } = await client
+        .query(
+          "SELECT 1 FROM pg_extension WHERE extname = 'citus' AND EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))",
+          [this.sql.tables.accounts.qualified],
+        )
+        .catch(() => ({ rows: [] }));
+      if (r.rows.length > 0)
+        throw new ConfigurationError(
+          `[credit-management] [postgres] \`distributed: false\` but the store's accounts table (${this.sql.tables.accounts.qualified}) is distributed by Citus: leave the option out (docs/scaling-out.md)`,
+        );
+    }
+    if (distributed !== this.sql.distributed) {
+      this.sql = new PostgresSql({
+        schema: this.options.schema,
+        prefix: this.options.tablePrefix,
+        ...(this.partitioning === null ? {} : { partitioned: this.partitioning }),
+        distributed,
+      });
+      this.creditsStatement = undefined;
+    }
+    if (distributed) {
+      // The rows' `xmin` that the state cache keys on belongs to a worker (and changes when a
+      // shard moves); the save statement's transaction id is the coordinator's: no state cache.
+      this.states = null;
+      if (this.partitioning !== null)
+        throw new ConfigurationError(
+          "[credit-management] [postgres] `partitions` and a store distributed on Citus cannot be combined (docs/scaling-out.md)",
+        );
+      await client.query("SET LOCAL citus.enable_unsafe_triggers = on");
+      await client.query("SET LOCAL citus.multi_shard_modify_mode = 'sequential'");
+    }
   }
 
   /**
@@ -420,7 +499,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         solo: false,
         wait: false,
       };
-      if (this.maxUnits === 1) {
+      if (this.maxUnits === 1 || this.sql.distributed) {
         // No batching: every unit of work is a transaction of its own that waits for its lock.
         unit.wait = true;
         void this.runBatch([unit], true);
@@ -546,7 +625,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
   private requeue(unit: Unit, delay: number): void {
     const again = () => {
-      if (this.maxUnits === 1) void this.runBatch([unit], true);
+      if (this.maxUnits === 1 || this.sql.distributed) void this.runBatch([unit], true);
       else this.group.push(true, unit);
     };
     if (delay > 0) setTimeout(again, delay);
@@ -762,10 +841,11 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     const t = this.sql.tables.journal.qualified;
     const rows = await this.read(
       "forgetIdempotencyKeys",
+      // Citus locks no rows across shards: there the update re-checks each row it locks instead.
       `WITH c AS (SELECT user_id, seq FROM ${t} WHERE idempotency_key IS NOT NULL AND created_at < $1 ` +
-        `AND substr(idempotency_key, 1, ${SYSTEM_KEY_PREFIX.length}) <> $3 LIMIT $2 FOR UPDATE SKIP LOCKED), ` +
+        `AND substr(idempotency_key, 1, ${SYSTEM_KEY_PREFIX.length}) <> $3 LIMIT $2${this.sql.distributed ? "" : " FOR UPDATE SKIP LOCKED"}), ` +
         `u AS (UPDATE ${t} j SET forgotten_key = j.idempotency_key, idempotency_key = NULL FROM c ` +
-        `WHERE j.user_id = c.user_id AND j.seq = c.seq RETURNING 1) SELECT count(*)::int AS n FROM u`,
+        `WHERE j.user_id = c.user_id AND j.seq = c.seq${this.sql.distributed ? " AND j.idempotency_key IS NOT NULL" : ""} RETURNING 1) SELECT count(*)::int AS n FROM u`,
       [before, limit, SYSTEM_KEY_PREFIX],
     );
     return Number(rows[0]?.n ?? 0);
@@ -944,7 +1024,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       }
     } catch (error) {
       if (isConnectionLevel(error)) failure = error;
-      throw storageError(what, error);
+      throw storageError(what, workerCode(error));
     } finally {
       this.release(client, failure);
     }
@@ -955,13 +1035,17 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     let failure: unknown = false;
     try {
       this.roundTrips++;
+      // Citus cannot plan most statements generically (a named statement's plan after five
+      // runs): unnamed ones, planned for their values each time.
       const result = await client.query(
-        this.prepared ? { name: this.statementName(text), text, values: params } : { text, values: params },
+        this.prepared && !this.sql.distributed
+          ? { name: this.statementName(text), text, values: params }
+          : { text, values: params },
       );
       return result.rows as Record<string, unknown>[];
     } catch (error) {
       if (isConnectionLevel(error)) failure = error;
-      throw storageError(what, error);
+      throw storageError(what, workerCode(error));
     } finally {
       this.release(client, failure);
     }

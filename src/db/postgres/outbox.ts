@@ -37,6 +37,7 @@ export class PostgresOutbox {
    */
   async claimNotifications(q: ClaimQuery): Promise<Notification[]> {
     if (q.limit <= 0) return [];
+    if (this.db.sql.distributed) return this.claimDistributed(q);
     const t = this.table.qualified;
     // With `types`: rows of those types through `pending_due`, no per-user order (ClaimQuery.types).
     const which =
@@ -58,6 +59,43 @@ export class PostgresOutbox {
       q.limit,
       ...(q.types === undefined ? [] : [[...q.types]]),
     ]);
+    return rows
+      .map((r) => this.db.decode<Notification>("notifications", r))
+      .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+  }
+
+  /**
+   * Citus, which locks no rows across shards (`FOR UPDATE` of a scan of every shard): the due
+   * rows are picked by a plain scan, then claimed by one UPDATE of those rows (on their users'
+   * shards) that re-checks the claim on each row as it locks it, so two dispatchers never claim
+   * one row: the one that comes second finds it claimed and skips it (docs/scaling-out.md).
+   */
+  private async claimDistributed(q: ClaimQuery): Promise<Notification[]> {
+    const t = this.table.qualified;
+    const which =
+      q.types === undefined
+        ? `AND NOT EXISTS (SELECT 1 FROM ${t} p WHERE p.user_id = o.user_id AND p.status = 'pending' AND p.id < o.id) `
+        : `AND o.type = ANY($3::text[]) `;
+    const picked = await this.db.read(
+      "claimNotifications",
+      `SELECT o.id, o.user_id FROM ${t} o WHERE o.status = 'pending' AND o.next_attempt_at <= $1 ` +
+        `AND (o.claimed_until IS NULL OR o.claimed_until <= $1) ${which}ORDER BY o.next_attempt_at, o.id LIMIT $2`,
+      [q.now, q.limit, ...(q.types === undefined ? [] : [[...q.types]])],
+    );
+    if (picked.length === 0) return [];
+    const rows = await this.db.read(
+      "claimNotifications",
+      `WITH c AS (UPDATE ${t} n SET claimed_until = $2, claim_token = $3 WHERE n.user_id = ANY($4::text[]) AND n.id = ANY($5::text[]) ` +
+        `AND n.status = 'pending' AND (n.claimed_until IS NULL OR n.claimed_until <= $1) RETURNING n.*) ` +
+        `SELECT ${output(this.table, "c")} FROM c`,
+      [
+        q.now,
+        new Date(q.now.getTime() + q.leaseMs),
+        q.token,
+        [...new Set(picked.map((r) => r.user_id as string))],
+        picked.map((r) => r.id as string),
+      ],
+    );
     return rows
       .map((r) => this.db.decode<Notification>("notifications", r))
       .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));

@@ -11,6 +11,7 @@ const q = (name: string) => quoteIdent("postgres", name);
 /** What the promo/payment store needs of `PostgresDbManager`. */
 interface Reader {
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
+  readonly sql?: { readonly distributed: boolean };
 }
 
 /**
@@ -144,7 +145,10 @@ export class PostgresPromoStore implements PromoPaymentStore {
   async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<Promo | null> {
     const rows = await this.db.read(
       "setPromoActive",
-      `UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING ${output(this.t.promos)}`,
+      // Citus takes no function but immutable ones in a RETURNING list (output's to_char).
+      this.db.sql?.distributed === true
+        ? `WITH u AS (UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING *) SELECT ${output(this.t.promos, "u")} FROM u`
+        : `UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING ${output(this.t.promos)}`,
       [code, isActive, updatedAt],
     );
     return rows[0] === undefined ? null : decode.promo(this.t, rows[0]);

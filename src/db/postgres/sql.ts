@@ -3,15 +3,18 @@ import type { Column } from "../../schema/columns.js";
 import { byteaText, toTuples } from "../../schema/codec.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
 import {
+  CITUS_TRIGGERS,
   type NamingOptions,
   type SqlTable,
+  distributedSpecs,
   generateSqlAt,
+  generateStatementsAt,
   keyDigestSql,
   quoteIdent,
   sqlTables,
   versionTableName,
 } from "../../schema/sql.js";
-import type { TableKey } from "../../schema/tables.js";
+import { type TableKey, tableSpecs } from "../../schema/tables.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
 
@@ -51,9 +54,10 @@ export interface SaveShape {
  * The arguments of a save statement, by name: a JSON array of rows per part (`a` account updates,
  * `ai` new accounts, `ig`/`ug` grants, `ir`/`ur` holds, `e` journal entries, `n` outbox rows) and
  * the keys of the rows each update finds (`ak`, `ugk`, `urk`: `text[]`; `xk`: the accounts not
- * locked before the save, see `Batch.optimistic`).
+ * locked before the save, see `Batch.optimistic`; `uk`, distributed only: every user of the save,
+ * which names the shard of the grants and holds it updates).
  */
-export type SaveArg = "a" | "ak" | "xk" | "ai" | "ig" | "ug" | "ugk" | "ir" | "ur" | "urk" | "e" | "n";
+export type SaveArg = "a" | "ak" | "xk" | "ai" | "ig" | "ug" | "ugk" | "ir" | "ur" | "urk" | "e" | "n" | "uk";
 
 /** A save statement and the names of its parameters, in order. */
 export interface SaveStatement extends Statement {
@@ -70,6 +74,14 @@ export class PostgresSql {
   readonly naming: NamingOptions;
   /** The DDL (partitioned: the tables with their DEFAULT partitions; `ensurePartitions` adds the ranges). */
   readonly ddl: string;
+  /**
+   * Distributed on Citus (docs/scaling-out.md): the DDL is `ddlStatements`, sent one at a time,
+   * and every statement of a unit of work names its users' ids on each distributed table it
+   * reads or writes (`user_id = ANY(…)`), so that Citus routes it to the shard of those users.
+   */
+  readonly distributed: boolean;
+  /** The DDL as statements (the first a comment). */
+  readonly ddlStatements: readonly string[];
   readonly versionTable: string;
   /** Advisory lock of `init()` on this configuration's tables (schema and prefix). */
   readonly lockKey: string;
@@ -106,20 +118,34 @@ export class PostgresSql {
   readonly confirm: Statement;
   private readonly saves = new Map<string, SaveStatement>();
 
-  constructor(options: { schema?: string; prefix?: string; partitioned?: PartitionOptions }) {
-    const list = sqlTables({ dialect: "postgres", schema: options.schema, prefix: options.prefix });
+  constructor(options: { schema?: string; prefix?: string; partitioned?: PartitionOptions; distributed?: boolean }) {
+    const distributed = options.distributed === true;
+    this.distributed = distributed;
+    const list = sqlTables({
+      dialect: "postgres",
+      schema: options.schema,
+      prefix: options.prefix,
+      ...(distributed ? { tables: distributedSpecs(tableSpecs) } : {}),
+    });
     this.tables = Object.fromEntries(list.map((t) => [t.key, t])) as Tables;
     this.naming = { schema: options.schema, prefix: options.prefix };
-    this.ddl = generateSqlAt(
-      { dialect: "postgres", schema: options.schema, prefix: options.prefix, partitioned: options.partitioned },
-      null,
-    );
+    const ddlOptions = {
+      dialect: "postgres" as const,
+      schema: options.schema,
+      prefix: options.prefix,
+      partitioned: options.partitioned,
+      ...(distributed ? { distributed } : {}),
+    };
+    this.ddl = generateSqlAt(ddlOptions, null);
+    this.ddlStatements = generateStatementsAt(ddlOptions, null).filter((x) => x !== CITUS_TRIGGERS);
     this.versionTable = versionTableName("postgres", options);
     this.lockKey = `credit-management:${options.schema ?? ""}:${options.prefix ?? ""}`;
     this.schemaLockKey = `credit-management-schema:${options.schema ?? ""}`;
     this.createSchema = options.schema === undefined ? null : `CREATE SCHEMA IF NOT EXISTS ${q(options.schema)}`;
 
     const { accounts, grants, reservations, journal } = this.tables;
+    // Citus: the shard of each distributed table read, named by the users' ids (see `distributed`).
+    const on = (alias: string, ids: string) => (distributed ? ` AND ${alias}.user_id = ANY(${ids})` : "");
     this.lockOne = statement(`SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE`, ["text"]);
     this.lockOneSkip = statement(
       `SELECT user_id FROM ${accounts.qualified} WHERE user_id = $1 FOR UPDATE SKIP LOCKED`,
@@ -131,7 +157,7 @@ export class PostgresSql {
     );
     this.confirm = statement(
       `SELECT c.user_id FROM unnest($1::text[], $2::text[]) AS c(user_id, xmin) ` +
-        `LEFT JOIN ${accounts.qualified} a ON a.user_id = c.user_id WHERE a.xmin::text IS DISTINCT FROM c.xmin`,
+        `LEFT JOIN ${accounts.qualified} a ON a.user_id = c.user_id${on("a", "$1")} WHERE a.xmin::text IS DISTINCT FROM c.xmin`,
       ["text[]", "text[]"],
     );
     // `a.xmin` is that of the row version the lock holds: a cached state made by the transaction
@@ -140,10 +166,10 @@ export class PostgresSql {
     this.state = statement(
       `SELECT u.user_id, a.user_id IS NOT NULL AS present, a.xmin::text AS xmin, ` +
         `CASE WHEN ${fresh} THEN row_to_json(a)::text END AS account, ` +
-        `CASE WHEN ${fresh} THEN (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id AND g.closed_at IS NULL AND g.remaining > 0)::text END AS grants, ` +
-        `CASE WHEN ${fresh} THEN (SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id AND r.status = 'active')::text END AS holds, ` +
-        `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE ${idempotentEntry("u.user_id", "u.key")})::text AS idem ` +
-        `FROM unnest($1::text[], $2::text[], $3::text[]) AS u(user_id, key, xmin) LEFT JOIN ${accounts.qualified} a ON a.user_id = u.user_id`,
+        `CASE WHEN ${fresh} THEN (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = u.user_id${on("g", "$1")} AND g.closed_at IS NULL AND g.remaining > 0)::text END AS grants, ` +
+        `CASE WHEN ${fresh} THEN (SELECT json_agg(r) FROM ${reservations.qualified} r WHERE r.user_id = u.user_id${on("r", "$1")} AND r.status = 'active')::text END AS holds, ` +
+        `(SELECT row_to_json(j) FROM ${journal.qualified} j WHERE ${idempotentEntry("u.user_id", "u.key")}${on("j", "$1")})::text AS idem ` +
+        `FROM unnest($1::text[], $2::text[], $3::text[]) AS u(user_id, key, xmin) LEFT JOIN ${accounts.qualified} a ON a.user_id = u.user_id${on("a", "$1")}`,
       ["text[]", "text[]", "text[]"],
     );
   }
@@ -168,7 +194,7 @@ export class PostgresSql {
     const key = JSON.stringify(shape);
     let s = this.saves.get(key);
     if (s === undefined) {
-      const { text, args, types } = saveText(this.tables, shape);
+      const { text, args, types } = saveText(this.tables, shape, this.distributed);
       s = { ...statement(text, types), args };
       this.saves.set(key, s);
     }
@@ -259,7 +285,11 @@ function recordOf(t: SqlTable, names: readonly string[], extra?: string): string
  * table. Grants and holds are found by id (primary key): found by `user_id`, every row the account
  * ever had would be read and compared with every changed row.
  */
-function saveText(t: Tables, shape: SaveShape): { text: string; args: SaveArg[]; types: string[] } {
+function saveText(
+  t: Tables,
+  shape: SaveShape,
+  distributed = false,
+): { text: string; args: SaveArg[]; types: string[] } {
   const { accounts, grants, reservations, journal } = t;
   const args: SaveArg[] = [];
   const types: string[] = [];
@@ -273,12 +303,15 @@ function saveText(t: Tables, shape: SaveShape): { text: string; args: SaveArg[];
   const set = (names: readonly string[]) => names.map((n) => `${q(n)} = x.${q(n)}`).join(", ");
   const ctes: string[] = [];
   const checks: string[] = [];
+  let users = "";
   const update = (name: "ug" | "ur", table: SqlTable, names: readonly string[]) => {
     const rows = param(name, "json");
     const ids = param(`${name}k`, "text[]");
+    // Citus: the shard of the rows, by their users' ids (PostgresSql.distributed).
+    if (distributed && users === "") users = param("uk", "text[]");
     ctes.push(
       `${name} AS (UPDATE ${table.qualified} t SET ${set(names)} FROM json_to_recordset(${rows}) AS ${recordOf(table, ["id", "user_id", ...names])} ` +
-        `WHERE t.id = ANY(${ids}) AND t.id = x.id AND t.user_id = x.user_id RETURNING 1)`,
+        `WHERE t.id = ANY(${ids}) AND t.id = x.id AND t.user_id = x.user_id${distributed ? ` AND t.user_id = ANY(${users})` : ""} RETURNING 1)`,
     );
     checks.push(`(SELECT count(*) FROM ${name}) = cardinality(${ids})`);
   };
@@ -289,17 +322,21 @@ function saveText(t: Tables, shape: SaveShape): { text: string; args: SaveArg[];
     // Accounts of units that started from the state cache (./batch.ts, `Batch.optimistic`) are
     // not locked yet: lock them here, skipping any another transaction holds, so that a batch
     // never waits for another process; a skipped account fails the guard below.
-    const unlocked = param("xk", "text[]");
-    ctes.push(
-      `lk AS (SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY(${unlocked}) ORDER BY user_id FOR UPDATE SKIP LOCKED)`,
-    );
+    // (Distributed: no state cache, every account is locked before its save.)
+    const unlocked = distributed ? "" : param("xk", "text[]");
+    if (!distributed)
+      ctes.push(
+        `lk AS (SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY(${unlocked}) ORDER BY user_id FOR UPDATE SKIP LOCKED)`,
+      );
     ctes.push(
       `acc AS (UPDATE ${accounts.qualified} t SET ${set(shape.accountColumns)} ` +
         `FROM json_to_recordset(${rows}) AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint, xmin text")} ` +
         // `xmin`: a unit that started from the state cache without locking the row (./batch.ts,
         // `Batch.optimistic`) requires the row version its state was made from.
         `WHERE t.user_id = ANY(${accountKeys}) AND t.user_id = x.user_id AND t.seq = x.prev ` +
-        `AND (x.xmin IS NULL OR (t.xmin::text = x.xmin AND t.user_id IN (SELECT user_id FROM lk))) RETURNING 1)`,
+        (distributed
+          ? `AND x.xmin IS NULL RETURNING 1)`
+          : `AND (x.xmin IS NULL OR (t.xmin::text = x.xmin AND t.user_id IN (SELECT user_id FROM lk))) RETURNING 1)`),
     );
     checks.push(`(SELECT count(*) FROM acc) = cardinality(${accountKeys})`);
   }

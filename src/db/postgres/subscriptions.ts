@@ -9,6 +9,7 @@ interface Runner {
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
   decode<T>(key: "plans" | "subscriptions", row: Record<string, unknown>): T;
   readonly sql: {
+    distributed: boolean;
     tables: { plans: SqlTable; subscriptions: SqlTable };
     select(key: "plans" | "subscriptions"): string;
     column(key: "plans" | "subscriptions", name: string): string;
@@ -40,8 +41,12 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
 
   /** Replaces every column of the row with id $2 whose version is $3 (and, `byUser`, whose user_id is $4). */
   private replaceText(t: SqlTable, byUser = false): string {
+    // Citus refuses a write of the distribution column, even of its own value: not `user_id`.
+    const c = this.db.sql.distributed
+      ? cols({ ...t, columns: t.columns.filter((x) => x.name !== "user_id") })
+      : cols(t);
     return (
-      `UPDATE ${t.qualified} SET (${cols(t)}) = (SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)) ` +
+      `UPDATE ${t.qualified} SET (${c}) = (SELECT ${c} FROM json_populate_record(NULL::${t.qualified}, $1::json)) ` +
       `WHERE id = $2 AND version = $3${byUser ? " AND user_id = $4" : ""} RETURNING 1`
     );
   }
