@@ -10,6 +10,7 @@ import {
   quoteIdent,
   sqlTables,
   versionRowSql,
+  CITUS_TRIGGERS,
   versionTableSql,
 } from "./sql.js";
 import type { Column } from "./columns.js";
@@ -473,5 +474,7 @@ export function generateUpgradeSql(options: UpgradeSqlOptions): string {
   if (distributed && dialect !== "postgres")
     throw new Error("distributed applies to the postgres dialect only (Citus)");
   const ddl = generateSql({ dialect, ...naming, versionRow: false, ...(distributed ? { distributed } : {}) });
-  return `${header}\n\n${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, SCHEMA_VERSION, distributed)}\n`;
+  // Citus: the steps may make the rollup's trigger on the (distributed) journal before today's DDL.
+  const citus = distributed ? `${CITUS_TRIGGERS}\n\n` : "";
+  return `${header}\n\n${citus}${versionTableSql(dialect, naming)}\n\n${statements.map((s) => `${s}\n\n`).join("")}${ddl}\n${versionRowSql(dialect, naming, SCHEMA_VERSION, distributed)}\n`;
 }

@@ -691,7 +691,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       const { accounts, grants } = this.sql.tables;
       this.creditsStatement =
         `SELECT ${output(accounts, "a")}, CASE WHEN a.scoped THEN (SELECT json_agg(g)::text FROM ` +
-        `(SELECT ${output(grants, "x")} FROM ${grants.qualified} x WHERE x.user_id = a.user_id AND x.remaining > 0 AND x.closed_at IS NULL) g) ` +
+        `(SELECT ${output(grants, "x")} FROM ${grants.qualified} x WHERE x.user_id = a.user_id${this.sql.distributed ? " AND x.user_id = $1" : ""} AND x.remaining > 0 AND x.closed_at IS NULL) g) ` +
         `END AS cm_scoped_grants FROM ${accounts.qualified} a WHERE a.user_id = $1`;
     }
     return this.creditsStatement;
