@@ -86,6 +86,18 @@ export function autoTopUpContract(getDb: () => DbManager): void {
       expect(await payments.getAutoTopUp(u)).toMatchObject({ enabled: false });
     });
 
+    it("a rule on an account that never existed creates it empty (no entry); its first credits and spend arm it", async () => {
+      const { db, credits, payments } = services();
+      const u = user();
+      await payments.setAutoTopUp(u, rule);
+      expect(await db.getAccount(u)).toMatchObject({ balance: 0, seq: 0 });
+      expect((await credits.getCreditHistory(u)).items).toHaveLength(0);
+      expect(await payments.getAutoTopUp(u)).toMatchObject({ enabled: true, pending: null });
+      await credits.addCredits(u, 300);
+      await credits.deductCredits(u, 250); // 50: crosses
+      expect(await rows(db, u, "auto_top_up_requested")).toHaveLength(1);
+    });
+
     it("the spend that crosses `below` asks for one top-up, in its unit of work; later spends do not", async () => {
       const { db, credits, payments } = services();
       const u = user();
@@ -245,7 +257,9 @@ export function autoTopUpContract(getDb: () => DbManager): void {
         providerPaymentId: "pi_3ds",
         code: "authentication_required",
       });
-      expect(await payments.getAutoTopUp(u)).toMatchObject({ pending: null, failures: 0 });
+      // Still counted in the month (docs/promos-and-payments.md, "How it works"): the customer may
+      // complete it, unlike a decline.
+      expect(await payments.getAutoTopUp(u)).toMatchObject({ pending: null, failures: 0, monthCount: 1 });
       expect(await available(credits, u)).toBe(50);
       const p = await payments.getPayment(u, attempt);
       expect(
