@@ -131,6 +131,7 @@ describe("credit-management webhooks", () => {
    * certificate of its own CA, trusted through NODE_EXTRA_CA_CERTS, reached on loopback with
    * CREDIT_WEBHOOK_ALLOW_NETWORKS; without the CA the test send fails on the certificate.
    */
+  // reason: the receiver's CA and certificate are made with the openssl command (Debian's openssl package)
   it.skipIf(spawnSync("openssl", ["version"]).status !== 0)(
     "webhooks test reaches a local HTTPS receiver whose CA is given in NODE_EXTRA_CA_CERTS",
     async () => {
