@@ -220,7 +220,7 @@ describe("an upgraded version 4 store: its entries audit clean (PostgreSQL: hash
       async () => {
         const { default: Database } = await import("better-sqlite3");
         const raw = new Database(filename);
-        // The columns versions 5 to 13 added go too (their upgrade adds them back).
+        // The columns versions 5 to 15 added go too (their upgrade adds them back).
         raw.exec(
           `ALTER TABLE journal_entries DROP COLUMN forgotten_key; ALTER TABLE subscriptions DROP COLUMN change_keys; ` +
             `ALTER TABLE notifications DROP COLUMN version; ALTER TABLE accounts DROP COLUMN auto_top_up; ` +
@@ -228,7 +228,8 @@ describe("an upgraded version 4 store: its entries audit clean (PostgreSQL: hash
             `ALTER TABLE journal_entries DROP COLUMN feature; ALTER TABLE reservations DROP COLUMN spender; ` +
             `ALTER TABLE reservations DROP COLUMN feature; ALTER TABLE grants DROP COLUMN scope; ` +
             `ALTER TABLE accounts DROP COLUMN scoped; ALTER TABLE plans DROP COLUMN allowances; ` +
-            `ALTER TABLE subscriptions DROP COLUMN period_allowances; UPDATE schema_version SET version = 4;`,
+            `ALTER TABLE subscriptions DROP COLUMN period_allowances; ALTER TABLE grants DROP COLUMN cost_basis; ` +
+            `ALTER TABLE journal_entries DROP COLUMN cost_basis; UPDATE schema_version SET version = 4;`,
         );
         expect(raw.prepare("SELECT version FROM schema_version").get()).toEqual({ version: 4 });
         raw.close();
