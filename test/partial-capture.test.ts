@@ -41,6 +41,7 @@ function journal(steps: Step[]): JournalEntry[] {
       metadata: null,
       spender: null,
       feature: null,
+      costBasis: null,
       createdAt: T,
       prevHash,
     };
