@@ -201,17 +201,27 @@ export function limitRoom(
   return left === Infinity ? null : { left, until };
 }
 
-/** The refusal of a spend of `requested` that does not fit `h`. */
-export function limitError(h: LimitHeadroom, requested: number, what = "spend"): SpendLimitError {
+/**
+ * When, by the manager's clock (ms), a limit refusal or a list of limit statuses was made: a
+ * `SpendLimitError` from `limitError`, an array from `limitStatuses`. The HTTP layer's
+ * `Retry-After` counts from it to `resetsAt` (docs/teams-and-limits.md, "Over HTTP"), so a manager
+ * with its own `clock` (docs/api.md) gets a hint on that clock, not on the host's.
+ */
+export const clockTimes = new WeakMap<object, number>();
+
+/** The refusal of a spend of `requested` that does not fit `h`, made at `at` (the manager's clock, ms). */
+export function limitError(h: LimitHeadroom, requested: number, what = "spend", at?: number): SpendLimitError {
   const l = h.limit;
   const who = [l.spender === null ? null : `spender ${l.spender}`, l.feature === null ? null : `feature ${l.feature}`]
     .filter((x) => x !== null)
     .join(", ");
   const resetsAt = new Date(h.window.end).toISOString();
-  return new SpendLimitError(
+  const error = new SpendLimitError(
     `Cannot ${what} ${requested} credits: the spend limit of ${l.amount} per ${describePeriod(l)}${who === "" ? "" : ` for ${who}`} has ${h.left} left until ${resetsAt}.`,
     { requested, limit: describeLimit(l), used: h.used, remaining: h.left, resetsAt },
   );
+  if (at !== undefined) clockTimes.set(error, at);
+  return error;
 }
 
 /** A limit as error details and events show it. */
@@ -310,7 +320,7 @@ export function countSpend(
   }
   if (over && options.force !== true) {
     // The tightest limit that applies names the refusal (the rare path: read again).
-    throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what);
+    throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what, at);
   }
   return { limits: out, crossed, over };
 }
@@ -487,7 +497,7 @@ export function withoutLimit(
 
 /** Each limit as `getLimits` reports it at `at`. */
 export function limitStatuses(limits: readonly SpendLimit[], at: number): SpendLimitStatus[] {
-  return limits.map((l) => {
+  const statuses = limits.map((l): SpendLimitStatus => {
     const window = windowOf(l, at);
     const used = l.windowStart === window.start ? l.used : 0;
     return {
@@ -502,4 +512,6 @@ export function limitStatuses(limits: readonly SpendLimit[], at: number): SpendL
       resetsAt: new Date(window.end),
     };
   });
+  clockTimes.set(statuses, at);
+  return statuses;
 }

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import type { CreditManager } from "../manager.js";
 import { CreditError, SpendLimitError, ValidationError } from "../errors.js";
+import { clockTimes } from "../domain/limits.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
 import { claimsCustomerAudience, type CustomerGrant } from "../services/customer-tokens.js";
@@ -197,7 +198,7 @@ export function errorAnswer(error: unknown): JsonAnswer {
       return jsonAnswer(error.status, errorBody(error.code, "The credit store is unavailable or misconfigured."));
     if (error instanceof SpendLimitError) {
       // When the limit's window resets, as a retry hint (docs/teams-and-limits.md, "Over HTTP").
-      const retry = retryAfter(error.details?.resetsAt);
+      const retry = retryAfter(error.details?.resetsAt, clockTimes.get(error));
       if (retry !== null)
         return jsonAnswer(error.status, errorBody(error.code, error.message, error.details), { "Retry-After": retry });
     }
@@ -206,11 +207,15 @@ export function errorAnswer(error: unknown): JsonAnswer {
   return jsonAnswer(500, errorBody("INTERNAL_ERROR", "Internal error."));
 }
 
-/** Whole seconds from now until `resetsAt` (ISO), at least 1; null when it is not a date. */
-function retryAfter(resetsAt: unknown): string | null {
+/**
+ * Whole seconds from `now` until `resetsAt` (ISO), at least 1; null when it is not a date. `now`:
+ * when the manager refused, by its clock (`clockTimes`), so a manager with its own `clock` gives
+ * a hint on it; the host's clock for a refusal made elsewhere.
+ */
+function retryAfter(resetsAt: unknown, now = Date.now()): string | null {
   const at = typeof resetsAt === "string" ? Date.parse(resetsAt) : NaN;
   if (!Number.isFinite(at)) return null;
-  return String(Math.max(1, Math.ceil((at - Date.now()) / 1000)));
+  return String(Math.max(1, Math.ceil((at - now) / 1000)));
 }
 
 interface Compiled {

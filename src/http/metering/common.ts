@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { ConfigurationError, InsufficientCreditsError, SpendLimitError, ValidationError } from "../../errors.js";
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models/index.js";
-import { applies } from "../../domain/limits.js";
+import { applies, clockTimes } from "../../domain/limits.js";
 import type { CreditService } from "../../services/credit-service.js";
 import { CreditLeases, type LeaseCharge } from "../../services/leases.js";
 import type { MeterOptions } from "../../models/index.js";
@@ -705,7 +705,7 @@ function limitRefusal(limits: readonly SpendLimitStatus[], spend: MeterSpend, co
     if (applies(l, s) && l.remaining < cost && (worst === null || l.remaining < worst.remaining)) worst = l;
   if (worst === null) return null;
   const { spender, feature, amount, period, resetsWith } = worst;
-  return new SpendLimitError(
+  const error = new SpendLimitError(
     `Cannot run a request of ${cost} credits: the spend limit of ${amount} has ${worst.remaining} left until ${worst.resetsAt.toISOString()}.`,
     {
       requested: cost,
@@ -715,4 +715,8 @@ function limitRefusal(limits: readonly SpendLimitStatus[], spend: MeterSpend, co
       resetsAt: worst.resetsAt.toISOString(),
     },
   );
+  // Refused when the manager read the limits, by its clock (the Retry-After counts from it).
+  const at = clockTimes.get(limits);
+  if (at !== undefined) clockTimes.set(error, at);
+  return error;
 }
