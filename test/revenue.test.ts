@@ -6,12 +6,13 @@ import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { CompactJournal } from "../src/db/memory/journal.js";
-import { basisOfPrice, rateOf, storedDeferred, valueAt } from "../src/domain/revenue.js";
+import { basesOfPrice, basisOfPrice, rateOf, storedDeferred, valueAt } from "../src/domain/revenue.js";
 import {
   CreditService,
   InMemoryDbManager,
   InsufficientCreditsError,
   PaymentService,
+  SubscriptionService,
   ValidationError,
   type DbManager,
   type JournalEntry,
@@ -90,7 +91,44 @@ function services(db: DbManager) {
     };
     await payments.handleWebhook("test", JSON.stringify(event), {});
   };
-  return { clock, credits, payments, pay, dispute };
+  const subs = new SubscriptionService({ db, credits, clock: () => new Date(clock.now) });
+  return { clock, credits, payments, pay, dispute, subs };
+}
+
+/**
+ * Plans of the random journals: weekly, priced in USD or EUR (one with an allowance for chat and
+ * a capped rollover), and a free one.
+ */
+async function createPlans(subs: SubscriptionService) {
+  await subs.createPlan({
+    id: "pro",
+    name: "Pro",
+    creditsPerPeriod: 600,
+    price: 1999,
+    currency: "USD",
+    billingPeriod: "weekly",
+    rollover: { cap: 200 },
+    allowances: [{ scope: { features: ["chat"] }, credits: 150 }],
+  });
+  await subs.createPlan({
+    id: "max",
+    name: "Max",
+    creditsPerPeriod: 1500,
+    price: 4999,
+    currency: "USD",
+    billingPeriod: "weekly",
+    rollover: "all",
+  });
+  await subs.createPlan({
+    id: "euro",
+    name: "Euro",
+    creditsPerPeriod: 700,
+    price: 1000,
+    currency: "EUR",
+    billingPeriod: "weekly",
+    validityDays: 3,
+  });
+  await subs.createPlan({ id: "free", name: "Free", creditsPerPeriod: 200, billingPeriod: "weekly" });
 }
 
 /** Rows of one currency, window by window. */
@@ -270,6 +308,106 @@ describe("revenue: a worked month (docs/revenue.md)", () => {
   });
 });
 
+describe("revenue: subscriptions (docs/revenue.md, Subscriptions)", () => {
+  it("splits a price over grants exactly: they add up to it", () => {
+    expect(basesOfPrice(1999, [3000, 1000], "usd")).toEqual([
+      { perCredit: "1499/3000", currency: "USD" },
+      { perCredit: "1/2", currency: "USD" },
+    ]);
+    expect(basesOfPrice(1000, [0, 3, 3, 1], "EUR")).toEqual([
+      null,
+      { perCredit: "143", currency: "EUR" }, // 1,000 × 3/7 = 428.6 → 429 cents for 3 credits
+      { perCredit: "428/3", currency: "EUR" }, // 1,000 × 6/7 = 857.1 → 857: 428 more
+      { perCredit: "143", currency: "EUR" }, // the last 143 of 1,000
+    ]);
+    for (const [amount, credits] of [
+      [1999, [7, 11, 13]],
+      [1, [5, 5, 5]],
+      [0, [10, 20]],
+      [4999, [9000, 1, 333]],
+    ] as const) {
+      const bases = basesOfPrice(amount, credits, "USD");
+      const total = bases.reduce((sum, b, i) => sum + (b === null ? 0 : valueAt(rateOf(b.perCredit), credits[i]!)), 0);
+      expect(total).toBe(amount);
+    }
+  });
+
+  it("a period sells its allocation and allowances for the plan's price; a prorated upgrade for the prorated price; rollovers are free", async () => {
+    const { clock, credits, subs } = services(new InMemoryDbManager());
+    await subs.createPlan({
+      id: "pro",
+      name: "Pro",
+      creditsPerPeriod: 3000,
+      price: 1999,
+      currency: "USD",
+      billingPeriod: "monthly",
+      rollover: "all",
+      allowances: [{ scope: { features: ["images"] }, credits: 1000 }],
+    });
+    await subs.createPlan({
+      id: "team",
+      name: "Team",
+      creditsPerPeriod: 9000,
+      price: 4999,
+      currency: "USD",
+      billingPeriod: "monthly",
+      rollover: "all",
+    });
+    await subs.createPlan({ id: "free", name: "Free", creditsPerPeriod: 100, billingPeriod: "monthly" });
+    const s = await subs.subscribe("u", "pro");
+    // 1,999 cents for 4,000 credits: the 3,000 general ones are worth round(1,999 × ¾) = 1,499, the 1,000 image ones 500.
+    const bases = (await credits.getGrants("u")).map((g) => [g.amount, g.costBasis]);
+    expect(bases).toEqual(
+      expect.arrayContaining([
+        [3000, { perCredit: "1499/3000", currency: "USD" }],
+        [1000, { perCredit: "1/2", currency: "USD" }],
+      ]),
+    );
+    clock.now = T0 + DAY;
+    await credits.deductCredits("u", 1000, { feature: "chat" }); // 1,000 general credits: round(499.67) = 500
+    // Ten days in, an upgrade, prorated: credits and price by the part of the period left.
+    clock.now = T0 + 10 * DAY;
+    const start = s.currentPeriodStart.getTime();
+    const end = s.currentPeriodEnd.getTime();
+    const left = (end - clock.now) / (end - start);
+    const credited = Math.trunc((9000 - 3000) * left);
+    const price = Math.trunc((4999 - 1999) * left);
+    await subs.changePlan("u", "team");
+    const prorated = (await credits.getGrants("u")).find((g) => g.description === "prorated plan change");
+    expect(prorated?.amount).toBe(credited);
+    expect(prorated?.costBasis).toEqual(basisOfPrice(price, credited, "USD"));
+    // The period ends: the next is Team's, sold for its price; what rolls over is free.
+    clock.now = end + 60_000;
+    await subs.getUserSubscription("u");
+    const after = await credits.getGrants("u");
+    const rollover = after.find((g) => g.source === "rollover");
+    expect(rollover?.amount).toBeGreaterThan(0);
+    expect(rollover?.costBasis ?? null).toBeNull();
+    expect(after.find((g) => g.amount === 9000)?.costBasis).toEqual({ perCredit: "4999/9000", currency: "USD" });
+
+    const report = await credits.getRevenue({
+      account: "u",
+      from: new Date(start),
+      to: new Date(clock.now + 60_000),
+      interval: null,
+    });
+    const [usd] = ofCurrency(report.rows, "USD");
+    expect(usd).toMatchObject({ deferredStart: 0, paid: 1999 + price + 4999, recognized: 500, refunds: 0 });
+    expect(usd!.deferredStart + usd!.paid - usd!.recognized - usd!.breakage - usd!.refunds).toBe(usd!.deferredEnd);
+    // The downgrade of the image allowance (Team has none) voided its credits, and the period's
+    // unspent credits expired at its end: breakage, rolled over or not; the new period is deferred.
+    expect(usd!.breakage).toBe(1999 + price - 500);
+    expect(usd!.deferredEnd).toBe(4999);
+    expect((await credits.audit("u")).ok).toBe(true);
+
+    // A free plan's credits are no revenue.
+    clock.now += DAY;
+    await subs.changePlan("u", "free", { credits: "expire" });
+    const free = (await credits.getGrants("u")).find((g) => g.amount === 100);
+    expect(free?.costBasis ?? null).toBeNull();
+  });
+});
+
 describe("revenue: audit", () => {
   it("a basis changed in the journal breaks the entry's hash", async () => {
     const db = new InMemoryDbManager();
@@ -322,10 +460,13 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
     const db = opened.db;
     await db.init();
     try {
-      const { clock, credits, payments, pay, dispute } = services(db);
+      const { clock, credits, payments, pay, dispute, subs } = services(db);
+      await createPlans(subs);
       const seeds = store.name === "memory" ? 12 : 3;
       /** Figures seen other than 0, so the run is known to have stored and read the bases back. */
       const seen = { paid: 0, recognized: 0, breakage: 0, refunds: 0 };
+      /** Subscription grants with a basis, by description: allocations, allowances, prorated upgrades. */
+      const pricedSubscriptionGrants = new Map<string, number>();
       for (let seed = 1; seed <= seeds; seed++) {
         const r = rng(seed);
         const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)] as T;
@@ -338,7 +479,7 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
           const n = 1 + Math.floor(r() * 400);
           const expiresAt = r() < 0.4 ? new Date(clock.now + Math.floor(r() * 5 * DAY) + 60_000) : undefined;
           try {
-            switch (Math.floor(r() * 10)) {
+            switch (Math.floor(r() * 11)) {
               case 0: {
                 const currency = pick(["USD", "EUR"]);
                 const p = await pay(u, 1 + Math.floor(r() * 300), currency);
@@ -384,8 +525,30 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
                 else await payments.recordRefund(u, p.id, { refundedTotal: 1 + Math.floor(r() * p.amount) });
                 break;
               }
+              case 8:
+              case 9: {
+                // Subscriptions to priced and free plans: allocations, allowances, prorated changes, rollovers.
+                const current = await subs.getUserSubscription(u);
+                const plan = pick(["pro", "max", "euro", "free"]);
+                if (current === null) await subs.subscribe(u, plan);
+                else if (r() < 0.15)
+                  await subs.cancel(
+                    u,
+                    r() < 0.5
+                      ? { atPeriodEnd: true }
+                      : { atPeriodEnd: false, credits: pick(["keep", "expire"] as const) },
+                  );
+                else if (plan !== current.planId)
+                  await subs.changePlan(
+                    u,
+                    plan,
+                    pick([{}, {}, { credits: "keep" }, { credits: "expire" }, { when: "period_end" }] as const),
+                  );
+                break;
+              }
               default:
                 await credits.getUserCreditsInfo(u); // settles what lapsed
+                await subs.getUserSubscription(u); // renews what ended
             }
           } catch (error) {
             if (!(error instanceof InsufficientCreditsError) && !(error instanceof ValidationError)) throw error;
@@ -393,6 +556,7 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
         }
         clock.now += 40 * DAY;
         for (const u of users) {
+          await subs.getUserSubscription(u);
           await credits.getUserCreditsInfo(u);
           const audit = await credits.audit(u);
           expect(audit.problems).toEqual([]);
@@ -421,6 +585,12 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
             after = page[page.length - 1]!.seq;
           }
           const paidBy = new Map<string, number>();
+          for (const e of entries)
+            if (e.type === "add" && e.costBasis != null && e.correlationId?.startsWith("sub:"))
+              pricedSubscriptionGrants.set(
+                e.description ?? "",
+                (pricedSubscriptionGrants.get(e.description ?? "") ?? 0) + 1,
+              );
           for (const e of entries)
             if (e.type === "add" && e.costBasis != null)
               paidBy.set(
@@ -461,6 +631,10 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
         }
       }
       expect(Math.min(seen.paid, seen.recognized, seen.breakage, seen.refunds)).toBeGreaterThan(0);
+      // Priced subscription periods were in the journals, their allowances too; prorated upgrades on the longer run.
+      expect(pricedSubscriptionGrants.get("subscription period credits") ?? 0).toBeGreaterThan(0);
+      expect(pricedSubscriptionGrants.get("subscription allowance credits") ?? 0).toBeGreaterThan(0);
+      if (store.name === "memory") expect(pricedSubscriptionGrants.get("prorated plan change") ?? 0).toBeGreaterThan(0);
       // The whole book: every account at once, the same totals as the accounts one by one.
       const book = await credits.getRevenue({
         from: new Date(T0 - DAY),

@@ -43,6 +43,27 @@ export function basisOfPrice(amount: number, credits: number, currency: string):
 }
 
 /**
+ * The cost bases of several grants sold together for `amount` (a subscription period's price for
+ * its general credits and its allowances, docs/revenue.md, "Subscriptions"): the price is split
+ * over the grants' `credits` cumulatively, half up — grant `i` is worth
+ * `round(amount × (c₁ + … + cᵢ) / N) − round(amount × (c₁ + … + cᵢ₋₁) / N)` — and each grant's
+ * basis is its share over its credits, exact. So the grants, used whole, add up to `amount`
+ * exactly. Grants of 0 credits get none (null).
+ */
+export function basesOfPrice(amount: number, credits: readonly number[], currency: string): (CostBasis | null)[] {
+  const total = credits.reduce((s, c) => s + c, 0);
+  if (total <= 0) return credits.map(() => null);
+  const rate: Rate = { num: BigInt(amount), den: BigInt(total) };
+  let position = 0;
+  return credits.map((c) => {
+    if (c <= 0) return null;
+    const share = valueAt(rate, position + c) - valueAt(rate, position);
+    position += c;
+    return basisOfPrice(share, c, currency);
+  });
+}
+
+/**
  * The value, in whole minor units, of the first `position` credits of an addition at `rate`:
  * `position × rate` rounded half up (commercial rounding). The value of credits `a` to `b` of an
  * addition is `valueAt(b) − valueAt(a)`: rounded cumulatively, so an addition's credits, however

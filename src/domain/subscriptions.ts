@@ -1,8 +1,16 @@
 import { ConflictError, IdempotencyConflictError, ValidationError } from "../errors.js";
-import { scopeKey, type GrantScope, type Plan, type Subscription, type SubscriptionIntent } from "../models/index.js";
+import {
+  scopeKey,
+  type CostBasis,
+  type GrantScope,
+  type Plan,
+  type Subscription,
+  type SubscriptionIntent,
+} from "../models/index.js";
 import type { AccountWork, EntryMeta } from "./account-work.js";
 import { fingerprint } from "./hash.js";
 import { allocationExpiry, fractionLeft, periodAt, periodIndexAt } from "./periods.js";
+import { basesOfPrice } from "./revenue.js";
 import { expiriesIn, rolloverAmount, rolloverCarry, type PeriodEndExpiry } from "./rollover.js";
 
 /**
@@ -40,14 +48,18 @@ export function planAllowances(plan: Pick<Plan, "allowances">): PeriodAllowance[
   return (plan.allowances ?? []).map((a) => ({ scope: a.scope, credits: a.credits }));
 }
 
+/** A plan's price, where revenue needs one (docs/revenue.md, "Subscriptions"): absent on plans built without it. */
+type Priced = Partial<Pick<Plan, "price" | "currency">>;
+
 /**
  * A period's allocation (docs/subscriptions.md, "Allocation"): the plan's `creditsPerPeriod` and
  * each of its allowances ("Allowances"), expiring `validityDays` after the period's start or at
  * its end. None for a pay-as-you-go plan (0 credits, no allowances), nor when it would be born
- * expired (a period caught up late: nobody could use it).
+ * expired (a period caught up late: nobody could use it). A plan with a price sells them for it:
+ * `price`, the cost basis of their grants (docs/revenue.md, "Subscriptions").
  */
 export function allocation(
-  plan: Pick<Plan, "creditsPerPeriod" | "validityDays" | "allowances">,
+  plan: Pick<Plan, "creditsPerPeriod" | "validityDays" | "allowances"> & Priced,
   period: PeriodBounds,
   now: Date,
 ): Allocation | null {
@@ -55,10 +67,12 @@ export function allocation(
   if (plan.creditsPerPeriod === 0 && allowances.length === 0) return null;
   const expiresAt = allocationExpiry(period, plan.validityDays);
   if (expiresAt.getTime() <= now.getTime()) return null;
+  const price = plan.price ?? 0;
   return {
     amount: plan.creditsPerPeriod,
     expiresAt: expiresAt.getTime(),
     ...(allowances.length === 0 ? {} : { allowances }),
+    ...(price > 0 && plan.currency !== undefined ? { price: { amount: price, currency: plan.currency } } : {}),
   };
 }
 
@@ -85,10 +99,11 @@ export function prorate(from: number, to: number, fractionLeft: number): number 
  */
 export function proration(
   periodCredits: number,
-  plan: Pick<Plan, "creditsPerPeriod" | "validityDays" | "allowances">,
+  plan: Pick<Plan, "creditsPerPeriod" | "validityDays" | "allowances"> & Priced,
   period: PeriodBounds,
   now: Date,
   periodAllowances: readonly PeriodAllowance[] = [],
+  periodPrice: Priced | null = null,
 ): Proration {
   const fraction = fractionLeft(period.start, period.end, now);
   const expiresAt = allocationExpiry(period, plan.validityDays).getTime();
@@ -107,11 +122,30 @@ export function proration(
     const kept = open ? d : Math.min(d, 0);
     return kept === 0 ? [] : [{ scope, delta: kept }];
   });
+  const kept = open ? delta : Math.min(delta, 0);
+  const price = proratedPrice(periodPrice, plan, fraction);
+  const added = Math.max(kept, 0) + allowances.reduce((s, a) => s + Math.max(a.delta, 0), 0);
   return {
-    delta: open ? delta : Math.min(delta, 0),
+    delta: kept,
     expiresAt,
     ...(allowances.length === 0 ? {} : { allowances }),
+    ...(price !== null && added > 0 ? { price } : {}),
   };
+}
+
+/**
+ * What the credits a prorated change adds were sold for (docs/revenue.md, "Subscriptions"): the
+ * price difference of the two plans over the part of the period left, `trunc((new − old) ×
+ * fractionLeft)` as credits are prorated; null (free credits) when it is not above 0 or the plans
+ * are priced in different currencies (an old plan without a price counts as 0).
+ */
+function proratedPrice(from: Priced | null, to: Priced, fraction: number): { amount: number; currency: string } | null {
+  const toPrice = to.price ?? 0;
+  if (toPrice <= 0 || to.currency === undefined) return null;
+  const fromPrice = from?.price ?? 0;
+  if (fromPrice > 0 && from?.currency !== to.currency) return null;
+  const amount = prorate(fromPrice, toPrice, fraction);
+  return amount > 0 ? { amount, currency: to.currency } : null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -252,6 +286,7 @@ export function changePlan(
   now: Date,
   periodCredits: number,
   periodAllowances: readonly PeriodAllowance[] = [],
+  periodPrice: Priced | null = null,
 ): Subscription {
   const { when, credits } = mode;
   if (s.planId === plan.id && when === "now")
@@ -288,7 +323,7 @@ export function changePlan(
       periodCredits: plan.creditsPerPeriod,
       periodAllowances: planAllowances(plan),
       intent: intent(key, {
-        prorate: proration(periodCredits, plan, period, now, periodAllowances),
+        prorate: proration(periodCredits, plan, period, now, periodAllowances, periodPrice),
         keepPeriodGrants: true,
       }),
       nextRunAt: now,
@@ -527,6 +562,7 @@ export function applyIntent(
     source: "subscription" | "rollover",
     description: string,
     scope: GrantScope | null = null,
+    costBasis: CostBasis | null = null,
   ) => {
     const e = work.add(
       amount,
@@ -539,6 +575,8 @@ export function applyIntent(
         metadata: { subscriptionId: s.id },
         // An allowance's grant (docs/subscriptions.md, "Allowances"); unscoped ones as before.
         ...(scope === null ? {} : { scope }),
+        // What the credits were sold for (docs/revenue.md, "Subscriptions"); rollovers are free.
+        ...(costBasis === null ? {} : { costBasis }),
       },
       m(description),
     );
@@ -592,8 +630,12 @@ export function applyIntent(
   if (it.prorate !== null) {
     // The unscoped part, then each allowance's, on the period's grants of its scope.
     const parts = [{ scope: null as GrantScope | null, delta: it.prorate.delta }, ...(it.prorate.allowances ?? [])];
-    for (const { scope, delta } of parts) {
-      if (delta > 0) add(delta, it.prorate.expiresAt, "subscription", "prorated plan change", scope);
+    const bases = pricedBases(
+      it.prorate.price,
+      parts.map((x) => Math.max(x.delta, 0)),
+    );
+    for (const [i, { scope, delta }] of parts.entries()) {
+      if (delta > 0) add(delta, it.prorate.expiresAt, "subscription", "prorated plan change", scope, bases[i] ?? null);
       else if (delta < 0) {
         const k = scope === null ? "" : scopeKey(scope);
         const ids = s.periodGrantIds.filter((id) => keyOf(id) === k);
@@ -602,10 +644,27 @@ export function applyIntent(
     }
   }
   if (it.allocate !== null) {
+    const allowances = it.allocate.allowances ?? [];
+    const bases = pricedBases(it.allocate.price, [it.allocate.amount, ...allowances.map((a) => a.amount)]);
     if (it.allocate.amount > 0)
-      add(it.allocate.amount, it.allocate.expiresAt, "subscription", "subscription period credits");
-    for (const a of it.allocate.allowances ?? [])
-      if (a.amount > 0) add(a.amount, it.allocate.expiresAt, "subscription", "subscription allowance credits", a.scope);
+      add(
+        it.allocate.amount,
+        it.allocate.expiresAt,
+        "subscription",
+        "subscription period credits",
+        null,
+        bases[0] ?? null,
+      );
+    for (const [i, a] of allowances.entries())
+      if (a.amount > 0)
+        add(
+          a.amount,
+          it.allocate.expiresAt,
+          "subscription",
+          "subscription allowance credits",
+          a.scope,
+          bases[i + 1] ?? null,
+        );
   }
   // The outbox events go with the work, in the same transaction (when notifications are on).
   const accountWork = it.allocate !== null || it.carry !== null || it.prorate !== null || it.expireGrantIds.length > 0;
@@ -636,6 +695,18 @@ export function applyIntent(
     );
   }
   return created;
+}
+
+/**
+ * The cost basis of each of the grants an intent adds (`credits`, in order; 0: none added): the
+ * intent's price split over them (`basesOfPrice`), none without a price (docs/revenue.md,
+ * "Subscriptions").
+ */
+function pricedBases(
+  price: { amount: number; currency: string } | undefined,
+  credits: readonly number[],
+): (CostBasis | null)[] {
+  return price === undefined ? credits.map(() => null) : basesOfPrice(price.amount, credits, price.currency);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -122,6 +122,13 @@ export type CreditsOnChange = z.infer<typeof CreditsOnChange>;
  * (keyed by `key`), by whoever gets to it first: the caller, another worker or the renewal job.
  * Times are epoch milliseconds.
  */
+/**
+ * What the credits of an allocation or a prorated change were sold for (docs/revenue.md,
+ * "Subscriptions"): `amount` in the smallest unit of `currency`, for all the grants it creates
+ * together. Absent: free credits (a plan without a price; intents written before this field).
+ */
+const IntentPrice = z.object({ amount: NonNegativeAmount, currency: z.string().regex(/^[A-Z]{3}$/) });
+
 export const SubscriptionIntent = z.object({
   /** Idempotency key of the account unit of work: `sub:<id>:<periodStart ISO>[:change<n>]`. */
   key: z.string(),
@@ -134,6 +141,8 @@ export const SubscriptionIntent = z.object({
       amount: NonNegativeAmount,
       expiresAt: z.number().nullable(),
       allowances: z.array(z.object({ scope: GrantScope, amount: NonNegativeAmount })).optional(),
+      /** The plan's price for the period: the cost basis of the grants (docs/revenue.md). */
+      price: IntentPrice.optional(),
     })
     .nullable(),
   /**
@@ -161,6 +170,8 @@ export const SubscriptionIntent = z.object({
       delta: z.number().int(),
       expiresAt: z.number().nullable(),
       allowances: z.array(z.object({ scope: GrantScope, delta: z.number().int() })).optional(),
+      /** The prorated price of the grants it adds: their cost basis (docs/revenue.md). */
+      price: IntentPrice.optional(),
     })
     .nullable(),
   /** The period's grant ids after this work: the new grants, plus the current ones when true. */

@@ -266,11 +266,11 @@ export class SubscriptionService {
     return this.transition(user, idempotencyKey, print, async (s, now) => {
       // Subscriptions stored before `periodCredits` (`periodAllowances`) existed prorate against
       // their plan's current figures.
-      const legacy = (x: unknown) => x === null || x === undefined;
-      const old = legacy(s.periodCredits) || legacy(s.periodAllowances) ? await this.db.getPlan(s.planId) : null;
+      // The old plan's price is what a prorated change's price is the difference from (docs/revenue.md).
+      const old = await this.db.getPlan(s.planId);
       const periodCredits = s.periodCredits ?? old?.creditsPerPeriod ?? 0;
       const periodAllowances = s.periodAllowances ?? (old === null ? [] : rules.planAllowances(old));
-      return rules.changePlan(s, plan, mode, now, periodCredits, periodAllowances);
+      return rules.changePlan(s, plan, mode, now, periodCredits, periodAllowances, old);
     });
   }
 
