@@ -19,6 +19,7 @@ import { csrfField, notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { accountUsage, partialNote, recentEntries, recentUsage } from "./usage-page.js";
+import { basisText } from "./cost-basis.js";
 import type { UsageReport } from "../models/usage.js";
 
 const PAGE = 50;
@@ -197,6 +198,9 @@ function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
       html`subscription
         <a href="${ctx.base}/subscriptions${query({ user: e.userId })}">${shortId(m.subscriptionId)}</a>`,
     );
+  // A sale's cost basis, as the add entry's hash covers it (docs/revenue.md, "The cost basis").
+  if (e.type === "add" && e.costBasis !== null && e.costBasis !== undefined)
+    parts.push(html`sold at ${basisText(e.costBasis)} per credit`);
   for (const g of e.grants.slice(0, 3))
     parts.push(
       open.has(g.grantId)
@@ -516,6 +520,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
       { label: "Remaining / granted", num: true },
       { label: "Expires", short: true },
       { label: "Priority", num: true },
+      { label: "Cost basis / credit", short: true },
       "Pays for",
       "Description",
       { label: "Action", short: true },
@@ -532,6 +537,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
           ${amount(g.remaining)} / ${amount(g.amount)}`,
         g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`,
         g.priority,
+        basisText(g.costBasis),
         scopeText(g),
         g.description ?? "",
         actionForm(ctx, "void", "Void", { user: userId, grant: g.id }),
