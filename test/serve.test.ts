@@ -1,8 +1,9 @@
 import { createHmac } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Redis } from "ioredis";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
@@ -607,6 +608,50 @@ describe("serve: --worker and CORS", () => {
     }
     expect(s.lines.at(-1)?.msg).toBe("stopped");
   }, 60_000);
+
+  // reason: needs a Redis server (CREDIT_REDIS_URL, set by .ci/run)
+  it.skipIf(process.env.CREDIT_REDIS_URL === undefined)(
+    "--worker builds the manager the worker's settings name: its Redis stream, thresholds and ledger file",
+    async () => {
+      const stream = `cm-serve-worker:${process.pid}:${Date.now()}`;
+      const ledgerFile = join(dir, "serve-worker.jsonl");
+      const env = {
+        CREDIT_SQLITE_PATH: join(dir, "worker-redis.sqlite"),
+        CREDIT_REDIS_URL: process.env.CREDIT_REDIS_URL as string,
+        CREDIT_REDIS_STREAM: stream,
+        CREDIT_WORKER_DISPATCH_EVERY: "100ms",
+        CREDIT_LOW_CREDITS: "50",
+        CREDIT_REMINDER_DAYS: "none",
+        CREDIT_LEDGER_FILE: ledgerFile,
+      };
+      const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
+      const s = await startServe(env, ["--worker"]);
+      const redis = new Redis(process.env.CREDIT_REDIS_URL as string);
+      try {
+        expect((await call(s, "POST", "/admin/credits/users/frank/add", admin, { amount: 100 })).status).toBe(201);
+        expect((await call(s, "POST", "/admin/credits/users/frank/deduct", admin, { amount: 60 })).status).toBe(200);
+        // The crossing below CREDIT_LOW_CREDITS is recorded by the spend and delivered to the stream.
+        await expect
+          .poll(
+            async () =>
+              ((await redis.xrange(stream, "-", "+")) as [string, string[]][]).map(([, f]) => f[f.indexOf("type") + 1]),
+            { timeout: 20_000 },
+          )
+          .toContain("low_credits");
+      } finally {
+        expect(await s.stop()).toBe(0);
+        await redis.del(stream);
+        await redis.quit();
+      }
+      // The ledger file has the lines of what the API did for frank.
+      const lines = readFileSync(ledgerFile, "utf8").trim().split("\n");
+      const frank = lines
+        .map((l) => JSON.parse(l) as { eventType: string; userId: string | null; details: { type?: string } })
+        .filter((l) => l.userId === "frank" && l.eventType === "transaction");
+      expect(frank.map((l) => l.details.type)).toEqual(["add", "deduct"]);
+    },
+    60_000,
+  );
 
   it("a bad worker setting with --worker exits 2 before anything connects", () => {
     const r = cli(["serve", "--worker"], {

@@ -1,10 +1,10 @@
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
-import type { Cache } from "../cache/index.js";
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
 import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
+import { openWorkerResources } from "../serve/worker-resources.js";
 import { WorkerUsageError, workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
 
@@ -81,24 +81,10 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
           "the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA), CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_SQLITE_PATH",
         );
       }
-      let queue: NotificationQueue | undefined;
-      let cache: Cache | undefined;
-      if (settings.redisUrl !== undefined) {
-        const redis = await import("../redis/index.js");
-        if (settings.notifications === "deliver") {
-          const q = await redis.RedisStreamQueue.connect(settings.redisUrl, {
-            stream: settings.redisStream,
-            logger,
-          });
-          closers.push(() => q.close());
-          queue = q;
-        }
-        if (settings.cachePrefix !== undefined) {
-          const c = await redis.RedisCache.connect(settings.redisUrl, { keyPrefix: settings.cachePrefix, logger });
-          closers.push(() => c.close());
-          cache = c;
-        }
-      }
+      // The Redis stream and cache, ledger file, retention and thresholds: the same for `serve --worker`.
+      const resources = await openWorkerResources(settings, logger);
+      closers.push(() => resources.close());
+      let queue: NotificationQueue | undefined = resources.queue;
       if (settings.webhooks) {
         // The endpoints of `credit-management webhooks`, read again every few seconds (docs/notifications.md).
         const { openEndpointStore, allowedNetworks } = await import("../serve/store.js");
@@ -137,7 +123,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         queue,
         // Webhooks carry every event: the journal's too (docs/events.md).
         ...(settings.webhooks ? { domainEvents: true } : {}),
-        cache,
+        cache: resources.cache,
         logger,
         // The application's payment settings (docs/operations.md, "Payment settings").
         payments: {
@@ -145,16 +131,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
           creditsPerUnit: settings.payments.creditsPerUnit,
           keyNamespace: settings.payments.keyNamespace,
         },
-        ledger: settings.ledgerFile === undefined ? false : { filePath: settings.ledgerFile },
-        idempotency: { retention: retentionSetting(settings.idempotencyRetention) },
-        notifications:
-          settings.notifications === "off"
-            ? undefined
-            : {
-                lowCredits: settings.lowCredits,
-                lowCreditsPercent: settings.lowCreditsPercent,
-                reminderDays: settings.reminderDays,
-              },
+        ...resources.options,
       });
     } catch (error) {
       if (error instanceof WorkerUsageError) throw error;
@@ -200,9 +177,4 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
     process.off("SIGINT", onInt);
     process.off("SIGHUP", onHup);
   }
-}
-
-/** The retention setting as the manager takes it: a number of ms, or the text. */
-function retentionSetting(text: string): number | string {
-  return /^[0-9]+$/.test(text) ? Number(text) : text;
 }

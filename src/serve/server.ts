@@ -19,6 +19,7 @@ import {
 } from "../http/router.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
+import { openWorkerResources, type WorkerResources } from "./worker-resources.js";
 import { workerOptions, workerSettings, type WorkerSettings } from "./worker-settings.js";
 import { claimsCustomerAudience } from "../services/customer-tokens.js";
 import { createAuthenticator, type Authenticator } from "./auth.js";
@@ -555,10 +556,19 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   const onInt = () => onSignal("SIGINT");
   process.on("SIGTERM", onTerm);
   process.on("SIGINT", onInt);
+  // SIGHUP reopens the worker's ledger file (log rotation), as for `credit-management worker`.
+  const onHup = () => {
+    void manager?.ledger.reopen().then(
+      () => logger.info({ ledgerFile: ws?.ledgerFile }, "ledger file reopened"),
+      (error: unknown) => logger.error({ err: error }, "ledger file could not be reopened"),
+    );
+  };
+  if (ws?.ledgerFile !== undefined) process.on("SIGHUP", onHup);
 
   let manager: CreditManager | undefined;
   let keys: KeyStore | undefined;
   let webhooks: Awaited<ReturnType<typeof serveWebhooks>> | undefined;
+  let resources: WorkerResources | undefined;
   let metrics: Metrics | null = null;
   let started = false;
   try {
@@ -569,7 +579,11 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       where = stores.where;
       const metricsOn = s.CREDIT_METRICS !== "off";
       metrics = metricsOn ? await startMetrics(logger, s) : null;
-      if (env.CREDIT_WEBHOOKS === "on") webhooks = await serveWebhooks(stores.db, s, env, logger);
+      // With --worker, the manager the worker's settings make (docs/service.md, "Configure it"):
+      // its Redis stream and cache, ledger file, idempotency retention and thresholds, as
+      // `credit-management worker` builds it.
+      if (ws !== undefined) resources = await openWorkerResources(ws, logger);
+      if (env.CREDIT_WEBHOOKS === "on") webhooks = await serveWebhooks(stores.db, s, env, logger, resources?.queue);
       manager = await createCreditManager({
         db: stores.db,
         logger,
@@ -581,6 +595,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
           keyNamespace: s.payments.keyNamespace,
         },
         ...customerTokenOptions(s),
+        ...(resources === undefined ? {} : { queue: resources.queue, cache: resources.cache, ...resources.options }),
         ...(webhooks === undefined ? {} : { queue: webhooks.queue, domainEvents: true }),
       });
       await keys.init();
@@ -667,6 +682,8 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     }
     if (manager !== undefined) await manager.close().catch(() => undefined);
     await webhooks?.close().catch(() => undefined);
+    await resources?.close();
+    process.off("SIGHUP", onHup);
     destination.flush();
     process.off("exit", flushOnExit);
   }

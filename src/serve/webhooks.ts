@@ -1,5 +1,6 @@
 import type { Logger } from "../logger.js";
 import type { DbManager } from "../db/types.js";
+import type { NotificationQueue } from "../queue/index.js";
 import { allowedNetworks, openEndpointStore } from "./store.js";
 import { endpointOf, type WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { webhookQueue, type WebhookQueue } from "../webhooks/queue.js";
@@ -17,6 +18,8 @@ export async function serveWebhooks(
   s: ServeSettings,
   env: Env,
   logger: Logger,
+  /** Where each event goes besides the endpoints (the worker's Redis stream with `--worker`). */
+  next?: NotificationQueue,
 ): Promise<{ routes: RouteDefinition[]; queue: WebhookQueue; store: WebhookEndpointStore; close(): Promise<void> }> {
   const store = await openEndpointStore(s.store);
   await store.init();
@@ -24,6 +27,7 @@ export async function serveWebhooks(
   const queue = webhookQueue({
     db,
     endpoints: async () => (await store.list()).map(endpointOf),
+    next,
     allowNetworks,
     logger,
     onDisabled: async (id) => {
