@@ -5,10 +5,15 @@
  * many connections and its own schema of the same server; every round measures the raw
  * `UPDATE balances SET balance = balance - 1 WHERE user_id = $1 AND balance >= 1` and each variant,
  * the order reversed every other round, and a variant's ratio in a round is to the mean of the raw
- * figures measured just before and after it. Prints each round's ratios and their range, and the
- * server's CPU per operation (from /proc: the server must run on this host for that column).
+ * figures measured just before and after it. Prints each round's ratios and their range, each
+ * variant's ratio to the first one named (its ratio to the raw `UPDATE` over the first's, round by
+ * round: both against the same statement measured beside them), and the server's CPU per operation
+ * (from /proc: the server must run on this host for that column).
  *
- *   tsx bench/postgres-compare.ts [root ...]     (default: this checkout; each root built: dist/)
+ *   tsx bench/postgres-compare.ts [root[#options] ...]   (default: this checkout; each root built: dist/)
+ *
+ * `#options`: the `PostgresDbManager` options of that variant as JSON, e.g.
+ * `'.#{"batch":{"maxUnits":8}}'` (a root may be named several times with different options).
  *
  * e.g. the commit before a change in a `git worktree` (node_modules a symlink to this one's), built
  * with `npx tsup --silent`, then `tsx bench/postgres-compare.ts /tmp/old .`. Each root also runs
@@ -42,6 +47,8 @@ interface Variant {
   app: string;
   op: (i: number) => Promise<unknown>;
   ratios: number[];
+  /** Per round: `ratios` over the first variant's in the same round. */
+  toFirst: number[];
   rates: number[];
   serverUs: number[];
   clientUs: number[];
@@ -93,10 +100,14 @@ async function timed(
 }
 
 function variant(name: string, app: string, pool: pg.Pool, op: (i: number) => Promise<unknown>): Variant {
-  return { name, pool, app, op, ratios: [], rates: [], serverUs: [], clientUs: [] };
+  return { name, pool, app, op, ratios: [], toFirst: [], rates: [], serverUs: [], clientUs: [] };
 }
 
-async function build(root: string, label: string, noRollup: boolean): Promise<Variant> {
+async function build(spec: string, label: string, noRollup: boolean): Promise<Variant> {
+  // `root#{"batch":{"spread":1}}`: the manager's options after the `#`, as JSON.
+  const at = spec.indexOf("#");
+  const root = at < 0 ? spec : spec.slice(0, at);
+  const extra = at < 0 ? {} : (JSON.parse(spec.slice(at + 1)) as Record<string, unknown>);
   const core = (await import(pathToFileURL(resolve(root, "dist/index.js")).href)) as typeof Core;
   const { PostgresDbManager } = (await import(
     pathToFileURL(resolve(root, "dist/postgres/index.js")).href
@@ -105,7 +116,7 @@ async function build(root: string, label: string, noRollup: boolean): Promise<Va
   schemas.push(schema);
   const app = `cm-cmp-${schema}`;
   const pool = newPool(app);
-  const db = new PostgresDbManager({ pool, schema });
+  const db = new PostgresDbManager({ ...extra, pool, schema });
   await db.init();
   if (noRollup) {
     const t = await pool.query<{ tgname: string }>(
@@ -169,6 +180,8 @@ try {
       v.clientUs.push(ours.client);
       before = after;
     }
+    const first = variants[0]!.ratios[round]!;
+    for (const v of variants) v.toFirst.push(v.ratios[round]! / first);
     console.error(
       `round ${round + 1}: ` +
         variants.map((v) => `${v.name} ${v.ratios[v.ratios.length - 1]!.toFixed(2)}×`).join(", "),
@@ -185,12 +198,17 @@ try {
   console.log(
     `\n${CALLERS} callers, ${USERS.toLocaleString("en-US")} accounts, ${ROUNDS} rounds of ${ops.toLocaleString("en-US")} operations, load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}\n`,
   );
-  console.log("| row | ops/s | ratio to the raw UPDATE (median; range) | server CPU µs/op | client CPU µs/op |");
-  console.log("| --- | --- | --- | --- | --- |");
+  const firstName = variants[0]?.name ?? "";
+  console.log(
+    `| row | ops/s | ratio to the raw UPDATE (median; range) | ratio to ${firstName} (median; range) | server CPU µs/op | client CPU µs/op |`,
+  );
+  console.log("| --- | --- | --- | --- | --- | --- |");
+  const ratioOf = (xs: number[]) => `${median(xs).toFixed(2)}× (${range(xs, 2)})`;
   for (const v of [raw, ...variants]) {
-    const ratio = v === raw ? "1" : `${median(v.ratios).toFixed(2)}× (${range(v.ratios, 2)})`;
+    const ratio = v === raw ? "1" : ratioOf(v.ratios);
+    const toFirst = v === raw ? "—" : v === variants[0] ? "1" : ratioOf(v.toFirst);
     console.log(
-      `| ${v.name} | ${range(v.rates)} | ${ratio} | ${v.serverUs.length ? median(v.serverUs).toFixed(0) : "—"} | ${median(v.clientUs).toFixed(0)} |`,
+      `| ${v.name} | ${range(v.rates)} | ${ratio} | ${toFirst} | ${v.serverUs.length ? median(v.serverUs).toFixed(0) : "—"} | ${median(v.clientUs).toFixed(0)} |`,
     );
   }
 } finally {
