@@ -530,6 +530,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/credits/revenue": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Revenue of every account (or `account`'s) by calendar window: deferred, recognized, breakage
+         * @description Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.
+         */
+        get: operations["adminGetRevenue"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/revenue.csv": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The revenue report as CSV
+         * @description RFC 4180 (CRLF records, a header line): start, end, currency, the grouped dimensions, deferredStart, paid, recognized, breakage, refunds, deferredEnd, unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection).
+         */
+        get: operations["adminGetRevenueCsv"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/credits/plans": {
         parameters: {
             query?: never;
@@ -4208,6 +4248,158 @@ export interface operations {
             };
         };
     };
+    adminGetRevenue: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                timeZone?: string;
+                groupBy?: ("account" | "source" | "feature" | "spender")[];
+                account?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        rows: ({
+                            /** Format: date-time */
+                            start: string;
+                            /** Format: date-time */
+                            end: string;
+                            /** @description ISO 4217; null on the rows of unbilled usage */
+                            currency: string | null;
+                            /** @description Paid credits not yet used at `start`, at their basis (smallest currency unit) */
+                            deferredStart: number;
+                            /** @description Credits sold in the window: additions with a cost basis */
+                            paid: number;
+                            /** @description Credits used at the basis of the grant that paid; refunds of used credits negative */
+                            recognized: number;
+                            /** @description Paid credits expired or voided unused */
+                            breakage: number;
+                            /** @description What refunds and lost disputes took back */
+                            refunds: number;
+                            /** @description Paid credits not yet used at `end`, at their basis */
+                            deferredEnd: number;
+                            /** @description Credits of usage past the balance (debt): no basis yet */
+                            unbilledCredits: number;
+                        } & {
+                            [key: string]: string | null;
+                        })[];
+                        timeZone: string;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetRevenueCsv: {
+        parameters: {
+            query: {
+                from: string;
+                to: string;
+                interval?: ("hour" | "day" | "week" | "month") | "none";
+                timeZone?: string;
+                groupBy?: ("account" | "source" | "feature" | "spender")[];
+                account?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/csv": string;
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     listPlans: {
         parameters: {
             query?: never;
@@ -4426,6 +4618,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -4451,6 +4647,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4593,6 +4793,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -4618,6 +4822,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4796,6 +5004,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -4821,6 +5033,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -4997,6 +5213,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -5022,6 +5242,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -5195,6 +5419,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -5220,6 +5448,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -5971,6 +6203,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -5996,6 +6232,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -6150,6 +6390,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -6175,6 +6419,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -6355,6 +6603,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -6380,6 +6632,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -6558,6 +6814,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -6583,6 +6843,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {
@@ -6758,6 +7022,10 @@ export interface operations {
                                     };
                                     amount: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             carry: {
                                 grantIds: string[];
@@ -6783,6 +7051,10 @@ export interface operations {
                                     };
                                     delta: number;
                                 }[];
+                                price?: {
+                                    amount: number;
+                                    currency: string;
+                                };
                             } | null;
                             keepPeriodGrants: boolean;
                             events?: {

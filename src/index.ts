@@ -17,6 +17,7 @@ export {
   type HistoryPage,
 } from "./services/credit-service.js";
 export type { CustomerGrant, CustomerToken } from "./services/customer-tokens.js";
+export { revenueCsv } from "./services/revenue-csv.js";
 export { usageCsv } from "./services/usage-csv.js";
 export {
   SubscriptionService,

@@ -3,6 +3,7 @@ import type { Account, JournalEntry } from "../models/index.js";
 import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../models/usage.js";
 import { sumUsage } from "../services/usage.js";
 import { usageCsv } from "../services/usage-csv.js";
+import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
 import { amount, enc, html, jsonData, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
@@ -205,12 +206,7 @@ export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {
       limit: 100_000,
     });
     return new Response(usageCsv(report, groupBy), {
-      headers: {
-        "content-type": "text/csv; charset=utf-8; header=present",
-        "content-disposition": 'attachment; filename="usage.csv"',
-        "cache-control": "no-store",
-        "x-content-type-options": "nosniff",
-      },
+      headers: csvHeaders("usage.csv"),
     });
   } catch (error) {
     if (!(error instanceof ValidationError)) throw error;

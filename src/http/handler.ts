@@ -3,6 +3,7 @@ import { ConfigurationError } from "../errors.js";
 import { paymentRoutes, promoRoutes } from "./billing-routes.js";
 import { creditRoutes } from "./credit-routes.js";
 import { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
+import { revenueRoutes } from "./revenue-routes.js";
 import { usageRoutes } from "./usage-routes.js";
 import { limitRoutes } from "./limit-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
@@ -216,6 +217,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     ...creditRoutes,
     ...limitRoutes,
     ...usageRoutes,
+    ...revenueRoutes,
     ...planRoutes,
     ...promoRoutes,
     ...payRoutes,

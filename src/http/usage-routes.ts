@@ -12,6 +12,7 @@ import {
   type UsageRow,
 } from "../models/index.js";
 import { usageCsv } from "../services/usage-csv.js";
+import { csvHeaders } from "../util/csv.js";
 import { type RouteContext, type RouteDefinition } from "./router.js";
 import { textResponse } from "./text-response.js";
 
@@ -128,13 +129,7 @@ const csv = (who: "self" | "user" | "fleet") => async (ctx: RouteContext) => {
   const { r, q } = await report(ctx, who);
   return textResponse(usageCsv(r, (q.groupBy ?? []) as UsageDimension[]), {
     status: 200,
-    headers: {
-      "content-type": "text/csv; charset=utf-8; header=present",
-      "content-disposition": 'attachment; filename="usage.csv"',
-      "cache-control": "no-store",
-      "x-content-type-options": "nosniff",
-      ...(r.truncated ? { "x-usage-truncated": "true" } : {}),
-    },
+    headers: { ...csvHeaders("usage.csv"), ...(r.truncated ? { "x-usage-truncated": "true" } : {}) },
   });
 };
 

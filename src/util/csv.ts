@@ -26,3 +26,16 @@ export function toCsv(header: readonly string[], rows: Iterable<readonly unknown
   for (const row of rows) out += `${row.map(csvField).join(",")}\r\n`;
   return out;
 }
+
+/**
+ * The headers of a CSV download (docs/usage.md, "Over HTTP"; docs/revenue.md, "Where finance reads
+ * it"): RFC 4180 with a header line, saved as `filename`, never cached nor sniffed as something else.
+ */
+export function csvHeaders(filename: string): Record<string, string> {
+  return {
+    "content-type": "text/csv; charset=utf-8; header=present",
+    "content-disposition": `attachment; filename="${filename}"`,
+    "cache-control": "no-store",
+    "x-content-type-options": "nosniff",
+  };
+}

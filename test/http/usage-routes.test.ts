@@ -4,6 +4,7 @@
  */
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { beforeAll, describe, expect, it } from "vitest";
+import { caller } from "./call.js";
 import { createCreditHandler, type Identity } from "../../src/http/index.js";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { HOSTILE_MODEL, HOSTILE_SPENDER, seedUsage } from "../usage-fixture.js";
@@ -21,18 +22,7 @@ describe("usage over HTTP", () => {
   const clock = { t: Date.now() };
   const range = () =>
     `from=${new Date(clock.t - 30 * 86_400_000).toISOString()}&to=${new Date(clock.t + 60_000).toISOString()}`;
-  const call = async (path: string, token: string) => {
-    const r = await handler(new Request(`http://localhost${path}`, { headers: { authorization: `Bearer ${token}` } }));
-    const text = await r.text();
-    const type = r.headers.get("content-type") ?? "";
-    return {
-      status: r.status,
-      headers: r.headers,
-      text,
-      // eslint-disable-next-line @typescript-eslint/no-explicit-any -- JSON answers, read field by field
-      body: (type.startsWith("application/json") ? JSON.parse(text) : null) as Record<string, any>,
-    };
-  };
+  const call = (path: string, token?: string) => caller(handler)(path, token);
 
   beforeAll(async () => {
     m = await createCreditManager({

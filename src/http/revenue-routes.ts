@@ -1,0 +1,94 @@
+import * as z from "zod";
+import { RevenueDimension, UserId, type RevenueQuery, type RevenueReport } from "../models/index.js";
+import { revenueCsv } from "../services/revenue-csv.js";
+import { csvHeaders } from "../util/csv.js";
+import { type RouteContext, type RouteDefinition } from "./router.js";
+import { textResponse } from "./text-response.js";
+import { UsageParams } from "./usage-routes.js";
+
+/**
+ * The revenue query as a query string (docs/revenue.md, "Where finance reads it"): `from` and `to`
+ * as ISO 8601, `interval` `hour|day|week|month|none` (default `month`), `groupBy` comma-separated,
+ * `timeZone`, and `account` for one account (absent: the whole book).
+ */
+export const RevenueParams = UsageParams.pick({ from: true, to: true, interval: true, timeZone: true }).extend({
+  /** Dimensions each row is split by besides currency (comma-separated or repeated), each once. */
+  groupBy: z.array(RevenueDimension).max(4).optional(),
+  /** One account; absent: every account. */
+  account: UserId.optional(),
+});
+
+const money = z.number().int();
+const Row = z
+  .object({
+    start: z.iso.datetime(),
+    end: z.iso.datetime(),
+    currency: z.string().nullable().describe("ISO 4217; null on the rows of unbilled usage"),
+    deferredStart: money.describe("Paid credits not yet used at `start`, at their basis (smallest currency unit)"),
+    paid: money.describe("Credits sold in the window: additions with a cost basis"),
+    recognized: money.describe("Credits used at the basis of the grant that paid; refunds of used credits negative"),
+    breakage: money.describe("Paid credits expired or voided unused"),
+    refunds: money.describe("What refunds and lost disputes took back"),
+    deferredEnd: money.describe("Paid credits not yet used at `end`, at their basis"),
+    unbilledCredits: z.number().int().describe("Credits of usage past the balance (debt): no basis yet"),
+  })
+  .catchall(z.string().nullable())
+  .describe("A window, a currency, the grouped dimensions' values (account, source, feature, spender) and the figures");
+export const RevenueReportSchema = z.object({ rows: z.array(Row), timeZone: z.string() });
+
+type Params = z.infer<typeof RevenueParams>;
+
+/** The library's query from the route's (the interval's default is the month: a month-end report). */
+export function revenueQueryOf(p: Params): RevenueQuery {
+  return {
+    ...(p.account === undefined ? {} : { account: p.account }),
+    from: p.from,
+    to: p.to,
+    interval: p.interval === undefined ? "month" : p.interval === "none" ? null : p.interval,
+    ...(p.groupBy === undefined ? {} : { groupBy: p.groupBy }),
+    ...(p.timeZone === undefined ? {} : { timeZone: p.timeZone }),
+  };
+}
+
+async function report(ctx: RouteContext): Promise<{ r: RevenueReport; q: RevenueQuery }> {
+  const q = revenueQueryOf(ctx.query<Params>());
+  return { r: await ctx.manager.credits.getRevenue(q), q };
+}
+
+const tags = ["revenue"];
+const NOTE =
+  "Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.";
+
+/** The revenue routes (docs/revenue.md, "Where finance reads it"): admins only. */
+export const revenueRoutes: RouteDefinition[] = [
+  {
+    method: "GET",
+    base: "admin",
+    path: "/revenue",
+    access: "admin",
+    operationId: "adminGetRevenue",
+    summary: "Revenue of every account (or `account`'s) by calendar window: deferred, recognized, breakage",
+    description: NOTE,
+    tags,
+    query: RevenueParams,
+    response: RevenueReportSchema,
+    handle: async (ctx) => (await report(ctx)).r,
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/revenue.csv",
+    access: "admin",
+    operationId: "adminGetRevenueCsv",
+    summary: "The revenue report as CSV",
+    description:
+      "RFC 4180 (CRLF records, a header line): start, end, currency, the grouped dimensions, deferredStart, paid, recognized, breakage, refunds, deferredEnd, unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection).",
+    tags,
+    query: RevenueParams,
+    responseType: "text/csv",
+    handle: async (ctx) => {
+      const { r, q } = await report(ctx);
+      return textResponse(revenueCsv(r, q.groupBy ?? []), { status: 200, headers: csvHeaders("revenue.csv") });
+    },
+  },
+];

@@ -1,0 +1,148 @@
+/**
+ * The revenue routes (docs/revenue.md, "Where finance reads it"): admins only, the query validated
+ * (400, nothing changed), JSON and CSV with formulas made inert, in the OpenAPI document.
+ */
+import { Validator } from "@seriousme/openapi-schema-validator";
+import { beforeAll, describe, expect, it } from "vitest";
+import { caller } from "./call.js";
+import { createCreditHandler, type Identity } from "../../src/http/index.js";
+import { createCreditManager, type CreditManager } from "../../src/index.js";
+
+const authenticate = (request: Request): Identity | null => {
+  const token = request.headers.get("authorization")?.replace(/^Bearer /, "");
+  if (!token) return null;
+  return token.startsWith("admin:") ? { userId: token, admin: true } : { userId: token };
+};
+
+/** An account id and a spender that a spreadsheet would run as formulas. */
+const FORMULA_ACCOUNT = '=HYPERLINK("http://evil.example","x")';
+const FORMULA_SPENDER = "+cmd|' /C calc'!A0";
+
+describe("revenue over HTTP", () => {
+  let m: CreditManager;
+  let handler: ReturnType<typeof createCreditHandler>;
+  const clock = { t: Date.now() };
+  const from = () => new Date(clock.t - 86_400_000).toISOString();
+  const to = () => new Date(clock.t + 60_000).toISOString();
+  const range = () => `from=${encodeURIComponent(from())}&to=${encodeURIComponent(to())}`;
+  const call = (path: string, token?: string) => caller(handler)(path, token);
+
+  beforeAll(async () => {
+    m = await createCreditManager({
+      clock: () => new Date(clock.t),
+      customerTokens: { secret: "revenue-routes-secret-of-32-characters!" },
+    });
+    // 5,997 credits for 1,999 cents (1/3 cent each), 1,000 free ones; 1,600 used: 200 cents recognized.
+    await m.credits.addCredits("alice", 5_997, { costBasis: { perCredit: "1/3", currency: "USD" } });
+    // The promo credits expire first, so they are used first (docs/concepts.md, burn-down order).
+    await m.credits.addCredits("alice", 1_000, {
+      source: "promo",
+      expiresAt: new Date(clock.t + 10 * 86_400_000),
+    });
+    await m.credits.deductCredits("alice", 1_600, { spender: "key-ci" });
+    // An account whose id and spender are formulas: 100 credits at 2 euro cents, 10 used.
+    await m.credits.addCredits(FORMULA_ACCOUNT, 100, { costBasis: { perCredit: "2", currency: "eur" } });
+    await m.credits.deductCredits(FORMULA_ACCOUNT, 10, { spender: FORMULA_SPENDER });
+    clock.t += 1000;
+    handler = createCreditHandler(m, { authenticate });
+  });
+
+  it("answers an admin the whole book or one account, as credits.getRevenue does", async () => {
+    const book = await call(`/admin/credits/revenue?${range()}&interval=none&groupBy=account`, "admin:ops");
+    expect(book.status).toBe(200);
+    expect(book.body.timeZone).toBe("UTC");
+    const expected = await m.credits.getRevenue({
+      from: from(),
+      to: to(),
+      interval: null,
+      groupBy: ["account"],
+    });
+    expect(book.body.rows).toEqual(
+      expected.rows.map((r) => ({ ...r, start: r.start.toISOString(), end: r.end.toISOString() })),
+    );
+    expect(book.body.rows).toContainEqual(
+      expect.objectContaining({ account: "alice", currency: "USD", paid: 1_999, recognized: 200, deferredEnd: 1_799 }),
+    );
+    expect(book.body.rows).toContainEqual(
+      expect.objectContaining({ account: FORMULA_ACCOUNT, currency: "EUR", paid: 200, recognized: 20 }),
+    );
+    // One account; the interval's default is the month.
+    const one = await call(`/admin/credits/revenue?${range()}&account=alice`, "admin:ops");
+    expect(one.status).toBe(200);
+    expect(one.body.rows.every((r: { currency: string }) => r.currency === "USD")).toBe(true);
+    expect(one.body.rows.reduce((s: number, r: { recognized: number }) => s + r.recognized, 0)).toBe(200);
+    const monthly = await m.credits.getRevenue({ account: "alice", from: from(), to: to(), interval: "month" });
+    expect(one.body.rows).toHaveLength(monthly.rows.length);
+  });
+
+  it("is for admins only: 401 without identity, 403 for a user and a customer token", async () => {
+    expect((await call(`/admin/credits/revenue?${range()}`)).status).toBe(401);
+    expect((await call(`/admin/credits/revenue.csv?${range()}`)).status).toBe(401);
+    expect((await call(`/admin/credits/revenue?${range()}&account=alice`, "alice")).status).toBe(403);
+    expect((await call(`/admin/credits/revenue.csv?${range()}&account=alice`, "alice")).status).toBe(403);
+    const token = (await m.credits.customerToken("alice", { ttlSeconds: 60 })).token;
+    expect((await call(`/admin/credits/revenue?${range()}&account=alice`, token)).status).toBe(403);
+    // No user route answers it.
+    expect((await call(`/credits/revenue?${range()}`, "alice")).status).toBe(404);
+  });
+
+  it("refuses a bad or too large query with 400 naming the field, and changes nothing", async () => {
+    const before = await m.db.getAccount("alice");
+    const day = (n: number) => encodeURIComponent(new Date(clock.t - n * 86_400_000).toISOString());
+    for (const [q, field] of [
+      [`from=${day(1)}`, "to"],
+      [`from=${day(1)}&to=${day(2)}`, "to"],
+      [`from=${day(200)}&to=${day(0)}&interval=hour`, "to"],
+      [`from=${day(4000)}&to=${day(0)}&interval=none`, "to"],
+      [`${range()}&groupBy=colour`, "groupBy"],
+      [`${range()}&groupBy=account,account`, "groupBy"],
+      [`${range()}&interval=fortnight`, "interval"],
+      [`${range()}&timeZone=Mars/Base`, "timeZone"],
+      [`${range()}&kinds=spend`, "kinds"],
+      [`from=yesterday&to=${day(0)}`, "from"],
+    ] as const) {
+      for (const path of ["/admin/credits/revenue", "/admin/credits/revenue.csv"]) {
+        const r = await call(`${path}?${q}`, "admin:ops");
+        expect(r.status, `${path}?${q}`).toBe(400);
+        expect(r.body.error.code).toBe("VALIDATION_ERROR");
+        expect(r.body.error.message, q).toContain(field);
+      }
+    }
+    expect(await m.db.getAccount("alice")).toEqual(before);
+  });
+
+  it("exports CSV: RFC 4180, the figures per currency, formulas made inert", async () => {
+    const r = await call(`/admin/credits/revenue.csv?${range()}&interval=none&groupBy=account,spender`, "admin:ops");
+    expect(r.status).toBe(200);
+    expect(r.headers.get("content-type")).toBe("text/csv; charset=utf-8; header=present");
+    expect(r.headers.get("content-disposition")).toBe('attachment; filename="revenue.csv"');
+    expect(r.headers.get("cache-control")).toBe("no-store");
+    const lines = r.text.split("\r\n");
+    expect(lines[0]).toBe(
+      "start,end,currency,account,spender,deferredStart,paid,recognized,breakage,refunds,deferredEnd,unbilledCredits",
+    );
+    expect(lines.at(-1)).toBe("");
+    // The account id begins with `=`: prefixed with ', quoted (it holds quotes and a comma).
+    expect(r.text).toContain(`,EUR,"'=HYPERLINK(""http://evil.example"",""x"")",`);
+    expect(r.text).not.toMatch(/(^|,)"?=HYPERLINK/m);
+    // The spender begins with `+`: prefixed with '.
+    expect(r.text).toContain(`,'+cmd|' /C calc'!A0,0,0,20,0,0,0,0\r\n`);
+    expect(r.text).not.toMatch(/(^|,)\+cmd/m);
+    expect(r.text).toMatch(/,USD,alice,key-ci,0,0,200,0,0,0,0\r\n/);
+  });
+
+  it("is in the OpenAPI document, CSV included, and the document stays valid", async () => {
+    const doc = (await call("/credits/openapi.json")).body;
+    expect((await new Validator().validate(doc)).valid).toBe(true);
+    expect(doc.paths["/admin/credits/revenue"].get.operationId).toBe("adminGetRevenue");
+    expect(Object.keys(doc.paths["/admin/credits/revenue.csv"].get.responses["200"].content)).toEqual(["text/csv"]);
+    expect(doc.paths["/admin/credits/revenue"].get.parameters.map((p: { name: string }) => p.name)).toEqual([
+      "from",
+      "to",
+      "interval",
+      "timeZone",
+      "groupBy",
+      "account",
+    ]);
+  });
+});
