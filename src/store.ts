@@ -21,6 +21,13 @@ export type {
   StoreStats,
 } from "./db/types.js";
 export type { SubscriptionCursor, SubscriptionStore } from "./db/types-subscriptions.js";
+export type {
+  RevenueBucketRow,
+  RevenueCheckpoint,
+  RevenueDayRow,
+  RevenueDeferredRow,
+  RevenueSummaryStore,
+} from "./db/types-revenue.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";
 export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";

@@ -291,6 +291,18 @@ describe("schema upgrades: the statements", () => {
     expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 12 })).toContain("-- version 15: grants.cost_basis");
   });
 
+  it("version 16: PostgreSQL's revenue summary tables, created empty by the DDL; no column of an existing table changes", () => {
+    for (const dialect of ["postgres", "mysql", "sqlite"] as const)
+      expect(upgradeStatements({ dialect, fromVersion: 15 })).toEqual([]);
+    const script = generateUpgradeSql({ dialect: "postgres", fromVersion: 15 });
+    expect(script).toContain("-- version 16: PostgreSQL: the tables revenue_state, revenue_daily and revenue_deferred");
+    for (const table of ["revenue_state", "revenue_daily", "revenue_deferred"])
+      expect(script).toContain(`CREATE TABLE IF NOT EXISTS "${table}"`);
+    expect(generateUpgradeSql({ dialect: "sqlite", fromVersion: 15 })).not.toContain(
+      'CREATE TABLE IF NOT EXISTS "revenue_',
+    );
+  });
+
   it("version 11: notifications.type allows limit_warning and limit_reached; no column changes (a limit's alerted is in accounts.limits' JSON)", () => {
     // From 10: version 11's statements, then version 13's (plan allowances).
     const after = (dialect: "postgres" | "mysql" | "sqlite", o: { prefix?: string; schema?: string } = {}) =>

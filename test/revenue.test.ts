@@ -21,6 +21,8 @@ import {
   type RevenueRow,
 } from "../src/index.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
+import { getRevenue } from "../src/services/revenue.js";
+import type { RevenueQuery } from "../src/models/revenue.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -442,6 +444,18 @@ describe("revenue: audit", () => {
   });
 });
 
+/** Midnight UTC of the day of `ms`. */
+const dayStart = (ms: number) => Math.floor(ms / DAY) * DAY;
+
+/** `getRevenue` as the store answers it (its summary where it has one) is the journal's replay. */
+async function sameAsReplay(db: DbManager, q: Omit<RevenueQuery, "from" | "to"> & { from: number; to: number }) {
+  const query: RevenueQuery = { ...q, from: new Date(q.from), to: new Date(q.to) };
+  const replayed = await getRevenue(db, query, { path: "replay" });
+  const answered = await getRevenue(db, query);
+  expect(answered).toEqual(replayed);
+  return answered;
+}
+
 /** A seeded generator (mulberry32): a failure replays from its seed. */
 function rng(seed: number) {
   let a = seed >>> 0;
@@ -553,6 +567,14 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
           } catch (error) {
             if (!(error instanceof InsufficientCreditsError) && !(error instanceof ValidationError)) throw error;
           }
+          // Reports along the way: a store's summary is caught up in several pieces, each from the state the last left.
+          if (step % 15 === 14)
+            await sameAsReplay(db, {
+              account: u,
+              from: dayStart(T0) - 7 * DAY,
+              to: dayStart(clock.now) + DAY,
+              interval: "day",
+            });
         }
         clock.now += 40 * DAY;
         for (const u of users) {
@@ -643,6 +665,32 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
         groupBy: ["account"],
       });
       const all = await credits.getRevenue({ from: new Date(T0 - DAY), to: new Date(clock.now + DAY), interval: null });
+      // The store's summary (PostgreSQL) answers exactly what the journal's replay does, for the
+      // whole book and each account, whatever the windows and groups (docs/revenue.md, "How it is computed").
+      const from = dayStart(T0) - 2 * DAY;
+      const to = dayStart(clock.now) + 2 * DAY;
+      for (const interval of ["day", "week", "month", null] as const)
+        for (const groupBy of [
+          [],
+          ["account"],
+          ["source"],
+          ["account", "feature", "spender"],
+          ["spender", "source"],
+        ] as const) {
+          await sameAsReplay(db, { from, to, interval, groupBy: [...groupBy] });
+          await sameAsReplay(db, {
+            account: `a${seeds}`,
+            from: from + 9 * DAY,
+            to: to - 3 * DAY,
+            interval,
+            groupBy: [...groupBy],
+          });
+        }
+      await sameAsReplay(db, { from, to, interval: "month", timeZone: "Europe/Berlin", groupBy: ["account"] });
+      if (store.name === "postgres") {
+        expect(db.revenueSummary).toBeDefined();
+        expect(await db.revenueSummary!.staleRevenue(null, null, 10)).toEqual([]);
+      }
       for (const row of all.rows) {
         const mine = book.rows.filter((x) => x.currency === row.currency);
         expect(mine.reduce((s, x) => s + x.recognized, 0)).toBe(row.recognized);
@@ -653,4 +701,43 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
       await opened.drop();
     }
   }, 120_000);
+});
+
+describe.each(stores)("revenue on $name: an account whose clock went back a day", (store) => {
+  it("is replayed, and the report is still the journal's (docs/revenue.md, How it is computed)", async () => {
+    const opened = await store.open();
+    const db = opened.db;
+    await db.init();
+    try {
+      const { clock, credits } = services(db);
+      const basis = { perCredit: "1999/3000", currency: "USD" };
+      clock.now = dayStart(T0) + 12 * 3_600_000;
+      await credits.addCredits("late", 3000, { costBasis: basis });
+      await credits.deductCredits("late", 700);
+      await credits.addCredits("calm", 900, { costBasis: { perCredit: "2", currency: "EUR" } });
+      const q = { from: dayStart(T0) - 3 * DAY, to: dayStart(T0) + 4 * DAY, interval: "day" as const };
+      await sameAsReplay(db, { ...q, groupBy: ["account"] });
+      clock.now += 2 * DAY;
+      await credits.deductCredits("late", 100);
+      await credits.deductCredits("calm", 50);
+      await sameAsReplay(db, { ...q, groupBy: ["account"] });
+      // A manager whose clock is a day and a half behind writes to the same account.
+      clock.now -= 36 * 3_600_000;
+      await credits.deductCredits("late", 250);
+      await credits.addCredits("late", 300, { costBasis: basis });
+      const report = await sameAsReplay(db, { ...q, groupBy: ["account"] });
+      expect(report.rows.filter((r) => r.account === "late").reduce((s, r) => s + r.recognized, 0)).toBe(
+        valueAt(rateOf(basis.perCredit), 1050),
+      );
+      await sameAsReplay(db, { ...q, interval: null });
+      await sameAsReplay(db, { ...q, account: "late", interval: "week", groupBy: ["source"] });
+      if (db.revenueSummary !== undefined) {
+        const read = await db.revenueSummary.readRevenue({ account: null, boundaries: [q.from, q.to], groupBy: [] });
+        expect(read.disordered).toEqual(["late"]);
+      }
+    } finally {
+      await db.close();
+      await opened.drop();
+    }
+  });
 });

@@ -12,6 +12,7 @@ import type { Changes, LoadedState } from "../domain/state.js";
 import type { UsageBucket, UsageRollupRow, UsageScan } from "../domain/usage.js";
 import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
+import type { RevenueSummaryStore } from "./types-revenue.js";
 import type { ArchivePartitionsInput, ArchivePartitionsReport, EnsurePartitionsReport } from "./types-partitions.js";
 
 /**
@@ -141,6 +142,8 @@ export interface JournalStore {
    * with the journal.
    */
   usageRollup?(userId: string): Promise<UsageRollupRow[] | null>;
+  /** Optional: revenue kept per account and UTC day, for `credits.getRevenue` (docs/revenue.md, "How it is computed"). */
+  readonly revenueSummary?: RevenueSummaryStore;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;
   /** System and error events, newest first. Transaction events are the journal. */
   listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]>;

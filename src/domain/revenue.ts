@@ -85,7 +85,7 @@ export function sameBasis(a: CostBasis | null | undefined, b: CostBasis | null |
 // ---- The roll-forward ----
 
 /** What the roll-forward knows of a paid addition's credits. */
-interface Lot {
+export interface Lot {
   rate: Rate;
   currency: string;
   source: string | null;
@@ -96,20 +96,76 @@ interface Lot {
 }
 
 /** A paid addition of a payment (`metadata.paymentId`), for its refunds. */
-interface Payment {
+export interface Payment {
   rate: Rate;
   currency: string;
   source: string | null;
-  /** The grant it created (null: it only paid debt). */
-  lot: Lot | null;
+  /** The id of the grant it created (null: it only paid debt). */
+  lot: string | null;
   /** Its credits. */
   size: number;
   /** Credits whose revenue a refund reversed: positions 0 to `reversed` of the addition. */
   reversed: number;
 }
 
+/**
+ * What the roll-forward of one account knows after some of its entries (paid lots by grant id,
+ * paid additions of payments by payment id, active holds' credits by reservation and grant):
+ * enough to go on from the next entry without reading the ones before (docs/revenue.md, "How it
+ * is computed").
+ */
+export interface RevenueState {
+  lots: Map<string, Lot>;
+  payments: Map<string, Payment>;
+  holds: Map<string, Map<string, number>>;
+}
+
+/** A roll-forward at the first entry. */
+export const emptyRevenueState = (): RevenueState => ({ lots: new Map(), payments: new Map(), holds: new Map() });
+
+/** `state` as compact JSON text (bigints as decimal text), for a store to keep. */
+export function revenueStateText(state: RevenueState): string {
+  return JSON.stringify({
+    l: [...state.lots].map(([id, l]) => [id, `${l.rate.num}`, `${l.rate.den}`, l.currency, l.source, l.offset, l.gone]),
+    p: [...state.payments].map(([id, p]) => [
+      id,
+      `${p.rate.num}`,
+      `${p.rate.den}`,
+      p.currency,
+      p.source,
+      p.lot,
+      p.size,
+      p.reversed,
+    ]),
+    h: [...state.holds].map(([id, alloc]) => [id, [...alloc]]),
+  });
+}
+
+/** The state `revenueStateText` wrote. */
+export function parseRevenueState(text: string): RevenueState {
+  type L = [string, string, string, string, string | null, number, number];
+  type P = [string, string, string, string, string | null, string | null, number, number];
+  const raw = JSON.parse(text) as { l: L[]; p: P[]; h: [string, [string, number][]][] };
+  const rate = (num: string, den: string): Rate => ({ num: BigInt(num), den: BigInt(den) });
+  return {
+    lots: new Map(
+      raw.l.map(([id, n, d, currency, source, offset, gone]) => [
+        id,
+        { rate: rate(n, d), currency, source, offset, gone },
+      ]),
+    ),
+    payments: new Map(
+      raw.p.map(([id, n, d, currency, source, lot, size, reversed]) => [
+        id,
+        { rate: rate(n, d), currency, source, lot, size, reversed },
+      ]),
+    ),
+    holds: new Map(raw.h.map(([id, alloc]) => [id, new Map(alloc)])),
+  };
+}
+
 /** Figures of one group in one window (`deferredStart`/`deferredEnd` filled per row at the end). */
-interface Sums {
+export interface Sums {
   paid: number;
   recognized: number;
   breakage: number;
@@ -118,7 +174,7 @@ interface Sums {
 }
 
 /** The group of a figure: currency (null: unbilled) and the dimension values. */
-interface Key {
+export interface Key {
   currency: string | null;
   account: string;
   source: string | null;
@@ -154,13 +210,17 @@ export class RevenueAccumulator {
 
   /**
    * Adds one account's journal (every entry from seq 1, in order; `sources`: the source of each
-   * grant by id, for `groupBy: ["source"]`).
+   * grant by id, for `groupBy: ["source"]`). With `state` (what an earlier call returned), the
+   * entries after those it had read; returns the state after them (`state`, changed).
    */
-  addAccount(userId: string, entries: Iterable<JournalEntry>, sources?: ReadonlyMap<string, string>): void {
-    const lots = new Map<string, Lot>();
+  addAccount(
+    userId: string,
+    entries: Iterable<JournalEntry>,
+    sources?: ReadonlyMap<string, string>,
+    state: RevenueState = emptyRevenueState(),
+  ): RevenueState {
     /** Paid additions by payment id (`metadata.paymentId`), for refunds. */
-    const payments = new Map<string, Payment>();
-    const holds = new Map<string, Map<string, number>>();
+    const { lots, payments, holds } = state;
     const bySource = this.groupBy.includes("source");
     const deferred = new Map<string, number>(); // group key → running deferred value
     const deferredKeys = new Map<string, Key>();
@@ -227,11 +287,10 @@ export class RevenueAccumulator {
           const rate = rateOf(b.perCredit);
           add(key(b.currency, source, null), "paid", valueAt(rate, e.amount));
           if (debtPaid > 0) add(key(b.currency, source, null), "recognized", valueAt(rate, debtPaid));
-          let first: Lot | null = null;
+          const first = e.grants[0]?.grantId ?? null;
           for (const g of e.grants) {
             const lot: Lot = { rate, currency: b.currency, source, offset: debtPaid, gone: 0 };
             lots.set(g.grantId, lot);
-            first ??= lot;
             shift(lot, valueAt(rate, debtPaid + g.amount) - valueAt(rate, debtPaid));
           }
           if (paymentId !== null)
@@ -253,7 +312,7 @@ export class RevenueAccumulator {
             const v = take(lot, g.amount);
             const k = key(lot.currency, lot.source, e);
             if (!takeBack) add(k, "recognized", v);
-            else if (p === null || p.lot === lot) add(k, "refunds", v);
+            else if (p === null || p.lot === g.grantId) add(k, "refunds", v);
             else {
               // Another grant's credits pay for the used credits the refund takes back.
               add(k, "recognized", v);
@@ -299,6 +358,34 @@ export class RevenueAccumulator {
       }
     }
     record(Number.POSITIVE_INFINITY);
+    return state;
+  }
+
+  /**
+   * Figures summed elsewhere (a store's summary, docs/revenue.md "How it is computed"), added to
+   * window `w` of group `k`.
+   */
+  addFigures(k: Key, w: number, figures: Sums): void {
+    const s = this.sum(k, w);
+    s.paid += figures.paid;
+    s.recognized += figures.recognized;
+    s.breakage += figures.breakage;
+    s.refunds += figures.refunds;
+    s.unbilledCredits += figures.unbilledCredits;
+  }
+
+  /** Deferred worked out elsewhere, added to group `k`'s (feature and spender null) at `boundaries[i]`. */
+  addDeferred(k: Key, i: number, v: number): void {
+    this.deferredPoint(keyId(k, this.groupBy), k, i, v);
+  }
+
+  /** The figures summed so far, each with its group and window (not the deferred values). */
+  *figures(): Generator<{ key: Key; window: number; sums: Sums }> {
+    for (const { key, window } of this.sums.values())
+      for (let w = 0; w < window.length; w++) {
+        const sums = window[w];
+        if (sums !== undefined) yield { key, window: w, sums };
+      }
   }
 
   private sum(k: Key, w: number): Sums {

@@ -233,6 +233,13 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "journal", field: "costBasis" },
     ],
   },
+  // Version 16: the revenue summary (docs/revenue.md, "How it is computed"). Self-contained: renumber freely.
+  {
+    to: 16,
+    summary:
+      "PostgreSQL: the tables revenue_state, revenue_daily and revenue_deferred (revenue per account and UTC day, filled by revenue reports from the journal when they read it; no trigger), created empty by the DDL (docs/revenue.md)",
+    columns: [],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

@@ -1,5 +1,6 @@
 import type * as z from "zod";
 import { rollupDdl, rollupNames } from "./rollup.js";
+import { revenueDdl } from "./revenue-pg.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
   DEFAULT_AHEAD,
@@ -68,7 +69,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 15;
+export const SCHEMA_VERSION = 16;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -253,7 +254,7 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
       ? undefined
       : columnParts(dialect, accounts.columns.find((c) => c.field === "userId") as Column, true, "accounts").type;
   if (dialect === "postgres" && journal !== undefined && !distributed)
-    out.push(...rollupDdl(journal.qualified, options));
+    out.push(...rollupDdl(journal.qualified, options), ...revenueDdl(options));
   if (distributed) {
     // The rollup table first, so that it is distributed with the others; its trigger after them.
     const rollup =

@@ -1,5 +1,12 @@
 import type { DbManager } from "../db/types.js";
-import { RevenueAccumulator } from "../domain/revenue.js";
+import type { RevenueCheckpoint, RevenueSummaryStore } from "../db/types-revenue.js";
+import {
+  RevenueAccumulator,
+  emptyRevenueState,
+  parseRevenueState,
+  revenueStateText,
+  type Key,
+} from "../domain/revenue.js";
 import { usageBoundaries } from "../domain/usage.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { parse, type JournalEntry } from "../models/index.js";
@@ -7,13 +14,28 @@ import { MAX_REVENUE_RANGE_DAYS, MAX_REVENUE_WINDOWS, RevenueQuery, type Revenue
 
 /** Journal entries and account ids one page reads. */
 const PAGE = 1000;
+const DAY = 86_400_000;
+
+/** How `getRevenue` reads (tests and benchmarks compare the two). */
+export interface RevenueReadOptions {
+  /**
+   * `"replay"`: every account's journal from its first entry, even where the store keeps a
+   * summary; `"auto"` (default): the store's summary where it has one and the windows start at UTC
+   * midnights (docs/revenue.md, "How it is computed").
+   */
+  path?: "auto" | "replay";
+}
 
 /**
  * `credits.getRevenue(query)` (docs/revenue.md): every account's journal (or `account`'s) read
  * from its first entry, in pages, and rolled forward by `RevenueAccumulator`. Reads every entry of
  * the accounts, before `from` too (deferred at `from` is what the history before it left).
  */
-export async function getRevenue(db: DbManager, query: RevenueQuery): Promise<RevenueReport> {
+export async function getRevenue(
+  db: DbManager,
+  query: RevenueQuery,
+  options: RevenueReadOptions = {},
+): Promise<RevenueReport> {
   const q = parse(RevenueQuery, query, "query");
   const refuse = (path: string, message: string) =>
     new ValidationError(`Invalid query.${path}: ${message}`, [{ path, message }]);
@@ -30,21 +52,18 @@ export async function getRevenue(db: DbManager, query: RevenueQuery): Promise<Re
     throw refuse("to", `the range spans more than ${MAX_REVENUE_WINDOWS} windows of a ${q.interval}: shorten it`);
   const sum = new RevenueAccumulator(boundaries, groupBy);
   const one = async (userId: string) => {
-    const entries: JournalEntry[] = [];
-    let after = 0;
-    for (;;) {
-      const page = await db.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
-      for (const e of page) entries.push(e);
-      if (page.length < PAGE) break;
-      after = page[page.length - 1]!.seq;
-    }
-    let sources: Map<string, string> | undefined;
-    if (groupBy.includes("source")) {
-      const grants = await db.listGrants(userId, { includeInactive: true });
-      sources = new Map(grants.map((g) => [g.id, g.source]));
-    }
+    const entries = await journalAfter(db, userId, 0);
+    const sources = groupBy.includes("source") ? await sourcesOf(db, userId) : undefined;
     sum.addAccount(userId, entries, sources);
   };
+  const summary = db.revenueSummary;
+  if (summary !== undefined && options.path !== "replay" && boundaries.every((b) => b % DAY === 0)) {
+    await catchUp(db, summary, q.account ?? null);
+    const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
+    addSummary(sum, read, boundaries.length);
+    for (const userId of read.disordered) await one(userId);
+    return { rows: sum.rows(), timeZone };
+  }
   if (q.account !== undefined) await one(q.account);
   else {
     if (db.listAccountIds === undefined)
@@ -60,4 +79,152 @@ export async function getRevenue(db: DbManager, query: RevenueQuery): Promise<Re
     }
   }
   return { rows: sum.rows(), timeZone };
+}
+
+/** `userId`'s journal entries after seq `after`, in order. */
+async function journalAfter(db: DbManager, userId: string, after: number): Promise<JournalEntry[]> {
+  const entries: JournalEntry[] = [];
+  for (;;) {
+    const page = await db.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
+    for (const e of page) entries.push(e);
+    if (page.length < PAGE) break;
+    after = page[page.length - 1]!.seq;
+  }
+  return entries;
+}
+
+async function sourcesOf(db: DbManager, userId: string): Promise<Map<string, string>> {
+  const grants = await db.listGrants(userId, { includeInactive: true });
+  return new Map(grants.map((g) => [g.id, g.source]));
+}
+
+/**
+ * Adds to the store's revenue summary every entry written since it last read them, account by
+ * account (docs/revenue.md, "How it is computed"): the domain's roll-forward from the saved state,
+ * by UTC day and every group. An account whose entries' days go backwards in seq order is marked
+ * disordered (its deferred values at a day's start would not be the replay's) and replayed by
+ * reports from then on.
+ */
+async function catchUp(db: DbManager, summary: RevenueSummaryStore, account: string | null): Promise<void> {
+  let after: string | null = null;
+  for (;;) {
+    const stale = await summary.staleRevenue(account, after, PAGE);
+    for (const c of stale) await catchUpAccount(db, summary, c);
+    if (stale.length < PAGE) return;
+    after = stale[stale.length - 1]!.userId;
+  }
+}
+
+async function catchUpAccount(db: DbManager, summary: RevenueSummaryStore, c: RevenueCheckpoint): Promise<void> {
+  const entries = await journalAfter(db, c.userId, c.throughSeq);
+  if (entries.length === 0) return;
+  let maxDay = c.maxDay;
+  let minDay = Number.POSITIVE_INFINITY;
+  let disordered = false;
+  for (const e of entries) {
+    const day = Math.floor(e.createdAt.getTime() / DAY) * DAY;
+    if (maxDay !== null && day < maxDay) disordered = true;
+    maxDay = maxDay === null ? day : Math.max(maxDay, day);
+    minDay = Math.min(minDay, day);
+  }
+  const throughSeq = entries[entries.length - 1]!.seq;
+  if (disordered) {
+    await summary.saveRevenue(c.throughSeq, { ...c, throughSeq, maxDay, state: null }, [], [], true);
+    return;
+  }
+  const last = maxDay as number;
+  const days: number[] = [];
+  for (let d = minDay; d <= last + DAY; d += DAY) days.push(d);
+  const acc = new RevenueAccumulator(days, ["account", "source", "feature", "spender"]);
+  const paidAdd = entries.some((e) => e.type === "add" && e.costBasis != null);
+  const state = acc.addAccount(
+    c.userId,
+    entries,
+    paidAdd ? await sourcesOf(db, c.userId) : undefined,
+    c.state === null ? emptyRevenueState() : parseRevenueState(c.state),
+  );
+  const rows = [];
+  const deferred = new Map<string, { currency: string; source: string | null; delta: number }>();
+  for (const { key, window, sums } of acc.figures()) {
+    rows.push({
+      day: days[window]!,
+      currency: key.currency,
+      source: key.source,
+      feature: key.feature,
+      spender: key.spender,
+      paid: sums.paid,
+      recognized: sums.recognized,
+      breakage: sums.breakage,
+      refunds: sums.refunds,
+      unbilled: sums.unbilledCredits,
+    });
+    if (key.currency === null) continue;
+    const id = JSON.stringify([key.currency, key.source]);
+    const d = deferred.get(id) ?? { currency: key.currency, source: key.source, delta: 0 };
+    d.delta += sums.paid - sums.recognized - sums.breakage - sums.refunds;
+    deferred.set(id, d);
+  }
+  // False: another report added these entries first; the summary has them either way.
+  await summary.saveRevenue(
+    c.throughSeq,
+    { userId: c.userId, throughSeq, maxDay, state: revenueStateText(state) },
+    rows,
+    [...deferred.values()],
+    false,
+  );
+}
+
+/**
+ * The summary's figures and deferred values into `sum`: a window's figures are its days'; deferred
+ * at `boundaries[i]` is deferred now less what the days from it on changed (docs/revenue.md, "How
+ * it is computed").
+ */
+function addSummary(
+  sum: RevenueAccumulator,
+  read: Awaited<ReturnType<RevenueSummaryStore["readRevenue"]>>,
+  points: number,
+): void {
+  const windows = points - 1;
+  const keyOf = (
+    r: { currency: string | null; account: string | null; source: string | null },
+    e?: { feature: string | null; spender: string | null },
+  ): Key => ({
+    currency: r.currency,
+    account: r.account ?? "",
+    source: r.source,
+    feature: e?.feature ?? null,
+    spender: e?.spender ?? null,
+  });
+  const deferredId = (r: { currency: string | null; account: string | null; source: string | null }) =>
+    JSON.stringify([r.currency, r.account, r.source]);
+  /** Per deferred group: the change of deferred in each window (index `windows`: after the last). */
+  const change = new Map<string, { key: Key; now: number; by: number[] }>();
+  const group = (r: { currency: string | null; account: string | null; source: string | null }) => {
+    const id = deferredId(r);
+    let g = change.get(id);
+    if (g === undefined) {
+      g = { key: keyOf(r), now: 0, by: new Array<number>(points).fill(0) };
+      change.set(id, g);
+    }
+    return g;
+  };
+  for (const r of read.buckets) {
+    if (r.window < windows)
+      sum.addFigures(keyOf(r, r), r.window, {
+        paid: r.paid,
+        recognized: r.recognized,
+        breakage: r.breakage,
+        refunds: r.refunds,
+        unbilledCredits: r.unbilled,
+      });
+    if (r.currency !== null) group(r).by[r.window]! += r.paid - r.recognized - r.breakage - r.refunds;
+  }
+  for (const d of read.deferred) group(d).now += d.deferred;
+  for (const { key, now, by } of change.values()) {
+    let v = now;
+    for (let i = windows; i >= 0; i--) {
+      v -= by[i]!;
+      sum.addDeferred(key, i, v);
+    }
+  }
 }

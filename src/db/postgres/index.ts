@@ -41,6 +41,8 @@ import {
   relationKind,
 } from "./partitions.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
+import { PostgresRevenueSummary } from "./revenue.js";
+import type { RevenueSummaryStore } from "../types-revenue.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
 import { GroupCommit } from "../store/group-commit.js";
@@ -900,6 +902,17 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       `ORDER BY ${this.sql.column(table, "expires_at")}, id LIMIT $${params.length}`;
     const rows = await this.read(operation, text, params);
     return rows.map((r) => this.decode<T>(table, r));
+  }
+
+  private revenueValue: PostgresRevenueSummary | undefined;
+  /** The revenue summary (./revenue.ts, docs/revenue.md "How it is computed"); none on Citus. */
+  get revenueSummary(): RevenueSummaryStore | undefined {
+    if (this.sql.distributed) return undefined;
+    return (this.revenueValue ??= new PostgresRevenueSummary(
+      this,
+      this.sql.naming,
+      this.sql.tables.accounts.qualified,
+    ));
   }
 
   /** Plans and subscriptions, promos and payments (./promos.ts), the outbox. */

@@ -1,0 +1,92 @@
+import type { RevenueDimension } from "../models/revenue.js";
+
+/**
+ * Where an account's revenue summary stands (docs/revenue.md, "How it is computed"): its entries
+ * up to `throughSeq` are in the summary, and `state` is the roll-forward after them
+ * (`revenueStateText` of src/domain/revenue.ts; null before the first).
+ */
+export interface RevenueCheckpoint {
+  userId: string;
+  throughSeq: number;
+  /** The latest UTC day (ms at its midnight) of an entry in the summary; null before the first. */
+  maxDay: number | null;
+  state: string | null;
+}
+
+/** Figures of one account, UTC day and group, as the summary keeps them (minor units; credits for `unbilled`). */
+export interface RevenueDayRow {
+  /** Ms at the day's UTC midnight. */
+  day: number;
+  currency: string | null;
+  source: string | null;
+  feature: string | null;
+  spender: string | null;
+  paid: number;
+  recognized: number;
+  breakage: number;
+  refunds: number;
+  unbilled: number;
+}
+
+/** Figures summed by window and by the query's groups (absent groups are null). */
+export interface RevenueBucketRow {
+  /** Index of the window (`boundaries[w]` to `boundaries[w + 1]`); `boundaries.length - 1`: after the last. */
+  window: number;
+  currency: string | null;
+  account: string | null;
+  source: string | null;
+  feature: string | null;
+  spender: string | null;
+  paid: number;
+  recognized: number;
+  breakage: number;
+  refunds: number;
+  unbilled: number;
+}
+
+/** Deferred now (after every entry in the summary), by currency and the query's account and source groups. */
+export interface RevenueDeferredRow {
+  currency: string;
+  account: string | null;
+  source: string | null;
+  deferred: number;
+}
+
+/**
+ * Optional: a store that keeps revenue per account and UTC day (PostgreSQL, docs/revenue.md "How
+ * it is computed"). The summary is read-side: `credits.getRevenue` adds an account's new journal
+ * entries to it before it reads (the domain's roll-forward, `RevenueAccumulator`), so writes of
+ * the journal pay nothing for it. An account whose entries' days ever went backwards in seq order
+ * is marked `disordered` and left out: the report replays its journal.
+ */
+export interface RevenueSummaryStore {
+  /**
+   * Checkpoints of accounts with journal entries after them, by user id: `account`'s only, or a
+   * page of every account's after `after` (exclusive), at most `limit`. Disordered accounts are
+   * not listed.
+   */
+  staleRevenue(account: string | null, after: string | null, limit: number): Promise<RevenueCheckpoint[]>;
+  /**
+   * Adds `days` to the summary and moves the checkpoint from `fromSeq` to `checkpoint`, in one
+   * statement — only if it is still at `fromSeq` (false: another report did it first, nothing
+   * changed). `deferred`: the change of deferred per currency and source over the entries added.
+   * `disordered`: drop the account's summary and leave it out from now on.
+   */
+  saveRevenue(
+    fromSeq: number,
+    checkpoint: RevenueCheckpoint,
+    days: readonly RevenueDayRow[],
+    deferred: readonly { currency: string; source: string | null; delta: number }[],
+    disordered: boolean,
+  ): Promise<boolean>;
+  /**
+   * The summary's figures from `boundaries[0]` on (days at UTC midnights), by window and
+   * `groupBy`; deferred now by currency and the account and source groups; and the disordered
+   * accounts (all, or `account` if it is one).
+   */
+  readRevenue(query: {
+    account: string | null;
+    boundaries: readonly number[];
+    groupBy: readonly RevenueDimension[];
+  }): Promise<{ buckets: RevenueBucketRow[]; deferred: RevenueDeferredRow[]; disordered: string[] }>;
+}

@@ -1,0 +1,46 @@
+import type { NamingOptions } from "./sql.js";
+
+/**
+ * The revenue summary of PostgreSQL (docs/revenue.md, "How it is computed"): tables a report
+ * fills from the journal when it reads (no trigger, nothing on the journal's write path).
+ *
+ * - `revenue_state`: per account, the journal's last seq in the summary, the latest UTC day of its
+ *   entries, the roll-forward's state after them (JSON text), and `disordered` (an entry's day went
+ *   backwards: the account is left out and replayed).
+ * - `revenue_daily`: per account, UTC day and group (`grp`: currency, source, feature and spender
+ *   as JSON text, the key; the same values in their columns to group by), the figures.
+ * - `revenue_deferred`: per account, currency and source, deferred after the entries in the summary.
+ */
+export interface RevenueNames {
+  state: string;
+  daily: string;
+  deferred: string;
+  /** `revenue_daily`'s name without the schema (for its index). */
+  dailyName: string;
+}
+
+const q = (n: string) => `"${n.replace(/"/g, '""')}"`;
+
+export function revenueNames(naming: NamingOptions): RevenueNames {
+  const prefix = naming.prefix ?? "";
+  const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
+  return {
+    state: qualify(`${prefix}revenue_state`),
+    daily: qualify(`${prefix}revenue_daily`),
+    deferred: qualify(`${prefix}revenue_deferred`),
+    dailyName: `${prefix}revenue_daily`,
+  };
+}
+
+/** `CREATE … IF NOT EXISTS` of the summary's tables and index (idempotent). */
+export function revenueDdl(naming: NamingOptions): string[] {
+  const n = revenueNames(naming);
+  const money = "BIGINT NOT NULL DEFAULT 0";
+  return [
+    `CREATE TABLE IF NOT EXISTS ${n.state} (\n  "user_id" TEXT PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL,\n  "max_day" DATE,\n  "disordered" BOOLEAN NOT NULL DEFAULT false,\n  "state" TEXT\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    // The whole book's reports read the days from a window's start on.
+    `CREATE INDEX IF NOT EXISTS ${q(`${n.dailyName}_day`)} ON ${n.daily} ("day");`,
+    `CREATE TABLE IF NOT EXISTS ${n.deferred} (\n  "user_id" TEXT NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT NOT NULL,\n  "source" TEXT,\n  "deferred" ${money},\n  PRIMARY KEY ("user_id", "grp")\n);`,
+  ];
+}
