@@ -1,5 +1,6 @@
 import { execFile, spawn } from "node:child_process";
 import { createServer } from "node:net";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
@@ -149,6 +150,32 @@ describe("examples", () => {
       "pool: 13000 of 20000 left (2000 of the images allowance); spent by carol 400, bob 3000, alice 3600",
     );
     expect(out).toContain("audit: ok");
+  });
+
+  it("revenue.ts prints the worked month of docs/revenue.md: every figure of the doc's table", async () => {
+    const out = await exampleWith("revenue.ts", []);
+    // The doc's table: day (blank: the month), then paid, recognized, breakage, refunds, deferred after.
+    const doc = readFileSync(join(root, "docs/revenue.md"), "utf8");
+    const section = doc.slice(doc.indexOf("## A worked month"));
+    const expected = section
+      .split("\n")
+      .filter((l) => /^\| (\d+ )?\| /.test(l))
+      .map((l) => {
+        const cells = l.split("|").map((c) => c.trim().replace(/\*\*/g, "").replace(/,/g, ""));
+        return [cells[1] === "" ? "month" : cells[1], ...cells.slice(3, 8).map((c) => (c === "" ? "0" : c))].join(" ");
+      });
+    expect(expected).toHaveLength(8);
+    expect(expected.at(-1)).toBe("month 2499 350 350 1000 799");
+    const printed = out
+      .split("\n")
+      .filter((l) => /^\s*(\d+|month)\s+\d/.test(l))
+      .map((l) => l.trim().split(/\s+/).slice(0, 6).join(" "));
+    expect(printed).toEqual(expected);
+    expect(out).toContain("roll-forward: 0 + 2499 - 350 - 350 - 1000 = 799");
+    expect(out).toContain("audit: ok");
+    expect(out).toMatch(
+      /\r?\n\d{4}-\d{2}-01T00:00:00\.000Z,\d{4}-\d{2}-01T00:00:00\.000Z,USD,0,2499,350,350,1000,799,0\r\n/,
+    );
   });
 
   it("quickstart.ts (npm run example) walks through grants, a hold, an expiry and the audit", async () => {
