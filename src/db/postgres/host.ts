@@ -3,7 +3,7 @@ import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../types.js";
-import { Batch } from "./batch.js";
+import { saveParts } from "./save-rows.js";
 import { storageError, workerCode } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { PostgresOutbox } from "./outbox.js";
@@ -208,7 +208,7 @@ class HostUnit implements DbTransaction {
   /** Writes what `save` queued (the batch's save statement, for this one unit), in the host's transaction. */
   async write(): Promise<void> {
     if (this.pending === null) return;
-    const { save, saveArgs, extra } = Batch.saveParts(this.db.sql, [this]);
+    const { save, saveArgs, extra } = saveParts(this.db.sql, [this]);
     if (extra !== null) await this.query("save", typed(extra.statement), [extra.arg]);
     await this.query("save", typed(save), saveArgs);
   }

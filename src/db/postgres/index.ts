@@ -2,8 +2,8 @@ import type * as PgModule from "pg";
 import { rollupDays, usageBucket, usageSql } from "./usage.js";
 import { rollupNames } from "../../schema/rollup.js";
 import type { UsageBucket, UsageRollupRow, UsageScan } from "../../domain/usage.js";
-import type { PgPool as Pool, PgPoolClient as PoolClient, PgPoolConfig as PoolConfig } from "./pg-types.js";
-import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
+import type { PgPool as Pool, PgPoolClient as PoolClient } from "./pg-types.js";
+import { ConfigurationError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { PostgresOutbox } from "./outbox.js";
@@ -17,11 +17,15 @@ import type {
   ScanCursor,
   StoreStats,
 } from "../types.js";
-import { Batch, type BatchResult, type Unit, type UnitTx } from "./batch.js";
+import type { Unit } from "./unit.js";
+import { UnitDispatch } from "./dispatch.js";
+import { statementName } from "./prepared.js";
+import { detectDistributed, distributedDdlSettings } from "./citus.js";
+import type { PostgresDbManagerOptions } from "./options.js";
 import { isConnectionLevel, storageError, workerCode } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
 import { hostStore, type PgQueryable } from "./host.js";
-import { PostgresSql, type Statement, output, prepareText, toRow } from "./sql.js";
+import { PostgresSql, output, toRow } from "./sql.js";
 import { upgradeStatements } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache } from "./state-cache.js";
@@ -45,8 +49,6 @@ import { PostgresRevenueSummary } from "./revenue.js";
 import type { RevenueSummaryStore } from "../types-revenue.js";
 import { StoreBase } from "../store/base.js";
 import type { SideParts } from "../store/parts.js";
-import { GroupCommit } from "../store/group-commit.js";
-import { backoff } from "../store/retry.js";
 
 export { SCHEMA_VERSION } from "../../schema/sql.js";
 export type {
@@ -58,97 +60,10 @@ export type {
   PartitionInfo,
 } from "../types-partitions.js";
 export type { PgQueryable } from "./host.js";
+export type { PostgresDbManagerOptions } from "./options.js";
 
-/** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
-const BACKOFF = { base: 4, factor: 2, max: 250, floor: 0.5 };
 /** Journal entries one statement of `deleteJournalBefore` removes (docs/operations.md, "Checkpoints and archival"). */
 const DELETE_BATCH = 10_000;
-
-export interface PostgresDbManagerOptions {
-  /**
-   * An existing pool. `close()` leaves it open: it is yours, and so are the errors of its idle
-   * connections (give it a `pool.on("error", …)` listener, as node-pg asks: without one a dropped
-   * idle connection crashes the process). Connections this manager has checked out have one.
-   */
-  pool?: Pool;
-  /**
-   * Creates a pool (`pg` must be installed: without it every call fails with ConfigurationError);
-   * `close()` ends it. Errors of its idle connections are ignored (the pool drops them).
-   */
-  connectionString?: string;
-  /** More settings of the pool created from `connectionString` (size, timeouts, ssl, …). */
-  poolConfig?: Omit<PoolConfig, "connectionString">;
-  /** PostgreSQL schema of the tables (created by `init()`). Default: the connection's search_path. */
-  schema?: string;
-  /** Put in front of every table and index name, e.g. `"credits_"`. */
-  tablePrefix?: string;
-  /**
-   * Prepare statements once per connection (default true). Set false behind a pooler that does
-   * not keep sessions (PgBouncer in transaction mode): every statement is then sent in full.
-   */
-  preparedStatements?: boolean;
-  /**
-   * Group commit: units of work on different accounts that wait at the same time share one
-   * transaction (one lock statement, one read, one write, one COMMIT). `concurrency` batches run
-   * at once (each on its own connection), each with up to `maxUnits` units; `waiters` units whose
-   * account another process holds wait for its lock at once, each on a connection of its own.
-   * `false`: every unit of work is a transaction of its own. Default
-   * `{ maxUnits: 32, concurrency: 4, waiters: 4 }`: keep `concurrency + waiters` below the pool size.
-   */
-  batch?: false | { maxUnits?: number; concurrency?: number; waiters?: number };
-  /**
-   * Accounts whose last committed state (account row, open grants, active holds) this process
-   * keeps (default 10,000; 0: none). A unit of work on such an account locks it as always; the
-   * same statement then reads its grants and holds only if the account row is no longer the
-   * version the kept state was made from (another process, or another manager, wrote it since),
-   * which the server tells by the row's `xmin`. Less work for the server and the client; every
-   * guarantee stays.
-   */
-  stateCacheSize?: number;
-  /** @internal Tests: on every state-cache hit, also read the state and fail if they differ. */
-  verifyStateCache?: boolean;
-  /**
-   * Attempts of a unit of work that meets a serialization failure, a deadlock or a concurrent
-   * first write of the same new account before it fails with `ConflictError`. Default 10.
-   */
-  maxAttempts?: number;
-  /**
-   * Longest wait of a unit of work for an account another transaction holds, in ms (PostgreSQL's
-   * `lock_timeout`, set on the store's own transactions). Past it the unit fails with
-   * `LockTimeoutError` and writes nothing. What it bounds in practice: an application's own
-   * transaction that holds an account until it commits (docs/transactions.md). Default 10,000;
-   * 0: wait without limit.
-   */
-  lockTimeoutMs?: number;
-  /**
-   * `init()` creates a missing schema and upgrades an older one (default true). `false`, for teams
-   * that own their DDL (`npx credit-management schema [--from-version N]`, applied by their
-   * migration tool): `init()` only checks that the store is at this release's `SCHEMA_VERSION`
-   * and throws `ConfigurationError` naming the command to run when it is older, newer or absent.
-   */
-  migrate?: boolean;
-  /**
-   * Partition the journal and the audit-ledger events by `created_at` (docs/running-for-years.md,
-   * "Partitioning on PostgreSQL"): `interval` `"day"`, `"week"` or `"month"` (UTC), and `ahead`
-   * partitions (default 2) made ahead of the current one, by `init()` and by `ensurePartitions()`
-   * (the worker calls it each jobs round). For a new store only: `init()` refuses it on a store
-   * whose journal is a plain table (see the docs for the conversion).
-   */
-  partitions?: PartitionOptions;
-  /**
-   * A store distributed by user on Citus (docs/scaling-out.md). Left out: `init()` asks the
-   * server — on a coordinator with the `citus` extension it creates a new store distributed (every
-   * per-account table by `user_id`, colocated with the accounts; plans, promos and the version row
-   * as reference tables), and it finds out whether an existing store is. `true`: the same, and
-   * `init()` fails with `ConfigurationError` where the server has no Citus or the store is not
-   * distributed. `false`: plain tables (on a Citus coordinator: local tables of the coordinator);
-   * `init()` fails on a store that is distributed.
-   */
-  distributed?: boolean;
-}
-
-/** Statements each pooled connection has prepared (shared by every manager on a pool). */
-const preparedOn = new WeakMap<object, Set<string>>();
 
 /** A connection this process has checked out: its 'error' listener, and the first error it heard. */
 interface Lease {
@@ -196,21 +111,9 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   private poolPromise: Promise<Pool> | null = null;
   private readonly ownsPool: boolean;
   private readonly options: PostgresDbManagerOptions;
-  private readonly maxAttempts: number;
-  private readonly maxUnits: number;
+  /** @internal Group commit and the runs again of units of work (./dispatch.ts). */
+  readonly units: UnitDispatch;
   private readonly outbox: PostgresOutbox;
-  /** The units of work of this process in a batch now, per account (see `committedBefore`). */
-  private readonly running = new Map<string, UnitTx[]>();
-  /**
-   * Group commit. A batch takes the oldest waiting units of accounts that this process is not
-   * working on, up to `maxUnits` (several of one account form a chain: `Batch.runChain`), while
-   * fewer than `concurrency` batches run. Batches never wait for a row lock (SKIP LOCKED). A unit
-   * whose account another process holds becomes a waiter: it runs alone and waits for the lock on
-   * a connection of its own, outside the batch slots, so the lock passes on the moment it is
-   * released; at most one waiter per account and `waiters` in all. Units of an account this
-   * process is working on wait in memory and join the next batch (docs/storage.md, PostgreSQL).
-   */
-  private readonly group: GroupCommit<Unit>;
   /** @internal */
   readonly prepared: boolean;
   /**
@@ -263,7 +166,6 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     this.migrate = options.migrate !== false;
     this.pool = options.pool ?? null;
     this.ownsPool = options.pool === undefined;
-    this.maxAttempts = Math.max(1, options.maxAttempts ?? 10);
     const lockTimeout = options.lockTimeoutMs ?? 10_000;
     if (!Number.isSafeInteger(lockTimeout) || lockTimeout < 0) {
       throw new ConfigurationError("[credit-management] [postgres] `lockTimeoutMs` must be a non-negative integer");
@@ -276,21 +178,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
     this.verifyStates = options.verifyStateCache === true;
     this.prepared = options.preparedStatements !== false;
-    const batch = options.batch ?? {};
-    this.maxUnits = batch === false ? 1 : Math.max(1, batch.maxUnits ?? 32);
-    this.group = new GroupCommit<Unit>({
-      maxUnits: this.maxUnits,
-      concurrency: batch === false ? Infinity : Math.max(1, batch.concurrency ?? 4),
-      maxAlone: batch === false ? Infinity : Math.max(1, batch.waiters ?? 4),
-      // Units of one account queued together share a batch, one after another in its transaction
-      // (`Batch.runChain`): a hot account's units wait in memory for the next batch rather than
-      // each taking a transaction of its own behind the row lock.
-      perAccount: 1,
-      perBatch: this.maxUnits,
-      alone: (u) => u.wait,
-      runBatch: (units) => this.runBatch(units, false),
-      runAlone: (u) => this.runBatch([u], true),
-    });
+    this.units = new UnitDispatch(this, options.batch, Math.max(1, options.maxAttempts ?? 10));
     this.outbox = new PostgresOutbox(this);
   }
 
@@ -379,43 +267,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
    * workers over one connection each, so that later ones see the tables the first made.
    */
   private async detectCitus(client: PoolClient): Promise<void> {
-    const wanted = this.options.distributed;
-    const citus =
-      wanted === false
-        ? false
-        : (await client.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).rows.length > 0;
-    if (wanted === true && !citus)
-      throw new ConfigurationError(
-        "[credit-management] [postgres] `distributed: true` but the server has no Citus extension (CREATE EXTENSION citus, on a coordinator): docs/scaling-out.md",
-      );
-    let distributed = citus;
-    if (citus) {
-      const accounts = this.sql.tables.accounts.qualified;
-      const found: { rows: { exists: boolean | null; distributed: boolean }[] } = await client.query(
-        `SELECT to_regclass($1) IS NOT NULL AS exists, EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1)) AS distributed`,
-        [accounts],
-      );
-      const row = found.rows[0];
-      if (row?.exists === true && !row.distributed) {
-        if (wanted === true)
-          throw new ConfigurationError(
-            `[credit-management] [postgres] \`distributed: true\` but the store's accounts table (${accounts}) is a local table of the coordinator: a store is distributed when it is created (docs/scaling-out.md)`,
-          );
-        distributed = false; // made before, as plain tables: it stays so
-      }
-    }
-    if (wanted === false) {
-      const r: { rows: unknown[] } = await client
-        .query(
-          "SELECT 1 FROM pg_extension WHERE extname = 'citus' AND EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))",
-          [this.sql.tables.accounts.qualified],
-        )
-        .catch(() => ({ rows: [] }));
-      if (r.rows.length > 0)
-        throw new ConfigurationError(
-          `[credit-management] [postgres] \`distributed: false\` but the store's accounts table (${this.sql.tables.accounts.qualified}) is distributed by Citus: leave the option out (docs/scaling-out.md)`,
-        );
-    }
+    const distributed = await detectDistributed(client, this.options.distributed, this.sql.tables.accounts.qualified);
     if (distributed !== this.sql.distributed) {
       this.sql = new PostgresSql({
         schema: this.options.schema,
@@ -433,8 +285,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         throw new ConfigurationError(
           "[credit-management] [postgres] `partitions` and a store distributed on Citus cannot be combined (docs/scaling-out.md)",
         );
-      await client.query("SET LOCAL citus.enable_unsafe_triggers = on");
-      await client.query("SET LOCAL citus.multi_shard_modify_mode = 'sequential'");
+      await distributedDdlSettings(client);
     }
   }
 
@@ -501,13 +352,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         solo: false,
         wait: false,
       };
-      if (this.maxUnits === 1 || this.sql.distributed) {
-        // No batching: every unit of work is a transaction of its own that waits for its lock.
-        unit.wait = true;
-        void this.runBatch([unit], true);
-      } else {
-        this.group.push(false, unit);
-      }
+      this.units.push(unit);
     });
   }
 
@@ -524,114 +369,6 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       );
     }
     return hostStore(this, client);
-  }
-
-  private async runBatch(units: Unit[], wait: boolean): Promise<void> {
-    let client: PoolClient;
-    try {
-      client = await this.connect();
-    } catch (error) {
-      for (const u of units) u.reject(error);
-      return;
-    }
-    let result: BatchResult;
-    const batch = new Batch(this, client, units, wait);
-    try {
-      result = await batch.run();
-    } catch (error) {
-      batch.untrackSettled(); // a unit that waits for this batch's units must not wait for ever
-      this.release(client, error);
-      for (const u of units) u.reject(storageError("transaction", error));
-      return;
-    }
-    this.release(client, result.brokenBy);
-    for (const { unit, reason, skipped, lost, notRun, alone, fresh } of result.retry) {
-      if (notRun) {
-        // A later unit of a chain that did not run, or left it: again, no attempt counted.
-        if (alone) unit.solo = true;
-        this.requeue(unit, 0);
-        continue;
-      }
-      if (skipped) {
-        // Its account is busy in another transaction: run it again alone, waiting for the lock.
-        unit.wait = true;
-        this.requeue(unit, 0);
-        continue;
-      }
-      unit.attempts++;
-      if (unit.attempts >= this.maxAttempts && lost === true) {
-        // The connection kept failing: that is the database's state, not a conflict.
-        unit.reject(storageError("transaction", reason));
-      } else if (unit.attempts >= this.maxAttempts && unit.last !== true) {
-        // Out of attempts (a hot account whose cached state other processes keep making stale,
-        // a unit failed by its batch-mates): once more, alone, waiting for the row lock and
-        // loading under it, where no other transaction can move the account (docs/storage.md).
-        unit.last = true;
-        unit.wait = true;
-        unit.fresh = true;
-        unit.solo = true;
-        this.requeue(unit, 0);
-      } else if (unit.attempts >= this.maxAttempts) {
-        unit.reject(
-          new ConflictError(
-            `[credit-management] [postgres] gave up on a unit of work on account ${unit.userId} after ${unit.attempts} conflicting attempts`,
-            { userId: unit.userId, attempts: unit.attempts },
-            reason,
-          ),
-        );
-      } else if (fresh === true && unit.fresh !== true) {
-        // A batch that started from the state cache failed: once more batched, loading under the lock.
-        unit.fresh = true;
-        this.requeue(unit, 0);
-      } else {
-        // Alone from now on, so that whatever failed the batch fails only its own unit.
-        unit.solo = true;
-        this.requeue(unit, backoff(unit.attempts, BACKOFF));
-      }
-    }
-  }
-
-  /** @internal A batch took `tx` on. */
-  track(tx: UnitTx): void {
-    const list = this.running.get(tx.userId);
-    if (list === undefined) this.running.set(tx.userId, [tx]);
-    else list.push(tx);
-  }
-
-  /** @internal `tx` is settled (resolved, rejected or handed back for a retry). */
-  untrack(tx: UnitTx): void {
-    tx.done.resolve();
-    const list = this.running.get(tx.userId);
-    if (list === undefined) return;
-    const at = list.indexOf(tx);
-    if (at >= 0) list.splice(at, 1);
-    if (list.length === 0) this.running.delete(tx.userId);
-  }
-
-  /**
-   * @internal Settles once the other units of `tx`'s account whose entries come before its own
-   * are settled; null when there are none (the usual case: nothing to wait for).
-   */
-  committedBefore(tx: UnitTx): Promise<unknown> | null {
-    const list = this.running.get(tx.userId);
-    const first = tx.pending?.entries[0]?.seq;
-    if (list === undefined || list.length < 2 || first === undefined) return null;
-    let waits: Promise<void>[] | null = null;
-    for (const other of list) {
-      const seq = other === tx ? undefined : other.pending?.entries[0]?.seq;
-      if (seq !== undefined && seq < first) (waits ??= []).push(other.done.promise);
-    }
-    return waits === null ? null : Promise.all(waits);
-  }
-
-  /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
-  private requeue(unit: Unit, delay: number): void {
-    const again = () => {
-      if (this.maxUnits === 1 || this.sql.distributed) void this.runBatch([unit], true);
-      else this.group.push(true, unit);
-    };
-    if (delay > 0) setTimeout(again, delay);
-    else setImmediate(again); // after the current batch has released its accounts
   }
 
   /** The version row: one round trip that proves the store answers (docs/observability.md). */
@@ -1052,7 +789,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       // runs): unnamed ones, planned for their values each time.
       const result = await client.query(
         this.prepared && !this.sql.distributed
-          ? { name: this.statementName(text), text, values: params }
+          ? { name: statementName(text), text, values: params }
           : { text, values: params },
       );
       return result.rows as Record<string, unknown>[];
@@ -1061,46 +798,6 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       throw storageError(what, workerCode(error));
     } finally {
       this.release(client, failure);
-    }
-  }
-
-  /** @internal A stable, short name for a parameterised query (node-pg prepares it per connection). */
-  statementName(text: string): string {
-    return statementName(text);
-  }
-
-  /**
-   * @internal `PREPARE` text for the statements `client` lacks, to put in front of the message
-   * that runs them (prepared statements outlive a rollback, so this costs no round trip).
-   */
-  prepareFor(client: PoolClient, statements: readonly Statement[]): { text: string; names: string[] } {
-    if (!this.prepared) return { text: "", names: [] };
-    const done = preparedOn.get(client);
-    const missing = statements.filter((s) => !done?.has(s.name));
-    return { text: missing.map((s) => `${prepareText(s)}; `).join(""), names: missing.map((s) => s.name) };
-  }
-
-  /** @internal Records statements as prepared on `client` after their message succeeded. */
-  markPrepared(client: PoolClient, names: readonly string[]): void {
-    if (names.length === 0) return;
-    let done = preparedOn.get(client);
-    if (done === undefined) {
-      done = new Set();
-      preparedOn.set(client, done);
-    }
-    for (const n of names) done.add(n);
-  }
-
-  /** @internal After a failed message that carried PREPAREs: learn which exist now. */
-  async resyncPrepared(client: PoolClient): Promise<void> {
-    try {
-      this.roundTrips++;
-      const r: { rows: { name: string }[] } = await client.query(
-        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'",
-      );
-      preparedOn.set(client, new Set(r.rows.map((row) => row.name)));
-    } catch {
-      preparedOn.delete(client);
     }
   }
 
@@ -1124,23 +821,6 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     })();
     return this.poolPromise;
   }
-}
-
-const names = new Map<string, string>();
-/** A stable, short prepared-statement name for a query text. */
-function statementName(text: string): string {
-  let name = names.get(text);
-  if (name === undefined) {
-    name = `cmq_${names.size.toString(36)}_${hash(text)}`;
-    names.set(text, name);
-  }
-  return name;
-}
-
-function hash(text: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  return (h >>> 0).toString(36);
 }
 
 /** Rolls back an open transaction; true when the connection should be thrown away. */

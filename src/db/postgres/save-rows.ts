@@ -1,0 +1,151 @@
+import { type Column, snakeCase } from "../../schema/columns.js";
+import { byteaText, toTuples } from "../../schema/codec.js";
+import type { SqlTable } from "../../schema/sql.js";
+import type { Changes } from "../types.js";
+import type { SaveItem } from "./chain.js";
+import { promoPaymentSave } from "./promos.js";
+import { type PostgresSql, type SaveArg, type SaveStatement, type Statement, arrayText } from "./sql.js";
+
+/**
+ * @internal The statement that writes every queued change of `txs` and its arguments, and the
+ * promo/payment statement when they have such rows (the batch's save; a host transaction's unit,
+ * ./host.ts).
+ */
+export function saveParts(
+  sql: PostgresSql,
+  txs: ReadonlyArray<Pick<SaveItem, "userId" | "pendingChanges" | "originals"> & { readonly xmin?: string | null }>,
+): { save: SaveStatement; saveArgs: Array<string | null>; extra: { statement: Statement; arg: string } | null } {
+  const { tables } = sql;
+  const updates = txs.filter((tx) => tx.pendingChanges.previousSeq !== null);
+  const accountColumns =
+    updates.length === 0
+      ? null
+      : changedColumns(
+          tables.accounts,
+          updates.map((tx) => [tx.pendingChanges.account, tx.originals.account] as const),
+        );
+  const grantUpdates = txs.flatMap((tx) =>
+    tx.pendingChanges.updateGrants.map((g) => [g, tx.originals.grants.get(g.id)] as const),
+  );
+  const holdUpdates = txs.flatMap((tx) =>
+    tx.pendingChanges.updateReservations.map((r) => [r, tx.originals.holds.get(r.id)] as const),
+  );
+  const grantColumns = grantUpdates.length === 0 ? null : changedColumns(tables.grants, grantUpdates);
+  const reservationColumns = holdUpdates.length === 0 ? null : changedColumns(tables.reservations, holdUpdates);
+  const args: Partial<Record<SaveArg, string>> = {};
+  const json = (rows: readonly unknown[]) => JSON.stringify(rows);
+  if (accountColumns !== null) {
+    args.a = json(
+      updates.map((tx) => {
+        const row = pick(tables.accounts, ["user_id", ...accountColumns], tx.pendingChanges.account);
+        row.prev = tx.pendingChanges.previousSeq;
+        if (tx.xmin != null) row.xmin = tx.xmin;
+        return row;
+      }),
+    );
+    args.ak = arrayText(updates.map((tx) => tx.userId));
+    args.xk = arrayText(updates.filter((tx) => tx.xmin != null).map((tx) => tx.userId));
+  }
+  const all = <T>(get: (c: Changes) => readonly T[]) => txs.flatMap((tx) => get(tx.pendingChanges));
+  const inserts = txs.filter((tx) => tx.pendingChanges.previousSeq === null).map((tx) => tx.pendingChanges.account);
+  if (inserts.length > 0) args.ai = json(inserts.map((a) => compactRow(tables.accounts.columns, a)));
+  const newGrants = all((c) => c.insertGrants);
+  if (newGrants.length > 0) args.ig = json(newGrants.map((g) => compactRow(tables.grants.columns, g)));
+  if (grantColumns !== null) {
+    args.ug = json(grantUpdates.map(([g]) => pick(tables.grants, ["id", "user_id", ...grantColumns], g)));
+    args.ugk = arrayText(grantUpdates.map(([g]) => g.id));
+  }
+  const newHolds = all((c) => c.insertReservations);
+  if (newHolds.length > 0) args.ir = json(newHolds.map((r) => compactRow(tables.reservations.columns, r)));
+  if (reservationColumns !== null) {
+    args.ur = json(holdUpdates.map(([r]) => pick(tables.reservations, ["id", "user_id", ...reservationColumns], r)));
+    args.urk = arrayText(holdUpdates.map(([r]) => r.id));
+  }
+  const entries = all((c) => c.entries);
+  if (entries.length > 0) args.e = json(entries.map((e) => compactRow(tables.journal.columns, e)));
+  const notifications = all((c) => c.notifications ?? []);
+  if (notifications.length > 0) args.n = json(notifications.map((n) => compactRow(tables.notifications.columns, n)));
+  const save = sql.save({
+    accountColumns,
+    insertAccounts: inserts.length > 0,
+    insertGrants: newGrants.length > 0,
+    grantColumns,
+    insertReservations: newHolds.length > 0,
+    reservationColumns,
+    entries: entries.length > 0,
+    ...(notifications.length > 0 ? { notifications: true } : {}),
+  });
+  if (sql.distributed) args.uk = arrayText([...new Set(txs.map((tx) => tx.userId))]);
+  const saveArgs = save.args.map((name) => args[name] ?? null);
+  // Promo claims and payment updates (./promos.ts): their own guarded statement, same message.
+  const extra = promoPaymentSave(
+    tables,
+    txs.map((tx) => tx.pendingChanges),
+  );
+  return { save, saveArgs, extra };
+}
+
+/**
+ * A model object as the JSON object `json_populate_record(set)` reads, without its null and
+ * undefined fields: a key the JSON lacks reads as NULL, and the statement's payload (parsed by the
+ * server, built and sent by the client) is that much shorter.
+ */
+function compactRow(columns: readonly Column[], value: object): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const v = value as Record<string, unknown>;
+  for (const c of columns) {
+    const x = v[c.field];
+    if (x !== null && x !== undefined)
+      out[c.name] = c.bytes === true ? byteaText(x as string) : c.tuple !== undefined ? toTuples(c.tuple, x) : x;
+  }
+  return out;
+}
+
+/** Only `names` of a model object, by column name (null fields left out: they read as NULL). */
+function pick(table: SqlTable, names: readonly string[], value: object): Record<string, unknown> {
+  const v = value as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const c of table.columns) {
+    if (!names.includes(c.name)) continue;
+    const x = v[c.field];
+    if (x !== null && x !== undefined) out[c.name] = x;
+  }
+  return out;
+}
+
+/**
+ * The columns (in table order) in which the rows differ from the rows as read; every updatable
+ * column when a row was not read in its unit of work.
+ */
+function changedColumns(table: SqlTable, rows: ReadonlyArray<readonly [object, object | null | undefined]>): string[] {
+  const candidates = updatable(table);
+  const changed = new Set<string>();
+  for (const [row, original] of rows) {
+    const before = original as Record<string, unknown> | null | undefined;
+    const after = row as Record<string, unknown>;
+    for (const c of candidates) {
+      if (changed.has(c.name)) continue;
+      if (before === null || before === undefined || !sameValue(before[c.field], after[c.field])) changed.add(c.name);
+    }
+  }
+  const names = candidates.filter((c) => changed.has(c.name)).map((c) => c.name);
+  return names.length > 0 ? names : candidates.map((c) => c.name);
+}
+
+const updatableColumns = new WeakMap<SqlTable, Column[]>();
+/** Columns an update may write: not the key, the owner or the creation time. */
+function updatable(table: SqlTable): Column[] {
+  let list = updatableColumns.get(table);
+  if (list === undefined) {
+    const keys = new Set(["user_id", "created_at", ...table.spec.primaryKey.map(snakeCase)]);
+    list = table.columns.filter((c) => !keys.has(c.name));
+    updatableColumns.set(table, list);
+  }
+  return list;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (a instanceof Date && b instanceof Date) return a.getTime() === b.getTime();
+  return false;
+}
