@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { CommandUsageError, exitCodeOf, NoSuchAccountError } from "./args.js";
 import { calendarWindow } from "../domain/limits.js";
 import { RuleViolationError, ValidationError } from "../errors.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
@@ -8,6 +9,7 @@ import { parse } from "../models/parse.js";
 import type { RedisCache } from "../redis/index.js";
 import type { CliIo } from "./run.js";
 import { openCommandStore, STORE_VARIABLES, type StoreSource } from "./store.js";
+import { table } from "./table.js";
 
 /**
  * `credit-management accounts show|limits` (docs/cli.md, "Accounts"): one account as the service
@@ -42,35 +44,13 @@ CREDIT_REDIS_CACHE_PREFIX name (as the worker's).
   library refuses (its message; nothing changed); 3: no such account.
 `;
 
-/** A mistake on the command line (exit code 2). */
-class AccountsUsageError extends Error {}
-
-/** The account named does not exist (exit code 3). */
-class NoSuchAccount extends Error {}
-
 /** Runs `accounts …` (without the word "accounts"); resolves to the exit code. */
 export async function runAccountsCli(args: readonly string[], io: CliIo, source: StoreSource = {}): Promise<number> {
   try {
     return await accounts(args, io, source);
   } catch (error) {
-    if (error instanceof NoSuchAccount) {
-      io.stderr(`credit-management: ${error.message}\n`);
-      return 3;
-    }
-    if (error instanceof AccountsUsageError || isParseArgsError(error)) {
-      // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
-      const message =
-        error instanceof AccountsUsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
-      io.stderr(`credit-management: ${message}\nRun "credit-management accounts --help" for usage.\n`);
-      return 2;
-    }
     // The library refused the input before changing anything (docs/api.md, errors).
-    if (error instanceof ValidationError || error instanceof RuleViolationError) {
-      io.stderr(`credit-management: ${error.message}\n`);
-      return 2;
-    }
-    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
-    return 1;
+    return exitCodeOf(error, io, "accounts", (e) => e instanceof ValidationError || e instanceof RuleViolationError);
   }
 }
 
@@ -101,24 +81,24 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
   else if (command === "limits") {
     action = rest[0] === "set" ? "set" : rest[0] === "remove" ? "remove" : "limits";
     if (action !== "limits") rest.shift();
-  } else if (command === undefined) throw new AccountsUsageError('missing command (try "show" or "limits")');
-  else throw new AccountsUsageError(`unknown command "accounts ${command}" (try "show" or "limits")`);
+  } else if (command === undefined) throw new CommandUsageError('missing command (try "show" or "limits")');
+  else throw new CommandUsageError(`unknown command "accounts ${command}" (try "show" or "limits")`);
   const [id, ...extra] = rest;
   const name = action === "set" || action === "remove" ? `limits ${action}` : action;
-  if (id === undefined) throw new AccountsUsageError(`"accounts ${name}" needs an account id`);
-  if (extra.length > 0) throw new AccountsUsageError(`unexpected argument "${extra[0]}"`);
+  if (id === undefined) throw new CommandUsageError(`"accounts ${name}" needs an account id`);
+  if (extra.length > 0) throw new CommandUsageError(`unexpected argument "${extra[0]}"`);
   const only = (flags: readonly (keyof typeof values)[], actions: readonly Action[], what: string) => {
     for (const flag of flags)
       if (values[flag] !== undefined && !actions.includes(action))
-        throw new AccountsUsageError(`--${flag} applies to ${what} only`);
+        throw new CommandUsageError(`--${flag} applies to ${what} only`);
   };
   only(["amount"], ["set"], '"accounts limits set"');
   only(["spender", "feature", "period"], ["set", "remove"], '"accounts limits set" and "accounts limits remove"');
-  if (values.sqlite === "") throw new AccountsUsageError("--sqlite needs a file name");
+  if (values.sqlite === "") throw new CommandUsageError("--sqlite needs a file name");
   let limit: SpendLimitInput | undefined;
   if (action === "set") {
-    if (values.amount === undefined) throw new AccountsUsageError('"accounts limits set" needs --amount N');
-    if (values.period === undefined) throw new AccountsUsageError('"accounts limits set" needs --period P');
+    if (values.amount === undefined) throw new CommandUsageError('"accounts limits set" needs --amount N');
+    if (values.period === undefined) throw new CommandUsageError('"accounts limits set" needs --period P');
     limit = {
       ...spendOf(values),
       amount: amountOf(values.amount),
@@ -132,12 +112,12 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
   const redisUrl = env.CREDIT_REDIS_URL?.trim() || undefined;
   const cachePrefix = env.CREDIT_REDIS_CACHE_PREFIX?.trim() || undefined;
   if (cachePrefix !== undefined && redisUrl === undefined)
-    throw new AccountsUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+    throw new CommandUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
-  const { db, owned, memoryFromEnv } = await openCommandStore(values.sqlite, source, (m) => new AccountsUsageError(m));
+  const { db, owned, memoryFromEnv } = await openCommandStore(values.sqlite, source, (m) => new CommandUsageError(m));
   if (memoryFromEnv) {
     await db.close();
-    throw new AccountsUsageError(`accounts reads a store: set ${STORE_VARIABLES}`);
+    throw new CommandUsageError(`accounts reads a store: set ${STORE_VARIABLES}`);
   }
   let cache: RedisCache | undefined;
   let manager: CreditManager | undefined;
@@ -154,7 +134,8 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
       ...(cache === undefined ? {} : { cache }),
     });
     // A typo must not read as an empty account, nor create one with limits.
-    if ((await db.getAccount(userId)) === null) throw new NoSuchAccount(`no such account ${JSON.stringify(userId)}`);
+    if ((await db.getAccount(userId)) === null)
+      throw new NoSuchAccountError(`no such account ${JSON.stringify(userId)}`);
     const json = values.json === true;
     const { credits } = manager;
     if (action === "show") {
@@ -373,21 +354,6 @@ function limitTable(limits: readonly SpendLimitStatus[]): string {
   );
 }
 
-/** Aligned columns, indented by two spaces; `numeric` columns right-aligned. No header line when every header is empty. */
-function table(headers: readonly string[], rows: readonly string[][], numeric: readonly boolean[]): string {
-  const all = headers.every((h) => h === "") ? rows : [headers, ...rows];
-  const widths = headers.map((_, i) => Math.max(...all.map((r) => (r[i] ?? "").length)));
-  return all
-    .map(
-      (r) =>
-        `  ${r
-          .map((cell, i) => (numeric[i] === true ? cell.padStart(widths[i] ?? 0) : cell.padEnd(widths[i] ?? 0)))
-          .join("  ")
-          .trimEnd()}\n`,
-    )
-    .join("");
-}
-
 const day = (d: Date) => d.toISOString().slice(0, 10);
 
 /** A limit's window as `--period` takes it. */
@@ -403,7 +369,7 @@ function periodOf(text: string): { period: LimitPeriod } | { resetsWith: "subscr
   if (text === "subscription") return { resetsWith: "subscription" };
   const m = /^([0-9]+)?(day|week|month|year)$/.exec(text);
   if (m === null)
-    throw new AccountsUsageError(
+    throw new CommandUsageError(
       `--period must be day, week, month, year, N<unit> (every N of them, e.g. 2week) or subscription, not ${JSON.stringify(text)}`,
     );
   const unit = m[2] as "day" | "week" | "month" | "year";
@@ -414,7 +380,7 @@ function periodOf(text: string): { period: LimitPeriod } | { resetsWith: "subscr
 /** `--amount`: a number (the library checks it is a whole, non-negative amount). */
 function amountOf(text: string): number {
   if (!/^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(e[+-]?[0-9]+)?$/i.test(text.trim()))
-    throw new AccountsUsageError(`--amount must be a number, not ${JSON.stringify(text)}`);
+    throw new CommandUsageError(`--amount must be a number, not ${JSON.stringify(text)}`);
   return Number(text);
 }
 
@@ -433,9 +399,4 @@ function describeWhich(w: { spender?: string; feature?: string; period?: LimitPe
   const text = `spender ${w.spender === undefined ? "*" : JSON.stringify(w.spender)} and feature ${w.feature === undefined ? "*" : JSON.stringify(w.feature)}`;
   if (w.period === undefined && w.resetsWith === undefined) return text;
   return `${text}, period ${periodText({ period: w.period ?? null, resetsWith: w.resetsWith === undefined ? null : "subscription" })}`;
-}
-
-function isParseArgsError(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
 }

@@ -2,8 +2,10 @@ import { writeFileSync } from "node:fs";
 // Inlined by the build: the CLI prints the version it was built as.
 import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
+import { isParseArgsError } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
 import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
+import { REVENUE_HELP, runRevenueCli } from "./revenue.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
 import { SERVE_OPTIONS } from "../serve/settings.js";
@@ -75,6 +77,8 @@ Commands:
   webhooks  Add, list, remove, rotate and test the webhook endpoints the worker delivers events to
   accounts  Show an account (credits, scoped credits, spend limits, spend by spender, subscription);
             list, set and remove its spend limits (credit-management accounts --help)
+  revenue   Deferred revenue, recognized revenue, breakage and refunds of a month, from the journal
+            (credit-management revenue --help)
 
 ${SCHEMA_OPTIONS}
 ${AUDIT_OPTIONS}
@@ -97,6 +101,7 @@ Examples:
   npx credit-management keys create --role admin && npx credit-management serve
   CREDIT_PG_URL=postgres://… npx credit-management accounts show acme
   npx credit-management accounts limits set acme --sqlite credits.db --amount 500 --period month --spender alice
+  CREDIT_PG_URL=postgres://… npx credit-management revenue --time-zone Europe/Berlin --group-by account --csv
 `;
 
 /** Each command's own help (`credit-management schema --help`). */
@@ -106,6 +111,7 @@ const COMMAND_HELP: Record<string, string> = {
   serve: `Usage: credit-management serve [options]\n\nServes the credit API, health and metrics. Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
   webhooks: WEBHOOKS_HELP,
   accounts: ACCOUNTS_HELP,
+  revenue: REVENUE_HELP,
   keys: `Usage: credit-management keys create|list|revoke [options]\n\nThe API keys of "serve". Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
   audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
 };
@@ -128,6 +134,7 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
     return runWebhooksCli(args.slice(1), io, source.env ?? process.env);
   // Its own flags and --help (docs/cli.md, "Accounts").
   if (args[0] === "accounts") return runAccountsCli(args.slice(1), io, source);
+  if (args[0] === "revenue") return runRevenueCli(args.slice(1), io, source);
   try {
     return await run(args, io, source);
   } catch (error) {
@@ -186,7 +193,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   }
   if (command === undefined)
     throw new UsageError(
-      'missing command (try "schema", "audit", "accounts", "worker", "serve", "keys" or "webhooks")',
+      'missing command (try "schema", "audit", "accounts", "revenue", "worker", "serve", "keys" or "webhooks")',
     );
   if (command !== "schema" && command !== "audit" && command !== "worker")
     throw new UsageError(`unknown command "${command}"`);
@@ -330,9 +337,4 @@ function naming<T>(generate: () => T): T {
   } catch (error) {
     throw new UsageError((error as Error).message);
   }
-}
-
-function isParseArgsError(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
 }

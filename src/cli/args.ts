@@ -1,0 +1,41 @@
+/** Whether `error` is node's `parseArgs` refusing the command line (an unknown flag, a missing value): bad usage. */
+export function isParseArgsError(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
+}
+
+/** A mistake on a command's line (exit code 2): the message, then where its help is. */
+export class CommandUsageError extends Error {}
+
+/** The account a command names does not exist (exit code 3). */
+export class NoSuchAccountError extends Error {}
+
+/**
+ * The exit code of a command that failed (docs/cli.md), its message on standard error: 3 for an
+ * account that does not exist; 2 for bad usage (with where `command`'s help is) or for input the
+ * library refused before it changed anything (`refused`: its `ValidationError`, …); 1 otherwise.
+ */
+export function exitCodeOf(
+  error: unknown,
+  io: { stderr: (text: string) => void },
+  command: string,
+  refused: (error: unknown) => boolean,
+): number {
+  if (error instanceof NoSuchAccountError) {
+    io.stderr(`credit-management: ${error.message}\n`);
+    return 3;
+  }
+  if (error instanceof CommandUsageError || isParseArgsError(error)) {
+    // node's parseArgs explains how to pass values that start with "-": keep its first sentence.
+    const message =
+      error instanceof CommandUsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
+    io.stderr(`credit-management: ${message}\nRun "credit-management ${command} --help" for usage.\n`);
+    return 2;
+  }
+  if (refused(error)) {
+    io.stderr(`credit-management: ${(error as Error).message}\n`);
+    return 2;
+  }
+  io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
+  return 1;
+}

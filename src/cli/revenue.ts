@@ -1,0 +1,238 @@
+import { parseArgs } from "node:util";
+import { CommandUsageError, exitCodeOf, NoSuchAccountError } from "./args.js";
+import { startOfDay, wallClock } from "../domain/usage.js";
+import { ValidationError } from "../errors.js";
+import { createCreditManager, type CreditManager } from "../manager.js";
+import { UserId } from "../models/common.js";
+import { parse } from "../models/parse.js";
+import { RevenueDimension, RevenueQuery, type RevenueReport, type RevenueRow } from "../models/revenue.js";
+import { UsageInterval } from "../models/usage.js";
+import { revenueCsv } from "../services/revenue-csv.js";
+import type { CliIo } from "./run.js";
+import { openCommandStore, STORE_VARIABLES, type StoreSource } from "./store.js";
+import { table } from "./table.js";
+
+/**
+ * `credit-management revenue` (docs/cli.md, "Revenue"; docs/revenue.md, "Where finance reads it"):
+ * `credits.getRevenue()` of a month (by default the last one) or a range, on the store `audit`
+ * reads, as a table, JSON or CSV.
+ */
+export const REVENUE_HELP = `Usage: credit-management revenue [options]
+
+Deferred revenue at the start and end of each window, credits sold (paid), revenue recognized,
+breakage and refunds per currency (smallest unit), and unbilled usage in credits, from the journal
+(credits.getRevenue). Docs: docs/revenue.md, docs/cli.md ("Revenue").
+The store: as "audit" (CREDIT_MONGO_URI and CREDIT_MONGO_DB, CREDIT_PG_URL and CREDIT_PG_SCHEMA,
+CREDIT_SQLITE_PATH, or --sqlite FILE), opened without init(); nothing is written.
+  --month YYYY-MM        The calendar month in --time-zone (default: the month before this one)
+  --from DATE --to DATE  A range instead (to exclusive): YYYY-MM-DD (midnight in --time-zone) or an
+                         ISO 8601 date-time with its offset
+  --time-zone TZ         IANA zone of the month and the windows (default UTC)
+  --interval I           month (default), week, day, hour, or none (one window)
+  --group-by D,...       Split by account, source, feature, spender (comma-separated or repeated)
+  --account ID           One account (default: every account of the store)
+  --sqlite FILE          This SQLite store (an existing file) instead of the environment's
+  --json                 One JSON object { from, to, timeZone, rows } on standard output
+  --csv                  CSV (RFC 4180, formulas made inert) on standard output
+  Before a month-end run, run the expiry job (credit-management worker --once) so that the month's
+  expiries are in it (docs/revenue.md, "The decisions").
+  Exit code 0: done; 1: failed; 2: bad usage, or a query the library refuses (its message);
+  3: the account named with --account does not exist.
+`;
+
+/** Runs `revenue …` (without the word "revenue"); resolves to the exit code. */
+export async function runRevenueCli(
+  args: readonly string[],
+  io: CliIo,
+  source: StoreSource = {},
+  now: () => Date = () => new Date(),
+): Promise<number> {
+  try {
+    return await revenue(args, io, source, now);
+  } catch (error) {
+    // The library refused the query (docs/revenue.md, "The report"): nothing was read.
+    return exitCodeOf(error, io, "revenue", (e) => e instanceof ValidationError);
+  }
+}
+
+async function revenue(args: readonly string[], io: CliIo, source: StoreSource, now: () => Date): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    allowPositionals: true,
+    strict: true,
+    options: {
+      month: { type: "string" },
+      from: { type: "string" },
+      to: { type: "string" },
+      "time-zone": { type: "string" },
+      interval: { type: "string" },
+      "group-by": { type: "string", multiple: true },
+      account: { type: "string" },
+      sqlite: { type: "string" },
+      json: { type: "boolean" },
+      csv: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help === true) {
+    io.stdout(REVENUE_HELP);
+    return 0;
+  }
+  if (positionals.length > 0) throw new CommandUsageError(`unexpected argument "${positionals[0]}"`);
+  if (values.json === true && values.csv === true) throw new CommandUsageError("--json and --csv: choose one");
+  if (values.sqlite === "") throw new CommandUsageError("--sqlite needs a file name");
+  const timeZone = values["time-zone"] ?? "UTC";
+  // The zone is the library's to check (a ValidationError naming it), but the month's bounds need it first.
+  if (!RevenueQuery.shape.timeZone.safeParse(timeZone).success)
+    throw new CommandUsageError(
+      `--time-zone must be an IANA time zone (e.g. Europe/Berlin), not ${JSON.stringify(timeZone)}`,
+    );
+  const { from, to, label } = rangeOf(values, timeZone, now());
+  const interval = values.interval ?? "month";
+  if (interval !== "none" && !UsageInterval.safeParse(interval).success)
+    throw new CommandUsageError(`--interval must be month, week, day, hour or none, not ${JSON.stringify(interval)}`);
+  const groupBy = (values["group-by"] ?? []).flatMap((g) => g.split(",")).map((g) => g.trim());
+  for (const g of groupBy)
+    if (!RevenueDimension.safeParse(g).success)
+      throw new CommandUsageError(`--group-by takes account, source, feature and spender, not ${JSON.stringify(g)}`);
+  if (values.account !== undefined) parse(UserId, values.account, "--account");
+  const query: RevenueQuery = {
+    ...(values.account === undefined ? {} : { account: values.account }),
+    from,
+    to,
+    interval: interval === "none" ? null : (interval as UsageInterval),
+    timeZone,
+    groupBy: groupBy as RevenueDimension[],
+  };
+
+  const { db, owned, memoryFromEnv } = await openCommandStore(values.sqlite, source, (m) => new CommandUsageError(m));
+  if (memoryFromEnv) {
+    await db.close();
+    throw new CommandUsageError(`revenue reads a store: set ${STORE_VARIABLES}`);
+  }
+  let manager: CreditManager | undefined;
+  try {
+    manager = await createCreditManager({ db, init: false, ledger: false });
+    // A typo must not read as an account with no revenue.
+    if (values.account !== undefined && (await db.getAccount(values.account)) === null)
+      throw new NoSuchAccountError(`no such account ${JSON.stringify(values.account)}`);
+    const report = await manager.credits.getRevenue(query);
+    if (values.csv === true) io.stdout(revenueCsv(report, query.groupBy ?? []));
+    else if (values.json === true) io.stdout(`${JSON.stringify({ from, to, ...report })}\n`);
+    else io.stdout(text(report, query, label));
+    return 0;
+  } finally {
+    // A store given by the caller stays open; one made from the environment is closed.
+    if (manager === undefined) {
+      if (owned) await db.close();
+    } else if (owned) await manager.close();
+    else await manager.ledger.close();
+  }
+}
+
+/** `--month` (default: last month) or `--from`/`--to`, as instants; `label` names the range. */
+function rangeOf(
+  values: { month?: string | undefined; from?: string | undefined; to?: string | undefined },
+  tz: string,
+  now: Date,
+): { from: Date; to: Date; label: string } {
+  if (values.from !== undefined || values.to !== undefined) {
+    if (values.month !== undefined) throw new CommandUsageError("--month or --from/--to: choose one");
+    if (values.from === undefined || values.to === undefined)
+      throw new CommandUsageError("--from and --to go together");
+    return {
+      from: instantOf(values.from, "--from", tz),
+      to: instantOf(values.to, "--to", tz),
+      label: `${values.from} to ${values.to}`,
+    };
+  }
+  let year: number;
+  let month: number;
+  if (values.month === undefined) {
+    const w = wallClock(now.getTime(), tz);
+    year = w.month === 1 ? w.year - 1 : w.year;
+    month = w.month === 1 ? 12 : w.month - 1;
+  } else {
+    const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(values.month);
+    if (m === null) throw new CommandUsageError(`--month must be YYYY-MM, not ${JSON.stringify(values.month)}`);
+    year = Number(m[1]);
+    month = Number(m[2]);
+  }
+  return {
+    from: new Date(startOfDay(year, month, 1, tz)),
+    to: new Date(startOfDay(year, month + 1, 1, tz)),
+    label: `${year}-${String(month).padStart(2, "0")}`,
+  };
+}
+
+/** A date (midnight in `tz`) or an ISO 8601 date-time with its offset. */
+function instantOf(text: string, flag: string, tz: string): Date {
+  const d = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text);
+  if (d !== null) {
+    const [year, month, day] = [Number(d[1]), Number(d[2]), Number(d[3])];
+    const check = new Date(Date.UTC(year, month - 1, day));
+    if (check.getUTCMonth() === month - 1 && check.getUTCDate() === day)
+      return new Date(startOfDay(year, month, day, tz));
+  } else if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/.test(text)) {
+    const at = new Date(text);
+    if (!Number.isNaN(at.getTime())) return at;
+  }
+  throw new CommandUsageError(
+    `${flag} must be a date (YYYY-MM-DD) or an ISO 8601 date-time with its offset, not ${JSON.stringify(text)}`,
+  );
+}
+
+/** A window's start on the wall clock of the report's zone: the month, the day, or the day and time. */
+function windowText(at: Date, interval: RevenueQuery["interval"], tz: string): string {
+  const w = wallClock(at.getTime(), tz);
+  const two = (n: number) => String(n).padStart(2, "0");
+  const dayText = `${w.year}-${two(w.month)}-${two(w.day)}`;
+  if (interval === "month" && w.day === 1 && w.hour === 0 && w.minute === 0) return `${w.year}-${two(w.month)}`;
+  if (interval === "day" || interval === "week")
+    return w.hour === 0 && w.minute === 0 ? dayText : `${dayText} ${two(w.hour)}:${two(w.minute)}`;
+  return `${dayText} ${two(w.hour)}:${two(w.minute)}`;
+}
+
+const COLUMNS: [keyof RevenueRow, string][] = [
+  ["deferredStart", "DEFERRED START"],
+  ["paid", "PAID"],
+  ["recognized", "RECOGNIZED"],
+  ["breakage", "BREAKAGE"],
+  ["refunds", "REFUNDS"],
+  ["deferredEnd", "DEFERRED END"],
+  ["unbilledCredits", "UNBILLED CREDITS"],
+];
+
+/** The report as aligned columns under a line naming the range, the zone and whose it is. */
+function text(report: RevenueReport, query: RevenueQuery, label: string): string {
+  const groups = query.groupBy ?? [];
+  const whose = query.account === undefined ? "every account" : `account ${JSON.stringify(query.account)}`;
+  const head = `Revenue ${label} (${report.timeZone}), ${whose}; amounts in each currency's smallest unit\n`;
+  if (report.rows.length === 0) return `${head}  none: no paid credits, no usage on credit\n`;
+  const rows = report.rows.map((r) => {
+    const values = r as unknown as Record<string, unknown>;
+    return [
+      windowText(r.start, query.interval, report.timeZone),
+      r.currency ?? "-",
+      ...groups.map((g) => cellOf(values[g])),
+      ...COLUMNS.map(([k]) => String(r[k])),
+    ];
+  });
+  return (
+    head +
+    table(["WINDOW", "CURRENCY", ...groups.map((g) => g.toUpperCase()), ...COLUMNS.map(([, h]) => h)], rows, [
+      false,
+      false,
+      ...groups.map(() => false),
+      ...COLUMNS.map(() => true),
+    ])
+  );
+}
+
+/** A group's value in a cell: "-" for none; JSON-quoted when it holds a control character (a terminal escape). */
+function cellOf(value: unknown): string {
+  if (value === null || value === undefined) return "-";
+  const text = String(value);
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point
+  return /[\u0000-\u001f\u007f-\u009f]/.test(text) ? JSON.stringify(text) : text;
+}
