@@ -3,7 +3,7 @@ import { createHash, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
-import { AccountWork, type EntryMeta } from "../domain/account-work.js";
+import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
 import {
@@ -30,7 +30,6 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import type * as z from "zod";
 import {
-  AutoTopUpInput,
   CreatePaymentInput,
   RecordRefundOptions,
   CreditsPerUnit,
@@ -40,35 +39,21 @@ import {
   PaymentId,
   UserId,
   parse,
+  type AutoTopUpInput,
   type AutoTopUpState,
   type Grant,
-  type Notification,
   type Payment,
   type PaymentStatus,
 } from "../models/index.js";
 import { systemKey } from "../domain/keys.js";
-import {
-  afterActionRequired,
-  afterCredited,
-  afterDeclined,
-  amountForCredits,
-  chargeAmount,
-  disabled,
-  ruleOf,
-  withRule,
-} from "../domain/auto-top-up.js";
-import { newNotification } from "../domain/notifications.js";
-import type {
-  CheckoutRequest,
-  CheckoutResult,
-  HeadersLike,
-  OffSessionChargeResult,
-  PaymentEvent,
-  PaymentProvider,
-} from "../payments/types.js";
+import { afterCredited } from "../domain/auto-top-up.js";
+import type { CheckoutRequest, CheckoutResult, HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
 import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
+import { AutoTopUpService, type AutoTopUpResult } from "./auto-top-up-service.js";
 import type { CreditService } from "./credit-service.js";
 import { decodeCursor, encodeCursor } from "./promo-service.js";
+
+export type { AutoTopUpResult } from "./auto-top-up-service.js";
 
 export interface PaymentServiceOptions {
   db: DbManager;
@@ -137,22 +122,6 @@ export interface WebhookResult {
   reason?: string;
 }
 
-/** What `processAutoTopUp` did with the account's top-up in flight. */
-export interface AutoTopUpResult {
-  /**
-   * none: no top-up in flight (or another one than asked for); credited: charged and credited (or
-   * found credited); processing: charged, the provider's webhook credits it; action_required: the
-   * customer must confirm it; declined: refused (the rule disabled itself after `maxFailures`).
-   */
-  outcome: "none" | "credited" | "processing" | "action_required" | "declined";
-  /** The attempt (and its payment's id), or null for `none`. */
-  attemptId: string | null;
-  /** The provider's code of a decline or required action. */
-  code?: string;
-  /** True when this decline disabled the rule. */
-  disabled?: boolean;
-}
-
 /** A page of payments, newest first. */
 export interface PaymentPage {
   items: Payment[];
@@ -175,6 +144,7 @@ export class PaymentService {
   private readonly checkoutStaleMs: number;
   /** `keyNamespace` with its separator, or "" (see `PaymentServiceOptions.keyNamespace`). */
   private readonly keyPrefix: string;
+  private readonly autoTopUps: AutoTopUpService;
 
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options, "PaymentService");
@@ -199,6 +169,14 @@ export class PaymentService {
       this.rates = rates;
       this.creditsFor = (amount, currency) => creditsAtRate(amount, rates.get(currency) as number);
     }
+    this.autoTopUps = new AutoTopUpService(this.deps, {
+      provider: (name) => this.provider(name),
+      acceptedCurrency: (currency) => this.acceptedCurrency(currency),
+      rates: this.rates,
+      creditsFor: (amount, currency) => this.creditsFor(amount, currency),
+      creditPaid: (provider, payment, event) => this.credit(provider, payment, event, resultOf(event.type)),
+      advance: (id, change, first) => this.advance(id, change, first),
+    });
   }
 
   /** Registers (or replaces) a provider. */
@@ -653,7 +631,7 @@ export class PaymentService {
     return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.createdAt, last.id) : null };
   }
 
-  // Auto top-up (docs/promos-and-payments.md, "Auto top-up") --------------------------------------
+  // Auto top-up (docs/promos-and-payments.md, "Auto top-up"): src/services/auto-top-up-service.ts
 
   /**
    * Sets (or replaces) the account's auto top-up rule: a spend that takes its available credits
@@ -662,26 +640,13 @@ export class PaymentService {
    * are kept. The provider must be configured and able to charge off-session (`chargeSaved`), the
    * currency accepted (`ValidationError` otherwise, nothing changed). Resolves to the stored state.
    */
-  async setAutoTopUp(userId: string, input: AutoTopUpInput): Promise<AutoTopUpState> {
-    const user = parse(UserId, userId, "userId");
-    const i = parse(AutoTopUpInput, input, "input");
-    const provider = this.provider(i.provider);
-    if (provider.chargeSaved === undefined) {
-      throw new ValidationError(`Invalid input.provider: "${provider.name}" cannot charge a saved method`, [
-        { path: "provider", message: "no off-session charges (chargeSaved)" },
-      ]);
-    }
-    this.acceptedCurrency(i.currency);
-    const rule = ruleOf(i);
-    const out = await this.changeAutoTopUp(user, (prev) => ({ state: withRule(prev, rule) }));
-    return out as AutoTopUpState;
+  setAutoTopUp(userId: string, input: AutoTopUpInput): Promise<AutoTopUpState> {
+    return this.autoTopUps.setAutoTopUp(userId, input);
   }
 
   /** The account's auto top-up rule and state, or null when it has none. */
-  async getAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
-    const user = parse(UserId, userId, "userId");
-    const account = await this.deps.db.getAccount(user);
-    return account?.autoTopUp ?? null;
+  getAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
+    return this.autoTopUps.getAutoTopUp(userId);
   }
 
   /**
@@ -689,9 +654,8 @@ export class PaymentService {
    * enables it again). A top-up already in flight still completes. Resolves to the state, or null
    * when there is no rule.
    */
-  async disableAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
-    const user = parse(UserId, userId, "userId");
-    return this.changeAutoTopUp(user, (prev) => (prev === null ? null : { state: disabled(prev, "disabled") }));
+  disableAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
+    return this.autoTopUps.disableAutoTopUp(userId);
   }
 
   /**
@@ -705,187 +669,8 @@ export class PaymentService {
    * (`PaymentProviderError`: time-outs, 5xx, 429) are thrown, the top-up still in flight: call
    * again later (the worker retries with backoff).
    */
-  async processAutoTopUp(userId: string, attemptId?: string): Promise<AutoTopUpResult> {
-    const user = parse(UserId, userId, "userId");
-    const account = await this.deps.db.getAccount(user);
-    const s = account?.autoTopUp ?? null;
-    const attempt = s?.pending ?? null;
-    if (s === null || attempt === null || (attemptId !== undefined && attempt.id !== attemptId)) {
-      return { outcome: "none", attemptId: null };
-    }
-    const rule = s.rule;
-    const provider = this.provider(rule.provider);
-    const charge = provider.chargeSaved?.bind(provider);
-    if (charge === undefined) {
-      throw new ConfigurationError(
-        `[credit-management] [${provider.name}] cannot charge a saved method (chargeSaved): auto top-up ${attempt.id} waits`,
-      );
-    }
-    if (this.rates !== null && !this.rates.has(rule.currency)) {
-      // A process configured with other rates than the application that set the rule (a worker
-      // without its CREDIT_CREDITS_PER_UNIT): nothing is charged; the top-up waits for one that has them.
-      throw new ConfigurationError(
-        `[credit-management] auto top-up ${attempt.id} is in ${rule.currency}, which this process's payments.creditsPerUnit does not price (${[...this.rates.keys()].join(", ")}): give it the application's rates (CREDIT_CREDITS_PER_UNIT); it waits`,
-      );
-    }
-    const creditsFor = (amount: number) => this.creditsFor(amount, rule.currency);
-    const amount = chargeAmount(rule, attempt.available, (c) => amountForCredits(c, creditsFor));
-    const now = this.deps.clock();
-    const credits = creditsFor(amount);
-    let payment: Payment = {
-      id: attempt.id,
-      userId: user,
-      provider: provider.name,
-      providerRef: null,
-      providerPaymentId: null,
-      amount,
-      currency: rule.currency,
-      credits,
-      status: "created",
-      checkoutUrl: null,
-      description: `Auto top-up: ${credits} credits`,
-      grantId: null,
-      creditEntryId: null,
-      refundedAmount: 0,
-      creditsReversed: 0,
-      metadata: { autoTopUp: true },
-      version: 1,
-      createdAt: now,
-      updatedAt: now,
-    };
-    try {
-      await this.deps.db.insertPayment(payment);
-    } catch (error) {
-      if (!(error instanceof ConflictError)) throw error;
-      // An earlier try of this attempt: charge what it recorded (the same amount, the same key).
-      const first = await this.deps.db.getPayment(attempt.id, user);
-      if (first === null) throw error;
-      payment = first;
-    }
-    if (isCredited(payment.status)) {
-      await this.settleAutoTopUp(user, attempt.id, () => ({ state: afterCredited }));
-      return { outcome: "credited", attemptId: attempt.id };
-    }
-    const answer: OffSessionChargeResult = await charge({
-      paymentId: payment.id,
-      userId: user,
-      amount: payment.amount,
-      currency: payment.currency,
-      credits: payment.credits,
-      description: payment.description ?? `Auto top-up: ${payment.credits} credits`,
-      customer: rule.customer,
-      paymentMethod: rule.paymentMethod,
-      idempotencyKey: payment.id,
-    });
-    switch (answer.status) {
-      case "succeeded": {
-        const event: PaymentEvent = {
-          eventId: null,
-          type: "auto_top_up.succeeded",
-          kind: "paid",
-          paymentId: payment.id,
-          providerIds: [answer.providerPaymentId],
-          providerPaymentId: answer.providerPaymentId,
-          userId: user,
-          amount: payment.amount,
-          currency: payment.currency,
-          refundedTotal: null,
-        };
-        await this.credit(provider.name, payment, event, resultOf(event.type));
-        return { outcome: "credited", attemptId: attempt.id };
-      }
-      case "processing":
-        await this.advance(
-          payment.id,
-          (p) => (p.providerRef === null ? { providerRef: answer.providerPaymentId } : null),
-          payment,
-        );
-        return { outcome: "processing", attemptId: attempt.id };
-      case "requires_action": {
-        if (answer.providerPaymentId !== null) {
-          const ref = answer.providerPaymentId;
-          await this.advance(payment.id, (p) => (p.providerRef === null ? { providerRef: ref } : null), payment);
-        }
-        await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
-          const next = afterActionRequired(cur, attempt.id, answer.code);
-          if (next === null) return null;
-          return {
-            state: () => next,
-            notifications: [
-              newNotification(
-                user,
-                "auto_top_up_action_required",
-                {
-                  attemptId: attempt.id,
-                  paymentId: payment.id,
-                  providerPaymentId: answer.providerPaymentId,
-                  amount: payment.amount,
-                  currency: payment.currency,
-                  credits: payment.credits,
-                  code: answer.code,
-                  nextAction: answer.nextAction,
-                },
-                now,
-                `auto_top_up_action_required:${attempt.id}`,
-              ),
-            ],
-          };
-        });
-        return { outcome: "action_required", attemptId: attempt.id, code: answer.code };
-      }
-      case "declined": {
-        await this.advance(
-          payment.id,
-          (p) =>
-            canAdvancePayment(p.status, "failed")
-              ? {
-                  status: "failed",
-                  providerRef: p.providerRef ?? answer.providerPaymentId,
-                }
-              : null,
-          payment,
-        );
-        let disabledNow = false;
-        await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
-          const next = afterDeclined(cur, attempt.id, answer.code);
-          if (next === null) return null;
-          disabledNow = next.disabledNow;
-          const rows: Notification[] = [
-            newNotification(
-              user,
-              "auto_top_up_failed",
-              {
-                attemptId: attempt.id,
-                paymentId: payment.id,
-                providerPaymentId: answer.providerPaymentId,
-                amount: payment.amount,
-                currency: payment.currency,
-                credits: payment.credits,
-                code: answer.code,
-                reason: answer.message,
-                failures: next.state.failures,
-                maxFailures: next.state.rule.maxFailures,
-              },
-              now,
-              `auto_top_up_failed:${attempt.id}`,
-            ),
-          ];
-          if (next.disabledNow) {
-            rows.push(
-              newNotification(
-                user,
-                "auto_top_up_disabled",
-                { reason: "max_failures", failures: next.state.failures, lastCode: answer.code },
-                now,
-                `auto_top_up_disabled:${attempt.id}`,
-              ),
-            );
-          }
-          return { state: () => next.state, notifications: rows };
-        });
-        return { outcome: "declined", attemptId: attempt.id, code: answer.code, disabled: disabledNow };
-      }
-    }
+  processAutoTopUp(userId: string, attemptId?: string): Promise<AutoTopUpResult> {
+    return this.autoTopUps.processAutoTopUp(userId, attemptId);
   }
 
   /** Refuses a currency a per-currency `creditsPerUnit` does not price. */
@@ -895,64 +680,6 @@ export class PaymentService {
         { path: "currency", message: `accepted: ${[...this.rates.keys()].join(", ")}` },
       ]);
     }
-  }
-
-  /**
-   * Settles attempt `id` in a unit of work on the account (no journal entry): `decide` says the
-   * new state (from the current one) and the outbox rows, or null when the attempt is no longer the
-   * one in flight (settled already: a retry or a concurrent worker changes nothing).
-   */
-  private async settleAutoTopUp(
-    user: string,
-    id: string,
-    decide: (
-      cur: AutoTopUpState,
-      now: Date,
-    ) => { state: (s: AutoTopUpState, id: string) => AutoTopUpState; notifications?: Notification[] } | null,
-  ): Promise<void> {
-    await this.changeAutoTopUp(user, (prev, now) => {
-      if (prev === null || prev.pending?.id !== id) return null;
-      const d = decide(prev, now);
-      if (d === null) return null;
-      return { state: d.state(prev, id), notifications: d.notifications };
-    });
-  }
-
-  /**
-   * Changes the account's `autoTopUp` in a transaction on the account (as `setThreshold` changes
-   * its alert override): `change` returns the new state and outbox rows, or null for no change.
-   * Resolves to the state after.
-   */
-  private async changeAutoTopUp(
-    user: string,
-    change: (
-      prev: AutoTopUpState | null,
-      now: Date,
-    ) => { state: AutoTopUpState | null; notifications?: readonly Notification[] | undefined } | null,
-  ): Promise<AutoTopUpState | null> {
-    let out: AutoTopUpState | null = null;
-    await this.deps.db.transaction(user, async (tx) => {
-      const state = await tx.load();
-      const now = this.deps.clock();
-      const account = { ...new AccountWork(user, state, now, randomUUID).account };
-      const prev = account.autoTopUp ?? null;
-      const next = change(prev, now);
-      out = next === null ? prev : next.state;
-      if (next === null) return;
-      account.autoTopUp = next.state;
-      account.updatedAt = now;
-      await tx.save({
-        account,
-        previousSeq: state.account === null ? null : state.account.seq,
-        insertGrants: [],
-        updateGrants: [],
-        insertReservations: [],
-        updateReservations: [],
-        entries: [],
-        notifications: next.notifications ?? [],
-      });
-    });
-    return out;
   }
 
   // -----------------------------------------------------------------------------------------------

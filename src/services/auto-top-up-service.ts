@@ -1,0 +1,349 @@
+import { randomUUID } from "node:crypto";
+import { AccountWork } from "../domain/account-work.js";
+import {
+  afterActionRequired,
+  afterCredited,
+  afterDeclined,
+  amountForCredits,
+  chargeAmount,
+  disabled,
+  ruleOf,
+  withRule,
+} from "../domain/auto-top-up.js";
+import { newNotification } from "../domain/notifications.js";
+import { canAdvancePayment, isCredited } from "../domain/payments.js";
+import { ConfigurationError, ConflictError, ValidationError } from "../errors.js";
+import {
+  AutoTopUpInput,
+  UserId,
+  parse,
+  type AutoTopUpState,
+  type Notification,
+  type Payment,
+} from "../models/index.js";
+import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "../payments/types.js";
+import type { UnitDeps } from "./account-unit.js";
+
+/** What `processAutoTopUp` did with the account's top-up in flight. */
+export interface AutoTopUpResult {
+  /**
+   * none: no top-up in flight (or another one than asked for); credited: charged and credited (or
+   * found credited); processing: charged, the provider's webhook credits it; action_required: the
+   * customer must confirm it; declined: refused (the rule disabled itself after `maxFailures`).
+   */
+  outcome: "none" | "credited" | "processing" | "action_required" | "declined";
+  /** The attempt (and its payment's id), or null for `none`. */
+  attemptId: string | null;
+  /** The provider's code of a decline or required action. */
+  code?: string;
+  /** True when this decline disabled the rule. */
+  disabled?: boolean;
+}
+
+/**
+ * What auto top-up needs of the payments it charges through: `PaymentService` gives it its
+ * providers, its rates and its idempotent credit path, so an auto top-up is credited as a paid
+ * payment is (once, whichever of the charge's answer and the webhook comes first). @internal
+ */
+export interface TopUpPayments {
+  /** The configured provider `name` (`ValidationError` otherwise). */
+  provider(name: string): PaymentProvider;
+  /** Refuses a currency a per-currency `creditsPerUnit` does not price (`ValidationError`). */
+  acceptedCurrency(currency: string): void;
+  /** The currencies payments may be made in (a per-currency `creditsPerUnit`); null: any. */
+  readonly rates: ReadonlyMap<string, number> | null;
+  /** Credits bought by `amount` (smallest unit) in `currency`. */
+  creditsFor(amount: number, currency: string): number;
+  /** Credits a paid payment once (the webhooks' path). */
+  creditPaid(provider: string, payment: Payment, event: PaymentEvent): Promise<unknown>;
+  /** Compare-and-set loop on a payment outside any account (`first`: the payment as known). */
+  advance(id: string, change: (p: Payment) => Partial<Payment> | null, first?: Payment): Promise<Payment>;
+}
+
+/**
+ * Auto top-up (docs/promos-and-payments.md, "Auto top-up"): the account's rule and its attempt in
+ * flight, charged off-session to the saved method through the payments it is given.
+ * `PaymentService`'s `setAutoTopUp`, `getAutoTopUp`, `disableAutoTopUp` and `processAutoTopUp`
+ * delegate here; their documentation is there. @internal
+ */
+export class AutoTopUpService {
+  constructor(
+    private readonly deps: UnitDeps,
+    private readonly payments: TopUpPayments,
+  ) {}
+
+  /** `PaymentService.setAutoTopUp`. */
+  async setAutoTopUp(userId: string, input: AutoTopUpInput): Promise<AutoTopUpState> {
+    const user = parse(UserId, userId, "userId");
+    const i = parse(AutoTopUpInput, input, "input");
+    const provider = this.payments.provider(i.provider);
+    if (provider.chargeSaved === undefined) {
+      throw new ValidationError(`Invalid input.provider: "${provider.name}" cannot charge a saved method`, [
+        { path: "provider", message: "no off-session charges (chargeSaved)" },
+      ]);
+    }
+    this.payments.acceptedCurrency(i.currency);
+    const rule = ruleOf(i);
+    const out = await this.changeAutoTopUp(user, (prev) => ({ state: withRule(prev, rule) }));
+    return out as AutoTopUpState;
+  }
+
+  /** `PaymentService.getAutoTopUp`. */
+  async getAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
+    const user = parse(UserId, userId, "userId");
+    const account = await this.deps.db.getAccount(user);
+    return account?.autoTopUp ?? null;
+  }
+
+  /** `PaymentService.disableAutoTopUp`. */
+  async disableAutoTopUp(userId: string): Promise<AutoTopUpState | null> {
+    const user = parse(UserId, userId, "userId");
+    return this.changeAutoTopUp(user, (prev) => (prev === null ? null : { state: disabled(prev, "disabled") }));
+  }
+
+  /** `PaymentService.processAutoTopUp`. */
+  async processAutoTopUp(userId: string, attemptId?: string): Promise<AutoTopUpResult> {
+    const user = parse(UserId, userId, "userId");
+    const account = await this.deps.db.getAccount(user);
+    const s = account?.autoTopUp ?? null;
+    const attempt = s?.pending ?? null;
+    if (s === null || attempt === null || (attemptId !== undefined && attempt.id !== attemptId)) {
+      return { outcome: "none", attemptId: null };
+    }
+    const rule = s.rule;
+    const provider = this.payments.provider(rule.provider);
+    const charge = provider.chargeSaved?.bind(provider);
+    if (charge === undefined) {
+      throw new ConfigurationError(
+        `[credit-management] [${provider.name}] cannot charge a saved method (chargeSaved): auto top-up ${attempt.id} waits`,
+      );
+    }
+    if (this.payments.rates !== null && !this.payments.rates.has(rule.currency)) {
+      // A process configured with other rates than the application that set the rule (a worker
+      // without its CREDIT_CREDITS_PER_UNIT): nothing is charged; the top-up waits for one that has them.
+      throw new ConfigurationError(
+        `[credit-management] auto top-up ${attempt.id} is in ${rule.currency}, which this process's payments.creditsPerUnit does not price (${[...this.payments.rates.keys()].join(", ")}): give it the application's rates (CREDIT_CREDITS_PER_UNIT); it waits`,
+      );
+    }
+    const creditsFor = (amount: number) => this.payments.creditsFor(amount, rule.currency);
+    const amount = chargeAmount(rule, attempt.available, (c) => amountForCredits(c, creditsFor));
+    const now = this.deps.clock();
+    const credits = creditsFor(amount);
+    let payment: Payment = {
+      id: attempt.id,
+      userId: user,
+      provider: provider.name,
+      providerRef: null,
+      providerPaymentId: null,
+      amount,
+      currency: rule.currency,
+      credits,
+      status: "created",
+      checkoutUrl: null,
+      description: `Auto top-up: ${credits} credits`,
+      grantId: null,
+      creditEntryId: null,
+      refundedAmount: 0,
+      creditsReversed: 0,
+      metadata: { autoTopUp: true },
+      version: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    try {
+      await this.deps.db.insertPayment(payment);
+    } catch (error) {
+      if (!(error instanceof ConflictError)) throw error;
+      // An earlier try of this attempt: charge what it recorded (the same amount, the same key).
+      const first = await this.deps.db.getPayment(attempt.id, user);
+      if (first === null) throw error;
+      payment = first;
+    }
+    if (isCredited(payment.status)) {
+      await this.settleAutoTopUp(user, attempt.id, () => ({ state: afterCredited }));
+      return { outcome: "credited", attemptId: attempt.id };
+    }
+    const answer: OffSessionChargeResult = await charge({
+      paymentId: payment.id,
+      userId: user,
+      amount: payment.amount,
+      currency: payment.currency,
+      credits: payment.credits,
+      description: payment.description ?? `Auto top-up: ${payment.credits} credits`,
+      customer: rule.customer,
+      paymentMethod: rule.paymentMethod,
+      idempotencyKey: payment.id,
+    });
+    switch (answer.status) {
+      case "succeeded": {
+        const event: PaymentEvent = {
+          eventId: null,
+          type: "auto_top_up.succeeded",
+          kind: "paid",
+          paymentId: payment.id,
+          providerIds: [answer.providerPaymentId],
+          providerPaymentId: answer.providerPaymentId,
+          userId: user,
+          amount: payment.amount,
+          currency: payment.currency,
+          refundedTotal: null,
+        };
+        await this.payments.creditPaid(provider.name, payment, event);
+        return { outcome: "credited", attemptId: attempt.id };
+      }
+      case "processing":
+        await this.payments.advance(
+          payment.id,
+          (p) => (p.providerRef === null ? { providerRef: answer.providerPaymentId } : null),
+          payment,
+        );
+        return { outcome: "processing", attemptId: attempt.id };
+      case "requires_action": {
+        if (answer.providerPaymentId !== null) {
+          const ref = answer.providerPaymentId;
+          await this.payments.advance(
+            payment.id,
+            (p) => (p.providerRef === null ? { providerRef: ref } : null),
+            payment,
+          );
+        }
+        await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
+          const next = afterActionRequired(cur, attempt.id, answer.code);
+          if (next === null) return null;
+          return {
+            state: () => next,
+            notifications: [
+              newNotification(
+                user,
+                "auto_top_up_action_required",
+                {
+                  attemptId: attempt.id,
+                  paymentId: payment.id,
+                  providerPaymentId: answer.providerPaymentId,
+                  amount: payment.amount,
+                  currency: payment.currency,
+                  credits: payment.credits,
+                  code: answer.code,
+                  nextAction: answer.nextAction,
+                },
+                now,
+                `auto_top_up_action_required:${attempt.id}`,
+              ),
+            ],
+          };
+        });
+        return { outcome: "action_required", attemptId: attempt.id, code: answer.code };
+      }
+      case "declined": {
+        await this.payments.advance(
+          payment.id,
+          (p) =>
+            canAdvancePayment(p.status, "failed")
+              ? {
+                  status: "failed",
+                  providerRef: p.providerRef ?? answer.providerPaymentId,
+                }
+              : null,
+          payment,
+        );
+        let disabledNow = false;
+        await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
+          const next = afterDeclined(cur, attempt.id, answer.code);
+          if (next === null) return null;
+          disabledNow = next.disabledNow;
+          const rows: Notification[] = [
+            newNotification(
+              user,
+              "auto_top_up_failed",
+              {
+                attemptId: attempt.id,
+                paymentId: payment.id,
+                providerPaymentId: answer.providerPaymentId,
+                amount: payment.amount,
+                currency: payment.currency,
+                credits: payment.credits,
+                code: answer.code,
+                reason: answer.message,
+                failures: next.state.failures,
+                maxFailures: next.state.rule.maxFailures,
+              },
+              now,
+              `auto_top_up_failed:${attempt.id}`,
+            ),
+          ];
+          if (next.disabledNow) {
+            rows.push(
+              newNotification(
+                user,
+                "auto_top_up_disabled",
+                { reason: "max_failures", failures: next.state.failures, lastCode: answer.code },
+                now,
+                `auto_top_up_disabled:${attempt.id}`,
+              ),
+            );
+          }
+          return { state: () => next.state, notifications: rows };
+        });
+        return { outcome: "declined", attemptId: attempt.id, code: answer.code, disabled: disabledNow };
+      }
+    }
+  }
+
+  /**
+   * Settles attempt `id` in a unit of work on the account (no journal entry): `decide` says the
+   * new state (from the current one) and the outbox rows, or null when the attempt is no longer the
+   * one in flight (settled already: a retry or a concurrent worker changes nothing).
+   */
+  private async settleAutoTopUp(
+    user: string,
+    id: string,
+    decide: (
+      cur: AutoTopUpState,
+      now: Date,
+    ) => { state: (s: AutoTopUpState, id: string) => AutoTopUpState; notifications?: Notification[] } | null,
+  ): Promise<void> {
+    await this.changeAutoTopUp(user, (prev, now) => {
+      if (prev === null || prev.pending?.id !== id) return null;
+      const d = decide(prev, now);
+      if (d === null) return null;
+      return { state: d.state(prev, id), notifications: d.notifications };
+    });
+  }
+
+  /**
+   * Changes the account's `autoTopUp` in a transaction on the account (as `setThreshold` changes
+   * its alert override): `change` returns the new state and outbox rows, or null for no change.
+   * Resolves to the state after.
+   */
+  private async changeAutoTopUp(
+    user: string,
+    change: (
+      prev: AutoTopUpState | null,
+      now: Date,
+    ) => { state: AutoTopUpState | null; notifications?: readonly Notification[] | undefined } | null,
+  ): Promise<AutoTopUpState | null> {
+    let out: AutoTopUpState | null = null;
+    await this.deps.db.transaction(user, async (tx) => {
+      const state = await tx.load();
+      const now = this.deps.clock();
+      const account = { ...new AccountWork(user, state, now, randomUUID).account };
+      const prev = account.autoTopUp ?? null;
+      const next = change(prev, now);
+      out = next === null ? prev : next.state;
+      if (next === null) return;
+      account.autoTopUp = next.state;
+      account.updatedAt = now;
+      await tx.save({
+        account,
+        previousSeq: state.account === null ? null : state.account.seq,
+        insertGrants: [],
+        updateGrants: [],
+        insertReservations: [],
+        updateReservations: [],
+        entries: [],
+        notifications: next.notifications ?? [],
+      });
+    });
+    return out;
+  }
+}
