@@ -1,17 +1,14 @@
 import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
-import type { AccountCredits, DbManager, DbTransaction } from "../db/types.js";
-import { copyAccount, holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
+import type { DbManager, DbTransaction } from "../db/types.js";
+import { holdWith, type AccountWork, type EntryMeta, type Settlement } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
-import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
-import { replayJournal, type AuditReport } from "../domain/replay.js";
-import { revenueProblems } from "../domain/revenue.js";
+import type { AuditReport } from "../domain/replay.js";
 import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
-import { type Spend, limitStatuses, replaceLimits, tightestLimit, withLimit, withoutLimit } from "../domain/limits.js";
-import type { SubscriptionStore } from "../db/types-subscriptions.js";
+import { type Spend, tightestLimit } from "../domain/limits.js";
 import {
   ConfigurationError,
   ConflictError,
@@ -41,10 +38,13 @@ import {
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
 import { getRevenue } from "./revenue.js";
-import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
+import { auditAccount, latestCheckpoint } from "./audit.js";
+import { SpendLimits } from "./spend-limits.js";
+import { BalanceReads, NO_SPEND, workCredits } from "./balance-reads.js";
+import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
 import type { RevenueQuery, RevenueReport } from "../models/revenue.js";
-import type { CreditsInfo } from "../models/index.js";
+import type { CreditsInfo, MutationOptions, RemoveLimitInput, SpendLimitInput } from "../models/index.js";
 import {
   AddCreditsOptions,
   AsOf,
@@ -63,26 +63,20 @@ import {
   FeatureRules,
   CheckOptions,
   CreditsInfoOptions,
-  MutationOptions,
-  RemoveLimitInput,
-  SetLimitsInput,
   UserId,
   VoidGrantOptions,
   Amount,
   parse,
-  type Account,
   type Grant,
   type JournalEntry,
   type Reservation,
-  type LimitCycle,
   type SpendLimit,
-  SpendLimitInput,
   type SpendLimitStatus,
 } from "../models/index.js";
 import { andThen } from "../util/promise.js";
 import { CreditLeases, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
 import { leaseHold, settleLease } from "./lease-settle.js";
-import { activeHold, includeHeldGrants, infoKey, UnitRunner, type UnitContext } from "./unit-of-work.js";
+import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import type { LeaseOptions } from "../models/leases.js";
 import type * as z from "zod";
 import { CustomerTokens, type CustomerGrant, type CustomerToken } from "./customer-tokens.js";
@@ -149,21 +143,7 @@ export interface CreditServiceOptions {
   customerTokens?: CustomerTokenSettings;
 }
 
-/** What `getExpiringCredits` returns. */
-export interface ExpiringCredits {
-  userId: string;
-  /** Credits that expire within the window (unspent, unheld). */
-  total: number;
-  /** The grants behind them, soonest expiry first. */
-  grants: Grant[];
-}
-
-/** A page of journal entries, newest first. */
-export interface HistoryPage {
-  items: JournalEntry[];
-  /** Pass as `cursor` for the next (older) page; null on the last page. */
-  nextCursor: string | null;
-}
+export type { ExpiringCredits, HistoryPage } from "./history.js";
 
 const noTokens = () =>
   new ConfigurationError(
@@ -173,9 +153,6 @@ const noTokens = () =>
 /** The default options object of every mutation: known valid, so not parsed on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
-
-/** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
-const copy = <T>(o: T): T => structuredClone(o);
 
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
@@ -199,6 +176,10 @@ export class CreditService {
   /** Runs this service's units of work (src/services/unit-of-work.ts). */
   private readonly units: UnitRunner;
   private readonly tokens: CustomerTokens | undefined;
+  /** Balance and limit reads (src/services/balance-reads.ts). */
+  private readonly reads: BalanceReads;
+  /** Spend limits (src/services/spend-limits.ts). */
+  private readonly limits: SpendLimits;
 
   constructor(options: CreditServiceOptions) {
     this.pricing = options.pricing;
@@ -237,6 +218,14 @@ export class CreditService {
       features: this.features,
       domainEvents: withEvents,
       checkpointEvery,
+    });
+    this.reads = new BalanceReads(this.db, this.cache, this.clock, this.units);
+    this.limits = new SpendLimits({
+      db: this.db,
+      units: this.units,
+      reads: this.reads,
+      clock: this.clock,
+      meta: (operation, o, args) => this.meta(operation, o, args),
     });
   }
 
@@ -284,7 +273,7 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     // Answered from what the unit of work left (not read again).
     const read = await this.units.mutate("openAccount", user, NO_META, workCredits);
-    return this.stateOf(user, read, NO_SPEND, this.clock()).info;
+    return this.reads.stateOf(user, read, NO_SPEND, this.clock()).info;
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
@@ -508,77 +497,7 @@ export class CreditService {
   async getUserCreditsInfo(userId: string, options: CreditsInfoOptions = {}): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CreditsInfoOptions, options, "options");
-    return (await this.creditsState(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
-  }
-
-  /**
-   * The account's credits and spend limits, settled, from the cache when there is one. With
-   * `spend`, `available` is what it may use and `scoped` the totals per scope: an account given
-   * scoped grants is then answered from one read of the store (its state and grants at one
-   * snapshot, `settledCredits`), never from the cache, which keeps one answer per account.
-   * `fresh`: read from the store by this call.
-   */
-  private async creditsState(user: string, spend: Spend | null): Promise<CreditsState> {
-    const now = this.clock();
-    const cache = this.cache;
-    if (cache === undefined) return this.stateOf(user, await this.settledCredits(user, now), spend, now);
-    const key = infoKey(user);
-    const hit = await cache.get<{
-      info: CreditsInfo;
-      validUntil: number | null;
-      limits?: SpendLimit[] | null;
-      scoped?: boolean;
-    }>(key);
-    // Valid until the next expiry by *our* clock (the cache's TTL runs on its own clock).
-    if (hit !== undefined && (hit.validUntil === null || now.getTime() < hit.validUntil)) {
-      if (hit.scoped !== true || spend === null)
-        return { info: { ...hit.info }, limits: hit.limits ?? null, fresh: false };
-      return this.stateOf(user, await this.settledCredits(user, now), spend, now);
-    }
-    const read = await cache.readThrough(
-      key,
-      () => this.settledCredits(user, now),
-      ({ account }) => ({
-        info: creditsInfo(user, account),
-        validUntil: account?.nextExpiryAt ? account.nextExpiryAt.getTime() : null,
-        limits: account?.limits ?? null,
-        scoped: account?.scoped === true,
-      }),
-    );
-    return this.stateOf(user, read, spend, now);
-  }
-
-  /** What `creditsState` answers from a read of the store. */
-  private stateOf(user: string, read: AccountCredits, spend: Spend | null, now: Date): CreditsState {
-    const info = creditsInfo(user, read.account);
-    if (read.grants !== null && spend !== null) {
-      info.available -= outOfScope(read.grants, spend, now, storedScope);
-      info.scoped = scopedTotals(read.grants, now, storedScope);
-    }
-    return { info, limits: read.account?.limits ?? null, fresh: true };
-  }
-
-  /**
-   * The account settled at `now`, with its open grants when it has been given a scoped grant, in
-   * one read: the store's `getAccountCredits` (one snapshot; one round trip on PostgreSQL); or,
-   * on a store without it, `getAccount` and, for a scoped account, its state in one unit of work.
-   * When an expiry is due, one unit of work settles it and answers with what it left.
-   */
-  private async settledCredits(user: string, now: Date): Promise<AccountCredits> {
-    const db = this.db;
-    let read: AccountCredits;
-    if (db.getAccountCredits !== undefined) read = await db.getAccountCredits(user);
-    else {
-      const account = await db.getAccount(user);
-      read = { account, grants: null };
-      if (account?.scoped === true) {
-        const state = await db.transaction(user, (tx) => tx.load());
-        read = { account: state.account, grants: state.account?.scoped === true ? [...state.grants] : null };
-      }
-    }
-    const next = read.account?.nextExpiryAt;
-    if (next == null || next.getTime() > now.getTime()) return read;
-    return this.units.mutate("settle", user, {}, workCredits);
+    return (await this.reads.state(user, { spender: o.spender ?? null, feature: o.feature ?? null })).info;
   }
 
   /**
@@ -587,21 +506,8 @@ export class CreditService {
    * same spender, feature and window keeps what its window has counted. Recorded as a `limits`
    * journal entry. Resolves to the limits as `getLimits` reports them.
    */
-  async setLimits(
-    userId: string,
-    limits: SpendLimitInput[],
-    options: MutationOptions = {},
-  ): Promise<SpendLimitStatus[]> {
-    const user = parse(UserId, userId, "userId");
-    const list = parse(SetLimitsInput, limits, "limits");
-    const o = parse(MutationOptions, options, "options");
-    const cycle = list.some((l) => l.resetsWith === "subscription") ? await this.limitCycle(user) : null;
-    const meta = this.meta("setLimits", o, () => ({ limits: list, ...o }));
-    const set = await this.units.mutate("setLimits", user, meta, (work) => {
-      work.setLimits(replaceLimits(work.account.limits ?? null, list, cycle), meta);
-      return work.account.limits ?? [];
-    });
-    return limitStatuses(set, this.clock().getTime());
+  setLimits(userId: string, limits: SpendLimitInput[], options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    return this.limits.setLimits(userId, limits, options);
   }
 
   /**
@@ -611,53 +517,21 @@ export class CreditService {
    * `getLimits` followed by `setLimits` would lose one (docs/teams-and-limits.md). Recorded as a
    * `limits` journal entry. Resolves to all the account's limits as `getLimits` reports them.
    */
-  async setLimit(userId: string, limit: SpendLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
-    const user = parse(UserId, userId, "userId");
-    const input = parse(SpendLimitInput, limit, "limit");
-    const o = parse(MutationOptions, options, "options");
-    const cycle = input.resetsWith === "subscription" ? await this.limitCycle(user) : null;
-    const meta = this.meta("setLimit", o, () => ({ limit: input, ...o }));
-    const set = await this.units.mutate("setLimit", user, meta, (work) => {
-      work.setLimits(withLimit(work.account.limits ?? null, input, cycle), meta);
-      return work.account.limits ?? [];
-    });
-    return limitStatuses(set, this.clock().getTime());
-  }
-
-  /** The account's active subscription's cycle, which a `resetsWith: "subscription"` limit follows; null without one. */
-  private async limitCycle(user: string): Promise<LimitCycle | null> {
-    const subscriptions = this.db as Partial<SubscriptionStore>;
-    const active = subscriptions.getActiveSubscription ? await subscriptions.getActiveSubscription(user) : null;
-    return active === null ? null : { anchorAt: active.anchorAt.getTime(), billingPeriod: active.billingPeriod };
+  setLimit(userId: string, limit: SpendLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    return this.limits.setLimit(userId, limit, options);
   }
 
   /** The account's spend limits: each with its window now, what it counted and what is left. */
-  async getLimits(userId: string): Promise<SpendLimitStatus[]> {
-    const user = parse(UserId, userId, "userId");
-    const { limits } = await this.creditsState(user, null);
-    return limitStatuses(limits ?? [], this.clock().getTime());
+  getLimits(userId: string): Promise<SpendLimitStatus[]> {
+    return this.limits.getLimits(userId);
   }
 
   /**
    * Removes the limits with exactly this spender and feature (omitted: none), and this window when
    * given. Resolves to the limits left. Recorded as a `limits` entry when it removed any.
    */
-  async removeLimit(
-    userId: string,
-    which: RemoveLimitInput,
-    options: MutationOptions = {},
-  ): Promise<SpendLimitStatus[]> {
-    const user = parse(UserId, userId, "userId");
-    const w = parse(RemoveLimitInput, which, "limit");
-    const o = parse(MutationOptions, options, "options");
-    const meta = this.meta("removeLimit", o, () => ({ ...w, ...o }));
-    const left = await this.units.mutate("removeLimit", user, meta, (work) => {
-      const before = work.account.limits ?? [];
-      const after = withoutLimit(before, w);
-      if (after.length !== before.length) work.setLimits(after, meta);
-      return after;
-    });
-    return limitStatuses(left, this.clock().getTime());
+  removeLimit(userId: string, which: RemoveLimitInput, options: MutationOptions = {}): Promise<SpendLimitStatus[]> {
+    return this.limits.removeLimit(userId, which, options);
   }
 
   /**
@@ -677,7 +551,7 @@ export class CreditService {
       ]);
     }
     const spend = { spender: o.spender ?? null, feature: o.feature ?? null };
-    const state = await this.creditsState(user, spend);
+    const state = await this.reads.state(user, spend);
     const decision = this.decide(state, rule?.minAvailable, o.amount, spend);
     // A denial answered from the cache is answered again from the store's current state, not from
     // a copy another process may have outdated (its writes invalidate its own cache, not ours):
@@ -685,7 +559,7 @@ export class CreditService {
     if (decision.allowed || state.fresh) return decision;
     const now = this.clock();
     return this.decide(
-      this.stateOf(user, await this.settledCredits(user, now), spend, now),
+      this.reads.stateOf(user, await this.reads.settled(user, now), spend, now),
       rule?.minAvailable,
       o.amount,
       spend,
@@ -733,46 +607,13 @@ export class CreditService {
    */
   async getCreditHistory(userId: string, query: HistoryQuery = {}): Promise<HistoryPage> {
     const user = parse(UserId, userId, "userId");
-    const q = parse(HistoryQuery, query, "query");
-    const limit = q.limit ?? 50;
-    const page = (beforeSeq: number | undefined, size: number) =>
-      this.db.listJournal(user, { order: "desc", beforeSeq, limit: size, types: q.types, from: q.from, to: q.to });
-    const before = q.cursor === undefined ? undefined : Number(q.cursor);
-    if (q.spender === undefined && q.feature === undefined) {
-      const rows = await page(before, limit + 1);
-      const items = rows.slice(0, limit);
-      const last = items[items.length - 1];
-      return { items, nextCursor: rows.length > limit && last ? String(last.seq) : null };
-    }
-    const items: JournalEntry[] = [];
-    let cursor = before;
-    for (let scanned = 0; scanned < HISTORY_SCAN;) {
-      const size = Math.min(HISTORY_SCAN - scanned, Math.max(4 * limit, 200));
-      const rows = await page(cursor, size);
-      for (const e of rows) {
-        cursor = e.seq;
-        if (!spentBy(e, q.spender, q.feature)) continue;
-        if (items.length === limit) return { items, nextCursor: String(items[limit - 1]!.seq) };
-        items.push(e);
-      }
-      if (rows.length < size) return { items, nextCursor: null };
-      scanned += rows.length;
-    }
-    // Scanned as much as one call may: the caller goes on from the last entry read.
-    return { items, nextCursor: cursor === undefined ? null : String(cursor) };
+    return creditHistory(this.db, user, parse(HistoryQuery, query, "query"));
   }
 
   /** Unspent, unheld credits that expire within `days` days from now. */
   async getExpiringCredits(userId: string, days: number): Promise<ExpiringCredits> {
     const user = parse(UserId, userId, "userId");
-    const d = parse(ExpiringDays, days, "days");
-    const now = this.clock().getTime();
-    const until = now + d * 86_400_000;
-    const grants = (await this.db.listGrants(user))
-      .filter((g) => g.remaining > 0 && g.closedAt === null && g.expiresAt !== null)
-      .filter((g) => (g.expiresAt as Date).getTime() > now && (g.expiresAt as Date).getTime() <= until)
-      .sort((a, b) => (a.expiresAt as Date).getTime() - (b.expiresAt as Date).getTime());
-    return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants: grants.map(copy) };
+    return expiringCredits(this.db, user, parse(ExpiringDays, days, "days"), this.clock().getTime());
   }
 
   /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
@@ -873,65 +714,12 @@ export class CreditService {
    */
   async audit(userId: string, options: AuditOptions = {}): Promise<AuditReport> {
     const user = parse(UserId, userId, "userId");
-    const o = parse(AuditOptions, options, "options");
-    // From the latest checkpoint by default (docs/operations.md, "Checkpoints and archival").
-    const start = o.from === "genesis" ? undefined : await this.latestCheckpoint(user);
-    const entries: JournalEntry[] = [];
-    let after = start === undefined ? 0 : start.seq - 1;
-    for (;;) {
-      const page = await this.db.listJournal(user, { order: "asc", afterSeq: after, limit: 1000 });
-      for (const e of page) entries.push(e);
-      if (page.length < 1000) break;
-      after = (page[page.length - 1] as JournalEntry).seq;
-    }
-    const [account, grants, reservations] = await Promise.all([
-      this.db.getAccount(user),
-      this.db.listGrants(user, { includeInactive: true }),
-      this.db.listReservations(user),
-    ]);
-    const report = replayJournal(user, entries, { account, grants, reservations });
-    const first = entries[0];
-    if (o.from === "genesis" && first !== undefined && first.seq > 1) {
-      report.problems.unshift(
-        `entries 1 to ${first.seq - 1} are archived: audit from the checkpoint, and the archive with \`credit-management audit --archive\``,
-      );
-      report.ok = false;
-    }
-    // Cost bases and the revenue roll-forward (docs/revenue.md, "Audit").
-    const revenue = revenueProblems(user, entries, { grants, reservations });
-    if (revenue.length > 0) {
-      report.problems.push(...revenue);
-      report.ok = false;
-    }
-    const rollup = await this.usageRollupProblems(user);
-    if (rollup.length > 0) {
-      report.problems.push(...rollup);
-      report.ok = false;
-    }
-    return report;
-  }
-
-  /**
-   * Where the store keeps a daily usage rollup (PostgreSQL, docs/usage.md, "The daily rollup"):
-   * its rows of `user` and the journal's own report by UTC day (the journal path of `getUsage`, a
-   * separate implementation of the same rules), compared by `rollupProblems` (src/domain/usage.ts).
-   */
-  private async usageRollupProblems(user: string): Promise<string[]> {
-    if (this.db.usageRollup === undefined || this.db.usage === undefined) return [];
-    const rows = await this.db.usageRollup(user);
-    if (rows === null) return [];
-    const [first] = await this.db.listJournal(user, { order: "asc", limit: 1 });
-    const [last] = await this.db.listJournal(user, { order: "desc", limit: 1 });
-    const scan = rollupAuditScan(user, first, last);
-    const buckets = scan === null ? [] : await this.db.usage(scan);
-    return rollupProblems(rows, buckets, first, last);
+    return auditAccount(this.db, user, parse(AuditOptions, options, "options"));
   }
 
   /** The user's latest checkpoint entry, if any. */
   async latestCheckpoint(userId: string): Promise<JournalEntry | undefined> {
-    const user = parse(UserId, userId, "userId");
-    const [last] = await this.db.listJournal(user, { order: "desc", types: ["checkpoint"], limit: 1 });
-    return last === undefined ? undefined : copy(last);
+    return latestCheckpoint(this.db, parse(UserId, userId, "userId"));
   }
 
   /**
@@ -1138,42 +926,4 @@ async function replayHold(entry: JournalEntry, tx: DbTransaction): Promise<Reser
   const r = await tx.getReservation(entry.reservationId ?? "");
   if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
   return r;
-}
-
-/** A spend naming neither spender nor feature. */
-const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
-
-/** What a unit of work leaves of the account, as `settledCredits` answers (null: it made none). */
-function workCredits(work: AccountWork): AccountCredits {
-  if (work.isNew && !work.changed) return { account: null, grants: null };
-  return { account: copyAccount(work.account), grants: work.account.scoped === true ? work.openGrants() : null };
-}
-
-/** What `check()`, `getUserCreditsInfo()` and `getLimits()` read of an account. */
-interface CreditsState {
-  info: CreditsInfo;
-  limits: SpendLimit[] | null;
-  /** Read from the store by this call (not from the cache). */
-  fresh: boolean;
-}
-
-/** What `getUserCreditsInfo` answers for an account as read (none yet: all zero), as a new object. */
-function creditsInfo(userId: string, account: Account | null): CreditsInfo {
-  return account
-    ? {
-        userId,
-        balance: account.balance,
-        reserved: account.reserved,
-        available: account.balance - account.reserved,
-        debt: account.debt,
-      }
-    : { userId, balance: 0, reserved: 0, available: 0, debt: 0 };
-}
-
-/** Entries one filtered `getCreditHistory` call reads at most (docs/teams-and-limits.md). */
-const HISTORY_SCAN = 5_000;
-
-/** True when `e` was recorded under `spender` and for `feature` (each: when asked). */
-function spentBy(e: JournalEntry, spender: string | undefined, feature: string | undefined): boolean {
-  return (spender === undefined || e.spender === spender) && (feature === undefined || e.feature === feature);
 }
