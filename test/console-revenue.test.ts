@@ -23,3 +23,38 @@ describe("the cost basis in the console (docs/revenue.md, 'Where finance reads i
     expect(journal.match(/sold at/g)).toHaveLength(1);
   });
 });
+
+describe("the console's revenue page (docs/console.md, 'Revenue')", () => {
+  it("is in the navigation; shows the library's figures per currency, month by month, and the CSV", async () => {
+    const clock = { t: Date.now() };
+    const m = await createCreditManager({ clock: () => new Date(clock.t) });
+    const now = new Date();
+    const lastMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 3);
+    clock.t = lastMonth;
+    await m.credits.addCredits("acme", 5_997, { costBasis: { perCredit: "1/3", currency: "USD" } });
+    clock.t = lastMonth + 86_400_000;
+    await m.credits.deductCredits("acme", 600);
+    await m.credits.deductCreditsAfterService("initech", 40);
+    clock.t = Date.now();
+    const h = createConsoleHandler(m, { authorize: () => ({ role: "viewer", actor: "finance@example.com" }) });
+    const r = await h(new Request("http://x/console/revenue"));
+    expect(r.status).toBe(200);
+    const body = await r.text();
+    expect(body).toContain('<a href="/console/revenue">Revenue</a>');
+    expect(body).toMatch(/<div class="k">Deferred now<\/div>\s*<div class="v">1,799<\/div>/);
+    expect(body).toMatch(/<div class="k">Recognized<\/div>\s*<div class="v">200<\/div>/);
+    expect(body).toContain('data-usage-chart="deferred-USD-data"');
+    expect(body).toContain('data-usage-chart="recognized-USD-data"');
+    expect(body).toMatch(/Usage on credit \(debt\) in this range: <strong>40<\/strong> credits/);
+    const month = new Date(lastMonth).toISOString().slice(0, 7);
+    expect(body).toMatch(new RegExp(`<td[^>]*>${month}</td>\\s*<td[^>]*>USD</td>`));
+    // The CSV of the range, by account.
+    const csv = await (await h(new Request("http://x/console/revenue.csv"))).text();
+    expect(csv).toContain(`,USD,acme,0,1999,200,0,0,1799,0\r\n`);
+    expect(csv).toContain(`,,initech,0,0,0,0,0,0,40\r\n`);
+    // A range in the past: its last month's end; a bad month falls back to the default range.
+    const past = await (await h(new Request(`http://x/console/revenue?to=${month}&account=acme`))).text();
+    expect(past).toContain(`Deferred at ${month}&#39;s end`);
+    expect((await h(new Request("http://x/console/revenue?from=2026-13&to=x"))).status).toBe(200);
+  });
+});

@@ -41,6 +41,7 @@ const NAV: [string, string][] = [
   ["/outbox", "Outbox"],
   ["/jobs", "Jobs"],
   ["/usage", "Usage"],
+  ["/revenue", "Revenue"],
 ];
 
 export function layout(ctx: Ctx, title: string, body: Html): string {

@@ -17,6 +17,7 @@ import {
 } from "./pages.js";
 import { webhookPage, webhooksPage } from "./webhooks.js";
 import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
+import { revenueCsvPage, revenuePage } from "./revenue-page.js";
 import { usageCsvPage, usagePage } from "./usage-page.js";
 import { checkSigned, crossSite, CSRF_COOKIE, newToken, readCookie, SECURITY_HEADERS } from "./security.js";
 
@@ -70,6 +71,8 @@ const PAGES: [RegExp, Route][] = [
   [/^\/webhooks$/, webhooksPage],
   [/^\/webhooks\/([^/]+)$/, webhookPage],
   [/^\/usage\.csv$/, usageCsvPage],
+  [/^\/revenue$/, revenuePage],
+  [/^\/revenue\.csv$/, revenueCsvPage],
 ];
 
 function page(status: number, body: string, headers: Record<string, string> = {}): Response {

@@ -1,0 +1,235 @@
+import { ConfigurationError, ValidationError } from "../errors.js";
+import type { RevenueQuery, RevenueReport, RevenueRow } from "../models/revenue.js";
+import { revenueCsv } from "../services/revenue-csv.js";
+import { csvHeaders } from "../util/csv.js";
+import type { Ctx, PageResult } from "./context.js";
+import { amount, html, jsonData, query, raw, type Html } from "./html.js";
+import { shortId, table } from "./table.js";
+import type { ChartData } from "./usage-chart.js";
+
+/** Months the page shows when none are asked for: this one and the 11 before it. */
+const DEFAULT_MONTHS = 12;
+/** Most months one view spans (the CSV of the range has the same cap). */
+const MAX_MONTHS = 120;
+/** Currencies drawn as charts (the table has them all). */
+const CHARTED = 4;
+
+/** `YYYY-MM` → the UTC instant its month starts; null when it is not one. */
+function monthStart(value: string | null): number | null {
+  const m = value === null ? null : /^(\d{4})-(0[1-9]|1[0-2])$/.exec(value);
+  return m === null ? null : Date.UTC(Number(m[1]), Number(m[2]) - 1, 1);
+}
+
+const monthText = (t: number | Date) => new Date(t).toISOString().slice(0, 7);
+const addMonths = (t: number, n: number) => {
+  const d = new Date(t);
+  return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + n, 1);
+};
+
+/** The page's query from its form: the account (none: the whole book) and the months, UTC. */
+function params(ctx: Ctx) {
+  const sp = ctx.url.searchParams;
+  const thisMonth = Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), 1);
+  const last = monthStart(sp.get("to")) ?? thisMonth;
+  let first = monthStart(sp.get("from")) ?? addMonths(last, 1 - DEFAULT_MONTHS);
+  if (first > last) first = last;
+  if (addMonths(first, MAX_MONTHS) <= last) first = addMonths(last, 1 - MAX_MONTHS);
+  const account = (sp.get("account") ?? "").trim();
+  const q: RevenueQuery = {
+    ...(account === "" ? {} : { account }),
+    from: new Date(first),
+    to: new Date(addMonths(last, 1)),
+    interval: "month",
+  };
+  return { first, last, account, q };
+}
+
+/** A chart's box and its data block, drawn by the console's usage.js (stacked bars per month). */
+function chart(id: string, label: string, data: ChartData): Html {
+  return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>
+    <script type="application/json" id="${id}-data">
+      ${jsonData(data)}
+    </script>`;
+}
+
+/** Each month of the range: its figures for `currency`, summed over the report's rows. */
+function byMonth(rows: readonly RevenueRow[], currency: string, months: readonly number[]) {
+  const at = new Map(months.map((t, i) => [t, i]));
+  const zero = () => months.map(() => 0);
+  const sums = { deferredEnd: zero(), recognized: zero(), breakage: zero(), paid: zero(), refunds: zero() };
+  for (const r of rows) {
+    if (r.currency !== currency) continue;
+    const i = at.get(r.start.getTime());
+    if (i === undefined) continue;
+    for (const k of Object.keys(sums) as (keyof typeof sums)[]) sums[k][i] = (sums[k][i] ?? 0) + r[k];
+  }
+  return sums;
+}
+
+/**
+ * The revenue page (docs/console.md, "Revenue"; docs/revenue.md): `credits.getRevenue()` of the
+ * whole book or one account by calendar month (UTC) — per currency, the deferred balance at each
+ * month's end and the revenue recognized and breakage of each month as charts, the totals of the
+ * range, every figure in a table, and a CSV download.
+ */
+export async function revenuePage(ctx: Ctx): Promise<PageResult> {
+  const p = params(ctx);
+  const form = html`<form class="box" method="get" action="${ctx.base}/revenue" role="search">
+    <label>Account (empty: every account)<input name="account" value="${p.account}" /></label
+    ><label>From month<input type="month" name="from" value="${monthText(p.first)}" /></label
+    ><label>To month<input type="month" name="to" value="${monthText(p.last)}" /></label
+    ><button type="submit">Show</button>
+  </form>`;
+  let report: RevenueReport;
+  try {
+    report = await ctx.manager.credits.getRevenue(p.q);
+  } catch (error) {
+    if (error instanceof ConfigurationError && p.account === "")
+      return {
+        title: "Revenue",
+        body: html`<h1>Revenue</h1>
+          ${form}
+          <p class="muted">This store cannot list its accounts: enter an account.</p>`,
+      };
+    if (!(error instanceof ValidationError)) throw error;
+    return {
+      status: 400,
+      title: "Revenue",
+      body: html`<h1>Revenue</h1>
+        ${form}
+        <p class="error" role="alert">${error.message}</p>`,
+    };
+  }
+  const who = p.account === "" ? "every account" : p.account;
+  const months: number[] = [];
+  for (let t = p.first; t <= p.last; t = addMonths(t, 1)) months.push(t);
+  const currencies = [...new Set(report.rows.map((r) => r.currency).filter((c): c is string => c !== null))].sort();
+  const unbilled = report.rows.reduce((s, r) => s + r.unbilledCredits, 0);
+  const axis = { timeZone: "Etc/UTC", from: p.first / 1000, to: addMonths(p.last, 1) / 1000 };
+  const x = months.map((t) => t / 1000);
+  // The range's last month may be this one: its end is still to come.
+  const current = p.last === Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), 1);
+  const deferredLabel = current ? "Deferred now" : `Deferred at ${monthText(p.last)}'s end`;
+  const sections = currencies.map((currency, n) => {
+    const m = byMonth(report.rows, currency, months);
+    const total = (k: keyof typeof m) => m[k].reduce((a, b) => a + b, 0);
+    const unit = html`<abbr title="the smallest unit of ${currency} (cents for USD and EUR)"
+      >${currency} minor units</abbr
+    >`;
+    return html`<section class="currency" id="revenue-${currency}">
+      <h2>${currency}</h2>
+      <div class="cards">
+        <div class="card">
+          <div class="k">${deferredLabel}</div>
+          <div class="v">${amount(m.deferredEnd.at(-1) ?? 0)}</div>
+        </div>
+        <div class="card">
+          <div class="k">Sold (paid)</div>
+          <div class="v">${amount(total("paid"))}</div>
+        </div>
+        <div class="card">
+          <div class="k">Recognized</div>
+          <div class="v">${amount(total("recognized"))}</div>
+        </div>
+        <div class="card">
+          <div class="k">Breakage</div>
+          <div class="v">${amount(total("breakage"))}</div>
+        </div>
+        <div class="card">
+          <div class="k">Refunds</div>
+          <div class="v">${amount(total("refunds"))}</div>
+        </div>
+      </div>
+      <p class="muted">Amounts in ${unit}, ${monthText(p.first)} to ${monthText(p.last)} (UTC), ${who}.</p>
+      ${
+        n < CHARTED
+          ? html`<h3>Deferred revenue at each month's end</h3>
+              ${chart(`deferred-${currency}`, `Deferred revenue in ${currency} at the end of each month, ${who}`, {
+                ...axis,
+                x,
+                series: [{ label: `deferred (${currency})`, values: m.deferredEnd }],
+              })}
+              <h3>Revenue of each month: recognized and breakage</h3>
+              ${chart(`recognized-${currency}`, `Revenue in ${currency} recognized and breakage per month, ${who}`, {
+                ...axis,
+                x,
+                series: [
+                  { label: `recognized (${currency})`, values: m.recognized },
+                  { label: `breakage (${currency})`, values: m.breakage },
+                ],
+              })}`
+          : html`<p class="muted">Charts are drawn for the first ${CHARTED} currencies: see the table.</p>`
+      }
+    </section>`;
+  });
+  const csv = `${ctx.base}/revenue.csv${query({ account: p.account, from: monthText(p.first), to: monthText(p.last) })}`;
+  const rows = [...report.rows].sort(
+    (a, b) => b.start.getTime() - a.start.getTime() || (a.currency ?? "~").localeCompare(b.currency ?? "~"),
+  );
+  const body = html`<h1>Revenue</h1>
+    ${form}
+    <p class="muted">
+      Deferred revenue (paid credits not used yet, at what they were sold for), revenue recognized as credits are used,
+      and breakage (paid credits that expired unused), by month in UTC, from the journal
+      (<code>credits.getRevenue()</code>). Free credits are never revenue. Run the expiry job before reading a month's
+      breakage.
+    </p>
+    ${currencies.length === 0 ? html`<p class="muted">No paid credits in this range.</p>` : sections}
+    ${
+      unbilled > 0
+        ? html`<p>
+            Usage on credit (debt) in this range: <strong>${amount(unbilled)}</strong> credits, not billed yet.
+          </p>`
+        : raw("")
+    }
+    <h2>By month</h2>
+    <p><a href="${csv}" download="revenue.csv">Download CSV</a></p>
+    ${table({
+      id: "revenue-table",
+      caption: "Revenue by month and currency",
+      columns: [
+        { label: "Month", short: true },
+        { label: "Currency", short: true },
+        { label: "Deferred at start", num: true },
+        { label: "Paid", num: true },
+        { label: "Recognized", num: true },
+        { label: "Breakage", num: true },
+        { label: "Refunds", num: true },
+        { label: "Deferred at end", num: true },
+        { label: "Unbilled credits", num: true },
+      ],
+      rows: rows.map((r) => [
+        monthText(r.start),
+        r.currency ?? html`<span class="muted">(credits)</span>`,
+        amount(r.deferredStart),
+        amount(r.paid),
+        amount(r.recognized),
+        amount(r.breakage),
+        amount(r.refunds),
+        amount(r.deferredEnd),
+        amount(r.unbilledCredits),
+      ]),
+      empty: "No paid credits and no usage on credit in this range.",
+    })}
+    ${
+      p.account === ""
+        ? raw("")
+        : html`<p>
+            <a href="${ctx.base}/accounts/${encodeURIComponent(p.account)}">Account ${shortId(p.account, "user")}</a>
+          </p>`
+    }`;
+  return { title: "Revenue", body };
+}
+
+/** The revenue page's range as CSV, by month and account (RFC 4180, formulas made inert: docs/revenue.md). */
+export async function revenueCsvPage(ctx: Ctx): Promise<PageResult> {
+  const p = params(ctx);
+  const groupBy = p.account === "" ? (["account"] as const) : ([] as const);
+  try {
+    const report = await ctx.manager.credits.getRevenue({ ...p.q, groupBy: [...groupBy] });
+    return new Response(revenueCsv(report, groupBy), { headers: csvHeaders("revenue.csv") });
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    return new Response(error.message, { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
+  }
+}
