@@ -103,7 +103,7 @@ export interface MeteringOptionsBase<Req> {
    * when the handler recorded no usage. Without it and without recorded usage, the hold is released.
    */
   usageKey?: string;
-  /** Response header with the credits charged. Default `X-Credits-Deducted`. */
+  /** Response header with the credits charged. Default `X-Credits-Deducted`. Written in lower case (`x-credits-deducted`). */
   deductedHeader?: string;
   /**
    * Bill LLM responses by the usage they report (docs/llm-metering.md): OpenAI-compatible and
@@ -163,7 +163,9 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     throw new TypeError("maxEstimate must be a positive integer");
   /** The estimate headers, in the order they are read: the first one present is the estimate. */
   const headers = o.estimateHeader !== undefined ? [o.estimateHeader] : ["X-Estimated-Credits", "X-Estimated-Tokens"];
-  const deductedHeader = o.deductedHeader ?? "X-Credits-Deducted";
+  // In lower case, as Fetch's Headers and Fastify write every name: node's setHeader then keys it
+  // as given instead of lower-casing a copy per response (header names are case-insensitive).
+  const deductedHeader = o.deductedHeader === undefined ? "x-credits-deducted" : o.deductedHeader.toLowerCase();
   const usagePath = o.usageKey ? o.usageKey.split(".") : null;
   const llm = llmOptions(o.llm);
 

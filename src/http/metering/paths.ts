@@ -37,10 +37,12 @@ export function pathMatcher(o: PathOptions) {
     throw new TypeError("[credit-management] [metering] `ignoreTrailingSlash` must be a boolean.");
   }
 
+  const asciiPrefix = !/[^\x00-\x7f]/.test(prefix);
   /** A plain path under the prefix, ASCII letters compared without case (no allocation). */
   const plainUnderPrefix = (path: string): boolean =>
     prefix === "" ||
-    (startsWithAsciiFolded(path, prefix) && (path.length === prefix.length || path.charCodeAt(prefix.length) === 47)); // 47: "/"
+    ((path.startsWith(prefix) || startsWithAsciiFolded(path, prefix)) &&
+      (path.length === prefix.length || path.charCodeAt(prefix.length) === 47)); // 47: "/"
   /** Any path under the prefix, compared case-folded. */
   const underPrefix = (path: string): boolean => {
     if (prefix === "") return true;
@@ -89,6 +91,9 @@ export function pathMatcher(o: PathOptions) {
    * path (the common case) is the only reading of itself. `router`: what the router ignores.
    */
   const applies = (path: string, router: number): boolean => {
+    // No skip paths and the path as sent under an ASCII prefix: metered whatever its other readings
+    // say (it is one of them), so they are not worked out.
+    if (skip.length === 0 && asciiPrefix && plainUnderPrefix(path)) return true;
     if (isPlainPath(path)) return plainUnderPrefix(path) && !skipped(path, router);
     for (const p of readingsOf(path)) if (underPrefix(p) && !skipped(p, router)) return true;
     return false;
