@@ -92,7 +92,7 @@ const server = createServer((req, res) => {
   res.end();
 });
 server.keepAliveTimeout = 60_000;
-server.listen(0, "127.0.0.1", () => console.log(JSON.stringify({ port: server.address().port })));
+server.listen(0, "127.0.0.1", () => process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`));
 process.stdin.on("end", () => {
   server.close();
   server.closeAllConnections();

@@ -37,7 +37,7 @@ export function pathMatcher(o: PathOptions) {
     throw new TypeError("[credit-management] [metering] `ignoreTrailingSlash` must be a boolean.");
   }
 
-  const asciiPrefix = !/[^\x00-\x7f]/.test(prefix);
+  const asciiPrefix = /^\p{ASCII}*$/u.test(prefix);
   /** A plain path under the prefix, ASCII letters compared without case (no allocation). */
   const plainUnderPrefix = (path: string): boolean =>
     prefix === "" ||
