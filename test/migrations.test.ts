@@ -277,7 +277,8 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 15: grants.cost_basis and journal_entries.cost_basis, nullable (grants and entries stored before read as having no basis)", () => {
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 14 })).toEqual([
+    // Then version 17's (the revenue summary emptied).
+    expect(upgradeStatements({ dialect: "postgres", fromVersion: 14 }).slice(0, 2)).toEqual([
       'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "cost_basis" JSONB;',
       'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "cost_basis" JSONB;',
     ]);
@@ -292,14 +293,26 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 16: PostgreSQL's revenue summary tables, created empty by the DDL; no column of an existing table changes", () => {
-    for (const dialect of ["postgres", "mysql", "sqlite"] as const)
+    for (const dialect of ["mysql", "sqlite"] as const)
       expect(upgradeStatements({ dialect, fromVersion: 15 })).toEqual([]);
     const script = generateUpgradeSql({ dialect: "postgres", fromVersion: 15 });
     expect(script).toContain("-- version 16: PostgreSQL: the tables revenue_state, revenue_daily and revenue_deferred");
-    for (const table of ["revenue_state", "revenue_daily", "revenue_deferred"])
+    for (const table of ["revenue_state", "revenue_daily", "revenue_days", "revenue_deferred"])
       expect(script).toContain(`CREATE TABLE IF NOT EXISTS "${table}"`);
     expect(generateUpgradeSql({ dialect: "sqlite", fromVersion: 15 })).not.toContain(
       'CREATE TABLE IF NOT EXISTS "revenue_',
+    );
+  });
+
+  it("version 17: PostgreSQL's revenue_days; the summary of version 16 emptied where it exists (reports fill it again)", () => {
+    const pg = upgradeStatements({ dialect: "postgres", fromVersion: 16 });
+    expect(pg).toHaveLength(1);
+    expect(pg[0]).toContain('TRUNCATE "revenue_state", "revenue_daily", "revenue_deferred"');
+    expect(pg[0]).toContain("to_regclass('\"revenue_state\"') IS NOT NULL");
+    for (const dialect of ["mysql", "sqlite"] as const)
+      expect(upgradeStatements({ dialect, fromVersion: 16 })).toEqual([]);
+    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 16 })).toContain(
+      'CREATE TABLE IF NOT EXISTS "revenue_days"',
     );
   });
 

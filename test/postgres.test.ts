@@ -100,6 +100,7 @@ describe.skipIf(!url)("PostgresDbManager", () => {
         "cm_promos",
         "cm_reservations",
         "cm_revenue_daily",
+        "cm_revenue_days",
         "cm_revenue_deferred",
         "cm_revenue_state",
         "cm_schema_version",

@@ -1,3 +1,4 @@
+import type { JournalEntry } from "../models/index.js";
 import type { RevenueDimension } from "../models/revenue.js";
 
 /**
@@ -8,6 +9,8 @@ import type { RevenueDimension } from "../models/revenue.js";
 export interface RevenueCheckpoint {
   userId: string;
   throughSeq: number;
+  /** The account's last journal seq when listed (`staleRevenue`; the entries to add are after `throughSeq` up to it). */
+  seq?: number;
   /** The latest UTC day (ms at its midnight) of an entry in the summary; null before the first. */
   maxDay: number | null;
   state: string | null;
@@ -67,18 +70,29 @@ export interface RevenueSummaryStore {
    */
   staleRevenue(account: string | null, after: string | null, limit: number): Promise<RevenueCheckpoint[]>;
   /**
-   * Adds `days` to the summary and moves the checkpoint from `fromSeq` to `checkpoint`, in one
-   * statement — only if it is still at `fromSeq` (false: another report did it first, nothing
-   * changed). `deferred`: the change of deferred per currency and source over the entries added.
-   * `disordered`: drop the account's summary and leave it out from now on.
+   * The journal entries after each checkpoint's `throughSeq`, by user id then seq (one read for a
+   * batch of accounts).
+   */
+  revenueEntries(checkpoints: readonly RevenueCheckpoint[]): Promise<JournalEntry[]>;
+  /** The source of each grant of `grantIds` (by id), for the summary's `source` groups. */
+  grantSources(grantIds: readonly string[]): Promise<Map<string, string>>;
+  /**
+   * Adds each account's `days` to the summary and moves its checkpoint from `fromSeq` to
+   * `checkpoint`, all in one statement — each account only if its checkpoint is still at
+   * `fromSeq` (another report may have added the same entries first: then nothing of that account
+   * changes). `deferred`: the change of deferred per currency and source over the entries added.
+   * `disordered`: drop the account's summary and leave it out from now on. Answers how many
+   * accounts were saved.
    */
   saveRevenue(
-    fromSeq: number,
-    checkpoint: RevenueCheckpoint,
-    days: readonly RevenueDayRow[],
-    deferred: readonly { currency: string; source: string | null; delta: number }[],
-    disordered: boolean,
-  ): Promise<boolean>;
+    saves: readonly {
+      fromSeq: number;
+      checkpoint: RevenueCheckpoint;
+      days: readonly RevenueDayRow[];
+      deferred: readonly { currency: string; source: string | null; delta: number }[];
+      disordered: boolean;
+    }[],
+  ): Promise<number>;
   /**
    * The summary's figures from `boundaries[0]` on (days at UTC midnights), by window and
    * `groupBy`; deferred now by currency and the account and source groups; and the disordered

@@ -1,3 +1,4 @@
+import { revenueResetSql } from "./revenue-pg.js";
 import {
   type NamingOptions,
   type SqlDialect,
@@ -239,6 +240,14 @@ export const MIGRATIONS: readonly Migration[] = [
     summary:
       "PostgreSQL: the tables revenue_state, revenue_daily and revenue_deferred (revenue per account and UTC day, filled by revenue reports from the journal when they read it; no trigger), created empty by the DDL (docs/revenue.md)",
     columns: [],
+  },
+  // Version 17: the revenue summary by currency and source (docs/revenue.md, "How it is computed").
+  {
+    to: 17,
+    summary:
+      "PostgreSQL: the table revenue_days (the revenue summary by account, UTC day, currency and source, which reports without a feature or spender group read); the summary of version 16 is emptied, and the next revenue report fills it again from the journal (docs/revenue.md)",
+    columns: [],
+    statements: (dialect, naming) => (dialect === "postgres" ? [revenueResetSql(naming)] : []),
   },
 ];
 

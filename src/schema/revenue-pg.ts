@@ -7,16 +7,19 @@ import type { NamingOptions } from "./sql.js";
  * - `revenue_state`: per account, the journal's last seq in the summary, the latest UTC day of its
  *   entries, the roll-forward's state after them (JSON text), and `disordered` (an entry's day went
  *   backwards: the account is left out and replayed).
- * - `revenue_daily`: per account, UTC day and group (`grp`: currency, source, feature and spender
- *   as JSON text, the key; the same values in their columns to group by), the figures.
+ * - `revenue_days` (schema version 17): per account, UTC day, currency and source (`grp`: both as
+ *   JSON text, the key; the same values in their columns to group by), the figures.
+ * - `revenue_daily`: the same by feature and spender too (`grp`: the four), for reports grouped by them.
  * - `revenue_deferred`: per account, currency and source, deferred after the entries in the summary.
  */
 export interface RevenueNames {
   state: string;
   daily: string;
+  split: string;
   deferred: string;
-  /** `revenue_daily`'s name without the schema (for its index). */
+  /** `revenue_days`' and `revenue_daily`'s names without the schema (for their indexes). */
   dailyName: string;
+  splitName: string;
 }
 
 const q = (n: string) => `"${n.replace(/"/g, '""')}"`;
@@ -26,9 +29,11 @@ export function revenueNames(naming: NamingOptions): RevenueNames {
   const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
   return {
     state: qualify(`${prefix}revenue_state`),
-    daily: qualify(`${prefix}revenue_daily`),
+    daily: qualify(`${prefix}revenue_days`),
+    split: qualify(`${prefix}revenue_daily`),
     deferred: qualify(`${prefix}revenue_deferred`),
-    dailyName: `${prefix}revenue_daily`,
+    dailyName: `${prefix}revenue_days`,
+    splitName: `${prefix}revenue_daily`,
   };
 }
 
@@ -38,9 +43,24 @@ export function revenueDdl(naming: NamingOptions): string[] {
   const money = "BIGINT NOT NULL DEFAULT 0";
   return [
     `CREATE TABLE IF NOT EXISTS ${n.state} (\n  "user_id" TEXT PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL,\n  "max_day" DATE,\n  "disordered" BOOLEAN NOT NULL DEFAULT false,\n  "state" TEXT\n);`,
-    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.split} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
     // The whole book's reports read the days from a window's start on.
+    `CREATE INDEX IF NOT EXISTS ${q(`${n.splitName}_day`)} ON ${n.split} ("day");`,
     `CREATE INDEX IF NOT EXISTS ${q(`${n.dailyName}_day`)} ON ${n.daily} ("day");`,
     `CREATE TABLE IF NOT EXISTS ${n.deferred} (\n  "user_id" TEXT NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT NOT NULL,\n  "source" TEXT,\n  "deferred" ${money},\n  PRIMARY KEY ("user_id", "grp")\n);`,
   ];
+}
+
+/**
+ * Empties the summary where it exists (the upgrade to schema version 17, whose `revenue_days` the
+ * summary of version 16 did not fill): the next report fills it again from the journal.
+ */
+export function revenueResetSql(naming: NamingOptions): string {
+  const n = revenueNames(naming);
+  const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
+  return (
+    `DO $cm$ BEGIN IF to_regclass(${lit(n.state)}) IS NOT NULL THEN ` +
+    `TRUNCATE ${n.state}, ${n.split}, ${n.deferred}; END IF; END $cm$;`
+  );
 }

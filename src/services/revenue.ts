@@ -98,26 +98,69 @@ async function sourcesOf(db: DbManager, userId: string): Promise<Map<string, str
   return new Map(grants.map((g) => [g.id, g.source]));
 }
 
+/** Entries one catch-up statement reads and saves for a batch of accounts (an account with more goes alone). */
+const BATCH_ENTRIES = 20_000;
+
 /**
- * Adds to the store's revenue summary every entry written since it last read them, account by
- * account (docs/revenue.md, "How it is computed"): the domain's roll-forward from the saved state,
- * by UTC day and every group. An account whose entries' days go backwards in seq order is marked
- * disordered (its deferred values at a day's start would not be the replay's) and replayed by
- * reports from then on.
+ * Adds to the store's revenue summary every entry written since it last read them (docs/revenue.md,
+ * "How it is computed"): for a batch of accounts at a time, their new entries in one read, the
+ * domain's roll-forward from each account's saved state by UTC day and every group, and one save.
+ * An account whose entries' days go backwards in seq order is marked disordered (its deferred
+ * values at a day's start would not be the replay's) and replayed by reports from then on.
  */
 async function catchUp(db: DbManager, summary: RevenueSummaryStore, account: string | null): Promise<void> {
   let after: string | null = null;
   for (;;) {
     const stale = await summary.staleRevenue(account, after, PAGE);
-    for (const c of stale) await catchUpAccount(db, summary, c);
+    let batch: RevenueCheckpoint[] = [];
+    let pending = 0;
+    const flush = async () => {
+      if (batch.length > 0) await catchUpBatch(summary, batch, await summary.revenueEntries(batch));
+      batch = [];
+      pending = 0;
+    };
+    for (const c of stale) {
+      const n = (c.seq ?? c.throughSeq) - c.throughSeq;
+      if (n > BATCH_ENTRIES) {
+        await catchUpBatch(summary, [c], await journalAfter(db, c.userId, c.throughSeq));
+        continue;
+      }
+      if (pending + n > BATCH_ENTRIES) await flush();
+      batch.push(c);
+      pending += n;
+    }
+    await flush();
     if (stale.length < PAGE) return;
     after = stale[stale.length - 1]!.userId;
   }
 }
 
-async function catchUpAccount(db: DbManager, summary: RevenueSummaryStore, c: RevenueCheckpoint): Promise<void> {
-  const entries = await journalAfter(db, c.userId, c.throughSeq);
-  if (entries.length === 0) return;
+/** `entries`: the new entries of the accounts of `batch`, by account then seq. */
+async function catchUpBatch(
+  summary: RevenueSummaryStore,
+  batch: readonly RevenueCheckpoint[],
+  entries: readonly JournalEntry[],
+): Promise<void> {
+  const byUser = new Map<string, JournalEntry[]>();
+  const paidGrants: string[] = [];
+  for (const e of entries) {
+    let mine = byUser.get(e.userId);
+    if (mine === undefined) byUser.set(e.userId, (mine = []));
+    mine.push(e);
+    if (e.type === "add" && e.costBasis != null) for (const g of e.grants) paidGrants.push(g.grantId);
+  }
+  const sources = await summary.grantSources(paidGrants);
+  const saves = [];
+  for (const c of batch) {
+    const mine = byUser.get(c.userId);
+    if (mine !== undefined && mine.length > 0) saves.push(summarize(c, mine, sources));
+  }
+  // Fewer saved than sent: another report added those accounts' entries first; the summary has them either way.
+  await summary.saveRevenue(saves);
+}
+
+/** What the summary gains from `entries`, the entries after checkpoint `c` (docs/revenue.md, "How it is computed"). */
+function summarize(c: RevenueCheckpoint, entries: readonly JournalEntry[], sources: ReadonlyMap<string, string>) {
   let maxDay = c.maxDay;
   let minDay = Number.POSITIVE_INFINITY;
   let disordered = false;
@@ -128,21 +171,18 @@ async function catchUpAccount(db: DbManager, summary: RevenueSummaryStore, c: Re
     minDay = Math.min(minDay, day);
   }
   const throughSeq = entries[entries.length - 1]!.seq;
-  if (disordered) {
-    await summary.saveRevenue(c.throughSeq, { ...c, throughSeq, maxDay, state: null }, [], [], true);
-    return;
-  }
-  const last = maxDay as number;
+  const checkpoint = { userId: c.userId, throughSeq, maxDay, state: null as string | null };
+  if (disordered) return { fromSeq: c.throughSeq, checkpoint, days: [], deferred: [], disordered };
   const days: number[] = [];
-  for (let d = minDay; d <= last + DAY; d += DAY) days.push(d);
+  for (let d = minDay; d <= (maxDay as number) + DAY; d += DAY) days.push(d);
   const acc = new RevenueAccumulator(days, ["account", "source", "feature", "spender"]);
-  const paidAdd = entries.some((e) => e.type === "add" && e.costBasis != null);
   const state = acc.addAccount(
     c.userId,
     entries,
-    paidAdd ? await sourcesOf(db, c.userId) : undefined,
+    sources,
     c.state === null ? emptyRevenueState() : parseRevenueState(c.state),
   );
+  checkpoint.state = revenueStateText(state);
   const rows = [];
   const deferred = new Map<string, { currency: string; source: string | null; delta: number }>();
   for (const { key, window, sums } of acc.figures()) {
@@ -164,14 +204,7 @@ async function catchUpAccount(db: DbManager, summary: RevenueSummaryStore, c: Re
     d.delta += sums.paid - sums.recognized - sums.breakage - sums.refunds;
     deferred.set(id, d);
   }
-  // False: another report added these entries first; the summary has them either way.
-  await summary.saveRevenue(
-    c.throughSeq,
-    { userId: c.userId, throughSeq, maxDay, state: revenueStateText(state) },
-    rows,
-    [...deferred.values()],
-    false,
-  );
+  return { fromSeq: c.throughSeq, checkpoint, days: rows, deferred: [...deferred.values()], disordered };
 }
 
 /**

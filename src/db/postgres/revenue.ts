@@ -1,3 +1,4 @@
+import type { JournalEntry } from "../../models/index.js";
 import type { RevenueDimension } from "../../models/revenue.js";
 import { revenueNames, type RevenueNames } from "../../schema/revenue-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
@@ -12,6 +13,8 @@ import type {
 /** What the summary needs of `PostgresDbManager`. */
 interface Runner {
   read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
+  decode<T>(key: "journal", row: Record<string, unknown>): T;
+  readonly sql: { select(key: "journal"): string; tables: { grants: { qualified: string } } };
 }
 
 const DAY = 86_400_000;
@@ -49,7 +52,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     }
     const rows = await this.db.read(
       "staleRevenue",
-      `SELECT a.user_id, coalesce(s.through_seq, 0) AS through_seq, to_char(s.max_day, 'YYYY-MM-DD') AS max_day, s.state ` +
+      `SELECT a.user_id, a.seq, coalesce(s.through_seq, 0) AS through_seq, to_char(s.max_day, 'YYYY-MM-DD') AS max_day, s.state ` +
         `FROM ${this.accounts} a LEFT JOIN ${this.n.state} s ON s.user_id = a.user_id ` +
         `WHERE ${where.join(" AND ")} ORDER BY a.user_id LIMIT $1`,
       params,
@@ -57,70 +60,135 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     return rows.map((r) => ({
       userId: String(r.user_id),
       throughSeq: num(r.through_seq),
+      seq: num(r.seq),
       maxDay: dayMs(r.max_day),
       state: str(r.state),
     }));
   }
 
+  async revenueEntries(checkpoints: readonly RevenueCheckpoint[]): Promise<JournalEntry[]> {
+    if (checkpoints.length === 0) return [];
+    const rows = await this.db.read(
+      "revenueEntries",
+      `${this.db.sql.select("journal")} WHERE (user_id, seq) IN (SELECT c.u, s FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(u, a, b), ` +
+        `generate_series(c.a + 1, c.b) AS s) ORDER BY user_id, seq`,
+      [
+        checkpoints.map((c) => c.userId),
+        checkpoints.map((c) => c.throughSeq),
+        checkpoints.map((c) => c.seq ?? c.throughSeq),
+      ],
+    );
+    return rows.map((r) => this.db.decode<JournalEntry>("journal", r));
+  }
+
+  async grantSources(grantIds: readonly string[]): Promise<Map<string, string>> {
+    if (grantIds.length === 0) return new Map();
+    const rows = await this.db.read(
+      "grantSources",
+      `SELECT id, source FROM ${this.db.sql.tables.grants.qualified} WHERE id = ANY($1::text[])`,
+      [[...grantIds]],
+    );
+    return new Map(rows.map((r) => [String(r.id), String(r.source)]));
+  }
+
   async saveRevenue(
-    fromSeq: number,
-    c: RevenueCheckpoint,
-    days: readonly RevenueDayRow[],
-    deferred: readonly { currency: string; source: string | null; delta: number }[],
-    disordered: boolean,
-  ): Promise<boolean> {
-    const { state, daily, deferred: deferredTable } = this.n;
-    const dayRows = days.map((d) => ({
-      day: dayText(d.day),
-      grp: JSON.stringify([d.currency, d.source, d.feature, d.spender]),
-      currency: d.currency,
-      source: d.source,
-      feature: d.feature,
-      spender: d.spender,
-      paid: d.paid,
-      recognized: d.recognized,
-      breakage: d.breakage,
-      refunds: d.refunds,
-      unbilled: d.unbilled,
+    saves: readonly {
+      fromSeq: number;
+      checkpoint: RevenueCheckpoint;
+      days: readonly RevenueDayRow[];
+      deferred: readonly { currency: string; source: string | null; delta: number }[];
+      disordered: boolean;
+    }[],
+  ): Promise<number> {
+    if (saves.length === 0) return 0;
+    const { state, daily, split, deferred: deferredTable } = this.n;
+    const figures = ["paid", "recognized", "breakage", "refunds", "unbilled"] as const;
+    const checkpoints = saves.map((x) => ({
+      u: x.checkpoint.userId,
+      f: x.fromSeq,
+      t: x.checkpoint.throughSeq,
+      m: x.checkpoint.maxDay === null ? null : dayText(x.checkpoint.maxDay),
+      d: x.disordered,
+      s: x.disordered ? null : x.checkpoint.state,
     }));
-    const deferredRows = deferred.map((d) => ({
-      grp: JSON.stringify([d.currency, d.source]),
-      currency: d.currency,
-      source: d.source,
-      delta: d.delta,
-    }));
-    const add = (t: string, cols: string[]) => cols.map((x) => `"${x}" = ${t}."${x}" + EXCLUDED."${x}"`).join(", ");
-    const figures = ["paid", "recognized", "breakage", "refunds", "unbilled"];
-    // One statement: the checkpoint moves only from `fromSeq` (a concurrent report's catch-up of
-    // the same entries finds it moved and adds nothing), and the days and deferred changes are
-    // written only with it.
+    // Two groupings of the same figures: by currency and source (what most reports read), and by
+    // feature and spender too (reports grouped by them).
+    const coarse = new Map<string, Record<string, unknown>>();
+    const fine: Record<string, unknown>[] = [];
+    for (const x of saves) {
+      if (x.disordered) continue;
+      for (const d of x.days) {
+        const day = dayText(d.day);
+        fine.push({
+          u: x.checkpoint.userId,
+          day,
+          grp: JSON.stringify([d.currency, d.source, d.feature, d.spender]),
+          currency: d.currency,
+          source: d.source,
+          feature: d.feature,
+          spender: d.spender,
+          ...Object.fromEntries(figures.map((f) => [f, d[f]])),
+        });
+        const grp = JSON.stringify([d.currency, d.source]);
+        const id = `${x.checkpoint.userId}\u0000${day}\u0000${grp}`;
+        const c = coarse.get(id) ?? {
+          u: x.checkpoint.userId,
+          day,
+          grp,
+          currency: d.currency,
+          source: d.source,
+          ...Object.fromEntries(figures.map((f) => [f, 0])),
+        };
+        for (const f of figures) (c[f] as number) += d[f];
+        coarse.set(id, c);
+      }
+    }
+    const deferredRows = saves.flatMap((x) =>
+      x.disordered
+        ? []
+        : x.deferred.map((d) => ({
+            u: x.checkpoint.userId,
+            grp: JSON.stringify([d.currency, d.source]),
+            currency: d.currency,
+            source: d.source,
+            delta: d.delta,
+          })),
+    );
+    const add = (cols: readonly string[]) => cols.map((x) => `"${x}" = t."${x}" + EXCLUDED."${x}"`).join(", ");
+    const figureCols = figures.join(", ");
+    const figureTypes = figures.map((f) => `${f} bigint`).join(", ");
+    const upsertDays = (table: string, param: string, groups: string[]) =>
+      `INSERT INTO ${table} AS t (user_id, day, grp, ${groups.join(", ")}, ${figureCols}) ` +
+      `SELECT x.u, x.day, x.grp, ${groups.map((g) => `x.${g}`).join(", ")}, ${figures.map((f) => `x.${f}`).join(", ")} ` +
+      `FROM json_to_recordset(${param}::json) AS x(u text, day date, grp text, ${groups.map((g) => `${g} text`).join(", ")}, ${figureTypes}) ` +
+      `WHERE x.u IN (SELECT user_id FROM ok) ON CONFLICT (user_id, day, grp) DO UPDATE SET ${add(figures)}`;
+    // One statement: each checkpoint moves only from its `fromSeq` (a concurrent report's
+    // catch-up of the same entries finds it moved and adds nothing), and an account's days and
+    // deferred changes are written only with its checkpoint.
     const text =
-      `WITH st AS (INSERT INTO ${state} AS s (user_id, through_seq, max_day, disordered, state) ` +
-      `VALUES ($1, $3, $4::date, $5, $6) ON CONFLICT (user_id) DO UPDATE SET through_seq = EXCLUDED.through_seq, ` +
-      `max_day = EXCLUDED.max_day, disordered = EXCLUDED.disordered, state = EXCLUDED.state ` +
-      `WHERE s.through_seq = $2 AND NOT s.disordered RETURNING 1), ` +
-      `dd AS (DELETE FROM ${daily} WHERE $5 AND user_id = $1 AND EXISTS (SELECT 1 FROM st)), ` +
-      `df AS (DELETE FROM ${deferredTable} WHERE $5 AND user_id = $1 AND EXISTS (SELECT 1 FROM st)), ` +
-      `d AS (INSERT INTO ${daily} AS t (user_id, day, grp, currency, source, feature, spender, ${figures.join(", ")}) ` +
-      `SELECT $1, x.day, x.grp, x.currency, x.source, x.feature, x.spender, ${figures.map((f) => `x.${f}`).join(", ")} ` +
-      `FROM json_to_recordset($7::json) AS x(day date, grp text, currency text, source text, feature text, spender text, ` +
-      `${figures.map((f) => `${f} bigint`).join(", ")}) WHERE EXISTS (SELECT 1 FROM st) ` +
-      `ON CONFLICT (user_id, day, grp) DO UPDATE SET ${add("t", figures)}), ` +
+      `WITH ok AS (INSERT INTO ${state} AS s (user_id, through_seq, max_day, disordered, state) ` +
+      `SELECT c.u, c.t, c.m, c.d, c.s FROM json_to_recordset($1::json) AS c(u text, f bigint, t bigint, m date, d boolean, s text) ` +
+      `ON CONFLICT (user_id) DO UPDATE SET through_seq = EXCLUDED.through_seq, max_day = EXCLUDED.max_day, ` +
+      `disordered = EXCLUDED.disordered, state = EXCLUDED.state ` +
+      `WHERE s.through_seq = (SELECT c.f FROM json_to_recordset($1::json) AS c(u text, f bigint) WHERE c.u = s.user_id) AND NOT s.disordered ` +
+      `RETURNING user_id, disordered), ` +
+      `gone AS (SELECT user_id FROM ok WHERE disordered), ` +
+      `dd AS (DELETE FROM ${daily} WHERE user_id IN (SELECT user_id FROM gone)), ` +
+      `ds AS (DELETE FROM ${split} WHERE user_id IN (SELECT user_id FROM gone)), ` +
+      `df AS (DELETE FROM ${deferredTable} WHERE user_id IN (SELECT user_id FROM gone)), ` +
+      `d AS (${upsertDays(daily, "$2", ["currency", "source"])}), ` +
+      `sp AS (${upsertDays(split, "$3", ["currency", "source", "feature", "spender"])}), ` +
       `f AS (INSERT INTO ${deferredTable} AS t (user_id, grp, currency, source, deferred) ` +
-      `SELECT $1, x.grp, x.currency, x.source, x.delta FROM json_to_recordset($8::json) AS x(grp text, currency text, source text, delta bigint) ` +
-      `WHERE EXISTS (SELECT 1 FROM st) ON CONFLICT (user_id, grp) DO UPDATE SET deferred = t.deferred + EXCLUDED.deferred) ` +
-      `SELECT count(*)::int AS n FROM st`;
+      `SELECT x.u, x.grp, x.currency, x.source, x.delta FROM json_to_recordset($4::json) AS x(u text, grp text, currency text, source text, delta bigint) ` +
+      `WHERE x.u IN (SELECT user_id FROM ok) ON CONFLICT (user_id, grp) DO UPDATE SET deferred = t.deferred + EXCLUDED.deferred) ` +
+      `SELECT count(*)::int AS n FROM ok`;
     const rows = await this.db.read("saveRevenue", text, [
-      c.userId,
-      fromSeq,
-      c.throughSeq,
-      c.maxDay === null ? null : dayText(c.maxDay),
-      disordered,
-      disordered ? null : c.state,
-      JSON.stringify(disordered ? [] : dayRows),
-      JSON.stringify(disordered ? [] : deferredRows),
+      JSON.stringify(checkpoints),
+      JSON.stringify([...coarse.values()]),
+      JSON.stringify(fine),
+      JSON.stringify(deferredRows),
     ]);
-    return num(rows[0]?.n) === 1;
+    return num(rows[0]?.n);
   }
 
   async readRevenue(query: {
@@ -134,6 +202,8 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     const mine = query.account === null ? "" : ` AND user_id = $${params.push(query.account)}`;
     const col = (d: RevenueDimension) => (d === "account" ? "user_id" : d);
     const groups = ["currency", ...groupBy.map(col)];
+    // Grouped by feature or spender: the finer days; else the days by currency and source.
+    const days = groupBy.includes("feature") || groupBy.includes("spender") ? this.n.split : this.n.daily;
     const sums = ["paid", "recognized", "breakage", "refunds", "unbilled"].map((f) => `sum(${f}) AS ${f}`).join(", ");
     const deferredGroups = ["currency", ...groupBy.filter((d) => d === "account" || d === "source").map(col)];
     const of = query.account === null ? "" : " AND user_id = $3";
@@ -142,7 +212,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     const [row] = await this.db.read(
       "readRevenue",
       `SELECT (SELECT json_agg(b) FROM (SELECT width_bucket(day, $1::date[]) - 1 AS w, ${groups.join(", ")}, ${sums} ` +
-        `FROM ${this.n.daily} WHERE day >= $2::date${mine} GROUP BY 1, ${groups.join(", ")}) b)::text AS buckets, ` +
+        `FROM ${days} WHERE day >= $2::date${mine} GROUP BY 1, ${groups.join(", ")}) b)::text AS buckets, ` +
         `(SELECT json_agg(d) FROM (SELECT ${deferredGroups.join(", ")}, sum(deferred) AS deferred FROM ${this.n.deferred} ` +
         `WHERE true${of} GROUP BY ${deferredGroups.join(", ")}) d)::text AS deferred, ` +
         `(SELECT json_agg(user_id) FROM ${this.n.state} WHERE disordered${of})::text AS disordered`,
