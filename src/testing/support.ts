@@ -1,0 +1,46 @@
+// What the parts of the contract suite share: the suite's clock, the part options, a lazy store.
+import { expect, type TestApi } from "./runner.js";
+import type { DbManager, OptionalPart } from "../db/types.js";
+import { ConfigurationError } from "../errors.js";
+import { CreditService } from "../services/credit-service.js";
+
+/** What each part's runner takes besides the store. */
+export interface PartOptions {
+  /** Your test runner's functions (see `ContractOptions.test`). */
+  test?: TestApi;
+}
+
+export const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+export const DAY = 86_400_000;
+
+/** A service over `db` whose clock the test moves. */
+export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: number | null = null) {
+  const clock = { now: start };
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
+  return { credits, clock };
+}
+
+/**
+ * The store `getDb` answers when a test runs (the suite's store is made in `beforeAll`, after the
+ * tests are registered), with its methods bound to it.
+ */
+export function lazy(getDb: () => DbManager): DbManager {
+  return new Proxy({} as DbManager, {
+    get(_target, key) {
+      const db = getDb();
+      const value = Reflect.get(db, key, db) as unknown;
+      return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(db) : value;
+    },
+    has: (_target, key) => key in getDb(),
+  });
+}
+
+/** Every method of an absent part refuses with ConfigurationError. */
+export async function expectPartMissing(db: DbManager, name: OptionalPart): Promise<void> {
+  const probe: Record<OptionalPart, () => Promise<unknown>> = {
+    subscriptions: () => db.getPlan("p"),
+    promos: () => db.getPromo("P"),
+    outbox: () => db.listNotifications("u", { limit: 1 }),
+  };
+  await expect(probe[name]()).rejects.toBeInstanceOf(ConfigurationError);
+}
