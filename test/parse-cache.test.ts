@@ -33,6 +33,11 @@ describe("parse() remembers accepted strings and numbers", () => {
   it("answers exactly as the zod model does, however often a value comes back", () => {
     const values = fc.oneof(
       fc.string({ maxLength: 12 }),
+      // Ids as the library makes them (EntityId answers these without running the schema), and near misses.
+      fc.uuid(),
+      fc.uuid().map((u) => u.toUpperCase()),
+      fc.uuid().map((u) => u.replace("-", "")),
+      fc.uuid().map((u) => `${u.slice(0, 35)}\u0000`),
       fc.constantFrom("", "u", "U", "abc", "ABC", "a\u0000b", "x".repeat(257), "SPRING-25", "spring-25"),
       fc.integer({ min: -5, max: 5 }),
       fc.constantFrom(
@@ -67,10 +72,17 @@ describe("parse() remembers accepted strings and numbers", () => {
     try {
       for (let i = 0; i < 3; i++) {
         parse(UserId, "parse-cache-user", "userId");
-        parse(EntityId, "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab", "reservationId");
+        parse(EntityId, "hold-0f0e0d0c", "reservationId");
+        // A canonical lower-case UUID (every id the library makes) is proven acceptable without the schema.
+        expect(parse(EntityId, "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab", "reservationId")).toBe(
+          "0f0e0d0c-aaaa-4bbb-8ccc-0123456789ab",
+        );
       }
       expect(user).toHaveBeenCalledTimes(1);
       expect(id).toHaveBeenCalledTimes(3);
+      expect(() => parse(EntityId, "0F0E0D0C-AAAA-4BBB-8CCC-0123456789AB\u0000", "reservationId")).toThrow(
+        ValidationError,
+      );
     } finally {
       user.mockRestore();
       id.mockRestore();

@@ -9,13 +9,18 @@ const accepted = new WeakMap<z.ZodType, Set<unknown>>();
 const ACCEPTED_MAX = 4096;
 /** Schemas whose values seldom come back (ids of holds and grants): remembering them is waste. */
 const unremembered = new WeakSet<z.ZodType>();
+/** Per schema, a test that proves a string is one it accepts unchanged (no need to run it). */
+const provenBy = new WeakMap<z.ZodType, (value: string) => boolean>();
 
 /**
  * Marks a schema whose accepted values `parse` should not remember: each value is new (a
  * reservation id is committed once), so remembering it would only fill and clear the set.
+ * `proven`: a cheap test that only passes strings the schema accepts unchanged (the ids the library
+ * makes itself), answered without running the schema; anything else the schema judges.
  */
-export function neverRemember<S extends z.ZodType>(schema: S): S {
+export function neverRemember<S extends z.ZodType>(schema: S, proven?: (value: string) => boolean): S {
   unremembered.add(schema);
+  if (proven !== undefined) provenBy.set(schema, proven);
   return schema;
 }
 
@@ -29,6 +34,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
   if (primitive) {
     seen = accepted.get(schema);
     if (seen?.has(value)) return value as z.output<S>;
+    if (typeof value === "string" && provenBy.get(schema)?.(value) === true) return value as z.output<S>;
   }
   let fields: StrictFields | null = null;
   if (typeof value === "object" && value !== null && takesObject(schema)) {

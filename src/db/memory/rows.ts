@@ -84,8 +84,28 @@ export function writeHex(into: Uint8Array, at: number, hex: string, chars: numbe
   return hex.length === chars && hexRun(into, at, hex, 0, chars);
 }
 
+/**
+ * The id `writeUuid` last wrote and its 16 bytes. A hold's id is written several times in a row —
+ * indexed, then as its entry's reservation id; looked up for its commit, then as the commit entry's
+ * reservation id — so the second time copies 16 bytes instead of parsing 32 hex digits again.
+ */
+let lastUuid: string | null = null;
+const lastUuidBytes = new Uint8Array(16);
+
 /** A canonical lower-case UUID (8-4-4-4-12) as 16 bytes at `at`; false for anything else. */
 export function writeUuid(into: Uint8Array, at: number, id: string): boolean {
+  const last = lastUuidBytes;
+  if (id === lastUuid) {
+    for (let k = 0; k < 16; k++) into[at + k] = last[k] as number;
+    return true;
+  }
+  if (!parseUuid(into, at, id)) return false;
+  for (let k = 0; k < 16; k++) last[k] = into[at + k] as number;
+  lastUuid = id;
+  return true;
+}
+
+function parseUuid(into: Uint8Array, at: number, id: string): boolean {
   return (
     id.length === 36 &&
     id.charCodeAt(8) === 45 &&
