@@ -6,6 +6,7 @@ import type { PostgresDbManagerOptions } from "./options.js";
 import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type { BatchResult, Unit } from "./unit.js";
 import type { UnitTx } from "./unit-tx.js";
+import { ShardMap } from "./citus.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { backoff } from "../store/retry.js";
 
@@ -31,6 +32,14 @@ export class UnitDispatch {
    * process is working on wait in memory and join the next batch (docs/storage.md, PostgreSQL).
    */
   private readonly group: GroupCommit<Unit>;
+  /**
+   * @internal On Citus: group commit of units whose accounts share a shard (one worker's
+   * transaction), instead of one unit per transaction. Measured in bench/citus.ts
+   * (docs/scaling-out.md, "Group commit across shards").
+   */
+  byShard = false;
+  /** The shards of the accounts, for `byShard` (./citus.ts). */
+  private readonly shards: ShardMap;
 
   constructor(
     private readonly db: PostgresDbManager,
@@ -49,14 +58,29 @@ export class UnitDispatch {
       perAccount: 1,
       perBatch: this.maxUnits,
       alone: (u) => u.wait,
+      batchKey: (u) => u.shard,
       runBatch: (units) => this.runBatch(units, false),
       runAlone: (u) => this.runBatch([u], true),
     });
+    this.shards = new ShardMap(
+      (what, text, params) => db.read(what, text, params),
+      () => db.sql.tables.accounts.qualified,
+    );
   }
 
   /** A new unit of work (`transaction()`): batched, or a transaction of its own. */
   push(unit: Unit): void {
-    if (this.maxUnits === 1 || this.db.sql.distributed) {
+    if (this.byShard && this.maxUnits > 1 && this.db.sql.distributed) {
+      this.shards.of(unit.userId, (shard) => {
+        if (shard !== null) {
+          unit.shard = shard;
+          this.group.push(false, unit);
+        } else {
+          unit.wait = true;
+          void this.runBatch([unit], true);
+        }
+      });
+    } else if (this.maxUnits === 1 || this.db.sql.distributed) {
       // No batching: every unit of work is a transaction of its own that waits for its lock.
       unit.wait = true;
       void this.runBatch([unit], true);
@@ -166,7 +190,8 @@ export class UnitDispatch {
   /** Runs a unit again after `delay` ms (at the front of the queue, or on its own without batching). */
   private requeue(unit: Unit, delay: number): void {
     const again = () => {
-      if (this.maxUnits === 1 || this.db.sql.distributed) void this.runBatch([unit], true);
+      if (this.maxUnits === 1 || (this.db.sql.distributed && unit.shard === undefined))
+        void this.runBatch([unit], true);
       else this.group.push(true, unit);
     };
     if (delay > 0) setTimeout(again, delay);
