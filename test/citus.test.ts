@@ -405,7 +405,7 @@ describe.skipIf(!canStopNodes)("faults on a Citus cluster", () => {
       `SELECT user_id, idempotency_key, count(*) FROM "${schema}".journal_entries WHERE idempotency_key IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1`,
     );
     expect(doubled.rows).toEqual([]);
-  });
+  }, 300_000); // a worker's stop, restart and crash recovery: 56 s alone at load 20
 
   it("a shard moved to the other worker while spends run: nothing lost, nothing doubled", async () => {
     const users = Array.from({ length: 12 }, (_, i) => `move-${i}`);
