@@ -82,8 +82,15 @@ case "${1:-}" in
     export PATH="$dir/bin:$PATH"
     echo "--- the test suite on Node $(node -v) (node on PATH: $(command -v node))"
     # Every native addon in node_modules loads on this Node.js (better-sqlite3 by opening a database).
+    # A package may ship builds for other C libraries beside ours (msgpackr-extract, from bullmq,
+    # has *.musl.node next to *.glibc.node and picks one at run time): those are not for this
+    # machine and are named, not loaded.
     find "$repo/node_modules" -name '*.node' -not -path "$repo/node_modules/better-sqlite3/*" -print0 |
-      xargs -0 -r -n 1 node -e 'require(process.argv[1]); console.log("loads:", process.argv[1])'
+      xargs -0 -r -n 1 node -e '
+        const file = process.argv[1];
+        const glibc = process.report.getReport().header.glibcVersionRuntime !== undefined;
+        if (glibc && /[.-]musl[.-]/.test(file)) console.log("not for glibc (skipped):", file);
+        else { require(file); console.log("loads:", file); }'
     node -e 'const D = require("better-sqlite3"); const db = new D(":memory:");
       console.log("loads: better-sqlite3", require("better-sqlite3/package.json").version, "(SQLite", db.prepare("select sqlite_version() v").get().v + ")")'
     status=0
