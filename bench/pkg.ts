@@ -16,6 +16,7 @@ import type * as Postgres from "../src/db/postgres/index.js";
 import type * as Sqlite from "../src/db/sqlite/index.js";
 import type * as Otel from "../src/otel/index.js";
 import type * as Console from "../src/console/index.js";
+import type * as Worker from "../src/worker/index.js";
 
 const SOURCE = process.env.BENCH_SOURCE === "1";
 
@@ -44,5 +45,7 @@ export const consoleEntry = await entry<typeof Console>("console/", "console/");
 export const mongodb = () => entry<typeof MongoDb>("mongodb/", "db/mongodb/");
 export const postgres = () => entry<typeof Postgres>("postgres/", "db/postgres/");
 export const sqlite = () => entry<typeof Sqlite>("sqlite/", "db/sqlite/");
+/** The worker's rounds (`createWorker`). */
+export const worker = () => entry<typeof Worker>("worker/", "worker/");
 /** The OpenTelemetry integration (its peer, @opentelemetry/api, is a devDependency here). */
 export const otel = () => entry<typeof Otel>("otel/", "otel/");

@@ -59,6 +59,7 @@ describe("credit-management worker: flags and environment", () => {
       "CREDIT_LEDGER_FILE",
       "CREDIT_IDEMPOTENCY_RETENTION",
       "CREDIT_WORKER_CHECKPOINT_ENTRIES",
+      "CREDIT_WORKER_REVENUE_EVERY",
       "SIGTERM",
       "SIGHUP",
     ]) {
@@ -128,6 +129,7 @@ describe("credit-management worker: flags and environment", () => {
         CREDIT_LOW_CREDITS: "10",
         CREDIT_LOG_LEVEL: "debug",
         CREDIT_WORKER_CHECKPOINT_ENTRIES: "500",
+        CREDIT_WORKER_REVENUE_EVERY: "5m",
       },
     );
     expect(set).toMatchObject({
@@ -141,8 +143,13 @@ describe("credit-management worker: flags and environment", () => {
       lowCredits: 10,
       logLevel: "debug",
       checkpointEntries: 500,
+      revenueEveryMs: 300_000,
     });
     expect(workerSettings({}, {}).checkpointEntries).toBeUndefined();
+    expect(workerSettings({}, {}).revenueEveryMs).toBe(0);
+    expect(workerSettings({ "jobs-every": "0", "top-up-every": "0", "revenue-every": "1m" }, {}).revenueEveryMs).toBe(
+      60_000,
+    );
     expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual(
       [],
     );

@@ -9,6 +9,7 @@ import type { CompactJournal } from "../src/db/memory/journal.js";
 import { basesOfPrice, basisOfPrice, rateOf, storedDeferred, valueAt } from "../src/domain/revenue.js";
 import {
   CreditService,
+  createCreditManager,
   InMemoryDbManager,
   InsufficientCreditsError,
   PaymentService,
@@ -21,7 +22,8 @@ import {
   type RevenueRow,
 } from "../src/index.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
-import { getRevenue } from "../src/services/revenue.js";
+import { catchUpRevenue, getRevenue } from "../src/services/revenue.js";
+import { createWorker } from "../src/worker/index.js";
 import type { RevenueQuery } from "../src/models/revenue.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-revenue-"));
@@ -738,6 +740,81 @@ describe.each(stores)("revenue on $name: an account whose clock went back a day"
     } finally {
       await db.close();
       await opened.drop();
+    }
+  });
+});
+
+describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's revenue round", () => {
+  it("folds the new entries into the summary in bounded pieces: a report after it adds nothing and is the replay", async () => {
+    const opened = await stores.find((s) => s.name === "postgres")!.open();
+    const db = opened.db;
+    const clock = { now: dayStart(T0) - 3 * DAY + 3_600_000 };
+    const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    try {
+      const basis = { perCredit: "1999/3000", currency: "USD" };
+      const write = async (round: number) => {
+        for (const u of ["w1", "w2", "w3"]) {
+          await m.credits.addCredits(u, 3000, { costBasis: basis, expiresAt: new Date(clock.now + 2 * DAY) });
+          await m.credits.addCredits(u, 200, { source: "promo" });
+          for (let i = 0; i < 3 + round; i++) await m.credits.deductCredits(u, 90, { feature: "chat" });
+          clock.now += 5 * 3_600_000;
+        }
+      };
+      const q = { from: dayStart(T0) - 4 * DAY, to: dayStart(T0) + 3 * DAY, interval: "day" as const };
+      await write(0);
+      const summary = db.revenueSummary!;
+      const worker = createWorker(m, { jobsEveryMs: 0, topUpEveryMs: 0, revenueEveryMs: 60_000 });
+      expect(worker.tasks).toEqual([{ name: "revenue", everyMs: 60_000 }]);
+      const first = await worker.runOnce();
+      expect(first.ok).toBe(true);
+      expect(first.rounds[0]?.report).toEqual({ revenue: { accounts: 3, entries: 3 * 5, more: false } });
+      expect(first.rounds[0]?.idle).toBe(false);
+      // Caught up: nothing stale, and a report reads no journal entry to add.
+      expect(await summary.staleRevenue(null, null, 10)).toEqual([]);
+      const reads = { n: 0 };
+      const revenueEntries = summary.revenueEntries.bind(summary);
+      summary.revenueEntries = async (c) => {
+        reads.n++;
+        return revenueEntries(c);
+      };
+      await sameAsReplay(db, { ...q, groupBy: ["account"] });
+      expect(reads.n).toBe(0);
+      expect((await worker.runOnce()).rounds[0]).toMatchObject({
+        idle: true,
+        report: { revenue: { accounts: 0, entries: 0, more: false } },
+      });
+      // More writes, a day later (expiry included), folded in pieces of 2 entries within a budget of 7 a round.
+      clock.now += DAY;
+      await write(1);
+      await m.credits.getUserCreditsInfo("w1"); // settles w1's expired credits (breakage)
+      const bounded = await catchUpRevenue(db, { maxEntries: 7, batchEntries: 2 });
+      expect(bounded).toMatchObject({ entries: 7, more: true });
+      expect((await summary.staleRevenue(null, null, 10)).length).toBeGreaterThan(0);
+      let rest = bounded;
+      let rounds = 1;
+      while (rest.more) {
+        rest = await catchUpRevenue(db, { maxEntries: 7, batchEntries: 2 });
+        rounds++;
+      }
+      expect(rounds).toBeGreaterThan(2);
+      expect(await summary.staleRevenue(null, null, 10)).toEqual([]);
+      reads.n = 0;
+      await sameAsReplay(db, { ...q, groupBy: ["account", "feature"] });
+      await sameAsReplay(db, { ...q, interval: null, groupBy: ["source"] });
+      expect(reads.n).toBe(0);
+    } finally {
+      await m.close();
+      await opened.drop();
+    }
+  }, 60_000);
+
+  it("does not run on a store without a summary", async () => {
+    const m = await createCreditManager();
+    try {
+      expect(createWorker(m, { revenueEveryMs: 1000 }).tasks.map((t) => t.name)).not.toContain("revenue");
+      expect(await catchUpRevenue(m.db)).toEqual({ accounts: 0, entries: 0, more: false });
+    } finally {
+      await m.close();
     }
   });
 });

@@ -31,6 +31,19 @@ export interface RevenueDayRow {
   unbilled: number;
 }
 
+/** What one account's catch-up adds to the summary (`RevenueSummaryStore.saveRevenue`). */
+export interface RevenueSave {
+  /** The account's `throughSeq` the save starts from: saved only if the summary's is still this. */
+  fromSeq: number;
+  /** Where the account stands after the save (`state`: null when `disordered`). */
+  checkpoint: RevenueCheckpoint;
+  days: readonly RevenueDayRow[];
+  /** The change of deferred per currency and source over the entries added (minor units). */
+  deferred: readonly { currency: string; source: string | null; delta: number }[];
+  /** The entries' days went backwards in seq order: the account's summary is dropped and it is replayed from now on. */
+  disordered: boolean;
+}
+
 /** Figures summed by window and by the query's groups (absent groups are null). */
 export interface RevenueBucketRow {
   /** Index of the window (`boundaries[w]` to `boundaries[w + 1]`); `boundaries.length - 1`: after the last. */
@@ -84,15 +97,7 @@ export interface RevenueSummaryStore {
    * `disordered`: drop the account's summary and leave it out from now on. Answers how many
    * accounts were saved.
    */
-  saveRevenue(
-    saves: readonly {
-      fromSeq: number;
-      checkpoint: RevenueCheckpoint;
-      days: readonly RevenueDayRow[];
-      deferred: readonly { currency: string; source: string | null; delta: number }[];
-      disordered: boolean;
-    }[],
-  ): Promise<number>;
+  saveRevenue(saves: readonly RevenueSave[]): Promise<number>;
   /**
    * The summary's figures from `boundaries[0]` on (days at UTC midnights), by window and
    * `groupBy`; deferred now by currency and the account and source groups; and the disordered

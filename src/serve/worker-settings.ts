@@ -35,6 +35,8 @@ export interface WorkerSettings {
    * run (it charges them before it delivers): docs/promos-and-payments.md, "Auto top-up".
    */
   topUpEveryMs: number;
+  /** The revenue summary's catch-up (docs/revenue.md, "Keeping the summary caught up"); 0: off (the default). */
+  revenueEveryMs: number;
   /** Each pause is the interval ± jitter/2 of it; the first round waits up to jitter × interval. */
   jitter: number;
   batchSize: number;
@@ -71,6 +73,7 @@ export interface WorkerFlags extends PaymentFlags {
   "reminders-every"?: string;
   "dispatch-every"?: string;
   "top-up-every"?: string;
+  "revenue-every"?: string;
   jitter?: string;
   "batch-size"?: string;
   concurrency?: string;
@@ -84,6 +87,7 @@ export const WORKER_FLAGS = {
   "reminders-every": { type: "string" },
   "dispatch-every": { type: "string" },
   "top-up-every": { type: "string" },
+  "revenue-every": { type: "string" },
   jitter: { type: "string" },
   "batch-size": { type: "string" },
   concurrency: { type: "string" },
@@ -102,6 +106,8 @@ export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its vari
   --top-up-every DURATION          CREDIT_WORKER_TOP_UP_EVERY: charge the auto top-ups asked for, when the
                                    worker does not deliver (deliver: the dispatch round charges them). Runs
                                    when a provider can charge saved cards (STRIPE_SECRET_KEY). Default 1s
+  --revenue-every DURATION         CREDIT_WORKER_REVENUE_EVERY: fold new journal entries into PostgreSQL's
+                                   revenue summary, so month-end reports have none left to add. Default off
                                    DURATION: 500ms, 30s, 5m, 1h or a number of ms; 0 or off: never
                                    (a pause counts from the end of a round: rounds of a task never overlap)
   --jitter FRACTION                CREDIT_WORKER_JITTER: each pause is the interval ± FRACTION/2 of it,
@@ -204,6 +210,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
   const dispatch = duration("dispatch-every", "CREDIT_WORKER_DISPATCH_EVERY", 1000);
   const topUps = duration("top-up-every", "CREDIT_WORKER_TOP_UP_EVERY", 1000);
+  const revenue = duration("revenue-every", "CREDIT_WORKER_REVENUE_EVERY", 0);
   let payments: PaymentSettings;
   try {
     payments = paymentSettings(flags, env);
@@ -259,6 +266,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     dispatchEveryMs,
     // The dispatch round charges each top-up before it delivers it; without it, this task does.
     topUpEveryMs: dispatchEveryMs > 0 ? 0 : topUps.ms,
+    revenueEveryMs: revenue.ms,
     jitter: number("jitter", "CREDIT_WORKER_JITTER", 0, 1) ?? 0.1,
     batchSize: integer("batch-size", "CREDIT_WORKER_BATCH_SIZE", 1, 10_000) ?? 1000,
     concurrency: integer("concurrency", "CREDIT_WORKER_CONCURRENCY", 1, 256) ?? 8,
@@ -282,10 +290,11 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     settings.jobsEveryMs === 0 &&
     settings.remindersEveryMs === 0 &&
     settings.dispatchEveryMs === 0 &&
-    settings.topUpEveryMs === 0
+    settings.topUpEveryMs === 0 &&
+    settings.revenueEveryMs === 0
   ) {
     throw new WorkerUsageError(
-      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every, --top-up-every a duration",
+      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every, --top-up-every, --revenue-every a duration",
     );
   }
   return settings;
@@ -312,6 +321,7 @@ export function workerOptions(s: WorkerSettings, logger: WorkerOptions["logger"]
     remindersEveryMs: s.remindersEveryMs,
     dispatchEveryMs: s.dispatchEveryMs,
     topUpEveryMs: s.topUpEveryMs,
+    revenueEveryMs: s.revenueEveryMs,
     jitter: s.jitter,
     batchSize: s.batchSize,
     concurrency: s.concurrency,

@@ -1,5 +1,5 @@
 import type { DbManager } from "../db/types.js";
-import type { RevenueCheckpoint, RevenueSummaryStore } from "../db/types-revenue.js";
+import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore } from "../db/types-revenue.js";
 import {
   RevenueAccumulator,
   emptyRevenueState,
@@ -58,7 +58,7 @@ export async function getRevenue(
   };
   const summary = db.revenueSummary;
   if (summary !== undefined && options.path !== "replay" && boundaries.every((b) => b % DAY === 0)) {
-    await catchUp(db, summary, q.account ?? null);
+    await catchUp(summary, q.account ?? null);
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
     addSummary(sum, read, boundaries.length);
     for (const userId of read.disordered) await one(userId);
@@ -98,69 +98,131 @@ async function sourcesOf(db: DbManager, userId: string): Promise<Map<string, str
   return new Map(grants.map((g) => [g.id, g.source]));
 }
 
-/** Entries one catch-up statement reads and saves for a batch of accounts (an account with more goes alone). */
+/** Entries one catch-up statement reads and saves, for a batch of accounts or a piece of one account's. */
 const BATCH_ENTRIES = 20_000;
+
+/** What a catch-up of the revenue summary did (`catchUpRevenue`). */
+export interface RevenueCatchUp {
+  /** Accounts whose checkpoint it moved (an account caught up in several pieces counts once a piece). */
+  accounts: number;
+  /** Journal entries it read and folded into the summary. */
+  entries: number;
+  /** It stopped at its `maxEntries`: entries are left for the next. */
+  more: boolean;
+}
+
+/**
+ * The worker's revenue round (docs/revenue.md, "Keeping the summary caught up"): adds to the
+ * store's revenue summary the entries written since it last read them, at most about `maxEntries`
+ * of them (whole statements of up to 20,000), so a later report has nothing (or little) left to
+ * add. Nothing to do on a store without a summary.
+ */
+export async function catchUpRevenue(
+  db: DbManager,
+  options: { maxEntries?: number; /** Tests: entries a statement reads and saves. */ batchEntries?: number } = {},
+): Promise<RevenueCatchUp> {
+  if (db.revenueSummary === undefined) return { accounts: 0, entries: 0, more: false };
+  return catchUp(db.revenueSummary, null, options.maxEntries, options.batchEntries);
+}
 
 /**
  * Adds to the store's revenue summary every entry written since it last read them (docs/revenue.md,
- * "How it is computed"): for a batch of accounts at a time, their new entries in one read, the
- * domain's roll-forward from each account's saved state by UTC day and every group, and one save.
- * An account whose entries' days go backwards in seq order is marked disordered (its deferred
- * values at a day's start would not be the replay's) and replayed by reports from then on.
+ * "How it is computed"), or about `budget` of them: for a batch of accounts at a time, their new
+ * entries in one read, the domain's roll-forward from each account's saved state by UTC day and
+ * every group, and one save; an account with more than a batch's entries in pieces of a batch, each
+ * saved from the state the last left. An account whose entries' days go backwards in seq order is
+ * marked disordered (its deferred values at a day's start would not be the replay's) and replayed
+ * by reports from then on.
  */
-async function catchUp(db: DbManager, summary: RevenueSummaryStore, account: string | null): Promise<void> {
+async function catchUp(
+  summary: RevenueSummaryStore,
+  account: string | null,
+  budget = Number.POSITIVE_INFINITY,
+  batchEntries = BATCH_ENTRIES,
+): Promise<RevenueCatchUp> {
+  const done: RevenueCatchUp = { accounts: 0, entries: 0, more: false };
   let after: string | null = null;
   for (;;) {
     const stale = await summary.staleRevenue(account, after, PAGE);
     let batch: RevenueCheckpoint[] = [];
     let pending = 0;
     const flush = async () => {
-      if (batch.length > 0) await catchUpBatch(summary, batch, await summary.revenueEntries(batch));
+      if (batch.length > 0) done.accounts += await catchUpBatch(summary, batch);
       batch = [];
       pending = 0;
     };
-    for (const c of stale) {
-      const n = (c.seq ?? c.throughSeq) - c.throughSeq;
-      if (n > BATCH_ENTRIES) {
-        await catchUpBatch(summary, [c], await journalAfter(db, c.userId, c.throughSeq));
+    for (const listed of stale) {
+      const left = budget - done.entries;
+      if (left <= 0) {
+        done.more = true;
+        break;
+      }
+      const end = listed.seq ?? listed.throughSeq;
+      const n = Math.min(end - listed.throughSeq, left);
+      if (n < end - listed.throughSeq) done.more = true;
+      const c = { ...listed, seq: listed.throughSeq + n };
+      done.entries += n;
+      if (n > batchEntries) {
+        await flush();
+        done.accounts += await catchUpPieces(summary, c, batchEntries);
         continue;
       }
-      if (pending + n > BATCH_ENTRIES) await flush();
+      if (pending + n > batchEntries) await flush();
       batch.push(c);
       pending += n;
     }
     await flush();
-    if (stale.length < PAGE) return;
+    if (done.more || stale.length < PAGE) return done;
     after = stale[stale.length - 1]!.userId;
   }
 }
 
-/** `entries`: the new entries of the accounts of `batch`, by account then seq. */
-async function catchUpBatch(
-  summary: RevenueSummaryStore,
-  batch: readonly RevenueCheckpoint[],
-  entries: readonly JournalEntry[],
-): Promise<void> {
+/** One account's entries after `c.throughSeq` up to `c.seq`, in pieces of a batch; answers the pieces saved. */
+async function catchUpPieces(summary: RevenueSummaryStore, c: RevenueCheckpoint, size: number): Promise<number> {
+  const end = c.seq ?? c.throughSeq;
+  let at = c;
+  let saved = 0;
+  while (at.throughSeq < end) {
+    const piece = { ...at, seq: Math.min(end, at.throughSeq + size) };
+    const entries = await summary.revenueEntries([piece]);
+    if (entries.length === 0) break;
+    const save = summarize(piece, entries, await summary.grantSources(paidGrantsOf(entries)));
+    // Another report moved the checkpoint first (it adds the rest), or the account is now replayed.
+    if ((await summary.saveRevenue([save])) === 0 || save.disordered) break;
+    saved++;
+    at = save.checkpoint;
+  }
+  return saved;
+}
+
+const paidGrantsOf = (entries: readonly JournalEntry[]) =>
+  entries.flatMap((e) => (e.type === "add" && e.costBasis != null ? e.grants.map((g) => g.grantId) : []));
+
+/** The new entries of the accounts of `batch` (each up to its `seq`), in one read and one save; answers the accounts saved. */
+async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly RevenueCheckpoint[]): Promise<number> {
+  const entries = await summary.revenueEntries(batch);
   const byUser = new Map<string, JournalEntry[]>();
-  const paidGrants: string[] = [];
   for (const e of entries) {
     let mine = byUser.get(e.userId);
     if (mine === undefined) byUser.set(e.userId, (mine = []));
     mine.push(e);
-    if (e.type === "add" && e.costBasis != null) for (const g of e.grants) paidGrants.push(g.grantId);
   }
-  const sources = await summary.grantSources(paidGrants);
-  const saves = [];
+  const sources = await summary.grantSources(paidGrantsOf(entries));
+  const saves: RevenueSave[] = [];
   for (const c of batch) {
     const mine = byUser.get(c.userId);
     if (mine !== undefined && mine.length > 0) saves.push(summarize(c, mine, sources));
   }
   // Fewer saved than sent: another report added those accounts' entries first; the summary has them either way.
-  await summary.saveRevenue(saves);
+  return summary.saveRevenue(saves);
 }
 
 /** What the summary gains from `entries`, the entries after checkpoint `c` (docs/revenue.md, "How it is computed"). */
-function summarize(c: RevenueCheckpoint, entries: readonly JournalEntry[], sources: ReadonlyMap<string, string>) {
+function summarize(
+  c: RevenueCheckpoint,
+  entries: readonly JournalEntry[],
+  sources: ReadonlyMap<string, string>,
+): RevenueSave {
   let maxDay = c.maxDay;
   let minDay = Number.POSITIVE_INFINITY;
   let disordered = false;
@@ -183,7 +245,7 @@ function summarize(c: RevenueCheckpoint, entries: readonly JournalEntry[], sourc
     c.state === null ? emptyRevenueState() : parseRevenueState(c.state),
   );
   checkpoint.state = revenueStateText(state);
-  const rows = [];
+  const rows: RevenueDayRow[] = [];
   const deferred = new Map<string, { currency: string; source: string | null; delta: number }>();
   for (const { key, window, sums } of acc.figures()) {
     rows.push({

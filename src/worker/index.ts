@@ -2,11 +2,13 @@ import * as z from "zod";
 import { isLogger, silentLogger, type Logger } from "../logger.js";
 import type { CreditManager } from "../manager.js";
 import { parse } from "../models/parse.js";
+import { catchUpRevenue } from "../services/revenue.js";
 import { pauseBefore } from "./schedule.js";
 
 /**
  * The worker's rounds as a library (docs/operations.md, "The worker in your own code"): the jobs,
- * the expiring-credit reminders, the outbox dispatcher and the auto top-ups' charges, on the
+ * the expiring-credit reminders, the outbox dispatcher, the auto top-ups' charges and the revenue
+ * summary's catch-up, on the
  * manager it is given — its store, payment providers and rate, queue and thresholds. It reads no
  * environment: `credit-management worker` and `serve --worker` build a manager from theirs and run
  * this. `runOnce()` runs one round of each task (a cron route, a BullMQ job, a CronJob);
@@ -14,7 +16,7 @@ import { pauseBefore } from "./schedule.js";
  */
 
 /** The worker's tasks, in the order `runOnce` runs them. */
-export type WorkerTaskName = "jobs" | "reminders" | "dispatch" | "top-ups";
+export type WorkerTaskName = "jobs" | "reminders" | "dispatch" | "top-ups" | "revenue";
 
 /** An interval in ms: 0 (the task is off) or 10 ms to 24 hours. */
 const Interval = z
@@ -40,6 +42,14 @@ export const WorkerOptions = z.strictObject({
    * charge a saved method.
    */
   topUpEveryMs: Interval.optional(),
+  /**
+   * The revenue summary's catch-up (docs/revenue.md, "Keeping the summary caught up"): the journal
+   * entries written since, folded into the summary so a report has none left to add, in ms. Default
+   * 0 (off); runs only on a store that keeps a summary (PostgreSQL).
+   */
+  revenueEveryMs: Interval.optional(),
+  /** Journal entries one revenue round folds at most (1,000–10,000,000; the rest is the next round's). Default 200,000. */
+  revenueEntries: z.number().int().min(1000).max(10_000_000).optional(),
   /** Each pause is the interval ± jitter/2 of it; the first waits up to jitter × interval (0 to 1). Default 0.1. */
   jitter: z.number().min(0).max(1).optional(),
   /** Rows per indexed scan of the jobs and reminders (1–10,000). Default 1,000. */
@@ -78,7 +88,7 @@ export interface WorkerRound {
   task: WorkerTaskName;
   /** False when some work failed (a job step, a delivery, a charge: left for the next round) or the round threw. */
   ok: boolean;
-  /** A dispatch or top-ups round that found nothing to do. */
+  /** A dispatch, top-ups or revenue round that found nothing to do. */
   idle: boolean;
   durationMs: number;
   /** The round's report (the jobs' reports, the reminders per window, the dispatch counts), as logged. */
@@ -104,7 +114,7 @@ export interface CreditWorker {
    */
   readonly topUpsBy: "dispatch" | "top-ups" | "nobody";
   /**
-   * One round of each task — jobs, reminders, dispatch, top-ups, so the jobs' events go out in the
+   * One round of each task — jobs, reminders, dispatch, top-ups, revenue, so the jobs' events go out in the
    * same run — each logged as one line. A round that throws is reported (`ok: false`, `error`),
    * not thrown. `stop()` meanwhile ends it after the round in flight.
    */
@@ -120,6 +130,8 @@ interface Settings {
   remindersEveryMs: number;
   dispatchEveryMs: number;
   topUpEveryMs: number;
+  revenueEveryMs: number;
+  revenueEntries: number;
   jitter: number;
   batchSize: number;
   concurrency: number;
@@ -144,6 +156,8 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
     remindersEveryMs: o.remindersEveryMs ?? (recording ? 3_600_000 : 0),
     dispatchEveryMs: o.dispatchEveryMs ?? (recording ? 1000 : 0),
     topUpEveryMs: o.topUpEveryMs ?? 1000,
+    revenueEveryMs: o.revenueEveryMs ?? 0,
+    revenueEntries: o.revenueEntries ?? 200_000,
     jitter: o.jitter ?? 0.1,
     batchSize: o.batchSize ?? 1000,
     concurrency: o.concurrency ?? 8,
@@ -157,6 +171,7 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
     reminders: () => remindersRound(manager, s),
     dispatch: () => dispatchRound(manager, s),
     "top-ups": () => topUpsRound(manager, s),
+    revenue: () => revenueRound(manager, s),
   };
   const tasks: WorkerTask[] = (
     [
@@ -166,6 +181,8 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
       // Without a provider that can charge, every attempt would fail (and use up its retries):
       // the rows wait, untouched, and the start's warning says so.
       { name: "top-ups", everyMs: topUpsBy === "top-ups" ? s.topUpEveryMs : 0 },
+      // A store without a revenue summary replays the journal for each report: nothing to keep.
+      { name: "revenue", everyMs: manager.db.revenueSummary === undefined ? 0 : s.revenueEveryMs },
     ] as const
   ).filter((t) => t.everyMs > 0);
 
@@ -362,4 +379,14 @@ async function dispatchRound(m: CreditManager, s: Settings): Promise<RoundResult
 async function topUpsRound(m: CreditManager, s: Settings): Promise<RoundResult> {
   const r = await m.notifications.handlePending({ types: ["auto_top_up_requested"], limit: s.dispatchLimit });
   return { ok: r.retried + r.failed === 0, idle: r.claimed === 0, report: { ...r } };
+}
+
+/**
+ * Folds the journal entries written since the last round (or report) into the store's revenue
+ * summary, at most `revenueEntries` of them (docs/revenue.md, "Keeping the summary caught up"):
+ * a report after it adds nothing, or only what was written since.
+ */
+async function revenueRound(m: CreditManager, s: Settings): Promise<RoundResult> {
+  const r = await catchUpRevenue(m.db, { maxEntries: s.revenueEntries });
+  return { ok: true, idle: r.entries === 0, report: { revenue: r } };
 }

@@ -5,8 +5,8 @@ import type { NamingOptions } from "../../schema/sql.js";
 import type {
   RevenueBucketRow,
   RevenueCheckpoint,
-  RevenueDayRow,
   RevenueDeferredRow,
+  RevenueSave,
   RevenueSummaryStore,
 } from "../types-revenue.js";
 
@@ -91,15 +91,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     return new Map(rows.map((r) => [String(r.id), String(r.source)]));
   }
 
-  async saveRevenue(
-    saves: readonly {
-      fromSeq: number;
-      checkpoint: RevenueCheckpoint;
-      days: readonly RevenueDayRow[];
-      deferred: readonly { currency: string; source: string | null; delta: number }[];
-      disordered: boolean;
-    }[],
-  ): Promise<number> {
+  async saveRevenue(saves: readonly RevenueSave[]): Promise<number> {
     if (saves.length === 0) return 0;
     const { state, daily, split, deferred: deferredTable } = this.n;
     const figures = ["paid", "recognized", "breakage", "refunds", "unbilled"] as const;
