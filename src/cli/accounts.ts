@@ -8,7 +8,7 @@ import { type LimitPeriod, type SpendLimitInput, type SpendLimitStatus } from ".
 import { parse } from "../models/parse.js";
 import type { RedisCache } from "../redis/index.js";
 import type { CliIo } from "./run.js";
-import { openCommandStore, STORE_VARIABLES, type StoreSource } from "./store.js";
+import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
 import { table } from "./table.js";
 
 /**
@@ -114,11 +114,7 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
   if (cachePrefix !== undefined && redisUrl === undefined)
     throw new CommandUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
-  const { db, owned, memoryFromEnv } = await openCommandStore(values.sqlite, source, (m) => new CommandUsageError(m));
-  if (memoryFromEnv) {
-    await db.close();
-    throw new CommandUsageError(`accounts reads a store: set ${STORE_VARIABLES}`);
-  }
+  const { db, owned } = await openRequiredStore("accounts", values.sqlite, source, (m) => new CommandUsageError(m));
   let cache: RedisCache | undefined;
   let manager: CreditManager | undefined;
   try {
@@ -163,11 +159,7 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
     print(io, json, { userId, limits: left });
     return 0;
   } finally {
-    // A store given by the caller stays open; one made from the environment is closed.
-    if (manager === undefined) {
-      if (owned) await db.close();
-    } else if (owned) await manager.close();
-    else await manager.ledger.close();
+    await closeCommandStore(db, owned, manager);
     await cache?.close();
   }
 }

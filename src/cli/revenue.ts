@@ -9,7 +9,7 @@ import { RevenueDimension, RevenueQuery, type RevenueReport, type RevenueRow } f
 import { UsageInterval } from "../models/usage.js";
 import { revenueCsv } from "../services/revenue-csv.js";
 import type { CliIo } from "./run.js";
-import { openCommandStore, STORE_VARIABLES, type StoreSource } from "./store.js";
+import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
 import { table } from "./table.js";
 
 /**
@@ -105,11 +105,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     groupBy: groupBy as RevenueDimension[],
   };
 
-  const { db, owned, memoryFromEnv } = await openCommandStore(values.sqlite, source, (m) => new CommandUsageError(m));
-  if (memoryFromEnv) {
-    await db.close();
-    throw new CommandUsageError(`revenue reads a store: set ${STORE_VARIABLES}`);
-  }
+  const { db, owned } = await openRequiredStore("revenue", values.sqlite, source, (m) => new CommandUsageError(m));
   let manager: CreditManager | undefined;
   try {
     manager = await createCreditManager({ db, init: false, ledger: false });
@@ -122,11 +118,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     else io.stdout(text(report, query, label));
     return 0;
   } finally {
-    // A store given by the caller stays open; one made from the environment is closed.
-    if (manager === undefined) {
-      if (owned) await db.close();
-    } else if (owned) await manager.close();
-    else await manager.ledger.close();
+    await closeCommandStore(db, owned, manager);
   }
 }
 

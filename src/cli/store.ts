@@ -1,6 +1,7 @@
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
 import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
+import type { CreditManager } from "../manager.js";
 import { ConfigurationError } from "../errors.js";
 
 /** The variables (and flag) that name the store `audit` and `accounts` read (docs/cli.md). */
@@ -46,4 +47,38 @@ export async function openCommandStore(
     }
   }
   return { db, owned, memoryFromEnv: owned && db instanceof InMemoryDbManager };
+}
+
+/**
+ * `openCommandStore` for a command that needs a real store (`revenue`, `accounts`): the empty
+ * in-memory store the environment falls back to is closed and `usage` thrown, naming the variables.
+ */
+export async function openRequiredStore(
+  command: string,
+  sqlite: string | undefined,
+  source: StoreSource,
+  usage: (message: string) => Error,
+): Promise<{ db: DbManager; owned: boolean }> {
+  const { db, owned, memoryFromEnv } = await openCommandStore(sqlite, source, usage);
+  if (memoryFromEnv) {
+    await db.close();
+    throw usage(`${command} reads a store: set ${STORE_VARIABLES}`);
+  }
+  return { db, owned };
+}
+
+/**
+ * Closes what a command opened on `db` (its `finally`): a store given by the caller stays open and
+ * only the manager's ledger is closed; one made from the environment (`owned`) is closed, through
+ * the manager when one was made.
+ */
+export async function closeCommandStore(
+  db: DbManager,
+  owned: boolean,
+  manager: Pick<CreditManager, "close" | "ledger"> | undefined,
+): Promise<void> {
+  if (manager === undefined) {
+    if (owned) await db.close();
+  } else if (owned) await manager.close();
+  else await manager.ledger.close();
 }
