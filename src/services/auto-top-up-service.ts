@@ -1,5 +1,3 @@
-import { randomUUID } from "node:crypto";
-import { AccountWork } from "../domain/account-work.js";
 import {
   afterActionRequired,
   afterCredited,
@@ -23,6 +21,7 @@ import {
 } from "../models/index.js";
 import type { OffSessionChargeResult, PaymentEvent, PaymentProvider } from "../payments/types.js";
 import type { UnitDeps } from "./account-unit.js";
+import { saveAccountOnly } from "./unit-of-work.js";
 
 /** What `processAutoTopUp` did with the account's top-up in flight. */
 export interface AutoTopUpResult {
@@ -323,26 +322,13 @@ export class AutoTopUpService {
     ) => { state: AutoTopUpState | null; notifications?: readonly Notification[] | undefined } | null,
   ): Promise<AutoTopUpState | null> {
     let out: AutoTopUpState | null = null;
-    await this.deps.db.transaction(user, async (tx) => {
-      const state = await tx.load();
-      const now = this.deps.clock();
-      const account = { ...new AccountWork(user, state, now, randomUUID).account };
+    await saveAccountOnly(this.deps.db, user, this.deps.clock, (account, now) => {
       const prev = account.autoTopUp ?? null;
       const next = change(prev, now);
       out = next === null ? prev : next.state;
-      if (next === null) return;
+      if (next === null) return null;
       account.autoTopUp = next.state;
-      account.updatedAt = now;
-      await tx.save({
-        account,
-        previousSeq: state.account === null ? null : state.account.seq,
-        insertGrants: [],
-        updateGrants: [],
-        insertReservations: [],
-        updateReservations: [],
-        entries: [],
-        notifications: next.notifications ?? [],
-      });
+      return next.notifications ?? [];
     });
     return out;
   }

@@ -2,7 +2,6 @@ import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
-import { AccountWork } from "../domain/account-work.js";
 import { backoffDelay, newNotification, withOverride, type Thresholds } from "../domain/notifications.js";
 import {
   ExpiringDays,
@@ -18,6 +17,7 @@ import {
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { DomainEventType, EventVersion } from "../models/notifications.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
+import { saveAccountOnly } from "./unit-of-work.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
 
 export interface NotificationServiceOptions {
@@ -192,23 +192,9 @@ export class NotificationService {
     const spec = parse(NullableThresholds, thresholds, "thresholds");
     const override: AlertState["override"] =
       spec === null ? null : { lowCredits: spec.lowCredits ?? null, lowCreditsPercent: spec.lowCreditsPercent ?? null };
-    await this.db.transaction(user, async (tx) => {
-      const state = await tx.load();
-      const now = this.clock();
-      const account = { ...new AccountWork(user, state, now, randomUUID).account };
-      const notifications = withOverride(account, override, this.thresholds, now);
-      account.updatedAt = now;
-      await tx.save({
-        account,
-        previousSeq: state.account === null ? null : state.account.seq,
-        insertGrants: [],
-        updateGrants: [],
-        insertReservations: [],
-        updateReservations: [],
-        entries: [],
-        notifications,
-      });
-    });
+    await saveAccountOnly(this.db, user, this.clock, (account, now) =>
+      withOverride(account, override, this.thresholds, now),
+    );
   }
 
   /** A user's outbox rows, oldest first. */

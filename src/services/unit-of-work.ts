@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import type { CacheAside } from "../cache/aside.js";
 import type { Changes, DbManager, DbTransaction, LoadedState } from "../db/types.js";
@@ -562,6 +563,38 @@ export class UnitRunner {
       );
     }
   }
+}
+
+/**
+ * A unit of work that changes only the account's own row (its settings: auto top-up, alert
+ * thresholds), guarded by its `seq` like every unit (docs/storage.md). `change` edits a copy of the
+ * account and returns the notifications to record with it, or null to write nothing; the copy's
+ * `updatedAt` is set to the unit's clock.
+ */
+export async function saveAccountOnly(
+  db: DbManager,
+  userId: string,
+  clock: () => Date,
+  change: (account: Account, now: Date) => readonly Notification[] | null,
+): Promise<void> {
+  await db.transaction(userId, async (tx) => {
+    const state = await tx.load();
+    const now = clock();
+    const account = { ...new AccountWork(userId, state, now, randomUUID).account };
+    const notifications = change(account, now);
+    if (notifications === null) return;
+    account.updatedAt = now;
+    await tx.save({
+      account,
+      previousSeq: state.account === null ? null : state.account.seq,
+      insertGrants: [],
+      updateGrants: [],
+      insertReservations: [],
+      updateReservations: [],
+      entries: [],
+      notifications,
+    });
+  });
 }
 
 /** Loads the grants that holds point at but that are not open (fully held, closed). */
