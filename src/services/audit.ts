@@ -5,6 +5,7 @@ import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry } from "../models/index.js";
 import type * as z from "zod";
 import { copy } from "./history.js";
+import type { UnitRunner } from "./unit-of-work.js";
 
 /** `CreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */
 export async function latestCheckpoint(db: DbManager, user: string): Promise<JournalEntry | undefined> {
@@ -73,4 +74,33 @@ async function usageRollupProblems(db: DbManager, user: string): Promise<string[
   const scan = rollupAuditScan(user, first, last);
   const buckets = scan === null ? [] : await db.usage(scan);
   return rollupProblems(rows, buckets, first, last);
+}
+
+/**
+ * `CreditService.checkpoint`: a checkpoint entry when at least `min` entries follow the latest one
+ * (docs/operations.md, "Checkpoints and archival"), in a unit of work that neither settles nor
+ * brings periods; null when fewer do, or the account has none.
+ */
+export async function writeCheckpoint(
+  db: DbManager,
+  units: UnitRunner,
+  user: string,
+  min: number,
+): Promise<JournalEntry | null> {
+  const last = await latestCheckpoint(db, user);
+  const since = last === undefined ? 0 : last.seq;
+  return units.mutate(
+    "checkpoint",
+    user,
+    {},
+    async (work, tx) => {
+      // (A checkpoint written meanwhile by another worker only makes this one less needed.)
+      if (work.isNew || work.account.seq - since < min) return null;
+      const missing = work.missingHeldGrants();
+      if (missing.length > 0) work.include(await tx.getGrants(missing));
+      return copy(work.checkpoint());
+    },
+    undefined,
+    { settle: false, periods: false },
+  );
 }

@@ -38,7 +38,7 @@ import {
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
 import { getRevenue } from "./revenue.js";
-import { auditAccount, latestCheckpoint } from "./audit.js";
+import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import { SpendLimits } from "./spend-limits.js";
 import { BalanceReads, NO_SPEND, workCredits } from "./balance-reads.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
@@ -76,6 +76,7 @@ import {
 import { andThen } from "../util/promise.js";
 import { CreditLeases, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
 import { leaseHold, settleLease } from "./lease-settle.js";
+import { findReservation, ownerOfReservation, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import type { LeaseOptions } from "../models/leases.js";
 import type * as z from "zod";
@@ -361,13 +362,13 @@ export class CreditService {
     if (o.amount === undefined && o.idempotencyKey !== undefined) {
       // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
       const parsed = o;
-      return this.findReservation(id, userId).then((found) =>
+      return findReservation(this.db, id, userId).then((found) =>
         this.commitHold(found.userId, id, { ...parsed, amount: found.amount }),
       );
     }
     // A given owner routes the unit of work; its reads are the owner's, so another user's hold is not found.
     if (userId !== undefined) return this.commitHold(userId, id, o);
-    const owner = this.ownerOfReservation(id);
+    const owner = ownerOfReservation(this.db, id);
     return typeof owner === "string" ? this.commitHold(owner, id, o) : owner.then((u) => this.commitHold(u, id, o));
   }
 
@@ -418,7 +419,7 @@ export class CreditService {
     }
     // A given owner routes the unit of work, as for a commit.
     if (userId !== undefined) return this.releaseHold(userId, id, o);
-    const owner = this.ownerOfReservation(id);
+    const owner = ownerOfReservation(this.db, id);
     return typeof owner === "string" ? this.releaseHold(owner, id, o) : owner.then((u) => this.releaseHold(u, id, o));
   }
 
@@ -702,7 +703,7 @@ export class CreditService {
 
   /** A reservation by id. */
   async getReservation(reservationId: string): Promise<Reservation> {
-    return copy(await this.findReservation(parse(EntityId, reservationId, "reservationId")));
+    return copy(await findReservation(this.db, parse(EntityId, reservationId, "reservationId")));
   }
 
   /**
@@ -731,23 +732,7 @@ export class CreditService {
   async checkpoint(userId: string, options: CheckpointOptions = {}): Promise<JournalEntry | null> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CheckpointOptions, options, "options");
-    const last = await this.latestCheckpoint(user);
-    const since = last === undefined ? 0 : last.seq;
-    const min = o.minEntries ?? 1;
-    return this.units.mutate(
-      "checkpoint",
-      user,
-      NO_META,
-      async (work, tx) => {
-        // (A checkpoint written meanwhile by another worker only makes this one less needed.)
-        if (work.isNew || work.account.seq - since < min) return null;
-        const missing = work.missingHeldGrants();
-        if (missing.length > 0) work.include(await tx.getGrants(missing));
-        return copy(work.checkpoint());
-      },
-      undefined,
-      { settle: false, periods: false },
-    );
+    return writeCheckpoint(this.db, this.units, user, o.minEntries ?? 1);
   }
 
   /**
@@ -890,40 +875,4 @@ export class CreditService {
     if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime())
       await this.units.mutate("settle", userId, {}, () => undefined);
   }
-
-  /**
-   * The user whose hold `id` is (`NotFoundError` if none): all a commit or release by id needs to
-   * know before its unit of work, which reads the hold itself. A store that can say it without
-   * reading (and copying) the whole hold does (`DbManager.reservationOwner`).
-   */
-  private ownerOfReservation(id: string): string | Promise<string> {
-    const db = this.db;
-    if (db.reservationOwner === undefined) return this.findReservation(id).then((r) => r.userId);
-    let owner: string | null | Promise<string | null>;
-    try {
-      owner = db.reservationOwner(id);
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
-    if (typeof owner === "string") return owner; // (a store in memory: no promise)
-    return Promise.resolve(owner).then((found) => {
-      if (found === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
-      return found;
-    });
-  }
-
-  private async findReservation(id: string, userId?: string): Promise<Reservation> {
-    const r = await this.db.getReservation(id, userId);
-    // A store may answer by id alone (`defineStore` drivers): another user's hold is not found either.
-    if (r === null || (userId !== undefined && r.userId !== userId))
-      throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
-    return r;
-  }
-}
-
-/** A repeated `reserveCredits` key: the hold its first entry placed. */
-async function replayHold(entry: JournalEntry, tx: DbTransaction): Promise<Reservation> {
-  const r = await tx.getReservation(entry.reservationId ?? "");
-  if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
-  return r;
 }
