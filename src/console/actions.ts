@@ -2,7 +2,7 @@ import { CreditError, NotFoundError, ValidationError } from "../errors.js";
 import { newId } from "../util/uuid.js";
 import { csrfField, type Ctx, type PageResult } from "./context.js";
 import { enc, html, query } from "./html.js";
-import { AUDIT_MESSAGE } from "./pages.js";
+import { AUDIT_MESSAGE } from "./page-parts.js";
 
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
 const ACTIONS = {

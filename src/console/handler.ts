@@ -5,16 +5,11 @@ import { actionError, isAction, runAction } from "./actions.js";
 import { ASSETS } from "./assets.js";
 import { layout, type ConsoleAccess, type ConsoleRole, type Ctx, type PageResult } from "./context.js";
 import { html } from "./html.js";
-import {
-  accountPage,
-  accountsPage,
-  holdPage,
-  jobsPage,
-  outboxPage,
-  paymentsPage,
-  promosPage,
-  subscriptionsPage,
-} from "./pages.js";
+import { accountPage, holdPage } from "./account-page.js";
+import { accountsPage } from "./accounts-page.js";
+import { jobsPage, outboxPage } from "./outbox-page.js";
+import { paymentsPage, promosPage } from "./payments-page.js";
+import { subscriptionsPage } from "./subscriptions-page.js";
 import { webhookPage, webhooksPage } from "./webhooks.js";
 import type { WebhookEndpointStore } from "../webhooks/endpoint-store.js";
 import { revenueCsvPage, revenuePage } from "./revenue-page.js";

@@ -2,7 +2,7 @@ import type { Notification } from "../models/index.js";
 import type { WebhookEndpointRecord } from "../webhooks/endpoint-store.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
 import { enc, html, query, raw, when, type Html } from "./html.js";
-import { actionForm } from "./pages.js";
+import { actionForm } from "./page-parts.js";
 import { shortId, table } from "./table.js";
 
 /**

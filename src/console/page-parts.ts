@@ -1,0 +1,89 @@
+import { randomUUID } from "node:crypto";
+import { type Grant, type LedgerEntry } from "../models/index.js";
+import { csrfField, type Ctx } from "./context.js";
+import { enc, html, query, raw, when, type Html } from "./html.js";
+import { shortId, table } from "./table.js";
+
+// What the console's pages share (docs/console.md): paging, links to an account, the action form,
+// metadata and ledger tables.
+
+export const PAGE = 50;
+
+/** The ledger message the console's audit action records its verdict under. */
+export const AUDIT_MESSAGE = "console: audit";
+
+/** `key=value` pairs of a metadata object, every value escaped (JSON for nested ones). */
+export function metaList(meta: Record<string, unknown> | null | undefined): Html {
+  if (meta === null || meta === undefined) return raw("");
+  const keys = Object.keys(meta);
+  if (keys.length === 0) return raw("");
+  return html`<dl class="meta">
+    ${keys.map(
+      (k) =>
+        html`<dt>${k}</dt>
+          <dd><code>${typeof meta[k] === "string" ? meta[k] : JSON.stringify(meta[k])}</code></dd>`,
+    )}
+  </dl>`;
+}
+
+/** A hidden-field form posting an action (first to its confirmation page). */
+export function actionForm(
+  ctx: Ctx,
+  action: string,
+  label: string,
+  fields: Record<string, string>,
+  extra: Html = raw(""),
+  cls = "inline",
+): Html {
+  if (ctx.role !== "admin") return raw("");
+  return html`<form class="${cls}" method="post" action="${ctx.base}/actions/${action}">
+    ${csrfField(ctx)}<input type="hidden" name="_key" value="${randomUUID()}" />${Object.entries(fields).map(
+      ([k, v]) => html`<input type="hidden" name="${k}" value="${v}" />`,
+    )}${extra}<button type="submit" class="${action === "audit" || action === "grant" ? "" : "secondary"}">
+      ${label}
+    </button>
+  </form>`;
+}
+
+export function accountLink(ctx: Ctx, userId: string | null): Html {
+  return userId === null
+    ? raw("—")
+    : html`<a href="${ctx.base}/accounts/${enc(userId)}">${shortId(userId, "user")}</a>`;
+}
+
+export function pager(ctx: Ctx, path: string, params: Record<string, string | undefined>, next: string | null): Html {
+  const first = html`<a href="${ctx.base}${path}${query({ ...params })}">First page</a>`;
+  return html`<nav class="pager" aria-label="Pages">
+    ${first}${
+      next === null
+        ? html`<span class="muted">No more</span>`
+        : html`<a rel="next" href="${ctx.base}${path}${next}">Next page</a>`
+    }
+  </nav>`;
+}
+
+export function ledgerTable(ctx: Ctx, rows: readonly LedgerEntry[]): Html {
+  return table({
+    columns: [{ label: "When", short: true }, { label: "Kind", short: true }, "User", "What", "Details"],
+    rows: rows.map((e) => [when(e.createdAt), e.eventType, accountLink(ctx, e.userId), e.message, metaList(e.details)]),
+    none: "Nothing recorded yet.",
+  });
+}
+
+export function dateParam(value: string | null): Date | undefined {
+  if (value === null || value === "") return undefined;
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? undefined : d;
+}
+
+/** A grant's scope in words (docs/teams-and-limits.md, "Scoped credits"): what it may pay for. */
+export function scopeText(g: Pick<Grant, "scope">): Html {
+  const scope = g.scope ?? null;
+  if (scope === null) return html`<span class="muted">any spend</span>`;
+  const parts: Html[] = [];
+  if (scope.features !== undefined)
+    parts.push(html`features ${scope.features.map((f, i) => html`${i > 0 ? ", " : ""}<code>${f}</code>`)}`);
+  if (scope.spenders !== undefined)
+    parts.push(html`spenders ${scope.spenders.map((s, i) => html`${i > 0 ? ", " : ""}<code>${s}</code>`)}`);
+  return html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
+}
