@@ -1,0 +1,252 @@
+import { ConflictError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, Reservation } from "../../models/index.js";
+import type { Payment, Promo } from "../../models/index.js";
+import type { Attempt } from "../store/define.js";
+import { origin } from "../store/errors.js";
+import type { Changes, LoadRequest, LoadedState } from "../types.js";
+import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
+import { Sqlite, isBusy } from "./connection.js";
+
+// A unit of work on the SQLite store (docs/storage.md, SQLite): one attempt guarded on the
+// account's seq, and the second connection that runs an attempt holding the write lock.
+
+/** A driver refusal the next attempt can get past: a unique key taken, or the write lock held past the busy timeout. */
+export function isConflict(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return (
+    typeof code === "string" &&
+    (code.startsWith("SQLITE_CONSTRAINT_UNIQUE") ||
+      code === "SQLITE_CONSTRAINT_PRIMARYKEY" ||
+      code.startsWith("SQLITE_BUSY"))
+  );
+}
+
+/**
+ * The file's second connection, for locked attempts (docs/storage.md, SQLite): a unit of work that
+ * kept meeting conflicts runs once more on it inside `BEGIN IMMEDIATE`, taken before its first read
+ * and held across its `await`s until its commit — on a connection of its own, so that nothing else
+ * this process runs meanwhile joins that transaction. One at a time in this process (a FIFO turn);
+ * opened at the first, so a store that never meets a conflict never opens it.
+ */
+export class Locker {
+  private s: Sqlite | null = null;
+  private opening: Promise<Sqlite> | null = null;
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly options: SqliteDbManagerOptions,
+    private readonly filename: string,
+    /** What opens it: the store's own driver (`better-sqlite3` for a `database` handed in). */
+    private readonly driver: SqliteDriver,
+  ) {}
+
+  /**
+   * A locked attempt on `userId`: its turn here, then the write lock, waited for as every write
+   * waits (`patiently`: up to `busyTimeoutMs`); `ConflictError` when it stayed busy that long.
+   */
+  async begin(userId: string): Promise<SqliteAttempt> {
+    const release = await this.turn();
+    try {
+      const s = await (this.opening ??= this.open());
+      await s.patiently(() => s.begin());
+      return new SqliteAttempt(s, userId, release);
+    } catch (error) {
+      release();
+      if (!isBusy(error)) throw error;
+      throw new ConflictError(
+        origin(
+          "sqlite",
+          `the write lock stayed taken for busyTimeoutMs (${this.options.busyTimeoutMs ?? 5000} ms) (${(error as Error).message})`,
+        ),
+        { userId },
+        error,
+      );
+    }
+  }
+
+  /** Waits for the locked attempts before this one; resolves to the function that ends its turn. */
+  private turn(): Promise<() => void> {
+    const before = this.tail;
+    let end!: () => void;
+    this.tail = new Promise<void>((resolve) => (end = resolve));
+    let ended = false;
+    const release = () => {
+      if (ended) return;
+      ended = true;
+      end();
+    };
+    return before.then(() => release);
+  }
+
+  private async open(): Promise<Sqlite> {
+    try {
+      const { tablePrefix, busyTimeoutMs } = this.options;
+      const s = new Sqlite({ filename: this.filename, tablePrefix, busyTimeoutMs }, this.driver);
+      const db = await s.open();
+      db.pragma("synchronous = FULL"); // per connection, as init() sets it on the first
+      this.s = s;
+      return s;
+    } catch (error) {
+      this.opening = null; // the next locked attempt tries again
+      throw error;
+    }
+  }
+
+  close(): void {
+    this.s?.close();
+    this.s = null;
+    this.opening = null;
+  }
+}
+
+/**
+ * One attempt of a unit of work. `load` reads the account in one read transaction; `save` queues;
+ * `commit` writes everything in one write transaction that first moves the account row from the
+ * `seq` it was loaded at (the guard): if another process wrote the account since, nothing is
+ * written and the unit of work runs again. Writes never wait across an `await`.
+ *
+ * A locked attempt (`release` given, on the `Locker`'s connection) runs inside the `BEGIN
+ * IMMEDIATE` its `Locker` opened: its reads and writes are savepoints in it, `commit` ends it with
+ * COMMIT and `rollback` with ROLLBACK, and both end its turn. No other writer can run in between,
+ * so its guard cannot fail.
+ */
+export class SqliteAttempt implements Attempt {
+  private pending: Changes | undefined;
+  private saved = false;
+
+  constructor(
+    private readonly s: Sqlite,
+    readonly userId: string,
+    private readonly release?: () => void,
+  ) {}
+
+  load(request?: LoadRequest): LoadedState | Promise<LoadedState> {
+    if (this.release !== undefined) return this.read(request);
+    return this.s.patiently(() => this.read(request));
+  }
+
+  private read(request?: LoadRequest): LoadedState {
+    const { s, userId } = this;
+    return s.tx(() => ({
+      account: s.one<Account>("accounts", "WHERE user_id = ?", [userId]),
+      grants: s.list<Grant>("grants", "WHERE user_id = ? AND closed_at IS NULL AND remaining > 0", [userId]),
+      reservations: s.list<Reservation>("reservations", "WHERE user_id = ? AND status = 'active'", [userId]),
+      idempotent:
+        request?.idempotencyKey === undefined
+          ? null
+          : s.one<JournalEntry>("journal", "WHERE user_id = ? AND idempotency_key = ?", [
+              userId,
+              request.idempotencyKey,
+            ]),
+    }));
+  }
+  async getGrants(ids: readonly string[]): Promise<Grant[]> {
+    if (ids.length === 0) return [];
+    return this.s.list<Grant>("grants", `WHERE user_id = ? AND id IN (${ids.map(() => "?").join(", ")})`, [
+      this.userId,
+      ...ids,
+    ]);
+  }
+  async getReservation(id: string): Promise<Reservation | null> {
+    return this.s.one<Reservation>("reservations", "WHERE id = ? AND user_id = ?", [id, this.userId]);
+  }
+  async getPromo(code: string): Promise<Promo | null> {
+    return this.s.one<Promo>("promos", "WHERE code = ?", [code]);
+  }
+  async countPromoClaims(code: string): Promise<number> {
+    return Number(
+      this.s.all(`SELECT count(*) AS n FROM ${this.s.t.promoClaims.qualified} WHERE code = ? AND user_id = ?`, [
+        code,
+        this.userId,
+      ])[0]?.n ?? 0,
+    );
+  }
+  async getPayment(id: string): Promise<Payment | null> {
+    return this.s.one<Payment>("payments", "WHERE id = ? AND user_id = ?", [id, this.userId]);
+  }
+  save(changes: Changes): void {
+    if (this.saved) throw new Error("save() may be called once per unit of work");
+    this.saved = true;
+    this.pending = changes;
+  }
+
+  commit(): void | Promise<void> {
+    const c = this.pending;
+    if (this.release !== undefined) return this.commitLocked(c);
+    if (c === undefined) return;
+    const conflict = (error: unknown) =>
+      isConflict(error)
+        ? new ConflictError(
+            origin("sqlite", `a concurrent write won (${(error as Error).message})`),
+            { userId: this.userId },
+            error,
+          )
+        : error;
+    try {
+      const done = this.s.patiently(() => this.write(c));
+      if (done instanceof Promise)
+        return done.catch((error: unknown) => {
+          throw conflict(error);
+        });
+    } catch (error) {
+      throw conflict(error);
+    }
+  }
+
+  /** A locked attempt's commit: its writes, then COMMIT; on a failure `rollback` ends it. */
+  private commitLocked(c: Changes | undefined): void {
+    try {
+      if (c !== undefined) this.write(c);
+      this.s.end(true);
+    } catch (error) {
+      if (!isConflict(error)) throw error;
+      throw new ConflictError(
+        origin("sqlite", `a write holding the lock was refused (${(error as Error).message})`),
+        { userId: this.userId },
+        error,
+      );
+    }
+    this.release?.();
+  }
+
+  rollback(): void {
+    if (this.release === undefined) return;
+    try {
+      this.s.end(false);
+    } finally {
+      this.release();
+    }
+  }
+
+  /** Everything the unit of work saved, in one write transaction (nothing when it throws). */
+  private write(c: Changes): void {
+    const { s } = this;
+    const stale = () =>
+      new ConflictError(origin("sqlite", `account ${this.userId} changed during the unit of work`), {
+        userId: this.userId,
+      });
+    s.tx(() => {
+      if (c.previousSeq === null) s.insert("accounts", [c.account]);
+      else if (!s.update("accounts", c.account, " AND seq = ?", [c.previousSeq])) throw stale();
+      s.insert("grants", c.insertGrants);
+      for (const g of c.updateGrants) s.update("grants", g);
+      s.insert("reservations", c.insertReservations);
+      for (const r of c.updateReservations) s.update("reservations", r);
+      s.insert("journal", c.entries);
+      for (const claim of c.promoClaims ?? []) {
+        const took = s.run(
+          `UPDATE ${s.t.promos.qualified} SET uses = uses + 1 WHERE code = ? AND (max_uses IS NULL OR uses < max_uses)`,
+          [claim.code],
+        );
+        if (took !== 1)
+          throw new ConflictError(origin("sqlite", `promo ${claim.code} has no use left`), { code: claim.code });
+      }
+      s.insert("promoClaims", c.promoClaims ?? []);
+      for (const p of c.paymentUpdates ?? []) {
+        if (!s.update("payments", p, " AND user_id = ? AND version = ?", [p.userId, p.version - 1]))
+          throw new ConflictError(origin("sqlite", `payment ${p.id} changed`), { paymentId: p.id });
+      }
+      s.insert("notifications", c.notifications ?? []);
+    }, true);
+  }
+}
