@@ -134,8 +134,7 @@ async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
       const first = Date.now() - 365 * DAY;
       const step = (365 * DAY) / entries;
       // The rollup is filled once after the load, as the upgrade to version 12 fills it (the same
-      // statement), rather than by the trigger row by row.
-      await client.query(`ALTER TABLE ${t} DISABLE TRIGGER "${rollup.trigger}"`);
+      // statements), from the accounts' seqs.
       // Time order is insert order, as a journal grows: what the BRIN index on created_at summarizes.
       await client.query(
         `INSERT INTO ${t} (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
@@ -144,9 +143,12 @@ async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
           `'key-' || (i % 7), CASE WHEN i % 3 = 0 THEN 'chat' ELSE 'search' END, ` +
           `to_timestamp((${first}::float8 + i * ${step}::float8) / 1000.0), '\\x00'::bytea FROM generate_series(0, ${entries - 1}) AS i`,
       );
-      await client.query(`ALTER TABLE ${t} ENABLE TRIGGER "${rollup.trigger}"`);
+      await client.query(
+        `INSERT INTO "${schema}"."accounts" (user_id, balance, reserved, debt, seq, created_at, updated_at) ` +
+          `SELECT user_id, 0, 0, 0, max(seq), now(), now() FROM ${t} GROUP BY user_id`,
+      );
       const filled = Date.now();
-      for (const statement of rollupBackfillSql(t, { schema })) await client.query(statement);
+      for (const statement of rollupBackfillSql(t, `"${schema}"."accounts"`, { schema })) await client.query(statement);
       await client.query(`VACUUM ANALYZE ${t}`);
       await client.query(`VACUUM ANALYZE ${rollup.table}`);
       loadNote = `; loaded in ${((filled - start) / 1000).toFixed(0)} s, rollup filled in ${((Date.now() - filled) / 1000).toFixed(0)} s`;
@@ -182,6 +184,7 @@ async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
     fleet.baseline = rows[2]!.scenario;
     fleet.ratio = fleet.opsPerSec / journalRow!.opsPerSec;
     await journalOnly.close();
+    rows.push(...(await pgCatchUpRows(client, db, credits as unknown as Usage, schema, accounts)));
     await db.close();
     return rows;
   } finally {
@@ -190,67 +193,62 @@ async function pgRows(entries: number, accounts: number): Promise<BenchRow[]> {
 }
 
 /**
- * The rollup trigger's cost per write (docs/usage.md, "The daily rollup"): deductions with LLM
- * usages through the service on PostgreSQL, in alternating rounds with the trigger enabled and
- * disabled (`ALTER TABLE … DISABLE TRIGGER`), same store, same run; the ratio of the medians.
+ * What a report across accounts pays to catch the rollup up (docs/usage.md, "The daily rollup":
+ * nothing on the write path since schema version 18, so reads pay the fold): `n` new deductions,
+ * spread over the accounts, are written straight into the journal (each account's seq moved past
+ * them, as a unit of work does), then the top 100 is timed once (it adds them to the rollup first)
+ * and again (nothing left to add). BENCH_USAGE_CATCHUP: the sizes, comma-separated (default
+ * 1000,10000,100000; 0 skips it).
  */
-async function pgTriggerCost(): Promise<BenchRow[]> {
-  const url = process.env.CREDIT_PG_URL;
-  if (!url) return [];
-  const { default: pg } = await import("pg");
-  const { PostgresDbManager } = await postgres();
-  const { measure } = await import("./lib.js");
-  const schema = `cm_bench_rollup_cost_${process.pid}`;
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  const db = new PostgresDbManager({ connectionString: url, schema, poolConfig: { max: 16 } });
-  try {
-    await db.init();
-    const credits = new core.CreditService({ db });
-    const users = 200;
-    for (let u = 0; u < users; u++) await credits.addCredits(`u${u}`, 1_000_000_000);
-    const t = `"${schema}"."journal_entries"`;
-    const trigger = rollupNames({ schema }).trigger;
-    const rows: BenchRow[] = [];
-    for (const callers of [1, 16]) {
-      const per = { on: [] as number[], off: [] as number[] };
-      const ops = callers === 1 ? 300 : 1500;
-      for (let round = 0; round < 8; round++) {
-        const on = round % 2 === 0;
-        await client.query(`ALTER TABLE ${t} ${on ? "ENABLE" : "DISABLE"} TRIGGER "${trigger}"`);
-        const rate = await measure(ops, callers, (i) =>
-          credits.deductCredits(`u${(i * 7 + round) % users}`, 1 + (i % 20), {
-            feature: "chat",
-            spender: `key-${i % 7}`,
-            metadata: {
-              usages: [{ amount: 1 + (i % 20), model: MODELS[i % MODELS.length]!, inputTokens: 100, outputTokens: 10 }],
-            },
-          }),
-        );
-        if (round > 1) (on ? per.on : per.off).push(rate); // the first two rounds warm up
-      }
-      const mid = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-      const off = mid(per.off);
-      const on = mid(per.on);
-      const base = `deductCredits with an LLM usage, ${callers} caller${callers === 1 ? "" : "s"}, no rollup trigger`;
-      rows.push(
-        { backend: "postgres", scenario: base, opsPerSec: off, note: "the trigger disabled (alternating rounds)" },
-        {
-          backend: "postgres",
-          scenario: `deductCredits with an LLM usage, ${callers} caller${callers === 1 ? "" : "s"}, the rollup trigger`,
-          opsPerSec: on,
-          baseline: base,
-          ratio: on / off,
-          note: "the upsert of usage_daily in the entry's INSERT (docs/usage.md)",
-        },
-      );
-    }
-    return rows;
-  } finally {
-    await db.close();
-    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-    await client.end();
+async function pgCatchUpRows(
+  client: { query(text: string): Promise<unknown> },
+  db: { catchUpUsageRollup(): Promise<number> },
+  credits: Usage,
+  schema: string,
+  accounts: number,
+): Promise<BenchRow[]> {
+  const sizes = (process.env.BENCH_USAGE_CATCHUP ?? "1000,10000,100000")
+    .split(",")
+    .map(Number)
+    .filter((x) => x > 0);
+  const { from, to } = lastMonth();
+  const top = () =>
+    credits.getUsage({
+      from,
+      to,
+      interval: null,
+      groupBy: ["account"],
+      kinds: ["spend"],
+      orderBy: "credits",
+      limit: 100,
+    });
+  const t = `"${schema}"."journal_entries"`;
+  const a = `"${schema}"."accounts"`;
+  await db.catchUpUsageRollup();
+  const rows: BenchRow[] = [];
+  for (const n of sizes) {
+    const tag = `${Date.now()}-${n}`;
+    await client.query(
+      `INSERT INTO ${t} (id, user_id, seq, type, amount, balance_after, reserved_after, debt_after, grants, metadata, spender, feature, created_at, hash) ` +
+        `SELECT 'f${tag}-' || i, a.user_id, a.seq + 1 + i / ${accounts}, 'deduct', 1 + i % 20, 0, 0, 0, '[]', ` +
+        `jsonb_build_object('usages', jsonb_build_array(jsonb_build_object('amount', 1 + i % 20, 'model', ${models("pg", "i")}, 'inputTokens', 100 + i % 900, 'outputTokens', 10 + i % 90))), ` +
+        `'key-' || (i % 7), 'chat', now(), '\\x00'::bytea FROM generate_series(0, ${n - 1}) AS i JOIN ${a} a ON a.user_id = 'acct-' || (i % ${accounts})`,
+    );
+    await client.query(
+      `UPDATE ${a} SET seq = seq + (${n - 1} - substr(user_id, 6)::int) / ${accounts} + 1 WHERE substr(user_id, 6)::int < ${n}`,
+    );
+    const start = process.hrtime.bigint();
+    await top();
+    const firstMs = Number(process.hrtime.bigint() - start) / 1e6;
+    const steadyMs = await median(3, top);
+    rows.push({
+      backend: "postgres",
+      scenario: `getUsage: top 100 accounts for a month, the first after ${n.toLocaleString("en-US")} new entries`,
+      opsPerSec: 1000 / firstMs,
+      note: `${firstMs.toFixed(0)} ms, then ${steadyMs.toFixed(0)} ms median: the catch-up about ${(firstMs - steadyMs).toFixed(0)} ms, ${(((firstMs - steadyMs) * 1000) / n).toFixed(1)} µs an entry`,
+    });
   }
+  return rows;
 }
 
 async function sqliteRows(entries: number, accounts: number): Promise<BenchRow[]> {
@@ -379,7 +377,6 @@ export async function run(): Promise<BenchRow[]> {
   const perAccount = (e: number) => n("BENCH_USAGE_ACCOUNTS", Math.max(1, Math.round(e / 1000)));
   const rows: BenchRow[] = [];
   if (pgN > 0) rows.push(...(await pgRows(pgN, perAccount(pgN))));
-  if (process.env.BENCH_USAGE_TRIGGER !== "0") rows.push(...(await pgTriggerCost()));
   const sq = n("BENCH_USAGE_SQLITE", 1_000_000);
   if (sq > 0) rows.push(...(await sqliteRows(sq, perAccount(sq))));
   const mo = n("BENCH_USAGE_MONGO", 200_000);

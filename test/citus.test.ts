@@ -97,6 +97,7 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
     schema_version: "n::false",
     subscriptions: "h:user_id:true",
     usage_daily: "h:user_id:true",
+    usage_state: "h:user_id:true",
   };
 
   it("init() on a coordinator creates every per-account table distributed by user_id and colocated, plans, promos and the version row as reference tables, the ledger local; a second init() changes nothing", async () => {
@@ -107,16 +108,28 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
     await managers[0]?.init();
     expect(await layout(schema)).toEqual(DISTRIBUTED);
     expect(managers.map((m) => m.sql.distributed)).toEqual([true, true]);
-    // The usage rollup's trigger runs on the journal's shards and writes the rollup's (colocated) shard.
+    // The usage rollup's catch-up (docs/usage.md, "The daily rollup") runs one account a statement,
+    // each on the worker that holds the account, its journal, rollup and cursor shards.
     const credits = new CreditService({ db: managers[0] as PostgresDbManager });
     await credits.addCredits("rollup-user", 10);
     await credits.deductCredits("rollup-user", 4);
+    await credits.addCredits("rollup-other", 10);
+    await credits.deductCredits("rollup-other", 3);
+    expect(await (managers[0] as PostgresDbManager).catchUpUsageRollup()).toBe(2);
+    expect(await (managers[0] as PostgresDbManager).catchUpUsageRollup()).toBe(0);
+    await credits.deductCredits("rollup-user", 2);
     const rollup = await admin.query(
       `SELECT kind, credits::int AS credits FROM "${schema}".usage_daily WHERE user_id = $1`,
       ["rollup-user"],
     );
     expect(rollup.rows).toEqual([{ kind: "spend", credits: 4 }]);
+    // The audit catches the account up first: the later deduction is in the rollup after it.
     expect((await credits.audit("rollup-user")).ok).toBe(true);
+    const after = await admin.query(
+      `SELECT kind, credits::int AS credits FROM "${schema}".usage_daily WHERE user_id = $1`,
+      ["rollup-user"],
+    );
+    expect(after.rows).toEqual([{ kind: "spend", credits: 6 }]);
     await Promise.all(managers.map((m) => m.close()));
   });
 

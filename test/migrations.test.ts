@@ -277,8 +277,7 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 15: grants.cost_basis and journal_entries.cost_basis, nullable (grants and entries stored before read as having no basis)", () => {
-    // Then version 17's (the revenue summary emptied).
-    expect(upgradeStatements({ dialect: "postgres", fromVersion: 14 }).slice(0, 2)).toEqual([
+    expect(until(15, { dialect: "postgres", fromVersion: 14 })).toEqual([
       'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "cost_basis" JSONB;',
       'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "cost_basis" JSONB;',
     ]);
@@ -293,8 +292,8 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 16: PostgreSQL's revenue summary tables, created empty by the DDL; no column of an existing table changes", () => {
-    for (const dialect of ["mysql", "sqlite"] as const)
-      expect(upgradeStatements({ dialect, fromVersion: 15 })).toEqual([]);
+    for (const dialect of ["postgres", "mysql", "sqlite"] as const)
+      expect(until(16, { dialect, fromVersion: 15 })).toEqual([]);
     const script = generateUpgradeSql({ dialect: "postgres", fromVersion: 15 });
     expect(script).toContain("-- version 16: PostgreSQL: the tables revenue_state, revenue_daily and revenue_deferred");
     for (const table of ["revenue_state", "revenue_daily", "revenue_days", "revenue_deferred"])
@@ -305,12 +304,11 @@ describe("schema upgrades: the statements", () => {
   });
 
   it("version 17: PostgreSQL's revenue_days; the summary of version 16 emptied where it exists (reports fill it again)", () => {
-    const pg = upgradeStatements({ dialect: "postgres", fromVersion: 16 });
+    const pg = until(17, { dialect: "postgres", fromVersion: 16 });
     expect(pg).toHaveLength(1);
     expect(pg[0]).toContain('TRUNCATE "revenue_state", "revenue_daily", "revenue_deferred"');
     expect(pg[0]).toContain("to_regclass('\"revenue_state\"') IS NOT NULL");
-    for (const dialect of ["mysql", "sqlite"] as const)
-      expect(upgradeStatements({ dialect, fromVersion: 16 })).toEqual([]);
+    for (const dialect of ["mysql", "sqlite"] as const) expect(until(17, { dialect, fromVersion: 16 })).toEqual([]);
     expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 16 })).toContain(
       'CREATE TABLE IF NOT EXISTS "revenue_days"',
     );
@@ -340,32 +338,45 @@ describe("schema upgrades: the statements", () => {
     expect(lite10.join("\n")).toContain("'limit_reached'");
   });
 
-  it("version 14: on PostgreSQL the rollup's function and trigger replaced, the trigger now once per statement over its new rows; the rollup's rows stay; nothing on MySQL and SQLite", () => {
+  it("version 14: nothing since version 18 (its trigger is dropped there); nothing on MySQL and SQLite", () => {
     const naming = { schema: "billing", prefix: "cm_" };
-    const pg14 = until(14, { dialect: "postgres", fromVersion: 13, ...naming });
-    expect(pg14).toHaveLength(3);
-    expect(pg14[0]).toMatch(/^CREATE OR REPLACE FUNCTION "billing"\."cm_usage_daily_add"\(\) RETURNS trigger/);
-    expect(pg14[0]).toContain("FROM cm_new_entries j");
-    expect(pg14[1]).toBe('DROP TRIGGER IF EXISTS "cm_usage_daily_add" ON "billing"."cm_journal_entries";');
-    expect(pg14[2]).toBe(
-      'CREATE TRIGGER "cm_usage_daily_add" AFTER INSERT ON "billing"."cm_journal_entries" REFERENCING NEW TABLE AS cm_new_entries FOR EACH STATEMENT EXECUTE FUNCTION "billing"."cm_usage_daily_add"();',
-    );
-    expect(pg14.join("\n")).not.toContain("DELETE FROM");
+    expect(until(14, { dialect: "postgres", fromVersion: 13, ...naming })).toEqual([]);
     expect(until(14, { dialect: "mysql", fromVersion: 13 })).toEqual([]);
     expect(until(14, { dialect: "sqlite", fromVersion: 13 })).toEqual([]);
   });
 
-  it("version 12: on PostgreSQL the daily usage rollup, its trigger on the journal, then its fill from the journal (the trigger's lock keeps writers out meanwhile); nothing on MySQL and SQLite", () => {
+  it("version 18: on PostgreSQL the rollup's trigger and function dropped, usage_state created and each account's cursor set to its seq, in that order; nothing on MySQL and SQLite", () => {
+    const naming = { schema: "billing", prefix: "cm_" };
+    const pg18 = upgradeStatements({ dialect: "postgres", fromVersion: 17, ...naming });
+    expect(pg18.some((x) => x.startsWith('CREATE TABLE IF NOT EXISTS "billing"."cm_usage_state" ('))).toBe(true);
+    const drop = pg18.indexOf('DROP TRIGGER IF EXISTS "cm_usage_daily_add" ON "billing"."cm_journal_entries";');
+    const fn = pg18.indexOf('DROP FUNCTION IF EXISTS "billing"."cm_usage_daily_add"();');
+    const cursor = pg18.findIndex((x) => x.startsWith('INSERT INTO "billing"."cm_usage_state"'));
+    expect(drop).toBeGreaterThan(0);
+    expect(fn).toBeGreaterThan(drop);
+    expect(cursor).toBeGreaterThan(fn);
+    expect(pg18[cursor]).toContain('SELECT user_id, seq FROM "billing"."cm_accounts"');
+    expect(pg18[cursor]).toContain("ON CONFLICT");
+    expect(pg18.join("\n")).not.toContain("DELETE FROM");
+    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 17 })).toContain(
+      "-- version 18: PostgreSQL: the usage rollup's trigger",
+    );
+    expect(upgradeStatements({ dialect: "mysql", fromVersion: 17 })).toEqual([]);
+    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 17 })).toEqual([]);
+  });
+
+  it("version 12: on PostgreSQL the daily usage rollup's tables, then its fill from the journal with each account's cursor in one statement (one snapshot); nothing on MySQL and SQLite", () => {
     const naming = { schema: "billing", prefix: "cm_" };
     const pg12 = until(12, { dialect: "postgres", fromVersion: 11, ...naming });
     expect(pg12[0]).toMatch(/^CREATE TABLE IF NOT EXISTS "billing"\."cm_usage_daily" \(/);
-    const trigger = pg12.findIndex((x) =>
-      x.startsWith('CREATE TRIGGER "cm_usage_daily_add" AFTER INSERT ON "billing"."cm_journal_entries"'),
-    );
-    const fill = pg12.findIndex((x) => x.startsWith('INSERT INTO "billing"."cm_usage_daily"'));
-    expect(trigger).toBeGreaterThan(0);
-    expect(fill).toBeGreaterThan(trigger);
-    expect(pg12[fill - 1]).toBe('DELETE FROM "billing"."cm_usage_daily";');
+    expect(pg12.some((x) => x.startsWith("CREATE TRIGGER"))).toBe(false);
+    const fill = pg12.findIndex((x) => x.startsWith('WITH cm_s AS (INSERT INTO "billing"."cm_usage_state"'));
+    expect(fill).toBeGreaterThan(0);
+    expect(pg12[fill]).toContain('INSERT INTO "billing"."cm_usage_daily"');
+    expect(pg12.slice(fill - 2, fill)).toEqual([
+      'DELETE FROM "billing"."cm_usage_daily";',
+      'DELETE FROM "billing"."cm_usage_state";',
+    ]);
     // From 10: version 11's check first, then the same.
     expect(until(12, { dialect: "postgres", fromVersion: 10, ...naming }).slice(1)).toEqual(pg12);
     expect(upgradeStatements({ dialect: "mysql", fromVersion: 11 })).toEqual(
@@ -634,7 +645,7 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
     // Back to version 10: no rollup (nor its trigger and function), and the version row.
     const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
     await client.query(
-      `DROP TRIGGER usage_daily_add ON ${q("journal_entries")}; DROP FUNCTION ${q("usage_daily_add")}(); DROP TABLE ${q("usage_daily")}; ` +
+      `DROP TABLE ${q("usage_daily")}; DROP TABLE ${q("usage_state")}; ` +
         `UPDATE ${q("schema_version")} SET version = 10`,
     );
     const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
@@ -654,6 +665,7 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       const again = new CreditService({ db: upgraded });
       expect((await again.audit("u1")).problems).toEqual([]);
       await again.deductCredits("u1", 7);
+      await upgraded.catchUpUsageRollup();
       expect(await rows()).toEqual([
         { kind: "refund", credits: 4, requests: 0, input: 0 },
         { kind: "spend", credits: 32, requests: 3, input: 40 },
@@ -664,7 +676,7 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
     }
   });
 
-  it("a version 13 store (the rollup's trigger once per row) upgraded by init(): the rollup keeps its rows, the trigger runs per statement, and a group commit's entries count once", async () => {
+  it("a version 13 store (the rollup's trigger once per row) upgraded by init(): the rollup keeps its rows, the trigger is gone, and a group commit's entries count once when a catch-up adds them", async () => {
     const schema = await newSchema("v13_rows");
     const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
     await db.init();
@@ -673,9 +685,12 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
     const usage = (n: number) => ({ metadata: { usages: [{ model: "m", amount: n, inputTokens: 10 * n }] } });
     await credits.addCredits("u1", 1000);
     await credits.deductCredits("u1", 5, usage(5));
+    // The rollup as version 13's trigger kept it: every entry in, and no cursor table.
+    await db.catchUpUsageRollup();
     await db.close();
     // Back to version 13: its row trigger (as that release made it), spends through it, the version row.
     const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await client.query(`DROP TABLE ${q("usage_state")}`);
     const v13 = fixture(13, "postgres");
     const rowTrigger = v13.slice(v13.indexOf('CREATE OR REPLACE FUNCTION "usage_daily_add"'));
     expect(rowTrigger).toContain("FOR EACH ROW");
@@ -697,12 +712,88 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       await Promise.all(
         Array.from({ length: 12 }, (_, i) => again.deductCredits(`u${1 + (i % 3)}`, 1 + (i % 2), usage(1 + (i % 2)))),
       );
+      expect(await rows()).toEqual([{ user_id: "u1", credits: 5, requests: 1, input: 50 }]); // no trigger
+      expect(await upgraded.catchUpUsageRollup()).toBe(3);
+      expect(await upgraded.catchUpUsageRollup()).toBe(0);
       expect(await rows()).toEqual([
         { user_id: "u1", credits: 5 + 6, requests: 5, input: 50 + 60 },
         { user_id: "u2", credits: 6, requests: 4, input: 60 },
         { user_id: "u3", credits: 6, requests: 4, input: 60 },
       ]);
       for (const u of ["u1", "u2", "u3"]) expect((await again.audit(u, { from: "genesis" })).problems).toEqual([]);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("a version 17 store (the rollup's trigger once per statement) upgraded by init(): the rollup keeps the trigger's rows, each cursor is the account's seq, and the entries after it count once, by a report or the audit", async () => {
+    const schema = await newSchema("v17_rows");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const credits = new CreditService({ db });
+    const usage = (n: number) => ({ metadata: { usages: [{ model: "m", amount: n, inputTokens: 10 * n }] } });
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    // Back to version 17: its statement trigger (as that release made it), no cursor table.
+    const v17 = fixture(17, "postgres");
+    const trigger = v17.slice(
+      v17.indexOf('CREATE OR REPLACE FUNCTION "usage_daily_add"'),
+      v17.indexOf('CREATE TABLE IF NOT EXISTS "revenue_state"'),
+    );
+    expect(trigger).toContain("FOR EACH STATEMENT");
+    await client.query(`DROP TABLE ${q("usage_state")}`);
+    await inSchema(schema, trigger);
+    await client.query(`ALTER FUNCTION ${q("usage_daily_add")}() SET search_path = ${quoteIdent("postgres", schema)}`);
+    // Spends through the trigger, several accounts in one group commit.
+    await Promise.all(["u1", "u2"].map((u) => credits.addCredits(u, 1000)));
+    await Promise.all(Array.from({ length: 8 }, (_, i) => credits.deductCredits(`u${1 + (i % 2)}`, 2, usage(2))));
+    await db.close();
+    await client.query(`UPDATE ${q("schema_version")} SET version = 17`);
+    const rows = async () =>
+      (
+        await client.query(
+          `SELECT user_id, credits::int, requests::int, input_tokens::int AS input FROM ${q("usage_daily")} ORDER BY 1`,
+        )
+      ).rows;
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      const before = [
+        { user_id: "u1", credits: 8, requests: 4, input: 80 },
+        { user_id: "u2", credits: 8, requests: 4, input: 80 },
+      ];
+      expect(await rows()).toEqual(before);
+      const cursors = await client.query(
+        `SELECT s.user_id, s.through_seq::int AS through, a.seq::int AS seq FROM ${q("usage_state")} s JOIN ${q("accounts")} a USING (user_id) ORDER BY 1`,
+      );
+      expect(cursors.rows).toEqual([
+        { user_id: "u1", through: 5, seq: 5 },
+        { user_id: "u2", through: 5, seq: 5 },
+      ]);
+      expect(await upgraded.catchUpUsageRollup()).toBe(0); // nothing counted twice
+      expect(await rows()).toEqual(before);
+      const again = new CreditService({ db: upgraded });
+      await Promise.all(Array.from({ length: 6 }, (_, i) => again.deductCredits(`u${1 + (i % 2)}`, 1, usage(1))));
+      expect(await rows()).toEqual(before); // off the write path
+      // A report across accounts by whole UTC days (the rollup's path) sees them, and so does the rollup after it.
+      const day = 86_400_000;
+      const from = new Date(Math.floor(Date.now() / day) * day - day);
+      const report = await again.getUsage({
+        from,
+        to: new Date(from.getTime() + 3 * day),
+        interval: null,
+        groupBy: ["account"],
+      });
+      expect(report.rows.map((r) => [r.account, r.kind, r.credits])).toEqual([
+        ["u1", "spend", 11],
+        ["u2", "spend", 11],
+      ]);
+      expect(await rows()).toEqual([
+        { user_id: "u1", credits: 11, requests: 7, input: 110 },
+        { user_id: "u2", credits: 11, requests: 7, input: 110 },
+      ]);
+      for (const u of ["u1", "u2"]) expect((await again.audit(u, { from: "genesis" })).problems).toEqual([]);
     } finally {
       await upgraded.close();
     }

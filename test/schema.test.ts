@@ -94,6 +94,7 @@ describe("schema generator: columns from the zod models", () => {
         "reservations",
         "subscriptions",
         "usage_daily",
+        "usage_state",
       ].sort(),
     );
     // Plans, promos and the version row: a copy on every worker; the ledger (rows without a user) stays local.

@@ -15,7 +15,7 @@ import {
   versionTableSql,
 } from "./sql.js";
 import type { Column } from "./columns.js";
-import { rollupBackfillSql, rollupDdl } from "./rollup.js";
+import { rollupBackfillSql, rollupDdl, rollupFoldUpgradeSql } from "./rollup.js";
 import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
 
@@ -194,9 +194,11 @@ export const MIGRATIONS: readonly Migration[] = [
     statements: (dialect, naming, tables) => {
       const journal = tables.get("journal");
       if (dialect !== "postgres" || journal === undefined) return [];
-      // The table and its trigger first: the trigger's lock keeps writers out until the upgrade
-      // commits, so the fill counts every entry once.
-      return [...rollupDdl(journal.qualified, naming), ...rollupBackfillSql(journal.qualified, naming)];
+      const accounts = tables.get("accounts");
+      if (accounts === undefined) return [];
+      // The tables (version 18's: no trigger), then the fill with each account's cursor, in one
+      // statement (src/schema/rollup.ts): every entry counted once, by the fill or a later catch-up.
+      return [...rollupDdl(naming), ...rollupBackfillSql(journal.qualified, accounts.qualified, naming)];
     },
   },
   // Version 13: plan allowances (docs/subscriptions.md, "Allowances"). A store is brought
@@ -219,9 +221,8 @@ export const MIGRATIONS: readonly Migration[] = [
     statements: (dialect, naming, tables) => {
       const journal = tables.get("journal");
       if (dialect !== "postgres" || journal === undefined) return [];
-      // The function and the trigger replaced (the DDL after the steps does the same again: it
-      // can run twice); the rollup keeps its rows.
-      return rollupDdl(journal.qualified, naming).slice(2);
+      // Nothing since version 18: the upgrade to 18 drops the trigger this step replaced.
+      return [];
     },
   },
   // Version 15: cost basis (docs/revenue.md). Self-contained: renumber freely.
@@ -248,6 +249,19 @@ export const MIGRATIONS: readonly Migration[] = [
       "PostgreSQL: the table revenue_days (the revenue summary by account, UTC day, currency and source, which reports without a feature or spender group read); the summary of version 16 is emptied, and the next revenue report fills it again from the journal (docs/revenue.md)",
     columns: [],
     statements: (dialect, naming) => (dialect === "postgres" ? [revenueResetSql(naming)] : []),
+  },
+  // Version 18: the usage rollup off the journal's write path (docs/usage.md, "The daily rollup").
+  {
+    to: 18,
+    summary:
+      "PostgreSQL: the usage rollup's trigger on journal_entries and its function dropped; the table usage_state (per account, the journal's last seq that usage_daily holds), each account's set to its seq: usage_daily keeps its rows, and reports across accounts, the audit and archival add the entries after it (docs/usage.md)",
+    columns: [],
+    statements: (dialect, naming, tables) => {
+      const journal = tables.get("journal");
+      const accounts = tables.get("accounts");
+      if (dialect !== "postgres" || journal === undefined || accounts === undefined) return [];
+      return rollupFoldUpgradeSql(journal.qualified, accounts.qualified, naming);
+    },
   },
 ];
 

@@ -17,23 +17,27 @@ const quoteIdent = (_dialect: "postgres", name: string): string => `"${name.repl
 /**
  * The usage rollup of PostgreSQL (docs/usage.md, "The daily rollup"): `usage_daily`, one row per
  * account, UTC day and usage kind with the sums a usage report adds up (credits, requests, tokens),
- * kept by an `AFTER INSERT` trigger on the journal — in the same statement, so in the same
- * transaction as the entry: it is never behind, and costs no round trip. The trigger's body and
- * the fill are generated from the rules of `src/domain/usage.ts` (`USAGE_RULES`, by ./usage-pg.ts):
- * an entry's total of each measure. The audit compares the rollup with the journal's own report
- * (`CreditService.audit`).
+ * and `usage_state`, per account the journal's last seq those rows hold (`through_seq`). Nothing on
+ * the journal's write path (schema version 18; versions 12–17 kept it with a trigger): a report that
+ * reads the rollup, the audit and the archival first add each account's entries above its
+ * `through_seq` (`rollupCatchUpSql`), with a compare-and-set on it, so that every entry is counted
+ * once. The sums are generated from the rules of `src/domain/usage.ts` (`USAGE_RULES`, by
+ * ./usage-pg.ts): an entry's total of each measure. The audit compares the rollup with the
+ * journal's own report (`CreditService.audit`).
  *
- * Only inserts count: the archival of old journal entries (checkpoints, detached partitions)
- * leaves the days it empties in the rollup, so reports across accounts keep them.
+ * Archival (checkpoints, detached partitions) catches the rollup up first and leaves the days it
+ * empties in the rollup, so reports across accounts keep them.
  */
 export interface RollupNames {
   /** The rollup table, qualified. */
   table: string;
   /** Its name without the schema (index names are made from it). */
   name: string;
-  /** The trigger function, qualified. */
+  /** The table of each account's `through_seq`, qualified. */
+  state: string;
+  /** The trigger function of versions 12–17, qualified (the upgrade to 18 drops it). */
   fn: string;
-  /** The trigger's name (unqualified: triggers live on their table). */
+  /** The trigger's name of versions 12–17 (unqualified: triggers live on their table). */
   trigger: string;
 }
 
@@ -42,7 +46,13 @@ export function rollupNames(naming: NamingOptions): RollupNames {
   const prefix = naming.prefix ?? "";
   const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
   const name = `${prefix}usage_daily`;
-  return { table: qualify(name), name, fn: qualify(`${prefix}usage_daily_add`), trigger: `${prefix}usage_daily_add` };
+  return {
+    table: qualify(name),
+    name,
+    state: qualify(`${prefix}usage_state`),
+    fn: qualify(`${prefix}usage_daily_add`),
+    trigger: `${prefix}usage_daily_add`,
+  };
 }
 
 /**
@@ -67,31 +77,21 @@ function rollupSums(source: string, rules: UsageRules = USAGE_RULES): string {
 }
 
 /**
- * The statements that create the rollup table, its function and its trigger on `journal` (the
- * journal table, qualified): idempotent (the trigger is dropped and made again), so the DDL can
- * run on a store that has them.
- *
- * The trigger runs once per statement (schema version 14; version 12's ran once per row): it adds
- * the statement's new journal rows (its transition table), summed by account, day and kind, with
- * one upsert — a group commit's batch of deductions costs one call and one upsert per account and
- * day, not one of each per entry (docs/benchmarks.md). A row of the rollup is only written by a
- * transaction that inserts an entry of its account, which holds that account's row locked (the
- * entry continues its chain), so concurrent upserts never wait on each other in a cycle. On a
- * partitioned journal the trigger is made on the parent, which every insert names; its transition
- * table holds the rows of every partition.
+ * The statements that create the rollup's tables (idempotent: the DDL can run on a store that has
+ * them). On Citus (`citus`) both are distributed with the accounts (docs/scaling-out.md): their
+ * user id has the accounts' type, as colocation requires.
  */
 export function rollupDdl(
-  journal: string,
   naming: NamingOptions,
   rules: UsageRules = USAGE_RULES,
   citus?: { userIdType: string },
 ): string[] {
   const r = rollupNames(naming);
   const q = (n: string) => quoteIdent("postgres", n);
-  const columns = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
+  const userId = citus?.userIdType ?? "TEXT";
   return [
     `CREATE TABLE IF NOT EXISTS ${r.table} (
-  "user_id" ${citus?.userIdType ?? "TEXT"} NOT NULL,
+  "user_id" ${userId} NOT NULL,
   "day" DATE NOT NULL,
   "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(pgLit).join(", ")})),
 ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT" : "NUMERIC"} NOT NULL,`).join("\n")}
@@ -99,81 +99,101 @@ ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT
 ) WITH (fillfactor = 70);`,
     // Reports across accounts read a range of days.
     `CREATE INDEX IF NOT EXISTS ${q(`${r.name}_day`)} ON ${r.table} ("day");`,
-    ...(citus === undefined
-      ? statementTrigger(journal, r, columns, rules)
-      : citusRowTrigger(journal, r, columns, rules)),
+    `CREATE TABLE IF NOT EXISTS ${r.state} (\n  "user_id" ${userId} PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL\n);`,
   ];
 }
 
-/** The trigger of one server: once per statement, over its transition table (version 14). */
-function statementTrigger(journal: string, r: RollupNames, columns: string[], rules: UsageRules): string[] {
-  const q = (n: string) => quoteIdent("postgres", n);
-  return [
-    // Generated from USAGE_RULES (docs/schema-upgrades.md, "The rollup's function").
-    `CREATE OR REPLACE FUNCTION ${r.fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
-BEGIN
-  -- Generated from USAGE_RULES (src/domain/usage.ts): the new entries' usage by account, day, kind.
-  INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")})
-  ${rollupSums("cm_new_entries", rules)}
-  ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")};
-  RETURN NULL;
-END
-$fn$;`,
-    `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
-    `CREATE TRIGGER ${q(r.trigger)} AFTER INSERT ON ${journal} REFERENCING NEW TABLE AS cm_new_entries ` +
-      `FOR EACH STATEMENT EXECUTE FUNCTION ${r.fn}();`,
-  ];
+/** The upsert of `sums` (rows of `rollupSums`) into the rollup: each row's figures added to its row. */
+function rollupUpsert(r: RollupNames, sums: string): string {
+  const columns = USAGE_MEASURES.map((m) => quoteIdent("postgres", rollupColumn(m)));
+  return (
+    `INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")}) ${sums} ` +
+    `ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")}`
+  );
 }
 
 /**
- * The trigger on Citus (docs/scaling-out.md): it runs on the journal's shards, on the worker that
- * holds the account, and its insert goes to the rollup's colocated shard there. Citus takes no
- * transition table in a distributed insert nor a subquery in its VALUES: once per row, each
- * total computed first, then one upsert of plain values.
+ * The catch-up of the rollup (docs/usage.md, "The daily rollup"), one statement: for each account
+ * whose journal went past its `through_seq`, its entries `through_seq < seq <= accounts.seq` summed
+ * into the rollup, and `through_seq` moved to `accounts.seq` — a compare-and-set: it moves only
+ * from the value this statement read, so a concurrent catch-up of the same entries (which waits on
+ * the state row's lock, then finds it moved) adds nothing. One statement is one snapshot: the
+ * entries up to `accounts.seq` are there (an entry and its account's seq commit together).
+ * Accounts are taken in user id order, so two catch-ups lock state rows in one order. Returns one
+ * row: `n`, the accounts caught up.
  */
-function citusRowTrigger(journal: string, r: RollupNames, columns: string[], rules: UsageRules): string[] {
-  const q = (n: string) => quoteIdent("postgres", n);
-  const sources = pgSources(rules);
-  const totals = USAGE_MEASURES.map((m) =>
-    pgEntryTotal(m, (i) => `a${i}`, pgEntryMeasure(m, "NEW", "k", rules), rules),
+export function rollupCatchUpSql(
+  journal: string,
+  accounts: string,
+  naming: NamingOptions,
+  rules: UsageRules = USAGE_RULES,
+): string {
+  const r = rollupNames(naming);
+  return (
+    `WITH cm_c AS (SELECT a.user_id, coalesce(s.through_seq, 0) AS from_seq, a.seq AS to_seq ` +
+    `FROM ${accounts} a LEFT JOIN ${r.state} s ON s.user_id = a.user_id ` +
+    `WHERE a.seq > coalesce(s.through_seq, 0) ORDER BY a.user_id), ` +
+    `cm_s AS (INSERT INTO ${r.state} AS s ("user_id", "through_seq") SELECT user_id, to_seq FROM cm_c ORDER BY user_id ` +
+    `ON CONFLICT ("user_id") DO UPDATE SET "through_seq" = EXCLUDED."through_seq" ` +
+    `WHERE s."through_seq" = (SELECT c.from_seq FROM cm_c c WHERE c.user_id = s.user_id) RETURNING s.user_id), ` +
+    `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_c c ON c.user_id = j.user_id JOIN cm_s ON cm_s.user_id = c.user_id ` +
+    `WHERE j.seq > c.from_seq AND j.seq <= c.to_seq), ` +
+    `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) ` +
+    `SELECT count(*)::int AS n FROM cm_s`
   );
-  return [
-    `CREATE OR REPLACE FUNCTION ${r.fn}() RETURNS trigger LANGUAGE plpgsql AS $fn$
-DECLARE
-  k text;
-${sources.map((s) => `  a${s.i} jsonb;`).join("\n")}
-${USAGE_MEASURES.map((_, i) => `  t${i} numeric;`).join("\n")}
-BEGIN
-  -- Generated from USAGE_RULES (src/domain/usage.ts): the entry's usage kind, or none.
-  IF NOT (${pgTypes("NEW", rules)}) THEN RETURN NULL; END IF;
-  k := ${pgKind("NEW", rules)};
-  IF k IS NULL THEN RETURN NULL; END IF;
-${sources.map((s) => `  a${s.i} := ${pgSourceArray(s.i, "NEW", "k", rules)};`).join("\n")}
-${totals.map((t, i) => `  t${i} := ${t};`).join("\n")}
-  INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")})
-  VALUES (NEW.user_id, (NEW.created_at AT TIME ZONE 'UTC')::date, k, ${totals.map((_, i) => `t${i}`).join(", ")})
-  ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")};
-  RETURN NULL;
-END
-$fn$;`,
-    `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
-    `CREATE TRIGGER ${q(r.trigger)} AFTER INSERT ON ${journal} FOR EACH ROW EXECUTE FUNCTION ${r.fn}();`,
-  ];
+}
+
+/**
+ * The catch-up of one account (`$1`) from `through_seq` `$2` to `$3` (its `seq`, read before: the
+ * entries up to it are committed), one statement on the account's rows only — on Citus, routed to
+ * the worker that holds them. The compare-and-set as in `rollupCatchUpSql`. Returns one row: `n`,
+ * 1 when it moved the cursor and added the entries, else 0.
+ */
+export function rollupCatchUpOneSql(journal: string, naming: NamingOptions, rules: UsageRules = USAGE_RULES): string {
+  const r = rollupNames(naming);
+  return (
+    `WITH cm_s AS (INSERT INTO ${r.state} AS s ("user_id", "through_seq") VALUES ($1, $3) ` +
+    `ON CONFLICT ("user_id") DO UPDATE SET "through_seq" = EXCLUDED."through_seq" WHERE s."through_seq" = $2 RETURNING s.user_id), ` +
+    `cm_j AS (SELECT j.* FROM ${journal} j WHERE j.user_id = $1 AND j.seq > $2 AND j.seq <= $3 AND EXISTS (SELECT 1 FROM cm_s)), ` +
+    `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) ` +
+    `SELECT count(*)::int AS n FROM cm_s`
+  );
 }
 
 /**
  * Fills the rollup from the journal there is (the upgrade to version 12, docs/schema-upgrades.md):
- * what it held is replaced, so the statement can run again. Runs after the trigger exists, whose
- * lock on the journal keeps writers out until the upgrade commits: no entry is counted twice or
- * missed.
+ * what it held is replaced, so the statements can run again. The fill and the accounts' cursors
+ * are one statement, one snapshot: each account's entries up to its `seq` then, and `through_seq`
+ * that seq; a writer meanwhile adds entries above it, which the next catch-up adds.
  */
-export function rollupBackfillSql(journal: string, naming: NamingOptions): string[] {
+export function rollupBackfillSql(journal: string, accounts: string, naming: NamingOptions): string[] {
   const r = rollupNames(naming);
   const q = (n: string) => quoteIdent("postgres", n);
   return [
     `DELETE FROM ${r.table};`,
-    `INSERT INTO ${r.table} ("user_id", "day", "kind", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
-      // In day order, as the trigger writes them: a report's range of days reads adjacent pages.
-      `${rollupSums(journal)} ORDER BY 2, 1, 3;`,
+    `DELETE FROM ${r.state};`,
+    `WITH cm_s AS (INSERT INTO ${r.state} ("user_id", "through_seq") SELECT user_id, seq FROM ${accounts} WHERE seq > 0 RETURNING user_id, through_seq), ` +
+      `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_s ON cm_s.user_id = j.user_id WHERE j.seq <= cm_s.through_seq) ` +
+      `INSERT INTO ${r.table} ("user_id", "day", "kind", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
+      // In day order: a report's range of days reads adjacent pages.
+      `${rollupSums("cm_j")} ORDER BY 2, 1, 3;`,
+  ];
+}
+
+/**
+ * The upgrade to version 18 of a store that has the rollup (versions 12–17): the trigger and its
+ * function dropped, and each account's `through_seq` its `seq` now, the rows the trigger wrote
+ * being exactly its entries so far. In the upgrade's transaction (init(), or the script in one
+ * transaction): `DROP TRIGGER` holds the journal locked until it commits, so no entry falls between
+ * the trigger and the cursor. An account already there (a store filled by version 12's step in the
+ * same upgrade) keeps its cursor.
+ */
+export function rollupFoldUpgradeSql(journal: string, accounts: string, naming: NamingOptions): string[] {
+  const r = rollupNames(naming);
+  return [
+    ...rollupDdl(naming),
+    `DROP TRIGGER IF EXISTS ${quoteIdent("postgres", r.trigger)} ON ${journal};`,
+    `DROP FUNCTION IF EXISTS ${r.fn}();`,
+    `INSERT INTO ${r.state} ("user_id", "through_seq") SELECT user_id, seq FROM ${accounts} WHERE seq > 0 ON CONFLICT ("user_id") DO NOTHING;`,
   ];
 }

@@ -69,7 +69,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 17;
+export const SCHEMA_VERSION = 18;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -244,9 +244,9 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
       for (const range of rangesAround(partitioning.interval, now, partitioning.ahead))
         out.push(partitionSql(table, range, options));
   }
-  // PostgreSQL: the daily usage rollup and its trigger on the journal (docs/usage.md). On Citus
-  // the rollup is distributed with the accounts too, and its trigger runs on the journal's shards
-  // (docs/scaling-out.md): its user id has the accounts' type, as colocation requires.
+  // PostgreSQL: the daily usage rollup's tables (docs/usage.md; no trigger since version 18). On
+  // Citus they are distributed with the accounts too (docs/scaling-out.md): their user id has the
+  // accounts' type, as colocation requires.
   const journal = tables.find((t) => t.key === "journal");
   const accounts = tables.find((t) => t.key === "accounts");
   const userIdType =
@@ -254,17 +254,11 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
       ? undefined
       : columnParts(dialect, accounts.columns.find((c) => c.field === "userId") as Column, true, "accounts").type;
   if (dialect === "postgres" && journal !== undefined && !distributed)
-    out.push(...rollupDdl(journal.qualified, options), ...revenueDdl(options));
+    out.push(...rollupDdl(options), ...revenueDdl(options));
   if (distributed) {
-    // The rollup table first, so that it is distributed with the others; its trigger after them.
-    const rollup =
-      journal === undefined
-        ? []
-        : rollupDdl(journal.qualified, options, undefined, { userIdType: userIdType ?? "TEXT" });
-    out.push(...rollup.slice(0, 2), versionTableSql(dialect, options), ...citusCalls(tables, options));
-    // Citus makes a trigger on a distributed table only when told to (the rollup's, on the journal).
-    out.push(CITUS_TRIGGERS);
-    out.push(...rollup.slice(2));
+    // The rollup's tables first, so that they are distributed with the others.
+    const rollup = journal === undefined ? [] : rollupDdl(options, undefined, { userIdType: userIdType ?? "TEXT" });
+    out.push(...rollup, versionTableSql(dialect, options), ...citusCalls(tables, options));
   }
   if (options.versionRow !== false)
     out.push(
@@ -336,7 +330,8 @@ export function citusCalls(tables: readonly SqlTable[], options: NamingOptions):
     );
   const ordered = [...tables].sort((a, b) => (a.key === "accounts" ? -1 : b.key === "accounts" ? 1 : 0));
   for (const t of ordered) if (perAccount.has(t.key)) lines.push(distribute(t.qualified));
-  if (tables.some((t) => t.key === "journal")) lines.push(distribute(rollupNames(options).table));
+  if (tables.some((t) => t.key === "journal"))
+    lines.push(distribute(rollupNames(options).table), distribute(rollupNames(options).state));
   for (const t of tables) {
     if (perAccount.has(t.key) || t.key === "ledger") continue;
     lines.push(unless(t.qualified, `create_reference_table(${lit(t.qualified)})`));

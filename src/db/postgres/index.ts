@@ -1,6 +1,6 @@
 import type * as PgModule from "pg";
 import { rollupDays, usageBucket, usageSql } from "./usage.js";
-import { rollupNames } from "../../schema/rollup.js";
+import { rollupCatchUpOneSql, rollupCatchUpSql, rollupNames } from "../../schema/rollup.js";
 import type { UsageBucket, UsageRollupRow, UsageScan } from "../../domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient } from "./pg-types.js";
 import { ConfigurationError, StorageError } from "../../errors.js";
@@ -500,16 +500,51 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     return rows.map((r) => this.decode<Reservation>("reservations", r));
   }
 
-  /** False once the rollup table was found missing (a schema applied with `--distributed`). */
+  /** False once the rollup table was found missing (a schema applied without it). */
   private hasRollup = true;
+
+  /**
+   * @internal Adds the journal's entries past each account's rollup cursor to the daily usage
+   * rollup (docs/usage.md, "The daily rollup"; `rollupCatchUpSql`): every account's, or
+   * `userId`'s only. Returns the accounts caught up. On Citus, one account a statement (each
+   * routed to the worker that holds it).
+   */
+  async catchUpUsageRollup(userId?: string): Promise<number> {
+    const journal = this.sql.tables.journal.qualified;
+    const accounts = this.sql.tables.accounts.qualified;
+    const state = rollupNames(this.sql.naming).state;
+    if (userId === undefined && !this.sql.distributed) {
+      const rows = await this.read("catchUpUsageRollup", rollupCatchUpSql(journal, accounts, this.sql.naming), []);
+      return Number(rows[0]?.n ?? 0);
+    }
+    const stale = await this.read(
+      "catchUpUsageRollup",
+      `SELECT a.user_id, coalesce(s.through_seq, 0) AS from_seq, a.seq AS to_seq FROM ${accounts} a ` +
+        `LEFT JOIN ${state} s ON s.user_id = a.user_id${userId === undefined ? "" : " AND s.user_id = $1"} ` +
+        `WHERE a.seq > coalesce(s.through_seq, 0)${userId === undefined ? "" : " AND a.user_id = $1"} ORDER BY a.user_id`,
+      userId === undefined ? [] : [userId],
+    );
+    let n = 0;
+    for (const r of stale) {
+      const rows = await this.read("catchUpUsageRollup", rollupCatchUpOneSql(journal, this.sql.naming), [
+        String(r.user_id),
+        Number(r.from_seq),
+        Number(r.to_seq),
+      ]);
+      n += Number(rows[0]?.n ?? 0);
+    }
+    return n;
+  }
 
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
     const journal = this.sql.tables.journal.qualified;
-    // Reports across accounts by whole UTC days read the daily rollup (docs/usage.md).
+    // Reports across accounts by whole UTC days read the daily rollup (docs/usage.md), caught up
+    // to the journal first.
     const days = this.hasRollup ? rollupDays(scan) : null;
     if (days !== null) {
       const { text, params } = usageSql(journal, scan, { table: rollupNames(this.sql.naming).table, days });
       try {
+        await this.catchUpUsageRollup();
         const rows = await this.readWithoutJit("usage", text, params);
         return rows.map((r) => usageBucket(r, scan));
       } catch (error) {
@@ -530,6 +565,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   async usageRollup(userId: string): Promise<UsageRollupRow[] | null> {
     if (!this.hasRollup) return null;
     try {
+      await this.catchUpUsageRollup(userId);
       const rows = await this.read(
         "usageRollup",
         `SELECT to_char(day, 'YYYY-MM-DD') AS day, kind, credits, requests, input_tokens, output_tokens, cached_tokens ` +
@@ -591,6 +627,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   }
 
   async deleteJournalBefore(userId: string, beforeSeq: number): Promise<number> {
+    // The usage rollup keeps the days of archived entries: it has them before they go (docs/usage.md).
+    if (this.hasRollup)
+      await this.catchUpUsageRollup(userId).catch((error: unknown) => {
+        if (!isMissingRelation(error)) throw error;
+        this.hasRollup = false;
+      });
     // In batches by the primary key, so no statement holds many row locks or a long transaction.
     const t = this.sql.tables.journal.qualified;
     const text = `DELETE FROM ${t} WHERE user_id = $1 AND seq IN (SELECT seq FROM ${t} WHERE user_id = $1 AND seq < $2 ORDER BY seq LIMIT $3) RETURNING seq`;

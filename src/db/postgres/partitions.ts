@@ -15,7 +15,6 @@ import {
 } from "../../schema/partitions.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION, type SqlTable, partitionSql, quoteIdent } from "../../schema/sql.js";
 import type { TableKey } from "../../schema/tables.js";
-import { rollupNames } from "../../schema/rollup.js";
 import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type {
   ArchivePartitionsInput,
@@ -159,16 +158,12 @@ export function ensurePartitions(
           const where = `created_at >= ${timestampLiteral(range.from)} AND created_at < ${timestampLiteral(range.to)}`;
           await client.query(`ALTER TABLE ${t.qualified} DETACH PARTITION ${d}`);
           await client.query(partitionSql(t, range, db.sql.naming));
-          // A moved entry is no new usage: the usage rollup's trigger (a statement trigger on the
-          // journal, which the move's INSERT names) is off for the move; the ALTER's lock keeps
-          // every other writer out until this transaction ends (docs/usage.md, "The daily rollup").
-          const trigger = q(rollupNames(db.sql.naming).trigger);
-          if (key === "journal") await client.query(`ALTER TABLE ${t.qualified} DISABLE TRIGGER ${trigger}`);
+          // A moved entry keeps its seq: the usage rollup's cursors (docs/usage.md, "The daily
+          // rollup") need nothing.
           const columns = t.columns.map((c) => q(c.name)).join(", ");
           const moved = await client.query(
             `WITH m AS (DELETE FROM ${d} WHERE ${where} RETURNING ${columns}) INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM m`,
           );
-          if (key === "journal") await client.query(`ALTER TABLE ${t.qualified} ENABLE TRIGGER ${trigger}`);
           report.movedFromDefault += moved.rowCount ?? 0;
           await client.query(`ALTER TABLE ${t.qualified} ATTACH PARTITION ${d} DEFAULT`);
         }
@@ -242,6 +237,8 @@ export async function archivePartitions(
       const n = await db.read("archivePartitions", `SELECT count(DISTINCT user_id)::float8 AS n FROM ${qualified}`, []);
       accounts = Number(n[0]?.n ?? 0);
     }
+    // The usage rollup keeps the days of archived entries: it has them before they go (docs/usage.md).
+    if (p.table === "journal") await db.catchUpUsageRollup();
     const file = join(input.dir, `${p.name}.jsonl`);
     const rows = await exportPartition(db, table, p.table, qualified, file);
     await inTransaction(db, "archivePartitions", async (client) => {
@@ -378,12 +375,8 @@ export function convertToPartitioned(
       plain.push({ key, old, oldest: r.rows[0]?.at ? new Date(r.rows[0].at) : null });
     }
     if (plain.length === 0) return report;
-    // The copy below fires the usage rollup's trigger on the new journal for every entry: the
-    // rollup as it was (archived days included) is put back after it (docs/usage.md).
-    const rollup = rollupNames(db.sql.naming).table;
-    const journalCopied = plain.some((p) => p.key === "journal");
-    if (journalCopied)
-      await client.query(`CREATE TEMP TABLE cm_usage_daily_before ON COMMIT DROP AS SELECT * FROM ${rollup}`);
+    // The copy below keeps every entry's seq: the usage rollup and its cursors stay as they are
+    // (docs/usage.md, "The daily rollup").
     await client.query(db.sql.ddl);
     for (const { key, old, oldest } of plain) {
       const t = db.sql.tables[key];
@@ -399,8 +392,6 @@ export function convertToPartitioned(
       report.tables.push({ table: key, rows: copied.rowCount ?? 0, kept: keepOld ? old : null });
       if (!keepOld) await client.query(`DROP TABLE ${qualifiedPartition(db, old)}`);
     }
-    if (journalCopied)
-      await client.query(`DELETE FROM ${rollup}; INSERT INTO ${rollup} SELECT * FROM cm_usage_daily_before`);
     return report;
   });
 }
