@@ -1,20 +1,16 @@
 import { MongoClient } from "mongodb";
-import type { ClientSession, Collection, Db, Document, Filter, MongoClientOptions, TransactionOptions } from "mongodb";
-import { z } from "zod";
-import { ConfigurationError, ConflictError, CreditError, StorageError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { ClientSession, Db, Document, Filter, MongoClientOptions } from "mongodb";
+import { ConfigurationError, ConflictError, StorageError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { MongoOutbox } from "./outbox.js";
 import type {
   AccountCredits,
-  Changes,
   DbCapabilities,
   DbManager,
   DbTransaction,
   JournalQuery,
   LedgerQuery,
-  LoadRequest,
-  LoadedState,
   ScanCursor,
   StoreStats,
 } from "../types.js";
@@ -24,19 +20,8 @@ import { MongoPromoStore } from "./promos.js";
 import { MongoSubscriptionStore } from "./subscriptions.js";
 import { MONGO_COLLECTIONS, VERSION_COLLECTION, droppedIndexesAfter, filledFieldsAfter } from "./layout.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
-import { StateCache, checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
-import {
-  MongoBatch,
-  type BatchContext,
-  type BatchResult,
-  type Unit,
-  accountOp,
-  checkOwner,
-  entryOps,
-  itemOps,
-  readStates,
-  write,
-} from "./batch.js";
+import { StateCache } from "./state-cache.js";
+import { MongoBatch, type BatchContext, type BatchResult, type Unit } from "./batch.js";
 import {
   STANDALONE_MESSAGE,
   guard,
@@ -55,96 +40,10 @@ import { GroupCommit } from "../store/group-commit.js";
 import { backoff, sleep } from "../store/retry.js";
 import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
-
-/** Options shared by every way of building a `MongoDbManager`. */
-export interface MongoDbManagerOptions {
-  /** Prefix of the collection names (`<prefix>accounts`, `<prefix>grants`, …). Default `"credit_"`. */
-  collectionPrefix?: string;
-  /**
-   * Optimistic attempts of one unit of work (transient transaction errors the driver retries and
-   * seq-guard misses both count) before it runs holding its account: its transactions write the
-   * account first, tried for up to 5 s, and only then a write conflict surfaces as `ConflictError`
-   * (docs/storage.md, MongoDB). Default 25.
-   */
-  maxAttempts?: number;
-  /**
-   * Accounts whose last committed state this process keeps (LRU), so a unit of work on a recently
-   * used account skips its read: the save's guard on `{ seq, _rev }` proves the state current
-   * (else the unit of work reruns on a fresh read), and a unit of work that refuses without saving
-   * re-checks `_rev`. `0` reads every time. Default 10,000.
-   */
-  stateCacheSize?: number;
-  /**
-   * Group commit: units of work on different accounts that wait at the same moment share one
-   * transaction — one read for those whose state is not cached, one command per collection for
-   * their writes (the account updates each keep their guard; if one misses, the batch aborts and
-   * its units run again on fresh reads; after any other failure, each alone), one commit. A caller's promise resolves only after its batch
-   * committed. `concurrency` batches run at once, each with up to `maxUnits` units.
-   * `false` (or `maxUnits: 1`): every unit of work is a transaction of its own.
-   * Default `{ maxUnits: 32, concurrency: 2 }`.
-   */
-  batch?: false | { maxUnits?: number; concurrency?: number };
-  /** @internal Tests: on every state-cache hit, also read the account and fail if they differ. */
-  verifyStateCache?: boolean;
-  /**
-   * `init()` creates the collections and indexes, drops the indexes a later version removed and
-   * records the schema version in `<prefix>schema_version` (default true). `false`, for teams that
-   * own their database changes (`npx credit-management schema --dialect mongodb [--from-version N]`,
-   * a mongosh script): `init()` only checks that the version document says this release's
-   * `SCHEMA_VERSION` and throws `ConfigurationError` naming the command to run when it is older,
-   * newer or absent (docs/schema-upgrades.md).
-   */
-  migrate?: boolean;
-}
-
-const BatchOption = z.union([
-  z.literal(false),
-  z
-    .object({
-      maxUnits: z.number().int().min(1).max(1000).optional(),
-      concurrency: z.number().int().min(1).max(64).optional(),
-    })
-    .strict(),
-]);
-
-/** Either a connected (or connectable) `MongoClient` and a database name, or a `Db`. */
-export type MongoDbManagerConfig = ({ client: MongoClient; dbName: string } | { db: Db }) & MongoDbManagerOptions;
-
-/** The collections of one manager, with the BSON options the mapping relies on. */
-interface Collections {
-  accounts: Collection<StoredDoc>;
-  grants: Collection<StoredDoc>;
-  reservations: Collection<StoredDoc>;
-  journal: Collection<StoredDoc>;
-  ledger: Collection<StoredDoc>;
-  notifications: Collection<StoredDoc>;
-  plans: Collection<StoredDoc>;
-  subscriptions: Collection<StoredDoc>;
-}
-
-/**
- * Numbers come back as JS numbers (int32 and double are exact up to Number.MAX_SAFE_INTEGER; an
- * Int64 written by another tool is converted too), whatever the client's own settings say.
- */
-const BSON_OPTIONS = { promoteValues: true, promoteLongs: true, useBigInt64: false, ignoreUndefined: false } as const;
-
-/**
- * Snapshot reads, majority-acknowledged commits: a unit of work sees one consistent state, and a
- * commit it reports survives a primary failover.
- */
-const TRANSACTION_OPTIONS: TransactionOptions = {
-  readConcern: { level: "snapshot" },
-  writeConcern: { w: "majority" },
-  readPreference: "primary",
-};
-
-/**
- * Reads that return a whole list ask for it in one batch (the server still caps a batch at 16 MB):
- * one round trip instead of a `find` and `getMore`s.
- */
-const MAX_BATCH = 10_000;
-const ONE_BATCH = { batchSize: MAX_BATCH } as const;
-const batchOf = (limit: number) => ({ batchSize: Math.max(1, Math.min(limit, MAX_BATCH)) });
+import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
+import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
+import { BACKOFF, LOCK_WAIT_MS, MongoTransaction, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
+export { supportsTransactions, type MongoDbManagerConfig, type MongoDbManagerOptions } from "./options.js";
 
 /** Weight of one batch in `MongoDbManager.staleRate`. */
 const STALE_WEIGHT = 0.2;
@@ -940,198 +839,5 @@ export class MongoDbManager extends StoreBase implements DbManager {
     );
   }
 }
-
-/**
- * True when a `hello` answer comes from a replica-set member or a mongos, which run
- * multi-document transactions; false for a standalone mongod.
- */
-export function supportsTransactions(hello: Record<string, unknown>): boolean {
-  return typeof hello.setName === "string" || hello.msg === "isdbgrid";
-}
-
-/** The account moved since it was loaded: retry the unit of work (never leaves `transaction`). */
-class StaleAccount extends ConflictError {
-  constructor(
-    userId: string,
-    /** The unit of work started from the state cache (retried at once, without backoff). */
-    readonly fromCache: boolean,
-  ) {
-    super(`[credit-management] [mongodb] account ${userId} changed during the unit of work`, { userId });
-  }
-}
-
-class MongoTransaction implements DbTransaction {
-  private saved = false;
-  /** The state `load()` handed out (from the cache or the database). */
-  private base: AccountState | null | undefined;
-  private baseFromCache = false;
-  /** The committed state for the cache once this unit of work commits. */
-  stateAfter: AccountState | undefined;
-  /** A locked attempt that wrote its account first: no other transaction can write it now. */
-  holding = false;
-
-  constructor(
-    private readonly c: Collections,
-    private readonly session: ClientSession,
-    readonly userId: string,
-    private readonly cached: AccountState | undefined,
-    private readonly verify: boolean,
-    private readonly promos: MongoPromoStore,
-    /** A locked attempt: `run` writes the account document before anything else (see `attempt`). */
-    private readonly lockFirst = false,
-  ) {}
-
-  /**
-   * Runs the unit of work. One that decided on a cached state without saving (a refusal, or
-   * nothing to change) must not be trusted before the account's `_rev` confirms the state was
-   * current: else it reruns on a fresh read.
-   */
-  async run<T>(fn: (tx: DbTransaction) => Promise<T>): Promise<T> {
-    // A write of the account's `_rev` first (no account yet: nothing to hold, and a racing first
-    // insert is a duplicate key as ever): from here no other transaction can write it before this
-    // one ends, and `load` reads the `_rev` written, which the save's guard then finds.
-    if (this.lockFirst) {
-      const res = await this.c.accounts.updateOne(
-        { _id: this.userId },
-        { $inc: { _rev: 1 } },
-        { session: this.session },
-      );
-      this.holding = res.matchedCount === 1;
-    }
-    let value: T;
-    try {
-      value = await fn(this);
-    } catch (error) {
-      if (this.baseFromCache && !this.saved && error instanceof CreditError) await this.confirmCached();
-      throw error;
-    }
-    if (this.baseFromCache && !this.saved) await this.confirmCached();
-    if (!this.saved && this.base !== undefined && this.base !== null) this.stateAfter = this.base;
-    return value;
-  }
-
-  private async confirmCached(): Promise<void> {
-    const doc = await this.c.accounts.findOne({ _id: this.userId }, { session: this.session, projection: { _rev: 1 } });
-    if (doc?._rev !== this.base?.rev) throw new StaleAccount(this.userId, true);
-  }
-
-  /**
-   * The account, its open grants and active holds: from the state cache when this unit of work got
-   * one and no idempotency key is asked for, else from the database (`read`).
-   */
-  async load(request?: LoadRequest): Promise<LoadedState> {
-    const key = request?.idempotencyKey;
-    // The cache knows nothing of idempotency keys: a keyed unit of work always reads.
-    if (this.cached !== undefined && key === undefined) {
-      if (this.verify) await this.verifyCached();
-      this.base = this.cached;
-      this.baseFromCache = true;
-      const { account, grants, reservations } = this.cached;
-      return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
-    }
-    const { state, idempotent } = await this.read(key);
-    this.base = state;
-    this.baseFromCache = false;
-    return state === null
-      ? { account: null, grants: [], reservations: [], idempotent: null }
-      : { account: state.account, grants: [...state.grants], reservations: [...state.reservations], idempotent };
-  }
-
-  /** Tests: the cached state must be what the database holds. */
-  private async verifyCached(): Promise<void> {
-    const { state } = await this.read(undefined);
-    checkCachedState(this.userId, this.cached, state);
-  }
-
-  /**
-   * One round trip: the account with its open grants, active holds and (if asked) the entry of an
-   * idempotency key, through `$lookup`s. Without an account there is nothing else to find: all of a
-   * user's documents are written in the unit of work that creates or updates the account.
-   *
-   * Driver errors are not converted here: `withTransaction` must see their labels to retry.
-   */
-  private async read(
-    key: string | undefined,
-  ): Promise<{ state: AccountState | null; idempotent: JournalEntry | null }> {
-    const found = (await readStates(this.c, this.session, [{ userId: this.userId, key }])).get(this.userId);
-    return found === undefined ? { state: null, idempotent: null } : found;
-  }
-
-  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
-    if (grantIds.length === 0) return [];
-    const docs = await this.c.grants
-      .find(
-        { _id: { $in: [...grantIds] }, userId: this.userId },
-        { session: this.session, ...batchOf(grantIds.length) },
-      )
-      .toArray();
-    return docs.map((d) => fromDoc(GRANT, d));
-  }
-
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const doc = await this.c.reservations.findOne(
-      { _id: reservationId, userId: this.userId },
-      { session: this.session },
-    );
-    return doc === null ? null : fromDoc(RESERVATION, doc);
-  }
-
-  getPromo(code: string): Promise<Promo | null> {
-    return this.promos.getPromoIn(this.session, code);
-  }
-
-  countPromoClaims(code: string): Promise<number> {
-    return this.promos.countClaimsIn(this.session, code, this.userId);
-  }
-
-  getPayment(paymentId: string): Promise<Payment | null> {
-    return this.promos.getPaymentIn(this.session, paymentId, this.userId);
-  }
-
-  /**
-   * At most four round trips: the guarded account write first (so a loser of a race learns it
-   * before writing anything else), then grants and holds (one `bulkWrite` each) and the entries
-   * (one `insertMany`).
-   */
-  async save(changes: Changes): Promise<void> {
-    if (this.saved) throw new Error("save() may be called once per unit of work");
-    this.saved = true;
-    checkOwner(this.userId, changes);
-    const session = this.session;
-
-    // A concurrent first insert fails with a duplicate key; a guard miss (`seq`, and `_rev`, which
-    // proves that no other save committed since the state was read or cached) matches nothing:
-    // either way the unit of work is retried.
-    const op = accountOp(changes, this.base);
-    if ("insertOne" in op) {
-      await this.c.accounts.insertOne(op.insertOne.document, { session });
-    } else if ("updateOne" in op) {
-      const res = await this.c.accounts.updateOne(op.updateOne.filter, op.updateOne.update, { session });
-      if (res.matchedCount !== 1) throw new StaleAccount(this.userId, this.baseFromCache);
-    }
-    const { grants, holds } = itemOps(changes, this.base);
-    await write(this.c.grants, grants, session);
-    await write(this.c.reservations, holds, session);
-    await write(this.c.journal, entryOps(changes), session);
-    await this.promos.saveIn(session, changes);
-    if (changes.notifications !== undefined && changes.notifications.length > 0) {
-      await new MongoOutbox(this.c.notifications).insertInTransaction(changes.notifications, session);
-    }
-    // What the cache holds once the transaction commits (only a state this unit of work loaded).
-    if (this.base !== undefined) this.stateAfter = stateAfter(this.base, changes);
-  }
-}
-
-/** Resume a scan ordered by (expiresAt, _id) strictly after `after`. */
-function afterCursor(after: ScanCursor | undefined): Filter<StoredDoc> {
-  if (after === undefined) return {};
-  return { $or: [{ expiresAt: { $gt: after.expiresAt } }, { expiresAt: after.expiresAt, _id: { $gt: after.id } }] };
-}
-
-/** Jittered exponential backoff between attempts of a unit of work, in ms (at most 100). */
-const BACKOFF = { base: 4, factor: 1.5, max: 100, floor: 0 };
-
-/** How long a unit of work's locked attempts try to write its account first, in ms (see `attempt`). */
-const LOCK_WAIT_MS = 5_000;
 
 export type { DbManager } from "../types.js";
