@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import type { CompactJournal } from "../src/db/memory/journal.js";
@@ -803,6 +804,68 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's r
       await sameAsReplay(db, { ...q, interval: null, groupBy: ["source"] });
       expect(reads.n).toBe(0);
     } finally {
+      await m.close();
+      await opened.drop();
+    }
+  }, 60_000);
+
+  it("audit compares the summary with the journal: a tampered day, deferred value, state or basis is a problem", async () => {
+    const opened = await stores.find((s) => s.name === "postgres")!.open();
+    const db = opened.db;
+    const m = await createCreditManager({ db });
+    const pgClient = new pg.Client({ connectionString: process.env.CREDIT_PG_URL });
+    await pgClient.connect();
+    try {
+      const { schema } = (db as unknown as { sql: { naming: { schema: string } } }).sql.naming;
+      const t = (name: string) => `"${schema}"."${name}"`;
+      await m.credits.addCredits("aud", 3000, { costBasis: { perCredit: "1999/3000", currency: "USD" } });
+      await m.credits.deductCredits("aud", 700, { feature: "chat", spender: "k1" });
+      await m.credits.deductCredits("aud", 100);
+      // Audited before any report: nothing kept, nothing to compare.
+      expect((await m.credits.audit("aud")).problems).toEqual([]);
+      await catchUpRevenue(db);
+      await m.credits.deductCredits("aud", 50); // after the checkpoint: not the summary's
+      expect((await m.credits.audit("aud")).problems).toEqual([]);
+      expect((await m.credits.audit("aud", { from: "genesis" })).problems).toEqual([]);
+      const audited = async () => (await m.credits.audit("aud")).problems.join("\n");
+      const tamper = async (sql: string, expected: RegExp, undo: string) => {
+        await pgClient.query(sql);
+        expect(await audited()).toMatch(expected);
+        await pgClient.query(undo);
+        expect(await audited()).toBe("");
+      };
+      await tamper(
+        `UPDATE ${t("revenue_daily")} SET recognized = recognized + 1 WHERE user_id = 'aud' AND feature = 'chat'`,
+        /revenue summary of aud: day by feature and spender, .*, USD, manual, chat, k1: recognized 467 in the summary, 466 in the journal/,
+        `UPDATE ${t("revenue_daily")} SET recognized = recognized - 1 WHERE user_id = 'aud' AND feature = 'chat'`,
+      );
+      await tamper(
+        `UPDATE ${t("revenue_days")} SET paid = paid + 5 WHERE user_id = 'aud'`,
+        /revenue summary of aud: day, .*, USD, manual: paid 2004 in the summary, 1999 in the journal/,
+        `UPDATE ${t("revenue_days")} SET paid = paid - 5 WHERE user_id = 'aud'`,
+      );
+      await tamper(
+        `UPDATE ${t("revenue_deferred")} SET deferred = deferred - 7 WHERE user_id = 'aud'`,
+        /revenue summary of aud: deferred in USD, manual: 1459 in the summary, 1466 in the journal/,
+        `UPDATE ${t("revenue_deferred")} SET deferred = deferred + 7 WHERE user_id = 'aud'`,
+      );
+      const { rows } = await pgClient.query<{ state: string }>(
+        `SELECT state FROM ${t("revenue_state")} WHERE user_id = 'aud'`,
+      );
+      const state = rows[0]!.state;
+      await tamper(
+        `UPDATE ${t("revenue_state")} SET state = replace(state, '"1999"', '"1998"') WHERE user_id = 'aud'`,
+        /revenue summary of aud: its saved roll-forward state after entry 3 is not the journal's/,
+        `UPDATE ${t("revenue_state")} SET state = '${state}' WHERE user_id = 'aud'`,
+      );
+      // A tampered basis on the stored grant (the journal's entry keeps its own, hashed).
+      await tamper(
+        `UPDATE ${t("grants")} SET cost_basis = '{"perCredit":"1","currency":"USD"}' WHERE user_id = 'aud'`,
+        /grant .*: stored cost basis 1 USD is not its entry 1's 1999\/3000 USD/,
+        `UPDATE ${t("grants")} SET cost_basis = '{"perCredit":"1999/3000","currency":"USD"}' WHERE user_id = 'aud'`,
+      );
+    } finally {
+      await pgClient.end();
       await m.close();
       await opened.drop();
     }

@@ -44,6 +44,17 @@ export interface RevenueSave {
   disordered: boolean;
 }
 
+/** What the summary keeps of one account (`RevenueSummaryStore.revenueSummaryOf`), for the audit. */
+export interface RevenueSummaryOfAccount {
+  checkpoint: RevenueCheckpoint;
+  disordered: boolean;
+  /** Its days by currency, source, feature and spender. */
+  split: RevenueDayRow[];
+  /** Its days by currency and source (`feature`, `spender` null). */
+  days: RevenueDayRow[];
+  deferred: { currency: string; source: string | null; deferred: number }[];
+}
+
 /** Figures summed by window and by the query's groups (absent groups are null). */
 export interface RevenueBucketRow {
   /** Index of the window (`boundaries[w]` to `boundaries[w + 1]`); `boundaries.length - 1`: after the last. */
@@ -98,6 +109,8 @@ export interface RevenueSummaryStore {
    * accounts were saved.
    */
   saveRevenue(saves: readonly RevenueSave[]): Promise<number>;
+  /** Everything the summary keeps of `account`; null when it has not read the account's journal yet. */
+  revenueSummaryOf(account: string): Promise<RevenueSummaryOfAccount | null>;
   /**
    * The summary's figures from `boundaries[0]` on (days at UTC midnights), by window and
    * `groupBy`; deferred now by currency and the account and source groups; and the disordered

@@ -5,6 +5,7 @@ import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry } from "../models/index.js";
 import type * as z from "zod";
 import { copy } from "./history.js";
+import { revenueSummaryProblems } from "./revenue.js";
 import type { UnitRunner } from "./unit-of-work.js";
 
 /** `CreditService.latestCheckpoint` of a validated user: its latest checkpoint entry, if any. */
@@ -48,6 +49,8 @@ export async function auditAccount(
   }
   // Cost bases and the revenue roll-forward (docs/revenue.md, "Audit").
   const revenue = revenueProblems(user, entries, { grants, reservations });
+  // The store's revenue summary against the journal's roll-forward (docs/revenue.md, "Audit").
+  revenue.push(...(await revenueSummaryProblems(db, user, entries)));
   if (revenue.length > 0) {
     report.problems.push(...revenue);
     report.ok = false;

@@ -323,3 +323,115 @@ function addSummary(
     }
   }
 }
+
+/**
+ * The audit of an account's revenue summary (docs/revenue.md, "Audit"): what the store keeps of
+ * `userId` — its days by every group, its deferred values, its checkpoint and saved roll-forward
+ * state — against the journal's own roll-forward of the same entries (the first up to the
+ * checkpoint), row by row. Reads the account's journal from its first entry (`entries` when they
+ * start there). Not checked: an account the summary has not read yet, or whose first entries are
+ * archived (the summary keeps figures of entries no longer in the journal).
+ */
+export async function revenueSummaryProblems(
+  db: DbManager,
+  userId: string,
+  entries: readonly JournalEntry[],
+): Promise<string[]> {
+  const summary = db.revenueSummary;
+  if (summary === undefined) return [];
+  const saved = await summary.revenueSummaryOf(userId);
+  if (saved === null) return [];
+  const through = saved.checkpoint.throughSeq;
+  // Entries the audit read, unless they start later or end before the summary's checkpoint (a
+  // report or the worker's round caught up since).
+  const reaches = entries[0]?.seq === 1 && entries[entries.length - 1]!.seq >= through;
+  const journal = reaches ? entries : await journalAfter(db, userId, 0);
+  if (journal.length > 0 && journal[0]!.seq !== 1) return [];
+  const mine = journal.filter((e) => e.seq <= through);
+  const problems: string[] = [];
+  const say = (what: string) => problems.push(`revenue summary of ${userId}: ${what}`);
+  if (mine.length === 0 || mine[mine.length - 1]!.seq !== through) {
+    say(`it has read the journal through entry ${through}, which the journal does not have`);
+    return problems;
+  }
+  const replay = summarize(
+    { userId, throughSeq: 0, maxDay: null, state: null, seq: through },
+    mine,
+    await summary.grantSources(paidGrantsOf(mine)),
+  );
+  if (replay.disordered !== saved.disordered) {
+    say(`it marks the account ${saved.disordered ? "" : "not "}disordered, the journal's days say otherwise`);
+    return problems;
+  }
+  if (saved.disordered) {
+    if (saved.split.length + saved.days.length + saved.deferred.length > 0)
+      say("it keeps figures of an account it replays (disordered)");
+    return problems;
+  }
+  if (canonicalState(saved.checkpoint.state) !== canonicalState(replay.checkpoint.state))
+    say(`its saved roll-forward state after entry ${through} is not the journal's`);
+  if (saved.checkpoint.maxDay !== replay.checkpoint.maxDay)
+    say(`its latest day is ${dayText(saved.checkpoint.maxDay)}, the journal's ${dayText(replay.checkpoint.maxDay)}`);
+  const figures = ["paid", "recognized", "breakage", "refunds", "unbilled"] as const;
+  const compare = (what: string, kept: readonly RevenueDayRow[], rolled: readonly RevenueDayRow[], fine: boolean) => {
+    const keyOf = (r: RevenueDayRow) =>
+      [dayText(r.day), r.currency ?? "(no currency)", r.source ?? "(no source)"]
+        .concat(fine ? [r.feature ?? "(no feature)", r.spender ?? "(no spender)"] : [])
+        .join(", ");
+    const sums = (rows: readonly RevenueDayRow[]) => {
+      const m = new Map<string, number[]>();
+      for (const r of rows) {
+        const k = keyOf(r);
+        const v = m.get(k) ?? figures.map(() => 0);
+        figures.forEach((f, i) => (v[i]! += r[f]));
+        m.set(k, v);
+      }
+      return m;
+    };
+    const a = sums(kept);
+    const b = sums(rolled);
+    let told = 0;
+    for (const k of [...new Set([...a.keys(), ...b.keys()])].sort()) {
+      const x = a.get(k) ?? figures.map(() => 0);
+      const y = b.get(k) ?? figures.map(() => 0);
+      figures.forEach((f, i) => {
+        if (x[i] !== y[i] && told++ < 5) say(`${what}, ${k}: ${f} ${x[i]} in the summary, ${y[i]} in the journal`);
+      });
+    }
+  };
+  compare("day by feature and spender", saved.split, replay.days, true);
+  compare("day", saved.days, replay.days, false);
+  const deferred = (rows: readonly { currency: string; source: string | null; v: number }[]) => {
+    const m = new Map<string, number>();
+    for (const r of rows)
+      m.set(
+        `${r.currency}, ${r.source ?? "(no source)"}`,
+        (m.get(`${r.currency}, ${r.source ?? "(no source)"}`) ?? 0) + r.v,
+      );
+    return m;
+  };
+  const keptDeferred = deferred(saved.deferred.map((d) => ({ ...d, v: d.deferred })));
+  const rolledDeferred = deferred(replay.deferred.map((d) => ({ ...d, v: d.delta })));
+  for (const k of [...new Set([...keptDeferred.keys(), ...rolledDeferred.keys()])].sort()) {
+    const x = keptDeferred.get(k) ?? 0;
+    const y = rolledDeferred.get(k) ?? 0;
+    if (x !== y) say(`deferred in ${k}: ${x} in the summary, ${y} in the journal`);
+  }
+  return problems;
+}
+
+const dayText = (ms: number | null) => (ms === null ? "none" : new Date(ms).toISOString().slice(0, 10));
+
+/** A saved state's text with its lots, payments and holds in id order (the order of a Map's insertions is not part of it). */
+function canonicalState(text: string | null): string | null {
+  if (text === null) return null;
+  const raw = JSON.parse(text) as Record<string, [string, ...unknown[]][]>;
+  const byId = (xs: [string, ...unknown[]][]) => [...xs].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  return JSON.stringify(
+    Object.fromEntries(
+      Object.keys(raw)
+        .sort()
+        .map((k) => [k, byId(raw[k]!)]),
+    ),
+  );
+}

@@ -6,7 +6,9 @@ import type {
   RevenueBucketRow,
   RevenueCheckpoint,
   RevenueDeferredRow,
+  RevenueDayRow,
   RevenueSave,
+  RevenueSummaryOfAccount,
   RevenueSummaryStore,
 } from "../types-revenue.js";
 
@@ -22,6 +24,20 @@ const dayText = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 const dayMs = (v: unknown) => (v === null ? null : Date.parse(`${String(v)}T00:00:00Z`));
 const num = (v: unknown) => Number(v ?? 0);
 const str = (v: unknown) => (v === null || v === undefined ? null : String(v));
+/** A `json_agg(…)::text` column: its rows (none for null). */
+const jsonRows = (v: unknown) => (typeof v === "string" ? (JSON.parse(v) as Record<string, unknown>[]) : []);
+/** The groups and figures of a summary row as `json_agg` gives them. */
+const figuresOf = (r: Record<string, unknown>) => ({
+  currency: str(r.currency),
+  source: str(r.source),
+  feature: str(r.feature),
+  spender: str(r.spender),
+  paid: num(r.paid),
+  recognized: num(r.recognized),
+  breakage: num(r.breakage),
+  refunds: num(r.refunds),
+  unbilled: num(r.unbilled),
+});
 
 /**
  * The revenue summary on PostgreSQL (docs/revenue.md, "How it is computed"; tables in
@@ -183,6 +199,38 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     return num(rows[0]?.n);
   }
 
+  async revenueSummaryOf(account: string): Promise<RevenueSummaryOfAccount | null> {
+    const figures = "paid, recognized, breakage, refunds, unbilled";
+    const days = (table: string, groups: string) =>
+      `(SELECT json_agg(x) FROM (SELECT to_char(day, 'YYYY-MM-DD') AS day, ${groups}, ${figures} FROM ${table} WHERE user_id = $1) x)::text`;
+    const [row] = await this.db.read(
+      "revenueSummaryOf",
+      `SELECT s.through_seq, to_char(s.max_day, 'YYYY-MM-DD') AS max_day, s.disordered, s.state, ` +
+        `${days(this.n.split, "currency, source, feature, spender")} AS split, ${days(this.n.daily, "currency, source")} AS days, ` +
+        `(SELECT json_agg(x) FROM (SELECT currency, source, deferred FROM ${this.n.deferred} WHERE user_id = $1) x)::text AS deferred ` +
+        `FROM ${this.n.state} s WHERE s.user_id = $1`,
+      [account],
+    );
+    if (row === undefined) return null;
+    const dayRow = (r: Record<string, unknown>): RevenueDayRow => ({ day: dayMs(r.day)!, ...figuresOf(r) });
+    return {
+      checkpoint: {
+        userId: account,
+        throughSeq: num(row.through_seq),
+        maxDay: dayMs(row.max_day),
+        state: str(row.state),
+      },
+      disordered: row.disordered === true,
+      split: jsonRows(row.split).map(dayRow),
+      days: jsonRows(row.days).map(dayRow),
+      deferred: jsonRows(row.deferred).map((r) => ({
+        currency: String(r.currency),
+        source: str(r.source),
+        deferred: num(r.deferred),
+      })),
+    };
+  }
+
   async readRevenue(query: {
     account: string | null;
     boundaries: readonly number[];
@@ -210,24 +258,11 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
         `(SELECT json_agg(user_id) FROM ${this.n.state} WHERE disordered${of})::text AS disordered`,
       params,
     );
-    const parse = (v: unknown) => (typeof v === "string" ? (JSON.parse(v) as Record<string, unknown>[]) : []);
-    const buckets = parse(row?.buckets);
-    const deferred = parse(row?.deferred);
-    const disordered = parse(row?.disordered) as unknown as string[];
+    const buckets = jsonRows(row?.buckets);
+    const deferred = jsonRows(row?.deferred);
+    const disordered = jsonRows(row?.disordered) as unknown as string[];
     return {
-      buckets: buckets.map((r) => ({
-        window: num(r.w),
-        currency: str(r.currency),
-        account: str(r.user_id),
-        source: str(r.source),
-        feature: str(r.feature),
-        spender: str(r.spender),
-        paid: num(r.paid),
-        recognized: num(r.recognized),
-        breakage: num(r.breakage),
-        refunds: num(r.refunds),
-        unbilled: num(r.unbilled),
-      })),
+      buckets: buckets.map((r) => ({ window: num(r.w), account: str(r.user_id), ...figuresOf(r) })),
       deferred: deferred.map((r) => ({
         currency: String(r.currency),
         account: str(r.user_id),
