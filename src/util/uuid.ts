@@ -1,4 +1,5 @@
 import { randomFillSync } from "node:crypto";
+import { madeBytes, madeIds, madeSlot } from "./made-ids.js";
 
 /** Random bytes for the next ids (refilled from the system's CSPRNG when used up). */
 const POOL = 4096;
@@ -20,15 +21,20 @@ export function newId(): string {
     taken = 0;
   }
   let at = 0;
+  const slot = madeSlot();
+  const into = slot * 16;
   for (let i = 0; i < 16; i++) {
     let b = pool[taken + i] as number;
     if (i === 6)
       b = (b & 0x0f) | 0x40; // version 4
     else if (i === 8) b = (b & 0x3f) | 0x80; // variant 10
+    madeBytes[into + i] = b;
     text[at++] = HEX[b >> 4] as number;
     text[at++] = HEX[b & 15] as number;
     if (i === 3 || i === 5 || i === 7 || i === 9) text[at++] = 45; // "-"
   }
   taken += 16;
-  return text.toString("latin1", 0, 36);
+  const id = text.toString("latin1", 0, 36);
+  madeIds[slot] = id;
+  return id;
 }
