@@ -4,14 +4,12 @@
  * (neither spender nor limits) within 3 % of the tree before the issue, and one naming a spender
  * and a feature under two limits with a scoped grant present at most 1.25× that plain spend.
  *
- * Each figure is one child process (bench/deduct-child.mjs) under callgrind with counting off: it
- * makes one account and deducts a warm-up, then the parent turns counting on (`callgrind_control -i
- * on`), the child deducts `M` more and the parent dumps the count: instructions / `M`. V8 runs with
- * `--single-threaded` (no background compiler, no concurrent marking or sweeping: every
- * instruction is on the main thread, in an order fixed by the program) and `--predictable` with
- * fixed random and hash seeds, and the platform's worker pool at 0, so a count repeats (within
- * ~1 %): with V8's threads on, the same tree's count moved by half between runs. V8's optimizing
- * compilers' instructions in the count are reported apart and left out of the figure.
+ * Each figure is the callgrind driver's difference of two processes (bench/callgrind.ts, the one
+ * bench/instructions.ts — the CI guard — uses): bench/instructions-child.mjs on a checkout's built
+ * package deducts `warm` times in one and `warm + measured` in the other, and the difference over
+ * `measured` is the instructions of warm deductions. V8 runs with the driver's flags
+ * (`--single-threaded`, `--predictable`, fixed seeds, no worker pool), so a count repeats; V8's
+ * optimizing compilers' instructions in the count are reported apart and left out of the figure.
  * Each checkout runs its built package (dist/: `npm run build` in it first).
  *
  *   tsx bench/deduct-instructions.ts [root ...]      (default: this checkout)
@@ -19,33 +17,23 @@
  * The first root is the baseline: e.g. a `git worktree` of the commit before a change, built, with
  * node_modules (a symlink to this checkout's will do). Rows: "plain" on every root; "limits" and
  * "scoped" on roots that have scoped grants. Environment: BENCH_DEDUCT_STORES (default
- * "memory,sqlite"), BENCH_DEDUCT_ROUNDS (default 2: each figure counted that many times, rounds
+ * "memory,sqlite"), BENCH_DEDUCT_ROUNDS (default 1: each figure counted that many times, rounds
  * alternating over the rows), BENCH_DEDUCT_JOBS (processes at once, default 2); per store
- * BENCH_DEDUCT_WARM / BENCH_DEDUCT_MEASURED (memory 20,000 / 4,000) and BENCH_DEDUCT_SQLITE_WARM /
- * BENCH_DEDUCT_SQLITE_MEASURED (3,000 / 1,000). BENCH_DEDUCT_JSON=1 prints BenchRow[] as one JSON
- * line (for `npm run bench`) instead of the table. BENCH_DEDUCT_KEEP=1 keeps the callgrind files
- * (for callgrind_annotate: a row's `.1` file is its counted deductions).
+ * BENCH_DEDUCT_WARM / BENCH_DEDUCT_MEASURED (memory 6,000 / 2,000, as the guard) and
+ * BENCH_DEDUCT_SQLITE_WARM / BENCH_DEDUCT_SQLITE_MEASURED (3,000 / 1,000). BENCH_DEDUCT_JSON=1
+ * prints BenchRow[] as one JSON line (for `npm run bench`) instead of the table.
  */
-import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { NODE_FLAGS, type PerOp, perOperationTasks, pool } from "./callgrind.js";
 import type { BenchRow } from "./lib.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 type Store = "memory" | "sqlite";
 type Variant = "plain" | "limits" | "scoped";
-
-/** V8 and node settings that make a process's instruction count repeat (see above). */
-export const DETERMINISTIC = [
-  "--single-threaded",
-  "--predictable",
-  "--random-seed=51",
-  "--hash-seed=51",
-  "--v8-pool-size=0",
-];
 
 /** Instructions per deduction: all, and of them V8's optimizing compilers'. */
 interface Count {
@@ -66,93 +54,19 @@ const describe: Record<Variant, string> = {
   scoped: "spender and feature, two limits, a scoped grant",
 };
 
-/**
- * Instructions of `measured` deductions in one child under callgrind: started with counting off,
- * turned on (`callgrind_control -i on`) once the child says its warm-up is done, dumped when it says
- * the measured deductions are.
- */
-function instructions(
-  dir: string,
-  root: string,
-  store: Store,
-  variant: Variant,
-  warm: number,
-  measured: number,
-): Promise<Count> {
-  const out = join(dir, `${store}-${variant}-${Math.random().toString(36).slice(2)}.callgrind`);
-  const args = [
-    "-q",
-    "--tool=callgrind",
-    "--instr-atstart=no",
-    `--callgrind-out-file=${out}`,
-    process.execPath,
-    ...DETERMINISTIC,
-    join(here, "deduct-child.mjs"),
-    root,
-    store,
-    variant,
-    String(warm),
-    String(measured),
-  ];
-  return new Promise((ok, fail) => {
-    const child = spawn("valgrind", args, {
-      cwd: root,
-      env: { ...process.env, DEDUCT_HANDSHAKE: "1" },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    const pid = String(child.pid);
-    let stderr = "";
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      try {
-        if (line === "ready") execFileSync("callgrind_control", ["-i", "on", pid], { stdio: "ignore" });
-        else if (line === "done") execFileSync("callgrind_control", ["--dump", pid], { stdio: "ignore" });
-        else return;
-        child.stdin.write("\n");
-      } catch (error) {
-        child.kill();
-        fail(error as Error);
-      }
-    });
-    child.on("exit", (code) => {
-      const dump = `${out}.1`;
-      const m = existsSync(dump) ? /^(?:summary|totals): (\d+)/m.exec(readFileSync(dump, "utf8")) : null;
-      if (code !== 0 || m === null) return fail(new Error(`valgrind ${args.join(" ")}: exit ${code}\n${stderr}`));
-      ok({ all: Number(m[1]) / measured, compiling: compiling(dump) / measured });
-    });
-  });
-}
-
-/**
- * Instructions of V8's optimizing compilers (TurboFan, Maglev) in a dump: functions that reach
- * their budget during the count are compiled there, on the main thread (`--single-threaded`), and
- * which ones do moves with any change to the code, so the targets read the count without them.
- */
-function compiling(file: string): number {
-  const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--threshold=100", file], {
-    encoding: "utf8",
-    maxBuffer: 256 * 1024 * 1024,
-  });
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    const m = /^\s*([\d,]+) .*v8::internal::(?:compiler|maglev|turboshaft)::/.exec(line);
-    if (m !== null) sum += Number((m[1] as string).replaceAll(",", ""));
-  }
-  return sum;
-}
-
-/** Runs `tasks` with at most `jobs` at once, results in order. */
-async function pool<T>(tasks: (() => Promise<T>)[], jobs: number): Promise<T[]> {
-  const results: T[] = new Array<T>(tasks.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < tasks.length) {
-      const i = next++;
-      results[i] = await (tasks[i] as () => Promise<T>)();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, jobs) }, worker));
-  return results;
+/** Instructions of one warm deduction of `row` (the driver's two processes). */
+async function instructions(dir: string, row: Row, tag: string, warm: number, measured: number): Promise<Count> {
+  const { tasks, result } = perOperationTasks(
+    dir,
+    join(here, "instructions-child.mjs"),
+    [row.root, `deduct-${row.variant}`, row.store],
+    tag,
+    warm,
+    measured,
+  );
+  const [a, b] = await Promise.all([tasks[0](), tasks[1]()]);
+  const p: PerOp = result(a, b);
+  return { all: p.instructions + p.compiling, compiling: p.compiling };
 }
 
 const median = (xs: number[]) => {
@@ -170,12 +84,12 @@ export interface Counted {
 /** Counts every row, `rounds` times, rounds alternating over the rows. */
 export async function count(roots: string[]): Promise<Counted> {
   const stores = (process.env.BENCH_DEDUCT_STORES ?? "memory,sqlite").split(",") as Store[];
-  const rounds = Number(process.env.BENCH_DEDUCT_ROUNDS ?? 2);
+  const rounds = Number(process.env.BENCH_DEDUCT_ROUNDS ?? 1);
   const jobs = Number(process.env.BENCH_DEDUCT_JOBS ?? 2);
   const sizes: Record<Store, { warm: number; measured: number }> = {
     memory: {
-      warm: Number(process.env.BENCH_DEDUCT_WARM ?? 20_000),
-      measured: Number(process.env.BENCH_DEDUCT_MEASURED ?? 4000),
+      warm: Number(process.env.BENCH_DEDUCT_WARM ?? 6000),
+      measured: Number(process.env.BENCH_DEDUCT_MEASURED ?? 2000),
     },
     sqlite: {
       warm: Number(process.env.BENCH_DEDUCT_SQLITE_WARM ?? 3000),
@@ -196,16 +110,16 @@ export async function count(roots: string[]): Promise<Counted> {
   try {
     const tasks: (() => Promise<void>)[] = [];
     for (let r = 0; r < rounds; r++)
-      for (const row of r % 2 === 0 ? rows : [...rows].reverse()) {
+      (r % 2 === 0 ? rows : [...rows].reverse()).forEach((row, i) => {
         const { warm, measured } = sizes[row.store];
         tasks.push(async () => {
-          row.counts.push(await instructions(dir, row.root, row.store, row.variant, warm, measured));
+          row.counts.push(await instructions(dir, row, `r${r}-${i}`, warm, measured));
         });
-      }
-    await pool(tasks, jobs);
+      });
+    // (Each task runs its two processes at once.)
+    await pool(tasks, Math.max(1, Math.floor(jobs / 2)));
   } finally {
-    if (process.env.BENCH_DEDUCT_KEEP === "1") console.error(`callgrind files kept in ${dir}`);
-    else rmSync(dir, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
   }
   const settings = stores.map((s) => `${s} ${sizes[s].warm} warm-up + ${sizes[s].measured} counted`).join(", ");
   return {
@@ -219,7 +133,7 @@ export async function count(roots: string[]): Promise<Counted> {
         spread: (Math.max(...steady) - Math.min(...steady)) / perDeduction,
       };
     }),
-    settings: `${settings}, ${rounds} rounds, node ${DETERMINISTIC.join(" ")}`,
+    settings: `${settings}, ${rounds} rounds, node ${NODE_FLAGS.join(" ")}`,
   };
 }
 

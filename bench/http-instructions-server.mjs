@@ -15,8 +15,13 @@
  *   handler, the estimate of 10 held in the block).
  *   node bench/http-instructions-server.mjs <root> [users]
  * Prints `{"port":n}` once listening and every block is open; exits when stdin closes.
+ *   node bench/http-instructions-server.mjs <root> <users> <route> <ops>
+ * (a case of the instruction guard, bench/instructions.ts): the same server, then `ops` GET requests
+ * of one route (`n`, `h`, `l`, `p` or `u`: the first letter of its path) made by this process
+ * itself, one at a time over one keep-alive connection, a user each in turn; then it exits. The
+ * client's instructions are counted with the server's: the same on every route.
  */
-import { createServer } from "node:http";
+import { Agent, createServer, request } from "node:http";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { pathToFileURL } from "node:url";
@@ -92,13 +97,40 @@ const server = createServer((req, res) => {
   res.end();
 });
 server.keepAliveTimeout = 60_000;
-server.listen(0, "127.0.0.1", () => process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`));
-process.stdin.on("end", () => {
+const shutDown = () => {
   server.close();
   server.closeAllConnections();
   void lease
     .close()
     .then(() => manager.close())
     .then(() => process.exit(0));
-});
-process.stdin.resume();
+};
+const [route, opsArg] = process.argv.slice(4);
+if (route === undefined) {
+  server.listen(0, "127.0.0.1", () => process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`));
+  process.stdin.on("end", shutDown);
+  process.stdin.resume();
+} else {
+  const path = { n: "/n/ping", h: "/h/ping", l: "/l/api/ping", p: "/p/api/ping", u: "/u/api/ping" }[route];
+  if (path === undefined) throw new Error(`unknown route ${route}: n, h, l, p, u`);
+  await new Promise((listening) => server.listen(0, "127.0.0.1", listening));
+  const { port } = server.address();
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const get = (user) =>
+    new Promise((done, fail) => {
+      const req = request(
+        { port, host: "127.0.0.1", path, agent, headers: { authorization: `Bearer ${user}` } },
+        (res) => {
+          if (res.statusCode !== 200) fail(new Error(`${path}: ${res.statusCode}`));
+          res.resume();
+          res.on("end", done);
+        },
+      );
+      req.on("error", fail);
+      req.end();
+    });
+  const ops = Number(opsArg);
+  for (let i = 0; i < ops; i++) await get(`user-${i % USERS}`);
+  agent.destroy();
+  shutDown();
+}

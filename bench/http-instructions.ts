@@ -19,8 +19,8 @@
  * The server runs under callgrind with counting off; it is warmed up with WARM requests a route
  * (rounds of 500, each on new connections, so V8 compiles the connections' code too), then each
  * route's MEASURED requests are counted (`callgrind_control --zero`, the load, `--dump`),
- * routes in ABBA order over ROUNDS rounds. Node runs with bench/deduct-instructions.ts's
- * DETERMINISTIC flags (`--single-threaded`, `--predictable`, fixed seeds: every instruction on the
+ * routes in ABBA order over ROUNDS rounds. Node runs with the callgrind driver's flags
+ * (bench/callgrind.ts: `--single-threaded`, `--predictable`, fixed seeds: every instruction on the
  * main thread, in an order the program fixes), so GC is counted where it happens; V8's optimizing
  * compilers' instructions are reported apart and left out of the figure. The load: autocannon in
  * this process, 8 keep-alive connections, a request per user in turn (100 users), not counted. The
@@ -36,15 +36,15 @@
  * BENCH_HTTP_INSTR_KEEP=1 keeps the callgrind files (`callgrind_annotate <file>.N`: one per
  * counted route and round, in the order printed).
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import { DETERMINISTIC } from "./deduct-instructions.js";
+import { compilingOf, NODE_FLAGS, profile, startCounting } from "./callgrind.js";
 import type { BenchRow } from "./lib.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -92,56 +92,29 @@ async function requests(port: number, path: string, amount: number): Promise<voi
     throw new Error(`bench/http-instructions: ${path}: ${r.non2xx} non-2xx, ${r.errors} errors`);
 }
 
-/** Instructions of V8's optimizing compilers in a dump (bench/deduct-instructions.ts says why they are left out). */
-function compiling(file: string): number {
-  const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--threshold=100", file], {
-    encoding: "utf8",
-    maxBuffer: 256 * 1024 * 1024,
-  });
-  let sum = 0;
-  for (const line of text.split("\n")) {
-    const m = /^\s*([\d,]+) .*v8::internal::(?:compiler|maglev|turboshaft)::/.exec(line);
-    if (m !== null) sum += Number((m[1] as string).replaceAll(",", ""));
-  }
-  return sum;
-}
-
 /** Counts every route of one checkout's server, ROUNDS times in ABBA order. */
 async function countRoot(dir: string, root: string, tag: string): Promise<Record<Route, Count[]>> {
-  const out = join(dir, `${tag}.callgrind`);
-  const child: ChildProcess = spawn(
-    "valgrind",
-    [
-      "-q",
-      "--tool=callgrind",
-      "--instr-atstart=no",
-      `--callgrind-out-file=${out}`,
-      process.execPath,
-      ...DETERMINISTIC,
-      join(here, "http-instructions-server.mjs"),
-      root,
-      String(USERS),
-    ],
-    { cwd: root, stdio: ["pipe", "pipe", "inherit"] },
+  const counting = startCounting(
+    join(dir, `${tag}.callgrind`),
+    join(here, "http-instructions-server.mjs"),
+    [root, String(USERS)],
+    root,
   );
-  const pid = String(child.pid);
-  const counted: [Route, number][] = [];
+  const child = counting.child;
+  const counted: [Route, string][] = [];
   try {
     const [line] = (await once(createInterface({ input: child.stdout as NodeJS.ReadableStream }), "line")) as [string];
     const { port } = JSON.parse(line) as { port: number };
     const routes = Object.keys(ROUTES) as Route[];
     for (let done = 0; done < WARM; done += 500) for (const r of routes) await requests(port, ROUTES[r], 500);
-    // Counting is turned on once (turned off and on again, callgrind's dumps come out wrong), then
-    // zeroed before each route's counted requests and dumped after them.
-    execFileSync("callgrind_control", ["-i", "on", pid], { stdio: "ignore" });
-    let dump = 0;
+    // Counting is turned on once, then zeroed before each route's counted requests and dumped after them.
+    counting.on();
     for (let round = 0; round < ROUNDS; round++)
       for (const r of round % 2 === 0 ? routes : [...routes].reverse()) {
         await requests(port, ROUTES[r], 200); // this route's code run last before the count
-        execFileSync("callgrind_control", ["--zero", pid], { stdio: "ignore" });
+        counting.zero();
         await requests(port, ROUTES[r], MEASURED);
-        execFileSync("callgrind_control", ["--dump", pid], { stdio: "ignore" });
-        counted.push([r, ++dump]);
+        counted.push([r, counting.dump()]);
       }
   } finally {
     const exited = once(child, "exit");
@@ -152,11 +125,10 @@ async function countRoot(dir: string, root: string, tag: string): Promise<Record
     Route,
     Count[]
   >;
-  for (const [route, n] of counted) {
-    const file = `${out}.${n}`;
-    const m = existsSync(file) ? /^summary: (\d+)/m.exec(readFileSync(file, "utf8")) : null;
-    if (m === null) throw new Error(`bench/http-instructions: no callgrind dump ${file}`);
-    result[route].push({ all: Number(m[1]) / MEASURED, compiling: compiling(file) / MEASURED });
+  for (const [route, file] of counted) {
+    if (!existsSync(file)) throw new Error(`bench/http-instructions: no callgrind dump ${file}`);
+    const p = profile(file);
+    result[route].push({ all: p.total / MEASURED, compiling: compilingOf(p) / MEASURED });
   }
   return result;
 }
@@ -195,7 +167,7 @@ export async function count(roots: string[]): Promise<Counted[]> {
 }
 
 export const settings = () =>
-  `callgrind, ${WARM} warm-up + ${MEASURED} counted requests a route, ${ROUNDS} rounds ABBA, ${CONNECTIONS} connections, node ${DETERMINISTIC.join(" ")}`;
+  `callgrind, ${WARM} warm-up + ${MEASURED} counted requests a route, ${ROUNDS} rounds ABBA, ${CONNECTIONS} connections, node ${NODE_FLAGS.join(" ")}`;
 
 /** The two targets (and the reference rows) as bench rows: a rate ratio = baseline instructions ÷ the row's. */
 export function benchRows(counted: Counted, name = counted.root): BenchRow[] {

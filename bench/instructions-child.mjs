@@ -1,14 +1,20 @@
 /**
- * One counted process of bench/instructions.ts (plain JavaScript: no loader thread, no transform):
- * loads the built package of a checkout, sets up one case of `cases` below, runs its operation
- * `ops` times one after another and exits. By hand:
- *   node bench/instructions-child.mjs <root> <case> <ops>
+ * One counted process of bench/instructions.ts and bench/deduct-instructions.ts (plain JavaScript:
+ * no loader thread, no transform): loads the built package of a checkout, sets up one case of
+ * `cases` below over a fresh manager (in memory, or SQLite with `sqlite`), runs its operation `ops`
+ * times one after another and exits. By hand:
+ *   node bench/instructions-child.mjs <root> <case> [sqlite] <ops>
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { pathToFileURL } from "node:url";
 
-const [rootArg = ".", name = "deduct-plain", opsArg = "0"] = process.argv.slice(2);
+const argv = process.argv.slice(2);
+const [rootArg = ".", name = "deduct-plain"] = argv;
+const store = argv.length > 3 ? argv[2] : "memory";
+const opsArg = argv[argv.length - 1] ?? "0";
 const root = resolve(rootArg);
 const lib = await import(pathToFileURL(join(root, "dist/index.js")).href);
 
@@ -23,17 +29,10 @@ const cases = {
     return () => credits.deductCredits("u", 1);
   },
   // A spender and a feature under an account limit (monthly) and the spender's (daily), both far
-  // from full, and a grant scoped to the feature (the spend draws it).
-  "deduct-scoped": async ({ credits }) => {
-    await credits.addCredits("u", 1e12);
-    await credits.setLimits("u", [
-      { amount: 1e12, period: "month" },
-      { spender: "alice", amount: 1e12, period: "day" },
-    ]);
-    await credits.addCredits("u", 1e12, { scope: { features: ["chat"] } });
-    const spend = { spender: "alice", feature: "chat" };
-    return () => credits.deductCredits("u", 1, spend);
-  },
+  // from full.
+  "deduct-limits": (manager) => limited(manager, false),
+  // The same, and a grant scoped to the feature (the spend draws it).
+  "deduct-scoped": (manager) => limited(manager, true),
   // A hold of 5 captured in part (3): two units of work, the rest returned to its grant.
   "reserve-commit": async ({ credits }) => {
     await credits.addCredits("u", 1e12);
@@ -45,10 +44,33 @@ const cases = {
   },
 };
 
+async function limited({ credits }, scoped) {
+  await credits.addCredits("u", 1e12);
+  await credits.setLimits("u", [
+    { amount: 1e12, period: "month" },
+    { spender: "alice", amount: 1e12, period: "day" },
+  ]);
+  if (scoped) await credits.addCredits("u", 1e12, { scope: { features: ["chat"] } });
+  const spend = { spender: "alice", feature: "chat" };
+  return () => credits.deductCredits("u", 1, spend);
+}
+
 const setUp = cases[name];
 if (setUp === undefined) throw new Error(`unknown case ${name}: ${Object.keys(cases).join(", ")}`);
-const manager = await lib.createCreditManager();
+let dir = null;
+const options = {};
+if (store === "sqlite") {
+  // A file in /dev/shm where there is one: the kernel's share is not counted, the disk's times don't matter.
+  dir = mkdtempSync(join(process.platform === "linux" ? "/dev/shm" : (process.env.TMPDIR ?? "/tmp"), "instr-"));
+  const Database = createRequire(join(root, "package.json"))("better-sqlite3");
+  const database = new Database(join(dir, "store.sqlite"));
+  database.pragma("journal_mode = WAL");
+  const { SqliteDbManager } = await import(pathToFileURL(join(root, "dist/sqlite/index.js")).href);
+  options.db = new SqliteDbManager({ database });
+} else if (store !== "memory") throw new Error(`unknown store ${store}: memory, sqlite`);
+const manager = await lib.createCreditManager(options);
 const op = await setUp(manager);
 const ops = Number(opsArg);
 for (let i = 0; i < ops; i++) await op();
 await manager.close();
+if (dir !== null) rmSync(dir, { recursive: true, force: true });

@@ -8,24 +8,29 @@
  *   tsx bench/instructions.ts                 check this checkout's dist/ against the baseline
  *   tsx bench/instructions.ts --update        write the baseline from this checkout
  *   tsx bench/instructions.ts --case NAME     only that case (repeatable)
+ *   tsx bench/instructions.ts --functions     also print each case's 25 costliest functions (self, per operation)
+ *   tsx bench/instructions.ts --root DIR ...  count other checkouts' dist/ (repeatable; no baseline:
+ *                                             each case side by side, ratios to the first root)
  *
  * How a count repeats: each case runs in two child processes under callgrind, one doing `WARM`
  * operations and one `WARM + COUNTED`; both start, warm up and exit the same way, so their
  * difference / `COUNTED` is the instructions of `COUNTED` warm operations — no handshake, nothing
- * timed. V8 runs `--single-threaded` (no background compiler or GC thread: every instruction on
- * the main thread, in an order fixed by the program), `--predictable` with fixed random and hash
- * seeds. V8's optimizing compilers' instructions in the difference (a function reaching its budget
- * there) are reported apart and left out of the figure. The child writes no ledger file.
+ * timed (the driver, shared with the other instruction benches: bench/callgrind.ts). V8 runs
+ * `--single-threaded` (no background compiler or GC thread: every instruction on the main thread,
+ * in an order fixed by the program), `--predictable` with fixed random and hash seeds. V8's
+ * optimizing compilers' instructions in the difference (a function reaching its budget there) are
+ * reported apart and left out of the figure. The child writes no ledger file.
  *
  * Environment: BENCH_INSTR_TOLERANCE (default 0.05: fail above 5 % more than the baseline; the same
  * tree counted from another folder moved by up to 4.2 %, in glibc's malloc: docs/benchmarks.md),
  * BENCH_INSTR_JOBS (processes at once, default 2), BENCH_INSTR_KEEP=1 keeps the callgrind files.
  */
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { NODE_FLAGS, type PerOp, type Profile, perOperationTasks, pool } from "./callgrind.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "..");
@@ -42,160 +47,10 @@ const CASES: { name: string; script: string; args: string[] }[] = [
 ];
 
 /** Operations before the counted ones (tier-up done), and the counted ones. */
-const WARM = 6000;
-const COUNTED = 2000;
+const WARM = Number(process.env.BENCH_INSTR_WARM ?? 6000);
+const COUNTED = Number(process.env.BENCH_INSTR_COUNTED ?? 2000);
 const TOLERANCE = Number(process.env.BENCH_INSTR_TOLERANCE ?? 0.05);
 const JOBS = Number(process.env.BENCH_INSTR_JOBS ?? 2);
-
-/** V8 and node settings that make a process's instruction count repeat (see above). */
-const NODE_FLAGS = [
-  "--single-threaded",
-  "--predictable",
-  "--random-seed=1",
-  "--hash-seed=1",
-  "--v8-pool-size=0",
-  // No mark-compact in either run: one landing inside the counted operations or not is a step of
-  // several thousand instructions per operation that says nothing about them (scavenges, which
-  // are many and proportional to what the operations allocate, stay in the count).
-  "--initial-old-space-size=512",
-  // JIT code's names, for the functions that grew (read from /tmp/perf-PID.map, then removed).
-  "--perf-basic-prof",
-];
-
-const COMPILER = /v8::internal::(?:compiler|maglev|turboshaft)::/;
-
-/** Self instructions by function of one callgrind file, JIT code named from the perf map. */
-interface Profile {
-  total: number;
-  functions: Map<string, number>;
-}
-
-/** A perf map's code ranges, sorted by start: `start size name` per line. */
-function perfMap(pid: number): { start: bigint; end: bigint; name: string }[] {
-  const file = `/tmp/perf-${pid}.map`;
-  if (!existsSync(file)) return [];
-  const ranges = readFileSync(file, "utf8")
-    .split("\n")
-    .filter((l) => l.length > 0)
-    .map((l) => {
-      const [start = "0", size = "0", ...rest] = l.split(" ");
-      const s = BigInt(`0x${start}`);
-      // "JS:~name file:line:col" / "JS:*name …" / "Builtin:Name": the tier mark (~ interpreted and
-      // baseline, ^ Maglev, * TurboFan) dropped, and the checkout's path, so a name compares across runs.
-      const name = rest
-        .join(" ")
-        .replace(/^(JS|LazyCompile|Function):[~^*+]?/, "JS:")
-        .replaceAll(`file://${root}/`, "")
-        .replaceAll(`${root}/`, "");
-      return { start: s, end: s + BigInt(`0x${size}`), name };
-    })
-    .sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
-  rmSync(file, { force: true });
-  return ranges;
-}
-
-function lookup(ranges: ReturnType<typeof perfMap>, address: bigint): string | undefined {
-  let lo = 0;
-  let hi = ranges.length - 1;
-  let found: (typeof ranges)[number] | undefined;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const r = ranges[mid] as (typeof ranges)[number];
-    if (r.start <= address) {
-      found = r;
-      lo = mid + 1;
-    } else hi = mid - 1;
-  }
-  return found !== undefined && address < found.end ? found.name : undefined;
-}
-
-function profile(file: string, pid: number): Profile {
-  const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--threshold=100", file], {
-    encoding: "utf8",
-    maxBuffer: 512 * 1024 * 1024,
-  });
-  const ranges = perfMap(pid);
-  const functions = new Map<string, number>();
-  let total = 0;
-  for (const line of text.split("\n")) {
-    const t = /^\s*([\d,]+) .*PROGRAM TOTALS/.exec(line);
-    if (t !== null) {
-      total = Number((t[1] as string).replaceAll(",", ""));
-      continue;
-    }
-    const m = /^\s*([\d,]+) (?:\([\s\d.]+%\))?\s+(\S.*)$/.exec(line);
-    if (m === null) continue;
-    let name = (m[2] as string).replace(/ \[[^\]]*\]$/, "").replace(/^[^:]*:/, "");
-    // (callgrind marks a function's recursion levels and cycles with 'N: one function here.)
-    name = name.replace(/'\d+$/, "");
-    const jit = /^0x([0-9a-f]+)$/.exec(name);
-    if (jit !== null) name = lookup(ranges, BigInt(`0x${jit[1]}`)) ?? "(JIT code without a name)";
-    functions.set(name, (functions.get(name) ?? 0) + Number((m[1] as string).replaceAll(",", "")));
-  }
-  return { total, functions };
-}
-
-/** One child under callgrind doing `ops` operations of `c`: its profile. */
-function run(dir: string, c: (typeof CASES)[number], ops: number): Promise<Profile> {
-  const out = join(dir, `${c.name}-${ops}.callgrind`);
-  const args = [
-    "-q",
-    "--tool=callgrind",
-    `--callgrind-out-file=${out}`,
-    process.execPath,
-    ...NODE_FLAGS,
-    join(root, c.script),
-    root,
-    ...c.args,
-    String(ops),
-  ];
-  return new Promise((ok, fail) => {
-    // In the scratch folder: V8's code log (`--perf-basic-prof` turns it on) is written to the cwd.
-    const child = spawn("valgrind", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
-    let stderr = "";
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    child.on("exit", (code) => {
-      if (code !== 0 || !existsSync(out)) return fail(new Error(`valgrind ${args.join(" ")}: exit ${code}\n${stderr}`));
-      try {
-        ok(profile(out, child.pid as number));
-      } catch (error) {
-        fail(error as Error);
-      }
-    });
-  });
-}
-
-/** A case's figures per operation: all of it, the optimizing compilers' share, and by function. */
-interface PerOp {
-  instructions: number;
-  compiling: number;
-  functions: Record<string, number>;
-}
-
-function perOp(a: Profile, b: Profile): PerOp {
-  const functions: Record<string, number> = {};
-  let compiling = 0;
-  for (const name of new Set([...a.functions.keys(), ...b.functions.keys()])) {
-    const d = ((b.functions.get(name) ?? 0) - (a.functions.get(name) ?? 0)) / COUNTED;
-    if (COMPILER.test(name)) compiling += d;
-    else if (Math.abs(d) >= 0.5) functions[name] = Math.round(d * 10) / 10;
-  }
-  const all = (b.total - a.total) / COUNTED;
-  return { instructions: Math.round(all - compiling), compiling: Math.round(compiling), functions };
-}
-
-async function pool<T>(tasks: (() => Promise<T>)[], jobs: number): Promise<T[]> {
-  const results: T[] = new Array<T>(tasks.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < tasks.length) {
-      const i = next++;
-      results[i] = await (tasks[i] as () => Promise<T>)();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, jobs) }, worker));
-  return results;
-}
 
 interface Baseline {
   node: string;
@@ -222,21 +77,56 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const update = argv.includes("--update");
   const only = argv.flatMap((a, i) => (argv[i - 1] === "--case" ? [a] : []));
   const cases = only.length > 0 ? CASES.filter((c) => only.includes(c.name)) : CASES;
-  if (!existsSync(join(root, "dist/index.js"))) throw new Error(`${root}: no dist/index.js (npm run build first)`);
+  const roots = argv.flatMap((a, i) => (argv[i - 1] === "--root" ? [resolve(a)] : []));
+  const counted = roots.length > 0 ? roots : [root];
+  for (const r of counted)
+    if (!existsSync(join(r, "dist/index.js"))) throw new Error(`${r}: no dist/index.js (npm run build first)`);
   const valgrind = execFileSync("valgrind", ["--version"], { encoding: "utf8" }).trim();
   const settings = `${WARM} warm-up operations, ${COUNTED} counted; node ${NODE_FLAGS.join(" ")}`;
   const dir = mkdtempSync(join(tmpdir(), "instructions-"));
-  let measured: PerOp[];
+  // Each case of each root: its two runs (rounds alternate over the roots when there are several).
+  const jobs = counted.flatMap((r, ri) =>
+    cases.map((c) => perOperationTasks(dir, join(root, c.script), [r, ...c.args], `${c.name}-${ri}`, WARM, COUNTED)),
+  );
+  let all: PerOp[];
   try {
     const runs = await pool(
-      cases.flatMap((c) => [() => run(dir, c, WARM), () => run(dir, c, WARM + COUNTED)]),
+      jobs.flatMap((j) => j.tasks),
       JOBS,
     );
-    measured = cases.map((_, i) => perOp(runs[2 * i] as Profile, runs[2 * i + 1] as Profile));
+    all = jobs.map((j, i) => j.result(runs[2 * i] as Profile, runs[2 * i + 1] as Profile));
   } finally {
     if (process.env.BENCH_INSTR_KEEP === "1") console.error(`callgrind files kept in ${dir}`);
     else rmSync(dir, { recursive: true, force: true });
   }
+  const costliest = (p: PerOp) =>
+    Object.entries(p.functions)
+      .sort((x, y) => y[1] - x[1])
+      .slice(0, 25)
+      .map(([name, n]) => `    ${k(n)}  ${name}`)
+      .join("\n");
+  if (roots.length > 0) {
+    console.log(`callgrind (${valgrind}), node ${process.version}, ${settings}`);
+    console.log(`| case | ${roots.join(" | ")} | ratio to the first |`);
+    console.log(`| --- |${roots.map(() => " ---: |").join("")} ---: |`);
+    cases.forEach((c, i) => {
+      const per = roots.map((_, ri) => all[ri * cases.length + i] as PerOp);
+      const first = (per[0] as PerOp).instructions;
+      console.log(
+        `| ${c.name} | ${per.map((p) => k(p.instructions)).join(" | ")} | ${per.map((p) => (p.instructions / first).toFixed(4)).join(", ")} |`,
+      );
+    });
+    if (argv.includes("--functions"))
+      roots.forEach((r, ri) =>
+        cases.forEach((c, i) => console.log(`\n${r}, ${c.name}:\n${costliest(all[ri * cases.length + i] as PerOp)}`)),
+      );
+    process.exit(0);
+  }
+  const measured = all;
+  if (argv.includes("--functions"))
+    cases.forEach((c, i) =>
+      console.error(`${c.name}, the costliest functions (self, per operation):\n${costliest(measured[i] as PerOp)}\n`),
+    );
   const old: Baseline | null = existsSync(BASELINE) ? (JSON.parse(readFileSync(BASELINE, "utf8")) as Baseline) : null;
   console.log(
     `callgrind (${valgrind}), node ${process.version}, ${settings}; tolerance ${(TOLERANCE * 100).toFixed(1)} %`,
