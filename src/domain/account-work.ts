@@ -21,6 +21,8 @@ import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
+import { copyAccount, holdWith, withRemaining } from "./copies.js";
+import { NO_SPEND, excessMetadata, holdSpend, scopeOf, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
 /** Fields of an entry that come from the caller's options. */
 export interface EntryMeta {
@@ -819,137 +821,6 @@ export class AccountWork {
     }
     return entry;
   }
-}
-
-/*
- * Copies of the stored objects a unit of work changes, written as literals rather than spreads:
- * V8 copies these objects (whose number fields change representation as amounts grow) with
- * `{ ...o }` on its slow path, a property at a time — about 7% of a deduction — and a literal of
- * one shape in a few instructions. `satisfies` keeps each list complete: a field added to the model
- * and missing here does not compile. (The in-memory store's public reads build their deep copies
- * on these: `src/db/memory/copies.ts`.)
- */
-
-/** @internal `{ ...a }`. */
-export function copyAccount(a: Account): Account {
-  return {
-    userId: a.userId,
-    balance: a.balance,
-    reserved: a.reserved,
-    debt: a.debt,
-    seq: a.seq,
-    lastHash: a.lastHash,
-    nextExpiryAt: a.nextExpiryAt,
-    alert: a.alert,
-    autoTopUp: a.autoTopUp ?? null,
-    limits: a.limits,
-    scoped: a.scoped,
-    createdAt: a.createdAt,
-    updatedAt: a.updatedAt,
-  } satisfies Record<keyof Account, unknown>;
-}
-
-/** @internal `{ ...g, remaining }`. */
-export function withRemaining(g: Grant, remaining: number): Grant {
-  return {
-    id: g.id,
-    userId: g.userId,
-    amount: g.amount,
-    remaining,
-    expiresAt: g.expiresAt,
-    priority: g.priority,
-    source: g.source,
-    sourceRef: g.sourceRef,
-    description: g.description,
-    metadata: g.metadata,
-    createdAt: g.createdAt,
-    expiredAmount: g.expiredAmount,
-    closedAt: g.closedAt,
-    closedReason: g.closedReason,
-    scope: g.scope,
-    costBasis: g.costBasis,
-  } satisfies Record<keyof Grant, unknown>;
-}
-
-/** @internal `{ ...h, status, settledAt, committedAmount, amount, allocations }`. */
-export function holdWith(
-  h: Reservation,
-  status: Reservation["status"],
-  settledAt: Date | null,
-  committedAmount: number | null,
-  amount: number,
-  allocations: GrantPortion[],
-): Reservation {
-  return {
-    id: h.id,
-    userId: h.userId,
-    amount,
-    status,
-    allocations,
-    expiresAt: h.expiresAt,
-    reason: h.reason,
-    metadata: h.metadata,
-    createdAt: h.createdAt,
-    settledAt,
-    committedAmount,
-    spender: h.spender,
-    feature: h.feature,
-  } satisfies Record<keyof Reservation, unknown>;
-}
-
-/** The spender and feature an entry's meta names. */
-function spendOf(meta: EntryMeta): Spend {
-  return { spender: meta.spender ?? null, feature: meta.feature ?? null };
-}
-
-/** A spend naming neither spender nor feature; on an account never given a scoped grant, every spend draws as this one. */
-const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
-
-/** The spend a hold was placed for. */
-function holdSpend(hold: Reservation): Spend {
-  return { spender: hold.spender ?? null, feature: hold.feature ?? null };
-}
-
-/** A grant's scope (null: any spend). */
-const scopeOf = (g: Grant): GrantScope | null => g.scope ?? null;
-
-/**
- * `meta` with the metadata `hold` was placed with under its own (its keys win): what a settled
- * entry of a hold carries (docs/usage.md, "What counts"). Unchanged for a hold placed without any.
- */
-function withHoldMetadata(meta: EntryMeta, hold: Reservation): EntryMeta {
-  const held = hold.metadata;
-  if (held == null) return meta;
-  let some = false;
-  for (const _ in held) {
-    some = true;
-    break;
-  }
-  if (!some) return meta;
-  return { ...meta, metadata: meta.metadata === undefined ? { ...held } : { ...held, ...meta.metadata } };
-}
-
-/**
- * Metadata keys of a capture that describe the capture itself, not what it was for: the parts its
- * usage splits into (`usages`, `leaseWindow`) and what the overdraft limit cut (`requested`,
- * `shortfall`). The excess of an over-capture does not repeat them (docs/usage.md, "What counts").
- */
-const CAPTURE_ONLY = new Set(["usages", "leaseWindow", "requested", "shortfall"]);
-
-/** The metadata of an over-capture's excess: its capture's, less `CAPTURE_ONLY` (null: none left). */
-function excessMetadata(captured: JournalEntry["metadata"]): Record<string, unknown> | null {
-  if (captured == null) return null;
-  let out: Record<string, unknown> | null = null;
-  for (const [k, v] of Object.entries(captured)) {
-    if (CAPTURE_ONLY.has(k)) continue;
-    (out ??= {})[k] = v;
-  }
-  return out;
-}
-
-/** `meta` naming `hold`'s spender and feature. */
-function withSpend(meta: EntryMeta, hold: Reservation): EntryMeta {
-  return { ...meta, spender: hold.spender ?? undefined, feature: hold.feature ?? undefined };
 }
 
 export function sum(portions: readonly GrantPortion[]): number {

@@ -1,6 +1,7 @@
 import type { CacheAside } from "../cache/aside.js";
 import type { AccountCredits, DbManager } from "../db/types.js";
-import { copyAccount, type AccountWork } from "../domain/account-work.js";
+import type { AccountWork } from "../domain/account-work.js";
+import { copyAccount } from "../domain/copies.js";
 import type { Spend } from "../domain/limits.js";
 import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
 import type { Account, CreditsInfo, SpendLimit } from "../models/index.js";

@@ -1,4 +1,4 @@
-import { copyAccount as shallowAccount, holdWith, withRemaining } from "../../domain/account-work.js";
+import { copyAccount as shallowAccount, holdWith, withRemaining } from "../../domain/copies.js";
 import type { Account, Grant, LedgerEntry, Reservation } from "../../models/index.js";
 
 /**
