@@ -809,6 +809,34 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's r
     }
   }, 60_000);
 
+  it("archival reads an account's entries into the summary before it removes them: the report after is the replay before", async () => {
+    const opened = await stores.find((s) => s.name === "postgres")!.open();
+    const db = opened.db;
+    const clock = { now: dayStart(T0) - 2 * DAY + 3_600_000 };
+    const m = await createCreditManager({ db, clock: () => new Date(clock.now) });
+    const file = join(dir, `archive-${Math.random().toString(36).slice(2)}.jsonl`);
+    try {
+      await m.credits.addCredits("ar", 3000, { costBasis: { perCredit: "1999/3000", currency: "USD" } });
+      await m.credits.addCredits("ar", 100, { source: "promo" });
+      for (let i = 0; i < 4; i++) await m.credits.deductCredits("ar", 250, { feature: "chat" });
+      clock.now += 3_600_000;
+      const q = { from: dayStart(T0) - 3 * DAY, to: dayStart(T0) + DAY, interval: "day" as const };
+      const query: RevenueQuery = { ...q, from: new Date(q.from), to: new Date(q.to) };
+      // No report and no round has read these entries: the summary has nothing of them yet.
+      expect((await db.revenueSummary!.staleRevenue("ar", null, 10)).length).toBe(1);
+      const before = await getRevenue(db, query, { path: "replay" });
+      expect(before.rows.some((r) => r.recognized > 0)).toBe(true);
+      await m.credits.checkpoint("ar");
+      const archived = await m.credits.archiveJournal({ file, userId: "ar" });
+      expect(archived.entriesArchived).toBeGreaterThan(0);
+      expect(await getRevenue(db, query)).toEqual(before);
+    } finally {
+      await m.close();
+      await opened.drop();
+      rmSync(file, { force: true });
+    }
+  }, 60_000);
+
   it("audit compares the summary with the journal: a tampered day, deferred value, state or basis is a problem", async () => {
     const opened = await stores.find((s) => s.name === "postgres")!.open();
     const db = opened.db;

@@ -6,6 +6,7 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
 import { replayJournal, type AuditReport } from "../domain/replay.js";
+import { catchUpRevenue } from "./revenue.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { DateInput, UserId, parse, type JournalEntry } from "../models/index.js";
 
@@ -77,6 +78,8 @@ export async function archivePartitions(
     .catch(() => null);
   if (dir === null || !dir.isDirectory())
     throw new ConfigurationError(`[credit-management] archivePartitions: ${o.dir} is not a directory`);
+  // The revenue summary reads every entry before partitions go (docs/revenue.md).
+  await catchUpRevenue(db);
   return archive({
     before: o.before,
     dir: o.dir,
@@ -107,6 +110,9 @@ export async function archiveJournal(db: DbManager, options: ArchiveJournalOptio
     const flush = async () => {
       if (pending.length === 0) return;
       await out.datasync();
+      // The revenue summary reads every entry before it goes (docs/revenue.md, "Limits of this
+      // release"): an entry removed unread would be missing from its reports for good.
+      for (const [userId] of pending) await catchUpRevenue(db, { userId });
       for (const [userId, seq] of pending) report.entriesArchived += await remove(userId, seq);
       pending = [];
     };

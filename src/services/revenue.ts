@@ -119,10 +119,15 @@ export interface RevenueCatchUp {
  */
 export async function catchUpRevenue(
   db: DbManager,
-  options: { maxEntries?: number; /** Tests: entries a statement reads and saves. */ batchEntries?: number } = {},
+  options: {
+    maxEntries?: number;
+    /** One account only (archival catches an account up before it removes its entries). */
+    userId?: string;
+    /** Tests: entries a statement reads and saves. */ batchEntries?: number;
+  } = {},
 ): Promise<RevenueCatchUp> {
   if (db.revenueSummary === undefined) return { accounts: 0, entries: 0, more: false };
-  return catchUp(db.revenueSummary, null, options.maxEntries, options.batchEntries);
+  return catchUp(db.revenueSummary, options.userId ?? null, options.maxEntries, options.batchEntries);
 }
 
 /**
