@@ -14,6 +14,7 @@ import { InMemoryNotificationQueue, createCreditManager, type DbManager } from "
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { generateSql } from "../src/schema/sql.js";
+import { revenueDdl } from "../src/schema/revenue-pg.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
@@ -239,6 +240,9 @@ describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id
           .filter((line) => !/^SELECT create_(distributed|reference)_table/.test(line))
           .join("\n"),
       );
+      // The manager below runs as a plain store (this server has no Citus), and a plain store keeps
+      // the revenue summary a distributed one replays instead (docs/revenue.md): its tables too.
+      for (const statement of revenueDdl({ schema })) await c.query(statement);
       const keys = await c.query<{ table_name: string; columns: string }>(
         `SELECT tc.table_name, string_agg(k.column_name, ',' ORDER BY k.ordinal_position) AS columns
            FROM information_schema.table_constraints tc
