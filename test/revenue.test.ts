@@ -745,6 +745,7 @@ describe.each(stores)("revenue on $name: an account whose clock went back a day"
   });
 });
 
+// reason: needs a PostgreSQL server (the only store with a revenue summary), whose URL .ci/run sets in CREDIT_PG_URL; skipped without it
 describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's revenue round", () => {
   it("folds the new entries into the summary in bounded pieces: a report after it adds nothing and is the replay", async () => {
     const opened = await stores.find((s) => s.name === "postgres")!.open();
