@@ -408,11 +408,10 @@ export async function revenueSummaryProblems(
   compare("day", saved.days, replay.days, false);
   const deferred = (rows: readonly { currency: string; source: string | null; v: number }[]) => {
     const m = new Map<string, number>();
-    for (const r of rows)
-      m.set(
-        `${r.currency}, ${r.source ?? "(no source)"}`,
-        (m.get(`${r.currency}, ${r.source ?? "(no source)"}`) ?? 0) + r.v,
-      );
+    for (const r of rows) {
+      const key = `${r.currency}, ${r.source ?? "(no source)"}`;
+      m.set(key, (m.get(key) ?? 0) + r.v);
+    }
     return m;
   };
   const keptDeferred = deferred(saved.deferred.map((d) => ({ ...d, v: d.deferred })));

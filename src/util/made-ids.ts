@@ -5,10 +5,11 @@
  * again. (Apart from ./uuid.ts so that a test that replaces `newId` leaves the store's lookup here:
  * an id this did not see is parsed.)
  */
+/** A power of two: the slots go round with a mask. */
 const MADE = 4;
 
 /** The ids, by slot (null: none yet). */
-export const madeIds: (string | null)[] = [null, null, null, null];
+export const madeIds: (string | null)[] = new Array<string | null>(MADE).fill(null);
 /** The bytes of the ids in `madeIds`, 16 each. */
 export const madeBytes = new Uint8Array(16 * MADE);
 let next = 0;
