@@ -245,7 +245,12 @@ export async function run(): Promise<BenchRow[]> {
     // Alternated: the report adds the day's entries itself, or the worker's revenue round did first.
     const { createWorker } = await worker();
     const manager = await core.createCreditManager({ db, init: false });
-    const revenueWorker = createWorker(manager, { jobsEveryMs: 0, topUpEveryMs: 0, revenueEveryMs: 60_000 });
+    const revenueWorker = createWorker(manager, {
+      jobsEveryMs: 0,
+      topUpEveryMs: 0,
+      revenueEveryMs: 60_000,
+      usageEveryMs: 0,
+    });
     const tails: number[] = [];
     const afterRound: number[] = [];
     const roundMs: number[] = [];

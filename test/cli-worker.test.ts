@@ -8,6 +8,7 @@ import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { HELP, runCli } from "../src/cli/run.js";
 import { WORKER_OPTIONS, parseDuration, pauseBefore, workerSettings } from "../src/cli/worker.js";
+import { workerOptions } from "../src/serve/worker-settings.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/models/index.js";
@@ -60,6 +61,8 @@ describe("credit-management worker: flags and environment", () => {
       "CREDIT_IDEMPOTENCY_RETENTION",
       "CREDIT_WORKER_CHECKPOINT_ENTRIES",
       "CREDIT_WORKER_REVENUE_EVERY",
+      "--usage-every",
+      "CREDIT_WORKER_USAGE_EVERY",
       "SIGTERM",
       "SIGHUP",
     ]) {
@@ -130,6 +133,7 @@ describe("credit-management worker: flags and environment", () => {
         CREDIT_LOG_LEVEL: "debug",
         CREDIT_WORKER_CHECKPOINT_ENTRIES: "500",
         CREDIT_WORKER_REVENUE_EVERY: "5m",
+        CREDIT_WORKER_USAGE_EVERY: "30s",
       },
     );
     expect(set).toMatchObject({
@@ -144,10 +148,21 @@ describe("credit-management worker: flags and environment", () => {
       logLevel: "debug",
       checkpointEntries: 500,
       revenueEveryMs: 300_000,
+      usageEveryMs: 30_000,
     });
     expect(workerSettings({}, {}).checkpointEntries).toBeUndefined();
     expect(workerSettings({}, {}).revenueEveryMs).toBe(0);
     expect(workerSettings({ "jobs-every": "0", "top-up-every": "0", "revenue-every": "1m" }, {}).revenueEveryMs).toBe(
+      60_000,
+    );
+    // The usage round: on by default (it runs only on PostgreSQL), a flag wins over its variable, off turns it off.
+    expect(workerSettings({}, {}).usageEveryMs).toBe(60_000);
+    expect(workerSettings({ "usage-every": "2m" }, { CREDIT_WORKER_USAGE_EVERY: "5m" }).usageEveryMs).toBe(120_000);
+    expect(workerSettings({}, { CREDIT_WORKER_USAGE_EVERY: "off" }).usageEveryMs).toBe(0);
+    expect(workerSettings({ "usage-every": "0" }, {}).usageEveryMs).toBe(0);
+    expect(workerOptions(workerSettings({ "usage-every": "90s" }, {}), undefined).usageEveryMs).toBe(90_000);
+    // Asked for, it is a task of its own; by default it does not count (a SQLite worker would have none).
+    expect(workerSettings({ "jobs-every": "0", "top-up-every": "0", "usage-every": "1m" }, {}).usageEveryMs).toBe(
       60_000,
     );
     expect(workerSettings({}, { CREDIT_REDIS_URL: "redis://h", CREDIT_REMINDER_DAYS: "none" }).reminderDays).toEqual(
@@ -198,6 +213,13 @@ describe("credit-management worker: flags and environment", () => {
       ],
       [["worker"], { CREDIT_LOW_CREDITS_PERCENT: "120" }, /CREDIT_LOW_CREDITS_PERCENT must be a number from 0 to 100/],
       [["worker", "--jobs-every", "0", "--top-up-every", "off"], {}, /every task is off/],
+      [["worker", "--jobs-every", "0", "--top-up-every", "off", "--usage-every", "off"], {}, /every task is off/],
+      [["worker", "--usage-every", "soon"], {}, /--usage-every must be a duration/],
+      [
+        ["worker"],
+        { CREDIT_WORKER_USAGE_EVERY: "25h" },
+        /CREDIT_WORKER_USAGE_EVERY must be a duration from 10ms to 24h/,
+      ],
       [["worker", "--top-up-every", "soon"], {}, /--top-up-every must be a duration/],
       [
         ["worker"],
@@ -367,6 +389,8 @@ describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CR
       checkpointAccounts: { accountsScanned: 2, checkpointsWritten: 1, errors: 0 },
     });
     expect((await now.credits.latestCheckpoint("busy"))?.seq).toBe(5);
+    // The usage round (on by default on PostgreSQL), after the jobs: both accounts' entries, the checkpoint's too, into the rollup.
+    expect(w.lines.find(round("usage"))).toMatchObject({ ok: true, usage: { accounts: 2, entries: 6, more: false } });
     expect(await now.credits.latestCheckpoint("quiet")).toBeUndefined();
     expect((await now.credits.audit("busy")).fromSeq).toBe(5);
   });

@@ -765,7 +765,8 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("revenue on postgres: the worker's r
       const q = { from: dayStart(T0) - 4 * DAY, to: dayStart(T0) + 3 * DAY, interval: "day" as const };
       await write(0);
       const summary = db.revenueSummary!;
-      const worker = createWorker(m, { jobsEveryMs: 0, topUpEveryMs: 0, revenueEveryMs: 60_000 });
+      // (The usage round, on by default on PostgreSQL, off: this is the revenue round alone.)
+      const worker = createWorker(m, { jobsEveryMs: 0, topUpEveryMs: 0, revenueEveryMs: 60_000, usageEveryMs: 0 });
       expect(worker.tasks).toEqual([{ name: "revenue", everyMs: 60_000 }]);
       const first = await worker.runOnce();
       expect(first.ok).toBe(true);

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import fc from "fast-check";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { PostgresDbManager } from "../src/db/postgres/index.js";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
 import { usageParts, windowStart } from "../src/domain/usage.js";
 import {
@@ -18,6 +19,7 @@ import {
   type UsageQuery,
   type UsageRow,
 } from "../src/index.js";
+import { createWorker } from "../src/worker/index.js";
 import { testStores, type OpenedStore, type TestStore } from "./fixtures/stores.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-usage-"));
@@ -560,5 +562,196 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
     });
     expect(rows.rows).toEqual(expected);
     for (let g = 0; g < 5; g++) expect((await m.credits.audit(`g${g}`)).problems).toEqual([]);
+  });
+
+  // The worker's usage round (docs/usage.md, "Keeping the rollup caught up").
+  type Pg = PostgresDbManager;
+  /** The accounts behind their rollup cursor, and their entries the rollup does not hold yet. */
+  const behind = async () =>
+    (
+      await client.query<{ accounts: number; entries: number }>(
+        `SELECT count(*)::int AS accounts, coalesce(sum(a.seq - coalesce(s.through_seq, 0)), 0)::int AS entries ` +
+          `FROM "${schema}".accounts a LEFT JOIN "${schema}".usage_state s ON s.user_id = a.user_id WHERE a.seq > coalesce(s.through_seq, 0)`,
+      )
+    ).rows[0]!;
+  const cursors = async () =>
+    (await client.query(`SELECT user_id, through_seq::int AS at FROM "${schema}".usage_state ORDER BY 1`)).rows;
+  const rollupOf = async (prefix: string) =>
+    (
+      await client.query(
+        `SELECT user_id, to_char(day, 'YYYY-MM-DD') AS day, kind, credits::int, requests::int, input_tokens::int AS input ` +
+          `FROM "${schema}".usage_daily WHERE user_id LIKE $1 ORDER BY 1, 2, 3`,
+        [`${prefix}%`],
+      )
+    ).rows;
+  /** A report across accounts by day that reads the rollup (whole UTC days around the clock). */
+  const fleet = (c: CreditManager, prefix: string) => async () =>
+    (
+      await c.credits.getUsage({
+        from: new Date(Math.floor(clock.now / DAY) * DAY - 12 * DAY),
+        to: new Date(Math.floor(clock.now / DAY) * DAY + 2 * DAY),
+        interval: "day",
+        groupBy: ["account"],
+      })
+    ).rows.filter((r) => r.account?.startsWith(prefix));
+  const spend = (user: string, amount: number, tokens: number) =>
+    m.credits.deductCredits(user, amount, { metadata: { usages: [{ model: "m", amount, inputTokens: tokens }] } });
+
+  it("the worker's usage round brings every cursor to the journal's head in bounded statements; a report after it adds nothing and reads what the journal sums to", async () => {
+    const db = opened.db as unknown as Pg;
+    for (let u = 0; u < 4; u++) {
+      await play(m, clock, `u${u}`, [
+        { op: "deduct", amount: 3 + u, feature: "chat" },
+        { op: "step", ms: DAY },
+        { op: "takeBack", amount: 2, dispute: true },
+        ...Array.from({ length: 2 * u }, (_, i) => ({ op: "deduct" as const, amount: 1 + i })),
+      ]);
+      await spend(`u${u}`, 5, 100 * u);
+    }
+    const before = await behind();
+    expect(before.accounts).toBeGreaterThanOrEqual(4);
+    // Bounded: at most 7 entries, 2 a statement (an account with more in pieces).
+    const statements: number[] = [];
+    const readWithoutJit = db.readWithoutJit.bind(db);
+    db.readWithoutJit = async (...args: Parameters<Pg["readWithoutJit"]>) => {
+      const rows = await readWithoutJit(...args);
+      statements.push(rows.reduce((n, r) => n + (r.moved === true ? Number(r.entries) : 0), 0));
+      return rows;
+    };
+    try {
+      expect(await db.catchUpUsage({ maxEntries: 7, batchEntries: 2 })).toMatchObject({ entries: 7, more: true });
+    } finally {
+      db.readWithoutJit = readWithoutJit;
+    }
+    expect(statements.length).toBeGreaterThanOrEqual(4);
+    expect(Math.max(...statements)).toBeLessThanOrEqual(2);
+    expect(statements.reduce((a, b) => a + b, 0)).toBe(7);
+    const left = await behind();
+    expect(left.entries).toBe(before.entries - 7);
+
+    const worker = createWorker(m, { jobsEveryMs: 0, topUpEveryMs: 0, usageEveryMs: 60_000 });
+    expect(worker.tasks).toEqual([{ name: "usage", everyMs: 60_000 }]);
+    const first = await worker.runOnce();
+    expect(first.ok).toBe(true);
+    expect(first.rounds[0]).toMatchObject({
+      task: "usage",
+      idle: false,
+      report: { usage: { accounts: left.accounts, entries: left.entries, more: false } },
+    });
+    // Every cursor at its account's seq.
+    expect(await behind()).toEqual({ accounts: 0, entries: 0 });
+    const off = await client.query(
+      `SELECT a.user_id FROM "${schema}".accounts a LEFT JOIN "${schema}".usage_state s ON s.user_id = a.user_id ` +
+        `WHERE a.seq > 0 AND s.through_seq IS DISTINCT FROM a.seq`,
+    );
+    expect(off.rows).toEqual([]);
+    // The rollup is what the journal sums to: the audit's comparison, and the same report through the journal alone.
+    for (let u = 0; u < 4; u++) expect((await m.credits.audit(`u${u}`)).problems).toEqual([]);
+    const { PostgresDbManager } = await import("../src/db/postgres/index.js");
+    const journalOnly = new PostgresDbManager({ connectionString: process.env.CREDIT_PG_URL as string, schema });
+    (journalOnly as unknown as { hasRollup: boolean }).hasRollup = false;
+    const viaJournal = await createCreditManager({ db: journalOnly, init: false, pricing });
+    try {
+      const cursorsThen = await cursors();
+      const rollupThen = await rollupOf("u");
+      const rows = await fleet(m, "u")();
+      expect(rows.length).toBeGreaterThanOrEqual(8);
+      expect(rows).toEqual(await fleet(viaJournal, "u")());
+      // The report after the round had nothing to add: no cursor moved, no rollup row changed.
+      expect(await cursors()).toEqual(cursorsThen);
+      expect(await rollupOf("u")).toEqual(rollupThen);
+    } finally {
+      await viaJournal.close();
+    }
+    expect((await worker.runOnce()).rounds[0]).toMatchObject({
+      idle: true,
+      report: { usage: { accounts: 0, entries: 0, more: false } },
+    });
+  });
+
+  it("rounds, a report and an account's catch-up at once count every entry once: the report has every entry written before it", async () => {
+    const db = opened.db as unknown as Pg;
+    const users = ["k0", "k1", "k2", "k3", "k4"];
+    for (const u of users) await m.credits.addCredits(u, 10_000);
+    const sums = new Map(users.map((u) => [u, { credits: 0, requests: 0, input: 0 }]));
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 30; i++) {
+        const u = users[(i * 7 + round) % users.length]!;
+        const amount = 1 + ((i + round) % 4);
+        await spend(u, amount, 10 * i);
+        const s = sums.get(u)!;
+        s.credits += amount;
+        s.requests++;
+        s.input += 10 * i;
+      }
+      const [a, b, report] = await Promise.all([
+        db.catchUpUsage({ maxEntries: 1_000_000, batchEntries: 3 }),
+        db.catchUpUsage({ maxEntries: 1_000_000, batchEntries: 4 }),
+        fleet(m, "k")(),
+        db.catchUpUsageRollup("k2"),
+      ]);
+      expect(a.more || b.more).toBe(false);
+      const spent = report
+        .filter((r) => r.kind === "spend")
+        .map((r) => [r.account, r.credits, r.requests, r.inputTokens] as const);
+      const totals = users.map((u) => {
+        const mine = spent.filter((r) => r[0] === u);
+        return [u, ...[1, 2, 3].map((k) => mine.reduce((n, r) => n + (r[k] as number), 0))];
+      });
+      expect(totals, `round ${round}`).toEqual(
+        users.map((u) => [u, sums.get(u)!.credits, sums.get(u)!.requests, sums.get(u)!.input]),
+      );
+    }
+    expect(await behind()).toEqual({ accounts: 0, entries: 0 });
+    const rows = (await rollupOf("k")).filter((r) => r.kind === "spend");
+    expect(
+      users.map((u) =>
+        rows
+          .filter((r) => r.user_id === u)
+          .reduce((n, r) => [n[0]! + r.credits, n[1]! + r.requests, n[2]! + r.input], [0, 0, 0]),
+      ),
+    ).toEqual(users.map((u) => [sums.get(u)!.credits, sums.get(u)!.requests, sums.get(u)!.input]));
+    for (const u of users) expect((await m.credits.audit(u)).problems).toEqual([]);
+  });
+
+  it("a report whose compare-and-set another catch-up won part of the way (the round's piece) catches up again: it has every entry", async () => {
+    const { rollupCatchUpOneSql } = await import("../src/schema/rollup.js");
+    const db = opened.db as unknown as Pg;
+    await m.credits.addCredits("p1", 100);
+    await db.catchUpUsageRollup("p1");
+    for (let i = 1; i <= 3; i++) await spend("p1", i, 0);
+    const [{ at }] = (
+      await client.query(`SELECT through_seq::int AS at FROM "${schema}".usage_state WHERE user_id = 'p1'`)
+    ).rows as [{ at: number }];
+    // Another session holds p1's cursor row: the report's catch-up waits on it at its compare-and-set.
+    const other = new (await import("pg")).default.Client({ connectionString: process.env.CREDIT_PG_URL });
+    await other.connect();
+    try {
+      await other.query("BEGIN");
+      await other.query(`SELECT 1 FROM "${schema}".usage_state WHERE user_id = 'p1' FOR UPDATE`);
+      const report = fleet(m, "p")();
+      for (let i = 0; ; i++) {
+        const waiting = await client.query(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%usage_state%'`,
+        );
+        if (waiting.rows[0].n > 0) break;
+        if (i > 200) throw new Error("the report's catch-up never waited on the cursor");
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      // Meanwhile the other moves the cursor one entry only (as a round's piece would), and commits.
+      const moved = await other.query(rollupCatchUpOneSql(`"${schema}"."journal_entries"`, { schema }), [
+        "p1",
+        at,
+        at + 1,
+      ]);
+      expect(moved.rows[0].n).toBe(1);
+      await other.query("COMMIT");
+      const rows = (await report).filter((r) => r.kind === "spend");
+      expect(rows.reduce((n, r) => n + r.credits, 0)).toBe(6);
+      expect(rows.reduce((n, r) => n + r.requests, 0)).toBe(3);
+    } finally {
+      await other.end();
+    }
+    expect((await m.credits.audit("p1")).problems).toEqual([]);
   });
 });

@@ -3,7 +3,13 @@
  * manager it is given — its rate, providers and queue — reading no environment.
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { createCreditManager, InMemoryNotificationQueue, ValidationError, type CreditManager } from "../src/index.js";
+import {
+  createCreditManager,
+  CreditError,
+  InMemoryNotificationQueue,
+  ValidationError,
+  type CreditManager,
+} from "../src/index.js";
 import { scriptedChargeProvider } from "../src/testing/auto-top-up.js";
 import { createWorker } from "../src/worker/index.js";
 
@@ -183,10 +189,28 @@ describe("createWorker", () => {
       [{ jitter: 2 }, /jitter/],
       [{ batchSize: 0 }, /batchSize/],
       [{ logger: {} }, /logger/],
+      [{ usageEveryMs: 5 }, /usageEveryMs/],
+      [{ usageEveryMs: -1000 }, /usageEveryMs/],
+      [{ usageEntries: 999 }, /usageEntries/],
+      [{ usageEntries: 1.5e3 + 0.5 }, /usageEntries/],
       [{ every: 1 }, /every/],
     ] as const) {
       expect(() => createWorker(m, options as never)).toThrow(ValidationError);
+      expect(() => createWorker(m, options as never)).toThrow(CreditError);
       expect(() => createWorker(m, options as never)).toThrow(message);
     }
+  });
+
+  it("runs no usage round where the store keeps no usage rollup to catch up (memory, SQLite, MongoDB)", async () => {
+    const m = await manager();
+    expect(m.db.catchUpUsage).toBeUndefined();
+    expect(createWorker(m, { usageEveryMs: 1000 }).tasks.map((t) => t.name)).not.toContain("usage");
+    expect(createWorker(m).tasks.map((t) => t.name)).toEqual(["jobs"]);
+    const { SqliteDbManager } = await import("../src/db/sqlite/index.js");
+    const { MongoDbManager } = await import("../src/db/mongodb/index.js");
+    expect("catchUpUsage" in SqliteDbManager.prototype).toBe(false);
+    expect("catchUpUsage" in MongoDbManager.prototype).toBe(false);
+    const { PostgresDbManager } = await import("../src/db/postgres/index.js");
+    expect("catchUpUsage" in PostgresDbManager.prototype).toBe(true);
   });
 });

@@ -9,7 +9,7 @@ import type {
   Reservation,
 } from "../models/index.js";
 import type { Changes, LoadedState } from "../domain/state.js";
-import type { UsageBucket, UsageRollupRow, UsageScan } from "../domain/usage.js";
+import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../domain/usage.js";
 import type { PromoPaymentStore, PromoPaymentTransaction } from "./types-promos.js";
 import type { SubscriptionStore } from "./types-subscriptions.js";
 import type { RevenueSummaryStore } from "./types-revenue.js";
@@ -142,6 +142,14 @@ export interface JournalStore {
    * with the journal.
    */
   usageRollup?(userId: string): Promise<UsageRollupRow[] | null>;
+  /**
+   * Optional: the worker's usage round (docs/usage.md, "Keeping the rollup caught up"): adds to the
+   * store's daily usage rollup the journal's entries past each account's cursor, at most about
+   * `maxEntries` of them, at most `batchEntries` (default 20,000) a statement, with the same
+   * compare-and-set on the cursor as a report's catch-up. Absent where the store keeps no rollup
+   * (only PostgreSQL keeps one).
+   */
+  catchUpUsage?(options: { maxEntries: number; batchEntries?: number }): Promise<UsageCatchUp>;
   /** Optional: revenue kept per account and UTC day, for `credits.getRevenue` (docs/revenue.md, "How it is computed"). */
   readonly revenueSummary?: RevenueSummaryStore;
   insertLedgerEntry(entry: LedgerEntry): Promise<void>;

@@ -41,6 +41,19 @@ export interface UsageRollupRow {
   cachedTokens: number;
 }
 
+/**
+ * What one catch-up round of a store's daily usage rollup did (`DbManager.catchUpUsage`; the
+ * worker's usage round, docs/usage.md, "Keeping the rollup caught up").
+ */
+export interface UsageCatchUp {
+  /** Accounts whose cursor it moved (an account caught up in several pieces counts once a piece). */
+  accounts: number;
+  /** Journal entries it added to the rollup. */
+  entries: number;
+  /** It stopped at its `maxEntries`: what is left, if anything, is the next round's. */
+  more: boolean;
+}
+
 /** What a store's `usage()` answers per group: the window by its index in `boundaries`. */
 export interface UsageBucket {
   window: number;

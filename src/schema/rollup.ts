@@ -120,7 +120,9 @@ function rollupUpsert(r: RollupNames, sums: string): string {
  * the state row's lock, then finds it moved) adds nothing. One statement is one snapshot: the
  * entries up to `accounts.seq` are there (an entry and its account's seq commit together).
  * Accounts are taken in user id order, so two catch-ups lock state rows in one order. Returns one
- * row: `n`, the accounts caught up.
+ * row: `n`, the accounts caught up, and `stale`, the accounts it found behind (more than `n` when
+ * another catch-up moved some meanwhile: it may have stopped short of this one's seq, so a reader
+ * runs it again).
  */
 export function rollupCatchUpSql(
   journal: string,
@@ -139,7 +141,46 @@ export function rollupCatchUpSql(
     `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_c c ON c.user_id = j.user_id JOIN cm_s ON cm_s.user_id = c.user_id ` +
     `WHERE j.seq > c.from_seq AND j.seq <= c.to_seq), ` +
     `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) ` +
-    `SELECT count(*)::int AS n FROM cm_s`
+    `SELECT count(*)::int AS n, (SELECT count(*)::int FROM cm_c) AS stale FROM cm_s`
+  );
+}
+
+/**
+ * A bounded catch-up (the worker's usage round, docs/usage.md, "Keeping the rollup caught up"),
+ * one statement: the accounts behind their cursor in user id order (after `$1` when `after`, else
+ * `$1` is null), at most `$2` of them, and of their new entries at most `$3` in all — each
+ * account's from its cursor, the last one's cut short where `$3` runs out (its rest is the next
+ * statement's). The
+ * compare-and-set, the lock order and the snapshot as in `rollupCatchUpSql`. Returns a row per
+ * account taken, in user id order: `user_id`, `entries` (added when `moved`), `clipped` (entries
+ * of it are left), `moved` (false: another catch-up moved its cursor first and added them).
+ */
+export function rollupCatchUpBatchSql(
+  journal: string,
+  accounts: string,
+  naming: NamingOptions,
+  after: boolean,
+  rules: UsageRules = USAGE_RULES,
+): string {
+  const r = rollupNames(naming);
+  return (
+    `WITH cm_l AS (SELECT a.user_id, coalesce(s.through_seq, 0) AS from_seq, a.seq AS head ` +
+    `FROM ${accounts} a LEFT JOIN ${r.state} s ON s.user_id = a.user_id ` +
+    `WHERE a.seq > coalesce(s.through_seq, 0)${after ? " AND a.user_id > $1" : " AND $1::text IS NULL"} ORDER BY a.user_id LIMIT $2), ` +
+    // The entries of the accounts before each one (bigint throughout: a numeric bound would keep
+    // the journal's read off its primary key).
+    `cm_w AS (SELECT user_id, from_seq, head, coalesce(sum(head - from_seq) OVER (ORDER BY user_id ` +
+    `ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint AS before FROM cm_l), ` +
+    `cm_c AS (SELECT user_id, from_seq, (from_seq + least(head - from_seq, $3::bigint - before))::bigint AS to_seq, head ` +
+    `FROM cm_w WHERE before < $3::bigint), ` +
+    `cm_s AS (INSERT INTO ${r.state} AS s ("user_id", "through_seq") SELECT user_id, to_seq FROM cm_c ORDER BY user_id ` +
+    `ON CONFLICT ("user_id") DO UPDATE SET "through_seq" = EXCLUDED."through_seq" ` +
+    `WHERE s."through_seq" = (SELECT c.from_seq FROM cm_c c WHERE c.user_id = s.user_id) RETURNING s.user_id), ` +
+    `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_c c ON c.user_id = j.user_id JOIN cm_s ON cm_s.user_id = c.user_id ` +
+    `WHERE j.seq > c.from_seq AND j.seq <= c.to_seq), ` +
+    `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) ` +
+    `SELECT c.user_id, (c.to_seq - c.from_seq)::int AS entries, c.to_seq < c.head AS clipped, cm_s.user_id IS NOT NULL AS moved ` +
+    `FROM cm_c c LEFT JOIN cm_s ON cm_s.user_id = c.user_id ORDER BY c.user_id`
   );
 }
 

@@ -37,6 +37,11 @@ export interface WorkerSettings {
   topUpEveryMs: number;
   /** The revenue summary's catch-up (docs/revenue.md, "Keeping the summary caught up"); 0: off (the default). */
   revenueEveryMs: number;
+  /**
+   * The usage rollup's catch-up (docs/usage.md, "Keeping the rollup caught up"); default 60 s, on
+   * a store that keeps a rollup (PostgreSQL); 0: off.
+   */
+  usageEveryMs: number;
   /** Each pause is the interval ± jitter/2 of it; the first round waits up to jitter × interval. */
   jitter: number;
   batchSize: number;
@@ -74,6 +79,7 @@ export interface WorkerFlags extends PaymentFlags {
   "dispatch-every"?: string;
   "top-up-every"?: string;
   "revenue-every"?: string;
+  "usage-every"?: string;
   jitter?: string;
   "batch-size"?: string;
   concurrency?: string;
@@ -88,6 +94,7 @@ export const WORKER_FLAGS = {
   "dispatch-every": { type: "string" },
   "top-up-every": { type: "string" },
   "revenue-every": { type: "string" },
+  "usage-every": { type: "string" },
   jitter: { type: "string" },
   "batch-size": { type: "string" },
   concurrency: { type: "string" },
@@ -108,6 +115,8 @@ export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its vari
                                    when a provider can charge saved cards (STRIPE_SECRET_KEY). Default 1s
   --revenue-every DURATION         CREDIT_WORKER_REVENUE_EVERY: fold new journal entries into PostgreSQL's
                                    revenue summary, so month-end reports have none left to add. Default off
+  --usage-every DURATION           CREDIT_WORKER_USAGE_EVERY: add new journal entries to PostgreSQL's daily
+                                   usage rollup, so reports across accounts have none left to add. Default 60s
                                    DURATION: 500ms, 30s, 5m, 1h or a number of ms; 0 or off: never
                                    (a pause counts from the end of a round: rounds of a task never overlap)
   --jitter FRACTION                CREDIT_WORKER_JITTER: each pause is the interval ± FRACTION/2 of it,
@@ -211,6 +220,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const dispatch = duration("dispatch-every", "CREDIT_WORKER_DISPATCH_EVERY", 1000);
   const topUps = duration("top-up-every", "CREDIT_WORKER_TOP_UP_EVERY", 1000);
   const revenue = duration("revenue-every", "CREDIT_WORKER_REVENUE_EVERY", 0);
+  const usage = duration("usage-every", "CREDIT_WORKER_USAGE_EVERY", 60_000);
   let payments: PaymentSettings;
   try {
     payments = paymentSettings(flags, env);
@@ -267,6 +277,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     // The dispatch round charges each top-up before it delivers it; without it, this task does.
     topUpEveryMs: dispatchEveryMs > 0 ? 0 : topUps.ms,
     revenueEveryMs: revenue.ms,
+    usageEveryMs: usage.ms,
     jitter: number("jitter", "CREDIT_WORKER_JITTER", 0, 1) ?? 0.1,
     batchSize: integer("batch-size", "CREDIT_WORKER_BATCH_SIZE", 1, 10_000) ?? 1000,
     concurrency: integer("concurrency", "CREDIT_WORKER_CONCURRENCY", 1, 256) ?? 8,
@@ -291,10 +302,12 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     settings.remindersEveryMs === 0 &&
     settings.dispatchEveryMs === 0 &&
     settings.topUpEveryMs === 0 &&
-    settings.revenueEveryMs === 0
+    settings.revenueEveryMs === 0 &&
+    // On by default, but only on PostgreSQL: counted when asked for.
+    !(usage.given && usage.ms > 0)
   ) {
     throw new WorkerUsageError(
-      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every, --top-up-every, --revenue-every a duration",
+      "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every, --top-up-every, --revenue-every, --usage-every a duration",
     );
   }
   return settings;
@@ -322,6 +335,7 @@ export function workerOptions(s: WorkerSettings, logger: WorkerOptions["logger"]
     dispatchEveryMs: s.dispatchEveryMs,
     topUpEveryMs: s.topUpEveryMs,
     revenueEveryMs: s.revenueEveryMs,
+    usageEveryMs: s.usageEveryMs,
     jitter: s.jitter,
     batchSize: s.batchSize,
     concurrency: s.concurrency,

@@ -7,16 +7,15 @@ import { pauseBefore } from "./schedule.js";
 
 /**
  * The worker's rounds as a library (docs/operations.md, "The worker in your own code"): the jobs,
- * the expiring-credit reminders, the outbox dispatcher, the auto top-ups' charges and the revenue
- * summary's catch-up, on the
- * manager it is given — its store, payment providers and rate, queue and thresholds. It reads no
+ * the expiring-credit reminders, the outbox dispatcher, the auto top-ups' charges, the revenue
+ * summary's catch-up and the usage rollup's, on the manager it is given — its store, payment providers and rate, queue and thresholds. It reads no
  * environment: `credit-management worker` and `serve --worker` build a manager from theirs and run
  * this. `runOnce()` runs one round of each task (a cron route, a BullMQ job, a CronJob);
  * `start()` runs each on its interval until `stop()`.
  */
 
 /** The worker's tasks, in the order `runOnce` runs them. */
-export type WorkerTaskName = "jobs" | "reminders" | "dispatch" | "top-ups" | "revenue";
+export type WorkerTaskName = "jobs" | "reminders" | "dispatch" | "top-ups" | "revenue" | "usage";
 
 /** An interval in ms: 0 (the task is off) or 10 ms to 24 hours. */
 const Interval = z
@@ -50,6 +49,14 @@ export const WorkerOptions = z.strictObject({
   revenueEveryMs: Interval.optional(),
   /** Journal entries one revenue round folds at most (1,000–10,000,000; the rest is the next round's). Default 200,000. */
   revenueEntries: z.number().int().min(1000).max(10_000_000).optional(),
+  /**
+   * The daily usage rollup's catch-up (docs/usage.md, "Keeping the rollup caught up"): the journal
+   * entries written since, added to the rollup so a report across accounts has none left to add,
+   * in ms. Default 60,000; runs only on a store that keeps a rollup (PostgreSQL).
+   */
+  usageEveryMs: Interval.optional(),
+  /** Journal entries one usage round adds at most (1,000–10,000,000; the rest is the next round's). Default 200,000. */
+  usageEntries: z.number().int().min(1000).max(10_000_000).optional(),
   /** Each pause is the interval ± jitter/2 of it; the first waits up to jitter × interval (0 to 1). Default 0.1. */
   jitter: z.number().min(0).max(1).optional(),
   /** Rows per indexed scan of the jobs and reminders (1–10,000). Default 1,000. */
@@ -88,7 +95,7 @@ export interface WorkerRound {
   task: WorkerTaskName;
   /** False when some work failed (a job step, a delivery, a charge: left for the next round) or the round threw. */
   ok: boolean;
-  /** A dispatch, top-ups or revenue round that found nothing to do. */
+  /** A dispatch, top-ups, revenue or usage round that found nothing to do. */
   idle: boolean;
   durationMs: number;
   /** The round's report (the jobs' reports, the reminders per window, the dispatch counts), as logged. */
@@ -114,7 +121,7 @@ export interface CreditWorker {
    */
   readonly topUpsBy: "dispatch" | "top-ups" | "nobody";
   /**
-   * One round of each task — jobs, reminders, dispatch, top-ups, revenue, so the jobs' events go out in the
+   * One round of each task — jobs, reminders, dispatch, top-ups, revenue, usage, so the jobs' events go out in the
    * same run — each logged as one line. A round that throws is reported (`ok: false`, `error`),
    * not thrown. `stop()` meanwhile ends it after the round in flight.
    */
@@ -132,6 +139,8 @@ interface Settings {
   topUpEveryMs: number;
   revenueEveryMs: number;
   revenueEntries: number;
+  usageEveryMs: number;
+  usageEntries: number;
   jitter: number;
   batchSize: number;
   concurrency: number;
@@ -158,6 +167,8 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
     topUpEveryMs: o.topUpEveryMs ?? 1000,
     revenueEveryMs: o.revenueEveryMs ?? 0,
     revenueEntries: o.revenueEntries ?? 200_000,
+    usageEveryMs: o.usageEveryMs ?? 60_000,
+    usageEntries: o.usageEntries ?? 200_000,
     jitter: o.jitter ?? 0.1,
     batchSize: o.batchSize ?? 1000,
     concurrency: o.concurrency ?? 8,
@@ -172,6 +183,7 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
     dispatch: () => dispatchRound(manager, s),
     "top-ups": () => topUpsRound(manager, s),
     revenue: () => revenueRound(manager, s),
+    usage: () => usageRound(manager, s),
   };
   const tasks: WorkerTask[] = (
     [
@@ -183,6 +195,8 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
       { name: "top-ups", everyMs: topUpsBy === "top-ups" ? s.topUpEveryMs : 0 },
       // A store without a revenue summary replays the journal for each report: nothing to keep.
       { name: "revenue", everyMs: manager.db.revenueSummary === undefined ? 0 : s.revenueEveryMs },
+      // A store without a usage rollup (or one kept on the write path) has nothing to catch up.
+      { name: "usage", everyMs: manager.db.catchUpUsage === undefined ? 0 : s.usageEveryMs },
     ] as const
   ).filter((t) => t.everyMs > 0);
 
@@ -389,4 +403,14 @@ async function topUpsRound(m: CreditManager, s: Settings): Promise<RoundResult> 
 async function revenueRound(m: CreditManager, s: Settings): Promise<RoundResult> {
   const r = await catchUpRevenue(m.db, { maxEntries: s.revenueEntries });
   return { ok: true, idle: r.entries === 0, report: { revenue: r } };
+}
+
+/**
+ * Adds the journal entries written since the last round (or report) to the store's daily usage
+ * rollup, at most `usageEntries` of them (docs/usage.md, "Keeping the rollup caught up"): a report
+ * across accounts after it adds nothing, or only what was written since.
+ */
+async function usageRound(m: CreditManager, s: Settings): Promise<RoundResult> {
+  const r = (await m.db.catchUpUsage?.({ maxEntries: s.usageEntries })) ?? { accounts: 0, entries: 0, more: false };
+  return { ok: true, idle: r.entries === 0, report: { usage: r } };
 }

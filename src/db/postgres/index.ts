@@ -1,7 +1,8 @@
 import type * as PgModule from "pg";
 import { rollupDays, usageBucket, usageSql } from "./usage.js";
-import { rollupCatchUpOneSql, rollupCatchUpSql, rollupNames } from "../../schema/rollup.js";
-import type { UsageBucket, UsageRollupRow, UsageScan } from "../../domain/usage.js";
+import { rollupNames } from "../../schema/rollup.js";
+import { catchUpRollup, rollupRound } from "./usage-rollup.js";
+import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../../domain/usage.js";
 import type { PgPool as Pool, PgPoolClient as PoolClient } from "./pg-types.js";
 import { ConfigurationError, StorageError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Reservation } from "../../models/index.js";
@@ -505,36 +506,24 @@ export class PostgresDbManager extends StoreBase implements DbManager {
 
   /**
    * @internal Adds the journal's entries past each account's rollup cursor to the daily usage
-   * rollup (docs/usage.md, "The daily rollup"; `rollupCatchUpSql`): every account's, or
-   * `userId`'s only. Returns the accounts caught up. On Citus, one account a statement (each
-   * routed to the worker that holds it).
+   * rollup (docs/usage.md, "The daily rollup"; `catchUpRollup` of ./usage-rollup.ts): every
+   * account's, or `userId`'s only, each up to at least its seq when the call began. Returns the
+   * accounts caught up. On Citus, one account a statement (each routed to the worker that holds it).
    */
   async catchUpUsageRollup(userId?: string): Promise<number> {
-    const journal = this.sql.tables.journal.qualified;
-    const accounts = this.sql.tables.accounts.qualified;
-    const state = rollupNames(this.sql.naming).state;
-    if (userId === undefined && !this.sql.distributed) {
-      const text = rollupCatchUpSql(journal, accounts, this.sql.naming);
-      const rows = await this.readWithoutJit("catchUpUsageRollup", text, [], true);
-      return Number(rows[0]?.n ?? 0);
+    return catchUpRollup(this, userId);
+  }
+
+  /** The worker's usage round (./usage-rollup.ts; docs/usage.md, "Keeping the rollup caught up"). */
+  async catchUpUsage(options: { maxEntries: number; batchEntries?: number }): Promise<UsageCatchUp> {
+    if (!this.hasRollup) return { accounts: 0, entries: 0, more: false };
+    try {
+      return await rollupRound(this, options);
+    } catch (error) {
+      if (!isMissingRelation(error)) throw error;
+      this.hasRollup = false;
+      return { accounts: 0, entries: 0, more: false };
     }
-    const stale = await this.read(
-      "catchUpUsageRollup",
-      `SELECT a.user_id, coalesce(s.through_seq, 0) AS from_seq, a.seq AS to_seq FROM ${accounts} a ` +
-        `LEFT JOIN ${state} s ON s.user_id = a.user_id${userId === undefined ? "" : " AND s.user_id = $1"} ` +
-        `WHERE a.seq > coalesce(s.through_seq, 0)${userId === undefined ? "" : " AND a.user_id = $1"} ORDER BY a.user_id`,
-      userId === undefined ? [] : [userId],
-    );
-    let n = 0;
-    for (const r of stale) {
-      const rows = await this.read("catchUpUsageRollup", rollupCatchUpOneSql(journal, this.sql.naming), [
-        String(r.user_id),
-        Number(r.from_seq),
-        Number(r.to_seq),
-      ]);
-      n += Number(rows[0]?.n ?? 0);
-    }
-    return n;
   }
 
   async usage(scan: UsageScan): Promise<UsageBucket[]> {
@@ -794,15 +783,14 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       );
   }
 
-  /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
   /**
-   * `read` in a transaction of its own with JIT compilation off: a report over the rollup reads a
+   * @internal `read` in a transaction of its own with JIT compilation off: a report over the rollup reads a
    * few hundred thousand narrow rows, which the planner's costs put past `jit_above_cost`, and
    * compiling them took longer than running them (docs/usage.md, "The daily rollup"). `write`: the
    * rollup's catch-up across accounts, whose generated sums the planner costs past it even with
    * nothing to add (compiled, it took 10 s on a loaded machine; without JIT 6–11 ms).
    */
-  private async readWithoutJit(
+  async readWithoutJit(
     what: string,
     text: string,
     params: unknown[],
@@ -830,6 +818,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     }
   }
 
+  /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
   async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     const client = await this.connect();
     let failure: unknown = false;
