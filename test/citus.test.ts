@@ -130,6 +130,22 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
       ["rollup-user"],
     );
     expect(after.rows).toEqual([{ kind: "spend", credits: 6 }]);
+    // The worker's usage round (docs/usage.md, "Keeping the rollup caught up"): here one account,
+    // or piece of one, a statement; within its budget, the rest the next round's.
+    await credits.deductCredits("rollup-user", 1);
+    await credits.deductCredits("rollup-user", 1);
+    await credits.deductCredits("rollup-other", 1);
+    const db0 = managers[0] as PostgresDbManager;
+    expect(await db0.catchUpUsage({ maxEntries: 2, batchEntries: 1 })).toEqual({ accounts: 2, entries: 2, more: true });
+    expect(await db0.catchUpUsage({ maxEntries: 10 })).toEqual({ accounts: 1, entries: 1, more: false });
+    expect(await db0.catchUpUsage({ maxEntries: 10 })).toEqual({ accounts: 0, entries: 0, more: false });
+    const rolled = await admin.query(
+      `SELECT user_id, credits::int AS credits FROM "${schema}".usage_daily WHERE kind = 'spend' ORDER BY 1`,
+    );
+    expect(rolled.rows).toEqual([
+      { user_id: "rollup-other", credits: 4 },
+      { user_id: "rollup-user", credits: 8 },
+    ]);
     await Promise.all(managers.map((m) => m.close()));
   });
 
