@@ -8,9 +8,9 @@ import { pauseBefore } from "./schedule.js";
 /**
  * The worker's rounds as a library (docs/operations.md, "The worker in your own code"): the jobs,
  * the expiring-credit reminders, the outbox dispatcher, the auto top-ups' charges, the revenue
- * summary's catch-up and the usage rollup's, on the manager it is given — its store, payment providers and rate, queue and thresholds. It reads no
- * environment: `credit-management worker` and `serve --worker` build a manager from theirs and run
- * this. `runOnce()` runs one round of each task (a cron route, a BullMQ job, a CronJob);
+ * summary's catch-up and the usage rollup's, on the manager it is given — its store, payment
+ * providers and rate, queue and thresholds. It reads no environment: `credit-management worker`
+ * and `serve --worker` build a manager from theirs and run this. `runOnce()` runs one round of each task (a cron route, a BullMQ job, a CronJob);
  * `start()` runs each on its interval until `stop()`.
  */
 
@@ -121,8 +121,8 @@ export interface CreditWorker {
    */
   readonly topUpsBy: "dispatch" | "top-ups" | "nobody";
   /**
-   * One round of each task — jobs, reminders, dispatch, top-ups, revenue, usage, so the jobs' events go out in the
-   * same run — each logged as one line. A round that throws is reported (`ok: false`, `error`),
+   * One round of each task — jobs, reminders, dispatch, top-ups, revenue, usage, so the jobs'
+   * events go out in the same run — each logged as one line. A round that throws is reported (`ok: false`, `error`),
    * not thrown. `stop()` meanwhile ends it after the round in flight.
    */
   runOnce(): Promise<WorkerRunSummary>;
