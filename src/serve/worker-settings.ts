@@ -104,7 +104,7 @@ export const WORKER_FLAGS = {
 } as const;
 
 export const WORKER_OPTIONS = `Options of "worker" (each flag wins over its variable):
-  --once                           One round of each task (jobs, reminders, dispatch, top-ups), then exit:
+  --once                           One round of each task on (jobs, reminders, dispatch, top-ups, usage, revenue), then exit:
                                    0 every round succeeded; 1 a round failed (a job step, a delivery, the store).
                                    Any mode: 2 for a bad flag or variable (the message names it)
   --jobs-every DURATION            CREDIT_WORKER_JOBS_EVERY: lapsed holds, renewals, expiry. Default 60s
