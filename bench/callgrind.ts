@@ -60,12 +60,12 @@ export interface PerOp {
 
 type Ranges = { start: bigint; end: bigint; name: string }[];
 
-/** A perf map's code ranges, sorted by start (`start size name` per line); the file is removed. */
-function perfMap(pid: number): Ranges {
+/** A perf map's code ranges, sorted by start (`start size name` per line); the file is removed unless `keep`. */
+function perfMap(pid: number, keep = false): Ranges {
   const file = `/tmp/perf-${pid}.map`;
   if (!existsSync(file)) return [];
   const text = readFileSync(file, "utf8");
-  rmSync(file, { force: true });
+  if (!keep) rmSync(file, { force: true });
   return text
     .split("\n")
     .filter((l) => l.length > 0)
@@ -102,14 +102,15 @@ function lookup(ranges: Ranges, address: bigint): string | undefined {
 
 /**
  * The profile of one callgrind file (a dump of a running process too). `pid`: the process whose
- * perf map names its JIT code (read and removed; without it JIT code is named by address).
+ * perf map names its JIT code (read and removed unless `keepMap`, for the process's other dumps;
+ * without it JIT code is named by address).
  */
-export function profile(file: string, pid?: number): Profile {
+export function profile(file: string, pid?: number, keepMap = false): Profile {
   const text = execFileSync("callgrind_annotate", ["--inclusive=no", "--threshold=100", file], {
     encoding: "utf8",
     maxBuffer: 512 * 1024 * 1024,
   });
-  const ranges = pid === undefined ? [] : perfMap(pid);
+  const ranges = pid === undefined ? [] : perfMap(pid, keepMap);
   const functions = new Map<string, number>();
   let total = 0;
   for (const line of text.split("\n")) {

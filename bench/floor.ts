@@ -8,13 +8,15 @@
  * The two run in alternating rounds (the order reversed every other round); each round's ratio is
  * `deductCredits`' ops/s over the floor's, and the main thread's CPU per operation is printed
  * beside it (the library writes its ledger file on a worker thread, the floor on the main thread).
+ * The floor's code is bench/floor-deduct.mjs; the instruction guard counts it too
+ * (`tsx bench/instructions.ts --case floor --case deduct-plain`, without a file on either side).
  *
  *   tsx bench/floor.ts        (BENCH_FLOOR_OPS per round, default 20,000; BENCH_FLOOR_ROUNDS, default 6)
  */
-import { createHash, randomUUID } from "node:crypto";
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createFloor } from "./floor-deduct.mjs";
 import { core } from "./pkg.js";
 import { mainThreadCpu, measure } from "./lib.js";
 
@@ -26,104 +28,10 @@ const dir = mkdtempSync(join(tmpdir(), "cm-floor-"));
 const users = Array.from({ length: USERS }, (_, i) => `user-${i}`);
 const pick = (i: number) => users[(i * 7919) % USERS] as string;
 
-// --- The floor -----------------------------------------------------------------------------------
+// --- The floor (bench/floor-deduct.mjs, shared with the instruction guard's `floor` case) --------
 
-interface Grant {
-  id: string;
-  remaining: number;
-}
-interface Entry {
-  id: string;
-  userId: string;
-  seq: number;
-  type: "deduct";
-  amount: number;
-  balanceAfter: number;
-  grants: [string, number][];
-  createdAt: string;
-  prevHash: string;
-  hash: string;
-}
-interface Account {
-  balance: number;
-  grants: Grant[];
-  seq: number;
-  lastHash: string;
-  journal: Entry[];
-}
-
-/** Lines gathered and written in 64 KiB chunks (what a buffered file stream does), on this thread. */
-class BufferedFile {
-  private readonly fd: number;
-  private parts: string[] = [];
-  private size = 0;
-  constructor(path: string) {
-    this.fd = openSync(path, "a");
-  }
-  append(line: string): void {
-    this.parts.push(line);
-    this.size += line.length;
-    if (this.size >= 65_536) this.flush();
-  }
-  flush(): void {
-    if (this.parts.length === 0) return;
-    writeSync(this.fd, this.parts.join(""));
-    this.parts = [];
-    this.size = 0;
-  }
-  close(): void {
-    this.flush();
-    closeSync(this.fd);
-  }
-}
-
-class InsufficientFloor extends Error {}
-
-const accounts = new Map<string, Account>();
-for (const u of users)
-  accounts.set(u, {
-    balance: 1e12,
-    grants: [{ id: randomUUID(), remaining: 1e12 }],
-    seq: 1,
-    lastHash: "0".repeat(64),
-    journal: [],
-  });
-const floorFile = new BufferedFile(join(dir, "floor.jsonl"));
-
-async function floorDeduct(userId: string, amount: number): Promise<Entry> {
-  const account = accounts.get(userId);
-  if (account === undefined || account.balance < amount) throw new InsufficientFloor(userId);
-  const grants: [string, number][] = [];
-  let left = amount;
-  for (const g of account.grants) {
-    if (left === 0) break;
-    const take = Math.min(g.remaining, left);
-    if (take === 0) continue;
-    g.remaining -= take;
-    left -= take;
-    grants.push([g.id, take]);
-  }
-  account.balance -= amount;
-  account.seq += 1;
-  const body = {
-    id: randomUUID(),
-    userId,
-    seq: account.seq,
-    type: "deduct" as const,
-    amount,
-    balanceAfter: account.balance,
-    grants,
-    createdAt: new Date().toISOString(),
-    prevHash: account.lastHash,
-  };
-  const canonical = JSON.stringify(body);
-  const hash = createHash("sha256").update(account.lastHash).update(canonical).digest("hex");
-  const entry: Entry = { ...body, hash };
-  account.lastHash = hash;
-  account.journal.push(entry);
-  floorFile.append(`${canonical.slice(0, -1)},"hash":"${hash}"}\n`);
-  return entry;
-}
+const floor = createFloor(join(dir, "floor.jsonl"));
+for (const u of users) floor.open(u, 1e12);
 
 // --- The library --------------------------------------------------------------------------------
 
@@ -132,7 +40,7 @@ const { credits } = manager;
 for (const u of users) await credits.addCredits(u, 1e12);
 
 const ops = {
-  floor: (i: number) => floorDeduct(pick(i), 1),
+  floor: (i: number) => floor.deduct(pick(i), 1),
   deductCredits: (i: number) => credits.deductCredits(pick(i), 1),
 };
 
@@ -167,7 +75,7 @@ for (const callers of [1, 16]) {
     ratios.push((rate.deductCredits.at(-1) as number) / (rate.floor.at(-1) as number));
   }
   await manager.ledger.flush();
-  floorFile.flush();
+  floor.flush();
   console.log(
     `| ${callers} | ${Math.round(median(rate.floor)).toLocaleString("en-US")} | ${Math.round(median(rate.deductCredits)).toLocaleString("en-US")} | ` +
       `${median(ratios).toFixed(2)}× (${range(ratios, 2)}) | ` +
@@ -175,6 +83,6 @@ for (const callers of [1, 16]) {
       " |",
   );
 }
-floorFile.close();
+floor.close();
 await manager.close();
 rmSync(dir, { recursive: true, force: true });

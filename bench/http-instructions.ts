@@ -44,7 +44,7 @@ import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import { compilingOf, NODE_FLAGS, profile, startCounting } from "./callgrind.js";
+import { compilingOf, NODE_FLAGS, type Profile, profile, startCounting } from "./callgrind.js";
 import type { BenchRow } from "./lib.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -92,28 +92,44 @@ async function requests(port: number, path: string, amount: number): Promise<voi
     throw new Error(`bench/http-instructions: ${path}: ${r.non2xx} non-2xx, ${r.errors} errors`);
 }
 
-/** Counts every route of one checkout's server, ROUNDS times in ABBA order. */
-async function countRoot(dir: string, root: string, tag: string): Promise<Record<Route, Count[]>> {
+/**
+ * Counts `routes` of one checkout's server (also the HTTP cases of bench/instructions.ts): `warm`
+ * requests a route first (rounds of 500 over the routes, each on new connections), then `rounds`
+ * rounds in ABBA order of each route's 200 requests more and `measured` counted ones. Each counted
+ * dump's profile (JIT code named from the server's perf map), per route in round order.
+ */
+export async function countRoutes(
+  dir: string,
+  root: string,
+  tag: string,
+  routes: Route[],
+  warm: number,
+  measured: number,
+  rounds: number,
+  /** The routes counted (the others only warmed up): all of them unless named. */
+  countOnly: Route[] = routes,
+): Promise<Record<Route, Profile[]>> {
   const counting = startCounting(
     join(dir, `${tag}.callgrind`),
     join(here, "http-instructions-server.mjs"),
     [root, String(USERS)],
-    root,
+    dir, // V8's code log (--perf-basic-prof) goes to the cwd: the temporary folder, not the checkout
   );
   const child = counting.child;
   const counted: [Route, string][] = [];
   try {
     const [line] = (await once(createInterface({ input: child.stdout as NodeJS.ReadableStream }), "line")) as [string];
     const { port } = JSON.parse(line) as { port: number };
-    const routes = Object.keys(ROUTES) as Route[];
-    for (let done = 0; done < WARM; done += 500) for (const r of routes) await requests(port, ROUTES[r], 500);
+    for (let done = 0; done < warm; done += 500)
+      for (const r of routes) await requests(port, ROUTES[r], Math.min(500, warm - done));
     // Counting is turned on once, then zeroed before each route's counted requests and dumped after them.
     counting.on();
-    for (let round = 0; round < ROUNDS; round++)
-      for (const r of round % 2 === 0 ? routes : [...routes].reverse()) {
+    const counts = routes.filter((r) => countOnly.includes(r));
+    for (let round = 0; round < rounds; round++)
+      for (const r of round % 2 === 0 ? counts : [...counts].reverse()) {
         await requests(port, ROUTES[r], 200); // this route's code run last before the count
         counting.zero();
-        await requests(port, ROUTES[r], MEASURED);
+        await requests(port, ROUTES[r], measured);
         counted.push([r, counting.dump()]);
       }
   } finally {
@@ -121,15 +137,20 @@ async function countRoot(dir: string, root: string, tag: string): Promise<Record
     child.stdin?.end();
     await exited;
   }
-  const result = Object.fromEntries((Object.keys(ROUTES) as Route[]).map((r) => [r, [] as Count[]])) as Record<
-    Route,
-    Count[]
-  >;
-  for (const [route, file] of counted) {
+  const result = Object.fromEntries(countOnly.map((r) => [r, [] as Profile[]])) as Record<Route, Profile[]>;
+  for (const [i, [route, file]] of counted.entries()) {
     if (!existsSync(file)) throw new Error(`bench/http-instructions: no callgrind dump ${file}`);
-    const p = profile(file);
-    result[route].push({ all: p.total / MEASURED, compiling: compilingOf(p) / MEASURED });
+    result[route].push(profile(file, child.pid, i < counted.length - 1));
   }
+  return result;
+}
+
+/** Counts every route of one checkout's server, ROUNDS times in ABBA order. */
+async function countRoot(dir: string, root: string, tag: string): Promise<Record<Route, Count[]>> {
+  const profiles = await countRoutes(dir, root, tag, Object.keys(ROUTES) as Route[], WARM, MEASURED, ROUNDS);
+  const result = {} as Record<Route, Count[]>;
+  for (const r of Object.keys(ROUTES) as Route[])
+    result[r] = profiles[r].map((p) => ({ all: p.total / MEASURED, compiling: compilingOf(p) / MEASURED }));
   return result;
 }
 

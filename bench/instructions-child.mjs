@@ -10,6 +10,7 @@ import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { pathToFileURL } from "node:url";
+import { createFloor } from "./floor-deduct.mjs";
 
 const argv = process.argv.slice(2);
 const [rootArg = ".", name = "deduct-plain"] = argv;
@@ -33,6 +34,26 @@ const cases = {
   "deduct-limits": (manager) => limited(manager, false),
   // The same, and a grant scoped to the feature (the spend draws it).
   "deduct-scoped": (manager) => limited(manager, true),
+  // The floor (bench/floor-deduct.mjs; issue 62, target 3): the least a correct deduction does, by
+  // hand, beside deduct-plain (one account, one grant, an amount of 1). No file: deductCredits runs
+  // here without a ledger file, so the floor keeps its entries in the account only, as the memory
+  // store does (docs/benchmarks.md, "The in-memory deduction against its floor").
+  floor: async () => {
+    const floor = createFloor(null);
+    floor.open("u", 1e12);
+    return () => floor.deduct("u", 1);
+  },
+  // The two at 16 callers (bench/floor.ts's other row): 1,000 accounts, the i-th operation on
+  // account (i × 7919) mod 1,000, 16 loops awaiting one operation each at a time.
+  "floor-16": async () => {
+    const floor = createFloor(null);
+    for (const u of USERS) floor.open(u, 1e12);
+    return (i) => floor.deduct(pick(i), 1);
+  },
+  "deduct-16": async ({ credits }) => {
+    for (const u of USERS) await credits.addCredits(u, 1e12);
+    return (i) => credits.deductCredits(pick(i), 1);
+  },
   // A hold of 5 captured in part (3): two units of work, the rest returned to its grant.
   "reserve-commit": async ({ credits }) => {
     await credits.addCredits("u", 1e12);
@@ -43,6 +64,11 @@ const cases = {
     };
   },
 };
+
+const USERS = Array.from({ length: 1000 }, (_, i) => `user-${i}`);
+const pick = (i) => USERS[(i * 7919) % USERS.length];
+/** Callers at once (loops of one awaited operation each); 1 where not named. */
+const CALLERS = { "floor-16": 16, "deduct-16": 16 };
 
 async function limited({ credits }, scoped) {
   await credits.addCredits("u", 1e12);
@@ -71,6 +97,14 @@ if (store === "sqlite") {
 const manager = await lib.createCreditManager(options);
 const op = await setUp(manager);
 const ops = Number(opsArg);
-for (let i = 0; i < ops; i++) await op();
+const callers = CALLERS[name] ?? 1;
+if (callers === 1) for (let i = 0; i < ops; i++) await op(i);
+else {
+  let next = 0;
+  const caller = async () => {
+    while (next < ops) await op(next++);
+  };
+  await Promise.all(Array.from({ length: callers }, caller));
+}
 await manager.close();
 if (dir !== null) rmSync(dir, { recursive: true, force: true });
