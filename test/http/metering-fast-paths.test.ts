@@ -96,3 +96,121 @@ describe("the charged credits' header on node", () => {
     }
   });
 });
+
+describe("fixed price through a lease on node, checked at once", () => {
+  /** A manager on a clock the test moves, a lease (blocks serve 30 s), a metered node server. */
+  async function setUp() {
+    let now = Date.now();
+    const manager = await createCreditManager({ clock: () => new Date(now) });
+    const lease = manager.credits.leases({ size: 50, settleEveryMs: 30_000, ttlSeconds: 60 });
+    const outcomes: { charged: number; leased: boolean; entry: boolean }[] = [];
+    const metered = creditMeteringMiddleware({
+      credits: manager.credits,
+      pathPrefix: "/api",
+      price: 3,
+      lease,
+      authenticate: (req) => {
+        const userId = String(req.headers["x-payer"] ?? "");
+        const spender = req.headers["x-spender"];
+        return typeof spender === "string" ? { userId, spender } : { userId };
+      },
+      onSettled: (o) => outcomes.push({ charged: o.charged, leased: o.leased === true, entry: o.entry !== null }),
+    });
+    const handler = (path: string | undefined, res: ServerResponse) => {
+      if (path === "/api/late-sync") now += 31_000; // the block stops serving, in the turn of its set-aside
+      if (path === "/api/late") {
+        now += 31_000; // the block stops serving, and the response ends in a later turn
+        setImmediate(() => res.end("{}"));
+        return;
+      }
+      res.end("{}");
+    };
+    const server = await listen(createServer((req, res) => metered(req, res, () => handler(req.url, res))));
+    const call = (path: string, payer: string, headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; deducted: string | undefined; body: string }>((resolve, reject) => {
+        httpRequest(server.url + path, { headers: { "x-payer": payer, ...headers } }, (res) => {
+          let body = "";
+          res.setEncoding("utf8");
+          res.on("data", (d: string) => (body += d));
+          res.on("end", () =>
+            resolve({
+              status: res.statusCode ?? 0,
+              deducted: res.headers["x-credits-deducted"] as string | undefined,
+              body,
+            }),
+          );
+        })
+          .on("error", reject)
+          .end();
+      });
+    const windows = async (userId: string) =>
+      (await manager.credits.getCreditHistory(userId)).items
+        .map((e) => e.metadata?.leaseWindow as { window: number; requests: number; total: number } | undefined)
+        .filter((w) => w !== undefined)
+        .sort((a, b) => a.window - b.window);
+    return { manager, lease, outcomes, server, call, windows };
+  }
+
+  it("answers as the long way: a payer's id that is not valid, a key, a spender, no block, no credits", async () => {
+    const { manager, lease, outcomes, server, call } = await setUp();
+    try {
+      await manager.credits.addCredits("u", 1000);
+      const first = await call("/api/x", "u"); // no block yet: checked on the store, the charge opens it
+      expect([first.status, first.deducted]).toEqual([200, "3"]);
+      await lease.charge("u", 1); // the block is open by now (waits for it if not)
+      expect(lease.covers("u", 3)).toBe(true);
+      const fast = await call("/api/x", "u");
+      expect([fast.status, fast.deducted, fast.body]).toEqual([200, "3", "{}"]);
+      expect(outcomes.at(-1)).toEqual({ charged: 3, leased: true, entry: false });
+      // A keyed request is charged exactly, never from the block.
+      const keyed = await call("/api/x", "u", { "idempotency-key": "k-1" });
+      expect([keyed.status, keyed.deducted]).toEqual([200, "3"]);
+      expect(outcomes.at(-1)).toEqual({ charged: 3, leased: false, entry: true });
+      const again = await call("/api/x", "u", { "idempotency-key": "k-1" }); // the same key: charged once
+      expect([again.status, again.deducted]).toEqual([200, "3"]);
+      const badKey = await call("/api/x", "u", { "idempotency-key": "x".repeat(300) });
+      expect(badKey.status).toBe(400);
+      // A spender the identity names is validated as on the long way.
+      const badSpender = await call("/api/x", "u", { "x-spender": "s".repeat(1000) });
+      expect(badSpender.status).toBe(400);
+      const spender = await call("/api/x", "u", { "x-spender": "team-a" });
+      expect([spender.status, spender.deducted]).toEqual([200, "3"]);
+      // An id that is not valid has no block: refused with the long way's 400.
+      const long = await call("/api/x", "u".repeat(257));
+      expect(long.status).toBe(400);
+      expect(JSON.parse(long.body)).toMatchObject({ error: { code: "VALIDATION_ERROR" } });
+      expect((await call("/api/x", "")).status).toBe(400); // an empty id: not valid either
+      // No credits, no block: 402, the handler not run.
+      const broke = await call("/api/x", "broke");
+      expect([broke.status, broke.deducted]).toEqual([402, undefined]);
+      await lease.close();
+      // 3 (first) + 1 (by hand) + 3 (fast) + 3 (keyed, once) + 3 (spender)
+      expect((await manager.credits.getUserCreditsInfo("u")).balance).toBe(1000 - 13);
+    } finally {
+      await server.close();
+      await manager.close();
+    }
+  });
+
+  it("still respects the block's TTL: a response ended in a later turn is checked by the clock again", async () => {
+    const { manager, lease, server, call, windows } = await setUp();
+    try {
+      await manager.credits.addCredits("t", 1000);
+      await lease.charge("t", 1); // opens the block
+      expect(lease.covers("t", 3)).toBe(true);
+      // Ended in the turn of its set-aside: charged from the block as at the set-aside.
+      expect((await call("/api/late-sync", "t")).deducted).toBe("3");
+      // The block stops serving 30 s after it opened: ended in a later turn, after the clock passed
+      // that, the charge is not served from it (the lease rolls a new block for it).
+      expect((await call("/api/late", "t")).deducted).toBe("3");
+      await lease.close();
+      const settled = (await windows("t")).filter((w) => w.total > 0);
+      expect(settled[0]).toMatchObject({ requests: 2, total: 1 + 3 }); // the first block: not the late one
+      expect(settled.slice(1)).toMatchObject([{ requests: 1, total: 3 }]); // in the block rolled for it
+      expect((await manager.credits.getUserCreditsInfo("t")).balance).toBe(1000 - 7);
+    } finally {
+      await server.close();
+      await manager.close();
+    }
+  });
+});

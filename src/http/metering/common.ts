@@ -349,6 +349,19 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   if (lease !== undefined && !(lease instanceof CreditLeases))
     throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
   const fixed = fixedPrice(o, lease);
+  /**
+   * Fixed price through a lease, naming no spender or feature: a request whose payer's block
+   * covers it may be checked at once (`FixedPricing.openOwn`), before its identity is validated.
+   */
+  const atOnce =
+    fixed !== null &&
+    lease !== undefined &&
+    typeof o.price === "number" &&
+    o.price > 0 &&
+    o.spender === undefined &&
+    o.feature === undefined
+      ? fixed
+      : null;
   /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */
   const openMeter = (userId: string, options: MeterOptions): Promise<MeterSession> => {
     const leased = lease?.openMeter(userId, options) ?? null;
@@ -378,6 +391,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 
   return {
     fixed,
+    atOnce,
     llm,
     handlerFailed,
     settleReading,
@@ -536,6 +550,30 @@ export class FixedPricing<Req> {
   }
 
   /**
+   * `open` at once for a plain request through the lease (`atOnce` in `common`: a numeric price
+   * above 0, no spender or feature options), when the payer named no spender and sent no
+   * `Idempotency-Key`: the price set aside in the block of `userId` — an id not validated yet: a
+   * block is found only for a validated one (`CreditLeases.setAsideOwn`). Null when the block does
+   * not cover it (nothing done): the caller validates and checks the long way, as `open` does.
+   */
+  openOwn(
+    req: Req,
+    userId: string,
+    method: string | undefined,
+    path: string,
+    locals: Partial<MeteringLocals> | undefined,
+  ): PricedRequest<Req> | null {
+    const lease = this.lease as CreditLeases;
+    const cost = this.price as number;
+    const now = lease.clockNow();
+    const block = lease.setAsideOwn(userId, cost, now);
+    if (block === null) return null;
+    const p = new PricedRequest(this, req, userId, cost, undefined, method, path, locals, block, NO_SPEND);
+    p.setAsideAt = now;
+    return p;
+  }
+
+  /**
    * Charges a request that succeeded and was not served from a block: one after-service deduction
    * (the service was delivered, so it is taken into debt when credits ran out meanwhile, up to the
    * overdraft limit), through the lease when there is one and the request has no key (its block
@@ -579,6 +617,13 @@ export class FixedPricing<Req> {
 export class PricedRequest<Req = unknown> {
   /** Settled: charged, or reported as not charged. */
   done = false;
+  /** The clock read of the set-aside (`openOwn`); undefined when the check read none to share. */
+  setAsideAt: number | undefined = undefined;
+  /**
+   * True while the turn of the set-aside runs the handler (set by the node middleware around a
+   * synchronous `next()`): a charge now may reuse `setAsideAt` (`CreditLeases.setAsideOwn`).
+   */
+  inTurn = false;
 
   constructor(
     private readonly pricing: FixedPricing<Req>,
@@ -612,7 +657,8 @@ export class PricedRequest<Req = unknown> {
     if (block !== null) {
       this.block = null;
       const lease = this.pricing.lease as CreditLeases;
-      if (lease.chargeSetAside(block, this.cost, lease.writesLines ? this.reason : undefined, this.spend))
+      const now = this.inTurn ? this.setAsideAt : undefined;
+      if (lease.chargeSetAside(block, this.cost, lease.writesLines ? this.reason : undefined, this.spend, now))
         return this.charged(this.cost, null, true);
     }
     return this.pricing.charge(this).then(

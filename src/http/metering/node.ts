@@ -214,7 +214,7 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
   const charged = priced.charge();
   if (!(charged instanceof Promise)) {
     // Charged at once (from the lease block the check set it aside in): end in this turn.
-    if (charged !== null) this.setHeader(deductedHeader, String(charged));
+    if (charged !== null) this.setHeader(deductedHeader, countText(charged));
     // eslint-disable-next-line prefer-rest-params
     return end.apply(this, arguments as unknown as Parameters<End>);
   }
@@ -223,6 +223,17 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
     end.call(this, chunk, encoding, cb);
   });
   return this;
+}
+
+let lastCount = -1;
+let lastCountText = "";
+/** `String(n)`, the last one kept: a fixed-price route charges the same count request after request. */
+function countText(n: number): string {
+  if (n !== lastCount) {
+    lastCountText = String(n);
+    lastCount = n;
+  }
+  return lastCountText;
 }
 
 /** A fixed-price response is done: one written in parts is charged now if it finished well. */
@@ -270,8 +281,13 @@ function fixedGo(
   try {
     res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
     res.end = fixedEnd as unknown as typeof res.end;
-    watchChain(next(), c, req, res, priced);
+    // A response ended within next() is charged in the set-aside's turn (its clock read shared).
+    priced.inTurn = true;
+    const out = next();
+    priced.inTurn = false;
+    watchChain(out, c, req, res, priced);
   } catch (error) {
+    priced.inTurn = false;
     // The handler threw: answered here (docs/metering.md, "When the handler throws").
     handlerFailed(c, req, res, error, priced);
   } finally {
@@ -364,6 +380,24 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     let userId: string;
     let estimate: number;
     let spend: MeterSpend;
+    const atOnce = c.atOnce;
+    if (
+      atOnce !== null &&
+      found &&
+      found.spender === undefined &&
+      req.headers["idempotency-key"] === undefined &&
+      !res.destroyed &&
+      !res.writableEnded
+    ) {
+      // Fixed price through a lease, the payer's block covering it: checked at once (its id is
+      // valid: it has a block). Otherwise, the long way: the same checks, in order, and their errors.
+      const id = found.userId;
+      const priced =
+        typeof id === "string"
+          ? atOnce.openOwn(req, id, req.method, path, (res as { locals?: Partial<MeteringLocals> }).locals)
+          : null;
+      if (priced !== null) return fixedGo(c, req, res, next, priced);
+    }
     try {
       const identity = c.identityOf(found, found ? undefined : headerOf(req, "x-user-id")); // the header only when no one was found
       if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
