@@ -69,6 +69,7 @@ import {
   Amount,
   parse,
   type Grant,
+  type GrantPortion,
   type JournalEntry,
   type Reservation,
   type SpendLimit,
@@ -155,6 +156,23 @@ const noTokens = () =>
 /** The default options object of every mutation: known valid, so not parsed on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
+
+/**
+ * The caller's own copy of a hold (the store may keep the one it saved): a one-shape literal, not
+ * a spread (V8 copies a spread of this object a property at a time), allocations by a plain loop.
+ */
+function callerHold(r: Reservation): Reservation {
+  const allocations: GrantPortion[] = [];
+  for (const p of r.allocations) allocations.push({ grantId: p.grantId, amount: p.amount });
+  return holdWith(r, r.status, r.settledAt, r.committedAmount, r.amount, allocations);
+}
+
+/** The hold as the unit of work placed it (`placeHold`: read, never changed). */
+const storedHold = (r: Reservation): Reservation => r;
+
+/** A repeated `reserveCredits` key: the caller's own copy of the hold its first entry placed. */
+const replayCallerHold = (entry: JournalEntry, tx: DbTransaction): Promise<Reservation> =>
+  replayHold(entry, tx).then(callerHold);
 
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
@@ -318,15 +336,20 @@ export class CreditService {
   }
 
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
-  async reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
-    const user = parse(UserId, userId, "userId");
-    const n = parse(Amount, amount, "amount");
-    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
-    const r = await this.placeHold(user, n, o);
-    // The caller's own copy (the store may keep `r`): a one-shape literal, not a spread (V8 copies
-    // a spread of this object a property at a time).
-    const allocations = r.allocations.map((p) => ({ grantId: p.grantId, amount: p.amount }));
-    return holdWith(r, r.status, r.settledAt, r.committedAmount, r.amount, allocations);
+  reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
+    let user: string;
+    let n: number;
+    let o: ParsedReserveOptions;
+    try {
+      user = parse(UserId, userId, "userId");
+      n = parse(Amount, amount, "amount");
+      o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    // The caller's own copy (the store may keep the hold), made in the unit of work itself: no
+    // second promise to resolve after it (docs/benchmarks.md, "Instruction guard").
+    return this.hold(user, n, o, callerHold, replayCallerHold);
   }
 
   /**
@@ -334,14 +357,25 @@ export class CreditService {
    * once, up front). Resolves to the stored reservation: read it, never change it.
    */
   placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
+    return this.hold(user, n, o, storedHold, replayHold);
+  }
+
+  /** The unit of work of a new hold; `out` turns the hold placed (or found again by its key: `replay`) into the answer. */
+  private hold(
+    user: string,
+    n: number,
+    o: ParsedReserveOptions,
+    out: (r: Reservation) => Reservation,
+    replay: (entry: JournalEntry, tx: DbTransaction) => Promise<Reservation>,
+  ): Promise<Reservation> {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
     const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
     return this.units.mutate(
       "reserveCredits",
       user,
       meta,
-      (work) => work.reserve(n, ttl, o.reason ?? null, meta).reservation,
-      replayHold,
+      (work) => out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
+      replay,
     );
   }
 
@@ -356,7 +390,13 @@ export class CreditService {
     try {
       id = parse(EntityId, reservationId, "reservationId");
       if (options === NO_OPTIONS) o = NO_OPTIONS;
-      else ({ userId, ...o } = parse(CommitOptions, options, "options"));
+      else {
+        const parsed = parse(CommitOptions, options, "options");
+        userId = parsed.userId;
+        // (Without an owner the parsed options are `o` as they are: no copy less one key.)
+        if (userId === undefined) o = parsed;
+        else ({ userId, ...o } = parsed);
+      }
     } catch (error) {
       return Promise.reject(error as Error);
     }
@@ -850,6 +890,17 @@ export class CreditService {
     args: () => Record<string, unknown>,
   ): EntryMeta {
     if (o === NO_OPTIONS) return NO_META;
+    // Options that name nothing an entry records (`{ amount: 3 }` of a commit, a hold's TTL): no
+    // object of seven undefined fields.
+    if (
+      o.idempotencyKey === undefined &&
+      o.description === undefined &&
+      o.correlationId === undefined &&
+      o.metadata === undefined &&
+      o.spender === undefined &&
+      o.feature === undefined
+    )
+      return NO_META;
     let print: string | undefined;
     if (o.idempotencyKey !== undefined) {
       const { correlationId: _c, idempotencyKey: _k, ...rest } = args();
