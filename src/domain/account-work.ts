@@ -468,21 +468,32 @@ export class AccountWork {
     if (this.account.limits != null) this.trueUp(hold, amount);
     // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
     // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
-    const portions: GrantPortion[] = [];
-    const leftover: GrantPortion[] = [];
+    // (Arrays made when needed, from their first element: a first push into `[]` makes room for seventeen.)
+    let portions: GrantPortion[] | null = null;
+    let leftover: GrantPortion[] | null = null;
     let toTake = captured;
     for (const p of hold.allocations) {
       const take = Math.min(p.amount, toTake);
       toTake -= take;
-      if (take > 0) portions.push({ grantId: p.grantId, amount: take });
-      if (p.amount - take > 0) leftover.push({ grantId: p.grantId, amount: p.amount - take });
+      if (take > 0) {
+        const spent = { grantId: p.grantId, amount: take };
+        if (portions === null) portions = [spent];
+        else portions.push(spent);
+      }
+      if (p.amount - take > 0) {
+        const rest = { grantId: p.grantId, amount: p.amount - take };
+        if (leftover === null) leftover = [rest];
+        else leftover.push(rest);
+      }
     }
     this.holds.put(holdWith(hold, "committed", this.now, amount, hold.amount, hold.allocations));
     let back: Returned | null = null;
-    if (leftover.length > 0) {
+    if (leftover !== null) {
       back = this.giveBack(hold.id, leftover, true);
-      for (const p of back.portions) portions.push(p);
+      if (portions === null) portions = back.portions;
+      else for (const p of back.portions) portions.push(p);
     }
+    portions ??= [];
     this.account.balance = this.account.balance - captured;
     this.account.reserved = this.account.reserved - hold.amount;
     const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
@@ -684,7 +695,8 @@ export class AccountWork {
     }
     const expired = due === null ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
     let debt = this.account.debt;
-    const portions: GrantPortion[] = [];
+    // (Made from its first element: a first push into `[]` makes room for seventeen.)
+    let portions: GrantPortion[] | null = null;
     let toClosed = false;
     for (const p of allocations) {
       const g = this.grants.get(p.grantId);
@@ -695,17 +707,23 @@ export class AccountWork {
       // Nor do a scoped grant's: the debt is owed for spends of any scope.
       const pay = g.closedAt === null && (g.scope ?? null) === null ? Math.min(debt, p.amount) : 0;
       debt -= pay;
-      if (pay > 0 && tagged) portions.push({ grantId: p.grantId, amount: pay, kind: "debt_paid" });
+      if (pay > 0 && tagged) {
+        const paid: GrantPortion = { grantId: p.grantId, amount: pay, kind: "debt_paid" };
+        if (portions === null) portions = [paid];
+        else portions.push(paid);
+      }
       const back = p.amount - pay;
       if (back === 0) continue;
-      portions.push(
-        tagged ? { grantId: p.grantId, amount: back, kind: "returned" } : { grantId: p.grantId, amount: back },
-      );
+      const returned: GrantPortion = tagged
+        ? { grantId: p.grantId, amount: back, kind: "returned" }
+        : { grantId: p.grantId, amount: back };
+      if (portions === null) portions = [returned];
+      else portions.push(returned);
       this.grants.put(withRemaining(g, g.remaining + back));
       if (g.closedReason !== null) toClosed = true;
     }
     this.account.debt = debt;
-    return { portions, expired, toClosed };
+    return { portions: portions ?? [], expired, toClosed };
   }
 
   /**

@@ -10,10 +10,17 @@ import type { JournalEntry } from "../models/index.js";
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
   let grants = "";
+  // A partial capture lists its grant twice (the part spent, the part returned): quoted once.
+  let lastId: string | null = null;
+  let lastQuoted = "";
   for (const g of entry.grants) {
     // `kind` (a partial capture's returned parts) only when set: entries without it hash as before.
     const kind = g.kind === undefined ? "" : `,"kind":"${g.kind}"`;
-    grants += `${grants === "" ? "" : ","}{"grantId":${quote(g.grantId)},"amount":${g.amount}${kind}}`;
+    if (g.grantId !== lastId) {
+      lastId = g.grantId;
+      lastQuoted = quote(lastId);
+    }
+    grants += `${grants === "" ? "" : ","}{"grantId":${lastQuoted},"amount":${g.amount}${kind}}`;
   }
   return (
     `{"id":${quote(entry.id)},"userId":${quote(entry.userId)},"seq":${entry.seq},` +
