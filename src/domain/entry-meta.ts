@@ -62,3 +62,15 @@ export function excessMetadata(captured: JournalEntry["metadata"]): Record<strin
 export function withSpend(meta: EntryMeta, hold: Reservation): EntryMeta {
   return { ...meta, spender: hold.spender ?? undefined, feature: hold.feature ?? undefined };
 }
+
+/** True when options name nothing an entry records (no key, description, correlation, metadata, spender or feature). */
+export function namesNothing(o: EntryMeta): boolean {
+  return (
+    o.idempotencyKey === undefined &&
+    o.description === undefined &&
+    o.correlationId === undefined &&
+    o.metadata === undefined &&
+    o.spender === undefined &&
+    o.feature === undefined
+  );
+}

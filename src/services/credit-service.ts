@@ -3,7 +3,7 @@ import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction } from "../db/types.js";
 import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.js";
-import { holdWith } from "../domain/copies.js";
+import { namesNothing } from "../domain/entry-meta.js";
 import { fingerprint } from "../domain/hash.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
@@ -69,7 +69,6 @@ import {
   Amount,
   parse,
   type Grant,
-  type GrantPortion,
   type JournalEntry,
   type Reservation,
   type SpendLimit,
@@ -78,7 +77,7 @@ import {
 import { andThen } from "../util/promise.js";
 import { CreditLeases, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
 import { leaseHold, settleLease } from "./lease-settle.js";
-import { findReservation, ownerOfReservation, replayHold } from "./hold-lookup.js";
+import { CALLER_COPY, STORED_HOLD, findReservation, ownerOfReservation, type HoldAnswer } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
 import type { LeaseOptions } from "../models/leases.js";
 import type * as z from "zod";
@@ -156,23 +155,6 @@ const noTokens = () =>
 /** The default options object of every mutation: known valid, so not parsed on the hot path. */
 const NO_OPTIONS: DeductOptions = Object.freeze({});
 const NO_META: EntryMeta = Object.freeze({});
-
-/**
- * The caller's own copy of a hold (the store may keep the one it saved): a one-shape literal, not
- * a spread (V8 copies a spread of this object a property at a time), allocations by a plain loop.
- */
-function callerHold(r: Reservation): Reservation {
-  const allocations: GrantPortion[] = [];
-  for (const p of r.allocations) allocations.push({ grantId: p.grantId, amount: p.amount });
-  return holdWith(r, r.status, r.settledAt, r.committedAmount, r.amount, allocations);
-}
-
-/** The hold as the unit of work placed it (`placeHold`: read, never changed). */
-const storedHold = (r: Reservation): Reservation => r;
-
-/** A repeated `reserveCredits` key: the caller's own copy of the hold its first entry placed. */
-const replayCallerHold = (entry: JournalEntry, tx: DbTransaction): Promise<Reservation> =>
-  replayHold(entry, tx).then(callerHold);
 
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
@@ -349,7 +331,7 @@ export class CreditService {
     }
     // The caller's own copy (the store may keep the hold), made in the unit of work itself: no
     // second promise to resolve after it (docs/benchmarks.md, "Instruction guard").
-    return this.hold(user, n, o, callerHold, replayCallerHold);
+    return this.hold(user, n, o, CALLER_COPY);
   }
 
   /**
@@ -357,25 +339,19 @@ export class CreditService {
    * once, up front). Resolves to the stored reservation: read it, never change it.
    */
   placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
-    return this.hold(user, n, o, storedHold, replayHold);
+    return this.hold(user, n, o, STORED_HOLD);
   }
 
-  /** The unit of work of a new hold; `out` turns the hold placed (or found again by its key: `replay`) into the answer. */
-  private hold(
-    user: string,
-    n: number,
-    o: ParsedReserveOptions,
-    out: (r: Reservation) => Reservation,
-    replay: (entry: JournalEntry, tx: DbTransaction) => Promise<Reservation>,
-  ): Promise<Reservation> {
+  /** The unit of work of a new hold; `answer` turns the hold placed (or found again by its key) into the answer. */
+  private hold(user: string, n: number, o: ParsedReserveOptions, answer: HoldAnswer): Promise<Reservation> {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
     const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
     return this.units.mutate(
       "reserveCredits",
       user,
       meta,
-      (work) => out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
-      replay,
+      (work) => answer.out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
+      answer.replay,
     );
   }
 
@@ -890,17 +866,8 @@ export class CreditService {
     args: () => Record<string, unknown>,
   ): EntryMeta {
     if (o === NO_OPTIONS) return NO_META;
-    // Options that name nothing an entry records (`{ amount: 3 }` of a commit, a hold's TTL): no
-    // object of seven undefined fields.
-    if (
-      o.idempotencyKey === undefined &&
-      o.description === undefined &&
-      o.correlationId === undefined &&
-      o.metadata === undefined &&
-      o.spender === undefined &&
-      o.feature === undefined
-    )
-      return NO_META;
+    // Options that name nothing an entry records (`{ amount: 3 }` of a commit): no object of undefined fields.
+    if (namesNothing(o)) return NO_META;
     let print: string | undefined;
     if (o.idempotencyKey !== undefined) {
       const { correlationId: _c, idempotencyKey: _k, ...rest } = args();

@@ -1,6 +1,7 @@
 import type { DbManager, DbTransaction } from "../db/types.js";
 import { NotFoundError } from "../errors.js";
-import type { JournalEntry, Reservation } from "../models/index.js";
+import type { GrantPortion, JournalEntry, Reservation } from "../models/index.js";
+import { holdWith } from "../domain/copies.js";
 
 // Holds found by their id alone, for `CreditService`'s commit, release and `getReservation`
 // (docs/usage.md): which account a hold is of, before the unit of work that reads it.
@@ -39,3 +40,29 @@ export async function replayHold(entry: JournalEntry, tx: DbTransaction): Promis
   if (r === null) throw new NotFoundError(`Reservation of idempotency key ${entry.idempotencyKey} not found.`);
   return r;
 }
+
+/** What `reserveCredits` (and metering's `placeHold`) answer with: the hold placed, or found again by its key. */
+export interface HoldAnswer {
+  out: (r: Reservation) => Reservation;
+  replay: (entry: JournalEntry, tx: DbTransaction) => Promise<Reservation>;
+}
+
+/**
+ * The caller's own copy of a hold (the store may keep the one it saved), made in the unit of work
+ * itself: a one-shape literal, not a spread (V8 copies a spread of this object a property at a
+ * time), allocations by a plain loop.
+ */
+function callerHold(r: Reservation): Reservation {
+  const allocations: GrantPortion[] = [];
+  for (const p of r.allocations) allocations.push({ grantId: p.grantId, amount: p.amount });
+  return holdWith(r, r.status, r.settledAt, r.committedAmount, r.amount, allocations);
+}
+
+/** `reserveCredits`: the caller's own copy. */
+export const CALLER_COPY: HoldAnswer = {
+  out: callerHold,
+  replay: (entry, tx) => replayHold(entry, tx).then(callerHold),
+};
+
+/** `placeHold` (metering): the hold as the unit of work placed it, to read, never to change. */
+export const STORED_HOLD: HoldAnswer = { out: (r) => r, replay: replayHold };
