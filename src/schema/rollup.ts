@@ -113,6 +113,23 @@ function rollupUpsert(r: RollupNames, sums: string): string {
 }
 
 /**
+ * The part the catch-ups across accounts share, after their `cm_c` (`user_id`, `from_seq`,
+ * `to_seq`, in user id order): `cm_s` moves each cursor from `from_seq` to `to_seq` by a
+ * compare-and-set, `cm_j` reads the entries of the accounts it moved, `cm_u` adds them up into
+ * the rollup. The statement's `SELECT` follows it.
+ */
+function casAndFold(r: RollupNames, journal: string, rules: UsageRules): string {
+  return (
+    `cm_s AS (INSERT INTO ${r.state} AS s ("user_id", "through_seq") SELECT user_id, to_seq FROM cm_c ORDER BY user_id ` +
+    `ON CONFLICT ("user_id") DO UPDATE SET "through_seq" = EXCLUDED."through_seq" ` +
+    `WHERE s."through_seq" = (SELECT c.from_seq FROM cm_c c WHERE c.user_id = s.user_id) RETURNING s.user_id), ` +
+    `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_c c ON c.user_id = j.user_id JOIN cm_s ON cm_s.user_id = c.user_id ` +
+    `WHERE j.seq > c.from_seq AND j.seq <= c.to_seq), ` +
+    `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) `
+  );
+}
+
+/**
  * The catch-up of the rollup (docs/usage.md, "The daily rollup"), one statement: for each account
  * whose journal went past its `through_seq`, its entries `through_seq < seq <= accounts.seq` summed
  * into the rollup, and `through_seq` moved to `accounts.seq` — a compare-and-set: it moves only
@@ -135,12 +152,7 @@ export function rollupCatchUpSql(
     `WITH cm_c AS (SELECT a.user_id, coalesce(s.through_seq, 0) AS from_seq, a.seq AS to_seq ` +
     `FROM ${accounts} a LEFT JOIN ${r.state} s ON s.user_id = a.user_id ` +
     `WHERE a.seq > coalesce(s.through_seq, 0) ORDER BY a.user_id), ` +
-    `cm_s AS (INSERT INTO ${r.state} AS s ("user_id", "through_seq") SELECT user_id, to_seq FROM cm_c ORDER BY user_id ` +
-    `ON CONFLICT ("user_id") DO UPDATE SET "through_seq" = EXCLUDED."through_seq" ` +
-    `WHERE s."through_seq" = (SELECT c.from_seq FROM cm_c c WHERE c.user_id = s.user_id) RETURNING s.user_id), ` +
-    `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_c c ON c.user_id = j.user_id JOIN cm_s ON cm_s.user_id = c.user_id ` +
-    `WHERE j.seq > c.from_seq AND j.seq <= c.to_seq), ` +
-    `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) ` +
+    casAndFold(r, journal, rules) +
     `SELECT count(*)::int AS n, (SELECT count(*)::int FROM cm_c) AS stale FROM cm_s`
   );
 }
@@ -173,12 +185,7 @@ export function rollupCatchUpBatchSql(
     `ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint AS before FROM cm_l), ` +
     `cm_c AS (SELECT user_id, from_seq, (from_seq + least(head - from_seq, $3::bigint - before))::bigint AS to_seq, head ` +
     `FROM cm_w WHERE before < $3::bigint), ` +
-    `cm_s AS (INSERT INTO ${r.state} AS s ("user_id", "through_seq") SELECT user_id, to_seq FROM cm_c ORDER BY user_id ` +
-    `ON CONFLICT ("user_id") DO UPDATE SET "through_seq" = EXCLUDED."through_seq" ` +
-    `WHERE s."through_seq" = (SELECT c.from_seq FROM cm_c c WHERE c.user_id = s.user_id) RETURNING s.user_id), ` +
-    `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_c c ON c.user_id = j.user_id JOIN cm_s ON cm_s.user_id = c.user_id ` +
-    `WHERE j.seq > c.from_seq AND j.seq <= c.to_seq), ` +
-    `cm_u AS (${rollupUpsert(r, rollupSums("cm_j", rules))}) ` +
+    casAndFold(r, journal, rules) +
     `SELECT c.user_id, (c.to_seq - c.from_seq)::int AS entries, c.to_seq < c.head AS clipped, cm_s.user_id IS NOT NULL AS moved ` +
     `FROM cm_c c LEFT JOIN cm_s ON cm_s.user_id = c.user_id ORDER BY c.user_id`
   );
