@@ -2,7 +2,8 @@
 // Every TypeScript block of the documentation, checked against the package as a user installs it.
 //
 // First, every relative link of README.md, docs/**/*.md, CONTRIBUTING.md and CHANGELOG.md must
-// resolve (file and #heading), and the docs index, docs/README.md, must link every page. Then each
+// resolve (file and #heading), the docs index, docs/README.md, must link every page, and no page of
+// docs/ nor the README may name an issue number or a commit id. Then each
 // ```ts / ```typescript block of README.md and of every docs/**/*.md (a new page is picked up
 // without registering it) is checked: this checkout is packed (`npm pack`: exactly the files that
 // ship, so build first), the tarball is unpacked into a fresh project outside the repository (its
@@ -220,6 +221,68 @@ function checkLinks(files) {
   return problems;
 }
 
+/**
+ * No page of docs/ nor the README names an issue number ("issue 62", "#62") or a commit id (7 to 40
+ * hex characters that name a commit of this repository): the pages are for users, to whom neither
+ * means anything; development notes belong in commit messages. Code blocks count too.
+ */
+const ISSUE_NUMBER = /\bissues?[\s-]+#?\d+|(?<![\w&/#-])#\d+\b/gi;
+const HEX_WORD = /\b[0-9a-f]{7,40}\b/gi;
+
+/** Which of `words` name a commit of this checkout (git cat-file); undefined without git history. */
+function commitsAmong(words) {
+  try {
+    const shallow = execFileSync("git", ["rev-parse", "--is-shallow-repository"], { cwd: root, encoding: "utf8" });
+    if (shallow.trim() !== "false") return undefined;
+    if (words.length === 0) return new Set();
+    const out = execFileSync("git", ["cat-file", "--batch-check=%(objecttype)"], {
+      cwd: root,
+      input: words.map((w) => `${w}^{commit}`).join("\n") + "\n",
+      encoding: "utf8",
+    }).split("\n");
+    return new Set(words.filter((_, i) => out[i] === "commit"));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Each issue number and commit id of `pages` ({ name, text }): "name:line: what". */
+function findReferences(pages) {
+  const found = [];
+  const hex = [];
+  for (const { name, text } of pages)
+    for (const [i, line] of text.split("\n").entries()) {
+      for (const m of line.matchAll(ISSUE_NUMBER)) found.push(`${name}:${i + 1}: names an issue ("${m[0].trim()}")`);
+      for (const m of line.matchAll(HEX_WORD)) hex.push({ where: `${name}:${i + 1}`, word: m[0] });
+    }
+  const commits = commitsAmong([...new Set(hex.map((h) => h.word))]);
+  if (commits === undefined) return { found, commitsChecked: false };
+  for (const h of hex) if (commits.has(h.word)) found.push(`${h.where}: names a commit (${h.word})`);
+  return { found, commitsChecked: true };
+}
+
+/** The pages' references, after checking on a sample that both kinds are caught here. */
+function checkReferences(files) {
+  let head = "";
+  try {
+    head = execFileSync("git", ["rev-parse", "--short=7", "HEAD"], { cwd: root, encoding: "utf8" }).trim();
+  } catch {
+    // not a git checkout (an unpacked tarball): issue numbers only
+  }
+  const sample = findReferences([
+    {
+      name: "sample",
+      text: `As issue 62 said (#62), fixed in ${head || "0000000"}.\nEd25519, 3600000, #fff, [x](#step-2)`,
+    },
+  ]);
+  const expected = sample.commitsChecked ? 3 : 2;
+  if (sample.found.length !== expected || sample.found.some((f) => f.startsWith("sample:2")))
+    fail(`the reference check is broken: on its sample it found\n  ${sample.found.join("\n  ")}`);
+  if (!sample.commitsChecked)
+    console.warn("check-docs: warning: no full git history here, so commit ids in the pages are not looked for");
+  return findReferences(files.map((f) => ({ name: relative(root, f), text: readFileSync(f, "utf8") }))).found;
+}
+
 function fail(message) {
   console.error(`\ncheck-docs: ${message}`);
   process.exit(1);
@@ -235,13 +298,23 @@ for (const file of files) {
   problems.push(...page.problems);
 }
 if (problems.length) fail(`snippet markers:\n  ${problems.join("\n  ")}\nSee ${CONVENTION}.`);
-const links = checkLinks(
-  only.length
-    ? files
-    : [...files, join(root, "CONTRIBUTING.md"), join(root, "CHANGELOG.md")].filter((f) => existsSync(f)),
-);
+const links = checkLinks([
+  ...files,
+  ...[join(root, "CONTRIBUTING.md"), join(root, "CHANGELOG.md")].filter(
+    (f) => existsSync(f) && (!only.length || only.includes(f)),
+  ),
+]);
 if (links.length) fail(`links:\n  ${links.join("\n  ")}`);
-if (blocks.length === 0) fail("no TypeScript block found");
+const references = checkReferences(files);
+if (references.length)
+  fail(
+    `issue numbers and commit ids (the pages are for users; say what happens and why, or leave it to the commit message):\n  ${references.join("\n  ")}`,
+  );
+if (blocks.length === 0) {
+  if (!only.length) fail("no TypeScript block found");
+  console.log("check-docs: links and references checked; no TypeScript block in the pages given");
+  process.exit(0);
+}
 
 // 2. The package as it ships, in a fresh project.
 if (!existsSync(join(root, "dist", "index.js")) || !existsSync(join(root, "dist", "index.d.ts")))
