@@ -232,7 +232,11 @@ const HEX_WORD = /\b[0-9a-f]{7,40}\b/gi;
 /** Which of `words` name a commit of this checkout (git cat-file); undefined without git history. */
 function commitsAmong(words) {
   try {
-    const shallow = execFileSync("git", ["rev-parse", "--is-shallow-repository"], { cwd: root, encoding: "utf8" });
+    const shallow = execFileSync("git", ["rev-parse", "--is-shallow-repository"], {
+      cwd: root,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    });
     if (shallow.trim() !== "false") return undefined;
     if (words.length === 0) return new Set();
     const out = execFileSync("git", ["cat-file", "--batch-check=%(objecttype)"], {
@@ -265,7 +269,11 @@ function findReferences(pages) {
 function checkReferences(files) {
   let head = "";
   try {
-    head = execFileSync("git", ["rev-parse", "--short=7", "HEAD"], { cwd: root, encoding: "utf8" }).trim();
+    head = execFileSync("git", ["rev-parse", "--short=7", "HEAD"], {
+      cwd: root,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+    }).trim();
   } catch {
     // not a git checkout (an unpacked tarball): issue numbers only
   }
