@@ -1,5 +1,4 @@
 import type { GrantPortion, PortionKind } from "../../models/index.js";
-import { madeAt, madeBytes } from "../../util/made-ids.js";
 
 /** A portion's kind as stored (0: none). */
 const KINDS: readonly (PortionKind | undefined)[] = [undefined, "returned", "debt_paid"];
@@ -88,8 +87,7 @@ export function writeHex(into: Uint8Array, at: number, hex: string, chars: numbe
 /**
  * The id `writeUuid` last wrote and its 16 bytes. A hold's id is written several times in a row —
  * indexed, then as its entry's reservation id; looked up for its commit, then as the commit entry's
- * reservation id — so the second time copies 16 bytes instead of parsing 32 hex digits again (and
- * an id `newId` made lately is copied from its bytes: `madeAt`).
+ * reservation id — so the second time copies 16 bytes instead of parsing 32 hex digits again.
  */
 let lastUuid: string | null = null;
 const lastUuidBytes = new Uint8Array(16);
@@ -101,10 +99,7 @@ export function writeUuid(into: Uint8Array, at: number, id: string): boolean {
     for (let k = 0; k < 16; k++) into[at + k] = last[k] as number;
     return true;
   }
-  const made = madeAt(id);
-  if (made >= 0) {
-    for (let k = 0; k < 16; k++) into[at + k] = madeBytes[made + k] as number;
-  } else if (!parseUuid(into, at, id)) return false;
+  if (!parseUuid(into, at, id)) return false;
   for (let k = 0; k < 16; k++) last[k] = into[at + k] as number;
   lastUuid = id;
   return true;
