@@ -150,7 +150,7 @@ function suite(
       ]);
       expect(csv.code).toBe(0);
       expect(csv.stdout.split("\r\n")[0]).toBe(
-        "start,end,currency,account,spender,deferredStart,paid,recognized,breakage,refunds,deferredEnd,unbilledCredits",
+        "start,end,currency,account,spender,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
       );
       expect(csv.stdout).toContain(`,USD,acme,'=2+5,0,0,1000,0,0,0,0\r\n`);
       expect(csv.stdout).not.toMatch(/,=2\+5/);

@@ -82,7 +82,7 @@ export const revenueRoutes: RouteDefinition[] = [
     operationId: "adminGetRevenueCsv",
     summary: "The revenue report as CSV",
     description:
-      "RFC 4180 (CRLF records, a header line): start, end, currency, the grouped dimensions, deferredStart, paid, recognized, breakage, refunds, deferredEnd, unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection).",
+      "RFC 4180 (CRLF records, a header line): start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection).",
     tags,
     query: RevenueParams,
     responseType: "text/csv",

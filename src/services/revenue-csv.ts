@@ -1,31 +1,35 @@
 import type { RevenueDimension, RevenueReport } from "../models/revenue.js";
 import { toCsv } from "../util/csv.js";
 
-/** The figures of a revenue row, in the order the CSV writes them (docs/revenue.md, "What each figure means"). */
+/**
+ * The figures of a revenue row, in the order the CSV writes them (docs/revenue.md, "What each figure
+ * means"), and their columns: money in the currency's smallest unit, named so (`paidMinor`: cents
+ * for USD), so that a spreadsheet reader does not take 20 for $20.
+ */
 const FIGURES = [
-  "deferredStart",
-  "paid",
-  "recognized",
-  "breakage",
-  "refunds",
-  "deferredEnd",
-  "unbilledCredits",
+  ["deferredStart", "deferredStartMinor"],
+  ["paid", "paidMinor"],
+  ["recognized", "recognizedMinor"],
+  ["breakage", "breakageMinor"],
+  ["refunds", "refundsMinor"],
+  ["deferredEnd", "deferredEndMinor"],
+  ["unbilledCredits", "unbilledCredits"],
 ] as const;
 
 /**
  * A revenue report as CSV (docs/revenue.md, "Where finance reads it"): RFC 4180, a header line, then
  * a row per revenue row — `start`, `end` (ISO 8601, UTC), `currency` (empty on the rows of unbilled
- * usage), the dimensions of `groupBy` in its order, then `deferredStart`, `paid`, `recognized`,
- * `breakage`, `refunds`, `deferredEnd` (the currency's smallest unit) and `unbilledCredits`
- * (credits). Text a spreadsheet would run as a formula (an account id or spender beginning with `=`,
+ * usage), the dimensions of `groupBy` in its order, then `deferredStartMinor`, `paidMinor`,
+ * `recognizedMinor`, `breakageMinor`, `refundsMinor`, `deferredEndMinor` (the currency's smallest
+ * unit) and `unbilledCredits` (credits). Text a spreadsheet would run as a formula (an account id or spender beginning with `=`,
  * `+`, `-`, `@`, a tab or a CR) is prefixed with `'`, as in `usageCsv`.
  */
 export function revenueCsv(report: RevenueReport, groupBy: readonly RevenueDimension[] = []): string {
   return toCsv(
-    ["start", "end", "currency", ...groupBy, ...FIGURES],
+    ["start", "end", "currency", ...groupBy, ...FIGURES.map(([, column]) => column)],
     report.rows.map((r) => {
       const groups = r as unknown as Record<string, unknown>;
-      return [r.start, r.end, r.currency, ...groupBy.map((g) => groups[g]), ...FIGURES.map((f) => r[f])];
+      return [r.start, r.end, r.currency, ...groupBy.map((g) => groups[g]), ...FIGURES.map(([f]) => r[f])];
     }),
   );
 }

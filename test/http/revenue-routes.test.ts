@@ -119,7 +119,7 @@ describe("revenue over HTTP", () => {
     expect(r.headers.get("cache-control")).toBe("no-store");
     const lines = r.text.split("\r\n");
     expect(lines[0]).toBe(
-      "start,end,currency,account,spender,deferredStart,paid,recognized,breakage,refunds,deferredEnd,unbilledCredits",
+      "start,end,currency,account,spender,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
     );
     expect(lines.at(-1)).toBe("");
     // The account id begins with `=`: prefixed with ', quoted (it holds quotes and a comma).
