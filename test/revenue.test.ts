@@ -313,6 +313,61 @@ describe("revenue: a worked month (docs/revenue.md)", () => {
   });
 });
 
+describe.each(stores)(
+  "revenue on $name: refunds that take back used credits (docs/revenue.md, decisions 3 and 4)",
+  (store) => {
+    /** A month's report of account `u` on a fresh store, after `run`, with the summary's answer checked against the replay. */
+    async function month(run: (s: ReturnType<typeof services>) => Promise<void>) {
+      const opened = await store.open();
+      const db = opened.db;
+      await db.init();
+      try {
+        const s = services(db);
+        await run(s);
+        const q = { account: "u", from: dayStart(T0), to: dayStart(T0) + 30 * DAY, interval: null } as const;
+        const report = await sameAsReplay(db, q);
+        expect((await s.credits.audit("u")).problems).toEqual([]);
+        return report.rows;
+      } finally {
+        await db.close();
+        await opened.drop();
+      }
+    }
+
+    it("a refund's take-back past the balance is debt: unbilled credits, and the payment's revenue reversed", async () => {
+      const rows = await month(async ({ clock, credits, payments, pay }) => {
+        const p = await pay("u", 1000); // 3,000 credits at 1/3 cent
+        clock.now = T0 + DAY;
+        await credits.deductCredits("u", 3000);
+        clock.now = T0 + 2 * DAY;
+        await payments.recordRefund("u", p.id, { refundedTotal: 1000 });
+        expect((await credits.getUserCreditsInfo("u")).balance).toBe(-3000);
+      });
+      expect(ofCurrency(rows, "USD")).toEqual([
+        expect.objectContaining({ paid: 1000, recognized: 0, refunds: 1000, deferredEnd: 0 }),
+      ]);
+      expect(ofCurrency(rows, null)).toEqual([expect.objectContaining({ unbilledCredits: 3000 })]);
+    });
+
+    it("a refund whose take-back draws on a free grant reverses the refunded payment's revenue all the same", async () => {
+      const withPromo = await month(async ({ clock, credits, payments, pay }) => {
+        const p = await pay("u", 1000);
+        clock.now = T0 + DAY;
+        await credits.deductCredits("u", 3000);
+        await credits.addCredits("u", 3000, { source: "promo" });
+        clock.now = T0 + 2 * DAY;
+        await payments.recordRefund("u", p.id, { refundedTotal: 1000 });
+        expect((await credits.getUserCreditsInfo("u")).balance).toBe(0);
+      });
+      // The promo credits pay for the used credits taken back (free: no revenue); the cash went back.
+      expect(ofCurrency(withPromo, "USD")).toEqual([
+        expect.objectContaining({ paid: 1000, recognized: 0, refunds: 1000, deferredEnd: 0 }),
+      ]);
+      expect(ofCurrency(withPromo, null)).toEqual([]);
+    });
+  },
+);
+
 describe("revenue: subscriptions (docs/revenue.md, Subscriptions)", () => {
   it("splits a price over grants exactly: they add up to it", () => {
     expect(basesOfPrice(1999, [3000, 1000], "usd")).toEqual([

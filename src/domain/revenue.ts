@@ -189,8 +189,9 @@ export interface Key {
  * Each credit that leaves a paid addition is of one figure, at the position it leaves from:
  * a deduction's or a capture's credits (and held credits that paid debt) are recognized; an
  * expiry's and a void's are breakage; those a refund or lost dispute takes back from the
- * refunded payment's own grant are refunds; those it deducts from other grants are recognized
- * (they pay for the usage the refund reverses), while the refunded payment's revenue for as many
+ * refunded payment's own grant are refunds; those it deducts from other paid grants are recognized
+ * (they pay for the usage the refund reverses), and for every credit it takes from another grant,
+ * paid or free, or past the balance (debt, unbilled), the refunded payment's revenue for as many
  * credits is reversed (recognized negative, refunds positive). An addition's credits that pay debt
  * are recognized when it is made. So per account and currency, at every instant, the value of
  * what was paid equals recognized + breakage + refunds + deferred.
@@ -307,22 +308,21 @@ export class RevenueAccumulator {
             // A partial capture's returned credits go back to their grant: not used.
             if (g.kind === "returned") continue;
             past -= e.type === "deduct" ? g.amount : 0;
+            // A take-back's credits from another grant than the refunded payment's, paid or free,
+            // pay for the used credits it takes back: the payment's revenue for as many is reversed.
+            if (p !== null && p.lot !== g.grantId) reverse(p, g.amount, e);
             const lot = lots.get(g.grantId);
             if (lot === undefined) continue; // a free grant's credits: no revenue
             const v = take(lot, g.amount);
             const k = key(lot.currency, lot.source, e);
-            if (!takeBack) add(k, "recognized", v);
-            else if (p === null || p.lot === g.grantId) add(k, "refunds", v);
-            else {
-              // Another grant's credits pay for the used credits the refund takes back.
-              add(k, "recognized", v);
-              reverse(p, g.amount, e);
-            }
+            // Those of another paid grant are recognized at its basis; the payment's own are refunds.
+            add(k, takeBack && (p === null || p.lot === g.grantId) ? "refunds" : "recognized", v);
           }
-          // What a deduction takes past the grants becomes debt: usage not paid for yet.
+          // What a deduction takes past the grants becomes debt: usage not paid for yet, a
+          // take-back's too (docs/revenue.md, decisions 3 and 4), whose payment's revenue is reversed.
           if (past > 0) {
-            if (!takeBack) add(key(null, null, e), "unbilledCredits", past);
-            else if (p !== null) reverse(p, past, e);
+            add(key(null, null, e), "unbilledCredits", past);
+            if (p !== null) reverse(p, past, e);
           }
           if (alloc !== undefined && [...alloc.values()].every((v) => v <= 0)) holds.delete(e.reservationId ?? "");
           break;
