@@ -3818,9 +3818,9 @@ export interface operations {
     };
     getUsage: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
                 timeZone?: string;
@@ -3892,9 +3892,9 @@ export interface operations {
     };
     getUsageCsv: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
                 timeZone?: string;
@@ -3948,9 +3948,9 @@ export interface operations {
     };
     adminGetUsage: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
                 timeZone?: string;
@@ -4033,9 +4033,9 @@ export interface operations {
     };
     adminGetUsageCsv: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
                 timeZone?: string;
@@ -4100,9 +4100,9 @@ export interface operations {
     };
     adminGetFleetUsage: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
                 timeZone?: string;
@@ -4184,9 +4184,9 @@ export interface operations {
     };
     adminGetFleetUsageCsv: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 groupBy?: (("account" | "feature" | "spender" | "model" | "reason") | string)[];
                 timeZone?: string;
@@ -4250,9 +4250,9 @@ export interface operations {
     };
     adminGetRevenue: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "feature" | "spender")[];
@@ -4339,9 +4339,9 @@ export interface operations {
     };
     adminGetRevenueCsv: {
         parameters: {
-            query: {
-                from: string;
-                to: string;
+            query?: {
+                from?: string;
+                to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "feature" | "spender")[];

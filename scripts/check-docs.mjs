@@ -11,7 +11,8 @@
 // node_modules), each block is written there as a module of its own, all are type-checked as a
 // strict TypeScript consumer compiles them (module and moduleResolution node16), and the blocks
 // marked `run` are executed with node, each in an empty folder, without any database URL in its
-// environment.
+// environment. Last, every ```bash / sh / shell block that calls curl runs against a
+// `credit-management serve` of the packed package that this check starts (runCurlBlocks, below).
 //
 // The conventions for writers (CONTRIBUTING.md#documentation-snippets):
 //   - A block is a complete ES module by default: its own imports, top-level await allowed.
@@ -21,6 +22,7 @@
 //   - `<!-- snippet: run -->` (also `fragment run`): the block is executed as well and must exit
 //     with 0 (in memory: no server, no network, done within the timeout).
 //   - `<!-- snippet: skip <reason> -->`: not checked; the reason is required and printed.
+//   - A curl block runs by default; its marker's code (with `fragment`) runs before it, unseen.
 //
 // Usage: node scripts/check-docs.mjs [--no-run] [--keep] [file.md …]
 import { execFileSync, spawn } from "node:child_process";
@@ -50,6 +52,9 @@ const noRun = args.includes("--no-run");
 const keep = args.includes("--keep");
 const only = args.filter((a) => !a.startsWith("--")).map((a) => resolve(a));
 const RUN_TIMEOUT_MS = 20_000;
+/** Shell blocks that call `curl`: run against a `credit-management serve` that the check starts. */
+const SHELL = ["bash", "sh", "shell"];
+const CURL = /(^|[\s;|&($])curl\s/;
 const CONVENTION = "CONTRIBUTING.md#documentation-snippets";
 
 function markdownFiles() {
@@ -80,6 +85,7 @@ function extract(file) {
   const problems = [];
   let prelude;
   const blocks = [];
+  const curlBlocks = [];
   for (let i = 0; i < lines.length; i++) {
     const trimmed = lines[i].trim();
     if (trimmed === "<!-- snippet-prelude") {
@@ -107,7 +113,8 @@ function extract(file) {
     }
     const fenceLine = i + 1;
     i = j;
-    if (lang !== "ts" && lang !== "typescript") continue;
+    const shell = SHELL.includes(lang) && code.some((l) => CURL.test(l.text));
+    if (lang !== "ts" && lang !== "typescript" && !shell) continue;
     // The marker: a comment on the nearest non-blank line above the fence.
     let above = fenceLine - 2;
     while (above >= 0 && lines[above].trim() === "") above--;
@@ -137,12 +144,15 @@ function extract(file) {
       if (hidden.length && !flags.has("fragment"))
         problems.push(`${rel}:${comment.start + 1}: code in a snippet marker needs "fragment"`);
     }
-    blocks.push({ file: rel, fenceLine, code, flags, hidden, reason });
+    if (shell) {
+      if (flags.has("run")) problems.push(`${rel}:${comment.start + 1}: a curl block always runs: no "run" flag`);
+      curlBlocks.push({ file: rel, fenceLine, code, flags, hidden, reason });
+    } else blocks.push({ file: rel, fenceLine, code, flags, hidden, reason });
   }
   for (const b of blocks) b.prelude = b.flags.has("fragment") ? (prelude ?? []) : [];
   if (prelude && !blocks.some((b) => b.flags.has("fragment")))
     problems.push(`${rel}: a snippet-prelude but no "fragment" block uses it`);
-  return { blocks, problems };
+  return { blocks, curlBlocks, problems };
 }
 
 /** GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens. */
@@ -300,9 +310,11 @@ function fail(message) {
 const files = markdownFiles();
 const blocks = [];
 const problems = [];
+const curlBlocks = [];
 for (const file of files) {
   const page = extract(file);
   blocks.push(...page.blocks);
+  curlBlocks.push(...page.curlBlocks);
   problems.push(...page.problems);
 }
 if (problems.length) fail(`snippet markers:\n  ${problems.join("\n  ")}\nSee ${CONVENTION}.`);
@@ -318,9 +330,9 @@ if (references.length)
   fail(
     `issue numbers and commit ids (the pages are for users; say what happens and why, or leave it to the commit message):\n  ${references.join("\n  ")}`,
   );
-if (blocks.length === 0) {
+if (blocks.length === 0 && curlBlocks.length === 0) {
   if (!only.length) fail("no TypeScript block found");
-  console.log("check-docs: links and references checked; no TypeScript block in the pages given");
+  console.log("check-docs: links and references checked; no TypeScript or curl block in the pages given");
   process.exit(0);
 }
 
@@ -462,6 +474,7 @@ await Promise.all(
     for (let b; (b = queue.shift());) results.push(await run(b));
   }),
 );
+const curlStarted = Date.now();
 const failed = results.filter((r) => !r.ok);
 if (failed.length) {
   fail(
@@ -469,14 +482,110 @@ if (failed.length) {
   );
 }
 
-const skipped = blocks.filter((b) => b.flags.has("skip"));
+// 6. The curl blocks, in page order, against one `credit-management serve` of the packed package.
+const curlRun = noRun ? [] : curlBlocks.filter((b) => !b.flags.has("skip"));
+const curlResults = curlRun.length ? await runCurlBlocks(curlRun) : [];
+const curlFailed = curlResults.filter((r) => !r.ok);
+if (curlFailed.length) {
+  fail(
+    `${curlFailed.length} curl block(s) failed against credit-management serve:\n${curlFailed.map((r) => `  ${r.b.file}:${r.b.fenceLine} exited with ${r.code}:\n    ${r.output.trim().split("\n").join("\n    ")}`).join("\n")}\n` +
+      `Each curl block runs with bash against a fresh serve; see ${CONVENTION}.`,
+  );
+}
+
+const skipped = [...blocks, ...curlBlocks].filter((b) => b.flags.has("skip"));
 for (const b of skipped) console.log(`skipped ${b.file}:${b.fenceLine}: ${b.reason}`);
 const pages = new Set(blocks.map((b) => b.file)).size;
 console.log(
   `check-docs: ${checked.length} TypeScript blocks of ${pages} pages type-check against the packed package` +
-    `${noRun ? "" : `, ${results.length} ran`}${skipped.length ? `, ${skipped.length} skipped` : ""}`,
+    `${noRun ? "" : `, ${results.length} ran, ${curlResults.length} curl blocks ran against serve`}${skipped.length ? `, ${skipped.length} skipped` : ""}`,
 );
 const s = (ms) => `${(ms / 1000).toFixed(1)} s`;
 console.log(
-  `check-docs: ${s(Date.now() - started)} (pack and install ${s(packed - packStarted)}, type-check ${s(checkedAt - packed)}, runs ${s(Date.now() - checkedAt)})`,
+  `check-docs: ${s(Date.now() - started)} (pack and install ${s(packed - packStarted)}, type-check ${s(checkedAt - packed)}, runs ${s(curlStarted - checkedAt)}, curl blocks ${s(Date.now() - curlStarted)})`,
 );
+
+/**
+ * Runs the curl blocks against a `credit-management serve` of the packed package, started here in
+ * an empty folder: its default SQLite store, a free port, customer tokens on. The blocks run in
+ * page order, each as a bash script (`set -euo pipefail`) after its marker's code, with
+ * `localhost:8080` pointed at that port and these variables set: ADMIN_KEY (an admin key), KEY and
+ * ALICE_KEY (a key of the user alice). `curl` fails on an answer that is not 2xx (its body printed).
+ */
+async function runCurlBlocks(list) {
+  const cwd = join(work, "serve");
+  mkdirSync(cwd, { recursive: true });
+  const bin = join(pkgDir, JSON.parse(readFileSync(join(pkgDir, "package.json"), "utf8")).bin["credit-management"]);
+  const serveEnv = {
+    ...env,
+    CREDIT_SQLITE_PATH: join(cwd, "credits.sqlite"),
+    CREDIT_CUSTOMER_TOKEN_SECRET: "check-docs-customer-token-secret-0123456789",
+  };
+  const key = (role) =>
+    execFileSync(process.execPath, [bin, "keys", "create", "--role", role], {
+      cwd,
+      env: serveEnv,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+      .trim()
+      .split("\n")
+      .pop();
+  const keys = { ADMIN_KEY: key("admin"), ALICE_KEY: key("user:alice") };
+  keys.KEY = keys.ALICE_KEY;
+  const server = spawn(process.execPath, [bin, "serve", "--port", "0", "--host", "127.0.0.1"], {
+    cwd,
+    env: serveEnv,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let log = "";
+  server.stderr.on("data", (c) => (log += c));
+  const port = await new Promise((done, failed) => {
+    const timer = setTimeout(() => failed(new Error(`serve did not start in 30 s:\n${log}`)), 30_000);
+    server.stdout.on("data", (c) => {
+      log += c;
+      const line = log.split("\n").find((l) => l.includes('"msg":"serving"'));
+      if (line) {
+        clearTimeout(timer);
+        done(JSON.parse(line).port);
+      }
+    });
+    server.on("exit", (code) => failed(new Error(`serve exited with ${code} before serving:\n${log}`)));
+  }).catch((e) => fail(`curl blocks: ${e.message}`));
+  const out = [];
+  try {
+    for (const b of list) {
+      const script = [
+        "set -euo pipefail",
+        'curl() { command curl --silent --show-error --fail-with-body --max-time 10 "$@"; echo; }',
+        ...b.hidden.map((l) => l.text),
+        ...b.code.map((l) => l.text),
+      ]
+        .join("\n")
+        .replaceAll("localhost:8080", `127.0.0.1:${port}`);
+      out.push(
+        await new Promise((done) => {
+          const child = spawn("bash", ["-c", script], {
+            cwd,
+            env: { ...env, ...keys },
+            stdio: ["ignore", "pipe", "pipe"],
+          });
+          let output = "";
+          child.stdout.on("data", (c) => (output += c));
+          child.stderr.on("data", (c) => (output += c));
+          const timer = setTimeout(() => {
+            output += `\n(killed after ${RUN_TIMEOUT_MS / 1000} s)`;
+            child.kill("SIGKILL");
+          }, RUN_TIMEOUT_MS);
+          child.on("close", (code, signal) => {
+            clearTimeout(timer);
+            done({ b, ok: code === 0, code: code ?? signal, output });
+          });
+        }),
+      );
+    }
+  } finally {
+    server.kill("SIGTERM");
+  }
+  return out;
+}

@@ -4,11 +4,11 @@ import { revenueCsv } from "../services/revenue-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import { type RouteContext, type RouteDefinition } from "./router.js";
 import { textResponse } from "./text-response.js";
-import { UsageParams } from "./usage-routes.js";
+import { rangeOf, UsageParams } from "./usage-routes.js";
 
 /**
  * The revenue query as a query string (docs/revenue.md, "Where finance reads it"): `from` and `to`
- * as ISO 8601, `interval` `hour|day|week|month|none` (default `month`), `groupBy` comma-separated,
+ * as ISO 8601 (default: this month so far), `interval` `hour|day|week|month|none` (default `month`), `groupBy` comma-separated,
  * `timeZone`, and `account` for one account (absent: the whole book).
  */
 export const RevenueParams = UsageParams.pick({ from: true, to: true, interval: true, timeZone: true }).extend({
@@ -42,8 +42,7 @@ type Params = z.infer<typeof RevenueParams>;
 export function revenueQueryOf(p: Params): RevenueQuery {
   return {
     ...(p.account === undefined ? {} : { account: p.account }),
-    from: p.from,
-    to: p.to,
+    ...rangeOf(p),
     interval: p.interval === undefined ? "month" : p.interval === "none" ? null : p.interval,
     ...(p.groupBy === undefined ? {} : { groupBy: p.groupBy }),
     ...(p.timeZone === undefined ? {} : { timeZone: p.timeZone }),

@@ -1,4 +1,5 @@
 import * as z from "zod";
+import { windowStart } from "../domain/usage.js";
 import { ValidationError } from "../errors.js";
 import {
   MAX_USAGE_ROWS,
@@ -6,8 +7,8 @@ import {
   UsageDimension,
   UsageInterval,
   UsageKind,
+  UsageQuery,
   UserId,
-  type UsageQuery,
   type UsageReport,
   type UsageRow,
 } from "../models/index.js";
@@ -17,14 +18,15 @@ import { type RouteContext, type RouteDefinition } from "./router.js";
 import { textResponse } from "./text-response.js";
 
 /**
- * The usage query as a query string (docs/usage.md, "Over HTTP"): `from` and `to` as ISO 8601,
- * `interval` `hour|day|week|month|none` (default `day`), `groupBy` and `kinds` comma-separated.
+ * The usage query as a query string (docs/usage.md, "Over HTTP"): `from` and `to` as ISO 8601
+ * (default: this month so far), `interval` `hour|day|week|month|none` (default `day`), `groupBy`
+ * and `kinds` comma-separated.
  */
 export const UsageParams = z.strictObject({
-  /** Inclusive start, ISO 8601. */
-  from: z.iso.datetime({ offset: true }),
-  /** Exclusive end, ISO 8601. */
-  to: z.iso.datetime({ offset: true }),
+  /** Inclusive start, ISO 8601. Default: the start of this month in `timeZone`. */
+  from: z.iso.datetime({ offset: true }).optional(),
+  /** Exclusive end, ISO 8601. Default: now. */
+  to: z.iso.datetime({ offset: true }).optional(),
   /** Calendar windows; `none`: one window for the whole range. Default `day`. */
   interval: z.union([UsageInterval, z.literal("none")]).optional(),
   /** Dimensions each row is split by (comma-separated or repeated), at most 4. */
@@ -62,10 +64,27 @@ export const UsageReportSchema = z.object({
 
 type Params = z.infer<typeof FleetUsageParams>;
 
+/**
+ * The range of a usage or revenue query string (docs/usage.md and docs/revenue.md, "Over HTTP"):
+ * `from` absent is the start of this month in the query's time zone, `to` absent is now, so a query
+ * without either reads this month so far. A zone the library refuses is left for it to name.
+ */
+export function rangeOf(p: { from?: string | undefined; to?: string | undefined; timeZone?: string | undefined }): {
+  from: Date | string;
+  to: Date | string;
+} {
+  const now = Date.now();
+  let from: Date | string | undefined = p.from;
+  if (from === undefined) {
+    const zone = UsageQuery.shape.timeZone.safeParse(p.timeZone);
+    from = new Date(windowStart(now, "month", zone.success ? (p.timeZone ?? "UTC") : "UTC"));
+  }
+  return { from, to: p.to ?? new Date(now) };
+}
+
 const queryOf = (p: Params, account: string | undefined): UsageQuery => ({
   ...(account === undefined ? {} : { account }),
-  from: p.from,
-  to: p.to,
+  ...rangeOf(p),
   interval: p.interval === undefined ? "day" : p.interval === "none" ? null : p.interval,
   ...(p.groupBy === undefined ? {} : { groupBy: p.groupBy }),
   ...(p.timeZone === undefined ? {} : { timeZone: p.timeZone }),

@@ -5,6 +5,7 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { beforeAll, describe, expect, it } from "vitest";
 import { caller } from "./call.js";
+import { windowStart } from "../../src/domain/usage.js";
 import { createCreditHandler, type Identity } from "../../src/http/index.js";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 
@@ -75,6 +76,25 @@ describe("revenue over HTTP", () => {
     expect(one.body.rows).toHaveLength(monthly.rows.length);
   });
 
+  it("without from and to reads this month so far", async () => {
+    const monthStart = new Date(windowStart(Date.now(), "month", "UTC")).toISOString();
+    for (const path of ["/admin/credits/revenue", "/admin/credits/revenue.csv"]) {
+      const r = await call(`${path}?account=alice&interval=none`, "admin:ops");
+      expect(r.status, path).toBe(200);
+    }
+    const r = await call("/admin/credits/revenue?account=alice&interval=none", "admin:ops");
+    expect(r.body.rows.length).toBeGreaterThan(0);
+    const end: string = r.body.rows[0].end;
+    expect(
+      r.body.rows.every((row: { start: string; end: string }) => row.start === monthStart && row.end === end),
+    ).toBe(true);
+    expect(Date.parse(end)).toBeLessThanOrEqual(Date.now());
+    const expected = await m.credits.getRevenue({ account: "alice", from: monthStart, to: end, interval: null });
+    expect(r.body.rows).toEqual(
+      expected.rows.map((row) => ({ ...row, start: row.start.toISOString(), end: row.end.toISOString() })),
+    );
+  });
+
   it("is for admins only: 401 without identity, 403 for a user and a customer token", async () => {
     expect((await call(`/admin/credits/revenue?${range()}`)).status).toBe(401);
     expect((await call(`/admin/credits/revenue.csv?${range()}`)).status).toBe(401);
@@ -90,7 +110,7 @@ describe("revenue over HTTP", () => {
     const before = await m.db.getAccount("alice");
     const day = (n: number) => encodeURIComponent(new Date(clock.t - n * 86_400_000).toISOString());
     for (const [q, field] of [
-      [`from=${day(1)}`, "to"],
+      [`to=${day(62)}`, "to"],
       [`from=${day(1)}&to=${day(2)}`, "to"],
       [`from=${day(200)}&to=${day(0)}&interval=hour`, "to"],
       [`from=${day(4000)}&to=${day(0)}&interval=none`, "to"],

@@ -5,6 +5,7 @@
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { beforeAll, describe, expect, it } from "vitest";
 import { caller } from "./call.js";
+import { windowStart } from "../../src/domain/usage.js";
 import { createCreditHandler, type Identity } from "../../src/http/index.js";
 import { createCreditManager, type CreditManager } from "../../src/index.js";
 import { HOSTILE_MODEL, HOSTILE_SPENDER, seedUsage } from "../usage-fixture.js";
@@ -58,10 +59,50 @@ describe("usage over HTTP", () => {
     expect(top.body.truncated).toBe(true);
   });
 
+  it("without from and to reads this month so far, in the query's time zone", async () => {
+    // Usage now (the seed's is spread over the last days: some of it may be last month's).
+    await m.credits.addCredits("dora", 100);
+    await m.credits.deductCredits("dora", 7);
+    const now = Date.now();
+    for (const timeZone of ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"]) {
+      const monthStart = windowStart(now, "month", timeZone);
+      const expected = await m.credits.getUsage({
+        account: "dora",
+        from: new Date(monthStart),
+        to: new Date(now + 60_000),
+        interval: null,
+      });
+      const zone = timeZone === "UTC" ? "" : `&timeZone=${encodeURIComponent(timeZone)}`;
+      for (const [path, token] of [
+        [`/credits/usage?interval=none${zone}`, "dora"],
+        [`/admin/credits/users/dora/usage?interval=none${zone}`, "admin:ops"],
+        [`/admin/credits/usage?account=dora&interval=none${zone}`, "admin:ops"],
+      ] as const) {
+        const r = await call(path, token);
+        expect(r.status, path).toBe(200);
+        expect(r.body.rows, path).toHaveLength(1);
+        // The window starts at this month's first midnight in the zone and ends about now.
+        expect(r.body.rows[0].start, path).toBe(new Date(monthStart).toISOString());
+        expect(Date.parse(r.body.rows[0].end)).toBeGreaterThanOrEqual(now);
+        expect(Date.parse(r.body.rows[0].end)).toBeLessThan(Date.now() + 1);
+        expect(r.body.rows[0].credits).toBe(expected.rows[0]?.credits);
+      }
+    }
+    // docs/http.md's top 100 accounts, as written there.
+    const top = await call("/admin/credits/usage?groupBy=account&orderBy=credits&limit=100&interval=none", "admin:ops");
+    expect(top.status).toBe(200);
+    expect(top.body.rows.some((r: { account: string }) => r.account === "dora")).toBe(true);
+    // `from` alone reads to now; `to` alone from this month's start.
+    const from = new Date(now - 3_600_000).toISOString();
+    const since = await call(`/credits/usage?interval=none&from=${from}`, "dora");
+    expect(since.body.rows[0]).toMatchObject({ start: from, credits: 7 });
+  });
+
   it("refuses a bad or too large query with 400, naming the field", async () => {
     const week = (n: number) => new Date(clock.t - n * 86_400_000).toISOString();
     for (const q of [
-      `from=${week(1)}`,
+      `from=${week(1)}&to=${week(2)}`,
+      `to=${week(62)}`,
       `from=${week(200)}&to=${week(0)}&interval=hour`,
       `${range()}&groupBy=colour`,
       `${range()}&interval=fortnight`,
