@@ -34,6 +34,9 @@ const badUserIds: unknown[] = [
   "a\uD800",
   "\uDC00b",
   "a\uDBFF\uDBFF",
+  // Dot segments: a URL parser removes them, so `/admin/credits/users/../usage` would be the fleet's.
+  ".",
+  "..",
 ];
 
 describe("bad input is a ValidationError and changes nothing", () => {

@@ -11,8 +11,26 @@ interface Given {
   body?: Uint8Array;
 }
 
-/** The absolute URL of `target` on the request's host; an `HttpError` 400 when they make none. */
+/**
+ * A dot segment (`.`, `..`, literal or percent-encoded) in a request target's path: a URL parser
+ * removes it, so `/admin/credits/users/%2E%2E/usage` would be answered as `/admin/credits/usage`.
+ * A backslash separates segments too (it does in http URLs). Browsers and HTTP clients remove dot
+ * segments before sending, so only a hand-made target has one (docs/http.md, "Account ids in URLs").
+ */
+const DOT_SEGMENT = /(?:^|[/\\])(?:\.|%2e){1,2}(?:[/\\]|$)/i;
+
+/**
+ * The absolute URL of `target` on the request's host; an `HttpError` 400 when they make none or
+ * its path holds a dot segment.
+ */
 export function urlOf(req: IncomingMessage, target: string): string {
+  const end = target.search(/[?#]/);
+  if (DOT_SEGMENT.test(end < 0 ? target : target.slice(0, end)))
+    throw new HttpError(
+      400,
+      "VALIDATION_ERROR",
+      "The request path holds a dot segment (. or ..): send the path it stands for.",
+    );
   const encrypted = (req.socket as { encrypted?: boolean } | null)?.encrypted === true;
   try {
     return new URL(target, `${encrypted ? "https" : "http"}://${req.headers.host ?? "localhost"}`).href;

@@ -24,12 +24,18 @@ export const SignedAmount = z.number().int().min(-Number.MAX_SAFE_INTEGER).max(N
 // eslint-disable-next-line no-control-regex -- refusing control characters is the point
 const printable = /^[^\u0000-\u001f\u007f]+$/;
 
-/** A user (account) id chosen by the host: 1–256 printable characters. */
+/** A user (account) id chosen by the host: 1–256 printable characters, not `.` nor `..`. */
 export const UserId = z
   .string({ error: "userId must be a string" })
   .min(1, { error: "userId must not be empty" })
   .max(256, { error: "userId must be at most 256 characters" })
-  .regex(printable, { error: "userId must not contain control characters" });
+  .regex(printable, { error: "userId must not contain control characters" })
+  // A URL parser removes the dot segments `.` and `..`: such an account's URLs would name others
+  // (`/admin/credits/users/../usage` is the fleet's). docs/http.md, "Account ids in URLs".
+  .regex(/^(?!\.\.?$)/, {
+    error:
+      'userId must not be "." or "..": a URL parser removes those path segments, so the account\'s URLs would name other routes',
+  });
 
 /** An id the library generated (grant, reservation, entry): each seldom comes back, so `parse` does not remember it. */
 export const EntityId = neverRemember(
