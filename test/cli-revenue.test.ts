@@ -16,7 +16,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const DAY = 86_400_000;
 const now = new Date();
-/** Last month (UTC): the month a run without --month reports. */
+/** Last month (UTC); `to`, its end, is the start of the month a run without --month reports. */
 const lastMonth = { from: Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 1) };
 const to = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1);
 const monthText = new Date(lastMonth.from).toISOString().slice(0, 7);
@@ -74,7 +74,36 @@ function suite(
     });
     afterAll(async () => manager.close());
 
-    it("by default, last month of every account (UTC) as the library answers it: JSON, CSV and a table", async () => {
+    it("by default, this month so far (UTC), saying so and how to read another month", async () => {
+      const before = Date.now();
+      const json = await run(["--group-by", "account", "--json"]);
+      expect([json.code, json.stderr]).toEqual([0, ""]);
+      const body = JSON.parse(json.stdout) as { from: string; to: string };
+      expect(body.from).toBe(new Date(to).toISOString());
+      expect(Date.parse(body.to)).toBeGreaterThanOrEqual(before);
+      expect(Date.parse(body.to)).toBeLessThanOrEqual(Date.now());
+      const expected = await manager.credits.getRevenue({
+        from: new Date(to),
+        to: new Date(body.to),
+        interval: "month",
+        timeZone: "UTC",
+        groupBy: ["account"],
+      });
+      expect(body).toEqual(JSON.parse(JSON.stringify({ from: new Date(to), to: new Date(body.to), ...expected })));
+      // Last month's purchases are deferred revenue at this month's start.
+      expect(expected.rows).toContainEqual(expect.objectContaining({ account: "acme", deferredStart: 1299 }));
+      const text = await run(["--group-by", "account"]);
+      expect(text.code).toBe(0);
+      const thisMonth = new Date(to).toISOString().slice(0, 7);
+      expect(text.stdout).toMatch(new RegExp(`^Revenue ${thisMonth} so far \\(to \\d{4}-.+Z\\) \\(UTC\\), every account`));
+      expect(text.stdout).toContain("Another month: --month YYYY-MM");
+      // A given month says which it read, without the hint.
+      const last = await run(["--month", monthText]);
+      expect(last.stdout).toContain(`Revenue ${monthText} (UTC), every account`);
+      expect(last.stdout).not.toContain("Another month");
+    });
+
+    it("--month: a month of every account (UTC) as the library answers it: JSON, CSV and a table", async () => {
       const expected = await manager.credits.getRevenue({
         from: new Date(lastMonth.from),
         to: new Date(to),
@@ -86,15 +115,15 @@ function suite(
         ["beta", "EUR", 2000, 200, 1800],
         ["acme", "USD", 1999 + 300, 1000, 999 + 300],
       ]);
-      const json = await run(["--group-by", "account", "--json"]);
+      const json = await run(["--month", monthText, "--group-by", "account", "--json"]);
       expect([json.code, json.stderr]).toEqual([0, ""]);
       expect(JSON.parse(json.stdout)).toEqual(
         JSON.parse(JSON.stringify({ from: new Date(lastMonth.from), to: new Date(to), ...expected })),
       );
-      const csv = await run(["--group-by", "account", "--csv"]);
+      const csv = await run(["--month", monthText, "--group-by", "account", "--csv"]);
       expect(csv.code).toBe(0);
       expect(csv.stdout).toBe(revenueCsv(expected, ["account"]));
-      const text = await run(["--group-by", "account"]);
+      const text = await run(["--month", monthText, "--group-by", "account"]);
       expect(text.code).toBe(0);
       expect(text.stdout).toContain(`Revenue ${monthText} (UTC), every account`);
       expect(text.stdout).toMatch(

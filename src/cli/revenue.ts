@@ -14,7 +14,7 @@ import { table } from "./table.js";
 
 /**
  * `credit-management revenue` (docs/cli.md, "Revenue"; docs/revenue.md, "Where finance reads it"):
- * `credits.getRevenue()` of a month (by default the last one) or a range, on the store `audit`
+ * `credits.getRevenue()` of a month (by default this one so far) or a range, on the store `audit`
  * reads, as a table, JSON or CSV.
  */
 export const REVENUE_HELP = `Usage: credit-management revenue [options]
@@ -24,7 +24,7 @@ breakage and refunds per currency (smallest unit), and unbilled usage in credits
 (credits.getRevenue). Docs: docs/revenue.md, docs/cli.md ("Revenue").
 The store: as "audit" (CREDIT_MONGO_URI and CREDIT_MONGO_DB, CREDIT_PG_URL and CREDIT_PG_SCHEMA,
 CREDIT_SQLITE_PATH, or --sqlite FILE), opened without init(); nothing is written.
-  --month YYYY-MM        The calendar month in --time-zone (default: the month before this one)
+  --month YYYY-MM        The calendar month in --time-zone (default: this month so far)
   --from DATE --to DATE  A range instead (to exclusive): YYYY-MM-DD (midnight in --time-zone) or an
                          ISO 8601 date-time with its offset
   --time-zone TZ         IANA zone of the month and the windows (default UTC)
@@ -87,7 +87,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     throw new CommandUsageError(
       `--time-zone must be an IANA time zone (e.g. Europe/Berlin), not ${JSON.stringify(timeZone)}`,
     );
-  const { from, to, label } = rangeOf(values, timeZone, now());
+  const { from, to, label, current } = rangeOf(values, timeZone, now());
   const interval = values.interval ?? "month";
   if (interval !== "none" && !UsageInterval.safeParse(interval).success)
     throw new CommandUsageError(`--interval must be month, week, day, hour or none, not ${JSON.stringify(interval)}`);
@@ -115,19 +115,19 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     const report = await manager.credits.getRevenue(query);
     if (values.csv === true) io.stdout(revenueCsv(report, query.groupBy ?? []));
     else if (values.json === true) io.stdout(`${JSON.stringify({ from, to, ...report })}\n`);
-    else io.stdout(text(report, query, label));
+    else io.stdout(text(report, query, label) + (current === true || report.rows.length === 0 ? ANOTHER : ""));
     return 0;
   } finally {
     await closeCommandStore(db, owned, manager);
   }
 }
 
-/** `--month` (default: last month) or `--from`/`--to`, as instants; `label` names the range. */
+/** `--month` (default: this month so far) or `--from`/`--to`, as instants; `label` names the range. */
 function rangeOf(
   values: { month?: string | undefined; from?: string | undefined; to?: string | undefined },
   tz: string,
   now: Date,
-): { from: Date; to: Date; label: string } {
+): { from: Date; to: Date; label: string; current?: boolean } {
   if (values.from !== undefined || values.to !== undefined) {
     if (values.month !== undefined) throw new CommandUsageError("--month or --from/--to: choose one");
     if (values.from === undefined || values.to === undefined)
@@ -141,9 +141,14 @@ function rangeOf(
   let year: number;
   let month: number;
   if (values.month === undefined) {
+    // This month so far (docs/cli.md, "Revenue"): a month not over yet ends now.
     const w = wallClock(now.getTime(), tz);
-    year = w.month === 1 ? w.year - 1 : w.year;
-    month = w.month === 1 ? 12 : w.month - 1;
+    return {
+      from: new Date(startOfDay(w.year, w.month, 1, tz)),
+      to: now,
+      label: `${w.year}-${String(w.month).padStart(2, "0")} so far (to ${now.toISOString()})`,
+      current: true,
+    };
   } else {
     const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(values.month);
     if (m === null) throw new CommandUsageError(`--month must be YYYY-MM, not ${JSON.stringify(values.month)}`);
@@ -184,6 +189,9 @@ function windowText(at: Date, interval: RevenueQuery["interval"], tz: string): s
     return w.hour === 0 && w.minute === 0 ? dayText : `${dayText} ${two(w.hour)}:${two(w.minute)}`;
   return `${dayText} ${two(w.hour)}:${two(w.minute)}`;
 }
+
+/** After the table of the default period, or of an empty one: how to read another. */
+const ANOTHER = "Another month: --month YYYY-MM (e.g. last month's close); any range: --from DATE --to DATE.\n";
 
 const COLUMNS: [keyof RevenueRow, string][] = [
   ["deferredStart", "DEFERRED START"],
