@@ -95,7 +95,9 @@ function suite(
       const text = await run(["--group-by", "account"]);
       expect(text.code).toBe(0);
       const thisMonth = new Date(to).toISOString().slice(0, 7);
-      expect(text.stdout).toMatch(new RegExp(`^Revenue ${thisMonth} so far \\(to \\d{4}-.+Z\\) \\(UTC\\), every account`));
+      expect(text.stdout).toMatch(
+        new RegExp(`^Revenue ${thisMonth} so far \\(to \\d{4}-.+Z\\) \\(UTC\\), every account`),
+      );
       expect(text.stdout).toContain("Another month: --month YYYY-MM");
       // A given month says which it read, without the hint.
       const last = await run(["--month", monthText]);
