@@ -7,6 +7,7 @@ import { createCreditManager, InMemoryDbManager, ValidationError, type CreditMan
 import {
   deliveryUserId,
   generateWebhookSecret,
+  signWebhook,
   webhookHeaders,
   webhookQueue,
   type Lookup,
@@ -324,6 +325,20 @@ describe("webhookQueue safety", () => {
     expect(() => webhookQueue({ db, endpoints: [{ id: "a", url: "ftp://example.com/h", secret }] })).toThrow(
       ValidationError,
     );
+  });
+
+  it("a malformed allowNetworks entry or signing secret is a ConfigurationError that names it", () => {
+    const db = new InMemoryDbManager();
+    const endpoints = [{ id: "a", url: "https://example.com/h", secret: generateWebhookSecret() }];
+    const configuration = (message: string) =>
+      expect.objectContaining({ name: "ConfigurationError", message: expect.stringContaining(message) });
+    expect(() => webhookQueue({ db, endpoints, allowNetworks: ["10.0.0.0/33"] })).toThrow(
+      configuration('"10.0.0.0/33" has a bad prefix length'),
+    );
+    expect(() => webhookQueue({ db, endpoints, allowNetworks: ["intranet"] })).toThrow(
+      configuration('"intranet" is not an IP address or CIDR network'),
+    );
+    expect(() => signWebhook("whsec_short", "id", 0, "{}")).toThrow(configuration("a webhook secret is whsec_"));
   });
 
   it("refuses loopback, link-local, [::1], a name resolving to a private address and a redirect: nothing sent", async () => {

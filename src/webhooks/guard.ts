@@ -1,5 +1,6 @@
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
 import { BlockList, isIP } from "node:net";
+import { ConfigurationError } from "../errors.js";
 
 /**
  * The SSRF guard of webhook deliveries (docs/notifications.md, "Webhooks"): a target address in a
@@ -61,10 +62,10 @@ export function allowList(networks: readonly string[]): BlockList {
   for (const net of networks) {
     const [address = "", prefix] = net.split("/");
     const family = isIP(address);
-    if (family === 0) throw new TypeError(`"${net}" is not an IP address or CIDR network`);
+    if (family === 0) throw new ConfigurationError(`"${net}" is not an IP address or CIDR network`);
     const bits = prefix === undefined ? (family === 4 ? 32 : 128) : Number(prefix);
     if (!Number.isInteger(bits) || bits < 0 || bits > (family === 4 ? 32 : 128))
-      throw new TypeError(`"${net}" has a bad prefix length`);
+      throw new ConfigurationError(`"${net}" has a bad prefix length`);
     list.addSubnet(address, bits, family === 4 ? "ipv4" : "ipv6");
   }
   return list;

@@ -1,4 +1,5 @@
 import { createHmac, randomBytes } from "node:crypto";
+import { ConfigurationError } from "../errors.js";
 
 /**
  * Standard Webhooks signatures (docs/notifications.md, "Webhooks"): a secret is `whsec_` and the
@@ -26,7 +27,7 @@ export function secretKey(secret: string): Buffer | null {
 /** `v1,<base64 signature>` of one message with one secret. `timestamp` in seconds since the epoch. */
 export function signWebhook(secret: string, id: string, timestamp: number, body: string): string {
   const key = secretKey(secret);
-  if (key === null) throw new TypeError("a webhook secret is whsec_ and the base64 of 24 to 64 bytes");
+  if (key === null) throw new ConfigurationError("a webhook secret is whsec_ and the base64 of 24 to 64 bytes");
   return `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`;
 }
 

@@ -329,11 +329,15 @@ describe("fixed-price options", () => {
 
   it("refuses a malformed price, on every host", async () => {
     const m = await createCreditManager();
+    const badPrice = expect.objectContaining({
+      name: "ConfigurationError",
+      message: expect.stringContaining("`price` must be a non-negative integer or a function"),
+    });
     expect(() => creditMeteringMiddleware({ credits: m.credits, trustUserIdHeader: true, price: -1 })).toThrow(
-      TypeError,
+      badPrice,
     );
     expect(() => creditMeteringMiddleware({ credits: m.credits, trustUserIdHeader: true, price: 0.5 })).toThrow(
-      TypeError,
+      badPrice,
     );
     expect(() =>
       creditMeteringMiddleware({
@@ -342,8 +346,8 @@ describe("fixed-price options", () => {
         price: 1,
       }),
     ).toThrow(/manager.credits/);
-    expect(() => fastifyCreditMetering({ credits: m.credits, trustUserIdHeader: true, price: -1 })).toThrow(TypeError);
-    expect(() => creditMetering({ credits: m.credits, trustUserIdHeader: true, price: 2.5 })).toThrow(TypeError);
+    expect(() => fastifyCreditMetering({ credits: m.credits, trustUserIdHeader: true, price: -1 })).toThrow(badPrice);
+    expect(() => creditMetering({ credits: m.credits, trustUserIdHeader: true, price: 2.5 })).toThrow(badPrice);
     await m.close();
   });
 });

@@ -373,7 +373,12 @@ describe("the llm option", () => {
     expect(() => creditMetering({ ...base, llm: { missingUsage: "free" as never } })).toThrow(/missingUsage/);
     expect(() => creditMeteringMiddleware({ ...base, llm: { provider: "" } })).toThrow(/provider/);
     expect(() => creditMetering({ ...base, llm: { typo: 1 } as never })).toThrow(/unknown `llm` option "typo"/);
-    expect(() => creditMetering({ ...base, llm: "yes" as never })).toThrow(TypeError);
+    expect(() => creditMetering({ ...base, llm: "yes" as never })).toThrow(
+      expect.objectContaining({
+        name: "ConfigurationError",
+        message: expect.stringContaining("`llm` must be a boolean"),
+      }),
+    );
     await manager.close();
   });
 

@@ -370,9 +370,17 @@ describe("skip paths follow the router's case, and hold only when every reading 
 
   it("skipPaths and caseSensitive are checked when the metering is made", () => {
     const base = { credits: m.credits, authenticate: () => null };
-    expect(() => creditMeteringMiddleware({ ...base, caseSensitive: "no" as unknown as boolean })).toThrow(TypeError);
+    expect(() => creditMeteringMiddleware({ ...base, caseSensitive: "no" as unknown as boolean })).toThrow(
+      expect.objectContaining({
+        name: "ConfigurationError",
+        message: expect.stringContaining("`caseSensitive` must be a boolean"),
+      }),
+    );
     expect(() => creditMeteringMiddleware({ ...base, ignoreTrailingSlash: 1 as unknown as boolean })).toThrow(
-      TypeError,
+      expect.objectContaining({
+        name: "ConfigurationError",
+        message: expect.stringContaining("`ignoreTrailingSlash` must be a boolean"),
+      }),
     );
     expect(() => creditMetering({ ...base, skipPaths: [42 as unknown as string] })).toThrow(/skipPaths/);
   });

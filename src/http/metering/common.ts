@@ -147,10 +147,10 @@ export interface MeteringLocals {
 /** @internal What every metering middleware shares (Fetch, node, the Fastify plugin). */
 export function common<Req>(o: MeteringOptionsBase<Req>) {
   if (!o || typeof o.credits?.openMeter !== "function") {
-    throw new TypeError("[credit-management] [metering] `credits` (manager.credits) is required.");
+    throw new ConfigurationError("[credit-management] [metering] `credits` (manager.credits) is required.");
   }
   if (o.authenticate === undefined && o.trustUserIdHeader !== true) {
-    throw new TypeError(
+    throw new ConfigurationError(
       "[credit-management] [metering] an `authenticate` hook (or `trustUserIdHeader: true`) is required.",
     );
   }
@@ -158,9 +158,9 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   const defaultEstimate = o.defaultEstimate ?? 100;
   const maxEstimate = o.maxEstimate ?? 100_000;
   if (!Number.isSafeInteger(defaultEstimate) || defaultEstimate < 1)
-    throw new TypeError("defaultEstimate must be a positive integer");
+    throw new ConfigurationError("defaultEstimate must be a positive integer");
   if (!Number.isSafeInteger(maxEstimate) || maxEstimate < 1)
-    throw new TypeError("maxEstimate must be a positive integer");
+    throw new ConfigurationError("maxEstimate must be a positive integer");
   /** The estimate headers, in the order they are read: the first one present is the estimate. */
   const headers = o.estimateHeader !== undefined ? [o.estimateHeader] : ["X-Estimated-Credits", "X-Estimated-Tokens"];
   // In lower case, as Fetch's Headers and Fastify write every name: node's setHeader then keys it
@@ -347,7 +347,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 
   const lease = o.lease;
   if (lease !== undefined && !(lease instanceof CreditLeases))
-    throw new TypeError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
+    throw new ConfigurationError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
   const fixed = fixedPrice(o, lease);
   /**
    * Fixed price through a lease, naming no spender or feature: a request whose payer's block
@@ -417,19 +417,23 @@ function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOpt
   if (o === undefined || o === false) return null;
   if (o === true) return {};
   if (typeof o !== "object" || o === null)
-    throw new TypeError("[credit-management] [metering] `llm` must be a boolean or { provider?, missingUsage? }.");
+    throw new ConfigurationError(
+      "[credit-management] [metering] `llm` must be a boolean or { provider?, missingUsage? }.",
+    );
   for (const k of Object.keys(o)) {
     if (k !== "provider" && k !== "missingUsage")
-      throw new TypeError(`[credit-management] [metering] unknown \`llm\` option "${k}".`);
+      throw new ConfigurationError(`[credit-management] [metering] unknown \`llm\` option "${k}".`);
   }
   if (o.missingUsage !== undefined && !["estimate", "counted", "none"].includes(o.missingUsage)) {
-    throw new TypeError('[credit-management] [metering] `llm.missingUsage` must be "estimate", "counted" or "none".');
+    throw new ConfigurationError(
+      '[credit-management] [metering] `llm.missingUsage` must be "estimate", "counted" or "none".',
+    );
   }
   if (
     o.provider !== undefined &&
     (typeof o.provider !== "string" || o.provider.length === 0 || o.provider.length > 200)
   ) {
-    throw new TypeError("[credit-management] [metering] `llm.provider` must be a non-empty string.");
+    throw new ConfigurationError("[credit-management] [metering] `llm.provider` must be a non-empty string.");
   }
   return o;
 }
@@ -452,10 +456,12 @@ function fixedPrice<Req>(o: MeteringOptionsBase<Req>, lease: CreditLeases | unde
   const price = o.price;
   if (price === undefined) return null;
   if (typeof price !== "function" && !(Number.isSafeInteger(price) && price >= 0))
-    throw new TypeError("[credit-management] [metering] `price` must be a non-negative integer or a function.");
+    throw new ConfigurationError(
+      "[credit-management] [metering] `price` must be a non-negative integer or a function.",
+    );
   const { deductCreditsAfterService, getUserCreditsInfo } = o.credits;
   if (typeof deductCreditsAfterService !== "function" || typeof getUserCreditsInfo !== "function")
-    throw new TypeError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
+    throw new ConfigurationError("[credit-management] [metering] `price` needs `credits` to be manager.credits.");
   const credits = o.credits as FixedCredits;
   return new FixedPricing(price, credits, lease, o.onSettled);
 }

@@ -5,6 +5,8 @@
  * metered"). Shared by the Fetch middleware, the node middleware and the Fastify plugin.
  */
 
+import { ConfigurationError } from "../../errors.js";
+
 /** The path options of the metering middlewares (see `MeteringOptionsBase`). */
 export interface PathOptions {
   pathPrefix?: string | undefined;
@@ -18,7 +20,7 @@ export const ANY_CASE = 1;
 export const ANY_SLASH = 2;
 
 /**
- * The path matcher of one middleware: validates the path options (throws a TypeError) and returns
+ * The path matcher of one middleware: validates the path options (throws a ConfigurationError) and returns
  * `applies(path, router)` (is this path metered?) and `routerFor(request)` (what the router behind
  * ignores for it).
  */
@@ -28,13 +30,13 @@ export function pathMatcher(o: PathOptions) {
   const prefixSlash = `${prefix}/`;
   const skip = o.skipPaths ?? [];
   if (!Array.isArray(skip) || skip.some((s) => typeof s !== "string" && !(s instanceof RegExp))) {
-    throw new TypeError("[credit-management] [metering] `skipPaths` must be an array of strings and RegExps.");
+    throw new ConfigurationError("[credit-management] [metering] `skipPaths` must be an array of strings and RegExps.");
   }
   if (o.caseSensitive !== undefined && typeof o.caseSensitive !== "boolean") {
-    throw new TypeError("[credit-management] [metering] `caseSensitive` must be a boolean.");
+    throw new ConfigurationError("[credit-management] [metering] `caseSensitive` must be a boolean.");
   }
   if (o.ignoreTrailingSlash !== undefined && typeof o.ignoreTrailingSlash !== "boolean") {
-    throw new TypeError("[credit-management] [metering] `ignoreTrailingSlash` must be a boolean.");
+    throw new ConfigurationError("[credit-management] [metering] `ignoreTrailingSlash` must be a boolean.");
   }
 
   const asciiPrefix = /^\p{ASCII}*$/u.test(prefix);
