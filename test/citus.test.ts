@@ -14,6 +14,7 @@ import { ConfigurationError, LockTimeoutError, StorageError } from "../src/error
 import { CreditService } from "../src/services/credit-service.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runCli } from "../src/cli/run.js";
+import { createCreditManager } from "../src/index.js";
 
 const url = process.env.CREDIT_CITUS_URL;
 if (!url) console.warn("[citus.test] CREDIT_CITUS_URL is not set: the Citus cluster tests are skipped.");
@@ -303,6 +304,114 @@ describe.skipIf(!url)("one shard per unit of work on Citus (citus.multi_task_que
   });
 });
 
+// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); skipped with the notice above otherwise
+describe.skipIf(!url)(
+  "a unit of work on one account commits on its worker with a plain COMMIT (no two-phase commit)",
+  () => {
+    const schema = newSchema("plain");
+    let pool: pg.Pool;
+    /** The commands the coordinator sent to the workers (`citus.log_remote_commands`), by operation. */
+    const remote = new Map<string, string[]>();
+    let op = "";
+    beforeAll(async () => {
+      const setup = new PostgresDbManager({ connectionString: url as string, schema });
+      await setup.init();
+      await setup.close();
+      // Every session logs the commands it sends to workers, as notices to this client.
+      pool = new pg.Pool({
+        connectionString: url,
+        max: 4,
+        options: "-c citus.log_remote_commands=on -c client_min_messages=log",
+      });
+      pool.on("connect", (client) =>
+        client.on("notice", (n) => {
+          if (op === "" || !/^issuing /.test(n.message ?? "")) return;
+          remote.set(op, [...(remote.get(op) ?? []), n.message as string]);
+        }),
+      );
+    });
+    afterAll(async () => {
+      await pool.end();
+      await dropSchema(schema);
+    });
+
+    it("deduct, reserve, commit, release, add, expire, a subscription's period, a promo claim and a lease's block: no PREPARE TRANSACTION", async () => {
+      const day = 86_400_000;
+      const start = Date.now();
+      let at = start;
+      const db = new PostgresDbManager({ pool, schema });
+      const m = await createCreditManager({ db, clock: () => new Date(at) });
+      const run = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+        op = name;
+        try {
+          return await fn();
+        } finally {
+          op = "";
+        }
+      };
+      const c = m.credits;
+      await run("add", () => c.addCredits("p1", 100, { expiresAt: new Date(start + 2 * day), idempotencyKey: "fund" }));
+      await run("add", () => c.addCredits("p1", 50));
+      await run("deduct", () => c.deductCredits("p1", 5, { idempotencyKey: "spend" }));
+      const hold = await run("reserve", () => c.reserveCredits("p1", 20));
+      await run("commit", () => c.commitReservedCredits(hold.id, { userId: "p1", amount: 10 }));
+      const other = await run("reserve", () => c.reserveCredits("p1", 5));
+      await run("release", () => c.releaseReservedCredits(other.id, { userId: "p1" }));
+      const plan = await m.subscriptions.createPlan({ name: "Pro", creditsPerPeriod: 10, billingPeriod: "monthly" });
+      await run("subscribe", () => m.subscriptions.subscribe("p2", plan.id));
+      await m.promos.createPromo({ code: "WELCOME", credits: 5 });
+      await run("promo claim", () => m.promos.claimPromo("p1", "WELCOME"));
+      const lease = c.leases({ size: 10, settleEveryMs: 10 });
+      await run("lease block", async () => {
+        for (let i = 0; i < 3; i++) await lease.charge("p1", 2);
+        await lease.close();
+      });
+      at = start + 40 * day; // past the grant's expiry and the subscription's period
+      await run("expire", () => c.expireCredits("p1"));
+      await run("subscription period", () => m.expiration.renewDueSubscriptions());
+      expect((await c.audit("p1")).ok).toBe(true);
+      await m.close();
+
+      const ops = [
+        "add",
+        "deduct",
+        "reserve",
+        "commit",
+        "release",
+        "subscribe",
+        "lease block",
+        "expire",
+        "subscription period",
+      ];
+      // Each wrote on its worker (the recording works) and committed there with a plain COMMIT.
+      for (const o of ops) {
+        expect(
+          remote.get(o)?.some((t) => /^issuing (INSERT|UPDATE|WITH)/.test(t)),
+          o,
+        ).toBe(true);
+        expect(remote.get(o), o).toContain("issuing COMMIT");
+      }
+      const twoPhase = ops.flatMap((o) =>
+        (remote.get(o) ?? [])
+          .filter((t) => /PREPARE TRANSACTION|COMMIT PREPARED|^issuing COPY/.test(t))
+          .map((t) => `${o}: ${t}`),
+      );
+      expect(twoPhase).toEqual([]);
+      // A promo claim also counts the use on the promo, a reference table (a copy on every node):
+      // that write commits in two phases on every node (docs/scaling-out.md). Its per-account
+      // writes are still routed, each to the account's one shard.
+      const claim = remote.get("promo claim") ?? [];
+      expect(claim.some((t) => /^issuing UPDATE \S+\.promos_\d+ /.test(t))).toBe(true);
+      for (const table of ["accounts", "grants", "journal_entries", "promo_claims", "payments"])
+        expect(
+          claim.filter((t) => new RegExp(`^issuing (INSERT INTO|UPDATE) \\S+\\.${table}_\\d+ `).test(t)).length,
+          table,
+        ).toBeLessThanOrEqual(1);
+      expect(claim.filter((t) => /^issuing COPY/.test(t) && !/FROM STDIN WITH \(format result\)/.test(t))).toEqual([]);
+    });
+  },
+);
+
 const CITUS_HOME = process.env.CITUS_HOME ?? "/opt/citus-cluster";
 const PG_BIN = "/usr/lib/postgresql/15/bin";
 /** Whether this process may stop and start the cluster's nodes (root, the cluster of ../shared/citus here). */
@@ -367,7 +476,7 @@ describe.skipIf(!canStopNodes)("faults on a Citus cluster", () => {
     return new Map(r.rows.map((x) => [x.user_id, Number(x.port)]));
   }
 
-  it("a worker stopped mid-load: spends on the other worker go on, those on the stopped one fail with StorageError (503) and apply nothing; after the restart every retry applies once and every account audits clean", async () => {
+  it("a worker stopped mid-load: spends on the other worker go on, those on the stopped one fail with StorageError (503) and apply nothing; at once after the restart every balance is what was reported done, every retry applies once and every account audits clean", async () => {
     const users = Array.from({ length: 24 }, (_, i) => `fault-${i}`);
     for (const u of users) await credits.addCredits(u, 1_000, { idempotencyKey: `fund-${u}` });
     const where = await placements(users);
@@ -406,6 +515,23 @@ describe.skipIf(!canStopNodes)("faults on a Citus cluster", () => {
     } finally {
       pgCtl(stopped, "start -w -t 300");
       await waitReady(stopped);
+    }
+    // At once after the restart: every balance is its funding minus the spends reported done.
+    // Each unit committed on its worker with a plain COMMIT: none waits for the cluster's recovery
+    // of a prepared transaction. (Only a read that fails is tried again: the coordinator's
+    // connections to the restarted worker may fail once more.)
+    for (const u of users) {
+      const done = [...outcomes].filter(([k, o]) => k.startsWith(`spend-${u}-`) && o === "ok").length;
+      let balance: number | undefined;
+      for (let attempt = 0; balance === undefined; attempt++) {
+        try {
+          balance = (await credits.getUserCreditsInfo(u)).balance;
+        } catch (error) {
+          if (!(error instanceof StorageError) || attempt > 60) throw error;
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+      expect(balance, u).toBe(1_000 - 3 * done);
     }
     // Back: the failed spends retried under their keys apply once; the others answer their first result.
     let failedBefore = 0;

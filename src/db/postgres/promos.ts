@@ -4,7 +4,7 @@ import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { GUARD_MARKER, type Statement, type Tables, column as col, cols, output, toRow } from "./sql.js";
+import { GUARD_MARKER, type Statement, type Tables, column as col, cols, output, routedInsert, toRow } from "./sql.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
 
@@ -27,7 +27,7 @@ interface Reader {
  * The final SELECT fails the statement (and the transaction) unless every promo and payment row
  * passed its guard; the unit of work then runs again and decides on fresh reads.
  */
-function saveStatement(t: Tables): Statement {
+function saveStatement(t: Tables, distributed: { claims: number } | null = null): Statement {
   const { promos, promoClaims, payments } = t;
   const skip = new Set(["id", "user_id", "created_at"]);
   const set = payments.columns
@@ -38,10 +38,15 @@ function saveStatement(t: Tables): Statement {
     `WITH n AS (SELECT c.code, count(*)::bigint AS n FROM json_to_recordset($1->'c') AS c(code text) GROUP BY c.code), ` +
     `pc AS (UPDATE ${promos.qualified} t SET uses = t.uses + n.n FROM n WHERE t.code = n.code ` +
     `AND (t.max_uses IS NULL OR t.uses + n.n <= t.max_uses) RETURNING 1), ` +
-    `ic AS (INSERT INTO ${promoClaims.qualified} (${cols(promoClaims)}) SELECT ${cols(promoClaims)} ` +
-    `FROM json_populate_recordset(NULL::${promoClaims.qualified}, $1->'c')), ` +
+    (distributed === null
+      ? `ic AS (INSERT INTO ${promoClaims.qualified} (${cols(promoClaims)}) SELECT ${cols(promoClaims)} ` +
+        `FROM json_populate_recordset(NULL::${promoClaims.qualified}, $1->'c')), `
+      : // Citus: claims as VALUES rows and payments on the unit's user (`u`), each routed to its shard.
+        distributed.claims > 0
+        ? `ic AS (${routedInsert(promoClaims, "($1->'c')", distributed.claims)}), `
+        : "") +
     `up AS (UPDATE ${payments.qualified} t SET ${set} FROM json_populate_recordset(NULL::${payments.qualified}, $1->'p') x ` +
-    `WHERE t.id = x.id AND t.user_id = x.user_id AND t.version = x.version - 1 RETURNING 1) ` +
+    `WHERE t.id = x.id AND t.user_id = x.user_id${distributed === null ? "" : ` AND t.user_id = ($1->>'u')`} AND t.version = x.version - 1 RETURNING 1) ` +
     `SELECT CASE WHEN (SELECT count(*) FROM pc) = (SELECT count(*) FROM n) ` +
     `AND (SELECT count(*) FROM up) = json_array_length($1->'p') THEN 1 ` +
     // Not a constant (the planner would fold a constant cast and fail every time).
@@ -52,23 +57,37 @@ function saveStatement(t: Tables): Statement {
 }
 
 const statements = new WeakMap<Tables, Statement>();
+/** Citus: by number of claims (each a `VALUES` row). */
+const distributedStatements = new WeakMap<Tables, Map<string, Statement>>();
 
 /** @internal The save statement for promo claims and payment updates, and its JSON argument; null when there are none. */
 export function promoPaymentSave(
   t: Tables,
   changes: readonly PromoPaymentChanges[],
+  /** Citus: the one user of the unit of work (distributed saves are of one account). */
+  distributedUser: string | null = null,
 ): { statement: Statement; arg: string } | null {
   const claims = changes.flatMap((c) => c.promoClaims ?? []);
   const updates = changes.flatMap((c) => c.paymentUpdates ?? []);
   if (claims.length === 0 && updates.length === 0) return null;
-  let statement = statements.get(t);
-  if (statement === undefined) {
-    statement = saveStatement(t);
-    statements.set(t, statement);
+  let statement: Statement | undefined;
+  if (distributedUser !== null) {
+    const key = `${claims.length}`;
+    const byCount = distributedStatements.get(t) ?? new Map<string, Statement>();
+    distributedStatements.set(t, byCount);
+    statement = byCount.get(key);
+    if (statement === undefined) byCount.set(key, (statement = saveStatement(t, { claims: claims.length })));
+  } else {
+    statement = statements.get(t);
+    if (statement === undefined) {
+      statement = saveStatement(t);
+      statements.set(t, statement);
+    }
   }
   const arg = JSON.stringify({
     c: claims.map((c) => toRow(t.promoClaims.columns, c)),
     p: updates.map((p) => toRow(t.payments.columns, p)),
+    ...(distributedUser === null ? {} : { u: distributedUser }),
   });
   return { statement, arg };
 }
@@ -109,7 +128,10 @@ export class PostgresPromoStore implements PromoPaymentStore {
 
   private async insert(what: string, table: SqlTable, row: object): Promise<void> {
     const c = cols(table);
-    const text = `INSERT INTO ${table.qualified} (${c}) SELECT ${c} FROM json_populate_record(NULL::${table.qualified}, $1::json)`;
+    const text =
+      this.db.sql?.distributed === true
+        ? routedInsert(table, "$1::json", null)
+        : `INSERT INTO ${table.qualified} (${c}) SELECT ${c} FROM json_populate_record(NULL::${table.qualified}, $1::json)`;
     try {
       await this.db.read(what, text, [JSON.stringify(toRow(table.columns, row))]);
     } catch (error) {

@@ -74,6 +74,17 @@ export function saveParts(
     reservationColumns,
     entries: entries.length > 0,
     ...(notifications.length > 0 ? { notifications: true } : {}),
+    ...(sql.distributed
+      ? {
+          rows: {
+            ai: inserts.length,
+            ig: newGrants.length,
+            ir: newHolds.length,
+            e: entries.length,
+            n: notifications.length,
+          },
+        }
+      : {}),
   });
   if (sql.distributed) args.uk = arrayText([...new Set(txs.map((tx) => tx.userId))]);
   const saveArgs = save.args.map((name) => args[name] ?? null);
@@ -81,6 +92,7 @@ export function saveParts(
   const extra = promoPaymentSave(
     tables,
     txs.map((tx) => tx.pendingChanges),
+    sql.distributed ? (txs[0]?.userId ?? null) : null,
   );
   return { save, saveArgs, extra };
 }

@@ -48,6 +48,11 @@ export interface SaveShape {
   entries: boolean;
   /** Outbox rows (`Changes.notifications`). */
   notifications?: boolean;
+  /**
+   * Distributed only: the number of rows of each insert (`ai`, `ig`, `ir`, `e`, `n`), which it
+   * writes as that many `VALUES` rows (see `saveText`).
+   */
+  rows?: Partial<Record<"ai" | "ig" | "ir" | "e" | "n", number>>;
 }
 
 /**
@@ -298,8 +303,12 @@ function saveText(
     types.push(type);
     return `$${args.length}`;
   };
-  const insert = (table: SqlTable, name: SaveArg) =>
-    `INSERT INTO ${table.qualified} (${cols(table)}) SELECT ${cols(table)} FROM json_populate_recordset(NULL::${table.qualified}, ${param(name, "json")})`;
+  const insert = (table: SqlTable, name: "ai" | "ig" | "ir" | "e" | "n") => {
+    const rows = param(name, "json");
+    if (!distributed)
+      return `INSERT INTO ${table.qualified} (${cols(table)}) SELECT ${cols(table)} FROM json_populate_recordset(NULL::${table.qualified}, ${rows})`;
+    return routedInsert(table, rows, shape.rows?.[name] ?? 1);
+  };
   const set = (names: readonly string[]) => names.map((n) => `${q(n)} = x.${q(n)}`).join(", ");
   const ctes: string[] = [];
   const checks: string[] = [];
@@ -356,6 +365,23 @@ function saveText(
     // The `xmin` of every row this transaction writes (its 32-bit id): the cached states' version.
     `(txid_current() % 4294967296)::text AS xid`;
   return { text, args, types };
+}
+
+/**
+ * Citus: `INSERT` of `count` rows of `t` from the JSON array `rows` (a SQL expression; `count`
+ * null: one row, from the JSON object `rows`), as `VALUES` rows. An `INSERT … SELECT` from a
+ * function of a parameter is not routed to a shard: the coordinator runs it, copies the rows to
+ * the workers and commits in two phases. `VALUES` rows are routed, each by its `user_id`, which
+ * Citus computes from the parameter before routing; a transaction of such statements on one
+ * account commits on its worker with a plain COMMIT (docs/scaling-out.md).
+ */
+export function routedInsert(t: SqlTable, rows: string, count: number | null): string {
+  const row = (i: number | null) => {
+    const rec = `json_populate_record(NULL::${t.qualified}, ${i === null ? rows : `${rows} -> ${i}`})`;
+    return `(${t.columns.map((c) => `(${rec}).${q(c.name)}`).join(", ")})`;
+  };
+  const values = count === null ? [row(null)] : Array.from({ length: count }, (_, i) => row(i));
+  return `INSERT INTO ${t.qualified} (${cols(t)}) VALUES ${values.join(", ")}`;
 }
 
 /** A string literal, safe whatever `standard_conforming_strings` says. */

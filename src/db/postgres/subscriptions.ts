@@ -1,5 +1,5 @@
 import { ConflictError, StorageError } from "../../errors.js";
-import { toRow } from "./sql.js";
+import { routedInsert, toRow } from "./sql.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
@@ -36,6 +36,8 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   constructor(private readonly db: Runner) {}
 
   private insertText(t: SqlTable): string {
+    // Citus: routed to the row's shard (`routedInsert`), not run by the coordinator.
+    if (this.db.sql.distributed) return routedInsert(t, "$1::json", null);
     return `INSERT INTO ${t.qualified} (${cols(t)}) SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
   }
 
