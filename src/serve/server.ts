@@ -616,7 +616,19 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
         })
       : null;
     const app = serveApp(manager, s, auth, logger, metrics, routes, webhooks?.routes ?? null);
-    const server = createServer({ requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, app.listener);
+    const server = createServer(
+      {
+        requestTimeout: s.CREDIT_REQUEST_TIMEOUT_MS,
+        headersTimeout: s.CREDIT_HEADERS_TIMEOUT_MS ?? Math.min(10_000, s.CREDIT_REQUEST_TIMEOUT_MS),
+        // Node checks both time-outs every `connectionsCheckingInterval` (30 s by default): a client
+        // that never ended its headers held its socket 30 s or more, not the 10 s docs/service.md
+        // states. Every second, it is closed within a second of its time-out.
+        connectionsCheckingInterval: 1_000,
+      },
+      app.listener,
+    );
+    // A connection past the cap is closed at once (docs/service.md, "Configure it").
+    server.maxConnections = s.CREDIT_MAX_CONNECTIONS;
     // Longer than the idle time-out of common load balancers (60 s): they close first, never mid-request.
     server.keepAliveTimeout = 65_000;
     try {

@@ -111,6 +111,14 @@ const Schema = z.strictObject({
   CREDIT_MAX_BODY_BYTES: int(1024, 10_485_760).default(65_536),
   /** Longest a request may take, headers and body included, in ms (node's `requestTimeout`). */
   CREDIT_REQUEST_TIMEOUT_MS: int(1000, 600_000).default(30_000),
+  /**
+   * Longest a request's headers may take to arrive, in ms (node's `headersTimeout`, checked every
+   * second): a client that never ends them is answered 408 and closed. Unset: 10 s, or the request
+   * time-out when that is shorter; set, at most the request time-out.
+   */
+  CREDIT_HEADERS_TIMEOUT_MS: int(1000, 600_000).optional(),
+  /** Open connections at most (node's `maxConnections`): one past it is closed at once. */
+  CREDIT_MAX_CONNECTIONS: int(1, 1_000_000).default(10_000),
   /** Longest SIGTERM waits for requests in flight before it cuts them, in ms. */
   CREDIT_SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(25_000),
   /** Comma-separated origins allowed by CORS; unset: no CORS headers at all. */
@@ -274,6 +282,10 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
   }
   if (s.CREDIT_JWT_JWKS_URL !== undefined && s.CREDIT_JWT_KEY !== undefined)
     throw new ServeUsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
+  if (s.CREDIT_HEADERS_TIMEOUT_MS !== undefined && s.CREDIT_HEADERS_TIMEOUT_MS > s.CREDIT_REQUEST_TIMEOUT_MS)
+    throw new ServeUsageError(
+      `CREDIT_HEADERS_TIMEOUT_MS (${s.CREDIT_HEADERS_TIMEOUT_MS}) must not exceed CREDIT_REQUEST_TIMEOUT_MS (${s.CREDIT_REQUEST_TIMEOUT_MS}): the headers are part of the request`,
+    );
   if (s.CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET !== undefined && s.CREDIT_CUSTOMER_TOKEN_SECRET === undefined)
     throw new ServeUsageError("CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET needs CREDIT_CUSTOMER_TOKEN_SECRET");
   if (s.CREDIT_CUSTOMER_FRAME_ANCESTORS.includes("'none'") && s.CREDIT_CUSTOMER_FRAME_ANCESTORS.length > 1)
@@ -322,7 +334,7 @@ export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variab
 Payments (as your services configure them: the credits a payment buys, the auto top-ups --worker charges):
 ${PAYMENT_OPTIONS}Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDIT_PG_PARTITIONS), CREDIT_MONGO_URI
   (CREDIT_MONGO_DB), CREDIT_LOG_FLUSH_MS (default 100; 0: each line at once), CREDIT_MAX_BODY_BYTES,
-  CREDIT_REQUEST_TIMEOUT_MS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
+  CREDIT_REQUEST_TIMEOUT_MS, CREDIT_HEADERS_TIMEOUT_MS, CREDIT_MAX_CONNECTIONS, CREDIT_SHUTDOWN_TIMEOUT_MS, CREDIT_CORS_ORIGINS,
   CREDIT_METRICS (admin|public|off), CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, CREDIT_JWT_ISSUER,
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
   CREDIT_JWT_SPENDER_CLAIM, CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
