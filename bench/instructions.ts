@@ -27,8 +27,9 @@
  * then zeroed and dumped around each route's requests (see `HttpCase`). The targets a run's cases
  * can tell (3 and 5) are printed under the table (`TARGETS`).
  *
- * Environment: BENCH_INSTR_TOLERANCE (default 0.05: fail above 5 % more than the baseline; the same
- * tree counted from another folder moved by up to 4.2 %, in glibc's malloc: docs/benchmarks.md),
+ * Environment: BENCH_INSTR_TOLERANCE (default 0.10: fail above 10 % more than the baseline — a
+ * guard against regressions a user would feel, not a count of saved instructions; the same tree
+ * counted from another folder moved by up to 4.2 %, in glibc's malloc: docs/benchmarks.md),
  * BENCH_INSTR_JOBS (processes at once, default 2), BENCH_INSTR_KEEP=1 keeps the callgrind files,
  * BENCH_INSTR_WARM / BENCH_INSTR_COUNTED (6,000 / 2,000 operations), BENCH_INSTR_HTTP_WARM /
  * BENCH_INSTR_HTTP_COUNTED (3,000 requests a route / 1,000).
@@ -138,7 +139,7 @@ function targetLines(counted: Map<string, PerOp>): string[] {
   });
 }
 
-const TOLERANCE = Number(process.env.BENCH_INSTR_TOLERANCE ?? 0.05);
+const TOLERANCE = Number(process.env.BENCH_INSTR_TOLERANCE ?? 0.1);
 const JOBS = Number(process.env.BENCH_INSTR_JOBS ?? 2);
 /** How many times a case over the tolerance is counted again (its lowest count kept). */
 const RETRIES = Number(process.env.BENCH_INSTR_RETRIES ?? 2);
