@@ -7,12 +7,16 @@
 #   check.sh node 22|24       the package checks (scripts/check-tarball.sh) on that Node.js, the
 #                             SQLite store with better-sqlite3 13 (its Node-API binary is in the
 #                             package: nothing to compile; 12 aborts the process on Node 24.19 and later)
-#   check.sh suite 24 [files] the whole test suite (vitest run, the repository's config and the
-#                             environment .ci/run gives it) on that Node.js, in a temporary copy of
+#   check.sh suite 24 [files] the whole test suite or some files (not run by .ci/run, which runs the
+#                             suite once, with npm test: for a change that may behave differently
+#                             on a newer Node; vitest run, the repository's config and the
+#                             environment it is given) on that Node.js, in a temporary copy of
 #                             the repository whose node_modules links to the repository's except
 #                             better-sqlite3, which is 13 from here (the committed tree is not touched)
-#   check.sh bun deno         the packed package in a fresh project on Bun and/or Deno: the contract
-#                             suite (contract.mjs) on memory, SQLite and PostgreSQL (SQLite: on Bun
+#   check.sh node22 node24 bun deno
+#                             the packed package in a fresh project on Node 22 / 24, Bun and/or Deno:
+#                             the contract suite (contract.mjs) on memory, SQLite and PostgreSQL
+#                             (SQLite: on Node through better-sqlite3 13; on Bun
 #                             through bun:sqlite, the default there, and through better-sqlite3 13
 #                             asked for; on Deno through better-sqlite3 13), examples/bun.ts /
 #                             examples/deno.ts over HTTP on each; ledger-close.mjs: a manager closed
@@ -108,7 +112,7 @@ case "${1:-}" in
     echo "suite on Node $(node -v): $([ $status = 0 ] && echo ok || echo failed) (${SECONDS} s)"
     exit $status
     ;;
-  bun | deno | workerd | next)
+  node22 | node24 | bun | deno | workerd | next)
     if [ -z "${CREDIT_PG_URL:-}" ] && [ -n "${CI:-}" ]; then
       echo "CREDIT_PG_URL is not set: the PostgreSQL checks cannot run" >&2
       exit 1
@@ -164,6 +168,15 @@ case "${1:-}" in
     }
     for runtime in "$@"; do
       case "$runtime" in
+        node22 | node24)
+          # The whole test suite runs once, on the machine's Node (npm test in .ci/run); on these
+          # lines the contract suite and a ledger closed right after its operations, on the
+          # packed package with better-sqlite3 13 (docs/runtimes.md).
+          node="$(nodedir "${runtime#node}")/bin/node"
+          echo "--- Node $("$node" -v)"
+          "$node" contract.mjs
+          "$node" ledger-close.mjs
+          ;;
         bun)
           echo "--- Bun $("$bun" --version)"
           "$bun" -e 'const m = await import("credit-management"); if (!m.createCreditManager) throw new Error("ESM import")'
@@ -351,7 +364,7 @@ case "${1:-}" in
     echo "runtimes check ($*): ok (${SECONDS} s)"
     ;;
   *)
-    echo "usage: $0 install | node 22|24 | suite 22|24 | bun [deno] [workerd] [next]" >&2
+    echo "usage: $0 install | node 22|24 | suite 22|24 | [node22] [node24] [bun] [deno] [workerd] [next]" >&2
     exit 2
     ;;
 esac
