@@ -19,9 +19,6 @@ import { RedisCache } from "../src/redis/index.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const redisUrl = process.env.CREDIT_REDIS_URL;
-if (!pgUrl) console.warn("[cache-race.test] CREDIT_PG_URL is not set: the PostgreSQL cases are skipped.");
-if (!redisUrl) console.warn("[cache-race.test] CREDIT_REDIS_URL is not set: the RedisCache cases are skipped.");
-
 const tag = `cm-race-${process.pid}-${randomUUID().slice(0, 8)}`;
 
 /** Two stores over the same data: one per manager, as two processes would have. */
@@ -175,7 +172,7 @@ describe("a balance read racing another manager's write over a shared cache", ()
     for (const shared of caches) {
       // reason: a backend whose server URL is not set is skipped; the others run
       describe.skipIf(store.skip || shared.skip)(`${store.name} store, ${shared.name}`, () => {
-        // reason: needs CREDIT_PG_URL / CREDIT_REDIS_URL; skipped with a printed notice otherwise
+        // reason: needs CREDIT_PG_URL / CREDIT_REDIS_URL; the run's closing block names it when skipped
         for (const write of writes) {
           it(`a read paused before its cache fill while ${write.name} commits elsewhere does not cache what it read`, async () => {
             const dbs = await store.make();

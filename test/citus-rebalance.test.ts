@@ -24,11 +24,6 @@ const canRun =
   process.getuid?.() === 0 &&
   existsSync(`${PG_BIN}/pg_ctl`) &&
   existsSync("/usr/lib/postgresql/15/lib/citus.so");
-if (!canRun)
-  console.warn(
-    "[citus-rebalance.test] needs CREDIT_CITUS_URL, root and PostgreSQL 15 with citus (../shared/citus/up.sh): skipped.",
-  );
-
 /** A free TCP port on loopback. */
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -17,8 +17,6 @@ import { runCli } from "../src/cli/run.js";
 import { createCreditManager } from "../src/index.js";
 
 const url = process.env.CREDIT_CITUS_URL;
-if (!url) console.warn("[citus.test] CREDIT_CITUS_URL is not set: the Citus cluster tests are skipped.");
-
 /** What `npx credit-management <args>` prints. */
 async function cli(...args: string[]): Promise<string> {
   let out = "";
@@ -43,7 +41,7 @@ async function dropSchema(schema: string): Promise<void> {
   await client.end();
 }
 
-// reason: needs a Citus cluster: CREDIT_CITUS_URL names its coordinator (.ci/run sets it); skipped with the notice above otherwise
+// reason: needs a Citus cluster: CREDIT_CITUS_URL names its coordinator (.ci/run sets it); the run's closing block names it when skipped
 describe.skipIf(!url)("PostgresDbManager on Citus", () => {
   const contractSchema = newSchema("citus");
   runDbManagerContract({
@@ -58,7 +56,7 @@ describe.skipIf(!url)("PostgresDbManager on Citus", () => {
   });
 });
 
-// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); skipped with the notice above otherwise
+// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); the run's closing block names it when skipped
 describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out.md)", () => {
   const schemas: string[] = [];
   let admin: pg.Client;
@@ -246,7 +244,7 @@ describe.skipIf(!pgUrl)("distributed: true on a server without Citus", () => {
 });
 
 /** @see issue 61, item 3: every single-account unit of work is routed to one shard. */
-// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); skipped with the notice above otherwise
+// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); the run's closing block names it when skipped
 describe.skipIf(!url)("one shard per unit of work on Citus (citus.multi_task_query_log_level = error)", () => {
   const schema = newSchema("oneshard");
   let db: PostgresDbManager;

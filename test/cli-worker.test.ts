@@ -309,9 +309,6 @@ const round = (task: string) => (l: Line) => l.task === task && l.ok !== undefin
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const redisUrl = process.env.CREDIT_REDIS_URL;
-if (!pgUrl) console.warn("[cli-worker.test] CREDIT_PG_URL is not set: the worker process cases are skipped.");
-else if (!redisUrl) console.warn("[cli-worker.test] CREDIT_REDIS_URL is not set: the two-workers case is skipped.");
-
 // reason: the worker runs as a process on a shared store; needs CREDIT_PG_URL (set by .ci/run)
 describe.skipIf(!pgUrl)("credit-management worker as a process on PostgreSQL (CREDIT_PG_URL)", () => {
   // reason: needs its database URL (set by .ci/run); skipped otherwise

@@ -158,7 +158,6 @@ describe("manager.health() when something is wrong", () => {
   });
 
   const redisUrl = process.env.CREDIT_REDIS_URL;
-  if (!redisUrl) console.warn("[health.test] CREDIT_REDIS_URL is not set: the Redis health case is skipped.");
   // reason: needs a Redis server; CREDIT_REDIS_URL (set by .ci/run)
   it.skipIf(!redisUrl)(
     "Redis: the stream queue answers PING and the cache a read (ok); a closed connection degrades both",

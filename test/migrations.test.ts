@@ -21,9 +21,6 @@ import {
 
 const PG_URL = process.env.CREDIT_PG_URL;
 const MYSQL_URL = process.env.CREDIT_MYSQL_URL;
-if (!PG_URL) console.warn("[migrations.test] CREDIT_PG_URL is not set: the PostgreSQL upgrade tests are skipped.");
-if (!MYSQL_URL)
-  console.warn("[migrations.test] CREDIT_MYSQL_URL is not set: the MySQL/MariaDB upgrade tests are skipped.");
 const hasSqlite = (() => {
   try {
     execFileSync("sqlite3", ["-version"], { stdio: "ignore" });
@@ -32,9 +29,6 @@ const hasSqlite = (() => {
     return false;
   }
 })();
-if (!hasSqlite)
-  console.warn("[migrations.test] the sqlite3 shell is not installed: the SQLite upgrade test is skipped.");
-
 /** Every version before the current one, each with the DDL that release generated (test/fixtures/schema). */
 // Version numbers are assigned to features ahead of time; a number without a fixture here has none
 // (the upgrade applies every step above the stored version).
@@ -417,7 +411,7 @@ describe("schema upgrades: the statements", () => {
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgraded equals a fresh install", () => {
-  // reason: needs CREDIT_PG_URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs CREDIT_PG_URL (set by .ci/run); the run's closing block names it when skipped
   const run = randomUUID().replace(/-/g, "").slice(0, 8);
   const schemas: string[] = [];
   let client: pg.Client;
@@ -875,7 +869,7 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
 describe.skipIf(!MYSQL_URL)(
   "schema upgrades on MySQL/MariaDB: every old version upgraded equals a fresh install",
   () => {
-    // reason: needs CREDIT_MYSQL_URL (set by .ci/run); skipped with a printed notice otherwise
+    // reason: needs CREDIT_MYSQL_URL (set by .ci/run); the run's closing block names it when skipped
     const run = randomUUID().replace(/-/g, "").slice(0, 8);
     const databases: string[] = [];
     // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -931,7 +925,7 @@ describe.skipIf(!MYSQL_URL)(
 
 // reason: needs the sqlite3 command-line shell; skipped where it is not installed
 describe.skipIf(!hasSqlite)("schema upgrades on SQLite: every old version upgraded equals a fresh install", () => {
-  // reason: needs the sqlite3 shell; skipped with a printed notice otherwise
+  // reason: needs the sqlite3 shell; the run's closing block names it when skipped
   const dir = mkdtempSync(join(tmpdir(), "cm-mig-"));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   /** Runs `sql` on a new database file, then lists its columns, indexes and version row. */

@@ -16,8 +16,6 @@ import {
 import { RedisCache } from "../src/redis/index.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;
-if (!redisUrl) console.warn("[plan-cache-race.test] CREDIT_REDIS_URL is not set: the RedisCache case is skipped.");
-
 /** A store whose next plan read (one plan, or the list) waits for `release()` after reading. */
 function pausingStore(db: DbManager) {
   let gate: { reached: () => void; wait: Promise<void> } | null = null;
@@ -125,7 +123,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
 
   // reason: a backend whose server URL is not set is skipped; the others run
   it.skipIf(c.skip === true)("a getPlan overtaken by updatePlan does not cache the old plan", async () => {
-    // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+    // reason: the RedisCache case needs CREDIT_REDIS_URL; the run's closing block names it when skipped
     const { pause, reader, writer, plan } = await racing();
 
     pause.arm();
@@ -141,7 +139,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
 
   // reason: a backend whose server URL is not set is skipped; the others run
   it.skipIf(c.skip === true)("a listPlans overtaken by a plan write does not cache the old list", async () => {
-    // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+    // reason: the RedisCache case needs CREDIT_REDIS_URL; the run's closing block names it when skipped
     const { pause, reader, writer, plan } = await racing();
 
     pause.arm();
@@ -156,7 +154,7 @@ describe.each(cases)("plan cache race: $name", (c) => {
 
   // reason: a backend whose server URL is not set is skipped; the others run
   it.skipIf(c.skip === true)("a read that no write overtook is cached", async () => {
-    // reason: the RedisCache case needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+    // reason: the RedisCache case needs CREDIT_REDIS_URL; the run's closing block names it when skipped
     const db = new InMemoryDbManager();
     const { reader: readerCache } = c.caches();
     const reader = new SubscriptionService({ db, credits: new CreditService({ db }), cache: readerCache });

@@ -13,9 +13,6 @@ import { generateSql } from "../src/schema/sql.js";
 import { partitionName, rangeAfter, rangeStart } from "../src/schema/partitions.js";
 
 const url = process.env.CREDIT_PG_URL;
-if (!url)
-  console.warn("[postgres-partitions.test] CREDIT_PG_URL is not set: the PostgreSQL partition tests are skipped.");
-
 const DAY = 86_400_000;
 const newSchema = (tag: string) => `cm_part_${tag}_${randomUUID().replace(/-/g, "").slice(0, 8)}`;
 const schemas: string[] = [];

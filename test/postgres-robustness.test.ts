@@ -10,9 +10,6 @@ import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/services/credit-service.js";
 
 const url = process.env.CREDIT_PG_URL;
-if (!url)
-  console.warn("[postgres-robustness.test] CREDIT_PG_URL is not set: the PostgreSQL robustness tests are skipped.");
-
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
 
 const admin = <T>(fn: (client: pg.Client) => Promise<T>): Promise<T> => withPgClient(url as string, fn);
@@ -98,7 +95,7 @@ const onUncaught = (error: unknown) => uncaught.push(error);
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const schema = newSchema("drop");
   let proxy: Awaited<ReturnType<typeof startProxy>>;
   beforeAll(async () => {
@@ -225,7 +222,7 @@ describe.skipIf(!url)("PostgresDbManager when the connection dies", () => {
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const T = Date.UTC(2031, 0, 31, 12);
   const DAY = 86_400_000;
   const schemas: string[] = [];
@@ -344,7 +341,7 @@ describe.skipIf(!url)("PostgresDbManager under any DateStyle and TimeZone", () =
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const schema = newSchema("idem");
   let db: PostgresDbManager;
   beforeAll(async () => {
@@ -379,7 +376,7 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const schemas: string[] = [];
   afterAll(async () => {
     for (const s of schemas) await dropSchema(s);
@@ -426,7 +423,7 @@ describe.skipIf(!url)("PostgresDbManager.init() in a new schema", () => {
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager after a commit", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const schema = newSchema("after");
   afterAll(async () => dropSchema(schema));
 
@@ -521,7 +518,7 @@ async function startDelayingProxy(
 
 // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
 describe.skipIf(!url)("PostgresDbManager answers an account's units in commit order", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   /** @see issue 24, item 15: the ledger file had an account's lines out of seq order. */
   it("a unit that locks the account after an earlier one committed resolves after it, however late the earlier COMMIT's answer", async () => {
     const schema = newSchema("order");

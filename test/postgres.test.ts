@@ -11,8 +11,6 @@ import { runDbManagerContract } from "../src/testing/index.js";
 import { runProcess } from "./fixtures/processes.js";
 
 const url = process.env.CREDIT_PG_URL;
-if (!url) console.warn("[postgres.test] CREDIT_PG_URL is not set: the PostgreSQL adapter tests are skipped.");
-
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
 
 async function dropSchema(schema: string): Promise<void> {
@@ -24,7 +22,7 @@ async function dropSchema(schema: string): Promise<void> {
 
 // reason: skipped without a server: CREDIT_PG_URL names the PostgreSQL to run against (.ci/run sets it).
 describe.skipIf(!url)("PostgresDbManager", () => {
-  // reason: needs its database URL (set by .ci/run); skipped with a printed notice otherwise
+  // reason: needs its database URL (set by .ci/run); the run's closing block names it when skipped
   const contractSchema = newSchema("contract");
   runDbManagerContract({
     test: { describe, it, expect, beforeAll, afterAll },

@@ -389,10 +389,6 @@ describe.each([
   { name: "PostgreSQL", url: process.env.CREDIT_PG_URL },
   { name: "MongoDB", url: process.env.CREDIT_MONGO_URI },
 ])("priced usages on $name", ({ name, url }) => {
-  if (!url)
-    console.warn(
-      `[pricing.test] no URL for ${name} (CREDIT_PG_URL / CREDIT_MONGO_URI): its priced-usage case is skipped.`,
-    );
   // reason: needs that database server; its URL is set by .ci/run
   it.skipIf(!url)("the commit entry keeps the counts, the model and the book version", async () => {
     // reason: needs CREDIT_PG_URL / CREDIT_MONGO_URI (set by .ci/run)

@@ -7,9 +7,6 @@ import { afterAll, describe, expect, it } from "vitest";
 import { RedisCache, type RedisCommandClient } from "../src/redis/index.js";
 
 const redisUrl = process.env.CREDIT_REDIS_URL;
-if (!redisUrl)
-  console.warn("[redis-codec.test] CREDIT_REDIS_URL is not set: the round trips through a real Redis are skipped.");
-
 /** Strings in a Map, with the few commands `get`/`set` send (GET, SET [NX] [EX]). */
 function mapClient(): RedisCommandClient {
   const strings = new Map<string, string>();
@@ -103,7 +100,7 @@ describe("RedisCache value encoding", () => {
 
   // reason: needs its server, whose URL .ci/run sets; without it the suite is skipped
   describe.skipIf(!redisUrl)("through Redis", () => {
-    // reason: needs CREDIT_REDIS_URL; skipped with a printed notice otherwise
+    // reason: needs CREDIT_REDIS_URL; the run's closing block names it when skipped
     const redis = redisUrl ? new Redis(redisUrl) : undefined;
     const keyPrefix = `cm-codec-${process.pid}-${randomUUID().slice(0, 8)}:`;
     afterAll(async () => {

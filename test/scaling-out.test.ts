@@ -18,8 +18,6 @@ import { revenueDdl } from "../src/schema/revenue-pg.js";
 
 const pgUrl = process.env.CREDIT_PG_URL;
 const mongoUri = process.env.CREDIT_MONGO_URI;
-if (!pgUrl) console.warn("scaling-out: PostgreSQL statements not checked: set CREDIT_PG_URL to run them.");
-if (!mongoUri) console.warn("scaling-out: MongoDB commands not checked: set CREDIT_MONGO_URI to run them.");
 
 /**
  * The operations whose statements may read or write other accounts' rows, or find a row by its id
@@ -180,7 +178,7 @@ function unkeyed(recorded: Recorded[]): string[] {
     .map((r) => `${r.op || "(no operation)"} on ${r.table}: ${r.text.slice(0, 300)}`);
 }
 
-// reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run); skipped with the notice above otherwise
+// reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run); the run's closing block names it when skipped
 describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id (CREDIT_PG_URL)", () => {
   const schemas: string[] = [];
   afterAll(async () => {
@@ -266,7 +264,7 @@ describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id
   });
 });
 
-// reason: needs a MongoDB replica set (CREDIT_MONGO_URI, set by .ci/run); skipped with the notice above otherwise
+// reason: needs a MongoDB replica set (CREDIT_MONGO_URI, set by .ci/run); the run's closing block names it when skipped
 describe.skipIf(!mongoUri)("scaling out: MongoDB commands filter by userId (CREDIT_MONGO_URI)", () => {
   const client = new MongoClient(mongoUri ?? "mongodb://unused", { monitorCommands: true });
   const dbName = `mschema_scale_${process.pid}_${randomUUID().slice(0, 8)}`;

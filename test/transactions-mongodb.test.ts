@@ -10,12 +10,7 @@ import { ConfigurationError, ConflictError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/manager.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
-if (!uri)
-  console.warn(
-    "[transactions-mongodb.test] CREDIT_MONGO_URI is not set: the MongoDB session tests are skipped: set CREDIT_MONGO_URI to a MongoDB replica set (a single node started with --replSet is enough), e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0.",
-  );
-
-// reason: needs a MongoDB replica set (CREDIT_MONGO_URI); skipped with the notice above otherwise
+// reason: needs a MongoDB replica set (CREDIT_MONGO_URI); the run's closing block names it when skipped
 describe.skipIf(!uri)("credit operations inside the application's session transaction (MongoDB)", () => {
   const dbName = `credit_test_tx_${process.pid}_${randomUUID().slice(0, 8)}`;
   const filePath = join(mkdtempSync(join(tmpdir(), "cm-tx-mongo-")), "ledger.jsonl");

@@ -16,10 +16,7 @@ import type { TransactionScope } from "../src/transactions.js";
 import { runProcess } from "./fixtures/processes.js";
 
 const url = process.env.CREDIT_PG_URL;
-if (!url)
-  console.warn("[transactions-postgres.test] CREDIT_PG_URL is not set: the host-transaction tests are skipped.");
-
-// reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run); skipped with the notice above otherwise
+// reason: needs a PostgreSQL server (CREDIT_PG_URL, set by .ci/run); the run's closing block names it when skipped
 describe.skipIf(!url)("credit operations inside the application's transaction (PostgreSQL)", () => {
   const schema = `cm_tx_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
   const dir = mkdtempSync(join(tmpdir(), "cm-tx-"));

@@ -1,0 +1,125 @@
+/**
+ * A vitest reporter that ends a run with one block saying which tests were skipped and why: each
+ * file's skipped tests are put under the services and tools the file reads that this machine does
+ * not have — a database suite's environment variable that is unset, or Chromium missing at
+ * /usr/bin/chromium — with how to get each (docs/testing.md, "Tests"). A file whose skipped tests
+ * have another reason (a platform, a tool) is named with its count: the condition is in the file.
+ *
+ * The files a test file imports from test/ are read too (one level): a suite may take its URL from
+ * a fixture. Nothing is printed when nothing was skipped.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, relative, resolve } from "node:path";
+import type { Reporter, TestModule, Vitest } from "vitest/node";
+
+interface Requirement {
+  /** What a file names in its source when it needs this. */
+  readonly pattern: RegExp;
+  /** Whether this machine lacks it. */
+  readonly missing: () => boolean;
+  /** The line printed for it: what it is and how to get it. */
+  readonly line: string;
+}
+
+const unset = (name: string) => () => (process.env[name] ?? "") === "";
+
+const REQUIREMENTS: readonly Requirement[] = [
+  {
+    pattern: /CREDIT_PG_URL/,
+    missing: unset("CREDIT_PG_URL"),
+    line: "CREDIT_PG_URL (PostgreSQL, e.g. postgres://postgres@127.0.0.1:5432/test)",
+  },
+  {
+    pattern: /CREDIT_MONGO_URI/,
+    missing: unset("CREDIT_MONGO_URI"),
+    line: "CREDIT_MONGO_URI (a MongoDB replica set; one node started with --replSet is enough, e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0)",
+  },
+  {
+    pattern: /CREDIT_REDIS_URL/,
+    missing: unset("CREDIT_REDIS_URL"),
+    line: "CREDIT_REDIS_URL (Redis, e.g. redis://127.0.0.1:6379)",
+  },
+  {
+    pattern: /CREDIT_MYSQL_URL/,
+    missing: unset("CREDIT_MYSQL_URL"),
+    line: "CREDIT_MYSQL_URL (MySQL or MariaDB, e.g. mysql://root@127.0.0.1:3306/test)",
+  },
+  {
+    pattern: /CREDIT_NATS_URL/,
+    missing: unset("CREDIT_NATS_URL"),
+    line: "CREDIT_NATS_URL (NATS with JetStream, nats-server -js; e.g. nats://127.0.0.1:4222)",
+  },
+  {
+    pattern: /CREDIT_CITUS_URL/,
+    missing: unset("CREDIT_CITUS_URL"),
+    line: "CREDIT_CITUS_URL (a Citus coordinator with two workers)",
+  },
+  {
+    pattern: /\/usr\/bin\/chromium/,
+    missing: () => !existsSync("/usr/bin/chromium"),
+    line: "Chromium at /usr/bin/chromium (Debian and Ubuntu: apt-get install chromium)",
+  },
+];
+
+/** The file's source and that of the files it imports from the repository's test/ folder. */
+function sources(file: string): string {
+  const text = readFileSync(file, "utf8");
+  const imported = [...text.matchAll(/from "(\.{1,2}\/[^"]+)"/g)]
+    .map((m) => resolve(dirname(file), (m[1] as string).replace(/\.js$/, ".ts")))
+    .filter((path) => path.includes("/test/") && existsSync(path));
+  return [text, ...imported.map((path) => readFileSync(path, "utf8"))].join("\n");
+}
+
+export default class SkipSummary implements Reporter {
+  private vitest: Vitest | undefined;
+
+  onInit(vitest: Vitest): void {
+    this.vitest = vitest;
+  }
+
+  async onTestRunEnd(modules: ReadonlyArray<TestModule>): Promise<void> {
+    // The default reporter prints its summary in the same round of hooks, synchronously: this
+    // block comes after it, as the run's last words.
+    await new Promise((done) => setImmediate(done));
+    const root = this.vitest?.config.root ?? process.cwd();
+    let total = 0;
+    let skipped = 0;
+    /** Reason (the missing requirements' lines, joined) → file → skipped tests. */
+    const byReason = new Map<string, Map<string, number>>();
+    for (const module of modules) {
+      let count = 0;
+      for (const test of module.children.allTests()) {
+        total += 1;
+        if (test.result().state === "skipped") count += 1;
+      }
+      if (count === 0) continue;
+      skipped += count;
+      const file = module.moduleId;
+      const text = existsSync(file) ? sources(file) : "";
+      const missing = REQUIREMENTS.filter((r) => r.pattern.test(text) && r.missing()).map((r) => r.line);
+      const reason = missing.length > 0 ? missing.join("\n      and ") : "";
+      const files = byReason.get(reason) ?? new Map<string, number>();
+      files.set(relative(root, file), count);
+      byReason.set(reason, files);
+    }
+    if (skipped === 0) return;
+    const lines = [
+      "",
+      `Skipped: ${skipped} of ${total} tests. To run them, give the run what it lacks (docs/testing.md):`,
+    ];
+    const reasons = [...byReason.keys()].sort((a, b) => (a === "" ? 1 : b === "" ? -1 : a.localeCompare(b)));
+    for (const reason of reasons) {
+      const files = byReason.get(reason) as Map<string, number>;
+      const count = [...files.values()].reduce((a, b) => a + b, 0);
+      const names = [...files.keys()].sort();
+      const shown =
+        names.length > 4 ? `${names.slice(0, 4).join(", ")} and ${names.length - 4} more` : names.join(", ");
+      lines.push(
+        reason === ""
+          ? `  ${count} for a condition in their file (a platform or a tool): ${names.map((n) => `${n} (${files.get(n)})`).join(", ")}`
+          : `  ${count} without ${reason}\n      in ${shown}`,
+      );
+    }
+    this.vitest?.logger.log(lines.join("\n"));
+  }
+}
