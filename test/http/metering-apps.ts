@@ -24,9 +24,32 @@ import { listen, serveHono, type Running } from "./servers.js";
  * - GET /api/health (skipped), GET /public (outside the prefix)
  * - POST /api/fail: throws; POST /api/unavailable: answers 503
  * - GET /api/stream: server-sent events, 3 events, records 10 with each
- * - GET /api/slow: answers after 1.5 s (clients abort it)
+ * - GET /api/slow: records 5 and answers once the test calls `slowRoute.finish()` (clients abort it first)
  * - POST /api/burst: records 60 after 30 ms
  */
+/**
+ * GET /api/slow's handler waits until the test calls `finish()` — its client has left by then — and
+ * then records 5 and answers: a test of a handler that ends late says when it ends, instead of
+ * sleeping past a fixed delay. `finish()` resolves once the handler has recorded (or, on node:http,
+ * seen its response destroyed), and makes the next request wait again.
+ */
+export const slowRoute = (() => {
+  let open = (): void => undefined;
+  let opened = new Promise<void>((resolve) => (open = resolve));
+  let ended = (): void => undefined;
+  let done = new Promise<void>((resolve) => (ended = resolve));
+  return {
+    wait: () => opened,
+    ended: () => ended(),
+    async finish(): Promise<void> {
+      open();
+      await done;
+      opened = new Promise<void>((resolve) => (open = resolve));
+      done = new Promise<void>((resolve) => (ended = resolve));
+    },
+  };
+})();
+
 export interface MeteredHost {
   name: string;
   /** Whether a JSON response carries X-Credits-Deducted on this host. */
@@ -76,8 +99,9 @@ async function fetchApp(request: Request): Promise<Response> {
         { headers: { "content-type": "text/event-stream" } },
       );
     case "/api/slow":
-      await sleep(1500);
+      await slowRoute.wait();
       recordUsage({ amount: 5 });
+      slowRoute.ended();
       return Response.json({ late: true });
     case "/api/slow-stream": {
       let stop = false;
@@ -140,8 +164,9 @@ function honoApp(): Hono {
     }),
   );
   app.get("/api/slow", async (c) => {
-    await sleep(1500);
+    await slowRoute.wait();
     recordUsage({ amount: 5 });
+    slowRoute.ended();
     return c.json({ late: true });
   });
   app.post("/api/burst", async (c) => {
@@ -195,7 +220,8 @@ async function nodeRoute(req: IncomingMessage, res: ServerResponse): Promise<voi
       if (!res.destroyed) res.end();
       return;
     case "/api/slow":
-      await sleep(1500);
+      await slowRoute.wait();
+      slowRoute.ended();
       if (res.destroyed) return;
       recordUsage({ amount: 5 });
       return send(200, { late: true });
@@ -244,8 +270,9 @@ async function serveFastify(app: FastifyInstance): Promise<Running> {
     void nodeRoute(Object.assign(reply.raw.req, { url: "/api/slow-stream" }), reply.raw);
   });
   app.get("/api/slow", async () => {
-    await sleep(1500);
+    await slowRoute.wait();
     recordUsage({ amount: 5 });
+    slowRoute.ended();
     return { late: true };
   });
   app.post("/api/burst", async () => {
