@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import type { CreditManager } from "../src/index.js";
 
 const run = promisify(execFile);
@@ -89,8 +89,11 @@ describe("examples/next/app/api/cron/credits/route.ts", () => {
       expect((await GET(new Request(url))).status).toBe(401);
       expect((await GET(new Request(url, { headers: { authorization: "Bearer wrong" } }))).status).toBe(401);
       const m = await credits();
-      await m.credits.addCredits("cron-user", 100, { expiresAt: new Date(Date.now() + 50) });
-      await new Promise((r) => setTimeout(r, 100));
+      // The grant's expiry passes on a moved clock, not after a real wait: on a loaded machine a
+      // 50 ms expiry passed before the grant was written ("not in the future").
+      vi.useFakeTimers({ toFake: ["Date"] });
+      await m.credits.addCredits("cron-user", 100, { expiresAt: new Date(Date.now() + 60_000) });
+      vi.setSystemTime(Date.now() + 61_000);
       const r = await GET(new Request(url, { headers: { authorization: "Bearer cron-test" } }));
       expect(r.status).toBe(200);
       const body = (await r.json()) as {
@@ -103,6 +106,7 @@ describe("examples/next/app/api/cron/credits/route.ts", () => {
       expect((await m.credits.getUserCreditsInfo("cron-user")).balance).toBe(0);
       await m.close();
     } finally {
+      vi.useRealTimers();
       for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
       Object.assign(process.env, saved);
     }

@@ -103,9 +103,10 @@ export default class SkipSummary implements Reporter {
       byReason.set(reason, files);
     }
     if (skipped === 0) return;
+    const filtered = this.vitest?.config.testNamePattern !== undefined;
     const lines = [
       "",
-      `Skipped: ${skipped} of ${total} tests. To run them, give the run what it lacks (docs/testing.md):`,
+      `Skipped: ${skipped.toLocaleString("en-US")} of ${total.toLocaleString("en-US")} tests${filtered ? " (with those -t left out)" : ""}. To run them, give the run what it lacks (docs/testing.md):`,
     ];
     const reasons = [...byReason.keys()].sort((a, b) => (a === "" ? 1 : b === "" ? -1 : a.localeCompare(b)));
     for (const reason of reasons) {
