@@ -1147,7 +1147,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         balance: number;
                         reserved: number;
                         available: number;
@@ -1284,7 +1284,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -1377,11 +1377,11 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         total: number;
                         grants: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -1459,7 +1459,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -1553,7 +1553,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         amount: number;
                         /** @enum {string} */
                         status: "active" | "committed" | "released" | "expired";
@@ -1680,7 +1680,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         amount: number;
                         /** @enum {string} */
                         status: "active" | "committed" | "released" | "expired";
@@ -1778,7 +1778,7 @@ export interface operations {
                     "application/json": {
                         reservation: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             amount: number;
                             /** @enum {string} */
                             status: "active" | "committed" | "released" | "expired";
@@ -1803,7 +1803,7 @@ export interface operations {
                         };
                         entry: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -1956,7 +1956,7 @@ export interface operations {
                     "application/json": {
                         reservation: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             amount: number;
                             /** @enum {string} */
                             status: "active" | "committed" | "released" | "expired";
@@ -1981,7 +1981,7 @@ export interface operations {
                         };
                         entry: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2112,7 +2112,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         balance: number;
                         reserved: number;
                         available: number;
@@ -2262,7 +2262,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2357,11 +2357,11 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         total: number;
                         grants: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -2450,7 +2450,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -2537,7 +2537,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         ok: boolean;
                         /** @enum {string} */
                         from: "checkpoint" | "genesis";
@@ -2642,7 +2642,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         seq: number;
                         /** @enum {string} */
                         type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2788,7 +2788,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         seq: number;
                         /** @enum {string} */
                         type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2944,7 +2944,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         amount: number;
                         /** @enum {string} */
                         status: "active" | "committed" | "released" | "expired";
@@ -3169,7 +3169,7 @@ export interface operations {
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
-                    userId?: string;
+                    userId?: string & (unknown & unknown);
                 };
             };
         };
@@ -3182,7 +3182,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         seq: number;
                         /** @enum {string} */
                         type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -4109,7 +4109,7 @@ export interface operations {
                 kinds?: ("spend" | "refund" | "clawback")[];
                 orderBy?: "start" | "credits";
                 limit?: number;
-                account?: string;
+                account?: string & (unknown & unknown);
             };
             header?: never;
             path?: never;
@@ -4193,7 +4193,7 @@ export interface operations {
                 kinds?: ("spend" | "refund" | "clawback")[];
                 orderBy?: "start" | "credits";
                 limit?: number;
-                account?: string;
+                account?: string & (unknown & unknown);
             };
             header?: never;
             path?: never;
@@ -4256,7 +4256,7 @@ export interface operations {
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "feature" | "spender")[];
-                account?: string;
+                account?: string & (unknown & unknown);
             };
             header?: never;
             path?: never;
@@ -4345,7 +4345,7 @@ export interface operations {
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "feature" | "spender")[];
-                account?: string;
+                account?: string & (unknown & unknown);
             };
             header?: never;
             path?: never;
@@ -4588,7 +4588,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -4763,7 +4763,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -4974,7 +4974,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -5183,7 +5183,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -5389,7 +5389,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6173,7 +6173,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6360,7 +6360,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6573,7 +6573,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6784,7 +6784,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6992,7 +6992,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -7260,7 +7260,7 @@ export interface operations {
                         claim: {
                             id: string;
                             code: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             claimNumber: number;
                             credits: number;
                             grantId: string | null;
@@ -7270,7 +7270,7 @@ export interface operations {
                         };
                         entry: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -7394,7 +7394,7 @@ export interface operations {
                             code: string;
                             credits: number;
                             creditsExpireInDays: number | null;
-                            userIds: string[] | null;
+                            userIds: (string & (unknown & unknown))[] | null;
                             maxUses: number | null;
                             maxUsesPerUser: number;
                             validFrom: string | null;
@@ -7465,7 +7465,7 @@ export interface operations {
                     code: string;
                     credits: number;
                     creditsExpireInDays?: number;
-                    userIds?: string[];
+                    userIds?: (string & (unknown & unknown))[];
                     maxUses?: number;
                     maxUsesPerUser?: number;
                     validFrom?: string;
@@ -7489,7 +7489,7 @@ export interface operations {
                         code: string;
                         credits: number;
                         creditsExpireInDays: number | null;
-                        userIds: string[] | null;
+                        userIds: (string & (unknown & unknown))[] | null;
                         maxUses: number | null;
                         maxUsesPerUser: number;
                         validFrom: string | null;
@@ -7599,7 +7599,7 @@ export interface operations {
                         code: string;
                         credits: number;
                         creditsExpireInDays: number | null;
-                        userIds: string[] | null;
+                        userIds: (string & (unknown & unknown))[] | null;
                         maxUses: number | null;
                         maxUsesPerUser: number;
                         validFrom: string | null;
@@ -7715,7 +7715,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         provider: string;
                         providerRef: string | null;
                         providerPaymentId: string | null;
@@ -7827,7 +7827,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             provider: string;
                             providerRef: string | null;
                             providerPaymentId: string | null;
@@ -7903,7 +7903,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string;
+                        userId: string & (unknown & unknown);
                         provider: string;
                         providerRef: string | null;
                         providerPaymentId: string | null;
@@ -7990,7 +7990,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string;
+                            userId: string & (unknown & unknown);
                             provider: string;
                             providerRef: string | null;
                             providerPaymentId: string | null;

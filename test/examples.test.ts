@@ -212,6 +212,25 @@ describe("examples", () => {
     const out = await exampleWith("quickstart.ts", []);
     expect(out).toMatch(/committed 73 of the 200 held \(127 returned\)\s+balance=407/);
     expect(out).toContain("audit: ok");
+    // The README shows this output: line for line, "…" standing for a grant id or a temporary path.
+    const readme = readFileSync(join(root, "README.md"), "utf8");
+    const shown = /`npm run example` prints[^`]*```text\n([\s\S]*?)```/.exec(readme)?.[1] ?? "";
+    const pattern = shown
+      .trimEnd()
+      .split("\n")
+      .map((line) =>
+        line
+          .trim()
+          .split("…")
+          .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/\s+/g, "\\s+"))
+          .join(".*?"),
+      );
+    const lines = out
+      .trimEnd()
+      .split("\n")
+      .map((l) => l.trim());
+    expect(lines).toHaveLength(pattern.length);
+    for (const [i, p] of pattern.entries()) expect(lines[i], `README line ${i + 1}`).toMatch(new RegExp(`^${p}$`));
   });
 
   it("scheduler.ts runs the jobs once (RUN_ONCE=1) on the in-memory store and logs the report", async () => {

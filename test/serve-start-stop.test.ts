@@ -2,6 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import packageJson from "../package.json" with { type: "json" };
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { rawChunked, sendOversized } from "./http/servers.js";
@@ -204,10 +205,13 @@ describe("serve: what any HTTP client may send, and what /metrics says the servi
 
   it("the OpenAPI document has serve's own routes and a server", async () => {
     const doc = (await call(s, "GET", "/credits/openapi.json")).body as {
+      info: { version: string };
       servers: { url: string }[];
       paths: Record<string, Record<string, { security?: unknown[]; responses: Record<string, unknown> }>>;
     };
     expect(doc.servers).toEqual([{ url: "/", description: expect.any(String) }]);
+    // The package's version, not a placeholder.
+    expect(doc.info.version).toBe(packageJson.version);
     expect(doc.paths["/health/live"]?.get?.security).toEqual([]);
     expect(doc.paths["/health/ready"]?.get?.security).toEqual([]);
     expect(Object.keys(doc.paths["/health/ready"]?.get?.responses ?? {})).toContain("503");

@@ -1,9 +1,11 @@
 import { createHash } from "node:crypto";
 import * as z from "zod";
+import packageJson from "../../package.json" with { type: "json" };
 import type { RouteDefinition } from "./router.js";
 
 /** What the host may add to the generated document. */
 export interface OpenApiOptions {
+  /** `version` by default: this package's version. */
   info?: { title?: string; version?: string; description?: string };
   servers?: { url: string; description?: string }[];
   /** Default: HTTP bearer. Describe what your `authenticate` hook really reads. */
@@ -175,7 +177,7 @@ export function buildOpenApi(
     openapi: "3.1.0",
     info: {
       title: options.info?.title ?? "Credits API",
-      version: options.info?.version ?? "1.0.0",
+      version: options.info?.version ?? packageJson.version,
       ...(options.info?.description ? { description: options.info.description } : {}),
     },
     ...(options.servers ? { servers: options.servers } : {}),
