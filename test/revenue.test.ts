@@ -218,6 +218,55 @@ describe("revenue: the cost basis", () => {
   });
 });
 
+describe("revenue: figures are exact (docs/revenue.md)", () => {
+  it("refuses a sale worth more than 10^13 minor units: an addition's credits at their basis, a payment, a plan's price", async () => {
+    const { credits, payments, subs } = services(new InMemoryDbManager());
+    const refused = async (p: Promise<unknown>, message: RegExp) => {
+      const error = await p.then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(ValidationError);
+      expect((error as Error).message).toMatch(message);
+    };
+    await refused(
+      credits.addCredits("u", 1e15, { costBasis: { perCredit: "999999999999999", currency: "USD" } }),
+      /costBasis: 1000000000000000 credits at 999999999999999 are worth more than 10000000000000/,
+    );
+    // 10^13 exactly is a sale; one credit more at 1 cent is not.
+    await refused(
+      credits.addCredits("u", 1e13 + 1, { costBasis: { perCredit: "1", currency: "USD" } }),
+      /worth more than/,
+    );
+    await refused(
+      payments.createPaymentLink("u", { amount: 1e13 + 1, currency: "USD", provider: "test" }),
+      /amount: must be at most 10000000000000/,
+    );
+    await refused(
+      subs.createPlan({
+        name: "Huge",
+        creditsPerPeriod: 10,
+        price: 1e13 + 1,
+        currency: "USD",
+        billingPeriod: "monthly",
+      }),
+      /price: must be at most 10000000000000/,
+    );
+    expect((await credits.getUserCreditsInfo("u")).balance).toBe(0);
+    expect((await payments.getPaymentHistory("u")).items).toEqual([]);
+    // The largest sale is exact in the report, to the unit.
+    await credits.addCredits("u", 3e12, { costBasis: { perCredit: "10/3", currency: "USD" } });
+    await credits.addCredits("u", 3, { costBasis: { perCredit: "1/3", currency: "USD" } });
+    const { rows } = await credits.getRevenue({
+      account: "u",
+      from: new Date(T0 - DAY),
+      to: new Date(T0 + DAY),
+      interval: null,
+    });
+    expect(rows).toEqual([expect.objectContaining({ currency: "USD", paid: 1e13 + 1, deferredEnd: 1e13 + 1 })]);
+  });
+});
+
 describe("revenue: a worked month (docs/revenue.md)", () => {
   it("top-up, promo, usage, expiry and a refund: each figure, and the roll-forward", async () => {
     const { clock, credits, payments, pay } = services(new InMemoryDbManager());

@@ -5,6 +5,7 @@
  */
 import type { CostBasis, Grant, JournalEntry } from "../models/index.js";
 import type { RevenueDimension, RevenueRow } from "../models/revenue.js";
+import { ValidationError } from "../errors.js";
 import { windowIndex } from "./usage.js";
 
 /** A cost basis as an exact fraction of bigints: `num / den` minor units per credit (`den` > 0). */
@@ -74,6 +75,15 @@ export function valueAt(rate: Rate, position: number): number {
   if (position <= 0 || rate.num === 0n) return 0;
   const p = BigInt(position);
   return Number((2n * p * rate.num + rate.den) / (2n * rate.den));
+}
+
+/**
+ * Whether `credits` credits at `perCredit` are worth more than `max` minor units (the bound on one
+ * sale, docs/revenue.md "Figures are exact"), exactly: in bigint, whatever their size.
+ */
+export function worthMoreThan(credits: number, perCredit: string, max: number): boolean {
+  const rate = rateOf(perCredit);
+  return (2n * BigInt(credits) * rate.num + rate.den) / (2n * rate.den) > BigInt(max);
 }
 
 /** What a grant's stored basis must be: the basis of the entry that created it (docs/revenue.md, "Audit"). */
@@ -442,6 +452,13 @@ export class RevenueAccumulator {
           deferredEnd,
           unbilledCredits: f?.unbilledCredits ?? 0,
         };
+        // Sales are bounded so sums stay exact; a book of more than hundreds of the largest is refused, not rounded.
+        for (const v of [deferredStart, row.paid, row.recognized, row.breakage, row.refunds, deferredEnd])
+          if (!Number.isSafeInteger(v))
+            throw new ValidationError(
+              `Invalid query: a figure in ${k.currency ?? "credits"} passes 2^53 - 1 and would not be exact: report fewer accounts at a time`,
+              [{ path: "account", message: "the report's sums are too large to be exact" }],
+            );
         for (const dim of this.groupBy) {
           if (dim === "account") row.account = k.account;
           else row[dim] = k[dim];

@@ -1,5 +1,6 @@
 import * as z from "zod";
 import { Amount, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
+import { Money } from "./revenue.js";
 
 /**
  * Where a payment is. Statuses only move forward (see `canAdvancePayment`):
@@ -90,7 +91,8 @@ export const CreditsPerUnit = z.union([
 ]);
 
 export const CreatePaymentInput = z.strictObject({
-  amount: Amount,
+  /** In the smallest currency unit: 1 to 10¹³ (docs/revenue.md, "Figures are exact"). */
+  amount: Money.min(1, { error: "amount must be at least 1" }),
   currency: Currency,
   provider: z.string().min(1).max(64),
   description: ShortText.optional(),

@@ -6,6 +6,21 @@ import { UsageInterval } from "./usage.js";
 const MAX = Number.MAX_SAFE_INTEGER;
 
 /**
+ * Most one sale may be worth, in the smallest unit of its currency (docs/revenue.md, "Figures are
+ * exact"): a payment's amount, a plan's price, the credits of an addition at their cost basis.
+ * 10¹³ ($100 billion in cents), so that the report's sums of hundreds of the largest sales stay
+ * exact JavaScript numbers (below 2⁵³).
+ */
+export const MAX_SALE = 10 ** 13;
+
+/** A sum of money in the smallest unit of its currency, 0 to `MAX_SALE`. */
+export const Money = z
+  .number({ error: "must be a number" })
+  .int({ error: "must be a whole number of the smallest currency unit" })
+  .min(0, { error: "must not be negative" })
+  .max(MAX_SALE, { error: `must be at most ${MAX_SALE} (10^13) of the smallest currency unit` });
+
+/**
  * What one credit cost, in the smallest currency unit (docs/revenue.md, "The cost basis"): a
  * decimal (`"2"`, `"0.5"`, `"0.0125"`, at most 12 decimals) or an exact fraction (`"1999/3000"`:
  * 1,999 cents for 3,000 credits), never a float. Text, so it is kept and hashed exactly as written.

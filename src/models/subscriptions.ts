@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { DateInput, EntityId, IdempotencyKey, Metadata, NonNegativeAmount, ShortText, UserId } from "./common.js";
 import { GrantScope } from "./limits.js";
+import { Money } from "./revenue.js";
 
 export const BillingPeriod = z.enum(["daily", "weekly", "monthly", "yearly"]);
 export type BillingPeriod = z.infer<typeof BillingPeriod>;
@@ -91,7 +92,8 @@ export const CreatePlanInput = z.strictObject({
   name: z.string().min(1).max(200),
   description: ShortText.optional(),
   creditsPerPeriod: NonNegativeAmount,
-  price: NonNegativeAmount.optional(),
+  /** Per period, in the smallest unit of `currency`: 0 to 10¹³ (docs/revenue.md, "Figures are exact"). */
+  price: Money.optional(),
   currency: z
     .string()
     .regex(/^[A-Za-z]{3}$/, { error: "currency must be a 3-letter ISO-4217 code" })
