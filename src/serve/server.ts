@@ -45,6 +45,10 @@ export interface ServeIo {
  */
 export const CONSOLE_PREFIX = "/console";
 
+/** The optional peers that turn /metrics on (docs/service.md, "Run it"). */
+export const METRICS_PACKAGES =
+  "@opentelemetry/api @opentelemetry/sdk-metrics @opentelemetry/resources @opentelemetry/exporter-prometheus";
+
 /** What /metrics needs: the Prometheus exporter and a counter of requests (optional peers). */
 interface Metrics {
   handle(req: IncomingMessage, res: ServerResponse): void;
@@ -137,7 +141,7 @@ async function startMetrics(logger: Pino, s: ServeSettings): Promise<Metrics | n
     // the logger cannot serialize (the line said "[unable to serialize, circular reference]").
     logger.warn(
       { reason: error instanceof Error ? error.message : String(error) },
-      "/metrics is off: install @opentelemetry/api, @opentelemetry/sdk-metrics, @opentelemetry/resources and @opentelemetry/exporter-prometheus",
+      `/metrics is off: npm install ${METRICS_PACKAGES}`,
     );
     return null;
   }
@@ -235,6 +239,9 @@ export function serveApp(
   // set and its ephemeron marking at every major GC (docs/benchmarks.md, serve, third pass).
   const ips = new Map<Request, string>();
   const metricsOn = metrics !== null && s.CREDIT_METRICS !== "off";
+  // Asked for (CREDIT_METRICS not "off") but the exporter's packages are not installed: /metrics
+  // says so (503) instead of answering "No route" (docs/service.md, "Run it").
+  const metricsMissing = metrics === null && s.CREDIT_METRICS !== "off";
   const handler = createCreditHandler(manager, {
     authenticate: (request) => auth.authenticate(request, ips.get(request) ?? "unknown"),
     maxBodyBytes: s.CREDIT_MAX_BODY_BYTES,
@@ -306,6 +313,15 @@ export function serveApp(
       if (s.CREDIT_METRICS === "admin") await isAdmin(toRequest(req, res), ip);
       metrics.handle(req, res);
       return path;
+    }
+    if (path === "/metrics" && metricsMissing) {
+      throw new HttpError(
+        503,
+        "METRICS_OFF",
+        `Metrics are off: the OpenTelemetry packages are not installed. npm install ${METRICS_PACKAGES} turns them on.`,
+        undefined,
+        { "cache-control": "no-store" },
+      );
     }
     if (customerOn && (path === CUSTOMER_PREFIX || path.startsWith(`${CUSTOMER_PREFIX}/`))) {
       if (method !== "GET" && method !== "HEAD")
