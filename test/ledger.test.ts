@@ -4,7 +4,6 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import type { CompactJournal } from "../src/db/memory/journal.js";
 import { createCreditManager, InMemoryCache, InMemoryDbManager, type Cache } from "../src/index.js";
 
 const tmp = () => mkdtempSync(join(tmpdir(), "cm-ledger-"));
@@ -165,16 +164,15 @@ describe("audit", () => {
     expect(await m.credits.audit("u")).toMatchObject({ ok: true, balance: 9, entries: 3 });
 
     // Reach into the store as an attacker with database access would.
-    const internal = (db as unknown as { users: Map<string, { journal: CompactJournal; account: object }> }).users.get(
-      "u",
-    );
-    if (internal === undefined) throw new Error("no user");
-    internal.journal.tamper(1, { amount: 1 });
+    const internal = db.user("u");
+    if (internal?.account == null) throw new Error("no user");
+    const stored = internal.journal[1]!;
+    internal.journal[1] = { ...stored, amount: 1 };
     const altered = await m.credits.audit("u");
     expect(altered.ok).toBe(false);
     expect(altered.problems.join("\n")).toMatch(/entry 2 was altered/);
 
-    internal.journal.tamper(1, { amount: 4 });
+    internal.journal[1] = stored;
     internal.account = { ...internal.account, balance: 1000 };
     const inflated = await m.credits.audit("u");
     expect(inflated.ok).toBe(false);

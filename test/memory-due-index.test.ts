@@ -3,7 +3,7 @@
 // expiry jobs (tests, a dev server) would grow them forever.
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { DueIndex } from "../src/db/memory/due-index.js";
+import { DueTimes } from "../src/db/memory/due-times.js";
 import { CreditService, InMemoryDbManager } from "../src/index.js";
 
 const sizeOf = (db: InMemoryDbManager, index: "dueHolds" | "dueGrants") =>
@@ -37,65 +37,65 @@ describe("in-memory due indexes", () => {
   });
 });
 
-describe("DueIndex, entries taken out by id", () => {
-  it("scans as a model would, whether a removed entry is among the latest additions or long merged", () => {
-    // Each id added once (as holds are); some are removed soon, some after many additions or a scan
-    // merged them (then found dead through `live`), some never.
+describe("DueTimes", () => {
+  it("scans as a model would: ids set, moved and deleted between scans and pages", () => {
     const op = fc.oneof(
-      { weight: 4, arbitrary: fc.record({ kind: fc.constant("add" as const), time: fc.integer({ min: 0, max: 50 }) }) },
-      { weight: 3, arbitrary: fc.record({ kind: fc.constant("remove" as const), pick: fc.nat() }) },
+      {
+        weight: 4,
+        arbitrary: fc.record({
+          kind: fc.constant("set" as const),
+          id: fc.integer({ min: 0, max: 300 }),
+          time: fc.integer({ min: 0, max: 50 }),
+        }),
+      },
+      {
+        weight: 3,
+        arbitrary: fc.record({ kind: fc.constant("delete" as const), id: fc.integer({ min: 0, max: 300 }) }),
+      },
       {
         weight: 1,
         arbitrary: fc.record({
           kind: fc.constant("scan" as const),
           asOf: fc.integer({ min: 0, max: 50 }),
-          limit: fc.integer({ min: 1, max: 400 }),
+          limit: fc.integer({ min: 1, max: 40 }),
         }),
       },
     );
     fc.assert(
-      fc.property(fc.array(op, { maxLength: 3000 }), (ops) => {
-        const live = new Map<string, number>();
-        const index = new DueIndex((id, t) => live.get(id) === t);
-        let n = 0;
-        const expected = (asOf: number, limit: number) =>
-          [...live]
-            .filter(([, t]) => t <= asOf)
+      fc.property(fc.array(op, { maxLength: 2000 }), (ops) => {
+        const model = new Map<string, number>();
+        const due = new DueTimes();
+        const expected = (asOf: number, limit: number, after?: { time: number; id: string }) =>
+          [...model]
+            .filter(
+              ([id, t]) => t <= asOf && (after === undefined || t > after.time || (t === after.time && id > after.id)),
+            )
             .sort(([a, ta], [b, tb]) => ta - tb || (a < b ? -1 : 1))
             .slice(0, limit)
             .map(([id]) => id);
         for (const o of ops) {
-          if (o.kind === "add") {
-            const id = `h${String(n++).padStart(5, "0")}`;
-            live.set(id, o.time);
-            index.add(o.time, id);
-          } else if (o.kind === "remove") {
-            const ids = [...live.keys()];
-            if (ids.length === 0) continue;
-            // Mostly one of the latest (a hold settled within its request), else any.
-            const id =
-              ids[o.pick % 3 === 0 ? o.pick % ids.length : ids.length - 1 - (o.pick % Math.min(ids.length, 8))]!;
-            const time = live.get(id)!;
-            live.delete(id);
-            index.removed(time, id);
-          } else expect(index.scan(o.asOf, o.limit, undefined)).toEqual(expected(o.asOf, o.limit));
+          const id = o.kind === "scan" ? "" : `h${String(o.id).padStart(3, "0")}`;
+          if (o.kind === "set") {
+            model.set(id, o.time);
+            due.set(id, o.time);
+          } else if (o.kind === "delete") {
+            model.delete(id);
+            due.delete(id);
+          } else {
+            // Page by page, as the jobs read it.
+            let after: { time: number; id: string } | undefined;
+            for (;;) {
+              const page = due.scan(o.asOf, o.limit, after);
+              expect(page).toEqual(expected(o.asOf, o.limit, after));
+              if (page.length < o.limit) break;
+              const last = page[page.length - 1]!;
+              after = { time: model.get(last)!, id: last };
+            }
+          }
         }
-        expect(index.scan(50, 1e9, undefined)).toEqual(expected(50, 1e9));
-        // Nothing dead is kept for good: what is left is at most the live entries plus what awaits compaction.
-        expect(index.size).toBeLessThanOrEqual(live.size + 1025 + Math.ceil(index.size / 2));
+        expect(due.size).toBe(model.size);
       }),
       { numRuns: 80 },
     );
-  });
-
-  it("keeps nothing of holds settled soon after they were placed", () => {
-    const index = new DueIndex(() => true);
-    for (let i = 0; i < 10_000; i++) {
-      const id = `hold-${i}`;
-      index.add(i, id);
-      if (i % 50 !== 0) index.removed(i, id);
-    }
-    expect(index.size).toBe(200);
-    expect(index.scan(1e9, 1e9, undefined)).toEqual(Array.from({ length: 200 }, (_, k) => `hold-${k * 50}`));
   });
 });

@@ -17,64 +17,60 @@ runDbManagerContract({
   test,
 });
 
-/** A unit of work that adds `amount` to `u` (synchronously: the in-memory store answers at once). */
-function addNow(u: string, amount: number) {
-  return (tx: DbTransaction) => {
-    const state = tx.load();
-    if (state instanceof Promise) throw new Error("the in-memory store loads synchronously");
-    const work = new AccountWork(u, state, new Date(), randomUUID);
+/** A unit of work that adds `amount` to `u`; answers the balance after. */
+function add(u: string, amount: number) {
+  return async (tx: DbTransaction) => {
+    const work = new AccountWork(u, await tx.load(), new Date(), randomUUID);
     work.add(
       amount,
       { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
       {},
     );
-    void tx.save(work.changes());
+    await tx.save(work.changes());
     return work.account.balance;
   };
 }
 
-describe("in-memory store: transactionNow and the per-account lock", () => {
-  it("answers a synchronous unit of work with its result, already committed", async () => {
+describe("in-memory store: units of work and the per-account lock", () => {
+  it("answers a unit of work with its result, committed", async () => {
     const db = new InMemoryDbManager();
-    const result = db.transactionNow("u", addNow("u", 7));
-    expect(result).toBe(7); // the value itself, not a promise
+    expect(await db.transaction("u", add("u", 7))).toBe(7);
     expect((await db.getAccount("u"))?.balance).toBe(7);
     expect(await db.listJournal("u", { order: "asc", limit: 10 })).toHaveLength(1);
   });
 
-  it("throws a failing unit of work at once, saves nothing and frees the account", async () => {
+  it("saves nothing of a unit of work that fails after its save, and frees the account", async () => {
     const db = new InMemoryDbManager();
-    expect(() =>
-      db.transactionNow("u", (tx) => {
-        addNow("u", 5)(tx);
+    await expect(
+      db.transaction("u", async (tx) => {
+        await add("u", 5)(tx);
         throw new Error("boom after save");
       }),
-    ).toThrow("boom after save");
+    ).rejects.toThrow("boom after save");
     expect(await db.getAccount("u")).toBeNull();
     // Nothing was ever saved to the account: it left no trace, and the lock is free.
     expect(db.user("u")).toBeUndefined();
-    expect(db.transactionNow("u", addNow("u", 3))).toBe(3);
+    expect(await db.transaction("u", add("u", 3))).toBe(3);
   });
 
-  it("answers with a promise while another unit of work holds the account, and keeps their order", async () => {
+  it("runs units of work on one account one after another, in order, and others meanwhile", async () => {
     const db = new InMemoryDbManager();
     const order: string[] = [];
     let release!: () => void;
     const first = db.transaction("u", async (tx) => {
       order.push("first starts");
       await new Promise<void>((resolve) => (release = resolve));
-      const balance = addNow("u", 1)(tx);
+      const balance = await add("u", 1)(tx);
       order.push("first ends");
       return balance;
     });
-    const second = db.transactionNow("u", (tx) => {
+    const second = db.transaction("u", async (tx) => {
       order.push("second runs");
-      return addNow("u", 10)(tx);
+      return add("u", 10)(tx);
     });
-    expect(second).toBeInstanceOf(Promise);
-    expect(order).toEqual(["first starts"]);
     // Other accounts are not blocked meanwhile.
-    expect(db.transactionNow("v", addNow("v", 2))).toBe(2);
+    expect(await db.transaction("v", add("v", 2))).toBe(2);
+    expect(order).toEqual(["first starts"]);
     release();
     expect(await first).toBe(1);
     expect(await second).toBe(11);

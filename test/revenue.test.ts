@@ -6,7 +6,6 @@ import Database from "better-sqlite3";
 import pg from "pg";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import type { CompactJournal } from "../src/db/memory/journal.js";
 import { basesOfPrice, basisOfPrice, rateOf, storedDeferred, valueAt } from "../src/domain/revenue.js";
 import {
   CreditService,
@@ -523,8 +522,9 @@ describe("revenue: audit", () => {
     const { credits } = services(db);
     await credits.addCredits("u", 100, { costBasis: { perCredit: "2", currency: "USD" } });
     expect((await credits.audit("u")).ok).toBe(true);
-    const internal = (db as unknown as { users: Map<string, { journal: CompactJournal }> }).users.get("u");
-    internal?.journal.tamper(0, { costBasis: { perCredit: "1", currency: "USD" } });
+    const journal = db.user("u")?.journal;
+    if (journal === undefined) throw new Error("no user");
+    journal[0] = { ...journal[0]!, costBasis: { perCredit: "1", currency: "USD" } };
     const report = await credits.audit("u");
     expect(report.ok).toBe(false);
     expect(report.problems.join("\n")).toMatch(/entry 1 was altered/);

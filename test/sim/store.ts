@@ -74,8 +74,6 @@ export class SimStore {
     return new Proxy(inner, {
       get: (target, prop, receiver) => {
         if (prop === "transaction") return transaction;
-        // Without it the services take the path every database takes (a promise per unit of work).
-        if (prop === "transactionNow") return undefined;
         const value: unknown = Reflect.get(target, prop, receiver);
         if (typeof value !== "function") return value;
         const method = value as (...args: unknown[]) => unknown;
@@ -140,12 +138,8 @@ export class SimStore {
       try {
         if (verdict === "error") throw new StorageError("[sim] injected: storage error before the commit");
         if (verdict === "conflict") throw new ConflictError("[sim] injected: write conflict at the commit");
-        // Synchronous: the seq guard, the unique keys and the write happen with nothing in between.
-        if (this.loseCommits?.chance(0.05) !== true)
-          this.inner.transactionNow(userId, (t) => {
-            t.load();
-            t.save(changes);
-          });
+        // Under the account's lock: the seq guard, the unique keys and the write, with nothing in between.
+        if (this.loseCommits?.chance(0.05) !== true) await this.inner.transaction(userId, (t) => t.save(changes));
       } catch (error) {
         if (error instanceof ConflictError && attempt < MAX_ATTEMPTS) continue;
         throw error;
@@ -162,7 +156,7 @@ export class SimStore {
   private async stillCurrent(userId: string, seq: number): Promise<boolean> {
     const verdict = await this.scheduler.point("read");
     if (verdict === "error") throw new StorageError("[sim] injected: the check of a cached state failed");
-    const current = this.inner.transactionNow(userId, (t) => t.load()) as LoadedState;
+    const current = await this.inner.transaction(userId, (t) => t.load());
     return (current.account?.seq ?? null) === seq;
   }
 
@@ -226,12 +220,14 @@ class SimTransaction implements DbTransaction {
     }
     await this.sim.wait();
     // A snapshot, as a database transaction sees one: the state at the load, for every read of the
-    // unit of work (the store's own lists move on as other units of work commit). The memory
-    // store's methods compute their answers when called, so these three see one instant.
+    // unit of work (the store's own lists move on as other units of work commit). Read under the
+    // account's lock, these three see one instant.
     const inner = this.sim.inner;
-    const loaded = inner.transactionNow(this.userId, (t) => t.load(request)) as LoadedState;
-    const grants = inner.listGrants(this.userId, { includeInactive: true });
-    const holds = inner.listReservations(this.userId);
+    const [loaded, grants, holds] = await inner.transaction(this.userId, async (t) => [
+      await t.load(request),
+      await inner.listGrants(this.userId, { includeInactive: true }),
+      await inner.listReservations(this.userId),
+    ]);
     const state = structuredClone(loaded);
     if (this.sim.loseScopes) state.grants = state.grants.map((g) => ({ ...g, scope: null }));
     if (this.sim.loseLimits && state.account?.limits != null)
@@ -239,8 +235,8 @@ class SimTransaction implements DbTransaction {
         ...state.account,
         limits: state.account.limits.map((l) => ({ ...l, amount: Number.MAX_SAFE_INTEGER })),
       };
-    this.grants = new Map((await grants).map((g) => [g.id, g]));
-    this.holds = new Map((await holds).map((r) => [r.id, r]));
+    this.grants = new Map(grants.map((g) => [g.id, g]));
+    this.holds = new Map(holds.map((r) => [r.id, r]));
     this.key = request?.idempotencyKey;
     if (state.account !== null) {
       this.base = { account: state.account, grants: state.grants, reservations: state.reservations };

@@ -1,7 +1,7 @@
 import { ConflictError } from "../../errors.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
-import { DueIndex } from "./due-index.js";
+import { DueTimes } from "./due-times.js";
 
 const copy = <T>(o: T): T => structuredClone(o);
 
@@ -18,7 +18,8 @@ export class MemorySubscriptionStore implements SubscriptionStore {
   private readonly active = new Map<string, string>();
   /** userId → ids, oldest first */
   private readonly byUser = new Map<string, string[]>();
-  private readonly due = new DueIndex((id, t) => this.subs.get(id)?.nextRunAt?.getTime() === t);
+  /** Subscriptions with a next run, by its time. */
+  private readonly due = new DueTimes();
   /** planId → ids of active subscriptions on it (as plan or pending plan) */
   private readonly byPlan = new Map<string, Set<string>>();
 
@@ -90,7 +91,6 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     }
     if (current.status === "active" && s.status !== "active") this.active.delete(current.userId);
     this.put(s);
-    if (current.nextRunAt !== null) this.due.removed(); // after the write: compaction asks what is live
     return true;
   }
 
@@ -114,8 +114,7 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     }
     this.subs.set(s.id, s);
     if (s.status === "active") this.active.set(s.userId, s.id);
-    if (s.nextRunAt !== null && previous?.nextRunAt?.getTime() !== s.nextRunAt.getTime()) {
-      this.due.add(s.nextRunAt.getTime(), s.id);
-    }
+    if (s.nextRunAt !== null) this.due.set(s.id, s.nextRunAt.getTime());
+    else this.due.delete(s.id);
   }
 }
