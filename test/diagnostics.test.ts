@@ -111,7 +111,6 @@ describe("diagnostics channels (docs/observability.md)", () => {
     // A store whose first attempt of every unit of work is lost to a conflict: it runs `fn` once on a
     // transaction whose save writes nothing, then again for real, as a store retrying would.
     const conflicting: DbManager = Object.create(inner, {
-      transactionNow: { value: undefined },
       transaction: {
         value: <T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T) =>
           inner.transaction(userId, async (tx) => {

@@ -33,7 +33,7 @@ function signal(): { done: Promise<void>; fire: () => void } {
 /**
  * `db` with a pause: once a unit of work failed with `ReservationExpiredError`, the next one waits
  * for `resume()` — the moment a process has judged a hold lapsed and not yet charged the usage
- * after service. (No `transactionNow`: every unit of work goes through `transaction`.)
+ * after service.
  */
 function pausing(db: DbManager): { db: DbManager; paused: Promise<void>; resume: () => void } {
   const paused = signal();
@@ -54,7 +54,6 @@ function pausing(db: DbManager): { db: DbManager; paused: Promise<void>; resume:
   };
   const proxy = new Proxy(db, {
     get(target, prop) {
-      if (prop === "transactionNow") return undefined;
       if (prop === "transaction") return transaction;
       const value: unknown = Reflect.get(target, prop, target);
       return typeof value === "function" ? (value as (...a: unknown[]) => unknown).bind(target) : value;

@@ -63,14 +63,6 @@ export interface AccountStore {
    */
   transaction<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T>;
 
-  /**
-   * Optional: `transaction`, answering with `fn`'s result itself — not a promise — when the unit of
-   * work ran and committed without waiting (a store in process memory, uncontended); a failure is
-   * then thrown at once. Otherwise the same promise `transaction` returns. The services use it to
-   * skip a promise and an event-loop hop per operation; stores that always wait need not have it.
-   */
-  transactionNow?<T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): T | Promise<T>;
-
   getAccount(userId: string): Promise<Account | null>;
   /**
    * Optional: the account and, when it has been given a scoped grant (`account.scoped`), its open

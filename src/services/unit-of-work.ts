@@ -30,7 +30,6 @@ import {
 import type { LedgerLogger } from "../ledger/index.js";
 import type { TrialCredits } from "../models/index.js";
 import type { Account, JournalEntry, Notification, Reservation } from "../models/index.js";
-import { isPromiseLike } from "../util/promise.js";
 import {
   holdChannel,
   refusalChannel,
@@ -113,9 +112,7 @@ interface UnitRunDeps {
 /**
  * One unit of work, as the store's transaction runs it (once, or again after a conflict): load,
  * answer a repeated idempotency key with the first result, settle what time has done, run the body,
- * save. Written as steps that continue synchronously while every step has its answer at hand (the
- * in-memory store) and switch to promises only where one is needed (a database), so a unit of work
- * in memory costs no promise of its own.
+ * save.
  */
 class UnitRun<T> {
   /** A refusal for lack of credits in the last attempt, with the account's seq then. */
@@ -134,20 +131,14 @@ class UnitRun<T> {
     private readonly message: UnitOfWorkMessage | undefined,
   ) {}
 
-  attempt(tx: DbTransaction): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+  async attempt(tx: DbTransaction): Promise<UnitOutcome<T>> {
     this.refused = undefined;
     if (this.message !== undefined) {
       this.message.attempts++;
       this.message.outcome = "ok";
     }
     const key = this.meta.idempotencyKey;
-    const state = tx.load(key === undefined ? undefined : { idempotencyKey: key });
-    // (`andThen` by hand: no closure when the store answered at once.)
-    return isPromiseLike(state) ? Promise.resolve(state).then((s) => this.loaded(tx, s)) : this.loaded(tx, state);
-  }
-
-  private loaded(tx: DbTransaction, state: LoadedState): UnitOutcome<T> | Promise<UnitOutcome<T>> {
-    const key = this.meta.idempotencyKey;
+    const state = await tx.load(key === undefined ? undefined : { idempotencyKey: key });
     if (key !== undefined && state.idempotent !== null) {
       const first = state.idempotent;
       if (first.idempotencyKey !== key) {
@@ -160,66 +151,36 @@ class UnitRun<T> {
       }
       if (first.fingerprint !== this.meta.fingerprint) throw new IdempotencyConflictError(key);
       if (this.message !== undefined) this.message.outcome = "replayed";
-      if (this.replay === undefined) return { value: first as T, entries: NO_ENTRIES };
-      return this.replay(first, tx).then((value) => ({ value, entries: NO_ENTRIES }));
+      const value = this.replay === undefined ? (first as T) : await this.replay(first, tx);
+      return { value, entries: NO_ENTRIES };
     }
     const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
     if (this.deps.trial !== undefined && state.account === null) grantTrial(work, this.deps.trial);
     if (this.settle && work.needsSettle) {
-      return this.deps.includeHeldGrants(work, tx, state.reservations).then(() => {
-        const settled = work.settle();
-        if (this.periods && settled.periodGrantsEnded > 0) throw new PeriodDue();
-        return this.run(tx, state, work);
-      });
+      await this.deps.includeHeldGrants(work, tx, state.reservations);
+      const settled = work.settle();
+      if (this.periods && settled.periodGrantsEnded > 0) throw new PeriodDue();
     }
-    return this.run(tx, state, work);
-  }
-
-  private run(tx: DbTransaction, state: LoadedState, work: AccountWork): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     const unit = new Unit(state);
-    let running: T | Promise<T>;
+    let result: T;
     try {
-      running = this.body(work, tx, unit);
+      result = await this.body(work, tx, unit);
     } catch (error) {
-      throw this.failed(error, work);
+      if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined)
+        this.refused = { seq: work.account.seq, error };
+      throw error;
     }
-    if (!isPromiseLike(running)) return this.finish(tx, work, unit, running);
-    return Promise.resolve(running).then(
-      (result) => this.finish(tx, work, unit, result),
-      (error: unknown) => {
-        throw this.failed(error, work);
-      },
-    );
-  }
-
-  private failed(error: unknown, work: AccountWork): unknown {
-    if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined)
-      this.refused = { seq: work.account.seq, error };
-    return error;
-  }
-
-  private finish(
-    tx: DbTransaction,
-    work: AccountWork,
-    unit: Unit,
-    result: T,
-  ): UnitOutcome<T> | Promise<UnitOutcome<T>> {
     const every = this.deps.checkpointEvery;
     if (every !== undefined && checkpointDue(work, every)) {
       // Every N entries, a checkpoint in the same unit of work (docs/operations.md, "Checkpoints and archival").
       const missing = work.missingHeldGrants();
-      if (missing.length > 0)
-        return tx.getGrants(missing).then((grants) => {
-          work.include(grants);
-          work.checkpoint();
-          return this.save(tx, work, unit, result);
-        });
+      if (missing.length > 0) work.include(await tx.getGrants(missing));
       work.checkpoint();
     }
     return this.save(tx, work, unit, result);
   }
 
-  private save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): UnitOutcome<T> | Promise<UnitOutcome<T>> {
+  private async save(tx: DbTransaction, work: AccountWork, unit: Unit, result: T): Promise<UnitOutcome<T>> {
     const outcome: UnitOutcome<T> = { value: result, entries: work.entries, canonicals: work.canonicals };
     const extra = unit.extra;
     const hasExtra =
@@ -246,8 +207,8 @@ class UnitRun<T> {
         reservedAfter: changes.account.reserved,
       };
     }
-    const saved = tx.save(changes);
-    return isPromiseLike(saved) ? Promise.resolve(saved).then(() => outcome) : outcome;
+    await tx.save(changes);
+    return outcome;
   }
 }
 
@@ -352,7 +313,7 @@ export class UnitRunner {
   }
 
   /** `mutate` itself; `message` counts the attempts and entries while someone listens. */
-  private run<T>(
+  private async run<T>(
     operation: string,
     userId: string,
     meta: EntryMeta,
@@ -363,40 +324,18 @@ export class UnitRunner {
   ): Promise<T> {
     const periods = options.periods !== false && this.periodHook !== undefined;
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
-    const run = (tx: DbTransaction) => unit.attempt(tx);
-    const db = this.db;
     const again = () =>
       this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
-    let done: UnitOutcome<T> | Promise<UnitOutcome<T>>;
-    if (db.transactionNow === undefined) done = db.transaction(userId, run);
-    else {
-      // A store in memory answers at once: no promise until the one this method returns.
-      try {
-        done = db.transactionNow(userId, run);
-      } catch (error) {
-        if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
-        if (periods && error instanceof InsufficientCreditsError)
-          return this.afterRefusal(operation, userId, unit, error, again);
-        return this.refusedOrFailed(operation, userId, unit, error);
-      }
-      if (!isPromiseLike(done)) {
-        try {
-          const value = this.committed(userId, done, message);
-          return isPromiseLike(value) ? (value as Promise<T>) : Promise.resolve(value);
-        } catch (error) {
-          return Promise.reject(error as Error);
-        }
-      }
+    let outcome: UnitOutcome<T>;
+    try {
+      outcome = await this.db.transaction(userId, (tx) => unit.attempt(tx));
+    } catch (error) {
+      if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
+      if (periods && error instanceof InsufficientCreditsError)
+        return this.afterRefusal(operation, userId, unit, error, again);
+      return this.refusedOrFailed(operation, userId, unit, error);
     }
-    return Promise.resolve(done).then(
-      (outcome) => this.committed(userId, outcome, message),
-      (error: unknown) =>
-        error instanceof PeriodDue
-          ? this.afterPeriod(userId, again)
-          : periods && error instanceof InsufficientCreditsError
-            ? this.afterRefusal(operation, userId, unit, error, again)
-            : this.refusedOrFailed(operation, userId, unit, error),
-    );
+    return this.committed(userId, outcome, message);
   }
 
   /**
@@ -453,17 +392,16 @@ export class UnitRunner {
    * caller's next read). The invalidation also ends the leases of reads in flight (`Cache.lease`),
    * in every process sharing the cache, so none of them caches what it read before this commit.
    */
-  private committed<T>(
+  private async committed<T>(
     userId: string,
     outcome: UnitOutcome<T>,
     message: UnitOfWorkMessage | undefined,
-  ): T | Promise<T> {
+  ): Promise<T> {
     if (message !== undefined) message.entries += outcome.entries.length;
     if (outcome.holds !== undefined && holdChannel.hasSubscribers) publishHolds(userId, outcome.holds);
     if (outcome.entries.length > 0) {
       this.ledger?.recordTransactions(outcome.entries, outcome.canonicals);
-      const deleting = this.cache?.invalidate(infoKey(userId));
-      if (deleting !== undefined) return deleting.then(() => outcome.value);
+      await this.cache?.invalidate(infoKey(userId));
     }
     return outcome.value;
   }

@@ -59,7 +59,6 @@ function recordingReads(db: DbManager, reads: string[]): DbManager {
     "listReservations",
     "listJournal",
     "transaction",
-    "transactionNow",
   ]);
   return new Proxy(db, {
     get(target, key) {

@@ -54,8 +54,8 @@ export interface UnitOfWorkPart {
 }
 
 /** The accounts part: its reads, and either its own `transaction` or `begin` (run by the helper). */
-export type AccountsPart = Part<Omit<AccountStore, "transaction" | "transactionNow">> &
-  (Pick<AccountStore, "transaction" | "transactionNow"> | UnitOfWorkPart);
+export type AccountsPart = Part<Omit<AccountStore, "transaction">> &
+  (Pick<AccountStore, "transaction"> | UnitOfWorkPart);
 
 /** What `defineStore` builds a `DbManager` from. */
 export interface StoreDefinition {
@@ -294,13 +294,7 @@ function guarded<T extends object>(store: string, part: T): T {
   return new Proxy(part, {
     get(target, key) {
       const value = Reflect.get(target, key, target) as unknown;
-      if (
-        typeof value !== "function" ||
-        key === "begin" ||
-        key === "beginLocked" ||
-        key === "transaction" ||
-        key === "transactionNow"
-      )
+      if (typeof value !== "function" || key === "begin" || key === "beginLocked" || key === "transaction")
         return value;
       let wrapped = cache.get(key);
       if (wrapped === undefined) {

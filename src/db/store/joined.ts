@@ -22,7 +22,7 @@ export function joinedStore<S extends DbManager>(
     tail = result.catch(() => undefined);
     return result;
   };
-  const values = { ...own, transaction, transactionNow: undefined, init: async () => {}, close: async () => {} };
+  const values = { ...own, transaction, init: async () => {}, close: async () => {} };
   for (const [key, value] of Object.entries(values))
     Object.defineProperty(scoped, key, { value, writable: true, configurable: true });
   return scoped;
