@@ -1,7 +1,7 @@
 // The rules of usage reports (docs/usage.md): calendar windows in a time zone, which entries are
 // usage and of which kind, the split by model, and the query's validation. Dates are worked out
 // from the current year (no date that will pass).
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import {
   nextWindowStart,
   startOfDay,
@@ -90,6 +90,49 @@ describe("usage windows", () => {
   it("refuses more than the allowed windows", () => {
     expect(usageBoundaries(0, 3000 * H, "hour", "UTC", 2000)).toBeNull();
     expect(usageBoundaries(0, 1999 * H, "hour", "UTC", 2000)).toHaveLength(2000);
+  });
+
+  it("refuses a range too long for the windows by arithmetic, before working out a window", () => {
+    // A request refused this way must cost nothing: no wall clock is read through Intl.
+    const parts = vi.spyOn(Intl.DateTimeFormat.prototype, "formatToParts");
+    try {
+      const from = Date.UTC(1800, 0, 1);
+      const to = Date.UTC(Y, 0, 1);
+      for (const interval of ["hour", "day", "week", "month"] as const)
+        for (const tz of ["Europe/Berlin", "Pacific/Kiritimati", "UTC"])
+          expect(usageBoundaries(from, to, interval, tz, 2000), `${interval} ${tz}`).toBeNull();
+      expect(parts).not.toHaveBeenCalled();
+    } finally {
+      parts.mockRestore();
+    }
+    // Just within the bound it still counts: 2,000 months fit, 2,001 do not.
+    const start = Date.UTC(Y - 170, 0, 1);
+    expect(usageBoundaries(start, Date.UTC(Y - 170, 2000, 1), "month", "UTC", 2000)).toHaveLength(2001);
+    expect(usageBoundaries(start, Date.UTC(Y - 170, 2001, 1), "month", "UTC", 2000)).toBeNull();
+  });
+
+  it("works out UTC windows without Intl, the same as Etc/UTC's through it", () => {
+    const parts = vi.spyOn(Intl.DateTimeFormat.prototype, "formatToParts");
+    let fast: (number[] | null)[];
+    try {
+      fast = cases().map(([from, to, interval]) => usageBoundaries(from, to, interval, "UTC", 2000));
+      expect(parts).not.toHaveBeenCalled();
+    } finally {
+      parts.mockRestore();
+    }
+    expect(fast).toEqual(cases().map(([from, to, interval]) => usageBoundaries(from, to, interval, "Etc/UTC", 2000)));
+    expect(fast.every((b) => b !== null && b.length > 2)).toBe(true);
+
+    function cases(): [number, number, "hour" | "day" | "week" | "month"][] {
+      const at = Date.UTC(Y, 1, 27, 13, 45, 12, 345); // across a leap day when Y is a leap year
+      return [
+        [at, at + 50 * H, "hour"],
+        [at, at + 5 * 365 * 24 * H, "week"],
+        [at, at + 1_000 * 24 * H, "day"],
+        [at - 7 * 365 * 24 * H, at, "month"],
+        [Date.UTC(Y, 0, 1), Date.UTC(Y + 3, 0, 1), "month"],
+      ];
+    }
   });
 });
 

@@ -403,6 +403,18 @@ export function wallClock(
   ms: number,
   tz: string,
 ): { year: number; month: number; day: number; hour: number; minute: number; second: number } {
+  if (tz === "UTC") {
+    // UTC's wall clock is the instant's own fields: no Intl (a tenth of a microsecond, not several).
+    const d = new Date(ms);
+    return {
+      year: d.getUTCFullYear(),
+      month: d.getUTCMonth() + 1,
+      day: d.getUTCDate(),
+      hour: d.getUTCHours(),
+      minute: d.getUTCMinutes(),
+      second: d.getUTCSeconds(),
+    };
+  }
   const out = { year: 0, month: 0, day: 0, hour: 0, minute: 0, second: 0 };
   for (const p of format(tz).formatToParts(new Date(ms))) {
     if (p.type in out) out[p.type as keyof typeof out] = Number(p.value);
@@ -425,6 +437,7 @@ function offsetAt(ms: number, tz: string): number {
  */
 export function startOfDay(year: number, month: number, day: number, tz: string): number {
   const wall = Date.UTC(year, month - 1, day);
+  if (tz === "UTC") return wall;
   // The offsets a day before and after: midnight is at `wall` minus one of them (a zone changes
   // its offset at most once around a date). Both fit when midnight happens twice: the first.
   const before = wall - offsetAt(wall - 86_400_000, tz);
@@ -473,8 +486,23 @@ export function nextWindowStart(start: number, interval: UsageInterval, tz: stri
 }
 
 /**
+ * The longest a window of each interval can be, in ms. An hour window is at most an hour (see
+ * `nextWindowStart`); a day, week or month in a zone is its wall-clock length plus the zone's
+ * offset change inside it, and the time zone database's offsets all lie within 32 hours of each
+ * other (local mean times from −15:56 to +15:13).
+ */
+const LONGEST_WINDOW: Record<UsageInterval, number> = {
+  hour: 3_600_000,
+  day: (24 + 32) * 3_600_000,
+  week: (7 * 24 + 32) * 3_600_000,
+  month: (31 * 24 + 32) * 3_600_000,
+};
+
+/**
  * The boundaries of a query's windows: `from`, each calendar boundary of `interval` in `tz`
  * strictly between `from` and `to`, and `to`; null when there would be more than `max` windows.
+ * A range longer than `max` of the interval's longest window is refused before any window is
+ * worked out (docs/usage.md, "The query"): a refused query costs nothing.
  */
 export function usageBoundaries(
   from: number,
@@ -485,6 +513,7 @@ export function usageBoundaries(
 ): number[] | null {
   const out = [from];
   if (interval !== null) {
+    if (to - from > max * LONGEST_WINDOW[interval]) return null;
     let b = nextWindowStart(windowStart(from, interval, tz), interval, tz);
     while (b < to) {
       if (out.length >= max) return null;
