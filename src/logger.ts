@@ -27,3 +27,12 @@ export function isLogger(value: unknown): value is Logger {
   const v = value as Record<string, unknown>;
   return METHODS.every((m) => typeof v[m] === "function");
 }
+
+/**
+ * A `.catch` handler for a best-effort step whose failure must not change the caller's outcome (a
+ * ledger note written after the operation is done, a resource closed on the way out): the failure
+ * is logged at warn, as "credit-management: <step> failed", instead of being lost.
+ */
+export function warnOnFailure(logger: Logger | undefined, step: string): (error: unknown) => void {
+  return (error) => logger?.warn({ err: error }, `credit-management: ${step} failed`);
+}

@@ -185,6 +185,7 @@ export async function runSessionTransaction<T, S extends TransactionSession>(
       await scope?.rolledBack();
       if (attempt >= attempts || !retryable(error)) throw error;
     } finally {
+      // The outcome is decided above; a session that fails to end is timed out by the server.
       await session.endSession().catch(() => undefined);
     }
     await pause(attempt);

@@ -545,6 +545,7 @@ function meteredStream(
   let sawError = false;
   const cut = (problem: string) => {
     if (call.settled) return undefined;
+    // A failed settle is tracked by the run: it rejects `settled()`, where the caller sees it, not the stream.
     return call.missing(problem, seen).catch(() => undefined);
   };
   const onAbort = () => void cut("aborted");

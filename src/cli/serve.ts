@@ -126,6 +126,7 @@ async function withKeys(
     await stores.keys.init();
     return await fn(stores.keys);
   } finally {
+    // Cleanup on the way out: the command's own result or error is what it reports.
     await stores.keys.close().catch(() => undefined);
     await stores.db.close().catch(() => undefined);
   }

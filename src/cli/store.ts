@@ -41,6 +41,7 @@ export async function openCommandStore(
     try {
       await opener.openExisting();
     } catch (error) {
+      // Cleanup: the error being thrown is the one to report.
       if (owned) await db.close().catch(() => undefined);
       if (error instanceof ConfigurationError) throw usage(error.message);
       throw error;

@@ -65,6 +65,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         await store.init();
         return await fn(store);
       } finally {
+        // Cleanup on the way out: the command's own result or error is what it reports.
         await store.close().catch(() => undefined);
       }
     };
@@ -172,6 +173,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
           );
           return 0;
         } finally {
+          // Cleanup on the way out: the command's own result or error is what it reports.
           await stores.keys.close().catch(() => undefined);
           await stores.db.close().catch(() => undefined);
         }

@@ -137,6 +137,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
       if (error instanceof WorkerUsageError) throw error;
       logger.error({ err: error }, "worker could not start");
       // Not the manager's yet: its pool (or client) is closed here.
+      // Cleanup on the way out: the command's own result or error is what it reports.
       if (manager === undefined) await db?.close().catch(() => undefined);
       return 1;
     }
@@ -171,6 +172,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
     return ok ? 0 : 1;
   } finally {
     wake = null;
+    // Cleanup on the way out: the command's own result or error is what it reports.
     for (const close of closers) await close().catch(() => undefined);
     if (manager !== undefined) await manager.close().catch(() => undefined);
     process.off("SIGTERM", onTerm);

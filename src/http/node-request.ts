@@ -139,6 +139,7 @@ class NodeRequest {
       this.#real = makeRequest(this.#req, this.#res, this.#url, given);
       // Read (or being read) by the router: used, as on a Fetch host (`bodyUsed`; reading it again
       // is a TypeError). Routes read it through `ctx.rawBody()` / `ctx.body()`.
+      // Only marks the body used: the router has its bytes already, so a failed read loses nothing.
       if (read) this.#real.arrayBuffer().catch(() => undefined);
     }
     return this.#real;

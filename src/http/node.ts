@@ -113,6 +113,7 @@ export async function sendResponse(res: ServerResponse, response: Response, head
     return;
   }
   if (response.body === null || head) {
+    // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
     if (response.body !== null) await response.body.cancel().catch(() => undefined);
     res.end();
     return;
@@ -122,6 +123,7 @@ export async function sendResponse(res: ServerResponse, response: Response, head
   // writes return false and no "drain" ever comes), or leaves while the body streams.
   const gone = () => res.destroyed || res.writableEnded;
   const onClose = () => {
+    // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
     if (!res.writableFinished) reader.cancel(new Error("The client disconnected.")).catch(() => undefined);
   };
   if (gone()) {
@@ -159,6 +161,7 @@ export async function sendResponse(res: ServerResponse, response: Response, head
   }
   if (gone()) {
     // Left mid-stream: the body is cancelled, nothing more to write.
+    // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
     await reader.cancel(new Error("The client disconnected.")).catch(() => undefined);
     return;
   }

@@ -524,6 +524,7 @@ async function readBody(request: Request, limit: number): Promise<Uint8Array> {
     if (done) break;
     size += value.byteLength;
     if (size > limit) {
+      // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
       await reader.cancel().catch(() => undefined);
       throw tooLarge(limit);
     }

@@ -396,6 +396,7 @@ export function consumeCreditEvents(options: ConsumeCreditEventsOptions): Credit
     async stop() {
       stopped = true;
       await messages?.close();
+      // `done`'s failure was logged when the loop ended (above): stopping only waits for it.
       await done.catch(() => undefined);
     },
   };

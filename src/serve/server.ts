@@ -28,6 +28,7 @@ import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";
 import { MissingDriverError, openStores } from "./store.js";
 import { ServeStartError, ServeUsageError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
+import { warnOnFailure } from "../logger.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
@@ -705,11 +706,11 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     process.off("SIGTERM", onTerm);
     process.off("SIGINT", onInt);
     if (!started) {
-      await keys?.close().catch(() => undefined);
-      await metrics?.shutdown().catch(() => undefined);
+      await keys?.close().catch(warnOnFailure(logger, "closing the API key store"));
+      await metrics?.shutdown().catch(warnOnFailure(logger, "shutting the metrics down"));
     }
-    if (manager !== undefined) await manager.close().catch(() => undefined);
-    await webhooks?.close().catch(() => undefined);
+    if (manager !== undefined) await manager.close().catch(warnOnFailure(logger, "closing the credit manager"));
+    await webhooks?.close().catch(warnOnFailure(logger, "closing the webhook queue"));
     await resources?.close();
     process.off("SIGHUP", onHup);
     destination.flush();

@@ -1,5 +1,5 @@
 import type { Cache } from "../cache/index.js";
-import type { Logger } from "../logger.js";
+import { warnOnFailure, type Logger } from "../logger.js";
 import type { CreditManagerOptions } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
 import type { WorkerSettings } from "./worker-settings.js";
@@ -25,7 +25,7 @@ export interface WorkerResources {
 export async function openWorkerResources(settings: WorkerSettings, logger: Logger): Promise<WorkerResources> {
   const closers: (() => Promise<unknown>)[] = [];
   const close = async () => {
-    for (const c of closers.splice(0).reverse()) await c().catch(() => undefined);
+    for (const c of closers.splice(0).reverse()) await c().catch(warnOnFailure(logger, "closing a worker resource"));
   };
   let queue: NotificationQueue | undefined;
   let cache: Cache | undefined;

@@ -1,4 +1,4 @@
-import type { Logger } from "../logger.js";
+import { warnOnFailure, type Logger } from "../logger.js";
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
@@ -595,7 +595,7 @@ export class ExpirationService {
             this.logger?.error({ err: error, key }, "credit-management: job step failed");
             await this.ledger
               ?.logError("job step failed", { key, error: error instanceof Error ? error.message : String(error) })
-              .catch(() => undefined);
+              .catch(warnOnFailure(this.logger, "writing a failed job step's ledger event"));
           }
         }
       };

@@ -359,6 +359,7 @@ export class CreditLeases {
   private warm(userId: string, key: string, amount: number, spend: LeaseSpend): void {
     if (this.closed || amount > this.sizing.size || (this.exactUntil.get(key) ?? 0) > this.now()) return;
     const l = this.users.get(key);
+    // Background warm-up: `settle` logs a failure (warn) and the next call tries again.
     if (l === undefined) void this.open(userId, key, spend).catch(() => undefined);
     else if (l.settling === null && l.open) void this.settle(l, true).catch(() => undefined);
   }
@@ -380,6 +381,7 @@ export class CreditLeases {
     const l = block as UserLease;
     l.pending -= estimate;
     if (amount === 0) return true;
+    // Waits for the settle in flight only: `settle` logs its failure and it is retried; the block is checked again.
     if (l.settling !== null) await l.settling.catch(() => undefined);
     if (this.users.get(l.key) !== l || !blockServes(l, amount, this.now())) return false;
     this.take(l, amount, reason, extra, dims);
@@ -488,6 +490,7 @@ export class CreditLeases {
       );
     }
     // The block ran out: settle (and roll) now rather than at the tick.
+    // `settle` logs a failure (warn); the window is settled again at the next tick or charge.
     if (l.used + l.pending >= l.held) void this.settle(l, true).catch(() => undefined);
   }
 
@@ -520,6 +523,7 @@ export class CreditLeases {
         continue;
       }
       if (l.settling !== null) {
+        // Waits for the settle in flight only: `settle` logs its failure and it is retried.
         await l.settling.catch(() => undefined);
         continue;
       }
@@ -649,6 +653,7 @@ export class CreditLeases {
         continue;
       }
       l.fresh = false;
+      // `settle` logs a failure (warn); the window is settled again at the next tick or charge.
       void this.settle(l, l.requests > 0 || !l.open).catch(() => undefined);
     }
   }
@@ -660,6 +665,7 @@ export class CreditLeases {
         const pending = l.settling;
         settles.push(
           pending
+            // The settle in flight logged its own failure; the one after it (or its absence) is what counts here.
             .catch(() => undefined)
             .then(() => (roll || this.users.get(l.key) !== l ? undefined : this.settle(l, false))),
         );

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
-import type { Logger } from "../logger.js";
+import { warnOnFailure, type Logger } from "../logger.js";
 import {
   ConfigurationError,
   IdempotencyConflictError,
@@ -462,7 +462,7 @@ export class MeterSession {
         },
         { userId: this.userId, correlationId: this.options.correlationId },
       )
-      .catch(() => undefined);
+      .catch(warnOnFailure(this.deps.logger, "writing a metering shortfall's ledger event"));
   }
 
   /**
@@ -493,7 +493,7 @@ export class MeterSession {
         },
         { userId: this.userId, correlationId: this.options.correlationId },
       )
-      .catch(() => undefined);
+      .catch(warnOnFailure(this.deps.logger, "writing an uncharged attempt's ledger event"));
     return outcome;
   }
 

@@ -1,6 +1,7 @@
 import type { Payment } from "../models/index.js";
 import { checkoutState, mayRecordCheckout } from "../domain/payments.js";
 import { ConflictError, NotFoundError } from "../errors.js";
+import { warnOnFailure } from "../logger.js";
 import type { CheckoutRequest, CheckoutResult, PaymentProvider } from "../payments/types.js";
 import type { UnitDeps } from "./account-unit.js";
 
@@ -195,7 +196,7 @@ export class PaymentCheckouts {
       cancelled
         ? this.deps.ledger?.logSystem(`${message}; cancelled at the provider`, details, context)
         : this.deps.ledger?.logError(`${message}; NOT cancelled (${reason})`, { ...details, reason }, context)
-    )?.catch(() => undefined);
+    )?.catch(warnOnFailure(this.deps.logger, "writing a discarded checkout's ledger event"));
   }
 }
 

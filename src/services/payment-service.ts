@@ -1,6 +1,6 @@
 import { basisOfPrice } from "../domain/revenue.js";
 import { createHash, randomUUID } from "node:crypto";
-import type { Logger } from "../logger.js";
+import { warnOnFailure, type Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager, DbTransaction, LoadedState } from "../db/types.js";
 import type { AccountWork, EntryMeta } from "../domain/account-work.js";
@@ -346,7 +346,7 @@ export class PaymentService {
             provider: provider.name,
             ...error.details,
           })
-          .catch(() => undefined);
+          .catch(warnOnFailure(this.deps.logger, "writing the rejected webhook's ledger event"));
       }
       throw error;
     }

@@ -160,10 +160,18 @@ export class SubscriptionService {
     const before = await this.requirePlan(id);
     const inactive = before.isActive ? await this.writePlan(id, (plan) => ({ ...plan, isActive: false })) : before;
     if (await this.db.planHasSubscribers(id)) {
-      if (before.isActive) await this.writePlan(id, (plan) => ({ ...plan, isActive: true })).catch(() => undefined);
-      throw new ConflictError(`Plan ${id} has subscribers: it cannot be deleted (deactivate it instead).`, {
-        planId: id,
-      });
+      // Put back as it was; a failure to is said in the answer rather than lost.
+      const restored =
+        !before.isActive ||
+        (await this.writePlan(id, (plan) => ({ ...plan, isActive: true })).then(
+          () => true,
+          () => false,
+        ));
+      throw new ConflictError(
+        `Plan ${id} has subscribers: it cannot be deleted (deactivate it instead).` +
+          (restored ? "" : " Reactivating it failed: it was left inactive."),
+        restored ? { planId: id } : { planId: id, leftInactive: true },
+      );
     }
     if (!(await this.db.deletePlan(id, inactive.version))) {
       throw new ConflictError(`Plan ${id} changed while it was being deleted; try again.`, { planId: id });

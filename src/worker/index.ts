@@ -228,6 +228,7 @@ export function createWorker(manager: CreditManager, options: WorkerOptions = {}
   const inFlight = new Set<Promise<unknown>>();
   const track = <T>(p: Promise<T>): Promise<T> => {
     inFlight.add(p);
+    // Bookkeeping only: `p` itself goes back to the caller, which handles its failure.
     void p.finally(() => inFlight.delete(p)).catch(() => undefined);
     return p;
   };

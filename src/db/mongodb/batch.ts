@@ -347,6 +347,8 @@ export class MongoBatch {
       return await this.runUnits();
     } finally {
       if (this.session !== null) {
+        // Cleanup only: the batch's own result or error is what `run` answers; the server aborts an abandoned
+        // transaction and times out a session that fails to end.
         if (this.inTransaction) await this.session.abortTransaction().catch(() => undefined);
         await this.session.endSession().catch(() => undefined);
       }
@@ -534,6 +536,7 @@ export class MongoBatch {
         throw this.fail(error);
       }
     });
+    // The chain only orders the next step after this one; `next`, returned, carries the error to its caller.
     this.chain = next.catch(() => undefined);
     return next;
   }

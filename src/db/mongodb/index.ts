@@ -531,6 +531,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
         }
         throw toCreditError(error, "transaction");
       } finally {
+        // The outcome is decided above; a session that fails to end is timed out by the server.
         await session.endSession().catch(() => undefined);
       }
     }

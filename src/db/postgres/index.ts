@@ -807,7 +807,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         await client.query("COMMIT");
         return result.rows as Record<string, unknown>[];
       } catch (error) {
-        await client.query("ROLLBACK").catch(() => undefined);
+        // The statement's error is the one reported; a connection that cannot roll back is dropped, not pooled.
+        await client.query("ROLLBACK").catch((rollbackError: unknown) => (failure = rollbackError));
         throw error;
       }
     } catch (error) {

@@ -22,6 +22,7 @@ export function deferred<T>(): Deferred<T> {
     resolve = res;
     reject = rej;
   });
+  // The waiter, if any, gets the rejection through `promise`; this only keeps it from being unhandled.
   promise.catch(() => {});
   return { promise, resolve, reject };
 }

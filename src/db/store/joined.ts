@@ -19,6 +19,7 @@ export function joinedStore<S extends DbManager>(
   const transaction = <T>(userId: string, fn: (tx: DbTransaction) => Promise<T> | T): Promise<T> => {
     const next = () => run(userId, fn);
     const result = tail.then(next, next);
+    // The tail only orders the next unit after this one; `result`, returned, carries the error to its caller.
     tail = result.catch(() => undefined);
     return result;
   };

@@ -139,6 +139,7 @@ export function creditMetering(options: CreditMeteringOptions) {
         },
         async cancel(reason) {
           await cut();
+          // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
           await reader.cancel(reason).catch(() => undefined);
         },
       });
@@ -230,6 +231,7 @@ async function fixedPrice(
     },
     async cancel(reason) {
       if (!priced.done) priced.notCharged("aborted");
+      // Cancelling a stream that already failed or closed rejects: nothing is left to read either way.
       await reader.cancel(reason).catch(() => undefined);
     },
   });
