@@ -586,6 +586,8 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
       const seeds = store.name === "memory" ? 12 : 3;
       /** Figures seen other than 0, so the run is known to have stored and read the bases back. */
       const seen = { paid: 0, recognized: 0, breakage: 0, refunds: 0 };
+      /** What refunds' and lost disputes' take-backs drew on: grants by source (paid or free), and debt. */
+      const tookFrom = new Map<string, number>();
       /** Subscription grants with a basis, by description: allocations, allowances, prorated upgrades. */
       const pricedSubscriptionGrants = new Map<string, number>();
       for (let seed = 1; seed <= seeds; seed++) {
@@ -743,6 +745,32 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
             if (e.type === "add") for (const g of e.grants) offsets.set(g.grantId, e.amount - g.amount);
           const stored = storedDeferred(grants, held, offsets);
           for (const [c, t] of totals) expect(t.end).toBe(stored.get(c) ?? 0);
+          // Unbilled credits are the debt the journal's entries created, whatever created it (usage or a take-back).
+          let debtCreated = 0;
+          entries.forEach((e, i) => (debtCreated += Math.max(0, e.debtAfter - (entries[i - 1]?.debtAfter ?? 0))));
+          expect(ofCurrency(report.rows, null).reduce((s, x) => s + x.unbilledCredits, 0)).toBe(debtCreated);
+          // Refunds are the cash value of the credits take-backs took, whatever grant they drew on
+          // (a top-up's basis is 1/3 cent; each take-back's pieces are rounded apart, by at most a cent each).
+          const sourceOf = new Map(grants.map((g) => [g.id, `${g.source}${g.costBasis == null ? " (free)" : ""}`]));
+          const cash = new Map<string, { value: number; pieces: number }>();
+          for (const e of entries) {
+            const p = paid.find((x) => x.id === e.metadata?.paymentId);
+            if (p === undefined || typeof e.metadata?.refundedAmount !== "number") continue;
+            const c = cash.get(p.currency) ?? { value: 0, pieces: 0 };
+            c.value += e.amount / 3;
+            c.pieces += 2;
+            cash.set(p.currency, c);
+            let drawn = 0;
+            for (const g of e.grants) {
+              if (g.kind === "returned") continue;
+              drawn += g.amount;
+              const k = sourceOf.get(g.grantId) ?? "?";
+              tookFrom.set(k, (tookFrom.get(k) ?? 0) + 1);
+            }
+            if (e.type === "deduct" && drawn < e.amount) tookFrom.set("debt", (tookFrom.get("debt") ?? 0) + 1);
+          }
+          for (const [c, { value, pieces }] of cash)
+            expect(Math.abs((totals.get(c)?.refunds ?? 0) - value)).toBeLessThanOrEqual(pieces);
           // Grouped by feature and spender, the figures add up to the same.
           const grouped = await credits.getRevenue({
             account: u,
@@ -760,6 +788,11 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
         }
       }
       expect(Math.min(seen.paid, seen.recognized, seen.breakage, seen.refunds)).toBeGreaterThan(0);
+      // Take-backs drew on every kind of grant, paid and free (rollover and free plans' too, on most runs), and past the balance.
+      if (store.name === "memory")
+        expect([...tookFrom.keys()]).toEqual(
+          expect.arrayContaining(["debt", "manual", "payment", "promo (free)", "subscription"]),
+        );
       // Priced subscription periods were in the journals, their allowances too; prorated upgrades on the longer run.
       expect(pricedSubscriptionGrants.get("subscription period credits") ?? 0).toBeGreaterThan(0);
       expect(pricedSubscriptionGrants.get("subscription allowance credits") ?? 0).toBeGreaterThan(0);
