@@ -15,11 +15,14 @@ describe("the cost basis in the console (docs/revenue.md, 'Where finance reads i
     const body = await (await h(new Request("http://x/console/accounts/acme"))).text();
     const grants = body.slice(body.indexOf("Grants, in burn-down order"), body.indexOf('id="limits"'));
     expect(grants).toContain("Cost basis / credit");
-    expect(grants).toMatch(/<code>1999\/3000<\/code> USD/);
+    // 1999/3000 of a cent per credit, in dollars (≈ $0.006663), the stored value on hover.
+    expect(grants).toMatch(
+      /<span class="basis money" title="1999\/3000 of the smallest unit of USD per credit, as stored">≈\$0\.006663<\/span>/,
+    );
     // The promo grant is free: no revenue.
     expect(grants).toMatch(/<span class="muted">free<\/span>/);
     const journal = body.slice(body.indexOf('id="journal-table"'));
-    expect(journal).toMatch(/sold at <span class="basis"[^>]*><code>1999\/3000<\/code> USD<\/span>\s*per credit/);
+    expect(journal).toMatch(/sold at <span class="basis money"[^>]*>≈\$0\.006663<\/span>\s*per credit/);
     expect(journal.match(/sold at/g)).toHaveLength(1);
   });
 });
@@ -41,8 +44,11 @@ describe("the console's revenue page (docs/console.md, 'Revenue')", () => {
     expect(r.status).toBe(200);
     const body = await r.text();
     expect(body).toContain('<a href="/console/revenue">Revenue</a>');
-    expect(body).toMatch(/<div class="k">Deferred now<\/div>\s*<div class="v">1,799<\/div>/);
-    expect(body).toMatch(/<div class="k">Recognized<\/div>\s*<div class="v">200<\/div>/);
+    // Money in its currency: 1,799 cents are $17.99 (docs/console.md, "Money and dates").
+    expect(body).toMatch(/<div class="k">Deferred now<\/div>\s*<div class="v">\$17\.99<\/div>/);
+    expect(body).toMatch(/<div class="k">Recognized<\/div>\s*<div class="v">\$2\.00<\/div>/);
+    expect(body).toMatch(/<td class="num">\$19\.99<\/td>/); // paid, in the table
+    expect(body).toContain('"money":{"currency":"USD","digits":2}'); // the charts' axes and legends
     expect(body).toContain('data-usage-chart="deferred-USD-data"');
     expect(body).toContain('data-usage-chart="recognized-USD-data"');
     expect(body).toMatch(/Usage on credit \(debt\) in this range: <strong>40<\/strong> credits/);
@@ -55,6 +61,12 @@ describe("the console's revenue page (docs/console.md, 'Revenue')", () => {
     // A range in the past: its last month's end; a bad month falls back to the default range.
     const past = await (await h(new Request(`http://x/console/revenue?to=${month}&account=acme`))).text();
     expect(past).toContain(`Deferred at ${month}&#39;s end`);
-    expect((await h(new Request("http://x/console/revenue?from=2026-13&to=x"))).status).toBe(200);
+    const bad = await h(new Request("http://x/console/revenue?from=2026-13&to=x"));
+    expect(bad.status).toBe(200);
+    // The months are text fields written YYYY-MM, never the browser's month picker; a bad one is named.
+    const badText = await bad.text();
+    expect(badText).toContain('placeholder="YYYY-MM"');
+    expect(badText).not.toContain('type="month"');
+    expect(badText).toContain("From: &quot;2026-13&quot; is not a month (YYYY-MM)");
   });
 });

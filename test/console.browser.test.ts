@@ -524,6 +524,16 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
         await visit(p, `/accounts/${ids.user}/holds/${ids.hold}`);
         await visit(p, `/accounts/${encodeURIComponent(HOSTILE_USER)}`);
         expect(await p.locator("h1 .mono").textContent()).toBe(HOSTILE_USER);
+        // The journal's date filter: ISO days in text fields (never the browser's mm/dd/yyyy picker).
+        expect(await p.locator("#journal ~ form input[name=from]").getAttribute("type")).toBeNull();
+        expect(await p.locator("#journal ~ form input[name=from]").getAttribute("placeholder")).toBe("YYYY-MM-DD");
+        expect(await p.locator("input[type=date], input[type=month]").count()).toBe(0);
+        // The account's payment in its currency: 300 cents are $3.00.
+        await visit(p, `/payments?user=${ids.user}`);
+        expect(await p.locator("main table tbody tr[id^=pay-] td.num").first().textContent()).toBe("$3.00");
+        // The accounts page names its ledger list for what it shows.
+        await visit(p, "/");
+        expect(await p.locator("h2#events").textContent()).toBe("Recent system events and errors");
         await visit(p, "/outbox");
         expect(await p.locator("main table tbody tr").first().textContent()).toContain("queue down");
         for (const path of [
@@ -540,6 +550,27 @@ describe.skipIf(!existsSync(CHROMIUM))("console in a browser", () => {
           await visit(p, path);
         await p.waitForSelector("#usage-chart[data-ready='1'] canvas");
         expect(await p.locator("#usage-table tbody").textContent()).toContain("gpt-4o-mini");
+        // Every scheduled subscription is listed (on SQLite too: times compare as ISO text there).
+        await visit(p, "/subscriptions");
+        expect(await p.locator("main table").nth(1).textContent()).toContain("user-0002");
+        // At 800 px no page scrolls sideways (a user's laptop split in two).
+        await p.setViewportSize({ width: 800, height: 800 });
+        for (const path of [
+          "/",
+          `/accounts/${ids.user}`,
+          `/payments?user=${ids.user}`,
+          "/subscriptions",
+          "/promos?user=user-0001",
+          "/outbox",
+          "/jobs",
+          `/usage?account=${ids.user}`,
+          "/revenue",
+        ]) {
+          await visit(p, path);
+          const wide = await p.evaluate(() => (globalThis as unknown as Shape).document.documentElement.scrollWidth);
+          expect(wide, `${path} at 800 px`).toBeLessThanOrEqual(800);
+        }
+        await p.setViewportSize({ width: 1100, height: 800 });
         expect(problems).toEqual([]);
         if (process.env.UPDATE_SCREENSHOTS === "1" && backend.name === "sqlite") {
           await visit(p, `/accounts/${ids.user}`);
@@ -959,6 +990,22 @@ describe.skipIf(!existsSync(CHROMIUM))("a team account: its limits and each memb
 
     const limits = await rows("limit-table");
     expect(limits).toHaveLength(4);
+    // "1,700 / 2,000" on one line, at 1,100 px and at 800 px.
+    for (const width of [1100, 800]) {
+      await p.setViewportSize({ width, height: 800 });
+      const lines = await p.evaluate(() =>
+        [
+          ...(
+            globalThis as unknown as {
+              document: { querySelectorAll(s: string): { getClientRects(): { length: number } }[] };
+            }
+          ).document.querySelectorAll("#limit-table .pair"),
+        ].map((e) => e.getClientRects().length),
+      );
+      expect(lines.length, `pairs at ${width} px`).toBe(4);
+      expect(new Set(lines), `pairs at ${width} px`).toEqual(new Set([1]));
+    }
+    await p.setViewportSize({ width: 1100, height: 800 });
     expect(limits[0]).toMatch(/^every spender \| every feature \| month \| 2,237 \/ 20,000 \| 17,763 \| /);
     expect(limits[1]).toMatch(/^alice \| every feature \| month \| 1,700 \/ 2,000 \| 300 \| /);
     expect(limits[2]).toMatch(/^bob \| every feature \| month \| 500 \/ 500 \| 0 \| /); // spent to its cap

@@ -263,7 +263,8 @@ describe("the account page's auto top-up (docs/console.md, Pages)", () => {
       let text = await page();
       expect(text).toContain('id="auto-top-up-rule"');
       expect(text).toContain("a spend takes available credits below 100");
-      expect(text).toContain("500 USD each time");
+      // 500 in the smallest unit of USD: $5.00, written in its currency (docs/console.md, "Money and dates").
+      expect(text).toContain("$5.00 each time");
       expect(text).not.toContain("<script>alert(1)");
       expect(text).toContain("cus_&lt;script&gt;");
       expect(text).toMatch(/In flight<\/dt>\s*<dd>\s*<span class="mono">/);
@@ -277,7 +278,8 @@ describe("the account page's auto top-up (docs/console.md, Pages)", () => {
       expect(attempts).toContain("pi_ok_1");
       expect(attempts).toContain("failed");
       expect(attempts).toContain("pi_no_2");
-      expect(attempts).toContain("500 USD");
+      expect(attempts).toContain("$5.00");
+      expect(attempts).not.toContain("500 USD");
       expect(text).toContain("card_declined");
     } finally {
       await m.close();

@@ -131,8 +131,51 @@ describe.skipIf(!existsSync(CHROMIUM))("the console's revenue page in a browser"
       return r.violations.filter((v) => v.impact === "serious" || v.impact === "critical").map((v) => v.id);
     });
     expect(serious).toEqual([]);
-    // No page wider than the window.
+    // No page wider than the window, at 1,100 px and at 800.
     expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(1100);
+    // Money in its currency: the cards, the table and the charts' legends and axes ($1,234.56, €…).
+    const cards = await p.locator("#revenue-USD .card .v").allTextContents();
+    expect(cards).toHaveLength(5);
+    for (const c of cards) expect(c).toMatch(/^\$[\d,]+\.\d{2}$/);
+    const paid = report.rows.filter((r) => r.currency === "USD").reduce((s, r) => s + r.paid, 0);
+    expect(cards[1]).toBe(new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" }).format(paid / 100));
+    expect(await p.locator("#revenue-table tbody tr td.num").first().textContent()).toMatch(/^[$€][\d,]+\.\d{2}$/);
+    // The legends read figures, never uPlot's "--": without a month pointed at, the range's totals
+    // (the text without the ":" the style sheet adds).
+    const legend = (await p.locator("#recognized-EUR .u-legend").textContent()) ?? "";
+    expect(legend).not.toContain("--");
+    const recognized = eur.reduce((s, r) => s + r.recognized, 0);
+    expect(legend).toContain(
+      `recognized (EUR)${new Intl.NumberFormat("en-US", { style: "currency", currency: "EUR" }).format(recognized / 100)}`,
+    );
+    expect(await p.locator("#deferred-EUR .u-legend").textContent()).toContain(
+      new Intl.NumberFormat("en-US", { style: "currency", currency: "EUR" }).format(
+        (eur.at(-1)?.deferredEnd ?? 0) / 100,
+      ),
+    );
+    const ticks = await p.evaluate(() => {
+      const chart = (globalThis as unknown as Win).document.getElementById("deferred-EUR")?.chart as unknown as {
+        axes: { _values?: string[] }[];
+      };
+      return chart.axes[1]?._values ?? [];
+    });
+    expect(ticks.length).toBeGreaterThan(1);
+    for (const t of ticks) expect(t).toMatch(/^€[\d,.K]+$/);
+    // Pointed at a month, the legend reads that month.
+    const box = await p.locator("#recognized-EUR .u-over").boundingBox();
+    if (box === null) throw new Error("no plot");
+    await p.mouse.move(box.x + box.width - 20, box.y + box.height / 2);
+    expect(await p.locator("#recognized-EUR .u-legend").textContent()).toContain(
+      `Month${new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)).toISOString().slice(0, 7)}`,
+    );
+    // The months are ISO text fields, never the browser's month picker.
+    expect(await p.locator("input[name=from]").getAttribute("placeholder")).toBe("YYYY-MM");
+    expect(await p.locator("input[type=month]").count()).toBe(0);
+    await p.setViewportSize({ width: 800, height: 900 });
+    await p.reload();
+    await p.waitForSelector("#deferred-USD[data-ready='1'] canvas");
+    expect(await p.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(800);
+    await p.setViewportSize({ width: 1100, height: 900 });
     if (process.env.UPDATE_SCREENSHOTS === "1")
       await p.screenshot({ path: join(root, "docs/console/revenue.png"), fullPage: true });
     expect(problems).toEqual([]);

@@ -122,6 +122,16 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     await p.waitForSelector("#usage-chart[data-ready='1'] canvas");
     expect(new Set(await legend(p, "usage-chart"))).toEqual(new Set(["gpt-4o", "claude-sonnet", HOSTILE_MODEL]));
     expect(await p.locator("#usage-total").textContent()).toBe(seeded.toLocaleString("en-US"));
+    // The legend reads figures, never uPlot's "--" placeholders: the range and each model's total
+    // (the text without the ":" the style sheet adds), their sum the page's total.
+    const legendText = (await p.locator("#usage-chart .u-legend").textContent()) ?? "";
+    expect(legendText).not.toContain("--");
+    expect(legendText).toMatch(/^Day\d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2}/);
+    const totals = await p.locator("#usage-chart .u-legend .u-value").allTextContents();
+    expect(totals.slice(1).reduce((s, v) => s + Number(v.replace(/,/g, "")), 0)).toBe(seeded);
+    // The days are ISO text fields, never the browser's mm/dd/yyyy date picker.
+    expect(await p.locator("input[name=from]").getAttribute("value")).toMatch(/^\d{4}-\d{2}-\d{2}$/);
+    expect(await p.locator("input[type=date]").count()).toBe(0);
     // The hostile model name is text in the legend and in the table, never markup.
     expect(await p.locator(".u-legend").textContent()).toContain(HOSTILE_MODEL);
     expect(await p.locator("#usage-table tbody").textContent()).toContain(HOSTILE_MODEL);
@@ -163,6 +173,7 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     expect(new Set(await legend(p, "account-usage-chart"))).toEqual(
       new Set(["gpt-4o", "claude-sonnet", HOSTILE_MODEL]),
     );
+    expect(await p.locator("#account-usage-chart .u-legend").textContent()).not.toContain("--");
     await p.waitForSelector("#balance-chart[data-ready='1'] canvas");
     await clean(p, "the account page");
     await p.close();
@@ -178,6 +189,9 @@ describe.skipIf(!existsSync(CHROMIUM))("usage pages in a browser", () => {
     expect(await p.locator("#spent").textContent()).toBe(seeded.toLocaleString());
     expect(new Set(await legend(p, "usage-chart"))).toEqual(new Set(["gpt-4o", "claude-sonnet", HOSTILE_MODEL]));
     expect(await p.locator("#recent tbody").textContent()).toContain(HOSTILE_MODEL);
+    expect(await p.locator("#usage-chart .u-legend").textContent()).not.toContain("--");
+    // Days as YYYY-MM-DD, as in the legend.
+    expect(await p.locator("#recent tbody tr td").first().textContent()).toMatch(/^\d{4}-\d{2}-\d{2}$/);
     expect(await p.locator("main img").count()).toBe(0);
     await clean(p, "the customer page");
     if (process.env.UPDATE_SCREENSHOTS === "1") {

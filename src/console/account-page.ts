@@ -11,13 +11,23 @@ import {
   type Payment,
 } from "../models/index.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
-import { amount, enc, html, jsonData, query, raw, relative, when, type Html } from "./html.js";
+import { amount, enc, html, jsonData, money, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { accountUsage, partialNote, recentEntries, recentUsage } from "./usage-page.js";
 import { basisText } from "./cost-basis.js";
 import type { UsageReport } from "../models/usage.js";
 import { notificationTable } from "./outbox-page.js";
-import { AUDIT_MESSAGE, PAGE, accountLink, actionForm, dateParam, metaList, pager, scopeText } from "./page-parts.js";
+import {
+  AUDIT_MESSAGE,
+  PAGE,
+  accountLink,
+  actionForm,
+  dayField,
+  dayParam,
+  metaList,
+  pager,
+  scopeText,
+} from "./page-parts.js";
 import { paymentTable } from "./payments-page.js";
 import { subscriptionTable } from "./subscriptions-page.js";
 
@@ -32,6 +42,20 @@ function parseTypes(values: string[]): EntryType[] | undefined {
   return types.length === 0 ? undefined : types;
 }
 
+/**
+ * A bound of the journal filter: a day `YYYY-MM-DD` (UTC) — "to" includes that day — or an exact
+ * ISO time; an error naming the field for anything else (the filter then leaves it out).
+ */
+function journalBound(value: string | null, name: "From" | "To", end: boolean): { at?: Date; error?: string } {
+  const day = dayParam(value);
+  if (day === undefined) return {};
+  if (day !== null) return { at: end ? new Date(day.getTime() + 86_400_000) : day };
+  const v = (value ?? "").trim();
+  const t = /^\d{4}-\d{2}-\d{2}T/.test(v) ? new Date(v) : null;
+  if (t !== null && !Number.isNaN(t.getTime())) return { at: t };
+  return { error: `${name}: "${v}" is not a day: write it as YYYY-MM-DD (UTC).` };
+}
+
 /** The page's own check of the hash chain: each entry's hash, and each link to the one before. */
 function chainCheck(entries: readonly JournalEntry[]): { ok: boolean; text: string } {
   for (let i = 0; i < entries.length; i++) {
@@ -42,7 +66,13 @@ function chainCheck(entries: readonly JournalEntry[]): { ok: boolean; text: stri
     if (older !== undefined && older.seq === e.seq - 1 && e.prevHash !== older.hash)
       return { ok: false, text: `entry #${e.seq} does not chain to #${older.seq}` };
   }
-  return { ok: true, text: `the ${entries.length} entries shown match their hashes and chain` };
+  return {
+    ok: true,
+    text:
+      entries.length === 1
+        ? "the entry shown matches its hash"
+        : `the ${entries.length} entries shown match their hashes and chain`,
+  };
 }
 
 function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
@@ -89,8 +119,11 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   if (account === null) return { status: 404, title: "No such account", body: html`<h1>No account ${userId}</h1>` };
   const before = Number(sp.get("before") ?? "");
   const types = parseTypes(sp.getAll("type"));
-  const from = dateParam(sp.get("from"));
-  const to = dateParam(sp.get("to"));
+  const fromBound = journalBound(sp.get("from"), "From", false);
+  const toBound = journalBound(sp.get("to"), "To", true);
+  const { at: from } = fromBound;
+  const { at: to } = toBound;
+  const filterErrors = [fromBound.error, toBound.error].filter((e): e is string => e !== undefined);
   // This calendar month (UTC), for the spend per spender. It, the usage by day and the balance
   // chart are of the newest entries: one bounded read, whatever the journal's size (docs/console.md).
   const month = calendarWindow("month", ctx.now.getTime());
@@ -218,7 +251,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
         { label: "Expires (TTL)", short: true },
         "Reason",
         "Metadata",
-        { label: "Action", short: true },
+        { label: "Action", short: true, quiet: true },
       ],
       rows: holds.map((h) => [
         html`<a href="${ctx.base}/accounts/${enc(userId)}/holds/${enc(h.id)}" class="mono">${shortId(h.id)}</a>`,
@@ -242,10 +275,13 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
             >`,
         )}
       </fieldset>
-      <label>From<input type="date" name="from" value="${sp.get("from") ?? ""}" /></label
-      ><label>To (before)<input type="date" name="to" value="${sp.get("to") ?? ""}" /></label
-      ><button type="submit">Filter</button>
+      ${dayField("From (UTC)", "from", sp.get("from") ?? "")}${dayField("To (UTC, included)", "to", sp.get("to") ?? "")}<button
+        type="submit"
+      >
+        Filter
+      </button>
     </form>
+    ${filterErrors.map((e) => html`<p class="error" role="alert">${e}</p>`)}
     ${table({
       id: "journal-table",
       columns: [
@@ -255,7 +291,7 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
         { label: "Credits", num: true },
         { label: "Balance after", num: true },
         "Description",
-        "Caused by",
+        { label: "Caused by", wide: true },
         "Metadata",
       ],
       rows: entries.map((e) => [
@@ -307,11 +343,11 @@ function limitTable(ctx: Ctx, limits: readonly SpendLimitStatus[]): Html {
       { label: "Resets", short: true },
     ],
     rows: limits.map((l) => [
-      l.spender ?? html`<span class="muted">every spender</span>`,
-      l.feature ?? html`<span class="muted">every feature</span>`,
+      l.spender ?? html`<span class="muted phrase">every spender</span>`,
+      l.feature ?? html`<span class="muted phrase">every feature</span>`,
       periodText(l),
       html`<meter min="0" max="${Math.max(l.amount, 1)}" value="${Math.min(l.used, l.amount)}">${amount(l.used)}</meter>
-        ${amount(l.used)} / ${amount(l.amount)}`,
+        <span class="pair">${amount(l.used)} / ${amount(l.amount)}</span>`,
       l.remaining === 0 ? html`<span class="bad">0</span>` : amount(l.remaining),
       html`${when(l.resetsAt)} (${relative(l.resetsAt, ctx.now)})`,
     ]),
@@ -339,7 +375,7 @@ function spenderTable(usage: UsageReport, limits: readonly SpendLimitStatus[]): 
     id: "spender-table",
     columns: ["Spender", { label: "Credits spent", num: true }, { label: "Spends", num: true }, "Own limits"],
     rows: sorted.map(([spender, r]) => [
-      spender ?? html`<span class="muted">no spender</span>`,
+      spender ?? html`<span class="muted phrase">no spender</span>`,
       amount(r.credits),
       amount(r.count),
       spender === null
@@ -349,7 +385,7 @@ function spenderTable(usage: UsageReport, limits: readonly SpendLimitStatus[]): 
             .map(
               (l) =>
                 html`<div>
-                  ${amount(l.used)} / ${amount(l.amount)} per
+                  <span class="pair">${amount(l.used)} / ${amount(l.amount)}</span> per
                   ${periodText(l)}${l.feature === null ? "" : ` on ${l.feature}`}
                 </div>`,
             ),
@@ -361,7 +397,7 @@ function spenderTable(usage: UsageReport, limits: readonly SpendLimitStatus[]): 
 function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
   return table({
     columns: [
-      { label: "Order", num: true },
+      { label: "#", num: true },
       { label: "Grant", short: true },
       { label: "Source", short: true },
       { label: "Remaining / granted", num: true },
@@ -370,7 +406,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
       { label: "Cost basis / credit", short: true },
       "Pays for",
       "Description",
-      { label: "Action", short: true },
+      { label: "Action", short: true, quiet: true },
     ],
     rows: grants.map((g, i) => ({
       id: `grant-${g.id}`,
@@ -381,7 +417,7 @@ function grantTable(ctx: Ctx, userId: string, grants: readonly Grant[]): Html {
         html`<meter min="0" max="${g.amount}" value="${g.remaining}" aria-label="Remaining of grant ${i + 1}">
             ${amount(g.remaining)}
           </meter>
-          ${amount(g.remaining)} / ${amount(g.amount)}`,
+          <span class="pair">${amount(g.remaining)} / ${amount(g.amount)}</span>`,
         g.expiresAt === null ? "never" : html`${when(g.expiresAt)} (${relative(g.expiresAt, ctx.now)})`,
         g.priority,
         basisText(g.costBasis),
@@ -418,11 +454,11 @@ function autoTopUpSection(ctx: Ctx, s: AutoTopUpState | null, attempts: readonly
   const r = s.rule;
   const charge =
     r.amount !== null
-      ? `${amount(r.amount)} ${r.currency} each time`
+      ? `${money(r.amount, r.currency)} each time`
       : `up to a balance of ${amount(r.toBalance ?? 0)} credits`;
   const caps = [
-    r.minAmount === null ? null : `at least ${amount(r.minAmount)} ${r.currency}`,
-    r.maxAmount === null ? null : `at most ${amount(r.maxAmount)} ${r.currency}`,
+    r.minAmount === null ? null : `at least ${money(r.minAmount, r.currency)}`,
+    r.maxAmount === null ? null : `at most ${money(r.maxAmount, r.currency)}`,
     r.maxPerMonth === null ? null : `${r.maxPerMonth} a month (${s.monthCount} in ${s.month ?? "this month"})`,
     `disabled after ${r.maxFailures} declines in a row`,
   ].filter((c): c is string => c !== null);
@@ -465,7 +501,7 @@ function autoTopUpSection(ctx: Ctx, s: AutoTopUpState | null, attempts: readonly
       rows: attempts.map((p) => [
         { cell: shortId(p.id), cls: "mono" },
         attemptState(p),
-        `${amount(p.amount)} ${p.currency}`,
+        money(p.amount, p.currency),
         amount(p.credits),
         html`${p.providerPaymentId ?? p.providerRef ?? "—"}`,
         when(p.createdAt),

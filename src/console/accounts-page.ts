@@ -3,7 +3,8 @@ import { amount, html, query, raw, relative, when } from "./html.js";
 import { table } from "./table.js";
 import { PAGE, accountLink, ledgerTable, pager } from "./page-parts.js";
 
-// The console's first page (docs/console.md): accounts, searched by user id, and recent activity.
+// The console's first page (docs/console.md): accounts, searched by user id, and the recent
+// system and error events of the ledger.
 
 export async function accountsPage(ctx: Ctx): Promise<PageResult> {
   const db = ctx.manager.db;
@@ -58,7 +59,12 @@ export async function accountsPage(ctx: Ctx): Promise<PageResult> {
       empty: "No account found.",
     })}
     ${pager(ctx, "/", { q: q === "" ? undefined : q }, next)}
-    <h2>Recent activity</h2>
-    ${ledgerTable(ctx, recent)}`;
+    <h2 id="events">Recent system events and errors</h2>
+    <p class="muted">
+      What the service logged besides the accounts' journals: job rounds (also on the
+      <a href="${ctx.base}/jobs">Jobs</a> page), console actions, errors. What happened to an account — its grants,
+      spends, holds — is in its journal: open the account.
+    </p>
+    ${ledgerTable(ctx, recent, "No system event or error logged yet.")}`;
   return { title: "Accounts", body };
 }

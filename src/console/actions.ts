@@ -1,7 +1,7 @@
 import { CreditError, NotFoundError, ValidationError } from "../errors.js";
 import { newId } from "../util/uuid.js";
 import { csrfField, type Ctx, type PageResult } from "./context.js";
-import { enc, html, query } from "./html.js";
+import { amount, enc, html, money, query, type Html } from "./html.js";
 import { AUDIT_MESSAGE } from "./page-parts.js";
 
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
@@ -9,7 +9,10 @@ const ACTIONS = {
   grant: { fields: ["amount", "days", "description"], ask: "Grant credits to this account?" },
   void: { fields: ["grant", "description"], ask: "Void what is left of this grant? Its credits are taken back." },
   release: { fields: ["hold", "description"], ask: "Release this hold? Its credits become available again." },
-  refund: { fields: ["payment", "amount"], ask: "Record a refund of this payment? Its credits are taken back." },
+  refund: {
+    fields: ["payment", "amount"],
+    ask: "Record a refund of all of this payment? Its credits are taken back. Refund it at the provider first.",
+  },
   retry: { fields: ["notification"], ask: "Queue this failed notification for delivery again?" },
   audit: { fields: [], ask: "Run a full audit of this account (replays its whole journal)?" },
   "webhook-retry": {
@@ -58,18 +61,57 @@ function described(form: FormData, done: string, actor: string): string {
 /** Actions whose reason is asked on the confirmation page (a grant's is on the account page). */
 const REASON_ON_CONFIRM: ReadonlySet<ActionName> = new Set(["void", "release"]);
 
+/** What the confirmation page calls each field. */
+const LABELS: Record<string, string> = {
+  user: "Account",
+  amount: "Amount",
+  days: "Expires in",
+  description: "Reason",
+  grant: "Grant",
+  hold: "Hold",
+  payment: "Payment",
+  notification: "Notification",
+  endpoint: "Endpoint",
+  event: "Event",
+};
+
+/** A field's value as the confirmation page shows it: credits with separators, a refund's money. */
+async function shownValue(ctx: Ctx, name: ActionName, form: FormData, f: string): Promise<Html> {
+  const v = field(form, f);
+  if (name === "grant" && f === "amount" && /^[0-9]+$/.test(v)) return html`${amount(Number(v))} credits`;
+  if (name === "grant" && f === "days" && /^[0-9]+$/.test(v)) return html`${amount(Number(v))} days`;
+  if (name === "refund" && f === "payment") {
+    const p = await ctx.manager.db.getPayment(v, field(form, "user"));
+    if (p !== null && p.userId === field(form, "user"))
+      return html`<code>${v}</code> — ${money(p.amount, p.currency)} for ${amount(p.credits)}
+        credits${p.refundedAmount > 0 ? html`, ${money(p.refundedAmount, p.currency)} refunded so far` : ""}`;
+  }
+  if (name === "refund" && f === "amount") {
+    const p = await ctx.manager.db.getPayment(field(form, "payment"), field(form, "user"));
+    if (p !== null && /^[0-9]+$/.test(v)) return html`${money(Number(v), p.currency)} refunded in all`;
+  }
+  return html`<code>${v}</code>`;
+}
+
 /** The confirmation page: the same fields again, with `confirmed`, behind one more button. */
-function confirmation(ctx: Ctx, name: ActionName, form: FormData): PageResult {
+async function confirmation(ctx: Ctx, name: ActionName, form: FormData): Promise<PageResult> {
   const user = field(form, "user");
   const ask = REASON_ON_CONFIRM.has(name);
   const shown = ["user", ...ACTIONS[name].fields].filter((f) => field(form, f) !== "" && !(ask && f === "description"));
+  const values = await Promise.all(shown.map((f) => shownValue(ctx, name, form, f)));
   const body = html`<h1>Confirm</h1>
-    <p>${ACTIONS[name].ask}</p>
+    <p>
+      ${
+        name === "refund" && field(form, "amount") !== ""
+          ? "Record a refund of this payment, to the total below? Its credits are taken back."
+          : ACTIONS[name].ask
+      }
+    </p>
     <dl class="meta">
       ${shown.map(
-        (f) =>
-          html`<dt>${f}</dt>
-            <dd><code>${field(form, f)}</code></dd>`,
+        (f, i) =>
+          html`<dt>${LABELS[f] ?? f}</dt>
+            <dd>${values[i]}</dd>`,
       )}
     </dl>
     <form method="post" action="${ctx.base}/actions/${name}">
@@ -96,7 +138,7 @@ function confirmation(ctx: Ctx, name: ActionName, form: FormData): PageResult {
 
 /** Runs a confirmed action as `ctx.actor`, then sends the browser back (303) with a notice. */
 export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Promise<PageResult> {
-  if (field(form, "confirmed") !== "1") return confirmation(ctx, name, form);
+  if (field(form, "confirmed") !== "1") return await confirmation(ctx, name, form);
   const key = field(form, "_key");
   if (!KEY.test(key))
     throw new ValidationError("Invalid form: its idempotency key is missing", [{ path: "_key", message: "missing" }]);

@@ -51,7 +51,7 @@ const CONSOLE_JS = `"use strict";
 
 const CONSOLE_CSS = `:root{--fg:#1b1f24;--muted:#4d5661;--line:#d5dbe1;--bg:#fff;--soft:#f4f6f8;--accent:#1f5fbf;--bad:#a4161a;--ok:#1b6e35}
 *{box-sizing:border-box}body{overflow-wrap:anywhere;margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
-header{display:flex;gap:1.5rem;align-items:center;padding:.6rem 1.2rem;background:#16202c;color:#fff}
+header{display:flex;flex-wrap:wrap;gap:.4rem 1.5rem;align-items:center;padding:.6rem 1.2rem;background:#16202c;color:#fff}
 header a{color:#fff;text-decoration:none}header a:hover,header a:focus{text-decoration:underline}
 header .brand{font-weight:700}header nav{display:flex;gap:1rem;flex-wrap:wrap}header .who{margin-left:auto;font-size:.9em;color:#dfe6ee}
 main{padding:1rem 1.2rem;max-width:1200px}h1{font-size:1.4rem;margin:.2rem 0 1rem}h2{font-size:1.1rem;margin:1.6rem 0 .5rem}
@@ -60,18 +60,23 @@ th{background:var(--soft);font-weight:600}th,td.num,td.short{overflow-wrap:norma
 .cards{display:flex;gap:.8rem;flex-wrap:wrap}.card{border:1px solid var(--line);border-radius:6px;padding:.5rem .9rem;min-width:9rem}
 .card .v{font-size:1.4rem;font-weight:600;font-variant-numeric:tabular-nums}.card .k{color:var(--muted);font-size:.85em}
 .ok{color:var(--ok);font-weight:600}.bad{color:var(--bad);font-weight:600}.muted{color:var(--muted)}
-code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;word-break:break-all}
+code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
 form.inline{display:inline}form.box{border:1px solid var(--line);border-radius:6px;padding:.7rem;margin:.5rem 0;display:flex;gap:.6rem;flex-wrap:wrap;align-items:end}
 label{display:flex;flex-direction:column;font-size:.85em;color:var(--muted);gap:.15rem}input,select{font:inherit;padding:.25rem .4rem;border:1px solid #8a949e;border-radius:4px}
 button{font:inherit;padding:.3rem .8rem;border-radius:4px;border:1px solid var(--accent);background:var(--accent);color:#fff;cursor:pointer}
 button.secondary{background:#fff;color:var(--accent)}button.danger{background:var(--bad);border-color:var(--bad)}
 .notice{border-left:4px solid var(--ok);background:#eef7f0;padding:.5rem .8rem;margin:.5rem 0}.error{border-left:4px solid var(--bad);background:#fbeeee;padding:.5rem .8rem;margin:.5rem 0}
-.pager{display:flex;gap:1rem;margin:.4rem 0}meter{width:8rem}#balance-chart{min-height:230px;margin:.5rem 0}
+.pager{display:flex;gap:1rem;margin:.4rem 0}meter{width:8rem}td meter{display:block;width:100%;max-width:8rem;margin:.2rem 0 0 auto}#balance-chart{min-height:230px;margin:.5rem 0}
+time{overflow-wrap:normal}time>span,.pair,.basis{white-space:nowrap}.phrase{overflow-wrap:normal}td.wide{min-width:10rem}form button+a{margin-left:.8rem}
+ul.pairs{list-style:none;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:0 1rem}ul.pairs li{margin:0}
+form.login{display:flex;flex-direction:column;align-items:flex-start;gap:.6rem;max-width:32rem}form.login label{align-self:stretch}
 dl.meta{display:grid;grid-template-columns:fit-content(40%) minmax(0,1fr);gap:.1rem .8rem;margin:0}dl.meta dt{color:var(--muted);min-width:9ch}dl.meta dd{margin:0}
 .id,.user{display:inline-block;max-width:11ch;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;vertical-align:bottom}.user{max-width:24ch}
 fieldset.types{display:flex;flex-wrap:wrap;gap:.2rem 1.1rem;flex-basis:100%;margin:0;padding:.3rem .7rem .5rem;border:1px solid var(--line);border-radius:4px}
 fieldset.types legend{font-size:.85em;color:var(--muted);padding:0 .3rem}fieldset.types label{flex-direction:row;align-items:center;gap:.35rem;font-size:.9em;color:var(--fg)}
 .usage-chart{min-height:250px;margin:.5rem 0}.usage-chart .u-legend{font-size:.85em}
+@media (max-width:1100px){td dl.meta{grid-template-columns:minmax(0,1fr)}td dl.meta dd{margin-bottom:.2rem}}
+@media (max-width:900px){main{padding:.8rem .6rem}header{padding:.5rem .6rem}table{font-size:13px}th,td{padding:.3rem .3rem}}
 .skip{position:absolute;left:-999px}.skip:focus{left:1rem;top:.5rem;background:#fff;color:var(--accent);padding:.3rem}
 `;
 

@@ -73,6 +73,42 @@ export function amount(value: number): string {
   return GROUPED.format(value);
 }
 
+const CURRENCIES = new Map<string, Intl.NumberFormat | null>();
+
+/** The formatter of a currency (en-US, as every figure of the console); null: not a currency code. */
+function currencyFormat(currency: string): Intl.NumberFormat | null {
+  const code = currency.toUpperCase();
+  let f = CURRENCIES.get(code);
+  if (f === undefined) {
+    try {
+      f = /^[A-Z]{3}$/.test(code) ? new Intl.NumberFormat("en-US", { style: "currency", currency: code }) : null;
+    } catch {
+      f = null;
+    }
+    if (CURRENCIES.size < 1000) CURRENCIES.set(code, f);
+  }
+  return f;
+}
+
+/**
+ * How many decimals a currency's smallest unit is (2 for USD and EUR: cents; 0 for JPY; 3 for
+ * BHD), as ISO 4217 and `Intl.NumberFormat` say; null when `currency` is not a currency code.
+ */
+export function minorDigits(currency: string): number | null {
+  return currencyFormat(currency)?.resolvedOptions().maximumFractionDigits ?? null;
+}
+
+/**
+ * An amount stored in the smallest unit of its currency, written in that currency: 20 USD → "$0.20",
+ * 2,500 EUR → "€25.00", 20 JPY → "¥20" (docs/console.md, "Money and dates"). A code that is no currency is
+ * shown as stored, saying so: "20 XY (smallest unit)".
+ */
+export function money(minor: number, currency: string): string {
+  const f = currencyFormat(currency);
+  if (f === null) return `${amount(minor)} ${currency} (smallest unit)`;
+  return f.format(minor / 10 ** (f.resolvedOptions().maximumFractionDigits ?? 2));
+}
+
 /** A constant of this module's own (never user data). */
 export function raw(text: string): Html {
   return new Html(text);
@@ -122,6 +158,16 @@ export function relative(to: Date, now: Date): string {
 }
 
 /** An ISO time without milliseconds, in UTC. */
-export function when(d: Date | null | undefined): string {
-  return d === null || d === undefined ? "—" : d.toISOString().replace(/\.\d{3}Z$/, "Z");
+export function isoTime(d: Date): string {
+  return d.toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+/**
+ * An ISO time without milliseconds, in UTC, as a `<time>`: on one line where it fits, else the
+ * day over the time (`2026-11-25` / `T09:30:00Z`), never broken inside either.
+ */
+export function when(d: Date | null | undefined): Html {
+  if (d === null || d === undefined) return raw("—");
+  const iso = isoTime(d);
+  return html`<time datetime="${iso}"><span>${iso.slice(0, 10)}</span><wbr /><span>${iso.slice(10)}</span></time>`;
 }

@@ -11,12 +11,12 @@ export function notificationTable(ctx: Ctx, rows: readonly Notification[]): Html
     columns: [
       { label: "Id", short: true },
       "User",
-      "Type",
+      { label: "Type", short: true },
       { label: "Status", short: true },
       { label: "Attempts", num: true },
       { label: "Next attempt", short: true },
       "Last error",
-      { label: "Action", short: true },
+      { label: "Action", short: true, quiet: true },
     ],
     rows: rows.map((n) => [
       { cell: shortId(n.id), cls: "mono" },

@@ -12,11 +12,24 @@ export const PAGE = 50;
 /** The ledger message the console's audit action records its verdict under. */
 export const AUDIT_MESSAGE = "console: audit";
 
-/** `key=value` pairs of a metadata object, every value escaped (JSON for nested ones). */
-export function metaList(meta: Record<string, unknown> | null | undefined): Html {
+/**
+ * `key=value` pairs of a metadata object, every value escaped (JSON for nested ones): a list of
+ * a pair a line, or `inline` — the pairs one after the other, wrapped where they must.
+ */
+export function metaList(meta: Record<string, unknown> | null | undefined, inline = false): Html {
   if (meta === null || meta === undefined) return raw("");
   const keys = Object.keys(meta);
   if (keys.length === 0) return raw("");
+  if (inline)
+    return html`<ul class="pairs">
+      ${keys.map(
+        (k) =>
+          html`<li>
+            <span class="muted">${k}</span>
+            <code>${typeof meta[k] === "string" ? meta[k] : JSON.stringify(meta[k])}</code>
+          </li>`,
+      )}
+    </ul>`;
   return html`<dl class="meta">
     ${keys.map(
       (k) =>
@@ -62,11 +75,24 @@ export function pager(ctx: Ctx, path: string, params: Record<string, string | un
   </nav>`;
 }
 
-export function ledgerTable(ctx: Ctx, rows: readonly LedgerEntry[]): Html {
+/** System and error events of the ledger (not the accounts' journals), their details inline. */
+export function ledgerTable(ctx: Ctx, rows: readonly LedgerEntry[], none = "Nothing recorded yet."): Html {
   return table({
-    columns: [{ label: "When", short: true }, { label: "Kind", short: true }, "User", "What", "Details"],
-    rows: rows.map((e) => [when(e.createdAt), e.eventType, accountLink(ctx, e.userId), e.message, metaList(e.details)]),
-    none: "Nothing recorded yet.",
+    columns: [
+      { label: "When", short: true },
+      { label: "Kind", short: true },
+      "User",
+      { label: "What", wide: true },
+      "Details",
+    ],
+    rows: rows.map((e) => [
+      when(e.createdAt),
+      e.eventType,
+      accountLink(ctx, e.userId),
+      e.message,
+      metaList(e.details, true),
+    ]),
+    none,
   });
 }
 
@@ -76,10 +102,56 @@ export function dateParam(value: string | null): Date | undefined {
   return Number.isNaN(d.getTime()) ? undefined : d;
 }
 
+/** `YYYY-MM-DD` → that day's UTC midnight; undefined when empty; null when it is not such a day. */
+export function dayParam(value: string | null): Date | null | undefined {
+  const v = (value ?? "").trim();
+  if (v === "") return undefined;
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(v);
+  if (m === null) return null;
+  const t = Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]));
+  return new Date(t).toISOString().slice(0, 10) === v ? new Date(t) : null;
+}
+
+/**
+ * A day field of a filter form, written and read as `YYYY-MM-DD` (UTC) like every date of the
+ * console (docs/console.md): a text field, not the browser's date picker, which writes the
+ * browser's locale (`11/25/2026`). The browser refuses to send another shape (`pattern`).
+ */
+export function dayField(label: string, name: string, value: string): Html {
+  return html`<label
+    >${label}<input
+      name="${name}"
+      value="${value}"
+      placeholder="YYYY-MM-DD"
+      pattern="\\d{4}-\\d{2}-\\d{2}"
+      title="A day as YYYY-MM-DD (UTC)"
+      inputmode="numeric"
+      autocomplete="off"
+      size="10"
+      maxlength="10"
+  /></label>`;
+}
+
+/** A month field of a filter form, `YYYY-MM` (UTC), as `dayField`. */
+export function monthField(label: string, name: string, value: string): Html {
+  return html`<label
+    >${label}<input
+      name="${name}"
+      value="${value}"
+      placeholder="YYYY-MM"
+      pattern="\\d{4}-\\d{2}"
+      title="A month as YYYY-MM (UTC)"
+      inputmode="numeric"
+      autocomplete="off"
+      size="7"
+      maxlength="7"
+  /></label>`;
+}
+
 /** A grant's scope in words (docs/teams-and-limits.md, "Scoped credits"): what it may pay for. */
 export function scopeText(g: Pick<Grant, "scope">): Html {
   const scope = g.scope ?? null;
-  if (scope === null) return html`<span class="muted">any spend</span>`;
+  if (scope === null) return html`<span class="muted phrase">any spend</span>`;
   const parts: Html[] = [];
   if (scope.features !== undefined)
     parts.push(html`features ${scope.features.map((f, i) => html`${i > 0 ? ", " : ""}<code>${f}</code>`)}`);

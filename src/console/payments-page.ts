@@ -1,6 +1,6 @@
 import { type Payment } from "../models/index.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
-import { amount, html, query, raw, when, type Html } from "./html.js";
+import { amount, html, money, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { PAGE, accountLink, actionForm, dateParam, pager } from "./page-parts.js";
 
@@ -17,7 +17,7 @@ export function paymentTable(ctx: Ctx, payments: readonly Payment[]): Html {
       { label: "Status", short: true },
       { label: "Refunded", num: true },
       { label: "Created", short: true },
-      { label: "Action", short: true },
+      { label: "Action", short: true, quiet: true },
     ],
     rows: payments.map((p) => ({
       id: `pay-${p.id}`,
@@ -25,10 +25,10 @@ export function paymentTable(ctx: Ctx, payments: readonly Payment[]): Html {
         { cell: shortId(p.id), cls: "mono" },
         accountLink(ctx, p.userId),
         p.provider,
-        `${amount(p.amount)} ${p.currency}`,
+        money(p.amount, p.currency),
         amount(p.credits),
-        p.status,
-        amount(p.refundedAmount),
+        p.status.replace("_", " "),
+        p.refundedAmount === 0 ? html`<span class="muted">—</span>` : money(p.refundedAmount, p.currency),
         when(p.createdAt),
         p.status === "paid" || p.status === "partially_refunded"
           ? actionForm(ctx, "refund", "Refund", { user: p.userId, payment: p.id })
@@ -91,8 +91,8 @@ export async function promosPage(ctx: Ctx): Promise<PageResult> {
       rows: promos.map((p) => [
         { cell: p.code, cls: "mono" },
         amount(p.credits),
-        `${amount(p.uses)}${p.maxUses === null ? "" : ` / ${amount(p.maxUses)}`}`,
-        `${when(p.validFrom)} – ${when(p.validUntil)}`,
+        html`<span class="pair">${amount(p.uses)}${p.maxUses === null ? "" : ` / ${amount(p.maxUses)}`}</span>`,
+        html`${when(p.validFrom)} – ${when(p.validUntil)}`,
         p.isActive ? "yes" : "no",
         p.description ?? "",
       ]),

@@ -3,7 +3,8 @@ import type { RevenueQuery, RevenueReport, RevenueRow } from "../models/revenue.
 import { revenueCsv } from "../services/revenue-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
-import { amount, html, jsonData, query, raw, type Html } from "./html.js";
+import { amount, html, jsonData, minorDigits, money, query, raw, type Html } from "./html.js";
+import { monthField } from "./page-parts.js";
 import { shortId, table } from "./table.js";
 import type { ChartData } from "./usage-chart.js";
 
@@ -30,8 +31,16 @@ const addMonths = (t: number, n: number) => {
 function params(ctx: Ctx) {
   const sp = ctx.url.searchParams;
   const thisMonth = Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), 1);
-  const last = monthStart(sp.get("to")) ?? thisMonth;
-  let first = monthStart(sp.get("from")) ?? addMonths(last, 1 - DEFAULT_MONTHS);
+  // A month that is not YYYY-MM is left for the default range, and the page says so.
+  const errors: string[] = [];
+  const month = (name: "from" | "to", label: string): number | null => {
+    const value = (sp.get(name) ?? "").trim();
+    const t = monthStart(value === "" ? null : value);
+    if (t === null && value !== "") errors.push(`${label}: "${value}" is not a month (YYYY-MM): the default is shown.`);
+    return t;
+  };
+  const last = month("to", "To") ?? thisMonth;
+  let first = month("from", "From") ?? addMonths(last, 1 - DEFAULT_MONTHS);
   if (first > last) first = last;
   if (addMonths(first, MAX_MONTHS) <= last) first = addMonths(last, 1 - MAX_MONTHS);
   const account = (sp.get("account") ?? "").trim();
@@ -41,7 +50,7 @@ function params(ctx: Ctx) {
     to: new Date(addMonths(last, 1)),
     interval: "month",
   };
-  return { first, last, account, q };
+  return { first, last, account, q, errors };
 }
 
 /** A chart's box and its data block, drawn by the console's usage.js (stacked bars per month). */
@@ -75,11 +84,14 @@ function byMonth(rows: readonly RevenueRow[], currency: string, months: readonly
 export async function revenuePage(ctx: Ctx): Promise<PageResult> {
   const p = params(ctx);
   const form = html`<form class="box" method="get" action="${ctx.base}/revenue" role="search">
-    <label>Account (empty: every account)<input name="account" value="${p.account}" /></label
-    ><label>From month<input type="month" name="from" value="${monthText(p.first)}" /></label
-    ><label>To month<input type="month" name="to" value="${monthText(p.last)}" /></label
-    ><button type="submit">Show</button>
-  </form>`;
+      <label>Account (empty: every account)<input name="account" value="${p.account}" /></label
+      >${monthField("From month (UTC)", "from", monthText(p.first))}${monthField(
+        "To month (UTC, included)",
+        "to",
+        monthText(p.last),
+      )}<button type="submit">Show</button>
+    </form>
+    ${p.errors.map((e) => html`<p class="error" role="alert">${e}</p>`)}`;
   let report: RevenueReport;
   try {
     report = await ctx.manager.credits.getRevenue(p.q);
@@ -105,7 +117,13 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
   for (let t = p.first; t <= p.last; t = addMonths(t, 1)) months.push(t);
   const currencies = [...new Set(report.rows.map((r) => r.currency).filter((c): c is string => c !== null))].sort();
   const unbilled = report.rows.reduce((s, r) => s + r.unbilledCredits, 0);
-  const axis = { timeZone: "Etc/UTC", from: p.first / 1000, to: addMonths(p.last, 1) / 1000 };
+  const axis = {
+    timeZone: "Etc/UTC",
+    locale: "en-US",
+    unit: "month" as const,
+    from: p.first / 1000,
+    to: addMonths(p.last, 1) / 1000,
+  };
   const x = months.map((t) => t / 1000);
   // The range's last month may be this one: its end is still to come.
   const current = p.last === Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), 1);
@@ -113,45 +131,49 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
   const sections = currencies.map((currency, n) => {
     const m = byMonth(report.rows, currency, months);
     const total = (k: keyof typeof m) => m[k].reduce((a, b) => a + b, 0);
-    const unit = html`<abbr title="the smallest unit of ${currency} (cents for USD and EUR)"
-      >${currency} minor units</abbr
-    >`;
+    // Drawn in the currency's smallest unit, as reported; the axis and legend write it as money.
+    const digits = minorDigits(currency);
+    const inMoney = digits === null ? {} : { money: { currency, digits } };
     return html`<section class="currency" id="revenue-${currency}">
       <h2>${currency}</h2>
       <div class="cards">
         <div class="card">
           <div class="k">${deferredLabel}</div>
-          <div class="v">${amount(m.deferredEnd.at(-1) ?? 0)}</div>
+          <div class="v">${money(m.deferredEnd.at(-1) ?? 0, currency)}</div>
         </div>
         <div class="card">
           <div class="k">Sold (paid)</div>
-          <div class="v">${amount(total("paid"))}</div>
+          <div class="v">${money(total("paid"), currency)}</div>
         </div>
         <div class="card">
           <div class="k">Recognized</div>
-          <div class="v">${amount(total("recognized"))}</div>
+          <div class="v">${money(total("recognized"), currency)}</div>
         </div>
         <div class="card">
           <div class="k">Breakage</div>
-          <div class="v">${amount(total("breakage"))}</div>
+          <div class="v">${money(total("breakage"), currency)}</div>
         </div>
         <div class="card">
           <div class="k">Refunds</div>
-          <div class="v">${amount(total("refunds"))}</div>
+          <div class="v">${money(total("refunds"), currency)}</div>
         </div>
       </div>
-      <p class="muted">Amounts in ${unit}, ${monthText(p.first)} to ${monthText(p.last)} (UTC), ${who}.</p>
+      <p class="muted">From ${monthText(p.first)} to ${monthText(p.last)} (UTC), ${who}.</p>
       ${
         n < CHARTED
           ? html`<h3>Deferred revenue at each month's end</h3>
               ${chart(`deferred-${currency}`, `Deferred revenue in ${currency} at the end of each month, ${who}`, {
                 ...axis,
+                ...inMoney,
                 x,
+                // A balance: without a month pointed at, the legend reads the last one's.
+                rest: "last",
                 series: [{ label: `deferred (${currency})`, values: m.deferredEnd }],
               })}
               <h3>Revenue of each month: recognized and breakage</h3>
               ${chart(`recognized-${currency}`, `Revenue in ${currency} recognized and breakage per month, ${who}`, {
                 ...axis,
+                ...inMoney,
                 x,
                 series: [
                   { label: `recognized (${currency})`, values: m.recognized },
@@ -183,7 +205,12 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
         : raw("")
     }
     <h2>By month</h2>
-    <p><a href="${csv}" download="revenue.csv">Download CSV</a></p>
+    <p>
+      <a href="${csv}" download="revenue.csv">Download CSV</a>
+      <span class="muted"
+        >(by account; money in the currency's smallest unit, as <code>paidMinor</code>: cents for USD)</span
+      >
+    </p>
     ${table({
       id: "revenue-table",
       caption: "Revenue by month and currency",
@@ -198,17 +225,20 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
         { label: "Deferred at end", num: true },
         { label: "Unbilled credits", num: true },
       ],
-      rows: rows.map((r) => [
-        monthText(r.start),
-        r.currency ?? html`<span class="muted">(credits)</span>`,
-        amount(r.deferredStart),
-        amount(r.paid),
-        amount(r.recognized),
-        amount(r.breakage),
-        amount(r.refunds),
-        amount(r.deferredEnd),
-        amount(r.unbilledCredits),
-      ]),
+      rows: rows.map((r) => {
+        const cash = (v: number) => (r.currency === null ? html`<span class="muted">—</span>` : money(v, r.currency));
+        return [
+          monthText(r.start),
+          r.currency ?? html`<span class="muted">(credits)</span>`,
+          cash(r.deferredStart),
+          cash(r.paid),
+          cash(r.recognized),
+          cash(r.breakage),
+          cash(r.refunds),
+          cash(r.deferredEnd),
+          amount(r.unbilledCredits),
+        ];
+      }),
       empty: "No paid credits and no usage on credit in this range.",
     })}
     ${

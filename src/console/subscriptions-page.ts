@@ -1,6 +1,6 @@
 import { type Plan, type Subscription } from "../models/index.js";
 import { type Ctx, type PageResult } from "./context.js";
-import { amount, html, query, raw, when, type Html } from "./html.js";
+import { amount, html, money, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { PAGE, accountLink, dateParam, pager, scopeText } from "./page-parts.js";
 
@@ -33,15 +33,18 @@ export function subscriptionTable(ctx: Ctx, subs: readonly Subscription[]): Html
       accountLink(ctx, s.userId),
       s.planId,
       `${s.status}${s.cancelAtPeriodEnd ? " (cancels at period end)" : ""}`,
-      `${when(s.currentPeriodStart)} – ${when(s.currentPeriodEnd)}`,
+      html`${when(s.currentPeriodStart)} – ${when(s.currentPeriodEnd)}`,
       when(s.nextRunAt),
     ]),
     none: "No subscription.",
   });
 }
 
-/** Far enough ahead that every scheduled subscription is due by it (the scan is by nextRunAt). */
-const END_OF_TIME = new Date(8_640_000_000_000_000);
+/**
+ * Far enough ahead that every scheduled subscription is due by it (the scan is by nextRunAt), and
+ * still a four-digit year: SQLite compares times as ISO text, where "+275760-…" sorts first.
+ */
+const END_OF_TIME = new Date("9999-12-31T23:59:59.999Z");
 
 export async function subscriptionsPage(ctx: Ctx): Promise<PageResult> {
   const { db } = ctx.manager;
@@ -79,7 +82,7 @@ export async function subscriptionsPage(ctx: Ctx): Promise<PageResult> {
         { cell: p.id, cls: "mono" },
         p.name,
         amount(p.creditsPerPeriod),
-        `${amount(p.price)} ${p.currency}`,
+        money(p.price, p.currency),
         p.billingPeriod,
         p.rollover === "cap" ? `cap ${amount(p.rolloverCap ?? 0)}` : p.rollover,
         allowancesText(p),

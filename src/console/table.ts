@@ -14,6 +14,10 @@ export interface Column {
    * only. Every other cell may wrap anywhere, so stored text of any length never widens the page.
    */
   short?: boolean;
+  /** A header for screen readers only (a column of buttons): no room taken for its word. */
+  quiet?: boolean;
+  /** Stored text that needs room (a message): at least 10rem wide, so it is not cut every few letters. */
+  wide?: boolean;
 }
 
 /** A cell spanning columns, or with a class of its own. */
@@ -51,7 +55,8 @@ export function table(o: TableOptions): Html {
       const column = columns[at];
       const cell = isCell(c) ? c : { cell: c };
       at += cell.colspan ?? 1;
-      const kind = column?.num === true ? "num" : column?.short === true ? "short" : "";
+      const kind =
+        column?.num === true ? "num" : column?.short === true ? "short" : column?.wide === true ? "wide" : "";
       const cls = [kind, cell.cls ?? ""].filter((x) => x !== "").join(" ");
       return html`<td${cls === "" ? "" : html` class="${cls}"`}${
         cell.colspan === undefined ? "" : html` colspan="${cell.colspan}"`
@@ -75,9 +80,10 @@ export function table(o: TableOptions): Html {
     }
     <thead>
       <tr>
-        ${columns.map((c) =>
-          c.num === true ? html`<th scope="col" class="num">${c.label}</th>` : html`<th scope="col">${c.label}</th>`,
-        )}
+        ${columns.map((c) => {
+          const label = c.quiet === true ? html`<span class="skip">${c.label}</span>` : c.label;
+          return c.num === true ? html`<th scope="col" class="num">${label}</th>` : html`<th scope="col">${label}</th>`;
+        })}
       </tr>
     </thead>
     <tbody>

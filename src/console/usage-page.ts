@@ -8,6 +8,9 @@ import type { Ctx, PageResult } from "./context.js";
 import { amount, enc, html, jsonData, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
 import { chartData } from "./usage-chart.js";
+import { dayField, dayParam } from "./page-parts.js";
+
+const isoDay = (d: Date) => d.toISOString().slice(0, 10);
 
 /** The dimensions the usage page splits its chart by (docs/console.md, "Usage"). */
 const DIMENSIONS = ["model", "feature", "spender"] as const;
@@ -18,26 +21,26 @@ const TABLE_ROWS = 500;
 /** The fleet's top accounts the page lists. */
 const TOP = 20;
 
-function day(value: string | null, fallback: Date): Date {
-  if (value === null || !/^\d{4}-\d{2}-\d{2}$/.test(value)) return fallback;
-  const d = new Date(`${value}T00:00:00Z`);
-  return Number.isNaN(d.getTime()) ? fallback : d;
-}
-
 /** The page's query from its form: account (none: the fleet), days from and to (UTC), the split. */
 function params(ctx: Ctx) {
   const sp = ctx.url.searchParams;
   const today = new Date(Date.UTC(ctx.now.getUTCFullYear(), ctx.now.getUTCMonth(), ctx.now.getUTCDate()));
-  const from = day(sp.get("from"), new Date(today.getTime() - 29 * 86_400_000));
+  // A day that is not YYYY-MM-DD is left for the default, and the page says so.
+  const errors: string[] = [];
+  const day = (name: "from" | "to", label: string, fallback: Date): Date => {
+    const d = dayParam(sp.get(name));
+    if (d === null)
+      errors.push(`${label}: "${sp.get(name) ?? ""}" is not a day (YYYY-MM-DD): ${isoDay(fallback)} is shown.`);
+    return d ?? fallback;
+  };
+  const from = day("from", "From", new Date(today.getTime() - 29 * 86_400_000));
   // "To" is the last day shown (inclusive on the form): the query ends the next midnight.
-  const last = day(sp.get("to"), today);
+  const last = day("to", "To", today);
   const to = new Date(Math.max(last.getTime(), from.getTime()) + 86_400_000);
   const by = (DIMENSIONS as readonly string[]).includes(sp.get("by") ?? "") ? (sp.get("by") as Dimension) : "model";
   const account = (sp.get("account") ?? sp.get("user") ?? "").trim();
-  return { from, last, to, by, account };
+  return { from, last, to, by, account, errors };
 }
-
-const isoDay = (d: Date) => d.toISOString().slice(0, 10);
 
 /** The chart's box and data block (drawn by usage.js: src/console/usage-chart.ts). */
 export function usageChart(
@@ -54,8 +57,8 @@ export function usageChart(
 }
 
 /** `null` as the console shows a dimension the usage did not name. */
-const group = (v: unknown): Html | string =>
-  v === null || v === undefined ? html`<span class="muted">(none)</span>` : String(v);
+const group = (v: unknown, dimension: string): Html | string =>
+  v === null || v === undefined ? html`<span class="muted">(no ${dimension})</span>` : String(v);
 
 /**
  * The usage page (docs/console.md, "Usage"): `credits.getUsage()` of one account or of the whole
@@ -65,17 +68,16 @@ const group = (v: unknown): Html | string =>
 export async function usagePage(ctx: Ctx): Promise<PageResult> {
   const p = params(ctx);
   const form = html`<form class="box" method="get" action="${ctx.base}/usage" role="search">
-    <label>Account (empty: every account)<input name="account" value="${p.account}" /></label
-    ><label>From<input type="date" name="from" value="${isoDay(p.from)}" /></label
-    ><label>To<input type="date" name="to" value="${isoDay(p.last)}" /></label
-    ><label
-      >Split by<select name="by">
-        ${DIMENSIONS.map(
-          (d) => html`<option value="${d}" ${d === p.by ? raw("selected") : raw("")}>${LABELS[d]}</option>`,
-        )}
-      </select></label
-    ><button type="submit">Show</button>
-  </form>`;
+      <label>Account (empty: every account)<input name="account" value="${p.account}" /></label
+      >${dayField("From (UTC)", "from", isoDay(p.from))}${dayField("To (UTC, included)", "to", isoDay(p.last))}<label
+        >Split by<select name="by">
+          ${DIMENSIONS.map(
+            (d) => html`<option value="${d}" ${d === p.by ? raw("selected") : raw("")}>${LABELS[d]}</option>`,
+          )}
+        </select></label
+      ><button type="submit">Show</button>
+    </form>
+    ${p.errors.map((e) => html`<p class="error" role="alert">${e}</p>`)}`;
   let report: UsageReport;
   let top: UsageReport | null = null;
   try {
@@ -156,7 +158,7 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
         .slice(0, TABLE_ROWS)
         .map((r) => [
           isoDay(r.start),
-          group(r[p.by]),
+          group(r[p.by], p.by),
           r.kind,
           amount(r.requests),
           amount(r.inputTokens),

@@ -1,7 +1,7 @@
 import type { Notification } from "../models/index.js";
 import type { WebhookEndpointRecord } from "../webhooks/endpoint-store.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
-import { enc, html, query, raw, when, type Html } from "./html.js";
+import { amount, enc, html, query, raw, when, type Html } from "./html.js";
 import { actionForm } from "./page-parts.js";
 import { shortId, table } from "./table.js";
 
@@ -90,7 +90,7 @@ function deliveryTable(ctx: Ctx, endpointId: string, rows: readonly Notification
       { label: "Receiver's status", short: true },
       { label: "Next attempt", short: true },
       "Last error",
-      { label: "Action", short: true },
+      { label: "Action", short: true, quiet: true },
     ],
     rows: rows.map((n) => {
       const p = payloadOf(n);
@@ -187,8 +187,8 @@ export async function webhookPage(ctx: Ctx, id: string): Promise<PageResult> {
             <h2>Pending deliveries, by next attempt</h2>
             ${deliveryTable(ctx, e.id, pending, "No pending delivery.")}
             <p class="muted">
-              Across accounts: the newest ${SHOWN} of the first ${SCAN_ROWS} failed or pending outbox rows. Delivered
-              ones are listed per account.
+              Across accounts: the newest ${SHOWN} of the first ${amount(SCAN_ROWS)} failed or pending outbox rows.
+              Delivered ones are listed per account.
             </p>`
         : html`<p class="muted">This store cannot list the outbox across accounts: enter an account.</p>`
     }

@@ -223,7 +223,7 @@ function loginPage(prefix: string, status: number, error: string | null): Respon
     "Sign in",
     `<h1>Credits console</h1>` +
       (error === null ? "" : `<p class="error" role="alert">${escape(error)}</p>`) +
-      `<form method="post" action="${prefix}/login">` +
+      `<form class="login" method="post" action="${prefix}/login">` +
       `<label>Admin API key or JWT <input name="key" type="password" autocomplete="off" required autofocus /></label>` +
       `<button type="submit">Sign in</button></form>`,
   );

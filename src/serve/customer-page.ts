@@ -103,7 +103,7 @@ const CUSTOMER_JS = `"use strict";
     var index = {};
     starts.forEach(function (t, i) { index[t] = i; });
     usage.rows.forEach(function (r) {
-      var label = r.model == null ? "(none)" : String(r.model);
+      var label = r.model == null ? "(no model)" : String(r.model);
       if (!byModel[label]) { byModel[label] = starts.map(function () { return 0; }); totals[label] = 0; }
       byModel[label][index[Date.parse(r.start) / 1000]] += r.credits;
       totals[label] += r.credits;
@@ -116,11 +116,17 @@ const CUSTOMER_JS = `"use strict";
     if (typeof window.drawUsageCharts === "function") window.drawUsageCharts();
     var body = document.querySelector("#recent tbody");
     var rows = usage.rows.slice().sort(function (a, b) { return Date.parse(b.start) - Date.parse(a.start) || b.credits - a.credits; }).slice(0, 100);
-    var day = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "short", day: "numeric", timeZone: zone });
+    // Days as YYYY-MM-DD in the reader's zone, as the chart's legend writes them.
+    var day = new Intl.DateTimeFormat("en-US", { year: "numeric", month: "2-digit", day: "2-digit", timeZone: zone });
+    function isoDay(t) {
+      var p = {};
+      day.formatToParts(new Date(t)).forEach(function (x) { p[x.type] = x.value; });
+      return p.year + "-" + p.month + "-" + p.day;
+    }
     rows.forEach(function (r) {
       var tr = document.createElement("tr");
-      cell(tr, day.format(new Date(r.start)));
-      cell(tr, r.model == null ? "(none)" : String(r.model));
+      cell(tr, isoDay(r.start));
+      cell(tr, r.model == null ? "(no model)" : String(r.model));
       cell(tr, n.format(r.requests), "num");
       cell(tr, n.format(r.credits), "num");
       body.appendChild(tr);
@@ -131,7 +137,7 @@ const CUSTOMER_JS = `"use strict";
       tr.firstChild.colSpan = 4;
       body.appendChild(tr);
     }
-    status.textContent = "Times in " + zone + ".";
+    status.textContent = "Days are counted in your time zone (" + zone + ").";
     document.body.setAttribute("data-ready", "1");
   }).catch(function (e) {
     status.textContent = e && e.message === "expired"
