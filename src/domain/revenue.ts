@@ -86,6 +86,18 @@ export function worthMoreThan(credits: number, perCredit: string, max: number): 
   return (2n * BigInt(credits) * rate.num + rate.den) / (2n * rate.den) > BigInt(max);
 }
 
+/**
+ * Refuses an addition whose credits at their cost basis are worth more than `max` minor units (one
+ * sale's bound, docs/revenue.md "Figures are exact"), so every report figure stays exact.
+ */
+export function checkSaleWorth(credits: number, basis: CostBasis | undefined, max: number): void {
+  if (basis === undefined || !worthMoreThan(credits, basis.perCredit, max)) return;
+  throw new ValidationError(
+    `Invalid options.costBasis: ${credits} credits at ${basis.perCredit} are worth more than ${max} (10^13) of the smallest currency unit`,
+    [{ path: "costBasis", message: `amount × perCredit must be at most ${max}` }],
+  );
+}
+
 /** What a grant's stored basis must be: the basis of the entry that created it (docs/revenue.md, "Audit"). */
 export function sameBasis(a: CostBasis | null | undefined, b: CostBasis | null | undefined): boolean {
   if (a == null || b == null) return (a ?? null) === (b ?? null);

@@ -45,7 +45,7 @@ import { BalanceReads, NO_SPEND, workCredits } from "./balance-reads.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
 import { MAX_SALE, type RevenueQuery, type RevenueReport } from "../models/revenue.js";
-import { worthMoreThan } from "../domain/revenue.js";
+import { checkSaleWorth } from "../domain/revenue.js";
 import type { CreditsInfo, MutationOptions, RemoveLimitInput, SpendLimitInput } from "../models/index.js";
 import {
   AddCreditsOptions,
@@ -237,12 +237,7 @@ export class CreditService {
     const user = parse(UserId, userId, "userId");
     const n = parse(Amount, amount, "amount");
     const o = parse(AddCreditsOptions, options, "options");
-    // One sale is worth at most 10^13 minor units: the report's figures stay exact (docs/revenue.md, "Figures are exact").
-    if (o.costBasis !== undefined && worthMoreThan(n, o.costBasis.perCredit, MAX_SALE))
-      throw new ValidationError(
-        `Invalid options.costBasis: ${n} credits at ${o.costBasis.perCredit} are worth more than ${MAX_SALE} (10^13) of the smallest currency unit`,
-        [{ path: "costBasis", message: `amount × perCredit must be at most ${MAX_SALE}` }],
-      );
+    checkSaleWorth(n, o.costBasis, MAX_SALE);
     const expiresAt = o.expiresAt ?? null;
     const past = (now: Date) => expiresAt !== null && expiresAt.getTime() <= now.getTime();
     const refuse = () =>
