@@ -10,6 +10,8 @@ import { HELP, runCli } from "../src/cli/run.js";
 import { WORKER_OPTIONS, parseDuration, pauseBefore, workerSettings } from "../src/cli/worker.js";
 import { workerOptions } from "../src/serve/worker-settings.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
+import { SqliteDbManager } from "../src/db/sqlite/index.js";
+import { serveSettings, storeSettings } from "../src/serve/settings.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import type { JournalEntry } from "../src/models/index.js";
 
@@ -234,8 +236,12 @@ describe("credit-management worker: flags and environment", () => {
       ],
       [["worker", "--dialect", "mysql"], {}, /--dialect applies to "schema" only/],
       [["schema", "--once"], {}, /--once applies to "worker" only/],
-      // No store: the worker has nothing to work on (an in-memory store would be its own).
-      [["worker", "--once"], {}, /the worker works on your services' store: set CREDIT_PG_URL/],
+      // Two stores: refused as serve refuses them.
+      [
+        ["worker", "--once"],
+        { CREDIT_PG_URL: "postgres://postgres@127.0.0.1:1/none", CREDIT_SQLITE_PATH: "x.sqlite" },
+        /choose one store: CREDIT_PG_URL and CREDIT_SQLITE_PATH/,
+      ],
     ];
     for (const [args, env, message] of cases) {
       const r = await cli(args, env);
@@ -243,6 +249,67 @@ describe("credit-management worker: flags and environment", () => {
       expect(r.stderr).toMatch(message);
     }
   });
+});
+
+describe("credit-management worker: the store serve uses", () => {
+  it("resolves the store as serve does: the same answer for every environment", () => {
+    for (const env of [
+      {},
+      { CREDIT_SQLITE_PATH: "data/credits.sqlite" },
+      { CREDIT_PG_URL: "postgres://u@h/db", CREDIT_PG_SCHEMA: "billing", CREDIT_PG_PARTITIONS: "month" },
+      { CREDIT_MONGO_URI: "mongodb://h/?replicaSet=rs0" },
+      { CREDIT_MONGO_URI: "mongodb://h/?replicaSet=rs0", CREDIT_MONGO_DB: "billing" },
+    ])
+      expect(storeSettings(env), JSON.stringify(env)).toEqual(serveSettings({}, env).store);
+  });
+
+  it("with no store set, works on serve's default SQLite file in the working directory", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cli-worker-default-"));
+    try {
+      const file = join(dir, "credit-management.sqlite");
+      // A grant that expired a minute ago, written where serve keeps its data by default.
+      const past = { t: Date.now() - 86_400_000 };
+      const m = await createCreditManager({
+        db: new SqliteDbManager({ filename: file }),
+        clock: () => new Date(past.t),
+      });
+      await m.credits.addCredits("alice", 50, { expiresAt: new Date(Date.now() - 60_000) });
+      await m.close();
+      const root = join(import.meta.dirname, "..");
+      const child = spawn(
+        process.execPath,
+        [
+          "--import",
+          join(root, "node_modules/tsx/dist/loader.mjs"),
+          join(root, "src/cli/index.ts"),
+          "worker",
+          "--once",
+        ],
+        {
+          cwd: dir,
+          env: {
+            ...process.env,
+            CREDIT_MONGO_URI: "",
+            CREDIT_PG_URL: "",
+            CREDIT_SQLITE_PATH: "",
+            CREDIT_REDIS_URL: "",
+          },
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      );
+      let out = "";
+      child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (out += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+      expect(code, out).toBe(0);
+      expect(out).toContain('"grantsExpired":1');
+      const after = await createCreditManager({ db: new SqliteDbManager({ filename: file }) });
+      expect((await after.credits.getUserCreditsInfo("alice")).balance).toBe(0);
+      await after.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 interface Line {

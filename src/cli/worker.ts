@@ -1,9 +1,10 @@
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
-import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
-import { InMemoryDbManager } from "../db/memory/index.js";
+import type { DbEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
+import { ServeUsageError, storeSettings } from "../serve/settings.js";
+import { openCreditStore } from "../serve/store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
 import { WorkerUsageError, workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
@@ -72,15 +73,19 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
   };
   if (settings.ledgerFile !== undefined) process.on("SIGHUP", onHup);
 
+  // The store exactly as `serve` resolves it (docs/operations.md): on a machine where `serve` runs
+  // on its default SQLite file, the worker works on that file too.
+  let store: ReturnType<typeof storeSettings>;
+  try {
+    store = storeSettings(env as Record<string, string | undefined>);
+  } catch (error) {
+    if (error instanceof ServeUsageError) throw new WorkerUsageError(error.message);
+    throw error;
+  }
   let db: DbManager | undefined;
   try {
     try {
-      db = await createDbManagerFromEnv(env);
-      if (db instanceof InMemoryDbManager) {
-        throw new WorkerUsageError(
-          "the worker works on your services' store: set CREDIT_PG_URL (and CREDIT_PG_SCHEMA), CREDIT_MONGO_URI (and CREDIT_MONGO_DB) or CREDIT_SQLITE_PATH",
-        );
-      }
+      db = await openCreditStore(store);
       // The Redis stream and cache, ledger file, retention and thresholds: the same for `serve --worker`.
       const resources = await openWorkerResources(settings, logger);
       closers.push(() => resources.close());
@@ -90,18 +95,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         const { openEndpointStore, allowedNetworks } = await import("../serve/store.js");
         const { webhookQueue, endpointOf } = await import("../webhooks/index.js");
         const e = env as Record<string, string | undefined>;
-        const endpoints = await openEndpointStore(
-          e.CREDIT_MONGO_URI?.trim()
-            ? { kind: "mongodb", uri: e.CREDIT_MONGO_URI.trim(), db: e.CREDIT_MONGO_DB?.trim() || "credit_management" }
-            : e.CREDIT_PG_URL?.trim()
-              ? {
-                  kind: "postgres",
-                  url: e.CREDIT_PG_URL.trim(),
-                  schema: e.CREDIT_PG_SCHEMA?.trim() || undefined,
-                  partitions: undefined,
-                }
-              : { kind: "sqlite", path: e.CREDIT_SQLITE_PATH?.trim() ?? "" },
-        );
+        const endpoints = await openEndpointStore(store);
         closers.push(() => endpoints.close());
         await endpoints.init();
         const w = webhookQueue({

@@ -274,12 +274,7 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     throw new ServeUsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
   }
   const s = r.data;
-  const given = [s.CREDIT_MONGO_URI && "CREDIT_MONGO_URI", s.CREDIT_PG_URL && "CREDIT_PG_URL"].filter(Boolean);
-  if (given.length > 1 || (given.length === 1 && s.CREDIT_SQLITE_PATH !== undefined)) {
-    throw new ServeUsageError(
-      `choose one store: ${[...given, s.CREDIT_SQLITE_PATH !== undefined ? "CREDIT_SQLITE_PATH/--sqlite" : ""].filter(Boolean).join(" and ")} are set`,
-    );
-  }
+  const store = storeOf(s);
   if (s.CREDIT_JWT_JWKS_URL !== undefined && s.CREDIT_JWT_KEY !== undefined)
     throw new ServeUsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
   if (s.CREDIT_HEADERS_TIMEOUT_MS !== undefined && s.CREDIT_HEADERS_TIMEOUT_MS > s.CREDIT_REQUEST_TIMEOUT_MS)
@@ -302,13 +297,52 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     throw new ServeUsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
   if (!jwt && (s.CREDIT_JWT_ISSUER !== undefined || s.CREDIT_JWT_AUDIENCE !== undefined))
     throw new ServeUsageError("CREDIT_JWT_ISSUER/CREDIT_JWT_AUDIENCE need CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY");
-  const store: ServeSettings["store"] =
-    s.CREDIT_MONGO_URI !== undefined
-      ? { kind: "mongodb", uri: s.CREDIT_MONGO_URI, db: s.CREDIT_MONGO_DB }
-      : s.CREDIT_PG_URL !== undefined
-        ? { kind: "postgres", url: s.CREDIT_PG_URL, schema: s.CREDIT_PG_SCHEMA, partitions: s.CREDIT_PG_PARTITIONS }
-        : { kind: "sqlite", path: s.CREDIT_SQLITE_PATH ?? DEFAULT_SQLITE_PATH };
   return { ...s, worker: flags.worker === true, store, jwt, payments };
+}
+
+const StoreSchema = Schema.pick({
+  CREDIT_MONGO_URI: true,
+  CREDIT_MONGO_DB: true,
+  CREDIT_PG_URL: true,
+  CREDIT_PG_SCHEMA: true,
+  CREDIT_PG_PARTITIONS: true,
+  CREDIT_SQLITE_PATH: true,
+});
+
+/** The store the checked variables name: MongoDB, PostgreSQL, or the SQLite file (by default ours). */
+function storeOf(s: z.output<typeof StoreSchema>): ServeSettings["store"] {
+  const given = [s.CREDIT_MONGO_URI && "CREDIT_MONGO_URI", s.CREDIT_PG_URL && "CREDIT_PG_URL"].filter(Boolean);
+  if (given.length > 1 || (given.length === 1 && s.CREDIT_SQLITE_PATH !== undefined)) {
+    throw new ServeUsageError(
+      `choose one store: ${[...given, s.CREDIT_SQLITE_PATH !== undefined ? "CREDIT_SQLITE_PATH/--sqlite" : ""].filter(Boolean).join(" and ")} are set`,
+    );
+  }
+  return s.CREDIT_MONGO_URI !== undefined
+    ? { kind: "mongodb", uri: s.CREDIT_MONGO_URI, db: s.CREDIT_MONGO_DB }
+    : s.CREDIT_PG_URL !== undefined
+      ? { kind: "postgres", url: s.CREDIT_PG_URL, schema: s.CREDIT_PG_SCHEMA, partitions: s.CREDIT_PG_PARTITIONS }
+      : { kind: "sqlite", path: s.CREDIT_SQLITE_PATH ?? DEFAULT_SQLITE_PATH };
+}
+
+/**
+ * The store of `serve`, `keys` and `worker` from the environment (docs/service.md, "Run it"): one
+ * resolution for every command on a machine, so that each finds the others' data. Throws
+ * `ServeUsageError` naming a bad variable, or two stores set.
+ */
+export function storeSettings(env: Env): ServeSettings["store"] {
+  const input: Record<string, string> = {};
+  for (const key of Object.keys(StoreSchema.shape)) {
+    const v = env[key];
+    if (v !== undefined && v.trim() !== "") input[key] = v.trim();
+  }
+  const r = StoreSchema.safeParse(input);
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    const key = String(issue?.path[0] ?? "");
+    const shown = /(URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
+    throw new ServeUsageError(`${key} ${issue?.message ?? "is invalid"}, not ${shown}`);
+  }
+  return storeOf(r.data);
 }
 
 function flagGiven(flags: ServeFlags, key: string): boolean {

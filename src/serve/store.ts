@@ -47,6 +47,13 @@ export async function sqliteOpener(): Promise<((file: string) => SqliteDatabase)
   return (file) => new Database(file);
 }
 
+/** The credit store alone (`worker`): as `serve` opens it, without the key store. */
+export async function openCreditStore(store: ServeSettings["store"]): Promise<DbManager> {
+  const { db, keys } = await openStores(store);
+  await keys.close();
+  return db;
+}
+
 /** The credit store and the key store of `serve` and `keys`, on the same database. */
 export async function openStores(
   store: ServeSettings["store"],
