@@ -234,9 +234,12 @@ function checkLinks(files) {
 /**
  * No page of docs/ nor the README names an issue number ("issue 62", "#62") or a commit id (7 to 40
  * hex characters that name a commit of this repository): the pages are for users, to whom neither
- * means anything; development notes belong in commit messages. Code blocks count too.
+ * means anything; development notes belong in commit messages. Code blocks count too, except that
+ * in a `text` block (a program's output, such as the README's journal listing "#6 expire") a bare
+ * "#6" is a sequence number; "issue 6" is still caught there.
  */
 const ISSUE_NUMBER = /\bissues?[\s-]+#?\d+|(?<![\w&/#-])#\d+\b/gi;
+const ISSUE_WORD = /\bissues?[\s-]+#?\d+/gi;
 const HEX_WORD = /\b[0-9a-f]{7,40}\b/gi;
 
 /** Which of `words` name a commit of this checkout (git cat-file); undefined without git history. */
@@ -264,11 +267,16 @@ function commitsAmong(words) {
 function findReferences(pages) {
   const found = [];
   const hex = [];
-  for (const { name, text } of pages)
+  for (const { name, text } of pages) {
+    let output = false; // inside a ```text block
     for (const [i, line] of text.split("\n").entries()) {
-      for (const m of line.matchAll(ISSUE_NUMBER)) found.push(`${name}:${i + 1}: names an issue ("${m[0].trim()}")`);
+      const fence = /^\s*```\s*(\S*)/.exec(line);
+      if (fence) output = !output && fence[1] === "text";
+      for (const m of line.matchAll(output ? ISSUE_WORD : ISSUE_NUMBER))
+        found.push(`${name}:${i + 1}: names an issue ("${m[0].trim()}")`);
       for (const m of line.matchAll(HEX_WORD)) hex.push({ where: `${name}:${i + 1}`, word: m[0] });
     }
+  }
   const commits = commitsAmong([...new Set(hex.map((h) => h.word))]);
   if (commits === undefined) return { found, commitsChecked: false };
   for (const h of hex) if (commits.has(h.word)) found.push(`${h.where}: names a commit (${h.word})`);
@@ -290,11 +298,11 @@ function checkReferences(files) {
   const sample = findReferences([
     {
       name: "sample",
-      text: `As issue 62 said (#62), fixed in ${head || "0000000"}.\nEd25519, 3600000, #fff, [x](#step-2)`,
+      text: `As issue 62 said (#62), fixed in ${head || "0000000"}.\nEd25519, 3600000, #fff, [x](#step-2)\n\`\`\`text\n  #6 expire   balance after 100\n\`\`\``,
     },
   ]);
   const expected = sample.commitsChecked ? 3 : 2;
-  if (sample.found.length !== expected || sample.found.some((f) => f.startsWith("sample:2")))
+  if (sample.found.length !== expected || sample.found.some((f) => /^sample:[24]:/.test(f)))
     fail(`the reference check is broken: on its sample it found\n  ${sample.found.join("\n  ")}`);
   if (!sample.commitsChecked)
     console.warn("check-docs: warning: no full git history here, so commit ids in the pages are not looked for");
