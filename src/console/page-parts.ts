@@ -113,40 +113,33 @@ export function dayParam(value: string | null): Date | null | undefined {
 }
 
 /**
- * A day field of a filter form, written and read as `YYYY-MM-DD` (UTC) like every date of the
+ * A day (`YYYY-MM-DD`) or month (`YYYY-MM`) field of a filter form, in UTC like every date of the
  * console (docs/console.md): a text field, not the browser's date picker, which writes the
  * browser's locale (`11/25/2026`). The browser refuses to send another shape (`pattern`).
  */
-export function dayField(label: string, name: string, value: string): Html {
+function isoField(label: string, name: string, value: string, shape: "YYYY-MM-DD" | "YYYY-MM", what: string): Html {
+  const pattern = shape.replace(/[YMD]+/g, (run) => `\\d{${run.length}}`);
   return html`<label
     >${label}<input
       name="${name}"
       value="${value}"
-      placeholder="YYYY-MM-DD"
-      pattern="\\d{4}-\\d{2}-\\d{2}"
-      title="A day as YYYY-MM-DD (UTC)"
+      placeholder="${shape}"
+      pattern="${pattern}"
+      title="${what} as ${shape} (UTC)"
       inputmode="numeric"
       autocomplete="off"
-      size="10"
-      maxlength="10"
+      size="${shape.length}"
+      maxlength="${shape.length}"
   /></label>`;
 }
 
-/** A month field of a filter form, `YYYY-MM` (UTC), as `dayField`. */
-export function monthField(label: string, name: string, value: string): Html {
-  return html`<label
-    >${label}<input
-      name="${name}"
-      value="${value}"
-      placeholder="YYYY-MM"
-      pattern="\\d{4}-\\d{2}"
-      title="A month as YYYY-MM (UTC)"
-      inputmode="numeric"
-      autocomplete="off"
-      size="7"
-      maxlength="7"
-  /></label>`;
-}
+/** A day field of a filter form, `YYYY-MM-DD` (UTC). */
+export const dayField = (label: string, name: string, value: string): Html =>
+  isoField(label, name, value, "YYYY-MM-DD", "A day");
+
+/** A month field of a filter form, `YYYY-MM` (UTC). */
+export const monthField = (label: string, name: string, value: string): Html =>
+  isoField(label, name, value, "YYYY-MM", "A month");
 
 /** A grant's scope in words (docs/teams-and-limits.md, "Scoped credits"): what it may pay for. */
 export function scopeText(g: Pick<Grant, "scope">): Html {
