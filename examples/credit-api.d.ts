@@ -1147,7 +1147,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         balance: number;
                         reserved: number;
                         available: number;
@@ -1284,7 +1284,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -1299,7 +1299,7 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: (string & (unknown & unknown)) | null;
+                            idempotencyKey: string | null;
                             fingerprint: string | null;
                             correlationId: string | null;
                             description: string | null;
@@ -1377,11 +1377,11 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         total: number;
                         grants: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -1459,7 +1459,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -1531,7 +1531,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -1553,7 +1553,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         amount: number;
                         /** @enum {string} */
                         status: "active" | "committed" | "released" | "expired";
@@ -1680,7 +1680,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         amount: number;
                         /** @enum {string} */
                         status: "active" | "committed" | "released" | "expired";
@@ -1759,7 +1759,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -1778,7 +1778,7 @@ export interface operations {
                     "application/json": {
                         reservation: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             amount: number;
                             /** @enum {string} */
                             status: "active" | "committed" | "released" | "expired";
@@ -1803,7 +1803,7 @@ export interface operations {
                         };
                         entry: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -1818,7 +1818,7 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: (string & (unknown & unknown)) | null;
+                            idempotencyKey: string | null;
                             fingerprint: string | null;
                             correlationId: string | null;
                             description: string | null;
@@ -1938,7 +1938,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -1956,7 +1956,7 @@ export interface operations {
                     "application/json": {
                         reservation: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             amount: number;
                             /** @enum {string} */
                             status: "active" | "committed" | "released" | "expired";
@@ -1981,7 +1981,7 @@ export interface operations {
                         };
                         entry: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -1996,7 +1996,7 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: (string & (unknown & unknown)) | null;
+                            idempotencyKey: string | null;
                             fingerprint: string | null;
                             correlationId: string | null;
                             description: string | null;
@@ -2112,7 +2112,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         balance: number;
                         reserved: number;
                         available: number;
@@ -2262,7 +2262,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2277,7 +2277,7 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: (string & (unknown & unknown)) | null;
+                            idempotencyKey: string | null;
                             fingerprint: string | null;
                             correlationId: string | null;
                             description: string | null;
@@ -2357,11 +2357,11 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         total: number;
                         grants: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -2450,7 +2450,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             amount: number;
                             remaining: number;
                             expiresAt: string | null;
@@ -2537,7 +2537,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         ok: boolean;
                         /** @enum {string} */
                         from: "checkpoint" | "genesis";
@@ -2611,7 +2611,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -2642,7 +2642,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         seq: number;
                         /** @enum {string} */
                         type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2657,7 +2657,7 @@ export interface operations {
                             kind?: "returned" | "debt_paid";
                         }[];
                         reservationId: string | null;
-                        idempotencyKey: (string & (unknown & unknown)) | null;
+                        idempotencyKey: string | null;
                         fingerprint: string | null;
                         correlationId: string | null;
                         description: string | null;
@@ -2767,7 +2767,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -2788,7 +2788,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         seq: number;
                         /** @enum {string} */
                         type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -2803,7 +2803,7 @@ export interface operations {
                             kind?: "returned" | "debt_paid";
                         }[];
                         reservationId: string | null;
-                        idempotencyKey: (string & (unknown & unknown)) | null;
+                        idempotencyKey: string | null;
                         fingerprint: string | null;
                         correlationId: string | null;
                         description: string | null;
@@ -2922,7 +2922,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -2944,7 +2944,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         amount: number;
                         /** @enum {string} */
                         status: "active" | "committed" | "released" | "expired";
@@ -3164,12 +3164,12 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
-                    userId?: string & (unknown & unknown);
+                    userId?: string;
                 };
             };
         };
@@ -3182,7 +3182,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         seq: number;
                         /** @enum {string} */
                         type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -3197,7 +3197,7 @@ export interface operations {
                             kind?: "returned" | "debt_paid";
                         }[];
                         reservationId: string | null;
-                        idempotencyKey: (string & (unknown & unknown)) | null;
+                        idempotencyKey: string | null;
                         fingerprint: string | null;
                         correlationId: string | null;
                         description: string | null;
@@ -3448,7 +3448,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -3577,7 +3577,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -3706,7 +3706,7 @@ export interface operations {
             content: {
                 "application/json": {
                     description?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     correlationId?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
@@ -4109,7 +4109,7 @@ export interface operations {
                 kinds?: ("spend" | "refund" | "clawback")[];
                 orderBy?: "start" | "credits";
                 limit?: number;
-                account?: string & (unknown & unknown);
+                account?: string;
             };
             header?: never;
             path?: never;
@@ -4193,7 +4193,7 @@ export interface operations {
                 kinds?: ("spend" | "refund" | "clawback")[];
                 orderBy?: "start" | "credits";
                 limit?: number;
-                account?: string & (unknown & unknown);
+                account?: string;
             };
             header?: never;
             path?: never;
@@ -4256,7 +4256,7 @@ export interface operations {
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "feature" | "spender")[];
-                account?: string & (unknown & unknown);
+                account?: string;
             };
             header?: never;
             path?: never;
@@ -4345,7 +4345,7 @@ export interface operations {
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "feature" | "spender")[];
-                account?: string & (unknown & unknown);
+                account?: string;
             };
             header?: never;
             path?: never;
@@ -4588,7 +4588,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -4746,7 +4746,7 @@ export interface operations {
             content: {
                 "application/json": {
                     autoRenew?: boolean;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
@@ -4763,7 +4763,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -4960,7 +4960,7 @@ export interface operations {
                     when?: "now" | "period_end";
                     /** @enum {string} */
                     credits?: "keep" | "expire" | "prorate";
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     planId: string;
                 };
             };
@@ -4974,7 +4974,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -5170,7 +5170,7 @@ export interface operations {
                     atPeriodEnd?: boolean;
                     /** @enum {string} */
                     credits?: "keep" | "expire";
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                 };
             };
         };
@@ -5183,7 +5183,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -5376,7 +5376,7 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": {
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                 };
             };
         };
@@ -5389,7 +5389,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6173,7 +6173,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6343,7 +6343,7 @@ export interface operations {
                 "application/json": {
                     autoRenew?: boolean;
                     startAt?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
@@ -6360,7 +6360,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6559,7 +6559,7 @@ export interface operations {
                     when?: "now" | "period_end";
                     /** @enum {string} */
                     credits?: "keep" | "expire" | "prorate";
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     planId: string;
                 };
             };
@@ -6573,7 +6573,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6771,7 +6771,7 @@ export interface operations {
                     atPeriodEnd?: boolean;
                     /** @enum {string} */
                     credits?: "keep" | "expire";
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                 };
             };
         };
@@ -6784,7 +6784,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -6979,7 +6979,7 @@ export interface operations {
         requestBody?: {
             content: {
                 "application/json": {
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                 };
             };
         };
@@ -6992,7 +6992,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         planId: string;
                         /** @enum {string} */
                         status: "active" | "canceled" | "expired";
@@ -7244,7 +7244,7 @@ export interface operations {
             content: {
                 "application/json": {
                     correlationId?: string;
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                     promo_code: string;
                 };
             };
@@ -7260,7 +7260,7 @@ export interface operations {
                         claim: {
                             id: string;
                             code: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             claimNumber: number;
                             credits: number;
                             grantId: string | null;
@@ -7270,7 +7270,7 @@ export interface operations {
                         };
                         entry: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             seq: number;
                             /** @enum {string} */
                             type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
@@ -7285,7 +7285,7 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: (string & (unknown & unknown)) | null;
+                            idempotencyKey: string | null;
                             fingerprint: string | null;
                             correlationId: string | null;
                             description: string | null;
@@ -7394,7 +7394,7 @@ export interface operations {
                             code: string;
                             credits: number;
                             creditsExpireInDays: number | null;
-                            userIds: (string & (unknown & unknown))[] | null;
+                            userIds: string[] | null;
                             maxUses: number | null;
                             maxUsesPerUser: number;
                             validFrom: string | null;
@@ -7465,7 +7465,7 @@ export interface operations {
                     code: string;
                     credits: number;
                     creditsExpireInDays?: number;
-                    userIds?: (string & (unknown & unknown))[];
+                    userIds?: string[];
                     maxUses?: number;
                     maxUsesPerUser?: number;
                     validFrom?: string;
@@ -7489,7 +7489,7 @@ export interface operations {
                         code: string;
                         credits: number;
                         creditsExpireInDays: number | null;
-                        userIds: (string & (unknown & unknown))[] | null;
+                        userIds: string[] | null;
                         maxUses: number | null;
                         maxUsesPerUser: number;
                         validFrom: string | null;
@@ -7599,7 +7599,7 @@ export interface operations {
                         code: string;
                         credits: number;
                         creditsExpireInDays: number | null;
-                        userIds: (string & (unknown & unknown))[] | null;
+                        userIds: string[] | null;
                         maxUses: number | null;
                         maxUsesPerUser: number;
                         validFrom: string | null;
@@ -7702,7 +7702,7 @@ export interface operations {
                     metadata?: {
                         [key: string]: components["schemas"]["JsonValue"];
                     };
-                    idempotencyKey?: string & (unknown & unknown);
+                    idempotencyKey?: string;
                 };
             };
         };
@@ -7715,7 +7715,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         provider: string;
                         providerRef: string | null;
                         providerPaymentId: string | null;
@@ -7827,7 +7827,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             provider: string;
                             providerRef: string | null;
                             providerPaymentId: string | null;
@@ -7903,7 +7903,7 @@ export interface operations {
                 content: {
                     "application/json": {
                         id: string;
-                        userId: string & (unknown & unknown);
+                        userId: string;
                         provider: string;
                         providerRef: string | null;
                         providerPaymentId: string | null;
@@ -7990,7 +7990,7 @@ export interface operations {
                     "application/json": {
                         items: {
                             id: string;
-                            userId: string & (unknown & unknown);
+                            userId: string;
                             provider: string;
                             providerRef: string | null;
                             providerPaymentId: string | null;

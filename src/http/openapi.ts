@@ -33,6 +33,22 @@ const STATUS_TEXT: Record<number, string> = {
 };
 
 /**
+ * A string with two or more `.regex` checks (a user id: printable, and not `.` nor `..`) comes out
+ * of `z.toJSONSchema` as `allOf: [{ pattern }, { pattern }]`, which generators read as an
+ * intersection of untyped schemas (`string & (unknown & unknown)`). Anchored patterns (`^…`) are
+ * merged into one with a lookahead each, `(?=^a)(?=^b)`, which matches where every one of them
+ * does: the schema reads `type: "string"` with one `pattern`.
+ */
+function mergePatterns(schema: Json): void {
+  const parts = schema.allOf;
+  if (!Array.isArray(parts) || schema.pattern !== undefined) return;
+  const patterns = parts.map((p: Json) => (Object.keys(p).length === 1 ? p.pattern : undefined));
+  if (!patterns.every((p): p is string => typeof p === "string" && p.startsWith("^"))) return;
+  schema.pattern = patterns.map((p) => `(?=${p})`).join("");
+  delete schema.allOf;
+}
+
+/**
  * Renders an OpenAPI 3.1 document from the route table: request bodies, query parameters and
  * responses are the routes' zod schemas through `z.toJSONSchema` (JSON Schema 2020-12, the dialect
  * of OpenAPI 3.1); dates become `string`/`date-time`; shared definitions (the JSON value of
@@ -72,6 +88,7 @@ export function buildOpenApi(
           ctx.jsonSchema.type = "string";
           ctx.jsonSchema.format = "date-time";
         }
+        mergePatterns(ctx.jsonSchema);
       },
     }) as Json;
     delete out.$schema;
