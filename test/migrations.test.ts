@@ -9,6 +9,7 @@ import { runCli } from "../src/cli/run.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { ConfigurationError } from "../src/errors.js";
 import type { NotificationMessage } from "../src/queue/index.js";
+import type { RevenueQuery } from "../src/models/revenue.js";
 import {
   MIGRATIONS,
   SCHEMA_VERSION,
@@ -305,6 +306,21 @@ describe("schema upgrades: the statements", () => {
     for (const dialect of ["mysql", "sqlite"] as const) expect(until(17, { dialect, fromVersion: 16 })).toEqual([]);
     expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 16 })).toContain(
       'CREATE TABLE IF NOT EXISTS "revenue_days"',
+    );
+  });
+
+  it("version 19: PostgreSQL's revenue summary emptied where it exists, revenue_days included (reports fill it again); nothing on MySQL and SQLite", () => {
+    const pg = until(19, { dialect: "postgres", fromVersion: 18, schema: "billing", prefix: "cm_" });
+    expect(pg).toHaveLength(1);
+    expect(pg[0]).toContain(
+      'TRUNCATE "billing"."cm_revenue_state", "billing"."cm_revenue_daily", "billing"."cm_revenue_deferred"',
+    );
+    expect(pg[0]).toContain(
+      `IF to_regclass('"billing"."cm_revenue_days"') IS NOT NULL THEN TRUNCATE "billing"."cm_revenue_days"`,
+    );
+    for (const dialect of ["mysql", "sqlite"] as const) expect(until(19, { dialect, fromVersion: 18 })).toEqual([]);
+    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 18 })).toContain(
+      "-- version 19: PostgreSQL: the revenue summary emptied",
     );
   });
 
@@ -788,6 +804,40 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
         { user_id: "u2", credits: 11, requests: 7, input: 110 },
       ]);
       for (const u of ["u1", "u2"]) expect((await again.audit(u, { from: "genesis" })).problems).toEqual([]);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("a version 18 store's revenue summary, filled by the rule before decision 3's, is emptied by init(): the next report fills it again and is the journal's replay", async () => {
+    const schema = await newSchema("v18_revenue");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const { getRevenue } = await import("../src/services/revenue.js");
+    const credits = new CreditService({ db });
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await credits.addCredits("u", 3000, { costBasis: { perCredit: "1/3", currency: "USD" } });
+    await credits.deductCredits("u", 1000);
+    const day = 86_400_000;
+    const from = new Date(Math.floor(Date.now() / day) * day - day);
+    const query: RevenueQuery = { from, to: new Date(from.getTime() + 3 * day), interval: null, groupBy: ["account"] };
+    const before = await getRevenue(db, query);
+    // What the summary of version 18 could hold: another rule's figures for the same entries.
+    await client.query(`UPDATE ${q("revenue_days")} SET recognized = recognized - 100, refunds = refunds + 100`);
+    expect((await getRevenue(db, query)).rows[0]?.recognized).toBe(233);
+    await db.close();
+    await client.query(`UPDATE ${q("schema_version")} SET version = 18`);
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      for (const table of ["revenue_state", "revenue_days", "revenue_daily", "revenue_deferred"])
+        expect((await client.query(`SELECT count(*)::int AS n FROM ${q(table)}`)).rows[0].n).toBe(0);
+      const after = await getRevenue(upgraded, query);
+      expect(after).toEqual(before);
+      expect(after).toEqual(await getRevenue(upgraded, query, { path: "replay" }));
+      expect((await client.query(`SELECT count(*)::int AS n FROM ${q("revenue_state")}`)).rows[0].n).toBe(1);
     } finally {
       await upgraded.close();
     }

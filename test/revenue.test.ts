@@ -413,6 +413,72 @@ describe.each(stores)(
       ]);
       expect(ofCurrency(withPromo, null)).toEqual([]);
     });
+
+    it("a refund after part of the payment's grant broke reverses what it recognized, then what it broke: recognized never goes below it", async () => {
+      let paymentDay = 0;
+      const rows = await month(async ({ clock, credits, payments, pay }) => {
+        const p = await pay("u", 1000); // 3,000 credits at 1/3 cent
+        paymentDay = clock.now;
+        clock.now = T0 + DAY;
+        await credits.deductCredits("u", 1000); // recognized 333
+        const grant = (await credits.getGrants("u")).find((g) => g.source === "payment")!;
+        await credits.voidGrant(grant.id); // the other 2,000 unused: breakage 667
+        await credits.addCredits("u", 3000, { source: "promo" });
+        clock.now = T0 + 2 * DAY;
+        await payments.recordRefund("u", p.id, { refundedTotal: 1000 });
+        expect((await credits.getUserCreditsInfo("u")).balance).toBe(0);
+      });
+      // The cash went back: what the payment earned, used and broken, is reversed, and no more.
+      expect(ofCurrency(rows, "USD")).toEqual([
+        expect.objectContaining({ paid: 1000, recognized: 0, breakage: 0, refunds: 1000, deferredEnd: 0 }),
+      ]);
+      expect(paymentDay).toBe(T0);
+    });
+
+    it("by day: the refund's day reverses 333 recognized and 667 breakage; a partial refund only what it takes", async () => {
+      const opened = await store.open();
+      const db = opened.db;
+      await db.init();
+      try {
+        const { clock, credits, payments, pay } = services(db);
+        const p = await pay("u", 1000);
+        clock.now = T0 + DAY;
+        await credits.deductCredits("u", 1000);
+        await credits.voidGrant((await credits.getGrants("u")).find((g) => g.source === "payment")!.id);
+        clock.now = T0 + 2 * DAY;
+        // Half of it back: 1,500 credits taken past the balance (debt), worth 500 — less than the 333 recognized and 667 broken.
+        await payments.recordRefund("u", p.id, { refundedTotal: 500 });
+        clock.now = T0 + 3 * DAY;
+        await payments.recordRefund("u", p.id, { refundedTotal: 1000 });
+        const q = { account: "u", from: dayStart(T0), to: dayStart(T0) + 4 * DAY, interval: "day" } as const;
+        const usd = ofCurrency((await sameAsReplay(db, q)).rows, "USD");
+        const fig = (r: RevenueRow) => [r.paid, r.recognized, r.breakage, r.refunds, r.deferredEnd];
+        expect(usd.map(fig)).toEqual([
+          [1000, 0, 0, 0, 1000],
+          [0, 333, 667, 0, 0],
+          [0, -333, -167, 500, 0],
+          [0, 0, -500, 500, 0],
+        ]);
+        expect((await credits.audit("u")).problems).toEqual([]);
+      } finally {
+        await db.close();
+        await opened.drop();
+      }
+    });
+
+    it("a refund whose take-back draws on other credits while the payment's own are unused reverses revenue it has not earned yet", async () => {
+      const rows = await month(async ({ clock, credits, payments, pay }) => {
+        const p = await pay("u", 1000);
+        // Promo credits expiring first: a deduction draws on them before the payment's.
+        await credits.addCredits("u", 3000, { source: "promo", expiresAt: new Date(T0 + 10 * DAY) });
+        clock.now = T0 + DAY;
+        await payments.recordRefund("u", p.id, { refundedTotal: 500 });
+      });
+      // The customer keeps the 3,000 paid credits (deferred 1,000) and has 500 back: a loss, recognized negative.
+      expect(ofCurrency(rows, "USD")).toEqual([
+        expect.objectContaining({ paid: 1000, recognized: -500, breakage: 0, refunds: 500, deferredEnd: 1000 }),
+      ]);
+    });
   },
 );
 

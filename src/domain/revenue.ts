@@ -115,6 +115,8 @@ export interface Lot {
   offset: number;
   /** Credits of the lot gone (used, expired, voided, taken back): positions `offset` to `offset + gone`. */
   gone: number;
+  /** The payment (`metadata.paymentId`) whose addition made the lot, if any: what it earns is that payment's. */
+  payment: string | null;
 }
 
 /** A paid addition of a payment (`metadata.paymentId`), for its refunds. */
@@ -128,6 +130,10 @@ export interface Payment {
   size: number;
   /** Credits whose revenue a refund reversed: positions 0 to `reversed` of the addition. */
   reversed: number;
+  /** What its credits were recognized for so far (the debt it paid included), less what refunds reversed of it. */
+  recognized: number;
+  /** What its credits broke (expired or voided unused) so far, less what refunds reversed of it. */
+  broken: number;
 }
 
 /**
@@ -148,7 +154,16 @@ export const emptyRevenueState = (): RevenueState => ({ lots: new Map(), payment
 /** `state` as compact JSON text (bigints as decimal text), for a store to keep. */
 export function revenueStateText(state: RevenueState): string {
   return JSON.stringify({
-    l: [...state.lots].map(([id, l]) => [id, `${l.rate.num}`, `${l.rate.den}`, l.currency, l.source, l.offset, l.gone]),
+    l: [...state.lots].map(([id, l]) => [
+      id,
+      `${l.rate.num}`,
+      `${l.rate.den}`,
+      l.currency,
+      l.source,
+      l.offset,
+      l.gone,
+      l.payment,
+    ]),
     p: [...state.payments].map(([id, p]) => [
       id,
       `${p.rate.num}`,
@@ -158,6 +173,8 @@ export function revenueStateText(state: RevenueState): string {
       p.lot,
       p.size,
       p.reversed,
+      p.recognized,
+      p.broken,
     ]),
     h: [...state.holds].map(([id, alloc]) => [id, [...alloc]]),
   });
@@ -165,21 +182,23 @@ export function revenueStateText(state: RevenueState): string {
 
 /** The state `revenueStateText` wrote. */
 export function parseRevenueState(text: string): RevenueState {
-  type L = [string, string, string, string, string | null, number, number];
-  type P = [string, string, string, string, string | null, string | null, number, number];
+  // A state saved before lots knew their payment and payments what they earned reads them as none
+  // (the upgrade to schema version 19 empties summaries saved before, docs/schema-upgrades.md).
+  type L = [string, string, string, string, string | null, number, number, (string | null)?];
+  type P = [string, string, string, string, string | null, string | null, number, number, number?, number?];
   const raw = JSON.parse(text) as { l: L[]; p: P[]; h: [string, [string, number][]][] };
   const rate = (num: string, den: string): Rate => ({ num: BigInt(num), den: BigInt(den) });
   return {
     lots: new Map(
-      raw.l.map(([id, n, d, currency, source, offset, gone]) => [
+      raw.l.map(([id, n, d, currency, source, offset, gone, payment]) => [
         id,
-        { rate: rate(n, d), currency, source, offset, gone },
+        { rate: rate(n, d), currency, source, offset, gone, payment: payment ?? null },
       ]),
     ),
     payments: new Map(
-      raw.p.map(([id, n, d, currency, source, lot, size, reversed]) => [
+      raw.p.map(([id, n, d, currency, source, lot, size, reversed, recognized, broken]) => [
         id,
-        { rate: rate(n, d), currency, source, lot, size, reversed },
+        { rate: rate(n, d), currency, source, lot, size, reversed, recognized: recognized ?? 0, broken: broken ?? 0 },
       ]),
     ),
     holds: new Map(raw.h.map(([id, alloc]) => [id, new Map(alloc)])),
@@ -214,7 +233,8 @@ export interface Key {
  * refunded payment's own grant are refunds; those it deducts from other paid grants are recognized
  * (they pay for the usage the refund reverses), and for every credit it takes from another grant,
  * paid or free, or past the balance (debt, unbilled), the refunded payment's revenue for as many
- * credits is reversed (recognized negative, refunds positive). An addition's credits that pay debt
+ * credits is reversed (refunds positive; recognized negative up to what the payment's credits were
+ * recognized for, then breakage negative up to what they broke). An addition's credits that pay debt
  * are recognized when it is made. So per account and currency, at every instant, the value of
  * what was paid equals recognized + breakage + refunds + deferred.
  */
@@ -282,14 +302,30 @@ export class RevenueAccumulator {
       if (w < 0 || v === 0) return;
       this.sum(k, w)[figure] += v;
     };
-    /** The refunded payment's revenue for `credits` used credits, reversed: from its first positions on. */
+    /** `v` of `lot`'s credits recognized or broken: its payment's (what a refund of it may reverse). */
+    const earned = (lot: Lot, figure: "recognized" | "breakage", v: number) => {
+      const p = lot.payment === null ? undefined : payments.get(lot.payment);
+      if (p === undefined) return;
+      if (figure === "recognized") p.recognized += v;
+      else p.broken += v;
+    };
+    /**
+     * The refunded payment's revenue for `credits` credits its take-back took elsewhere than its own
+     * grant, reversed (docs/revenue.md, decision 3): their value at its basis, from its first positions
+     * on, is refunds, and comes out of what its credits were recognized for, then out of what they
+     * broke; past both (its own credits not used yet, the take-back drew on others first), out of
+     * recognized again.
+     */
     const reverse = (p: Payment, credits: number, at: JournalEntry) => {
       const n = Math.min(credits, p.size - p.reversed);
       const v = valueAt(p.rate, p.reversed + n) - valueAt(p.rate, p.reversed);
       p.reversed += n;
-      const k = key(p.currency, p.source, at);
-      add(k, "recognized", -v);
-      add(k, "refunds", v);
+      const broken = Math.min(Math.max(v - Math.max(p.recognized, 0), 0), Math.max(p.broken, 0));
+      p.recognized -= v - broken;
+      p.broken -= broken;
+      add(key(p.currency, p.source, at), "recognized", -(v - broken));
+      add(key(p.currency, p.source, null), "breakage", -broken);
+      add(key(p.currency, p.source, at), "refunds", v);
     };
 
     for (const e of entries) {
@@ -312,12 +348,21 @@ export class RevenueAccumulator {
           if (debtPaid > 0) add(key(b.currency, source, null), "recognized", valueAt(rate, debtPaid));
           const first = e.grants[0]?.grantId ?? null;
           for (const g of e.grants) {
-            const lot: Lot = { rate, currency: b.currency, source, offset: debtPaid, gone: 0 };
+            const lot: Lot = { rate, currency: b.currency, source, offset: debtPaid, gone: 0, payment: paymentId };
             lots.set(g.grantId, lot);
             shift(lot, valueAt(rate, debtPaid + g.amount) - valueAt(rate, debtPaid));
           }
           if (paymentId !== null)
-            payments.set(paymentId, { rate, currency: b.currency, source, lot: first, size: e.amount, reversed: 0 });
+            payments.set(paymentId, {
+              rate,
+              currency: b.currency,
+              source,
+              lot: first,
+              size: e.amount,
+              reversed: 0,
+              recognized: valueAt(rate, debtPaid),
+              broken: 0,
+            });
           break;
         }
         case "deduct":
@@ -336,9 +381,10 @@ export class RevenueAccumulator {
             const lot = lots.get(g.grantId);
             if (lot === undefined) continue; // a free grant's credits: no revenue
             const v = take(lot, g.amount);
-            const k = key(lot.currency, lot.source, e);
             // Those of another paid grant are recognized at its basis; the payment's own are refunds.
-            add(k, takeBack && (p === null || p.lot === g.grantId) ? "refunds" : "recognized", v);
+            const figure = takeBack && (p === null || p.lot === g.grantId) ? "refunds" : "recognized";
+            add(key(lot.currency, lot.source, e), figure, v);
+            if (figure === "recognized") earned(lot, figure, v);
           }
           // What a deduction takes past the grants becomes debt: usage not paid for yet, a
           // take-back's too (docs/revenue.md, decisions 3 and 4), whose payment's revenue is reversed.
@@ -354,7 +400,9 @@ export class RevenueAccumulator {
           for (const g of e.grants) {
             const lot = lots.get(g.grantId);
             if (lot === undefined) continue;
-            add(key(lot.currency, lot.source, null), takeBack ? "refunds" : "breakage", take(lot, g.amount));
+            const v = take(lot, g.amount);
+            add(key(lot.currency, lot.source, null), takeBack ? "refunds" : "breakage", v);
+            if (!takeBack) earned(lot, "breakage", v);
           }
           break;
         case "reserve": {
@@ -371,7 +419,10 @@ export class RevenueAccumulator {
           for (const g of e.grants) alloc.set(g.grantId, (alloc.get(g.grantId) ?? 0) - g.amount);
           for (const [grantId, left] of alloc) {
             const lot = left > 0 ? lots.get(grantId) : undefined;
-            if (lot !== undefined) add(key(lot.currency, lot.source, e), "recognized", take(lot, left));
+            if (lot === undefined) continue;
+            const v = take(lot, left);
+            add(key(lot.currency, lot.source, e), "recognized", v);
+            earned(lot, "recognized", v);
           }
           break;
         }

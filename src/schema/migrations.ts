@@ -263,6 +263,14 @@ export const MIGRATIONS: readonly Migration[] = [
       return rollupFoldUpgradeSql(journal.qualified, accounts.qualified, naming);
     },
   },
+  // Version 19: the revenue summary emptied (docs/revenue.md, decision 3). Self-contained: renumber freely.
+  {
+    to: 19,
+    summary:
+      "PostgreSQL: the revenue summary emptied (revenue_state, revenue_days, revenue_daily, revenue_deferred, where they exist): it holds refunds' figures by the rule before this release (a take-back past the balance or from a free grant, a reversal past what the refunded payment earned), and the next revenue report fills it again from the journal (docs/revenue.md)",
+    columns: [],
+    statements: (dialect, naming) => (dialect === "postgres" ? [revenueResetSql(naming)] : []),
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

@@ -53,14 +53,17 @@ export function revenueDdl(naming: NamingOptions): string[] {
 }
 
 /**
- * Empties the summary where it exists (the upgrade to schema version 17, whose `revenue_days` the
- * summary of version 16 did not fill): the next report fills it again from the journal.
+ * Empties the summary where it exists, so that the next report fills it again from the journal:
+ * the upgrade to schema version 17 (whose `revenue_days` the summary of version 16 did not fill),
+ * and to version 19 (the summary's figures of refunds followed the rule before it, docs/revenue.md
+ * decision 3). Each table only if the store has it (`revenue_days` is version 17's).
  */
 export function revenueResetSql(naming: NamingOptions): string {
   const n = revenueNames(naming);
   const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
   return (
     `DO $cm$ BEGIN IF to_regclass(${lit(n.state)}) IS NOT NULL THEN ` +
-    `TRUNCATE ${n.state}, ${n.split}, ${n.deferred}; END IF; END $cm$;`
+    `TRUNCATE ${n.state}, ${n.split}, ${n.deferred}; END IF; ` +
+    `IF to_regclass(${lit(n.daily)}) IS NOT NULL THEN TRUNCATE ${n.daily}; END IF; END $cm$;`
   );
 }
