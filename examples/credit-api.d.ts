@@ -1187,6 +1187,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Internal error */
             500: {
                 headers: {
@@ -1506,6 +1515,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Internal error */
             500: {
                 headers: {
@@ -1641,7 +1659,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`) */
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -2886,7 +2904,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`) */
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3032,7 +3050,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
-            /** @description A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`) */
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -3879,6 +3897,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Internal error */
             500: {
                 headers: {
@@ -3928,6 +3955,15 @@ export interface operations {
             };
             /** @description No identity */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -9,6 +9,7 @@ import { SignJWT } from "jose";
 import { pino } from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { ConfigurationError, createCreditManager, ValidationError } from "../src/index.js";
+import { createCreditHandler } from "../src/http/index.js";
 import { createAuthenticator } from "../src/serve/auth.js";
 import { memoryKeyStore, newKey } from "../src/serve/keys.js";
 import { customerTokenOptions, serveApp } from "../src/serve/server.js";
@@ -83,8 +84,8 @@ describe("serve takes customer tokens on the read routes only", () => {
   let server: Server | undefined;
   afterEach(() => new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve()))));
 
-  async function serve() {
-    const settings = serveSettings({}, { CREDIT_CUSTOMER_TOKEN_SECRET: SECRET });
+  async function serve(env: Record<string, string> = {}) {
+    const settings = serveSettings({}, { CREDIT_CUSTOMER_TOKEN_SECRET: SECRET, ...env });
     const options = customerTokenOptions(settings);
     expect(options).toEqual({ customerTokens: { secret: [SECRET] } });
     const clock = { t: Date.now() };
@@ -198,6 +199,39 @@ describe("serve takes customer tokens on the read routes only", () => {
   });
 });
 
+describe("serve's customer token rate limit", () => {
+  let server: Server | undefined;
+  afterEach(() => new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve()))));
+
+  it("applies CREDIT_CUSTOMER_RATE_LIMIT_* to the customer routes; admin keys are not limited", async () => {
+    const settings = serveSettings(
+      {},
+      {
+        CREDIT_CUSTOMER_TOKEN_SECRET: SECRET,
+        CREDIT_CUSTOMER_RATE_LIMIT_BURST: "2",
+        CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE: "3",
+      },
+    );
+    const m = await createCreditManager(customerTokenOptions(settings));
+    const keys = memoryKeyStore();
+    const admin = newKey("admin", null, "ops");
+    await keys.insert(admin.record);
+    const app = serveApp(m, settings, await createAuthenticator(settings, keys, 0), pino({ level: "silent" }), null);
+    server = createServer(app.listener);
+    await new Promise<void>((resolve) => server?.listen(0, "127.0.0.1", resolve));
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const get = (path: string, token: string) => fetch(base + path, { headers: { authorization: `Bearer ${token}` } });
+    const { token } = await m.credits.customerToken("alice", { ttlSeconds: 60 });
+    expect((await get("/credits/balance", token)).status).toBe(200);
+    expect((await get("/credits/grants", token)).status).toBe(200);
+    const refused = await get("/credits/balance", token);
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("retry-after")).toBe("20");
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe("RATE_LIMITED");
+    for (let i = 0; i < 5; i++) expect((await get("/admin/credits/users/alice/grants", admin.key)).status).toBe(200);
+  });
+});
+
 describe("serve's customer token settings", () => {
   it("reads the secrets and the frame ancestors, and refuses bad ones", () => {
     const s = serveSettings(
@@ -220,5 +254,102 @@ describe("serve's customer token settings", () => {
       /CREDIT_CUSTOMER_FRAME_ANCESTORS/,
     );
     expect(() => serveSettings({}, { CREDIT_CUSTOMER_FRAME_ANCESTORS: "'none' 'self'" })).toThrow(/'none'/);
+  });
+});
+
+describe("the customer tokens' rate limit (a bucket per account)", () => {
+  async function handler(customerRateLimit?: { burst?: number; perMinute?: number } | false) {
+    const { m, clock } = await manager();
+    await m.credits.addCredits("alice", 500);
+    await m.credits.addCredits("bob", 700);
+    const h = createCreditHandler(m, {
+      authenticate: (r) =>
+        r.headers.get("authorization") === "Bearer admin-key" ? { userId: "ops", admin: true } : null,
+      ...(customerRateLimit === undefined ? {} : { customerRateLimit }),
+    });
+    const get = async (path: string, token: string) => {
+      const r = await h(new Request(`http://localhost${path}`, { headers: { authorization: `Bearer ${token}` } }));
+      return { status: r.status, retryAfter: r.headers.get("retry-after"), body: (await r.json()) as never };
+    };
+    return { m, clock, get };
+  }
+
+  it("trips past the burst with 429 RATE_LIMITED and Retry-After, and lets requests in again as it refills", async () => {
+    const { m, clock, get } = await handler({ burst: 3, perMinute: 6 }); // 3 at once, then one every 10 s
+    const { token } = await m.credits.customerToken("alice", { ttlSeconds: 600 });
+    for (const path of ["/credits/balance", "/credits/grants", "/credits/balance"])
+      expect((await get(path, token)).status).toBe(200);
+    const refused = await get("/credits/grants", token);
+    expect(refused.status).toBe(429);
+    expect(refused.retryAfter).toBe("10");
+    expect(refused.body).toEqual({
+      error: {
+        code: "RATE_LIMITED",
+        message: "Too many requests with this account's customer tokens: try again later.",
+        details: { retryAfterSeconds: 10 },
+      },
+    });
+    // A refused request takes nothing: 4 s later the wait is 6 s, and after it one request passes.
+    clock.t += 4_000;
+    expect((await get("/credits/balance", token)).retryAfter).toBe("6");
+    clock.t += 6_000;
+    expect((await get("/credits/balance", token)).status).toBe(200);
+    expect((await get("/credits/balance", token)).status).toBe(429);
+    // A minute refills the burst (and no more than it).
+    clock.t += 60_000;
+    for (let i = 0; i < 3; i++) expect((await get("/credits/balance", token)).status).toBe(200);
+    expect((await get("/credits/balance", token)).status).toBe(429);
+  });
+
+  it("is per account: every token of the account shares it, another account's tokens do not", async () => {
+    const { m, get } = await handler({ burst: 2, perMinute: 1 });
+    const first = await m.credits.customerToken("alice", { ttlSeconds: 600 });
+    const second = await m.credits.customerToken("alice", { ttlSeconds: 900, spender: "key-1" });
+    const bob = await m.credits.customerToken("bob", { ttlSeconds: 600 });
+    expect((await get("/credits/balance", first.token)).status).toBe(200);
+    expect((await get("/credits/balance", second.token)).status).toBe(200);
+    // A fresh token of the same account does not start a fresh bucket.
+    expect((await get("/credits/balance", first.token)).status).toBe(429);
+    expect((await get("/credits/balance", second.token)).status).toBe(429);
+    expect((await get("/credits/balance", bob.token)).status).toBe(200);
+  });
+
+  it("counts only the routes a customer token may call, and never an admin's or a user's requests", async () => {
+    const { m, get } = await handler({ burst: 2, perMinute: 1 });
+    const { token } = await m.credits.customerToken("alice", { ttlSeconds: 600 });
+    // Routes it may not call answer 403 and take nothing.
+    for (let i = 0; i < 5; i++) expect((await get("/credits/history", token)).status).toBe(403);
+    expect((await get("/credits/balance", token)).status).toBe(200);
+    expect((await get("/credits/grants", token)).status).toBe(200);
+    expect((await get("/credits/grants", token)).status).toBe(429);
+    // Admins, on the same routes and on alice's, are not limited.
+    for (let i = 0; i < 10; i++) {
+      expect((await get("/credits/balance", "admin-key")).status).toBe(200);
+      expect((await get("/admin/credits/users/alice/grants", "admin-key")).status).toBe(200);
+    }
+  });
+
+  it("defaults to 60 at once; false turns it off; bad settings are a ConfigurationError", async () => {
+    const limited = await handler();
+    const { token } = await limited.m.credits.customerToken("alice", { ttlSeconds: 600 });
+    for (let i = 0; i < 60; i++) expect((await limited.get("/credits/balance", token)).status).toBe(200);
+    expect((await limited.get("/credits/balance", token)).status).toBe(429);
+    const off = await handler(false);
+    const t = await off.m.credits.customerToken("alice", { ttlSeconds: 600 });
+    for (let i = 0; i < 80; i++) expect((await off.get("/credits/balance", t.token)).status).toBe(200);
+    for (const bad of [{ burst: 0 }, { perMinute: 1.5 }, { burst: 2_000_000 }, "fast"])
+      await expect(handler(bad as never)).rejects.toThrow(/customerRateLimit/);
+  });
+});
+
+describe("serve's customer token rate limit settings", () => {
+  it("reads the burst and the rate; a rate of 0 is off", () => {
+    const s = serveSettings({}, {});
+    expect([s.CREDIT_CUSTOMER_RATE_LIMIT_BURST, s.CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE]).toEqual([60, 60]);
+    const t = serveSettings({}, { CREDIT_CUSTOMER_RATE_LIMIT_BURST: "5", CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE: "0" });
+    expect([t.CREDIT_CUSTOMER_RATE_LIMIT_BURST, t.CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE]).toEqual([5, 0]);
+    expect(() => serveSettings({}, { CREDIT_CUSTOMER_RATE_LIMIT_BURST: "0" })).toThrow(
+      /CREDIT_CUSTOMER_RATE_LIMIT_BURST/,
+    );
   });
 });

@@ -8,6 +8,7 @@ import { usageRoutes } from "./usage-routes.js";
 import { limitRoutes } from "./limit-routes.js";
 import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
+import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
 
 export interface CreditHandlerOptions {
@@ -76,6 +77,14 @@ export interface CreditHandlerOptions {
    * `path` defaults to `/health`; `timeoutMs` is each check's time-out (default 2,000).
    */
   health?: boolean | { path?: string; public?: boolean; timeoutMs?: number };
+  /**
+   * The rate limit of customer tokens (docs/usage.md, "For your customers"): a token bucket per
+   * account, `burst` requests at once, refilled at `perMinute` requests a minute, shared by every
+   * customer token of the account and counted on the routes a customer token may call only (a
+   * refused one too). Past it: 429 `RATE_LIMITED` with `Retry-After`. Default `{ burst: 60,
+   * perMinute: 60 }`; `false`: none (a gateway in front limits). Other callers are not limited.
+   */
+  customerRateLimit?: { burst?: number; perMinute?: number } | false;
   /** Called with unexpected errors (answered as a bare 500) and 5xx credit errors: log them. */
   onError?: (error: unknown, request: Request) => void;
 }
@@ -143,6 +152,35 @@ function healthRoutes(option: CreditHandlerOptions["health"]): RouteDefinition[]
   ];
 }
 
+/** Most requests a minute (and at once) `customerRateLimit` takes. */
+const MAX_RATE = 1_000_000;
+
+/** The buckets of `customerRateLimit`, on the manager's clock (the one customer tokens expire by). */
+function customerRateLimit(
+  manager: CreditManager,
+  option: CreditHandlerOptions["customerRateLimit"],
+): TokenBuckets | undefined {
+  if (option === false) return undefined;
+  const o = option ?? {};
+  if (typeof o !== "object" || o === null)
+    throw new ConfigurationError(
+      "[credit-management] [http] `customerRateLimit` must be `{ burst?, perMinute? }` or false.",
+    );
+  const burst = o.burst ?? 60;
+  const perMinute = o.perMinute ?? 60;
+  for (const [name, v] of [
+    ["burst", burst],
+    ["perMinute", perMinute],
+  ] as const) {
+    if (!(Number.isInteger(v) && v >= 1 && v <= MAX_RATE))
+      throw new ConfigurationError(
+        `[credit-management] [http] \`customerRateLimit.${name}\` must be a whole number from 1 to 1,000,000.`,
+      );
+  }
+  if ((manager as Partial<CreditManager>).credits?.customerTokensOn !== true) return undefined;
+  return new TokenBuckets(burst, perMinute, () => manager.credits.now().getTime());
+}
+
 /**
  * The credit API as a Fetch-standard handler (Hono, Next.js route handlers, Bun, Deno; node:http,
  * Express and Fastify through `toNodeHandler`). Callers act on their own account under `basePath`;
@@ -161,6 +199,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     customerTokens: (manager as Partial<CreditManager>).credits?.customerTokensOn
       ? (token: string) => manager.credits.verifyCustomerToken(token)
       : undefined,
+    customerRateLimit: customerRateLimit(manager, options.customerRateLimit),
   };
   if (typeof o.csrfProtection !== "boolean") {
     throw new ConfigurationError("[credit-management] [http] `csrfProtection` must be true or false.");

@@ -27,7 +27,7 @@ const STATUS_TEXT: Record<number, string> = {
   413: "Body too large",
   415: "Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too)",
   422: "Well-formed but refused by a rule",
-  429: "A spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`)",
+  429: "Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After)",
   500: "Internal error",
   503: "The store is unavailable",
 };
@@ -168,6 +168,8 @@ export function buildOpenApi(
       400,
       ...(r.access === "public" ? [] : [401]),
       ...(r.access === "admin" ? [403] : []),
+      // The customer tokens' rate limit (docs/usage.md, "For your customers").
+      ...(r.customer === true ? [429] : []),
       ...(r.body ? [413, 415] : r.method !== "GET" && !(r.rawBody === true && r.access === "public") ? [415] : []),
       ...(r.errors ?? []),
       500,

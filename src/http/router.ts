@@ -5,6 +5,7 @@ import { clockTimes } from "../domain/limits.js";
 import { textResponse } from "./text-response.js";
 import { IdempotencyKey, parse, SpenderId, UserId as IdentityUserId } from "../models/index.js";
 import { claimsCustomerAudience, type CustomerGrant } from "../services/customer-tokens.js";
+import type { TokenBuckets } from "./rate-limit.js";
 
 /** Who is calling, as the host's `authenticate` hook says. */
 export interface Identity {
@@ -237,6 +238,11 @@ export interface RouterOptions {
    */
   customerTokens?: ((token: string) => Promise<CustomerGrant | null>) | undefined;
   /**
+   * The customer tokens' rate limit, a bucket per account (docs/usage.md, "For your customers"):
+   * each request a customer token makes to a route it may call takes a token; unset: no limit.
+   */
+  customerRateLimit?: TokenBuckets | undefined;
+  /**
    * Refuse (415) mutations on routes that need identity unless they are typed as JSON, even with
    * an empty body (a `rawBody` route: any type but none, `text/plain` and the form types). Default
    * true in `createCreditHandler`.
@@ -370,6 +376,19 @@ export function createRouter(manager: CreditManager, routes: readonly RouteDefin
         if (def.access === "admin" && !identity.admin) throw new HttpError(403, "FORBIDDEN", "Admin only.");
         if (identity.customer !== undefined && def.customer !== true)
           throw new HttpError(403, "FORBIDDEN", "A customer token reads its account's balance, grants and usage only.");
+        if (identity.customer !== undefined && options.customerRateLimit !== undefined) {
+          // Per account, not per token: a host issues a fresh token each time it shows the page.
+          const wait = options.customerRateLimit.tryTake(identity.userId);
+          if (wait > 0) {
+            throw new HttpError(
+              429,
+              "RATE_LIMITED",
+              "Too many requests with this account's customer tokens: try again later.",
+              { retryAfterSeconds: wait },
+              { "retry-after": String(wait) },
+            );
+          }
+        }
       }
       // A browser sends a POST cross-site, with the victim's cookies, without asking the server
       // first when it has no Content-Type or a "simple" one (text/plain, a form); a JSON type needs

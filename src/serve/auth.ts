@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import { HttpError, type Identity } from "../http/router.js";
+import { TokenBuckets } from "../http/rate-limit.js";
 import { keyIdOf, keyMatches, type ApiKeyRecord, type KeyStore } from "./keys.js";
 import type { ServeSettings } from "./settings.js";
 import { SpenderId } from "../models/limits.js";
@@ -30,32 +31,16 @@ export interface Authenticator {
  * failed dropped first).
  */
 export class FailureLimiter {
-  private readonly buckets = new LRUCache<string, { tokens: number; at: number }>({ max: 10_000 });
-  constructor(
-    private readonly burst: number,
-    private readonly perMinute: number,
-    private readonly now: () => number = Date.now,
-  ) {}
-
-  private refill(ip: string) {
-    const t = this.now();
-    const b = this.buckets.get(ip);
-    if (b === undefined) return undefined;
-    b.tokens = Math.min(this.burst, b.tokens + ((t - b.at) / 60_000) * this.perMinute);
-    b.at = t;
-    return b;
+  private readonly buckets: TokenBuckets;
+  constructor(burst: number, perMinute: number, now: () => number = Date.now) {
+    this.buckets = new TokenBuckets(burst, perMinute, now);
   }
   /** Seconds until `ip` may try again, or 0. */
   blockedFor(ip: string): number {
-    if (this.buckets.size === 0) return 0; // no failure tracked: every request skips the lookup
-    const b = this.refill(ip);
-    if (b === undefined || b.tokens >= 1) return 0;
-    return Math.ceil(((1 - b.tokens) / this.perMinute) * 60);
+    return this.buckets.waitFor(ip);
   }
   fail(ip: string): void {
-    const b = this.refill(ip) ?? { tokens: this.burst, at: this.now() };
-    b.tokens = Math.max(0, b.tokens - 1);
-    this.buckets.set(ip, b);
+    this.buckets.take(ip);
   }
 }
 

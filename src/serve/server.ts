@@ -246,6 +246,10 @@ export function serveApp(
   const handler = createCreditHandler(manager, {
     authenticate: (request) => auth.authenticate(request, ips.get(request) ?? "unknown"),
     maxBodyBytes: s.CREDIT_MAX_BODY_BYTES,
+    customerRateLimit:
+      s.CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE === 0
+        ? false
+        : { burst: s.CREDIT_CUSTOMER_RATE_LIMIT_BURST, perMinute: s.CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE },
     // serve's own routes, in the OpenAPI document beside the credit API's (answered below), and the
     // webhook admin routes (CREDIT_WEBHOOKS=on), answered by the handler.
     routes: [...ownRoutes(metricsOn ? s.CREDIT_METRICS : "off"), ...(webhooks ?? [])],

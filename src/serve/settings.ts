@@ -161,6 +161,13 @@ const Schema = z.strictObject({
    * the read routes take them and the customer usage page is served at /customer. Unset: off.
    */
   CREDIT_CUSTOMER_TOKEN_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
+  /**
+   * The customer tokens' rate limit (docs/service.md, "Customer tokens and the customer page"):
+   * requests one account's customer tokens may make at once, and per minute after it; a
+   * `…_PER_MINUTE` of 0 turns it off.
+   */
+  CREDIT_CUSTOMER_RATE_LIMIT_BURST: int(1, 1_000_000).default(60),
+  CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE: int(0, 1_000_000).default(60),
   /** The secret before the current one, still accepted (not used to sign) while its tokens live. */
   CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET: z.string().min(32, { error: "must be 32 characters or more" }).optional(),
   /**
@@ -373,7 +380,8 @@ ${PAYMENT_OPTIONS}Environment of "serve": CREDIT_PG_URL (CREDIT_PG_SCHEMA, CREDI
   CREDIT_JWT_AUDIENCE, CREDIT_JWT_USER_CLAIM, CREDIT_JWT_ROLE_CLAIM, CREDIT_JWT_ADMIN_VALUE,
   CREDIT_JWT_SPENDER_CLAIM, CREDIT_AUTH_FAILURES_BURST, CREDIT_AUTH_FAILURES_PER_MINUTE, CREDIT_TRUST_PROXY, CREDIT_CONSOLE,
   CREDIT_CONSOLE_SECRET, CREDIT_CUSTOMER_TOKEN_SECRET (customer tokens and the /customer page;
-  CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
+  CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET, CREDIT_CUSTOMER_FRAME_ANCESTORS, CREDIT_CUSTOMER_RATE_LIMIT_BURST,
+  CREDIT_CUSTOMER_RATE_LIMIT_PER_MINUTE), OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES (the metrics' resource)
   CREDIT_KEY_CACHE_MS              How long a running service reuses an API key's row, in ms (0 to
                                    60000). Default 5000: a revoked key keeps working up to this long
   Exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 could not start (the store could not be opened,
