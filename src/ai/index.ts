@@ -50,6 +50,11 @@ export interface AiCallOutcome extends MeterOutcome {
   provider: string;
   /** The call's number in the run (its idempotency key is `<key>:<call>`). */
   call: number;
+  /**
+   * `strictRunCap` only: credits the call's usage was priced at beyond its hold (what the run had
+   * left), not charged so that the run stays within `maxRunCredits`. Absent when everything was charged.
+   */
+  uncharged?: number;
 }
 
 /** The middleware `creditMiddleware()` returns: give it to `wrapLanguageModel`; `embedding` to `wrapEmbeddingModel`. */
@@ -292,17 +297,20 @@ class Run {
     const modelId = model.modelId;
     const provider = o.provider ?? providerName(model.provider);
     // An unknown model is an UnknownModelError here: refused before any token is spent.
-    const estimate = Math.max(this.price(modelId, provider, promptTokens, outputTokens), 1);
+    const priced = Math.max(this.price(modelId, provider, promptTokens, outputTokens), 1);
     const left = this.remaining;
-    if (estimate > left) {
+    if (priced > left) {
       throw new RunBudgetExceededError({
-        requested: estimate,
+        requested: priced,
         maxRunCredits: o.maxRunCredits as number,
         charged: this.charged,
         held: this.held,
         remaining: left,
       });
     }
+    // A strict cap holds the call's worst case under the cap: everything the run has left, which
+    // is also the most the call will be charged (docs/llm-metering.md, "The run's cap").
+    const estimate = o.strictRunCap === true ? left : priced;
     const n = this.free.length > 0 ? this.takeFree() : this.next++;
     this.held += estimate;
     const meter: MeterOptions = {
@@ -323,7 +331,7 @@ class Run {
       this.giveBack(n);
       throw error;
     }
-    return new Call(this, session, kind, n, modelId, provider, promptTokens);
+    return new Call(this, session, kind, n, modelId, provider, promptTokens, priced);
   }
 
   private takeFree(): number {
@@ -341,6 +349,7 @@ class Run {
     if (outcome.outcome === "committed") this.charged += outcome.charged;
     else this.giveBack(call.n);
     const o: AiCallOutcome = { ...outcome, kind: call.kind, model: call.model, provider: call.provider, call: call.n };
+    if (call.uncharged > 0 && outcome.outcome === "committed") o.uncharged = call.uncharged;
     this.outcomes.push(o);
     this.onSettled?.(o);
     return o;
@@ -431,6 +440,8 @@ interface Seen {
 class Call {
   private settling: Promise<AiCallOutcome> | null = null;
   model: string;
+  /** `strictRunCap`: credits of usage beyond the hold, left uncharged. */
+  uncharged = 0;
 
   constructor(
     private readonly run: Run,
@@ -440,6 +451,8 @@ class Call {
     readonly calledModel: string,
     readonly provider: string,
     readonly promptTokens: number,
+    /** The call's price from its estimate (the hold, unless `strictRunCap` held what the run had left). */
+    readonly estimate: number,
   ) {
     this.model = calledModel;
   }
@@ -475,8 +488,22 @@ class Call {
   charge(c: Counts): Promise<AiCallOutcome> {
     return this.settle(() => {
       this.record(c, "response");
-      return this.session.commit();
+      return this.commit();
     });
+  }
+
+  /**
+   * Commits the recorded usage; under `strictRunCap` at most the hold (what the run had left when
+   * the call opened), the rest noted as `uncharged` on the usage and the outcome.
+   */
+  private commit(): Promise<MeterOutcome> {
+    const hold = this.session.estimate;
+    const used = this.session.used;
+    if (this.run.options.strictRunCap !== true || used <= hold) return this.session.commit();
+    this.uncharged = used - hold;
+    const last = this.session.usages[this.session.usages.length - 1] as RecordedUsage;
+    last.metadata = { ...last.metadata, uncharged: this.uncharged };
+    return this.session.commit(hold);
   }
 
   /** The provider reported no (usable) usage: charged as `missingUsage` says (docs/llm-metering.md). */
@@ -486,18 +513,18 @@ class Call {
       if (!seen.delivered || rule === "none") return this.session.release(`usage-${problem}`);
       if (rule === "estimate") {
         this.session.recordPriced({
-          amount: this.session.estimate,
+          amount: this.estimate,
           model: this.model,
           provider: this.provider,
           source: "estimate",
           problem,
         });
-        return this.session.commit();
+        return this.commit();
       }
       const input = seen.input ?? { input: this.promptTokens, cached: 0 };
       const output = seen.output ?? seen.outputParts;
       this.record({ inputTokens: input.input, cachedTokens: input.cached, outputTokens: output }, "counted", problem);
-      return this.session.commit();
+      return this.commit();
     });
   }
 

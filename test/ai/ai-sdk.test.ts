@@ -360,6 +360,144 @@ describe("creditMiddleware: generateText", () => {
     await noHold(m);
   });
 
+  it("maxRunCredits is passed by at most the last call's input under-estimate, priced; the next call is refused", async () => {
+    // The provider reports far more input than the prompt's length suggests (a system prompt it
+    // adds, an image): 640 tokens for a prompt estimated at a few.
+    for (const [cap, input] of [
+      [294, 640],
+      [200, 5_000],
+      [1_000, 640],
+    ] as const) {
+      const m = await setup();
+      const model = new MockLanguageModelV4({
+        provider: "openai.chat",
+        modelId: "gpt-4o-mini",
+        doGenerate: async ({ maxOutputTokens }) => answer("ok", usage(input, 0, Math.min(200, maxOutputTokens ?? 200))),
+      });
+      const credits = creditMiddleware({ manager: m, userId: "u", maxRunCredits: cap });
+      const wrapped = wrapLanguageModel({ model, middleware: credits });
+      let refused: unknown;
+      for (let i = 0; i < 50 && refused === undefined; i++)
+        refused = await generateText({ model: wrapped, prompt: PROMPT, maxOutputTokens: 4_000 }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(creditErrorOf(refused)).toBeInstanceOf(RunBudgetExceededError);
+      // The stated bound: the input above the estimate, at the input rate (1/10), rounded up.
+      const bound = Math.ceil((input - promptTokens) / 10);
+      expect(credits.charged).toBeGreaterThan(cap); // the last call did pass the cap…
+      expect(credits.charged).toBeLessThanOrEqual(cap + bound); // …by no more than that
+      expect(await charged(m)).toBe(credits.charged);
+      // Every call but the last was charged within the cap; the last one opened within it.
+      const last = credits.outcomes[credits.outcomes.length - 1] as AiCallOutcome;
+      expect(credits.charged - last.charged + last.estimate).toBeLessThanOrEqual(cap);
+      expect(last.charged - last.estimate).toBeLessThanOrEqual(bound);
+      await noHold(m);
+    }
+  });
+
+  it("strictRunCap: the run never passes maxRunCredits; usage beyond what the run had left is not charged", async () => {
+    for (const [cap, input] of [
+      [294, 640],
+      [200, 5_000],
+      [1_000, 640],
+    ] as const) {
+      const m = await setup();
+      const model = new MockLanguageModelV4({
+        provider: "openai.chat",
+        modelId: "gpt-4o-mini",
+        doGenerate: async ({ maxOutputTokens }) => answer("ok", usage(input, 0, Math.min(200, maxOutputTokens ?? 200))),
+      });
+      const credits = creditMiddleware({ manager: m, userId: "u", maxRunCredits: cap, strictRunCap: true });
+      const wrapped = wrapLanguageModel({ model, middleware: credits });
+      let refused: unknown;
+      for (let i = 0; i < 50 && refused === undefined; i++)
+        refused = await generateText({ model: wrapped, prompt: PROMPT, maxOutputTokens: 4_000 }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(creditErrorOf(refused)).toBeInstanceOf(RunBudgetExceededError);
+      expect(credits.charged).toBeLessThanOrEqual(cap);
+      expect(await charged(m)).toBe(credits.charged);
+      // Each call held what the run had left, and was charged its usage up to that.
+      let before = 0;
+      for (const o of credits.outcomes) {
+        expect(o.estimate).toBe(cap - before);
+        const priced = o.usages[0]?.amount as number;
+        expect(o.charged).toBe(Math.min(priced, cap - before));
+        expect(o.uncharged).toBe(priced > cap - before ? priced - (cap - before) : undefined);
+        before += o.charged;
+      }
+      // The call that reached the cap says what it left uncharged, in its outcome and its entry.
+      const last = credits.outcomes[credits.outcomes.length - 1] as AiCallOutcome;
+      expect(last.uncharged).toBeGreaterThan(0);
+      expect(last.entry?.amount).toBe(last.charged);
+      expect(last.entry?.metadata).toMatchObject({ usages: [{ metadata: { uncharged: last.uncharged } }] });
+      await noHold(m);
+    }
+  });
+
+  it("strictRunCap: the same under streamText; a call the account cannot hold the worst case for is refused before the provider", async () => {
+    const m = await setup(250);
+    const model = new MockLanguageModelV4({
+      provider: "openai.chat",
+      modelId: "gpt-4o-mini",
+      doStream: async () => ({
+        stream: new ReadableStream({
+          start(c) {
+            for (const p of textParts(["a", "b"])) c.enqueue(p);
+            c.enqueue({ type: "finish", finishReason: STOP, usage: usage(3_000, 0, 100) });
+            c.close();
+          },
+        }),
+      }),
+    });
+    const credits = creditMiddleware({ manager: m, userId: "u", maxRunCredits: 200, strictRunCap: true });
+    const result = streamText({ model: wrapLanguageModel({ model, middleware: credits }), prompt: PROMPT });
+    await result.text;
+    await credits.settled();
+    // gpt(3000, 0, 100) = 340 priced; the run had 200: charged 200, 140 uncharged.
+    expect(credits.outcomes).toMatchObject([{ outcome: "committed", estimate: 200, charged: 200, uncharged: 140 }]);
+    expect(await charged(m, 250)).toBe(200);
+    // 50 credits left in the account, a fresh run capped at 200: its worst case cannot be held.
+    const poorer = creditMiddleware({ manager: m, userId: "u", maxRunCredits: 200, strictRunCap: true });
+    const refused = await generateText({
+      model: wrapLanguageModel({ model, middleware: poorer }),
+      prompt: PROMPT,
+      maxOutputTokens: 10,
+    }).catch((e: unknown) => e);
+    expect(creditErrorOf(refused)).toBeInstanceOf(InsufficientCreditsError);
+    expect(model.doStreamCalls).toHaveLength(1);
+    expect(model.doGenerateCalls).toHaveLength(0);
+    await noHold(m);
+  });
+
+  it("strictRunCap: a second call in flight is refused while the first holds what the run has left", async () => {
+    const m = await setup();
+    let finish!: () => void;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    const model = new MockLanguageModelV4({
+      provider: "openai.chat",
+      modelId: "gpt-4o-mini",
+      doGenerate: async () => {
+        await gate;
+        return answer("ok", usage(100, 0, 10));
+      },
+    });
+    const credits = creditMiddleware({ manager: m, userId: "u", maxRunCredits: 500, strictRunCap: true });
+    const wrapped = wrapLanguageModel({ model, middleware: credits });
+    const first = generateText({ model: wrapped, prompt: PROMPT, maxOutputTokens: 10 });
+    while (credits.held === 0) await new Promise((r) => setTimeout(r, 1));
+    expect(credits.held).toBe(500);
+    const second = await generateText({ model: wrapped, prompt: PROMPT, maxOutputTokens: 10 }).catch((e: unknown) => e);
+    expect(creditErrorOf(second)).toBeInstanceOf(RunBudgetExceededError);
+    finish();
+    await first;
+    expect(credits.charged).toBe(gpt(100, 0, 10));
+    expect(model.doGenerateCalls).toHaveLength(1);
+    await noHold(m);
+  });
+
   it("the same idempotency key charges a retried run once", async () => {
     const m = await setup();
     const model = new MockLanguageModelV4({
@@ -690,6 +828,9 @@ describe("creditMiddleware: options", () => {
     const m = await setup();
     expect(() => creditMiddleware({ manager: m, userId: "" })).toThrow(/userId/);
     expect(() => creditMiddleware({ manager: m, userId: "u", maxRunCredits: -1 })).toThrow(/amount/);
+    expect(() => creditMiddleware({ manager: m, userId: "u", strictRunCap: true })).toThrow(
+      /strictRunCap needs maxRunCredits/,
+    );
     expect(() => creditMiddleware({ manager: m, userId: "u", idempotencyKey: "k".repeat(201) })).toThrow(/200/);
     // @ts-expect-error an unknown option
     expect(() => creditMiddleware({ manager: m, userId: "u", budget: 5 })).toThrow(/budget/);
