@@ -89,7 +89,7 @@ export {
   type UsageInput,
 } from "./services/pricing-service.js";
 export { LedgerLogger, type LedgerLoggerOptions, type LedgerStats } from "./ledger/index.js";
-export { silentLogger, type Logger } from "./logger.js";
+export type { Logger } from "./logger.js";
 export type { HealthCheck, HealthReport, HealthStatus } from "./health.js";
 export {
   DIAGNOSTICS_CHANNELS,

@@ -19,8 +19,8 @@ import type { DbManager } from "../src/db/types.js";
 import { createCreditManager, InMemoryDbManager, type CreditManager } from "../src/index.js";
 import { StripeProvider } from "../src/payments/stripe.js";
 import type { PaymentProvider } from "../src/payments/types.js";
+import { deliveryUserId } from "../src/webhooks/queue.js";
 import {
-  deliveryUserId,
   endpointOf,
   generateWebhookSecret,
   memoryEndpointStore,

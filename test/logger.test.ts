@@ -3,12 +3,12 @@ import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   createCreditManager,
-  silentLogger,
   ValidationError,
   type Cache,
   type CreditManagerOptions,
   type Logger,
 } from "../src/index.js";
+import { silentLogger } from "../src/logger.js";
 
 /** A cache that fails every read: the library logs a warning and reads the store. */
 const failingCache: Cache = {

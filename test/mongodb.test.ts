@@ -17,12 +17,13 @@ import {
   type JournalEntry,
 } from "../src/index.js";
 import type { DbTransaction } from "../src/store.js";
-import { MongoDbManager, supportsTransactions } from "../src/db/mongodb/index.js";
+import { MongoDbManager } from "../src/db/mongodb/index.js";
+import { supportsTransactions } from "../src/db/mongodb/options.js";
 import { STANDALONE_MESSAGE } from "../src/db/mongodb/errors.js";
 import { AccountWork } from "../src/domain/account-work.js";
 import { fingerprint } from "../src/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";
-import { errorResponse } from "../src/http/index.js";
+import { errorResponse } from "../src/http/router.js";
 
 const uri = process.env.CREDIT_MONGO_URI;
 

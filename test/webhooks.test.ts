@@ -4,11 +4,10 @@ import type { AddressInfo } from "node:net";
 import { Webhook } from "standardwebhooks";
 import { afterEach, describe, expect, it } from "vitest";
 import { createCreditManager, InMemoryDbManager, ValidationError, type CreditManager } from "../src/index.js";
+import { deliveryUserId } from "../src/webhooks/queue.js";
+import { signWebhook, webhookHeaders } from "../src/webhooks/sign.js";
 import {
-  deliveryUserId,
   generateWebhookSecret,
-  signWebhook,
-  webhookHeaders,
   webhookQueue,
   type Lookup,
   type WebhookEndpoint,

@@ -3,7 +3,7 @@
  * adapter, and metering for Fetch-style and node apps. No web framework is a dependency.
  */
 export { createCreditHandler, type CreditHandler, type CreditHandlerOptions } from "./handler.js";
-export { toNodeHandler, toRequest, sendResponse, type FetchHandler, type NodeHandler } from "./node.js";
+export { toNodeHandler, type FetchHandler, type NodeHandler } from "./node.js";
 export {
   creditMetering,
   creditMeteringMiddleware,
@@ -21,10 +21,9 @@ export {
   type FastifyReplyLike,
   type FastifyRequestLike,
 } from "./fastify.js";
-export { buildOpenApi, type OpenApiOptions } from "./openapi.js";
+export type { OpenApiOptions } from "./openapi.js";
 export {
   HttpError,
-  errorResponse,
   json,
   type Authenticate,
   type HttpMethod,

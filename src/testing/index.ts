@@ -35,10 +35,8 @@ import { runPropertyContract } from "./properties.js";
 
 export { runAccountsContract } from "./accounts.js";
 export { runConcurrencyContract } from "./concurrency.js";
-export { commandsArbitrary, runAgainstModel, runPropertyContract } from "./properties.js";
-export { serviceWithClock, type PartOptions } from "./support.js";
-
-export { CreditModel } from "./model.js";
+export { runPropertyContract } from "./properties.js";
+export type { PartOptions } from "./support.js";
 export { runManagersContract } from "./managers.js";
 export { runLeasesContract } from "./leases.js";
 export { runNotificationContract } from "./notifications.js";

@@ -43,7 +43,7 @@ import { usageBucketOf, usagePipeline } from "./usage.js";
 import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
 import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
 import { BACKOFF, LOCK_WAIT_MS, MongoTransaction, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
-export { supportsTransactions, type MongoDbManagerConfig, type MongoDbManagerOptions } from "./options.js";
+export type { MongoDbManagerConfig, MongoDbManagerOptions } from "./options.js";
 
 /** Weight of one batch in `MongoDbManager.staleRate`. */
 const STALE_WEIGHT = 0.2;
