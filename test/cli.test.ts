@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { HELP, runCli } from "../src/cli/run.js";
+import { COMMAND_HELP, HELP, runCli } from "../src/cli/run.js";
 import { generateSql } from "../src/schema/index.js";
 
 async function cli(...args: string[]) {
@@ -17,13 +17,61 @@ describe("credit-management CLI", () => {
   const dir = mkdtempSync(join(tmpdir(), "cm-cli-"));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it("prints help with --help and -h", async () => {
-    for (const flag of ["--help", "-h"]) {
-      const r = await cli(flag);
-      expect(r.code).toBe(0);
+  it("prints help with --help, -h and help: the commands on one screen, each command's details in its own help", async () => {
+    for (const args of [["--help"], ["-h"], ["help"]]) {
+      const r = await cli(...args);
+      expect(r.code, args.join(" ")).toBe(0);
       expect(r.stdout).toBe(HELP);
-      expect(r.stdout).toContain("--dialect postgres|mysql|sqlite");
     }
+    const lines = HELP.trimEnd().split("\n");
+    expect(lines.length).toBeLessThanOrEqual(40);
+    expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
+    // Every command is listed, and its options are left to its own help.
+    const commands = Object.keys(COMMAND_HELP);
+    expect(commands.sort()).toEqual(["accounts", "audit", "keys", "revenue", "schema", "serve", "webhooks", "worker"]);
+    for (const command of commands) expect(HELP, command).toMatch(new RegExp(`^  ${command} +\\S`, "m"));
+    expect(HELP).not.toContain("--dialect postgres|mysql|sqlite");
+    expect(HELP).not.toContain("--ledger-file FILE");
+    expect(HELP).toContain("credit-management <command> --help");
+  });
+
+  it("each command's help: <command> --help, <command> -h (after other arguments too) and help <command> print the same", async () => {
+    const expected: Record<string, string[]> = {
+      schema: ["--dialect postgres|mysql|sqlite", "Examples:"],
+      audit: ["--ledger-file FILE", "Examples:"],
+      worker: ["--once", "CREDIT_WORKER_JOBS_EVERY", "Examples:"],
+      serve: ["--port N", "Exit codes", "Examples:"],
+      keys: ["keys create --role admin|user:ID"],
+      webhooks: ["rotate-secret ID"],
+      accounts: ["limits set ID --amount N --period P"],
+      revenue: ["--month YYYY-MM"],
+    };
+    for (const [command, parts] of Object.entries(expected)) {
+      const text = COMMAND_HELP[command] as string;
+      expect(text, command).toMatch(new RegExp(`^Usage: credit-management ${command} `));
+      for (const part of parts) expect(text, `${command}: ${part}`).toContain(part);
+      for (const args of [
+        [command, "--help"],
+        [command, "-h"],
+        ["help", command],
+        [command, "x", "--port", "1", "--help"],
+      ])
+        expect(await cli(...args), args.join(" ")).toEqual({ code: 0, stdout: text, stderr: "" });
+    }
+    // help of a command that does not exist: exit 2, on standard error.
+    const r = await cli("help", "migrate");
+    expect(r).toMatchObject({ code: 2, stdout: "" });
+    expect(r.stderr).toContain('unknown command "migrate"');
+    // A --help after -- is an argument, not the flag: the command runs (and here refuses it).
+    expect((await cli("schema", "--", "--help")).code).toBe(2);
+  });
+
+  it("a usage error points at the command's own help", async () => {
+    expect((await cli("schema", "--bogus")).stderr).toContain('Run "credit-management schema --help" for usage.');
+    expect((await cli("audit")).stderr).toContain('Run "credit-management audit --help" for usage.');
+    expect((await cli("serve", "--bogus")).stderr).toContain('Run "credit-management serve --help" for usage.');
+    expect((await cli("keys", "create")).stderr).toContain('Run "credit-management keys --help" for usage.');
+    expect((await cli("migrate")).stderr).toContain('Run "credit-management --help" for usage.');
   });
 
   it("prints the DDL of each dialect (postgres by default)", async () => {

@@ -65,56 +65,108 @@ or CREDIT_SQLITE_PATH):
   3: an account named with --user does not exist (and nothing else was wrong).
 `;
 
+/**
+ * The top-level help: the commands, one screen. Each command's options, environment and examples
+ * are in its own help (`credit-management <command> --help`, or `help <command>`; docs/cli.md).
+ */
 export const HELP = `Usage: credit-management <command> [options]
 
 Commands:
-  schema    Print the storage schema generated from the zod models
-  audit     Replay accounts' journals and check them against the store (and the JSONL ledger files)
-  worker    Run the jobs, the expiring-credit reminders and the notification dispatcher on intervals
-            (or once: --once), until SIGTERM/SIGINT
-  serve     The credit API as a service: HTTP API behind API keys/JWTs, health, /metrics (docs/service.md)
+  schema    Print the storage schema: SQL DDL, MongoDB validators, upgrade scripts
+  audit     Replay accounts' journals and check them against the store and the JSONL ledger files
+  worker    Run the jobs, the expiring-credit reminders and the notification dispatcher on
+            intervals (or once: --once), until SIGTERM/SIGINT
+  serve     The credit API as a service: HTTP API behind API keys/JWTs, health, /metrics, console
   keys      Create, list and revoke the service's API keys
-  webhooks  Add, list, remove, rotate and test the webhook endpoints the worker delivers events to
-  accounts  Show an account (credits, scoped credits, spend limits, spend by spender, subscription);
-            list, set and remove its spend limits (credit-management accounts --help)
-  revenue   Deferred revenue, recognized revenue, breakage and refunds of a month, from the journal
-            (credit-management revenue --help)
+  webhooks  Add, list, remove, rotate and test the webhook endpoints the worker delivers to
+  accounts  Show an account (credits, spend limits, spend by spender, subscription); set and
+            remove its spend limits
+  revenue   Deferred revenue, recognized revenue, breakage and refunds, from the journal
 
-${SCHEMA_OPTIONS}
-${AUDIT_OPTIONS}
-${WORKER_OPTIONS}
-${SERVE_OPTIONS}
-  -h, --help                       Show this help (credit-management <command> --help: that command's)
-  -v, --version                    Print the version
+Each command's options, environment variables, exit codes and examples:
+  credit-management <command> --help       or: credit-management help <command>
+
+Options:
+  -h, --help       Show this help
+  -v, --version    Print the version
 
 Examples:
+  npx credit-management schema --dialect postgres > schema.sql
+  npx credit-management keys create --role admin && npx credit-management serve
+  CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
+  CREDIT_PG_URL=postgres://… npx credit-management worker
+  CREDIT_PG_URL=postgres://… npx credit-management accounts show acme
+
+Docs: docs/cli.md (the commands), docs/service.md (serve and keys).
+`;
+
+const SCHEMA_EXAMPLES = `Examples:
   npx credit-management schema --backend sql --dialect postgres > schema.sql
   npx credit-management schema --backend sql --dialect mysql --prefix credits_ --out credits.sql
   npx credit-management schema --backend nosql --out validators.json
   npx credit-management schema --dialect mongodb --from-version 3 > upgrade.js && mongosh "$URI" --file upgrade.js
   npx credit-management schema --dialect postgres --from-version 2 > upgrade.sql
+`;
+
+const AUDIT_EXAMPLES = `Examples:
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
   npx credit-management audit --sqlite credits.db --all --ledger-file ledger.jsonl --repair
   npx credit-management audit --archive journal-2026-10.jsonl
-  CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
-  CREDIT_PG_URL=postgres://… npx credit-management worker --once --reminders-every 0
-  npx credit-management keys create --role admin && npx credit-management serve
-  CREDIT_PG_URL=postgres://… npx credit-management accounts show acme
-  npx credit-management accounts limits set acme --sqlite credits.db --amount 500 --period month --spender alice
-  CREDIT_PG_URL=postgres://… npx credit-management revenue --time-zone Europe/Berlin --group-by account --csv
 `;
 
-/** Each command's own help (`credit-management schema --help`). */
-const COMMAND_HELP: Record<string, string> = {
-  schema: `Usage: credit-management schema [options]\n\nPrints the storage schema generated from the zod models.\n\n${SCHEMA_OPTIONS}`,
-  worker: `Usage: credit-management worker [options]\n\nRuns the jobs (lapsed holds, renewals, expiry), the expiring-credit reminders and the notification\ndispatcher, each on its own interval, or once (--once). Docs: docs/operations.md.\n\n${WORKER_OPTIONS}`,
-  serve: `Usage: credit-management serve [options]\n\nServes the credit API, health and metrics. Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
+const WORKER_EXAMPLES = `Examples:
+  CREDIT_PG_URL=postgres://… CREDIT_REDIS_URL=redis://… npx credit-management worker
+  CREDIT_PG_URL=postgres://… npx credit-management worker --once --reminders-every 0
+`;
+
+const SERVE_EXAMPLES = `Examples:
+  npx credit-management keys create --role admin && npx credit-management serve
+  CREDIT_PG_URL=postgres://… npx credit-management serve --port 8080 --worker
+  npx credit-management keys list
+`;
+
+/** Each command's own help (`credit-management schema --help`, `credit-management help schema`). */
+export const COMMAND_HELP: Readonly<Record<string, string>> = {
+  schema: `Usage: credit-management schema [options]\n\nPrints the storage schema generated from the zod models. Docs: docs/storage.md.\n\n${SCHEMA_OPTIONS}\n${SCHEMA_EXAMPLES}`,
+  audit: `Usage: credit-management audit (--user ID ... | --all | --archive FILE) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files). Docs: docs/cli.md.\n\n${AUDIT_OPTIONS}\n${AUDIT_EXAMPLES}`,
+  worker: `Usage: credit-management worker [options]\n\nRuns the jobs (lapsed holds, renewals, expiry), the expiring-credit reminders and the notification\ndispatcher, each on its own interval, or once (--once). Docs: docs/operations.md.\n\n${WORKER_OPTIONS}\n${WORKER_EXAMPLES}`,
+  serve: `Usage: credit-management serve [options]\n\nServes the credit API, health and metrics. Docs: docs/service.md.\n\n${SERVE_OPTIONS}\n${SERVE_EXAMPLES}`,
+  keys: `Usage: credit-management keys create|list|revoke [options]\n\nThe API keys of "serve". Docs: docs/service.md.\n\n${SERVE_OPTIONS}\n${SERVE_EXAMPLES}`,
   webhooks: WEBHOOKS_HELP,
   accounts: ACCOUNTS_HELP,
   revenue: REVENUE_HELP,
-  keys: `Usage: credit-management keys create|list|revoke [options]\n\nThe API keys of "serve". Docs: docs/service.md.\n\n${SERVE_OPTIONS}`,
-  audit: `Usage: credit-management audit (--user ID ... | --all) [options]\n\nReplays accounts' journals and checks them against the store (and the JSONL ledger files).\n\n${AUDIT_OPTIONS}`,
 };
+
+const isHelpFlag = (arg: string) => arg === "--help" || arg === "-h";
+
+/**
+ * The help a command line asks for, or undefined: `help`, `help <command>`, and `<command> … --help`
+ * (a `--help` after `--` is an argument, not the flag).
+ */
+function helpOf(args: readonly string[]): { text: string; code: number } | undefined {
+  const [first, second] = args;
+  if (first === "help") {
+    if (second === undefined) return { text: HELP, code: 0 };
+    const text = COMMAND_HELP[second];
+    return text === undefined
+      ? {
+          text: `credit-management: unknown command "${second}"\nRun "credit-management --help" for the commands.\n`,
+          code: 2,
+        }
+      : { text, code: 0 };
+  }
+  if (first === undefined || COMMAND_HELP[first] === undefined) return undefined;
+  const end = args.indexOf("--");
+  const flags = end === -1 ? args : args.slice(0, end);
+  return flags.some(isHelpFlag) ? { text: COMMAND_HELP[first] as string, code: 0 } : undefined;
+}
+
+/** Where a usage error points: the command's own help when the line names a command. */
+export function helpHint(command: string | undefined): string {
+  return command !== undefined && COMMAND_HELP[command] !== undefined
+    ? `Run "credit-management ${command} --help" for usage.`
+    : `Run "credit-management --help" for usage.`;
+}
 
 class UsageError extends Error {}
 
@@ -128,10 +180,14 @@ const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair"
  * process's (tests).
  */
 export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
-  if ((args[0] === "serve" || args[0] === "keys") && !args.includes("--help") && !args.includes("-h"))
-    return runServeCli(args, io, source.env ?? process.env);
-  if (args[0] === "webhooks" && !args.includes("--help") && !args.includes("-h"))
-    return runWebhooksCli(args.slice(1), io, source.env ?? process.env);
+  const help = helpOf(args);
+  if (help !== undefined) {
+    if (help.code === 0) io.stdout(help.text);
+    else io.stderr(help.text);
+    return help.code;
+  }
+  if (args[0] === "serve" || args[0] === "keys") return runServeCli(args, io, source.env ?? process.env);
+  if (args[0] === "webhooks") return runWebhooksCli(args.slice(1), io, source.env ?? process.env);
   // Its own flags and --help (docs/cli.md, "Accounts").
   if (args[0] === "accounts") return runAccountsCli(args.slice(1), io, source);
   if (args[0] === "revenue") return runRevenueCli(args.slice(1), io, source);
@@ -146,7 +202,7 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
     ) {
       // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
       const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
-      io.stderr(`credit-management: ${message}\nRun "credit-management --help" for usage.\n`);
+      io.stderr(`credit-management: ${message}\n${helpHint(args[0])}\n`);
       return 2;
     }
     io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);

@@ -103,7 +103,9 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
     throw new ServeUsageError(`keys needs create, list or revoke${sub === undefined ? "" : `, not "${sub}"`}`);
   } catch (error) {
     if (error instanceof ServeUsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
-      io.stderr(`credit-management: ${(error as Error).message}\nRun "credit-management --help" for usage.\n`);
+      io.stderr(
+        `credit-management: ${(error as Error).message}\nRun "credit-management ${args[0]} --help" for usage.\n`,
+      );
       return 2;
     }
     if (error instanceof MissingDriverError) {
