@@ -21,7 +21,7 @@ import pg from "pg";
 import { usagePipeline } from "../src/db/mongodb/usage.js";
 import { PostgresDbManager } from "../src/db/postgres/index.js";
 import { rollupDays, usageSql } from "../src/db/postgres/usage.js";
-import { usageSqliteSql } from "../src/db/sqlite/usage.js";
+import { SQLITE_QUERY, usageQuery } from "../src/db/usage-query.js";
 import type { UsageScan } from "../src/domain/usage.js";
 import { createCreditManager } from "../src/index.js";
 import { rollupNames } from "../src/schema/rollup.js";
@@ -36,7 +36,8 @@ const DAY = 86_400_000;
 
 type SqlFn = typeof usageSql;
 type PipelineFn = typeof usagePipeline;
-type SqliteFn = typeof usageSqliteSql;
+type SqliteFn = (journal: string, scan: UsageScan) => { text: string; params: unknown[] };
+const usageSqliteSql: SqliteFn = (journal, scan) => usageQuery(SQLITE_QUERY, journal, scan);
 
 /** REV's version of `file`, imported from a copy beside today's. */
 async function before<T>(file: string, copies: string[]): Promise<T> {

@@ -9,8 +9,8 @@ import Database from "better-sqlite3";
 import { MongoClient } from "mongodb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { usageBucketOf, usagePipeline } from "../src/db/mongodb/usage.js";
-import { usageBucket, usageSql } from "../src/db/postgres/usage.js";
-import { usageSqliteSql } from "../src/db/sqlite/usage.js";
+import { usageSql } from "../src/db/postgres/usage.js";
+import { SQLITE_QUERY, usageBucket, usageQuery } from "../src/db/usage-query.js";
 import {
   USAGE_MEASURES,
   USAGE_RULES,
@@ -227,7 +227,7 @@ for (const [label, rules] of [
       it(`equals the domain for every case, grouped by [${groupBy.join(", ")}]`, () => {
         for (const { name, user, e } of accounts) {
           const s = scan(user, groupBy);
-          const { text, params } = usageSqliteSql("journal", s, rules);
+          const { text, params } = usageQuery(SQLITE_QUERY, "journal", s, rules);
           const got = (db.prepare(text).all(...params) as Record<string, unknown>[]).map((r) => usageBucket(r, s));
           same(name, got, expected(user, e, groupBy, rules));
         }

@@ -169,8 +169,8 @@ const TAKE_BACK_RULE: UsageKindRule = {
 
 /**
  * The rules of usage (docs/usage.md), the one place they are written. The memory store runs them
- * here (`usageParts`); the PostgreSQL and SQLite queries (src/db/postgres/usage.ts,
- * src/db/sqlite/usage.ts), the MongoDB pipeline (src/db/mongodb/usage.ts) and PostgreSQL's daily
+ * here (`usageParts`); the PostgreSQL and SQLite query (one text for both, src/db/usage-query.ts,
+ * from src/schema/usage-sql.ts), the MongoDB pipeline (src/db/mongodb/usage.ts) and PostgreSQL's daily
  * rollup trigger and fill (src/schema/rollup.ts) are generated from them, so a new entry kind or
  * measure is an edit here (and, for a measure, a column of the rollup: a schema version).
  *

@@ -1,15 +1,16 @@
 import { USAGE_MEASURES, USAGE_RULES, usageKindsOf, type UsageRules } from "../domain/usage.js";
 import type { NamingOptions } from "./sql.js";
 import {
-  pgEntryMeasure,
-  pgEntryTotal,
-  pgKind,
-  pgLit,
-  pgSourceArray,
-  pgSources,
-  pgTypes,
+  PG_USAGE,
   rollupColumn,
-} from "./usage-pg.js";
+  sqlEntryMeasure,
+  sqlEntryTotal,
+  sqlKind,
+  sqlLit,
+  sqlSourceArray,
+  sqlTypes,
+  usageSources,
+} from "./usage-sql.js";
 
 /** A PostgreSQL identifier, quoted (as `quoteIdent` of ./sql.ts, which imports this module). */
 const quoteIdent = (_dialect: "postgres", name: string): string => `"${name.replace(/"/g, '""')}"`;
@@ -22,7 +23,7 @@ const quoteIdent = (_dialect: "postgres", name: string): string => `"${name.repl
  * reads the rollup, the audit and the archival first add each account's entries above its
  * `through_seq` (`rollupCatchUpSql`), with a compare-and-set on it, so that every entry is counted
  * once. The sums are generated from the rules of `src/domain/usage.ts` (`USAGE_RULES`, by
- * ./usage-pg.ts): an entry's total of each measure. The audit compares the rollup with the
+ * ./usage-sql.ts): an entry's total of each measure. The audit compares the rollup with the
  * journal's own report (`CreditService.audit`).
  *
  * Archival (checkpoints, detached partitions) catches the rollup up first and leaves the days it
@@ -62,16 +63,18 @@ export function rollupNames(naming: NamingOptions): RollupNames {
  */
 function rollupSums(source: string, rules: UsageRules = USAGE_RULES): string {
   const q = (n: string) => quoteIdent("postgres", n);
-  const sources = pgSources(rules);
+  const sources = usageSources(rules);
   // Each entry with its kind, its own measures and its part source's array, by the rules.
   const entries =
     `SELECT e0.user_id, e0.created_at, e0.kind, ` +
-    USAGE_MEASURES.map((m) => `${pgEntryMeasure(m, "e0", "e0.kind", rules)} AS ${q(`m_${m}`)}`).join(", ") +
-    sources.map((s) => `, ${pgSourceArray(s.i, "e0", "e0.kind", rules)} AS a${s.i}`).join("") +
-    ` FROM (SELECT j.*, ${pgKind("j", rules)} AS kind FROM ${source} j WHERE ${pgTypes("j", rules)}) AS e0 WHERE e0.kind IS NOT NULL`;
+    USAGE_MEASURES.map((m) => `${sqlEntryMeasure(PG_USAGE, m, "e0", "e0.kind", rules)} AS ${q(`m_${m}`)}`).join(", ") +
+    sources.map((s) => `, ${sqlSourceArray(PG_USAGE, s.i, "e0", "e0.kind", rules)} AS a${s.i}`).join("") +
+    ` FROM (SELECT j.*, ${sqlKind(PG_USAGE, "j", rules)} AS kind FROM ${source} j WHERE ${sqlTypes("j", rules)}) AS e0 WHERE e0.kind IS NOT NULL`;
   return (
     `SELECT e.user_id, (e.created_at AT TIME ZONE 'UTC')::date, e.kind, ` +
-    USAGE_MEASURES.map((m) => `sum(${pgEntryTotal(m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`, rules)})`).join(", ") +
+    USAGE_MEASURES.map((m) => `sum(${sqlEntryTotal(PG_USAGE, m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`, rules)})`).join(
+      ", ",
+    ) +
     ` FROM (${entries}) AS e GROUP BY 1, 2, 3`
   );
 }
@@ -93,7 +96,7 @@ export function rollupDdl(
     `CREATE TABLE IF NOT EXISTS ${r.table} (
   "user_id" ${userId} NOT NULL,
   "day" DATE NOT NULL,
-  "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(pgLit).join(", ")})),
+  "kind" TEXT NOT NULL CHECK ("kind" IN (${usageKindsOf(rules).map(sqlLit).join(", ")})),
 ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT" : "NUMERIC"} NOT NULL,`).join("\n")}
   PRIMARY KEY ("user_id", "day", "kind")
 ) WITH (fillfactor = 70);`,

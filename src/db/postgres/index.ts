@@ -1,5 +1,6 @@
 import type * as PgModule from "pg";
-import { rollupDays, usageBucket, usageSql } from "./usage.js";
+import { rollupDays, usageSql } from "./usage.js";
+import { usageBucket } from "../usage-query.js";
 import { rollupNames } from "../../schema/rollup.js";
 import { catchUpRollup, rollupRound } from "./usage-rollup.js";
 import type { UsageBucket, UsageCatchUp, UsageRollupRow, UsageScan } from "../../domain/usage.js";

@@ -17,8 +17,7 @@ import type { JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import type { UsageScan } from "../../domain/usage.js";
-import { usageBucket } from "../postgres/usage.js";
-import { usageSqliteSql } from "./usage.js";
+import { SQLITE_QUERY, usageBucket, usageQuery } from "../usage-query.js";
 import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
 import { Locker, SqliteAttempt, isConflict } from "./unit.js";
@@ -152,7 +151,7 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       },
       // docs/usage.md: aggregated here, only the groups come back.
       usage: (scan: UsageScan) => {
-        const { text, params } = usageSqliteSql(s.t.journal.qualified, scan);
+        const { text, params } = usageQuery(SQLITE_QUERY, s.t.journal.qualified, scan);
         return s.once(text, params).map((r) => usageBucket(r, scan));
       },
       // The key moves to forgotten_key: out of the unique index, still part of the entry.
