@@ -14,6 +14,7 @@ runDbManagerContract({
   create: async () => new InMemoryDbManager(),
   createPeer: async (db) => db,
   propertyRuns: 300,
+  usageRuns: 40,
   test,
 });
 

@@ -1,431 +1,18 @@
-// credits.getUsage() on every store (docs/usage.md): for random journals, what the store
-// aggregates equals a naive sum over getCreditHistory. The journals are made through the public API
-// (deductions, holds captured in part, in full and beyond, releases, metered LLM usage, spend that
-// names a spender, a feature and metadata, payment take-backs) with a clock that moves on by
-// random steps, so entries fall into many windows.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import fc from "fast-check";
+// PostgreSQL's daily usage rollup (docs/usage.md, "The daily rollup"): what it keeps, the reports
+// that read it, the audit that checks it, and its catch-ups racing writes and each other. What a
+// usage report answers on every store (random journals against a naive sum over the journal, the
+// metadata of holds, top accounts) is the `usage` part of the contract suite
+// (src/testing/usage.ts), run on each store by its own test file.
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { PostgresDbManager } from "../src/db/postgres/index.js";
-import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { usageParts, windowStart } from "../src/domain/usage.js";
-import {
-  createCreditManager,
-  type CreditManager,
-  type JournalEntry,
-  type UsageQuery,
-  type UsageRow,
-} from "../src/index.js";
+import { createCreditManager, type CreditManager } from "../src/index.js";
+import { playUsage } from "../src/testing/usage.js";
 import { createWorker } from "../src/worker/index.js";
-import { testStores, type OpenedStore, type TestStore } from "./fixtures/stores.js";
+import type { OpenedStore } from "./fixtures/stores.js";
 
-const dir = mkdtempSync(join(tmpdir(), "cm-usage-"));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const stores: TestStore[] = [
-  ...testStores("usage"),
-  {
-    name: "sqlite",
-    open: async () => {
-      const file = join(dir, `usage-${Math.random().toString(36).slice(2)}.db`);
-      const db = new SqliteDbManager({ filename: file });
-      return { db, another: () => db, drop: async () => undefined };
-    },
-  },
-];
-
-const MIN = 60_000;
-const HOUR = 60 * MIN;
-const pricing = {
-  models: [
-    { model: "small", input: { credits: 1, per: 10 }, output: { credits: 1, per: 2 } },
-    { model: "large", input: { credits: 1 }, output: { credits: 3 }, cachedInput: { credits: 1, per: 4 } },
-  ],
-};
-
-type Op =
-  | { op: "deduct"; amount: number; feature?: string; spender?: string; team?: string | number; reason?: string }
-  | { op: "hold"; amount: number; capture: number | null; feature?: string; team?: string; commitTeam?: string }
-  | { op: "meter"; estimate: number; calls: { model: string; input: number; output: number; cached: number }[] }
-  | { op: "takeBack"; amount: number; dispute: boolean }
-  | {
-      op: "window";
-      amount: number;
-      requests: number;
-      parts: { model: string | null; feature: string | null; credits: number; requests: number; inputTokens: number }[];
-    }
-  | { op: "step"; ms: number };
-
-const opArb: fc.Arbitrary<Op> = fc.oneof(
-  fc.record(
-    {
-      op: fc.constant("deduct" as const),
-      amount: fc.integer({ min: 1, max: 50 }),
-      feature: fc.constantFrom("chat", "search", "img"),
-      spender: fc.constantFrom("k1", "k2"),
-      team: fc.oneof(fc.constantFrom("red", "blue"), fc.integer({ min: 1, max: 3 })),
-      reason: fc.constantFrom("POST /chat", "GET /search"),
-    },
-    { requiredKeys: ["op", "amount"] },
-  ),
-  fc.record(
-    {
-      op: fc.constant("hold" as const),
-      amount: fc.integer({ min: 1, max: 40 }),
-      capture: fc.option(fc.integer({ min: 0, max: 60 })),
-      feature: fc.constantFrom("chat", "img"),
-      // Metadata given with the hold, with the commit, or both: the capture and its excess carry both.
-      team: fc.constantFrom("red", "blue"),
-      commitTeam: fc.constantFrom("red", "green"),
-    },
-    { requiredKeys: ["op", "amount", "capture"] },
-  ),
-  fc.record({
-    op: fc.constant("meter" as const),
-    estimate: fc.integer({ min: 1, max: 80 }),
-    calls: fc.array(
-      fc.record({
-        model: fc.constantFrom("small", "large"),
-        input: fc.integer({ min: 0, max: 60 }),
-        output: fc.integer({ min: 0, max: 20 }),
-        cached: fc.integer({ min: 0, max: 8 }),
-      }),
-      { maxLength: 3 },
-    ),
-  }),
-  fc.record({ op: fc.constant("takeBack" as const), amount: fc.integer({ min: 1, max: 30 }), dispute: fc.boolean() }),
-  fc.record({
-    op: fc.constant("window" as const),
-    amount: fc.integer({ min: 1, max: 90 }),
-    requests: fc.integer({ min: 0, max: 30 }),
-    parts: fc.array(
-      fc.record({
-        model: fc.constantFrom("small", "large", null),
-        feature: fc.constantFrom("chat", null),
-        credits: fc.integer({ min: 0, max: 40 }),
-        requests: fc.integer({ min: 0, max: 10 }),
-        inputTokens: fc.integer({ min: 0, max: 500 }),
-      }),
-      { maxLength: 3 },
-    ),
-  }),
-  fc.record({ op: fc.constant("step" as const), ms: fc.integer({ min: 1, max: 30 * HOUR }) }),
-);
-
-/** Runs `ops` on `user` through the public API, moving `clock` on between them. */
-async function play(m: CreditManager, clock: { now: number }, user: string, ops: readonly Op[]): Promise<void> {
-  await m.credits.addCredits(user, 100_000);
-  for (const o of ops) {
-    clock.now += 7 * MIN;
-    switch (o.op) {
-      case "step":
-        clock.now += o.ms;
-        break;
-      case "deduct":
-        await m.credits.deductCredits(user, o.amount, {
-          feature: o.feature,
-          spender: o.spender,
-          description: o.reason,
-          metadata: o.team === undefined ? undefined : { team: o.team },
-        });
-        break;
-      case "hold": {
-        const h = await m.credits.reserveCredits(user, o.amount, {
-          feature: o.feature,
-          metadata: o.team === undefined ? undefined : { team: o.team },
-        });
-        if (o.capture === null) await m.credits.releaseReservedCredits(h.id);
-        else
-          await m.credits.commitReservedCredits(h.id, {
-            amount: o.capture,
-            metadata: o.commitTeam === undefined ? undefined : { team: o.commitTeam },
-          });
-        break;
-      }
-      case "meter": {
-        const s = await m.credits.openMeter(user, { estimate: o.estimate, noUsage: "estimate" });
-        for (const c of o.calls)
-          s.recordUsage({ model: c.model, inputTokens: c.input, outputTokens: c.output, cachedTokens: c.cached });
-        await s.commit();
-        break;
-      }
-      case "window":
-        // A lease window's settle as the journal keeps it (docs/usage.md, "Leases"); its parts may
-        // not add up to the entry (a capture cut short): the rest is a part of its own.
-        await m.credits.deductCredits(user, o.amount, {
-          feature: "chat",
-          metadata: {
-            leaseWindow: {
-              lease: `l-${user}`,
-              window: 1,
-              requests: o.requests,
-              total: o.amount,
-              parts: o.parts.map((p) => ({ ...p, spender: null, outputTokens: 1, cachedTokens: 0 })),
-            },
-          },
-        });
-        break;
-      case "takeBack":
-        // What a payment's reversal writes (docs/promos-and-payments.md): the rule reads its metadata.
-        await m.credits.deductCredits(user, o.amount, {
-          description: `${o.dispute ? "Lost dispute" : "Refund"} of payment p-${user} (test)`,
-          metadata: { paymentId: `p-${user}`, provider: "test", refundedAmount: o.amount * 10 },
-        });
-        break;
-    }
-  }
-}
-
-/** Every entry of `user`, through getCreditHistory's pages. */
-async function history(m: CreditManager, user: string): Promise<JournalEntry[]> {
-  const out: JournalEntry[] = [];
-  let cursor: string | undefined;
-  for (;;) {
-    const page = await m.credits.getCreditHistory(user, { limit: 1000, cursor });
-    out.push(...page.items);
-    if (page.nextCursor === null) return out;
-    cursor = page.nextCursor;
-  }
-}
-
-/** The naive report: each entry's parts summed under its window's start and groups. */
-function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Date; to: Date }): Map<string, UsageRow> {
-  const tz = q.timeZone ?? "UTC";
-  const out = new Map<string, UsageRow>();
-  for (const [user, list] of entries) {
-    if (q.account !== undefined && q.account !== user) continue;
-    for (const e of list) {
-      const t = e.createdAt.getTime();
-      if (t < q.from.getTime() || t >= q.to.getTime()) continue;
-      const start = q.interval === null ? q.from.getTime() : Math.max(windowStart(t, q.interval, tz), q.from.getTime());
-      for (const p of usageParts(e)) {
-        if (q.kinds !== undefined && !q.kinds.includes(p.kind)) continue;
-        const groups: Record<string, string | null> = {};
-        for (const d of q.groupBy ?? []) {
-          const meta = e.metadata?.[d.slice("metadata.".length)];
-          groups[d] =
-            d === "account"
-              ? user
-              : d === "model"
-                ? p.model
-                : d === "feature"
-                  ? p.feature !== undefined
-                    ? p.feature
-                    : (e.feature ?? null)
-                  : d === "spender"
-                    ? p.spender !== undefined
-                      ? p.spender
-                      : (e.spender ?? null)
-                    : d === "reason"
-                      ? e.description
-                      : typeof meta === "string" || typeof meta === "number" || typeof meta === "boolean"
-                        ? String(meta)
-                        : null;
-        }
-        const key = JSON.stringify([start, p.kind, groups]);
-        const row =
-          out.get(key) ??
-          ({
-            start: new Date(start),
-            ...groups,
-            kind: p.kind,
-            credits: 0,
-            requests: 0,
-            inputTokens: 0,
-            outputTokens: 0,
-            cachedTokens: 0,
-          } as unknown as UsageRow);
-        row.credits += p.credits;
-        row.requests += p.requests;
-        row.inputTokens += p.inputTokens;
-        row.outputTokens += p.outputTokens;
-        row.cachedTokens += p.cachedTokens;
-        out.set(key, row);
-      }
-    }
-  }
-  return out;
-}
-
-const comparable = (rows: Iterable<UsageRow>) =>
-  [...rows]
-    .map((r) => {
-      const { end: _end, ...rest } = r;
-      return JSON.stringify({ ...rest, start: r.start.getTime() });
-    })
-    .sort();
-
-const queryArb = fc.record({
-  interval: fc.constantFrom("hour", "day", "week", "month", null),
-  groupBy: fc.subarray(["account", "feature", "spender", "model", "reason", "metadata.team"] as const, {
-    maxLength: 3,
-  }),
-  timeZone: fc.constantFrom("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"),
-  kinds: fc.option(fc.subarray(["spend", "refund", "clawback"] as const, { minLength: 1 }), { nil: undefined }),
-  fleet: fc.boolean(),
-  cutFrom: fc.integer({ min: 0, max: 20 }),
-  cutTo: fc.integer({ min: 0, max: 20 }),
-  // From and to at UTC midnights: on PostgreSQL a fleet query by account or by nothing then reads
-  // the daily rollup for every day (docs/usage.md, "The daily rollup"); otherwise for all but the edges.
-  wholeDays: fc.boolean(),
-});
+const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
-
-for (const store of stores) {
-  describe(`getUsage on ${store.name}`, () => {
-    let opened: OpenedStore;
-    let m: CreditManager;
-    const clock = { now: 0 };
-    const journals = new Map<string, JournalEntry[]>();
-    let n = 0;
-
-    beforeAll(async () => {
-      opened = await store.open();
-      clock.now = Date.now() - 200 * 24 * HOUR;
-      m = await createCreditManager({ db: opened.db, clock: () => new Date(clock.now), pricing });
-    });
-    afterAll(async () => {
-      await m?.close();
-      await opened?.drop();
-    });
-
-    it("equals a naive sum over getCreditHistory, for random journals and queries", async () => {
-      await fc.assert(
-        fc.asyncProperty(
-          fc.array(fc.array(opArb, { minLength: 1, maxLength: 14 }), { minLength: 1, maxLength: 3 }),
-          fc.array(queryArb, { minLength: 1, maxLength: 4 }),
-          async (accounts, queries) => {
-            const first = clock.now;
-            const users: string[] = [];
-            for (const ops of accounts) {
-              const user = `u${++n}-${store.name}`;
-              users.push(user);
-              await play(m, clock, user, ops);
-              journals.set(user, await history(m, user));
-            }
-            const span = clock.now + MIN - first;
-            for (const q of queries) {
-              let from = new Date(first + Math.floor((span * q.cutFrom) / 100));
-              let to = new Date(clock.now + MIN - Math.floor((span * q.cutTo) / 100));
-              if (q.wholeDays) {
-                from = new Date(Math.floor(from.getTime() / DAY) * DAY);
-                to = new Date(Math.ceil(to.getTime() / DAY) * DAY);
-              }
-              const query = {
-                ...(q.fleet ? {} : { account: users[0] }),
-                from,
-                to,
-                interval: q.interval,
-                groupBy: [...q.groupBy],
-                timeZone: q.timeZone,
-                ...(q.kinds === undefined ? {} : { kinds: [...q.kinds] }),
-              };
-              // A fleet-wide query reads every account of the store: compare over this run's range only.
-              const report = await m.credits.getUsage(query);
-              expect(report.truncated).toBe(false);
-              for (const r of report.rows) expect(r.end.getTime()).toBeGreaterThan(r.start.getTime());
-              expect(comparable(report.rows)).toEqual(comparable(naive(journals, query).values()));
-            }
-            // The audit compares the daily rollup (where the store keeps one) with the journal.
-            for (const user of users) expect((await m.credits.audit(user)).problems).toEqual([]);
-          },
-        ),
-        { numRuns: store.name === "memory" ? 40 : 12, seed: 5202, endOnFailure: true },
-      );
-    }, 240_000);
-
-    /** @see issue 60 (item 11): metered spend reported by metadata lost the hold's and the excess's. */
-    it("a capture carries its hold's metadata under the commit's, and so does an over-capture's excess", async () => {
-      clock.now += HOUR;
-      const from = new Date(clock.now);
-      const user = `held-meta-${store.name}`;
-      await m.credits.addCredits(user, 1_000);
-      // Metadata given when the hold is placed: the capture of 5 is t2's.
-      const a = await m.credits.reserveCredits(user, 10, { metadata: { tenant: "t2" } });
-      const captured = await m.credits.commitReservedCredits(a.id, { amount: 5 });
-      expect(captured.metadata).toEqual({ tenant: "t2" });
-      // Both: the commit's keys win, the hold's others stay; the excess of 15 carries them too.
-      const b = await m.credits.reserveCredits(user, 10, { metadata: { tenant: "t0", region: "eu" } });
-      await m.credits.commitReservedCredits(b.id, { amount: 25, metadata: { tenant: "t1" } });
-      // A metered call over its estimate with recorded LLM usages: the usages stay on the capture.
-      const s = await m.credits.openMeter(user, { estimate: 4, metadata: { tenant: "t3" } });
-      s.recordUsage({ model: "large", inputTokens: 6, outputTokens: 1 }); // 9 credits
-      await s.commit();
-      const entries = (await m.credits.getCreditHistory(user, { from, types: ["commit_reserved", "deduct"] })).items;
-      expect(
-        entries
-          .sort((x, y) => x.seq - y.seq)
-          .map((e) => [e.type, e.amount, e.metadata?.tenant, e.metadata?.region, e.metadata?.usages !== undefined]),
-      ).toEqual([
-        ["commit_reserved", 5, "t2", undefined, false],
-        ["commit_reserved", 10, "t1", "eu", false],
-        ["deduct", 15, "t1", "eu", false],
-        ["commit_reserved", 4, "t3", undefined, true],
-        ["deduct", 5, "t3", undefined, false],
-      ]);
-      const q = { account: user, from, to: new Date(clock.now + MIN), interval: null };
-      const rows = (groupBy: UsageQuery["groupBy"]) =>
-        m.credits.getUsage({ ...q, groupBy }).then((r) =>
-          r.rows
-            .map((row) =>
-              JSON.stringify([
-                ...(groupBy ?? []).map((d) => (row as unknown as Record<string, unknown>)[d]),
-                row.credits,
-                row.requests,
-                row.inputTokens,
-              ]),
-            )
-            .sort()
-            .map((row) => JSON.parse(row) as unknown),
-        );
-      expect(await rows(["metadata.tenant"])).toEqual([
-        ["t1", 25, 1, 0],
-        ["t2", 5, 1, 0],
-        ["t3", 9, 1, 6],
-      ]);
-      expect(await rows(["metadata.region"])).toEqual([
-        ["eu", 25, 1, 0],
-        [null, 14, 2, 6],
-      ]);
-      // By model: the usages' credits under their model, and what the capture was short of them
-      // (negative) and its excess (positive) under null, the tenant's either way: they net to 0.
-      expect(await rows(["metadata.tenant", "model"])).toEqual([
-        ["t1", null, 25, 1, 0],
-        ["t2", null, 5, 1, 0],
-        ["t3", "large", 9, 1, 6],
-        ["t3", null, 0, 0, 0],
-      ]);
-      expect((await m.credits.audit(user)).problems).toEqual([]);
-    });
-
-    it("top accounts: orderBy credits with a limit, truncated says so", async () => {
-      clock.now += HOUR;
-      const base = clock.now;
-      for (const [i, amount] of [30, 50, 10, 40].entries()) {
-        clock.now += MIN;
-        await m.credits.addCredits(`top-${store.name}-${i}`, 1000);
-        await m.credits.deductCredits(`top-${store.name}-${i}`, amount);
-      }
-      const report = await m.credits.getUsage({
-        from: new Date(base),
-        to: new Date(clock.now + MIN),
-        interval: null,
-        groupBy: ["account"],
-        kinds: ["spend"],
-        orderBy: "credits",
-        limit: 2,
-      });
-      expect(report.rows.map((r) => [r.account, r.credits])).toEqual([
-        [`top-${store.name}-1`, 50],
-        [`top-${store.name}-3`, 40],
-      ]);
-      expect(report.truncated).toBe(true);
-    });
-  });
-}
 
 // The daily rollup of PostgreSQL (docs/usage.md, "The daily rollup"): kept by the journal's
 // trigger, read by fleet reports of whole UTC days, checked by audit.
@@ -446,7 +33,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
     const db = new PostgresDbManager({ connectionString: process.env.CREDIT_PG_URL as string, schema });
     opened = { db, another: () => db, drop: async () => undefined };
     clock.now = Math.floor(Date.now() / DAY) * DAY - 10 * DAY + 5 * HOUR;
-    m = await createCreditManager({ db, clock: () => new Date(clock.now), pricing });
+    m = await createCreditManager({ db, clock: () => new Date(clock.now) });
     client = new pgDriver.Client({ connectionString: process.env.CREDIT_PG_URL });
     await client.connect();
   });
@@ -458,7 +45,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
   });
 
   it("holds each account's usage by UTC day and kind, the fleet report reads it, and a tampered row fails audit", async () => {
-    await play(m, clock, "r1", [
+    await playUsage(m.credits, clock, "r1", [
       { op: "deduct", amount: 7, feature: "chat" },
       { op: "step", ms: DAY },
       { op: "hold", amount: 20, capture: 12 },
@@ -470,7 +57,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
         parts: [{ model: "small", feature: "chat", credits: 25, requests: 4, inputTokens: 9 }],
       },
     ]);
-    await play(m, clock, "r2", [
+    await playUsage(m.credits, clock, "r2", [
       { op: "takeBack", amount: 5, dispute: false },
       { op: "deduct", amount: 2 },
     ]);
@@ -600,7 +187,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
   it("the worker's usage round brings every cursor to the journal's head in bounded statements; a report after it adds nothing and reads what the journal sums to", async () => {
     const db = opened.db as unknown as Pg;
     for (let u = 0; u < 4; u++) {
-      await play(m, clock, `u${u}`, [
+      await playUsage(m.credits, clock, `u${u}`, [
         { op: "deduct", amount: 3 + u, feature: "chat" },
         { op: "step", ms: DAY },
         { op: "takeBack", amount: 2, dispute: true },
@@ -650,7 +237,7 @@ describe.skipIf(!process.env.CREDIT_PG_URL)("the daily usage rollup on PostgreSQ
     const { PostgresDbManager } = await import("../src/db/postgres/index.js");
     const journalOnly = new PostgresDbManager({ connectionString: process.env.CREDIT_PG_URL as string, schema });
     (journalOnly as unknown as { hasRollup: boolean }).hasRollup = false;
-    const viaJournal = await createCreditManager({ db: journalOnly, init: false, pricing });
+    const viaJournal = await createCreditManager({ db: journalOnly, init: false });
     try {
       const cursorsThen = await cursors();
       const rollupThen = await rollupOf("u");

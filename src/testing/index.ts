@@ -16,7 +16,8 @@
  * globals), so this entry point loads with `import` and `require` under any runner; fast-check (a
  * peer dependency of this entry point) drives its property test. It checks the store
  * directly and through `CreditService`: burn-down, expiry, holds, debt, idempotency, concurrency,
- * and a property test of random operation sequences against an independent model.
+ * a property test of random operation sequences against an independent model, and usage reports
+ * against a naive sum over the journal.
  */
 import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
@@ -32,6 +33,7 @@ import { expectPartMissing, T0, type PartOptions } from "./support.js";
 import { runAccountsContract } from "./accounts.js";
 import { runConcurrencyContract } from "./concurrency.js";
 import { runPropertyContract } from "./properties.js";
+import { runUsageContract } from "./usage.js";
 
 export { runAccountsContract } from "./accounts.js";
 export { runConcurrencyContract } from "./concurrency.js";
@@ -40,6 +42,7 @@ export type { PartOptions } from "./support.js";
 export { runManagersContract } from "./managers.js";
 export { runLeasesContract } from "./leases.js";
 export { runNotificationContract } from "./notifications.js";
+export { runUsageContract } from "./usage.js";
 
 /** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
 export function runSubscriptionContract(getDb: () => DbManager, options: PartOptions = {}): void {
@@ -76,6 +79,8 @@ export interface ContractOptions {
   destroy?: (db: DbManager) => Promise<void>;
   /** fast-check runs of the property test. Default 60. */
   propertyRuns?: number;
+  /** fast-check runs of the usage reports' property test (random journals against a naive sum). Default 12. */
+  usageRuns?: number;
   /** Concurrent callers in the race tests (1,000 deductions of 1 on 500). Default 1,000. */
   raceSize?: number;
   /**
@@ -105,7 +110,16 @@ export interface ContractOptions {
 
 /** The parts of the contract suite, each also exported on its own (`run…Contract`). */
 export type ContractPart =
-  "accounts" | "subscriptions" | "concurrency" | "promos" | "trial" | "properties" | "outbox" | "managers" | "leases";
+  | "accounts"
+  | "subscriptions"
+  | "concurrency"
+  | "promos"
+  | "trial"
+  | "properties"
+  | "outbox"
+  | "managers"
+  | "leases"
+  | "usage";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -177,6 +191,7 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("trial", () => runTrialContract(getDb));
     part("properties", () => runPropertyContract(getDb, { runs }));
     part("outbox", () => runNotificationContract(getDb, { raceSize: Math.min(race, 50) }));
+    part("usage", () => runUsageContract(getDb, { runs: options.usageRuns }));
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(

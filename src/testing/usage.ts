@@ -1,0 +1,428 @@
+/**
+ * Usage reports on any store (the `usage` part of `runDbManagerContract`, also
+ * `runUsageContract`; docs/usage.md): for random journals, what `credits.getUsage` answers equals
+ * a naive sum over `getCreditHistory`. The journals are made through the public API (deductions,
+ * holds captured in part, in full and beyond, releases, metered LLM usage, spend that names a
+ * spender, a feature and metadata, lease windows with parts, payment take-backs) with a clock that
+ * moves on by random steps, so entries fall into many windows. A store without its own
+ * aggregation (`DbManager.usage`) is read one account at a time, and refuses a report across
+ * accounts with `ConfigurationError`.
+ */
+import { randomUUID } from "node:crypto";
+import fc from "fast-check";
+import { describe, expect, it, useTestApi } from "./runner.js";
+import type { DbManager } from "../db/types.js";
+import { usageParts, windowStart } from "../domain/usage.js";
+import { ConfigurationError } from "../errors.js";
+import type { JournalEntry, UsageQuery, UsageRow } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { PricingService } from "../services/pricing-service.js";
+import { lazy, type PartOptions } from "./support.js";
+
+const MIN = 60_000;
+const HOUR = 60 * MIN;
+const DAY = 24 * HOUR;
+
+/** The price book of the metered calls (`meter`). */
+const PRICING = {
+  models: [
+    { model: "small", input: { credits: 1, per: 10 }, output: { credits: 1, per: 2 } },
+    { model: "large", input: { credits: 1 }, output: { credits: 3 }, cachedInput: { credits: 1, per: 4 } },
+  ],
+};
+
+/** One step of a journal. */
+export type UsageOp =
+  | { op: "deduct"; amount: number; feature?: string; spender?: string; team?: string | number; reason?: string }
+  | { op: "hold"; amount: number; capture: number | null; feature?: string; team?: string; commitTeam?: string }
+  | { op: "meter"; estimate: number; calls: { model: string; input: number; output: number; cached: number }[] }
+  | { op: "takeBack"; amount: number; dispute: boolean }
+  | {
+      op: "window";
+      amount: number;
+      requests: number;
+      parts: { model: string | null; feature: string | null; credits: number; requests: number; inputTokens: number }[];
+    }
+  | { op: "step"; ms: number };
+
+const opArb: fc.Arbitrary<UsageOp> = fc.oneof(
+  fc.record(
+    {
+      op: fc.constant("deduct" as const),
+      amount: fc.integer({ min: 1, max: 50 }),
+      feature: fc.constantFrom("chat", "search", "img"),
+      spender: fc.constantFrom("k1", "k2"),
+      team: fc.oneof(fc.constantFrom("red", "blue"), fc.integer({ min: 1, max: 3 })),
+      reason: fc.constantFrom("POST /chat", "GET /search"),
+    },
+    { requiredKeys: ["op", "amount"] },
+  ),
+  fc.record(
+    {
+      op: fc.constant("hold" as const),
+      amount: fc.integer({ min: 1, max: 40 }),
+      capture: fc.option(fc.integer({ min: 0, max: 60 })),
+      feature: fc.constantFrom("chat", "img"),
+      // Metadata given with the hold, with the commit, or both: the capture and its excess carry both.
+      team: fc.constantFrom("red", "blue"),
+      commitTeam: fc.constantFrom("red", "green"),
+    },
+    { requiredKeys: ["op", "amount", "capture"] },
+  ),
+  fc.record({
+    op: fc.constant("meter" as const),
+    estimate: fc.integer({ min: 1, max: 80 }),
+    calls: fc.array(
+      fc.record({
+        model: fc.constantFrom("small", "large"),
+        input: fc.integer({ min: 0, max: 60 }),
+        output: fc.integer({ min: 0, max: 20 }),
+        cached: fc.integer({ min: 0, max: 8 }),
+      }),
+      { maxLength: 3 },
+    ),
+  }),
+  fc.record({ op: fc.constant("takeBack" as const), amount: fc.integer({ min: 1, max: 30 }), dispute: fc.boolean() }),
+  fc.record({
+    op: fc.constant("window" as const),
+    amount: fc.integer({ min: 1, max: 90 }),
+    requests: fc.integer({ min: 0, max: 30 }),
+    parts: fc.array(
+      fc.record({
+        model: fc.constantFrom("small", "large", null),
+        feature: fc.constantFrom("chat", null),
+        credits: fc.integer({ min: 0, max: 40 }),
+        requests: fc.integer({ min: 0, max: 10 }),
+        inputTokens: fc.integer({ min: 0, max: 500 }),
+      }),
+      { maxLength: 3 },
+    ),
+  }),
+  fc.record({ op: fc.constant("step" as const), ms: fc.integer({ min: 1, max: 30 * HOUR }) }),
+);
+
+/** Credits over `db` on `clock`, with the price book of the metered calls. */
+export function usageService(db: DbManager, clock: { now: number }): CreditService {
+  return new CreditService({ db, clock: () => new Date(clock.now), pricing: new PricingService({ book: PRICING }) });
+}
+
+/** Runs `ops` on `user` through the public API, moving `clock` on between them. */
+export async function playUsage(
+  credits: CreditService,
+  clock: { now: number },
+  user: string,
+  ops: readonly UsageOp[],
+): Promise<void> {
+  await credits.addCredits(user, 100_000);
+  for (const o of ops) {
+    clock.now += 7 * MIN;
+    switch (o.op) {
+      case "step":
+        clock.now += o.ms;
+        break;
+      case "deduct":
+        await credits.deductCredits(user, o.amount, {
+          feature: o.feature,
+          spender: o.spender,
+          description: o.reason,
+          metadata: o.team === undefined ? undefined : { team: o.team },
+        });
+        break;
+      case "hold": {
+        const h = await credits.reserveCredits(user, o.amount, {
+          feature: o.feature,
+          metadata: o.team === undefined ? undefined : { team: o.team },
+        });
+        if (o.capture === null) await credits.releaseReservedCredits(h.id);
+        else
+          await credits.commitReservedCredits(h.id, {
+            amount: o.capture,
+            metadata: o.commitTeam === undefined ? undefined : { team: o.commitTeam },
+          });
+        break;
+      }
+      case "meter": {
+        const s = await credits.openMeter(user, { estimate: o.estimate, noUsage: "estimate" });
+        for (const c of o.calls)
+          s.recordUsage({ model: c.model, inputTokens: c.input, outputTokens: c.output, cachedTokens: c.cached });
+        await s.commit();
+        break;
+      }
+      case "window":
+        // A lease window's settle as the journal keeps it (docs/usage.md, "Leases"); its parts may
+        // not add up to the entry (a capture cut short): the rest is a part of its own.
+        await credits.deductCredits(user, o.amount, {
+          feature: "chat",
+          metadata: {
+            leaseWindow: {
+              lease: `l-${user}`,
+              window: 1,
+              requests: o.requests,
+              total: o.amount,
+              parts: o.parts.map((p) => ({ ...p, spender: null, outputTokens: 1, cachedTokens: 0 })),
+            },
+          },
+        });
+        break;
+      case "takeBack":
+        // What a payment's reversal writes (docs/promos-and-payments.md): the rule reads its metadata.
+        await credits.deductCredits(user, o.amount, {
+          description: `${o.dispute ? "Lost dispute" : "Refund"} of payment p-${user} (test)`,
+          metadata: { paymentId: `p-${user}`, provider: "test", refundedAmount: o.amount * 10 },
+        });
+        break;
+    }
+  }
+}
+
+/** Every entry of `user`, through getCreditHistory's pages. */
+async function history(credits: CreditService, user: string): Promise<JournalEntry[]> {
+  const out: JournalEntry[] = [];
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await credits.getCreditHistory(user, { limit: 1000, cursor });
+    out.push(...page.items);
+    if (page.nextCursor === null) return out;
+    cursor = page.nextCursor;
+  }
+}
+
+/** The naive report: each entry's parts summed under its window's start and groups. */
+function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Date; to: Date }): Map<string, UsageRow> {
+  const tz = q.timeZone ?? "UTC";
+  const out = new Map<string, UsageRow>();
+  for (const [user, list] of entries) {
+    if (q.account !== undefined && q.account !== user) continue;
+    for (const e of list) {
+      const t = e.createdAt.getTime();
+      if (t < q.from.getTime() || t >= q.to.getTime()) continue;
+      const start = q.interval === null ? q.from.getTime() : Math.max(windowStart(t, q.interval, tz), q.from.getTime());
+      for (const p of usageParts(e)) {
+        if (q.kinds !== undefined && !q.kinds.includes(p.kind)) continue;
+        const groups: Record<string, string | null> = {};
+        for (const d of q.groupBy ?? []) {
+          const meta = e.metadata?.[d.slice("metadata.".length)];
+          groups[d] =
+            d === "account"
+              ? user
+              : d === "model"
+                ? p.model
+                : d === "feature"
+                  ? p.feature !== undefined
+                    ? p.feature
+                    : (e.feature ?? null)
+                  : d === "spender"
+                    ? p.spender !== undefined
+                      ? p.spender
+                      : (e.spender ?? null)
+                    : d === "reason"
+                      ? e.description
+                      : typeof meta === "string" || typeof meta === "number" || typeof meta === "boolean"
+                        ? String(meta)
+                        : null;
+        }
+        const key = JSON.stringify([start, p.kind, groups]);
+        const row =
+          out.get(key) ??
+          ({
+            start: new Date(start),
+            ...groups,
+            kind: p.kind,
+            credits: 0,
+            requests: 0,
+            inputTokens: 0,
+            outputTokens: 0,
+            cachedTokens: 0,
+          } as unknown as UsageRow);
+        row.credits += p.credits;
+        row.requests += p.requests;
+        row.inputTokens += p.inputTokens;
+        row.outputTokens += p.outputTokens;
+        row.cachedTokens += p.cachedTokens;
+        out.set(key, row);
+      }
+    }
+  }
+  return out;
+}
+
+const comparable = (rows: Iterable<UsageRow>) =>
+  [...rows]
+    .map((r) => {
+      const { end: _end, ...rest } = r;
+      return JSON.stringify({ ...rest, start: r.start.getTime() });
+    })
+    .sort();
+
+const queryArb = fc.record({
+  interval: fc.constantFrom("hour", "day", "week", "month", null),
+  groupBy: fc.subarray(["account", "feature", "spender", "model", "reason", "metadata.team"] as const, {
+    maxLength: 3,
+  }),
+  timeZone: fc.constantFrom("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"),
+  kinds: fc.option(fc.subarray(["spend", "refund", "clawback"] as const, { minLength: 1 }), { nil: undefined }),
+  fleet: fc.boolean(),
+  cutFrom: fc.integer({ min: 0, max: 20 }),
+  cutTo: fc.integer({ min: 0, max: 20 }),
+  // From and to at UTC midnights: a store with a daily rollup (PostgreSQL) then answers a report
+  // across accounts by account or by nothing from it for every day; otherwise for all but the edges.
+  wholeDays: fc.boolean(),
+});
+
+/** Usage reports: random journals against a naive sum, metadata of holds, top accounts. */
+export function runUsageContract(getDb: () => DbManager, options: PartOptions & { runs?: number } = {}): void {
+  if (options.test !== undefined) useTestApi(options.test);
+  const runs = options.runs ?? 12;
+  const db = lazy(getDb);
+  describe("usage", () => {
+    // Years before now: no other part of the suite writes there, so a report across accounts
+    // reads this part's accounts alone.
+    const clock = { now: Date.now() - 5 * 365 * DAY };
+    const journals = new Map<string, JournalEntry[]>();
+    const run = randomUUID().slice(0, 8);
+    let n = 0;
+    /** Whether the store aggregates itself, and so answers a report across accounts. */
+    const fleet = () => db.usage !== undefined;
+
+    it(`equals a naive sum over getCreditHistory, for random journals and queries (${runs} runs)`, async () => {
+      const credits = usageService(db, clock);
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(fc.array(opArb, { minLength: 1, maxLength: 14 }), { minLength: 1, maxLength: 3 }),
+          fc.array(queryArb, { minLength: 1, maxLength: 4 }),
+          async (accounts, queries) => {
+            const first = clock.now;
+            const users: string[] = [];
+            for (const ops of accounts) {
+              const user = `usage-${run}-${++n}`;
+              users.push(user);
+              await playUsage(credits, clock, user, ops);
+              journals.set(user, await history(credits, user));
+            }
+            const span = clock.now + MIN - first;
+            for (const q of queries) {
+              let from = new Date(first + Math.floor((span * q.cutFrom) / 100));
+              let to = new Date(clock.now + MIN - Math.floor((span * q.cutTo) / 100));
+              if (q.wholeDays) {
+                from = new Date(Math.floor(from.getTime() / DAY) * DAY);
+                to = new Date(Math.ceil(to.getTime() / DAY) * DAY);
+              }
+              const query = {
+                ...(q.fleet && fleet() ? {} : { account: users[0] }),
+                from,
+                to,
+                interval: q.interval,
+                groupBy: [...q.groupBy],
+                timeZone: q.timeZone,
+                ...(q.kinds === undefined ? {} : { kinds: [...q.kinds] }),
+              };
+              // A report across accounts reads every account of the store: compared over this part's range only.
+              const report = await credits.getUsage(query);
+              expect(report.truncated).toBe(false);
+              for (const r of report.rows)
+                expect(r.end.getTime() > r.start.getTime(), "a window ends after it starts").toBe(true);
+              expect(comparable(report.rows)).toEqual(comparable(naive(journals, query).values()));
+            }
+            // The audit compares the daily rollup (where the store keeps one) with the journal.
+            for (const user of users) expect((await credits.audit(user)).problems).toEqual([]);
+          },
+        ),
+        { numRuns: runs, seed: 5202, endOnFailure: true },
+      );
+    }, 240_000);
+
+    it("a capture carries its hold's metadata under the commit's, and so does an over-capture's excess", async () => {
+      const credits = usageService(db, clock);
+      clock.now += HOUR;
+      const from = new Date(clock.now);
+      const user = `usage-${run}-held`;
+      await credits.addCredits(user, 1_000);
+      // Metadata given when the hold is placed: the capture of 5 is t2's.
+      const a = await credits.reserveCredits(user, 10, { metadata: { tenant: "t2" } });
+      const captured = await credits.commitReservedCredits(a.id, { amount: 5 });
+      expect(captured.metadata).toEqual({ tenant: "t2" });
+      // Both: the commit's keys win, the hold's others stay; the excess of 15 carries them too.
+      const b = await credits.reserveCredits(user, 10, { metadata: { tenant: "t0", region: "eu" } });
+      await credits.commitReservedCredits(b.id, { amount: 25, metadata: { tenant: "t1" } });
+      // A metered call over its estimate with recorded LLM usages: the usages stay on the capture.
+      const s = await credits.openMeter(user, { estimate: 4, metadata: { tenant: "t3" } });
+      s.recordUsage({ model: "large", inputTokens: 6, outputTokens: 1 }); // 9 credits
+      await s.commit();
+      const entries = (await credits.getCreditHistory(user, { from, types: ["commit_reserved", "deduct"] })).items;
+      expect(
+        entries
+          .sort((x, y) => x.seq - y.seq)
+          .map((e) => [e.type, e.amount, e.metadata?.tenant, e.metadata?.region, e.metadata?.usages !== undefined]),
+      ).toEqual([
+        ["commit_reserved", 5, "t2", undefined, false],
+        ["commit_reserved", 10, "t1", "eu", false],
+        ["deduct", 15, "t1", "eu", false],
+        ["commit_reserved", 4, "t3", undefined, true],
+        ["deduct", 5, "t3", undefined, false],
+      ]);
+      const q = { account: user, from, to: new Date(clock.now + MIN), interval: null };
+      const rows = (groupBy: UsageQuery["groupBy"]) =>
+        credits.getUsage({ ...q, groupBy }).then((r) =>
+          r.rows
+            .map((row) =>
+              JSON.stringify([
+                ...(groupBy ?? []).map((d) => (row as unknown as Record<string, unknown>)[d]),
+                row.credits,
+                row.requests,
+                row.inputTokens,
+              ]),
+            )
+            .sort()
+            .map((row) => JSON.parse(row) as unknown),
+        );
+      expect(await rows(["metadata.tenant"])).toEqual([
+        ["t1", 25, 1, 0],
+        ["t2", 5, 1, 0],
+        ["t3", 9, 1, 6],
+      ]);
+      expect(await rows(["metadata.region"])).toEqual([
+        ["eu", 25, 1, 0],
+        [null, 14, 2, 6],
+      ]);
+      // By model: the usages' credits under their model, and what the capture was short of them
+      // (negative) and its excess (positive) under null, the tenant's either way: they net to 0.
+      expect(await rows(["metadata.tenant", "model"])).toEqual([
+        ["t1", null, 25, 1, 0],
+        ["t2", null, 5, 1, 0],
+        ["t3", "large", 9, 1, 6],
+        ["t3", null, 0, 0, 0],
+      ]);
+      expect((await credits.audit(user)).problems).toEqual([]);
+    });
+
+    it("top accounts: orderBy credits with a limit, truncated says so (a store without usage() refuses the report across accounts)", async () => {
+      const credits = usageService(db, clock);
+      clock.now += HOUR;
+      const base = clock.now;
+      for (const [i, amount] of [30, 50, 10, 40].entries()) {
+        clock.now += MIN;
+        await credits.addCredits(`usage-${run}-top-${i}`, 1000);
+        await credits.deductCredits(`usage-${run}-top-${i}`, amount);
+      }
+      const top = credits.getUsage({
+        from: new Date(base),
+        to: new Date(clock.now + MIN),
+        interval: null,
+        groupBy: ["account"],
+        kinds: ["spend"],
+        orderBy: "credits",
+        limit: 2,
+      });
+      if (!fleet()) {
+        await expect(top).rejects.toBeInstanceOf(ConfigurationError);
+        return;
+      }
+      const report = await top;
+      expect(report.rows.map((r) => [r.account, r.credits])).toEqual([
+        [`usage-${run}-top-1`, 50],
+        [`usage-${run}-top-3`, 40],
+      ]);
+      expect(report.truncated).toBe(true);
+    });
+  });
+}
