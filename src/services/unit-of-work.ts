@@ -73,11 +73,11 @@ export interface RunOptions {
 const SETTLE: RunOptions = Object.freeze({ settle: true });
 
 /**
- * Thrown out of an attempt whose settlement expired a subscription period's grants while a
- * subscription service is wired: the unit of work is abandoned (nothing written), the period is
- * brought up to date, and the operation runs again (once).
+ * What an attempt answers when its settlement expired a subscription period's grants while a
+ * subscription service is wired: the unit of work ends with nothing written, the period is brought
+ * up to date, and the operation runs again (once).
  */
-class PeriodDue extends Error {}
+const PERIOD_DUE = "period due";
 
 const NO_ENTRIES: readonly JournalEntry[] = Object.freeze([]);
 
@@ -125,13 +125,13 @@ class UnitRun<T> {
     private readonly body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
     private readonly replay: ((entry: JournalEntry, tx: DbTransaction) => Promise<T>) | undefined,
     private readonly settle: boolean,
-    /** Abandon the attempt when settlement ends a subscription period (`PeriodDue`). */
+    /** End the attempt with nothing written when settlement ends a subscription period (`PERIOD_DUE`). */
     private readonly periods: boolean,
     /** The diagnostics message, while someone listens (docs/observability.md): counts attempts. */
     private readonly message: UnitOfWorkMessage | undefined,
   ) {}
 
-  async attempt(tx: DbTransaction): Promise<UnitOutcome<T>> {
+  async attempt(tx: DbTransaction): Promise<UnitOutcome<T> | typeof PERIOD_DUE> {
     this.refused = undefined;
     if (this.message !== undefined) {
       this.message.attempts++;
@@ -159,7 +159,7 @@ class UnitRun<T> {
     if (this.settle && work.needsSettle) {
       await this.deps.includeHeldGrants(work, tx, state.reservations);
       const settled = work.settle();
-      if (this.periods && settled.periodGrantsEnded > 0) throw new PeriodDue();
+      if (this.periods && settled.periodGrantsEnded > 0) return PERIOD_DUE;
     }
     const unit = new Unit(state);
     let result: T;
@@ -326,15 +326,15 @@ export class UnitRunner {
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
     const again = () =>
       this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
-    let outcome: UnitOutcome<T>;
+    let outcome: UnitOutcome<T> | typeof PERIOD_DUE;
     try {
       outcome = await this.db.transaction(userId, (tx) => unit.attempt(tx));
     } catch (error) {
-      if (error instanceof PeriodDue) return this.afterPeriod(userId, again);
       if (periods && error instanceof InsufficientCreditsError)
         return this.afterRefusal(operation, userId, unit, error, again);
       return this.refusedOrFailed(operation, userId, unit, error);
     }
+    if (outcome === PERIOD_DUE) return this.afterPeriod(userId, again);
     return this.committed(userId, outcome, message);
   }
 
