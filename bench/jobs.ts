@@ -23,7 +23,7 @@ const T0 = Date.UTC(2031, 0, 31, 12);
 function services(db: DbManager) {
   const clock = { now: T0 };
   const now = () => new Date(clock.now);
-  const credits = new CreditService({ db, clock: now });
+  const credits = new CreditService({ db, clock: now, subscriptions: true });
   const subscriptions = new SubscriptionService({ db, credits, clock: now });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now });
   return { clock, credits, subscriptions, expiration };
@@ -60,25 +60,14 @@ async function expireRows(backend: string, db: DbManager, grants: number, concur
   const perUser = Math.round(grants / users);
   const tag = randomUUID().slice(0, 8);
   const prefill = performance.now();
-  // Ten grants per user, added in one unit of work each.
-  await each(users, concurrency, (u) =>
-    credits.runUnitOfWork(`exp-${tag}-${u}`, {}, async (work) => {
-      for (let k = 0; k < perUser; k++) {
-        work.add(
-          10,
-          {
-            expiresAt: new Date(T0 + HOUR + ((u * perUser + k) % 3_600_000)),
-            priority: 0,
-            source: "manual",
-            sourceRef: null,
-            description: null,
-            metadata: null,
-          },
-          {},
-        );
-      }
-    }),
-  );
+  // Ten grants per user, through the public API (one unit of work per grant).
+  await each(users, concurrency, async (u) => {
+    for (let k = 0; k < perUser; k++) {
+      await credits.addCredits(`exp-${tag}-${u}`, 10, {
+        expiresAt: new Date(T0 + HOUR + ((u * perUser + k) % 3_600_000)),
+      });
+    }
+  });
   const prefillSeconds = seconds(prefill);
   clock.now = T0 + 3 * HOUR;
   const start = performance.now();

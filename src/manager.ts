@@ -208,6 +208,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     domainEvents: o.domainEvents,
     pricing,
     customerTokens: o.customerTokens,
+    subscriptions: true,
   };
   const credits = new CreditService(creditOptions);
   const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger });

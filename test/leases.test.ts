@@ -20,6 +20,7 @@ import { creditMeteringMiddleware } from "../src/http/index.js";
 import { runAudit } from "../src/cli/audit.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 import { runProcess } from "./fixtures/processes.js";
+import { creditCore } from "../src/services/credit-core.js";
 
 const dir = mkdtempSync(join(tmpdir(), "cm-leases-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -395,7 +396,7 @@ for (const store of stores) {
       const m = await createCreditManager({ db: opened.db });
       try {
         await m.credits.addCredits("u", 10_000);
-        const placed = await m.credits.settleLease("u", {
+        const placed = await creditCore(m.credits).settleLease("u", {
           lease: "L",
           window: 0,
           holdId: null,
@@ -406,8 +407,8 @@ for (const store of stores) {
         const hold = placed.next?.id ?? null;
         expect(hold).not.toBeNull();
         const s = { lease: "L", window: 1, holdId: hold, used: 42, requests: 3, roll: null };
-        const first = await m.credits.settleLease("u", s);
-        const retried = await m.credits.settleLease("u", s);
+        const first = await creditCore(m.credits).settleLease("u", s);
+        const retried = await creditCore(m.credits).settleLease("u", s);
         expect(first.replayed).toBe(false);
         expect(retried.replayed).toBe(true);
         expect(retried.entry?.id).toBe(first.entry?.id);

@@ -18,6 +18,7 @@ import {
   thresholdOf,
   type WorkEvent,
 } from "../src/domain/notifications.js";
+import { creditCore } from "../src/services/credit-core.js";
 
 describe("notification rules (pure)", () => {
   it("levels and crossings", () => {
@@ -160,16 +161,13 @@ describe("NotificationService details", () => {
     const db = new InMemoryDbManager();
     const credits = new CreditService({ db, alerts: { lowCredits: 50 } });
     const notifications = new NotificationService({ db });
-    type Mutate = (u: string, meta: object, body: (work: object) => Promise<unknown>) => Promise<unknown>;
-    const mutate = (credits as unknown as { runUnitOfWork: Mutate }).runUnitOfWork.bind(credits);
+    const core = creditCore(credits);
+    const mutate = (u: string, meta: object, body: (work: AccountWork) => Promise<unknown>) =>
+      core.runUnitOfWork(u, meta, body);
     await credits.addCredits("s", 100);
     await mutate("s", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: { amount: 10 }, dedupeKey: "alloc:1" });
-      return (work as { deduct: (n: number, m: object, o: object) => unknown }).deduct(
-        60,
-        {},
-        { allowDebt: false, overdraftLimit: null },
-      );
+      return work.deduct(60, {}, { allowDebt: false, overdraftLimit: null });
     });
     await expect(
       mutate("s", {}, async (work) => {
@@ -180,9 +178,9 @@ describe("NotificationService details", () => {
     expect((await notifications.list("s")).map((r) => r.type)).toEqual(["subscription_allocation", "low_credits"]);
     // Without notifications on, recorded events are dropped (no outbox growth).
     const quiet = new CreditService({ db });
-    await (quiet as unknown as { runUnitOfWork: Mutate }).runUnitOfWork("q", {}, async (work) => {
+    await creditCore(quiet).runUnitOfWork("q", {}, async (work) => {
       recordEvent(work, { type: "subscription_allocation", payload: {}, dedupeKey: null });
-      return (work as { add: (n: number, g: object, m: object) => unknown }).add(
+      return work.add(
         1,
         { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
         {},

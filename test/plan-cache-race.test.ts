@@ -111,12 +111,12 @@ describe.each(cases)("plan cache race: $name", (c) => {
     const { reader: readerCache, writer: writerCache } = c.caches();
     const reader = new SubscriptionService({
       db: pause.store,
-      credits: new CreditService({ db: pause.store }),
+      credits: new CreditService({ db: pause.store, subscriptions: true }),
       cache: readerCache,
     });
     const writer = c.sameService
       ? reader
-      : new SubscriptionService({ db, credits: new CreditService({ db }), cache: writerCache });
+      : new SubscriptionService({ db, credits: new CreditService({ db, subscriptions: true }), cache: writerCache });
     const plan = await writer.createPlan({ name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly" });
     return { pause, reader, writer, plan };
   }
@@ -157,7 +157,11 @@ describe.each(cases)("plan cache race: $name", (c) => {
     // reason: the RedisCache case needs CREDIT_REDIS_URL; the run's closing block names it when skipped
     const db = new InMemoryDbManager();
     const { reader: readerCache } = c.caches();
-    const reader = new SubscriptionService({ db, credits: new CreditService({ db }), cache: readerCache });
+    const reader = new SubscriptionService({
+      db,
+      credits: new CreditService({ db, subscriptions: true }),
+      cache: readerCache,
+    });
     const plan = await reader.createPlan({ name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly" });
     await reader.getPlan(plan.id);
     // Changed behind the services' back: a cached plan is still served.

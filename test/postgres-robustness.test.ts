@@ -8,6 +8,7 @@ import { AccountWork } from "../src/domain/account-work.js";
 import { StorageError } from "../src/errors.js";
 import { createCreditManager, type CreditManager } from "../src/index.js";
 import { CreditService } from "../src/services/credit-service.js";
+import { creditCore } from "../src/services/credit-core.js";
 
 const url = process.env.CREDIT_PG_URL;
 const newSchema = (tag: string) => `cm_${tag}_${randomUUID().replace(/-/g, "").slice(0, 10)}`;
@@ -360,7 +361,7 @@ describe.skipIf(!url)("PostgresDbManager idempotency lookups", () => {
     // A unit of work below the service's validation: node-pg sends the lone surrogate as U+FFFD,
     // so the load finds the first key's entry, and the unit of work refuses it as a replay.
     const unit = (key: string) =>
-      credits.runUnitOfWork(
+      creditCore(credits).runUnitOfWork(
         u,
         { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
         async () => "ran",

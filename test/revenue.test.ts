@@ -55,7 +55,7 @@ const provider: PaymentProvider = {
 
 function services(db: DbManager) {
   const clock = { now: T0 };
-  const credits = new CreditService({ db, clock: () => new Date(clock.now) });
+  const credits = new CreditService({ db, clock: () => new Date(clock.now), subscriptions: true });
   const payments = new PaymentService({
     db,
     clock: () => new Date(clock.now),

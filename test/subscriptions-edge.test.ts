@@ -1,10 +1,14 @@
 import { describe, expect, it } from "vitest";
 import {
+  ConfigurationError,
   ConflictError,
+  CreditService,
   IdempotencyConflictError,
+  InMemoryDbManager,
   InMemoryNotificationQueue,
   NotFoundError,
   StorageError,
+  SubscriptionService,
   createCreditManager,
   type Subscription,
 } from "../src/index.js";
@@ -548,5 +552,29 @@ describe("a period whose credits are all spent or voided still starts the next o
     // Once the store answers, the period comes and the same deduction succeeds.
     await expect(m.credits.deductCredits("u", 30)).resolves.toMatchObject({ amount: 30 });
     expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(70);
+  });
+});
+
+describe("hand-wired SubscriptionService", () => {
+  it("needs its CreditService built with subscriptions: true, which brings a due period before an operation", async () => {
+    const db = new InMemoryDbManager();
+    const clock = { now: T };
+    const now = () => new Date(clock.now);
+    expect(() => new SubscriptionService({ db, credits: new CreditService({ db, clock: now }) })).toThrow(
+      ConfigurationError,
+    );
+    expect(() => new SubscriptionService({ db, credits: new CreditService({ db, clock: now }) })).toThrow(
+      /subscriptions: true/,
+    );
+    expect(() => new CreditService({ db, subscriptions: "yes" as never })).toThrow(ConfigurationError);
+    const credits = new CreditService({ db, clock: now, subscriptions: true });
+    const subscriptions = new SubscriptionService({ db, credits, clock: now });
+    const plan = await subscriptions.createPlan({ name: "Pro", creditsPerPeriod: 100, billingPeriod: "monthly" });
+    await subscriptions.subscribe("u", plan.id);
+    await credits.deductCredits("u", 100);
+    clock.now += 32 * DAY;
+    // The period ended with its credits spent: the deduction brings the next period, then succeeds.
+    const entry = await credits.deductCredits("u", 30);
+    expect(entry.balanceAfter).toBe(70);
   });
 });

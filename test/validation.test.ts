@@ -9,6 +9,7 @@ import {
   ValidationError,
   type CreditManager,
 } from "../src/index.js";
+import { creditCore } from "../src/services/credit-core.js";
 
 const badAmounts: unknown[] = [
   0,
@@ -171,7 +172,7 @@ describe("bad input is a ValidationError and changes nothing", () => {
       const pattern = new RegExp(`options: must be a plain object.*${name}`);
       await expectInvalid(() => c.deductCredits(U, 1, bad), pattern);
       await expectInvalid(() => c.deductCreditsAfterService(U, 1, bad), pattern);
-      await expectInvalid(() => c.chargeUpToLimit(U, 1, bad), pattern);
+      await expectInvalid(() => creditCore(c).chargeUpToLimit(U, 1, bad), pattern);
       await expectInvalid(() => c.addCredits(U, 1, bad), pattern);
       await expectInvalid(() => c.reserveCredits(U, 1, bad), pattern);
       await expectInvalid(() => c.commitReservedCredits(reservationId, bad), pattern);

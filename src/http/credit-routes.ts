@@ -24,6 +24,7 @@ import {
   VoidGrantOptions,
 } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { customerTokensOn } from "../services/credit-core.js";
 
 // ---- request schemas (built from the core models, so HTTP and library validate alike) ----------
 
@@ -482,7 +483,7 @@ export const creditRoutes: RouteDefinition[] = [
     handle: async (ctx) => {
       const options = await ctx.body<z.infer<typeof CustomerTokenOptions>>();
       const user = target(ctx);
-      if (!ctx.manager.credits.customerTokensOn)
+      if (!customerTokensOn(ctx.manager.credits))
         throw new HttpError(501, "CUSTOMER_TOKENS_OFF", "Customer tokens are off: no customer token secret is set.");
       const t = await ctx.manager.credits.customerToken(user, options);
       return { token: t.token, expiresAt: t.expiresAt.toISOString() };

@@ -10,6 +10,7 @@ import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscriptio
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
+import { customerTokensOn } from "../services/credit-core.js";
 
 export interface CreditHandlerOptions {
   /** Base of the caller's own routes. Default `/credits`. */
@@ -196,7 +197,7 @@ export function createCreditHandler(manager: CreditManager, options: CreditHandl
     onError: options.onError,
     csrfProtection: options.csrfProtection ?? true,
     // Customer tokens are read when the manager signs them (docs/usage.md, "For your customers").
-    customerTokens: (manager as Partial<CreditManager>).credits?.customerTokensOn
+    customerTokens: customerTokensOn((manager as Partial<CreditManager>).credits)
       ? (token: string) => manager.credits.verifyCustomerToken(token)
       : undefined,
     customerRateLimit: customerRateLimit(manager, options.customerRateLimit),

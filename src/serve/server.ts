@@ -29,6 +29,7 @@ import { MissingDriverError, openStores } from "./store.js";
 import { ServeStartError, ServeUsageError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
 import { warnOnFailure } from "../logger.js";
+import { customerTokensOn } from "../services/credit-core.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
@@ -278,7 +279,7 @@ export function serveApp(
 
   /** Whether the request carries a valid customer token (checked as one only: docs/usage.md, "For your customers"). */
   const customerToken = async (request: Request): Promise<boolean> => {
-    if (!manager.credits.customerTokensOn) return false;
+    if (!customerTokensOn(manager.credits)) return false;
     const m = /^Bearer ([!-~]{1,8192})$/i.exec(request.headers.get("authorization")?.trim() ?? "");
     if (m === null || !claimsCustomerAudience(m[1] as string)) return false;
     return (await manager.credits.verifyCustomerToken(m[1] as string)) !== null;

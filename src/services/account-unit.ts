@@ -8,6 +8,7 @@ import { ConfigurationError, IdempotencyConflictError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { ThresholdSpec, parse, type JournalEntry } from "../models/index.js";
 import { CreditService } from "./credit-service.js";
+import { creditCore } from "./credit-core.js";
 
 /** What promo and payment services share with `CreditService`. @internal */
 export interface UnitDeps {
@@ -111,7 +112,7 @@ export async function runAccountUnit<T>(
   // side effect from within a transaction.
   const off = deps.alertsOff;
   let unrecorded = false;
-  const running = deps.credits.runUnitOfWork(
+  const running = creditCore(deps.credits).runUnitOfWork(
     userId,
     meta,
     async (work, tx, unit) => {

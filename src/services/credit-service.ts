@@ -1,23 +1,12 @@
 import type { Logger } from "../logger.js";
-import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
-import type { DbManager, DbTransaction } from "../db/types.js";
-import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.js";
-import { namesNothing } from "../domain/entry-meta.js";
-import { fingerprint } from "../domain/hash.js";
+import type { DbManager } from "../db/types.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { compareGrants, isDue } from "../domain/order.js";
 import type { AuditReport } from "../domain/replay.js";
 import { decideCheck, decideLimit, type CheckResult } from "../domain/checks.js";
 import { type Spend, tightestLimit } from "../domain/limits.js";
-import {
-  ConfigurationError,
-  ConflictError,
-  NotFoundError,
-  ReservationExpiredError,
-  RuleViolationError,
-  ValidationError,
-} from "../errors.js";
+import { ConfigurationError, ConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { MeterOptions as MeterOptionsSchema, type MeterOptions } from "../models/metering.js";
 import {
@@ -28,14 +17,7 @@ import {
   type ArchiveReport,
 } from "./archive.js";
 import type { ArchivePartitionsReport } from "../db/types-partitions.js";
-import {
-  openMeter,
-  runMetered,
-  type MeterContext,
-  type MeterOutcome,
-  type MeterSession,
-  type SessionDeps,
-} from "./metering.js";
+import { openMeter, runMetered, type MeterContext, type MeterOutcome, type MeterSession } from "./metering.js";
 import type { PricingService } from "./pricing-service.js";
 import { getUsage } from "./usage.js";
 import { getRevenue } from "./revenue.js";
@@ -51,7 +33,6 @@ import {
   AddCreditsOptions,
   AsOf,
   AuditOptions,
-  CheckpointEvery,
   CheckpointOptions,
   CommitOptions,
   DeductOptions,
@@ -61,8 +42,8 @@ import {
   HistoryQuery,
   ReleaseOptions,
   ReserveOptions,
-  TrialCredits,
-  FeatureRules,
+  type TrialCredits,
+  type FeatureRules,
   CheckOptions,
   CreditsInfoOptions,
   UserId,
@@ -75,21 +56,20 @@ import {
   type SpendLimit,
   type SpendLimitStatus,
 } from "../models/index.js";
-import { andThen } from "../util/promise.js";
-import { CreditLeases, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
-import { leaseHold, settleLease } from "./lease-settle.js";
-import { CALLER_COPY, STORED_HOLD, findReservation, ownerOfReservation, type HoldAnswer } from "./hold-lookup.js";
-import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
+import { CreditLeases } from "./leases.js";
+import { CALLER_COPY, findReservation, ownerOfReservation } from "./hold-lookup.js";
+import {
+  CreditCore,
+  NO_META,
+  NO_OPTIONS,
+  setCreditCore,
+  type ParsedCommitOptions,
+  type ParsedMutationOptions,
+  type ParsedReserveOptions,
+} from "./credit-core.js";
 import type { LeaseOptions } from "../models/leases.js";
-import type * as z from "zod";
-import { CustomerTokens, type CustomerGrant, type CustomerToken } from "./customer-tokens.js";
+import type { CustomerGrant, CustomerToken } from "./customer-tokens.js";
 import type { CustomerTokenOptions, CustomerTokenSettings } from "../models/customer-tokens.js";
-
-/** Options as their models return them (validated). */
-type ParsedMutationOptions = Omit<z.output<typeof ReleaseOptions>, "userId">;
-type ParsedReserveOptions = z.output<typeof ReserveOptions>;
-type ParsedCommitOptions = Omit<z.output<typeof CommitOptions>, "userId">;
-type ParsedTrial = z.output<typeof TrialCredits>;
 
 export interface CreditServiceOptions {
   db: DbManager;
@@ -140,6 +120,13 @@ export interface CreditServiceOptions {
    */
   checkpointEvery?: number;
   /**
+   * Brings a user's due subscription period before an operation or read that finds it ended, as the
+   * renewal job would (docs/subscriptions.md, "Periods start on time"). `createCreditManager` sets it;
+   * a `SubscriptionService` built over this service needs it (else a `ConfigurationError`).
+   * Default false: no subscriptions over this service.
+   */
+  subscriptions?: boolean;
+  /**
    * The secret `customerToken` signs with and `verifyCustomerToken` checks against (docs/usage.md,
    * "For your customers"). Omitted: customer tokens are off.
    */
@@ -153,10 +140,6 @@ const noTokens = () =>
     "[credit-management] customer tokens are off: pass `customerTokens: { secret }` to createCreditManager (docs/usage.md)",
   );
 
-/** The default options object of every mutation: known valid, so not parsed on the hot path. */
-const NO_OPTIONS: DeductOptions = Object.freeze({});
-const NO_META: EntryMeta = Object.freeze({});
-
 /**
  * Credits of one account at a time: additions, deductions, holds, expiry, voids, history and
  * audit. Every mutation is one unit of work on the account (`DbManager.transaction`), validated by
@@ -164,71 +147,25 @@ const NO_META: EntryMeta = Object.freeze({});
  */
 export class CreditService {
   readonly db: DbManager;
-  private readonly ledger: LedgerLogger | undefined;
-  /** The balance cache, when there is one. */
-  private readonly cache: CacheAside | undefined;
-  private readonly clock: () => Date;
-  /** The `clock` option as given (undefined: the real clock; leases then read `Date.now()`, no Date per charge). */
-  private readonly givenClock: (() => Date) | undefined;
-  /** @internal The manager's logger (the metering middlewares log a failed handler to it). */
-  readonly logger: Logger | undefined;
-  private readonly defaultTtl: number;
-  private readonly overdraftLimit: number | null;
-  private readonly features: Readonly<Record<string, { minAvailable: number }>>;
-  private readonly pricing: PricingService | undefined;
-  /** Runs this service's units of work (src/services/unit-of-work.ts). */
-  private readonly units: UnitRunner;
-  private readonly tokens: CustomerTokens | undefined;
+  /** What this package's other services share of this one (src/services/credit-core.ts). */
+  private readonly core: CreditCore;
   /** Balance and limit reads (src/services/balance-reads.ts). */
   private readonly reads: BalanceReads;
   /** Spend limits (src/services/spend-limits.ts). */
   private readonly limits: SpendLimits;
 
   constructor(options: CreditServiceOptions) {
-    this.pricing = options.pricing;
-    this.db = options.db;
-    this.ledger = options.ledger;
-    this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 30, options.logger);
-    this.clock = options.clock ?? (() => new Date());
-    this.givenClock = options.clock;
-    this.logger = options.logger;
-    this.defaultTtl = options.defaultReservationTtlSeconds ?? 900;
-    this.overdraftLimit = options.overdraftLimit ?? null;
-    this.tokens =
-      options.customerTokens === undefined ? undefined : new CustomerTokens(options.customerTokens, this.clock);
-    if (options.domainEvents !== undefined && typeof options.domainEvents !== "boolean") {
-      throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
-    }
-    const withEvents = options.domainEvents === true;
-    let trial: ParsedTrial | undefined;
-    let checkpointEvery: number | undefined;
-    try {
-      if (options.trial !== undefined) trial = parse(TrialCredits, options.trial, "trial");
-      this.features = parse(FeatureRules, options.features ?? {}, "features");
-      if (options.checkpointEvery !== undefined)
-        checkpointEvery = parse(CheckpointEvery, options.checkpointEvery, "checkpointEvery");
-    } catch (error) {
-      throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
-    }
-    this.units = new UnitRunner({
-      db: this.db,
-      ledger: this.ledger,
-      cache: this.cache,
-      clock: this.clock,
-      logger: this.logger,
-      alerts: options.alerts ?? (withEvents ? {} : undefined),
-      trial,
-      features: this.features,
-      domainEvents: withEvents,
-      checkpointEvery,
-    });
-    this.reads = new BalanceReads(this.db, this.cache, this.clock, this.units);
+    const core = new CreditCore(options);
+    this.core = core;
+    this.db = core.db;
+    setCreditCore(this, core);
+    this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
     this.limits = new SpendLimits({
-      db: this.db,
-      units: this.units,
+      db: core.db,
+      units: core.units,
       reads: this.reads,
-      clock: this.clock,
-      meta: (operation, o, args) => this.meta(operation, o, args),
+      clock: core.clock,
+      meta: (operation, o, args) => core.meta(operation, o, args),
     });
   }
 
@@ -246,9 +183,13 @@ export class CreditService {
       ]);
     // Without a key, refused before any work; with one, only once it is known not to be a retry
     // (a retry of an addition that was made while its expiry was ahead answers with the first entry).
-    if (o.idempotencyKey === undefined && past(this.clock())) throw refuse();
-    const meta = this.meta("addCredits", o, () => ({ amount: n, ...o, expiresAt: o.expiresAt?.toISOString() ?? null }));
-    return this.units.mutate("addCredits", user, meta, (work) => {
+    if (o.idempotencyKey === undefined && past(this.core.clock())) throw refuse();
+    const meta = this.core.meta("addCredits", o, () => ({
+      amount: n,
+      ...o,
+      expiresAt: o.expiresAt?.toISOString() ?? null,
+    }));
+    return this.core.units.mutate("addCredits", user, meta, (work) => {
       if (past(work.now)) throw refuse();
       return work.add(
         n,
@@ -276,8 +217,8 @@ export class CreditService {
   async openAccount(userId: string): Promise<CreditsInfo> {
     const user = parse(UserId, userId, "userId");
     // Answered from what the unit of work left (not read again).
-    const read = await this.units.mutate("openAccount", user, NO_META, workCredits);
-    return this.reads.stateOf(user, read, NO_SPEND, this.clock()).info;
+    const read = await this.core.units.mutate("openAccount", user, NO_META, workCredits);
+    return this.reads.stateOf(user, read, NO_SPEND, this.core.clock()).info;
   }
 
   /** Deducts credits; refuses (`InsufficientCreditsError`) to take `available` below zero. */
@@ -297,28 +238,6 @@ export class CreditService {
     return this.deduct("deductCreditsAfterService", userId, amount, options, true);
   }
 
-  /**
-   * @internal An after-service deduction of `amount`, or of what the overdraft limit allows when
-   * that is less (the metering of a call that outlived its hold: the usage was delivered). Decided
-   * inside the unit of work, so the account cannot move in between; a clamped entry's metadata adds
-   * `requested` and `shortfall`. Resolves to null when the limit allows nothing. A repeated key
-   * answers with the first entry, as `deductCreditsAfterService` does.
-   */
-  chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
-    let meta: EntryMeta;
-    try {
-      meta = this.meta("deductCreditsAfterService", parse(DeductOptions, options, "options"), () => ({
-        amount,
-        ...options,
-      }));
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
-    return this.units.mutate("deductCreditsAfterService", userId, meta, (work) =>
-      work.deductUpToLimit(amount, meta, this.overdraftLimit),
-    );
-  }
-
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
   reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
     let user: string;
@@ -333,28 +252,7 @@ export class CreditService {
     }
     // The caller's own copy (the store may keep the hold), made in the unit of work itself: no
     // second promise to resolve after it (docs/benchmarks.md, "Instruction guard").
-    return this.hold(user, n, o, CALLER_COPY);
-  }
-
-  /**
-   * @internal `reserveCredits` for input its models already accepted (metering parses its options
-   * once, up front). Resolves to the stored reservation: read it, never change it.
-   */
-  placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
-    return this.hold(user, n, o, STORED_HOLD);
-  }
-
-  /** The unit of work of a new hold; `answer` turns the hold placed (or found again by its key) into the answer. */
-  private hold(user: string, n: number, o: ParsedReserveOptions, answer: HoldAnswer): Promise<Reservation> {
-    const ttl = o.ttlSeconds ?? this.defaultTtl;
-    const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
-    return this.units.mutate(
-      "reserveCredits",
-      user,
-      meta,
-      (work) => answer.out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
-      answer.replay,
-    );
+    return this.core.hold(user, n, o, CALLER_COPY);
   }
 
   /**
@@ -382,46 +280,15 @@ export class CreditService {
       // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
       const parsed = o;
       return findReservation(this.db, id, userId).then((found) =>
-        this.commitHold(found.userId, id, { ...parsed, amount: found.amount }),
+        this.core.commitHold(found.userId, id, { ...parsed, amount: found.amount }),
       );
     }
     // A given owner routes the unit of work; its reads are the owner's, so another user's hold is not found.
-    if (userId !== undefined) return this.commitHold(userId, id, o);
+    if (userId !== undefined) return this.core.commitHold(userId, id, o);
     const owner = ownerOfReservation(this.db, id);
-    return typeof owner === "string" ? this.commitHold(owner, id, o) : owner.then((u) => this.commitHold(u, id, o));
-  }
-
-  /**
-   * @internal `commitReservedCredits` of a hold of `userId` (known to the caller: no lookup), for
-   * input its models already accepted.
-   */
-  commitHold(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
-    return this.commitWith(userId, id, o, false);
-  }
-
-  /**
-   * @internal `commitHold` of usage already delivered (metering): past the overdraft limit it
-   * commits what the limit allows — the hold and the headroom beyond it — instead of refusing,
-   * decided inside the unit of work as `chargeUpToLimit` decides; a clamped commit entry's metadata
-   * adds `requested` and `shortfall`.
-   */
-  commitHoldUpToLimit(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
-    return this.commitWith(userId, id, o, true);
-  }
-
-  private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
-    const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));
-    return this.units.mutate("commitReservedCredits", userId, meta, (work, tx) => {
-      const commit = (hold: Reservation): JournalEntry => {
-        if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
-        const limit = this.overdraftLimit;
-        const requested = o.amount ?? hold.amount;
-        return upToLimit
-          ? work.commitUpToLimit(hold, requested, meta, limit)
-          : work.commit(hold, requested, meta, limit);
-      };
-      return andThen(activeHold(work, tx, id), commit);
-    });
+    return typeof owner === "string"
+      ? this.core.commitHold(owner, id, o)
+      : owner.then((u) => this.core.commitHold(u, id, o));
   }
 
   /** Returns everything a hold earmarked. Resolves to the release entry. */
@@ -437,18 +304,11 @@ export class CreditService {
       return Promise.reject(error as Error);
     }
     // A given owner routes the unit of work, as for a commit.
-    if (userId !== undefined) return this.releaseHold(userId, id, o);
+    if (userId !== undefined) return this.core.releaseHold(userId, id, o);
     const owner = ownerOfReservation(this.db, id);
-    return typeof owner === "string" ? this.releaseHold(owner, id, o) : owner.then((u) => this.releaseHold(u, id, o));
-  }
-
-  /** @internal `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
-  releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
-    const meta = this.meta("releaseReservedCredits", o, () => ({ reservationId: id, ...o }));
-    return this.units.mutate("releaseReservedCredits", userId, meta, (work, tx) => {
-      const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
-      return andThen(activeHold(work, tx, id), release);
-    });
+    return typeof owner === "string"
+      ? this.core.releaseHold(owner, id, o)
+      : owner.then((u) => this.core.releaseHold(u, id, o));
   }
 
   /** Removes what is left of a grant (refunds, disputes). Held parts go when their hold ends. */
@@ -459,8 +319,8 @@ export class CreditService {
     const grant = await this.db.getGrant(id, userId);
     if (grant === null || (userId !== undefined && grant.userId !== userId))
       throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
-    const meta = this.meta("voidGrant", o, () => ({ grantId: id, ...o }));
-    return this.units.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
+    const meta = this.core.meta("voidGrant", o, () => ({ grantId: id, ...o }));
+    return this.core.units.mutate("voidGrant", grant.userId, meta, async (work, tx) => {
       // The work's copy first: settlement may just have expired it.
       const current = work.getGrant(id) ?? (await tx.getGrants([id]))[0];
       if (current === undefined) throw new NotFoundError(`Grant ${id} not found.`, { grantId: id });
@@ -481,31 +341,13 @@ export class CreditService {
   async expireCredits(userId: string, asOf?: Date | string): Promise<number> {
     const user = parse(UserId, userId, "userId");
     const at = parse(AsOf, asOf, "asOf");
-    const now = this.clock();
+    const now = this.core.clock();
     if (at !== undefined && at.getTime() > now.getTime()) {
       throw new RuleViolationError(`Invalid asOf: ${at.toISOString()} is in the future`, [
         { path: "asOf", message: "must not be in the future" },
       ]);
     }
-    return (await this.settleAsOf(user, at)).expired;
-  }
-
-  /**
-   * @internal One account settled as of `asOf` (default now; the caller checks it is not later):
-   * grants due and holds lapsed by then, not by the clock (`expireCredits`, the hold-release job).
-   */
-  settleAsOf(userId: string, asOf?: Date, operation = "expireCredits"): Promise<Settlement> {
-    return this.units.mutate(
-      operation,
-      userId,
-      {},
-      async (work, tx, unit) => {
-        await includeHeldGrants(work, tx, unit.state.reservations);
-        return work.settle(asOf ?? work.now);
-      },
-      undefined,
-      { settle: false },
-    );
+    return (await this.core.settleAsOf(user, at)).expired;
   }
 
   /**
@@ -564,7 +406,7 @@ export class CreditService {
   async check(userId: string, options: CheckOptions = {}): Promise<CheckResult> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CheckOptions, options, "options");
-    const rule = o.feature === undefined ? undefined : this.features[o.feature];
+    const rule = o.feature === undefined ? undefined : this.core.features[o.feature];
     if (o.feature !== undefined && rule === undefined) {
       throw new ValidationError(`Invalid options.feature: ${JSON.stringify(o.feature)} has no rule in \`features\``, [
         { path: "feature", message: "unknown feature" },
@@ -577,7 +419,7 @@ export class CreditService {
     // a copy another process may have outdated (its writes invalidate its own cache, not ours):
     // docs/storage.md, "Caches: what each may answer".
     if (decision.allowed || state.fresh) return decision;
-    const now = this.clock();
+    const now = this.core.clock();
     return this.decide(
       this.reads.stateOf(user, await this.reads.settled(user, now), spend, now),
       rule?.minAvailable,
@@ -595,7 +437,7 @@ export class CreditService {
   ): CheckResult {
     const decision = decideCheck(state.info.available, minAvailable, amount);
     if (!decision.allowed || state.limits === null) return decision;
-    return decideLimit(decision, tightestLimit(state.limits, spend, this.clock().getTime()), amount ?? 1);
+    return decideLimit(decision, tightestLimit(state.limits, spend, this.core.clock().getTime()), amount ?? 1);
   }
 
   /**
@@ -633,14 +475,14 @@ export class CreditService {
   /** Unspent, unheld credits that expire within `days` days from now. */
   async getExpiringCredits(userId: string, days: number): Promise<ExpiringCredits> {
     const user = parse(UserId, userId, "userId");
-    return expiringCredits(this.db, user, parse(ExpiringDays, days, "days"), this.clock().getTime());
+    return expiringCredits(this.db, user, parse(ExpiringDays, days, "days"), this.core.clock().getTime());
   }
 
   /** A user's grants with their `remaining`, `expiresAt` and `priority`, in burn-down order. */
   async getGrants(userId: string, options: GrantsQuery = {}): Promise<Grant[]> {
     const user = parse(UserId, userId, "userId");
     const o = parse(GrantsQuery, options, "options");
-    await this.settleDue(user, this.clock());
+    await this.core.settleDue(user, this.core.clock());
     const grants = await this.db.listGrants(user, { includeInactive: o.includeInactive === true });
     return grants.sort(compareGrants).map(copy);
   }
@@ -675,7 +517,7 @@ export class CreditService {
     }
     if (typeof fn !== "function")
       throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered(this.sessionDeps, parse(UserId, userId, "userId"), o, fn, onSettled);
+    return runMetered(this.core.session, parse(UserId, userId, "userId"), o, fn, onSettled);
   }
 
   /**
@@ -684,30 +526,17 @@ export class CreditService {
    */
   leases(options: LeaseOptions = {}): CreditLeases {
     return new CreditLeases(
-      { credits: this, ledger: this.ledger, logger: this.logger, session: this.sessionDeps, clock: this.givenClock },
+      {
+        credits: this,
+        core: this.core,
+        ledger: this.core.ledger,
+        logger: this.core.logger,
+        session: this.core.session,
+        clock: this.core.givenClock,
+      },
       options,
     );
   }
-
-  /**
-   * @internal Settles window `s.window` of lease `s.lease` in one keyed unit of work
-   * (src/services/lease-settle.ts): commits what the window used from its hold, then holds the next
-   * block. A retried or recovered settle charges once.
-   */
-  settleLease(userId: string, s: LeaseSettle): Promise<LeaseSettled> {
-    return settleLease(this.units, this.db, this.overdraftLimit, userId, s);
-  }
-
-  /** @internal The active hold a lease's settle placed for window `window`, or null. */
-  leaseHold(userId: string, lease: string, window: number): Promise<LeaseHold | null> {
-    return leaseHold(this.db, userId, lease, window);
-  }
-
-  /** What metered calls use of this service (one object for all of them). */
-  private get sessionDeps(): SessionDeps {
-    return (this.meterDeps ??= { credits: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger });
-  }
-  private meterDeps: SessionDeps | undefined;
 
   /**
    * The building block of `meter()` for hosts that settle on their own schedule (the HTTP
@@ -717,7 +546,7 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter(this.sessionDeps, parse(UserId, userId, "userId"), o);
+    return openMeter(this.core.session, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
@@ -751,7 +580,7 @@ export class CreditService {
   async checkpoint(userId: string, options: CheckpointOptions = {}): Promise<JournalEntry | null> {
     const user = parse(UserId, userId, "userId");
     const o = parse(CheckpointOptions, options, "options");
-    return writeCheckpoint(this.db, this.units, user, o.minEntries ?? 1);
+    return writeCheckpoint(this.db, this.core.units, user, o.minEntries ?? 1);
   }
 
   /**
@@ -773,34 +602,7 @@ export class CreditService {
    * "Partitioning on PostgreSQL").
    */
   archivePartitions(options: ArchivePartitionsOptions): Promise<ArchivePartitionsReport> {
-    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.now());
-  }
-
-  /**
-   * @internal One unit of work on an account, for the other services of this package (the
-   * subscription and expiry jobs): load (with `meta`'s idempotency key), answer a repeated key with
-   * `replay`, settle, run `body`, save; then mirror to the ledger file and invalidate the cache.
-   */
-  runUnitOfWork<T>(
-    userId: string,
-    meta: EntryMeta,
-    body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T>,
-    replay?: (entry: JournalEntry, tx: DbTransaction) => Promise<T>,
-    options: { settle: boolean; operation?: string } = { settle: true },
-  ): Promise<T> {
-    return this.units.mutate(options.operation ?? "unitOfWork", userId, meta, body, replay, {
-      settle: options.settle,
-      periods: false,
-    });
-  }
-
-  /**
-   * @internal How a subscription service brings a user's due period (`SubscriptionService` sets
-   * it): credit operations and reads that find a period's grants expired call it, then run again;
-   * so do operations refused for lack of credits, when it resolves to true (it brought a period).
-   */
-  bringPeriodsWith(hook: ((userId: string) => Promise<unknown>) | undefined): void {
-    this.units.periodHook = hook;
+    return archivePartitions(this.db, options, (userId) => this.checkpoint(userId), this.core.clock());
   }
 
   /**
@@ -810,8 +612,8 @@ export class CreditService {
    * `customerTokens: { secret }` in the manager's options (else a `ConfigurationError`).
    */
   customerToken(account: string, options: CustomerTokenOptions): Promise<CustomerToken> {
-    if (this.tokens === undefined) return Promise.reject(noTokens());
-    return this.tokens.issue(account, options);
+    if (this.core.tokens === undefined) return Promise.reject(noTokens());
+    return this.core.tokens.issue(account, options);
   }
 
   /**
@@ -819,18 +621,8 @@ export class CreditService {
    * expired (docs/usage.md, "For your customers"). `ConfigurationError` when customer tokens are off.
    */
   verifyCustomerToken(token: string): Promise<CustomerGrant | null> {
-    if (this.tokens === undefined) return Promise.reject(noTokens());
-    return this.tokens.verify(token);
-  }
-
-  /** @internal Whether customer tokens are on (`customerTokens` given). */
-  get customerTokensOn(): boolean {
-    return this.tokens !== undefined;
-  }
-
-  /** @internal The service's clock. */
-  now(): Date {
-    return this.clock();
+    if (this.core.tokens === undefined) return Promise.reject(noTokens());
+    return this.core.tokens.verify(token);
   }
 
   // -----------------------------------------------------------------------------------------------
@@ -844,56 +636,14 @@ export class CreditService {
   ): Promise<JournalEntry> {
     let user: string;
     let n: number;
-    let meta: EntryMeta;
+    let o: DeductOptions;
     try {
       user = parse(UserId, userId, "userId");
       n = parse(Amount, amount, "amount");
-      const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
-      meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, () => ({ amount: n, ...o }));
+      o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    return this.units.mutate(operation, user, meta, (work) =>
-      work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
-    );
-  }
-
-  /**
-   * The entry fields of validated options `o`. `args`: the call's arguments as the fingerprint of
-   * an idempotency key covers them — built only when there is a key (most calls have none).
-   */
-  private meta(
-    operation: string,
-    o: DeductOptions & { idempotencyKey?: string },
-    args: () => Record<string, unknown>,
-  ): EntryMeta {
-    if (o === NO_OPTIONS) return NO_META;
-    // Options that name nothing an entry records (`{ amount: 3 }` of a commit): no object of undefined fields.
-    if (namesNothing(o)) return NO_META;
-    let print: string | undefined;
-    if (o.idempotencyKey !== undefined) {
-      const { correlationId: _c, idempotencyKey: _k, ...rest } = args();
-      print = fingerprint(operation, rest);
-    }
-    return {
-      description: o.description,
-      idempotencyKey: o.idempotencyKey,
-      fingerprint: print,
-      correlationId: o.correlationId,
-      metadata: o.metadata,
-      spender: o.spender,
-      feature: o.feature,
-    };
-  }
-
-  /**
-   * Settles what lapsed since the account was last touched, when an expiry is due at `now` (so
-   * reads never report expired credits or lapsed holds). One read when nothing is due; no read
-   * again after settling.
-   */
-  private async settleDue(userId: string, now: Date): Promise<void> {
-    const account = await this.db.getAccount(userId);
-    if (account?.nextExpiryAt && account.nextExpiryAt.getTime() <= now.getTime())
-      await this.units.mutate("settle", userId, {}, () => undefined);
+    return this.core.deduct(operation, user, n, o, allowDebt);
   }
 }

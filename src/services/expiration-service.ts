@@ -8,6 +8,7 @@ import type { CreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
 import { traceJob } from "../diagnostics.js";
+import { creditCore, type CreditCore } from "./credit-core.js";
 
 export interface ExpirationServiceOptions {
   db: DbManager;
@@ -178,6 +179,8 @@ export interface RunAllReport {
 export class ExpirationService {
   private readonly db: DbManager;
   private readonly credits: CreditService;
+  /** Runs the jobs' units of work (src/services/credit-core.ts). */
+  private readonly core: CreditCore;
   private readonly subscriptions: SubscriptionService;
   private readonly ledger: LedgerLogger | undefined;
   private readonly clock: () => Date;
@@ -190,9 +193,10 @@ export class ExpirationService {
   constructor(options: ExpirationServiceOptions) {
     this.db = options.db;
     this.credits = options.credits;
+    this.core = creditCore(options.credits);
     this.subscriptions = options.subscriptions;
     this.ledger = options.ledger;
-    this.clock = options.clock ?? (() => options.credits.now());
+    this.clock = options.clock ?? this.core.clock;
     this.logger = options.logger;
     this.notifications = options.notifications;
     this.reminderDays = parse(ReminderDays, options.reminderDays ?? [7], "reminderDays");
@@ -273,7 +277,7 @@ export class ExpirationService {
           o,
           (n) => (report.grantsScanned += n),
           async (userId) => {
-            const { grants, credits } = await this.credits.runUnitOfWork(
+            const { grants, credits } = await this.core.runUnitOfWork(
               userId,
               {},
               async (work) => {
@@ -335,7 +339,7 @@ export class ExpirationService {
           (n) => (report.holdsScanned += n),
           async (userId) => {
             // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
-            const released = await this.credits.settleAsOf(userId, asOf, "releaseExpiredHolds");
+            const released = await this.core.settleAsOf(userId, asOf, "releaseExpiredHolds");
             report.users++;
             report.holdsReleased += released.holdsReleased;
             report.creditsReleased += released.creditsReleased;
@@ -457,7 +461,7 @@ export class ExpirationService {
     const user = parse(UserId, userId, "userId");
     const at = this.asOf(asOf);
     if (asOf !== undefined) {
-      const creditsExpired = await this.credits.runUnitOfWork(
+      const creditsExpired = await this.core.runUnitOfWork(
         user,
         {},
         async (work) => work.expireDue(at, {}),
@@ -469,7 +473,7 @@ export class ExpirationService {
       );
       return { userId: user, creditsExpired };
     }
-    const creditsExpired = await this.credits.runUnitOfWork(
+    const creditsExpired = await this.core.runUnitOfWork(
       user,
       {},
       async (work) => {

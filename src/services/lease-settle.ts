@@ -12,7 +12,7 @@ import { activeHold, type UnitRunner } from "./unit-of-work.js";
 /*
  * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's
  * usage into a journal entry and holds the next block. `CreditLeases` (src/services/leases.ts)
- * decides when; `CreditService.settleLease` calls this.
+ * decides when; `CreditCore.settleLease` (src/services/credit-core.ts) calls this.
  */
 
 /**

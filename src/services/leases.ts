@@ -25,6 +25,7 @@ import {
   type Reservation,
 } from "../models/index.js";
 import type { CreditService } from "./credit-service.js";
+import type { CreditCore } from "./credit-core.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
 import { wellFormed } from "../models/parse.js";
@@ -49,7 +50,7 @@ export interface LeaseRecovery {
   credits: number;
 }
 
-/** @internal What a settle asks of the credit service (`CreditService.settleLease`). */
+/** @internal What a settle asks of the credit service (`CreditCore.settleLease`). */
 export interface LeaseSettle {
   lease: string;
   window: number;
@@ -91,7 +92,8 @@ export function leaseHoldOf(r: Reservation): LeaseHold {
 
 /** @internal */
 export interface LeaseDeps {
-  credits: Pick<CreditService, "settleLease" | "deductCredits" | "leaseHold">;
+  credits: Pick<CreditService, "deductCredits">;
+  core: Pick<CreditCore, "settleLease" | "leaseHold">;
   /** What a metered call served from a block prices and charges with (`openMeter`). */
   session?: SessionDeps | undefined;
   ledger?: LedgerLogger | undefined;
@@ -303,7 +305,7 @@ export class CreditLeases {
         ...(w.spender === undefined ? {} : { spender: w.spender }),
         ...(w.feature === undefined ? {} : { feature: w.feature }),
       };
-      const r = await this.deps.credits.settleLease(w.userId, { ...s, roll: null });
+      const r = await this.deps.core.settleLease(w.userId, { ...s, roll: null });
       this.settledLine(JSON.stringify(w.userId), w.lease, w.window, r.entry);
       if (!r.replayed) {
         report.windows++;
@@ -311,9 +313,9 @@ export class CreditLeases {
         report.credits += w.total;
       } else if (!windows.has(`${w.lease}:${w.window + 1}`)) {
         // Settled before the crash, the next block unrecorded: return it now, under its own key.
-        const next = await this.deps.credits.leaseHold(w.userId, w.lease, w.window + 1);
+        const next = await this.deps.core.leaseHold(w.userId, w.lease, w.window + 1);
         if (next !== null)
-          await this.deps.credits.settleLease(w.userId, {
+          await this.deps.core.settleLease(w.userId, {
             ...s,
             window: w.window + 1,
             holdId: next.id,
@@ -595,7 +597,7 @@ export class CreditLeases {
       try {
         // The window's lines are in the file before its entry is in the journal.
         if (this.file !== undefined && s.requests > 0) await this.file.flush();
-        const r = await this.deps.credits.settleLease(l.userId, s);
+        const r = await this.deps.core.settleLease(l.userId, s);
         if (r.aware === true) this.aware.add(l.userId);
         else if (r.aware === false) this.aware.delete(l.userId);
         if (s.holdId !== null) this.settledLine(l.userJson, l.lease, s.window, r.entry);
@@ -778,7 +780,7 @@ class LeasedSession extends MeterSession {
     // (within the overdraft limit; what the limit leaves is reported as the shortfall).
     const entry =
       amount > 0
-        ? await this.session.credits.chargeUpToLimit(
+        ? await this.session.core.chargeUpToLimit(
             this.userId,
             amount,
             this.spent(this.mutation(undefined, { leased: true })),

@@ -19,7 +19,7 @@ import {
 import type { PriceBook } from "../domain/pricing.js";
 import { recordOf, type PricingService, type UsageInput } from "./pricing-service.js";
 import { andThen } from "../util/promise.js";
-import type { CreditService } from "./credit-service.js";
+import type { CreditCore } from "./credit-core.js";
 import { meteringChannel, type MeteringMessage } from "../diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. */
@@ -146,11 +146,11 @@ export function currentMeter(): MeterContext | undefined {
  * meter's options once, when it opens; each usage when it is recorded), so one metered call runs
  * no model twice; and the store, to read the charge another attempt of a keyed call made.
  */
-type Credits = Pick<CreditService, "placeHold" | "commitHoldUpToLimit" | "releaseHold" | "chargeUpToLimit" | "db">;
+type Credits = Pick<CreditCore, "placeHold" | "commitHoldUpToLimit" | "releaseHold" | "chargeUpToLimit" | "db">;
 
 /** @internal */
 export interface SessionDeps {
-  credits: Credits;
+  core: Credits;
   /** The price book; each session pins the version in force when it opens. */
   pricing?: PricingService | undefined;
   ledger?: LedgerLogger | undefined;
@@ -363,7 +363,7 @@ export class MeterSession {
       options.amount = amount;
       // Past the overdraft limit the commit takes what the limit allows (decided in its unit of
       // work) and its entry says what was left: also when a retry replays it.
-      const entry = await this.deps.credits.commitHoldUpToLimit(this.userId, this.reservationId, options);
+      const entry = await this.deps.core.commitHoldUpToLimit(this.userId, this.reservationId, options);
       const shortfall = typeof entry.metadata?.shortfall === "number" ? entry.metadata.shortfall : 0;
       const outcome = this.outcome("committed", amount - shortfall, entry);
       if (shortfall > 0)
@@ -423,7 +423,7 @@ export class MeterSession {
     const held = { reservationId: this.reservationId, ...why };
     const entry =
       amount > 0
-        ? await this.deps.credits.chargeUpToLimit(this.userId, amount, this.spent(this.mutation(this.chargeKey, held)))
+        ? await this.deps.core.chargeUpToLimit(this.userId, amount, this.spent(this.mutation(this.chargeKey, held)))
         : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);
@@ -473,7 +473,7 @@ export class MeterSession {
   private async chargedElsewhere(amount: number, conflict: IdempotencyConflictError): Promise<MeterOutcome> {
     const key = this.chargeKey as string;
     await this.tryRelease("already-charged");
-    const first = await this.deps.credits.db.transaction(this.userId, (tx) =>
+    const first = await this.deps.core.db.transaction(this.userId, (tx) =>
       andThen(tx.load({ idempotencyKey: key }), (state) => state.idempotent),
     );
     if (first === null) throw conflict; // not a charge of this call after all
@@ -508,11 +508,7 @@ export class MeterSession {
   private async tryRelease(reason: string, raise = false): Promise<void> {
     const key = this.holdKey === undefined ? undefined : `${this.holdKey}:release`;
     try {
-      await this.deps.credits.releaseHold(
-        this.userId,
-        this.reservationId,
-        this.mutation(key, { releaseReason: reason }),
-      );
+      await this.deps.core.releaseHold(this.userId, this.reservationId, this.mutation(key, { releaseReason: reason }));
     } catch (error) {
       if (error instanceof ReservationExpiredError) return; // already back
       // A keyed hold is shared by the attempts that meet on it: another one settled it already
@@ -555,7 +551,7 @@ export async function openMeter(deps: SessionDeps, userId: string, options: Mete
   if (options.correlationId !== undefined) reserve.correlationId = options.correlationId;
   const key = options.idempotencyKey;
   if (key === undefined) {
-    const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
+    const hold = await deps.core.placeHold(userId, options.estimate, reserve);
     return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
   }
   // A retry of a keyed call. Attempt 1 holds under `<key>:reserve`. A hold that comes back released
@@ -567,7 +563,7 @@ export async function openMeter(deps: SessionDeps, userId: string, options: Mete
   for (let attempt = 1; ; attempt++) {
     const base = attemptKey(key, attempt);
     reserve.idempotencyKey = `${base}:reserve`;
-    const hold = await deps.credits.placeHold(userId, options.estimate, reserve);
+    const hold = await deps.core.placeHold(userId, options.estimate, reserve);
     if (hold.status === "released") continue;
     return new MeterSession(deps, hold.userId, hold.id, hold.amount, options, base);
   }

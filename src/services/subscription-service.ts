@@ -3,11 +3,8 @@ import type { Logger } from "../logger.js";
 import { CacheAside } from "../cache/aside.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
-import type { EntryMeta } from "../domain/account-work.js";
-import { fingerprint } from "../domain/hash.js";
-import { liveAt, unspentAtEnd, type PeriodEndExpiry } from "../domain/rollover.js";
 import * as rules from "../domain/subscriptions.js";
-import { ConflictError, IdempotencyConflictError, NotFoundError } from "../errors.js";
+import { ConfigurationError, ConflictError, IdempotencyConflictError, NotFoundError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
   CancelOptions,
@@ -20,18 +17,19 @@ import {
   UpdatePlanInput,
   UserId,
   parse,
-  type JournalEntry,
   type Plan,
-  type Reservation,
   type Subscription,
-  type SubscriptionIntent,
 } from "../models/index.js";
-import { systemKey } from "../domain/keys.js";
 import type { CreditService } from "./credit-service.js";
+import { creditCore } from "./credit-core.js";
+import { SubscriptionPeriods } from "./subscription-periods.js";
 
 export interface SubscriptionServiceOptions {
   db: DbManager;
-  /** The credit service whose units of work allocate, roll over and expire credits. */
+  /**
+   * The credit service whose units of work allocate, roll over and expire credits, built with
+   * `subscriptions: true`.
+   */
   credits: CreditService;
   ledger?: LedgerLogger;
   /** Caches `getPlan` and `listPlans`; invalidated on every plan write. */
@@ -73,30 +71,24 @@ const MAX_RACES = 50;
  */
 export class SubscriptionService {
   readonly db: DbManager;
-  private readonly credits: CreditService;
-  private readonly ledger: LedgerLogger | undefined;
+  /** Brings subscriptions up to a time (shared with the credit service's units of work). */
+  private readonly periods: SubscriptionPeriods;
   /** The plan cache, when there is one. */
   private readonly cache: CacheAside | undefined;
   private readonly clock: () => Date;
-  private readonly logger: Logger | undefined;
 
   constructor(options: SubscriptionServiceOptions) {
     this.db = options.db;
-    this.credits = options.credits;
-    this.ledger = options.ledger;
     this.cache = options.cache && new CacheAside(options.cache, options.cacheTtlSeconds ?? 300, options.logger);
-    this.clock = options.clock ?? (() => options.credits.now());
-    this.logger = options.logger;
-    // A credit operation or read that finds a period ended brings the next one at once, as the
-    // renewal job would: a subscriber never sees 0 credits between the period's end and the job.
-    // Resolves to whether a period was due (and is now brought).
-    this.credits.bringPeriodsWith(async (userId) => {
-      const now = this.clock();
-      const s = await this.db.getActiveSubscription(userId);
-      if (s === null || s.nextRunAt === null || s.nextRunAt.getTime() > now.getTime()) return false;
-      await this.advance(s, now);
-      return true;
-    });
+    const core = creditCore(options.credits);
+    // Periods start on time only when the credit service brings them (docs/subscriptions.md).
+    if (!core.bringsPeriods) {
+      throw new ConfigurationError(
+        "[credit-management] SubscriptionService: build its CreditService with `subscriptions: true` (createCreditManager does), so a due period is brought before an operation",
+      );
+    }
+    this.clock = options.clock ?? core.clock;
+    this.periods = new SubscriptionPeriods({ db: this.db, core, ledger: options.ledger, clock: this.clock });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -239,7 +231,7 @@ export class SubscriptionService {
     const check = await this.db.getPlan(pid);
     if (check === null || !check.isActive) {
       // Retried until it lands: another worker may have completed the first period's work meanwhile.
-      await this.tryWrite(s, (x) => rules.abandon(x, now), now, true);
+      await this.periods.tryWrite(s, (x) => rules.abandon(x, now), now, true);
       throw new ConflictError(`Plan ${pid} was deactivated while subscribing.`, { planId: pid });
     }
     return copy((await this.advance(s, now)).subscription);
@@ -334,182 +326,7 @@ export class SubscriptionService {
    * how the job was run. Periods that ended meanwhile are skipped, as in any late catch-up.
    */
   async advance(subscription: Subscription, asOf: Date = this.clock()): Promise<AdvanceResult> {
-    const clock = this.clock();
-    const now = asOf.getTime() < clock.getTime() ? clock : asOf;
-    const result: AdvanceResult = { subscription, intentsCompleted: 0, renewed: 0, periodsSkipped: 0, ended: 0 };
-    let s = subscription;
-    for (let step = 0; ; step++) {
-      if (step > 10_000) throw new Error(`subscription ${s.id} did not settle`);
-      if (s.intent !== null) {
-        // Work for a period that has not started yet waits for its start.
-        if (s.status === "active" && s.currentPeriodStart.getTime() > now.getTime()) break;
-        const done = await this.complete(s, now);
-        if (done.completed) result.intentsCompleted++;
-        s = done.subscription;
-        continue;
-      }
-      if (s.status !== "active" || s.currentPeriodEnd.getTime() > now.getTime()) break;
-      const { value: next, won } = await this.renew(s, now);
-      if (!won) {
-        s = next; // another worker moved it first: look again
-        continue;
-      }
-      if (next.status === "active") {
-        result.renewed++;
-        result.periodsSkipped += rules.periodsSkipped(s, next);
-      } else {
-        result.ended++;
-      }
-      s = next;
-    }
-    result.subscription = s;
-    return result;
-  }
-
-  // ---------------------------------------------------------------------------------------------
-
-  /** The period end: end the subscription, or move to the period containing `now` and owe its work. */
-  private async renew(s: Subscription, now: Date): Promise<{ value: Subscription; won: boolean }> {
-    if (!rules.renews(s)) return this.tryWrite(s, (x) => rules.endAtPeriodEnd(x, now), now, false);
-    const plan = await this.db.getPlan(s.pendingPlanId ?? s.planId);
-    if (plan === null) {
-      await this.ledger?.logError(
-        "subscription ended: its plan no longer exists",
-        { subscriptionId: s.id, planId: s.planId },
-        { userId: s.userId },
-      );
-      return this.tryWrite(s, (x) => rules.endWithoutPlan(x, now), now, false);
-    }
-    const endingPlan = s.pendingPlanId === null ? plan : await this.db.getPlan(s.planId);
-    return this.tryWrite(s, (x) => rules.renew(x, plan, endingPlan, now), now, false);
-  }
-
-  /**
-   * Carries out the subscription's intent in one unit of work on the account, keyed by the
-   * intent's key (a second run replays it), then clears it with a guarded write.
-   */
-  private async complete(s: Subscription, now: Date): Promise<{ subscription: Subscription; completed: boolean }> {
-    const it = s.intent as SubscriptionIntent;
-    const meta: EntryMeta = {
-      idempotencyKey: systemKey(it.key),
-      // Events are not part of it: they may join work already owed (see cancel).
-      fingerprint: fingerprint("subscriptionPeriod", { ...it, events: undefined }),
-      correlationId: it.key,
-      description: `subscription ${s.id}`,
-    };
-    let outcome: { created: string[] } | { replayed: JournalEntry } | undefined;
-    for (let race = 0; outcome === undefined; race++) {
-      // What the period's grants had unspent when they expired, as far as committed work shows it
-      // (read outside the unit of work, which checks that nothing changed it since).
-      const expiry = it.carry === null ? null : await this.periodEndExpiry(s.userId, it.carry);
-      try {
-        outcome = await this.credits.runUnitOfWork<{ created: string[] } | { replayed: JournalEntry }>(
-          s.userId,
-          meta,
-          async (work, tx) => {
-            const ids = rules.intentGrantIds(s, it).filter((id) => work.getGrant(id) === undefined);
-            if (ids.length > 0) work.include(await tx.getGrants(ids));
-            return { created: rules.applyIntent(work, s, it, meta, expiry) };
-          },
-          async (first) => ({ replayed: first }),
-          { settle: true, operation: "subscriptionPeriod" },
-        );
-      } catch (error) {
-        if (!(error instanceof rules.ExpiryMoved)) throw error;
-        if (race >= MAX_RACES)
-          throw new ConflictError(`The credits of subscription ${s.id} kept changing; try again.`, {
-            subscriptionId: s.id,
-          });
-      }
-    }
-    // Read outside the unit of work: a store with a connection pool must not be asked for a second
-    // connection while the unit of work holds one.
-    const newGrants = "created" in outcome ? outcome.created : await this.grantsOf(s.userId, outcome.replayed, it.key);
-    let completed = false;
-    for (let race = 0; ; race++) {
-      const current = race === 0 ? s : await this.db.getSubscription(s.id, s.userId);
-      if (current === null || current.intent?.key !== it.key) return { subscription: current ?? s, completed };
-      const next: Subscription = {
-        ...rules.intentDone(current, it, newGrants),
-        version: current.version + 1,
-        updatedAt: now,
-      };
-      if (await this.db.updateSubscription(next, current.version)) {
-        completed = true;
-        return { subscription: next, completed };
-      }
-      if (race > MAX_RACES)
-        throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
-    }
-  }
-
-  /**
-   * For each of the carried grants that expire at the period's end: how much it has expired in all
-   * (`expired`), and how much of that it had unspent and unheld at the period's end (`atExpiry`):
-   * what its closing `expire` entry took, plus what holds that had lapsed by then returned later.
-   * The rest is credits held at the period's end by a hold still live then, which expired when it
-   * returned them (`expire` entries with that `reservationId`, see `AccountWork`). Reads the user's
-   * `expire` entries newest first, only as far back as each grant's closing entry.
-   */
-  private async periodEndExpiry(
-    userId: string,
-    carry: NonNullable<SubscriptionIntent["carry"]>,
-  ): Promise<PeriodEndExpiry> {
-    const out: PeriodEndExpiry = new Map();
-    const open = new Map<string, { expired: number; seen: number; held: number }>();
-    for (const id of carry.grantIds) {
-      const g = await this.db.getGrant(id, userId);
-      if (g === null || g.userId !== userId || g.expiresAt?.getTime() !== carry.periodEnd) continue;
-      const expired = g.expiredAmount ?? 0;
-      if (g.closedAt === null || expired === 0) out.set(id, { expired, atExpiry: expired });
-      else open.set(id, { expired, seen: 0, held: 0 });
-    }
-    const holds = new Map<string, Reservation | null>();
-    const heldAtEnd = async (reservationId: string): Promise<boolean> => {
-      if (!holds.has(reservationId)) holds.set(reservationId, await this.db.getReservation(reservationId, userId));
-      return liveAt(holds.get(reservationId) ?? null, carry.periodEnd);
-    };
-    const PAGE = 200;
-    let beforeSeq: number | undefined;
-    while (open.size > 0) {
-      const page = await this.db.listJournal(userId, {
-        order: "desc",
-        types: ["expire"],
-        limit: PAGE,
-        ...(beforeSeq === undefined ? {} : { beforeSeq }),
-      });
-      for (const e of page) {
-        for (const p of e.grants) {
-          const x = open.get(p.grantId);
-          if (x === undefined) continue;
-          x.seen += p.amount;
-          if (e.reservationId !== null && (await heldAtEnd(e.reservationId))) x.held += p.amount;
-          // Its closing entry (or all it expired) reached: every later return has been seen.
-          if (e.reservationId === null || x.seen >= x.expired) {
-            out.set(p.grantId, { expired: x.expired, atExpiry: unspentAtEnd(x) });
-            open.delete(p.grantId);
-          }
-        }
-      }
-      if (page.length < PAGE) break;
-      beforeSeq = (page[page.length - 1] as JournalEntry).seq;
-    }
-    // Not reached (a journal written before returns were told apart): the best estimate.
-    for (const [id, x] of open) out.set(id, { expired: x.expired, atExpiry: unspentAtEnd(x) });
-    return out;
-  }
-
-  /** The grants a completed intent created, from its journal entries (committed, immutable). */
-  private async grantsOf(userId: string, first: JournalEntry, key: string): Promise<string[]> {
-    // One unit's entries: an expiry, a rollover and an allocation each for the general credits and
-    // up to 20 allowances (docs/subscriptions.md, "Allowances"), or a proration of each.
-    const entries = await this.db.listJournal(userId, { order: "asc", afterSeq: first.seq - 1, limit: 100 });
-    const ids: string[] = [];
-    for (const e of entries) {
-      if (e.type === "add" && (e.idempotencyKey === key || e.correlationId === key))
-        for (const p of e.grants) ids.push(p.grantId);
-    }
-    return ids;
+    return this.periods.advance(subscription, asOf);
   }
 
   /**
@@ -533,31 +350,10 @@ export class SubscriptionService {
       // A keyed change is recorded even when it changes nothing else, so its retry is a replay.
       const next = key === undefined ? decided : rules.withChangeKey(decided ?? s, key, print);
       if (next === null) return copy(s);
-      const { value, won } = await this.tryWrite(s, () => next, now, false);
+      const { value, won } = await this.periods.tryWrite(s, () => next, now, false);
       if (won) return copy((await this.advance(value, now)).subscription);
     }
     throw new ConflictError(`The subscription of user ${user} kept changing; try again.`, { userId: user });
-  }
-
-  /**
-   * Applies `change` to the subscription if its stored version is still the one read. On a lost
-   * race: `retry` re-reads and applies it again; else returns what the other worker wrote.
-   */
-  private async tryWrite(
-    s: Subscription,
-    change: (s: Subscription) => Subscription,
-    now: Date,
-    retry: boolean,
-  ): Promise<{ value: Subscription; won: boolean }> {
-    let current: Subscription | null = s;
-    for (let race = 0; race <= MAX_RACES; race++) {
-      if (current === null) throw new NotFoundError(`Subscription ${s.id} not found.`, { subscriptionId: s.id });
-      const next: Subscription = { ...change(current), version: current.version + 1, updatedAt: now };
-      if (await this.db.updateSubscription(next, current.version)) return { value: next, won: true };
-      current = await this.db.getSubscription(s.id, s.userId);
-      if (!retry && current !== null) return { value: current, won: false };
-    }
-    throw new ConflictError(`Subscription ${s.id} kept changing; try again.`, { subscriptionId: s.id });
   }
 
   /** The user's active subscription, brought up to date; `NotFoundError` when there is none. */

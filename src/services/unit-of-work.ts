@@ -44,7 +44,7 @@ import { newId } from "../util/uuid.js";
 import type * as z from "zod";
 
 /*
- * The unit-of-work runner behind `CreditService` (and, through `runUnitOfWork`, the other services):
+ * The unit-of-work runner behind `CreditService` (and, through `CreditCore.runUnitOfWork`, the other services):
  * one run of load, idempotent replay, settlement, the body, notifications and one save, with the
  * subscription period and refusal hooks around it and the side effects (ledger file, cache,
  * diagnostics) after the commit. The rules of each operation stay with the service that calls it.
@@ -65,7 +65,7 @@ export interface UnitContext {
 /** Options of one unit of work: settle what time has done; bring a due subscription period first. */
 export interface RunOptions {
   settle: boolean;
-  /** Default true; false for the units other services run (the subscription service's own above all). */
+  /** Default true; false for the units other services run (the subscription periods' own above all). */
   periods?: boolean;
 }
 
@@ -73,8 +73,8 @@ export interface RunOptions {
 const SETTLE: RunOptions = Object.freeze({ settle: true });
 
 /**
- * What an attempt answers when its settlement expired a subscription period's grants while a
- * subscription service is wired: the unit of work ends with nothing written, the period is brought
+ * What an attempt answers when its settlement expired a subscription period's grants: the unit of
+ * work ends with nothing written, the period is brought
  * up to date, and the operation runs again (once).
  */
 const PERIOD_DUE = "period due";
@@ -236,6 +236,12 @@ export interface UnitRunnerOptions {
   features: Readonly<Record<string, { minAvailable: number }>>;
   domainEvents: boolean;
   checkpointEvery: number | undefined;
+  /**
+   * Brings the user's due subscription period (src/services/subscription-periods.ts) and resolves
+   * to whether one was due (undefined: periods are left to the renewal job): units of work that find a period's grants expired call it, then run
+   * again; so do operations refused for lack of credits, when it brought a period.
+   */
+  periods: ((userId: string) => Promise<boolean>) | undefined;
 }
 
 /**
@@ -252,8 +258,7 @@ export class UnitRunner {
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
   private readonly hasFeatures: boolean;
   private readonly domainEvents: boolean;
-  /** Set by a subscription service over the `CreditService` (`bringPeriodsWith`). */
-  periodHook: ((userId: string) => Promise<unknown>) | undefined;
+  private readonly bringPeriod: ((userId: string) => Promise<boolean>) | undefined;
 
   constructor(options: UnitRunnerOptions) {
     this.db = options.db;
@@ -265,6 +270,7 @@ export class UnitRunner {
     this.features = options.features;
     this.hasFeatures = Object.keys(options.features).length > 0;
     this.domainEvents = options.domainEvents;
+    this.bringPeriod = options.periods;
     this.runDeps.alerts = options.alerts;
     this.runDeps.trial = options.trial;
     this.runDeps.checkpointEvery = options.checkpointEvery;
@@ -322,7 +328,7 @@ export class UnitRunner {
     options: RunOptions,
     message: UnitOfWorkMessage | undefined,
   ): Promise<T> {
-    const periods = options.periods !== false && this.periodHook !== undefined;
+    const periods = options.periods !== false && this.bringPeriod !== undefined;
     const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
     const again = () =>
       this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
@@ -339,14 +345,14 @@ export class UnitRunner {
   }
 
   /**
-   * A period's grants expired as the operation settled the account: the subscription service brings
-   * the next period (its own keyed unit of work, the one the renewal job runs, so a job or another
-   * request at the same instant allocates once), then the operation runs again. Should that fail,
-   * the operation still runs, as it would have without a subscription service.
+   * A period's grants expired as the operation settled the account: the next period is brought (its
+   * own keyed unit of work, the one the renewal job runs, so a job or another request at the same
+   * instant allocates once), then the operation runs again. Should that fail, the operation still
+   * runs, as it would have with the period left to the job.
    */
   private async afterPeriod<T>(userId: string, again: () => Promise<T>): Promise<T> {
     try {
-      await this.periodHook?.(userId);
+      await this.bringPeriod?.(userId);
     } catch (error) {
       this.logger?.warn(
         { err: error, userId },
@@ -358,9 +364,9 @@ export class UnitRunner {
 
   /**
    * A refusal for lack of credits may come from a period that has ended while none of its grants
-   * was left to expire (spent, voided): nothing told the unit of work. The subscription service
-   * brings the period if one is due (the same keyed work as `afterPeriod`) and says whether it did;
-   * then the operation runs once more, else the refusal stands. (Found by the simulation, issue 26.)
+   * was left to expire (spent, voided): nothing told the unit of work. The period is brought if one
+   * is due (the same keyed work as `afterPeriod`), and then the operation runs once more; else the
+   * refusal stands (a case the simulation found).
    */
   private async afterRefusal<T>(
     operation: string,
@@ -369,9 +375,9 @@ export class UnitRunner {
     error: InsufficientCreditsError,
     again: () => Promise<T>,
   ): Promise<T> {
-    let brought: unknown = false;
+    let brought = false;
     try {
-      brought = await this.periodHook?.(userId);
+      brought = (await this.bringPeriod?.(userId)) === true;
     } catch (failure) {
       this.logger?.warn(
         { err: failure, userId },
@@ -383,7 +389,7 @@ export class UnitRunner {
         throw failure;
       }
     }
-    return brought === true ? again() : this.refusedOrFailed(operation, userId, unit, error);
+    return brought ? again() : this.refusedOrFailed(operation, userId, unit, error);
   }
 
   /**

@@ -23,6 +23,7 @@ import { verifyArchive } from "../services/archive.js";
 import { scribble } from "./scribble.js";
 import { scopedAccountCases } from "./scoped.js";
 import { DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
+import { creditCore } from "../services/credit-core.js";
 
 /**
  * The accounts and journal part: the store's reads and units of work, checked directly and through
@@ -149,7 +150,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         // Below the service's validation (which refuses lone surrogates): node-pg and BSON send a
         // lone surrogate as U+FFFD, so the store may find the first key's entry for this one.
         const unit = (key: string) =>
-          credits.runUnitOfWork(
+          creditCore(credits).runUnitOfWork(
             u,
             { idempotencyKey: key, fingerprint: first.fingerprint ?? undefined },
             async () => "ran",
@@ -603,7 +604,7 @@ export function runAccountsContract(getDb: () => DbManager, options: PartOptions
         const start = T0 - 400 * DAY;
         const { credits, clock } = serviceWithClock(db, start);
         // Unused by this job; on a credit service of its own, so that it hooks nothing into `credits`.
-        const subscriptions = new SubscriptionService({ db, credits: new CreditService({ db }) });
+        const subscriptions = new SubscriptionService({ db, credits: new CreditService({ db, subscriptions: true }) });
         const expiration = new ExpirationService({ db, credits, subscriptions, idempotencyRetention: "1h" });
         await credits.addCredits(u, 100);
         const first = await credits.deductCredits(u, 10, { idempotencyKey: "k-retained" });

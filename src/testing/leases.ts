@@ -22,6 +22,7 @@ import { ExpirationService } from "../services/expiration-service.js";
 import { SubscriptionService } from "../services/subscription-service.js";
 import { InMemoryCache } from "../cache/index.js";
 import type { CreditLeases } from "../services/leases.js";
+import { creditCore } from "../services/credit-core.js";
 
 const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 
@@ -41,7 +42,7 @@ export function mulberry32(seed: number): () => number {
 function manager(db: DbManager, clock: { now: number }, filePath?: string) {
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now, filePath: filePath ?? false });
-  const credits = new CreditService({ db, clock: now, ledger });
+  const credits = new CreditService({ db, clock: now, ledger, subscriptions: true });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   return { credits, expiration, ledger };
@@ -161,7 +162,7 @@ export function runLeasesContract(
       const u = user();
       await a.credits.addCredits(u, 10_000);
       const sizing = { size: 500, exactBelow: 1, share: 0.5 };
-      const placed = await a.credits.settleLease(u, {
+      const placed = await creditCore(a.credits).settleLease(u, {
         lease: "L",
         window: 0,
         holdId: null,
@@ -171,10 +172,13 @@ export function runLeasesContract(
       });
       expect(placed.next).not.toBeNull();
       const s = { lease: "L", window: 1, holdId: placed.next?.id ?? null, used: 42, requests: 3, roll: null };
-      const [x, y] = await Promise.all([a.credits.settleLease(u, s), b.credits.settleLease(u, s)]);
+      const [x, y] = await Promise.all([
+        creditCore(a.credits).settleLease(u, s),
+        creditCore(b.credits).settleLease(u, s),
+      ]);
       expect([x.replayed, y.replayed].sort()).toEqual([false, true]);
       expect(x.entry?.id).toBe(y.entry?.id);
-      const again = await a.credits.settleLease(u, s);
+      const again = await creditCore(a.credits).settleLease(u, s);
       expect(again.replayed).toBe(true);
       await clean(b.credits, u, 10_000 - 42);
       expect((await windows(a.credits, u)).count).toBe(1);

@@ -23,7 +23,7 @@ const T0 = Date.parse("2030-01-01T00:00:00.000Z");
 function manager(db: DbManager, clock: { now: number }) {
   const now = () => new Date(clock.now);
   const ledger = new LedgerLogger({ db, clock: now });
-  const credits = new CreditService({ db, clock: now, ledger });
+  const credits = new CreditService({ db, clock: now, ledger, subscriptions: true });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
   const promos = new PromoService({ db, clock: now });

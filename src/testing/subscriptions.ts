@@ -26,6 +26,7 @@ export function servicesWithClock(db: DbManager, start: number, options: { notif
     clock: now,
     ledger,
     alerts: options.notifications === true ? {} : undefined,
+    subscriptions: true,
   });
   const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
   const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });

@@ -11,7 +11,7 @@ import { recordOf } from "../../services/pricing-service.js";
 import type { LlmUsage, UsageReading } from "../../domain/llm-usage.js";
 import type { RecordedUsage } from "../../models/index.js";
 import { errorResponse, type Identity } from "../router.js";
-import { isLogger } from "../../logger.js";
+import { findCreditCore } from "../../services/credit-core.js";
 import { pathMatcher } from "./paths.js";
 
 /** Options shared by `creditMetering` (Fetch) and `creditMeteringMiddleware` (node:http, Express). */
@@ -368,7 +368,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     return leased !== null ? Promise.resolve(leased) : o.credits.openMeter(userId, options);
   };
 
-  const logger = (o.credits as { logger?: unknown }).logger;
+  const logger = findCreditCore(o.credits)?.logger;
   /**
    * A metered handler threw (docs/metering.md, "When the handler throws"): logged once, to the
    * manager's logger at `error`; then the answer the request gets instead (500 for an unexpected
@@ -376,11 +376,10 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
    */
   const handlerFailed = (error: unknown, method: string | undefined, path: string): Response => {
     try {
-      if (isLogger(logger))
-        logger.error(
-          { err: error, method, path },
-          "credit-management: a metered handler threw; answered for it, nothing charged",
-        );
+      logger?.error(
+        { err: error, method, path },
+        "credit-management: a metered handler threw; answered for it, nothing charged",
+      );
     } catch {
       // the host's logger failing must not change the answer
     }
