@@ -10,7 +10,7 @@ import { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscriptio
 import { buildOpenApi, type OpenApiOptions } from "./openapi.js";
 import { TokenBuckets } from "./rate-limit.js";
 import { ANSWER, createRouter, fullPathOf, json, type Authenticate, type RouteDefinition } from "./router.js";
-import { customerTokensOn } from "../services/credit-core.js";
+import { creditCore, customerTokensOn } from "../services/credit-core.js";
 
 export interface CreditHandlerOptions {
   /** Base of the caller's own routes. Default `/credits`. */
@@ -178,8 +178,10 @@ function customerRateLimit(
         `[credit-management] [http] \`customerRateLimit.${name}\` must be a whole number from 1 to 1,000,000.`,
       );
   }
-  if ((manager as Partial<CreditManager>).credits?.customerTokensOn !== true) return undefined;
-  return new TokenBuckets(burst, perMinute, () => manager.credits.now().getTime());
+  const credits = (manager as Partial<CreditManager>).credits;
+  if (credits === undefined || !customerTokensOn(credits)) return undefined;
+  const clock = creditCore(credits).clock;
+  return new TokenBuckets(burst, perMinute, () => clock().getTime());
 }
 
 /**
