@@ -1,4 +1,5 @@
-import { ConflictError, CreditError, StorageError } from "../../errors.js";
+import { ConflictError, CreditError } from "../../errors.js";
+import { storageError } from "../store/errors.js";
 
 /**
  * What `init()` says on a server that cannot run multi-document transactions.
@@ -111,7 +112,7 @@ export function toCreditError(error: unknown, operation: string): unknown {
   if (isRetryableConflict(error)) {
     return new ConflictError(`${what}: a concurrent write won (${error.message})`, { operation }, error);
   }
-  return new StorageError(`${what} failed: ${error.message}`, error);
+  return storageError("mongodb", operation, error);
 }
 
 /** Runs a driver call, converting its failure with `toCreditError`. */

@@ -37,6 +37,7 @@ import { joinedStore } from "../store/joined.js";
 import { inSession } from "./session.js";
 import type { SideParts } from "../store/parts.js";
 import { GroupCommit } from "../store/group-commit.js";
+import { gaveUp } from "../store/errors.js";
 import { backoff, sleep } from "../store/retry.js";
 import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
@@ -833,11 +834,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
         cause,
       );
     }
-    return new ConflictError(
-      `[credit-management] [mongodb] The unit of work on account ${userId} lost ${attempts} races to concurrent writers; try again.`,
-      { userId, attempts },
-      cause,
-    );
+    return gaveUp("mongodb", userId, attempts, cause);
   }
 }
 

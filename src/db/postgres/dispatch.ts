@@ -1,4 +1,3 @@
-import { ConflictError } from "../../errors.js";
 import { Batch } from "./batch.js";
 import { storageError } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
@@ -8,6 +7,7 @@ import type { BatchResult, Unit } from "./unit.js";
 import type { UnitTx } from "./unit-tx.js";
 import { ShardMap } from "./citus.js";
 import { GroupCommit } from "../store/group-commit.js";
+import { gaveUp } from "../store/errors.js";
 import { backoff } from "../store/retry.js";
 
 /** Jittered, in [cap/2, cap), the cap doubling from 4 ms up to 250 ms. */
@@ -135,13 +135,7 @@ export class UnitDispatch {
         unit.solo = true;
         this.requeue(unit, 0);
       } else if (unit.attempts >= this.maxAttempts) {
-        unit.reject(
-          new ConflictError(
-            `[credit-management] [postgres] gave up on a unit of work on account ${unit.userId} after ${unit.attempts} conflicting attempts`,
-            { userId: unit.userId, attempts: unit.attempts },
-            reason,
-          ),
-        );
+        unit.reject(gaveUp("postgres", unit.userId, unit.attempts, reason));
       } else if (fresh === true && unit.fresh !== true) {
         // A batch that started from the state cache failed: once more batched, loading under the lock.
         unit.fresh = true;

@@ -18,7 +18,7 @@ import type {
 } from "../types.js";
 import { AccountLocks } from "./account-locks.js";
 import { StoreBase } from "./base.js";
-import { origin, storeError } from "./errors.js";
+import { gaveUp, origin, storeError } from "./errors.js";
 import type { Part, SideParts } from "./parts.js";
 import { backoff, sleep } from "./retry.js";
 
@@ -179,7 +179,7 @@ export class DefinedStore extends StoreBase {
             ? (part.beginLocked as (userId: string) => Attempt | Promise<Attempt>)(userId)
             : part.begin(userId));
         } catch (error) {
-          if (locked && error instanceof ConflictError) throw this.gaveUp(userId, attempts, error);
+          if (locked && error instanceof ConflictError) throw gaveUp(this.name, userId, attempts, error);
           throw storeError(this.name, "transaction", error);
         }
         let value: T;
@@ -196,7 +196,7 @@ export class DefinedStore extends StoreBase {
           await this.rollback(tx);
           if (!(error instanceof ConflictError)) throw storeError(this.name, "transaction", error);
           if (locked || (attempts >= this.maxAttempts && part.beginLocked === undefined))
-            throw this.gaveUp(userId, attempts, error);
+            throw gaveUp(this.name, userId, attempts, error);
           // The locked attempt waits for its lock itself: no backoff before it.
           if (attempts < this.maxAttempts) await sleep(backoff(attempts, BACKOFF));
         }
@@ -204,14 +204,6 @@ export class DefinedStore extends StoreBase {
     } finally {
       this.locks.release(userId);
     }
-  }
-
-  private gaveUp(userId: string, attempts: number, cause: unknown): ConflictError {
-    return new ConflictError(
-      origin(this.name, `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`),
-      { userId, attempts },
-      cause,
-    );
   }
 
   private async rollback(tx: Attempt): Promise<void> {

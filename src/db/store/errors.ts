@@ -1,4 +1,4 @@
-import { CreditError, StorageError } from "../../errors.js";
+import { ConflictError, CreditError, StorageError } from "../../errors.js";
 
 /** `[credit-management] [<store>] …`: every store error names its origin. */
 export function origin(store: string, message: string): string {
@@ -20,4 +20,16 @@ export function storageError(store: string, operation: string, error: unknown): 
 /** A failure as the library reports it: its own errors pass through, anything else is a `StorageError`. */
 export function storeError(store: string, operation: string, error: unknown): CreditError {
   return error instanceof CreditError ? error : storageError(store, operation, error);
+}
+
+/**
+ * A unit of work on `userId` that met a conflict at each of its `attempts` (`cause`: the last):
+ * nothing was written, and the caller may run it again.
+ */
+export function gaveUp(store: string, userId: string, attempts: number, cause: unknown): ConflictError {
+  return new ConflictError(
+    origin(store, `gave up on a unit of work on account ${userId} after ${attempts} conflicting attempts`),
+    { userId, attempts },
+    cause,
+  );
 }
