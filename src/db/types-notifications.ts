@@ -76,3 +76,16 @@ export interface NotificationUpdate {
   /** Set for `sent` and `failed`. */
   settledAt: Date | null;
 }
+
+/** The fields of a row that `completeNotification` sets: the update's, and the claim cleared. */
+export function completedFields(u: NotificationUpdate) {
+  return {
+    status: u.status,
+    attempts: u.attempts,
+    nextAttemptAt: u.nextAttemptAt,
+    lastError: u.lastError,
+    settledAt: u.settledAt,
+    claimedUntil: null,
+    claimToken: null,
+  };
+}

@@ -1,5 +1,5 @@
 import type { Notification } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
+import { completedFields, type ClaimQuery, type NotificationUpdate, type OutboxQuery } from "../types-notifications.js";
 
 /**
  * The in-memory outbox: rows by id, each user's pending ids in id order, and the used dedupe keys.
@@ -84,16 +84,7 @@ export class MemoryOutbox {
   completeNotification(id: string, token: string, u: NotificationUpdate): boolean {
     const row = this.rows.get(id);
     if (row === undefined || row.status !== "pending" || row.claimToken !== token) return false;
-    const next: Notification = {
-      ...row,
-      status: u.status,
-      attempts: u.attempts,
-      nextAttemptAt: u.nextAttemptAt,
-      lastError: u.lastError,
-      settledAt: u.settledAt,
-      claimedUntil: null,
-      claimToken: null,
-    };
+    const next: Notification = { ...row, ...completedFields(u) };
     this.rows.set(id, next);
     if (u.status !== "pending") {
       const ids = this.pending.get(row.userId) as string[];

@@ -1,6 +1,6 @@
 import type { ClientSession, Collection, Filter, IndexDescription } from "mongodb";
 import { Notification, type Notification as NotificationT } from "../../models/index.js";
-import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
+import { completedFields, type ClaimQuery, type NotificationUpdate, type OutboxQuery } from "../types-notifications.js";
 import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
 import { DUPLICATE_KEY, guard, isDriverError } from "./errors.js";
 
@@ -160,17 +160,7 @@ export class MongoOutbox {
     const res = await guard("completeNotification", () =>
       this.c.updateOne(
         { _id: id, ...(userId === undefined ? {} : { userId }), status: "pending", claimToken: token },
-        {
-          $set: {
-            status: u.status,
-            attempts: u.attempts,
-            nextAttemptAt: u.nextAttemptAt,
-            lastError: u.lastError,
-            settledAt: u.settledAt,
-            claimedUntil: null,
-            claimToken: null,
-          },
-        },
+        { $set: completedFields(u) },
       ),
     );
     return res.matchedCount === 1;
