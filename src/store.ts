@@ -26,6 +26,7 @@ export type {
   RevenueCheckpoint,
   RevenueDayRow,
   RevenueDeferredRow,
+  RevenueReadQuery,
   RevenueSummaryStore,
 } from "./db/types-revenue.js";
 export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } from "./db/types-promos.js";

@@ -20,9 +20,9 @@ import type {
 } from "@ai-sdk/provider";
 import { CreditError, RunBudgetExceededError, ValidationError } from "../errors.js";
 import { parse, type MeterOptions, type RecordedUsage } from "../models/index.js";
-import type { CreditService } from "../services/credit-service.js";
+import type { CreditManager } from "../manager.js";
 import type { MeterOutcome, MeterSession } from "../services/metering.js";
-import { recordOf, type PricingService } from "../services/pricing-service.js";
+import { recordOf } from "../services/pricing-service.js";
 import { AiMeteringOptions } from "./options.js";
 
 export { RunBudgetExceededError } from "../errors.js";
@@ -36,7 +36,7 @@ export const FILE_PART_TOKENS = 1_000;
 /** What `creditMiddleware()` takes. */
 export interface CreditMiddlewareOptions extends AiMeteringOptions {
   /** The manager (or anything with its `credits` and `pricing`): the price book prices every call. */
-  manager: { credits: CreditService; pricing: PricingService };
+  manager: Pick<CreditManager, "credits" | "pricing">;
   /** Called once each model call is settled (committed or released). */
   onSettled?: (outcome: AiCallOutcome) => void;
 }

@@ -116,9 +116,16 @@ export interface RevenueSummaryStore {
    * `groupBy`; deferred now by currency and the account and source groups; and the disordered
    * accounts (all, or `account` if it is one).
    */
-  readRevenue(query: {
-    account: string | null;
-    boundaries: readonly number[];
-    groupBy: readonly RevenueDimension[];
-  }): Promise<{ buckets: RevenueBucketRow[]; deferred: RevenueDeferredRow[]; disordered: string[] }>;
+  readRevenue(query: RevenueReadQuery): Promise<{
+    buckets: RevenueBucketRow[];
+    deferred: RevenueDeferredRow[];
+    disordered: string[];
+  }>;
+}
+
+/** What `readRevenue` reads: one account or all (null), the windows' boundaries, the grouping. */
+export interface RevenueReadQuery {
+  account: string | null;
+  boundaries: readonly number[];
+  groupBy: readonly RevenueDimension[];
 }

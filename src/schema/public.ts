@@ -6,7 +6,7 @@
  * runs its migrations with its own tool. The row codecs and naming helpers the stores share stay
  * inside the package (`./index.ts`).
  */
-export { type Column, type ColumnKind, columnsOf } from "./columns.js";
+export { type Column, type ColumnKind, type JsonSchemaNode, columnsOf } from "./columns.js";
 export { type MongoCollection, type MongoIndex, type MongoOptions, generateMongoSchema } from "./mongo.js";
 export { MIGRATIONS, type UpgradeSqlOptions, generateUpgradeSql } from "./migrations.js";
 export { type MongoScriptOptions, generateMongoScript } from "./mongo-script.js";

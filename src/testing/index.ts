@@ -63,6 +63,7 @@ export function runTrialContract(getDb: () => DbManager, options: PartOptions = 
   trialContract(getDb);
 }
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
+export type { PaymentEvent } from "../payments/types.js";
 export {
   runPaymentProviderContract,
   type PaymentProviderContractOptions,

@@ -5,6 +5,9 @@ import { parse } from "../models/parse.js";
 import { catchUpRevenue } from "../services/revenue.js";
 import { pauseBefore } from "./schedule.js";
 
+// The type of the `logger` option.
+export type { Logger } from "../logger.js";
+
 /**
  * The worker's rounds as a library (docs/operations.md, "The worker in your own code"): the jobs,
  * the expiring-credit reminders, the outbox dispatcher, the auto top-ups' charges, the revenue

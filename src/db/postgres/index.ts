@@ -137,7 +137,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** Loads answered from the state cache (for benchmarks and tests). */
   stateCacheHits = 0;
   /** `partitions`, validated (null: not partitioned by this manager). */
-  readonly partitioning: { interval: PartitionOptions["interval"]; ahead: number } | null;
+  readonly partitioning: Required<PartitionOptions> | null;
   /** Plans and subscriptions (see `./subscriptions.ts`). */
   private readonly subscriptionStore = new PostgresSubscriptionStore(this);
 
