@@ -15,6 +15,7 @@ import { CreditService } from "../src/services/credit-service.js";
 import { runDbManagerContract } from "../src/testing/index.js";
 import { runCli } from "../src/cli/run.js";
 import { createCreditManager } from "../src/index.js";
+import { newNotification } from "../src/domain/notifications.js";
 
 const url = process.env.CREDIT_CITUS_URL;
 /** What `npx credit-management <args>` prints. */
@@ -47,11 +48,23 @@ describe.skipIf(!url)("PostgresDbManager on Citus", () => {
   runDbManagerContract({
     test: { describe, it, expect, beforeAll, afterAll },
     name: "postgres on citus",
+    // `verifyStateCache`: every unit that starts from a kept state also reads the account and
+    // fails if the state differs at the same revision.
     create: async () =>
-      new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 } }),
+      new PostgresDbManager({
+        connectionString: url as string,
+        schema: contractSchema,
+        poolConfig: { max: 8 },
+        verifyStateCache: true,
+      }),
     // A second manager over the same store, with its own pool (as a second pod has).
     createPeer: async () =>
-      new PostgresDbManager({ connectionString: url as string, schema: contractSchema, poolConfig: { max: 8 } }),
+      new PostgresDbManager({
+        connectionString: url as string,
+        schema: contractSchema,
+        poolConfig: { max: 8 },
+        verifyStateCache: true,
+      }),
     destroy: async () => dropSchema(contractSchema),
   });
 });
@@ -172,7 +185,10 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
       await first.init();
       await new CreditService({ db: first }).addCredits("old-user", 7);
       await first.close();
-      // Back to version 12: the columns version 13 added are not there yet.
+      // Back to version 12: the columns version 13 added are not there yet, nor version 19's
+      // revision and unit-of-work functions.
+      await admin.query(`DROP FUNCTION "${schema}".unit_load, "${schema}".unit_save`);
+      await admin.query(`ALTER TABLE "${schema}".accounts DROP COLUMN rev`);
       await admin.query(`ALTER TABLE "${schema}".plans DROP COLUMN allowances`);
       await admin.query(`ALTER TABLE "${schema}".subscriptions DROP COLUMN period_allowances`);
       await admin.query(`UPDATE "${schema}".schema_version SET version = 12`);
@@ -189,6 +205,16 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
         [schema],
       );
       expect(columns.rows.length).toBe(2);
+      // The functions are back, each delegated by its user argument (the first).
+      const delegated = await admin.query(
+        `SELECT p.proname, o.distribution_argument_index AS arg FROM pg_dist_object o JOIN pg_proc p ON p.oid = o.objid ` +
+          `WHERE p.pronamespace = $1::regnamespace ORDER BY 1`,
+        [schema],
+      );
+      expect(delegated.rows).toEqual([
+        { proname: "unit_load", arg: 0 },
+        { proname: "unit_save", arg: 0 },
+      ]);
       const credits = new CreditService({ db });
       await credits.deductCredits("old-user", 2);
       expect((await credits.getUserCreditsInfo("old-user")).balance).toBe(5);
@@ -303,6 +329,26 @@ describe.skipIf(!url)("one shard per unit of work on Citus (citus.multi_task_que
 });
 
 // reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); skipped with the notice above otherwise
+describe.skipIf(!url)("one call per unit of work: the kept state is keyed on the account's revision", () => {
+  const schema = newSchema("rev");
+  afterAll(() => dropSchema(schema));
+
+  it("a save without a journal entry (a threshold) moves the revision: another manager's kept state is refused, its unit runs again from the database and keeps the change", async () => {
+    const managers = [0, 1].map(() => new PostgresDbManager({ connectionString: url as string, schema }));
+    const [a, b] = await Promise.all(managers.map((db) => createCreditManager({ db })));
+    if (a === undefined || b === undefined) throw new Error("two managers");
+    await a.credits.addCredits("r1", 100); // a keeps r1's state (revision 0)
+    await b.notifications.setThreshold("r1", { lowCredits: 40 }); // seq unchanged
+    await a.credits.deductCredits("r1", 10); // from the kept state: its save is refused, and runs again
+    const account = await managers[1]?.getAccount("r1");
+    expect(account?.balance).toBe(90);
+    expect(account?.alert?.override).toEqual({ lowCredits: 40, lowCreditsPercent: null });
+    expect((await a.credits.audit("r1")).ok).toBe(true);
+    await Promise.all([a.close(), b.close()]);
+  });
+});
+
+// reason: needs a Citus cluster (CREDIT_CITUS_URL, set by .ci/run); skipped with the notice above otherwise
 describe.skipIf(!url)(
   "a unit of work on one account commits on its worker with a plain COMMIT (no two-phase commit)",
   () => {
@@ -333,7 +379,7 @@ describe.skipIf(!url)(
       await dropSchema(schema);
     });
 
-    it("deduct, reserve, commit, release, add, expire, a subscription's period, a promo claim and a lease's block: no PREPARE TRANSACTION", async () => {
+    it("deduct, reserve, commit, release, add, expire, a subscription's period, a lease's block and outbox rows: no PREPARE TRANSACTION; credits' units of work are delegated calls; a promo claim commits in two phases", async () => {
       const day = 86_400_000;
       const start = Date.now();
       let at = start;
@@ -364,6 +410,12 @@ describe.skipIf(!url)(
         for (let i = 0; i < 3; i++) await lease.charge("p1", 2);
         await lease.close();
       });
+      // Outbox rows outside a unit of work (reminders): one routed insert per user.
+      const notice = (user: string, key: string) =>
+        newNotification(user, "low_credits", { balance: 1 }, new Date(at), key);
+      await run("notifications", () =>
+        db.insertNotifications([notice("p1", "n1"), notice("p2", "n2"), notice("p1", "n3")]),
+      );
       at = start + 40 * day; // past the grant's expiry and the subscription's period
       await run("expire", () => c.expireCredits("p1"));
       await run("subscription period", () => m.expiration.renewDueSubscriptions());
@@ -381,24 +433,40 @@ describe.skipIf(!url)(
         "expire",
         "subscription period",
       ];
-      // Each wrote on its worker (the recording works) and committed there with a plain COMMIT.
+      // Each wrote on its worker (the recording works) and committed there with a plain COMMIT:
+      // a delegated call (the worker runs and commits it as one statement of its own), or
+      // statements of a transaction the coordinator ends with a plain COMMIT.
       for (const o of ops) {
+        const sent = remote.get(o) ?? [];
         expect(
-          remote.get(o)?.some((t) => /^issuing (INSERT|UPDATE|WITH)/.test(t)),
+          sent.some((t) => /^issuing (INSERT|UPDATE|WITH|SELECT \S+\.unit_save\()/.test(t)),
           o,
         ).toBe(true);
-        expect(remote.get(o), o).toContain("issuing COMMIT");
+        if (sent.some((t) => /^issuing BEGIN/.test(t))) expect(sent, o).toContain("issuing COMMIT");
       }
-      const twoPhase = ops.flatMap((o) =>
+      // A unit of work on credits is one call of the delegated functions (one to save, and one to
+      // load unless this process has the account's state): nothing else reaches the workers.
+      for (const o of ["add", "deduct", "reserve", "commit", "release", "expire", "lease block"])
+        expect(
+          (remote.get(o) ?? []).filter((t) => !/^issuing SELECT \S+\.unit_(load|save)\(/.test(t)),
+          o,
+        ).toEqual([]);
+      expect(remote.get("deduct")?.filter((t) => /unit_save\(/.test(t)).length).toBe(1);
+      const twoPhase = [...ops, "notifications"].flatMap((o) =>
         (remote.get(o) ?? [])
           .filter((t) => /PREPARE TRANSACTION|COMMIT PREPARED|^issuing COPY/.test(t))
           .map((t) => `${o}: ${t}`),
       );
       expect(twoPhase).toEqual([]);
+      expect(
+        remote.get("notifications")?.filter((t) => /^issuing INSERT INTO \S+\.notifications_\d+ /.test(t)).length,
+      ).toBe(2);
       // A promo claim also counts the use on the promo, a reference table (a copy on every node):
-      // that write commits in two phases on every node (docs/scaling-out.md). Its per-account
-      // writes are still routed, each to the account's one shard.
+      // that write commits in two phases on every node (docs/scaling-out.md, "Promo claims"). Its
+      // per-account writes are still routed, each to the account's one shard.
       const claim = remote.get("promo claim") ?? [];
+      expect(claim.filter((t) => /^issuing PREPARE TRANSACTION/.test(t)).length).toBeGreaterThan(0);
+      expect(claim.filter((t) => /^issuing COMMIT PREPARED/.test(t)).length).toBeGreaterThan(0);
       expect(claim.some((t) => /^issuing UPDATE \S+\.promos_\d+ /.test(t))).toBe(true);
       for (const table of ["accounts", "grants", "journal_entries", "promo_claims", "payments"])
         expect(

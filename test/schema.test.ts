@@ -102,11 +102,18 @@ describe("schema generator: columns from the zod models", () => {
       "schema_version",
     ]);
     expect(ddl).not.toMatch(/create_\w+_table\('"ledger_entries"'/);
-    // Each call only where the table is not distributed yet: the DDL runs again (init(), upgrades).
-    for (const call of ddl.match(/^SELECT create_.*$/gm) ?? [])
+    // Each call only where the table (function) is not distributed yet: the DDL runs again (init(), upgrades).
+    const calls = ddl.match(/^SELECT create_.*$/gm) ?? [];
+    for (const call of calls)
       expect(call).toMatch(
-        / WHERE NOT EXISTS \(SELECT 1 FROM pg_dist_partition WHERE logicalrelid = '.*'::regclass\);$/,
+        / WHERE NOT EXISTS \(SELECT 1 FROM pg_dist_(partition WHERE logicalrelid = '.*'::regclass|object WHERE objid = '.*'::regprocedure AND distribution_argument_index IS NOT NULL)\);$/,
       );
+    // The unit-of-work functions, delegated by their user argument (docs/scaling-out.md).
+    expect(
+      calls.filter((c) =>
+        /create_distributed_function\('"unit_(load|save)"\(.*'p_user', colocate_with => '"accounts"'\)/.test(c),
+      ),
+    ).toHaveLength(2);
     // Each unique key: its table and its columns, in order.
     const keys = [
       ...[

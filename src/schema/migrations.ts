@@ -271,6 +271,13 @@ export const MIGRATIONS: readonly Migration[] = [
     columns: [],
     statements: (dialect, naming) => (dialect === "postgres" ? [revenueResetSql(naming)] : []),
   },
+  // Version 20: a unit of work in one call on Citus (docs/scaling-out.md). Self-contained: renumber freely.
+  {
+    to: 20,
+    summary:
+      "PostgreSQL on Citus only: accounts.rev (the account row's revision, which every save adds one to) and the functions unit_load and unit_save, which Citus delegates to the account's worker, so that a unit of work is one call committed there (docs/scaling-out.md); made by the distributed DDL. Other stores: no change",
+    columns: [],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

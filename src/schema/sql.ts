@@ -1,6 +1,10 @@
 import type * as z from "zod";
 import { rollupDdl, rollupNames } from "./rollup.js";
 import { revenueDdl } from "./revenue-pg.js";
+import { citusUnitFunctions } from "./citus-units.js";
+import { keyDigestSql } from "./key-digest.js";
+
+export { keyDigestSql } from "./key-digest.js";
 import { type Column, FORGOTTEN_KEY, type JsonSchemaNode, columnsOf, modelJsonSchema, snakeCase } from "./columns.js";
 import {
   DEFAULT_AHEAD,
@@ -69,7 +73,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 19;
+export const SCHEMA_VERSION = 20;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
@@ -258,7 +262,12 @@ export function generateStatementsAt(options: SqlOptions, now: Date | null): str
   if (distributed) {
     // The rollup's tables first, so that they are distributed with the others.
     const rollup = journal === undefined ? [] : rollupDdl(options, undefined, { userIdType: userIdType ?? "TEXT" });
-    out.push(...rollup, versionTableSql(dialect, options), ...citusCalls(tables, options));
+    out.push(
+      ...rollup,
+      versionTableSql(dialect, options),
+      ...citusCalls(tables, options),
+      ...citusUnitFunctions(tables, options),
+    );
   }
   if (options.versionRow !== false)
     out.push(
@@ -513,18 +522,6 @@ export function indexSql(
       : ` WHERE ${index.where.map((w) => condition(dialect, col(w.field), w)).join(" AND ")}`;
   const using = dialect === "postgres" && index.brin === true ? "USING brin " : "";
   return `CREATE ${index.unique ? "UNIQUE " : ""}INDEX IF NOT EXISTS ${indexName} ON ${on} ${using}(${keys})${where};`;
-}
-
-/**
- * PostgreSQL: the 16-byte digest a `digest` index (`IndexSpec.digest`) holds, of the SQL values
- * `refs` (quoted columns of the row, or the parameters of a lookup, which must use this same
- * expression to use the index): the first 16 bytes of the SHA-256 of the values joined by a
- * newline (ids and keys cannot hold one). `decode(…, 'escape')` of the text with its backslashes
- * doubled is its exact bytes, and unlike `convert_to` it is IMMUTABLE, as an index expression must
- * be; `sha256` rather than `md5`, which servers in FIPS mode refuse.
- */
-export function keyDigestSql(refs: readonly string[]): string {
-  return `substr(sha256(decode(replace(${refs.join(` || E'\\n' || `)}, E'\\\\', E'\\\\\\\\'), 'escape')), 1, 16)`;
 }
 
 /**

@@ -6,6 +6,7 @@ import type { PgPoolClient as PoolClient } from "./pg-types.js";
 import type { BatchResult, Unit } from "./unit.js";
 import type { UnitTx } from "./unit-tx.js";
 import { ShardMap } from "./citus.js";
+import { CitusUnits } from "./citus-units.js";
 import { GroupCommit } from "../store/group-commit.js";
 import { gaveUp } from "../store/errors.js";
 import { backoff } from "../store/retry.js";
@@ -40,6 +41,12 @@ export class UnitDispatch {
   byShard = false;
   /** The shards of the accounts, for `byShard` (./citus.ts). */
   private readonly shards: ShardMap;
+  /**
+   * @internal On Citus: units of work as calls Citus delegates to the account's worker
+   * (./citus-units.ts); false runs each as a transaction of its own instead (the bench's "before").
+   */
+  calls = true;
+  private citus: CitusUnits | null = null;
 
   constructor(
     private readonly db: PostgresDbManager,
@@ -70,7 +77,12 @@ export class UnitDispatch {
 
   /** A new unit of work (`transaction()`): batched, or a transaction of its own. */
   push(unit: Unit): void {
-    if (this.byShard && this.maxUnits > 1 && this.db.sql.distributed) {
+    if (this.calls && !this.byShard && this.db.sql.distributed) {
+      this.citus ??= new CitusUnits(this.db, this.db.stateCacheSize, this.maxAttempts, (u) => {
+        void this.runBatch([u], true);
+      });
+      this.citus.push(unit);
+    } else if (this.byShard && this.maxUnits > 1 && this.db.sql.distributed) {
       this.shards.of(unit.userId, (shard) => {
         if (shard !== null) {
           unit.shard = shard;

@@ -128,6 +128,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   states: StateCache | null;
   /** @internal */
   readonly verifyStates: boolean;
+  /** @internal `stateCacheSize` (0: no state cache). */
+  readonly stateCacheSize: number;
   private closed = false;
   private readonly migrate: boolean;
   /** @internal `lockTimeoutMs` (0: none). */
@@ -177,6 +179,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     if (!Number.isSafeInteger(cacheSize) || cacheSize < 0) {
       throw new ConfigurationError("[credit-management] [postgres] `stateCacheSize` must be a non-negative integer");
     }
+    this.stateCacheSize = cacheSize;
     this.states = cacheSize === 0 ? null : new StateCache(cacheSize);
     this.verifyStates = options.verifyStateCache === true;
     this.prepared = options.preparedStatements !== false;

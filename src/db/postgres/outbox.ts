@@ -1,7 +1,7 @@
 import type { Notification } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { PostgresDbManager } from "./index.js";
-import { output, toRow } from "./sql.js";
+import { output, routedInsert, toRow } from "./sql.js";
 
 /**
  * The PostgreSQL outbox. Rows of a unit of work are inserted by its save statement (the `n` part
@@ -14,15 +14,32 @@ export class PostgresOutbox {
     return this.db.sql.tables.notifications;
   }
 
-  /** `ON CONFLICT DO NOTHING`: a row whose (user, dedupe key) is taken is skipped. */
+  /**
+   * `ON CONFLICT DO NOTHING`: a row whose (user, dedupe key) is taken is skipped. On Citus, one
+   * statement per user of `VALUES` rows, each routed to its user's shard and committed there (an
+   * `INSERT … SELECT` from the JSON would be run by the coordinator, in two phases across the
+   * workers: docs/scaling-out.md); a failure leaves the users before it stored, which a retry
+   * skips by their dedupe keys.
+   */
   async insertNotifications(rows: readonly Notification[]): Promise<number> {
     if (rows.length === 0) return 0;
     const t = this.table;
+    const json = (list: readonly Notification[]) => JSON.stringify(list.map((r) => toRow(t.columns, r)));
+    if (this.db.sql.distributed) {
+      const byUser = new Map<string, Notification[]>();
+      for (const r of rows) byUser.set(r.userId, [...(byUser.get(r.userId) ?? []), r]);
+      let stored = 0;
+      for (const list of byUser.values()) {
+        const text = `${routedInsert(t, "$1::json", list.length)} ON CONFLICT DO NOTHING RETURNING 1`;
+        stored += (await this.db.read("insertNotifications", text, [json(list)])).length;
+      }
+      return stored;
+    }
     const columns = t.columns.map((c) => `"${c.name}"`).join(", ");
     const text =
       `INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM json_populate_recordset(NULL::${t.qualified}, $1::json) ` +
       `ON CONFLICT DO NOTHING RETURNING 1`;
-    const out = await this.db.read("insertNotifications", text, [JSON.stringify(rows.map((r) => toRow(t.columns, r)))]);
+    const out = await this.db.read("insertNotifications", text, [json(rows)]);
     return out.length;
   }
 

@@ -102,7 +102,7 @@ export function saveParts(
  * undefined fields: a key the JSON lacks reads as NULL, and the statement's payload (parsed by the
  * server, built and sent by the client) is that much shorter.
  */
-function compactRow(columns: readonly Column[], value: object): Record<string, unknown> {
+export function compactRow(columns: readonly Column[], value: object): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   const v = value as Record<string, unknown>;
   for (const c of columns) {

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { REVISION } from "../../schema/citus-units.js";
 import type { Column } from "../../schema/columns.js";
 import { byteaText, toTuples } from "../../schema/codec.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
@@ -338,7 +339,8 @@ function saveText(
         `lk AS (SELECT user_id FROM ${accounts.qualified} WHERE user_id = ANY(${unlocked}) ORDER BY user_id FOR UPDATE SKIP LOCKED)`,
       );
     ctes.push(
-      `acc AS (UPDATE ${accounts.qualified} t SET ${set(shape.accountColumns)} ` +
+      // Citus: the revision the one-call units of work check (./citus-units.ts) moves with every save.
+      `acc AS (UPDATE ${accounts.qualified} t SET ${set(shape.accountColumns)}${distributed ? `, ${REVISION} = t.${REVISION} + 1` : ""} ` +
         `FROM json_to_recordset(${rows}) AS ${recordOf(accounts, ["user_id", ...shape.accountColumns], "prev bigint, xmin text")} ` +
         // `xmin`: a unit that started from the state cache without locking the row (./batch.ts,
         // `Batch.optimistic`) requires the row version its state was made from.

@@ -1,0 +1,368 @@
+import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
+import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import { decodeRow } from "../../schema/codec.js";
+import type { Column } from "../../schema/columns.js";
+import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
+import type { SqlTable } from "../../schema/sql.js";
+import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
+import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { PostgresDbManager } from "./index.js";
+import { compactRow } from "./save-rows.js";
+import { toRow } from "./sql.js";
+import type { Unit } from "./unit.js";
+
+/** An account's last committed state in this process, at the account row's revision. */
+interface CitusState extends BaseState {
+  rev: number;
+}
+
+/** Thrown inside a unit of work that needs what one call cannot do: it runs as a transaction instead. */
+class NeedsTransaction extends Error {
+  constructor() {
+    super("the unit of work runs again in a transaction");
+  }
+}
+
+/** SQLSTATEs after which a unit of work runs again from a fresh load. */
+const AGAIN = new Set(["40001", "40P01", "23505"]);
+
+/**
+ * Units of work on a store distributed on Citus, each as calls of the functions Citus delegates to
+ * the account's worker (docs/scaling-out.md, "A unit of work in one call"; src/schema/citus-units.ts):
+ *
+ * - the unit starts from this process's last committed state of the account (a cache keyed on the
+ *   account row's revision, which moves with the row when its shard moves), or from one
+ *   `unit_load` call, which reads the account, its open grants and active holds and an
+ *   idempotency key's entry in one snapshot;
+ * - its changes go in one `unit_save` call, which writes them only if the account is still at
+ *   the revision the unit started from, and commits on the worker with a plain COMMIT. Else
+ *   nothing is written and the unit runs again from a fresh load;
+ * - a unit that started from the cache, or read more rows after its load, and writes nothing (a
+ *   refusal) is final once the account's revision is confirmed unchanged; else it runs again.
+ *
+ * Units of one account in this process run one after another (the next starts from the state the
+ * previous one left). A unit that reads promos or payments, claims a promo, loads twice or saves
+ * without loading runs instead as a transaction that locks the account (`./batch.ts`); so does a
+ * unit whose saves keep failing on a revision other processes move (`maxAttempts`).
+ */
+export class CitusUnits {
+  readonly states: StateCache<CitusState> | null;
+  /** The last unit of each account in this process: the next one starts after it. */
+  private readonly tails = new Map<string, Promise<void>>();
+  readonly fn: { load: string; save: string };
+
+  constructor(
+    readonly db: PostgresDbManager,
+    cacheSize: number,
+    private readonly maxAttempts: number,
+    /** Runs a unit as a transaction of its own that waits for its account's lock (`./batch.ts`). */
+    private readonly inTransaction: (unit: Unit) => void,
+  ) {
+    this.states = cacheSize === 0 ? null : new StateCache<CitusState>(cacheSize);
+    this.fn = unitFunctionNames(db.sql.naming);
+  }
+
+  push(unit: Unit): void {
+    const before = this.tails.get(unit.userId);
+    const run = (before ?? Promise.resolve()).then(() => this.run(unit));
+    this.tails.set(unit.userId, run);
+    void run.then(() => {
+      if (this.tails.get(unit.userId) === run) this.tails.delete(unit.userId);
+    });
+  }
+
+  /** Runs `unit` to its end (resolved or rejected); never throws. */
+  private async run(unit: Unit): Promise<void> {
+    let fresh = unit.fresh === true;
+    for (let attempt = 1; ; attempt++) {
+      const tx = new CallTx(this, unit.userId, fresh);
+      let outcome: PromiseSettledResult<unknown>;
+      try {
+        outcome = { status: "fulfilled", value: await unit.fn(tx) };
+      } catch (reason) {
+        outcome = { status: "rejected", reason };
+      }
+      if (tx.needsTransaction || (outcome.status === "rejected" && outcome.reason instanceof NeedsTransaction))
+        return this.transaction(unit);
+      try {
+        if (outcome.status === "fulfilled" && tx.pending !== null) {
+          await tx.commit();
+        } else if (tx.unsure && !(outcome.status === "rejected" && outcome.reason instanceof StorageError)) {
+          // Decided on a state that may be old: final only if the account is still at its revision.
+          if (!(await tx.current())) throw new Again(new ConflictError(`account ${unit.userId} changed`));
+        }
+      } catch (error) {
+        if (!(error instanceof Again)) return unit.reject(error);
+        this.states?.delete(unit.userId);
+        fresh = true;
+        // Out of attempts (other processes keep moving the account): as a transaction that waits
+        // for the account's lock and loads under it (docs/storage.md).
+        if (attempt >= this.maxAttempts) return this.transaction(unit);
+        continue;
+      }
+      if (outcome.status === "fulfilled") unit.resolve(outcome.value);
+      else unit.reject(outcome.reason);
+      return;
+    }
+  }
+
+  /** `unit` as a transaction (`./batch.ts`); settles when it does. */
+  private transaction(unit: Unit): Promise<void> {
+    return new Promise<void>((settled) => {
+      const { resolve, reject } = unit;
+      unit.resolve = (value) => {
+        resolve(value);
+        settled();
+      };
+      unit.reject = (error) => {
+        reject(error);
+        settled();
+      };
+      unit.wait = true;
+      unit.fresh = true;
+      this.states?.delete(unit.userId);
+      this.inTransaction(unit);
+    });
+  }
+}
+
+/** The unit must run again from a fresh load (`reason`: the driver error or the failed check). */
+class Again extends Error {
+  constructor(readonly reason: unknown) {
+    super("again");
+  }
+}
+
+/** The `DbTransaction` of one unit of work on Citus (see {@link CitusUnits}). */
+class CallTx implements DbTransaction {
+  /** It asked for what one call cannot do: it runs again as a transaction. */
+  needsTransaction = false;
+  /** Its decision rests on a cached state or on reads after its load: confirm before it is final. */
+  unsure = false;
+  pending: Changes | null = null;
+  private loaded: { rev: number | null; base: BaseState | null } | null = null;
+  private readonly originals = { grants: new Map<string, Grant>(), holds: new Map<string, Reservation>() };
+
+  constructor(
+    private readonly units: CitusUnits,
+    readonly userId: string,
+    private readonly fresh: boolean,
+  ) {}
+
+  private get tables() {
+    return this.units.db.sql.tables;
+  }
+
+  private transaction(): never {
+    this.needsTransaction = true;
+    throw new NeedsTransaction();
+  }
+
+  async load(request?: LoadRequest): Promise<LoadedState> {
+    if (this.loaded !== null) this.transaction();
+    const key = request?.idempotencyKey ?? null;
+    const cached = this.fresh || key !== null ? undefined : this.units.states?.get(this.userId);
+    if (cached !== undefined) {
+      this.unsure = true;
+      if (this.units.db.verifyStates) await this.verify(cached);
+      return this.start(cached.rev, cached, null);
+    }
+    const [row] = await this.units.db.read("load", `SELECT ${this.units.fn.load}($1, $2) AS s`, [this.userId, key]);
+    const s = JSON.parse(String(row?.s)) as {
+      rev: number | null;
+      account: Record<string, unknown> | null;
+      grants: Record<string, unknown>[] | null;
+      holds: Record<string, unknown>[] | null;
+      idem: Record<string, unknown> | null;
+    };
+    const t = this.tables;
+    const account = s.account === null ? null : decodeRow<Account>(t.accounts.columns, s.account);
+    const base =
+      account === null
+        ? null
+        : {
+            account,
+            grants: (s.grants ?? []).map((g) => decodeRow<Grant>(t.grants.columns, g)),
+            reservations: (s.holds ?? []).map((r) => decodeRow<Reservation>(t.reservations.columns, r)),
+          };
+    const idempotent = s.idem === null ? null : decodeRow<JournalEntry>(t.journal.columns, s.idem);
+    return this.start(s.rev === null ? null : Number(s.rev), base, idempotent);
+  }
+
+  private start(rev: number | null, base: BaseState | null, idempotent: JournalEntry | null): LoadedState {
+    this.loaded = { rev, base };
+    for (const g of base?.grants ?? []) this.originals.grants.set(g.id, g);
+    for (const r of base?.reservations ?? []) this.originals.holds.set(r.id, r);
+    return {
+      account: base?.account ?? null,
+      grants: [...(base?.grants ?? [])],
+      reservations: [...(base?.reservations ?? [])],
+      idempotent,
+    };
+  }
+
+  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
+    const known = this.originals.grants;
+    if (grantIds.every((id) => known.has(id))) return grantIds.map((id) => known.get(id) as Grant);
+    this.unsure = true;
+    const rows = await this.units.db.read(
+      "getGrants",
+      `${this.units.db.sql.select("grants")} WHERE user_id = $1 AND id = ANY($2::text[])`,
+      [this.userId, [...grantIds]],
+    );
+    for (const r of rows) {
+      const g = decodeRow<Grant>(this.tables.grants.columns, r);
+      if (!known.has(g.id)) known.set(g.id, g);
+    }
+    return grantIds.flatMap((id) => known.get(id) ?? []);
+  }
+
+  async getReservation(reservationId: string): Promise<Reservation | null> {
+    const known = this.originals.holds.get(reservationId);
+    if (known !== undefined) return known;
+    this.unsure = true;
+    const [row] = await this.units.db.read(
+      "getReservation",
+      `${this.units.db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`,
+      [this.userId, reservationId],
+    );
+    if (row === undefined) return null;
+    const r = decodeRow<Reservation>(this.tables.reservations.columns, row);
+    this.originals.holds.set(r.id, r);
+    return r;
+  }
+
+  // Promos and payments live partly in reference tables: a transaction of their own (./batch.ts).
+  getPromo(_code: string): Promise<Promo | null> {
+    this.transaction();
+  }
+
+  countPromoClaims(_code: string): Promise<number> {
+    this.transaction();
+  }
+
+  getPayment(_paymentId: string): Promise<Payment | null> {
+    this.transaction();
+  }
+
+  async save(changes: Changes): Promise<void> {
+    if (this.pending !== null) throw new Error("save() may be called once per unit of work");
+    if (this.loaded === null || (changes.promoClaims?.length ?? 0) > 0 || (changes.paymentUpdates?.length ?? 0) > 0)
+      this.transaction();
+    if (changes.previousSeq !== (this.loaded.base?.account.seq ?? null))
+      throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
+    const rows: Array<{ userId: string }> = [
+      changes.account,
+      ...changes.insertGrants,
+      ...changes.updateGrants,
+      ...changes.insertReservations,
+      ...changes.updateReservations,
+      ...changes.entries,
+      ...(changes.notifications ?? []),
+    ];
+    if (rows.some((o) => o.userId !== this.userId))
+      throw new Error(`save() of account ${this.userId} got a row of another account`);
+    this.pending = changes;
+  }
+
+  /** Writes the changes in one `unit_save` call; on success, the account's new state is cached. */
+  async commit(): Promise<void> {
+    const c = this.pending as Changes;
+    const loaded = this.loaded as { rev: number | null; base: BaseState | null };
+    const t = this.tables;
+    // None: NULL, for which the function runs no statement.
+    const json = (table: SqlTable, rows: readonly object[]) =>
+      rows.length === 0 ? null : JSON.stringify(rows.map((r) => compactRow(table.columns, r)));
+    const { db } = this.units;
+    let rev: number;
+    try {
+      const [row] = await db.read(
+        "save",
+        `SELECT ${this.units.fn.save}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) AS rev`,
+        [
+          this.userId,
+          loaded.rev,
+          c.previousSeq,
+          JSON.stringify(toRow(t.accounts.columns as Column[], c.account)),
+          json(t.grants, c.insertGrants),
+          json(t.grants, c.updateGrants),
+          json(t.reservations, c.insertReservations),
+          json(t.reservations, c.updateReservations),
+          json(t.journal, c.entries),
+          json(t.notifications, c.notifications ?? []),
+          db.lockTimeoutMs,
+        ],
+      );
+      rev = Number(row?.rev);
+    } catch (error) {
+      const code = codeOf(error);
+      if (code !== undefined && AGAIN.has(code)) throw new Again(error);
+      if (code === "55P03")
+        throw new LockTimeoutError(
+          `[credit-management] [postgres] save: the account is locked by another transaction (still open after lockTimeoutMs = ${db.lockTimeoutMs}); nothing was written, the operation may be retried`,
+          { operation: "save", lockTimeoutMs: db.lockTimeoutMs },
+          error,
+        );
+      throw error;
+    }
+    try {
+      this.units.states?.set(this.userId, { ...stateAfter(loaded.base, c), rev });
+    } catch {
+      this.units.states?.delete(this.userId); // (committed: this must not fail the unit)
+    }
+  }
+
+  /** Whether the account is still at the revision this unit started from. */
+  async current(): Promise<boolean> {
+    const loaded = this.loaded;
+    if (loaded === null) return true;
+    const [row] = await this.units.db.read(
+      "confirm",
+      `SELECT ${REVISION} AS rev FROM ${this.tables.accounts.qualified} WHERE user_id = $1`,
+      [this.userId],
+    );
+    return (row === undefined ? null : Number(row.rev)) === loaded.rev;
+  }
+
+  /** Tests (`verifyStateCache`): a cached state at the account's revision must be what the database holds. */
+  private async verify(cached: CitusState): Promise<void> {
+    const fresh = new CallTx(this.units, this.userId, true);
+    const state = await fresh.load();
+    if (fresh.loaded?.rev !== cached.rev) return; // moved since: the save's check refuses it
+    const t = this.tables;
+    // Keys sorted (JSON columns come back with the server's key order), dates as ISO text.
+    const canon = (v: unknown): unknown => {
+      if (v instanceof Date) return v.toISOString();
+      if (Array.isArray(v)) return v.map(canon);
+      if (v === null || typeof v !== "object") return v;
+      const o = v as Record<string, unknown>;
+      return Object.fromEntries(
+        Object.keys(o)
+          .sort()
+          .map((k) => [k, canon(o[k])]),
+      );
+    };
+    const norm = (s: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] }) =>
+      JSON.stringify(
+        canon({
+          account: s.account === null ? null : toRow(t.accounts.columns, s.account),
+          grants: [...s.grants].sort((a, b) => (a.id < b.id ? -1 : 1)).map((g) => toRow(t.grants.columns, g)),
+          holds: [...s.reservations]
+            .sort((a, b) => (a.id < b.id ? -1 : 1))
+            .map((r) => toRow(t.reservations.columns, r)),
+        }),
+      );
+    if (norm(state) !== norm(cached))
+      throw new Error(`state cache of ${this.userId} differs from the database: ${norm(cached)} != ${norm(state)}`);
+  }
+}
+
+/** The SQLSTATE of a driver error, or of the error `read()` wrapped it in. */
+function codeOf(error: unknown): string | undefined {
+  for (let e: unknown = error; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^[0-9A-Z]{5}$/.test(code)) return code;
+    if (e === (e as { cause?: unknown }).cause) break;
+  }
+  return undefined;
+}

@@ -1,0 +1,149 @@
+import { keyDigestSql } from "./key-digest.js";
+import type { NamingOptions, SqlTable } from "./sql.js";
+
+/** A PostgreSQL identifier, quoted (as `quoteIdent` of ./sql.ts, which imports this module). */
+const q = (name: string): string => `"${name.replace(/"/g, '""')}"`;
+
+/**
+ * The account row's revision on a store distributed on Citus: every save of the account adds one
+ * (the functions below, and the save statement of a unit of work in a transaction). It moves with
+ * the row when its shard moves, as `xmin` does not: the state cache of a distributed store keys on
+ * it (docs/scaling-out.md, "A unit of work in one call").
+ */
+export const REVISION = "rev";
+
+/** The names of a distributed store's unit-of-work functions, quoted and qualified. */
+export function unitFunctionNames(naming: NamingOptions): { load: string; save: string } {
+  const prefix = naming.prefix ?? "";
+  const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
+  return { load: qualify(`${prefix}unit_load`), save: qualify(`${prefix}unit_save`) };
+}
+
+/** The parameter types of the save function, in order (for `create_distributed_function`). */
+const SAVE_ARGS = [
+  "p_user text",
+  "p_rev bigint",
+  "p_prev bigint",
+  "p_account json",
+  "p_grants json",
+  "p_grant_updates json",
+  "p_holds json",
+  "p_hold_updates json",
+  "p_entries json",
+  "p_notifications json",
+  "p_lock_timeout_ms integer",
+];
+
+/**
+ * Citus (docs/scaling-out.md, "A unit of work in one call"): the account's revision column and two
+ * functions Citus delegates, whole, to the worker that holds the account named by their first
+ * argument (`create_distributed_function(…, 'p_user', colocate_with => accounts)`), each committed
+ * there with a plain COMMIT:
+ *
+ * - `unit_load(user, key)`: the account, its open grants and active holds, the journal entry of
+ *   an idempotency key and the revision, as one JSON text read in one snapshot;
+ * - `unit_save(user, rev, prev, …, lock_timeout_ms)`: a unit of work's changes (the account row as
+ *   a whole, new and changed grants and holds, journal entries, outbox rows) if the account is
+ *   still at revision `rev` and `seq` `prev` — else nothing, and SQLSTATE 40001, which runs the
+ *   unit again from a fresh load. A new account (`prev` null) is inserted; a concurrent first
+ *   write fails it with a unique violation, which runs it again too. It waits for the account's
+ *   row lock at most `lock_timeout_ms` (0: no limit). Returns the account's new revision.
+ *
+ * Each statement inside is keyed by the user id, and the inserts are `VALUES` of a row variable's
+ * fields, so every statement runs on the worker's local shard. Every statement can run again.
+ */
+export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOptions): string[] {
+  const get = (key: SqlTable["key"]) => tables.find((t) => t.key === key);
+  const accounts = get("accounts");
+  const grants = get("grants");
+  const holds = get("reservations");
+  const journal = get("journal");
+  const outbox = get("notifications");
+  if (!accounts || !grants || !holds || !journal || !outbox) return [];
+  const { load, save } = unitFunctionNames(naming);
+  const updatable = (t: SqlTable) => {
+    const keys = new Set(["user_id", "created_at", REVISION, ...t.spec.primaryKey.map((f) => snake(t, f))]);
+    return t.columns.filter((c) => !keys.has(c.name)).map((c) => c.name);
+  };
+  const set = (t: SqlTable, v: string) =>
+    updatable(t)
+      .map((n) => `${q(n)} = ${v}.${q(n)}`)
+      .join(", ");
+  // Fields one by one: Citus writes a `VALUES (r.*)` out as the whole row's text once per column.
+  const names = (t: SqlTable) => t.columns.map((c) => q(c.name)).join(", ");
+  const fields = (t: SqlTable, v: string) => t.columns.map((c) => `${v}.${q(c.name)}`).join(", ");
+  // A list the unit has none of comes as NULL: no statement runs for it.
+  const insertEach = (t: SqlTable, v: string, param: string) =>
+    `  IF ${param} IS NOT NULL THEN\n` +
+    `    FOR ${v} IN SELECT * FROM json_populate_recordset(NULL::${t.qualified}, ${param}) LOOP\n` +
+    `      INSERT INTO ${t.qualified} (${names(t)}) VALUES (${fields(t, v)});\n` +
+    `    END LOOP;\n` +
+    `  END IF;`;
+  const updateEach = (t: SqlTable, v: string, param: string) =>
+    `  IF ${param} IS NOT NULL THEN\n` +
+    `    FOR ${v} IN SELECT * FROM json_populate_recordset(NULL::${t.qualified}, ${param}) LOOP\n` +
+    `      UPDATE ${t.qualified} SET ${set(t, v)} WHERE user_id = p_user AND id = ${v}.id;\n` +
+    `      IF NOT FOUND THEN RAISE EXCEPTION 'credit-management: % % of account % not found', '${t.name}', ${v}.id, p_user USING ERRCODE = '40001'; END IF;\n` +
+    `    END LOOP;\n` +
+    `  END IF;`;
+  const rev = q(REVISION);
+  const lit = (text: string) => `'${text.replace(/'/g, "''")}'`;
+  // Only where not delegated yet, as the tables' calls (src/schema/sql.ts, `citusCalls`).
+  const distribute = (signature: string) =>
+    `SELECT create_distributed_function(${lit(signature)}, 'p_user', colocate_with => ${lit(accounts.qualified)}) ` +
+    `WHERE NOT EXISTS (SELECT 1 FROM pg_dist_object WHERE objid = ${lit(signature)}::regprocedure AND distribution_argument_index IS NOT NULL);`;
+  return [
+    `ALTER TABLE ${accounts.qualified} ADD COLUMN IF NOT EXISTS ${rev} BIGINT NOT NULL DEFAULT 0;`,
+    `CREATE OR REPLACE FUNCTION ${load}(p_user text, p_key text) RETURNS text LANGUAGE plpgsql AS $fn$
+BEGIN
+  -- Dates in the JSON as ISO 8601 in UTC, whatever the worker's session says.
+  PERFORM set_config('TimeZone', 'UTC', true);
+  RETURN (SELECT json_build_object(
+    'rev', (SELECT a.${rev} FROM ${accounts.qualified} a WHERE a.user_id = p_user),
+    'account', (SELECT row_to_json(a) FROM ${accounts.qualified} a WHERE a.user_id = p_user),
+    'grants', (SELECT json_agg(g) FROM ${grants.qualified} g WHERE g.user_id = p_user AND g.closed_at IS NULL AND g.remaining > 0),
+    'holds', (SELECT json_agg(r) FROM ${holds.qualified} r WHERE r.user_id = p_user AND r.status = 'active'),
+    'idem', CASE WHEN p_key IS NOT NULL THEN (SELECT row_to_json(j) FROM ${journal.qualified} j WHERE ${keyDigestSql(["j.user_id", "j.idempotency_key"])} = ${keyDigestSql(["p_user", "p_key"])} AND j.user_id = p_user AND j.idempotency_key = p_key) END
+  )::text);
+END
+$fn$;`,
+    `CREATE OR REPLACE FUNCTION ${save}(${SAVE_ARGS.join(", ")}) RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+  a ${accounts.qualified};
+  g ${grants.qualified};
+  h ${holds.qualified};
+  e ${journal.qualified};
+  n ${outbox.qualified};
+  next_rev bigint;
+BEGIN
+  IF p_lock_timeout_ms > 0 THEN PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true); END IF;
+  a := json_populate_record(NULL::${accounts.qualified}, p_account);
+  IF p_prev IS NULL THEN
+    a.${rev} := 0;
+    INSERT INTO ${accounts.qualified} (${names(accounts)}, ${rev}) VALUES (${fields(accounts, "a")}, a.${rev});
+    next_rev := 0;
+  ELSE
+    UPDATE ${accounts.qualified} t SET ${set(accounts, "a")}, ${rev} = t.${rev} + 1
+      WHERE t.user_id = p_user AND t.seq = p_prev AND t.${rev} = p_rev RETURNING t.${rev} INTO next_rev;
+    IF next_rev IS NULL THEN
+      RAISE EXCEPTION 'credit-management: account % changed since its state was read', p_user USING ERRCODE = '40001';
+    END IF;
+  END IF;
+${insertEach(grants, "g", "p_grants")}
+${updateEach(grants, "g", "p_grant_updates")}
+${insertEach(holds, "h", "p_holds")}
+${updateEach(holds, "h", "p_hold_updates")}
+${insertEach(journal, "e", "p_entries")}
+${insertEach(outbox, "n", "p_notifications")}
+  RETURN next_rev;
+END
+$fn$;`,
+    distribute(`${load}(text, text)`),
+    distribute(`${save}(${SAVE_ARGS.map((a) => a.split(" ")[1]).join(", ")})`),
+  ];
+}
+
+/** A primary-key field's column name. */
+function snake(t: SqlTable, field: string): string {
+  return t.columns.find((c) => c.field === field)?.name ?? field;
+}
