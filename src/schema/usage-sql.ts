@@ -98,8 +98,13 @@ export const SQLITE_USAGE: UsageDialect = {
   length: (a) => `json_array_length(${a})`,
   // substr, not LIKE: LIKE ignores case in SQLite.
   startsWith: (x, s) => `substr(${x}, 1, ${s.length}) = ${sqlLit(s)}`,
-  sumOver: (a, f) => `(SELECT total(${f("q.value")}) FROM json_each(${a}) AS q)`,
-  elements: (a, x) => ({ from: `json_each(${a}) AS ${x}`, element: `${x}.value`, first: `${x}.key = 0` }),
+  // An element that is no object reads as one without fields (NULL: its value is no JSON text to read).
+  sumOver: (a, f) => `(SELECT total(${f("CASE WHEN q.type = 'object' THEN q.value END")}) FROM json_each(${a}) AS q)`,
+  elements: (a, x) => ({
+    from: `json_each(${a}) AS ${x}`,
+    element: `CASE WHEN ${x}.type = 'object' THEN ${x}.value END`,
+    first: `${x}.key = 0`,
+  }),
   nullText: "NULL",
 };
 

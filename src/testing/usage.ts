@@ -395,6 +395,24 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
       expect((await credits.audit(user)).problems).toEqual([]);
     });
 
+    it("an entry's parts that are no objects (metadata a caller wrote) count as parts without fields", async () => {
+      const credits = usageService(db, clock);
+      clock.now += HOUR;
+      const from = new Date(clock.now);
+      const user = `usage-${run}-odd`;
+      await credits.addCredits(user, 100);
+      await credits.deductCredits(user, 5, { metadata: { usages: ["a", 3, null] } });
+      await credits.deductCredits(user, 7, { metadata: { leaseWindow: { requests: 2, parts: ["x"] } } });
+      const q = { account: user, from, to: new Date(clock.now + MIN), interval: null };
+      for (const groupBy of [[], ["model"], ["feature"]] as const) {
+        const report = await credits.getUsage({ ...q, groupBy: [...groupBy] });
+        expect(comparable(report.rows)).toEqual(
+          comparable(naive(new Map([[user, await history(credits, user)]]), { ...q, groupBy: [...groupBy] }).values()),
+        );
+        expect(report.rows.map((r) => [r.credits, r.requests])).toEqual([[12, 2]]);
+      }
+    });
+
     it("top accounts: orderBy credits with a limit, truncated says so (a store without usage() refuses the report across accounts)", async () => {
       const credits = usageService(db, clock);
       clock.now += HOUR;
