@@ -425,7 +425,7 @@ export interface paths {
         };
         /**
          * The caller's usage by calendar window and dimension (`credits.getUsage`)
-         * @description With a customer token that names a spender, that spender's usage only. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.
+         * @description With a customer token that names a spender, that spender's usage only. Grouping by reason or metadata is for admins (403). A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.
          */
         get: operations["getUsage"];
         put?: never;
@@ -1308,19 +1308,8 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: string | null;
-                            fingerprint: string | null;
-                            correlationId: string | null;
-                            description: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             spender?: string | null;
                             feature?: string | null;
-                            costBasis?: {
-                                perCredit: string;
-                                currency: string;
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1397,11 +1386,6 @@ export interface operations {
                             priority: number;
                             /** @enum {string} */
                             source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
-                            sourceRef: string | null;
-                            description: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             expiredAmount: number;
@@ -1410,10 +1394,6 @@ export interface operations {
                             scope?: {
                                 features?: string[];
                                 spenders?: string[];
-                            } | null;
-                            costBasis?: {
-                                perCredit: string;
-                                currency: string;
                             } | null;
                         }[];
                     };
@@ -1475,11 +1455,6 @@ export interface operations {
                             priority: number;
                             /** @enum {string} */
                             source: "manual" | "subscription" | "rollover" | "promo" | "payment" | "trial" | "refund" | "adjustment" | "other";
-                            sourceRef: string | null;
-                            description: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             expiredAmount: number;
@@ -1488,10 +1463,6 @@ export interface operations {
                             scope?: {
                                 features?: string[];
                                 spenders?: string[];
-                            } | null;
-                            costBasis?: {
-                                perCredit: string;
-                                currency: string;
                             } | null;
                         }[];
                     };
@@ -1583,10 +1554,6 @@ export interface operations {
                         }[];
                         /** Format: date-time */
                         expiresAt: string;
-                        reason: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         settledAt: string | null;
@@ -1710,10 +1677,6 @@ export interface operations {
                         }[];
                         /** Format: date-time */
                         expiresAt: string;
-                        reason: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         settledAt: string | null;
@@ -1808,10 +1771,6 @@ export interface operations {
                             }[];
                             /** Format: date-time */
                             expiresAt: string;
-                            reason: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             settledAt: string | null;
@@ -1836,19 +1795,8 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: string | null;
-                            fingerprint: string | null;
-                            correlationId: string | null;
-                            description: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             spender?: string | null;
                             feature?: string | null;
-                            costBasis?: {
-                                perCredit: string;
-                                currency: string;
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1986,10 +1934,6 @@ export interface operations {
                             }[];
                             /** Format: date-time */
                             expiresAt: string;
-                            reason: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             settledAt: string | null;
@@ -2014,19 +1958,8 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: string | null;
-                            fingerprint: string | null;
-                            correlationId: string | null;
-                            description: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             spender?: string | null;
                             feature?: string | null;
-                            costBasis?: {
-                                perCredit: string;
-                                currency: string;
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -3897,6 +3830,15 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
             429: {
                 headers: {
@@ -3955,6 +3897,15 @@ export interface operations {
             };
             /** @description No identity */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4476,9 +4427,6 @@ export interface operations {
                                 };
                             }[] | null;
                             isActive: boolean;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             version: number;
                             /** Format: date-time */
                             createdAt: string;
@@ -4558,9 +4506,6 @@ export interface operations {
                             };
                         }[] | null;
                         isActive: boolean;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         version: number;
                         /** Format: date-time */
                         createdAt: string;
@@ -4642,68 +4587,8 @@ export interface operations {
                         pendingPlanId: string | null;
                         pendingCredits: ("keep" | "expire") | null;
                         periodGrantIds: string[];
-                        intent: {
-                            key: string;
-                            allocate: {
-                                amount: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    amount: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            carry: {
-                                grantIds: string[];
-                                periodEnd: number;
-                                limit: number | null;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    limit: number | null;
-                                }[];
-                            } | null;
-                            expireGrantIds: string[];
-                            prorate: {
-                                delta: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    delta: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            keepPeriodGrants: boolean;
-                            events?: {
-                                /** @enum {string} */
-                                type: "subscription_cancelled" | "subscription_ended";
-                                payload: {
-                                    [key: string]: unknown;
-                                };
-                                dedupeKey: string;
-                            }[];
-                        } | null;
                         nextRunAt: string | null;
                         version: number;
-                        idempotencyKey: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
@@ -4817,68 +4702,8 @@ export interface operations {
                         pendingPlanId: string | null;
                         pendingCredits: ("keep" | "expire") | null;
                         periodGrantIds: string[];
-                        intent: {
-                            key: string;
-                            allocate: {
-                                amount: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    amount: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            carry: {
-                                grantIds: string[];
-                                periodEnd: number;
-                                limit: number | null;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    limit: number | null;
-                                }[];
-                            } | null;
-                            expireGrantIds: string[];
-                            prorate: {
-                                delta: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    delta: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            keepPeriodGrants: boolean;
-                            events?: {
-                                /** @enum {string} */
-                                type: "subscription_cancelled" | "subscription_ended";
-                                payload: {
-                                    [key: string]: unknown;
-                                };
-                                dedupeKey: string;
-                            }[];
-                        } | null;
                         nextRunAt: string | null;
                         version: number;
-                        idempotencyKey: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
@@ -5028,68 +4853,8 @@ export interface operations {
                         pendingPlanId: string | null;
                         pendingCredits: ("keep" | "expire") | null;
                         periodGrantIds: string[];
-                        intent: {
-                            key: string;
-                            allocate: {
-                                amount: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    amount: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            carry: {
-                                grantIds: string[];
-                                periodEnd: number;
-                                limit: number | null;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    limit: number | null;
-                                }[];
-                            } | null;
-                            expireGrantIds: string[];
-                            prorate: {
-                                delta: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    delta: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            keepPeriodGrants: boolean;
-                            events?: {
-                                /** @enum {string} */
-                                type: "subscription_cancelled" | "subscription_ended";
-                                payload: {
-                                    [key: string]: unknown;
-                                };
-                                dedupeKey: string;
-                            }[];
-                        } | null;
                         nextRunAt: string | null;
                         version: number;
-                        idempotencyKey: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
@@ -5237,68 +5002,8 @@ export interface operations {
                         pendingPlanId: string | null;
                         pendingCredits: ("keep" | "expire") | null;
                         periodGrantIds: string[];
-                        intent: {
-                            key: string;
-                            allocate: {
-                                amount: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    amount: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            carry: {
-                                grantIds: string[];
-                                periodEnd: number;
-                                limit: number | null;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    limit: number | null;
-                                }[];
-                            } | null;
-                            expireGrantIds: string[];
-                            prorate: {
-                                delta: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    delta: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            keepPeriodGrants: boolean;
-                            events?: {
-                                /** @enum {string} */
-                                type: "subscription_cancelled" | "subscription_ended";
-                                payload: {
-                                    [key: string]: unknown;
-                                };
-                                dedupeKey: string;
-                            }[];
-                        } | null;
                         nextRunAt: string | null;
                         version: number;
-                        idempotencyKey: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
@@ -5443,68 +5148,8 @@ export interface operations {
                         pendingPlanId: string | null;
                         pendingCredits: ("keep" | "expire") | null;
                         periodGrantIds: string[];
-                        intent: {
-                            key: string;
-                            allocate: {
-                                amount: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    amount: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            carry: {
-                                grantIds: string[];
-                                periodEnd: number;
-                                limit: number | null;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    limit: number | null;
-                                }[];
-                            } | null;
-                            expireGrantIds: string[];
-                            prorate: {
-                                delta: number;
-                                expiresAt: number | null;
-                                allowances?: {
-                                    scope: {
-                                        features?: string[];
-                                        spenders?: string[];
-                                    };
-                                    delta: number;
-                                }[];
-                                price?: {
-                                    amount: number;
-                                    currency: string;
-                                };
-                            } | null;
-                            keepPeriodGrants: boolean;
-                            events?: {
-                                /** @enum {string} */
-                                type: "subscription_cancelled" | "subscription_ended";
-                                payload: {
-                                    [key: string]: unknown;
-                                };
-                                dedupeKey: string;
-                            }[];
-                        } | null;
                         nextRunAt: string | null;
                         version: number;
-                        idempotencyKey: string | null;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
@@ -7321,19 +6966,8 @@ export interface operations {
                                 kind?: "returned" | "debt_paid";
                             }[];
                             reservationId: string | null;
-                            idempotencyKey: string | null;
-                            fingerprint: string | null;
-                            correlationId: string | null;
-                            description: string | null;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             spender?: string | null;
                             feature?: string | null;
-                            costBasis?: {
-                                perCredit: string;
-                                currency: string;
-                            } | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -7754,26 +7388,22 @@ export interface operations {
                         userId: string;
                         provider: string;
                         providerRef: string | null;
-                        providerPaymentId: string | null;
                         amount: number;
                         currency: string;
                         credits: number;
                         /** @enum {string} */
                         status: "created" | "failed" | "authorized" | "expired" | "cancelled" | "paid" | "partially_refunded" | "refunded" | "disputed_lost";
                         checkoutUrl: string | null;
-                        description: string | null;
                         grantId: string | null;
                         creditEntryId: string | null;
                         refundedAmount: number;
                         creditsReversed: number;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         version: number;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
                         updatedAt: string;
+                        autoTopUp: boolean;
                     };
                 };
             };
@@ -7866,26 +7496,22 @@ export interface operations {
                             userId: string;
                             provider: string;
                             providerRef: string | null;
-                            providerPaymentId: string | null;
                             amount: number;
                             currency: string;
                             credits: number;
                             /** @enum {string} */
                             status: "created" | "failed" | "authorized" | "expired" | "cancelled" | "paid" | "partially_refunded" | "refunded" | "disputed_lost";
                             checkoutUrl: string | null;
-                            description: string | null;
                             grantId: string | null;
                             creditEntryId: string | null;
                             refundedAmount: number;
                             creditsReversed: number;
-                            metadata: {
-                                [key: string]: components["schemas"]["JsonValue"];
-                            } | null;
                             version: number;
                             /** Format: date-time */
                             createdAt: string;
                             /** Format: date-time */
                             updatedAt: string;
+                            autoTopUp: boolean;
                         }[];
                         nextCursor: string | null;
                     };
@@ -7942,26 +7568,22 @@ export interface operations {
                         userId: string;
                         provider: string;
                         providerRef: string | null;
-                        providerPaymentId: string | null;
                         amount: number;
                         currency: string;
                         credits: number;
                         /** @enum {string} */
                         status: "created" | "failed" | "authorized" | "expired" | "cancelled" | "paid" | "partially_refunded" | "refunded" | "disputed_lost";
                         checkoutUrl: string | null;
-                        description: string | null;
                         grantId: string | null;
                         creditEntryId: string | null;
                         refundedAmount: number;
                         creditsReversed: number;
-                        metadata: {
-                            [key: string]: components["schemas"]["JsonValue"];
-                        } | null;
                         version: number;
                         /** Format: date-time */
                         createdAt: string;
                         /** Format: date-time */
                         updatedAt: string;
+                        autoTopUp: boolean;
                     };
                 };
             };
@@ -8172,8 +7794,6 @@ export interface operations {
                                 amount: number | null;
                                 toBalance: number | null;
                                 provider: string;
-                                customer: string;
-                                paymentMethod: string;
                                 currency: string;
                                 minAmount: number | null;
                                 maxAmount: number | null;
@@ -8258,8 +7878,6 @@ export interface operations {
                                 amount: number | null;
                                 toBalance: number | null;
                                 provider: string;
-                                customer: string;
-                                paymentMethod: string;
                                 currency: string;
                                 minAmount: number | null;
                                 maxAmount: number | null;
@@ -8368,8 +7986,6 @@ export interface operations {
                                 amount: number | null;
                                 toBalance: number | null;
                                 provider: string;
-                                customer: string;
-                                paymentMethod: string;
                                 currency: string;
                                 minAmount: number | null;
                                 maxAmount: number | null;

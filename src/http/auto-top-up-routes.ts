@@ -1,6 +1,7 @@
 import * as z from "zod";
 import { Amount, AutoTopUpInput, AutoTopUpState, UserId, parse, type AutoTopUpRule } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { AutoTopUpStateView, autoTopUpView, seen } from "./views.js";
 
 /**
  * What callers may do with their own auto top-up rule (docs/http.md, "Auto top-up"):
@@ -30,6 +31,10 @@ export const AutoTopUpLimitsBody = z.strictObject({
 export type AutoTopUpLimitsBody = z.infer<typeof AutoTopUpLimitsBody>;
 
 export const AutoTopUpAnswer = z.object({ autoTopUp: AutoTopUpState.nullable() });
+/** What a caller who is not an admin reads: no provider customer nor payment method (docs/service.md, "What each role sees"). */
+export const AutoTopUpAnswerView = z.object({ autoTopUp: AutoTopUpStateView.nullable() });
+/** `{ autoTopUp }` as the caller sees it. */
+const answer = (ctx: RouteContext, state: AutoTopUpState | null) => ({ autoTopUp: seen(ctx, state, autoTopUpView) });
 
 /** The stored rule as `setAutoTopUp` takes it. */
 function inputOf(rule: AutoTopUpRule): AutoTopUpInput {
@@ -82,8 +87,8 @@ export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): Rou
       operationId: "getAutoTopUp",
       summary: "The caller's auto top-up rule and its state (null when none)",
       tags,
-      response: AutoTopUpAnswer,
-      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.getAutoTopUp(self(ctx)) }),
+      response: AutoTopUpAnswerView,
+      handle: async (ctx) => answer(ctx, await ctx.manager.payments.getAutoTopUp(self(ctx))),
     },
     {
       method: "PUT",
@@ -97,18 +102,18 @@ export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): Rou
           : "Changes the amounts of the caller's auto top-up rule (and enables it), when the service allows it",
       tags,
       body: selfService === "all" ? AutoTopUpInput : AutoTopUpLimitsBody,
-      response: AutoTopUpAnswer,
+      response: AutoTopUpAnswerView,
       errors: [403, 404],
       handle: async (ctx) => {
         const user = self(ctx);
         if (selfService === "none") return refuse("Changing the auto top-up rule");
         if (selfService === "all")
-          return { autoTopUp: await ctx.manager.payments.setAutoTopUp(user, await ctx.body<AutoTopUpInput>()) };
+          return answer(ctx, await ctx.manager.payments.setAutoTopUp(user, await ctx.body<AutoTopUpInput>()));
         const current = await ctx.manager.payments.getAutoTopUp(user);
         if (current === null)
           throw new HttpError(404, "NOT_FOUND", "No auto top-up is set up for this account: an admin sets it first.");
         const b = await ctx.body<AutoTopUpLimitsBody>();
-        return { autoTopUp: await ctx.manager.payments.setAutoTopUp(user, merged(current.rule, b)) };
+        return answer(ctx, await ctx.manager.payments.setAutoTopUp(user, merged(current.rule, b)));
       },
     },
     {
@@ -119,11 +124,11 @@ export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): Rou
       operationId: "disableAutoTopUp",
       summary: "Disables the caller's auto top-up (kept; a top-up in flight completes), when the service allows it",
       tags,
-      response: AutoTopUpAnswer,
+      response: AutoTopUpAnswerView,
       errors: [403],
       handle: async (ctx) => {
         if (selfService === "none") return refuse("Disabling the auto top-up");
-        return { autoTopUp: await ctx.manager.payments.disableAutoTopUp(self(ctx)) };
+        return answer(ctx, await ctx.manager.payments.disableAutoTopUp(self(ctx)));
       },
     },
     {

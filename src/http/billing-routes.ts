@@ -9,12 +9,12 @@ import {
   Promo,
   PromoClaim,
   PromoCode,
-  JournalEntry,
   PromoIneligibility,
   UserId,
   parse,
 } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { EntryView, entryView, PaymentView, paymentView, seen } from "./views.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
 
@@ -41,6 +41,8 @@ export const ActivationBody = z.strictObject({ isActive: z.boolean() });
 // ---- response schemas ---------------------------------------------------------------------------
 
 export const PaymentPageSchema = z.object({ items: z.array(Payment), nextCursor: z.string().nullable() });
+/** What a caller who is not an admin reads (docs/service.md, "What each role sees"). */
+export const PaymentPageView = z.object({ items: z.array(PaymentView), nextCursor: z.string().nullable() });
 export const PromoPageSchema = z.object({ items: z.array(Promo), nextCursor: z.string().nullable() });
 export const EligibilitySchema = z.object({
   eligible: z.boolean(),
@@ -51,7 +53,7 @@ export const EligibilitySchema = z.object({
   reason: PromoIneligibility.optional(),
   message: z.string().optional(),
 });
-export const ClaimSchema = z.object({ claim: PromoClaim, entry: JournalEntry });
+export const ClaimSchema = z.object({ claim: PromoClaim, entry: EntryView });
 export const WebhookResultSchema = z.object({
   received: z.literal(true),
   outcome: z.enum(["credited", "reversed", "updated", "duplicate", "unchanged", "ignored"]),
@@ -87,10 +89,14 @@ export const paymentRoutes: RouteDefinition[] = [
     body: CreatePaymentBody,
     idempotent: true,
     status: 201,
-    response: Payment,
+    response: PaymentView,
     errors: [409, 502],
     handle: async (ctx) =>
-      ctx.manager.payments.createPaymentLink(self(ctx), withKey(await ctx.body<CreatePaymentInput>(), ctx)),
+      seen(
+        ctx,
+        await ctx.manager.payments.createPaymentLink(self(ctx), withKey(await ctx.body<CreatePaymentInput>(), ctx)),
+        paymentView,
+      ),
   },
   {
     method: "GET",
@@ -101,8 +107,11 @@ export const paymentRoutes: RouteDefinition[] = [
     summary: "The caller's payments, newest first, with cursor paging",
     tags: payments,
     query: PaymentHistoryParams,
-    response: PaymentPageSchema,
-    handle: (ctx) => ctx.manager.payments.getPaymentHistory(self(ctx), ctx.query<PaymentHistoryQuery>()),
+    response: PaymentPageView,
+    handle: async (ctx) => {
+      const page = await ctx.manager.payments.getPaymentHistory(self(ctx), ctx.query<PaymentHistoryQuery>());
+      return { items: page.items.map((p) => seen(ctx, p, paymentView)), nextCursor: page.nextCursor };
+    },
   },
   {
     method: "GET",
@@ -112,9 +121,14 @@ export const paymentRoutes: RouteDefinition[] = [
     operationId: "getPayment",
     summary: "One of the caller's payments (404 for another user's)",
     tags: payments,
-    response: Payment,
+    response: PaymentView,
     errors: [404],
-    handle: (ctx) => ctx.manager.payments.getPayment(self(ctx), parse(PaymentId, ctx.params.id, "path.id")),
+    handle: async (ctx) =>
+      seen(
+        ctx,
+        await ctx.manager.payments.getPayment(self(ctx), parse(PaymentId, ctx.params.id, "path.id")),
+        paymentView,
+      ),
   },
   {
     method: "GET",
@@ -187,7 +201,8 @@ export const promoRoutes: RouteDefinition[] = [
     errors: [404, 409],
     handle: async (ctx) => {
       const { promo_code, ...options } = await ctx.body<z.infer<typeof ClaimBody>>();
-      return ctx.manager.promos.claimPromo(self(ctx), promo_code, withKey(options, ctx));
+      const { claim, entry } = await ctx.manager.promos.claimPromo(self(ctx), promo_code, withKey(options, ctx));
+      return { claim, entry: seen(ctx, entry, entryView) };
     },
   },
   {

@@ -25,6 +25,7 @@ import {
 } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { customerTokensOn } from "../services/credit-core.js";
+import { EntryView, entryView, GrantView, grantView, ReservationView, reservationView, seen } from "./views.js";
 
 // ---- request schemas (built from the core models, so HTTP and library validate alike) ----------
 
@@ -79,6 +80,11 @@ export const HistoryPageSchema = z.object({ items: z.array(JournalEntry), nextCu
 export const ExpiringSchema = z.object({ userId: UserId, total: z.number().int(), grants: z.array(Grant) });
 export const GrantListSchema = z.object({ items: z.array(Grant) });
 export const SettledHoldSchema = z.object({ reservation: Reservation, entry: JournalEntry });
+// What a caller who is not an admin reads on the user routes (docs/service.md, "What each role sees").
+export const HistoryPageView = z.object({ items: z.array(EntryView), nextCursor: z.string().nullable() });
+export const ExpiringView = z.object({ userId: UserId, total: z.number().int(), grants: z.array(GrantView) });
+export const GrantListView = z.object({ items: z.array(GrantView) });
+export const SettledHoldView = z.object({ reservation: ReservationView, entry: EntryView });
 export const CheckSchema = z.object({
   allowed: z.boolean(),
   available: z.number().int(),
@@ -185,19 +191,38 @@ export function ownView<T extends { spender?: string | undefined }>(ctx: RouteCo
   return { ...fields, spender: own };
 }
 
-const history = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
-  ctx.manager.credits.getCreditHistory(user(ctx), ownView(ctx, ctx.query<z.infer<typeof HistoryParams>>()));
-const expiring = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
-  ctx.manager.credits.getExpiringCredits(user(ctx), ctx.query<z.infer<typeof ExpiringParams>>().days ?? 7);
+// Each answer as the caller sees it: an admin the whole records, anyone else the account holder's view.
+const history = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
+  const page = await ctx.manager.credits.getCreditHistory(
+    user(ctx),
+    ownView(ctx, ctx.query<z.infer<typeof HistoryParams>>()),
+  );
+  return { items: page.items.map((e) => seen(ctx, e, entryView)), nextCursor: page.nextCursor };
+};
+const expiring = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
+  const e = await ctx.manager.credits.getExpiringCredits(
+    user(ctx),
+    ctx.query<z.infer<typeof ExpiringParams>>().days ?? 7,
+  );
+  return { userId: e.userId, total: e.total, grants: e.grants.map((g) => seen(ctx, g, grantView)) };
+};
 const grants = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => ({
-  items: await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsParams>>()),
+  items: (await ctx.manager.credits.getGrants(user(ctx), ctx.query<z.infer<typeof GrantsParams>>())).map((g) =>
+    seen(ctx, g, grantView),
+  ),
 });
 const check = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) =>
   ctx.manager.credits.check(user(ctx), ownSpend(ctx, ctx.query<z.infer<typeof CheckParams>>()));
 const reserve = (user: (ctx: RouteContext) => string) => async (ctx: RouteContext) => {
   const { amount, ...options } = await ctx.body<z.infer<typeof ReserveBody>>();
-  return ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(ownSpend(ctx, options), ctx));
+  const hold = await ctx.manager.credits.reserveCredits(user(ctx), amount, withKey(ownSpend(ctx, options), ctx));
+  return seen(ctx, hold, reservationView);
 };
+/** A settled hold and the entry that settled it, as the caller sees them. */
+const settled = async (ctx: RouteContext, id: string, entry: JournalEntry) => ({
+  reservation: seen(ctx, await ctx.manager.credits.getReservation(id), reservationView),
+  entry: seen(ctx, entry, entryView),
+});
 
 const credits = ["credits"];
 const admin = ["admin"];
@@ -243,7 +268,7 @@ export const creditRoutes: RouteDefinition[] = [
       "The caller's journal, newest first, with cursor paging and type/date/spender/feature filters; a caller bound to a spender reads only its own entries",
     tags: credits,
     query: HistoryParams,
-    response: HistoryPageSchema,
+    response: HistoryPageView,
     errors: [e.forbidden],
     handle: history(self),
   },
@@ -256,7 +281,7 @@ export const creditRoutes: RouteDefinition[] = [
     summary: "The caller's unspent credits expiring within `days` days (default 7)",
     tags: credits,
     query: ExpiringParams,
-    response: ExpiringSchema,
+    response: ExpiringView,
     handle: expiring(self),
   },
   {
@@ -269,7 +294,7 @@ export const creditRoutes: RouteDefinition[] = [
     summary: "The caller's grants in burn-down order",
     tags: credits,
     query: GrantsParams,
-    response: GrantListSchema,
+    response: GrantListView,
     handle: grants(self),
   },
   {
@@ -283,7 +308,7 @@ export const creditRoutes: RouteDefinition[] = [
     body: ReserveBody,
     idempotent: true,
     status: 201,
-    response: Reservation,
+    response: ReservationView,
     errors: [e.payment, e.forbidden, e.conflict, e.limit],
     handle: reserve(self),
   },
@@ -295,9 +320,9 @@ export const creditRoutes: RouteDefinition[] = [
     operationId: "getReservation",
     summary: "One of the caller's reservations (admins: any)",
     tags: credits,
-    response: Reservation,
+    response: ReservationView,
     errors: [e.notFound],
-    handle: ownReservation,
+    handle: async (ctx) => seen(ctx, await ownReservation(ctx), reservationView),
   },
   {
     method: "POST",
@@ -309,13 +334,13 @@ export const creditRoutes: RouteDefinition[] = [
     tags: credits,
     body: CommitBody,
     idempotent: true,
-    response: SettledHoldSchema,
+    response: SettledHoldView,
     errors: [e.payment, e.notFound, e.conflict, e.gone],
     handle: async (ctx) => {
       const options = await ctx.body<z.infer<typeof CommitBody>>();
       const { id, userId } = await holdToSettle(ctx);
       const entry = await ctx.manager.credits.commitReservedCredits(id, { ...withKey(options, ctx), userId });
-      return { reservation: await ctx.manager.credits.getReservation(id), entry };
+      return settled(ctx, id, entry);
     },
   },
   {
@@ -328,13 +353,13 @@ export const creditRoutes: RouteDefinition[] = [
     tags: credits,
     body: ReleaseBody,
     idempotent: true,
-    response: SettledHoldSchema,
+    response: SettledHoldView,
     errors: [e.notFound, e.conflict, e.gone],
     handle: async (ctx) => {
       const options = await ctx.body<z.infer<typeof ReleaseBody>>();
       const { id, userId } = await holdToSettle(ctx);
       const entry = await ctx.manager.credits.releaseReservedCredits(id, { ...withKey(options, ctx), userId });
-      return { reservation: await ctx.manager.credits.getReservation(id), entry };
+      return settled(ctx, id, entry);
     },
   },
 

@@ -14,6 +14,7 @@ import {
   parse,
 } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { PlanView, planView, seen, SubscriptionView, subscriptionView } from "./views.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
 
@@ -33,6 +34,33 @@ export const ResumeBody = ResumeOptions;
 // ---- response schemas ---------------------------------------------------------------------------
 
 export const PlanListSchema = z.object({ items: z.array(Plan) });
+/** What a caller who is not an admin reads (docs/service.md, "What each role sees"). */
+export const PlanListView = z.object({ items: z.array(PlanView) });
+
+/**
+ * A user route answering a subscription or a plan, its answer shown as the caller sees it (an
+ * admin: whole; anyone else: without the operator's fields).
+ */
+function viewed(def: RouteDefinition): RouteDefinition {
+  const handle = def.handle;
+  if (def.response === Subscription)
+    return {
+      ...def,
+      response: SubscriptionView,
+      handle: async (ctx) => seen(ctx, (await handle(ctx)) as Subscription, subscriptionView),
+    };
+  if (def.response === Plan)
+    return { ...def, response: PlanView, handle: async (ctx) => seen(ctx, (await handle(ctx)) as Plan, planView) };
+  if (def.response === PlanListSchema)
+    return {
+      ...def,
+      response: PlanListView,
+      handle: async (ctx) => ({
+        items: ((await handle(ctx)) as { items: Plan[] }).items.map((p) => seen(ctx, p, planView)),
+      }),
+    };
+  return def;
+}
 
 // ---- options ------------------------------------------------------------------------------------
 
@@ -94,132 +122,134 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
     }
   };
 
-  const user: RouteDefinition[] = [
-    {
-      method: "GET",
-      base: "user",
-      path: "/plans",
-      access: "user",
-      operationId: "listPlans",
-      summary: "The active plans",
-      tags: plans,
-      response: PlanListSchema,
-      handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans() }),
-    },
-    {
-      method: "GET",
-      base: "user",
-      path: "/plans/:planId",
-      access: "user",
-      operationId: "getPlan",
-      summary: "One plan (also an inactive one: a subscriber may still be on it)",
-      tags: plans,
-      response: Plan,
-      errors: [404],
-      handle: (ctx) => ctx.manager.subscriptions.getPlan(planParam(ctx)),
-    },
-    {
-      method: "GET",
-      base: "user",
-      path: "/subscription",
-      access: "user",
-      operationId: "getSubscription",
-      summary: "The caller's active subscription (404 when there is none)",
-      tags: subscriptions,
-      response: Subscription,
-      errors: [404],
-      handle: (ctx) => subscriptionOf(ctx, self(ctx)),
-    },
-    {
-      method: "POST",
-      base: "user",
-      path: "/subscription",
-      access: "user",
-      operationId: "subscribe",
-      summary: "Subscribes the caller to a plan and allocates the first period's credits",
-      description:
-        "Self-service plans only (by default those with price 0; 403 otherwise). 409 when the caller already " +
-        "has an active subscription, unless the request repeats its Idempotency-Key.",
-      tags: subscriptions,
-      body: SelfSubscribeBody,
-      idempotent: true,
-      status: 201,
-      response: Subscription,
-      errors: [403, 404, 409],
-      handle: async (ctx) => {
-        const { planId, ...options } = await ctx.body<z.infer<typeof SelfSubscribeBody>>();
-        await mayChooseSelf(ctx, planId);
-        return ctx.manager.subscriptions.subscribe(self(ctx), planId, withKey(options, ctx));
+  const user = (
+    [
+      {
+        method: "GET",
+        base: "user",
+        path: "/plans",
+        access: "user",
+        operationId: "listPlans",
+        summary: "The active plans",
+        tags: plans,
+        response: PlanListSchema,
+        handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans() }),
       },
-    },
-    {
-      method: "POST",
-      base: "user",
-      path: "/subscription/change",
-      access: "user",
-      operationId: "changePlan",
-      summary: "Moves the caller's subscription to another plan (now or at the period's end)",
-      description:
-        "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
-        'the period\'s end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, "Changing plans".',
-      tags: subscriptions,
-      body: ChangePlanBody,
-      idempotent: true,
-      response: Subscription,
-      errors: [403, 404, 409],
-      handle: async (ctx) => {
-        const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
-        await mayChooseSelf(ctx, planId);
-        if ((options.when ?? "now") === "now")
-          await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
-        return ctx.manager.subscriptions.changePlan(self(ctx), planId, withKey(options, ctx));
+      {
+        method: "GET",
+        base: "user",
+        path: "/plans/:planId",
+        access: "user",
+        operationId: "getPlan",
+        summary: "One plan (also an inactive one: a subscriber may still be on it)",
+        tags: plans,
+        response: Plan,
+        errors: [404],
+        handle: (ctx) => ctx.manager.subscriptions.getPlan(planParam(ctx)),
       },
-    },
-    {
-      method: "POST",
-      base: "user",
-      path: "/subscription/cancel",
-      access: "user",
-      operationId: "cancelSubscription",
-      summary: "Cancels the caller's subscription, at the period's end (default) or now",
-      description:
-        "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
-      tags: subscriptions,
-      body: CancelBody,
-      idempotent: true,
-      response: Subscription,
-      errors: [403, 404, 409],
-      handle: async (ctx) => {
-        const options = await ctx.body<CancelOptions>();
-        // None active: the service answers (a retry of a keyed cancel now replays; else 404).
-        const current = await ctx.manager.subscriptions.getUserSubscription(self(ctx));
-        if (options.atPeriodEnd === false && current !== null) {
-          await notNowOnFree(ctx, current.planId, "Cancelling (use atPeriodEnd: true)");
-        }
-        return ctx.manager.subscriptions.cancel(self(ctx), withKey(options, ctx));
+      {
+        method: "GET",
+        base: "user",
+        path: "/subscription",
+        access: "user",
+        operationId: "getSubscription",
+        summary: "The caller's active subscription (404 when there is none)",
+        tags: subscriptions,
+        response: Subscription,
+        errors: [404],
+        handle: (ctx) => subscriptionOf(ctx, self(ctx)),
       },
-    },
-    {
-      method: "POST",
-      base: "user",
-      path: "/subscription/resume",
-      access: "user",
-      operationId: "resumeSubscription",
-      summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
-      tags: subscriptions,
-      body: ResumeBody,
-      idempotent: true,
-      response: Subscription,
-      errors: [403, 404, 409],
-      handle: async (ctx) => {
-        const options = await ctx.body<ResumeOptions>();
-        const current = await subscriptionOf(ctx, self(ctx));
-        // Renewal allocates again: on a plan the caller may not choose, only an admin turns it back on.
-        if (current.cancelAtPeriodEnd || !current.autoRenew) await mayChooseSelf(ctx, current.planId);
-        return ctx.manager.subscriptions.resume(self(ctx), withKey(options, ctx));
+      {
+        method: "POST",
+        base: "user",
+        path: "/subscription",
+        access: "user",
+        operationId: "subscribe",
+        summary: "Subscribes the caller to a plan and allocates the first period's credits",
+        description:
+          "Self-service plans only (by default those with price 0; 403 otherwise). 409 when the caller already " +
+          "has an active subscription, unless the request repeats its Idempotency-Key.",
+        tags: subscriptions,
+        body: SelfSubscribeBody,
+        idempotent: true,
+        status: 201,
+        response: Subscription,
+        errors: [403, 404, 409],
+        handle: async (ctx) => {
+          const { planId, ...options } = await ctx.body<z.infer<typeof SelfSubscribeBody>>();
+          await mayChooseSelf(ctx, planId);
+          return ctx.manager.subscriptions.subscribe(self(ctx), planId, withKey(options, ctx));
+        },
       },
-    },
-  ];
+      {
+        method: "POST",
+        base: "user",
+        path: "/subscription/change",
+        access: "user",
+        operationId: "changePlan",
+        summary: "Moves the caller's subscription to another plan (now or at the period's end)",
+        description:
+          "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
+          'the period\'s end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, "Changing plans".',
+        tags: subscriptions,
+        body: ChangePlanBody,
+        idempotent: true,
+        response: Subscription,
+        errors: [403, 404, 409],
+        handle: async (ctx) => {
+          const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
+          await mayChooseSelf(ctx, planId);
+          if ((options.when ?? "now") === "now")
+            await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
+          return ctx.manager.subscriptions.changePlan(self(ctx), planId, withKey(options, ctx));
+        },
+      },
+      {
+        method: "POST",
+        base: "user",
+        path: "/subscription/cancel",
+        access: "user",
+        operationId: "cancelSubscription",
+        summary: "Cancels the caller's subscription, at the period's end (default) or now",
+        description:
+          "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
+        tags: subscriptions,
+        body: CancelBody,
+        idempotent: true,
+        response: Subscription,
+        errors: [403, 404, 409],
+        handle: async (ctx) => {
+          const options = await ctx.body<CancelOptions>();
+          // None active: the service answers (a retry of a keyed cancel now replays; else 404).
+          const current = await ctx.manager.subscriptions.getUserSubscription(self(ctx));
+          if (options.atPeriodEnd === false && current !== null) {
+            await notNowOnFree(ctx, current.planId, "Cancelling (use atPeriodEnd: true)");
+          }
+          return ctx.manager.subscriptions.cancel(self(ctx), withKey(options, ctx));
+        },
+      },
+      {
+        method: "POST",
+        base: "user",
+        path: "/subscription/resume",
+        access: "user",
+        operationId: "resumeSubscription",
+        summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
+        tags: subscriptions,
+        body: ResumeBody,
+        idempotent: true,
+        response: Subscription,
+        errors: [403, 404, 409],
+        handle: async (ctx) => {
+          const options = await ctx.body<ResumeOptions>();
+          const current = await subscriptionOf(ctx, self(ctx));
+          // Renewal allocates again: on a plan the caller may not choose, only an admin turns it back on.
+          if (current.cancelAtPeriodEnd || !current.autoRenew) await mayChooseSelf(ctx, current.planId);
+          return ctx.manager.subscriptions.resume(self(ctx), withKey(options, ctx));
+        },
+      },
+    ] satisfies RouteDefinition[]
+  ).map(viewed);
 
   const admin: RouteDefinition[] = [
     {

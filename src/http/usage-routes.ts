@@ -14,7 +14,7 @@ import {
 } from "../models/index.js";
 import { usageCsv } from "../services/usage-csv.js";
 import { csvHeaders } from "../util/csv.js";
-import { type RouteContext, type RouteDefinition } from "./router.js";
+import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
 import { textResponse } from "./text-response.js";
 
 /**
@@ -131,6 +131,15 @@ async function report(ctx: RouteContext, who: "self" | "user" | "fleet"): Promis
   if (who === "self") {
     const identity = ctx.identity as NonNullable<RouteContext["identity"]>;
     const q = queryOf(p, identity.userId);
+    // `reason` and `metadata.<key>` read the journal's descriptions and metadata, the operator's
+    // notes (a refund's `refundedBy`, the console's actor): admins only (docs/service.md, "What each
+    // role sees").
+    if (identity.admin !== true && (q.groupBy ?? []).some((d) => d === "reason" || d.startsWith("metadata.")))
+      throw new HttpError(
+        403,
+        "FORBIDDEN",
+        "Grouping by reason or metadata reads the operator's notes: admins only (group by feature, spender or model).",
+      );
     // A customer token naming a spender, or a member's credentials bound to one, read that
     // spender's usage only (docs/teams-and-limits.md, "Over HTTP").
     const spender = identity.customer?.spender ?? (identity.admin === true ? undefined : identity.spender);
@@ -167,10 +176,11 @@ export const usageRoutes: RouteDefinition[] = [
     operationId: "getUsage",
     summary: "The caller's usage by calendar window and dimension (`credits.getUsage`)",
     description:
-      "With a customer token that names a spender, that spender's usage only. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.",
+      "With a customer token that names a spender, that spender's usage only. Grouping by reason or metadata is for admins (403). A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.",
     tags,
     query: UsageParams,
     response: UsageReportSchema,
+    errors: [403],
     handle: json("self"),
   },
   {
@@ -185,6 +195,7 @@ export const usageRoutes: RouteDefinition[] = [
     tags,
     query: UsageParams,
     responseType: "text/csv",
+    errors: [403],
     handle: csv("self"),
   },
   {

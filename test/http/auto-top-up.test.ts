@@ -91,7 +91,15 @@ describe("HTTP: auto top-up", () => {
     try {
       await m.payments.setAutoTopUp("alice", RULE);
       const own = await call("GET", "/credits/auto-top-up", "alice");
-      expect((own.body as State).autoTopUp?.rule).toMatchObject({ customer: "cus_alice" });
+      // The provider's customer and saved payment method are the operator's (docs/service.md, "What each role sees").
+      expect((own.body as State).autoTopUp?.rule).toMatchObject({ provider: "cardpay", currency: "USD", below: 100 });
+      expect((own.body as State).autoTopUp?.rule).not.toHaveProperty("customer");
+      expect((own.body as State).autoTopUp?.rule).not.toHaveProperty("paymentMethod");
+      const theirs = await call("GET", "/admin/credits/users/alice/auto-top-up", "admin:ops");
+      expect((theirs.body as State).autoTopUp?.rule).toMatchObject({
+        customer: "cus_alice",
+        paymentMethod: "pm_alice",
+      });
       expect((await call("GET", "/credits/auto-top-up", "bob")).body).toEqual({ autoTopUp: null });
       expect((await call("PUT", "/credits/auto-top-up", "alice", { below: 50 })).status).toBe(403);
       expect((await call("POST", "/credits/auto-top-up/disable", "alice")).status).toBe(403);
@@ -117,8 +125,6 @@ describe("HTTP: auto top-up", () => {
         amount: null,
         toBalance: 800,
         maxPerMonth: null,
-        customer: "cus_alice",
-        paymentMethod: "pm_alice",
       });
       // The card is not the caller's to choose under "limits": an unknown key is a 400.
       const card = await call("PUT", "/credits/auto-top-up", "alice", { paymentMethod: "pm_mallory" });
@@ -168,12 +174,16 @@ describe("HTTP: auto top-up", () => {
           currency: "USD",
           credits: 500,
           status: "paid",
-          providerPaymentId: "pi_1",
-          metadata: { autoTopUp: true },
+          autoTopUp: true,
         }),
       ]);
+      // The provider's id of the charge and the metadata are the operator's: on the admin route.
+      expect((history.body as { items: object[] }).items[0]).not.toHaveProperty("providerPaymentId");
+      expect((history.body as { items: object[] }).items[0]).not.toHaveProperty("metadata");
       const admin = await call("GET", "/admin/credits/users/dave/payments", "admin:ops");
-      expect((admin.body as { items: unknown[] }).items).toHaveLength(1);
+      expect((admin.body as { items: unknown[] }).items).toEqual([
+        expect.objectContaining({ providerPaymentId: "pi_1", metadata: { autoTopUp: true } }),
+      ]);
       expect((await m.credits.getUserCreditsInfo("dave")).balance).toBe(590);
     } finally {
       await m.close();
