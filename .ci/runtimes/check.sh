@@ -210,6 +210,28 @@ case "${1:-}" in
           code=0
           wait "$serve" || code=$?
           [ "$code" = 0 ] || { echo "bunx credit-management serve exited $code on SIGTERM (expected 0)" >&2; exit 1; }
+          # The stop, several times: SIGTERM to bunx (which passes it to the bin's process) while the
+          # CLI's modules still load (0.2 s, 0.5 s after the start) and once it serves. Each must
+          # exit 0 with a "stopped" line: a signal before serve's handlers is held by the bin.
+          for when in 0.2 0.5 ready ready ready; do
+            port=$((20000 + RANDOM % 20000))
+            CREDIT_PG_URL="" CREDIT_PORT=$port CREDIT_HOST=127.0.0.1 CREDIT_LOG_LEVEL=info "$bun" x --bun credit-management serve > stop.log 2>&1 &
+            serve=$!
+            if [ "$when" = ready ]; then
+              for _ in $(seq 60); do curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.5; done
+            else
+              sleep "$when"
+            fi
+            kill "$serve"
+            code=0
+            wait "$serve" || code=$?
+            if [ "$code" != 0 ] || ! grep -q '"msg":"stopped"' stop.log; then
+              cat stop.log >&2
+              echo "bunx credit-management serve, SIGTERM at $when: exit $code (expected 0 and a stopped line)" >&2
+              exit 1
+            fi
+          done
+          echo "bunx --bun credit-management serve: SIGTERM at 0.2 s, 0.5 s and three times when ready: exit 0, stopped"
           unset CREDIT_SQLITE_PATH
           mv better-sqlite3.aside node_modules/better-sqlite3
           grep -q '"balance":40' <<<"$balance" || { echo "bunx credit-management serve answered: $balance" >&2; exit 1; }

@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
+import { releaseStopSignals } from "../serve/signals.js";
 import type { DbEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
@@ -65,6 +66,9 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
   let manager: CreditManager | undefined;
   let worker: CreditWorker | undefined;
   const closers: (() => Promise<unknown>)[] = [];
+  // A signal the bin held while the modules loaded: the worker stops once it has started.
+  const early = releaseStopSignals();
+  if (early !== null) onStop(early);
   const onHup = () => {
     void manager?.ledger.reopen().then(
       () => logger.info({ ledgerFile: settings.ledgerFile }, "ledger file reopened"),

@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { releaseStopSignals } from "./signals.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Server as NetServer } from "node:net";
 import type { Attributes } from "@opentelemetry/api";
@@ -578,6 +579,9 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
   const onInt = () => onSignal("SIGINT");
   process.on("SIGTERM", onTerm);
   process.on("SIGINT", onInt);
+  // A signal the bin held while the modules loaded: the service stops once it has started.
+  const early = releaseStopSignals();
+  if (early !== null) onSignal(early);
   // SIGHUP reopens the worker's ledger file (log rotation), as for `credit-management worker`.
   const onHup = () => {
     void manager?.ledger.reopen().then(
