@@ -3,7 +3,7 @@
  * bench/deduct-instructions.ts; bench/http-instructions.ts): the node flags that make a count
  * repeat, one process under valgrind, and its instructions by function (native and V8 functions by
  * symbol, JavaScript that V8 compiled by its `--perf-basic-prof` name). docs/benchmarks.md,
- * "Instruction guard (issue 62)", says how the figures are read.
+ * "Instruction guard", says how the figures are read.
  *
  * Two ways to count, one driver:
  * - `countOps`: a child that takes the number of operations as its last argument, sets up, does

@@ -6,7 +6,7 @@
  * account ("busy") gets `entries` journal entries: a grant, five expiring grants, three holds and a
  * spend limit through the service, then deductions with an LLM usage, a spender and a feature, all
  * in the last two days (so inside the account page's 30 days and this month's spend per spender:
- * the case that read the whole account on every view, issue 60). In memory the deductions go
+ * the case that once read the whole account on every view). In memory the deductions go
  * through the service; on SQLite and PostgreSQL they are written straight into the journal (one
  * `INSERT … SELECT`, the account row moved on after it) — what is measured is reading them, not
  * writing them, and hashes of bulk entries are not checked here. A small account (100 entries) is

@@ -1,8 +1,8 @@
 /**
- * Machine instructions per `deductCredits`, counted with valgrind's callgrind: the figure of issue
- * 51's targets (docs/benchmarks.md, "Spend limits: instructions per deduction"): a plain spend
- * (neither spender nor limits) within 3 % of the tree before the issue, and one naming a spender
- * and a feature under two limits with a scoped grant present at most 1.25× that plain spend.
+ * Machine instructions per `deductCredits`, counted with valgrind's callgrind (docs/benchmarks.md,
+ * "Spend limits: instructions per deduction"): a plain spend (neither spender nor limits), and one
+ * naming a spender and a feature under two limits with a scoped grant present, which should cost
+ * at most 1.25× that plain spend.
  *
  * Each figure is the callgrind driver's difference of two processes (bench/callgrind.ts, the one
  * bench/instructions.ts — the CI guard — uses): bench/instructions-child.mjs on a checkout's built
@@ -101,7 +101,7 @@ export async function count(roots: string[]): Promise<Counted> {
   const rows: Row[] = [];
   for (const store of stores)
     for (const root of roots) {
-      // Scoped grants and limits came with src/domain/scope.ts (issue 51's first commit).
+      // Scoped grants and limits came with src/domain/scope.ts (checkouts before them lack it).
       const scoped = existsSync(join(root, "src/domain/scope.ts"));
       for (const variant of ["plain", ...(scoped ? ["limits", "scoped"] : [])] as Variant[])
         rows.push({ root, store, variant, counts: [] });

@@ -1,4 +1,4 @@
-/** The types of bench/floor-deduct.mjs (the in-memory deduction's floor, issue 62 target 3). */
+/** The types of bench/floor-deduct.mjs (the in-memory deduction's floor). */
 export interface FloorEntry {
   id: string;
   userId: string;

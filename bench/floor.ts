@@ -1,6 +1,6 @@
 /**
- * The in-memory deduction's floor (issue 62, target 3; docs/benchmarks.md, "The in-memory
- * deduction against its floor"): `deductCredits` of the built package (memory store, JSONL ledger
+ * The in-memory deduction's floor (docs/benchmarks.md, "In memory",
+ * against its floor): `deductCredits` of the built package (memory store, JSONL ledger
  * file on) beside a hand-written deduction that does only what a correct one must — find the
  * account, check its balance, burn down its grants in order, build the journal entry and keep it,
  * chain SHA-256 over the previous hash and the entry's canonical JSON, append the JSON line to a

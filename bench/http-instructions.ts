@@ -1,5 +1,5 @@
 /**
- * Issue 62, target 5, as counts that hold still: machine instructions per HTTP request, counted
+ * The HTTP metering overhead as counts that hold still: machine instructions per HTTP request, counted
  * with valgrind's callgrind in one node:http server process (bench/http-instructions-server.mjs, a
  * checkout's built package), where wall-clock ratios on a loaded 2-core machine are noise-bound
  * (bench/http.ts reads the same rows in req/s, ±15 % a measurement). Two ratios, each of a rate
@@ -242,7 +242,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
         );
       }
     console.log(
-      "Targets (issue 62, 5): fixed price through a lease >= 0.9x the hand-mounted lease.charge() and >= 0.9x the unmetered handler (rates: baseline instructions / the row's).",
+      "Targets: fixed price through a lease >= 0.9x the hand-mounted lease.charge() and >= 0.9x the unmetered handler (rates: baseline instructions / the row's).",
     );
   }
 }

@@ -2,7 +2,7 @@
  * HTTP: requests/s and server CPU per request of a trivial JSON endpoint with and without
  * metering, in the same run, over loopback against a server in its own process
  * (`bench/http-server.ts`). Each metered request places a hold of 10 and commits the 3 the handler
- * records (reserve + commit with the rest returned in the same entry). Targets (issue 30):
+ * records (reserve + commit with the rest returned in the same entry). Targets:
  * - fixed-price metering (`price`, one deduction per request, no hold) on node:http: >= 0.80× req/s;
  * - the HTTP glue (metered − unmetered server CPU per request − `meter()`'s): <= half of `meter()`
  *   on node:http and Fetch; Express <= 1.5× node's;

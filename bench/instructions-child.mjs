@@ -34,10 +34,10 @@ const cases = {
   "deduct-limits": (manager) => limited(manager, false),
   // The same, and a grant scoped to the feature (the spend draws it).
   "deduct-scoped": (manager) => limited(manager, true),
-  // The floor (bench/floor-deduct.mjs; issue 62, target 3): the least a correct deduction does, by
+  // The floor (bench/floor-deduct.mjs): the least a correct deduction does, by
   // hand, beside deduct-plain (one account, one grant, an amount of 1). No file: deductCredits runs
   // here without a ledger file, so the floor keeps its entries in the account only, as the memory
-  // store does (docs/benchmarks.md, "The in-memory deduction against its floor").
+  // store does (docs/benchmarks.md, "In memory").
   floor: async () => {
     const floor = createFloor(null);
     floor.open("u", 1e12);

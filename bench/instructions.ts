@@ -9,7 +9,7 @@
  *   tsx bench/instructions.ts --update        write the baseline from this checkout (only the cases
  *                                             counted: `--update --case NAME` leaves the others')
  *   tsx bench/instructions.ts --case NAME     only that case (repeatable); also the cases outside CI
- *                                             (`ON_REQUEST`: the floor, issue 62 target 3; the exact
+ *                                             (`ON_REQUEST`: the floor; the exact
  *                                             HTTP path)
  *   tsx bench/instructions.ts --functions     also print each case's 25 costliest functions (self, per operation)
  *   tsx bench/instructions.ts --root DIR ...  count other checkouts' dist/ (repeatable; no baseline:
@@ -23,7 +23,7 @@
  * in an order fixed by the program), `--predictable` with fixed random and hash seeds. V8's
  * optimizing compilers' instructions in the difference (a function reaching its budget there) are
  * reported apart and left out of the figure. The child writes no ledger file. The HTTP cases
- * (issue 62, target 5) are counted differently: one server process under callgrind, warmed up,
+ * are counted differently: one server process under callgrind, warmed up,
  * then zeroed and dumped around each route's requests (see `HttpCase`). The targets a run's cases
  * can tell (3 and 5) are printed under the table (`TARGETS`).
  *
@@ -60,7 +60,7 @@ interface ChildCase {
 }
 
 /**
- * Or an HTTP request of one route of bench/http-instructions-server.mjs (issue 62, target 5),
+ * Or an HTTP request of one route of bench/http-instructions-server.mjs,
  * counted in one long-lived server process per run for all the HTTP cases (bench/http-instructions.ts's
  * `countRoutes`: callgrind zeroed and dumped around each route's requests, autocannon in this
  * process, not counted), so a figure is the server's instructions per request. The server's start
@@ -89,9 +89,8 @@ const CASES: Case[] = [
 ];
 
 /**
- * Cases counted only when named (`--case`), with no baseline: the in-memory deduction's floor
- * (issue 62, target 3), beside `deduct-plain` at 1 caller and `deduct-16` at 16 (docs/benchmarks.md,
- * "The in-memory deduction against its floor"), and the fixed price without a lease (an account
+ * Cases counted only when named (`--case`), with no baseline: the in-memory deduction's floor,
+ * beside `deduct-plain` at 1 caller and `deduct-16` at 16 (docs/benchmarks.md, "In memory"), and the fixed price without a lease (an account
  * read and a deduction a request: left out of CI for its time). They check a target, not a regression.
  */
 const ON_REQUEST: Case[] = [

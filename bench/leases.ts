@@ -1,5 +1,5 @@
 /**
- * Credit leases (issue 40, docs/metering.md "Leases"), ratios against the exact path in the same run:
+ * Credit leases (docs/metering.md "Leases"), ratios against the exact path in the same run:
  * - memory, JSONL ledger file on: `lease.charge()` served from a block (its ledger line included)
  *   per second on one core, against `deductCredits` (target: >= 1,000,000 charges/s);
  * - PostgreSQL (CREDIT_PG_URL), 1,000 users, 16 callers, each user charged >= 100 times per window:

@@ -3,7 +3,7 @@
  * in memory over 1,000 users, plain (no spender, no limits) against the same naming a spender and a
  * feature under two limits (the account's, monthly, and the spender's, daily, both far from full),
  * measured in turns, round after round, so drift of a shared machine hits both alike. The ratio is
- * of main-thread CPU per deduction (Linux; elsewhere of ops/s). The target of issue 51 is counted in
+ * of main-thread CPU per deduction (Linux; elsewhere of ops/s). The spend limits' target is counted in
  * machine instructions, steadier still: `npx tsx bench/deduct-instructions.ts` (callgrind).
  *   tsx --expose-gc bench/limits.ts      → one JSON line: BenchRow[]
  */

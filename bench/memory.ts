@@ -114,7 +114,7 @@ const rows: BenchRow[] = [
 await versusDeduct(rows[3] as BenchRow, 2.5, cycle, OPS / 4);
 
 /**
- * A hold's cost against a deduction's, in the same run (issue 30): `times` is the most it may cost,
+ * A hold's cost against a deduction's, in the same run: `times` is the most it may cost,
  * judged on main-thread CPU per operation (wall time is the caller's concurrency and the machine's
  * other load as much as ours); the ratio column is the throughput's. The CPU ratio is measured in
  * ROUNDS interleaved pairs — a round of deductions, then a round of `op` — so both figures of a

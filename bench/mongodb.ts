@@ -2,7 +2,7 @@
  * MongoDB rows of `npm run bench` (when CREDIT_MONGO_URI is set): `deductCredits` with 16
  * concurrent callers over 1,000 users, beside a baseline measured in the same run on the same
  * server — a raw guarded `findOneAndUpdate({ _id, balance: { $gte: n } }, { $inc: { balance: -n } })`
- * at the same concurrency. Targets (issue 30): at least 0.75 of the baseline's ops/s, and 0.5 for
+ * at the same concurrency. Targets: at least 0.75 of the baseline's ops/s, and 0.5 for
  * two managers on shared accounts. Where the server is this machine's MongoDB-compatible one, each
  * row also splits the server's CPU per operation between its wire gateway and DocumentDB.
  *

@@ -1,7 +1,6 @@
 /**
  * PostgreSQL `deductCredits` of one or more built checkouts beside a raw conditional `UPDATE`, in
- * one run, alternated: issue 62's target 1 (docs/benchmarks.md, "PostgreSQL against the raw
- * UPDATE"). 16 callers (`BENCH_CALLERS`) over 1,000 accounts, each variant on its own pool of that
+ * one run, alternated (docs/benchmarks.md, "PostgreSQL"). 16 callers (`BENCH_CALLERS`) over 1,000 accounts, each variant on its own pool of that
  * many connections and its own schema of the same server; every round measures the raw
  * `UPDATE balances SET balance = balance - 1 WHERE user_id = $1 AND balance >= 1` and each variant,
  * the order reversed every other round, and a variant's ratio in a round is to the mean of the raw

@@ -1,6 +1,6 @@
 /**
- * Where a group-commit batch's server time goes on PostgreSQL (issue 62, docs/benchmarks.md,
- * "PostgreSQL against the raw UPDATE"): the server backend's CPU per transaction (from /proc, so the
+ * Where a group-commit batch's server time goes on PostgreSQL (docs/benchmarks.md,
+ * "PostgreSQL"): the server backend's CPU per transaction (from /proc, so the
  * server must run on this host) and the wall time of each, for the parts of a unit-of-work
  * transaction measured alone, on a store made by `init()` of the built package:
  *

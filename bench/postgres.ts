@@ -310,7 +310,7 @@ export async function run(): Promise<BenchRow[]> {
       ratio: unlimitedMean.opsPerSec / plainMean.opsPerSec,
       note: `without the SET LOCAL lock_timeout the default lockTimeoutMs adds to BEGIN: the baseline's cost of it; CPU per operation ${cpuText(unlimitedMean)}`,
     });
-    // Issue 39's fix, before and after in this run: a unit that started from the state cache and
+    // Confirming cached decisions, before and after in this run: a unit that started from the state cache and
     // ends without a save (here a refused deduction, and a settle with nothing due) is final only
     // once its row's `xmin` is confirmed. `trustCachedDecisions` is the old behaviour (internal,
     // for this comparison only). Deductions that save are guarded as before: their row shows it.
@@ -345,7 +345,7 @@ export async function run(): Promise<BenchRow[]> {
       rows.push({ backend: "postgres", scenario: old, opsPerSec: b.opsPerSec, note: `${wireText(b)}` });
       rows.push({
         backend: "postgres",
-        scenario: `${name}, cached decisions confirmed (issue 39)`,
+        scenario: `${name}, cached decisions confirmed`,
         opsPerSec: a.opsPerSec,
         baseline: old,
         ratio: a.opsPerSec / b.opsPerSec,

@@ -1,5 +1,5 @@
 /**
- * Bytes per deduction (issue 32): how much the journal grows per keyed `deductCredits`, on
+ * Bytes per deduction: how much the journal grows per keyed `deductCredits`, on
  * PostgreSQL (journal_entries: heap, TOAST and every index, `pg_total_relation_size`, after
  * `VACUUM`), MongoDB (the journal collection: `collStats`/`$collStats` where the server has them,
  * else the BSON size of its documents + the index sizes `dbStats` reports) and SQLite (the

@@ -5,7 +5,7 @@
  *   tsx bench/serve-cpu.ts [requests]       (default 20,000 per side and turn, 16 connections)
  * SERVE_CPU_ROUNDS: rounds of turns (default 2), each round in the reverse order of the one before.
  * The report: each side's mean CPU per request, and its difference to the hand-mounted one's
- * (docs/benchmarks.md, `credit-management serve`).
+ * (docs/benchmarks.md, "The service").
  * SERVE_CPU_PROF=dir: every server also writes a V8 CPU profile there (`node --cpu-prof`).
  * Extra environment for serve (and other) only: SERVE_ENV='{"CREDIT_METRICS":"off"}'.
  * SERVE_OTHER=dir: a third server, `serve` run from another checkout (its dist/, so build it first, or

@@ -5,7 +5,7 @@
  * the count started after a warm-up and read after the measured requests. It moves far less than
  * the req/s ratio of bench/serve.ts (±0.07 a run on a shared 2-core machine). Run it on a quiet
  * machine: on a busy one V8 is still optimizing during the count, so each count is also given
- * without TurboFan's instructions (docs/benchmarks.md, `credit-management serve`).
+ * without TurboFan's instructions (docs/benchmarks.md, "The service").
  * Needs valgrind (callgrind and callgrind_control on the PATH); not part of `npm run bench` (6–10
  * minutes).
  *   tsx bench/serve-instructions.ts [warm-up] [measured]   (default 12,000 and 3,000 requests)

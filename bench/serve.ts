@@ -1,5 +1,5 @@
 /**
- * `credit-management serve` (issue 41): requests per second of an admin deduction through the whole
+ * `credit-management serve`: requests per second of an admin deduction through the whole
  * service (API key check, request id, one pino line per request, the Prometheus metrics) against
  * the same handler mounted by hand in node:http (bench/serve-baseline.ts), both on a SQLite file
  * (the service's default store), each in its own process, measured in turns in the same run. Both

@@ -4,7 +4,7 @@
  * the same run (one `UPDATE` of a balance row per transaction, the transaction function made once).
  * One caller in a loop; the two sides alternate in rounds (ABBA), the mean of each side compared.
  * No target: the row shows what the store's unit of work costs over the bare write
- * (docs/benchmarks.md, "SQLite: one transaction function per connection").
+ * (docs/benchmarks.md, "SQLite").
  *   tsx bench/sqlite.ts        (also run by `npm run bench`; BENCH_SQLITE=0 skips it there)
  * BENCH_SQLITE_OPS: deductions per round and side (default 3,000).
  */

@@ -47,7 +47,7 @@ export interface LimitWindow {
 /**
  * The window each calendar period last answered, by `(every - 1) * 4 + unit`: a spend almost always
  * falls in the window the previous one did, and then costs two comparisons instead of the `Date`
- * arithmetic of a month or a year (docs/benchmarks.md, "Spend limits"). A window of a period is
+ * arithmetic of a month or a year (docs/benchmarks.md, "Spend limits: instructions per deduction"). A window of a period is
  * the same for every limit and account, so one entry per period serves them all. Frozen: callers
  * share it.
  */

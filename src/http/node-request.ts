@@ -96,8 +96,8 @@ const REAL = Symbol("real");
  * @internal A stand-in for the `Request` of an IncomingMessage, for the credit handler on node
  * (`toNodeHandler`, `serve`): `url`, `method` and `headers` are its own, and the router reads the
  * body straight from the IncomingMessage (`RAW_BODY`), so a request that needs no more builds no
- * `Request`, no web stream and no `AbortController` (docs/benchmarks.md, "The credit API on
- * node"). Everything else a `Request` has (`signal`, `clone()`, `json()`, …) makes the real one,
+ * `Request`, no web stream and no `AbortController` (docs/benchmarks.md, "HTTP
+ * metering", the credit API). Everything else a `Request` has (`signal`, `clone()`, `json()`, …) makes the real one,
  * once, and answers from it: it is `instanceof Request`, and a hook reads it as one. Only `fetch()`
  * and `new Request()` need the real one: `request.clone()` gives it (docs/http.md).
  */

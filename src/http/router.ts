@@ -129,7 +129,7 @@ const JSON_HEADERS = { "content-type": "application/json; charset=utf-8", "cache
  * (null for a 204). The router's own answers (a route's value, an error) are built as this; the
  * Fetch handler makes each a `Response`, while on node (`toNodeHandler`, `serve`) it is written as
  * it is, in one `res.end` with a `Content-Length` and no `Response` built (docs/benchmarks.md,
- * "The credit API on node").
+ * "HTTP metering", the credit API).
  */
 export class JsonAnswer {
   constructor(

@@ -294,7 +294,7 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   };
   // One frozen attribute set per (operation, outcome, store), built once: every unit of work records
   // a counter and a histogram, and a fresh object each time costs the SDK more (docs/benchmarks.md,
-  // `credit-management serve`). Few keys: outcomes are a fixed set, stores one or two, operations
+  // "The service"). Few keys: outcomes are a fixed set, stores one or two, operations
   // the library's plus the names given to `unitOfWork` (past 1,000 keys, nothing more is kept).
   // Looked up by operation, then outcome, then store: the names are the same strings each time, so
   // no key string is built per unit of work.

@@ -102,9 +102,9 @@ export function encodeRow(
 }
 
 /**
- * `encodeRow`'s values in column order, as an array: for an INSERT's parameters. (An object keyed
- * by a wide table's column names is a dictionary-mode object in V8, and `Object.values` of one
- * collects and sorts its keys: about 10k instructions a SQLite deduction, docs/benchmarks.md.)
+ * `encodeRow`'s values in column order, as an array: for an INSERT's parameters. (`Object.values`
+ * of an object keyed by a wide table's column names collects and sorts its keys: about 10k
+ * instructions a SQLite deduction.)
  */
 export function encodeValues(
   columns: readonly Column[],

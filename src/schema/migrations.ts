@@ -143,7 +143,7 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "subscriptions", field: "changeKeys" },
     ],
   },
-  // Auto top-up (issue 53): self-contained, so it can take whichever number is free.
+  // Auto top-up: self-contained, so it can take whichever number is free.
   {
     to: 8,
     summary:

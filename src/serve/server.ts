@@ -94,7 +94,7 @@ async function startMetrics(logger: Pino, s: ServeSettings): Promise<Metrics | n
     });
     // Per request, a plain count by (method, route, status) that the counter observes at each
     // scrape, and one histogram record with an attribute set built once per key: the SDK's own
-    // counter hashes the attributes on every add (docs/benchmarks.md, `credit-management serve`).
+    // counter hashes the attributes on every add (docs/benchmarks.md, "The service").
     // The exported series are the same: `http_server_requests_total` by method, route and status;
     // past the SDK's cardinality limit (2,000 sets) the rest is counted under
     // `otel.metric.overflow`, as the SDK's counter did.
@@ -239,7 +239,7 @@ export function serveApp(
   // The client IP of each request being answered, for the authenticate hook (which gets the Fetch
   // Request only). A Map emptied as each answer ends: at most the requests in flight, where a
   // WeakMap kept an entry per request until the next GC, and paid V8's ephemeron barrier on every
-  // set and its ephemeron marking at every major GC (docs/benchmarks.md, serve, third pass).
+  // set and its ephemeron marking at every major GC.
   const ips = new Map<Request, string>();
   const metricsOn = metrics !== null && s.CREDIT_METRICS !== "off";
   // Asked for (CREDIT_METRICS not "off") but the exporter's packages are not installed: /metrics

@@ -83,7 +83,7 @@ export const EmitInput = z.strictObject({
 });
 export type EmitInput = z.input<typeof EmitInput>;
 
-/** The subscription events (issue 5 emits them through `emit`). */
+/** The subscription events (the subscription service emits them through `emit`). */
 export type SubscriptionEventType = Extract<
   NotificationType,
   "subscription_renewed" | "subscription_allocation" | "subscription_cancelled" | "subscription_ended"

@@ -723,7 +723,7 @@ export function runNotificationContract(
         seen.filter((m) => m.userId === u).map((m) => m.id),
       );
     });
-    /** @see issue 24, item 3: PostgreSQL claimed every due row whatever the limit. */
+    /** Once, PostgreSQL claimed every due row whatever the limit. */
     it("a row keeps the version of its payload's schema: stored, claimed and handed to the queue (docs/events.md)", async () => {
       const db = getDb();
       const at = epoch(5);
@@ -787,7 +787,7 @@ export function runNotificationContract(
       expect(sent.map((m) => m.payload.i).sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     });
 
-    /** @see issue 24, item 4: a round that only failed a row for good ended the call. */
+    /** Once, a round that only failed a row for good ended the call. */
     it("dispatchPending goes on after a row fails for good: that user's next row is due at once", async () => {
       const db = getDb();
       const at = epoch(4);
@@ -810,7 +810,6 @@ export function runNotificationContract(
       expect((await notifications.list(u)).map((r) => r.status)).toEqual(["failed", "sent"]);
     });
 
-    /** @see issue 24, item 6 */
     it("refuses a publish timeout longer than the lease", () => {
       const db = getDb();
       expect(() => new NotificationService({ db, leaseMs: 1000, publishTimeoutMs: 1001 })).toThrow(ConfigurationError);

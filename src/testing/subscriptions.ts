@@ -259,7 +259,7 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect(await subscriptions.getUserSubscription(user())).toBeNull();
     });
 
-    /** @see issue 24, item 1: overlapping calls with one key got "already has an active subscription". */
+    /** Once, overlapping calls with one key got "already has an active subscription". */
     it("calls of subscribe with one idempotency key, overlapping, all answer the one subscription they made", async () => {
       const db = getDb();
       const { subscriptions, credits } = servicesWithClock(db, T);
@@ -283,7 +283,7 @@ export function subscriptionContract(getDb: () => DbManager, base: number): void
       expect((await credits.audit(u)).ok).toBe(true);
     });
 
-    /** @see issue 24, item 2: a paying subscriber had 0 credits from the period's end until the job ran. */
+    /** Once, a paying subscriber had 0 credits from the period's end until the job ran. */
     it("a credit operation or read after the period's end brings the next period at once; racing the job, it is allocated once", async () => {
       const db = getDb();
       const { subscriptions, credits, expiration, clock } = servicesWithClock(db, T);

@@ -119,7 +119,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   /** @internal */
   readonly prepared: boolean;
   /**
-   * @internal The bench's "before" (docs/benchmarks.md): a unit that started from the state cache
+   * @internal The "before" of bench/postgres.ts's cached-decisions rows: a unit that started from the state cache
    * and ends without a save is final without confirming the row's `xmin` — wrong with several
    * managers on one schema. Never set it elsewhere.
    */
