@@ -1,5 +1,4 @@
 import * as z from "zod";
-import { neverRemember } from "./parse.js";
 
 /**
  * An amount of credits: a safe integer in the smallest unit the host bills (like cents).
@@ -37,31 +36,12 @@ export const UserId = z
       'userId must not be "." or "..": a URL parser removes those path segments, so the account\'s URLs would name other routes',
   });
 
-/** An id the library generated (grant, reservation, entry): each seldom comes back, so `parse` does not remember it. */
-export const EntityId = neverRemember(
-  z
-    .string({ error: "id must be a string" })
-    .min(1, { error: "id must not be empty" })
-    .max(128, { error: "id must be at most 128 characters" })
-    .regex(printable, { error: "id must not contain control characters" }),
-  isUuidText,
-);
-
-/**
- * True for a lower-case UUID in its canonical form (8-4-4-4-12 hex digits), the form of every id
- * the library makes: 36 printable characters, so `EntityId` accepts it unchanged. A commit or
- * release by id is checked with this instead of running the schema (about a tenth of its cost).
- */
-function isUuidText(s: string): boolean {
-  if (s.length !== 36) return false;
-  for (let i = 0; i < 36; i++) {
-    const c = s.charCodeAt(i);
-    if (i === 8 || i === 13 || i === 18 || i === 23) {
-      if (c !== 45) return false;
-    } else if (!((c >= 48 && c <= 57) || (c >= 97 && c <= 102))) return false;
-  }
-  return true;
-}
+/** An id the library generated (grant, reservation, entry). */
+export const EntityId = z
+  .string({ error: "id must be a string" })
+  .min(1, { error: "id must not be empty" })
+  .max(128, { error: "id must be at most 128 characters" })
+  .regex(printable, { error: "id must not contain control characters" });
 
 /**
  * The prefix of the idempotency keys the library gives its own operations on an account (crediting
