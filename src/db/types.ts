@@ -83,9 +83,9 @@ export interface AccountStore {
   /**
    * Optional: the user whose hold `reservationId` is, null when there is none — what a commit or
    * release by id reads before its unit of work, without reading the whole hold. Without it the
-   * services read `getReservation`. May answer at once (a store in process memory).
+   * services read `getReservation`.
    */
-  reservationOwner?(reservationId: string): string | null | Promise<string | null>;
+  reservationOwner?(reservationId: string): Promise<string | null>;
   /** A user's grants, oldest first; closed and spent ones only when asked. */
   listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]>;
   /** A user's reservations, oldest first, optionally of one status. */

@@ -1,7 +1,6 @@
 import type { CacheAside } from "../cache/aside.js";
 import type { AccountCredits, DbManager } from "../db/types.js";
 import type { AccountWork } from "../domain/account-work.js";
-import { copyAccount } from "../domain/copies.js";
 import type { Spend } from "../domain/limits.js";
 import { outOfScope, scopedTotals, storedScope } from "../domain/scope.js";
 import type { Account, CreditsInfo, SpendLimit } from "../models/index.js";
@@ -97,7 +96,7 @@ export const NO_SPEND: Spend = Object.freeze({ spender: null, feature: null });
 /** What a unit of work leaves of the account, as `settled` answers (null: it made none). */
 export function workCredits(work: AccountWork): AccountCredits {
   if (work.isNew && !work.changed) return { account: null, grants: null };
-  return { account: copyAccount(work.account), grants: work.account.scoped === true ? work.openGrants() : null };
+  return { account: { ...work.account }, grants: work.account.scoped === true ? work.openGrants() : null };
 }
 
 /** What `check()`, `getUserCreditsInfo()` and `getLimits()` read of an account. */

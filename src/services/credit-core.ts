@@ -18,7 +18,6 @@ import {
   type JournalEntry,
   type Reservation,
 } from "../models/index.js";
-import { andThen } from "../util/promise.js";
 import type { PricingService } from "./pricing-service.js";
 import type { LeaseHold, LeaseSettle, LeaseSettled } from "./leases.js";
 import { leaseHold, settleLease } from "./lease-settle.js";
@@ -217,26 +216,24 @@ export class CreditCore {
 
   private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));
-    return this.units.mutate("commitReservedCredits", userId, meta, (work, tx) => {
-      const commit = (hold: Reservation): JournalEntry => {
-        if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
-        const limit = this.overdraftLimit;
-        const requested = o.amount ?? hold.amount;
-        return upToLimit
-          ? work.commitUpToLimit(hold, requested, meta, limit)
-          : work.commit(hold, requested, meta, limit);
-      };
-      return andThen(activeHold(work, tx, id), commit);
+    return this.units.mutate("commitReservedCredits", userId, meta, async (work, tx) => {
+      const hold = await activeHold(work, tx, id);
+      if (hold.expiresAt.getTime() <= work.now.getTime()) throw new ReservationExpiredError(id, hold.expiresAt);
+      const limit = this.overdraftLimit;
+      const requested = o.amount ?? hold.amount;
+      return upToLimit ? work.commitUpToLimit(hold, requested, meta, limit) : work.commit(hold, requested, meta, limit);
     });
   }
 
   /** `releaseReservedCredits` of a hold of `userId`, for input its models already accepted. */
   releaseHold(userId: string, id: string, o: ParsedMutationOptions): Promise<JournalEntry> {
     const meta = this.meta("releaseReservedCredits", o, () => ({ reservationId: id, ...o }));
-    return this.units.mutate("releaseReservedCredits", userId, meta, (work, tx) => {
-      const release = (hold: Reservation): JournalEntry => work.releaseHold(hold, "released", meta).entry;
-      return andThen(activeHold(work, tx, id), release);
-    });
+    return this.units.mutate(
+      "releaseReservedCredits",
+      userId,
+      meta,
+      async (work, tx) => work.releaseHold(await activeHold(work, tx, id), "released", meta).entry,
+    );
   }
 
   /**

@@ -250,8 +250,7 @@ export class CreditService {
     } catch (error) {
       return Promise.reject(error as Error);
     }
-    // The caller's own copy (the store may keep the hold), made in the unit of work itself: no
-    // second promise to resolve after it (docs/benchmarks.md, "Instruction guard").
+    // The caller's own copy (the store may keep the hold), made in the unit of work itself.
     return this.core.hold(user, n, o, CALLER_COPY);
   }
 
@@ -285,10 +284,7 @@ export class CreditService {
     }
     // A given owner routes the unit of work; its reads are the owner's, so another user's hold is not found.
     if (userId !== undefined) return this.core.commitHold(userId, id, o);
-    const owner = ownerOfReservation(this.db, id);
-    return typeof owner === "string"
-      ? this.core.commitHold(owner, id, o)
-      : owner.then((u) => this.core.commitHold(u, id, o));
+    return ownerOfReservation(this.db, id).then((owner) => this.core.commitHold(owner, id, o));
   }
 
   /** Returns everything a hold earmarked. Resolves to the release entry. */
@@ -305,10 +301,7 @@ export class CreditService {
     }
     // A given owner routes the unit of work, as for a commit.
     if (userId !== undefined) return this.core.releaseHold(userId, id, o);
-    const owner = ownerOfReservation(this.db, id);
-    return typeof owner === "string"
-      ? this.core.releaseHold(owner, id, o)
-      : owner.then((u) => this.core.releaseHold(u, id, o));
+    return ownerOfReservation(this.db, id).then((owner) => this.core.releaseHold(owner, id, o));
   }
 
   /** Removes what is left of a grant (refunds, disputes). Held parts go when their hold ends. */

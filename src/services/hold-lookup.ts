@@ -1,7 +1,6 @@
 import type { DbManager, DbTransaction } from "../db/types.js";
 import { NotFoundError } from "../errors.js";
-import type { GrantPortion, JournalEntry, Reservation } from "../models/index.js";
-import { holdWith } from "../domain/copies.js";
+import type { JournalEntry, Reservation } from "../models/index.js";
 
 // Holds found by their id alone, for `CreditService`'s commit, release and `getReservation`
 // (docs/usage.md): which account a hold is of, before the unit of work that reads it.
@@ -11,19 +10,11 @@ import { holdWith } from "../domain/copies.js";
  * know before its unit of work, which reads the hold itself. A store that can say it without
  * reading (and copying) the whole hold does (`DbManager.reservationOwner`).
  */
-export function ownerOfReservation(db: DbManager, id: string): string | Promise<string> {
-  if (db.reservationOwner === undefined) return findReservation(db, id).then((r) => r.userId);
-  let owner: string | null | Promise<string | null>;
-  try {
-    owner = db.reservationOwner(id);
-  } catch (error) {
-    return Promise.reject(error as Error);
-  }
-  if (typeof owner === "string") return owner; // (a store in memory: no promise)
-  return Promise.resolve(owner).then((found) => {
-    if (found === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
-    return found;
-  });
+export async function ownerOfReservation(db: DbManager, id: string): Promise<string> {
+  if (db.reservationOwner === undefined) return (await findReservation(db, id)).userId;
+  const owner = await db.reservationOwner(id);
+  if (owner === null) throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
+  return owner;
 }
 
 /** The hold `id` (of `userId`, when given), or `NotFoundError`. */
@@ -47,15 +38,9 @@ export interface HoldAnswer {
   replay: (entry: JournalEntry, tx: DbTransaction) => Promise<Reservation>;
 }
 
-/**
- * The caller's own copy of a hold (the store may keep the one it saved), made in the unit of work
- * itself: a one-shape literal, not a spread (V8 copies a spread of this object a property at a
- * time), allocations by a plain loop.
- */
+/** The caller's own copy of a hold (the store may keep the one it saved). */
 function callerHold(r: Reservation): Reservation {
-  const allocations: GrantPortion[] = [];
-  for (const p of r.allocations) allocations.push({ grantId: p.grantId, amount: p.amount });
-  return holdWith(r, r.status, r.settledAt, r.committedAmount, r.amount, allocations);
+  return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
 }
 
 /** `reserveCredits`: the caller's own copy. */

@@ -5,7 +5,6 @@ import { leaseBlock, leaseSettleKey } from "../domain/leases.js";
 import { limitRoom, type Spend } from "../domain/limits.js";
 import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js";
 import type { JournalEntry, Reservation } from "../models/index.js";
-import { andThen, isPromiseLike } from "../util/promise.js";
 import { leaseHoldOf, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
 import { activeHold, type UnitRunner } from "./unit-of-work.js";
 
@@ -56,7 +55,7 @@ export async function settleLease(
     "settleLease",
     userId,
     meta,
-    (work, tx): LeaseSettled | Promise<LeaseSettled> => {
+    async (work, tx): Promise<LeaseSettled> => {
       let keyed = false;
       const roll = (entry: JournalEntry | null): LeaseSettled => {
         let hold: Reservation | null = null;
@@ -107,25 +106,15 @@ export async function settleLease(
         return roll(entry);
       };
       if (s.holdId === null) return charge(null);
-      let found: Reservation | Promise<Reservation>;
+      let hold: Reservation;
       try {
-        found = activeHold(work, tx, s.holdId);
+        hold = await activeHold(work, tx, s.holdId);
       } catch (error) {
+        // The hold lapsed or was settled: charged after service, as without one.
         if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError) return charge(null);
         throw error;
       }
-      if (!isPromiseLike(found)) {
-        if (found.expiresAt.getTime() <= work.now.getTime()) return charge(null);
-        return charge(found);
-      }
-      return Promise.resolve(found).then(
-        (h) => charge(h.expiresAt.getTime() <= work.now.getTime() ? null : h),
-        (error: unknown) => {
-          if (error instanceof ReservationExpiredError || error instanceof ReservationNotActiveError)
-            return charge(null);
-          throw error;
-        },
-      );
+      return charge(hold.expiresAt.getTime() <= work.now.getTime() ? null : hold);
     },
     (entry) => Promise.resolve({ entry, next: null, replayed: true }),
   );
@@ -144,7 +133,7 @@ export async function leaseHold(
   lease: string,
   window: number,
 ): Promise<LeaseHold | null> {
-  const holds = await db.transaction(userId, (tx) => andThen(tx.load(), (state) => state.reservations));
+  const holds = await db.transaction(userId, async (tx) => (await tx.load()).reservations);
   const placed = holds.find((h) => {
     const tag = (h.metadata as { leaseHold?: { lease?: unknown; window?: unknown } } | null)?.leaseHold;
     return tag?.lease === lease && tag.window === window;

@@ -413,51 +413,19 @@ export class CreditLeases {
    * @internal Charges `amount` set aside by `setAside` from its block, at once: true when the block
    * still serves (a line of its window, settled with it). False when it does not (it is settling,
    * ended, or stops serving): the credits left the block and the caller charges through `charge()`.
-   * `reason` is only read with a ledger file (`writesLines`).
    */
-  chargeSetAside(block: object, amount: number, reason: string | undefined, spend?: LeaseSpend, now?: number): boolean {
+  chargeSetAside(block: object, amount: number, reason: string | undefined, spend?: LeaseSpend): boolean {
     const l = block as UserLease;
     l.pending -= amount;
     // An open block is the user's current one: a block that ended or failed to settle never reopens.
-    // `now`: the set-aside's clock read, passed only for a charge in the same synchronous turn (see
-    // `setAsideOwn`); the block's state (open, what it covers) is read now all the same.
-    if (!blockServes(l, amount, now ?? this.now())) return false;
+    if (!blockServes(l, amount, this.now())) return false;
     this.take(l, amount, reason, "", dimsOf(spend));
     return true;
-  }
-
-  /**
-   * @internal `setAside` at `now` (a `clockNow()` read) for a payer that names no spender or
-   * feature and whose id the caller has not validated: the block only when it is `userId`'s own.
-   * A block is opened only for an id that was validated (`charge` parses it, the metering
-   * middlewares open one for the identity they validated), so finding one proves the id valid;
-   * null otherwise (nothing done: the caller validates and checks the long way).
-   *
-   * `now` may be passed on to `chargeSetAside` for a charge made in the same synchronous turn: no
-   * settle, tick or other request can run before that turn ends, so the charge leaves the lease as
-   * a charge at `now` followed by the rest of the turn would, and that charge passes the same TTL
-   * check the set-aside did (`now < serveUntil`).
-   */
-  setAsideOwn(userId: string, amount: number, now: number): object | null {
-    const l = this.users.get(userId);
-    if (l === undefined || l.userId !== userId || !blockServes(l, amount, now)) return null;
-    l.pending += amount;
-    return l;
-  }
-
-  /** @internal Now (ms) by the manager's clock, which blocks serve by. */
-  clockNow(): number {
-    return this.now();
   }
 
   /** @internal Whether `close()` was called: later charges are refused. */
   get isClosed(): boolean {
     return this.closed;
-  }
-
-  /** @internal Whether a served charge writes a ledger line (so its reason is read). */
-  get writesLines(): boolean {
-    return this.file !== undefined;
   }
 
   // -----------------------------------------------------------------------------------------------
@@ -682,7 +650,7 @@ export class CreditLeases {
 /**
  * True when `options` is a plain object with only what the fast path takes — a `reason`, a
  * `feature` and a `spender` — each valid as `parse(LeaseChargeOptions)` would find it (anything
- * else, a Map or a Date among them, goes through `slow`, which validates it: issue 60).
+ * else, a Map or a Date among them, goes through `slow`, which validates it).
  */
 function servedInMemory(options: unknown): boolean {
   if (typeof options !== "object" || options === null) return false;

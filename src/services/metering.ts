@@ -18,7 +18,6 @@ import {
 } from "../models/index.js";
 import type { PriceBook } from "../domain/pricing.js";
 import { recordOf, type PricingService, type UsageInput } from "./pricing-service.js";
-import { andThen } from "../util/promise.js";
 import type { CreditCore } from "./credit-core.js";
 import { meteringChannel, type MeteringMessage } from "../diagnostics.js";
 
@@ -473,8 +472,9 @@ export class MeterSession {
   private async chargedElsewhere(amount: number, conflict: IdempotencyConflictError): Promise<MeterOutcome> {
     const key = this.chargeKey as string;
     await this.tryRelease("already-charged");
-    const first = await this.deps.core.db.transaction(this.userId, (tx) =>
-      andThen(tx.load({ idempotencyKey: key }), (state) => state.idempotent),
+    const first = await this.deps.core.db.transaction(
+      this.userId,
+      async (tx) => (await tx.load({ idempotencyKey: key })).idempotent,
     );
     if (first === null) throw conflict; // not a charge of this call after all
     const entry = structuredClone(first);

@@ -553,23 +553,8 @@ export async function includeHeldGrants(
   if (missing.size > 0) work.include(await tx.getGrants([...missing]));
 }
 
-/**
- * The active hold `id` with the grants it earmarked in the work. Synchronous when the account's
- * loaded state has them all (the usual case); otherwise reads what is missing.
- */
-export function activeHold(work: AccountWork, tx: DbTransaction, id: string): Reservation | Promise<Reservation> {
-  const hold = work.getHold(id);
-  if (
-    hold !== undefined &&
-    hold.status === "active" &&
-    hold.allocations.every((p) => work.getGrant(p.grantId) !== undefined)
-  ) {
-    return hold;
-  }
-  return readActiveHold(work, tx, id);
-}
-
-async function readActiveHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
+/** The active hold `id`, with the grants it earmarked made part of the work (read when they are not). */
+export async function activeHold(work: AccountWork, tx: DbTransaction, id: string): Promise<Reservation> {
   const hold = work.getHold(id) ?? (await tx.getReservation(id));
   if (hold === null || hold === undefined)
     throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });

@@ -3,7 +3,7 @@ import { ConfigurationError, InsufficientCreditsError, SpendLimitError, Validati
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models/index.js";
 import { applies, clockTimes } from "../../domain/limits.js";
 import type { CreditService } from "../../services/credit-service.js";
-import { CreditLeases, type LeaseCharge } from "../../services/leases.js";
+import { CreditLeases } from "../../services/leases.js";
 import type { MeterOptions } from "../../models/index.js";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import type { JournalEntry } from "../../models/index.js";
@@ -349,19 +349,6 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
   if (lease !== undefined && !(lease instanceof CreditLeases))
     throw new ConfigurationError("[credit-management] [metering] `lease` must come from manager.credits.leases().");
   const fixed = fixedPrice(o, lease);
-  /**
-   * Fixed price through a lease, naming no spender or feature: a request whose payer's block
-   * covers it may be checked at once (`FixedPricing.openOwn`), before its identity is validated.
-   */
-  const atOnce =
-    fixed !== null &&
-    lease !== undefined &&
-    typeof o.price === "number" &&
-    o.price > 0 &&
-    o.spender === undefined &&
-    o.feature === undefined
-      ? fixed
-      : null;
   /** The session of a metered request: from the user's lease block when it covers the estimate, else a hold in the store. */
   const openMeter = (userId: string, options: MeterOptions): Promise<MeterSession> => {
     const leased = lease?.openMeter(userId, options) ?? null;
@@ -390,7 +377,6 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
 
   return {
     fixed,
-    atOnce,
     llm,
     handlerFailed,
     settleReading,
@@ -474,11 +460,6 @@ const checkedCost = (cost: unknown): number => {
 
 /** @internal Fixed-price metering of one middleware: the cost, the check, the charge. */
 export class FixedPricing<Req> {
-  /** The last reason built (`METHOD path`), kept: most requests of a route repeat it. */
-  private lastMethod: string | undefined;
-  private lastPath: string | undefined;
-  private lastReason = "";
-
   constructor(
     private readonly price: number | ((request: Req) => number | Promise<number>),
     readonly credits: FixedCredits,
@@ -486,12 +467,10 @@ export class FixedPricing<Req> {
     readonly onSettled: ((outcome: MeterOutcome, request: Req) => void) | undefined,
   ) {}
 
-  /** The cost of `req`: a number now, or a promise when `price` is an async function. */
-  costOf(req: Req): number | Promise<number> {
+  /** The cost of `req`: the price, or what the `price` function answers for it. */
+  async costOf(req: Req): Promise<number> {
     const price = this.price;
-    if (typeof price === "number") return price;
-    const cost = price(req);
-    return cost instanceof Promise ? cost.then(checkedCost) : checkedCost(cost);
+    return typeof price === "number" ? price : checkedCost(await price(req));
   }
 
   /** The deduction's idempotency key from a request's `Idempotency-Key` header (a 400 when malformed). */
@@ -503,13 +482,8 @@ export class FixedPricing<Req> {
 
   /** The journal's reason of a request: `METHOD path`, at most 1,000 characters. */
   reasonOf(method: string | undefined, path: string): string {
-    if (method !== this.lastMethod || path !== this.lastPath) {
-      const reason = `${method ?? "GET"} ${path}`;
-      this.lastMethod = method;
-      this.lastPath = path;
-      this.lastReason = reason.length > 1000 ? reason.slice(0, 1000) : reason;
-    }
-    return this.lastReason;
+    const reason = `${method ?? "GET"} ${path}`;
+    return reason.length > 1000 ? reason.slice(0, 1000) : reason;
   }
 
   /**
@@ -520,7 +494,7 @@ export class FixedPricing<Req> {
    * into debt within the overdraft limit). Rejects with an `InsufficientCreditsError` (402).
    * `key`: from the request's `Idempotency-Key` (`keyOf`); a keyed request is never served from a lease.
    */
-  open(
+  async open(
     req: Req,
     userId: string,
     cost: number,
@@ -529,53 +503,29 @@ export class FixedPricing<Req> {
     path: string,
     locals?: Partial<MeteringLocals>,
     spend: MeterSpend = NO_SPEND,
-  ): PricedRequest<Req> | Promise<PricedRequest<Req>> {
+  ): Promise<PricedRequest<Req>> {
     if (cost === 0) return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
     if (this.lease !== undefined && key === undefined) {
       const block = this.lease.setAside(userId, cost, spend);
       if (block !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, block, spend);
     }
     const named = spend.spender !== undefined || spend.feature !== undefined;
-    const info = named ? this.credits.getUserCreditsInfo(userId, spend) : this.credits.getUserCreditsInfo(userId);
-    // A named spend is checked against the spend limits for it too (429 with the reset).
-    const limits = named && this.credits.getLimits !== undefined ? this.credits.getLimits(userId) : null;
-    return Promise.all([info, limits]).then(([info, limits]) => {
-      if (limits !== null) {
-        const refusal = limitRefusal(limits, spend, cost);
-        if (refusal !== null) throw refusal;
-      }
-      if (info.available < cost) {
-        throw new InsufficientCreditsError(
-          `Cannot run a request of ${cost} credits: only ${Math.max(info.available, 0)} available.`,
-          { requested: cost, available: info.available },
-        );
-      }
-      return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
-    });
-  }
-
-  /**
-   * `open` at once for a plain request through the lease (`atOnce` in `common`: a numeric price
-   * above 0, no spender or feature options), when the payer named no spender and sent no
-   * `Idempotency-Key`: the price set aside in the block of `userId` — an id not validated yet: a
-   * block is found only for a validated one (`CreditLeases.setAsideOwn`). Null when the block does
-   * not cover it (nothing done): the caller validates and checks the long way, as `open` does.
-   */
-  openOwn(
-    req: Req,
-    userId: string,
-    method: string | undefined,
-    path: string,
-    locals: Partial<MeteringLocals> | undefined,
-  ): PricedRequest<Req> | null {
-    const lease = this.lease as CreditLeases;
-    const cost = this.price as number;
-    const now = lease.clockNow();
-    const block = lease.setAsideOwn(userId, cost, now);
-    if (block === null) return null;
-    const p = new PricedRequest(this, req, userId, cost, undefined, method, path, locals, block, NO_SPEND);
-    p.setAsideAt = now;
-    return p;
+    const [info, limits] = await Promise.all([
+      named ? this.credits.getUserCreditsInfo(userId, spend) : this.credits.getUserCreditsInfo(userId),
+      // A named spend is checked against the spend limits for it too (429 with the reset).
+      named && this.credits.getLimits !== undefined ? this.credits.getLimits(userId) : null,
+    ]);
+    if (limits !== null) {
+      const refusal = limitRefusal(limits, spend, cost);
+      if (refusal !== null) throw refusal;
+    }
+    if (info.available < cost) {
+      throw new InsufficientCreditsError(
+        `Cannot run a request of ${cost} credits: only ${Math.max(info.available, 0)} available.`,
+        { requested: cost, available: info.available },
+      );
+    }
+    return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
   }
 
   /**
@@ -585,32 +535,25 @@ export class FixedPricing<Req> {
    * may cover it by now). A lease closed while the request ran (a shutdown) charges it exactly.
    * Resolves to the credits charged and the entry, if there is one.
    */
-  charge(p: PricedRequest<Req>): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean }> {
+  async charge(p: PricedRequest<Req>): Promise<{ charged: number; entry: JournalEntry | null; leased: boolean }> {
     const { userId, cost, key } = p;
     const reason = p.reason;
     const lease = this.lease;
     if (lease !== undefined && key === undefined && !lease.isClosed) {
-      const leased = (c: LeaseCharge) => ({ charged: c.amount, entry: c.entry, leased: c.via === "lease" });
-      let charged: LeaseCharge | Promise<LeaseCharge>;
       try {
-        charged = lease.charge(userId, cost, { reason, ...p.spend });
+        const c = await lease.charge(userId, cost, { reason, ...p.spend });
+        return { charged: c.amount, entry: c.entry, leased: c.via === "lease" };
       } catch (error) {
-        return Promise.reject(error as Error);
-      }
-      if (!(charged instanceof Promise)) return Promise.resolve(leased(charged));
-      // The service was delivered: what the exact path refuses is taken into debt, within the limit.
-      return charged.then(leased, (error: unknown) => {
+        // The service was delivered: what the exact path refuses is taken into debt, within the limit.
         if (!(error instanceof InsufficientCreditsError)) throw error;
-        return this.credits
-          .deductCreditsAfterService(userId, cost, { description: reason, ...p.spend })
-          .then((entry) => ({ charged: entry.amount, entry, leased: false }));
-      });
+        const entry = await this.credits.deductCreditsAfterService(userId, cost, { description: reason, ...p.spend });
+        return { charged: entry.amount, entry, leased: false };
+      }
     }
     const options: { description: string; idempotencyKey?: string } & MeterSpend = { description: reason, ...p.spend };
     if (key !== undefined) options.idempotencyKey = key;
-    return this.credits
-      .deductCreditsAfterService(userId, cost, options)
-      .then((entry) => ({ charged: entry.amount, entry, leased: false }));
+    const entry = await this.credits.deductCreditsAfterService(userId, cost, options);
+    return { charged: entry.amount, entry, leased: false };
   }
 }
 
@@ -622,13 +565,6 @@ export class FixedPricing<Req> {
 export class PricedRequest<Req = unknown> {
   /** Settled: charged, or reported as not charged. */
   done = false;
-  /** The clock read of the set-aside (`openOwn`); undefined when the check read none to share. */
-  setAsideAt: number | undefined = undefined;
-  /**
-   * True while the turn of the set-aside runs the handler (set by the node middleware around a
-   * synchronous `next()`): a charge now may reuse `setAsideAt` (`CreditLeases.setAsideOwn`).
-   */
-  inTurn = false;
 
   constructor(
     private readonly pricing: FixedPricing<Req>,
@@ -652,24 +588,24 @@ export class PricedRequest<Req = unknown> {
 
   /**
    * Charges the request: the credits charged, or null (nothing reported) when the charge failed.
-   * At once (no promise) when it was served from the lease block the check set it aside in, so the
-   * response ends in the same turn.
+   * From the lease block the check set it aside in when that still serves it, else through
+   * `FixedPricing.charge`.
    */
-  charge(): number | null | Promise<number | null> {
+  async charge(): Promise<number | null> {
     this.done = true;
     if (this.cost === 0) return this.charged(0, null, false);
     const block = this.block;
     if (block !== null) {
       this.block = null;
       const lease = this.pricing.lease as CreditLeases;
-      const now = this.inTurn ? this.setAsideAt : undefined;
-      if (lease.chargeSetAside(block, this.cost, lease.writesLines ? this.reason : undefined, this.spend, now))
-        return this.charged(this.cost, null, true);
+      if (lease.chargeSetAside(block, this.cost, this.reason, this.spend)) return this.charged(this.cost, null, true);
     }
-    return this.pricing.charge(this).then(
-      (c) => this.charged(c.charged, c.entry, c.leased),
-      () => null,
-    );
+    try {
+      const c = await this.pricing.charge(this);
+      return this.charged(c.charged, c.entry, c.leased);
+    } catch {
+      return null; // the charge failed: nothing reported
+    }
   }
 
   /** Reports a request that was not charged (it failed, or its client went away). */

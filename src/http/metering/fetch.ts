@@ -2,7 +2,6 @@ import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader, usageOfText } from "../../domain/llm-usage.js";
 import { textResponse } from "../text-response.js";
 import { errorBody, errorResponse, json, type Identity } from "../router.js";
-import { isPromiseLike } from "../../util/promise.js";
 import {
   NO_BODY,
   common,
@@ -36,9 +35,8 @@ export function creditMetering(options: CreditMeteringOptions) {
       if (!c.applies(path, c.routerFor(request))) return handler(request);
       let session: MeterSession;
       try {
-        let found = options.authenticate ? options.authenticate(request) : null;
-        if (isPromiseLike(found)) found = await found;
-        const identity = c.identityOf(found as Identity | null | undefined, request.headers.get("x-user-id"));
+        const found = options.authenticate ? await options.authenticate(request) : null;
+        const identity = c.identityOf(found, request.headers.get("x-user-id"));
         if (identity === null) return json(401, errorBody("UNAUTHORIZED", "Authentication required."));
         const spend = c.spendOf(request, identity);
         if (c.fixed !== null) return fixedPrice(c, c.fixed, request, handler, identity.userId, path, spend);
@@ -172,18 +170,8 @@ async function fixedPrice(
   let priced: PricedRequest<Request>;
   try {
     const key = fixed.keyOf(request.headers.get("idempotency-key"));
-    const quoted = fixed.costOf(request);
-    const opened = fixed.open(
-      request,
-      userId,
-      typeof quoted === "number" ? quoted : await quoted,
-      key,
-      request.method,
-      path,
-      undefined,
-      spend,
-    );
-    priced = opened instanceof Promise ? await opened : opened;
+    const cost = await fixed.costOf(request);
+    priced = await fixed.open(request, userId, cost, key, request.method, path, undefined, spend);
   } catch (error) {
     return errorResponse(error);
   }

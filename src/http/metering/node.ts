@@ -211,62 +211,16 @@ function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?:
     return end.apply(this, arguments as unknown as Parameters<End>);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
-  const charged = priced.charge();
-  if (!(charged instanceof Promise)) {
-    // Charged at once (from the lease block the check set it aside in): end in this turn.
-    if (charged !== null) this.setHeader(deductedHeader, countText(charged));
-    // eslint-disable-next-line prefer-rest-params
-    return end.apply(this, arguments as unknown as Parameters<End>);
-  }
-  charged.then((n) => {
+  void priced.charge().then((n) => {
     if (n !== null && !this.headersSent) this.setHeader(deductedHeader, String(n));
     end.call(this, chunk, encoding, cb);
   });
   return this;
 }
 
-let lastCount = -1;
-let lastCountText = "";
-/** `String(n)`, the last one kept: a fixed-price route charges the same count request after request. */
-function countText(n: number): string {
-  if (n !== lastCount) {
-    lastCountText = String(n);
-    lastCount = n;
-  }
-  return lastCountText;
-}
-
 /** A fixed-price response is done: one written in parts is charged now if it finished well. */
 function onFixedClose(this: FixedResponse): void {
   this[FIXED]?.priced.closed(this.writableFinished, this.statusCode);
-}
-
-/** Fixed price, the cost known: the check (set aside in the lease block, or read on the store), then the chain. */
-function fixedCheck(
-  c: Common,
-  fixed: NonNullable<Common["fixed"]>,
-  req: IncomingMessage,
-  res: FixedResponse,
-  next: Next,
-  path: string,
-  userId: string,
-  key: string | undefined,
-  cost: number,
-  spend: MeterSpend,
-): void {
-  if (res.destroyed || res.writableEnded) return; // the client left: nothing checked, nothing set aside
-  let priced: PricedRequest<IncomingMessage> | Promise<PricedRequest<IncomingMessage>>;
-  try {
-    const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
-    priced = fixed.open(req, userId, cost, key, req.method, path, locals, spend);
-  } catch (error) {
-    return reply(res, errorResponse(error));
-  }
-  if (!(priced instanceof Promise)) return fixedGo(c, req, res, next, priced);
-  priced.then(
-    (p) => fixedGo(c, req, res, next, p),
-    (error: unknown) => reply(res, errorResponse(error)),
-  );
 }
 
 /** Fixed price, checked: intercept the end of the response and run the rest of the chain. */
@@ -281,13 +235,8 @@ function fixedGo(
   try {
     res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
     res.end = fixedEnd as unknown as typeof res.end;
-    // A response ended within next() is charged in the set-aside's turn (its clock read shared).
-    priced.inTurn = true;
-    const out = next();
-    priced.inTurn = false;
-    watchChain(out, c, req, res, priced);
+    watchChain(next(), c, req, res, priced);
   } catch (error) {
-    priced.inTurn = false;
     // The handler threw: answered here (docs/metering.md, "When the handler throws").
     handlerFailed(c, req, res, error, priced);
   } finally {
@@ -350,68 +299,34 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     }
   };
 
-  /** Fixed price: the cost, the check; then run the chain and charge when the response ended well. */
-  const fixedPrice = (
-    req: IncomingMessage,
-    res: FixedResponse,
-    next: Next,
-    path: string,
-    userId: string,
-    fixed: NonNullable<Common["fixed"]>,
-    spend: MeterSpend,
-  ): void => {
-    const key = fixed.keyOf(headerOf(req, "idempotency-key"));
-    const cost = fixed.costOf(req);
-    if (typeof cost === "number") return fixedCheck(c, fixed, req, res, next, path, userId, key, cost, spend);
-    cost.then(
-      (n) => fixedCheck(c, fixed, req, res, next, path, userId, key, n, spend),
-      (error: unknown) => reply(res, errorResponse(error)),
-    );
-  };
-
-  /** Who pays and how much to hold; then place the hold. */
-  const proceed = (
-    req: IncomingMessage,
-    res: ServerResponse,
-    next: Next,
-    path: string,
-    found: Identity | null | undefined,
-  ): void => {
-    let userId: string;
-    let estimate: number;
-    let spend: MeterSpend;
-    const atOnce = c.atOnce;
-    if (
-      atOnce !== null &&
-      found &&
-      found.spender === undefined &&
-      req.headers["idempotency-key"] === undefined &&
-      !res.destroyed &&
-      !res.writableEnded
-    ) {
-      // Fixed price through a lease, the payer's block covering it: checked at once (its id is
-      // valid: it has a block). Otherwise, the long way: the same checks, in order, and their errors.
-      const id = found.userId;
-      const priced =
-        typeof id === "string"
-          ? atOnce.openOwn(req, id, req.method, path, (res as { locals?: Partial<MeteringLocals> }).locals)
-          : null;
-      if (priced !== null) return fixedGo(c, req, res, next, priced);
-    }
+  /**
+   * Who pays and how much: then, at a fixed price, the check (set aside in the lease block, or read
+   * on the store) and the chain; else the hold, then the chain. Any error before the chain runs is
+   * the answer (401, 400, 402, 429, 5xx).
+   */
+  const meter = async (req: IncomingMessage, res: ServerResponse, next: Next, path: string): Promise<void> => {
+    let priced: PricedRequest<IncomingMessage> | null = null;
+    let session: MeterSession | null = null;
     try {
+      const found = options.authenticate ? await options.authenticate(req) : null;
       const identity = c.identityOf(found, found ? undefined : headerOf(req, "x-user-id")); // the header only when no one was found
       if (identity === null) return reply(res, json(401, errorBody("UNAUTHORIZED", "Authentication required.")));
-      userId = identity.userId;
-      spend = c.spendOf(req, identity);
-      if (c.fixed !== null) return fixedPrice(req, res, next, path, userId, c.fixed, spend);
-      estimate = c.estimate((name) => headerOf(req, name));
+      const spend = c.spendOf(req, identity);
+      if (c.fixed !== null) {
+        const key = c.fixed.keyOf(headerOf(req, "idempotency-key"));
+        const cost = await c.fixed.costOf(req);
+        if (res.destroyed || res.writableEnded) return; // the client left: nothing checked, nothing set aside
+        const locals = (res as { locals?: Partial<MeteringLocals> }).locals;
+        priced = await c.fixed.open(req, identity.userId, cost, key, req.method, path, locals, spend);
+      } else {
+        const estimate = c.estimate((name) => headerOf(req, name));
+        session = await c.openMeter(identity.userId, c.meterOptions(estimate, req.method, path, spend));
+      }
     } catch (error) {
       return reply(res, errorResponse(error));
     }
-    c.openMeter(userId, c.meterOptions(estimate, req.method, path, spend)).then(
-      (session) => start(req, res, next, session),
-      (error: unknown) => reply(res, errorResponse(error)),
-    );
+    if (priced !== null) fixedGo(c, req, res, next, priced);
+    else start(req, res, next, session as MeterSession);
   };
 
   return (req: IncomingMessage, res: ServerResponse, next: Next): void => {
@@ -420,18 +335,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
       next();
       return;
     }
-    let found: ReturnType<NonNullable<typeof options.authenticate>> | null;
-    try {
-      found = options.authenticate ? options.authenticate(req) : null;
-    } catch (error) {
-      return reply(res, errorResponse(error));
-    }
-    if (isPromiseLike(found)) {
-      (found as PromiseLike<Identity | null | undefined>).then(
-        (identity) => proceed(req, res, next, path, identity),
-        (error: unknown) => reply(res, errorResponse(error)),
-      );
-    } else proceed(req, res, next, path, found as Identity | null | undefined);
+    void meter(req, res, next, path);
   };
 }
 
