@@ -21,7 +21,6 @@ import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
-import { copyAccount, holdWith, withRemaining } from "./copies.js";
 import { NO_SPEND, excessMetadata, holdSpend, scopeOf, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -82,11 +81,9 @@ export class AccountWork {
   private readonly holds: WorkingSet<Reservation>;
   /** While true, the loaded grants are in burn-down order and none was added: a draw stops early. */
   private ordered: boolean;
-  /** True once `settle()` ran: the next expiry is then computed from everything again. */
-  private settled = false;
   /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
-  private made: JournalEntry[] = [];
-  private texts: string[] = [];
+  private readonly made: JournalEntry[] = [];
+  private readonly texts: string[] = [];
   /** Events recorded with this change (none on the hot path: no array is made for them). */
   private recorded: WorkEvent[] | undefined;
   /**
@@ -104,7 +101,7 @@ export class AccountWork {
     this.original = state.account;
     // A private copy, updated in place (the loaded object is never mutated).
     this.account = state.account
-      ? copyAccount(state.account)
+      ? { ...state.account, autoTopUp: state.account.autoTopUp ?? null }
       : {
           userId,
           balance: 0,
@@ -211,7 +208,6 @@ export class AccountWork {
    * oldest first. The grants the holds drew from must be loaded.
    */
   settle(asOf: Date = this.now): Settlement {
-    this.settled = true;
     const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0 };
     for (const g of this.grants.all()) if (isPeriodGrant(g) && isDue(g, asOf)) out.periodGrantsEnded++;
     const lapsed = this.holds
@@ -468,32 +464,21 @@ export class AccountWork {
     if (this.account.limits != null) this.trueUp(hold, amount);
     // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
     // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
-    // (Arrays made when needed, from their first element: a first push into `[]` makes room for seventeen.)
-    let portions: GrantPortion[] | null = null;
-    let leftover: GrantPortion[] | null = null;
+    const portions: GrantPortion[] = [];
+    const leftover: GrantPortion[] = [];
     let toTake = captured;
     for (const p of hold.allocations) {
       const take = Math.min(p.amount, toTake);
       toTake -= take;
-      if (take > 0) {
-        const spent = { grantId: p.grantId, amount: take };
-        if (portions === null) portions = [spent];
-        else portions.push(spent);
-      }
-      if (p.amount - take > 0) {
-        const rest = { grantId: p.grantId, amount: p.amount - take };
-        if (leftover === null) leftover = [rest];
-        else leftover.push(rest);
-      }
+      if (take > 0) portions.push({ grantId: p.grantId, amount: take });
+      if (p.amount - take > 0) leftover.push({ grantId: p.grantId, amount: p.amount - take });
     }
-    this.holds.put(holdWith(hold, "committed", this.now, amount, hold.amount, hold.allocations));
+    this.holds.put({ ...hold, status: "committed", settledAt: this.now, committedAmount: amount });
     let back: Returned | null = null;
-    if (leftover !== null) {
+    if (leftover.length > 0) {
       back = this.giveBack(hold.id, leftover, true);
-      if (portions === null) portions = back.portions;
-      else for (const p of back.portions) portions.push(p);
+      portions.push(...back.portions);
     }
-    portions ??= [];
     this.account.balance = this.account.balance - captured;
     this.account.reserved = this.account.reserved - hold.amount;
     const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
@@ -520,7 +505,7 @@ export class AccountWork {
     status: "released" | "expired",
     meta: EntryMeta,
   ): { entry: JournalEntry; expired: number } {
-    this.holds.put(holdWith(hold, status, this.now, hold.committedAmount, hold.amount, hold.allocations));
+    this.holds.put({ ...hold, status, settledAt: this.now });
     if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
     if (this.account.limits != null) this.trueUp(hold, 0);
     const { entry, expired } = this.returnToGrants(hold, meta);
@@ -660,7 +645,7 @@ export class AccountWork {
       const take = Math.min(g.remaining, left);
       left -= take;
       portions.push({ grantId: g.id, amount: take });
-      this.grants.put(withRemaining(g, g.remaining - take));
+      this.grants.put({ ...g, remaining: g.remaining - take });
     }
     return portions;
   }
@@ -695,8 +680,7 @@ export class AccountWork {
     }
     const expired = due === null ? 0 : this.closeExpired(due.sort(compareGrants), { description: "credits expired" });
     let debt = this.account.debt;
-    // (Made from its first element: a first push into `[]` makes room for seventeen.)
-    let portions: GrantPortion[] | null = null;
+    const portions: GrantPortion[] = [];
     let toClosed = false;
     for (const p of allocations) {
       const g = this.grants.get(p.grantId);
@@ -707,23 +691,17 @@ export class AccountWork {
       // Nor do a scoped grant's: the debt is owed for spends of any scope.
       const pay = g.closedAt === null && (g.scope ?? null) === null ? Math.min(debt, p.amount) : 0;
       debt -= pay;
-      if (pay > 0 && tagged) {
-        const paid: GrantPortion = { grantId: p.grantId, amount: pay, kind: "debt_paid" };
-        if (portions === null) portions = [paid];
-        else portions.push(paid);
-      }
+      if (pay > 0 && tagged) portions.push({ grantId: p.grantId, amount: pay, kind: "debt_paid" });
       const back = p.amount - pay;
       if (back === 0) continue;
-      const returned: GrantPortion = tagged
-        ? { grantId: p.grantId, amount: back, kind: "returned" }
-        : { grantId: p.grantId, amount: back };
-      if (portions === null) portions = [returned];
-      else portions.push(returned);
-      this.grants.put(withRemaining(g, g.remaining + back));
+      portions.push(
+        tagged ? { grantId: p.grantId, amount: back, kind: "returned" } : { grantId: p.grantId, amount: back },
+      );
+      this.grants.put({ ...g, remaining: g.remaining + back });
       if (g.closedReason !== null) toClosed = true;
     }
     this.account.debt = debt;
-    return { portions: portions ?? [], expired, toClosed };
+    return { portions, expired, toClosed };
   }
 
   /**
@@ -756,38 +734,12 @@ export class AccountWork {
 
   /**
    * The account's next expiry after this work: the soonest `expiresAt` among its open grants with
-   * credits left and its active holds. The stored value is kept unless a grant or hold this work
-   * touched moves it: one that counts can only bring it forward, and only one that stopped counting
-   * at or before it can push it back — then, and after a settlement, everything is read again.
+   * credits left and its active holds.
    */
   private computeNextExpiry(): Date | null {
-    let next = this.account.nextExpiryAt;
-    let rescan = this.settled;
-    const touched = (expiresAt: Date | null, counts: boolean) => {
-      if (expiresAt === null) return;
-      if (counts) next = minDate(next, expiresAt);
-      else if (next !== null && expiresAt.getTime() <= next.getTime()) rescan = true;
-    };
-    this.grants.forEachTouched((g) => touched(g.expiresAt, isOpenGrant(g)));
-    this.holds.forEachTouched((h) => touched(h.expiresAt, h.status === "active"));
-    return rescan ? this.scanNextExpiry() : next;
-  }
-
-  /** `computeNextExpiry` from every grant and hold. */
-  private scanNextExpiry(): Date | null {
     let next: Date | null = null;
-    // A grant's expiry never changes: those loaded without one are passed over unread.
-    for (const listed of this.grants.loaded) {
-      if (listed.expiresAt === null) continue;
-      const g = this.grants.current(listed);
-      if (isOpenGrant(g)) next = minDate(next, g.expiresAt);
-    }
-    for (const g of this.grants.added()) {
-      if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
-    }
-    for (const h of this.holds.all()) {
-      if (h.status === "active") next = minDate(next, h.expiresAt);
-    }
+    for (const g of this.grants.all()) if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
+    for (const h of this.holds.all()) if (h.status === "active") next = minDate(next, h.expiresAt);
     return next;
   }
 
@@ -829,14 +781,8 @@ export class AccountWork {
     entry.hash = hash;
     a.seq = entry.seq;
     a.lastHash = entry.hash;
-    // (Arrays made to measure: a first push would make room for seventeen.)
-    if (this.made.length === 0) {
-      this.made = [entry];
-      this.texts = [canonical];
-    } else {
-      this.made.push(entry);
-      this.texts.push(canonical);
-    }
+    this.made.push(entry);
+    this.texts.push(canonical);
     return entry;
   }
 }

@@ -30,7 +30,7 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     spendFields(entry) +
     basisField(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
-    `"createdAt":"${iso(entry.createdAt)}","prevHash":${str(entry.prevHash)}}`
+    `"createdAt":"${entry.createdAt.toISOString()}","prevHash":${str(entry.prevHash)}}`
   );
 }
 
@@ -129,52 +129,6 @@ const PLAIN = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/;
 export function quote(s: string): string {
   return PLAIN.test(s) ? `"${s}"` : JSON.stringify(s);
 }
-
-/**
- * `date.toISOString()`, remembering the last one: a busy account writes many entries in the same
- * millisecond, and the canonical form and the ledger line both need it. A new millisecond is
- * written by hand for years 1970–9999 (V8's `toISOString` formats through `snprintf`, about 30 times
- * the cost); the text is the same, and any other date goes to `toISOString` itself.
- */
-let lastTime = Number.NaN;
-let lastIso = "";
-function iso(date: Date): string {
-  const t = date.getTime();
-  if (t !== lastTime) {
-    lastIso = t >= 0 && t < LAST_FOUR_DIGIT_YEAR_END ? isoOf(t) : date.toISOString();
-    lastTime = t;
-  }
-  return lastIso;
-}
-
-/** 10000-01-01T00:00:00.000Z: from here on `toISOString` writes a six-digit year. */
-const LAST_FOUR_DIGIT_YEAR_END = 253402300800000;
-const DAY_MS = 86400000;
-
-/** @internal `new Date(t).toISOString()` for 0 <= t < 10000-01-01 (UTC, proleptic Gregorian). */
-export function isoOf(t: number): string {
-  const days = Math.floor(t / DAY_MS);
-  let ms = t - days * DAY_MS;
-  // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`, days >= 0 here).
-  const z = days + 719468;
-  const era = Math.floor(z / 146097);
-  const doe = z - era * 146097;
-  const yoe = Math.floor((doe - Math.floor(doe / 1460) + Math.floor(doe / 36524) - Math.floor(doe / 146096)) / 365);
-  const doy = doe - (365 * yoe + Math.floor(yoe / 4) - Math.floor(yoe / 100));
-  const mp = Math.floor((5 * doy + 2) / 153);
-  const d = doy - Math.floor((153 * mp + 2) / 5) + 1;
-  const m = mp < 10 ? mp + 3 : mp - 9;
-  const y = yoe + era * 400 + (m <= 2 ? 1 : 0);
-  const h = Math.floor(ms / 3600000);
-  ms -= h * 3600000;
-  const min = Math.floor(ms / 60000);
-  ms -= min * 60000;
-  const sec = Math.floor(ms / 1000);
-  ms -= sec * 1000;
-  return `${y}-${two(m)}-${two(d)}T${two(h)}:${two(min)}:${two(sec)}.${ms < 10 ? "00" : ms < 100 ? "0" : ""}${ms}Z`;
-}
-
-const two = (n: number): string => (n < 10 ? `0${n}` : `${n}`);
 
 /** One-shot sha256 where Node has it (>= 20.12; about twice as fast as a Hash object). */
 const sha256: (data: string, encoding: "hex" | "base64url") => string =
