@@ -8,7 +8,7 @@ interface Row {
 }
 
 describe("WorkingSet (a unit of work's grants and holds)", () => {
-  it("answers like a map of the loaded rows overlaid with the written and added ones", () => {
+  it("answers like a map of the loaded rows overlaid with the written and added ones, short lists and long", () => {
     const step = fc.oneof(
       fc.record({ op: fc.constant("put" as const), n: fc.nat(), v: fc.integer() }),
       fc.record({ op: fc.constant("add" as const), v: fc.integer() }),
@@ -48,7 +48,9 @@ describe("WorkingSet (a unit of work's grants and holds)", () => {
         expect(set.added().map((r) => r.id)).toEqual(order.slice(size));
         for (const r of loaded) expect(set.current(r)).toEqual(model.get(r.id));
         // What the work saves: the rows it changed or created, as they stand, in first-write order.
-        expect(set.touched()).toEqual([...touched].map(([id, created]) => [model.get(id), created]));
+        const saved: Array<[Row, boolean]> = [];
+        set.forEachTouched((row, created) => saved.push([row, created]));
+        expect(saved).toEqual([...touched].map(([id, created]) => [model.get(id), created]));
         expect(set.changed).toBe(touched.size > 0);
         expect(frozen).toEqual(loaded); // the store's list is only read
       }),

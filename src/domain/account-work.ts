@@ -81,6 +81,8 @@ export class AccountWork {
   private readonly holds: WorkingSet<Reservation>;
   /** While true, the loaded grants are in burn-down order and none was added: a draw stops early. */
   private ordered: boolean;
+  /** True once `settle()` ran: the next expiry is then computed from everything again. */
+  private settled = false;
   /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
   private readonly made: JournalEntry[] = [];
   private readonly texts: string[] = [];
@@ -208,6 +210,7 @@ export class AccountWork {
    * oldest first. The grants the holds drew from must be loaded.
    */
   settle(asOf: Date = this.now): Settlement {
+    this.settled = true;
     const out: Settlement = { expired: 0, holdsReleased: 0, creditsReleased: 0, periodGrantsEnded: 0 };
     for (const g of this.grants.all()) if (isPeriodGrant(g) && isDue(g, asOf)) out.periodGrantsEnded++;
     const lapsed = this.holds
@@ -734,12 +737,38 @@ export class AccountWork {
 
   /**
    * The account's next expiry after this work: the soonest `expiresAt` among its open grants with
-   * credits left and its active holds.
+   * credits left and its active holds. The stored value is kept unless a grant or hold this work
+   * touched moves it: one that counts can only bring it forward, and only one that stopped counting
+   * at or before it can push it back — then, and after a settlement, everything is read again.
    */
   private computeNextExpiry(): Date | null {
+    let next = this.account.nextExpiryAt;
+    let rescan = this.settled;
+    const touched = (expiresAt: Date | null, counts: boolean) => {
+      if (expiresAt === null) return;
+      if (counts) next = minDate(next, expiresAt);
+      else if (next !== null && expiresAt.getTime() <= next.getTime()) rescan = true;
+    };
+    this.grants.forEachTouched((g) => touched(g.expiresAt, isOpenGrant(g)));
+    this.holds.forEachTouched((h) => touched(h.expiresAt, h.status === "active"));
+    return rescan ? this.scanNextExpiry() : next;
+  }
+
+  /** `computeNextExpiry` from every grant and hold. */
+  private scanNextExpiry(): Date | null {
     let next: Date | null = null;
-    for (const g of this.grants.all()) if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
-    for (const h of this.holds.all()) if (h.status === "active") next = minDate(next, h.expiresAt);
+    // A grant's expiry never changes: those loaded without one are passed over unread.
+    for (const listed of this.grants.loaded) {
+      if (listed.expiresAt === null) continue;
+      const g = this.grants.current(listed);
+      if (isOpenGrant(g)) next = minDate(next, g.expiresAt);
+    }
+    for (const g of this.grants.added()) {
+      if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
+    }
+    for (const h of this.holds.all()) {
+      if (h.status === "active") next = minDate(next, h.expiresAt);
+    }
     return next;
   }
 
