@@ -68,10 +68,10 @@ function newAccountRows(userId: string): AccountRows {
  * One object per row: a new account, grant or hold is kept as `save` handed it, and a new version
  * of one is written into the object kept (`Object.assign`), so the maps' objects live as long as
  * their rows. (Replacing them instead made each deduction's account and grant new objects for the
- * garbage collector to move: about a third of a deduction's cost, docs/benchmarks.md.) Units of work
- * load the kept objects themselves and only read them; they are done before their save applies. A
- * journal entry is kept as a copy (the services hand the entry to the caller), and every read
- * hands out copies: nothing a caller holds is the store's own.
+ * garbage collector to move: docs/benchmarks.md, "Performance machinery and what it buys".) Units
+ * of work load the kept objects themselves and only read them; they are done before their save
+ * applies. A journal entry is kept as a copy (the services hand the entry to the caller), and every
+ * read hands out copies: nothing a caller holds is the store's own.
  */
 export class InMemoryDbManager extends StoreBase implements DbManager {
   readonly name = "memory";
