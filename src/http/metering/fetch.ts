@@ -1,7 +1,7 @@
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader, usageOfText } from "../../domain/llm-usage.js";
 import { textResponse } from "../text-response.js";
-import { errorBody, errorResponse, json, type Identity } from "../router.js";
+import { errorBody, errorResponse, json } from "../router.js";
 import {
   NO_BODY,
   common,

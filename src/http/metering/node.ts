@@ -1,16 +1,9 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader } from "../../domain/llm-usage.js";
-import { errorBody, errorResponse, json, type Identity } from "../router.js";
+import { errorBody, errorResponse, json } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import {
-  NO_BODY,
-  PricedRequest,
-  common,
-  type CreditMeteringMiddlewareOptions,
-  type MeterSpend,
-  type MeteringLocals,
-} from "./common.js";
+import { NO_BODY, PricedRequest, common, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./common.js";
 import { nodePathOf } from "./paths.js";
 
 type Next = (error?: Error) => void;
