@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { CommandUsageError, exitCodeOf, NoSuchAccountError } from "./args.js";
+import { exitCodeOf, NoSuchAccountError } from "./args.js";
 import { calendarWindow } from "../domain/limits.js";
 import { RuleViolationError, ValidationError } from "../errors.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
@@ -10,6 +10,7 @@ import type { RedisCache } from "../redis/index.js";
 import type { CliIo } from "./run.js";
 import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
 import { table } from "./table.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management accounts show|limits` (docs/cli.md, "Accounts"): one account as the service
@@ -81,24 +82,24 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
   else if (command === "limits") {
     action = rest[0] === "set" ? "set" : rest[0] === "remove" ? "remove" : "limits";
     if (action !== "limits") rest.shift();
-  } else if (command === undefined) throw new CommandUsageError('missing command (try "show" or "limits")');
-  else throw new CommandUsageError(`unknown command "accounts ${command}" (try "show" or "limits")`);
+  } else if (command === undefined) throw new UsageError('missing command (try "show" or "limits")');
+  else throw new UsageError(`unknown command "accounts ${command}" (try "show" or "limits")`);
   const [id, ...extra] = rest;
   const name = action === "set" || action === "remove" ? `limits ${action}` : action;
-  if (id === undefined) throw new CommandUsageError(`"accounts ${name}" needs an account id`);
-  if (extra.length > 0) throw new CommandUsageError(`unexpected argument "${extra[0]}"`);
+  if (id === undefined) throw new UsageError(`"accounts ${name}" needs an account id`);
+  if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
   const only = (flags: readonly (keyof typeof values)[], actions: readonly Action[], what: string) => {
     for (const flag of flags)
       if (values[flag] !== undefined && !actions.includes(action))
-        throw new CommandUsageError(`--${flag} applies to ${what} only`);
+        throw new UsageError(`--${flag} applies to ${what} only`);
   };
   only(["amount"], ["set"], '"accounts limits set"');
   only(["spender", "feature", "period"], ["set", "remove"], '"accounts limits set" and "accounts limits remove"');
-  if (values.sqlite === "") throw new CommandUsageError("--sqlite needs a file name");
+  if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
   let limit: SpendLimitInput | undefined;
   if (action === "set") {
-    if (values.amount === undefined) throw new CommandUsageError('"accounts limits set" needs --amount N');
-    if (values.period === undefined) throw new CommandUsageError('"accounts limits set" needs --period P');
+    if (values.amount === undefined) throw new UsageError('"accounts limits set" needs --amount N');
+    if (values.period === undefined) throw new UsageError('"accounts limits set" needs --period P');
     limit = {
       ...spendOf(values),
       amount: amountOf(values.amount),
@@ -112,9 +113,9 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
   const redisUrl = env.CREDIT_REDIS_URL?.trim() || undefined;
   const cachePrefix = env.CREDIT_REDIS_CACHE_PREFIX?.trim() || undefined;
   if (cachePrefix !== undefined && redisUrl === undefined)
-    throw new CommandUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+    throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
-  const { db, owned } = await openRequiredStore("accounts", values.sqlite, source, (m) => new CommandUsageError(m));
+  const { db, owned } = await openRequiredStore("accounts", values.sqlite, source);
   let cache: RedisCache | undefined;
   let manager: CreditManager | undefined;
   try {
@@ -361,7 +362,7 @@ function periodOf(text: string): { period: LimitPeriod } | { resetsWith: "subscr
   if (text === "subscription") return { resetsWith: "subscription" };
   const m = /^([0-9]+)?(day|week|month|year)$/.exec(text);
   if (m === null)
-    throw new CommandUsageError(
+    throw new UsageError(
       `--period must be day, week, month, year, N<unit> (every N of them, e.g. 2week) or subscription, not ${JSON.stringify(text)}`,
     );
   const unit = m[2] as "day" | "week" | "month" | "year";
@@ -372,7 +373,7 @@ function periodOf(text: string): { period: LimitPeriod } | { resetsWith: "subscr
 /** `--amount`: a number (the library checks it is a whole, non-negative amount). */
 function amountOf(text: string): number {
   if (!/^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(e[+-]?[0-9]+)?$/i.test(text.trim()))
-    throw new CommandUsageError(`--amount must be a number, not ${JSON.stringify(text)}`);
+    throw new UsageError(`--amount must be a number, not ${JSON.stringify(text)}`);
   return Number(text);
 }
 

@@ -1,11 +1,9 @@
+import { UsageError } from "../util/usage-error.js";
 /** Whether `error` is node's `parseArgs` refusing the command line (an unknown flag, a missing value): bad usage. */
 export function isParseArgsError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === "string" && code.startsWith("ERR_PARSE_ARGS_");
 }
-
-/** A mistake on a command's line (exit code 2): the message, then where its help is. */
-export class CommandUsageError extends Error {}
 
 /** The account a command names does not exist (exit code 3). */
 export class NoSuchAccountError extends Error {}
@@ -25,10 +23,9 @@ export function exitCodeOf(
     io.stderr(`credit-management: ${error.message}\n`);
     return 3;
   }
-  if (error instanceof CommandUsageError || isParseArgsError(error)) {
+  if (error instanceof UsageError || isParseArgsError(error)) {
     // node's parseArgs explains how to pass values that start with "-": keep its first sentence.
-    const message =
-      error instanceof CommandUsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
+    const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
     io.stderr(`credit-management: ${message}\nRun "credit-management ${command} --help" for usage.\n`);
     return 2;
   }

@@ -9,6 +9,7 @@ import { verifyArchives } from "../services/archive.js";
 import type { JournalEntry } from "../models/index.js";
 import { openCommandStore, STORE_VARIABLES } from "./store.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../domain/leases.js";
+import { UsageError } from "../util/usage-error.js";
 
 export interface AuditCommand {
   /** Accounts named on the command line (`--user`). */
@@ -79,7 +80,7 @@ interface FileLine {
 export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
   const archives = command.archives ?? [];
   const accountsToo = command.users.length > 0 || command.all;
-  const { db, memoryFromEnv } = await openCommandStore(command.sqlite, source, (m) => new AuditUsageError(m));
+  const { db, memoryFromEnv } = await openCommandStore(command.sqlite, source);
   if (!accountsToo && archives.length > 0) {
     // The archives alone; against the store's checkpoints when there is a store.
     const store = memoryFromEnv ? undefined : db;
@@ -89,11 +90,11 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
       if (source.db === undefined) await db.close();
     }
   }
-  if (memoryFromEnv) throw new AuditUsageError(`audit reads a store: set ${STORE_VARIABLES}`);
+  if (memoryFromEnv) throw new UsageError(`audit reads a store: set ${STORE_VARIABLES}`);
   const manager = await createCreditManager({ db, init: false, ledger: false });
   try {
     if (command.all && db.listAccountIds === undefined) {
-      throw new AuditUsageError("this store cannot list its accounts: name them with --user");
+      throw new UsageError("this store cannot list its accounts: name them with --user");
     }
     const fileLines = new Map<string, Map<number, FileLine>>();
     /** Credit lease windows as the files tell them, by user, then by `<lease>:<window>`. */
@@ -172,9 +173,6 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
     else await manager.ledger.close();
   }
 }
-
-/** A mistake on the command line (exit code 2). */
-export class AuditUsageError extends Error {}
 
 function print(io: AuditIo, json: boolean, report: AuditReport): void {
   if (json) {

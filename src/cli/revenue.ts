@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { CommandUsageError, exitCodeOf, NoSuchAccountError } from "./args.js";
+import { exitCodeOf, NoSuchAccountError } from "./args.js";
 import { startOfDay, wallClock } from "../domain/usage.js";
 import { ValidationError } from "../errors.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
@@ -11,6 +11,7 @@ import { revenueCsv } from "../services/revenue-csv.js";
 import type { CliIo } from "./run.js";
 import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
 import { table } from "./table.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management revenue` (docs/cli.md, "Revenue"; docs/revenue.md, "Where finance reads it"):
@@ -78,23 +79,21 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     io.stdout(REVENUE_HELP);
     return 0;
   }
-  if (positionals.length > 0) throw new CommandUsageError(`unexpected argument "${positionals[0]}"`);
-  if (values.json === true && values.csv === true) throw new CommandUsageError("--json and --csv: choose one");
-  if (values.sqlite === "") throw new CommandUsageError("--sqlite needs a file name");
+  if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+  if (values.json === true && values.csv === true) throw new UsageError("--json and --csv: choose one");
+  if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
   const timeZone = values["time-zone"] ?? "UTC";
   // The zone is the library's to check (a ValidationError naming it), but the month's bounds need it first.
   if (!RevenueQuery.shape.timeZone.safeParse(timeZone).success)
-    throw new CommandUsageError(
-      `--time-zone must be an IANA time zone (e.g. Europe/Berlin), not ${JSON.stringify(timeZone)}`,
-    );
+    throw new UsageError(`--time-zone must be an IANA time zone (e.g. Europe/Berlin), not ${JSON.stringify(timeZone)}`);
   const { from, to, label, current } = rangeOf(values, timeZone, now());
   const interval = values.interval ?? "month";
   if (interval !== "none" && !UsageInterval.safeParse(interval).success)
-    throw new CommandUsageError(`--interval must be month, week, day, hour or none, not ${JSON.stringify(interval)}`);
+    throw new UsageError(`--interval must be month, week, day, hour or none, not ${JSON.stringify(interval)}`);
   const groupBy = (values["group-by"] ?? []).flatMap((g) => g.split(",")).map((g) => g.trim());
   for (const g of groupBy)
     if (!RevenueDimension.safeParse(g).success)
-      throw new CommandUsageError(`--group-by takes account, source, feature and spender, not ${JSON.stringify(g)}`);
+      throw new UsageError(`--group-by takes account, source, feature and spender, not ${JSON.stringify(g)}`);
   if (values.account !== undefined) parse(UserId, values.account, "--account");
   const query: RevenueQuery = {
     ...(values.account === undefined ? {} : { account: values.account }),
@@ -105,7 +104,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     groupBy: groupBy as RevenueDimension[],
   };
 
-  const { db, owned } = await openRequiredStore("revenue", values.sqlite, source, (m) => new CommandUsageError(m));
+  const { db, owned } = await openRequiredStore("revenue", values.sqlite, source);
   let manager: CreditManager | undefined;
   try {
     manager = await createCreditManager({ db, init: false, ledger: false });
@@ -129,9 +128,8 @@ function rangeOf(
   now: Date,
 ): { from: Date; to: Date; label: string; current?: boolean } {
   if (values.from !== undefined || values.to !== undefined) {
-    if (values.month !== undefined) throw new CommandUsageError("--month or --from/--to: choose one");
-    if (values.from === undefined || values.to === undefined)
-      throw new CommandUsageError("--from and --to go together");
+    if (values.month !== undefined) throw new UsageError("--month or --from/--to: choose one");
+    if (values.from === undefined || values.to === undefined) throw new UsageError("--from and --to go together");
     return {
       from: instantOf(values.from, "--from", tz),
       to: instantOf(values.to, "--to", tz),
@@ -151,7 +149,7 @@ function rangeOf(
     };
   } else {
     const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(values.month);
-    if (m === null) throw new CommandUsageError(`--month must be YYYY-MM, not ${JSON.stringify(values.month)}`);
+    if (m === null) throw new UsageError(`--month must be YYYY-MM, not ${JSON.stringify(values.month)}`);
     year = Number(m[1]);
     month = Number(m[2]);
   }
@@ -174,7 +172,7 @@ function instantOf(text: string, flag: string, tz: string): Date {
     const at = new Date(text);
     if (!Number.isNaN(at.getTime())) return at;
   }
-  throw new CommandUsageError(
+  throw new UsageError(
     `${flag} must be a date (YYYY-MM-DD) or an ISO 8601 date-time with its offset, not ${JSON.stringify(text)}`,
   );
 }

@@ -4,16 +4,18 @@ import packageJson from "../../package.json" with { type: "json" };
 import { parseArgs } from "node:util";
 import { isParseArgsError } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
-import { AuditUsageError, runAudit, type AuditSource } from "./audit.js";
+import { runAudit, type AuditSource } from "./audit.js";
 import { REVENUE_HELP, runRevenueCli } from "./revenue.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
 import { SERVE_OPTIONS } from "../serve/settings.js";
-import { WORKER_FLAGS, WORKER_OPTIONS, WorkerUsageError, runWorker, workerSettings } from "./worker.js";
+import { WORKER_FLAGS, WORKER_OPTIONS, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
 import { generateUpgradeSql } from "../schema/migrations.js";
 import { generateMongoScript } from "../schema/mongo-script.js";
 import { SCHEMA_VERSION, SQL_DIALECTS, type SqlDialect, generateSql } from "../schema/sql.js";
+import { UsageError } from "../util/usage-error.js";
+import { ConfigurationError } from "../errors.js";
 
 export interface CliIo {
   stdout: (text: string) => void;
@@ -168,8 +170,6 @@ export function helpHint(command: string | undefined): string {
     : `Run "credit-management --help" for usage.`;
 }
 
-class UsageError extends Error {}
-
 const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair", "sqlite", "archive", "from"];
 
 /**
@@ -194,12 +194,7 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
   try {
     return await run(args, io, source);
   } catch (error) {
-    if (
-      error instanceof UsageError ||
-      error instanceof AuditUsageError ||
-      error instanceof WorkerUsageError ||
-      isParseArgsError(error)
-    ) {
+    if (error instanceof UsageError || isParseArgsError(error)) {
       // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
       const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
       io.stderr(`credit-management: ${message}\n${helpHint(args[0])}\n`);
@@ -386,11 +381,12 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   return 0;
 }
 
-/** A bad --prefix or --schema is a usage error, not a crash. */
+/** A bad --prefix or --schema (the generator's `ConfigurationError`) is a usage error, not a crash. */
 function naming<T>(generate: () => T): T {
   try {
     return generate();
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    if (error instanceof ConfigurationError) throw new UsageError(error.message);
+    throw error;
   }
 }

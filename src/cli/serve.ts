@@ -3,8 +3,10 @@ import { SpenderId, UserId } from "../models/index.js";
 import { newKey } from "../serve/keys.js";
 import { MissingDriverError, openStores } from "../serve/store.js";
 import { runServe } from "../serve/server.js";
-import { SERVE_FLAGS, ServeUsageError, serveSettings, type Env } from "../serve/settings.js";
+import { SERVE_FLAGS, serveSettings, type Env } from "../serve/settings.js";
 import type { CliIo } from "./run.js";
+import { UsageError } from "../util/usage-error.js";
+import { isParseArgsError } from "./args.js";
 
 /** Exit code when better-sqlite3, the default store's driver, is missing (docs/service.md). */
 export const EXIT_MISSING_DRIVER = 3;
@@ -23,7 +25,7 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
         strict: true,
         options: { ...SERVE_FLAGS },
       });
-      if (positionals.length > 0) throw new ServeUsageError(`unexpected argument "${positionals[0]}"`);
+      if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
       return await runServe(serveSettings(values, env), io, env);
     }
     const { values, positionals } = parseArgs({
@@ -41,25 +43,25 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
     const [sub, ...more] = positionals;
     const settings = serveSettings({ sqlite: values.sqlite }, env);
     if (sub === "create") {
-      if (more.length > 0) throw new ServeUsageError(`unexpected argument "${more[0]}"`);
+      if (more.length > 0) throw new UsageError(`unexpected argument "${more[0]}"`);
       const role = values.role;
       let userId: string | null = null;
-      if (role === undefined) throw new ServeUsageError("keys create needs --role admin or --role user:ID");
+      if (role === undefined) throw new UsageError("keys create needs --role admin or --role user:ID");
       if (role !== "admin") {
         const m = /^user:(.+)$/s.exec(role);
         if (m === null || !UserId.safeParse(m[1]).success)
-          throw new ServeUsageError(`--role must be admin or user:ID (an account id), not "${role}"`);
+          throw new UsageError(`--role must be admin or user:ID (an account id), not "${role}"`);
         userId = m[1] as string;
       }
       const spender = values.spender ?? null;
       if (spender !== null) {
-        if (userId === null) throw new ServeUsageError("--spender applies to a user key (--role user:ID) only");
+        if (userId === null) throw new UsageError("--spender applies to a user key (--role user:ID) only");
         if (!SpenderId.safeParse(spender).success)
-          throw new ServeUsageError("--spender must be 1 to 255 printable characters (a member's or a key's id)");
+          throw new UsageError("--spender must be 1 to 255 printable characters (a member's or a key's id)");
       }
       const name = values.name ?? null;
       if (name !== null && (name.length > 256 || [...name].some((c) => c.charCodeAt(0) < 32)))
-        throw new ServeUsageError("--name must be up to 256 printable characters");
+        throw new UsageError("--name must be up to 256 printable characters");
       return await withKeys(settings.store, async (keys) => {
         const { key, record } = newKey(role === "admin" ? "admin" : "user", userId, name, spender);
         await keys.insert(record);
@@ -69,9 +71,9 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
         return 0;
       });
     }
-    if (values.spender !== undefined) throw new ServeUsageError('--spender applies to "keys create" only');
+    if (values.spender !== undefined) throw new UsageError('--spender applies to "keys create" only');
     if (sub === "list") {
-      if (more.length > 0) throw new ServeUsageError(`unexpected argument "${more[0]}"`);
+      if (more.length > 0) throw new UsageError(`unexpected argument "${more[0]}"`);
       return await withKeys(settings.store, async (keys) => {
         for (const r of await keys.list()) {
           const { hash: _hash, ...shown } = r;
@@ -87,8 +89,8 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
     if (sub === "revoke") {
       const [id, ...extra] = more;
       if (id === undefined || !/^[0-9a-f]{16}$/.test(id))
-        throw new ServeUsageError("keys revoke needs a key id (keys list shows them)");
-      if (extra.length > 0) throw new ServeUsageError(`unexpected argument "${extra[0]}"`);
+        throw new UsageError("keys revoke needs a key id (keys list shows them)");
+      if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
       return await withKeys(settings.store, async (keys) => {
         if (!(await keys.revoke(id, new Date().toISOString()))) {
           io.stderr(`credit-management: no active key ${id}\n`);
@@ -100,9 +102,9 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
         return 0;
       });
     }
-    throw new ServeUsageError(`keys needs create, list or revoke${sub === undefined ? "" : `, not "${sub}"`}`);
+    throw new UsageError(`keys needs create, list or revoke${sub === undefined ? "" : `, not "${sub}"`}`);
   } catch (error) {
-    if (error instanceof ServeUsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+    if (error instanceof UsageError || isParseArgsError(error)) {
       io.stderr(
         `credit-management: ${(error as Error).message}\nRun "credit-management ${args[0]} --help" for usage.\n`,
       );

@@ -3,6 +3,7 @@ import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
 import type { CreditManager } from "../manager.js";
 import { ConfigurationError } from "../errors.js";
+import { UsageError } from "../util/usage-error.js";
 
 /** The variables (and flag) that name the store `audit` and `accounts` read (docs/cli.md). */
 export const STORE_VARIABLES =
@@ -19,14 +20,13 @@ export interface StoreSource {
  * The store of `audit` and `accounts` (docs/cli.md): `source.db` as given, else the SQLite file
  * `sqlite` names (`--sqlite`, which wins over the environment), else the environment's. Opened
  * without `init()`: nothing created or migrated; a SQLite file must exist and be a store at this
- * release's schema version, or `usage(message)` is thrown (and the file left as it was).
+ * release's schema version, or a `UsageError` is thrown (and the file left as it was).
  * `fromEnv`: an empty in-memory store made because the environment names none (the caller decides
  * whether that is a usage error); `owned`: the caller closes it.
  */
 export async function openCommandStore(
   sqlite: string | undefined,
   source: StoreSource,
-  usage: (message: string) => Error,
 ): Promise<{ db: DbManager; owned: boolean; memoryFromEnv: boolean }> {
   const env = source.env ?? process.env;
   const db =
@@ -43,7 +43,7 @@ export async function openCommandStore(
     } catch (error) {
       // Cleanup: the error being thrown is the one to report.
       if (owned) await db.close().catch(() => undefined);
-      if (error instanceof ConfigurationError) throw usage(error.message);
+      if (error instanceof ConfigurationError) throw new UsageError(error.message);
       throw error;
     }
   }
@@ -52,18 +52,17 @@ export async function openCommandStore(
 
 /**
  * `openCommandStore` for a command that needs a real store (`revenue`, `accounts`): the empty
- * in-memory store the environment falls back to is closed and `usage` thrown, naming the variables.
+ * in-memory store the environment falls back to is closed and a `UsageError` thrown, naming the variables.
  */
 export async function openRequiredStore(
   command: string,
   sqlite: string | undefined,
   source: StoreSource,
-  usage: (message: string) => Error,
 ): Promise<{ db: DbManager; owned: boolean }> {
-  const { db, owned, memoryFromEnv } = await openCommandStore(sqlite, source, usage);
+  const { db, owned, memoryFromEnv } = await openCommandStore(sqlite, source);
   if (memoryFromEnv) {
     await db.close();
-    throw usage(`${command} reads a store: set ${STORE_VARIABLES}`);
+    throw new UsageError(`${command} reads a store: set ${STORE_VARIABLES}`);
   }
   return { db, owned };
 }

@@ -1,7 +1,7 @@
 import { parseArgs } from "node:util";
 import { NotificationType, UserId } from "../models/index.js";
 import { MissingDriverError, allowedNetworks, openEndpointStore, openStores } from "../serve/store.js";
-import { serveSettings, ServeUsageError, type Env } from "../serve/settings.js";
+import { serveSettings, type Env } from "../serve/settings.js";
 import {
   endpointOf,
   newEndpointId,
@@ -11,6 +11,8 @@ import {
 import { generateWebhookSecret } from "../webhooks/sign.js";
 import { retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhooks/queue.js";
 import type { CliIo } from "./run.js";
+import { UsageError } from "../util/usage-error.js";
+import { isParseArgsError } from "./args.js";
 
 /**
  * `credit-management webhooks add|list|remove|enable|disable|rotate-secret|test|retry`
@@ -57,7 +59,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
       },
     });
     const [sub, target, ...extra] = positionals;
-    if (extra.length > 0) throw new ServeUsageError(`unexpected argument "${extra[0]}"`);
+    if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
     const settings = serveSettings({ sqlite: values.sqlite }, env);
     const withStore = async (fn: (store: WebhookEndpointStore) => Promise<number>): Promise<number> => {
       const store = await openEndpointStore(settings.store);
@@ -70,19 +72,18 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
       }
     };
     const existing = async (store: WebhookEndpointStore): Promise<WebhookEndpointRecord> => {
-      if (target === undefined)
-        throw new ServeUsageError(`webhooks ${sub} needs an endpoint id (webhooks list shows them)`);
+      if (target === undefined) throw new UsageError(`webhooks ${sub} needs an endpoint id (webhooks list shows them)`);
       const record = await store.get(target);
       if (record === null) throw new NotFound(`no webhook endpoint ${target}`);
       return record;
     };
     switch (sub) {
       case "add": {
-        if (target === undefined) throw new ServeUsageError("webhooks add needs the endpoint's URL");
+        if (target === undefined) throw new UsageError("webhooks add needs the endpoint's URL");
         const types = values.types === undefined ? null : values.types.split(",").map((t) => t.trim());
         for (const t of types ?? [])
           if (!NotificationType.safeParse(t).success)
-            throw new ServeUsageError(`--types: "${t}" is not an event type (docs/events.md)`);
+            throw new UsageError(`--types: "${t}" is not an event type (docs/events.md)`);
         const record: WebhookEndpointRecord = {
           id: newEndpointId(),
           url: target,
@@ -95,7 +96,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
           disabledReason: null,
         };
         const checked = WebhookEndpoint.safeParse(endpointOf(record));
-        if (!checked.success) throw new ServeUsageError(checked.error.issues.map((i) => i.message).join("; "));
+        if (!checked.success) throw new UsageError(checked.error.issues.map((i) => i.message).join("; "));
         return await withStore(async (store) => {
           await store.put(record);
           io.stderr(
@@ -161,9 +162,9 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
           return ok ? 0 : 1;
         });
       case "retry": {
-        if (target === undefined) throw new ServeUsageError("webhooks retry needs an endpoint id");
+        if (target === undefined) throw new UsageError("webhooks retry needs an endpoint id");
         if (values.user === undefined || !UserId.safeParse(values.user).success)
-          throw new ServeUsageError("webhooks retry needs --user USER (the account whose deliveries failed)");
+          throw new UsageError("webhooks retry needs --user USER (the account whose deliveries failed)");
         const stores = await openStores(settings.store);
         try {
           await stores.db.init();
@@ -179,12 +180,12 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         }
       }
       default:
-        throw new ServeUsageError(
+        throw new UsageError(
           `webhooks needs add, list, remove, enable, disable, rotate-secret, test or retry${sub === undefined ? "" : `, not "${sub}"`}`,
         );
     }
   } catch (error) {
-    if (error instanceof ServeUsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+    if (error instanceof UsageError || isParseArgsError(error)) {
       io.stderr(`credit-management: ${(error as Error).message}\nRun "credit-management webhooks --help" for usage.\n`);
       return 2;
     }

@@ -4,17 +4,17 @@ import type { DbEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
-import { ServeUsageError, storeSettings } from "../serve/settings.js";
+import { storeSettings } from "../serve/settings.js";
 import { openCreditStore } from "../serve/store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
-import { WorkerUsageError, workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
+import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
+import { UsageError } from "../util/usage-error.js";
 
 export {
   parseDuration,
   WORKER_FLAGS,
   WORKER_OPTIONS,
-  WorkerUsageError,
   workerSettings,
   type LogLevel,
   type NotificationsMode,
@@ -79,13 +79,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
 
   // The store exactly as `serve` resolves it (docs/operations.md): on a machine where `serve` runs
   // on its default SQLite file, the worker works on that file too.
-  let store: ReturnType<typeof storeSettings>;
-  try {
-    store = storeSettings(env as Record<string, string | undefined>);
-  } catch (error) {
-    if (error instanceof ServeUsageError) throw new WorkerUsageError(error.message);
-    throw error;
-  }
+  const store = storeSettings(env as Record<string, string | undefined>);
   let db: DbManager | undefined;
   try {
     try {
@@ -132,7 +126,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
         ...resources.options,
       });
     } catch (error) {
-      if (error instanceof WorkerUsageError) throw error;
+      if (error instanceof UsageError) throw error;
       logger.error({ err: error }, "worker could not start");
       // Not the manager's yet: its pool (or client) is closed here.
       // Cleanup on the way out: the command's own result or error is what it reports.

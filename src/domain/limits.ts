@@ -349,7 +349,8 @@ export function alertedOf(limit: SpendLimit): 0 | 1 | 2 {
 }
 
 /** No crossings (shared, frozen: the common case allocates nothing). */
-const NO_CROSSINGS = Object.freeze([]) as unknown as Counted["crossed"];
+// Frozen and never pushed to: the first crossing replaces it with an array of its own.
+const NO_CROSSINGS = Object.freeze<Counted["crossed"]>([]) as Counted["crossed"];
 
 /**
  * Trues up a hold's count at its commit or release: the hold counted `held` when it was placed at

@@ -1,5 +1,6 @@
 import { CreditsPerUnit, KeyNamespace } from "../models/payments.js";
 import { stripeEnvOptions, type StripeProviderOptions } from "./stripe.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * The payment settings of `credit-management worker` and `serve` (docs/operations.md, "Payment
@@ -7,11 +8,6 @@ import { stripeEnvOptions, type StripeProviderOptions } from "./stripe.js";
  * both, so a process that charges auto top-ups or opens checkouts charges and credits as the
  * application's `createCreditManager({ payments })` does.
  */
-
-/** A bad payment flag or variable; the commands turn it into their usage error (exit 2). */
-export class PaymentSettingsError extends Error {
-  override name = "PaymentSettingsError";
-}
 
 /** What `paymentSettings` read: the manager's `payments` option, less the providers' own defaults. */
 export interface PaymentSettings {
@@ -46,7 +42,7 @@ type Env = Readonly<Record<string, string | undefined>>;
 
 /**
  * Reads and checks the payment settings of `flags` and `env` (the flag wins over its variable);
- * throws `PaymentSettingsError` naming the flag or variable. Reads nothing else.
+ * throws `UsageError` naming the flag or variable. Reads nothing else.
  */
 export function paymentSettings(flags: PaymentFlags, env: Env): PaymentSettings {
   const read = (value: string | undefined) => (value === undefined || value.trim() === "" ? undefined : value.trim());
@@ -57,13 +53,11 @@ export function paymentSettings(flags: PaymentFlags, env: Env): PaymentSettings 
 
   const namespace = read(env.CREDIT_PAYMENT_KEY_NAMESPACE);
   if (namespace !== undefined && !KeyNamespace.safeParse(namespace).success)
-    throw new PaymentSettingsError(
-      `CREDIT_PAYMENT_KEY_NAMESPACE must be 1 to 64 characters, not ${namespace.length} characters`,
-    );
+    throw new UsageError(`CREDIT_PAYMENT_KEY_NAMESPACE must be 1 to 64 characters, not ${namespace.length} characters`);
 
   const baseUrl = read(env.STRIPE_API_BASE_URL);
   if (baseUrl !== undefined && !/^https?:\/\/[^\s/]+/.test(baseUrl))
-    throw new PaymentSettingsError(`STRIPE_API_BASE_URL must be an http:// or https:// URL, not "${baseUrl}"`);
+    throw new UsageError(`STRIPE_API_BASE_URL must be an http:// or https:// URL, not "${baseUrl}"`);
 
   return {
     creditsPerUnit,
@@ -78,7 +72,7 @@ export function paymentSettings(flags: PaymentFlags, env: Env): PaymentSettings 
  */
 export function parseCreditsPerUnit(text: string, from: string): number | Record<string, number> {
   const bad = () =>
-    new PaymentSettingsError(
+    new UsageError(
       `${from} must be a rate (2, 0.5) or rates per currency (USD=2,INR=1), each positive and at most 1e9, not "${text}"`,
     );
   const rate = (t: string) => {
@@ -94,7 +88,7 @@ export function parseCreditsPerUnit(text: string, from: string): number | Record
       const m = /^\s*([A-Za-z]{3})\s*=\s*(\S+)\s*$/.exec(pair);
       if (m === null) throw bad();
       const code = (m[1] as string).toUpperCase();
-      if (code in rates) throw new PaymentSettingsError(`${from} names ${code} twice: "${text}"`);
+      if (code in rates) throw new UsageError(`${from} names ${code} twice: "${text}"`);
       rates[code] = rate(m[2] as string);
     }
     value = rates;

@@ -18,6 +18,7 @@ import type { Column } from "./columns.js";
 import { rollupBackfillSql, rollupDdl, rollupFoldUpgradeSql } from "./rollup.js";
 import type { SqlTable } from "./sql.js";
 import { type TableKey, indexesOf } from "./tables.js";
+import { ConfigurationError } from "../errors.js";
 
 /** A column added to a table that existed before. */
 interface AddedColumn {
@@ -314,7 +315,9 @@ export interface UpgradeSqlOptions extends NamingOptions {
 export function upgradeStatements(options: UpgradeSqlOptions): string[] {
   const { dialect, fromVersion } = options;
   if (!Number.isSafeInteger(fromVersion) || fromVersion < 1 || fromVersion > SCHEMA_VERSION) {
-    throw new Error(`fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(fromVersion)}`);
+    throw new ConfigurationError(
+      `fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(fromVersion)}`,
+    );
   }
   const naming: NamingOptions = { prefix: options.prefix, schema: options.schema };
   const tables = new Map(sqlTables({ dialect, ...naming }).map((t) => [t.key, t]));
@@ -517,7 +520,7 @@ export function generateUpgradeSql(options: UpgradeSqlOptions): string {
   // The DDL of today, without its own version row: that is set last, once everything else is done.
   const distributed = options.distributed === true;
   if (distributed && dialect !== "postgres")
-    throw new Error("distributed applies to the postgres dialect only (Citus)");
+    throw new ConfigurationError("distributed applies to the postgres dialect only (Citus)");
   const ddl = generateSql({ dialect, ...naming, versionRow: false, ...(distributed ? { distributed } : {}) });
   // Citus: the steps may make the rollup's trigger on the (distributed) journal before today's DDL.
   const citus = distributed ? `${CITUS_TRIGGERS}\n\n` : "";

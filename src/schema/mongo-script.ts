@@ -9,6 +9,7 @@ import type { JsonSchemaNode } from "./columns.js";
 import { generateMongoSchema } from "./mongo.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION, checkNaming } from "./sql.js";
 import { tableSpecs } from "./tables.js";
+import { ConfigurationError } from "../errors.js";
 
 /** Options of `generateMongoScript`. */
 export interface MongoScriptOptions {
@@ -74,7 +75,7 @@ export function generateMongoScript(options: MongoScriptOptions = {}): string {
   checkNaming({ prefix: options.prefix });
   const from = options.fromVersion;
   if (from !== undefined && (!Number.isSafeInteger(from) || from < 1 || from > SCHEMA_VERSION)) {
-    throw new Error(`fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(from)}`);
+    throw new ConfigurationError(`fromVersion must be a whole number from 1 to ${SCHEMA_VERSION}, got ${String(from)}`);
   }
   const prefix = options.prefix ?? "credit_";
   const j = (v: unknown) => JSON.stringify(v);

@@ -26,6 +26,7 @@ import {
   indexesOf,
   tableSpecs,
 } from "./tables.js";
+import { ConfigurationError } from "../errors.js";
 
 export type SqlDialect = "postgres" | "mysql" | "sqlite";
 export const SQL_DIALECTS: readonly SqlDialect[] = ["postgres", "mysql", "sqlite"];
@@ -94,13 +95,13 @@ const PREFIX = /^[A-Za-z0-9_]*$/;
 /** PostgreSQL truncates longer identifiers; MySQL refuses them. */
 const MAX_IDENTIFIER = 63;
 
-/** Checks a prefix and schema name; throws a plain Error naming the problem. */
+/** Checks a prefix and schema name; a `ConfigurationError` names the problem. */
 export function checkNaming(options: NamingOptions): void {
   if (options.prefix !== undefined && !PREFIX.test(options.prefix)) {
-    throw new Error(`prefix ${JSON.stringify(options.prefix)} may only contain letters, digits and "_"`);
+    throw new ConfigurationError(`prefix ${JSON.stringify(options.prefix)} may only contain letters, digits and "_"`);
   }
   if (options.schema !== undefined && !IDENTIFIER.test(options.schema)) {
-    throw new Error(
+    throw new ConfigurationError(
       `schema ${JSON.stringify(options.schema)} must start with a letter or "_" and contain only letters, digits and "_"`,
     );
   }
@@ -198,7 +199,7 @@ export function partitioningOf(options: Pick<SqlOptions, "partitioned">): Requir
     typeof options.partitioned === "string" ? { interval: options.partitioned } : options.partitioned,
   );
   if (!o.success)
-    throw new Error(
+    throw new ConfigurationError(
       `partitioned must be "day", "week" or "month" or { interval, ahead? }: ${o.error.issues.map((i) => i.message).join("; ")}`,
     );
   return { interval: o.data.interval, ahead: o.data.ahead ?? DEFAULT_AHEAD };
@@ -219,13 +220,13 @@ export function generateSqlAt(options: SqlOptions, now: Date | null): string {
 export function generateStatementsAt(options: SqlOptions, now: Date | null): string[] {
   const { dialect } = options;
   if (options.distributed === true && dialect !== "postgres") {
-    throw new Error("distributed applies to the postgres dialect only (Citus)");
+    throw new ConfigurationError("distributed applies to the postgres dialect only (Citus)");
   }
   const partitioning = partitioningOf(options);
   if (partitioning !== null && dialect !== "postgres")
-    throw new Error("partitioned applies to the postgres dialect only");
+    throw new ConfigurationError("partitioned applies to the postgres dialect only");
   if (partitioning !== null && options.distributed === true)
-    throw new Error("partitioned and distributed cannot be combined");
+    throw new ConfigurationError("partitioned and distributed cannot be combined");
   const distributed = options.distributed === true;
   const tables = sqlTables(
     distributed ? { ...options, tables: distributedSpecs(options.tables ?? tableSpecs) } : options,
@@ -544,7 +545,9 @@ function mysqlIndexes(indexes: IndexSpec[]): IndexSpec[] {
 
 function checkLength(name: string): string {
   if (name.length > MAX_IDENTIFIER) {
-    throw new Error(`identifier "${name}" is longer than ${MAX_IDENTIFIER} characters: use a shorter prefix`);
+    throw new ConfigurationError(
+      `identifier "${name}" is longer than ${MAX_IDENTIFIER} characters: use a shorter prefix`,
+    );
   }
   return name;
 }

@@ -27,10 +27,11 @@ import { createAuthenticator, type Authenticator } from "./auth.js";
 import { consoleApp, type ConsoleApp } from "./console.js";
 import { CUSTOMER_PREFIX, customerPage } from "./customer-page.js";
 import { MissingDriverError, openStores } from "./store.js";
-import { ServeStartError, ServeUsageError, type Env, type ServeSettings } from "./settings.js";
+import { ServeStartError, type Env, type ServeSettings } from "./settings.js";
 import type { KeyStore } from "./keys.js";
 import { warnOnFailure } from "../logger.js";
 import { customerTokensOn } from "../services/credit-core.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `credit-management serve` (docs/service.md): the credit API (`createCreditHandler`) behind API
@@ -543,7 +544,7 @@ function listenFailure(error: unknown, host: string, port: number): string {
 /**
  * Runs the service until SIGTERM/SIGINT. Resolves to the exit code: 0 stopped cleanly; 1 the
  * shutdown time-out cut requests in flight. Throws `ServeStartError` when it cannot start (the
- * store, the port: exit 1), `MissingDriverError` without better-sqlite3 (exit 3), `ServeUsageError`
+ * store, the port: exit 1), `MissingDriverError` without better-sqlite3 (exit 3), `UsageError`
  * for a bad worker setting (with --worker, exit 2): the CLI prints each on stderr, the same way
  * (docs/service.md, "Exit codes").
  */
@@ -562,7 +563,7 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
     try {
       ws = workerSettings({ "log-level": s.CREDIT_LOG_LEVEL }, env);
     } catch (error) {
-      throw new ServeUsageError((error as Error).message);
+      throw new UsageError((error as Error).message);
     }
   }
   let stopping: ((signal: string) => void) | null = null;

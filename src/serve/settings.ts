@@ -2,20 +2,11 @@ import * as z from "zod";
 import {
   PAYMENT_FLAGS,
   PAYMENT_OPTIONS,
-  PaymentSettingsError,
   paymentSettings,
   type PaymentFlags,
   type PaymentSettings,
 } from "../payments/settings.js";
-
-/**
- * `credit-management serve`'s settings (docs/service.md, "Configure it"): every one from the
- * environment, a flag winning over its variable, checked by one zod schema before anything
- * connects. A bad one is a `ServeUsageError` naming the variable (the CLI exits 2).
- */
-export class ServeUsageError extends Error {
-  override name = "ServeUsageError";
-}
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * `serve` could not start: the store could not be opened, or the port could not be listened on
@@ -260,7 +251,7 @@ const FLAG_OF: Record<string, string> = {
   CREDIT_LOG_LEVEL: "--log-level",
 };
 
-/** Reads and checks the flags and the environment; throws `ServeUsageError` naming what is wrong. */
+/** Reads and checks the flags and the environment; throws `UsageError` naming what is wrong. */
 export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
   const input: Record<string, string> = {};
   for (const key of Object.keys(Schema.shape)) {
@@ -278,32 +269,26 @@ export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
     const key = String(issue?.path[0] ?? "");
     const from = FLAG_OF[key] !== undefined && flagGiven(flags, key) ? FLAG_OF[key] : key;
     const shown = /(KEY|SECRET|URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
-    throw new ServeUsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
+    throw new UsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
   }
   const s = r.data;
   const store = storeOf(s);
   if (s.CREDIT_JWT_JWKS_URL !== undefined && s.CREDIT_JWT_KEY !== undefined)
-    throw new ServeUsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
+    throw new UsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
   if (s.CREDIT_HEADERS_TIMEOUT_MS !== undefined && s.CREDIT_HEADERS_TIMEOUT_MS > s.CREDIT_REQUEST_TIMEOUT_MS)
-    throw new ServeUsageError(
+    throw new UsageError(
       `CREDIT_HEADERS_TIMEOUT_MS (${s.CREDIT_HEADERS_TIMEOUT_MS}) must not exceed CREDIT_REQUEST_TIMEOUT_MS (${s.CREDIT_REQUEST_TIMEOUT_MS}): the headers are part of the request`,
     );
   if (s.CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET !== undefined && s.CREDIT_CUSTOMER_TOKEN_SECRET === undefined)
-    throw new ServeUsageError("CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET needs CREDIT_CUSTOMER_TOKEN_SECRET");
+    throw new UsageError("CREDIT_CUSTOMER_TOKEN_PREVIOUS_SECRET needs CREDIT_CUSTOMER_TOKEN_SECRET");
   if (s.CREDIT_CUSTOMER_FRAME_ANCESTORS.includes("'none'") && s.CREDIT_CUSTOMER_FRAME_ANCESTORS.length > 1)
-    throw new ServeUsageError("CREDIT_CUSTOMER_FRAME_ANCESTORS: 'none' cannot be combined with other sources");
-  let payments: PaymentSettings;
-  try {
-    payments = paymentSettings(flags, env);
-  } catch (error) {
-    if (error instanceof PaymentSettingsError) throw new ServeUsageError(error.message);
-    throw error;
-  }
+    throw new UsageError("CREDIT_CUSTOMER_FRAME_ANCESTORS: 'none' cannot be combined with other sources");
+  const payments = paymentSettings(flags, env);
   const jwt = s.CREDIT_JWT_JWKS_URL !== undefined || s.CREDIT_JWT_KEY !== undefined;
   if (jwt && (s.CREDIT_JWT_ISSUER === undefined || s.CREDIT_JWT_AUDIENCE === undefined))
-    throw new ServeUsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
+    throw new UsageError("JWTs need CREDIT_JWT_ISSUER and CREDIT_JWT_AUDIENCE (both are checked)");
   if (!jwt && (s.CREDIT_JWT_ISSUER !== undefined || s.CREDIT_JWT_AUDIENCE !== undefined))
-    throw new ServeUsageError("CREDIT_JWT_ISSUER/CREDIT_JWT_AUDIENCE need CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY");
+    throw new UsageError("CREDIT_JWT_ISSUER/CREDIT_JWT_AUDIENCE need CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY");
   return { ...s, worker: flags.worker === true, store, jwt, payments };
 }
 
@@ -320,7 +305,7 @@ const StoreSchema = Schema.pick({
 function storeOf(s: z.output<typeof StoreSchema>): ServeSettings["store"] {
   const given = [s.CREDIT_MONGO_URI && "CREDIT_MONGO_URI", s.CREDIT_PG_URL && "CREDIT_PG_URL"].filter(Boolean);
   if (given.length > 1 || (given.length === 1 && s.CREDIT_SQLITE_PATH !== undefined)) {
-    throw new ServeUsageError(
+    throw new UsageError(
       `choose one store: ${[...given, s.CREDIT_SQLITE_PATH !== undefined ? "CREDIT_SQLITE_PATH/--sqlite" : ""].filter(Boolean).join(" and ")} are set`,
     );
   }
@@ -334,7 +319,7 @@ function storeOf(s: z.output<typeof StoreSchema>): ServeSettings["store"] {
 /**
  * The store of `serve`, `keys` and `worker` from the environment (docs/service.md, "Run it"): one
  * resolution for every command on a machine, so that each finds the others' data. Throws
- * `ServeUsageError` naming a bad variable, or two stores set.
+ * `UsageError` naming a bad variable, or two stores set.
  */
 export function storeSettings(env: Env): ServeSettings["store"] {
   const input: Record<string, string> = {};
@@ -347,7 +332,7 @@ export function storeSettings(env: Env): ServeSettings["store"] {
     const issue = r.error.issues[0];
     const key = String(issue?.path[0] ?? "");
     const shown = /(URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
-    throw new ServeUsageError(`${key} ${issue?.message ?? "is invalid"}, not ${shown}`);
+    throw new UsageError(`${key} ${issue?.message ?? "is invalid"}, not ${shown}`);
   }
   return storeOf(r.data);
 }

@@ -4,21 +4,18 @@ import type { WorkerOptions } from "../worker/index.js";
 import {
   PAYMENT_FLAGS,
   PAYMENT_OPTIONS,
-  PaymentSettingsError,
   paymentSettings,
   type PaymentFlags,
   type PaymentSettings,
 } from "../payments/settings.js";
+import { UsageError } from "../util/usage-error.js";
 
 /**
  * The settings of `credit-management worker` and of `serve --worker` (docs/operations.md): read
  * from the flags and the environment they are given, checked before anything connects; a bad one
- * is a `WorkerUsageError` naming it (exit 2). `workerOptions` turns them into `createWorker`'s
+ * is a `UsageError` naming it (exit 2). `workerOptions` turns them into `createWorker`'s
  * options.
  */
-
-/** A bad flag or variable: the CLI prints it and exits 2. */
-export class WorkerUsageError extends Error {}
 
 export type NotificationsMode = "off" | "record" | "deliver";
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -158,7 +155,7 @@ Signals: SIGTERM or SIGINT finishes the rounds in flight, then exits 0 (--once: 
 
 type Env = Record<string, string | undefined>;
 
-/** Reads and checks the flags and the environment; throws `WorkerUsageError` saying what is wrong. */
+/** Reads and checks the flags and the environment; throws `UsageError` saying what is wrong. */
 export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const read = (flag: keyof WorkerFlags | null, name: string): { text: string; from: string } | undefined => {
     const given = flag === null ? undefined : flags[flag];
@@ -177,7 +174,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     if (v === undefined) return undefined;
     const n = /^[0-9]+$/.test(v.text) ? Number(v.text) : NaN;
     if (!(n >= min && n <= max))
-      throw new WorkerUsageError(`${v.from} must be a whole number from ${min} to ${max}, not "${v.text}"`);
+      throw new UsageError(`${v.from} must be a whole number from ${min} to ${max}, not "${v.text}"`);
     return n;
   };
   const number = (flag: keyof WorkerFlags | null, name: string, min: number, max: number): number | undefined => {
@@ -185,35 +182,35 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     if (v === undefined) return undefined;
     const n = /^[0-9]+(\.[0-9]+)?$/.test(v.text) ? Number(v.text) : NaN;
     if (!(n >= min && n <= max))
-      throw new WorkerUsageError(`${v.from} must be a number from ${min} to ${max}, not "${v.text}"`);
+      throw new UsageError(`${v.from} must be a number from ${min} to ${max}, not "${v.text}"`);
     return n;
   };
 
   const redisUrl = read(null, "CREDIT_REDIS_URL")?.text;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl)) {
-    throw new WorkerUsageError(`CREDIT_REDIS_URL must be a redis:// or rediss:// URL, not "${redisUrl}"`);
+    throw new UsageError(`CREDIT_REDIS_URL must be a redis:// or rediss:// URL, not "${redisUrl}"`);
   }
   const webhooksText = read(null, "CREDIT_WEBHOOKS")?.text;
   if (webhooksText !== undefined && webhooksText !== "on" && webhooksText !== "off")
-    throw new WorkerUsageError(`CREDIT_WEBHOOKS must be on or off, not "${webhooksText}"`);
+    throw new UsageError(`CREDIT_WEBHOOKS must be on or off, not "${webhooksText}"`);
   const webhooks = webhooksText === "on";
   const modeText = read(null, "CREDIT_NOTIFICATIONS")?.text;
   if (modeText !== undefined && modeText !== "off" && modeText !== "record" && modeText !== "deliver") {
-    throw new WorkerUsageError(`CREDIT_NOTIFICATIONS must be off, record or deliver, not "${modeText}"`);
+    throw new UsageError(`CREDIT_NOTIFICATIONS must be off, record or deliver, not "${modeText}"`);
   }
   const notifications: NotificationsMode =
     (modeText as NotificationsMode | undefined) ?? (redisUrl === undefined && !webhooks ? "off" : "deliver");
   if (notifications === "deliver" && redisUrl === undefined && !webhooks) {
-    throw new WorkerUsageError("CREDIT_NOTIFICATIONS=deliver needs CREDIT_REDIS_URL (the stream it delivers to)");
+    throw new UsageError("CREDIT_NOTIFICATIONS=deliver needs CREDIT_REDIS_URL (the stream it delivers to)");
   }
   const cachePrefix = read(null, "CREDIT_REDIS_CACHE_PREFIX")?.text;
   if (cachePrefix !== undefined && redisUrl === undefined)
-    throw new WorkerUsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+    throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
   // Checked here, before any connection (the store's constructor would fail later, with exit 1).
   const partitions = read(null, "CREDIT_PG_PARTITIONS")?.text;
   if (partitions !== undefined && !PartitionInterval.safeParse(partitions).success)
-    throw new WorkerUsageError(`CREDIT_PG_PARTITIONS must be day, week or month, not "${partitions}"`);
+    throw new UsageError(`CREDIT_PG_PARTITIONS must be day, week or month, not "${partitions}"`);
 
   const jobs = duration("jobs-every", "CREDIT_WORKER_JOBS_EVERY", 60_000);
   const reminders = duration("reminders-every", "CREDIT_WORKER_REMINDERS_EVERY", 3_600_000);
@@ -221,22 +218,16 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
   const topUps = duration("top-up-every", "CREDIT_WORKER_TOP_UP_EVERY", 1000);
   const revenue = duration("revenue-every", "CREDIT_WORKER_REVENUE_EVERY", 0);
   const usage = duration("usage-every", "CREDIT_WORKER_USAGE_EVERY", 60_000);
-  let payments: PaymentSettings;
-  try {
-    payments = paymentSettings(flags, env);
-  } catch (error) {
-    if (error instanceof PaymentSettingsError) throw new WorkerUsageError(error.message);
-    throw error;
-  }
+  const payments = paymentSettings(flags, env);
   if (notifications === "off" && reminders.given && reminders.ms > 0) {
-    throw new WorkerUsageError(
+    throw new UsageError(
       "reminders need notifications: set CREDIT_NOTIFICATIONS=record or deliver (or CREDIT_REDIS_URL)",
     );
   }
   if (webhooks && notifications !== "deliver")
-    throw new WorkerUsageError("CREDIT_WEBHOOKS=on needs CREDIT_NOTIFICATIONS=deliver (or unset)");
+    throw new UsageError("CREDIT_WEBHOOKS=on needs CREDIT_NOTIFICATIONS=deliver (or unset)");
   if (notifications !== "deliver" && dispatch.given && dispatch.ms > 0) {
-    throw new WorkerUsageError(
+    throw new UsageError(
       "dispatch needs CREDIT_NOTIFICATIONS=deliver and CREDIT_REDIS_URL (the stream it delivers to)",
     );
   }
@@ -249,7 +240,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
       reminderDays.length > 16 ||
       reminderDays.some((d, i) => !/^[0-9]+(\.[0-9]+)?$/.test(daysText.split(",")[i]?.trim() ?? "") || !(d <= 3650))
     ) {
-      throw new WorkerUsageError(
+      throw new UsageError(
         `CREDIT_REMINDER_DAYS must be up to 16 numbers of days (0 to 3650) separated by commas, or none, not "${daysText}"`,
       );
     }
@@ -257,13 +248,13 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
 
   const levelText = read("log-level", "CREDIT_LOG_LEVEL");
   if (levelText !== undefined && !LOG_LEVELS.includes(levelText.text as LogLevel)) {
-    throw new WorkerUsageError(`${levelText.from} must be one of ${LOG_LEVELS.join(", ")}, not "${levelText.text}"`);
+    throw new UsageError(`${levelText.from} must be one of ${LOG_LEVELS.join(", ")}, not "${levelText.text}"`);
   }
   const ledgerFile = read(null, "CREDIT_LEDGER_FILE")?.text;
   const retentionText = read(null, "CREDIT_IDEMPOTENCY_RETENTION")?.text ?? "forever";
   const retention = /^[0-9]+$/.test(retentionText) ? Number(retentionText) : retentionText;
   if (!IdempotencyRetention.safeParse(retention).success) {
-    throw new WorkerUsageError(
+    throw new UsageError(
       `CREDIT_IDEMPOTENCY_RETENTION must be forever or a duration from 1m to 100 years (90s, 15m, 24h, 30d or a number of ms), not "${retentionText}"`,
     );
   }
@@ -306,7 +297,7 @@ export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
     // On by default, but only on PostgreSQL: counted when asked for.
     !(usage.given && usage.ms > 0)
   ) {
-    throw new WorkerUsageError(
+    throw new UsageError(
       "every task is off: give at least one of --jobs-every, --reminders-every, --dispatch-every, --top-up-every, --revenue-every, --usage-every a duration",
     );
   }
@@ -320,7 +311,7 @@ export function parseDuration(text: string, from: string): number {
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m?.[2] ?? "ms") as "ms" | "s" | "m" | "h"];
   const ms = m === null ? NaN : Math.round(Number(m[1]) * unit);
   if (!(ms >= 10 && ms <= 86_400_000)) {
-    throw new WorkerUsageError(
+    throw new UsageError(
       `${from} must be a duration from 10ms to 24h (500ms, 30s, 5m, 1h or a number of ms), or 0/off, not "${text}"`,
     );
   }

@@ -368,7 +368,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
     }
     const c = Object.fromEntries(
       Object.entries(this.c).map(([key, collection]) => [key, inSession(collection, session)]),
-    ) as unknown as Collections;
+    ) as Collections;
     const promoStore = new MongoPromoStore((name) =>
       inSession(this.db.collection<StoredDoc>(`${this.collectionPrefix}${name}`, BSON_OPTIONS), session),
     );

@@ -302,13 +302,15 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     if (how === "none") return session.release(`usage-${problem}`);
     if (how === "counted" && counted !== null) {
       const nothing = counted.inputTokens === 0 && counted.outputTokens === 0 && counted.cachedTokens === 0;
-      try {
-        if (counted.model !== undefined) session.recordPriced(recorded(session, counted, "counted", problem));
-        else if (nothing) session.recordPriced({ amount: 0, source: "counted", problem });
-        else throw new Error("tokens without a model cannot be priced");
-        return session.commit();
-      } catch {
-        // the book cannot price what was counted: charge the estimate, never nothing
+      // Tokens without a model cannot be priced: the estimate below is charged for them.
+      if (counted.model !== undefined || nothing) {
+        try {
+          if (counted.model !== undefined) session.recordPriced(recorded(session, counted, "counted", problem));
+          else session.recordPriced({ amount: 0, source: "counted", problem });
+          return session.commit();
+        } catch {
+          // the book cannot price what was counted: charge the estimate, never nothing
+        }
       }
     }
     const usage: RecordedUsage = { amount: session.estimate, source: "estimate", problem };
