@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
-import { cli, startServe } from "./serve-process.js";
+import { keys, startServe } from "./serve-process.js";
 
 const run = promisify(execFile);
 const root = join(import.meta.dirname, "..");
@@ -21,8 +21,8 @@ describe("a client generated from serve's OpenAPI document", () => {
 
   it("generates the committed types and runs the example script against serve", async () => {
     const env = { CREDIT_SQLITE_PATH: join(dir, "credits.sqlite") };
-    const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
-    const user = cli(["keys", "create", "--role", "user:alice"], env).stdout.trim();
+    const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
+    const user = (await keys(["create", "--role", "user:alice"], env)).stdout.trim();
     const s = await startServe(env);
     try {
       const doc = await (await fetch(`${s.base}/credits/openapi.json`)).text();

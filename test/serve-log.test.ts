@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, describe, expect, it, vi } from "vitest";
 import { logDestination } from "../src/serve/server.js";
-import { call, cli, startServe } from "./serve-process.js";
+import { call, keys, startServe } from "./serve-process.js";
 
 /** serve's log lines written in batches (docs/service.md, "Logs"; CREDIT_LOG_FLUSH_MS). */
 
@@ -73,7 +73,7 @@ describe("serve: request lines reach stdout (a process)", () => {
 
   it("within CREDIT_LOG_FLUSH_MS, and at SIGTERM when the interval is far off", async () => {
     const env = { CREDIT_SQLITE_PATH: join(dir, "log.sqlite") };
-    const key = cli(["keys", "create", "--role", "user:lee"], env).stdout.trim();
+    const key = (await keys(["create", "--role", "user:lee"], env)).stdout.trim();
     const s = await startServe({ ...env, CREDIT_LOG_FLUSH_MS: "300" });
     try {
       const sent = Date.now();

@@ -1,4 +1,5 @@
 import { spawn, spawnSync } from "node:child_process";
+import { runCli } from "../src/cli/run.js";
 
 /** `credit-management serve` and `keys` as child processes, from the sources (test/serve*.test.ts). */
 
@@ -15,6 +16,22 @@ export function cli(args: string[], env: Record<string, string>) {
     encoding: "utf8",
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * `credit-management keys ...` in this process, with the same environment as `cli`: for a test's
+ * setup (the keys a served process is called with). The command itself, as a process, is tested
+ * in test/serve.test.ts ("keys: each role ...").
+ */
+export async function keys(args: string[], env: Record<string, string>) {
+  let stdout = "";
+  let stderr = "";
+  const code = await runCli(
+    ["keys", ...args],
+    { stdout: (t) => (stdout += t), stderr: (t) => (stderr += t) },
+    { env: { ...process.env, ...BASE_ENV, ...env } },
+  );
+  return { code, stdout, stderr };
 }
 
 /** `serve` as a child process on a free port; resolves once it logs "serving". */

@@ -6,7 +6,7 @@ import packageJson from "../package.json" with { type: "json" };
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { runCli } from "../src/cli/run.js";
 import { rawChunked, sendOversized } from "./http/servers.js";
-import { call, cli, startServe, type Served } from "./serve-process.js";
+import { call, cli, keys, startServe, type Served } from "./serve-process.js";
 
 /**
  * `credit-management serve` starting, failing to start and stopping (docs/service.md, "Exit codes",
@@ -140,8 +140,8 @@ describe("serve: what any HTTP client may send, and what /metrics says the servi
   };
 
   beforeAll(async () => {
-    admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
-    alice = cli(["keys", "create", "--role", "user:alice"], env).stdout.trim();
+    admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
+    alice = (await keys(["create", "--role", "user:alice"], env)).stdout.trim();
     s = await startServe(env);
     expect((await call(s, "POST", "/admin/credits/users/alice/add", admin, { amount: 100 })).status).toBe(201);
   });
@@ -268,7 +268,7 @@ describe("serve: a shutdown that cuts requests", () => {
       CREDIT_SHUTDOWN_TIMEOUT_MS: "200",
       CREDIT_LOG_FLUSH_MS: "0",
     };
-    const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
+    const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
     const s = await startServe(env);
     const hung = connection(s);
     await hung.opened;

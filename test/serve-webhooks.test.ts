@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Webhook } from "standardwebhooks";
 import { describe, expect, it } from "vitest";
-import { call, cli, startServe } from "./serve-process.js";
+import { call, keys, startServe } from "./serve-process.js";
 
 describe("serve with CREDIT_WEBHOOKS=on", () => {
   it("admin routes add, list, test and remove endpoints; --worker delivers what the API recorded, signed", async () => {
@@ -28,8 +28,8 @@ describe("serve with CREDIT_WEBHOOKS=on", () => {
       CREDIT_WORKER_DISPATCH_EVERY: "50ms",
       CREDIT_KEY_CACHE_MS: "0",
     };
-    const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
-    const user = cli(["keys", "create", "--role", "user:bob"], env).stdout.trim();
+    const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
+    const user = (await keys(["create", "--role", "user:bob"], env)).stdout.trim();
     const s = await startServe(env, ["--worker", "--console"]);
     try {
       expect((await call(s, "GET", "/admin/webhooks")).status).toBe(401);

@@ -7,7 +7,7 @@ import { Redis } from "ioredis";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runCli } from "../src/cli/run.js";
-import { call, cli, startServe, type Served } from "./serve-process.js";
+import { call, cli, keys, startServe, type Served } from "./serve-process.js";
 
 /**
  * `credit-management serve` as a real process (docs/service.md), driven over HTTP: on SQLite (the
@@ -45,10 +45,10 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
         CREDIT_KEY_CACHE_MS: "0",
         STRIPE_WEBHOOK_SECRET: "whsec_test",
       };
-      const a = cli(["keys", "create", "--role", "admin"], env);
+      const a = await keys(["create", "--role", "admin"], env);
       expect(a.code, a.stderr).toBe(0);
       admin = a.stdout.trim();
-      alice = cli(["keys", "create", "--role", "user:alice", "--name", "alice's app"], env).stdout.trim();
+      alice = (await keys(["create", "--role", "user:alice", "--name", "alice's app"], env)).stdout.trim();
       s = await startServe(env);
       const r = await call(s, "POST", "/admin/credits/users/alice/add", admin, { amount: 1000 });
       expect(r.status, JSON.stringify(r.body)).toBeLessThan(300);
@@ -188,7 +188,7 @@ function suite(name: string, storeEnv: () => Record<string, string>) {
       const commit = await call(s, "POST", `/credits/reservations/${id}/commit`, alice, { amount: 4 });
       expect(commit.status, JSON.stringify(commit.body)).toBe(200);
       // Bob cannot see Alice's hold (404, not 403: its existence is Alice's business).
-      const bob = cli(["keys", "create", "--role", "user:bob"], env).stdout.trim();
+      const bob = (await keys(["create", "--role", "user:bob"], env)).stdout.trim();
       expect((await call(s, "GET", `/credits/reservations/${id}`, bob)).status).toBe(404);
     });
 
@@ -384,7 +384,7 @@ describe("serve: settings and rate limiting", () => {
       CREDIT_AUTH_FAILURES_BURST: "3",
       CREDIT_AUTH_FAILURES_PER_MINUTE: "1",
     };
-    const key = cli(["keys", "create", "--role", "user:dave"], env).stdout.trim();
+    const key = (await keys(["create", "--role", "user:dave"], env)).stdout.trim();
     const s = await startServe(env);
     try {
       for (let i = 0; i < 3; i++) expect((await call(s, "GET", "/credits/balance", "cmk_nope")).status).toBe(401);
@@ -472,8 +472,8 @@ describe("serve: the console (--console)", () => {
       CREDIT_CONSOLE_SECRET: "console-secret-of-at-least-32-characters",
       CREDIT_KEY_CACHE_MS: "0",
     };
-    const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
-    const alice = cli(["keys", "create", "--role", "user:alice"], env).stdout.trim();
+    const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
+    const alice = (await keys(["create", "--role", "user:alice"], env)).stdout.trim();
     const s = await startServe(env, ["--console"]);
     try {
       expect((await call(s, "POST", "/admin/credits/users/alice/add", admin, { amount: 100 })).status).toBe(201);
@@ -579,7 +579,7 @@ describe("serve: --worker and CORS", () => {
       CREDIT_WORKER_JOBS_EVERY: "100ms",
       CREDIT_CORS_ORIGINS: "https://app.example.com",
     };
-    const key = cli(["keys", "create", "--role", "user:erin"], env).stdout.trim();
+    const key = (await keys(["create", "--role", "user:erin"], env)).stdout.trim();
     const s = await startServe(env, ["--worker"]);
     try {
       await expect
@@ -624,7 +624,7 @@ describe("serve: --worker and CORS", () => {
         CREDIT_REMINDER_DAYS: "none",
         CREDIT_LEDGER_FILE: ledgerFile,
       };
-      const admin = cli(["keys", "create", "--role", "admin"], env).stdout.trim();
+      const admin = (await keys(["create", "--role", "admin"], env)).stdout.trim();
       const s = await startServe(env, ["--worker"]);
       const redis = new Redis(process.env.CREDIT_REDIS_URL as string);
       try {
