@@ -4242,7 +4242,7 @@ export interface operations {
                 to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
-                groupBy?: ("account" | "source" | "feature" | "spender")[];
+                groupBy?: ("account" | "source" | "plan" | "feature" | "spender")[];
                 account?: string;
             };
             header?: never;
@@ -4331,7 +4331,7 @@ export interface operations {
                 to?: string;
                 interval?: ("hour" | "day" | "week" | "month") | "none";
                 timeZone?: string;
-                groupBy?: ("account" | "source" | "feature" | "spender")[];
+                groupBy?: ("account" | "source" | "plan" | "feature" | "spender")[];
                 account?: string;
             };
             header?: never;

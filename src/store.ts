@@ -33,6 +33,7 @@ export type { PromoPaymentStore, PromoPaymentTransaction, PromoPaymentChanges } 
 export type { NotificationStore, ClaimQuery, NotificationUpdate } from "./db/types-notifications.js";
 export { compareGrants } from "./domain/order.js";
 export type { UsageBucket, UsageScan } from "./domain/usage.js";
+export type { GrantGroups } from "./domain/revenue.js";
 export { defineStore, DefinedStore } from "./db/store/define.js";
 export type { AccountsPart, Attempt, StoreDefinition, UnitOfWorkPart } from "./db/store/define.js";
 export type { Part } from "./db/store/parts.js";

@@ -185,6 +185,11 @@ function suite(
       );
       expect(csv.stdout).toContain(`,USD,acme,'=2+5,0,0,1000,0,0,0,0\r\n`);
       expect(csv.stdout).not.toMatch(/,=2\+5/);
+      // By plan: none of these credits came from a subscription.
+      const byPlan = await run(["--month", monthText, "--interval", "none", "--group-by", "plan"]);
+      expect([byPlan.code, byPlan.stderr]).toEqual([0, ""]);
+      expect(byPlan.stdout).toMatch(/^ {2}WINDOW +CURRENCY +PLAN +DEFERRED START/m);
+      expect(byPlan.stdout).toMatch(new RegExp(`^ {2}${monthText}-01 00:00 +USD +- +0 +2299 `, "m"));
     });
 
     it("bad usage is exit 2 naming the flag, an unknown account 3; nothing is written", async () => {

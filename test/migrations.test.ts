@@ -324,6 +324,17 @@ describe("schema upgrades: the statements", () => {
     );
   });
 
+  it("version 21: PostgreSQL's revenue summary tables gain plan where they exist, then the summary is emptied (its keys hold the plan now); nothing on MySQL and SQLite", () => {
+    const pg = until(21, { dialect: "postgres", fromVersion: 20, schema: "billing", prefix: "cm_" });
+    expect(pg).toHaveLength(2);
+    for (const table of ["revenue_days", "revenue_daily", "revenue_deferred"])
+      expect(pg[0]).toContain(
+        `IF to_regclass('"billing"."cm_${table}"') IS NOT NULL THEN ALTER TABLE "billing"."cm_${table}" ADD COLUMN IF NOT EXISTS "plan" TEXT; END IF;`,
+      );
+    expect(pg[1]).toContain('TRUNCATE "billing"."cm_revenue_state"');
+    for (const dialect of ["mysql", "sqlite"] as const) expect(until(21, { dialect, fromVersion: 20 })).toEqual([]);
+  });
+
   it("version 11: notifications.type allows limit_warning and limit_reached; no column changes (a limit's alerted is in accounts.limits' JSON)", () => {
     // From 10: version 11's statements, then version 13's (plan allowances).
     const after = (dialect: "postgres" | "mysql" | "sqlite", o: { prefix?: string; schema?: string } = {}) =>

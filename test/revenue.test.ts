@@ -482,6 +482,74 @@ describe.each(stores)(
   },
 );
 
+describe.each(stores)("revenue on $name: grouped by plan (docs/revenue.md, The report)", (store) => {
+  it("a subscription's grants are under their plan, a prorated upgrade's under the new one; other credits and debt under null", async () => {
+    const opened = await store.open();
+    const db = opened.db;
+    await db.init();
+    try {
+      const { clock, credits, pay, subs } = services(db);
+      await createPlans(subs);
+      await subs.subscribe("u", "pro"); // 600 + 150 chat credits for 1,999 cents
+      await pay("u", 1000); // 3,000 credits, no plan
+      clock.now = T0 + DAY;
+      await subs.changePlan("u", "max", { credits: "prorate" }); // the rest of the week of Max, prorated
+      await credits.deductCreditsAfterService("u", 9000); // past the balance: debt
+      const q = { from: dayStart(T0), to: dayStart(T0) + 3 * DAY, interval: null } as const;
+      const byPlan = (await sameAsReplay(db, { ...q, groupBy: ["plan"] })).rows;
+      const plain = (await sameAsReplay(db, q)).rows;
+      const row = (plan: string | null) => byPlan.find((r) => r.currency === "USD" && r.plan === plan);
+      expect(byPlan.map((r) => [r.currency, r.plan])).toEqual([
+        ["USD", "max"],
+        ["USD", "pro"],
+        ["USD", null],
+        [null, null],
+      ]);
+      expect(row("pro")).toMatchObject({ paid: 1999 });
+      expect(row(null)).toMatchObject({ paid: 1000 });
+      // Max's prorated price for six days of seven: trunc((4,999 − 1,999) × 6/7).
+      expect(row("max")).toMatchObject({ paid: Math.trunc((3000 * 6) / 7) });
+      expect(byPlan.at(-1)).toMatchObject({ currency: null, plan: null, unbilledCredits: expect.any(Number) });
+      // The plans' rows add up to the currency's.
+      for (const f of ["paid", "recognized", "breakage", "refunds", "deferredEnd"] as const)
+        expect(byPlan.filter((r) => r.currency === "USD").reduce((t, r) => t + r[f], 0)).toBe(
+          ofCurrency(plain, "USD")[0]![f],
+        );
+      // With source: a plan's grants are subscription grants.
+      const both = (await sameAsReplay(db, { ...q, groupBy: ["source", "plan"] })).rows;
+      expect(both.filter((r) => r.plan !== null).every((r) => r.source === "subscription")).toBe(true);
+      expect(both.find((r) => r.plan === null && r.currency === "USD")).toMatchObject({
+        source: "payment",
+        paid: 1000,
+      });
+      expect((await credits.audit("u")).problems).toEqual([]);
+    } finally {
+      await db.close();
+      await opened.drop();
+    }
+  });
+
+  it("a plan id given in an addition's metadata is no plan: only the library's subscription grants carry one", async () => {
+    const opened = await store.open();
+    const db = opened.db;
+    await db.init();
+    try {
+      const { credits } = services(db);
+      await credits.addCredits("u", 100, {
+        costBasis: { perCredit: "2", currency: "USD" },
+        metadata: { planId: "pro" },
+      });
+      const rows = (
+        await sameAsReplay(db, { from: dayStart(T0), to: dayStart(T0) + DAY, interval: null, groupBy: ["plan"] })
+      ).rows;
+      expect(rows).toEqual([expect.objectContaining({ currency: "USD", plan: null, paid: 200 })]);
+    } finally {
+      await db.close();
+      await opened.drop();
+    }
+  });
+});
+
 describe("revenue: subscriptions (docs/revenue.md, Subscriptions)", () => {
   it("splits a price over grants exactly: they add up to it", () => {
     expect(basesOfPrice(1999, [3000, 1000], "usd")).toEqual([
@@ -882,6 +950,9 @@ describe.each(stores)("revenue on $name: random journals roll forward", (store) 
           ["source"],
           ["account", "feature", "spender"],
           ["spender", "source"],
+          ["plan"],
+          ["account", "plan", "feature"],
+          ["source", "plan", "spender"],
         ] as const) {
           await sameAsReplay(db, { from, to, interval, groupBy: [...groupBy] });
           await sameAsReplay(db, {

@@ -30,7 +30,7 @@ CREDIT_SQLITE_PATH, or --sqlite FILE), opened without init(); nothing is written
                          ISO 8601 date-time with its offset
   --time-zone TZ         IANA zone of the month and the windows (default UTC)
   --interval I           month (default), week, day, hour, or none (one window)
-  --group-by D,...       Split by account, source, feature, spender (comma-separated or repeated)
+  --group-by D,...       Split by account, source, plan, feature, spender (comma-separated or repeated)
   --account ID           One account (default: every account of the store)
   --sqlite FILE          This SQLite store (an existing file) instead of the environment's
   --json                 One JSON object { from, to, timeZone, rows } on standard output
@@ -93,7 +93,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
   const groupBy = (values["group-by"] ?? []).flatMap((g) => g.split(",")).map((g) => g.trim());
   for (const g of groupBy)
     if (!RevenueDimension.safeParse(g).success)
-      throw new UsageError(`--group-by takes account, source, feature and spender, not ${JSON.stringify(g)}`);
+      throw new UsageError(`--group-by takes account, source, plan, feature and spender, not ${JSON.stringify(g)}`);
   if (values.account !== undefined) parse(UserId, values.account, "--account");
   const query: RevenueQuery = {
     ...(values.account === undefined ? {} : { account: values.account }),

@@ -1,5 +1,6 @@
 import type { JournalEntry } from "../models/index.js";
 import type { RevenueDimension } from "../models/revenue.js";
+import type { GrantGroups } from "../domain/revenue.js";
 
 /**
  * Where an account's revenue summary stands (docs/revenue.md, "How it is computed"): its entries
@@ -22,6 +23,7 @@ export interface RevenueDayRow {
   day: number;
   currency: string | null;
   source: string | null;
+  plan: string | null;
   feature: string | null;
   spender: string | null;
   paid: number;
@@ -38,8 +40,8 @@ export interface RevenueSave {
   /** Where the account stands after the save (`state`: null when `disordered`). */
   checkpoint: RevenueCheckpoint;
   days: readonly RevenueDayRow[];
-  /** The change of deferred per currency and source over the entries added (minor units). */
-  deferred: readonly { currency: string; source: string | null; delta: number }[];
+  /** The change of deferred per currency, source and plan over the entries added (minor units). */
+  deferred: readonly { currency: string; source: string | null; plan: string | null; delta: number }[];
   /** The entries' days went backwards in seq order: the account's summary is dropped and it is replayed from now on. */
   disordered: boolean;
 }
@@ -50,9 +52,9 @@ export interface RevenueSummaryOfAccount {
   disordered: boolean;
   /** Its days by currency, source, feature and spender. */
   split: RevenueDayRow[];
-  /** Its days by currency and source (`feature`, `spender` null). */
+  /** Its days by currency, source and plan (`feature`, `spender` null). */
   days: RevenueDayRow[];
-  deferred: { currency: string; source: string | null; deferred: number }[];
+  deferred: { currency: string; source: string | null; plan: string | null; deferred: number }[];
 }
 
 /** Figures summed by window and by the query's groups (absent groups are null). */
@@ -62,6 +64,7 @@ export interface RevenueBucketRow {
   currency: string | null;
   account: string | null;
   source: string | null;
+  plan: string | null;
   feature: string | null;
   spender: string | null;
   paid: number;
@@ -71,11 +74,12 @@ export interface RevenueBucketRow {
   unbilled: number;
 }
 
-/** Deferred now (after every entry in the summary), by currency and the query's account and source groups. */
+/** Deferred now (after every entry in the summary), by currency and the query's account, source and plan groups. */
 export interface RevenueDeferredRow {
   currency: string;
   account: string | null;
   source: string | null;
+  plan: string | null;
   deferred: number;
 }
 
@@ -98,8 +102,8 @@ export interface RevenueSummaryStore {
    * batch of accounts).
    */
   revenueEntries(checkpoints: readonly RevenueCheckpoint[]): Promise<JournalEntry[]>;
-  /** The source of each grant of `grantIds` (by id), for the summary's `source` groups. */
-  grantSources(grantIds: readonly string[]): Promise<Map<string, string>>;
+  /** The source and plan of each grant of `grantIds` (by id, `grantGroups` of src/domain/revenue.ts), for the summary's groups. */
+  grantGroups(grantIds: readonly string[]): Promise<Map<string, GrantGroups>>;
   /**
    * Adds each account's `days` to the summary and moves its checkpoint from `fromSeq` to
    * `checkpoint`, all in one statement — each account only if its checkpoint is still at

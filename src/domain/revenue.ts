@@ -111,6 +111,8 @@ export interface Lot {
   rate: Rate;
   currency: string;
   source: string | null;
+  /** The plan whose subscription sold it (null: none). */
+  plan: string | null;
   /** Position of the lot's first credit in its addition (the debt the addition paid comes first). */
   offset: number;
   /** Credits of the lot gone (used, expired, voided, taken back): positions `offset` to `offset + gone`. */
@@ -124,6 +126,7 @@ export interface Payment {
   rate: Rate;
   currency: string;
   source: string | null;
+  plan: string | null;
   /** The id of the grant it created (null: it only paid debt). */
   lot: string | null;
   /** Its credits. */
@@ -163,6 +166,7 @@ export function revenueStateText(state: RevenueState): string {
       l.offset,
       l.gone,
       l.payment,
+      l.plan,
     ]),
     p: [...state.payments].map(([id, p]) => [
       id,
@@ -175,6 +179,7 @@ export function revenueStateText(state: RevenueState): string {
       p.reversed,
       p.recognized,
       p.broken,
+      p.plan,
     ]),
     h: [...state.holds].map(([id, alloc]) => [id, [...alloc]]),
   });
@@ -182,23 +187,45 @@ export function revenueStateText(state: RevenueState): string {
 
 /** The state `revenueStateText` wrote. */
 export function parseRevenueState(text: string): RevenueState {
-  // A state saved before lots knew their payment and payments what they earned reads them as none
-  // (the upgrade to schema version 19 empties summaries saved before, docs/schema-upgrades.md).
-  type L = [string, string, string, string, string | null, number, number, (string | null)?];
-  type P = [string, string, string, string, string | null, string | null, number, number, number?, number?];
+  // A state saved before lots knew their payment and plan, and payments what they earned, reads
+  // them as none (the upgrades to schema versions 19 and 21 empty summaries saved before them).
+  type L = [string, string, string, string, string | null, number, number, (string | null)?, (string | null)?];
+  type P = [
+    string,
+    string,
+    string,
+    string,
+    string | null,
+    string | null,
+    number,
+    number,
+    number?,
+    number?,
+    (string | null)?,
+  ];
   const raw = JSON.parse(text) as { l: L[]; p: P[]; h: [string, [string, number][]][] };
   const rate = (num: string, den: string): Rate => ({ num: BigInt(num), den: BigInt(den) });
   return {
     lots: new Map(
-      raw.l.map(([id, n, d, currency, source, offset, gone, payment]) => [
+      raw.l.map(([id, n, d, currency, source, offset, gone, payment, plan]) => [
         id,
-        { rate: rate(n, d), currency, source, offset, gone, payment: payment ?? null },
+        { rate: rate(n, d), currency, source, plan: plan ?? null, offset, gone, payment: payment ?? null },
       ]),
     ),
     payments: new Map(
-      raw.p.map(([id, n, d, currency, source, lot, size, reversed, recognized, broken]) => [
+      raw.p.map(([id, n, d, currency, source, lot, size, reversed, recognized, broken, plan]) => [
         id,
-        { rate: rate(n, d), currency, source, lot, size, reversed, recognized: recognized ?? 0, broken: broken ?? 0 },
+        {
+          rate: rate(n, d),
+          currency,
+          source,
+          plan: plan ?? null,
+          lot,
+          size,
+          reversed,
+          recognized: recognized ?? 0,
+          broken: broken ?? 0,
+        },
       ]),
     ),
     holds: new Map(raw.h.map(([id, alloc]) => [id, new Map(alloc)])),
@@ -214,11 +241,33 @@ export interface Sums {
   unbilledCredits: number;
 }
 
+/**
+ * What a paid grant's figures are grouped by besides currency: its `source`, and the plan whose
+ * subscription sold it (`metadata.planId` of a subscription grant; null: none, docs/revenue.md).
+ */
+export interface GrantGroups {
+  /** The grant's `source` (`payment`, `subscription`, …). */
+  source: string;
+  /** The plan whose subscription sold it; null: none. */
+  plan: string | null;
+}
+
+/** The groups of `grant`'s figures (docs/revenue.md, "The report"): the plan only of a subscription's grant. */
+export function grantGroups(grant: {
+  source: string;
+  metadata: Readonly<Record<string, unknown>> | null;
+}): GrantGroups {
+  const plan = grant.metadata?.planId;
+  const fromPlan = grant.source === "subscription" || grant.source === "rollover";
+  return { source: grant.source, plan: fromPlan && typeof plan === "string" ? plan : null };
+}
+
 /** The group of a figure: currency (null: unbilled) and the dimension values. */
 export interface Key {
   currency: string | null;
   account: string;
   source: string | null;
+  plan: string | null;
   feature: string | null;
   spender: string | null;
 }
@@ -252,19 +301,20 @@ export class RevenueAccumulator {
   }
 
   /**
-   * Adds one account's journal (every entry from seq 1, in order; `sources`: the source of each
-   * grant by id, for `groupBy: ["source"]`). With `state` (what an earlier call returned), the
-   * entries after those it had read; returns the state after them (`state`, changed).
+   * Adds one account's journal (every entry from seq 1, in order; `grants`: the source and plan of
+   * each paid grant by id, for `groupBy` `source` and `plan`). With `state` (what an earlier call
+   * returned), the entries after those it had read; returns the state after them (`state`, changed).
    */
   addAccount(
     userId: string,
     entries: Iterable<JournalEntry>,
-    sources?: ReadonlyMap<string, string>,
+    grants?: ReadonlyMap<string, GrantGroups>,
     state: RevenueState = emptyRevenueState(),
   ): RevenueState {
     /** Paid additions by payment id (`metadata.paymentId`), for refunds. */
     const { lots, payments, holds } = state;
     const bySource = this.groupBy.includes("source");
+    const byPlan = this.groupBy.includes("plan");
     const deferred = new Map<string, number>(); // group key → running deferred value
     const deferredKeys = new Map<string, Key>();
     let nextBoundary = 0; // index of the next boundary to record deferred at
@@ -275,15 +325,17 @@ export class RevenueAccumulator {
         nextBoundary++;
       }
     };
-    const key = (currency: string | null, source: string | null, e: JournalEntry | null): Key => ({
+    /** The group of a figure of credits sold as `g` (null: debt), under entry `e`'s feature and spender. */
+    const key = (currency: string | null, g: Pick<Lot, "source" | "plan"> | null, e: JournalEntry | null): Key => ({
       currency,
       account: userId,
-      source: bySource ? source : null,
+      source: bySource ? (g?.source ?? null) : null,
+      plan: byPlan ? (g?.plan ?? null) : null,
       feature: e === null ? null : (e.feature ?? null),
       spender: e === null ? null : (e.spender ?? null),
     });
     const shift = (lot: Lot, delta: number) => {
-      const k = key(lot.currency, lot.source, null);
+      const k = key(lot.currency, lot, null);
       const id = keyId(k, this.groupBy);
       deferredKeys.set(id, k);
       deferred.set(id, (deferred.get(id) ?? 0) + delta);
@@ -323,9 +375,9 @@ export class RevenueAccumulator {
       const broken = Math.min(Math.max(v - Math.max(p.recognized, 0), 0), Math.max(p.broken, 0));
       p.recognized -= v - broken;
       p.broken -= broken;
-      add(key(p.currency, p.source, at), "recognized", -(v - broken));
-      add(key(p.currency, p.source, null), "breakage", -broken);
-      add(key(p.currency, p.source, at), "refunds", v);
+      add(key(p.currency, p, at), "recognized", -(v - broken));
+      add(key(p.currency, p, null), "breakage", -broken);
+      add(key(p.currency, p, at), "refunds", v);
     };
 
     for (const e of entries) {
@@ -342,13 +394,14 @@ export class RevenueAccumulator {
           const drawn = e.grants.reduce((s, g) => s + g.amount, 0);
           const debtPaid = e.amount - drawn;
           const grantId = e.grants[0]?.grantId;
-          const source = grantId === undefined ? null : (sources?.get(grantId) ?? null);
+          const of = grantId === undefined ? undefined : grants?.get(grantId);
+          const groups = { source: of?.source ?? null, plan: of?.plan ?? null };
           const rate = rateOf(b.perCredit);
-          add(key(b.currency, source, null), "paid", valueAt(rate, e.amount));
-          if (debtPaid > 0) add(key(b.currency, source, null), "recognized", valueAt(rate, debtPaid));
+          add(key(b.currency, groups, null), "paid", valueAt(rate, e.amount));
+          if (debtPaid > 0) add(key(b.currency, groups, null), "recognized", valueAt(rate, debtPaid));
           const first = e.grants[0]?.grantId ?? null;
           for (const g of e.grants) {
-            const lot: Lot = { rate, currency: b.currency, source, offset: debtPaid, gone: 0, payment: paymentId };
+            const lot: Lot = { rate, currency: b.currency, ...groups, offset: debtPaid, gone: 0, payment: paymentId };
             lots.set(g.grantId, lot);
             shift(lot, valueAt(rate, debtPaid + g.amount) - valueAt(rate, debtPaid));
           }
@@ -356,7 +409,7 @@ export class RevenueAccumulator {
             payments.set(paymentId, {
               rate,
               currency: b.currency,
-              source,
+              ...groups,
               lot: first,
               size: e.amount,
               reversed: 0,
@@ -383,7 +436,7 @@ export class RevenueAccumulator {
             const v = take(lot, g.amount);
             // Those of another paid grant are recognized at its basis; the payment's own are refunds.
             const figure = takeBack && (p === null || p.lot === g.grantId) ? "refunds" : "recognized";
-            add(key(lot.currency, lot.source, e), figure, v);
+            add(key(lot.currency, lot, e), figure, v);
             if (figure === "recognized") earned(lot, figure, v);
           }
           // What a deduction takes past the grants becomes debt: usage not paid for yet, a
@@ -401,7 +454,7 @@ export class RevenueAccumulator {
             const lot = lots.get(g.grantId);
             if (lot === undefined) continue;
             const v = take(lot, g.amount);
-            add(key(lot.currency, lot.source, null), takeBack ? "refunds" : "breakage", v);
+            add(key(lot.currency, lot, null), takeBack ? "refunds" : "breakage", v);
             if (!takeBack) earned(lot, "breakage", v);
           }
           break;
@@ -421,7 +474,7 @@ export class RevenueAccumulator {
             const lot = left > 0 ? lots.get(grantId) : undefined;
             if (lot === undefined) continue;
             const v = take(lot, left);
-            add(key(lot.currency, lot.source, e), "recognized", v);
+            add(key(lot.currency, lot, e), "recognized", v);
             earned(lot, "recognized", v);
           }
           break;

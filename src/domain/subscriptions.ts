@@ -572,7 +572,8 @@ export function applyIntent(
         source,
         sourceRef: it.key.slice(0, 255),
         description,
-        metadata: { subscriptionId: s.id },
+        // The plan whose period (or change) this is: revenue is grouped by it (docs/revenue.md, "The report").
+        metadata: { subscriptionId: s.id, planId: s.planId },
         // An allowance's grant (docs/subscriptions.md, "Allowances"); unscoped ones as before.
         ...(scope === null ? {} : { scope }),
         // What the credits were sold for (docs/revenue.md, "Subscriptions"); rollovers are free.

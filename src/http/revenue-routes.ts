@@ -13,7 +13,7 @@ import { rangeOf, UsageParams } from "./usage-routes.js";
  */
 export const RevenueParams = UsageParams.pick({ from: true, to: true, interval: true, timeZone: true }).extend({
   /** Dimensions each row is split by besides currency (comma-separated or repeated), each once. */
-  groupBy: z.array(RevenueDimension).max(4).optional(),
+  groupBy: z.array(RevenueDimension).max(5).optional(),
   /** One account; absent: every account. */
   account: UserId.optional(),
 });
@@ -33,7 +33,9 @@ const Row = z
     unbilledCredits: z.number().int().describe("Credits of usage past the balance (debt): no basis yet"),
   })
   .catchall(z.string().nullable())
-  .describe("A window, a currency, the grouped dimensions' values (account, source, feature, spender) and the figures");
+  .describe(
+    "A window, a currency, the grouped dimensions' values (account, source, plan, feature, spender) and the figures",
+  );
 export const RevenueReportSchema = z.object({ rows: z.array(Row), timeZone: z.string() });
 
 type Params = z.infer<typeof RevenueParams>;

@@ -62,7 +62,7 @@ export const CostBasisInput = z.strictObject({
 export type CostBasisInput = z.input<typeof CostBasisInput>;
 
 /** A dimension a revenue report is split by (docs/revenue.md, "The report"); currency always is. */
-export const RevenueDimension = z.enum(["account", "source", "feature", "spender"]);
+export const RevenueDimension = z.enum(["account", "source", "plan", "feature", "spender"]);
 export type RevenueDimension = z.infer<typeof RevenueDimension>;
 
 /** Most calendar windows a revenue query may span. */
@@ -95,7 +95,7 @@ export const RevenueQuery = z.strictObject({
   /** IANA time zone of the windows (DST-correct). Default "UTC". */
   timeZone: z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }).optional(),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
-  groupBy: z.array(RevenueDimension).max(4).optional(),
+  groupBy: z.array(RevenueDimension).max(5).optional(),
 });
 export type RevenueQuery = z.input<typeof RevenueQuery>;
 
@@ -112,6 +112,8 @@ export interface RevenueRow {
   account?: string;
   /** The source of the grant the figures are of (`payment`, `subscription`, …); null: debt. */
   source?: string | null;
+  /** The plan whose subscription sold the credits the figures are of; null: credits from no plan (top-ups, invoices, debt). */
+  plan?: string | null;
   /** The spend's feature (recognized and unbilled only; other figures are under null). */
   feature?: string | null;
   spender?: string | null;

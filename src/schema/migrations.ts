@@ -1,4 +1,4 @@
-import { revenueResetSql } from "./revenue-pg.js";
+import { revenuePlanSql, revenueResetSql } from "./revenue-pg.js";
 import {
   type NamingOptions,
   type SqlDialect,
@@ -278,6 +278,14 @@ export const MIGRATIONS: readonly Migration[] = [
     summary:
       "PostgreSQL on Citus only: accounts.rev (the account row's revision, which every save adds one to) and the functions unit_load and unit_save, which Citus delegates to the account's worker, so that a unit of work is one call committed there (docs/scaling-out.md); made by the distributed DDL. Other stores: no change",
     columns: [],
+  },
+  // Version 21: the revenue summary by plan (docs/revenue.md, "The report"). Self-contained: renumber freely.
+  {
+    to: 21,
+    summary:
+      "PostgreSQL: the column plan in revenue_days, revenue_daily and revenue_deferred (the revenue summary by the plan whose subscription sold the credits), and the summary emptied, its keys now holding the plan; the next revenue report fills it again from the journal (docs/revenue.md)",
+    columns: [],
+    statements: (dialect, naming) => (dialect === "postgres" ? [revenuePlanSql(naming), revenueResetSql(naming)] : []),
   },
 ];
 

@@ -7,10 +7,11 @@ import type { NamingOptions } from "./sql.js";
  * - `revenue_state`: per account, the journal's last seq in the summary, the latest UTC day of its
  *   entries, the roll-forward's state after them (JSON text), and `disordered` (an entry's day went
  *   backwards: the account is left out and replayed).
- * - `revenue_days` (schema version 17): per account, UTC day, currency and source (`grp`: both as
- *   JSON text, the key; the same values in their columns to group by), the figures.
- * - `revenue_daily`: the same by feature and spender too (`grp`: the four), for reports grouped by them.
- * - `revenue_deferred`: per account, currency and source, deferred after the entries in the summary.
+ * - `revenue_days` (schema version 17): per account, UTC day, currency, source and plan (`plan`:
+ *   schema version 21) (`grp`: the three as JSON text, the key; the same values in their columns
+ *   to group by), the figures.
+ * - `revenue_daily`: the same by feature and spender too (`grp`: the five), for reports grouped by them.
+ * - `revenue_deferred`: per account, currency, source and plan, deferred after the entries in the summary.
  */
 export interface RevenueNames {
   state: string;
@@ -43,20 +44,21 @@ export function revenueDdl(naming: NamingOptions): string[] {
   const money = "BIGINT NOT NULL DEFAULT 0";
   return [
     `CREATE TABLE IF NOT EXISTS ${n.state} (\n  "user_id" TEXT PRIMARY KEY,\n  "through_seq" BIGINT NOT NULL,\n  "max_day" DATE,\n  "disordered" BOOLEAN NOT NULL DEFAULT false,\n  "state" TEXT\n);`,
-    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
-    `CREATE TABLE IF NOT EXISTS ${n.split} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.daily} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.split} (\n  "user_id" TEXT NOT NULL,\n  "day" DATE NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT,\n  "source" TEXT,\n  "plan" TEXT,\n  "feature" TEXT,\n  "spender" TEXT,\n  "paid" ${money},\n  "recognized" ${money},\n  "breakage" ${money},\n  "refunds" ${money},\n  "unbilled" ${money},\n  PRIMARY KEY ("user_id", "day", "grp")\n);`,
     // The whole book's reports read the days from a window's start on.
     `CREATE INDEX IF NOT EXISTS ${q(`${n.splitName}_day`)} ON ${n.split} ("day");`,
     `CREATE INDEX IF NOT EXISTS ${q(`${n.dailyName}_day`)} ON ${n.daily} ("day");`,
-    `CREATE TABLE IF NOT EXISTS ${n.deferred} (\n  "user_id" TEXT NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT NOT NULL,\n  "source" TEXT,\n  "deferred" ${money},\n  PRIMARY KEY ("user_id", "grp")\n);`,
+    `CREATE TABLE IF NOT EXISTS ${n.deferred} (\n  "user_id" TEXT NOT NULL,\n  "grp" TEXT NOT NULL,\n  "currency" TEXT NOT NULL,\n  "source" TEXT,\n  "plan" TEXT,\n  "deferred" ${money},\n  PRIMARY KEY ("user_id", "grp")\n);`,
   ];
 }
 
 /**
  * Empties the summary where it exists, so that the next report fills it again from the journal:
  * the upgrade to schema version 17 (whose `revenue_days` the summary of version 16 did not fill),
- * and to version 19 (the summary's figures of refunds followed the rule before it, docs/revenue.md
- * decision 3). Each table only if the store has it (`revenue_days` is version 17's).
+ * to version 19 (the summary's figures of refunds followed the rule before it, docs/revenue.md
+ * decision 3) and to version 21 (its keys hold the plan). Each table only if the store has it
+ * (`revenue_days` is version 17's).
  */
 export function revenueResetSql(naming: NamingOptions): string {
   const n = revenueNames(naming);
@@ -66,4 +68,17 @@ export function revenueResetSql(naming: NamingOptions): string {
     `TRUNCATE ${n.state}, ${n.split}, ${n.deferred}; END IF; ` +
     `IF to_regclass(${lit(n.daily)}) IS NOT NULL THEN TRUNCATE ${n.daily}; END IF; END $cm$;`
   );
+}
+
+/**
+ * The upgrade to schema version 21 (docs/revenue.md, the `plan` group): the summary's tables that
+ * exist gain the column `plan`. Their keys (`grp`) now hold the plan too, so the summary is
+ * emptied as well (`revenueResetSql`, after this) and the next report fills it again.
+ */
+export function revenuePlanSql(naming: NamingOptions): string {
+  const n = revenueNames(naming);
+  const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
+  const add = (table: string) =>
+    `IF to_regclass(${lit(table)}) IS NOT NULL THEN ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS "plan" TEXT; END IF;`;
+  return `DO $cm$ BEGIN ${[n.daily, n.split, n.deferred].map(add).join(" ")} END $cm$;`;
 }

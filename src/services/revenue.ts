@@ -3,6 +3,8 @@ import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore
 import {
   RevenueAccumulator,
   emptyRevenueState,
+  grantGroups,
+  type GrantGroups,
   parseRevenueState,
   revenueStateText,
   type Key,
@@ -53,8 +55,8 @@ export async function getRevenue(
   const sum = new RevenueAccumulator(boundaries, groupBy);
   const one = async (userId: string) => {
     const entries = await journalAfter(db, userId, 0);
-    const sources = groupBy.includes("source") ? await sourcesOf(db, userId) : undefined;
-    sum.addAccount(userId, entries, sources);
+    const groups = groupBy.includes("source") || groupBy.includes("plan") ? await groupsOf(db, userId) : undefined;
+    sum.addAccount(userId, entries, groups);
   };
   const summary = db.revenueSummary;
   if (summary !== undefined && options.path !== "replay" && boundaries.every((b) => b % DAY === 0)) {
@@ -93,9 +95,10 @@ async function journalAfter(db: DbManager, userId: string, after: number): Promi
   return entries;
 }
 
-async function sourcesOf(db: DbManager, userId: string): Promise<Map<string, string>> {
+/** The source and plan of each of `userId`'s grants, by id. */
+async function groupsOf(db: DbManager, userId: string): Promise<Map<string, GrantGroups>> {
   const grants = await db.listGrants(userId, { includeInactive: true });
-  return new Map(grants.map((g) => [g.id, g.source]));
+  return new Map(grants.map((g) => [g.id, grantGroups(g)]));
 }
 
 /** Entries one catch-up statement reads and saves, for a batch of accounts or a piece of one account's. */
@@ -191,7 +194,7 @@ async function catchUpPieces(summary: RevenueSummaryStore, c: RevenueCheckpoint,
     const piece = { ...at, seq: Math.min(end, at.throughSeq + size) };
     const entries = await summary.revenueEntries([piece]);
     if (entries.length === 0) break;
-    const save = summarize(piece, entries, await summary.grantSources(paidGrantsOf(entries)));
+    const save = summarize(piece, entries, await summary.grantGroups(paidGrantsOf(entries)));
     // Another report moved the checkpoint first (it adds the rest), or the account is now replayed.
     if ((await summary.saveRevenue([save])) === 0 || save.disordered) break;
     saved++;
@@ -212,11 +215,11 @@ async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly Revenu
     if (mine === undefined) byUser.set(e.userId, (mine = []));
     mine.push(e);
   }
-  const sources = await summary.grantSources(paidGrantsOf(entries));
+  const groups = await summary.grantGroups(paidGrantsOf(entries));
   const saves: RevenueSave[] = [];
   for (const c of batch) {
     const mine = byUser.get(c.userId);
-    if (mine !== undefined && mine.length > 0) saves.push(summarize(c, mine, sources));
+    if (mine !== undefined && mine.length > 0) saves.push(summarize(c, mine, groups));
   }
   // Fewer saved than sent: another report added those accounts' entries first; the summary has them either way.
   return summary.saveRevenue(saves);
@@ -226,7 +229,7 @@ async function catchUpBatch(summary: RevenueSummaryStore, batch: readonly Revenu
 function summarize(
   c: RevenueCheckpoint,
   entries: readonly JournalEntry[],
-  sources: ReadonlyMap<string, string>,
+  groups: ReadonlyMap<string, GrantGroups>,
 ): RevenueSave {
   let maxDay = c.maxDay;
   let minDay = Number.POSITIVE_INFINITY;
@@ -242,21 +245,22 @@ function summarize(
   if (disordered) return { fromSeq: c.throughSeq, checkpoint, days: [], deferred: [], disordered };
   const days: number[] = [];
   for (let d = minDay; d <= (maxDay as number) + DAY; d += DAY) days.push(d);
-  const acc = new RevenueAccumulator(days, ["account", "source", "feature", "spender"]);
+  const acc = new RevenueAccumulator(days, ["account", "source", "plan", "feature", "spender"]);
   const state = acc.addAccount(
     c.userId,
     entries,
-    sources,
+    groups,
     c.state === null ? emptyRevenueState() : parseRevenueState(c.state),
   );
   checkpoint.state = revenueStateText(state);
   const rows: RevenueDayRow[] = [];
-  const deferred = new Map<string, { currency: string; source: string | null; delta: number }>();
+  const deferred = new Map<string, { currency: string; source: string | null; plan: string | null; delta: number }>();
   for (const { key, window, sums } of acc.figures()) {
     rows.push({
       day: days[window]!,
       currency: key.currency,
       source: key.source,
+      plan: key.plan,
       feature: key.feature,
       spender: key.spender,
       paid: sums.paid,
@@ -266,8 +270,8 @@ function summarize(
       unbilled: sums.unbilledCredits,
     });
     if (key.currency === null) continue;
-    const id = JSON.stringify([key.currency, key.source]);
-    const d = deferred.get(id) ?? { currency: key.currency, source: key.source, delta: 0 };
+    const id = JSON.stringify([key.currency, key.source, key.plan]);
+    const d = deferred.get(id) ?? { currency: key.currency, source: key.source, plan: key.plan, delta: 0 };
     d.delta += sums.paid - sums.recognized - sums.breakage - sums.refunds;
     deferred.set(id, d);
   }
@@ -285,21 +289,19 @@ function addSummary(
   points: number,
 ): void {
   const windows = points - 1;
-  const keyOf = (
-    r: { currency: string | null; account: string | null; source: string | null },
-    e?: { feature: string | null; spender: string | null },
-  ): Key => ({
+  type Groups = { currency: string | null; account: string | null; source: string | null; plan: string | null };
+  const keyOf = (r: Groups, e?: { feature: string | null; spender: string | null }): Key => ({
     currency: r.currency,
     account: r.account ?? "",
     source: r.source,
+    plan: r.plan,
     feature: e?.feature ?? null,
     spender: e?.spender ?? null,
   });
-  const deferredId = (r: { currency: string | null; account: string | null; source: string | null }) =>
-    JSON.stringify([r.currency, r.account, r.source]);
+  const deferredId = (r: Groups) => JSON.stringify([r.currency, r.account, r.source, r.plan]);
   /** Per deferred group: the change of deferred in each window (index `windows`: after the last). */
   const change = new Map<string, { key: Key; now: number; by: number[] }>();
-  const group = (r: { currency: string | null; account: string | null; source: string | null }) => {
+  const group = (r: Groups) => {
     const id = deferredId(r);
     let g = change.get(id);
     if (g === undefined) {
@@ -362,7 +364,7 @@ export async function revenueSummaryProblems(
   const replay = summarize(
     { userId, throughSeq: 0, maxDay: null, state: null, seq: through },
     mine,
-    await summary.grantSources(paidGrantsOf(mine)),
+    await summary.grantGroups(paidGrantsOf(mine)),
   );
   if (replay.disordered !== saved.disordered) {
     say(`it marks the account ${saved.disordered ? "" : "not "}disordered, the journal's days say otherwise`);
@@ -381,6 +383,7 @@ export async function revenueSummaryProblems(
   const compare = (what: string, kept: readonly RevenueDayRow[], rolled: readonly RevenueDayRow[], fine: boolean) => {
     const keyOf = (r: RevenueDayRow) =>
       [dayText(r.day), r.currency ?? "(no currency)", r.source ?? "(no source)"]
+        .concat(r.plan === null ? [] : [`plan ${r.plan}`])
         .concat(fine ? [r.feature ?? "(no feature)", r.spender ?? "(no spender)"] : [])
         .join(", ");
     const sums = (rows: readonly RevenueDayRow[]) => {
@@ -406,10 +409,10 @@ export async function revenueSummaryProblems(
   };
   compare("day by feature and spender", saved.split, replay.days, true);
   compare("day", saved.days, replay.days, false);
-  const deferred = (rows: readonly { currency: string; source: string | null; v: number }[]) => {
+  const deferred = (rows: readonly { currency: string; source: string | null; plan: string | null; v: number }[]) => {
     const m = new Map<string, number>();
     for (const r of rows) {
-      const key = `${r.currency}, ${r.source ?? "(no source)"}`;
+      const key = `${r.currency}, ${r.source ?? "(no source)"}${r.plan === null ? "" : `, plan ${r.plan}`}`;
       m.set(key, (m.get(key) ?? 0) + r.v);
     }
     return m;

@@ -151,6 +151,34 @@ describe("revenue over HTTP", () => {
     expect(r.text).toMatch(/,USD,alice,key-ci,0,0,200,0,0,0,0\r\n/);
   });
 
+  it("groups by plan, in JSON and CSV: a subscription's credits under its plan, others under none", async () => {
+    await m.subscriptions.createPlan({
+      id: "team",
+      name: "Team",
+      creditsPerPeriod: 1000,
+      price: 4900,
+      currency: "USD",
+      billingPeriod: "monthly",
+    });
+    await m.subscriptions.subscribe("bob", "team");
+    const r = await call(`/admin/credits/revenue?${range()}&interval=none&groupBy=account,plan`, "admin:ops");
+    expect(r.status).toBe(200);
+    expect(r.body.rows).toContainEqual(
+      expect.objectContaining({ account: "bob", plan: "team", currency: "USD", paid: 4900, deferredEnd: 4900 }),
+    );
+    expect(r.body.rows).toContainEqual(
+      expect.objectContaining({ account: "alice", plan: null, currency: "USD", paid: 1_999 }),
+    );
+    const csv = await call(`/admin/credits/revenue.csv?${range()}&interval=none&groupBy=plan`, "admin:ops");
+    expect(csv.status).toBe(200);
+    const lines = csv.text.split("\r\n");
+    expect(lines[0]).toBe(
+      "start,end,currency,plan,deferredStartMinor,paidMinor,recognizedMinor,breakageMinor,refundsMinor,deferredEndMinor,unbilledCredits",
+    );
+    expect(csv.text).toMatch(/,USD,team,0,4900,0,0,0,4900,0\r\n/);
+    expect(csv.text).toMatch(/,USD,,0,1999,200,0,0,1799,0\r\n/);
+  });
+
   it("is in the OpenAPI document, CSV included, and the document stays valid", async () => {
     const doc = (await call("/credits/openapi.json")).body;
     expect((await new Validator().validate(doc)).valid).toBe(true);

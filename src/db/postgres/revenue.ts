@@ -1,5 +1,6 @@
 import type { JournalEntry } from "../../models/index.js";
 import type { RevenueDimension } from "../../models/revenue.js";
+import { grantGroups, type GrantGroups } from "../../domain/revenue.js";
 import { revenueNames, type RevenueNames } from "../../schema/revenue-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
 import type {
@@ -30,6 +31,7 @@ const jsonRows = (v: unknown) => (typeof v === "string" ? (JSON.parse(v) as Reco
 const figuresOf = (r: Record<string, unknown>) => ({
   currency: str(r.currency),
   source: str(r.source),
+  plan: str(r.plan),
   feature: str(r.feature),
   spender: str(r.spender),
   paid: num(r.paid),
@@ -97,14 +99,19 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     return rows.map((r) => this.db.decode<JournalEntry>("journal", r));
   }
 
-  async grantSources(grantIds: readonly string[]): Promise<Map<string, string>> {
+  async grantGroups(grantIds: readonly string[]): Promise<Map<string, GrantGroups>> {
     if (grantIds.length === 0) return new Map();
     const rows = await this.db.read(
-      "grantSources",
-      `SELECT id, source FROM ${this.db.sql.tables.grants.qualified} WHERE id = ANY($1::text[])`,
+      "grantGroups",
+      `SELECT id, source, metadata ->> 'planId' AS plan FROM ${this.db.sql.tables.grants.qualified} WHERE id = ANY($1::text[])`,
       [[...grantIds]],
     );
-    return new Map(rows.map((r) => [String(r.id), String(r.source)]));
+    return new Map(
+      rows.map((r) => [
+        String(r.id),
+        grantGroups({ source: String(r.source), metadata: r.plan === null ? null : { planId: String(r.plan) } }),
+      ]),
+    );
   }
 
   async saveRevenue(saves: readonly RevenueSave[]): Promise<number> {
@@ -130,14 +137,15 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
         fine.push({
           u: x.checkpoint.userId,
           day,
-          grp: JSON.stringify([d.currency, d.source, d.feature, d.spender]),
+          grp: JSON.stringify([d.currency, d.source, d.plan, d.feature, d.spender]),
           currency: d.currency,
           source: d.source,
+          plan: d.plan,
           feature: d.feature,
           spender: d.spender,
           ...Object.fromEntries(figures.map((f) => [f, d[f]])),
         });
-        const grp = JSON.stringify([d.currency, d.source]);
+        const grp = JSON.stringify([d.currency, d.source, d.plan]);
         const id = `${x.checkpoint.userId}\u0000${day}\u0000${grp}`;
         const c = coarse.get(id) ?? {
           u: x.checkpoint.userId,
@@ -145,6 +153,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
           grp,
           currency: d.currency,
           source: d.source,
+          plan: d.plan,
           ...Object.fromEntries(figures.map((f) => [f, 0])),
         };
         for (const f of figures) (c[f] as number) += d[f];
@@ -156,9 +165,10 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
         ? []
         : x.deferred.map((d) => ({
             u: x.checkpoint.userId,
-            grp: JSON.stringify([d.currency, d.source]),
+            grp: JSON.stringify([d.currency, d.source, d.plan]),
             currency: d.currency,
             source: d.source,
+            plan: d.plan,
             delta: d.delta,
           })),
     );
@@ -184,10 +194,10 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       `dd AS (DELETE FROM ${daily} WHERE user_id IN (SELECT user_id FROM gone)), ` +
       `ds AS (DELETE FROM ${split} WHERE user_id IN (SELECT user_id FROM gone)), ` +
       `df AS (DELETE FROM ${deferredTable} WHERE user_id IN (SELECT user_id FROM gone)), ` +
-      `d AS (${upsertDays(daily, "$2", ["currency", "source"])}), ` +
-      `sp AS (${upsertDays(split, "$3", ["currency", "source", "feature", "spender"])}), ` +
-      `f AS (INSERT INTO ${deferredTable} AS t (user_id, grp, currency, source, deferred) ` +
-      `SELECT x.u, x.grp, x.currency, x.source, x.delta FROM json_to_recordset($4::json) AS x(u text, grp text, currency text, source text, delta bigint) ` +
+      `d AS (${upsertDays(daily, "$2", ["currency", "source", "plan"])}), ` +
+      `sp AS (${upsertDays(split, "$3", ["currency", "source", "plan", "feature", "spender"])}), ` +
+      `f AS (INSERT INTO ${deferredTable} AS t (user_id, grp, currency, source, plan, deferred) ` +
+      `SELECT x.u, x.grp, x.currency, x.source, x.plan, x.delta FROM json_to_recordset($4::json) AS x(u text, grp text, currency text, source text, plan text, delta bigint) ` +
       `WHERE x.u IN (SELECT user_id FROM ok) ON CONFLICT (user_id, grp) DO UPDATE SET deferred = t.deferred + EXCLUDED.deferred) ` +
       `SELECT count(*)::int AS n FROM ok`;
     const rows = await this.db.read("saveRevenue", text, [
@@ -206,8 +216,8 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     const [row] = await this.db.read(
       "revenueSummaryOf",
       `SELECT s.through_seq, to_char(s.max_day, 'YYYY-MM-DD') AS max_day, s.disordered, s.state, ` +
-        `${days(this.n.split, "currency, source, feature, spender")} AS split, ${days(this.n.daily, "currency, source")} AS days, ` +
-        `(SELECT json_agg(x) FROM (SELECT currency, source, deferred FROM ${this.n.deferred} WHERE user_id = $1) x)::text AS deferred ` +
+        `${days(this.n.split, "currency, source, plan, feature, spender")} AS split, ${days(this.n.daily, "currency, source, plan")} AS days, ` +
+        `(SELECT json_agg(x) FROM (SELECT currency, source, plan, deferred FROM ${this.n.deferred} WHERE user_id = $1) x)::text AS deferred ` +
         `FROM ${this.n.state} s WHERE s.user_id = $1`,
       [account],
     );
@@ -226,6 +236,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
       deferred: jsonRows(row.deferred).map((r) => ({
         currency: String(r.currency),
         source: str(r.source),
+        plan: str(r.plan),
         deferred: num(r.deferred),
       })),
     };
@@ -245,7 +256,10 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
     // Grouped by feature or spender: the finer days; else the days by currency and source.
     const days = groupBy.includes("feature") || groupBy.includes("spender") ? this.n.split : this.n.daily;
     const sums = ["paid", "recognized", "breakage", "refunds", "unbilled"].map((f) => `sum(${f}) AS ${f}`).join(", ");
-    const deferredGroups = ["currency", ...groupBy.filter((d) => d === "account" || d === "source").map(col)];
+    const deferredGroups = [
+      "currency",
+      ...groupBy.filter((d) => d === "account" || d === "source" || d === "plan").map(col),
+    ];
     const of = query.account === null ? "" : " AND user_id = $3";
     // One statement, so one snapshot: the figures and deferred now agree with each other while a
     // concurrent report adds to the summary.
@@ -267,6 +281,7 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
         currency: String(r.currency),
         account: str(r.user_id),
         source: str(r.source),
+        plan: str(r.plan),
         deferred: num(r.deferred),
       })),
       disordered: disordered.map(String),
