@@ -15,8 +15,9 @@ const ledgerFile = join(mkdtempSync(join(tmpdir(), "credit-leases-")), "ledger.j
 const manager = await createCreditManager({ ledger: { filePath: ledgerFile } });
 await manager.credits.addCredits("user-1", 10_000);
 
-// Blocks of up to 1,000 credits, settled every second (and when a block runs out or goes idle).
-const lease = manager.credits.leases({ size: 1_000, settleEveryMs: 1_000 });
+// Blocks of up to 1,000 credits, settled every 30 seconds (and when a block runs out or goes idle,
+// and at close): this short run settles once, at close.
+const lease = manager.credits.leases({ size: 1_000, settleEveryMs: 30_000 });
 // At startup: settle what a predecessor on this ledger file used and did not settle (nothing here).
 console.log("recovered:", (await lease.recover()).windows, "windows");
 
