@@ -86,9 +86,8 @@ export const Plan = z.object({
 });
 export type Plan = z.infer<typeof Plan>;
 
-export const CreatePlanInput = z.strictObject({
-  /** Default: a generated UUID. */
-  id: PlanId.optional(),
+/** A plan's fields a caller sets: on creation (with its id) and on update (any of them). */
+const PlanFields = z.strictObject({
   name: z.string().min(1).max(200),
   description: ShortText.optional(),
   creditsPerPeriod: NonNegativeAmount,
@@ -107,9 +106,16 @@ export const CreatePlanInput = z.strictObject({
   isActive: z.boolean().optional(),
   metadata: Metadata.optional(),
 });
+
+export const CreatePlanInput = PlanFields.extend({
+  /** Default: a generated UUID. */
+  id: PlanId.optional(),
+});
 export type CreatePlanInput = z.input<typeof CreatePlanInput>;
 
-export const UpdatePlanInput = CreatePlanInput.omit({ id: true }).partial();
+// Spelled as the fields made optional rather than `CreatePlanInput.omit({ id })`: an omitted key
+// set is a union whose order the declaration emitter does not keep, so the API report would move.
+export const UpdatePlanInput = PlanFields.partial();
 export type UpdatePlanInput = z.input<typeof UpdatePlanInput>;
 
 export const SubscriptionStatus = z.enum(["active", "canceled", "expired"]);
