@@ -235,7 +235,7 @@ describe.skipIf(!pgUrl)("scaling out: PostgreSQL statements are keyed by user_id
       await c.query(
         generateSql({ dialect: "postgres", schema, distributed: true })
           .split("\n")
-          .filter((line) => !/^SELECT create_(distributed|reference)_table/.test(line))
+          .filter((line) => !/^SELECT create_(distributed_table|reference_table|distributed_function)/.test(line))
           .join("\n"),
       );
       // The manager below runs as a plain store (this server has no Citus), and a plain store keeps

@@ -107,9 +107,10 @@ const PlanFields = z.strictObject({
   metadata: Metadata.optional(),
 });
 
-export const CreatePlanInput = PlanFields.extend({
+export const CreatePlanInput = z.strictObject({
   /** Default: a generated UUID. */
   id: PlanId.optional(),
+  ...PlanFields.shape,
 });
 export type CreatePlanInput = z.input<typeof CreatePlanInput>;
 
