@@ -4,7 +4,8 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { CheckpointEvery, FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits, parse } from "./models/index.js";
+import { CheckpointEvery, FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits } from "./models/index.js";
+import { parseConfig } from "./models/parse.js";
 import { CustomerTokenSettings } from "./models/customer-tokens.js";
 import type { NotificationQueue } from "./queue/index.js";
 import { CreditService } from "./services/credit-service.js";
@@ -177,9 +178,9 @@ export interface CreditManager {
   close(): Promise<void>;
 }
 
-/** Builds the services over one store, ledger and cache. */
+/** Builds the services over one store, ledger and cache. Bad options: `ConfigurationError`. */
 export async function createCreditManager(options: CreditManagerOptions = {}): Promise<CreditManager> {
-  const o = parse(CreditManagerOptions, options, "options");
+  const o = parseConfig(CreditManagerOptions, options, "options");
   const db = o.db ?? new InMemoryDbManager();
   const logger = o.logger ?? silentLogger;
   if (o.init !== false) await db.init();

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { SqliteDbManager } from "../src/db/sqlite/index.js";
-import { createCreditManager, ValidationError, type DbManager } from "../src/index.js";
+import { ConfigurationError, createCreditManager, ValidationError, type DbManager } from "../src/index.js";
 import { testStores, type TestStore } from "./fixtures/stores.js";
 
 // Idempotency keys with a retention window (docs/running-for-years.md), on every store: memory and
@@ -163,7 +163,7 @@ describe.each(stores)("idempotency keys with a retention window: $name", (store)
 describe("idempotency retention: bad settings are refused", () => {
   it.each([["5s"], [1000], ["24 hours"], ["-1h"], [1.5], [""], [null]])("retention %j", async (retention) => {
     await expect(createCreditManager({ idempotency: { retention: retention as never } })).rejects.toBeInstanceOf(
-      ValidationError,
+      ConfigurationError,
     );
   });
 

@@ -143,7 +143,7 @@ for (const store of stores) {
         await expect(lease.charge("small", 1000)).rejects.toBeInstanceOf(InsufficientCreditsError);
         await expect(lease.charge("big", -1)).rejects.toBeInstanceOf(ValidationError);
         await expect(lease.charge("", 1)).rejects.toBeInstanceOf(ValidationError);
-        expect(() => m.credits.leases({ size: 0 })).toThrow(ValidationError);
+        expect(() => m.credits.leases({ size: 0 })).toThrow(ConfigurationError);
         expect(() => m.credits.leases({ settleEveryMs: 5000, ttlSeconds: 2 })).toThrow(ConfigurationError);
         await lease.close();
         expect(await info(m, "small")).toMatchObject({ balance: 290 });

@@ -3,7 +3,7 @@ import { pino } from "pino";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   createCreditManager,
-  ValidationError,
+  ConfigurationError,
   type Cache,
   type CreditManagerOptions,
   type Logger,
@@ -75,7 +75,7 @@ describe("the logger option", () => {
   it("refuses an object without the four methods, saying what it needs", async () => {
     const half = { warn: () => undefined, error: () => undefined } as unknown as Logger;
     const refused = createCreditManager({ logger: half });
-    await expect(refused).rejects.toBeInstanceOf(ValidationError);
+    await expect(refused).rejects.toBeInstanceOf(ConfigurationError);
     await expect(refused).rejects.toThrow(/logger must have error, warn, info and debug methods/);
   });
 

@@ -142,8 +142,8 @@ describe("NotificationService through createCreditManager", () => {
     await expect(
       m.notifications.emit("u", { type: "credits_added" as never, payload: { amount: 5 } }),
     ).rejects.toBeInstanceOf(ValidationError);
-    await expect(createCreditManager({ queue: {} as never })).rejects.toBeInstanceOf(ValidationError);
-    await expect(createCreditManager({ domainEvents: "yes" as never })).rejects.toBeInstanceOf(ValidationError);
+    await expect(createCreditManager({ queue: {} as never })).rejects.toBeInstanceOf(ConfigurationError);
+    await expect(createCreditManager({ domainEvents: "yes" as never })).rejects.toBeInstanceOf(ConfigurationError);
     expect(() => new CreditService({ db: new InMemoryDbManager(), domainEvents: 1 as never })).toThrow(
       ConfigurationError,
     );
@@ -268,7 +268,7 @@ describe("expiration.runAll() runs everything a deployment schedules", () => {
     expect(quiet.dispatchPending).toBeNull();
     await off.close();
     await expect(createCreditManager({ notifications: { reminderDays: [-1] } })).rejects.toBeInstanceOf(
-      ValidationError,
+      ConfigurationError,
     );
     await expect(createCreditManager({ notifications: { leaseMs: 1000, publishTimeoutMs: 5000 } })).rejects.toThrow(
       /publishTimeoutMs/,

@@ -164,7 +164,7 @@ describe("credit-management/otel (docs/observability.md)", () => {
     await manager.close();
   });
 
-  it("records nothing once shut down, and refuses bad options with a ValidationError", async () => {
+  it("records nothing once shut down, and refuses bad options with a ConfigurationError", async () => {
     const { reader, meterProvider, tracerProvider, spans } = setup();
     const instrumentation = instrumentCreditManagement({ meterProvider, tracerProvider });
     const manager = await createCreditManager();
@@ -175,10 +175,10 @@ describe("credit-management/otel (docs/observability.md)", () => {
     expect(value((await collect(reader)).get("credit_management.operations"), { operation: "addCredits" })).toBe(1);
     expect(spans.getFinishedSpans()).toHaveLength(1);
     expect(() => instrumentCreditManagement({ meterProvider: {} as never })).toThrow(
-      expect.objectContaining({ code: "VALIDATION_ERROR" }),
+      expect.objectContaining({ code: "CONFIGURATION_ERROR" }),
     );
     expect(() => instrumentCreditManagement({ statsIntervalMs: -1 })).toThrow(
-      expect.objectContaining({ code: "VALIDATION_ERROR" }),
+      expect.objectContaining({ code: "CONFIGURATION_ERROR" }),
     );
     await manager.close();
   });

@@ -196,13 +196,13 @@ describe("payments: inputs and history", () => {
     for (const bad of [{ checkoutWaitMs: -1 }, { checkoutStaleSeconds: Number.NaN }]) {
       expect(() => new PaymentService({ db: new InMemoryDbManager(), ...bad })).toThrow(ConfigurationError);
       await expect(createCreditManager({ payments: { providers: [stripe], ...bad } })).rejects.toBeInstanceOf(
-        ValidationError,
+        ConfigurationError,
       );
     }
     for (const keyNamespace of ["", "x".repeat(65), "a\u0000b"]) {
       expect(() => new PaymentService({ db: new InMemoryDbManager(), keyNamespace })).toThrow(ConfigurationError);
       await expect(createCreditManager({ payments: { providers: [stripe], keyNamespace } })).rejects.toBeInstanceOf(
-        ValidationError,
+        ConfigurationError,
       );
     }
   });
@@ -235,7 +235,7 @@ describe("payments: inputs and history", () => {
     // A rate table that names nothing, or not as codes, or a bad rate, is refused up front.
     for (const creditsPerUnit of [{}, { usd: 1 }, { USD: 0 }, { USD: Number.NaN }] as Record<string, number>[]) {
       await expect(createCreditManager({ payments: { providers: [stripe], creditsPerUnit } })).rejects.toBeInstanceOf(
-        ValidationError,
+        ConfigurationError,
       );
       expect(() => new PaymentService({ db: new InMemoryDbManager(), creditsPerUnit })).toThrow(ConfigurationError);
     }

@@ -343,7 +343,7 @@ describe("without a price book", () => {
   it("refuses a bad book given to createCreditManager", async () => {
     await expect(
       createCreditManager({ pricing: { models: [{ model: "a", input: { credits: 1 } }] } as never }),
-    ).rejects.toBeInstanceOf(ValidationError);
+    ).rejects.toBeInstanceOf(ConfigurationError);
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ValidationError, createCreditManager } from "../src/index.js";
+import { ConfigurationError, ValidationError, createCreditManager } from "../src/index.js";
 
 describe("createCreditManager({ trial })", () => {
   it("grants the trial to a user's new account once, through every service's units of work", async () => {
@@ -28,6 +28,6 @@ describe("createCreditManager({ trial })", () => {
   });
 
   it("refuses an invalid trial option", async () => {
-    await expect(createCreditManager({ trial: { amount: -1 } })).rejects.toBeInstanceOf(ValidationError);
+    await expect(createCreditManager({ trial: { amount: -1 } })).rejects.toBeInstanceOf(ConfigurationError);
   });
 });

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   createCreditManager,
+  ConfigurationError,
   CreditError,
   RuleViolationError,
   ValidationError,
@@ -66,6 +67,19 @@ describe("bad input is a ValidationError and changes nothing", () => {
     expect((error as ValidationError).code).toBe("VALIDATION_ERROR");
     expect((error as ValidationError).status).toBe(400);
     if (pattern) expect((error as Error).message).toMatch(pattern);
+  };
+
+  /** Bad options of the manager (set up once, not one call's input): ConfigurationError, naming the field. */
+  const expectMisconfigured = async (call: () => Promise<unknown>, pattern: RegExp) => {
+    const error = await call().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(ConfigurationError);
+    expect((error as ConfigurationError).code).toBe("CONFIGURATION_ERROR");
+    expect((error as Error).message).toMatch(pattern);
+    // The field-by-field issues stay on its cause.
+    expect((error as Error).cause).toBeInstanceOf(ValidationError);
   };
 
   /** Well-formed but refused by a rule: RuleViolationError, HTTP 422. */
@@ -153,8 +167,8 @@ describe("bad input is a ValidationError and changes nothing", () => {
     await expectInvalid(() => m.ledger.getEntries({ userId: "" }), /userId/);
     await expectInvalid(() => m.ledger.getEntries({ beforeId: "x" }), /beforeId/);
     await expectInvalid(() => m.ledger.getEntries({ user: "u" } as never), /query/);
-    await expectInvalid(() => createCreditManager({ bogus: true } as never), /options/);
-    await expectInvalid(() => createCreditManager({ db: {} as never }), /db/);
+    await expectMisconfigured(() => createCreditManager({ bogus: true } as never), /options.*bogus/);
+    await expectMisconfigured(() => createCreditManager({ db: {} as never }), /options\.db/);
   });
 
   it("refuses options that are not plain objects (a Map's entries would be ignored), on every service", async () => {
@@ -188,7 +202,7 @@ describe("bad input is a ValidationError and changes nothing", () => {
       await expectInvalid(() => m.promos.claimPromo(U, "CODE", bad), pattern);
       await expectInvalid(() => m.expiration.runAll(undefined, bad), pattern);
       await expectInvalid(() => m.notifications.dispatchPending(bad), pattern);
-      await expectInvalid(() => createCreditManager(bad), pattern);
+      await expectMisconfigured(() => createCreditManager(bad), pattern);
     }
     // A plain object without a prototype is a plain object.
     const bare = Object.assign(Object.create(null) as object, { limit: 1 });

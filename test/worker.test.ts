@@ -7,7 +7,7 @@ import {
   createCreditManager,
   CreditError,
   InMemoryNotificationQueue,
-  ValidationError,
+  ConfigurationError,
   type CreditManager,
 } from "../src/index.js";
 import { scriptedChargeProvider } from "../src/testing/auto-top-up.js";
@@ -182,7 +182,7 @@ describe("createWorker", () => {
     expect((await once).rounds.map((x) => x.task)).toEqual(["jobs"]);
   });
 
-  it("refuses bad options with ValidationError, naming them", async () => {
+  it("refuses bad options with ConfigurationError, naming them", async () => {
     const m = await manager();
     for (const [options, message] of [
       [{ jobsEveryMs: 5 }, /jobsEveryMs/],
@@ -195,7 +195,7 @@ describe("createWorker", () => {
       [{ usageEntries: 1.5e3 + 0.5 }, /usageEntries/],
       [{ every: 1 }, /every/],
     ] as const) {
-      expect(() => createWorker(m, options as never)).toThrow(ValidationError);
+      expect(() => createWorker(m, options as never)).toThrow(ConfigurationError);
       expect(() => createWorker(m, options as never)).toThrow(CreditError);
       expect(() => createWorker(m, options as never)).toThrow(message);
     }

@@ -1,5 +1,5 @@
 import type * as z from "zod";
-import { ValidationError } from "../errors.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
 
 /**
  * Validates `value` against `schema`; a mismatch becomes a `ValidationError` naming the argument
@@ -32,6 +32,22 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown, what: stri
   const where = first && first.path ? `${what}.${first.path}` : what;
   const more = issues.length > 1 ? ` (and ${issues.length - 1} more)` : "";
   throw new ValidationError(`Invalid ${where}: ${first?.message ?? "invalid value"}${more}`, issues, result.error);
+}
+
+/**
+ * `parse` for options given once, when the program sets something up (`createCreditManager`, a
+ * service's constructor, the worker): a mismatch is a mistake in the program, not in one call's
+ * input, so it is a `ConfigurationError` — its message names the field, and its `cause` is the
+ * `ValidationError` with each issue. `owner` ("PaymentService") starts the message when given.
+ */
+export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, what: string, owner?: string): z.output<S> {
+  try {
+    return parse(schema, value, what);
+  } catch (error) {
+    if (!(error instanceof ValidationError)) throw error;
+    const where = owner === undefined ? "" : `${owner}: `;
+    throw new ConfigurationError(`[credit-management] ${where}${error.message}`, error);
+  }
 }
 
 /** Whether a schema takes an object of fields (seen through optional, nullable, default and pipe). */

@@ -28,7 +28,7 @@ import {
   type WebhookMessage,
 } from "../diagnostics.js";
 import type { DbManager, StoreStats } from "../db/types.js";
-import { parse } from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
 
 const isObject = (v: unknown) => typeof v === "object" && v !== null;
 
@@ -91,7 +91,7 @@ const SLOW = { explicitBucketBoundaries: [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60
  * Call it once per process (it sees every manager of the process); `shutdown()` undoes it.
  */
 export function instrumentCreditManagement(options: InstrumentOptions = {}): CreditInstrumentation {
-  const o = parse(InstrumentOptionsSchema, options, "options");
+  const o = parseConfig(InstrumentOptionsSchema, options, "options", "otel");
   const undo: (() => void)[] = [];
   const tracer =
     o.traces === false ? null : (o.tracerProvider ?? trace.getTracerProvider()).getTracer(INSTRUMENTATION_NAME);

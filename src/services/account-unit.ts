@@ -6,7 +6,8 @@ import type { AccountWork, EntryMeta } from "../domain/account-work.js";
 import type { Thresholds } from "../domain/notifications.js";
 import { ConfigurationError, IdempotencyConflictError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { ThresholdSpec, parse, type JournalEntry } from "../models/index.js";
+import { ThresholdSpec, type JournalEntry } from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
 import { CreditService } from "./credit-service.js";
 import { creditCore } from "./credit-core.js";
 
@@ -55,11 +56,7 @@ export function unitDeps(options: UnitOptions, service: string): UnitDeps {
         `[credit-management] ${service}: give \`alerts\` to the CreditService passed as \`credits\` (its units of work, and so its thresholds, are the ones used), not to both.`,
       );
     }
-    try {
-      alerts = parse(AlertsOption, options.alerts, "alerts");
-    } catch (error) {
-      throw new ConfigurationError(`[credit-management] ${service}: ${(error as Error).message}`, error);
-    }
+    alerts = parseConfig(AlertsOption, options.alerts, "alerts", service);
   }
   const credits =
     options.credits ??

@@ -1,5 +1,4 @@
 import { createHmac } from "node:crypto";
-import { ConfigurationError } from "../errors.js";
 import {
   CustomerTokenOptions,
   CustomerTokenSettings,
@@ -7,6 +6,7 @@ import {
   UserId,
   type CustomerTokenOptions as CustomerTokenInput,
 } from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
 
 /** What `credits.customerToken` returns. */
 export interface CustomerToken {
@@ -48,12 +48,7 @@ export class CustomerTokens {
     settings: CustomerTokenSettings,
     private readonly clock: () => Date,
   ) {
-    let s: { secret: string | string[] };
-    try {
-      s = parse(CustomerTokenSettings, settings, "customerTokens");
-    } catch (error) {
-      throw new ConfigurationError(`[credit-management] ${(error as Error).message}`, error);
-    }
+    const s = parseConfig(CustomerTokenSettings, settings, "customerTokens");
     this.keys = (typeof s.secret === "string" ? [s.secret] : s.secret).map(keyOf);
   }
 

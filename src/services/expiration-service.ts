@@ -4,6 +4,7 @@ import type { DbManager } from "../db/types.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import { AsOf, BatchSize, DateInput, ExpiringDays, UserId, parse, type Subscription } from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
 import type { CreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
@@ -199,9 +200,14 @@ export class ExpirationService {
     this.clock = options.clock ?? this.core.clock;
     this.logger = options.logger;
     this.notifications = options.notifications;
-    this.reminderDays = parse(ReminderDays, options.reminderDays ?? [7], "reminderDays");
+    this.reminderDays = parseConfig(ReminderDays, options.reminderDays ?? [7], "reminderDays", "ExpirationService");
     this.retention = retentionMs(
-      parse(IdempotencyRetention, options.idempotencyRetention ?? "forever", "idempotency.retention"),
+      parseConfig(
+        IdempotencyRetention,
+        options.idempotencyRetention ?? "forever",
+        "idempotency.retention",
+        "ExpirationService",
+      ),
     );
   }
 

@@ -28,7 +28,7 @@ import type { CreditService } from "./credit-service.js";
 import type { CreditCore } from "./credit-core.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
-import { wellFormed } from "../models/parse.js";
+import { parseConfig, wellFormed } from "../models/parse.js";
 import { nodeBuiltin } from "../util/runtime.js";
 
 /** What one `charge()` did. */
@@ -178,7 +178,7 @@ export class CreditLeases {
     private readonly deps: LeaseDeps,
     options: LeaseOptions = {},
   ) {
-    const o = parse(LeaseOptions, options ?? {}, "options");
+    const o = parseConfig(LeaseOptions, options ?? {}, "options", "leases");
     const clock = deps.clock;
     this.now = clock === undefined ? Date.now : () => clock().getTime();
     this.sizing = {

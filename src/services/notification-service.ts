@@ -16,6 +16,7 @@ import {
 } from "../models/index.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { DomainEventType, EventVersion } from "../models/notifications.js";
+import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { saveAccountOnly } from "./unit-of-work.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
@@ -153,7 +154,7 @@ export class NotificationService {
     this.db = options.db;
     this.queue = options.queue ?? new InMemoryNotificationQueue();
     this.recording = options.recording ?? true;
-    this.thresholds = parse(ThresholdSpec, options.thresholds ?? {}, "thresholds");
+    this.thresholds = parseConfig(ThresholdSpec, options.thresholds ?? {}, "thresholds", "notifications");
     this.clock = options.clock ?? (() => new Date());
     this.logger = options.logger;
     this.maxAttempts = options.maxAttempts ?? 10;

@@ -26,7 +26,6 @@ import {
   WebhookRejectedError,
 } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import type * as z from "zod";
 import {
   CreatePaymentInput,
   RecordRefundOptions,
@@ -43,6 +42,7 @@ import {
   type Payment,
   type PaymentStatus,
 } from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
 import { systemKey } from "../domain/keys.js";
 import { afterCredited } from "../domain/auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
@@ -149,17 +149,12 @@ export class PaymentService {
   constructor(options: PaymentServiceOptions) {
     this.deps = unitDeps(options, "PaymentService");
     for (const p of options.providers ?? []) this.providers.set(p.name, p);
-    let c: z.output<typeof CreditsPerUnit>;
-    try {
-      this.checkoutWaitMs = parse(WaitDuration, options.checkoutWaitMs ?? 10_000, "checkoutWaitMs");
-      this.checkoutStaleMs = parse(WaitDuration, options.checkoutStaleSeconds ?? 60, "checkoutStaleSeconds") * 1000;
-      const ns =
-        options.keyNamespace === undefined ? undefined : parse(KeyNamespace, options.keyNamespace, "keyNamespace");
-      this.keyPrefix = ns === undefined ? "" : `${ns}\u0000`;
-      c = parse(CreditsPerUnit, options.creditsPerUnit ?? 1, "creditsPerUnit");
-    } catch (error) {
-      throw new ConfigurationError(`[credit-management] ${(error as Error).message}`, error);
-    }
+    this.checkoutWaitMs = parseConfig(WaitDuration, options.checkoutWaitMs ?? 10_000, "checkoutWaitMs");
+    this.checkoutStaleMs = parseConfig(WaitDuration, options.checkoutStaleSeconds ?? 60, "checkoutStaleSeconds") * 1000;
+    const ns =
+      options.keyNamespace === undefined ? undefined : parseConfig(KeyNamespace, options.keyNamespace, "keyNamespace");
+    this.keyPrefix = ns === undefined ? "" : `${ns}\u0000`;
+    const c = parseConfig(CreditsPerUnit, options.creditsPerUnit ?? 1, "creditsPerUnit");
     if (typeof c === "function") {
       this.creditsFor = c;
     } else if (typeof c === "number") {

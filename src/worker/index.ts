@@ -1,7 +1,7 @@
 import * as z from "zod";
 import { isLogger, silentLogger, type Logger } from "../logger.js";
 import type { CreditManager } from "../manager.js";
-import { parse } from "../models/parse.js";
+import { parseConfig } from "../models/parse.js";
 import { catchUpRevenue } from "../services/revenue.js";
 import { pauseBefore } from "./schedule.js";
 
@@ -155,12 +155,12 @@ interface Settings {
 type RoundResult = Pick<WorkerRound, "ok" | "idle" | "report">;
 
 /**
- * The worker's rounds on `manager` (see `CreditWorker`). Throws `ValidationError` for bad options.
+ * The worker's rounds on `manager` (see `CreditWorker`). Throws `ConfigurationError` for bad options.
  * Any number of workers may run at once on one store, in as many processes: every job, reminder,
  * delivery and charge is done once (docs/operations.md, "The worker").
  */
 export function createWorker(manager: CreditManager, options: WorkerOptions = {}): CreditWorker {
-  const o = parse(WorkerOptions, options, "options");
+  const o = parseConfig(WorkerOptions, options, "options", "worker");
   const logger = o.logger ?? silentLogger;
   const recording = manager.notifications.recording;
   const s: Settings = {
