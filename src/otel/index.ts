@@ -408,6 +408,7 @@ function storeReader(db: DbManager, intervalMs: number, timeoutMs: number): () =
       timer = setTimeout(() => resolve(null), timeoutMs);
       timer.unref();
     });
+    // A store that fails to answer reports nothing this collection (null), as a slow one does.
     const reading = Promise.resolve()
       .then(() => (db.stats as NonNullable<DbManager["stats"]>).call(db))
       .catch(() => null);

@@ -449,6 +449,7 @@ const NO_STORE = { "cache-control": "no-store" };
 
 /** `/health/ready`: the status only (the report names the store and its errors: `GET /admin/health`). */
 async function readiness(manager: CreditManager): Promise<JsonAnswer> {
+  // A health check that itself fails is the answer "not ready"; its reasons are at GET /admin/health.
   const report = await manager.health({ timeoutMs: 2000 }).catch(() => ({ status: "down" as const }));
   return jsonAnswer(report.status === "down" ? 503 : 200, { status: report.status }, NO_STORE);
 }

@@ -73,6 +73,7 @@ export async function archivePartitions(
     throw new ConfigurationError(
       `[credit-management] the ${db.name} store has no time partitions (PostgresDbManager with \`partitions\`): use archiveJournal`,
     );
+  // A folder that cannot be read (missing, no access) is refused just below, naming it.
   const dir = await nodeBuiltin<typeof FsPromises>("node:fs/promises")
     .stat(o.dir)
     .catch(() => null);

@@ -599,6 +599,7 @@ export async function runMetered<T>(
   try {
     value = await storage.run(session, fn, session.context);
   } catch (error) {
+    // `fn`'s error is the one to throw; a hold that fails to release lapses at its TTL (docs/metering.md).
     const outcome = await session.release("error").catch(() => null);
     if (outcome) onSettled?.(outcome);
     throw error;

@@ -142,6 +142,7 @@ export class PaymentCheckouts {
     try {
       return await provider.createCheckout(request);
     } catch (error) {
+      // A look-up that fails too finds nothing: the provider's own error is the one to throw.
       const found = find === undefined ? null : await find(request).catch(() => null);
       if (found === null) throw error;
       return this.adopted(provider, request, found, `after: ${(error as Error).message}`);
