@@ -2,13 +2,12 @@ import { parseArgs } from "node:util";
 import { exitCodeOf, NoSuchAccountError } from "./args.js";
 import { calendarWindow } from "../domain/limits.js";
 import { RuleViolationError, ValidationError } from "../errors.js";
-import { createCreditManager, type CreditManager } from "../manager.js";
+import type { CreditManager } from "../manager.js";
 import { UserId } from "../models/index.js";
 import { type LimitPeriod, type SpendLimitInput, type SpendLimitStatus } from "../models/limits.js";
 import { parse } from "../models/parse.js";
-import type { RedisCache } from "../redis/index.js";
 import type { CliIo } from "./run.js";
-import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
+import { withCommandManager, type StoreSource } from "./store.js";
 import { table } from "./table.js";
 import { UsageError } from "../util/usage-error.js";
 
@@ -108,28 +107,7 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
   }
   const userId = parse(UserId, id, "account id");
 
-  const env = (source.env ?? process.env) as Record<string, string | undefined>;
-  const ledgerFile = env.CREDIT_LEDGER_FILE?.trim() || undefined;
-  const redisUrl = env.CREDIT_REDIS_URL?.trim() || undefined;
-  const cachePrefix = env.CREDIT_REDIS_CACHE_PREFIX?.trim() || undefined;
-  if (cachePrefix !== undefined && redisUrl === undefined)
-    throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
-
-  const { db, owned } = await openRequiredStore("accounts", values.sqlite, source);
-  let cache: RedisCache | undefined;
-  let manager: CreditManager | undefined;
-  try {
-    if (cachePrefix !== undefined) {
-      // The services' cache: a write here must invalidate what they cached of the account.
-      const { RedisCache } = await import("../redis/index.js");
-      cache = await RedisCache.connect(redisUrl as string, { keyPrefix: cachePrefix });
-    }
-    manager = await createCreditManager({
-      db,
-      init: false,
-      ledger: ledgerFile === undefined ? false : { filePath: ledgerFile },
-      ...(cache === undefined ? {} : { cache }),
-    });
+  return withCommandManager("accounts", values.sqlite, source, async (manager, db) => {
     // A typo must not read as an empty account, nor create one with limits.
     if ((await db.getAccount(userId)) === null)
       throw new NoSuchAccountError(`no such account ${JSON.stringify(userId)}`);
@@ -159,10 +137,7 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
     }
     print(io, json, { userId, limits: left });
     return 0;
-  } finally {
-    await closeCommandStore(db, owned, manager);
-    await cache?.close();
-  }
+  });
 }
 
 /** What `accounts show` reports. */

@@ -1,7 +1,8 @@
 import { createDbManagerFromEnv, type DbEnv } from "../db/from-env.js";
 import { InMemoryDbManager } from "../db/memory/index.js";
 import type { DbManager } from "../db/types.js";
-import type { CreditManager } from "../manager.js";
+import { createCreditManager, type CreditManager } from "../manager.js";
+import type { RedisCache } from "../redis/index.js";
 import { ConfigurationError } from "../errors.js";
 import { UsageError } from "../util/usage-error.js";
 
@@ -81,4 +82,46 @@ export async function closeCommandStore(
     if (owned) await db.close();
   } else if (owned) await manager.close();
   else await manager.ledger.close();
+}
+
+/**
+ * Runs `run` with a manager on the store of a command that may write (`accounts`, `reverse`;
+ * docs/cli.md): the store as `openRequiredStore` opens it, without init(); what the command writes
+ * also goes to the JSONL file CREDIT_LEDGER_FILE names, and invalidates what the services cached
+ * in the Redis cache CREDIT_REDIS_URL and CREDIT_REDIS_CACHE_PREFIX name (as the worker's). All of
+ * it is closed afterwards.
+ */
+export async function withCommandManager<T>(
+  command: string,
+  sqlite: string | undefined,
+  source: StoreSource,
+  run: (manager: CreditManager, db: DbManager) => Promise<T>,
+): Promise<T> {
+  const env = (source.env ?? process.env) as Record<string, string | undefined>;
+  const ledgerFile = env.CREDIT_LEDGER_FILE?.trim() || undefined;
+  const redisUrl = env.CREDIT_REDIS_URL?.trim() || undefined;
+  const cachePrefix = env.CREDIT_REDIS_CACHE_PREFIX?.trim() || undefined;
+  if (cachePrefix !== undefined && redisUrl === undefined)
+    throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
+
+  const { db, owned } = await openRequiredStore(command, sqlite, source);
+  let cache: RedisCache | undefined;
+  let manager: CreditManager | undefined;
+  try {
+    if (cachePrefix !== undefined) {
+      // The services' cache: a write here must invalidate what they cached of the account.
+      const { RedisCache } = await import("../redis/index.js");
+      cache = await RedisCache.connect(redisUrl as string, { keyPrefix: cachePrefix });
+    }
+    manager = await createCreditManager({
+      db,
+      init: false,
+      ledger: ledgerFile === undefined ? false : { filePath: ledgerFile },
+      ...(cache === undefined ? {} : { cache }),
+    });
+    return await run(manager, db);
+  } finally {
+    await closeCommandStore(db, owned, manager);
+    await cache?.close();
+  }
 }
