@@ -81,6 +81,7 @@ export function makeRequest(req: IncomingMessage, res: ServerResponse, url: stri
           ? (parsed.body as NonNullable<RequestInit["body"]>)
           : JSON.stringify(parsed.body);
     } else if (!req.readableEnded) {
+      // node:stream/web's ReadableStream is the global one; the two type declarations differ in name only.
       init.body = Readable.toWeb(req) as unknown as ReadableStream<Uint8Array>;
       init.duplex = "half";
     }
@@ -272,15 +273,15 @@ for (const name of Object.getOwnPropertyNames(Request.prototype)) {
       configurable: true,
       writable: true,
       value(this: NodeRequest, ...args: unknown[]) {
-        const real = this[REAL]() as unknown as Record<string, (...a: unknown[]) => unknown>;
-        return (real[name] as (...a: unknown[]) => unknown).apply(real, args);
+        const real = this[REAL]();
+        return (Reflect.get(real, name) as (...a: unknown[]) => unknown).apply(real, args);
       },
     });
   } else if (d.get !== undefined) {
     Object.defineProperty(NodeRequest.prototype, name, {
       configurable: true,
       get(this: NodeRequest) {
-        return (this[REAL]() as unknown as Record<string, unknown>)[name];
+        return Reflect.get(this[REAL](), name) as unknown;
       },
     });
   }
@@ -292,5 +293,6 @@ Object.setPrototypeOf(NodeRequest.prototype, Request.prototype);
  * header and target make no URL.
  */
 export function nodeRequest(req: IncomingMessage, res: ServerResponse, target = req.url ?? "/"): Request {
+  // A Request by its prototype and its members (above), not by its declared type.
   return new NodeRequest(req, res, urlOf(req, target)) as unknown as Request;
 }

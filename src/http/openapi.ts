@@ -83,8 +83,7 @@ export function buildOpenApi(
       io,
       unrepresentable: "any",
       override: (ctx) => {
-        const def = (ctx.zodSchema as unknown as { _zod: { def: { type: string } } })._zod.def;
-        if (def.type === "date") {
+        if (ctx.zodSchema._zod.def.type === "date") {
           ctx.jsonSchema.type = "string";
           ctx.jsonSchema.format = "date-time";
         }

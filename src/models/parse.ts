@@ -62,7 +62,7 @@ const objectTaking = new WeakMap<z.ZodType, boolean>();
 function takesObject(schema: z.ZodType): boolean {
   let known = objectTaking.get(schema);
   if (known === undefined) {
-    let def = (schema as unknown as { _zod: { def: SchemaDef } })._zod.def;
+    let def = schema._zod.def as SchemaDef;
     for (;;) {
       if (def.type === "pipe" && def.in) def = def.in._zod.def;
       else if (WRAPPERS.has(def.type) && def.innerType) def = def.innerType._zod.def;

@@ -288,9 +288,10 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   };
   const onEnd = <M extends object>(name: string, fn: (m: M) => void) => {
     const tc = diagnostics_channel.tracingChannel<unknown, M>(name);
-    const handlers = { asyncEnd: fn };
-    tc.subscribe(handlers as unknown as diagnostics_channel.TracingChannelSubscribers<M>);
-    undo.push(() => tc.unsubscribe(handlers as unknown as diagnostics_channel.TracingChannelSubscribers<M>));
+    // Node takes any of the five handlers; @types/node's type asks for all of them.
+    const handlers = { asyncEnd: fn } as diagnostics_channel.TracingChannelSubscribers<M>;
+    tc.subscribe(handlers);
+    undo.push(() => tc.unsubscribe(handlers));
   };
   // One frozen attribute set per (operation, outcome, store), built once: every unit of work records
   // a counter and a histogram, and a fresh object each time costs the SDK more (docs/benchmarks.md,

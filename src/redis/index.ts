@@ -33,6 +33,7 @@ async function clientFor(url: string, logger: Logger | undefined, what: string):
   type Client = RedisCommandClient & { on(event: string, listener: (arg?: unknown) => void): unknown };
   let mod: { Redis: new (url: string, options: Record<string, unknown>) => Client };
   try {
+    // ioredis is an optional peer: typed here by what the library uses of it, not by its own types.
     mod = (await import("ioredis")) as unknown as typeof mod;
   } catch (error) {
     throw new ConfigurationError("[credit-management] [redis] `ioredis` is not installed: npm install ioredis", error);

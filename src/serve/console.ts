@@ -1,5 +1,6 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { LRUCache } from "lru-cache";
+import type { JWTPayload } from "jose";
 import type { CreditManager } from "../manager.js";
 import { crossSite, readCookie, SECURITY_HEADERS } from "../console/security.js";
 import type { Authenticator } from "./auth.js";
@@ -98,7 +99,7 @@ export async function consoleApp(
   };
   /** The session a cookie holds, if it is well signed, not expired, not signed out, its key not revoked. */
   const readSession = async (value: string): Promise<Session | null> => {
-    let claims: Record<string, unknown>;
+    let claims: JWTPayload;
     try {
       claims = (
         await jose.jwtVerify(value, sessionKey, {
@@ -111,7 +112,8 @@ export async function consoleApp(
     } catch {
       return null;
     }
-    const session = claims as unknown as Session;
+    // jose checked `sub`, `jti` and `exp` (requiredClaims); `key` is ours, signed with them.
+    const session = claims as Session;
     if (signedOut.has(session.jti)) return null;
     if (session.key !== undefined && !(await auth.adminKeyLive(session.key))) return null;
     return session;

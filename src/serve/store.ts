@@ -84,14 +84,7 @@ export async function openStores(
       : { CREDIT_MONGO_URI: store.uri, CREDIT_MONGO_DB: store.db },
   );
   if (store.kind === "postgres") {
-    const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
-    const Pool = (pg.default?.Pool ?? pg.Pool) as unknown as new (o: object) => Parameters<typeof postgresKeyStore>[0];
-    const pool = new Pool({ connectionString: store.url, max: 2 }) as Parameters<typeof postgresKeyStore>[0] & {
-      on(event: "error", listener: () => void): unknown;
-    };
-    // A dropped idle connection is replaced on the next query; without a listener it would end the process.
-    pool.on("error", () => {});
-    return { db, keys: postgresKeyStore(pool, store.schema), where: "postgres" };
+    return { db, keys: postgresKeyStore(await ownPgPool(store.url), store.schema), where: "postgres" };
   }
   const { MongoClient } = await import("mongodb");
   const client = new MongoClient(store.uri);
@@ -115,21 +108,21 @@ export async function openEndpointStore(store: ServeSettings["store"]): Promise<
     mkdirSync(dirname(path), { recursive: true });
     return sqliteEndpointStore(open(path));
   }
-  if (store.kind === "postgres") {
-    const pg = (await import("pg")) as unknown as { default?: { Pool: never }; Pool?: never };
-    const Pool = (pg.default?.Pool ?? pg.Pool) as unknown as new (o: object) => Parameters<
-      typeof postgresEndpointStore
-    >[0] & {
-      on(event: "error", listener: () => void): unknown;
-    };
-    const pool = new Pool({ connectionString: store.url, max: 2 });
-    pool.on("error", () => {});
-    return postgresEndpointStore(pool, store.schema);
-  }
+  if (store.kind === "postgres") return postgresEndpointStore(await ownPgPool(store.url), store.schema);
   const { MongoClient } = await import("mongodb");
   const client = new MongoClient(store.uri);
   const collection = client.db(store.db).collection("credit_webhook_endpoints");
   return mongoEndpointStore(collection as never, () => client.close());
+}
+
+/** A small `pg` pool of `serve`'s own (the API keys, the webhook endpoints), beside the store's. */
+async function ownPgPool(url: string) {
+  // CommonJS `pg` imported as a module: its exports are under `default` on some runtimes.
+  const pg = await import("pg");
+  const pool = new (pg.default?.Pool ?? pg.Pool)({ connectionString: url, max: 2 });
+  // A dropped idle connection is replaced on the next query; without a listener it would end the process.
+  pool.on("error", () => {});
+  return pool;
 }
 
 /** CREDIT_WEBHOOK_ALLOW_NETWORKS as a list. */

@@ -305,7 +305,7 @@ export class PaymentService {
     headers: HeadersLike,
   ): Promise<WebhookResult> {
     const provider = this.providers.get(providerName);
-    // A provider without a webhook secret cannot check a signature: as unknown as one never
+    // A provider without a webhook secret cannot check a signature: it answers as one never
     // configured (404), not a configuration error (500) that any anonymous request could cause.
     if (provider === undefined || provider.receivesWebhooks === false) {
       throw new NotFoundError(`No payment provider "${providerName}" receives webhooks here.`, {

@@ -27,9 +27,6 @@ const FIGURES = [
 export function revenueCsv(report: RevenueReport, groupBy: readonly RevenueDimension[] = []): string {
   return toCsv(
     ["start", "end", "currency", ...groupBy, ...FIGURES.map(([, column]) => column)],
-    report.rows.map((r) => {
-      const groups = r as unknown as Record<string, unknown>;
-      return [r.start, r.end, r.currency, ...groupBy.map((g) => groups[g]), ...FIGURES.map(([f]) => r[f])];
-    }),
+    report.rows.map((r) => [r.start, r.end, r.currency, ...groupBy.map((g) => r[g]), ...FIGURES.map(([f]) => r[f])]),
   );
 }

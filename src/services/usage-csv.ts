@@ -21,19 +21,16 @@ export function usageCsv(report: UsageReport, groupBy: readonly UsageDimension[]
   ];
   return toCsv(
     header,
-    report.rows.map((r) => {
-      const groups = r as unknown as Record<string, unknown>;
-      return [
-        r.start,
-        r.end,
-        ...groupBy.map((g) => groups[g]),
-        r.kind,
-        r.credits,
-        r.requests,
-        r.inputTokens,
-        r.outputTokens,
-        r.cachedTokens,
-      ];
-    }),
+    report.rows.map((r) => [
+      r.start,
+      r.end,
+      ...groupBy.map((g) => r[g]),
+      r.kind,
+      r.credits,
+      r.requests,
+      r.inputTokens,
+      r.outputTokens,
+      r.cachedTokens,
+    ]),
   );
 }

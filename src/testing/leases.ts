@@ -53,6 +53,7 @@ function manager(db: DbManager, clock: { now: number }, filePath?: string) {
  * What it served and did not settle is in the ledger file (when there is one) and nowhere else.
  */
 function kill(lease: CreditLeases): void {
+  // The lease's private timer: stopping it is what a process that dies does, and no API should offer it.
   const timer = (lease as unknown as { timer?: NodeJS.Timeout }).timer;
   if (timer === undefined) throw new Error("runLeasesContract: CreditLeases has no timer to stop any more");
   clearInterval(timer);

@@ -103,16 +103,20 @@ function withMessage<T extends object>(assertion: T, message: string): T {
 
 const NAMES = ["describe", "it", "expect", "beforeAll", "afterAll"] as const;
 
+/** The test functions `api` lacks (none: it is a `TestApi`). */
+const lacks = (api: object) => NAMES.filter((n) => typeof Reflect.get(api, n) !== "function");
+const isTestApi = (api: object): api is TestApi => lacks(api).length === 0;
+
 /** The runner's globals (vitest with `globals: true`, jest), or null. */
 function fromGlobals(): TestApi | null {
-  const g = globalThis as Record<string, unknown>;
-  return NAMES.every((n) => typeof g[n] === "function") ? (g as unknown as TestApi) : null;
+  const g: object = globalThis;
+  return isTestApi(g) ? g : null;
 }
 
 /** Sets the test functions the suites use from now on: `test`, else the runner's globals. */
 export function useTestApi(test: TestApi | undefined): void {
   if (test !== undefined) {
-    const missing = NAMES.filter((n) => typeof (test as unknown as Record<string, unknown>)[n] !== "function");
+    const missing = lacks(test);
     if (missing.length > 0) {
       throw new ConfigurationError(`[credit-management] [testing] \`test\` lacks ${missing.join(", ")}`);
     }

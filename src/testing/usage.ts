@@ -14,7 +14,7 @@ import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { usageParts, windowStart } from "../domain/usage.js";
 import { ConfigurationError } from "../errors.js";
-import type { JournalEntry, UsageQuery, UsageRow } from "../models/index.js";
+import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
 import { PricingService } from "../services/pricing-service.js";
 import { lazy, type PartOptions } from "./support.js";
@@ -222,6 +222,7 @@ function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Dat
                         : null;
         }
         const key = JSON.stringify([start, p.kind, groups]);
+        // Without `end`: the naive report is compared by start, kind, groups and figures (`comparable`).
         const row =
           out.get(key) ??
           ({
@@ -366,7 +367,7 @@ export function runUsageContract(getDb: () => DbManager, options: PartOptions & 
           r.rows
             .map((row) =>
               JSON.stringify([
-                ...(groupBy ?? []).map((d) => (row as unknown as Record<string, unknown>)[d]),
+                ...(groupBy ?? []).map((d) => row[d as UsageDimension]),
                 row.credits,
                 row.requests,
                 row.inputTokens,

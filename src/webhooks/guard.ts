@@ -101,7 +101,8 @@ export type Lookup = (hostname: string, options: LookupOptions, callback: Lookup
 /**
  * A `lookup` for `http.request` that resolves every address of the name and refuses the
  * connection when any of them is not allowed (a name with one private address among public ones
- * could be steered to it).
+ * could be steered to it). (The default's cast: dns.lookup's overloads, one per `options` shape,
+ * are one function, which `Lookup` describes whole.)
  */
 export function guardedLookup(allow: BlockList | null, resolve: Lookup = dnsLookup as unknown as Lookup): Lookup {
   return (hostname, options, callback) => {

@@ -424,6 +424,7 @@ export async function retryFailedWebhooks(
   options: RetryOptions = {},
 ): Promise<number> {
   const owner = deliveryUserId(endpointId, userId);
+  // Every row of `owner` is a delivery this module wrote, with a DeliveryPayload.
   const failed = (await db.listNotifications(owner, { status: "failed", limit: 1000 })).filter(
     (r) => eventId === undefined || (r.payload as unknown as DeliveryPayload).event?.id === eventId,
   );

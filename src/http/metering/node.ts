@@ -8,7 +8,7 @@ import { nodePathOf } from "./paths.js";
 
 type Next = (error?: Error) => void;
 type Common = ReturnType<typeof common<IncomingMessage>>;
-type End = (this: ServerResponse, chunk?: unknown, encoding?: unknown, cb?: unknown) => ServerResponse;
+type End = (this: ServerResponse, ...args: unknown[]) => ServerResponse;
 type Write = (this: ServerResponse, ...args: unknown[]) => boolean;
 
 /** Where a metered ServerResponse keeps its request's state (one object per request, no closures). */
@@ -76,25 +76,24 @@ class NodeMetered {
   }
 }
 
-function meteredWrite(this: MeteredResponse, chunk?: unknown, encoding?: unknown): boolean {
+function meteredWrite(this: MeteredResponse, ...args: unknown[]): boolean {
+  const [chunk, encoding] = args;
   const m = this[METERED] as NodeMetered;
   m.parts = true;
-  // eslint-disable-next-line prefer-rest-params
-  const ok = m.write.apply(this, arguments as unknown as unknown[]);
+  const ok = m.write.apply(this, args);
   if (m.c.llm !== null && !m.session.settled) m.read(chunk, encoding);
   return ok;
 }
 
-function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
+  const [chunk, encoding, cb] = args;
   const m = this[METERED] as NodeMetered;
   const session = m.session;
-  // eslint-disable-next-line prefer-rest-params
-  if (session.settled) return m.end.apply(this, arguments as unknown as Parameters<End>);
+  if (session.settled) return m.end.apply(this, args);
   if (m.c.llm !== null) {
     if (m.parts || this.headersSent) {
       m.read(chunk, encoding);
-      // eslint-disable-next-line prefer-rest-params
-      return m.end.apply(this, arguments as unknown as Parameters<End>); // settled when the response closes
+          return m.end.apply(this, args); // settled when the response closes
     }
     // The whole body in one end: its usage now, the header set.
     m.read(chunk, encoding);
@@ -108,8 +107,7 @@ function meteredEnd(this: MeteredResponse, chunk?: unknown, encoding?: unknown, 
     m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
   if (m.parts || this.headersSent) {
     m.pending = amount; // committed when the response closes; the header is gone already
-    // eslint-disable-next-line prefer-rest-params
-    return m.end.apply(this, arguments as unknown as Parameters<End>);
+      return m.end.apply(this, args);
   }
   m.endAfterSettling(this.statusCode >= 500 ? session.release("error") : session.commit(amount), chunk, encoding, cb);
   return this;
@@ -193,15 +191,14 @@ type FixedResponse = ServerResponse & {
   [FIXED]?: { priced: PricedRequest<IncomingMessage>; deductedHeader: string; end: End };
 };
 
-function fixedEnd(this: FixedResponse, chunk?: unknown, encoding?: unknown, cb?: unknown): ServerResponse {
+function fixedEnd(this: FixedResponse, ...args: unknown[]): ServerResponse {
+  const [chunk, encoding, cb] = args;
   const { priced, deductedHeader, end } = this[FIXED] as NonNullable<FixedResponse[typeof FIXED]>;
-  // eslint-disable-next-line prefer-rest-params
-  if (priced.done || this.headersSent) return end.apply(this, arguments as unknown as Parameters<End>); // settled on close
+  if (priced.done || this.headersSent) return end.apply(this, args); // settled on close
   if (this.statusCode >= 400) {
     priced.notCharged("error");
     this.setHeader(deductedHeader, "0");
-    // eslint-disable-next-line prefer-rest-params
-    return end.apply(this, arguments as unknown as Parameters<End>);
+      return end.apply(this, args);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
   void priced.charge().then((n) => {
@@ -226,8 +223,8 @@ function fixedGo(
 ): void {
   if (res.destroyed || res.writableEnded) return priced.drop(); // the client left: nothing ran, nothing charged
   try {
-    res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as unknown as End };
-    res.end = fixedEnd as unknown as typeof res.end;
+    res[FIXED] = { priced, deductedHeader: c.deductedHeader, end: res.end as End };
+    res.end = fixedEnd as typeof res.end;
     watchChain(next(), c, req, res, priced);
   } catch (error) {
     // The handler threw: answered here (docs/metering.md, "When the handler throws").
@@ -279,11 +276,11 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
         res,
         session,
         locals,
-        res.write as unknown as Write,
-        res.end as unknown as End,
+        res.write as Write,
+        res.end as End,
       );
-      res.write = meteredWrite as unknown as typeof res.write;
-      res.end = meteredEnd as unknown as typeof res.end;
+      res.write = meteredWrite as typeof res.write;
+      res.end = meteredEnd as typeof res.end;
       res.on("close", onMeteredClose);
       watchChain(session.run(next), c, req, res, session);
     } catch (error) {
