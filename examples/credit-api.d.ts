@@ -539,7 +539,7 @@ export interface paths {
         };
         /**
          * Revenue of every account (or `account`'s) by calendar window: deferred, recognized, breakage
-         * @description Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.
+         * @description Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. No window after the one that holds now (a later `to` reads to that window's end). At most `limit` rows (default 10,000, at most 100,000), the first by window, currency and groups; `truncated` says rows were left off. A range past its caps (2,000 windows; 3,700 days without an interval; 1,000,000 windows × groups) is a 400.
          */
         get: operations["adminGetRevenue"];
         put?: never;
@@ -559,7 +559,7 @@ export interface paths {
         };
         /**
          * The revenue report as CSV
-         * @description RFC 4180 (CRLF records, a header line): start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection).
+         * @description RFC 4180 (CRLF records, a header line), streamed: start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). The JSON route's bounds; `X-Revenue-Truncated: true` when `limit` left rows off.
          */
         get: operations["adminGetRevenueCsv"];
         put?: never;
@@ -4244,6 +4244,7 @@ export interface operations {
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "plan" | "feature" | "spender")[];
                 account?: string;
+                limit?: number;
             };
             header?: never;
             path?: never;
@@ -4258,6 +4259,7 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
+                        /** @description By window start, then currency (null last), then the groupBy values in order (null last) */
                         rows: ({
                             /** Format: date-time */
                             start: string;
@@ -4282,6 +4284,8 @@ export interface operations {
                         } & {
                             [key: string]: string | null;
                         })[];
+                        /** @description `limit` left rows off: the later rows in that order */
+                        truncated: boolean;
                         timeZone: string;
                     };
                 };
@@ -4333,6 +4337,7 @@ export interface operations {
                 timeZone?: string;
                 groupBy?: ("account" | "source" | "plan" | "feature" | "spender")[];
                 account?: string;
+                limit?: number;
             };
             header?: never;
             path?: never;

@@ -65,10 +65,12 @@ function suite(
 ) {
   describe(name, () => {
     let manager: CreditManager;
+    let clock: { t: number };
     let run: (args: string[]) => ReturnType<typeof cli>;
     beforeAll(async () => {
       const o = await open();
       manager = o.manager;
+      clock = o.clock;
       await activity(manager, o.clock);
       run = (args) => cli([...args, ...(o.flags ?? [])], o.db, o.env ?? {});
     });
@@ -82,6 +84,8 @@ function suite(
       expect(body.from).toBe(new Date(to).toISOString());
       expect(Date.parse(body.to)).toBeGreaterThanOrEqual(before);
       expect(Date.parse(body.to)).toBeLessThanOrEqual(Date.now());
+      // The manager's clock read now, as the CLI's (a report has no window after the one holding now).
+      clock.t = Date.now();
       const expected = await manager.credits.getRevenue({
         from: new Date(to),
         to: new Date(body.to),
@@ -192,6 +196,21 @@ function suite(
       expect(byPlan.stdout).toMatch(new RegExp(`^ {2}${monthText}-01 00:00 +USD +- +0 +2299 `, "m"));
     });
 
+    it("--limit: the first rows, and a report cut short says so in each form", async () => {
+      const args = ["--month", monthText, "--group-by", "account", "--limit", "1"];
+      const json = await run([...args, "--json"]);
+      const body = JSON.parse(json.stdout) as { rows: { account: string }[]; truncated: boolean };
+      // Two accounts had revenue last month: the first (by currency, then account) is kept.
+      expect([body.rows.map((r) => r.account), body.truncated]).toEqual([["beta"], true]);
+      const text = await run(args);
+      expect(text.stdout).toContain("Only the first 1 rows (--limit, at most 100000): the report has more.");
+      const csv = await run([...args, "--csv"]);
+      expect(csv.stdout.split("\r\n")).toHaveLength(3);
+      expect(csv.stderr).toContain("Only the first 1 rows");
+      const whole = await run(["--month", monthText, "--group-by", "account", "--json"]);
+      expect((JSON.parse(whole.stdout) as { truncated: boolean }).truncated).toBe(false);
+    });
+
     it("bad usage is exit 2 naming the flag, an unknown account 3; nothing is written", async () => {
       const before = await manager.db.getAccount("acme");
       for (const [args, message] of [
@@ -206,6 +225,8 @@ function suite(
         [["--colour"], "Unknown option '--colour'"],
         [["extra"], 'unexpected argument "extra"'],
         [["--account", "a\u0000b"], "--account"],
+        [["--limit", "0"], "--limit must be a whole number from 1 to 100000"],
+        [["--limit", "1e3"], "--limit must be"],
         // The library's own refusal: more than 2,000 windows.
         [["--from", day(-2500), "--to", day(0), "--interval", "day"], "more than 2000 windows"],
       ] as const) {

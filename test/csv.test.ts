@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { csvField, toCsv } from "../src/util/csv.js";
+import { csvField, csvLines, csvStream, toCsv } from "../src/util/csv.js";
 
 describe("CSV export (RFC 4180, inert against spreadsheet formulas; docs/usage.md)", () => {
   it("quotes fields holding quotes, commas and line breaks, doubling the quotes", () => {
@@ -50,5 +50,28 @@ describe("CSV export (RFC 4180, inert against spreadsheet formulas; docs/usage.m
     );
     const t = day.toISOString();
     expect(text).toBe(`start,model,credits\r\n${t},"gpt,4",12\r\n${t},'=cmd,3\r\n`);
+  });
+
+  it("streams a document in pieces of about 64 KiB, each made when the reader asks for it", async () => {
+    const rows = Array.from({ length: 20_000 }, (_, i) => [`account-${i}`, "USD", i * 1_000]);
+    let made = 0;
+    const lines = (function* () {
+      for (const line of csvLines(["account", "currency", "paidMinor"], rows)) {
+        made++;
+        yield line;
+      }
+    })();
+    const reader = csvStream(lines).getReader();
+    const first = await reader.read();
+    expect(first.done).toBe(false);
+    // One piece made, not the document: about 64 KiB of its ~570 KiB.
+    expect(made).toBeGreaterThan(1000);
+    expect(made).toBeLessThan(5000);
+    const pieces = [first.value!];
+    for (let r = await reader.read(); !r.done; r = await reader.read()) pieces.push(r.value);
+    expect(pieces.length).toBeGreaterThan(5);
+    for (const p of pieces) expect(p.byteLength).toBeLessThan(64 * 1024 + 100);
+    const text = new TextDecoder().decode(Buffer.concat(pieces));
+    expect(text).toBe(toCsv(["account", "currency", "paidMinor"], rows));
   });
 });

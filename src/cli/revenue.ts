@@ -5,9 +5,15 @@ import { ValidationError } from "../errors.js";
 import { createCreditManager, type CreditManager } from "../manager.js";
 import { UserId } from "../models/common.js";
 import { parse } from "../models/parse.js";
-import { RevenueDimension, RevenueQuery, type RevenueReport, type RevenueRow } from "../models/revenue.js";
+import {
+  MAX_REVENUE_ROWS,
+  RevenueDimension,
+  RevenueQuery,
+  type RevenueReport,
+  type RevenueRow,
+} from "../models/revenue.js";
 import { UsageInterval } from "../models/usage.js";
-import { revenueCsv } from "../services/revenue-csv.js";
+import { revenueCsvLines } from "../services/revenue-csv.js";
 import type { CliIo } from "./run.js";
 import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
 import { table } from "./table.js";
@@ -32,8 +38,10 @@ CREDIT_SQLITE_PATH, or --sqlite FILE), opened without init(); nothing is written
   --interval I           month (default), week, day, hour, or none (one window)
   --group-by D,...       Split by account, source, plan, feature, spender (comma-separated or repeated)
   --account ID           One account (default: every account of the store)
+  --limit N              Most rows, 1-100000 (default 10000): the first by window, currency and
+                         groups; a report cut short says so (no window after the one holding now)
   --sqlite FILE          This SQLite store (an existing file) instead of the environment's
-  --json                 One JSON object { from, to, timeZone, rows } on standard output
+  --json                 One JSON object { from, to, timeZone, rows, truncated } on standard output
   --csv                  CSV (RFC 4180, formulas made inert) on standard output
   Before a month-end run, run the expiry job (credit-management worker --once) so that the month's
   expiries are in it (docs/revenue.md, "The decisions").
@@ -69,6 +77,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
       interval: { type: "string" },
       "group-by": { type: "string", multiple: true },
       account: { type: "string" },
+      limit: { type: "string" },
       sqlite: { type: "string" },
       json: { type: "boolean" },
       csv: { type: "boolean" },
@@ -95,8 +104,14 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     if (!RevenueDimension.safeParse(g).success)
       throw new UsageError(`--group-by takes account, source, plan, feature and spender, not ${JSON.stringify(g)}`);
   if (values.account !== undefined) parse(UserId, values.account, "--account");
+  const limit = values.limit === undefined ? undefined : Number(values.limit);
+  if (limit !== undefined && !(/^\d+$/.test(values.limit ?? "") && limit >= 1 && limit <= MAX_REVENUE_ROWS))
+    throw new UsageError(
+      `--limit must be a whole number from 1 to ${MAX_REVENUE_ROWS}, not ${JSON.stringify(values.limit)}`,
+    );
   const query: RevenueQuery = {
     ...(values.account === undefined ? {} : { account: values.account }),
+    ...(limit === undefined ? {} : { limit }),
     from,
     to,
     interval: interval === "none" ? null : (interval as UsageInterval),
@@ -112,9 +127,26 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     if (values.account !== undefined && (await db.getAccount(values.account)) === null)
       throw new NoSuchAccountError(`no such account ${JSON.stringify(values.account)}`);
     const report = await manager.credits.getRevenue(query);
-    if (values.csv === true) io.stdout(revenueCsv(report, query.groupBy ?? []));
-    else if (values.json === true) io.stdout(`${JSON.stringify({ from, to, ...report })}\n`);
-    else io.stdout(text(report, query, label) + (current === true || report.rows.length === 0 ? ANOTHER : ""));
+    const cut = `Only the first ${report.rows.length} rows (--limit, at most ${MAX_REVENUE_ROWS}): the report has more.\n`;
+    if (values.csv === true) {
+      // In pieces of about 64 KiB, never the whole document as one string.
+      let piece = "";
+      for (const line of revenueCsvLines(report, query.groupBy ?? [])) {
+        piece += line;
+        if (piece.length >= 65_536) {
+          io.stdout(piece);
+          piece = "";
+        }
+      }
+      if (piece !== "") io.stdout(piece);
+      if (report.truncated) io.stderr(cut);
+    } else if (values.json === true) io.stdout(`${JSON.stringify({ from, to, ...report })}\n`);
+    else
+      io.stdout(
+        text(report, query, label) +
+          (report.truncated ? cut : "") +
+          (current === true || report.rows.length === 0 ? ANOTHER : ""),
+      );
     return 0;
   } finally {
     await closeCommandStore(db, owned, manager);

@@ -1,6 +1,6 @@
 import { ConfigurationError, ValidationError } from "../errors.js";
-import type { RevenueQuery, RevenueReport, RevenueRow } from "../models/revenue.js";
-import { revenueCsv } from "../services/revenue-csv.js";
+import { MAX_REVENUE_ROWS, type RevenueQuery, type RevenueReport, type RevenueRow } from "../models/revenue.js";
+import { revenueCsvStream } from "../services/revenue-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
 import { amount, html, jsonData, minorDigits, money, query, raw, type Html } from "./html.js";
@@ -198,6 +198,14 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
     </p>
     ${currencies.length === 0 ? html`<p class="muted">No paid credits in this range.</p>` : sections}
     ${
+      report.truncated
+        ? html`<p class="error" role="alert">
+            The range has more than ${report.rows.length} rows: these figures are of its first ones only. Choose fewer
+            months, or one account.
+          </p>`
+        : raw("")
+    }
+    ${
       unbilled > 0
         ? html`<p>
             Usage on credit (debt) in this range: <strong>${amount(unbilled)}</strong> credits, not billed yet.
@@ -256,8 +264,10 @@ export async function revenueCsvPage(ctx: Ctx): Promise<PageResult> {
   const p = params(ctx);
   const groupBy = p.account === "" ? (["account"] as const) : ([] as const);
   try {
-    const report = await ctx.manager.credits.getRevenue({ ...p.q, groupBy: [...groupBy] });
-    return new Response(revenueCsv(report, groupBy), { headers: csvHeaders("revenue.csv") });
+    const report = await ctx.manager.credits.getRevenue({ ...p.q, groupBy: [...groupBy], limit: MAX_REVENUE_ROWS });
+    return new Response(revenueCsvStream(report, groupBy), {
+      headers: { ...csvHeaders("revenue.csv"), ...(report.truncated ? { "x-revenue-truncated": "true" } : {}) },
+    });
   } catch (error) {
     if (!(error instanceof ValidationError)) throw error;
     return new Response(error.message, { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });

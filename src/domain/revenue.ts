@@ -292,10 +292,18 @@ export class RevenueAccumulator {
   /** Deferred per group at each boundary: index i is the value at `boundaries[i]`. */
   private readonly deferredAt = new Map<string, { key: Key; at: number[] }>();
   private readonly windows: number;
+  /** Groups met so far (by id), for the cap on cells. */
+  private readonly groups = new Set<string>();
 
+  /**
+   * `maxCells`: most windows × groups the report may hold (docs/revenue.md, "How large a report
+   * can be"); the group that passes it is refused with a `ValidationError` before its windows are
+   * filled.
+   */
   constructor(
     private readonly boundaries: readonly number[],
     private readonly groupBy: readonly RevenueDimension[],
+    readonly maxCells = Number.POSITIVE_INFINITY,
   ) {
     this.windows = boundaries.length - 1;
   }
@@ -518,6 +526,7 @@ export class RevenueAccumulator {
     const id = keyId(k, this.groupBy);
     let s = this.sums.get(id);
     if (s === undefined) {
+      this.meet(id);
       s = { key: k, window: [] };
       this.sums.set(id, s);
     }
@@ -527,20 +536,36 @@ export class RevenueAccumulator {
   private deferredPoint(id: string, k: Key, boundary: number, v: number): void {
     let d = this.deferredAt.get(id);
     if (d === undefined) {
+      this.meet(id);
       d = { key: k, at: new Array<number>(this.boundaries.length).fill(0) };
       this.deferredAt.set(id, d);
     }
     d.at[boundary]! += v;
   }
 
-  /**
-   * The report's rows: by window, then currency (null last), then the groups' values; a row for
-   * every group with a figure other than 0 in its window (deferred at its start or end included).
-   */
+  /** Counts group `id` in, refusing the report when its cells pass `maxCells`. */
+  private meet(id: string): void {
+    if (this.groups.has(id)) return;
+    checkRevenueCells(this.groups.size + 1, this.windows, this.maxCells);
+    this.groups.add(id);
+  }
+
+  /** The report's rows, all of them (`orderedRows`). */
   rows(): RevenueRow[] {
-    const out: RevenueRow[] = [];
-    const ids = new Set([...this.sums.keys(), ...this.deferredAt.keys()]);
-    const sorted = [...ids].sort();
+    return [...this.orderedRows()];
+  }
+
+  /**
+   * The report's rows in their order, one at a time (a caller may stop early: docs/revenue.md,
+   * "How large a report can be"): by window, then currency (null last), then the groups' values
+   * in `groupBy`'s order (null last); a row for every group with a figure other than 0 in its
+   * window (deferred at its start or end included).
+   */
+  *orderedRows(): Generator<RevenueRow> {
+    const keys = new Map<string, Key>();
+    for (const [id, s] of this.sums) keys.set(id, s.key);
+    for (const [id, d] of this.deferredAt) if (!keys.has(id)) keys.set(id, d.key);
+    const sorted = [...keys].sort(([, a], [, b]) => compareKeys(a, b, this.groupBy)).map(([id]) => id);
     for (let w = 0; w < this.windows; w++) {
       for (const id of sorted) {
         const s = this.sums.get(id);
@@ -579,18 +604,31 @@ export class RevenueAccumulator {
           if (dim === "account") row.account = k.account;
           else row[dim] = k[dim];
         }
-        out.push(row);
+        yield row;
       }
     }
-    return out.sort((a, b) => a.start.getTime() - b.start.getTime() || compareRows(a, b, this.groupBy));
   }
 }
 
-function compareRows(a: RevenueRow, b: RevenueRow, groupBy: readonly RevenueDimension[]): number {
+/**
+ * Refuses a revenue report of `groups` groups over `windows` windows when its cells pass `max`
+ * (docs/revenue.md, "How large a report can be"), before they are filled.
+ */
+export function checkRevenueCells(groups: number, windows: number, max: number): void {
+  if (groups * windows <= max) return;
+  throw new ValidationError(
+    `Invalid query: the report would hold more than ${max} cells (${windows} windows × ${groups} groups so far): ` +
+      "shorten the range, use a longer interval, group by fewer dimensions or name an account",
+    [{ path: "to", message: `windows × groups must be at most ${max}` }],
+  );
+}
+
+/** The order of groups in a report: currency (null last), then `groupBy`'s values in its order (null last). */
+function compareKeys(a: Key, b: Key, groupBy: readonly RevenueDimension[]): number {
   const c = cmp(a.currency, b.currency);
   if (c !== 0) return c;
   for (const d of groupBy) {
-    const x = cmp((a[d] as string | null | undefined) ?? null, (b[d] as string | null | undefined) ?? null);
+    const x = cmp(a[d], b[d]);
     if (x !== 0) return x;
   }
   return 0;

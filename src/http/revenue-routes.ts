@@ -1,21 +1,22 @@
 import * as z from "zod";
-import { RevenueDimension, UserId, type RevenueQuery, type RevenueReport } from "../models/index.js";
-import { revenueCsv } from "../services/revenue-csv.js";
+import { MAX_REVENUE_ROWS, RevenueDimension, UserId, type RevenueQuery, type RevenueReport } from "../models/index.js";
+import { revenueCsvStream } from "../services/revenue-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import { type RouteContext, type RouteDefinition } from "./router.js";
-import { textResponse } from "./text-response.js";
 import { rangeOf, UsageParams } from "./usage-routes.js";
 
 /**
  * The revenue query as a query string (docs/revenue.md, "Where finance reads it"): `from` and `to`
  * as ISO 8601 (default: this month so far), `interval` `hour|day|week|month|none` (default `month`), `groupBy` comma-separated,
- * `timeZone`, and `account` for one account (absent: the whole book).
+ * `timeZone`, `account` for one account (absent: the whole book) and `limit`.
  */
 export const RevenueParams = UsageParams.pick({ from: true, to: true, interval: true, timeZone: true }).extend({
   /** Dimensions each row is split by besides currency (comma-separated or repeated), each once. */
   groupBy: z.array(RevenueDimension).max(5).optional(),
   /** One account; absent: every account. */
   account: UserId.optional(),
+  /** Most rows, 1–100,000. Default 10,000: the first in the report's order. */
+  limit: z.number().int().min(1).max(MAX_REVENUE_ROWS).optional(),
 });
 
 const money = z.number().int();
@@ -36,7 +37,13 @@ const Row = z
   .describe(
     "A window, a currency, the grouped dimensions' values (account, source, plan, feature, spender) and the figures",
   );
-export const RevenueReportSchema = z.object({ rows: z.array(Row), timeZone: z.string() });
+export const RevenueReportSchema = z.object({
+  rows: z
+    .array(Row)
+    .describe("By window start, then currency (null last), then the groupBy values in order (null last)"),
+  truncated: z.boolean().describe("`limit` left rows off: the later rows in that order"),
+  timeZone: z.string(),
+});
 
 type Params = z.infer<typeof RevenueParams>;
 
@@ -48,6 +55,7 @@ export function revenueQueryOf(p: Params): RevenueQuery {
     interval: p.interval === undefined ? "month" : p.interval === "none" ? null : p.interval,
     ...(p.groupBy === undefined ? {} : { groupBy: p.groupBy }),
     ...(p.timeZone === undefined ? {} : { timeZone: p.timeZone }),
+    ...(p.limit === undefined ? {} : { limit: p.limit }),
   };
 }
 
@@ -58,7 +66,7 @@ async function report(ctx: RouteContext): Promise<{ r: RevenueReport; q: Revenue
 
 const tags = ["revenue"];
 const NOTE =
-  "Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. A range past its caps (2,000 windows; 3,700 days without an interval) is a 400.";
+  "Deferred revenue at each window's bounds, paid, recognized, breakage and refunds per currency in its smallest unit, and unbilled usage in credits (`credits.getRevenue`, docs/revenue.md). Per row: deferredStart + paid − recognized − breakage − refunds = deferredEnd. No window after the one that holds now (a later `to` reads to that window's end). At most `limit` rows (default 10,000, at most 100,000), the first by window, currency and groups; `truncated` says rows were left off. A range past its caps (2,000 windows; 3,700 days without an interval; 1,000,000 windows × groups) is a 400.";
 
 /** The revenue routes (docs/revenue.md, "Where finance reads it"): admins only. */
 export const revenueRoutes: RouteDefinition[] = [
@@ -83,13 +91,16 @@ export const revenueRoutes: RouteDefinition[] = [
     operationId: "adminGetRevenueCsv",
     summary: "The revenue report as CSV",
     description:
-      "RFC 4180 (CRLF records, a header line): start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection).",
+      "RFC 4180 (CRLF records, a header line), streamed: start, end, currency, the grouped dimensions, deferredStartMinor, paidMinor, recognizedMinor, breakageMinor, refundsMinor, deferredEndMinor (the smallest currency unit), unbilledCredits. Text that begins with = + - @, a tab or a CR is prefixed with ' (spreadsheet injection). The JSON route's bounds; `X-Revenue-Truncated: true` when `limit` left rows off.",
     tags,
     query: RevenueParams,
     responseType: "text/csv",
     handle: async (ctx) => {
       const { r, q } = await report(ctx);
-      return textResponse(revenueCsv(r, q.groupBy ?? []), { status: 200, headers: csvHeaders("revenue.csv") });
+      return new Response(revenueCsvStream(r, q.groupBy ?? []), {
+        status: 200,
+        headers: { ...csvHeaders("revenue.csv"), ...(r.truncated ? { "x-revenue-truncated": "true" } : {}) },
+      });
     },
   },
 ];

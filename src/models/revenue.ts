@@ -69,6 +69,17 @@ export type RevenueDimension = z.infer<typeof RevenueDimension>;
 export const MAX_REVENUE_WINDOWS = 2_000;
 /** Longest range of a revenue query without an interval, in days. */
 export const MAX_REVENUE_RANGE_DAYS = 3_700;
+/** Most rows a revenue query answers (its `limit`). */
+export const MAX_REVENUE_ROWS = 100_000;
+/** Rows a revenue query answers when it names no `limit`. */
+export const DEFAULT_REVENUE_ROWS = 10_000;
+/**
+ * Most cells a revenue report may hold: its windows times its groups (each currency and value of
+ * the `groupBy` dimensions met). Past it the query is refused (`ValidationError`) as soon as the
+ * report meets the group that passes it, before it builds any row (docs/revenue.md, "How large a
+ * report can be").
+ */
+export const MAX_REVENUE_CELLS = 1_000_000;
 
 const isZone = (tz: string): boolean => {
   try {
@@ -88,7 +99,10 @@ export const RevenueQuery = z.strictObject({
   account: UserId.optional(),
   /** Inclusive start of the range. */
   from: DateInput,
-  /** Exclusive end of the range (after `from`). */
+  /**
+   * Exclusive end of the range (after `from`). No future windows: a `to` past the end of the
+   * window that holds now (the day that holds now, without an interval) reads to that end.
+   */
   to: DateInput,
   /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
   interval: UsageInterval.nullable(),
@@ -96,6 +110,11 @@ export const RevenueQuery = z.strictObject({
   timeZone: z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }).optional(),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
   groupBy: z.array(RevenueDimension).max(5).optional(),
+  /**
+   * Most rows answered, 1–100,000; default 10,000. The rows kept are the first in the report's
+   * order (by window, then currency, then the `groupBy` values); `truncated` says rows were left off.
+   */
+  limit: z.number().int().min(1).max(MAX_REVENUE_ROWS).optional(),
 });
 export type RevenueQuery = z.input<typeof RevenueQuery>;
 
@@ -135,7 +154,10 @@ export interface RevenueRow {
 
 /** What `credits.getRevenue()` answers. */
 export interface RevenueReport {
+  /** By window start, then currency (null last), then the `groupBy` values in its order (null last). */
   rows: RevenueRow[];
+  /** True when `limit` left rows off: the report's later rows (in the order of `rows`) are not in it. */
+  truncated: boolean;
   /** The zone the windows are in. */
   timeZone: string;
 }

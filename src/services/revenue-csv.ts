@@ -1,5 +1,5 @@
 import type { RevenueDimension, RevenueReport } from "../models/revenue.js";
-import { toCsv } from "../util/csv.js";
+import { csvLines, csvStream } from "../util/csv.js";
 
 /**
  * The figures of a revenue row, in the order the CSV writes them (docs/revenue.md, "What each figure
@@ -25,8 +25,26 @@ const FIGURES = [
  * `+`, `-`, `@`, a tab or a CR) is prefixed with `'`, as in `usageCsv`.
  */
 export function revenueCsv(report: RevenueReport, groupBy: readonly RevenueDimension[] = []): string {
-  return toCsv(
+  let out = "";
+  for (const line of revenueCsvLines(report, groupBy)) out += line;
+  return out;
+}
+
+/** The lines of `revenueCsv`'s document, one at a time (what the HTTP route and the CLI stream). */
+export function revenueCsvLines(report: RevenueReport, groupBy: readonly RevenueDimension[] = []): Generator<string> {
+  return csvLines(
     ["start", "end", "currency", ...groupBy, ...FIGURES.map(([, column]) => column)],
-    report.rows.map((r) => [r.start, r.end, r.currency, ...groupBy.map((g) => r[g]), ...FIGURES.map(([f]) => r[f])]),
+    (function* () {
+      for (const r of report.rows)
+        yield [r.start, r.end, r.currency, ...groupBy.map((g) => r[g]), ...FIGURES.map(([f]) => r[f])];
+    })(),
   );
+}
+
+/** `revenueCsv`'s document as a stream of UTF-8 chunks, made as the reader asks (the HTTP route's body). */
+export function revenueCsvStream(
+  report: RevenueReport,
+  groupBy: readonly RevenueDimension[] = [],
+): ReadableStream<Uint8Array> {
+  return csvStream(revenueCsvLines(report, groupBy));
 }

@@ -1,6 +1,7 @@
 import type { DbManager } from "../db/types.js";
 import type { RevenueCheckpoint, RevenueDayRow, RevenueSave, RevenueSummaryStore } from "../db/types-revenue.js";
 import {
+  checkRevenueCells,
   RevenueAccumulator,
   emptyRevenueState,
   grantGroups,
@@ -9,10 +10,20 @@ import {
   revenueStateText,
   type Key,
 } from "../domain/revenue.js";
-import { usageBoundaries } from "../domain/usage.js";
+import { nextWindowStart, usageBoundaries, windowStart } from "../domain/usage.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { parse, type JournalEntry } from "../models/index.js";
-import { MAX_REVENUE_RANGE_DAYS, MAX_REVENUE_WINDOWS, RevenueQuery, type RevenueReport } from "../models/revenue.js";
+import {
+  DEFAULT_REVENUE_ROWS,
+  MAX_REVENUE_CELLS,
+  MAX_REVENUE_RANGE_DAYS,
+  MAX_REVENUE_WINDOWS,
+  RevenueQuery,
+  type RevenueReport,
+  type RevenueRow,
+} from "../models/revenue.js";
+import type { UsageInterval } from "../models/usage.js";
+import { breather } from "../util/breather.js";
 
 /** Journal entries and account ids one page reads. */
 const PAGE = 1000;
@@ -26,12 +37,37 @@ export interface RevenueReadOptions {
    * midnights (docs/revenue.md, "How it is computed").
    */
   path?: "auto" | "replay";
+  /** The instant the report is read at, in ms (default: `Date.now()`): no window after the one holding it. */
+  now?: number;
+  /** Most windows × groups (default `MAX_REVENUE_CELLS`; tests). */
+  maxCells?: number;
+}
+
+/**
+ * The end of a revenue query's range (docs/revenue.md, "How large a report can be"): no window
+ * starts after `now`. `to`, or the end of the window holding `now` when `to` is later, so the last
+ * window keeps its calendar bounds (its figures are those so far); without an interval the one
+ * window holds `now` and ends at `to`. `from` when the range starts after `now` (nothing to report).
+ */
+export function revenueEnd(
+  from: number,
+  to: number,
+  now: number,
+  interval: UsageInterval | null,
+  timeZone: string,
+): number {
+  if (from > now) return from;
+  if (interval === null) return to;
+  return Math.min(to, nextWindowStart(windowStart(now, interval, timeZone), interval, timeZone));
 }
 
 /**
  * `credits.getRevenue(query)` (docs/revenue.md): every account's journal (or `account`'s) read
  * from its first entry, in pages, and rolled forward by `RevenueAccumulator`. Reads every entry of
- * the accounts, before `from` too (deferred at `from` is what the history before it left).
+ * the accounts, before `from` too (deferred at `from` is what the history before it left). Bounded
+ * (docs/revenue.md, "How large a report can be"): `to` no later than the end of the window holding
+ * now, windows counted before they are built, windows × groups refused past `MAX_REVENUE_CELLS`,
+ * rows past `limit` left off; the event loop runs between pages and rows.
  */
 export async function getRevenue(
   db: DbManager,
@@ -42,31 +78,41 @@ export async function getRevenue(
   const refuse = (path: string, message: string) =>
     new ValidationError(`Invalid query.${path}: ${message}`, [{ path, message }]);
   const from = q.from.getTime();
-  const to = q.to.getTime();
-  if (to <= from) throw refuse("to", "must be after from");
+  if (q.to.getTime() <= from) throw refuse("to", "must be after from");
   const groupBy = q.groupBy ?? [];
   if (new Set(groupBy).size !== groupBy.length) throw refuse("groupBy", "names a dimension twice");
-  if (q.interval === null && to - from > MAX_REVENUE_RANGE_DAYS * 86_400_000)
-    throw refuse("to", `a range without an interval is at most ${MAX_REVENUE_RANGE_DAYS} days`);
   const timeZone = q.timeZone ?? "UTC";
+  const limit = q.limit ?? DEFAULT_REVENUE_ROWS;
+  const to = revenueEnd(from, q.to.getTime(), options.now ?? Date.now(), q.interval, timeZone);
+  // The range starts after now: nothing to report.
+  if (to <= from) return { rows: [], truncated: false, timeZone };
+  if (q.interval === null && to - from > MAX_REVENUE_RANGE_DAYS * DAY)
+    throw refuse("to", `a range without an interval is at most ${MAX_REVENUE_RANGE_DAYS} days`);
   const boundaries = usageBoundaries(from, to, q.interval, timeZone, MAX_REVENUE_WINDOWS);
   if (boundaries === null)
     throw refuse("to", `the range spans more than ${MAX_REVENUE_WINDOWS} windows of a ${q.interval}: shorten it`);
-  const sum = new RevenueAccumulator(boundaries, groupBy);
+  const sum = new RevenueAccumulator(boundaries, groupBy, options.maxCells ?? MAX_REVENUE_CELLS);
+  const pause = breather();
   const one = async (userId: string) => {
-    const entries = await journalAfter(db, userId, 0);
     const groups = groupBy.includes("source") || groupBy.includes("plan") ? await groupsOf(db, userId) : undefined;
-    sum.addAccount(userId, entries, groups);
+    // Page by page, each from the state the last left, with a pause between.
+    let state = emptyRevenueState();
+    let after = 0;
+    for (;;) {
+      const page = await db.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
+      state = sum.addAccount(userId, page, groups, state);
+      await pause();
+      if (page.length < PAGE) break;
+      after = page[page.length - 1]!.seq;
+    }
   };
   const summary = db.revenueSummary;
   if (summary !== undefined && options.path !== "replay" && boundaries.every((b) => b % DAY === 0)) {
     await catchUp(summary, q.account ?? null);
     const read = await summary.readRevenue({ account: q.account ?? null, boundaries, groupBy });
-    addSummary(sum, read, boundaries.length);
+    await addSummary(sum, read, boundaries.length, pause);
     for (const userId of read.disordered) await one(userId);
-    return { rows: sum.rows(), timeZone };
-  }
-  if (q.account !== undefined) await one(q.account);
+  } else if (q.account !== undefined) await one(q.account);
   else {
     if (db.listAccountIds === undefined)
       throw new ConfigurationError(
@@ -80,7 +126,13 @@ export async function getRevenue(
       after = ids[ids.length - 1]!;
     }
   }
-  return { rows: sum.rows(), timeZone };
+  const rows: RevenueRow[] = [];
+  for (const row of sum.orderedRows()) {
+    if (rows.length === limit) return { rows, truncated: true, timeZone };
+    rows.push(row);
+    await pause();
+  }
+  return { rows, truncated: false, timeZone };
 }
 
 /** `userId`'s journal entries after seq `after`, in order. */
@@ -283,11 +335,12 @@ function summarize(
  * at `boundaries[i]` is deferred now less what the days from it on changed (docs/revenue.md, "How
  * it is computed").
  */
-function addSummary(
+async function addSummary(
   sum: RevenueAccumulator,
   read: Awaited<ReturnType<RevenueSummaryStore["readRevenue"]>>,
   points: number,
-): void {
+  pause: () => Promise<void> | void,
+): Promise<void> {
   const windows = points - 1;
   type Groups = { currency: string | null; account: string | null; source: string | null; plan: string | null };
   const keyOf = (r: Groups, e?: { feature: string | null; spender: string | null }): Key => ({
@@ -305,12 +358,14 @@ function addSummary(
     const id = deferredId(r);
     let g = change.get(id);
     if (g === undefined) {
+      checkRevenueCells(change.size + 1, windows, sum.maxCells);
       g = { key: keyOf(r), now: 0, by: new Array<number>(points).fill(0) };
       change.set(id, g);
     }
     return g;
   };
   for (const r of read.buckets) {
+    await pause();
     if (r.window < windows)
       sum.addFigures(keyOf(r, r), r.window, {
         paid: r.paid,
@@ -323,6 +378,7 @@ function addSummary(
   }
   for (const d of read.deferred) group(d).now += d.deferred;
   for (const { key, now, by } of change.values()) {
+    await pause();
     let v = now;
     for (let i = windows; i >= 0; i--) {
       v -= by[i]!;

@@ -22,9 +22,50 @@ export function csvField(value: unknown): string {
 
 /** A CSV document: the header line, then one line per row, each ending in CRLF. */
 export function toCsv(header: readonly string[], rows: Iterable<readonly unknown[]>): string {
-  let out = `${header.map(csvField).join(",")}\r\n`;
-  for (const row of rows) out += `${row.map(csvField).join(",")}\r\n`;
+  let out = "";
+  for (const line of csvLines(header, rows)) out += line;
   return out;
+}
+
+/** The lines of `toCsv`'s document, one at a time, each ending in CRLF. */
+export function* csvLines(header: readonly string[], rows: Iterable<readonly unknown[]>): Generator<string> {
+  yield `${header.map(csvField).join(",")}\r\n`;
+  for (const row of rows) yield `${row.map(csvField).join(",")}\r\n`;
+}
+
+/** Bytes a chunk of `csvStream` gathers before it is handed on. */
+const CHUNK = 64 * 1024;
+
+/**
+ * `lines` as a byte stream of UTF-8 (docs/revenue.md, "Where finance reads it"): chunks of about
+ * 64 KiB, each made when the reader asks for it (a slow client holds no more than a chunk of text
+ * at a time), so a large document is never one string.
+ */
+export function csvStream(lines: Iterable<string>): ReadableStream<Uint8Array> {
+  const it = lines[Symbol.iterator]();
+  const encoder = new TextEncoder();
+  return new ReadableStream<Uint8Array>(
+    {
+      pull(controller) {
+        let chunk = "";
+        for (;;) {
+          const next = it.next();
+          if (next.done === true) {
+            if (chunk !== "") controller.enqueue(encoder.encode(chunk));
+            controller.close();
+            return;
+          }
+          chunk += next.value;
+          if (chunk.length >= CHUNK) break;
+        }
+        controller.enqueue(encoder.encode(chunk));
+      },
+      cancel() {
+        it.return?.(undefined);
+      },
+    },
+    { highWaterMark: 0 },
+  );
 }
 
 /**

@@ -179,6 +179,31 @@ describe("revenue over HTTP", () => {
     expect(csv.text).toMatch(/,USD,,0,1999,200,0,0,1799,0\r\n/);
   });
 
+  it("answers at most `limit` rows, says when it left rows off, and reads no window after now's", async () => {
+    const q = `${range()}&interval=day&groupBy=account`;
+    const all = await call(`/admin/credits/revenue?${q}`, "admin:ops");
+    expect(all.body.truncated).toBe(false);
+    expect(all.body.rows.length).toBeGreaterThan(1);
+    const one = await call(`/admin/credits/revenue?${q}&limit=1`, "admin:ops");
+    expect(one.body).toEqual({ ...all.body, rows: all.body.rows.slice(0, 1), truncated: true });
+    const csv = await call(`/admin/credits/revenue.csv?${q}&limit=1`, "admin:ops");
+    expect(csv.headers.get("x-revenue-truncated")).toBe("true");
+    expect(csv.text.split("\r\n")).toHaveLength(3); // the header, a row, and the last CRLF's empty rest
+    expect((await call(`/admin/credits/revenue.csv?${q}`, "admin:ops")).headers.get("x-revenue-truncated")).toBe(null);
+    for (const limit of ["0", "100001", "x"])
+      expect((await call(`/admin/credits/revenue?${q}&limit=${limit}`, "admin:ops")).status, limit).toBe(400);
+    // This month and years ahead, by month: one window, this month's.
+    const monthStart = new Date(windowStart(clock.t, "month", "UTC")).toISOString();
+    const ahead = await call(
+      `/admin/credits/revenue?from=${encodeURIComponent(monthStart)}&to=2136-01-01T00:00:00Z&groupBy=account`,
+      "admin:ops",
+    );
+    expect(ahead.status).toBe(200);
+    const now = new Date(clock.t);
+    const monthEnd = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)).toISOString();
+    expect(new Set(ahead.body.rows.map((r: { end: string }) => r.end))).toEqual(new Set([monthEnd]));
+  });
+
   it("is in the OpenAPI document, CSV included, and the document stays valid", async () => {
     const doc = (await call("/credits/openapi.json")).body;
     expect((await new Validator().validate(doc)).valid).toBe(true);
@@ -191,6 +216,7 @@ describe("revenue over HTTP", () => {
       "timeZone",
       "groupBy",
       "account",
+      "limit",
     ]);
   });
 });
