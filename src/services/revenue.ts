@@ -49,7 +49,7 @@ export interface RevenueReadOptions {
  * window keeps its calendar bounds (its figures are those so far); without an interval the one
  * window holds `now` and ends at `to`. `from` when the range starts after `now` (nothing to report).
  */
-export function revenueEnd(
+function revenueEnd(
   from: number,
   to: number,
   now: number,
