@@ -1,6 +1,6 @@
 import * as z from "zod";
 import { DateInput, UserId } from "./common.js";
-import { UsageInterval } from "./usage.js";
+import { TimeZone, UsageInterval } from "./usage.js";
 
 /** Largest numerator, denominator or whole part of a cost basis: a safe integer. */
 const MAX = Number.MAX_SAFE_INTEGER;
@@ -81,15 +81,6 @@ export const DEFAULT_REVENUE_ROWS = 10_000;
  */
 export const MAX_REVENUE_CELLS = 1_000_000;
 
-const isZone = (tz: string): boolean => {
-  try {
-    new Intl.DateTimeFormat("en-US", { timeZone: tz });
-    return true;
-  } catch {
-    return false;
-  }
-};
-
 /**
  * `credits.getRevenue(query)` (docs/revenue.md): recognized, deferred and breakage by calendar
  * window, from the journal, over one account (`account`) or every account.
@@ -107,7 +98,7 @@ export const RevenueQuery = z.strictObject({
   /** Calendar windows in `timeZone`; null: one window, `from` to `to`. */
   interval: UsageInterval.nullable(),
   /** IANA time zone of the windows (DST-correct). Default "UTC". */
-  timeZone: z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }).optional(),
+  timeZone: TimeZone.optional(),
   /** Dimensions each row is split by besides currency, each once. Default: none. */
   groupBy: z.array(RevenueDimension).max(5).optional(),
   /**

@@ -43,6 +43,8 @@ const isZone = (tz: string): boolean => {
     return false;
   }
 };
+/** An IANA time zone name (`Europe/Berlin`, `UTC`), one this runtime knows. */
+export const TimeZone = z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" });
 
 /**
  * `credits.getUsage(query)` (docs/usage.md): usage summed by calendar window and dimension, over one
@@ -60,7 +62,7 @@ export const UsageQuery = z.strictObject({
   /** Dimensions each row is split by, at most 4, each once. Default: none (one row per window). */
   groupBy: z.array(UsageDimension).max(4).optional(),
   /** IANA time zone the windows are calendar windows of (DST-correct). Default "UTC". */
-  timeZone: z.string().max(64).refine(isZone, { error: "must be an IANA time zone (e.g. Europe/Berlin)" }).optional(),
+  timeZone: TimeZone.optional(),
   /**
    * Only these kinds of usage. Default: all three. Every row is of one kind (`kind`): refunds and
    * clawbacks are never netted into spend.

@@ -27,28 +27,7 @@ export async function call(
   init: RequestInit,
   timeoutMs: number,
 ): Promise<Record<string, unknown>> {
-  let res: Response;
-  let text: string;
-  const signal = AbortSignal.timeout(timeoutMs);
-  try {
-    res = await f(url, { ...init, signal });
-    text = await res.text();
-  } catch (error) {
-    const timedOut = signal.aborted;
-    throw new PaymentProviderError(
-      timedOut
-        ? `[credit-management] [${provider}] The API did not answer within ${timeoutMs} ms.`
-        : `[credit-management] [${provider}] Request failed: ${(error as Error).message}`,
-      { provider, ...(timedOut ? { timeoutMs } : {}) },
-      error,
-    );
-  }
-  let json: unknown = null;
-  try {
-    json = text === "" ? null : JSON.parse(text);
-  } catch {
-    // not JSON; reported below
-  }
+  const { res, json } = await send(f, provider, url, init, timeoutMs, {});
   if (!res.ok || typeof json !== "object" || json === null) {
     const message = str(at(json, "error", "description")) ?? str(at(json, "error", "message")) ?? `HTTP ${res.status}`;
     throw new PaymentProviderError(`[credit-management] [${provider}] API refused the request: ${message}`, {
@@ -72,6 +51,31 @@ export async function callAnswer(
   init: RequestInit,
   timeoutMs: number,
 ): Promise<{ status: number; body: Record<string, unknown> }> {
+  const { res, json } = await send(f, provider, url, init, timeoutMs, { retryable: true });
+  const retryable = res.status >= 500 || res.status === 429 || res.status === 409;
+  if (retryable || typeof json !== "object" || json === null) {
+    const message = str(at(json, "error", "message")) ?? `HTTP ${res.status}`;
+    throw new PaymentProviderError(`[credit-management] [${provider}] API refused the request: ${message}`, {
+      provider,
+      status: res.status,
+      retryable: retryable || res.ok,
+    });
+  }
+  return { status: res.status, body: json as Record<string, unknown> };
+}
+
+/**
+ * The request and its answer's body as JSON (null when empty or not JSON: the caller reports it).
+ * A network failure or a time-out is a `PaymentProviderError` with `details` besides the provider's.
+ */
+async function send(
+  f: FetchLike,
+  provider: string,
+  url: string,
+  init: RequestInit,
+  timeoutMs: number,
+  details: { retryable?: true },
+): Promise<{ res: Response; json: unknown }> {
   let res: Response;
   let text: string;
   const signal = AbortSignal.timeout(timeoutMs);
@@ -84,7 +88,7 @@ export async function callAnswer(
       timedOut
         ? `[credit-management] [${provider}] The API did not answer within ${timeoutMs} ms.`
         : `[credit-management] [${provider}] Request failed: ${(error as Error).message}`,
-      { provider, retryable: true, ...(timedOut ? { timeoutMs } : {}) },
+      { provider, ...details, ...(timedOut ? { timeoutMs } : {}) },
       error,
     );
   }
@@ -92,16 +96,7 @@ export async function callAnswer(
   try {
     json = text === "" ? null : JSON.parse(text);
   } catch {
-    // not JSON; reported below
+    // not JSON; reported by the caller
   }
-  const retryable = res.status >= 500 || res.status === 429 || res.status === 409;
-  if (retryable || typeof json !== "object" || json === null) {
-    const message = str(at(json, "error", "message")) ?? `HTTP ${res.status}`;
-    throw new PaymentProviderError(`[credit-management] [${provider}] API refused the request: ${message}`, {
-      provider,
-      status: res.status,
-      retryable: retryable || res.ok,
-    });
-  }
-  return { status: res.status, body: json as Record<string, unknown> };
+  return { res, json };
 }

@@ -1,5 +1,6 @@
 import * as crypto from "node:crypto";
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import type { PgPoolLike, SqliteLike } from "../webhooks/endpoint-store.js";
 
 /**
  * API keys of `credit-management serve` (docs/service.md, "Secure it"). A key is
@@ -120,17 +121,6 @@ const CREATE = (table: string) =>
 /** The columns added since the table's first layout, each nullable, in the order they came. */
 const ADDED_COLUMNS = [{ name: "spender", type: "VARCHAR(256)" }];
 
-interface SqliteLike {
-  prepare(sql: string): {
-    get(...p: unknown[]): unknown;
-    all(...p: unknown[]): unknown[];
-    run(...p: unknown[]): { changes: number };
-  };
-  exec(sql: string): unknown;
-  pragma(s: string): unknown;
-  close(): unknown;
-}
-
 /** A record's values in the order of `COLUMNS` (the SQL stores' insert). */
 const valuesOf = (r: ApiKeyRecord) => [r.id, r.hash, r.role, r.userId, r.name, r.createdAt, r.revokedAt, r.spender];
 
@@ -209,11 +199,6 @@ export function sqliteKeyStore(db: SqliteLike): KeyStore {
     KEY_TABLE,
     async () => void db.pragma("busy_timeout = 5000"),
   );
-}
-
-interface PgPoolLike {
-  query(sql: string, params?: unknown[]): Promise<{ rows: unknown[]; rowCount: number | null }>;
-  end(): Promise<void>;
 }
 
 /** Keys in the PostgreSQL database (and schema) of the store. */

@@ -55,7 +55,8 @@ export function endpointOf(r: WebhookEndpointRecord): WebhookEndpoint {
 const CREATE = (table: string) => `CREATE TABLE IF NOT EXISTS ${table} (id VARCHAR(64) PRIMARY KEY, doc TEXT NOT NULL)`;
 const parseDoc = (doc: string) => JSON.parse(doc) as WebhookEndpointRecord;
 
-interface SqliteLike {
+/** What `serve`'s own stores (these endpoints, the API keys) use of a SQLite connection. */
+export interface SqliteLike {
   prepare(sql: string): {
     get(...p: unknown[]): unknown;
     all(...p: unknown[]): unknown[];
@@ -96,7 +97,8 @@ export function sqliteEndpointStore(db: SqliteLike): WebhookEndpointStore {
   };
 }
 
-interface PgPoolLike {
+/** What `serve`'s own stores use of a `pg` pool. */
+export interface PgPoolLike {
   query(sql: string, params?: unknown[]): Promise<{ rows: unknown[]; rowCount: number | null }>;
   end(): Promise<void>;
 }
