@@ -29,8 +29,8 @@ import { pathToFileURL } from "node:url";
 const root = resolve(process.argv[2] ?? ".");
 const USERS = Number(process.argv[3] ?? 100);
 const load = (p) => import(pathToFileURL(join(root, "dist", p)).href);
-const { createCreditManager } = await load("index.js");
-const { creditMeteringMiddleware, recordUsage } = await load("http/index.js");
+const { createCreditManager, recordUsage } = await load("index.js");
+const { creditMeteringMiddleware } = await load("http/index.js");
 
 const manager = await createCreditManager();
 for (let i = 0; i < USERS; i++) await manager.credits.addCredits(`user-${i}`, 1e12);

@@ -9,8 +9,8 @@ import express from "express";
 import { mainThreadCpu } from "./lib.js";
 import { core, http } from "./pkg.js";
 
-const { createCreditManager } = core;
-const { createCreditHandler, creditMetering, creditMeteringMiddleware, recordUsage, toNodeHandler } = http;
+const { createCreditManager, recordUsage } = core;
+const { createCreditHandler, creditMetering, creditMeteringMiddleware, toNodeHandler } = http;
 
 const USERS = Number(process.argv[2] ?? 100);
 const manager = await createCreditManager();

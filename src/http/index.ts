@@ -36,4 +36,6 @@ export { limitRoutes } from "./limit-routes.js";
 export { paymentRoutes, promoRoutes } from "./billing-routes.js";
 export { subscriptionRoutes, type SelfServiceSubscriptions } from "./subscription-routes.js";
 export { autoTopUpRoutes, type SelfServiceAutoTopUp } from "./auto-top-up-routes.js";
-export { addLlmUsage, currentMeter, recordUsage, type MeterContext, type MeterOutcome } from "../services/metering.js";
+// recordUsage, addLlmUsage and currentMeter come from the package root: they work inside any
+// metered call, `credits.meter()` included, not only in these middlewares.
+export type { MeterContext, MeterOutcome } from "../services/metering.js";

@@ -10,11 +10,11 @@ import {
   creditMetering,
   creditMeteringMiddleware,
   fastifyCreditMetering,
-  recordUsage,
   toNodeHandler,
   type CreditMeteringMiddlewareOptions,
   type CreditMeteringOptions,
 } from "../../src/http/index.js";
+import { recordUsage } from "../../src/index.js";
 import { listen, serveHono, type Running } from "./servers.js";
 
 /**

@@ -5,8 +5,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import express from "express";
 import { Hono } from "hono";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { createCreditManager, type CreditManager, type MeterOutcome } from "../../src/index.js";
-import { creditMetering, creditMeteringMiddleware, recordUsage } from "../../src/http/index.js";
+import { createCreditManager, recordUsage, type CreditManager, type MeterOutcome } from "../../src/index.js";
+import { creditMetering, creditMeteringMiddleware } from "../../src/http/index.js";
 import { listen, serveHono, waitFor, type Running } from "./servers.js";
 
 /** Sends `METHOD target` exactly as written (no URL normalisation by the client); the status. */
