@@ -90,6 +90,18 @@ export function leaseHoldOf(r: Reservation): LeaseHold {
   return { id: r.id, amount: r.amount, expiresAt: r.expiresAt.getTime() };
 }
 
+/** Credits `CreditLeases.setAside` set aside in a block: charged from it or given back, once. */
+export interface SetAside {
+  /**
+   * Charges them from the block at once: true when it still serves (a line of its window, settled
+   * with it). False when it does not (it is settling, ended, or stops serving): the credits left the
+   * block and the caller charges them through `charge()`.
+   */
+  charge(reason: string | undefined): boolean;
+  /** Gives them back to the block (the request was not charged). */
+  giveBack(): void;
+}
+
 /** @internal */
 export interface LeaseDeps {
   credits: Pick<CreditService, "deductCredits">;
@@ -350,7 +362,9 @@ export class CreditLeases {
       return null;
     }
     l.pending += n;
-    return new LeasedSession(session, this, l, n, options);
+    const charge = (amount: number, reason: string | undefined, extra: string, dims?: LeaseChargeDims) =>
+      this.chargeHeld(l, n, amount, reason, extra, dims);
+    return new LeasedSession(session, l, n, options, charge);
   }
 
   /**
@@ -367,20 +381,19 @@ export class CreditLeases {
   }
 
   /**
-   * @internal Settles a leased metered call: its estimate leaves the block's pending credits, and
-   * `amount` is charged from the block when it still covers it (waiting out a settle under way).
-   * Null when it does not (the block rolled smaller, ended, or stops serving): the caller charges
-   * it as an after-service deduction.
+   * Settles a leased metered call: its estimate leaves the block's pending credits, and `amount` is
+   * charged from the block when it still covers it (waiting out a settle under way). False when it
+   * does not (the block rolled smaller, ended, or stops serving): the caller charges it as an
+   * after-service deduction.
    */
-  async chargeHeld(
-    block: object,
+  private async chargeHeld(
+    l: UserLease,
     estimate: number,
     amount: number,
     reason: string | undefined,
     extra: string,
     dims?: LeaseChargeDims,
   ): Promise<boolean> {
-    const l = block as UserLease;
     l.pending -= estimate;
     if (amount === 0) return true;
     // Waits for the settle in flight only: `settle` logs its failure and it is retried; the block is checked again.
@@ -390,40 +403,32 @@ export class CreditLeases {
     return true;
   }
 
-  /** @internal A leased metered call that charges nothing: its estimate goes back to the block. */
-  releaseHeld(block: object, estimate: number): void {
-    (block as UserLease).pending -= estimate;
-  }
-
   /**
    * @internal Fixed-price metering's check (the middlewares' `lease` option with `price`): when
    * `userId`'s block covers `amount` now, sets it aside inside the block, as a metered call's
    * estimate is (not free for other charges, carried into the next block when the window rolls),
-   * and returns the block for `chargeSetAside` or `releaseHeld`. Null when it does not cover it
-   * (nothing done): the caller checks on the store instead.
+   * and returns what charges it or gives it back. Null when it does not cover it (nothing done):
+   * the caller checks on the store instead.
    */
-  setAside(userId: string, amount: number, spend?: LeaseSpend): object | null {
+  setAside(userId: string, amount: number, spend?: LeaseSpend): SetAside | null {
     const l = this.users.get(this.keyOf(userId, spend?.spender, spend?.feature));
     if (l === undefined || !blockServes(l, amount, this.now())) return null;
     l.pending += amount;
-    return l;
+    return {
+      charge: (reason) => {
+        l.pending -= amount;
+        // An open block is the user's current one: a block that ended or failed to settle never reopens.
+        if (!blockServes(l, amount, this.now())) return false;
+        this.take(l, amount, reason, "", dimsOf(spend));
+        return true;
+      },
+      giveBack: () => {
+        l.pending -= amount;
+      },
+    };
   }
 
-  /**
-   * @internal Charges `amount` set aside by `setAside` from its block, at once: true when the block
-   * still serves (a line of its window, settled with it). False when it does not (it is settling,
-   * ended, or stops serving): the credits left the block and the caller charges through `charge()`.
-   */
-  chargeSetAside(block: object, amount: number, reason: string | undefined, spend?: LeaseSpend): boolean {
-    const l = block as UserLease;
-    l.pending -= amount;
-    // An open block is the user's current one: a block that ended or failed to settle never reopens.
-    if (!blockServes(l, amount, this.now())) return false;
-    this.take(l, amount, reason, "", dimsOf(spend));
-    return true;
-  }
-
-  /** @internal Whether `close()` was called: later charges are refused. */
+  /** Whether `close()` was called: later charges are refused. */
   get isClosed(): boolean {
     return this.closed;
   }
@@ -718,10 +723,16 @@ function dimsOf(o: LeaseSpend | undefined): LeaseChargeDims | undefined {
 class LeasedSession extends MeterSession {
   constructor(
     private readonly session: SessionDeps,
-    private readonly leases: CreditLeases,
     private readonly block: UserLease,
     estimate: number,
     private readonly meterOptions: MeterOptions,
+    /** Charges `amount` from the block, its estimate leaving it (`CreditLeases.chargeHeld`). */
+    private readonly charge: (
+      amount: number,
+      reason: string | undefined,
+      extra: string,
+      dims?: LeaseChargeDims,
+    ) => Promise<boolean>,
   ) {
     super(session, block.userId, block.holdId ?? "", estimate, meterOptions);
   }
@@ -739,7 +750,7 @@ class LeasedSession extends MeterSession {
             ...(named ? { spender: o.spender ?? null, feature: o.feature ?? null } : {}),
           }
         : undefined;
-    if (await this.leases.chargeHeld(this.block, this.estimate, amount, reason, usages, dims)) {
+    if (await this.charge(amount, reason, usages, dims)) {
       const outcome = this.outcome("committed", amount, null);
       outcome.leased = true;
       return outcome;
@@ -768,7 +779,8 @@ class LeasedSession extends MeterSession {
   }
 
   protected override doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {
-    this.leases.releaseHeld(this.block, this.estimate);
+    // Charges nothing: its estimate goes back to the block.
+    this.block.pending -= this.estimate;
     const outcome = this.outcome("released", 0, null);
     outcome.releaseReason = reason;
     outcome.leased = true;

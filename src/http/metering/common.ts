@@ -3,7 +3,7 @@ import { ConfigurationError, InsufficientCreditsError, SpendLimitError, Validati
 import { FeatureName, IdempotencyKey, SpenderId, UserId, parse, type SpendLimitStatus } from "../../models/index.js";
 import { applies, clockTimes } from "../../domain/limits.js";
 import type { CreditService } from "../../services/credit-service.js";
-import { CreditLeases } from "../../services/leases.js";
+import { CreditLeases, type SetAside } from "../../services/leases.js";
 import type { MeterOptions } from "../../models/index.js";
 import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import type { JournalEntry } from "../../models/index.js";
@@ -508,8 +508,8 @@ export class FixedPricing<Req> {
   ): Promise<PricedRequest<Req>> {
     if (cost === 0) return new PricedRequest(this, req, userId, cost, key, method, path, locals, null, spend);
     if (this.lease !== undefined && key === undefined) {
-      const block = this.lease.setAside(userId, cost, spend);
-      if (block !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, block, spend);
+      const held = this.lease.setAside(userId, cost, spend);
+      if (held !== null) return new PricedRequest(this, req, userId, cost, key, method, path, locals, held, spend);
     }
     const named = spend.spender !== undefined || spend.feature !== undefined;
     const [info, limits] = await Promise.all([
@@ -577,8 +577,8 @@ export class PricedRequest<Req = unknown> {
     private readonly method: string | undefined,
     private readonly path: string,
     private readonly locals: Partial<MeteringLocals> | undefined,
-    /** The user's lease block the cost was set aside in by the check; null when none. */
-    private block: object | null,
+    /** The cost as the check set it aside in the user's lease block; null when none. */
+    private held: SetAside | null,
     /** Who spends on what (the `spender` and `feature` options). */
     readonly spend: MeterSpend = NO_SPEND,
   ) {}
@@ -596,11 +596,10 @@ export class PricedRequest<Req = unknown> {
   async charge(): Promise<number | null> {
     this.done = true;
     if (this.cost === 0) return this.charged(0, null, false);
-    const block = this.block;
-    if (block !== null) {
-      this.block = null;
-      const lease = this.pricing.lease as CreditLeases;
-      if (lease.chargeSetAside(block, this.cost, this.reason, this.spend)) return this.charged(this.cost, null, true);
+    const held = this.held;
+    if (held !== null) {
+      this.held = null;
+      if (held.charge(this.reason)) return this.charged(this.cost, null, true);
     }
     try {
       const c = await this.pricing.charge(this);
@@ -643,9 +642,9 @@ export class PricedRequest<Req = unknown> {
   }
 
   private giveBack(): void {
-    if (this.block === null) return;
-    (this.pricing.lease as CreditLeases).releaseHeld(this.block, this.cost);
-    this.block = null;
+    if (this.held === null) return;
+    this.held.giveBack();
+    this.held = null;
   }
 
   /** A charge made: reported (built only when someone reads it), and the credits returned. */
