@@ -1272,7 +1272,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 cursor?: string;
-                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits")[];
+                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse")[];
                 from?: string;
                 to?: string;
                 spender?: string;
@@ -1296,7 +1296,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1310,6 +1310,8 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1783,7 +1785,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1797,6 +1799,8 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -1946,7 +1950,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -1960,6 +1964,8 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -2190,7 +2196,7 @@ export interface operations {
             query?: {
                 limit?: number;
                 cursor?: string;
-                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits")[];
+                types?: ("add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse")[];
                 from?: string;
                 to?: string;
                 spender?: string;
@@ -2216,7 +2222,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -2241,6 +2247,8 @@ export interface operations {
                                 perCredit: string;
                                 currency: string;
                             } | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;
@@ -2596,7 +2604,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2621,6 +2629,8 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        reverses?: string | null;
+                        occurredAt?: string | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -2742,7 +2752,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -2767,6 +2777,8 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        reverses?: string | null;
+                        occurredAt?: string | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -3136,7 +3148,7 @@ export interface operations {
                         userId: string;
                         seq: number;
                         /** @enum {string} */
-                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                         amount: number;
                         balanceAfter: number;
                         reservedAfter: number;
@@ -3161,6 +3173,8 @@ export interface operations {
                             perCredit: string;
                             currency: string;
                         } | null;
+                        reverses?: string | null;
+                        occurredAt?: string | null;
                         /** Format: date-time */
                         createdAt: string;
                         prevHash: string | null;
@@ -6959,7 +6973,7 @@ export interface operations {
                             userId: string;
                             seq: number;
                             /** @enum {string} */
-                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits";
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
                             amount: number;
                             balanceAfter: number;
                             reservedAfter: number;
@@ -6973,6 +6987,8 @@ export interface operations {
                             reservationId: string | null;
                             spender?: string | null;
                             feature?: string | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
                             /** Format: date-time */
                             createdAt: string;
                             prevHash: string | null;

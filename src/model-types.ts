@@ -93,6 +93,7 @@ export type CreditsAddedPayload = M.CreditsAddedPayload;
 export type CreditsDeductedPayload = M.CreditsDeductedPayload;
 export type CreditsRefundedPayload = M.CreditsRefundedPayload;
 export type CreditsRemovedPayload = M.CreditsRemovedPayload;
+export type CreditsReversedPayload = M.CreditsReversedPayload;
 export type HoldPlacedPayload = M.HoldPlacedPayload;
 export type HoldSettledPayload = M.HoldSettledPayload;
 export type LevelChangedPayload = M.LevelChangedPayload;

@@ -7,6 +7,7 @@
 export type {
   AccountCredits,
   AccountStore,
+  ChargeRecord,
   Changes,
   DbCapabilities,
   DbManager,

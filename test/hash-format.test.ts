@@ -65,6 +65,28 @@ describe("journal hash format", () => {
       expect(hashNewEntry(e)).toEqual({ hash: hashEntry(e), canonical: canonicalEntry(e) });
   });
 
+  it("covers a reversal's charge and an entry's occurredAt only when set (schema version 22): entries without them hash as before", () => {
+    const reversal: Omit<JournalEntry, "hash"> = {
+      ...plain,
+      type: "reverse",
+      reverses: "0a1b2c3d-0000-4000-8000-000000000001",
+      occurredAt: new Date("2026-01-01T23:00:00.000Z"),
+    };
+    expect(canonicalEntry(reversal)).toContain(
+      `"grants":[{"grantId":"g-1","amount":20},{"grantId":"g-2","amount":5}],"reservationId":null,"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,"reverses":"0a1b2c3d-0000-4000-8000-000000000001","occurredAt":"2026-01-01T23:00:00.000Z","metadata":null,`,
+    );
+    expect(canonicalEntry({ ...plain, occurredAt: reversal.occurredAt })).toContain(
+      `"description":null,"occurredAt":"2026-01-01T23:00:00.000Z","metadata":null,`,
+    );
+    // Null (as every store reads an entry without them) or absent: the text of before.
+    expect(hashEntry({ ...plain, reverses: null, occurredAt: null })).toBe(hashEntry(plain));
+    expect(hashEntry({ ...plain, occurredAt: reversal.occurredAt })).not.toBe(hashEntry(plain));
+    expect(hashEntry({ ...reversal, reverses: "another" })).not.toBe(hashEntry(reversal));
+    const entry = { ...reversal, hash: hashEntry(reversal) };
+    const line = JSON.parse(ledgerLineOf(canonicalEntry(entry), entry.hash)) as { details: unknown };
+    expect(line.details).toEqual(JSON.parse(JSON.stringify(entry)));
+  });
+
   it("quotes every string exactly as JSON.stringify does (the fast path is only a shortcut)", () => {
     for (const s of [
       "",

@@ -223,7 +223,7 @@ describe("schema upgrades: the statements", () => {
       'ALTER TABLE "reservations" ADD COLUMN IF NOT EXISTS "spender" VARCHAR(255) COLLATE "C";',
       'ALTER TABLE "reservations" ADD COLUMN IF NOT EXISTS "feature" VARCHAR(100) COLLATE "C";',
       // The journal's type check allows the entry that records a change of the limits.
-      expect.stringMatching(/DROP CONSTRAINT IF EXISTS "journal_entries_type_check", .*'checkpoint', 'limits'\)\);$/),
+      expect.stringMatching(/DROP CONSTRAINT IF EXISTS "journal_entries_type_check", .*'checkpoint', 'limits'(, '[a-z_]+')*\)\);$/),
     ]);
     // (Cut at the journal's rebuild, not by `until`: the rebuild brings the journal's later
     // columns, so the statements from 8 are not those from 9 with version 9's in front.)
@@ -276,11 +276,11 @@ describe("schema upgrades: the statements", () => {
       'ALTER TABLE "grants" ADD COLUMN IF NOT EXISTS "cost_basis" JSONB;',
       'ALTER TABLE "journal_entries" ADD COLUMN IF NOT EXISTS "cost_basis" JSONB;',
     ]);
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 14 })).toEqual([
+    expect(until(15, { dialect: "mysql", fromVersion: 14 })).toEqual([
       "ALTER TABLE `grants` ADD COLUMN `cost_basis` JSON;",
       "ALTER TABLE `journal_entries` ADD COLUMN `cost_basis` JSON;",
     ]);
-    const lite14 = upgradeStatements({ dialect: "sqlite", fromVersion: 14 });
+    const lite14 = until(15, { dialect: "sqlite", fromVersion: 14 });
     expect(lite14).toHaveLength(2);
     expect(lite14.every((x) => x.includes("ADD COLUMN") && !x.includes("NOT NULL"))).toBe(true);
     expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 12 })).toContain("-- version 15: grants.cost_basis");
@@ -335,6 +335,40 @@ describe("schema upgrades: the statements", () => {
     for (const dialect of ["mysql", "sqlite"] as const) expect(until(21, { dialect, fromVersion: 20 })).toEqual([]);
   });
 
+  it("version 22: the journal's reverses and occurred_at (nullable), its type check allowing reverse entries, and its indexes by id, by a charge's reversals and by occurred_at", () => {
+    const pg = until(22, { dialect: "postgres", fromVersion: 21, schema: "billing", prefix: "cm_" });
+    expect(pg).toEqual([
+      'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "reverses" VARCHAR(128) COLLATE "C";',
+      'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "occurred_at" TIMESTAMPTZ;',
+      expect.stringMatching(/DROP CONSTRAINT IF EXISTS "cm_journal_entries_type_check", .*'limits', 'reverse'\)\);$/),
+    ]);
+    // PostgreSQL and SQLite get the indexes from today's DDL (IF NOT EXISTS); MySQL from the step.
+    const ddl = generateSql({ dialect: "postgres", schema: "billing", prefix: "cm_" });
+    expect(ddl).toContain('CREATE INDEX IF NOT EXISTS "cm_journal_entries_id" ON "billing"."cm_journal_entries" ("id");');
+    expect(ddl).toContain(
+      'CREATE INDEX IF NOT EXISTS "cm_journal_entries_user_reverses" ON "billing"."cm_journal_entries" ("user_id", "reverses") WHERE "reverses" IS NOT NULL;',
+    );
+    expect(ddl).toContain(
+      'CREATE INDEX IF NOT EXISTS "cm_journal_entries_occurred" ON "billing"."cm_journal_entries" ("occurred_at") WHERE "occurred_at" IS NOT NULL;',
+    );
+    expect(until(22, { dialect: "mysql", fromVersion: 21 })).toEqual([
+      "ALTER TABLE `journal_entries` ADD COLUMN `reverses` VARCHAR(128);",
+      "ALTER TABLE `journal_entries` ADD COLUMN `occurred_at` DATETIME(3);",
+      expect.stringMatching(/^ALTER TABLE `journal_entries` MODIFY COLUMN `type` .*'limits', 'reverse'\)\);$/),
+      "CREATE INDEX `journal_entries_id` ON `journal_entries` (`id`);",
+      "CREATE INDEX `journal_entries_user_reverses` ON `journal_entries` (`user_id`, `reverses`);",
+      "CREATE INDEX `journal_entries_occurred` ON `journal_entries` (`occurred_at`);",
+    ]);
+    // SQLite cannot change a check: the journal is rebuilt (its rows copied, the new columns null).
+    const lite = until(22, { dialect: "sqlite", fromVersion: 21 }).join("\n");
+    expect(lite).toContain('ALTER TABLE "journal_entries" ADD COLUMN "reverses" TEXT;');
+    expect(lite).toContain('ALTER TABLE "journal_entries__rebuild" RENAME TO "journal_entries";');
+    expect(lite).toContain("'reverse'");
+    expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 21 })).toContain(
+      "-- version 22: journal_entries.type allows reverse",
+    );
+  });
+
   it("version 11: notifications.type allows limit_warning and limit_reached; no column changes (a limit's alerted is in accounts.limits' JSON)", () => {
     // From 10: version 11's statements, then version 13's (plan allowances).
     const after = (dialect: "postgres" | "mysql" | "sqlite", o: { prefix?: string; schema?: string } = {}) =>
@@ -382,8 +416,8 @@ describe("schema upgrades: the statements", () => {
     expect(generateUpgradeSql({ dialect: "postgres", fromVersion: 17 })).toContain(
       "-- version 18: PostgreSQL: the usage rollup's trigger",
     );
-    expect(upgradeStatements({ dialect: "mysql", fromVersion: 17 })).toEqual([]);
-    expect(upgradeStatements({ dialect: "sqlite", fromVersion: 17 })).toEqual([]);
+    expect(until(18, { dialect: "mysql", fromVersion: 17 })).toEqual([]);
+    expect(until(18, { dialect: "sqlite", fromVersion: 17 })).toEqual([]);
   });
 
   it("version 12: on PostgreSQL the daily usage rollup's tables, then its fill from the journal with each account's cursor in one statement (one snapshot); nothing on MySQL and SQLite", () => {
@@ -642,6 +676,40 @@ describe.skipIf(!PG_URL)("schema upgrades on PostgreSQL: every old version upgra
       await again.deductCredits("u1", 7, { spender: "key-1", feature: "images" });
       const [latest] = (await again.getCreditHistory("u1", { limit: 1 })).items;
       expect(latest).toMatchObject({ type: "deduct", spender: "key-1", feature: "images" });
+      expect((await again.audit("u1", { from: "genesis" })).ok).toBe(true);
+    } finally {
+      await upgraded.close();
+    }
+  });
+
+  it("a version 21 store with entries upgraded by init(): old entries read with no reverses or occurredAt and audit clean, and the store at version 22 equals a fresh install", async () => {
+    const schema = await newSchema("v21_rows");
+    const db = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    await db.init();
+    const { CreditService } = await import("../src/services/credit-service.js");
+    const credits = new CreditService({ db });
+    await credits.addCredits("u1", 100);
+    await credits.deductCredits("u1", 5, { description: "before", feature: "images" });
+    await db.close();
+    // Back to version 21: none of version 22's columns or indexes, the type check without reverse.
+    const q = (n: string) => `${quoteIdent("postgres", schema)}.${quoteIdent("postgres", n)}`;
+    await client.query(
+      `DROP INDEX ${q("journal_entries_id")}, ${q("journal_entries_user_reverses")}, ${q("journal_entries_occurred")}; ` +
+        `ALTER TABLE ${q("journal_entries")} DROP COLUMN reverses, DROP COLUMN occurred_at, DROP CONSTRAINT journal_entries_type_check, ` +
+        `ADD CONSTRAINT journal_entries_type_check CHECK (type IN ('add', 'deduct', 'expire', 'void', 'reserve', 'commit_reserved', 'release_reserved', 'checkpoint', 'limits')); ` +
+        `UPDATE ${q("schema_version")} SET version = 21`,
+    );
+    const upgraded = new PostgresDbManager({ connectionString: PG_URL as string, schema });
+    try {
+      await upgraded.init();
+      expect(await catalog(schema)).toEqual(fresh);
+      const again = new CreditService({ db: upgraded });
+      const old = (await again.getCreditHistory("u1")).items;
+      expect(old.map((e) => [e.type, e.reverses ?? null, e.occurredAt ?? null])).toEqual([
+        ["deduct", null, null],
+        ["add", null, null],
+      ]);
+      await again.deductCredits("u1", 7);
       expect((await again.audit("u1", { from: "genesis" })).ok).toBe(true);
     } finally {
       await upgraded.close();

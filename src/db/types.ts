@@ -231,6 +231,13 @@ export interface LedgerQuery {
   limit: number;
 }
 
+/** A journal entry with the entries that reverse it (`DbTransaction.getCharge`). */
+export interface ChargeRecord {
+  entry: JournalEntry;
+  /** The `reverse` entries whose `reverses` is `entry.id`, in seq order. */
+  reversals: JournalEntry[];
+}
+
 /** What a unit of work asks to read along with the locked account. */
 export interface LoadRequest {
   /** Also return the journal entry that carries this idempotency key, if any. */
@@ -252,6 +259,16 @@ export interface DbTransaction extends PromoPaymentTransaction {
   getGrants(grantIds: readonly string[]): Promise<Grant[]>;
   /** Reads a reservation of this account by id, whatever its state. */
   getReservation(reservationId: string): Promise<Reservation | null>;
+  /**
+   * Reads the journal entry `entryId` of this account with the `reverse` entries that give it back
+   * (those whose `reverses` is `entryId`, in seq order), as of this unit of work: what
+   * `reverseCharge` checks a new reversal against (docs/concepts.md, "Giving a charge back"). Null
+   * when the account has no entry of that id (another account's entry is not found). A store whose
+   * units of work are isolated per account answers from the same snapshot as `load`, or from a later
+   * one its save still guards (a reversal saved meanwhile moves the account's seq). Optional: without
+   * it, `reverseCharge` and `getReversals` are a `ConfigurationError` (every bundled store has it).
+   */
+  getCharge?(entryId: string): Promise<ChargeRecord | null>;
   /**
    * Persists the changes. Called at most once per attempt. Throws `ConflictError` when the
    * account moved since `load` (the adapter then retries the unit of work), or

@@ -33,6 +33,10 @@ export interface EntryMeta {
   /** Who spends and on what (docs/teams-and-limits.md): recorded on the entry; limits for them apply. */
   spender?: string | undefined;
   feature?: string | undefined;
+  /** When the usage happened, where that is not now (a late entry; a reversal: its charge's time). */
+  occurredAt?: Date | undefined;
+  /** A `reverse` entry's charge (docs/concepts.md, "Giving a charge back"). */
+  reverses?: string | undefined;
 }
 
 export interface NewGrant {
@@ -802,6 +806,9 @@ export class AccountWork {
       feature: meta.feature ?? null,
       // (Null but on an addition with a cost basis: the hash then covers the entry as before version 15.)
       costBasis: costBasis ?? null,
+      // (Null but on a reversal and a late entry: the hash then covers the entry as before version 22.)
+      reverses: meta.reverses ?? null,
+      occurredAt: meta.occurredAt ?? null,
       createdAt: this.now,
       prevHash: a.lastHash,
       hash: "",

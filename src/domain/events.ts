@@ -145,6 +145,17 @@ function eventOf(e: JournalEntry, c: EventContext): [DomainEventType, Record<str
         },
       ];
     }
+    case "reverse":
+      return [
+        "credits_reversed",
+        {
+          ...base(e),
+          reverses: e.reverses,
+          chargedAt: (e.occurredAt ?? e.createdAt).toISOString(),
+          spender: e.spender ?? null,
+          feature: e.feature ?? null,
+        },
+      ];
     case "release_reserved": {
       const hold = c.updateReservations.find((r) => r.id === e.reservationId);
       return [

@@ -29,6 +29,7 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
     optionalFields(entry) +
     spendFields(entry) +
     basisField(entry) +
+    correctionFields(entry) +
     `"metadata":${entry.metadata === null ? "null" : (stringify(entry.metadata) ?? "null")},` +
     `"createdAt":"${entry.createdAt.toISOString()}","prevHash":${str(entry.prevHash)}}`
   );
@@ -70,6 +71,20 @@ function basisField(entry: Omit<JournalEntry, "hash">): string {
   const b = entry.costBasis;
   if (b == null) return "";
   return `"costBasis":{"perCredit":${quote(b.perCredit)},"currency":${quote(b.currency)}},`;
+}
+
+/**
+ * A reversal's charge and a late entry's time (schema version 22, docs/concepts.md), each only when
+ * set: entries without them, and every entry written before, hash as before.
+ */
+function correctionFields(entry: Omit<JournalEntry, "hash">): string {
+  const reverses = entry.reverses ?? null;
+  const occurredAt = entry.occurredAt ?? null;
+  if (reverses === null && occurredAt === null) return "";
+  return (
+    (reverses === null ? "" : `"reverses":${quote(reverses)},`) +
+    (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`)
+  );
 }
 
 const NULL_BUT_HOLD = `"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,`;

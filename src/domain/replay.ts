@@ -1,6 +1,7 @@
 import type { Account, Grant, JournalEntry, Reservation } from "../models/index.js";
 import { readSnapshot } from "./checkpoint.js";
 import { hashEntry } from "./hash.js";
+import { chargeDraw, reversedOf } from "./reversal.js";
 
 /** Result of `audit(userId)`. */
 export interface AuditReport {
@@ -43,7 +44,10 @@ export interface AuditReport {
  * debt += amount − Σgrants; expire/void −balance, grants removed; reserve +reserved, grants moved
  * into the hold; commit_reserved −balance −reserved, taken from the hold (a partial capture also
  * returns the rest: see `replayCapture`); release_reserved −reserved, the hold's remaining
- * allocations return (net of debt paid from them).
+ * allocations return (net of debt paid from them); reverse +balance, credits back to the grants it
+ * lists (those with `kind: "debt_paid"` paid debt instead), debt −= amount − Σ the others (a
+ * reversal must name a charge of this account and, with the charge's other reversals, stay within
+ * what it charged: see `checkReversal`).
  *
  * This is deliberately a second, independent statement of the rules in `AccountWork`.
  */
@@ -91,6 +95,10 @@ export function replayJournal(
     if (left < 0) problems.push(`entry ${seq} takes grant ${grantId} below zero`);
     remaining.set(grantId, left);
   };
+
+  /** The entries replayed so far, by id, and the reversals of each charge (`checkReversal`). */
+  const byId = new Map<string, JournalEntry>();
+  const reversals = new Map<string, JournalEntry[]>();
 
   entries.forEach((e, i) => {
     const where = `entry ${e.seq}`;
@@ -169,6 +177,22 @@ export function replayJournal(
         holds.delete(e.reservationId ?? "");
         break;
       }
+      case "reverse": {
+        let back = 0;
+        for (const g of e.grants) {
+          if (g.kind === "debt_paid") continue;
+          if (g.kind !== undefined) problems.push(`${where} lists a ${g.kind} portion: a reversal returns credits`);
+          back += g.amount;
+          // (A grant no entry created: the one a reversal makes for debt paid since, checked below.)
+          created.add(g.grantId);
+          remaining.set(g.grantId, (remaining.get(g.grantId) ?? 0) + g.amount);
+        }
+        if (back > e.amount) problems.push(`${where} returns ${back} to grants but gives back ${e.amount}`);
+        balance += e.amount;
+        debt -= e.amount - back;
+        checkReversal(e, byId, reversals, base > 0, problems);
+        break;
+      }
       case "limits":
         if (e.amount !== 0 || e.grants.length > 0) problems.push(`${where}: setting limits moves no credits`);
         break;
@@ -177,6 +201,8 @@ export function replayJournal(
         checkSnapshot(e, { remaining, expired, holds }, problems);
         break;
     }
+    byId.set(e.id, e);
+    if (e.type !== "reverse" && e.reverses != null) problems.push(`${where} is a ${e.type} entry but names a charge`);
     if (e.balanceAfter !== balance) problems.push(`${where}: balanceAfter ${e.balanceAfter}, replay gives ${balance}`);
     if (e.reservedAfter !== reserved)
       problems.push(`${where}: reservedAfter ${e.reservedAfter}, replay gives ${reserved}`);
@@ -229,6 +255,49 @@ export function replayJournal(
     grants: Object.fromEntries(remaining),
     activeReservations,
   };
+}
+
+/**
+ * A reversal's charge (docs/concepts.md, "Giving a charge back"): an earlier entry of this account
+ * that is a charge, whose reversals so far (this one included) give back no more than it charged,
+ * nor to any grant more than it drew from it; what goes to a grant the charge did not draw from
+ * (one the reversal made for the charge's debt that an addition paid since) stays within the
+ * charge's debt. From a checkpoint, a charge before it is not among the entries: not checked.
+ */
+function checkReversal(
+  e: JournalEntry,
+  byId: ReadonlyMap<string, JournalEntry>,
+  reversals: Map<string, JournalEntry[]>,
+  fromCheckpoint: boolean,
+  problems: string[],
+): void {
+  const where = `entry ${e.seq}`;
+  if (e.reverses == null) {
+    problems.push(`${where} is a reversal that names no charge`);
+    return;
+  }
+  const charge = byId.get(e.reverses);
+  if (charge === undefined) {
+    if (!fromCheckpoint) problems.push(`${where} reverses ${e.reverses}, which is no earlier entry of this account`);
+    return;
+  }
+  const draw = chargeDraw(charge);
+  if (typeof draw === "string") {
+    problems.push(`${where} reverses entry ${charge.seq}, which is not a charge`);
+    return;
+  }
+  const all = [...(reversals.get(charge.id) ?? []), e];
+  reversals.set(charge.id, all);
+  const so = reversedOf(draw, all);
+  if (so.total > draw.amount)
+    problems.push(`the reversals of entry ${charge.seq} give back ${so.total}, more than its ${draw.amount}`);
+  for (const d of draw.draws) {
+    const back = so.toGrants.get(d.grantId) ?? 0;
+    if (back > d.amount)
+      problems.push(`the reversals of entry ${charge.seq} give ${back} back to grant ${d.grantId}, which it drew ${d.amount} from`);
+  }
+  if (so.debt > draw.debt)
+    problems.push(`the reversals of entry ${charge.seq} give back ${so.debt} of debt, more than the ${draw.debt} it made`);
 }
 
 /**

@@ -41,6 +41,11 @@ export const EntryType = z.enum([
   "checkpoint",
   /** Changes no credits: the account's spend limits were set; its metadata lists them (docs/teams-and-limits.md). */
   "limits",
+  /**
+   * Gives back part or all of a charge (`reverses` names it): its credits return to the grants the
+   * charge drew from, in the charge's proportions (docs/concepts.md, "The journal").
+   */
+  "reverse",
 ]);
 export type EntryType = z.infer<typeof EntryType>;
 
@@ -188,6 +193,18 @@ export const JournalEntry = z.object({
    * sold for, the debt it paid included. Null or absent: none. Covered by the hash when set.
    */
   costBasis: CostBasis.nullable().optional(),
+  /**
+   * A `reverse` entry's charge: the id of the entry it gives back (schema version 22,
+   * docs/concepts.md). Null or absent on every other entry. Covered by the hash when set.
+   */
+  reverses: EntityId.nullable().optional(),
+  /**
+   * When the usage happened, where that is not `createdAt` (schema version 22, docs/concepts.md):
+   * a late usage entry's time, and on a `reverse` entry its charge's (the charge's `occurredAt`, else
+   * its `createdAt`), so usage and spend limits place it there. Null or absent: at `createdAt`.
+   * Covered by the hash when set.
+   */
+  occurredAt: z.date().nullable().optional(),
   createdAt: z.date(),
   prevHash: z.string().nullable(),
   hash: z.string(),

@@ -64,6 +64,24 @@ export const CreditsRefundedPayload = z.object({
 });
 export type CreditsRefundedPayload = z.infer<typeof CreditsRefundedPayload>;
 
+/**
+ * `credits_reversed`, version 1: part or all of a charge given back (`reverseCharge`, docs/concepts.md,
+ * "The journal"). `grants` lists the credits returned to each grant the charge drew from (a portion
+ * with `kind: "debt_paid"` went to pay the account's debt instead); what `amount` has beyond them
+ * lowered the debt the charge had made. Credits returned to a grant that has expired or been voided
+ * since are removed again at once, by a `credits_expired` or `credits_voided` that follows.
+ */
+export const CreditsReversedPayload = z.object({
+  ...EntryFields,
+  /** The id of the charge's journal entry. */
+  reverses: z.string(),
+  /** ISO-8601: when the charge's usage happened (its `occurredAt`, else when it was recorded). */
+  chargedAt: z.string(),
+  spender: z.string().nullable(),
+  feature: z.string().nullable(),
+});
+export type CreditsReversedPayload = z.infer<typeof CreditsReversedPayload>;
+
 /** `credits_voided` (what was left of a grant removed) and `credits_expired`, version 1. */
 export const CreditsRemovedPayload = z.object({ ...EntryFields, reservationId: z.string().nullable() });
 export type CreditsRemovedPayload = z.infer<typeof CreditsRemovedPayload>;
@@ -173,6 +191,7 @@ export const DomainEvent = z.discriminatedUnion("type", [
   envelope("credits_expired", CreditsRemovedPayload),
   envelope("hold_placed", HoldPlacedPayload),
   envelope("hold_settled", HoldSettledPayload),
+  envelope("credits_reversed", CreditsReversedPayload),
   envelope("low_credits", LevelChangedPayload),
   envelope("credits_exhausted", LevelChangedPayload),
   envelope("balance_restored", LevelChangedPayload),

@@ -11,6 +11,8 @@ export const DomainEventType = z.enum([
   "credits_expired",
   "hold_placed",
   "hold_settled",
+  // Schema version 22: a charge given back (docs/events.md).
+  "credits_reversed",
 ]);
 export type DomainEventType = z.infer<typeof DomainEventType>;
 

@@ -287,6 +287,25 @@ export const MIGRATIONS: readonly Migration[] = [
     columns: [],
     statements: (dialect, naming) => (dialect === "postgres" ? [revenuePlanSql(naming), revenueResetSql(naming)] : []),
   },
+  // Version 22: corrections (docs/concepts.md, "The journal"). Self-contained: renumber freely.
+  {
+    to: 22,
+    summary:
+      "journal_entries.type allows reverse (an entry that gives back part or all of a charge), and notifications.type the domain event credits_reversed; journal_entries.reverses (the charge a reverse entry gives back) and .occurred_at (when an entry's usage happened, where that is not created_at), both nullable and covered by the entry's hash when set: entries stored before read as none and hash as they did; the indexes journal_entries_id (an entry by its id), journal_entries_user_reverses (a charge's reversals) and journal_entries_occurred (entries by when their usage happened) (docs/concepts.md)",
+    columns: [
+      { table: "journal", field: "reverses" },
+      { table: "journal", field: "occurredAt" },
+    ],
+    checks: [
+      { table: "journal", field: "type" },
+      { table: "notifications", field: "type" },
+    ],
+    indexes: [
+      { table: "journal", index: "id" },
+      { table: "journal", index: "user_reverses" },
+      { table: "journal", index: "occurred" },
+    ],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */
@@ -373,7 +392,7 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       if (table === undefined || column === undefined)
         throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
       if (dialect === "sqlite") rebuild(table, step);
-      else out.push(...replaceCheck(dialect, table, column, naming));
+      else out.push(...replaceCheck(dialect, table, column, naming, options.distributed === true));
     }
     if (step.statements !== undefined) out.push(...step.statements(dialect, naming, tables));
     if (dialect === "mysql") {
@@ -468,17 +487,30 @@ function replaceIndex(table: SqlTable, changed: ChangedIndex, naming: NamingOpti
 
 /**
  * Statements replacing the inline CHECK of `column` with today's. PostgreSQL: the constraint it
- * named `<table>_<column>_check` is dropped and added again (one statement, so it can run again);
+ * named `<table>_<column>_check` is dropped and added again (one statement, so it can run again;
+ * on Citus, `distributed`, which takes no ADD CONSTRAINT beside another subcommand: two, the drop
+ * first, which can run again as a pair);
  * MySQL/MariaDB: `MODIFY COLUMN` with today's definition (the column's check goes with it);
  * SQLite, which cannot change a constraint: the table is rebuilt (created under a new name, rows
  * copied, the old one dropped, the new one renamed; the DDL that follows recreates its indexes).
  */
-function replaceCheck(dialect: SqlDialect, table: SqlTable, column: Column, naming: NamingOptions): string[] {
+function replaceCheck(
+  dialect: SqlDialect,
+  table: SqlTable,
+  column: Column,
+  naming: NamingOptions,
+  distributed: boolean,
+): string[] {
   const q = (n: string) => quoteIdent(dialect, n);
   switch (dialect) {
     case "postgres": {
       const name = q(`${table.name}_${column.name}_check`);
       const checks = columnChecks(dialect, column, table.spec.name);
+      if (distributed)
+        return [
+          `ALTER TABLE ${table.qualified} DROP CONSTRAINT IF EXISTS ${name};`,
+          ...checks.map((c) => `ALTER TABLE ${table.qualified} ADD CONSTRAINT ${name} CHECK (${c});`),
+        ];
       return [
         `ALTER TABLE ${table.qualified} DROP CONSTRAINT IF EXISTS ${name}, ${checks.map((c) => `ADD CONSTRAINT ${name} CHECK (${c})`).join(", ")};`,
       ];

@@ -135,8 +135,7 @@ export const tableSpecs: TableSpecs = {
   journal: {
     name: "journal_entries",
     model: JournalEntry,
-    // Gap-free per-user sequence; history pages by seq. Entries are never looked up by id, so the
-    // id gets no second index (each would cost every write).
+    // Gap-free per-user sequence; history pages by seq.
     primaryKey: ["userId", "seq"],
     idempotencyKey: "idempotencyKey",
     // 32 bytes each instead of 64 characters (docs/running-for-years.md).
@@ -149,7 +148,16 @@ export const tableSpecs: TableSpecs = {
     sparse: true,
     // Usage reports across accounts read a range of createdAt (docs/usage.md): on PostgreSQL a
     // BRIN index, nearly free per entry; one account's report reads its primary key.
-    indexes: [{ name: "created", fields: ["createdAt"], brin: true }],
+    indexes: [
+      { name: "created", fields: ["createdAt"], brin: true },
+      // A charge by its id, which is what reversing it names (docs/concepts.md, "The journal").
+      { name: "id", fields: ["id"] },
+      // A charge's reversals within its account: the few entries that name one (schema version 22).
+      { name: "user_reverses", fields: ["userId", "reverses"], where: [{ field: "reverses", op: "notNull" }] },
+      // Usage placed at another time than its recording (late entries, reversals: docs/usage.md):
+      // reports over a window find those few entries by when they count.
+      { name: "occurred", fields: ["occurredAt"], where: [{ field: "occurredAt", op: "notNull" }] },
+    ],
   },
   ledger: {
     name: "ledger_entries",

@@ -20,6 +20,8 @@ export function copyEntry(e: JournalEntry): JournalEntry {
     spender: e.spender ?? null,
     feature: e.feature ?? null,
     costBasis: e.costBasis == null ? null : { ...e.costBasis },
+    reverses: e.reverses ?? null,
+    occurredAt: e.occurredAt == null ? null : new Date(e.occurredAt.getTime()),
     createdAt: new Date(e.createdAt.getTime()),
   };
 }

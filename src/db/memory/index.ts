@@ -5,6 +5,7 @@ import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
 import { UsageAccumulator, type UsageBucket, type UsageScan } from "../../domain/usage.js";
 import type {
   AccountCredits,
+  ChargeRecord,
   Changes,
   DbManager,
   DbTransaction,
@@ -388,6 +389,17 @@ class MemoryTransaction implements DbTransaction {
   async getReservation(reservationId: string): Promise<Reservation | null> {
     const hold = this.rows.holds.get(reservationId);
     return hold === undefined ? null : copyHold(hold);
+  }
+
+  /** A scan of the account's journal: the in-memory store keeps no index by entry id. */
+  async getCharge(entryId: string): Promise<ChargeRecord | null> {
+    let entry: JournalEntry | undefined;
+    const reversals: JournalEntry[] = [];
+    for (const e of this.rows.journal) {
+      if (e.id === entryId) entry = e;
+      else if (e.reverses === entryId) reversals.push(copyEntry(e));
+    }
+    return entry === undefined ? null : { entry: copyEntry(entry), reversals };
   }
 
   async getPromo(code: string): Promise<Promo | null> {

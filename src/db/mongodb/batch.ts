@@ -9,7 +9,7 @@ import type {
 } from "mongodb";
 import { ConflictError, CreditError } from "../../errors.js";
 import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
-import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import {
   ACCOUNT,
   ENTRY,
@@ -51,6 +51,23 @@ export type Unit = QueuedUnit & {
   /** Out of optimistic attempts: runs alone, writing its account first (`MongoDbManager.attempt`). */
   locked?: boolean;
 };
+
+/**
+ * `DbTransaction.getCharge` in `session`: the journal entry `entryId` of `userId` (by `_id`) and
+ * the entries that reverse it (the `user_reverses` index), in seq order.
+ * Driver errors are not converted here: the caller needs their labels.
+ */
+export async function readCharge(
+  journal: Collection<StoredDoc>,
+  session: ClientSession,
+  userId: string,
+  entryId: string,
+): Promise<ChargeRecord | null> {
+  const doc = await journal.findOne({ _id: entryId, userId }, { session });
+  if (doc === null) return null;
+  const reversals = await journal.find({ userId, reverses: entryId }, { session, sort: { seq: 1 } }).toArray();
+  return { entry: fromDoc(ENTRY, doc), reversals: reversals.map((d) => fromDoc(ENTRY, d)) };
+}
 
 /** A read for the state of several accounts, with an idempotency key each (or none). */
 export interface StateRequest {
@@ -672,6 +689,10 @@ export class BatchTx implements DbTransaction {
       c.reservations.findOne({ _id: reservationId, userId: this.userId }, { session }),
     );
     return doc === null ? null : fromDoc(RESERVATION, doc);
+  }
+
+  getCharge(entryId: string): Promise<ChargeRecord | null> {
+    return this.batch.op((session) => readCharge(this.batch.ctx.c.journal, session, this.userId, entryId));
   }
 
   getPromo(code: string): Promise<Promo | null> {

@@ -69,6 +69,14 @@ export const MONGO_COLLECTIONS: Record<MongoCollectionKey, MongoCollectionLayout
       },
       // Usage reports across accounts: a range of createdAt (docs/usage.md).
       { key: { createdAt: 1 }, name: "created" },
+      // A charge's reversals within its account (schema version 22; a charge itself is found by `_id`).
+      {
+        key: { userId: 1, reverses: 1 },
+        name: "user_reverses",
+        partialFilterExpression: { reverses: { $type: "string" } },
+      },
+      // Usage placed at another time than its recording (late entries, reversals: docs/usage.md).
+      { key: { occurredAt: 1 }, name: "occurred", partialFilterExpression: { occurredAt: { $type: "date" } } },
     ],
   },
   ledger: {
@@ -199,6 +207,13 @@ export const MONGO_MIGRATIONS: readonly {
     to: 13,
     summary:
       "plans may carry allowances and subscriptions periodAllowances (documents stored before read as none and as on their plan's); no index change",
+    dropIndexes: [],
+  },
+  // Version 22: corrections (docs/concepts.md, "The journal").
+  {
+    to: 22,
+    summary:
+      "journal documents may carry reverses (a reverse entry's charge) and occurredAt (when its usage happened, where that is not createdAt); the journal's indexes user_reverses and occurred (documents stored before lack both fields and read as none)",
     dropIndexes: [],
   },
 ];

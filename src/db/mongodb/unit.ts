@@ -2,11 +2,11 @@ import type { ClientSession, TransactionOptions } from "mongodb";
 import { ConflictError, CreditError } from "../../errors.js";
 import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { MongoOutbox } from "./outbox.js";
-import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import { GRANT, RESERVATION, fromDoc } from "./documents.js";
 import type { MongoPromoStore } from "./promos.js";
 import { checkCachedState, stateAfter, type AccountState } from "./state-cache.js";
-import { accountOp, checkOwner, entryOps, itemOps, readStates, write } from "./batch.js";
+import { accountOp, checkOwner, entryOps, itemOps, readCharge, readStates, write } from "./batch.js";
 import { type Collections, batchOf } from "./collections.js";
 
 // A unit of work on the MongoDB store (docs/storage.md, MongoDB): the transaction it runs in,
@@ -147,6 +147,10 @@ export class MongoTransaction implements DbTransaction {
       { session: this.session },
     );
     return doc === null ? null : fromDoc(RESERVATION, doc);
+  }
+
+  getCharge(entryId: string): Promise<ChargeRecord | null> {
+    return readCharge(this.c.journal, this.session, this.userId, entryId);
   }
 
   getPromo(code: string): Promise<Promo | null> {

@@ -5,10 +5,10 @@ import type { Column } from "../../schema/columns.js";
 import { REVISION, unitFunctionNames } from "../../schema/citus-units.js";
 import type { SqlTable } from "../../schema/sql.js";
 import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
-import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
 import { compactRow } from "./save-rows.js";
-import { toRow } from "./sql.js";
+import { chargeOf, toRow } from "./sql.js";
 import type { Unit } from "./unit.js";
 
 /** An account's last committed state in this process, at the account row's revision. */
@@ -230,6 +230,14 @@ class CallTx implements DbTransaction {
     const r = decodeRow<Reservation>(this.tables.reservations.columns, row);
     this.originals.holds.set(r.id, r);
     return r;
+  }
+
+  async getCharge(entryId: string): Promise<ChargeRecord | null> {
+    // Read after the load: the save's revision guard confirms nothing was written since.
+    this.unsure = true;
+    const { sql } = this.units.db;
+    const rows = await this.units.db.read("getCharge", sql.chargeText(), [this.userId, entryId]);
+    return chargeOf(this.tables.journal, rows, entryId);
   }
 
   // Promos and payments live partly in reference tables: a transaction of their own (./batch.ts).

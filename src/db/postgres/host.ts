@@ -2,13 +2,13 @@ import { ConflictError, CreditError, LockTimeoutError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import { saveParts } from "./save-rows.js";
 import { storageError, workerCode } from "./errors.js";
 import type { PostgresDbManager } from "./index.js";
 import { PostgresOutbox } from "./outbox.js";
 import { decode as decodePromoRow, inUnit } from "./promos.js";
-import { GUARD_MARKER, type Statement, arrayText } from "./sql.js";
+import { GUARD_MARKER, type Statement, arrayText, chargeOf } from "./sql.js";
 import { PostgresSubscriptionStore } from "./subscriptions.js";
 import { joinedStore } from "../store/joined.js";
 
@@ -162,6 +162,11 @@ class HostUnit implements DbTransaction {
     const byId = new Map(rows.map((r) => [r.id as string, decodeRow<Grant>(sql.tables.grants.columns, r)]));
     for (const g of byId.values()) if (!this.originals.grants.has(g.id)) this.originals.grants.set(g.id, g);
     return grantIds.flatMap((id) => byId.get(id) ?? []);
+  }
+
+  async getCharge(entryId: string): Promise<ChargeRecord | null> {
+    const { sql } = this.db;
+    return chargeOf(sql.tables.journal, await this.query("getCharge", sql.chargeText(), [this.userId, entryId]), entryId);
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {

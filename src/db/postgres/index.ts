@@ -248,7 +248,12 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         // The steps of every later version (columns added to tables the store has), then today's
         // DDL, which creates what is missing and sets the version row (src/schema/migrations.ts).
         if (version > 0)
-          for (const statement of upgradeStatements({ dialect: "postgres", fromVersion: version, ...naming }))
+          for (const statement of upgradeStatements({
+            dialect: "postgres",
+            fromVersion: version,
+            ...naming,
+            ...(this.sql.distributed ? { distributed: true } : {}),
+          }))
             await client.query(statement);
         if (this.sql.distributed) for (const statement of this.sql.ddlStatements) await client.query(statement);
         else await client.query(this.sql.ddl);

@@ -1,7 +1,9 @@
 import { createHash } from "node:crypto";
 import { REVISION } from "../../schema/citus-units.js";
 import type { Column } from "../../schema/columns.js";
-import { byteaText, toTuples } from "../../schema/codec.js";
+import { byteaText, decodeRow, toTuples } from "../../schema/codec.js";
+import type { JournalEntry } from "../../models/index.js";
+import type { ChargeRecord } from "../types.js";
 import type { PartitionOptions } from "../../schema/partitions.js";
 import {
   CITUS_TRIGGERS,
@@ -188,6 +190,15 @@ export class PostgresSql {
   select(key: TableKey): string {
     const t = this.tables[key];
     return `SELECT ${output(t)} FROM ${t.qualified}`;
+  }
+
+  /**
+   * A journal entry of an account by id (`$2`) and the entries that reverse it, in seq order
+   * (`DbTransaction.getCharge`): the id's index, then the account's index of reversals.
+   */
+  chargeText(): string {
+    const entries = this.select("journal");
+    return `${entries} WHERE user_id = $1 AND id = $2 UNION ALL ${entries} WHERE user_id = $1 AND reverses = $2 ORDER BY seq`;
   }
 
   /** A column of a table as `"schema"."table"."column"` (the input column, never an output alias). */
@@ -420,4 +431,23 @@ export function toRow(columns: readonly Column[], value: object): Record<string,
       x === null ? x : c.bytes === true ? byteaText(x as string) : c.tuple !== undefined ? toTuples(c.tuple, x) : x;
   }
   return out;
+}
+
+/**
+ * `DbTransaction.getCharge` from the rows of `PostgresSql.chargeText` (any order of `seq`): the
+ * entry `entryId` and its reversals, or null when the account has no such entry.
+ */
+export function chargeOf(
+  journal: SqlTable,
+  rows: readonly Record<string, unknown>[],
+  entryId: string,
+): ChargeRecord | null {
+  let entry: JournalEntry | null = null;
+  const reversals: JournalEntry[] = [];
+  for (const r of rows) {
+    const e = decodeRow<JournalEntry>(journal.columns, r);
+    if (e.id === entryId) entry = e;
+    else reversals.push(e);
+  }
+  return entry === null ? null : { entry, reversals };
 }

@@ -2,11 +2,11 @@ import { ConflictError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
 import type { SqlTable } from "../../schema/sql.js";
-import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { Batch } from "./batch.js";
 import type { ChainState, SaveItem } from "./chain.js";
 import { decode as decodePromoRow, inUnit } from "./promos.js";
-import { idempotentEntry, toRow } from "./sql.js";
+import { chargeOf, idempotentEntry, toRow } from "./sql.js";
 import type { AccountState } from "./state-cache.js";
 import { NotRun, type Unit } from "./unit.js";
 import { type Deferred, deferred } from "../store/group-commit.js";
@@ -294,6 +294,15 @@ export class UnitTx implements DbTransaction, SaveItem {
     const r = decodeRow<Reservation>(db.sql.tables.reservations.columns, rows[0]);
     if (!this.originals.holds.has(r.id)) this.originals.holds.set(r.id, r);
     return r;
+  }
+
+  async getCharge(entryId: string): Promise<ChargeRecord | null> {
+    // An earlier unit of the chain may have written a reversal the database does not have yet.
+    if (this.chain !== null) this.unchain();
+    await this.opening();
+    const { sql } = this.batch.db;
+    const rows = await this.batch.query("getCharge", sql.chargeText(), [this.userId, entryId]);
+    return chargeOf(sql.tables.journal, rows, entryId);
   }
 
   async getPromo(code: string): Promise<Promo | null> {

@@ -3,7 +3,7 @@ import type { Account, Grant, JournalEntry, Reservation } from "../../models/ind
 import type { Payment, Promo } from "../../models/index.js";
 import type { Attempt } from "../store/define.js";
 import { origin } from "../store/errors.js";
-import type { Changes, LoadRequest, LoadedState } from "../types.js";
+import type { ChargeRecord, Changes, LoadRequest, LoadedState } from "../types.js";
 import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
 import { Sqlite, isBusy } from "./connection.js";
 
@@ -149,6 +149,19 @@ export class SqliteAttempt implements Attempt {
   }
   async getReservation(id: string): Promise<Reservation | null> {
     return this.s.one<Reservation>("reservations", "WHERE id = ? AND user_id = ?", [id, this.userId]);
+  }
+  async getCharge(entryId: string): Promise<ChargeRecord | null> {
+    const { s, userId } = this;
+    // One snapshot: the entry by its id, its reversals by the account's index of them.
+    return s.tx(() => {
+      const entry = s.one<JournalEntry>("journal", "WHERE id = ? AND user_id = ?", [entryId, userId]);
+      if (entry === null) return null;
+      const reversals = s.list<JournalEntry>("journal", "WHERE user_id = ? AND reverses = ? ORDER BY seq", [
+        userId,
+        entryId,
+      ]);
+      return { entry, reversals };
+    });
   }
   async getPromo(code: string): Promise<Promo | null> {
     return this.s.one<Promo>("promos", "WHERE code = ?", [code]);

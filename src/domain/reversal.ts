@@ -1,0 +1,119 @@
+import type { GrantPortion, JournalEntry } from "../models/index.js";
+import { usageKind } from "./usage.js";
+
+/**
+ * Giving a charge back (docs/concepts.md, "Giving a charge back"): which entries are charges, what
+ * each drew, and how a reversal of part of one is shared among the grants it drew from. Pure: the
+ * unit of work (`AccountWork.reverse`) and the audit (`replayJournal`) both read it.
+ */
+
+/** What a charge took: its amount, the credits it drew from each grant (in its order), and the debt it made. */
+export interface ChargeDraw {
+  /** Credits charged: all a reversal can give back. */
+  amount: number;
+  /** Per grant, what the charge drew (one portion per grant, in the order the charge drew them). */
+  draws: GrantPortion[];
+  /** The part of `amount` no grant paid: debt the charge made. */
+  debt: number;
+}
+
+/**
+ * The draw of `entry` when it is a charge that can be given back, else why not (a sentence). A
+ * charge is a spend (docs/usage.md, "What counts"): a deduction (`deductCredits`, after-service
+ * usage, a metered request, an AI SDK call, a lease window settled as a deduction, the excess of a
+ * commit beyond its hold) or a hold's capture (`commit_reserved`: what it captured, not what it
+ * returned). A take-back (a refund's or a lost dispute's deduction), an addition, an expiry, a
+ * void, a hold, a release and a reversal are not charges.
+ */
+export function chargeDraw(entry: JournalEntry): ChargeDraw | string {
+  if (entry.type !== "deduct" && entry.type !== "commit_reserved")
+    return `entry ${entry.id} is a${/^[aeiou]/.test(entry.type) ? "n" : ""} ${entry.type} entry, not a charge: only deductions and captured holds can be given back`;
+  if (usageKind(entry) !== "spend")
+    return `entry ${entry.id} takes credits back for a refunded payment or a lost dispute: it is not a charge and cannot be given back`;
+  const draws: GrantPortion[] = [];
+  let drawn = 0;
+  for (const p of entry.grants) {
+    // A capture's `returned` and `debt_paid` portions are what it did not take.
+    if (p.kind !== undefined || p.amount === 0) continue;
+    drawn += p.amount;
+    const same = draws.find((d) => d.grantId === p.grantId);
+    if (same === undefined) draws.push({ grantId: p.grantId, amount: p.amount });
+    else same.amount += p.amount;
+  }
+  return { amount: entry.amount, draws, debt: entry.amount - drawn };
+}
+
+/** What the reversals of a charge gave back so far. */
+export interface Reversed {
+  /** Credits given back, all reversals together. */
+  total: number;
+  /** Per grant the charge drew from: credits given back to it (those that paid debt instead included). */
+  toGrants: Map<string, number>;
+  /** Credits of the charge's debt given back (`total` less what went to the charge's grants). */
+  debt: number;
+}
+
+/** Sums `reversals` (the `reverse` entries naming the charge of `draw`). */
+export function reversedOf(draw: ChargeDraw, reversals: readonly JournalEntry[]): Reversed {
+  const drawn = new Set(draw.draws.map((d) => d.grantId));
+  const toGrants = new Map<string, number>();
+  let total = 0;
+  let toDrawn = 0;
+  for (const r of reversals) {
+    total += r.amount;
+    for (const p of r.grants) {
+      if (!drawn.has(p.grantId)) continue;
+      toGrants.set(p.grantId, (toGrants.get(p.grantId) ?? 0) + p.amount);
+      toDrawn += p.amount;
+    }
+  }
+  return { total, toGrants, debt: total - toDrawn };
+}
+
+/** How one reversal of `amount` credits is shared: the charge's debt first, then its grants. */
+export interface ReversalShares {
+  /** Credits that give back debt the charge made. */
+  debt: number;
+  /** Per grant the charge drew from, in its order: credits going back to it (none listed with 0). */
+  grants: GrantPortion[];
+}
+
+/**
+ * Shares a reversal of `amount` (at most what is left of the charge: `draw.amount − reversed.total`)
+ * — the rule is deterministic and the shares add up to `amount` exactly:
+ *
+ * 1. the debt the charge made comes back first, as far as earlier reversals left any of it;
+ * 2. the rest goes to the grants the charge drew from, in proportion to what each has not had back
+ *    yet: each gets its share rounded down, and the credits the rounding leaves go one each to the
+ *    grants in the order the charge drew from them. Over a charge's reversals, no grant ever gets
+ *    back more than the charge drew from it, and the last reversal (what is left) gives each grant
+ *    exactly the rest of its draw.
+ */
+export function reversalShares(draw: ChargeDraw, reversed: Reversed, amount: number): ReversalShares {
+  const debt = Math.min(amount, Math.max(0, draw.debt - reversed.debt));
+  const toGrants = amount - debt;
+  const left = draw.draws.map((d) => ({ grantId: d.grantId, left: d.amount - (reversed.toGrants.get(d.grantId) ?? 0) }));
+  const open = left.reduce((s, l) => s + Math.max(0, l.left), 0);
+  if (toGrants > open) throw new Error(`a reversal of ${amount} exceeds what is left of the charge`);
+  if (toGrants === 0) return { debt, grants: [] };
+  // Exact integer arithmetic: both factors are safe integers, their product may not be.
+  const shares = left.map((l) =>
+    l.left <= 0 ? 0 : Number((BigInt(toGrants) * BigInt(l.left)) / BigInt(open)),
+  );
+  let rest = toGrants - shares.reduce((s, x) => s + x, 0);
+  for (let i = 0; i < shares.length && rest > 0; i++) {
+    if ((shares[i] as number) < (left[i] as { left: number }).left) {
+      shares[i] = (shares[i] as number) + 1;
+      rest--;
+    }
+  }
+  const grants: GrantPortion[] = [];
+  left.forEach((l, i) => {
+    const s = shares[i] as number;
+    if (s > 0) grants.push({ grantId: l.grantId, amount: s });
+  });
+  return { debt, grants };
+}
+
+/** When a charge's usage happened: what its reversals carry as `occurredAt`. */
+export const chargedAt = (charge: JournalEntry): Date => charge.occurredAt ?? charge.createdAt;
