@@ -8,7 +8,7 @@ import { parseConfig } from "../models/parse.js";
 import type { CreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
 import type { SubscriptionService } from "./subscription-service.js";
-import { traceJob } from "../diagnostics.js";
+import { traceJob, type JobMessage } from "../diagnostics.js";
 import { creditCore, type CreditCore } from "./credit-core.js";
 
 export interface ExpirationServiceOptions {
@@ -104,7 +104,7 @@ const ReminderDays = z.array(ExpiringDays).max(16);
 const DISPATCH_LIMIT = 10_000;
 
 interface JobBase {
-  job: string;
+  job: JobMessage["job"];
   /** The instant the job worked to (ISO). */
   asOf: string;
   /** Accounts (or subscriptions) that failed; each is logged as a ledger error and left for the next run. */
@@ -262,22 +262,21 @@ export class ExpirationService {
   async expireDueGrants(now?: Date | string, options: JobOptions = {}): Promise<ExpireGrantsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
-    return traceJob(
-      "expireDueGrants",
+    const report: ExpireGrantsReport = {
+      job: "expireDueGrants",
+      asOf: asOf.toISOString(),
+      grantsScanned: 0,
+      grantsExpired: 0,
+      creditsExpired: 0,
+      users: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    return this.runJob(
+      report,
       asOf,
-      async () => {
-        const started = performance.now();
-        const report: ExpireGrantsReport = {
-          job: "expireDueGrants",
-          asOf: asOf.toISOString(),
-          grantsScanned: 0,
-          grantsExpired: 0,
-          creditsExpired: 0,
-          users: 0,
-          errors: 0,
-          durationMs: 0,
-        };
-        await this.walk(
+      () =>
+        this.walk(
           (after, limit) => this.db.findDueGrants(asOf, limit, after && { expiresAt: after.at, id: after.id }),
           (g) => ({ at: g.expiresAt as Date, id: g.id, userId: g.userId }),
           o,
@@ -300,11 +299,7 @@ export class ExpirationService {
             report.creditsExpired += credits;
           },
           () => report.errors++,
-        );
-        report.durationMs = Math.round(performance.now() - started);
-        await this.record(report);
-        return report;
-      },
+        ),
       (r) => [r.grantsScanned, r.grantsExpired, r.errors],
     );
   }
@@ -322,22 +317,21 @@ export class ExpirationService {
   async releaseExpiredHolds(now?: Date | string, options: JobOptions = {}): Promise<ReleaseHoldsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
-    return traceJob(
-      "releaseExpiredHolds",
+    const report: ReleaseHoldsReport = {
+      job: "releaseExpiredHolds",
+      asOf: asOf.toISOString(),
+      holdsScanned: 0,
+      holdsReleased: 0,
+      creditsReleased: 0,
+      users: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    return this.runJob(
+      report,
       asOf,
-      async () => {
-        const started = performance.now();
-        const report: ReleaseHoldsReport = {
-          job: "releaseExpiredHolds",
-          asOf: asOf.toISOString(),
-          holdsScanned: 0,
-          holdsReleased: 0,
-          creditsReleased: 0,
-          users: 0,
-          errors: 0,
-          durationMs: 0,
-        };
-        await this.walk(
+      () =>
+        this.walk(
           (after, limit) =>
             this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.at, id: after.id }),
           (r) => ({ at: r.expiresAt, id: r.id, userId: r.userId }),
@@ -351,11 +345,7 @@ export class ExpirationService {
             report.creditsReleased += released.creditsReleased;
           },
           () => report.errors++,
-        );
-        report.durationMs = Math.round(performance.now() - started);
-        await this.record(report);
-        return report;
-      },
+        ),
       (r) => [r.holdsScanned, r.holdsReleased, r.errors],
     );
   }
@@ -368,22 +358,21 @@ export class ExpirationService {
   async renewDueSubscriptions(now?: Date | string, options: JobOptions = {}): Promise<RenewSubscriptionsReport> {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
-    return traceJob(
-      "renewDueSubscriptions",
+    const report: RenewSubscriptionsReport = {
+      job: "renewDueSubscriptions",
+      asOf: asOf.toISOString(),
+      subscriptionsScanned: 0,
+      intentsCompleted: 0,
+      renewed: 0,
+      ended: 0,
+      periodsSkipped: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    return this.runJob(
+      report,
       asOf,
       async () => {
-        const started = performance.now();
-        const report: RenewSubscriptionsReport = {
-          job: "renewDueSubscriptions",
-          asOf: asOf.toISOString(),
-          subscriptionsScanned: 0,
-          intentsCompleted: 0,
-          renewed: 0,
-          ended: 0,
-          periodsSkipped: 0,
-          errors: 0,
-          durationMs: 0,
-        };
         const byId = new Map<string, Subscription>();
         await this.walk(
           async (after, limit) => {
@@ -409,9 +398,6 @@ export class ExpirationService {
           },
           () => report.errors++,
         );
-        report.durationMs = Math.round(performance.now() - started);
-        await this.record(report);
-        return report;
       },
       (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
     );
@@ -520,11 +506,6 @@ export class ExpirationService {
   }
 
   /**
-   * Walks a scan ordered by (time, id) in batches, resuming strictly after the last row of each:
-   * the walk ends even when rows stay due (a failing account). Each batch's keys (accounts or
-   * subscriptions) are processed `concurrency` at a time, each once per batch.
-   */
-  /**
    * Writes a checkpoint entry on every account with `everyEntries` (default 1,000) entries or more
    * since its latest checkpoint — or with any entry since a checkpoint written before `olderThan`
    * (docs/operations.md, "Checkpoints and archival"). Pages through the store's accounts
@@ -537,19 +518,18 @@ export class ExpirationService {
       throw new ConfigurationError(`[credit-management] the ${this.db.name} store cannot list its accounts`);
     const asOf = this.clock();
     const every = o.everyEntries ?? 1000;
-    return traceJob(
-      "checkpointAccounts",
+    const report: CheckpointAccountsReport = {
+      job: "checkpointAccounts",
+      asOf: asOf.toISOString(),
+      accountsScanned: 0,
+      checkpointsWritten: 0,
+      errors: 0,
+      durationMs: 0,
+    };
+    return this.runJob(
+      report,
       asOf,
       async () => {
-        const started = performance.now();
-        const report: CheckpointAccountsReport = {
-          job: "checkpointAccounts",
-          asOf: asOf.toISOString(),
-          accountsScanned: 0,
-          checkpointsWritten: 0,
-          errors: 0,
-          durationMs: 0,
-        };
         const epoch = new Date(0);
         await this.walk(
           (after, limit) => listIds(after?.id ?? null, limit),
@@ -569,14 +549,40 @@ export class ExpirationService {
           },
           () => report.errors++,
         );
-        report.durationMs = Math.round(performance.now() - started);
-        await this.record(report);
-        return report;
       },
       (r) => [r.accountsScanned, r.checkpointsWritten, r.errors],
     );
   }
 
+  /**
+   * Runs a job, traced on the job channel (docs/observability.md): `fill` counts into `report`,
+   * which is then timed, recorded in the ledger and returned.
+   */
+  private runJob<R extends JobBase>(
+    report: R,
+    asOf: Date,
+    fill: () => Promise<void>,
+    counts: (report: R) => [number, number, number],
+  ): Promise<R> {
+    return traceJob(
+      report.job,
+      asOf,
+      async () => {
+        const started = performance.now();
+        await fill();
+        report.durationMs = Math.round(performance.now() - started);
+        await this.record(report);
+        return report;
+      },
+      counts,
+    );
+  }
+
+  /**
+   * Walks a scan ordered by (time, id) in batches, resuming strictly after the last row of each:
+   * the walk ends even when rows stay due (a failing account). Each batch's keys (accounts or
+   * subscriptions) are processed `concurrency` at a time, each once per batch.
+   */
   private async walk<T>(
     scan: (after: { at: Date; id: string } | undefined, limit: number) => Promise<T[]>,
     keyOf: (row: T) => { at: Date; id: string; userId: string },
