@@ -1,3 +1,5 @@
+import * as z from "zod";
+
 /**
  * What the library logs through: the four methods it calls, in pino's shapes — `(obj, msg?)` or
  * `(msg)`. pino and its child loggers fit, so do `console` and winston loggers; nothing of pino's
@@ -21,12 +23,17 @@ export const silentLogger: Logger = Object.freeze({ error: nothing, warn: nothin
 
 const METHODS = ["error", "warn", "info", "debug"] as const;
 
-/** Whether `value` has the four methods of `Logger` (how the options check a given logger). */
-export function isLogger(value: unknown): value is Logger {
+/** Whether `value` has the four methods of `Logger`. */
+function isLogger(value: unknown): value is Logger {
   if ((typeof value !== "object" && typeof value !== "function") || value === null) return false;
   const v = value as Record<string, unknown>;
   return METHODS.every((m) => typeof v[m] === "function");
 }
+
+/** The `logger` option of the manager and the worker: anything with the four methods of `Logger`. */
+export const LoggerOption = z.custom<Logger>(isLogger, {
+  error: "logger must have error, warn, info and debug methods (pino, a child logger, console or winston)",
+});
 
 /**
  * A `.catch` handler for a best-effort step whose failure must not change the caller's outcome (a

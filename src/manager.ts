@@ -1,4 +1,4 @@
-import { isLogger, silentLogger, type Logger } from "./logger.js";
+import { LoggerOption, silentLogger } from "./logger.js";
 import * as z from "zod";
 import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
@@ -52,11 +52,7 @@ export const CreditManagerOptions = z.strictObject({
    * object with pino's `error`, `warn`, `info` and `debug` — pino, a child logger, `console`,
    * winston. Default: a logger that writes nothing.
    */
-  logger: z
-    .custom<Logger>((v) => isLogger(v), {
-      error: "logger must have error, warn, info and debug methods (pino, a child logger, console or winston)",
-    })
-    .optional(),
+  logger: LoggerOption.optional(),
   /** TTL of a hold when none is given, in seconds. Default 900. */
   defaultReservationTtlSeconds: z
     .number()

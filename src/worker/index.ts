@@ -1,5 +1,5 @@
 import * as z from "zod";
-import { isLogger, silentLogger, type Logger } from "../logger.js";
+import { LoggerOption, silentLogger, type Logger } from "../logger.js";
 import type { CreditManager } from "../manager.js";
 import { parseConfig } from "../models/parse.js";
 import { catchUpRevenue } from "../services/revenue.js";
@@ -79,11 +79,7 @@ export const WorkerOptions = z.strictObject({
    * Where each round writes its line (pino's shapes: `(obj, msg)`): info for a round, warn for one
    * that left work for the next, error for one that failed. Default: nothing written.
    */
-  logger: z
-    .custom<Logger>((v) => isLogger(v), {
-      error: "logger must have error, warn, info and debug methods (pino, a child logger, console or winston)",
-    })
-    .optional(),
+  logger: LoggerOption.optional(),
 });
 export type WorkerOptions = z.input<typeof WorkerOptions>;
 
