@@ -173,6 +173,16 @@ export class AutoTopUpService {
       paymentMethod: rule.paymentMethod,
       idempotencyKey: payment.id,
     });
+    /** What the outbox rows of a charge that did not go through say of it. */
+    const refused = (code: string) => ({
+      attemptId: attempt.id,
+      paymentId: payment.id,
+      providerPaymentId: answer.providerPaymentId,
+      amount: payment.amount,
+      currency: payment.currency,
+      credits: payment.credits,
+      code,
+    });
     switch (answer.status) {
       case "succeeded": {
         const event: PaymentEvent = {
@@ -215,16 +225,7 @@ export class AutoTopUpService {
               newNotification(
                 user,
                 "auto_top_up_action_required",
-                {
-                  attemptId: attempt.id,
-                  paymentId: payment.id,
-                  providerPaymentId: answer.providerPaymentId,
-                  amount: payment.amount,
-                  currency: payment.currency,
-                  credits: payment.credits,
-                  code: answer.code,
-                  nextAction: answer.nextAction,
-                },
+                { ...refused(answer.code), nextAction: answer.nextAction },
                 now,
                 `auto_top_up_action_required:${attempt.id}`,
               ),
@@ -255,13 +256,7 @@ export class AutoTopUpService {
               user,
               "auto_top_up_failed",
               {
-                attemptId: attempt.id,
-                paymentId: payment.id,
-                providerPaymentId: answer.providerPaymentId,
-                amount: payment.amount,
-                currency: payment.currency,
-                credits: payment.credits,
-                code: answer.code,
+                ...refused(answer.code),
                 reason: answer.message,
                 failures: next.state.failures,
                 maxFailures: next.state.rule.maxFailures,
