@@ -194,92 +194,52 @@ export function instrumentCreditManagement(options: InstrumentOptions = {}): Cre
 function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOptionsSchema>): (() => void)[] {
   const meter = provider.getMeter(INSTRUMENTATION_NAME);
   const undo: (() => void)[] = [];
-  const int = { valueType: ValueType.INT };
-  const operations = meter.createCounter("credit_management.operations", {
-    description: "Units of work, by operation and outcome",
-    unit: "{operation}",
-    ...int,
-  });
-  const duration = meter.createHistogram("credit_management.operation.duration", {
-    description: "Duration of units of work",
-    unit: "s",
-    advice: FAST,
-  });
-  const retries = meter.createCounter("credit_management.store.retries", {
-    description: "Units of work run again after a write conflict",
-    unit: "{retry}",
-    ...int,
-  });
-  const conflicts = meter.createCounter("credit_management.store.conflicts", {
-    description: "Write conflicts met by units of work (retried, or given up as ConflictError)",
-    unit: "{conflict}",
-    ...int,
-  });
-  const refusals = meter.createCounter("credit_management.refusals", {
-    description: "Operations refused for lack of credits (HTTP 402)",
-    unit: "{refusal}",
-    ...int,
-  });
-  const holds = meter.createCounter("credit_management.holds", {
-    description: "Holds placed and ended, by action",
-    unit: "{hold}",
-    ...int,
-  });
-  const jobRuns = meter.createCounter("credit_management.job.runs", {
-    description: "Job runs, by job and outcome",
-    unit: "{run}",
-    ...int,
-  });
-  const jobDuration = meter.createHistogram("credit_management.job.duration", {
-    description: "Duration of job runs",
-    unit: "s",
-    advice: SLOW,
-  });
-  const jobScanned = meter.createCounter("credit_management.job.scanned", {
-    description: "Rows job runs looked at",
-    unit: "{row}",
-    ...int,
-  });
-  const jobChanged = meter.createCounter("credit_management.job.changed", {
-    description: "Rows job runs changed",
-    unit: "{row}",
-    ...int,
-  });
-  const jobErrors = meter.createCounter("credit_management.job.errors", {
-    description: "Accounts or subscriptions a job run failed on",
-    unit: "{error}",
-    ...int,
-  });
-  const dispatched = meter.createCounter("credit_management.outbox.dispatched", {
-    description: "Outbox rows handed to the queue, by result",
-    unit: "{notification}",
-    ...int,
-  });
-  const dispatchDuration = meter.createHistogram("credit_management.outbox.dispatch.duration", {
-    description: "Duration of dispatch rounds",
-    unit: "s",
-    advice: SLOW,
-  });
-  const lag = meter.createHistogram("credit_management.outbox.lag", {
-    description: "Age of the oldest row a dispatch round claimed",
-    unit: "s",
-    advice: SLOW,
-  });
-  const webhooks = meter.createCounter("credit_management.webhooks", {
-    description: "Payment webhooks, by provider and outcome",
-    unit: "{webhook}",
-    ...int,
-  });
-  const metered = meter.createCounter("credit_management.metering.calls", {
-    description: "Metered calls settled, by outcome and reason",
-    unit: "{call}",
-    ...int,
-  });
-  const meteredCredits = meter.createCounter("credit_management.metering.credits", {
-    description: "Credits of metered calls, charged or released",
-    unit: "{credit}",
-    ...int,
-  });
+  /** A counter of whole things (`unit`: UCUM, `{operation}`, …). */
+  const counter = (name: string, unit: string, description: string) =>
+    meter.createCounter(name, { description, unit, valueType: ValueType.INT });
+  /** A histogram of durations in seconds, with its buckets. */
+  const seconds = (name: string, advice: typeof FAST, description: string) =>
+    meter.createHistogram(name, { description, unit: "s", advice });
+  /** A gauge of whole things, read from the store. */
+  const gauge = (name: string, unit: string, description: string) =>
+    meter.createObservableGauge(name, { description, unit, valueType: ValueType.INT });
+  const operations = counter("credit_management.operations", "{operation}", "Units of work, by operation and outcome");
+  const duration = seconds("credit_management.operation.duration", FAST, "Duration of units of work");
+  const retries = counter(
+    "credit_management.store.retries",
+    "{retry}",
+    "Units of work run again after a write conflict",
+  );
+  const conflicts = counter(
+    "credit_management.store.conflicts",
+    "{conflict}",
+    "Write conflicts met by units of work (retried, or given up as ConflictError)",
+  );
+  const refusals = counter(
+    "credit_management.refusals",
+    "{refusal}",
+    "Operations refused for lack of credits (HTTP 402)",
+  );
+  const holds = counter("credit_management.holds", "{hold}", "Holds placed and ended, by action");
+  const jobRuns = counter("credit_management.job.runs", "{run}", "Job runs, by job and outcome");
+  const jobDuration = seconds("credit_management.job.duration", SLOW, "Duration of job runs");
+  const jobScanned = counter("credit_management.job.scanned", "{row}", "Rows job runs looked at");
+  const jobChanged = counter("credit_management.job.changed", "{row}", "Rows job runs changed");
+  const jobErrors = counter("credit_management.job.errors", "{error}", "Accounts or subscriptions a job run failed on");
+  const dispatched = counter(
+    "credit_management.outbox.dispatched",
+    "{notification}",
+    "Outbox rows handed to the queue, by result",
+  );
+  const dispatchDuration = seconds("credit_management.outbox.dispatch.duration", SLOW, "Duration of dispatch rounds");
+  const lag = seconds("credit_management.outbox.lag", SLOW, "Age of the oldest row a dispatch round claimed");
+  const webhooks = counter("credit_management.webhooks", "{webhook}", "Payment webhooks, by provider and outcome");
+  const metered = counter("credit_management.metering.calls", "{call}", "Metered calls settled, by outcome and reason");
+  const meteredCredits = counter(
+    "credit_management.metering.credits",
+    "{credit}",
+    "Credits of metered calls, charged or released",
+  );
 
   const on = <M>(name: string, fn: (m: M) => void) => {
     const listener = (m: unknown) => fn(m as M);
@@ -355,26 +315,14 @@ function recordMetrics(provider: MeterProvider, o: z.output<typeof InstrumentOpt
   const db = o.manager?.db;
   if (db !== undefined && typeof db.stats === "function") {
     const read = storeReader(db, o.statsIntervalMs ?? 10_000, o.statsTimeoutMs ?? 2000);
-    const activeHolds = meter.createObservableGauge("credit_management.holds.active", {
-      description: "Active holds (store)",
-      unit: "{hold}",
-      ...int,
-    });
-    const held = meter.createObservableGauge("credit_management.holds.credits", {
-      description: "Credits earmarked by active holds (store)",
-      unit: "{credit}",
-      ...int,
-    });
-    const pending = meter.createObservableGauge("credit_management.outbox.pending", {
-      description: "Outbox rows waiting for delivery (store)",
-      unit: "{notification}",
-      ...int,
-    });
-    const failed = meter.createObservableGauge("credit_management.outbox.failed", {
-      description: "Outbox rows failed for good (store)",
-      unit: "{notification}",
-      ...int,
-    });
+    const activeHolds = gauge("credit_management.holds.active", "{hold}", "Active holds (store)");
+    const held = gauge("credit_management.holds.credits", "{credit}", "Credits earmarked by active holds (store)");
+    const pending = gauge(
+      "credit_management.outbox.pending",
+      "{notification}",
+      "Outbox rows waiting for delivery (store)",
+    );
+    const failed = gauge("credit_management.outbox.failed", "{notification}", "Outbox rows failed for good (store)");
     const oldest = meter.createObservableGauge("credit_management.outbox.oldest_age", {
       description: "Age of the oldest pending outbox row (store)",
       unit: "s",
