@@ -368,13 +368,7 @@ class Run {
     model: LanguageModelV4,
   ): Promise<LanguageModelV4GenerateResult> {
     const call = await this.openLanguage("generate", params, model);
-    let result: LanguageModelV4GenerateResult;
-    try {
-      result = await doGenerate();
-    } catch (error) {
-      await call.release(params.abortSignal?.aborted === true ? "aborted" : "error");
-      throw error;
-    }
+    const result = await call.provide(doGenerate, params.abortSignal);
     const responseModel = result.response?.modelId;
     if (responseModel !== undefined) call.answeredBy(responseModel);
     const counts = countsOf(result.usage);
@@ -389,13 +383,7 @@ class Run {
     model: LanguageModelV4,
   ): Promise<LanguageModelV4StreamResult> {
     const call = await this.openLanguage("stream", params, model);
-    let result: LanguageModelV4StreamResult;
-    try {
-      result = await doStream();
-    } catch (error) {
-      await call.release(params.abortSignal?.aborted === true ? "aborted" : "error");
-      throw error;
-    }
+    const result = await call.provide(doStream, params.abortSignal);
     return { ...result, stream: meteredStream(result.stream, call, params.abortSignal) };
   }
 
@@ -407,13 +395,7 @@ class Run {
     let chars = 0;
     for (const v of params.values) chars += typeof v === "string" ? v.length : jsonLength(v);
     const call = await this.open("embed", model, tokensOf(chars), 0);
-    let result: EmbeddingModelV4Result;
-    try {
-      result = await doEmbed();
-    } catch (error) {
-      await call.release(params.abortSignal?.aborted === true ? "aborted" : "error");
-      throw error;
-    }
+    const result = await call.provide(doEmbed, params.abortSignal);
     const tokens = result.usage?.tokens;
     if (count(tokens)) await call.charge({ inputTokens: tokens, cachedTokens: 0, outputTokens: 0 });
     else await call.missing("absent", { delivered: result.embeddings.length > 0, outputParts: 0 });
@@ -482,6 +464,16 @@ class Call {
 
   release(reason: string): Promise<AiCallOutcome> {
     return this.settle(() => this.session.release(reason));
+  }
+
+  /** The provider's call: when it throws, the hold is released ("aborted" when `signal` ended it) and the error rethrown. */
+  async provide<R>(call: () => PromiseLike<R>, signal: AbortSignal | undefined): Promise<R> {
+    try {
+      return await call();
+    } catch (error) {
+      await this.release(signal?.aborted === true ? "aborted" : "error");
+      throw error;
+    }
   }
 
   /** Charges the usage the provider reported. */
