@@ -333,6 +333,54 @@ describe.skipIf(!url)("one call per unit of work: the kept state is keyed on the
   const schema = newSchema("rev");
   afterAll(() => dropSchema(schema));
 
+  it("on the account's worker a save writes its shards with statements prepared once per session and shard; a role that does not own the tables saves through the distributed tables", async () => {
+    const owner = new PostgresDbManager({ connectionString: url as string, schema });
+    const { credits } = await createCreditManager({ db: owner });
+    await credits.addCredits("w1", 100);
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    const role = `cm_app_${randomUUID().replace(/-/g, "").slice(0, 8)}`;
+    try {
+      const placed = await admin.query<{ port: number }>(
+        `SELECT nodeport AS port FROM citus_shards WHERE shardid = get_shard_id_for_distribution_column($1::regclass, 'w1')`,
+        [`"${schema}".accounts`],
+      );
+      const worker = new URL(url as string);
+      worker.port = String(placed.rows[0]?.port);
+      /** Two spends through one connection to the account's worker as `user`; the session's prepared statements. */
+      const spend = async (user: string): Promise<string[]> => {
+        const at = new URL(worker.toString());
+        at.username = user;
+        const pool = new pg.Pool({ connectionString: at.toString(), max: 1 });
+        const db = new PostgresDbManager({ pool, schema, migrate: false });
+        try {
+          await db.init();
+          const service = new CreditService({ db });
+          await service.deductCredits("w1", 1);
+          await service.deductCredits("w1", 2);
+          const r = await pool.query<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
+          return r.rows.map((x) => x.name);
+        } finally {
+          await db.close();
+          await pool.end();
+        }
+      };
+      // The account's row, its grant and the entry: each prepared on its shard, once.
+      expect((await spend("postgres")).length).toBe(3);
+      await admin.query(`CREATE ROLE ${role} LOGIN`);
+      await admin.query(`GRANT USAGE ON SCHEMA "${schema}" TO ${role}`);
+      await admin.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "${schema}" TO ${role}`);
+      expect(await spend(role)).toEqual([]);
+      expect((await credits.getUserCreditsInfo("w1")).balance).toBe(100 - 3 - 3);
+      expect((await credits.audit("w1")).ok).toBe(true);
+    } finally {
+      await owner.close();
+      await admin.query(`DROP OWNED BY ${role}`).catch(() => undefined);
+      await admin.query(`DROP ROLE IF EXISTS ${role}`);
+      await admin.end();
+    }
+  });
+
   it("a save without a journal entry (a threshold) moves the revision: another manager's kept state is refused, its unit runs again from the database and keeps the change", async () => {
     const managers = [0, 1].map(() => new PostgresDbManager({ connectionString: url as string, schema }));
     const [a, b] = await Promise.all(managers.map((db) => createCreditManager({ db })));

@@ -65,33 +65,88 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
     const keys = new Set(["user_id", "created_at", REVISION, ...t.spec.primaryKey.map((f) => snake(t, f))]);
     return t.columns.filter((c) => !keys.has(c.name)).map((c) => c.name);
   };
-  const set = (t: SqlTable, v: string) =>
+  // The statements' parameters: $1 the row (of the table's row type), $2 the user id, then `more`.
+  const set = (t: SqlTable) =>
     updatable(t)
-      .map((n) => `${q(n)} = ${v}.${q(n)}`)
+      .map((n) => `${q(n)} = ($1).${q(n)}`)
       .join(", ");
   // Fields one by one: Citus writes a `VALUES (r.*)` out as the whole row's text once per column.
   const names = (t: SqlTable) => t.columns.map((c) => q(c.name)).join(", ");
-  const fields = (t: SqlTable, v: string) => t.columns.map((c) => `${v}.${q(c.name)}`).join(", ");
-  // A list the unit has none of comes as NULL: no statement runs for it.
-  const insertEach = (t: SqlTable, v: string, param: string) =>
-    `  IF ${param} IS NOT NULL THEN\n` +
-    `    FOR ${v} IN SELECT * FROM json_populate_recordset(NULL::${t.qualified}, ${param}) LOOP\n` +
-    `      INSERT INTO ${t.qualified} (${names(t)}) VALUES (${fields(t, v)});\n` +
-    `    END LOOP;\n` +
-    `  END IF;`;
-  const updateEach = (t: SqlTable, v: string, param: string) =>
-    `  IF ${param} IS NOT NULL THEN\n` +
-    `    FOR ${v} IN SELECT * FROM json_populate_recordset(NULL::${t.qualified}, ${param}) LOOP\n` +
-    `      UPDATE ${t.qualified} SET ${set(t, v)} WHERE user_id = p_user AND id = ${v}.id;\n` +
-    `      IF NOT FOUND THEN RAISE EXCEPTION 'credit-management: % % of account % not found', '${t.name}', ${v}.id, p_user USING ERRCODE = '40001'; END IF;\n` +
-    `    END LOOP;\n` +
-    `  END IF;`;
+  const fields = (t: SqlTable) => t.columns.map((c) => `($1).${q(c.name)}`).join(", ");
   const rev = q(REVISION);
   const lit = (text: string) => `'${text.replace(/'/g, "''")}'`;
+  // The account's shards, in this order (`shards[i]`): colocated, so on one worker, and moved together.
+  const sharded = [accounts, grants, holds, journal, outbox];
+  const shard = (t: SqlTable) => `shards[${sharded.indexOf(t) + 1}]`;
+
+  /**
+   * One write, two ways. Where this call runs on the worker that holds the account's shards (`here`),
+   * on the shard itself, as a statement prepared once per session and shard: Citus would plan the
+   * statement on the distributed table again at every call. Elsewhere, on the distributed table,
+   * which Citus routes. `sql(table)` is the statement on `table`; its parameters are `$1` (`v`, a row
+   * of `t`), `$2` (the user id) and `more`; `into`, the variable its one returned value goes to.
+   */
+  const write = (
+    t: SqlTable,
+    v: string,
+    sql: (table: string) => string,
+    into: string,
+    more: ReadonlyArray<{ arg: string; type: string }> = [],
+  ): string => {
+    const args = [v, "p_user", ...more.map((m) => m.arg)];
+    const types = [t.qualified, "text", ...more.map((m) => m.type)];
+    const onShard = sql("%s");
+    // Named after the statement's text: a function of another release or store prepares its own.
+    const name = `${lit(`cm_${digest(`${types.join(", ")} ${onShard}`)}_`)} || ${shard(t)}`;
+    const setting = `'credit_management.' || ${name}`;
+    const literals = args.map(() => "%L").join(", ");
+    let distributed = sql(t.qualified);
+    args.forEach((arg, i) => {
+      distributed = distributed.replace(new RegExp(`\\$${i + 1}(?![0-9])`, "g"), arg);
+    });
+    return [
+      `IF here THEN`,
+      `  IF current_setting(${setting}, true) IS DISTINCT FROM '1' THEN`,
+      `    IF NOT EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = ${name}) THEN`,
+      `      EXECUTE format(${lit(`PREPARE %I(${types.join(", ")}) AS ${onShard}`)}, ${name}, shard_name(${lit(t.qualified)}::regclass, ${shard(t)}));`,
+      `    END IF;`,
+      `    PERFORM set_config(${setting}, '1', false);`,
+      `  END IF;`,
+      `  EXECUTE format(${lit(`EXECUTE %I(${literals})`)}, ${name}, ${args.join(", ")}) INTO ${into};`,
+      `ELSE`,
+      `  ${distributed} INTO ${into};`,
+      `END IF;`,
+    ].join("\n");
+  };
+  const indent = (text: string, by: string) =>
+    text
+      .split("\n")
+      .map((line) => by + line)
+      .join("\n");
+  // A list the unit has none of comes as NULL: no statement runs for it.
+  const each = (t: SqlTable, v: string, param: string, body: string) =>
+    `  IF ${param} IS NOT NULL THEN\n` +
+    `    FOR i IN 0 .. json_array_length(${param}) - 1 LOOP\n` +
+    `      ${v} := json_populate_record(NULL::${t.qualified}, ${param} -> i);\n` +
+    `      done := NULL;\n` +
+    `${indent(body, "      ")}\n` +
+    `    END LOOP;\n` +
+    `  END IF;`;
+  const insertEach = (t: SqlTable, v: string, param: string) =>
+    each(t, v, param, write(t, v, (table) => `INSERT INTO ${table} (${names(t)}) VALUES (${fields(t)}) RETURNING true`, "done"));
+  const updateEach = (t: SqlTable, v: string, param: string) =>
+    each(
+      t,
+      v,
+      param,
+      `${write(t, v, (table) => `UPDATE ${table} SET ${set(t)} WHERE user_id = $2 AND id = ($1).id RETURNING true`, "done")}\n` +
+        `IF done IS NULL THEN RAISE EXCEPTION 'credit-management: % % of account % not found', '${t.name}', ${v}.id, p_user USING ERRCODE = '40001'; END IF;`,
+    );
   // Only where not delegated yet, as the tables' calls (src/schema/sql.ts, `citusCalls`).
   const distribute = (signature: string) =>
     `SELECT create_distributed_function(${lit(signature)}, 'p_user', colocate_with => ${lit(accounts.qualified)}) ` +
     `WHERE NOT EXISTS (SELECT 1 FROM pg_dist_object WHERE objid = ${lit(signature)}::regprocedure AND distribution_argument_index IS NOT NULL);`;
+  const shardIds = sharded.map((t) => `get_shard_id_for_distribution_column(${lit(t.qualified)}, p_user)`).join(", ");
   return [
     `ALTER TABLE ${accounts.qualified} ADD COLUMN IF NOT EXISTS ${rev} BIGINT NOT NULL DEFAULT 0;`,
     `CREATE OR REPLACE FUNCTION ${load}(p_user text, p_key text) RETURNS text LANGUAGE plpgsql AS $fn$
@@ -115,16 +170,43 @@ DECLARE
   e ${journal.qualified};
   n ${outbox.qualified};
   next_rev bigint;
+  shards bigint[];
+  here boolean;
+  done boolean;
+  i integer;
 BEGIN
   IF p_lock_timeout_ms > 0 THEN PERFORM set_config('lock_timeout', p_lock_timeout_ms::text, true); END IF;
+  -- Whether this call may write the account's shards directly (docs/scaling-out.md, "A unit of work
+  -- in one call"): as their tables' owner, under the lock Citus's own writes take on the account's
+  -- shard (a move or split of the colocated shards waits for this call, this call for it), and
+  -- only if they are on this node once it holds the lock.
+  here := (SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = ${lit(accounts.qualified)}::regclass);
+  IF here THEN
+    shards := ARRAY[${shardIds}];
+    PERFORM lock_shard_metadata(5, shards[1:1]);
+    here := (SELECT count(*) FROM pg_dist_placement p WHERE p.shardid = ANY (shards)
+      AND p.groupid = (SELECT l.groupid FROM pg_dist_local_group l)) = ${sharded.length};
+  END IF;
   a := json_populate_record(NULL::${accounts.qualified}, p_account);
   IF p_prev IS NULL THEN
     a.${rev} := 0;
-    INSERT INTO ${accounts.qualified} (${names(accounts)}, ${rev}) VALUES (${fields(accounts, "a")}, a.${rev});
+    INSERT INTO ${accounts.qualified} (${names(accounts)}, ${rev}) VALUES (${fields(accounts).replace(/\(\$1\)/g, "a")}, a.${rev});
     next_rev := 0;
   ELSE
-    UPDATE ${accounts.qualified} t SET ${set(accounts, "a")}, ${rev} = t.${rev} + 1
-      WHERE t.user_id = p_user AND t.seq = p_prev AND t.${rev} = p_rev RETURNING t.${rev} INTO next_rev;
+${indent(
+  write(
+    accounts,
+    "a",
+    (table) =>
+      `UPDATE ${table} t SET ${set(accounts)}, ${rev} = t.${rev} + 1 WHERE t.user_id = $2 AND t.seq = $3 AND t.${rev} = $4 RETURNING t.${rev}`,
+    "next_rev",
+    [
+      { arg: "p_prev", type: "bigint" },
+      { arg: "p_rev", type: "bigint" },
+    ],
+  ),
+  "    ",
+)}
     IF next_rev IS NULL THEN
       RAISE EXCEPTION 'credit-management: account % changed since its state was read', p_user USING ERRCODE = '40001';
     END IF;
@@ -141,6 +223,18 @@ $fn$;`,
     distribute(`${load}(text, text)`),
     distribute(`${save}(${SAVE_ARGS.map((a) => a.split(" ")[1]).join(", ")})`),
   ];
+}
+
+/** A short digest of `text` (two 32-bit FNV-1a hashes, hexadecimal): names a prepared statement. */
+function digest(text: string): string {
+  let a = 0x811c9dc5;
+  let b = 0x01000193;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193) >>> 0;
+    b = Math.imul(b ^ c, 0x811c9dc5) >>> 0;
+  }
+  return a.toString(16).padStart(8, "0") + b.toString(16).padStart(8, "0");
 }
 
 /** A primary-key field's column name. */
