@@ -358,7 +358,9 @@ describe.skipIf(!url)("one call per unit of work: the kept state is keyed on the
           const service = new CreditService({ db });
           await service.deductCredits("w1", 1);
           await service.deductCredits("w1", 2);
-          const r = await pool.query<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'");
+          const r = await pool.query<{ name: string }>(
+            "SELECT name FROM pg_prepared_statements WHERE name LIKE 'cm\\_%'",
+          );
           return r.rows.map((x) => x.name);
         } finally {
           await db.close();

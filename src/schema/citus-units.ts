@@ -133,7 +133,12 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
     `    END LOOP;\n` +
     `  END IF;`;
   const insertEach = (t: SqlTable, v: string, param: string) =>
-    each(t, v, param, write(t, v, (table) => `INSERT INTO ${table} (${names(t)}) VALUES (${fields(t)}) RETURNING true`, "done"));
+    each(
+      t,
+      v,
+      param,
+      write(t, v, (table) => `INSERT INTO ${table} (${names(t)}) VALUES (${fields(t)}) RETURNING true`, "done"),
+    );
   const updateEach = (t: SqlTable, v: string, param: string) =>
     each(
       t,

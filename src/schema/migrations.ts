@@ -306,6 +306,13 @@ export const MIGRATIONS: readonly Migration[] = [
       { table: "journal", index: "occurred" },
     ],
   },
+  // Version 23: on Citus, a save writes the account's shards directly (docs/scaling-out.md). Self-contained: renumber freely.
+  {
+    to: 23,
+    summary:
+      "PostgreSQL on Citus only: the function unit_save writes the account's shards directly where it runs on their worker (under the lock Citus's own writes take on the account's shard), with statements it prepares once per connection and shard, and through the distributed tables elsewhere (docs/scaling-out.md); made by the distributed DDL. Other stores: no change",
+    columns: [],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */
