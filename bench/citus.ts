@@ -6,6 +6,8 @@
  *   callers through the workers (one manager per worker, the callers split between them: Citus
  *   routes from any node whose metadata is synced); each unit of work is one call Citus delegates
  *   to the account's worker (docs/scaling-out.md, "A unit of work in one call");
+ * - the same store as a role that does not own its tables, whose calls write through the
+ *   distributed tables (the store of schema versions 20 to 22), 16 callers;
  * - the same store with every unit of work as a transaction of its own (BEGIN, lock and read,
  *   save, COMMIT: the store before the delegated calls), 16 callers;
  * - the raw single-shard conditional `UPDATE … SET balance = balance - $1 WHERE user_id = $2 AND
@@ -23,6 +25,7 @@
  * Where the cluster's data directories are readable (`CITUS_HOME`, ../shared/citus/up.sh's), it
  * also prints the CPU time each node's server processes spent per operation of each variant.
  *
+ * Before the rounds, every variant runs once untimed for `BENCH_WARMUP_SECONDS` (default 3).
  * `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` per measurement (default 4), `BENCH_FILTER` (a regular
  * expression: only the variants whose name it matches). `CITUS_WORKER_URLS` (comma-separated):
  * the workers' URLs (default: the coordinator's with its port + 1 and + 2).
@@ -37,6 +40,17 @@ import { CreditService } from "../src/services/credit-service.js";
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
+const WARMUP = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
+/** Whether `rate` runs the untimed warm-up pass. */
+let warming = false;
+async function warm(run: () => Promise<number>): Promise<void> {
+  warming = true;
+  try {
+    await run();
+  } finally {
+    warming = false;
+  }
+}
 const USERS = 1000;
 const pgUrl = process.env.CREDIT_PG_URL;
 const citusUrl = process.env.CREDIT_CITUS_URL;
@@ -59,8 +73,9 @@ interface Store {
   credits: CreditService;
 }
 
-/** The schemas this run made, dropped at its end whatever happens (`finally` below). */
+/** The schemas and roles this run made, dropped at its end whatever happens (`finally` below). */
 const made: Array<{ url: string; schema: string }> = [];
+const roles: string[] = [];
 
 /** Funds the accounts `<prefix>0` … `<prefix>999`. */
 async function fund(credits: CreditService, prefix: string): Promise<void> {
@@ -78,9 +93,9 @@ async function store(url: string): Promise<Store> {
   return { url, schema, db, credits };
 }
 
-/** Operations per second of `op` with `callers` at once for SECONDS. */
+/** Operations per second of `op` with `callers` at once for SECONDS (WARMUP while warming). */
 async function rate(callers: number, op: (i: number, caller: number) => Promise<unknown>): Promise<number> {
-  const end = Date.now() + SECONDS * 1000;
+  const end = Date.now() + (warming ? WARMUP : SECONDS) * 1000;
   let n = 0;
   let next = Math.floor(Math.random() * USERS);
   const t0 = performance.now();
@@ -202,6 +217,31 @@ try {
   add("citus store, a transaction per unit of work, 16 callers", () =>
     rate(16, (i) => transactions.deductCredits(user(i, "t"), 1)),
   );
+  // The same store as a role that does not own its tables: each call writes through the distributed
+  // tables, which Citus plans again at every call (the store of schema versions 20 to 22).
+  const role = `${citus.schema}_app`;
+  const admin = new pg.Client({ connectionString: citusUrl });
+  await admin.connect();
+  await admin.query(`CREATE ROLE ${role} LOGIN`);
+  roles.push(role);
+  await admin.query(`GRANT USAGE ON SCHEMA "${citus.schema}" TO ${role}`);
+  await admin.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "${citus.schema}" TO ${role}`);
+  await admin.end();
+  const asAppUrl = new URL(citusUrl);
+  asAppUrl.username = role;
+  const notOwner = new PostgresDbManager({
+    connectionString: asAppUrl.toString(),
+    schema: citus.schema,
+    migrate: false,
+    poolConfig: { max: 24 },
+  });
+  closing.push(notOwner);
+  await notOwner.init();
+  const notOwnerCredits = new CreditService({ db: notOwner });
+  await fund(notOwnerCredits, "n");
+  add("citus store, not the tables' owner (through the distributed tables), 16 callers", () =>
+    rate(16, (i) => notOwnerCredits.deductCredits(user(i, "n"), 1)),
+  );
   // Each account through one worker's manager (the even ones through the first).
   add("citus store via the workers, deductCredits, 16 callers", () =>
     rate(16, (i) =>
@@ -236,6 +276,9 @@ try {
 
   const only = process.env.BENCH_FILTER === undefined ? null : new RegExp(process.env.BENCH_FILTER);
   const chosen = variants.filter((v) => only === null || only.test(v.name));
+  // Untimed, once: each variant's connections warm (on Citus, the statements a worker's session
+  // prepares once per shard: docs/scaling-out.md), so that the rounds measure the steady state.
+  for (const v of chosen) await warm(v.run);
   const load: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     const order = r % 2 === 0 ? chosen : [...chosen].reverse();
@@ -274,6 +317,7 @@ try {
     const c = new pg.Client({ connectionString: url });
     await c.connect();
     await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+    if (url === citusUrl) for (const role of roles) await c.query(`DROP ROLE IF EXISTS ${role}`);
     await c.end();
   }
 }
