@@ -7,6 +7,7 @@ import { SERVE_FLAGS, serveSettings, type Env } from "../serve/settings.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
 import { isParseArgsError } from "./args.js";
+import { closeQuietly } from "./store.js";
 
 /** Exit code when better-sqlite3, the default store's driver, is missing (docs/service.md). */
 export const EXIT_MISSING_DRIVER = 3;
@@ -130,8 +131,9 @@ async function withKeys(
     await stores.keys.init();
     return await fn(stores.keys);
   } finally {
-    // Cleanup on the way out: the command's own result or error is what it reports.
-    await stores.keys.close().catch(() => undefined);
-    await stores.db.close().catch(() => undefined);
+    await closeQuietly(
+      () => stores.keys.close(),
+      () => stores.db.close(),
+    );
   }
 }

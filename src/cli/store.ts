@@ -85,6 +85,14 @@ export async function closeCommandStore(
 }
 
 /**
+ * Closes each in turn on a command's way out (its `finally`). A failure to close is dropped: the
+ * command's own result or error is what it reports.
+ */
+export async function closeQuietly(...closers: (() => Promise<unknown> | undefined)[]): Promise<void> {
+  for (const close of closers) await close()?.catch(() => undefined);
+}
+
+/**
  * Runs `run` with a manager on the store of a command that may write (`accounts`, `reverse`;
  * docs/cli.md): the store as `openRequiredStore` opens it, without init(); what the command writes
  * also goes to the JSONL file CREDIT_LEDGER_FILE names, and invalidates what the services cached

@@ -13,6 +13,7 @@ import { retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhoo
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
 import { isParseArgsError } from "./args.js";
+import { closeQuietly } from "./store.js";
 
 /**
  * `credit-management webhooks add|list|remove|enable|disable|rotate-secret|test|retry`
@@ -67,8 +68,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         await store.init();
         return await fn(store);
       } finally {
-        // Cleanup on the way out: the command's own result or error is what it reports.
-        await store.close().catch(() => undefined);
+        await closeQuietly(() => store.close());
       }
     };
     const existing = async (store: WebhookEndpointStore): Promise<WebhookEndpointRecord> => {
@@ -174,9 +174,10 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
           );
           return 0;
         } finally {
-          // Cleanup on the way out: the command's own result or error is what it reports.
-          await stores.keys.close().catch(() => undefined);
-          await stores.db.close().catch(() => undefined);
+          await closeQuietly(
+            () => stores.keys.close(),
+            () => stores.db.close(),
+          );
         }
       }
       default:

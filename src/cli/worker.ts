@@ -6,6 +6,7 @@ import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
 import { storeSettings } from "../serve/settings.js";
 import { openCreditStore } from "../serve/store.js";
+import { closeQuietly } from "./store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
 import { createWorker, type CreditWorker } from "../worker/index.js";
@@ -164,9 +165,7 @@ export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbE
     return ok ? 0 : 1;
   } finally {
     wake = null;
-    // Cleanup on the way out: the command's own result or error is what it reports.
-    for (const close of closers) await close().catch(() => undefined);
-    if (manager !== undefined) await manager.close().catch(() => undefined);
+    await closeQuietly(...closers, () => manager?.close());
     process.off("SIGTERM", onTerm);
     process.off("SIGINT", onInt);
     process.off("SIGHUP", onHup);

@@ -364,9 +364,10 @@ export class MongoBatch {
       return await this.runUnits();
     } finally {
       if (this.session !== null) {
-        // Cleanup only: the batch's own result or error is what `run` answers; the server aborts an abandoned
-        // transaction and times out a session that fails to end.
+        // Cleanup only: the batch's own result or error is what `run` answers. The server aborts an
+        // abandoned transaction...
         if (this.inTransaction) await this.session.abortTransaction().catch(() => undefined);
+        // ...and times out a session that fails to end.
         await this.session.endSession().catch(() => undefined);
       }
     }

@@ -347,6 +347,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   protected override async closeOnce(): Promise<void> {
     this.closed = true;
     if (!this.ownsPool) return;
+    // A pool that could not be made (no "pg" package) has nothing to end; the call that made it got the error.
     const pool = this.pool ?? (this.poolPromise ? await this.poolPromise.catch(() => null) : null);
     await pool?.end();
   }

@@ -294,6 +294,8 @@ async function exportPartition(
   } finally {
     await out.close();
   }
+  // No file there (ENOENT) is the usual case; the temporary file beside it was just written, so any
+  // other failure to stat it fails the rename below as well, naming the file.
   const existing = await fsp()
     .stat(file)
     .catch(() => null);
