@@ -254,7 +254,24 @@ describe.skipIf(!url)("a store on Citus: init() distributes it (docs/scaling-out
 
 const pgUrl = process.env.CREDIT_PG_URL;
 // reason: needs a PostgreSQL server without Citus (CREDIT_PG_URL, set by .ci/run)
-describe.skipIf(!pgUrl)("distributed: true on a server without Citus", () => {
+describe.skipIf(!pgUrl)("the distributed option on a server without Citus", () => {
+  it("distributed: false makes the store as it does with the option left out", async () => {
+    const schema = newSchema("nocitusfalse");
+    const db = new PostgresDbManager({ connectionString: pgUrl as string, schema, distributed: false });
+    try {
+      await db.init();
+      expect(db.sql.distributed).toBe(false);
+      await new CreditService({ db }).addCredits("local-user", 3);
+      expect((await new CreditService({ db }).getUserCreditsInfo("local-user")).balance).toBe(3);
+    } finally {
+      await db.close();
+      const c = new pg.Client({ connectionString: pgUrl });
+      await c.connect();
+      await c.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await c.end();
+    }
+  });
+
   it("init() fails with ConfigurationError and creates nothing", async () => {
     const schema = newSchema("nocitus");
     const db = new PostgresDbManager({ connectionString: pgUrl as string, schema, distributed: true });

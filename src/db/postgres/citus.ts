@@ -12,42 +12,30 @@ export async function detectDistributed(
   wanted: boolean | undefined,
   accounts: string,
 ): Promise<boolean> {
-  const citus =
-    wanted === false
-      ? false
-      : (await client.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).rows.length > 0;
+  const citus = (await client.query("SELECT 1 FROM pg_extension WHERE extname = 'citus'")).rows.length > 0;
   if (wanted === true && !citus)
     throw new ConfigurationError(
       "[credit-management] [postgres] `distributed: true` but the server has no Citus extension (CREATE EXTENSION citus, on a coordinator): docs/scaling-out.md",
     );
-  let distributed = citus;
-  if (citus) {
-    const found: { rows: { exists: boolean | null; distributed: boolean }[] } = await client.query(
-      `SELECT to_regclass($1) IS NOT NULL AS exists, EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1)) AS distributed`,
-      [accounts],
+  // Without Citus there is no pg_dist_partition to read (and a failed query would end the transaction).
+  if (!citus) return false;
+  const found: { rows: { exists: boolean | null; distributed: boolean }[] } = await client.query(
+    `SELECT to_regclass($1) IS NOT NULL AS exists, EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1)) AS distributed`,
+    [accounts],
+  );
+  const row = found.rows[0];
+  // A new store: distributed unless the option says not.
+  if (row?.exists !== true) return wanted !== false;
+  if (wanted === true && !row.distributed)
+    throw new ConfigurationError(
+      `[credit-management] [postgres] \`distributed: true\` but the store's accounts table (${accounts}) is a local table of the coordinator: a store is distributed when it is created (docs/scaling-out.md)`,
     );
-    const row = found.rows[0];
-    if (row?.exists === true && !row.distributed) {
-      if (wanted === true)
-        throw new ConfigurationError(
-          `[credit-management] [postgres] \`distributed: true\` but the store's accounts table (${accounts}) is a local table of the coordinator: a store is distributed when it is created (docs/scaling-out.md)`,
-        );
-      distributed = false; // made before, as plain tables: it stays so
-    }
-  }
-  if (wanted === false) {
-    const r: { rows: unknown[] } = await client
-      .query(
-        "SELECT 1 FROM pg_extension WHERE extname = 'citus' AND EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))",
-        [accounts],
-      )
-      .catch(() => ({ rows: [] }));
-    if (r.rows.length > 0)
-      throw new ConfigurationError(
-        `[credit-management] [postgres] \`distributed: false\` but the store's accounts table (${accounts}) is distributed by Citus: leave the option out (docs/scaling-out.md)`,
-      );
-  }
-  return distributed;
+  if (wanted === false && row.distributed)
+    throw new ConfigurationError(
+      `[credit-management] [postgres] \`distributed: false\` but the store's accounts table (${accounts}) is distributed by Citus: leave the option out (docs/scaling-out.md)`,
+    );
+  // A store made before stays as it was made.
+  return row.distributed;
 }
 
 /**
