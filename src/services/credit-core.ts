@@ -18,6 +18,7 @@ import {
   type JournalEntry,
   type Reservation,
 } from "../models/index.js";
+import { parseConfig } from "../models/parse.js";
 import type { PricingService } from "./pricing-service.js";
 import type { LeaseHold, LeaseSettle, LeaseSettled } from "./leases.js";
 import { leaseHold, settleLease } from "./lease-settle.js";
@@ -41,7 +42,6 @@ import type * as z from "zod";
 export type ParsedMutationOptions = Omit<z.output<typeof ReleaseOptions>, "userId">;
 export type ParsedReserveOptions = z.output<typeof ReserveOptions>;
 export type ParsedCommitOptions = Omit<z.output<typeof CommitOptions>, "userId">;
-type ParsedTrial = z.output<typeof TrialCredits>;
 
 /** The default options object of every mutation: known valid, so not parsed on the hot path. */
 export const NO_OPTIONS: DeductOptions = Object.freeze({});
@@ -94,16 +94,13 @@ export class CreditCore {
       throw new ConfigurationError("[credit-management] CreditService: domainEvents must be a boolean");
     }
     const withEvents = options.domainEvents === true;
-    let trial: ParsedTrial | undefined;
-    let checkpointEvery: number | undefined;
-    try {
-      if (options.trial !== undefined) trial = parse(TrialCredits, options.trial, "trial");
-      this.features = parse(FeatureRules, options.features ?? {}, "features");
-      if (options.checkpointEvery !== undefined)
-        checkpointEvery = parse(CheckpointEvery, options.checkpointEvery, "checkpointEvery");
-    } catch (error) {
-      throw new ConfigurationError(`[credit-management] CreditService: ${(error as Error).message}`, error);
-    }
+    const trial =
+      options.trial === undefined ? undefined : parseConfig(TrialCredits, options.trial, "trial", "CreditService");
+    this.features = parseConfig(FeatureRules, options.features ?? {}, "features", "CreditService");
+    const checkpointEvery =
+      options.checkpointEvery === undefined
+        ? undefined
+        : parseConfig(CheckpointEvery, options.checkpointEvery, "checkpointEvery", "CreditService");
     if (options.subscriptions !== undefined && typeof options.subscriptions !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: subscriptions must be a boolean");
     }
