@@ -15,6 +15,7 @@ export {
   type CreditServiceOptions,
   type ExpiringCredits,
   type HistoryPage,
+  type ChargeReversals,
 } from "./services/credit-service.js";
 export type { CustomerGrant, CustomerToken } from "./services/customer-tokens.js";
 export { revenueCsv } from "./services/revenue-csv.js";

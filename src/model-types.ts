@@ -85,6 +85,7 @@ export type ModelRates = M.ModelRates;
 export type Rate = M.Rate;
 export type PriceQuote = M.PriceQuote;
 export type VoidGrantOptions = M.VoidGrantOptions;
+export type ReverseChargeOptions = M.ReverseChargeOptions;
 // Domain events (docs/events.md); their zod schemas are in `credit-management/models`.
 export type DomainEvent = M.DomainEvent;
 export type DomainEventType = M.DomainEventType;

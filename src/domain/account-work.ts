@@ -21,6 +21,7 @@ import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
 import { WorkingSet } from "./working-set.js";
+import { type ChargeDraw, type Reversed, debtGrant, reversalShares } from "./reversal.js";
 import { NO_SPEND, excessMetadata, holdSpend, scopeOf, spendOf, withHoldMetadata, withSpend } from "./entry-meta.js";
 
 /** Fields of an entry that come from the caller's options. */
@@ -160,6 +161,13 @@ export class AccountWork {
 
   getGrant(id: string): Grant | undefined {
     return this.grants.get(id);
+  }
+
+  /** Creates grant `g` (draws then sort what they see): the portion of the entry that makes it. */
+  private newGrant(g: Grant): GrantPortion {
+    this.grants.create(g);
+    this.ordered = false;
+    return { grantId: g.id, amount: g.amount };
   }
 
   /** Makes a grant read separately part of the work (draws then sort what they see). */
@@ -326,10 +334,8 @@ export class AccountWork {
         scope,
         costBasis: grant.costBasis ?? null,
       };
-      this.grants.create(g);
       if (scope !== null) this.account.scoped = true;
-      this.ordered = false;
-      portions.push({ grantId: id, amount: grantAmount });
+      portions.push(this.newGrant(g));
     }
     this.account.balance = this.account.balance + amount;
     this.account.debt = this.account.debt - debtPaid;
@@ -483,7 +489,7 @@ export class AccountWork {
     this.holds.put({ ...hold, status: "committed", settledAt: this.now, committedAmount: amount });
     let back: Returned | null = null;
     if (leftover.length > 0) {
-      back = this.giveBack(hold.id, leftover, true);
+      back = this.giveBack(`reservation ${hold.id}`, leftover, true);
       portions.push(...back.portions);
     }
     this.account.balance = this.account.balance - captured;
@@ -533,6 +539,28 @@ export class AccountWork {
       ...meta,
       metadata: { ...meta.metadata, limits: listed },
     });
+  }
+
+  /**
+   * Gives back `amount` credits of `charge` (docs/concepts.md, "Giving a charge back"), at most what
+   * its reversals so far (`reversed`) left of its `draw` (the caller checks), by `reversalShares`:
+   * its debt first, as far as still owed (the rest pays other debt, then is a grant: `debtGrant`);
+   * then its grants, loaded (`include`), as a hold's go back (`giveBack`). `meta` names the charge.
+   */
+  reverse(charge: JournalEntry, draw: ChargeDraw, reversed: Reversed, amount: number, meta: EntryMeta): JournalEntry {
+    if (this.account.balance + amount > Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
+    const shares = reversalShares(draw, reversed, amount);
+    const owed = Math.min(shares.debt, this.account.debt);
+    this.account.debt -= owed;
+    const back = this.giveBack(`charge ${charge.id}`, shares.grants, true);
+    const paidNow = Math.min(this.account.debt, shares.debt - owed);
+    this.account.debt -= paidNow;
+    const rest = shares.debt - owed - paidNow;
+    if (rest > 0) back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, rest, charge.id, this.now)));
+    this.account.balance += amount;
+    const entry = this.emit("reverse", amount, back.portions, null, meta);
+    if (back.toClosed) this.removeFromClosed(back.portions, null);
+    return entry;
   }
 
   /** Voids what is left of a grant (refunds, disputes). Held parts are voided when they return. */
@@ -662,7 +690,7 @@ export class AccountWork {
    * and what lands on a closed (or past-expiry) grant expires (or is voided) at once.
    */
   private returnToGrants(hold: Reservation, meta: EntryMeta): { entry: JournalEntry; expired: number } {
-    const back = this.giveBack(hold.id, hold.allocations, false);
+    const back = this.giveBack(`reservation ${hold.id}`, hold.allocations, false);
     this.account.reserved = this.account.reserved - hold.amount;
     const entry = this.emit("release_reserved", hold.amount, back.portions, hold.id, meta);
     // (Nearly always every grant is open: then there is nothing to remove.)
@@ -675,7 +703,7 @@ export class AccountWork {
    * caller lowers `reserved` and writes the entry. `tagged` (a partial capture): each portion says
    * whether it was `returned` or `debt_paid`; else (a release) only the returned ones are listed.
    */
-  private giveBack(holdId: string, allocations: readonly GrantPortion[], tagged: boolean): Returned {
+  private giveBack(of: string, allocations: readonly GrantPortion[], tagged: boolean): Returned {
     // A grant the hold drew from that is past its expiry but not closed yet (a unit of work that
     // does not settle) is closed first, so its expiry records exactly what it had unspent and
     // unheld when it expired; what the hold returns to it then expires as the hold's own entry
@@ -691,7 +719,7 @@ export class AccountWork {
     let toClosed = false;
     for (const p of allocations) {
       const g = this.grants.get(p.grantId);
-      if (g === undefined) throw new Error(`grant ${p.grantId} of reservation ${holdId} was not loaded`);
+      if (g === undefined) throw new Error(`grant ${p.grantId} of ${of} was not loaded`);
       // Debt is paid from credits that go back to a grant still open. What goes back to a closed
       // grant (voided, or expired — closed just above when it was due) is removed afterwards and
       // pays nothing: a voided grant's credits must not settle usage, nor expired ones.
@@ -712,10 +740,10 @@ export class AccountWork {
   }
 
   /**
-   * Removes what `giveBack` returned to closed grants (`portions`; spent and debt-paid ones are
-   * passed over): an `expire` or `void` entry of hold `holdId` per reason. Returns what expired.
+   * Removes what `giveBack` returned to closed grants (`portions`; spent and debt-paid ones passed
+   * over): an `expire` or `void` entry of hold `holdId` (null: a reversal) per reason. Returns what expired.
    */
-  private removeFromClosed(portions: readonly GrantPortion[], holdId: string): number {
+  private removeFromClosed(portions: readonly GrantPortion[], holdId: string | null): number {
     let expired = 0;
     for (const reason of ["expired", "voided"] as const) {
       const closed: GrantPortion[] = [];

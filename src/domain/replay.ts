@@ -45,7 +45,8 @@ export interface AuditReport {
  * into the hold; commit_reserved −balance −reserved, taken from the hold (a partial capture also
  * returns the rest: see `replayCapture`); release_reserved −reserved, the hold's remaining
  * allocations return (net of debt paid from them); reverse +balance, credits back to the grants it
- * lists (those with `kind: "debt_paid"` paid debt instead), debt −= amount − Σ the others (a
+ * lists (`returned`; those with `kind: "debt_paid"` paid debt instead), debt −= amount − Σ the
+ * returned ones (a
  * reversal must name a charge of this account and, with the charge's other reversals, stay within
  * what it charged: see `checkReversal`).
  *
@@ -181,7 +182,6 @@ export function replayJournal(
         let back = 0;
         for (const g of e.grants) {
           if (g.kind === "debt_paid") continue;
-          if (g.kind !== undefined) problems.push(`${where} lists a ${g.kind} portion: a reversal returns credits`);
           back += g.amount;
           // (A grant no entry created: the one a reversal makes for debt paid since, checked below.)
           created.add(g.grantId);
@@ -294,10 +294,14 @@ function checkReversal(
   for (const d of draw.draws) {
     const back = so.toGrants.get(d.grantId) ?? 0;
     if (back > d.amount)
-      problems.push(`the reversals of entry ${charge.seq} give ${back} back to grant ${d.grantId}, which it drew ${d.amount} from`);
+      problems.push(
+        `the reversals of entry ${charge.seq} give ${back} back to grant ${d.grantId}, which it drew ${d.amount} from`,
+      );
   }
   if (so.debt > draw.debt)
-    problems.push(`the reversals of entry ${charge.seq} give back ${so.debt} of debt, more than the ${draw.debt} it made`);
+    problems.push(
+      `the reversals of entry ${charge.seq} give back ${so.debt} of debt, more than the ${draw.debt} it made`,
+    );
 }
 
 /**

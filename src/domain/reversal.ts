@@ -1,4 +1,4 @@
-import type { GrantPortion, JournalEntry } from "../models/index.js";
+import type { Grant, GrantPortion, JournalEntry } from "../models/index.js";
 import { usageKind } from "./usage.js";
 
 /**
@@ -6,6 +6,18 @@ import { usageKind } from "./usage.js";
  * each drew, and how a reversal of part of one is shared among the grants it drew from. Pure: the
  * unit of work (`AccountWork.reverse`) and the audit (`replayJournal`) both read it.
  */
+
+/** What `getReversals` answers (docs/concepts.md, "Giving a charge back"). */
+export interface ChargeReversals {
+  /** The charge's journal entry. */
+  charge: JournalEntry;
+  /** Its `reverse` entries, oldest first. */
+  reversals: JournalEntry[];
+  /** Credits they gave back, together. */
+  reversed: number;
+  /** Credits of the charge still to give back: its amount less `reversed`. */
+  remaining: number;
+}
 
 /** What a charge took: its amount, the credits it drew from each grant (in its order), and the debt it made. */
 export interface ChargeDraw {
@@ -92,14 +104,15 @@ export interface ReversalShares {
 export function reversalShares(draw: ChargeDraw, reversed: Reversed, amount: number): ReversalShares {
   const debt = Math.min(amount, Math.max(0, draw.debt - reversed.debt));
   const toGrants = amount - debt;
-  const left = draw.draws.map((d) => ({ grantId: d.grantId, left: d.amount - (reversed.toGrants.get(d.grantId) ?? 0) }));
+  const left = draw.draws.map((d) => ({
+    grantId: d.grantId,
+    left: d.amount - (reversed.toGrants.get(d.grantId) ?? 0),
+  }));
   const open = left.reduce((s, l) => s + Math.max(0, l.left), 0);
   if (toGrants > open) throw new Error(`a reversal of ${amount} exceeds what is left of the charge`);
   if (toGrants === 0) return { debt, grants: [] };
   // Exact integer arithmetic: both factors are safe integers, their product may not be.
-  const shares = left.map((l) =>
-    l.left <= 0 ? 0 : Number((BigInt(toGrants) * BigInt(l.left)) / BigInt(open)),
-  );
+  const shares = left.map((l) => (l.left <= 0 ? 0 : Number((BigInt(toGrants) * BigInt(l.left)) / BigInt(open))));
   let rest = toGrants - shares.reduce((s, x) => s + x, 0);
   for (let i = 0; i < shares.length && rest > 0; i++) {
     if ((shares[i] as number) < (left[i] as { left: number }).left) {
@@ -117,3 +130,30 @@ export function reversalShares(draw: ChargeDraw, reversed: Reversed, amount: num
 
 /** When a charge's usage happened: what its reversals carry as `occurredAt`. */
 export const chargedAt = (charge: JournalEntry): Date => charge.occurredAt ?? charge.createdAt;
+
+/**
+ * The grant a reversal makes for the part of its charge's debt that an addition paid since (docs/
+ * concepts.md, "Giving a charge back"): the addition's credits paid for usage now given back, and
+ * the debt they paid had no grant to return to. No expiry (debt never expires), unscoped, no cost
+ * basis; `metadata.reverses` names the charge.
+ */
+export function debtGrant(id: string, userId: string, amount: number, chargeId: string, now: Date): Grant {
+  return {
+    id,
+    userId,
+    amount,
+    remaining: amount,
+    expiresAt: null,
+    priority: 0,
+    source: "adjustment",
+    sourceRef: null,
+    description: "given back: debt of a reversed charge that an addition paid",
+    metadata: { reverses: chargeId },
+    createdAt: now,
+    expiredAmount: 0,
+    closedAt: null,
+    closedReason: null,
+    scope: null,
+    costBasis: null,
+  };
+}

@@ -126,6 +126,24 @@ export const ReleaseOptions = MutationOptions.extend({
 });
 export type ReleaseOptions = z.input<typeof ReleaseOptions>;
 
+/**
+ * `reverseCharge`'s options (docs/concepts.md, "Giving a charge back"): how much of the charge to
+ * give back (default: all that is left of it), why (required: the entry's description), and the
+ * usual key, correlation id and metadata.
+ */
+export const ReverseChargeOptions = z.strictObject({
+  /** Credits to give back; at most what is left of the charge. Omitted: all that is left. */
+  amount: Amount.optional(),
+  /** Why it is given back (the `reverse` entry's description): not empty. */
+  reason: ShortText.refine((s) => s.trim() !== "", { error: "reason must not be empty" }),
+  /** Same key + same arguments → the first `reverse` entry, nothing changed. Unique per user. */
+  idempotencyKey: IdempotencyKey.optional(),
+  correlationId: MutationOptions.shape.correlationId,
+  /** Kept on the entry beside the charge's own metadata (the charge's keys win: usage groups by them). */
+  metadata: Metadata.optional(),
+});
+export type ReverseChargeOptions = z.input<typeof ReverseChargeOptions>;
+
 export const VoidGrantOptions = MutationOptions.extend({
   /** The grant's owner, when known: the void is routed by it; another user's grant is not found. */
   ...OwnerOption,

@@ -1,3 +1,4 @@
+import type * as z from "zod";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
@@ -23,6 +24,8 @@ import { getUsage } from "./usage.js";
 import { getRevenue } from "./revenue.js";
 import { auditAccount, latestCheckpoint, writeCheckpoint } from "./audit.js";
 import { SpendLimits } from "./spend-limits.js";
+import { getReversals, reverseCharge } from "./reversals.js";
+import type { ChargeReversals } from "../domain/reversal.js";
 import { BalanceReads, NO_SPEND, workCredits } from "./balance-reads.js";
 import { copy, creditHistory, expiringCredits, type ExpiringCredits, type HistoryPage } from "./history.js";
 import type { UsageQuery, UsageReport } from "../models/usage.js";
@@ -42,6 +45,7 @@ import {
   HistoryQuery,
   ReleaseOptions,
   ReserveOptions,
+  ReverseChargeOptions,
   type TrialCredits,
   type FeatureRules,
   CheckOptions,
@@ -134,6 +138,7 @@ export interface CreditServiceOptions {
 }
 
 export type { ExpiringCredits, HistoryPage } from "./history.js";
+export type { ChargeReversals } from "../domain/reversal.js";
 
 const noTokens = () =>
   new ConfigurationError(
@@ -302,6 +307,40 @@ export class CreditService {
     // A given owner routes the unit of work, as for a commit.
     if (userId !== undefined) return this.core.releaseHold(userId, id, o);
     return ownerOfReservation(this.db, id).then((owner) => this.core.releaseHold(owner, id, o));
+  }
+
+  /**
+   * Gives back `options.amount` credits (default: all that is left) of the charge `entryId` of
+   * `userId` — a deduction or a hold's capture — exactly to the grants it drew from, in its
+   * proportions, their expiry, priority, scope and cost basis unchanged; the debt it made first
+   * (docs/concepts.md, "Giving a charge back"). Never more than the charge, whatever runs at once:
+   * the check is inside the account's unit of work. Resolves to the `reverse` entry (a retry with
+   * the same `idempotencyKey`: the first one). `NotFoundError`: no entry of that id on this account;
+   * `RuleViolationError`: not a charge (a take-back, an addition, …), or more than is left of it.
+   */
+  reverseCharge(userId: string, entryId: string, options: ReverseChargeOptions): Promise<JournalEntry> {
+    let user: string;
+    let id: string;
+    let o: z.output<typeof ReverseChargeOptions>;
+    try {
+      user = parse(UserId, userId, "userId");
+      id = parse(EntityId, entryId, "entryId");
+      o = parse(ReverseChargeOptions, options, "options");
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    return reverseCharge(this.core, user, id, o);
+  }
+
+  /**
+   * The charge `entryId` of `userId`, its `reverse` entries (oldest first), what they gave back
+   * (`reversed`) and what is left to give back (`remaining`). `NotFoundError` and
+   * `RuleViolationError` as `reverseCharge`'s.
+   */
+  async getReversals(userId: string, entryId: string): Promise<ChargeReversals> {
+    const user = parse(UserId, userId, "userId");
+    const id = parse(EntityId, entryId, "entryId");
+    return getReversals(this.core, user, id);
   }
 
   /** Removes what is left of a grant (refunds, disputes). Held parts go when their hold ends. */

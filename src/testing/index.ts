@@ -34,6 +34,7 @@ import { runAccountsContract } from "./accounts.js";
 import { runConcurrencyContract } from "./concurrency.js";
 import { runPropertyContract } from "./properties.js";
 import { runUsageContract } from "./usage.js";
+import { runReversalsContract } from "./reversals.js";
 
 export { runAccountsContract } from "./accounts.js";
 export { runConcurrencyContract } from "./concurrency.js";
@@ -43,6 +44,7 @@ export { runManagersContract } from "./managers.js";
 export { runLeasesContract } from "./leases.js";
 export { runNotificationContract } from "./notifications.js";
 export { runUsageContract } from "./usage.js";
+export { runReversalsContract } from "./reversals.js";
 
 /** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
 export function runSubscriptionContract(getDb: () => DbManager, options: PartOptions = {}): void {
@@ -120,7 +122,8 @@ export type ContractPart =
   | "outbox"
   | "managers"
   | "leases"
-  | "usage";
+  | "usage"
+  | "reversals";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -193,6 +196,8 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("properties", () => runPropertyContract(getDb, { runs }));
     part("outbox", () => runNotificationContract(getDb, { raceSize: Math.min(race, 50) }));
     part("usage", () => runUsageContract(getDb, { runs: options.usageRuns }));
+    // Giving charges back; two managers race reversals of one charge (over `db` twice without a peer).
+    part("reversals", () => runReversalsContract(getDb, { getPeer: () => peer ?? db }));
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(

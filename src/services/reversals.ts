@@ -1,0 +1,109 @@
+import type * as z from "zod";
+import type { ChargeRecord, DbTransaction } from "../db/types.js";
+import type { EntryMeta } from "../domain/account-work.js";
+import { fingerprint } from "../domain/hash.js";
+import { type ChargeDraw, type ChargeReversals, chargeDraw, chargedAt, reversedOf } from "../domain/reversal.js";
+import { ConfigurationError, NotFoundError, RuleViolationError } from "../errors.js";
+import type { JournalEntry, ReverseChargeOptions } from "../models/index.js";
+import type { CreditCore } from "./credit-core.js";
+import { copy } from "./history.js";
+
+/**
+ * `CreditService.reverseCharge` of validated input: one unit of work on the account that reads the
+ * charge and its reversals (`DbTransaction.getCharge`, inside the unit: a reversal another process
+ * saved meanwhile is seen, or makes this one run again), checks what is left, and writes the
+ * `reverse` entry (`AccountWork.reverse`).
+ */
+export function reverseCharge(
+  core: CreditCore,
+  user: string,
+  entryId: string,
+  o: z.output<typeof ReverseChargeOptions>,
+): Promise<JournalEntry> {
+  const key = o.idempotencyKey;
+  const meta: EntryMeta = {
+    description: o.reason,
+    idempotencyKey: key,
+    // What a retry must repeat: the charge, the amount asked (none: "the rest"), the reason, the metadata.
+    fingerprint:
+      key === undefined
+        ? undefined
+        : fingerprint("reverseCharge", {
+            entryId,
+            amount: o.amount ?? null,
+            reason: o.reason,
+            metadata: o.metadata ?? null,
+          }),
+    correlationId: o.correlationId,
+  };
+  return core.units.mutate("reverseCharge", user, meta, async (work, tx) => {
+    const { entry: charge, reversals } = await readCharge(tx, entryId);
+    const draw = drawOf(charge);
+    const reversed = reversedOf(draw, reversals);
+    const left = draw.amount - reversed.total;
+    if (left === 0)
+      throw new RuleViolationError(`Entry ${entryId} is already given back in full (${draw.amount} credits).`, [
+        { path: "entryId", message: "nothing of the charge is left to give back" },
+      ]);
+    const amount = o.amount ?? left;
+    if (amount > left)
+      throw new RuleViolationError(
+        `Cannot give back ${amount} credits of entry ${entryId}: ${left} of its ${draw.amount} are left to give back.`,
+        [{ path: "amount", message: `must be at most ${left}, what is left of the charge` }],
+      );
+    // Grants it drew that are spent or closed are not loaded with the account's open ones.
+    const missing = draw.draws.filter((d) => work.getGrant(d.grantId) === undefined).map((d) => d.grantId);
+    if (missing.length > 0) work.include(await tx.getGrants(missing));
+    return work.reverse(charge, draw, reversed, amount, {
+      ...meta,
+      metadata: reversalMetadata(charge, o.metadata),
+      spender: charge.spender ?? undefined,
+      feature: charge.feature ?? undefined,
+      reverses: charge.id,
+      occurredAt: chargedAt(charge),
+    });
+  });
+}
+
+/** `CreditService.getReversals` of validated input: read in a unit of work of the account, which writes nothing of its own. */
+export async function getReversals(core: CreditCore, user: string, entryId: string): Promise<ChargeReversals> {
+  const found = await core.units.mutate("getReversals", user, {}, (_work, tx) => readCharge(tx, entryId));
+  const draw = drawOf(found.entry);
+  const reversed = found.reversals.reduce((s, r) => s + r.amount, 0);
+  return {
+    charge: copy(found.entry),
+    reversals: found.reversals.map(copy),
+    reversed,
+    remaining: draw.amount - reversed,
+  };
+}
+
+/** The charge `entryId` of the unit's account with its reversals; `NotFoundError` when the account has none of that id. */
+async function readCharge(tx: DbTransaction, entryId: string): Promise<ChargeRecord> {
+  if (tx.getCharge === undefined)
+    throw new ConfigurationError(
+      "[credit-management] this store cannot read a journal entry by its id (DbTransaction.getCharge): charges cannot be given back on it",
+    );
+  const found = await tx.getCharge(entryId);
+  if (found === null) throw new NotFoundError(`Entry ${entryId} not found.`, { entryId });
+  return found;
+}
+
+/** What `charge` drew, or a `RuleViolationError` when it is no charge (docs/concepts.md, "Giving a charge back"). */
+function drawOf(charge: JournalEntry): ChargeDraw {
+  const draw = chargeDraw(charge);
+  if (typeof draw === "string") throw new RuleViolationError(draw, [{ path: "entryId", message: "not a charge" }]);
+  return draw;
+}
+
+/**
+ * A reversal's metadata: the charge's (so usage reports group it where the charge counted; its keys
+ * win), with the caller's `extra` beside it.
+ */
+function reversalMetadata(
+  charge: JournalEntry,
+  extra: Record<string, unknown> | undefined,
+): Record<string, unknown> | undefined {
+  if (charge.metadata === null) return extra;
+  return { ...extra, ...charge.metadata };
+}

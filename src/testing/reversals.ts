@@ -1,0 +1,216 @@
+/**
+ * Giving a charge back (part of `runDbManagerContract`, also `runReversalsContract`;
+ * docs/concepts.md, "Giving a charge back"): a reversal returns credits to the grants the charge drew
+ * from, in its proportions, its debt first, never beyond the charge — across concurrent callers and
+ * two managers over one store — and is stored and read back as written.
+ */
+import { randomUUID } from "node:crypto";
+import { describe, expect, it, useTestApi } from "./runner.js";
+import type { DbManager } from "../db/types.js";
+import { IdempotencyConflictError, NotFoundError, RuleViolationError } from "../errors.js";
+import type { Grant, JournalEntry } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { DAY, lazy, serviceWithClock, T0, type PartOptions } from "./support.js";
+
+const HOUR = 3_600_000;
+
+/**
+ * `getDb`: an initialised store; `getPeer` (optional): a second manager over the same store, for the
+ * race of two managers (without it, two services over `getDb`).
+ */
+export function runReversalsContract(
+  getDb: () => DbManager,
+  options: PartOptions & { getPeer?: () => DbManager } = {},
+): void {
+  if (options.test !== undefined) useTestApi(options.test);
+  const db = lazy(getDb);
+  const user = () => `rv-${randomUUID()}`;
+  const clean = async (credits: CreditService, u: string) =>
+    expect((await credits.audit(u, { from: "genesis" })).problems).toEqual([]);
+
+  describe("reversals", () => {
+    it("gives a deduction back to the grants it drew from, in its proportions, in parts and then the rest; the grants keep expiry, priority, scope and cost basis", async () => {
+      const { credits, clock } = serviceWithClock(db);
+      const u = user();
+      const soon = await credits.addCredits(u, 60, { expiresAt: new Date(T0 + 30 * DAY) });
+      const paid = await credits.addCredits(u, 30, { costBasis: { perCredit: "2", currency: "EUR" } });
+      const last = await credits.addCredits(u, 100, { priority: 9 });
+      const before = await credits.getGrants(u);
+      clock.now += HOUR;
+      const charge = await credits.deductCredits(u, 110, { feature: "images", metadata: { job: "j-1" } });
+      const drawn = Object.fromEntries(charge.grants.map((p) => [p.grantId, p.amount]));
+      expect(drawn).toEqual({
+        [soon.grants[0]!.grantId]: 60,
+        [paid.grants[0]!.grantId]: 30,
+        [last.grants[0]!.grantId]: 20,
+      });
+      clock.now += HOUR;
+      const first = await credits.reverseCharge(u, charge.id, { amount: 37, reason: "job failed in part" });
+      expect(first).toMatchObject({
+        type: "reverse",
+        amount: 37,
+        reverses: charge.id,
+        occurredAt: charge.createdAt,
+        description: "job failed in part",
+        feature: "images",
+        balanceAfter: 80 + 37,
+        debtAfter: 0,
+      });
+      // 37 of 110 shared 60:30:20, each rounded down, the rest one each in the charge's order.
+      expect(first.grants).toEqual([
+        { grantId: soon.grants[0]!.grantId, amount: 21, kind: "returned" },
+        { grantId: paid.grants[0]!.grantId, amount: 10, kind: "returned" },
+        { grantId: last.grants[0]!.grantId, amount: 6, kind: "returned" },
+      ]);
+      expect(first.metadata).toMatchObject({ job: "j-1" });
+      const rest = await credits.reverseCharge(u, charge.id, { reason: "the rest" });
+      expect(rest.amount).toBe(73);
+      // Every grant has exactly what the charge drew back, and nothing else of it changed.
+      const after = await credits.getGrants(u);
+      expect(after).toEqual(before);
+      const read = await credits.getReversals(u, charge.id);
+      expect(read).toEqual({ charge, reversals: [first, rest], reversed: 110, remaining: 0 });
+      // Stored and read back as written (the journal's own page).
+      const [newest] = (await credits.getCreditHistory(u, { limit: 1 })).items;
+      expect(newest).toEqual(rest);
+      await clean(credits, u);
+    });
+
+    it("gives back the debt a charge made first, then its grants; debt an addition paid since comes back as a grant of its own that never expires", async () => {
+      const { credits } = serviceWithClock(db);
+      const u = user();
+      await credits.addCredits(u, 50, { expiresAt: new Date(T0 + 10 * DAY) });
+      const charge = await credits.deductCreditsAfterService(u, 80);
+      expect(charge.debtAfter).toBe(30);
+      const first = await credits.reverseCharge(u, charge.id, { amount: 20, reason: "debt first" });
+      expect(first).toMatchObject({ amount: 20, grants: [], debtAfter: 10, balanceAfter: -10 });
+      // An addition pays the 10 of debt left: that part of the charge comes back as a grant.
+      await credits.addCredits(u, 15);
+      const rest = await credits.reverseCharge(u, charge.id, { reason: "the rest" });
+      expect(rest.amount).toBe(60);
+      expect(rest.debtAfter).toBe(0);
+      expect(rest.balanceAfter).toBe(5 + 60);
+      const made = (await credits.getGrants(u)).find((g) => g.source === "adjustment") as Grant;
+      expect(made).toMatchObject({
+        amount: 10,
+        remaining: 10,
+        expiresAt: null,
+        scope: null,
+        metadata: { reverses: charge.id },
+      });
+      expect(rest.grants.find((p) => p.grantId === made.id)).toEqual({ grantId: made.id, amount: 10 });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(65);
+      await clean(credits, u);
+    });
+
+    it("returns a grant's share already expired or voided when the grant has been since: removed again at once, never a grant that outlives it", async () => {
+      const { credits, clock } = serviceWithClock(db);
+      const u = user();
+      const short = await credits.addCredits(u, 40, { expiresAt: new Date(T0 + HOUR) });
+      const voided = await credits.addCredits(u, 40);
+      const open = await credits.addCredits(u, 40);
+      const charge = await credits.deductCredits(u, 120);
+      await credits.voidGrant(voided.grants[0]!.grantId, { description: "refund" });
+      clock.now += 2 * HOUR; // `short` is past its expiry (closed by the reversal's settlement)
+      const r = await credits.reverseCharge(u, charge.id, { amount: 30, reason: "give back" });
+      expect(r.balanceAfter).toBe(30);
+      const history = (await credits.getCreditHistory(u, { limit: 3 })).items;
+      // The reversal, then what reached closed grants removed again (newest first).
+      expect(history.map((e) => e.type)).toEqual(["void", "expire", "reverse"]);
+      const byGrant = await credits.getGrants(u, { includeInactive: true });
+      const get = (e: JournalEntry) => byGrant.find((g) => g.id === e.grants[0]!.grantId) as Grant;
+      expect(get(short)).toMatchObject({ remaining: 0, expiredAmount: 10, closedReason: "expired" });
+      expect(get(voided)).toMatchObject({ remaining: 0, closedReason: "voided" });
+      expect(get(open)).toMatchObject({ remaining: 10, closedAt: null });
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(10);
+      await clean(credits, u);
+    });
+
+    it("gives back what a capture took (not what it returned) and an over-capture's excess by its own entry", async () => {
+      const { credits } = serviceWithClock(db);
+      const u = user();
+      await credits.addCredits(u, 100);
+      const under = await credits.reserveCredits(u, 50);
+      const captured = await credits.commitReservedCredits(under.id, { amount: 30 });
+      await expect(credits.reverseCharge(u, captured.id, { amount: 31, reason: "too much" })).rejects.toBeInstanceOf(
+        RuleViolationError,
+      );
+      expect((await credits.reverseCharge(u, captured.id, { reason: "all" })).amount).toBe(30);
+      const over = await credits.reserveCredits(u, 20);
+      const whole = await credits.commitReservedCredits(over.id, { amount: 35 });
+      const [excess] = (await credits.getCreditHistory(u, { limit: 1 })).items;
+      expect(excess).toMatchObject({ type: "deduct", reservationId: over.id, amount: 15 });
+      expect((await credits.reverseCharge(u, whole.id, { reason: "hold" })).amount).toBe(20);
+      expect((await credits.reverseCharge(u, (excess as JournalEntry).id, { reason: "excess" })).amount).toBe(15);
+      expect((await credits.getUserCreditsInfo(u)).balance).toBe(100);
+      await clean(credits, u);
+    });
+
+    it("refuses what is not a charge, more than is left, and an entry of another account, changing nothing", async () => {
+      const { credits } = serviceWithClock(db);
+      const u = user();
+      const add = await credits.addCredits(u, 100);
+      const hold = await credits.reserveCredits(u, 10);
+      const release = await credits.releaseReservedCredits(hold.id);
+      const takeBack = await credits.deductCredits(u, 5, {
+        description: "Refund of payment p-1 (test)",
+        metadata: { paymentId: "p-1", provider: "test", refundedAmount: 5 },
+      });
+      const charge = await credits.deductCredits(u, 20);
+      const reversal = await credits.reverseCharge(u, charge.id, { amount: 5, reason: "part" });
+      const seq = (await credits.getCreditHistory(u, { limit: 1 })).items[0]!.seq;
+      for (const e of [add, release, takeBack, reversal])
+        await expect(credits.reverseCharge(u, e.id, { reason: "no" })).rejects.toBeInstanceOf(RuleViolationError);
+      const tooMuch = credits.reverseCharge(u, charge.id, { amount: 16, reason: "too much" });
+      await expect(tooMuch).rejects.toThrow(
+        /Cannot give back 16 credits of entry .*: 15 of its 20 are left to give back/,
+      );
+      await expect(tooMuch).rejects.toBeInstanceOf(RuleViolationError);
+      await expect(credits.reverseCharge(user(), charge.id, { reason: "other account" })).rejects.toBeInstanceOf(
+        NotFoundError,
+      );
+      await expect(credits.reverseCharge(u, randomUUID(), { reason: "unknown" })).rejects.toBeInstanceOf(NotFoundError);
+      await expect(credits.getReversals(user(), charge.id)).rejects.toBeInstanceOf(NotFoundError);
+      expect((await credits.getCreditHistory(u, { limit: 1 })).items[0]!.seq).toBe(seq);
+      await clean(credits, u);
+    });
+
+    it("answers a retry with the first reversal, and the same key with other arguments is an IdempotencyConflictError", async () => {
+      const { credits } = serviceWithClock(db);
+      const u = user();
+      await credits.addCredits(u, 100);
+      const charge = await credits.deductCredits(u, 40);
+      const first = await credits.reverseCharge(u, charge.id, { amount: 10, reason: "r", idempotencyKey: "rv-1" });
+      expect(await credits.reverseCharge(u, charge.id, { amount: 10, reason: "r", idempotencyKey: "rv-1" })).toEqual(
+        first,
+      );
+      await expect(
+        credits.reverseCharge(u, charge.id, { amount: 11, reason: "r", idempotencyKey: "rv-1" }),
+      ).rejects.toBeInstanceOf(IdempotencyConflictError);
+      expect((await credits.getReversals(u, charge.id)).reversed).toBe(10);
+    });
+
+    it("concurrent reversals of one charge, through two managers, never give back more than it charged", async () => {
+      const clock = { now: T0 };
+      const now = () => new Date(clock.now);
+      const a = new CreditService({ db: getDb(), clock: now });
+      const b = new CreditService({ db: options.getPeer?.() ?? getDb(), clock: now });
+      const u = user();
+      await a.addCredits(u, 30);
+      await a.addCredits(u, 20, { priority: 3 });
+      const charge = await a.deductCreditsAfterService(u, 58);
+      const tries = await Promise.allSettled(
+        Array.from({ length: 16 }, (_, i) =>
+          (i % 2 === 0 ? a : b).reverseCharge(u, charge.id, { amount: 5, reason: "race" }),
+        ),
+      );
+      const done = tries.filter((t) => t.status === "fulfilled");
+      const refused = tries.filter((t) => t.status === "rejected");
+      expect(done).toHaveLength(11);
+      for (const t of refused) expect((t as PromiseRejectedResult).reason).toBeInstanceOf(RuleViolationError);
+      expect(await b.getReversals(u, charge.id)).toMatchObject({ reversed: 55, remaining: 3 });
+      expect((await a.getUserCreditsInfo(u)).balance).toBe(50 - 58 + 55);
+      await clean(a, u);
+    });
+  });
+}

@@ -1,0 +1,208 @@
+/**
+ * Giving charges back (docs/concepts.md, "Giving a charge back") beyond the contract suite's part
+ * (src/testing/reversals.ts, run on every store): every kind of charge the library writes — a
+ * metered call, a lease window, an AI SDK call — can be given back through the entry it reports;
+ * the domain event `credits_reversed` and the `balance_restored` notification follow the reversal;
+ * the shares add up exactly whatever the amounts; the audit refuses a reversal that names no charge
+ * of the account or goes beyond it.
+ */
+import { generateText, wrapLanguageModel } from "ai";
+import { MockLanguageModelV4 } from "ai/test";
+import fc from "fast-check";
+import { afterEach, describe, expect, it } from "vitest";
+import { creditMiddleware, type AiCallOutcome } from "../src/ai/index.js";
+import { InMemoryDbManager } from "../src/db/memory/index.js";
+import { hashEntry } from "../src/domain/hash.js";
+import { replayJournal } from "../src/domain/replay.js";
+import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/domain/reversal.js";
+import { createCreditManager, CreditService, type CreditManager, type JournalEntry } from "../src/index.js";
+import { DomainEvent } from "../src/models/index.js";
+import type { MeterOutcome } from "../src/services/metering.js";
+
+const managers: CreditManager[] = [];
+afterEach(async () => {
+  for (const m of managers.splice(0)) await m.close();
+});
+async function manager(options: Parameters<typeof createCreditManager>[0] = {}): Promise<CreditManager> {
+  const m = await createCreditManager(options);
+  managers.push(m);
+  return m;
+}
+
+describe("reverseCharge: every kind of charge", () => {
+  it("a metered call's capture (the entry its outcome reports)", async () => {
+    const m = await manager();
+    await m.credits.addCredits("u", 1000);
+    const outcomes: MeterOutcome[] = [];
+    await m.credits.meter("u", { estimate: 100, onSettled: (o) => outcomes.push(o) }, () => 70);
+    const entry = outcomes[0]?.entry as JournalEntry;
+    expect(entry.type).toBe("commit_reserved");
+    const r = await m.credits.reverseCharge("u", entry.id, { reason: "request failed" });
+    expect(r.amount).toBe(70);
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(1000);
+    expect((await m.credits.audit("u")).problems).toEqual([]);
+  });
+
+  it("a lease window's settled charge", async () => {
+    let now = Date.parse("2030-01-01T00:00:00.000Z");
+    const m = await manager({ clock: () => new Date(now) });
+    await m.credits.addCredits("u", 1000);
+    const lease = m.credits.leases({ size: 100, settleEveryMs: 30_000 });
+    for (let i = 0; i < 7; i++) await lease.charge("u", 3);
+    now += 1000;
+    await lease.close();
+    const window = (await m.credits.getCreditHistory("u")).items.find(
+      (e) => e.metadata?.leaseWindow !== undefined && e.amount > 0,
+    ) as JournalEntry;
+    expect(window.amount).toBe(21);
+    await m.credits.reverseCharge("u", window.id, { amount: 6, reason: "two calls failed" });
+    expect(await m.credits.getReversals("u", window.id)).toMatchObject({ reversed: 6, remaining: 15 });
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(1000 - 21 + 6);
+    expect((await m.credits.audit("u")).problems).toEqual([]);
+  });
+
+  it("an AI SDK call (the entry its outcome reports)", async () => {
+    const m = await manager({
+      pricing: { version: "b1", models: [{ model: "m-1", input: { credits: 1, per: 10 }, output: { credits: 4, per: 10 } }] },
+    });
+    await m.credits.addCredits("u", 10_000);
+    const settled: AiCallOutcome[] = [];
+    const middleware = creditMiddleware({ manager: m, userId: "u", onSettled: (o) => settled.push(o) });
+    const model = new MockLanguageModelV4({
+      provider: "openai.chat",
+      modelId: "m-1",
+      doGenerate: {
+        content: [{ type: "text", text: "ok" }],
+        finishReason: { unified: "stop", raw: "stop" },
+        usage: {
+          inputTokens: { total: 100, noCache: 100, cacheRead: undefined, cacheWrite: undefined },
+          outputTokens: { total: 50, text: 50, reasoning: undefined },
+        },
+        warnings: [],
+      },
+    });
+    await generateText({ model: wrapLanguageModel({ model, middleware }), prompt: "hi" });
+    const entry = settled[0]?.entry as JournalEntry;
+    expect(entry.amount).toBe(30);
+    const r = await m.credits.reverseCharge("u", entry.id, { reason: "bad answer" });
+    expect(r).toMatchObject({ amount: 30, reverses: entry.id });
+    expect((await m.credits.getUserCreditsInfo("u")).balance).toBe(10_000);
+    expect((await m.credits.audit("u")).problems).toEqual([]);
+  });
+});
+
+describe("reverseCharge: what follows it", () => {
+  it("records credits_reversed in the outbox (a DomainEvent), and balance_restored when it lifts the account over its threshold", async () => {
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, domainEvents: true, alerts: { lowCredits: 50 } });
+    await credits.addCredits("u", 100);
+    const charge = await credits.deductCredits("u", 80, { feature: "f", spender: "s" });
+    const r = await credits.reverseCharge("u", charge.id, { amount: 40, reason: "given back" });
+    const rows = await db.listNotifications("u", { limit: 50 });
+    const types = rows.map((n) => n.type);
+    expect(types).toContain("low_credits");
+    expect(types.slice(-2)).toEqual(["credits_reversed", "balance_restored"]);
+    const reversed = rows.find((n) => n.type === "credits_reversed");
+    const event = DomainEvent.parse({
+      type: reversed?.type,
+      version: 1,
+      id: reversed?.id,
+      userId: "u",
+      occurredAt: reversed?.createdAt.toISOString(),
+      payload: reversed?.payload,
+    });
+    expect(event.payload).toMatchObject({
+      entryId: r.id,
+      amount: 40,
+      reverses: charge.id,
+      chargedAt: charge.createdAt.toISOString(),
+      spender: "s",
+      feature: "f",
+      balanceAfter: 60,
+    });
+  });
+});
+
+describe("reversalShares", () => {
+  it("adds up exactly, gives no grant more than its draw, and the charge back whole over any sequence of reversals", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 1_000_000 }), { minLength: 1, maxLength: 6 }),
+        fc.integer({ min: 0, max: 1_000 }),
+        fc.array(fc.integer({ min: 1, max: 100 }), { minLength: 1, maxLength: 10 }),
+        (draws, debt, cuts) => {
+          const draw: ChargeDraw = {
+            amount: draws.reduce((s, x) => s + x, 0) + debt,
+            draws: draws.map((amount, i) => ({ grantId: `g${i}`, amount })),
+            debt,
+          };
+          const reversals: JournalEntry[] = [];
+          const total = cuts.reduce((s, x) => s + x, 0);
+          let done = 0;
+          cuts.forEach((cut, i) => {
+            const so = reversedOf(draw, reversals);
+            // The last cut gives back the rest; the others their share of the charge.
+            const amount = i === cuts.length - 1 ? draw.amount - so.total : Math.floor((draw.amount * cut) / total / 2);
+            if (amount === 0) return;
+            const shares = reversalShares(draw, so, amount);
+            expect(shares.debt + shares.grants.reduce((s, p) => s + p.amount, 0)).toBe(amount);
+            expect(shares.debt).toBe(Math.min(amount, debt - so.debt));
+            done += amount;
+            reversals.push({ amount, grants: shares.grants } as JournalEntry);
+          });
+          const all = reversedOf(draw, reversals);
+          expect(done).toBe(draw.amount);
+          expect(all.debt).toBe(debt);
+          for (const d of draw.draws) expect(all.toGrants.get(d.grantId) ?? 0).toBe(d.amount);
+        },
+      ),
+    );
+  });
+
+  it("a take-back, an addition or a hold is no charge", () => {
+    const base = { id: "e", amount: 5, grants: [], metadata: null, description: null, reservationId: null };
+    expect(chargeDraw({ ...base, type: "add" } as unknown as JournalEntry)).toMatch(/not a charge/);
+    expect(
+      chargeDraw({ ...base, type: "deduct", metadata: { paymentId: "p", refundedAmount: 5 } } as unknown as JournalEntry),
+    ).toMatch(/refunded payment/);
+    expect(chargeDraw({ ...base, type: "deduct" } as unknown as JournalEntry)).toEqual({ amount: 5, draws: [], debt: 5 });
+  });
+});
+
+describe("audit of reversals", () => {
+  /** The account's journal with its last entry changed by `edit` and hashed again (as a forger would). */
+  async function forged(edit: (e: JournalEntry, charge: JournalEntry) => Partial<JournalEntry>) {
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db });
+    await credits.addCredits("u", 100);
+    const charge = await credits.deductCredits("u", 40);
+    await credits.reverseCharge("u", charge.id, { amount: 10, reason: "r" });
+    const entries = (await db.listJournal("u", { order: "asc", limit: 10 })).slice();
+    const last = entries[entries.length - 1] as JournalEntry;
+    const changed = { ...last, ...edit(last, charge) };
+    const { hash: _h, ...rest } = changed;
+    entries[entries.length - 1] = { ...changed, hash: hashEntry(rest) };
+    return replayJournal("u", entries, null).problems;
+  }
+
+  it("passes a reversal of a charge of the account within it", async () => {
+    expect(await forged(() => ({}))).toEqual([]);
+  });
+
+  it("reports a reversal that names no charge of the account, or something that is no charge", async () => {
+    expect(await forged(() => ({ reverses: "no-such-entry" }))).toContainEqual(
+      expect.stringMatching(/reverses no-such-entry, which is no earlier entry of this account/),
+    );
+    expect(await forged(() => ({ reverses: null }))).toContainEqual(expect.stringMatching(/names no charge/));
+  });
+
+  it("reports reversals that give back more than the charge, or more to a grant than it drew", async () => {
+    const more = await forged((e) => ({
+      amount: 50,
+      balanceAfter: e.balanceAfter + 40,
+      grants: [{ grantId: e.grants[0]!.grantId, amount: 50, kind: "returned" as const }],
+    }));
+    expect(more).toContainEqual(expect.stringMatching(/give back 50, more than its 40/));
+    expect(more).toContainEqual(expect.stringMatching(/give 50 back to grant .*, which it drew 40 from/));
+  });
+});
