@@ -223,7 +223,9 @@ describe("schema upgrades: the statements", () => {
       'ALTER TABLE "reservations" ADD COLUMN IF NOT EXISTS "spender" VARCHAR(255) COLLATE "C";',
       'ALTER TABLE "reservations" ADD COLUMN IF NOT EXISTS "feature" VARCHAR(100) COLLATE "C";',
       // The journal's type check allows the entry that records a change of the limits.
-      expect.stringMatching(/DROP CONSTRAINT IF EXISTS "journal_entries_type_check", .*'checkpoint', 'limits'(, '[a-z_]+')*\)\);$/),
+      expect.stringMatching(
+        /DROP CONSTRAINT IF EXISTS "journal_entries_type_check", .*'checkpoint', 'limits'(, '[a-z_]+')*\)\);$/,
+      ),
     ]);
     // (Cut at the journal's rebuild, not by `until`: the rebuild brings the journal's later
     // columns, so the statements from 8 are not those from 9 with version 9's in front.)
@@ -341,19 +343,27 @@ describe("schema upgrades: the statements", () => {
       'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "reverses" VARCHAR(128) COLLATE "C";',
       'ALTER TABLE "billing"."cm_journal_entries" ADD COLUMN IF NOT EXISTS "occurred_at" TIMESTAMPTZ;',
       expect.stringMatching(/DROP CONSTRAINT IF EXISTS "cm_journal_entries_type_check", .*'limits', 'reverse'\)\);$/),
-      expect.stringMatching(/DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", .*'hold_settled', 'credits_reversed'.*\)\);$/),
+      expect.stringMatching(
+        /DROP CONSTRAINT IF EXISTS "cm_notifications_type_check", .*'hold_settled', 'credits_reversed'.*\)\);$/,
+      ),
     ]);
     // On Citus (which takes no ADD CONSTRAINT beside another subcommand): the drop, then the add.
     const citus = until(22, { dialect: "postgres", fromVersion: 21, distributed: true });
     expect(citus.slice(2)).toEqual([
       'ALTER TABLE "journal_entries" DROP CONSTRAINT IF EXISTS "journal_entries_type_check";',
-      expect.stringMatching(/^ALTER TABLE "journal_entries" ADD CONSTRAINT "journal_entries_type_check" CHECK \(.*'reverse'\)\);$/),
+      expect.stringMatching(
+        /^ALTER TABLE "journal_entries" ADD CONSTRAINT "journal_entries_type_check" CHECK \(.*'reverse'\)\);$/,
+      ),
       'ALTER TABLE "notifications" DROP CONSTRAINT IF EXISTS "notifications_type_check";',
-      expect.stringMatching(/^ALTER TABLE "notifications" ADD CONSTRAINT "notifications_type_check" CHECK \(.*'credits_reversed'.*\)\);$/),
+      expect.stringMatching(
+        /^ALTER TABLE "notifications" ADD CONSTRAINT "notifications_type_check" CHECK \(.*'credits_reversed'.*\)\);$/,
+      ),
     ]);
     // PostgreSQL and SQLite get the indexes from today's DDL (IF NOT EXISTS); MySQL from the step.
     const ddl = generateSql({ dialect: "postgres", schema: "billing", prefix: "cm_" });
-    expect(ddl).toContain('CREATE INDEX IF NOT EXISTS "cm_journal_entries_id" ON "billing"."cm_journal_entries" ("id");');
+    expect(ddl).toContain(
+      'CREATE INDEX IF NOT EXISTS "cm_journal_entries_id" ON "billing"."cm_journal_entries" ("id");',
+    );
     expect(ddl).toContain(
       'CREATE INDEX IF NOT EXISTS "cm_journal_entries_user_reverses" ON "billing"."cm_journal_entries" ("user_id", "reverses") WHERE "reverses" IS NOT NULL;',
     );

@@ -601,7 +601,14 @@ describe.skipIf(!uri)("mongodb (CREDIT_MONGO_URI)", () => {
       ]);
       const indexes = async (c: string) =>
         (await mongo.collection(c).listIndexes().toArray()).map((i) => i.name).sort();
-      expect(await indexes("cm_journal")).toEqual(["_id_", "created", "occurred", "user_idempotency_key", "user_reverses", "user_seq"]);
+      expect(await indexes("cm_journal")).toEqual([
+        "_id_",
+        "created",
+        "occurred",
+        "user_idempotency_key",
+        "user_reverses",
+        "user_seq",
+      ]);
       expect(await indexes("cm_grants")).toEqual(["_id_", "due_open", "user_open_ord"]);
       expect(await indexes("cm_reservations")).toEqual(["_id_", "status_expiry", "user_status_ord"]);
       expect(await indexes("cm_ledger")).toEqual(["_id_", "created_id", "type_created_id", "user_created_id"]);

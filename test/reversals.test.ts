@@ -63,7 +63,10 @@ describe("reverseCharge: every kind of charge", () => {
 
   it("an AI SDK call (the entry its outcome reports)", async () => {
     const m = await manager({
-      pricing: { version: "b1", models: [{ model: "m-1", input: { credits: 1, per: 10 }, output: { credits: 4, per: 10 } }] },
+      pricing: {
+        version: "b1",
+        models: [{ model: "m-1", input: { credits: 1, per: 10 }, output: { credits: 4, per: 10 } }],
+      },
     });
     await m.credits.addCredits("u", 10_000);
     const settled: AiCallOutcome[] = [];
@@ -163,9 +166,17 @@ describe("reversalShares", () => {
     const base = { id: "e", amount: 5, grants: [], metadata: null, description: null, reservationId: null };
     expect(chargeDraw({ ...base, type: "add" } as unknown as JournalEntry)).toMatch(/not a charge/);
     expect(
-      chargeDraw({ ...base, type: "deduct", metadata: { paymentId: "p", refundedAmount: 5 } } as unknown as JournalEntry),
+      chargeDraw({
+        ...base,
+        type: "deduct",
+        metadata: { paymentId: "p", refundedAmount: 5 },
+      } as unknown as JournalEntry),
     ).toMatch(/refunded payment/);
-    expect(chargeDraw({ ...base, type: "deduct" } as unknown as JournalEntry)).toEqual({ amount: 5, draws: [], debt: 5 });
+    expect(chargeDraw({ ...base, type: "deduct" } as unknown as JournalEntry)).toEqual({
+      amount: 5,
+      draws: [],
+      debt: 5,
+    });
   });
 });
 

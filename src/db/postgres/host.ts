@@ -166,7 +166,11 @@ class HostUnit implements DbTransaction {
 
   async getCharge(entryId: string): Promise<ChargeRecord | null> {
     const { sql } = this.db;
-    return chargeOf(sql.tables.journal, await this.query("getCharge", sql.chargeText(), [this.userId, entryId]), entryId);
+    return chargeOf(
+      sql.tables.journal,
+      await this.query("getCharge", sql.chargeText(), [this.userId, entryId]),
+      entryId,
+    );
   }
 
   async getReservation(reservationId: string): Promise<Reservation | null> {
