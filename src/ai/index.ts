@@ -18,12 +18,14 @@ import type {
   LanguageModelV4StreamResult,
   LanguageModelV4Usage,
 } from "@ai-sdk/provider";
-import { CreditError, RunBudgetExceededError, ValidationError } from "../errors.js";
+import { ConfigurationError, CreditError, RunBudgetExceededError } from "../errors.js";
 import { parse, type MeterOptions, type RecordedUsage } from "../models/index.js";
 import type { CreditManager } from "../manager.js";
 import type { MeterOutcome, MeterSession } from "../services/metering.js";
 import { recordOf } from "../services/pricing-service.js";
-import { AiMeteringOptions } from "./options.js";
+import * as z from "zod";
+import { parseConfig } from "../models/parse.js";
+import { AiMeteringOptions, AiRunInput, AiRunSetup, STRICT_CAP_NEEDS_CAP } from "./options.js";
 
 export { RunBudgetExceededError } from "../errors.js";
 export { AiMeteringOptions };
@@ -73,6 +75,24 @@ export interface CreditMiddleware extends LanguageModelV4Middleware {
 
 type Options = ReturnType<typeof AiMeteringOptions.parse>;
 type Kind = AiCallOutcome["kind"];
+type Manager = CreditMiddlewareOptions["manager"];
+
+/** `AiRunSetup` with the manager and `onSettled`: what the program gives the middleware, checked as configuration. */
+const Setup = AiRunSetup.extend({
+  manager: z.custom<Manager>(
+    (m) =>
+      typeof m === "object" &&
+      m !== null &&
+      typeof (m as Partial<Manager>).credits?.openMeter === "function" &&
+      typeof (m as Partial<Manager>).pricing?.price === "function",
+    { error: "must be a credit manager (its credits and pricing)" },
+  ),
+  onSettled: z
+    .custom<NonNullable<CreditMiddlewareOptions["onSettled"]>>((f) => typeof f === "function", {
+      error: "must be a function",
+    })
+    .optional(),
+});
 
 /**
  * A middleware for one request (one run of `generateText`/`streamText`, with all its steps and
@@ -87,26 +107,20 @@ type Kind = AiCallOutcome["kind"];
  * ```
  */
 export function creditMiddleware(options: CreditMiddlewareOptions): CreditMiddleware {
-  if (typeof options !== "object" || options === null) {
-    throw new ValidationError("Invalid options: must be an object", [{ path: "", message: "must be an object" }]);
-  }
-  const { manager, onSettled, ...rest } = options;
-  if (
-    typeof manager !== "object" ||
-    manager === null ||
-    typeof manager.credits?.openMeter !== "function" ||
-    typeof manager.pricing?.price !== "function"
-  ) {
-    throw new ValidationError("Invalid options.manager: must be a credit manager (its credits and pricing)", [
-      { path: "manager", message: "must be a credit manager" },
-    ]);
-  }
-  if (onSettled !== undefined && typeof onSettled !== "function") {
-    throw new ValidationError("Invalid options.onSettled: must be a function", [
-      { path: "onSettled", message: "must be a function" },
-    ]);
-  }
-  const run = new Run(manager, parse(AiMeteringOptions, rest, "options"), onSettled);
+  if (typeof options !== "object" || options === null)
+    throw new ConfigurationError("[credit-management] creditMiddleware: Invalid options: must be an object");
+  // What the request gives is its input; the rest is the program's setup (docs/llm-metering.md, "The AI SDK").
+  const given: Record<string, unknown> = {};
+  const fixed: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(options))
+    (Object.hasOwn(AiRunInput.shape, key) ? given : fixed)[key] = value;
+  const { manager, onSettled, ...setup } = parseConfig(Setup, fixed, "options", "creditMiddleware");
+  const input = parse(AiRunInput, given, "options");
+  if (setup.strictRunCap === true && input.maxRunCredits === undefined)
+    throw new ConfigurationError(
+      `[credit-management] creditMiddleware: Invalid options.strictRunCap: ${STRICT_CAP_NEEDS_CAP}`,
+    );
+  const run = new Run(manager, { ...input, ...setup }, onSettled);
   const embedding: EmbeddingModelV4Middleware = {
     specificationVersion: "v4",
     wrapEmbed: ({ doEmbed, params, model }) => run.embed(doEmbed, params, model),

@@ -16,53 +16,70 @@ import {
  */
 export const MAX_RUN_KEY = 200;
 
+/**
+ * What each request gives `creditMiddleware()`, as it gives a credit call its options: who pays,
+ * for what, under which key and cap. A bad value is a `ValidationError` (docs/llm-metering.md,
+ * "The AI SDK").
+ */
+export const AiRunInput = z.strictObject({
+  /** The account that pays. */
+  userId: UserId,
+  /** Who spends and on what (docs/teams-and-limits.md): limits for them apply, their scoped grants pay. */
+  spender: SpenderId.optional(),
+  feature: FeatureName.optional(),
+  /**
+   * Makes the run safe to retry: the same key charges each model call of the run once. Each call
+   * holds under `<key>:<n>` (the n-th call of the run that was not released).
+   */
+  idempotencyKey: IdempotencyKey.max(MAX_RUN_KEY, {
+    error: `idempotencyKey must be at most ${MAX_RUN_KEY} characters (the middleware appends a call number)`,
+  }).optional(),
+  /** Stored with every charge beside `model`, `provider` and the usages. */
+  metadata: Metadata.optional(),
+  correlationId: z.string().min(1).max(255).optional(),
+  /**
+   * The most the whole run (every model call through this middleware) may be charged, in credits.
+   * Passed by at most the price of the input the provider reported beyond the estimate of the
+   * last call (and of any call in flight with it), unless `strictRunCap` (docs/llm-metering.md,
+   * "The run's cap").
+   */
+  maxRunCredits: Amount.optional(),
+});
+
+/**
+ * How the middleware meters, which the program sets: a bad value (or an option the middleware does
+ * not know) is a `ConfigurationError`.
+ */
+export const AiRunSetup = z.strictObject({
+  /**
+   * Makes `maxRunCredits` a bound the run never passes: each call holds what the run has left (its
+   * worst case under the cap) and is charged at most that; usage priced beyond it is not charged
+   * (the outcome's `uncharged`). Needs `maxRunCredits`.
+   */
+  strictRunCap: z.boolean().optional(),
+  /** Output tokens a call that sets no `maxOutputTokens` is held for. Default 4,096. */
+  defaultMaxOutputTokens: TokenCount.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" }).optional(),
+  /**
+   * What a call the provider reported no usage for is charged (a stream cut by an abort or an
+   * error, a finish without usage): `"counted"` (default) the prompt — as the provider reported it,
+   * else as estimated — and one output token per content part delivered; `"estimate"` the hold;
+   * `"none"` nothing. A call that delivered nothing is released whatever this says.
+   */
+  missingUsage: z.enum(["counted", "estimate", "none"]).optional(),
+  /** The provider's name in the price book. Default: the model's `provider` up to its first dot (`openai.chat` → `openai`). */
+  provider: z.string().min(1).max(200).optional(),
+  /** Seconds each call's hold lives. Default: the manager's reservation TTL. */
+  ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
+});
+
+/** What `strictRunCap` without `maxRunCredits` is told. */
+export const STRICT_CAP_NEEDS_CAP = "strictRunCap needs maxRunCredits (the cap it keeps)";
+
 /** The options of `creditMiddleware()` other than the manager (docs/llm-metering.md, "The AI SDK"). */
 export const AiMeteringOptions = z
-  .strictObject({
-    /** The account that pays. */
-    userId: UserId,
-    /** Who spends and on what (docs/teams-and-limits.md): limits for them apply, their scoped grants pay. */
-    spender: SpenderId.optional(),
-    feature: FeatureName.optional(),
-    /**
-     * Makes the run safe to retry: the same key charges each model call of the run once. Each call
-     * holds under `<key>:<n>` (the n-th call of the run that was not released).
-     */
-    idempotencyKey: IdempotencyKey.max(MAX_RUN_KEY, {
-      error: `idempotencyKey must be at most ${MAX_RUN_KEY} characters (the middleware appends a call number)`,
-    }).optional(),
-    /** Stored with every charge beside `model`, `provider` and the usages. */
-    metadata: Metadata.optional(),
-    correlationId: z.string().min(1).max(255).optional(),
-    /**
-     * The most the whole run (every model call through this middleware) may be charged, in credits.
-     * Passed by at most the price of the input the provider reported beyond the estimate of the
-     * last call (and of any call in flight with it), unless `strictRunCap` (docs/llm-metering.md,
-     * "The run's cap").
-     */
-    maxRunCredits: Amount.optional(),
-    /**
-     * Makes `maxRunCredits` a bound the run never passes: each call holds what the run has left (its
-     * worst case under the cap) and is charged at most that; usage priced beyond it is not charged
-     * (the outcome's `uncharged`). Needs `maxRunCredits`.
-     */
-    strictRunCap: z.boolean().optional(),
-    /** Output tokens a call that sets no `maxOutputTokens` is held for. Default 4,096. */
-    defaultMaxOutputTokens: TokenCount.refine((n) => n > 0, { error: "defaultMaxOutputTokens must be > 0" }).optional(),
-    /**
-     * What a call the provider reported no usage for is charged (a stream cut by an abort or an
-     * error, a finish without usage): `"counted"` (default) the prompt — as the provider reported it,
-     * else as estimated — and one output token per content part delivered; `"estimate"` the hold;
-     * `"none"` nothing. A call that delivered nothing is released whatever this says.
-     */
-    missingUsage: z.enum(["counted", "estimate", "none"]).optional(),
-    /** The provider's name in the price book. Default: the model's `provider` up to its first dot (`openai.chat` → `openai`). */
-    provider: z.string().min(1).max(200).optional(),
-    /** Seconds each call's hold lives. Default: the manager's reservation TTL. */
-    ttlSeconds: z.number().int().min(1).max(MAX_TTL_SECONDS).optional(),
-  })
+  .strictObject({ ...AiRunInput.shape, ...AiRunSetup.shape })
   .refine((o) => o.strictRunCap !== true || o.maxRunCredits !== undefined, {
-    error: "strictRunCap needs maxRunCredits (the cap it keeps)",
+    error: STRICT_CAP_NEEDS_CAP,
     path: ["strictRunCap"],
   });
 export type AiMeteringOptions = z.input<typeof AiMeteringOptions>;

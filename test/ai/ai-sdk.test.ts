@@ -21,10 +21,12 @@ import { MockEmbeddingModelV4, MockLanguageModelV4 } from "ai/test";
 import { afterEach, describe, expect, it } from "vitest";
 import * as z from "zod";
 import {
+  ConfigurationError,
   createCreditManager,
   InsufficientCreditsError,
   SpendLimitError,
   UnknownModelError,
+  ValidationError,
   type CreditManager,
   type JournalEntry,
 } from "../../src/index.js";
@@ -34,6 +36,7 @@ import {
   estimatePromptTokens,
   RunBudgetExceededError,
   type AiCallOutcome,
+  type CreditMiddlewareOptions,
 } from "../../src/ai/index.js";
 
 /** 1 credit per 10 input tokens, 4 per 10 output tokens, 1 per 20 cached tokens. */
@@ -824,17 +827,32 @@ describe("creditMiddleware: embeddings", () => {
 });
 
 describe("creditMiddleware: options", () => {
-  it("bad options are a ValidationError", async () => {
+  it("a bad value of the request's input is a ValidationError", async () => {
     const m = await setup();
-    expect(() => creditMiddleware({ manager: m, userId: "" })).toThrow(/userId/);
-    expect(() => creditMiddleware({ manager: m, userId: "u", maxRunCredits: -1 })).toThrow(/amount/);
-    expect(() => creditMiddleware({ manager: m, userId: "u", strictRunCap: true })).toThrow(
-      /strictRunCap needs maxRunCredits/,
-    );
-    expect(() => creditMiddleware({ manager: m, userId: "u", idempotencyKey: "k".repeat(201) })).toThrow(/200/);
-    // @ts-expect-error an unknown option
-    expect(() => creditMiddleware({ manager: m, userId: "u", budget: 5 })).toThrow(/budget/);
-    // @ts-expect-error no manager
-    expect(() => creditMiddleware({ userId: "u" })).toThrow(/manager/);
+    const refused = (o: Omit<CreditMiddlewareOptions, "manager">, message: RegExp) => {
+      expect(() => creditMiddleware({ manager: m, ...o })).toThrow(ValidationError);
+      expect(() => creditMiddleware({ manager: m, ...o })).toThrow(message);
+    };
+    refused({ userId: "" }, /userId/);
+    refused({ userId: "u", maxRunCredits: -1 }, /amount/);
+    refused({ userId: "u", idempotencyKey: "k".repeat(201) }, /200/);
+    refused({ userId: "u", spender: "" }, /spender/);
+  });
+
+  it("a bad setup option, an unknown one or a missing manager is a ConfigurationError", async () => {
+    const m = await setup();
+    const refused = (o: unknown, message: RegExp) => {
+      expect(() => creditMiddleware(o as CreditMiddlewareOptions)).toThrow(ConfigurationError);
+      expect(() => creditMiddleware(o as CreditMiddlewareOptions)).toThrow(message);
+    };
+    refused({ manager: m, userId: "u", strictRunCap: true }, /strictRunCap needs maxRunCredits/);
+    refused({ manager: m, userId: "u", missingUsage: "all" }, /missingUsage/);
+    refused({ manager: m, userId: "u", ttlSeconds: 0 }, /ttlSeconds/);
+    refused({ manager: m, userId: "u", onSettled: "log" }, /onSettled/);
+    refused({ manager: m, userId: "u", budget: 5 }, /budget/);
+    refused({ userId: "u" }, /manager/);
+    refused(null, /options/);
+    // A setup mistake is reported before the request's input is read.
+    refused({ manager: m, userId: "", provider: "" }, /provider/);
   });
 });
