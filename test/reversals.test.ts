@@ -17,6 +17,8 @@ import { replayJournal } from "../src/domain/replay.js";
 import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/domain/reversal.js";
 import { createCreditManager, CreditService, type CreditManager, type JournalEntry } from "../src/index.js";
 import { DomainEvent } from "../src/models/index.js";
+import { deliveryUserId } from "../src/webhooks/queue.js";
+import { generateWebhookSecret, webhookQueue } from "../src/webhooks/index.js";
 import type { MeterOutcome } from "../src/services/metering.js";
 
 const managers: CreditManager[] = [];
@@ -123,6 +125,28 @@ describe("reverseCharge: what follows it", () => {
       feature: "f",
       balanceAfter: 60,
     });
+  });
+});
+
+describe("reverseCharge: the webhook", () => {
+  it("an endpoint subscribed to credits_reversed gets the reversal's event, and only it", async () => {
+    const db = new InMemoryDbManager();
+    const endpoint = { id: "rev", url: "http://127.0.0.1:9/hook", secret: generateWebhookSecret(), development: true };
+    const queue = webhookQueue({
+      db,
+      allowNetworks: ["127.0.0.0/8"],
+      endpoints: [{ ...endpoint, types: ["credits_reversed"] }],
+    });
+    const m = await manager({ db, queue, domainEvents: true });
+    await m.credits.addCredits("u", 100);
+    const charge = await m.credits.deductCredits("u", 30);
+    const r = await m.credits.reverseCharge("u", charge.id, { reason: "failed job" });
+    await m.notifications.dispatchPending({ limit: 100 });
+    // What the queue accepted for the endpoint (its delivery rows): the reversal's event alone.
+    const deliveries = await db.listNotifications(deliveryUserId("rev", "u"), { limit: 10 });
+    expect(deliveries.map((d) => d.type)).toEqual(["credits_reversed"]);
+    expect(JSON.stringify(deliveries[0]?.payload)).toContain(r.id);
+    await queue.close();
   });
 });
 
