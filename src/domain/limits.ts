@@ -139,11 +139,6 @@ export function applies(limit: Pick<SpendLimit, "spender" | "feature">, spend: S
   );
 }
 
-/** What `limit` has counted in its window at `at` (0 once that window has ended). */
-export function usedAt(limit: SpendLimit, at: number): number {
-  return limit.windowStart !== null && limit.windowStart === windowOf(limit, at).start ? limit.used : 0;
-}
-
 /** A limit that applies to a spend, with its window now and what is left in it. */
 export interface LimitHeadroom {
   limit: SpendLimit;

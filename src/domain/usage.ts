@@ -311,16 +311,6 @@ export function usageKind(
   return firstCase(rules.kinds, { amount: 0, reservationId: null, ...e });
 }
 
-/** Requests an entry of `kind` stands for (the kind's `requests` rule). */
-export function usageRequests(
-  e: Pick<JournalEntry, "type" | "metadata" | "reservationId"> & Partial<Pick<JournalEntry, "amount" | "description">>,
-  kind: UsageKind,
-  rules: UsageRules = USAGE_RULES,
-): number {
-  const full = { amount: 0, description: null, ...e } as RuleEntry;
-  return rules.rules[kind].sign * usageValue(firstCase(rules.rules[kind].measures.requests, full), full);
-}
-
 /**
  * An entry's usage split into parts (empty when it is not usage), by `rules` (`USAGE_RULES`): the
  * first part source of its kind that holds, each element a part and what they do not account for

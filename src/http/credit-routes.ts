@@ -79,7 +79,6 @@ export const AuditParams = AuditOptions;
 export const HistoryPageSchema = z.object({ items: z.array(JournalEntry), nextCursor: z.string().nullable() });
 export const ExpiringSchema = z.object({ userId: UserId, total: z.number().int(), grants: z.array(Grant) });
 export const GrantListSchema = z.object({ items: z.array(Grant) });
-export const SettledHoldSchema = z.object({ reservation: Reservation, entry: JournalEntry });
 // What a caller who is not an admin reads on the user routes (docs/service.md, "What each role sees").
 export const HistoryPageView = z.object({ items: z.array(EntryView), nextCursor: z.string().nullable() });
 export const ExpiringView = z.object({ userId: UserId, total: z.number().int(), grants: z.array(GrantView) });
