@@ -20,6 +20,7 @@ import {
   ReleaseOptions,
   Reservation,
   ReserveOptions,
+  ReverseChargeOptions,
   UserId,
   VoidGrantOptions,
 } from "../models/index.js";
@@ -48,6 +49,12 @@ export const DeductBody = DeductOptions.extend({
  * routes the void to that account (one shard on a distributed store); another user's grant is a 404.
  */
 export const VoidBody = VoidGrantOptions;
+/**
+ * `POST /admin/credits/users/:userId/entries/:entryId/reverse` (docs/corrections.md): `amount`
+ * (default: all that is left of the charge), `reason` (required: the reverse entry's description),
+ * `metadata`; the key in the `Idempotency-Key` header or the body.
+ */
+export const ReverseBody = ReverseChargeOptions;
 
 export const HistoryParams = z.strictObject({
   limit: HistoryQuery.shape.limit,
@@ -110,6 +117,17 @@ export const AuditSchema = z.object({
   activeReservations: z.record(z.string(), z.number().int()),
 });
 
+/** `GET /admin/credits/users/:userId/entries/:entryId/reversals`: a charge and what was given back of it. */
+export const ReversalsSchema = z.object({
+  charge: JournalEntry,
+  /** Its `reverse` entries, oldest first. */
+  reversals: z.array(JournalEntry),
+  /** Credits given back so far: the sum of `reversals`. */
+  reversed: z.number().int(),
+  /** What can still be given back: the charge's amount less `reversed`. */
+  remaining: z.number().int(),
+});
+
 /** `POST /admin/credits/users/:userId/customer-token`'s answer. */
 export const CustomerTokenSchema = z.object({
   token: z.string(),
@@ -120,6 +138,7 @@ export const CustomerTokenSchema = z.object({
 
 const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
 const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
+const entryOf = (ctx: RouteContext) => parse(EntityId, ctx.params.entryId, "path.entryId");
 const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
   ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
 
@@ -474,6 +493,39 @@ export const creditRoutes: RouteDefinition[] = [
         ? ctx.manager.credits.deductCreditsAfterService(user, amount, o)
         : ctx.manager.credits.deductCredits(user, amount, o);
     },
+  },
+  {
+    method: "POST",
+    base: "admin",
+    path: "/users/:userId/entries/:entryId/reverse",
+    access: "admin",
+    operationId: "adminReverseCharge",
+    summary:
+      "Give back a charge, in whole or `amount`, to the grants it drew from (their expiry and cost basis unchanged)",
+    description:
+      "`reason` is required and recorded as the `reverse` entry's description. The charge's reversals never sum past it (422); the same key answers the first reversal again. docs/corrections.md.",
+    tags: admin,
+    body: ReverseBody,
+    idempotent: true,
+    status: 201,
+    response: JournalEntry,
+    errors: [e.notFound, e.conflict, e.rule],
+    handle: async (ctx) => {
+      const options = await ctx.body<z.infer<typeof ReverseBody>>();
+      return ctx.manager.credits.reverseCharge(target(ctx), entryOf(ctx), withKey(options, ctx));
+    },
+  },
+  {
+    method: "GET",
+    base: "admin",
+    path: "/users/:userId/entries/:entryId/reversals",
+    access: "admin",
+    operationId: "adminGetReversals",
+    summary: "A charge, its reversals, what was given back of it and what is left to give back",
+    tags: admin,
+    response: ReversalsSchema,
+    errors: [e.notFound, e.rule],
+    handle: (ctx) => ctx.manager.credits.getReversals(target(ctx), entryOf(ctx)),
   },
   {
     method: "POST",
