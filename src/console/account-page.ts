@@ -1,4 +1,5 @@
 import { compareGrants } from "../domain/order.js";
+import { CreditError } from "../errors.js";
 import { hashEntry } from "../domain/hash.js";
 import { calendarWindow, limitStatuses } from "../domain/limits.js";
 import {
@@ -30,6 +31,7 @@ import {
 } from "./page-parts.js";
 import { paymentTable } from "./payments-page.js";
 import { subscriptionTable } from "./subscriptions-page.js";
+import { isCharge, reversedNotice } from "./reverse.js";
 
 // One account in the console (docs/console.md): its credits, chart, limits, spend, grants, holds,
 // auto top-up, payments, subscriptions, outbox and journal; and one hold.
@@ -75,9 +77,55 @@ function chainCheck(entries: readonly JournalEntry[]): { ok: boolean; text: stri
   };
 }
 
-function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
+/** What the page knows of each charge's reversals, and where each entry is on it (by id). */
+interface PageReversals {
+  /** Per charge id: the reverse entries of it on this page, newest first. */
+  byCharge: Map<string, JournalEntry[]>;
+  /** Entries on this page by id (a link to `#entry-<id>`). */
+  seqOf: Map<string, number>;
+}
+
+function pageReversals(entries: readonly JournalEntry[]): PageReversals {
+  const byCharge = new Map<string, JournalEntry[]>();
+  const seqOf = new Map<string, number>();
+  for (const e of entries) {
+    seqOf.set(e.id, e.seq);
+    if (e.type === "reverse" && e.reverses !== null && e.reverses !== undefined)
+      byCharge.set(e.reverses, [...(byCharge.get(e.reverses) ?? []), e]);
+  }
+  return { byCharge, seqOf };
+}
+
+/** An entry of the journal by id: `#seq` linked to its row when it is on this page, else its short id. */
+function entryRef(id: string, rev: PageReversals): Html {
+  const seq = rev.seqOf.get(id);
+  return seq === undefined
+    ? html`entry <span class="mono">${shortId(id)}</span>`
+    : html`<a href="#entry-${id}">#${seq}</a>`;
+}
+
+/**
+ * A charge's reversals and a reversal's charge (docs/corrections.md): "gives back #12", and on the
+ * charge "given back 40 (#15, #18)" — of the reversals on this page, which are all of them on the
+ * newest page (a reversal is always newer than its charge).
+ */
+function reversalParts(e: JournalEntry, rev: PageReversals): Html[] {
+  if (e.type === "reverse" && e.reverses !== null && e.reverses !== undefined)
+    return [html`gives back ${entryRef(e.reverses, rev)}`];
+  const given = rev.byCharge.get(e.id);
+  if (given === undefined) return [];
+  const total = given.reduce((s, r) => s + r.amount, 0);
+  return [
+    html`<span class="given-back"
+      >given back ${amount(total)}${total >= e.amount ? " (all)" : ""} in
+      ${given.map((r, i) => html`${i > 0 ? ", " : ""}${entryRef(r.id, rev)}`)}</span
+    >`,
+  ];
+}
+
+function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>, rev: PageReversals): Html {
   const u = enc(e.userId);
-  const parts: Html[] = [];
+  const parts: Html[] = [...reversalParts(e, rev)];
   if (e.spender !== null && e.spender !== undefined) parts.push(html`spender <code>${e.spender}</code>`);
   if (e.feature !== null && e.feature !== undefined) parts.push(html`feature <code>${e.feature}</code>`);
   if (e.reservationId !== null)
@@ -110,6 +158,24 @@ function causeOf(ctx: Ctx, e: JournalEntry, open: ReadonlySet<string>): Html {
     );
   if (e.correlationId !== null) parts.push(html`<span class="muted">corr.</span> <code>${e.correlationId}</code>`);
   return parts.length === 0 ? raw("—") : html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
+}
+
+/**
+ * The notice after an action; after a give-back, its result: the figures read from the store
+ * for the charge the redirect names (nothing of the query is shown).
+ */
+async function reverseResult(ctx: Ctx, userId: string): Promise<Html> {
+  const sp = ctx.url.searchParams;
+  const charge = sp.get("charge");
+  const reversal = sp.get("reversal");
+  if (sp.get("notice") !== "reversed" || charge === null || reversal === null) return notice(ctx);
+  try {
+    const shown = reversedNotice(await ctx.manager.credits.getReversals(userId, charge), reversal);
+    return shown.text === "" ? notice(ctx) : shown;
+  } catch (error) {
+    if (error instanceof CreditError) return notice(ctx);
+    throw error;
+  }
 }
 
 export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult> {
@@ -164,13 +230,15 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const open = grants.slice().sort(compareGrants);
   const openIds = new Set(open.map((g) => g.id));
   const check = chainCheck(entries);
+  const rev = pageReversals(entries);
+  const admin = ctx.role === "admin";
   const audit = audits.find((a) => a.message === AUDIT_MESSAGE);
   const chart = recent.entries.slice(-CHART_POINTS);
   const series = [chart.map((e) => e.createdAt.getTime() / 1000), chart.map((e) => e.balanceAfter)];
   const u = { user: userId };
   const usage = accountUsage(ctx, userId, recent);
   const body = html`<h1>Account <span class="mono">${userId}</span></h1>
-    ${notice(ctx)}
+    ${await reverseResult(ctx, userId)}
     <div class="cards">
       <div class="card">
         <div class="k">Balance</div>
@@ -294,16 +362,25 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
         { label: "Caused by", wide: true },
         "Metadata",
       ],
-      rows: entries.map((e) => [
-        e.seq,
-        when(e.createdAt),
-        e.type,
-        amount(e.amount),
-        amount(e.balanceAfter),
-        e.description ?? "",
-        causeOf(ctx, e, openIds),
-        metaList(e.metadata),
-      ]),
+      rows: entries.map((e) => ({
+        id: `entry-${e.id}`,
+        cells: [
+          e.seq,
+          when(e.createdAt),
+          // A charge's "Give back…" under its type: the journal has no room for a column of its own at 800 px.
+          admin && isCharge(e)
+            ? html`${e.type}
+                <div class="row-action">
+                  ${actionForm(ctx, "reverse", "Give back…", { user: userId, entry: e.id })}
+                </div>`
+            : e.type,
+          amount(e.amount),
+          amount(e.balanceAfter),
+          e.description ?? "",
+          causeOf(ctx, e, openIds, rev),
+          metaList(e.metadata),
+        ],
+      })),
       empty: "No entry.",
     })}
     ${pager(ctx, `/accounts/${enc(userId)}`, {}, next)} ${autoTopUpSection(ctx, account.autoTopUp ?? null, topUps)}

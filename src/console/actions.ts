@@ -3,6 +3,7 @@ import { newId } from "../util/uuid.js";
 import { csrfField, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, money, query, type Html } from "./html.js";
 import { AUDIT_MESSAGE } from "./page-parts.js";
+import { reverseConfirmPage, reverseFormPage, type ReverseForm } from "./reverse.js";
 
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
 const ACTIONS = {
@@ -12,6 +13,10 @@ const ACTIONS = {
   refund: {
     fields: ["payment", "amount"],
     ask: "Record a refund of all of this payment? Its credits are taken back. Refund it at the provider first.",
+  },
+  reverse: {
+    fields: ["entry", "amount", "description"],
+    ask: "Give back credits of this charge? They return to the grants it drew from.",
   },
   retry: { fields: ["notification"], ask: "Queue this failed notification for delivery again?" },
   audit: { fields: [], ask: "Run a full audit of this account (replays its whole journal)?" },
@@ -93,8 +98,33 @@ async function shownValue(ctx: Ctx, name: ActionName, form: FormData, f: string)
   return html`<code>${v}</code>`;
 }
 
+/**
+ * "Give back" (docs/console.md, "Actions"): the form with the charge's figures, then — once the
+ * amount and the reason are good — the confirmation of exactly what will be recorded.
+ */
+async function reverseSteps(ctx: Ctx, form: FormData): Promise<PageResult> {
+  const f: ReverseForm = {
+    user: field(form, "user"),
+    entry: field(form, "entry"),
+    key: field(form, "_key"),
+    amount: field(form, "amount"),
+    reason: field(form, "description"),
+  };
+  const r = await ctx.manager.credits.getReversals(f.user, f.entry);
+  if (field(form, "step") !== "review") return reverseFormPage(ctx, r, f, []);
+  const errors: string[] = [];
+  const credits = Number(f.amount);
+  if (!/^[0-9]+$/.test(f.amount) || credits < 1 || credits > r.remaining)
+    errors.push(`Credits to give back: a whole number from 1 to ${amount(r.remaining)} (what is left of the charge).`);
+  if (f.reason === "") errors.push("Reason: say why the charge is given back; it is written into the journal.");
+  return errors.length > 0 || r.remaining === 0
+    ? reverseFormPage(ctx, r, f, errors)
+    : reverseConfirmPage(ctx, r, f, credits);
+}
+
 /** The confirmation page: the same fields again, with `confirmed`, behind one more button. */
 async function confirmation(ctx: Ctx, name: ActionName, form: FormData): Promise<PageResult> {
+  if (name === "reverse") return await reverseSteps(ctx, form);
   const user = field(form, "user");
   const ask = REASON_ON_CONFIRM.has(name);
   const shown = ["user", ...ACTIONS[name].fields].filter((f) => field(form, f) !== "" && !(ask && f === "description"));
@@ -151,7 +181,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
   let noticeCode: string =
     name === "grant"
       ? "granted"
-      : `${name === "void" ? "voided" : name === "release" ? "released" : name === "refund" ? "refunded" : name === "retry" ? "retried" : name === "webhook-retry" ? "webhook-retried" : "audited"}`;
+      : `${name === "void" ? "voided" : name === "release" ? "released" : name === "refund" ? "refunded" : name === "reverse" ? "reversed" : name === "retry" ? "retried" : name === "webhook-retry" ? "webhook-retried" : "audited"}`;
   switch (name) {
     case "grant": {
       const amount = wholeNumber(field(form, "amount"), "amount");
@@ -188,6 +218,24 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
         description: described(form, "Released", ctx.actor),
         metadata: by,
       });
+      break;
+    }
+    case "reverse": {
+      // The reason is required here as in the library; the amount as confirmed (the library
+      // refuses more than is left, should another give-back have come first).
+      const reason = field(form, "description");
+      if (reason === "")
+        throw new ValidationError("Invalid form: a give-back needs a reason", [
+          { path: "description", message: "missing" },
+        ]);
+      const chargeId = field(form, "entry");
+      const entry = await credits.reverseCharge(user, chargeId, {
+        amount: wholeNumber(field(form, "amount"), "amount"),
+        reason: described(form, "Given back", ctx.actor),
+        idempotencyKey,
+        metadata: by,
+      });
+      back = `/accounts/${enc(user)}${query({ charge: chargeId, reversal: entry.id })}`;
       break;
     }
     case "refund": {

@@ -61,7 +61,7 @@ th{background:var(--soft);font-weight:600}th,td.num,td.short{overflow-wrap:norma
 .card .v{font-size:1.4rem;font-weight:600;font-variant-numeric:tabular-nums}.card .k{color:var(--muted);font-size:.85em}
 .ok{color:var(--ok);font-weight:600}.bad{color:var(--bad);font-weight:600}.muted{color:var(--muted)}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em}
-form.inline{display:inline}form.box{border:1px solid var(--line);border-radius:6px;padding:.7rem;margin:.5rem 0;display:flex;gap:.6rem;flex-wrap:wrap;align-items:end}
+form.inline{display:inline}form.box label.grow{flex:1 1 18rem}form.box>a{padding-bottom:.35rem}form.actions{display:flex;flex-wrap:wrap;gap:.6rem;align-items:center;margin:1rem 0}form.actions button+a{margin-left:.2rem}.row-action{margin-top:.3rem}.row-action button{white-space:nowrap;padding:.15rem .5rem;font-size:.9em}form.box{border:1px solid var(--line);border-radius:6px;padding:.7rem;margin:.5rem 0;display:flex;gap:.6rem;flex-wrap:wrap;align-items:end}
 label{display:flex;flex-direction:column;font-size:.85em;color:var(--muted);gap:.15rem}input,select{font:inherit;padding:.25rem .4rem;border:1px solid #8a949e;border-radius:4px}
 button{font:inherit;padding:.3rem .8rem;border-radius:4px;border:1px solid var(--accent);background:var(--accent);color:#fff;cursor:pointer}
 button.secondary{background:#fff;color:var(--accent)}button.danger{background:var(--bad);border-color:var(--bad)}

@@ -82,6 +82,7 @@ export const NOTICES: Record<string, string> = {
   voided: "Grant voided.",
   released: "Hold released.",
   refunded: "Refund recorded.",
+  reversed: "Charge given back.",
   retried: "Notification queued again.",
   "webhook-retried": "Delivery queued again: the worker sends it with the same webhook-id.",
   audited: "Audit run: see its verdict below.",

@@ -1,0 +1,165 @@
+import { chargeDraw } from "../domain/reversal.js";
+import type { JournalEntry } from "../models/index.js";
+import { csrfField, type Ctx, type PageResult } from "./context.js";
+import { amount, enc, html, raw, when, type Html } from "./html.js";
+import { shortId } from "./table.js";
+
+// "Give back" on a charge of the account page's journal (docs/console.md, "Actions";
+// docs/corrections.md): a form with the charge, what was given back of it and what is left, the
+// amount (default: all that is left) and a required reason; then a confirmation of exactly that;
+// then the result on the account page.
+
+/** What `credits.getReversals` answers: the charge, its reversals (oldest first) and the sums. */
+export interface Reversals {
+  charge: JournalEntry;
+  reversals: JournalEntry[];
+  reversed: number;
+  remaining: number;
+}
+
+/**
+ * The entries the console offers "Give back" on: charges with credits, as `reverseCharge` takes
+ * them (docs/concepts.md, "Giving a charge back").
+ */
+export function isCharge(e: JournalEntry): boolean {
+  return e.amount > 0 && typeof chargeDraw(e) !== "string";
+}
+
+/** What the form sent: the values as typed, each checked again when the action runs. */
+export interface ReverseForm {
+  user: string;
+  entry: string;
+  key: string;
+  amount: string;
+  reason: string;
+}
+
+/** The charge in one line: `#12 deduct of 100 credits at …, spender …, feature …`. */
+function chargeLine(c: JournalEntry): Html {
+  const who = [
+    c.spender === null || c.spender === undefined ? null : html`spender <code>${c.spender}</code>`,
+    c.feature === null || c.feature === undefined ? null : html`feature <code>${c.feature}</code>`,
+  ].filter((x): x is Html => x !== null);
+  return html`#${c.seq} <code>${c.type}</code> of ${amount(c.amount)} credits at
+    ${when(c.createdAt)}${who.map(
+      (w) => html`, ${w}`,
+    )}${c.description === null || c.description === "" ? "" : html` — ${c.description}`}`;
+}
+
+/** The grants the charge drew from, and the part of it that became debt (given back first). */
+function drawnFrom(c: JournalEntry): Html {
+  const draw = chargeDraw(c);
+  const drawn = typeof draw === "string" ? [] : draw.draws;
+  const debt = typeof draw === "string" ? 0 : draw.debt;
+  return html`${drawn.map(
+    (g, i) => html`${i > 0 ? ", " : ""}grant ${shortId(g.grantId)} (${amount(g.amount)})`,
+  )}${drawn.length === 0 ? "no grant" : ""}${debt > 0 ? html`; ${amount(debt)} became debt, reduced first` : ""}`;
+}
+
+function facts(ctx: Ctx, r: Reversals, more: Html = raw("")): Html {
+  return html`<dl class="meta" id="reverse-facts">
+    <dt>Account</dt>
+    <dd><a href="${ctx.base}/accounts/${enc(r.charge.userId)}">${shortId(r.charge.userId, "user")}</a></dd>
+    <dt>Charge</dt>
+    <dd>${chargeLine(r.charge)}</dd>
+    <dt>Drawn from</dt>
+    <dd>${drawnFrom(r.charge)}</dd>
+    <dt>Given back</dt>
+    <dd>
+      ${amount(r.reversed)}
+      credits${r.reversals.length === 0 ? "" : html` in ${r.reversals.length === 1 ? "one reversal" : `${amount(r.reversals.length)} reversals`}`}
+    </dd>
+    <dt>Left to give back</dt>
+    <dd id="reverse-remaining">${amount(r.remaining)} credits</dd>
+    ${more}
+  </dl>`;
+}
+
+const hidden = (name: string, value: string) => html`<input type="hidden" name="${name}" value="${value}" />`;
+
+/**
+ * The first page: the charge, and the amount (default: what is left) and reason to fill in;
+ * `errors` from a review that was refused. Nothing left to give back: no form.
+ */
+export function reverseFormPage(ctx: Ctx, r: Reversals, f: ReverseForm, errors: readonly string[]): PageResult {
+  const back = html`<a href="${ctx.base}/accounts/${enc(f.user)}#journal">Cancel</a>`;
+  const body = html`<h1>Give back a charge</h1>
+    ${errors.map((e) => html`<p class="error" role="alert">${e}</p>`)}
+    <p>
+      The credits go back to the grants the charge drew from, in the same proportions, with their own expiry, priority
+      and cost basis; usage reports and spend limits net them out of the charge's window.
+    </p>
+    ${facts(ctx, r)}
+    ${
+      r.remaining === 0
+        ? html`<p class="muted" id="reverse-none">All of this charge was given back: nothing is left.</p>
+            <p>${back}</p>`
+        : html`<form class="box" method="post" action="${ctx.base}/actions/reverse">
+            ${csrfField(ctx)}${hidden("_key", f.key)}${hidden("user", f.user)}${hidden("entry", f.entry)}${hidden(
+              "step",
+              "review",
+            )}<label
+              >Credits to give back (1 to ${amount(r.remaining)})<input
+                name="amount"
+                type="number"
+                min="1"
+                max="${r.remaining}"
+                step="1"
+                required
+                value="${f.amount === "" ? String(r.remaining) : f.amount}" /></label
+            ><label class="grow"
+              >Reason (required, written into the journal)<input
+                name="description"
+                maxlength="500"
+                required
+                value="${f.reason}"
+            /></label>
+            <button type="submit">Review…</button>
+            ${back}
+          </form>`
+    }`;
+  return { title: "Give back a charge", body };
+}
+
+/**
+ * The confirmation: exactly what will be recorded, behind one more button; "Change" goes back to
+ * the form with the values kept.
+ */
+export function reverseConfirmPage(ctx: Ctx, r: Reversals, f: ReverseForm, credits: number): PageResult {
+  const body = html`<h1>Confirm</h1>
+    <p>
+      Give back <strong id="reverse-amount">${amount(credits)} credits</strong> of charge #${r.charge.seq}? They return
+      to the grants it drew
+      from${credits < r.remaining ? html`; ${amount(r.remaining - credits)} credits will be left to give back` : ""}.
+    </p>
+    ${facts(
+      ctx,
+      r,
+      html`<dt>Reason</dt>
+        <dd id="reverse-reason">${f.reason} (by ${ctx.actor} in the console)</dd>`,
+    )}
+    <form class="actions" method="post" action="${ctx.base}/actions/reverse">
+      ${csrfField(ctx)}${hidden("_key", f.key)}${hidden("user", f.user)}${hidden("entry", f.entry)}${hidden(
+        "amount",
+        String(credits),
+      )}${hidden("description", f.reason)}<button type="submit" class="danger" id="confirm" name="confirmed" value="1">
+        Give back ${amount(credits)} credits</button
+      ><button type="submit" class="secondary" id="change" name="step" value="edit">Change</button>
+      <a href="${ctx.base}/accounts/${enc(f.user)}#journal">Cancel</a>
+    </form>`;
+  return { title: "Confirm", body };
+}
+
+/**
+ * The result on the account page after a give-back (`?notice=reversed&charge=…&reversal=…`): the
+ * figures read from the store, never from the query — the query only says which charge.
+ */
+export function reversedNotice(r: Reversals, reversalId: string): Html {
+  const done = r.reversals.find((e) => e.id === reversalId);
+  if (done === undefined) return raw("");
+  return html`<p class="notice" role="status" id="reverse-result">
+    Gave back ${amount(done.amount)} credits of charge #${r.charge.seq} (entry #${done.seq}): ${amount(r.reversed)} of
+    ${amount(r.charge.amount)} given back in all,
+    ${r.remaining === 0 ? "nothing" : html`${amount(r.remaining)} credits`} left to give back.
+  </p>`;
+}
