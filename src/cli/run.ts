@@ -6,6 +6,7 @@ import { isParseArgsError } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
 import { runAudit, type AuditSource } from "./audit.js";
 import { REVENUE_HELP, runRevenueCli } from "./revenue.js";
+import { REVERSE_HELP, runReverseCli } from "./reverse.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
 import { SERVE_OPTIONS } from "../serve/settings.js";
@@ -83,6 +84,8 @@ Commands:
   webhooks  Add, list, remove, rotate and test the webhook endpoints the worker delivers to
   accounts  Show an account (credits, spend limits, spend by spender, subscription); set and
             remove its spend limits
+  reverse   Give back a charge, in whole or in part, to the grants it drew from; show what was
+            given back of it
   revenue   Deferred revenue, recognized revenue, breakage and refunds, from the journal
 
 Each command's options, environment variables, exit codes and examples:
@@ -98,6 +101,7 @@ Examples:
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
   CREDIT_PG_URL=postgres://… npx credit-management worker
   CREDIT_PG_URL=postgres://… npx credit-management accounts show acme
+  CREDIT_PG_URL=postgres://… npx credit-management reverse ENTRY_ID --user acme --reason "job failed"
 
 Docs: docs/cli.md (the commands), docs/service.md (serve and keys).
 `;
@@ -137,6 +141,7 @@ export const COMMAND_HELP: Readonly<Record<string, string>> = {
   webhooks: WEBHOOKS_HELP,
   accounts: ACCOUNTS_HELP,
   revenue: REVENUE_HELP,
+  reverse: REVERSE_HELP,
 };
 
 const isHelpFlag = (arg: string) => arg === "--help" || arg === "-h";
@@ -191,6 +196,7 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
   // Its own flags and --help (docs/cli.md, "Accounts").
   if (args[0] === "accounts") return runAccountsCli(args.slice(1), io, source);
   if (args[0] === "revenue") return runRevenueCli(args.slice(1), io, source);
+  if (args[0] === "reverse") return runReverseCli(args.slice(1), io, source);
   try {
     return await run(args, io, source);
   } catch (error) {
@@ -244,7 +250,7 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   }
   if (command === undefined)
     throw new UsageError(
-      'missing command (try "schema", "audit", "accounts", "revenue", "worker", "serve", "keys" or "webhooks")',
+      'missing command (try "schema", "audit", "accounts", "reverse", "revenue", "worker", "serve", "keys" or "webhooks")',
     );
   if (command !== "schema" && command !== "audit" && command !== "worker")
     throw new UsageError(`unknown command "${command}"`);
