@@ -28,7 +28,17 @@ describe("credit-management CLI", () => {
     expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(100);
     // Every command is listed, and its options are left to its own help.
     const commands = Object.keys(COMMAND_HELP);
-    expect(commands.sort()).toEqual(["accounts", "audit", "keys", "revenue", "schema", "serve", "webhooks", "worker"]);
+    expect(commands.sort()).toEqual([
+      "accounts",
+      "audit",
+      "keys",
+      "revenue",
+      "reverse",
+      "schema",
+      "serve",
+      "webhooks",
+      "worker",
+    ]);
     for (const command of commands) expect(HELP, command).toMatch(new RegExp(`^  ${command} +\\S`, "m"));
     expect(HELP).not.toContain("--dialect postgres|mysql|sqlite");
     expect(HELP).not.toContain("--ledger-file FILE");
@@ -45,6 +55,7 @@ describe("credit-management CLI", () => {
       webhooks: ["rotate-secret ID"],
       accounts: ["limits set ID --amount N --period P"],
       revenue: ["--month YYYY-MM"],
+      reverse: ["--reason TEXT", "--show", "Examples:"],
     };
     for (const [command, parts] of Object.entries(expected)) {
       const text = COMMAND_HELP[command] as string;

@@ -101,7 +101,7 @@ Examples:
   CREDIT_PG_URL=postgres://… npx credit-management audit --all --ledger-file ledger.jsonl
   CREDIT_PG_URL=postgres://… npx credit-management worker
   CREDIT_PG_URL=postgres://… npx credit-management accounts show acme
-  CREDIT_PG_URL=postgres://… npx credit-management reverse ENTRY_ID --user acme --reason "job failed"
+  CREDIT_PG_URL=postgres://… npx credit-management reverse ENTRY_ID --user acme --reason "…"
 
 Docs: docs/cli.md (the commands), docs/service.md (serve and keys).
 `;
