@@ -293,6 +293,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/admin/credits/users/{userId}/entries/{entryId}/reverse": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Give back a charge, in whole or `amount`, to the grants it drew from (their expiry and cost basis unchanged)
+         * @description `reason` is required and recorded as the `reverse` entry's description. The charge's reversals never sum past it (422); the same key answers the first reversal again. docs/corrections.md.
+         */
+        post: operations["adminReverseCharge"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/credits/users/{userId}/entries/{entryId}/reversals": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A charge, its reversals, what was given back of it and what is left to give back */
+        get: operations["adminGetReversals"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/admin/credits/users/{userId}/reservations": {
         parameters: {
             query?: never;
@@ -2851,6 +2888,315 @@ export interface operations {
             };
             /** @description Too many: a spend limit would be passed (SPEND_LIMIT_EXCEEDED: the limit and when it resets in `details`), or a customer token's account is past its rate limit (RATE_LIMITED, with Retry-After) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminReverseCharge: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Makes the operation safe to retry: the same key and arguments return the first result. */
+                "Idempotency-Key"?: string;
+            };
+            path: {
+                userId: string;
+                entryId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": {
+                    amount?: number;
+                    reason: string;
+                    idempotencyKey?: string;
+                    correlationId?: string;
+                    metadata?: {
+                        [key: string]: components["schemas"]["JsonValue"];
+                    };
+                };
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        id: string;
+                        userId: string;
+                        seq: number;
+                        /** @enum {string} */
+                        type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                        amount: number;
+                        balanceAfter: number;
+                        reservedAfter: number;
+                        debtAfter: number;
+                        grants: {
+                            grantId: string;
+                            amount: number;
+                            /** @enum {string} */
+                            kind?: "returned" | "debt_paid";
+                        }[];
+                        reservationId: string | null;
+                        idempotencyKey: string | null;
+                        fingerprint: string | null;
+                        correlationId: string | null;
+                        description: string | null;
+                        metadata: {
+                            [key: string]: components["schemas"]["JsonValue"];
+                        } | null;
+                        spender?: string | null;
+                        feature?: string | null;
+                        costBasis?: {
+                            perCredit: string;
+                            currency: string;
+                        } | null;
+                        reverses?: string | null;
+                        occurredAt?: string | null;
+                        /** Format: date-time */
+                        createdAt: string;
+                        prevHash: string | null;
+                        hash: string;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (also: another user's resource) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Conflict: not active, idempotency key reused with other arguments, or a lost race */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Well-formed but refused by a rule */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Internal error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminGetReversals: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                userId: string;
+                entryId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description OK */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        charge: {
+                            id: string;
+                            userId: string;
+                            seq: number;
+                            /** @enum {string} */
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            amount: number;
+                            balanceAfter: number;
+                            reservedAfter: number;
+                            debtAfter: number;
+                            grants: {
+                                grantId: string;
+                                amount: number;
+                                /** @enum {string} */
+                                kind?: "returned" | "debt_paid";
+                            }[];
+                            reservationId: string | null;
+                            idempotencyKey: string | null;
+                            fingerprint: string | null;
+                            correlationId: string | null;
+                            description: string | null;
+                            metadata: {
+                                [key: string]: components["schemas"]["JsonValue"];
+                            } | null;
+                            spender?: string | null;
+                            feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            prevHash: string | null;
+                            hash: string;
+                        };
+                        reversals: {
+                            id: string;
+                            userId: string;
+                            seq: number;
+                            /** @enum {string} */
+                            type: "add" | "deduct" | "expire" | "void" | "reserve" | "commit_reserved" | "release_reserved" | "checkpoint" | "limits" | "reverse";
+                            amount: number;
+                            balanceAfter: number;
+                            reservedAfter: number;
+                            debtAfter: number;
+                            grants: {
+                                grantId: string;
+                                amount: number;
+                                /** @enum {string} */
+                                kind?: "returned" | "debt_paid";
+                            }[];
+                            reservationId: string | null;
+                            idempotencyKey: string | null;
+                            fingerprint: string | null;
+                            correlationId: string | null;
+                            description: string | null;
+                            metadata: {
+                                [key: string]: components["schemas"]["JsonValue"];
+                            } | null;
+                            spender?: string | null;
+                            feature?: string | null;
+                            costBasis?: {
+                                perCredit: string;
+                                currency: string;
+                            } | null;
+                            reverses?: string | null;
+                            occurredAt?: string | null;
+                            /** Format: date-time */
+                            createdAt: string;
+                            prevHash: string | null;
+                            hash: string;
+                        }[];
+                        reversed: number;
+                        remaining: number;
+                    };
+                };
+            };
+            /** @description Invalid body, query or path (field-level `details.issues`) */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description No identity */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not allowed: not an admin, or a spender the caller's credentials do not name */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not found (also: another user's resource) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Well-formed but refused by a rule */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
