@@ -239,15 +239,12 @@ function text(report: RevenueReport, query: RevenueQuery, label: string): string
   const whose = query.account === undefined ? "every account" : `account ${JSON.stringify(query.account)}`;
   const head = `Revenue ${label} (${report.timeZone}), ${whose}; amounts in each currency's smallest unit\n`;
   if (report.rows.length === 0) return `${head}  none: no paid credits, no usage on credit\n`;
-  const rows = report.rows.map((r) => {
-    const values = r as unknown as Record<string, unknown>;
-    return [
-      windowText(r.start, query.interval, report.timeZone),
-      r.currency ?? "-",
-      ...groups.map((g) => cellOf(values[g])),
-      ...COLUMNS.map(([k]) => String(r[k])),
-    ];
-  });
+  const rows = report.rows.map((r) => [
+    windowText(r.start, query.interval, report.timeZone),
+    r.currency ?? "-",
+    ...groups.map((g) => cellOf(r[g])),
+    ...COLUMNS.map(([k]) => String(r[k])),
+  ]);
   return (
     head +
     table(["WINDOW", "CURRENCY", ...groups.map((g) => g.toUpperCase()), ...COLUMNS.map(([, h]) => h)], rows, [

@@ -1,4 +1,4 @@
-import type { UsageRow } from "../models/usage.js";
+import type { UsageDimension, UsageRow } from "../models/usage.js";
 
 /**
  * The stacked usage chart of the console's usage and account pages and of serve's customer page
@@ -154,7 +154,7 @@ export interface ChartData {
  */
 export function chartData(
   rows: readonly UsageRow[],
-  dimension: string | null,
+  dimension: UsageDimension | null,
   timeZone: string,
   days?: { from: Date; to: Date },
 ): ChartData {
@@ -167,7 +167,7 @@ export function chartData(
   const total = new Map<string, number>();
   for (const r of rows) {
     if (r.kind !== "spend") continue;
-    const v = dimension === null ? "credits" : (r as unknown as Record<string, unknown>)[dimension];
+    const v = dimension === null ? "credits" : r[dimension];
     const label = v === null || v === undefined ? `(no ${dimension ?? "group"})` : String(v);
     let values = byLabel.get(label);
     if (values === undefined) byLabel.set(label, (values = starts.map(() => 0)));

@@ -47,7 +47,7 @@ export function usageChart(
   id: string,
   label: string,
   rows: readonly UsageRow[],
-  dimension: string | null,
+  dimension: UsageDimension | null,
   days: { from: Date; to: Date },
 ): Html {
   return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>

@@ -162,7 +162,7 @@ export const paymentRoutes: RouteDefinition[] = [
     rawBody: true,
     handle: async (ctx) => {
       const name = ProviderName.safeParse(ctx.params.provider);
-      // A name no provider can have is as unknown as one nobody configured (not a 500).
+      // A name no provider can have is answered as one nobody configured is: 404, not a 500.
       if (!name.success) throw new HttpError(404, "NOT_FOUND", "No such payment provider.");
       const provider = name.data;
       const result = await ctx.manager.payments.handleWebhook(provider, await ctx.rawBody(), ctx.request.headers);

@@ -56,8 +56,7 @@ export function modelJsonSchema(model: z.ZodType): JsonSchemaNode {
     io: "output",
     unrepresentable: "any",
     override: (ctx) => {
-      const def = (ctx.zodSchema as unknown as { _zod: { def: { type: string } } })._zod.def;
-      if (def.type === "date") {
+      if (ctx.zodSchema._zod.def.type === "date") {
         ctx.jsonSchema.type = "string";
         ctx.jsonSchema.format = "date-time";
         (ctx.jsonSchema as JsonSchemaNode)[DATE_MARKER] = true;
