@@ -177,6 +177,8 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
   const { credits, payments, db, ledger } = ctx.manager;
   const idempotencyKey = `console:${name}:${key}`;
   const by = { actor: ctx.actor, via: "console" };
+  // What a grant, a void and a release record: the form's key, its description (else `done` by the actor), who.
+  const recorded = (done: string) => ({ idempotencyKey, description: described(form, done, ctx.actor), metadata: by });
   let back = `/accounts/${enc(user)}`;
   let noticeCode: string =
     name === "grant"
@@ -187,10 +189,8 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       const amount = wholeNumber(field(form, "amount"), "amount");
       const days = field(form, "days");
       await credits.addCredits(user, amount, {
-        idempotencyKey,
+        ...recorded("Granted"),
         source: "manual",
-        description: described(form, "Granted", ctx.actor),
-        metadata: by,
         ...(days === ""
           ? {}
           : { expiresAt: new Date(ctx.now.getTime() + wholeNumber(days, "days", 36_500) * 86_400_000) }),
@@ -201,11 +201,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       const grantId = field(form, "grant");
       const g = await db.getGrant(grantId, user);
       if (g === null || g.userId !== user) throw new NotFoundError(`Grant ${grantId} not found.`, { grantId });
-      await credits.voidGrant(grantId, {
-        idempotencyKey,
-        description: described(form, "Voided", ctx.actor),
-        metadata: by,
-      });
+      await credits.voidGrant(grantId, recorded("Voided"));
       break;
     }
     case "release": {
@@ -213,11 +209,7 @@ export async function runAction(ctx: Ctx, name: ActionName, form: FormData): Pro
       const h = await db.getReservation(holdId, user);
       if (h === null || h.userId !== user)
         throw new NotFoundError(`Hold ${holdId} not found.`, { reservationId: holdId });
-      await credits.releaseReservedCredits(holdId, {
-        idempotencyKey,
-        description: described(form, "Released", ctx.actor),
-        metadata: by,
-      });
+      await credits.releaseReservedCredits(holdId, recorded("Released"));
       break;
     }
     case "reverse": {
