@@ -79,6 +79,24 @@ export class RuleViolationError extends CreditError {
   }
 }
 
+/**
+ * Usage recorded with an `occurredAt` outside what the manager accepts (docs/usage.md, "Late
+ * usage"): earlier than its late-usage window (`lateUsageWindowDays`, default 35) before now, or
+ * later than now. A `RuleViolationError` (code `RULE_VIOLATION`, HTTP 422) whose issue is at
+ * `occurredAt`; `earliest` is the oldest instant accepted when it was refused. Nothing was changed.
+ */
+export class LateUsageError extends RuleViolationError {
+  constructor(
+    message: string,
+    /** The `occurredAt` refused. */
+    readonly occurredAt: Date,
+    /** The earliest `occurredAt` accepted at the time of the refusal. */
+    readonly earliest: Date,
+  ) {
+    super(message, [{ path: "occurredAt", message }]);
+  }
+}
+
 /** The account does not have the credits an operation needs. Nothing was changed. */
 export class InsufficientCreditsError extends CreditError {
   constructor(message: string, details: { requested: number; available: number; [k: string]: unknown }) {

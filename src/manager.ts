@@ -4,7 +4,14 @@ import type { Cache } from "./cache/index.js";
 import { InMemoryDbManager } from "./db/memory/index.js";
 import type { DbManager } from "./db/types.js";
 import { LedgerLogger } from "./ledger/index.js";
-import { CheckpointEvery, FeatureRules, PriceBookInput, ThresholdSpec, TrialCredits } from "./models/index.js";
+import {
+  CheckpointEvery,
+  FeatureRules,
+  LateUsageWindowDays,
+  PriceBookInput,
+  ThresholdSpec,
+  TrialCredits,
+} from "./models/index.js";
 import { parseConfig } from "./models/parse.js";
 import { CustomerTokenSettings } from "./models/customer-tokens.js";
 import type { NotificationQueue } from "./queue/index.js";
@@ -60,6 +67,12 @@ export const CreditManagerOptions = z.strictObject({
     .min(1)
     .max(30 * 24 * 3600)
     .optional(),
+  /**
+   * How many days back usage may be recorded with `occurredAt` (`deductCredits`,
+   * `deductCreditsAfterService`; docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is
+   * refused with a `LateUsageError`.
+   */
+  lateUsageWindowDays: LateUsageWindowDays.optional(),
   /** Credits `available` may go below zero through after-service usage; null = unlimited (default). */
   overdraftLimit: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).nullable().optional(),
   /**
@@ -198,6 +211,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
     overdraftLimit: o.overdraftLimit ?? null,
+    lateUsageWindowDays: o.lateUsageWindowDays,
     checkpointEvery: o.checkpointEvery,
     alerts: alertsOn ? thresholds : undefined,
     trial: o.trial,

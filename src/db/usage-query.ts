@@ -13,10 +13,13 @@ import {
   sqlElementMeasure,
   sqlEntryMeasure,
   sqlEntryTotal,
+  sqlFactor,
   sqlKind,
   sqlKindOrder,
   sqlLit,
   sqlMeasure,
+  sqlPlaced,
+  sqlPlacedIn,
   sqlSourceArray,
   sqlSourceSum,
   sqlTypes,
@@ -70,7 +73,7 @@ export const PG_QUERY: UsageQueryDialect = {
   time: (t) => t,
   windows: (scan, p) => {
     const bounds = p(scan.boundaries.map((b) => new Date(b).toISOString()));
-    return { with: "", column: `width_bucket(j.created_at, ${bounds}::timestamptz[]) - 1 AS w`, join: "", bounds };
+    return { with: "", column: `width_bucket(${sqlPlaced("j")}, ${bounds}::timestamptz[]) - 1 AS w`, join: "", bounds };
   },
   kindIn: (x, kinds, p) => `${x} = ANY(${p(kinds)}::text[])`,
   metadataGroup: (r, key, p) => {
@@ -96,8 +99,8 @@ export const SQLITE_QUERY: UsageQueryDialect = {
       with:
         `win AS MATERIALIZED (SELECT json_extract(value, '$[0]') AS i, json_extract(value, '$[1]') AS s, ` +
         `json_extract(value, '$[2]') AS t FROM json_each(${bounds})), `,
-      column: "j.created_at",
-      join: ", win.i AS w FROM e0 JOIN win ON e0.created_at >= win.s AND e0.created_at < win.t",
+      column: `${sqlPlaced("j")} AS at`,
+      join: ", win.i AS w FROM e0 JOIN win ON e0.at >= win.s AND e0.at < win.t",
       bounds,
     };
   },
@@ -175,12 +178,18 @@ export function usageQuery(
     return mark;
   };
   const win = d.windows(scan, p);
+  // Each entry where its usage happened: at its occurred_at (late usage, a reversal), else its created_at.
+  const from = p(d.time(scan.from));
+  const to = p(d.time(scan.to));
   const where =
     rollup === undefined
-      ? [`j.created_at >= ${p(d.time(scan.from))}`, `j.created_at < ${p(d.time(scan.to))}`]
+      ? [sqlPlacedIn("j", (c) => `${c} >= ${from} AND ${c} < ${to}`)]
       : [
-          `((j.created_at >= ${p(d.time(scan.from))} AND j.created_at < ${p(d.time(new Date(rollup.days.from)))}) OR ` +
-            `(j.created_at >= ${p(d.time(new Date(rollup.days.to)))} AND j.created_at < ${p(d.time(scan.to))}))`,
+          sqlPlacedIn("j", (c) => {
+            const daysFrom = p(d.time(new Date(rollup.days.from)));
+            const daysTo = p(d.time(new Date(rollup.days.to)));
+            return `((${c} >= ${from} AND ${c} < ${daysFrom}) OR (${c} >= ${daysTo} AND ${c} < ${to}))`;
+          }),
         ];
   if (scan.account !== null) where.unshift(`j.user_id = ${p(scan.account)}`);
   where.push(sqlTypes("j", rules));
@@ -279,7 +288,7 @@ export function usageQuery(
     // is one row; only the measures its source does not balance (tokens) are read from its parts.
     const totals = USAGE_MEASURES.map((m) => sqlEntryTotal(r, m, (i) => `e.a${i}`, `e.${sqlMeasure(m, "m_")}`, rules));
     const whole = { model: r.nullText, feature: r.nullText, spender: r.nullText, own: "false" };
-    const row = `SELECT ${head(whole)}, ${as(totals)} FROM e2 AS e${d.fence}`;
+    const row = `SELECT ${head(whole)}, ${as(totals.map((t) => `(${t}) * e.f`))} FROM e2 AS e${d.fence}`;
     n =
       rollup === undefined
         ? `n AS (${row}) `
@@ -296,13 +305,16 @@ export function usageQuery(
       )
       .join(" UNION ALL ");
     n =
-      `n AS (SELECT ${head(pt)}, ${measureCols.map((m) => `pt.${m}`).join(", ")} ` +
+      `n AS (SELECT ${head(pt)}, ${measureCols.map((m) => `pt.${m} * e.f AS ${m}`).join(", ")} ` +
       `FROM e CROSS JOIN LATERAL (${lateral}) AS pt${d.fence}) `;
   } else {
     // No LATERAL (SQLite): each source's elements are a branch over the entries that have it (its
     // table-valued function reads the entry's array), and what they leave a branch of its own.
     n = `n AS (${parts
-      .map((x) => `SELECT ${head(x)}, ${as(x.measures)} FROM e${x.from === null ? "" : `, ${x.from}`} WHERE ${x.where}`)
+      .map(
+        (x) =>
+          `SELECT ${head(x)}, ${as(x.measures.map((m) => `(${m}) * e.f`))} FROM e${x.from === null ? "" : `, ${x.from}`} WHERE ${x.where}`,
+      )
       .join(" UNION ALL ")}) `;
   }
   const keys = ["w", "kind", ...names].map((_, i) => String(i + 1));
@@ -314,7 +326,8 @@ export function usageQuery(
   ];
   const text =
     `WITH ${win.with}e0 AS (SELECT j.user_id, j.type, j.amount, j.metadata, j.description, j.spender, j.feature, j.reservation_id, ` +
-    `${win.column}, ${sqlKind(r, "j", rules)} AS kind FROM ${journal} j WHERE ${where.join(" AND ")}${d.fence}), ` +
+    `${win.column}, ${sqlKind(r, "j", rules)} AS kind, ${sqlFactor(r, "j", rules)} AS f ` +
+    `FROM ${journal} j WHERE ${where.join(" AND ")}${d.fence}), ` +
     `e1 AS (SELECT e0.*${win.join === "" ? " FROM e0" : win.join} WHERE ${kinds}), ` +
     `e2 AS ${d.once}(SELECT e1.*, ${entryCols.join(", ")} FROM e1${d.fence}), ` +
     // Split, the parts read each entry more than once: its sums are worked out once.

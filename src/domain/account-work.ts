@@ -381,7 +381,8 @@ export class AccountWork {
     if (this.account.limits != null && options.limits !== "skip") {
       const force = (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force";
       // Usage already delivered passes a limit and says so in its entry (as a shortfall does).
-      if (this.countLimits(spendOf(meta), amount, force))
+      // Late usage counts in the window it happened in, while that window is the current one.
+      if (this.countLimits(spendOf(meta), amount, force, undefined, meta.occurredAt))
         meta = { ...meta, metadata: { ...meta.metadata, overLimit: true } };
     }
     const portions = this.draw(amount, spend);
@@ -630,10 +631,14 @@ export class AccountWork {
    * Counts a spend against the account's limits (refused unless `force` when it does not fit).
    * True when it passed one (forced).
    */
-  private countLimits(spend: Spend, amount: number, force: boolean, what?: string): boolean {
+  private countLimits(spend: Spend, amount: number, force: boolean, what?: string, occurredAt?: Date): boolean {
     const limits = this.account.limits;
     if (limits == null || limits.length === 0) return false;
-    const counted = countSpend(limits, spend, amount, this.now.getTime(), { force, what });
+    const now = this.now.getTime();
+    const counted =
+      occurredAt === undefined
+        ? countSpend(limits, spend, amount, now, { force, what })
+        : countSpend(limits, spend, amount, occurredAt.getTime(), { force, what, now });
     this.noteCounted(counted);
     return counted.over;
   }

@@ -63,9 +63,10 @@ export function withSpend(meta: EntryMeta, hold: Reservation): EntryMeta {
   return { ...meta, spender: hold.spender ?? undefined, feature: hold.feature ?? undefined };
 }
 
-/** True when options name nothing an entry records (no key, description, correlation, metadata, spender or feature). */
-export function namesNothing(o: EntryMeta): boolean {
+/** True when options name nothing an entry records (no key, description, correlation, metadata, spender, feature or time). */
+export function namesNothing(o: { readonly [K in keyof EntryMeta]?: unknown }): boolean {
   return (
+    o.occurredAt === undefined &&
     o.idempotencyKey === undefined &&
     o.description === undefined &&
     o.correlationId === undefined &&

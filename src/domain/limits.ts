@@ -266,14 +266,29 @@ export interface Counted {
  * `SpendLimitError` (naming the tightest limit) when it does not fit one of them, unless `force`
  * (usage already delivered, docs/concepts.md "Overdraft and debt"): then it is counted all the
  * same and `over` says it passed a limit.
+ *
+ * Late usage (docs/teams-and-limits.md, "Late usage and reversals"): `at` is when it happened and
+ * `now` when it is recorded. It counts in the window of `at` when that window is still the current
+ * one (`now`'s), and is checked there as any spend; a window that has ended keeps no count, so a
+ * spend of an ended window is counted against no limit of that period.
  */
 export function countSpend(
   limits: readonly SpendLimit[],
   spend: Spend,
   amount: number,
   at: number,
-  options: { force?: boolean | undefined; what?: string | undefined } = {},
+  options: { force?: boolean | undefined; what?: string | undefined; now?: number | undefined } = {},
 ): Counted {
+  if (options.now !== undefined && options.now !== at) {
+    const live = limits.filter((l) => windowOf(l, at).start === windowOf(l, options.now as number).start);
+    if (live.length !== limits.length) {
+      // Count the limits whose window of `at` is still current; the others stay as they are.
+      const counted = countSpend(live, spend, amount, at, { force: options.force, what: options.what });
+      let j = 0;
+      const out = limits.map((l) => (live.includes(l) ? (counted.limits[j++] as SpendLimit) : l));
+      return { ...counted, limits: out };
+    }
+  }
   // One pass, each window read once (and cached: `calendarWindow`); loops, not callbacks, and one
   // literal per counted limit, not a spread: this runs on every spend of an account with limits.
   const out: SpendLimit[] = new Array<SpendLimit>(limits.length);
@@ -373,6 +388,32 @@ export function trueUpHold(
     out[i] = { ...limit, used: Math.max(0, limit.used - back) };
   }
   return { limits: out, crossed: NO_CROSSINGS, over: false };
+}
+
+/**
+ * Gives a reversed spend back to the limits (docs/teams-and-limits.md, "Late usage and reversals"):
+ * `amount` credits of a charge of `spend` made at `chargeAt` (its `occurredAt`, else `createdAt`;
+ * ms) come off each limit that applies to it and still counts the charge's window — the window
+ * holding `chargeAt` is the one it tracks and is the current one at `now`. A window that has ended
+ * is left as it was (nothing is left to spend in it). A limit reached is no longer reached when the
+ * count falls below its amount, and a threshold the count falls back below is armed again: the
+ * next spend that reaches it sends it again.
+ */
+export function giveBackSpend(
+  limits: readonly SpendLimit[],
+  spend: Spend,
+  amount: number,
+  chargeAt: number,
+  now: number,
+): SpendLimit[] {
+  return limits.map((limit) => {
+    if (amount <= 0 || !applies(limit, spend)) return limit;
+    const then = windowOf(limit, chargeAt).start;
+    if (limit.windowStart !== then || windowOf(limit, now).start !== then) return limit;
+    const used = Math.max(0, limit.used - amount);
+    const alerted = ALERTS[Math.min(alertedOf(limit), alertLevel(used, limit.amount))] as LimitAlert | null;
+    return { ...limit, used, alerted };
+  });
 }
 
 /**

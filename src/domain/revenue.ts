@@ -456,6 +456,27 @@ export class RevenueAccumulator {
           if (alloc !== undefined && [...alloc.values()].every((v) => v <= 0)) holds.delete(e.reservationId ?? "");
           break;
         }
+        case "reverse": {
+          // A charge given back (docs/revenue.md, decision 9): booked now, in the window it is
+          // written — a closed window is never restated. Its credits go back to the grants that
+          // paid, each to the positions it was last used from: their recognized value reversed at
+          // that grant's basis, deferred again. What it takes off debt is unbilled no more.
+          let past = e.amount;
+          for (const g of e.grants) {
+            past -= g.amount;
+            const lot = lots.get(g.grantId);
+            if (lot === undefined) continue; // a free grant's credits: no revenue
+            const n = Math.min(g.amount, lot.gone);
+            const to = lot.offset + lot.gone;
+            const v = valueAt(lot.rate, to) - valueAt(lot.rate, to - n);
+            lot.gone -= n;
+            shift(lot, v);
+            add(key(lot.currency, lot, e), "recognized", -v);
+            earned(lot, "recognized", -v);
+          }
+          if (past > 0) add(key(null, null, e), "unbilledCredits", -past);
+          break;
+        }
         case "expire":
         case "void":
           for (const g of e.grants) {

@@ -145,6 +145,12 @@ export interface UsageKindRule {
 export interface UsageRules {
   /** An entry's usage kind: the first case that holds; none: the entry is no usage. */
   readonly kinds: readonly UsageCase<UsageKind>[];
+  /**
+   * The entries that give usage back (a reversal, docs/usage.md "Corrections"): when all these tests
+   * hold, every measure of each of the entry's parts counts negated, in the kind and dimensions the
+   * other rules give it. Null: no entry does.
+   */
+  readonly negated: readonly UsageTest[] | null;
   readonly rules: { readonly [K in UsageKind]: UsageKindRule };
 }
 
@@ -180,23 +186,30 @@ const TAKE_BACK_RULE: UsageKindRule = {
  *   a lease window's count. Split by a lease window's parts (`metadata.leaseWindow.parts`), else
  *   by its recorded LLM usages (`metadata.usages`, docs/llm-metering.md: the requests with the
  *   first), so the parts of an entry always add up to its amount and its requests.
+ *   A reversal (`reverse`, docs/usage.md "Corrections") is spend given back: negated, split by
+ *   the parts it records (`metadata.reversal.parts`: the charge's parts scaled to what it gives
+ *   back, `reversalMetadata`), its requests those it records. Every store places it at its
+ *   `occurredAt` — the charge's time — so it nets out in the charge's window.
  * - `refund` / `clawback`: the deductions and voids that take a refunded payment's or a lost
  *   dispute's credits back; their credits, never netted with spend.
  *
- * Additions, expiries, other voids, holds and their releases are no usage.
+ * Additions, expiries, other voids, holds and their releases are no usage. Every entry counts in
+ * the window of its `occurredAt` when it has one (late usage, a reversal), else of its `createdAt`.
  */
 export const USAGE_RULES: UsageRules = {
   kinds: [
     { when: [...TAKE_BACK, { descriptionStartsWith: "Lost dispute" }], then: "clawback" },
     { when: TAKE_BACK, then: "refund" },
-    { when: [{ type: ["deduct", "commit_reserved"] }], then: "spend" },
+    { when: [{ type: ["deduct", "commit_reserved", "reverse"] }], then: "spend" },
   ],
+  negated: [{ type: ["reverse"] }],
   rules: {
     spend: {
       sign: 1,
       measures: {
         credits: [{ when: [], then: "amount" }],
         requests: [
+          { when: [{ type: ["reverse"] }], then: { metadata: ["reversal", "requests"] } },
           { when: [{ type: ["deduct"] }, { held: false }], then: 1 },
           { when: [{ type: ["deduct"] }], then: 0 },
           {
@@ -210,6 +223,22 @@ export const USAGE_RULES: UsageRules = {
         cachedTokens: [{ when: [], then: 0 }],
       },
       parts: [
+        {
+          array: ["reversal", "parts"],
+          nonEmpty: false,
+          own: true,
+          model: "model",
+          feature: "feature",
+          spender: "spender",
+          fields: {
+            credits: "credits",
+            requests: "requests",
+            inputTokens: "inputTokens",
+            outputTokens: "outputTokens",
+            cachedTokens: "cachedTokens",
+          },
+          balanced: ["credits", "requests"],
+        },
         {
           array: ["leaseWindow", "parts"],
           nonEmpty: false,
@@ -322,9 +351,10 @@ export function usageParts(e: RuleEntry, rules: UsageRules = USAGE_RULES): Usage
   const rule = rules.rules[kind];
   const entry = {} as Record<UsageMeasure, number>;
   for (const m of USAGE_MEASURES) entry[m] = usageValue(firstCase(rule.measures[m], e), e);
+  const sign = isNegated(e, rules) ? -rule.sign : rule.sign;
   const signed = (p: UsagePart): UsagePart => {
-    if (rule.sign === 1) return p;
-    for (const m of USAGE_MEASURES) p[m] = rule.sign * p[m] + 0;
+    if (sign === 1) return p;
+    for (const m of USAGE_MEASURES) p[m] = sign * p[m] + 0;
     return p;
   };
   const source = rule.parts.find((s) => usageTest(sourceTest(s), e));
@@ -358,6 +388,11 @@ export function usageParts(e: RuleEntry, rules: UsageRules = USAGE_RULES): Usage
   }
   if (differs) parts.push(rest);
   return parts.map(signed);
+}
+
+/** Whether `e` gives usage back (`rules.negated`: a reversal). */
+export function isNegated(e: RuleEntry, rules: UsageRules = USAGE_RULES): boolean {
+  return rules.negated !== null && rules.negated.every((t) => usageTest(t, e));
 }
 
 /** A metadata value as a usage group: text for a string, number or boolean, else null. */
@@ -530,6 +565,13 @@ export function windowIndex(boundaries: readonly number[], ms: number): number {
 
 // ---- Aggregation ----
 
+/**
+ * When an entry's usage happened, in ms: its `occurredAt` (usage recorded late, a reversal: the
+ * time of the charge it gives back), else its `createdAt` (docs/usage.md, "Late usage").
+ */
+export const placedAt = (e: Pick<JournalEntry, "createdAt" | "occurredAt">): number =>
+  (e.occurredAt ?? e.createdAt).getTime();
+
 /** The value of dimension `d` for a part of entry `e` (of account `account`). */
 export function groupValue(
   d: UsageDimension,
@@ -561,9 +603,9 @@ export class UsageAccumulator {
     private readonly rules: UsageRules = USAGE_RULES,
   ) {}
 
-  /** Adds one journal entry of `account`. */
+  /** Adds one journal entry of `account`, in the window of its `occurredAt`, else its `createdAt`. */
   add(account: string, e: JournalEntry): void {
-    const window = windowIndex(this.scan.boundaries, e.createdAt.getTime());
+    const window = windowIndex(this.scan.boundaries, placedAt(e));
     if (window < 0) return;
     for (const p of usageParts(e, this.rules)) {
       if (!this.scan.kinds.includes(p.kind)) continue;
@@ -643,6 +685,8 @@ export function usageRows(buckets: readonly UsageBucket[], scan: UsageScan): { r
 // ---- Audit of a daily rollup ----
 
 const DAY = 86_400_000;
+/** The longest late-usage window a manager may have, in days (`LateUsageWindowDays`). */
+const LATE_DAYS_MAX = 366;
 
 /** What the rollup audit needs of an account's first and last remaining journal entries. */
 export type RollupEdge = Pick<JournalEntry, "seq" | "createdAt">;
@@ -650,11 +694,13 @@ export type RollupEdge = Pick<JournalEntry, "seq" | "createdAt">;
 /**
  * The UTC days whose rollup rows the audit compares with the journal, as [from, to) in ms at UTC
  * midnights: from the day of the first remaining entry (the day after it when entries before it
- * are archived: its day lost some of its entries) to the end of the day of the last one.
+ * are archived: its day lost some of its entries; the longest late-usage window before it when
+ * none is: usage recorded late may be placed there) to the end of the day of the last one.
  */
 function auditedDays(first: RollupEdge, last: RollupEdge): { from: number; to: number; archived: boolean } {
   const archived = first.seq > 1;
-  const from = Math.floor(first.createdAt.getTime() / DAY) * DAY + (archived ? DAY : 0);
+  // A whole journal: from as far back as usage recorded late may be placed (docs/usage.md, "Late usage").
+  const from = Math.floor(first.createdAt.getTime() / DAY) * DAY + (archived ? DAY : -LATE_DAYS_MAX * DAY);
   const to = Math.floor(last.createdAt.getTime() / DAY) * DAY + DAY;
   return { from, to, archived };
 }
@@ -739,4 +785,91 @@ export function rollupProblems(
   }
   for (const [key, j] of journal) problems.push(`usage rollup: ${key} has none, the journal ${sums(j)}`);
   return problems;
+}
+
+// ---- Reversals ----
+
+/**
+ * The metadata of a reversal of `amount` credits of `charge` (docs/usage.md, "Corrections"), given
+ * what earlier reversals of it gave back (`reversedBefore`) and the caller's own metadata (`extra`):
+ * the charge's metadata less what describes the capture itself (its `usages`, `leaseWindow`,
+ * `requested`, `shortfall`), so `metadata.<key>` groups net it where the charge counted — the
+ * charge's keys win over `extra`'s — and `reversal`, the usage it takes out by part:
+ *
+ * - credits: the charge's parts (by feature, spender and model, as `usageParts` splits it) scaled
+ *   to what the charge has given back after it, less before it, each rounded by largest remainder —
+ *   so the reversals of a charge add up to each of its parts exactly once it is all given back;
+ * - requests and tokens: none, but on the reversal that gives back the charge's last credit, which
+ *   takes out all of them. A partial give-back is a price correction: the request was made and its
+ *   tokens were used.
+ */
+export function reversalMetadata(
+  charge: JournalEntry,
+  amount: number,
+  reversedBefore: number,
+  extra?: Record<string, unknown> | null,
+): Record<string, unknown> {
+  const whole = usageParts(charge);
+  const parts = whole.length > 0 ? whole : [{ kind: "spend", model: null, ...NO_MEASURES } as UsagePart];
+  const total = charge.amount;
+  const done = reversedBefore + amount;
+  const last = done >= total;
+  const before = scaleParts(parts, reversedBefore, total);
+  const after = scaleParts(parts, done, total);
+  const out: Record<string, unknown>[] = [];
+  let requests = 0;
+  parts.forEach((p, i) => {
+    const credits = after[i]! - before[i]!;
+    const part = {
+      feature: p.feature !== undefined ? p.feature : (charge.feature ?? null),
+      spender: p.spender !== undefined ? p.spender : (charge.spender ?? null),
+      model: p.model,
+      credits,
+      requests: last ? p.requests : 0,
+      inputTokens: last ? p.inputTokens : 0,
+      outputTokens: last ? p.outputTokens : 0,
+      cachedTokens: last ? p.cachedTokens : 0,
+    };
+    requests += part.requests;
+    if (credits !== 0 || (last && USAGE_MEASURES.some((m) => part[m] !== 0))) out.push(part);
+  });
+  const kept: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(charge.metadata ?? {})) if (!CAPTURE_ONLY_KEYS.has(k)) kept[k] = v;
+  return { ...(extra ?? {}), ...kept, reversal: { requests, parts: out } };
+}
+
+/** Metadata keys of a capture that describe the capture itself (as `excessMetadata` of ./entry-meta.ts leaves out). */
+const CAPTURE_ONLY_KEYS = new Set(["usages", "leaseWindow", "requested", "shortfall", "reversal"]);
+
+const NO_MEASURES = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+
+/**
+ * `x` of `total` credits split over `parts` in proportion to their credits (whose sum is `total`):
+ * each part's exact share rounded down, and what that leaves given one by one to the parts with
+ * the largest remainders (the first of equals). Exact in bigint whatever the amounts. `x = total`
+ * gives each part its own credits.
+ */
+function scaleParts(parts: readonly UsagePart[], x: number, total: number): number[] {
+  if (x <= 0 || total <= 0) return parts.map(() => 0);
+  if (x >= total) return parts.map((p) => p.credits);
+  const t = BigInt(total);
+  const X = BigInt(x);
+  const shares = parts.map((p, i) => {
+    const n = X * BigInt(p.credits);
+    let q = n / t;
+    let r = n % t;
+    if (r < 0n) {
+      q -= 1n;
+      r += t;
+    }
+    return { i, q, r };
+  });
+  let left = X - shares.reduce((s, p) => s + p.q, 0n);
+  const order = shares.slice().sort((a, b) => (a.r === b.r ? a.i - b.i : a.r > b.r ? -1 : 1));
+  for (const s of order) {
+    if (left <= 0n) break;
+    s.q += 1n;
+    left -= 1n;
+  }
+  return shares.map((s) => Number(s.q));
 }

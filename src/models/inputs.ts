@@ -90,7 +90,15 @@ export const CheckOptions = z.strictObject({
 export type CheckOptions = z.input<typeof CheckOptions>;
 
 /** A deduction's options: a mutation's, and who spends on what (docs/teams-and-limits.md). */
-export const DeductOptions = MutationOptions.extend(SpendFields);
+export const DeductOptions = MutationOptions.extend({
+  ...SpendFields,
+  /**
+   * When the usage happened, when it is recorded later (docs/usage.md, "Late usage"): usage
+   * reports and spend limits place it then, while the journal records it now. At most the
+   * manager's `lateUsageWindowDays` (default 35) before now, never later than now.
+   */
+  occurredAt: DateInput.optional(),
+});
 export type DeductOptions = z.input<typeof DeductOptions>;
 
 /** Longest hold TTL accepted: 30 days, in seconds. */
@@ -219,3 +227,11 @@ export const CheckpointOptions = z.strictObject({
   minEntries: z.number().int().min(1).max(1_000_000_000).optional(),
 });
 export type CheckpointOptions = z.input<typeof CheckpointOptions>;
+
+/**
+ * How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"): 0 (no
+ * late usage) to 366. Default 35, as Stripe's meters accept.
+ */
+export const LateUsageWindowDays = z.number().int().min(0).max(366);
+/** The default late-usage window, in days. */
+export const DEFAULT_LATE_USAGE_WINDOW_DAYS = 35;

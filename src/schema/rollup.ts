@@ -5,7 +5,9 @@ import {
   rollupColumn,
   sqlEntryMeasure,
   sqlEntryTotal,
+  sqlFactor,
   sqlKind,
+  sqlPlaced,
   sqlLit,
   sqlSourceArray,
   sqlTypes,
@@ -61,20 +63,22 @@ export function rollupNames(naming: NamingOptions): RollupNames {
  * UTC day and usage kind, in the rollup's columns: `SELECT user_id, day, kind, credits, …` grouped
  * by the first three (each entry's totals by the rules of usage).
  */
-function rollupSums(source: string, rules: UsageRules = USAGE_RULES): string {
+function rollupSums(source: string, rules: UsageRules = USAGE_RULES, placed = sqlPlaced("e0")): string {
   const q = (n: string) => quoteIdent("postgres", n);
   const sources = usageSources(rules);
   // Each entry with its kind, its own measures and its part source's array, by the rules.
   const entries =
-    `SELECT e0.user_id, e0.created_at, e0.kind, ` +
+    `SELECT e0.user_id, ${placed} AS at, e0.kind, ${sqlFactor(PG_USAGE, "e0", rules)} AS f, ` +
     USAGE_MEASURES.map((m) => `${sqlEntryMeasure(PG_USAGE, m, "e0", "e0.kind", rules)} AS ${q(`m_${m}`)}`).join(", ") +
     sources.map((s) => `, ${sqlSourceArray(PG_USAGE, s.i, "e0", "e0.kind", rules)} AS a${s.i}`).join("") +
     ` FROM (SELECT j.*, ${sqlKind(PG_USAGE, "j", rules)} AS kind FROM ${source} j WHERE ${sqlTypes("j", rules)}) AS e0 WHERE e0.kind IS NOT NULL`;
   return (
-    `SELECT e.user_id, (e.created_at AT TIME ZONE 'UTC')::date, e.kind, ` +
-    USAGE_MEASURES.map((m) => `sum(${sqlEntryTotal(PG_USAGE, m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`, rules)})`).join(
-      ", ",
-    ) +
+    // By the UTC day the usage happened (docs/usage.md, "Late usage"): a late entry or a
+    // reversal adds to the row of its occurred_at's day, an earlier day than the entries around it.
+    `SELECT e.user_id, (e.at AT TIME ZONE 'UTC')::date, e.kind, ` +
+    USAGE_MEASURES.map(
+      (m) => `sum((${sqlEntryTotal(PG_USAGE, m, (i) => `e.a${i}`, `e.${q(`m_${m}`)}`, rules)}) * e.f)`,
+    ).join(", ") +
     ` FROM (${entries}) AS e GROUP BY 1, 2, 3`
   );
 }
@@ -227,7 +231,9 @@ export function rollupBackfillSql(journal: string, accounts: string, naming: Nam
       `cm_j AS (SELECT j.* FROM ${journal} j JOIN cm_s ON cm_s.user_id = j.user_id WHERE j.seq <= cm_s.through_seq) ` +
       `INSERT INTO ${r.table} ("user_id", "day", "kind", ${USAGE_MEASURES.map((m) => q(rollupColumn(m))).join(", ")}) ` +
       // In day order: a report's range of days reads adjacent pages.
-      `${rollupSums("cm_j")} ORDER BY 2, 1, 3;`,
+      // (The entry's occurred_at read through its JSON: the upgrade to version 12 runs on a journal
+      // that has no such column yet — version 22 adds it — and a rebuild on one that has.)
+      `${rollupSums("cm_j", USAGE_RULES, "coalesce((to_jsonb(e0) ->> 'occurred_at')::timestamptz, e0.created_at)")} ORDER BY 2, 1, 3;`,
   ];
 }
 

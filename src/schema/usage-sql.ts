@@ -146,6 +146,25 @@ function sqlValue(d: UsageDialect, v: UsageValue, r: string, sign: 1 | -1): stri
 export const sqlKind = (d: UsageDialect, r: string, rules: UsageRules = USAGE_RULES): string =>
   sqlCase(d, rules.kinds, r, sqlLit);
 
+/**
+ * Row `r`'s factor: -1 when it gives usage back (`rules.negated`: a reversal), else 1 — what each
+ * of its parts' measures is multiplied by.
+ */
+export const sqlFactor = (d: UsageDialect, r: string, rules: UsageRules = USAGE_RULES): string =>
+  rules.negated === null
+    ? "1"
+    : `CASE WHEN ${rules.negated.map((t) => sqlTest(d, t, r)).join(" AND ")} THEN -1 ELSE 1 END`;
+
+/** When row `r`'s usage happened (docs/usage.md, "Late usage"): its `occurred_at`, else its `created_at`. */
+export const sqlPlaced = (r: string): string => `coalesce(${r}.occurred_at, ${r}.created_at)`;
+
+/**
+ * Row `r` is placed in a range: `range(column)` holds of its `occurred_at` when it has one, else of
+ * its `created_at` — written so that an index on either column can find the rows.
+ */
+export const sqlPlacedIn = (r: string, range: (column: string) => string): string =>
+  `((${r}.occurred_at IS NULL AND ${range(`${r}.created_at`)}) OR ${range(`${r}.occurred_at`)})`;
+
 /** The entry types some kind's rules accept: `r.type IN (…)`. */
 export const sqlTypes = (r: string, rules: UsageRules = USAGE_RULES): string =>
   `${r}.type IN (${usageEntryTypes(rules).map(sqlLit).join(", ")})`;

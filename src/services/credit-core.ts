@@ -4,6 +4,7 @@ import type { DbTransaction } from "../db/types.js";
 import type { AccountWork, EntryMeta, Settlement } from "../domain/account-work.js";
 import { namesNothing } from "../domain/entry-meta.js";
 import { fingerprint } from "../domain/hash.js";
+import { lateOccurredAt } from "../domain/late-usage.js";
 import { ConfigurationError, ReservationExpiredError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
@@ -11,6 +12,8 @@ import {
   FeatureRules,
   TrialCredits,
   DeductOptions,
+  DEFAULT_LATE_USAGE_WINDOW_DAYS,
+  LateUsageWindowDays,
   type CommitOptions,
   type ReleaseOptions,
   type ReserveOptions,
@@ -67,6 +70,8 @@ export class CreditCore {
   readonly logger: Logger | undefined;
   readonly defaultTtl: number;
   readonly overdraftLimit: number | null;
+  /** How many days back usage may be recorded with `occurredAt` (docs/usage.md, "Late usage"). */
+  readonly lateUsageWindowDays: number;
   readonly features: Readonly<Record<string, { minAvailable: number }>>;
   readonly pricing: PricingService | undefined;
   /** Runs the units of work (src/services/unit-of-work.ts). */
@@ -101,6 +106,12 @@ export class CreditCore {
       options.checkpointEvery === undefined
         ? undefined
         : parseConfig(CheckpointEvery, options.checkpointEvery, "checkpointEvery", "CreditService");
+    this.lateUsageWindowDays = parseConfig(
+      LateUsageWindowDays,
+      options.lateUsageWindowDays ?? DEFAULT_LATE_USAGE_WINDOW_DAYS,
+      "lateUsageWindowDays",
+      "CreditService",
+    );
     if (options.subscriptions !== undefined && typeof options.subscriptions !== "boolean") {
       throw new ConfigurationError("[credit-management] CreditService: subscriptions must be a boolean");
     }
@@ -149,8 +160,18 @@ export class CreditCore {
   deduct(operation: string, user: string, n: number, o: DeductOptions, allowDebt: boolean): Promise<JournalEntry> {
     const meta = o === NO_OPTIONS ? NO_META : this.meta(operation, o, () => ({ amount: n, ...o }));
     return this.units.mutate(operation, user, meta, (work) =>
-      work.deduct(n, meta, { allowDebt, overdraftLimit: this.overdraftLimit }),
+      work.deduct(n, this.late(meta, work.now), { allowDebt, overdraftLimit: this.overdraftLimit }),
     );
+  }
+
+  /**
+   * `meta` of usage recorded at `now`: its `occurredAt` checked against the late-usage window
+   * (a `LateUsageError` outside it) and left out when the usage is on time (docs/usage.md, "Late usage").
+   */
+  late(meta: EntryMeta, now: Date): EntryMeta {
+    if (meta.occurredAt === undefined) return meta;
+    const occurredAt = lateOccurredAt(meta.occurredAt, now, this.lateUsageWindowDays);
+    return occurredAt === meta.occurredAt ? meta : { ...meta, occurredAt };
   }
 
   /**
@@ -171,7 +192,7 @@ export class CreditCore {
       return Promise.reject(error as Error);
     }
     return this.units.mutate("deductCreditsAfterService", userId, meta, (work) =>
-      work.deductUpToLimit(amount, meta, this.overdraftLimit),
+      work.deductUpToLimit(amount, this.late(meta, work.now), this.overdraftLimit),
     );
   }
 
@@ -301,6 +322,8 @@ export class CreditCore {
       metadata: o.metadata,
       spender: o.spender,
       feature: o.feature,
+      // (Parsed by the deduction's model: a Date.)
+      occurredAt: o.occurredAt as Date | undefined,
     };
   }
 }

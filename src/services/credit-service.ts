@@ -91,6 +91,11 @@ export interface CreditServiceOptions {
    * credits. Default null: unlimited, as in the seed.
    */
   overdraftLimit?: number | null;
+  /**
+   * How many days back `deductCredits` and `deductCreditsAfterService` accept an `occurredAt`
+   * (docs/usage.md, "Late usage"): 0 to 366, default 35. Older usage is a `LateUsageError`.
+   */
+  lateUsageWindowDays?: number;
   /** TTL of cached credit-info reads, in seconds. Default 30. */
   cacheTtlSeconds?: number;
   /**

@@ -35,6 +35,7 @@ import { runConcurrencyContract } from "./concurrency.js";
 import { runPropertyContract } from "./properties.js";
 import { runUsageContract } from "./usage.js";
 import { runReversalsContract } from "./reversals.js";
+import { runLateUsageContract } from "./late-usage.js";
 
 export { runAccountsContract } from "./accounts.js";
 export { runConcurrencyContract } from "./concurrency.js";
@@ -45,6 +46,7 @@ export { runLeasesContract } from "./leases.js";
 export { runNotificationContract } from "./notifications.js";
 export { runUsageContract } from "./usage.js";
 export { runReversalsContract } from "./reversals.js";
+export { runLateUsageContract } from "./late-usage.js";
 
 /** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
 export function runSubscriptionContract(getDb: () => DbManager, options: PartOptions = {}): void {
@@ -123,7 +125,8 @@ export type ContractPart =
   | "managers"
   | "leases"
   | "usage"
-  | "reversals";
+  | "reversals"
+  | "lateUsage";
 
 export function runDbManagerContract(options: ContractOptions): void {
   useTestApi(options.test);
@@ -198,6 +201,7 @@ export function runDbManagerContract(options: ContractOptions): void {
     part("usage", () => runUsageContract(getDb, { runs: options.usageRuns }));
     // Giving charges back; two managers race reversals of one charge (over `db` twice without a peer).
     part("reversals", () => runReversalsContract(getDb, { getPeer: () => peer ?? db }));
+    part("lateUsage", () => runLateUsageContract(getDb));
     if (createPeer !== undefined)
       part("managers", () =>
         runManagersContract(

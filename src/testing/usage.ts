@@ -3,7 +3,8 @@
  * `runUsageContract`; docs/usage.md): for random journals, what `credits.getUsage` answers equals
  * a naive sum over `getCreditHistory`. The journals are made through the public API (deductions,
  * holds captured in part, in full and beyond, releases, metered LLM usage, spend that names a
- * spender, a feature and metadata, lease windows with parts, payment take-backs) with a clock that
+ * spender, a feature and metadata, lease windows with parts, payment take-backs, usage recorded
+ * late, reversals of charges in part or whole) with a clock that
  * moves on by random steps, so entries fall into many windows. A store without its own
  * aggregation (`DbManager.usage`) is read one account at a time, and refuses a report across
  * accounts with `ConfigurationError`.
@@ -12,7 +13,7 @@ import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
-import { usageParts, windowStart } from "../domain/usage.js";
+import { usageKind, usageParts, windowStart } from "../domain/usage.js";
 import { ConfigurationError } from "../errors.js";
 import type { JournalEntry, UsageDimension, UsageQuery, UsageRow } from "../models/index.js";
 import { CreditService } from "../services/credit-service.js";
@@ -43,6 +44,8 @@ export type UsageOp =
       requests: number;
       parts: { model: string | null; feature: string | null; credits: number; requests: number; inputTokens: number }[];
     }
+  | { op: "late"; amount: number; agoMs: number; feature?: string; spender?: string }
+  | { op: "reverse"; pick: number; percent: number }
   | { op: "step"; ms: number };
 
 const opArb: fc.Arbitrary<UsageOp> = fc.oneof(
@@ -99,6 +102,23 @@ const opArb: fc.Arbitrary<UsageOp> = fc.oneof(
     ),
   }),
   fc.record({ op: fc.constant("step" as const), ms: fc.integer({ min: 1, max: 30 * HOUR }) }),
+  // Usage recorded late (docs/usage.md, "Late usage"): placed up to 34 days back.
+  fc.record(
+    {
+      op: fc.constant("late" as const),
+      amount: fc.integer({ min: 1, max: 50 }),
+      agoMs: fc.integer({ min: 1, max: 34 * DAY }),
+      feature: fc.constantFrom("chat", "search"),
+      spender: fc.constantFrom("k1", "k2"),
+    },
+    { requiredKeys: ["op", "amount", "agoMs"] },
+  ),
+  // A reversal of one of the charges so far, of a share of what is left of it (docs/usage.md, "Corrections").
+  fc.record({
+    op: fc.constant("reverse" as const),
+    pick: fc.nat(),
+    percent: fc.integer({ min: 1, max: 100 }),
+  }),
 );
 
 /** Credits over `db` on `clock`, with the price book of the metered calls. */
@@ -164,6 +184,29 @@ export async function playUsage(
           },
         });
         break;
+      case "late":
+        await credits.deductCreditsAfterService(user, o.amount, {
+          feature: o.feature,
+          spender: o.spender,
+          occurredAt: new Date(clock.now - o.agoMs),
+        });
+        break;
+      case "reverse": {
+        const r = credits as unknown as Partial<Reverser>;
+        if (typeof r.reverseCharge !== "function" || typeof r.getReversals !== "function") break;
+        const charges = (
+          await credits.getCreditHistory(user, { limit: 1000, types: ["deduct", "commit_reserved"] })
+        ).items.filter((e) => usageKind(e) === "spend" && e.amount > 0);
+        const charge = charges[o.pick % Math.max(charges.length, 1)];
+        if (charge === undefined) break;
+        const { remaining } = await r.getReversals(user, charge.id);
+        if (remaining === 0) break;
+        await r.reverseCharge(user, charge.id, {
+          amount: Math.max(1, Math.floor((remaining * o.percent) / 100)),
+          reason: "a correction (test)",
+        });
+        break;
+      }
       case "takeBack":
         // What a payment's reversal writes (docs/promos-and-payments.md): the rule reads its metadata.
         await credits.deductCredits(user, o.amount, {
@@ -174,6 +217,12 @@ export async function playUsage(
     }
   }
 }
+
+/** What the `reverse` step needs of `reverseCharge` and `getReversals` (docs/corrections.md). */
+type Reverser = {
+  reverseCharge(userId: string, entryId: string, options: { amount?: number; reason: string }): Promise<JournalEntry>;
+  getReversals(userId: string, entryId: string): Promise<{ remaining: number }>;
+};
 
 /** Every entry of `user`, through getCreditHistory's pages. */
 async function history(credits: CreditService, user: string): Promise<JournalEntry[]> {
@@ -194,7 +243,8 @@ function naive(entries: Map<string, JournalEntry[]>, q: UsageQuery & { from: Dat
   for (const [user, list] of entries) {
     if (q.account !== undefined && q.account !== user) continue;
     for (const e of list) {
-      const t = e.createdAt.getTime();
+      // Where the usage happened: late usage and reversals at their occurredAt.
+      const t = (e.occurredAt ?? e.createdAt).getTime();
       if (t < q.from.getTime() || t >= q.to.getTime()) continue;
       const start = q.interval === null ? q.from.getTime() : Math.max(windowStart(t, q.interval, tz), q.from.getTime());
       for (const p of usageParts(e)) {

@@ -2,7 +2,7 @@ import { ConflictError } from "../../errors.js";
 import { isOpenGrant } from "../../domain/order.js";
 import type { Account, Grant, JournalEntry, LedgerEntry, Payment, Promo, Reservation } from "../../models/index.js";
 import { SYSTEM_KEY_PREFIX } from "../../models/common.js";
-import { UsageAccumulator, type UsageBucket, type UsageScan } from "../../domain/usage.js";
+import { UsageAccumulator, usageEntryTypes, type UsageBucket, type UsageScan } from "../../domain/usage.js";
 import type {
   AccountCredits,
   ChargeRecord,
@@ -24,6 +24,9 @@ import { DueTimes } from "./due-times.js";
 import { MemoryOutbox } from "./outbox.js";
 import { MemoryPromoStore } from "./promos.js";
 import { MemorySubscriptionStore } from "./subscriptions.js";
+
+/** The journal entry types a usage report reads (USAGE_RULES). */
+const USAGE_TYPES: ReadonlySet<string> = new Set(usageEntryTypes());
 
 /** One account's rows. */
 interface AccountRows {
@@ -277,10 +280,8 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
     const sum = new UsageAccumulator(scan);
     const accounts = scan.account === null ? [...this.accounts.values()] : [this.accounts.get(scan.account)];
     for (const rows of accounts) {
-      for (const e of rows?.journal ?? []) {
-        if (e.createdAt < scan.from || e.createdAt >= scan.to) continue;
-        if (e.type === "deduct" || e.type === "commit_reserved" || e.type === "void") sum.add(e.userId, e);
-      }
+      // (The accumulator places each entry at its occurredAt, else createdAt, and skips those outside the range.)
+      for (const e of rows?.journal ?? []) if (USAGE_TYPES.has(e.type)) sum.add(e.userId, e);
     }
     return sum.result();
   }

@@ -1,0 +1,198 @@
+/**
+ * Late usage and the figures after reversals on any store (the `lateUsage` part of
+ * `runDbManagerContract`, also `runLateUsageContract`; docs/usage.md, "Late usage" and
+ * "Corrections"): a deduction recorded with `occurredAt` is appended to the journal now and
+ * placed then by the usage report and the spend limits, within the late-usage window; a reversal
+ * nets its charge out of the usage report in the charge's window and dimensions, gives the spend
+ * back to the charge's limit window, and is booked by the revenue report when it is written.
+ */
+import { randomUUID } from "node:crypto";
+import { describe, expect, it, useTestApi } from "./runner.js";
+import type { DbManager } from "../db/types.js";
+import { LateUsageError, SpendLimitError } from "../errors.js";
+import type { JournalEntry } from "../models/index.js";
+import { CreditService } from "../services/credit-service.js";
+import { lazy, type PartOptions } from "./support.js";
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+
+/** What a contract test needs of `reverseCharge` (docs/corrections.md). */
+type Reverser = {
+  reverseCharge(userId: string, entryId: string, options: { amount?: number; reason: string }): Promise<JournalEntry>;
+};
+
+/** Late usage, and usage, limits and revenue after reversals. */
+export function runLateUsageContract(getDb: () => DbManager, options: PartOptions = {}): void {
+  if (options.test !== undefined) useTestApi(options.test);
+  const db = lazy(getDb);
+  describe("late usage and reversals", () => {
+    // Three years before now, away from the other parts' accounts and times; a UTC midnight.
+    const base = Math.floor((Date.now() - 3 * 365 * DAY) / DAY) * DAY;
+    const run = randomUUID().slice(0, 8);
+    let n = 0;
+    const setup = (start: number, lateUsageWindowDays?: number) => {
+      const clock = { now: start };
+      const credits = new CreditService({ db, clock: () => new Date(clock.now), lateUsageWindowDays });
+      return { credits, clock, user: `late-${run}-${++n}` };
+    };
+    const daily = async (credits: CreditService, user: string, from: number, to: number) =>
+      (
+        await credits.getUsage({
+          account: user,
+          from: new Date(from),
+          to: new Date(to),
+          interval: "day",
+          groupBy: ["feature"],
+        })
+      ).rows.map((r) => [(r.start.getTime() - from) / DAY, r.feature, r.credits, r.requests]);
+
+    it("a deduction with occurredAt is appended now and counted in the window it happened in", async () => {
+      const { credits, clock, user } = setup(base + 10 * DAY + 12 * HOUR);
+      await credits.addCredits(user, 1_000);
+      await credits.deductCredits(user, 7, { feature: "chat" });
+      const occurredAt = new Date(base + 3 * DAY + 5 * HOUR);
+      const late = await credits.deductCreditsAfterService(user, 30, { feature: "chat", occurredAt });
+      const iso = await credits.deductCredits(user, 4, {
+        feature: "img",
+        occurredAt: new Date(base + 9 * DAY).toISOString(),
+      });
+      expect(late.occurredAt?.getTime()).toBe(occurredAt.getTime());
+      expect(late.createdAt.getTime()).toBe(clock.now);
+      expect(iso.occurredAt?.getTime()).toBe(base + 9 * DAY);
+      // The journal stays in order: the late entries come after the on-time one.
+      const seqs = (await credits.getCreditHistory(user, { types: ["deduct"] })).items.map((e) => e.seq);
+      expect(seqs).toEqual([4, 3, 2]);
+      // Read back from the store, occurredAt is kept; an on-time entry has none.
+      const [stored] = await db.listJournal(user, { order: "asc", afterSeq: 2, limit: 1 });
+      expect(stored?.occurredAt?.getTime()).toBe(occurredAt.getTime());
+      const [onTime] = await db.listJournal(user, { order: "asc", afterSeq: 1, limit: 1 });
+      expect(onTime?.occurredAt ?? null).toBeNull();
+      expect(await daily(credits, user, base, base + 11 * DAY)).toEqual([
+        [3, "chat", 30, 1],
+        [9, "img", 4, 1],
+        [10, "chat", 7, 1],
+      ]);
+      expect((await credits.audit(user)).problems).toEqual([]);
+      // A report of the late day alone finds it (every store finds entries by when they happened).
+      expect(await daily(credits, user, base + 3 * DAY, base + 4 * DAY)).toEqual([[0, "chat", 30, 1]]);
+    });
+
+    it("refuses occurredAt outside the window or in the future, and changes nothing", async () => {
+      const { credits, clock, user } = setup(base + 100 * DAY, 10);
+      await credits.addCredits(user, 100);
+      const tooOld = credits.deductCredits(user, 5, { occurredAt: new Date(clock.now - 10 * DAY - 1) });
+      await expect(tooOld).rejects.toBeInstanceOf(LateUsageError);
+      await expect(tooOld).rejects.toMatchObject({ code: "RULE_VIOLATION", status: 422 });
+      await expect(
+        credits.deductCreditsAfterService(user, 5, { occurredAt: new Date(clock.now + HOUR) }),
+      ).rejects.toBeInstanceOf(LateUsageError);
+      await expect(
+        credits.deductCredits(user, 5, { occurredAt: "yesterday" as unknown as Date }),
+      ).rejects.toMatchObject({ code: "VALIDATION_ERROR" });
+      expect((await credits.getUserCreditsInfo(user)).balance).toBe(100);
+      // At the window's edge it is taken; a few seconds ahead (clocks disagree) is on time: no occurredAt.
+      const edge = await credits.deductCredits(user, 1, { occurredAt: new Date(clock.now - 10 * DAY) });
+      expect(edge.occurredAt?.getTime()).toBe(clock.now - 10 * DAY);
+      const ahead = await credits.deductCredits(user, 1, { occurredAt: new Date(clock.now + 5_000) });
+      expect(ahead.occurredAt ?? null).toBeNull();
+      // Window 0: no late usage at all.
+      const strict = setup(base + 100 * DAY, 0);
+      await strict.credits.addCredits(strict.user, 10);
+      await expect(
+        strict.credits.deductCredits(strict.user, 1, { occurredAt: new Date(strict.clock.now - 1_000) }),
+      ).rejects.toBeInstanceOf(LateUsageError);
+    });
+
+    it("an idempotency key covers occurredAt: the same call replays, another time conflicts", async () => {
+      const { credits, clock, user } = setup(base + 200 * DAY);
+      await credits.addCredits(user, 100);
+      const occurredAt = new Date(clock.now - 2 * DAY);
+      const a = await credits.deductCredits(user, 5, { occurredAt, idempotencyKey: "k" });
+      const b = await credits.deductCredits(user, 5, { occurredAt: occurredAt.toISOString(), idempotencyKey: "k" });
+      expect(b.id).toBe(a.id);
+      await expect(
+        credits.deductCredits(user, 5, { occurredAt: new Date(clock.now - DAY), idempotencyKey: "k" }),
+      ).rejects.toMatchObject({ code: "IDEMPOTENCY_CONFLICT" });
+    });
+
+    it("spend limits count late usage in its window while that window is current, and none of an ended one", async () => {
+      // The 20th of a month at noon.
+      const month = new Date(base + 400 * DAY);
+      const start = Date.UTC(month.getUTCFullYear(), month.getUTCMonth(), 20, 12);
+      const { credits, clock, user } = setup(start);
+      await credits.addCredits(user, 1_000);
+      await credits.setLimits(user, [
+        { amount: 50, period: "day" },
+        { amount: 100, period: "month" },
+      ]);
+      // Yesterday's usage: the day limit of yesterday has ended; the month limit counts it.
+      await credits.deductCredits(user, 40, { occurredAt: new Date(clock.now - DAY) });
+      const limits = await credits.getLimits(user);
+      expect(limits.map((l) => [l.period, l.used])).toEqual([
+        ["day", 0],
+        ["month", 40],
+      ]);
+      // Today's usage an hour late: checked and counted like any spend of today.
+      await credits.deductCredits(user, 45, { occurredAt: new Date(clock.now - HOUR) });
+      await expect(credits.deductCredits(user, 10, { occurredAt: new Date(clock.now - HOUR) })).rejects.toBeInstanceOf(
+        SpendLimitError,
+      );
+      // Last month's usage: counted against neither.
+      await credits.deductCredits(user, 30, { occurredAt: new Date(start - 25 * DAY) });
+      expect((await credits.getLimits(user)).map((l) => [l.period, l.used])).toEqual([
+        ["day", 45],
+        ["month", 85],
+      ]);
+    });
+
+    it("after reversals, usage nets out in the charge's window and dimensions, limits get the spend back, revenue books it when written", async () => {
+      const { credits, clock, user } = setup(base + 500 * DAY + 10 * HOUR);
+      const reverser = credits as unknown as Partial<Reverser>;
+      if (typeof reverser.reverseCharge !== "function") return; // (until reverseCharge lands)
+      await credits.addCredits(user, 1_000, { costBasis: { perCredit: "2", currency: "USD" } });
+      await credits.setLimits(user, [{ amount: 100, period: "day", feature: "chat" }]);
+      const charge = await credits.deductCredits(user, 100, {
+        feature: "chat",
+        spender: "k1",
+        metadata: { team: "red" },
+      });
+      await expect(credits.deductCredits(user, 1, { feature: "chat" })).rejects.toBeInstanceOf(SpendLimitError);
+      const day0 = Math.floor(clock.now / DAY) * DAY;
+      // The same day: 30 given back, the limit is no longer reached.
+      clock.now += HOUR;
+      const r1 = await reverser.reverseCharge(user, charge.id, { amount: 30, reason: "job failed" });
+      expect(r1.occurredAt?.getTime()).toBe(charge.createdAt.getTime());
+      expect((await credits.getLimits(user))[0]?.used).toBe(70);
+      await credits.deductCredits(user, 20, { feature: "chat" });
+      // Two days later: the rest given back; the report nets it on the charge's day, under its
+      // feature, spender and team — the request too, once the whole charge is given back.
+      clock.now += 2 * DAY;
+      await reverser.reverseCharge(user, charge.id, { reason: "double-reported" });
+      const q = { account: user, from: new Date(day0), to: new Date(day0 + 3 * DAY), interval: "day" as const };
+      const rows = (await credits.getUsage({ ...q, groupBy: ["feature", "spender", "metadata.team"] })).rows;
+      expect(
+        rows.map((r) => [
+          (r.start.getTime() - day0) / DAY,
+          r.feature,
+          r.spender,
+          r["metadata.team"],
+          r.credits,
+          r.requests,
+        ]),
+      ).toEqual([
+        [0, "chat", null, null, 20, 1],
+        [0, "chat", "k1", "red", 0, 0],
+      ]);
+      // Revenue: recognized 240 on the charge's day, −60 on the first reversal's (the same day),
+      // −140 on the second's — a closed day is not restated. Deferred follows.
+      const revenue = await credits.getRevenue({ ...q, account: user });
+      expect(revenue.rows.map((r) => [(r.start.getTime() - day0) / DAY, r.paid, r.recognized, r.deferredEnd])).toEqual([
+        [0, 2_000, 180, 1_820],
+        [1, 0, 0, 1_820],
+        [2, 0, -140, 1_960],
+      ]);
+      expect((await credits.audit(user)).problems).toEqual([]);
+    });
+  });
+}
