@@ -60,6 +60,7 @@ describe("deterministic simulation", () => {
           "add",
           "deduct",
           "after",
+          "late",
           "reserve",
           "commit",
           "release",

@@ -460,9 +460,12 @@ export class RevenueAccumulator {
           // A charge given back (docs/revenue.md, decision 9): booked now, in the window it is
           // written — a closed window is never restated. Its credits go back to the grants that
           // paid, each to the positions it was last used from: their recognized value reversed at
-          // that grant's basis, deferred again. What it takes off debt is unbilled no more.
+          // that grant's basis, deferred again. What it takes off debt (the amount less what went
+          // back to grants: the replay's rule, src/domain/replay.ts) is unbilled no more.
           let past = e.amount;
           for (const g of e.grants) {
+            // (Credits that paid debt instead of going back to their grant: debt paid off, below.)
+            if (g.kind === "debt_paid") continue;
             past -= g.amount;
             const lot = lots.get(g.grantId);
             if (lot === undefined) continue; // a free grant's credits: no revenue

@@ -9,6 +9,7 @@ import { mayPay, type CreditModel, type ModelSpend } from "../../src/testing/mod
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
+import { derivedProblems } from "./derived.js";
 import { ProcessCache, SimStore, type StoreEvent } from "./store.js";
 import { PaymentsModel, SimBank, simProvider, webhook } from "./payments.js";
 import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
@@ -35,6 +36,8 @@ export type Spec =
   | { kind: "add"; user: string; amount: number; expiresAt: number | null; priority: number; scope?: SimScope }
   | ({ kind: "deduct"; user: string; amount: number } & SimSpend)
   | ({ kind: "after"; user: string; amount: number } & SimSpend)
+  /** Usage recorded late: an after-service deduction with `occurredAt` (docs/usage.md, "Late usage"). */
+  | ({ kind: "late"; user: string; amount: number; occurredAt: number } & SimSpend)
   | ({ kind: "reserve"; user: string; amount: number; ttlSec: number } & SimSpend)
   | { kind: "commit"; user: string; hold: string; amount: number | null }
   | { kind: "release"; user: string; hold: string }
@@ -133,6 +136,7 @@ export class SimulationFailure extends Error {
 
 const USERS = ["alice", "bob", "carol"];
 const T0 = Date.parse("2031-03-01T00:00:00.000Z");
+const DAY = 86_400_000;
 const DEFAULT_REPLAY =
   "SIM_SEED={seed} SIM_STEPS={steps} npx vitest run test/simulation.test.ts  (or: npm run sim -- --seed {seed} --steps {steps} --trace)";
 
@@ -412,6 +416,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "deduct":
         return m.deduct(spec.amount, false, spendOf(spec)) ? "ok" : "InsufficientCreditsError";
       case "after":
+      case "late":
         m.deduct(spec.amount, true, spendOf(spec));
         return "ok";
       case "reserve": {
@@ -595,6 +600,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return c.deductCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
       case "after":
         return c.deductCreditsAfterService(spec.user, spec.amount, { ...k, ...spendOptions(spec) });
+      case "late":
+        return c.deductCreditsAfterService(spec.user, spec.amount, {
+          ...k,
+          ...spendOptions(spec),
+          occurredAt: new Date(spec.occurredAt),
+        });
       case "reserve":
         return c.reserveCredits(spec.user, spec.amount, { ...k, ...spendOptions(spec), ttlSeconds: spec.ttlSec });
       case "commit":
@@ -664,6 +675,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       [5, "add"],
       [4, "deduct"],
       [1, "after"],
+      [1, "late"],
       [4, "reserve"],
       [3, "commit"],
       [2, "release"],
@@ -695,6 +707,11 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "deduct":
       case "after":
         return scoped ? { kind, user, amount, ...scopeRng.pick(SPENDS) } : { kind, user, amount };
+      case "late": {
+        // Up to 20 days back (the window is 35): still inside it when a retry comes later.
+        const late = { kind, user, amount, occurredAt: clock.now - rng.range(1, 20 * 24 * 60) * 60_000 } as const;
+        return scoped ? { ...late, ...scopeRng.pick(SPENDS) } : late;
+      }
       case "commit":
       case "release": {
         const active = m.holds.filter((h) => h.status === "active");
@@ -770,6 +787,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     "add",
     "deduct",
     "after",
+    "late",
     "reserve",
     "commit",
     "release",
@@ -1013,6 +1031,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       if ((stored?.id ?? null) !== (modelled?.id ?? null))
         fail(`${where}: active subscription ${String(stored?.id)}, the model ${String(modelled?.id)}`);
       digest.update(`${user}:${m.balance}:${m.reserved}:${m.debt}:${String(stored?.planId)};`);
+      // Usage and revenue as the journal has them, late entries and reversals included.
+      const journal = await inner.listJournal(user, { order: "asc", limit: 100_000 });
+      for (const problem of await derivedProblems(checker, user, journal, T0 - 40 * DAY, clock.now + 60_000))
+        fail(`${where}: ${problem}`);
     }
   };
 
