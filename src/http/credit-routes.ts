@@ -479,12 +479,13 @@ export const creditRoutes: RouteDefinition[] = [
     path: "/users/:userId/deduct",
     access: "admin",
     operationId: "adminDeductCredits",
-    summary: "Deduct credits from a user (`afterService: true` for usage already delivered)",
+    summary:
+      "Deduct credits from a user (`afterService: true` for usage already delivered; `occurredAt` for usage recorded late)",
     tags: admin,
     body: DeductBody,
     idempotent: true,
     response: JournalEntry,
-    errors: [e.payment, e.conflict, e.limit],
+    errors: [e.payment, e.conflict, e.limit, e.rule],
     handle: async (ctx) => {
       const { amount, afterService, ...options } = await ctx.body<z.infer<typeof DeductBody>>();
       const user = target(ctx);

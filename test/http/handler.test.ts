@@ -328,6 +328,19 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(add.json.grants[0].amount).toBe(40);
   });
 
+  it("records usage late with occurredAt (docs/usage.md, \"Late usage\"); beyond the window a 422", async () => {
+    await call("POST", "/admin/credits/users/late-user/add", ADMIN, { amount: 50 });
+    const yesterday = new Date(now - 86_400_000).toISOString();
+    const d = await call("POST", "/admin/credits/users/late-user/deduct", ADMIN, { amount: 5, occurredAt: yesterday });
+    expect(d.status).toBe(200);
+    expect(d.json.occurredAt).toBe(yesterday);
+    const old = new Date(now - 40 * 86_400_000).toISOString();
+    const refused = await call("POST", "/admin/credits/users/late-user/deduct", ADMIN, { amount: 5, occurredAt: old });
+    expect(refused.status).toBe(422);
+    expect(refused.json.error).toMatchObject({ code: "RULE_VIOLATION", details: { issues: [{ path: "occurredAt" }] } });
+    expect((await call("GET", "/credits/balance", "late-user")).json.balance).toBe(45);
+  });
+
   it("voids a grant once (then 409), unknown grants 404, and the audit is clean", async () => {
     const add = await call("POST", "/admin/credits/users/dave/add", ADMIN, { amount: 30 });
     const grantId = add.json.grants[0].grantId;
