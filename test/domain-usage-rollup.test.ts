@@ -14,6 +14,8 @@ import {
 import type { UsageKind } from "../src/models/usage.js";
 
 const DAY = 86_400_000;
+/** How far before a whole journal's first entry the audit looks: the longest late-usage window. */
+const LATE = 366 * DAY;
 const D0 = Date.UTC(new Date().getUTCFullYear(), 0, 10);
 const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 const edge = (seq: number, ms: number): RollupEdge => ({ seq, createdAt: new Date(ms) });
@@ -42,30 +44,31 @@ const bucket = (from: number, ms: number, kind: UsageKind, credits: number, requ
   }) satisfies UsageBucket;
 
 describe("the days the rollup audit compares", () => {
-  it("from the first entry's UTC day to the end of the last one's, by day, every kind, one account", () => {
+  it("from the first entry's UTC day (less the longest late-usage window) to the end of the last one's, by day, every kind, one account", () => {
     const scan = rollupAuditScan("u1", edge(1, D0 + 5_000), edge(9, D0 + 2 * DAY + 7_000));
     expect(scan).toMatchObject({
       account: "u1",
-      from: new Date(D0),
+      from: new Date(D0 - LATE),
       to: new Date(D0 + 3 * DAY),
       interval: "day",
       timeZone: "UTC",
       groupBy: [],
       kinds: ["spend", "refund", "clawback"],
     });
-    expect(scan?.boundaries).toEqual([D0, D0 + DAY, D0 + 2 * DAY, D0 + 3 * DAY]);
+    expect(scan?.boundaries.slice(-4)).toEqual([D0, D0 + DAY, D0 + 2 * DAY, D0 + 3 * DAY]);
+    expect(scan?.boundaries).toHaveLength(366 + 4);
   });
 
   it("at the UTC edge: an entry at midnight is in the day it starts, one a millisecond before in the day before", () => {
     const scan = rollupAuditScan("u1", edge(1, D0 - 1), edge(4, D0 + DAY))!;
-    expect(scan.from).toEqual(new Date(D0 - DAY));
+    expect(scan.from).toEqual(new Date(D0 - DAY - LATE));
     expect(scan.to).toEqual(new Date(D0 + 2 * DAY));
-    expect(windowIndex(scan.boundaries, D0 - 1)).toBe(0);
-    expect(windowIndex(scan.boundaries, D0 + DAY)).toBe(2);
+    expect(windowIndex(scan.boundaries, D0 - 1)).toBe(366);
+    expect(windowIndex(scan.boundaries, D0 + DAY)).toBe(368);
     // The rows of both edge days are compared with the journal's.
     const problems = rollupProblems(
       [row(D0 - 1, "spend", 5), row(D0 + DAY, "spend", 6)],
-      [bucket(D0 - DAY, D0 - 1, "spend", 5), bucket(D0 - DAY, D0 + DAY, "spend", 7)],
+      [bucket(D0 - DAY - LATE, D0 - 1, "spend", 5), bucket(D0 - DAY - LATE, D0 + DAY, "spend", 7)],
       edge(1, D0 - 1),
       edge(4, D0 + DAY),
     );
@@ -92,10 +95,10 @@ describe("rollupProblems", () => {
   const first = edge(1, D0 + 1_000);
   const last = edge(12, D0 + 2 * DAY + 1_000);
   const journal = [
-    bucket(D0, D0, "spend", 7, 1),
-    bucket(D0, D0 + DAY, "spend", 42, 2, 9),
-    bucket(D0, D0 + DAY, "clawback", 3, 0),
-    bucket(D0, D0 + 2 * DAY, "refund", 5, 0),
+    bucket(D0 - LATE, D0, "spend", 7, 1),
+    bucket(D0 - LATE, D0 + DAY, "spend", 42, 2, 9),
+    bucket(D0 - LATE, D0 + DAY, "clawback", 3, 0),
+    bucket(D0 - LATE, D0 + 2 * DAY, "refund", 5, 0),
   ];
   const rollup = [
     row(D0, "spend", 7, 1),
@@ -134,6 +137,14 @@ describe("rollupProblems", () => {
     ]);
   });
 
+  it("usage recorded late before the first entry's day (nothing archived) is compared on its day", () => {
+    const late = [...journal, bucket(D0 - LATE, D0 - 20 * DAY, "spend", 11)];
+    expect(rollupProblems([...rollup, row(D0 - 20 * DAY, "spend", 11)], late, first, last)).toEqual([]);
+    expect(rollupProblems(rollup, late, first, last)).toEqual([
+      `usage rollup: ${day(D0 - 20 * DAY)} spend has none, the journal credits 11, requests 1, tokens 0/0/0`,
+    ]);
+  });
+
   it("the same sums on another day are a problem on both days", () => {
     const moved = rollup.map((r) => (r.kind === "refund" ? { ...r, day: day(D0) } : r));
     expect(rollupProblems(moved, journal, first, last)).toEqual([
@@ -160,7 +171,7 @@ describe("rollupProblems", () => {
     expect(
       rollupProblems(
         rows,
-        buckets.map((b) => ({ ...b, window: b.window + 1 })),
+        buckets.map((b) => ({ ...b, window: b.window + 1 + 366 })),
         edge(1, D0 + DAY + 1_000),
         edge(30, from + DAY + 1_000),
       ),

@@ -15,7 +15,9 @@ import {
   USAGE_MEASURES,
   USAGE_RULES,
   UsageAccumulator,
+  isNegated,
   orderBuckets,
+  reversalMetadata,
   usageKind,
   usageParts,
   type UsageBucket,
@@ -28,7 +30,7 @@ import { withPgClient } from "./fixtures/pg-admin.js";
 
 type Entry = Pick<
   JournalEntry,
-  "type" | "amount" | "metadata" | "description" | "reservationId" | "feature" | "spender"
+  "type" | "amount" | "metadata" | "description" | "reservationId" | "feature" | "spender" | "occurredAt"
 >;
 const base: Entry = { type: "deduct", amount: 10, metadata: null, description: null, reservationId: null };
 const window = (lw: NonNullable<JournalEntry["metadata"]>) => ({ leaseWindow: lw });
@@ -106,7 +108,26 @@ const CASES: Record<string, Entry> = {
   "other void (no usage)": { ...base, type: "void" },
   "addition (no usage)": { ...base, type: "add" },
   "hold (no usage)": { ...base, type: "reserve", reservationId: "h7" },
+  // Usage recorded late (docs/usage.md, "Late usage"): placed at its occurredAt.
+  "late deduct, placed in the range": { ...base, feature: "chat", occurredAt: new Date(Date.now() - 80_000_000) },
+  "late deduct, placed before the range": { ...base, occurredAt: new Date(Date.now() - 90_000_000) },
 };
+// Reversals (docs/usage.md, "Corrections"): a lease window given back in part, then the rest; a
+// metered call's given back whole.
+const lease = CASES["lease window with parts and a rest"]! as JournalEntry;
+const reversal = (charge: Entry, amount: number, before: number): Entry => ({
+  ...base,
+  type: "reverse",
+  amount,
+  feature: charge.feature ?? null,
+  spender: charge.spender ?? null,
+  description: "job failed",
+  occurredAt: new Date(Date.now() - 7_200_000),
+  metadata: reversalMetadata(charge as JournalEntry, amount, before) as JournalEntry["metadata"],
+});
+CASES["reversal of a lease window, in part"] = reversal(lease, 11, 0);
+CASES["reversal of a lease window, the rest"] = reversal(lease, 19, 11);
+CASES["reversal of a metered call, whole"] = reversal(CASES["metered, usages short of the amount"]!, 12, 0);
 
 const spend = USAGE_RULES.rules.spend;
 /**
@@ -131,10 +152,13 @@ const CHANGED: UsageRules = {
     },
     spend: {
       ...spend,
-      parts: [
-        { ...spend.parts[0]!, balanced: ["credits"] },
-        { ...spend.parts[1]!, fields: { ...spend.parts[1]!.fields, requests: "requests" } },
-      ],
+      parts: spend.parts.map((p) =>
+        p.array[0] === "leaseWindow"
+          ? { ...p, balanced: ["credits"] }
+          : p.array[0] === "usages"
+            ? { ...p, fields: { ...p.fields, requests: "requests" } }
+            : p,
+      ),
     },
   },
 };
@@ -162,8 +186,16 @@ function scan(account: string | null, groupBy: UsageDimension[]): UsageScan {
 }
 
 /** The domain's answer (what the memory store runs). */
-function expected(user: string, e: Entry, groupBy: UsageDimension[], rules: UsageRules): UsageBucket[] {
-  const acc = new UsageAccumulator(scan(user, groupBy), rules);
+function expected(
+  user: string,
+  e: Entry,
+  groupBy: UsageDimension[],
+  rules: UsageRules,
+  allTime = false,
+): UsageBucket[] {
+  const within = scan(user, groupBy);
+  // All time: the rollup keeps every day, a late entry's before the range too.
+  const acc = new UsageAccumulator(allTime ? { ...within, boundaries: [0, 8.64e15] } : within, rules);
   acc.add(user, { ...e, id: "x", userId: user, createdAt: at } as unknown as JournalEntry);
   return acc.result();
 }
@@ -178,7 +210,7 @@ it("the cases cover every usage kind and entries that are none", () => {
   // Every case with parts adds up to the entry's amount.
   for (const e of Object.values(CASES)) {
     const parts = usageParts(e);
-    if (parts.length > 0) expect(parts.reduce((s, p) => s + p.credits, 0)).toBe(e.amount);
+    if (parts.length > 0) expect(parts.reduce((s, p) => s + p.credits, 0)).toBe(isNegated(e) ? -e.amount : e.amount);
   }
   // The changed table answers otherwise for refunds, clawbacks, lease windows and metered usage.
   const differ = Object.keys(CASES).filter(
@@ -204,9 +236,9 @@ for (const [label, rules] of [
     beforeAll(() => {
       db.exec(
         "CREATE TABLE journal (user_id TEXT, seq INTEGER, type TEXT, amount INTEGER, metadata TEXT, description TEXT, " +
-          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, PRIMARY KEY (user_id, seq))",
+          "spender TEXT, feature TEXT, reservation_id TEXT, created_at TEXT, occurred_at TEXT, PRIMARY KEY (user_id, seq))",
       );
-      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?)");
+      const ins = db.prepare("INSERT INTO journal VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
       for (const { user, e } of accounts) {
         ins.run(
           user,
@@ -218,6 +250,7 @@ for (const [label, rules] of [
           e.feature ?? null,
           e.reservationId ?? null,
           at.toISOString(),
+          e.occurredAt?.toISOString() ?? null,
         );
       }
     });
@@ -245,12 +278,12 @@ for (const [label, rules] of [
         await c.query(`CREATE SCHEMA "${schema}"`);
         await c.query(
           `CREATE TABLE ${journal} (user_id TEXT, seq BIGINT, type TEXT, amount BIGINT, metadata JSONB, description TEXT, ` +
-            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, PRIMARY KEY (user_id, seq))`,
+            `spender TEXT, feature TEXT, reservation_id TEXT, created_at TIMESTAMPTZ, occurred_at TIMESTAMPTZ, PRIMARY KEY (user_id, seq))`,
         );
         await c.query(`CREATE TABLE "${schema}"."accounts" (user_id TEXT PRIMARY KEY, seq BIGINT NOT NULL)`);
         for (const stmt of rollupDdl({ schema }, rules)) await c.query(stmt);
         for (const { user, e } of accounts) {
-          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)`, [
+          await c.query(`INSERT INTO ${journal} VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`, [
             user,
             e.type,
             e.amount,
@@ -260,6 +293,7 @@ for (const [label, rules] of [
             e.feature ?? null,
             e.reservationId ?? null,
             at,
+            e.occurredAt ?? null,
           ]);
           await c.query(`INSERT INTO "${schema}"."accounts" VALUES ($1, 1)`, [user]);
         }
@@ -291,7 +325,7 @@ for (const [label, rules] of [
         ),
       );
       for (const { name, user, e } of accounts) {
-        const want = expected(user, e, [], rules).map((b) => ({
+        const want = expected(user, e, [], rules, true).map((b) => ({
           kind: b.kind,
           ...Object.fromEntries(USAGE_MEASURES.map((m) => [m, b[m]])),
         }));
@@ -326,6 +360,7 @@ for (const [label, rules] of [
               spender: e.spender,
               feature: e.feature,
               reservationId: e.reservationId,
+              occurredAt: e.occurredAt,
             }))
               if (v != null) doc[k] = v;
             return doc;
