@@ -123,7 +123,7 @@ const reversal = (charge: Entry, amount: number, before: number): Entry => ({
   spender: charge.spender ?? null,
   description: "job failed",
   occurredAt: new Date(Date.now() - 7_200_000),
-  metadata: reversalMetadata(charge as JournalEntry, amount, before) as JournalEntry["metadata"],
+  metadata: reversalMetadata(charge as JournalEntry, amount, before),
 });
 CASES["reversal of a lease window, in part"] = reversal(lease, 11, 0);
 CASES["reversal of a lease window, the rest"] = reversal(lease, 19, 11);

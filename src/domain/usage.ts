@@ -808,7 +808,7 @@ export function reversalMetadata(
   amount: number,
   reversedBefore: number,
   extra?: Record<string, unknown> | null,
-): Record<string, unknown> {
+): NonNullable<JournalEntry["metadata"]> {
   const whole = usageParts(charge);
   const parts = whole.length > 0 ? whole : [{ kind: "spend", model: null, ...NO_MEASURES } as UsagePart];
   const total = charge.amount;
@@ -835,7 +835,8 @@ export function reversalMetadata(
   });
   const kept: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(charge.metadata ?? {})) if (!CAPTURE_ONLY_KEYS.has(k)) kept[k] = v;
-  return { ...(extra ?? {}), ...kept, reversal: { requests, parts: out } };
+  // (JSON throughout: the charge's metadata, the caller's and numbers and texts.)
+  return { ...(extra ?? {}), ...kept, reversal: { requests, parts: out } } as NonNullable<JournalEntry["metadata"]>;
 }
 
 /** Metadata keys of a capture that describe the capture itself (as `excessMetadata` of ./entry-meta.ts leaves out). */

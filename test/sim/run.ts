@@ -136,7 +136,6 @@ export class SimulationFailure extends Error {
 
 const USERS = ["alice", "bob", "carol"];
 const T0 = Date.parse("2031-03-01T00:00:00.000Z");
-const DAY = 86_400_000;
 const DEFAULT_REPLAY =
   "SIM_SEED={seed} SIM_STEPS={steps} npx vitest run test/simulation.test.ts  (or: npm run sim -- --seed {seed} --steps {steps} --trace)";
 
