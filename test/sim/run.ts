@@ -212,6 +212,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   // On those seeds some users spend under limits (docs/teams-and-limits.md), drawn from a stream of
   // their own too; windows of 100 years: the run never leaves one.
   const limitRng = new Prng(seed ^ 0x11a175);
+  // Which after-service charges are recorded late, and how late (docs/usage.md, "Late usage").
+  const lateRng = new Prng(seed ^ 0x1a7e0);
   const limited = new Map<string, SimLimit[]>();
   if (scoped)
     for (const user of users) {
@@ -674,7 +676,6 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       [5, "add"],
       [4, "deduct"],
       [1, "after"],
-      [1, "late"],
       [4, "reserve"],
       [3, "commit"],
       [2, "release"],
@@ -703,14 +704,22 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         const add = { kind, user, amount: rng.range(1, 120), expiresAt, priority: rng.range(0, 2) } as const;
         return scoped && scopeRng.chance(0.4) ? { ...add, scope: scopeRng.pick(SCOPES) } : add;
       }
-      case "deduct":
-      case "after":
-        return scoped ? { kind, user, amount, ...scopeRng.pick(SPENDS) } : { kind, user, amount };
-      case "late": {
-        // Up to 20 days back (the window is 35): still inside it when a retry comes later.
-        const late = { kind, user, amount, occurredAt: clock.now - rng.range(1, 20 * 24 * 60) * 60_000 } as const;
-        return scoped ? { ...late, ...scopeRng.pick(SPENDS) } : late;
+      case "after": {
+        // Half the after-service charges are usage recorded late, up to 20 days back (the window is
+        // 35: still inside it when a retry comes later), drawn from a stream of their own: the
+        // schedule is the seed's either way.
+        const spend = scoped ? scopeRng.pick(SPENDS) : {};
+        if (!lateRng.chance(0.5)) return { kind, user, amount, ...spend };
+        return {
+          kind: "late",
+          user,
+          amount,
+          occurredAt: clock.now - lateRng.range(1, 20 * 24 * 60) * 60_000,
+          ...spend,
+        };
       }
+      case "deduct":
+        return scoped ? { kind, user, amount, ...scopeRng.pick(SPENDS) } : { kind, user, amount };
       case "commit":
       case "release": {
         const active = m.holds.filter((h) => h.status === "active");
