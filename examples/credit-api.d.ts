@@ -285,7 +285,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Deduct credits from a user (`afterService: true` for usage already delivered) */
+        /** Deduct credits from a user (`afterService: true` for usage already delivered; `occurredAt` for usage recorded late) */
         post: operations["adminDeductCredits"];
         delete?: never;
         options?: never;
@@ -2772,6 +2772,7 @@ export interface operations {
                     };
                     spender?: string;
                     feature?: string;
+                    occurredAt?: string;
                     amount: number;
                     afterService?: boolean;
                 };
@@ -2879,6 +2880,15 @@ export interface operations {
             };
             /** @description Not JSON: the body, or the Content-Type of a mutation (application/json is required, with an empty body too) */
             415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Well-formed but refused by a rule */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -17,7 +17,7 @@ import { lazy, type PartOptions } from "./support.js";
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 
-/** What a contract test needs of `reverseCharge` (docs/corrections.md). */
+/** What a contract test needs of `reverseCharge` (docs/concepts.md, "Giving a charge back"). */
 type Reverser = {
   reverseCharge(userId: string, entryId: string, options: { amount?: number; reason: string }): Promise<JournalEntry>;
 };

@@ -218,7 +218,7 @@ export async function playUsage(
   }
 }
 
-/** What the `reverse` step needs of `reverseCharge` and `getReversals` (docs/corrections.md). */
+/** What the `reverse` step needs of `reverseCharge` and `getReversals` (docs/concepts.md, "Giving a charge back"). */
 type Reverser = {
   reverseCharge(userId: string, entryId: string, options: { amount?: number; reason: string }): Promise<JournalEntry>;
   getReversals(userId: string, entryId: string): Promise<{ remaining: number }>;
