@@ -328,7 +328,7 @@ describe.each(Object.keys(hosts))("credit handler on %s", (host) => {
     expect(add.json.grants[0].amount).toBe(40);
   });
 
-  it("records usage late with occurredAt (docs/usage.md, \"Late usage\"); beyond the window a 422", async () => {
+  it('records usage late with occurredAt (docs/usage.md, "Late usage"); beyond the window a 422', async () => {
     await call("POST", "/admin/credits/users/late-user/add", ADMIN, { amount: 50 });
     const yesterday = new Date(now - 86_400_000).toISOString();
     const d = await call("POST", "/admin/credits/users/late-user/deduct", ADMIN, { amount: 5, occurredAt: yesterday });
