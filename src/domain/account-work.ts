@@ -16,7 +16,7 @@ import type {
 import { checkpointMetadata, snapshotOf } from "./checkpoint.js";
 import { hashNewEntry } from "./hash.js";
 import type { WorkEvent } from "./notifications.js";
-import { type Counted, type Spend, countSpend, describeLimit, trueUpHold } from "./limits.js";
+import { type Counted, type Spend, countSpend, describeLimit, giveBackSpend, trueUpHold } from "./limits.js";
 import { compareGrants, isDue, isOpenGrant, isUsable } from "./order.js";
 import { outOfScope, spendOrder } from "./scope.js";
 import { chargeWithinLimit, commitWithinLimit, headroom, shortfallMeta } from "./overdraft.js";
@@ -559,6 +559,17 @@ export class AccountWork {
     const rest = shares.debt - owed - paidNow;
     if (rest > 0) back.portions.push(this.newGrant(debtGrant(this.newId(), this.userId, rest, charge.id, this.now)));
     this.account.balance += amount;
+    // The spend goes back to the limit windows that counted the charge, while they are current
+    // (docs/teams-and-limits.md, "Late usage and reversals").
+    const limits = this.account.limits;
+    if (limits != null && limits.length > 0)
+      this.account.limits = giveBackSpend(
+        limits,
+        { spender: charge.spender ?? null, feature: charge.feature ?? null },
+        amount,
+        (charge.occurredAt ?? charge.createdAt).getTime(),
+        this.now.getTime(),
+      );
     const entry = this.emit("reverse", amount, back.portions, null, meta);
     if (back.toClosed) this.removeFromClosed(back.portions, null);
     return entry;

@@ -3,6 +3,7 @@ import type { ChargeRecord, DbTransaction } from "../db/types.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
 import { type ChargeDraw, type ChargeReversals, chargeDraw, chargedAt, reversedOf } from "../domain/reversal.js";
+import { reversalMetadata } from "../domain/usage.js";
 import { ConfigurationError, NotFoundError, RuleViolationError } from "../errors.js";
 import type { JournalEntry, ReverseChargeOptions } from "../models/index.js";
 import type { CreditCore } from "./credit-core.js";
@@ -56,7 +57,8 @@ export function reverseCharge(
     if (missing.length > 0) work.include(await tx.getGrants(missing));
     return work.reverse(charge, draw, reversed, amount, {
       ...meta,
-      metadata: reversalMetadata(charge, o.metadata),
+      // The charge's dimensions and its usage parts scaled to this reversal (docs/usage.md, "Corrections").
+      metadata: reversalMetadata(charge, amount, reversed.total, o.metadata),
       spender: charge.spender ?? undefined,
       feature: charge.feature ?? undefined,
       reverses: charge.id,
@@ -94,16 +96,4 @@ function drawOf(charge: JournalEntry): ChargeDraw {
   const draw = chargeDraw(charge);
   if (typeof draw === "string") throw new RuleViolationError(draw, [{ path: "entryId", message: "not a charge" }]);
   return draw;
-}
-
-/**
- * A reversal's metadata: the charge's (so usage reports group it where the charge counted; its keys
- * win), with the caller's `extra` beside it.
- */
-function reversalMetadata(
-  charge: JournalEntry,
-  extra: Record<string, unknown> | undefined,
-): Record<string, unknown> | undefined {
-  if (charge.metadata === null) return extra;
-  return { ...extra, ...charge.metadata };
 }

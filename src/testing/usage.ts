@@ -192,16 +192,14 @@ export async function playUsage(
         });
         break;
       case "reverse": {
-        const r = credits as unknown as Partial<Reverser>;
-        if (typeof r.reverseCharge !== "function" || typeof r.getReversals !== "function") break;
         const charges = (
           await credits.getCreditHistory(user, { limit: 1000, types: ["deduct", "commit_reserved"] })
         ).items.filter((e) => usageKind(e) === "spend" && e.amount > 0);
         const charge = charges[o.pick % Math.max(charges.length, 1)];
         if (charge === undefined) break;
-        const { remaining } = await r.getReversals(user, charge.id);
+        const { remaining } = await credits.getReversals(user, charge.id);
         if (remaining === 0) break;
-        await r.reverseCharge(user, charge.id, {
+        await credits.reverseCharge(user, charge.id, {
           amount: Math.max(1, Math.floor((remaining * o.percent) / 100)),
           reason: "a correction (test)",
         });
@@ -217,12 +215,6 @@ export async function playUsage(
     }
   }
 }
-
-/** What the `reverse` step needs of `reverseCharge` and `getReversals` (docs/concepts.md, "Giving a charge back"). */
-type Reverser = {
-  reverseCharge(userId: string, entryId: string, options: { amount?: number; reason: string }): Promise<JournalEntry>;
-  getReversals(userId: string, entryId: string): Promise<{ remaining: number }>;
-};
 
 /** Every entry of `user`, through getCreditHistory's pages. */
 async function history(credits: CreditService, user: string): Promise<JournalEntry[]> {
