@@ -81,9 +81,9 @@ export function runLateUsageContract(getDb: () => DbManager, options: PartOption
       await expect(
         credits.deductCreditsAfterService(user, 5, { occurredAt: new Date(clock.now + HOUR) }),
       ).rejects.toBeInstanceOf(LateUsageError);
-      await expect(
-        credits.deductCredits(user, 5, { occurredAt: "yesterday" }),
-      ).rejects.toMatchObject({ code: "VALIDATION_ERROR" });
+      await expect(credits.deductCredits(user, 5, { occurredAt: "yesterday" })).rejects.toMatchObject({
+        code: "VALIDATION_ERROR",
+      });
       expect((await credits.getUserCreditsInfo(user)).balance).toBe(100);
       // At the window's edge it is taken; a few seconds ahead (clocks disagree) is on time: no occurredAt.
       const edge = await credits.deductCredits(user, 1, { occurredAt: new Date(clock.now - 10 * DAY) });
