@@ -89,6 +89,7 @@ export async function closeCommandStore(
  * command's own result or error is what it reports.
  */
 export async function closeQuietly(...closers: (() => Promise<unknown> | undefined)[]): Promise<void> {
+  // Dropped on purpose: the command has already answered; a failed close only leaks a handle the exit frees.
   for (const close of closers) await close()?.catch(() => undefined);
 }
 

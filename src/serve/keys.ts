@@ -230,8 +230,7 @@ interface MongoCollectionLike {
 
 /** Keys in the MongoDB database of the store (collection `credit_api_keys`). */
 export function mongoKeyStore(collection: MongoCollectionLike, close: () => Promise<void>): KeyStore {
-  const fromDoc = (d: Record<string, unknown>): ApiKeyRecord =>
-    fromRow({ ...d, id: d._id as string } as Row);
+  const fromDoc = (d: Record<string, unknown>): ApiKeyRecord => fromRow({ ...d, id: d._id as string } as Row);
   return {
     async init() {
       // _id is the key id: unique already.

@@ -49,13 +49,7 @@ export interface RevenueReadOptions {
  * window keeps its calendar bounds (its figures are those so far); without an interval the one
  * window holds `now` and ends at `to`. `from` when the range starts after `now` (nothing to report).
  */
-function revenueEnd(
-  from: number,
-  to: number,
-  now: number,
-  interval: UsageInterval | null,
-  timeZone: string,
-): number {
+function revenueEnd(from: number, to: number, now: number, interval: UsageInterval | null, timeZone: string): number {
   if (from > now) return from;
   if (interval === null) return to;
   return Math.min(to, nextWindowStart(windowStart(now, interval, timeZone), interval, timeZone));

@@ -93,7 +93,7 @@ function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
   if (m.c.llm !== null) {
     if (m.parts || this.headersSent) {
       m.read(chunk, encoding);
-          return m.end.apply(this, args); // settled when the response closes
+      return m.end.apply(this, args); // settled when the response closes
     }
     // The whole body in one end: its usage now, the header set.
     m.read(chunk, encoding);
@@ -107,7 +107,7 @@ function meteredEnd(this: MeteredResponse, ...args: unknown[]): ServerResponse {
     m.c.usagePath !== null && session.usages.length === 0 && !m.parts ? m.c.usageOfBody(this, chunk) : undefined;
   if (m.parts || this.headersSent) {
     m.pending = amount; // committed when the response closes; the header is gone already
-      return m.end.apply(this, args);
+    return m.end.apply(this, args);
   }
   m.endAfterSettling(this.statusCode >= 500 ? session.release("error") : session.commit(amount), chunk, encoding, cb);
   return this;
@@ -198,7 +198,7 @@ function fixedEnd(this: FixedResponse, ...args: unknown[]): ServerResponse {
   if (this.statusCode >= 400) {
     priced.notCharged("error");
     this.setHeader(deductedHeader, "0");
-      return end.apply(this, args);
+    return end.apply(this, args);
   }
   // The whole response in one end: charge first, so X-Credits-Deducted can say it.
   void priced.charge().then((n) => {
@@ -270,15 +270,7 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
         locals.creditReservationId = session.reservationId;
         locals.creditEstimate = session.estimate;
       }
-      res[METERED] = new NodeMetered(
-        c,
-        req,
-        res,
-        session,
-        locals,
-        res.write as Write,
-        res.end as End,
-      );
+      res[METERED] = new NodeMetered(c, req, res, session, locals, res.write as Write, res.end as End);
       res.write = meteredWrite as typeof res.write;
       res.end = meteredEnd as typeof res.end;
       res.on("close", onMeteredClose);
