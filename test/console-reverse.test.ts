@@ -57,6 +57,11 @@ describe("giving a charge back in the console", () => {
     expect(confirm).toContain("70 credits will be left to give back");
     expect(confirm).toContain("job failed (by ops@example.com in the console)");
     expect((await m.credits.getReversals("acme", charge.id)).reversed).toBe(0);
+    // "Change": the form again, with the amount and the reason as they were.
+    const change = await (await send("_key=dddddddd-0001&step=edit&amount=50&description=job+failed")).text();
+    expect(change).toMatch(/name="amount"[^>]*value="50"/);
+    expect(change).toMatch(/name="description"[^>]*value="job failed"/);
+    expect(change).not.toContain('id="confirm"');
 
     // Confirmed, twice at once (a double click): one reversal.
     const done = await Promise.all([
