@@ -1,4 +1,6 @@
+import type { Changes } from "../../src/domain/state.js";
 import type { JournalEntry } from "../../src/models/index.js";
+import type { CreditModel } from "../../src/testing/model.js";
 import type { CreditService } from "../../src/services/credit-service.js";
 
 const DAY = 86_400_000;
@@ -84,4 +86,46 @@ export async function derivedProblems(
       );
   }
   return problems;
+}
+
+/**
+ * A reversal's unit of work in the model (docs/concepts.md, "Giving a charge back"), as the store
+ * committed it: the credits come back to the balance; each portion goes back to its grant (a new
+ * grant the reversal made for debt an addition paid since, added), but those that paid debt
+ * instead; what the grants did not get takes debt off; then what the unit's `expire` and `void`
+ * entries take from grants closed since is removed again. The replay in `audit()` checks the
+ * portions against the charge.
+ */
+export function reverseInModel(m: CreditModel, changes: Changes): void {
+  // (Entries before the reversal — a settlement of the unit — are the model's own `settle()`.)
+  let after = false;
+  for (const x of changes.entries) {
+    if (x.type === "reverse") {
+      after = true;
+      m.balance += x.amount;
+      let back = 0;
+      for (const p of x.grants) {
+        if (p.kind === "debt_paid") continue;
+        back += p.amount;
+        const g = m.grants.find((y) => y.id === p.grantId);
+        if (g !== undefined) g.remaining += p.amount;
+        else
+          m.grants.push({
+            id: p.grantId,
+            remaining: p.amount,
+            expiresAt: null,
+            priority: 0,
+            createdAt: m.now,
+            closed: null,
+          });
+      }
+      m.debt -= x.amount - back;
+    } else if (after && (x.type === "expire" || x.type === "void")) {
+      for (const p of x.grants) {
+        const g = m.grants.find((y) => y.id === p.grantId);
+        if (g !== undefined) g.remaining -= p.amount;
+        m.balance -= p.amount;
+      }
+    }
+  }
 }

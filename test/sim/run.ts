@@ -9,7 +9,8 @@ import { mayPay, type CreditModel, type ModelSpend } from "../../src/testing/mod
 import { AccountsModel, cloneModel, findGrant, findHold, heldAmount, openGrants, settleGrants } from "./model.js";
 import { Prng } from "./prng.js";
 import { NO_FAULTS, Scheduler, inOp, type FaultRates, type OpContext } from "./scheduler.js";
-import { derivedProblems } from "./derived.js";
+import { derivedProblems, reverseInModel } from "./derived.js";
+import { usageKind } from "../../src/domain/usage.js";
 import { ProcessCache, SimStore, type StoreEvent } from "./store.js";
 import { PaymentsModel, SimBank, simProvider, webhook } from "./payments.js";
 import { DAY, PLANS, SubscriptionsModel, type SubRequest } from "./subscriptions.js";
@@ -38,6 +39,8 @@ export type Spec =
   | ({ kind: "after"; user: string; amount: number } & SimSpend)
   /** Usage recorded late: an after-service deduction with `occurredAt` (docs/usage.md, "Late usage"). */
   | ({ kind: "late"; user: string; amount: number; occurredAt: number } & SimSpend)
+  /** A charge given back, in part or (amount null) what is left of it (docs/concepts.md, "Giving a charge back"). */
+  | { kind: "reverse"; user: string; charge: string; amount: number | null }
   | ({ kind: "reserve"; user: string; amount: number; ttlSec: number } & SimSpend)
   | { kind: "commit"; user: string; hold: string; amount: number | null }
   | { kind: "release"; user: string; hold: string }
@@ -214,6 +217,10 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
   const limitRng = new Prng(seed ^ 0x11a175);
   // Which after-service charges are recorded late, and how late (docs/usage.md, "Late usage").
   const lateRng = new Prng(seed ^ 0x1a7e0);
+  // Which reads are reversals instead, of which charge and how much (a stream of its own too).
+  const reverseRng = new Prng(seed ^ 0x7e7e75);
+  /** The charges committed, by user: each one's amount and what its reversals gave back so far. */
+  const charges = new Map<string, { id: string; amount: number; reversed: number }[]>();
   const limited = new Map<string, SimLimit[]>();
   if (scoped)
     for (const user of users) {
@@ -355,6 +362,9 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       delta = x.amount;
       // After service (usage delivered) or beyond its hold: allowed past a limit, as debt is.
       forced = x.reservationId !== null || (x.metadata as { overLimit?: unknown } | null)?.overLimit === true;
+    } else if (x.type === "reverse") {
+      // A charge given back: its spend comes off the limits that counted it (their window is the run's).
+      delta = -x.amount;
     } else if (x.type === "reserve" && x.reservationId !== null) {
       limitHolds.set(x.reservationId, { amount: x.amount, spend });
       delta = x.amount;
@@ -420,6 +430,14 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       case "late":
         m.deduct(spec.amount, true, spendOf(spec));
         return "ok";
+      case "reverse": {
+        const c = charges.get(spec.user)?.find((x) => x.id === spec.charge);
+        if (c === undefined) return "NotFoundError";
+        const left = c.amount - c.reversed;
+        if (left === 0 || (spec.amount ?? left) > left) return "RuleViolationError";
+        if (changes !== null) reverseInModel(m, changes);
+        return "ok";
+      }
       case "reserve": {
         if (m.availableFor(spendOf(spec)) < spec.amount) return "InsufficientCreditsError";
         const id = changes === null ? "predicted" : changes.insertReservations[0]?.id;
@@ -476,6 +494,8 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       for (const x of e.changes.entries) countEntry(e.userId, x);
       checkLimits(where);
     }
+    // The charges a reversal may name, and what each has given back (after the model's answer, below).
+    const reversedNow = e.changes.entries.filter((x) => x.type === "reverse");
     // No grant pays for a spend outside its scope (docs/teams-and-limits.md): by the model's own
     // record of each grant's scope.
     for (const x of e.changes.entries) {
@@ -518,6 +538,18 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
       settleGrants(m);
     } else {
       m.settle();
+    }
+    for (const x of e.changes.entries) {
+      if ((x.type === "deduct" || x.type === "commit_reserved") && x.amount > 0 && usageKind(x) === "spend") {
+        const list = charges.get(e.userId) ?? [];
+        list.push({ id: x.id, amount: x.amount, reversed: 0 });
+        charges.set(e.userId, list);
+      }
+    }
+    for (const x of reversedNow) {
+      const c = charges.get(e.userId)?.find((y) => y.id === x.reverses);
+      if (c === undefined) fail(`${where}: a reversal of ${String(x.reverses)}, no charge of this account`);
+      else c.reversed += x.amount;
     }
     const a = e.changes.account;
     trace.push(
@@ -619,6 +651,12 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         return c.expireCredits(spec.user);
       case "read":
         return c.getUserCreditsInfo(spec.user);
+      case "reverse":
+        return c.reverseCharge(spec.user, spec.charge, {
+          ...k,
+          reason: "a correction (sim)",
+          ...(spec.amount === null ? {} : { amount: spec.amount }),
+        });
       case "expireJob":
         return manager.expiration.expireDueGrants();
       case "holdJob":
@@ -740,8 +778,16 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
         if (m.grants.length === 0) break;
         return { kind, user, grant: rng.pick(m.grants).id };
       }
+      case "read": {
+        // Half the reads give back one of the user's charges instead, in part or whole.
+        const list = charges.get(user) ?? [];
+        if (list.length === 0 || !reverseRng.chance(0.5)) return { kind, user };
+        const c = reverseRng.pick(list);
+        const left = c.amount - c.reversed;
+        const amount = reverseRng.chance(0.4) ? null : reverseRng.range(1, Math.max(1, left));
+        return { kind: "reverse", user, charge: c.id, amount };
+      }
       case "expire":
-      case "read":
         return { kind, user };
       case "expireJob":
       case "holdJob":
@@ -796,6 +842,7 @@ export async function runSimulation(options: SimOptions): Promise<SimResult> {
     "deduct",
     "after",
     "late",
+    "reverse",
     "reserve",
     "commit",
     "release",

@@ -1,6 +1,7 @@
 import { ConflictError, StorageError } from "../../src/errors.js";
 import type { InMemoryDbManager } from "../../src/db/memory/index.js";
 import type { Changes, DbManager, DbTransaction, LoadRequest, LoadedState } from "../../src/store.js";
+import type { ChargeRecord } from "../../src/db/types.js";
 import { stateAfter, type AccountState } from "../../src/db/state-cache.js";
 import type { Grant, Payment, Promo, Reservation, Subscription } from "../../src/models/index.js";
 import type { Prng } from "./prng.js";
@@ -272,6 +273,13 @@ class SimTransaction implements DbTransaction {
     }
     const r = this.holds.get(reservationId);
     return r === undefined ? null : structuredClone(r);
+  }
+
+  /** A charge and its reversals (`reverseCharge`), read live: another reversal commits under the account's seq guard. */
+  async getCharge(entryId: string): Promise<ChargeRecord | null> {
+    await this.sim.wait();
+    this.liveRead();
+    return this.sim.inner.transaction(this.userId, (t) => t.getCharge?.(entryId) ?? null);
   }
 
   async getPromo(code: string): Promise<Promo | null> {
