@@ -1,6 +1,7 @@
 /**
  * The simulation's only source of randomness: a small seeded PRNG (sfc32), so one seed replays the
- * same run exactly. `Math.random` is never used inside the simulation.
+ * same run exactly. `Math.random` is never used inside the simulation; during a run, the code under
+ * test's `Math.random` is one of these too (`runSimulation`).
  */
 export class Prng {
   private a: number;

@@ -171,6 +171,20 @@ interface Attempt {
 
 /** Runs one seed. Throws `SimulationFailure` (with the replay command) on the first disagreement. */
 export async function runSimulation(options: SimOptions): Promise<SimResult> {
+  // The code under test draws its own jitter from `Math.random` (a notification's retry backoff,
+  // docs/notifications.md): during a run it comes from the seed too, or two retries due at nearly
+  // the same instant would be dispatched in an order the seed does not decide.
+  const jitter = new Prng(options.seed ^ 0x7177e5);
+  const random = Math.random;
+  Math.random = () => jitter.u32() / 4294967296;
+  try {
+    return await simulate(options);
+  } finally {
+    Math.random = random;
+  }
+}
+
+async function simulate(options: SimOptions): Promise<SimResult> {
   const { seed, steps } = options;
   const rng = new Prng(seed);
   // Separate streams: the ids the code draws do not shift the schedule, and the reverse.
