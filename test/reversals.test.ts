@@ -15,7 +15,7 @@ import { InMemoryDbManager } from "../src/db/memory/index.js";
 import { hashEntry } from "../src/domain/hash.js";
 import { replayJournal } from "../src/domain/replay.js";
 import { chargeDraw, reversalShares, reversedOf, type ChargeDraw } from "../src/domain/reversal.js";
-import { createCreditManager, CreditService, type CreditManager, type JournalEntry } from "../src/index.js";
+import { createCreditManager, CreditService, type CreditManager, type Grant, type JournalEntry } from "../src/index.js";
 import { DomainEvent } from "../src/models/index.js";
 import { deliveryUserId } from "../src/webhooks/queue.js";
 import { generateWebhookSecret, webhookQueue } from "../src/webhooks/index.js";
@@ -239,5 +239,45 @@ describe("audit of reversals", () => {
     }));
     expect(more).toContainEqual(expect.stringMatching(/give back 50, more than its 40/));
     expect(more).toContainEqual(expect.stringMatching(/give 50 back to grant .*, which it drew 40 from/));
+  });
+});
+
+describe("audit from a checkpoint of credits given back to a grant closed before it", () => {
+  /**
+   * A grant that expired 30 before a checkpoint gets 10 back by a reversal after it (removed again
+   * at once, docs/concepts.md, "Giving a charge back"); the replay from the checkpoint against the
+   * stored state, that grant changed by `edit`.
+   */
+  async function audited(edit: (g: Grant) => Grant = (g) => g) {
+    let now = Date.now();
+    const db = new InMemoryDbManager();
+    const credits = new CreditService({ db, clock: () => new Date(now) });
+    const short = await credits.addCredits("u", 50, { expiresAt: new Date(now + 60_000) });
+    const charge = await credits.deductCredits("u", 20);
+    now += 120_000;
+    await credits.addCredits("u", 10); // settles first: `short` expires its 30 left
+    const cp = (await credits.checkpoint("u")) as JournalEntry;
+    await credits.reverseCharge("u", charge.id, { amount: 10, reason: "r" });
+    const id = short.grants[0]!.grantId;
+    const entries = await db.listJournal("u", { order: "asc", afterSeq: cp.seq - 1, limit: 100 });
+    const grants = (await db.listGrants("u", { includeInactive: true })).map((g) => (g.id === id ? edit(g) : g));
+    return replayJournal("u", entries, {
+      account: await db.getAccount("u"),
+      grants,
+      reservations: await db.listReservations("u"),
+    }).problems;
+  }
+
+  it("accepts the stored expiredAmount (30 before the checkpoint, 10 after)", async () => {
+    expect(await audited()).toEqual([]);
+  });
+
+  it("reports an expiredAmount beyond the grant's amount, and a grant stored voided that the entries expire again", async () => {
+    expect(await audited((g) => ({ ...g, expiredAmount: 70 }))).toContainEqual(
+      expect.stringMatching(/stored expiredAmount 70, of which 60 before the checkpoint/),
+    );
+    expect(await audited((g) => ({ ...g, closedReason: "voided" }))).toContainEqual(
+      expect.stringMatching(/\(voided before the checkpoint\): 10 came back, 10 expired again; expected 0/),
+    );
   });
 });

@@ -66,6 +66,11 @@ export function replayJournal(
   const holds = new Map<string, Map<string, number>>();
   const created = new Set<string>();
   const expired = new Map<string, number>();
+  /**
+   * From a checkpoint: the grants a reversal returns credits to that neither the checkpoint records
+   * nor an entry after it created, and what the reversals returned to each (`compareStored`).
+   */
+  const metInReverse = new Map<string, number>();
   /** The seq before the first entry replayed: 0 from genesis, the checkpoint's − 1 from one. */
   let base = 0;
   const first = entries[0];
@@ -183,7 +188,10 @@ export function replayJournal(
         for (const g of e.grants) {
           if (g.kind === "debt_paid") continue;
           back += g.amount;
-          // (A grant no entry created: the one a reversal makes for debt paid since, checked below.)
+          if (base > 0 && (!created.has(g.grantId) || metInReverse.has(g.grantId)))
+            metInReverse.set(g.grantId, (metInReverse.get(g.grantId) ?? 0) + g.amount);
+          // (A grant no entry created: the one a reversal makes for debt paid since, checked below;
+          // from a checkpoint, also one closed before it, which the checkpoint does not record.)
           created.add(g.grantId);
           remaining.set(g.grantId, (remaining.get(g.grantId) ?? 0) + g.amount);
         }
@@ -237,7 +245,18 @@ export function replayJournal(
     compareStored(
       stored,
       entries,
-      { base, balance, reserved, debt, prevHash, remaining, expired, activeReservations },
+      {
+        base,
+        balance,
+        reserved,
+        debt,
+        prevHash,
+        remaining,
+        expired,
+        activeReservations,
+        metInReverse,
+        checkpointAt: base > 0 ? (first as JournalEntry).createdAt : null,
+      },
       problems,
     );
 
@@ -369,6 +388,8 @@ function compareStored(
     remaining: ReadonlyMap<string, number>;
     expired: ReadonlyMap<string, number>;
     activeReservations: Record<string, number>;
+    metInReverse: ReadonlyMap<string, number>;
+    checkpointAt: Date | null;
   },
   problems: string[],
 ): void {
@@ -390,7 +411,10 @@ function compareStored(
     if (g === undefined) problems.push(`grant ${id} is in the journal but not stored`);
     else if (g.remaining !== v) problems.push(`grant ${id}: stored remaining ${g.remaining}, replayed ${v}`);
     if (g && g.remaining < 0) problems.push(`grant ${id} below zero`);
-    if (g && (g.expiredAmount ?? 0) !== (expired.get(id) ?? 0)) {
+    const returned = r.metInReverse.get(id);
+    if (g && returned !== undefined && closedBefore(g, r.checkpointAt))
+      problems.push(...closedBeforeProblems(g, v, expired.get(id) ?? 0, returned));
+    else if (g && (g.expiredAmount ?? 0) !== (expired.get(id) ?? 0)) {
       problems.push(`grant ${id}: stored expiredAmount ${g.expiredAmount}, replayed ${expired.get(id) ?? 0}`);
     }
   }
@@ -411,6 +435,39 @@ function compareStored(
       `${storedActive.length} reservations stored active, journal has ${Object.keys(activeReservations).length}`,
     );
   }
+}
+
+/**
+ * Whether the store has `g` closed (expired or voided) at or before the checkpoint's time: then a
+ * grant the replay first meets in a reversal is one closed before the checkpoint, not the grant a
+ * reversal makes for debt paid since (`debtGrant`, created open after the checkpoint).
+ */
+const closedBefore = (g: Grant, checkpointAt: Date | null): boolean =>
+  checkpointAt !== null && g.closedReason !== null && g.closedAt !== null && g.closedAt <= checkpointAt;
+
+/**
+ * A grant closed before the checkpoint the audit starts at, which a reversal after it returned
+ * credits to (docs/concepts.md, "Giving a charge back": the share comes back already closed, an
+ * `expire` or `void` entry removing it at once). The checkpoint records only grants with credits
+ * left or held (docs/operations.md, "Checkpoints and archival"), so what such a grant expired
+ * before it is outside the replay: the audit cannot check the stored `expiredAmount` as a whole.
+ * It checks what the entries after the checkpoint say: all that came back (`returned`) went out
+ * again (`left` 0), as expired credits when the store says the grant expired (`expiredAfter` =
+ * `returned`) and as voided ones when it says voided (`expiredAfter` 0); and that the stored
+ * `expiredAmount` less `expiredAfter` — what expired before the checkpoint — is between 0 and the
+ * grant's amount. An audit from genesis checks the whole amount.
+ */
+function closedBeforeProblems(g: Grant, left: number, expiredAfter: number, returned: number): string[] {
+  const problems: string[] = [];
+  const where = `grant ${g.id} (${g.closedReason} before the checkpoint)`;
+  if (left !== 0) problems.push(`${where}: the entries after the checkpoint leave it ${left}`);
+  const expected = g.closedReason === "expired" ? returned : 0;
+  if (expiredAfter !== expected)
+    problems.push(`${where}: ${returned} came back, ${expiredAfter} expired again; expected ${expected}`);
+  const before = (g.expiredAmount ?? 0) - expiredAfter;
+  if (before < 0 || before > g.amount)
+    problems.push(`${where}: stored expiredAmount ${g.expiredAmount}, of which ${before} before the checkpoint`);
+  return problems;
 }
 
 /**

@@ -128,6 +128,28 @@ export function runReversalsContract(
       await clean(credits, u);
     });
 
+    it("an audit from a checkpoint accepts credits given back to grants closed before it, and still checks what came back went out again", async () => {
+      const { credits, clock } = serviceWithClock(db);
+      const u = user();
+      const voided = await credits.addCredits(u, 40);
+      const short = await credits.addCredits(u, 50, { expiresAt: new Date(T0 + HOUR), priority: 1 });
+      const charge = await credits.deductCredits(u, 60); // 40 from `voided`, then 20 from `short`
+      await credits.voidGrant(voided.grants[0]!.grantId, { description: "refund" });
+      clock.now += 2 * HOUR;
+      await credits.addCredits(u, 10); // settles first: `short` expires its 30 left
+      const cp = (await credits.checkpoint(u)) as JournalEntry;
+      const r = await credits.reverseCharge(u, charge.id, { amount: 30, reason: "give back" });
+      expect(r.balanceAfter).toBe(40);
+      const byGrant = await credits.getGrants(u, { includeInactive: true });
+      const get = (e: JournalEntry) => byGrant.find((g) => g.id === e.grants[0]!.grantId) as Grant;
+      // 20 back to `voided` and 10 to `short`, each removed again at once; `short` expired 30 + 10.
+      expect(get(short)).toMatchObject({ remaining: 0, expiredAmount: 40, closedReason: "expired" });
+      expect(get(voided)).toMatchObject({ remaining: 0, expiredAmount: 0, closedReason: "voided" });
+      const fromCheckpoint = await credits.audit(u);
+      expect(fromCheckpoint).toMatchObject({ from: "checkpoint", fromSeq: cp.seq, problems: [] });
+      await clean(credits, u);
+    });
+
     it("gives back what a capture took (not what it returned) and an over-capture's excess by its own entry", async () => {
       const { credits } = serviceWithClock(db);
       const u = user();
