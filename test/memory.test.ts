@@ -33,6 +33,34 @@ function add(u: string, amount: number) {
 }
 
 describe("in-memory store: units of work and the per-account lock", () => {
+  it("keeps copies of what a unit of work saved: a later unit of work changes none of the first one's objects", async () => {
+    // The first save on a new account, and a grant's first version, were once kept as the very
+    // objects handed to save(): the next unit of work wrote its account and grant into them, so a
+    // caller holding the first unit's changes (the simulation's log of commits) saw a balance and a
+    // grant of a later one.
+    const db = new InMemoryDbManager();
+    let first!: ReturnType<AccountWork["changes"]>;
+    await db.transaction("u", async (tx) => {
+      const work = new AccountWork("u", await tx.load(), new Date(), randomUUID);
+      work.add(
+        50,
+        { expiresAt: null, priority: 0, source: "manual", sourceRef: null, description: null, metadata: null },
+        {},
+      );
+      first = work.changes();
+      await tx.save(first);
+    });
+    const seen = structuredClone(first);
+    await db.transaction("u", add("u", 74));
+    await db.transaction("u", async (tx) => {
+      const work = new AccountWork("u", await tx.load(), new Date(), randomUUID);
+      work.deduct(20, {}, { allowDebt: false, overdraftLimit: null });
+      await tx.save(work.changes());
+    });
+    expect((await db.getAccount("u"))?.balance).toBe(104);
+    expect(first).toEqual(seen);
+  });
+
   it("answers a unit of work with its result, committed", async () => {
     const db = new InMemoryDbManager();
     expect(await db.transaction("u", add("u", 7))).toBe(7);

@@ -141,7 +141,9 @@ export class InMemoryDbManager extends StoreBase implements DbManager {
   private apply(rows: AccountRows, changes: Changes): void {
     this.check(rows, changes);
     this.accounts.set(rows.userId, rows);
-    if (rows.account === null) rows.account = changes.account;
+    // A copy of what the caller saved, never its own object: later versions are written into the
+    // kept one, and the caller may still hold (and read) the changes it saved.
+    if (rows.account === null) rows.account = { ...changes.account };
     else Object.assign(rows.account, changes.account);
     for (const grants of [changes.insertGrants, changes.updateGrants]) {
       for (const g of grants) {
@@ -423,12 +425,13 @@ class MemoryTransaction implements DbTransaction {
   }
 }
 
-/** Keeps `row` in `kept`: as it is when its id is new, else written into the object kept for it. */
+/** Keeps `row` in `kept`: a copy of it when its id is new, else written into the object kept for it. */
 function keep<T extends { id: string }>(kept: Map<string, T>, row: T): T {
   const old = kept.get(row.id);
   if (old === undefined) {
-    kept.set(row.id, row);
-    return row;
+    const copy = { ...row };
+    kept.set(row.id, copy);
+    return copy;
   }
   return Object.assign(old, row);
 }
