@@ -234,6 +234,8 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
   const rawPublic: RouteDefinition = { ...rawUser, path: "/beacon", access: "public", operationId: "beacon" };
   let reservation: string;
   let grant: string;
+  /** A deduction: what the reverse route names. */
+  let charge: string;
 
   beforeAll(async () => {
     m = await createCreditManager();
@@ -249,6 +251,7 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     await m.promos.createPromo({ code: "WELCOME", credits: 5 });
     grant = (await m.credits.addCredits("bob", 1000)).grants[0]!.grantId;
     reservation = (await m.credits.reserveCredits("bob", 10)).id;
+    charge = (await m.credits.deductCredits("bob", 5)).id;
   });
   afterAll(async () => {
     await server.close();
@@ -286,6 +289,7 @@ describe.each(Object.keys(hosts))("HTTP hardening: cross-site requests are refus
     grantId: () => grant,
     planId: () => "other",
     code: () => "WELCOME",
+    entryId: () => charge,
   };
   const VARIANTS: [string | null, string][] = [
     [null, ""], // an empty POST (a body-less form, fetch without a body)
