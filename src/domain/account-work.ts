@@ -544,7 +544,7 @@ export class AccountWork {
 
   /**
    * Gives back `amount` credits of `charge` (docs/concepts.md, "Giving a charge back"), at most what
-   * its reversals so far (`reversed`) left of its `draw` (the caller checks), by `reversalShares`:
+   * its reversals so far (`reversed`) left of its `draw` (`amountToGiveBack`), by `reversalShares`:
    * its debt first, as far as still owed (the rest pays other debt, then is a grant: `debtGrant`);
    * then its grants, loaded (`include`), as a hold's go back (`giveBack`). `meta` names the charge.
    */

@@ -1,4 +1,5 @@
 import type { Grant, GrantPortion, JournalEntry } from "../models/index.js";
+import { RuleViolationError } from "../errors.js";
 import { usageKind } from "./usage.js";
 
 /**
@@ -80,6 +81,31 @@ export function reversedOf(draw: ChargeDraw, reversals: readonly JournalEntry[])
     }
   }
   return { total, toGrants, debt: total - toDrawn };
+}
+
+/**
+ * The credits one reversal of `charge` gives back: `asked`, or all that is left when none is asked;
+ * never more than its reversals so far (`reversed`) left of its `draw` (docs/concepts.md, "Giving a
+ * charge back"). A `RuleViolationError` when nothing is left or more is asked.
+ */
+export function amountToGiveBack(
+  chargeId: string,
+  draw: ChargeDraw,
+  reversed: Reversed,
+  asked: number | undefined,
+): number {
+  const left = draw.amount - reversed.total;
+  if (left === 0)
+    throw new RuleViolationError(`Entry ${chargeId} is already given back in full (${draw.amount} credits).`, [
+      { path: "entryId", message: "nothing of the charge is left to give back" },
+    ]);
+  const amount = asked ?? left;
+  if (amount > left)
+    throw new RuleViolationError(
+      `Cannot give back ${amount} credits of entry ${chargeId}: ${left} of its ${draw.amount} are left to give back.`,
+      [{ path: "amount", message: `must be at most ${left}, what is left of the charge` }],
+    );
+  return amount;
 }
 
 /** How one reversal of `amount` credits is shared: the charge's debt first, then its grants. */

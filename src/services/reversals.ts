@@ -2,7 +2,14 @@ import type * as z from "zod";
 import type { ChargeRecord, DbTransaction } from "../db/types.js";
 import type { EntryMeta } from "../domain/account-work.js";
 import { fingerprint } from "../domain/hash.js";
-import { type ChargeDraw, type ChargeReversals, chargeDraw, chargedAt, reversedOf } from "../domain/reversal.js";
+import {
+  type ChargeDraw,
+  type ChargeReversals,
+  amountToGiveBack,
+  chargeDraw,
+  chargedAt,
+  reversedOf,
+} from "../domain/reversal.js";
 import { reversalMetadata } from "../domain/usage.js";
 import { ConfigurationError, NotFoundError, RuleViolationError } from "../errors.js";
 import type { JournalEntry, ReverseChargeOptions } from "../models/index.js";
@@ -41,17 +48,7 @@ export function reverseCharge(
     const { entry: charge, reversals } = await readCharge(tx, entryId);
     const draw = drawOf(charge);
     const reversed = reversedOf(draw, reversals);
-    const left = draw.amount - reversed.total;
-    if (left === 0)
-      throw new RuleViolationError(`Entry ${entryId} is already given back in full (${draw.amount} credits).`, [
-        { path: "entryId", message: "nothing of the charge is left to give back" },
-      ]);
-    const amount = o.amount ?? left;
-    if (amount > left)
-      throw new RuleViolationError(
-        `Cannot give back ${amount} credits of entry ${entryId}: ${left} of its ${draw.amount} are left to give back.`,
-        [{ path: "amount", message: `must be at most ${left}, what is left of the charge` }],
-      );
+    const amount = amountToGiveBack(entryId, draw, reversed, o.amount);
     // Grants it drew that are spent or closed are not loaded with the account's open ones.
     const missing = draw.draws.filter((d) => work.getGrant(d.grantId) === undefined).map((d) => d.grantId);
     if (missing.length > 0) work.include(await tx.getGrants(missing));
@@ -71,7 +68,7 @@ export function reverseCharge(
 export async function getReversals(core: CreditCore, user: string, entryId: string): Promise<ChargeReversals> {
   const found = await core.units.mutate("getReversals", user, {}, (_work, tx) => readCharge(tx, entryId));
   const draw = drawOf(found.entry);
-  const reversed = found.reversals.reduce((s, r) => s + r.amount, 0);
+  const reversed = reversedOf(draw, found.reversals).total;
   return {
     charge: copy(found.entry),
     reversals: found.reversals.map(copy),
