@@ -19,7 +19,7 @@ import {
 import type { DbTransaction } from "../src/store.js";
 import { MongoDbManager } from "../src/db/mongodb/index.js";
 import { supportsTransactions } from "../src/db/mongodb/options.js";
-import { STANDALONE_MESSAGE } from "../src/db/mongodb/errors.js";
+import { STANDALONE_MESSAGE, isRetryableConflict, writeOne } from "../src/db/mongodb/errors.js";
 import { AccountWork } from "../src/domain/account-work.js";
 import { fingerprint } from "../src/domain/hash.js";
 import { runDbManagerContract } from "../src/testing/index.js";
@@ -112,6 +112,33 @@ describe("mongodb: standalone-server detection (no server needed)", () => {
       expect(error, JSON.stringify(batch)).toBeInstanceOf(ConfigurationError);
       expect((error as Error).message).toContain("`batch`");
     }
+  });
+
+  it("sends a single-document write again after DocumentDB reports a deadlock, as mongod would retry it itself", async () => {
+    // DocumentDB packs the SQLSTATE of an error it has no MongoDB code for into an integer:
+    // 40P01 (deadlock detected) is 16908292, 40001 (serialization failure) 16777220.
+    const conflict = (code: number) => new MongoServerError({ code, errmsg: "deadlock detected" });
+    for (const code of [16908292, 16777220, 112]) expect(isRetryableConflict(conflict(code))).toBe(true);
+    let calls = 0;
+    const answer = await writeOne("updateSubscription", async () => {
+      if (++calls < 3) throw conflict(16908292);
+      return "written";
+    });
+    expect([answer, calls]).toEqual(["written", 3]);
+    // Past five attempts the lost race is a ConflictError; other failures are not sent again.
+    calls = 0;
+    const lost = await writeOne("updatePlan", () => (calls++, Promise.reject(conflict(16908292)))).catch((e) => e);
+    expect([lost, calls]).toEqual([expect.any(ConflictError), 5]);
+    calls = 0;
+    const other = await writeOne("updatePlan", () => (calls++, Promise.reject(conflict(2)))).catch((e) => e);
+    expect([other, calls]).toEqual([expect.any(StorageError), 1]);
+    // A unique index's refusal is the caller's own error at once.
+    const taken = await writeOne(
+      "insertPlan",
+      () => Promise.reject(new MongoServerError({ code: 11000, errmsg: "duplicate key" })),
+      () => new ConflictError("Plan p already exists."),
+    ).catch((e) => e);
+    expect(taken.message).toBe("Plan p already exists.");
   });
 
   it("createDbManagerFromEnv() is in-memory without CREDIT_MONGO_URI", async () => {

@@ -1,5 +1,6 @@
 import { ConflictError, CreditError } from "../../errors.js";
 import { storageError } from "../store/errors.js";
+import { backoff, sleep } from "../store/retry.js";
 
 /**
  * What `init()` says on a server that cannot run multi-document transactions.
@@ -15,6 +16,14 @@ export const STANDALONE_MESSAGE =
 export const DUPLICATE_KEY = 11000;
 /** Write conflict between transactions (MongoDB labels it TransientTransactionError). */
 export const WRITE_CONFLICT = 112;
+/**
+ * DocumentDB (the engine of Azure Cosmos DB for MongoDB vCore) reports a PostgreSQL error it has no
+ * MongoDB code for with the SQLSTATE packed into an integer, six bits a character, as PostgreSQL
+ * packs it: a deadlock (40P01) or a serialization failure (40001) between two writers is the write
+ * conflict mongod would report as 112.
+ */
+const sqlstate = (code: string) => [...code].reduce((n, ch, i) => n + (((ch.charCodeAt(0) - 48) & 63) << (6 * i)), 0);
+const DOCUMENTDB_CONFLICTS = new Set([sqlstate("40P01"), sqlstate("40001")]);
 const NAMESPACE_EXISTS = 48;
 const INDEX_OPTIONS_CONFLICT = 85;
 const INDEX_KEY_SPECS_CONFLICT = 86;
@@ -55,9 +64,13 @@ export function hasLabel(error: unknown, label: string): boolean {
  * (write conflict, duplicate key, or anything the server labels transient).
  */
 export function isRetryableConflict(error: unknown): boolean {
-  if (!isDriverError(error)) return false;
+  return isWriteConflict(error) || errorCode(error) === DUPLICATE_KEY || hasLabel(error, "TransientTransactionError");
+}
+
+/** A write conflict: mongod's code, or DocumentDB's deadlock or serialization failure. */
+export function isWriteConflict(error: unknown): boolean {
   const code = errorCode(error);
-  return code === WRITE_CONFLICT || code === DUPLICATE_KEY || hasLabel(error, "TransientTransactionError");
+  return code !== undefined && (code === WRITE_CONFLICT || DOCUMENTDB_CONFLICTS.has(code));
 }
 
 /** Driver errors that mean the server could not be reached or the connection went (not a refusal). */
@@ -113,6 +126,34 @@ export function toCreditError(error: unknown, operation: string): unknown {
     return new ConflictError(`${what}: a concurrent write won (${error.message})`, { operation }, error);
   }
   return storageError("mongodb", operation, error);
+}
+
+/** How often `writeOne` sends a write that lost to a conflict, and the pauses between. */
+const WRITE_ATTEMPTS = 5;
+const WRITE_BACKOFF = { base: 2, factor: 2, max: 50, floor: 0.5 };
+
+/**
+ * Runs one single-document write outside a transaction, converting its failure with
+ * `toCreditError` (or `duplicate`, for a unique index's refusal, when given). mongod retries a
+ * write conflict on one document itself and never reports it; DocumentDB reports the deadlock
+ * behind two racing writes (two inserts under one unique index, seen on overlapping `subscribe`
+ * calls). A conflict undoes the whole statement, so it is sent again, up to `WRITE_ATTEMPTS` times
+ * in all, after a short jittered pause.
+ */
+export async function writeOne<T>(
+  operation: string,
+  run: () => Promise<T>,
+  duplicate?: (error: unknown) => CreditError,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await run();
+    } catch (error) {
+      if (duplicate !== undefined && errorCode(error) === DUPLICATE_KEY) throw duplicate(error);
+      if (attempt >= WRITE_ATTEMPTS || !isWriteConflict(error)) throw toCreditError(error, operation);
+      await sleep(backoff(attempt, WRITE_BACKOFF));
+    }
+  }
 }
 
 /** Runs a driver call, converting its failure with `toCreditError`. */

@@ -2,7 +2,7 @@ import type { ClientSession, Collection, Filter, IndexDescription } from "mongod
 import { Notification, type Notification as NotificationT } from "../../models/index.js";
 import { completedFields, type ClaimQuery, type NotificationUpdate, type OutboxQuery } from "../types-notifications.js";
 import { fromDoc, kind, toDoc, type Kind, type StoredDoc } from "./documents.js";
-import { DUPLICATE_KEY, guard, isDriverError } from "./errors.js";
+import { DUPLICATE_KEY, guard, isDriverError, writeOne } from "./errors.js";
 
 export const NOTIFICATION: Kind<NotificationT> = kind<NotificationT>("id", Notification.shape);
 
@@ -149,15 +149,17 @@ export class MongoOutbox {
     if (head === null) return null;
     if ((head.nextAttemptAt as Date).getTime() > q.now.getTime()) return null;
     if (head.claimedUntil !== null && (head.claimedUntil as Date).getTime() > q.now.getTime()) return null;
-    return this.c.findOneAndUpdate(
-      { _id: head._id, userId, status: "pending", $or: [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }] },
-      { $set: { claimedUntil: until, claimToken: q.token } },
-      { returnDocument: "after" },
+    return writeOne("claimNotifications", () =>
+      this.c.findOneAndUpdate(
+        { _id: head._id, userId, status: "pending", $or: [{ claimedUntil: null }, { claimedUntil: { $lte: q.now } }] },
+        { $set: { claimedUntil: until, claimToken: q.token } },
+        { returnDocument: "after" },
+      ),
     );
   }
 
   async completeNotification(id: string, token: string, u: NotificationUpdate, userId?: string): Promise<boolean> {
-    const res = await guard("completeNotification", () =>
+    const res = await writeOne("completeNotification", () =>
       this.c.updateOne(
         { _id: id, ...(userId === undefined ? {} : { userId }), status: "pending", claimToken: token },
         { $set: completedFields(u) },

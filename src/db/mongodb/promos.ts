@@ -10,7 +10,7 @@ import {
 } from "../../models/index.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
 import { fromDoc, toDoc, type StoredDoc } from "./documents.js";
-import { guard } from "./errors.js";
+import { guard, writeOne } from "./errors.js";
 
 const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>) => ({
   idField,
@@ -93,7 +93,7 @@ export class MongoPromoStore implements PromoPaymentStore {
   // ---- Outside units of work.
 
   async insertPromo(promo: PromoT): Promise<void> {
-    await guard("insertPromo", () => this.promos.insertOne(toDoc(PROMO, promo)));
+    await writeOne("insertPromo", () => this.promos.insertOne(toDoc(PROMO, promo)));
   }
 
   async getPromo(code: string): Promise<PromoT | null> {
@@ -114,7 +114,7 @@ export class MongoPromoStore implements PromoPaymentStore {
   }
 
   async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<PromoT | null> {
-    const d = await guard("setPromoActive", () =>
+    const d = await writeOne("setPromoActive", () =>
       this.promos.findOneAndUpdate({ _id: code }, { $set: { isActive, updatedAt } }, { returnDocument: "after" }),
     );
     return d === null ? null : fromDoc<PromoT>(PROMO, d);
@@ -132,7 +132,7 @@ export class MongoPromoStore implements PromoPaymentStore {
   }
 
   async insertPayment(payment: PaymentT): Promise<void> {
-    await guard("insertPayment", () => this.payments.insertOne(toDoc(PAYMENT, payment)));
+    await writeOne("insertPayment", () => this.payments.insertOne(toDoc(PAYMENT, payment)));
   }
 
   async getPayment(paymentId: string, userId?: string): Promise<PaymentT | null> {
@@ -170,7 +170,7 @@ export class MongoPromoStore implements PromoPaymentStore {
   }
 
   async updatePayment(payment: PaymentT): Promise<boolean> {
-    const res = await guard("updatePayment", () =>
+    const res = await writeOne("updatePayment", () =>
       this.payments.updateOne(
         { _id: payment.id, userId: payment.userId, version: payment.version - 1 },
         { $set: paymentSet(payment) },

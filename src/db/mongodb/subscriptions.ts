@@ -3,7 +3,7 @@ import { ConflictError } from "../../errors.js";
 import { Plan, Subscription, type Plan as PlanT, type Subscription as SubscriptionT } from "../../models/index.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
 import { fromDoc, kind, toDoc, type StoredDoc } from "./documents.js";
-import { errorCode, DUPLICATE_KEY, guard } from "./errors.js";
+import { guard, writeOne } from "./errors.js";
 
 const PLAN = kind<PlanT>("id", Plan.shape);
 const SUBSCRIPTION = kind<SubscriptionT>("id", Subscription.shape);
@@ -24,6 +24,10 @@ export const SUBSCRIPTION_INDEXES: { plans: IndexDescription[]; subscriptions: I
   ],
 };
 
+/** The refusal of the "one active subscription per user" index. */
+const alreadySubscribed = (s: SubscriptionT) => (error: unknown) =>
+  new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
+
 const subDoc = (s: SubscriptionT) => toDoc(SUBSCRIPTION, s, { _live: s.status === "active" });
 
 /**
@@ -37,13 +41,11 @@ export class MongoSubscriptionStore implements SubscriptionStore {
   ) {}
 
   async insertPlan(plan: PlanT): Promise<void> {
-    try {
-      await this.plans.insertOne(toDoc(PLAN, plan));
-    } catch (error) {
-      if (errorCode(error) === DUPLICATE_KEY)
-        throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error);
-      return guard("insertPlan", () => Promise.reject(error));
-    }
+    await writeOne(
+      "insertPlan",
+      () => this.plans.insertOne(toDoc(PLAN, plan)),
+      (error) => new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error),
+    );
   }
 
   async getPlan(planId: string): Promise<PlanT | null> {
@@ -62,14 +64,14 @@ export class MongoSubscriptionStore implements SubscriptionStore {
   }
 
   async updatePlan(plan: PlanT, expectedVersion: number): Promise<boolean> {
-    const res = await guard("updatePlan", () =>
+    const res = await writeOne("updatePlan", () =>
       this.plans.replaceOne({ _id: plan.id, version: expectedVersion }, toDoc(PLAN, plan)),
     );
     return res.matchedCount === 1;
   }
 
   async deletePlan(planId: string, expectedVersion: number): Promise<boolean> {
-    const res = await guard("deletePlan", () => this.plans.deleteOne({ _id: planId, version: expectedVersion }));
+    const res = await writeOne("deletePlan", () => this.plans.deleteOne({ _id: planId, version: expectedVersion }));
     return res.deletedCount === 1;
   }
 
@@ -81,14 +83,7 @@ export class MongoSubscriptionStore implements SubscriptionStore {
   }
 
   async insertSubscription(s: SubscriptionT): Promise<void> {
-    try {
-      await this.subs.insertOne(subDoc(s));
-    } catch (error) {
-      if (errorCode(error) === DUPLICATE_KEY) {
-        throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
-      }
-      return guard("insertSubscription", () => Promise.reject(error));
-    }
+    await writeOne("insertSubscription", () => this.subs.insertOne(subDoc(s)), alreadySubscribed(s));
   }
 
   async getSubscription(id: string, userId?: string): Promise<SubscriptionT | null> {
@@ -111,16 +106,13 @@ export class MongoSubscriptionStore implements SubscriptionStore {
   }
 
   async updateSubscription(s: SubscriptionT, expectedVersion: number): Promise<boolean> {
-    try {
+    const res = await writeOne(
+      "updateSubscription",
       // Keyed by the owner too (docs/scaling-out.md): a subscription never changes user.
-      const res = await this.subs.replaceOne({ _id: s.id, userId: s.userId, version: expectedVersion }, subDoc(s));
-      return res.matchedCount === 1;
-    } catch (error) {
-      if (errorCode(error) === DUPLICATE_KEY) {
-        throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
-      }
-      return guard("updateSubscription", () => Promise.reject(error));
-    }
+      () => this.subs.replaceOne({ _id: s.id, userId: s.userId, version: expectedVersion }, subDoc(s)),
+      alreadySubscribed(s),
+    );
+    return res.matchedCount === 1;
   }
 
   async findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<SubscriptionT[]> {
