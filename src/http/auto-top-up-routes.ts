@@ -1,6 +1,7 @@
 import * as z from "zod";
-import { Amount, AutoTopUpInput, AutoTopUpState, UserId, parse, type AutoTopUpRule } from "../models/index.js";
+import { Amount, AutoTopUpInput, AutoTopUpState, type AutoTopUpRule } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { adminRoute, self, target, userRoute } from "./route-helpers.js";
 import { AutoTopUpStateView, autoTopUpView, seen } from "./views.js";
 
 /**
@@ -16,7 +17,6 @@ import { AutoTopUpStateView, autoTopUpView, seen } from "./views.js";
 export type SelfServiceAutoTopUp = "none" | "limits" | "all";
 
 const tags = ["auto-top-up"];
-const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
 
 /** `PUT /credits/auto-top-up` under `"limits"`: the amounts only (null clears an optional one). */
 export const AutoTopUpLimitsBody = z.strictObject({
@@ -77,24 +77,15 @@ export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): Rou
   const refuse = (what: string) => {
     throw new HttpError(403, "FORBIDDEN", `${what}: only an admin (or your billing) can do it here.`);
   };
-  const userParam = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
   return [
-    {
-      method: "GET",
-      base: "user",
-      path: "/auto-top-up",
-      access: "user",
+    userRoute("GET", "/auto-top-up", {
       operationId: "getAutoTopUp",
       summary: "The caller's auto top-up rule and its state (null when none)",
       tags,
       response: AutoTopUpAnswerView,
       handle: async (ctx) => answer(ctx, await ctx.manager.payments.getAutoTopUp(self(ctx))),
-    },
-    {
-      method: "PUT",
-      base: "user",
-      path: "/auto-top-up",
-      access: "user",
+    }),
+    userRoute("PUT", "/auto-top-up", {
       operationId: "setAutoTopUp",
       summary:
         selfService === "all"
@@ -115,12 +106,8 @@ export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): Rou
         const b = await ctx.body<AutoTopUpLimitsBody>();
         return answer(ctx, await ctx.manager.payments.setAutoTopUp(user, merged(current.rule, b)));
       },
-    },
-    {
-      method: "POST",
-      base: "user",
-      path: "/auto-top-up/disable",
-      access: "user",
+    }),
+    userRoute("POST", "/auto-top-up/disable", {
       operationId: "disableAutoTopUp",
       summary: "Disables the caller's auto top-up (kept; a top-up in flight completes), when the service allows it",
       tags,
@@ -130,42 +117,30 @@ export function autoTopUpRoutes(selfService: SelfServiceAutoTopUp = "none"): Rou
         if (selfService === "none") return refuse("Disabling the auto top-up");
         return answer(ctx, await ctx.manager.payments.disableAutoTopUp(self(ctx)));
       },
-    },
-    {
-      method: "GET",
-      base: "admin",
-      path: "/users/:userId/auto-top-up",
-      access: "admin",
+    }),
+    adminRoute("GET", "/users/:userId/auto-top-up", {
       operationId: "adminGetAutoTopUp",
       summary: "A user's auto top-up rule and its state (null when none)",
       tags: ["admin", ...tags],
       response: AutoTopUpAnswer,
-      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.getAutoTopUp(userParam(ctx)) }),
-    },
-    {
-      method: "PUT",
-      base: "admin",
-      path: "/users/:userId/auto-top-up",
-      access: "admin",
+      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.getAutoTopUp(target(ctx)) }),
+    }),
+    adminRoute("PUT", "/users/:userId/auto-top-up", {
       operationId: "adminSetAutoTopUp",
       summary: "Sets (or replaces) a user's auto top-up rule and enables it",
       tags: ["admin", ...tags],
       body: AutoTopUpInput,
       response: AutoTopUpAnswer,
       handle: async (ctx) => ({
-        autoTopUp: await ctx.manager.payments.setAutoTopUp(userParam(ctx), await ctx.body<AutoTopUpInput>()),
+        autoTopUp: await ctx.manager.payments.setAutoTopUp(target(ctx), await ctx.body<AutoTopUpInput>()),
       }),
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/users/:userId/auto-top-up/disable",
-      access: "admin",
+    }),
+    adminRoute("POST", "/users/:userId/auto-top-up/disable", {
       operationId: "adminDisableAutoTopUp",
       summary: "Disables a user's auto top-up (kept; a top-up in flight completes)",
       tags: ["admin", ...tags],
       response: AutoTopUpAnswer,
-      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.disableAutoTopUp(userParam(ctx)) }),
-    },
+      handle: async (ctx) => ({ autoTopUp: await ctx.manager.payments.disableAutoTopUp(target(ctx)) }),
+    }),
   ];
 }

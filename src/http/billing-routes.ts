@@ -10,10 +10,10 @@ import {
   PromoClaim,
   PromoCode,
   PromoIneligibility,
-  UserId,
   parse,
 } from "../models/index.js";
-import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { HttpError, type RouteDefinition } from "./router.js";
+import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 import { EntryView, entryView, PaymentView, paymentView, seen } from "./views.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
@@ -65,10 +65,6 @@ export const WebhookResultSchema = z.object({
 
 // ---- handlers -----------------------------------------------------------------------------------
 
-const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
-const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
-  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
-
 const payments = ["payments"];
 const promos = ["promos"];
 
@@ -78,11 +74,7 @@ const promos = ["promos"];
  * untouched).
  */
 export const paymentRoutes: RouteDefinition[] = [
-  {
-    method: "POST",
-    base: "user",
-    path: "/payments/create",
-    access: "user",
+  userRoute("POST", "/payments/create", {
     operationId: "createPayment",
     summary: "Opens a checkout at the provider for a top-up; answers the pending payment with its checkoutUrl",
     tags: payments,
@@ -97,12 +89,8 @@ export const paymentRoutes: RouteDefinition[] = [
         await ctx.manager.payments.createPaymentLink(self(ctx), withKey(await ctx.body<CreatePaymentInput>(), ctx)),
         paymentView,
       ),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/payments/history",
-    access: "user",
+  }),
+  userRoute("GET", "/payments/history", {
     operationId: "getPaymentHistory",
     summary: "The caller's payments, newest first, with cursor paging",
     tags: payments,
@@ -112,12 +100,8 @@ export const paymentRoutes: RouteDefinition[] = [
       const page = await ctx.manager.payments.getPaymentHistory(self(ctx), ctx.query<PaymentHistoryQuery>());
       return { items: page.items.map((p) => seen(ctx, p, paymentView)), nextCursor: page.nextCursor };
     },
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/payments/:id",
-    access: "user",
+  }),
+  userRoute("GET", "/payments/:id", {
     operationId: "getPayment",
     summary: "One of the caller's payments (404 for another user's)",
     tags: payments,
@@ -129,23 +113,15 @@ export const paymentRoutes: RouteDefinition[] = [
         await ctx.manager.payments.getPayment(self(ctx), parse(PaymentId, ctx.params.id, "path.id")),
         paymentView,
       ),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/payments",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/payments", {
     operationId: "adminGetPaymentHistory",
     summary: "A user's payments, newest first, with cursor paging",
     tags: ["admin", ...payments],
     query: PaymentHistoryParams,
     response: PaymentPageSchema,
-    handle: (ctx) =>
-      ctx.manager.payments.getPaymentHistory(
-        parse(UserId, ctx.params.userId, "path.userId"),
-        ctx.query<PaymentHistoryQuery>(),
-      ),
-  },
+    handle: (ctx) => ctx.manager.payments.getPaymentHistory(target(ctx), ctx.query<PaymentHistoryQuery>()),
+  }),
   {
     method: "POST",
     base: "root",
@@ -173,11 +149,7 @@ export const paymentRoutes: RouteDefinition[] = [
 
 /** Promo routes: eligibility and claims for the caller; create, list and (de)activate for admins. */
 export const promoRoutes: RouteDefinition[] = [
-  {
-    method: "GET",
-    base: "user",
-    path: "/promo/eligibility",
-    access: "user",
+  userRoute("GET", "/promo/eligibility", {
     operationId: "checkPromoEligibility",
     summary: "Whether the caller may claim a promo code, or the reason why not",
     tags: promos,
@@ -185,12 +157,8 @@ export const promoRoutes: RouteDefinition[] = [
     response: EligibilitySchema,
     handle: (ctx) =>
       ctx.manager.promos.checkEligibility(self(ctx), ctx.query<z.infer<typeof EligibilityParams>>().promo_code),
-  },
-  {
-    method: "POST",
-    base: "user",
-    path: "/promo/claim",
-    access: "user",
+  }),
+  userRoute("POST", "/promo/claim", {
     operationId: "claimPromo",
     summary: "Claims a promo code: a grant of its credits (source promo)",
     tags: promos,
@@ -204,12 +172,8 @@ export const promoRoutes: RouteDefinition[] = [
       const { claim, entry } = await ctx.manager.promos.claimPromo(self(ctx), promo_code, withKey(options, ctx));
       return { claim, entry: seen(ctx, entry, entryView) };
     },
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/promos",
-    access: "admin",
+  }),
+  adminRoute("POST", "/promos", {
     operationId: "createPromo",
     summary: "Creates a promo code (case-insensitive, unique)",
     tags: ["admin", ...promos],
@@ -218,24 +182,16 @@ export const promoRoutes: RouteDefinition[] = [
     response: Promo,
     errors: [409],
     handle: async (ctx) => ctx.manager.promos.createPromo(await ctx.body<CreatePromoInput>()),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/promos",
-    access: "admin",
+  }),
+  adminRoute("GET", "/promos", {
     operationId: "listPromos",
     summary: "Promo codes, newest first, with their claim counts (uses)",
     tags: ["admin", ...promos],
     query: ListPromosParams,
     response: PromoPageSchema,
     handle: (ctx) => ctx.manager.promos.listPromos(ctx.query<z.infer<typeof ListPromosParams>>()),
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/promos/:code/activation",
-    access: "admin",
+  }),
+  adminRoute("POST", "/promos/:code/activation", {
     operationId: "setPromoActive",
     summary: "Turns a promo code on or off",
     tags: ["admin", ...promos],
@@ -247,5 +203,5 @@ export const promoRoutes: RouteDefinition[] = [
         parse(PromoCode, ctx.params.code, "path.code"),
         (await ctx.body<{ isActive: boolean }>()).isActive,
       ),
-  },
+  }),
 ];

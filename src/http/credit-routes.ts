@@ -25,6 +25,7 @@ import {
   VoidGrantOptions,
 } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 import { customerTokensOn } from "../services/credit-core.js";
 import { EntryView, entryView, GrantView, grantView, ReservationView, reservationView, seen } from "./views.js";
 
@@ -136,11 +137,7 @@ export const CustomerTokenSchema = z.object({
 
 // ---- handlers -----------------------------------------------------------------------------------
 
-const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
-const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
 const entryOf = (ctx: RouteContext) => parse(EntityId, ctx.params.entryId, "path.entryId");
-const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
-  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
 
 /**
  * A user's spend on their own account, recorded under the caller's spender (docs/teams-and-limits.md,
@@ -248,11 +245,7 @@ const e = { notFound: 404, conflict: 409, gone: 410, payment: 402, rule: 422, fo
 
 /** The credit routes: the caller's own account under `basePath`, any account under `adminBasePath`. */
 export const creditRoutes: RouteDefinition[] = [
-  {
-    method: "GET",
-    base: "user",
-    path: "/balance",
-    access: "user",
+  userRoute("GET", "/balance", {
     customer: true,
     operationId: "getBalance",
     summary:
@@ -263,24 +256,16 @@ export const creditRoutes: RouteDefinition[] = [
     errors: [e.forbidden],
     handle: (ctx) =>
       ctx.manager.credits.getUserCreditsInfo(self(ctx), ownSpend(ctx, ctx.query<z.infer<typeof BalanceParams>>())),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/check",
-    access: "user",
+  }),
+  userRoute("GET", "/check", {
     operationId: "checkAllowed",
     summary: "Whether the caller may use a feature and/or spend an amount now (allowed, available, required, reason)",
     tags: credits,
     query: CheckParams,
     response: CheckSchema,
     handle: check(self),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/history",
-    access: "user",
+  }),
+  userRoute("GET", "/history", {
     operationId: "getHistory",
     summary:
       "The caller's journal, newest first, with cursor paging and type/date/spender/feature filters; a caller bound to a spender reads only its own entries",
@@ -289,24 +274,16 @@ export const creditRoutes: RouteDefinition[] = [
     response: HistoryPageView,
     errors: [e.forbidden],
     handle: history(self),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/expiring",
-    access: "user",
+  }),
+  userRoute("GET", "/expiring", {
     operationId: "getExpiringCredits",
     summary: "The caller's unspent credits expiring within `days` days (default 7)",
     tags: credits,
     query: ExpiringParams,
     response: ExpiringView,
     handle: expiring(self),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/grants",
-    access: "user",
+  }),
+  userRoute("GET", "/grants", {
     customer: true,
     operationId: "getGrants",
     summary: "The caller's grants in burn-down order",
@@ -314,12 +291,8 @@ export const creditRoutes: RouteDefinition[] = [
     query: GrantsParams,
     response: GrantListView,
     handle: grants(self),
-  },
-  {
-    method: "POST",
-    base: "user",
-    path: "/reservations",
-    access: "user",
+  }),
+  userRoute("POST", "/reservations", {
     operationId: "createReservation",
     summary: "Hold credits of the caller's account",
     tags: credits,
@@ -329,24 +302,16 @@ export const creditRoutes: RouteDefinition[] = [
     response: ReservationView,
     errors: [e.payment, e.forbidden, e.conflict, e.limit],
     handle: reserve(self),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/reservations/:id",
-    access: "user",
+  }),
+  userRoute("GET", "/reservations/:id", {
     operationId: "getReservation",
     summary: "One of the caller's reservations (admins: any)",
     tags: credits,
     response: ReservationView,
     errors: [e.notFound],
     handle: async (ctx) => seen(ctx, await ownReservation(ctx), reservationView),
-  },
-  {
-    method: "POST",
-    base: "user",
-    path: "/reservations/:id/commit",
-    access: "user",
+  }),
+  userRoute("POST", "/reservations/:id/commit", {
     operationId: "commitReservation",
     summary: "Capture a hold: all of it, or `amount` (less returns the rest, more is taken as usage)",
     tags: credits,
@@ -360,12 +325,8 @@ export const creditRoutes: RouteDefinition[] = [
       const entry = await ctx.manager.credits.commitReservedCredits(id, { ...withKey(options, ctx), userId });
       return settled(ctx, id, entry);
     },
-  },
-  {
-    method: "POST",
-    base: "user",
-    path: "/reservations/:id/release",
-    access: "user",
+  }),
+  userRoute("POST", "/reservations/:id/release", {
     operationId: "releaseReservation",
     summary: "Return a hold's credits",
     tags: credits,
@@ -379,74 +340,50 @@ export const creditRoutes: RouteDefinition[] = [
       const entry = await ctx.manager.credits.releaseReservedCredits(id, { ...withKey(options, ctx), userId });
       return settled(ctx, id, entry);
     },
-  },
+  }),
 
   // ---- admin ------------------------------------------------------------------------------------
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/balance",
-    access: "admin",
+  adminRoute("GET", "/users/:userId/balance", {
     operationId: "adminGetBalance",
     summary: "A user's balance (available for a `spender` and `feature`: scoped grants), with totals per scope",
     tags: admin,
     query: BalanceParams,
     response: CreditsInfo,
     handle: (ctx) => ctx.manager.credits.getUserCreditsInfo(target(ctx), ctx.query<z.infer<typeof BalanceParams>>()),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/check",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/check", {
     operationId: "adminCheckAllowed",
     summary: "Whether a user may use a feature and/or spend an amount now",
     tags: admin,
     query: CheckParams,
     response: CheckSchema,
     handle: check(target),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/history",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/history", {
     operationId: "adminGetHistory",
     summary: "A user's journal",
     tags: admin,
     query: HistoryParams,
     response: HistoryPageSchema,
     handle: history(target),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/expiring",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/expiring", {
     operationId: "adminGetExpiringCredits",
     summary: "A user's credits expiring within `days` days",
     tags: admin,
     query: ExpiringParams,
     response: ExpiringSchema,
     handle: expiring(target),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/grants",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/grants", {
     operationId: "adminGetGrants",
     summary: "A user's grants",
     tags: admin,
     query: GrantsParams,
     response: GrantListSchema,
     handle: grants(target),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/audit",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/audit", {
     operationId: "adminAudit",
     summary:
       "Replay a user's journal (from its latest checkpoint, or from=genesis) and check it against the stored state",
@@ -454,12 +391,8 @@ export const creditRoutes: RouteDefinition[] = [
     query: AuditParams,
     response: AuditSchema,
     handle: (ctx) => ctx.manager.credits.audit(target(ctx), ctx.query<z.infer<typeof AuditParams>>()),
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/add",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/add", {
     operationId: "adminAddCredits",
     summary: "Add credits to a user (a new grant)",
     tags: admin,
@@ -472,12 +405,8 @@ export const creditRoutes: RouteDefinition[] = [
       const { amount, ...options } = await ctx.body<z.infer<typeof AddBody>>();
       return ctx.manager.credits.addCredits(target(ctx), amount, withKey(options, ctx));
     },
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/deduct",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/deduct", {
     operationId: "adminDeductCredits",
     summary:
       "Deduct credits from a user (`afterService: true` for usage already delivered; `occurredAt` for usage recorded late)",
@@ -494,12 +423,8 @@ export const creditRoutes: RouteDefinition[] = [
         ? ctx.manager.credits.deductCreditsAfterService(user, amount, o)
         : ctx.manager.credits.deductCredits(user, amount, o);
     },
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/entries/:entryId/reverse",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/entries/:entryId/reverse", {
     operationId: "adminReverseCharge",
     summary:
       "Give back a charge, in whole or `amount`, to the grants it drew from (their expiry and cost basis unchanged)",
@@ -515,24 +440,16 @@ export const creditRoutes: RouteDefinition[] = [
       const options = await ctx.body<z.infer<typeof ReverseBody>>();
       return ctx.manager.credits.reverseCharge(target(ctx), entryOf(ctx), withKey(options, ctx));
     },
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/entries/:entryId/reversals",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/entries/:entryId/reversals", {
     operationId: "adminGetReversals",
     summary: "A charge, its reversals, what was given back of it and what is left to give back",
     tags: admin,
     response: ReversalsSchema,
     errors: [e.notFound, e.rule],
     handle: (ctx) => ctx.manager.credits.getReversals(target(ctx), entryOf(ctx)),
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/reservations",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/reservations", {
     operationId: "adminCreateReservation",
     summary: "Hold credits of a user",
     tags: admin,
@@ -542,12 +459,8 @@ export const creditRoutes: RouteDefinition[] = [
     response: Reservation,
     errors: [e.payment, e.conflict, e.limit],
     handle: reserve(target),
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/customer-token",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/customer-token", {
     operationId: "adminCreateCustomerToken",
     summary: "A short-lived token that reads this user's balance, grants and usage only (for the customer page)",
     description:
@@ -565,12 +478,8 @@ export const creditRoutes: RouteDefinition[] = [
       const t = await ctx.manager.credits.customerToken(user, options);
       return { token: t.token, expiresAt: t.expiresAt.toISOString() };
     },
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/grants/:grantId/void",
-    access: "admin",
+  }),
+  adminRoute("POST", "/grants/:grantId/void", {
     operationId: "adminVoidGrant",
     summary: "Remove what is left of a grant (refunds, disputes)",
     tags: admin,
@@ -582,5 +491,5 @@ export const creditRoutes: RouteDefinition[] = [
       const options = await ctx.body<z.infer<typeof VoidBody>>();
       return ctx.manager.credits.voidGrant(parse(EntityId, ctx.params.grantId, "path.grantId"), withKey(options, ctx));
     },
-  },
+  }),
 ];

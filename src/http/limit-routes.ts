@@ -4,15 +4,14 @@ import {
   LimitPeriod,
   MutationOptions,
   NonNegativeAmount,
-  parse,
   RemoveLimitInput,
   SetLimitsInput,
   SpendLimitInput,
   SpenderId,
-  UserId,
   type SpendLimitStatus,
 } from "../models/index.js";
 import type { RouteContext, RouteDefinition } from "./router.js";
+import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 
 // ---- schemas (the library's own models: HTTP and library validate alike) -----------------------
 
@@ -42,10 +41,6 @@ export const LimitListSchema = z.object({ items: z.array(SpendLimitStatusSchema)
 
 // ---- handlers -----------------------------------------------------------------------------------
 
-const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
-const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
-  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
-
 /**
  * The limits a caller sees on their own account: all of them, or — for a caller bound to a spender
  * (a member's API key) — those that can apply to its spends (the account's, the features', its
@@ -64,37 +59,24 @@ const limits = ["limits"];
  * their own account; only admins set or remove them.
  */
 export const limitRoutes: RouteDefinition[] = [
-  {
-    method: "GET",
-    base: "user",
-    path: "/limits",
-    access: "user",
+  userRoute("GET", "/limits", {
     operationId: "getLimits",
     summary:
       "The spend limits of the caller's account, each with its window now, what it counted and when it resets (a caller bound to a spender: those that apply to it)",
     tags: limits,
     response: LimitListSchema,
     handle: async (ctx) => {
-      const userId = (ctx.identity as { userId: string }).userId;
-      return { items: visibleTo(ctx, await ctx.manager.credits.getLimits(userId)) };
+      return { items: visibleTo(ctx, await ctx.manager.credits.getLimits(self(ctx))) };
     },
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/limits",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/limits", {
     operationId: "adminGetLimits",
     summary: "A user's spend limits, each with its window now, what it counted and when it resets",
     tags: limits,
     response: LimitListSchema,
     handle: async (ctx) => ({ items: await ctx.manager.credits.getLimits(target(ctx)) }),
-  },
-  {
-    method: "PUT",
-    base: "admin",
-    path: "/users/:userId/limits",
-    access: "admin",
+  }),
+  adminRoute("PUT", "/users/:userId/limits", {
     operationId: "adminSetLimits",
     summary:
       "Replace a user's spend limits (a limit kept with the same spender, feature and window keeps what its window counted)",
@@ -107,12 +89,8 @@ export const limitRoutes: RouteDefinition[] = [
       const { limits: list, ...options } = await ctx.body<z.infer<typeof SetLimitsBody>>();
       return { items: await ctx.manager.credits.setLimits(target(ctx), list, withKey(options, ctx)) };
     },
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/limits/set",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/limits/set", {
     operationId: "adminSetLimit",
     summary:
       "Add one spend limit, or change the one with the same spender, feature and window (it keeps what its window counted); the user's other limits stay as they are",
@@ -125,12 +103,8 @@ export const limitRoutes: RouteDefinition[] = [
       const { limit, ...options } = await ctx.body<z.infer<typeof SetLimitBody>>();
       return { items: await ctx.manager.credits.setLimit(target(ctx), limit, withKey(options, ctx)) };
     },
-  },
-  {
-    method: "POST",
-    base: "admin",
-    path: "/users/:userId/limits/remove",
-    access: "admin",
+  }),
+  adminRoute("POST", "/users/:userId/limits/remove", {
     operationId: "adminRemoveLimit",
     summary:
       "Remove a user's limits with exactly this spender and feature (omitted: none), and this window when given; answers the limits left",
@@ -149,5 +123,5 @@ export const limitRoutes: RouteDefinition[] = [
       };
       return { items: await ctx.manager.credits.removeLimit(target(ctx), which, withKey(options, ctx)) };
     },
-  },
+  }),
 ];

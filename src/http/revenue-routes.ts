@@ -3,6 +3,7 @@ import { MAX_REVENUE_ROWS, RevenueDimension, UserId, type RevenueQuery, type Rev
 import { revenueCsvStream } from "../services/revenue-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import { type RouteContext, type RouteDefinition } from "./router.js";
+import { adminRoute } from "./route-helpers.js";
 import { rangeOf, UsageParams } from "./usage-routes.js";
 
 /**
@@ -70,11 +71,7 @@ const NOTE =
 
 /** The revenue routes (docs/revenue.md, "Where finance reads it"): admins only. */
 export const revenueRoutes: RouteDefinition[] = [
-  {
-    method: "GET",
-    base: "admin",
-    path: "/revenue",
-    access: "admin",
+  adminRoute("GET", "/revenue", {
     operationId: "adminGetRevenue",
     summary: "Revenue of every account (or `account`'s) by calendar window: deferred, recognized, breakage",
     description: NOTE,
@@ -82,12 +79,8 @@ export const revenueRoutes: RouteDefinition[] = [
     query: RevenueParams,
     response: RevenueReportSchema,
     handle: async (ctx) => (await report(ctx)).r,
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/revenue.csv",
-    access: "admin",
+  }),
+  adminRoute("GET", "/revenue.csv", {
     operationId: "adminGetRevenueCsv",
     summary: "The revenue report as CSV",
     description:
@@ -102,5 +95,5 @@ export const revenueRoutes: RouteDefinition[] = [
         headers: { ...csvHeaders("revenue.csv"), ...(r.truncated ? { "x-revenue-truncated": "true" } : {}) },
       });
     },
-  },
+  }),
 ];

@@ -10,10 +10,10 @@ import {
   SubscribeOptions,
   Subscription,
   UpdatePlanInput,
-  UserId,
   parse,
 } from "../models/index.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { adminRoute, self, target, userRoute, withKey } from "./route-helpers.js";
 import { PlanView, planView, seen, SubscriptionView, subscriptionView } from "./views.js";
 
 // ---- request schemas ----------------------------------------------------------------------------
@@ -74,11 +74,7 @@ export type SelfServiceSubscriptions = "free" | "all" | "none";
 
 // ---- handlers -----------------------------------------------------------------------------------
 
-const self = (ctx: RouteContext) => (ctx.identity as { userId: string }).userId;
-const target = (ctx: RouteContext) => parse(UserId, ctx.params.userId, "path.userId");
 const planParam = (ctx: RouteContext) => parse(PlanId, ctx.params.planId, "path.planId");
-const withKey = <T extends object>(body: T, ctx: RouteContext): T =>
-  ctx.idempotencyKey === undefined ? body : { ...body, idempotencyKey: ctx.idempotencyKey };
 
 async function subscriptionOf(ctx: RouteContext, userId: string): Promise<Subscription> {
   const s = await ctx.manager.subscriptions.getUserSubscription(userId);
@@ -122,141 +118,107 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
     }
   };
 
-  const user = (
-    [
-      {
-        method: "GET",
-        base: "user",
-        path: "/plans",
-        access: "user",
-        operationId: "listPlans",
-        summary: "The active plans",
-        tags: plans,
-        response: PlanListSchema,
-        handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans() }),
+  const user = [
+    userRoute("GET", "/plans", {
+      operationId: "listPlans",
+      summary: "The active plans",
+      tags: plans,
+      response: PlanListSchema,
+      handle: async (ctx) => ({ items: await ctx.manager.subscriptions.listPlans() }),
+    }),
+    userRoute("GET", "/plans/:planId", {
+      operationId: "getPlan",
+      summary: "One plan (also an inactive one: a subscriber may still be on it)",
+      tags: plans,
+      response: Plan,
+      errors: [404],
+      handle: (ctx) => ctx.manager.subscriptions.getPlan(planParam(ctx)),
+    }),
+    userRoute("GET", "/subscription", {
+      operationId: "getSubscription",
+      summary: "The caller's active subscription (404 when there is none)",
+      tags: subscriptions,
+      response: Subscription,
+      errors: [404],
+      handle: (ctx) => subscriptionOf(ctx, self(ctx)),
+    }),
+    userRoute("POST", "/subscription", {
+      operationId: "subscribe",
+      summary: "Subscribes the caller to a plan and allocates the first period's credits",
+      description:
+        "Self-service plans only (by default those with price 0; 403 otherwise). 409 when the caller already " +
+        "has an active subscription, unless the request repeats its Idempotency-Key.",
+      tags: subscriptions,
+      body: SelfSubscribeBody,
+      idempotent: true,
+      status: 201,
+      response: Subscription,
+      errors: [403, 404, 409],
+      handle: async (ctx) => {
+        const { planId, ...options } = await ctx.body<z.infer<typeof SelfSubscribeBody>>();
+        await mayChooseSelf(ctx, planId);
+        return ctx.manager.subscriptions.subscribe(self(ctx), planId, withKey(options, ctx));
       },
-      {
-        method: "GET",
-        base: "user",
-        path: "/plans/:planId",
-        access: "user",
-        operationId: "getPlan",
-        summary: "One plan (also an inactive one: a subscriber may still be on it)",
-        tags: plans,
-        response: Plan,
-        errors: [404],
-        handle: (ctx) => ctx.manager.subscriptions.getPlan(planParam(ctx)),
+    }),
+    userRoute("POST", "/subscription/change", {
+      operationId: "changePlan",
+      summary: "Moves the caller's subscription to another plan (now or at the period's end)",
+      description:
+        "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
+        'the period\'s end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, "Changing plans".',
+      tags: subscriptions,
+      body: ChangePlanBody,
+      idempotent: true,
+      response: Subscription,
+      errors: [403, 404, 409],
+      handle: async (ctx) => {
+        const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
+        await mayChooseSelf(ctx, planId);
+        if ((options.when ?? "now") === "now")
+          await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
+        return ctx.manager.subscriptions.changePlan(self(ctx), planId, withKey(options, ctx));
       },
-      {
-        method: "GET",
-        base: "user",
-        path: "/subscription",
-        access: "user",
-        operationId: "getSubscription",
-        summary: "The caller's active subscription (404 when there is none)",
-        tags: subscriptions,
-        response: Subscription,
-        errors: [404],
-        handle: (ctx) => subscriptionOf(ctx, self(ctx)),
+    }),
+    userRoute("POST", "/subscription/cancel", {
+      operationId: "cancelSubscription",
+      summary: "Cancels the caller's subscription, at the period's end (default) or now",
+      description:
+        "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
+      tags: subscriptions,
+      body: CancelBody,
+      idempotent: true,
+      response: Subscription,
+      errors: [403, 404, 409],
+      handle: async (ctx) => {
+        const options = await ctx.body<CancelOptions>();
+        // None active: the service answers (a retry of a keyed cancel now replays; else 404).
+        const current = await ctx.manager.subscriptions.getUserSubscription(self(ctx));
+        if (options.atPeriodEnd === false && current !== null) {
+          await notNowOnFree(ctx, current.planId, "Cancelling (use atPeriodEnd: true)");
+        }
+        return ctx.manager.subscriptions.cancel(self(ctx), withKey(options, ctx));
       },
-      {
-        method: "POST",
-        base: "user",
-        path: "/subscription",
-        access: "user",
-        operationId: "subscribe",
-        summary: "Subscribes the caller to a plan and allocates the first period's credits",
-        description:
-          "Self-service plans only (by default those with price 0; 403 otherwise). 409 when the caller already " +
-          "has an active subscription, unless the request repeats its Idempotency-Key.",
-        tags: subscriptions,
-        body: SelfSubscribeBody,
-        idempotent: true,
-        status: 201,
-        response: Subscription,
-        errors: [403, 404, 409],
-        handle: async (ctx) => {
-          const { planId, ...options } = await ctx.body<z.infer<typeof SelfSubscribeBody>>();
-          await mayChooseSelf(ctx, planId);
-          return ctx.manager.subscriptions.subscribe(self(ctx), planId, withKey(options, ctx));
-        },
+    }),
+    userRoute("POST", "/subscription/resume", {
+      operationId: "resumeSubscription",
+      summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
+      tags: subscriptions,
+      body: ResumeBody,
+      idempotent: true,
+      response: Subscription,
+      errors: [403, 404, 409],
+      handle: async (ctx) => {
+        const options = await ctx.body<ResumeOptions>();
+        const current = await subscriptionOf(ctx, self(ctx));
+        // Renewal allocates again: on a plan the caller may not choose, only an admin turns it back on.
+        if (current.cancelAtPeriodEnd || !current.autoRenew) await mayChooseSelf(ctx, current.planId);
+        return ctx.manager.subscriptions.resume(self(ctx), withKey(options, ctx));
       },
-      {
-        method: "POST",
-        base: "user",
-        path: "/subscription/change",
-        access: "user",
-        operationId: "changePlan",
-        summary: "Moves the caller's subscription to another plan (now or at the period's end)",
-        description:
-          "Self-service plans only (by default those with price 0; 403 otherwise). A change to a free plan takes effect at " +
-          'the period\'s end (when: period_end); now is 403 (admins only). See docs/subscriptions.md, "Changing plans".',
-        tags: subscriptions,
-        body: ChangePlanBody,
-        idempotent: true,
-        response: Subscription,
-        errors: [403, 404, 409],
-        handle: async (ctx) => {
-          const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
-          await mayChooseSelf(ctx, planId);
-          if ((options.when ?? "now") === "now")
-            await notNowOnFree(ctx, planId, 'A change to a free plan (use when: "period_end")');
-          return ctx.manager.subscriptions.changePlan(self(ctx), planId, withKey(options, ctx));
-        },
-      },
-      {
-        method: "POST",
-        base: "user",
-        path: "/subscription/cancel",
-        access: "user",
-        operationId: "cancelSubscription",
-        summary: "Cancels the caller's subscription, at the period's end (default) or now",
-        description:
-          "Cancelling a free plan now (atPeriodEnd: false) is 403: at the period's end only (admins may cancel it now).",
-        tags: subscriptions,
-        body: CancelBody,
-        idempotent: true,
-        response: Subscription,
-        errors: [403, 404, 409],
-        handle: async (ctx) => {
-          const options = await ctx.body<CancelOptions>();
-          // None active: the service answers (a retry of a keyed cancel now replays; else 404).
-          const current = await ctx.manager.subscriptions.getUserSubscription(self(ctx));
-          if (options.atPeriodEnd === false && current !== null) {
-            await notNowOnFree(ctx, current.planId, "Cancelling (use atPeriodEnd: true)");
-          }
-          return ctx.manager.subscriptions.cancel(self(ctx), withKey(options, ctx));
-        },
-      },
-      {
-        method: "POST",
-        base: "user",
-        path: "/subscription/resume",
-        access: "user",
-        operationId: "resumeSubscription",
-        summary: "Undoes the caller's cancellation at period end (and turns renewal on)",
-        tags: subscriptions,
-        body: ResumeBody,
-        idempotent: true,
-        response: Subscription,
-        errors: [403, 404, 409],
-        handle: async (ctx) => {
-          const options = await ctx.body<ResumeOptions>();
-          const current = await subscriptionOf(ctx, self(ctx));
-          // Renewal allocates again: on a plan the caller may not choose, only an admin turns it back on.
-          if (current.cancelAtPeriodEnd || !current.autoRenew) await mayChooseSelf(ctx, current.planId);
-          return ctx.manager.subscriptions.resume(self(ctx), withKey(options, ctx));
-        },
-      },
-    ] satisfies RouteDefinition[]
-  ).map(viewed);
+    }),
+  ].map(viewed);
 
   const admin: RouteDefinition[] = [
-    {
-      method: "GET",
-      base: "admin",
-      path: "/plans",
-      access: "admin",
+    adminRoute("GET", "/plans", {
       operationId: "adminListPlans",
       summary: "Plans, inactive ones too with includeInactive=true",
       tags: ["admin", ...plans],
@@ -265,12 +227,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       handle: async (ctx) => ({
         items: await ctx.manager.subscriptions.listPlans(ctx.query<z.infer<typeof AdminListPlansParams>>()),
       }),
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/plans",
-      access: "admin",
+    }),
+    adminRoute("POST", "/plans", {
       operationId: "createPlan",
       summary: "Creates a plan",
       tags: ["admin", ...plans],
@@ -279,12 +237,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       response: Plan,
       errors: [409],
       handle: async (ctx) => ctx.manager.subscriptions.createPlan(await ctx.body<CreatePlanInput>()),
-    },
-    {
-      method: "PATCH",
-      base: "admin",
-      path: "/plans/:planId",
-      access: "admin",
+    }),
+    adminRoute("PATCH", "/plans/:planId", {
       operationId: "updatePlan",
       summary: "Changes a plan's fields (current periods keep what they were allocated)",
       tags: ["admin", ...plans],
@@ -292,24 +246,16 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       response: Plan,
       errors: [404, 409],
       handle: async (ctx) => ctx.manager.subscriptions.updatePlan(planParam(ctx), await ctx.body<UpdatePlanInput>()),
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/plans/:planId/deactivate",
-      access: "admin",
+    }),
+    adminRoute("POST", "/plans/:planId/deactivate", {
       operationId: "deactivatePlan",
       summary: "Deactivates a plan: no new subscriptions; current subscribers keep it",
       tags: ["admin", ...plans],
       response: Plan,
       errors: [404],
       handle: (ctx) => ctx.manager.subscriptions.deactivatePlan(planParam(ctx)),
-    },
-    {
-      method: "DELETE",
-      base: "admin",
-      path: "/plans/:planId",
-      access: "admin",
+    }),
+    adminRoute("DELETE", "/plans/:planId", {
       operationId: "deletePlan",
       summary: "Deletes a plan nobody is subscribed to (409 otherwise)",
       tags: ["admin", ...plans],
@@ -319,24 +265,16 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
         await ctx.manager.subscriptions.deletePlan(planParam(ctx));
         return null;
       },
-    },
-    {
-      method: "GET",
-      base: "admin",
-      path: "/users/:userId/subscription",
-      access: "admin",
+    }),
+    adminRoute("GET", "/users/:userId/subscription", {
       operationId: "adminGetSubscription",
       summary: "A user's active subscription (404 when there is none)",
       tags: ["admin", ...subscriptions],
       response: Subscription,
       errors: [404],
       handle: (ctx) => subscriptionOf(ctx, target(ctx)),
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/users/:userId/subscription",
-      access: "admin",
+    }),
+    adminRoute("POST", "/users/:userId/subscription", {
       operationId: "adminSubscribe",
       summary: "Subscribes a user to any active plan (startAt may backdate or schedule the start)",
       tags: ["admin", ...subscriptions],
@@ -349,12 +287,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
         const { planId, ...options } = await ctx.body<z.infer<typeof AdminSubscribeBody>>();
         return ctx.manager.subscriptions.subscribe(target(ctx), planId, withKey(options, ctx));
       },
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/users/:userId/subscription/change",
-      access: "admin",
+    }),
+    adminRoute("POST", "/users/:userId/subscription/change", {
       operationId: "adminChangePlan",
       summary: "Moves a user's subscription to another plan",
       tags: ["admin", ...subscriptions],
@@ -366,12 +300,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
         const { planId, ...options } = await ctx.body<z.infer<typeof ChangePlanBody>>();
         return ctx.manager.subscriptions.changePlan(target(ctx), planId, withKey(options, ctx));
       },
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/users/:userId/subscription/cancel",
-      access: "admin",
+    }),
+    adminRoute("POST", "/users/:userId/subscription/cancel", {
       operationId: "adminCancelSubscription",
       summary: "Cancels a user's subscription",
       tags: ["admin", ...subscriptions],
@@ -381,12 +311,8 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       errors: [404, 409],
       handle: async (ctx) =>
         ctx.manager.subscriptions.cancel(target(ctx), withKey(await ctx.body<CancelOptions>(), ctx)),
-    },
-    {
-      method: "POST",
-      base: "admin",
-      path: "/users/:userId/subscription/resume",
-      access: "admin",
+    }),
+    adminRoute("POST", "/users/:userId/subscription/resume", {
       operationId: "adminResumeSubscription",
       summary: "Undoes a user's cancellation at period end",
       tags: ["admin", ...subscriptions],
@@ -396,7 +322,7 @@ export function subscriptionRoutes(selfService: SelfServiceSubscriptions = "free
       errors: [404, 409],
       handle: async (ctx) =>
         ctx.manager.subscriptions.resume(target(ctx), withKey(await ctx.body<ResumeOptions>(), ctx)),
-    },
+    }),
   ];
   return [...user, ...admin];
 }

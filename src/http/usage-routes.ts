@@ -3,7 +3,6 @@ import { windowStart } from "../domain/usage.js";
 import { ValidationError } from "../errors.js";
 import {
   MAX_USAGE_ROWS,
-  parse,
   UsageDimension,
   UsageInterval,
   UsageKind,
@@ -15,6 +14,7 @@ import {
 import { usageCsv } from "../services/usage-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import { HttpError, type RouteContext, type RouteDefinition } from "./router.js";
+import { adminRoute, target, userRoute } from "./route-helpers.js";
 import { textResponse } from "./text-response.js";
 
 /**
@@ -148,7 +148,7 @@ async function report(ctx: RouteContext, who: "self" | "user" | "fleet"): Promis
       q,
     };
   }
-  const q = queryOf(p, who === "user" ? parse(UserId, ctx.params.userId, "path.userId") : p.account);
+  const q = queryOf(p, who === "user" ? target(ctx) : p.account);
   return { r: await ctx.manager.credits.getUsage(q), q };
 }
 
@@ -167,11 +167,7 @@ const CSV_NOTE =
 
 /** The usage routes (docs/usage.md, "Over HTTP"). */
 export const usageRoutes: RouteDefinition[] = [
-  {
-    method: "GET",
-    base: "user",
-    path: "/usage",
-    access: "user",
+  userRoute("GET", "/usage", {
     customer: true,
     operationId: "getUsage",
     summary: "The caller's usage by calendar window and dimension (`credits.getUsage`)",
@@ -182,12 +178,8 @@ export const usageRoutes: RouteDefinition[] = [
     response: UsageReportSchema,
     errors: [403],
     handle: json("self"),
-  },
-  {
-    method: "GET",
-    base: "user",
-    path: "/usage.csv",
-    access: "user",
+  }),
+  userRoute("GET", "/usage.csv", {
     customer: true,
     operationId: "getUsageCsv",
     summary: "The caller's usage as CSV",
@@ -197,24 +189,16 @@ export const usageRoutes: RouteDefinition[] = [
     responseType: "text/csv",
     errors: [403],
     handle: csv("self"),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/usage",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/usage", {
     operationId: "adminGetUsage",
     summary: "A user's usage by calendar window and dimension",
     tags,
     query: UsageParams,
     response: UsageReportSchema,
     handle: json("user"),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/users/:userId/usage.csv",
-    access: "admin",
+  }),
+  adminRoute("GET", "/users/:userId/usage.csv", {
     operationId: "adminGetUsageCsv",
     summary: "A user's usage as CSV",
     description: CSV_NOTE,
@@ -222,12 +206,8 @@ export const usageRoutes: RouteDefinition[] = [
     query: UsageParams,
     responseType: "text/csv",
     handle: csv("user"),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/usage",
-    access: "admin",
+  }),
+  adminRoute("GET", "/usage", {
     operationId: "adminGetFleetUsage",
     summary:
       "Every account's usage (or `account`'s); `groupBy=account&orderBy=credits&limit=100`: the top 100 accounts",
@@ -235,12 +215,8 @@ export const usageRoutes: RouteDefinition[] = [
     query: FleetUsageParams,
     response: UsageReportSchema,
     handle: json("fleet"),
-  },
-  {
-    method: "GET",
-    base: "admin",
-    path: "/usage.csv",
-    access: "admin",
+  }),
+  adminRoute("GET", "/usage.csv", {
     operationId: "adminGetFleetUsageCsv",
     summary: "Every account's usage as CSV",
     description: CSV_NOTE,
@@ -248,5 +224,5 @@ export const usageRoutes: RouteDefinition[] = [
     query: FleetUsageParams,
     responseType: "text/csv",
     handle: csv("fleet"),
-  },
+  }),
 ];

@@ -1,6 +1,7 @@
 import * as z from "zod";
 import type { DbManager } from "../db/types.js";
-import { HttpError, type RouteDefinition } from "../http/router.js";
+import { HttpError, type HttpMethod, type RouteDefinition } from "../http/router.js";
+import type { RouteFields } from "../http/route-helpers.js";
 import { NotificationStatus, NotificationType, UserId } from "../models/index.js";
 import {
   endpointOf,
@@ -83,21 +84,23 @@ export function webhookRoutes(
     if (record === null) throw new HttpError(404, "NOT_FOUND", `No webhook endpoint ${id}.`);
     return record;
   };
-  const common = { base: "root", access: "admin", tags } as const;
+  /** An admin route at its own path, not under the credit API's admin base path. */
+  const route = (method: HttpMethod, path: string, fields: RouteFields): RouteDefinition => ({
+    method,
+    base: "root",
+    path,
+    access: "admin",
+    tags,
+    ...fields,
+  });
   return [
-    {
-      ...common,
-      method: "GET",
-      path: WEBHOOKS_PATH,
+    route("GET", WEBHOOKS_PATH, {
       operationId: "listWebhookEndpoints",
       summary: "The webhook endpoints (without their secrets)",
       response: z.object({ endpoints: z.array(Endpoint) }),
       handle: async () => ({ endpoints: (await store.list()).map(shown) }),
-    },
-    {
-      ...common,
-      method: "POST",
-      path: WEBHOOKS_PATH,
+    }),
+    route("POST", WEBHOOKS_PATH, {
       operationId: "addWebhookEndpoint",
       summary: "Adds an endpoint; answers its secret (whsec_…), which the receiver verifies with",
       body: Create,
@@ -119,21 +122,15 @@ export function webhookRoutes(
         await store.put(record);
         return { endpoint: shown(record), secret: record.secrets[0] };
       },
-    },
-    {
-      ...common,
-      method: "GET",
-      path: `${WEBHOOKS_PATH}/:id`,
+    }),
+    route("GET", `${WEBHOOKS_PATH}/:id`, {
       operationId: "getWebhookEndpoint",
       summary: "One endpoint",
       response: Endpoint,
       errors: [404],
       handle: async (ctx) => shown(await one(ctx.params.id)),
-    },
-    {
-      ...common,
-      method: "PATCH",
-      path: `${WEBHOOKS_PATH}/:id`,
+    }),
+    route("PATCH", `${WEBHOOKS_PATH}/:id`, {
       operationId: "updateWebhookEndpoint",
       summary: "Changes an endpoint: enabled (turn it back on after a 410), url, types, description",
       body: Update,
@@ -153,11 +150,8 @@ export function webhookRoutes(
         await store.put(next);
         return shown(next);
       },
-    },
-    {
-      ...common,
-      method: "DELETE",
-      path: `${WEBHOOKS_PATH}/:id`,
+    }),
+    route("DELETE", `${WEBHOOKS_PATH}/:id`, {
       operationId: "removeWebhookEndpoint",
       summary: "Removes an endpoint (its pending deliveries then fail)",
       status: 204,
@@ -167,11 +161,8 @@ export function webhookRoutes(
         await store.remove(ctx.params.id as string);
         return new Response(null, { status: 204 });
       },
-    },
-    {
-      ...common,
-      method: "POST",
-      path: `${WEBHOOKS_PATH}/:id/rotate-secret`,
+    }),
+    route("POST", `${WEBHOOKS_PATH}/:id/rotate-secret`, {
       operationId: "rotateWebhookSecret",
       summary: "A new secret, signed beside the previous one until dropOld keeps only the newest",
       body: Rotate,
@@ -188,11 +179,8 @@ export function webhookRoutes(
         await store.put({ ...record, secrets });
         return { secret: secrets[0], secrets: secrets.length };
       },
-    },
-    {
-      ...common,
-      method: "POST",
-      path: `${WEBHOOKS_PATH}/:id/test`,
+    }),
+    route("POST", `${WEBHOOKS_PATH}/:id/test`, {
       operationId: "testWebhookEndpoint",
       summary: "Sends a signed webhook_test event now and answers what the endpoint said",
       response: z.object({
@@ -212,11 +200,8 @@ export function webhookRoutes(
           return { ok: false, error: (error as Error).message };
         }
       },
-    },
-    {
-      ...common,
-      method: "GET",
-      path: `${WEBHOOKS_PATH}/:id/deliveries`,
+    }),
+    route("GET", `${WEBHOOKS_PATH}/:id/deliveries`, {
       operationId: "listWebhookDeliveries",
       summary: "An account's deliveries to the endpoint (oldest first, at most 100): status, attempts, last error",
       query: DeliveriesQuery,
@@ -240,11 +225,8 @@ export function webhookRoutes(
           })),
         };
       },
-    },
-    {
-      ...common,
-      method: "POST",
-      path: `${WEBHOOKS_PATH}/:id/retry`,
+    }),
+    route("POST", `${WEBHOOKS_PATH}/:id/retry`, {
       operationId: "retryWebhookDeliveries",
       summary: "Delivers an account's failed deliveries to the endpoint again (same webhook-id)",
       body: Retry,
@@ -255,6 +237,6 @@ export function webhookRoutes(
         const b = await ctx.body<z.output<typeof Retry>>();
         return { retried: await retryFailedWebhooks(db, record.id, b.userId, b.eventId) };
       },
-    },
+    }),
   ];
 }
