@@ -41,7 +41,8 @@ export interface ServeFlags extends PaymentFlags {
 /** The default SQLite file when no store is configured (relative to the working directory). */
 export const DEFAULT_SQLITE_PATH = "./credit-management.sqlite";
 
-const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 const int = (min: number, max: number) =>
   z
@@ -244,34 +245,48 @@ export type ServeSettings = z.output<typeof Schema> & {
   payments: PaymentSettings;
 };
 
-const FLAG_OF: Record<string, string> = {
-  CREDIT_PORT: "--port",
-  CREDIT_HOST: "--host",
-  CREDIT_SQLITE_PATH: "--sqlite",
-  CREDIT_LOG_LEVEL: "--log-level",
+/** The variables a flag of `serve` sets (the flag wins). */
+const FLAG_OF: Record<string, "port" | "host" | "sqlite" | "log-level"> = {
+  CREDIT_PORT: "port",
+  CREDIT_HOST: "host",
+  CREDIT_SQLITE_PATH: "sqlite",
+  CREDIT_LOG_LEVEL: "log-level",
 };
 
-/** Reads and checks the flags and the environment; throws `UsageError` naming what is wrong. */
-export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
+/** The variables of `schema` that `env` sets, trimmed (a blank one is unset). */
+function variables(schema: z.ZodObject, env: Env): Record<string, string> {
   const input: Record<string, string> = {};
-  for (const key of Object.keys(Schema.shape)) {
+  for (const key of Object.keys(schema.shape)) {
     const v = env[key];
     if (v !== undefined && v.trim() !== "") input[key] = v.trim();
   }
-  if (flags.port !== undefined) input.CREDIT_PORT = flags.port;
-  if (flags.host !== undefined) input.CREDIT_HOST = flags.host;
-  if (flags.sqlite !== undefined) input.CREDIT_SQLITE_PATH = flags.sqlite;
-  if (flags["log-level"] !== undefined) input.CREDIT_LOG_LEVEL = flags["log-level"];
-  if (flags.console === true) input.CREDIT_CONSOLE = "1";
-  const r = Schema.safeParse(input);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    const key = String(issue?.path[0] ?? "");
-    const from = FLAG_OF[key] !== undefined && flagGiven(flags, key) ? FLAG_OF[key] : key;
-    const shown = /(KEY|SECRET|URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
-    throw new UsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
+  return input;
+}
+
+/**
+ * `input` checked by `schema`; a `UsageError` names the first wrong value by its flag when a flag
+ * gave it, else by its variable, and hides the value of a secret or a URL.
+ */
+function checked<S extends z.ZodObject>(schema: S, input: Record<string, string>, flags: ServeFlags = {}): z.output<S> {
+  const r = schema.safeParse(input);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const key = String(issue?.path[0] ?? "");
+  const flag = FLAG_OF[key];
+  const from = flag !== undefined && flags[flag] !== undefined ? `--${flag}` : key;
+  const shown = /(KEY|SECRET|URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
+  throw new UsageError(`${from} ${issue?.message ?? "is invalid"}, not ${shown}`);
+}
+
+/** Reads and checks the flags and the environment; throws `UsageError` naming what is wrong. */
+export function serveSettings(flags: ServeFlags, env: Env): ServeSettings {
+  const input = variables(Schema, env);
+  for (const [key, flag] of Object.entries(FLAG_OF)) {
+    const v = flags[flag];
+    if (v !== undefined) input[key] = v;
   }
-  const s = r.data;
+  if (flags.console === true) input.CREDIT_CONSOLE = "1";
+  const s = checked(Schema, input, flags);
   const store = storeOf(s);
   if (s.CREDIT_JWT_JWKS_URL !== undefined && s.CREDIT_JWT_KEY !== undefined)
     throw new UsageError("set CREDIT_JWT_JWKS_URL or CREDIT_JWT_KEY, not both");
@@ -322,30 +337,7 @@ function storeOf(s: z.output<typeof StoreSchema>): ServeSettings["store"] {
  * `UsageError` naming a bad variable, or two stores set.
  */
 export function storeSettings(env: Env): ServeSettings["store"] {
-  const input: Record<string, string> = {};
-  for (const key of Object.keys(StoreSchema.shape)) {
-    const v = env[key];
-    if (v !== undefined && v.trim() !== "") input[key] = v.trim();
-  }
-  const r = StoreSchema.safeParse(input);
-  if (!r.success) {
-    const issue = r.error.issues[0];
-    const key = String(issue?.path[0] ?? "");
-    const shown = /(URL|URI)$/.test(key) ? "(hidden)" : `"${input[key]}"`;
-    throw new UsageError(`${key} ${issue?.message ?? "is invalid"}, not ${shown}`);
-  }
-  return storeOf(r.data);
-}
-
-function flagGiven(flags: ServeFlags, key: string): boolean {
-  const map: Record<string, keyof ServeFlags> = {
-    CREDIT_PORT: "port",
-    CREDIT_HOST: "host",
-    CREDIT_SQLITE_PATH: "sqlite",
-    CREDIT_LOG_LEVEL: "log-level",
-  };
-  const f = map[key];
-  return f !== undefined && flags[f] !== undefined;
+  return storeOf(checked(StoreSchema, variables(StoreSchema, env)));
 }
 
 export const SERVE_OPTIONS = `Options of "serve" (each flag wins over its variable; docs/service.md):

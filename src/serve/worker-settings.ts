@@ -9,6 +9,7 @@ import {
   type PaymentSettings,
 } from "../payments/settings.js";
 import { UsageError } from "../util/usage-error.js";
+import { LOG_LEVELS, type Env, type LogLevel } from "./settings.js";
 
 /**
  * The settings of `credit-management worker` and of `serve --worker` (docs/operations.md): read
@@ -18,8 +19,7 @@ import { UsageError } from "../util/usage-error.js";
  */
 
 export type NotificationsMode = "off" | "record" | "deliver";
-export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
-const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+export type { LogLevel };
 
 /** The worker's settings, once read and checked. Intervals in ms; 0: that task does not run. */
 export interface WorkerSettings {
@@ -152,8 +152,6 @@ Signals: SIGTERM or SIGINT finishes the rounds in flight, then exits 0 (--once: 
   second one exits at once (130 SIGINT, 143 SIGTERM); what a cut round did is all there or not at all.
   One JSON line (pino) per round on standard output.
 `;
-
-type Env = Record<string, string | undefined>;
 
 /** Reads and checks the flags and the environment; throws `UsageError` saying what is wrong. */
 export function workerSettings(flags: WorkerFlags, env: Env): WorkerSettings {
