@@ -59,13 +59,7 @@ export async function openStores(
   store: ServeSettings["store"],
 ): Promise<{ db: DbManager; keys: KeyStore; where: string }> {
   if (store.kind === "sqlite") {
-    const open = await sqliteOpener();
-    if (open === null)
-      throw new MissingDriverError(
-        "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3 (or set CREDIT_PG_URL or CREDIT_MONGO_URI)",
-      );
-    const path = resolve(store.path);
-    mkdirSync(dirname(path), { recursive: true });
+    const { open, path } = await sqliteFile(store.path);
     const { SqliteDbManager } = await import("../db/sqlite/index.js");
     const main = open(path);
     main.pragma("journal_mode = WAL");
@@ -86,33 +80,38 @@ export async function openStores(
   if (store.kind === "postgres") {
     return { db, keys: postgresKeyStore(await ownPgPool(store.url), store.schema), where: "postgres" };
   }
-  const { MongoClient } = await import("mongodb");
-  const client = new MongoClient(store.uri);
-  const collection = client.db(store.db).collection("credit_api_keys");
-  return {
-    db,
-    keys: mongoKeyStore(collection as never, () => client.close()),
-    where: "mongodb",
-  };
+  const { collection, close } = await ownMongoCollection(store, "credit_api_keys");
+  return { db, keys: mongoKeyStore(collection, close), where: "mongodb" };
 }
 
 /** The store of `serve` for the webhook endpoints: its own connection, as the API keys have. */
 export async function openEndpointStore(store: ServeSettings["store"]): Promise<WebhookEndpointStore> {
   if (store.kind === "sqlite") {
-    const open = await sqliteOpener(); // bun:sqlite under Bun, else better-sqlite3
-    if (open === null)
-      throw new MissingDriverError(
-        "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3",
-      );
-    const path = resolve(store.path);
-    mkdirSync(dirname(path), { recursive: true });
+    const { open, path } = await sqliteFile(store.path);
     return sqliteEndpointStore(open(path));
   }
   if (store.kind === "postgres") return postgresEndpointStore(await ownPgPool(store.url), store.schema);
+  const { collection, close } = await ownMongoCollection(store, "credit_webhook_endpoints");
+  return mongoEndpointStore(collection, close);
+}
+
+/** The store's SQLite file, its folder made, and what opens a connection to it. */
+async function sqliteFile(file: string): Promise<{ open: (file: string) => SqliteDatabase; path: string }> {
+  const open = await sqliteOpener();
+  if (open === null)
+    throw new MissingDriverError(
+      "the default store is a SQLite file and needs better-sqlite3: npm install better-sqlite3 (or set CREDIT_PG_URL or CREDIT_MONGO_URI)",
+    );
+  const path = resolve(file);
+  mkdirSync(dirname(path), { recursive: true });
+  return { open, path };
+}
+
+/** A collection of `serve`'s own in the store's MongoDB database, on a client of its own. */
+async function ownMongoCollection(store: { uri: string; db: string }, name: string) {
   const { MongoClient } = await import("mongodb");
   const client = new MongoClient(store.uri);
-  const collection = client.db(store.db).collection("credit_webhook_endpoints");
-  return mongoEndpointStore(collection as never, () => client.close());
+  return { collection: client.db(store.db).collection(name) as never, close: () => client.close() };
 }
 
 /** A small `pg` pool of `serve`'s own (the API keys, the webhook endpoints), beside the store's. */
