@@ -233,8 +233,7 @@ export function common<Req>(o: MeteringOptionsBase<Req>) {
     path: string,
     spend?: MeterSpend,
   ): MeterOptions => {
-    const reason = `${method ?? "GET"} ${path}`;
-    const out: MeterOptions = { estimate, reason: reason.length > 1000 ? reason.slice(0, 1000) : reason };
+    const out: MeterOptions = { estimate, reason: reasonOf(method, path) };
     if (ttlSeconds !== undefined) out.ttlSeconds = ttlSeconds;
     if (spend?.spender !== undefined) out.spender = spend.spender;
     if (spend?.feature !== undefined) out.feature = spend.feature;
@@ -425,6 +424,12 @@ function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOpt
   return o;
 }
 
+/** The journal's reason of a metered request: `METHOD path`, at most 1,000 characters. */
+function reasonOf(method: string | undefined, path: string): string {
+  const reason = `${method ?? "GET"} ${path}`;
+  return reason.length > 1000 ? reason.slice(0, 1000) : reason;
+}
+
 /** A response with nothing to read (no body). */
 export const NO_BODY: UsageReading = {
   ok: false,
@@ -480,12 +485,6 @@ export class FixedPricing<Req> {
     return header === null || header === undefined || header === ""
       ? undefined
       : parse(IdempotencyKey, `http:${header}`, "Idempotency-Key");
-  }
-
-  /** The journal's reason of a request: `METHOD path`, at most 1,000 characters. */
-  reasonOf(method: string | undefined, path: string): string {
-    const reason = `${method ?? "GET"} ${path}`;
-    return reason.length > 1000 ? reason.slice(0, 1000) : reason;
   }
 
   /**
@@ -585,7 +584,7 @@ export class PricedRequest<Req = unknown> {
 
   /** The journal's reason: `METHOD path`. */
   get reason(): string {
-    return this.pricing.reasonOf(this.method, this.path);
+    return reasonOf(this.method, this.path);
   }
 
   /**
