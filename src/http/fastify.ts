@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
 import type { MeterSession } from "../services/metering.js";
-import { common, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
+import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
 import { errorBody, errorResponse, type Identity } from "./router.js";
 
 /**
@@ -219,9 +219,4 @@ function typeOf(reply: FastifyReplyLike): string | undefined {
     (reply as { getHeader?: (name: string) => unknown }).getHeader?.("content-type") ??
     reply.raw.getHeader("content-type");
   return type === undefined || type === null ? undefined : String(type);
-}
-
-function headerOf(request: FastifyRequestLike, name: string): string | undefined {
-  const v = request.headers[name];
-  return Array.isArray(v) ? v[0] : v;
 }

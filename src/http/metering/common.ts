@@ -424,6 +424,12 @@ function llmOptions(o: boolean | LlmMeteringOptions | undefined): LlmMeteringOpt
   return o;
 }
 
+/** A node or Fastify request's header by its lower-case name (the first, when repeated). */
+export function headerOf(req: { headers: IncomingMessage["headers"] }, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
 /** The journal's reason of a metered request: `METHOD path`, at most 1,000 characters. */
 function reasonOf(method: string | undefined, path: string): string {
   const reason = `${method ?? "GET"} ${path}`;

@@ -49,9 +49,7 @@ export function creditMetering(options: CreditMeteringOptions) {
       if (request.signal.aborted) {
         // The client left while it was authenticated or the hold placed: nobody to answer.
         await release("aborted");
-        return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), {
-          [c.deductedHeader]: "0",
-        });
+        return clientClosed(c);
       }
       // LLM responses (`llm`): the usage is read from the body as it passes; a stream cut before
       // its usage arrived is charged as `missingUsage` says, not released.
@@ -151,6 +149,10 @@ export function creditMetering(options: CreditMeteringOptions) {
 
 const textOf = (response: Response) => response.text();
 
+/** The answer to a client that left before the handler ran: nobody reads it, nothing was charged. */
+const clientClosed = (c: Common): Response =>
+  json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), { [c.deductedHeader]: "0" });
+
 type Common = ReturnType<typeof common<Request>>;
 
 /**
@@ -177,9 +179,7 @@ async function fixedPrice(
   }
   if (request.signal.aborted) {
     priced.drop();
-    return json(499, errorBody("CLIENT_CLOSED_REQUEST", "The client closed the request."), {
-      [c.deductedHeader]: "0",
-    });
+    return clientClosed(c);
   }
   let response: Response;
   try {

@@ -3,7 +3,14 @@ import type { MeterOutcome, MeterSession } from "../../services/metering.js";
 import { ResponseUsageReader } from "../../domain/llm-usage.js";
 import { errorBody, errorResponse, json } from "../router.js";
 import { isPromiseLike } from "../../util/promise.js";
-import { NO_BODY, PricedRequest, common, type CreditMeteringMiddlewareOptions, type MeteringLocals } from "./common.js";
+import {
+  NO_BODY,
+  PricedRequest,
+  common,
+  headerOf,
+  type CreditMeteringMiddlewareOptions,
+  type MeteringLocals,
+} from "./common.js";
 import { nodePathOf } from "./paths.js";
 
 type Next = (error?: Error) => void;
@@ -319,10 +326,4 @@ export function creditMeteringMiddleware(options: CreditMeteringMiddlewareOption
     }
     void meter(req, res, next, path);
   };
-}
-
-/** A request header by its lower-case name. */
-function headerOf(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v[0] : v;
 }
