@@ -304,11 +304,7 @@ export function serveApp(
   const answer = async (req: IncomingMessage, res: ServerResponse, ip: string, path: string): Promise<string> => {
     const method = req.method ?? "GET";
     const own = path === "/health/live" || path === "/health/ready" || (path === "/metrics" && metricsOn);
-    if (own && method !== "GET" && method !== "HEAD") {
-      throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
-        allow: "GET, HEAD",
-      });
-    }
+    if (own) readOnly(method, path);
     if (path === "/health/live") {
       writeAnswer(res, jsonAnswer(200, { status: "ok" }, { "cache-control": "no-store" }));
       return path;
@@ -332,10 +328,7 @@ export function serveApp(
       );
     }
     if (customerOn && (path === CUSTOMER_PREFIX || path.startsWith(`${CUSTOMER_PREFIX}/`))) {
-      if (method !== "GET" && method !== "HEAD")
-        throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
-          allow: "GET, HEAD",
-        });
+      readOnly(method, path);
       if (draining) res.setHeader("connection", "close");
       await sendResponse(res, customerPage(path, s.CREDIT_CUSTOMER_FRAME_ANCESTORS), method === "HEAD");
       return CUSTOMER_PREFIX;
@@ -431,6 +424,14 @@ export function serveApp(
       draining = true;
     },
   };
+}
+
+/** 405 for a method that does not read: serve's probes, metrics and customer page answer GET and HEAD. */
+function readOnly(method: string, path: string): void {
+  if (method !== "GET" && method !== "HEAD")
+    throw new HttpError(405, "METHOD_NOT_ALLOWED", `${method} is not allowed on ${path}.`, undefined, {
+      allow: "GET, HEAD",
+    });
 }
 
 /** A POST, PUT, PATCH or DELETE that has no body (none declared, none sent) and no Content-Type. */
