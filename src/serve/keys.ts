@@ -1,4 +1,3 @@
-import * as crypto from "node:crypto";
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { PgPoolLike, SqliteLike } from "../webhooks/endpoint-store.js";
 
@@ -46,14 +45,8 @@ export interface KeyStore {
 export const KEY_TABLE = "credit_api_keys";
 const KEY_FORMAT = /^cmk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
 
-/** One-shot `crypto.hash` (Node ≥ 20.12), a few times cheaper than a Hash object per request. */
-const oneShot = (crypto as { hash?: (algorithm: string, data: string, encoding: string) => string | Buffer }).hash;
-
 /** The SHA-256 of a key, as bytes. */
-const digestOf =
-  typeof oneShot === "function"
-    ? (key: string) => oneShot("sha256", key, "buffer") as Buffer
-    : (key: string) => createHash("sha256").update(key).digest();
+const digestOf = (key: string): Buffer => createHash("sha256").update(key).digest();
 
 /** The SHA-256 of a key, hex (what a record's `hash` holds). */
 export const hashKey = (key: string): string => digestOf(key).toString("hex");

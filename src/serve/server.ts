@@ -2,7 +2,6 @@ import { randomUUID } from "node:crypto";
 import { releaseStopSignals } from "./signals.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { Server as NetServer } from "node:net";
-import type { Attributes } from "@opentelemetry/api";
 import { pino, type DestinationStream, type Logger as Pino } from "pino";
 import * as z from "zod";
 import { createCreditHandler, type CreditHandler } from "../http/handler.js";
@@ -93,47 +92,13 @@ async function startMetrics(logger: Pino, s: ServeSettings): Promise<Metrics | n
       unit: "s",
       advice: { explicitBucketBoundaries: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] },
     });
-    // Per request, a plain count by (method, route, status) that the counter observes at each
-    // scrape, and one histogram record with an attribute set built once per key: the SDK's own
-    // counter hashes the attributes on every add (docs/benchmarks.md, "The service").
-    // The exported series are the same: `http_server_requests_total` by method, route and status;
-    // past the SDK's cardinality limit (2,000 sets) the rest is counted under
-    // `otel.metric.overflow`, as the SDK's counter did.
-    // By route group, then status, then method: no key string built per request.
-    const counts = new Map<string, Map<number, Map<string, { attributes: Attributes; n: number }>>>();
-    let sets = 0;
-    const overflow = { attributes: Object.freeze({ "otel.metric.overflow": true }), n: 0 };
-    const requests = meter.createObservableCounter("http.server.requests", { description: "Requests answered" });
-    requests.addCallback((result) => {
-      for (const byStatus of counts.values())
-        for (const byMethod of byStatus.values()) for (const c of byMethod.values()) result.observe(c.n, c.attributes);
-      if (overflow.n > 0) result.observe(overflow.n, overflow.attributes);
-    });
+    const requests = meter.createCounter("http.server.requests", { description: "Requests answered" });
     return {
       handle: (req, res) => exporter.getMetricsRequestHandler(req, res),
       request(method, route, status, seconds) {
-        let byStatus = counts.get(route);
-        let byMethod = byStatus?.get(status);
-        let c = byMethod?.get(method);
-        if (c === undefined) {
-          const attributes = Object.freeze({
-            "http.request.method": method,
-            "http.route": route,
-            "http.response.status_code": status,
-          });
-          if (sets >= 1999) {
-            overflow.n++;
-            duration.record(seconds, attributes);
-            return;
-          }
-          if (byStatus === undefined) counts.set(route, (byStatus = new Map()));
-          if (byMethod === undefined) byStatus.set(status, (byMethod = new Map()));
-          c = { attributes, n: 0 };
-          byMethod.set(method, c);
-          sets++;
-        }
-        c.n++;
-        duration.record(seconds, c.attributes);
+        const attributes = { "http.request.method": method, "http.route": route, "http.response.status_code": status };
+        requests.add(1, attributes);
+        duration.record(seconds, attributes);
       },
       async shutdown() {
         instrumentation.shutdown();
