@@ -31,14 +31,9 @@ export interface UsageScan {
  * A row of a store's daily usage rollup (docs/usage.md, "The daily rollup"): one account's sums
  * of one UTC day (`YYYY-MM-DD`) and kind.
  */
-export interface UsageRollupRow {
+export interface UsageRollupRow extends UsageSums {
   day: string;
   kind: UsageKind;
-  credits: number;
-  requests: number;
-  inputTokens: number;
-  outputTokens: number;
-  cachedTokens: number;
 }
 
 /**
@@ -55,30 +50,20 @@ export interface UsageCatchUp {
 }
 
 /** What a store's `usage()` answers per group: the window by its index in `boundaries`. */
-export interface UsageBucket {
+export interface UsageBucket extends UsageSums {
   window: number;
   kind: UsageKind;
   /** The dimension values, by dimension (only those grouped by). */
   groups: Record<string, string | null>;
-  credits: number;
-  requests: number;
-  inputTokens: number;
-  outputTokens: number;
-  cachedTokens: number;
 }
 
 /** One part of an entry's usage: the entry, or one model's share of it. */
-export interface UsagePart {
+export interface UsagePart extends UsageSums {
   kind: UsageKind;
   model: string | null;
   /** A lease window's part names its own feature and spender (undefined: the entry's). */
   feature?: string | null;
   spender?: string | null;
-  credits: number;
-  requests: number;
-  inputTokens: number;
-  outputTokens: number;
-  cachedTokens: number;
 }
 
 type Meta = Record<string, unknown> | null | undefined;
@@ -91,6 +76,8 @@ const text = (v: unknown): string | null => (typeof v === "string" ? v : null);
 /** What a usage report sums, in the order of its rows' fields. */
 export const USAGE_MEASURES = ["credits", "requests", "inputTokens", "outputTokens", "cachedTokens"] as const;
 export type UsageMeasure = (typeof USAGE_MEASURES)[number];
+/** A value of each measure. */
+export type UsageSums = Record<UsageMeasure, number>;
 
 /**
  * A test of a journal entry: its type is one of `type`; the metadata value at `metadata` (a path of
@@ -174,6 +161,27 @@ const TAKE_BACK_RULE: UsageKindRule = {
 };
 
 /**
+ * Parts recorded with their own feature, spender and model, under the names of the report's
+ * measures (a reversal's, a lease window's): `array` in the entry's metadata.
+ */
+const ownParts = (array: readonly string[]): UsagePartSource => ({
+  array,
+  nonEmpty: false,
+  own: true,
+  model: "model",
+  feature: "feature",
+  spender: "spender",
+  fields: {
+    credits: "credits",
+    requests: "requests",
+    inputTokens: "inputTokens",
+    outputTokens: "outputTokens",
+    cachedTokens: "cachedTokens",
+  },
+  balanced: ["credits", "requests"],
+});
+
+/**
  * The rules of usage (docs/usage.md), the one place they are written. The memory store runs them
  * here (`usageParts`); the PostgreSQL and SQLite query (one text for both, src/db/usage-query.ts,
  * from src/schema/usage-sql.ts), the MongoDB pipeline (src/db/mongodb/usage.ts) and PostgreSQL's daily
@@ -223,38 +231,8 @@ export const USAGE_RULES: UsageRules = {
         cachedTokens: [{ when: [], then: 0 }],
       },
       parts: [
-        {
-          array: ["reversal", "parts"],
-          nonEmpty: false,
-          own: true,
-          model: "model",
-          feature: "feature",
-          spender: "spender",
-          fields: {
-            credits: "credits",
-            requests: "requests",
-            inputTokens: "inputTokens",
-            outputTokens: "outputTokens",
-            cachedTokens: "cachedTokens",
-          },
-          balanced: ["credits", "requests"],
-        },
-        {
-          array: ["leaseWindow", "parts"],
-          nonEmpty: false,
-          own: true,
-          model: "model",
-          feature: "feature",
-          spender: "spender",
-          fields: {
-            credits: "credits",
-            requests: "requests",
-            inputTokens: "inputTokens",
-            outputTokens: "outputTokens",
-            cachedTokens: "cachedTokens",
-          },
-          balanced: ["credits", "requests"],
-        },
+        ownParts(["reversal", "parts"]),
+        ownParts(["leaseWindow", "parts"]),
         {
           array: ["usages"],
           nonEmpty: true,
@@ -618,14 +596,10 @@ export class UsageAccumulator {
       }
       let b = this.buckets.get(key);
       if (b === undefined) {
-        b = { window, kind: p.kind, groups, credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+        b = { window, kind: p.kind, groups, ...NO_MEASURES };
         this.buckets.set(key, b);
       }
-      b.credits += p.credits;
-      b.requests += p.requests;
-      b.inputTokens += p.inputTokens;
-      b.outputTokens += p.outputTokens;
-      b.cachedTokens += p.cachedTokens;
+      for (const m of USAGE_MEASURES) b[m] += p[m];
     }
   }
 
@@ -734,19 +708,12 @@ export function rollupAuditScan(
   };
 }
 
-type UsageSums = Pick<UsageRollupRow, "credits" | "requests" | "inputTokens" | "outputTokens" | "cachedTokens">;
-
 const sums = (x: UsageSums | undefined): string =>
   x === undefined
     ? "none"
     : `credits ${x.credits}, requests ${x.requests}, tokens ${x.inputTokens}/${x.outputTokens}/${x.cachedTokens}`;
 
-const sameSums = (a: UsageSums, b: UsageSums): boolean =>
-  a.credits === b.credits &&
-  a.requests === b.requests &&
-  a.inputTokens === b.inputTokens &&
-  a.outputTokens === b.outputTokens &&
-  a.cachedTokens === b.cachedTokens;
+const sameSums = (a: UsageSums, b: UsageSums): boolean => USAGE_MEASURES.every((m) => a[m] === b[m]);
 
 /**
  * The audit of an account's daily usage rollup (docs/usage.md, "The daily rollup"): its `rows`
@@ -842,7 +809,7 @@ export function reversalMetadata(
 /** Metadata keys of a capture that describe the capture itself (as `excessMetadata` of ./entry-meta.ts leaves out). */
 const CAPTURE_ONLY_KEYS = new Set(["usages", "leaseWindow", "requested", "shortfall", "reversal"]);
 
-const NO_MEASURES = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
+const NO_MEASURES: UsageSums = { credits: 0, requests: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0 };
 
 /**
  * `x` of `total` credits split over `parts` in proportion to their credits (whose sum is `total`):
