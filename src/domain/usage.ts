@@ -49,12 +49,20 @@ export interface UsageCatchUp {
   more: boolean;
 }
 
-/** What a store's `usage()` answers per group: the window by its index in `boundaries`. */
-export interface UsageBucket extends UsageSums {
+/**
+ * What a store's `usage()` answers per group: the window by its index in `boundaries`. (Its
+ * measures are spelled out, not `UsageSums`: it is part of the store contract a store's author reads.)
+ */
+export interface UsageBucket {
   window: number;
   kind: UsageKind;
   /** The dimension values, by dimension (only those grouped by). */
   groups: Record<string, string | null>;
+  credits: number;
+  requests: number;
+  inputTokens: number;
+  outputTokens: number;
+  cachedTokens: number;
 }
 
 /** One part of an entry's usage: the entry, or one model's share of it. */
