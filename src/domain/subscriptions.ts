@@ -331,19 +331,10 @@ export function changePlan(
   }
   // A new cycle starts now: the unstarted period (if any) is replaced, its events are kept.
   const period = { ...periodAt(now, plan.billingPeriod, 0), anchor: now };
-  const allocate = allocation(plan, period, now);
-  return onPeriod(
-    s,
-    plan,
-    period,
-    allocate,
-    now,
-    intent(`sub:${s.id}:${period.start.toISOString()}:change${s.version}`, {
-      allocate,
-      expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
-      events: pending?.events,
-    }),
-  );
+  return onPeriod(s, plan, period, now, `:change${s.version}`, {
+    expireGrantIds: credits === "expire" ? s.periodGrantIds : [],
+    events: pending?.events,
+  });
 }
 
 /** How a cancel is made (`cancel`'s options, defaults applied). */
@@ -450,26 +441,22 @@ export function renew(s: Subscription, plan: Plan, endingPlan: Plan | null, now:
   const anchor = sameCycle ? s.anchorAt : s.currentPeriodEnd;
   const index = Math.max(sameCycle ? s.periodIndex + 1 : 0, periodIndexAt(anchor, plan.billingPeriod, now));
   const period = { ...periodAt(anchor, plan.billingPeriod, index), anchor };
-  const allocate = allocation(plan, period, now);
-  return onPeriod(
-    s,
-    plan,
-    period,
-    allocate,
-    now,
-    intent(`sub:${s.id}:${period.start.toISOString()}`, { allocate, carry: rolloverCarry(s, endingPlan, period) }),
-  );
+  return onPeriod(s, plan, period, now, "", { carry: rolloverCarry(s, endingPlan, period) });
 }
 
-/** `s` moved onto `plan` and a new period of it (of the cycle from `period.anchor`), owing `owed` now. */
+/**
+ * `s` moved onto `plan` and a new period of it (of the cycle from `period.anchor`), owing now that
+ * period's allocation and `owed`, under the period's key followed by `keySuffix`.
+ */
 function onPeriod(
   s: Subscription,
   plan: Plan,
   period: { anchor: Date; index: number; start: Date; end: Date },
-  allocate: Allocation | null,
   now: Date,
-  owed: SubscriptionIntent,
+  keySuffix: string,
+  owed: Partial<Omit<SubscriptionIntent, "key" | "allocate">>,
 ): Subscription {
+  const allocate = allocation(plan, period, now);
   return {
     ...s,
     planId: plan.id,
@@ -480,7 +467,7 @@ function onPeriod(
     currentPeriodEnd: period.end,
     pendingPlanId: null,
     pendingCredits: null,
-    intent: owed,
+    intent: intent(`sub:${s.id}:${period.start.toISOString()}${keySuffix}`, { ...owed, allocate }),
     nextRunAt: now,
     periodCredits: allocate?.amount ?? 0,
     periodAllowances: allocatedAllowances(allocate),
