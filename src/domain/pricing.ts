@@ -2,6 +2,7 @@ import * as crypto from "node:crypto";
 import { stringify } from "safe-stable-stringify";
 import { UnknownModelError, ValidationError } from "../errors.js";
 import type { CostUsage, ModelRates, PriceBookInput, PriceQuote, TokenUsage } from "../models/index.js";
+import { reduced } from "./fraction.js";
 
 /**
  * Pricing LLM usage from a price book (docs/llm-metering.md): exact rational rates, summed exactly
@@ -155,11 +156,6 @@ function undatedFineTune(model: string): string | null {
 
 const MAX = BigInt(Number.MAX_SAFE_INTEGER);
 
-const gcd = (a: bigint, b: bigint): bigint => {
-  while (b !== 0n) [a, b] = [b, a % b];
-  return a;
-};
-
 /** Σ count × rate as one exact fraction. */
 function sum(terms: readonly (readonly [bigint, ExactRate])[]): { n: bigint; d: bigint } {
   let n = 0n;
@@ -167,13 +163,7 @@ function sum(terms: readonly (readonly [bigint, ExactRate])[]): { n: bigint; d: 
   for (const [count, r] of terms) {
     if (count === 0n || r.n === 0n) continue;
     // n/d + count·r.n/r.d, kept reduced so the numbers stay small
-    n = n * r.d + count * r.n * d;
-    d = d * r.d;
-    const g = gcd(n, d);
-    if (g > 1n) {
-      n /= g;
-      d /= g;
-    }
+    ({ n, d } = reduced(n * r.d + count * r.n * d, d * r.d));
   }
   return { n, d };
 }
@@ -235,12 +225,7 @@ export function decimalFraction(value: number | string): { n: bigint; d: bigint;
   const exp = Number(m[3] ?? 0);
   if (exp > 0) n *= 10n ** BigInt(exp);
   else if (exp < 0) d *= 10n ** BigInt(-exp);
-  const g = gcd(n, d);
-  if (g > 1n) {
-    n /= g;
-    d /= g;
-  }
-  return { n, d, text: plainDecimal(m[1] as string, frac, exp) };
+  return { ...reduced(n, d), text: plainDecimal(m[1] as string, frac, exp) };
 }
 
 /** The plain decimal of `<int>.<frac>e<exp>`, without leading or trailing zeros: "1e-7" → "0.0000001". */
@@ -273,13 +258,7 @@ export function priceCost(book: PriceBook, usage: CostUsage): PriceQuote & { cos
     throw new ValidationError(`Invalid usage.currency: ${message}`, [{ path: "currency", message }]);
   }
   const cost = decimalFraction(usage.cost);
-  let n = cost.n * r.n;
-  let d = cost.d * r.d;
-  const g = gcd(n, d);
-  if (g > 1n) {
-    n /= g;
-    d /= g;
-  }
+  const { n, d } = reduced(cost.n * r.n, cost.d * r.d);
   return {
     amount: credits({ n, d }, `a cost of ${cost.text} ${currency}`),
     exact: `${n}/${d}`,

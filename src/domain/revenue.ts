@@ -6,6 +6,7 @@
 import type { CostBasis, Grant, JournalEntry } from "../models/index.js";
 import type { RevenueDimension, RevenueRow } from "../models/revenue.js";
 import { ValidationError } from "../errors.js";
+import { gcd } from "./fraction.js";
 import { windowIndex } from "./usage.js";
 
 /** A cost basis as an exact fraction of bigints: `num / den` minor units per credit (`den` > 0). */
@@ -13,11 +14,6 @@ export interface Rate {
   num: bigint;
   den: bigint;
 }
-
-const gcd = (a: bigint, b: bigint): bigint => {
-  while (b !== 0n) [a, b] = [b, a % b];
-  return a;
-};
 
 /** `perCredit` text (a decimal or a fraction, validated by the model) as an exact fraction. */
 export function rateOf(perCredit: string): Rate {
