@@ -204,9 +204,6 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
   const alertsOn = o.queue !== undefined || n !== undefined || o.domainEvents === true;
   const pricing = new PricingService(o.pricing === undefined ? {} : { book: o.pricing });
   const creditOptions = {
-    db,
-    ledger,
-    cache: o.cache,
     clock: o.clock,
     logger,
     defaultReservationTtlSeconds: o.defaultReservationTtlSeconds,
@@ -221,23 +218,13 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     customerTokens: o.customerTokens,
     subscriptions: true,
   };
-  const credits = new CreditService(creditOptions);
-  const subscriptions = new SubscriptionService({ db, credits, ledger, cache: o.cache, clock: o.clock, logger });
-  const build: ServiceFactory = (scopedDb, scopedLedger, cache) => {
-    const c = new CreditService({ ...creditOptions, db: scopedDb, ledger: scopedLedger, cache });
-    return {
-      credits: c,
-      subscriptions: new SubscriptionService({
-        db: scopedDb,
-        credits: c,
-        ledger: scopedLedger,
-        cache,
-        clock: o.clock,
-        logger,
-      }),
-      promos: new PromoService({ db: scopedDb, ledger: scopedLedger, cache, clock: o.clock, logger, credits: c }),
-    };
+  // The services over the store, ledger and cache; `inTransaction` builds them again over its own.
+  const build: ServiceFactory = (db, ledger, cache) => {
+    const credits = new CreditService({ ...creditOptions, db, ledger, cache });
+    const shared = { db, ledger, cache, clock: o.clock, logger, credits };
+    return { credits, subscriptions: new SubscriptionService(shared), promos: new PromoService(shared) };
   };
+  const { credits, subscriptions, promos } = build(db, ledger, o.cache);
   const notifications = new NotificationService({
     db,
     queue: o.queue,
@@ -262,9 +249,7 @@ export async function createCreditManager(options: CreditManagerOptions = {}): P
     reminderDays: n?.reminderDays,
     idempotencyRetention: o.idempotency?.retention,
   });
-  const shared = { db, ledger, cache: o.cache, clock: o.clock, logger, credits };
-  const promos = new PromoService(shared);
-  const payments = buildPaymentService(shared, o.payments);
+  const payments = buildPaymentService({ db, ledger, cache: o.cache, clock: o.clock, logger, credits }, o.payments);
   // The dispatcher charges each auto top-up before it publishes the request (docs/promos-and-payments.md,
   // "Auto top-up"): a transient failure is a failed attempt, retried with the outbox's backoff.
   notifications.setHandler("auto_top_up_requested", (row) =>
