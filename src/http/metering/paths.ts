@@ -244,23 +244,8 @@ export function readingsOf(path: string): string[] {
   return out;
 }
 
-/**
- * The path of a `Request`'s URL without building a `URL`: `request.url` is already parsed and
- * serialised (dot segments resolved, percent-encoding normalised), so its path is the text between
- * the authority and `?`/`#`. Anything unexpected goes through `URL`.
- */
-export function pathnameOf(url: string): string {
-  const scheme = url.startsWith("https://") ? 8 : url.startsWith("http://") ? 7 : -1;
-  if (scheme === -1) return new URL(url).pathname;
-  const start = url.indexOf("/", scheme);
-  if (start === -1) return "/";
-  let end = url.length;
-  for (let i = start; i < end; i++) {
-    const ch = url.charCodeAt(i);
-    if (ch === 63 /* ? */ || ch === 35 /* # */) end = i;
-  }
-  return url.slice(start, end);
-}
+/** The path of a `Request`'s URL. */
+export const pathnameOf = (url: string): string => new URL(url).pathname;
 
 /** The path of a node request's target (Express: `originalUrl`), without its query. */
 export function nodePathOf(req: { url?: string | undefined; originalUrl?: string }): string {
