@@ -1,5 +1,4 @@
-import { parseArgs } from "node:util";
-import { exitCodeOf, NoSuchAccountError } from "./args.js";
+import { exitCodeOf, numberOf, parseCommandLine, requireAccount } from "./args.js";
 import { calendarWindow } from "../domain/limits.js";
 import { RuleViolationError, ValidationError } from "../errors.js";
 import type { CreditManager } from "../manager.js";
@@ -57,24 +56,14 @@ export async function runAccountsCli(args: readonly string[], io: CliIo, source:
 type Action = "show" | "limits" | "set" | "remove";
 
 async function accounts(args: readonly string[], io: CliIo, source: StoreSource): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: [...args],
-    allowPositionals: true,
-    strict: true,
-    options: {
-      json: { type: "boolean" },
-      sqlite: { type: "string" },
-      amount: { type: "string" },
-      period: { type: "string" },
-      spender: { type: "string" },
-      feature: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
+  const { values, positionals } = parseCommandLine(args, {
+    json: { type: "boolean" },
+    sqlite: { type: "string" },
+    amount: { type: "string" },
+    period: { type: "string" },
+    spender: { type: "string" },
+    feature: { type: "string" },
   });
-  if (values.help === true) {
-    io.stdout(ACCOUNTS_HELP);
-    return 0;
-  }
   const [command, ...rest] = positionals;
   let action: Action;
   if (command === "show") action = "show";
@@ -101,16 +90,16 @@ async function accounts(args: readonly string[], io: CliIo, source: StoreSource)
     if (values.period === undefined) throw new UsageError('"accounts limits set" needs --period P');
     limit = {
       ...spendOf(values),
-      amount: amountOf(values.amount),
+      // The library checks it is a whole, non-negative amount.
+      amount: numberOf(values.amount, "--amount"),
       ...periodOf(values.period),
     };
   }
   const userId = parse(UserId, id, "account id");
 
-  return withCommandManager("accounts", values.sqlite, source, async (manager, db) => {
+  return withCommandManager({ name: "accounts", sqlite: values.sqlite, writes: true }, source, async (manager, db) => {
     // A typo must not read as an empty account, nor create one with limits.
-    if ((await db.getAccount(userId)) === null)
-      throw new NoSuchAccountError(`no such account ${JSON.stringify(userId)}`);
+    await requireAccount(db, userId);
     const json = values.json === true;
     const { credits } = manager;
     if (action === "show") {
@@ -343,13 +332,6 @@ function periodOf(text: string): { period: LimitPeriod } | { resetsWith: "subscr
   const unit = m[2] as "day" | "week" | "month" | "year";
   // The number's range is the model's to check (LimitPeriod: 1 to 1000).
   return { period: m[1] === undefined ? unit : { every: Number(m[1]), unit } };
-}
-
-/** `--amount`: a number (the library checks it is a whole, non-negative amount). */
-function amountOf(text: string): number {
-  if (!/^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(e[+-]?[0-9]+)?$/i.test(text.trim()))
-    throw new UsageError(`--amount must be a number, not ${JSON.stringify(text)}`);
-  return Number(text);
 }
 
 function spendOf(values: { spender?: string | undefined; feature?: string | undefined }): {

@@ -1,4 +1,18 @@
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import type { DbManager } from "../db/types.js";
 import { UsageError } from "../util/usage-error.js";
+
+/**
+ * A command's flags (`options`, as node's `parseArgs` takes them) and its positionals. An unknown
+ * flag or a flag without its value throws: bad usage (`exitCodeOf`).
+ */
+export function parseCommandLine<const O extends NonNullable<ParseArgsConfig["options"]>>(
+  args: readonly string[],
+  options: O,
+) {
+  return parseArgs({ args: [...args], allowPositionals: true, strict: true, options });
+}
+
 /** Whether `error` is node's `parseArgs` refusing the command line (an unknown flag, a missing value): bad usage. */
 export function isParseArgsError(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code;
@@ -7,6 +21,18 @@ export function isParseArgsError(error: unknown): boolean {
 
 /** The account a command names does not exist (exit code 3). */
 export class NoSuchAccountError extends Error {}
+
+/** Throws `NoSuchAccountError` when `db` has no account `userId`. */
+export async function requireAccount(db: DbManager, userId: string): Promise<void> {
+  if ((await db.getAccount(userId)) === null) throw new NoSuchAccountError(`no such account ${JSON.stringify(userId)}`);
+}
+
+/** A number flag (`--amount`); the library checks its range. */
+export function numberOf(text: string, flag: string): number {
+  if (!/^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(e[+-]?[0-9]+)?$/i.test(text.trim()))
+    throw new UsageError(`${flag} must be a number, not ${JSON.stringify(text)}`);
+  return Number(text);
+}
 
 /**
  * The exit code of a command that failed (docs/cli.md), its message on standard error: 3 for an

@@ -1,13 +1,12 @@
 import { closeSync, createReadStream, fstatSync, fsyncSync, openSync, readSync, writeSync } from "node:fs";
 import { createInterface } from "node:readline";
-import type { DbEnv } from "../db/from-env.js";
 import type { DbManager } from "../db/types.js";
 import { canonicalEntry, hashEntry, ledgerLineOf } from "../domain/hash.js";
 import type { AuditReport } from "../domain/replay.js";
-import { createCreditManager } from "../manager.js";
 import { verifyArchives } from "../services/archive.js";
 import type { JournalEntry } from "../models/index.js";
-import { openCommandStore, STORE_VARIABLES } from "./store.js";
+import type { CliIo } from "./run.js";
+import { openCommandStore, withCommandManager, type StoreSource } from "./store.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../domain/leases.js";
 import { UsageError } from "../util/usage-error.js";
 
@@ -41,17 +40,8 @@ export interface AuditCommand {
   sqlite?: string;
 }
 
-export interface AuditIo {
-  stdout: (text: string) => void;
-  stderr: (text: string) => void;
-}
-
-/** Where the audited store comes from: the environment (as `createDbManagerFromEnv`), or a given one. */
-export interface AuditSource {
-  env?: DbEnv;
-  /** A store to audit instead of the environment's (tests, or a host wiring its own). Not closed. */
-  db?: DbManager;
-}
+/** Where the audited store comes from (the package exports it under this name). */
+export type { StoreSource as AuditSource } from "./store.js";
 
 /** Accounts are listed from the store this many at a time (`--all`). */
 const PAGE = 1000;
@@ -77,22 +67,19 @@ interface FileLine {
  * ledger file is written. Resolves to the exit code: 0 all consistent, 1 a problem found, 3 an
  * account named with `--user` does not exist (and nothing else was wrong).
  */
-export async function runAudit(command: AuditCommand, io: AuditIo, source: AuditSource = {}): Promise<number> {
+export async function runAudit(command: AuditCommand, io: CliIo, source: StoreSource = {}): Promise<number> {
   const archives = command.archives ?? [];
-  const accountsToo = command.users.length > 0 || command.all;
-  const { db, memoryFromEnv } = await openCommandStore(command.sqlite, source);
-  if (!accountsToo && archives.length > 0) {
+  if (command.users.length === 0 && !command.all && archives.length > 0) {
     // The archives alone; against the store's checkpoints when there is a store.
-    const store = memoryFromEnv ? undefined : db;
+    const { db, owned, memoryFromEnv } = await openCommandStore(command.sqlite, source);
     try {
-      return await auditArchives(archives, command.json, io, store);
+      return await auditArchives(archives, command.json, io, memoryFromEnv ? undefined : db);
     } finally {
-      if (source.db === undefined) await db.close();
+      if (owned) await db.close();
     }
   }
-  if (memoryFromEnv) throw new UsageError(`audit reads a store: set ${STORE_VARIABLES}`);
-  const manager = await createCreditManager({ db, init: false, ledger: false });
-  try {
+  const store = { name: "audit", sqlite: command.sqlite, writes: false };
+  return withCommandManager(store, source, async (manager, db) => {
     if (command.all && db.listAccountIds === undefined) {
       throw new UsageError("this store cannot list its accounts: name them with --user");
     }
@@ -167,14 +154,10 @@ export async function runAudit(command: AuditCommand, io: AuditIo, source: Audit
     if (command.json) io.stderr(`${summary}\n`);
     else io.stdout(`${summary}\n`);
     return failed > 0 || fileProblems > 0 ? 1 : missing > 0 ? 3 : 0;
-  } finally {
-    // A store given by the caller stays open; one made from the environment is closed.
-    if (source.db === undefined) await manager.close();
-    else await manager.ledger.close();
-  }
+  });
 }
 
-function print(io: AuditIo, json: boolean, report: AuditReport): void {
+function print(io: CliIo, json: boolean, report: AuditReport): void {
   if (json) {
     io.stdout(
       `${JSON.stringify({ userId: report.userId, ok: report.ok, entries: report.entries, balance: report.balance, reserved: report.reserved, debt: report.debt, problems: report.problems })}\n`,
@@ -192,7 +175,7 @@ function print(io: AuditIo, json: boolean, report: AuditReport): void {
   for (const p of report.problems) io.stdout(`      - ${p}\n`);
 }
 
-function problem(io: AuditIo, json: boolean, at: { file: string; line: number }, message: string): void {
+function problem(io: CliIo, json: boolean, at: { file: string; line: number }, message: string): void {
   if (json) io.stdout(`${JSON.stringify({ file: at.file, line: at.line, problem: message })}\n`);
   else io.stdout(`FAIL  ${at.file}:${at.line}: ${message}\n`);
 }
@@ -207,7 +190,7 @@ function problem(io: AuditIo, json: boolean, at: { file: string; line: number },
 async function readLedgerFile(
   file: string,
   into: Map<string, Map<number, FileLine>>,
-  io: AuditIo,
+  io: CliIo,
   json: boolean,
   unordered: boolean,
   leases: Map<string, Map<string, FileWindow>>,
@@ -216,25 +199,27 @@ async function readLedgerFile(
   let n = 0;
   /** Per user, the last seq of this file and its line. */
   const last = new Map<string, { seq: number; line: number }>();
+  /** A problem of the line being read. */
+  const bad = (message: string) => {
+    problems++;
+    problem(io, json, { file, line: n }, message);
+  };
   const lines = createInterface({ input: createReadStream(file, { encoding: "utf8" }), crlfDelay: Infinity });
   for await (const text of lines) {
     n++;
     if (text.trim() === "") continue;
-    const at = { file, line: n };
     let event: { eventType?: unknown; details?: unknown };
     try {
       event = JSON.parse(text) as typeof event;
     } catch {
-      problems++;
-      problem(io, json, at, "not a JSON line");
+      bad("not a JSON line");
       continue;
     }
     if (event.eventType === "lease") {
       // A credit lease's line (docs/metering.md, "Leases"): summed by window, compared below.
       const lease = leaseLineOf(event);
       if (lease === null) {
-        problems++;
-        problem(io, json, at, "a lease line without its user, lease and window");
+        bad("a lease line without its user, lease and window");
         continue;
       }
       let byUser = leases.get(lease.userId);
@@ -251,8 +236,7 @@ async function readLedgerFile(
       typeof entry.userId !== "string" ||
       typeof entry.seq !== "number"
     ) {
-      problems++;
-      problem(io, json, at, "a transaction line without its entry");
+      bad("a transaction line without its entry");
       continue;
     }
     let recomputed: string | null = null;
@@ -262,23 +246,13 @@ async function readLedgerFile(
       // An entry too broken to hash: reported below as a mismatch.
     }
     if (recomputed !== entry.hash) {
-      problems++;
-      problem(
-        io,
-        json,
-        at,
-        `user ${JSON.stringify(entry.userId)} seq ${entry.seq}: the line's hash does not match its content`,
-      );
+      bad(`user ${JSON.stringify(entry.userId)} seq ${entry.seq}: the line's hash does not match its content`);
     }
     let byUser = into.get(entry.userId);
     if (byUser === undefined) into.set(entry.userId, (byUser = new Map()));
     const seen = byUser.get(entry.seq);
     if (seen !== undefined) {
-      problems++;
-      problem(
-        io,
-        json,
-        at,
+      bad(
         seen.hash !== entry.hash
           ? `user ${JSON.stringify(entry.userId)} seq ${entry.seq} differs from the line at ${seen.file}:${seen.line}`
           : `user ${JSON.stringify(entry.userId)} seq ${entry.seq} is written twice (first at ${seen.file}:${seen.line})`,
@@ -287,11 +261,7 @@ async function readLedgerFile(
     }
     const before = last.get(entry.userId);
     if (!unordered && before !== undefined && entry.seq < before.seq) {
-      problems++;
-      problem(
-        io,
-        json,
-        at,
+      bad(
         `user ${JSON.stringify(entry.userId)} seq ${entry.seq} comes after seq ${before.seq} (line ${before.line}): an account's lines are out of order`,
       );
     }
@@ -359,7 +329,7 @@ async function compareWithFile(
  * files (a gap in the middle) leaves that account out of `seq` order in the file: say so, since
  * later audits of the file then need `--unordered`.
  */
-function repairLedgerFile(file: string, lost: LostEntry[], io: AuditIo, json: boolean): void {
+function repairLedgerFile(file: string, lost: LostEntry[], io: CliIo, json: boolean): void {
   lost.sort(
     ({ entry: a }, { entry: b }) =>
       a.createdAt.getTime() - b.createdAt.getTime() ||
@@ -401,7 +371,7 @@ function repairLedgerFile(file: string, lost: LostEntry[], io: AuditIo, json: bo
 async function auditArchives(
   files: readonly string[],
   json: boolean,
-  io: AuditIo,
+  io: CliIo,
   db: DbManager | undefined,
 ): Promise<number> {
   let failed = 0;

@@ -1,8 +1,6 @@
-import { parseArgs } from "node:util";
-import { exitCodeOf, NoSuchAccountError } from "./args.js";
+import { exitCodeOf, parseCommandLine, requireAccount } from "./args.js";
 import { startOfDay, wallClock } from "../domain/usage.js";
 import { ValidationError } from "../errors.js";
-import { createCreditManager, type CreditManager } from "../manager.js";
 import { UserId } from "../models/common.js";
 import { parse } from "../models/parse.js";
 import {
@@ -15,7 +13,7 @@ import {
 import { UsageInterval } from "../models/usage.js";
 import { revenueCsvLines } from "../services/revenue-csv.js";
 import type { CliIo } from "./run.js";
-import { closeCommandStore, openRequiredStore, type StoreSource } from "./store.js";
+import { withCommandManager, type StoreSource } from "./store.js";
 import { table } from "./table.js";
 import { UsageError } from "../util/usage-error.js";
 
@@ -65,29 +63,19 @@ export async function runRevenueCli(
 }
 
 async function revenue(args: readonly string[], io: CliIo, source: StoreSource, now: () => Date): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: [...args],
-    allowPositionals: true,
-    strict: true,
-    options: {
-      month: { type: "string" },
-      from: { type: "string" },
-      to: { type: "string" },
-      "time-zone": { type: "string" },
-      interval: { type: "string" },
-      "group-by": { type: "string", multiple: true },
-      account: { type: "string" },
-      limit: { type: "string" },
-      sqlite: { type: "string" },
-      json: { type: "boolean" },
-      csv: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
+  const { values, positionals } = parseCommandLine(args, {
+    month: { type: "string" },
+    from: { type: "string" },
+    to: { type: "string" },
+    "time-zone": { type: "string" },
+    interval: { type: "string" },
+    "group-by": { type: "string", multiple: true },
+    account: { type: "string" },
+    limit: { type: "string" },
+    sqlite: { type: "string" },
+    json: { type: "boolean" },
+    csv: { type: "boolean" },
   });
-  if (values.help === true) {
-    io.stdout(REVENUE_HELP);
-    return 0;
-  }
   if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
   if (values.json === true && values.csv === true) throw new UsageError("--json and --csv: choose one");
   if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
@@ -119,13 +107,9 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
     groupBy: groupBy as RevenueDimension[],
   };
 
-  const { db, owned } = await openRequiredStore("revenue", values.sqlite, source);
-  let manager: CreditManager | undefined;
-  try {
-    manager = await createCreditManager({ db, init: false, ledger: false });
+  return withCommandManager({ name: "revenue", sqlite: values.sqlite, writes: false }, source, async (manager, db) => {
     // A typo must not read as an account with no revenue.
-    if (values.account !== undefined && (await db.getAccount(values.account)) === null)
-      throw new NoSuchAccountError(`no such account ${JSON.stringify(values.account)}`);
+    if (values.account !== undefined) await requireAccount(db, values.account);
     const report = await manager.credits.getRevenue(query);
     const cut = `Only the first ${report.rows.length} rows (--limit, at most ${MAX_REVENUE_ROWS}): the report has more.\n`;
     if (values.csv === true) {
@@ -148,9 +132,7 @@ async function revenue(args: readonly string[], io: CliIo, source: StoreSource, 
           (current === true || report.rows.length === 0 ? ANOTHER : ""),
       );
     return 0;
-  } finally {
-    await closeCommandStore(db, owned, manager);
-  }
+  });
 }
 
 /** `--month` (default: this month so far) or `--from`/`--to`, as instants; `label` names the range. */
@@ -168,8 +150,6 @@ function rangeOf(
       label: `${values.from} to ${values.to}`,
     };
   }
-  let year: number;
-  let month: number;
   if (values.month === undefined) {
     // This month so far (docs/cli.md, "Revenue"): a month not over yet ends now.
     const w = wallClock(now.getTime(), tz);
@@ -179,12 +159,11 @@ function rangeOf(
       label: `${w.year}-${String(w.month).padStart(2, "0")} so far (to ${now.toISOString()})`,
       current: true,
     };
-  } else {
-    const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(values.month);
-    if (m === null) throw new UsageError(`--month must be YYYY-MM, not ${JSON.stringify(values.month)}`);
-    year = Number(m[1]);
-    month = Number(m[2]);
   }
+  const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(values.month);
+  if (m === null) throw new UsageError(`--month must be YYYY-MM, not ${JSON.stringify(values.month)}`);
+  const year = Number(m[1]);
+  const month = Number(m[2]);
   return {
     from: new Date(startOfDay(year, month, 1, tz)),
     to: new Date(startOfDay(year, month + 1, 1, tz)),

@@ -1,5 +1,4 @@
-import { parseArgs } from "node:util";
-import { exitCodeOf, NoSuchAccountError } from "./args.js";
+import { exitCodeOf, numberOf, parseCommandLine, requireAccount } from "./args.js";
 import { IdempotencyConflictError, NotFoundError, RuleViolationError, ValidationError } from "../errors.js";
 import { EntityId, UserId, type JournalEntry } from "../models/index.js";
 import { parse } from "../models/parse.js";
@@ -63,25 +62,15 @@ export async function runReverseCli(args: readonly string[], io: CliIo, source: 
 }
 
 async function reverse(args: readonly string[], io: CliIo, source: StoreSource): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: [...args],
-    allowPositionals: true,
-    strict: true,
-    options: {
-      user: { type: "string" },
-      amount: { type: "string" },
-      reason: { type: "string" },
-      key: { type: "string" },
-      show: { type: "boolean" },
-      json: { type: "boolean" },
-      sqlite: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
+  const { values, positionals } = parseCommandLine(args, {
+    user: { type: "string" },
+    amount: { type: "string" },
+    reason: { type: "string" },
+    key: { type: "string" },
+    show: { type: "boolean" },
+    json: { type: "boolean" },
+    sqlite: { type: "string" },
   });
-  if (values.help === true) {
-    io.stdout(REVERSE_HELP);
-    return 0;
-  }
   const [id, ...extra] = positionals;
   if (id === undefined) throw new UsageError('"reverse" needs the charge\'s entry id');
   if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
@@ -93,13 +82,13 @@ async function reverse(args: readonly string[], io: CliIo, source: StoreSource):
   } else if (values.reason === undefined || values.reason.trim() === "")
     throw new UsageError('"reverse" needs --reason TEXT (why the charge is given back; it goes into the journal)');
   if (values.sqlite === "") throw new UsageError("--sqlite needs a file name");
-  const amount = values.amount === undefined ? undefined : amountOf(values.amount);
+  // The library checks it is a whole amount of at least 1.
+  const amount = values.amount === undefined ? undefined : numberOf(values.amount, "--amount");
   const userId = parse(UserId, values.user, "--user");
   const entryId = parse(EntityId, id, "entry id");
 
-  return withCommandManager("reverse", values.sqlite, source, async (manager, db) => {
-    if ((await db.getAccount(userId)) === null)
-      throw new NoSuchAccountError(`no such account ${JSON.stringify(userId)}`);
+  return withCommandManager({ name: "reverse", sqlite: values.sqlite, writes: true }, source, async (manager, db) => {
+    await requireAccount(db, userId);
     const { credits } = manager;
     const reversal = show
       ? undefined
@@ -113,13 +102,6 @@ async function reverse(args: readonly string[], io: CliIo, source: StoreSource):
     else io.stdout(text(reversal, r));
     return 0;
   });
-}
-
-/** `--amount`: a number (the library checks it is a whole amount of at least 1). */
-function amountOf(text: string): number {
-  if (!/^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(e[+-]?[0-9]+)?$/i.test(text.trim()))
-    throw new UsageError(`--amount must be a number, not ${JSON.stringify(text)}`);
-  return Number(text);
 }
 
 function text(

@@ -1,14 +1,14 @@
 import { writeFileSync } from "node:fs";
 // Inlined by the build: the CLI prints the version it was built as.
 import packageJson from "../../package.json" with { type: "json" };
-import { parseArgs } from "node:util";
-import { isParseArgsError } from "./args.js";
+import { isParseArgsError, parseCommandLine } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
-import { runAudit, type AuditSource } from "./audit.js";
+import { runAudit } from "./audit.js";
 import { REVENUE_HELP, runRevenueCli } from "./revenue.js";
 import { REVERSE_HELP, runReverseCli } from "./reverse.js";
 import { runServeCli } from "./serve.js";
 import { WEBHOOKS_HELP, runWebhooksCli } from "./webhooks.js";
+import type { StoreSource } from "./store.js";
 import { SERVE_OPTIONS } from "../serve/settings.js";
 import { WORKER_FLAGS, WORKER_OPTIONS, runWorker, workerSettings } from "./worker.js";
 import { generateMongoSchema } from "../schema/mongo.js";
@@ -175,6 +175,7 @@ export function helpHint(command: string | undefined): string {
     : `Run "credit-management --help" for usage.`;
 }
 
+const SCHEMA_FLAGS = ["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"];
 const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair", "sqlite", "archive", "from"];
 
 /**
@@ -184,7 +185,7 @@ const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair"
  * `accounts` read, or the environment `audit`, `accounts` and `worker` read, instead of the
  * process's (tests).
  */
-export async function runCli(args: readonly string[], io: CliIo, source: AuditSource = {}): Promise<number> {
+export async function runCli(args: readonly string[], io: CliIo, source: StoreSource = {}): Promise<number> {
   const help = helpOf(args);
   if (help !== undefined) {
     if (help.code === 0) io.stdout(help.text);
@@ -193,7 +194,7 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
   }
   if (args[0] === "serve" || args[0] === "keys") return runServeCli(args, io, source.env ?? process.env);
   if (args[0] === "webhooks") return runWebhooksCli(args.slice(1), io, source.env ?? process.env);
-  // Its own flags and --help (docs/cli.md, "Accounts").
+  // Commands with flags of their own (their --help is answered above).
   if (args[0] === "accounts") return runAccountsCli(args.slice(1), io, source);
   if (args[0] === "revenue") return runRevenueCli(args.slice(1), io, source);
   if (args[0] === "reverse") return runReverseCli(args.slice(1), io, source);
@@ -211,33 +212,28 @@ export async function runCli(args: readonly string[], io: CliIo, source: AuditSo
   }
 }
 
-async function run(args: readonly string[], io: CliIo, source: AuditSource): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: [...args],
-    allowPositionals: true,
-    strict: true,
-    options: {
-      backend: { type: "string" },
-      dialect: { type: "string" },
-      prefix: { type: "string" },
-      schema: { type: "string" },
-      out: { type: "string" },
-      "from-version": { type: "string" },
-      distributed: { type: "boolean" },
-      partitioned: { type: "string" },
-      user: { type: "string", multiple: true },
-      all: { type: "boolean" },
-      "ledger-file": { type: "string", multiple: true },
-      unordered: { type: "boolean" },
-      repair: { type: "boolean" },
-      sqlite: { type: "string" },
-      archive: { type: "string", multiple: true },
-      from: { type: "string" },
-      json: { type: "boolean" },
-      ...WORKER_FLAGS,
-      help: { type: "boolean", short: "h" },
-      version: { type: "boolean", short: "v" },
-    },
+async function run(args: readonly string[], io: CliIo, source: StoreSource): Promise<number> {
+  const { values, positionals } = parseCommandLine(args, {
+    backend: { type: "string" },
+    dialect: { type: "string" },
+    prefix: { type: "string" },
+    schema: { type: "string" },
+    out: { type: "string" },
+    "from-version": { type: "string" },
+    distributed: { type: "boolean" },
+    partitioned: { type: "string" },
+    user: { type: "string", multiple: true },
+    all: { type: "boolean" },
+    "ledger-file": { type: "string", multiple: true },
+    unordered: { type: "boolean" },
+    repair: { type: "boolean" },
+    sqlite: { type: "string" },
+    archive: { type: "string", multiple: true },
+    from: { type: "string" },
+    json: { type: "boolean" },
+    ...WORKER_FLAGS,
+    help: { type: "boolean", short: "h" },
+    version: { type: "boolean", short: "v" },
   });
   const [command, ...rest] = positionals;
   if (values.help) {
@@ -263,14 +259,14 @@ async function run(args: readonly string[], io: CliIo, source: AuditSource): Pro
   };
   const workerFlags = Object.keys(WORKER_FLAGS);
   if (command === "worker") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"], "schema");
+    only(SCHEMA_FLAGS, "schema");
     only(AUDIT_FLAGS, "audit");
     const env = source.env ?? process.env;
     return runWorker(workerSettings(values, env), io, env);
   }
   only(workerFlags, "worker");
   if (command === "audit") {
-    only(["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"], "schema");
+    only(SCHEMA_FLAGS, "schema");
     const users = values.user ?? [];
     const archives = values.archive ?? [];
     for (const file of archives) if (file === "") throw new UsageError("--archive needs a file name");

@@ -1,4 +1,3 @@
-import { parseArgs } from "node:util";
 import { SpenderId, UserId } from "../models/index.js";
 import { newKey } from "../serve/keys.js";
 import { MissingDriverError, openStores } from "../serve/store.js";
@@ -6,7 +5,7 @@ import { runServe } from "../serve/server.js";
 import { SERVE_FLAGS, serveSettings, type Env } from "../serve/settings.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
-import { isParseArgsError } from "./args.js";
+import { isParseArgsError, parseCommandLine } from "./args.js";
 import { closeQuietly } from "./store.js";
 
 /** Exit code when better-sqlite3, the default store's driver, is missing (docs/service.md). */
@@ -20,26 +19,16 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
   try {
     const [command, ...rest] = args;
     if (command === "serve") {
-      const { values, positionals } = parseArgs({
-        args: rest,
-        allowPositionals: true,
-        strict: true,
-        options: { ...SERVE_FLAGS },
-      });
+      const { values, positionals } = parseCommandLine(rest, SERVE_FLAGS);
       if (positionals.length > 0) throw new UsageError(`unexpected argument "${positionals[0]}"`);
       return await runServe(serveSettings(values, env), io, env);
     }
-    const { values, positionals } = parseArgs({
-      args: rest,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        role: { type: "string" },
-        name: { type: "string" },
-        spender: { type: "string" },
-        sqlite: { type: "string" },
-        json: { type: "boolean" },
-      },
+    const { values, positionals } = parseCommandLine(rest, {
+      role: { type: "string" },
+      name: { type: "string" },
+      spender: { type: "string" },
+      sqlite: { type: "string" },
+      json: { type: "boolean" },
     });
     const [sub, ...more] = positionals;
     const settings = serveSettings({ sqlite: values.sqlite }, env);

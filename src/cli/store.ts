@@ -6,7 +6,7 @@ import type { RedisCache } from "../redis/index.js";
 import { ConfigurationError } from "../errors.js";
 import { UsageError } from "../util/usage-error.js";
 
-/** The variables (and flag) that name the store `audit` and `accounts` read (docs/cli.md). */
+/** The variables (and flag) that name the store `audit`, `revenue`, `accounts` and `reverse` read (docs/cli.md). */
 export const STORE_VARIABLES =
   "CREDIT_MONGO_URI (and CREDIT_MONGO_DB), CREDIT_PG_URL (and CREDIT_PG_SCHEMA) or CREDIT_SQLITE_PATH (or give --sqlite FILE)";
 
@@ -22,7 +22,7 @@ export interface StoreSource {
  * `sqlite` names (`--sqlite`, which wins over the environment), else the environment's. Opened
  * without `init()`: nothing created or migrated; a SQLite file must exist and be a store at this
  * release's schema version, or a `UsageError` is thrown (and the file left as it was).
- * `fromEnv`: an empty in-memory store made because the environment names none (the caller decides
+ * `memoryFromEnv`: an empty in-memory store made because the environment names none (the caller decides
  * whether that is a usage error); `owned`: the caller closes it.
  */
 export async function openCommandStore(
@@ -52,39 +52,6 @@ export async function openCommandStore(
 }
 
 /**
- * `openCommandStore` for a command that needs a real store (`revenue`, `accounts`): the empty
- * in-memory store the environment falls back to is closed and a `UsageError` thrown, naming the variables.
- */
-export async function openRequiredStore(
-  command: string,
-  sqlite: string | undefined,
-  source: StoreSource,
-): Promise<{ db: DbManager; owned: boolean }> {
-  const { db, owned, memoryFromEnv } = await openCommandStore(sqlite, source);
-  if (memoryFromEnv) {
-    await db.close();
-    throw new UsageError(`${command} reads a store: set ${STORE_VARIABLES}`);
-  }
-  return { db, owned };
-}
-
-/**
- * Closes what a command opened on `db` (its `finally`): a store given by the caller stays open and
- * only the manager's ledger is closed; one made from the environment (`owned`) is closed, through
- * the manager when one was made.
- */
-export async function closeCommandStore(
-  db: DbManager,
-  owned: boolean,
-  manager: Pick<CreditManager, "close" | "ledger"> | undefined,
-): Promise<void> {
-  if (manager === undefined) {
-    if (owned) await db.close();
-  } else if (owned) await manager.close();
-  else await manager.ledger.close();
-}
-
-/**
  * Closes each in turn on a command's way out (its `finally`). A failure to close is dropped: the
  * command's own result or error is what it reports.
  */
@@ -94,29 +61,33 @@ export async function closeQuietly(...closers: (() => Promise<unknown> | undefin
 }
 
 /**
- * Runs `run` with a manager on the store of a command that may write (`accounts`, `reverse`;
- * docs/cli.md): the store as `openRequiredStore` opens it, without init(); what the command writes
- * also goes to the JSONL file CREDIT_LEDGER_FILE names, and invalidates what the services cached
- * in the Redis cache CREDIT_REDIS_URL and CREDIT_REDIS_CACHE_PREFIX name (as the worker's). All of
- * it is closed afterwards.
+ * Runs `run` with a manager on the store of `audit`, `revenue`, `accounts` or `reverse`
+ * (docs/cli.md): the store as `openCommandStore` opens it, without init(); the empty in-memory
+ * store the environment falls back to is a `UsageError` naming the variables. A command that
+ * `writes` (`accounts`, `reverse`) also sends what it writes to the JSONL file CREDIT_LEDGER_FILE
+ * names, and invalidates what the services cached in the Redis cache CREDIT_REDIS_URL and
+ * CREDIT_REDIS_CACHE_PREFIX name (as the worker's); one that reads has neither. Afterwards a store
+ * given by the caller stays open (only the manager's ledger is closed); one made from the
+ * environment is closed, with the cache.
  */
 export async function withCommandManager<T>(
-  command: string,
-  sqlite: string | undefined,
+  command: { name: string; sqlite: string | undefined; writes: boolean },
   source: StoreSource,
   run: (manager: CreditManager, db: DbManager) => Promise<T>,
 ): Promise<T> {
-  const env = (source.env ?? process.env) as Record<string, string | undefined>;
+  // A command that only reads writes no ledger file and invalidates no cache.
+  const env = (command.writes ? (source.env ?? process.env) : {}) as Record<string, string | undefined>;
   const ledgerFile = env.CREDIT_LEDGER_FILE?.trim() || undefined;
   const redisUrl = env.CREDIT_REDIS_URL?.trim() || undefined;
   const cachePrefix = env.CREDIT_REDIS_CACHE_PREFIX?.trim() || undefined;
   if (cachePrefix !== undefined && redisUrl === undefined)
     throw new UsageError("CREDIT_REDIS_CACHE_PREFIX needs CREDIT_REDIS_URL");
 
-  const { db, owned } = await openRequiredStore(command, sqlite, source);
+  const { db, owned, memoryFromEnv } = await openCommandStore(command.sqlite, source);
   let cache: RedisCache | undefined;
   let manager: CreditManager | undefined;
   try {
+    if (memoryFromEnv) throw new UsageError(`${command.name} reads a store: set ${STORE_VARIABLES}`);
     if (cachePrefix !== undefined) {
       // The services' cache: a write here must invalidate what they cached of the account.
       const { RedisCache } = await import("../redis/index.js");
@@ -130,7 +101,10 @@ export async function withCommandManager<T>(
     });
     return await run(manager, db);
   } finally {
-    await closeCommandStore(db, owned, manager);
+    if (manager === undefined) {
+      if (owned) await db.close();
+    } else if (owned) await manager.close();
+    else await manager.ledger.close();
     await cache?.close();
   }
 }

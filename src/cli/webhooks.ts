@@ -1,6 +1,5 @@
-import { parseArgs } from "node:util";
 import { NotificationType, UserId } from "../models/index.js";
-import { MissingDriverError, allowedNetworks, openEndpointStore, openStores } from "../serve/store.js";
+import { MissingDriverError, allowedNetworks, openCreditStore, openEndpointStore } from "../serve/store.js";
 import { serveSettings, type Env } from "../serve/settings.js";
 import {
   endpointOf,
@@ -12,7 +11,7 @@ import { generateWebhookSecret } from "../webhooks/sign.js";
 import { retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhooks/queue.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
-import { isParseArgsError } from "./args.js";
+import { isParseArgsError, parseCommandLine } from "./args.js";
 import { closeQuietly } from "./store.js";
 
 /**
@@ -44,20 +43,15 @@ Environment: CREDIT_WEBHOOK_ALLOW_NETWORKS   CIDR networks endpoints may reach a
 /** Runs `webhooks …`; resolves to the exit code (0 done, 1 failed, 2 bad usage, 3 better-sqlite3 missing). */
 export async function runWebhooksCli(args: readonly string[], io: CliIo, env: Env): Promise<number> {
   try {
-    const { values, positionals } = parseArgs({
-      args: [...args],
-      allowPositionals: true,
-      strict: true,
-      options: {
-        types: { type: "string" },
-        description: { type: "string" },
-        development: { type: "boolean" },
-        "drop-old": { type: "boolean" },
-        user: { type: "string" },
-        event: { type: "string" },
-        sqlite: { type: "string" },
-        json: { type: "boolean" },
-      },
+    const { values, positionals } = parseCommandLine(args, {
+      types: { type: "string" },
+      description: { type: "string" },
+      development: { type: "boolean" },
+      "drop-old": { type: "boolean" },
+      user: { type: "string" },
+      event: { type: "string" },
+      sqlite: { type: "string" },
+      json: { type: "boolean" },
     });
     const [sub, target, ...extra] = positionals;
     if (extra.length > 0) throw new UsageError(`unexpected argument "${extra[0]}"`);
@@ -74,7 +68,7 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
     const existing = async (store: WebhookEndpointStore): Promise<WebhookEndpointRecord> => {
       if (target === undefined) throw new UsageError(`webhooks ${sub} needs an endpoint id (webhooks list shows them)`);
       const record = await store.get(target);
-      if (record === null) throw new NotFound(`no webhook endpoint ${target}`);
+      if (record === null) throw new Error(`no webhook endpoint ${target}`);
       return record;
     };
     switch (sub) {
@@ -165,19 +159,16 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         if (target === undefined) throw new UsageError("webhooks retry needs an endpoint id");
         if (values.user === undefined || !UserId.safeParse(values.user).success)
           throw new UsageError("webhooks retry needs --user USER (the account whose deliveries failed)");
-        const stores = await openStores(settings.store);
+        const db = await openCreditStore(settings.store);
         try {
-          await stores.db.init();
-          const n = await retryFailedWebhooks(stores.db, target, values.user, values.event);
+          await db.init();
+          const n = await retryFailedWebhooks(db, target, values.user, values.event);
           io.stderr(
             `credit-management: ${n} failed deliver${n === 1 ? "y" : "ies"} to ${target} written again; the worker delivers them\n`,
           );
           return 0;
         } finally {
-          await closeQuietly(
-            () => stores.keys.close(),
-            () => stores.db.close(),
-          );
+          await closeQuietly(() => db.close());
         }
       }
       default:
@@ -198,5 +189,3 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
     return 1;
   }
 }
-
-class NotFound extends Error {}

@@ -6,6 +6,7 @@ import { createCreditManager, type CreditManager } from "../manager.js";
 import type { NotificationQueue } from "../queue/index.js";
 import { storeSettings } from "../serve/settings.js";
 import { openCreditStore } from "../serve/store.js";
+import type { CliIo } from "./run.js";
 import { closeQuietly } from "./store.js";
 import { openWorkerResources } from "../serve/worker-resources.js";
 import { workerOptions, type WorkerSettings } from "../serve/worker-settings.js";
@@ -31,16 +32,11 @@ export { pauseBefore } from "../worker/schedule.js";
  * until a signal.
  */
 
-export interface WorkerIo {
-  stdout: (text: string) => void;
-  stderr: (text: string) => void;
-}
-
 /**
  * Runs the worker until SIGTERM/SIGINT (or, with `once`, one round of each task). Resolves to the
  * exit code: 0 stopped cleanly (with `once`: every round succeeded), 1 a round or the start failed.
  */
-export async function runWorker(settings: WorkerSettings, io: WorkerIo, env: DbEnv): Promise<number> {
+export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv): Promise<number> {
   const destination: DestinationStream = { write: (line: string) => io.stdout(line) };
   const logger: Pino = pino({ name: "credit-management-worker", level: settings.logLevel }, destination);
 
