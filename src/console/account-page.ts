@@ -23,8 +23,10 @@ import {
   PAGE,
   accountLink,
   actionForm,
+  cards,
   dayField,
   dayParam,
+  facts,
   metaList,
   pager,
   scopeText,
@@ -239,28 +241,13 @@ export async function accountPage(ctx: Ctx, userId: string): Promise<PageResult>
   const usage = accountUsage(ctx, userId, recent);
   const body = html`<h1>Account <span class="mono">${userId}</span></h1>
     ${await reverseResult(ctx, userId)}
-    <div class="cards">
-      <div class="card">
-        <div class="k">Balance</div>
-        <div class="v" id="balance">${amount(account.balance)}</div>
-      </div>
-      <div class="card">
-        <div class="k">Reserved</div>
-        <div class="v">${amount(account.reserved)}</div>
-      </div>
-      <div class="card">
-        <div class="k">Available</div>
-        <div class="v">${amount(account.balance - account.reserved)}</div>
-      </div>
-      <div class="card">
-        <div class="k">Debt</div>
-        <div class="v">${amount(account.debt)}</div>
-      </div>
-      <div class="card">
-        <div class="k">Journal entries</div>
-        <div class="v">${amount(account.seq)}</div>
-      </div>
-    </div>
+    ${cards([
+      { label: "Balance", value: amount(account.balance), id: "balance" },
+      { label: "Reserved", value: amount(account.reserved) },
+      { label: "Available", value: amount(account.balance - account.reserved) },
+      { label: "Debt", value: amount(account.debt) },
+      { label: "Journal entries", value: amount(account.seq) },
+    ])}
     <div id="balance-chart" role="img" aria-label="Balance over the last ${chart.length} journal entries"></div>
     <script type="application/json" id="balance-data">
       ${jsonData(series)}
@@ -540,29 +527,30 @@ function autoTopUpSection(ctx: Ctx, s: AutoTopUpState | null, attempts: readonly
     `disabled after ${r.maxFailures} declines in a row`,
   ].filter((c): c is string => c !== null);
   return html`<h2 id="auto-top-up">Auto top-up</h2>
-    <dl class="meta" id="auto-top-up-rule">
-      <dt>State</dt>
-      <dd>${s.enabled ? "enabled" : `disabled (${s.disabledReason ?? "by hand"})`}</dd>
-      <dt>When</dt>
-      <dd>a spend takes available credits below ${amount(r.below)}</dd>
-      <dt>Charge</dt>
-      <dd>${charge}</dd>
-      <dt>Card</dt>
-      <dd><code>${r.provider}</code> customer <code>${r.customer}</code>, method <code>${r.paymentMethod}</code></dd>
-      <dt>Limits</dt>
-      <dd>${caps.join("; ")}</dd>
-      <dt>In flight</dt>
-      <dd>
-        ${
+    ${facts(
+      [
+        ["State", s.enabled ? "enabled" : `disabled (${s.disabledReason ?? "by hand"})`],
+        ["When", html`a spend takes available credits below ${amount(r.below)}`],
+        ["Charge", charge],
+        [
+          "Card",
+          html`<code>${r.provider}</code> customer <code>${r.customer}</code>, method <code>${r.paymentMethod}</code>`,
+        ],
+        ["Limits", caps.join("; ")],
+        [
+          "In flight",
           s.pending === null
             ? "none"
             : html`<span class="mono">${shortId(s.pending.id)}</span>, asked for at
-                ${when(new Date(s.pending.requestedAt))} (available ${amount(s.pending.available)})`
-        }
-      </dd>
-      <dt>Declines in a row</dt>
-      <dd>${s.failures}${s.lastError === null ? "" : html` (last: <code>${s.lastError}</code>)`}</dd>
-    </dl>
+                ${when(new Date(s.pending.requestedAt))} (available ${amount(s.pending.available)})`,
+        ],
+        [
+          "Declines in a row",
+          html`${s.failures}${s.lastError === null ? "" : html` (last: <code>${s.lastError}</code>)`}`,
+        ],
+      ],
+      "auto-top-up-rule",
+    )}
     ${table({
       id: "auto-top-up-attempts",
       caption: "Auto top-up attempts",
@@ -594,22 +582,15 @@ export async function holdPage(ctx: Ctx, userId: string, holdId: string): Promis
     return { status: 404, title: "No such hold", body: html`<h1>No hold ${holdId}</h1>` };
   const body = html`<h1>Hold <span class="mono">${h.id}</span></h1>
     <p>Account ${accountLink(ctx, userId)}</p>
-    <dl class="meta">
-      <dt>Status</dt>
-      <dd>${h.status}</dd>
-      <dt>Credits</dt>
-      <dd>${amount(h.amount)}</dd>
-      <dt>Committed</dt>
-      <dd>${h.committedAmount === null || h.committedAmount === undefined ? "—" : amount(h.committedAmount)}</dd>
-      <dt>Created</dt>
-      <dd>${when(h.createdAt)}</dd>
-      <dt>Expires</dt>
-      <dd>${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})</dd>
-      <dt>Settled</dt>
-      <dd>${when(h.settledAt)}</dd>
-      <dt>Reason</dt>
-      <dd>${h.reason ?? ""}</dd>
-    </dl>
+    ${facts([
+      ["Status", h.status],
+      ["Credits", amount(h.amount)],
+      ["Committed", h.committedAmount === null || h.committedAmount === undefined ? "—" : amount(h.committedAmount)],
+      ["Created", when(h.createdAt)],
+      ["Expires", html`${when(h.expiresAt)} (${relative(h.expiresAt, ctx.now)})`],
+      ["Settled", when(h.settledAt)],
+      ["Reason", h.reason ?? ""],
+    ])}
     <h2>Drawn from</h2>
     <ul>
       ${h.allocations.map((a) => html`<li><span class="mono">${a.grantId}</span>: ${amount(a.amount)}</li>`)}

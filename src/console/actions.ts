@@ -2,7 +2,7 @@ import { CreditError, NotFoundError, ValidationError } from "../errors.js";
 import { newId } from "../util/uuid.js";
 import { csrfField, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, money, query, type Html } from "./html.js";
-import { AUDIT_MESSAGE } from "./page-parts.js";
+import { AUDIT_MESSAGE, facts } from "./page-parts.js";
 import { reverseConfirmPage, reverseFormPage, type ReverseForm } from "./reverse.js";
 
 /** What each action asks before it acts, and the fields it takes (besides `user`). */
@@ -137,13 +137,7 @@ async function confirmation(ctx: Ctx, name: ActionName, form: FormData): Promise
           : ACTIONS[name].ask
       }
     </p>
-    <dl class="meta">
-      ${shown.map(
-        (f, i) =>
-          html`<dt>${LABELS[f] ?? f}</dt>
-            <dd>${values[i]}</dd>`,
-      )}
-    </dl>
+    ${facts(shown.map((f, i) => [LABELS[f] ?? f, values[i]]))}
     <form method="post" action="${ctx.base}/actions/${name}">
       ${csrfField(ctx)}<input type="hidden" name="_key" value="${field(form, "_key")}" /><input
         type="hidden"

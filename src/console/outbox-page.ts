@@ -2,7 +2,7 @@ import { type LedgerEntry, type Notification } from "../models/index.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
 import { amount, html, query, raw, relative, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
-import { PAGE, accountLink, actionForm, dateParam, ledgerTable, pager } from "./page-parts.js";
+import { PAGE, accountLink, actionForm, cards, dateParam, ledgerTable, pager } from "./page-parts.js";
 
 // The console's outbox and jobs pages (docs/console.md): notifications and worker rounds.
 
@@ -72,20 +72,14 @@ export async function outboxPage(ctx: Ctx): Promise<PageResult> {
     ${
       stats === null
         ? html`<p class="muted">This store does not count the outbox.</p>`
-        : html`<div class="cards">
-            <div class="card">
-              <div class="k">Pending</div>
-              <div class="v">${amount(stats.outboxPending)}</div>
-            </div>
-            <div class="card">
-              <div class="k">Failed</div>
-              <div class="v">${amount(stats.outboxFailed)}</div>
-            </div>
-            <div class="card">
-              <div class="k">Oldest pending</div>
-              <div class="v">${stats.oldestPendingAt === null ? "—" : relative(stats.oldestPendingAt, ctx.now)}</div>
-            </div>
-          </div>`
+        : cards([
+            { label: "Pending", value: amount(stats.outboxPending) },
+            { label: "Failed", value: amount(stats.outboxFailed) },
+            {
+              label: "Oldest pending",
+              value: stats.oldestPendingAt === null ? "—" : relative(stats.oldestPendingAt, ctx.now),
+            },
+          ])
     }
     <form class="box" method="get" action="${ctx.base}/outbox" role="search">
       <label>User id<input name="user" value="${user}" /></label

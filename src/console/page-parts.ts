@@ -1,16 +1,43 @@
 import { randomUUID } from "node:crypto";
 import { type Grant, type LedgerEntry } from "../models/index.js";
-import { csrfField, type Ctx } from "./context.js";
-import { enc, html, query, raw, when, type Html } from "./html.js";
+import { ConfigurationError, ValidationError } from "../errors.js";
+import { csrfField, type Ctx, type PageResult } from "./context.js";
+import { enc, html, query, raw, when, type Html, type Part } from "./html.js";
 import { shortId, table } from "./table.js";
 
 // What the console's pages share (docs/console.md): paging, links to an account, the action form,
-// metadata and ledger tables.
+// figures and definition lists, metadata and ledger tables, a report's refused query.
 
 export const PAGE = 50;
 
 /** The ledger message the console's audit action records its verdict under. */
 export const AUDIT_MESSAGE = "console: audit";
+
+/**
+ * Terms and their values as a definition list (`dl.meta`), a term a line; `[term, value, id]`
+ * gives the value an element id, `id` the list.
+ */
+export function facts(pairs: readonly (readonly [Part, Part, string?])[], id?: string): Html {
+  const list = pairs.map(
+    ([term, value, ddId]) =>
+      html`<dt>${term}</dt>
+        <dd${ddId === undefined ? "" : html` id="${ddId}"`}>${value}</dd>`,
+  );
+  return id === undefined ? html`<dl class="meta">${list}</dl>` : html`<dl class="meta" id="${id}">${list}</dl>`;
+}
+
+/** Figures side by side (`.cards`), each a label over its value; `id` names the value's element. */
+export function cards(figures: readonly { label: Part; value: Part; id?: string }[]): Html {
+  return html`<div class="cards">
+    ${figures.map(
+      (f) =>
+        html`<div class="card">
+          <div class="k">${f.label}</div>
+          ${f.id === undefined ? html`<div class="v">${f.value}</div>` : html`<div class="v" id="${f.id}">${f.value}</div>`}
+        </div>`,
+    )}
+  </div>`;
+}
 
 /**
  * `key=value` pairs of a metadata object, every value escaped (JSON for nested ones): a list of
@@ -20,23 +47,18 @@ export function metaList(meta: Record<string, unknown> | null | undefined, inlin
   if (meta === null || meta === undefined) return raw("");
   const keys = Object.keys(meta);
   if (keys.length === 0) return raw("");
+  const value = (k: string) => html`<code>${typeof meta[k] === "string" ? meta[k] : JSON.stringify(meta[k])}</code>`;
   if (inline)
     return html`<ul class="pairs">
       ${keys.map(
         (k) =>
           html`<li>
             <span class="muted">${k}</span>
-            <code>${typeof meta[k] === "string" ? meta[k] : JSON.stringify(meta[k])}</code>
+            ${value(k)}
           </li>`,
       )}
     </ul>`;
-  return html`<dl class="meta">
-    ${keys.map(
-      (k) =>
-        html`<dt>${k}</dt>
-          <dd><code>${typeof meta[k] === "string" ? meta[k] : JSON.stringify(meta[k])}</code></dd>`,
-    )}
-  </dl>`;
+  return facts(keys.map((k) => [k, value(k)]));
 }
 
 /** A hidden-field form posting an action (first to its confirmation page). */
@@ -151,4 +173,39 @@ export function scopeText(g: Pick<Grant, "scope">): Html {
   if (scope.spenders !== undefined)
     parts.push(html`spenders ${scope.spenders.map((s, i) => html`${i > 0 ? ", " : ""}<code>${s}</code>`)}`);
   return html`${parts.map((p, i) => html`${i > 0 ? raw("<br>") : ""}${p}`)}`;
+}
+
+/**
+ * A report page (usage, revenue) whose query the library refused, under its form: across every
+ * account on a store that cannot sum across them (a `ConfigurationError`), `askAccount` says to
+ * enter one; a `ValidationError`, its message (400). Anything else is thrown on.
+ */
+export function refusedReport(
+  error: unknown,
+  title: string,
+  form: Html,
+  everyAccount: boolean,
+  askAccount: string,
+): PageResult {
+  if (error instanceof ConfigurationError && everyAccount)
+    return {
+      title,
+      body: html`<h1>${title}</h1>
+        ${form}
+        <p class="muted">${askAccount}</p>`,
+    };
+  if (!(error instanceof ValidationError)) throw error;
+  return {
+    status: 400,
+    title,
+    body: html`<h1>${title}</h1>
+      ${form}
+      <p class="error" role="alert">${error.message}</p>`,
+  };
+}
+
+/** A CSV download whose query the library refused (a `ValidationError`): its message as text, 400. */
+export function refusedCsv(error: unknown): Response {
+  if (!(error instanceof ValidationError)) throw error;
+  return new Response(error.message, { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
 }

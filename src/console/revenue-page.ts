@@ -1,12 +1,11 @@
-import { ConfigurationError, ValidationError } from "../errors.js";
 import { MAX_REVENUE_ROWS, type RevenueQuery, type RevenueReport, type RevenueRow } from "../models/revenue.js";
 import { revenueCsvStream } from "../services/revenue-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
-import { amount, html, jsonData, minorDigits, money, query, raw, type Html } from "./html.js";
-import { monthField } from "./page-parts.js";
+import { amount, html, minorDigits, money, query, raw } from "./html.js";
+import { cards, monthField, refusedCsv, refusedReport } from "./page-parts.js";
 import { shortId, table } from "./table.js";
-import type { ChartData } from "./usage-chart.js";
+import { chartBox } from "./usage-chart.js";
 
 /** Months the page shows when none are asked for: this one and the 11 before it. */
 const DEFAULT_MONTHS = 12;
@@ -53,14 +52,6 @@ function params(ctx: Ctx) {
   return { first, last, account, q, errors };
 }
 
-/** A chart's box and its data block, drawn by the console's usage.js (stacked bars per month). */
-function chart(id: string, label: string, data: ChartData): Html {
-  return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>
-    <script type="application/json" id="${id}-data">
-      ${jsonData(data)}
-    </script>`;
-}
-
 /** Each month of the range: its figures for `currency`, summed over the report's rows. */
 function byMonth(rows: readonly RevenueRow[], currency: string, months: readonly number[]) {
   const at = new Map(months.map((t, i) => [t, i]));
@@ -96,21 +87,8 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
   try {
     report = await ctx.manager.credits.getRevenue(p.q);
   } catch (error) {
-    if (error instanceof ConfigurationError && p.account === "")
-      return {
-        title: "Revenue",
-        body: html`<h1>Revenue</h1>
-          ${form}
-          <p class="muted">This store cannot list its accounts: enter an account.</p>`,
-      };
-    if (!(error instanceof ValidationError)) throw error;
-    return {
-      status: 400,
-      title: "Revenue",
-      body: html`<h1>Revenue</h1>
-        ${form}
-        <p class="error" role="alert">${error.message}</p>`,
-    };
+    const ask = "This store cannot list its accounts: enter an account.";
+    return refusedReport(error, "Revenue", form, p.account === "", ask);
   }
   const who = p.account === "" ? "every account" : p.account;
   const months: number[] = [];
@@ -136,33 +114,18 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
     const inMoney = digits === null ? {} : { money: { currency, digits } };
     return html`<section class="currency" id="revenue-${currency}">
       <h2>${currency}</h2>
-      <div class="cards">
-        <div class="card">
-          <div class="k">${deferredLabel}</div>
-          <div class="v">${money(m.deferredEnd.at(-1) ?? 0, currency)}</div>
-        </div>
-        <div class="card">
-          <div class="k">Sold (paid)</div>
-          <div class="v">${money(total("paid"), currency)}</div>
-        </div>
-        <div class="card">
-          <div class="k">Recognized</div>
-          <div class="v">${money(total("recognized"), currency)}</div>
-        </div>
-        <div class="card">
-          <div class="k">Breakage</div>
-          <div class="v">${money(total("breakage"), currency)}</div>
-        </div>
-        <div class="card">
-          <div class="k">Refunds</div>
-          <div class="v">${money(total("refunds"), currency)}</div>
-        </div>
-      </div>
+      ${cards([
+        { label: deferredLabel, value: money(m.deferredEnd.at(-1) ?? 0, currency) },
+        { label: "Sold (paid)", value: money(total("paid"), currency) },
+        { label: "Recognized", value: money(total("recognized"), currency) },
+        { label: "Breakage", value: money(total("breakage"), currency) },
+        { label: "Refunds", value: money(total("refunds"), currency) },
+      ])}
       <p class="muted">From ${monthText(p.first)} to ${monthText(p.last)} (UTC), ${who}.</p>
       ${
         n < CHARTED
           ? html`<h3>Deferred revenue at each month's end</h3>
-              ${chart(`deferred-${currency}`, `Deferred revenue in ${currency} at the end of each month, ${who}`, {
+              ${chartBox(`deferred-${currency}`, `Deferred revenue in ${currency} at the end of each month, ${who}`, {
                 ...axis,
                 ...inMoney,
                 x,
@@ -171,7 +134,7 @@ export async function revenuePage(ctx: Ctx): Promise<PageResult> {
                 series: [{ label: `deferred (${currency})`, values: m.deferredEnd }],
               })}
               <h3>Revenue of each month: recognized and breakage</h3>
-              ${chart(`recognized-${currency}`, `Revenue in ${currency} recognized and breakage per month, ${who}`, {
+              ${chartBox(`recognized-${currency}`, `Revenue in ${currency} recognized and breakage per month, ${who}`, {
                 ...axis,
                 ...inMoney,
                 x,
@@ -269,7 +232,6 @@ export async function revenueCsvPage(ctx: Ctx): Promise<PageResult> {
       headers: { ...csvHeaders("revenue.csv"), ...(report.truncated ? { "x-revenue-truncated": "true" } : {}) },
     });
   } catch (error) {
-    if (!(error instanceof ValidationError)) throw error;
-    return new Response(error.message, { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
+    return refusedCsv(error);
   }
 }

@@ -2,6 +2,7 @@ import { chargeDraw } from "../domain/reversal.js";
 import type { JournalEntry } from "../models/index.js";
 import { csrfField, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, raw, when, type Html } from "./html.js";
+import { accountLink, facts } from "./page-parts.js";
 import { shortId } from "./table.js";
 
 // "Give back" on a charge of the account page's journal (docs/console.md, "Actions";
@@ -56,23 +57,20 @@ function drawnFrom(c: JournalEntry): Html {
   )}${drawn.length === 0 ? "no grant" : ""}${debt > 0 ? html`; ${amount(debt)} became debt, reduced first` : ""}`;
 }
 
-function facts(ctx: Ctx, r: Reversals, more: Html = raw("")): Html {
-  return html`<dl class="meta" id="reverse-facts">
-    <dt>Account</dt>
-    <dd><a href="${ctx.base}/accounts/${enc(r.charge.userId)}">${shortId(r.charge.userId, "user")}</a></dd>
-    <dt>Charge</dt>
-    <dd>${chargeLine(r.charge)}</dd>
-    <dt>Drawn from</dt>
-    <dd>${drawnFrom(r.charge)}</dd>
-    <dt>Given back</dt>
-    <dd>
-      ${amount(r.reversed)}
-      credits${r.reversals.length === 0 ? "" : html` in ${r.reversals.length === 1 ? "one reversal" : `${amount(r.reversals.length)} reversals`}`}
-    </dd>
-    <dt>Left to give back</dt>
-    <dd id="reverse-remaining">${amount(r.remaining)} credits</dd>
-    ${more}
-  </dl>`;
+/** The charge and what was given back of it; `reason`: the one to be recorded (the confirmation). */
+function chargeFacts(ctx: Ctx, r: Reversals, reason?: Html): Html {
+  const times = r.reversals.length === 1 ? "one reversal" : `${amount(r.reversals.length)} reversals`;
+  return facts(
+    [
+      ["Account", accountLink(ctx, r.charge.userId)],
+      ["Charge", chargeLine(r.charge)],
+      ["Drawn from", drawnFrom(r.charge)],
+      ["Given back", html`${amount(r.reversed)} credits${r.reversals.length === 0 ? "" : ` in ${times}`}`],
+      ["Left to give back", `${amount(r.remaining)} credits`, "reverse-remaining"],
+      ...(reason === undefined ? [] : [["Reason", reason, "reverse-reason"] as const]),
+    ],
+    "reverse-facts",
+  );
 }
 
 const hidden = (name: string, value: string) => html`<input type="hidden" name="${name}" value="${value}" />`;
@@ -89,7 +87,7 @@ export function reverseFormPage(ctx: Ctx, r: Reversals, f: ReverseForm, errors: 
       The credits go back to the grants the charge drew from, in the same proportions, with their own expiry, priority
       and cost basis; usage reports and spend limits net them out of the charge's window.
     </p>
-    ${facts(ctx, r)}
+    ${chargeFacts(ctx, r)}
     ${
       r.remaining === 0
         ? html`<p class="muted" id="reverse-none">All of this charge was given back: nothing is left.</p>
@@ -132,12 +130,7 @@ export function reverseConfirmPage(ctx: Ctx, r: Reversals, f: ReverseForm, credi
       to the grants it drew
       from${credits < r.remaining ? html`; ${amount(r.remaining - credits)} credits will be left to give back` : ""}.
     </p>
-    ${facts(
-      ctx,
-      r,
-      html`<dt>Reason</dt>
-        <dd id="reverse-reason">${f.reason} (by ${ctx.actor} in the console)</dd>`,
-    )}
+    ${chargeFacts(ctx, r, html`${f.reason} (by ${ctx.actor} in the console)`)}
     <form class="actions" method="post" action="${ctx.base}/actions/reverse">
       ${csrfField(ctx)}${hidden("_key", f.key)}${hidden("user", f.user)}${hidden("entry", f.entry)}${hidden(
         "amount",

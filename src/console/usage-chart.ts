@@ -1,4 +1,5 @@
 import type { UsageDimension, UsageRow } from "../models/usage.js";
+import { html, jsonData, type Html } from "./html.js";
 
 /**
  * The stacked usage chart of the console's usage and account pages and of serve's customer page
@@ -129,6 +130,14 @@ export const USAGE_CHART_JS = `"use strict";
   drawAll();
 })();
 `;
+
+/** A chart's box and its data block, drawn by `USAGE_CHART_JS` (the console's usage.js). */
+export function chartBox(id: string, label: string, data: ChartData): Html {
+  return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>
+    <script type="application/json" id="${id}-data">
+      ${jsonData(data)}
+    </script>`;
+}
 
 /** A chart's data: `x` and each series' values in Unix seconds and credits; `from`/`to`: the axis. */
 export interface ChartData {

@@ -1,14 +1,13 @@
-import { ConfigurationError, ValidationError } from "../errors.js";
 import type { Account, JournalEntry } from "../models/index.js";
-import type { UsageDimension, UsageQuery, UsageReport, UsageRow } from "../models/usage.js";
+import type { UsageDimension, UsageQuery, UsageReport } from "../models/usage.js";
 import { sumUsage } from "../services/usage.js";
 import { usageCsv } from "../services/usage-csv.js";
 import { csvHeaders } from "../util/csv.js";
 import type { Ctx, PageResult } from "./context.js";
-import { amount, enc, html, jsonData, query, raw, when, type Html } from "./html.js";
+import { amount, enc, html, query, raw, when, type Html } from "./html.js";
 import { shortId, table } from "./table.js";
-import { chartData } from "./usage-chart.js";
-import { dayField, dayParam } from "./page-parts.js";
+import { chartBox, chartData } from "./usage-chart.js";
+import { cards, dayField, dayParam, refusedCsv, refusedReport } from "./page-parts.js";
 
 const isoDay = (d: Date) => d.toISOString().slice(0, 10);
 
@@ -40,20 +39,6 @@ function params(ctx: Ctx) {
   const by = (DIMENSIONS as readonly string[]).includes(sp.get("by") ?? "") ? (sp.get("by") as Dimension) : "model";
   const account = (sp.get("account") ?? sp.get("user") ?? "").trim();
   return { from, last, to, by, account, errors };
-}
-
-/** The chart's box and data block (drawn by usage.js: src/console/usage-chart.ts). */
-export function usageChart(
-  id: string,
-  label: string,
-  rows: readonly UsageRow[],
-  dimension: UsageDimension | null,
-  days: { from: Date; to: Date },
-): Html {
-  return html`<div class="usage-chart" id="${id}" data-usage-chart="${id}-data" role="img" aria-label="${label}"></div>
-    <script type="application/json" id="${id}-data">
-      ${jsonData(chartData(rows, dimension, "UTC", days))}
-    </script>`;
 }
 
 /** `null` as the console shows a dimension the usage did not name. */
@@ -100,21 +85,8 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
       });
   } catch (error) {
     // A store without its own aggregation reads one account at a time (docs/usage.md).
-    if (error instanceof ConfigurationError && p.account === "")
-      return {
-        title: "Usage",
-        body: html`<h1>Usage</h1>
-          ${form}
-          <p class="muted">This store sums usage one account at a time: enter an account.</p>`,
-      };
-    if (!(error instanceof ValidationError)) throw error;
-    return {
-      status: 400,
-      title: "Usage",
-      body: html`<h1>Usage</h1>
-        ${form}
-        <p class="error" role="alert">${error.message}</p>`,
-    };
+    const ask = "This store sums usage one account at a time: enter an account.";
+    return refusedReport(error, "Usage", form, p.account === "", ask);
   }
   const who = p.account === "" ? "every account" : p.account;
   const spend = report.rows.filter((r) => r.kind === "spend");
@@ -125,22 +97,13 @@ export async function usagePage(ctx: Ctx): Promise<PageResult> {
   const csv = `${ctx.base}/usage.csv${query({ account: p.account, from: isoDay(p.from), to: isoDay(p.last), by: p.by })}`;
   const body = html`<h1>Usage</h1>
     ${form}
-    <div class="cards">
-      <div class="card">
-        <div class="k">Credits spent</div>
-        <div class="v" id="usage-total">${amount(total)}</div>
-      </div>
-      <div class="card">
-        <div class="k">Requests</div>
-        <div class="v">${amount(requests)}</div>
-      </div>
-      <div class="card">
-        <div class="k">Refunded and clawed back</div>
-        <div class="v">${amount(back)}</div>
-      </div>
-    </div>
+    ${cards([
+      { label: "Credits spent", value: amount(total), id: "usage-total" },
+      { label: "Requests", value: amount(requests) },
+      { label: "Refunded and clawed back", value: amount(back) },
+    ])}
     <h2>By day and ${p.by} (UTC), ${who}</h2>
-    ${usageChart("usage-chart", `Credits spent per day by ${p.by}, ${who}`, report.rows, p.by, p)}
+    ${chartBox("usage-chart", `Credits spent per day by ${p.by}, ${who}`, chartData(report.rows, p.by, "UTC", p))}
     <p><a href="${csv}" download="usage.csv">Download CSV</a></p>
     ${table({
       id: "usage-table",
@@ -207,12 +170,9 @@ export async function usageCsvPage(ctx: Ctx): Promise<PageResult> {
       groupBy,
       limit: 100_000,
     });
-    return new Response(usageCsv(report, groupBy), {
-      headers: csvHeaders("usage.csv"),
-    });
+    return new Response(usageCsv(report, groupBy), { headers: csvHeaders("usage.csv") });
   } catch (error) {
-    if (!(error instanceof ValidationError)) throw error;
-    return new Response(error.message, { status: 400, headers: { "content-type": "text/plain; charset=utf-8" } });
+    return refusedCsv(error);
   }
 }
 
@@ -295,12 +255,10 @@ export function accountUsage(ctx: Ctx, userId: string, recent: RecentEntries): H
     ${
       report.rows.length === 0
         ? html`<p class="muted">No usage in the last 30 days.</p>`
-        : usageChart(
+        : chartBox(
             "account-usage-chart",
             `Credits spent per day by model, last 30 days: ${amount(total)}`,
-            report.rows,
-            "model",
-            { from, to },
+            chartData(report.rows, "model", "UTC", { from, to }),
           )
     }
     ${partialNote(ctx, userId, partialSince)}

@@ -2,7 +2,7 @@ import type { Notification } from "../models/index.js";
 import type { WebhookEndpointRecord } from "../webhooks/endpoint-store.js";
 import { notice, type Ctx, type PageResult } from "./context.js";
 import { amount, enc, html, query, raw, when, type Html } from "./html.js";
-import { actionForm } from "./page-parts.js";
+import { accountLink, actionForm, facts } from "./page-parts.js";
 import { shortId, table } from "./table.js";
 
 /**
@@ -98,7 +98,7 @@ function deliveryTable(ctx: Ctx, endpointId: string, rows: readonly Notification
       const eventId = p.event?.id ?? "";
       return [
         when(n.createdAt),
-        user === "" ? "—" : html`<a href="${ctx.base}/accounts/${enc(user)}">${shortId(user, "user")}</a>`,
+        accountLink(ctx, user === "" ? null : user),
         html`${n.type}<br /><span class="mono">${shortId(eventId)}</span>`,
         n.status,
         n.attempts,
@@ -149,18 +149,13 @@ export async function webhookPage(ctx: Ctx, id: string): Promise<PageResult> {
   ]);
   const body = html`<h1>Webhook endpoint <span class="mono">${e.id}</span></h1>
     ${notice(ctx)}
-    <dl class="meta">
-      <dt>URL</dt>
-      <dd><code>${e.url}</code>${e.development ? " (development: http allowed)" : ""}</dd>
-      <dt>State</dt>
-      <dd>${endpointState(e)}</dd>
-      <dt>Events</dt>
-      <dd>${filterText(e)}</dd>
-      <dt>Description</dt>
-      <dd>${e.description ?? "—"}</dd>
-      <dt>Secrets</dt>
-      <dd>${e.secrets.length} (not shown)</dd>
-    </dl>
+    ${facts([
+      ["URL", html`<code>${e.url}</code>${e.development ? " (development: http allowed)" : ""}`],
+      ["State", endpointState(e)],
+      ["Events", filterText(e)],
+      ["Description", e.description ?? "—"],
+      ["Secrets", `${e.secrets.length} (not shown)`],
+    ])}
     ${
       e.enabled
         ? raw("")
