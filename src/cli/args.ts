@@ -1,5 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import type { DbManager } from "../db/types.js";
+import { MissingDriverError } from "../serve/store.js";
 import { UsageError } from "../util/usage-error.js";
 
 /**
@@ -36,23 +37,26 @@ export function numberOf(text: string, flag: string): number {
 
 /**
  * The exit code of a command that failed (docs/cli.md), its message on standard error: 3 for an
- * account that does not exist; 2 for bad usage (with where `command`'s help is) or for input the
- * library refused before it changed anything (`refused`: its `ValidationError`, …); 1 otherwise.
+ * account that does not exist, or for the default store without its driver (better-sqlite3,
+ * docs/service.md); 2 for bad usage (with where the help of `command` is: the list of commands
+ * when undefined) or for input the library refused before it changed anything (`refused`: its
+ * `ValidationError`, …); 1 otherwise.
  */
 export function exitCodeOf(
   error: unknown,
   io: { stderr: (text: string) => void },
-  command: string,
-  refused: (error: unknown) => boolean,
+  command: string | undefined,
+  refused: (error: unknown) => boolean = () => false,
 ): number {
-  if (error instanceof NoSuchAccountError) {
+  if (error instanceof NoSuchAccountError || error instanceof MissingDriverError) {
     io.stderr(`credit-management: ${error.message}\n`);
     return 3;
   }
   if (error instanceof UsageError || isParseArgsError(error)) {
     // node's parseArgs explains how to pass values that start with "-": keep its first sentence.
     const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
-    io.stderr(`credit-management: ${message}\nRun "credit-management ${command} --help" for usage.\n`);
+    const help = command === undefined ? "credit-management --help" : `credit-management ${command} --help`;
+    io.stderr(`credit-management: ${message}\nRun "${help}" for usage.\n`);
     return 2;
   }
   if (refused(error)) {

@@ -1,7 +1,7 @@
 import { writeFileSync } from "node:fs";
 // Inlined by the build: the CLI prints the version it was built as.
 import packageJson from "../../package.json" with { type: "json" };
-import { isParseArgsError, parseCommandLine } from "./args.js";
+import { exitCodeOf, parseCommandLine } from "./args.js";
 import { ACCOUNTS_HELP, runAccountsCli } from "./accounts.js";
 import { runAudit } from "./audit.js";
 import { REVENUE_HELP, runRevenueCli } from "./revenue.js";
@@ -168,13 +168,6 @@ function helpOf(args: readonly string[]): { text: string; code: number } | undef
   return flags.some(isHelpFlag) ? { text: COMMAND_HELP[first] as string, code: 0 } : undefined;
 }
 
-/** Where a usage error points: the command's own help when the line names a command. */
-export function helpHint(command: string | undefined): string {
-  return command !== undefined && COMMAND_HELP[command] !== undefined
-    ? `Run "credit-management ${command} --help" for usage.`
-    : `Run "credit-management --help" for usage.`;
-}
-
 const SCHEMA_FLAGS = ["backend", "dialect", "prefix", "schema", "out", "from-version", "distributed", "partitioned"];
 const AUDIT_FLAGS = ["user", "all", "ledger-file", "json", "unordered", "repair", "sqlite", "archive", "from"];
 
@@ -201,14 +194,8 @@ export async function runCli(args: readonly string[], io: CliIo, source: StoreSo
   try {
     return await run(args, io, source);
   } catch (error) {
-    if (error instanceof UsageError || isParseArgsError(error)) {
-      // node's parseArgs explains how to pass positionals that start with "-": keep its first sentence.
-      const message = error instanceof UsageError ? error.message : ((error as Error).message.split(". ")[0] ?? "");
-      io.stderr(`credit-management: ${message}\n${helpHint(args[0])}\n`);
-      return 2;
-    }
-    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
-    return 1;
+    // A usage error points at the command's own help when the line names a command.
+    return exitCodeOf(error, io, args[0] !== undefined && COMMAND_HELP[args[0]] !== undefined ? args[0] : undefined);
   }
 }
 

@@ -1,15 +1,12 @@
 import { SpenderId, UserId } from "../models/index.js";
 import { newKey } from "../serve/keys.js";
-import { MissingDriverError, openStores } from "../serve/store.js";
+import { openStores } from "../serve/store.js";
 import { runServe } from "../serve/server.js";
 import { SERVE_FLAGS, serveSettings, type Env } from "../serve/settings.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
-import { isParseArgsError, parseCommandLine } from "./args.js";
+import { exitCodeOf, parseCommandLine } from "./args.js";
 import { closeQuietly } from "./store.js";
-
-/** Exit code when better-sqlite3, the default store's driver, is missing (docs/service.md). */
-export const EXIT_MISSING_DRIVER = 3;
 
 /**
  * `credit-management serve` and `credit-management keys create|list|revoke` (docs/service.md).
@@ -94,18 +91,7 @@ export async function runServeCli(args: readonly string[], io: CliIo, env: Env):
     }
     throw new UsageError(`keys needs create, list or revoke${sub === undefined ? "" : `, not "${sub}"`}`);
   } catch (error) {
-    if (error instanceof UsageError || isParseArgsError(error)) {
-      io.stderr(
-        `credit-management: ${(error as Error).message}\nRun "credit-management ${args[0]} --help" for usage.\n`,
-      );
-      return 2;
-    }
-    if (error instanceof MissingDriverError) {
-      io.stderr(`credit-management: ${error.message}\n`);
-      return EXIT_MISSING_DRIVER;
-    }
-    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
-    return 1;
+    return exitCodeOf(error, io, args[0]);
   }
 }
 

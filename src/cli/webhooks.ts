@@ -1,5 +1,5 @@
 import { NotificationType, UserId } from "../models/index.js";
-import { MissingDriverError, allowedNetworks, openCreditStore, openEndpointStore } from "../serve/store.js";
+import { allowedNetworks, openCreditStore, openEndpointStore } from "../serve/store.js";
 import { serveSettings, type Env } from "../serve/settings.js";
 import {
   endpointOf,
@@ -11,7 +11,7 @@ import { generateWebhookSecret } from "../webhooks/sign.js";
 import { retryFailedWebhooks, sendTestWebhook, WebhookEndpoint } from "../webhooks/queue.js";
 import type { CliIo } from "./run.js";
 import { UsageError } from "../util/usage-error.js";
-import { isParseArgsError, parseCommandLine } from "./args.js";
+import { exitCodeOf, parseCommandLine } from "./args.js";
 import { closeQuietly } from "./store.js";
 
 /**
@@ -177,15 +177,6 @@ export async function runWebhooksCli(args: readonly string[], io: CliIo, env: En
         );
     }
   } catch (error) {
-    if (error instanceof UsageError || isParseArgsError(error)) {
-      io.stderr(`credit-management: ${(error as Error).message}\nRun "credit-management webhooks --help" for usage.\n`);
-      return 2;
-    }
-    if (error instanceof MissingDriverError) {
-      io.stderr(`credit-management: ${error.message}\n`);
-      return 3;
-    }
-    io.stderr(`credit-management: ${error instanceof Error ? error.message : String(error)}\n`);
-    return 1;
+    return exitCodeOf(error, io, "webhooks");
   }
 }
