@@ -3,14 +3,16 @@ import type { DbManager } from "../db/types.js";
 import { MissingDriverError } from "../serve/store.js";
 import { UsageError } from "../util/usage-error.js";
 
+type Flags = NonNullable<ParseArgsConfig["options"]>;
+
 /**
  * A command's flags (`options`, as node's `parseArgs` takes them) and its positionals. An unknown
  * flag or a flag without its value throws: bad usage (`exitCodeOf`).
  */
-export function parseCommandLine<const O extends NonNullable<ParseArgsConfig["options"]>>(
+export function parseCommandLine<const O extends Flags>(
   args: readonly string[],
   options: O,
-) {
+): ReturnType<typeof parseArgs<{ args: string[]; allowPositionals: true; strict: true; options: O }>> {
   return parseArgs({ args: [...args], allowPositionals: true, strict: true, options });
 }
 
