@@ -44,30 +44,10 @@ export interface LimitWindow {
   end: number;
 }
 
-/**
- * The window each calendar period last answered, by `(every - 1) * 4 + unit`: a spend almost always
- * falls in the window the previous one did, and then costs two comparisons instead of the `Date`
- * arithmetic of a month or a year (docs/benchmarks.md, "Spend limits: instructions per deduction"). A window of a period is
- * the same for every limit and account, so one entry per period serves them all. Frozen: callers
- * share it.
- */
-const lastCalendarWindow: (LimitWindow | undefined)[] = [];
-const UNIT_INDEX: Readonly<Record<LimitUnit, number>> = { day: 0, week: 1, month: 2, year: 3 };
-
-/** The calendar window of `period` (UTC) that contains `at` (ms since the epoch). Shared and frozen. */
+/** The calendar window of `period` (UTC) that contains `at` (ms since the epoch). */
 export function calendarWindow(period: LimitPeriod, at: number): LimitWindow {
   const unit: LimitUnit = typeof period === "string" ? period : period.unit;
   const n = typeof period === "string" ? 1 : period.every;
-  const slot = (n - 1) * 4 + UNIT_INDEX[unit];
-  const last = lastCalendarWindow[slot];
-  // (NaN compares false: it falls through to the check below.)
-  if (last !== undefined && at >= last.start && at < last.end) return last;
-  const window = Object.freeze(computeCalendarWindow(unit, n, at));
-  lastCalendarWindow[slot] = window;
-  return window;
-}
-
-function computeCalendarWindow(unit: LimitUnit, n: number, at: number): LimitWindow {
   if (!Number.isFinite(at))
     throw new ValidationError("Invalid date", [{ path: "at", message: "must be a valid date" }]);
   switch (unit) {
@@ -101,24 +81,10 @@ function monthStart(months: number): number {
   return d.getTime();
 }
 
-/** The subscription window `cycleWindow` last answered, and for which cycle (as `lastCalendarWindow`). */
-let lastCycle: { anchorAt: number; billingPeriod: string; window: LimitWindow } | null = null;
-
-/** The subscription period of `cycle` that contains `at` (see ./periods.ts: month ends clamp, the anchor's time of day kept). Shared and frozen. */
+/** The subscription period of `cycle` that contains `at` (see ./periods.ts: month ends clamp, the anchor's time of day kept). */
 export function cycleWindow(cycle: LimitCycle, at: number): LimitWindow {
-  const last = lastCycle;
-  if (
-    last !== null &&
-    last.anchorAt === cycle.anchorAt &&
-    last.billingPeriod === cycle.billingPeriod &&
-    at >= last.window.start &&
-    at < last.window.end
-  )
-    return last.window;
   const p = periodContaining(new Date(cycle.anchorAt), cycle.billingPeriod, new Date(at));
-  const window = Object.freeze({ start: p.start.getTime(), end: p.end.getTime() });
-  lastCycle = { anchorAt: cycle.anchorAt, billingPeriod: cycle.billingPeriod, window };
-  return window;
+  return { start: p.start.getTime(), end: p.end.getTime() };
 }
 
 /** The window of `limit` that contains `at`. */
@@ -129,7 +95,7 @@ export function windowOf(limit: SpendLimit, at: number): LimitWindow {
   return ALL_TIME;
 }
 
-const ALL_TIME: LimitWindow = Object.freeze({ start: 0, end: 8.64e15 });
+const ALL_TIME: LimitWindow = { start: 0, end: 8.64e15 };
 
 /** True when `limit` applies to `spend`: its spender unset or the spend's, and so for its feature. */
 export function applies(limit: Pick<SpendLimit, "spender" | "feature">, spend: Spend): boolean {
@@ -152,24 +118,20 @@ export interface LimitHeadroom {
  * equals). Null when none applies.
  */
 export function tightestLimit(limits: readonly SpendLimit[], spend: Spend, at: number): LimitHeadroom | null {
-  let best: SpendLimit | null = null;
-  let bestUsed = 0;
-  let bestLeft = 0;
-  let bestWindow: LimitWindow = ALL_TIME;
-  for (let i = 0; i < limits.length; i++) {
-    const limit = limits[i] as SpendLimit;
+  let best: LimitHeadroom | null = null;
+  for (const limit of limits) {
     if (!applies(limit, spend)) continue;
-    const window = windowOf(limit, at);
-    const used = limit.windowStart === window.start ? limit.used : 0;
-    const left = Math.max(0, limit.amount - used);
-    if (best === null || left < bestLeft) {
-      best = limit;
-      bestUsed = used;
-      bestLeft = left;
-      bestWindow = window;
-    }
+    const h = headroomOf(limit, at);
+    if (best === null || h.left < best.left) best = h;
   }
-  return best === null ? null : { limit: best, used: bestUsed, left: bestLeft, window: bestWindow };
+  return best;
+}
+
+/** What `limit` has left in its window of `at`. */
+function headroomOf(limit: SpendLimit, at: number): LimitHeadroom {
+  const window = windowOf(limit, at);
+  const used = limit.windowStart === window.start ? limit.used : 0;
+  return { limit, used, left: Math.max(0, limit.amount - used), window };
 }
 
 /**
@@ -185,13 +147,11 @@ export function limitRoom(
 ): { left: number; until: number } | null {
   let left = Infinity;
   let until = Infinity;
-  for (let i = 0; i < limits.length; i++) {
-    const limit = limits[i] as SpendLimit;
+  for (const limit of limits) {
     if (!applies(limit, spend)) continue;
-    const window = windowOf(limit, at);
-    const used = limit.windowStart === window.start ? limit.used : 0;
-    left = Math.min(left, Math.max(0, limit.amount - used));
-    until = Math.min(until, window.end);
+    const h = headroomOf(limit, at);
+    left = Math.min(left, h.left);
+    until = Math.min(until, h.window.end);
   }
   return left === Infinity ? null : { left, until };
 }
@@ -219,8 +179,10 @@ export function limitError(h: LimitHeadroom, requested: number, what = "spend", 
   return error;
 }
 
-/** A limit as error details and events show it. */
-export function describeLimit(l: SpendLimit): Record<string, unknown> {
+/** A limit as error details, events and `getLimits` show it. */
+export function describeLimit(
+  l: SpendLimit,
+): Pick<SpendLimitStatus, "spender" | "feature" | "amount" | "period" | "resetsWith"> {
   return {
     spender: l.spender,
     feature: l.feature,
@@ -289,17 +251,10 @@ export function countSpend(
       return { ...counted, limits: out };
     }
   }
-  // One pass, each window read once (and cached: `calendarWindow`); loops, not callbacks, and one
-  // literal per counted limit, not a spread: this runs on every spend of an account with limits.
-  const out: SpendLimit[] = new Array<SpendLimit>(limits.length);
   let over = false;
-  let crossed: Counted["crossed"] = NO_CROSSINGS;
-  for (let i = 0; i < limits.length; i++) {
-    const limit = limits[i] as SpendLimit;
-    if (amount === 0 || !applies(limit, spend)) {
-      out[i] = limit;
-      continue;
-    }
+  const crossed: LimitCrossing[] = [];
+  const out = limits.map((limit): SpendLimit => {
+    if (amount === 0 || !applies(limit, spend)) return limit;
     const window = windowOf(limit, at);
     const inWindow = limit.windowStart === window.start;
     const before = inWindow ? limit.used : 0;
@@ -312,22 +267,17 @@ export function countSpend(
     const sent = inWindow ? alertedOf(limit) : 0;
     const reaches = alertLevel(after, limit.amount);
     if (reaches > sent) {
-      if (crossed === NO_CROSSINGS) crossed = [];
       const c = { limit, used: after, windowStart: window.start, resetsAt: window.end };
       if (sent < 1) crossed.push({ ...c, level: "warning" });
       if (reaches === 2) crossed.push({ ...c, level: "reached" });
     }
-    out[i] = {
-      spender: limit.spender,
-      feature: limit.feature,
-      amount: limit.amount,
-      period: limit.period,
-      cycle: limit.cycle,
+    return {
+      ...limit,
       used: after,
       windowStart: window.start,
-      alerted: ALERTS[reaches > sent ? reaches : sent] as LimitAlert | null,
-    } satisfies Record<keyof SpendLimit, unknown>;
-  }
+      alerted: ALERTS[Math.max(reaches, sent)] as LimitAlert | null,
+    };
+  });
   if (over && options.force !== true) {
     // The tightest limit that applies names the refusal (the rare path: read again).
     throw limitError(tightestLimit(limits, spend, at) as LimitHeadroom, amount, options.what, at);
@@ -358,10 +308,6 @@ export function alertedOf(limit: SpendLimit): 0 | 1 | 2 {
   return a === null ? 0 : a === "warning" ? 1 : 2;
 }
 
-/** No crossings (shared, frozen: the common case allocates nothing). */
-// Frozen and never pushed to: the first crossing replaces it with an array of its own.
-const NO_CROSSINGS = Object.freeze<Counted["crossed"]>([]) as Counted["crossed"];
-
 /**
  * Trues up a hold's count at its commit or release: the hold counted `held` when it was placed at
  * `placedAt`; `spent` of it was spent (0 on a release). What was not spent is taken off the limits
@@ -379,15 +325,13 @@ export function trueUpHold(
 ): Counted {
   if (spent > held) return countSpend(limits, spend, spent - held, at, { force: true });
   const back = held - spent;
-  const out = limits.slice();
-  for (let i = 0; i < out.length; i++) {
-    const limit = out[i] as SpendLimit;
-    if (back === 0 || !applies(limit, spend)) continue;
+  const out = limits.map((limit) => {
+    if (back === 0 || !applies(limit, spend)) return limit;
     const then = windowOf(limit, placedAt).start;
-    if (limit.windowStart !== then || windowOf(limit, at).start !== then) continue;
-    out[i] = { ...limit, used: Math.max(0, limit.used - back) };
-  }
-  return { limits: out, crossed: NO_CROSSINGS, over: false };
+    if (limit.windowStart !== then || windowOf(limit, at).start !== then) return limit;
+    return { ...limit, used: Math.max(0, limit.used - back) };
+  });
+  return { limits: out, crossed: [], over: false };
 }
 
 /**
@@ -504,12 +448,7 @@ function normalizePeriod(p: LimitPeriod): LimitPeriod {
 }
 
 function keyOf(l: SpendLimit): string {
-  return limitKey({
-    spender: l.spender,
-    feature: l.feature,
-    period: l.period,
-    resetsWith: l.period === null ? "subscription" : null,
-  });
+  return limitKey(describeLimit(l));
 }
 
 /** The limits `removeLimit(which)` leaves: all but those with exactly this spender and feature (and window, when given). */
@@ -535,16 +474,11 @@ export function withoutLimit(
 /** Each limit as `getLimits` reports it at `at`. */
 export function limitStatuses(limits: readonly SpendLimit[], at: number): SpendLimitStatus[] {
   const statuses = limits.map((l): SpendLimitStatus => {
-    const window = windowOf(l, at);
-    const used = l.windowStart === window.start ? l.used : 0;
+    const { used, left, window } = headroomOf(l, at);
     return {
-      spender: l.spender,
-      feature: l.feature,
-      amount: l.amount,
-      period: l.period,
-      resetsWith: l.period === null ? "subscription" : null,
+      ...describeLimit(l),
       used,
-      remaining: Math.max(0, l.amount - used),
+      remaining: left,
       windowStart: new Date(window.start),
       resetsAt: new Date(window.end),
     };
