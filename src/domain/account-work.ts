@@ -91,8 +91,8 @@ export class AccountWork {
   /** The entries this work made, in seq order, and the canonical text of each (what its hash covers), for the ledger line. */
   private readonly made: JournalEntry[] = [];
   private readonly texts: string[] = [];
-  /** Events recorded with this change (none on the hot path: no array is made for them). */
-  private recorded: WorkEvent[] | undefined;
+  /** Events recorded with this change, in order. */
+  private readonly recorded: WorkEvent[] = [];
   /**
    * True once a spend of this work passed a spend limit (usage already delivered, counted all the
    * same: docs/teams-and-limits.md).
@@ -146,12 +146,12 @@ export class AccountWork {
    * carry `subscription_allocation`, `subscription_cancelled` and `subscription_ended`.
    */
   recordEvent(event: WorkEvent): void {
-    (this.recorded ??= []).push(event);
+    this.recorded.push(event);
   }
 
   /** The events recorded with this change, in order. */
   get events(): readonly WorkEvent[] {
-    return this.recorded ?? NO_EVENTS;
+    return this.recorded;
   }
 
   /** Makes grants read separately (closed or spent ones a hold points at) part of the work. */
@@ -361,9 +361,8 @@ export class AccountWork {
       limits?: "enforce" | "force" | "skip";
     },
   ): JournalEntry {
-    // (No scoped grant ever: `available`, as before scopes.)
-    const spend = this.account.scoped === true ? spendOf(meta) : NO_SPEND;
-    const available = spend === NO_SPEND ? this.available : this.availableFor(spend);
+    const spend = spendOf(meta);
+    const available = this.availableFor(spend);
     if (!options.allowDebt && available < amount) {
       throw new InsufficientCreditsError(`Cannot deduct ${amount} credits: only ${Math.max(available, 0)} available.`, {
         requested: amount,
@@ -377,12 +376,12 @@ export class AccountWork {
       );
     }
     if (this.account.balance - amount < -Number.MAX_SAFE_INTEGER) throw beyondSafe("balance", amount);
-    // (No limits: one property read. Counted before the draw, so a refusal changes nothing.)
-    if (this.account.limits != null && options.limits !== "skip") {
+    // (Counted before the draw, so a refusal changes nothing.)
+    if (options.limits !== "skip") {
       const force = (options.limits ?? (options.allowDebt ? "force" : "enforce")) === "force";
       // Usage already delivered passes a limit and says so in its entry (as a shortfall does).
       // Late usage counts in the window it happened in, while that window is the current one.
-      if (this.countLimits(spendOf(meta), amount, force, undefined, meta.occurredAt))
+      if (this.countLimits(spend, amount, force, undefined, meta.occurredAt))
         meta = { ...meta, metadata: { ...meta.metadata, overLimit: true } };
     }
     const portions = this.draw(amount, spend);
@@ -401,8 +400,8 @@ export class AccountWork {
     reason: string | null,
     meta: EntryMeta,
   ): { reservation: Reservation; entry: JournalEntry } {
-    const spend = this.account.scoped === true ? spendOf(meta) : NO_SPEND;
-    const available = spend === NO_SPEND ? this.available : this.availableFor(spend);
+    const spend = spendOf(meta);
+    const available = this.availableFor(spend);
     if (available < amount) {
       throw new InsufficientCreditsError(
         `Cannot reserve ${amount} credits: only ${Math.max(available, 0)} available.`,
@@ -410,7 +409,7 @@ export class AccountWork {
       );
     }
     // A hold counts against the limits when placed; its commit or release trues it up.
-    if (this.account.limits != null) this.countLimits(spendOf(meta), amount, false, "reserve");
+    this.countLimits(spend, amount, false, "reserve");
     const allocations = this.draw(amount, spend);
     const expiresAt = new Date(this.now.getTime() + ttlSeconds * 1000);
     const reservation: Reservation = {
@@ -475,7 +474,7 @@ export class AccountWork {
     // the commit's (docs/usage.md, "What counts"); the hold's count is trued up to what was spent.
     if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
     meta = withHoldMetadata(meta, hold);
-    if (this.account.limits != null) this.trueUp(hold, amount);
+    this.trueUp(hold, amount);
     // One entry (docs/concepts.md, "The journal"): the spent portions, then — a partial capture —
     // what went back to its grants (`returned`) and what paid debt (`debt_paid`).
     const portions: GrantPortion[] = [];
@@ -498,11 +497,10 @@ export class AccountWork {
     const entry = this.emit("commit_reserved", captured, portions, hold.id, meta);
     if (back !== null && back.toClosed) this.removeFromClosed(back.portions, hold.id);
     if (excess > 0) {
-      const excessMeta = excessMetadata(entry.metadata);
-      const labels: EntryMeta =
-        excessMeta === null
-          ? { description: "committed beyond reservation" }
-          : { description: "committed beyond reservation", metadata: excessMeta };
+      const labels: EntryMeta = {
+        description: "committed beyond reservation",
+        metadata: excessMetadata(entry.metadata) ?? undefined,
+      };
       this.deduct(excess, hold.spender != null || hold.feature != null ? withSpend(labels, hold) : labels, {
         allowDebt: true,
         overdraftLimit: null,
@@ -521,7 +519,7 @@ export class AccountWork {
   ): { entry: JournalEntry; expired: number } {
     this.holds.put({ ...hold, status, settledAt: this.now });
     if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
-    if (this.account.limits != null) this.trueUp(hold, 0);
+    this.trueUp(hold, 0);
     const { entry, expired } = this.returnToGrants(hold, meta);
     return { entry, expired };
   }
@@ -645,11 +643,8 @@ export class AccountWork {
   private countLimits(spend: Spend, amount: number, force: boolean, what?: string, occurredAt?: Date): boolean {
     const limits = this.account.limits;
     if (limits == null || limits.length === 0) return false;
-    const now = this.now.getTime();
-    const counted =
-      occurredAt === undefined
-        ? countSpend(limits, spend, amount, now, { force, what })
-        : countSpend(limits, spend, amount, occurredAt.getTime(), { force, what, now });
+    const at = (occurredAt ?? this.now).getTime();
+    const counted = countSpend(limits, spend, amount, at, { force, what, now: this.now.getTime() });
     this.noteCounted(counted);
     return counted.over;
   }
@@ -658,8 +653,9 @@ export class AccountWork {
   private trueUp(hold: Reservation, spent: number): void {
     const limits = this.account.limits;
     if (limits == null || limits.length === 0) return;
-    const spend = { spender: hold.spender ?? null, feature: hold.feature ?? null };
-    this.noteCounted(trueUpHold(limits, spend, hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()));
+    this.noteCounted(
+      trueUpHold(limits, holdSpend(hold), hold.amount, spent, hold.createdAt.getTime(), this.now.getTime()),
+    );
   }
 
   private noteCounted(counted: Counted): void {
@@ -673,7 +669,8 @@ export class AccountWork {
    * with scoped grants, those whose scope matches it first, then the unscoped ones (./scope.ts).
    */
   private draw(amount: number, spend: Spend): GrantPortion[] {
-    if (spend !== NO_SPEND) return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now, scopeOf), amount);
+    if (this.account.scoped === true)
+      return this.takeInOrder(spendOrder(this.grants.all(), spend, this.now, scopeOf), amount);
     // Loaded in order and nothing added: the first usable grants are the ones to take.
     if (this.ordered) return this.takeInOrder(this.grants.loaded, amount);
     const usable: Grant[] = [];
@@ -805,14 +802,8 @@ export class AccountWork {
   /** `computeNextExpiry` from every grant and hold. */
   private scanNextExpiry(): Date | null {
     let next: Date | null = null;
-    // A grant's expiry never changes: those loaded without one are passed over unread.
-    for (const listed of this.grants.loaded) {
-      if (listed.expiresAt === null) continue;
-      const g = this.grants.current(listed);
+    for (const g of this.grants.all()) {
       if (isOpenGrant(g)) next = minDate(next, g.expiresAt);
-    }
-    for (const g of this.grants.added()) {
-      if (g.expiresAt !== null && isOpenGrant(g)) next = minDate(next, g.expiresAt);
     }
     for (const h of this.holds.all()) {
       if (h.status === "active") next = minDate(next, h.expiresAt);
@@ -912,5 +903,3 @@ function beyondSafe(what: "balance" | "debt", amount: number): RuleViolationErro
     [{ path: "amount", message: `the ${what} would go beyond the safe-integer range` }],
   );
 }
-
-const NO_EVENTS: readonly WorkEvent[] = Object.freeze([]);
