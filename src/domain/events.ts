@@ -1,6 +1,6 @@
 import type { GrantSource, JournalEntry, Notification, Reservation } from "../models/index.js";
 import type { DomainEventType } from "../models/notifications.js";
-import { NO_NOTIFICATIONS, newNotification } from "./notifications.js";
+import { newNotification } from "./notifications.js";
 
 /**
  * Domain events (docs/events.md): one outbox row per journal entry of a unit of work, written with
@@ -33,7 +33,6 @@ export function domainEvents(
   context: EventContext,
   now: Date,
 ): readonly Notification[] {
-  if (entries.length === 0) return NO_NOTIFICATIONS;
   const out: Notification[] = [];
   for (const entry of entries) {
     const event = eventOf(entry, context);
@@ -44,22 +43,16 @@ export function domainEvents(
   return out;
 }
 
-/** The account after `e`. */
-function after(e: JournalEntry): Record<string, number> {
-  return {
-    balanceAfter: e.balanceAfter,
-    reservedAfter: e.reservedAfter,
-    debtAfter: e.debtAfter,
-    availableAfter: e.balanceAfter - e.reservedAfter,
-  };
-}
-
+/** What every entry's event says: the entry, and the account after it. */
 function base(e: JournalEntry): Record<string, unknown> {
   return {
     entryId: e.id,
     seq: e.seq,
     amount: e.amount,
-    ...after(e),
+    balanceAfter: e.balanceAfter,
+    reservedAfter: e.reservedAfter,
+    debtAfter: e.debtAfter,
+    availableAfter: e.balanceAfter - e.reservedAfter,
     grants: e.grants.map((g) =>
       g.kind === undefined
         ? { grantId: g.grantId, amount: g.amount }

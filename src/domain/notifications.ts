@@ -45,22 +45,12 @@ export function levelOf(available: number, threshold: number): AlertLevel {
  * `low_credits` then `credits_exhausted`; climbing from zero to under the threshold gives nothing
  * (still low); back to `ok` gives `balance_restored`.
  */
-export function crossings(
-  previous: AlertLevel | null,
-  next: AlertLevel | null,
-  threshold: number,
-): readonly NotificationType[] {
-  if (previous === null || next === null || previous === next) return NONE_TYPES;
-  if (next === "ok") return RESTORED;
-  if (next === "low") return previous === "ok" ? LOW : NONE_TYPES;
-  return previous === "ok" && threshold > 0 ? LOW_AND_EXHAUSTED : EXHAUSTED;
+export function crossings(previous: AlertLevel | null, next: AlertLevel | null, threshold: number): NotificationType[] {
+  if (previous === null || next === null || previous === next) return [];
+  if (next === "ok") return ["balance_restored"];
+  if (next === "low") return previous === "ok" ? ["low_credits"] : [];
+  return previous === "ok" && threshold > 0 ? ["low_credits", "credits_exhausted"] : ["credits_exhausted"];
 }
-
-const NONE_TYPES: readonly NotificationType[] = Object.freeze([]);
-const RESTORED: readonly NotificationType[] = Object.freeze(["balance_restored"]);
-const LOW: readonly NotificationType[] = Object.freeze(["low_credits"]);
-const EXHAUSTED: readonly NotificationType[] = Object.freeze(["credits_exhausted"]);
-const LOW_AND_EXHAUSTED: readonly NotificationType[] = Object.freeze(["low_credits", "credits_exhausted"]);
 
 /**
  * An event a unit of work records with its change (subscription events, …): `AccountWork.recordEvent`
@@ -75,11 +65,10 @@ export interface WorkEvent {
 
 /** The events a unit of work recorded (`AccountWork.events`), as outbox rows (none: nothing recorded). */
 export function eventNotifications(events: readonly WorkEvent[], userId: string, now: Date): readonly Notification[] {
-  if (events.length === 0) return NO_NOTIFICATIONS;
   return events.map((e) => newNotification(userId, e.type, e.payload, now, e.dedupeKey));
 }
 
-/** No notifications (shared: the common case allocates nothing). */
+/** No notifications. */
 export const NO_NOTIFICATIONS: readonly Notification[] = Object.freeze([]);
 
 /**
@@ -104,11 +93,10 @@ export function evaluateAlert(
   // calling the first top-up a restoration.
   const level = account.seq === 0 ? null : levelOf(available, threshold);
   if (prev !== null && prev.level === level && prev.threshold === threshold && prev.lastAllocation === lastAllocation) {
-    return NO_NOTIFICATIONS;
+    return [];
   }
   account.alert = { level, threshold, lastAllocation, override };
   const types = crossings(prev === null ? null : prev.level, level, threshold);
-  if (types.length === 0) return NO_NOTIFICATIONS;
   const payload = {
     available,
     threshold,
@@ -152,8 +140,7 @@ export function limitNotifications(
   seq: number,
   now: Date,
 ): readonly Notification[] {
-  if (crossed === undefined || crossed.length === 0) return NO_NOTIFICATIONS;
-  return crossed.map((c) =>
+  return (crossed ?? []).map((c) =>
     newNotification(
       userId,
       c.level === "warning" ? "limit_warning" : "limit_reached",
@@ -174,11 +161,9 @@ export function limitNotifications(
 
 /** `reservation_expired` for every hold this change expired. */
 export function expiredHoldNotifications(updated: readonly Reservation[], now: Date): readonly Notification[] {
-  let out: Notification[] | undefined;
-  for (const r of updated) {
-    if (r.status !== "expired") continue;
-    out ??= [];
-    out.push(
+  return updated
+    .filter((r) => r.status === "expired")
+    .map((r) =>
       newNotification(
         r.userId,
         "reservation_expired",
@@ -187,8 +172,6 @@ export function expiredHoldNotifications(updated: readonly Reservation[], now: D
         `reservation_expired:${r.id}`,
       ),
     );
-  }
-  return out ?? NO_NOTIFICATIONS;
 }
 
 /** A pending outbox row, due at once, at the type's current payload version unless told another. */
