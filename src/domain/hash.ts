@@ -9,24 +9,17 @@ import type { JournalEntry } from "../models/index.js";
  * the ledger file reuses it as the line's `details` (see `ledgerLineOf`).
  */
 export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
-  let grants = "";
-  // A partial capture lists its grant twice (the part spent, the part returned): quoted once.
-  let lastId: string | null = null;
-  let lastQuoted = "";
-  for (const g of entry.grants) {
+  const grants = entry.grants.map(
     // `kind` (a partial capture's returned parts) only when set: entries without it hash as before.
-    const kind = g.kind === undefined ? "" : `,"kind":"${g.kind}"`;
-    if (g.grantId !== lastId) {
-      lastId = g.grantId;
-      lastQuoted = quote(lastId);
-    }
-    grants += `${grants === "" ? "" : ","}{"grantId":${lastQuoted},"amount":${g.amount}${kind}}`;
-  }
+    (g) => `{"grantId":${quote(g.grantId)},"amount":${g.amount}${g.kind === undefined ? "" : `,"kind":"${g.kind}"`}}`,
+  );
   return (
     `{"id":${quote(entry.id)},"userId":${quote(entry.userId)},"seq":${entry.seq},` +
     `"type":"${entry.type}","amount":${entry.amount},"balanceAfter":${entry.balanceAfter},` +
-    `"reservedAfter":${entry.reservedAfter},"debtAfter":${entry.debtAfter},"grants":[${grants}],` +
-    optionalFields(entry) +
+    `"reservedAfter":${entry.reservedAfter},"debtAfter":${entry.debtAfter},"grants":[${grants.join(",")}],` +
+    `"reservationId":${str(entry.reservationId)},"idempotencyKey":${str(entry.idempotencyKey)},` +
+    `"fingerprint":${str(entry.fingerprint)},"correlationId":${str(entry.correlationId)},` +
+    `"description":${str(entry.description)},` +
     spendFields(entry) +
     basisField(entry) +
     correctionFields(entry) +
@@ -35,23 +28,6 @@ export function canonicalEntry(entry: Omit<JournalEntry, "hash">): string {
   );
 }
 
-/** The five optional text fields, most often all null: then one constant instead of ten pieces. */
-function optionalFields(entry: Omit<JournalEntry, "hash">): string {
-  if (
-    entry.idempotencyKey === null &&
-    entry.fingerprint === null &&
-    entry.correlationId === null &&
-    entry.description === null
-  ) {
-    // A hold's own entries (reserve, commit, release) name only their hold.
-    return entry.reservationId === null ? ALL_NULL : `"reservationId":${quote(entry.reservationId)},${NULL_BUT_HOLD}`;
-  }
-  return (
-    `"reservationId":${str(entry.reservationId)},"idempotencyKey":${str(entry.idempotencyKey)},` +
-    `"fingerprint":${str(entry.fingerprint)},"correlationId":${str(entry.correlationId)},` +
-    `"description":${str(entry.description)},`
-  );
-}
 /**
  * Who spent and on what (schema version 8, docs/teams-and-limits.md), only when one is set:
  * entries without them, and every entry written before, hash as before.
@@ -86,9 +62,6 @@ function correctionFields(entry: Omit<JournalEntry, "hash">): string {
     (occurredAt === null ? "" : `"occurredAt":"${occurredAt.toISOString()}",`)
   );
 }
-
-const NULL_BUT_HOLD = `"idempotencyKey":null,"fingerprint":null,"correlationId":null,"description":null,`;
-const ALL_NULL = `"reservationId":null,${NULL_BUT_HOLD}`;
 
 /**
  * The JSONL ledger line of a journal entry — the ledger-entry shape with the full entry (its
