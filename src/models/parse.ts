@@ -50,9 +50,6 @@ export function parseConfig<S extends z.ZodType>(schema: S, value: unknown, what
   }
 }
 
-/** Whether a schema takes an object of fields (seen through optional, nullable, default and pipe). */
-const objectTaking = new WeakMap<z.ZodType, boolean>();
-
 /**
  * Whether `schema` takes an object of named fields (options, a query). zod reads such an object's
  * own enumerable keys only, so a Map, a Date, a Set or a class instance would pass as an object
@@ -60,18 +57,14 @@ const objectTaking = new WeakMap<z.ZodType, boolean>();
  * its key, and a retry would deduct twice. `parse` refuses any object but a plain one for these.
  */
 function takesObject(schema: z.ZodType): boolean {
-  let known = objectTaking.get(schema);
-  if (known === undefined) {
-    let def = schema._zod.def as SchemaDef;
-    for (;;) {
-      if (def.type === "pipe" && def.in) def = def.in._zod.def;
-      else if (WRAPPERS.has(def.type) && def.innerType) def = def.innerType._zod.def;
-      else break;
-    }
-    known = def.type === "object" || def.type === "record";
-    objectTaking.set(schema, known);
+  // Seen through optional, nullable, default and pipe.
+  let def = schema._zod.def as SchemaDef;
+  for (;;) {
+    if (def.type === "pipe" && def.in) def = def.in._zod.def;
+    else if (WRAPPERS.has(def.type) && def.innerType) def = def.innerType._zod.def;
+    else break;
   }
-  return known;
+  return def.type === "object" || def.type === "record";
 }
 
 interface SchemaDef {
