@@ -520,8 +520,7 @@ export class AccountWork {
     this.holds.put({ ...hold, status, settledAt: this.now });
     if (hold.spender != null || hold.feature != null) meta = withSpend(meta, hold);
     this.trueUp(hold, 0);
-    const { entry, expired } = this.returnToGrants(hold, meta);
-    return { entry, expired };
+    return this.returnToGrants(hold, meta);
   }
 
   /**
@@ -858,11 +857,7 @@ export class AccountWork {
   }
 }
 
-export function sum(portions: readonly GrantPortion[]): number {
-  let total = 0;
-  for (const p of portions) total += p.amount;
-  return total;
-}
+export const sum = (portions: readonly GrantPortion[]): number => portions.reduce((total, p) => total + p.amount, 0);
 
 function minDate(a: Date | null, b: Date | null): Date | null {
   if (a === null) return b;
