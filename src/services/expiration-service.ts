@@ -3,7 +3,17 @@ import * as z from "zod";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
-import { AsOf, BatchSize, DateInput, ExpiringDays, UserId, parse, type Subscription } from "../models/index.js";
+import {
+  AsOf,
+  BatchSize,
+  DateInput,
+  ExpiringDays,
+  UserId,
+  parse,
+  type Grant,
+  type Reservation,
+  type Subscription,
+} from "../models/index.js";
 import { parseConfig } from "../models/parse.js";
 import type { CreditService } from "./credit-service.js";
 import type { DispatchReport, NotificationService } from "./notification-service.js";
@@ -102,6 +112,11 @@ export type JobOptions = z.input<typeof JobOptions>;
 const ReminderDays = z.array(ExpiringDays).max(16);
 /** Outbox rows one `runAll()` delivers at most (what is left waits for the next run or `start()`). */
 const DISPATCH_LIMIT = 10_000;
+
+/** The fields every job report starts with. */
+function jobBase<J extends JobMessage["job"]>(job: J, asOf: Date) {
+  return { job, asOf: asOf.toISOString(), errors: 0, durationMs: 0 };
+}
 
 interface JobBase {
   job: JobMessage["job"];
@@ -222,40 +237,30 @@ export class ExpirationService {
     const asOf = this.asOf(now);
     const o = parse(ForgetKeysOptions, options, "options");
     const window = o.retention === undefined ? this.retention : retentionMs(o.retention);
-    return traceJob(
-      "forgetIdempotencyKeys",
-      asOf,
-      async () => {
-        const started = performance.now();
-        const before = window === null ? null : new Date(asOf.getTime() - window);
-        const report: ForgetKeysReport = {
-          job: "forgetIdempotencyKeys",
-          asOf: asOf.toISOString(),
-          retentionMs: window,
-          before: before?.toISOString() ?? null,
-          keysForgotten: 0,
-          errors: 0,
-          durationMs: 0,
-        };
-        const forget = this.db.forgetIdempotencyKeys;
-        if (before === null) return report;
-        if (forget === undefined) {
-          throw new ConfigurationError(
-            `[credit-management] the ${this.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
-          );
-        }
-        const limit = o.batchSize ?? 1000;
-        for (;;) {
-          const n = await forget.call(this.db, before, limit);
-          report.keysForgotten += n;
-          if (n < limit) break;
-        }
-        report.durationMs = Math.round(performance.now() - started);
-        await this.record(report);
-        return report;
-      },
-      (r) => [r.keysForgotten, r.keysForgotten, r.errors],
-    );
+    const before = window === null ? null : new Date(asOf.getTime() - window);
+    const report: ForgetKeysReport = {
+      ...jobBase("forgetIdempotencyKeys", asOf),
+      retentionMs: window,
+      before: before?.toISOString() ?? null,
+      keysForgotten: 0,
+    };
+    const counts = (r: ForgetKeysReport): [number, number, number] => [r.keysForgotten, r.keysForgotten, r.errors];
+    // Keys kept for ever: nothing to do, and nothing to record.
+    if (before === null) return traceJob(report.job, asOf, async () => report, counts);
+    return this.runJob(report, asOf, counts, async () => {
+      const forget = this.db.forgetIdempotencyKeys;
+      if (forget === undefined) {
+        throw new ConfigurationError(
+          `[credit-management] the ${this.db.name} store cannot forget idempotency keys (it has no forgetIdempotencyKeys): keep the retention "forever"`,
+        );
+      }
+      const limit = o.batchSize ?? 1000;
+      for (;;) {
+        const n = await forget.call(this.db, before, limit);
+        report.keysForgotten += n;
+        if (n < limit) break;
+      }
+    });
   }
 
   /** Expires the unspent part of every grant due at `now` (default: the clock), account by account. */
@@ -263,24 +268,23 @@ export class ExpirationService {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
     const report: ExpireGrantsReport = {
-      job: "expireDueGrants",
-      asOf: asOf.toISOString(),
+      ...jobBase("expireDueGrants", asOf),
       grantsScanned: 0,
       grantsExpired: 0,
       creditsExpired: 0,
       users: 0,
-      errors: 0,
-      durationMs: 0,
     };
     return this.runJob(
       report,
       asOf,
-      () =>
-        this.walk(
-          (after, limit) => this.db.findDueGrants(asOf, limit, after && { expiresAt: after.at, id: after.id }),
-          (g) => ({ at: g.expiresAt as Date, id: g.id, userId: g.userId }),
+      (r) => [r.grantsScanned, r.grantsExpired, r.errors],
+      async () => {
+        report.grantsScanned = await this.walk<Grant>(
+          report,
           o,
-          (n) => (report.grantsScanned += n),
+          (after, limit) =>
+            this.db.findDueGrants(asOf, limit, after && { expiresAt: after.expiresAt as Date, id: after.id }),
+          (g) => g.userId,
           async (userId) => {
             const { grants, credits } = await this.core.runUnitOfWork(
               userId,
@@ -298,9 +302,8 @@ export class ExpirationService {
             report.grantsExpired += grants;
             report.creditsExpired += credits;
           },
-          () => report.errors++,
-        ),
-      (r) => [r.grantsScanned, r.grantsExpired, r.errors],
+        );
+      },
     );
   }
 
@@ -318,25 +321,23 @@ export class ExpirationService {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
     const report: ReleaseHoldsReport = {
-      job: "releaseExpiredHolds",
-      asOf: asOf.toISOString(),
+      ...jobBase("releaseExpiredHolds", asOf),
       holdsScanned: 0,
       holdsReleased: 0,
       creditsReleased: 0,
       users: 0,
-      errors: 0,
-      durationMs: 0,
     };
     return this.runJob(
       report,
       asOf,
-      () =>
-        this.walk(
-          (after, limit) =>
-            this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.at, id: after.id }),
-          (r) => ({ at: r.expiresAt, id: r.id, userId: r.userId }),
+      (r) => [r.holdsScanned, r.holdsReleased, r.errors],
+      async () => {
+        report.holdsScanned = await this.walk<Reservation>(
+          report,
           o,
-          (n) => (report.holdsScanned += n),
+          (after, limit) =>
+            this.db.findExpiredReservations(asOf, limit, after && { expiresAt: after.expiresAt, id: after.id }),
+          (r) => r.userId,
           async (userId) => {
             // Settled as of `asOf`, not the clock: what lapsed after it is left alone.
             const released = await this.core.settleAsOf(userId, asOf, "releaseExpiredHolds");
@@ -344,9 +345,8 @@ export class ExpirationService {
             report.holdsReleased += released.holdsReleased;
             report.creditsReleased += released.creditsReleased;
           },
-          () => report.errors++,
-        ),
-      (r) => [r.holdsScanned, r.holdsReleased, r.errors],
+        );
+      },
     );
   }
 
@@ -359,47 +359,33 @@ export class ExpirationService {
     const asOf = this.asOf(now);
     const o = parse(JobOptions, options, "options");
     const report: RenewSubscriptionsReport = {
-      job: "renewDueSubscriptions",
-      asOf: asOf.toISOString(),
+      ...jobBase("renewDueSubscriptions", asOf),
       subscriptionsScanned: 0,
       intentsCompleted: 0,
       renewed: 0,
       ended: 0,
       periodsSkipped: 0,
-      errors: 0,
-      durationMs: 0,
     };
     return this.runJob(
       report,
       asOf,
+      (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
       async () => {
-        const byId = new Map<string, Subscription>();
-        await this.walk(
-          async (after, limit) => {
-            const page = await this.db.findDueSubscriptions(
-              asOf,
-              limit,
-              after && { nextRunAt: after.at, id: after.id },
-            );
-            for (const s of page) byId.set(s.id, s);
-            return page;
-          },
-          (s) => ({ at: s.nextRunAt as Date, id: s.id, userId: s.id }),
+        report.subscriptionsScanned = await this.walk<Subscription>(
+          report,
           o,
-          (n) => (report.subscriptionsScanned += n),
-          async (subscriptionId) => {
-            const s = byId.get(subscriptionId) as Subscription;
-            byId.delete(subscriptionId);
+          (after, limit) =>
+            this.db.findDueSubscriptions(asOf, limit, after && { nextRunAt: after.nextRunAt as Date, id: after.id }),
+          (s) => s.id,
+          async (_id, s) => {
             const r = await this.subscriptions.advance(s, asOf);
             report.intentsCompleted += r.intentsCompleted;
             report.renewed += r.renewed;
             report.ended += r.ended;
             report.periodsSkipped += r.periodsSkipped;
           },
-          () => report.errors++,
         );
       },
-      (r) => [r.subscriptionsScanned, r.renewed + r.ended + r.periodsSkipped, r.errors],
     );
   }
 
@@ -452,19 +438,7 @@ export class ExpirationService {
   ): Promise<{ userId: string; creditsExpired: number }> {
     const user = parse(UserId, userId, "userId");
     const at = this.asOf(asOf);
-    if (asOf !== undefined) {
-      const creditsExpired = await this.core.runUnitOfWork(
-        user,
-        {},
-        async (work) => work.expireDue(at, {}),
-        undefined,
-        {
-          settle: false,
-          operation: "checkCreditExpiration",
-        },
-      );
-      return { userId: user, creditsExpired };
-    }
+    // Without `asOf`, the account is settled by the clock first, and what that expired counts too.
     const creditsExpired = await this.core.runUnitOfWork(
       user,
       {},
@@ -473,7 +447,7 @@ export class ExpirationService {
         return settled + work.expireDue(at, {});
       },
       undefined,
-      { settle: true, operation: "checkCreditExpiration" },
+      { settle: asOf === undefined, operation: "checkCreditExpiration" },
     );
     return { userId: user, creditsExpired };
   }
@@ -519,23 +493,20 @@ export class ExpirationService {
     const asOf = this.clock();
     const every = o.everyEntries ?? 1000;
     const report: CheckpointAccountsReport = {
-      job: "checkpointAccounts",
-      asOf: asOf.toISOString(),
+      ...jobBase("checkpointAccounts", asOf),
       accountsScanned: 0,
       checkpointsWritten: 0,
-      errors: 0,
-      durationMs: 0,
     };
     return this.runJob(
       report,
       asOf,
+      (r) => [r.accountsScanned, r.checkpointsWritten, r.errors],
       async () => {
-        const epoch = new Date(0);
-        await this.walk(
-          (after, limit) => listIds(after?.id ?? null, limit),
-          (id) => ({ at: epoch, id, userId: id }),
+        report.accountsScanned = await this.walk<string>(
+          report,
           o,
-          (n) => (report.accountsScanned += n),
+          (after, limit) => listIds(after ?? null, limit),
+          (id) => id,
           async (userId) => {
             const account = await this.db.getAccount(userId);
             if (account === null) return;
@@ -547,10 +518,8 @@ export class ExpirationService {
             const written = await this.credits.checkpoint(userId, { minEntries: since >= every ? every : 1 });
             if (written !== null) report.checkpointsWritten++;
           },
-          () => report.errors++,
         );
       },
-      (r) => [r.accountsScanned, r.checkpointsWritten, r.errors],
     );
   }
 
@@ -561,8 +530,8 @@ export class ExpirationService {
   private runJob<R extends JobBase>(
     report: R,
     asOf: Date,
-    fill: () => Promise<void>,
     counts: (report: R) => [number, number, number],
+    fill: () => Promise<void>,
   ): Promise<R> {
     return traceJob(
       report.job,
@@ -579,35 +548,38 @@ export class ExpirationService {
   }
 
   /**
-   * Walks a scan ordered by (time, id) in batches, resuming strictly after the last row of each:
+   * Walks a scan in batches, each resuming strictly after the last row of the one before (`after`):
    * the walk ends even when rows stay due (a failing account). Each batch's keys (accounts or
-   * subscriptions) are processed `concurrency` at a time, each once per batch.
+   * subscriptions) are processed `concurrency` at a time, each once per batch with its first row;
+   * a key that fails counts in `report.errors`. Resolves to the rows scanned.
    */
   private async walk<T>(
-    scan: (after: { at: Date; id: string } | undefined, limit: number) => Promise<T[]>,
-    keyOf: (row: T) => { at: Date; id: string; userId: string },
+    report: JobBase,
     o: { batchSize?: number; concurrency?: number },
-    scanned: (n: number) => void,
-    process: (key: string) => Promise<void>,
-    failed: () => void,
-  ): Promise<void> {
+    scan: (after: T | undefined, limit: number) => Promise<T[]>,
+    keyOf: (row: T) => string,
+    process: (key: string, row: T) => Promise<void>,
+  ): Promise<number> {
     const limit = o.batchSize ?? 1000;
     const concurrency = o.concurrency ?? 8;
-    let after: { at: Date; id: string } | undefined;
+    let scanned = 0;
+    let after: T | undefined;
     for (;;) {
       const rows = await scan(after, limit);
-      if (rows.length === 0) break;
-      scanned(rows.length);
-      const keys = [...new Set(rows.map((r) => keyOf(r).userId))];
-      let next = 0;
+      scanned += rows.length;
+      const keys = new Map<string, T>();
+      for (const row of rows) {
+        const key = keyOf(row);
+        if (!keys.has(key)) keys.set(key, row);
+      }
+      // One iterator shared by the workers: each takes the next key.
+      const queue = keys.entries();
       const worker = async () => {
-        for (;;) {
-          const key = keys[next++];
-          if (key === undefined) return;
+        for (const [key, row] of queue) {
           try {
-            await process(key);
+            await process(key, row);
           } catch (error) {
-            failed();
+            report.errors++;
             this.logger?.error({ err: error, key }, "credit-management: job step failed");
             await this.ledger
               ?.logError("job step failed", { key, error: error instanceof Error ? error.message : String(error) })
@@ -615,10 +587,9 @@ export class ExpirationService {
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.min(concurrency, keys.length) }, worker));
-      const last = keyOf(rows[rows.length - 1] as T);
-      after = { at: last.at, id: last.id };
-      if (rows.length < limit) break;
+      await Promise.all(Array.from({ length: Math.min(concurrency, keys.size) }, worker));
+      after = rows[rows.length - 1];
+      if (rows.length < limit) return scanned;
     }
   }
 
