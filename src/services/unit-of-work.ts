@@ -98,17 +98,6 @@ class Unit implements UnitContext {
   }
 }
 
-/** What `UnitRun` needs of the service. */
-interface UnitRunDeps {
-  readonly clock: () => Date;
-  alerts: Thresholds | undefined;
-  trial: ParsedTrial | undefined;
-  includeHeldGrants(work: AccountWork, tx: DbTransaction, holds: readonly Reservation[]): Promise<void>;
-  addNotifications(work: AccountWork, changes: Changes): void;
-  /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
-  checkpointEvery: number | undefined;
-}
-
 /**
  * One unit of work, as the store's transaction runs it (once, or again after a conflict): load,
  * answer a repeated idempotency key with the first result, settle what time has done, run the body,
@@ -119,7 +108,7 @@ class UnitRun<T> {
   refused: { seq: number; error: InsufficientCreditsError } | undefined;
 
   constructor(
-    private readonly deps: UnitRunDeps,
+    private readonly runner: UnitRunner,
     private readonly userId: string,
     private readonly meta: EntryMeta,
     private readonly body: (work: AccountWork, tx: DbTransaction, unit: UnitContext) => Promise<T> | T,
@@ -154,10 +143,10 @@ class UnitRun<T> {
       const value = this.replay === undefined ? (first as T) : await this.replay(first, tx);
       return { value, entries: NO_ENTRIES };
     }
-    const work = new AccountWork(this.userId, state, this.deps.clock(), newId);
-    if (this.deps.trial !== undefined && state.account === null) grantTrial(work, this.deps.trial);
+    const work = new AccountWork(this.userId, state, this.runner.clock(), newId);
+    if (this.runner.trial !== undefined && state.account === null) grantTrial(work, this.runner.trial);
     if (this.settle && work.needsSettle) {
-      await this.deps.includeHeldGrants(work, tx, state.reservations);
+      await includeHeldGrants(work, tx, state.reservations);
       const settled = work.settle();
       if (this.periods && settled.periodGrantsEnded > 0) return PERIOD_DUE;
     }
@@ -166,11 +155,11 @@ class UnitRun<T> {
     try {
       result = await this.body(work, tx, unit);
     } catch (error) {
-      if (error instanceof InsufficientCreditsError && this.deps.alerts !== undefined)
+      if (error instanceof InsufficientCreditsError && this.runner.alerts !== undefined)
         this.refused = { seq: work.account.seq, error };
       throw error;
     }
-    const every = this.deps.checkpointEvery;
+    const every = this.runner.checkpointEvery;
     if (every !== undefined && checkpointDue(work, every)) {
       // Every N entries, a checkpoint in the same unit of work (docs/operations.md, "Checkpoints and archival").
       const missing = work.missingHeldGrants();
@@ -188,7 +177,7 @@ class UnitRun<T> {
     if (!work.changed && !hasExtra) return outcome;
     const changes: Changes = work.changes();
     if (extra !== undefined) Object.assign(changes, extra);
-    if (this.deps.alerts !== undefined) this.deps.addNotifications(work, changes);
+    if (this.runner.alerts !== undefined) this.runner.addNotifications(work, changes);
     // Auto top-up (docs/promos-and-payments.md): the spend that crosses `below` asks for one, in
     // this unit of work, whether or not notifications are on. A unit that records a payment's
     // change never does: taking back a refund's (or lost dispute's) credits must not charge the
@@ -252,9 +241,12 @@ export class UnitRunner {
   private readonly db: DbManager;
   private readonly ledger: LedgerLogger | undefined;
   private readonly cache: CacheAside | undefined;
-  private readonly clock: () => Date;
+  readonly clock: () => Date;
   private readonly logger: Logger | undefined;
-  private readonly alerts: Thresholds | undefined;
+  readonly alerts: Thresholds | undefined;
+  readonly trial: ParsedTrial | undefined;
+  /** Write a checkpoint entry each time an account's seq passes a multiple of this (`checkpointEvery`). */
+  readonly checkpointEvery: number | undefined;
   private readonly features: Readonly<Record<string, { minAvailable: number }>>;
   private readonly hasFeatures: boolean;
   private readonly domainEvents: boolean;
@@ -271,9 +263,8 @@ export class UnitRunner {
     this.hasFeatures = Object.keys(options.features).length > 0;
     this.domainEvents = options.domainEvents;
     this.bringPeriod = options.periods;
-    this.runDeps.alerts = options.alerts;
-    this.runDeps.trial = options.trial;
-    this.runDeps.checkpointEvery = options.checkpointEvery;
+    this.trial = options.trial;
+    this.checkpointEvery = options.checkpointEvery;
   }
 
   /**
@@ -329,7 +320,7 @@ export class UnitRunner {
     message: UnitOfWorkMessage | undefined,
   ): Promise<T> {
     const periods = options.periods !== false && this.bringPeriod !== undefined;
-    const unit = new UnitRun<T>(this.runDeps, userId, meta, body, replay, options.settle, periods, message);
+    const unit = new UnitRun<T>(this, userId, meta, body, replay, options.settle, periods, message);
     const again = () =>
       this.run(operation, userId, meta, body, replay, { settle: options.settle, periods: false }, message);
     let outcome: UnitOutcome<T> | typeof PERIOD_DUE;
@@ -426,16 +417,6 @@ export class UnitRunner {
     throw error;
   }
 
-  /** What `UnitRun` uses of this runner (built once). */
-  private readonly runDeps: UnitRunDeps = {
-    clock: () => this.clock(),
-    alerts: undefined,
-    trial: undefined,
-    includeHeldGrants,
-    addNotifications: (work, changes) => this.addNotifications(work, changes),
-    checkpointEvery: undefined,
-  };
-
   /** `feature_status_changed` for each feature whose allowed state this unit of work flipped. */
   private featureNotifications(work: AccountWork, after: Account): readonly Notification[] {
     if (!this.hasFeatures) return NO_NOTIFICATIONS;
@@ -460,7 +441,7 @@ export class UnitRunner {
    * thresholds it reached (docs/teams-and-limits.md, "Limit notifications"), the alert crossing,
    * then the features it flipped.
    */
-  private addNotifications(work: AccountWork, changes: Changes): void {
+  addNotifications(work: AccountWork, changes: Changes): void {
     const journal = this.domainEvents
       ? domainEvents(work.userId, changes.entries, changes, work.now)
       : NO_NOTIFICATIONS;
@@ -472,17 +453,8 @@ export class UnitRunner {
     const limits = limitNotifications(work.userId, work.limitsCrossed, changes.account.seq, work.now);
     const alerts = evaluateAlert(changes.account, changes.entries, this.alerts as Thresholds, work.now);
     const features = this.featureNotifications(work, changes.account);
-    if (
-      journal.length === 0 &&
-      expired.length === 0 &&
-      recorded.length === 0 &&
-      limits.length === 0 &&
-      features.length === 0
-    ) {
-      if (alerts.length > 0) changes.notifications = alerts;
-    } else {
-      changes.notifications = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
-    }
+    const all = [...journal, ...expired, ...recorded, ...limits, ...alerts, ...features];
+    if (all.length > 0) changes.notifications = all;
   }
 
   /**
