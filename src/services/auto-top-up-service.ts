@@ -183,6 +183,9 @@ export class AutoTopUpService {
       credits: payment.credits,
       code,
     });
+    /** The provider's reference of the charge, on a payment that has none yet. */
+    const recordRef = (ref: string) =>
+      this.payments.advance(payment.id, (p) => (p.providerRef === null ? { providerRef: ref } : null), payment);
     switch (answer.status) {
       case "succeeded": {
         const event: PaymentEvent = {
@@ -201,21 +204,10 @@ export class AutoTopUpService {
         return { outcome: "credited", attemptId: attempt.id };
       }
       case "processing":
-        await this.payments.advance(
-          payment.id,
-          (p) => (p.providerRef === null ? { providerRef: answer.providerPaymentId } : null),
-          payment,
-        );
+        await recordRef(answer.providerPaymentId);
         return { outcome: "processing", attemptId: attempt.id };
       case "requires_action": {
-        if (answer.providerPaymentId !== null) {
-          const ref = answer.providerPaymentId;
-          await this.payments.advance(
-            payment.id,
-            (p) => (p.providerRef === null ? { providerRef: ref } : null),
-            payment,
-          );
-        }
+        if (answer.providerPaymentId !== null) await recordRef(answer.providerPaymentId);
         await this.settleAutoTopUp(user, attempt.id, (cur, now) => {
           const next = afterActionRequired(cur, attempt.id, answer.code);
           if (next === null) return null;

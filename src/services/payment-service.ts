@@ -46,7 +46,7 @@ import { parseConfig } from "../models/parse.js";
 import { systemKey } from "../domain/keys.js";
 import { afterCredited } from "../domain/auto-top-up.js";
 import type { HeadersLike, PaymentEvent, PaymentProvider } from "../payments/types.js";
-import { runAccountUnit, unitDeps, type UnitDeps } from "./account-unit.js";
+import { runAccountUnit, unitDeps, type UnitDeps, type UnitResult } from "./account-unit.js";
 import { PaymentCheckouts } from "./payment-checkouts.js";
 import { AutoTopUpService, type AutoTopUpResult } from "./auto-top-up-service.js";
 import type { CreditService } from "./credit-service.js";
@@ -209,11 +209,7 @@ export class PaymentService {
         `[credit-management] [${provider.name}] is not configured to open checkouts (API keys, return pages).`,
       );
     }
-    if (this.rates !== null && !this.rates.has(i.currency)) {
-      throw new ValidationError(`Invalid input.currency: "${i.currency}" is not accepted`, [
-        { path: "currency", message: `accepted: ${[...this.rates.keys()].join(", ")}` },
-      ]);
-    }
+    this.acceptedCurrency(i.currency);
     const credits = this.creditsFor(i.amount, i.currency);
     if (!Number.isSafeInteger(credits) || credits < 1) {
       throw new ValidationError(`Invalid input.amount: ${i.amount} ${i.currency} buys no whole credit`, [
@@ -313,27 +309,19 @@ export class PaymentService {
       });
     }
     const raw = typeof rawBody === "string" ? Buffer.from(rawBody, "utf8") : rawBody;
-    const started = webhookChannel.hasSubscribers ? performance.now() : 0;
+    const started = performance.now();
+    const publish = (outcome: WebhookMessage["outcome"], eventType: string | null) => {
+      if (webhookChannel.hasSubscribers) {
+        const durationMs = performance.now() - started;
+        webhookChannel.publish({ provider: provider.name, outcome, eventType, durationMs } satisfies WebhookMessage);
+      }
+    };
     try {
       const result = await this.applyWebhook(provider, raw, headers);
-      if (webhookChannel.hasSubscribers) {
-        webhookChannel.publish({
-          provider: provider.name,
-          outcome: result.outcome,
-          eventType: result.eventType,
-          durationMs: performance.now() - started,
-        } satisfies WebhookMessage);
-      }
+      publish(result.outcome, result.eventType);
       return result;
     } catch (error) {
-      if (webhookChannel.hasSubscribers) {
-        webhookChannel.publish({
-          provider: provider.name,
-          outcome: error instanceof WebhookRejectedError ? "rejected" : "failed",
-          eventType: null,
-          durationMs: performance.now() - started,
-        } satisfies WebhookMessage);
-      }
+      publish(error instanceof WebhookRejectedError ? "rejected" : "failed", null);
       if (error instanceof WebhookRejectedError) {
         // Refused webhooks are security-relevant: kept as ledger error events (never fatal).
         await this.deps.ledger
@@ -558,7 +546,7 @@ export class PaymentService {
     provider: string,
     payment: Payment,
     event: PaymentEvent,
-    result: (o: WebhookResult["outcome"], p: Payment | null, reason?: string) => WebhookResult,
+    result: WebhookAnswer,
   ): Promise<WebhookResult> {
     const ref = event.providerPaymentId ?? payment.providerRef ?? payment.id;
     const meta: EntryMeta = {
@@ -568,47 +556,36 @@ export class PaymentService {
       description: `Payment ${payment.id} (${provider})`,
       metadata: { paymentId: payment.id, provider },
     };
-    return retryOnConflict(() =>
-      runAccountUnit(
-        { ...this.deps, operation: "creditPayment" },
-        payment.userId,
-        meta,
-        async (work, tx) => {
-          const p = await this.current(tx, payment.id);
-          if (isCredited(p.status)) return { value: result("duplicate", p) };
-          const entry = work.add(
-            p.credits,
-            {
-              expiresAt: null,
-              priority: 0,
-              source: "payment",
-              sourceRef: ref,
-              description: meta.description ?? null,
-              metadata: null,
-              // What the credits were sold for: the amount paid over the credits (docs/revenue.md).
-              costBasis: p.credits > 0 ? basisOfPrice(p.amount, p.credits, p.currency) : null,
-            },
-            meta,
-          );
-          // An auto top-up credited (synchronously or by the webhook): no longer in flight.
-          const topUp = work.account.autoTopUp;
-          if (topUp?.pending?.id === p.id) work.account.autoTopUp = afterCredited(topUp, p.id);
-          const next: Payment = {
-            ...p,
-            status: "paid",
-            providerPaymentId: event.providerPaymentId ?? p.providerPaymentId,
-            grantId: entry.grants[0]?.grantId ?? null,
-            creditEntryId: entry.id,
-            version: p.version + 1,
-            updatedAt: work.now,
-          };
-          return { value: result("credited", next), extra: { paymentUpdates: [next] } };
+    return this.paymentUnit("creditPayment", payment, meta, result, async (p, work) => {
+      if (isCredited(p.status)) return { value: result("duplicate", p) };
+      const entry = work.add(
+        p.credits,
+        {
+          expiresAt: null,
+          priority: 0,
+          source: "payment",
+          sourceRef: ref,
+          description: meta.description ?? null,
+          metadata: null,
+          // What the credits were sold for: the amount paid over the credits (docs/revenue.md).
+          costBasis: p.credits > 0 ? basisOfPrice(p.amount, p.credits, p.currency) : null,
         },
-        // Inside the transaction: read through `tx` (a pool read here could wait for a connection
-        // that units of work like this one hold).
-        async (_entry, tx) => result("duplicate", await tx.getPayment(payment.id)),
-      ),
-    );
+        meta,
+      );
+      // An auto top-up credited (synchronously or by the webhook): no longer in flight.
+      const topUp = work.account.autoTopUp;
+      if (topUp?.pending?.id === p.id) work.account.autoTopUp = afterCredited(topUp, p.id);
+      const next: Payment = {
+        ...p,
+        status: "paid",
+        providerPaymentId: event.providerPaymentId ?? p.providerPaymentId,
+        grantId: entry.grants[0]?.grantId ?? null,
+        creditEntryId: entry.id,
+        version: p.version + 1,
+        updatedAt: work.now,
+      };
+      return { value: result("credited", next), extra: { paymentUpdates: [next] } };
+    });
   }
 
   /**
@@ -621,7 +598,7 @@ export class PaymentService {
     provider: string,
     payment: Payment,
     event: PaymentEvent,
-    result: (o: WebhookResult["outcome"], p: Payment | null, reason?: string) => WebhookResult,
+    result: WebhookAnswer,
     by?: string,
   ): Promise<WebhookResult> {
     const dispute = event.kind === "dispute_lost";
@@ -644,40 +621,59 @@ export class PaymentService {
         ...(by === undefined ? {} : { refundedBy: by }),
       },
     };
+    const operation = dispute ? "reverseDispute" : "reverseRefund";
+    return this.paymentUnit(operation, payment, meta, result, async (p, work, tx, state) => {
+      // A refund or dispute of another attempt at this payment (e.g. Razorpay auto-refunding an
+      // authorized, never captured one): not the money that was credited. Checked here, under
+      // the account's lock, so a concurrent paid event cannot slip in between.
+      if (otherAttempt(p, event)) {
+        this.deps.logger?.warn(
+          {
+            paymentId: p.id,
+            eventType: event.type,
+            providerPaymentId: event.providerPaymentId,
+            credited: p.providerPaymentId,
+          },
+          "credit-management: refund or dispute of another payment attempt ignored",
+        );
+        return { value: result("ignored", p, "refund or dispute of another payment attempt") };
+      }
+      const r = reversal(p, dispute, refunded);
+      if (r.outcome !== "apply") return { value: result(r.outcome, p) };
+      if (r.takeBack > 0) await this.takeBack(work, tx, state, p, r.takeBack, meta);
+      const next: Payment = {
+        ...p,
+        status: r.status,
+        refundedAmount: r.refundedAmount,
+        creditsReversed: p.creditsReversed + r.takeBack,
+        version: p.version + 1,
+        updatedAt: work.now,
+      };
+      return { value: result(r.takeBack > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
+    });
+  }
+
+  /**
+   * One unit of work on `payment`'s account that changes the payment: `body` gets it as the unit
+   * reads it. Rerun when it loses the payment's compare-and-set (`retryOnConflict`); a repeated key
+   * answers "duplicate" with the payment as it is.
+   */
+  private paymentUnit(
+    operation: string,
+    payment: Payment,
+    meta: EntryMeta,
+    result: WebhookAnswer,
+    body: (p: Payment, work: AccountWork, tx: DbTransaction, state: LoadedState) => Promise<UnitResult<WebhookResult>>,
+  ): Promise<WebhookResult> {
     return retryOnConflict(() =>
       runAccountUnit(
-        { ...this.deps, operation: dispute ? "reverseDispute" : "reverseRefund" },
+        { ...this.deps, operation },
         payment.userId,
         meta,
         async (work, tx, state) => {
-          const p = await this.current(tx, payment.id);
-          // A refund or dispute of another attempt at this payment (e.g. Razorpay auto-refunding an
-          // authorized, never captured one): not the money that was credited. Checked here, under
-          // the account's lock, so a concurrent paid event cannot slip in between.
-          if (otherAttempt(p, event)) {
-            this.deps.logger?.warn(
-              {
-                paymentId: p.id,
-                eventType: event.type,
-                providerPaymentId: event.providerPaymentId,
-                credited: p.providerPaymentId,
-              },
-              "credit-management: refund or dispute of another payment attempt ignored",
-            );
-            return { value: result("ignored", p, "refund or dispute of another payment attempt") };
-          }
-          const r = reversal(p, dispute, refunded);
-          if (r.outcome !== "apply") return { value: result(r.outcome, p) };
-          if (r.takeBack > 0) await this.takeBack(work, tx, state, p, r.takeBack, meta);
-          const next: Payment = {
-            ...p,
-            status: r.status,
-            refundedAmount: r.refundedAmount,
-            creditsReversed: p.creditsReversed + r.takeBack,
-            version: p.version + 1,
-            updatedAt: work.now,
-          };
-          return { value: result(r.takeBack > 0 ? "reversed" : "updated", next), extra: { paymentUpdates: [next] } };
+          const p = await tx.getPayment(payment.id);
+          if (p === null) throw new NotFoundError(`Payment ${payment.id} not found.`, { paymentId: payment.id });
+          return body(p, work, tx, state);
         },
         // Inside the transaction: read through `tx` (a pool read here could wait for a connection
         // that units of work like this one hold).
@@ -720,12 +716,6 @@ export class PaymentService {
     if (plan.deduct > 0) work.deduct(plan.deduct, next(), { allowDebt: true, overdraftLimit: null });
   }
 
-  private async current(tx: DbTransaction, id: string): Promise<Payment> {
-    const p = await tx.getPayment(id);
-    if (p === null) throw new NotFoundError(`Payment ${id} not found.`, { paymentId: id });
-    return p;
-  }
-
   /**
    * Compare-and-set loop on a payment outside any account: `change` returns the fields, or null for
    * none. `first`: the payment as the caller has it (tried before reading it again).
@@ -749,9 +739,12 @@ export class PaymentService {
   }
 }
 
-/** The answer to a webhook (or a manual refund) of type `eventType`: its outcome, payment and status. */
-function resultOf(eventType: string) {
-  return (outcome: WebhookResult["outcome"], p: Payment | null, reason?: string): WebhookResult => ({
+/** Answers a webhook (or a manual refund) with its outcome, payment and status. */
+type WebhookAnswer = (outcome: WebhookResult["outcome"], p: Payment | null, reason?: string) => WebhookResult;
+
+/** The answer to a webhook (or a manual refund) of type `eventType`. */
+function resultOf(eventType: string): WebhookAnswer {
+  return (outcome, p, reason) => ({
     outcome,
     eventType,
     paymentId: p?.id ?? null,
