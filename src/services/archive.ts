@@ -9,6 +9,7 @@ import { replayJournal, type AuditReport } from "../domain/replay.js";
 import { catchUpRevenue } from "./revenue.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { DateInput, UserId, parse, type JournalEntry } from "../models/index.js";
+import { journalPages } from "./history.js";
 
 /** `credits.archiveJournal(options)` (docs/operations.md, "Checkpoints and archival"). */
 export const ArchiveJournalOptions = z.strictObject({
@@ -125,19 +126,15 @@ export async function archiveJournal(db: DbManager, options: ArchiveJournalOptio
         ...(o.before === undefined ? {} : { to: o.before }),
       });
       if (cp === undefined) return;
-      let after = 0;
       let lines = "";
       let count = 0;
-      for (;;) {
-        const page = await db.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
+      for await (const page of journalPages(db, userId)) {
         for (const e of page) {
           if (e.seq > cp.seq) break;
           lines += `${JSON.stringify(e)}\n`;
           count++;
         }
-        const last = page[page.length - 1];
-        if (page.length < PAGE || last === undefined || last.seq >= cp.seq) break;
-        after = last.seq;
+        if ((page[page.length - 1]?.seq ?? cp.seq) >= cp.seq) break;
         if (lines.length > 1 << 20) {
           await out.write(lines);
           lines = "";
@@ -246,15 +243,13 @@ export async function verifyArchives(
     if (closing === null && store !== undefined) {
       // The store continues the archive up to its first checkpoint (replayed with it).
       let after = last.seq;
-      pages: for (;;) {
-        const page = await store.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
+      pages: for await (const page of journalPages(store, userId, after)) {
         for (const e of page) {
           if (e.seq !== after + 1) break pages;
           entries.push(e);
           after = e.seq;
           if (e.type === "checkpoint") break pages;
         }
-        if (page.length < PAGE) break;
       }
       const tail = entries[entries.length - 1] as JournalEntry;
       if (tail.seq === last.seq)

@@ -4,7 +4,7 @@ import { revenueProblems } from "../domain/revenue.js";
 import { rollupAuditScan, rollupProblems } from "../domain/usage.js";
 import type { AuditOptions, JournalEntry } from "../models/index.js";
 import type * as z from "zod";
-import { copy } from "./history.js";
+import { copy, journalAfter } from "./history.js";
 import { revenueSummaryProblems } from "./revenue.js";
 import type { UnitRunner } from "./unit-of-work.js";
 
@@ -26,14 +26,7 @@ export async function auditAccount(
   o: z.output<typeof AuditOptions>,
 ): Promise<AuditReport> {
   const start = o.from === "genesis" ? undefined : await latestCheckpoint(db, user);
-  const entries: JournalEntry[] = [];
-  let after = start === undefined ? 0 : start.seq - 1;
-  for (;;) {
-    const page = await db.listJournal(user, { order: "asc", afterSeq: after, limit: 1000 });
-    for (const e of page) entries.push(e);
-    if (page.length < 1000) break;
-    after = (page[page.length - 1] as JournalEntry).seq;
-  }
+  const entries = await journalAfter(db, user, start === undefined ? 0 : start.seq - 1);
   const [account, grants, reservations] = await Promise.all([
     db.getAccount(user),
     db.listGrants(user, { includeInactive: true }),

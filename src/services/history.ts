@@ -79,6 +79,30 @@ export async function expiringCredits(
   return { userId: user, total: grants.reduce((s, g) => s + g.remaining, 0), grants: grants.map(copy) };
 }
 
+/** `user`'s journal entries after seq `after`, oldest first, a page at a time. */
+export async function* journalPages(
+  db: Pick<DbManager, "listJournal">,
+  user: string,
+  after = 0,
+): AsyncGenerator<JournalEntry[]> {
+  for (;;) {
+    const page = await db.listJournal(user, { order: "asc", afterSeq: after, limit: JOURNAL_PAGE });
+    yield page;
+    if (page.length < JOURNAL_PAGE) return;
+    after = page[page.length - 1]!.seq;
+  }
+}
+
+/** `user`'s journal entries after seq `after`, oldest first. */
+export async function journalAfter(db: DbManager, user: string, after = 0): Promise<JournalEntry[]> {
+  const entries: JournalEntry[] = [];
+  for await (const page of journalPages(db, user, after)) entries.push(...page);
+  return entries;
+}
+
+/** Journal entries one page of `journalPages` reads. */
+const JOURNAL_PAGE = 1000;
+
 /** True when `e` was recorded under `spender` and for `feature` (each: when asked). */
 function spentBy(e: JournalEntry, spender: string | undefined, feature: string | undefined): boolean {
   return (spender === undefined || e.spender === spender) && (feature === undefined || e.feature === feature);

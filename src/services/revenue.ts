@@ -24,8 +24,9 @@ import {
 } from "../models/revenue.js";
 import type { UsageInterval } from "../models/usage.js";
 import { breather } from "../util/breather.js";
+import { journalAfter, journalPages } from "./history.js";
 
-/** Journal entries and account ids one page reads. */
+/** Accounts one page lists. */
 const PAGE = 1000;
 const DAY = 86_400_000;
 
@@ -91,13 +92,9 @@ export async function getRevenue(
     const groups = groupBy.includes("source") || groupBy.includes("plan") ? await groupsOf(db, userId) : undefined;
     // Page by page, each from the state the last left, with a pause between.
     let state = emptyRevenueState();
-    let after = 0;
-    for (;;) {
-      const page = await db.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
+    for await (const page of journalPages(db, userId)) {
       state = sum.addAccount(userId, page, groups, state);
       await pause();
-      if (page.length < PAGE) break;
-      after = page[page.length - 1]!.seq;
     }
   };
   const summary = db.revenueSummary;
@@ -127,18 +124,6 @@ export async function getRevenue(
     await pause();
   }
   return { rows, truncated: false, timeZone };
-}
-
-/** `userId`'s journal entries after seq `after`, in order. */
-async function journalAfter(db: DbManager, userId: string, after: number): Promise<JournalEntry[]> {
-  const entries: JournalEntry[] = [];
-  for (;;) {
-    const page = await db.listJournal(userId, { order: "asc", afterSeq: after, limit: PAGE });
-    for (const e of page) entries.push(e);
-    if (page.length < PAGE) break;
-    after = page[page.length - 1]!.seq;
-  }
-  return entries;
 }
 
 /** The source and plan of each of `userId`'s grants, by id. */
@@ -402,7 +387,7 @@ export async function revenueSummaryProblems(
   // Entries the audit read, unless they start later or end before the summary's checkpoint (a
   // report or the worker's round caught up since).
   const reaches = entries[0]?.seq === 1 && entries[entries.length - 1]!.seq >= through;
-  const journal = reaches ? entries : await journalAfter(db, userId, 0);
+  const journal = reaches ? entries : await journalAfter(db, userId);
   if (journal.length > 0 && journal[0]!.seq !== 1) return [];
   const mine = journal.filter((e) => e.seq <= through);
   const problems: string[] = [];

@@ -3,6 +3,7 @@ import type { JournalEntry } from "../models/index.js";
 import { UsageAccumulator, usageBoundaries, usageRows, type UsageScan } from "../domain/usage.js";
 import { ConfigurationError, ValidationError } from "../errors.js";
 import { parse } from "../models/index.js";
+import { journalPages } from "./history.js";
 import { MAX_USAGE_RANGE_DAYS, MAX_USAGE_WINDOWS, UsageKind, UsageQuery, type UsageReport } from "../models/usage.js";
 
 /** Rows a usage query answers when it names no `limit`. */
@@ -38,9 +39,6 @@ export function usageScan(query: UsageQuery): UsageScan {
   };
 }
 
-/** Journal entries one page of the fallback reads. */
-const PAGE = 1000;
-
 /**
  * `credits.getUsage(query)` (docs/usage.md): the store's own aggregation (`DbManager.usage`), or —
  * for a store without one — one account's journal read page by page and summed here.
@@ -56,12 +54,8 @@ export async function getUsage(db: DbManager, query: UsageQuery): Promise<UsageR
       );
     }
     const sum = new UsageAccumulator(scan);
-    let after = 0;
-    for (;;) {
-      const page = await db.listJournal(scan.account, { order: "asc", afterSeq: after, limit: PAGE });
+    for await (const page of journalPages(db, scan.account)) {
       for (const e of page) sum.add(scan.account, e);
-      if (page.length < PAGE) break;
-      after = page[page.length - 1]!.seq;
     }
     buckets = sum.result();
   }
