@@ -25,9 +25,8 @@ import { parseConfig } from "../models/parse.js";
 import type { PricingService } from "./pricing-service.js";
 import type { LeaseHold, LeaseSettle, LeaseSettled } from "./leases.js";
 import { leaseHold, settleLease } from "./lease-settle.js";
-import { STORED_HOLD, type HoldAnswer } from "./hold-lookup.js";
+import { copyHold, replayHold } from "./hold-lookup.js";
 import { activeHold, includeHeldGrants, UnitRunner, type UnitContext } from "./unit-of-work.js";
-import type { SessionDeps } from "./metering.js";
 import { CustomerTokens } from "./customer-tokens.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
 import type { CreditService, CreditServiceOptions } from "./credit-service.js";
@@ -78,8 +77,6 @@ export class CreditCore {
   readonly units: UnitRunner;
   /** Customer tokens, when `customerTokens` was given. */
   readonly tokens: CustomerTokens | undefined;
-  /** What metered calls use (one object for all of them). */
-  readonly session: SessionDeps;
   /** Whether its units of work bring a due subscription period first (the `subscriptions` option). */
   readonly bringsPeriods: boolean;
 
@@ -135,7 +132,6 @@ export class CreditCore {
       checkpointEvery,
       periods: periods && ((userId) => periods.bringDue(userId)),
     });
-    this.session = { core: this, pricing: this.pricing, ledger: this.ledger, logger: this.logger };
   }
 
   /**
@@ -181,16 +177,9 @@ export class CreditCore {
    * `shortfall`. Resolves to null when the limit allows nothing. A repeated key answers with the
    * first entry, as `deductCreditsAfterService` does.
    */
-  chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
-    let meta: EntryMeta;
-    try {
-      meta = this.meta("deductCreditsAfterService", parse(DeductOptions, options, "options"), () => ({
-        amount,
-        ...options,
-      }));
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
+  async chargeUpToLimit(userId: string, amount: number, options: DeductOptions): Promise<JournalEntry | null> {
+    const o = parse(DeductOptions, options, "options");
+    const meta = this.meta("deductCreditsAfterService", o, () => ({ amount, ...options }));
     return this.units.mutate("deductCreditsAfterService", userId, meta, (work) =>
       work.deductUpToLimit(amount, this.late(meta, work.now), this.overdraftLimit),
     );
@@ -198,41 +187,30 @@ export class CreditCore {
 
   /**
    * `reserveCredits` for input its models already accepted (metering parses its options once, up
-   * front). Resolves to the stored reservation: read it, never change it.
+   * front). Resolves to the stored reservation (read it, never change it), or with `callerCopy` to
+   * the caller's own copy, made in the unit of work (the store may keep the hold it saved).
    */
-  placeHold(user: string, n: number, o: ParsedReserveOptions): Promise<Reservation> {
-    return this.hold(user, n, o, STORED_HOLD);
-  }
-
-  /** The unit of work of a new hold; `answer` turns the hold placed (or found again by its key) into the answer. */
-  hold(user: string, n: number, o: ParsedReserveOptions, answer: HoldAnswer): Promise<Reservation> {
+  hold(user: string, n: number, o: ParsedReserveOptions, callerCopy = false): Promise<Reservation> {
     const ttl = o.ttlSeconds ?? this.defaultTtl;
     const meta = this.meta("reserveCredits", o, () => ({ amount: n, ...o, ttlSeconds: ttl }));
+    const out = callerCopy ? copyHold : (r: Reservation) => r;
     return this.units.mutate(
       "reserveCredits",
       user,
       meta,
-      (work) => answer.out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
-      answer.replay,
+      (work) => out(work.reserve(n, ttl, o.reason ?? null, meta).reservation),
+      async (entry, tx) => out(await replayHold(entry, tx)),
     );
   }
 
-  /** `commitReservedCredits` of a hold of `userId` (known to the caller: no lookup), for input its models already accepted. */
-  commitHold(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
-    return this.commitWith(userId, id, o, false);
-  }
-
   /**
-   * `commitHold` of usage already delivered (metering): past the overdraft limit it commits what the
-   * limit allows — the hold and the headroom beyond it — instead of refusing, decided inside the
-   * unit of work as `chargeUpToLimit` decides; a clamped commit entry's metadata adds `requested`
-   * and `shortfall`.
+   * `commitReservedCredits` of a hold of `userId` (known to the caller: no lookup), for input its
+   * models already accepted. `upToLimit` (metering, usage already delivered): past the overdraft
+   * limit it commits what the limit allows — the hold and the headroom beyond it — instead of
+   * refusing, decided inside the unit of work as `chargeUpToLimit` decides; a clamped commit entry's
+   * metadata adds `requested` and `shortfall`.
    */
-  commitHoldUpToLimit(userId: string, id: string, o: ParsedCommitOptions): Promise<JournalEntry> {
-    return this.commitWith(userId, id, o, true);
-  }
-
-  private commitWith(userId: string, id: string, o: ParsedCommitOptions, upToLimit: boolean): Promise<JournalEntry> {
+  commitHold(userId: string, id: string, o: ParsedCommitOptions, upToLimit = false): Promise<JournalEntry> {
     const meta = this.meta("commitReservedCredits", o, () => ({ reservationId: id, ...o }));
     return this.units.mutate("commitReservedCredits", userId, meta, async (work, tx) => {
       const hold = await activeHold(work, tx, id);

@@ -1,4 +1,3 @@
-import type * as z from "zod";
 import type { Logger } from "../logger.js";
 import type { Cache } from "../cache/index.js";
 import type { DbManager } from "../db/types.js";
@@ -61,7 +60,7 @@ import {
   type SpendLimitStatus,
 } from "../models/index.js";
 import { CreditLeases } from "./leases.js";
-import { CALLER_COPY, findReservation, ownerOfReservation } from "./hold-lookup.js";
+import { findReservation, ownerOfReservation } from "./hold-lookup.js";
 import {
   CreditCore,
   NO_META,
@@ -170,13 +169,7 @@ export class CreditService {
     this.db = core.db;
     setCreditCore(this, core);
     this.reads = new BalanceReads(core.db, core.cache, core.clock, core.units);
-    this.limits = new SpendLimits({
-      db: core.db,
-      units: core.units,
-      reads: this.reads,
-      clock: core.clock,
-      meta: (operation, o, args) => core.meta(operation, o, args),
-    });
+    this.limits = new SpendLimits(core, this.reads);
   }
 
   /** Adds credits as a new grant (after paying any debt). */
@@ -249,69 +242,39 @@ export class CreditService {
   }
 
   /** Places a hold on `amount` credits for `ttlSeconds` (default 900). Resolves to the reservation. */
-  reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
-    let user: string;
-    let n: number;
-    let o: ParsedReserveOptions;
-    try {
-      user = parse(UserId, userId, "userId");
-      n = parse(Amount, amount, "amount");
-      o = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
-    // The caller's own copy (the store may keep the hold), made in the unit of work itself.
-    return this.core.hold(user, n, o, CALLER_COPY);
+  async reserveCredits(userId: string, amount: number, options: ReserveOptions = NO_OPTIONS): Promise<Reservation> {
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o: ParsedReserveOptions = options === NO_OPTIONS ? NO_OPTIONS : parse(ReserveOptions, options, "options");
+    return this.core.hold(user, n, o, true);
   }
 
   /**
    * Captures a hold: all of it by default, or `amount` (less returns the rest to its grants; more
    * takes the excess like an after-service deduction). Resolves to the commit entry.
    */
-  commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
-    let id: string;
-    let o: ParsedCommitOptions;
+  async commitReservedCredits(reservationId: string, options: CommitOptions = NO_OPTIONS): Promise<JournalEntry> {
+    const id = parse(EntityId, reservationId, "reservationId");
     let userId: string | undefined;
-    try {
-      id = parse(EntityId, reservationId, "reservationId");
-      if (options === NO_OPTIONS) o = NO_OPTIONS;
-      else {
-        const parsed = parse(CommitOptions, options, "options");
-        userId = parsed.userId;
-        // (Without an owner the parsed options are `o` as they are: no copy less one key.)
-        if (userId === undefined) o = parsed;
-        else ({ userId, ...o } = parsed);
-      }
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
+    let o: ParsedCommitOptions = NO_OPTIONS;
+    if (options !== NO_OPTIONS) ({ userId, ...o } = parse(CommitOptions, options, "options"));
     if (o.amount === undefined && o.idempotencyKey !== undefined) {
       // With a key, "the full hold" is that hold's amount: a retry that names it is the same call.
-      const parsed = o;
-      return findReservation(this.db, id, userId).then((found) =>
-        this.core.commitHold(found.userId, id, { ...parsed, amount: found.amount }),
-      );
+      const found = await findReservation(this.db, id, userId);
+      return this.core.commitHold(found.userId, id, { ...o, amount: found.amount });
     }
     // A given owner routes the unit of work; its reads are the owner's, so another user's hold is not found.
-    if (userId !== undefined) return this.core.commitHold(userId, id, o);
-    return ownerOfReservation(this.db, id).then((owner) => this.core.commitHold(owner, id, o));
+    return this.core.commitHold(userId ?? (await ownerOfReservation(this.db, id)), id, o);
   }
 
   /** Returns everything a hold earmarked. Resolves to the release entry. */
-  releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
-    let id: string;
-    let o: ParsedMutationOptions;
+  async releaseReservedCredits(reservationId: string, options: ReleaseOptions = NO_OPTIONS): Promise<JournalEntry> {
+    const id = parse(EntityId, reservationId, "reservationId");
     let userId: string | undefined;
-    try {
-      id = parse(EntityId, reservationId, "reservationId");
-      if (options === NO_OPTIONS) o = NO_OPTIONS;
-      else ({ userId, ...o } = parse(ReleaseOptions, options, "options"));
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
+    let o: ParsedMutationOptions = NO_OPTIONS;
+    if (options !== NO_OPTIONS) ({ userId, ...o } = parse(ReleaseOptions, options, "options"));
     // A given owner routes the unit of work, as for a commit.
-    if (userId !== undefined) return this.core.releaseHold(userId, id, o);
-    return ownerOfReservation(this.db, id).then((owner) => this.core.releaseHold(owner, id, o));
+    return this.core.releaseHold(userId ?? (await ownerOfReservation(this.db, id)), id, o);
   }
 
   /**
@@ -323,18 +286,10 @@ export class CreditService {
    * the same `idempotencyKey`: the first one). `NotFoundError`: no entry of that id on this account;
    * `RuleViolationError`: not a charge (a take-back, an addition, …), or more than is left of it.
    */
-  reverseCharge(userId: string, entryId: string, options: ReverseChargeOptions): Promise<JournalEntry> {
-    let user: string;
-    let id: string;
-    let o: z.output<typeof ReverseChargeOptions>;
-    try {
-      user = parse(UserId, userId, "userId");
-      id = parse(EntityId, entryId, "entryId");
-      o = parse(ReverseChargeOptions, options, "options");
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
-    return reverseCharge(this.core, user, id, o);
+  async reverseCharge(userId: string, entryId: string, options: ReverseChargeOptions): Promise<JournalEntry> {
+    const user = parse(UserId, userId, "userId");
+    const id = parse(EntityId, entryId, "entryId");
+    return reverseCharge(this.core, user, id, parse(ReverseChargeOptions, options, "options"));
   }
 
   /**
@@ -538,15 +493,8 @@ export class CreditService {
     options: MeterOptions & { onSettled?: (outcome: MeterOutcome) => void },
     fn: (context: MeterContext) => T | Promise<T>,
   ): Promise<T> {
-    const given = (options ?? {}) as MeterOptions & { onSettled?: (outcome: MeterOutcome) => void };
-    // (A copy without `onSettled` only when it is there: the schema knows no such option.)
-    let rest: MeterOptions = given;
-    const proto = typeof given === "object" ? (Object.getPrototypeOf(given) as unknown) : undefined;
-    if ((proto !== Object.prototype && proto !== null) || Object.prototype.hasOwnProperty.call(given, "onSettled")) {
-      const { onSettled: _, ...others } = given;
-      rest = others;
-    }
-    const onSettled = given.onSettled;
+    // `onSettled` is not the schema's: the rest is validated without it.
+    const { onSettled, ...rest } = options ?? {};
     const o = parse(MeterOptionsSchema, rest, "options");
     if (onSettled !== undefined && typeof onSettled !== "function") {
       throw new ValidationError("Invalid options.onSettled: must be a function", [
@@ -555,7 +503,7 @@ export class CreditService {
     }
     if (typeof fn !== "function")
       throw new ValidationError("Invalid fn: must be a function", [{ path: "fn", message: "must be a function" }]);
-    return runMetered(this.core.session, parse(UserId, userId, "userId"), o, fn, onSettled);
+    return runMetered(this.core, parse(UserId, userId, "userId"), o, fn, onSettled);
   }
 
   /**
@@ -563,17 +511,7 @@ export class CreditService {
    * charges served from them in memory and settled in one journal entry per window.
    */
   leases(options: LeaseOptions = {}): CreditLeases {
-    return new CreditLeases(
-      {
-        credits: this,
-        core: this.core,
-        ledger: this.core.ledger,
-        logger: this.core.logger,
-        session: this.core.session,
-        clock: this.core.givenClock,
-      },
-      options,
-    );
+    return new CreditLeases(this.core, options);
   }
 
   /**
@@ -584,7 +522,7 @@ export class CreditService {
    */
   async openMeter(userId: string, options: MeterOptions): Promise<MeterSession> {
     const o = parse(MeterOptionsSchema, options, "options");
-    return openMeter(this.core.session, parse(UserId, userId, "userId"), o);
+    return openMeter(this.core, parse(UserId, userId, "userId"), o);
   }
 
   /** A reservation by id. */
@@ -665,23 +603,16 @@ export class CreditService {
 
   // -----------------------------------------------------------------------------------------------
 
-  private deduct(
+  private async deduct(
     operation: string,
     userId: string,
     amount: number,
     options: DeductOptions,
     allowDebt: boolean,
   ): Promise<JournalEntry> {
-    let user: string;
-    let n: number;
-    let o: DeductOptions;
-    try {
-      user = parse(UserId, userId, "userId");
-      n = parse(Amount, amount, "amount");
-      o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
-    } catch (error) {
-      return Promise.reject(error as Error);
-    }
+    const user = parse(UserId, userId, "userId");
+    const n = parse(Amount, amount, "amount");
+    const o = options === NO_OPTIONS ? NO_OPTIONS : parse(DeductOptions, options, "options");
     return this.core.deduct(operation, user, n, o, allowDebt);
   }
 }

@@ -25,6 +25,7 @@ export async function findReservation(db: DbManager, id: string, userId?: string
     throw new NotFoundError(`Reservation ${id} not found.`, { reservationId: id });
   return r;
 }
+
 /** A repeated `reserveCredits` key: the hold its first entry placed. */
 export async function replayHold(entry: JournalEntry, tx: DbTransaction): Promise<Reservation> {
   const r = await tx.getReservation(entry.reservationId ?? "");
@@ -32,22 +33,7 @@ export async function replayHold(entry: JournalEntry, tx: DbTransaction): Promis
   return r;
 }
 
-/** What `reserveCredits` (and metering's `placeHold`) answer with: the hold placed, or found again by its key. */
-export interface HoldAnswer {
-  out: (r: Reservation) => Reservation;
-  replay: (entry: JournalEntry, tx: DbTransaction) => Promise<Reservation>;
-}
-
 /** The caller's own copy of a hold (the store may keep the one it saved). */
-function callerHold(r: Reservation): Reservation {
+export function copyHold(r: Reservation): Reservation {
   return { ...r, allocations: r.allocations.map((p) => ({ ...p })) };
 }
-
-/** `reserveCredits`: the caller's own copy. */
-export const CALLER_COPY: HoldAnswer = {
-  out: callerHold,
-  replay: (entry, tx) => replayHold(entry, tx).then(callerHold),
-};
-
-/** `placeHold` (metering): the hold as the unit of work placed it, to read, never to change. */
-export const STORED_HOLD: HoldAnswer = { out: (r) => r, replay: replayHold };

@@ -7,6 +7,7 @@ import { ReservationExpiredError, ReservationNotActiveError } from "../errors.js
 import type { JournalEntry, Reservation } from "../models/index.js";
 import { leaseHoldOf, type LeaseHold, type LeaseSettle, type LeaseSettled } from "./leases.js";
 import { activeHold, type UnitRunner } from "./unit-of-work.js";
+import { NO_SPEND } from "./balance-reads.js";
 
 /*
  * Lease settling (docs/metering.md, "Leases"): the one unit of work that turns a lease window's
@@ -41,7 +42,7 @@ export async function settleLease(
   // it may use fund it.
   const spend: Spend =
     s.spender === undefined && s.feature === undefined
-      ? LEASE_SPEND
+      ? NO_SPEND
       : { spender: s.spender ?? null, feature: s.feature ?? null };
   const meta: EntryMeta = {
     idempotencyKey: key,
@@ -80,7 +81,7 @@ export async function settleLease(
           // The key goes on the unit's first entry (an opening window has no settle entry).
           const holdMeta: EntryMeta = keyed
             ? {
-                ...(spend === LEASE_SPEND ? {} : { spender: s.spender, feature: s.feature }),
+                ...(spend === NO_SPEND ? {} : { spender: s.spender, feature: s.feature }),
                 metadata: { leaseHold: next },
               }
             : { ...meta, metadata: { leaseHold: next } };
@@ -122,9 +123,6 @@ export async function settleLease(
   // A replay: the next block (if the first settle placed one) is the active hold tagged with it.
   return { entry: settled.entry, next: await leaseHold(db, userId, next.lease, next.window), replayed: true };
 }
-
-/** The spends of a lease that names neither spender nor feature (docs/metering.md, "Leases"). */
-const LEASE_SPEND: Spend = Object.freeze({ spender: null, feature: null });
 
 /** The active hold a lease's settle placed for window `window`, or null. */
 export async function leaseHold(

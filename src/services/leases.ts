@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type * as Fs from "node:fs";
 import type * as Readline from "node:readline";
-import type { Logger } from "../logger.js";
 import { ConfigurationError } from "../errors.js";
 import type { LedgerLogger } from "../ledger/index.js";
 import {
@@ -24,7 +23,6 @@ import {
   type JournalEntry,
   type Reservation,
 } from "../models/index.js";
-import type { CreditService } from "./credit-service.js";
 import type { CreditCore } from "./credit-core.js";
 import { MeterSession, type MeterOutcome, type SessionDeps } from "./metering.js";
 import { FeatureName, SpenderId, type MeterOptions } from "../models/index.js";
@@ -102,17 +100,8 @@ export interface SetAside {
   giveBack(): void;
 }
 
-/** @internal */
-export interface LeaseDeps {
-  credits: Pick<CreditService, "deductCredits">;
-  core: Pick<CreditCore, "settleLease" | "leaseHold">;
-  /** What a metered call served from a block prices and charges with (`openMeter`). */
-  session?: SessionDeps | undefined;
-  ledger?: LedgerLogger | undefined;
-  logger?: Logger | undefined;
-  /** The manager's `clock` (docs/api.md): blocks and limit windows end by it. Undefined: `Date.now()`. */
-  clock?: (() => Date) | undefined;
-}
+/** @internal What leases use of the credit service: its exact deduction, lease settles, metering, ledger, logger and clock. */
+export type LeaseCore = Pick<CreditCore, "deduct" | "settleLease" | "leaseHold" | "givenClock"> & SessionDeps;
 
 /** One user's lease in this process (for a spender and feature, on an account where they matter). */
 interface UserLease {
@@ -187,11 +176,12 @@ export class CreditLeases {
 
   /** @internal Made by `credits.leases(options)`. */
   constructor(
-    private readonly deps: LeaseDeps,
+    private readonly core: LeaseCore,
     options: LeaseOptions = {},
   ) {
     const o = parseConfig(LeaseOptions, options ?? {}, "options", "leases");
-    const clock = deps.clock;
+    // The manager's `clock` (docs/api.md): blocks and limit windows end by it. Undefined: `Date.now()`.
+    const clock = core.givenClock;
     this.now = clock === undefined ? Date.now : () => clock().getTime();
     this.sizing = {
       size: o.size ?? DEFAULTS.size,
@@ -206,7 +196,7 @@ export class CreditLeases {
       );
     }
     this.margin = Math.min(this.ttlSeconds * 500, 2 * this.every);
-    this.file = deps.ledger?.filePath != null ? deps.ledger : undefined;
+    this.file = core.ledger?.filePath != null ? core.ledger : undefined;
     this.timer = setInterval(() => this.tick(), this.every);
     this.timer.unref();
   }
@@ -314,10 +304,10 @@ export class CreditLeases {
         holdId: w.reservationId,
         used: w.total,
         requests: w.requests,
-        ...(w.spender === undefined ? {} : { spender: w.spender }),
-        ...(w.feature === undefined ? {} : { feature: w.feature }),
+        spender: w.spender,
+        feature: w.feature,
       };
-      const r = await this.deps.core.settleLease(w.userId, { ...s, roll: null });
+      const r = await this.core.settleLease(w.userId, { ...s, roll: null });
       this.settledLine(JSON.stringify(w.userId), w.lease, w.window, r.entry);
       if (!r.replayed) {
         report.windows++;
@@ -325,9 +315,9 @@ export class CreditLeases {
         report.credits += w.total;
       } else if (!windows.has(`${w.lease}:${w.window + 1}`)) {
         // Settled before the crash, the next block unrecorded: return it now, under its own key.
-        const next = await this.deps.core.leaseHold(w.userId, w.lease, w.window + 1);
+        const next = await this.core.leaseHold(w.userId, w.lease, w.window + 1);
         if (next !== null)
-          await this.deps.core.settleLease(w.userId, {
+          await this.core.settleLease(w.userId, {
             ...s,
             window: w.window + 1,
             holdId: next.id,
@@ -350,10 +340,8 @@ export class CreditLeases {
    * hold in the store as without a lease. Opens (or rolls) no block itself: `warm` does.
    */
   openMeter(userId: string, options: MeterOptions): MeterSession | null {
-    const session = this.deps.session;
     // A keyed call, and one with metadata (a window's entry cannot carry each call's), hold in the store.
-    if (session === undefined || this.closed || options.idempotencyKey !== undefined || hasKeys(options.metadata))
-      return null;
+    if (this.closed || options.idempotencyKey !== undefined || hasKeys(options.metadata)) return null;
     const key = this.keyOf(userId, options.spender, options.feature);
     const l = this.users.get(key);
     const n = options.estimate;
@@ -364,7 +352,7 @@ export class CreditLeases {
     l.pending += n;
     const charge = (amount: number, reason: string | undefined, extra: string, dims?: LeaseChargeDims) =>
       this.chargeHeld(l, n, amount, reason, extra, dims);
-    return new LeasedSession(session, l, n, options, charge);
+    return new LeasedSession(this.core, l, n, options, charge);
   }
 
   /**
@@ -511,14 +499,9 @@ export class CreditLeases {
   }
 
   private async exact(userId: string, amount: number, o: LeaseChargeOptions | undefined): Promise<LeaseCharge> {
-    const options: Parameters<LeaseDeps["credits"]["deductCredits"]>[2] = {};
-    if (o?.reason !== undefined) options.description = o.reason;
-    if (o?.description !== undefined) options.description = o.description;
-    if (o?.idempotencyKey !== undefined) options.idempotencyKey = o.idempotencyKey;
-    if (o?.metadata !== undefined) options.metadata = o.metadata;
-    if (o?.feature !== undefined) options.feature = o.feature;
-    if (o?.spender !== undefined) options.spender = o.spender;
-    const entry = await this.deps.credits.deductCredits(userId, amount, options);
+    // The reason is the deduction's description, unless the charge gives one.
+    const { reason, description = reason, ...rest } = o ?? {};
+    const entry = await this.core.deduct("deductCredits", userId, amount, { ...rest, description }, false);
     return { userId, amount, via: "exact", entry };
   }
 
@@ -563,14 +546,14 @@ export class CreditLeases {
         roll && !this.closed
           ? { sizing: this.sizing, ttlSeconds: this.ttlSeconds, ...(plainOnly ? { plainOnly } : {}) }
           : null,
-      ...(l.spender === undefined ? {} : { spender: l.spender }),
-      ...(l.feature === undefined ? {} : { feature: l.feature }),
+      spender: l.spender,
+      feature: l.feature,
     };
     const run = async (): Promise<void> => {
       try {
         // The window's lines are in the file before its entry is in the journal.
         if (this.file !== undefined && s.requests > 0) await this.file.flush();
-        const r = await this.deps.core.settleLease(l.userId, s);
+        const r = await this.core.settleLease(l.userId, s);
         if (r.aware === true) this.aware.add(l.userId);
         else if (r.aware === false) this.aware.delete(l.userId);
         if (s.holdId !== null) this.settledLine(l.userJson, l.lease, s.window, r.entry);
@@ -597,7 +580,7 @@ export class CreditLeases {
         // The window stays closed (its usage is fixed) and is settled again, under the same key, at
         // the next tick or charge: a settle that did reach the store is answered by its key.
         if (s.window === 0 && this.users.get(l.key) === l) this.users.delete(l.key);
-        this.deps.logger?.warn(
+        this.core.logger?.warn(
           { err: error, userId: l.userId, lease: l.lease, window: s.window },
           "credit-management: settling a credit lease failed; it is retried under the same key",
         );
@@ -722,7 +705,7 @@ function dimsOf(o: LeaseSpend | undefined): LeaseChargeDims | undefined {
  */
 class LeasedSession extends MeterSession {
   constructor(
-    private readonly session: SessionDeps,
+    session: SessionDeps,
     private readonly block: UserLease,
     estimate: number,
     private readonly meterOptions: MeterOptions,
@@ -757,25 +740,12 @@ class LeasedSession extends MeterSession {
     }
     // The block no longer covers it: the usage was delivered, so it is an after-service deduction
     // (within the overdraft limit; what the limit leaves is reported as the shortfall).
-    const entry =
-      amount > 0
-        ? await this.session.core.chargeUpToLimit(
-            this.userId,
-            amount,
-            this.spent(this.mutation(undefined, { leased: true })),
-          )
-        : null;
-    const charged = entry?.amount ?? 0;
-    const outcome = this.outcome("committed", charged, entry);
-    outcome.chargedAfterService = true;
-    if (amount - charged > 0)
-      await this.reportShortfall(
-        outcome,
-        amount - charged,
-        "metered usage beyond its credit lease exceeded the overdraft limit; charged what the limit allows",
-        { leased: true },
-      );
-    return outcome;
+    return this.chargeAfterService(
+      amount,
+      undefined,
+      { leased: true },
+      "metered usage beyond its credit lease exceeded the overdraft limit; charged what the limit allows",
+    );
   }
 
   protected override doRelease(reason: NonNullable<MeterOutcome["releaseReason"]>): Promise<MeterOutcome> {

@@ -1,13 +1,12 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { createHash } from "node:crypto";
-import { warnOnFailure, type Logger } from "../logger.js";
+import { warnOnFailure } from "../logger.js";
 import {
   ConfigurationError,
   IdempotencyConflictError,
   ReservationExpiredError,
   ReservationNotActiveError,
 } from "../errors.js";
-import type { LedgerLogger } from "../ledger/index.js";
 import {
   MAX_METER_KEY,
   NonNegativeAmount,
@@ -17,8 +16,8 @@ import {
   type RecordedUsage,
 } from "../models/index.js";
 import type { PriceBook } from "../domain/pricing.js";
-import { recordOf, type PricingService, type UsageInput } from "./pricing-service.js";
-import type { CreditCore } from "./credit-core.js";
+import { recordOf, type UsageInput } from "./pricing-service.js";
+import type { CreditCore, ParsedReserveOptions } from "./credit-core.js";
 import { meteringChannel, type MeteringMessage } from "../diagnostics.js";
 
 /** What one metered call did with its hold, reported once it is settled. */
@@ -141,20 +140,17 @@ export function currentMeter(): MeterContext | undefined {
 }
 
 /**
- * What a session uses of the credit service: the hold operations for input already validated (the
- * meter's options once, when it opens; each usage when it is recorded), so one metered call runs
- * no model twice; and the store, to read the charge another attempt of a keyed call made.
+ * What a session uses of the credit service (src/services/credit-core.ts): the hold operations for
+ * input already validated (the meter's options once, when it opens; each usage when it is
+ * recorded), so one metered call runs no model twice; the store, to read the charge another attempt
+ * of a keyed call made; the price book (each session pins the version in force when it opens), the
+ * ledger and the logger.
+ * @internal
  */
-type Credits = Pick<CreditCore, "placeHold" | "commitHoldUpToLimit" | "releaseHold" | "chargeUpToLimit" | "db">;
-
-/** @internal */
-export interface SessionDeps {
-  core: Credits;
-  /** The price book; each session pins the version in force when it opens. */
-  pricing?: PricingService | undefined;
-  ledger?: LedgerLogger | undefined;
-  logger?: Logger | undefined;
-}
+export type SessionDeps = Pick<
+  CreditCore,
+  "hold" | "commitHold" | "releaseHold" | "chargeUpToLimit" | "db" | "pricing" | "ledger" | "logger"
+>;
 
 /** `MeterContext` of a session: prototype getters over the session, no per-call closures. */
 class SessionContext implements MeterContext {
@@ -310,30 +306,12 @@ export class MeterSession {
   }
 
   /**
-   * `out` naming the call's spender and feature (an after-service charge: a hold's commit names its
-   * hold's), so the limits for them count it (docs/teams-and-limits.md).
-   * @internal
+   * The options of a commit, release or after-service deduction: the call's description and
+   * correlation id, `key` (this step's idempotency key; undefined for an unkeyed call) and metadata.
    */
-  protected spent(out: MutationInput): MutationInput & { spender?: string; feature?: string } {
+  private mutation(key: string | undefined, extra: Record<string, unknown> | null): MutationInput {
     const o = this.options;
-    if (o.spender === undefined && o.feature === undefined) return out;
-    const named: MutationInput & { spender?: string; feature?: string } = out;
-    if (o.spender !== undefined) named.spender = o.spender;
-    if (o.feature !== undefined) named.feature = o.feature;
-    return named;
-  }
-
-  /**
-   * The options of a commit, release or after-service deduction: only the keys that are set.
-   * `key`: the idempotency key of this step (undefined for an unkeyed call).
-   * @internal
-   */
-  protected mutation(key: string | undefined, extra: Record<string, unknown> | null): MutationInput {
-    const o = this.options;
-    const out: MutationInput = {};
-    if (o.description !== undefined) out.description = o.description;
-    if (o.correlationId !== undefined) out.correlationId = o.correlationId;
-    if (key !== undefined) out.idempotencyKey = key;
+    const out: MutationInput = { description: o.description, correlationId: o.correlationId, idempotencyKey: key };
     // `{}` when there is nothing to say.
     const metadata: Record<string, unknown> = o.metadata === undefined ? {} : { ...o.metadata };
     if (extra !== null) Object.assign(metadata, extra);
@@ -362,7 +340,7 @@ export class MeterSession {
       options.amount = amount;
       // Past the overdraft limit the commit takes what the limit allows (decided in its unit of
       // work) and its entry says what was left: also when a retry replays it.
-      const entry = await this.deps.core.commitHoldUpToLimit(this.userId, this.reservationId, options);
+      const entry = await this.deps.commitHold(this.userId, this.reservationId, options, true);
       const shortfall = typeof entry.metadata?.shortfall === "number" ? entry.metadata.shortfall : 0;
       const outcome = this.outcome("committed", amount - shortfall, entry);
       if (shortfall > 0)
@@ -381,8 +359,9 @@ export class MeterSession {
   /** The commit was refused: charge after service when the hold is gone (lapsed, or released by another attempt). */
   private async commitFailed(amount: number, refusal: unknown): Promise<MeterOutcome> {
     try {
+      const gone = { reservationId: this.reservationId };
       if (refusal instanceof ReservationExpiredError)
-        return await this.chargeAfterService(amount, { holdExpired: true });
+        return await this.chargeAfterService(amount, this.chargeKey, { ...gone, holdExpired: true }, HOLD_GONE);
       // A keyed hold is shared by the attempts that meet on it: one that failed released it while
       // this one still ran. The usage was delivered, so it is charged like a lapsed hold's (the
       // charge key keeps the call to one charge). A hold committed otherwise is not charged again.
@@ -391,7 +370,7 @@ export class MeterSession {
         refusal instanceof ReservationNotActiveError &&
         refusal.details?.status === "released"
       ) {
-        return await this.chargeAfterService(amount, { holdReleased: true });
+        return await this.chargeAfterService(amount, this.chargeKey, { ...gone, holdReleased: true }, HOLD_GONE);
       }
       throw refusal;
     } catch (error) {
@@ -410,39 +389,32 @@ export class MeterSession {
   }
 
   /**
-   * The call outlived its hold (or, keyed, another attempt released it): the credits went back, the
-   * usage was still delivered, so it is charged as an after-service deduction. Beyond the overdraft
-   * limit, the most the limit allows is charged (possibly nothing) and the rest reported as the
-   * `shortfall`, as for an active hold.
+   * Usage already delivered whose hold is gone (the call outlived it, or, keyed, another attempt
+   * released it; a leased call's block no longer covers it), charged as an after-service deduction
+   * under `key` with `extra` in its metadata. Beyond the overdraft limit, the most the limit allows
+   * is charged (possibly nothing) and the rest reported as the `shortfall` with `message`, as for
+   * an active hold.
+   * @internal
    */
-  private async chargeAfterService(
+  protected async chargeAfterService(
     amount: number,
-    why: { holdExpired: true } | { holdReleased: true },
+    key: string | undefined,
+    extra: Record<string, unknown>,
+    message: string,
   ): Promise<MeterOutcome> {
-    const held = { reservationId: this.reservationId, ...why };
-    const entry =
-      amount > 0
-        ? await this.deps.core.chargeUpToLimit(this.userId, amount, this.spent(this.mutation(this.chargeKey, held)))
-        : null;
+    // Named for the call's spender and feature (a hold's commit is its hold's), so the limits for them count it.
+    const { spender, feature } = this.options;
+    const options = { ...this.mutation(key, extra), spender, feature };
+    const entry = amount > 0 ? await this.deps.chargeUpToLimit(this.userId, amount, options) : null;
     const charged = entry?.amount ?? 0;
     const outcome = this.outcome("committed", charged, entry);
     outcome.chargedAfterService = true;
-    const shortfall = amount - charged;
-    if (shortfall > 0)
-      await this.reportShortfall(
-        outcome,
-        shortfall,
-        "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows",
-        why,
-      );
+    if (amount - charged > 0) await this.reportShortfall(outcome, amount - charged, message, extra);
     return outcome;
   }
 
-  /**
-   * Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger.
-   * @internal
-   */
-  protected async reportShortfall(
+  /** Usage the overdraft limit left uncharged: on the outcome, and as an error event in the ledger. */
+  private async reportShortfall(
     outcome: MeterOutcome,
     shortfall: number,
     message: string,
@@ -472,7 +444,7 @@ export class MeterSession {
   private async chargedElsewhere(amount: number, conflict: IdempotencyConflictError): Promise<MeterOutcome> {
     const key = this.chargeKey as string;
     await this.tryRelease("already-charged");
-    const first = await this.deps.core.db.transaction(
+    const first = await this.deps.db.transaction(
       this.userId,
       async (tx) => (await tx.load({ idempotencyKey: key })).idempotent,
     );
@@ -508,7 +480,7 @@ export class MeterSession {
   private async tryRelease(reason: string, raise = false): Promise<void> {
     const key = this.holdKey === undefined ? undefined : `${this.holdKey}:release`;
     try {
-      await this.deps.core.releaseHold(this.userId, this.reservationId, this.mutation(key, { releaseReason: reason }));
+      await this.deps.releaseHold(this.userId, this.reservationId, this.mutation(key, { releaseReason: reason }));
     } catch (error) {
       if (error instanceof ReservationExpiredError) return; // already back
       // A keyed hold is shared by the attempts that meet on it: another one settled it already
@@ -532,26 +504,11 @@ export class MeterSession {
  * and `options` are validated already (`UserId`, `MeterOptions`).
  */
 export async function openMeter(deps: SessionDeps, userId: string, options: MeterOptions): Promise<MeterSession> {
-  // Only the keys that are set: each one more is one more field of the entry's fingerprint.
-  const reserve: {
-    ttlSeconds?: number;
-    reason?: string;
-    description?: string;
-    correlationId?: string;
-    idempotencyKey?: string;
-    spender?: string;
-    feature?: string;
-  } = {};
-  if (options.ttlSeconds !== undefined) reserve.ttlSeconds = options.ttlSeconds;
   // The hold names who spends on what: the limits for them count it, their scoped grants fund it.
-  if (options.spender !== undefined) reserve.spender = options.spender;
-  if (options.feature !== undefined) reserve.feature = options.feature;
-  if (options.reason !== undefined) reserve.reason = options.reason;
-  if (options.description !== undefined) reserve.description = options.description;
-  if (options.correlationId !== undefined) reserve.correlationId = options.correlationId;
-  const key = options.idempotencyKey;
+  const { ttlSeconds, spender, feature, reason, description, correlationId, idempotencyKey: key } = options;
+  const reserve: ParsedReserveOptions = { ttlSeconds, spender, feature, reason, description, correlationId };
   if (key === undefined) {
-    const hold = await deps.core.placeHold(userId, options.estimate, reserve);
+    const hold = await deps.hold(userId, options.estimate, reserve);
     return new MeterSession(deps, hold.userId, hold.id, hold.amount, options);
   }
   // A retry of a keyed call. Attempt 1 holds under `<key>:reserve`. A hold that comes back released
@@ -563,7 +520,7 @@ export async function openMeter(deps: SessionDeps, userId: string, options: Mete
   for (let attempt = 1; ; attempt++) {
     const base = attemptKey(key, attempt);
     reserve.idempotencyKey = `${base}:reserve`;
-    const hold = await deps.core.placeHold(userId, options.estimate, reserve);
+    const hold = await deps.hold(userId, options.estimate, reserve);
     if (hold.status === "released") continue;
     return new MeterSession(deps, hold.userId, hold.id, hold.amount, options, base);
   }
@@ -609,8 +566,10 @@ export async function runMetered<T>(
   return value;
 }
 
+const HOLD_GONE = "metered usage after its hold was gone exceeded the overdraft limit; charged what the limit allows";
+
 /** JSON metadata as the models type it. */
-type Json = NonNullable<Parameters<Credits["releaseHold"]>[2]["metadata"]>;
+type Json = NonNullable<Parameters<CreditCore["releaseHold"]>[2]["metadata"]>;
 /** The options of a commit, release or after-service deduction a session builds. */
 interface MutationInput {
   description?: string;

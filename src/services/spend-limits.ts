@@ -1,5 +1,3 @@
-import type { DbManager } from "../db/types.js";
-import type { EntryMeta } from "../domain/account-work.js";
 import { limitStatuses, replaceLimits, withLimit, withoutLimit } from "../domain/limits.js";
 import type { SubscriptionStore } from "../db/types-subscriptions.js";
 import {
@@ -13,24 +11,18 @@ import {
   type SpendLimitStatus,
 } from "../models/index.js";
 import type { BalanceReads } from "./balance-reads.js";
-import type { UnitRunner } from "./unit-of-work.js";
-
-/** What spend limits use of their `CreditService`. */
-export interface SpendLimitDeps {
-  db: DbManager;
-  units: UnitRunner;
-  reads: BalanceReads;
-  clock: () => Date;
-  /** The entry fields of validated options (`CreditService`'s, with the idempotency fingerprint). */
-  meta: (operation: string, o: MutationOptions, args: () => Record<string, unknown>) => EntryMeta;
-}
+import type { CreditCore } from "./credit-core.js";
 
 /**
  * An account's spend limits (docs/teams-and-limits.md): `CreditService`'s `setLimits`, `setLimit`,
  * `getLimits` and `removeLimit` delegate here; their documentation is there.
  */
 export class SpendLimits {
-  constructor(private readonly d: SpendLimitDeps) {}
+  constructor(
+    /** Its `CreditService`'s units of work, entry fields and clock. */
+    private readonly core: Pick<CreditCore, "db" | "units" | "meta" | "clock">,
+    private readonly reads: BalanceReads,
+  ) {}
 
   /** `CreditService.setLimits`. */
   async setLimits(
@@ -42,12 +34,12 @@ export class SpendLimits {
     const list = parse(SetLimitsInput, limits, "limits");
     const o = parse(MutationOptions, options, "options");
     const cycle = list.some((l) => l.resetsWith === "subscription") ? await this.limitCycle(user) : null;
-    const meta = this.d.meta("setLimits", o, () => ({ limits: list, ...o }));
-    const set = await this.d.units.mutate("setLimits", user, meta, (work) => {
+    const meta = this.core.meta("setLimits", o, () => ({ limits: list, ...o }));
+    const set = await this.core.units.mutate("setLimits", user, meta, (work) => {
       work.setLimits(replaceLimits(work.account.limits ?? null, list, cycle), meta);
       return work.account.limits ?? [];
     });
-    return limitStatuses(set, this.d.clock().getTime());
+    return limitStatuses(set, this.core.clock().getTime());
   }
 
   /** `CreditService.setLimit`. */
@@ -56,17 +48,17 @@ export class SpendLimits {
     const input = parse(SpendLimitInput, limit, "limit");
     const o = parse(MutationOptions, options, "options");
     const cycle = input.resetsWith === "subscription" ? await this.limitCycle(user) : null;
-    const meta = this.d.meta("setLimit", o, () => ({ limit: input, ...o }));
-    const set = await this.d.units.mutate("setLimit", user, meta, (work) => {
+    const meta = this.core.meta("setLimit", o, () => ({ limit: input, ...o }));
+    const set = await this.core.units.mutate("setLimit", user, meta, (work) => {
       work.setLimits(withLimit(work.account.limits ?? null, input, cycle), meta);
       return work.account.limits ?? [];
     });
-    return limitStatuses(set, this.d.clock().getTime());
+    return limitStatuses(set, this.core.clock().getTime());
   }
 
   /** The account's active subscription's cycle, which a `resetsWith: "subscription"` limit follows; null without one. */
   private async limitCycle(user: string): Promise<LimitCycle | null> {
-    const subscriptions = this.d.db as Partial<SubscriptionStore>;
+    const subscriptions = this.core.db as Partial<SubscriptionStore>;
     const active = subscriptions.getActiveSubscription ? await subscriptions.getActiveSubscription(user) : null;
     return active === null ? null : { anchorAt: active.anchorAt.getTime(), billingPeriod: active.billingPeriod };
   }
@@ -74,8 +66,8 @@ export class SpendLimits {
   /** `CreditService.getLimits`. */
   async getLimits(userId: string): Promise<SpendLimitStatus[]> {
     const user = parse(UserId, userId, "userId");
-    const { limits } = await this.d.reads.state(user, null);
-    return limitStatuses(limits ?? [], this.d.clock().getTime());
+    const { limits } = await this.reads.state(user, null);
+    return limitStatuses(limits ?? [], this.core.clock().getTime());
   }
 
   /** `CreditService.removeLimit`. */
@@ -87,13 +79,13 @@ export class SpendLimits {
     const user = parse(UserId, userId, "userId");
     const w = parse(RemoveLimitInput, which, "limit");
     const o = parse(MutationOptions, options, "options");
-    const meta = this.d.meta("removeLimit", o, () => ({ ...w, ...o }));
-    const left = await this.d.units.mutate("removeLimit", user, meta, (work) => {
+    const meta = this.core.meta("removeLimit", o, () => ({ ...w, ...o }));
+    const left = await this.core.units.mutate("removeLimit", user, meta, (work) => {
       const before = work.account.limits ?? [];
       const after = withoutLimit(before, w);
       if (after.length !== before.length) work.setLimits(after, meta);
       return after;
     });
-    return limitStatuses(left, this.d.clock().getTime());
+    return limitStatuses(left, this.core.clock().getTime());
   }
 }
