@@ -20,6 +20,7 @@ import { parseConfig } from "../models/parse.js";
 import { dispatchChannel, traceJob, traced, tracePromise, type DispatchMessage } from "../diagnostics.js";
 import { saveAccountOnly } from "./unit-of-work.js";
 import { InMemoryNotificationQueue, type NotificationMessage, type NotificationQueue } from "../queue/index.js";
+import type { NotificationUpdate } from "../db/types-notifications.js";
 
 export interface NotificationServiceOptions {
   db: DbManager;
@@ -225,8 +226,7 @@ export class NotificationService {
   }
 
   private async remind(days: number, pageSize: number, now: Date): Promise<{ scanned: number; recorded: number }> {
-    const o = { days };
-    const until = new Date(now.getTime() + o.days * 86_400_000);
+    const until = new Date(now.getTime() + days * 86_400_000);
     let scanned = 0;
     let recorded = 0;
     let after: { expiresAt: Date; id: string } | undefined;
@@ -239,9 +239,9 @@ export class NotificationService {
           newNotification(
             g.userId,
             "expiring_credits",
-            { grantId: g.id, remaining: g.remaining, expiresAt: (g.expiresAt as Date).toISOString(), days: o.days },
+            { grantId: g.id, remaining: g.remaining, expiresAt: (g.expiresAt as Date).toISOString(), days },
             now,
-            `expiring_credits:${g.id}:${o.days}d`,
+            `expiring_credits:${g.id}:${days}d`,
           ),
         );
       if (rows.length > 0) recorded += await this.db.insertNotifications(rows);
@@ -436,10 +436,15 @@ export class NotificationService {
       createdAt: row.createdAt.toISOString(),
       attempt,
     };
+    let update: NotificationUpdate;
+    let outcome: "sent" | "retried" | "failed";
     try {
       const handler = this.handlers.get(row.type);
       if (handler !== undefined) await handler(row);
       if (publish) await withTimeout(this.queue.publish(message), this.publishTimeoutMs);
+      const now = this.clock();
+      update = { status: "sent", attempts: attempt, nextAttemptAt: row.nextAttemptAt, lastError: null, settledAt: now };
+      outcome = "sent";
     } catch (error) {
       const now = this.clock();
       // A queue may say when to try again, or that trying again is useless (NotificationQueue.publish).
@@ -458,37 +463,17 @@ export class NotificationService {
             ? "credit-management: notification delivery failed; will retry"
             : "credit-management: notification handler failed; will retry",
       );
-      const ok = await this.db.completeNotification(
-        row.id,
-        token,
-        {
-          status: last ? "failed" : "pending",
-          attempts: attempt,
-          nextAttemptAt: last ? now : new Date(now.getTime() + after),
-          lastError: reason.slice(0, 1000),
-          settledAt: last ? now : null,
-        },
-        row.userId,
-      );
-      if (!ok) report.lost++;
-      else if (last) report.failed++;
-      else report.retried++;
-      return;
-    }
-    const now = this.clock();
-    const ok = await this.db.completeNotification(
-      row.id,
-      token,
-      {
-        status: "sent",
+      update = {
+        status: last ? "failed" : "pending",
         attempts: attempt,
-        nextAttemptAt: row.nextAttemptAt,
-        lastError: null,
-        settledAt: now,
-      },
-      row.userId,
-    );
-    if (ok) report.sent++;
-    else report.lost++;
+        nextAttemptAt: last ? now : new Date(now.getTime() + after),
+        lastError: reason.slice(0, 1000),
+        settledAt: last ? now : null,
+      };
+      outcome = last ? "failed" : "retried";
+    }
+    // Not completed: the claim had lapsed and another dispatcher took the row over.
+    const ok = await this.db.completeNotification(row.id, token, update, row.userId);
+    report[ok ? outcome : "lost"]++;
   }
 }

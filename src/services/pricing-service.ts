@@ -150,11 +150,7 @@ export function recordOf(usage: UsageInput, book: PriceBook | null): RecordedUsa
   return out;
 }
 
+/** `o` without its undefined fields. */
 function stripUndefined<T extends object>(o: T): T {
-  let some = false;
-  for (const k in o) if (o[k] === undefined) some = true;
-  if (!some) return o; // (a new object already: the schema's output)
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
-  return out as T;
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }

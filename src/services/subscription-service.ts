@@ -23,6 +23,7 @@ import {
 import type { CreditService } from "./credit-service.js";
 import { creditCore } from "./credit-core.js";
 import { SubscriptionPeriods } from "./subscription-periods.js";
+import { copy } from "./history.js";
 
 export interface SubscriptionServiceOptions {
   db: DbManager;
@@ -55,8 +56,6 @@ export interface AdvanceResult {
 }
 
 const planKey = (id: string) => `plans:${id}`;
-/** Stores may keep the objects they return (the in-memory one does): callers get their own copy. */
-const copy = <T>(o: T): T => structuredClone(o);
 const PLAN_LIST_KEYS = ["plans:list:active", "plans:list:all"];
 const MAX_RACES = 50;
 

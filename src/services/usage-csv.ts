@@ -1,6 +1,9 @@
 import type { UsageDimension, UsageReport } from "../models/usage.js";
 import { toCsv } from "../util/csv.js";
 
+/** The columns after the dimensions, each a field of the usage row. */
+const COLUMNS = ["kind", "credits", "requests", "inputTokens", "outputTokens", "cachedTokens"] as const;
+
 /**
  * A usage report as CSV (docs/usage.md, "Over HTTP"): RFC 4180, a header line, then a row per usage
  * row — `start`, `end` (ISO 8601, UTC), the dimensions of `groupBy` in its order, `kind`, `credits`,
@@ -8,29 +11,8 @@ import { toCsv } from "../util/csv.js";
  * formula (beginning with `=`, `+`, `-`, `@`, a tab or a CR) is prefixed with `'`.
  */
 export function usageCsv(report: UsageReport, groupBy: readonly UsageDimension[] = []): string {
-  const header = [
-    "start",
-    "end",
-    ...groupBy,
-    "kind",
-    "credits",
-    "requests",
-    "inputTokens",
-    "outputTokens",
-    "cachedTokens",
-  ];
   return toCsv(
-    header,
-    report.rows.map((r) => [
-      r.start,
-      r.end,
-      ...groupBy.map((g) => r[g]),
-      r.kind,
-      r.credits,
-      r.requests,
-      r.inputTokens,
-      r.outputTokens,
-      r.cachedTokens,
-    ]),
+    ["start", "end", ...groupBy, ...COLUMNS],
+    report.rows.map((r) => [r.start, r.end, ...groupBy.map((g) => r[g]), ...COLUMNS.map((c) => r[c])]),
   );
 }
