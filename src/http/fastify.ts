@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { Transform, type Readable } from "node:stream";
 import { ResponseUsageReader, usageOfText } from "../domain/llm-usage.js";
 import type { MeterSession } from "../services/metering.js";
-import { common, headerOf, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
+import { common, headerOf, type MeterSpend, type MeteringOptionsBase, type PricedRequest } from "./metering/common.js";
 import { errorBody, errorResponse, type Identity } from "./router.js";
 
 /**
@@ -97,12 +97,13 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     path: string,
     userId: string,
     fixed: NonNullable<typeof c.fixed>,
+    spend: MeterSpend,
   ): Promise<void> => {
     let priced: PricedRequest<FastifyRequestLike>;
     try {
       const key = fixed.keyOf(headerOf(request, "idempotency-key"));
       const cost = await fixed.costOf(request);
-      priced = await fixed.open(request, userId, cost, key, request.method, path);
+      priced = await fixed.open(request, userId, cost, key, request.method, path, undefined, spend);
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }
@@ -118,20 +119,22 @@ export function fastifyCreditMetering(options: FastifyCreditMeteringOptions): Fa
     if (!c.applies(path, c.routerFor(request))) return;
     let userId: string;
     let estimate: number;
+    let spend: MeterSpend;
     try {
       const found = options.authenticate ? await options.authenticate(request) : null;
       const identity: Identity | null = c.identityOf(found, headerOf(request, "x-user-id"));
       if (identity === null)
         return refuse(reply, Response.json(errorBody("UNAUTHORIZED", "Authentication required."), { status: 401 }));
       userId = identity.userId;
-      if (c.fixed !== null) return fixedRequest(request, reply, path, userId, c.fixed);
+      spend = c.spendOf(request, identity);
+      if (c.fixed !== null) return fixedRequest(request, reply, path, userId, c.fixed, spend);
       estimate = c.estimate((name) => headerOf(request, name));
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }
     let session: MeterSession;
     try {
-      session = await c.openMeter(userId, c.meterOptions(estimate, request.method, path));
+      session = await c.openMeter(userId, c.meterOptions(estimate, request.method, path, spend));
     } catch (error) {
       return refuse(reply, errorResponse(error));
     }

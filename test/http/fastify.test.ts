@@ -47,4 +47,60 @@ describe("fastifyCreditMetering", () => {
     await app.close();
     await manager.close();
   });
+
+  it("names the spender and feature of a hold and of a fixed-price charge: spend limits apply (429), the entries say who spent on what", async () => {
+    const manager = await createCreditManager();
+    await manager.credits.addCredits("u1", 10_000);
+    await manager.credits.setLimits("u1", [{ spender: "bob", amount: 150, period: "day" }]);
+    const who = (request: { headers: Record<string, unknown> }) => ({
+      userId: "u1",
+      spender: (request.headers["x-member"] as string | undefined) ?? undefined,
+    });
+    const held = Fastify();
+    await held.register(
+      fastifyCreditMetering({ credits: manager.credits, authenticate: who, feature: "chat", defaultEstimate: 100 }),
+    );
+    held.post("/run", async () => {
+      recordUsage({ amount: 100, model: "m" });
+      return { ok: true };
+    });
+    const fixed = Fastify();
+    let ran = 0;
+    await fixed.register(
+      fastifyCreditMetering({
+        credits: manager.credits,
+        authenticate: who,
+        feature: (r) => (r.url.includes("img") ? "images" : undefined),
+        price: 40,
+      }),
+    );
+    fixed.post("/img", async () => {
+      ran++;
+      return { ok: true };
+    });
+    const as = (app: typeof held, url: string, member: string) =>
+      app.inject({ method: "POST", url, headers: { "x-member": member } });
+    expect((await as(held, "/run", "bob")).statusCode).toBe(200);
+    // Bob has 50 left of 150: a hold of 100 is past his limit, Alice is under none.
+    const refused = await as(held, "/run", "bob");
+    expect(refused.statusCode).toBe(429);
+    expect(refused.json()).toMatchObject({ error: { code: "SPEND_LIMIT_EXCEEDED" } });
+    expect(Number(refused.headers["retry-after"])).toBeGreaterThan(0);
+    expect((await as(held, "/run", "alice")).statusCode).toBe(200);
+    expect((await as(fixed, "/img", "bob")).statusCode).toBe(200);
+    expect((await as(fixed, "/img", "bob")).statusCode).toBe(429);
+    expect(ran).toBe(1);
+    const entries = (await manager.credits.getCreditHistory("u1", { limit: 50 })).items.filter(
+      (e) => e.type === "commit_reserved" || e.type === "deduct",
+    );
+    expect(entries.map((e) => [e.type, e.spender, e.feature]).sort()).toEqual([
+      ["commit_reserved", "alice", "chat"],
+      ["commit_reserved", "bob", "chat"],
+      ["deduct", "bob", "images"],
+    ]);
+    expect((await manager.credits.getLimits("u1"))[0]).toMatchObject({ used: 140 });
+    await held.close();
+    await fixed.close();
+    await manager.close();
+  });
 });
