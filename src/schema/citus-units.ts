@@ -75,9 +75,8 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
   const fields = (t: SqlTable) => t.columns.map((c) => `($1).${q(c.name)}`).join(", ");
   const rev = q(REVISION);
   const lit = (text: string) => `'${text.replace(/'/g, "''")}'`;
-  // The account's shards, in this order (`shards[i]`): colocated, so on one worker, and moved together.
-  const sharded = [accounts, grants, holds, journal, outbox];
-  const shard = (t: SqlTable) => `shards[${sharded.indexOf(t) + 1}]`;
+  // The shard of `t` that holds the account: only where a statement is prepared for it.
+  const shardOf = (t: SqlTable) => `get_shard_id_for_distribution_column(${lit(t.qualified)}, p_user)`;
 
   /**
    * One write, two ways. Where this call runs on the worker that holds the account's shards (`here`),
@@ -96,8 +95,9 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
     const args = [v, "p_user", ...more.map((m) => m.arg)];
     const types = [t.qualified, "text", ...more.map((m) => m.type)];
     const onShard = sql("%s");
-    // Named after the statement's text: a function of another release or store prepares its own.
-    const name = `${lit(`cm_${digest(`${types.join(", ")} ${onShard}`)}_`)} || ${shard(t)}`;
+    // Named after the statement's text (a function of another release or store prepares its own)
+    // and the account's shard: its tables' shards with the account are colocated with it.
+    const name = `${lit(`cm_${digest(`${types.join(", ")} ${onShard}`)}_`)} || shard`;
     const setting = `'credit_management.' || ${name}`;
     const literals = args.map(() => "%L").join(", ");
     let distributed = sql(t.qualified);
@@ -108,7 +108,7 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
       `IF here THEN`,
       `  IF current_setting(${setting}, true) IS DISTINCT FROM '1' THEN`,
       `    IF NOT EXISTS (SELECT 1 FROM pg_prepared_statements WHERE name = ${name}) THEN`,
-      `      EXECUTE format(${lit(`PREPARE %I(${types.join(", ")}) AS ${onShard}`)}, ${name}, shard_name(${lit(t.qualified)}::regclass, ${shard(t)}));`,
+      `      EXECUTE format(${lit(`PREPARE %I(${types.join(", ")}) AS ${onShard}`)}, ${name}, shard_name(${lit(t.qualified)}::regclass, ${shardOf(t)}));`,
       `    END IF;`,
       `    PERFORM set_config(${setting}, '1', false);`,
       `  END IF;`,
@@ -151,7 +151,6 @@ export function citusUnitFunctions(tables: readonly SqlTable[], naming: NamingOp
   const distribute = (signature: string) =>
     `SELECT create_distributed_function(${lit(signature)}, 'p_user', colocate_with => ${lit(accounts.qualified)}) ` +
     `WHERE NOT EXISTS (SELECT 1 FROM pg_dist_object WHERE objid = ${lit(signature)}::regprocedure AND distribution_argument_index IS NOT NULL);`;
-  const shardIds = sharded.map((t) => `get_shard_id_for_distribution_column(${lit(t.qualified)}, p_user)`).join(", ");
   return [
     `ALTER TABLE ${accounts.qualified} ADD COLUMN IF NOT EXISTS ${rev} BIGINT NOT NULL DEFAULT 0;`,
     `CREATE OR REPLACE FUNCTION ${load}(p_user text, p_key text) RETURNS text LANGUAGE plpgsql AS $fn$
@@ -175,7 +174,7 @@ DECLARE
   e ${journal.qualified};
   n ${outbox.qualified};
   next_rev bigint;
-  shards bigint[];
+  shard bigint;
   here boolean;
   done boolean;
   i integer;
@@ -184,13 +183,16 @@ BEGIN
   -- Whether this call may write the account's shards directly (docs/scaling-out.md, "A unit of work
   -- in one call"): as their tables' owner, under the lock Citus's own writes take on the account's
   -- shard (a move or split of the colocated shards waits for this call, this call for it), and
-  -- only if they are on this node once it holds the lock.
+  -- only if the shard is on this node once it holds the lock. The account's other shards are
+  -- colocated with it: placed on the same node, moved and split with it, in the same transaction.
   here := (SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = ${lit(accounts.qualified)}::regclass);
   IF here THEN
-    shards := ARRAY[${shardIds}];
-    PERFORM lock_shard_metadata(5, shards[1:1]);
-    here := (SELECT count(*) FROM pg_dist_placement p WHERE p.shardid = ANY (shards)
-      AND p.groupid = (SELECT l.groupid FROM pg_dist_local_group l)) = ${sharded.length};
+    shard := ${shardOf(accounts)};
+    PERFORM lock_shard_metadata(5, ARRAY[shard]);
+    -- One placement, by its unique index (shard, node): a count over several shards read every
+    -- placement of the node at each call.
+    here := EXISTS (SELECT 1 FROM pg_dist_placement p WHERE p.shardid = shard
+      AND p.groupid = (SELECT l.groupid FROM pg_dist_local_group l));
   END IF;
   a := json_populate_record(NULL::${accounts.qualified}, p_account);
   IF p_prev IS NULL THEN

@@ -313,6 +313,13 @@ export const MIGRATIONS: readonly Migration[] = [
       "PostgreSQL on Citus only: the function unit_save writes the account's shards directly where it runs on their worker (under the lock Citus's own writes take on the account's shard), with statements it prepares once per connection and shard, and through the distributed tables elsewhere (docs/scaling-out.md); made by the distributed DDL. Other stores: no change",
     columns: [],
   },
+  // Version 24: on Citus, a save checks its account's shard by one placement (docs/scaling-out.md). Self-contained: renumber freely.
+  {
+    to: 24,
+    summary:
+      "PostgreSQL on Citus only: the function unit_save checks that the account's shard is on its node by that shard's placement alone (its colocated shards move with it), read by the placements' unique index, and names its prepared statements by the account's shard; made by the distributed DDL. Other stores: no change",
+    columns: [],
+  },
 ];
 
 /** The version a table first appeared in (1 when it is not listed). */

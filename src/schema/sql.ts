@@ -74,7 +74,7 @@ export interface SqlOptions extends NamingOptions {
  * `<prefix>schema_version` table (MongoDB: collection) under the component `credit-management`.
  * What each version changed: `MIGRATIONS` in ./migrations.ts; docs/schema-upgrades.md.
  */
-export const SCHEMA_VERSION = 23;
+export const SCHEMA_VERSION = 24;
 
 /** The row of the version table that holds our version. */
 export const SCHEMA_COMPONENT = "credit-management";
