@@ -56,22 +56,13 @@ export type PaymentManagerOptions = z.input<typeof PaymentManagerOptions>;
 
 /** @internal */
 export function buildPaymentService(
-  shared: Omit<
-    PaymentServiceOptions,
-    "providers" | "creditsPerUnit" | "checkoutWaitMs" | "checkoutStaleSeconds" | "keyNamespace"
-  >,
-  options: z.output<typeof PaymentManagerOptions> | undefined,
+  shared: Omit<PaymentServiceOptions, keyof PaymentManagerOptions>,
+  options: z.output<typeof PaymentManagerOptions> = {},
 ): PaymentService {
-  const providers = options?.providers ?? [
-    new RazorpayProvider(options?.razorpay),
-    new StripeProvider(options?.stripe),
-  ];
+  const { providers, razorpay, stripe, ...settings } = options;
   return new PaymentService({
     ...shared,
-    providers,
-    creditsPerUnit: options?.creditsPerUnit,
-    checkoutWaitMs: options?.checkoutWaitMs,
-    checkoutStaleSeconds: options?.checkoutStaleSeconds,
-    keyNamespace: options?.keyNamespace,
+    ...settings,
+    providers: providers ?? [new RazorpayProvider(razorpay), new StripeProvider(stripe)],
   });
 }

@@ -1,5 +1,5 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
-import { call, checkTimeout } from "./http.js";
+import { ProviderApi } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
 import type {
   CheckoutRequest,
@@ -47,8 +47,8 @@ const PAYMENT_EVENTS: Record<string, PaymentEventKind> = {
  */
 export class RazorpayProvider implements PaymentProvider {
   readonly name = "razorpay";
-  private readonly o: Required<Omit<RazorpayProviderOptions, "keyId" | "keySecret" | "webhookSecret" | "callbackUrl">> &
-    Pick<RazorpayProviderOptions, "keyId" | "keySecret" | "webhookSecret" | "callbackUrl">;
+  private readonly o: Pick<RazorpayProviderOptions, "keyId" | "keySecret" | "webhookSecret" | "callbackUrl">;
+  private readonly api: ProviderApi;
 
   constructor(options: RazorpayProviderOptions = {}) {
     const env = typeof process === "undefined" ? {} : process.env;
@@ -58,10 +58,8 @@ export class RazorpayProvider implements PaymentProvider {
       keySecret: options.keySecret ?? env.RAZORPAY_KEY_SECRET,
       webhookSecret: options.webhookSecret ?? env.RAZORPAY_WEBHOOK_SECRET,
       callbackUrl: options.callbackUrl ?? (appBase ? `${appBase.replace(/\/$/, "")}/payments/return` : undefined),
-      baseUrl: (options.baseUrl ?? "https://api.razorpay.com").replace(/\/$/, ""),
-      fetch: options.fetch ?? ((input, init) => fetch(input, init)),
-      timeoutMs: checkTimeout("razorpay", options.timeoutMs),
     };
+    this.api = new ProviderApi("razorpay", "https://api.razorpay.com", options);
   }
 
   get receivesWebhooks(): boolean {
@@ -85,17 +83,11 @@ export class RazorpayProvider implements PaymentProvider {
       body.callback_url = this.o.callbackUrl;
       body.callback_method = "get";
     }
-    const res = await call(
-      this.o.fetch,
-      "razorpay",
-      `${this.o.baseUrl}/v1/payment_links`,
-      {
-        method: "POST",
-        headers: { authorization: this.auth(), "content-type": "application/json" },
-        body: JSON.stringify(body),
-      },
-      this.o.timeoutMs,
-    );
+    const res = await this.api.call("/v1/payment_links", {
+      method: "POST",
+      headers: { authorization: this.auth(), "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
     const id = str(res.id);
     const url = str(res.short_url);
     if (id === null || url === null)
@@ -111,14 +103,10 @@ export class RazorpayProvider implements PaymentProvider {
    * rather than handed to this payment's user.
    */
   async findCheckout(r: CheckoutRequest): Promise<CheckoutResult | null> {
-    const query = `${this.o.baseUrl}/v1/payment_links?reference_id=${encodeURIComponent(r.paymentId)}`;
-    const res = await call(
-      this.o.fetch,
-      "razorpay",
-      query,
-      { method: "GET", headers: { authorization: this.auth() } },
-      this.o.timeoutMs,
-    );
+    const res = await this.api.call(`/v1/payment_links?reference_id=${encodeURIComponent(r.paymentId)}`, {
+      method: "GET",
+      headers: { authorization: this.auth() },
+    });
     const links = Array.isArray(res.payment_links) ? (res.payment_links as unknown[]) : [];
     for (const link of links) {
       if (str(at(link, "reference_id")) !== r.paymentId) continue;
@@ -145,16 +133,10 @@ export class RazorpayProvider implements PaymentProvider {
 
   /** `POST /v1/payment_links/:id/cancel`: the link can no longer be paid. */
   async cancelCheckout(providerRef: string): Promise<void> {
-    await call(
-      this.o.fetch,
-      "razorpay",
-      `${this.o.baseUrl}/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`,
-      {
-        method: "POST",
-        headers: { authorization: this.auth() },
-      },
-      this.o.timeoutMs,
-    );
+    await this.api.call(`/v1/payment_links/${encodeURIComponent(providerRef)}/cancel`, {
+      method: "POST",
+      headers: { authorization: this.auth() },
+    });
   }
 
   private auth(): string {

@@ -1,5 +1,5 @@
 import { ConfigurationError, PaymentProviderError, WebhookRejectedError } from "../errors.js";
-import { call, callAnswer, checkTimeout } from "./http.js";
+import { ProviderApi } from "./http.js";
 import { at, header, hmacHex, int, parseJson, safeEqualHex, str } from "./signature.js";
 import type {
   CheckoutRequest,
@@ -52,9 +52,7 @@ export class StripeProvider implements PaymentProvider {
   private readonly successUrl: string | undefined;
   private readonly cancelUrl: string | undefined;
   private readonly tolerance: number;
-  private readonly baseUrl: string;
-  private readonly fetch: FetchLike;
-  private readonly timeoutMs: number;
+  private readonly api: ProviderApi;
   private readonly apiVersion: string;
 
   constructor(options: StripeProviderOptions = {}) {
@@ -64,9 +62,7 @@ export class StripeProvider implements PaymentProvider {
     this.successUrl = options.successUrl ?? env.successUrl;
     this.cancelUrl = options.cancelUrl ?? env.cancelUrl;
     this.tolerance = options.toleranceSeconds ?? 300;
-    this.baseUrl = (options.baseUrl ?? "https://api.stripe.com").replace(/\/$/, "");
-    this.fetch = options.fetch ?? ((input, init) => fetch(input, init));
-    this.timeoutMs = checkTimeout("stripe", options.timeoutMs);
+    this.api = new ProviderApi("stripe", "https://api.stripe.com", options);
     this.apiVersion = options.apiVersion ?? STRIPE_API_VERSION;
     // A key without the pages Checkout sends the user back to would fail at the first payment,
     // after the payment was recorded: refuse it now, at startup.
@@ -118,17 +114,7 @@ export class StripeProvider implements PaymentProvider {
       "stripe-version": this.apiVersion,
     };
     if (r.idempotencyKey !== undefined) headers["idempotency-key"] = r.idempotencyKey;
-    const res = await call(
-      this.fetch,
-      "stripe",
-      `${this.baseUrl}/v1/checkout/sessions`,
-      {
-        method: "POST",
-        headers,
-        body: form.toString(),
-      },
-      this.timeoutMs,
-    );
+    const res = await this.api.call("/v1/checkout/sessions", { method: "POST", headers, body: form.toString() });
     const id = str(res.id);
     const url = str(res.url);
     if (id === null || url === null)
@@ -156,22 +142,16 @@ export class StripeProvider implements PaymentProvider {
       "metadata[credits]": String(r.credits),
       "metadata[auto_top_up]": "true",
     });
-    const { status, body } = await callAnswer(
-      this.fetch,
-      "stripe",
-      `${this.baseUrl}/v1/payment_intents`,
-      {
-        method: "POST",
-        headers: {
-          authorization: this.auth(),
-          "content-type": "application/x-www-form-urlencoded",
-          "stripe-version": this.apiVersion,
-          "idempotency-key": r.idempotencyKey,
-        },
-        body: form.toString(),
+    const { status, body } = await this.api.answer("/v1/payment_intents", {
+      method: "POST",
+      headers: {
+        authorization: this.auth(),
+        "content-type": "application/x-www-form-urlencoded",
+        "stripe-version": this.apiVersion,
+        "idempotency-key": r.idempotencyKey,
       },
-      this.timeoutMs,
-    );
+      body: form.toString(),
+    });
     if (status >= 400) {
       const err = at(body, "error");
       const pi = at(err, "payment_intent");
@@ -207,16 +187,10 @@ export class StripeProvider implements PaymentProvider {
 
   /** `POST /v1/checkout/sessions/:id/expire`: the session can no longer be paid. */
   async cancelCheckout(providerRef: string): Promise<void> {
-    await call(
-      this.fetch,
-      "stripe",
-      `${this.baseUrl}/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`,
-      {
-        method: "POST",
-        headers: { authorization: this.auth(), "stripe-version": this.apiVersion },
-      },
-      this.timeoutMs,
-    );
+    await this.api.call(`/v1/checkout/sessions/${encodeURIComponent(providerRef)}/expire`, {
+      method: "POST",
+      headers: { authorization: this.auth(), "stripe-version": this.apiVersion },
+    });
   }
 
   verifyWebhook(rawBody: Uint8Array, headers: HeadersLike, now: Date): void {
