@@ -22,14 +22,14 @@
 import { afterAll, beforeAll, describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError } from "../errors.js";
-import { subscriptionContract } from "./subscriptions.js";
+import { runSubscriptionContract } from "./subscriptions.js";
 import { runPromoPaymentContract as promoPaymentContract } from "./promos.js";
 import { runNotificationContract } from "./notifications.js";
-import { runTrialContract as trialContract } from "./trial.js";
+import { runTrialContract } from "./trial.js";
 import { runManagersContract } from "./managers.js";
 import { autoTopUpContract } from "./auto-top-up.js";
 import { mulberry32, runLeasesContract } from "./leases.js";
-import { expectPartMissing, T0, type PartOptions } from "./support.js";
+import { expectPartMissing, type PartOptions } from "./support.js";
 import { runAccountsContract } from "./accounts.js";
 import { runConcurrencyContract } from "./concurrency.js";
 import { runPropertyContract } from "./properties.js";
@@ -47,24 +47,14 @@ export { runNotificationContract } from "./notifications.js";
 export { runUsageContract } from "./usage.js";
 export { runReversalsContract } from "./reversals.js";
 export { runLateUsageContract } from "./late-usage.js";
-
-/** The plans and subscriptions part of the contract (renewals, plan changes, cancellation, the outbox events). */
-export function runSubscriptionContract(getDb: () => DbManager, options: PartOptions = {}): void {
-  if (options.test !== undefined) useTestApi(options.test);
-  subscriptionContract(getDb, T0);
-}
+export { runSubscriptionContract } from "./subscriptions.js";
+export { runTrialContract } from "./trial.js";
 
 /** The promo codes and payments part of the contract (guarded uses, compare-and-set payments, races). */
 export function runPromoPaymentContract(getDb: () => DbManager, options: PartOptions = {}): void {
   if (options.test !== undefined) useTestApi(options.test);
   promoPaymentContract(getDb);
   autoTopUpContract(getDb);
-}
-
-/** Trial credits: granted once, in the unit of work that creates the account, also under races. */
-export function runTrialContract(getDb: () => DbManager, options: PartOptions = {}): void {
-  if (options.test !== undefined) useTestApi(options.test);
-  trialContract(getDb);
 }
 export type { Assertion, AsyncAssertion, Expect, TestApi } from "./runner.js";
 export type { PaymentEvent } from "../payments/types.js";
@@ -192,7 +182,7 @@ export function runDbManagerContract(options: ContractOptions): void {
 
     part("accounts", () => runAccountsContract(getDb));
     // Before the races: their 500 lapsed holds on one account would be the jobs' to release.
-    part("subscriptions", () => subscriptionContract(getDb, T0));
+    part("subscriptions", () => runSubscriptionContract(getDb));
     part("concurrency", () => runConcurrencyContract(getDb, { raceSize: race }));
     part("promos", () => runPromoPaymentContract(getDb));
     part("trial", () => runTrialContract(getDb));

@@ -15,16 +15,12 @@ import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { addLeaseLine, compareWindow, leaseLineOf, leaseWindowOf, type FileWindow } from "../domain/leases.js";
 import { InsufficientCreditsError } from "../errors.js";
-import { LedgerLogger } from "../ledger/index.js";
+import type { LedgerLogger } from "../ledger/index.js";
 import type { LeaseOptions } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
-import { ExpirationService } from "../services/expiration-service.js";
-import { SubscriptionService } from "../services/subscription-service.js";
-import { InMemoryCache } from "../cache/index.js";
+import type { CreditService } from "../services/credit-service.js";
 import type { CreditLeases } from "../services/leases.js";
 import { creditCore } from "../services/credit-core.js";
-
-const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+import { managerServices, T0 } from "./support.js";
 
 /** A PRNG in [0, 1) seeded with `seed` (mulberry32): the same seed, the same sequence. */
 export function mulberry32(seed: number): () => number {
@@ -38,25 +34,18 @@ export function mulberry32(seed: number): () => number {
   };
 }
 
-/** One manager's services over `db` (a ledger file when `filePath` is given), on a shared clock. */
-function manager(db: DbManager, clock: { now: number }, filePath?: string) {
-  const now = () => new Date(clock.now);
-  const ledger = new LedgerLogger({ db, clock: now, filePath: filePath ?? false });
-  const credits = new CreditService({ db, clock: now, ledger, subscriptions: true });
-  const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
-  const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
-  return { credits, expiration, ledger };
-}
-
 /**
  * A process that dies: its lease stops (no tick settles anything any more) and is never closed.
- * What it served and did not settle is in the ledger file (when there is one) and nowhere else.
+ * What it served and did not settle is in the ledger file (when there is one) and nowhere else:
+ * `ledger`'s lines are written, then the process dies.
  */
-function kill(lease: CreditLeases): void {
+async function kill(lease: CreditLeases, ledger?: LedgerLogger): Promise<void> {
+  await ledger?.flush();
   // The lease's private timer: stopping it is what a process that dies does, and no API should offer it.
   const timer = (lease as unknown as { timer?: NodeJS.Timeout }).timer;
   if (timer === undefined) throw new Error("runLeasesContract: CreditLeases has no timer to stop any more");
   clearInterval(timer);
+  await ledger?.close();
 }
 
 /** `getDb`, `getPeer`: two initialised managers over one store (the same one twice is allowed). */
@@ -70,7 +59,7 @@ export function runLeasesContract(
   const user = () => `ls-${randomUUID()}`;
   const pair = () => {
     const clock = { now: T0 };
-    return { clock, a: manager(getDb(), clock), b: manager(getPeer(), clock) };
+    return { clock, a: managerServices(getDb(), clock), b: managerServices(getPeer(), clock) };
   };
   /** Charges, counting what was answered; a refusal (no credits) is answered with 0. */
   const charged = async (lease: CreditLeases, u: string, amount: number): Promise<number> => {
@@ -227,8 +216,8 @@ export function runLeasesContract(
     it("a crash between charge and settle, with a ledger file: the successor settles exactly once", () =>
       withFile(async (file) => {
         const clock = { now: T0 };
-        const dead = manager(getDb(), clock, file);
-        const b = manager(getPeer(), clock);
+        const dead = managerServices(getDb(), clock, { ledgerFile: file });
+        const b = managerServices(getPeer(), clock);
         const u = user();
         await b.credits.addCredits(u, 10_000);
         const opts: LeaseOptions = { size: 1000, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
@@ -243,13 +232,11 @@ export function runLeasesContract(
           unsettled += await charged(la, u, 5);
           other += await charged(lb, u, 3);
         }
-        await dead.ledger.flush(); // the lines were written, then the process died
-        kill(la);
-        await dead.ledger.close();
+        await kill(la, dead.ledger);
         expect((await b.credits.getUserCreditsInfo(u)).balance).toBe(10_000 - settled);
 
         // The successor on the same file: two recoveries at once, then a third, charge the window once.
-        const next = manager(getDb(), clock, file);
+        const next = managerServices(getDb(), clock, { ledgerFile: file });
         const [r1, r2] = await Promise.all([next.credits.leases(opts).recover(), next.credits.leases(opts).recover()]);
         expect(r1.credits + r2.credits).toBe(unsettled);
         expect((await next.credits.leases(opts).recover()).credits).toBe(0);
@@ -280,21 +267,19 @@ export function runLeasesContract(
     it("a crash with a ledger file, recovered after the hold lapsed: one keyed deduction", () =>
       withFile(async (file) => {
         const clock = { now: T0 };
-        const dead = manager(getDb(), clock, file);
+        const dead = managerServices(getDb(), clock, { ledgerFile: file });
         const u = user();
         await dead.credits.addCredits(u, 5000);
         const opts: LeaseOptions = { size: 500, exactBelow: 1, settleEveryMs: 30_000, ttlSeconds: 60 };
         const la = dead.credits.leases(opts);
         let unsettled = 0;
         for (let i = 0; i < 9; i++) unsettled += await charged(la, u, 11);
-        await dead.ledger.flush();
-        kill(la);
-        await dead.ledger.close();
+        await kill(la, dead.ledger);
         clock.now += 120_000; // past the hold's TTL: its credits went back
-        const b = manager(getPeer(), clock);
+        const b = managerServices(getPeer(), clock);
         await b.expiration.releaseExpiredHolds();
         expect((await b.credits.getUserCreditsInfo(u)).reserved).toBe(0);
-        const next = manager(getDb(), clock, file);
+        const next = managerServices(getDb(), clock, { ledgerFile: file });
         const [r1, r2] = await Promise.all([next.credits.leases(opts).recover(), next.credits.leases(opts).recover()]);
         expect(r1.credits + r2.credits).toBe(unsettled);
         await clean(b.credits, u, 5000 - unsettled);
@@ -318,7 +303,7 @@ export function runLeasesContract(
         lost += c.amount;
         settled += await charged(lb, u, 4);
       }
-      kill(la); // dies: the window's 72 credits were served and are never settled
+      await kill(la); // dies: the window's 72 credits were served and are never settled
       await lb.close();
       expect((await b.credits.getUserCreditsInfo(u)).reserved).toBeGreaterThanOrEqual(1); // the dead block, until its TTL
       clock.now += 120_000;

@@ -12,22 +12,12 @@ import type { DbManager } from "../db/types.js";
 import type { TestApi } from "./runner.js";
 import { InMemoryCache } from "../cache/index.js";
 import { CreditService } from "../services/credit-service.js";
-import { ExpirationService } from "../services/expiration-service.js";
-import { LedgerLogger } from "../ledger/index.js";
 import { PromoService } from "../services/promo-service.js";
-import { SubscriptionService } from "../services/subscription-service.js";
+import { managerServices, T0 } from "./support.js";
 
-const T0 = Date.parse("2030-01-01T00:00:00.000Z");
-
-/** One manager's services over `db`, on a clock shared with the other manager. */
+/** One manager's services over `db`, promos too, on a clock shared with the other manager. */
 function manager(db: DbManager, clock: { now: number }) {
-  const now = () => new Date(clock.now);
-  const ledger = new LedgerLogger({ db, clock: now });
-  const credits = new CreditService({ db, clock: now, ledger, subscriptions: true });
-  const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
-  const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
-  const promos = new PromoService({ db, clock: now });
-  return { credits, subscriptions, expiration, promos };
+  return { ...managerServices(db, clock), promos: new PromoService({ db, clock: () => new Date(clock.now) }) };
 }
 
 /**

@@ -9,6 +9,7 @@
 import { randomUUID } from "node:crypto";
 import { describe, expect, it, useTestApi, type TestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
+import type { NotificationUpdate } from "../db/types-notifications.js";
 import { AccountWork } from "../domain/account-work.js";
 import { newNotification } from "../domain/notifications.js";
 import { ConfigurationError, InsufficientCreditsError, ValidationError } from "../errors.js";
@@ -19,9 +20,8 @@ import { DomainEventType } from "../models/notifications.js";
 import { CreditService } from "../services/credit-service.js";
 import { NotificationService } from "../services/notification-service.js";
 import { scribble } from "./scribble.js";
+import { DAY, T0 } from "./support.js";
 
-const T0 = Date.parse("2030-01-01T00:00:00.000Z");
-const DAY = 86_400_000;
 /** Instants before any other test's rows: the k-th claiming test runs at 1999 − k. */
 const epoch = (k: number) => Date.UTC(1999 - k, 0, 1);
 
@@ -48,6 +48,17 @@ function services(
 }
 
 const types = (rows: readonly Notification[]) => rows.map((r) => r.type);
+
+/**
+ * Claims and settles with `settle` every row due an hour after `at`, store-wide, so that later
+ * claims in a shared store never see the rows a test left.
+ */
+async function settleAllDue(db: DbManager, at: number, token: string, settle: NotificationUpdate): Promise<void> {
+  const claim = () => db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token });
+  for (let rows = await claim(); rows.length > 0; rows = await claim()) {
+    for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
+  }
+}
 
 /**
  * The outbox part of the contract (`runDbManagerContract` runs it). `test`: your runner's functions,
@@ -587,12 +598,8 @@ export function runNotificationContract(
       expect(claimed.map((r) => r.payload.i)).toEqual([99]);
       const settle = { status: "failed" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
       expect(await db.completeNotification(mine.id, "b1", settle)).toBe(true);
-      // Settle the blocked user's rows too, so later claims in a shared store never see them.
-      let rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "b2" });
-      while (rows.length > 0) {
-        for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
-        rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "b2" });
-      }
+      // Settle the blocked user's rows too.
+      await settleAllDue(db, at, "b2", settle);
       expect(await db.listNotifications(blocked, { status: "pending", limit: 100 })).toEqual([]);
     });
 
@@ -668,11 +675,7 @@ export function runNotificationContract(
       // a's low_credits row is still pending, for the dispatcher (the store-wide claim below settles it).
       expect((await notifications.list(a, { status: "pending" })).map((r) => r.type)).toEqual(["low_credits"]);
       const settle = { status: "sent" as const, attempts: 1, nextAttemptAt: now, lastError: null, settledAt: now };
-      let rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "y7" });
-      while (rows.length > 0) {
-        for (const r of rows) await db.completeNotification(r.id, r.claimToken as string, settle);
-        rows = await db.claimNotifications({ now: new Date(at + 3_600_000), limit: 10, leaseMs: 5000, token: "y7" });
-      }
+      await settleAllDue(db, at, "y7", settle);
       expect(await db.listNotifications(a, { status: "pending", limit: 10 })).toEqual([]);
     });
 

@@ -13,8 +13,7 @@ import { CreditService } from "../services/credit-service.js";
 import { PaymentService } from "../services/payment-service.js";
 import { PromoService } from "../services/promo-service.js";
 import { scribble } from "./scribble.js";
-
-const T0 = Date.parse("2030-01-01T00:00:00.000Z");
+import { T0 } from "./support.js";
 
 /** A provider without signatures: the body is the `PaymentEvent` as JSON. Checkouts are local. */
 export const unsignedTestProvider: PaymentProvider = {
@@ -66,6 +65,32 @@ function promo(code: string, over: Partial<Promo> = {}): Promo {
   };
 }
 
+/** A payment of `userId` as the store keeps it, just created. */
+function payment(userId: string, over: Partial<Payment> = {}): Payment {
+  return {
+    id: randomUUID(),
+    userId,
+    provider: "test",
+    providerRef: null,
+    providerPaymentId: null,
+    amount: 100,
+    currency: "USD",
+    credits: 10,
+    status: "created",
+    checkoutUrl: null,
+    description: null,
+    grantId: null,
+    creditEntryId: null,
+    refundedAmount: 0,
+    creditsReversed: 0,
+    metadata: null,
+    version: 1,
+    createdAt: new Date(T0),
+    updatedAt: new Date(T0),
+    ...over,
+  };
+}
+
 export function runPromoPaymentContract(getDb: () => DbManager): void {
   const code = () => `P${randomUUID().replace(/-/g, "").slice(0, 16).toUpperCase()}`;
   const user = () => `u-${randomUUID()}`;
@@ -104,27 +129,7 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
       await db.insertPromo(p);
       scribble(p);
       await promos.claimPromo(u, c);
-      const pay: Payment = {
-        id: randomUUID(),
-        userId: u,
-        provider: "test",
-        providerRef: `ref-${u}`,
-        providerPaymentId: null,
-        amount: 100,
-        currency: "USD",
-        credits: 10,
-        status: "created",
-        checkoutUrl: null,
-        description: null,
-        grantId: null,
-        creditEntryId: null,
-        refundedAmount: 0,
-        creditsReversed: 0,
-        metadata: { order: { n: 1 } },
-        version: 1,
-        createdAt: new Date(T0),
-        updatedAt: new Date(T0),
-      };
+      const pay = payment(u, { providerRef: `ref-${u}`, metadata: { order: { n: 1 } } });
       const payId = pay.id;
       await db.insertPayment(pay);
       scribble(pay);
@@ -147,28 +152,14 @@ export function runPromoPaymentContract(getDb: () => DbManager): void {
     it("keeps payments, finds them by provider ids, pages newest first, updates by compare-and-set", async () => {
       const db = getDb();
       const u = user();
-      const mk = (i: number): Payment => ({
-        id: randomUUID(),
-        userId: u,
-        provider: "test",
-        providerRef: `ref-${i}-${u}`,
-        providerPaymentId: null,
-        amount: 100 + i,
-        currency: "USD",
-        credits: 10,
-        status: "created",
-        checkoutUrl: null,
-        description: null,
-        grantId: null,
-        creditEntryId: null,
-        refundedAmount: 0,
-        creditsReversed: 0,
-        metadata: null,
-        version: 1,
-        createdAt: new Date(T0 + i * 1000),
-        updatedAt: new Date(T0 + i * 1000),
-      });
-      const ps = [0, 1, 2].map(mk);
+      const ps = [0, 1, 2].map((i) =>
+        payment(u, {
+          providerRef: `ref-${i}-${u}`,
+          amount: 100 + i,
+          createdAt: new Date(T0 + i * 1000),
+          updatedAt: new Date(T0 + i * 1000),
+        }),
+      );
       for (const p of ps) await db.insertPayment(p);
       const [p0, p1, p2] = ps as [Payment, Payment, Payment];
       await expect(db.insertPayment(p0)).rejects.toBeInstanceOf(ConflictError);

@@ -4,20 +4,13 @@ import type { DbManager } from "../db/types.js";
 import { inScope } from "../domain/scope.js";
 import { InsufficientCreditsError, ValidationError } from "../errors.js";
 import type { Grant, JournalEntry } from "../models/index.js";
-import { CreditService } from "../services/credit-service.js";
+import { serviceWithClock, T0 } from "./support.js";
 
 /*
  * Scoped grants (docs/teams-and-limits.md, "Scoped credits") in the contract suite: what the store
  * keeps of a grant's scope, and spends that never draw from a grant outside their scope — one
  * manager, or two over one store (the suite's `createPeer`) spending at once.
  */
-
-const T0 = Date.parse("2030-01-01T00:00:00.000Z");
-
-function service(db: DbManager, overdraftLimit: number | null = null) {
-  const clock = { now: T0 };
-  return { credits: new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit }), clock };
-}
 
 /**
  * Every credit a `deduct` or `reserve` entry of `userId` drew came from a grant whose scope
@@ -83,7 +76,7 @@ export function scopedAccountCases(db: DbManager): void {
 
     it("a grant's scope is stored and read back; bad scopes are refused and change nothing", async () => {
       const u = user();
-      const { credits } = service(db);
+      const { credits } = serviceWithClock(db);
       const plain = await credits.addCredits(u, 10);
       const scoped = await credits.addCredits(u, 20, { scope: { features: ["images"], spenders: ["alice", "bob"] } });
       const byId = new Map((await db.listGrants(u)).map((g) => [g.id, g]));
@@ -102,7 +95,7 @@ export function scopedAccountCases(db: DbManager): void {
 
     it("spends draw their scope's grants first, never another's; info and check() count what the spend may use", async () => {
       const u = user();
-      const { credits, clock } = service(db);
+      const { credits, clock } = serviceWithClock(db);
       const pool = (await credits.addCredits(u, 100)).grants[0]?.grantId;
       clock.now += 1000;
       const images = (await credits.addCredits(u, 30, { scope: { features: ["images"] } })).grants[0]?.grantId;
@@ -147,7 +140,7 @@ export function scopedAccountCases(db: DbManager): void {
       if (read === undefined) return;
       const u = user();
       expect(await read(u)).toEqual({ account: null, grants: null });
-      const { credits } = service(db);
+      const { credits } = serviceWithClock(db);
       await credits.addCredits(u, 10);
       expect(await read(u)).toEqual({ account: await db.getAccount(u), grants: null });
       await credits.addCredits(u, 20, { scope: { features: ["images"] } });
@@ -164,7 +157,7 @@ export function scopedAccountCases(db: DbManager): void {
 
     it("getUserCreditsInfo and check() read a scoped account's state and grants at one snapshot, in one read where the store has getAccountCredits", async () => {
       const reads: string[] = [];
-      const { credits } = service(recordingReads(db, reads));
+      const { credits } = serviceWithClock(recordingReads(db, reads));
       const once = db.getAccountCredits !== undefined ? ["getAccountCredits"] : ["getAccount", "transaction"];
       const u = user();
       await credits.addCredits(u, 100);
@@ -216,7 +209,7 @@ export function scopedAccountCases(db: DbManager): void {
 
     it("after-service spends run into debt rather than use another scope's credits; scoped grants pay no debt; voids stay per grant", async () => {
       const u = user();
-      const { credits } = service(db, 100);
+      const { credits } = serviceWithClock(db, T0, 100);
       await credits.addCredits(u, 10);
       const images = (await credits.addCredits(u, 50, { scope: { features: ["images"] } })).grants[0]?.grantId;
       await credits.deductCreditsAfterService(u, 30, { feature: "chat" });
@@ -236,7 +229,7 @@ export function scopedAccountCases(db: DbManager): void {
 export function scopedConcurrencyCase(db: DbManager, race: number): void {
   it("concurrent spends of several spenders and features never draw from a grant outside their scope (docs/teams-and-limits.md)", async () => {
     const u = `u-${randomUUID()}`;
-    const { credits } = service(db);
+    const { credits } = serviceWithClock(db);
     await credits.addCredits(u, 40);
     await credits.addCredits(u, 30, { scope: { features: ["images"] } });
     await credits.addCredits(u, 20, { scope: { spenders: ["alice"] } });

@@ -1,8 +1,12 @@
 // What the parts of the contract suite share: the suite's clock, the part options, a lazy store.
 import { expect, type TestApi } from "./runner.js";
 import type { DbManager, OptionalPart } from "../db/types.js";
+import { InMemoryCache } from "../cache/index.js";
 import { ConfigurationError } from "../errors.js";
+import { LedgerLogger } from "../ledger/index.js";
 import { CreditService } from "../services/credit-service.js";
+import { ExpirationService } from "../services/expiration-service.js";
+import { SubscriptionService } from "../services/subscription-service.js";
 
 /** What each part's runner takes besides the store. */
 export interface PartOptions {
@@ -18,6 +22,26 @@ export function serviceWithClock(db: DbManager, start = T0, overdraftLimit: numb
   const clock = { now: start };
   const credits = new CreditService({ db, clock: () => new Date(clock.now), overdraftLimit });
   return { credits, clock };
+}
+
+/**
+ * One manager's services over `db`: credits with subscriptions, and the jobs, on a clock the test
+ * moves — a start instant, or a clock shared with another manager. `ledgerFile`: the ledger writes
+ * this file (none by default); `alerts`: the outbox's alert rows are written.
+ */
+export function managerServices(
+  db: DbManager,
+  start: number | { now: number } = T0,
+  options: { ledgerFile?: string; alerts?: boolean } = {},
+) {
+  const clock = typeof start === "number" ? { now: start } : start;
+  const now = () => new Date(clock.now);
+  const ledger = new LedgerLogger({ db, clock: now, filePath: options.ledgerFile ?? false });
+  const alerts = options.alerts === true ? {} : undefined;
+  const credits = new CreditService({ db, clock: now, ledger, alerts, subscriptions: true });
+  const subscriptions = new SubscriptionService({ db, credits, clock: now, cache: new InMemoryCache(), ledger });
+  const expiration = new ExpirationService({ db, credits, subscriptions, clock: now, ledger });
+  return { credits, subscriptions, expiration, ledger, clock };
 }
 
 /**

@@ -1,19 +1,17 @@
 import { randomUUID } from "node:crypto";
-import { describe, expect, it } from "./runner.js";
+import { describe, expect, it, useTestApi } from "./runner.js";
 import type { DbManager } from "../db/types.js";
 import { ConfigurationError, InsufficientCreditsError } from "../errors.js";
 import { CreditService } from "../services/credit-service.js";
-
-const T0 = Date.parse("2030-01-01T00:00:00.000Z");
-const DAY = 86_400_000;
+import { DAY, T0, type PartOptions } from "./support.js";
 
 /**
  * Trial credits (`trial` option): granted once, in the unit of work that first creates the
  * account — also when callers (or two services over the same store, as two processes) race to
  * create it — and never to an account that existed before.
- * @internal
  */
-export function runTrialContract(getDb: () => DbManager): void {
+export function runTrialContract(getDb: () => DbManager, options: PartOptions = {}): void {
+  if (options.test !== undefined) useTestApi(options.test);
   describe("trial credits", () => {
     const user = () => `u-${randomUUID()}`;
     const service = (trial = { amount: 100, expiresInDays: 14 }) =>
