@@ -218,13 +218,8 @@ export const MIGRATIONS: readonly Migration[] = [
     to: 14,
     summary:
       "PostgreSQL: the usage rollup's trigger on journal_entries runs once per statement, over the statement's new rows (a transition table), instead of once per row; the rollup's rows and what they hold do not change (docs/usage.md)",
+    // No statements since version 18: the upgrade to 18 drops the trigger this step replaced.
     columns: [],
-    statements: (dialect, naming, tables) => {
-      const journal = tables.get("journal");
-      if (dialect !== "postgres" || journal === undefined) return [];
-      // Nothing since version 18: the upgrade to 18 drops the trigger this step replaced.
-      return [];
-    },
   },
   // Version 15: cost basis (docs/revenue.md). Self-contained: renumber freely.
   {
@@ -376,15 +371,21 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
     out.push(...rebuildSqlite(table, naming, later));
     rebuilt.add(table.key);
   };
+  /** Whether `table` existed at `fromVersion`: one that appeared later is created whole by the DDL. */
+  const existed = (table: TableKey) => (TABLE_SINCE[table] ?? 1) <= fromVersion;
+  /** A table and column that a step names (a mistake in MIGRATIONS when there is none). */
+  const columnOf = (step: Migration, key: TableKey, field: string) => {
+    const table = tables.get(key);
+    const column = table?.columns.find((c) => c.field === field);
+    if (table === undefined || column === undefined)
+      throw new Error(`migration to ${step.to}: no column ${key}.${field}`);
+    return { table, column };
+  };
   for (const step of MIGRATIONS) {
     if (step.to <= fromVersion) continue;
     for (const added of step.columns) {
-      // A table that appeared after fromVersion is created whole by the DDL below.
-      if ((TABLE_SINCE[added.table] ?? 1) > fromVersion || rebuilt.has(added.table)) continue;
-      const table = tables.get(added.table);
-      const column = table?.columns.find((c) => c.field === added.field);
-      if (table === undefined || column === undefined)
-        throw new Error(`migration to ${step.to}: no column ${added.table}.${added.field}`);
+      if (!existed(added.table) || rebuilt.has(added.table)) continue;
+      const { table, column } = columnOf(step, added.table, added.field);
       if (dialect === "sqlite" && added.fill !== undefined && step.to >= 7) {
         // SQLite cannot drop the DEFAULT that fills the rows: the table is rebuilt instead, so that
         // it equals a fresh install (versions before 7 added theirs with ALTER TABLE).
@@ -400,27 +401,20 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
       }
     }
     for (const changed of step.checks ?? []) {
-      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion || rebuilt.has(changed.table)) continue;
-      const table = tables.get(changed.table);
-      const column = table?.columns.find((c) => c.field === changed.field);
-      if (table === undefined || column === undefined)
-        throw new Error(`migration to ${step.to}: no column ${changed.table}.${changed.field}`);
+      if (!existed(changed.table) || rebuilt.has(changed.table)) continue;
+      const { table, column } = columnOf(step, changed.table, changed.field);
       if (dialect === "sqlite") rebuild(table, step);
       else out.push(...replaceCheck(dialect, table, column, naming, options.distributed === true));
     }
     if (step.statements !== undefined) out.push(...step.statements(dialect, naming, tables));
     if (dialect === "mysql") {
       for (const added of step.indexes ?? []) {
-        if ((TABLE_SINCE[added.table] ?? 1) > fromVersion) continue;
+        if (!existed(added.table)) continue;
         const table = tables.get(added.table);
         const spec = table?.spec.indexes.find((i) => i.name === added.index);
         if (table === undefined || spec === undefined)
           throw new Error(`migration to ${step.to}: no index ${added.table}.${added.index}`);
-        const keys = spec.fields.map((f) => {
-          const c = table.columns.find((x) => x.field === f);
-          if (c === undefined) throw new Error(`migration to ${step.to}: no column ${added.table}.${f}`);
-          return quoteIdent(dialect, c.name);
-        });
+        const keys = spec.fields.map((f) => quoteIdent(dialect, columnOf(step, added.table, f).column.name));
         out.push(
           `CREATE ${spec.unique === true ? "UNIQUE " : ""}INDEX ${quoteIdent(dialect, `${table.name}_${spec.name}`)} ON ${table.qualified} (${keys.join(", ")});`,
         );
@@ -430,16 +424,15 @@ export function upgradeStatements(options: UpgradeSqlOptions): string[] {
     // One statement per table: each ALTER … TYPE rewrites the whole table once.
     const retyped = new Map<SqlTable, Column[]>();
     for (const changed of step.retyped ?? []) {
-      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
-      const table = tables.get(changed.table);
-      const column = table?.columns.find((c) => c.field === changed.field);
-      if (table === undefined || column === undefined || (column.bytes !== true && column.jsonText !== true))
+      if (!existed(changed.table)) continue;
+      const { table, column } = columnOf(step, changed.table, changed.field);
+      if (column.bytes !== true && column.jsonText !== true)
         throw new Error(`migration to ${step.to}: no bytes or JSON text column ${changed.table}.${changed.field}`);
       retyped.set(table, [...(retyped.get(table) ?? []), column]);
     }
     for (const [table, columns] of retyped) out.push(retype(table, columns, naming));
     for (const changed of step.reindexed ?? []) {
-      if ((TABLE_SINCE[changed.table] ?? 1) > fromVersion) continue;
+      if (!existed(changed.table)) continue;
       const table = tables.get(changed.table);
       if (table === undefined) throw new Error(`migration to ${step.to}: no table ${changed.table}`);
       out.push(replaceIndex(table, changed, naming));
@@ -555,6 +548,31 @@ function rebuildSqlite(table: SqlTable, naming: NamingOptions, later: ReadonlyMa
     `DROP TABLE ${table.qualified};`,
     `ALTER TABLE ${qualifiedRebuilt} RENAME TO ${q(table.name)};`,
   ];
+}
+
+/**
+ * Why a manager of `dialect`'s store refuses a store at schema `version` (0: it has none; its
+ * version row would be in `versionTable`): it is newer than this release, or older while the
+ * manager does not migrate (`migrate: false`: the error names the command that upgrades it).
+ * Null when it may go on.
+ */
+export function versionRefusal(
+  dialect: SqlDialect,
+  version: number,
+  migrate: boolean,
+  versionTable: string,
+): ConfigurationError | null {
+  const store = `[credit-management] [${dialect}]`;
+  if (version > SCHEMA_VERSION)
+    return new ConfigurationError(
+      `${store} the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
+    );
+  if (version === SCHEMA_VERSION || migrate) return null;
+  return new ConfigurationError(
+    version === 0
+      ? `${store} the store has no credit-management schema (no version row in ${versionTable}) and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect ${dialect}\` first`
+      : `${store} the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect ${dialect} --from-version ${version}\` first`,
+  );
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { NamingOptions } from "./sql.js";
+import { sqlLit } from "./usage-sql.js";
 
 /**
  * The revenue summary of PostgreSQL (docs/revenue.md, "How it is computed"): tables a report
@@ -62,11 +63,10 @@ export function revenueDdl(naming: NamingOptions): string[] {
  */
 export function revenueResetSql(naming: NamingOptions): string {
   const n = revenueNames(naming);
-  const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
   return (
-    `DO $cm$ BEGIN IF to_regclass(${lit(n.state)}) IS NOT NULL THEN ` +
+    `DO $cm$ BEGIN IF to_regclass(${sqlLit(n.state)}) IS NOT NULL THEN ` +
     `TRUNCATE ${n.state}, ${n.split}, ${n.deferred}; END IF; ` +
-    `IF to_regclass(${lit(n.daily)}) IS NOT NULL THEN TRUNCATE ${n.daily}; END IF; END $cm$;`
+    `IF to_regclass(${sqlLit(n.daily)}) IS NOT NULL THEN TRUNCATE ${n.daily}; END IF; END $cm$;`
   );
 }
 
@@ -77,8 +77,7 @@ export function revenueResetSql(naming: NamingOptions): string {
  */
 export function revenuePlanSql(naming: NamingOptions): string {
   const n = revenueNames(naming);
-  const lit = (x: string) => `'${x.replace(/'/g, "''")}'`;
   const add = (table: string) =>
-    `IF to_regclass(${lit(table)}) IS NOT NULL THEN ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS "plan" TEXT; END IF;`;
+    `IF to_regclass(${sqlLit(table)}) IS NOT NULL THEN ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS "plan" TEXT; END IF;`;
   return `DO $cm$ BEGIN ${[n.daily, n.split, n.deferred].map(add).join(" ")} END $cm$;`;
 }

@@ -15,7 +15,7 @@ import {
 } from "./usage-sql.js";
 
 /** A PostgreSQL identifier, quoted (as `quoteIdent` of ./sql.ts, which imports this module). */
-const quoteIdent = (_dialect: "postgres", name: string): string => `"${name.replace(/"/g, '""')}"`;
+const q = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 
 /**
  * The usage rollup of PostgreSQL (docs/usage.md, "The daily rollup"): `usage_daily`, one row per
@@ -45,7 +45,6 @@ export interface RollupNames {
 }
 
 export function rollupNames(naming: NamingOptions): RollupNames {
-  const q = (n: string) => quoteIdent("postgres", n);
   const prefix = naming.prefix ?? "";
   const qualify = (n: string) => (naming.schema === undefined ? q(n) : `${q(naming.schema)}.${q(n)}`);
   const name = `${prefix}usage_daily`;
@@ -64,7 +63,6 @@ export function rollupNames(naming: NamingOptions): RollupNames {
  * by the first three (each entry's totals by the rules of usage).
  */
 function rollupSums(source: string, rules: UsageRules = USAGE_RULES, placed = sqlPlaced("e0")): string {
-  const q = (n: string) => quoteIdent("postgres", n);
   const sources = usageSources(rules);
   // Each entry with its kind, its own measures and its part source's array, by the rules.
   const entries =
@@ -94,7 +92,6 @@ export function rollupDdl(
   citus?: { userIdType: string },
 ): string[] {
   const r = rollupNames(naming);
-  const q = (n: string) => quoteIdent("postgres", n);
   const userId = citus?.userIdType ?? "TEXT";
   return [
     `CREATE TABLE IF NOT EXISTS ${r.table} (
@@ -112,7 +109,7 @@ ${USAGE_MEASURES.map((m) => `  ${q(rollupColumn(m))} ${m === "credits" ? "BIGINT
 
 /** The upsert of `sums` (rows of `rollupSums`) into the rollup: each row's figures added to its row. */
 function rollupUpsert(r: RollupNames, sums: string): string {
-  const columns = USAGE_MEASURES.map((m) => quoteIdent("postgres", rollupColumn(m)));
+  const columns = USAGE_MEASURES.map((m) => q(rollupColumn(m)));
   return (
     `INSERT INTO ${r.table} AS u ("user_id", "day", "kind", ${columns.join(", ")}) ${sums} ` +
     `ON CONFLICT ("user_id", "day", "kind") DO UPDATE SET ${columns.map((c) => `${c} = u.${c} + EXCLUDED.${c}`).join(", ")}`
@@ -223,7 +220,6 @@ export function rollupCatchUpOneSql(journal: string, naming: NamingOptions, rule
  */
 export function rollupBackfillSql(journal: string, accounts: string, naming: NamingOptions): string[] {
   const r = rollupNames(naming);
-  const q = (n: string) => quoteIdent("postgres", n);
   return [
     `DELETE FROM ${r.table};`,
     `DELETE FROM ${r.state};`,
@@ -249,7 +245,7 @@ export function rollupFoldUpgradeSql(journal: string, accounts: string, naming: 
   const r = rollupNames(naming);
   return [
     ...rollupDdl(naming),
-    `DROP TRIGGER IF EXISTS ${quoteIdent("postgres", r.trigger)} ON ${journal};`,
+    `DROP TRIGGER IF EXISTS ${q(r.trigger)} ON ${journal};`,
     `DROP FUNCTION IF EXISTS ${r.fn}();`,
     `INSERT INTO ${r.state} ("user_id", "through_seq") SELECT user_id, seq FROM ${accounts} WHERE seq > 0 ON CONFLICT ("user_id") DO NOTHING;`,
   ];

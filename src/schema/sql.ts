@@ -139,24 +139,20 @@ export function sqlTables(options: SqlOptions): SqlTable[] {
  */
 export function tableColumns(spec: TableSpec): Column[] {
   const columns = columnsOf(spec.model);
-  for (const field of spec.binary ?? []) {
+  /** The column of a field the spec lists under `list`, which must be of `kind` (and `fits`: `is`). */
+  const listed = (list: string, field: string, kind: Column["kind"], is: string, fits = true) => {
     const c = columns.find((x) => x.field === field);
-    if (c === undefined || c.kind !== "string")
-      throw new Error(`table ${spec.name}: binary field "${field}" is not a string field of its model`);
-    c.bytes = true;
-  }
-  for (const field of spec.jsonText ?? []) {
-    const c = columns.find((x) => x.field === field);
-    if (c === undefined || c.kind !== "json")
-      throw new Error(`table ${spec.name}: jsonText field "${field}" is not a JSON field of its model`);
-    c.jsonText = true;
-  }
+    if (c === undefined || c.kind !== kind || !fits)
+      throw new Error(`table ${spec.name}: ${list} field "${field}" is not ${is}`);
+    return c;
+  };
+  for (const field of spec.binary ?? []) listed("binary", field, "string", "a string field of its model").bytes = true;
+  for (const field of spec.jsonText ?? [])
+    listed("jsonText", field, "json", "a JSON field of its model").jsonText = true;
   for (const field of spec.tuples ?? []) {
-    const c = columns.find((x) => x.field === field);
     const keys = tupleKeys(spec.model, field);
-    if (c === undefined || c.kind !== "json" || keys === null)
-      throw new Error(`table ${spec.name}: tuples field "${field}" is not an array of objects in its model`);
-    c.tuple = keys;
+    const c = listed("tuples", field, "json", "an array of objects in its model", keys !== null);
+    c.tuple = keys as string[];
   }
   if (spec.idempotencyKey === undefined) return columns;
   const key = columns.find((c) => c.field === spec.idempotencyKey);
