@@ -1,6 +1,6 @@
 import { ConfigurationError } from "../../errors.js";
 import { decodeRow, encodeValues } from "../../schema/codec.js";
-import { upgradeStatements } from "../../schema/migrations.js";
+import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";
 import {
   SCHEMA_COMPONENT,
   SCHEMA_VERSION,
@@ -176,16 +176,19 @@ export class Sqlite {
   /** The store's schema version; null when it has no version row (not a store of ours, or empty). */
   version(): number | null | Promise<number | null> {
     const db = this.conn();
-    return this.patiently(() => {
-      const table = versionTableName("sqlite", { prefix: this.options.tablePrefix });
-      const exists = db
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
-        .get(`${this.options.tablePrefix ?? ""}schema_version`);
-      if (exists === undefined) return null;
-      const found = db.prepare(`SELECT version FROM ${table} WHERE component = ?`).get(SCHEMA_COMPONENT) as
-        { version: number } | undefined;
-      return found === undefined ? null : Number(found.version);
-    });
+    return this.patiently(() => this.readVersion(db));
+  }
+
+  private readVersion(db: Database): number | null {
+    const naming = { prefix: this.options.tablePrefix };
+    const exists = db
+      .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+      .get(`${naming.prefix ?? ""}schema_version`);
+    if (exists === undefined) return null;
+    const found = db
+      .prepare(`SELECT version FROM ${versionTableName("sqlite", naming)} WHERE component = ?`)
+      .get(SCHEMA_COMPONENT) as { version: number } | undefined;
+    return found === undefined ? null : Number(found.version);
   }
 
   private conn(): Database {
@@ -301,32 +304,15 @@ export class Sqlite {
   /** Creates the tables, or upgrades them, in one write transaction. */
   private migrate(db: Database, naming: { prefix: string | undefined }): void {
     this.tx(() => {
-      const table = versionTableName("sqlite", naming);
-      const exists = db
-        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
-        .get(`${naming.prefix ?? ""}schema_version`);
-      const found =
-        exists === undefined
-          ? undefined
-          : (db.prepare(`SELECT version FROM ${table} WHERE component = ?`).get(SCHEMA_COMPONENT) as
-              { version: number } | undefined);
-      const version = found?.version ?? 0;
-      if (version > SCHEMA_VERSION)
-        throw new ConfigurationError(
-          origin(
-            "sqlite",
-            `the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
-          ),
-        );
+      const version = this.readVersion(db) ?? 0;
+      const refused = versionRefusal(
+        "sqlite",
+        version,
+        this.options.migrate !== false,
+        versionTableName("sqlite", naming),
+      );
+      if (refused !== null) throw refused;
       if (version === SCHEMA_VERSION) return;
-      if (this.options.migrate === false) {
-        throw new ConfigurationError(
-          origin(
-            "sqlite",
-            `the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect sqlite${version > 0 ? ` --from-version ${version}` : ""}\` first`,
-          ),
-        );
-      }
       if (version > 0)
         for (const s of upgradeStatements({ dialect: "sqlite", fromVersion: version, ...naming })) db.exec(s);
       db.exec(generateSql({ dialect: "sqlite", ...naming }));

@@ -17,6 +17,7 @@ import type { JournalQuery, LedgerQuery, ScanCursor } from "../types.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { SubscriptionCursor } from "../types-subscriptions.js";
 import type { UsageScan } from "../../domain/usage.js";
+import type { TableKey } from "../../schema/tables.js";
 import { SQLITE_QUERY, usageBucket, usageQuery } from "../usage-query.js";
 import { type SqliteDbManagerOptions, lockableFile } from "./options.js";
 import type { Sqlite } from "./connection.js";
@@ -42,6 +43,11 @@ const after = (col: string, cursor: { at: Date; id: string } | undefined): [stri
 
 export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDefinition {
   const count = (text: string, params: unknown[]) => Number(s.all(text, params)[0]?.n ?? 0);
+  /** A row by its id (and its owner's, when `userId` is given). */
+  const byId = <T>(table: TableKey, id: string, userId: string | undefined) =>
+    userId === undefined
+      ? s.one<T>(table, "WHERE id = ?", [id])
+      : s.one<T>(table, "WHERE user_id = ? AND id = ?", [userId, id]);
   const unique = (what: string, run: () => unknown) => {
     try {
       run();
@@ -89,14 +95,8 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
           return { account: now, grants };
         });
       },
-      getGrant: (id, userId) =>
-        userId === undefined
-          ? s.one<Grant>("grants", "WHERE id = ?", [id])
-          : s.one<Grant>("grants", "WHERE user_id = ? AND id = ?", [userId, id]),
-      getReservation: (id, userId) =>
-        userId === undefined
-          ? s.one<Reservation>("reservations", "WHERE id = ?", [id])
-          : s.one<Reservation>("reservations", "WHERE user_id = ? AND id = ?", [userId, id]),
+      getGrant: (id, userId) => byId<Grant>("grants", id, userId),
+      getReservation: (id, userId) => byId<Reservation>("reservations", id, userId),
       listGrants: (userId, o) =>
         s.list<Grant>(
           "grants",
@@ -200,10 +200,7 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
         ) > 0,
       insertSubscription: (sub: Subscription) =>
         unique(`user ${sub.userId} already has an active subscription`, () => s.insert("subscriptions", [sub])),
-      getSubscription: (id, userId) =>
-        userId === undefined
-          ? s.one<Subscription>("subscriptions", "WHERE id = ?", [id])
-          : s.one<Subscription>("subscriptions", "WHERE user_id = ? AND id = ?", [userId, id]),
+      getSubscription: (id, userId) => byId<Subscription>("subscriptions", id, userId),
       getActiveSubscription: (userId) =>
         s.one<Subscription>("subscriptions", "WHERE user_id = ? AND status = 'active'", [userId]),
       listSubscriptions: (userId) =>
@@ -246,10 +243,7 @@ export function definition(s: Sqlite, options: SqliteDbManagerOptions): StoreDef
       listPromoClaims: (userId) =>
         s.list<PromoClaim>("promoClaims", "WHERE user_id = ? ORDER BY created_at, claim_number", [userId]),
       insertPayment: (p: Payment) => unique(`insertPayment: payment ${p.id} exists`, () => s.insert("payments", [p])),
-      getPayment: (id, userId) =>
-        userId === undefined
-          ? s.one<Payment>("payments", "WHERE id = ?", [id])
-          : s.one<Payment>("payments", "WHERE user_id = ? AND id = ?", [userId, id]),
+      getPayment: (id, userId) => byId<Payment>("payments", id, userId),
       findPaymentByProviderId: (provider, id) =>
         s.one<Payment>("payments", "WHERE provider = ? AND provider_ref = ?", [provider, id]) ??
         s.one<Payment>("payments", "WHERE provider = ? AND provider_payment_id = ?", [provider, id]),

@@ -2,6 +2,7 @@ import { ConflictError } from "../../errors.js";
 import type { Account, Grant, JournalEntry, Reservation } from "../../models/index.js";
 import type { Payment, Promo } from "../../models/index.js";
 import type { Attempt } from "../store/define.js";
+import { AccountLocks } from "../store/account-locks.js";
 import { origin } from "../store/errors.js";
 import type { ChargeRecord, Changes, LoadRequest, LoadedState } from "../types.js";
 import type { SqliteDbManagerOptions, SqliteDriver } from "./options.js";
@@ -21,6 +22,12 @@ export function isConflict(error: unknown): boolean {
   );
 }
 
+/** `error` as a `ConflictError` (`what` happened to a unit of work on `userId`) when it is a conflict; else itself. */
+function asConflict(error: unknown, what: string, userId: string): unknown {
+  if (!isConflict(error)) return error;
+  return new ConflictError(origin("sqlite", `${what} (${(error as Error).message})`), { userId }, error);
+}
+
 /**
  * The file's second connection, for locked attempts (docs/storage.md, SQLite): a unit of work that
  * kept meeting conflicts runs once more on it inside `BEGIN IMMEDIATE`, taken before its first read
@@ -31,7 +38,8 @@ export function isConflict(error: unknown): boolean {
 export class Locker {
   private s: Sqlite | null = null;
   private opening: Promise<Sqlite> | null = null;
-  private tail: Promise<void> = Promise.resolve();
+  /** The turns: one lock, the file's. */
+  private readonly turns = new AccountLocks();
 
   constructor(
     private readonly options: SqliteDbManagerOptions,
@@ -64,18 +72,15 @@ export class Locker {
     }
   }
 
-  /** Waits for the locked attempts before this one; resolves to the function that ends its turn. */
-  private turn(): Promise<() => void> {
-    const before = this.tail;
-    let end!: () => void;
-    this.tail = new Promise<void>((resolve) => (end = resolve));
+  /** Waits for the locked attempts before this one; resolves to the function that ends its turn (once). */
+  private async turn(): Promise<() => void> {
+    await this.turns.acquire(this.filename);
     let ended = false;
-    const release = () => {
+    return () => {
       if (ended) return;
       ended = true;
-      end();
+      this.turns.release(this.filename);
     };
-    return before.then(() => release);
   }
 
   private async open(): Promise<Sqlite> {
@@ -187,14 +192,7 @@ export class SqliteAttempt implements Attempt {
     const c = this.pending;
     if (this.release !== undefined) return this.commitLocked(c);
     if (c === undefined) return;
-    const conflict = (error: unknown) =>
-      isConflict(error)
-        ? new ConflictError(
-            origin("sqlite", `a concurrent write won (${(error as Error).message})`),
-            { userId: this.userId },
-            error,
-          )
-        : error;
+    const conflict = (error: unknown) => asConflict(error, "a concurrent write won", this.userId);
     try {
       const done = this.s.patiently(() => this.write(c));
       if (done instanceof Promise)
@@ -212,12 +210,7 @@ export class SqliteAttempt implements Attempt {
       if (c !== undefined) this.write(c);
       this.s.end(true);
     } catch (error) {
-      if (!isConflict(error)) throw error;
-      throw new ConflictError(
-        origin("sqlite", `a write holding the lock was refused (${(error as Error).message})`),
-        { userId: this.userId },
-        error,
-      );
+      throw asConflict(error, "a write holding the lock was refused", this.userId);
     }
     this.release?.();
   }
