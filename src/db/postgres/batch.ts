@@ -1,16 +1,16 @@
 import type { PgPoolClient as PoolClient, PgQueryResult as QueryResult } from "./pg-types.js";
 import { ConflictError, LockTimeoutError, StorageError } from "../../errors.js";
-import { isConnectionLevel, isLostConnection, storageError, workerCode } from "./errors.js";
+import { isConflict, isConnectionLevel, isLostConnection, storageError, workerCode } from "./errors.js";
 import type { LoadRequest } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
-import { GUARD_MARKER, type Statement, arrayText, executeText } from "./sql.js";
+import { type Statement, arrayText, executeText } from "./sql.js";
 import { type AccountState, stateAfter } from "./state-cache.js";
 import { deferred } from "../store/group-commit.js";
 import { type ChainState, type SaveItem, advance, merged } from "./chain.js";
 import { saveParts } from "./save-rows.js";
 import { type BatchResult, NotRun, Retry, Skipped, type Unit } from "./unit.js";
 import { UnitTx } from "./unit-tx.js";
-import { markPrepared, prepareFor, resyncPrepared, statementName } from "./prepared.js";
+import { markPrepared, prepareFor, queryOf, resyncPrepared } from "./prepared.js";
 
 /**
  * Opens a unit-of-work transaction: `BEGIN`, then one statement that sets what the transaction
@@ -60,9 +60,6 @@ function lockTimeout(db: PostgresDbManager, what: string, error: unknown): LockT
     error,
   );
 }
-
-/** SQLSTATEs after which a unit of work runs again. */
-const RETRY_CODES = new Set(["40001", "40P01", "23505"]);
 
 /**
  * One database transaction serving one or more units of work on different accounts.
@@ -593,11 +590,7 @@ export class Batch {
   private async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
     this.db.roundTrips++;
     try {
-      const r = await this.client.query(
-        this.db.prepared && !this.db.sql.distributed
-          ? { name: statementName(text), text, values: params }
-          : { text, values: params },
-      );
+      const r = await this.client.query(queryOf(this.db, text, params));
       return r.rows as Record<string, unknown>[];
     } catch (error) {
       throw this.fail(what, error);
@@ -615,9 +608,8 @@ export class Batch {
     if (isConnectionLevel(error)) {
       this.breaks(error);
     }
-    if (typeof code === "string" && RETRY_CODES.has(code)) return new Retry(error);
+    if (isConflict(error)) return new Retry(error);
     if (code === "55P03") return lockTimeout(this.db, what, error);
-    if (code === "22P02" && String((error as Error).message).includes(GUARD_MARKER)) return new Retry(error);
     if (code === "26000" || code === "42P05") {
       // Our record of the connection's prepared statements was wrong (someone ran DISCARD or
       // DEALLOCATE, or a failed message left it unsure): list them again, then run again.

@@ -1,5 +1,6 @@
-import type { StorageError } from "../../errors.js";
+import { StorageError } from "../../errors.js";
 import { storageError as driverFailure } from "../store/errors.js";
+import { GUARD_MARKER } from "./sql.js";
 
 /**
  * Errors that leave the connection unusable, so it is closed, not pooled: no SQLSTATE from the
@@ -20,6 +21,23 @@ export function isLostConnection(error: unknown): boolean {
   const e = error as { code?: unknown; severity?: unknown } | null;
   if (typeof e?.severity !== "string") return true;
   return typeof e.code === "string" && /^(08|57P0[123])/.test(e.code);
+}
+
+/**
+ * A failure that a new attempt of the transaction may not meet: a serialization failure, a
+ * deadlock, a unique key taken by a concurrent first write, or the save statement's guard (an
+ * account moved, a row to update is gone).
+ */
+export function isConflict(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === "40001" || code === "40P01" || code === "23505") return true;
+  return code === "22P02" && String((error as Error).message).includes(GUARD_MARKER);
+}
+
+/** A unique key taken (SQLSTATE 23505), seen through the `StorageError` that `read` wraps it in. */
+export function isUniqueViolation(error: unknown): boolean {
+  const e = error instanceof StorageError ? error.cause : error;
+  return (e as { code?: unknown } | null)?.code === "23505";
 }
 
 /** A driver failure as `StorageError` (`[credit-management] [postgres] <what> failed (<SQLSTATE>): …`). */

@@ -21,14 +21,15 @@ import type {
 } from "../types.js";
 import type { Unit } from "./unit.js";
 import { UnitDispatch } from "./dispatch.js";
-import { statementName } from "./prepared.js";
+import { queryOf } from "./prepared.js";
+import { byId, list, one, scanDue } from "./reads.js";
 import { detectDistributed, distributedDdlSettings } from "./citus.js";
 import type { PostgresDbManagerOptions } from "./options.js";
 import { isConnectionLevel, storageError, workerCode } from "./errors.js";
 import { PostgresPromoStore } from "./promos.js";
 import { hostStore, type PgQueryable } from "./host.js";
-import { PostgresSql, output, toRow } from "./sql.js";
-import { upgradeStatements } from "../../schema/migrations.js";
+import { PostgresSql, insertRowText, output, toRow } from "./sql.js";
+import { upgradeStatements, versionRefusal } from "../../schema/migrations.js";
 import { SCHEMA_COMPONENT, SCHEMA_VERSION } from "../../schema/sql.js";
 import { StateCache } from "./state-cache.js";
 import { DEFAULT_AHEAD, PartitionOptions } from "../../schema/partitions.js";
@@ -227,18 +228,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
           return { rows: [] as { version: number }[] };
         });
       const version = found.rows[0]?.version ?? 0;
-      if (version > SCHEMA_VERSION) {
-        throw new ConfigurationError(
-          `[credit-management] [postgres] the store's schema is version ${version}, newer than this release understands (${SCHEMA_VERSION}): upgrade credit-management`,
-        );
-      }
-      if (version < SCHEMA_VERSION && !this.migrate) {
-        throw new ConfigurationError(
-          version === 0
-            ? `[credit-management] [postgres] the store has no credit-management schema (no version row in ${this.sql.versionTable}) and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect postgres\` first`
-            : `[credit-management] [postgres] the store's schema is version ${version}, this release needs ${SCHEMA_VERSION}, and this manager does not migrate (migrate: false): apply \`npx credit-management schema --dialect postgres --from-version ${version}\` first`,
-        );
-      }
+      const refused = versionRefusal("postgres", version, this.migrate, this.sql.versionTable);
+      if (refused !== null) throw refused;
       if (this.partitioning !== null && version > 0 && (await relationKind(this, client, "journal")) === "r") {
         throw new ConfigurationError(
           `[credit-management] [postgres] \`partitions\` is set but the store's journal (${this.sql.tables.journal.qualified}) is a plain table: a store is partitioned when it is created; convert it first (docs/running-for-years.md, "Partitioning on PostgreSQL") or leave \`partitions\` out`,
@@ -413,9 +404,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     };
   }
 
-  async getAccount(userId: string): Promise<Account | null> {
-    const rows = await this.read("getAccount", `${this.sql.select("accounts")} WHERE user_id = $1`, [userId]);
-    return rows[0] === undefined ? null : this.decode("accounts", rows[0]);
+  getAccount(userId: string): Promise<Account | null> {
+    return one(this, "getAccount", "accounts", "WHERE user_id = $1", [userId]);
   }
 
   /**
@@ -449,66 +439,38 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   private creditsStatement: string | undefined;
 
   async listAccountIds(after: string | null, limit: number): Promise<string[]> {
-    // The primary key's own order (its collation breaks ties by bytes: a total order to page by).
-    const rows =
-      after === null
-        ? await this.read(
-            "listAccountIds",
-            `SELECT user_id FROM ${this.sql.tables.accounts.qualified} ORDER BY user_id LIMIT $1`,
-            [limit],
-          )
-        : await this.read(
-            "listAccountIds",
-            `SELECT user_id FROM ${this.sql.tables.accounts.qualified} WHERE user_id > $1 ORDER BY user_id LIMIT $2`,
-            [after, limit],
-          );
+    // The primary key's own order (its collation breaks ties by bytes: a total order to page by);
+    // every user id sorts after the empty one.
+    const rows = await this.read(
+      "listAccountIds",
+      `SELECT user_id FROM ${this.sql.tables.accounts.qualified} WHERE user_id > $1 ORDER BY user_id LIMIT $2`,
+      [after ?? "", limit],
+    );
     return rows.map((r) => r.user_id as string);
   }
 
-  async getGrant(grantId: string, userId?: string): Promise<Grant | null> {
-    const rows =
-      userId === undefined
-        ? await this.read("getGrant", `${this.sql.select("grants")} WHERE id = $1`, [grantId])
-        : await this.read("getGrant", `${this.sql.select("grants")} WHERE user_id = $2 AND id = $1`, [grantId, userId]);
-    return rows[0] === undefined ? null : this.decode("grants", rows[0]);
+  getGrant(grantId: string, userId?: string): Promise<Grant | null> {
+    return byId(this, "getGrant", "grants", grantId, userId);
   }
 
-  async getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
-    const rows =
-      userId === undefined
-        ? await this.read("getReservation", `${this.sql.select("reservations")} WHERE id = $1`, [reservationId])
-        : await this.read("getReservation", `${this.sql.select("reservations")} WHERE user_id = $2 AND id = $1`, [
-            reservationId,
-            userId,
-          ]);
-    return rows[0] === undefined ? null : this.decode("reservations", rows[0]);
+  getReservation(reservationId: string, userId?: string): Promise<Reservation | null> {
+    return byId(this, "getReservation", "reservations", reservationId, userId);
   }
 
-  async listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
+  listGrants(userId: string, options?: { includeInactive?: boolean }): Promise<Grant[]> {
     const where = options?.includeInactive ? "" : " AND remaining > 0 AND closed_at IS NULL";
     const order = `${this.sql.column("grants", "created_at")}, id`;
-    const rows = await this.read(
-      "listGrants",
-      `${this.sql.select("grants")} WHERE user_id = $1${where} ORDER BY ${order}`,
-      [userId],
-    );
-    return rows.map((r) => this.decode<Grant>("grants", r));
+    return list(this, "listGrants", "grants", `WHERE user_id = $1${where} ORDER BY ${order}`, [userId]);
   }
 
-  async listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
-    const params: unknown[] = [userId];
-    let where = "";
-    if (options?.status !== undefined) {
-      params.push(options.status);
-      where = " AND status = $2";
-    }
+  listReservations(userId: string, options?: { status?: Reservation["status"] }): Promise<Reservation[]> {
     const order = `${this.sql.column("reservations", "created_at")}, id`;
-    const rows = await this.read(
-      "listReservations",
-      `${this.sql.select("reservations")} WHERE user_id = $1${where} ORDER BY ${order}`,
-      params,
-    );
-    return rows.map((r) => this.decode<Reservation>("reservations", r));
+    return options?.status === undefined
+      ? list(this, "listReservations", "reservations", `WHERE user_id = $1 ORDER BY ${order}`, [userId])
+      : list(this, "listReservations", "reservations", `WHERE user_id = $1 AND status = $2 ORDER BY ${order}`, [
+          userId,
+          options.status,
+        ]);
   }
 
   /** False once the rollup table was found missing (a schema applied without it). */
@@ -588,7 +550,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     }
   }
 
-  async listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
+  listJournal(userId: string, query: JournalQuery): Promise<JournalEntry[]> {
     const params: unknown[] = [userId];
     const where = ["user_id = $1"];
     const add = (sql: (n: number) => string, value: unknown) => {
@@ -601,9 +563,8 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     if (query.from !== undefined) add((n) => `created_at >= $${n}`, query.from);
     if (query.to !== undefined) add((n) => `created_at < $${n}`, query.to);
     params.push(query.limit);
-    const text = `${this.sql.select("journal")} WHERE ${where.join(" AND ")} ORDER BY seq ${query.order === "desc" ? "DESC" : "ASC"} LIMIT $${params.length}`;
-    const rows = await this.read("listJournal", text, params);
-    return rows.map((r) => this.decode<JournalEntry>("journal", r));
+    const rest = `WHERE ${where.join(" AND ")} ORDER BY seq ${query.order === "desc" ? "DESC" : "ASC"} LIMIT $${params.length}`;
+    return list(this, "listJournal", "journal", rest, params);
   }
 
   /**
@@ -644,43 +605,24 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     }
   }
 
-  async findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
+  findDueGrants(asOf: Date, limit: number, after?: ScanCursor): Promise<Grant[]> {
     const where = "remaining > 0 AND closed_at IS NULL AND expires_at IS NOT NULL";
-    return this.scanDue<Grant>("findDueGrants", "grants", where, asOf, limit, after);
+    const cursor = after && { at: after.expiresAt, id: after.id };
+    return scanDue(this, "findDueGrants", "grants", "expires_at", where, asOf, limit, cursor);
   }
 
-  async findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
-    return this.scanDue<Reservation>(
+  findExpiredReservations(asOf: Date, limit: number, after?: ScanCursor): Promise<Reservation[]> {
+    const cursor = after && { at: after.expiresAt, id: after.id };
+    return scanDue(
+      this,
       "findExpiredReservations",
       "reservations",
+      "expires_at",
       "status = 'active'",
       asOf,
       limit,
-      after,
+      cursor,
     );
-  }
-
-  /** Rows of `table` matching `where` with `expires_at <= asOf`, in (expires_at, id) order after the cursor. */
-  private async scanDue<T>(
-    operation: string,
-    table: "grants" | "reservations",
-    where: string,
-    asOf: Date,
-    limit: number,
-    after: ScanCursor | undefined,
-  ): Promise<T[]> {
-    const params: unknown[] = [asOf];
-    let cursor = "";
-    if (after !== undefined) {
-      params.push(after.expiresAt, after.id);
-      cursor = " AND (expires_at, id) > ($2, $3)";
-    }
-    params.push(limit);
-    const text =
-      `${this.sql.select(table)} WHERE ${where} AND expires_at <= $1${cursor} ` +
-      `ORDER BY ${this.sql.column(table, "expires_at")}, id LIMIT $${params.length}`;
-    const rows = await this.read(operation, text, params);
-    return rows.map((r) => this.decode<T>(table, r));
   }
 
   private revenueValue: PostgresRevenueSummary | undefined;
@@ -699,19 +641,18 @@ export class PostgresDbManager extends StoreBase implements DbManager {
   protected get parts(): SideParts {
     return (this.partsValue ??= {
       subscriptions: this.subscriptionStore,
-      promos: new PostgresPromoStore(this, this.sql.tables),
+      promos: new PostgresPromoStore(this),
       outbox: this.outbox,
     });
   }
 
   async insertLedgerEntry(entry: LedgerEntry): Promise<void> {
     const t = this.sql.tables.ledger;
-    const columns = t.columns.map((c) => `"${c.name}"`).join(", ");
-    const text = `INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
-    await this.read("insertLedgerEntry", text, [JSON.stringify(toRow(t.columns, entry))]);
+    // Not routed on Citus: the ledger stays a table on the coordinator.
+    await this.read("insertLedgerEntry", insertRowText(t, false), [JSON.stringify(toRow(t.columns, entry))]);
   }
 
-  async listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]> {
+  listLedgerEntries(query: LedgerQuery): Promise<LedgerEntry[]> {
     const params: unknown[] = [];
     const where: string[] = [];
     const add = (column: string, op: string, value: unknown) => {
@@ -728,11 +669,10 @@ export class PostgresDbManager extends StoreBase implements DbManager {
       );
     } else if (query.before !== undefined) add("created_at", "<", query.before);
     params.push(query.limit);
-    const text =
-      `${this.sql.select("ledger")}${where.length ? ` WHERE ${where.join(" AND ")}` : ""} ` +
+    const rest =
+      `${where.length ? `WHERE ${where.join(" AND ")} ` : ""}` +
       `ORDER BY ${this.sql.column("ledger", "created_at")} DESC, id DESC LIMIT $${params.length}`;
-    const rows = await this.read("listLedgerEntries", text, params);
-    return rows.map((r) => this.decode<LedgerEntry>("ledger", r));
+    return list(this, "listLedgerEntries", "ledger", rest, params);
   }
 
   // -----------------------------------------------------------------------------------------------
@@ -806,10 +746,7 @@ export class PostgresDbManager extends StoreBase implements DbManager {
     params: unknown[],
     write = false,
   ): Promise<Record<string, unknown>[]> {
-    const client = await this.connect();
-    let failure: unknown = false;
-    try {
-      this.roundTrips++;
+    return this.onConnection(what, async (client, drop) => {
       await client.query(write ? "BEGIN" : "BEGIN READ ONLY");
       try {
         await client.query("SET LOCAL jit = off");
@@ -818,31 +755,33 @@ export class PostgresDbManager extends StoreBase implements DbManager {
         return result.rows as Record<string, unknown>[];
       } catch (error) {
         // The statement's error is the one reported; a connection that cannot roll back is dropped, not pooled.
-        await client.query("ROLLBACK").catch((rollbackError: unknown) => (failure = rollbackError));
+        await client.query("ROLLBACK").catch(drop);
         throw error;
       }
-    } catch (error) {
-      if (isConnectionLevel(error)) failure = error;
-      throw storageError(what, workerCode(error));
-    } finally {
-      this.release(client, failure);
-    }
+    });
   }
 
   /** @internal Runs one statement outside a unit of work (prepared by name on each connection). */
-  async read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    return this.onConnection(what, async (client) => {
+      const result = await client.query(queryOf(this, text, params));
+      return result.rows as Record<string, unknown>[];
+    });
+  }
+
+  /**
+   * `fn` on a pooled connection, one round trip: its failure a `StorageError`, and the connection
+   * closed, not pooled, after a connection-level failure or when `fn` drops it (`drop(reason)`).
+   */
+  private async onConnection<T>(
+    what: string,
+    fn: (client: PoolClient, drop: (reason: unknown) => void) => Promise<T>,
+  ): Promise<T> {
     const client = await this.connect();
     let failure: unknown = false;
     try {
       this.roundTrips++;
-      // Citus cannot plan most statements generically (a named statement's plan after five
-      // runs): unnamed ones, planned for their values each time.
-      const result = await client.query(
-        this.prepared && !this.sql.distributed
-          ? { name: statementName(text), text, values: params }
-          : { text, values: params },
-      );
-      return result.rows as Record<string, unknown>[];
+      return await fn(client, (reason) => (failure = reason));
     } catch (error) {
       if (isConnectionLevel(error)) failure = error;
       throw storageError(what, workerCode(error));

@@ -1,6 +1,7 @@
 import type { Notification } from "../../models/index.js";
 import type { ClaimQuery, NotificationUpdate, OutboxQuery } from "../types-notifications.js";
 import type { PostgresDbManager } from "./index.js";
+import { list } from "./reads.js";
 import { output, routedInsert, toRow } from "./sql.js";
 
 /**
@@ -76,9 +77,7 @@ export class PostgresOutbox {
       q.limit,
       ...(q.types === undefined ? [] : [[...q.types]]),
     ]);
-    return rows
-      .map((r) => this.db.decode<Notification>("notifications", r))
-      .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
+    return this.claimed(rows);
   }
 
   /**
@@ -113,6 +112,11 @@ export class PostgresOutbox {
         picked.map((r) => r.id as string),
       ],
     );
+    return this.claimed(rows);
+  }
+
+  /** Claimed rows, decoded, in the order they were picked (an UPDATE returns them in any order). */
+  private claimed(rows: Record<string, unknown>[]): Notification[] {
     return rows
       .map((r) => this.db.decode<Notification>("notifications", r))
       .sort((a, b) => a.nextAttemptAt.getTime() - b.nextAttemptAt.getTime() || (a.id < b.id ? -1 : 1));
@@ -162,15 +166,16 @@ export class PostgresOutbox {
       where += pending ? ` AND (${col}, id) > ($2, $3)` : ` AND (${col}, id) < ($2, $3)`;
     }
     const dir = pending ? "ASC" : "DESC";
-    const rows = await this.db.read(
+    return list(
+      this.db,
       "listOutbox",
-      `${this.db.sql.select("notifications")} WHERE ${where} ORDER BY ${col} ${dir}, id ${dir} LIMIT $1`,
+      "notifications",
+      `WHERE ${where} ORDER BY ${col} ${dir}, id ${dir} LIMIT $1`,
       params,
     );
-    return rows.map((r) => this.db.decode<Notification>("notifications", r));
   }
 
-  async listNotifications(
+  listNotifications(
     userId: string,
     query: { status?: Notification["status"]; limit: number },
   ): Promise<Notification[]> {
@@ -181,11 +186,12 @@ export class PostgresOutbox {
       where += " AND status = $2";
     }
     params.push(query.limit);
-    const rows = await this.db.read(
+    return list(
+      this.db,
       "listNotifications",
-      `${this.db.sql.select("notifications")} WHERE ${where} ORDER BY id LIMIT $${params.length}`,
+      "notifications",
+      `WHERE ${where} ORDER BY id LIMIT $${params.length}`,
       params,
     );
-    return rows.map((r) => this.db.decode<Notification>("notifications", r));
   }
 }

@@ -25,7 +25,7 @@ import type {
 } from "../types-partitions.js";
 import type { PostgresDbManager } from "./index.js";
 import { storageError } from "./errors.js";
-import { output } from "./sql.js";
+import { cols, output } from "./sql.js";
 import { nodeBuiltin } from "../../util/runtime.js";
 
 // Files only where partitions are archived, loaded then, not at import (docs/runtimes.md).
@@ -160,7 +160,7 @@ export function ensurePartitions(
           await client.query(partitionSql(t, range, db.sql.naming));
           // A moved entry keeps its seq: the usage rollup's cursors (docs/usage.md, "The daily
           // rollup") need nothing.
-          const columns = t.columns.map((c) => q(c.name)).join(", ");
+          const columns = cols(t);
           const moved = await client.query(
             `WITH m AS (DELETE FROM ${d} WHERE ${where} RETURNING ${columns}) INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM m`,
           );
@@ -387,7 +387,7 @@ export function convertToPartitioned(
         await client.query(partitionSql(t, { from, to: rangeAfter(interval, from) }, db.sql.naming));
         report.created.push(partitionName(t.name, from));
       }
-      const columns = t.columns.map((c) => q(c.name)).join(", ");
+      const columns = cols(t);
       const copied = await client.query(
         `INSERT INTO ${t.qualified} (${columns}) SELECT ${columns} FROM ${qualifiedPartition(db, old)}`,
       );

@@ -37,6 +37,20 @@ export async function resyncPrepared(client: PoolClient): Promise<void> {
   }
 }
 
+/**
+ * The query of a statement outside the save (`text` with `values`): prepared by name on each
+ * connection (`preparedStatements`), except on Citus, which cannot plan most statements
+ * generically (a named statement's plan after five runs): there unnamed ones, planned for their
+ * values each time.
+ */
+export function queryOf(
+  db: { readonly prepared: boolean; readonly sql: { readonly distributed: boolean } },
+  text: string,
+  values: unknown[],
+): { name?: string; text: string; values: unknown[] } {
+  return db.prepared && !db.sql.distributed ? { name: statementName(text), text, values } : { text, values };
+}
+
 const names = new Map<string, string>();
 /** A stable, short prepared-statement name for a query text. */
 export function statementName(text: string): string {

@@ -1,18 +1,27 @@
-import { createHash } from "node:crypto";
 import { ConflictError } from "../../errors.js";
-import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
+import type { Payment, Promo, PromoClaim } from "../../models/index.js";
 import { quoteIdent, type SqlTable } from "../../schema/sql.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { GUARD_MARKER, type Statement, type Tables, column as col, cols, output, routedInsert, toRow } from "./sql.js";
+import { isUniqueViolation } from "./errors.js";
+import type { PostgresDbManager } from "./index.js";
+import { byId, countClaimsText, list, one } from "./reads.js";
+import {
+  GUARD_MARKER,
+  type Statement,
+  type Tables,
+  cols,
+  insertRowText,
+  output,
+  routedInsert,
+  statement,
+  toRow,
+} from "./sql.js";
 
 const q = (name: string) => quoteIdent("postgres", name);
 
 /** What the promo/payment store needs of `PostgresDbManager`. */
-interface Reader {
-  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
-  readonly sql?: { readonly distributed: boolean };
-}
+type Reader = Pick<PostgresDbManager, "read" | "sql">;
 
 /**
  * The statement a unit of work's promo claims and payment updates add to its batch's save (same
@@ -51,9 +60,7 @@ function saveStatement(t: Tables, distributed: { claims: number } | null = null)
     `AND (SELECT count(*) FROM up) = json_array_length($1->'p') THEN 1 ` +
     // Not a constant (the planner would fold a constant cast and fail every time).
     `ELSE ('${GUARD_MARKER} (promo uses or payment version) ' || (SELECT count(*) FROM pc))::int END AS ok`;
-  const types = ["json"];
-  const name = `cm_${createHash("sha256").update(types.join(",")).update("\n").update(text).digest("hex").slice(0, 24)}`;
-  return { name, text, types };
+  return statement(text, ["json"]);
 }
 
 const statements = new WeakMap<Tables, Statement>();
@@ -92,51 +99,25 @@ export function promoPaymentSave(
   return { statement, arg };
 }
 
-/** @internal Reads a unit of work makes inside its transaction. */
-export const inUnit = {
-  getPromo: (t: Tables, code: string) => ({
-    text: `SELECT ${output(t.promos)} FROM ${t.promos.qualified} WHERE code = $1`,
-    params: [code],
-  }),
-  countClaims: (t: Tables, code: string, userId: string) => ({
-    text: `SELECT count(*)::int AS n FROM ${t.promoClaims.qualified} WHERE code = $1 AND user_id = $2`,
-    params: [code, userId],
-  }),
-  getPayment: (t: Tables, id: string, userId: string) => ({
-    text: `SELECT ${output(t.payments)} FROM ${t.payments.qualified} WHERE id = $1 AND user_id = $2`,
-    params: [id, userId],
-  }),
-};
-
-/** @internal Decoding of the promo and payment rows. */
-export const decode = {
-  promo: (t: Tables, row: Record<string, unknown>) => decodeRow<Promo>(t.promos.columns, row),
-  claim: (t: Tables, row: Record<string, unknown>) => decodeRow<PromoClaim>(t.promoClaims.columns, row),
-  payment: (t: Tables, row: Record<string, unknown>) => decodeRow<Payment>(t.payments.columns, row),
-};
-
 /**
  * Promos, claims and payments of `PostgresDbManager` outside units of work (tables `promos`,
  * `promo_claims`, `payments`; see `src/schema/tables-promos.ts`).
  * (For this package's own modules; not part of the public API.)
  */
 export class PostgresPromoStore implements PromoPaymentStore {
-  constructor(
-    private readonly db: Reader,
-    private readonly t: Tables,
-  ) {}
+  constructor(private readonly db: Reader) {}
+
+  private get t(): Tables {
+    return this.db.sql.tables;
+  }
 
   private async insert(what: string, table: SqlTable, row: object): Promise<void> {
-    const c = cols(table);
-    const text =
-      this.db.sql?.distributed === true
-        ? routedInsert(table, "$1::json", null)
-        : `INSERT INTO ${table.qualified} (${c}) SELECT ${c} FROM json_populate_record(NULL::${table.qualified}, $1::json)`;
     try {
-      await this.db.read(what, text, [JSON.stringify(toRow(table.columns, row))]);
+      await this.db.read(what, insertRowText(table, this.db.sql.distributed), [
+        JSON.stringify(toRow(table.columns, row)),
+      ]);
     } catch (error) {
-      const code = (error as { cause?: { code?: unknown } }).cause?.code;
-      if (code === "23505")
+      if (isUniqueViolation(error))
         throw new ConflictError(`[credit-management] [postgres] ${what}: the row exists`, undefined, error);
       throw error;
     }
@@ -146,62 +127,46 @@ export class PostgresPromoStore implements PromoPaymentStore {
     return this.insert("insertPromo", this.t.promos, promo);
   }
 
-  async getPromo(code: string): Promise<Promo | null> {
-    const { text, params } = inUnit.getPromo(this.t, code);
-    const [row] = await this.db.read("getPromo", text, params);
-    return row === undefined ? null : decode.promo(this.t, row);
+  getPromo(code: string): Promise<Promo | null> {
+    return one(this.db, "getPromo", "promos", "WHERE code = $1", [code]);
   }
 
-  async listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<Promo[]> {
+  listPromos(query: { limit: number; before?: { createdAt: Date; code: string } }): Promise<Promo[]> {
     const b = query.before;
     const where = b === undefined ? "" : "WHERE (created_at, code) < ($2, $3) ";
     const params: unknown[] = b === undefined ? [query.limit] : [query.limit, b.createdAt, b.code];
-    const rows = await this.db.read(
-      "listPromos",
-      `SELECT ${output(this.t.promos)} FROM ${this.t.promos.qualified} ${where}ORDER BY ${col(this.t.promos, "created_at")} DESC, code DESC LIMIT $1`,
-      params,
-    );
-    return rows.map((r) => decode.promo(this.t, r));
+    const order = `${this.db.sql.column("promos", "created_at")} DESC, code DESC`;
+    return list(this.db, "listPromos", "promos", `${where}ORDER BY ${order} LIMIT $1`, params);
   }
 
   async setPromoActive(code: string, isActive: boolean, updatedAt: Date): Promise<Promo | null> {
     const rows = await this.db.read(
       "setPromoActive",
       // Citus takes no function but immutable ones in a RETURNING list (output's to_char).
-      this.db.sql?.distributed === true
+      this.db.sql.distributed
         ? `WITH u AS (UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING *) SELECT ${output(this.t.promos, "u")} FROM u`
         : `UPDATE ${this.t.promos.qualified} SET is_active = $2, updated_at = $3 WHERE code = $1 RETURNING ${output(this.t.promos)}`,
       [code, isActive, updatedAt],
     );
-    return rows[0] === undefined ? null : decode.promo(this.t, rows[0]);
+    return rows[0] === undefined ? null : decodeRow<Promo>(this.t.promos.columns, rows[0]);
   }
 
   async countPromoClaims(code: string, userId: string): Promise<number> {
-    const { text, params } = inUnit.countClaims(this.t, code, userId);
-    const [row] = await this.db.read("countPromoClaims", text, params);
+    const [row] = await this.db.read("countPromoClaims", countClaimsText(this.t), [code, userId]);
     return Number(row?.n ?? 0);
   }
 
-  async listPromoClaims(userId: string): Promise<PromoClaim[]> {
-    const rows = await this.db.read(
-      "listPromoClaims",
-      `SELECT ${output(this.t.promoClaims)} FROM ${this.t.promoClaims.qualified} WHERE user_id = $1 ORDER BY ${col(this.t.promoClaims, "created_at")}, claim_number`,
-      [userId],
-    );
-    return rows.map((r) => decode.claim(this.t, r));
+  listPromoClaims(userId: string): Promise<PromoClaim[]> {
+    const order = `${this.db.sql.column("promoClaims", "created_at")}, claim_number`;
+    return list(this.db, "listPromoClaims", "promoClaims", `WHERE user_id = $1 ORDER BY ${order}`, [userId]);
   }
 
   insertPayment(payment: Payment): Promise<void> {
     return this.insert("insertPayment", this.t.payments, payment);
   }
 
-  async getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
-    const select = `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified}`;
-    const [row] =
-      userId === undefined
-        ? await this.db.read("getPayment", `${select} WHERE id = $1`, [paymentId])
-        : await this.db.read("getPayment", `${select} WHERE user_id = $2 AND id = $1`, [paymentId, userId]);
-    return row === undefined ? null : decode.payment(this.t, row);
+  getPayment(paymentId: string, userId?: string): Promise<Payment | null> {
+    return byId(this.db, "getPayment", "payments", paymentId, userId);
   }
 
   async findPaymentByProviderId(provider: string, id: string): Promise<Payment | null> {
@@ -212,22 +177,15 @@ export class PostgresPromoStore implements PromoPaymentStore {
         `UNION ALL SELECT ${output(p)} FROM ${p.qualified} WHERE provider = $1 AND provider_payment_id = $2 LIMIT 1`,
       [provider, id],
     );
-    return row === undefined ? null : decode.payment(this.t, row);
+    return row === undefined ? null : decodeRow<Payment>(this.t.payments.columns, row);
   }
 
-  async listPayments(
-    userId: string,
-    query: { limit: number; before?: { createdAt: Date; id: string } },
-  ): Promise<Payment[]> {
+  listPayments(userId: string, query: { limit: number; before?: { createdAt: Date; id: string } }): Promise<Payment[]> {
     const b = query.before;
     const where = b === undefined ? "" : "AND (created_at, id) < ($3, $4) ";
     const params: unknown[] = b === undefined ? [userId, query.limit] : [userId, query.limit, b.createdAt, b.id];
-    const rows = await this.db.read(
-      "listPayments",
-      `SELECT ${output(this.t.payments)} FROM ${this.t.payments.qualified} WHERE user_id = $1 ${where}ORDER BY ${col(this.t.payments, "created_at")} DESC, id DESC LIMIT $2`,
-      params,
-    );
-    return rows.map((r) => decode.payment(this.t, r));
+    const order = `${this.db.sql.column("payments", "created_at")} DESC, id DESC`;
+    return list(this.db, "listPayments", "payments", `WHERE user_id = $1 ${where}ORDER BY ${order} LIMIT $2`, params);
   }
 
   async updatePayment(payment: Payment): Promise<boolean> {

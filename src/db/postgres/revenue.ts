@@ -3,6 +3,8 @@ import type { RevenueDimension } from "../../models/revenue.js";
 import { grantGroups, type GrantGroups } from "../../domain/revenue.js";
 import { revenueNames, type RevenueNames } from "../../schema/revenue-pg.js";
 import type { NamingOptions } from "../../schema/sql.js";
+import type { PostgresDbManager } from "./index.js";
+import { list } from "./reads.js";
 import type {
   RevenueBucketRow,
   RevenueCheckpoint,
@@ -14,11 +16,7 @@ import type {
 } from "../types-revenue.js";
 
 /** What the summary needs of `PostgresDbManager`. */
-interface Runner {
-  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
-  decode<T>(key: "journal", row: Record<string, unknown>): T;
-  readonly sql: { select(key: "journal"): string; tables: { grants: { qualified: string } } };
-}
+type Runner = Pick<PostgresDbManager, "read" | "sql">;
 
 const DAY = 86_400_000;
 const dayText = (ms: number) => new Date(ms).toISOString().slice(0, 10);
@@ -86,9 +84,11 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
 
   async revenueEntries(checkpoints: readonly RevenueCheckpoint[]): Promise<JournalEntry[]> {
     if (checkpoints.length === 0) return [];
-    const rows = await this.db.read(
+    return list(
+      this.db,
       "revenueEntries",
-      `${this.db.sql.select("journal")} WHERE (user_id, seq) IN (SELECT c.u, s FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(u, a, b), ` +
+      "journal",
+      `WHERE (user_id, seq) IN (SELECT c.u, s FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS c(u, a, b), ` +
         `generate_series(c.a + 1, c.b) AS s) ORDER BY user_id, seq`,
       [
         checkpoints.map((c) => c.userId),
@@ -96,7 +96,6 @@ export class PostgresRevenueSummary implements RevenueSummaryStore {
         checkpoints.map((c) => c.seq ?? c.throughSeq),
       ],
     );
-    return rows.map((r) => this.db.decode<JournalEntry>("journal", r));
   }
 
   async grantGroups(grantIds: readonly string[]): Promise<Map<string, GrantGroups>> {

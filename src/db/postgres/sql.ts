@@ -29,7 +29,7 @@ export interface Statement {
   types: readonly string[];
 }
 
-function statement(text: string, types: readonly string[]): Statement {
+export function statement(text: string, types: readonly string[]): Statement {
   const name = `cm_${createHash("sha256").update(types.join(",")).update("\n").update(text).digest("hex").slice(0, 24)}`;
   return { name, text, types };
 }
@@ -395,6 +395,15 @@ export function routedInsert(t: SqlTable, rows: string, count: number | null): s
   };
   const values = count === null ? [row(null)] : Array.from({ length: count }, (_, i) => row(i));
   return `INSERT INTO ${t.qualified} (${cols(t)}) VALUES ${values.join(", ")}`;
+}
+
+/**
+ * `INSERT` of one row of `t` from the JSON object `$1` ({@link toRow}'s form). Citus
+ * (`distributed`): routed to the row's shard ({@link routedInsert}), not run by the coordinator.
+ */
+export function insertRowText(t: SqlTable, distributed: boolean): string {
+  if (distributed) return routedInsert(t, "$1::json", null);
+  return `INSERT INTO ${t.qualified} (${cols(t)}) SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
 }
 
 /** A string literal, safe whatever `standard_conforming_strings` says. */

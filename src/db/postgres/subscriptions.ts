@@ -1,31 +1,14 @@
-import { ConflictError, StorageError } from "../../errors.js";
-import { routedInsert, toRow } from "./sql.js";
+import { ConflictError } from "../../errors.js";
+import { isUniqueViolation } from "./errors.js";
+import { cols, insertRowText, toRow } from "./sql.js";
 import type { Plan, Subscription } from "../../models/index.js";
 import type { SqlTable } from "../../schema/sql.js";
 import type { SubscriptionCursor, SubscriptionStore } from "../types-subscriptions.js";
+import type { PostgresDbManager } from "./index.js";
+import { byId, list, one, scanDue } from "./reads.js";
 
 /** What the store needs of `PostgresDbManager`. */
-interface Runner {
-  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
-  decode<T>(key: "plans" | "subscriptions", row: Record<string, unknown>): T;
-  readonly sql: {
-    distributed: boolean;
-    tables: { plans: SqlTable; subscriptions: SqlTable };
-    select(key: "plans" | "subscriptions"): string;
-    column(key: "plans" | "subscriptions", name: string): string;
-  };
-}
-
-const UNIQUE_VIOLATION = "23505";
-
-/** A unique violation, seen through the StorageError the runner wraps driver errors in. */
-function isUnique(error: unknown): boolean {
-  const cause =
-    error instanceof StorageError ? (error.cause as { code?: string } | undefined) : (error as { code?: string });
-  return cause?.code === UNIQUE_VIOLATION;
-}
-
-const cols = (t: SqlTable) => t.columns.map((c) => `"${c.name}"`).join(", ");
+type Runner = Pick<PostgresDbManager, "read" | "sql">;
 
 /**
  * Plans and subscriptions on PostgreSQL: one statement per write, guarded by `version` in its
@@ -34,12 +17,6 @@ const cols = (t: SqlTable) => t.columns.map((c) => `"${c.name}"`).join(", ");
  */
 export class PostgresSubscriptionStore implements SubscriptionStore {
   constructor(private readonly db: Runner) {}
-
-  private insertText(t: SqlTable): string {
-    // Citus: routed to the row's shard (`routedInsert`), not run by the coordinator.
-    if (this.db.sql.distributed) return routedInsert(t, "$1::json", null);
-    return `INSERT INTO ${t.qualified} (${cols(t)}) SELECT ${cols(t)} FROM json_populate_record(NULL::${t.qualified}, $1::json)`;
-  }
 
   /** Replaces every column of the row with id $2 whose version is $3 (and, `byUser`, whose user_id is $4). */
   private replaceText(t: SqlTable, byUser = false): string {
@@ -60,22 +37,20 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   async insertPlan(plan: Plan): Promise<void> {
     const t = this.db.sql.tables.plans;
     try {
-      await this.db.read("insertPlan", this.insertText(t), [this.json(t, plan)]);
+      await this.db.read("insertPlan", insertRowText(t, this.db.sql.distributed), [this.json(t, plan)]);
     } catch (error) {
-      if (isUnique(error)) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error);
+      if (isUniqueViolation(error))
+        throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id }, error);
       throw error;
     }
   }
 
-  async getPlan(planId: string): Promise<Plan | null> {
-    const rows = await this.db.read("getPlan", `${this.db.sql.select("plans")} WHERE id = $1`, [planId]);
-    return rows[0] === undefined ? null : this.db.decode<Plan>("plans", rows[0]);
+  getPlan(planId: string): Promise<Plan | null> {
+    return byId(this.db, "getPlan", "plans", planId, undefined);
   }
 
-  async listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
-    const where = options.includeInactive ? "" : " WHERE is_active";
-    const rows = await this.db.read("listPlans", `${this.db.sql.select("plans")}${where} ORDER BY id`, []);
-    return rows.map((r) => this.db.decode<Plan>("plans", r));
+  listPlans(options: { includeInactive: boolean }): Promise<Plan[]> {
+    return list(this.db, "listPlans", "plans", `${options.includeInactive ? "" : "WHERE is_active "}ORDER BY id`, []);
   }
 
   async updatePlan(plan: Plan, expectedVersion: number): Promise<boolean> {
@@ -107,39 +82,25 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
   async insertSubscription(s: Subscription): Promise<void> {
     const t = this.db.sql.tables.subscriptions;
     try {
-      await this.db.read("insertSubscription", this.insertText(t), [this.json(t, s)]);
+      await this.db.read("insertSubscription", insertRowText(t, this.db.sql.distributed), [this.json(t, s)]);
     } catch (error) {
-      if (isUnique(error))
+      if (isUniqueViolation(error))
         throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
       throw error;
     }
   }
 
-  async getSubscription(id: string, userId?: string): Promise<Subscription | null> {
-    const select = this.db.sql.select("subscriptions");
-    const rows =
-      userId === undefined
-        ? await this.db.read("getSubscription", `${select} WHERE id = $1`, [id])
-        : await this.db.read("getSubscription", `${select} WHERE user_id = $2 AND id = $1`, [id, userId]);
-    return rows[0] === undefined ? null : this.db.decode<Subscription>("subscriptions", rows[0]);
+  getSubscription(id: string, userId?: string): Promise<Subscription | null> {
+    return byId(this.db, "getSubscription", "subscriptions", id, userId);
   }
 
-  async getActiveSubscription(userId: string): Promise<Subscription | null> {
-    const rows = await this.db.read(
-      "getActiveSubscription",
-      `${this.db.sql.select("subscriptions")} WHERE user_id = $1 AND status = 'active'`,
-      [userId],
-    );
-    return rows[0] === undefined ? null : this.db.decode<Subscription>("subscriptions", rows[0]);
+  getActiveSubscription(userId: string): Promise<Subscription | null> {
+    return one(this.db, "getActiveSubscription", "subscriptions", "WHERE user_id = $1 AND status = 'active'", [userId]);
   }
 
-  async listSubscriptions(userId: string): Promise<Subscription[]> {
-    const rows = await this.db.read(
-      "listSubscriptions",
-      `${this.db.sql.select("subscriptions")} WHERE user_id = $1 ORDER BY ${this.db.sql.column("subscriptions", "created_at")}, id`,
-      [userId],
-    );
-    return rows.map((r) => this.db.decode<Subscription>("subscriptions", r));
+  listSubscriptions(userId: string): Promise<Subscription[]> {
+    const order = `${this.db.sql.column("subscriptions", "created_at")}, id`;
+    return list(this.db, "listSubscriptions", "subscriptions", `WHERE user_id = $1 ORDER BY ${order}`, [userId]);
   }
 
   async updateSubscription(s: Subscription, expectedVersion: number): Promise<boolean> {
@@ -154,25 +115,15 @@ export class PostgresSubscriptionStore implements SubscriptionStore {
       ]);
       return rows.length === 1;
     } catch (error) {
-      if (isUnique(error))
+      if (isUniqueViolation(error))
         throw new ConflictError(`User ${s.userId} already has an active subscription.`, { userId: s.userId }, error);
       throw error;
     }
   }
 
-  async findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
-    const params: unknown[] = [asOf];
-    let cursor = "";
-    if (after !== undefined) {
-      params.push(after.nextRunAt, after.id);
-      cursor = " AND (next_run_at, id) > ($2, $3)";
-    }
-    params.push(limit);
-    const rows = await this.db.read(
-      "findDueSubscriptions",
-      `${this.db.sql.select("subscriptions")} WHERE next_run_at IS NOT NULL AND next_run_at <= $1${cursor} ORDER BY ${this.db.sql.column("subscriptions", "next_run_at")}, id LIMIT $${params.length}`,
-      params,
-    );
-    return rows.map((r) => this.db.decode<Subscription>("subscriptions", r));
+  findDueSubscriptions(asOf: Date, limit: number, after?: SubscriptionCursor): Promise<Subscription[]> {
+    const cursor = after && { at: after.nextRunAt, id: after.id };
+    const where = "next_run_at IS NOT NULL";
+    return scanDue(this.db, "findDueSubscriptions", "subscriptions", "next_run_at", where, asOf, limit, cursor);
   }
 }

@@ -1,18 +1,16 @@
-import { ConflictError } from "../../errors.js";
-import type { Account, Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
+import type { Account, Grant, JournalEntry, Reservation } from "../../models/index.js";
 import { decodeRow } from "../../schema/codec.js";
-import type { SqlTable } from "../../schema/sql.js";
-import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
+import type { Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { Batch } from "./batch.js";
 import type { ChainState, SaveItem } from "./chain.js";
-import { decode as decodePromoRow, inUnit } from "./promos.js";
-import { chargeOf, idempotentEntry, toRow } from "./sql.js";
+import { type PostgresSql, idempotentEntry } from "./sql.js";
 import type { AccountState } from "./state-cache.js";
 import { NotRun, type Unit } from "./unit.js";
+import { UnitReads, stateOf, stateText } from "./reads.js";
 import { type Deferred, deferred } from "../store/group-commit.js";
 
 /** The `DbTransaction` one unit of work sees inside a batch. */
-export class UnitTx implements DbTransaction, SaveItem {
+export class UnitTx extends UnitReads implements DbTransaction, SaveItem {
   readonly userId: string;
   isReady = false;
   /** A later unit of its account's chain in the batch (see `Batch.runChain`). */
@@ -46,19 +44,33 @@ export class UnitTx implements DbTransaction, SaveItem {
   /** Tests: the state came from the cache; compare it with the database. */
   private verifyHit = false;
   private saved = false;
-  private state: { seq: number | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } | null = null;
-  /** Rows as read in this unit of work: updates write only the columns that differ from them. */
-  readonly originals: { account: Account | null; grants: Map<string, Grant>; holds: Map<string, Reservation> } = {
-    account: null,
-    grants: new Map(),
-    holds: new Map(),
-  };
 
   constructor(
     private readonly batch: Batch,
     readonly unit: Unit,
   ) {
+    super();
     this.userId = unit.userId;
+  }
+
+  protected get sql(): PostgresSql {
+    return this.batch.db.sql;
+  }
+
+  protected query(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]> {
+    return this.batch.query(what, text, params);
+  }
+
+  /**
+   * Before a read from the database: the batch's transaction is open. A later unit of a chain
+   * reads no charge, promo, claim or payment there (an earlier unit of it may have written one
+   * the database does not have yet), nor one started from the state cache any of the last three:
+   * it leaves the chain and runs again alone.
+   */
+  protected async beforeRead(what: "rows" | "charge" | "promo"): Promise<void> {
+    if (what === "charge" && this.chain !== null) this.unchain();
+    if (what === "promo" && (this.chain?.promos === true || this.xmin !== null)) this.unchain();
+    await this.opening();
   }
 
   get pendingChanges(): Changes {
@@ -69,16 +81,8 @@ export class UnitTx implements DbTransaction, SaveItem {
   follow(at: ChainState): void {
     this.chain = at;
     this.xmin = at.xmin;
-    const base = at.base;
-    this.state = {
-      seq: base?.account.seq ?? null,
-      grants: new Map((base?.grants ?? []).map((g) => [g.id, g])),
-      holds: new Map((base?.reservations ?? []).map((r) => [r.id, r])),
-    };
-    this.base = base;
-    this.originals.account = base?.account ?? null;
-    for (const g of base?.grants ?? []) this.originals.grants.set(g.id, g);
-    for (const r of base?.reservations ?? []) this.originals.holds.set(r.id, r);
+    this.base = at.base;
+    this.startFrom(at.base ?? { account: null, grants: [], reservations: [] });
   }
 
   /** Leaves the chain: the unit of work runs again in a transaction of its own. */
@@ -157,15 +161,8 @@ export class UnitTx implements DbTransaction, SaveItem {
     this.xmin = cached.xmin;
     this.batch.db.stateCacheHits++;
     this.verifyHit = this.batch.db.verifyStates;
-    this.state = {
-      seq: account.seq,
-      grants: new Map(grants.map((g) => [g.id, g])),
-      holds: new Map(reservations.map((r) => [r.id, r])),
-    };
     this.base = { account, grants, reservations };
-    this.originals.account = account;
-    for (const g of grants) this.originals.grants.set(g.id, g);
-    for (const r of reservations) this.originals.holds.set(r.id, r);
+    this.startFrom(this.base);
     this.loadDone = true;
     return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
   }
@@ -173,10 +170,8 @@ export class UnitTx implements DbTransaction, SaveItem {
   /** The batch's answer to `load()`: the state statement's row (undefined: no account). */
   receive(stateRow: Record<string, unknown> | undefined): void {
     const { db } = this.batch;
-    const { tables } = db.sql;
     try {
-      const idemText = stateRow?.idem as string | null | undefined;
-      const idempotent = idemText ? decodeRow<JournalEntry>(tables.journal.columns, JSON.parse(idemText)) : null;
+      const read = stateOf(db.sql.tables, stateRow);
       const xmin = typeof stateRow?.xmin === "string" ? stateRow.xmin : null;
       const cached = this.cached;
       let account: Account | null;
@@ -188,21 +183,12 @@ export class UnitTx implements DbTransaction, SaveItem {
         db.stateCacheHits++;
         this.verifyHit = db.verifyStates;
       } else {
-        const accountText = stateRow?.present === true ? (stateRow.account as string | null) : null;
-        account = accountText ? decodeRow<Account>(tables.accounts.columns, JSON.parse(accountText)) : null;
-        grants = parseRows<Grant>(tables.grants, stateRow?.grants as string | null | undefined);
-        reservations = parseRows<Reservation>(tables.reservations, stateRow?.holds as string | null | undefined);
+        ({ account, grants, reservations } = read);
         if (account !== null && xmin !== null) db.states?.set(this.userId, { xmin, account, grants, reservations });
       }
-      this.state = {
-        seq: account?.seq ?? null,
-        grants: new Map(grants.map((g) => [g.id, g])),
-        holds: new Map(reservations.map((r) => [r.id, r])),
-      };
+      const idempotent = read.idempotent;
       this.base = account === null ? null : { account, grants, reservations };
-      this.originals.account = account;
-      for (const g of grants) this.originals.grants.set(g.id, g);
-      for (const r of reservations) this.originals.holds.set(r.id, r);
+      this.startFrom({ account, grants, reservations });
       this.loadDone = true;
       this.loaded.resolve({ account, grants: [...grants], reservations: [...reservations], idempotent });
     } catch (error) {
@@ -218,117 +204,35 @@ export class UnitTx implements DbTransaction, SaveItem {
     // no fault of the cache; its save's guard refuses it.
     if (this.xmin !== null && row?.xmin !== this.xmin) return;
     const { tables } = db.sql;
-    const account = row?.account
-      ? decodeRow<Account>(tables.accounts.columns, JSON.parse(row.account as string))
-      : null;
-    // Stored columns only, keys sorted, null and undefined alike, dates as ISO text.
-    const canon = (v: unknown): unknown => {
-      if (v instanceof Date) return v.toISOString();
-      if (Array.isArray(v)) return v.map(canon);
-      if (v === null || typeof v !== "object") return v;
-      const o = v as Record<string, unknown>;
-      return Object.fromEntries(
-        Object.keys(o)
-          .sort()
-          .filter((k) => o[k] !== null && o[k] !== undefined)
-          .map((k) => [k, canon(o[k])]),
-      );
-    };
-    const rows = (table: SqlTable, xs: ReadonlyArray<{ id: string }>) =>
-      [...xs].sort((a, b) => (a.id < b.id ? -1 : 1)).map((x) => toRow(table.columns, x));
-    const norm = (s: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] }) =>
-      JSON.stringify(
-        canon({
-          account: s.account === null ? null : toRow(tables.accounts.columns, s.account),
-          grants: rows(tables.grants, s.grants),
-          reservations: rows(tables.reservations, s.reservations),
-        }),
-      );
-    const read = {
-      account,
-      grants: parseRows<Grant>(tables.grants, row?.grants as string | null),
-      reservations: parseRows<Reservation>(tables.reservations, row?.holds as string | null),
-    };
-    const cached = { account: state.account, grants: state.grants, reservations: state.reservations };
-    if (norm(read) !== norm(cached)) {
-      throw new Error(`state cache of ${this.userId} differs from the database: ${norm(cached)} != ${norm(read)}`);
+    const read = stateText(tables, stateOf(tables, row));
+    const cached = stateText(tables, state);
+    if (read !== cached) {
+      throw new Error(`state cache of ${this.userId} differs from the database: ${cached} != ${read}`);
     }
   }
 
-  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
-    // Under the account lock the loaded open grants are current: answer from them when we can.
-    const loaded = this.state?.grants;
-    if (loaded !== undefined && grantIds.every((id) => loaded.has(id)))
-      return grantIds.map((id) => loaded.get(id) as Grant);
+  override async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
     // In a chain, a grant an earlier unit wrote is as it left it (the database has it as before).
+    const loaded = this.state?.grants;
     const written = this.chain?.grants;
-    if (written !== undefined && grantIds.some((id) => written.has(id))) {
-      const rest = grantIds.filter((id) => !written.has(id) && !loaded?.has(id));
-      const read = rest.length === 0 ? [] : await this.getGrants(rest);
-      const byId = new Map(read.map((g) => [g.id, g]));
-      return grantIds.flatMap((id) => written.get(id) ?? loaded?.get(id) ?? byId.get(id) ?? []);
-    }
-    await this.opening();
-    const { db } = this.batch;
-    const rows = await this.batch.query(
-      "getGrants",
-      `${db.sql.select("grants")} WHERE user_id = $1 AND id = ANY($2::text[])`,
-      [this.userId, [...grantIds]],
+    if (
+      written === undefined ||
+      grantIds.every((id) => loaded?.has(id) === true) ||
+      !grantIds.some((id) => written.has(id))
+    )
+      return super.getGrants(grantIds);
+    const rest = grantIds.filter((id) => !written.has(id) && !loaded?.has(id));
+    const read = rest.length === 0 ? [] : await super.getGrants(rest);
+    const byId = new Map(read.map((g) => [g.id, g]));
+    return grantIds.flatMap((id) => written.get(id) ?? loaded?.get(id) ?? byId.get(id) ?? []);
+  }
+
+  override async getReservation(reservationId: string): Promise<Reservation | null> {
+    return (
+      this.state?.holds.get(reservationId) ??
+      this.chain?.holds.get(reservationId) ??
+      super.getReservation(reservationId)
     );
-    const byId = new Map(rows.map((r) => [r.id as string, decodeRow<Grant>(db.sql.tables.grants.columns, r)]));
-    for (const g of byId.values()) if (!this.originals.grants.has(g.id)) this.originals.grants.set(g.id, g);
-    return grantIds.flatMap((id) => byId.get(id) ?? []);
-  }
-
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const held = this.state?.holds.get(reservationId) ?? this.chain?.holds.get(reservationId);
-    if (held !== undefined) return held;
-    await this.opening();
-    const { db } = this.batch;
-    const rows = await this.batch.query(
-      "getReservation",
-      `${db.sql.select("reservations")} WHERE user_id = $1 AND id = $2`,
-      [this.userId, reservationId],
-    );
-    if (rows[0] === undefined) return null;
-    const r = decodeRow<Reservation>(db.sql.tables.reservations.columns, rows[0]);
-    if (!this.originals.holds.has(r.id)) this.originals.holds.set(r.id, r);
-    return r;
-  }
-
-  async getCharge(entryId: string): Promise<ChargeRecord | null> {
-    // An earlier unit of the chain may have written a reversal the database does not have yet.
-    if (this.chain !== null) this.unchain();
-    await this.opening();
-    const { sql } = this.batch.db;
-    const rows = await this.batch.query("getCharge", sql.chargeText(), [this.userId, entryId]);
-    return chargeOf(sql.tables.journal, rows, entryId);
-  }
-
-  async getPromo(code: string): Promise<Promo | null> {
-    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
-    await this.opening();
-    const { sql } = this.batch.db;
-    const { text, params } = inUnit.getPromo(sql.tables, code);
-    const [row] = await this.batch.query("getPromo", text, params);
-    return row === undefined ? null : decodePromoRow.promo(sql.tables, row);
-  }
-
-  async countPromoClaims(code: string): Promise<number> {
-    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
-    await this.opening();
-    const { text, params } = inUnit.countClaims(this.batch.db.sql.tables, code, this.userId);
-    const [row] = await this.batch.query("countPromoClaims", text, params);
-    return Number(row?.n ?? 0);
-  }
-
-  async getPayment(paymentId: string): Promise<Payment | null> {
-    if (this.chain?.promos === true || this.xmin !== null) this.unchain();
-    await this.opening();
-    const { sql } = this.batch.db;
-    const { text, params } = inUnit.getPayment(sql.tables, paymentId, this.userId);
-    const [row] = await this.batch.query("getPayment", text, params);
-    return row === undefined ? null : decodePromoRow.payment(sql.tables, row);
   }
 
   async save(changes: Changes): Promise<void> {
@@ -339,9 +243,7 @@ export class UnitTx implements DbTransaction, SaveItem {
     )
       this.unchain();
     this.saved = true;
-    if (this.state !== null && changes.previousSeq !== this.state.seq) {
-      throw new ConflictError(`account ${this.userId} changed during the unit of work`, { userId: this.userId });
-    }
+    this.checkSave(changes);
     const rows: Array<{ userId: string }> = [
       changes.account,
       ...changes.insertGrants,
@@ -367,9 +269,4 @@ export class UnitTx implements DbTransaction, SaveItem {
     }
     await this.batch.opened.promise;
   }
-}
-
-function parseRows<T>(table: SqlTable, json: string | null | undefined): T[] {
-  if (!json) return [];
-  return (JSON.parse(json) as Record<string, unknown>[]).map((row) => decodeRow<T>(table.columns, row));
 }

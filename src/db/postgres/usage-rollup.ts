@@ -1,6 +1,6 @@
 import type { UsageCatchUp } from "../../domain/usage.js";
 import { rollupCatchUpBatchSql, rollupCatchUpOneSql, rollupCatchUpSql, rollupNames } from "../../schema/rollup.js";
-import type { NamingOptions } from "../../schema/sql.js";
+import type { PostgresDbManager } from "./index.js";
 
 /**
  * The catch-ups of PostgreSQL's daily usage rollup (docs/usage.md, "The daily rollup" and "Keeping
@@ -11,16 +11,7 @@ import type { NamingOptions } from "../../schema/sql.js";
  */
 
 /** What the catch-ups need of `PostgresDbManager`. */
-export interface RollupRunner {
-  read(what: string, text: string, params: unknown[]): Promise<Record<string, unknown>[]>;
-  /** `read` in a transaction of its own with JIT off (`write`: a read-write one). */
-  readWithoutJit(what: string, text: string, params: unknown[], write?: boolean): Promise<Record<string, unknown>[]>;
-  readonly sql: {
-    readonly naming: NamingOptions;
-    readonly distributed: boolean;
-    readonly tables: { journal: { qualified: string }; accounts: { qualified: string } };
-  };
-}
+type RollupRunner = Pick<PostgresDbManager, "read" | "readWithoutJit" | "sql">;
 
 /** Entries one statement of the round adds at most, for a batch of accounts or a piece of one account's. */
 export const ROUND_BATCH_ENTRIES = 20_000;
