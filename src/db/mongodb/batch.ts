@@ -1,48 +1,13 @@
-import { isDeepStrictEqual } from "node:util";
-import type {
-  AnyBulkWriteOperation,
-  ClientSession,
-  Collection,
-  Document,
-  MongoClient,
-  TransactionOptions,
-} from "mongodb";
+import type { ClientSession, MongoClient, TransactionOptions } from "mongodb";
 import { ConflictError, CreditError } from "../../errors.js";
-import type { Grant, JournalEntry, Payment, Promo, Reservation } from "../../models/index.js";
-import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
-import {
-  ACCOUNT,
-  ENTRY,
-  GRANT,
-  RESERVATION,
-  fromDoc,
-  isOpenGrant,
-  toDoc,
-  updatableFields,
-  type StoredDoc,
-} from "./documents.js";
 import { hasLabel, toCreditError } from "./errors.js";
-import type { MongoOutbox } from "./outbox.js";
-import type { MongoPromoStore } from "./promos.js";
-import { type AccountState, type StateCache, checkCachedState, stateAfter } from "./state-cache.js";
-import { type QueuedUnit, deferred } from "../store/group-commit.js";
-
-/** The collections a unit of work writes. */
-export interface UnitCollections {
-  accounts: Collection<StoredDoc>;
-  grants: Collection<StoredDoc>;
-  reservations: Collection<StoredDoc>;
-  journal: Collection<StoredDoc>;
-}
+import type { AccountState } from "./state-cache.js";
+import type { QueuedUnit } from "../store/group-commit.js";
+import { StaleAccount, UnitTx, readStates, saveChanges, staleOf, type UnitContext, type UnitHost } from "./unit.js";
 
 /** What a batch needs from its manager. */
-export interface BatchContext {
+export interface BatchContext extends UnitContext {
   readonly client: MongoClient;
-  readonly c: UnitCollections;
-  readonly states: StateCache | null;
-  readonly verify: boolean;
-  readonly promos: MongoPromoStore;
-  readonly outbox: MongoOutbox;
   readonly transactionOptions: TransactionOptions;
 }
 
@@ -52,244 +17,14 @@ export type Unit = QueuedUnit & {
   locked?: boolean;
 };
 
-/**
- * `DbTransaction.getCharge` in `session`: the journal entry `entryId` of `userId` (by `_id`) and
- * the entries that reverse it (the `user_reverses` index), in seq order.
- * Driver errors are not converted here: the caller needs their labels.
- */
-export async function readCharge(
-  journal: Collection<StoredDoc>,
-  session: ClientSession,
-  userId: string,
-  entryId: string,
-): Promise<ChargeRecord | null> {
-  const doc = await journal.findOne({ _id: entryId, userId }, { session });
-  if (doc === null) return null;
-  const reversals = await journal.find({ userId, reverses: entryId }, { session, sort: { seq: 1 } }).toArray();
-  return { entry: fromDoc(ENTRY, doc), reversals: reversals.map((d) => fromDoc(ENTRY, d)) };
-}
-
-/** A read for the state of several accounts, with an idempotency key each (or none). */
-export interface StateRequest {
-  userId: string;
-  key: string | undefined;
-}
-
-/**
- * The accounts with their open grants and active holds, through `$lookup`s (`let` + `$expr` `$eq`,
- * which MongoDB ≥ 5.0 answers from the `{ userId, … }` indexes), in one round trip; the entries of
- * the idempotency keys asked for come in the same one for one account, in a second (one indexed
- * `find`) for several. Accounts that do not exist are missing from the answer.
- * Driver errors are not converted here: the caller needs their labels.
- */
-export async function readStates(
-  c: UnitCollections,
-  session: ClientSession,
-  requests: readonly StateRequest[],
-): Promise<Map<string, { state: AccountState; idempotent: JournalEntry | null }>> {
-  const out = new Map<string, { state: AccountState; idempotent: JournalEntry | null }>();
-  if (requests.length === 0) return out;
-  const ids = requests.map((r) => r.userId);
-  const keyOf = new Map(requests.map((r) => [r.userId, r.key]));
-  const single = requests.length === 1;
-  const user = single ? ids[0] : undefined;
-  // One user: plain matches (the common case of an unbatched unit of work); several: by `$$u`.
-  const byUser = (extra: Document): Document =>
-    single ? { $match: { userId: user, ...extra } } : { $match: { $expr: { $eq: ["$userId", "$$u"] }, ...extra } };
-  const lookup = (from: string, extra: Document, as: string, more: Document[] = []): Document => ({
-    $lookup: { from, ...(single ? {} : { let: { u: "$_id" } }), pipeline: [byUser(extra), ...more], as },
-  });
-  const pipeline: Document[] = [
-    { $match: single ? { _id: user } : { _id: { $in: ids } } },
-    lookup(c.grants.collectionName, { _open: true }, "_grants"),
-    lookup(c.reservations.collectionName, { status: "active" }, "_holds"),
-  ];
-  const keyed = requests.filter((r) => r.key !== undefined);
-  if (single && keyed.length === 1) {
-    pipeline.push({
-      $lookup: {
-        from: c.journal.collectionName,
-        pipeline: [{ $match: { userId: user, idempotencyKey: keyed[0]?.key } }, { $limit: 1 }],
-        as: "_key",
-      },
-    });
-  }
-  const docs = await c.accounts
-    .aggregate<Document>(pipeline, { session, batchSize: Math.max(1, ids.length) })
-    .toArray();
-  // Several keys: one indexed find for all of them (a second command).
-  const entries = new Map<string, Document>();
-  if (!single && keyed.length > 0 && docs.length > 0) {
-    const present = new Set(docs.map((d) => d._id as string));
-    const wanted = keyed.filter((r) => present.has(r.userId));
-    if (wanted.length > 0) {
-      const found = await c.journal
-        .find(
-          { $or: wanted.map((r) => ({ userId: r.userId, idempotencyKey: r.key })) },
-          { session, batchSize: wanted.length },
-        )
-        .toArray();
-      for (const e of found) entries.set(e.userId as string, e);
-    }
-  }
-  for (const doc of docs) {
-    const userId = doc._id as string;
-    const keyed = single ? (doc._key as Document[] | undefined)?.[0] : entries.get(userId);
-    const wanted = keyOf.get(userId);
-    out.set(userId, {
-      state: {
-        account: fromDoc(ACCOUNT, doc),
-        rev: typeof doc._rev === "number" ? doc._rev : 0,
-        grants: (doc._grants as Document[]).map((d) => fromDoc(GRANT, d)),
-        reservations: (doc._holds as Document[]).map((d) => fromDoc(RESERVATION, d)),
-      },
-      idempotent:
-        keyed === undefined || wanted === undefined || keyed.idempotencyKey !== wanted ? null : fromDoc(ENTRY, keyed),
-    });
-  }
-  return out;
-}
-
-/** Two field values as the models give them (numbers, strings, dates, null, plain objects) are the same. */
-function same(a: unknown, b: unknown): boolean {
-  if (a === b) return true;
-  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
-  if (a instanceof Date && b instanceof Date) return a.getTime() === b.getTime();
-  return isDeepStrictEqual(a, b);
-}
-
-/**
- * The `$set` of an update: only the fields of `next` that differ from `prev`, the state the unit of
- * work started from (the account's guard proves the stored documents are still that state). Fewer
- * fields to encode, send and apply: a deduction sets four of an account's nine fields and one of a
- * grant's ten (docs/storage.md, "MongoDB").
- */
-function changedFields(fields: Document, prev: object): Document {
-  const set: Document = {};
-  const old = prev as Record<string, unknown>;
-  for (const key of Object.keys(fields))
-    if (!same(fields[key], old[key] === undefined ? null : old[key])) set[key] = fields[key];
-  return set;
-}
-
-const isEmpty = (o: object): boolean => {
-  for (const _ in o) return false;
-  return true;
-};
-
-/** The guarded write of one account (the first write of its unit of work). */
-export function accountOp(changes: Changes, base: AccountState | null | undefined): AnyBulkWriteOperation<StoredDoc> {
-  const { account } = changes;
-  if (changes.previousSeq === null) return { insertOne: { document: toDoc(ACCOUNT, account, { _rev: 1 }) } };
-  const { userId, ...fields } = account;
-  // `_rev` makes every save a real write (MongoDB skips no-op updates), and proves that no other
-  // save committed since the state was read or cached.
-  const filter: Document = { _id: userId, seq: changes.previousSeq };
-  if (base === undefined || base === null)
-    return { updateOne: { filter, update: { $set: fields, $inc: { _rev: 1 } } } };
-  filter._rev = base.rev;
-  const set = changedFields(fields, base.account);
-  return { updateOne: { filter, update: isEmpty(set) ? { $inc: { _rev: 1 } } : { $set: set, $inc: { _rev: 1 } } } };
-}
-
-/** The `$set` of an item's update: what changed since `base` where it holds the item, else every field. */
-function itemSet<T extends { id: string }>(
-  fields: Document,
-  item: T,
-  base: ReadonlyMap<string, T> | undefined,
-): Document {
-  const prev = base?.get(item.id);
-  return prev === undefined ? fields : changedFields(fields, prev);
-}
-
-/** Inserts and updates of grants, then of holds, of one unit of work. */
-export function itemOps(
-  changes: Changes,
-  base?: AccountState | null,
-): {
-  grants: AnyBulkWriteOperation<StoredDoc>[];
-  holds: AnyBulkWriteOperation<StoredDoc>[];
-} {
-  const { account } = changes;
-  // Updates set only what changed since the state the unit of work started from (see `changedFields`).
-  const baseGrants =
-    base === undefined || base === null || changes.updateGrants.length === 0
-      ? undefined
-      : new Map(base.grants.map((g) => [g.id, g]));
-  const baseHolds =
-    base === undefined || base === null || changes.updateReservations.length === 0
-      ? undefined
-      : new Map(base.reservations.map((r) => [r.id, r]));
-  const userId = account.userId;
-  // Insertion order per user: the seq of the entry that created the grant or hold.
-  const ord = new Map<string, number>();
-  for (const e of changes.entries) {
-    if (e.type === "add") for (const p of e.grants) ord.set(p.grantId, e.seq);
-    else if (e.type === "reserve" && e.reservationId !== null) ord.set(e.reservationId, e.seq);
-  }
-  const ordOf = (id: string) => ord.get(id) ?? account.seq;
-  return {
-    grants: [
-      ...changes.insertGrants.map((g) => ({
-        insertOne: { document: toDoc(GRANT, g, { _open: isOpenGrant(g), _ord: ordOf(g.id) }) },
-      })),
-      ...changes.updateGrants.map((g) => ({
-        updateOne: {
-          filter: { _id: g.id, userId },
-          update: { $set: { ...itemSet(updatableFields(GRANT, g), g, baseGrants), _open: isOpenGrant(g) } },
-        },
-      })),
-    ],
-    holds: [
-      ...changes.insertReservations.map((r) => ({
-        insertOne: { document: toDoc(RESERVATION, r, { _ord: ordOf(r.id) }) },
-      })),
-      ...changes.updateReservations.flatMap((r) => {
-        const set = itemSet(updatableFields(RESERVATION, r), r, baseHolds);
-        // A hold written back unchanged needs no command (an empty `$set` is refused before MongoDB 5.0).
-        return isEmpty(set) ? [] : [{ updateOne: { filter: { _id: r.id, userId }, update: { $set: set } } }];
-      }),
-    ],
-  };
-}
-
-/** The journal entries of one unit of work, as inserts. */
-export const entryOps = (changes: Changes): AnyBulkWriteOperation<StoredDoc>[] =>
-  changes.entries.map((e) => ({ insertOne: { document: toDoc(ENTRY, e) } }));
-
-/** Checks that `save()` got rows of its own account only. */
-export function checkOwner(userId: string, changes: Changes): void {
-  if (changes.account.userId !== userId)
-    throw new Error(`save() got account ${changes.account.userId} in a unit of work on ${userId}`);
-}
-
-/**
- * One command for a collection's writes: `bulkWrite` (ordered) for several, the single-operation
- * command for one (less work in the driver), nothing for none. Every update must match.
- */
-export async function write(
-  collection: Collection<StoredDoc>,
-  ops: AnyBulkWriteOperation<StoredDoc>[],
-  session: ClientSession,
-): Promise<void> {
-  const [only] = ops;
-  if (only === undefined) return;
-  let updates = 0;
-  let matched = 0;
-  if (ops.length === 1 && "insertOne" in only) {
-    await collection.insertOne(only.insertOne.document, { session });
-  } else if (ops.length === 1 && "updateOne" in only) {
-    updates = 1;
-    matched = (await collection.updateOne(only.updateOne.filter, only.updateOne.update, { session })).matchedCount;
-  } else {
-    updates = ops.filter((op) => "updateOne" in op).length;
-    matched = (await collection.bulkWrite(ops, { session, ordered: true })).matchedCount;
-  }
-  // Every update names a document of an account its unit of work read: a miss is a bug.
-  if (matched !== updates) {
-    throw new Error(
-      `[credit-management] [mongodb] ${updates - matched} update(s) of ${collection.collectionName} matched no document`,
-    );
+/** A unit of work's `DbTransaction` in a batch, with the caller waiting for it. */
+class BatchTx extends UnitTx {
+  constructor(
+    host: UnitHost,
+    readonly unit: Unit,
+    cached: AccountState | undefined,
+  ) {
+    super(host, unit.userId, cached);
   }
 }
 
@@ -297,13 +32,6 @@ export async function write(
 class BatchFailed extends Error {
   constructor(readonly reason: unknown) {
     super("the shared transaction failed");
-  }
-}
-
-/** An account write of the batch found its account moved since it was read or cached. */
-class GuardMissed extends ConflictError {
-  constructor(missed: number) {
-    super(`[credit-management] [mongodb] ${missed} account(s) of a batch changed during the unit of work`);
   }
 }
 
@@ -335,7 +63,7 @@ const COMMIT_RETRIES = 3;
  * another process made stale) fails no unit: the batch's units run again together, on fresh reads.
  * A commit whose outcome stays unknown is never rerun: its units get a `StorageError`.
  */
-export class MongoBatch {
+export class MongoBatch implements UnitHost {
   readonly txs: BatchTx[];
   private session: ClientSession | null = null;
   private inTransaction = false;
@@ -345,7 +73,7 @@ export class MongoBatch {
   private chain: Promise<unknown> = Promise.resolve();
   /** Units computing (not waiting for the batch's read, not finished). */
   private running: number;
-  private pendingLoads: BatchTx[] = [];
+  private pendingLoads: UnitTx[] = [];
   /** Set once the commit was sent: from then on a failure may hide a commit. */
   private committing = false;
 
@@ -405,7 +133,7 @@ export class MongoBatch {
       if (savers.length > 0) await this.save(savers);
     } catch (error) {
       const reason = error instanceof BatchFailed ? error.reason : error;
-      if (reason instanceof GuardMissed) {
+      if (reason instanceof StaleAccount) {
         // Some account moved since its state was cached (another process wrote it). Nothing
         // committed; every unit runs again in a batch, its cached state dropped: the next batch
         // reads them all (one read) inside its transaction, where a state cannot be stale.
@@ -443,8 +171,8 @@ export class MongoBatch {
       }
       // What the cache holds now: only a state this unit of work loaded (and what it changed).
       try {
-        if (tx.pending !== null && tx.base !== undefined) states?.set(tx.userId, stateAfter(tx.base, tx.pending));
-        else if (tx.pending === null && tx.base !== undefined && tx.base !== null) states?.set(tx.userId, tx.base);
+        const after = tx.stateAfter();
+        if (after !== undefined) states?.set(tx.userId, after);
         else states?.delete(tx.userId);
       } catch {
         states?.delete(tx.userId); // the next unit of work reads instead
@@ -455,27 +183,14 @@ export class MongoBatch {
   }
 
   /**
-   * The units whose cached state is not the account's current one (`_rev` moved): one read, in
-   * the transaction when the batch writes too (its snapshot), else on its own.
+   * The units whose cached state is not the account's current one: in the transaction when the
+   * batch writes too (its snapshot), else on its own.
    */
   private async staleOf(txs: readonly BatchTx[], inTransaction: boolean): Promise<BatchTx[]> {
-    const ids = txs.map((tx) => tx.userId);
-    const find = (session: ClientSession | undefined) =>
-      this.ctx.c.accounts
-        .find(
-          { _id: { $in: ids } },
-          { projection: { _rev: 1 }, batchSize: Math.max(1, ids.length), ...(session ? { session } : {}) },
-        )
-        .toArray();
-    const docs = inTransaction || this.inTransaction ? await this.op(find) : await this.plain(() => find(undefined));
-    const revs = new Map(docs.map((d) => [d._id, d._rev as unknown]));
-    return txs.filter((tx) => revs.get(tx.userId) !== tx.base?.rev);
-  }
-
-  /** One command outside the transaction; a driver error fails the batch. */
-  private async plain<T>(run: () => Promise<T>): Promise<T> {
+    const accounts = this.ctx.c.accounts;
+    if (inTransaction || this.inTransaction) return this.op((s) => staleOf(accounts, txs, s));
     try {
-      return await run();
+      return await staleOf(accounts, txs, undefined);
     } catch (error) {
       throw this.fail(error);
     }
@@ -483,35 +198,11 @@ export class MongoBatch {
 
   /** Writes every queued change (one command per collection) and commits. */
   private async save(savers: readonly BatchTx[]): Promise<void> {
-    const { c, promos, outbox } = this.ctx;
-    const changes = savers.map((tx) => tx.pending as Changes);
-    const accounts = savers.map((tx) => accountOp(tx.pending as Changes, tx.base));
-    const updates = accounts.filter((op) => "updateOne" in op).length;
-    const matched = await this.op(async (session) => {
-      const [only] = accounts;
-      if (accounts.length === 1 && only !== undefined && "insertOne" in only) {
-        await c.accounts.insertOne(only.insertOne.document, { session });
-        return 0;
-      }
-      if (accounts.length === 1 && only !== undefined && "updateOne" in only) {
-        return (await c.accounts.updateOne(only.updateOne.filter, only.updateOne.update, { session })).matchedCount;
-      }
-      return (await c.accounts.bulkWrite(accounts, { session, ordered: true })).matchedCount;
-    });
-    if (matched !== updates) throw this.fail(new GuardMissed(updates - matched));
-    const items = savers.map((tx) => itemOps(tx.pending as Changes, tx.base));
-    const grants = items.flatMap((x) => x.grants);
-    const holds = items.flatMap((x) => x.holds);
-    const entries = changes.flatMap(entryOps);
-    if (grants.length > 0) await this.op((s) => write(c.grants, grants, s));
-    if (holds.length > 0) await this.op((s) => write(c.reservations, holds, s));
-    if (entries.length > 0) await this.op((s) => write(c.journal, entries, s));
-    for (const ch of changes) {
-      if ((ch.promoClaims?.length ?? 0) > 0 || (ch.paymentUpdates?.length ?? 0) > 0)
-        await this.op((s) => promos.saveIn(s, ch));
+    try {
+      await saveChanges(this.ctx, (run) => this.op(run), savers);
+    } catch (error) {
+      throw this.fail(error);
     }
-    const notifications = changes.flatMap((ch) => ch.notifications ?? []);
-    if (notifications.length > 0) await this.op((s) => outbox.insertInTransaction(notifications, s));
     await this.commit();
   }
 
@@ -567,7 +258,7 @@ export class MongoBatch {
   }
 
   /** A unit waits for the batch's read. */
-  waitForLoad(tx: BatchTx): void {
+  waitForLoad(tx: UnitTx): void {
     this.pendingLoads.push(tx);
     this.park();
   }
@@ -593,126 +284,5 @@ export class MongoBatch {
         for (const tx of loaders) tx.loaded.reject(error);
       },
     );
-  }
-}
-
-/** The `DbTransaction` one unit of work sees inside a batch. */
-export class BatchTx implements DbTransaction {
-  readonly userId: string;
-  /** The state `load()` handed out: from the cache or the batch's read (null: no account). */
-  base: AccountState | null | undefined = undefined;
-  fromCache = false;
-  pending: Changes | null = null;
-  loadKey: string | undefined = undefined;
-  loaded = deferred<LoadedState>();
-  private loads = 0;
-  private saved = false;
-
-  constructor(
-    private readonly batch: MongoBatch,
-    readonly unit: Unit,
-    private readonly cached: AccountState | undefined,
-  ) {
-    this.userId = unit.userId;
-  }
-
-  async load(request?: LoadRequest): Promise<LoadedState> {
-    const key = request?.idempotencyKey;
-    this.loads++;
-    // The cache knows nothing of idempotency keys: a keyed unit of work always reads.
-    if (this.loads === 1 && this.cached !== undefined && key === undefined) {
-      if (this.batch.ctx.verify) await this.verifyCached();
-      this.base = this.cached;
-      this.fromCache = true;
-      const { account, grants, reservations } = this.cached;
-      return { account, grants: [...grants], reservations: [...reservations], idempotent: null };
-    }
-    if (this.loads === 1) {
-      this.loadKey = key;
-      this.batch.waitForLoad(this);
-      return this.loaded.promise;
-    }
-    // Loading again: a read of its own, in the shared transaction.
-    const found = await this.batch.op((s) => readStates(this.batch.ctx.c, s, [{ userId: this.userId, key }]));
-    this.loaded = deferred<LoadedState>();
-    this.receive(found.get(this.userId));
-    return this.loaded.promise;
-  }
-
-  /** The batch's answer to `load()`. */
-  receive(found: { state: AccountState; idempotent: JournalEntry | null } | undefined): void {
-    this.fromCache = false;
-    if (found === undefined) {
-      this.base = null;
-      this.loaded.resolve({ account: null, grants: [], reservations: [], idempotent: null });
-      return;
-    }
-    const { state, idempotent } = found;
-    this.base = state;
-    this.loaded.resolve({
-      account: state.account,
-      grants: [...state.grants],
-      reservations: [...state.reservations],
-      idempotent,
-    });
-  }
-
-  /** Tests (`verifyStateCache`): the cached state must be what the database holds. */
-  private async verifyCached(): Promise<void> {
-    const found = await this.batch.op((s) =>
-      readStates(this.batch.ctx.c, s, [{ userId: this.userId, key: undefined }]),
-    );
-    checkCachedState(this.userId, this.cached, found.get(this.userId)?.state ?? null);
-  }
-
-  async getGrants(grantIds: readonly string[]): Promise<Grant[]> {
-    if (grantIds.length === 0) return [];
-    // The loaded open grants are current (the account guard proves it): answer from them if we can.
-    const open = new Map((this.base?.grants ?? []).map((g) => [g.id, g]));
-    if (grantIds.every((id) => open.has(id))) return grantIds.map((id) => open.get(id) as Grant);
-    const { c } = this.batch.ctx;
-    const docs = await this.batch.op((session) =>
-      c.grants
-        .find(
-          { _id: { $in: [...grantIds] }, userId: this.userId },
-          { session, batchSize: Math.max(1, grantIds.length) },
-        )
-        .toArray(),
-    );
-    return docs.map((d) => fromDoc(GRANT, d));
-  }
-
-  async getReservation(reservationId: string): Promise<Reservation | null> {
-    const held = this.base?.reservations.find((r) => r.id === reservationId);
-    if (held !== undefined) return held;
-    const { c } = this.batch.ctx;
-    const doc = await this.batch.op((session) =>
-      c.reservations.findOne({ _id: reservationId, userId: this.userId }, { session }),
-    );
-    return doc === null ? null : fromDoc(RESERVATION, doc);
-  }
-
-  getCharge(entryId: string): Promise<ChargeRecord | null> {
-    return this.batch.op((session) => readCharge(this.batch.ctx.c.journal, session, this.userId, entryId));
-  }
-
-  getPromo(code: string): Promise<Promo | null> {
-    return this.batch.op((s) => this.batch.ctx.promos.getPromoIn(s, code));
-  }
-
-  countPromoClaims(code: string): Promise<number> {
-    return this.batch.op((s) => this.batch.ctx.promos.countClaimsIn(s, code, this.userId));
-  }
-
-  getPayment(paymentId: string): Promise<Payment | null> {
-    return this.batch.op((s) => this.batch.ctx.promos.getPaymentIn(s, paymentId, this.userId));
-  }
-
-  /** Queues the changes: the batch writes them when every unit has finished. */
-  async save(changes: Changes): Promise<void> {
-    if (this.saved) throw new Error("save() may be called once per unit of work");
-    this.saved = true;
-    checkOwner(this.userId, changes);
-    this.pending = changes;
   }
 }

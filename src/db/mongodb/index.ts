@@ -43,7 +43,7 @@ import type { UsageBucket, UsageScan } from "../../domain/usage.js";
 import { usageBucketOf, usagePipeline } from "./usage.js";
 import { BatchOption, type MongoDbManagerConfig, type MongoDbManagerOptions, supportsTransactions } from "./options.js";
 import { BSON_OPTIONS, type Collections, ONE_BATCH, afterCursor, batchOf } from "./collections.js";
-import { BACKOFF, LOCK_WAIT_MS, MongoTransaction, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
+import { BACKOFF, LOCK_WAIT_MS, SoloUnit, StaleAccount, TRANSACTION_OPTIONS } from "./unit.js";
 export type { MongoDbManagerConfig, MongoDbManagerOptions } from "./options.js";
 
 /** Weight of one batch in `MongoDbManager.staleRate`. */
@@ -379,9 +379,10 @@ export class MongoDbManager extends StoreBase implements DbManager {
       outbox,
     };
     // No state cache: its guard on `{ seq, _rev }` keeps it right whatever the application decides.
+    const context = { c, states: null, verify: false, promos: promoStore, outbox };
     return joinedStore(this, { c, promoStore, outbox, parts }, async (userId, fn) => {
       try {
-        return await new MongoTransaction(c, session, userId, undefined, false, promoStore).run(async (tx) => fn(tx));
+        return await new SoloUnit(context, session, userId, undefined).run(async (tx) => fn(tx));
       } catch (error) {
         const e = toCreditError(error, "transaction");
         // The application's transaction is aborted: only a new run of it can succeed.
@@ -475,7 +476,7 @@ export class MongoDbManager extends StoreBase implements DbManager {
           lastFailure = error;
           throw error;
         });
-      let tx: MongoTransaction | undefined;
+      let unit: SoloUnit | undefined;
       try {
         // withTransaction retries the callback itself on TransientTransactionError (write
         // conflicts) with backoff, and the commit on UnknownTransactionCommitResult. Its retries
@@ -485,27 +486,19 @@ export class MongoDbManager extends StoreBase implements DbManager {
           // withTransaction retries a lost race at once: a locked attempt waits a little first.
           if (locked && lockTries++ > 0) await sleep(backoff(lockTries, BACKOFF));
           attempts++;
-          tx = new MongoTransaction(
-            this.c,
-            s,
-            userId,
-            attempts === 1 && !locked ? cached : undefined,
-            this.verifyStates,
-            this.promoStore,
-            locked,
-          );
+          unit = new SoloUnit(this.batchContext, s, userId, attempts === 1 && !locked ? cached : undefined, locked);
           try {
-            return await tx.run(fn);
+            return await unit.run(fn);
           } catch (error) {
             lastFailure = error;
             throw error;
           } finally {
-            held = tx.holding; // (a commit that fails after this brings the callback back too)
+            held = unit.holding; // (a commit that fails after this brings the callback back too)
           }
         }, TRANSACTION_OPTIONS);
         // Committed: nothing from here on may turn it into a failure (the caller would retry a
         // change that happened). A state that cannot be kept is dropped: the next load reads it.
-        const after = (tx as MongoTransaction | undefined)?.stateAfter;
+        const after = (unit as SoloUnit | undefined)?.stateAfter;
         if (after !== undefined) {
           try {
             this.states?.set(userId, after);
