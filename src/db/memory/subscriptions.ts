@@ -20,8 +20,6 @@ export class MemorySubscriptionStore implements SubscriptionStore {
   private readonly byUser = new Map<string, string[]>();
   /** Subscriptions with a next run, by its time. */
   private readonly due = new DueTimes();
-  /** planId → ids of active subscriptions on it (as plan or pending plan) */
-  private readonly byPlan = new Map<string, Set<string>>();
 
   async insertPlan(plan: Plan): Promise<void> {
     if (this.plans.has(plan.id)) throw new ConflictError(`Plan ${plan.id} already exists.`, { planId: plan.id });
@@ -54,8 +52,11 @@ export class MemorySubscriptionStore implements SubscriptionStore {
     return true;
   }
 
+  /** A scan: only deleting a plan asks. */
   async planHasSubscribers(planId: string): Promise<boolean> {
-    return (this.byPlan.get(planId)?.size ?? 0) > 0;
+    for (const s of this.subs.values())
+      if (s.status === "active" && (s.planId === planId || s.pendingPlanId === planId)) return true;
+    return false;
   }
 
   async insertSubscription(s: Subscription): Promise<void> {
@@ -101,17 +102,6 @@ export class MemorySubscriptionStore implements SubscriptionStore {
 
   private put(row: Subscription): void {
     const s = copy(row);
-    const previous = this.subs.get(s.id);
-    if (previous?.status === "active")
-      for (const p of [previous.planId, previous.pendingPlanId]) if (p !== null) this.byPlan.get(p)?.delete(s.id);
-    if (s.status === "active") {
-      for (const p of [s.planId, s.pendingPlanId]) {
-        if (p === null) continue;
-        let set = this.byPlan.get(p);
-        if (set === undefined) this.byPlan.set(p, (set = new Set()));
-        set.add(s.id);
-      }
-    }
     this.subs.set(s.id, s);
     if (s.status === "active") this.active.set(s.userId, s.id);
     if (s.nextRunAt !== null) this.due.set(s.id, s.nextRunAt.getTime());

@@ -9,13 +9,9 @@ import {
   type PromoClaim as PromoClaimT,
 } from "../../models/index.js";
 import type { PromoPaymentChanges, PromoPaymentStore } from "../types-promos.js";
-import { fromDoc, toDoc, type StoredDoc } from "./documents.js";
+import { fromDoc, kind, toDoc, type StoredDoc } from "./documents.js";
 import { guard, writeOne } from "./errors.js";
 
-const kind = <T>(idField: keyof T & string, shape: Record<string, unknown>) => ({
-  idField,
-  keys: Object.keys(shape) as (keyof T & string)[],
-});
 const PROMO = kind<PromoT>("code", Promo.shape);
 const CLAIM = kind<PromoClaimT>("id", PromoClaim.shape);
 const PAYMENT = kind<PaymentT>("id", Payment.shape);

@@ -25,9 +25,4 @@ export class AccountLocks {
     if (next !== undefined) next();
     else this.queues.delete(key);
   }
-
-  /** Accounts held right now (for tests). */
-  get size(): number {
-    return this.queues.size;
-  }
 }

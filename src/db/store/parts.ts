@@ -1,7 +1,6 @@
 import type { NotificationStore } from "../types-notifications.js";
 import type { PromoPaymentStore } from "../types-promos.js";
 import type { SubscriptionStore } from "../types-subscriptions.js";
-import type { AccountStore, JournalStore } from "../types.js";
 
 /** A part's methods may answer at once instead of with a promise (an in-process store). */
 export type Part<T> = {
@@ -15,10 +14,4 @@ export interface SideParts {
   subscriptions: Part<SubscriptionStore>;
   promos: Part<PromoPaymentStore>;
   outbox: Part<NotificationStore>;
-}
-
-/** Every part of a store. */
-export interface StoreParts extends SideParts {
-  accounts: AccountStore;
-  journal: Part<JournalStore>;
 }
