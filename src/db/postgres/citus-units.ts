@@ -7,6 +7,7 @@ import type { SqlTable } from "../../schema/sql.js";
 import { type AccountState as BaseState, StateCache, stateAfter } from "../state-cache.js";
 import type { ChargeRecord, Changes, DbTransaction, LoadRequest, LoadedState } from "../types.js";
 import type { PostgresDbManager } from "./index.js";
+import { stateText, type StartState } from "./reads.js";
 import { compactRow } from "./save-rows.js";
 import { chargeOf, toRow } from "./sql.js";
 import type { Unit } from "./unit.js";
@@ -337,29 +338,7 @@ class CallTx implements DbTransaction {
     const fresh = new CallTx(this.units, this.userId, true);
     const state = await fresh.load();
     if (fresh.loaded?.rev !== cached.rev) return; // moved since: the save's check refuses it
-    const t = this.tables;
-    // Keys sorted (JSON columns come back with the server's key order), dates as ISO text.
-    const canon = (v: unknown): unknown => {
-      if (v instanceof Date) return v.toISOString();
-      if (Array.isArray(v)) return v.map(canon);
-      if (v === null || typeof v !== "object") return v;
-      const o = v as Record<string, unknown>;
-      return Object.fromEntries(
-        Object.keys(o)
-          .sort()
-          .map((k) => [k, canon(o[k])]),
-      );
-    };
-    const norm = (s: { account: Account | null; grants: readonly Grant[]; reservations: readonly Reservation[] }) =>
-      JSON.stringify(
-        canon({
-          account: s.account === null ? null : toRow(t.accounts.columns, s.account),
-          grants: [...s.grants].sort((a, b) => (a.id < b.id ? -1 : 1)).map((g) => toRow(t.grants.columns, g)),
-          holds: [...s.reservations]
-            .sort((a, b) => (a.id < b.id ? -1 : 1))
-            .map((r) => toRow(t.reservations.columns, r)),
-        }),
-      );
+    const norm = (x: StartState) => stateText(this.tables, x);
     if (norm(state) !== norm(cached))
       throw new Error(`state cache of ${this.userId} differs from the database: ${norm(cached)} != ${norm(state)}`);
   }
