@@ -86,26 +86,10 @@ export async function runWorker(settings: WorkerSettings, io: CliIo, env: DbEnv)
       closers.push(() => resources.close());
       let queue: NotificationQueue | undefined = resources.queue;
       if (settings.webhooks) {
-        // The endpoints of `credit-management webhooks`, read again every few seconds (docs/notifications.md).
-        const { openEndpointStore, allowedNetworks } = await import("../serve/store.js");
-        const { webhookQueue, endpointOf } = await import("../webhooks/index.js");
-        const e = env as Record<string, string | undefined>;
-        const endpoints = await openEndpointStore(store);
-        closers.push(() => endpoints.close());
-        await endpoints.init();
-        const w = webhookQueue({
-          db,
-          endpoints: async () => (await endpoints.list()).map(endpointOf),
-          next: queue,
-          allowNetworks: allowedNetworks(e),
-          logger,
-          onDisabled: async (id) => {
-            const r = await endpoints.get(id);
-            if (r !== null) await endpoints.put({ ...r, enabled: false, disabledReason: "410 Gone" });
-          },
-        });
+        const { serveWebhooks } = await import("../serve/webhooks.js");
+        const w = await serveWebhooks(db, store, env as Record<string, string | undefined>, logger, queue);
         closers.push(() => w.close());
-        queue = w;
+        queue = w.queue;
       }
       manager = await createCreditManager({
         db,

@@ -577,7 +577,8 @@ export async function runServe(s: ServeSettings, io: ServeIo, env: Env): Promise
       // its Redis stream and cache, ledger file, idempotency retention and thresholds, as
       // `credit-management worker` builds it.
       if (ws !== undefined) resources = await openWorkerResources(ws, logger);
-      if (env.CREDIT_WEBHOOKS === "on") webhooks = await serveWebhooks(stores.db, s, env, logger, resources?.queue);
+      if (env.CREDIT_WEBHOOKS === "on")
+        webhooks = await serveWebhooks(stores.db, s.store, env, logger, resources?.queue);
       manager = await createCreditManager({
         db: stores.db,
         logger,

@@ -9,19 +9,21 @@ import type { RouteDefinition } from "../http/router.js";
 import { webhookRoutes } from "./webhook-routes.js";
 
 /**
- * `serve` with `CREDIT_WEBHOOKS=on` (docs/service.md): the endpoint store, the admin routes under
- * `/admin/webhooks`, and the queue its manager records every event for (delivered by `--worker`
- * or a `credit-management worker` with `CREDIT_WEBHOOKS=on`).
+ * `serve` or `credit-management worker` with `CREDIT_WEBHOOKS=on` (docs/service.md): the endpoint
+ * store (the endpoints of `credit-management webhooks`, read again every few seconds:
+ * docs/notifications.md), the admin routes under `/admin/webhooks` (`serve` only), and the queue
+ * its manager records every event for (delivered by `--worker` or a `credit-management worker`
+ * with `CREDIT_WEBHOOKS=on`).
  */
 export async function serveWebhooks(
   db: DbManager,
-  s: ServeSettings,
+  storeSettings: ServeSettings["store"],
   env: Env,
   logger: Logger,
   /** Where each event goes besides the endpoints (the worker's Redis stream with `--worker`). */
   next?: NotificationQueue,
 ): Promise<{ routes: RouteDefinition[]; queue: WebhookQueue; store: WebhookEndpointStore; close(): Promise<void> }> {
-  const store = await openEndpointStore(s.store);
+  const store = await openEndpointStore(storeSettings);
   await store.init();
   const allowNetworks = allowedNetworks(env);
   const queue = webhookQueue({
